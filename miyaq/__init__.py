@@ -1,1 +1,19 @@
+"""miyaq: a fast, clusterable, replicated task queue for Python on ZeroMQ."""
+from __future__ import annotations
+
 __version__ = "0.1.0"
+
+from .client.client import Client, Received, new_id  # noqa: E402
+from .client.handle import TaskHandle  # noqa: E402
+from .errors import (  # noqa: E402
+    Busy, ConfigError, MiyaqError, NotFound, ProtocolError, Reject, Retry, ShuttingDown,
+    TaskCancelled, TaskExpired, TaskFailed, Timeout, Unavailable,
+)
+from .worker.app import App, TaskDef  # noqa: E402
+from .worker.context import current_task  # noqa: E402
+
+__all__ = [
+    "App", "TaskDef", "Client", "Received", "TaskHandle", "current_task", "new_id",
+    "MiyaqError", "Busy", "ConfigError", "NotFound", "ProtocolError", "Reject", "Retry",
+    "ShuttingDown", "TaskCancelled", "TaskExpired", "TaskFailed", "Timeout", "Unavailable",
+]

@@ -1,0 +1,311 @@
+"""The client's I/O loop: the only code that touches the client's sockets.
+
+Callers hand it work through a deque and a wake-up pipe; it batches submits
+into SUBMIT messages (one per node per pass), keeps a bounded window of
+unacknowledged submits, resends a submit that was not acknowledged in
+``ack_timeout`` (same id, so the node creates nothing new), backs off and
+moves to another node on BUSY, and fails a submit with one clear error once
+its deadline passes. Requests (status, cancel, result...) carry a ``req``
+number and resolve a :class:`~miyaq.client.futures.Future`.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import random
+import time
+from collections import deque
+from typing import Any
+
+from ..errors import Busy, MiyaqError, ShuttingDown, Timeout, Unavailable, from_wire
+from ..protocol import codec
+from ..protocol import commands as c
+from .futures import Future
+
+logger = logging.getLogger(__name__)
+
+POLL_MAX = 0.1
+RETRYABLE = (Busy.code, ShuttingDown.code, Unavailable.code)
+
+
+class Pending:
+    """One submit between ``submit()`` and its acknowledgement."""
+
+    __slots__ = ("wire", "future", "deadline", "sent", "tries", "node", "next_try", "last_error")
+
+    def __init__(self, wire: dict[str, Any], future: Future, deadline: float) -> None:
+        self.wire = wire
+        self.future = future
+        self.deadline = deadline
+        self.sent = 0.0
+        self.tries = 0
+        self.node = -1
+        self.next_try = 0.0
+        self.last_error: MiyaqError | None = None
+
+
+class IOLoop:
+    def __init__(self, kit: Any, endpoints: list[str], *, max_batch: int, ack_timeout: float,
+                 max_message: int, identity: bytes | None = None) -> None:
+        self.kit = kit
+        zmq = kit.zmq
+        self.zmq = zmq
+        self.ctx = zmq.Context()
+        self.endpoints = list(endpoints)
+        self.socks = []
+        for ep in self.endpoints:
+            sock = self.ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            sock.setsockopt(zmq.SNDHWM, 100_000)
+            sock.setsockopt(zmq.RCVHWM, 100_000)
+            sock.connect(ep)
+            self.socks.append(sock)
+        self.max_batch = max_batch
+        self.ack_timeout = ack_timeout
+        self.max_message = max_message
+        self.inbox: deque[tuple[Any, ...]] = deque()
+        self.pending: dict[str, Pending] = {}     # sent, awaiting ack, oldest first
+        self.waiting: list[Pending] = []          # to (re)send when next_try passes
+        self.requests: dict[int, tuple[Future, float]] = {}
+        self._req = itertools.count(1)
+        self._rr = itertools.count()
+        self._rfd, self._wfd = os.pipe()
+        os.set_blocking(self._wfd, False)
+        os.set_blocking(self._rfd, False)
+        self._armed = False
+        self._closing = False
+        self.room = kit.event()
+        self.room.set()
+        self.in_flight = 0                        # pending + waiting + queued submits
+        self.count_lock = kit.lock()
+        self.resends = 0
+        self.busy_replies = 0
+        self._handle: Any = None
+
+    # -- called from any thread / greenlet ---------------------------------------------
+    def start(self) -> None:
+        self._handle = self.kit.spawn(self._run, "miyaq-client-io")
+
+    def put(self, item: tuple[Any, ...]) -> None:
+        self.inbox.append(item)
+        if self._armed:
+            self._armed = False
+            try:
+                os.write(self._wfd, b"x")
+            except (BlockingIOError, OSError):
+                pass
+
+    def next_req(self) -> int:
+        return next(self._req)
+
+    def close(self, timeout: float = 1.0) -> None:
+        self._closing = True
+        self._armed = True
+        self.put(("close",))
+        if self._handle is not None:
+            self.kit.join(self._handle, timeout)
+
+    # -- the loop -----------------------------------------------------------------------
+    def _run(self) -> None:
+        zmq = self.zmq
+        poller = zmq.Poller()
+        for sock in self.socks:
+            poller.register(sock, zmq.POLLIN)
+        poller.register(self._rfd, zmq.POLLIN)
+        try:
+            while True:
+                if self._drain_inbox():
+                    break
+                now = time.time()
+                self._send_waiting(now)
+                self._check_timeouts(now)
+                self._armed = True
+                if self.inbox:
+                    self._armed = False
+                    timeout_ms = 0
+                else:
+                    timeout_ms = int(self._poll_timeout(now) * 1000)
+                events = dict(poller.poll(timeout_ms))
+                self._armed = False
+                if self._rfd in events:
+                    try:
+                        os.read(self._rfd, 4096)
+                    except BlockingIOError:
+                        pass
+                for i, sock in enumerate(self.socks):
+                    if sock in events:
+                        self._read(i, sock)
+        except Exception:
+            logger.exception("miyaq client I/O loop failed")
+            self._fail_everything(MiyaqError("client I/O loop failed; see the log"))
+        finally:
+            for sock in self.socks:
+                sock.close(linger=0)
+            self.ctx.term()
+            os.close(self._rfd)
+            os.close(self._wfd)
+
+    def _poll_timeout(self, now: float) -> float:
+        nearest = now + POLL_MAX
+        if self.waiting:
+            nearest = min(nearest, min(p.next_try for p in self.waiting))
+        return max(0.0, min(POLL_MAX, nearest - now))
+
+    def _drain_inbox(self) -> bool:
+        inbox = self.inbox
+        while inbox:
+            item = inbox.popleft()
+            kind = item[0]
+            if kind == "submit":
+                self.waiting.append(item[1])
+            elif kind == "request":
+                _, node, command, body, future, deadline = item
+                self.requests[body["req"]] = (future, deadline)
+                if not self._send(node, command, body):
+                    self.requests.pop(body["req"], None)
+                    future.fail(Unavailable(f"node {self.endpoints[node]} is not connected"))
+            elif kind == "close":
+                return True
+        return False
+
+    def _send(self, node: int, command: bytes, body: dict[str, Any]) -> bool:
+        try:
+            self.socks[node].send_multipart(codec.encode(command, body), self.zmq.NOBLOCK)
+            return True
+        except self.zmq.Again:
+            return False
+
+    def _pick_node(self, avoid: int) -> int:
+        n = len(self.socks)
+        i = next(self._rr) % n
+        if n > 1 and i == avoid:
+            i = (i + 1) % n
+        return i
+
+    def _send_waiting(self, now: float) -> None:
+        if not self.waiting:
+            return
+        due = [p for p in self.waiting if p.next_try <= now]
+        if not due:
+            return
+        self.waiting = [p for p in self.waiting if p.next_try > now]
+        by_node: dict[int, list[Pending]] = {}
+        for p in due:
+            node = p.node if p.node >= 0 and p.last_error is None else self._pick_node(p.node)
+            by_node.setdefault(node, []).append(p)
+        for node, batch in by_node.items():
+            for start in range(0, len(batch), self.max_batch):
+                chunk = batch[start:start + self.max_batch]
+                if self._send(node, c.SUBMIT, {"tasks": [p.wire for p in chunk]}):
+                    for p in chunk:
+                        p.sent = now
+                        p.tries += 1
+                        p.node = node
+                        self.pending[p.wire["id"]] = p
+                else:
+                    for p in chunk:   # not connected yet: try again soon, maybe elsewhere
+                        p.node = self._pick_node(node) if len(self.socks) > 1 else node
+                        self._retry_later(p, now, Unavailable(f"no connection to {self.endpoints[node]}"))
+
+    def _retry_later(self, p: Pending, now: float, error: MiyaqError) -> None:
+        p.last_error = error
+        if now >= p.deadline:
+            self._resolve_submit(p, error=_final(error, p))
+            return
+        delay = min(2.0, 0.01 * (2 ** min(p.tries, 8))) * (0.5 + random.random() / 2)
+        p.next_try = min(now + delay, p.deadline)
+        self.waiting.append(p)
+
+    def _check_timeouts(self, now: float) -> None:
+        pending = self.pending
+        if pending:
+            cutoff = now - self.ack_timeout
+            for task_id in list(itertools.islice(pending, 1000)):
+                p = pending[task_id]
+                if p.sent > cutoff:
+                    break
+                del pending[task_id]
+                self.resends += 1
+                p.node = -1
+                self._retry_later(p, now, Timeout(f"no acknowledgement within {self.ack_timeout:g}s"))
+        if self.requests:
+            for req, (future, deadline) in list(self.requests.items()):
+                if deadline <= now:
+                    del self.requests[req]
+                    future.fail(Timeout("the node did not answer in time"))
+
+    def _read(self, node: int, sock: Any) -> None:
+        zmq = self.zmq
+        for _ in range(1000):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                command, body = codec.decode(frames, c.NODE_REPLIES, self.max_message)
+            except MiyaqError as err:
+                logger.warning("ignoring a malformed reply from %s: %s", self.endpoints[node], err.message)
+                continue
+            if command == c.SUBMITTED:
+                self._on_submitted(node, body)
+            elif command in (c.REPLY, c.ERROR):
+                entry = self.requests.pop(body.get("req"), None)  # type: ignore[arg-type]
+                if entry is None:
+                    if command == c.ERROR and body.get("req") is None:
+                        logger.warning("node %s: %s", self.endpoints[node], body.get("message"))
+                    continue
+                if command == c.REPLY:
+                    entry[0].set(body)
+                else:
+                    entry[0].fail(from_wire(body))
+
+    def _on_submitted(self, node: int, body: dict[str, Any]) -> None:
+        now = time.time()
+        for item in body.get("results", ()):
+            if not isinstance(item, list) or len(item) != 3:
+                continue
+            task_id, status, detail = item
+            p = self.pending.pop(task_id, None)
+            if p is None:
+                continue   # a late ack for a resend that was already acknowledged
+            if status == c.REJECTED:
+                err = from_wire(detail if isinstance(detail, dict) else {})
+                if err.code in RETRYABLE:
+                    self.busy_replies += 1
+                    self._retry_later(p, now, err)
+                else:
+                    self._resolve_submit(p, error=err)
+            else:
+                self._resolve_submit(p, value=(self.endpoints[node], status, detail))
+
+    def _resolve_submit(self, p: Pending, value: Any = None, error: MiyaqError | None = None) -> None:
+        if error is not None:
+            p.future.fail(error)
+        else:
+            p.future.set(value)
+        with self.count_lock:
+            self.in_flight -= 1
+        self.room.set()
+
+    def _fail_everything(self, error: MiyaqError) -> None:
+        for p in list(self.pending.values()) + self.waiting:
+            p.future.fail(error)
+        self.pending.clear()
+        self.waiting.clear()
+        for future, _ in self.requests.values():
+            future.fail(error)
+        self.requests.clear()
+        self.room.set()
+
+
+def _final(error: MiyaqError, p: Pending) -> MiyaqError:
+    task_id = p.wire.get("id")
+    if error.code == Busy.code:
+        return Busy(f"task {task_id} not accepted before its deadline: every node tried was full")
+    if error.code == ShuttingDown.code:
+        return Unavailable(f"task {task_id} not accepted before its deadline: the nodes are shutting down")
+    if isinstance(error, Timeout):
+        return Timeout(f"task {task_id} not acknowledged before its deadline ({p.tries} tries)")
+    return Unavailable(f"task {task_id} not accepted before its deadline: {error.message}")

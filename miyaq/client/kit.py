@@ -1,0 +1,74 @@
+"""The one place the client knows whether it runs on threads or greenlets.
+
+:class:`ThreadKit` runs the client's I/O loop in a native thread with plain
+pyzmq; :class:`GeventKit` runs it as a greenlet with ``zmq.green`` (used in
+worker processes, where handlers are greenlets). Everything else in the
+client takes its primitives from a kit (the way kazoo takes them from its
+handler), so both run the same code.
+"""
+from __future__ import annotations
+
+import threading
+from types import ModuleType
+from typing import Any, Callable
+
+
+class ThreadKit:
+    name = "thread"
+
+    def __init__(self) -> None:
+        import zmq
+        self.zmq: ModuleType = zmq
+
+    def spawn(self, fn: Callable[[], Any], name: str) -> Any:
+        thread = threading.Thread(target=fn, name=name, daemon=True)
+        thread.start()
+        return thread
+
+    def event(self) -> Any:
+        return threading.Event()
+
+    def lock(self) -> Any:
+        return threading.Lock()
+
+    @staticmethod
+    def join(handle: Any, timeout: float) -> None:
+        handle.join(timeout)
+
+
+class GeventKit:
+    name = "gevent"
+
+    def __init__(self) -> None:
+        import gevent
+        import gevent.event
+        import gevent.lock
+        import zmq.green
+        self._gevent = gevent
+        self.zmq: ModuleType = zmq.green
+        self._event = gevent.event.Event
+        self._lock = gevent.lock.Semaphore
+
+    def spawn(self, fn: Callable[[], Any], name: str) -> Any:
+        return self._gevent.spawn(fn)
+
+    def event(self) -> Any:
+        return self._event()
+
+    def lock(self) -> Any:
+        return self._lock()
+
+    @staticmethod
+    def join(handle: Any, timeout: float) -> None:
+        handle.join(timeout)
+
+
+def choose(green: bool | None) -> ThreadKit | GeventKit:
+    """``green=None``: greenlets if gevent has patched threading, else threads."""
+    if green is None:
+        try:
+            from gevent import monkey
+            green = monkey.is_module_patched("threading")
+        except ImportError:
+            green = False
+    return GeventKit() if green else ThreadKit()

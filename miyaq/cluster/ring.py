@@ -1,0 +1,168 @@
+"""Consistent-hash ring with virtual nodes: where a task lives.
+
+Constraints:
+
+* Placement must be identical in every process on every machine, so points
+  and keys are hashed with ``blake2b(digest_size=8)`` read as a big-endian
+  64-bit integer. Python's ``hash()`` is salted per process and is never used.
+* A node with weight ``w`` owns ``max(1, round(w * vnodes))`` points named
+  ``"<node_id>#<i>"``; more points, more of the hash space. Points that collide
+  are ordered by node id, so the order never depends on insertion order.
+* A key hashing to ``h`` belongs to the first point at or after ``h``,
+  wrapping around at 2**64. Lookups are a bisect (O(log points)) followed by a
+  walk that stops at the n-th distinct node.
+* A :class:`Ring` is immutable; a membership change builds a new ring. Only
+  the points of the changed node move, which is what keeps hand-off small.
+"""
+from __future__ import annotations
+
+import bisect
+import hashlib
+import logging
+import math
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from miyaq.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_VNODES = 160
+"""Virtual nodes per unit of weight."""
+
+_SPACE = 1 << 64
+
+
+def stable_hash(data: bytes | str) -> int:
+    """The ring's 64-bit hash of ``data`` (a ``str`` is hashed as UTF-8)."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    elif not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"routing key must be bytes or str, not {type(data).__name__}")
+    return int.from_bytes(hashlib.blake2b(bytes(data), digest_size=8).digest(), "big")
+
+
+def _check_weight(node_id: object, weight: object) -> float:
+    if not isinstance(node_id, str) or not node_id:
+        raise ConfigError(f"ring member ids must be non-empty strings, got {node_id!r}")
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        raise ConfigError(f"weight of {node_id!r} must be a number, got {weight!r}")
+    weight = float(weight)
+    if not math.isfinite(weight) or weight <= 0:
+        raise ConfigError(f"weight of {node_id!r} must be finite and > 0, got {weight!r}")
+    return weight
+
+
+class Ring:
+    """An immutable consistent-hash ring built from ``{node_id: weight}``."""
+
+    __slots__ = ("_weights", "_vnodes", "_hashes", "_owners", "_members")
+
+    def __init__(self, members: Mapping[str, float], vnodes: int = DEFAULT_VNODES) -> None:
+        if isinstance(vnodes, bool) or not isinstance(vnodes, int) or vnodes < 1:
+            raise ConfigError(f"vnodes must be an integer >= 1, got {vnodes!r}")
+        if not isinstance(members, Mapping):
+            raise ConfigError("ring members must be a mapping of node id to weight")
+        if not members:
+            raise ConfigError("a ring needs at least one member")
+        weights = {node_id: _check_weight(node_id, w) for node_id, w in members.items()}
+        points: list[tuple[int, str]] = []
+        for node_id, weight in weights.items():
+            count = max(1, round(weight * vnodes))
+            points.extend((stable_hash(f"{node_id}#{i}"), node_id) for i in range(count))
+        points.sort()
+        self._weights = weights
+        self._vnodes = vnodes
+        self._hashes = [h for h, _ in points]
+        self._owners = [node_id for _, node_id in points]
+        self._members = tuple(sorted(weights))
+
+    # -- lookups ------------------------------------------------------------
+
+    def preference_list(self, routing_key: bytes | str, n: int) -> list[str]:
+        """The first ``n`` distinct nodes clockwise from ``hash(routing_key)``.
+
+        Fewer than ``n`` when the ring has fewer members. Index 0 is the
+        primary (rank 0), then rank 1, and so on.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ConfigError(f"n must be a non-negative integer, got {n!r}")
+        want = min(n, len(self._members))
+        if want == 0:
+            return []
+        start = bisect.bisect_left(self._hashes, stable_hash(routing_key))
+        owners = self._owners
+        total = len(owners)
+        found: list[str] = []
+        for step in range(total):
+            node_id = owners[(start + step) % total]
+            if node_id not in found:
+                found.append(node_id)
+                if len(found) == want:
+                    break
+        return found
+
+    def primary(self, routing_key: bytes | str) -> str:
+        """The rank-0 holder of ``routing_key``."""
+        return self.owner_at(stable_hash(routing_key))
+
+    def owner_at(self, point: int) -> str:
+        """The node owning hash ``point`` (0 <= point < 2**64)."""
+        index = bisect.bisect_left(self._hashes, point)
+        return self._owners[index % len(self._owners)]
+
+    def share(self) -> dict[str, float]:
+        """Fraction of the hash space each node owns as primary (sums to 1)."""
+        owned = dict.fromkeys(self._members, 0)
+        hashes = self._hashes
+        previous = hashes[-1] - _SPACE  # the arc of point 0 wraps around zero
+        for point, node_id in zip(hashes, self._owners):
+            owned[node_id] += point - previous
+            previous = point
+        return {node_id: arc / _SPACE for node_id, arc in owned.items()}
+
+    # -- properties and protocol --------------------------------------------
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """Node ids on the ring, sorted."""
+        return self._members
+
+    @property
+    def weights(self) -> Mapping[str, float]:
+        """Read-only ``{node_id: weight}``."""
+        return MappingProxyType(self._weights)
+
+    @property
+    def vnodes(self) -> int:
+        """Virtual nodes per unit of weight."""
+        return self._vnodes
+
+    @property
+    def points(self) -> int:
+        """Total number of virtual nodes on the ring."""
+        return len(self._hashes)
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self._weights
+
+    def __iter__(self):
+        return iter(self._members)
+
+    def _key(self) -> tuple:
+        return (self._members, tuple(sorted(self._weights.items())), self._vnodes)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Ring):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        weights = ", ".join(f"{k}={w:g}" for k, w in sorted(self._weights.items()))
+        return f"Ring({weights}; vnodes={self._vnodes})"

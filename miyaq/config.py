@@ -1,0 +1,159 @@
+"""Node settings, declared once: name, type, default, help.
+
+Each setting can come from (highest first) a command-line flag
+(``--max-tasks``), an environment variable (``MIYAQ_MAX_TASKS``), a TOML
+config file (``max_tasks = 1000``, given by ``--config`` or ``MIYAQ_CONFIG``)
+or its default. ``miyaq node --help`` and docs/configuration.md list them.
+Nothing is read from the environment at import time.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+
+def _opt(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class NodeConfig:
+    host: str = _opt("127.0.0.1", "address to bind every port to (loopback unless told otherwise)")
+    port: int = _opt(7450, "service port: producers and workers connect here")
+    peer_port: int = _opt(0, "peer ROUTER port (0: port + 1)")
+    pub_port: int = _opt(0, "replication PUB port (0: port + 2)")
+    http_port: int = _opt(8088, "HTTP gateway port (0: disabled)")
+    http_token: str = _opt("", "bearer token required by the HTTP gateway (empty: no auth)")
+    node_id: str = _opt("", "this node's id in the ring (default: <hostname>-<port>)")
+    data_dir: str = _opt("", "directory for the append-only log (empty: memory only)")
+    fsync: str = _opt("interval", "log fsync policy", choices=("always", "interval", "never"))
+    fsync_interval_ms: int = _opt(10, "group-commit interval for fsync=interval, in ms")
+    zk: str = _opt("", "ZooKeeper hosts (host:port,...); empty: standalone ring of one")
+    cluster: str = _opt("default", "cluster name (ZooKeeper path /miyaq/<cluster>)")
+    auto_join: bool = _opt(True, "join the ring on start")
+    weight: float = _opt(1.0, "this node's weight in the ring")
+    replicas: int = _opt(3, "default holders per task in a cluster (1 when standalone)")
+    min_acks: int = _opt(0, "holders that must store a task before a submit returns (0: all)")
+    replica_offset: float = _opt(5.0, "seconds between holder ranks' timers")
+    max_tasks: int = _opt(1_000_000, "live tasks this node holds before it answers BUSY")
+    max_payload: int = _opt(1024 * 1024, "largest task payload in bytes")
+    max_message: int = _opt(16 * 1024 * 1024, "largest protocol message in bytes")
+    max_batch: int = _opt(1024, "most tasks in one SUBMIT or DISPATCH message")
+    result_ttl: float = _opt(3600.0, "seconds a finished task's result and tombstone are kept")
+    dedup_window: float = _opt(3600.0, "seconds a finished task's key still deduplicates")
+    max_tombstones: int = _opt(200_000, "most finished tasks remembered (oldest dropped first)")
+    max_dead: int = _opt(100_000, "most tasks in the dead-letter queue (oldest dropped first)")
+    max_waiters: int = _opt(10_000, "most pending RESULT / RECEIVE long-polls")
+    heartbeat: float = _opt(1.0, "seconds between heartbeats to workers")
+    liveness: int = _opt(3, "missed heartbeats after which a worker is declared lost")
+    default_timeout: float = _opt(300.0, "default lease (task timeout) in seconds")
+    default_max_retries: int = _opt(3, "default retries before dead-lettering")
+    default_backoff: float = _opt(1.0, "default first retry delay in seconds (doubles each attempt)")
+    default_backoff_max: float = _opt(300.0, "default cap on the retry delay in seconds")
+    shutdown_grace: float = _opt(30.0, "seconds SIGTERM waits for running tasks")
+    log_level: str = _opt("INFO", "logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                raise ConfigError(f"{f.name} must be one of {', '.join(choices)}, not {value!r}")
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+                raise ConfigError(f"{f.name} must not be negative, not {value!r}")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"port must be 1..65535, not {self.port}")
+        if self.replicas < 1 or self.max_tasks < 1 or self.max_batch < 1:
+            raise ConfigError("replicas, max_tasks and max_batch must be at least 1")
+        if self.heartbeat <= 0 or self.liveness < 1:
+            raise ConfigError("heartbeat must be > 0 and liveness >= 1")
+
+    # -- derived ------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        return self.node_id or f"{socket.gethostname()}-{self.port}"
+
+    @property
+    def peer(self) -> int:
+        return self.peer_port or self.port + 1
+
+    @property
+    def pub(self) -> int:
+        return self.pub_port or self.port + 2
+
+    def endpoint(self, port: int) -> str:
+        host = self.host if self.host not in ("0.0.0.0", "*") else socket.gethostname()
+        return f"tcp://{host}:{port}"
+
+    # -- loading ------------------------------------------------------------
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """One flag per setting; defaults are resolved later by :meth:`load`."""
+        parser.add_argument("--config", default=None, help="TOML file of settings [env MIYAQ_CONFIG]")
+        for f in fields(cls):
+            flag = "--" + f.name.replace("_", "-")
+            env = "MIYAQ_" + f.name.upper()
+            text = f"{f.metadata['help']} [default {f.default!r}; env {env}]"
+            if f.type in ("bool", bool):
+                parser.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction, help=text)
+            else:
+                parser.add_argument(flag, dest=f.name, default=None, help=text,
+                                    choices=f.metadata.get("choices"))
+
+    @classmethod
+    def load(cls, args: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> "NodeConfig":
+        """Merge flags > environment > config file > defaults."""
+        args = dict(args or {})
+        environ = os.environ if environ is None else environ
+        file_values: dict[str, Any] = {}
+        path = args.get("config") or environ.get("MIYAQ_CONFIG")
+        if path:
+            try:
+                with open(path, "rb") as fh:
+                    file_values = tomllib.load(fh)
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise ConfigError(f"cannot read config file {path}: {exc}") from None
+            known = {f.name for f in fields(cls)}
+            unknown = set(file_values) - known
+            if unknown:
+                raise ConfigError(f"unknown settings in {path}: {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = args.get(f.name)
+            if raw is None:
+                raw = environ.get("MIYAQ_" + f.name.upper())
+            if raw is None:
+                raw = file_values.get(f.name)
+            if raw is not None:
+                values[f.name] = _coerce(f.name, f.type, raw)
+        return cls(**values)
+
+
+def _coerce(name: str, type_: Any, raw: Any) -> Any:
+    kind = type_ if isinstance(type_, str) else getattr(type_, "__name__", str(type_))
+    try:
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        return str(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting {name} expects {kind}, got {raw!r}") from None

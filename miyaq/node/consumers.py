@@ -1,0 +1,86 @@
+"""Who tasks are leased to: long-lived ZeroMQ workers and one-shot pull
+consumers (RECEIVE). Both take work by credit: the node never sends a
+consumer more tasks than it granted (zguide ch. 7), so nothing relies on a
+socket's high-water mark.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..protocol import commands as c
+from ..store.task import Task
+
+if TYPE_CHECKING:
+    from .service import ServiceEndpoint
+
+
+def delivery(task: Task) -> list[Any]:
+    """A task as DISPATCH carries it: [id, queue, name, body, attempt, timeout]."""
+    return [task.id, task.queue, task.name, task.body, task.attempt, task.timeout]
+
+
+class Consumer:
+    """Base of every consumer. ``running`` holds the tasks leased to it."""
+
+    kind = "consumer"
+
+    def __init__(self, queues: list[str]) -> None:
+        self.queues = queues
+        self.credit = 0
+        self.running: dict[str, Task] = {}
+
+    def deliver(self, tasks: list[Task]) -> bool:
+        """Send leased tasks; False if they could not be sent."""
+        raise NotImplementedError
+
+    def abort(self, ids: list[str]) -> None:
+        """Best effort: ask the consumer to stop these tasks."""
+
+
+class WorkerConsumer(Consumer):
+    """A worker process connected to the service socket (READY/HEARTBEAT)."""
+
+    kind = "worker"
+
+    def __init__(self, endpoint: "ServiceEndpoint", identity: bytes, wid: str, queues: list[str],
+                 names: list[str], capacity: int, now: float, info: dict[str, Any]) -> None:
+        super().__init__(queues)
+        self.endpoint = endpoint
+        self.identity = identity
+        self.wid = wid
+        self.names = names
+        self.capacity = capacity
+        self.credit = capacity
+        self.last_seen = now
+        self.info = info
+
+    def deliver(self, tasks: list[Task]) -> bool:
+        return self.endpoint.send(self.identity, c.DISPATCH, {"tasks": [delivery(t) for t in tasks]})
+
+    def abort(self, ids: list[str]) -> None:
+        self.endpoint.send(self.identity, c.ABORT, {"ids": ids})
+
+    def describe(self) -> dict[str, Any]:
+        return {"worker": self.wid, "queues": self.queues, "capacity": self.capacity,
+                "credit": self.credit, "running": len(self.running), **self.info}
+
+
+class PullConsumer(Consumer):
+    """One RECEIVE request: credit 1, answered with one task or, at its
+    deadline, with none. The task stays leased to it until ACK/NACK or the
+    lease runs out (there are no heartbeats for pull consumers)."""
+
+    kind = "pull"
+
+    def __init__(self, queues: list[str], deadline: float,
+                 answer: Callable[[dict[str, Any] | None], bool]) -> None:
+        super().__init__(queues)
+        self.credit = 1
+        self.deadline = deadline
+        self.answer = answer
+
+    def deliver(self, tasks: list[Task]) -> bool:
+        task = tasks[0]
+        info = task.header()
+        info["body"] = task.body
+        return self.answer(info)

@@ -1,0 +1,350 @@
+"""The task state machine of one node.
+
+The engine owns the task table, the timers and the ready queues, and is the
+only code that changes a task's state. It does no I/O: callers pass the
+current time, listeners (:mod:`miyaq.node.events`) observe every change.
+Every method runs in the node's event loop; none blocks.
+
+States and transitions are drawn in docs/protocol.md ("Task states").
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from collections import Counter
+from typing import Any, Iterable
+
+from ..config import NodeConfig
+from ..errors import Busy, NotFound, ShuttingDown
+from ..protocol.commands import ACCEPTED, DUPLICATE
+from ..store.ready import ReadyQueues
+from ..store.table import TaskTable, Tombstone
+from ..store.task import (
+    ALL_STATES, CANCELLED, DEAD, DONE, EXPIRED, READY, RETRYING, RUNNING, SCHEDULED, Task,
+)
+from ..store.timers import TimerHeap
+from .events import EngineListener
+
+logger = logging.getLogger(__name__)
+
+TIMER_BATCH = 5000
+
+
+def retry_delay(task: Task, rng: random.Random = random._inst) -> float:  # type: ignore[attr-defined]
+    """Exponential backoff with equal jitter: half fixed, half random."""
+    base = min(task.backoff_max, task.backoff * (2 ** max(0, task.attempt - 1)))
+    return base / 2 + rng.random() * base / 2
+
+
+class Engine:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.table = TaskTable(config.max_tombstones, max(config.result_ttl, config.dedup_window),
+                               config.max_dead)
+        self.timers = TimerHeap()
+        self.ready = ReadyQueues()
+        self.listeners: list[EngineListener] = []
+        self.accepting = True
+        self._seq = itertools.count(1)
+        self.counts: dict[str, Counter[str]] = {}        # queue -> state -> live count
+        self.outcomes: Counter[tuple[str, str]] = Counter()  # (queue, outcome) -> total
+
+    # -- helpers ---------------------------------------------------------------
+    def _count(self, queue: str) -> Counter[str]:
+        counts = self.counts.get(queue)
+        if counts is None:
+            counts = self.counts[queue] = Counter({s: 0 for s in ALL_STATES})
+        return counts
+
+    def _move(self, task: Task, state: str) -> None:
+        counts = self._count(task.queue)
+        old = task.state
+        counts[old] -= 1
+        counts[state] += 1
+        if old == READY:
+            self.ready.lane(task.queue).count -= 1
+        elif state == READY:
+            self.ready.lane(task.queue).count += 1
+        task.state = state
+
+    def _make_ready(self, task: Task, now: float) -> None:
+        self._move(task, READY)
+        self.ready.push(task)
+        if task.expires:
+            self.timers.arm(task, task.expires)
+        else:
+            self.timers.cancel(task)
+        for listener in self.listeners:
+            listener.task_ready(task)
+
+    def _schedule(self, task: Task, when: float, state: str) -> None:
+        self._move(task, state)
+        self.timers.arm(task, min(when, task.expires) if task.expires else when)
+
+    def _finish(self, task: Task, state: str, result: bytes | None, now: float) -> Tombstone:
+        self.timers.cancel(task)
+        if task.consumer is not None:
+            task.consumer.running.pop(task.id, None)
+            task.consumer = None
+        counts = self._count(task.queue)
+        counts[task.state] -= 1
+        if task.state == READY:
+            self.ready.lane(task.queue).count -= 1
+        task.state = state
+        self.outcomes[(task.queue, state)] += 1
+        stone = self.table.bury(task, state, result, now)
+        for listener in self.listeners:
+            listener.task_finished(task, stone)
+        return stone
+
+    def _kill(self, task: Task) -> None:
+        self.timers.cancel(task)
+        if task.consumer is not None:
+            task.consumer.running.pop(task.id, None)
+            task.consumer = None
+        self._move(task, DEAD)
+        self.outcomes[(task.queue, DEAD)] += 1
+        evicted = self.table.kill(task)
+        if evicted is not None:
+            self._count(evicted.queue)[DEAD] -= 1
+            logger.warning("dead-letter queue full (%d): dropped oldest task %s", self.config.max_dead, evicted.id)
+        for listener in self.listeners:
+            listener.task_dead(task)
+
+    # -- intake ------------------------------------------------------------------
+    def submit(self, task: Task, now: float) -> tuple[str, Any]:
+        """Store a new task. Idempotent: a known id or a key inside its dedup
+        window answers DUPLICATE with the existing task's id."""
+        table = self.table
+        if task.id in table.live or task.id in table.dead or task.id in table.tombstones:
+            return DUPLICATE, task.id
+        if task.key is not None:
+            holder = table.holder_of_key(task.key, now, self.config.dedup_window)
+            if holder is not None:
+                return DUPLICATE, holder
+        if not self.accepting:
+            raise ShuttingDown("node is shutting down and accepts no new tasks")
+        if len(table.live) >= self.config.max_tasks:
+            raise Busy(f"node holds {len(table.live)} tasks, its limit")
+        task.seq = next(self._seq)
+        task.state = SCHEDULED
+        self._count(task.queue)[SCHEDULED] += 1
+        table.add(task)
+        self.outcomes[(task.queue, "submitted")] += 1
+        for listener in self.listeners:
+            listener.task_accepted(task)
+        if task.eta <= now and task.rank == 0:
+            self._make_ready(task, now)
+        else:
+            self._schedule(task, task.eta, SCHEDULED)
+        return ACCEPTED, None
+
+    # -- consuming ---------------------------------------------------------------
+    def take(self, queues: Iterable[str], now: float) -> Task | None:
+        """The next ready task for these queues, or None. Expired ones are
+        expired on the way."""
+        while True:
+            task = self.ready.pop(queues)
+            if task is None:
+                return None
+            if task.expires and task.expires <= now:
+                self._finish(task, EXPIRED, None, now)
+                continue
+            return task
+
+    def start(self, task: Task, consumer: Any, now: float) -> None:
+        """Lease ``task`` (just taken) to ``consumer`` until now + timeout."""
+        self._move(task, RUNNING)
+        task.attempt += 1
+        task.consumer = consumer
+        task.lease_end = now + task.timeout
+        consumer.running[task.id] = task
+        self.timers.arm(task, task.lease_end)
+        for listener in self.listeners:
+            listener.task_started(task)
+
+    def touch(self, task_id: str, now: float) -> bool:
+        task = self.table.live.get(task_id)
+        if task is None or task.state != RUNNING:
+            return False
+        task.lease_end = now + task.timeout
+        self.timers.arm(task, task.lease_end)
+        for listener in self.listeners:
+            listener.task_touched(task)
+        return True
+
+    def release(self, task_id: str, now: float) -> bool:
+        """A consumer gives back a task it never started: no attempt is spent."""
+        task = self.table.live.get(task_id)
+        if task is None or task.state != RUNNING:
+            return False
+        task.consumer.running.pop(task.id, None)
+        task.consumer = None
+        task.attempt -= 1
+        self._make_ready(task, now)
+        return True
+
+    def complete(self, task_id: str, attempt: int, result: bytes | None, now: float) -> bool:
+        """DONE from a consumer. A completion of an earlier attempt still
+        finishes the task (it did run); a second execution under way is
+        aborted and counted as a duplicate."""
+        task = self.table.live.get(task_id) or self.table.dead.get(task_id)
+        if task is None:
+            return False
+        if task.state == RUNNING and task.attempt != attempt:
+            other = task.consumer
+            for listener in self.listeners:
+                listener.duplicate_run(task, {"attempt": attempt, "running": task.attempt})
+            if other is not None:
+                other.abort([task.id])
+        elif attempt != task.attempt and task.state != DEAD:
+            logger.info("task %s finished by attempt %d after being re-queued", task_id, attempt)
+        self.outcomes[(task.queue, "completed")] += 1
+        self._finish(task, DONE, result, now)
+        return True
+
+    def fail(self, task_id: str, attempt: int, error: dict[str, Any], retryable: bool,
+             delay: float | None, now: float) -> bool:
+        """FAILED from a consumer: retry with backoff, or dead-letter."""
+        task = self.table.live.get(task_id)
+        if task is None or task.state != RUNNING or task.attempt != attempt:
+            return False   # stale: that attempt was already given up on
+        task.consumer.running.pop(task.id, None)
+        task.consumer = None
+        task.error = error
+        self.outcomes[(task.queue, "failed")] += 1
+        self._retry_or_kill(task, retryable, delay, now, "failed")
+        return True
+
+    def lose(self, task: Task, reason: str, now: float) -> None:
+        """The consumer vanished or the lease ran out: put the task back at
+        once (the attempt is spent) or dead-letter it if none are left."""
+        if task.consumer is not None:
+            task.consumer.running.pop(task.id, None)
+            task.consumer = None
+        task.error = {"type": "Lost", "message": reason}
+        self.outcomes[(task.queue, "lost")] += 1
+        self._retry_or_kill(task, True, 0.0, now, reason)
+
+    def _retry_or_kill(self, task: Task, retryable: bool, delay: float | None, now: float, reason: str) -> None:
+        if retryable and not task.at_most_once and task.attempt <= task.max_retries:
+            wait = retry_delay(task) if delay is None else delay
+            self.outcomes[(task.queue, "retried")] += 1
+            if wait <= 0:
+                self._make_ready(task, now)
+            else:
+                self._schedule(task, now + wait, RETRYING)
+            for listener in self.listeners:
+                listener.task_retrying(task, reason)
+        else:
+            self._kill(task)
+
+    # -- control -----------------------------------------------------------------
+    def cancel(self, task_id: str, now: float) -> tuple[bool, str]:
+        """Cancel a live or dead task. A running one's consumer is told to
+        abort (best effort); its later DONE finds a tombstone and is ignored."""
+        task = self.table.live.get(task_id) or self.table.dead.get(task_id)
+        if task is None:
+            stone = self.table.tombstone(task_id)
+            if stone is None:
+                raise NotFound(f"no task {task_id}")
+            return False, stone.state
+        previous = task.state
+        consumer = task.consumer
+        if previous == DEAD:
+            self.table.dead.pop(task.id, None)
+            self._count(task.queue)[DEAD] -= 1
+            task.state = CANCELLED
+            self.table.bury(task, CANCELLED, None, now)
+            return True, previous
+        self._finish(task, CANCELLED, None, now)
+        if previous == RUNNING and consumer is not None:
+            consumer.abort([task.id])
+        return True, previous
+
+    def info(self, task_id: str) -> dict[str, Any]:
+        task = self.table.live.get(task_id) or self.table.dead.get(task_id)
+        if task is not None:
+            return task.header()
+        stone = self.table.tombstone(task_id)
+        if stone is None:
+            raise NotFound(f"no task {task_id}")
+        return stone.info()
+
+    def result(self, task_id: str) -> Tombstone | None:
+        """The tombstone of a finished task, or None while it is live/dead."""
+        return self.table.tombstone(task_id)
+
+    # -- time --------------------------------------------------------------------
+    def fire_due(self, now: float) -> float | None:
+        """Act on every due timer (bounded per call); return the next due time."""
+        for task in self.timers.pop_due(now, TIMER_BATCH):
+            state = task.state
+            if state in (SCHEDULED, RETRYING):
+                if task.expires and task.expires <= now:
+                    self._finish(task, EXPIRED, None, now)
+                elif task.rank > 0 and state == SCHEDULED:
+                    for listener in self.listeners:
+                        listener.task_due_elsewhere(task)
+                elif task.eta > now and state == SCHEDULED:
+                    self.timers.arm(task, task.eta)   # woke for an expiry that moved
+                else:
+                    self._make_ready(task, now)
+            elif state == READY:
+                if task.expires and task.expires <= now:
+                    self._finish(task, EXPIRED, None, now)
+            elif state == RUNNING:
+                logger.info("lease of task %s ran out (attempt %d)", task.id, task.attempt)
+                self.lose(task, "lease expired", now)
+        if len(self.timers) > 4 * (len(self.table.live) + 1024):
+            self.timers.compact()
+        return self.timers.next_due()
+
+    # -- dead letters ------------------------------------------------------------
+    def dead_list(self, queue: str | None, limit: int) -> list[dict[str, Any]]:
+        return [task.header() for task, _ in zip(self.table.iter_dead(queue), range(limit))]
+
+    def dead_retry(self, ids: Iterable[str], now: float) -> list[str]:
+        revived = []
+        for task_id in ids:
+            task = self.table.revive(task_id)
+            if task is None:
+                continue
+            task.attempt = 0
+            self._make_ready(task, now)
+            for listener in self.listeners:
+                listener.task_revived(task)
+            revived.append(task_id)
+        return revived
+
+    def dead_purge(self, queue: str | None, ids: Iterable[str] | None = None) -> int:
+        victims = list(ids) if ids is not None else [t.id for t in self.table.iter_dead(queue)]
+        n = 0
+        for task_id in victims:
+            task = self.table.dead.pop(task_id, None)
+            if task is None:
+                continue
+            self._count(task.queue)[DEAD] -= 1
+            if task.key is not None and self.table.keys.get(task.key) == task.id:
+                del self.table.keys[task.key]
+            for listener in self.listeners:
+                listener.task_purged(task)
+            n += 1
+        return n
+
+    # -- views -------------------------------------------------------------------
+    def list_tasks(self, queue: str | None, state: str | None, limit: int) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        sources: list[Iterable[Task]] = [self.table.live.values(), self.table.dead.values()]
+        for source in sources:
+            for task in source:
+                if (queue is None or task.queue == queue) and (state is None or task.state == state):
+                    out.append(task.header())
+                    if len(out) >= limit:
+                        return out
+        return out
+
+    def queue_counts(self) -> dict[str, dict[str, int]]:
+        return {q: {s: c[s] for s in (SCHEDULED, READY, RUNNING, RETRYING, DEAD)}
+                for q, c in self.counts.items()}

@@ -1,0 +1,48 @@
+"""What the engine tells the rest of the node about task state changes.
+
+Every hook is a documented no-op; a listener overrides the ones it needs.
+Hooks run inline in the engine's greenlet and must not block. The
+dispatcher, result waiters, metrics, the append-only log and replication
+are all listeners, so the engine knows none of them.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ..store.table import Tombstone
+from ..store.task import Task
+
+
+class EngineListener:
+    def task_accepted(self, task: Task) -> None:
+        """A new task is stored (scheduled or ready)."""
+
+    def task_ready(self, task: Task) -> None:
+        """A task entered its ready queue."""
+
+    def task_started(self, task: Task) -> None:
+        """A task was leased to a consumer; ``task.lease_end`` is set."""
+
+    def task_touched(self, task: Task) -> None:
+        """A running task's lease was extended."""
+
+    def task_retrying(self, task: Task, reason: str) -> None:
+        """A task failed or was lost and waits for its next attempt."""
+
+    def task_dead(self, task: Task) -> None:
+        """A task moved to the dead-letter queue."""
+
+    def task_finished(self, task: Task, stone: Tombstone) -> None:
+        """A task ended: done, cancelled or expired (``stone.state``)."""
+
+    def task_revived(self, task: Task) -> None:
+        """A dead task was put back in its queue."""
+
+    def task_purged(self, task: Task) -> None:
+        """A dead task was dropped for good."""
+
+    def task_due_elsewhere(self, task: Task) -> None:
+        """A replica's timer fired (rank > 0): the cluster decides whether it runs."""
+
+    def duplicate_run(self, task: Task, info: dict[str, Any]) -> None:
+        """Evidence that a task ran more than once (counted, never silent)."""

@@ -1,0 +1,278 @@
+"""What the node does with each command on the service socket.
+
+One method per command; each validates its body with
+:mod:`miyaq.protocol.fields` before touching state, so a bad request is
+refused whole. Requests that expect an answer carry ``req`` and get a REPLY
+or an ERROR with the same ``req``.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InvalidField, MiyaqError, NotFound, ShuttingDown
+from ..protocol import commands as c
+from ..protocol import fields as f
+from ..protocol.taskspec import check_id, check_queue, task_from_wire
+from ..store.task import ALL_STATES
+from .consumers import PullConsumer, delivery
+from .waiters import outcome
+
+if TYPE_CHECKING:
+    from .node import Node
+
+logger = logging.getLogger(__name__)
+
+MAX_WAIT = 3600.0
+
+
+class ServiceHandlers:
+    def __init__(self, node: "Node") -> None:
+        self.node = node
+        self.engine = node.engine
+        self.endpoint = node.endpoint
+        self.workers = node.workers
+        self.dispatcher = node.dispatcher
+        self.waiters = node.waiters
+        self.max_batch = node.config.max_batch
+
+    def install(self) -> None:
+        table = {
+            c.SUBMIT: self.submit, c.STATUS: self.status, c.TASK: self.task, c.CANCEL: self.cancel,
+            c.RESULT: self.result, c.TASKS: self.tasks, c.DEAD: self.dead, c.RECEIVE: self.receive,
+            c.ACK: self.ack, c.NACK: self.nack, c.READY: self.ready, c.HEARTBEAT: self.heartbeat,
+            c.CREDIT: self.credit, c.DONE: self.done, c.FAILED: self.failed, c.TOUCH: self.touch,
+            c.RETURN: self.give_back, c.BYE: self.bye,
+        }
+        self.endpoint.handlers.update(table)
+
+    # -- producers -------------------------------------------------------------------
+    def submit(self, identity: bytes, body: dict[str, Any], now: float) -> None:
+        tasks = f.items(body, "tasks", self.max_batch)
+        intake = self.node.intake
+        ack = self.endpoint.ack
+        for wire in tasks:
+            try:
+                task = task_from_wire(wire, now, self.node.config)
+            except MiyaqError as err:
+                task_id = wire.get("id") if isinstance(wire, dict) else None
+                self.endpoint.errors[err.code] += 1
+                ack(identity, [task_id if isinstance(task_id, str) else "", c.REJECTED, err.to_wire()])
+                continue
+            intake.submit(task, now, identity)
+
+    def status(self, identity: bytes, body: dict[str, Any], now: float) -> None:
+        self.endpoint.reply(identity, body.get("req"), self.node.status(now))
+
+    def task(self, identity: bytes, body: dict[str, Any], now: float) -> None:
+        task_id = check_id(body.get("id"))
+        self.endpoint.reply(identity, body.get("req"), {"task": self.engine.info(task_id)})
+
+    def cancel(self, identity: bytes, body: dict[str, Any], now: float) -> None:
+        task_id = check_id(body.get("id"))
+        cancelled, state = self.engine.cancel(task_id, now)
+        self.endpoint.reply(identity, body.get("req"), {"cancelled": cancelled, "state": state})
+
+    def result(self, identity: bytes, body: dict[str, Any], now: float) -> None:
+        req = body.get("req")
+        task_id = check_id(body.get("id"))
+        timeout = f.number(body, "timeout", 0.0, hi=MAX_WAIT)
+        engine = self.engine
+        stone = engine.result(task_id)
+        if stone is not None:
+            self.endpoint.reply(identity, req, outcome(stone))
+            return
+        task = engine.table.dead.get(task_id)
+        if task is not None:
+            self.endpoint.reply(identity, req, outcome(task))
+            return
+        if task_id not in engine.table.live:
+            raise NotFound(f"no task {task_id}")
+        if timeout <= 0:
+            self.endpoint.reply(identity, req, {"state": engine.table.live[task_id].state, "timeout": True})
+            return
+        self.waiters.wait_result(task_id, now + timeout,
+                                 lambda answer: self.endpoint.reply(identity, req, answer))
+
+    def tasks(self, identity: bytes, body: dict[str, Any], now: float) -> None:
+        queue = body.get("queue")
+        if queue is not None:
+            check_queue(queue)
+        state = f.string(body, "state", None, max_len=16)
+        if state is not None and state not in ALL_STATES:
+            raise InvalidField(f"field 'state' must be one of {', '.join(ALL_STATES)}", field="state")
+        limit = f.integer(body, "limit", 100, lo=1, hi=10_000)
+        self.endpoint.reply(identity, body.get("req"),
+                            {"tasks": self.engine.list_tasks(queue, state, limit)})
+
+    def dead(self, identity: bytes, body: dict[str, Any], now: float) -> None:
+        op = f.string(body, "op", max_len=16)
+        queue = body.get("queue")
+        if queue is not None:
+            check_queue(queue)
+        req = body.get("req")
+        if op == "list":
+            limit = f.integer(body, "limit", 100, lo=1, hi=10_000)
+            self.endpoint.reply(identity, req, {"tasks": self.engine.dead_list(queue, limit)})
+        elif op == "retry":
+            ids = self._ids(body, queue)
+            self.endpoint.reply(identity, req, {"retried": self.engine.dead_retry(ids, now)})
+        elif op == "purge":
+            ids = f.string_list(body, "ids", None, max_items=10_000, max_len=64)
+            self.endpoint.reply(identity, req, {"purged": self.engine.dead_purge(queue, ids)})
+        else:
+            raise InvalidField("field 'op' must be list, retry or purge", field="op")
+
+    def _ids(self, body: dict[str, Any], queue: str | None) -> list[str]:
+        ids = f.string_list(body, "ids", None, max_items=10_000, max_len=64)
+        if ids is None:
+            ids = [t.id for t in self.engine.table.iter_dead(queue)]
+        return ids
+
+    # -- pull consumers ----------------------------------------------------------------
+    def receive(self, identity: bytes, body: dict[str, Any], now: float) -> None:
+        req = body.get("req")
+        queues = f.string_list(body, "queues", ["default"], max_items=64)
+        for q in queues:
+            check_queue(q)
+        timeout = f.number(body, "timeout", 0.0, hi=MAX_WAIT)
+        endpoint = self.endpoint
+
+        def answer(task: dict[str, Any] | None) -> bool:
+            return endpoint.reply(identity, req, {"task": task})
+
+        consumer = PullConsumer(queues, now + timeout, answer)
+        task = self.engine.take(queues, now)
+        if task is not None:
+            self.engine.start(task, consumer, now)
+            consumer.credit = 0
+            if not consumer.deliver([task]):
+                self.engine.release(task.id, now)
+            return
+        if timeout <= 0:
+            answer(None)
+            return
+        self.waiters.wait_pull(consumer)
+
+    def ack(self, identity: bytes, body: dict[str, Any], now: float) -> None:
+        task_id = check_id(body.get("id"))
+        attempt = f.integer(body, "attempt", lo=0)
+        result = f.binary(body, "result", None, max_len=self.node.config.max_payload)
+        ok = self.engine.complete(task_id, attempt, result, now)
+        self.endpoint.reply(identity, body.get("req"), {"ok": ok})
+
+    def nack(self, identity: bytes, body: dict[str, Any], now: float) -> None:
+        task_id = check_id(body.get("id"))
+        attempt = f.integer(body, "attempt", lo=0)
+        error = _error(body.get("error"))
+        retry = f.boolean(body, "retry", True)
+        delay = f.number(body, "delay", None, hi=MAX_WAIT * 24)
+        ok = self.engine.fail(task_id, attempt, error, retry, delay, now)
+        self.endpoint.reply(identity, body.get("req"), {"ok": ok})
+
+    # -- workers -----------------------------------------------------------------------
+    def ready(self, identity: bytes, body: dict[str, Any], now: float) -> None:
+        wid = f.string(body, "worker", max_len=128)
+        queues = f.string_list(body, "queues", ["default"], max_items=64)
+        for q in queues:
+            check_queue(q)
+        names = f.string_list(body, "names", [], max_items=10_000, max_len=256)
+        capacity = f.integer(body, "capacity", 1, lo=1, hi=100_000)
+        credit = f.integer(body, "credit", capacity, lo=0, hi=capacity)
+        if not self.node.accepting_workers:
+            raise ShuttingDown("node is shutting down")
+        info = {k: body[k] for k in ("pid", "host", "concurrency") if k in body}
+        worker = self.workers.register(identity, wid, queues, names, capacity, now, info)
+        worker.credit = 0
+        self.dispatcher.grant(worker, credit)
+
+    def _worker(self, identity: bytes, now: float) -> Any:
+        worker = self.workers.seen(identity, now)
+        if worker is None:
+            self.endpoint.send(identity, c.RECONNECT, {"reason": "unknown worker; send READY"})
+        return worker
+
+    def heartbeat(self, identity: bytes, body: dict[str, Any], now: float) -> None:
+        wid = body.get("worker")
+        if isinstance(wid, str) and body.get("side"):
+            self.workers.seen_wid(wid, now)   # the worker's heartbeat thread
+            return
+        self._worker(identity, now)
+
+    def _grant(self, worker: Any, n: int) -> None:
+        """Credit is the worker's: each finished or returned task frees one of
+        its slots. Capped at its capacity so a confused worker cannot inflate it."""
+        if worker is not None and n > 0:
+            self.dispatcher.grant(worker, min(n, worker.capacity - worker.credit))
+
+    def credit(self, identity: bytes, body: dict[str, Any], now: float) -> None:
+        n = f.integer(body, "n", lo=1, hi=100_000)
+        self._grant(self._worker(identity, now), n)
+
+    def done(self, identity: bytes, body: dict[str, Any], now: float) -> None:
+        items = f.items(body, "done", self.max_batch * 4)
+        for item in items:
+            if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
+                    and isinstance(item[1], int) and (item[2] is None or isinstance(item[2], bytes))):
+                raise InvalidField("each 'done' item must be [id, attempt, result-bytes-or-nil]", field="done")
+        worker = self._worker(identity, now)
+        complete = self.engine.complete
+        for task_id, attempt, result in items:
+            complete(task_id, attempt, result, now)
+        self._grant(worker, len(items))
+
+    def failed(self, identity: bytes, body: dict[str, Any], now: float) -> None:
+        items = f.items(body, "failed", self.max_batch * 4)
+        checked = []
+        for item in items:
+            if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
+                    and isinstance(item[1], int) and isinstance(item[2], dict)):
+                raise InvalidField("each 'failed' item must be [id, attempt, error-map]", field="failed")
+            checked.append((item[0], item[1], _error(item[2]), item[2].get("retry", True) is not False,
+                            _delay(item[2].get("delay"))))
+        worker = self._worker(identity, now)
+        for task_id, attempt, error, retry, delay in checked:
+            self.engine.fail(task_id, attempt, error, retry, delay, now)
+        self._grant(worker, len(items))
+
+    def touch(self, identity: bytes, body: dict[str, Any], now: float) -> None:
+        ids = f.string_list(body, "ids", max_items=10_000, max_len=64)
+        self._worker(identity, now)
+        for task_id in ids:
+            self.engine.touch(task_id, now)
+
+    def give_back(self, identity: bytes, body: dict[str, Any], now: float) -> None:
+        ids = f.string_list(body, "ids", max_items=100_000, max_len=64)
+        worker = self._worker(identity, now)
+        for task_id in ids:
+            if worker is not None and task_id in worker.running:
+                self.engine.release(task_id, now)
+        if body.get("credit", True) is not False:
+            self._grant(worker, len(ids))
+
+    def bye(self, identity: bytes, body: dict[str, Any], now: float) -> None:
+        worker = self.workers.by_identity.get(identity)
+        if worker is not None:
+            self.workers.drop(worker, "said goodbye", now)
+
+
+def _error(value: Any) -> dict[str, Any]:
+    """A failure description: {type, message, traceback?}, strings, bounded."""
+    if not isinstance(value, dict):
+        raise InvalidField("field 'error' must be a map {type, message, traceback}", field="error")
+    out: dict[str, Any] = {}
+    for name, limit in (("type", 256), ("message", 4096), ("traceback", 16384)):
+        v = value.get(name)
+        if v is not None:
+            if not isinstance(v, str):
+                raise InvalidField(f"error field {name!r} must be a string", field="error")
+            out[name] = v[:limit]
+    out.setdefault("type", "Error")
+    out.setdefault("message", "")
+    return out
+
+
+def _delay(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 86400 * 30:
+        return float(value)
+    return None

@@ -1,0 +1,132 @@
+"""The service ROUTER: the one socket producers, workers and pull consumers
+talk to.
+
+One greenlet reads it (zmq.green allows one waiter per socket). It reads a
+burst of messages without blocking, handles each, then flushes what the
+burst produced (batched SUBMITTED replies) and runs the dispatcher once, so
+per-message work stays small and replies leave in batches under load. A bad
+message gets an ERROR reply with a code, is counted, and changes nothing.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from typing import Any, Callable
+
+import zmq.green as zmq
+
+from ..errors import MiyaqError, ProtocolError
+from ..protocol import codec
+from ..protocol import commands as c
+
+logger = logging.getLogger(__name__)
+
+BURST = 512
+Handler = Callable[[bytes, dict[str, Any], float], None]
+
+
+class ServiceEndpoint:
+    def __init__(self, ctx: zmq.Context, bind: str, max_message: int) -> None:
+        self.sock = ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, 100_000)
+        self.sock.setsockopt(zmq.RCVHWM, 100_000)
+        # A message over twice the limit is dropped by libzmq (and the peer
+        # disconnected) before it is read; up to that it gets a TOO_LARGE reply.
+        self.sock.setsockopt(zmq.MAXMSGSIZE, 2 * max_message + 4096)
+        self.sock.bind(bind)
+        self.max_message = max_message
+        self.handlers: dict[bytes, Handler] = {}
+        self.after_burst: list[Callable[[float], None]] = []
+        self.errors: Counter[str] = Counter()
+        self.messages = 0
+        self._acks: dict[bytes, list[list[Any]]] = {}
+        self._closed = False
+
+    # -- sending -------------------------------------------------------------
+    def send(self, identity: bytes, command: bytes, body: dict[str, Any]) -> bool:
+        """Send without blocking; False if the peer is gone or full."""
+        try:
+            self.sock.send_multipart([identity, c.TAG, command, codec.pack(body)], zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as exc:
+            if exc.errno in (zmq.EHOSTUNREACH, zmq.ENOTSOCK):
+                return False
+            raise
+
+    def reply(self, identity: bytes, req: Any, body: dict[str, Any]) -> bool:
+        body["req"] = req
+        return self.send(identity, c.REPLY, body)
+
+    def error(self, identity: bytes, err: MiyaqError, req: Any = None) -> None:
+        self.errors[err.code] += 1
+        body = err.to_wire()
+        if req is not None:
+            body["req"] = req
+        self.send(identity, c.ERROR, body)
+
+    def ack(self, identity: bytes, result: list[Any]) -> None:
+        """Queue one submit result; sent with the others at the end of the burst."""
+        acks = self._acks.get(identity)
+        if acks is None:
+            acks = self._acks[identity] = []
+        acks.append(result)
+
+    def flush_acks(self) -> None:
+        acks, self._acks = self._acks, {}
+        for identity, results in acks.items():
+            self.send(identity, c.SUBMITTED, {"results": results})
+
+    # -- receiving -----------------------------------------------------------
+    def handle(self, frames: list[bytes], now: float) -> None:
+        self.messages += 1
+        if len(frames) < 2:
+            self.errors["bad_frame"] += 1
+            return  # no routing id: nothing to answer
+        identity = frames[0]
+        try:
+            command, body = codec.decode(frames[1:], c.NODE_COMMANDS, self.max_message)
+        except ProtocolError as err:
+            logger.debug("bad message from %r: %s", identity, err.message)
+            self.error(identity, err)
+            return
+        req = body.get("req")
+        try:
+            self.handlers[command](identity, body, now)
+        except MiyaqError as err:
+            self.error(identity, err, req)
+        except Exception:  # a bug must not take the node down; it is logged and answered
+            logger.exception("handler for %s failed", command)
+            self.error(identity, MiyaqError("internal error while handling the request"), req)
+
+    def serve(self) -> None:
+        """The reader loop; returns when the socket is closed."""
+        sock = self.sock
+        recv = sock.recv_multipart
+        while not self._closed:
+            try:
+                frames = recv(copy=True)
+            except zmq.ZMQError:
+                if self._closed:
+                    return
+                raise
+            now = time.time()
+            self.handle(frames, now)
+            for _ in range(BURST):
+                try:
+                    frames = recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self.handle(frames, now)
+            self.flush_acks()
+            for hook in self.after_burst:
+                hook(now)
+
+    def close(self) -> None:
+        self._closed = True
+        self.sock.close(linger=0)

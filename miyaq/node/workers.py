@@ -1,0 +1,99 @@
+"""The registry of connected workers: registration, heartbeats, liveness.
+
+A worker is known by its routing identity and its worker id. A worker not
+heard from for ``heartbeat × liveness`` seconds is lost: every task leased
+to it is put back at once (the attempt is spent), not after the lease.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..protocol import commands as c
+from .consumers import WorkerConsumer
+from .dispatcher import Dispatcher
+from .engine import Engine
+from .service import ServiceEndpoint
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerRegistry:
+    def __init__(self, engine: Engine, dispatcher: Dispatcher, endpoint: ServiceEndpoint,
+                 node_id: str, heartbeat: float, liveness: int) -> None:
+        self.engine = engine
+        self.dispatcher = dispatcher
+        self.endpoint = endpoint
+        self.node_id = node_id
+        self.heartbeat = heartbeat
+        self.liveness = liveness
+        self.by_identity: dict[bytes, WorkerConsumer] = {}
+        self.by_wid: dict[str, WorkerConsumer] = {}
+        self.lost_total = 0
+
+    def register(self, identity: bytes, wid: str, queues: list[str], names: list[str],
+                 capacity: int, now: float, info: dict[str, Any]) -> WorkerConsumer:
+        old = self.by_wid.get(wid) or self.by_identity.get(identity)
+        if old is not None:
+            # A worker re-registers after it lost us (or we restarted): what it
+            # held under its old registration is treated as lost.
+            self.drop(old, "worker re-registered", now)
+        worker = WorkerConsumer(self.endpoint, identity, wid, queues, names, capacity, now, info)
+        self.by_identity[identity] = worker
+        self.by_wid[wid] = worker
+        self.endpoint.send(identity, c.WELCOME, {"node": self.node_id, "heartbeat": self.heartbeat,
+                                                  "liveness": self.liveness})
+        self.dispatcher.grant(worker, 0)
+        logger.info("worker %s registered: queues=%s capacity=%d", wid, ",".join(queues), capacity)
+        return worker
+
+    def seen(self, identity: bytes, now: float) -> WorkerConsumer | None:
+        worker = self.by_identity.get(identity)
+        if worker is not None:
+            worker.last_seen = now
+        return worker
+
+    def seen_wid(self, wid: str, now: float) -> WorkerConsumer | None:
+        worker = self.by_wid.get(wid)
+        if worker is not None:
+            worker.last_seen = now
+        return worker
+
+    def drop(self, worker: WorkerConsumer, reason: str, now: float) -> int:
+        """Forget a worker; its leased tasks go back at once. Returns how many."""
+        self.by_identity.pop(worker.identity, None)
+        if self.by_wid.get(worker.wid) is worker:
+            del self.by_wid[worker.wid]
+        self.dispatcher.forget(worker)
+        tasks = list(worker.running.values())
+        for task in tasks:
+            self.engine.lose(task, f"worker {worker.wid} {reason}", now)
+        if tasks or reason != "said goodbye":
+            logger.info("worker %s %s; %d task(s) put back", worker.wid, reason, len(tasks))
+        return len(tasks)
+
+    def tick(self, now: float) -> None:
+        """Send heartbeats and drop silent workers (called every heartbeat)."""
+        deadline = now - self.heartbeat * self.liveness
+        for worker in list(self.by_identity.values()):
+            if worker.last_seen < deadline:
+                self.lost_total += 1
+                self.drop(worker, "went silent", now)
+            else:
+                self.endpoint.send(worker.identity, c.HEARTBEAT, {"node": self.node_id})
+
+    def idle_by_queue(self) -> dict[str, int]:
+        """Idle worker capacity per queue (free slots)."""
+        idle: dict[str, int] = {}
+        for worker in self.by_identity.values():
+            free = max(0, worker.capacity - len(worker.running))
+            for q in worker.queues:
+                idle[q] = idle.get(q, 0) + free
+        return idle
+
+    def workers_by_queue(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for worker in self.by_identity.values():
+            for q in worker.queues:
+                counts[q] = counts.get(q, 0) + 1
+        return counts

@@ -1,0 +1,56 @@
+"""Protocol tag, command names and limits: the vocabulary of the wire.
+
+Every message is a ZeroMQ multipart message of exactly three frames after the
+ROUTER's routing id: ``[TAG, COMMAND, BODY]``. ``TAG`` is ``b"MQ1"`` (protocol
+miyaq, version 1), ``COMMAND`` an ASCII name below and ``BODY`` a msgpack map.
+docs/protocol.md documents every field.
+"""
+from __future__ import annotations
+
+TAG = b"MQ1"
+FRAMES = 3
+
+# Producer / admin -> node (request carries "req"; node answers REPLY or ERROR)
+SUBMIT = b"SUBMIT"          # {"tasks": [task, ...]}            -> SUBMITTED
+STATUS = b"STATUS"          # {"req"}                            -> REPLY node stats
+TASK = b"TASK"              # {"req", "id"}                      -> REPLY task info
+CANCEL = b"CANCEL"          # {"req", "id"}                      -> REPLY {"cancelled": bool, "state"}
+RESULT = b"RESULT"          # {"req", "id", "timeout"}           -> REPLY once final or timeout
+TASKS = b"TASKS"            # {"req", "queue"?, "state"?, "limit"?} -> REPLY {"tasks": [...]}
+DEAD = b"DEAD"              # {"req", "op": list|retry|purge, ...} -> REPLY
+RECEIVE = b"RECEIVE"        # {"req", "queues", "timeout", "lease"} -> REPLY {"task": task|None}
+ACK = b"ACK"                # {"req", "id", "attempt", "result"} -> REPLY
+NACK = b"NACK"              # {"req", "id", "attempt", "error", "retry", "delay"?} -> REPLY
+
+# Worker <-> node
+READY = b"READY"            # {"worker", "queues", "names", "capacity", ...} -> WELCOME
+WELCOME = b"WELCOME"        # {"node", "heartbeat", "liveness"}
+HEARTBEAT = b"HEARTBEAT"    # both ways; worker: {"worker"}; node: {"node"}
+CREDIT = b"CREDIT"          # worker -> node {"n"}: grant n more slots
+DISPATCH = b"DISPATCH"      # node -> worker {"tasks": [delivery, ...]}
+DONE = b"DONE"              # worker -> node {"done": [[id, attempt, result], ...]}
+FAILED = b"FAILED"          # worker -> node {"failed": [[id, attempt, error], ...]}
+TOUCH = b"TOUCH"            # worker -> node {"ids": [...]}: extend leases
+RETURN = b"RETURN"          # worker -> node {"ids": [...]}: give back unstarted tasks
+ABORT = b"ABORT"            # node -> worker {"ids": [...]}: stop these (cancelled)
+BYE = b"BYE"                # worker -> node {"worker"}: leaving
+RECONNECT = b"RECONNECT"    # node -> worker {}: you are unknown here, send READY again
+
+# Node -> producer
+SUBMITTED = b"SUBMITTED"    # {"results": [[id, status, detail], ...]}
+REPLY = b"REPLY"            # {"req", ...}
+ERROR = b"ERROR"            # {"req"?, "code", "message"}
+
+REQUESTS = frozenset({STATUS, TASK, CANCEL, RESULT, TASKS, DEAD, RECEIVE, ACK, NACK})
+WORKER_COMMANDS = frozenset({READY, HEARTBEAT, CREDIT, DONE, FAILED, TOUCH, RETURN, BYE})
+NODE_COMMANDS = frozenset({SUBMIT}) | REQUESTS | WORKER_COMMANDS
+
+# Submit result statuses
+ACCEPTED = "accepted"
+DUPLICATE = "duplicate"      # detail: the id of the task that holds the key / id
+REJECTED = "rejected"        # detail: {"code", "message"}
+
+DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024
+
+NODE_REPLIES = frozenset({SUBMITTED, REPLY, ERROR})
+WORKER_INBOUND = frozenset({WELCOME, HEARTBEAT, DISPATCH, ABORT, RECONNECT, ERROR, REPLY})

@@ -1,0 +1,75 @@
+"""Turn a task map from the wire into a :class:`~miyaq.store.task.Task`.
+
+Validation happens here, field by field, before anything is stored; a bad
+task raises :class:`~miyaq.errors.InvalidField` naming the field. Defaults
+come from the node's configuration. ``countdown`` is relative to the node's
+clock, ``eta`` absolute (unix seconds, float: sub-second precision).
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ..config import NodeConfig
+from ..errors import InvalidField
+from ..store.task import Task
+from . import fields as f
+
+_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+_QUEUE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+METHODS = ("POST", "PUT", "PATCH", "GET", "DELETE")
+YEAR = 365 * 86400.0
+
+
+def check_id(value: Any, field: str = "id") -> str:
+    if not isinstance(value, str) or not _ID.match(value):
+        raise InvalidField(f"field {field!r} must be 1-64 characters of A-Z a-z 0-9 _ . : -", field=field)
+    return value
+
+
+def check_queue(value: Any, field: str = "queue") -> str:
+    if not isinstance(value, str) or not _QUEUE.match(value):
+        raise InvalidField(f"field {field!r} must be 1-128 characters of A-Z a-z 0-9 _ . : -", field=field)
+    return value
+
+
+def task_from_wire(d: Any, now: float, config: NodeConfig) -> Task:
+    if not isinstance(d, dict):
+        raise InvalidField("each task must be a map", field="tasks")
+    task_id = check_id(d.get("id"))
+    queue = check_queue(d.get("queue", "default") or "default")
+    name = f.string(d, "name", None, max_len=256)
+    url = f.string(d, "url", None, max_len=2048)
+    if (name is None) == (url is None):
+        raise InvalidField("a task needs exactly one of 'name' (handler) or 'url' (webhook)", field="name")
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise InvalidField("field 'url' must be an http:// or https:// URL", field="url")
+    method = f.string(d, "method", "POST", max_len=8).upper()
+    if method not in METHODS:
+        raise InvalidField(f"field 'method' must be one of {', '.join(METHODS)}", field="method")
+    body = f.binary(d, "body", b"", max_len=config.max_payload)
+    eta = f.number(d, "eta", None, lo=0.0, hi=now + 10 * YEAR)
+    countdown = f.number(d, "countdown", None, lo=0.0, hi=10 * YEAR)
+    if eta is not None and countdown is not None:
+        raise InvalidField("give either 'eta' or 'countdown', not both", field="eta")
+    run_at = eta if eta is not None else now + (countdown or 0.0)
+    ttl = f.number(d, "ttl", None, lo=0.001, hi=10 * YEAR)
+    meta = f.mapping(d, "headers", None)
+    if meta is not None:
+        if len(meta) > 64 or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+            raise InvalidField("field 'headers' must map at most 64 strings to strings", field="headers")
+        meta = {"headers": meta}
+    return Task(
+        task_id, queue, name, body, url=url, method=method,
+        priority=f.integer(d, "priority", 0),
+        eta=run_at, created=now,
+        expires=(now + ttl) if ttl else 0.0,
+        max_retries=f.integer(d, "max_retries", config.default_max_retries, lo=0, hi=10_000),
+        backoff=f.number(d, "backoff", config.default_backoff, lo=0.0, hi=YEAR),
+        backoff_max=f.number(d, "backoff_max", config.default_backoff_max, lo=0.0, hi=YEAR),
+        timeout=f.number(d, "timeout", config.default_timeout, lo=0.01, hi=YEAR),
+        key=f.string(d, "key", None, max_len=256),
+        replicas=f.integer(d, "replicas", config.replicas, lo=1, hi=16),
+        at_most_once=f.boolean(d, "at_most_once", False),
+        meta=meta,
+    )

@@ -1,0 +1,145 @@
+"""Record framing for the append-only log and its snapshots (on-disk format v1).
+
+Every file of the log (``log-<first_seqno:020d>.mq`` segments and
+``snap-<seqno:020d>.mq`` snapshots) is a plain sequence of frames, with no
+file header. All integers are **big-endian** (network order)::
+
+    offset  size  field
+    0       2     magic   b"MQ" (0x4D 0x51) -- never two zero bytes, so a
+                          zero-filled hole left by a crash never parses
+    2       4     length  u32, number of payload bytes that follow the header
+    6       4     crc     u32, zlib.crc32 of the payload bytes
+    10      len   payload msgpack array [kind, seqno, body]
+
+``kind`` is a small int: ``KIND_RECORD`` (0) in segments; in a snapshot the
+first frame is ``KIND_SNAP_BEGIN`` (1, body ``{"format": 1, "created": unix
+time}``), then one ``KIND_SNAP_RECORD`` (2) frame per live-state record, and
+the last frame is ``KIND_SNAP_END`` (3, body ``{"records": count}``).
+``seqno`` is the record's sequence number in segments; in a snapshot every
+frame carries the snapshot's seqno (the last log record it covers). ``body``
+is a msgpack map (a Python dict); bytes are msgpack ``bin``, str is ``str``;
+tuples come back as lists and map keys may be any msgpack scalar.
+
+Constraints: this module only encodes and decodes; it never opens files,
+never raises on bad input while reading (it reports a :class:`FrameError`
+with the offset instead), and checks lengths against the buffer before
+trusting them, so a garbage length can never cause a huge allocation.
+"""
+from __future__ import annotations
+
+import logging
+import struct
+import zlib
+from dataclasses import dataclass
+import mmap
+from typing import Any, Iterator, Union
+
+import msgpack
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MAGIC = b"MQ"
+HEADER = struct.Struct(">2sII")
+HEADER_SIZE = HEADER.size  # 10
+
+KIND_RECORD = 0
+KIND_SNAP_BEGIN = 1
+KIND_SNAP_RECORD = 2
+KIND_SNAP_END = 3
+_KINDS = frozenset((KIND_RECORD, KIND_SNAP_BEGIN, KIND_SNAP_RECORD, KIND_SNAP_END))
+
+#: A whole file's content: ``bytes`` or a read-only ``mmap`` of it.
+Buffer = Union[bytes, mmap.mmap]
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One decoded frame: where it starts and ends in its file, and its content."""
+
+    offset: int
+    end: int
+    kind: int
+    seqno: int
+    body: dict[Any, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class FrameError:
+    """Why decoding stopped at ``offset`` (the first byte that is not a good frame)."""
+
+    offset: int
+    reason: str
+
+
+def pack_payload(kind: int, seqno: int, body: dict[Any, Any]) -> bytes:
+    """Serialise ``[kind, seqno, body]``; raises TypeError/ValueError/OverflowError
+    for values msgpack cannot encode."""
+    return msgpack.packb([kind, seqno, body], use_bin_type=True)
+
+
+def frame(payload: bytes) -> bytes:
+    """Wrap an already packed payload in its header."""
+    return HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+
+def encode(kind: int, seqno: int, body: dict[Any, Any]) -> bytes:
+    """Header + payload for one frame."""
+    return frame(pack_payload(kind, seqno, body))
+
+
+def decode_at(buf: Buffer, offset: int) -> Frame | FrameError:
+    """Decode the frame starting at ``offset`` of ``buf`` (a whole file's bytes)."""
+    size = len(buf)
+    if offset + HEADER_SIZE > size:
+        return FrameError(offset, f"short header ({size - offset} of {HEADER_SIZE} bytes)")
+    magic, length, crc = HEADER.unpack_from(buf, offset)
+    if magic != MAGIC:
+        return FrameError(offset, f"bad magic {bytes(magic)!r}")
+    start = offset + HEADER_SIZE
+    end = start + length
+    if end > size:
+        return FrameError(offset, f"short payload ({size - start} of {length} bytes)")
+    payload = buf[start:end]
+    if zlib.crc32(payload) != crc:
+        return FrameError(offset, "crc mismatch")
+    try:
+        decoded = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types
+        return FrameError(offset, f"bad msgpack ({exc.__class__.__name__})")
+    if (
+        not isinstance(decoded, list)
+        or len(decoded) != 3
+        or decoded[0] not in _KINDS
+        or not isinstance(decoded[1], int)
+        or decoded[1] < 0
+        or not isinstance(decoded[2], dict)
+    ):
+        return FrameError(offset, "payload is not [kind, seqno, body]")
+    return Frame(offset, end, decoded[0], decoded[1], decoded[2])
+
+
+def iter_frames(buf: Buffer, offset: int = 0) -> Iterator[Frame | FrameError]:
+    """Yield frames from ``offset`` until the end of ``buf`` or the first bad
+    frame, which is yielded as a :class:`FrameError` and ends the iteration."""
+    size = len(buf)
+    while offset < size:
+        item = decode_at(buf, offset)
+        yield item
+        if isinstance(item, FrameError):
+            return
+        offset = item.end
+
+
+def find_next_frame(buf: Buffer, offset: int) -> int | None:
+    """Offset of the first good frame strictly after ``offset``, or None.
+
+    Used to tell a torn tail (nothing good after the damage) from damage in
+    the middle of a file (good frames follow)."""
+    pos = offset
+    while True:
+        pos = buf.find(MAGIC, pos + 1)
+        if pos < 0:
+            return None
+        if isinstance(decode_at(buf, pos), Frame):
+            return pos

@@ -1,0 +1,95 @@
+"""Per-queue ready structures: lower priority number first, FIFO within one.
+
+A lane keeps one deque per priority level in use and a sorted list of those
+levels, so push and pop are O(1) plus a bisect over the (few) levels. Removal
+is lazy: an entry whose ``ready_gen`` no longer matches its task, or whose
+task is no longer READY, is skipped when popped.
+"""
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from typing import Iterable
+
+from .task import READY, Task
+
+
+class Lane:
+    __slots__ = ("name", "levels", "by_level", "count")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.levels: list[int] = []
+        self.by_level: dict[int, deque[tuple[int, Task]]] = {}
+        self.count = 0   # live READY tasks (maintained by the engine)
+
+    def push(self, task: Task) -> None:
+        task.ready_gen += 1
+        level = self.by_level.get(task.priority)
+        if level is None:
+            level = self.by_level[task.priority] = deque()
+            bisect.insort(self.levels, task.priority)
+        level.append((task.ready_gen, task))
+
+    def _clean_head(self) -> tuple[int, Task] | None:
+        while self.levels:
+            prio = self.levels[0]
+            level = self.by_level[prio]
+            while level:
+                gen, task = level[0]
+                if gen == task.ready_gen and task.state == READY:
+                    return level[0]
+                level.popleft()
+            del self.by_level[prio]
+            self.levels.pop(0)
+        return None
+
+    def head(self) -> Task | None:
+        entry = self._clean_head()
+        return entry[1] if entry else None
+
+    def pop(self) -> Task | None:
+        entry = self._clean_head()
+        if entry is None:
+            return None
+        self.by_level[self.levels[0]].popleft()
+        task = entry[1]
+        task.ready_gen += 1
+        return task
+
+
+class ReadyQueues:
+    """All lanes of a node, created on first use."""
+
+    def __init__(self) -> None:
+        self.lanes: dict[str, Lane] = {}
+
+    def lane(self, queue: str) -> Lane:
+        lane = self.lanes.get(queue)
+        if lane is None:
+            lane = self.lanes[queue] = Lane(queue)
+        return lane
+
+    def push(self, task: Task) -> None:
+        self.lane(task.queue).push(task)
+
+    def pop(self, queues: Iterable[str]) -> Task | None:
+        """The next task across ``queues``: lowest (priority, seq) wins."""
+        best: Task | None = None
+        best_lane: Lane | None = None
+        for name in queues:
+            lane = self.lanes.get(name)
+            if lane is None or not lane.count:
+                continue
+            task = lane.head()
+            if task is None:
+                continue
+            if best is None or (task.priority, task.seq) < (best.priority, best.seq):
+                best, best_lane = task, lane
+        if best_lane is None:
+            return None
+        return best_lane.pop()
+
+    def has_ready(self, queues: Iterable[str]) -> bool:
+        lanes = self.lanes
+        return any((lane := lanes.get(q)) is not None and lane.count > 0 for q in queues)

@@ -1,0 +1,134 @@
+"""The task table: live tasks by id, dedup keys, tombstones and dead letters.
+
+Everything here is bounded. Live tasks are capped by the engine (BUSY beyond
+``max_tasks``); tombstones (finished tasks with their outcome and result) by
+count and age; dead letters by count (the oldest is dropped, and counted,
+when the cap is reached).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Iterator
+
+from .task import Task
+
+
+class Tombstone:
+    """What remains of a finished task: enough to answer status and result,
+    and to refuse a late message or resubmission of the same id."""
+
+    __slots__ = ("id", "queue", "state", "result", "error", "finished", "key", "attempt")
+
+    def __init__(self, task: Task, state: str, result: bytes | None, finished: float) -> None:
+        self.id = task.id
+        self.queue = task.queue
+        self.state = state
+        self.result = result
+        self.error = task.error
+        self.finished = finished
+        self.key = task.key
+        self.attempt = task.attempt
+
+    def info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"id": self.id, "queue": self.queue, "state": self.state,
+                                "finished": self.finished, "attempt": self.attempt}
+        if self.key is not None:
+            info["key"] = self.key
+        if self.error is not None:
+            info["error"] = self.error
+        return info
+
+
+class TaskTable:
+    def __init__(self, max_tombstones: int, tombstone_ttl: float, max_dead: int) -> None:
+        self.live: dict[str, Task] = {}
+        self.keys: dict[str, str] = {}                      # key -> task id (live or tombstone)
+        self.tombstones: OrderedDict[str, Tombstone] = OrderedDict()
+        self.dead: OrderedDict[str, Task] = OrderedDict()
+        self.max_tombstones = max_tombstones
+        self.tombstone_ttl = tombstone_ttl
+        self.max_dead = max_dead
+        self.dead_dropped = 0
+
+    # -- live -------------------------------------------------------------
+    def add(self, task: Task) -> None:
+        self.live[task.id] = task
+        if task.key is not None:
+            self.keys[task.key] = task.id
+
+    def remove(self, task: Task) -> None:
+        self.live.pop(task.id, None)
+
+    def get(self, task_id: str) -> Task | None:
+        return self.live.get(task_id)
+
+    # -- tombstones -------------------------------------------------------
+    def bury(self, task: Task, state: str, result: bytes | None, now: float) -> Tombstone:
+        """Replace a live or dead task by its tombstone."""
+        self.live.pop(task.id, None)
+        self.dead.pop(task.id, None)
+        stone = Tombstone(task, state, result, now)
+        self.tombstones[task.id] = stone
+        self.tombstones.move_to_end(task.id)
+        while len(self.tombstones) > self.max_tombstones:
+            self._forget(self.tombstones.popitem(last=False)[1])
+        return stone
+
+    def tombstone(self, task_id: str) -> Tombstone | None:
+        return self.tombstones.get(task_id)
+
+    def sweep(self, now: float, limit: int = 10_000) -> int:
+        """Drop tombstones older than the ttl (oldest first). Returns how many."""
+        cutoff = now - self.tombstone_ttl
+        dropped = 0
+        while self.tombstones and dropped < limit:
+            stone = next(iter(self.tombstones.values()))
+            if stone.finished > cutoff:
+                break
+            self.tombstones.popitem(last=False)
+            self._forget(stone)
+            dropped += 1
+        return dropped
+
+    def _forget(self, stone: Tombstone) -> None:
+        if stone.key is not None and self.keys.get(stone.key) == stone.id:
+            del self.keys[stone.key]
+
+    # -- dedup keys -------------------------------------------------------
+    def holder_of_key(self, key: str, now: float, window: float) -> str | None:
+        """The id holding ``key``: a live or dead task, or one finished less
+        than ``window`` seconds ago."""
+        task_id = self.keys.get(key)
+        if task_id is None:
+            return None
+        if task_id in self.live or task_id in self.dead:
+            return task_id
+        stone = self.tombstones.get(task_id)
+        if stone is not None and stone.finished + window > now:
+            return task_id
+        del self.keys[key]
+        return None
+
+    # -- dead letters -----------------------------------------------------
+    def kill(self, task: Task) -> Task | None:
+        """Move a task to the dead-letter queue; returns a task evicted to make room."""
+        self.live.pop(task.id, None)
+        self.dead[task.id] = task
+        if len(self.dead) > self.max_dead:
+            evicted = self.dead.popitem(last=False)[1]
+            self.dead_dropped += 1
+            if evicted.key is not None and self.keys.get(evicted.key) == evicted.id:
+                del self.keys[evicted.key]
+            return evicted
+        return None
+
+    def revive(self, task_id: str) -> Task | None:
+        task = self.dead.pop(task_id, None)
+        if task is not None:
+            self.live[task.id] = task
+        return task
+
+    def iter_dead(self, queue: str | None = None) -> Iterator[Task]:
+        for task in self.dead.values():
+            if queue is None or task.queue == queue:
+                yield task

@@ -1,0 +1,121 @@
+"""``miyaq.App``: the registry of task handlers and the producer entry point.
+
+.. code-block:: python
+
+    app = miyaq.App("tcp://127.0.0.1:7450")
+
+    @app.task(queue="emails", max_retries=5, timeout=30)
+    def send(to, body): ...
+
+    send.submit("a@b", "hi", countdown=10)     # handle, at once
+    send.call("a@b", "hi")                     # the return value
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, Iterable
+
+from ..client.client import TASK_OPTIONS, Client
+from ..client.handle import TaskHandle
+from ..errors import ConfigError
+
+
+class TaskDef:
+    """A registered handler. Calling it runs it here; ``submit``/``call``
+    send it to the queue. Keyword arguments named like a task option
+    (queue, priority, countdown, eta, ttl, key, ...) are options, the rest go
+    to the handler; use :meth:`submit_with` when a handler argument has such
+    a name."""
+
+    def __init__(self, app: "App", fn: Callable[..., Any], name: str, options: dict[str, Any]) -> None:
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.options = options
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<TaskDef {self.name} queue={self.options.get('queue', 'default')}>"
+
+    def _split(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        options = dict(self.options)
+        handler_kwargs = {}
+        for k, v in kwargs.items():
+            if k in TASK_OPTIONS or k in ("id", "wait"):
+                options[k] = v
+            else:
+                handler_kwargs[k] = v
+        return options, handler_kwargs
+
+    def submit(self, *args: Any, **kwargs: Any) -> TaskHandle:
+        options, handler_kwargs = self._split(kwargs)
+        return self.app.client.submit(self.name, args, handler_kwargs, **options)
+
+    def submit_with(self, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None,
+                    **options: Any) -> TaskHandle:
+        merged = {**self.options, **options}
+        return self.app.client.submit(self.name, args, kwargs, **merged)
+
+    def call(self, *args: Any, timeout: float | None = 60.0, **kwargs: Any) -> Any:
+        options, handler_kwargs = self._split(kwargs)
+        options["wait"] = True
+        return self.app.client.submit(self.name, args, handler_kwargs, **options).result(timeout)
+
+
+class App:
+    def __init__(self, endpoints: str | Iterable[str] = "tcp://127.0.0.1:7450", **client_options: Any) -> None:
+        self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        self.client_options = client_options
+        self.tasks: dict[str, TaskDef] = {}
+        self._client: Client | None = None
+        self.green: bool | None = None   # the worker sets True before handlers run
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = Client(",".join(self.endpoints), green=self.green, **self.client_options)
+        return self._client
+
+    def task(self, fn: Callable[..., Any] | None = None, *, name: str | None = None,
+             **options: Any) -> Any:
+        """Register a handler. Options are task defaults (queue, priority,
+        max_retries, backoff, timeout, ttl, replicas, at_most_once...)."""
+        unknown = set(options) - set(TASK_OPTIONS)
+        if unknown:
+            raise ConfigError(f"unknown task option(s): {', '.join(sorted(unknown))}")
+
+        def register(fn: Callable[..., Any]) -> TaskDef:
+            task_name = name or f"{fn.__module__}.{fn.__qualname__}"
+            if task_name in self.tasks:
+                raise ConfigError(f"a task named {task_name!r} is already registered")
+            tdef = TaskDef(self, fn, task_name, options)
+            self.tasks[task_name] = tdef
+            return tdef
+
+        return register(fn) if fn is not None else register
+
+    def queues(self) -> list[str]:
+        """Every queue a registered task names (default included if used)."""
+        return sorted({t.options.get("queue", "default") for t in self.tasks.values()}) or ["default"]
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def load_app(spec: str) -> App:
+    """Import ``module:attribute`` (or ``module``, attribute ``app``)."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import {module_name!r}: {exc}") from None
+    obj = getattr(module, attr or "app", None)
+    if not isinstance(obj, App):
+        raise ConfigError(f"{spec!r} is not a miyaq.App")
+    return obj

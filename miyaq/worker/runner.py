@@ -1,0 +1,206 @@
+"""One worker process: ``concurrency`` runner greenlets executing handlers
+for tasks leased by one or more nodes.
+
+Runners are long-lived and take deliveries from a local deque, so a batch of
+quick handlers runs without a greenlet spawn per task. The worker's capacity
+(``concurrency + prefetch``) is the credit it grants each node; it never
+holds more than that per node. SIGTERM: stop taking work, give back tasks
+not yet started, let running ones finish up to ``grace`` seconds, say BYE.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+import traceback
+import uuid
+from collections import deque
+from typing import Any
+
+import gevent
+import gevent.event
+import msgpack
+import zmq.green as zmq
+
+from ..errors import Reject, Retry
+from ..protocol import commands as c
+from .app import App
+from .context import TaskContext, bind
+from .link import NodeLink
+from .pulse import Pulse
+
+logger = logging.getLogger(__name__)
+
+
+class TaskAborted(BaseException):
+    """Raised inside a handler whose task was cancelled on the node."""
+
+
+class Worker:
+    def __init__(self, app: App, *, queues: list[str] | None = None, concurrency: int = 8,
+                 prefetch: int | None = None, endpoints: list[str] | None = None,
+                 heartbeat: float = 1.0, liveness: int = 3, grace: float = 30.0) -> None:
+        self.app = app
+        app.green = True
+        self.queues = queues or app.queues()
+        self.concurrency = concurrency
+        self.capacity = concurrency + (concurrency if prefetch is None else prefetch)
+        self.endpoints = endpoints or app.endpoints
+        self.heartbeat = heartbeat
+        self.liveness = liveness
+        self.grace = grace
+        self.pid = os.getpid()
+        self.host = socket.gethostname()
+        self.wid = f"{self.host}-{self.pid}-{uuid.uuid4().hex[:6]}"
+        self.ctx = zmq.Context()
+        self.links = [NodeLink(self, self.ctx, ep) for ep in self.endpoints]
+        self.backlog: deque[tuple[NodeLink, list[Any]]] = deque()
+        self.has_work = gevent.event.Event()
+        self.running: dict[str, gevent.Greenlet] = {}
+        self.stopping = False
+        self.stopping_hard = False
+        self.executed = 0
+        self._greenlets: list[gevent.Greenlet] = []
+        self._stopped = gevent.event.Event()
+        self.pulse = Pulse(self.wid, self.endpoints, heartbeat)
+
+    def busy_count(self) -> int:
+        return len(self.running) + len(self.backlog)
+
+    # -- receiving work --------------------------------------------------------------
+    def accept(self, link: NodeLink, deliveries: list[Any]) -> None:
+        if self.stopping:
+            link.send(c.RETURN, {"ids": [d[0] for d in deliveries if isinstance(d, list) and d],
+                                 "credit": False})
+            return
+        for d in deliveries:
+            if isinstance(d, list) and len(d) == 6 and isinstance(d[0], str):
+                self.backlog.append((link, d))
+            else:
+                logger.warning("ignoring a malformed delivery from %s", link.endpoint)
+        self.has_work.set()
+
+    def abort(self, ids: list[Any]) -> None:
+        for task_id in ids:
+            g = self.running.get(task_id)
+            if g is not None:
+                g.kill(TaskAborted, block=False)
+            else:
+                for i, (link, d) in enumerate(self.backlog):
+                    if d[0] == task_id:
+                        del self.backlog[i]
+                        link.report_failed(task_id, d[4], {"type": "Aborted", "message": "cancelled",
+                                                           "retry": False})
+                        break
+
+    # -- running it --------------------------------------------------------------------
+    def _runner(self) -> None:
+        backlog = self.backlog
+        while True:
+            try:
+                while backlog and not self.stopping:
+                    link, d = backlog.popleft()
+                    self._execute(link, d)
+                if self.stopping:
+                    return
+                self.has_work.clear()
+                self.has_work.wait()
+            except TaskAborted:
+                continue   # the abort arrived after the handler returned
+
+    def _execute(self, link: NodeLink, d: list[Any]) -> None:
+        task_id, queue, name, body, attempt, timeout = d
+        tdef = self.app.tasks.get(name)
+        if tdef is None:
+            link.report_failed(task_id, attempt, {
+                "type": "UnknownTask", "retry": True,
+                "message": f"no handler named {name!r} in worker {self.wid}"})
+            return
+        current = gevent.getcurrent()
+        self.running[task_id] = current
+        bind(TaskContext(task_id, name, queue, attempt, timeout, link.touch))
+        try:
+            args, kwargs = msgpack.unpackb(body, raw=False) if body else ([], {})
+            value = tdef.fn(*args, **kwargs)
+            result = msgpack.packb(value, use_bin_type=True)
+        except TaskAborted:
+            link.report_failed(task_id, attempt, {"type": "Aborted", "message": "cancelled", "retry": False})
+        except Retry as exc:
+            link.report_failed(task_id, attempt, {"type": "Retry", "message": exc.message,
+                                                  "retry": True, "delay": exc.delay})
+        except Reject as exc:
+            link.report_failed(task_id, attempt, {"type": "Reject", "message": exc.message, "retry": False})
+        except Exception as exc:
+            link.report_failed(task_id, attempt, {
+                "type": type(exc).__name__, "message": str(exc)[:4096], "retry": True,
+                "traceback": traceback.format_exc()[-16384:]})
+        else:
+            link.report_done(task_id, attempt, result)
+        finally:
+            bind(None)
+            self.running.pop(task_id, None)
+            self.executed += 1
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> "Worker":
+        self.pulse.start()
+        for link in self.links:
+            g = gevent.spawn(link.serve)
+            g.link_exception(self._crash)
+            self._greenlets.append(g)
+        for _ in range(self.concurrency):
+            g = gevent.spawn(self._runner)
+            self._greenlets.append(g)
+        logger.info("worker %s: queues=%s concurrency=%d nodes=%s", self.wid, ",".join(self.queues),
+                    self.concurrency, ",".join(self.endpoints))
+        return self
+
+    def _crash(self, g: gevent.Greenlet) -> None:
+        logger.critical("worker %s: link greenlet died: %r; stopping", self.wid, g.exception)
+        gevent.spawn(self.stop, 0)
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            gevent.signal_handler(sig, lambda: gevent.spawn(self.stop))
+
+    def run(self) -> None:
+        self.start()
+        self._stopped.wait()
+
+    def stop(self, grace: float | None = None) -> None:
+        """Return unstarted tasks, let running ones finish, say BYE. Idempotent."""
+        if self.stopping:
+            self._stopped.wait()
+            return
+        self.stopping = True
+        grace = self.grace if grace is None else grace
+        returned: dict[NodeLink, list[str]] = {}
+        while self.backlog:
+            link, d = self.backlog.popleft()
+            returned.setdefault(link, []).append(d[0])
+        for link, ids in returned.items():
+            link.send(c.RETURN, {"ids": ids, "credit": False})
+        self.has_work.set()
+        deadline = time.time() + grace
+        while self.running and time.time() < deadline:
+            gevent.sleep(0.05)
+        if self.running:
+            logger.warning("worker %s: %d task(s) still running after %.1fs; the node will put them back",
+                           self.wid, len(self.running), grace)
+        for link in self.links:
+            link.flush()
+            link.send(c.BYE, {"worker": self.wid})
+        gevent.sleep(0.05)   # let the BYE leave before the sockets close
+        self.stopping_hard = True
+        for g in self._greenlets:
+            if g is not gevent.getcurrent():
+                g.kill(block=False)
+        for link in self.links:
+            link.close()
+        self.pulse.stop()
+        self.app.close()
+        self.ctx.destroy(linger=0)
+        logger.info("worker %s stopped after %d task(s)", self.wid, self.executed)
+        self._stopped.set()
