@@ -10,7 +10,8 @@ from typing import Callable
 from .. import __version__
 from ..errors import MiyaqError
 
-COMMAND_MODULES = ("node_cmd", "worker_cmd", "admin_cmd", "bench_cmd")
+COMMAND_MODULES = ("node_cmd", "worker_cmd", "admin_cmd", "bench_cmd", "queue_cmd", "ring_cmd",
+                   "dev_cluster_cmd", "chaos_cmd")
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -27,8 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(f"{__package__}.{name}")
-        except ImportError:
-            continue
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.{name}":
+                raise
+            continue   # a command not built into this install
         module.register(sub)
     return parser
 

@@ -63,9 +63,9 @@ class Engine:
         counts[old] -= 1
         counts[state] += 1
         if old == READY:
-            self.ready.lane(task.queue).count -= 1
+            self.ready.lane(task.lane).count -= 1
         elif state == READY:
-            self.ready.lane(task.queue).count += 1
+            self.ready.lane(task.lane).count += 1
         task.state = state
 
     def _make_ready(self, task: Task, now: float) -> None:
@@ -90,7 +90,7 @@ class Engine:
         counts = self._count(task.queue)
         counts[task.state] -= 1
         if task.state == READY:
-            self.ready.lane(task.queue).count -= 1
+            self.ready.lane(task.lane).count -= 1
         task.state = state
         self.outcomes[(task.queue, state)] += 1
         stone = self.table.bury(task, state, result, now)

@@ -61,6 +61,10 @@ class Node:
         self._stopping = False
         self.crashed: BaseException | None = None
         self.on_stop: list[Callable[[], None]] = []
+        self.gateway: Any = None
+        if config.http_port:
+            from ..gateway.server import Gateway   # the HTTP interface (docs/http.md)
+            self.gateway = Gateway(self)
 
     # -- lifecycle -------------------------------------------------------------
     def spawn(self, fn: Callable[..., Any], *args: Any) -> gevent.Greenlet:
@@ -80,6 +84,8 @@ class Node:
         self.spawn(self.endpoint.serve)
         self.spawn(self._timer_loop)
         self.spawn(self._housekeeping)
+        if self.gateway is not None:
+            self.gateway.start()
         logger.info("miyaq %s node %s serving on tcp://%s:%d", __version__, self.id,
                     self.config.host, self.config.port)
         return self
@@ -111,6 +117,8 @@ class Node:
         deadline = time.time() + grace
         while time.time() < deadline and any(w.running for w in self.workers.by_identity.values()):
             gevent.sleep(0.05)
+        if self.gateway is not None:
+            self.gateway.stop()
         for hook in self.on_stop:
             try:
                 hook()

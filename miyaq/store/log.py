@@ -370,7 +370,9 @@ class AppendLog:
                                        "this segment and continuing with the next one", path, error.offset,
                                        error.reason)
             self._last_seqno = max(self._last_seqno, seg_seqno - 1)
-            self._segments.append(_Segment(first, path, size))
+            if seg_seqno - 1 > self._snapshot_seqno or not self._snapshot_valid:
+                self._segments.append(_Segment(first, path, size))
+            # else: every record is in the snapshot; _finish_open deletes the file
 
     def _cut_tail(self, path: str, buf: Buffer, error: FrameError, good_end: int) -> None:
         cut = len(buf) - good_end

@@ -71,10 +71,10 @@ class ReadyQueues:
         return lane
 
     def push(self, task: Task) -> None:
-        self.lane(task.queue).push(task)
+        self.lane(task.lane).push(task)
 
     def pop(self, queues: Iterable[str]) -> Task | None:
-        """The next task across ``queues``: lowest (priority, seq) wins."""
+        """The next task across the lanes ``queues``: lowest (priority, seq) wins."""
         best: Task | None = None
         best_lane: Lane | None = None
         for name in queues:

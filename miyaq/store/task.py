@@ -18,6 +18,8 @@ DEAD = "dead"             # retries exhausted or rejected; in the dead-letter qu
 CANCELLED = "cancelled"
 EXPIRED = "expired"       # ttl passed before it started
 
+WEBHOOK_LANE_PREFIX = "@http/"   # '@' is not allowed in queue names
+
 LIVE_STATES = (SCHEDULED, READY, RUNNING, RETRYING)
 FINAL_STATES = (DONE, CANCELLED, EXPIRED)
 ALL_STATES = LIVE_STATES + (DEAD,) + FINAL_STATES
@@ -30,7 +32,7 @@ class Task:
         "id", "queue", "name", "url", "method", "body", "priority", "eta", "created",
         "expires", "max_retries", "backoff", "backoff_max", "timeout", "key",
         "replicas", "at_most_once", "state", "attempt", "seq", "lease_end",
-        "consumer", "error", "timer_gen", "ready_gen", "rank", "holders", "meta",
+        "consumer", "error", "timer_gen", "ready_gen", "rank", "holders", "meta", "lane",
     )
 
     def __init__(self, id: str, queue: str, name: str | None, body: bytes, *,
@@ -67,6 +69,9 @@ class Task:
         self.rank = 0                   # this node's rank among the holders
         self.holders: tuple[str, ...] = ()
         self.meta = meta                # webhook headers and other rare extras
+        # The ready lane: named tasks wait in their queue's lane, webhook tasks
+        # in a lane of their own that only the webhook deliverer consumes.
+        self.lane = queue if url is None else WEBHOOK_LANE_PREFIX + queue
 
     def header(self) -> dict[str, Any]:
         """Everything but the payload, as the protocol and the HTTP API show it."""
