@@ -69,6 +69,7 @@ class IOLoop:
         self.pending: dict[str, Pending] = {}     # sent, awaiting ack, oldest first
         self.waiting: list[Pending] = []          # to (re)send when next_try passes
         self.requests: dict[int, tuple[Future, float]] = {}
+        self.unsent: list[tuple[int, bytes, dict[str, Any]]] = []   # requests waiting for a connection
         self._req = itertools.count(1)
         self._rr = itertools.count()
         self._rfd, self._wfd = os.pipe()
@@ -119,6 +120,8 @@ class IOLoop:
                 if self._drain_inbox():
                     break
                 now = time.time()
+                if self.unsent:
+                    self._send_unsent()
                 self._send_waiting(now)
                 self._check_timeouts(now)
                 self._armed = True
@@ -147,7 +150,15 @@ class IOLoop:
             os.close(self._rfd)
             os.close(self._wfd)
 
+    def _send_unsent(self) -> None:
+        unsent, self.unsent = self.unsent, []
+        for node, command, body in unsent:
+            if body["req"] in self.requests and not self._send(node, command, body):
+                self.unsent.append((node, command, body))
+
     def _poll_timeout(self, now: float) -> float:
+        if self.unsent:
+            return 0.01
         nearest = now + POLL_MAX
         if self.waiting:
             nearest = min(nearest, min(p.next_try for p in self.waiting))
@@ -164,8 +175,7 @@ class IOLoop:
                 _, node, command, body, future, deadline = item
                 self.requests[body["req"]] = (future, deadline)
                 if not self._send(node, command, body):
-                    self.requests.pop(body["req"], None)
-                    future.fail(Unavailable(f"node {self.endpoints[node]} is not connected"))
+                    self.unsent.append((node, command, body))   # not connected yet
             elif kind == "close":
                 return True
         return False
@@ -205,16 +215,21 @@ class IOLoop:
                         p.node = node
                         self.pending[p.wire["id"]] = p
                 else:
-                    for p in chunk:   # not connected yet: try again soon, maybe elsewhere
-                        p.node = self._pick_node(node) if len(self.socks) > 1 else node
-                        self._retry_later(p, now, Unavailable(f"no connection to {self.endpoints[node]}"))
+                    # Not connected yet: try again soon, keeping the order of the batch
+                    # (no jitter), so one producer's tasks stay FIFO.
+                    error = Unavailable(f"no connection to {self.endpoints[node]}")
+                    retry_node = self._pick_node(node) if len(self.socks) > 1 else node
+                    for p in chunk:
+                        p.node = retry_node
+                        self._retry_later(p, now, error, delay=0.01)
 
-    def _retry_later(self, p: Pending, now: float, error: MiyaqError) -> None:
+    def _retry_later(self, p: Pending, now: float, error: MiyaqError, delay: float | None = None) -> None:
         p.last_error = error
         if now >= p.deadline:
             self._resolve_submit(p, error=_final(error, p))
             return
-        delay = min(2.0, 0.01 * (2 ** min(p.tries, 8))) * (0.5 + random.random() / 2)
+        if delay is None:
+            delay = min(2.0, 0.01 * (2 ** min(p.tries, 8))) * (0.5 + random.random() / 2)
         p.next_try = min(now + delay, p.deadline)
         self.waiting.append(p)
 
@@ -234,7 +249,10 @@ class IOLoop:
             for req, (future, deadline) in list(self.requests.items()):
                 if deadline <= now:
                     del self.requests[req]
-                    future.fail(Timeout("the node did not answer in time"))
+                    if any(body["req"] == req for _, _, body in self.unsent):
+                        future.fail(Unavailable("no connection to the node"))
+                    else:
+                        future.fail(Timeout("the node did not answer in time"))
 
     def _read(self, node: int, sock: Any) -> None:
         zmq = self.zmq

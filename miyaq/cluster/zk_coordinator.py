@@ -377,7 +377,16 @@ class _Conflict(Exception):
 
 
 class ZooKeeperCoordinator(Coordinator):
-    """Membership, ring and leadership for one node, kept in ZooKeeper."""
+    """Membership, ring and leadership for one node, kept in ZooKeeper.
+
+    ``hosts`` is a kazoo connection string; ``cluster`` names the subtree.
+    ``auto_join`` records "join" for ``local`` at start. ``leader_eligible=False``
+    makes a node that never campaigns (it still registers and follows).
+    ``connect_timeout`` bounds ``start``; ``session_timeout`` is asked of the
+    server (which clamps it to 2-20 tickTimes); ``op_timeout`` bounds each
+    znode operation; the leader re-checks the desired state every
+    ``reconcile_interval`` seconds besides reacting to watches.
+    """
 
     def __init__(
         self,

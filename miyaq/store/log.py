@@ -74,7 +74,6 @@ import itertools
 import logging
 import mmap
 import os
-import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, NamedTuple
@@ -89,14 +88,18 @@ from miyaq.store.log_format import (
     KIND_SNAP_BEGIN,
     KIND_SNAP_END,
     KIND_SNAP_RECORD,
+    SEGMENT_RE,
+    SNAPSHOT_RE,
     Buffer,
-    Frame,
     FrameError,
     encode,
     find_next_frame,
     frame,
     iter_frames,
     pack_payload,
+    segment_name,
+    snapshot_name,
+    walk_snapshot,
 )
 
 try:  # private in gevent, but the only way to ask without creating a hub
@@ -108,8 +111,6 @@ logger = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 FSYNC_MODES = ("always", "interval", "never")
-_SEGMENT_RE = re.compile(r"^log-(\d{20})\.mq$")
-_SNAPSHOT_RE = re.compile(r"^snap-(\d{20})\.mq$")
 _SNAPSHOT_CHUNK = 1 * MiB
 
 DurableCallback = Callable[[int, "BaseException | None"], None]
@@ -129,14 +130,6 @@ class _Segment:
     path: str
     size: int
     fd: int = -1
-
-
-def segment_name(first_seqno: int) -> str:
-    return f"log-{first_seqno:020d}.mq"
-
-
-def snapshot_name(seqno: int) -> str:
-    return f"snap-{seqno:020d}.mq"
 
 
 def _fsync_dir(directory: str) -> None:
@@ -162,37 +155,6 @@ def _mapped(path: str) -> Iterator[Buffer]:
             return
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             yield mm
-
-
-def _walk_snapshot(buf: Buffer, seqno: int) -> Iterator[Frame | FrameError]:
-    """Yield a snapshot's record frames; a structural problem ends it with a FrameError."""
-    count = 0
-    begun = False
-    for item in iter_frames(buf):
-        if isinstance(item, FrameError):
-            yield item
-            return
-        if item.seqno != seqno:
-            yield FrameError(item.offset, f"frame seqno {item.seqno} in snapshot {seqno}")
-            return
-        if not begun:
-            if item.kind != KIND_SNAP_BEGIN:
-                yield FrameError(item.offset, "missing snapshot header frame")
-                return
-            begun = True
-        elif item.kind == KIND_SNAP_RECORD:
-            count += 1
-            yield item
-        elif item.kind == KIND_SNAP_END:
-            if item.body.get("records") != count:
-                yield FrameError(item.offset, f"end frame says {item.body.get('records')} records, found {count}")
-            elif item.end != len(buf):
-                yield FrameError(item.end, "bytes after the end frame")
-            return
-        else:
-            yield FrameError(item.offset, f"unexpected frame kind {item.kind}")
-            return
-    yield FrameError(len(buf), "no end frame")
 
 
 class AppendLog:
@@ -293,9 +255,9 @@ class AppendLog:
             if name.endswith(".tmp"):
                 logger.info("append log: removing %s left by an interrupted compaction", path)
                 os.unlink(path)
-            elif m := _SEGMENT_RE.match(name):
+            elif m := SEGMENT_RE.match(name):
                 segments.append((int(m.group(1)), path))
-            elif m := _SNAPSHOT_RE.match(name):
+            elif m := SNAPSHOT_RE.match(name):
                 snapshots.append((int(m.group(1)), path))
         return sorted(snapshots), sorted(segments)
 
@@ -306,7 +268,7 @@ class AppendLog:
         newest one, replayed up to its damage. Damaged ones are renamed ``*.bad`` after replay."""
         for seqno, path in reversed(snapshots):
             with _mapped(path) as buf:
-                error = next((i for i in _walk_snapshot(buf, seqno) if isinstance(i, FrameError)), None)
+                error = next((i for i in walk_snapshot(buf, seqno) if isinstance(i, FrameError)), None)
             if error is None:
                 return seqno, path, True
             self.corrupt_records += 1
@@ -321,7 +283,7 @@ class AppendLog:
 
     def _replay_snapshot(self, seqno: int, path: str, valid: bool) -> Iterator[LogEntry]:
         with _mapped(path) as buf:
-            for item in _walk_snapshot(buf, seqno):
+            for item in walk_snapshot(buf, seqno):
                 if isinstance(item, FrameError):
                     break
                 yield LogEntry(seqno, item.body, True)
@@ -370,7 +332,7 @@ class AppendLog:
                                        "this segment and continuing with the next one", path, error.offset,
                                        error.reason)
             self._last_seqno = max(self._last_seqno, seg_seqno - 1)
-            if seg_seqno - 1 > self._snapshot_seqno or not self._snapshot_valid:
+            if seg_seqno - 1 > self._snapshot_seqno or not self._snapshot_valid or error is not None:
                 self._segments.append(_Segment(first, path, size))
             # else: every record is in the snapshot; _finish_open deletes the file
 
@@ -397,7 +359,7 @@ class AppendLog:
             leftovers += [path for seqno, path in snapshots
                           if seqno < self._snapshot_seqno and path not in self._bad_snapshots]
         if leftovers:
-            _fsync_dir(self.directory)  # the snapshot's rename must be durable before its inputs go
+            self._blocking(_fsync_dir, self.directory)  # the snapshot's rename must be durable before its inputs go
             for path in leftovers:
                 logger.info("append log: removing %s, covered by snapshot %d", path, self._snapshot_seqno)
                 os.unlink(path)
@@ -574,21 +536,28 @@ class AppendLog:
         return hub.threadpool.apply(fn, args)
 
     def _sync(self, upto: int | None = None) -> None:
-        """fsync everything written so far (segments retired since, then the active one, then the
-        directory if a file was created). Serialised; concurrent callers share one fsync."""
-        with self._sync_lock:
+        """Return once every record up to ``upto`` (default: all written so far) is durable.
+
+        One fsync runs at a time and covers everything written when it starts
+        (segments retired since the last one, the active one, the directory if
+        a file was created). Callers that arrive meanwhile wait for it, not for
+        a lock, then start the next one together: no convoy, shared fsyncs."""
+        upto = self._last_seqno if upto is None else upto
+        while True:
             if self._failed is not None:
                 raise self._failure()
-            if upto is not None and self._durable_seqno >= upto:
+            if self._durable_seqno >= upto:
                 return
+            if not self._sync_lock.locked():
+                break
+            self._durable_changed.wait()  # set when the running fsync ends, or fails
+        with self._sync_lock:
             target = self._last_seqno
             retired, self._retired = self._retired, []
             dir_dirty, self._dir_dirty = self._dir_dirty, False
             fds = [seg.fd for seg in retired]
             if self._active is not None:
                 fds.append(self._active.fd)
-            if target <= self._durable_seqno and not retired and not dir_dirty:
-                return
             try:
                 self._blocking(self._fsync_all, fds, dir_dirty)
             except OSError as exc:

@@ -28,10 +28,11 @@ trusting them, so a garbage length can never cause a huge allocation.
 from __future__ import annotations
 
 import logging
+import mmap
+import re
 import struct
 import zlib
 from dataclasses import dataclass
-import mmap
 from typing import Any, Iterator, Union
 
 import msgpack
@@ -48,6 +49,9 @@ KIND_SNAP_BEGIN = 1
 KIND_SNAP_RECORD = 2
 KIND_SNAP_END = 3
 _KINDS = frozenset((KIND_RECORD, KIND_SNAP_BEGIN, KIND_SNAP_RECORD, KIND_SNAP_END))
+
+SEGMENT_RE = re.compile(r"^log-(\d{20})\.mq$")
+SNAPSHOT_RE = re.compile(r"^snap-(\d{20})\.mq$")
 
 #: A whole file's content: ``bytes`` or a read-only ``mmap`` of it.
 Buffer = Union[bytes, mmap.mmap]
@@ -143,3 +147,44 @@ def find_next_frame(buf: Buffer, offset: int) -> int | None:
             return None
         if isinstance(decode_at(buf, pos), Frame):
             return pos
+
+
+def segment_name(first_seqno: int) -> str:
+    """File name of the segment whose first record is ``first_seqno``."""
+    return f"log-{first_seqno:020d}.mq"
+
+
+def snapshot_name(seqno: int) -> str:
+    """File name of the snapshot covering records up to ``seqno``."""
+    return f"snap-{seqno:020d}.mq"
+
+
+def walk_snapshot(buf: Buffer, seqno: int) -> Iterator[Frame | FrameError]:
+    """Yield a snapshot's record frames; a structural problem ends it with a FrameError."""
+    count = 0
+    begun = False
+    for item in iter_frames(buf):
+        if isinstance(item, FrameError):
+            yield item
+            return
+        if item.seqno != seqno:
+            yield FrameError(item.offset, f"frame seqno {item.seqno} in snapshot {seqno}")
+            return
+        if not begun:
+            if item.kind != KIND_SNAP_BEGIN:
+                yield FrameError(item.offset, "missing snapshot header frame")
+                return
+            begun = True
+        elif item.kind == KIND_SNAP_RECORD:
+            count += 1
+            yield item
+        elif item.kind == KIND_SNAP_END:
+            if item.body.get("records") != count:
+                yield FrameError(item.offset, f"end frame says {item.body.get('records')} records, found {count}")
+            elif item.end != len(buf):
+                yield FrameError(item.end, "bytes after the end frame")
+            return
+        else:
+            yield FrameError(item.offset, f"unexpected frame kind {item.kind}")
+            return
+    yield FrameError(len(buf), "no end frame")

@@ -145,6 +145,8 @@ class Worker:
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> "Worker":
+        if self._greenlets:
+            return self
         self.pulse.start()
         for link in self.links:
             g = gevent.spawn(link.serve)

@@ -1,0 +1,177 @@
+"""Producer and operator commands: submit, status, tasks, cancel, dead."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from ..errors import ConfigError
+
+
+def _connect_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--connect", default=os.environ.get("MIYAQ_CONNECT", "tcp://127.0.0.1:7450"),
+                   help="comma-separated node endpoints [env MIYAQ_CONNECT; default tcp://127.0.0.1:7450]")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("submit", help="submit a task by name")
+    p.add_argument("name", help="the handler's registered name")
+    p.add_argument("--args", default="[]", help="JSON list of positional arguments")
+    p.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments")
+    p.add_argument("--queue", default=None)
+    p.add_argument("--priority", type=int, default=None, help="lower runs first")
+    p.add_argument("--countdown", type=float, default=None, help="seconds from now")
+    p.add_argument("--eta", type=float, default=None, help="unix time to run at")
+    p.add_argument("--ttl", type=float, default=None, help="expire if not started within")
+    p.add_argument("--key", default=None, help="deduplication key")
+    p.add_argument("--max-retries", type=int, default=None)
+    p.add_argument("--timeout", type=float, default=None, help="lease in seconds")
+    p.add_argument("--id", default=None, help="task id (default: a new 128-bit id)")
+    p.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    p.add_argument("--wait-timeout", type=float, default=60.0)
+    _connect_option(p)
+    p.set_defaults(run=run_submit)
+
+    p = sub.add_parser("status", help="a node's status, or one task's")
+    p.add_argument("id", nargs="?", help="task id (omit for the node)")
+    _connect_option(p)
+    p.set_defaults(run=run_status)
+
+    p = sub.add_parser("tasks", help="list tasks")
+    p.add_argument("--queue", default=None)
+    p.add_argument("--state", default=None)
+    p.add_argument("--limit", type=int, default=100)
+    _connect_option(p)
+    p.set_defaults(run=run_tasks)
+
+    p = sub.add_parser("cancel", help="cancel a task")
+    p.add_argument("id")
+    _connect_option(p)
+    p.set_defaults(run=run_cancel)
+
+    p = sub.add_parser("dead", help="the dead-letter queue: list, retry ID..., purge")
+    p.add_argument("op", choices=("list", "retry", "purge"))
+    p.add_argument("ids", nargs="*", help="task ids (retry: none means every dead task)")
+    p.add_argument("--queue", default=None)
+    p.add_argument("--limit", type=int, default=100)
+    _connect_option(p)
+    p.set_defaults(run=run_dead)
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from ..client.client import Client
+    return Client(args.connect, submit_timeout=10.0, request_timeout=5.0)
+
+
+def _json(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{what} is not valid JSON: {exc}") from None
+
+
+def _print(obj: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+        return
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            print(f"{k}: {v}")
+    else:
+        print(obj)
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    task_args = _json(args.args, "--args")
+    task_kwargs = _json(args.kwargs, "--kwargs")
+    if not isinstance(task_args, list) or not isinstance(task_kwargs, dict):
+        raise ConfigError("--args must be a JSON list and --kwargs a JSON object")
+    options = {"queue": args.queue, "priority": args.priority, "countdown": args.countdown, "eta": args.eta,
+               "ttl": args.ttl, "key": args.key, "max_retries": args.max_retries, "timeout": args.timeout}
+    client = _client(args)
+    try:
+        handle = client.submit(args.name, task_args, task_kwargs, id=args.id, wait=True, **options)
+        out: dict[str, Any] = {"id": handle.task_id, "status": "accepted"}
+        if handle.duplicate_of:
+            out["status"] = "duplicate"
+        if args.wait:
+            out["result"] = handle.result(args.wait_timeout)
+        _print(out, args.json)
+    finally:
+        client.close(flush=False)
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    client = _client(args)
+    try:
+        status = client.status(args.id)
+    finally:
+        client.close(flush=False)
+    if args.json or args.id:
+        _print(status, args.json)
+        return 0
+    print(f"node {status['node']}  version {status['version']}  up {status['uptime']:.0f}s  "
+          f"accepting {status['accepting']}")
+    totals = status["totals"]
+    print(f"live {totals['live']}  dead {totals['dead']}  workers {totals['workers']}")
+    cols = ("scheduled", "ready", "running", "retrying", "dead", "workers", "idle")
+    print(f"{'queue':<24}" + "".join(f"{c:>10}" for c in cols))
+    for name, row in sorted(status["queues"].items()):
+        print(f"{name:<24}" + "".join(f"{row.get(c, 0):>10}" for c in cols))
+    return 0
+
+
+def run_tasks(args: argparse.Namespace) -> int:
+    client = _client(args)
+    try:
+        tasks = client.tasks(args.queue, args.state, args.limit)
+    finally:
+        client.close(flush=False)
+    if args.json:
+        _print(tasks, True)
+        return 0
+    for t in tasks:
+        when = time.strftime("%H:%M:%S", time.localtime(t["eta"]))
+        print(f"{t['id']}  {t['queue']:<12} {t['state']:<10} prio={t['priority']:<4} eta={when} "
+              f"attempt={t['attempt']} {t.get('name') or t.get('url')}")
+    print(f"{len(tasks)} task(s)", file=sys.stderr)
+    return 0
+
+
+def run_cancel(args: argparse.Namespace) -> int:
+    client = _client(args)
+    try:
+        cancelled = client.cancel(args.id)
+    finally:
+        client.close(flush=False)
+    _print({"id": args.id, "cancelled": cancelled}, args.json)
+    return 0 if cancelled else 1
+
+
+def run_dead(args: argparse.Namespace) -> int:
+    client = _client(args)
+    try:
+        if args.op == "list":
+            answer = client.dead("list", args.queue, limit=args.limit)
+            if args.json:
+                _print(answer["tasks"], True)
+            else:
+                for t in answer["tasks"]:
+                    err = t.get("error") or {}
+                    print(f"{t['id']}  {t['queue']:<12} attempt={t['attempt']} "
+                          f"{err.get('type', '')}: {err.get('message', '')}")
+                print(f"{len(answer['tasks'])} dead task(s)", file=sys.stderr)
+        elif args.op == "retry":
+            answer = client.dead("retry", args.queue, ids=args.ids or None)
+            _print({"retried": answer["retried"]}, args.json)
+        else:
+            answer = client.dead("purge", args.queue, ids=args.ids or None)
+            _print({"purged": answer["purged"]}, args.json)
+    finally:
+        client.close(flush=False)
+    return 0

@@ -1,0 +1,250 @@
+"""Real nodes and workers for tests and tools: in a native thread (fast,
+one process) or as subprocesses (for kill -9 and signals).
+
+Every object here cleans up after itself (``stop()`` / context manager) and
+keeps its process's output in a log file whose tail :meth:`log_tail` shows.
+No pytest imports: ``miyaq dev-cluster`` and ``miyaq bench`` use it too.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Callable
+
+from ..config import NodeConfig
+from ..errors import MiyaqError, Timeout
+
+
+def free_port() -> int:
+    """A free TCP port on loopback (and the next two, for peer and pub)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port < 65000 and all(_is_free(port + i) for i in (1, 2)):
+            return port
+    raise MiyaqError("no free port found")
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02,
+             what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; Timeout after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise Timeout(f"{what} not reached within {timeout:g}s")
+        time.sleep(interval)
+
+
+class _HubThread:
+    """Runs ``target(obj)`` in a native thread with its own gevent hub and
+    lets other threads ask it to stop (gevent's async watcher is the one
+    thread-safe way into another hub)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._ready = threading.Event()
+        self._async: Any = None
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def run(self, build: Callable[[], Any], serve: Callable[[Any], None], stop: Callable[[Any], None]) -> Any:
+        box: dict[str, Any] = {}
+
+        def main() -> None:
+            import gevent
+            try:
+                obj = box["obj"] = build()
+                watcher = gevent.get_hub().loop.async_()
+                watcher.start(lambda: gevent.spawn(stop, obj))
+                self._async = watcher
+            except BaseException as exc:
+                self.error = exc
+                self._ready.set()
+                return
+            self._ready.set()
+            try:
+                serve(obj)
+            except BaseException as exc:  # surfaced by stop()
+                self.error = exc
+
+        self._thread = threading.Thread(target=main, name=self.name, daemon=True)
+        self._thread.start()
+        self._ready.wait(30)
+        if self.error is not None:
+            raise self.error
+        return box["obj"]
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self._thread is None:
+            return
+        if self._async is not None and self._thread.is_alive():
+            self._async.send()
+        self._thread.join(timeout)
+        self._thread = None
+
+
+class ThreadNode:
+    """A :class:`~miyaq.node.node.Node` in a thread of this process."""
+
+    def __init__(self, **settings: Any) -> None:
+        settings.setdefault("port", free_port())
+        settings.setdefault("http_port", 0)
+        settings.setdefault("node_id", f"t{settings['port']}")
+        settings.setdefault("shutdown_grace", 2.0)
+        self.config = NodeConfig(**settings)
+        self.endpoint = f"tcp://127.0.0.1:{self.config.port}"
+        self._hub = _HubThread(f"node-{self.config.node_id}")
+        self.node: Any = None
+
+    def start(self) -> "ThreadNode":
+        from ..node.node import Node
+        self.node = self._hub.run(lambda: Node(self.config).start(), lambda n: n.wait(), lambda n: n.stop())
+        return self
+
+    def stop(self) -> None:
+        self._hub.stop()
+
+    def __enter__(self) -> "ThreadNode":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+class ThreadWorker:
+    """A :class:`~miyaq.worker.runner.Worker` in a thread of this process."""
+
+    def __init__(self, app: Any, endpoints: list[str], **options: Any) -> None:
+        self.app = app
+        self.endpoints = endpoints
+        self.options = options
+        self._hub = _HubThread("worker")
+        self.worker: Any = None
+
+    def start(self) -> "ThreadWorker":
+        from ..worker.runner import Worker
+        self.worker = self._hub.run(lambda: Worker(self.app, endpoints=self.endpoints, **self.options).start(),
+                                    lambda w: w.run(), lambda w: w.stop())
+        return self
+
+    def stop(self) -> None:
+        self._hub.stop()
+
+    def __enter__(self) -> "ThreadWorker":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+class Proc:
+    """A miyaq subprocess (``python -m miyaq.cli.main ARGS``) with its log."""
+
+    def __init__(self, args: list[str], name: str, env: dict[str, str] | None = None,
+                 log_dir: str | None = None) -> None:
+        self.args = args
+        self.name = name
+        self.env = {**os.environ, **(env or {})}
+        self.log_dir = log_dir or tempfile.mkdtemp(prefix="miyaq-")
+        self.log_path = os.path.join(self.log_dir, f"{name}.log")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "Proc":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "miyaq.cli.main", *self.args],
+                                     stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                     start_new_session=True)
+        log.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL: the fault of a crashed process."""
+        if self.proc is not None and self.alive():
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def terminate(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM, wait, then SIGKILL. Returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            with open(self.log_path, "rb") as fh:
+                data = fh.read()[-65536:]
+        except OSError:
+            return ""
+        return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+
+
+class NodeProc(Proc):
+    def __init__(self, port: int | None = None, extra: list[str] | None = None, **kw: Any) -> None:
+        self.port = port or free_port()
+        self.endpoint = f"tcp://127.0.0.1:{self.port}"
+        super().__init__(["node", "--port", str(self.port), "--http-port", "0",
+                          "--node-id", f"n{self.port}", "--shutdown-grace", "5", *(extra or [])],
+                         name=f"node-{self.port}", **kw)
+
+    def wait_ready(self, timeout: float = 20.0) -> "NodeProc":
+        from ..client.client import Client
+        client = Client(self.endpoint, submit_timeout=2, request_timeout=1)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if not self.alive():
+                    raise MiyaqError(f"node exited early:\n{self.log_tail()}")
+                try:
+                    client.status()
+                    return self
+                except MiyaqError:
+                    if time.monotonic() > deadline:
+                        raise Timeout(f"node on {self.endpoint} not ready:\n{self.log_tail()}") from None
+        finally:
+            client.close(flush=False)
+
+
+class WorkerProc(Proc):
+    def __init__(self, app: str, endpoints: list[str], concurrency: int = 4, extra: list[str] | None = None,
+                 **kw: Any) -> None:
+        super().__init__(["worker", app, "--connect", ",".join(endpoints), "--concurrency", str(concurrency),
+                          "--heartbeat", "0.25", "--grace", "5", *(extra or [])],
+                         name=f"worker-{app.replace(':', '_')}-{id(self)}", **kw)

@@ -1,0 +1,119 @@
+"""Shared fixtures: real nodes and workers (in threads or as processes), and
+the ZooKeeper server for cluster tests. On failure, the logs of the real
+servers a test started are printed."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from miyaq.client.client import Client  # noqa: E402
+from miyaq.testing.harness import NodeProc, ThreadNode, ThreadWorker, WorkerProc  # noqa: E402
+
+try:
+    from zk_fixtures import *  # noqa: E402,F401,F403  (zk_server, zk_cluster_name)
+except ImportError as exc:  # pragma: no cover - the module ships with the tests
+    if exc.name != "zk_fixtures":
+        raise
+
+TESTS_DIR = os.path.dirname(__file__)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (TESTS_DIR, os.environ.get("PYTHONPATH")) if p)
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
+def _failed(request) -> bool:
+    rep = getattr(request.node, "rep_call", None)
+    return rep is None or rep.failed
+
+
+@pytest.fixture
+def node():
+    """A standalone node in a thread of the test process."""
+    with ThreadNode(heartbeat=0.25) as n:
+        yield n
+
+
+@pytest.fixture
+def make_node():
+    """Factory for thread nodes with settings; all are stopped at the end."""
+    nodes: list[ThreadNode] = []
+
+    def make(**settings) -> ThreadNode:
+        settings.setdefault("heartbeat", 0.25)
+        n = ThreadNode(**settings).start()
+        nodes.append(n)
+        return n
+
+    yield make
+    for n in nodes:
+        n.stop()
+
+
+@pytest.fixture
+def client_for():
+    clients: list[Client] = []
+
+    def make(endpoint: str, **options) -> Client:
+        options.setdefault("submit_timeout", 10.0)
+        c = Client(endpoint, **options)
+        clients.append(c)
+        return c
+
+    yield make
+    for c in clients:
+        c.close(flush=False)
+
+
+@pytest.fixture
+def client(node, client_for):
+    return client_for(node.endpoint)
+
+
+@pytest.fixture
+def thread_worker():
+    """Factory: run a Worker for an App in a thread; stopped at the end."""
+    workers: list[ThreadWorker] = []
+
+    def make(app, endpoint: str, **options) -> ThreadWorker:
+        options.setdefault("heartbeat", 0.25)
+        options.setdefault("grace", 2.0)
+        w = ThreadWorker(app, [endpoint], **options).start()
+        workers.append(w)
+        return w
+
+    yield make
+    for w in workers:
+        w.stop()
+
+
+@pytest.fixture
+def procs(request):
+    """Factory for node/worker subprocesses; killed at the end, logs shown on failure."""
+    started: list = []
+
+    class Factory:
+        def node(self, *extra: str, port: int | None = None, env=None) -> NodeProc:
+            p = NodeProc(port=port, extra=list(extra), env=env).start()
+            started.append(p)
+            return p.wait_ready()
+
+        def worker(self, app: str, endpoint: str, concurrency: int = 4, *extra: str, env=None) -> WorkerProc:
+            p = WorkerProc(app, [endpoint], concurrency=concurrency, extra=list(extra), env=env).start()
+            started.append(p)
+            return p
+
+    yield Factory()
+    failed = _failed(request)
+    for p in started:
+        p.kill()
+        if failed:
+            sys.stderr.write(f"\n----- log of {p.name} -----\n{p.log_tail()}\n")

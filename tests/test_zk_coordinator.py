@@ -1,0 +1,453 @@
+"""ZooKeeperCoordinator and RingAdmin against a real ZooKeeper server.
+
+Needs the ``zk_server``/``zk_cluster_name`` fixtures from ``tests/zk_fixtures.py``.
+No timing assertions: every wait is a bounded poll that fails at its deadline.
+The last section covers the membership values and the standalone coordinator,
+which need no ZooKeeper.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import gevent
+import pytest
+from kazoo.client import KazooClient
+from kazoo.handlers.gevent import SequentialGeventHandler
+
+from miyaq.cluster.membership import Member, RingView, StandaloneCoordinator
+from miyaq.cluster.zk_coordinator import Layout, RingAdmin, RingRecord, ZooKeeperCoordinator
+from miyaq.errors import ConfigError, Unavailable
+from miyaq.testing.zookeeper import ZooKeeperServer, expire_session, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+DEADLINE = 15.0
+SESSION = 2.0  # seconds; the test server allows sessions down to 1 s
+
+
+def wait_until(predicate: Callable[[], object], what: str, timeout: float = DEADLINE) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
+        gevent.sleep(0.05)
+
+
+def member(node_id: str, weight: float = 1.0) -> Member:
+    base = 7400 + sum(node_id.encode()) % 500
+    return Member(
+        node_id=node_id,
+        service=f"tcp://127.0.0.1:{base}",
+        peer=f"tcp://127.0.0.1:{base + 1000}",
+        pub=f"tcp://127.0.0.1:{base + 2000}",
+        http=f"http://127.0.0.1:{base + 3000}",
+        weight=weight,
+    )
+
+
+class Recorder:
+    """Everything a coordinator told its listeners."""
+
+    def __init__(self, coordinator: ZooKeeperCoordinator) -> None:
+        self.views: list[RingView] = []
+        self.leadership: list[tuple[bool, int]] = []
+        coordinator.add_listener(self.views.append)
+        coordinator.add_leader_listener(lambda is_leader, epoch: self.leadership.append((is_leader, epoch)))
+
+
+@pytest.fixture
+def make(zk_server: ZooKeeperServer, zk_cluster_name: str) -> Iterator[Callable[..., tuple]]:
+    """Start coordinators for this test's cluster; all are stopped at teardown."""
+    made: list[ZooKeeperCoordinator] = []
+
+    def _make(node_id: str, hosts: str | None = None, **options) -> tuple[ZooKeeperCoordinator, Recorder]:
+        options.setdefault("session_timeout", SESSION)
+        options.setdefault("connect_timeout", 5.0)
+        options.setdefault("op_timeout", 5.0)
+        options.setdefault("reconcile_interval", 1.0)
+        coordinator = ZooKeeperCoordinator(
+            hosts or zk_server.hosts, zk_cluster_name, member(node_id), **options
+        )
+        recorder = Recorder(coordinator)
+        made.append(coordinator)
+        coordinator.start()
+        return coordinator, recorder
+
+    yield _make
+    for coordinator in made:
+        coordinator.stop()
+
+
+@pytest.fixture
+def zk_client(zk_server: ZooKeeperServer) -> Iterator[KazooClient]:
+    client = KazooClient(hosts=zk_server.hosts, handler=SequentialGeventHandler())
+    client.start(timeout=5)
+    yield client
+    client.stop()
+    client.close()
+
+
+def leaders(coordinators) -> list[ZooKeeperCoordinator]:
+    return [c for c in coordinators if c.is_leader]
+
+
+def agreed(coordinators, members: set[str]) -> bool:
+    """All hold the same epoch, with ``members`` in the ring and one leader among them."""
+    views = [c.view for c in coordinators]
+    current = leaders(coordinators)
+    return (
+        len({v.epoch for v in views}) == 1
+        and all(set(v.members) == members for v in views)
+        and len(current) == 1
+        and all(v.leader == current[0].local.node_id for v in views)
+    )
+
+
+def assert_epochs_increase(recorder: Recorder) -> None:
+    epochs = [v.epoch for v in recorder.views]
+    assert epochs == sorted(set(epochs)), f"views went back or repeated: {epochs}"
+
+
+# -- election and agreement ---------------------------------------------------
+
+
+def test_three_coordinators_elect_one_leader_and_agree(make):
+    nodes = [make(f"n{i}") for i in range(3)]
+    coordinators = [c for c, _ in nodes]
+    wait_until(lambda: agreed(coordinators, {"n0", "n1", "n2"}), "one leader and an agreed ring")
+
+    (leader,) = leaders(coordinators)
+    view = leader.view
+    assert view.epoch >= 1
+    for c, recorder in nodes:
+        assert c.view == view
+        wait_until(lambda c=c: set(c.registered()) == {"n0", "n1", "n2"}, "the registry cache")
+        assert_epochs_increase(recorder)
+    leader_recorder = nodes[coordinators.index(leader)][1]
+    assert leader_recorder.leadership[0][0] is True
+    for c, recorder in nodes:
+        if c is not leader:
+            assert all(not gained for gained, _ in recorder.leadership)
+    # Every node computes the same holders with the endpoints from the view.
+    holders = view.holders("task-1", 2)
+    assert len({m.node_id for m in holders}) == 2
+    assert holders[0].service.startswith("tcp://127.0.0.1:")
+
+
+_VICTIM = """
+import sys
+import gevent
+from miyaq.cluster.membership import Member
+from miyaq.cluster.zk_coordinator import ZooKeeperCoordinator
+hosts, cluster, node = sys.argv[1:4]
+member = Member(node, "tcp://127.0.0.1:1", "tcp://127.0.0.1:2", "tcp://127.0.0.1:3")
+ZooKeeperCoordinator(hosts, cluster, member, session_timeout=2.0, reconcile_interval=1.0).start()
+print("started", flush=True)
+gevent.sleep(120)
+"""
+
+
+def test_killed_leader_is_replaced(make, zk_server, zk_cluster_name, zk_client):
+    """Fault: the leader's process dies (SIGKILL); its session times out on the server."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    victim = subprocess.Popen(
+        [sys.executable, "-c", _VICTIM, zk_server.hosts, zk_cluster_name, "victim"],
+        stdout=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        ring_path = Layout(zk_cluster_name).ring
+
+        def victim_leads() -> bool:
+            if not zk_client.exists(ring_path):
+                return False
+            data, _ = zk_client.get(ring_path)
+            return bool(data) and RingRecord.from_bytes(data).leader == "victim"
+
+        wait_until(victim_leads, "the subprocess to lead")
+        a, rec_a = make("a")
+        b, rec_b = make("b")
+        wait_until(
+            lambda: all(set(c.view.members) == {"victim", "a", "b"} for c in (a, b)),
+            "a and b to join under the victim's leadership",
+        )
+        before = a.view.epoch
+        assert a.view.leader == "victim" and not a.is_leader and not b.is_leader
+
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+
+        wait_until(lambda: agreed([a, b], {"a", "b"}), "a new leader and a ring without the victim")
+        assert a.view.epoch > before
+        assert_epochs_increase(rec_a)
+        assert_epochs_increase(rec_b)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait(10)
+
+
+def test_leader_with_expired_session_is_replaced_and_rejoins(make, zk_server):
+    """Fault: the leader's ZooKeeper session expires (server side)."""
+    nodes = {name: make(name) for name in ("a", "b", "c")}
+    coordinators = [c for c, _ in nodes.values()]
+    wait_until(lambda: agreed(coordinators, {"a", "b", "c"}), "the first agreed ring")
+    (old,) = leaders(coordinators)
+    before = old.view.epoch
+    old_recorder = nodes[old.local.node_id][1]
+    watcher = next(r for c, r in nodes.values() if c is not old)
+    seen = len(watcher.views)
+
+    expire_session(zk_server.hosts, old.client)
+
+    others = [c for c in coordinators if c is not old]
+    term = old_recorder.leadership[0][1]
+    wait_until(lambda: (False, term) in old_recorder.leadership, "the old leader to abdicate")
+    wait_until(lambda: any(c.is_leader for c in others), "a new leader among the others")
+    gone = old.local.node_id
+    wait_until(
+        lambda: any(gone not in v.members and v.leader != gone for v in watcher.views[seen:]),
+        "a ring without the old leader",
+    )
+    # The old leader re-registers and rejoins as a follower.
+    wait_until(lambda: agreed(coordinators, {"a", "b", "c"}), "the old leader to rejoin")
+    assert not old.is_leader
+    assert old.view.epoch > before
+    for _, recorder in nodes.values():
+        assert_epochs_increase(recorder)
+
+
+def test_member_with_expired_session_leaves_and_rejoins(make, zk_server):
+    """Fault: a follower's ZooKeeper session expires; it must reconnect and re-register."""
+    nodes = {name: make(name) for name in ("a", "b", "c")}
+    coordinators = [c for c, _ in nodes.values()]
+    wait_until(lambda: agreed(coordinators, {"a", "b", "c"}), "the first agreed ring")
+    (leader,) = leaders(coordinators)
+    victim = next(c for c in coordinators if c is not leader)
+    name = victim.local.node_id
+    watcher = nodes[leader.local.node_id][1]
+    seen = len(watcher.views)
+
+    expire_session(zk_server.hosts, victim.client)
+
+    wait_until(
+        lambda: any(name not in v.members for v in watcher.views[seen:]),
+        f"the leader to publish a ring without {name}",
+    )
+    wait_until(lambda: agreed(coordinators, {"a", "b", "c"}), f"{name} to rejoin (auto_join)")
+    assert leader.is_leader and not victim.is_leader
+    wait_until(lambda: name in leader.registered(), f"{name} to be registered again")
+    for _, recorder in nodes.values():
+        assert_epochs_increase(recorder)
+
+
+def test_stale_ring_is_ignored_by_followers(make, zk_cluster_name, zk_client, caplog):
+    """Fault: a ring with an older epoch is written to the znode (a deposed leader's late write)."""
+    caplog.set_level(logging.INFO, logger="miyaq.cluster.zk_coordinator")
+    ring_path = Layout(zk_cluster_name).ring
+    # Two followers and no leader, so nothing repairs the znode behind our back.
+    nodes = [make(name, leader_eligible=False) for name in ("f1", "f2")]
+    followers = [c for c, _ in nodes]
+    wait_until(lambda: all(set(c.registered()) == {"f1", "f2"} for c in followers), "registration")
+
+    def write(epoch: int, ids: list[str]) -> None:
+        record = RingRecord(
+            epoch=epoch,
+            members=tuple(ids),
+            weights={i: 1.0 for i in ids},
+            leader="f1",
+            nodes={i: member(i) for i in ids},
+        )
+        zk_client.ensure_path(ring_path)
+        zk_client.set(ring_path, record.to_bytes())
+
+    write(5, ["f1", "f2"])
+    wait_until(lambda: all(c.view.epoch == 5 for c in followers), "the epoch-5 ring")
+
+    write(3, ["f1", "ghost"])
+    wait_until(
+        lambda: sum("ignoring stale ring epoch 3" in r.getMessage() for r in caplog.records) >= 2,
+        "both followers to read and ignore the stale ring",
+    )
+    for c, recorder in nodes:
+        assert c.view.epoch == 5 and set(c.view.members) == {"f1", "f2"}
+        assert all("ghost" not in v.members for v in recorder.views)
+
+    write(6, ["f2"])
+    wait_until(lambda: all(c.view.epoch == 6 for c in followers), "the epoch-6 ring")
+    for c, recorder in nodes:
+        assert set(c.view.members) == {"f2"}
+        assert [v.epoch for v in recorder.views] == [5, 6]
+
+
+def test_leader_stops_leading_while_suspended():
+    """Fault: ZooKeeper crashes under a leader (connection SUSPENDED), then comes back."""
+    with ZooKeeperServer() as server:
+        nodes = {}
+        try:
+            for name in ("a", "b"):
+                c = ZooKeeperCoordinator(
+                    server.hosts, "suspend", member(name),
+                    session_timeout=4.0, connect_timeout=5.0, op_timeout=5.0, reconcile_interval=1.0,
+                )
+                nodes[name] = (c, Recorder(c))
+                c.start()
+            coordinators = [c for c, _ in nodes.values()]
+            wait_until(lambda: agreed(coordinators, {"a", "b"}), "the first agreed ring")
+            (leader,) = leaders(coordinators)
+            recorder = nodes[leader.local.node_id][1]
+            assert recorder.leadership == [(True, recorder.leadership[0][1])]
+            first_epoch = recorder.leadership[0][1]
+
+            server.kill()
+            wait_until(lambda: (False, first_epoch) in recorder.leadership, "the leader to pause")
+            assert not any(c.is_leader for c in coordinators)
+
+            server.start()
+            wait_until(lambda: agreed(coordinators, {"a", "b"}), "a leader after ZooKeeper returned")
+            (again,) = leaders(coordinators)
+            regained = nodes[again.local.node_id][1].leadership
+            assert regained[-1][0] is True and regained[-1][1] > first_epoch
+        finally:
+            for c, _ in nodes.values():
+                c.stop()
+
+
+# -- operator commands ----------------------------------------------------------
+
+
+def test_ring_admin_join_leave_and_weight(make, zk_server, zk_cluster_name):
+    a, _ = make("a")
+    b, rec_b = make("b", auto_join=False)
+    wait_until(lambda: set(a.view.members) == {"a"} and a.is_leader, "a to lead a ring of one")
+    wait_until(lambda: "b" in a.registered(), "b to register")
+
+    with RingAdmin(zk_server.hosts, zk_cluster_name, timeout=DEADLINE) as admin:
+        status = admin.status()
+        assert status["leader"] == "a" and status["epoch"] == a.view.epoch
+        assert status["members"]["b"]["registered"] and not status["members"]["b"]["in_ring"]
+        assert status["members"]["a"]["share"] == 1.0
+        assert status["members"]["a"]["service"] == member("a").service
+
+        message = admin.join("b")
+        assert "b joined the ring at epoch" in message
+        wait_until(lambda: set(a.view.members) == {"a", "b"}, "a to see b")
+        wait_until(lambda: set(b.view.members) == {"a", "b"}, "b to see itself in the ring")
+
+        message = admin.set_weight("b", 3)
+        assert "1 -> 3" in message
+        wait_until(lambda: b.view.members.get("b") and b.view.members["b"].weight == 3.0, "b's weight")
+        share = admin.status()["members"]
+        assert share["b"]["share"] > share["a"]["share"]
+        assert abs(share["a"]["share"] + share["b"]["share"] - 1.0) < 1e-9
+
+        message = admin.leave("b")
+        assert "b left the ring at epoch" in message
+        wait_until(lambda: set(b.view.members) == {"a"}, "b to see itself out")
+        assert "not in the ring" in admin.leave("b")
+        assert "not registered" in admin.join("nobody")
+        assert "not in the ring" in admin.leave("nobody")
+        with pytest.raises(ConfigError):
+            admin.set_weight("b", 0)
+        with pytest.raises(ConfigError):
+            admin.join("bad/id")
+    assert_epochs_increase(rec_b)
+
+
+def test_coordinator_join_and_leave_reach_the_leader(make):
+    a, _ = make("a")
+    b, _ = make("b")
+    wait_until(lambda: agreed([a, b], {"a", "b"}), "the first agreed ring")
+    follower = b if a.is_leader else a
+    follower.leave(follower.local.node_id)
+    wait_until(lambda: agreed([a, b], {"a", "b"} - {follower.local.node_id}), "the follower to leave")
+    follower.set_weight(follower.local.node_id, 2.0)
+    follower.join(follower.local.node_id)
+    wait_until(lambda: agreed([a, b], {"a", "b"}), "the follower to come back")
+    assert a.view.members[follower.local.node_id].weight == 2.0
+
+
+def test_unreachable_zookeeper_raises_unavailable(zk_cluster_name):
+    hosts = f"127.0.0.1:{free_port()}"
+    coordinator = ZooKeeperCoordinator(hosts, zk_cluster_name, member("a"), connect_timeout=1.0)
+    with pytest.raises(Unavailable) as info:
+        coordinator.start()
+    assert hosts in str(info.value)
+    coordinator.stop()
+    with pytest.raises(Unavailable) as info:
+        RingAdmin(hosts, zk_cluster_name, connect_timeout=1.0).status()
+    assert hosts in str(info.value)
+
+
+def test_bad_configuration_raises_config_error():
+    with pytest.raises(ConfigError):
+        ZooKeeperCoordinator("127.0.0.1:1", "bad/cluster", member("a"))
+    with pytest.raises(ConfigError):
+        ZooKeeperCoordinator("127.0.0.1:1", "ok", member("a"), session_timeout=0)
+    with pytest.raises(ConfigError):
+        ZooKeeperCoordinator("", "ok", member("a"))
+
+
+# -- membership values and the standalone coordinator (no ZooKeeper) ----------
+
+
+def test_member_round_trips_and_validates():
+    m = member("n1", weight=2)
+    assert Member.from_dict(json.loads(json.dumps(m.to_dict()))) == m
+    assert Member.from_dict({**m.to_dict(), "extra": 1}) == m
+    for bad in (
+        None,
+        [],
+        {**m.to_dict(), "node_id": ""},
+        {**m.to_dict(), "node_id": "a/b"},
+        {**m.to_dict(), "service": 5},
+        {**m.to_dict(), "http": 1},
+        {**m.to_dict(), "weight": "2"},
+        {**m.to_dict(), "weight": 0},
+        {k: v for k, v in m.to_dict().items() if k != "peer"},
+    ):
+        with pytest.raises(ConfigError):
+            Member.from_dict(bad)
+
+
+def test_ring_view_round_trips_and_routes():
+    view = RingView(epoch=4, members={k: member(k) for k in ("a", "b", "c")}, leader="a")
+    again = RingView.from_dict(json.loads(json.dumps(view.to_dict())))
+    assert again == view and again.ring == view.ring
+    assert [m.node_id for m in view.holders("k", 2)] == view.ring.preference_list("k", 2)
+    assert RingView.empty().holders("k", 3) == [] and RingView.empty().ring is None
+    with pytest.raises(ConfigError):
+        RingView.from_dict({"epoch": "1", "members": {}})
+    with pytest.raises(ConfigError):
+        RingView.from_dict({"epoch": 1, "members": {"x": member("a").to_dict()}})
+
+
+def test_standalone_is_a_ring_of_one_and_its_own_leader():
+    local = member("solo")
+    coordinator = StandaloneCoordinator(local)
+    views: list[RingView] = []
+    leadership: list[tuple[bool, int]] = []
+    coordinator.add_listener(views.append)
+    coordinator.add_leader_listener(lambda is_leader, epoch: leadership.append((is_leader, epoch)))
+    coordinator.start()
+    coordinator.start()
+    assert [v.epoch for v in views] == [1]
+    assert views[0].members == {"solo": local} and views[0].leader == "solo"
+    assert coordinator.is_leader and leadership == [(True, 1)]
+    assert [m.node_id for m in coordinator.view.holders("any", 3)] == ["solo"]
+    assert coordinator.registered() == {"solo": local}
+    assert coordinator.wait_for_view(lambda v: "solo" in v, timeout=1) is coordinator.view
+    coordinator.join("solo")
+    with pytest.raises(ConfigError):
+        coordinator.join("other")
+    with pytest.raises(ConfigError):
+        coordinator.leave("solo")
+    coordinator.stop()
+    assert not coordinator.is_leader and leadership == [(True, 1), (False, 1)]

@@ -1,0 +1,60 @@
+"""pytest fixtures for tests that need a real ZooKeeper.
+
+Use with ``from zk_fixtures import *`` in ``tests/conftest.py`` (this imports
+the fixtures *and* the report hook below), or ``pytest -p zk_fixtures`` with
+``tests`` on ``PYTHONPATH`` — not both, or the log tail is attached twice.
+
+* ``zk_server`` (session): one ZooKeeperServer for the whole run. It FAILS,
+  never skips, when ZooKeeper is not installed: a cluster test that did not
+  run must not look like a pass.
+* ``zk_cluster_name`` (function): a unique cluster name, so each test has its
+  own ``/miyaq/<cluster>/`` tree on the shared server.
+* When a test that used ``zk_server`` fails, the tail of the server's log is
+  added to the report as a section "ZooKeeper log (tail)".
+"""
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from miyaq.errors import MiyaqError
+from miyaq.testing.zookeeper import ZooKeeperServer
+
+__all__ = ["zk_server", "zk_cluster_name", "pytest_runtest_makereport"]
+
+_LOG_TAIL_BYTES = 12_000
+
+
+@pytest.fixture(scope="session")
+def zk_server() -> Iterator[ZooKeeperServer]:
+    server = ZooKeeperServer()
+    try:
+        server.start()
+    except MiyaqError as exc:
+        server.close()
+        pytest.fail(f"these tests need a real ZooKeeper and none could be started: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def zk_cluster_name(request: pytest.FixtureRequest) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.name)[:80]
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    server = getattr(item, "funcargs", {}).get("zk_server")
+    if isinstance(server, ZooKeeperServer):
+        tail = server.log_text(_LOG_TAIL_BYTES)
+        report.sections.append(("ZooKeeper log (tail)", tail or "(empty)"))
