@@ -562,3 +562,26 @@ def test_kill9_after_printed_seqno_loses_nothing(tmp_path: Path) -> None:
     log.close()
     assert set(printed) <= replayed
     assert printed == list(range(1, len(printed) + 1))
+
+
+def test_fsync_error_fails_the_log_loudly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault: the disk reports EIO on fsync (the page cache can no longer be trusted)."""
+    log, _ = open_log(tmp_path, fsync="interval", interval_ms=0)
+    first = log.append({"i": 1})
+    assert log.wait_durable(first, timeout=30)
+    errors: list[Any] = []
+
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", broken)
+    seqno = log.append({"i": 2})
+    log.on_durable(seqno, lambda s, error: errors.append(error))
+    with pytest.raises(MiyaqError, match="Input/output error"):
+        log.wait_durable(seqno, timeout=30)
+    assert len(errors) == 1 and isinstance(errors[0], MiyaqError)
+    with pytest.raises(MiyaqError, match="restart"):
+        log.append({"i": 3})
+    monkeypatch.undo()
+    log.close()
+    assert [r["i"] for r in reopen(tmp_path)] == [1, 2]

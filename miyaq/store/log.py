@@ -62,8 +62,9 @@ its fsync runs (concurrent appends share one fsync); in the other modes it
 never yields. Writes (and ``compact``'s snapshot encoding) run inline.
 
 Constraints: not thread-safe -- use an instance from one thread (any number
-of its greenlets). After an fsync error the log refuses every call (the page
-cache can no longer be trusted); restart and replay.
+of its greenlets). After a failed fsync (or a write that could not be undone)
+the log refuses appends, flushes and waits -- the page cache can no longer be
+trusted -- and ``on_durable`` callbacks get the error; restart and replay.
 """
 from __future__ import annotations
 
@@ -733,6 +734,8 @@ class AppendLog:
             if was_ready and self._failed is None:
                 self._sync()
         finally:
+            with self._sync_lock:  # an fsync still running on the threadpool must not see its fd closed
+                pass
             for seg in self._retired + ([self._active] if self._active else []):
                 if seg.fd >= 0:
                     os.close(seg.fd)

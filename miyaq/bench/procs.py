@@ -1,0 +1,149 @@
+"""The subprocesses a bench run owns: start, watch, and always stop them.
+
+Every child runs in its own session (a Ctrl-C at the terminal reaches only
+the bench, which then stops the children in order) and through
+:mod:`miyaq.bench.launch` (it dies with the bench even when the bench is
+SIGKILLed). :meth:`ProcessGroup.close` sends SIGTERM, waits a bounded
+grace, then SIGKILLs; it never raises, so it is safe on every exit path.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import IO
+
+from . import launch
+
+logger = logging.getLogger(__name__)
+
+LOG_TAIL_LINES = 20
+
+
+class Child:
+    """One started subprocess and its log file."""
+
+    def __init__(self, name: str, proc: subprocess.Popen[bytes], log_path: str, log: IO[bytes]) -> None:
+        self.name = name
+        self.proc = proc
+        self.log_path = log_path
+        self._log = log
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The last lines of the child's output, for error messages."""
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(max(0, os.path.getsize(self.log_path) - 16384))
+                text = fh.read().decode("utf-8", "replace")
+        except OSError as exc:
+            return f"(log {self.log_path} unreadable: {exc})"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def describe_exit(self) -> str:
+        return (f"{self.name} (pid {self.pid}) exited with status {self.proc.returncode}; "
+                f"last lines of {self.log_path}:\n{self.log_tail()}")
+
+    def close_log(self) -> None:
+        if not self._log.closed:
+            self._log.close()
+
+
+class ProcessGroup:
+    """Children started by this bench run, stopped together."""
+
+    def __init__(self, log_dir: str) -> None:
+        self.log_dir = log_dir
+        self.children: list[Child] = []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
+        log_path = os.path.join(self.log_dir, f"{name}.log")
+        log = open(log_path, "wb")
+        # Run the shim by path: it needs only the standard library, and
+        # ``-m miyaq.bench.launch`` would import the whole package first.
+        shim = [sys.executable, launch.__file__, str(os.getpid())]
+        proc = subprocess.Popen(shim + argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True)
+        child = Child(name, proc, log_path, log)
+        self.children.append(child)
+        logger.debug("started %s (pid %d): %s", name, proc.pid, " ".join(argv))
+        return child
+
+    def stop(self, children: list[Child], grace: float) -> None:
+        """SIGTERM ``children``, wait up to ``grace`` seconds, SIGKILL the rest.
+        Never raises."""
+        for child in children:
+            _signal(child, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for child in children:
+            try:
+                child.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                logger.warning("%s (pid %d) ignored SIGTERM for %.1fs; killing it", child.name, child.pid, grace)
+                _signal(child, signal.SIGKILL)
+                try:
+                    child.proc.wait(5.0)
+                except subprocess.TimeoutExpired:
+                    logger.error("%s (pid %d) survived SIGKILL", child.name, child.pid)
+            child.close_log()
+
+    def close(self, grace: float = 5.0) -> None:
+        """Stop every child still running: workers first (they drain and say
+        BYE), then the rest (the node)."""
+        workers = [c for c in self.children if c.name.startswith("worker")]
+        others = [c for c in self.children if c not in workers]
+        self.stop(workers, grace)
+        self.stop(others, grace)
+
+
+def _signal(child: Child, sig: int) -> None:
+    if child.proc.poll() is None:
+        try:
+            child.proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+
+def free_port(span: int = 3, tries: int = 50) -> int:
+    """A loopback port p with p .. p+span-1 all free (a node binds port + 1
+    and port + 2 for its peer and replication sockets)."""
+    for _ in range(tries):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port + span > 65535:
+            continue
+        if all(_bindable(port + i) for i in range(span)):
+            return port
+    raise OSError(f"no {span} consecutive free loopback ports found in {tries} tries")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def peak_rss(pid: int) -> int | None:
+    """The process's peak resident set size (VmHWM) in bytes, or None."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

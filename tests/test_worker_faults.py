@@ -1,0 +1,138 @@
+"""Workers that die, freeze, spin or run out of lease; nodes that restart.
+Each test's docstring names the fault it simulates."""
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from apps import basic
+from miyaq.testing.harness import wait_for
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def events(tmp_path):
+    path = str(tmp_path / "events.jsonl")
+    return path, {"MIYAQ_TEST_EVENTS": path}
+
+
+def _started(path, task_id):
+    return [e for e in basic.read_events(path) if e[0] == "sleep-start" and e[1] == task_id]
+
+
+def test_killed_worker_task_is_put_back_at_once(procs, client_for, events):
+    """Fault: kill -9 of the worker running a task. The node sees its
+    heartbeats stop and re-queues the task at once (attempt 2) — long before
+    the 300 s lease — and another worker runs it."""
+    path, env = events
+    node = procs.node("--heartbeat", "0.25", "--liveness", "3")
+    c = client_for(node.endpoint)
+    victim = procs.worker("apps.basic:app", node.endpoint, 1, "--prefetch", "0", env=env)
+    handle = c.submit("sleep", [1.0], timeout=300, wait=True)
+    wait_for(lambda: _started(path, handle.id), what="task started on the victim")
+    victim.kill()
+    procs.worker("apps.basic:app", node.endpoint, 1, env=env)
+    assert handle.result(30) == 2
+    assert [e[2] for e in _started(path, handle.id)] == [1, 2]
+    assert c.status()["outcomes"]["lost"] == 1
+
+
+def test_frozen_worker_is_forgotten_and_its_task_rerun(procs, client_for, events):
+    """Fault: SIGSTOP of a worker (heartbeats stop, process still exists).
+    The node forgets it after heartbeat × liveness and re-queues its task."""
+    path, env = events
+    node = procs.node("--heartbeat", "0.25", "--liveness", "3")
+    c = client_for(node.endpoint)
+    frozen = procs.worker("apps.basic:app", node.endpoint, 1, "--prefetch", "0", env=env)
+    handle = c.submit("sleep", [0.5], timeout=300, wait=True)
+    wait_for(lambda: _started(path, handle.id), what="task started")
+    frozen.signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: c.status()["totals"]["workers"] == 0, what="frozen worker forgotten")
+        procs.worker("apps.basic:app", node.endpoint, 1, env=env)
+        assert handle.result(30) == 2
+    finally:
+        frozen.signal(signal.SIGCONT)
+
+
+def test_cpu_bound_handler_does_not_starve_heartbeats(node, client, thread_worker):
+    """Fault: a handler that never yields for 2 s (8 heartbeat intervals).
+    The worker's native heartbeat thread keeps it alive: the task is not
+    re-queued."""
+    thread_worker(basic.app, node.endpoint, queues=["default"], concurrency=1, prefetch=0)
+    handle = client.submit("spin", [2.0], wait=True)
+    assert handle.result(20) > 0
+    assert client.status(handle.id)["attempt"] == 1
+    assert client.status()["outcomes"].get("lost", 0) == 0
+
+
+def test_touch_extends_the_lease(node, client, thread_worker):
+    """A handler running 3× its lease survives by touching."""
+    thread_worker(basic.app, node.endpoint, queues=["default"], concurrency=1)
+    handle = client.submit("sleep", [1.2], {"touch_every": 0.05}, timeout=0.4, wait=True)
+    assert handle.result(20) == 1
+
+
+def test_lease_runs_out_without_touch(node, client, thread_worker):
+    """Fault: a handler overruns its lease without touching; the task is put
+    back (attempt 2) while the first run is still going."""
+    basic.EVENTS.clear()
+    thread_worker(basic.app, node.endpoint, queues=["default"], concurrency=2)
+    handle = client.submit("sleep", [0.8], timeout=0.3, max_retries=1, wait=True)
+    wait_for(lambda: [e[2] for e in basic.EVENTS if e[0] == "sleep-start" and e[1] == handle.id] == [1, 2],
+             what="a second attempt while the first still runs")
+    # The first run's late DONE still finishes the task (it did run).
+    wait_for(lambda: client.status(handle.id)["state"] == "done", what="task done")
+    assert client.status()["outcomes"]["lost"] >= 1
+
+
+def test_worker_reregisters_after_node_restart(procs, client_for):
+    """Fault: the node is killed and restarted on the same port. The worker
+    notices the silence, reconnects and registers again; new tasks run."""
+    node = procs.node("--heartbeat", "0.25")
+    procs.worker("apps.basic:app", node.endpoint, 2)
+    c = client_for(node.endpoint)
+    assert c.call("add", [1, 2], timeout=20) == 3
+    node.kill()
+    node2 = procs.node("--heartbeat", "0.25", port=node.port)
+    c2 = client_for(node2.endpoint)
+    wait_for(lambda: c2.status()["totals"]["workers"] == 1, timeout=20, what="worker re-registered")
+    assert c2.call("add", [2, 3], timeout=20) == 5
+
+
+def test_sigterm_on_worker_finishes_running_and_returns_the_rest(procs, client_for, events):
+    """SIGTERM on a worker: its running task finishes and reports; tasks it
+    held but had not started are given back and run elsewhere."""
+    path, env = events
+    node = procs.node("--heartbeat", "0.25")
+    c = client_for(node.endpoint)
+    w = procs.worker("apps.basic:app", node.endpoint, 1, "--prefetch", "3", env=env)
+    handles = [c.submit("sleep", [0.6]) for _ in range(4)]
+    c.flush()
+    wait_for(lambda: len([e for e in basic.read_events(path) if e[0] == "sleep-start"]) == 1,
+             what="first task running")
+    assert c.status()["queues"]["default"]["running"] == 4      # 1 running + 3 prefetched
+    assert w.terminate(20) == 0
+    assert c.status()["queues"]["default"]["ready"] == 3         # given back, no attempt spent
+    procs.worker("apps.basic:app", node.endpoint, 2, env=env)
+    assert sorted(h.result(20) for h in handles) == [1, 1, 1, 1]
+
+
+def test_sigterm_on_node_lets_running_tasks_finish(procs, client_for, events):
+    """SIGTERM on a node: it refuses new submits, waits for the running task
+    to report (its result is recorded) and exits cleanly."""
+    path, env = events
+    node = procs.node("--heartbeat", "0.25")
+    c = client_for(node.endpoint, submit_timeout=1.0)
+    procs.worker("apps.basic:app", node.endpoint, 1, env=env)
+    handle = c.submit("sleep", [1.0], wait=True)
+    wait_for(lambda: _started(path, handle.id), what="task running")
+    node.signal(signal.SIGTERM)
+    assert node.proc.wait(20) == 0
+    ends = [e for e in basic.read_events(path) if e[0] == "sleep-end" and e[1] == handle.id]
+    assert ends, "the running task finished before the node exited"
+    assert "stopping: 1 running task(s)" in node.log_tail()
+    assert os.path.exists(node.log_path)
