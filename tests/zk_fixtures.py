@@ -31,11 +31,14 @@ _LOG_TAIL_BYTES = 12_000
 @pytest.fixture(scope="session")
 def zk_server() -> Iterator[ZooKeeperServer]:
     server = ZooKeeperServer()
+    problem = None
     try:
         server.start()
     except MiyaqError as exc:
+        problem = str(exc)
+    if problem is not None:
         server.close()
-        pytest.fail(f"these tests need a real ZooKeeper and none could be started: {exc}", pytrace=False)
+        pytest.fail(f"these tests need a real ZooKeeper and none could be started: {problem}", pytrace=False)
     try:
         yield server
     finally:

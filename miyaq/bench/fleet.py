@@ -22,7 +22,7 @@ from .procs import Child, ProcessGroup, free_port, peak_rss
 
 logger = logging.getLogger(__name__)
 
-CONNECT_WAIT = 10.0     # longest wait for a node to answer its first STATUS
+CONNECT_WAIT = 5.0      # longest wait for a node to answer its first STATUS
 POLL = 0.05
 
 

@@ -9,8 +9,12 @@ def to_json(result: dict[str, Any]) -> str:
     return json.dumps(result, sort_keys=False)
 
 
-def _num(value: float | None, unit: str = "") -> str:
-    return "n/a" if value is None else f"{value:,.1f}{unit}"
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.1f}"
+
+
+def _secs(value: float) -> str:
+    return f"{value:.3f} s"
 
 
 def _latency_line(label: str, lat: dict[str, float] | None) -> str:
@@ -33,9 +37,9 @@ def summary(result: dict[str, Any]) -> str:
         f"  accepted         {result['accepted']:,}",
         f"  completed        {result['completed']:,}",
         f"  enqueue          {_num(result['enqueue_rate'])} tasks/s "
-        f"({_num(result['enqueue_seconds'], ' s')} first submit -> last ack)",
+        f"({_secs(result['enqueue_seconds'])} first submit -> last ack)",
         f"  drain            {_num(result['drain_rate'])} tasks/s "
-        f"({_num(result['drain_seconds'], ' s')} first submit -> last done)",
+        f"({_secs(result['drain_seconds'])} first submit -> last done)",
         "  latency:",
         _latency_line("submit -> start", result["latency"].get("submit_to_start_ms")),
         _latency_line("submit -> done", result["latency"].get("submit_to_done_ms")),

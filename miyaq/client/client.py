@@ -17,7 +17,7 @@ from __future__ import annotations
 import atexit
 import logging
 import time
-import uuid
+import os
 import weakref
 from typing import Any, Iterable
 
@@ -39,8 +39,8 @@ _clients: "weakref.WeakSet[Client]" = weakref.WeakSet()
 
 
 def new_id() -> str:
-    """A fresh 128-bit task id (32 hex digits)."""
-    return uuid.uuid4().hex
+    """A fresh random 128-bit task id (32 hex digits)."""
+    return os.urandom(16).hex()
 
 
 def pack_args(args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None) -> bytes:
@@ -106,7 +106,7 @@ class Client:
         if self._closed:
             raise MiyaqError("client is closed")
         wire["id"] = task_id or new_id()
-        future = Future(self.kit.event())
+        future = Future(self.kit.event)
         handle = TaskHandle(wire["id"], self, future)
         io = self._io
         deadline = time.time() + self.submit_timeout
@@ -154,7 +154,7 @@ class Client:
         timeout = self.request_timeout if timeout is None else timeout
         index = self._node_index(node)
         body["req"] = self._io.next_req()
-        future = Future(self.kit.event())
+        future = Future(self.kit.event)
         self._io.put(("request", index, command, body, future, time.time() + timeout))
         return future.wait(timeout + 1.0, what=command.decode().lower())
 

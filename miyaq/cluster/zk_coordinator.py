@@ -276,7 +276,12 @@ class _Store:
             children = self.call(self.zk.get_children_async(self.layout.members))
         except NoNodeError:
             return {}
-        pending = [(name, self.zk.get_async(self.layout.member(name))) for name in children]
+        pending = []
+        for name in children:
+            try:
+                pending.append((name, self.zk.get_async(self.layout.member(name))))
+            except ConfigError:
+                logger.warning("ignoring znode %s/%s: not a node id", self.layout.members, name)
         out: dict[str, Member] = {}
         for name, result in pending:
             try:
@@ -306,7 +311,12 @@ class _Store:
     ) -> tuple[dict[str, Intent], dict[str, Intent]]:
         """Compare-and-set loop on ``desired``; returns (before, after)."""
         for _ in range(100):
-            before, stat = self.read_desired()
+            try:
+                before, stat = self.read_desired()
+            except ConfigError as exc:
+                # Corrupt intent must not lock the operator out: start afresh.
+                logger.warning("overwriting corrupt %s: %s", self.layout.desired, exc)
+                before, stat = {}, self.call(self.zk.exists_async(self.layout.desired))
             after = change(dict(before))
             if after == before:
                 return before, after
@@ -446,6 +456,7 @@ class ZooKeeperCoordinator(Coordinator):
         self._registry_dirty = gevent.event.Event()
         self._notices: gevent.queue.Queue = gevent.queue.Queue()
         self._campaign_g: gevent.Greenlet | None = None
+        self._campaign_gen = -1
         self._notifier_g: gevent.Greenlet | None = None
         self._greenlets: list[gevent.Greenlet] = []
 
@@ -487,18 +498,17 @@ class ZooKeeperCoordinator(Coordinator):
         self._store = _Store(zk, self._layout, self._hosts, self._op_timeout)
         try:
             self._notifier_g = self._spawn(self._notifier)
+            zk.add_listener(self._on_state)
             self._store.ensure_paths()
             self._register()
             if self._auto_join:
                 self._store.update_desired(lambda d: _with_join(d, self._node_id, True))
-            zk.add_listener(self._on_state)
             self._registered = self._store.read_registered()
             zk.ChildrenWatch(self._layout.members, self._on_members)
             zk.DataWatch(self._layout.ring, self._on_ring)
             zk.DataWatch(self._layout.desired, self._on_desired)
             self._spawn(self._registry_loop)
-            if self._eligible:
-                self._campaign_g = self._spawn(self._campaign, self._session_gen)
+            self._ensure_campaign(self._session_gen)
         except BaseException:
             self._shutdown(graceful=False)
             raise
@@ -720,7 +730,9 @@ class ZooKeeperCoordinator(Coordinator):
     def _recover(self, gen: int) -> None:
         """New session after LOST: re-register and campaign again."""
         old = self._campaign_g
-        if old is not None and not old.dead:
+        if old is not None and not old.dead and self._campaign_gen != gen:
+            # The old session's campaign notices the new generation and ends,
+            # releasing its (already vanished) election znode.
             old.join(timeout=self._op_timeout)
             if not old.dead:
                 old.kill(block=False)
@@ -734,10 +746,18 @@ class ZooKeeperCoordinator(Coordinator):
             except ConfigError as exc:
                 logger.error("%s: cannot re-register: %s", self._node_id, exc)
                 return
-        if self._in_session(gen):
-            if self._eligible:
-                self._campaign_g = self._spawn(self._campaign, gen)
-            self._registry_dirty.set()
+        self._ensure_campaign(gen)
+        self._registry_dirty.set()
+
+    def _ensure_campaign(self, gen: int) -> None:
+        """Start campaigning in session ``gen`` unless a campaign is running."""
+        if not self._eligible or not self._in_session(gen):
+            return
+        current = self._campaign_g
+        if current is not None and not current.dead and self._campaign_gen == gen:
+            return
+        self._campaign_gen = gen
+        self._campaign_g = self._spawn(self._campaign, gen)
 
     def _campaign(self, gen: int) -> None:
         while self._in_session(gen):
@@ -748,6 +768,8 @@ class ZooKeeperCoordinator(Coordinator):
                 election.run(self._lead, gen, election)
             except (KazooException, MiyaqError) as exc:
                 logger.warning("%s: election interrupted: %s", self._node_id, exc)
+            except Exception:
+                logger.exception("%s: election failed; campaigning again", self._node_id)
             finally:
                 if self._election is election:
                     self._election = None
@@ -776,7 +798,11 @@ class ZooKeeperCoordinator(Coordinator):
                 except _Conflict:
                     gevent.sleep(random.uniform(0.01, 0.05))
                     continue
-                except (Unavailable, ConfigError, KazooException) as exc:
+                except ConfigError as exc:
+                    logger.error("%s: leader cannot reconcile the ring: %s", self._node_id, exc)
+                    self._wake.wait(self._reconcile_interval)
+                    continue
+                except (Unavailable, KazooException) as exc:
                     logger.warning("%s: leader could not publish the ring: %s", self._node_id, exc)
                     self._wake.wait(0.5)
                     continue

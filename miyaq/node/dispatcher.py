@@ -5,15 +5,25 @@ out tasks in rounds of at most ``CHUNK`` per consumer so a burst spreads over
 idle consumers instead of filling the first one. A consumer with credit is
 "hungry"; idle capacity never waits while its queues hold ready work because
 every credit grant and every newly ready task marks the dispatcher pending.
+
+Per-queue rate limits (:mod:`miyaq.node.limits`) are applied here, so they
+hold for every kind of consumer. With no limit configured the loop below
+takes its original path; with limits, a queue out of tokens or at its
+concurrency cap is skipped for this pump, a refill timer pumps again when
+its next token is due, and a task of a capped queue ending marks the
+dispatcher pending.
 """
 from __future__ import annotations
 
 import logging
+import time
 
+from ..store.table import Tombstone
 from ..store.task import Task
 from .consumers import Consumer
 from .engine import Engine
 from .events import EngineListener
+from .limits import QueueLimits, parse_limits
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +36,28 @@ class Dispatcher(EngineListener):
         self.max_batch = max_batch
         self.hungry: dict[Consumer, None] = {}
         self.pending = False
+        self.limits = QueueLimits(engine, parse_limits(getattr(engine.config, "queue_limits", "") or ""))
 
     def task_ready(self, task: Task) -> None:
         self.pending = True
+
+    # A task of a queue with a concurrency cap stopped running: room for another.
+    def task_finished(self, task: Task, stone: Tombstone) -> None:
+        if self.limits.active and self.limits.limits_running(task.queue):
+            self.pending = True
+
+    def task_retrying(self, task: Task, reason: str) -> None:
+        if self.limits.active and self.limits.limits_running(task.queue):
+            self.pending = True
+
+    def task_dead(self, task: Task) -> None:
+        if self.limits.active and self.limits.limits_running(task.queue):
+            self.pending = True
+
+    def _refilled(self) -> None:
+        """A rate-limited queue has a token again (runs in the limits' timer)."""
+        self.pending = True
+        self.pump(time.time())
 
     def grant(self, consumer: Consumer, credit: int) -> None:
         consumer.credit += credit
@@ -46,6 +75,7 @@ class Dispatcher(EngineListener):
             return 0
         self.pending = False
         engine = self.engine
+        limits = self.limits if self.limits.active else None
         batches: dict[Consumer, list[Task]] = {}
         total = 0
         progress = True
@@ -59,7 +89,13 @@ class Dispatcher(EngineListener):
                 queues = consumer.queues
                 taken = 0
                 while taken < n:
-                    task = engine.take(queues, now)
+                    if limits is None:
+                        task = engine.take(queues, now)
+                    else:
+                        open_lanes = limits.open(queues, now)
+                        task = engine.take(open_lanes, now) if open_lanes else None
+                        if task is not None:
+                            limits.acquire(task.queue)
                     if task is None:
                         break
                     engine.start(task, consumer, now)
@@ -79,4 +115,6 @@ class Dispatcher(EngineListener):
                 for task in batch:
                     engine.release(task.id, now)
                 self.forget(consumer)
+        if limits is not None and limits.wake_at is not None:
+            limits.arm_wake(self._refilled, now)
         return total

@@ -140,6 +140,37 @@ class Engine:
             self._schedule(task, task.eta, SCHEDULED)
         return ACCEPTED, None
 
+    def restore(self, task: Task, now: float) -> None:
+        """Install a task rebuilt from the log, in the state it was logged in.
+        A task that was running comes back ready: its worker is gone."""
+        state = task.state
+        task.seq = next(self._seq)
+        task.state = SCHEDULED
+        self._count(task.queue)[SCHEDULED] += 1
+        self.table.add(task)
+        if state == DEAD:
+            self._move(task, DEAD)
+            self.table.kill(task)
+        elif state == RETRYING:
+            self._schedule(task, task.eta, RETRYING)
+        elif state == SCHEDULED and (task.eta > now or task.rank > 0):
+            self._schedule(task, task.eta, SCHEDULED)
+        else:
+            self._make_ready(task, now)
+
+    def restore_tombstone(self, record: dict[str, Any], now: float) -> bool:
+        """Install a finished task's tombstone unless it is already too old."""
+        finished = record.get("at", now)
+        if finished + self.table.tombstone_ttl <= now:
+            return False
+        task = Task(record["id"], record.get("queue", "default"), None, b"", key=record.get("key"))
+        task.attempt = record.get("attempt", 0)
+        task.error = record.get("error")
+        stone = self.table.bury(task, record.get("state", DONE), record.get("result"), finished)
+        if task.key is not None:
+            self.table.keys[task.key] = task.id
+        return stone is not None
+
     # -- consuming ---------------------------------------------------------------
     def take(self, queues: Iterable[str], now: float) -> Task | None:
         """The next ready task for these queues, or None. Expired ones are

@@ -13,6 +13,7 @@ close every socket with linger 0.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from typing import Any, Callable
@@ -26,7 +27,9 @@ from ..config import NodeConfig
 from .dispatcher import Dispatcher
 from .engine import Engine
 from .handlers import ServiceHandlers
+from ..store.log import AppendLog
 from .intake import LocalIntake
+from .persistence import Persistence, replay
 from .service import ServiceEndpoint
 from .waiters import Waiters
 from .workers import WorkerRegistry
@@ -61,10 +64,27 @@ class Node:
         self._stopping = False
         self.crashed: BaseException | None = None
         self.on_stop: list[Callable[[], None]] = []
+        self.persistence: Persistence | None = None
+        if config.data_dir:
+            self._open_log()
         self.gateway: Any = None
         if config.http_port:
             from ..gateway.server import Gateway   # the HTTP interface (docs/http.md)
             self.gateway = Gateway(self)
+
+    def _open_log(self) -> None:
+        os.makedirs(self.config.data_dir, exist_ok=True)
+        log = AppendLog(self.config.data_dir, fsync=self.config.fsync,
+                        interval_ms=self.config.fsync_interval_ms)
+        started = time.time()
+        counts = replay(self.engine, log, started)
+        logger.info("node %s replayed %d log records in %.2fs: %d live tasks, %d tombstones "
+                    "(log: %d corrupt records, %d bytes truncated)", self.id, counts["records"],
+                    time.time() - started, counts["tasks"], counts["tombstones"],
+                    log.corrupt_records, log.truncated_bytes)
+        self.persistence = Persistence(self.engine, log, self.spawn)
+        self.engine.listeners.append(self.persistence)
+        self.endpoint.ack_gate = self.persistence.after_written
 
     # -- lifecycle -------------------------------------------------------------
     def spawn(self, fn: Callable[..., Any], *args: Any) -> gevent.Greenlet:
@@ -81,6 +101,11 @@ class Node:
         gevent.spawn(self.stop, 0)
 
     def start(self) -> "Node":
+        if self.persistence is not None:
+            self.persistence.start()
+        elif not self.config.zk:
+            logger.warning("node %s keeps tasks in memory only (no --data-dir): "
+                           "they do not survive a restart", self.id)
         self.spawn(self.endpoint.serve)
         self.spawn(self._timer_loop)
         self.spawn(self._housekeeping)
@@ -124,6 +149,11 @@ class Node:
                 hook()
             except Exception:
                 logger.exception("stop hook failed")
+        if self.persistence is not None:
+            try:
+                self.persistence.close()
+            except Exception:
+                logger.exception("closing the log failed")
         current = gevent.getcurrent()
         for g in self._greenlets:
             if g is not current:

@@ -44,6 +44,9 @@ class ServiceEndpoint:
         self.errors: Counter[str] = Counter()
         self.messages = 0
         self._acks: dict[bytes, list[list[Any]]] = {}
+        # With a durable log, acknowledgements wait until the log has the
+        # tasks: the gate calls its argument once they are written.
+        self.ack_gate: Callable[[Callable[[], None]], None] | None = None
         self._closed = False
 
     # -- sending -------------------------------------------------------------
@@ -78,9 +81,18 @@ class ServiceEndpoint:
         acks.append(result)
 
     def flush_acks(self) -> None:
+        if not self._acks:
+            return
         acks, self._acks = self._acks, {}
-        for identity, results in acks.items():
-            self.send(identity, c.SUBMITTED, {"results": results})
+
+        def release() -> None:
+            for identity, results in acks.items():
+                self.send(identity, c.SUBMITTED, {"results": results})
+
+        if self.ack_gate is None:
+            release()
+        else:
+            self.ack_gate(release)
 
     # -- receiving -----------------------------------------------------------
     def handle(self, frames: list[bytes], now: float) -> None:

@@ -1,0 +1,57 @@
+"""Errors only the HTTP gateway raises, and the one table that maps every
+error code to an HTTP status.
+
+All of them derive from :class:`miyaq.errors.MiyaqError`; an error response
+is always ``{"error": {"code", "message", "field"?}}`` with the status from
+:data:`HTTP_STATUS` (500 for a code not in it).
+"""
+from __future__ import annotations
+
+from ..errors import MiyaqError
+
+
+class Unauthorized(MiyaqError):
+    """A bearer token is required and the request did not carry the right one."""
+
+    code = "unauthorized"
+
+
+class MethodNotAllowed(MiyaqError):
+    """The path exists but does not take this HTTP method."""
+
+    code = "method_not_allowed"
+
+
+class UnsupportedMediaType(MiyaqError):
+    """The request body's Content-Type is not one this endpoint reads."""
+
+    code = "unsupported_media_type"
+
+
+class ForbiddenDestination(MiyaqError):
+    """The webhook URL's host is not in the node's allow-list (webhook_allow_hosts)."""
+
+    code = "forbidden_destination"
+
+
+HTTP_STATUS: dict[str, int] = {
+    # the request is wrong: fix it, do not retry it as is
+    "protocol": 400, "bad_frame": 400, "bad_version": 400, "bad_encoding": 400,
+    "unknown_command": 400, "invalid_field": 400, "config": 400,
+    "unauthorized": 401,
+    "forbidden_destination": 403,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "too_large": 413,
+    "unsupported_media_type": 415,
+    # the node cannot take it now: retry later (a Retry-After header is sent)
+    "busy": 503, "shutting_down": 503, "not_enough_replicas": 503, "unavailable": 503,
+    "timeout": 504,
+    "internal": 500,
+}
+
+RETRY_LATER = frozenset({"busy", "shutting_down", "not_enough_replicas", "unavailable"})
+
+
+def http_status(err: MiyaqError) -> int:
+    return HTTP_STATUS.get(err.code, 500)

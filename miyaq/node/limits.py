@@ -1,0 +1,256 @@
+"""Per-queue rate limits: a token bucket (``rate``, ``burst``) and a cap on
+tasks running at once (``max_concurrent``).
+
+The dispatcher asks :meth:`QueueLimits.open` which of a consumer's lanes may
+start a task now and calls :meth:`QueueLimits.acquire` for each task it
+starts, so ZeroMQ workers, pull consumers and webhook deliveries are limited
+alike (a webhook lane ``@http/<queue>`` counts against ``<queue>``).
+
+Constraints:
+
+* Cheap when unused: ``active`` is False while no queue has a limit, and the
+  dispatcher then skips this module entirely.
+* Never blocks. A queue that is out of tokens is skipped for this pump and
+  :attr:`QueueLimits.wake_at` says when its next token arrives; the
+  dispatcher arms one timer for it (:meth:`arm_wake`).
+* Limits are stored as the *cluster-wide* values. Each node enforces its
+  ``share`` of them (``1 / nodes holding the queue``, set by the cluster via
+  :meth:`set_share`; 1.0 standalone) with its own bucket. docs/http.md
+  ("Rate limits") explains how precise that is.
+* Runtime changes apply at once: a changed limit keeps the tokens it had
+  (clipped to the new burst); a new limit starts with a full bucket.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+import gevent
+
+from ..errors import ConfigError, InvalidField
+from ..store.task import RUNNING, WEBHOOK_LANE_PREFIX
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+logger = logging.getLogger(__name__)
+
+MAX_RATE = 1e9
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One queue's limits (cluster-wide values). ``None`` means unlimited."""
+
+    rate: float | None = None          # tasks started per second
+    burst: float | None = None         # bucket size; default max(1, rate)
+    max_concurrent: int | None = None  # tasks running at once
+
+    def __post_init__(self) -> None:
+        for name in ("rate", "burst"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or math.isnan(value) or not 0 <= value <= MAX_RATE):
+                raise InvalidField(f"field {name!r} must be a number between 0 and {MAX_RATE:g}", field=name)
+        mc = self.max_concurrent
+        if mc is not None and (isinstance(mc, bool) or not isinstance(mc, int) or not 0 <= mc <= 10**9):
+            raise InvalidField("field 'max_concurrent' must be an integer >= 0", field="max_concurrent")
+        if self.burst is not None and self.rate is None:
+            raise InvalidField("field 'burst' needs a 'rate'", field="burst")
+
+    @property
+    def bucket_size(self) -> float:
+        if self.rate is None:
+            return math.inf
+        if self.burst is not None:
+            return self.burst
+        return max(1.0, self.rate) if self.rate > 0 else 0.0   # rate 0 alone pauses the queue
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rate": self.rate, "burst": None if self.rate is None else self.bucket_size,
+                "max_concurrent": self.max_concurrent}
+
+
+def parse_limits(spec: str) -> dict[str, Limit]:
+    """Parse the ``queue_limits`` setting: ``"emails:rate=50,burst=10;pdf:max_concurrent=2"``."""
+    limits: dict[str, Limit] = {}
+    for part in spec.replace("\n", ";").split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        queue, sep, body = part.partition(":")
+        if not sep or not queue.strip():
+            raise ConfigError(f"queue_limits: expected QUEUE:key=value,... in {part!r}")
+        values: dict[str, Any] = {}
+        for item in body.split(","):
+            key, eq, raw = item.strip().partition("=")
+            key = key.strip()
+            if not eq or key not in ("rate", "burst", "max_concurrent"):
+                raise ConfigError(f"queue_limits: unknown or malformed item {item.strip()!r} for {queue}")
+            try:
+                values[key] = int(raw) if key == "max_concurrent" else float(raw)
+            except ValueError:
+                raise ConfigError(f"queue_limits: {key} of {queue} must be a number, not {raw!r}") from None
+        try:
+            limits[queue.strip()] = Limit(**values)
+        except InvalidField as err:
+            raise ConfigError(f"queue_limits for {queue}: {err.message}") from None
+    return limits
+
+
+class _Bucket:
+    __slots__ = ("tokens", "stamp")
+
+    def __init__(self, tokens: float, stamp: float) -> None:
+        self.tokens = tokens
+        self.stamp = stamp
+
+
+class QueueLimits:
+    """Every queue limit of one node, and the buckets that enforce them."""
+
+    def __init__(self, engine: "Engine", limits: dict[str, Limit] | None = None) -> None:
+        self.engine = engine
+        self.limits: dict[str, Limit] = {}
+        self.share = 1.0
+        self.active = False
+        self.wake_at: float | None = None
+        self.throttled: Counter[str] = Counter()   # times a queue was skipped (metrics)
+        self._buckets: dict[str, _Bucket] = {}
+        self._lane_queue: dict[str, str] = {}
+        self._timer: gevent.Greenlet | None = None
+        self._timer_at = math.inf
+        for queue, limit in (limits or {}).items():
+            self.set(queue, limit, 0.0)
+
+    # -- configuration -----------------------------------------------------------
+    def set(self, queue: str, limit: Limit, now: float) -> None:
+        """Install or change ``queue``'s limit; effective for the next pump."""
+        self.limits[queue] = limit
+        size = self._size(limit)
+        bucket = self._buckets.get(queue)
+        if bucket is None:
+            self._buckets[queue] = _Bucket(size, now)
+        else:
+            self._refill(queue, limit, bucket, now)
+            bucket.tokens = min(bucket.tokens, size)
+        self.active = True
+        logger.info("queue %s limits: %s (node share %.3g)", queue, limit.to_dict(), self.share)
+
+    def clear(self, queue: str) -> bool:
+        removed = self.limits.pop(queue, None) is not None
+        self._buckets.pop(queue, None)
+        self.active = bool(self.limits)
+        return removed
+
+    def get(self, queue: str) -> Limit | None:
+        return self.limits.get(queue)
+
+    def set_share(self, nodes: int) -> None:
+        """Cluster hook: this node enforces 1/``nodes`` of every limit."""
+        self.share = 1.0 / max(1, nodes)
+        for queue, bucket in self._buckets.items():
+            bucket.tokens = min(bucket.tokens, self._size(self.limits[queue]))
+
+    def describe(self, queue: str) -> dict[str, Any] | None:
+        limit = self.limits.get(queue)
+        if limit is None:
+            return None
+        info = limit.to_dict()
+        info["node_share"] = self.share
+        bucket = self._buckets.get(queue)
+        if bucket is not None and limit.rate is not None:
+            info["tokens"] = round(bucket.tokens, 3)
+        return info
+
+    # -- enforcement (called by the dispatcher) ------------------------------------
+    def _size(self, limit: Limit) -> float:
+        size = limit.bucket_size
+        if math.isinf(size) or size == 0:
+            return size
+        return max(1.0, size * self.share)
+
+    def _refill(self, queue: str, limit: Limit, bucket: _Bucket, now: float) -> None:
+        if limit.rate and now > bucket.stamp:
+            bucket.tokens = min(self._size(limit), bucket.tokens + (now - bucket.stamp) * limit.rate * self.share)
+        bucket.stamp = now
+
+    def queue_of(self, lane: str) -> str:
+        queue = self._lane_queue.get(lane)
+        if queue is None:
+            queue = lane[len(WEBHOOK_LANE_PREFIX):] if lane.startswith(WEBHOOK_LANE_PREFIX) else lane
+            self._lane_queue[lane] = queue
+        return queue
+
+    def open(self, lanes: list[str], now: float) -> list[str]:
+        """The lanes among ``lanes`` that hold ready work and may start one
+        more task now. Sets :attr:`wake_at` for a queue held back by its rate."""
+        limits = self.limits
+        ready = self.engine.ready.lanes
+        out = []
+        for lane_name in lanes:
+            lane = ready.get(lane_name)
+            if lane is None or not lane.count:
+                continue
+            queue = self.queue_of(lane_name)
+            limit = limits.get(queue)
+            if limit is None:
+                out.append(lane_name)
+                continue
+            if limit.max_concurrent is not None:
+                cap = math.ceil(limit.max_concurrent * self.share) if limit.max_concurrent else 0
+                counts = self.engine.counts.get(queue)
+                if counts is not None and counts[RUNNING] >= cap:
+                    self.throttled[queue] += 1
+                    continue   # a task of this queue ending marks the dispatcher pending
+            if limit.rate is not None:
+                bucket = self._buckets[queue]
+                self._refill(queue, limit, bucket, now)
+                if bucket.tokens < 1.0:
+                    self.throttled[queue] += 1
+                    rate = limit.rate * self.share
+                    if rate > 0 and self._size(limit) >= 1.0:
+                        at = now + (1.0 - bucket.tokens) / rate
+                        if self.wake_at is None or at < self.wake_at:
+                            self.wake_at = at
+                    continue
+            out.append(lane_name)
+        return out
+
+    def acquire(self, queue: str) -> None:
+        """Spend one token of ``queue`` (a task of it was just started)."""
+        limit = self.limits.get(queue)
+        if limit is not None and limit.rate is not None:
+            self._buckets[queue].tokens -= 1.0
+
+    def limits_running(self, queue: str) -> bool:
+        """True if a task of ``queue`` ending may let another start."""
+        limit = self.limits.get(queue)
+        return limit is not None and limit.max_concurrent is not None
+
+    # -- the refill timer ------------------------------------------------------------
+    def arm_wake(self, callback: Callable[[], None], now: float) -> None:
+        """Call ``callback`` (in a greenlet) at :attr:`wake_at`, replacing a
+        later timer; one timer at most. Clears :attr:`wake_at`."""
+        at, self.wake_at = self.wake_at, None
+        if at is None or at >= self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.kill(block=False)
+        self._timer_at = at
+        self._timer = gevent.spawn_later(max(0.0, at - now), self._fire, callback)
+
+    def _fire(self, callback: Callable[[], None]) -> None:
+        self._timer, self._timer_at = None, math.inf
+        try:
+            callback()
+        except Exception:   # the pump must never die silently in a timer greenlet
+            logger.exception("dispatch after a rate-limit refill failed")
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.kill(block=False)
+            self._timer, self._timer_at = None, math.inf

@@ -1,0 +1,197 @@
+"""``miyaq bench`` end to end: the real command as a subprocess, with its own
+node and worker processes. No timing assertions: only that the run
+completes, reports every field, and cleans up after itself on every exit
+path (success, a bad --connect, SIGINT, SIGKILL of the bench)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from miyaq.bench.records import RecordWriter, read_records
+from miyaq.bench.stats import percentile, summarize_ms
+
+TOP_FIELDS = {"config", "node", "submitted", "accepted", "completed", "enqueue_seconds", "enqueue_rate",
+              "drain_seconds", "drain_rate", "latency", "node_peak_rss_bytes", "duplicates", "errors"}
+
+
+def bench(*args: str, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "miyaq.cli.main", "bench", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_json(*args: str) -> dict:
+    proc = bench(*args, "--json")
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return json.loads(proc.stdout)
+
+
+def port_closed(endpoint: str) -> bool:
+    host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex((host, int(port))) != 0
+
+
+def children_of(pid: int) -> list[int]:
+    """Pids whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid:
+            found.append(int(entry))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_for_children(pid: int, count: int, limit: float) -> list[int]:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        kids = children_of(pid)
+        if len(kids) >= count:
+            return kids
+        time.sleep(0.1)
+    raise AssertionError(f"the bench started {len(children_of(pid))} of {count} children in {limit}s")
+
+
+def test_bench_json_reports_every_field_and_completes_every_task():
+    result = run_json("--tasks", "2000", "--workers", "1")
+    assert TOP_FIELDS <= set(result)
+    assert result["config"]["tasks"] == 2000 and result["config"]["workers"] == 1
+    assert result["submitted"] == result["accepted"] == 2000
+    assert result["completed"] == result["config"]["tasks"]
+    assert result["errors"] == [] and result["duplicates"] == 0
+    assert result["enqueue_rate"] > 0 and result["drain_rate"] > 0
+    for key in ("submit_to_start_ms", "submit_to_done_ms"):
+        lat = result["latency"][key]
+        assert set(lat) == {"p50", "p99", "max"}
+        assert lat["p50"] <= lat["p99"] <= lat["max"]
+    assert result["node_peak_rss_bytes"] > 0
+    assert port_closed(result["node"]), "the bench's node still listens after the run"
+
+
+def test_bench_rate_mode_completes_every_task():
+    result = run_json("--tasks", "150", "--workers", "1", "--rate", "300", "--concurrency", "2")
+    assert result["config"]["rate"] == 300
+    assert result["completed"] == result["submitted"] == 150
+    assert result["errors"] == []
+
+
+def test_bench_against_a_running_node_via_connect():
+    """--connect: no node is started, peak RSS is unknown (null)."""
+    port = free_port()
+    node = subprocess.Popen([sys.executable, "-m", "miyaq.cli.main", "node", "--port", str(port),
+                             "--http-port", "0", "--log-level", "WARNING"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        result = run_json("--tasks", "500", "--workers", "1", "--connect", f"tcp://127.0.0.1:{port}")
+        assert result["completed"] == 500
+        assert result["node_peak_rss_bytes"] is None
+        assert node.poll() is None, "the bench must not stop a node it did not start"
+    finally:
+        node.terminate()
+        node.wait(10)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_bad_connect_fails_fast_with_a_clear_message():
+    """Fault: nothing listens at the --connect endpoint."""
+    port = free_port()
+    started = time.monotonic()
+    proc = bench("--connect", f"tcp://127.0.0.1:{port}", "--tasks", "10", "--timeout", "30", timeout=45)
+    assert proc.returncode != 0
+    assert "cannot reach a miyaq node at" in proc.stderr and str(port) in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert time.monotonic() - started < 40
+
+
+def test_sigint_stops_the_bench_and_its_children():
+    """Fault: Ctrl-C in the middle of a paced run."""
+    proc = subprocess.Popen([sys.executable, "-m", "miyaq.cli.main", "bench", "--workers", "1",
+                             "--tasks", "100000", "--rate", "50", "--timeout", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        kids = wait_for_children(proc.pid, 2, 30)    # the node and the worker
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+        assert proc.returncode == 130
+        assert not [k for k in kids if alive(k)], "children outlived the bench"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_children_die_when_the_bench_is_killed(tmp_path):
+    """Fault: the bench is SIGKILLed and never runs its cleanup (its temp
+    directory is left behind, so it goes under tmp_path)."""
+    proc = subprocess.Popen([sys.executable, "-m", "miyaq.cli.main", "bench", "--workers", "1",
+                             "--tasks", "100000", "--rate", "50", "--timeout", "60"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, TMPDIR=str(tmp_path)))
+    try:
+        kids = wait_for_children(proc.pid, 2, 30)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(alive(k) for k in kids):
+            time.sleep(0.1)
+        assert not [k for k in kids if alive(k)], "children outlived a SIGKILLed bench"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("bad", [["--workers", "0"], ["--rate", "0"], ["--payload", "-1"]])
+def test_bad_options_are_refused(bad):
+    proc = bench(*bad, timeout=30)
+    assert proc.returncode == 2 and "miyaq: error:" in proc.stderr
+
+
+def test_percentiles_use_nearest_rank():
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile([7.0], 99) == 7.0
+    assert summarize_ms([0.001, 0.002]) == {"p50": 1.0, "p99": 2.0, "max": 2.0}
+    assert summarize_ms([]) is None
+
+
+def test_records_keep_this_run_and_count_duplicates(tmp_path):
+    writer = RecordWriter(str(tmp_path))
+    writer.write("run1-0", 10.0, 10.5)
+    writer.write("run1-1", 11.0, 11.5)
+    writer.write("run1-0", 12.0, 12.5)     # a second execution of task 0
+    writer.write("other-0", 1.0, 2.0)      # another run's task
+    writer.close()
+    records = read_records(str(tmp_path), "run1-")
+    assert records.start == {"run1-0": 10.0, "run1-1": 11.0}
+    assert records.done["run1-0"] == 10.5
+    assert records.duplicates == 1
