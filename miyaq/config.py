@@ -46,6 +46,7 @@ class NodeConfig:
     zk: str = _opt("", "ZooKeeper hosts (host:port,...); empty: standalone ring of one")
     cluster: str = _opt("default", "cluster name (ZooKeeper path /miyaq/<cluster>)")
     auto_join: bool = _opt(True, "join the ring on start")
+    zk_session_timeout: float = _opt(10.0, "ZooKeeper session timeout in seconds")
     weight: float = _opt(1.0, "this node's weight in the ring")
     replicas: int = _opt(3, "default holders per task in a cluster (1 when standalone)")
     min_acks: int = _opt(0, "holders that must store a task before a submit returns (0: all)")

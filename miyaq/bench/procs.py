@@ -68,7 +68,7 @@ class ProcessGroup:
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
         log_path = os.path.join(self.log_dir, f"{name}.log")
-        log = open(log_path, "wb")
+        log = open(log_path, "wb")   # noqa: SIM115 - the child writes it; closed in close_log()
         # Run the shim by path: it needs only the standard library, and
         # ``-m miyaq.bench.launch`` would import the whole package first.
         shim = [sys.executable, launch.__file__, str(os.getpid())]

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
 from ..errors import MiyaqError
 
@@ -31,7 +32,7 @@ class Progress:
         self._began = time.monotonic()
         self._last_completed = 0
 
-    def start(self) -> "Progress":
+    def start(self) -> Progress:
         self._thread.start()
         return self
 

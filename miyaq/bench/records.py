@@ -41,7 +41,8 @@ class RecordWriter:
 
     def _open(self) -> IO[str]:
         path = os.path.join(self.directory, f"worker-{os.getpid()}{SUFFIX}")
-        self._fh = open(path, "a", buffering=BUFFER, encoding="ascii")
+        # Held open across handler runs; closed by close() at exit.
+        self._fh = open(path, "a", buffering=BUFFER, encoding="ascii")  # noqa: SIM115
         atexit.register(self.close)
         return self._fh
 

@@ -30,16 +30,16 @@ def summary(result: dict[str, Any]) -> str:
     rss = result.get("node_peak_rss_bytes")
     mode = f"paced at {cfg['rate']:g}/s" if cfg.get("rate") else "as fast as the client allows"
     lines = [
-        f"====== miyaq bench: {cfg['tasks']:,} tasks, {cfg['payload']} B payload, "
-        f"{cfg['workers']} worker(s) x {cfg['concurrency']} ======",
+        (f"====== miyaq bench: {cfg['tasks']:,} tasks, {cfg['payload']} B payload, "
+         f"{cfg['workers']} worker(s) x {cfg['concurrency']} ======"),
         f"  node             {result['node']} ({'started by the bench' if not cfg.get('connect') else 'given'})",
         f"  submitted        {result['submitted']:,} ({mode})",
         f"  accepted         {result['accepted']:,}",
         f"  completed        {result['completed']:,}",
-        f"  enqueue          {_num(result['enqueue_rate'])} tasks/s "
-        f"({_secs(result['enqueue_seconds'])} first submit -> last ack)",
-        f"  drain            {_num(result['drain_rate'])} tasks/s "
-        f"({_secs(result['drain_seconds'])} first submit -> last done)",
+        (f"  enqueue          {_num(result['enqueue_rate'])} tasks/s "
+         f"({_secs(result['enqueue_seconds'])} first submit -> last ack)"),
+        (f"  drain            {_num(result['drain_rate'])} tasks/s "
+         f"({_secs(result['drain_seconds'])} first submit -> last done)"),
         "  latency:",
         _latency_line("submit -> start", result["latency"].get("submit_to_start_ms")),
         _latency_line("submit -> done", result["latency"].get("submit_to_done_ms")),

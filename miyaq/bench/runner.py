@@ -33,8 +33,9 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator, TextIO
+from typing import Any, TextIO
 
 from ..errors import MiyaqError
 from .fleet import Fleet

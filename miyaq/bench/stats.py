@@ -7,8 +7,8 @@ are reported in milliseconds.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from .load import task_id
 from .records import Records

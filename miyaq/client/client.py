@@ -23,7 +23,7 @@ from typing import Any, Iterable
 
 import msgpack
 
-from ..errors import ConfigError, MiyaqError, Timeout
+from ..errors import ConfigError, MiyaqError, NotFound, Timeout, Unavailable
 from ..protocol import commands as c
 from ..protocol.commands import DEFAULT_MAX_MESSAGE
 from .futures import Future
@@ -164,19 +164,38 @@ class Client:
         if isinstance(node, int):
             return node
         try:
-            return self.endpoints.index(node)
+            return self._io.endpoints.index(node)
         except ValueError:
             return 0
+
+    def _any_node(self, command: bytes, body: dict[str, Any], first: str | int | None = None,
+                  timeout: float | None = None) -> dict[str, Any]:
+        """Ask ``first`` (or the first node); in a cluster, where that node does
+        not hold the task, ask the others in turn."""
+        order = [self._node_index(first)] + [i for i in range(len(self._io.endpoints))
+                                             if i != self._node_index(first)]
+        last: MiyaqError | None = None
+        for index in order:
+            try:
+                return self.request(command, dict(body), node=index, timeout=timeout)
+            except (NotFound, Unavailable, Timeout) as err:
+                last = err
+        assert last is not None
+        raise last
 
     def status(self, task_id: str | None = None, *, node: str | int | None = None) -> dict[str, Any]:
         """A task's status (id given) or the node's (queues, workers, totals)."""
         if task_id is None:
             return self.request(c.STATUS, {}, node=node)
-        return self.request(c.TASK, {"id": task_id}, node=node)["task"]
+        return self._any_node(c.TASK, {"id": task_id}, node)["task"]
 
     def cancel(self, task_id: str) -> bool:
         """Cancel a task that has not finished; True if this call cancelled it."""
-        return bool(self.request(c.CANCEL, {"id": task_id})["cancelled"])
+        return bool(self._any_node(c.CANCEL, {"id": task_id})["cancelled"])
+
+    def ring(self) -> dict[str, Any]:
+        """The ring as a node sees it: epoch, leader, members with endpoints."""
+        return self.request(c.RING, {})
 
     def wait_result(self, task_id: str, timeout: float | None, node: str | None = None) -> dict[str, Any]:
         """Long-poll for a task's outcome (raw answer: state, result, error)."""
@@ -184,8 +203,8 @@ class Client:
         deadline = time.time() + limit
         while True:
             left = max(0.0, deadline - time.time())
-            answer = self.request(c.RESULT, {"id": task_id, "timeout": min(left, 300.0)},
-                                  node=node, timeout=min(left, 300.0) + self.request_timeout)
+            answer = self._any_node(c.RESULT, {"id": task_id, "timeout": min(left, 300.0)},
+                                    node, timeout=min(left, 300.0) + self.request_timeout)
             if not answer.get("timeout") or time.time() >= deadline:
                 return answer
 

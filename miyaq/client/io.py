@@ -18,7 +18,7 @@ import time
 from collections import deque
 from typing import Any
 
-from ..errors import Busy, MiyaqError, ShuttingDown, Timeout, Unavailable, from_wire
+from ..errors import Busy, MiyaqError, NotEnoughReplicas, ShuttingDown, Timeout, Unavailable, from_wire
 from ..protocol import codec
 from ..protocol import commands as c
 from .futures import Future
@@ -26,7 +26,8 @@ from .futures import Future
 logger = logging.getLogger(__name__)
 
 POLL_MAX = 0.1
-RETRYABLE = (Busy.code, ShuttingDown.code, Unavailable.code)
+DISCOVERY_INTERVAL = 10.0
+RETRYABLE = (Busy.code, ShuttingDown.code, Unavailable.code, NotEnoughReplicas.code)
 
 
 class Pending:
@@ -53,15 +54,13 @@ class IOLoop:
         self.zmq = zmq
         self.ctx = zmq.Context()
         self.endpoints = list(endpoints)
-        self.socks = []
-        for ep in self.endpoints:
-            sock = self.ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.IMMEDIATE, 1)
-            sock.setsockopt(zmq.SNDHWM, 100_000)
-            sock.setsockopt(zmq.RCVHWM, 100_000)
-            sock.connect(ep)
-            self.socks.append(sock)
+        self.socks: list[Any] = []
+        for ep in list(self.endpoints):
+            self.socks.append(self._socket(ep))
+        self._poller: Any = None
+        self.discover = True
+        self._ring_req = 0
+        self._next_discovery = 0.0
         self.max_batch = max_batch
         self.ack_timeout = ack_timeout
         self.max_message = max_message
@@ -84,6 +83,41 @@ class IOLoop:
         self.resends = 0
         self.busy_replies = 0
         self._handle: Any = None
+
+    def _socket(self, endpoint: str) -> Any:
+        zmq = self.zmq
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        sock.connect(endpoint)
+        return sock
+
+    def _add_endpoint(self, endpoint: str) -> None:
+        """Connect to a node learnt from the ring (I/O loop only)."""
+        if endpoint in self.endpoints or len(self.endpoints) >= 256:
+            return
+        sock = self._socket(endpoint)
+        self.endpoints.append(endpoint)
+        self.socks.append(sock)
+        self._poller.register(sock, self.zmq.POLLIN)
+        logger.info("miyaq client: discovered node %s", endpoint)
+
+    def _discover(self, now: float) -> None:
+        """Every DISCOVERY_INTERVAL, ask one node for the ring."""
+        if not self.discover or now < self._next_discovery:
+            return
+        self._next_discovery = now + DISCOVERY_INTERVAL
+        self._ring_req = next(self._req)
+        self._send(next(self._rr) % len(self.socks), c.RING, {"req": self._ring_req})
+
+    def _on_ring(self, body: dict[str, Any]) -> None:
+        members = body.get("members")
+        if isinstance(members, dict):
+            for info in members.values():
+                if isinstance(info, dict) and isinstance(info.get("service"), str):
+                    self._add_endpoint(info["service"])
 
     # -- called from any thread / greenlet ---------------------------------------------
     def start(self) -> None:
@@ -111,7 +145,7 @@ class IOLoop:
     # -- the loop -----------------------------------------------------------------------
     def _run(self) -> None:
         zmq = self.zmq
-        poller = zmq.Poller()
+        poller = self._poller = zmq.Poller()
         for sock in self.socks:
             poller.register(sock, zmq.POLLIN)
         poller.register(self._rfd, zmq.POLLIN)
@@ -124,6 +158,7 @@ class IOLoop:
                     self._send_unsent()
                 self._send_waiting(now)
                 self._check_timeouts(now)
+                self._discover(now)
                 self._armed = True
                 if self.inbox:
                     self._armed = False
@@ -137,7 +172,7 @@ class IOLoop:
                         os.read(self._rfd, 4096)
                     except BlockingIOError:
                         pass
-                for i, sock in enumerate(self.socks):
+                for i, sock in enumerate(list(self.socks)):
                     if sock in events:
                         self._read(i, sock)
         except Exception:
@@ -269,6 +304,9 @@ class IOLoop:
             if command == c.SUBMITTED:
                 self._on_submitted(node, body)
             elif command in (c.REPLY, c.ERROR):
+                if body.get("req") == self._ring_req and command == c.REPLY:
+                    self._on_ring(body)
+                    continue
                 entry = self.requests.pop(body.get("req"), None)  # type: ignore[arg-type]
                 if entry is None:
                     if command == c.ERROR and body.get("req") is None:

@@ -14,9 +14,14 @@ if TYPE_CHECKING:
     from .service import ServiceEndpoint
 
 
-def delivery(task: Task) -> list[Any]:
-    """A task as DISPATCH carries it: [id, queue, name, body, attempt, timeout]."""
-    return [task.id, task.queue, task.name, task.body, task.attempt, task.timeout]
+def delivery(task: Task, holders: Callable[[Task], list[str]] | None = None) -> list[Any]:
+    """A task as DISPATCH carries it: [id, queue, name, body, attempt, timeout]
+    and, in a cluster, the service endpoints of its holders (where the worker
+    reports if this node dies)."""
+    item = [task.id, task.queue, task.name, task.body, task.attempt, task.timeout]
+    if holders is not None and len(task.holders) > 1:
+        item.append(holders(task))
+    return item
 
 
 class Consumer:
@@ -53,9 +58,11 @@ class WorkerConsumer(Consumer):
         self.credit = capacity
         self.last_seen = now
         self.info = info
+        self.holder_endpoints: Callable[[Task], list[str]] | None = None
 
     def deliver(self, tasks: list[Task]) -> bool:
-        return self.endpoint.send(self.identity, c.DISPATCH, {"tasks": [delivery(t) for t in tasks]})
+        holders = self.holder_endpoints
+        return self.endpoint.send(self.identity, c.DISPATCH, {"tasks": [delivery(t, holders) for t in tasks]})
 
     def abort(self, ids: list[str]) -> None:
         self.endpoint.send(self.identity, c.ABORT, {"ids": ids})

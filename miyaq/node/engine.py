@@ -134,7 +134,7 @@ class Engine:
         self.outcomes[(task.queue, "submitted")] += 1
         for listener in self.listeners:
             listener.task_accepted(task)
-        if task.eta <= now and task.rank == 0:
+        if task.eta <= now and not task.standby:
             self._make_ready(task, now)
         else:
             self._schedule(task, task.eta, SCHEDULED)
@@ -153,7 +153,7 @@ class Engine:
             self.table.kill(task)
         elif state == RETRYING:
             self._schedule(task, task.eta, RETRYING)
-        elif state == SCHEDULED and (task.eta > now or task.rank > 0):
+        elif state == SCHEDULED and (task.eta > now or task.standby):
             self._schedule(task, task.eta, SCHEDULED)
         else:
             self._make_ready(task, now)
@@ -170,6 +170,70 @@ class Engine:
         if task.key is not None:
             self.table.keys[task.key] = task.id
         return stone is not None
+
+    # -- replicas (cluster) -----------------------------------------------------
+    def defer(self, task: Task, when: float, state: str | None = None) -> None:
+        """(Re-)arm a standby copy's timer; it stays waiting until ``when``."""
+        if task.state == RUNNING or task.state not in (SCHEDULED, READY, RETRYING):
+            return
+        target = state or (SCHEDULED if task.state == READY else task.state)
+        self._schedule(task, when, target)
+
+    def take_over(self, task: Task, now: float) -> None:
+        """A standby copy found no earlier holder running it: run it here."""
+        task.standby = False
+        if task.state in (SCHEDULED, RETRYING):
+            self._make_ready(task, now)
+
+    def finish_copy(self, task_id: str, state: str, result: bytes | None, error: dict[str, Any] | None,
+                    now: float) -> Task | None:
+        """Another holder finished the task: finish this copy the same way.
+        An unknown id still gets a tombstone, so a late copy cannot come back."""
+        task = self.table.live.get(task_id) or self.table.dead.get(task_id)
+        if task is None:
+            if self.table.tombstone(task_id) is None:
+                ghost = Task(task_id, "default", None, b"")
+                ghost.error = error
+                self.table.bury(ghost, state, result, now)
+            return None
+        consumer = task.consumer
+        if error is not None:
+            task.error = error
+        if task.state == DEAD:
+            self.table.dead.pop(task.id, None)
+            self._count(task.queue)[DEAD] -= 1
+            task.state = state
+            self.outcomes[(task.queue, state)] += 1
+            stone = self.table.bury(task, state, result, now)
+            for listener in self.listeners:
+                listener.task_finished(task, stone)
+        else:
+            self._finish(task, state, result, now)
+        if consumer is not None:
+            consumer.abort([task.id])
+        return task
+
+    def kill_copy(self, task: Task, error: dict[str, Any] | None) -> None:
+        if task.state == DEAD:
+            return
+        task.error = error
+        self._kill(task)
+
+    def forget(self, task: Task) -> None:
+        """Drop a copy this node no longer holds (handed off): no tombstone."""
+        self.timers.cancel(task)
+        counts = self._count(task.queue)
+        counts[task.state] -= 1
+        if task.state == READY:
+            self.ready.lane(task.lane).count -= 1
+        if task.consumer is not None:
+            task.consumer.running.pop(task.id, None)
+            task.consumer = None
+        task.state = "moved"
+        self.table.remove(task)
+        self.table.dead.pop(task.id, None)
+        if task.key is not None and self.table.keys.get(task.key) == task.id:
+            del self.table.keys[task.key]
 
     # -- consuming ---------------------------------------------------------------
     def take(self, queues: Iterable[str], now: float) -> Task | None:
@@ -315,7 +379,7 @@ class Engine:
             if state in (SCHEDULED, RETRYING):
                 if task.expires and task.expires <= now:
                     self._finish(task, EXPIRED, None, now)
-                elif task.rank > 0 and state == SCHEDULED:
+                elif task.standby:
                     for listener in self.listeners:
                         listener.task_due_elsewhere(task)
                 elif task.eta > now and state == SCHEDULED:

@@ -42,7 +42,7 @@ class ServiceHandlers:
             c.RESULT: self.result, c.TASKS: self.tasks, c.DEAD: self.dead, c.RECEIVE: self.receive,
             c.ACK: self.ack, c.NACK: self.nack, c.READY: self.ready, c.HEARTBEAT: self.heartbeat,
             c.CREDIT: self.credit, c.DONE: self.done, c.FAILED: self.failed, c.TOUCH: self.touch,
-            c.RETURN: self.give_back, c.BYE: self.bye,
+            c.RETURN: self.give_back, c.BYE: self.bye, c.RING: self.ring,
         }
         self.endpoint.handlers.update(table)
 
@@ -63,6 +63,9 @@ class ServiceHandlers:
 
     def status(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         self.endpoint.reply(identity, body.get("req"), self.node.status(now))
+
+    def ring(self, identity: bytes, body: dict[str, Any], now: float) -> None:
+        self.endpoint.reply(identity, body.get("req"), self.node.ring_info())
 
     def task(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         task_id = check_id(body.get("id"))

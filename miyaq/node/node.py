@@ -67,6 +67,9 @@ class Node:
         self.persistence: Persistence | None = None
         if config.data_dir:
             self._open_log()
+        self.cluster: Any = None
+        if config.zk:
+            self._join_cluster()
         self.gateway: Any = None
         if config.http_port:
             from ..gateway.server import Gateway   # the HTTP interface (docs/http.md)
@@ -85,6 +88,35 @@ class Node:
         self.persistence = Persistence(self.engine, log, self.spawn)
         self.engine.listeners.append(self.persistence)
         self.endpoint.ack_gate = self.persistence.after_written
+
+    def _join_cluster(self) -> None:
+        from ..cluster.role import ClusterRole, local_member
+        from ..cluster.zk_coordinator import ZooKeeperCoordinator
+        drop = float(os.environ.get("MIYAQ_FAULT_STREAM_DROP", "0") or 0)
+        coordinator = ZooKeeperCoordinator(self.config.zk, self.config.cluster, local_member(self),
+                                           auto_join=self.config.auto_join,
+                                           session_timeout=self.config.zk_session_timeout)
+        self.cluster = ClusterRole(self, coordinator, drop_ratio=drop)
+        self.intake = self.cluster.intake
+        self.workers.nodes = self.service_endpoints
+        self.workers.holder_endpoints = self._holder_endpoints
+
+    def _holder_endpoints(self, task: Any) -> list[str]:
+        members = self.cluster.view.members
+        return [members[h].service for h in task.holders if h in members]
+
+    def ring_info(self) -> dict[str, Any]:
+        if self.cluster is not None:
+            return self.cluster.ring_info()
+        return {"epoch": 1, "leader": self.id, "vnodes": 0,
+                "members": {self.id: {"service": self.config.endpoint(self.config.port), "share": 1.0,
+                                      "weight": self.config.weight,
+                                      "http": f"http://{self.config.host}:{self.config.http_port}"
+                                      if self.config.http_port else None}}}
+
+    def service_endpoints(self) -> list[str]:
+        """Every node's service endpoint (workers and clients connect to all)."""
+        return sorted(m["service"] for m in self.ring_info()["members"].values())
 
     # -- lifecycle -------------------------------------------------------------
     def spawn(self, fn: Callable[..., Any], *args: Any) -> gevent.Greenlet:
@@ -107,6 +139,8 @@ class Node:
             logger.warning("node %s keeps tasks in memory only (no --data-dir): "
                            "they do not survive a restart", self.id)
         self.spawn(self.endpoint.serve)
+        if self.cluster is not None:
+            self.cluster.start()
         self.spawn(self._timer_loop)
         self.spawn(self._housekeeping)
         if self.gateway is not None:
@@ -144,6 +178,8 @@ class Node:
             gevent.sleep(0.05)
         if self.gateway is not None:
             self.gateway.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
         for hook in self.on_stop:
             try:
                 hook()
@@ -222,4 +258,5 @@ class Node:
         return {"node": self.id, "version": __version__, "uptime": now - self.started,
                 "accepting": self.engine.accepting, "queues": queues, "totals": totals,
                 "outcomes": outcomes, "errors": dict(self.endpoint.errors),
-                "max_tasks": self.config.max_tasks}
+                "max_tasks": self.config.max_tasks,
+                "cluster": self.cluster.stats() if self.cluster is not None else None}

@@ -7,8 +7,9 @@ to it is put back at once (the attempt is spent), not after the lease.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
+from ..store.task import Task
 from ..protocol import commands as c
 from .consumers import WorkerConsumer
 from .dispatcher import Dispatcher
@@ -30,6 +31,10 @@ class WorkerRegistry:
         self.by_identity: dict[bytes, WorkerConsumer] = {}
         self.by_wid: dict[str, WorkerConsumer] = {}
         self.lost_total = 0
+        # Set by a clustered node: every node's service endpoint, and the
+        # endpoints of one task's holders.
+        self.nodes: Callable[[], list[str]] | None = None
+        self.holder_endpoints: Callable[[Task], list[str]] | None = None
 
     def register(self, identity: bytes, wid: str, queues: list[str], names: list[str],
                  capacity: int, now: float, info: dict[str, Any]) -> WorkerConsumer:
@@ -39,10 +44,13 @@ class WorkerRegistry:
             # held under its old registration is treated as lost.
             self.drop(old, "worker re-registered", now)
         worker = WorkerConsumer(self.endpoint, identity, wid, queues, names, capacity, now, info)
+        worker.holder_endpoints = self.holder_endpoints
         self.by_identity[identity] = worker
         self.by_wid[wid] = worker
-        self.endpoint.send(identity, c.WELCOME, {"node": self.node_id, "heartbeat": self.heartbeat,
-                                                  "liveness": self.liveness})
+        welcome: dict[str, Any] = {"node": self.node_id, "heartbeat": self.heartbeat, "liveness": self.liveness}
+        if self.nodes is not None:
+            welcome["nodes"] = self.nodes()
+        self.endpoint.send(identity, c.WELCOME, welcome)
         self.dispatcher.grant(worker, 0)
         logger.info("worker %s registered: queues=%s capacity=%d", wid, ",".join(queues), capacity)
         return worker
@@ -75,12 +83,15 @@ class WorkerRegistry:
     def tick(self, now: float) -> None:
         """Send heartbeats and drop silent workers (called every heartbeat)."""
         deadline = now - self.heartbeat * self.liveness
+        beat: dict[str, Any] = {"node": self.node_id}
+        if self.nodes is not None:
+            beat["nodes"] = self.nodes()
         for worker in list(self.by_identity.values()):
             if worker.last_seen < deadline:
                 self.lost_total += 1
                 self.drop(worker, "went silent", now)
             else:
-                self.endpoint.send(worker.identity, c.HEARTBEAT, {"node": self.node_id})
+                self.endpoint.send(worker.identity, c.HEARTBEAT, beat)
 
     def idle_by_queue(self) -> dict[str, int]:
         """Idle worker capacity per queue (free slots)."""

@@ -21,6 +21,7 @@ DEAD = b"DEAD"              # {"req", "op": list|retry|purge, ...} -> REPLY
 RECEIVE = b"RECEIVE"        # {"req", "queues", "timeout", "lease"} -> REPLY {"task": task|None}
 ACK = b"ACK"                # {"req", "id", "attempt", "result"} -> REPLY
 NACK = b"NACK"              # {"req", "id", "attempt", "error", "retry", "delay"?} -> REPLY
+RING = b"RING"              # {"req"}                            -> REPLY {"epoch", "leader", "members"}
 
 # Worker <-> node
 READY = b"READY"            # {"worker", "queues", "names", "capacity", ...} -> WELCOME
@@ -41,7 +42,7 @@ SUBMITTED = b"SUBMITTED"    # {"results": [[id, status, detail], ...]}
 REPLY = b"REPLY"            # {"req", ...}
 ERROR = b"ERROR"            # {"req"?, "code", "message"}
 
-REQUESTS = frozenset({STATUS, TASK, CANCEL, RESULT, TASKS, DEAD, RECEIVE, ACK, NACK})
+REQUESTS = frozenset({STATUS, TASK, CANCEL, RESULT, TASKS, DEAD, RECEIVE, ACK, NACK, RING})
 WORKER_COMMANDS = frozenset({READY, HEARTBEAT, CREDIT, DONE, FAILED, TOUCH, RETURN, BYE})
 NODE_COMMANDS = frozenset({SUBMIT}) | REQUESTS | WORKER_COMMANDS
 

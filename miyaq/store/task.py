@@ -33,6 +33,7 @@ class Task:
         "expires", "max_retries", "backoff", "backoff_max", "timeout", "key",
         "replicas", "at_most_once", "state", "attempt", "seq", "lease_end",
         "consumer", "error", "timer_gen", "ready_gen", "rank", "holders", "meta", "lane",
+        "standby",
     )
 
     def __init__(self, id: str, queue: str, name: str | None, body: bytes, *,
@@ -67,6 +68,8 @@ class Task:
         self.timer_gen = 0              # invalidates stale timer entries
         self.ready_gen = 0              # invalidates stale ready-queue entries
         self.rank = 0                   # this node's rank among the holders
+        # A standby copy asks the earlier holders before it runs (cluster).
+        self.standby = False
         self.holders: tuple[str, ...] = ()
         self.meta = meta                # webhook headers and other rare extras
         # The ready lane: named tasks wait in their queue's lane, webhook tasks

@@ -54,6 +54,10 @@ class NodeLink:
         self.welcomed = False
         self.last_heard = time.time()
 
+    def silent(self) -> bool:
+        """The node has not been heard from for heartbeat × liveness."""
+        return time.time() - self.last_heard > self.heartbeat * self.liveness
+
     def send(self, command: bytes, body: dict[str, Any]) -> None:
         try:
             self.sock.send_multipart(codec.encode(command, body), zmq.NOBLOCK)
@@ -138,9 +142,14 @@ class NodeLink:
             self.worker.accept(self, body.get("tasks") or [])
         elif command == c.WELCOME:
             self.welcomed = True
+            if isinstance(body.get("nodes"), list):
+                self.worker.discover(body["nodes"])
             hb = body.get("heartbeat")
             if isinstance(hb, (int, float)) and hb > 0:
                 self.heartbeat = float(hb)
+        elif command == c.HEARTBEAT:
+            if isinstance(body.get("nodes"), list):
+                self.worker.discover(body["nodes"])
         elif command == c.ABORT:
             self.worker.abort(body.get("ids") or [])
         elif command == c.RECONNECT:

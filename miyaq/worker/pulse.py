@@ -18,7 +18,7 @@ from ..protocol import commands as c
 class Pulse:
     def __init__(self, wid: str, endpoints: list[str], interval: float) -> None:
         self.wid = wid
-        self.endpoints = endpoints
+        self.endpoints = list(endpoints)
         self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="miyaq-pulse", daemon=True)
@@ -26,23 +26,27 @@ class Pulse:
     def start(self) -> None:
         self._thread.start()
 
+    def add(self, endpoint: str) -> None:
+        """Beat to one more node (list.append is atomic; the thread picks it up)."""
+        self.endpoints.append(endpoint)
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(2.0)
 
     def _run(self) -> None:
         ctx = zmq.Context()
-        socks = []
-        for ep in self.endpoints:
-            sock = ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SNDHWM, 4)
-            sock.setsockopt(zmq.IMMEDIATE, 1)   # never queue beats for a dead node
-            sock.connect(ep)
-            socks.append(sock)
+        socks: list[zmq.Socket] = []
         frames = codec.encode(c.HEARTBEAT, {"worker": self.wid, "side": True})
         try:
             while not self._stop.wait(self.interval):
+                while len(socks) < len(self.endpoints):
+                    sock = ctx.socket(zmq.DEALER)
+                    sock.setsockopt(zmq.LINGER, 0)
+                    sock.setsockopt(zmq.SNDHWM, 4)
+                    sock.setsockopt(zmq.IMMEDIATE, 1)   # never queue beats for a dead node
+                    sock.connect(self.endpoints[len(socks)])
+                    socks.append(sock)
                 for sock in socks:
                     try:
                         sock.send_multipart(frames, zmq.NOBLOCK)

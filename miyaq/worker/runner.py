@@ -38,6 +38,21 @@ class TaskAborted(BaseException):
     """Raised inside a handler whose task was cancelled on the node."""
 
 
+class _Reporter:
+    """Sends one task's outcome to its node, or to another holder if that node died."""
+
+    __slots__ = ("worker", "link", "task_id")
+
+    def __init__(self, worker: "Worker", link: NodeLink, task_id: str) -> None:
+        self.worker, self.link, self.task_id = worker, link, task_id
+
+    def report_done(self, task_id: str, attempt: int, result: bytes | None) -> None:
+        self.worker.report_link(self.link, task_id).report_done(task_id, attempt, result)
+
+    def report_failed(self, task_id: str, attempt: int, error: dict[str, Any]) -> None:
+        self.worker.report_link(self.link, task_id).report_failed(task_id, attempt, error)
+
+
 class Worker:
     def __init__(self, app: App, *, queues: list[str] | None = None, concurrency: int = 8,
                  prefetch: int | None = None, endpoints: list[str] | None = None,
@@ -59,6 +74,7 @@ class Worker:
         self.backlog: deque[tuple[NodeLink, list[Any]]] = deque()
         self.has_work = gevent.event.Event()
         self.running: dict[str, gevent.Greenlet] = {}
+        self.holders: dict[str, list[str]] = {}      # task id -> its holders' endpoints (cluster)
         self.stopping = False
         self.stopping_hard = False
         self.executed = 0
@@ -76,7 +92,9 @@ class Worker:
                                  "credit": False})
             return
         for d in deliveries:
-            if isinstance(d, list) and len(d) == 6 and isinstance(d[0], str):
+            if isinstance(d, list) and len(d) in (6, 7) and isinstance(d[0], str):
+                if len(d) == 7 and isinstance(d[6], list):
+                    self.holders[d[0]] = d[6]
                 self.backlog.append((link, d))
             else:
                 logger.warning("ignoring a malformed delivery from %s", link.endpoint)
@@ -95,6 +113,33 @@ class Worker:
                                                            "retry": False})
                         break
 
+    def discover(self, endpoints: list[Any]) -> None:
+        """Connect to every node of the ring (from WELCOME/HEARTBEAT)."""
+        if self.stopping:
+            return
+        known = {link.endpoint for link in self.links}
+        for ep in endpoints:
+            if isinstance(ep, str) and ep.startswith("tcp://") and ep not in known and len(self.links) < 256:
+                link = NodeLink(self, self.ctx, ep)
+                self.links.append(link)
+                self.pulse.add(ep)
+                g = gevent.spawn(link.serve)
+                g.link_exception(self._crash)
+                self._greenlets.append(g)
+                logger.info("worker %s: discovered node %s", self.wid, ep)
+
+    def report_link(self, link: NodeLink, task_id: str) -> NodeLink:
+        """Where to report ``task_id``: its node, or — if that node went silent
+        — another live holder of the task."""
+        holders = self.holders.pop(task_id, None)
+        if not link.silent() or not holders:
+            return link
+        for other in self.links:
+            if other is not link and other.endpoint in holders and not other.silent():
+                logger.info("task %s: node %s is silent; reporting to %s", task_id, link.endpoint, other.endpoint)
+                return other
+        return link
+
     # -- running it --------------------------------------------------------------------
     def _runner(self) -> None:
         backlog = self.backlog
@@ -111,7 +156,7 @@ class Worker:
                 continue   # the abort arrived after the handler returned
 
     def _execute(self, link: NodeLink, d: list[Any]) -> None:
-        task_id, queue, name, body, attempt, timeout = d
+        task_id, queue, name, body, attempt, timeout = d[:6]
         tdef = self.app.tasks.get(name)
         if tdef is None:
             link.report_failed(task_id, attempt, {
@@ -120,7 +165,9 @@ class Worker:
             return
         current = gevent.getcurrent()
         self.running[task_id] = current
+        report = _Reporter(self, link, task_id)
         bind(TaskContext(task_id, name, queue, attempt, timeout, link.touch))
+        link = report   # type: ignore[assignment]  # reports go where the task's holders are
         try:
             args, kwargs = msgpack.unpackb(body, raw=False) if body else ([], {})
             value = tdef.fn(*args, **kwargs)

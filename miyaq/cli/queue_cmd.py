@@ -1,0 +1,106 @@
+"""``miyaq queue``: look at queues and change their limits at runtime, over
+a node's HTTP gateway.
+
+    miyaq queue list
+    miyaq queue limit emails --rate 50 --burst 10 [--max-concurrent 4]
+    miyaq queue limit emails --clear
+
+A limit set here replaces the queue's previous one, applies at the node's
+next dispatch and lasts until the node restarts; lasting limits belong in
+the ``queue_limits`` setting (docs/http.md, "Rate limits").
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import urllib.error
+import urllib.request
+from typing import Any
+
+from ..errors import InvalidField, MiyaqError, Unavailable, from_wire
+
+TIMEOUT = 10.0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("queue", help="list queues, set queue limits", description=(
+        "Look at queues and change their limits at runtime, over a node's HTTP gateway."))
+    p.add_argument("--http", default=None,
+                   help="the node's HTTP gateway [env MIYAQ_HTTP; default http://127.0.0.1:8088]")
+    p.add_argument("--token", default=None, help="bearer token of the gateway [env MIYAQ_HTTP_TOKEN]")
+    qsub = p.add_subparsers(dest="queue_command", metavar="ACTION")
+    qsub.required = True
+    ls = qsub.add_parser("list", help="every queue: counts, workers, limits")
+    ls.add_argument("--json", action="store_true", help="print the raw JSON answer")
+    ls.set_defaults(run=run_list)
+    lim = qsub.add_parser("limit", help="set (or --clear) a queue's rate limit and concurrency cap")
+    lim.add_argument("queue")
+    lim.add_argument("--rate", type=float, default=None, help="tasks started per second, cluster-wide")
+    lim.add_argument("--burst", type=float, default=None, help="bucket size (default: max(1, rate))")
+    lim.add_argument("--max-concurrent", type=int, default=None, help="tasks running at once, cluster-wide")
+    lim.add_argument("--clear", action="store_true", help="remove the queue's limits")
+    lim.set_defaults(run=run_limit)
+
+
+def _request(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
+    base = (args.http or os.environ.get("MIYAQ_HTTP") or "http://127.0.0.1:8088").rstrip("/")
+    token = args.token if args.token is not None else os.environ.get("MIYAQ_HTTP_TOKEN", "")
+    headers = {"Accept": "application/json"}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(base + path, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            error = json.loads(exc.read())["error"]
+        except (ValueError, KeyError, TypeError):
+            raise MiyaqError(f"{method} {path}: HTTP {exc.code}") from None
+        raise from_wire(error) from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise Unavailable(f"cannot reach the node at {base}: {exc}") from None
+
+
+def _limits_text(limits: dict[str, Any] | None) -> str:
+    if not limits:
+        return "-"
+    parts = []
+    if limits.get("rate") is not None:
+        parts.append(f"rate={limits['rate']:g}/s burst={limits['burst']:g}")
+    if limits.get("max_concurrent") is not None:
+        parts.append(f"max_concurrent={limits['max_concurrent']}")
+    return " ".join(parts)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    answer = _request(args, "GET", "/queues")
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return 0
+    columns = ("scheduled", "ready", "running", "retrying", "dead", "workers", "idle")
+    print(f"{'QUEUE':<24}" + "".join(f"{c.upper():>10}" for c in columns) + "  LIMITS")
+    for row in answer["queues"]:
+        print(f"{row['name']:<24}" + "".join(f"{row[c]:>10}" for c in columns) + "  " + _limits_text(row["limits"]))
+    return 0
+
+
+def run_limit(args: argparse.Namespace) -> int:
+    path = f"/queues/{args.queue}/limits"
+    if args.clear:
+        if args.rate is not None or args.burst is not None or args.max_concurrent is not None:
+            raise InvalidField("--clear takes no other limit options")
+        answer = _request(args, "DELETE", path)
+        print(f"{args.queue}: limits {'removed' if answer['removed'] else 'were not set'}")
+        return 0
+    if args.rate is None and args.max_concurrent is None:
+        raise InvalidField("give --rate and/or --max-concurrent (or --clear)")
+    body = {"rate": args.rate, "burst": args.burst, "max_concurrent": args.max_concurrent}
+    answer = _request(args, "PUT", path, body)
+    print(f"{answer['queue']}: {_limits_text(answer['limits'])}")
+    return 0

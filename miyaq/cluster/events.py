@@ -1,0 +1,150 @@
+"""Task events between holders: what one holder did, told to the others.
+
+:class:`EventPublisher` is an engine listener on every node of a cluster:
+when a task with other holders starts, is touched, retried, dead-lettered,
+revived, purged or finished here, it queues an event for each other holder
+and :meth:`flush` publishes them on the replication stream, batched per
+destination. :func:`apply_events` is the receiving side: it moves the local
+copy the same way — a standby copy pushes its timer out past the runner's
+lease, a finished task leaves a tombstone (even for an id this node does
+not know, so a late copy cannot come back).
+
+Events (arrays): ``["S", id, attempt, lease_end, at_most_once]`` started,
+``["T", id, lease_end]`` touched, ``["F", id, state, result, error]``
+finished, ``["R", id, attempt, eta, error]`` waiting for the next attempt
+(eta 0: at once), ``["D", id, attempt, error]`` dead, ``["V", id]`` revived,
+``["P", id]`` purged.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..store.table import Tombstone
+from ..store.task import DEAD, READY, RETRYING, RUNNING, SCHEDULED, Task
+from ..node.events import EngineListener
+
+if TYPE_CHECKING:
+    from .role import ClusterRole
+
+logger = logging.getLogger(__name__)
+
+STARTED_ELSEWHERE = "started-elsewhere"   # tombstone of an at-most-once copy
+
+
+class EventPublisher(EngineListener):
+    def __init__(self, role: "ClusterRole") -> None:
+        self.role = role
+        self.me = role.node_id
+        self.outbox: dict[str, list[list[Any]]] = {}
+        self.duplicates = 0
+
+    def _emit(self, task: Task, event: list[Any]) -> None:
+        if self.role.applying or len(task.holders) < 2:
+            return
+        for holder in task.holders:
+            if holder != self.me:
+                box = self.outbox.get(holder)
+                if box is None:
+                    box = self.outbox[holder] = []
+                box.append(event)
+
+    def task_started(self, task: Task) -> None:
+        self._emit(task, ["S", task.id, task.attempt, task.lease_end, task.at_most_once])
+
+    def task_touched(self, task: Task) -> None:
+        self._emit(task, ["T", task.id, task.lease_end])
+
+    def task_finished(self, task: Task, stone: Tombstone) -> None:
+        self._emit(task, ["F", task.id, stone.state, stone.result, stone.error])
+
+    def task_retrying(self, task: Task, reason: str) -> None:
+        self._emit(task, ["R", task.id, task.attempt, task.eta if task.state == RETRYING else 0.0, task.error])
+
+    def task_dead(self, task: Task) -> None:
+        self._emit(task, ["D", task.id, task.attempt, task.error])
+
+    def task_revived(self, task: Task) -> None:
+        self._emit(task, ["V", task.id])
+
+    def task_purged(self, task: Task) -> None:
+        self._emit(task, ["P", task.id])
+
+    def duplicate_run(self, task: Task, info: dict[str, Any]) -> None:
+        self.duplicates += 1
+        logger.warning("task %s ran more than once (%s)", task.id, info)
+
+    def flush(self) -> None:
+        if not self.outbox:
+            return
+        outbox, self.outbox = self.outbox, {}
+        send = self.role.publisher.send
+        for dest, events in outbox.items():
+            for start in range(0, len(events), 1000):
+                send(dest, events[start:start + 1000])
+
+
+def apply_events(role: "ClusterRole", src: str, events: list[Any]) -> None:
+    """Apply another holder's events to the local copies."""
+    engine = role.engine
+    table = engine.table
+    now = time.time()
+    role.applying = True
+    try:
+        for ev in events:
+            if not isinstance(ev, list) or len(ev) < 2 or not isinstance(ev[1], str):
+                continue
+            op, task_id = ev[0], ev[1]
+            if op == "F":
+                engine.finish_copy(task_id, ev[2], ev[3], ev[4], now)
+                continue
+            task = table.live.get(task_id) or table.dead.get(task_id)
+            if task is None:
+                continue
+            if op == "S":
+                _started_elsewhere(role, task, ev, now)
+            elif op == "T":
+                if task.standby:
+                    engine.defer(task, ev[2] + role.offset_for(task))
+            elif op == "R":
+                if task.state == RUNNING:
+                    continue
+                task.attempt, task.error = ev[2], ev[4]
+                task.standby = True
+                eta = ev[3] or now
+                engine.defer(task, eta + role.offset_for(task), RETRYING if ev[3] else SCHEDULED)
+            elif op == "D":
+                task.attempt = ev[2]
+                engine.kill_copy(task, ev[3])
+            elif op == "V":
+                revived = table.revive(task_id)
+                if revived is not None:
+                    revived.attempt = 0
+                    revived.standby = True
+                    engine._count(revived.queue)[DEAD] -= 1
+                    revived.state = SCHEDULED
+                    engine._count(revived.queue)[SCHEDULED] += 1
+                    engine.defer(revived, now + role.offset_for(revived))
+            elif op == "P":
+                engine.dead_purge(None, [task_id])
+    finally:
+        role.applying = False
+
+
+def _started_elsewhere(role: "ClusterRole", task: Task, ev: list[Any], now: float) -> None:
+    engine = role.engine
+    attempt, lease_end, at_most_once = ev[2], ev[3], ev[4] if len(ev) > 4 else False
+    if task.state == RUNNING:
+        role.publisher_listener.duplicate_run(task, {"also_started_on": ev[1], "attempt": attempt})
+        role.duplicates_seen += 1
+        return
+    if at_most_once:
+        engine.finish_copy(task.id, STARTED_ELSEWHERE, None, None, now)
+        return
+    task.attempt = max(task.attempt, attempt)
+    task.standby = True
+    if task.state == READY:
+        engine.defer(task, lease_end + role.offset_for(task), SCHEDULED)
+    elif task.state in (SCHEDULED, RETRYING):
+        engine.defer(task, lease_end + role.offset_for(task), SCHEDULED)

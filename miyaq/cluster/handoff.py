@@ -1,0 +1,123 @@
+"""Handoff: after a ring change every task returns to N copies on its new
+holders.
+
+For each task whose preference list changed, the first of its old holders
+that is still alive (or this node, when it is leaving) sends the task to its
+new holders (REPLICATE, idempotent). Every old holder updates its copy's
+holder list and rank; a copy this node no longer holds is dropped once every
+new holder confirmed it — unless it is running here, in which case it stays
+until it finishes (its outcome is announced to the new holders). Copies
+whose confirmation does not come are sent again every ``RETRY`` seconds.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..node.persistence import task_record
+from ..store.task import RUNNING, Task
+from .peer import REPLICATE
+
+if TYPE_CHECKING:
+    from .role import ClusterRole
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 500
+RETRY = 5.0
+
+
+class Handoff:
+    def __init__(self, role: "ClusterRole") -> None:
+        self.role = role
+        self.leaving: dict[str, set[str]] = {}    # task id -> new holders yet to confirm
+        self.last_run = 0.0
+        self.handed = 0
+
+    def run(self) -> int:
+        """Hand off every task whose holders changed; returns how many were sent."""
+        role = self.role
+        me = role.node_id
+        alive = role.view.members
+        table = role.engine.table
+        outbox: dict[str, list[dict[str, Any]]] = {}
+        sent = 0
+        for task in list(table.live.values()) + list(table.dead.values()):
+            new = role.holders_for(task)
+            if not new or tuple(new) == task.holders:
+                continue
+            old = task.holders or (me,)
+            survivors = [h for h in old if h in alive or h == me]
+            sender = survivors[0] if survivors else me
+            task.holders = tuple(new)
+            if me in new:
+                task.rank = new.index(me)
+            if sender == me:
+                record = self._record(task)
+                targets = [h for h in new if h != me]
+                for h in targets:
+                    outbox.setdefault(h, []).append(record)
+                sent += 1
+                if me not in new:
+                    self.leaving[task.id] = set(targets)
+            elif me not in new and task.state != RUNNING:
+                role.engine.forget(task)
+        self._send(outbox)
+        self.last_run = time.time()
+        if sent:
+            logger.info("handoff: sent %d task(s) to their new holders", sent)
+        self.handed += sent
+        return sent
+
+    @staticmethod
+    def _record(task: Task) -> dict[str, Any]:
+        record = task_record(task)
+        record["state"] = task.state
+        record["attempt"] = task.attempt
+        if task.state == RUNNING:
+            record["lease_end"] = task.lease_end
+        return record
+
+    def _send(self, outbox: dict[str, list[dict[str, Any]]]) -> None:
+        for holder, records in outbox.items():
+            for start in range(0, len(records), CHUNK):
+                chunk = records[start:start + CHUNK]
+                ids = [r["id"] for r in chunk]
+                self.role.peer.request(holder, REPLICATE, {"tasks": chunk}, 5.0,
+                                       lambda answer, h=holder, ids=ids: self._confirmed(h, ids, answer))
+
+    def _confirmed(self, holder: str, ids: list[str], answer: dict[str, Any] | None) -> None:
+        if answer is None:
+            return
+        table = self.role.engine.table
+        for task_id in answer.get("ids") or ():
+            waiting = self.leaving.get(task_id)
+            if waiting is None:
+                continue
+            waiting.discard(holder)
+            if not waiting:
+                del self.leaving[task_id]
+                task = table.live.get(task_id) or table.dead.get(task_id)
+                if task is not None and task.state != RUNNING and self.role.node_id not in task.holders:
+                    self.role.engine.forget(task)
+
+    def retry(self, now: float) -> None:
+        """Send again what was not confirmed (a new holder that was down)."""
+        if not self.leaving or now - self.last_run < RETRY:
+            return
+        self.last_run = now
+        table = self.role.engine.table
+        outbox: dict[str, list[dict[str, Any]]] = {}
+        for task_id, waiting in list(self.leaving.items()):
+            task = table.live.get(task_id) or table.dead.get(task_id)
+            if task is None:
+                del self.leaving[task_id]
+                continue
+            record = self._record(task)
+            for h in waiting:
+                outbox.setdefault(h, []).append(record)
+        self._send(outbox)
+
+    def pending(self) -> int:
+        return len(self.leaving)

@@ -1,0 +1,124 @@
+"""Cluster submits: store a task on its N holders before acknowledging.
+
+The node that receives SUBMIT coordinates: it computes the task's holders
+from the ring (the preference list of ``replicas`` nodes for the routing key:
+``key`` if set, else the id), stores the task itself when it is a holder,
+sends REPLICATE to the others (batched per holder per burst) and
+acknowledges once ``min_acks`` holders stored it (default: all of them —
+synchronous replication). A submit that cannot reach ``min_acks`` holders by
+``ACK_TIMEOUT`` is rejected with NOT_ENOUGH_REPLICAS; resending it with the
+same id is safe (REPLICATE is idempotent on every holder).
+
+Each holder of rank i arms its copy for ``eta + i × offset``; copies of
+rank > 0 are standby copies (they ask before they run).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..errors import MiyaqError, NotEnoughReplicas, Unavailable
+from ..protocol.commands import ACCEPTED, DUPLICATE, REJECTED
+from ..store.task import Task
+from ..node.persistence import task_record
+from .peer import REPLICATE
+
+if TYPE_CHECKING:
+    from .role import ClusterRole
+
+logger = logging.getLogger(__name__)
+
+ACK_TIMEOUT = 3.0
+MAX_PENDING = 200_000
+
+
+class _Pending:
+    __slots__ = ("identity", "need", "got", "deadline", "detail", "status")
+
+    def __init__(self, identity: bytes, need: int, deadline: float) -> None:
+        self.identity = identity
+        self.need = need
+        self.got = 0
+        self.deadline = deadline
+        self.detail: Any = None
+        self.status = ACCEPTED
+
+
+class ClusterIntake:
+    def __init__(self, role: "ClusterRole") -> None:
+        self.role = role
+        self.engine = role.engine
+        self.ack = role.node.endpoint.ack
+        self.pending: dict[str, _Pending] = {}
+        self.outbox: dict[str, list[dict[str, Any]]] = {}
+        self.rejected = 0
+
+    def submit(self, task: Task, now: float, identity: bytes) -> None:
+        role = self.role
+        if len(self.pending) >= MAX_PENDING:
+            self.ack(identity, [task.id, REJECTED, {"code": "busy", "message": "too many submits in flight"}])
+            return
+        holders = role.holders_for(task)
+        if not holders:
+            self.ack(identity, [task.id, REJECTED, Unavailable("the ring is empty").to_wire()])
+            return
+        task.holders = tuple(holders)
+        need = min(role.min_acks or len(holders), len(holders))
+        entry = _Pending(identity, need, now + ACK_TIMEOUT)
+        if role.node_id in holders:
+            role.place(task)
+            try:
+                status, detail = self.engine.submit(task, now)
+            except MiyaqError as err:
+                self.ack(identity, [task.id, REJECTED, err.to_wire()])
+                return
+            if status == DUPLICATE and detail != task.id:
+                self.ack(identity, [task.id, DUPLICATE, detail])   # another task holds the key
+                return
+            entry.status, entry.detail = status, detail
+            entry.got = 1
+        self.pending[task.id] = entry
+        record = task_record(task)
+        record.pop("rank", None)
+        record.pop("standby", None)
+        for holder in holders:
+            if holder != role.node_id:
+                self.outbox.setdefault(holder, []).append(record)
+        self._maybe_ack(task.id, entry)
+
+    def flush(self) -> None:
+        """Send the burst's REPLICATE batches (one request per holder)."""
+        if not self.outbox:
+            return
+        outbox, self.outbox = self.outbox, {}
+        for holder, records in outbox.items():
+            ids = [r["id"] for r in records]
+            self.role.peer.request(holder, REPLICATE, {"tasks": records}, ACK_TIMEOUT,
+                                   lambda answer, ids=ids: self._replicated(ids, answer))
+
+    def _replicated(self, ids: list[str], answer: dict[str, Any] | None) -> None:
+        if answer is None:
+            return   # silence: the deadline sweep decides
+        stored = set(answer.get("ids") or ())
+        for task_id in ids:
+            entry = self.pending.get(task_id)
+            if entry is not None and task_id in stored:
+                entry.got += 1
+                self._maybe_ack(task_id, entry)
+
+    def _maybe_ack(self, task_id: str, entry: _Pending) -> None:
+        if entry.got >= entry.need:
+            del self.pending[task_id]
+            self.ack(entry.identity, [task_id, entry.status, entry.detail])
+
+    def sweep(self, now: float) -> None:
+        if not self.pending:
+            return
+        for task_id, entry in list(self.pending.items()):
+            if entry.deadline <= now:
+                del self.pending[task_id]
+                self.rejected += 1
+                err = NotEnoughReplicas(f"task {task_id} stored on {entry.got} of the {entry.need} "
+                                        f"holders needed within {ACK_TIMEOUT:g}s; resubmit with the same id")
+                self.ack(entry.identity, [task_id, REJECTED, err.to_wire()])

@@ -1,0 +1,199 @@
+"""The peer link: node-to-node requests over ZeroMQ.
+
+Each node binds a ROUTER on its peer port (requests from other nodes) and
+keeps one DEALER per other member (its requests, and their answers). One
+greenlet reads the ROUTER, one reads every DEALER through a poller; replies
+are matched to requests by ``req`` and a request that gets no answer by its
+deadline has its callback called with ``None`` — silence is an answer the
+replica logic relies on ("only silence lets it run").
+
+Frames are the service protocol's: ``[b"MQ1", COMMAND, msgpack map]``; every
+body carries ``from`` (the sender's node id). Commands: docs/cluster.md.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections import Counter
+from typing import Any, Callable
+
+import gevent
+import zmq.green as zmq
+
+from ..errors import MiyaqError, ProtocolError
+from ..protocol import codec
+
+logger = logging.getLogger(__name__)
+
+REPLICATE = b"REPLICATE"     # {"tasks": [record...]}          -> answer {"ids": [...]}
+QUERY = b"QUERY"             # {"ids": [...]}                  -> answer {"states": {id: [state, ...]}}
+SYNC = b"SYNC"               # {"cursor": n}                   -> answer {"tasks": [...], "stones": [...], "next"}
+ANSWER = b"ANSWER"           # {"req", ...}
+PEER_COMMANDS = frozenset({REPLICATE, QUERY, SYNC})
+PEER_REPLIES = frozenset({ANSWER})
+
+Callback = Callable[[dict[str, Any] | None], None]
+Handler = Callable[[str, dict[str, Any]], dict[str, Any] | None]
+
+
+class PeerEndpoint:
+    def __init__(self, ctx: zmq.Context, node_id: str, bind: str, max_message: int) -> None:
+        self.ctx = ctx
+        self.node_id = node_id
+        self.max_message = max_message
+        self.router = ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.SNDHWM, 100_000)
+        self.router.setsockopt(zmq.RCVHWM, 100_000)
+        self.router.bind(bind)
+        self.dealers: dict[str, Any] = {}          # node id -> DEALER
+        self.endpoints: dict[str, str] = {}
+        self.handlers: dict[bytes, Handler] = {}
+        self.after_burst: list[Callable[[], None]] = []
+        self.pending: dict[int, tuple[float, Callback]] = {}
+        self._req = itertools.count(1)
+        self._poller = zmq.Poller()
+        self.errors: Counter[str] = Counter()
+        self._closed = False
+
+    # -- membership ------------------------------------------------------------------
+    def connect(self, members: dict[str, str]) -> None:
+        """Keep one DEALER per member id -> peer endpoint (others are closed)."""
+        for node_id in list(self.dealers):
+            if node_id not in members or members[node_id] != self.endpoints.get(node_id):
+                sock = self.dealers.pop(node_id)
+                self.endpoints.pop(node_id, None)
+                self._poller.unregister(sock)
+                sock.close(linger=0)
+        for node_id, endpoint in members.items():
+            if node_id == self.node_id or node_id in self.dealers:
+                continue
+            sock = self.ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IMMEDIATE, 1)       # never queue for a peer that is not there
+            sock.setsockopt(zmq.SNDHWM, 100_000)
+            sock.setsockopt(zmq.RCVHWM, 100_000)
+            sock.setsockopt(zmq.RECONNECT_IVL, 100)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+            sock.connect(endpoint)
+            self.dealers[node_id] = sock
+            self.endpoints[node_id] = endpoint
+            self._poller.register(sock, zmq.POLLIN)
+
+    # -- sending ---------------------------------------------------------------------------
+    def request(self, node_id: str, command: bytes, body: dict[str, Any], timeout: float,
+                callback: Callback) -> bool:
+        """Send a request; ``callback(answer)`` or ``callback(None)`` on silence."""
+        sock = self.dealers.get(node_id)
+        req = next(self._req)
+        body["req"] = req
+        body["from"] = self.node_id
+        if sock is None or not self._send(sock, command, body):
+            gevent.spawn(callback, None)
+            return False
+        self.pending[req] = (time.time() + timeout, callback)
+        return True
+
+    def _send(self, sock: Any, command: bytes, body: dict[str, Any]) -> bool:
+        try:
+            sock.send_multipart(codec.encode(command, body), zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
+
+    # -- receiving ---------------------------------------------------------------------------
+    def serve_requests(self) -> None:
+        """Read the ROUTER (requests from peers) and answer each."""
+        router = self.router
+        while not self._closed:
+            frames = router.recv_multipart()
+            self._handle_request(frames)
+            for _ in range(256):
+                try:
+                    frames = router.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self._handle_request(frames)
+            for hook in self.after_burst:
+                hook()
+
+    def _handle_request(self, frames: list[bytes]) -> None:
+        if len(frames) < 2:
+            return
+        identity = frames[0]
+        req: Any = None
+        try:
+            command, body = codec.decode(frames[1:], PEER_COMMANDS, self.max_message)
+            req = body.get("req")
+            sender = body.get("from")
+            if not isinstance(sender, str):
+                raise ProtocolError("peer request without 'from'")
+            answer = self.handlers[command](sender, body)
+        except MiyaqError as err:
+            self.errors[err.code] += 1
+            answer = err.to_wire()
+        except Exception:
+            logger.exception("peer handler failed")
+            self.errors["internal"] += 1
+            answer = {"code": "internal", "message": "peer handler failed"}
+        if answer is None:
+            return
+        answer["req"] = req
+        try:
+            self.router.send_multipart([identity, *codec.encode(ANSWER, answer)], zmq.NOBLOCK)
+        except (zmq.Again, zmq.ZMQError):
+            pass   # the asker is gone; it will treat this as silence
+
+    def serve_answers(self) -> None:
+        """Read every DEALER; expire requests that got no answer."""
+        while not self._closed:
+            events = dict(self._poller.poll(100)) if self.dealers else {}
+            if not self.dealers:
+                gevent.sleep(0.1)
+            for sock in list(events):
+                for _ in range(256):
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    except zmq.ZMQError:
+                        break   # closed by connect() meanwhile
+                    self._handle_answer(frames)
+            self._expire(time.time())
+            for hook in self.after_burst:
+                hook()
+
+    def _handle_answer(self, frames: list[bytes]) -> None:
+        try:
+            _, body = codec.decode(frames, PEER_REPLIES, self.max_message)
+        except MiyaqError as err:
+            self.errors[err.code] += 1
+            return
+        entry = self.pending.pop(body.get("req"), None)  # type: ignore[arg-type]
+        if entry is not None:
+            self._call(entry[1], None if "code" in body else body)
+
+    def _expire(self, now: float) -> None:
+        if not self.pending:
+            return
+        for req, (deadline, callback) in list(self.pending.items()):
+            if deadline <= now:
+                del self.pending[req]
+                self._call(callback, None)
+
+    @staticmethod
+    def _call(callback: Callback, answer: dict[str, Any] | None) -> None:
+        try:
+            callback(answer)
+        except Exception:
+            logger.exception("peer callback failed")
+
+    def close(self) -> None:
+        self._closed = True
+        for sock in self.dealers.values():
+            sock.close(linger=0)
+        self.dealers.clear()
+        self.router.close(linger=0)

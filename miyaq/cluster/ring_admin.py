@@ -1,0 +1,187 @@
+"""Inspect and change a cluster's ring from outside (the CLI): no node needed.
+
+Constraints:
+
+* An admin never writes the ring: ``join``/``leave``/``set_weight`` change
+  only the ``desired`` znode (compare-and-set) and then wait, polling the
+  ``ring`` znode, until the leader has published the change. When no node
+  runs, the intent is stored and applies when one does.
+* Every call blocks the calling greenlet; ZooKeeper operations are bounded
+  by ``timeout`` (``Unavailable``), waits for the leader too (``Timeout``).
+* Opening is lazy (the first call connects); :meth:`RingAdmin.close` (or the
+  context manager) closes the session.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Self
+
+import gevent
+from kazoo.client import KazooClient
+from kazoo.exceptions import KazooException, NoNodeError
+from kazoo.recipe.election import Election
+
+from miyaq.cluster.membership import RingView, check_node_id, check_weight
+from miyaq.cluster.zk_layout import Layout, RingRecord, with_join, with_weight
+from miyaq.cluster.zk_store import ZnodeStore, close_client, connect
+from miyaq.errors import Timeout
+
+logger = logging.getLogger(__name__)
+
+
+class RingAdmin:
+    """Inspect and change a cluster's ring from the CLI (no node needed).
+
+    Blocking calls; each change returns a sentence describing what changed
+    once the leader published it, or raises ``Timeout`` after ``timeout`` s.
+    """
+
+    def __init__(
+        self,
+        hosts: str,
+        cluster: str,
+        *,
+        connect_timeout: float = 10.0,
+        timeout: float = 15.0,
+        session_timeout: float = 10.0,
+    ) -> None:
+        self._hosts = hosts
+        self._layout = Layout(cluster)
+        self._connect_timeout = connect_timeout
+        self._timeout = timeout
+        self._session_timeout = session_timeout
+        self._zk: KazooClient | None = None
+        self._store: ZnodeStore | None = None
+
+    @property
+    def hosts(self) -> str:
+        return self._hosts
+
+    @property
+    def cluster(self) -> str:
+        return self._layout.cluster
+
+    def _open(self) -> ZnodeStore:
+        if self._store is None:
+            zk = connect(self._hosts, self._session_timeout, self._connect_timeout)
+            self._zk = zk
+            self._store = ZnodeStore(zk, self._layout, self._hosts, self._timeout)
+        return self._store
+
+    def close(self) -> None:
+        """Close the ZooKeeper session; idempotent."""
+        if self._zk is not None:
+            close_client(self._zk)
+        self._zk = None
+        self._store = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def status(self) -> dict[str, Any]:
+        """Members (registered, in ring or wanted), leader, epoch and share of the ring."""
+        store = self._open()
+        registered = store.read_registered()
+        desired, _ = store.read_desired()
+        record, _ = store.read_ring()
+        view = record.to_view() if record is not None else RingView.empty()
+        share = view.ring.share() if view.ring is not None else {}
+        try:
+            contenders = Election(store.zk, self._layout.election).contenders()
+        except (KazooException, NoNodeError):
+            contenders = []
+        members: dict[str, dict[str, Any]] = {}
+        for node_id in sorted(set(registered) | set(desired) | set(view.members)):
+            member = view.members.get(node_id) or registered.get(node_id)
+            intent = desired.get(node_id)
+            if node_id in view.members:
+                weight: float | None = view.members[node_id].weight
+            elif intent is not None and intent.weight is not None:
+                weight = intent.weight
+            else:
+                weight = member.weight if member is not None else None
+            members[node_id] = {
+                "node_id": node_id,
+                "service": member.service if member else None,
+                "peer": member.peer if member else None,
+                "pub": member.pub if member else None,
+                "http": member.http if member else None,
+                "registered": node_id in registered,
+                "in_ring": node_id in view.members,
+                "joined": bool(intent and intent.join),
+                "weight": weight,
+                "share": share.get(node_id, 0.0),
+            }
+        return {
+            "cluster": self._layout.cluster,
+            "epoch": view.epoch,
+            "leader": view.leader,
+            "contenders": contenders,
+            "vnodes": view.vnodes,
+            "members": members,
+        }
+
+    def join(self, node_id: str) -> str:
+        """Want ``node_id`` in the ring; returns once the leader published it (or why not)."""
+        check_node_id(node_id)
+        store = self._open()
+        store.update_desired(lambda d: with_join(d, node_id, True))
+        record, _ = store.read_ring()
+        if record is not None and node_id in record.members:
+            return f"{node_id} is in the ring (epoch {record.epoch})"
+        if node_id not in store.read_registered():
+            return f"{node_id} is not registered; it will join the ring when it starts"
+        record = self._wait_for(lambda r: node_id in r.members, f"{node_id} to join the ring")
+        return f"{node_id} joined the ring at epoch {record.epoch}"
+
+    def leave(self, node_id: str) -> str:
+        """Want ``node_id`` out of the ring; returns once the leader published it."""
+        check_node_id(node_id)
+        store = self._open()
+        store.update_desired(lambda d: with_join(d, node_id, False))
+        record, _ = store.read_ring()
+        if record is None or node_id not in record.members:
+            epoch = record.epoch if record is not None else 0
+            return f"{node_id} is not in the ring (epoch {epoch}); it will stay out"
+        record = self._wait_for(lambda r: node_id not in r.members, f"{node_id} to leave the ring")
+        return f"{node_id} left the ring at epoch {record.epoch}"
+
+    def set_weight(self, node_id: str, weight: float) -> str:
+        """Set ``node_id``'s ring weight; returns once the leader published it."""
+        check_node_id(node_id)
+        value = check_weight(weight)
+        store = self._open()
+        store.update_desired(lambda d: with_weight(d, node_id, value))
+        record, _ = store.read_ring()
+        if record is None or node_id not in record.members:
+            return f"weight of {node_id} set to {value:g}; it applies when {node_id} is in the ring"
+        old = record.weights[node_id]
+        if old == value:
+            return f"weight of {node_id} is {value:g} (epoch {record.epoch})"
+        record = self._wait_for(
+            lambda r: r.weights.get(node_id) == value, f"the new weight of {node_id}"
+        )
+        return f"weight of {node_id}: {old:g} -> {value:g} at epoch {record.epoch}"
+
+    def _wait_for(self, done: Callable[[RingRecord], bool], what: str) -> RingRecord:
+        store = self._open()
+        deadline = time.monotonic() + self._timeout
+        record: RingRecord | None = None
+        while True:
+            record, _ = store.read_ring()
+            if record is not None and done(record):
+                return record
+            if time.monotonic() >= deadline:
+                epoch = record.epoch if record is not None else 0
+                leader = record.leader if record is not None else None
+                raise Timeout(
+                    f"the leader did not publish {what} within {self._timeout:g}s "
+                    f"(ring epoch {epoch}, last leader {leader}); is any node of cluster "
+                    f"{self._layout.cluster} running?"
+                )
+            gevent.sleep(0.1)

@@ -1,0 +1,218 @@
+"""A node's part in a cluster: membership, the peer link, the replication
+streams, replicated submits, standby checks, handoff and resync.
+
+Created by the node when it runs with ``--zk``. Everything here runs in the
+node's gevent loop; the coordinator's view listener only schedules work.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import gevent
+
+from ..store.task import DEAD, RUNNING, SCHEDULED, Task
+from ..node.persistence import task_from_record
+from .events import EventPublisher, apply_events
+from .handoff import Handoff
+from .intake import ClusterIntake
+from .membership import Coordinator, Member, RingView
+from .peer import QUERY, REPLICATE, SYNC, PeerEndpoint
+from .standby import StandbyChecker, describe
+from .stream import HEARTBEAT, StreamPublisher, StreamSubscriber
+from .sync import Resync
+
+if TYPE_CHECKING:
+    from ..node.node import Node
+
+logger = logging.getLogger(__name__)
+
+
+def local_member(node: "Node") -> Member:
+    c = node.config
+    return Member(node_id=node.id, service=c.endpoint(c.port), peer=c.endpoint(c.peer),
+                  pub=c.endpoint(c.pub), http=f"http://{c.host}:{c.http_port}" if c.http_port else None,
+                  weight=c.weight)
+
+
+class ClusterRole:
+    def __init__(self, node: "Node", coordinator: Coordinator, drop_ratio: float = 0.0) -> None:
+        self.node = node
+        self.node_id = node.id
+        self.engine = node.engine
+        self.config = node.config
+        self.coordinator = coordinator
+        self.view: RingView = RingView.empty()
+        self.min_acks = node.config.min_acks
+        self.applying = False          # True while applying another holder's events
+        self.duplicates_seen = 0
+        c = node.config
+        self.peer = PeerEndpoint(node.ctx, self.node_id, f"tcp://{c.host}:{c.peer}", c.max_message)
+        self.publisher = StreamPublisher(node.ctx, self.node_id, f"tcp://{c.host}:{c.pub}", drop_ratio)
+        self.resync = Resync(self)
+        self.subscriber = StreamSubscriber(node.ctx, self.node_id,
+                                           lambda src, evs: apply_events(self, src, evs), self.resync.start)
+        self.publisher_listener = EventPublisher(self)
+        self.standby = StandbyChecker(self)
+        self.intake = ClusterIntake(self)
+        self.handoff = Handoff(self)
+        self.engine.listeners += [self.publisher_listener, self.standby]
+        self.peer.handlers.update({REPLICATE: self._on_replicate, QUERY: self._on_query,
+                                   SYNC: self.resync.serve})
+        self.peer.after_burst.append(self.flush)
+        node.endpoint.after_burst.append(lambda now: self.flush())
+        self._view_changed = gevent.event.Event()
+        self._pending_view: RingView | None = None
+
+    # -- lifecycle ------------------------------------------------------------------
+    def start(self) -> None:
+        node = self.node
+        node.spawn(self.peer.serve_requests)
+        node.spawn(self.peer.serve_answers)
+        node.spawn(self.subscriber.serve)
+        node.spawn(self._ticker)
+        node.spawn(self._view_loop)
+        self.coordinator.add_listener(self._on_view)
+        self.coordinator.start()
+
+    def stop(self) -> None:
+        try:
+            self.coordinator.stop()
+        except Exception:
+            logger.exception("stopping the coordinator failed")
+        self.subscriber.close()
+        self.publisher.close()
+        self.peer.close()
+
+    # -- ring -------------------------------------------------------------------------
+    def _on_view(self, view: RingView) -> None:
+        """Coordinator listener: must not block; the view loop does the work."""
+        self._pending_view = view
+        self._view_changed.set()
+
+    def _view_loop(self) -> None:
+        while True:
+            self._view_changed.wait()
+            self._view_changed.clear()
+            view = self._pending_view
+            if view is None or view.epoch < self.view.epoch:
+                continue
+            old, self.view = self.view, view
+            self.publisher.epoch = view.epoch
+            members = view.members
+            self.peer.connect({m.node_id: m.peer for m in members.values()})
+            self.subscriber.connect({m.node_id: m.pub for m in members.values()})
+            logger.info("ring epoch %d: %s (leader %s)", view.epoch, ", ".join(sorted(members)), view.leader)
+            if set(old.members) != set(members) or old.epoch == 0 or old.ring != view.ring:
+                self.handoff.run()
+
+    def holders_for(self, task: Task) -> list[str]:
+        view = self.view
+        if not view.members:
+            return []
+        n = min(task.replicas, len(view.members))
+        key = task.key if task.key is not None else task.id
+        return [m.node_id for m in view.holders(key, n)]
+
+    def offset_for(self, task: Task, minimum: int = 0) -> float:
+        offset = self.config.replica_offset
+        if task.meta and isinstance(task.meta.get("offset"), (int, float)):
+            offset = float(task.meta["offset"])
+        return max(task.rank, minimum) * offset
+
+    def place(self, task: Task) -> None:
+        """Set this node's rank for a new copy: rank i waits i offsets longer."""
+        task.rank = task.holders.index(self.node_id)
+        task.standby = task.rank > 0
+        task.eta += self.offset_for(task)
+
+    # -- peer requests --------------------------------------------------------------------
+    def _on_replicate(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
+        records = body.get("tasks")
+        if not isinstance(records, list):
+            return {"ids": []}
+        now = time.time()
+        stored = [r["id"] for r in records if isinstance(r, dict) and self.install(r, now)]
+        return {"ids": stored}
+
+    def _on_query(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
+        ids = body.get("ids")
+        if not isinstance(ids, list):
+            return {"states": {}}
+        return {"states": {i: describe(self, i) for i in ids[:10_000] if isinstance(i, str)}}
+
+    def install(self, record: dict[str, Any], now: float) -> bool:
+        """Store (or update) this node's copy of a replicated or handed-off
+        task. Idempotent; never resurrects a finished task."""
+        holders = record.get("holders")
+        if not isinstance(holders, list) or self.node_id not in holders or not isinstance(record.get("id"), str):
+            return False
+        engine = self.engine
+        table = engine.table
+        existing = table.live.get(record["id"]) or table.dead.get(record["id"])
+        if existing is not None:
+            existing.holders = tuple(holders)
+            existing.rank = holders.index(self.node_id)
+            return True
+        if table.tombstone(record["id"]) is not None:
+            return True
+        try:
+            task = task_from_record(record)
+        except (KeyError, TypeError):
+            return False
+        task.holders = tuple(holders)
+        state = record.get("state", SCHEDULED)
+        task.state = SCHEDULED
+        task.rank = holders.index(self.node_id)
+        if state == DEAD:
+            task.state = DEAD
+            engine.restore(task, now)
+            return True
+        if "state" in record:    # a handed-off copy of a task under way elsewhere
+            task.standby = True
+            base = max(task.eta, record.get("lease_end", 0.0), now)
+            task.eta = base + self.offset_for(task, minimum=1)
+        else:
+            task.standby = task.rank > 0
+            task.eta += self.offset_for(task)
+        try:
+            status, _ = engine.submit(task, now)
+        except Exception as exc:   # Busy / ShuttingDown: not stored
+            logger.warning("could not store a copy of %s: %s", task.id, exc)
+            return False
+        return status == "accepted" or record["id"] in table.live
+
+    # -- periodic ---------------------------------------------------------------------------
+    def flush(self) -> None:
+        self.intake.flush()
+        self.publisher_listener.flush()
+        self.standby.flush()
+
+    def _ticker(self) -> None:
+        last_beat = 0.0
+        while True:
+            gevent.sleep(0.05)
+            now = time.time()
+            self.flush()
+            self.intake.sweep(now)
+            if now - last_beat >= HEARTBEAT:
+                last_beat = now
+                self.publisher.heartbeat([m for m in self.view.members if m != self.node_id])
+                self.handoff.retry(now)
+
+    # -- views ------------------------------------------------------------------------------
+    def ring_info(self) -> dict[str, Any]:
+        view = self.view
+        share = view.ring.share() if view.ring is not None else {}
+        return {"epoch": view.epoch, "leader": view.leader, "vnodes": view.vnodes,
+                "members": {m.node_id: {"service": m.service, "http": m.http, "weight": m.weight,
+                                        "share": share.get(m.node_id, 0.0)} for m in view.members.values()}}
+
+    def stats(self) -> dict[str, Any]:
+        return {"epoch": self.view.epoch, "leader": self.view.leader, "is_leader": self.coordinator.is_leader,
+                "takeovers": self.standby.takeovers, "deferrals": self.standby.deferrals,
+                "duplicates": self.publisher_listener.duplicates, "stream_gaps": self.subscriber.gaps,
+                "resyncs": self.subscriber.resyncs, "stream_dropped": self.publisher.dropped,
+                "submits_rejected": self.intake.rejected, "handed_off": self.handoff.handed,
+                "running_here": sum(1 for t in self.engine.table.live.values() if t.state == RUNNING)}

@@ -1,0 +1,199 @@
+"""Replication streams over PUB/SUB: one stream per (source, destination).
+
+The source publishes each destination's events under a fixed-width topic
+(``topic(dest)``: 16 hex digits of blake2b + ``|``, so one node's topic is
+never a prefix of another's), numbered by a per-destination sequence and
+stamped with the source's incarnation (a random number drawn at start: the
+stream "epoch"). Every ``HEARTBEAT`` seconds it also publishes, per
+destination, a heartbeat carrying the last sequence number sent.
+
+A receiver tracks (incarnation, last sequence, last heard) per source. A gap,
+a heartbeat announcing messages it never got, a silent stream or a new
+incarnation make it ask for a resync over the peer link (the Clone pattern,
+zguide ch. 5): PUB/SUB drops silently at the high-water mark and loses the
+first messages after a connect, so the stream alone is never trusted.
+
+Frames: ``[topic, msgpack {"src", "inc", "seq", "epoch", "ev": [event...]}]``;
+a heartbeat has no ``ev`` and ``"hb": true``.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import time
+from typing import Any, Callable
+
+import gevent
+import msgpack
+import zmq.green as zmq
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT = 1.0
+SILENCE = 3.5          # a stream silent this long is suspect: resync
+
+
+def topic(node_id: str) -> bytes:
+    return hashlib.blake2b(node_id.encode(), digest_size=8).hexdigest().encode() + b"|"
+
+
+class _Source:
+    __slots__ = ("inc", "seq", "heard", "syncing")
+
+    def __init__(self) -> None:
+        self.inc = 0
+        self.seq = 0
+        self.heard = time.time()
+        self.syncing = False
+
+
+class StreamPublisher:
+    """The PUB side. ``send(dest, events)`` publishes one message."""
+
+    def __init__(self, ctx: zmq.Context, node_id: str, bind: str, drop_ratio: float = 0.0) -> None:
+        self.node_id = node_id
+        self.pub = ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub.setsockopt(zmq.SNDHWM, 100_000)
+        self.pub.bind(bind)
+        self.incarnation = random.getrandbits(62) or 1
+        self.seqs: dict[str, int] = {}
+        self.epoch = 0
+        # Fault injection for tests and `miyaq chaos`: drop this share of messages.
+        self.drop_ratio = drop_ratio
+        self._rng = random.Random(os.getpid())
+        self.dropped = 0
+        self.sent = 0
+
+    def send(self, dest: str, events: list[list[Any]]) -> None:
+        seq = self.seqs.get(dest, 0) + 1
+        self.seqs[dest] = seq
+        if self.drop_ratio and self._rng.random() < self.drop_ratio:
+            self.dropped += 1
+            return
+        body = {"src": self.node_id, "inc": self.incarnation, "seq": seq, "epoch": self.epoch, "ev": events}
+        self._publish(dest, body)
+
+    def heartbeat(self, dests: list[str]) -> None:
+        for dest in dests:
+            self._publish(dest, {"src": self.node_id, "inc": self.incarnation,
+                                 "seq": self.seqs.get(dest, 0), "epoch": self.epoch, "hb": True})
+
+    def _publish(self, dest: str, body: dict[str, Any]) -> None:
+        try:
+            self.pub.send_multipart([topic(dest), msgpack.packb(body, use_bin_type=True)], zmq.NOBLOCK)
+            self.sent += 1
+        except zmq.Again:
+            pass   # dropped at the HWM: the next heartbeat reveals the gap
+
+    def close(self) -> None:
+        self.pub.close(linger=0)
+
+
+class StreamSubscriber:
+    """The SUB side: one socket subscribed to this node's topic on every peer."""
+
+    def __init__(self, ctx: zmq.Context, node_id: str, apply: Callable[[str, list[Any]], None],
+                 resync: Callable[[str], None]) -> None:
+        self.node_id = node_id
+        self.sub = ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.RCVHWM, 100_000)
+        self.sub.setsockopt(zmq.SUBSCRIBE, topic(node_id))
+        self.connected: dict[str, str] = {}
+        self.sources: dict[str, _Source] = {}
+        self.apply = apply
+        self.resync = resync
+        self.gaps = 0
+        self.resyncs = 0
+        self._closed = False
+
+    def connect(self, pubs: dict[str, str]) -> None:
+        """Follow the ring: subscribe to each member's PUB endpoint."""
+        for node_id, endpoint in list(self.connected.items()):
+            if pubs.get(node_id) != endpoint:
+                try:
+                    self.sub.disconnect(endpoint)
+                except zmq.ZMQError:
+                    pass
+                del self.connected[node_id]
+                self.sources.pop(node_id, None)
+        for node_id, endpoint in pubs.items():
+            if node_id != self.node_id and node_id not in self.connected:
+                self.sub.connect(endpoint)
+                self.connected[node_id] = endpoint
+                # A new subscription misses what was sent before it joined
+                # (slow joiner): start with a resync.
+                self.sources[node_id] = _Source()
+                self._ask_resync(node_id, "new subscription")
+
+    def serve(self) -> None:
+        sub = self.sub
+        while not self._closed:
+            with gevent.Timeout(HEARTBEAT, False):
+                frames = sub.recv_multipart()
+                self._handle(frames)
+                for _ in range(256):
+                    try:
+                        frames = sub.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._handle(frames)
+            self._check_silence(time.time())
+
+    def _handle(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            return
+        try:
+            body = msgpack.unpackb(frames[1], raw=False)
+            src, inc, seq = body["src"], body["inc"], body["seq"]
+        except Exception:
+            logger.warning("malformed replication message dropped")
+            return
+        source = self.sources.get(src)
+        if source is None:
+            return
+        source.heard = time.time()
+        if inc != source.inc:
+            source.inc = inc
+            source.seq = seq if body.get("hb") else seq - 1
+            self._ask_resync(src, "new incarnation")
+            if body.get("hb"):
+                return
+        if body.get("hb"):
+            if seq > source.seq:
+                self.gaps += 1
+                source.seq = seq
+                self._ask_resync(src, f"heartbeat says {seq}, got up to {source.seq}")
+            return
+        if seq != source.seq + 1:
+            self.gaps += 1
+            self._ask_resync(src, f"gap: expected {source.seq + 1}, got {seq}")
+        source.seq = seq
+        self.apply(src, body.get("ev") or [])
+
+    def _check_silence(self, now: float) -> None:
+        for src, source in self.sources.items():
+            if now - source.heard > SILENCE and not source.syncing:
+                source.heard = now
+                self._ask_resync(src, "silent stream")
+
+    def _ask_resync(self, src: str, why: str) -> None:
+        source = self.sources.get(src)
+        if source is None or source.syncing:
+            return
+        source.syncing = True
+        self.resyncs += 1
+        logger.info("stream from %s: %s; resyncing", src, why)
+        self.resync(src)
+
+    def resync_done(self, src: str) -> None:
+        source = self.sources.get(src)
+        if source is not None:
+            source.syncing = False
+
+    def close(self) -> None:
+        self._closed = True
+        self.sub.close(linger=0)

@@ -1,0 +1,86 @@
+"""Resync over the peer link: the snapshot half of the Clone pattern.
+
+When a replication stream from node S shows a gap, goes silent, or comes
+from a new incarnation of S, this node asks S for the state of every task
+they both hold (SYNC, in chunks of ``CHUNK`` with a cursor) plus S's newest
+tombstones, and reconciles its copies: tasks it lacks are installed, copies
+S runs are pushed out past S's lease, and tasks S finished or dead-lettered
+are finished or dead-lettered here.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..store.task import DEAD, RUNNING
+from .handoff import Handoff
+from .peer import SYNC
+
+if TYPE_CHECKING:
+    from .role import ClusterRole
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 1000
+STONES = 5000
+TIMEOUT = 5.0
+
+
+class Resync:
+    def __init__(self, role: "ClusterRole") -> None:
+        self.role = role
+        self.completed = 0
+
+    def start(self, src: str) -> None:
+        self._ask(src, 0)
+
+    def _ask(self, src: str, cursor: int) -> None:
+        self.role.peer.request(src, SYNC, {"cursor": cursor}, TIMEOUT,
+                               lambda answer: self._apply(src, answer))
+
+    def serve(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
+        cursor = body.get("cursor")
+        if not isinstance(cursor, int) or cursor < 0:
+            cursor = 0
+        table = self.role.engine.table
+        shared = [t for t in list(table.live.values()) + list(table.dead.values()) if sender in t.holders]
+        chunk = shared[cursor:cursor + CHUNK]
+        answer: dict[str, Any] = {"tasks": [Handoff._record(t) for t in chunk],
+                                  "next": cursor + CHUNK if cursor + CHUNK < len(shared) else None}
+        if cursor == 0:
+            stones = list(table.tombstones.values())[-STONES:]
+            answer["stones"] = [[s.id, s.state, s.result, s.error] for s in stones]
+        return answer
+
+    def _apply(self, src: str, answer: dict[str, Any] | None) -> None:
+        role = self.role
+        if answer is None:
+            role.subscriber.resync_done(src)    # asked again when the stream stays suspect
+            return
+        engine = role.engine
+        table = engine.table
+        now = time.time()
+        role.applying = True
+        try:
+            for stone in answer.get("stones") or ():
+                if isinstance(stone, list) and len(stone) == 4 and isinstance(stone[0], str):
+                    if stone[0] in table.live or stone[0] in table.dead:
+                        engine.finish_copy(stone[0], stone[1], stone[2], stone[3], now)
+            for record in answer.get("tasks") or ():
+                if not isinstance(record, dict):
+                    continue
+                mine = table.live.get(record.get("id")) or table.dead.get(record.get("id"))
+                if mine is None:
+                    role.install(record, now)
+                elif record.get("state") == DEAD and mine.state != DEAD:
+                    engine.kill_copy(mine, record.get("error"))
+                elif record.get("state") == RUNNING and mine.standby and mine.state != RUNNING:
+                    engine.defer(mine, record.get("lease_end", now) + role.offset_for(mine, minimum=1))
+        finally:
+            role.applying = False
+        if answer.get("next"):
+            self._ask(src, answer["next"])
+        else:
+            self.completed += 1
+            role.subscriber.resync_done(src)

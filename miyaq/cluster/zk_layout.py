@@ -1,0 +1,201 @@
+"""Where a cluster lives in ZooKeeper, and the JSON records its znodes hold.
+
+Layout under ``/miyaq/<cluster>/``:
+
+``members/<node_id>``
+    Ephemeral; the :class:`~miyaq.cluster.membership.Member` as JSON. It
+    vanishes when the node's session ends (clean stop, crash, expiry).
+``desired``
+    Persistent; the operator's intent, JSON
+    ``{"nodes": {node_id: {"join": bool, "weight": float | null}}}``.
+    ``join``/``leave``/``set_weight`` (from a node or from
+    :class:`~miyaq.cluster.ring_admin.RingAdmin`) only ever change this znode,
+    with compare-and-set on its version.
+``ring``
+    Persistent; the published ring, written only by the leader, JSON
+    ``{"epoch", "members": [ids], "weights": {id: w}, "leader": id,
+    "vnodes": int, "nodes": {id: Member}}`` (``nodes`` carries the endpoints,
+    so a view never depends on reading ``members/`` at the same moment).
+``election/``
+    kazoo ``Election`` (lock) contenders.
+
+Constraints: this module does no I/O. Decoders trust nothing: corrupt JSON, a
+wrong type or an invalid id raises ``ConfigError``. JSON is written with
+sorted keys and no spaces, so equal records are equal bytes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
+
+from miyaq.cluster.membership import Member, RingView, check_node_id, check_weight
+from miyaq.cluster.ring import DEFAULT_VNODES
+from miyaq.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+ROOT = "/miyaq"
+
+
+def check_cluster_name(cluster: object) -> str:
+    """A cluster name is one znode name: same rules as a node id."""
+    try:
+        return check_node_id(cluster)
+    except ConfigError:
+        raise ConfigError(
+            f"invalid cluster name {cluster!r}: use 1-128 characters from [A-Za-z0-9_.:@-]"
+        ) from None
+
+
+class Layout:
+    """The znode paths of one cluster."""
+
+    def __init__(self, cluster: str) -> None:
+        self.cluster = check_cluster_name(cluster)
+        self.base = f"{ROOT}/{self.cluster}"
+        self.members = f"{self.base}/members"
+        self.ring = f"{self.base}/ring"
+        self.election = f"{self.base}/election"
+        self.desired = f"{self.base}/desired"
+
+    def member(self, node_id: str) -> str:
+        return f"{self.members}/{check_node_id(node_id)}"
+
+
+def dump_json(obj: Any) -> bytes:
+    """Canonical JSON bytes of ``obj`` (sorted keys, no spaces)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def load_json(data: bytes, what: str) -> Any:
+    """Decode a znode's JSON; ``ConfigError`` naming ``what`` when it is not JSON."""
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"{what} is not valid JSON: {exc}") from None
+
+
+@dataclass(frozen=True)
+class RingRecord:
+    """The content of the ``ring`` znode."""
+
+    epoch: int
+    members: tuple[str, ...]
+    weights: dict[str, float]
+    leader: str | None
+    nodes: dict[str, Member]
+    vnodes: int = DEFAULT_VNODES
+
+    def content(self) -> tuple:
+        """Everything but the epoch, for "did anything change?"."""
+        return (
+            self.members,
+            tuple(sorted(self.weights.items())),
+            self.leader,
+            tuple(sorted((k, tuple(sorted(m.to_dict().items(), key=str))) for k, m in self.nodes.items())),
+            self.vnodes,
+        )
+
+    def to_bytes(self) -> bytes:
+        return dump_json(
+            {
+                "epoch": self.epoch,
+                "members": list(self.members),
+                "weights": self.weights,
+                "leader": self.leader,
+                "vnodes": self.vnodes,
+                "nodes": {k: m.to_dict() for k, m in self.nodes.items()},
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RingRecord:
+        raw = load_json(data, "ring znode")
+        if not isinstance(raw, Mapping):
+            raise ConfigError("ring znode must hold a JSON object")
+        epoch = raw.get("epoch")
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ConfigError(f"ring epoch must be an integer >= 0, got {epoch!r}")
+        members = raw.get("members")
+        if not isinstance(members, list):
+            raise ConfigError("ring members must be a list")
+        ids = tuple(sorted(check_node_id(m) for m in members))
+        weights_raw = raw.get("weights", {})
+        nodes_raw = raw.get("nodes", {})
+        if not isinstance(weights_raw, Mapping) or not isinstance(nodes_raw, Mapping):
+            raise ConfigError("ring weights and nodes must be objects")
+        weights: dict[str, float] = {}
+        nodes: dict[str, Member] = {}
+        for node_id in ids:
+            if node_id not in nodes_raw:
+                raise ConfigError(f"ring member {node_id!r} has no endpoints")
+            member = Member.from_dict(nodes_raw[node_id])
+            if member.node_id != node_id:
+                raise ConfigError(f"ring member {node_id!r} holds endpoints of {member.node_id!r}")
+            weights[node_id] = check_weight(weights_raw.get(node_id, member.weight))
+            nodes[node_id] = member
+        leader = raw.get("leader")
+        if leader is not None:
+            check_node_id(leader)
+        vnodes = raw.get("vnodes", DEFAULT_VNODES)
+        if isinstance(vnodes, bool) or not isinstance(vnodes, int) or vnodes < 1:
+            raise ConfigError(f"ring vnodes must be an integer >= 1, got {vnodes!r}")
+        return cls(epoch, ids, weights, leader, nodes, vnodes)
+
+    def to_view(self) -> RingView:
+        members = {k: replace(self.nodes[k], weight=self.weights[k]) for k in self.members}
+        return RingView(epoch=self.epoch, members=members, leader=self.leader, vnodes=self.vnodes)
+
+
+class Intent(NamedTuple):
+    """The operator's wish for one node (an entry of the ``desired`` znode)."""
+
+    join: bool
+    weight: float | None = None
+
+
+def parse_desired(data: bytes | None) -> dict[str, Intent]:
+    """Decode the ``desired`` znode; ``ConfigError`` when it is corrupt."""
+    if not data:
+        return {}
+    raw = load_json(data, "desired znode")
+    nodes = raw.get("nodes") if isinstance(raw, Mapping) else None
+    if not isinstance(nodes, Mapping):
+        raise ConfigError("desired znode must be {\"nodes\": {...}}")
+    out: dict[str, Intent] = {}
+    for node_id, entry in nodes.items():
+        check_node_id(node_id)
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("join"), bool):
+            raise ConfigError(f"desired entry of {node_id!r} must be {{\"join\": bool, ...}}")
+        weight = entry.get("weight")
+        out[node_id] = Intent(entry["join"], None if weight is None else check_weight(weight))
+    return out
+
+
+def dump_desired(intents: Mapping[str, Intent]) -> bytes:
+    return dump_json({"nodes": {k: {"join": v.join, "weight": v.weight} for k, v in intents.items()}})
+
+
+def with_join(intents: dict[str, Intent], node_id: str, join: bool) -> dict[str, Intent]:
+    """``intents`` with ``node_id`` wanted in (``join``) or out of the ring.
+
+    Leaving forgets an entry that carries no weight, so ``desired`` does not
+    grow with every node that ever left.
+    """
+    entry = intents.get(node_id, Intent(False))
+    if join:
+        intents[node_id] = entry._replace(join=True)
+    elif entry.weight is None:
+        intents.pop(node_id, None)
+    else:
+        intents[node_id] = entry._replace(join=False)
+    return intents
+
+
+def with_weight(intents: dict[str, Intent], node_id: str, weight: float) -> dict[str, Intent]:
+    """``intents`` with ``node_id``'s ring weight set (it keeps its join wish)."""
+    intents[node_id] = intents.get(node_id, Intent(False))._replace(weight=weight)
+    return intents

@@ -1,0 +1,243 @@
+"""Blocking reads and writes of one cluster's znodes, each with a deadline.
+
+Constraints:
+
+* Every call is bounded by the store's ``timeout``: a connection problem or a
+  missed deadline becomes ``Unavailable`` naming the hosts. ZooKeeper's own
+  answers (NoNode, BadVersion, NodeExists) pass through as kazoo errors, for
+  the caller to decide.
+* Calls block only the calling greenlet (kazoo's ``*_async`` with a
+  ``SequentialGeventHandler``); never call them from a kazoo callback.
+* ``desired`` is changed only by :meth:`ZnodeStore.update_desired`, a
+  compare-and-set loop, so concurrent operators and nodes never lose an
+  update.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+from kazoo.client import KazooClient
+from kazoo.exceptions import (
+    BadVersionError,
+    ConnectionDropped,
+    ConnectionLoss,
+    KazooException,
+    NodeExistsError,
+    NoNodeError,
+    OperationTimeoutError,
+    SessionExpiredError,
+)
+from kazoo.handlers.gevent import SequentialGeventHandler
+from kazoo.retry import KazooRetry
+
+from miyaq.cluster.membership import Member
+from miyaq.cluster.zk_layout import (
+    Intent,
+    Layout,
+    RingRecord,
+    dump_desired,
+    dump_json,
+    load_json,
+    parse_desired,
+)
+from miyaq.errors import ConfigError, Unavailable
+
+logger = logging.getLogger(__name__)
+
+TRANSIENT = (ConnectionLoss, SessionExpiredError, OperationTimeoutError, ConnectionDropped)
+"""kazoo errors that mean "ZooKeeper could not answer", not "ZooKeeper said no"."""
+
+
+def check_options(hosts: object, vnodes: object, **timeouts: object) -> None:
+    """``ConfigError`` unless ``hosts`` is a connection string, ``vnodes`` an int >= 1, timeouts > 0."""
+    if not isinstance(hosts, str) or not hosts:
+        raise ConfigError("ZooKeeper hosts must be a non-empty string like '127.0.0.1:2181'")
+    for name, value in timeouts.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ConfigError(f"{name} must be a number > 0, got {value!r}")
+    if isinstance(vnodes, bool) or not isinstance(vnodes, int) or vnodes < 1:
+        raise ConfigError(f"vnodes must be an integer >= 1, got {vnodes!r}")
+
+
+def new_client(hosts: str, session_timeout: float) -> KazooClient:
+    """A kazoo client on gevent that retries its connection forever, commands 5 times."""
+    handler = SequentialGeventHandler()
+    retry = {"max_tries": -1, "delay": 0.1, "backoff": 2, "max_delay": 1.0, "sleep_func": gevent.sleep}
+    return KazooClient(
+        hosts=hosts,
+        timeout=session_timeout,
+        handler=handler,
+        connection_retry=KazooRetry(**retry),
+        command_retry=KazooRetry(**{**retry, "max_tries": 5}),
+    )
+
+
+def connect(hosts: str, session_timeout: float, connect_timeout: float) -> KazooClient:
+    """A started client; ``Unavailable`` when no server answers within ``connect_timeout``."""
+    zk = new_client(hosts, session_timeout)
+    try:
+        zk.start(timeout=connect_timeout)
+    except zk.handler.timeout_exception:  # kazoo has stopped and closed the client
+        raise Unavailable(
+            f"cannot reach ZooKeeper at {hosts} within {connect_timeout:g}s", hosts=hosts
+        ) from None
+    return zk
+
+
+def close_client(zk: KazooClient) -> None:
+    """Stop and close ``zk``; never raises a kazoo error. Not from a kazoo callback."""
+    try:
+        zk.stop()
+    except KazooException:
+        logger.debug("error stopping ZooKeeper client", exc_info=True)
+    finally:
+        zk.close()
+
+
+class ZnodeStore:
+    """Reads and writes of one cluster's znodes, each bounded by ``timeout`` seconds."""
+
+    def __init__(self, zk: KazooClient, layout: Layout, hosts: str, timeout: float) -> None:
+        self.zk = zk
+        self.layout = layout
+        self.hosts = hosts
+        self.timeout = timeout
+
+    def call(self, async_result: Any) -> Any:
+        """Wait for a kazoo async result; its value, a kazoo error, or ``Unavailable``."""
+        async_result.wait(self.timeout)
+        if not async_result.ready():
+            raise Unavailable(
+                f"ZooKeeper at {self.hosts} did not answer within {self.timeout:g}s", hosts=self.hosts
+            )
+        try:
+            return async_result.get(block=False)
+        except TRANSIENT as exc:
+            raise Unavailable(
+                f"ZooKeeper at {self.hosts}: {type(exc).__name__}", hosts=self.hosts
+            ) from None
+
+    def ensure_paths(self) -> None:
+        for path in (self.layout.members, self.layout.election):
+            try:
+                self.call(self.zk.create_async(path, b"", makepath=True))
+            except NodeExistsError:
+                pass
+
+    def register(self, member: Member, wait: float) -> None:
+        """Create ``member``'s ephemeral znode for this session.
+
+        A znode left by a previous incarnation (a session the server has not
+        expired yet) is waited out for up to ``wait`` seconds; after that the
+        id is taken to belong to another live node and ``ConfigError`` says so.
+        """
+        path = self.layout.member(member.node_id)
+        payload = dump_json(member.to_dict())
+        deadline = time.monotonic() + wait
+        warned = False
+        while True:
+            try:
+                self.call(self.zk.create_async(path, payload, ephemeral=True, makepath=True))
+                return
+            except NodeExistsError:
+                pass
+            try:
+                stat = self.call(self.zk.exists_async(path))
+            except NoNodeError:
+                stat = None
+            if stat is None:
+                continue
+            if stat.ephemeralOwner == self.zk.client_id[0]:
+                return
+            if time.monotonic() > deadline:
+                raise ConfigError(
+                    f"node id {member.node_id!r} is registered in cluster {self.layout.cluster} by "
+                    f"another live session (0x{stat.ephemeralOwner:x}); node ids must be unique"
+                )
+            if not warned:
+                warned = True
+                logger.warning(
+                    "%s is still registered by session 0x%x (a previous run?); waiting for it to expire",
+                    member.node_id, stat.ephemeralOwner,
+                )
+            gevent.sleep(0.2)
+
+    def read_registered(self) -> dict[str, Member]:
+        """Every registered member; znodes that do not decode are logged and skipped."""
+        try:
+            children = self.call(self.zk.get_children_async(self.layout.members))
+        except NoNodeError:
+            return {}
+        pending = []
+        for name in children:
+            try:
+                pending.append((name, self.zk.get_async(self.layout.member(name))))
+            except ConfigError:
+                logger.warning("ignoring znode %s/%s: not a node id", self.layout.members, name)
+        out: dict[str, Member] = {}
+        for name, result in pending:
+            try:
+                data, _ = self.call(result)
+            except NoNodeError:
+                continue
+            try:
+                member = Member.from_dict(load_json(data, f"member znode {name}"))
+            except ConfigError as exc:
+                logger.warning("ignoring member znode %s: %s", name, exc)
+                continue
+            if member.node_id != name:
+                logger.warning("ignoring member znode %s: it describes %s", name, member.node_id)
+                continue
+            out[name] = member
+        return out
+
+    def read_desired(self) -> tuple[dict[str, Intent], Any]:
+        try:
+            data, stat = self.call(self.zk.get_async(self.layout.desired))
+        except NoNodeError:
+            return {}, None
+        return parse_desired(data), stat
+
+    def update_desired(
+        self, change: Callable[[dict[str, Intent]], dict[str, Intent]]
+    ) -> tuple[dict[str, Intent], dict[str, Intent]]:
+        """Compare-and-set loop on ``desired``; returns (before, after)."""
+        for _ in range(100):
+            try:
+                before, stat = self.read_desired()
+            except ConfigError as exc:
+                # Corrupt intent must not lock the operator out: start afresh.
+                logger.warning("overwriting corrupt %s: %s", self.layout.desired, exc)
+                before, stat = {}, self.call(self.zk.exists_async(self.layout.desired))
+            after = change(dict(before))
+            if after == before:
+                return before, after
+            payload = dump_desired(after)
+            try:
+                if stat is None:
+                    self.call(self.zk.create_async(self.layout.desired, payload, makepath=True))
+                else:
+                    self.call(self.zk.set_async(self.layout.desired, payload, version=stat.version))
+                return before, after
+            except (BadVersionError, NodeExistsError, NoNodeError):
+                gevent.sleep(random.uniform(0, 0.02))
+        raise Unavailable(f"could not update {self.layout.desired}: too many concurrent writers")
+
+    def read_ring(self) -> tuple[RingRecord | None, Any]:
+        """The ring record and its stat; (None, stat) when it is corrupt."""
+        try:
+            data, stat = self.call(self.zk.get_async(self.layout.ring))
+        except NoNodeError:
+            return None, None
+        if not data:
+            return None, stat
+        try:
+            return RingRecord.from_bytes(data), stat
+        except ConfigError as exc:
+            logger.warning("ring znode %s is corrupt: %s", self.layout.ring, exc)
+            return None, stat

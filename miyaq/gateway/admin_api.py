@@ -1,0 +1,136 @@
+"""Operating a node over HTTP: status, queues and their limits, the
+dead-letter queue, Prometheus metrics and the OpenAPI document.
+
+``GET /status`` is dispenserd-style: the node, the ring (a standalone node
+is its own leader, epoch 1), totals and per-queue queued / running / idle
+workers. Limits changed with ``PUT /queues/{queue}/limits`` apply at the
+next dispatch and are not persisted: put lasting limits in ``queue_limits``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from ..errors import InvalidField
+from ..node.limits import Limit
+from ..protocol import fields as f
+from ..protocol.taskspec import check_queue
+from .request import Request, Response, json_response
+
+if TYPE_CHECKING:
+    from .server import Gateway
+
+STATES = ("scheduled", "ready", "running", "retrying", "dead")
+
+
+class AdminApi:
+    def __init__(self, gateway: "Gateway") -> None:
+        self.gateway = gateway
+        self.node = gateway.node
+        self.engine = gateway.node.engine
+        self.limits = gateway.node.dispatcher.limits
+        self._openapi: bytes | None = None
+
+    # -- status and queues ---------------------------------------------------------
+    def status(self, request: Request) -> Response:
+        now = time.time()
+        status = self.node.status(now)
+        status["ring"] = self.gateway.metrics.cluster.view()
+        for name, row in status["queues"].items():
+            row["limits"] = self.limits.describe(name)
+        status["webhooks"] = {"in_flight": self.gateway.deliverer.in_flight(),
+                              "concurrency": self.gateway.deliverer.concurrency}
+        return json_response(status)
+
+    def _row(self, queue: str, counts: dict[str, dict[str, int]], workers: dict[str, int],
+             idle: dict[str, int], in_flight: dict[str, int]) -> dict[str, Any]:
+        row: dict[str, Any] = {"name": queue}
+        states = counts.get(queue, {})
+        for state in STATES:
+            row[state] = states.get(state, 0)
+        row["workers"] = workers.get(queue, 0)
+        row["idle"] = idle.get(queue, 0)
+        row["webhooks_in_flight"] = in_flight.get(queue, 0)
+        row["limits"] = self.limits.describe(queue)
+        return row
+
+    def _rows(self, only: str | None = None) -> list[dict[str, Any]]:
+        counts = self.engine.queue_counts()
+        workers = self.node.workers.workers_by_queue()
+        idle = self.node.workers.idle_by_queue()
+        in_flight = self.gateway.deliverer.in_flight()
+        names = [only] if only else sorted(set(counts) | set(workers) | set(self.limits.limits))
+        return [self._row(q, counts, workers, idle, in_flight) for q in names]
+
+    def queues(self, request: Request) -> Response:
+        return json_response({"queues": self._rows()})
+
+    def queue(self, request: Request) -> Response:
+        return json_response(self._rows(check_queue(request.params["queue"]))[0])
+
+    # -- limits ----------------------------------------------------------------------
+    def get_limits(self, request: Request) -> Response:
+        queue = check_queue(request.params["queue"])
+        return json_response({"queue": queue, "limits": self.limits.describe(queue)})
+
+    def put_limits(self, request: Request) -> Response:
+        queue = check_queue(request.params["queue"])
+        body = request.json_object()
+        unknown = sorted(set(body) - {"rate", "burst", "max_concurrent"})
+        if unknown:
+            raise InvalidField(f"unknown field {unknown[0]!r}", field=unknown[0])
+        limit = Limit(rate=body.get("rate"), burst=body.get("burst"), max_concurrent=body.get("max_concurrent"))
+        if limit.rate is None and limit.max_concurrent is None:
+            raise InvalidField("give 'rate' and/or 'max_concurrent' (DELETE removes a queue's limits)",
+                               field="rate")
+        self.limits.set(queue, limit, time.time())
+        self.gateway.redispatch()
+        return json_response({"queue": queue, "limits": self.limits.describe(queue)})
+
+    def delete_limits(self, request: Request) -> Response:
+        queue = check_queue(request.params["queue"])
+        removed = self.limits.clear(queue)
+        self.gateway.redispatch()
+        return json_response({"queue": queue, "removed": removed})
+
+    # -- dead letters ----------------------------------------------------------------
+    def _scope(self, body: dict[str, Any]) -> tuple[str | None, list[str] | None]:
+        unknown = sorted(set(body) - {"queue", "ids"})
+        if unknown:
+            raise InvalidField(f"unknown field {unknown[0]!r}", field=unknown[0])
+        queue = body.get("queue")
+        if queue is not None:
+            check_queue(queue)
+        return queue, f.string_list(body, "ids", None, max_items=10_000, max_len=64)
+
+    def dead_list(self, request: Request) -> Response:
+        queue = request.arg("queue") or None
+        if queue is not None:
+            check_queue(queue)
+        limit = int(request.arg_number("limit", 100, 1, 10_000))
+        return json_response({"tasks": self.engine.dead_list(queue, limit)})
+
+    def dead_retry(self, request: Request) -> Response:
+        queue, ids = self._scope(request.json_object(required=False))
+        if ids is None:
+            ids = [t.id for t in self.engine.table.iter_dead(queue)]
+        retried = self.engine.dead_retry(ids, time.time())
+        self.gateway.redispatch()
+        return json_response({"retried": retried})
+
+    def dead_purge(self, request: Request) -> Response:
+        queue, ids = self._scope(request.json_object(required=False))
+        return json_response({"purged": self.engine.dead_purge(queue, ids)})
+
+    # -- documents -------------------------------------------------------------------
+    def metrics(self, request: Request) -> Response:
+        return Response(200, self.gateway.metrics.render(), [("Content-Type", CONTENT_TYPE_LATEST)])
+
+    def openapi(self, request: Request) -> Response:
+        if self._openapi is None:
+            from .openapi import build
+            self._openapi = json.dumps(build(), indent=1).encode()
+        return Response(200, self._openapi, [("Content-Type", "application/json")])

@@ -1,0 +1,47 @@
+"""Which hosts webhooks may be sent to: a guard against server-side request
+forgery (someone who can enqueue making the node call internal services).
+
+The allow-list holds ``host``, ``host:port`` or ``*.domain`` entries
+(``webhook_allow_hosts``, comma-separated, case-insensitive). Empty means
+every destination is allowed, the default for a node serving on loopback.
+Names are compared as written in the URL, before DNS: list the names your
+workers use, and do not list names an attacker could point elsewhere.
+It is checked when a webhook is enqueued over HTTP (403) and again before
+every delivery, which also covers webhooks submitted over ZeroMQ.
+"""
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+
+class AllowList:
+    def __init__(self, spec: str) -> None:
+        self.exact: set[str] = set()
+        self.suffixes: list[str] = []
+        for entry in spec.split(","):
+            entry = entry.strip().lower()
+            if not entry:
+                continue
+            if entry.startswith("*."):
+                self.suffixes.append(entry[1:])
+            else:
+                self.exact.add(entry)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.exact or self.suffixes)
+
+    def allows(self, url: str) -> bool:
+        if not self.enabled:
+            return True
+        try:
+            parts = urlsplit(url)
+            host = (parts.hostname or "").lower()
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            return False
+        if not host:
+            return False
+        if host in self.exact or f"{host}:{port}" in self.exact:
+            return True
+        return any(host.endswith(suffix) for suffix in self.suffixes)

@@ -1,0 +1,183 @@
+"""miyamoto-compatible enqueue: ``POST /queue`` and ``POST /queue/<queue>``.
+
+Two body forms (docs/http.md, "Enqueue a webhook"):
+
+* form fields (``application/x-www-form-urlencoded``, curl's ``-d``):
+  ``task.url`` (required), ``task.countdown``, ``task.eta``, ``task.method``
+  and the other ``task.*`` options below; every other field is a parameter
+  and the worker receives them form-encoded, in the order given;
+* JSON ``{"url", "params", "countdown", "eta", "method", ...}``: the worker
+  receives ``params`` as a JSON body.
+
+For GET and DELETE the parameters go to the URL's query string instead of a
+body. The answer is ``{"status": "scheduled", "id": ...}``; a bad field is a
+400 naming it (``task.countdown``, ``url``, ...).
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode, urlsplit
+
+from ..errors import InvalidField
+from ..protocol.commands import DUPLICATE
+from ..protocol.taskspec import check_queue, task_from_wire
+from . import convert
+from .errors import ForbiddenDestination, UnsupportedMediaType
+from .intake import submit_task
+from .request import FORM_TYPE, JSON_TYPE, Request, Response, json_response
+
+if TYPE_CHECKING:
+    from .server import Gateway
+
+# option -> converter; the same names as JSON keys and, prefixed with "task.", as form fields
+OPTIONS = {
+    "url": str, "method": str, "id": str, "queue": str, "key": str,
+    "countdown": convert.number, "eta": convert.timestamp, "ttl": convert.number,
+    "timeout": convert.number, "backoff": convert.number, "priority": convert.integer,
+    "max_retries": convert.integer,
+}
+JSON_ONLY = ("params", "headers")
+QUERY_METHODS = ("GET", "DELETE")
+
+
+class Enqueue:
+    def __init__(self, gateway: "Gateway") -> None:
+        self.gateway = gateway
+        self.node = gateway.node
+
+    def handle(self, request: Request) -> Response:
+        media, charset = request.media_type()
+        if media in (FORM_TYPE, ""):
+            options, is_json = self._from_form(request.form(charset)), False
+        elif media == JSON_TYPE or media.endswith("+json"):
+            options, is_json = self._from_json(request.json_object()), True
+        else:
+            raise UnsupportedMediaType(f"POST /queue takes {FORM_TYPE} or {JSON_TYPE}, not {media!r}")
+        params = options.pop("params")
+        prefix = "" if is_json else "task."
+        path_queue = request.params.get("queue")
+        if path_queue is not None:
+            check_queue(path_queue, "queue")
+            if options.setdefault("queue", path_queue) != path_queue:
+                raise InvalidField(f"{prefix}queue differs from the queue in the path", field=prefix + "queue")
+        wire = self._wire(options, params, is_json, prefix)
+        now = time.time()
+        try:
+            task = task_from_wire(wire, now, self.node.config)
+        except InvalidField as err:
+            raise _renamed(err, prefix) from None
+        status, detail = submit_task(self.node, task, now)
+        answer: dict[str, Any] = {"status": "scheduled", "id": task.id}
+        if status == DUPLICATE:
+            answer["duplicate"] = True
+            if isinstance(detail, str):
+                answer["id"] = detail
+        return json_response(answer)
+
+    # -- the two body forms ------------------------------------------------------------
+    def _from_form(self, fields: list[tuple[str, str]]) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        params: list[tuple[str, str]] = []
+        for name, value in fields:
+            if not name.startswith("task."):
+                params.append((name, value))
+                continue
+            option = name[5:]
+            convert_fn = OPTIONS.get(option)
+            if convert_fn is None:
+                raise InvalidField(f"unknown field {name!r}; task.* fields are "
+                                   + ", ".join("task." + o for o in OPTIONS), field=name)
+            options[option] = convert_fn(value, name) if convert_fn is not str else value
+        options["params"] = params
+        return options
+
+    def _from_json(self, body: dict[str, Any]) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        for name, value in body.items():
+            if name in JSON_ONLY:
+                continue
+            convert_fn = OPTIONS.get(name)
+            if convert_fn is None:
+                raise InvalidField(f"unknown field {name!r}", field=name)
+            if value is None:
+                continue
+            if convert_fn is str:
+                if not isinstance(value, str):
+                    raise InvalidField(f"field {name!r} must be a string", field=name)
+                options[name] = value
+            else:
+                options[name] = convert_fn(value, name)
+        params = body.get("params", {})
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            raise InvalidField("field 'params' must be a JSON object", field="params")
+        headers = body.get("headers")
+        if headers is not None and not (isinstance(headers, dict)
+                                        and all(isinstance(v, str) for v in headers.values())):
+            raise InvalidField("field 'headers' must map names to strings", field="headers")
+        options["params"] = params
+        if headers:
+            options["headers"] = headers
+        return options
+
+    def _wire(self, options: dict[str, Any], params: Any, is_json: bool, prefix: str) -> dict[str, Any]:
+        url = options.get("url")
+        if not url:
+            raise InvalidField(f"field {prefix + 'url'!r} is required", field=prefix + "url")
+        _check_url(url, prefix + "url")
+        if not self.gateway.allow_list.allows(url):
+            raise ForbiddenDestination(f"webhook host of {url!r} is not in webhook_allow_hosts",
+                                       field=prefix + "url")
+        method = str(options.get("method", "POST")).upper()
+        headers: dict[str, str] = dict(options.pop("headers", None) or {})
+        if method in QUERY_METHODS:
+            body = b""
+            pairs = params if isinstance(params, list) else list(_flat(params))
+            if pairs:
+                url = url + ("&" if urlsplit(url).query else "?") + urlencode(pairs)
+        elif is_json:
+            body = json.dumps(params, separators=(",", ":"), ensure_ascii=False).encode()
+            headers.setdefault("Content-Type", "application/json")
+        else:
+            body = urlencode(params).encode()
+            headers.setdefault("Content-Type", FORM_TYPE)
+        wire: dict[str, Any] = {k: v for k, v in options.items() if k != "url"}
+        wire.update(id=options.get("id") or uuid.uuid4().hex, url=url, method=method, body=body)
+        if headers:
+            wire["headers"] = headers
+        return wire
+
+
+def _check_url(url: str, field: str) -> None:
+    try:
+        parts = urlsplit(url)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise InvalidField(f"field {field!r} must be an absolute http:// or https:// URL with a host",
+                           field=field)
+
+
+def _flat(params: dict[str, Any]) -> list[tuple[str, str]]:
+    out = []
+    for name, value in params.items():
+        if isinstance(value, (dict, list)):
+            raise InvalidField("params of a GET or DELETE task must be flat (they go to the query string)",
+                               field="params")
+        out.append((name, "" if value is None else json.dumps(value) if isinstance(value, bool)
+                    else str(value)))
+    return out
+
+
+def _renamed(err: InvalidField, prefix: str) -> InvalidField:
+    """Name the field as the client wrote it (``task.countdown`` in a form)."""
+    field = err.details.get("field")
+    if not prefix or not isinstance(field, str) or field not in OPTIONS and field != "headers":
+        return err
+    return InvalidField(err.message.replace(f"'{field}'", f"'{prefix}{field}'"), field=prefix + field)

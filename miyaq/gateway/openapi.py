@@ -1,0 +1,127 @@
+"""The OpenAPI 3.1 document of the gateway, built from one table.
+
+The node serves it at ``GET /openapi.json``; ``docs/openapi.json`` is the
+same document written out (``python -m miyaq.gateway.openapi >
+docs/openapi.json``), and a test checks both that they match and that real
+responses of every endpoint validate against it.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from .. import __version__
+from .openapi_schemas import SCHEMAS, ref
+
+JSON = "application/json"
+FORM = "application/x-www-form-urlencoded"
+ERROR_TEXT = {400: "A field is missing or malformed (the error names it)", 401: "Bearer token missing or wrong",
+              403: "Webhook host not in webhook_allow_hosts", 404: "No such task or endpoint",
+              413: "Body larger than http_max_body", 415: "Unsupported Content-Type",
+              503: "Node busy or shutting down; retry after Retry-After seconds"}
+COMMON = (401,)
+ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}, "description": "task id"}
+QUEUE = {"name": "queue", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _query(name: str, schema: dict[str, Any], text: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": text}
+
+
+def op(summary: str, ok: int, schema: str | None, *errors: int, body: Any = None,
+       params: tuple[dict[str, Any], ...] = (), ok_type: str = JSON, tag: str = "") -> dict[str, Any]:
+    responses: dict[str, Any] = {}
+    if schema is None:
+        responses[str(ok)] = {"description": "OK", "content": {ok_type: {"schema": {"type": "string"}}}}
+    else:
+        responses[str(ok)] = {"description": "OK", "content": {ok_type: {"schema": ref(schema)}}}
+    for code in sorted(set(errors) | set(COMMON)):
+        responses[str(code)] = {"description": ERROR_TEXT[code], "content": {JSON: {"schema": ref("Error")}}}
+    operation: dict[str, Any] = {"summary": summary, "tags": [tag] if tag else [], "responses": responses}
+    if params:
+        operation["parameters"] = list(params)
+    if body is not None:
+        operation["requestBody"] = body
+    return operation
+
+
+def json_body(schema: str, required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {JSON: {"schema": ref(schema)}}}
+
+
+ENQUEUE_BODY = {"required": True, "content": {FORM: {"schema": ref("EnqueueForm")},
+                                              JSON: {"schema": ref("EnqueueJson")}}}
+TIMEOUT = _query("timeout", {"type": "number", "minimum": 0}, "seconds to wait for the outcome (long-poll)")
+LIMIT = _query("limit", {"type": "integer", "minimum": 1}, "most items returned (default 100)")
+QUEUE_Q = _query("queue", {"type": "string"}, "only this queue")
+
+
+def paths() -> dict[str, Any]:
+    w, t, p, a = "webhooks", "tasks", "pull", "admin"
+    enqueue = "Enqueue a webhook (miyamoto-compatible); the worker URL gets the parameters"
+    return {
+        "/queue": {"post": op(enqueue, 200, "Scheduled", 400, 403, 413, 415, 503, body=ENQUEUE_BODY, tag=w)},
+        "/queue/{queue}": {"post": op(enqueue + " in this queue", 200, "Scheduled", 400, 403, 413, 415, 503,
+                                      body=ENQUEUE_BODY, params=(QUEUE,), tag=w)},
+        "/tasks": {
+            "post": op("Submit a named task for Python workers", 202, "Submitted", 400, 413, 415, 503,
+                       body=json_body("SubmitRequest"), tag=t),
+            "get": op("List live and dead tasks", 200, "TaskList", 400,
+                      params=(QUEUE_Q, _query("state", {"type": "string"}, "only this state"), LIMIT), tag=t)},
+        "/tasks/{id}": {
+            "get": op("Status of a task", 200, "TaskEnvelope", 400, 404, params=(ID,), tag=t),
+            "delete": op("Cancel a task", 200, "Cancelled", 400, 404, params=(ID,), tag=t)},
+        "/tasks/{id}/result": {"get": op("Outcome of a task, waiting up to ?timeout= seconds", 200, "Result",
+                                         400, 404, 503, params=(ID, TIMEOUT), tag=t)},
+        "/receive": {"post": op("Take one ready task (timeout 0: at once)", 200, "Received", 400, 415, 503,
+                                body=json_body("ReceiveRequest", False), tag=p)},
+        "/receive_block": {"post": op("Take one ready task, waiting (default 30 s)", 200, "Received",
+                                      400, 415, 503, body=json_body("ReceiveRequest", False), tag=p)},
+        "/receive_noblock": {"post": op("Take one ready task if there is one", 200, "Received", 400, 415,
+                                        body=json_body("ReceiveRequest", False), tag=p)},
+        "/tasks/{id}/ack": {"post": op("Finish a received task with its result", 200, "Ok", 400, 413, 415,
+                                       body=json_body("AckRequest"), params=(ID,), tag=p)},
+        "/tasks/{id}/nack": {"post": op("Fail a received task (retry or dead-letter)", 200, "Ok", 400, 415,
+                                        body=json_body("NackRequest"), params=(ID,), tag=p)},
+        "/tasks/{id}/touch": {"post": op("Extend a received task's lease", 200, "Ok", 400,
+                                         params=(ID,), tag=p)},
+        "/status": {"get": op("Node, ring and per-queue status", 200, "Status", tag=a)},
+        "/queues": {"get": op("Every queue with its counts, workers and limits", 200, "Queues", tag=a)},
+        "/queues/{queue}": {"get": op("One queue", 200, "Queue", 400, params=(QUEUE,), tag=a)},
+        "/queues/{queue}/limits": {
+            "get": op("A queue's limits", 200, "QueueLimits", 400, params=(QUEUE,), tag=a),
+            "put": op("Set a queue's limits (replaces them; applies at once)", 200, "QueueLimits", 400, 415,
+                      body=json_body("LimitsRequest"), params=(QUEUE,), tag=a),
+            "delete": op("Remove a queue's limits", 200, "LimitsRemoved", 400, params=(QUEUE,), tag=a)},
+        "/dead": {"get": op("Tasks in the dead-letter queue", 200, "TaskList", 400, params=(QUEUE_Q, LIMIT),
+                            tag=a)},
+        "/dead/retry": {"post": op("Put dead tasks back in their queues (all, by queue or by ids)", 200,
+                                   "Retried", 400, 415, body=json_body("DeadScope", False), tag=a)},
+        "/dead/purge": {"post": op("Drop dead tasks for good (all, by queue or by ids)", 200, "Purged",
+                                   400, 415, body=json_body("DeadScope", False), tag=a)},
+        "/metrics": {"get": op("Prometheus metrics", 200, None, ok_type="text/plain", tag=a)},
+        "/openapi.json": {"get": {"summary": "This document", "tags": [a], "responses": {
+            "200": {"description": "OK", "content": {JSON: {"schema": {"type": "object"}}}},
+            "401": {"description": ERROR_TEXT[401], "content": {JSON: {"schema": ref("Error")}}}}}},
+    }
+
+
+def build() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "miyaq HTTP gateway", "version": __version__,
+                 "description": "Enqueue webhooks and named tasks, pull tasks, operate a miyaq node. "
+                                "See docs/http.md."},
+        "servers": [{"url": "http://127.0.0.1:8088"}],
+        "security": [{"bearer": []}, {}],
+        "paths": paths(),
+        "components": {"schemas": SCHEMAS,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                                      "description": "required when the node sets http_token"}}},
+    }
+
+
+if __name__ == "__main__":
+    json.dump(build(), sys.stdout, indent=1)
+    sys.stdout.write("\n")

@@ -1,0 +1,117 @@
+"""JSON Schemas (2020-12, as OpenAPI 3.1 uses them) of the gateway's bodies.
+
+Shapes the gateway builds itself are closed (``additionalProperties:
+false``) so the conformance test catches drift; shapes the node core owns
+(a task's header, ``/status``) list their fields and stay open to additions.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ..store.task import ALL_STATES
+
+STR = {"type": "string"}
+NUM = {"type": "number"}
+INT = {"type": "integer"}
+BOOL = {"type": "boolean"}
+ANY: dict[str, Any] = {}
+STR_LIST = {"type": "array", "items": STR}
+
+
+def ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def obj(required: list[str] | tuple[str, ...] = (), closed: bool = True, **props: Any) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": props}
+    if required:
+        schema["required"] = list(required)
+    if closed:
+        schema["additionalProperties"] = False
+    return schema
+
+
+def nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"oneOf": [schema, {"type": "null"}]}
+
+
+def described(schema: dict[str, Any], text: str) -> dict[str, Any]:
+    return {**schema, "description": text}
+
+
+TIME = described({"type": ["number", "string"]}, "unix seconds, or an ISO 8601 date-time (UTC if no offset)")
+TASK_ERROR = obj(["type", "message"], closed=False, type=STR, message=STR, traceback=STR,
+                 status=described(INT, "HTTP status a webhook answered"), failed_at=NUM,
+                 retry_after=described(NUM, "seconds asked by the webhook's Retry-After"),
+                 retry_at=described(NUM, "unix time of the next attempt"))
+TASK = obj(["id", "queue", "state"], closed=False,
+           id=STR, queue=STR, state={"type": "string", "enum": list(ALL_STATES)}, priority=INT,
+           eta=NUM, created=NUM, attempt=INT, max_retries=INT, timeout=NUM, name=STR, url=STR, key=STR,
+           expires=NUM, lease_end=NUM, finished=NUM, error=ref("TaskError"), holders=STR_LIST)
+LIMITS = obj(["rate", "burst", "max_concurrent", "node_share"],
+             rate=nullable(NUM), burst=nullable(NUM), max_concurrent=nullable(INT),
+             node_share=described(NUM, "fraction of the cluster-wide limit this node enforces"),
+             tokens=described(NUM, "tokens in this node's bucket now"))
+QUEUE_ROW = obj(["name", "scheduled", "ready", "running", "retrying", "dead", "workers", "idle",
+                 "webhooks_in_flight", "limits"],
+                name=STR, scheduled=INT, ready=INT, running=INT, retrying=INT, dead=INT,
+                workers=INT, idle=described(INT, "free worker slots"), webhooks_in_flight=INT,
+                limits=nullable(ref("Limits")))
+STATUS_QUEUE = obj(["scheduled", "ready", "running", "retrying", "dead", "workers", "idle"], closed=False,
+                   scheduled=INT, ready=INT, running=INT, retrying=INT, dead=INT, workers=INT, idle=INT,
+                   limits=nullable(ref("Limits")))
+RING = obj(["epoch", "leader", "members", "is_leader"], epoch=INT, leader=nullable(STR), members=STR_LIST,
+           is_leader=BOOL)
+COUNTS = {"type": "object", "additionalProperties": INT}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": obj(["error"], error=obj(["code", "message"], closed=False, code=STR, message=STR,
+                                      field=described(STR, "the request field at fault"),
+                                      allow=STR_LIST)),
+    "EnqueueForm": described({"type": "object", "required": ["task.url"], "properties": {
+        "task.url": STR, "task.countdown": STR, "task.eta": STR, "task.method": STR, "task.queue": STR,
+        "task.id": STR, "task.priority": STR, "task.ttl": STR, "task.max_retries": STR,
+        "task.timeout": STR, "task.backoff": STR, "task.key": STR},
+        "additionalProperties": STR}, "every field not starting with task. is a parameter for the worker"),
+    "EnqueueJson": obj(["url"], url=STR, params={"type": "object"},
+                       countdown=NUM, eta=TIME, method={"type": "string", "enum": ["POST", "PUT", "PATCH",
+                                                                                  "GET", "DELETE"]},
+                       queue=STR, id=STR, priority=INT, ttl=NUM, max_retries=INT, timeout=NUM, backoff=NUM,
+                       key=STR, headers={"type": "object", "additionalProperties": STR}),
+    "Scheduled": obj(["status", "id"], status={"const": "scheduled"}, id=STR, duplicate=BOOL),
+    "SubmitRequest": obj(["name"], name=STR, args={"type": "array"}, kwargs={"type": "object"}, id=STR,
+                         queue=STR, priority=INT, countdown=NUM, eta=TIME, ttl=NUM, max_retries=INT,
+                         backoff=NUM, backoff_max=NUM, timeout=described(NUM, "the lease, in seconds"),
+                         key=STR, replicas=INT, at_most_once=BOOL),
+    "Submitted": obj(["id", "status", "task_id"], id=STR, status={"enum": ["accepted", "duplicate"]},
+                     task_id=described(STR, "the task holding the work (another id for a duplicate key)")),
+    "TaskError": TASK_ERROR,
+    "Task": TASK,
+    "TaskEnvelope": obj(["task"], task=ref("Task")),
+    "TaskList": obj(["tasks"], tasks={"type": "array", "items": ref("Task")}),
+    "Cancelled": obj(["id", "cancelled", "state"], id=STR, cancelled=BOOL, state=STR),
+    "Result": obj(["id", "state", "done"], id=STR, state=STR, done=BOOL, result=ANY,
+                  result_base64=described(STR, "raw msgpack result JSON cannot hold"), error=ref("TaskError")),
+    "ReceiveRequest": obj([], queues=STR_LIST, timeout=described(NUM, "seconds to wait; 0 answers at once")),
+    "ReceivedTask": {"allOf": [ref("Task"), obj([], closed=False, args={"type": "array"},
+                                                kwargs={"type": "object"}, body_base64=STR)]},
+    "Received": obj(["task"], task=nullable(ref("ReceivedTask"))),
+    "AckRequest": obj(["attempt"], attempt=INT, result=ANY),
+    "NackRequest": obj(["attempt"], attempt=INT, error=STR, retry=BOOL, delay=NUM),
+    "Ok": obj(["ok"], ok=BOOL, lease_end=NUM),
+    "Limits": LIMITS,
+    "LimitsRequest": obj([], rate=nullable(NUM), burst=nullable(NUM), max_concurrent=nullable(INT)),
+    "QueueLimits": obj(["queue", "limits"], queue=STR, limits=nullable(ref("Limits"))),
+    "LimitsRemoved": obj(["queue", "removed"], queue=STR, removed=BOOL),
+    "Queue": QUEUE_ROW,
+    "Queues": obj(["queues"], queues={"type": "array", "items": ref("Queue")}),
+    "Ring": RING,
+    "Status": obj(["node", "version", "uptime", "accepting", "queues", "totals", "ring"], closed=False,
+                  node=STR, version=STR, uptime=NUM, accepting=BOOL, max_tasks=INT,
+                  queues={"type": "object", "additionalProperties": STATUS_QUEUE},
+                  totals=COUNTS, outcomes=COUNTS, errors=COUNTS, ring=ref("Ring"),
+                  webhooks=obj(["in_flight", "concurrency"], in_flight=COUNTS, concurrency=INT)),
+    "DeadScope": obj([], queue=STR, ids=STR_LIST),
+    "Retried": obj(["retried"], retried=STR_LIST),
+    "Purged": obj(["purged"], purged=INT),
+}

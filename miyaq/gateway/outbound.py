@@ -1,0 +1,153 @@
+"""One webhook attempt over a pooled keep-alive connection.
+
+A :class:`geventhttpclient.HTTPClient` per destination (scheme, host, port)
+keeps up to ``pool_size`` connections alive; at most ``MAX_DESTINATIONS``
+are kept (least recently used closed first). After a timeout or any
+transport error the destination's pool is dropped and rebuilt on next use,
+so a half-written request never leaves a broken connection (or a lost pool
+slot) behind.
+
+Outcome rules (docs/http.md, "Webhook delivery"): only 2xx is success; 429,
+5xx, timeouts and connection errors are retried (a ``Retry-After`` header,
+seconds or an HTTP date, sets the delay); every other status is final and
+the task goes to the dead-letter queue. :meth:`Outbound.send` never raises
+for a delivery failure; it returns an :class:`Outcome`.
+"""
+from __future__ import annotations
+
+import email.utils
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import gevent
+import msgpack
+from geventhttpclient import HTTPClient
+from geventhttpclient.response import HTTPParseError
+
+from .. import __version__
+from ..store.task import Task
+
+logger = logging.getLogger(__name__)
+
+MAX_DESTINATIONS = 256
+MAX_RETRY_AFTER = 86400.0
+RESULT_BODY_LIMIT = 1024     # bytes of the response kept as the task's result
+ERROR_BODY_LIMIT = 256       # bytes of a failed response kept in the task's error
+USER_AGENT = f"miyaq/{__version__}"
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    kind: str                       # metrics label: 2xx, 4xx, 429, 5xx, timeout, connection, invalid
+    retryable: bool = False
+    delay: float | None = None      # from Retry-After
+    result: bytes | None = None
+    error: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, min(MAX_RETRY_AFTER, when.timestamp() - now))
+
+
+def classify(status: int, retry_after: str | None, body: bytes, now: float) -> Outcome:
+    if 200 <= status < 300:
+        text = body[:RESULT_BODY_LIMIT].decode("utf-8", "replace")
+        return Outcome(True, "2xx", result=msgpack.packb({"status": status, "body": text}, use_bin_type=True))
+    error: dict[str, Any] = {"type": "HTTPError", "status": status, "failed_at": now,
+                             "message": f"HTTP {status}: {body[:ERROR_BODY_LIMIT].decode('utf-8', 'replace')}"}
+    if status == 429 or status >= 500:
+        delay = parse_retry_after(retry_after, now)
+        if delay is not None:
+            error["retry_after"] = delay
+        return Outcome(False, "429" if status == 429 else "5xx", True, delay, error=error)
+    return Outcome(False, "4xx" if status >= 400 else "other", False, error=error)
+
+
+class Outbound:
+    def __init__(self, pool_size: int, connect_timeout: float) -> None:
+        self.pool_size = pool_size
+        self.connect_timeout = connect_timeout
+        self._clients: OrderedDict[tuple[str, str, int], HTTPClient] = OrderedDict()
+
+    def _client(self, key: tuple[str, str, int], timeout: float) -> HTTPClient:
+        client = self._clients.get(key)
+        if client is not None:
+            self._clients.move_to_end(key)
+            return client
+        scheme, host, port = key
+        client = HTTPClient(host, port, ssl=scheme == "https", concurrency=self.pool_size,
+                            connection_timeout=min(self.connect_timeout, timeout), network_timeout=timeout)
+        self._clients[key] = client
+        while len(self._clients) > MAX_DESTINATIONS:
+            self._clients.popitem(last=False)[1].close()
+        return client
+
+    def _drop(self, key: tuple[str, str, int], client: HTTPClient) -> None:
+        if self._clients.get(key) is client:
+            del self._clients[key]
+        client.close()
+
+    def send(self, task: Task, timeout: float) -> Outcome:
+        """Make one attempt at delivering ``task``; at most ``timeout`` seconds."""
+        now = time.time()
+        try:
+            parts = urlsplit(task.url or "")
+            scheme = parts.scheme
+            key = (scheme, parts.hostname or "", parts.port or (443 if scheme == "https" else 80))
+        except ValueError as exc:
+            return _failure("invalid", False, "InvalidURL", str(exc), now)
+        if scheme not in ("http", "https") or not key[1]:
+            return _failure("invalid", False, "InvalidURL", f"cannot deliver to {task.url!r}", now)
+        uri = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+        headers = dict((task.meta or {}).get("headers") or {})
+        headers.update({"X-Task-Id": task.id, "X-Task-Queue": task.queue,
+                        "X-Task-Retry-Count": str(max(0, task.attempt - 1)), "User-Agent": USER_AGENT})
+        client = self._client(key, timeout)
+        timer = gevent.Timeout(timeout)
+        timer.start()
+        try:
+            response = client.request(task.method, uri, body=task.body, headers=headers)
+            body = response.read()
+            retry_after = response.get("Retry-After")
+            if isinstance(retry_after, list):
+                retry_after = retry_after[0]
+            return classify(response.status_code, retry_after, body, time.time())
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
+            self._drop(key, client)
+            return _failure("timeout", True, "Timeout", f"no complete answer within {timeout:g}s", now)
+        except (OSError, HTTPParseError, RuntimeError) as exc:
+            self._drop(key, client)
+            return _failure("connection", True, "ConnectionError", f"{exc.__class__.__name__}: {exc}", now)
+        except ValueError as exc:   # a header, method or URL the HTTP client refuses: never deliverable
+            self._drop(key, client)
+            return _failure("invalid", False, "InvalidRequest", str(exc), now)
+        finally:
+            timer.close()
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+
+
+def _failure(kind: str, retryable: bool, type_: str, message: str, now: float) -> Outcome:
+    return Outcome(False, kind, retryable, error={"type": type_, "message": message[:1024], "failed_at": now})

@@ -1,0 +1,124 @@
+"""Pull consumers over HTTP (dispenserd's receive_block / receive_noblock).
+
+``POST /receive`` takes one ready task from ``queues``: at once
+(``timeout`` 0, also ``POST /receive_noblock``) or waiting up to ``timeout``
+seconds (a long-poll; ``POST /receive_block`` defaults to 30 s). The task is
+leased to the caller until its ``lease_end``; ``POST /tasks/{id}/ack``,
+``/nack`` and ``/touch`` (with the ``attempt`` received) finish, fail or
+extend it. A lease that runs out puts the task back (attempt spent), so a
+caller that disappears loses nothing.
+
+Receives go through the dispatcher like any consumer, so queue rate limits
+and concurrency caps hold for them too.
+"""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import gevent.event
+import msgpack
+
+from ..errors import InvalidField, TooLarge
+from ..node.consumers import PullConsumer
+from ..protocol import fields as f
+from ..protocol.taskspec import check_id, check_queue
+from . import convert
+from .request import Request, Response, json_response
+
+if TYPE_CHECKING:
+    from .server import Gateway
+
+MAX_WAIT = 3600.0
+BLOCK_DEFAULT = 30.0
+
+
+class PullApi:
+    def __init__(self, gateway: "Gateway") -> None:
+        self.node = gateway.node
+        self.engine = gateway.node.engine
+        self.max_payload = gateway.node.config.max_payload
+
+    # -- receive -------------------------------------------------------------------
+    def receive(self, request: Request) -> Response:
+        return self._receive(request, 0.0)
+
+    def receive_noblock(self, request: Request) -> Response:
+        return self._receive(request, 0.0, blocking=False)
+
+    def receive_block(self, request: Request) -> Response:
+        return self._receive(request, BLOCK_DEFAULT)
+
+    def _receive(self, request: Request, default_timeout: float, blocking: bool = True) -> Response:
+        body = request.json_object(required=False)
+        unknown = sorted(set(body) - {"queues", "timeout"})
+        if unknown:
+            raise InvalidField(f"unknown field {unknown[0]!r}", field=unknown[0])
+        queues = f.string_list(body, "queues", ["default"], max_items=64)
+        for q in queues:
+            check_queue(q, "queues")
+        timeout = f.number(body, "timeout", default_timeout, hi=MAX_WAIT) if blocking else 0.0
+        info = self._take(list(queues), timeout)
+        if info is None:
+            return json_response({"task": None})
+        task_body = info.pop("body", b"") or b""
+        info.update(convert.payload_fields(task_body))
+        return json_response({"task": info})
+
+    def _take(self, queues: list[str], timeout: float) -> dict[str, Any] | None:
+        node = self.node
+        now = time.time()
+        box: gevent.event.AsyncResult = gevent.event.AsyncResult()
+
+        def answer(info: dict[str, Any] | None) -> bool:
+            if box.ready():
+                return False   # this request has given up: the dispatcher puts the task back
+            box.set(info)
+            return True
+
+        consumer = PullConsumer(queues, now + timeout, answer)
+        if timeout > 0:
+            node.waiters.wait_pull(consumer)     # bounded by max_waiters (BUSY beyond)
+        else:
+            node.dispatcher.grant(consumer, 0)
+        node.dispatcher.pump(now)
+        if timeout <= 0 and not box.ready():
+            node.dispatcher.forget(consumer)
+            box.set(None)
+            return None
+        info = box.wait(timeout + 1.0)   # the housekeeping sweep answers at the deadline
+        if not box.ready():
+            node.dispatcher.forget(consumer)
+            box.set(None)
+        return info
+
+    # -- finishing a received task -----------------------------------------------------
+    def ack(self, request: Request) -> Response:
+        task_id = check_id(request.params["id"])
+        body = request.json_object(required=False)
+        attempt = f.integer(body, "attempt", lo=0)
+        result = msgpack.packb(body.get("result"), use_bin_type=True)
+        if len(result) > self.max_payload:
+            raise TooLarge(f"result of {len(result)} bytes exceeds max_payload ({self.max_payload})")
+        ok = self.engine.complete(task_id, attempt, result, time.time())
+        return json_response({"ok": ok})
+
+    def nack(self, request: Request) -> Response:
+        task_id = check_id(request.params["id"])
+        body = request.json_object(required=False)
+        attempt = f.integer(body, "attempt", lo=0)
+        message = f.string(body, "error", "", max_len=4096) if body.get("error") != "" else ""
+        retry = f.boolean(body, "retry", True)
+        delay = f.number(body, "delay", None, hi=MAX_WAIT * 24)
+        error = {"type": "Nack", "message": message}
+        ok = self.engine.fail(task_id, attempt, error, retry, delay, time.time())
+        return json_response({"ok": ok})
+
+    def touch(self, request: Request) -> Response:
+        task_id = check_id(request.params["id"])
+        ok = self.engine.touch(task_id, time.time())
+        task = self.engine.table.live.get(task_id)
+        answer: dict[str, Any] = {"ok": ok}
+        if ok and task is not None:
+            answer["lease_end"] = task.lease_end
+        return json_response(answer)

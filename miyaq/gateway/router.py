@@ -1,0 +1,72 @@
+"""Maps (method, path) to a handler.
+
+Patterns are OpenAPI-style templates (``/tasks/{id}/ack``); a parameter
+matches one non-empty path segment. Static paths are looked up in a dict, so
+the hot enqueue routes cost one lookup. An unknown path is a 404, a known
+path with another method a 405 carrying ``Allow``.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+from ..errors import NotFound
+from .errors import MethodNotAllowed
+from .request import Request, Response
+
+Handler = Callable[[Request], Response]
+
+_PARAM = re.compile(r"\{([a-z_]+)\}")
+
+
+class Route:
+    __slots__ = ("method", "template", "handler", "regex")
+
+    def __init__(self, method: str, template: str, handler: Handler) -> None:
+        self.method = method
+        self.template = template
+        self.handler = handler
+        self.regex = None
+        if "{" in template:
+            self.regex = re.compile("^" + _PARAM.sub(r"(?P<\1>[^/]+)", template) + "$")
+
+
+class Router:
+    def __init__(self) -> None:
+        self.routes: list[Route] = []
+        self._static: dict[str, dict[str, Route]] = {}
+        self._dynamic: list[Route] = []
+
+    def add(self, method: str, template: str, handler: Handler) -> None:
+        route = Route(method.upper(), template, handler)
+        self.routes.append(route)
+        if route.regex is None:
+            self._static.setdefault(template, {})[route.method] = route
+        else:
+            self._dynamic.append(route)
+
+    def match(self, request: Request) -> Route:
+        """The route for ``request`` (path parameters go to ``request.params``)."""
+        path = request.path
+        if len(path) > 1 and path.endswith("/"):
+            path = path[:-1]
+        by_method = self._static.get(path)
+        if by_method is not None:
+            route = by_method.get(request.method)
+            if route is None:
+                raise MethodNotAllowed(f"{request.method} is not allowed on {path}",
+                                       allow=sorted(by_method))
+            return route
+        allowed: list[str] = []
+        for route in self._dynamic:
+            m = route.regex.match(path)   # type: ignore[union-attr]
+            if m is None:
+                continue
+            if route.method != request.method:
+                allowed.append(route.method)
+                continue
+            request.params = m.groupdict()   # PATH_INFO is already percent-decoded
+            return route
+        if allowed:
+            raise MethodNotAllowed(f"{request.method} is not allowed on {path}", allow=sorted(allowed))
+        raise NotFound(f"no endpoint {path}; see GET /openapi.json")

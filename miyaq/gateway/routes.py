@@ -1,0 +1,51 @@
+"""Every endpoint of the gateway, in one table (docs/http.md and
+docs/openapi.json describe the same list; a test keeps them in step)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .admin_api import AdminApi
+from .enqueue import Enqueue
+from .pull_api import PullApi
+from .router import Router
+from .tasks_api import TasksApi
+
+if TYPE_CHECKING:
+    from .server import Gateway
+
+
+def build_router(gateway: "Gateway") -> Router:
+    enqueue, tasks, pull, admin = Enqueue(gateway), TasksApi(gateway), PullApi(gateway), AdminApi(gateway)
+    router = Router()
+    for method, path, handler in (
+        # miyamoto-compatible webhook enqueue
+        ("POST", "/queue", enqueue.handle),
+        ("POST", "/queue/{queue}", enqueue.handle),
+        # JSON task API (named tasks for Python workers)
+        ("POST", "/tasks", tasks.submit),
+        ("GET", "/tasks", tasks.list),
+        ("GET", "/tasks/{id}", tasks.status),
+        ("DELETE", "/tasks/{id}", tasks.cancel),
+        ("GET", "/tasks/{id}/result", tasks.result),
+        # pull consumers
+        ("POST", "/receive", pull.receive),
+        ("POST", "/receive_block", pull.receive_block),
+        ("POST", "/receive_noblock", pull.receive_noblock),
+        ("POST", "/tasks/{id}/ack", pull.ack),
+        ("POST", "/tasks/{id}/nack", pull.nack),
+        ("POST", "/tasks/{id}/touch", pull.touch),
+        # operating the node
+        ("GET", "/status", admin.status),
+        ("GET", "/queues", admin.queues),
+        ("GET", "/queues/{queue}", admin.queue),
+        ("GET", "/queues/{queue}/limits", admin.get_limits),
+        ("PUT", "/queues/{queue}/limits", admin.put_limits),
+        ("DELETE", "/queues/{queue}/limits", admin.delete_limits),
+        ("GET", "/dead", admin.dead_list),
+        ("POST", "/dead/retry", admin.dead_retry),
+        ("POST", "/dead/purge", admin.dead_purge),
+        ("GET", "/metrics", admin.metrics),
+        ("GET", "/openapi.json", admin.openapi),
+    ):
+        router.add(method, path, handler)
+    return router

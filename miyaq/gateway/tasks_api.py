@@ -1,0 +1,119 @@
+"""The JSON task API: named tasks from any language, for Python workers.
+
+``POST /tasks`` takes every option of :meth:`miyaq.Client.submit` (queue,
+priority, countdown/eta, ttl, max_retries, backoff, backoff_max, timeout,
+key, replicas, at_most_once) plus ``name``, ``args`` and ``kwargs``; args
+and kwargs become the msgpack ``[args, kwargs]`` body Python workers expect.
+``GET /tasks/{id}`` is a task's status, ``GET /tasks/{id}/result`` waits
+(``?timeout=`` seconds, a long-poll) for its outcome with the result decoded
+to JSON, ``DELETE /tasks/{id}`` cancels it, ``GET /tasks`` lists tasks.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import gevent.event
+
+from ..errors import InvalidField, NotFound
+from ..protocol.commands import DUPLICATE
+from ..protocol.taskspec import check_id, check_queue, task_from_wire
+from ..node.waiters import outcome
+from ..store.task import ALL_STATES, DEAD, FINAL_STATES
+from . import convert
+from .intake import submit_task
+from .request import Request, Response, json_response
+
+if TYPE_CHECKING:
+    from .server import Gateway
+
+MAX_WAIT = 3600.0
+SUBMIT_FIELDS = frozenset({
+    "name", "args", "kwargs", "id", "queue", "priority", "countdown", "eta", "ttl", "max_retries",
+    "backoff", "backoff_max", "timeout", "key", "replicas", "at_most_once",
+})
+
+
+class TasksApi:
+    def __init__(self, gateway: "Gateway") -> None:
+        self.node = gateway.node
+        self.engine = gateway.node.engine
+
+    def submit(self, request: Request) -> Response:
+        body = request.json_object()
+        unknown = sorted(set(body) - SUBMIT_FIELDS)
+        if unknown:
+            raise InvalidField(f"unknown field {unknown[0]!r}", field=unknown[0])
+        if "url" in body:
+            raise InvalidField("webhooks are enqueued with POST /queue", field="url")
+        wire = {k: v for k, v in body.items() if k not in ("args", "kwargs") and v is not None}
+        if "name" not in wire:
+            raise InvalidField("field 'name' (the handler) is required", field="name")
+        wire["body"] = convert.pack_args(body.get("args"), body.get("kwargs"))
+        wire.setdefault("id", uuid.uuid4().hex)
+        if "eta" in wire:
+            wire["eta"] = convert.timestamp(wire["eta"], "eta")
+        now = time.time()
+        task = task_from_wire(wire, now, self.node.config)
+        status, detail = submit_task(self.node, task, now)
+        holder = detail if status == DUPLICATE and isinstance(detail, str) else task.id
+        return json_response({"id": task.id, "status": status, "task_id": holder}, 202)
+
+    def status(self, request: Request) -> Response:
+        return json_response({"task": self.engine.info(check_id(request.params["id"]))})
+
+    def cancel(self, request: Request) -> Response:
+        task_id = check_id(request.params["id"])
+        cancelled, state = self.engine.cancel(task_id, time.time())
+        return json_response({"id": task_id, "cancelled": cancelled, "state": state})
+
+    def list(self, request: Request) -> Response:
+        queue = request.arg("queue") or None
+        if queue is not None:
+            check_queue(queue)
+        state = request.arg("state") or None
+        if state is not None and state not in ALL_STATES:
+            raise InvalidField(f"query parameter 'state' must be one of {', '.join(ALL_STATES)}", field="state")
+        limit = int(request.arg_number("limit", 100, 1, 10_000))
+        return json_response({"tasks": self.engine.list_tasks(queue, state, limit)})
+
+    def result(self, request: Request) -> Response:
+        task_id = check_id(request.params["id"])
+        timeout = request.arg_number("timeout", 0.0, 0.0, MAX_WAIT)
+        engine = self.engine
+        answer: dict[str, Any] | None = None
+        stone = engine.result(task_id)
+        if stone is not None:
+            answer = outcome(stone)
+        elif task_id in engine.table.dead:
+            answer = outcome(engine.table.dead[task_id])
+        elif task_id not in engine.table.live:
+            raise NotFound(f"no task {task_id}")
+        elif timeout > 0:
+            answer = self._wait(task_id, timeout)
+        if answer is None or answer.get("timeout"):
+            task = engine.table.live.get(task_id)
+            state = task.state if task is not None else (answer or {}).get("state", "pending")
+            answer = {"state": state}
+        return json_response(_view(task_id, answer))
+
+    def _wait(self, task_id: str, timeout: float) -> dict[str, Any] | None:
+        box: gevent.event.AsyncResult = gevent.event.AsyncResult()
+
+        def answer(body: dict[str, Any]) -> None:
+            if not box.ready():
+                box.set(body)
+
+        self.node.waiters.wait_result(task_id, time.time() + timeout, answer)
+        # the housekeeping sweep answers at the deadline; the margin covers its period
+        return box.wait(timeout + 1.0)
+
+
+def _view(task_id: str, answer: dict[str, Any]) -> dict[str, Any]:
+    state = answer.get("state", "pending")
+    view: dict[str, Any] = {"id": task_id, "state": state, "done": state in FINAL_STATES or state == DEAD}
+    view.update(convert.result_fields(answer.get("result")))
+    if answer.get("error"):
+        view["error"] = answer["error"]
+    return view

@@ -1,0 +1,146 @@
+"""Webhook delivery: the consumer of every ``@http/<queue>`` lane.
+
+Each webhook queue gets one :class:`WebhookLane`, a dispatcher consumer
+whose credit is ``webhook_concurrency``: the dispatcher leases it at most
+that many tasks at once, and queue limits (rate, max_concurrent) apply as
+for any consumer. Each leased task is delivered in its own greenlet; the
+outcome is reported to the engine (``complete``, or ``fail`` retryable or
+not) and the slot is given back as credit.
+
+Constraints: ``deliver`` never blocks (it only spawns); a delivery greenlet
+never raises (a bug is logged and the attempt failed retryably); cancelling
+a task mid-delivery kills its greenlet (best effort: the request may already
+have reached the worker).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+import gevent
+import gevent.pool
+
+from ..node.consumers import Consumer
+from ..node.engine import retry_delay
+from ..node.events import EngineListener
+from ..store.task import WEBHOOK_LANE_PREFIX, Task
+from .allowlist import AllowList
+from .outbound import Outbound, Outcome
+
+if TYPE_CHECKING:
+    from ..node.metrics import NodeMetrics
+    from ..node.node import Node
+
+logger = logging.getLogger(__name__)
+
+
+class WebhookLane(Consumer):
+    kind = "webhook"
+
+    def __init__(self, deliverer: "WebhookDeliverer", queue: str) -> None:
+        super().__init__([WEBHOOK_LANE_PREFIX + queue])
+        self.queue = queue
+        self.deliverer = deliverer
+        self.greenlets: dict[str, gevent.Greenlet] = {}
+
+    def deliver(self, tasks: list[Task]) -> bool:
+        spawn = self.deliverer.group.spawn
+        for task in tasks:
+            self.greenlets[task.id] = spawn(self.deliverer.run, self, task)
+        return True
+
+    def abort(self, ids: list[str]) -> None:
+        for task_id in ids:
+            g = self.greenlets.get(task_id)
+            if g is not None:
+                g.kill(block=False)
+
+    def __repr__(self) -> str:
+        return f"<WebhookLane {self.queue} credit={self.credit} in_flight={len(self.greenlets)}>"
+
+
+class WebhookDeliverer(EngineListener):
+    def __init__(self, node: "Node", allow_list: AllowList, metrics: "NodeMetrics | None",
+                 kick: Callable[[], None]) -> None:
+        config = node.config
+        self.node = node
+        self.engine = node.engine
+        self.allow_list = allow_list
+        self.metrics = metrics
+        self.kick = kick
+        self.concurrency = config.webhook_concurrency
+        self.timeout = config.webhook_timeout
+        self.outbound = Outbound(config.webhook_pool_size, connect_timeout=10.0)
+        self.group = gevent.pool.Group()
+        self.lanes: dict[str, WebhookLane] = {}
+        self.stopping = False
+
+    # -- lanes -----------------------------------------------------------------------
+    def start(self) -> None:
+        """Open a lane for every webhook queue that already holds ready tasks."""
+        for name, lane in list(self.engine.ready.lanes.items()):
+            if name.startswith(WEBHOOK_LANE_PREFIX) and lane.count:
+                self._open(name[len(WEBHOOK_LANE_PREFIX):])
+
+    def task_ready(self, task: Task) -> None:
+        if task.url is not None and task.queue not in self.lanes and not self.stopping:
+            self._open(task.queue)
+
+    def _open(self, queue: str) -> None:
+        lane = self.lanes[queue] = WebhookLane(self, queue)
+        self.node.dispatcher.grant(lane, self.concurrency)
+        logger.info("webhook queue %s: delivering with %d slots", queue, self.concurrency)
+
+    def in_flight(self) -> dict[str, int]:
+        return {q: len(lane.greenlets) for q, lane in self.lanes.items()}
+
+    # -- one delivery ----------------------------------------------------------------
+    def run(self, lane: WebhookLane, task: Task) -> None:
+        attempt = task.attempt
+        started = time.time()
+        try:
+            if not self.allow_list.allows(task.url or ""):
+                outcome = Outcome(False, "forbidden", error={
+                    "type": "ForbiddenDestination", "failed_at": started,
+                    "message": f"host of {task.url!r} is not in webhook_allow_hosts"})
+            else:
+                outcome = self.outbound.send(task, min(self.timeout, task.timeout))
+            self._report(task, attempt, outcome, started)
+        except Exception:   # a bug here must not lose the task: fail the attempt, retryably
+            logger.exception("webhook delivery of task %s failed unexpectedly", task.id)
+            self.engine.fail(task.id, attempt, {"type": "InternalError", "message": "delivery failed"},
+                             True, None, time.time())
+        finally:
+            lane.greenlets.pop(task.id, None)
+            if not self.stopping and self.node.accepting_workers:
+                self.node.dispatcher.grant(lane, 1)
+                self.kick()
+
+    def _report(self, task: Task, attempt: int, outcome: Outcome, started: float) -> None:
+        now = time.time()
+        if self.metrics is not None:
+            self.metrics.webhook_delivered(task.queue, outcome.kind, now - started)
+        if outcome.ok:
+            self.engine.complete(task.id, attempt, outcome.result, now)
+            return
+        error: dict[str, Any] = outcome.error
+        delay = outcome.delay
+        will_retry = outcome.retryable and not task.at_most_once and task.attempt <= task.max_retries
+        if will_retry:
+            if delay is None:
+                delay = retry_delay(task)   # the engine's backoff, computed here to report retry_at
+            error["retry_at"] = now + delay
+        logger.debug("webhook %s attempt %d to %s: %s", task.id, attempt, task.url, error.get("message"))
+        self.engine.fail(task.id, attempt, error, outcome.retryable, delay, now)
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def stop(self, timeout: float) -> None:
+        """Let deliveries in flight finish for up to ``timeout`` s, then kill them
+        (their tasks run again after their lease: at-least-once)."""
+        self.stopping = True
+        for lane in self.lanes.values():
+            self.node.dispatcher.forget(lane)
+        self.group.join(timeout=timeout)
+        self.group.kill(block=True, timeout=1.0)
+        self.outbound.close()

@@ -1,0 +1,204 @@
+"""Opening an append log: lock, scan, replay, repair (a part of :class:`~miyaq.store.log.AppendLog`).
+
+Replay yields the newest valid snapshot's records, then every segment record
+after it, in order. Damage is reported (``logger.warning``/``error`` with path
+and offset, counters ``corrupt_records`` and ``truncated_bytes``), never
+fatal; what is cut, skipped, renamed or deleted is listed in the module
+docstring of :mod:`miyaq.store.log`. Nothing is deleted on the word of a
+damaged snapshot.
+
+Constraints: replay runs once per log and must be consumed to the end
+before appending; it holds the directory's ``LOCK`` from its first step.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+from miyaq.errors import MiyaqError
+from miyaq.store.log_format import (
+    KIND_RECORD,
+    SEGMENT_RE,
+    SNAPSHOT_RE,
+    Buffer,
+    FrameError,
+    find_next_frame,
+    iter_frames,
+    walk_snapshot,
+)
+from miyaq.store.log_state import LogState, Segment, fsync_dir, mapped
+
+# A child of miyaq.store.log's logger: one object, one logging tree to configure.
+logger = logging.getLogger("miyaq.store.log.replay")
+
+
+class LogEntry(NamedTuple):
+    """A replayed record; ``seqno`` is the snapshot's seqno for snapshot records."""
+
+    seqno: int
+    record: dict[Any, Any]
+    from_snapshot: bool
+
+
+class LogReplay(LogState):
+    """Replay and repair; leaves the log ready to append (state ``ready``)."""
+
+    def replay(self) -> Iterator[dict[Any, Any]]:
+        """Yield every record (snapshot first); when exhausted the log is ready to append."""
+        for entry in self.replay_entries():
+            yield entry.record
+
+    def replay_entries(self) -> Iterator[LogEntry]:
+        """Like :meth:`replay`, with seqnos and whether a record came from the snapshot."""
+        if self._state != "new":
+            raise MiyaqError(f"replay() runs once per AppendLog; this one is {self._state}")
+        self._state = "replaying"
+        os.makedirs(self.directory, exist_ok=True)
+        self._lock_directory()
+        snapshots, segments = self._scan_directory()
+        chosen = self._choose_snapshot(snapshots, segments)
+        if chosen is not None:
+            yield from self._replay_snapshot(*chosen)
+        yield from self._replay_segments(segments)
+        self._finish_open(snapshots, segments)
+
+    def _lock_directory(self) -> None:
+        fd = os.open(os.path.join(self.directory, "LOCK"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise MiyaqError(f"append log {self.directory} is in use by another AppendLog (LOCK is held)") from None
+        self._lock_fd = fd
+
+    def _scan_directory(self) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+        snapshots, segments = [], []
+        for name in os.listdir(self.directory):
+            path = os.path.join(self.directory, name)
+            if name.endswith(".tmp"):
+                logger.info("append log: removing %s left by an interrupted compaction", path)
+                os.unlink(path)
+            elif m := SEGMENT_RE.match(name):
+                segments.append((int(m.group(1)), path))
+            elif m := SNAPSHOT_RE.match(name):
+                snapshots.append((int(m.group(1)), path))
+        return sorted(snapshots), sorted(segments)
+
+    def _choose_snapshot(
+        self, snapshots: list[tuple[int, str]], segments: list[tuple[int, str]]
+    ) -> tuple[int, str, bool] | None:
+        """Newest valid snapshot; else none if the segments start at seqno 1; else the
+        newest one, replayed up to its damage. Damaged ones are renamed ``*.bad`` after replay."""
+        for seqno, path in reversed(snapshots):
+            with mapped(path) as buf:
+                error = next((i for i in walk_snapshot(buf, seqno) if isinstance(i, FrameError)), None)
+            if error is None:
+                return seqno, path, True
+            self.corrupt_records += 1
+            self._bad_snapshots.append(path)
+            logger.error("append log: snapshot %s is damaged (%s at offset %d); not using it",
+                         path, error.reason, error.offset)
+        if not snapshots or (segments and segments[0][0] == 1):
+            return None
+        seqno, path = snapshots[-1]
+        logger.error("append log: no valid snapshot; replaying the valid prefix of %s -- state is INCOMPLETE", path)
+        return seqno, path, False
+
+    def _replay_snapshot(self, seqno: int, path: str, valid: bool) -> Iterator[LogEntry]:
+        with mapped(path) as buf:
+            for item in walk_snapshot(buf, seqno):
+                if isinstance(item, FrameError):
+                    break
+                yield LogEntry(seqno, item.body, True)
+            self._snapshot_bytes = len(buf)
+        self._snapshot_seqno = self._last_seqno = seqno
+        self._snapshot_path = path if valid else None
+        self._snapshot_valid = valid
+        if not valid:  # the only copy of that state: leave it where it is
+            self._bad_snapshots.remove(path)
+
+    def _replay_segments(self, segments: list[tuple[int, str]]) -> Iterator[LogEntry]:
+        expect = self._snapshot_seqno + 1
+        for index, (first, path) in enumerate(segments):
+            is_last = index == len(segments) - 1
+            if not is_last and segments[index + 1][0] - 1 <= self._snapshot_seqno:
+                continue  # wholly covered by the snapshot; deleted by _finish_open
+            error: FrameError | None = None
+            good_end = 0
+            seg_seqno = first
+            with mapped(path) as buf:
+                for item in iter_frames(buf):
+                    if not isinstance(item, FrameError) and (item.kind != KIND_RECORD or item.seqno != seg_seqno):
+                        item = FrameError(item.offset, f"frame kind {item.kind} seqno {item.seqno} "
+                                                       f"where record {seg_seqno} belongs")
+                    if isinstance(item, FrameError):
+                        error = item
+                        break
+                    good_end = item.end
+                    seg_seqno += 1
+                    if item.seqno < expect:
+                        continue  # already covered by the snapshot
+                    if item.seqno > expect:
+                        logger.warning("append log: records %d..%d are missing (gap before %s)",
+                                       expect, item.seqno - 1, path)
+                    expect = item.seqno + 1
+                    self._records_since_snapshot += 1
+                    yield LogEntry(item.seqno, item.body, False)
+                size = len(buf)
+                if error is not None:
+                    self.corrupt_records += 1
+                    if is_last:
+                        self._cut_tail(path, buf, error, good_end)
+                        size = good_end
+                    else:
+                        logger.warning("append log: %s is damaged at offset %d (%s); skipping the rest of "
+                                       "this segment and continuing with the next one", path, error.offset,
+                                       error.reason)
+            self._last_seqno = max(self._last_seqno, seg_seqno - 1)
+            if seg_seqno - 1 > self._snapshot_seqno or not self._snapshot_valid or error is not None:
+                self._segments.append(Segment(first, path, size))
+            # else: every record is in the snapshot; _finish_open deletes the file
+
+    def _cut_tail(self, path: str, buf: Buffer, error: FrameError, good_end: int) -> None:
+        cut = len(buf) - good_end
+        logger.warning("append log: %s has a torn or corrupt tail at offset %d (%s); truncating %d bytes",
+                       path, error.offset, error.reason, cut)
+        if find_next_frame(buf, error.offset) is not None:
+            saved = f"{path}.damaged-{good_end}"
+            with open(saved, "wb") as f:
+                f.write(buf[good_end:])
+            logger.error("append log: good records follow the damage in %s (media corruption, not a torn "
+                         "write); the %d cut bytes are saved in %s", path, cut, saved)
+        os.truncate(path, good_end)
+        self.truncated_bytes += cut
+
+    def _finish_open(self, snapshots: list[tuple[int, str]], segments: list[tuple[int, str]]) -> None:
+        for path in self._bad_snapshots:  # kept for forensics, never again in the way
+            os.replace(path, path + ".bad")
+        leftovers: list[str] = []
+        if self._snapshot_valid:  # never delete anything on the word of a damaged snapshot
+            kept = {seg.path for seg in self._segments}
+            leftovers = [path for _, path in segments if path not in kept]
+            leftovers += [path for seqno, path in snapshots
+                          if seqno < self._snapshot_seqno and path not in self._bad_snapshots]
+        if leftovers:
+            self._blocking(fsync_dir, self.directory)  # the snapshot's rename must be durable before its inputs go
+            for path in leftovers:
+                logger.info("append log: removing %s, covered by snapshot %d", path, self._snapshot_seqno)
+                os.unlink(path)
+        for seg in [s for s in self._segments if s.size == 0]:
+            os.unlink(seg.path)
+            self._segments.remove(seg)
+        if self._segments and self._segments[-1].size < self.segment_bytes:
+            seg = self._segments[-1]
+            seg.fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND)
+            self._active = seg
+            self._blocking(os.fsync, seg.fd)  # a killed process may have left it in the page cache only
+        self._blocking(fsync_dir, self.directory)
+        self._durable_seqno = self._last_seqno
+        self._state = "ready"
+        logger.info("append log %s: replayed up to seqno %d (snapshot %d, %d records after it)",
+                    self.directory, self._last_seqno, self._snapshot_seqno, self._records_since_snapshot)

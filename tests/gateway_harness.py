@@ -1,0 +1,277 @@
+"""In-process harness for the HTTP gateway tests.
+
+* :class:`NodeThread` runs a real :class:`~miyaq.node.node.Node` (ZeroMQ
+  service port and HTTP gateway on free loopback ports) in a native thread
+  with its own gevent hub; :meth:`NodeThread.stop` schedules ``node.stop(0)``
+  on that hub through an async watcher (thread-safe) and joins the thread.
+* :class:`Http` is a small keep-alive JSON client on ``http.client``.
+* :class:`WorkerServer` is a threaded ``http.server`` standing in for a web
+  worker: it records every request and answers from a script, counting
+  requests in flight so concurrency caps can be checked by counting.
+
+Everything binds to 127.0.0.1 on random free ports and is closed by the
+fixtures, pass or fail.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import queue
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Iterator
+
+import gevent
+import pytest
+
+from miyaq.config import NodeConfig
+from miyaq.node.node import Node
+
+WAIT = 15.0   # generous upper bound for anything to happen; tests never assert durations
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
+    """Poll until ``predicate()`` is truthy; fail the test (naming ``what``) if it never is."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+class NodeThread:
+    def __init__(self, **settings: Any) -> None:
+        port = free_port()
+        values = dict(port=port, peer_port=free_port(), pub_port=free_port(), http_port=free_port(),
+                      node_id="t1", shutdown_grace=0.0)
+        values.update(settings)
+        self.config = NodeConfig(**values)
+        self.node: Node | None = None
+        self._stop_watcher: Any = None
+        self._call_watcher: Any = None
+        self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="node-" + self.config.id, daemon=True)
+        self.thread.start()
+        if not self._ready.wait(10) or self._error is not None:
+            raise RuntimeError(f"node did not start: {self._error!r}")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.config.http_port}"
+
+    def _run(self) -> None:
+        hub = gevent.get_hub()
+        try:
+            self.node = Node(self.config)
+            self._stop_watcher = hub.loop.async_()
+            self._stop_watcher.start(lambda: gevent.spawn(self.node.stop, 0))
+            self._call_watcher = hub.loop.async_()
+            self._call_watcher.start(self._run_calls)
+            self.node.start()
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            raise
+        self._ready.set()
+        try:
+            self.node.wait()
+        finally:
+            self._stop_watcher.close()
+            self._call_watcher.close()
+            hub.destroy(destroy_loop=True)
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` (which must not block) in the node's hub and return its
+        result: how a test reads node state without racing the node's thread."""
+        box: dict[str, Any] = {}
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                box["value"] = fn()
+            except BaseException as exc:  # handed back to the test thread
+                box["error"] = exc
+            done.set()
+
+        self._calls.put(run)
+        self._call_watcher.send()
+        if not done.wait(WAIT):
+            pytest.fail("node did not run the call")
+        if "error" in box:
+            raise box["error"]
+        return box.get("value")
+
+    def _run_calls(self) -> None:
+        while not self._calls.empty():
+            self._calls.get_nowait()()
+
+    def stop(self) -> None:
+        if self.thread.is_alive() and self._stop_watcher is not None:
+            self._stop_watcher.send()
+        self.thread.join(15)
+        assert not self.thread.is_alive(), "node thread did not stop"
+
+
+class Http:
+    """One keep-alive connection speaking JSON."""
+
+    def __init__(self, base_url: str, token: str | None = None) -> None:
+        host, port = base_url.split("//", 1)[1].split(":")
+        self.conn = http.client.HTTPConnection(host, int(port), timeout=WAIT + 5)
+        self.token = token
+
+    def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
+                content_type: str | None = None, headers: dict[str, str] | None = None
+                ) -> tuple[int, Any, dict[str, str]]:
+        hdrs = dict(headers or {})
+        if self.token is not None:
+            hdrs.setdefault("Authorization", f"Bearer {self.token}")
+        data = raw
+        if body is not None:
+            data = json.dumps(body).encode()
+            hdrs.setdefault("Content-Type", "application/json")
+        if content_type is not None:
+            hdrs["Content-Type"] = content_type
+        self.conn.request(method, path, body=data, headers=hdrs)
+        resp = self.conn.getresponse()
+        payload = resp.read()
+        headers_out = {k.lower(): v for k, v in resp.getheaders()}
+        if headers_out.get("content-type", "").startswith("application/json"):
+            return resp.status, json.loads(payload), headers_out
+        return resp.status, payload, headers_out
+
+    def get(self, path: str, **kw: Any) -> tuple[int, Any, dict[str, str]]:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, body: Any = None, **kw: Any) -> tuple[int, Any, dict[str, str]]:
+        return self.request("POST", path, body, **kw)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class Recorded:
+    def __init__(self, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
+        self.method = method
+        self.path = path
+        self.headers = headers
+        self.body = body
+
+
+class WorkerServer:
+    """A web worker on a free port. ``script`` maps a request count (1-based)
+    to ``(status, headers, delay)``; missing counts answer 200."""
+
+    def __init__(self, script: dict[int, tuple[int, dict[str, str], float]] | None = None,
+                 hold: float = 0.0) -> None:
+        self.requests: list[Recorded] = []
+        self.script = script or {}
+        self.hold = hold
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _serve(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                with outer.lock:
+                    outer.requests.append(Recorded(self.command, self.path, dict(self.headers.items()), body))
+                    n = len(outer.requests)
+                    outer.in_flight += 1
+                    outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
+                status, headers, delay = outer.script.get(n, (200, {}, 0.0))
+                try:
+                    time.sleep(delay or outer.hold)
+                    payload = b"ok"
+                    self.send_response(status)
+                    for k, v in headers.items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except OSError:
+                    pass   # the node gave up on this request (timeout test)
+                finally:
+                    with outer.lock:
+                        outer.in_flight -= 1
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.requests)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def make_node() -> Iterator[Callable[..., NodeThread]]:
+    nodes: list[NodeThread] = []
+
+    def make(**settings: Any) -> NodeThread:
+        node = NodeThread(**settings)
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        node.stop()
+
+
+@pytest.fixture
+def node(make_node: Callable[..., NodeThread]) -> NodeThread:
+    return make_node()
+
+
+@pytest.fixture
+def api(node: NodeThread) -> Iterator[Http]:
+    client = Http(node.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def make_worker() -> Iterator[Callable[..., WorkerServer]]:
+    servers: list[WorkerServer] = []
+
+    def make(**kw: Any) -> WorkerServer:
+        server = WorkerServer(**kw)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.close()
