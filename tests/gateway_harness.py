@@ -20,8 +20,9 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import gevent
 import pytest
@@ -53,8 +54,8 @@ def wait_for(predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> 
 class NodeThread:
     def __init__(self, **settings: Any) -> None:
         port = free_port()
-        values = dict(port=port, peer_port=free_port(), pub_port=free_port(), http_port=free_port(),
-                      node_id="t1", shutdown_grace=0.0)
+        values: dict[str, Any] = {"port": port, "peer_port": free_port(), "pub_port": free_port(),
+                                  "http_port": free_port(), "node_id": "t1", "shutdown_grace": 0.0}
         values.update(settings)
         self.config = NodeConfig(**values)
         self.node: Node | None = None
@@ -102,7 +103,7 @@ class NodeThread:
         def run() -> None:
             try:
                 box["value"] = fn()
-            except BaseException as exc:  # handed back to the test thread
+            except BaseException as exc:  # noqa: BLE001 - handed back to the test thread
                 box["error"] = exc
             done.set()
 
@@ -164,11 +165,12 @@ class Http:
 
 
 class Recorded:
-    def __init__(self, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
+    def __init__(self, method: str, path: str, headers: dict[str, str], body: bytes, peer_port: int) -> None:
         self.method = method
         self.path = path
         self.headers = headers
         self.body = body
+        self.peer_port = peer_port   # the node's side of the connection: same port, same connection
 
 
 class WorkerServer:
@@ -192,7 +194,8 @@ class WorkerServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 with outer.lock:
-                    outer.requests.append(Recorded(self.command, self.path, dict(self.headers.items()), body))
+                    outer.requests.append(Recorded(self.command, self.path, dict(self.headers.items()), body,
+                                                   self.client_address[1]))
                     n = len(outer.requests)
                     outer.in_flight += 1
                     outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
@@ -220,7 +223,7 @@ class WorkerServer:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
     @property
@@ -238,7 +241,7 @@ class WorkerServer:
 
 
 @pytest.fixture
-def make_node() -> Iterator[Callable[..., NodeThread]]:
+def make_http_node() -> Iterator[Callable[..., NodeThread]]:
     nodes: list[NodeThread] = []
 
     def make(**settings: Any) -> NodeThread:
@@ -252,19 +255,19 @@ def make_node() -> Iterator[Callable[..., NodeThread]]:
 
 
 @pytest.fixture
-def node(make_node: Callable[..., NodeThread]) -> NodeThread:
-    return make_node()
+def http_node(make_http_node: Callable[..., NodeThread]) -> NodeThread:
+    return make_http_node()
 
 
 @pytest.fixture
-def api(node: NodeThread) -> Iterator[Http]:
-    client = Http(node.url)
+def api(http_node: NodeThread) -> Iterator[Http]:
+    client = Http(http_node.url)
     yield client
     client.close()
 
 
 @pytest.fixture
-def make_worker() -> Iterator[Callable[..., WorkerServer]]:
+def make_web_worker() -> Iterator[Callable[..., WorkerServer]]:
     servers: list[WorkerServer] = []
 
     def make(**kw: Any) -> WorkerServer:
@@ -275,3 +278,8 @@ def make_worker() -> Iterator[Callable[..., WorkerServer]]:
     yield make
     for server in servers:
         server.close()
+
+
+# Test modules bind these to module globals (where pytest looks for fixtures):
+#   http_node, api, make_http_node, make_web_worker = FIXTURES
+FIXTURES = (http_node, api, make_http_node, make_web_worker)

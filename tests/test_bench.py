@@ -134,6 +134,19 @@ def test_bad_connect_fails_fast_with_a_clear_message():
     assert time.monotonic() - started < 40
 
 
+def test_timeout_bounds_the_run_and_still_reports():
+    """Fault: far more work than --timeout allows; the run stops on time,
+    prints its partial result and exits 1."""
+    started = time.monotonic()
+    proc = bench("--tasks", "2000000", "--workers", "1", "--timeout", "3", "--json", timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["submitted"] < 2_000_000
+    assert any("timeout" in e for e in result["errors"])
+    assert port_closed(result["node"])
+    assert time.monotonic() - started < 30
+
+
 def test_sigint_stops_the_bench_and_its_children():
     """Fault: Ctrl-C in the middle of a paced run."""
     proc = subprocess.Popen([sys.executable, "-m", "miyaq.cli.main", "bench", "--workers", "1",

@@ -9,9 +9,11 @@ import shutil
 import subprocess
 
 import pytest
+from gateway_harness import FIXTURES, WAIT, Http, wait_for
 
 from miyaq import __version__
-from gateway_harness import Http, WAIT, api, make_node, make_worker, node, wait_for  # noqa: F401
+
+http_node, api, make_http_node, make_web_worker = FIXTURES   # pytest finds fixtures in module globals
 
 README_CURL = ('curl -d "task.url=http://localhost:9099/worker&task.countdown=5&foo=bar" '
                'http://localhost:8088/queue')
@@ -24,11 +26,11 @@ def task_of(api: Http, task_id: str) -> dict:
     return body["task"]
 
 
-def test_readme_curl_example_word_for_word(node, api, make_worker):
+def test_readme_curl_example_word_for_word(http_node, api, make_web_worker):
     """The README's command, with only the two ports replaced by free ones."""
     assert shutil.which("curl"), "the curl binary is required (apt-get install curl)"
-    worker = make_worker()
-    command = README_CURL.replace("9099", str(worker.port)).replace("8088", str(node.config.http_port))
+    worker = make_web_worker()
+    command = README_CURL.replace("9099", str(worker.port)).replace("8088", str(http_node.config.http_port))
     out = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=WAIT, check=True)
     answer = json.loads(out.stdout)
     assert answer["status"] == "scheduled" and set(answer) == {"status", "id"}
@@ -47,8 +49,8 @@ def test_readme_curl_example_word_for_word(node, api, make_worker):
     wait_for(lambda: task_of(api, answer["id"])["state"] == "done", "the task to be done")
 
 
-def test_queue_in_path_method_and_iso_eta(api, make_worker):
-    worker = make_worker()
+def test_queue_in_path_method_and_iso_eta(api, make_web_worker):
+    worker = make_web_worker()
     form = f"task.url={worker.url}/put&task.method=put&task.eta=2020-01-01T00:00:00Z&x=1&x=2"
     status, body, _ = api.post("/queue/emails", raw=form.encode(), content_type=FORM)
     assert status == 200 and body["status"] == "scheduled"
@@ -58,8 +60,8 @@ def test_queue_in_path_method_and_iso_eta(api, make_worker):
     assert req.headers["X-Task-Queue"] == "emails"
 
 
-def test_get_task_sends_parameters_in_the_query(api, make_worker):
-    worker = make_worker()
+def test_get_task_sends_parameters_in_the_query(api, make_web_worker):
+    worker = make_web_worker()
     status, _, _ = api.post("/queue", {"url": f"{worker.url}/hook?a=1", "method": "GET",
                                        "params": {"b": "two", "c": 3}})
     assert status == 200
@@ -68,8 +70,8 @@ def test_get_task_sends_parameters_in_the_query(api, make_worker):
     assert worker.requests[0].body == b""
 
 
-def test_json_form_is_delivered_as_json(api, make_worker):
-    worker = make_worker()
+def test_json_form_is_delivered_as_json(api, make_web_worker):
+    worker = make_web_worker()
     params = {"user": "José", "ids": [1, 2], "nested": {"ok": True}}
     status, body, _ = api.post("/queue", {"url": f"{worker.url}/json", "params": params, "countdown": 0,
                                           "headers": {"X-Custom": "yes"}},
@@ -82,8 +84,8 @@ def test_json_form_is_delivered_as_json(api, make_worker):
     assert req.headers["X-Custom"] == "yes"
 
 
-def test_form_with_charset_parameter(api, make_worker):
-    worker = make_worker()
+def test_form_with_charset_parameter(api, make_web_worker):
+    worker = make_web_worker()
     form = f"task.url={worker.url}/w&name=Jos%C3%A9&empty="
     status, _, _ = api.post("/queue", raw=form.encode(), content_type=f"{FORM}; charset=UTF-8")
     assert status == 200
@@ -143,8 +145,8 @@ def test_malformed_json_is_400_naming_the_field(api, raw, field):
     assert body["error"]["field"] == field
 
 
-def test_other_request_errors(make_node):
-    node = make_node(http_max_body=64)
+def test_other_request_errors(make_http_node):
+    node = make_http_node(http_max_body=64)
     api = Http(node.url)
     try:
         status, body, _ = api.post("/queue/bad@queue", raw=b"task.url=http://h/x", content_type=FORM)
@@ -159,9 +161,9 @@ def test_other_request_errors(make_node):
         api.close()
 
 
-def test_allow_list_refuses_other_hosts(make_node, make_worker):
-    worker = make_worker()
-    node = make_node(webhook_allow_hosts=f"127.0.0.1:{worker.port}, *.example.org")
+def test_allow_list_refuses_other_hosts(make_http_node, make_web_worker):
+    worker = make_web_worker()
+    node = make_http_node(webhook_allow_hosts=f"127.0.0.1:{worker.port}, *.example.org")
     api = Http(node.url)
     try:
         status, body, _ = api.post("/queue", raw=b"task.url=http://169.254.169.254/latest", content_type=FORM)
@@ -175,8 +177,8 @@ def test_allow_list_refuses_other_hosts(make_node, make_worker):
         api.close()
 
 
-def test_enqueue_is_refused_while_busy(make_node):
-    node = make_node(max_tasks=1)
+def test_enqueue_is_refused_while_busy(make_http_node):
+    node = make_http_node(max_tasks=1)
     api = Http(node.url)
     try:
         form = b"task.url=http://127.0.0.1:9/x&task.countdown=600"

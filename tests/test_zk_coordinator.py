@@ -2,12 +2,11 @@
 
 Needs the ``zk_server``/``zk_cluster_name`` fixtures from ``tests/zk_fixtures.py``.
 No timing assertions: every wait is a bounded poll that fails at its deadline.
-The last section covers the membership values and the standalone coordinator,
-which need no ZooKeeper.
+The membership values and the standalone coordinator, which need no
+ZooKeeper, are tested in ``tests/test_membership.py``.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -22,7 +21,7 @@ import pytest
 from kazoo.client import KazooClient
 from kazoo.handlers.gevent import SequentialGeventHandler
 
-from miyaq.cluster.membership import Member, RingView, StandaloneCoordinator
+from miyaq.cluster.membership import Member, RingView
 from miyaq.cluster.zk_coordinator import Layout, RingAdmin, RingRecord, ZooKeeperCoordinator
 from miyaq.errors import ConfigError, Unavailable
 from miyaq.testing.zookeeper import ZooKeeperServer, expire_session, free_port
@@ -393,61 +392,3 @@ def test_bad_configuration_raises_config_error():
         ZooKeeperCoordinator("127.0.0.1:1", "ok", member("a"), session_timeout=0)
     with pytest.raises(ConfigError):
         ZooKeeperCoordinator("", "ok", member("a"))
-
-
-# -- membership values and the standalone coordinator (no ZooKeeper) ----------
-
-
-def test_member_round_trips_and_validates():
-    m = member("n1", weight=2)
-    assert Member.from_dict(json.loads(json.dumps(m.to_dict()))) == m
-    assert Member.from_dict({**m.to_dict(), "extra": 1}) == m
-    for bad in (
-        None,
-        [],
-        {**m.to_dict(), "node_id": ""},
-        {**m.to_dict(), "node_id": "a/b"},
-        {**m.to_dict(), "service": 5},
-        {**m.to_dict(), "http": 1},
-        {**m.to_dict(), "weight": "2"},
-        {**m.to_dict(), "weight": 0},
-        {k: v for k, v in m.to_dict().items() if k != "peer"},
-    ):
-        with pytest.raises(ConfigError):
-            Member.from_dict(bad)
-
-
-def test_ring_view_round_trips_and_routes():
-    view = RingView(epoch=4, members={k: member(k) for k in ("a", "b", "c")}, leader="a")
-    again = RingView.from_dict(json.loads(json.dumps(view.to_dict())))
-    assert again == view and again.ring == view.ring
-    assert [m.node_id for m in view.holders("k", 2)] == view.ring.preference_list("k", 2)
-    assert RingView.empty().holders("k", 3) == [] and RingView.empty().ring is None
-    with pytest.raises(ConfigError):
-        RingView.from_dict({"epoch": "1", "members": {}})
-    with pytest.raises(ConfigError):
-        RingView.from_dict({"epoch": 1, "members": {"x": member("a").to_dict()}})
-
-
-def test_standalone_is_a_ring_of_one_and_its_own_leader():
-    local = member("solo")
-    coordinator = StandaloneCoordinator(local)
-    views: list[RingView] = []
-    leadership: list[tuple[bool, int]] = []
-    coordinator.add_listener(views.append)
-    coordinator.add_leader_listener(lambda is_leader, epoch: leadership.append((is_leader, epoch)))
-    coordinator.start()
-    coordinator.start()
-    assert [v.epoch for v in views] == [1]
-    assert views[0].members == {"solo": local} and views[0].leader == "solo"
-    assert coordinator.is_leader and leadership == [(True, 1)]
-    assert [m.node_id for m in coordinator.view.holders("any", 3)] == ["solo"]
-    assert coordinator.registered() == {"solo": local}
-    assert coordinator.wait_for_view(lambda v: "solo" in v, timeout=1) is coordinator.view
-    coordinator.join("solo")
-    with pytest.raises(ConfigError):
-        coordinator.join("other")
-    with pytest.raises(ConfigError):
-        coordinator.leave("solo")
-    coordinator.stop()
-    assert not coordinator.is_leader and leadership == [(True, 1), (False, 1)]

@@ -42,7 +42,7 @@ from .fleet import Fleet
 from .load import Load, run_load
 from .procs import ProcessGroup
 from .progress import Progress
-from .records import read_records
+from .records import Records, read_records
 from .stats import match, rate, summarize_ms
 from .tasks import TASK_NAME
 
@@ -143,16 +143,19 @@ def _wait_drained(fleet: Fleet, load: Load, deadline: float) -> tuple[float, dic
         time.sleep(DRAIN_POLL)
 
 
-def _result(cfg: BenchConfig, fleet: Fleet, load: Load, records: Any, tag: str,
+def _result(cfg: BenchConfig, fleet: Fleet, load: Load, records: Records, tag: str,
             row: dict[str, Any] | None, observed_end: float, rss: int | None) -> dict[str, Any]:
     matched = match(tag, load.submit_times, records)
-    accepted = load.submitted - load.failed_submits
+    accepted = load.accepted
     errors = list(load.errors)
     dead = int(row.get("dead", 0)) if row else 0
+    unfinished = sum(int(row.get(s, 0)) for s in LIVE_STATES) if row else 0
     if dead:
         errors.append(f"{dead} task(s) failed and were dead-lettered")
-    if matched.completed < accepted:
-        errors.append(f"{accepted - matched.completed} accepted task(s) have no completion record")
+    missing = accepted - matched.completed - dead - unfinished
+    if missing > 0:
+        errors.append(f"{missing} task(s) finished on the node but left no record "
+                      "(did a worker exit uncleanly?)")
     enqueue_s = load.acked_at - load.first_submit if load.submitted else 0.0
     last_done = matched.last_done if matched.last_done is not None else observed_end
     drain_s = last_done - load.first_submit if load.submitted else 0.0

@@ -5,9 +5,11 @@ a node's HTTP gateway.
     miyaq queue limit emails --rate 50 --burst 10 [--max-concurrent 4]
     miyaq queue limit emails --clear
 
-A limit set here replaces the queue's previous one, applies at the node's
-next dispatch and lasts until the node restarts; lasting limits belong in
-the ``queue_limits`` setting (docs/http.md, "Rate limits").
+``limit`` is sent to every node of the ring (each enforces its share of the
+cluster-wide value). A limit set here replaces the queue's previous one,
+applies at each node's next dispatch and lasts until the node restarts;
+lasting limits belong in the ``queue_limits`` setting (docs/http.md,
+"Rate limits").
 """
 from __future__ import annotations
 
@@ -43,8 +45,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     lim.set_defaults(run=run_limit)
 
 
-def _request(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
-    base = (args.http or os.environ.get("MIYAQ_HTTP") or "http://127.0.0.1:8088").rstrip("/")
+def _base(args: argparse.Namespace) -> str:
+    return (args.http or os.environ.get("MIYAQ_HTTP") or "http://127.0.0.1:8088").rstrip("/")
+
+
+def _request(args: argparse.Namespace, method: str, path: str, body: Any = None, base: str | None = None) -> Any:
+    base = base or _base(args)
     token = args.token if args.token is not None else os.environ.get("MIYAQ_HTTP_TOKEN", "")
     headers = {"Accept": "application/json"}
     data = None
@@ -65,6 +71,14 @@ def _request(args: argparse.Namespace, method: str, path: str, body: Any = None)
         raise from_wire(error) from None
     except (urllib.error.URLError, OSError) as exc:
         raise Unavailable(f"cannot reach the node at {base}: {exc}") from None
+
+
+def _gateways(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """(node id, HTTP gateway) of every ring member, the node asked first."""
+    status = _request(args, "GET", "/status")
+    here = status["node"]
+    http = status.get("ring", {}).get("http") or {}
+    return [(here, _base(args))] + [(node, url) for node, url in sorted(http.items()) if node != here]
 
 
 def _limits_text(limits: dict[str, Any] | None) -> str:
@@ -91,16 +105,25 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_limit(args: argparse.Namespace) -> int:
+    """Apply to every node of the ring: each enforces its share (docs/http.md)."""
     path = f"/queues/{args.queue}/limits"
     if args.clear:
         if args.rate is not None or args.burst is not None or args.max_concurrent is not None:
             raise InvalidField("--clear takes no other limit options")
-        answer = _request(args, "DELETE", path)
-        print(f"{args.queue}: limits {'removed' if answer['removed'] else 'were not set'}")
-        return 0
-    if args.rate is None and args.max_concurrent is None:
+        method, body = "DELETE", None
+    elif args.rate is None and args.max_concurrent is None:
         raise InvalidField("give --rate and/or --max-concurrent (or --clear)")
-    body = {"rate": args.rate, "burst": args.burst, "max_concurrent": args.max_concurrent}
-    answer = _request(args, "PUT", path, body)
-    print(f"{answer['queue']}: {_limits_text(answer['limits'])}")
-    return 0
+    else:
+        method, body = "PUT", {"rate": args.rate, "burst": args.burst, "max_concurrent": args.max_concurrent}
+    missed = 0
+    for node, base in _gateways(args):
+        if base is None:
+            missed += 1
+            print(f"{node}: no HTTP gateway; set queue_limits in its configuration")
+            continue
+        answer = _request(args, method, path, body, base=base)
+        if args.clear:
+            print(f"{node}: {args.queue}: limits {'removed' if answer['removed'] else 'were not set'}")
+        else:
+            print(f"{node}: {answer['queue']}: {_limits_text(answer['limits'])}")
+    return 1 if missed else 0

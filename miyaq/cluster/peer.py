@@ -54,6 +54,7 @@ class PeerEndpoint:
         self.handlers: dict[bytes, Handler] = {}
         self.after_burst: list[Callable[[], None]] = []
         self.pending: dict[int, tuple[float, Callback]] = {}
+        self._retired: list[Any] = []
         self._req = itertools.count(1)
         self._poller = zmq.Poller()
         self.errors: Counter[str] = Counter()
@@ -64,10 +65,9 @@ class PeerEndpoint:
         """Keep one DEALER per member id -> peer endpoint (others are closed)."""
         for node_id in list(self.dealers):
             if node_id not in members or members[node_id] != self.endpoints.get(node_id):
-                sock = self.dealers.pop(node_id)
+                # The answer reader may be polling it: it closes retired sockets itself.
+                self._retired.append(self.dealers.pop(node_id))
                 self.endpoints.pop(node_id, None)
-                self._poller.unregister(sock)
-                sock.close(linger=0)
         for node_id, endpoint in members.items():
             if node_id == self.node_id or node_id in self.dealers:
                 continue
@@ -150,8 +150,10 @@ class PeerEndpoint:
     def serve_answers(self) -> None:
         """Read every DEALER; expire requests that got no answer."""
         while not self._closed:
-            events = dict(self._poller.poll(100)) if self.dealers else {}
-            if not self.dealers:
+            if self.dealers or self._retired:
+                events = dict(self._poller.poll(100))
+            else:
+                events = {}
                 gevent.sleep(0.1)
             for sock in list(events):
                 for _ in range(256):
@@ -162,6 +164,10 @@ class PeerEndpoint:
                     except zmq.ZMQError:
                         break   # closed by connect() meanwhile
                     self._handle_answer(frames)
+            while self._retired:
+                sock = self._retired.pop()
+                self._poller.unregister(sock)
+                sock.close(linger=0)
             self._expire(time.time())
             for hook in self.after_burst:
                 hook()

@@ -127,6 +127,13 @@ class ClusterRole:
         task.standby = task.rank > 0
         task.eta += self.offset_for(task)
 
+    def running_elsewhere(self, task_id: str, now: float) -> None:
+        """A worker says a task is still running although the node that gave
+        it to the worker went silent: keep this standby copy waiting a lease."""
+        task = self.engine.table.live.get(task_id)
+        if task is not None and task.standby:
+            self.engine.defer(task, now + task.timeout + self.offset_for(task, minimum=1))
+
     # -- peer requests --------------------------------------------------------------------
     def _on_replicate(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
         records = body.get("tasks")
@@ -209,10 +216,17 @@ class ClusterRole:
                 "members": {m.node_id: {"service": m.service, "http": m.http, "weight": m.weight,
                                         "share": share.get(m.node_id, 0.0)} for m in view.members.values()}}
 
+    def streams_ready(self) -> bool:
+        """Every member's stream has been heard and none is resyncing."""
+        sources = self.subscriber.sources
+        others = [m for m in self.view.members if m != self.node_id]
+        return all(m in sources and sources[m].inc and not sources[m].syncing for m in others)
+
     def stats(self) -> dict[str, Any]:
         return {"epoch": self.view.epoch, "leader": self.view.leader, "is_leader": self.coordinator.is_leader,
                 "takeovers": self.standby.takeovers, "deferrals": self.standby.deferrals,
                 "duplicates": self.publisher_listener.duplicates, "stream_gaps": self.subscriber.gaps,
                 "resyncs": self.subscriber.resyncs, "stream_dropped": self.publisher.dropped,
                 "submits_rejected": self.intake.rejected, "handed_off": self.handoff.handed,
-                "running_here": sum(1 for t in self.engine.table.live.values() if t.state == RUNNING)}
+                "running_here": sum(1 for t in self.engine.table.live.values() if t.state == RUNNING),
+                "streams_ready": self.streams_ready()}

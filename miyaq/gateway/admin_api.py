@@ -27,7 +27,7 @@ STATES = ("scheduled", "ready", "running", "retrying", "dead")
 
 
 class AdminApi:
-    def __init__(self, gateway: "Gateway") -> None:
+    def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.node = gateway.node
         self.engine = gateway.node.engine
@@ -87,12 +87,14 @@ class AdminApi:
             raise InvalidField("give 'rate' and/or 'max_concurrent' (DELETE removes a queue's limits)",
                                field="rate")
         self.limits.set(queue, limit, time.time())
+        self.node.dispatcher.pending = True    # a looser limit may let waiting tasks start now
         self.gateway.redispatch()
         return json_response({"queue": queue, "limits": self.limits.describe(queue)})
 
     def delete_limits(self, request: Request) -> Response:
         queue = check_queue(request.params["queue"])
         removed = self.limits.clear(queue)
+        self.node.dispatcher.pending = True
         self.gateway.redispatch()
         return json_response({"queue": queue, "removed": removed})
 

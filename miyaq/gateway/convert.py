@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import msgpack
@@ -53,7 +53,7 @@ def timestamp(raw: Any, field: str) -> float:
             raise InvalidField(f"field {field!r} must be unix seconds or an ISO 8601 date-time",
                                field=field) from None
         if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
+            when = when.replace(tzinfo=UTC)
         return when.timestamp()
     return number(raw, field)
 
@@ -84,7 +84,7 @@ def result_fields(raw: bytes | None) -> dict[str, Any]:
         return {}
     try:
         value = msgpack.unpackb(raw, raw=False)
-    except Exception:   # msgpack raises several unrelated types; the bytes are returned as they are
+    except Exception:  # noqa: BLE001 - msgpack raises several unrelated types; return the bytes as they are
         value = raw
     if not isinstance(value, bytes) and _json_ready(value):
         return {"result": value}
@@ -96,7 +96,7 @@ def payload_fields(body: bytes) -> dict[str, Any]:
     is the usual msgpack ``[args, kwargs]`` JSON can hold, else ``body_base64``."""
     try:
         value = msgpack.unpackb(body, raw=False) if body else [[], {}]
-    except Exception:   # not msgpack: hand the bytes over as they are
+    except Exception:  # noqa: BLE001 - not msgpack: hand the bytes over as they are
         value = None
     if (isinstance(value, list) and len(value) == 2 and isinstance(value[0], list)
             and isinstance(value[1], dict) and _json_ready(value)):

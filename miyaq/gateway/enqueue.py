@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
@@ -32,9 +33,12 @@ from .request import FORM_TYPE, JSON_TYPE, Request, Response, json_response
 if TYPE_CHECKING:
     from .server import Gateway
 
-# option -> converter; the same names as JSON keys and, prefixed with "task.", as form fields
-OPTIONS = {
-    "url": str, "method": str, "id": str, "queue": str, "key": str,
+Converter = Callable[[Any, str], Any]
+
+# option -> converter (None: a string); the same names as JSON keys and,
+# prefixed with "task.", as form fields
+OPTIONS: dict[str, Converter | None] = {
+    "url": None, "method": None, "id": None, "queue": None, "key": None,
     "countdown": convert.number, "eta": convert.timestamp, "ttl": convert.number,
     "timeout": convert.number, "backoff": convert.number, "priority": convert.integer,
     "max_retries": convert.integer,
@@ -44,7 +48,7 @@ QUERY_METHODS = ("GET", "DELETE")
 
 
 class Enqueue:
-    def __init__(self, gateway: "Gateway") -> None:
+    def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.node = gateway.node
 
@@ -86,11 +90,11 @@ class Enqueue:
                 params.append((name, value))
                 continue
             option = name[5:]
-            convert_fn = OPTIONS.get(option)
-            if convert_fn is None:
+            if option not in OPTIONS:
                 raise InvalidField(f"unknown field {name!r}; task.* fields are "
                                    + ", ".join("task." + o for o in OPTIONS), field=name)
-            options[option] = convert_fn(value, name) if convert_fn is not str else value
+            convert_fn = OPTIONS[option]
+            options[option] = value if convert_fn is None else convert_fn(value, name)
         options["params"] = params
         return options
 
@@ -99,12 +103,12 @@ class Enqueue:
         for name, value in body.items():
             if name in JSON_ONLY:
                 continue
-            convert_fn = OPTIONS.get(name)
-            if convert_fn is None:
+            if name not in OPTIONS:
                 raise InvalidField(f"unknown field {name!r}", field=name)
             if value is None:
                 continue
-            if convert_fn is str:
+            convert_fn = OPTIONS[name]
+            if convert_fn is None:
                 if not isinstance(value, str):
                     raise InvalidField(f"field {name!r} must be a string", field=name)
                 options[name] = value

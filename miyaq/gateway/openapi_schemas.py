@@ -61,7 +61,8 @@ STATUS_QUEUE = obj(["scheduled", "ready", "running", "retrying", "dead", "worker
                    scheduled=INT, ready=INT, running=INT, retrying=INT, dead=INT, workers=INT, idle=INT,
                    limits=nullable(ref("Limits")))
 RING = obj(["epoch", "leader", "members", "is_leader"], epoch=INT, leader=nullable(STR), members=STR_LIST,
-           is_leader=BOOL)
+           is_leader=BOOL, http=described({"type": "object", "additionalProperties": nullable(STR)},
+                                          "each member's HTTP gateway (null: off)"))
 COUNTS = {"type": "object", "additionalProperties": INT}
 
 SCHEMAS: dict[str, Any] = {

@@ -34,7 +34,7 @@ BLOCK_DEFAULT = 30.0
 
 
 class PullApi:
-    def __init__(self, gateway: "Gateway") -> None:
+    def __init__(self, gateway: Gateway) -> None:
         self.node = gateway.node
         self.engine = gateway.node.engine
         self.max_payload = gateway.node.config.max_payload

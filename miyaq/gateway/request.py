@@ -35,7 +35,7 @@ def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
 
 
 class Request:
-    __slots__ = ("environ", "method", "path", "max_body", "params", "_body", "_query")
+    __slots__ = ("_body", "_query", "environ", "max_body", "method", "params", "path")
 
     def __init__(self, environ: dict[str, Any], max_body: int) -> None:
         self.environ = environ
@@ -143,7 +143,7 @@ class Request:
 
 
 class Response:
-    __slots__ = ("status", "body", "headers")
+    __slots__ = ("body", "headers", "status")
 
     def __init__(self, status: int, body: bytes, headers: list[tuple[str, str]] | None = None) -> None:
         self.status = status

@@ -8,7 +8,7 @@ path with another method a 405 carrying ``Allow``.
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import NotFound
 from .errors import MethodNotAllowed
@@ -20,7 +20,7 @@ _PARAM = re.compile(r"\{([a-z_]+)\}")
 
 
 class Route:
-    __slots__ = ("method", "template", "handler", "regex")
+    __slots__ = ("handler", "method", "regex", "template")
 
     def __init__(self, method: str, template: str, handler: Handler) -> None:
         self.method = method

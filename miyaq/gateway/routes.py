@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from .server import Gateway
 
 
-def build_router(gateway: "Gateway") -> Router:
+def build_router(gateway: Gateway) -> Router:
     enqueue, tasks, pull, admin = Enqueue(gateway), TasksApi(gateway), PullApi(gateway), AdminApi(gateway)
     router = Router()
     for method, path, handler in (

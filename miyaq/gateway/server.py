@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import time
+from collections.abc import Callable, Iterable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import gevent
 import gevent.event
 import gevent.pool
-from gevent.pywsgi import WSGIServer
+from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from ..errors import MiyaqError
 from ..node.metrics import NodeMetrics
@@ -41,11 +43,50 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 1.0
+SHARE_REFRESH = 1.0
 MUTATING = frozenset({"POST", "PUT", "DELETE"})
 
 
+class _Handler(WSGIHandler):
+    """Sends a response's head and body in one write. pywsgi writes them
+    separately: two system calls and, with TCP_NODELAY, two packets per
+    answer. Relies on pywsgi's ``_write_with_headers`` sending through
+    ``_sendall`` (true of every gevent release since 1.x)."""
+
+    _coalesce: list[bytes] | None = None
+
+    def _write_with_headers(self, data: bytes) -> None:
+        self._coalesce = []
+        try:
+            super()._write_with_headers(data)
+        finally:
+            pending, self._coalesce = self._coalesce, None
+            if pending:
+                super()._sendall(b"".join(pending))
+
+    def _sendall(self, data: bytes) -> None:
+        if self._coalesce is not None:
+            self._coalesce.append(bytes(data))
+            return
+        super()._sendall(data)
+
+
+class _Server(WSGIServer):
+    """Keep-alive HTTP/1.1 on TCP_NODELAY sockets: without it a response
+    written in two parts waits for the client's delayed ACK (~40 ms)."""
+
+    handler_class = _Handler
+
+    def handle(self, sock: socket.socket, address: Any) -> None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass   # not TCP (or already closed): nothing to tune
+        super().handle(sock, address)
+
+
 class Gateway:
-    def __init__(self, node: "Node") -> None:
+    def __init__(self, node: Node) -> None:
         config = node.config
         self.node = node
         self.host = config.http_host or config.host
@@ -53,12 +94,11 @@ class Gateway:
         self.max_body = config.http_max_body
         self.auth = BearerAuth(config.http_token)
         self.allow_list = AllowList(config.webhook_allow_hosts)
-        self.metrics = NodeMetrics(node)
-        node.metrics = self.metrics            # where the cluster sets ring and lag gauges
+        self.metrics = NodeMetrics(node)       # the cluster sets ring gauges on node.gateway.metrics.cluster
         self.deliverer = WebhookDeliverer(node, self.allow_list, self.metrics, self.redispatch)
         node.engine.listeners.append(self.deliverer)
         self.router = build_router(self)
-        self.server: WSGIServer | None = None
+        self.server: _Server | None = None
         self._wake = gevent.event.Event()
         self._stopping = False
 
@@ -67,8 +107,10 @@ class Gateway:
         self.metrics.install()
         self.deliverer.start()
         self.node.spawn(self._dispatch_loop)
+        if getattr(self.node, "cluster", None) is not None:
+            self.node.spawn(self._share_loop)
         pool = gevent.pool.Pool(self.node.config.http_max_connections)
-        self.server = WSGIServer((self.host, self.port), self.app, spawn=pool, log=None,
+        self.server = _Server((self.host, self.port), self.app, spawn=pool, log=None,
                                  error_log=logging.getLogger(__name__ + ".wsgi"))
         self.server.start()
         self.port = self.server.server_port
@@ -106,6 +148,17 @@ class Gateway:
             # the node's own after-burst hook: run the dispatcher and re-arm the
             # timer loop if a task just stored is due before its next wake-up
             node._after_burst(time.time())
+
+    def _share_loop(self) -> None:
+        """Keep this node's share of every cluster-wide queue limit at 1/N of
+        the ring's N members (tasks spread over all of them by hash)."""
+        limits = self.node.dispatcher.limits
+        while not self._stopping:
+            members = len(self.node.ring_info()["members"]) or 1
+            if limits.nodes != members:
+                limits.set_share(members)
+                logger.info("queue limits: this node enforces 1/%d of each limit", members)
+            gevent.sleep(SHARE_REFRESH)
 
     # -- WSGI ------------------------------------------------------------------------
     def app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 import gevent.event
 
 from ..errors import InvalidField, NotFound
+from ..node.waiters import outcome
 from ..protocol.commands import DUPLICATE
 from ..protocol.taskspec import check_id, check_queue, task_from_wire
-from ..node.waiters import outcome
 from ..store.task import ALL_STATES, DEAD, FINAL_STATES
 from . import convert
 from .intake import submit_task
@@ -36,7 +36,7 @@ SUBMIT_FIELDS = frozenset({
 
 
 class TasksApi:
-    def __init__(self, gateway: "Gateway") -> None:
+    def __init__(self, gateway: Gateway) -> None:
         self.node = gateway.node
         self.engine = gateway.node.engine
 

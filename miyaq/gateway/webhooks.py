@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import gevent
 import gevent.pool
@@ -38,7 +39,7 @@ logger = logging.getLogger(__name__)
 class WebhookLane(Consumer):
     kind = "webhook"
 
-    def __init__(self, deliverer: "WebhookDeliverer", queue: str) -> None:
+    def __init__(self, deliverer: WebhookDeliverer, queue: str) -> None:
         super().__init__([WEBHOOK_LANE_PREFIX + queue])
         self.queue = queue
         self.deliverer = deliverer
@@ -61,7 +62,7 @@ class WebhookLane(Consumer):
 
 
 class WebhookDeliverer(EngineListener):
-    def __init__(self, node: "Node", allow_list: AllowList, metrics: "NodeMetrics | None",
+    def __init__(self, node: Node, allow_list: AllowList, metrics: NodeMetrics | None,
                  kick: Callable[[], None]) -> None:
         config = node.config
         self.node = node

@@ -242,7 +242,8 @@ class ServiceHandlers:
         ids = f.string_list(body, "ids", max_items=10_000, max_len=64)
         self._worker(identity, now)
         for task_id in ids:
-            self.engine.touch(task_id, now)
+            if not self.engine.touch(task_id, now) and self.node.cluster is not None:
+                self.node.cluster.running_elsewhere(task_id, now)
 
     def give_back(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         ids = f.string_list(body, "ids", max_items=100_000, max_len=64)

@@ -25,8 +25,9 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import gevent
 
@@ -102,7 +103,7 @@ def parse_limits(spec: str) -> dict[str, Limit]:
 
 
 class _Bucket:
-    __slots__ = ("tokens", "stamp")
+    __slots__ = ("stamp", "tokens")
 
     def __init__(self, tokens: float, stamp: float) -> None:
         self.tokens = tokens
@@ -112,10 +113,11 @@ class _Bucket:
 class QueueLimits:
     """Every queue limit of one node, and the buckets that enforce them."""
 
-    def __init__(self, engine: "Engine", limits: dict[str, Limit] | None = None) -> None:
+    def __init__(self, engine: Engine, limits: dict[str, Limit] | None = None) -> None:
         self.engine = engine
         self.limits: dict[str, Limit] = {}
         self.share = 1.0
+        self.nodes = 1
         self.active = False
         self.wake_at: float | None = None
         self.throttled: Counter[str] = Counter()   # times a queue was skipped (metrics)
@@ -151,7 +153,8 @@ class QueueLimits:
 
     def set_share(self, nodes: int) -> None:
         """Cluster hook: this node enforces 1/``nodes`` of every limit."""
-        self.share = 1.0 / max(1, nodes)
+        self.nodes = max(1, nodes)
+        self.share = 1.0 / self.nodes
         for queue, bucket in self._buckets.items():
             bucket.tokens = min(bucket.tokens, self._size(self.limits[queue]))
 
@@ -181,7 +184,7 @@ class QueueLimits:
     def queue_of(self, lane: str) -> str:
         queue = self._lane_queue.get(lane)
         if queue is None:
-            queue = lane[len(WEBHOOK_LANE_PREFIX):] if lane.startswith(WEBHOOK_LANE_PREFIX) else lane
+            queue = lane.removeprefix(WEBHOOK_LANE_PREFIX)
             self._lane_queue[lane] = queue
         return queue
 

@@ -10,15 +10,17 @@ Two sources, one per-node :class:`~prometheus_client.CollectorRegistry`
   outcomes and per-queue states, workers, errors, limits) when scraped, so
   the hot path pays nothing for them.
 
-The cluster is not built yet: :class:`ClusterGauges` holds what a standalone
-node knows (epoch 1, itself as the only member and leader, no replication
-lag); the cluster sets it through ``node.metrics.cluster.set_ring(...)`` and
-``set_replication_lag(...)``. ``GET /status`` reads the same object.
+Ring gauges come from :class:`ClusterGauges`, which reads the node's ring
+(a standalone node: epoch 1, its own leader); replication lag is a hook the
+cluster sets through ``node.gateway.metrics.cluster.set_replication_lag(...)``
+(``node.gateway`` is None when HTTP is off). ``GET /status`` reads the same
+object.
 """
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -37,26 +39,38 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 class ClusterGauges:
-    """Ring facts the cluster will set; standalone defaults until then."""
+    """Ring facts for ``/metrics`` and ``/status``.
 
-    def __init__(self, node_id: str) -> None:
-        self.epoch = 1
-        self.leader: str | None = node_id
-        self.members: list[str] = [node_id]
-        self.is_leader = True
+    By default they are read from the node (``node.ring_info()``: epoch 1 and
+    itself as the only member and leader when standalone), with each member's
+    HTTP gateway (``miyaq queue limit`` uses it to reach every node). The cluster may
+    push its own view with :meth:`set_ring`, and reports replication lag per
+    peer with :meth:`set_replication_lag` (nothing measures it yet).
+    """
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self._ring: dict[str, Any] | None = None
         self.replication_lag_seconds: dict[str, float] = {}   # peer -> seconds behind
         self.replication_lag_messages: dict[str, int] = {}    # peer -> unacked stream messages
 
     def set_ring(self, epoch: int, members: list[str], leader: str | None, is_leader: bool) -> None:
-        self.epoch, self.members, self.leader, self.is_leader = epoch, list(members), leader, is_leader
+        self._ring = {"epoch": epoch, "leader": leader, "members": list(members), "is_leader": is_leader}
 
     def set_replication_lag(self, peer: str, seconds: float, messages: int) -> None:
         self.replication_lag_seconds[peer] = seconds
         self.replication_lag_messages[peer] = messages
 
     def view(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "leader": self.leader, "members": list(self.members),
-                "is_leader": self.is_leader}
+        if self._ring is not None:
+            return dict(self._ring)
+        node = self.node
+        info = node.ring_info()
+        cluster = getattr(node, "cluster", None)
+        is_leader = info.get("leader") == node.id if cluster is None else bool(cluster.coordinator.is_leader)
+        members = info["members"]
+        return {"epoch": info["epoch"], "leader": info["leader"], "members": sorted(members),
+                "is_leader": is_leader, "http": {m: members[m].get("http") for m in sorted(members)}}
 
 
 class TaskTimings(EngineListener):
@@ -111,7 +125,7 @@ class TaskTimings(EngineListener):
 class NodeCollector(Collector):
     """Reads the node's own counters at scrape time."""
 
-    def __init__(self, node: "Node", cluster: ClusterGauges) -> None:
+    def __init__(self, node: Node, cluster: ClusterGauges) -> None:
         self.node = node
         self.cluster = cluster
 
@@ -164,9 +178,11 @@ class NodeCollector(Collector):
 
     def _cluster(self) -> Iterator[Metric]:
         c = self.cluster
-        yield GaugeMetricFamily("miyaq_ring_epoch", "Epoch of the ring this node holds", value=c.epoch)
-        yield GaugeMetricFamily("miyaq_ring_members", "Nodes in the ring", value=len(c.members))
-        yield GaugeMetricFamily("miyaq_is_leader", "1 while this node acts as leader", value=int(c.is_leader))
+        view = c.view()
+        yield GaugeMetricFamily("miyaq_ring_epoch", "Epoch of the ring this node holds", value=view["epoch"])
+        yield GaugeMetricFamily("miyaq_ring_members", "Nodes in the ring", value=len(view["members"]))
+        yield GaugeMetricFamily("miyaq_is_leader", "1 while this node acts as leader",
+                                value=int(view["is_leader"]))
         lag = GaugeMetricFamily("miyaq_replication_lag_seconds", "Replication lag per peer", labels=["peer"])
         for peer, seconds in sorted(c.replication_lag_seconds.items()):
             lag.add_metric([peer], seconds)
@@ -181,10 +197,10 @@ class NodeCollector(Collector):
 class NodeMetrics:
     """Everything ``/metrics`` shows for one node; :meth:`install` hooks it in."""
 
-    def __init__(self, node: "Node") -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
         self.registry = CollectorRegistry(auto_describe=True)
-        self.cluster = ClusterGauges(node.id)
+        self.cluster = ClusterGauges(node)
         self.timings = TaskTimings(self.registry)
         self.http_requests = Counter("miyaq_http_requests", "HTTP requests by route and status",
                                      ["method", "route", "status"], registry=self.registry)
@@ -195,7 +211,7 @@ class NodeMetrics:
                                          ["queue"], registry=self.registry, buckets=LATENCY_BUCKETS)
         self.registry.register(NodeCollector(node, self.cluster))
 
-    def install(self) -> "NodeMetrics":
+    def install(self) -> NodeMetrics:
         if self.timings not in self.node.engine.listeners:
             self.node.engine.listeners.append(self.timings)
         return self

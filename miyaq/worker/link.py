@@ -56,7 +56,7 @@ class NodeLink:
 
     def silent(self) -> bool:
         """The node has not been heard from for heartbeat × liveness."""
-        return time.time() - self.last_heard > self.heartbeat * self.liveness
+        return self.lost or time.time() - self.last_heard > self.heartbeat * self.liveness
 
     def send(self, command: bytes, body: dict[str, Any]) -> None:
         try:
@@ -70,7 +70,7 @@ class NodeLink:
                             "capacity": w.capacity, "pid": w.pid, "host": w.host,
                             "concurrency": w.concurrency,
                             # after a reconnect, slots held by running tasks are not free
-                            "credit": max(0, w.capacity - w.busy_count())})
+                            "credit": max(0, w.capacity - w.busy_count(self))})
 
     # -- results -------------------------------------------------------------------
     def report_done(self, task_id: str, attempt: int, result: bytes | None) -> None:
@@ -126,6 +126,8 @@ class NodeLink:
             if now - self.last_heard > self.heartbeat * self.liveness:
                 self.reconnects += 1
                 logger.warning("node %s silent for %.1fs; reconnecting", self.endpoint, now - self.last_heard)
+                self.lost = True
+                self.worker.link_silent(self)
                 self._open()
                 self.register()
             else:
@@ -133,6 +135,7 @@ class NodeLink:
 
     def _handle(self, frames: list[bytes]) -> None:
         self.last_heard = time.time()
+        self.lost = False
         try:
             command, body = codec.decode(frames, c.WORKER_INBOUND, 64 * 1024 * 1024)
         except MiyaqError as err:

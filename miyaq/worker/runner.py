@@ -75,6 +75,7 @@ class Worker:
         self.has_work = gevent.event.Event()
         self.running: dict[str, gevent.Greenlet] = {}
         self.holders: dict[str, list[str]] = {}      # task id -> its holders' endpoints (cluster)
+        self.origin: dict[str, NodeLink] = {}        # running task id -> the link it came from
         self.stopping = False
         self.stopping_hard = False
         self.executed = 0
@@ -82,8 +83,12 @@ class Worker:
         self._stopped = gevent.event.Event()
         self.pulse = Pulse(self.wid, self.endpoints, heartbeat)
 
-    def busy_count(self) -> int:
-        return len(self.running) + len(self.backlog)
+    def busy_count(self, link: NodeLink | None = None) -> int:
+        """Slots in use (for ``link``: by tasks that node gave us)."""
+        if link is None:
+            return len(self.running) + len(self.backlog)
+        return (sum(1 for origin in self.origin.values() if origin is link)
+                + sum(1 for other, _ in self.backlog if other is link))
 
     # -- receiving work --------------------------------------------------------------
     def accept(self, link: NodeLink, deliveries: list[Any]) -> None:
@@ -128,11 +133,21 @@ class Worker:
                 self._greenlets.append(g)
                 logger.info("worker %s: discovered node %s", self.wid, ep)
 
-    def report_link(self, link: NodeLink, task_id: str) -> NodeLink:
+    def link_silent(self, link: NodeLink) -> None:
+        """``link``'s node went silent: tell another holder of each task it
+        gave us that the task is still running here (a TOUCH), so a standby
+        copy there does not start it a second time."""
+        for task_id, origin in list(self.origin.items()):
+            if origin is link:
+                alternative = self.report_link(link, task_id, keep=True)
+                if alternative is not link:
+                    alternative.touch(task_id)
+
+    def report_link(self, link: NodeLink, task_id: str, keep: bool = False) -> NodeLink:
         """Where to report ``task_id``: its node, or — if that node went silent
         — another live holder of the task."""
-        holders = self.holders.pop(task_id, None)
-        if not link.silent() or not holders:
+        holders = self.holders.get(task_id) if keep else self.holders.pop(task_id, None)
+        if not link.lost or not holders:
             return link
         for other in self.links:
             if other is not link and other.endpoint in holders and not other.silent():
@@ -165,6 +180,7 @@ class Worker:
             return
         current = gevent.getcurrent()
         self.running[task_id] = current
+        self.origin[task_id] = link
         report = _Reporter(self, link, task_id)
         bind(TaskContext(task_id, name, queue, attempt, timeout, link.touch))
         link = report   # type: ignore[assignment]  # reports go where the task's holders are
@@ -188,6 +204,7 @@ class Worker:
         finally:
             bind(None)
             self.running.pop(task_id, None)
+            self.origin.pop(task_id, None)
             self.executed += 1
 
     # -- lifecycle -----------------------------------------------------------------------

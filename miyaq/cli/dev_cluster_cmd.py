@@ -1,0 +1,103 @@
+"""``miyaq dev-cluster``: ZooKeeper, N nodes and optional workers on this machine, until Ctrl-C.
+
+Prints where everything listens, how to connect, and last a line starting
+with ``ready `` (``key=value`` pairs: ``zk``, ``cluster``, ``connect``,
+``logs``) that scripts and tests wait for. Ctrl-C or SIGTERM stops
+workers, nodes and ZooKeeper, in that order; ``--duration S`` stops by
+itself after S seconds. ``--zk`` is never taken from the environment: a
+shell with ``MIYAQ_ZK`` set must not point a throwaway cluster at a real
+ZooKeeper by accident.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from types import FrameType
+from typing import Any
+
+from ..devcluster import DevCluster, DevNode
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("dev-cluster", help="run ZooKeeper, N nodes and workers locally for development",
+                       description="Start a ZooKeeper (unless --zk), --nodes node processes and optionally "
+                                   "workers, all on 127.0.0.1; Ctrl-C stops everything.")
+    p.add_argument("--nodes", type=int, default=3, help="node processes [default 3]")
+    p.add_argument("--zk", default=None, metavar="HOSTS",
+                   help="use this ZooKeeper instead of starting one (not read from MIYAQ_ZK)")
+    p.add_argument("--base-port", type=int, default=7450,
+                   help="first node's service port; the next nodes step by 10, skipping busy ones [default 7450]")
+    p.add_argument("--cluster", default="dev", help="cluster name [default dev]")
+    p.add_argument("--replicas", type=int, default=None, help="holders per task [default min(3, nodes)]")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="keep each node's append-only log in DIR/<node id> (default: memory only)")
+    p.add_argument("--workers", default=None, metavar="APP", help="also run `miyaq worker APP` (module:app)")
+    p.add_argument("--worker-processes", type=int, default=1, metavar="K", help="worker processes [default 1]")
+    p.add_argument("--duration", type=float, default=None, metavar="S",
+                   help="stop by itself after S seconds (default: run until Ctrl-C)")
+    p.add_argument("--log-dir", default=None, metavar="DIR", help="where the logs go (default: a new temp dir)")
+    p.set_defaults(run=run)
+
+
+def banner(cluster: DevCluster) -> list[str]:
+    """What ``miyaq dev-cluster`` prints once the ring is whole."""
+    connect = ",".join(cluster.endpoints)
+    zk = cluster.zk_hosts
+    lines = []
+    if cluster.zookeeper is not None:
+        lines.append(f"ZooKeeper {zk}  (pid {cluster.zookeeper.pid}, log {cluster.zookeeper.log_path})")
+    else:
+        lines.append(f"ZooKeeper {zk}  (given with --zk)")
+    lines += [n.describe() for n in cluster.nodes]
+    if cluster.workers is not None:
+        lines.append(f"workers {cluster.workers_app} x{cluster.worker_processes} processes  "
+                     f"(pid {cluster.workers.pid}, log {cluster.workers.log_path})")
+    lines += [
+        "",
+        "connect:",
+        f'  python   app = miyaq.App("{connect}")',
+        f'           client = miyaq.Client("{connect}")',
+        f"  ring     miyaq ring --zk {zk} --cluster {cluster.cluster}",
+        f"  shell    export MIYAQ_ZK={zk} MIYAQ_CLUSTER={cluster.cluster} MIYAQ_CONNECT={connect}",
+        f"  worker   miyaq worker yourmodule:app --connect {connect}",
+        "Ctrl-C stops everything.",
+        f"ready zk={zk} cluster={cluster.cluster} connect={connect} logs={cluster.log_dir}",
+    ]
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    from .main import setup_logging
+    setup_logging("WARNING")
+    logging.getLogger("kazoo").setLevel(logging.CRITICAL)  # connection retries are not news here
+    cluster = DevCluster(
+        args.nodes, zk=args.zk, base_port=args.base_port, cluster=args.cluster, replicas=args.replicas,
+        data_dir=args.data_dir, workers=args.workers, worker_processes=args.worker_processes,
+        log_dir=args.log_dir,
+    )
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        cluster.request_stop()
+
+    def on_exit(node: DevNode) -> None:
+        print(f"node {node.node_id} exited with code {node.exit_code}; log: {node.proc.log_path}",
+              file=sys.stderr, flush=True)
+
+    previous: dict[int, Any] = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        print(f"miyaq dev-cluster: {args.nodes} nodes, cluster {args.cluster}, logs in {cluster.log_dir}",
+              flush=True)
+        if cluster.start():
+            print("\n".join(banner(cluster)), flush=True)
+            cluster.wait(args.duration, on_exit=on_exit)
+    finally:
+        for sig in previous:  # a second Ctrl-C must not cut the cleanup short
+            signal.signal(sig, signal.SIG_IGN)
+        print(f"stopping (up to {cluster.stop_timeout:g}s per step)...", file=sys.stderr, flush=True)
+        cluster.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        print(f"stopped; logs kept in {cluster.log_dir}", file=sys.stderr, flush=True)
+    return 0

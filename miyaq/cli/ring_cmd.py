@@ -1,0 +1,209 @@
+"""``miyaq ring``, ``miyaq join``, ``miyaq leave``, ``miyaq ring weight``: the ring from the shell.
+
+They talk to ZooKeeper through :class:`~miyaq.cluster.ring_admin.RingAdmin`
+(no node needed) and, for the "tasks" column only, to each member's service
+endpoint. Changes print what changed once the leader has published it.
+
+``--zk`` falls back to ``MIYAQ_ZK`` then ``127.0.0.1:2181``; ``--cluster``
+to ``MIYAQ_CLUSTER`` then ``default`` -- the same variables ``miyaq node``
+reads, resolved when the command runs, not at import. An unreachable
+ZooKeeper or a leader that does not publish in time is an error (exit 2).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ..errors import MiyaqError, Unavailable
+
+DEFAULT_ZK = "127.0.0.1:2181"
+DEFAULT_CLUSTER = "default"
+TASKS_TIMEOUT = 2.0
+"""Seconds a member's service endpoint has to answer STATUS before its tasks show as n/a."""
+
+
+def _zk_options(p: argparse.ArgumentParser, *, nested: bool = False) -> None:
+    # A nested parser must not overwrite with its defaults what was given
+    # before the action word (``miyaq ring --zk H weight n1 2``).
+    default: Any = argparse.SUPPRESS if nested else None
+    p.add_argument("--zk", default=default, metavar="HOSTS",
+                   help=f"ZooKeeper hosts [env MIYAQ_ZK; default {DEFAULT_ZK}]")
+    p.add_argument("--cluster", default=default, metavar="NAME",
+                   help=f"cluster name [env MIYAQ_CLUSTER; default {DEFAULT_CLUSTER}]")
+    p.add_argument("--timeout", type=float, default=default, metavar="S",
+                   help="seconds to wait for ZooKeeper and for the leader to publish [default 15]")
+    p.add_argument("--json", action="store_true", default=default, help="print JSON")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ring", help="show the ring: members, leader, epoch, shares, tasks held",
+                       description="Show the ring of a cluster, or change a node's weight "
+                                   "(miyaq ring weight NODE W).")
+    _zk_options(p)
+    actions = p.add_subparsers(dest="ring_action", metavar="ACTION")
+    w = actions.add_parser("weight", help="set a node's weight in the ring")
+    w.add_argument("node", help="node id")
+    w.add_argument("weight", type=float, help="new weight (> 0; 2 takes twice the share of 1)")
+    _zk_options(w, nested=True)
+    w.set_defaults(run=run_weight)
+    p.set_defaults(run=run_ring)
+
+    p = sub.add_parser("join", help="put a node in the ring (applied by the leader)")
+    p.add_argument("node", help="node id")
+    _zk_options(p)
+    p.set_defaults(run=run_join)
+
+    p = sub.add_parser("leave", help="take a node out of the ring; its tasks are handed off")
+    p.add_argument("node", help="node id")
+    _zk_options(p)
+    p.set_defaults(run=run_leave)
+
+
+def _admin(args: argparse.Namespace) -> Any:
+    from ..cluster.ring_admin import RingAdmin
+    # kazoo logs every refused connection attempt; the error below says it once.
+    logging.getLogger("kazoo").setLevel(logging.CRITICAL)
+    args.zk = getattr(args, "zk", None) or os.environ.get("MIYAQ_ZK") or DEFAULT_ZK
+    args.cluster = getattr(args, "cluster", None) or os.environ.get("MIYAQ_CLUSTER") or DEFAULT_CLUSTER
+    timeout = getattr(args, "timeout", None) or 15.0
+    return RingAdmin(args.zk, args.cluster, connect_timeout=min(timeout, 5.0), timeout=timeout)
+
+
+def _with_admin(args: argparse.Namespace, fn: Callable[[Any], Any]) -> Any:
+    admin = _admin(args)
+    try:
+        return fn(admin)
+    except Unavailable as exc:
+        raise Unavailable(f"{exc.message} (cluster {args.cluster}); is ZooKeeper running? "
+                          f"Set --zk or MIYAQ_ZK.", hosts=args.zk) from None
+    finally:
+        admin.close()
+
+
+def tasks_held(members: Mapping[str, Mapping[str, Any]], timeout: float = TASKS_TIMEOUT) -> dict[str, int | None]:
+    """Live tasks per member, asked of each service endpoint at once; ``None`` if it did not answer."""
+    from ..client.client import Client
+
+    def ask(service: str | None) -> int | None:
+        if not service:
+            return None
+        try:
+            client = Client(service, request_timeout=timeout, green=False)
+        except MiyaqError:
+            return None
+        try:
+            return int(client.status()["totals"]["live"])
+        except (MiyaqError, KeyError, TypeError, ValueError):
+            return None
+        finally:
+            client.close(flush=False)
+
+    if not members:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(16, len(members))) as pool:
+        answers = pool.map(ask, [m.get("service") for m in members.values()])
+        return dict(zip(members, answers))
+
+
+def _state(m: Mapping[str, Any]) -> str:
+    if m["in_ring"]:
+        return "in" if m["registered"] else "in (down)"
+    if m["registered"]:
+        return "joining" if m["joined"] else "out"
+    return "wanted (down)" if m["joined"] else "gone"
+
+
+def format_ring(status: Mapping[str, Any], hosts: str) -> str:
+    """The human-readable table ``miyaq ring`` prints."""
+    members = status["members"]
+    in_ring = sum(m["in_ring"] for m in members.values())
+    lines = [(f"cluster {status['cluster']}  epoch {status['epoch']}  leader {status['leader'] or '-'}  "
+              f"in ring {in_ring}  (ZooKeeper {hosts})")]
+    if not members:
+        lines.append(f"no node has registered in cluster {status['cluster']}")
+        return "\n".join(lines)
+    header = ("NODE", "RING", "SHARE", "WEIGHT", "TASKS", "SERVICE", "PEER", "PUB", "HTTP")
+    rows = [header]
+    for node_id, m in members.items():
+        tasks = m.get("tasks")
+        rows.append((
+            node_id + (" *" if node_id == status["leader"] else ""),
+            _state(m),
+            f"{m['share'] * 100:.1f}%",
+            "-" if m["weight"] is None else f"{m['weight']:g}",
+            "n/a" if tasks is None else str(tasks),
+            m["service"] or "-", m["peer"] or "-", m["pub"] or "-", m["http"] or "-",
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.append("* leader")
+    return "\n".join(lines)
+
+
+def run_ring(args: argparse.Namespace) -> int:
+    status = _with_admin(args, lambda admin: admin.status())
+    for node_id, count in tasks_held(status["members"]).items():
+        status["members"][node_id]["tasks"] = count
+    status["zk"] = args.zk
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        print(format_ring(status, args.zk))
+    return 0
+
+
+def describe_change(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    """Lines saying how the ring moved: epoch, members in or out, weights and shares."""
+    old, new = before["members"], after["members"]
+    lines = []
+    if before["epoch"] != after["epoch"]:
+        lines.append(f"epoch {before['epoch']} -> {after['epoch']}")
+    for node_id in sorted(set(old) | set(new)):
+        was = old.get(node_id, {"in_ring": False, "share": 0.0, "weight": None})
+        now = new.get(node_id, {"in_ring": False, "share": 0.0, "weight": None})
+        parts = []
+        if was["in_ring"] != now["in_ring"]:
+            parts.append("joined the ring" if now["in_ring"] else "left the ring")
+        if was["weight"] != now["weight"] and now["weight"] is not None:
+            old_weight = "-" if was["weight"] is None else f"{was['weight']:g}"
+            parts.append(f"weight {old_weight} -> {now['weight']:g}")
+        if abs(was["share"] - now["share"]) >= 0.0005:
+            parts.append(f"share {was['share'] * 100:.1f}% -> {now['share'] * 100:.1f}%")
+        if parts:
+            lines.append(f"  {node_id}: {', '.join(parts)}")
+    return lines
+
+
+def _change(args: argparse.Namespace, apply: Callable[[Any], str]) -> int:
+    def run(admin: Any) -> tuple[dict[str, Any], str, dict[str, Any]]:
+        before = admin.status()
+        message = apply(admin)
+        return before, message, admin.status()
+
+    before, message, after = _with_admin(args, run)
+    changes = describe_change(before, after)
+    if args.json:
+        print(json.dumps({"message": message, "changes": changes, "before": before, "after": after},
+                         indent=2, sort_keys=True))
+        return 0
+    print(message)
+    for line in changes or ["nothing changed in the ring"]:
+        print(line)
+    return 0
+
+
+def run_join(args: argparse.Namespace) -> int:
+    return _change(args, lambda admin: admin.join(args.node))
+
+
+def run_leave(args: argparse.Namespace) -> int:
+    return _change(args, lambda admin: admin.leave(args.node))
+
+
+def run_weight(args: argparse.Namespace) -> int:
+    return _change(args, lambda admin: admin.set_weight(args.node, args.weight))

@@ -1,0 +1,298 @@
+"""A whole cluster on this machine for development: ZooKeeper, N nodes, optional workers.
+
+Used by ``miyaq dev-cluster``. Everything binds to loopback. Each process
+runs as ``python -m miyaq.cli.main ...`` in its own session (so a Ctrl-C in
+the terminal reaches only the dev-cluster process, which stops the rest in
+order), with its output in ``<log_dir>/<name>.log``.
+
+Constraints:
+
+* Node ``nI`` uses the first block of ports at or after ``base_port``
+  (stepping by 10) whose service, peer (+1), pub (+2) and HTTP (+8) ports
+  are all free; busy blocks are skipped, never shared.
+* :meth:`DevCluster.start` returns only once every node is in the published
+  ring with a leader and answers STATUS, or raises ``MiyaqError`` (a node
+  that exited, or ``Timeout``) -- or returns ``False`` early when
+  :meth:`DevCluster.request_stop` was called (safe from a signal handler).
+* :meth:`DevCluster.stop` never raises and is idempotent: workers, then
+  nodes (SIGTERM, then SIGKILL of the process group after ``stop_timeout``),
+  then the ZooKeeper it started. Logs are kept.
+* Blocking calls (``time.sleep``, subprocess waits): use from a plain
+  thread, not from inside a gevent program's event loop.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+from miyaq.errors import ConfigError, MiyaqError, Timeout
+from miyaq.testing.harness import Proc
+from miyaq.testing.zookeeper import ZooKeeperServer
+
+logger = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+PORT_STEP = 10
+HTTP_OFFSET = 8
+"""A node's HTTP port is its service port + 8 (inside its block of 10)."""
+
+
+def port_free(port: int, host: str = HOST) -> bool:
+    """True when a TCP listener could bind ``host:port`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def port_blocks(base_port: int, count: int, taken: set[int] | None = None) -> list[int]:
+    """Service ports for ``count`` nodes from ``base_port`` by steps of 10, skipping busy blocks."""
+    if not 0 < base_port < 65536 - PORT_STEP:
+        raise ConfigError(f"base port must be 1..{65535 - PORT_STEP}, not {base_port}")
+    taken = taken or set()
+    found: list[int] = []
+    port = base_port
+    while len(found) < count:
+        if port + HTTP_OFFSET > 65535:
+            raise ConfigError(f"no {count} free port blocks at or after {base_port}")
+        block = (port, port + 1, port + 2, port + HTTP_OFFSET)
+        if not taken.intersection(block) and all(port_free(p) for p in block):
+            found.append(port)
+        port += PORT_STEP
+    return found
+
+
+@dataclass
+class DevNode:
+    """One node process of the dev cluster."""
+
+    node_id: str
+    port: int
+    proc: Proc
+
+    @property
+    def http_port(self) -> int:
+        return self.port + HTTP_OFFSET
+
+    @property
+    def service(self) -> str:
+        return f"tcp://{HOST}:{self.port}"
+
+    @property
+    def exit_code(self) -> int | None:
+        """The process's exit code; ``None`` while it runs."""
+        return self.proc.proc.poll() if self.proc.proc is not None else None
+
+    def describe(self) -> str:
+        return (f"node {self.node_id}  service {self.service}  peer tcp://{HOST}:{self.port + 1}  "
+                f"pub tcp://{HOST}:{self.port + 2}  http http://{HOST}:{self.http_port}  "
+                f"(pid {self.proc.pid}, log {self.proc.log_path})")
+
+
+class DevCluster:
+    """ZooKeeper (unless ``zk`` is given), ``nodes`` node processes and optional workers."""
+
+    def __init__(
+        self,
+        nodes: int = 3,
+        *,
+        zk: str | None = None,
+        base_port: int = 7450,
+        cluster: str = "dev",
+        replicas: int | None = None,
+        data_dir: str | None = None,
+        workers: str | None = None,
+        worker_processes: int = 1,
+        log_dir: str | None = None,
+        ready_timeout: float = 60.0,
+        stop_timeout: float = 20.0,
+    ) -> None:
+        if nodes < 1:
+            raise ConfigError("a dev cluster needs at least one node")
+        if worker_processes < 1:
+            raise ConfigError("--worker-processes must be at least 1")
+        if replicas is not None and replicas < 1:
+            raise ConfigError("--replicas must be at least 1")
+        self.size = nodes
+        self.zk_given = zk
+        self.base_port = base_port
+        self.cluster = cluster
+        self.replicas = replicas if replicas is not None else min(3, nodes)
+        self.data_dir = data_dir
+        self.workers_app = workers
+        self.worker_processes = worker_processes
+        self.log_dir = log_dir or tempfile.mkdtemp(prefix="miyaq-dev-")
+        self.ready_timeout = ready_timeout
+        self.stop_timeout = stop_timeout
+        self.zookeeper: ZooKeeperServer | None = None
+        self.nodes: list[DevNode] = []
+        self.workers: Proc | None = None
+        self._stop = threading.Event()
+        self._stopped = False
+
+    # -- what users connect to ------------------------------------------------
+
+    @property
+    def zk_hosts(self) -> str:
+        if self.zk_given:
+            return self.zk_given
+        if self.zookeeper is None:
+            raise MiyaqError("the dev cluster's ZooKeeper is not started")
+        return self.zookeeper.hosts
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [n.service for n in self.nodes]
+
+    def request_stop(self) -> None:
+        """Ask a running :meth:`start` or :meth:`wait` to return; safe from a signal handler."""
+        self._stop.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    # -- starting ---------------------------------------------------------------
+
+    def start(self) -> bool:
+        """Start everything and wait until the ring is whole; ``False`` if asked to stop first."""
+        os.makedirs(self.log_dir, exist_ok=True)
+        if self.zk_given is None:
+            self.zookeeper = ZooKeeperServer(workdir=Path(self.log_dir) / "zookeeper")
+            self.zookeeper.start()
+        if self._stop.is_set():
+            return False
+        for index, port in enumerate(port_blocks(self.base_port, self.size), 1):
+            self.nodes.append(self._start_node(f"n{index}", port))
+        if not self._wait_ready():
+            return False
+        if self.workers_app:
+            self.workers = Proc(["worker", self.workers_app, "--processes", str(self.worker_processes),
+                                 "--connect", ",".join(self.endpoints)],
+                                name="workers", log_dir=self.log_dir).start()
+        return True
+
+    def _start_node(self, node_id: str, port: int) -> DevNode:
+        args = ["node", "--zk", self.zk_hosts, "--cluster", self.cluster, "--node-id", node_id,
+                "--host", HOST, "--port", str(port), "--http-port", str(port + HTTP_OFFSET),
+                "--replicas", str(self.replicas)]
+        if self.data_dir:
+            path = os.path.join(self.data_dir, node_id)
+            os.makedirs(path, exist_ok=True)
+            args += ["--data-dir", path]
+        proc = Proc(args, name=node_id, log_dir=self.log_dir).start()
+        logger.info("dev cluster: started %s on port %d (pid %d)", node_id, port, proc.pid)
+        return DevNode(node_id, port, proc)
+
+    def _wait_ready(self) -> bool:
+        from miyaq.cluster.ring_admin import RingAdmin
+        wanted = {n.node_id for n in self.nodes}
+        deadline = time.monotonic() + self.ready_timeout
+        last = "no ring yet"
+        with RingAdmin(self.zk_hosts, self.cluster, connect_timeout=10.0, timeout=10.0) as admin:
+            while True:
+                if self._stop.is_set():
+                    return False
+                dead = self.dead_nodes()
+                if dead:
+                    node = dead[0]
+                    raise MiyaqError(f"node {node.node_id} exited with code {node.exit_code} "
+                                     f"during start; its log ({node.proc.log_path}) ends:\n"
+                                     f"{node.proc.log_tail(30)}")
+                status = admin.status()
+                in_ring = {k for k, m in status["members"].items() if m["in_ring"]}
+                last = f"epoch {status['epoch']}, in ring {sorted(in_ring)}, leader {status['leader']}"
+                if wanted <= in_ring and status["leader"] in wanted and self._all_serving():
+                    return True
+                if time.monotonic() >= deadline:
+                    raise Timeout(f"the dev cluster was not ready within {self.ready_timeout:g}s "
+                                  f"({last}); logs in {self.log_dir}")
+                self._stop.wait(0.2)
+
+    def _all_serving(self) -> bool:
+        from miyaq.client.client import Client
+        for node in self.nodes:
+            client = Client(node.service, request_timeout=1.0, green=False)
+            try:
+                client.status()
+            except MiyaqError:
+                return False
+            finally:
+                client.close(flush=False)
+        return True
+
+    # -- running ----------------------------------------------------------------
+
+    def dead_nodes(self) -> list[DevNode]:
+        """Nodes whose process has exited."""
+        return [n for n in self.nodes if not n.proc.alive()]
+
+    def wait(self, duration: float | None = None, on_exit: Callable[[DevNode], None] | None = None) -> None:
+        """Block until :meth:`request_stop` or ``duration`` seconds; report nodes that exit meanwhile."""
+        deadline = None if duration is None else time.monotonic() + duration
+        reported: set[str] = set()
+        while not self._stop.is_set():
+            for node in self.dead_nodes():
+                if node.node_id not in reported:
+                    reported.add(node.node_id)
+                    if on_exit is not None:
+                        on_exit(node)
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return
+            self._stop.wait(1.0 if left is None else min(1.0, left))
+
+    # -- stopping ---------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Workers, then nodes (SIGTERM, then SIGKILL), then our ZooKeeper. Never raises."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.workers is not None:
+            self._end([self.workers])
+        self._end([n.proc for n in self.nodes])
+        if self.zookeeper is not None:
+            try:
+                self.zookeeper.stop()
+            except Exception:
+                logger.exception("dev cluster: stopping ZooKeeper failed")
+
+    def _end(self, procs: list[Proc]) -> None:
+        """SIGTERM every process at once, wait, then SIGKILL what is left of their process groups."""
+        for proc in procs:
+            proc.signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout
+        for proc in procs:
+            if proc.proc is None:
+                continue
+            try:
+                proc.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                logger.warning("dev cluster: %s did not stop within %gs; killing it", proc.name, self.stop_timeout)
+            # Each process leads its own group (start_new_session): this also
+            # takes down any child it left behind (worker processes).
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            if proc.proc.poll() is None:
+                proc.proc.wait(10)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

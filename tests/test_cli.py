@@ -1,0 +1,173 @@
+"""The producer and operator command line against real processes: a node
+subprocess, a worker subprocess running ``apps.basic:app``, and ``miyaq``
+itself run as a subprocess per command, as a user would type it.
+
+Conditions are waited for with an in-process Client (faster than polling
+the CLI); subprocess timeouts only guard against hangs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from miyaq.testing.harness import free_port, wait_for
+
+MIYAQ = [sys.executable, "-m", "miyaq.cli.main"]
+GUARD = 60      # seconds; a hung command fails the test instead of blocking it
+
+
+def miyaq(*argv: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "MIYAQ_CONNECT"}
+    return subprocess.run([*MIYAQ, *argv], capture_output=True, text=True, env=env, timeout=GUARD)
+
+
+def ok(*argv: str) -> str:
+    done = miyaq(*argv)
+    assert done.returncode == 0, (argv, done.returncode, done.stdout, done.stderr)
+    return done.stdout
+
+
+def ok_json(*argv: str):
+    return json.loads(ok(*argv, "--json"))
+
+
+@pytest.fixture
+def node(procs):
+    return procs.node()
+
+
+@pytest.fixture
+def worker(procs, node):
+    return procs.worker("apps.basic:app", node.endpoint)
+
+
+@pytest.fixture
+def client(node, client_for):
+    return client_for(node.endpoint)
+
+
+def test_submit_wait_prints_the_result(node, worker):
+    """``miyaq submit add --args '[2,3]' --wait --json`` prints the result 5."""
+    out = ok_json("submit", "add", "--args", "[2,3]", "--wait", "--connect", node.endpoint)
+    assert out["result"] == 5 and out["status"] == "accepted"
+    assert re.fullmatch(r"[0-9a-f]{32}", out["id"])
+    text = ok("submit", "add", "--args", "[20, 22]", "--kwargs", "{}", "--wait", "--connect", node.endpoint)
+    assert "result: 42" in text.splitlines()
+
+
+def test_submit_with_a_key_twice_is_a_duplicate_with_the_same_id(node, client):
+    """Two submits with the same --key: the second answers "duplicate" with the first id."""
+    argv = ("submit", "echo", "--args", '["hi"]', "--countdown", "60", "--key", "k", "--connect", node.endpoint)
+    first = ok_json(*argv)
+    second = ok_json(*argv)
+    assert first["status"] == "accepted" and second["status"] == "duplicate"
+    assert second["id"] == first["id"]
+    assert [t["id"] for t in client.tasks()] == [first["id"]]
+
+
+def test_submit_options_reach_the_node(node, client):
+    """--id, --queue, --priority, --max-retries and --timeout are stored on the task."""
+    ok("submit", "echo", "--id", "cli-opts-1", "--queue", "q9", "--priority", "-3", "--max-retries", "7",
+       "--timeout", "12.5", "--countdown", "60", "--connect", node.endpoint)
+    info = client.status("cli-opts-1")
+    assert (info["queue"], info["priority"], info["max_retries"], info["timeout"], info["state"]) == (
+        "q9", -3, 7, 12.5, "scheduled")
+
+
+def test_status_of_the_node_as_a_table_and_as_json(node, worker, client):
+    """``miyaq status`` prints the node line, the totals and one row per
+    queue; ``--json`` prints the same status as JSON."""
+    client.submit("echo", [1], queue="q1", countdown=60, wait=True)
+    wait_for(lambda: client.status()["totals"]["workers"] == 1, what="worker registered")
+    lines = ok("status", "--connect", node.endpoint).splitlines()
+    assert lines[0].startswith(f"node n{node.port} ")
+    assert "live 1" in lines[1] and "workers 1" in lines[1]
+    assert lines[2].split() == ["queue", "scheduled", "ready", "running", "retrying", "dead", "workers", "idle"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[3:]}
+    assert rows["q1"][:5] == ["1", "0", "0", "0", "0"]
+    assert rows["default"][5] == "1"                  # one worker consumes "default"
+    status = ok_json("status", "--connect", node.endpoint)
+    assert status["node"] == f"n{node.port}" and status["totals"]["live"] == 1
+    assert status["queues"]["q1"]["scheduled"] == 1
+
+
+def test_status_of_one_task(node):
+    """``miyaq status ID`` prints the task's fields; an unknown id is an error (exit 2)."""
+    task_id = ok_json("submit", "echo", "--countdown", "60", "--queue", "qs", "--connect", node.endpoint)["id"]
+    lines = ok("status", task_id, "--connect", node.endpoint).splitlines()
+    assert f"id: {task_id}" in lines and "state: scheduled" in lines and "queue: qs" in lines
+    info = ok_json("status", task_id, "--connect", node.endpoint)
+    assert info["id"] == task_id and info["state"] == "scheduled" and info["name"] == "echo"
+    done = miyaq("status", "no-such-task", "--connect", node.endpoint)
+    assert done.returncode == 2 and "error" in done.stderr and "no-such-task" in done.stderr
+
+
+def test_tasks_filters_by_queue_and_state(node):
+    """``miyaq tasks --queue Q --state scheduled`` lists exactly those tasks."""
+    ids = [ok_json("submit", "echo", "--queue", "tq", "--countdown", "60", "--connect", node.endpoint)["id"]
+           for _ in range(2)]
+    ok("submit", "echo", "--queue", "tq", "--connect", node.endpoint)                    # ready
+    ok("submit", "echo", "--queue", "other", "--countdown", "60", "--connect", node.endpoint)
+    listed = ok_json("tasks", "--queue", "tq", "--state", "scheduled", "--connect", node.endpoint)
+    assert sorted(t["id"] for t in listed) == sorted(ids)
+    assert all(t["queue"] == "tq" and t["state"] == "scheduled" for t in listed)
+    done = miyaq("tasks", "--queue", "tq", "--state", "scheduled", "--connect", node.endpoint)
+    assert done.returncode == 0 and "2 task(s)" in done.stderr
+    assert sorted(line.split()[0] for line in done.stdout.splitlines()) == sorted(ids)
+    bad = miyaq("tasks", "--state", "sleeping", "--connect", node.endpoint)
+    assert bad.returncode == 2 and "error" in bad.stderr
+
+
+def test_cancel_then_cancel_again(node, client):
+    """``miyaq cancel ID`` exits 0 when it cancelled the task, 1 when it was already over."""
+    task_id = ok_json("submit", "echo", "--countdown", "60", "--connect", node.endpoint)["id"]
+    first = miyaq("cancel", task_id, "--connect", node.endpoint, "--json")
+    assert first.returncode == 0 and json.loads(first.stdout) == {"id": task_id, "cancelled": True}
+    again = miyaq("cancel", task_id, "--connect", node.endpoint, "--json")
+    assert again.returncode == 1 and json.loads(again.stdout) == {"id": task_id, "cancelled": False}
+    assert client.status(task_id)["state"] == "cancelled"
+
+
+def test_dead_list_retry_and_purge(node, worker, client):
+    """A rejected task lands in the dead letters: ``dead list`` shows it with
+    its error, ``dead retry ID`` runs it again, ``dead purge`` empties the queue."""
+    task_id = ok_json("submit", "reject", "--connect", node.endpoint)["id"]
+    wait_for(lambda: [t["id"] for t in client.dead("list")["tasks"]] == [task_id], what="task dead")
+    listed = ok_json("dead", "list", "--connect", node.endpoint)
+    assert [t["id"] for t in listed] == [task_id] and listed[0]["error"]["type"] == "Reject"
+    done = miyaq("dead", "list", "--connect", node.endpoint)
+    assert done.returncode == 0 and "1 dead task(s)" in done.stderr
+    assert task_id in done.stdout and "Reject: bad input" in done.stdout
+
+    assert ok_json("dead", "retry", task_id, "--connect", node.endpoint) == {"retried": [task_id]}
+    wait_for(lambda: client.status(task_id)["state"] == "dead" and client.status(task_id)["attempt"] == 1
+             and client.status()["outcomes"].get("dead", 0) == 2, what="retried task dead again")
+    assert ok_json("dead", "purge", "--connect", node.endpoint) == {"purged": 1}
+    assert ok_json("dead", "list", "--connect", node.endpoint) == []
+
+
+def test_bad_args_json_is_a_usage_error():
+    """Malformed --args / --kwargs JSON (or the wrong JSON type) exits 2 with
+    an error on stderr, before connecting anywhere."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    for extra in (["--args", "[2,"], ["--args", '{"a": 1}'], ["--kwargs", "[1]"], ["--kwargs", "{nope}"]):
+        done = miyaq("submit", "add", *extra, "--connect", endpoint)
+        assert done.returncode == 2, (extra, done.stdout, done.stderr)
+        assert "error" in done.stderr and ("--args" in done.stderr or "--kwargs" in done.stderr)
+        assert done.stdout == ""
+
+
+def test_no_node_running_is_a_clear_error_not_a_hang():
+    """Fault: nothing listens on the endpoint. ``miyaq status`` gives up after
+    its request timeout with an error on stderr and exit 2 (the subprocess
+    timeout only catches a hang)."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    done = miyaq("status", "--connect", endpoint)
+    assert done.returncode == 2
+    assert done.stderr.startswith("miyaq: error:") and "connection" in done.stderr
+    assert done.stdout == ""

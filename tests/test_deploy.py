@@ -1,0 +1,315 @@
+"""The deployment files in ``deploy/`` against the code they deploy.
+
+Each test catches a mistake that would only show up on a real machine: a file
+that does not parse, a ``miyaq`` command or flag that does not exist, a
+``MIYAQ_*`` variable no part of miyaq reads (a typo silently ignored), a
+node setting with a value the node refuses, or a stop timeout shorter than
+the drain it must allow. No containers or systemd are needed.
+"""
+from __future__ import annotations
+
+import argparse
+import configparser
+import inspect
+import re
+import shlex
+from collections.abc import Iterator
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import miyaq.cli.ring_cmd
+import miyaq.cli.worker_cmd
+from miyaq.cli.main import build_parser
+from miyaq.config import NodeConfig
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
+ENV_FILE = DEPLOY / "systemd" / "miyaq.env"
+COMPOSE = DEPLOY / "docker-compose.yml"
+K8S = DEPLOY / "k8s" / "miyaq.yaml"
+SAMPLE_APP = "yourpackage.tasks:app"
+VAR = re.compile(r"\bMIYAQ_[A-Z0-9_]+\b")
+
+NODE_VARS = {"MIYAQ_CONFIG"} | {"MIYAQ_" + f.name.upper() for f in fields(NodeConfig)}
+
+
+def _read_by(module: Any) -> set[str]:
+    """The MIYAQ_* names a CLI module reads (they appear in its source as string literals)."""
+    return set(re.findall(r"[\"'](MIYAQ_[A-Z0-9_]+)[\"']", inspect.getsource(module)))
+
+
+WORKER_VARS = _read_by(miyaq.cli.worker_cmd)
+RING_VARS = _read_by(miyaq.cli.ring_cmd)
+ALL_VARS = NODE_VARS | WORKER_VARS | RING_VARS
+ROLE_VARS = {"node": NODE_VARS, "worker": WORKER_VARS}
+
+
+# -- commands -------------------------------------------------------------------
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def check_command(argv: list[str], where: str) -> None:
+    """``miyaq ARGV`` names real (sub)commands, only their flags, and parses as a whole."""
+    parser = build_parser()
+    current, path = parser, ["miyaq"]
+    for token in argv:
+        subs = _subcommands(current)
+        if token in subs:
+            current, path = subs[token], [*path, token]
+        elif not subs or not token.startswith("-"):
+            break
+    assert len(path) > 1, f"{where}: `miyaq {' '.join(argv)}`: {argv[:1]} is not a miyaq command"
+    for token in argv:
+        if token.startswith("--"):
+            flag = token.split("=", 1)[0]
+            assert flag in current._option_string_actions, (
+                f"{where}: {flag} is not an option of `{' '.join(path)}`")
+    try:
+        parser.parse_args(argv)
+    except SystemExit:
+        pytest.fail(f"{where}: `miyaq {' '.join(argv)}` does not parse")
+
+
+def unit_sections(path: Path) -> configparser.RawConfigParser:
+    parser = configparser.RawConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # systemd keys are case-sensitive
+    parser.read_string(path.read_text(), source=str(path))
+    return parser
+
+
+def unit_values(path: Path, key: str) -> list[str]:
+    """Every value of ``key`` (systemd allows repeating a key; configparser keeps the last)."""
+    return [m.group(1).strip() for m in re.finditer(rf"^{key}=(.*)$", path.read_text(), re.MULTILINE)]
+
+
+def env_file(path: Path) -> dict[str, str]:
+    """KEY=value lines, including commented-out ``#MIYAQ_X=`` examples a user may enable."""
+    out = {}
+    for line in path.read_text().splitlines():
+        m = re.match(r"^#?\s*([A-Z][A-Z0-9_]*)=(.*)$", line)
+        if m and (not line.startswith("#") or m.group(1).startswith("MIYAQ_")):
+            out[m.group(1)] = m.group(2)
+    return out
+
+
+def yaml_documents(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def role(argv: list[str]) -> str:
+    return argv[0] if argv and argv[0] in ROLE_VARS else "other"
+
+
+def check_node_values(values: dict[str, str], where: str) -> None:
+    """The node accepts these settings (types, ranges, choices)."""
+    environ = {k: v for k, v in values.items() if k in NODE_VARS}
+    try:
+        NodeConfig.load({}, environ)
+    except Exception as exc:  # noqa: BLE001 - the message is the point
+        pytest.fail(f"{where}: the node refuses these settings: {exc}")
+
+
+def duration(text: str | int) -> float:
+    """Seconds of a systemd/compose duration (``45``, ``45s``, ``1m``, ``1m30s``)."""
+    if isinstance(text, int):
+        return float(text)
+    total = 0.0
+    for number, unit in re.findall(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h)?", str(text)):
+        total += float(number) * {"ms": 0.001, "s": 1, "": 1, "m": 60, "h": 3600}[unit]
+    return total
+
+
+# -- systemd --------------------------------------------------------------------
+
+
+def test_unit_files_parse_and_run_real_commands():
+    """Catches: a typo in a section or an ExecStart that runs a command or flag miyaq lacks."""
+    assert {p.name for p in UNITS} == {"miyaq-node.service", "miyaq-worker@.service"}
+    for path in UNITS:
+        sections = unit_sections(path)
+        assert {"Unit", "Service", "Install"} <= set(sections.sections()), path.name
+        (exec_start,) = unit_values(path, "ExecStart")
+        argv = shlex.split(exec_start.replace("%I", SAMPLE_APP).replace("%i", SAMPLE_APP))
+        assert Path(argv[0]).name == "miyaq", f"{path.name}: ExecStart runs {argv[0]}"
+        check_command(argv[1:], path.name)
+        files = unit_values(path, "EnvironmentFile")
+        required = [f for f in files if not f.startswith("-")]
+        assert [Path(f).name for f in required] == [ENV_FILE.name], f"{path.name} must read {ENV_FILE.name}"
+        for value in unit_values(path, "Environment"):
+            for name in VAR.findall(value):
+                assert name in ALL_VARS, f"{path.name}: {name} is read by no part of miyaq"
+
+
+def test_env_file_variables_are_real_settings():
+    """Catches: a MIYAQ_* name that nothing reads, or a node value the node rejects."""
+    values = env_file(ENV_FILE)
+    unknown = sorted(k for k in values if k.startswith("MIYAQ_") and k not in ALL_VARS)
+    assert not unknown, f"{ENV_FILE.name}: no part of miyaq reads {unknown}"
+    assert {"MIYAQ_ZK", "MIYAQ_CLUSTER", "MIYAQ_CONNECT", "MIYAQ_DATA_DIR"} <= set(values)
+    check_node_values(values, ENV_FILE.name)
+
+
+def test_unit_stop_timeouts_cover_the_drain():
+    """Catches: systemd killing a node or worker before its SIGTERM drain may end."""
+    values = env_file(ENV_FILE)
+    drains = {"miyaq-node.service": float(values.get("MIYAQ_SHUTDOWN_GRACE", 30)),
+              "miyaq-worker@.service": float(values.get("MIYAQ_GRACE", 30))}
+    for path in UNITS:
+        (timeout,) = unit_values(path, "TimeoutStopSec")
+        assert duration(timeout) > drains[path.name], f"{path.name}: TimeoutStopSec {timeout}"
+
+
+# -- Docker ---------------------------------------------------------------------
+
+
+def test_dockerfile_runs_miyaq_node_by_default():
+    """Catches: an image whose entrypoint or default command is not a miyaq command."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    entrypoint = yaml.safe_load(re.search(r"^ENTRYPOINT (.*)$", text, re.MULTILINE).group(1))
+    command = yaml.safe_load(re.search(r"^CMD (.*)$", text, re.MULTILINE).group(1))
+    assert entrypoint == ["miyaq"]
+    check_command(command, "Dockerfile CMD")
+    assert re.search(r"^RUN pip install ", text, re.MULTILINE), "the image must pip-install the package"
+
+
+def compose_services() -> dict[str, dict[str, Any]]:
+    return yaml.safe_load(COMPOSE.read_text())["services"]
+
+
+def test_compose_parses_and_runs_real_commands():
+    """Catches: a compose service that runs a command, flag or variable miyaq lacks."""
+    services = compose_services()
+    assert "zookeeper" in services
+    miyaq_services = {k: s for k, s in services.items() if str(s.get("image", "")).startswith("miyaq")}
+    roles = {}
+    for name, service in miyaq_services.items():
+        assert service["build"]["dockerfile"] == "deploy/Dockerfile", name
+        argv = [str(a) for a in service.get("command", ["node"])]
+        check_command(argv, f"compose service {name}")
+        roles[name] = role(argv)
+        env = {k: str(v) for k, v in (service.get("environment") or {}).items()}
+        for var in env:
+            assert var in ROLE_VARS.get(roles[name], ALL_VARS), f"compose {name}: {roles[name]} does not read {var}"
+        if roles[name] == "node":
+            check_node_values(env, f"compose service {name}")
+    nodes = {k for k, r in roles.items() if r == "node"}
+    assert len(nodes) == 3 and "worker" in roles.values()
+    ids = [miyaq_services[n]["environment"]["MIYAQ_NODE_ID"] for n in sorted(nodes)]
+    assert len(set(ids)) == 3, f"node ids must be unique: {ids}"
+    for name in nodes:
+        service = miyaq_services[name]
+        assert service["environment"]["MIYAQ_ZK"].split(":")[0] in services
+        assert service["hostname"] == name, f"{name} must advertise a name the others resolve"
+        assert duration(service["stop_grace_period"]) > 30
+    for name, r in roles.items():
+        if r == "worker":
+            for endpoint in miyaq_services[name]["environment"]["MIYAQ_CONNECT"].split(","):
+                host = re.match(r"tcp://([^:]+):\d+$", endpoint).group(1)
+                assert host in nodes, f"compose {name}: {endpoint} is not a node service"
+
+
+# -- Kubernetes -----------------------------------------------------------------
+
+
+def k8s_objects() -> dict[tuple[str, str], dict[str, Any]]:
+    return {(d["kind"], d["metadata"]["name"]): d for d in yaml_documents(K8S)}
+
+
+def containers(obj: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield from obj["spec"]["template"]["spec"]["containers"]
+
+
+def test_k8s_manifest_parses_and_runs_real_commands():
+    """Catches: a pod that runs a command, flag or variable miyaq lacks, or bad node settings."""
+    objects = k8s_objects()
+    config = next(o for (kind, _), o in objects.items() if kind == "ConfigMap")
+    roles_seen = set()
+    for (kind, name), obj in objects.items():
+        if kind not in ("StatefulSet", "Deployment"):
+            continue
+        for container in containers(obj):
+            assert "command" not in container, f"{name}: keep the image's entrypoint (miyaq)"
+            argv = [str(a) for a in container.get("args", ["node"])]
+            check_command(argv, f"{kind}/{name}")
+            r = role(argv)
+            roles_seen.add((kind, r))
+            values: dict[str, str] = {}
+            for source in container.get("envFrom", []):
+                assert source["configMapRef"]["name"] == config["metadata"]["name"]
+                values.update(config["data"])
+            # Variables set from the pod (valueFrom) have no value to check here.
+            literal = {e["name"]: str(e["value"]) for e in container.get("env", []) if "value" in e}
+            values.update(literal)
+            for var in values.keys() | {e["name"] for e in container.get("env", [])}:
+                if var.startswith("MIYAQ_"):
+                    assert var in ROLE_VARS[r], f"{kind}/{name}: {r} does not read {var}"
+            if r == "node":
+                check_node_values(values, f"{kind}/{name}")
+            grace = obj["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+            drain = float(values.get("MIYAQ_SHUTDOWN_GRACE" if r == "node" else "MIYAQ_GRACE", 30))
+            assert grace > drain, f"{kind}/{name}: terminationGracePeriodSeconds {grace} <= drain {drain}"
+    assert roles_seen == {("StatefulSet", "node"), ("Deployment", "worker")}
+
+
+def test_k8s_statefulset_identity_discovery_and_readiness():
+    """Catches: node ids that change on restart, a missing headless Service, a probe on the wrong port."""
+    objects = k8s_objects()
+    (sts,) = [o for (kind, _), o in objects.items() if kind == "StatefulSet"]
+    service = objects[("Service", sts["spec"]["serviceName"])]
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
+    (node,) = containers(sts)
+    env = {e["name"]: e for e in node["env"]}
+    assert env["MIYAQ_NODE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    config = next(o for (kind, _), o in objects.items() if kind == "ConfigMap")
+    assert config["data"]["MIYAQ_ZK"], "the ZooKeeper connection string comes from the environment"
+    ports = {p["name"]: p["containerPort"] for p in node["ports"]}
+    probe = node["readinessProbe"]["tcpSocket"]["port"]
+    assert ports.get(probe, probe) == int(config["data"]["MIYAQ_PORT"]), "readiness must probe the service port"
+    mounts = {m["name"]: m["mountPath"] for m in node["volumeMounts"]}
+    claims = {c["metadata"]["name"] for c in sts["spec"]["volumeClaimTemplates"]}
+    assert config["data"]["MIYAQ_DATA_DIR"] in {mounts[c] for c in claims}, "the log must live on the volume"
+    (worker_deployment,) = [o for (kind, _), o in objects.items() if kind == "Deployment"]
+    (worker,) = containers(worker_deployment)
+    connect = {e["name"]: e.get("value") for e in worker["env"]}["MIYAQ_CONNECT"]
+    for endpoint in connect.split(","):
+        host = re.match(r"tcp://([^:]+):(\d+)$", endpoint)
+        assert host and host.group(1).split(".")[1] == service["metadata"]["name"], endpoint
+
+
+# -- the walkthrough ------------------------------------------------------------
+
+
+def readme_commands() -> Iterator[list[str]]:
+    """``miyaq ...`` command lines in the README's shell code blocks (also after ``exec X``, ``--``)."""
+    language = None  # None: outside a fenced block
+    for raw in (DEPLOY / "README.md").read_text().splitlines():
+        line = raw.strip()
+        if line.startswith("```"):
+            language = line[3:].strip() if language is None else None
+            continue
+        if language not in ("sh", "bash", ""):
+            continue
+        m = re.search(r"(?:^|\bexec \S+ |-- |\bbin/)miyaq (.*)$", line.split(" #", 1)[0])
+        if m:
+            yield shlex.split(m.group(1))
+
+
+def test_readme_commands_and_variables_exist():
+    """Catches: the walkthrough telling users to run a command, flag or variable that does not exist."""
+    commands = list(readme_commands())
+    assert len(commands) >= 10
+    for argv in commands:
+        check_command(argv, "deploy/README.md")
+    unknown = sorted(set(VAR.findall((DEPLOY / "README.md").read_text())) - ALL_VARS)
+    assert not unknown, f"deploy/README.md names variables nothing reads: {unknown}"

@@ -1,0 +1,188 @@
+"""``miyaq dev-cluster`` as a user runs it: a subprocess that starts ZooKeeper and
+three nodes, reports "ready", is checked with ``miyaq ring --json``, and is
+stopped with SIGTERM -- after which none of the processes it started may be left.
+
+Every wait is a bounded poll that fails at its deadline; every process this
+test starts is killed at teardown whatever happens.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from miyaq.testing.harness import free_port
+
+READY_TIMEOUT = 120.0
+STOP_TIMEOUT = 90.0
+
+
+def descendants(root: int) -> dict[int, str]:
+    """Every live process under ``root`` (children, grandchildren, ...): pid -> command line."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # The command name is in parentheses and may hold spaces; ppid follows the state.
+        fields = stat.rsplit(")", 1)[1].split()
+        parents[int(entry)] = int(fields[1])
+    found: dict[int, str] = {}
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, ppid in parents.items():
+            if ppid == parent and pid not in found:
+                found[pid] = _cmdline(pid)
+                frontier.append(pid)
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def still_running(pid: int, cmdline: str) -> bool:
+    """True if ``pid`` is still the process we saw (not gone, not a zombie, not a reused pid)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z" and _cmdline(pid) == cmdline
+
+
+class DevClusterProc:
+    """The ``miyaq dev-cluster`` subprocess, its output read line by line by a thread."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "miyaq.cli.main", "dev-cluster", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for_line(self, prefix: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                pytest.fail(f"no line starting with {prefix!r} within {timeout:g}s:\n" + "\n".join(self.lines))
+            try:
+                line = self._queue.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                pytest.fail(f"dev-cluster exited ({self.proc.wait()}) before {prefix!r}:\n" + "\n".join(self.lines))
+            self.lines.append(line)
+            if line.startswith(prefix):
+                return line
+
+    def output(self) -> str:
+        self._reader.join(10)
+        while True:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                return "\n".join(self.lines)
+            if line is not None:
+                self.lines.append(line)
+
+
+class DevClusters:
+    """Starts dev-cluster subprocesses and remembers every process they spawned."""
+
+    def __init__(self) -> None:
+        self.started: list[DevClusterProc] = []
+        self.seen: dict[int, str] = {}
+
+    def start(self, *args: str) -> DevClusterProc:
+        p = DevClusterProc(*args)
+        self.started.append(p)
+        return p
+
+    def kill_all(self) -> None:
+        for p in self.started:
+            self.seen.update(descendants(p.proc.pid))
+            if p.proc.poll() is None:
+                os.killpg(p.proc.pid, signal.SIGKILL)
+                p.proc.wait(10)
+        for pid, cmdline in self.seen.items():  # nothing the test saw may outlive it
+            if still_running(pid, cmdline):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def dev_clusters() -> Iterator[DevClusters]:
+    clusters = DevClusters()
+    yield clusters
+    clusters.kill_all()
+
+
+def test_dev_cluster_forms_a_ring_and_sigterm_stops_every_process(dev_clusters, tmp_path):
+    """Fault: the operator stops a running dev cluster with SIGTERM (as systemd or kill would)."""
+    cluster = dev_clusters.start("--nodes", "3", "--base-port", str(free_port()), "--cluster", "devtest",
+                          "--duration", "300", "--log-dir", str(tmp_path / "logs"))
+    ready = cluster.wait_for_line("ready ", READY_TIMEOUT)
+    info = dict(part.split("=", 1) for part in ready.split()[1:])
+    assert info["cluster"] == "devtest" and len(info["connect"].split(",")) == 3
+
+    answer = subprocess.run(
+        [sys.executable, "-m", "miyaq.cli.main", "ring", "--zk", info["zk"], "--cluster", "devtest", "--json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert answer.returncode == 0, answer.stderr
+    ring = json.loads(answer.stdout)
+    in_ring = {node_id for node_id, m in ring["members"].items() if m["in_ring"]}
+    assert in_ring == {"n1", "n2", "n3"}
+    assert ring["leader"] in in_ring and ring["epoch"] >= 1
+    assert {m["service"] for m in ring["members"].values()} == set(info["connect"].split(","))
+    assert all(m["tasks"] == 0 for m in ring["members"].values())
+
+    children = descendants(cluster.proc.pid)
+    dev_clusters.seen.update(children)
+    assert sum(" node " in c for c in children.values()) == 3, children
+    assert any("QuorumPeerMain" in c for c in children.values()), children
+
+    cluster.proc.send_signal(signal.SIGTERM)
+    assert cluster.proc.wait(STOP_TIMEOUT) == 0, cluster.output()
+    deadline = time.monotonic() + 30
+    while left := {pid: c for pid, c in children.items() if still_running(pid, c)}:
+        if time.monotonic() >= deadline:
+            pytest.fail(f"processes left after dev-cluster stopped: {left}")
+        time.sleep(0.1)
+    assert "stopped; logs kept in" in cluster.output()
+    assert (tmp_path / "logs" / "n1.log").is_file()
+
+
+def test_dev_cluster_with_unreachable_zookeeper_fails_cleanly(dev_clusters, tmp_path):
+    """Fault: --zk names a ZooKeeper that is not there; the nodes cannot register."""
+    cluster = dev_clusters.start("--nodes", "1", "--zk", f"127.0.0.1:{free_port()}", "--base-port", str(free_port()),
+                          "--log-dir", str(tmp_path / "logs"))
+    code = cluster.proc.wait(STOP_TIMEOUT)
+    output = cluster.output()
+    assert code == 2, output
+    assert "miyaq: error:" in output and "stopped; logs kept in" in output

@@ -1,0 +1,146 @@
+"""docs/openapi.json is the document the node serves, lists exactly the
+routes the node has, and every real response (success and error) of every
+endpoint validates against it (jsonschema, draft 2020-12 as OpenAPI 3.1)."""
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import jsonschema
+import pytest
+from gateway_harness import FIXTURES, Http, wait_for
+
+from miyaq.gateway.openapi import build
+
+http_node, api, make_http_node, make_web_worker = FIXTURES   # pytest finds fixtures in module globals
+
+DOC_PATH = pathlib.Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
+
+
+@pytest.fixture(scope="module")
+def doc() -> dict[str, Any]:
+    return json.loads(DOC_PATH.read_text())
+
+
+def test_docs_copy_is_the_served_document(make_http_node, doc):
+    assert doc == build(), "docs/openapi.json is stale: python -m miyaq.gateway.openapi > docs/openapi.json"
+    node = make_http_node()
+    api = Http(node.url)
+    try:
+        status, served, _ = api.get("/openapi.json")
+        assert status == 200 and served == doc
+        routes = node.call(lambda: {(r.method.lower(), r.template) for r in node.node.gateway.router.routes})
+    finally:
+        api.close()
+    documented = {(method, path) for path, item in doc["paths"].items() for method in item}
+    assert routes == documented
+
+
+class Checker:
+    """Calls endpoints by template and validates each answer against the document."""
+
+    def __init__(self, api: Http, doc: dict[str, Any]) -> None:
+        self.api = api
+        self.doc = doc
+        self.seen: set[tuple[str, str, int]] = set()
+
+    def __call__(self, method: str, template: str, body: Any = None, query: str = "", *,
+                 raw: bytes | None = None, content_type: str | None = None, **params: str) -> tuple[int, Any]:
+        path = template.format(**params) + (("?" + query) if query else "")
+        status, answer, headers = self.api.request(method, path, body, raw=raw, content_type=content_type)
+        responses = self.doc["paths"][template][method.lower()]["responses"]
+        assert str(status) in responses, f"{method} {template} answered {status}, not documented: {answer}"
+        content = responses[str(status)]["content"]
+        media = headers["content-type"].split(";")[0]
+        assert media in content, f"{method} {template} {status} answered {media}"
+        if media == "application/json":
+            schema = {**content[media]["schema"], "components": self.doc["components"]}
+            jsonschema.validate(answer, schema, cls=jsonschema.Draft202012Validator)
+        self.seen.add((method.lower(), template, status))
+        return status, answer
+
+
+def test_every_endpoint_answers_as_documented(make_http_node, make_web_worker, doc):
+    worker = make_web_worker(script={1: (404, {}, 0.0)})
+    node = make_http_node()
+    api = Http(node.url)
+    call = Checker(api, doc)
+    try:
+        # webhooks
+        _, sched = call("POST", "/queue", raw=f"task.url={worker.url}/w&a=1".encode(),
+                        content_type="application/x-www-form-urlencoded")
+        call("POST", "/queue/{queue}", {"url": f"{worker.url}/j", "params": {"b": 2}}, queue="jq")
+        call("POST", "/queue", {"url": "ftp://x"})
+        call("POST", "/queue", raw=b"x", content_type="text/plain")
+        call("POST", "/queue/{queue}", {"url": f"{worker.url}/j"}, queue="bad@queue")
+        wait_for(lambda: api.get(f"/tasks/{sched['id']}")[1]["task"]["state"] == "dead", "a dead letter")
+        # tasks
+        _, sub = call("POST", "/tasks", {"name": "job", "queue": "oq", "args": [1]})
+        call("POST", "/tasks", {"name": "job", "id": "held", "countdown": 600})
+        call("POST", "/tasks", {"nope": 1})
+        call("GET", "/tasks", query="queue=oq")
+        call("GET", "/tasks", query="state=bogus")
+        call("GET", "/tasks/{id}", id=sub["id"])
+        call("GET", "/tasks/{id}", id=sched["id"])
+        call("GET", "/tasks/{id}", id="missing")
+        call("GET", "/tasks/{id}/result", id=sub["id"])
+        call("GET", "/tasks/{id}/result", query="timeout=x", id=sub["id"])
+        call("GET", "/tasks/{id}/result", id="missing")
+        call("DELETE", "/tasks/{id}", id="held")
+        call("DELETE", "/tasks/{id}", id="missing")
+        # pull
+        _, got = call("POST", "/receive", {"queues": ["oq"]})
+        call("POST", "/receive", {"queues": "oq"})
+        call("POST", "/receive_noblock", {"queues": ["oq"]})
+        call("POST", "/receive_block", {"queues": ["oq"], "timeout": 0.1})
+        call("POST", "/tasks/{id}/touch", id=got["task"]["id"])
+        call("POST", "/tasks/{id}/ack", {"attempt": "x"}, id=got["task"]["id"])
+        call("POST", "/tasks/{id}/ack", {"attempt": got["task"]["attempt"], "result": {"r": 1}}, id=sub["id"])
+        call("GET", "/tasks/{id}/result", id=sub["id"])
+        _, sub2 = call("POST", "/tasks", {"name": "job", "queue": "oq"})
+        _, got2 = call("POST", "/receive", {"queues": ["oq"]})
+        call("POST", "/tasks/{id}/nack", {"attempt": got2["task"]["attempt"], "retry": False}, id=sub2["id"])
+        call("POST", "/tasks/{id}/nack", {"attempt": 1, "retry": 3}, id=sub2["id"])
+        call("GET", "/tasks/{id}/result", id=sub2["id"])
+        # operating
+        call("GET", "/status")
+        call("GET", "/queues")
+        call("GET", "/queues/{queue}", queue="oq")
+        call("GET", "/queues/{queue}", queue="a@b")
+        call("PUT", "/queues/{queue}/limits", {"rate": 5, "max_concurrent": 2}, queue="oq")
+        call("PUT", "/queues/{queue}/limits", {"burst": 5}, queue="oq")
+        call("GET", "/queues/{queue}/limits", queue="oq")
+        call("GET", "/queues", )
+        call("GET", "/status")
+        call("DELETE", "/queues/{queue}/limits", queue="oq")
+        call("GET", "/queues/{queue}/limits", queue="oq")
+        call("GET", "/dead")
+        call("GET", "/dead", query="limit=0")
+        call("POST", "/dead/retry", {"ids": [sub2["id"]]})
+        call("POST", "/dead/retry", {"ids": 5})
+        call("POST", "/dead/purge", {"queue": "default"})
+        call("POST", "/dead/purge", {"queue": 5})
+        call("GET", "/metrics")
+        call("GET", "/openapi.json")
+    finally:
+        api.close()
+    # every documented success answer was produced and checked
+    for path, item in doc["paths"].items():
+        for method, operation in item.items():
+            ok = min(int(s) for s in operation["responses"])
+            assert (method, path, ok) in call.seen, f"{method.upper()} {path} {ok} not exercised"
+
+
+def test_auth_errors_match_the_document(make_http_node, doc):
+    node = make_http_node(http_token="t0ken")
+    api = Http(node.url)
+    call = Checker(api, doc)
+    try:
+        for path, item in doc["paths"].items():
+            for method in item:
+                params = {name: "x" for name in ("id", "queue") if "{" + name + "}" in path}
+                status, _ = call(method.upper(), path, **params)
+                assert status == 401
+    finally:
+        api.close()

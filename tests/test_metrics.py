@@ -1,0 +1,109 @@
+"""Prometheus metrics: per-node registries (two nodes in one process), task
+counts and latency histograms, queue depth, webhook and HTTP counters, and
+the ring hooks the cluster will set."""
+from __future__ import annotations
+
+from gateway_harness import FIXTURES, Http, wait_for
+from prometheus_client.parser import text_string_to_metric_families
+
+http_node, api, make_http_node, make_web_worker = FIXTURES   # pytest finds fixtures in module globals
+
+
+def scrape(api: Http) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, text, headers = api.get("/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+def value(samples: dict, name: str, **labels: str) -> float | None:
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
+def test_each_node_has_its_own_registry(make_http_node):
+    a, b = make_http_node(node_id="a"), make_http_node(node_id="b")
+    api_a, api_b = Http(a.url), Http(b.url)
+    try:
+        for _ in range(2):
+            assert api_a.post("/tasks", {"name": "job", "queue": "m", "countdown": 600})[0] == 202
+        sa, sb = scrape(api_a), scrape(api_b)
+        assert value(sa, "miyaq_tasks_total", queue="m", outcome="submitted") == 2
+        assert value(sb, "miyaq_tasks_total", queue="m", outcome="submitted") is None
+        assert value(sa, "miyaq_queue_tasks", queue="m", state="scheduled") == 2
+        assert value(sa, "miyaq_node_info", node="a", version=__import__("miyaq").__version__) == 1
+        assert value(sb, "miyaq_node_info", node="b", version=__import__("miyaq").__version__) == 1
+    finally:
+        api_a.close()
+        api_b.close()
+
+
+def test_outcomes_and_latency_histograms(make_http_node):
+    node = make_http_node()
+    api = Http(node.url)
+    try:
+        api.post("/tasks", {"name": "job", "queue": "lat"})
+        task = api.post("/receive", {"queues": ["lat"]})[1]["task"]
+        assert api.post(f"/tasks/{task['id']}/ack", {"attempt": task["attempt"], "result": 1})[1]["ok"]
+        samples = scrape(api)
+        assert value(samples, "miyaq_tasks_total", queue="lat", outcome="done") == 1
+        assert value(samples, "miyaq_task_start_delay_seconds_count", queue="lat") == 1
+        assert value(samples, "miyaq_task_run_seconds_count", queue="lat") == 1
+        assert value(samples, "miyaq_task_latency_seconds_count", queue="lat") == 1
+        assert value(samples, "miyaq_live_tasks") == 0
+        assert value(samples, "miyaq_http_requests_total", method="POST", route="/tasks/{id}/ack",
+                     status="200") == 1
+    finally:
+        api.close()
+
+
+def test_webhook_deliveries_are_counted_by_result(make_http_node, make_web_worker):
+    worker = make_web_worker(script={1: (500, {}, 0.0)})
+    node = make_http_node(default_backoff=0.01)
+    api = Http(node.url)
+    try:
+        task_id = api.post("/queue/wh", {"url": f"{worker.url}/x"})[1]["id"]
+        wait_for(lambda: api.get(f"/tasks/{task_id}")[1]["task"]["state"] == "done", "the retried delivery")
+        samples = scrape(api)
+        assert value(samples, "miyaq_webhook_deliveries_total", queue="wh", result="5xx") == 1
+        assert value(samples, "miyaq_webhook_deliveries_total", queue="wh", result="2xx") == 1
+        assert value(samples, "miyaq_webhook_request_seconds_count", queue="wh") == 2
+        assert value(samples, "miyaq_tasks_total", queue="wh", outcome="retried") == 1
+    finally:
+        api.close()
+
+
+def test_ring_gauges_standalone_and_cluster_hook(make_http_node):
+    node = make_http_node()
+    api = Http(node.url)
+    try:
+        samples = scrape(api)
+        assert (value(samples, "miyaq_ring_epoch"), value(samples, "miyaq_ring_members"),
+                value(samples, "miyaq_is_leader")) == (1, 1, 1)
+        cluster = node.call(lambda: node.node.gateway.metrics.cluster)
+        node.call(lambda: cluster.set_ring(7, ["t1", "t2", "t3"], "t2", False))
+        node.call(lambda: cluster.set_replication_lag("t2", 0.25, 12))
+        samples = scrape(api)
+        assert (value(samples, "miyaq_ring_epoch"), value(samples, "miyaq_ring_members"),
+                value(samples, "miyaq_is_leader")) == (7, 3, 0)
+        assert value(samples, "miyaq_replication_lag_seconds", peer="t2") == 0.25
+        assert value(samples, "miyaq_replication_lag_messages", peer="t2") == 12
+        assert api.get("/status")[1]["ring"] == {"epoch": 7, "leader": "t2", "members": ["t1", "t2", "t3"],
+                                                 "is_leader": False}
+    finally:
+        api.close()
+
+
+def test_limits_throttling_is_exposed(make_http_node):
+    node = make_http_node(queue_limits="th:rate=0,burst=1")
+    api = Http(node.url)
+    try:
+        for _ in range(2):
+            api.post("/tasks", {"name": "job", "queue": "th"})
+        assert api.post("/receive", {"queues": ["th"]})[1]["task"] is not None
+        assert api.post("/receive", {"queues": ["th"]})[1]["task"] is None
+        assert value(scrape(api), "miyaq_queue_throttled_total", queue="th") >= 1
+    finally:
+        api.close()

@@ -1,0 +1,213 @@
+"""Webhook delivery against a real local HTTP server: success, retries (5xx,
+429 with Retry-After, timeouts, refused connections), dead letters (other
+4xx, allow-list), keep-alive pooling and per-queue concurrency. Each fault
+test's docstring names the fault the worker server simulates."""
+from __future__ import annotations
+
+import email.utils
+import time
+
+from gateway_harness import FIXTURES, Http, free_port, wait_for
+
+from miyaq import Client
+from miyaq.gateway.outbound import parse_retry_after
+
+http_node, api, make_http_node, make_web_worker = FIXTURES   # pytest finds fixtures in module globals
+
+FORM = "application/x-www-form-urlencoded"
+
+
+def enqueue(api: Http, url: str, **options: object) -> str:
+    body = {"url": url, "params": {"n": 1}, **options}
+    status, answer, _ = api.post("/queue", body)
+    assert status == 200, answer
+    return answer["id"]
+
+
+def task_of(api: Http, task_id: str) -> dict:
+    return api.get(f"/tasks/{task_id}")[1]["task"]
+
+
+def state_is(api: Http, task_id: str, state: str) -> bool:
+    return task_of(api, task_id)["state"] == state
+
+
+def open_node(make_http_node, **settings):
+    settings.setdefault("default_backoff", 0.01)
+    node = make_http_node(**settings)
+    return node, Http(node.url)
+
+
+def test_2xx_completes_with_status_and_body_as_result(make_http_node, make_web_worker):
+    worker = make_web_worker()
+    _, api = open_node(make_http_node)
+    try:
+        task_id = enqueue(api, f"{worker.url}/ok")
+        wait_for(lambda: state_is(api, task_id, "done"), "the task to be done")
+        result = api.get(f"/tasks/{task_id}/result")[1]
+        assert result["result"] == {"status": 200, "body": "ok"} and result["done"] is True
+        assert worker.count() == 1
+    finally:
+        api.close()
+
+
+def test_500_is_retried_then_succeeds(make_http_node, make_web_worker):
+    """Fault: the worker answers 500 once."""
+    worker = make_web_worker(script={1: (500, {}, 0.0)})
+    _, api = open_node(make_http_node)
+    try:
+        task_id = enqueue(api, f"{worker.url}/flaky")
+        wait_for(lambda: state_is(api, task_id, "done"), "the retry to succeed")
+        assert [r.headers["X-Task-Retry-Count"] for r in worker.requests] == ["0", "1"]
+        assert {r.headers["X-Task-Id"] for r in worker.requests} == {task_id}
+        task = task_of(api, task_id)
+        assert task["attempt"] == 2 and task["error"]["status"] == 500
+    finally:
+        api.close()
+
+
+def test_429_retry_after_sets_the_next_attempt(make_http_node, make_web_worker):
+    """Fault: the worker answers 429 with Retry-After: 30 (the node's own backoff is 10 ms)."""
+    worker = make_web_worker(script={1: (429, {"Retry-After": "30"}, 0.0)})
+    _, api = open_node(make_http_node)
+    try:
+        task_id = enqueue(api, f"{worker.url}/slow-down")
+        wait_for(lambda: state_is(api, task_id, "retrying"), "the task to wait for its retry")
+        error = task_of(api, task_id)["error"]
+        assert (error["status"], error["retry_after"]) == (429, 30.0)
+        assert 30.0 <= error["retry_at"] - error["failed_at"] < 31.0
+        assert worker.count() == 1
+        assert api.request("DELETE", f"/tasks/{task_id}")[1]["cancelled"] is True
+    finally:
+        api.close()
+
+
+def test_503_with_retry_after_zero_retries_at_once(make_http_node, make_web_worker):
+    """Fault: the worker answers 503 with Retry-After: 0."""
+    worker = make_web_worker(script={1: (503, {"Retry-After": "0"}, 0.0)})
+    _, api = open_node(make_http_node, default_backoff=3600.0)
+    try:
+        task_id = enqueue(api, f"{worker.url}/unavailable")
+        wait_for(lambda: state_is(api, task_id, "done"), "the retry that Retry-After allowed")
+        assert worker.count() == 2
+    finally:
+        api.close()
+
+
+def test_retry_after_forms():
+    now = time.time()
+    assert parse_retry_after("7", now) == 7.0
+    date = email.utils.formatdate(now + 120, usegmt=True)
+    assert 118.0 <= parse_retry_after(date, now) <= 121.0
+    assert parse_retry_after("soon", now) is None
+    assert parse_retry_after(None, now) is None
+
+
+def test_404_goes_to_the_dead_letter_queue_without_retry(make_http_node, make_web_worker):
+    """Fault: the worker answers 404."""
+    worker = make_web_worker(script={1: (404, {}, 0.0)})
+    _, api = open_node(make_http_node)
+    try:
+        task_id = enqueue(api, f"{worker.url}/gone")
+        wait_for(lambda: state_is(api, task_id, "dead"), "the task to be dead")
+        assert worker.count() == 1
+        dead = api.get("/dead")[1]["tasks"]
+        assert [t["id"] for t in dead] == [task_id] and dead[0]["error"]["status"] == 404
+    finally:
+        api.close()
+
+
+def test_timeout_is_retried(make_http_node, make_web_worker):
+    """Fault: the worker takes 1.5 s on the first request; the attempt timeout is 0.3 s."""
+    worker = make_web_worker(script={1: (200, {}, 1.5)})
+    _, api = open_node(make_http_node, webhook_timeout=0.3)
+    try:
+        task_id = enqueue(api, f"{worker.url}/sleepy")
+        wait_for(lambda: state_is(api, task_id, "done"), "the second attempt")
+        task = task_of(api, task_id)
+        assert task["attempt"] == 2 and task["error"]["type"] == "Timeout"
+        assert worker.count() == 2
+    finally:
+        api.close()
+
+
+def test_connection_refused_is_retried_then_dead(make_http_node):
+    """Fault: nothing listens on the worker's port."""
+    _, api = open_node(make_http_node)
+    try:
+        task_id = enqueue(api, f"http://127.0.0.1:{free_port()}/nobody", max_retries=1)
+        wait_for(lambda: state_is(api, task_id, "dead"), "both attempts to fail")
+        task = task_of(api, task_id)
+        assert task["attempt"] == 2 and task["error"]["type"] == "ConnectionError"
+    finally:
+        api.close()
+
+
+def test_connections_are_kept_alive(make_http_node, make_web_worker):
+    worker = make_web_worker()
+    _, api = open_node(make_http_node, webhook_concurrency=1)
+    try:
+        ids = [enqueue(api, f"{worker.url}/k") for _ in range(5)]
+        wait_for(lambda: all(state_is(api, i, "done") for i in ids), "five deliveries")
+        assert worker.count() == 5
+        assert len({r.peer_port for r in worker.requests}) == 1   # one TCP connection for all five
+    finally:
+        api.close()
+
+
+def test_concurrency_is_per_queue(make_http_node, make_web_worker):
+    worker = make_web_worker(hold=0.3)
+    _, api = open_node(make_http_node, webhook_concurrency=3)
+    try:
+        ids = [enqueue(api, f"{worker.url}/c", queue=q) for q in ("a", "b") for _ in range(6)]
+        wait_for(lambda: all(state_is(api, i, "done") for i in ids), "twelve deliveries")
+        assert worker.count() == 12
+        assert worker.max_in_flight == 6    # 3 per queue, both queues at once
+    finally:
+        api.close()
+
+
+def test_cancel_aborts_a_delivery_in_flight(make_http_node, make_web_worker):
+    worker = make_web_worker(hold=3.0)
+    _, api = open_node(make_http_node)
+    try:
+        task_id = enqueue(api, f"{worker.url}/long")
+        wait_for(lambda: worker.count() == 1, "the delivery to start")
+        assert api.request("DELETE", f"/tasks/{task_id}")[1] == {"id": task_id, "cancelled": True,
+                                                                 "state": "running"}
+        wait_for(lambda: api.get("/status")[1]["webhooks"]["in_flight"]["default"] == 0,
+                 "the delivery greenlet to be killed")
+        assert task_of(api, task_id)["state"] == "cancelled"
+    finally:
+        api.close()
+
+
+def test_webhook_submitted_over_zeromq_keeps_its_headers(make_http_node, make_web_worker):
+    worker = make_web_worker()
+    node, api = open_node(make_http_node)
+    client = Client(f"tcp://127.0.0.1:{node.config.port}")
+    try:
+        handle = client.submit_url(f"{worker.url}/zmq", body=b'{"a": 1}', method="PATCH",
+                                   headers={"Content-Type": "application/json", "X-Tenant": "t9"}, wait=True)
+        wait_for(lambda: state_is(api, handle.id, "done"), "the delivery")
+        req = worker.requests[0]
+        assert (req.method, req.body, req.headers["X-Tenant"]) == ("PATCH", b'{"a": 1}', "t9")
+        assert req.headers["Content-Type"] == "application/json"
+    finally:
+        client.close()
+        api.close()
+
+
+def test_allow_list_is_checked_before_every_delivery(make_http_node, make_web_worker):
+    """Fault: a producer on ZeroMQ (which bypasses the HTTP check) targets a host not allowed."""
+    worker = make_web_worker()
+    node, api = open_node(make_http_node, webhook_allow_hosts="*.example.org")
+    client = Client(f"tcp://127.0.0.1:{node.config.port}")
+    try:
+        handle = client.submit_url(f"{worker.url}/internal", body=b"x", wait=True)
+        wait_for(lambda: state_is(api, handle.id, "dead"), "the task to be refused")
+        assert task_of(api, handle.id)["error"]["type"] == "ForbiddenDestination"
+        assert worker.count() == 0
+    finally:
+        client.close()
+        api.close()
