@@ -161,8 +161,12 @@ def _coerce(name: str, type_: Any, raw: Any) -> Any:
                 return False
             raise ValueError(raw)
         if kind == "int":
+            if isinstance(raw, bool) or isinstance(raw, float):
+                raise ValueError(raw)       # TOML gave the wrong type: refuse, never round
             return int(raw)
         if kind == "float":
+            if isinstance(raw, bool):
+                raise ValueError(raw)
             return float(raw)
         return str(raw)
     except (TypeError, ValueError):

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-from miyaq.errors import ConfigError, MiyaqError, Timeout
+from miyaq.cluster.ring_admin import RingAdmin
+from miyaq.errors import ConfigError, MiyaqError, Timeout, Unavailable
 from miyaq.testing.harness import Proc
 from miyaq.testing.zookeeper import ZooKeeperServer
 
@@ -197,31 +198,41 @@ class DevCluster:
         return DevNode(node_id, port, proc)
 
     def _wait_ready(self) -> bool:
-        from miyaq.cluster.ring_admin import RingAdmin
         wanted = {n.node_id for n in self.nodes}
+        admin = RingAdmin(self.zk_hosts, self.cluster, connect_timeout=10.0, timeout=10.0)
+        try:
+            return self._poll_ring(admin, wanted)
+        except Unavailable as exc:
+            raise Unavailable(f"{exc.message}; the nodes cannot form a ring without it "
+                              f"(logs in {self.log_dir})", hosts=self.zk_hosts) from None
+        finally:
+            admin.close()
+
+    def _poll_ring(self, admin: RingAdmin, wanted: set[str]) -> bool:
+        """Poll until ``wanted`` are all in the ring with one of them leading and every node serving."""
         deadline = time.monotonic() + self.ready_timeout
         last = "no ring yet"
-        with RingAdmin(self.zk_hosts, self.cluster, connect_timeout=10.0, timeout=10.0) as admin:
-            while True:
-                if self._stop.is_set():
-                    return False
-                dead = self.dead_nodes()
-                if dead:
-                    node = dead[0]
-                    raise MiyaqError(f"node {node.node_id} exited with code {node.exit_code} "
-                                     f"during start; its log ({node.proc.log_path}) ends:\n"
-                                     f"{node.proc.log_tail(30)}")
-                status = admin.status()
-                in_ring = {k for k, m in status["members"].items() if m["in_ring"]}
-                last = f"epoch {status['epoch']}, in ring {sorted(in_ring)}, leader {status['leader']}"
-                if wanted <= in_ring and status["leader"] in wanted and self._all_serving():
-                    return True
-                if time.monotonic() >= deadline:
-                    raise Timeout(f"the dev cluster was not ready within {self.ready_timeout:g}s "
-                                  f"({last}); logs in {self.log_dir}")
-                self._stop.wait(0.2)
+        while True:
+            if self._stop.is_set():
+                return False
+            dead = self.dead_nodes()
+            if dead:
+                node = dead[0]
+                raise MiyaqError(f"node {node.node_id} exited with code {node.exit_code} "
+                                 f"during start; its log ({node.proc.log_path}) ends:\n"
+                                 f"{node.proc.log_tail(30)}")
+            status = admin.status()
+            in_ring = {k for k, m in status["members"].items() if m["in_ring"]}
+            last = f"epoch {status['epoch']}, in ring {sorted(in_ring)}, leader {status['leader']}"
+            if wanted <= in_ring and status["leader"] in wanted and self._all_serving():
+                return True
+            if time.monotonic() >= deadline:
+                raise Timeout(f"the dev cluster was not ready within {self.ready_timeout:g}s "
+                              f"({last}); logs in {self.log_dir}")
+            self._stop.wait(0.2)
 
     def _all_serving(self) -> bool:
+        """True when every node answers STATUS on its service endpoint."""
         from miyaq.client.client import Client
         for node in self.nodes:
             client = Client(node.service, request_timeout=1.0, green=False)

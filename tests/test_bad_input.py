@@ -367,10 +367,6 @@ def test_worker_protocol_garbage_is_refused_whole(make_node, client_for, dealer)
     assert_still_serving(client)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: miyaq/node/handlers.py ServiceHandlers.done/failed check items with "
-    "isinstance(item[1], int), which accepts msgpack true/false as an attempt "
-    "(bool is an int in Python); fields.integer refuses bools everywhere else"))
 def test_done_with_a_boolean_attempt_is_refused(make_node, client_for, dealer):
     """Fault: a worker sends DONE with ``true`` as the attempt number. A
     wrong type must be refused (invalid_field) and change nothing."""

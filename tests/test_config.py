@@ -165,10 +165,6 @@ def test_bad_values_are_refused_naming_the_setting(tmp_path, source, name, raw):
     assert name in info.value.message
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: miyaq/config.py _coerce does int(raw) on TOML values, so a float "
-    "(max_tasks = 1.5 -> 1) is silently truncated and a boolean (max_tasks = true -> 1, "
-    "weight = true -> 1.0) is taken as a number instead of refused"))
 @pytest.mark.parametrize("line", ["max_tasks = 1.5", "max_tasks = true", "weight = true"])
 def test_toml_value_of_the_wrong_type_is_refused(tmp_path, line):
     """A TOML float for an int setting, or a boolean for a number, is refused

@@ -1,6 +1,8 @@
-"""``miyaq dev-cluster`` as a user runs it: a subprocess that starts ZooKeeper and
-three nodes, reports "ready", is checked with ``miyaq ring --json``, and is
-stopped with SIGTERM -- after which none of the processes it started may be left.
+"""``miyaq dev-cluster`` as a user runs it: a subprocess that starts ZooKeeper,
+three nodes and workers, reports "ready", is checked with ``miyaq ring --json``
+(and changed with ``miyaq ring weight``, ``miyaq leave``, ``miyaq join``), and
+is stopped with SIGTERM -- after which none of the processes it started may be
+left.
 
 Every wait is a bounded poll that fails at its deadline; every process this
 test starts is killed at teardown whatever happens.
@@ -64,6 +66,18 @@ def still_running(pid: int, cmdline: str) -> bool:
     except OSError:
         return False
     return state != "Z" and _cmdline(pid) == cmdline
+
+
+def run_miyaq(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "miyaq.cli.main", *args],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def miyaq(*args: str) -> str:
+    """Run ``miyaq ARGS``; its stdout, or a test failure with its stderr."""
+    answer = run_miyaq(*args)
+    assert answer.returncode == 0, f"miyaq {' '.join(args)} exited {answer.returncode}:\n{answer.stderr}"
+    return answer.stdout
 
 
 class DevClusterProc:
@@ -145,27 +159,44 @@ def dev_clusters() -> Iterator[DevClusters]:
 def test_dev_cluster_forms_a_ring_and_sigterm_stops_every_process(dev_clusters, tmp_path):
     """Fault: the operator stops a running dev cluster with SIGTERM (as systemd or kill would)."""
     cluster = dev_clusters.start("--nodes", "3", "--base-port", str(free_port()), "--cluster", "devtest",
-                          "--duration", "300", "--log-dir", str(tmp_path / "logs"))
+                                 "--workers", "apps.basic:app", "--worker-processes", "2",
+                                 "--duration", "300", "--log-dir", str(tmp_path / "logs"))
     ready = cluster.wait_for_line("ready ", READY_TIMEOUT)
     info = dict(part.split("=", 1) for part in ready.split()[1:])
     assert info["cluster"] == "devtest" and len(info["connect"].split(",")) == 3
 
-    answer = subprocess.run(
-        [sys.executable, "-m", "miyaq.cli.main", "ring", "--zk", info["zk"], "--cluster", "devtest", "--json"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )
-    assert answer.returncode == 0, answer.stderr
-    ring = json.loads(answer.stdout)
+    ring = json.loads(miyaq("ring", "--zk", info["zk"], "--cluster", "devtest", "--json"))
     in_ring = {node_id for node_id, m in ring["members"].items() if m["in_ring"]}
     assert in_ring == {"n1", "n2", "n3"}
     assert ring["leader"] in in_ring and ring["epoch"] >= 1
     assert {m["service"] for m in ring["members"].values()} == set(info["connect"].split(","))
     assert all(m["tasks"] == 0 for m in ring["members"].values())
 
-    children = descendants(cluster.proc.pid)
+    # The operator commands against the running cluster, each waiting for the leader.
+    zk = ["--zk", info["zk"], "--cluster", "devtest"]
+    out = miyaq("ring", "weight", "n1", "2", *zk)
+    assert "weight of n1: 1 -> 2 at epoch" in out and "n1: weight 1 -> 2, share" in out
+    out = miyaq("leave", "n3", *zk)
+    assert "n3 left the ring at epoch" in out and "n3: left the ring" in out
+    out = miyaq("join", "n3", *zk)
+    assert "n3 joined the ring at epoch" in out and "n3: joined the ring" in out
+    after = json.loads(miyaq("ring", *zk, "--json"))
+    assert {k for k, m in after["members"].items() if m["in_ring"]} == {"n1", "n2", "n3"}
+    assert after["members"]["n1"]["weight"] == 2.0 and after["epoch"] > ring["epoch"]
+
+    # Nodes, ZooKeeper, the worker supervisor and its two worker processes
+    # (grandchildren, started by the supervisor shortly after it starts).
+    deadline = time.monotonic() + 30
+    while True:
+        children = descendants(cluster.proc.pid)
+        kinds = [(" node " in c, "QuorumPeerMain" in c, "multiprocessing.spawn" in c) for c in children.values()]
+        counts = [sum(k[i] for k in kinds) for i in range(3)]
+        if counts == [3, 1, 2]:
+            break
+        if time.monotonic() >= deadline:
+            pytest.fail(f"expected 3 nodes, 1 ZooKeeper, 2 worker processes; saw {children}")
+        time.sleep(0.1)
     dev_clusters.seen.update(children)
-    assert sum(" node " in c for c in children.values()) == 3, children
-    assert any("QuorumPeerMain" in c for c in children.values()), children
 
     cluster.proc.send_signal(signal.SIGTERM)
     assert cluster.proc.wait(STOP_TIMEOUT) == 0, cluster.output()
@@ -178,10 +209,19 @@ def test_dev_cluster_forms_a_ring_and_sigterm_stops_every_process(dev_clusters, 
     assert (tmp_path / "logs" / "n1.log").is_file()
 
 
+def test_ring_command_with_unreachable_zookeeper_exits_2():
+    """Fault: `miyaq ring` is pointed at a ZooKeeper that is not there."""
+    hosts = f"127.0.0.1:{free_port()}"
+    answer = run_miyaq("ring", "--zk", hosts, "--cluster", "x", "--timeout", "1")
+    assert answer.returncode == 2
+    assert f"cannot reach ZooKeeper at {hosts}" in answer.stderr and "MIYAQ_ZK" in answer.stderr
+    assert answer.stdout == ""
+
+
 def test_dev_cluster_with_unreachable_zookeeper_fails_cleanly(dev_clusters, tmp_path):
     """Fault: --zk names a ZooKeeper that is not there; the nodes cannot register."""
-    cluster = dev_clusters.start("--nodes", "1", "--zk", f"127.0.0.1:{free_port()}", "--base-port", str(free_port()),
-                          "--log-dir", str(tmp_path / "logs"))
+    cluster = dev_clusters.start("--nodes", "1", "--zk", f"127.0.0.1:{free_port()}",
+                                 "--base-port", str(free_port()), "--log-dir", str(tmp_path / "logs"))
     code = cluster.proc.wait(STOP_TIMEOUT)
     output = cluster.output()
     assert code == 2, output

@@ -480,10 +480,6 @@ def test_cancel_in_every_state():
     assert engine.result("run").state == CANCELLED
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Engine.cancel of a DEAD task buries it without calling "
-    "EngineListener.task_finished or counting outcomes[(queue, 'cancelled')]; every other "
-    "way a task ends reaches the listeners (log, replication, metrics)"))
 def test_cancel_of_a_dead_task_is_seen_by_listeners():
     """Listeners (the log, replication, metrics) learn that a dead task was
     cancelled, as they learn of every other end of a task."""
@@ -833,10 +829,6 @@ def test_timer_heap_compacts_when_most_entries_are_stale():
     check_consistent(engine)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: ready-lane entries of tasks that leave READY without being taken "
-    "(cancelled, expired) are only dropped when that lane is popped; a lane "
-    "nobody consumes keeps every such Task (payload included) forever"))
 def test_cancelled_ready_tasks_do_not_stay_in_their_lane():
     """Bounded memory: 10,000 ready tasks in a queue no one consumes, all
     cancelled (or expired by ttl): the ready lane must not keep holding them."""

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
     previous: dict[int, Any] = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        print(f"miyaq dev-cluster: {args.nodes} nodes, cluster {args.cluster}, logs in {cluster.log_dir}",
+        print(f"miyaq dev-cluster: {args.nodes} node(s), cluster {args.cluster}, logs in {cluster.log_dir}",
               flush=True)
         if cluster.start():
             print("\n".join(banner(cluster)), flush=True)

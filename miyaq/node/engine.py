@@ -351,7 +351,10 @@ class Engine:
             self.table.dead.pop(task.id, None)
             self._count(task.queue)[DEAD] -= 1
             task.state = CANCELLED
-            self.table.bury(task, CANCELLED, None, now)
+            self.outcomes[(task.queue, CANCELLED)] += 1
+            stone = self.table.bury(task, CANCELLED, None, now)
+            for listener in self.listeners:
+                listener.task_finished(task, stone)
             return True, previous
         self._finish(task, CANCELLED, None, now)
         if previous == RUNNING and consumer is not None:
@@ -427,6 +430,15 @@ class Engine:
                 listener.task_purged(task)
             n += 1
         return n
+
+    def compact_lanes(self) -> int:
+        """Drop stale entries (cancelled, expired, moved tasks) from lanes
+        nobody reads, so they do not hold memory. Returns entries dropped."""
+        dropped = 0
+        for lane in self.ready.lanes.values():
+            if lane.entries > 2 * lane.count + 1024:
+                dropped += lane.compact()
+        return dropped
 
     # -- views -------------------------------------------------------------------
     def list_tasks(self, queue: str | None, state: str | None, limit: int) -> list[dict[str, Any]]:

@@ -216,7 +216,7 @@ class ServiceHandlers:
         items = f.items(body, "done", self.max_batch * 4)
         for item in items:
             if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
-                    and isinstance(item[1], int) and (item[2] is None or isinstance(item[2], bytes))):
+                    and type(item[1]) is int and (item[2] is None or isinstance(item[2], bytes))):
                 raise InvalidField("each 'done' item must be [id, attempt, result-bytes-or-nil]", field="done")
         worker = self._worker(identity, now)
         complete = self.engine.complete
@@ -229,7 +229,7 @@ class ServiceHandlers:
         checked = []
         for item in items:
             if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
-                    and isinstance(item[1], int) and isinstance(item[2], dict)):
+                    and type(item[1]) is int and isinstance(item[2], dict)):
                 raise InvalidField("each 'failed' item must be [id, attempt, error-map]", field="failed")
             checked.append((item[0], item[1], _error(item[2]), item[2].get("retry", True) is not False,
                             _delay(item[2].get("delay"))))

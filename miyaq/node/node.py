@@ -235,6 +235,7 @@ class Node:
             if now - last_sweep >= 1.0:
                 last_sweep = now
                 self.engine.table.sweep(now)
+                self.engine.compact_lanes()
             if not self._stopping:
                 self.dispatcher.pump(now)
 

@@ -15,13 +15,14 @@ from .task import READY, Task
 
 
 class Lane:
-    __slots__ = ("name", "levels", "by_level", "count")
+    __slots__ = ("name", "levels", "by_level", "count", "entries")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.levels: list[int] = []
         self.by_level: dict[int, deque[tuple[int, Task]]] = {}
-        self.count = 0   # live READY tasks (maintained by the engine)
+        self.count = 0     # live READY tasks (maintained by the engine)
+        self.entries = 0   # deque entries, stale ones included
 
     def push(self, task: Task) -> None:
         task.ready_gen += 1
@@ -30,6 +31,7 @@ class Lane:
             level = self.by_level[task.priority] = deque()
             bisect.insort(self.levels, task.priority)
         level.append((task.ready_gen, task))
+        self.entries += 1
 
     def _clean_head(self) -> tuple[int, Task] | None:
         while self.levels:
@@ -40,9 +42,23 @@ class Lane:
                 if gen == task.ready_gen and task.state == READY:
                     return level[0]
                 level.popleft()
+                self.entries -= 1
             del self.by_level[prio]
             self.levels.pop(0)
         return None
+
+    def compact(self) -> int:
+        """Rebuild the deques without stale entries; returns how many went."""
+        before = self.entries
+        for prio in list(self.levels):
+            live = deque(e for e in self.by_level[prio] if e[0] == e[1].ready_gen and e[1].state == READY)
+            if live:
+                self.by_level[prio] = live
+            else:
+                del self.by_level[prio]
+                self.levels.remove(prio)
+        self.entries = sum(len(d) for d in self.by_level.values())
+        return before - self.entries
 
     def head(self) -> Task | None:
         entry = self._clean_head()
@@ -53,6 +69,7 @@ class Lane:
         if entry is None:
             return None
         self.by_level[self.levels[0]].popleft()
+        self.entries -= 1
         task = entry[1]
         task.ready_gen += 1
         return task
