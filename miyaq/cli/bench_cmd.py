@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "when every task completed, 1 when the run finished with errors, 2 when it "
         "could not start."))
     p.add_argument("--workers", "-w", type=int, default=2, help="worker processes [default 2]")
-    p.add_argument("--concurrency", "-c", type=int, default=8, help="greenlets per worker [default 8]")
+    p.add_argument("--concurrency", "-c", type=int, default=64,
+                   help="greenlets per worker process [default 64: the tasks are no-ops]")
     p.add_argument("--tasks", "-n", type=int, default=20_000, help="tasks to submit [default 20000]")
     p.add_argument("--payload", "-s", type=int, default=100, help="payload bytes per task [default 100]")
     p.add_argument("--rate", "-r", type=float, default=None,

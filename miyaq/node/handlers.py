@@ -51,6 +51,7 @@ class ServiceHandlers:
         tasks = f.items(body, "tasks", self.max_batch)
         intake = self.node.intake
         ack = self.endpoint.ack
+        self.endpoint.work += len(tasks)
         for wire in tasks:
             try:
                 task = task_from_wire(wire, now, self.node.config)
@@ -219,6 +220,7 @@ class ServiceHandlers:
                     and type(item[1]) is int and (item[2] is None or isinstance(item[2], bytes))):
                 raise InvalidField("each 'done' item must be [id, attempt, result-bytes-or-nil]", field="done")
         worker = self._worker(identity, now)
+        self.endpoint.work += len(items)
         complete = self.engine.complete
         for task_id, attempt, result in items:
             complete(task_id, attempt, result, now)

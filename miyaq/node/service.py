@@ -22,7 +22,8 @@ from ..protocol import commands as c
 
 logger = logging.getLogger(__name__)
 
-BURST = 512
+BURST = 512          # most messages read before replies go out and the dispatcher runs
+BURST_WORK = 2048    # ... or most tasks handled (a SUBMIT may carry hundreds)
 Handler = Callable[[bytes, dict[str, Any], float], None]
 
 
@@ -43,6 +44,7 @@ class ServiceEndpoint:
         self.after_burst: list[Callable[[float], None]] = []
         self.errors: Counter[str] = Counter()
         self.messages = 0
+        self.work = 0        # tasks handled in the current burst (handlers add to it)
         self._acks: dict[bytes, list[list[Any]]] = {}
         # With a durable log, acknowledgements wait until the log has the
         # tasks: the gate calls its argument once they are written.
@@ -128,8 +130,11 @@ class ServiceEndpoint:
                     return
                 raise
             now = time.time()
+            self.work = 0
             self.handle(frames, now)
             for _ in range(BURST):
+                if self.work >= BURST_WORK:
+                    break
                 try:
                     frames = recv(zmq.NOBLOCK)
                 except zmq.Again:

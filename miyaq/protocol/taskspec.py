@@ -33,11 +33,41 @@ def check_queue(value: Any, field: str = "queue") -> str:
     return value
 
 
+_BASIC = frozenset({"id", "queue", "name", "body"})
+_known_queues: set[str] = set()      # names already checked (bounded below)
+
+
+def _queue(value: Any) -> str:
+    if type(value) is str and value in _known_queues:
+        return value
+    check_queue(value)
+    if len(_known_queues) < 10_000:
+        _known_queues.add(value)
+    return value
+
+
 def task_from_wire(d: Any, now: float, config: NodeConfig) -> Task:
+    """Validate one task map. The common case (id, queue, name, body only)
+    takes a short path: this runs once per submitted task."""
     if not isinstance(d, dict):
         raise InvalidField("each task must be a map", field="tasks")
-    task_id = check_id(d.get("id"))
-    queue = check_queue(d.get("queue", "default") or "default")
+    task_id = d.get("id")
+    if type(task_id) is not str or not _ID.match(task_id):
+        check_id(task_id)
+    queue = _queue(d.get("queue") or "default")
+    body = d.get("body", b"")
+    if type(body) is not bytes or len(body) > config.max_payload:
+        body = f.binary(d, "body", b"", max_len=config.max_payload)
+    name = d.get("name")
+    if d.keys() <= _BASIC and type(name) is str and 0 < len(name) <= 256:
+        return Task(task_id, queue, name, body, eta=now, created=now,
+                    max_retries=config.default_max_retries, backoff=config.default_backoff,
+                    backoff_max=config.default_backoff_max, timeout=config.default_timeout,
+                    replicas=config.replicas)
+    return _full(d, task_id, queue, body, now, config)
+
+
+def _full(d: dict[str, Any], task_id: str, queue: str, body: bytes, now: float, config: NodeConfig) -> Task:
     name = f.string(d, "name", None, max_len=256)
     url = f.string(d, "url", None, max_len=2048)
     if (name is None) == (url is None):
@@ -47,7 +77,6 @@ def task_from_wire(d: Any, now: float, config: NodeConfig) -> Task:
     method = f.string(d, "method", "POST", max_len=8).upper()
     if method not in METHODS:
         raise InvalidField(f"field 'method' must be one of {', '.join(METHODS)}", field="method")
-    body = f.binary(d, "body", b"", max_len=config.max_payload)
     eta = f.number(d, "eta", None, lo=0.0, hi=now + 10 * YEAR)
     countdown = f.number(d, "countdown", None, lo=0.0, hi=10 * YEAR)
     if eta is not None and countdown is not None:
@@ -59,6 +88,9 @@ def task_from_wire(d: Any, now: float, config: NodeConfig) -> Task:
         if len(meta) > 64 or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
             raise InvalidField("field 'headers' must map at most 64 strings to strings", field="headers")
         meta = {"headers": meta}
+    offset = f.number(d, "offset", None, lo=0.0, hi=YEAR)
+    if offset is not None:
+        meta = dict(meta or {}, offset=offset)
     return Task(
         task_id, queue, name, body, url=url, method=method,
         priority=f.integer(d, "priority", 0),

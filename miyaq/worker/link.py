@@ -104,12 +104,15 @@ class NodeLink:
 
     # -- the reader ------------------------------------------------------------------
     def serve(self) -> None:
-        """Read the node until the worker stops; reconnect when it goes silent."""
+        """Read the node until the worker stops; heartbeat every interval;
+        reconnect when the node goes silent."""
         self.register()
-        poller_timeout = self.heartbeat
+        last_beat = time.time()
         while not self.worker.stopping_hard:
             try:
-                with gevent.Timeout(poller_timeout, False):
+                # A blocking green recv waits correctly on ZeroMQ's edge-triggered
+                # fd; the timeout only bounds the wait for the heartbeat check.
+                with gevent.Timeout(self.heartbeat, False):
                     frames = self.sock.recv_multipart()
                     self._handle(frames)
                     for _ in range(256):
@@ -130,7 +133,8 @@ class NodeLink:
                 self.worker.link_silent(self)
                 self._open()
                 self.register()
-            else:
+            elif now - last_beat >= self.heartbeat:
+                last_beat = now
                 self.send(c.HEARTBEAT, {"worker": self.worker.wid})
 
     def _handle(self, frames: list[bytes]) -> None:
