@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 TASK_OPTIONS = ("queue", "priority", "eta", "countdown", "ttl", "max_retries", "backoff",
                 "backoff_max", "timeout", "key", "replicas", "at_most_once")
+_OPTION_SET = frozenset(TASK_OPTIONS)
 _clients: "weakref.WeakSet[Client]" = weakref.WeakSet()
 
 
@@ -93,7 +94,9 @@ class Client:
         return self._submit_wire(wire, id, wait)
 
     def _wire(self, options: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(options) - set(TASK_OPTIONS)
+        if not options:
+            return {}
+        unknown = options.keys() - _OPTION_SET
         if unknown:
             raise TypeError(f"unknown task option(s): {', '.join(sorted(unknown))}")
         wire = {k: v for k, v in options.items() if v is not None}
@@ -117,7 +120,7 @@ class Client:
             if not io.room.wait(min(1.0, max(0.0, deadline - time.time()))) and time.time() >= deadline:
                 raise Timeout(f"submit window ({self.window}) stayed full for {self.submit_timeout:g}s")
         with io.count_lock:
-            io.in_flight += 1
+            io.submitted += 1
         io.put(("submit", Pending(wire, future, deadline)))
         if wait:
             handle.wait_accepted()

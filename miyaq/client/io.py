@@ -78,7 +78,11 @@ class IOLoop:
         self._closing = False
         self.room = kit.event()
         self.room.set()
-        self.in_flight = 0                        # pending + waiting + queued submits
+        # Unresolved submits = submitted - resolved. Callers bump `submitted`
+        # under their own lock; only this loop bumps `resolved`, so the two
+        # sides never contend for one lock on every task.
+        self.submitted = 0
+        self.resolved = 0
         self.count_lock = kit.lock()
         self.resends = 0
         self.busy_replies = 0
@@ -131,6 +135,10 @@ class IOLoop:
                 os.write(self._wfd, b"x")
             except (BlockingIOError, OSError):
                 pass
+
+    @property
+    def in_flight(self) -> int:
+        return self.submitted - self.resolved
 
     def next_req(self) -> int:
         return next(self._req)
@@ -341,8 +349,7 @@ class IOLoop:
             p.future.fail(error)
         else:
             p.future.set(value)
-        with self.count_lock:
-            self.in_flight -= 1
+        self.resolved += 1
         self.room.set()
 
     def _fail_everything(self, error: MiyaqError) -> None:

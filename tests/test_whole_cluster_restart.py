@@ -1,0 +1,101 @@
+"""The whole cluster stopped and started again comes back with every
+accepted, unfinished task (docs/durability.md, "Whole-cluster stop").
+
+Fault: every node is stopped (SIGTERM, all at once, as a deploy or a
+host reboot does), then ZooKeeper; ZooKeeper is started again with its
+data, then the nodes on the same ports with the same data directories.
+The test uses its own ZooKeeper so that stopping it does not disturb the
+session-wide server other tests share.
+"""
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+import miyaq
+from cluster_harness import Cluster
+from miyaq.testing.harness import free_port, wait_for
+from miyaq.testing.zookeeper import ZooKeeperServer
+
+pytestmark = pytest.mark.timeout(180)
+
+NODES = ("n0", "n1", "n2")
+TASKS = 200
+
+
+@pytest.fixture
+def own_zk(tmp_path):
+    server = ZooKeeperServer(workdir=tmp_path / "zk")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def _start_nodes(cluster: Cluster, data: dict[str, str], ports: dict[str, int]) -> None:
+    for node_id in NODES:
+        cluster.start_node(node_id, "--replicas", "2", "--data-dir", data[node_id], "--fsync", "always",
+                           port=ports[node_id])
+    cluster.wait_ring(set(NODES), timeout=60)
+    cluster.wait_streams()
+
+
+def _held_by(cluster: Cluster, task_id: str) -> list[str]:
+    return [n for n in NODES if cluster.holds(n, task_id) == "scheduled"]
+
+
+def test_whole_cluster_stop_and_start_keeps_every_accepted_task(procs, own_zk, zk_cluster_name, client_for,
+                                                                   tmp_path):
+    """Fault: all nodes SIGTERM, ZooKeeper stopped, everything started
+    again. Every one of 200 accepted tasks (countdown 1 h, so none ran) is
+    held again: its status on the cluster is ``scheduled`` and both of its
+    holders (N=2) have a copy."""
+    cluster = Cluster(procs, own_zk.hosts, zk_cluster_name, client_for)
+    data = {n: str(tmp_path / f"data-{n}") for n in NODES}
+    ports = {n: free_port() for n in NODES}
+    _start_nodes(cluster, data, ports)
+    c = cluster.client("n0")
+    ids = [c.submit("echo", [i], countdown=3600).id for i in range(TASKS)]
+    c.flush()
+    for task_id in ids:
+        wait_for(lambda: len(_held_by(cluster, task_id)) == 2, timeout=20, what=f"{task_id} on 2 holders")
+
+    for proc in cluster.nodes.values():
+        proc.signal(signal.SIGTERM)
+    codes = {n: p.terminate(30) for n, p in cluster.nodes.items()}
+    assert codes == {n: 0 for n in NODES}, codes
+    own_zk.stop()
+    own_zk.start()
+
+    for client in cluster.clients.values():
+        client.close(flush=False)
+    cluster.nodes.clear()
+    cluster.clients.clear()
+    _start_nodes(cluster, data, ports)
+
+    c2 = cluster.client("n1")
+    states: dict[str, str] = {}
+    for task_id in ids:
+        try:
+            states[task_id] = c2.status(task_id)["state"]
+        except miyaq.NotFound:
+            states[task_id] = "unknown"
+    missing = {t: s for t, s in states.items() if s != "scheduled"}
+    assert not missing, f"{len(missing)} of {TASKS} tasks not held after the restart: {list(missing.items())[:5]}"
+
+    def copies() -> dict[str, list[str]]:
+        return {t: _held_by(cluster, t) for t in ids}
+
+    def restored() -> bool:
+        return all(len(h) == 2 for h in copies().values())
+
+    try:
+        wait_for(restored, timeout=30, interval=0.5, what="every task on 2 holders again")
+    except miyaq.Timeout:
+        short = {t: h for t, h in copies().items() if len(h) != 2}
+        pytest.fail(f"{len(short)} tasks not back on 2 holders: {list(short.items())[:5]}")
+    for task_id in ids:
+        expected = set(cluster.holders(task_id, 2))
+        assert set(_held_by(cluster, task_id)) == expected, task_id
