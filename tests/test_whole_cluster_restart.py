@@ -75,7 +75,7 @@ def test_whole_cluster_stop_and_start_keeps_every_accepted_task(procs, own_zk, z
     cluster.clients.clear()
     _start_nodes(cluster, data, ports)
 
-    c2 = cluster.client("n1")
+    c2 = client_for(",".join(cluster.endpoints()))   # status asks every node it knows
     states: dict[str, str] = {}
     for task_id in ids:
         try:

@@ -280,7 +280,7 @@ class Received:
         self.attempt: int = info["attempt"]
         body = info.get("body") or b""
         try:
-            self.args, self.kwargs = msgpack.unpackb(body, raw=False) if body else ([], {})
+            self.args, self.kwargs = msgpack.unpackb(body, raw=False, strict_map_key=False) if body else ([], {})
         except Exception:
             self.args, self.kwargs = [body], {}
 

@@ -74,7 +74,7 @@ def decode_outcome(task_id: str, answer: dict[str, Any]) -> Any:
     state = answer.get("state")
     if state == "done":
         raw = answer.get("result")
-        return None if raw is None else msgpack.unpackb(raw, raw=False)
+        return None if raw is None else msgpack.unpackb(raw, raw=False, strict_map_key=False)
     error = answer.get("error") or {}
     if state == "dead":
         raise TaskFailed(f"task {task_id} failed: {error.get('type')}: {error.get('message')}",

@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 POLL_MAX = 0.1
 DISCOVERY_INTERVAL = 10.0
+BATCH_BYTES = 4 * 1024 * 1024    # payload bytes per SUBMIT (the node's default limit is 16 MiB)
 RETRYABLE = (Busy.code, ShuttingDown.code, Unavailable.code, NotEnoughReplicas.code)
 
 
@@ -215,6 +216,9 @@ class IOLoop:
             if kind == "submit":
                 self.waiting.append(item[1])
             elif kind == "request":
+                # Submits queued before this request leave first, so a status or
+                # cancel right after submit() finds the task.
+                self._send_waiting(time.time())
                 _, node, command, body, future, deadline = item
                 self.requests[body["req"]] = (future, deadline)
                 if not self._send(node, command, body):
@@ -249,8 +253,7 @@ class IOLoop:
             node = p.node if p.node >= 0 and p.last_error is None else self._pick_node(p.node)
             by_node.setdefault(node, []).append(p)
         for node, batch in by_node.items():
-            for start in range(0, len(batch), self.max_batch):
-                chunk = batch[start:start + self.max_batch]
+            for chunk in _chunks(batch, self.max_batch, BATCH_BYTES):
                 if self._send(node, c.SUBMIT, {"tasks": [p.wire for p in chunk]}):
                     for p in chunk:
                         p.sent = now
@@ -361,6 +364,24 @@ class IOLoop:
             future.fail(error)
         self.requests.clear()
         self.room.set()
+
+
+def _chunks(batch: list[Pending], max_items: int, max_bytes: int) -> list[list[Pending]]:
+    """Split submits so no SUBMIT exceeds ``max_items`` tasks or about
+    ``max_bytes`` of payload (a node refuses a message over its max_message)."""
+    chunks: list[list[Pending]] = []
+    current: list[Pending] = []
+    size = 0
+    for p in batch:
+        body = len(p.wire.get("body") or b"") + 128
+        if current and (len(current) >= max_items or size + body > max_bytes):
+            chunks.append(current)
+            current, size = [], 0
+        current.append(p)
+        size += body
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 def _final(error: MiyaqError, p: Pending) -> MiyaqError:

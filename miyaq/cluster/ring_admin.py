@@ -126,14 +126,18 @@ class RingAdmin:
             "members": members,
         }
 
+    # Each change reads the ring *before* writing the intent: a fast leader may
+    # publish between the write and the next read, and the answer must still
+    # say what this call changed.
+
     def join(self, node_id: str) -> str:
         """Want ``node_id`` in the ring; returns once the leader published it (or why not)."""
         check_node_id(node_id)
         store = self._open()
+        before, _ = store.read_ring()
         store.update_desired(lambda d: with_join(d, node_id, True))
-        record, _ = store.read_ring()
-        if record is not None and node_id in record.members:
-            return f"{node_id} is in the ring (epoch {record.epoch})"
+        if before is not None and node_id in before.members:
+            return f"{node_id} is in the ring (epoch {before.epoch})"
         if node_id not in store.read_registered():
             return f"{node_id} is not registered; it will join the ring when it starts"
         record = self._wait_for(lambda r: node_id in r.members, f"{node_id} to join the ring")
@@ -143,10 +147,10 @@ class RingAdmin:
         """Want ``node_id`` out of the ring; returns once the leader published it."""
         check_node_id(node_id)
         store = self._open()
+        before, _ = store.read_ring()
         store.update_desired(lambda d: with_join(d, node_id, False))
-        record, _ = store.read_ring()
-        if record is None or node_id not in record.members:
-            epoch = record.epoch if record is not None else 0
+        if before is None or node_id not in before.members:
+            epoch = before.epoch if before is not None else 0
             return f"{node_id} is not in the ring (epoch {epoch}); it will stay out"
         record = self._wait_for(lambda r: node_id not in r.members, f"{node_id} to leave the ring")
         return f"{node_id} left the ring at epoch {record.epoch}"
@@ -156,13 +160,13 @@ class RingAdmin:
         check_node_id(node_id)
         value = check_weight(weight)
         store = self._open()
+        before, _ = store.read_ring()
         store.update_desired(lambda d: with_weight(d, node_id, value))
-        record, _ = store.read_ring()
-        if record is None or node_id not in record.members:
+        if before is None or node_id not in before.members:
             return f"weight of {node_id} set to {value:g}; it applies when {node_id} is in the ring"
-        old = record.weights[node_id]
+        old = before.weights[node_id]
         if old == value:
-            return f"weight of {node_id} is {value:g} (epoch {record.epoch})"
+            return f"weight of {node_id} is {value:g} (epoch {before.epoch})"
         record = self._wait_for(
             lambda r: r.weights.get(node_id) == value, f"the new weight of {node_id}"
         )

@@ -28,6 +28,7 @@ from .limits import QueueLimits, parse_limits
 logger = logging.getLogger(__name__)
 
 CHUNK = 64
+BATCH_BYTES = 8 * 1024 * 1024    # payload bytes per DISPATCH (workers refuse over 64 MiB)
 
 
 class Dispatcher(EngineListener):
@@ -36,6 +37,7 @@ class Dispatcher(EngineListener):
         self.max_batch = max_batch
         self.hungry: dict[Consumer, None] = {}
         self.pending = False
+        self.paused = False   # shutting down: nothing new is leased
         self.limits = QueueLimits(engine, parse_limits(getattr(engine.config, "queue_limits", "") or ""))
 
     def task_ready(self, task: Task) -> None:
@@ -71,12 +73,13 @@ class Dispatcher(EngineListener):
 
     def pump(self, now: float) -> int:
         """Lease ready tasks to hungry consumers; returns how many."""
-        if not self.pending or not self.hungry:
+        if not self.pending or not self.hungry or self.paused:
             return 0
         self.pending = False
         engine = self.engine
         limits = self.limits if self.limits.active else None
         batches: dict[Consumer, list[Task]] = {}
+        sizes: dict[Consumer, int] = {}
         total = 0
         progress = True
         while progress and self.hungry:
@@ -88,7 +91,8 @@ class Dispatcher(EngineListener):
                 n = min(consumer.credit, CHUNK, self.max_batch - len(batch))
                 queues = consumer.queues
                 taken = 0
-                while taken < n:
+                size = sizes.get(consumer, 0)
+                while taken < n and size < BATCH_BYTES:
                     if limits is None:
                         task = engine.take(queues, now)
                     else:
@@ -100,12 +104,14 @@ class Dispatcher(EngineListener):
                         break
                     engine.start(task, consumer, now)
                     batch.append(task)
+                    size += len(task.body)
                     taken += 1
+                sizes[consumer] = size
                 consumer.credit -= taken
                 total += taken
                 if taken:
                     progress = True
-                if consumer.credit <= 0 or len(batch) >= self.max_batch:
+                if consumer.credit <= 0 or len(batch) >= self.max_batch or size >= BATCH_BYTES:
                     self.hungry.pop(consumer, None)
                     if consumer.credit > 0:
                         self.pending = True   # batch full: continue next pump

@@ -16,7 +16,7 @@ from collections import Counter
 from typing import Any, Iterable
 
 from ..config import NodeConfig
-from ..errors import Busy, NotFound, ShuttingDown
+from ..errors import Busy, InvalidField, NotFound, ShuttingDown
 from ..protocol.commands import ACCEPTED, DUPLICATE
 from ..store.ready import ReadyQueues
 from ..store.table import TaskTable, Tombstone
@@ -29,6 +29,7 @@ from .events import EngineListener
 logger = logging.getLogger(__name__)
 
 TIMER_BATCH = 5000
+MAX_QUEUES = 10_000     # distinct queue names held at once (empty ones are pruned)
 
 
 def retry_delay(task: Task, rng: random.Random = random._inst) -> float:  # type: ignore[attr-defined]
@@ -127,6 +128,9 @@ class Engine:
             raise ShuttingDown("node is shutting down and accepts no new tasks")
         if len(table.live) >= self.config.max_tasks:
             raise Busy(f"node holds {len(table.live)} tasks, its limit")
+        if task.queue not in self.counts and len(self.counts) >= MAX_QUEUES:
+            raise InvalidField(f"this node already has {MAX_QUEUES} queues; no new queue {task.queue!r}",
+                               field="queue")
         task.seq = next(self._seq)
         task.state = SCHEDULED
         self._count(task.queue)[SCHEDULED] += 1
@@ -144,6 +148,10 @@ class Engine:
         """Install a task rebuilt from the log, in the state it was logged in.
         A task that was running comes back ready: its worker is gone."""
         state = task.state
+        if state == RUNNING and task.at_most_once:
+            # It may have run: at most once means it must not run again.
+            state = DEAD
+            task.error = {"type": "Lost", "message": "the node restarted while this at-most-once task ran"}
         task.seq = next(self._seq)
         task.state = SCHEDULED
         self._count(task.queue)[SCHEDULED] += 1
@@ -329,7 +337,8 @@ class Engine:
             if wait <= 0:
                 self._make_ready(task, now)
             else:
-                self._schedule(task, now + wait, RETRYING)
+                task.eta = now + wait
+                self._schedule(task, task.eta, RETRYING)
             for listener in self.listeners:
                 listener.task_retrying(task, reason)
         else:
@@ -435,9 +444,15 @@ class Engine:
         """Drop stale entries (cancelled, expired, moved tasks) from lanes
         nobody reads, so they do not hold memory. Returns entries dropped."""
         dropped = 0
-        for lane in self.ready.lanes.values():
+        for name, lane in list(self.ready.lanes.items()):
             if lane.entries > 2 * lane.count + 1024:
                 dropped += lane.compact()
+            if lane.count == 0 and lane.entries == 0:
+                del self.ready.lanes[name]
+        if len(self.counts) > 100:
+            for queue, counts in list(self.counts.items()):
+                if not any(counts.values()):
+                    del self.counts[queue]     # empty queue: pruned, so names stay bounded
         return dropped
 
     # -- views -------------------------------------------------------------------

@@ -145,6 +145,8 @@ class ServiceHandlers:
         def answer(task: dict[str, Any] | None) -> bool:
             return endpoint.reply(identity, req, {"task": task})
 
+        if self.dispatcher.paused:
+            raise ShuttingDown("node is shutting down and leases no new tasks")
         consumer = PullConsumer(queues, now + timeout, answer)
         task = self.engine.take(queues, now)
         if task is not None:
@@ -222,7 +224,12 @@ class ServiceHandlers:
         worker = self._worker(identity, now)
         self.endpoint.work += len(items)
         complete = self.engine.complete
+        limit = self.node.config.max_payload
         for task_id, attempt, result in items:
+            if result is not None and len(result) > limit:
+                self.engine.fail(task_id, attempt, {"type": "ResultTooLarge", "message":
+                                 f"result of {len(result)} bytes exceeds max_payload {limit}"}, False, None, now)
+                continue
             complete(task_id, attempt, result, now)
         self._grant(worker, len(items))
 

@@ -169,8 +169,7 @@ class Node:
         grace = self.config.shutdown_grace if grace is None else grace
         self.engine.accepting = False
         self.accepting_workers = False
-        self.dispatcher.pending = False
-        self.dispatcher.hungry.clear()   # nothing new is leased from here on
+        self.dispatcher.paused = True    # nothing new is leased from here on
         running = sum(len(w.running) for w in self.workers.by_identity.values())
         logger.info("node %s stopping: %d running task(s), grace %.1fs", self.id, running, grace)
         deadline = time.time() + grace

@@ -77,7 +77,7 @@ class Waiters(EngineListener):
                 keep = [(d, a) for d, a in waiting if d > now]
                 for d, answer in waiting:
                     if d <= now:
-                        answer({"state": "pending", "timeout": True})
+                        answer({"state": "running", "timeout": True})
                 self.count -= len(waiting) - len(keep)
                 if keep:
                     self.results[task_id] = keep

@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from typing import Any, Callable, Iterable
 
 from ..client.client import TASK_OPTIONS, Client
@@ -111,6 +113,8 @@ class App:
 def load_app(spec: str) -> App:
     """Import ``module:attribute`` (or ``module``, attribute ``app``)."""
     module_name, _, attr = spec.partition(":")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())     # `miyaq worker tasks:app` from the app's directory
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -92,8 +92,15 @@ class NodeLink:
 
     def flush(self) -> None:
         self._flush_pending = False
-        if self.done:
-            done, self.done = self.done, []
+        while self.done:
+            # Bounded messages: at most 256 results or about 4 MiB each.
+            size, n = 0, 0
+            for item in self.done:
+                if n and (n >= 256 or size > 4 * 1024 * 1024):
+                    break
+                size += len(item[2] or b"")
+                n += 1
+            done, self.done = self.done[:n], self.done[n:]
             self.send(c.DONE, {"done": done})
         if self.failed:
             failed, self.failed = self.failed, []

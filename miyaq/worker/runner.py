@@ -185,7 +185,7 @@ class Worker:
         bind(TaskContext(task_id, name, queue, attempt, timeout, link.touch))
         link = report   # type: ignore[assignment]  # reports go where the task's holders are
         try:
-            args, kwargs = msgpack.unpackb(body, raw=False) if body else ([], {})
+            args, kwargs = msgpack.unpackb(body, raw=False, strict_map_key=False) if body else ([], {})
             value = tdef.fn(*args, **kwargs)
             result = msgpack.packb(value, use_bin_type=True)
         except TaskAborted:
