@@ -64,6 +64,8 @@ class ClusterIntake:
             self.ack(identity, [task.id, REJECTED, Unavailable("the ring is empty").to_wire()])
             return
         task.holders = tuple(holders)
+        record = task_record(task)     # before place(): each holder adds its own offset
+        record.pop("rank", None)
         need = min(role.min_acks or len(holders), len(holders))
         entry = _Pending(identity, need, now + ACK_TIMEOUT)
         if role.node_id in holders:
@@ -79,9 +81,6 @@ class ClusterIntake:
             entry.status, entry.detail = status, detail
             entry.got = 1
         self.pending[task.id] = entry
-        record = task_record(task)
-        record.pop("rank", None)
-        record.pop("standby", None)
         for holder in holders:
             if holder != role.node_id:
                 self.outbox.setdefault(holder, []).append(record)

@@ -61,13 +61,26 @@ class ClusterRole:
         self.peer.handlers.update({REPLICATE: self._on_replicate, QUERY: self._on_query,
                                    SYNC: self.resync.serve})
         self.peer.after_burst.append(self.flush)
+        # Replication acks arrive on the peer link: release the SUBMITTED
+        # replies they complete without waiting for the next client message.
+        self.peer.after_burst.append(node.endpoint.flush_acks)
         node.endpoint.after_burst.append(lambda now: self.flush())
         self._view_changed = gevent.event.Event()
         self._pending_view: RingView | None = None
+        self._reconcile_until = 0.0
 
     # -- lifecycle ------------------------------------------------------------------
+    RECONCILE_TIMEOUT = 15.0
+
     def start(self) -> None:
         node = self.node
+        if self.engine.table.live:
+            # Restarted from its log: hold dispatching until the other holders
+            # told us what finished (and what we missed) while we were down.
+            node.dispatcher.paused = True
+            self._reconcile_until = time.time() + self.RECONCILE_TIMEOUT
+            logger.info("node %s: %d task(s) from the log; reconciling with the other holders before "
+                        "dispatching", self.node_id, len(self.engine.table.live))
         node.spawn(self.peer.serve_requests)
         node.spawn(self.peer.serve_answers)
         node.spawn(self.subscriber.serve)
@@ -203,6 +216,15 @@ class ClusterRole:
             now = time.time()
             self.flush()
             self.intake.sweep(now)
+            if self._reconcile_until and (now >= self._reconcile_until or
+                                          (len(self.view.members) > 0 and self.streams_ready()
+                                           and self.resync.completed >= len(self.view.members) - 1)):
+                self._reconcile_until = 0.0
+                if not self.node.engine.accepting:
+                    continue
+                self.node.dispatcher.paused = False
+                self.node.dispatcher.pending = True
+                logger.info("node %s: reconciled; dispatching", self.node_id)
             if now - last_beat >= HEARTBEAT:
                 last_beat = now
                 self.publisher.heartbeat([m for m in self.view.members if m != self.node_id])
@@ -228,5 +250,5 @@ class ClusterRole:
                 "duplicates": self.publisher_listener.duplicates, "stream_gaps": self.subscriber.gaps,
                 "resyncs": self.subscriber.resyncs, "stream_dropped": self.publisher.dropped,
                 "submits_rejected": self.intake.rejected, "handed_off": self.handoff.handed,
-                "running_here": sum(1 for t in self.engine.table.live.values() if t.state == RUNNING),
+                "running_here": sum(c[RUNNING] for c in self.engine.counts.values()),
                 "streams_ready": self.streams_ready()}

@@ -147,7 +147,9 @@ class ZooKeeperCoordinator(SessionRole, LeaderRole, Coordinator):
 
     @property
     def client(self) -> KazooClient | None:
-        """The kazoo client (for tests and diagnostics only)."""
+        """The kazoo client (None before ``start``); the same object for the
+        coordinator's life. Besides tests, periodic schedules keep their znodes
+        with it (:mod:`miyaq.cluster.periodic_store`)."""
         return self._zk
 
     def registered(self) -> dict[str, Member]:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import InvalidField, MiyaqError, NotFound, ShuttingDown
 from ..protocol import commands as c
 from ..protocol import fields as f
+from ..protocol.periodic import schedules_from_wire
 from ..protocol.taskspec import check_id, check_queue, task_from_wire
 from ..store.task import ALL_STATES
 from .consumers import PullConsumer, delivery
@@ -185,8 +186,10 @@ class ServiceHandlers:
         names = f.string_list(body, "names", [], max_items=10_000, max_len=256)
         capacity = f.integer(body, "capacity", 1, lo=1, hi=100_000)
         credit = f.integer(body, "credit", capacity, lo=0, hi=capacity)
+        schedules = schedules_from_wire(body.get("periodic"), names)
         if not self.node.accepting_workers:
             raise ShuttingDown("node is shutting down")
+        self.node.periodic.declare(schedules, wid, now)   # refuses (nothing kept) past its limit
         info = {k: body[k] for k in ("pid", "host", "concurrency") if k in body}
         worker = self.workers.register(identity, wid, queues, names, capacity, now, info)
         worker.credit = 0

@@ -29,6 +29,7 @@ from .engine import Engine
 from .handlers import ServiceHandlers
 from ..store.log import AppendLog
 from .intake import LocalIntake
+from .periodic import PeriodicScheduler
 from .persistence import Persistence, replay
 from .service import ServiceEndpoint
 from .waiters import Waiters
@@ -70,6 +71,7 @@ class Node:
         self.cluster: Any = None
         if config.zk:
             self._join_cluster()
+        self.periodic = PeriodicScheduler(self)   # fires on the leader only (docs/periodic.md)
         self.gateway: Any = None
         if config.http_port:
             from ..gateway.server import Gateway   # the HTTP interface (docs/http.md)
@@ -139,6 +141,7 @@ class Node:
             logger.warning("node %s keeps tasks in memory only (no --data-dir): "
                            "they do not survive a restart", self.id)
         self.spawn(self.endpoint.serve)
+        self.periodic.start()   # before the cluster: it listens for leadership
         if self.cluster is not None:
             self.cluster.start()
         self.spawn(self._timer_loop)
@@ -258,5 +261,5 @@ class Node:
         return {"node": self.id, "version": __version__, "uptime": now - self.started,
                 "accepting": self.engine.accepting, "queues": queues, "totals": totals,
                 "outcomes": outcomes, "errors": dict(self.endpoint.errors),
-                "max_tasks": self.config.max_tasks,
+                "max_tasks": self.config.max_tasks, "periodic": self.periodic.stats(),
                 "cluster": self.cluster.stats() if self.cluster is not None else None}

@@ -17,9 +17,12 @@ import os
 import sys
 from typing import Any, Callable, Iterable
 
-from ..client.client import TASK_OPTIONS, Client
+from ..client.client import TASK_OPTIONS, Client, pack_args
 from ..client.handle import TaskHandle
-from ..errors import ConfigError
+from ..errors import ConfigError, InvalidField
+from ..protocol.periodic import schedule_from_wire
+
+SCHEDULE_OPTIONS = ("queue", "priority", "timeout", "max_retries")
 
 
 class TaskDef:
@@ -73,6 +76,7 @@ class App:
         self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         self.client_options = client_options
         self.tasks: dict[str, TaskDef] = {}
+        self.schedules: dict[str, dict[str, Any]] = {}   # periodic specs, sent in READY
         self._client: Client | None = None
         self.green: bool | None = None   # the worker sets True before handlers run
 
@@ -96,6 +100,42 @@ class App:
                 raise ConfigError(f"a task named {task_name!r} is already registered")
             tdef = TaskDef(self, fn, task_name, options)
             self.tasks[task_name] = tdef
+            return tdef
+
+        return register(fn) if fn is not None else register
+
+    def periodic(self, fn: Callable[..., Any] | None = None, *, every: float | None = None,
+                 cron: str | None = None, name: str | None = None, args: Iterable[Any] = (),
+                 kwargs: dict[str, Any] | None = None, **options: Any) -> Any:
+        """Run a handler on a schedule: the leader node submits it once per
+        tick, cluster-wide (docs/periodic.md). Give ``every`` (seconds, >= 0.1;
+        ticks are its multiples since the epoch) or ``cron`` (5 fields, UTC).
+        ``args``/``kwargs`` are passed to each call; options: queue, priority,
+        timeout, max_retries. ``name`` (1-40 characters of A-Z a-z 0-9 _ . : -;
+        default: the task's name) names the schedule, and the task when this
+        registers the handler. Over an ``@app.task`` (or another
+        ``@app.periodic`` with another name) it schedules that task. A bad
+        schedule raises ``ConfigError`` here, at import time."""
+        unknown = set(options) - set(SCHEDULE_OPTIONS)
+        if unknown:
+            raise ConfigError(f"unknown periodic option(s): {', '.join(sorted(unknown))} "
+                              f"(allowed: {', '.join(SCHEDULE_OPTIONS)})")
+
+        def register(fn: Callable[..., Any]) -> TaskDef:
+            existing = fn if isinstance(fn, TaskDef) else None
+            task_name = existing.name if existing else name or f"{fn.__module__}.{fn.__qualname__}"
+            merged = {**(existing.options if existing else {}), **options}
+            wire = {k: merged[k] for k in SCHEDULE_OPTIONS if merged.get(k) is not None}
+            wire.update(name=name or task_name, task=task_name, every=every, cron=cron,
+                        body=pack_args(args, kwargs))
+            try:
+                schedule = schedule_from_wire(wire)
+            except InvalidField as err:
+                raise ConfigError(f"@app.periodic on {task_name}: {err.message}") from None
+            if schedule.name in self.schedules:
+                raise ConfigError(f"a periodic schedule named {schedule.name!r} is already registered")
+            tdef = existing or self.task(fn, name=task_name, **options)
+            self.schedules[schedule.name] = schedule.to_wire()
             return tdef
 
         return register(fn) if fn is not None else register

@@ -66,11 +66,13 @@ class NodeLink:
 
     def register(self) -> None:
         w = self.worker
-        self.send(c.READY, {"worker": w.wid, "queues": w.queues, "names": sorted(w.app.tasks),
-                            "capacity": w.capacity, "pid": w.pid, "host": w.host,
-                            "concurrency": w.concurrency,
-                            # after a reconnect, slots held by running tasks are not free
-                            "credit": max(0, w.capacity - w.busy_count(self))})
+        body = {"worker": w.wid, "queues": w.queues, "names": sorted(w.app.tasks),
+                "capacity": w.capacity, "pid": w.pid, "host": w.host, "concurrency": w.concurrency,
+                # after a reconnect, slots held by running tasks are not free
+                "credit": max(0, w.capacity - w.busy_count(self))}
+        if w.app.schedules:
+            body["periodic"] = list(w.app.schedules.values())   # docs/periodic.md
+        self.send(c.READY, body)
 
     # -- results -------------------------------------------------------------------
     def report_done(self, task_id: str, attempt: int, result: bytes | None) -> None:

@@ -1,0 +1,279 @@
+"""The local cluster a chaos run starts and faults: ZooKeeper, K nodes,
+W workers, each node with its own data directory.
+
+Constraints:
+
+* Every process dies with the run (:mod:`.procs`; ZooKeeper through a
+  ``java`` wrapper that execs the launch shim), and :meth:`LocalCluster.close`
+  stops workers, then nodes, then ZooKeeper, then the network, never raising.
+* A node restarts on the same port, with the same id and data directory,
+  so it replays its log; :meth:`LocalCluster.start_node` with ``wipe=True``
+  empties the directory first (the "disk replaced" fault).
+* :meth:`LocalCluster.whole` answers from the nodes themselves (ring and
+  replication-stream state over the service socket) with short timeouts;
+  a paused or dead node makes it False, never blocks long.
+* Blocking calls (subprocess waits, sleeps): use from plain threads.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import stat
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from ..bench import launch
+from ..client.client import Client
+from ..errors import MiyaqError
+from ..testing.harness import free_port
+from ..testing.zookeeper import ZooKeeperServer
+from .netns import Loopback
+from .procs import Child, miyaq_argv, stop_all
+from .tasks import ENV_DIR
+
+logger = logging.getLogger(__name__)
+
+APP = "miyaq.chaos.tasks:app"
+NODE_DEFAULTS = ("--zk-session-timeout", "3", "--heartbeat", "0.5", "--replica-offset", "2",
+                 "--shutdown-grace", "5", "--http-port", "0")
+"""Faster than production defaults so a one-minute run sees failovers; --node-arg overrides."""
+PROBE_TIMEOUT = 0.5
+
+
+@dataclass
+class NodeSpec:
+    node_id: str
+    index: int
+    host: str
+    port: int
+    data_dir: str
+    netns: str | None
+
+    @property
+    def endpoint(self) -> str:
+        return f"tcp://{self.host}:{self.port}"
+
+
+def java_wrapper(directory: str) -> str | None:
+    """A ``java`` that dies with this process: a script exec'ing the launch
+    shim, given to ZooKeeperServer. None when java is not installed (then
+    ZooKeeperServer says how to install it)."""
+    java = shutil.which("java")
+    if java is None:
+        return None
+    path = os.path.join(directory, "java-with-parent")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(f'#!/bin/sh\nexec "{sys.executable}" "{launch.__file__}" {os.getpid()} "{java}" "$@"\n')
+    os.chmod(path, os.stat(path).st_mode | stat.S_IXUSR)
+    return path
+
+
+class LocalCluster:
+    """ZooKeeper + nodes + workers on this machine (see the module docstring)."""
+
+    def __init__(self, run_dir: str, *, nodes: int = 3, replicas: int = 2, workers: int = 2,
+                 concurrency: int = 32, fsync: str = "interval", node_args: list[str] | None = None,
+                 name: str = "chaos", net: Any = None) -> None:
+        self.run_dir = run_dir
+        self.replicas = replicas
+        self.concurrency = concurrency
+        self.fsync = fsync
+        self.node_args = list(node_args or [])
+        self.name = name
+        self.net = net or Loopback()
+        self.zookeeper: ZooKeeperServer | None = None
+        self.zk_hosts = ""
+        self.specs = {}
+        for i in range(nodes):
+            node_id = f"n{i}"
+            self.specs[node_id] = NodeSpec(node_id, i, self.net.host(i), free_port(),
+                                           os.path.join(run_dir, "data", node_id), self.net.netns(i))
+        self.procs: dict[str, Child] = {}
+        self.worker_count = workers
+        self.workers: list[Child] = []
+        self._worker_seq = 0
+        self._clients: dict[str, Client] = {}
+        self._lock = threading.Lock()
+        self.capabilities = {"kill", "pause", "leader", "worker", "zk", "wipe"}
+        if self.net.partitions:
+            self.capabilities |= {"partition", "isolate"}
+
+    # -- views -------------------------------------------------------------------------
+    @property
+    def node_ids(self) -> list[str]:
+        return list(self.specs)
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [s.endpoint for s in self.specs.values()]
+
+    def node_of(self, endpoint: str | None) -> str | None:
+        for spec in self.specs.values():
+            if spec.endpoint == endpoint:
+                return spec.node_id
+        return None
+
+    def client(self, node_id: str) -> Client:
+        """A probe client for one node (short timeouts); made once, reused."""
+        with self._lock:
+            client = self._clients.get(node_id)
+            if client is None:
+                client = Client(self.specs[node_id].endpoint, request_timeout=PROBE_TIMEOUT, submit_timeout=5.0)
+                self._clients[node_id] = client
+            return client
+
+    def up(self, node_id: str) -> bool:
+        proc = self.procs.get(node_id)
+        return proc is not None and proc.alive() and not proc.paused
+
+    def ring(self) -> dict[str, Any] | None:
+        """The ring as the first node that answers sees it."""
+        for node_id in self.node_ids:
+            if self.up(node_id):
+                try:
+                    return self.client(node_id).ring()
+                except MiyaqError:
+                    continue
+        return None
+
+    def leader(self) -> str | None:
+        ring = self.ring()
+        return ring.get("leader") if ring else None
+
+    def whole(self) -> tuple[bool, str]:
+        """(True, "") when every node runs, sees every node in its ring and
+        hears every other node's replication stream; else (False, why)."""
+        wanted = set(self.node_ids)
+        for node_id in self.node_ids:
+            if not self.up(node_id):
+                return False, f"{node_id} is not running"
+            try:
+                client = self.client(node_id)
+                members = set(client.ring()["members"])
+                cluster = client.status().get("cluster") or {}
+            except MiyaqError as exc:
+                return False, f"{node_id} does not answer ({exc.code})"
+            if members != wanted:
+                return False, f"{node_id} sees ring {sorted(members)}"
+            if not cluster.get("streams_ready"):
+                return False, f"{node_id} is still resyncing"
+        return True, ""
+
+    def stats(self) -> dict[str, Any]:
+        """Every answering node's cluster counters (duplicates, takeovers...)."""
+        out: dict[str, Any] = {}
+        for node_id in self.node_ids:
+            if self.up(node_id):
+                try:
+                    status = self.client(node_id).status()
+                    out[node_id] = {"cluster": status.get("cluster"), "totals": status.get("totals")}
+                except MiyaqError:
+                    continue
+        return out
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        """ZooKeeper, then every node, then the workers. Does not wait for the ring."""
+        os.makedirs(self.run_dir, exist_ok=True)
+        zk_dir = os.path.join(self.run_dir, "zookeeper")
+        os.makedirs(zk_dir, exist_ok=True)
+        self.zookeeper = ZooKeeperServer(workdir=zk_dir, java=java_wrapper(zk_dir))
+        self.zookeeper.start()
+        self.zk_hosts = self.net.zk_hosts(self.zookeeper.hosts)
+        for node_id in self.node_ids:
+            self.start_node(node_id)
+        for _ in range(self.worker_count):
+            self.start_worker()
+
+    def start_node(self, node_id: str, wipe: bool = False) -> Child:
+        spec = self.specs[node_id]
+        if wipe:
+            shutil.rmtree(spec.data_dir, ignore_errors=True)
+        os.makedirs(spec.data_dir, exist_ok=True)
+        args = ["node", "--zk", self.zk_hosts, "--cluster", self.name, "--node-id", node_id,
+                "--host", spec.host, "--port", str(spec.port), "--replicas", str(self.replicas),
+                "--data-dir", spec.data_dir, "--fsync", self.fsync, *NODE_DEFAULTS, *self.node_args]
+        child = Child(node_id, miyaq_argv(*args), os.path.join(self.run_dir, f"{node_id}.log"),
+                      netns=spec.netns).start()
+        self.procs[node_id] = child
+        logger.info("node %s started (pid %s, port %d%s)", node_id, child.pid, spec.port,
+                    ", data wiped" if wipe else "")
+        return child
+
+    def kill_node(self, node_id: str) -> None:
+        self.procs[node_id].kill()
+
+    def pause_node(self, node_id: str) -> None:
+        import signal
+        self.procs[node_id].signal(signal.SIGSTOP)
+
+    def resume_node(self, node_id: str) -> None:
+        import signal
+        self.procs[node_id].signal(signal.SIGCONT)
+
+    # -- network faults (``--partitions``) ---------------------------------------------
+    def partition(self, node_id: str) -> None:
+        """Cut ``node_id`` off from every other node (ZooKeeper, clients and
+        workers still reach it)."""
+        me = self.specs[node_id].index
+        self.net.partition([me], [s.index for s in self.specs.values() if s.index != me])
+
+    def heal_partition(self, node_id: str) -> None:
+        me = self.specs[node_id].index
+        self.net.unpartition([me], [s.index for s in self.specs.values() if s.index != me])
+
+    def isolate(self, node_id: str) -> None:
+        self.net.isolate(self.specs[node_id].index)
+
+    def rejoin(self, node_id: str) -> None:
+        self.net.rejoin(self.specs[node_id].index)
+
+    def start_worker(self) -> Child:
+        self._worker_seq += 1
+        name = f"worker{self._worker_seq}"
+        args = ["worker", APP, "--processes", "1", "--concurrency", str(self.concurrency),
+                "--connect", ",".join(self.endpoints), "--heartbeat", "0.5", "--grace", "5"]
+        child = Child(name, miyaq_argv(*args), os.path.join(self.run_dir, f"{name}.log"),
+                      env={ENV_DIR: self.run_dir}).start()
+        self.workers.append(child)
+        return child
+
+    def live_workers(self) -> list[Child]:
+        return [w for w in self.workers if w.alive()]
+
+    def stop_zk(self) -> None:
+        assert self.zookeeper is not None
+        self.zookeeper.stop()
+
+    def start_zk(self) -> None:
+        assert self.zookeeper is not None
+        self.zookeeper.start()
+
+    def stop_workers(self, grace: float = 10.0) -> None:
+        stop_all(self.workers, grace)
+
+    def close(self) -> None:
+        """Workers, nodes, ZooKeeper, network, probe clients. Never raises."""
+        try:
+            self.stop_workers()
+            stop_all(list(self.procs.values()), 15.0)
+        finally:
+            if self.zookeeper is not None:
+                try:
+                    self.zookeeper.stop()
+                except Exception:
+                    logger.exception("stopping ZooKeeper failed")
+            try:
+                self.net.close()
+            except Exception:
+                logger.exception("removing the network namespaces failed")
+            with self._lock:
+                clients, self._clients = list(self._clients.values()), {}
+            for client in clients:
+                try:
+                    client.close(flush=False)
+                except Exception:
+                    logger.exception("closing a probe client failed")

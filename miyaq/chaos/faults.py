@@ -1,0 +1,172 @@
+"""What the nemesis can do: one small class per fault kind.
+
+A kind names its targets (given the nodes already down), breaks something
+(:meth:`FaultKind.begin`) and repairs it (:meth:`FaultKind.heal`); the
+nemesis (:mod:`.nemesis`) decides when, keeps the safety budget and
+records everything. ``holder=True`` kinds take a node away as a holder of
+tasks (it counts against the budget of N−1 nodes down at once).
+
+``begin`` and ``heal`` block (a kill waits for the process to be reaped,
+a restart of ZooKeeper until it answers) and may raise ``MiyaqError``;
+``heal`` must be safe to call once after ``begin`` succeeded.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any, ClassVar
+
+from ..errors import ConfigError
+
+KINDS_DEFAULT = ("kill", "pause", "leader", "worker", "zk", "wipe")
+KINDS_NETWORK = ("partition", "isolate")
+
+
+class FaultKind:
+    name: ClassVar[str] = ""
+    holder: ClassVar[bool] = True
+    """True: the target node stops being a usable holder while the fault lasts."""
+    help: ClassVar[str] = ""
+
+    def targets(self, cluster: Any, down: set[str], ctx: dict[str, Any]) -> list[str]:
+        """Nodes this fault may hit now (default: every running node not down)."""
+        return [n for n in cluster.node_ids if n not in down and cluster.up(n)]
+
+    def begin(self, cluster: Any, target: str) -> dict[str, Any]:
+        """Break ``target``; returns details for the history."""
+        raise NotImplementedError
+
+    def heal(self, cluster: Any, target: str) -> None:
+        raise NotImplementedError
+
+
+class Kill(FaultKind):
+    name = "kill"
+    help = "kill -9 a random node, restart it (same data dir) after the fault duration"
+
+    def begin(self, cluster: Any, target: str) -> dict[str, Any]:
+        pid = cluster.procs[target].pid
+        cluster.kill_node(target)
+        return {"pid": pid}
+
+    def heal(self, cluster: Any, target: str) -> None:
+        cluster.start_node(target)
+
+
+class KillLeader(Kill):
+    name = "leader"
+    help = "kill -9 the ring's leader, restart it after the fault duration"
+
+    def targets(self, cluster: Any, down: set[str], ctx: dict[str, Any]) -> list[str]:
+        leader = cluster.leader()
+        return [leader] if leader and leader not in down and cluster.up(leader) else []
+
+
+class Wipe(Kill):
+    name = "wipe"
+    help = "kill -9 a node and restart it with its data dir emptied"
+
+    def heal(self, cluster: Any, target: str) -> None:
+        cluster.start_node(target, wipe=True)
+
+
+class Pause(FaultKind):
+    name = "pause"
+    help = "SIGSTOP a node for the pause duration (longer than its ZooKeeper session), then SIGCONT"
+
+    def begin(self, cluster: Any, target: str) -> dict[str, Any]:
+        cluster.pause_node(target)
+        return {"pid": cluster.procs[target].pid}
+
+    def heal(self, cluster: Any, target: str) -> None:
+        cluster.resume_node(target)
+
+
+class WorkerKill(FaultKind):
+    name = "worker"
+    holder = False
+    help = "kill -9 a worker in the middle of a task; start a new worker after 1 s"
+
+    def targets(self, cluster: Any, down: set[str], ctx: dict[str, Any]) -> list[str]:
+        busy = ctx.get("busy_pids", set())
+        live = cluster.live_workers()
+        if len(live) < 2 and not ctx.get("unsafe"):
+            return []    # the last worker stays, or nothing would drain
+        return [w.name for w in live if w.pid in busy]
+
+    def begin(self, cluster: Any, target: str) -> dict[str, Any]:
+        worker = next(w for w in cluster.workers if w.name == target)
+        pid = worker.pid
+        worker.kill()
+        return {"pid": pid}
+
+    def heal(self, cluster: Any, target: str) -> None:
+        cluster.start_worker()
+
+
+class ZooKeeperStop(FaultKind):
+    name = "zk"
+    holder = False
+    help = "stop ZooKeeper for the fault duration, then start it again (same data)"
+
+    def targets(self, cluster: Any, down: set[str], ctx: dict[str, Any]) -> list[str]:
+        return [] if ctx.get("zk_down") else ["zookeeper"]
+
+    def begin(self, cluster: Any, target: str) -> dict[str, Any]:
+        cluster.stop_zk()
+        return {}
+
+    def heal(self, cluster: Any, target: str) -> None:
+        cluster.start_zk()
+
+
+class Partition(FaultKind):
+    name = "partition"
+    help = "cut a node off from the other nodes (not from ZooKeeper, clients or workers)"
+
+    def begin(self, cluster: Any, target: str) -> dict[str, Any]:
+        cluster.partition(target)
+        return {}
+
+    def heal(self, cluster: Any, target: str) -> None:
+        cluster.heal_partition(target)
+
+
+class Isolate(FaultKind):
+    name = "isolate"
+    help = "cut a node off from everything (its link goes down)"
+
+    def begin(self, cluster: Any, target: str) -> dict[str, Any]:
+        cluster.isolate(target)
+        return {}
+
+    def heal(self, cluster: Any, target: str) -> None:
+        cluster.rejoin(target)
+
+
+KINDS: dict[str, FaultKind] = {k.name: k() for k in (Kill, Pause, KillLeader, WorkerKill, ZooKeeperStop, Wipe,
+                                                      Partition, Isolate)}
+
+
+def parse_kinds(text: str | None, partitions: bool) -> list[str]:
+    """``--faults`` to a list of kinds: comma-separated names, ``all``,
+    ``none``, or empty for the default mix (plus the network kinds with
+    ``--partitions``)."""
+    if text is None or not text.strip():
+        return list(KINDS_DEFAULT) + (list(KINDS_NETWORK) if partitions else [])
+    text = text.strip().lower()
+    if text == "none":
+        return []
+    if text == "all":
+        return list(KINDS_DEFAULT) + list(KINDS_NETWORK)
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise ConfigError(f"unknown fault kind(s) {', '.join(unknown)}; choose from {', '.join(KINDS)}")
+    return list(dict.fromkeys(kinds))
+
+
+def choose(kinds: list[str], rng: random.Random) -> list[FaultKind]:
+    """The enabled kinds in a random order (the nemesis tries them in turn)."""
+    order = list(kinds)
+    rng.shuffle(order)
+    return [KINDS[k] for k in order]

@@ -1,0 +1,227 @@
+"""Where a chaos run's nodes live on the network: loopback, or one network
+namespace per node (``--partitions``) so the nemesis can cut links.
+
+:class:`Loopback` is the default: every node on 127.0.0.1, no partitions.
+
+:class:`Namespaces` (root on Linux, ``ip`` from iproute2): a bridge
+``<prefix>br`` in the run's own namespace with ``10.X.Y.1/24``; node *i*
+in namespace ``<prefix>-n<i>`` behind a veth pair, with ``10.X.Y.(10+i)``.
+The producer and workers stay in the run's namespace and reach the nodes
+through the bridge. ZooKeeper listens on 127.0.0.1 only, so a small TCP
+relay (:mod:`.relay`) forwards ``10.X.Y.1:port`` to it. Faults:
+
+- :meth:`Namespaces.partition`: blackhole routes, inside the namespaces,
+  between two groups of nodes (both directions; packets to the other side
+  are discarded, nothing else changes). No iptables needed.
+- :meth:`Namespaces.isolate`: the node's veth goes down: it reaches
+  nothing (peers, ZooKeeper, clients, workers) until :meth:`rejoin`.
+
+:meth:`unpartition` and :meth:`rejoin` undo one fault; :meth:`heal` undoes
+every fault still in place.
+
+Only namespaces, links and routes this object made are touched, and only
+inside those namespaces (plus the bridge it made); :meth:`close` deletes
+them all and never raises. The subnet is chosen so it overlaps no address
+or route of this host. Every ``ip`` call has a timeout.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import random
+import shutil
+import subprocess
+import sys
+
+from ..errors import ConfigError, MiyaqError
+from .relay import TcpRelay
+
+logger = logging.getLogger(__name__)
+
+IP_TIMEOUT = 10.0
+
+
+class Loopback:
+    """Every node on 127.0.0.1 in the run's own namespace; no partitions."""
+
+    partitions = False
+
+    def host(self, index: int) -> str:
+        return "127.0.0.1"
+
+    def netns(self, index: int) -> str | None:
+        return None
+
+    def zk_hosts(self, hosts: str) -> str:
+        return hosts
+
+    def heal(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _ip(*args: str, check: bool = True) -> str:
+    try:
+        done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=IP_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise MiyaqError(f"ip {' '.join(args)} failed: {exc}") from None
+    if check and done.returncode != 0:
+        raise MiyaqError(f"ip {' '.join(args)} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def check_supported() -> None:
+    """Raise ConfigError unless namespaces can be made here (Linux, root, ip)."""
+    if not sys.platform.startswith("linux"):
+        raise ConfigError("--partitions needs Linux network namespaces")
+    if os.geteuid() != 0:
+        raise ConfigError("--partitions needs root (it creates network namespaces and a bridge)")
+    if shutil.which("ip") is None:
+        raise ConfigError("--partitions needs the ip command (apt-get install iproute2)")
+
+
+def _pick_subnet(rng: random.Random) -> ipaddress.IPv4Network:
+    used = _ip("-4", "addr", "show", check=False) + _ip("-4", "route", "show", "table", "all", check=False)
+    taken = []
+    for word in used.split():
+        try:
+            taken.append(ipaddress.ip_network(word, strict=False))
+        except ValueError:
+            continue
+    for _ in range(50):
+        net = ipaddress.ip_network(f"10.{rng.randint(200, 254)}.{rng.randint(0, 255)}.0/24")
+        if not any(net.overlaps(t) for t in taken if t.version == 4 and t.prefixlen > 0):
+            return net
+    raise MiyaqError("no free 10.x.y.0/24 subnet found for the chaos bridge")
+
+
+class Namespaces:
+    """``count`` network namespaces on one bridge (see the module docstring)."""
+
+    partitions = True
+
+    def __init__(self, count: int, rng: random.Random | None = None) -> None:
+        check_supported()
+        rng = rng or random.Random()
+        self.prefix = f"mqc{rng.randrange(16 ** 5):05x}"
+        self.count = count
+        self.bridge = f"{self.prefix}br"
+        self.subnet = _pick_subnet(rng)
+        hosts = list(self.subnet.hosts())
+        self.gateway = str(hosts[0])
+        self.addresses = [str(hosts[9 + i]) for i in range(count)]
+        self.relay: TcpRelay | None = None
+        self._made: list[str] = []           # namespaces made, for close()
+        self._bridge_made = False
+        self._blackholes: set[tuple[int, int]] = set()
+        self._isolated: set[int] = set()
+
+    # -- layout -----------------------------------------------------------------------
+    def host(self, index: int) -> str:
+        return self.addresses[index]
+
+    def netns(self, index: int) -> str:
+        return f"{self.prefix}-n{index}"
+
+    def _veths(self, index: int) -> tuple[str, str]:
+        return f"{self.prefix}h{index}", f"{self.prefix}p{index}"
+
+    def setup(self) -> "Namespaces":
+        """Make the bridge and the namespaces; on failure undo what was made."""
+        try:
+            _ip("link", "add", self.bridge, "type", "bridge")
+            self._bridge_made = True
+            _ip("addr", "add", f"{self.gateway}/{self.subnet.prefixlen}", "dev", self.bridge)
+            _ip("link", "set", self.bridge, "up")
+            for i in range(self.count):
+                ns = self.netns(i)
+                outside, inside = self._veths(i)
+                _ip("netns", "add", ns)
+                self._made.append(ns)
+                _ip("link", "add", outside, "type", "veth", "peer", "name", inside)
+                _ip("link", "set", inside, "netns", ns)
+                _ip("link", "set", outside, "master", self.bridge)
+                _ip("link", "set", outside, "up")
+                _ip("-n", ns, "addr", "add", f"{self.addresses[i]}/{self.subnet.prefixlen}", "dev", inside)
+                _ip("-n", ns, "link", "set", inside, "up")
+                _ip("-n", ns, "link", "set", "lo", "up")
+        except MiyaqError:
+            self.close()
+            raise
+        logger.info("network namespaces %s-n0..%d on bridge %s (%s)", self.prefix, self.count - 1,
+                    self.bridge, self.subnet)
+        return self
+
+    def zk_hosts(self, hosts: str) -> str:
+        """Relay ZooKeeper (on loopback) to the bridge address; the nodes use this."""
+        host, _, port = hosts.rpartition(":")
+        if self.relay is None:
+            self.relay = TcpRelay((self.gateway, int(port)), (host, int(port))).start()
+        return f"{self.gateway}:{port}"
+
+    # -- faults -----------------------------------------------------------------------
+    def partition(self, side: list[int], other: list[int]) -> None:
+        """Drop every packet between the nodes of ``side`` and of ``other``."""
+        for a in side:
+            for b in other:
+                for src, dst in ((a, b), (b, a)):
+                    if (src, dst) not in self._blackholes:
+                        _ip("-n", self.netns(src), "route", "add", "blackhole", f"{self.addresses[dst]}/32")
+                        self._blackholes.add((src, dst))
+
+    def unpartition(self, side: list[int], other: list[int]) -> None:
+        """Undo :meth:`partition` for these two groups."""
+        for a in side:
+            for b in other:
+                for src, dst in ((a, b), (b, a)):
+                    if (src, dst) in self._blackholes:
+                        _ip("-n", self.netns(src), "route", "del", "blackhole", f"{self.addresses[dst]}/32")
+                        self._blackholes.discard((src, dst))
+
+    def rejoin(self, index: int) -> None:
+        """Undo :meth:`isolate`."""
+        if index in self._isolated:
+            _ip("link", "set", self._veths(index)[0], "up")
+            self._isolated.discard(index)
+
+    def isolate(self, index: int) -> None:
+        """Cut node ``index`` off from everything (its link goes down)."""
+        _ip("link", "set", self._veths(index)[0], "down")
+        self._isolated.add(index)
+
+    def heal(self) -> None:
+        """Undo every partition and isolation; never raises."""
+        for src, dst in sorted(self._blackholes):
+            try:
+                _ip("-n", self.netns(src), "route", "del", "blackhole", f"{self.addresses[dst]}/32")
+            except MiyaqError as exc:
+                logger.warning("healing a partition: %s", exc)
+        self._blackholes.clear()
+        for index in sorted(self._isolated):
+            try:
+                _ip("link", "set", self._veths(index)[0], "up")
+            except MiyaqError as exc:
+                logger.warning("healing an isolation: %s", exc)
+        self._isolated.clear()
+
+    def close(self) -> None:
+        """Delete the namespaces (their veths go with them) and the bridge.
+        Stop the processes inside first. Never raises."""
+        if self.relay is not None:
+            self.relay.stop()
+            self.relay = None
+        for ns in self._made:
+            try:
+                _ip("netns", "del", ns)
+            except MiyaqError as exc:
+                logger.warning("%s", exc)
+        self._made = []
+        if self._bridge_made:
+            try:
+                _ip("link", "del", self.bridge)
+            except MiyaqError as exc:
+                logger.warning("%s", exc)
+            self._bridge_made = False

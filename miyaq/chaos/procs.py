@@ -1,0 +1,130 @@
+"""Child processes of a chaos run: started so that they die with the run.
+
+Every child is exec'd through :mod:`miyaq.bench.launch`, which sets
+``PR_SET_PDEATHSIG`` (Linux): if the run itself is killed with SIGKILL (a
+test's hard timeout, the OOM killer) its nodes and workers still get
+SIGTERM. A child may run inside a network namespace (``ip netns exec NS``
+goes first; it execs too, so the pid is the child's own).
+
+:meth:`Child.stop` never raises and is safe on any exit path: SIGCONT (a
+paused child cannot act on SIGTERM), SIGTERM, a bounded wait, SIGKILL.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from ..bench import launch
+
+logger = logging.getLogger(__name__)
+
+
+def launcher(argv: list[str], netns: str | None = None) -> list[str]:
+    """The full command line that runs ``argv`` dying with this process."""
+    prefix = ["ip", "netns", "exec", netns] if netns else []
+    return prefix + [sys.executable, launch.__file__, str(os.getpid())] + argv
+
+
+def miyaq_argv(*args: str) -> list[str]:
+    """``python -m miyaq.cli.main ARGS``."""
+    return [sys.executable, "-m", "miyaq.cli.main", *args]
+
+
+class Child:
+    """One child process with its output in ``log_path`` (appended to, so a
+    restarted node keeps one log)."""
+
+    def __init__(self, name: str, argv: list[str], log_path: str, env: dict[str, str] | None = None,
+                 netns: str | None = None) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.env = {**os.environ, **(env or {})}
+        self.netns = netns
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.paused = False
+
+    def start(self) -> "Child":
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(launcher(self.argv, self.netns), stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                         start_new_session=True)
+        self.paused = False
+        logger.debug("started %s (pid %d)", self.name, self.proc.pid)
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> bool:
+        """Send ``sig`` if the child runs; True if it was sent."""
+        if not self.alive():
+            return False
+        assert self.proc is not None
+        try:
+            self.proc.send_signal(sig)
+        except ProcessLookupError:
+            return False
+        if sig == signal.SIGSTOP:
+            self.paused = True
+        elif sig == signal.SIGCONT:
+            self.paused = False
+        return True
+
+    def kill(self) -> None:
+        """SIGKILL and reap: the fault of a crashed process."""
+        if self.proc is None:
+            return
+        self.signal(signal.SIGKILL)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            logger.error("%s (pid %d) survived SIGKILL for 10s", self.name, self.proc.pid)
+        self.paused = False
+
+    def stop(self, grace: float = 10.0) -> int | None:
+        """SIGCONT, SIGTERM, wait up to ``grace``, SIGKILL. Never raises."""
+        proc = self.proc
+        if proc is None:
+            return None
+        try:
+            if proc.poll() is None:
+                self.signal(signal.SIGCONT)
+                self.signal(signal.SIGTERM)
+                try:
+                    proc.wait(grace)
+                except subprocess.TimeoutExpired:
+                    logger.warning("%s (pid %d) ignored SIGTERM for %.0fs; killing it", self.name, proc.pid, grace)
+                    self.kill()
+        except Exception:   # cleanup must go on with the next child
+            logger.exception("stopping %s failed", self.name)
+        self.paused = False
+        return proc.poll()
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(max(0, os.path.getsize(self.log_path) - 32768))
+                text = fh.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def stop_all(children: list[Child], grace: float = 10.0) -> None:
+    """SIGTERM every child at once, then wait for each (bounded); never raises."""
+    for child in children:
+        if child.alive():
+            child.signal(signal.SIGCONT)
+            child.signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for child in children:
+        child.stop(max(0.5, deadline - time.monotonic()))

@@ -1,0 +1,170 @@
+"""The producer of a chaos run: submits at a fixed rate and records every
+submit and its answer.
+
+Open loop: the i-th submit is due at ``start + i / rate`` whatever happened
+to the earlier ones (a schedule more than a second behind, because
+``submit`` blocked on a full window, is moved forward rather than caught up
+in a burst). Each submit gets its id before it is sent and is recorded
+(``submit``) before the client sees it, so a start can never precede its
+submit in the history. A collector thread records each answer as it
+arrives: ``ack`` (the node stored it on ``min_acks`` holders: accepted) or
+``fail`` with the error code (the client gave up after ``submit_timeout``;
+the task may still exist and run — the checker looks).
+
+:meth:`Producer.finish` stops submitting and waits (bounded) for every
+answer; a submit with no answer by then is recorded as ``fail`` with code
+``unanswered``. Thread-safe counters feed the live progress line.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from ..client.client import Client, new_id
+from ..client.handle import TaskHandle
+from ..errors import MiyaqError
+from .history import HistoryWriter
+from .tasks import TASK_NAME, work
+
+logger = logging.getLogger(__name__)
+
+COLLECT_EVERY = 0.01
+MAX_TASK_TIME = 10.0
+
+
+class Producer:
+    def __init__(self, endpoints: list[str], history: HistoryWriter, *, rate: float, duration: float,
+                 task_time: float = 0.05, submit_timeout: float = 10.0, window: int = 5000,
+                 rng: random.Random | None = None) -> None:
+        self.endpoints = endpoints
+        self.history = history
+        self.rate = rate
+        self.duration = duration
+        self.task_time = task_time
+        self.submit_timeout = submit_timeout
+        self.rng = rng or random.Random()
+        self.client = Client(endpoints, window=window, submit_timeout=submit_timeout)
+        self.submitted = 0
+        self.acked = 0
+        self.failed = 0
+        self.accepted: set[str] = set()
+        self.refused: set[str] = set()
+        self._pending: deque[tuple[TaskHandle, float]] = deque()
+        self._answered: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._submitting = True
+        self._submitter = threading.Thread(target=self._submit_loop, name="chaos-producer", daemon=True)
+        self._collector = threading.Thread(target=self._collect_loop, name="chaos-collector", daemon=True)
+
+    def start(self) -> "Producer":
+        self._submitter.start()
+        self._collector.start()
+        return self
+
+    @property
+    def in_flight(self) -> int:
+        return self.submitted - self.acked - self.failed
+
+    # -- submitting -----------------------------------------------------------------
+    def _task_seconds(self) -> float:
+        if self.task_time <= 0:
+            return 0.0
+        return min(self.rng.expovariate(1.0 / self.task_time), MAX_TASK_TIME)
+
+    def _submit_loop(self) -> None:
+        start = time.monotonic()
+        end = start + self.duration
+        i = 0
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if now >= end:
+                    return
+                due = start + i / self.rate
+                if due > now:
+                    self._stop.wait(min(due, end) - now)
+                    continue
+                if now - due > 1.0:        # blocked: move the schedule, do not burst
+                    start += now - due - 1.0
+                self._submit_one(i)
+                i += 1
+        finally:
+            self._submitting = False
+
+    def _submit_one(self, seq: int) -> None:
+        task_id = new_id()
+        self.history.write("submit", id=task_id, seq=seq)
+        self.submitted += 1
+        try:
+            handle = self.client.submit(TASK_NAME, [round(self._task_seconds(), 4), seq], id=task_id,
+                                        **work.options)
+        except MiyaqError as exc:       # the window stayed full: never sent
+            self._failed(task_id, exc.code, exc.message, sent=False)
+            return
+        with self._lock:
+            self._pending.append((handle, time.time()))
+
+    # -- answers --------------------------------------------------------------------
+    def _collect_loop(self) -> None:
+        while True:
+            with self._lock:
+                pending = list(self._pending)
+            done_ids = set()
+            for handle, _ in pending:
+                if handle._accepted.done():    # our own package: the one non-blocking "answered?"
+                    self._resolve(handle)
+                    done_ids.add(handle.id)
+            if done_ids:
+                with self._lock:
+                    self._pending = deque(p for p in self._pending if p[0].id not in done_ids)
+            if not self._submitting and not self._pending and self._stop.is_set():
+                return
+            time.sleep(max(COLLECT_EVERY, len(pending) / 100_000))   # bounded CPU in an outage
+
+    def _first_answer(self, task_id: str) -> bool:
+        with self._lock:
+            if task_id in self._answered:
+                return False
+            self._answered.add(task_id)
+            return True
+
+    def _resolve(self, handle: TaskHandle) -> None:
+        if not self._first_answer(handle.id):
+            return
+        try:
+            handle.wait_accepted(0)
+        except MiyaqError as exc:
+            self._failed(handle.id, exc.code, exc.message, sent=True)
+            return
+        self.history.write("ack", id=handle.id, node=handle.node)
+        self.accepted.add(handle.id)
+        self.acked += 1
+
+    def _failed(self, task_id: str, code: str, message: str, sent: bool) -> None:
+        self.history.write("fail", id=task_id, code=code, error=message[:300], sent=sent)
+        self.refused.add(task_id)
+        self.failed += 1
+
+    def finish(self, timeout: float | None = None) -> None:
+        """Stop submitting, wait for every answer (bounded), close the client."""
+        self._stop.set()
+        self._submitter.join(self.submit_timeout + 10.0)
+        timeout = self.submit_timeout + 15.0 if timeout is None else timeout
+        self._collector.join(timeout)
+        with self._lock:
+            left, self._pending = list(self._pending), deque()
+        for handle, _ in left:
+            if self._first_answer(handle.id):
+                self._failed(handle.id, "unanswered", "no answer before the run ended", sent=True)
+        try:
+            self.client.close(flush=False)
+        except MiyaqError as exc:
+            logger.warning("closing the producer's client: %s", exc)
+
+    def summary(self) -> dict[str, Any]:
+        return {"submitted": self.submitted, "acked": self.acked, "failed": self.failed}

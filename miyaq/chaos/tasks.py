@@ -1,0 +1,91 @@
+"""The task app a chaos run's workers execute: ``miyaq.chaos.tasks:app``.
+
+Each worker process is started as::
+
+    miyaq worker miyaq.chaos.tasks:app --processes 1 --connect EPS
+
+with ``MIYAQ_CHAOS_DIR`` in its environment. The handler sleeps for the
+time it is given (so a worker can be killed in the middle of a task) and
+appends a ``start`` record before and a ``finish`` record after, each one
+flushed to the kernel at once, to ``$MIYAQ_CHAOS_DIR/exec-<pid>.jsonl``:
+a worker killed with SIGKILL keeps every record it wrote (a torn last line
+is skipped by the reader). Records carry the task id, attempt, worker pid
+and the endpoint of the node that gave the task to the worker.
+
+The environment is read on the first task, not at import. Without
+``MIYAQ_CHAOS_DIR`` the handler records nothing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from typing import IO, Any
+
+import gevent
+
+from ..worker.app import App
+from ..worker.context import TaskContext, current_task
+
+ENV_DIR = "MIYAQ_CHAOS_DIR"
+TASK_NAME = "miyaq.chaos.work"
+QUEUE = "miyaq-chaos"
+"""A queue of its own, so the workers of a deployment never take chaos tasks."""
+MAX_SLEEP = 60.0
+
+app = App()
+
+_lock = threading.Lock()
+_file: IO[str] | None = None
+_opened = False
+
+
+def exec_path(directory: str, pid: int) -> str:
+    """Where worker process ``pid`` writes its records."""
+    return os.path.join(directory, f"exec-{pid}.jsonl")
+
+
+def _out() -> IO[str] | None:
+    global _file, _opened
+    if not _opened:
+        _opened = True
+        directory = os.environ.get(ENV_DIR)
+        if directory:
+            _file = open(exec_path(directory, os.getpid()), "a", encoding="utf-8")   # noqa: SIM115
+    return _file
+
+
+def node_endpoint(ctx: TaskContext) -> str | None:
+    """The endpoint of the node that leased this task to the worker.
+
+    The context's touch callback is bound to the worker's link to that node
+    (:class:`miyaq.worker.link.NodeLink`); ``None`` if that ever changes."""
+    link = getattr(ctx._touch, "__self__", None)
+    endpoint = getattr(link, "endpoint", None)
+    return endpoint if isinstance(endpoint, str) else None
+
+
+def record(event: str, ctx: TaskContext) -> None:
+    """Append one record and flush it (one line, one write)."""
+    out = _out()
+    if out is None:
+        return
+    line = json.dumps({"ev": event, "t": time.time(), "id": ctx.id, "attempt": ctx.attempt,
+                       "pid": os.getpid(), "node": node_endpoint(ctx)}, separators=(",", ":"))
+    with _lock:
+        out.write(line + "\n")
+        out.flush()
+
+
+@app.task(name=TASK_NAME, queue=QUEUE, max_retries=100, backoff=0.2, backoff_max=2.0, timeout=60)
+def work(seconds: float = 0.0, seq: int = 0) -> Any:
+    """Sleep ``seconds`` (cooperatively) between a start and a finish record;
+    returns ``seq``. Retries are many and quick: a chaos task should only
+    end dead-lettered when something is wrong."""
+    ctx = current_task()
+    assert ctx is not None
+    record("start", ctx)
+    gevent.sleep(min(max(0.0, float(seconds)), MAX_SLEEP))
+    record("finish", ctx)
+    return seq

@@ -1,0 +1,359 @@
+"""Periodic (cron) schedules: declared by workers, fired by the leader only.
+
+How it works (docs/periodic.md has the user's view):
+
+* **Declared by workers.** ``@app.periodic(...)`` registers a handler and a
+  schedule; the worker sends its schedules in READY (``periodic``), the node
+  validates them (a bad one refuses the READY with INVALID_FIELD naming the
+  schedule) and keeps them here: at most ``MAX_SCHEDULES`` names, the newest
+  declaration of a name wins. In a cluster every node also writes them to
+  ZooKeeper (:mod:`miyaq.cluster.periodic_store`), so a new leader that no
+  worker has reached yet still fires them.
+* **Fired by the leader.** Standalone, the node is the leader. In a cluster,
+  only while ``coordinator.is_leader`` holds (checked before every action,
+  so firing stops at once when leadership is lost); each term is fenced by
+  the epoch its leader listener gave.
+* **Once per tick.** The task of a tick has the id
+  ``periodic-<name>-<tick>``: two leaders firing one tick make one task
+  (submits are idempotent by id). The task goes through an intake — in a
+  cluster a :class:`~miyaq.cluster.intake.ClusterIntake` of our own, so it is
+  replicated to its holders like any submit and its acknowledgement comes
+  back here; a rejected tick is submitted again (same id) after ``RETRY``.
+* **Resumed by a new leader.** The last tick handled is stored once the tick
+  is accepted (cluster: a znode written compare-and-set with the leader's
+  epoch; standalone: memory). A new leader starts from it. **No catch-up
+  storms**: of the ticks missed while no leader fired, only the most recent
+  fires. A schedule never handled before starts with its next tick.
+* **Forgotten when undeclared.** A schedule no connected worker has
+  declared for ``SPEC_TTL`` seconds stops firing and is deleted.
+
+Constraints: one greenlet (``_loop``) does all I/O (ZooKeeper calls block it
+for at most their timeout); :meth:`declare` and the listeners never block.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+import gevent
+import gevent.event
+from kazoo.exceptions import KazooException
+
+from ..errors import InvalidField, MiyaqError
+from ..protocol.commands import ACCEPTED, DUPLICATE
+from ..protocol.periodic import MAX_SCHEDULES, Schedule, tick_label
+from ..protocol.taskspec import task_from_wire
+from .intake import LocalIntake
+
+if TYPE_CHECKING:
+    from .node import Node
+
+logger = logging.getLogger(__name__)
+
+SPEC_TTL = 3600.0       # a schedule no worker declared for this long stops firing and is forgotten
+SPEC_REFRESH = 300.0    # how stale ZooKeeper's "seen" of a declared schedule may get
+SPEC_RELOAD = 10.0      # the leader re-reads the specs stored in ZooKeeper this often
+HOUSEKEEPING = 5.0      # who still declares what is checked this often
+RETRY = 0.5             # a rejected tick is submitted again after this long (seconds)
+MAX_WAIT = 1.0          # the loop wakes at least this often
+NEVER = 60_000          # a schedule with no next tick is looked at again after this long (ms)
+MAX_DECLARERS = 64      # worker ids remembered per schedule
+IDENTITY = b"\x00periodic"   # the "client" of internal submits; its acks come back to _acked
+
+
+class TickStore(Protocol):
+    def load_last(self, name: str) -> int | None: ...
+    def save_last(self, name: str, tick: int, epoch: int, leader: str) -> bool: ...
+
+
+class MemoryTicks:
+    """A standalone node's last ticks: memory only (a restart starts afresh)."""
+
+    def __init__(self) -> None:
+        self.ticks: dict[str, int] = {}
+
+    def load_last(self, name: str) -> int | None:
+        return self.ticks.get(name)
+
+    def save_last(self, name: str, tick: int, epoch: int, leader: str) -> bool:
+        self.ticks[name] = tick
+        return True
+
+    def forget(self, name: str) -> None:
+        self.ticks.pop(name, None)
+
+
+class _Entry:
+    __slots__ = ("schedule", "declared", "seen", "wids", "synced")
+
+    def __init__(self, schedule: Schedule, declared: float, seen: float) -> None:
+        self.schedule = schedule
+        self.declared = declared          # when this content was first declared
+        self.seen = seen                  # when a declaring worker was last connected
+        self.wids: dict[str, None] = {}   # declaring workers (insertion-ordered, bounded)
+        self.synced: tuple[Schedule, float] | None = None   # what ZooKeeper was last told
+
+
+class PeriodicScheduler:
+    def __init__(self, node: "Node", *, spec_ttl: float = SPEC_TTL, max_schedules: int = MAX_SCHEDULES) -> None:
+        self.node = node
+        self.spec_ttl = spec_ttl
+        self.max_schedules = max_schedules
+        self.entries: dict[str, _Entry] = {}
+        self.ticks: Any = MemoryTicks()
+        self.zk: Any = None                       # a ZkPeriodicStore once ZooKeeper is connected
+        self.epoch: int | None = None             # our term's epoch while leader, else None
+        self._new_term = False
+        self.last: dict[str, int] = {}            # last tick handled, per schedule (this term)
+        self.sent: dict[str, int] = {}            # last tick submitted, per schedule (this term)
+        self.next_at: dict[str, int] = {}         # when to look at a schedule again (ms)
+        self.pending: dict[str, tuple[str, int]] = {}   # task id -> (schedule, tick)
+        self.confirmed: list[tuple[str, int]] = []
+        self.fired = self.already = self.rejected = self.missed = 0
+        self._intake: Any = None
+        self._wake = gevent.event.Event()
+        self._last_reload = self._last_housekeeping = 0.0
+        self._now = 0.0                            # the clock of the current (or last) step
+
+    # -- declarations (the READY handler; never blocks) -----------------------------------
+    def declare(self, schedules: list[Schedule], wid: str, now: float) -> None:
+        """Keep a worker's schedules; InvalidField (nothing kept) past the limit."""
+        new = sum(1 for s in schedules if s.name not in self.entries)
+        if new and len(self.entries) + new > self.max_schedules:
+            raise InvalidField(f"node holds {len(self.entries)} periodic schedules; the limit is "
+                               f"{self.max_schedules}", field="periodic")
+        for s in schedules:
+            entry = self.entries.get(s.name)
+            if entry is None or entry.schedule != s:
+                if entry is not None:
+                    logger.info("periodic schedule %s changed (declared by worker %s)", s.name, wid)
+                entry = self.entries[s.name] = _Entry(s, now, now)
+                self.next_at.pop(s.name, None)
+            entry.seen = now
+            entry.wids.pop(wid, None)
+            entry.wids[wid] = None
+            if len(entry.wids) > MAX_DECLARERS:
+                del entry.wids[next(iter(entry.wids))]
+        if schedules:
+            self._wake.set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Before the cluster starts, so the first leadership notice is heard."""
+        cluster = self.node.cluster
+        if cluster is None:
+            self._intake = LocalIntake(self.node.engine, self._acked)
+            self.epoch, self._new_term = 0, True
+        else:
+            from ..cluster.intake import ClusterIntake
+            self._intake = ClusterIntake(cluster)
+            self._intake.ack = self._acked
+            cluster.coordinator.add_leader_listener(self._on_leadership)
+        self.node.on_stop.append(self.stop)
+        self.node.spawn(self._loop)
+
+    def stop(self) -> None:
+        self.epoch = None
+
+    def _on_leadership(self, is_leader: bool, epoch: int) -> None:
+        """Coordinator listener: must not block."""
+        self.epoch, self._new_term = (epoch, True) if is_leader else (None, False)
+        self._wake.set()
+
+    def leading(self) -> bool:
+        if self.epoch is None or not self.node.engine.accepting:
+            return False
+        cluster = self.node.cluster
+        return cluster is None or bool(cluster.coordinator.is_leader)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def _loop(self) -> None:
+        delay = MAX_WAIT
+        while True:
+            self._wake.wait(delay)
+            self._wake.clear()
+            try:
+                self._step(time.time())
+                delay = self._delay(time.time())
+            except (MiyaqError, KazooException) as exc:   # ZooKeeper unavailable or contended
+                logger.warning("periodic schedules: %s; retrying", getattr(exc, "message", exc) or exc)
+                delay = RETRY
+
+    def _step(self, now: float) -> None:
+        self._now = now
+        if self.node.cluster is not None:
+            self._intake.sweep(now)
+            if self.zk is None:
+                self._connect_store()
+        if now - self._last_housekeeping >= HOUSEKEEPING:
+            self._housekeeping(now)
+        if self.leading():
+            if self._new_term:
+                self._begin_term(now)
+            elif self.zk is not None and now - self._last_reload >= SPEC_RELOAD:
+                self._reload(now)
+            self._save_confirmed()
+            for name, entry in list(self.entries.items()):
+                if not self.leading():
+                    break
+                self._consider(name, entry.schedule, now)
+        if self.zk is not None:
+            self._publish()
+
+    def _delay(self, now: float) -> float:
+        if not self.leading() or not self.next_at:
+            return MAX_WAIT
+        soonest = min(self.next_at.values()) / 1000 - now
+        return min(max(soonest, 0.005), MAX_WAIT)
+
+    # -- the leader ----------------------------------------------------------------------------
+    def _begin_term(self, now: float) -> None:
+        self._new_term = False
+        self.last.clear()
+        self.sent.clear()
+        self.next_at.clear()
+        if self.zk is not None:
+            self._reload(now)
+        logger.info("periodic: firing %d schedule(s) as leader (epoch %s)", len(self.entries), self.epoch)
+
+    def _consider(self, name: str, s: Schedule, now: float) -> None:
+        """Fire the schedule's latest due tick unless it was handled or is in flight."""
+        now_ms = int(now * 1000)
+        if self.next_at.get(name, 0) > now_ms:
+            return
+        if name not in self.last:
+            stored = self.ticks.load_last(name)
+            if stored is None:   # a new schedule starts with its next tick
+                stored = s.latest_tick(now)
+                if stored is None:
+                    self.next_at[name] = now_ms + NEVER
+                    return
+                if not self._save(name, stored):
+                    return
+            self.last[name] = stored
+        done = max(self.last[name], self.sent.get(name, -1))
+        due = s.latest_tick(now)
+        if due is not None and due > done:
+            following = s.next_tick(done)
+            if following is not None and following < due:
+                self.missed += 1
+                logger.warning("periodic schedule %s: ticks after %s were missed (no leader fired them); "
+                               "firing only the latest, %s", name, tick_label(done), tick_label(due))
+            self._fire(s, due, now)
+            return
+        nxt = s.next_tick(done)
+        self.next_at[name] = nxt if nxt is not None else now_ms + NEVER
+
+    def _fire(self, s: Schedule, tick: int, now: float) -> None:
+        """Submit the tick's task; look again at the next tick (or, if it is refused, sooner)."""
+        nxt = s.next_tick(tick)
+        self.next_at[s.name] = nxt if nxt is not None else int(now * 1000) + NEVER
+        try:
+            task = task_from_wire(s.task_wire(tick), now, self.node.config)
+        except MiyaqError as err:
+            logger.error("periodic schedule %s cannot make its task: %s", s.name, err.message)
+            return
+        self.pending[task.id] = (s.name, tick)
+        self.sent[s.name] = tick
+        self._intake.submit(task, now, IDENTITY)
+        if self.node.cluster is not None:
+            self._intake.flush()
+
+    def _acked(self, identity: bytes, result: list[Any]) -> None:
+        """The intake's answer for one of our submits (never blocks)."""
+        task_id, status, detail = result
+        found = self.pending.pop(task_id, None)
+        if found is None:
+            return
+        name, tick = found
+        if status in (ACCEPTED, DUPLICATE):
+            if status == ACCEPTED:
+                self.fired += 1
+            else:
+                self.already += 1   # another leader (or an earlier try) fired this tick
+            self.confirmed.append(found)
+            self._wake.set()
+            return
+        self.rejected += 1
+        message = detail.get("message") if isinstance(detail, dict) else detail
+        logger.warning("periodic schedule %s: tick %s not accepted (%s); trying again",
+                       name, tick_label(tick), message)
+        if self.sent.get(name) == tick:
+            del self.sent[name]
+        self.next_at[name] = int((self._now + RETRY) * 1000)
+
+    def _save_confirmed(self) -> None:
+        confirmed, self.confirmed = self.confirmed, []
+        for name, tick in confirmed:
+            if name in self.last and tick > self.last[name]:
+                if not self._save(name, tick):
+                    return
+                self.last[name] = tick
+
+    def _save(self, name: str, tick: int) -> bool:
+        assert self.epoch is not None
+        if self.ticks.save_last(name, tick, self.epoch, self.node.id):
+            return True
+        logger.warning("periodic: a newer leader stores the ticks of %s; not firing until elected again", name)
+        self.epoch = None
+        return False
+
+    # -- declarations: liveness and ZooKeeper ---------------------------------------------------
+    def _housekeeping(self, now: float) -> None:
+        """Refresh ``seen`` of schedules a connected worker declares; drop expired ones."""
+        self._last_housekeeping = now
+        connected = self.node.workers.by_wid
+        for name, entry in list(self.entries.items()):
+            for wid in [w for w in entry.wids if w not in connected]:
+                del entry.wids[wid]
+            if entry.wids:
+                entry.seen = now
+            elif now - entry.seen > self.spec_ttl:
+                logger.info("periodic schedule %s: no worker declared it for %.0fs; forgotten",
+                            name, now - entry.seen)
+                del self.entries[name]
+                for table in (self.last, self.sent, self.next_at):
+                    table.pop(name, None)
+                if self.leading():
+                    self.ticks.forget(name)
+
+    def _connect_store(self) -> None:
+        coordinator = self.node.cluster.coordinator
+        client = getattr(coordinator, "client", None)
+        if client is not None:
+            from ..cluster.periodic_store import ZkPeriodicStore
+            self.zk = self.ticks = ZkPeriodicStore(client, coordinator.cluster, coordinator.hosts)
+
+    def _reload(self, now: float) -> None:
+        """Merge the specs stored in ZooKeeper (newest declaration wins; ``seen`` is the latest)."""
+        self._last_reload = now
+        for name, d in self.zk.read_specs().items():
+            entry = self.entries.get(name)
+            if entry is None:
+                if len(self.entries) >= self.max_schedules:
+                    continue
+                entry = self.entries[name] = _Entry(d.schedule, d.declared, d.seen)
+            elif entry.schedule == d.schedule:
+                entry.seen = max(entry.seen, d.seen)
+                continue
+            elif d.declared > entry.declared:
+                entry.schedule, entry.declared, entry.seen = d.schedule, d.declared, max(entry.seen, d.seen)
+                self.next_at.pop(name, None)
+            else:
+                continue
+            entry.synced = (d.schedule, d.seen)
+
+    def _publish(self) -> None:
+        """Tell ZooKeeper of new, changed or long-unrefreshed declarations (any node)."""
+        from ..cluster.periodic_store import Declared
+        for entry in list(self.entries.values()):
+            synced = entry.synced
+            if synced is None or synced[0] != entry.schedule or entry.seen - synced[1] >= SPEC_REFRESH:
+                self.zk.publish_spec(Declared(entry.schedule, entry.declared, entry.seen), SPEC_REFRESH)
+                entry.synced = (entry.schedule, entry.seen)
+
+    # -- views ----------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        return {"schedules": len(self.entries), "leading": self.leading(), "fired": self.fired,
+                "already_fired": self.already, "rejected": self.rejected, "missed": self.missed}
