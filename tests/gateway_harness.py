@@ -175,9 +175,9 @@ class Recorded:
 
 class WorkerServer:
     """A web worker on a free port. ``script`` maps a request count (1-based)
-    to ``(status, headers, delay)``; missing counts answer 200."""
+    to ``(status, headers, delay[, body])``; missing counts answer 200 "ok"."""
 
-    def __init__(self, script: dict[int, tuple[int, dict[str, str], float]] | None = None,
+    def __init__(self, script: dict[int, tuple[Any, ...]] | None = None,
                  hold: float = 0.0) -> None:
         self.requests: list[Recorded] = []
         self.script = script or {}
@@ -199,10 +199,10 @@ class WorkerServer:
                     n = len(outer.requests)
                     outer.in_flight += 1
                     outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
-                status, headers, delay = outer.script.get(n, (200, {}, 0.0))
+                status, headers, delay, *rest = outer.script.get(n, (200, {}, 0.0))
                 try:
                     time.sleep(delay or outer.hold)
-                    payload = b"ok"
+                    payload = rest[0] if rest else b"ok"
                     self.send_response(status)
                     for k, v in headers.items():
                         self.send_header(k, v)

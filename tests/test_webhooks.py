@@ -143,6 +143,21 @@ def test_connection_refused_is_retried_then_dead(make_http_node):
         api.close()
 
 
+def test_a_huge_answer_is_cut_and_its_connection_dropped(make_http_node, make_web_worker):
+    """Fault: the worker answers 2xx with a 300 KB body."""
+    worker = make_web_worker(script={1: (200, {}, 0.0, b"x" * 300_000)})
+    _, api = open_node(make_http_node, webhook_concurrency=1)
+    try:
+        first = enqueue(api, f"{worker.url}/big")
+        second = enqueue(api, f"{worker.url}/small")
+        wait_for(lambda: state_is(api, first, "done") and state_is(api, second, "done"), "both deliveries")
+        result = api.get(f"/tasks/{first}/result")[1]["result"]
+        assert result["status"] == 200 and result["body"] == "x" * 1024
+        assert worker.requests[0].peer_port != worker.requests[1].peer_port   # a fresh connection
+    finally:
+        api.close()
+
+
 def test_connections_are_kept_alive(make_http_node, make_web_worker):
     worker = make_web_worker()
     _, api = open_node(make_http_node, webhook_concurrency=1)
@@ -187,12 +202,14 @@ def test_webhook_submitted_over_zeromq_keeps_its_headers(make_http_node, make_we
     node, api = open_node(make_http_node)
     client = Client(f"tcp://127.0.0.1:{node.config.port}")
     try:
-        handle = client.submit_url(f"{worker.url}/zmq", body=b'{"a": 1}', method="PATCH",
-                                   headers={"Content-Type": "application/json", "X-Tenant": "t9"}, wait=True)
+        handle = client.submit_url(f"{worker.url}/zmq", body=b'{"a": 1}', method="PATCH", wait=True,
+                                   headers={"Content-Type": "application/json", "X-Tenant": "t9",
+                                            "Content-Length": "999", "Connection": "close"})
         wait_for(lambda: state_is(api, handle.id, "done"), "the delivery")
         req = worker.requests[0]
         assert (req.method, req.body, req.headers["X-Tenant"]) == ("PATCH", b'{"a": 1}', "t9")
         assert req.headers["Content-Type"] == "application/json"
+        assert req.headers["Content-Length"] == "8"        # framing headers are the node's, not the task's
     finally:
         client.close()
         api.close()

@@ -31,7 +31,7 @@ from ..errors import MiyaqError
 from ..testing.harness import free_port
 from ..testing.zookeeper import ZooKeeperServer
 from .netns import Loopback
-from .procs import Child, miyaq_argv, stop_all
+from .procs import Child, miyaq_argv, spawn, stop_all
 from .tasks import ENV_DIR
 
 logger = logging.getLogger(__name__)
@@ -162,6 +162,18 @@ class LocalCluster:
                 return False, f"{node_id} is still resyncing"
         return True, ""
 
+    def live_endpoints(self) -> list[str]:
+        """Endpoints of the nodes that run and answer STATUS now."""
+        live = []
+        for node_id in self.node_ids:
+            if self.up(node_id):
+                try:
+                    self.client(node_id).status()
+                except MiyaqError:
+                    continue
+                live.append(self.specs[node_id].endpoint)
+        return live
+
     def stats(self) -> dict[str, Any]:
         """Every answering node's cluster counters (duplicates, takeovers...)."""
         out: dict[str, Any] = {}
@@ -181,7 +193,7 @@ class LocalCluster:
         zk_dir = os.path.join(self.run_dir, "zookeeper")
         os.makedirs(zk_dir, exist_ok=True)
         self.zookeeper = ZooKeeperServer(workdir=zk_dir, java=java_wrapper(zk_dir))
-        self.zookeeper.start()
+        spawn(self.zookeeper.start)
         self.zk_hosts = self.net.zk_hosts(self.zookeeper.hosts)
         for node_id in self.node_ids:
             self.start_node(node_id)
@@ -250,7 +262,7 @@ class LocalCluster:
 
     def start_zk(self) -> None:
         assert self.zookeeper is not None
-        self.zookeeper.start()
+        spawn(self.zookeeper.start)     # forks: on the spawner thread (see .procs)
 
     def stop_workers(self, grace: float = 10.0) -> None:
         stop_all(self.workers, grace)

@@ -97,6 +97,34 @@ class ExecTail:
         return records
 
 
+class Activity:
+    """What the workers are doing, from :class:`ExecTail` records: finished
+    task ids and, per worker pid, the runs started and not yet finished.
+    Thread-safe (the nemesis asks which workers are busy)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.finished: set[str] = set()
+        self.finishes = 0
+        self._open: dict[int, set[tuple[str, int]]] = {}
+
+    def feed(self, records: list[dict[str, Any]]) -> None:
+        with self._lock:
+            for r in records:
+                key = (r.get("id"), r.get("attempt"))
+                runs = self._open.setdefault(int(r.get("pid", 0)), set())
+                if r["ev"] == "start":
+                    runs.add(key)   # type: ignore[arg-type]
+                elif r["ev"] == "finish":
+                    runs.discard(key)   # type: ignore[arg-type]
+                    self.finished.add(str(r.get("id")))
+                    self.finishes += 1
+
+    def busy_pids(self) -> set[int]:
+        with self._lock:
+            return {pid for pid, runs in self._open.items() if runs}
+
+
 def _parse(line: bytes | str) -> dict[str, Any] | None:
     if not line.strip():
         return None

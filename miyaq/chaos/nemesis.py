@@ -1,11 +1,13 @@
 """The nemesis: injects faults on a schedule and records each one's life.
 
-Every ``interval`` seconds it tries the enabled kinds in a random order and
-starts the first one that has a target within the safety budget: at most
+Every ``interval`` seconds (until ``last_start``, so that a fault has time
+to heal before the load ends) it tries the enabled kinds in a random order and
+starts the first one that has a target within the safety budget (if none has, it tries again every
+``RETRY_SKIPPED`` seconds until the next tick): at most
 ``replicas − 1`` nodes down at once (a node counts as down from the moment
 it is broken until the cluster is whole again after its repair, plus a
 short settle time for handoffs), unless ``unsafe``. A fault that finds no
-target is recorded as ``skipped``.
+target at its tick is recorded as ``skipped`` (once per tick).
 
 Each fault lives in its own thread: begin → wait its duration → heal →
 wait until the cluster is whole (:meth:`LocalCluster.whole`) →
@@ -37,6 +39,7 @@ from .history import HistoryWriter
 logger = logging.getLogger(__name__)
 
 POLL = 0.25
+RETRY_SKIPPED = 2.0
 HEAL_TRIES = 3
 
 
@@ -55,7 +58,8 @@ class Nemesis:
     def __init__(self, cluster: Any, history: HistoryWriter, kinds: list[str], *, interval: float = 10.0,
                  duration: float = 5.0, pause_duration: float = 8.0, recover_timeout: float = 60.0,
                  settle: float = 1.0, replicas: int = 2, unsafe: bool = False, first_delay: float | None = None,
-                 busy_pids: Callable[[], set[int]] = set, rng: random.Random | None = None) -> None:
+                 busy_pids: Callable[[], set[int]] = set, rng: random.Random | None = None,
+                 last_start: float | None = None) -> None:
         self.cluster = cluster
         self.history = history
         self.kinds = [k for k in kinds if k in KINDS]
@@ -68,6 +72,7 @@ class Nemesis:
         self.max_down = len(cluster.node_ids) if unsafe else max(0, replicas - 1)
         self.first_delay = interval if first_delay is None else first_delay
         self.busy_pids = busy_pids
+        self.last_start = last_start     # time.monotonic(): no fault begins after this
         self.rng = rng or random.Random()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -86,13 +91,24 @@ class Nemesis:
         return self
 
     def _schedule(self) -> None:
-        next_at = time.monotonic() + self.first_delay
+        next_at = tick = time.monotonic() + self.first_delay
+        retrying = False
         while not self._stop.wait(max(0.0, next_at - time.monotonic())):
+            if self.last_start is not None and time.monotonic() > self.last_start:
+                return
             try:
-                self.inject()
+                fault = self.inject(record_skip=not retrying)
             except Exception:   # a nemesis bug must not leave faults unhealed
                 logger.exception("nemesis: injecting a fault failed")
-            next_at = max(next_at + self.interval, time.monotonic() + 1.0)
+                fault = None
+            now = time.monotonic()
+            if fault is None and now + RETRY_SKIPPED < tick + self.interval:
+                retrying = True                 # nothing safe to break yet: try again soon
+                next_at = now + RETRY_SKIPPED
+                continue
+            retrying = False
+            tick = max(tick + self.interval, now + 1.0)
+            next_at = tick
 
     def active(self) -> list[ActiveFault]:
         with self._lock:
@@ -102,7 +118,7 @@ class Nemesis:
         with self._lock:
             return set().union(*(f.holders for f in self._active.values()))
 
-    def inject(self) -> ActiveFault | None:
+    def inject(self, record_skip: bool = True) -> ActiveFault | None:
         """Start one fault now if any enabled kind has a target within budget."""
         down = self.down()
         ctx = {"busy_pids": self.busy_pids(), "unsafe": self.unsafe,
@@ -132,8 +148,9 @@ class Nemesis:
                                             daemon=True)
             fault.thread.start()
             return fault
-        self.skipped += 1
-        self.history.write("fault", phase="skipped", reasons=reasons)
+        if record_skip:
+            self.skipped += 1
+            self.history.write("fault", phase="skipped", reasons=reasons)
         return None
 
     # -- one fault's life ---------------------------------------------------------------

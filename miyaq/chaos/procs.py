@@ -3,7 +3,10 @@
 Every child is exec'd through :mod:`miyaq.bench.launch`, which sets
 ``PR_SET_PDEATHSIG`` (Linux): if the run itself is killed with SIGKILL (a
 test's hard timeout, the OOM killer) its nodes and workers still get
-SIGTERM. A child may run inside a network namespace (``ip netns exec NS``
+SIGTERM. ``PR_SET_PDEATHSIG`` fires when the *thread* that forked the child ends,
+not the process: every child is therefore forked by one long-lived
+spawner thread (:func:`spawn`), never by a short-lived fault thread. A
+child may run inside a network namespace (``ip netns exec NS``
 goes first; it execs too, so the pid is the child's own).
 
 :meth:`Child.stop` never raises and is safe on any exit path: SIGCONT (a
@@ -17,8 +20,20 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from ..bench import launch
+
+T = TypeVar("T")
+_spawner = ThreadPoolExecutor(1, thread_name_prefix="chaos-spawner")
+
+
+def spawn(fn: Callable[[], T]) -> T:
+    """Run ``fn`` (which forks) on the one spawner thread; it stays alive
+    for the life of the process, so PDEATHSIG means "the run died"."""
+    return _spawner.submit(fn).result()
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +64,13 @@ class Child:
         self.paused = False
 
     def start(self) -> "Child":
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(launcher(self.argv, self.netns), stdin=subprocess.DEVNULL,
-                                         stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                         start_new_session=True)
+        def popen() -> subprocess.Popen[bytes]:
+            with open(self.log_path, "ab") as log:
+                return subprocess.Popen(launcher(self.argv, self.netns), stdin=subprocess.DEVNULL,
+                                        stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                        start_new_session=True)
+
+        self.proc = spawn(popen)
         self.paused = False
         logger.debug("started %s (pid %d)", self.name, self.proc.pid)
         return self

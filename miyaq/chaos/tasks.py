@@ -78,7 +78,7 @@ def record(event: str, ctx: TaskContext) -> None:
         out.flush()
 
 
-@app.task(name=TASK_NAME, queue=QUEUE, max_retries=100, backoff=0.2, backoff_max=2.0, timeout=60)
+@app.task(name=TASK_NAME, queue=QUEUE, max_retries=100, backoff=0.2, backoff_max=2.0, timeout=30)
 def work(seconds: float = 0.0, seq: int = 0) -> Any:
     """Sleep ``seconds`` (cooperatively) between a start and a finish record;
     returns ``seq``. Retries are many and quick: a chaos task should only

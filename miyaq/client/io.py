@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 POLL_MAX = 0.1
 DISCOVERY_INTERVAL = 10.0
+CONNECT_WAIT = 1.5       # a request waits this long for a connection to its node
 BATCH_BYTES = 4 * 1024 * 1024    # payload bytes per SUBMIT (the node's default limit is 16 MiB)
 RETRYABLE = (Busy.code, ShuttingDown.code, Unavailable.code, NotEnoughReplicas.code)
 
@@ -62,6 +63,7 @@ class IOLoop:
         self.discover = True
         self._ring_req = 0
         self._next_discovery = 0.0
+        self._discovery_gap = 0.25
         self.max_batch = max_batch
         self.ack_timeout = ack_timeout
         self.max_message = max_message
@@ -69,7 +71,8 @@ class IOLoop:
         self.pending: dict[str, Pending] = {}     # sent, awaiting ack, oldest first
         self.waiting: list[Pending] = []          # to (re)send when next_try passes
         self.requests: dict[int, tuple[Future, float]] = {}
-        self.unsent: list[tuple[int, bytes, dict[str, Any]]] = []   # requests waiting for a connection
+        # Requests waiting for a connection: (node, command, body, since).
+        self.unsent: list[tuple[int, bytes, dict[str, Any], float]] = []
         self._req = itertools.count(1)
         self._rr = itertools.count()
         self._rfd, self._wfd = os.pipe()
@@ -113,7 +116,10 @@ class IOLoop:
         """Every DISCOVERY_INTERVAL, ask one node for the ring."""
         if not self.discover or now < self._next_discovery:
             return
-        self._next_discovery = now + DISCOVERY_INTERVAL
+        # Soon after start the ring may still be forming: ask again after 0.5 s,
+        # doubling up to DISCOVERY_INTERVAL.
+        self._discovery_gap = min(DISCOVERY_INTERVAL, self._discovery_gap * 2)
+        self._next_discovery = now + self._discovery_gap
         self._ring_req = next(self._req)
         self._send(next(self._rr) % len(self.socks), c.RING, {"req": self._ring_req})
 
@@ -195,10 +201,19 @@ class IOLoop:
             os.close(self._wfd)
 
     def _send_unsent(self) -> None:
+        """Retry requests whose node was not connected; after CONNECT_WAIT the
+        node counts as unreachable and the request fails (callers that can
+        ask another node do so)."""
         unsent, self.unsent = self.unsent, []
-        for node, command, body in unsent:
-            if body["req"] in self.requests and not self._send(node, command, body):
-                self.unsent.append((node, command, body))
+        now = time.time()
+        for node, command, body, since in unsent:
+            if body["req"] not in self.requests or self._send(node, command, body):
+                continue
+            if now - since > CONNECT_WAIT:
+                future, _ = self.requests.pop(body["req"])
+                future.fail(Unavailable(f"no connection to {self.endpoints[node]}"))
+            else:
+                self.unsent.append((node, command, body, since))
 
     def _poll_timeout(self, now: float) -> float:
         if self.unsent:
@@ -222,7 +237,7 @@ class IOLoop:
                 _, node, command, body, future, deadline = item
                 self.requests[body["req"]] = (future, deadline)
                 if not self._send(node, command, body):
-                    self.unsent.append((node, command, body))   # not connected yet
+                    self.unsent.append((node, command, body, time.time()))   # not connected (yet)
             elif kind == "close":
                 return True
         return False
@@ -295,7 +310,7 @@ class IOLoop:
             for req, (future, deadline) in list(self.requests.items()):
                 if deadline <= now:
                     del self.requests[req]
-                    if any(body["req"] == req for _, _, body in self.unsent):
+                    if any(body["req"] == req for _, _, body, _ in self.unsent):
                         future.fail(Unavailable("no connection to the node"))
                     else:
                         future.fail(Timeout("the node did not answer in time"))

@@ -8,11 +8,9 @@ event loop) until the task is accepted as the ZeroMQ SUBMIT path would
 acknowledge it: with a durable log, once the log has the task (fsync
 policy permitting).
 
-Cluster seam: standalone, the engine is the only holder. A clustered node's
-submits must go through its replicating intake (store on ``min_acks``
-holders, then answer); that intake answers through the ZeroMQ socket today,
-so the cluster work redirects this function to a request/response form of
-it. Until then an HTTP submit on a clustered node is stored on this node only.
+It goes through ``node.intake`` — in a cluster, the replicating intake
+that stores the task on ``min_acks`` holders before it answers — with a
+callback as the acknowledgement's destination, exactly like a ZeroMQ SUBMIT.
 """
 from __future__ import annotations
 
@@ -20,23 +18,31 @@ from typing import TYPE_CHECKING, Any
 
 import gevent.event
 
-from ..errors import Timeout
-from ..protocol.commands import ACCEPTED
+from ..errors import Timeout, from_wire
+from ..protocol.commands import REJECTED
 from ..store.task import Task
 
 if TYPE_CHECKING:
     from ..node.node import Node
 
-LOG_WAIT = 10.0
+ACK_WAIT = 10.0
 
 
 def submit_task(node: Node, task: Task, now: float) -> tuple[str, Any]:
-    status, detail = node.engine.submit(task, now)
-    persistence = getattr(node, "persistence", None)
-    if status == ACCEPTED and persistence is not None:
-        written = gevent.event.Event()
-        persistence.after_written(written.set)
-        if not written.wait(LOG_WAIT):
-            raise Timeout(f"the log did not confirm task {task.id} within {LOG_WAIT:g}s; "
-                          "resubmit with the same id")
+    answer: gevent.event.AsyncResult = gevent.event.AsyncResult()
+
+    def acknowledged(results: list[list[Any]]) -> None:
+        for task_id, status, detail in results:
+            if task_id == task.id and not answer.ready():
+                answer.set((status, detail))
+
+    node.intake.submit(task, now, acknowledged)
+    node.wake(now)
+    try:
+        status, detail = answer.get(timeout=ACK_WAIT)
+    except gevent.Timeout:
+        raise Timeout(f"task {task.id} was not acknowledged within {ACK_WAIT:g}s; "
+                      "resubmit with the same id") from None
+    if status == REJECTED:
+        raise from_wire(detail if isinstance(detail, dict) else {})
     return status, detail

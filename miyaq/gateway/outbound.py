@@ -35,9 +35,14 @@ logger = logging.getLogger(__name__)
 
 MAX_DESTINATIONS = 256
 MAX_RETRY_AFTER = 86400.0
+RESPONSE_LIMIT = 64 * 1024   # bytes of a response read; the rest is dropped with its connection
 RESULT_BODY_LIMIT = 1024     # bytes of the response kept as the task's result
 ERROR_BODY_LIMIT = 256       # bytes of a failed response kept in the task's error
 USER_AGENT = f"miyaq/{__version__}"
+# Framing and connection headers are the HTTP client's business: a task's own
+# Content-Length or Transfer-Encoding would desynchronise the pooled connection.
+RESERVED_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade",
+                              "te", "trailer", "expect", "proxy-connection"})
 
 
 @dataclass
@@ -116,7 +121,8 @@ class Outbound:
         if scheme not in ("http", "https") or not key[1]:
             return _failure("invalid", False, "InvalidURL", f"cannot deliver to {task.url!r}", now)
         uri = (parts.path or "/") + ("?" + parts.query if parts.query else "")
-        headers = dict((task.meta or {}).get("headers") or {})
+        headers = {k: v for k, v in ((task.meta or {}).get("headers") or {}).items()
+                   if k.lower() not in RESERVED_HEADERS}
         headers.update({"X-Task-Id": task.id, "X-Task-Queue": task.queue,
                         "X-Task-Retry-Count": str(max(0, task.attempt - 1)), "User-Agent": USER_AGENT})
         client = self._client(key, timeout)
@@ -124,11 +130,16 @@ class Outbound:
         timer.start()
         try:
             response = client.request(task.method, uri, body=task.body, headers=headers)
-            body = response.read()
+            body = bytearray()
+            for chunk in response:
+                body += chunk
+                if len(body) > RESPONSE_LIMIT:
+                    self._drop(key, client)   # unread rest: that connection cannot be reused
+                    break
             retry_after = response.get("Retry-After")
             if isinstance(retry_after, list):
                 retry_after = retry_after[0]
-            return classify(response.status_code, retry_after, body, time.time())
+            return classify(response.status_code, retry_after, bytes(body), time.time())
         except gevent.Timeout as exc:
             if exc is not timer:
                 raise

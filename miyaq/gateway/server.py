@@ -111,7 +111,7 @@ class Gateway:
             self.node.spawn(self._share_loop)
         pool = gevent.pool.Pool(self.node.config.http_max_connections)
         self.server = _Server((self.host, self.port), self.app, spawn=pool, log=None,
-                                 error_log=logging.getLogger(__name__ + ".wsgi"))
+                              error_log=logging.getLogger(__name__ + ".wsgi"))
         self.server.start()
         self.port = self.server.server_port
         logger.info("HTTP gateway on http://%s:%d (auth %s, webhook allow-list %s)", self.host, self.port,
@@ -121,14 +121,16 @@ class Gateway:
                            "who can enqueue can make this node send requests anywhere (docs/http.md)")
 
     def stop(self) -> None:
-        """Stop serving, let webhook deliveries finish (up to webhook_timeout). Idempotent."""
+        """Stop serving; let webhook deliveries in flight finish for up to
+        min(webhook_timeout, shutdown_grace) seconds. Idempotent."""
         if self._stopping:
             return
         self._stopping = True
         self._wake.set()
         if self.server is not None:
             self.server.stop(timeout=STOP_TIMEOUT)
-        self.deliverer.stop(self.node.config.webhook_timeout)
+        config = self.node.config
+        self.deliverer.stop(min(config.webhook_timeout, config.shutdown_grace))
         self.node.dispatcher.limits.close()
         self.metrics.uninstall()
 
@@ -147,7 +149,7 @@ class Gateway:
                 continue
             # the node's own after-burst hook: run the dispatcher and re-arm the
             # timer loop if a task just stored is due before its next wake-up
-            node._after_burst(time.time())
+            node.wake(time.time())
 
     def _share_loop(self) -> None:
         """Keep this node's share of every cluster-wide queue limit at 1/N of

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -166,6 +167,7 @@ class QueueLimits:
         info["node_share"] = self.share
         bucket = self._buckets.get(queue)
         if bucket is not None and limit.rate is not None:
+            self._refill(queue, limit, bucket, time.time())
             info["tokens"] = round(bucket.tokens, 3)
         return info
 

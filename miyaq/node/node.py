@@ -205,6 +205,14 @@ class Node:
         self._stopped.set()
 
     # -- loops -------------------------------------------------------------------
+    def wake(self, now: float) -> None:
+        """Work arrived outside the service socket (HTTP, timers): dispatch,
+        replicate and acknowledge it now, and re-check the next timer."""
+        self.endpoint.flush_acks()
+        if self.cluster is not None:
+            self.cluster.flush()
+        self._after_burst(now)
+
     def _after_burst(self, now: float) -> None:
         self.dispatcher.pump(now)
         nxt = self.engine.timers.next_due()

@@ -5,8 +5,9 @@ How it works (docs/periodic.md has the user's view):
 * **Declared by workers.** ``@app.periodic(...)`` registers a handler and a
   schedule; the worker sends its schedules in READY (``periodic``), the node
   validates them (a bad one refuses the READY with INVALID_FIELD naming the
-  schedule) and keeps them here: at most ``MAX_SCHEDULES`` names, the newest
-  declaration of a name wins. In a cluster every node also writes them to
+  schedule) and keeps them (:mod:`miyaq.node.periodic_specs`): at most
+  ``MAX_SCHEDULES`` names, the newest declaration of a name wins. In a
+  cluster every node also writes them to
   ZooKeeper (:mod:`miyaq.cluster.periodic_store`), so a new leader that no
   worker has reached yet still fires them.
 * **Fired by the leader.** Standalone, the node is the leader. In a cluster,
@@ -18,7 +19,8 @@ How it works (docs/periodic.md has the user's view):
   (submits are idempotent by id). The task goes through an intake — in a
   cluster a :class:`~miyaq.cluster.intake.ClusterIntake` of our own, so it is
   replicated to its holders like any submit and its acknowledgement comes
-  back here; a rejected tick is submitted again (same id) after ``RETRY``.
+  back here (its ``ack`` is ours); a rejected tick is submitted again (same
+  id) after ``RETRY``.
 * **Resumed by a new leader.** The last tick handled is stored once the tick
   is accepted (cluster: a znode written compare-and-set with the leader's
   epoch; standalone: memory). A new leader starts from it. **No catch-up
@@ -40,31 +42,32 @@ import gevent
 import gevent.event
 from kazoo.exceptions import KazooException
 
-from ..errors import InvalidField, MiyaqError
+from ..errors import MiyaqError
 from ..protocol.commands import ACCEPTED, DUPLICATE
 from ..protocol.periodic import MAX_SCHEDULES, Schedule, tick_label
 from ..protocol.taskspec import task_from_wire
 from .intake import LocalIntake
+from .periodic_specs import SPEC_TTL, ScheduleTable
 
 if TYPE_CHECKING:
     from .node import Node
 
 logger = logging.getLogger(__name__)
 
-SPEC_TTL = 3600.0       # a schedule no worker declared for this long stops firing and is forgotten
-SPEC_REFRESH = 300.0    # how stale ZooKeeper's "seen" of a declared schedule may get
 SPEC_RELOAD = 10.0      # the leader re-reads the specs stored in ZooKeeper this often
 HOUSEKEEPING = 5.0      # who still declares what is checked this often
 RETRY = 0.5             # a rejected tick is submitted again after this long (seconds)
 MAX_WAIT = 1.0          # the loop wakes at least this often
 NEVER = 60_000          # a schedule with no next tick is looked at again after this long (ms)
-MAX_DECLARERS = 64      # worker ids remembered per schedule
 IDENTITY = b"\x00periodic"   # the "client" of internal submits; its acks come back to _acked
 
 
 class TickStore(Protocol):
+    """Where the leader keeps each schedule's last handled tick."""
+
     def load_last(self, name: str) -> int | None: ...
     def save_last(self, name: str, tick: int, epoch: int, leader: str) -> bool: ...
+    def forget(self, name: str) -> None: ...
 
 
 class MemoryTicks:
@@ -84,24 +87,11 @@ class MemoryTicks:
         self.ticks.pop(name, None)
 
 
-class _Entry:
-    __slots__ = ("schedule", "declared", "seen", "wids", "synced")
-
-    def __init__(self, schedule: Schedule, declared: float, seen: float) -> None:
-        self.schedule = schedule
-        self.declared = declared          # when this content was first declared
-        self.seen = seen                  # when a declaring worker was last connected
-        self.wids: dict[str, None] = {}   # declaring workers (insertion-ordered, bounded)
-        self.synced: tuple[Schedule, float] | None = None   # what ZooKeeper was last told
-
-
 class PeriodicScheduler:
-    def __init__(self, node: "Node", *, spec_ttl: float = SPEC_TTL, max_schedules: int = MAX_SCHEDULES) -> None:
+    def __init__(self, node: Node, *, spec_ttl: float = SPEC_TTL, max_schedules: int = MAX_SCHEDULES) -> None:
         self.node = node
-        self.spec_ttl = spec_ttl
-        self.max_schedules = max_schedules
-        self.entries: dict[str, _Entry] = {}
-        self.ticks: Any = MemoryTicks()
+        self.specs = ScheduleTable(spec_ttl, max_schedules)
+        self.ticks: TickStore = MemoryTicks()
         self.zk: Any = None                       # a ZkPeriodicStore once ZooKeeper is connected
         self.epoch: int | None = None             # our term's epoch while leader, else None
         self._new_term = False
@@ -116,25 +106,10 @@ class PeriodicScheduler:
         self._last_reload = self._last_housekeeping = 0.0
         self._now = 0.0                            # the clock of the current (or last) step
 
-    # -- declarations (the READY handler; never blocks) -----------------------------------
     def declare(self, schedules: list[Schedule], wid: str, now: float) -> None:
-        """Keep a worker's schedules; InvalidField (nothing kept) past the limit."""
-        new = sum(1 for s in schedules if s.name not in self.entries)
-        if new and len(self.entries) + new > self.max_schedules:
-            raise InvalidField(f"node holds {len(self.entries)} periodic schedules; the limit is "
-                               f"{self.max_schedules}", field="periodic")
-        for s in schedules:
-            entry = self.entries.get(s.name)
-            if entry is None or entry.schedule != s:
-                if entry is not None:
-                    logger.info("periodic schedule %s changed (declared by worker %s)", s.name, wid)
-                entry = self.entries[s.name] = _Entry(s, now, now)
-                self.next_at.pop(s.name, None)
-            entry.seen = now
-            entry.wids.pop(wid, None)
-            entry.wids[wid] = None
-            if len(entry.wids) > MAX_DECLARERS:
-                del entry.wids[next(iter(entry.wids))]
+        """A worker's READY declares ``schedules`` (see ScheduleTable.declare). Never blocks."""
+        for name in self.specs.declare(schedules, wid, now):
+            self.next_at.pop(name, None)
         if schedules:
             self._wake.set()
 
@@ -194,12 +169,12 @@ class PeriodicScheduler:
             elif self.zk is not None and now - self._last_reload >= SPEC_RELOAD:
                 self._reload(now)
             self._save_confirmed()
-            for name, entry in list(self.entries.items()):
+            for name, entry in list(self.specs.entries.items()):
                 if not self.leading():
                     break
                 self._consider(name, entry.schedule, now)
         if self.zk is not None:
-            self._publish()
+            self.specs.publish(self.zk)
 
     def _delay(self, now: float) -> float:
         if not self.leading() or not self.next_at:
@@ -215,7 +190,7 @@ class PeriodicScheduler:
         self.next_at.clear()
         if self.zk is not None:
             self._reload(now)
-        logger.info("periodic: firing %d schedule(s) as leader (epoch %s)", len(self.entries), self.epoch)
+        logger.info("periodic: firing %d schedule(s) as leader (epoch %s)", len(self.specs), self.epoch)
 
     def _consider(self, name: str, s: Schedule, now: float) -> None:
         """Fire the schedule's latest due tick unless it was handled or is in flight."""
@@ -301,22 +276,12 @@ class PeriodicScheduler:
 
     # -- declarations: liveness and ZooKeeper ---------------------------------------------------
     def _housekeeping(self, now: float) -> None:
-        """Refresh ``seen`` of schedules a connected worker declares; drop expired ones."""
         self._last_housekeeping = now
-        connected = self.node.workers.by_wid
-        for name, entry in list(self.entries.items()):
-            for wid in [w for w in entry.wids if w not in connected]:
-                del entry.wids[wid]
-            if entry.wids:
-                entry.seen = now
-            elif now - entry.seen > self.spec_ttl:
-                logger.info("periodic schedule %s: no worker declared it for %.0fs; forgotten",
-                            name, now - entry.seen)
-                del self.entries[name]
-                for table in (self.last, self.sent, self.next_at):
-                    table.pop(name, None)
-                if self.leading():
-                    self.ticks.forget(name)
+        for name in self.specs.sweep(now, self.node.workers.by_wid):
+            for table in (self.last, self.sent, self.next_at):
+                table.pop(name, None)
+            if self.leading():
+                self.ticks.forget(name)
 
     def _connect_store(self) -> None:
         coordinator = self.node.cluster.coordinator
@@ -328,32 +293,10 @@ class PeriodicScheduler:
     def _reload(self, now: float) -> None:
         """Merge the specs stored in ZooKeeper (newest declaration wins; ``seen`` is the latest)."""
         self._last_reload = now
-        for name, d in self.zk.read_specs().items():
-            entry = self.entries.get(name)
-            if entry is None:
-                if len(self.entries) >= self.max_schedules:
-                    continue
-                entry = self.entries[name] = _Entry(d.schedule, d.declared, d.seen)
-            elif entry.schedule == d.schedule:
-                entry.seen = max(entry.seen, d.seen)
-                continue
-            elif d.declared > entry.declared:
-                entry.schedule, entry.declared, entry.seen = d.schedule, d.declared, max(entry.seen, d.seen)
-                self.next_at.pop(name, None)
-            else:
-                continue
-            entry.synced = (d.schedule, d.seen)
-
-    def _publish(self) -> None:
-        """Tell ZooKeeper of new, changed or long-unrefreshed declarations (any node)."""
-        from ..cluster.periodic_store import Declared
-        for entry in list(self.entries.values()):
-            synced = entry.synced
-            if synced is None or synced[0] != entry.schedule or entry.seen - synced[1] >= SPEC_REFRESH:
-                self.zk.publish_spec(Declared(entry.schedule, entry.declared, entry.seen), SPEC_REFRESH)
-                entry.synced = (entry.schedule, entry.seen)
+        for name in self.specs.merge(self.zk.read_specs()):
+            self.next_at.pop(name, None)
 
     # -- views ----------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        return {"schedules": len(self.entries), "leading": self.leading(), "fired": self.fired,
+        return {"schedules": len(self.specs), "leading": self.leading(), "fired": self.fired,
                 "already_fired": self.already, "rejected": self.rejected, "missed": self.missed}

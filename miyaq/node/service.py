@@ -75,8 +75,10 @@ class ServiceEndpoint:
             body["req"] = req
         self.send(identity, c.ERROR, body)
 
-    def ack(self, identity: bytes, result: list[Any]) -> None:
-        """Queue one submit result; sent with the others at the end of the burst."""
+    def ack(self, identity: Any, result: list[Any]) -> None:
+        """Queue one submit result; sent with the others at the end of the
+        burst. ``identity`` is a routing id, or a callable (an in-process
+        submitter such as the HTTP gateway) that receives the result list."""
         acks = self._acks.get(identity)
         if acks is None:
             acks = self._acks[identity] = []
@@ -89,7 +91,13 @@ class ServiceEndpoint:
 
         def release() -> None:
             for identity, results in acks.items():
-                self.send(identity, c.SUBMITTED, {"results": results})
+                if callable(identity):
+                    try:
+                        identity(results)
+                    except Exception:
+                        logger.exception("in-process submit callback failed")
+                else:
+                    self.send(identity, c.SUBMITTED, {"results": results})
 
         if self.ack_gate is None:
             release()

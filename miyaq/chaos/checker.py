@@ -1,0 +1,223 @@
+"""The checker: reads a chaos history and says what happened to every task.
+
+Pure: a function of the history records alone (the runner writes the
+cluster's final answer for each task into the history as ``final``
+records), so ``miyaq chaos --check HISTORY`` gives the same verdict later.
+
+Verdicts, per submitted task id:
+
+- **accepted**: an ``ack`` came back. Every accepted task must end
+  ``done`` on the cluster. If its ``final`` state is anything else it is
+  **lost** (no node knows it, or it ended cancelled/expired) or **stuck**
+  (still held — scheduled, ready, running, retrying —, dead-lettered, or
+  ``unreachable``: no node answered the status request);
+  both are failures of the run. Without ``final`` records (a run cut
+  short) an accepted task with no ``finish`` record counts as lost.
+- **failed submit**: a ``fail`` came back (or nothing did). The client was
+  told it failed, but the task may have been stored anyway: the checker
+  reports how many of them ran (a ``start``) and how many ended done.
+- **ran more than once**: two or more ``start`` records. ``completed_twice``:
+  two or more ``finish`` records (the handler ran to the end twice);
+  ``after_crash``: an earlier run never finished (its worker or node died
+  under it), the re-run the design expects; ``unexplained``: a second
+  start while no fault was active (nor in its recovery window);
+  ``aborted``: the last run was cancelled mid-way (no finish record)
+  because another copy finished first.
+
+Latency, throughput and per-fault recovery come from :mod:`.metrics`.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from .metrics import FaultSpan, Metrics
+
+LIVE_STATES = ("scheduled", "ready", "running", "retrying")
+GONE_STATES = ("unknown", "cancelled", "expired")
+EXAMPLES = 10
+
+
+class Trace:
+    """What the history says about one task id."""
+
+    __slots__ = ("submit", "ack", "fail", "starts", "finishes", "final")
+
+    def __init__(self) -> None:
+        self.submit: float | None = None
+        self.ack: float | None = None
+        self.fail: str | None = None
+        self.starts: list[tuple[float, int, int]] = []      # (t, attempt, pid)
+        self.finishes: list[tuple[float, int, int]] = []
+        self.final: str | None = None
+
+
+@dataclass
+class Verdict:
+    """The checker's answer; :meth:`summary` is what ``--json`` prints."""
+
+    run: dict[str, Any]
+    counts: dict[str, int]
+    failed_codes: dict[str, int]
+    examples: dict[str, list[str]]
+    metrics: Metrics
+    final_checked: bool
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def lost(self) -> int:
+        return self.counts["lost"]
+
+    @property
+    def ok(self) -> bool:
+        return self.counts["lost"] == 0 and self.counts["stuck"] == 0
+
+    def exit_code(self) -> int:
+        """0 every accepted task done; 1 some lost; 3 none lost but some stuck."""
+        if self.counts["lost"]:
+            return 1
+        return 3 if self.counts["stuck"] else 0
+
+    def summary(self) -> dict[str, Any]:
+        c = self.counts
+        accepted = max(1, c["accepted"])
+        return {
+            "ok": self.ok, "exit_code": self.exit_code(), "final_checked": self.final_checked,
+            "run": self.run,
+            "submitted": c["submitted"], "accepted": c["accepted"], "done": c["done"],
+            "lost": c["lost"], "stuck": c["stuck"], "dead": c["dead"], "never_ran": c["never_ran"],
+            "failed_submits": {"total": c["failed"], "by_code": self.failed_codes, "ran": c["failed_ran"],
+                               "done": c["failed_done"], "held": c["failed_held"]},
+            "executions": {"starts": c["starts"], "finishes": c["finishes"]},
+            "duplicates": {"ran_more_than_once": c["dup"], "rate": round(c["dup"] / accepted, 6),
+                           "completed_twice": c["dup_completed"], "after_crash": c["dup_after_crash"],
+                           "aborted": c["dup_aborted"],
+                           "unexplained": c["dup_unexplained"]},
+            "faults_skipped": c["faults_skipped"],
+            "examples": self.examples,
+            **self.metrics.summary(),
+            "node_stats": self.stats,
+        }
+
+
+def check(records: Iterable[dict[str, Any]], bucket: float = 1.0) -> Verdict:
+    """Read every record once and judge (see the module docstring)."""
+    traces: dict[str, Trace] = {}
+    run: dict[str, Any] = {}
+    faults: dict[int, FaultSpan] = {}
+    phases: dict[str, float] = {}
+    stats: dict[str, Any] = {}
+    final_checked = False
+    skipped = 0
+
+    def trace(task_id: str) -> Trace:
+        tr = traces.get(task_id)
+        if tr is None:
+            tr = traces[task_id] = Trace()
+        return tr
+
+    for r in records:
+        ev, t = r.get("ev"), float(r.get("t", 0.0))
+        task_id = r.get("id")
+        if ev == "submit":
+            trace(task_id).submit = t
+        elif ev == "ack":
+            trace(task_id).ack = t
+        elif ev == "fail":
+            trace(task_id).fail = str(r.get("code", "error"))
+        elif ev == "start":
+            trace(task_id).starts.append((t, int(r.get("attempt", 0)), int(r.get("pid", 0))))
+        elif ev == "finish":
+            trace(task_id).finishes.append((t, int(r.get("attempt", 0)), int(r.get("pid", 0))))
+        elif ev == "final":
+            trace(task_id).final = str(r.get("state"))
+        elif ev == "fault":
+            if r.get("phase") == "skipped":
+                skipped += 1
+            FaultSpan.feed(faults, r)
+        elif ev == "phase":
+            phases[str(r.get("name"))] = t
+            final_checked = final_checked or r.get("name") == "checked"
+        elif ev == "run":
+            run = {k: v for k, v in r.items() if k != "ev"}
+        elif ev == "stats":
+            stats = r.get("nodes") or {}
+    spans = sorted(faults.values(), key=lambda f: f.begin)
+    metrics = Metrics(run.get("t", min((tr.submit for tr in traces.values() if tr.submit), default=0.0)),
+                      bucket, phases, spans)
+    counts: Counter[str] = Counter()
+    codes: Counter[str] = Counter()
+    examples: dict[str, list[str]] = {}
+
+    def example(kind: str, task_id: str) -> None:
+        listed = examples.setdefault(kind, [])
+        if len(listed) < EXAMPLES:
+            listed.append(task_id)
+
+    for task_id, tr in traces.items():
+        if tr.submit is None:
+            continue          # a run record without a submit (another producer's task?)
+        counts["submitted"] += 1
+        counts["starts"] += len(tr.starts)
+        counts["finishes"] += len(tr.finishes)
+        metrics.add_task(tr)
+        if len(tr.starts) > 1:
+            _judge_duplicate(tr, task_id, counts, spans, example)
+        if tr.ack is not None:
+            counts["accepted"] += 1
+            _judge_accepted(tr, task_id, counts, final_checked, example)
+        else:
+            counts["failed"] += 1
+            codes[tr.fail or "unanswered"] += 1
+            if tr.starts:
+                counts["failed_ran"] += 1
+                example("failed_but_ran", task_id)
+            if tr.final == "done" or (not final_checked and tr.finishes):
+                counts["failed_done"] += 1
+            elif tr.final in LIVE_STATES:
+                counts["failed_held"] += 1
+    counts["faults_skipped"] = skipped
+    for key in ("submitted", "accepted", "done", "lost", "stuck", "dead", "never_ran", "failed", "failed_ran",
+                "failed_done", "failed_held", "starts", "finishes", "dup", "dup_completed", "dup_after_crash",
+                "dup_aborted", "dup_unexplained"):
+        counts.setdefault(key, 0)
+    return Verdict(run, dict(counts), dict(codes), examples, metrics, final_checked, stats)
+
+
+def _judge_accepted(tr: Trace, task_id: str, counts: Counter[str], final_checked: bool, example: Any) -> None:
+    if not tr.starts:
+        counts["never_ran"] += 1
+    if final_checked:
+        state = tr.final or "unknown"
+        if state == "done":
+            counts["done"] += 1
+        elif state in GONE_STATES:
+            counts["lost"] += 1
+            example("lost", task_id)
+        else:       # live, dead-lettered, or the cluster did not answer
+            counts["stuck"] += 1
+            counts["dead"] += state == "dead"
+            example(f"stuck_{state}", task_id)
+    elif tr.finishes:
+        counts["done"] += 1
+    else:
+        counts["lost"] += 1
+        example("lost", task_id)
+
+
+def _judge_duplicate(tr: Trace, task_id: str, counts: Counter[str], spans: list[FaultSpan], example: Any) -> None:
+    counts["dup"] += 1
+    finished = {(a, pid) for _, a, pid in tr.finishes}
+    starts = sorted(tr.starts)
+    if len(tr.finishes) > 1:
+        counts["dup_completed"] += 1
+        example("completed_twice", task_id)
+    if any((a, pid) not in finished for _, a, pid in starts[:-1]):
+        counts["dup_after_crash"] += 1
+    elif (starts[-1][1], starts[-1][2]) not in finished:
+        counts["dup_aborted"] += 1      # a later copy was cancelled mid-run: another one finished
+    second = starts[1][0]
+    if not any(span.covers(second) for span in spans):
+        counts["dup_unexplained"] += 1
+        example("duplicate_unexplained", task_id)

@@ -1,0 +1,123 @@
+"""What a chaos run prints: a live progress line while it runs and the
+report table at the end (docs/chaos.md, "Reading the report").
+
+Progress goes to a terminal as one line rewritten in place every second;
+to a file or pipe as a plain line every ``PLAIN_EVERY`` seconds. The
+report is built from :meth:`.checker.Verdict.summary` only, so
+``--check`` prints the same table later.
+"""
+from __future__ import annotations
+
+import time
+from typing import IO, Any
+
+PLAIN_EVERY = 5.0
+
+
+class Progress:
+    """One status line; :meth:`update` is cheap and rate-limits itself."""
+
+    def __init__(self, out: IO[str], total: float) -> None:
+        self.out = out
+        self.total = total
+        self.tty = hasattr(out, "isatty") and out.isatty()
+        self.start = time.monotonic()
+        self._last = 0.0
+
+    def update(self, phase: str, counters: dict[str, int], faults: list[str]) -> None:
+        now = time.monotonic()
+        if now - self._last < (1.0 if self.tty else PLAIN_EVERY):
+            return
+        self._last = now
+        elapsed = now - self.start
+        text = (f"[{phase} {elapsed:4.0f}s/{self.total:.0f}s] submitted {counters.get('submitted', 0)}  "
+                f"acked {counters.get('acked', 0)}  failed {counters.get('failed', 0)}  "
+                f"finished {counters.get('finished', 0)}  in flight {counters.get('in_flight', 0)}  "
+                f"faults {counters.get('faults', 0)}")
+        if faults:
+            text += "  now: " + ", ".join(faults)
+        if self.tty:
+            self.out.write("\r\033[K" + text[:200])
+        else:
+            self.out.write(text + "\n")
+        self.out.flush()
+
+    def done(self) -> None:
+        if self.tty:
+            self.out.write("\n")
+            self.out.flush()
+
+
+def _pct(d: dict[str, Any], key: str) -> str:
+    value = d.get(key)
+    return f"{value:7.3f}" if isinstance(value, (int, float)) else "      -"
+
+
+def render(summary: dict[str, Any], history_path: str | None = None, picture: str | None = None) -> str:
+    """The report table as text."""
+    run = summary.get("run", {})
+    lines = []
+    head = (f"miyaq chaos: {run.get('nodes', '?')} nodes, N={run.get('replicas', '?')}, "
+            f"{run.get('rate', '?')}/s for {run.get('duration', '?')}s, faults: {run.get('faults') or 'none'}")
+    lines += [head, "=" * len(head)]
+    f = summary["failed_submits"]
+    d = summary["duplicates"]
+    rows = [
+        ("submitted", summary["submitted"], ""),
+        ("accepted", summary["accepted"], "the submit's ack came back"),
+        ("done", summary["done"], "finished on the cluster"),
+        ("LOST", summary["lost"], "accepted, then unknown to every node (must be 0)"),
+        ("stuck", summary["stuck"], f"accepted, still held after the drain (dead-lettered: {summary['dead']})"),
+        ("never ran", summary["never_ran"], "accepted, no start record"),
+        ("failed submits", f["total"], ", ".join(f"{k} {v}" for k, v in sorted(f["by_code"].items()))),
+        ("  ...ran anyway", f["ran"], f"done {f['done']}, still held {f['held']}"),
+        ("ran more than once", d["ran_more_than_once"],
+         f"{100 * d['rate']:.3f}% of accepted; completed twice {d['completed_twice']}, "
+         f"re-run after a crash {d['after_crash']}, cancelled mid-run {d['aborted']}, "
+         f"unexplained {d['unexplained']}"),
+        ("executions", summary["executions"]["starts"], f"finished {summary['executions']['finishes']}"),
+    ]
+    lines.append("Tasks")
+    lines += [f"  {name:<20}{value:>9}   {note}".rstrip() for name, value, note in rows]
+    if not summary.get("final_checked"):
+        lines.append("  (no final status check in this history: 'done' means a finish record was seen)")
+    lines += ["", "Latency, seconds (phase = what was going on at submit time)",
+              f"  {'phase':<10}{'n':>8}  {'ack p50':>7} {'p90':>7} {'p99':>7} {'max':>7}   "
+              f"{'done p50':>8} {'p90':>7} {'p99':>7} {'max':>7}"]
+    for phase, lat in summary.get("latency", {}).items():
+        a, dn = lat["ack"], lat["done"]
+        lines.append(f"  {phase:<10}{a.get('n', 0):>8}  {_pct(a, 'p50')} {_pct(a, 'p90')} {_pct(a, 'p99')} "
+                     f"{_pct(a, 'max')}   {' ' + _pct(dn, 'p50')} {_pct(dn, 'p90')} {_pct(dn, 'p99')} "
+                     f"{_pct(dn, 'max')}")
+    faults = summary.get("faults", [])
+    lines += ["", f"Faults ({len(faults)} injected, {summary.get('faults_skipped', 0)} skipped for want of a "
+              "safe target)"]
+    if faults:
+        lines.append(f"  {'#':>3} {'at s':>7}  {'kind':<10}{'target':<11}{'healed s':>9} {'whole +s':>9} "
+                     f"{'clients s':>10} {'unhealthy':>10}  notes")
+    for row in faults:
+        notes = []
+        if row.get("unrecovered"):
+            notes.append("NOT RECOVERED in time")
+        if "interrupted_tasks" in row:
+            notes.append(f"{row['interrupted_tasks']} task(s) interrupted, re-run within {row.get('rerun_s')}s")
+        notes += row.get("errors", [])
+        heal = row.get("heal_s")
+        rec = row.get("recover_s")
+        lines.append(f"  {row['fault']:>3} {row['begin_s']:>7.1f}  {row['kind']:<10}{row['target']:<11}"
+                     f"{heal if heal is not None else '-':>9} {rec if rec is not None else '-':>9} "
+                     f"{row['client_recovery_s']:>10} {row['unhealthy_s']:>10}  {'; '.join(notes)}")
+    lines.append("")
+    if summary["lost"]:
+        lines.append(f"VERDICT: FAILED, {summary['lost']} accepted task(s) LOST, e.g. "
+                     f"{', '.join(summary['examples'].get('lost', [])[:3])}")
+    elif summary["stuck"]:
+        lines.append(f"VERDICT: FAILED, nothing lost but {summary['stuck']} accepted task(s) not done after the "
+                     "drain")
+    else:
+        lines.append("VERDICT: OK, every accepted task finished")
+    if history_path:
+        lines.append(f"history: {history_path}")
+    if picture:
+        lines.append(f"timeline: {picture}")
+    return "\n".join(lines)

@@ -1,0 +1,135 @@
+"""``miyaq chaos``: run a cluster under faults and check that no accepted
+task was lost (docs/chaos.md).
+
+Exit status: 0 every accepted task finished; 1 an accepted task was lost;
+3 nothing lost but some accepted task was not done after the drain; 2 the
+run could not be made (bad flags, ZooKeeper missing...); 130 interrupted.
+With ``--json`` the one JSON summary goes to stdout and everything else
+to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from types import FrameType
+from typing import Any
+
+DEFAULT_DURATION = 60.0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("chaos", help="run a cluster under faults and check that nothing accepted is lost",
+                       description="Start ZooKeeper, --nodes nodes and --workers workers on this machine (or "
+                                   "use the cluster registered in --zk), submit tasks at --rate for "
+                                   "--duration seconds while a nemesis kills, pauses and wipes nodes, then "
+                                   "drain, ask the cluster for every task and report. See docs/chaos.md.")
+    g = p.add_argument_group("cluster")
+    g.add_argument("--nodes", type=int, default=3, help="node processes [3]")
+    g.add_argument("--replicas", type=int, default=2, help="holders per task, N [2]")
+    g.add_argument("--workers", type=int, default=2, help="worker processes [2]")
+    g.add_argument("--concurrency", type=int, default=32, help="greenlets per worker process [32]")
+    g.add_argument("--fsync", default="interval", choices=("always", "interval", "never"),
+                   help="the nodes' log fsync policy [interval]")
+    g.add_argument("--node-arg", action="append", default=[], metavar="ARG",
+                   help="extra argument for every node, repeatable (e.g. --node-arg=--replica-offset=5)")
+    g.add_argument("--zk", default=None, metavar="HOSTS",
+                   help="test the cluster registered in this ZooKeeper instead of starting one "
+                        "(never read from MIYAQ_ZK)")
+    g.add_argument("--cluster", default="chaos", help="cluster name [chaos]")
+    g.add_argument("--partitions", action="store_true",
+                   help="each node in its own network namespace (root, Linux), and partition faults")
+    g = p.add_argument_group("load")
+    g.add_argument("--duration", type=float, default=DEFAULT_DURATION, help="seconds of load and faults [60]")
+    g.add_argument("--rate", type=float, default=200.0, help="submits per second [200]")
+    g.add_argument("--task-time", type=float, default=0.05,
+                   help="mean seconds a task runs (exponential, at most 10) [0.05]")
+    g.add_argument("--submit-timeout", type=float, default=10.0,
+                   help="seconds before the client gives up on a submit [10]")
+    g = p.add_argument_group("faults")
+    g.add_argument("--faults", default=None, metavar="KINDS",
+                   help="comma-separated: kill,pause,leader,worker,zk,wipe,partition,isolate; 'all'; 'none' "
+                        "[kill,pause,leader,worker,zk,wipe; plus partition,isolate with --partitions]")
+    g.add_argument("--interval", type=float, default=10.0, help="seconds between faults [10]")
+    g.add_argument("--fault-duration", type=float, default=5.0,
+                   help="seconds a node stays killed / ZooKeeper stopped / a partition lasts [5]")
+    g.add_argument("--pause-duration", type=float, default=8.0,
+                   help="seconds a node stays SIGSTOPped (longer than its 3 s ZooKeeper session) [8]")
+    g.add_argument("--unsafe", action="store_true",
+                   help="allow more than N-1 nodes down at once (and the last worker killed)")
+    g.add_argument("--recover-timeout", type=float, default=60.0,
+                   help="seconds a healed fault may take before it is reported not recovered [60]")
+    g = p.add_argument_group("check and report")
+    g.add_argument("--drain-timeout", type=float, default=120.0,
+                   help="seconds to wait after the load for accepted tasks to finish [120]")
+    g.add_argument("--out", default=None, metavar="DIR",
+                   help="directory for the history, logs, data, summary.json and timeline.png "
+                        "[./miyaq-chaos-<time>]")
+    g.add_argument("--seed", type=int, default=None, help="random seed (the report shows the one used)")
+    g.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    g.add_argument("--check", default=None, metavar="HISTORY",
+                   help="run no cluster: check and report an existing history.jsonl")
+    g.add_argument("--log-level", default="WARNING", help="logging level of the run itself [WARNING]")
+    p.set_defaults(run=run)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def run(args: argparse.Namespace) -> int:
+    from .main import setup_logging
+    setup_logging(args.log_level)
+    human = sys.stderr if args.json else sys.stdout
+    if args.check:
+        return _check_only(args, human)
+    from ..chaos.faults import parse_kinds
+    from ..chaos.runner import ChaosConfig, ChaosRun
+    config = ChaosConfig(
+        nodes=args.nodes, replicas=args.replicas, workers=args.workers, concurrency=args.concurrency,
+        duration=args.duration, rate=args.rate, task_time=args.task_time,
+        faults=parse_kinds(args.faults, args.partitions), interval=args.interval,
+        fault_duration=args.fault_duration, pause_duration=args.pause_duration, unsafe=args.unsafe,
+        partitions=args.partitions, zk=args.zk, cluster=args.cluster, fsync=args.fsync,
+        node_args=list(args.node_arg), submit_timeout=args.submit_timeout, drain_timeout=args.drain_timeout,
+        recover_timeout=args.recover_timeout, out=args.out, seed=args.seed)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        chaos = ChaosRun(config, human)
+        verdict = chaos.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    from ..chaos.report import render
+    human.write(render(chaos.summary, chaos.history_path, chaos.picture) + "\n")
+    _emit_json(args, chaos.summary)
+    code = verdict.exit_code()
+    return 130 if chaos.interrupted and code == 0 else code
+
+
+def _check_only(args: argparse.Namespace, human: Any) -> int:
+    import os
+    from ..chaos import timeline
+    from ..chaos.checker import check
+    from ..chaos.history import read_history
+    from ..chaos.report import render
+    from ..errors import ConfigError
+    if not os.path.isfile(args.check):
+        raise ConfigError(f"no history file {args.check}")
+    verdict = check(read_history(args.check))
+    summary = verdict.summary()
+    picture: str | None = os.path.join(os.path.dirname(os.path.abspath(args.check)), "timeline.png")
+    try:
+        timeline.draw(verdict.metrics, picture)
+    except (ConfigError, OSError, ValueError) as exc:
+        human.write(f"no timeline picture: {exc}\n")
+        picture = None
+    human.write(render(summary, args.check, picture) + "\n")
+    _emit_json(args, summary)
+    return verdict.exit_code()
+
+
+def _emit_json(args: argparse.Namespace, summary: dict[str, Any]) -> None:
+    if args.json:
+        sys.stdout.write(json.dumps(summary, default=str) + "\n")
+        sys.stdout.flush()

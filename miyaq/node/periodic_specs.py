@@ -1,0 +1,120 @@
+"""The periodic schedules a node knows: who declared them, when, and what
+ZooKeeper was told.
+
+Rules (docs/periodic.md):
+
+* a worker's READY declares schedules; a name not yet known counts against
+  ``max_schedules`` (a READY past it is refused whole, nothing kept);
+* the newest declaration of a name wins: a different spec replaces the one
+  held (``declared`` is when that content was first declared);
+* ``seen`` is refreshed while a declaring worker is connected; a schedule
+  not seen for ``spec_ttl`` seconds is forgotten;
+* in a cluster every node writes its declarations to ZooKeeper (new or
+  changed at once, ``seen`` at most every ``SPEC_REFRESH`` s) and the
+  leader merges the stored ones in (:meth:`ScheduleTable.merge`).
+
+Constraints: :meth:`ScheduleTable.declare` never blocks (the READY handler
+calls it); :meth:`ScheduleTable.publish` does ZooKeeper I/O and belongs to
+the scheduler's greenlet.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..errors import InvalidField
+from ..protocol.periodic import MAX_SCHEDULES, Schedule
+
+logger = logging.getLogger(__name__)
+
+SPEC_TTL = 3600.0       # a schedule no worker declared for this long stops firing and is forgotten
+SPEC_REFRESH = 300.0    # how stale ZooKeeper's "seen" of a declared schedule may get
+MAX_DECLARERS = 64      # worker ids remembered per schedule
+
+
+class Declaration:
+    __slots__ = ("declared", "schedule", "seen", "synced", "wids")
+
+    def __init__(self, schedule: Schedule, declared: float, seen: float) -> None:
+        self.schedule = schedule
+        self.declared = declared          # when this content was first declared
+        self.seen = seen                  # when a declaring worker was last connected
+        self.wids: dict[str, None] = {}   # declaring workers (insertion-ordered, bounded)
+        self.synced: tuple[Schedule, float] | None = None   # what ZooKeeper was last told
+
+
+class ScheduleTable:
+    def __init__(self, spec_ttl: float = SPEC_TTL, max_schedules: int = MAX_SCHEDULES) -> None:
+        self.spec_ttl = spec_ttl
+        self.max_schedules = max_schedules
+        self.entries: dict[str, Declaration] = {}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def declare(self, schedules: list[Schedule], wid: str, now: float) -> list[str]:
+        """Keep a worker's schedules; the names whose spec is new or changed.
+        InvalidField (nothing kept) when the new names pass the limit."""
+        new = sum(1 for s in schedules if s.name not in self.entries)
+        if new and len(self.entries) + new > self.max_schedules:
+            raise InvalidField(f"node holds {len(self.entries)} periodic schedules; the limit is "
+                               f"{self.max_schedules}", field="periodic")
+        changed = []
+        for s in schedules:
+            entry = self.entries.get(s.name)
+            if entry is None or entry.schedule != s:
+                if entry is not None:
+                    logger.info("periodic schedule %s changed (declared by worker %s)", s.name, wid)
+                entry = self.entries[s.name] = Declaration(s, now, now)
+                changed.append(s.name)
+            entry.seen = now
+            entry.wids.pop(wid, None)
+            entry.wids[wid] = None
+            if len(entry.wids) > MAX_DECLARERS:
+                del entry.wids[next(iter(entry.wids))]
+        return changed
+
+    def sweep(self, now: float, connected: Any) -> list[str]:
+        """Refresh ``seen`` of schedules a connected worker (a wid in
+        ``connected``) declares; forget and return the expired ones."""
+        expired = []
+        for name, entry in list(self.entries.items()):
+            for wid in [w for w in entry.wids if w not in connected]:
+                del entry.wids[wid]
+            if entry.wids:
+                entry.seen = now
+            elif now - entry.seen > self.spec_ttl:
+                logger.info("periodic schedule %s: no worker declared it for %.0fs; forgotten",
+                            name, now - entry.seen)
+                del self.entries[name]
+                expired.append(name)
+        return expired
+
+    def merge(self, stored: dict[str, Any]) -> list[str]:
+        """Merge specs read from ZooKeeper (name -> Declared); the names whose spec changed."""
+        changed = []
+        for name, d in stored.items():
+            entry = self.entries.get(name)
+            if entry is None:
+                if len(self.entries) >= self.max_schedules:
+                    continue
+                entry = self.entries[name] = Declaration(d.schedule, d.declared, d.seen)
+            elif entry.schedule == d.schedule:
+                entry.seen = max(entry.seen, d.seen)
+                continue
+            elif d.declared > entry.declared:
+                entry.schedule, entry.declared, entry.seen = d.schedule, d.declared, max(entry.seen, d.seen)
+            else:
+                continue
+            entry.synced = (d.schedule, d.seen)
+            changed.append(name)
+        return changed
+
+    def publish(self, zk: Any) -> None:
+        """Tell ZooKeeper (a ZkPeriodicStore) of new, changed or long-unrefreshed declarations."""
+        from ..cluster.periodic_store import Declared
+        for entry in list(self.entries.values()):
+            synced = entry.synced
+            if synced is None or synced[0] != entry.schedule or entry.seen - synced[1] >= SPEC_REFRESH:
+                zk.publish_spec(Declared(entry.schedule, entry.declared, entry.seen), SPEC_REFRESH)
+                entry.synced = (entry.schedule, entry.seen)

@@ -1,0 +1,323 @@
+"""Periodic schedules (docs/periodic.md): declared by workers, fired by the
+leader once per tick, resumed by a new leader without catch-up storms.
+
+Each test's docstring names the fault it simulates. No timing assertions:
+waits are bounded polls that count ticks; the scheduler's own clock is
+driven by hand where a test needs missed ticks.
+"""
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from types import SimpleNamespace
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+from apps import basic
+from cluster_harness import Cluster
+
+import miyaq
+from miyaq.cluster.periodic_store import Declared, ZkPeriodicStore
+from miyaq.cluster.zk_store import close_client, connect
+from miyaq.config import NodeConfig
+from miyaq.errors import ConfigError, InvalidField
+from miyaq.node.periodic import PeriodicScheduler
+from miyaq.node.periodic_specs import ScheduleTable
+from miyaq.protocol import commands as c
+from miyaq.protocol.periodic import Schedule, schedule_from_wire, tick_label
+from miyaq.testing.harness import wait_for
+
+pytestmark = pytest.mark.timeout(60)
+TICK_ID = re.compile(r"^periodic-(?P<name>[\w.:-]+)-(?P<s>\d+)(?:\.(?P<ms>\d{3}))?$")
+
+
+def tick_of(task_id: str) -> int:
+    """The tick (ms) encoded in a periodic task id."""
+    m = TICK_ID.match(task_id)
+    assert m, task_id
+    return int(m["s"]) * 1000 + int(m["ms"] or 0)
+
+
+# -- the schedule itself --------------------------------------------------------------------
+def test_ticks_ids_and_cron_arithmetic():
+    """No fault: ticks are multiples of ``every`` since the epoch, or cron
+    matches in UTC; ids name the tick in unix seconds."""
+    s = Schedule("beat", "t", every_ms=500)
+    assert s.latest_tick(1_700_000_000.74) == 1_700_000_000_500
+    assert s.next_tick(1_700_000_000_500) == 1_700_000_001_000
+    assert s.task_id(1_700_000_000_500) == "periodic-beat-1700000000.500"
+    assert tick_label(1_700_000_001_000) == "1700000001"
+    cron = schedule_from_wire({"name": "five", "task": "t", "cron": "*/5  * * * *"})
+    assert cron.cron == "*/5 * * * *"
+    assert cron.latest_tick(1_700_000_100.0) == 1_700_000_100_000     # exactly on a tick
+    assert cron.latest_tick(1_700_000_399.9) == 1_700_000_100_000
+    assert cron.next_tick(1_700_000_100_000) == 1_700_000_400_000
+    assert cron.task_wire(1_700_000_100_000)["id"] == "periodic-five-1700000100"
+
+
+@pytest.mark.parametrize("options,words", [
+    ({"cron": "61 * * * *"}, "not valid"),
+    ({"cron": "* * * *"}, "5 fields"),
+    ({"cron": "* * * * * *"}, "5 fields"),
+    ({"cron": "0 0 30 2 *"}, "never matches"),
+    ({"cron": "@reboot"}, "macro"),
+    ({"every": 0.01}, "between"),
+    ({"every": 1, "cron": "* * * * *"}, "exactly one"),
+    ({}, "exactly one"),
+    ({"every": 1, "name": "x" * 41}, "1-40 characters"),
+    ({"every": 1, "backoff": 2}, "unknown periodic option"),
+])
+def test_bad_schedules_are_refused_when_declared(options, words):
+    """Fault: a typo in a schedule. ``@app.periodic`` raises ConfigError with
+    a clear message at import time and registers nothing."""
+    app = miyaq.App()
+    options.setdefault("name", "job")
+    with pytest.raises(ConfigError, match=words):
+        app.periodic(**options)(lambda: None)
+    assert app.schedules == {} and app.tasks == {}
+
+
+def test_schedule_names_are_unique_and_stack_over_tasks():
+    """No fault: one task, two schedules (stacked), a third name clash refused."""
+    app = miyaq.App()
+
+    @app.periodic(cron="@hourly", name="hourly", kwargs={"full": True})
+    @app.periodic(every=60, name="minutely", queue="maint", priority=-1)
+    @app.task(name="sweep", queue="maint", timeout=5)
+    def sweep(full=False):
+        return full
+
+    assert set(app.schedules) == {"hourly", "minutely"} and list(app.tasks) == ["sweep"]
+    assert app.schedules["minutely"]["priority"] == -1 and app.schedules["hourly"]["timeout"] == 5
+    assert msgpack.unpackb(app.schedules["hourly"]["body"]) == [[], {"full": True}]
+    with pytest.raises(ConfigError, match="already registered"):
+        app.periodic(every=5, name="hourly")(sweep)
+
+
+def test_schedule_table_is_bounded_and_newest_declaration_wins():
+    """Fault: workers declare more schedules than a node keeps, and two
+    versions of one schedule (a rolling deploy). Past the limit the READY is
+    refused whole; the newest declaration of a name replaces the older."""
+    table = ScheduleTable(max_schedules=2)
+    old, new = Schedule("a", "t", every_ms=1000), Schedule("a", "t", every_ms=2000)
+    assert table.declare([old, Schedule("b", "t", every_ms=1000)], "w1", 1.0) == ["a", "b"]
+    with pytest.raises(InvalidField, match="limit is 2"):
+        table.declare([Schedule("c", "t", every_ms=1000), new], "w2", 2.0)
+    assert table.entries["a"].schedule == old and "c" not in table.entries
+    assert table.declare([new], "w2", 3.0) == ["a"]
+    assert table.entries["a"].schedule == new and table.declare([new], "w3", 4.0) == []
+
+
+# -- the scheduler, with its clock driven by hand -----------------------------------------------
+class FakeIntake:
+    """Stands for the intake: records submits, answers with ``answers`` (then accepted)."""
+
+    def __init__(self, scheduler: PeriodicScheduler, answers: list[str] | None = None) -> None:
+        self.scheduler, self.answers, self.ids = scheduler, list(answers or []), []
+
+    def submit(self, task: Any, now: float, identity: bytes) -> None:
+        self.ids.append(task.id)
+        status = self.answers.pop(0) if self.answers else c.ACCEPTED
+        detail = {"code": "busy", "message": "full"} if status == c.REJECTED else None
+        self.scheduler._acked(identity, [task.id, status, detail])
+
+
+def scheduler(answers: list[str] | None = None) -> tuple[PeriodicScheduler, FakeIntake]:
+    """A standalone scheduler over a stub node (only what it touches), one worker w1 connected."""
+    node = SimpleNamespace(config=NodeConfig(), cluster=None, id="stub", on_stop=[],
+                           engine=SimpleNamespace(accepting=True), workers=SimpleNamespace(by_wid={"w1": 1}))
+    sched = PeriodicScheduler(node)   # type: ignore[arg-type]
+    sched.epoch, sched._new_term = 0, True
+    sched._intake = FakeIntake(sched, answers)
+    sched.declare([Schedule("m", "t", every_ms=10_000)], "w1", 0.0)
+    return sched, sched._intake
+
+
+def test_missed_ticks_fire_only_the_latest():
+    """Fault: nobody fired for ten ticks (a long leader failover). Only the
+    most recent missed tick fires — no catch-up storm — and no tick twice."""
+    sched, intake = scheduler()
+    t0 = 1_700_000_000.0
+    sched._step(t0 + 1)          # a new schedule starts with its next tick
+    assert intake.ids == []
+    sched._step(t0 + 10.2)
+    sched._step(t0 + 10.3)
+    assert intake.ids == ["periodic-m-1700000010"]
+    sched._step(t0 + 105)
+    sched._step(t0 + 106)
+    assert intake.ids == ["periodic-m-1700000010", "periodic-m-1700000100"]
+    assert sched.missed == 1 and sched.fired == 2
+    assert sched.ticks.load_last("m") == 1_700_000_100_000
+
+
+def test_rejected_tick_is_submitted_again_with_the_same_id():
+    """Fault: the submit of a tick is refused (a holder is down: not enough
+    replicas). The same tick is submitted again, with the same id."""
+    sched, intake = scheduler(answers=[c.REJECTED])
+    t0 = 1_700_000_000.0
+    sched._step(t0 + 1)
+    sched._step(t0 + 10.1)
+    assert sched.rejected == 1 and sched.ticks.load_last("m") == 1_700_000_000_000
+    sched._step(t0 + 10.7)       # past the retry delay, same tick still due
+    sched._step(t0 + 10.8)       # stores what was accepted
+    assert intake.ids == ["periodic-m-1700000010"] * 2
+    assert sched.ticks.load_last("m") == 1_700_000_010_000
+
+
+def test_losing_leadership_stops_firing_at_once():
+    """Fault: the leader loses leadership (session suspended). Nothing fires
+    from that moment; a new term resumes from the stored tick."""
+    sched, intake = scheduler()
+    t0 = 1_700_000_000.0
+    sched._step(t0 + 1)
+    sched._on_leadership(False, 0)
+    sched._step(t0 + 30.5)
+    assert intake.ids == []
+    sched._on_leadership(True, 2)
+    sched._step(t0 + 30.6)
+    assert intake.ids == ["periodic-m-1700000030"]
+
+
+def test_schedule_nobody_declares_is_forgotten():
+    """Fault: every worker declaring a schedule is gone for good (the
+    schedule was removed from the code). It stops firing after the TTL."""
+    sched, intake = scheduler()
+    sched._step(1_700_000_001.0)
+    sched.node.workers.by_wid = {}
+    sched._step(1_700_000_001.0 + 6)
+    assert "m" in sched.specs.entries
+    sched._step(1_700_000_001.0 + sched.specs.spec_ttl + 20)
+    assert sched.specs.entries == {} and intake.ids == []
+
+
+# -- a real node and worker ---------------------------------------------------------------------
+def make_app(runs: list[str], every: float = 0.5) -> miyaq.App:
+    app = miyaq.App()
+
+    @app.periodic(every=every, name="beat")
+    def beat():
+        runs.append(miyaq.current_task().id)
+
+    return app
+
+
+def test_standalone_node_fires_each_tick_once(node, client, thread_worker):
+    """Fault: two workers declare the same schedule (an overlapping deploy)
+    and one re-registers. Each tick still runs once, with its deterministic id."""
+    runs: list[str] = []
+    app = make_app(runs)
+    thread_worker(app, node.endpoint)
+    thread_worker(app, node.endpoint)
+    wait_for(lambda: len(set(runs)) >= 4, timeout=20, what="four ticks")
+    status = client.status()["periodic"]
+    assert status["schedules"] == 1 and status["leading"] and status["rejected"] == 0
+    counts = Counter(runs)
+    assert max(counts.values()) == 1, counts
+    ticks = [tick_of(i) for i in counts]
+    assert all(TICK_ID.match(i)["name"] == "beat" for i in counts)
+    assert all(t % 500 == 0 for t in ticks)
+
+
+def test_bad_spec_in_ready_is_refused_and_node_keeps_serving(node, client):
+    """Fault: a worker (another language's) sends READY with a bad cron. It
+    gets INVALID_FIELD naming the schedule; nothing is kept; the node serves on."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(node.endpoint)
+    try:
+        body = {"worker": "w-bad", "names": ["t"], "capacity": 1,
+                "periodic": [{"name": "nightly", "task": "t", "cron": "0 25 * * *"}]}
+        sock.send_multipart([c.TAG, c.READY, msgpack.packb(body)])
+        assert sock.poll(10_000), "no answer"
+        _tag, command, raw = sock.recv_multipart()
+        answer = msgpack.unpackb(raw)
+        assert command == c.ERROR and answer["code"] == InvalidField.code
+        assert "nightly" in answer["message"] and "cron" in answer["message"]
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+    status = client.status()
+    assert status["periodic"]["schedules"] == 0 and status["totals"]["workers"] == 0
+
+
+# -- ZooKeeper storage --------------------------------------------------------------------------
+def test_zookeeper_tick_record_is_fenced_by_epoch(zk_server, zk_cluster_name):
+    """Fault: a deposed leader (epoch 4) still writes after a newer one
+    (epoch 5) did. Its write is refused; specs merge newest-declared-wins."""
+    zk = connect(zk_server.hosts, 4.0, 10.0)
+    try:
+        old, new = (ZkPeriodicStore(zk, zk_cluster_name, zk_server.hosts) for _ in range(2))
+        assert old.load_last("m") is None and new.load_last("m") is None
+        assert old.save_last("m", 1000, 4, "n0")
+        assert new.save_last("m", 2000, 5, "n1")
+        assert not old.save_last("m", 3000, 4, "n0")
+        assert new.load_last("m") == 2000
+        a = Schedule("m", "t", every_ms=1000)
+        b = Schedule("m", "t", every_ms=2000)
+        assert new.publish_spec(Declared(a, 10.0, 10.0), 300) == Declared(a, 10.0, 10.0)
+        assert old.publish_spec(Declared(b, 5.0, 50.0), 300).schedule == a      # declared earlier: loses
+        assert old.publish_spec(Declared(a, 1.0, 400.0), 300) == Declared(a, 10.0, 400.0)
+        assert old.publish_spec(Declared(b, 20.0, 20.0), 300) == Declared(b, 20.0, 400.0)
+        assert new.read_specs() == {"m": Declared(b, 20.0, 400.0)}
+        new.forget("m")
+        assert new.read_specs() == {} and new.load_last("m") is None
+    finally:
+        close_client(zk)
+
+
+# -- a real cluster -----------------------------------------------------------------------------
+@pytest.fixture
+def cluster(procs, zk_server, zk_cluster_name, client_for):
+    return Cluster(procs, zk_server.hosts, zk_cluster_name, client_for)
+
+
+def tick_runs(path: str) -> Counter:
+    return Counter(e[1] for e in basic.read_events(path) if e[0] == "tick")
+
+
+def test_cluster_fires_each_tick_once_and_a_new_leader_resumes(cluster, procs, tmp_path):
+    """Fault: kill -9 of the leader while a 1 s schedule runs on a 3-node
+    cluster. A new leader keeps firing; every tick's task ran once
+    cluster-wide (a duplicate would show as a repeated id)."""
+    path = str(tmp_path / "events.jsonl")
+    cluster.start(3)
+    procs.worker("apps.periodic_app:app", cluster.nodes["n0"].endpoint, 2, env={"MIYAQ_TEST_EVENTS": path})
+    wait_for(lambda: len(tick_runs(path)) >= 3, timeout=20, what="three ticks")
+    leader = cluster.ring("n0")["leader"]
+    cluster.kill(leader)
+    rest = [n for n in cluster.nodes if n != leader]
+    cluster.wait_ring(set(rest), via=rest)
+    new_leader = cluster.ring(rest[0])["leader"]
+    after = time.time() * 1000
+    wait_for(lambda: sum(1 for i in tick_runs(path) if tick_of(i) > after) >= 3, timeout=20,
+             what="three ticks fired by the new leader")
+    runs = tick_runs(path)
+    assert max(runs.values()) == 1, [i for i, n in runs.items() if n > 1]
+    assert all(tick_of(i) % 1000 == 0 for i in runs)
+    assert cluster.stats(new_leader)["periodic"]["leading"]
+    assert not any(cluster.stats(n)["periodic"]["leading"] for n in rest if n != new_leader)
+
+
+def test_new_leader_fires_schedules_it_only_knows_from_zookeeper(cluster, procs, tmp_path):
+    """Fault: the worker that declared a schedule dies, a node that never
+    heard from it joins, then every other node is killed. The last node
+    becomes leader and fires the schedule from the specs in ZooKeeper."""
+    path = str(tmp_path / "events.jsonl")
+    cluster.start(2)
+    worker = procs.worker("apps.periodic_app:app", cluster.nodes["n0"].endpoint, 2,
+                          env={"MIYAQ_TEST_EVENTS": path})
+    wait_for(lambda: len(tick_runs(path)) >= 1, timeout=20, what="a tick")
+    worker.kill()
+    cluster.start_node("n2")
+    cluster.wait_ring({"n0", "n1", "n2"})
+    assert cluster.stats("n2")["periodic"]["schedules"] == 0
+    cluster.kill("n0")
+    cluster.kill("n1")
+    cluster.wait_ring({"n2"}, via=["n2"])
+    wait_for(lambda: cluster.stats("n2")["periodic"]["fired"] >= 2, timeout=20, what="n2 firing")
+    tasks = cluster.client("n2").tasks(limit=100)
+    assert tasks and all(TICK_ID.match(t["id"]) for t in tasks)
