@@ -100,9 +100,13 @@ class NodeConfig:
     def pub(self) -> int:
         return self.pub_port or self.port + 2
 
+    @property
+    def advertised_host(self) -> str:
+        """The host others use to reach this node (the hostname when bound to all)."""
+        return self.host if self.host not in ("0.0.0.0", "*", "::") else socket.gethostname()
+
     def endpoint(self, port: int) -> str:
-        host = self.host if self.host not in ("0.0.0.0", "*") else socket.gethostname()
-        return f"tcp://{host}:{port}"
+        return f"tcp://{self.advertised_host}:{port}"
 
     # -- loading ------------------------------------------------------------
     @classmethod

@@ -124,7 +124,7 @@ class Metrics:
         if t >= self.load_end:
             return "drain"
         for span in self.spans:
-            if span.begin <= t <= span.end(self.load_end):
+            if span.begin <= t < span.end(self.load_end):
                 return span.kind
         return "calm"
 

@@ -6,8 +6,8 @@ starts the first one that has a target within the safety budget (if none has, it
 ``RETRY_SKIPPED`` seconds until the next tick): at most
 ``replicas − 1`` nodes down at once (a node counts as down from the moment
 it is broken until the cluster is whole again after its repair, plus a
-short settle time for handoffs), unless ``unsafe``. A fault that finds no
-target at its tick is recorded as ``skipped`` (once per tick).
+short settle time for handoffs), unless ``unsafe``. A tick whose every try
+found no target is recorded as ``skipped``.
 
 Each fault lives in its own thread: begin → wait its duration → heal →
 wait until the cluster is whole (:meth:`LocalCluster.whole`) →
@@ -91,22 +91,21 @@ class Nemesis:
         return self
 
     def _schedule(self) -> None:
-        next_at = tick = time.monotonic() + self.first_delay
-        retrying = False
+        tick = time.monotonic() + self.first_delay
+        next_at = tick
         while not self._stop.wait(max(0.0, next_at - time.monotonic())):
-            if self.last_start is not None and time.monotonic() > self.last_start:
+            now = time.monotonic()
+            if self.last_start is not None and now > self.last_start:
                 return
+            last_try = now + RETRY_SKIPPED >= tick + self.interval
             try:
-                fault = self.inject(record_skip=not retrying)
+                fault = self.inject(record_skip=last_try)
             except Exception:   # a nemesis bug must not leave faults unhealed
                 logger.exception("nemesis: injecting a fault failed")
                 fault = None
-            now = time.monotonic()
-            if fault is None and now + RETRY_SKIPPED < tick + self.interval:
-                retrying = True                 # nothing safe to break yet: try again soon
-                next_at = now + RETRY_SKIPPED
+            if fault is None and not last_try:
+                next_at = now + RETRY_SKIPPED    # nothing safe to break yet: try again soon
                 continue
-            retrying = False
             tick = max(tick + self.interval, now + 1.0)
             next_at = tick
 

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 def local_member(node: "Node") -> Member:
     c = node.config
     return Member(node_id=node.id, service=c.endpoint(c.port), peer=c.endpoint(c.peer),
-                  pub=c.endpoint(c.pub), http=f"http://{c.host}:{c.http_port}" if c.http_port else None,
+                  pub=c.endpoint(c.pub), http=f"http://{c.advertised_host}:{c.http_port}" if c.http_port else None,
                   weight=c.weight)
 
 

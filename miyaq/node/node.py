@@ -113,7 +113,7 @@ class Node:
         return {"epoch": 1, "leader": self.id, "vnodes": 0,
                 "members": {self.id: {"service": self.config.endpoint(self.config.port), "share": 1.0,
                                       "weight": self.config.weight,
-                                      "http": f"http://{self.config.host}:{self.config.http_port}"
+                                      "http": f"http://{self.config.advertised_host}:{self.config.http_port}"
                                       if self.config.http_port else None}}}
 
     def service_endpoints(self) -> list[str]:
@@ -180,8 +180,6 @@ class Node:
             gevent.sleep(0.05)
         if self.gateway is not None:
             self.gateway.stop()
-        if self.cluster is not None:
-            self.cluster.stop()
         for hook in self.on_stop:
             try:
                 hook()
@@ -196,6 +194,9 @@ class Node:
         for g in self._greenlets:
             if g is not current:
                 g.kill(block=False)
+        gevent.sleep(0)          # let the readers die before their sockets close
+        if self.cluster is not None:
+            self.cluster.stop()
         self.endpoint.close()
         live = len(self.engine.table.live)
         if live and not self.config.data_dir:

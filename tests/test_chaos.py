@@ -1,0 +1,296 @@
+"""``miyaq chaos``: the checker on synthetic histories (lost, stuck,
+duplicated, failed-but-ran tasks; latency phases; fault recovery), the
+history files, the nemesis's safety budget, and one real end-to-end run
+under kill -9 and SIGSTOP faults."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from miyaq.chaos.checker import check
+from miyaq.chaos.faults import KINDS_DEFAULT, parse_kinds
+from miyaq.chaos.history import Activity, ExecTail, HistoryWriter, merge_executions, read_history
+from miyaq.chaos.metrics import percentiles
+from miyaq.chaos.nemesis import Nemesis
+from miyaq.errors import ConfigError
+
+T0 = 1_700_000_000.0
+
+
+class H:
+    """A synthetic history, built record by record."""
+
+    def __init__(self) -> None:
+        self.records: list[dict] = [{"ev": "run", "t": T0, "nodes": 3, "replicas": 2}]
+
+    def add(self, ev: str, t: float, **fields) -> "H":
+        self.records.append({"ev": ev, "t": T0 + t, **fields})
+        return self
+
+    def task(self, task_id: str, t: float, *, ack: bool = True, runs: list[tuple] = (), final: str | None = "done",
+             fail: str | None = None) -> "H":
+        """runs: (start offset, attempt, pid, finished?) after the submit."""
+        self.add("submit", t, id=task_id)
+        if ack:
+            self.add("ack", t + 0.01, id=task_id)
+        if fail:
+            self.add("fail", t + 10, id=task_id, code=fail)
+        for start, attempt, pid, finished in runs:
+            self.add("start", t + start, id=task_id, attempt=attempt, pid=pid)
+            if finished:
+                self.add("finish", t + start + 0.05, id=task_id, attempt=attempt, pid=pid)
+        if final is not None:
+            self.add("final", 100, id=task_id, state=final)
+        return self
+
+    def checked(self) -> "H":
+        self.add("phase", 90, name="drain")
+        return self.add("phase", 101, name="checked")
+
+    def verdict(self):
+        return check(sorted(self.records, key=lambda r: r["t"]))
+
+
+def test_every_accepted_task_done_is_ok():
+    h = H()
+    for i in range(5):
+        h.task(f"t{i}", i, runs=[(0.1, 1, 10, True)])
+    v = h.checked().verdict()
+    s = v.summary()
+    assert (s["accepted"], s["done"], s["lost"], s["stuck"]) == (5, 5, 0, 0)
+    assert s["duplicates"]["ran_more_than_once"] == 0
+    assert v.exit_code() == 0 and s["ok"]
+
+
+def test_accepted_then_unknown_everywhere_is_lost():
+    """The failure the run exists to find: an ack came back, no node knows the task."""
+    v = H().task("ok", 0, runs=[(0.1, 1, 10, True)]).task("gone", 1, final="unknown").checked().verdict()
+    s = v.summary()
+    assert s["lost"] == 1 and s["examples"]["lost"] == ["gone"]
+    assert s["never_ran"] == 1
+    assert v.exit_code() == 1 and not s["ok"]
+
+
+def test_accepted_but_still_held_after_the_drain_is_stuck_not_lost():
+    v = H().task("late", 0, final="scheduled").task("dl", 1, runs=[(0.1, 1, 10, False)], final="dead") \
+        .checked().verdict()
+    s = v.summary()
+    assert (s["lost"], s["stuck"], s["dead"]) == (0, 2, 1)
+    assert v.exit_code() == 3
+
+
+def test_without_a_final_check_a_finish_record_counts_as_done():
+    v = H().task("a", 0, runs=[(0.1, 1, 10, True)], final=None).task("b", 1, final=None).verdict()
+    s = v.summary()
+    assert not s["final_checked"]
+    assert (s["done"], s["lost"]) == (1, 1)
+
+
+def test_rerun_after_a_worker_died_mid_task():
+    """Attempt 1 started on pid 10 and never finished (killed); attempt 2 ran on pid 11."""
+    h = H().add("fault", 0.5, phase="begin", fault=1, kind="worker", target="worker1", pid=10)
+    h.task("t", 0, runs=[(0.2, 1, 10, False), (2.0, 2, 11, True)])
+    s = h.add("fault", 1.5, phase="heal", fault=1).add("fault", 1.5, phase="recovered", fault=1, recover_s=0) \
+        .checked().verdict().summary()
+    d = s["duplicates"]
+    assert (d["ran_more_than_once"], d["after_crash"], d["completed_twice"], d["unexplained"]) == (1, 1, 0, 0)
+    row = s["faults"][0]
+    assert row["kind"] == "worker" and row["interrupted_tasks"] == 1 and row["rerun_s"] == pytest.approx(1.55)
+    assert s["lost"] == 0
+
+
+def test_completed_twice_with_no_fault_is_unexplained():
+    s = H().task("t", 0, runs=[(0.1, 1, 10, True), (0.3, 1, 11, True)]).checked().verdict().summary()
+    d = s["duplicates"]
+    assert (d["ran_more_than_once"], d["completed_twice"], d["unexplained"]) == (1, 1, 1)
+    assert d["rate"] == 1.0
+    assert s["examples"]["duplicate_unexplained"] == ["t"]
+
+
+def test_duplicate_during_a_fault_is_explained_and_a_cancelled_copy_is_counted():
+    h = H().add("fault", 1, phase="begin", fault=1, kind="kill", target="n1")
+    h.task("t", 0, runs=[(0.1, 1, 10, True), (3.0, 1, 11, False)])
+    h.add("fault", 6, phase="heal", fault=1).add("fault", 7, phase="recovered", fault=1, recover_s=1.0)
+    d = h.checked().verdict().summary()["duplicates"]
+    assert (d["ran_more_than_once"], d["unexplained"], d["aborted"], d["completed_twice"]) == (1, 0, 1, 0)
+
+
+def test_failed_submits_that_ran_anyway():
+    """The client was told the submit failed, but the task had been stored and ran."""
+    h = H().task("f1", 0, ack=False, fail="timeout", runs=[(0.5, 1, 10, True)])
+    h.task("f2", 1, ack=False, fail="not_enough_replicas", final="unknown")
+    h.task("f3", 2, ack=False, fail="timeout", final="scheduled")
+    s = h.checked().verdict().summary()
+    f = s["failed_submits"]
+    assert f["total"] == 3 and f["by_code"] == {"timeout": 2, "not_enough_replicas": 1}
+    assert (f["ran"], f["done"], f["held"]) == (1, 1, 1)
+    assert s["accepted"] == 0 and s["lost"] == 0          # a failed submit is never "lost"
+    assert s["examples"]["failed_but_ran"] == ["f1"]
+
+
+def test_latency_phases_and_fault_recovery():
+    h = H()
+    for i in range(40):                     # 4 submits a second for 10 s
+        t = i * 0.25
+        slow = 3.0 <= t < 5.0               # acks over 1 s while the fault is in place
+        h.add("submit", t, id=f"t{i}").add("ack", t + (2.0 if slow else 0.01), id=f"t{i}")
+        h.add("start", t + 2.1, id=f"t{i}", attempt=1, pid=1).add("finish", t + 2.2, id=f"t{i}", attempt=1, pid=1)
+        h.add("final", 100, id=f"t{i}", state="done")
+    h.add("fault", 3.0, phase="begin", fault=1, kind="pause", target="n2")
+    h.add("fault", 5.0, phase="heal", fault=1).add("fault", 6.0, phase="recovered", fault=1, recover_s=1.0)
+    s = h.checked().verdict().summary()
+    assert set(s["latency"]) == {"calm", "pause"}
+    assert s["latency"]["pause"]["ack"]["n"] == 12            # submitted from 3.0 s to 6.0 s
+    assert s["latency"]["pause"]["ack"]["p99"] == 2.0
+    assert s["latency"]["calm"]["ack"]["p50"] == 0.01
+    row = s["faults"][0]
+    assert (row["begin_s"], row["heal_s"], row["recover_s"]) == (3.0, 5.0, 1.0)
+    assert row["unhealthy_s"] == 2.0 and row["client_recovery_s"] == 2.0
+
+
+def test_percentiles():
+    assert percentiles([]) == {"n": 0}
+    p = percentiles([float(i) for i in range(1, 101)])
+    assert (p["n"], p["p50"], p["p90"], p["p99"], p["max"]) == (100, 50.0, 90.0, 99.0, 100.0)
+
+
+def test_history_files_merge_and_torn_lines(tmp_path):
+    """A worker killed mid-write leaves a torn last line: it is skipped, never half-read."""
+    writer = HistoryWriter(str(tmp_path / "history.jsonl"))
+    writer.write("submit", t=T0, id="a")
+    exec_file = tmp_path / "exec-10.jsonl"
+    exec_file.write_text(json.dumps({"ev": "start", "t": T0 + 1, "id": "a", "attempt": 1, "pid": 10}) + "\n"
+                         + '{"ev": "finish", "t": 17000')
+    tail = ExecTail(str(tmp_path))
+    first = tail.poll()
+    assert [r["ev"] for r in first] == ["start"] and tail.poll() == []
+    activity = Activity()
+    activity.feed(first)
+    assert activity.busy_pids() == {10}
+    with open(exec_file, "a") as fh:
+        fh.write('00001.0, "id": "a", "attempt": 1, "pid": 10}\n')
+    second = tail.poll()
+    assert [r["ev"] for r in second] == ["finish"]
+    activity.feed(second)
+    assert activity.busy_pids() == set() and activity.finished == {"a"}
+    assert merge_executions(str(tmp_path), writer) == 2
+    writer.close()
+    assert [r["ev"] for r in read_history(str(tmp_path / "history.jsonl"))] == ["submit", "start", "finish"]
+
+
+def test_fault_kinds_from_the_flag():
+    assert parse_kinds(None, partitions=False) == list(KINDS_DEFAULT)
+    assert parse_kinds("", partitions=True)[-2:] == ["partition", "isolate"]
+    assert parse_kinds("kill, pause,kill", partitions=False) == ["kill", "pause"]
+    assert parse_kinds("none", partitions=False) == []
+    with pytest.raises(ConfigError):
+        parse_kinds("kill,meteor", partitions=False)
+
+
+class FakeCluster:
+    """Records what the nemesis does; every node can be killed."""
+
+    def __init__(self, nodes: int = 3) -> None:
+        self.node_ids = [f"n{i}" for i in range(nodes)]
+        self.killed: set[str] = set()
+        self.calls: list[tuple[str, str]] = []
+        self.procs = {n: type("P", (), {"pid": 100 + i})() for i, n in enumerate(self.node_ids)}
+        self.is_whole = threading.Event()
+
+    def up(self, node_id: str) -> bool:
+        return node_id not in self.killed
+
+    def kill_node(self, node_id: str) -> None:
+        self.killed.add(node_id)
+        self.calls.append(("kill", node_id))
+
+    def start_node(self, node_id: str, wipe: bool = False) -> None:
+        self.killed.discard(node_id)
+        self.calls.append(("start", node_id))
+
+    def whole(self) -> tuple[bool, str]:
+        return self.is_whole.is_set(), "waiting"
+
+
+def test_nemesis_never_takes_more_than_n_minus_1_nodes_down(tmp_path):
+    """Safety budget: with N=2 one node down blocks every further node fault
+    until the first one healed and the cluster is whole again; --unsafe lifts it."""
+    cluster = FakeCluster()
+    writer = HistoryWriter(str(tmp_path / "h.jsonl"))
+    nemesis = Nemesis(cluster, writer, ["kill"], duration=0.05, replicas=2, settle=0.0, recover_timeout=5)
+    try:
+        assert nemesis.inject() is not None
+        assert nemesis.inject() is None                    # budget: 1 of 1 down
+        assert len(cluster.calls) == 1
+        cluster.is_whole.set()
+        for _ in range(100):
+            if not nemesis.active():
+                break
+            threading.Event().wait(0.05)
+        assert nemesis.active() == [] and cluster.calls[-1][0] == "start"
+        assert nemesis.inject() is not None                # budget free again
+    finally:
+        cluster.is_whole.set()
+        nemesis.stop(timeout=5)
+    unsafe = Nemesis(FakeCluster(), writer, ["kill"], duration=5, replicas=2, unsafe=True)
+    try:
+        assert all(unsafe.inject() is not None for _ in range(3))
+        assert unsafe.inject() is None                     # nothing left up to kill
+    finally:
+        unsafe.cluster.is_whole.set()
+        unsafe.stop(timeout=5)
+    writer.close()
+    phases = [r["phase"] for r in read_history(str(tmp_path / "h.jsonl"))]
+    assert phases.count("skipped") == 2 and phases.count("recovered") >= 4
+
+
+def test_check_command_on_a_history_reports_lost_and_draws_the_timeline(tmp_path):
+    """``miyaq chaos --check``: exit 1 and the lost task in the JSON when an accepted task is gone."""
+    h = H().task("ok", 0, runs=[(0.1, 1, 10, True)]).task("gone", 1, final="unknown").checked()
+    path = tmp_path / "history.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in h.records))
+    done = subprocess.run([sys.executable, "-m", "miyaq.cli.main", "chaos", "--check", str(path), "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["lost"] == 1 and summary["examples"]["lost"] == ["gone"]
+    assert "LOST" in done.stderr
+    assert (tmp_path / "timeline.png").stat().st_size > 10_000
+
+
+@pytest.mark.timeout(480)
+def test_end_to_end_run_under_kill_and_pause_loses_nothing(tmp_path):
+    """Faults: kill -9 and SIGSTOP of random nodes while 50 tasks a second
+    are submitted for 40 s to 3 nodes with N=2. The run must exit 0 (every
+    accepted task finished), report 0 lost in its JSON, and draw its PNG."""
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "miyaq.cli.main", "chaos", "--nodes", "3", "--replicas", "2",
+            "--duration", "40", "--rate", "50", "--faults", "kill,pause", "--json", "--out", str(out),
+            "--drain-timeout", "90"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=400)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)           # the run cleans up on SIGTERM ...
+        try:
+            stdout, stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)    # ... and its children die with it regardless
+            stdout, stderr = proc.communicate(timeout=10)
+        pytest.fail(f"miyaq chaos did not finish in time; stderr tail:\n{stderr[-4000:]}")
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{stderr[-6000:]}"
+    summary = json.loads(stdout)
+    assert summary["lost"] == 0 and summary["stuck"] == 0
+    assert summary["accepted"] > 1000
+    assert summary["done"] == summary["accepted"]
+    assert len(summary["faults"]) >= 2
+    assert {f["kind"] for f in summary["faults"]} <= {"kill", "pause"}
+    assert os.path.getsize(summary["timeline"]) > 10_000
+    assert os.path.exists(out / "history.jsonl") and os.path.exists(out / "summary.json")
