@@ -207,16 +207,7 @@ class Engine:
         consumer = task.consumer
         if error is not None:
             task.error = error
-        if task.state == DEAD:
-            self.table.dead.pop(task.id, None)
-            self._count(task.queue)[DEAD] -= 1
-            task.state = state
-            self.outcomes[(task.queue, state)] += 1
-            stone = self.table.bury(task, state, result, now)
-            for listener in self.listeners:
-                listener.task_finished(task, stone)
-        else:
-            self._finish(task, state, result, now)
+        self._finish(task, state, result, now)   # dead tasks too: bury() takes them off the dead list
         if consumer is not None:
             consumer.abort([task.id])
         return task
@@ -356,15 +347,6 @@ class Engine:
             return False, stone.state
         previous = task.state
         consumer = task.consumer
-        if previous == DEAD:
-            self.table.dead.pop(task.id, None)
-            self._count(task.queue)[DEAD] -= 1
-            task.state = CANCELLED
-            self.outcomes[(task.queue, CANCELLED)] += 1
-            stone = self.table.bury(task, CANCELLED, None, now)
-            for listener in self.listeners:
-                listener.task_finished(task, stone)
-            return True, previous
         self._finish(task, CANCELLED, None, now)
         if previous == RUNNING and consumer is not None:
             consumer.abort([task.id])

@@ -53,6 +53,18 @@ def task_record(task: Task) -> dict[str, Any]:
     return record
 
 
+def stone_record(stone: Tombstone) -> dict[str, Any]:
+    record: dict[str, Any] = {"o": "F", "id": stone.id, "state": stone.state, "at": stone.finished,
+                              "queue": stone.queue, "attempt": stone.attempt}
+    if stone.result is not None:
+        record["result"] = stone.result
+    if stone.error is not None:
+        record["error"] = stone.error
+    if stone.key is not None:
+        record["key"] = stone.key
+    return record
+
+
 def task_from_record(r: dict[str, Any]) -> Task:
     task = Task(r["id"], r["queue"], r.get("name"), r.get("body", b""), url=r.get("url"),
                 method=r.get("method", "POST"), priority=r.get("priority", 0), eta=r.get("eta", 0.0),
@@ -107,15 +119,7 @@ class Persistence(EngineListener):
         self._add({"o": "D", "id": task.id, "attempt": task.attempt, "error": task.error})
 
     def task_finished(self, task: Task, stone: Tombstone) -> None:
-        record = {"o": "F", "id": task.id, "state": stone.state, "at": stone.finished,
-                  "queue": task.queue, "attempt": task.attempt}
-        if stone.result is not None:
-            record["result"] = stone.result
-        if stone.error is not None:
-            record["error"] = stone.error
-        if task.key is not None:
-            record["key"] = task.key
-        self._add(record)
+        self._add(stone_record(stone))
 
     def task_revived(self, task: Task) -> None:
         self._add({"o": "V", "id": task.id})
@@ -170,15 +174,7 @@ class Persistence(EngineListener):
         for task in list(table.live.values()) + list(table.dead.values()):
             yield task_record(task)
         for stone in list(table.tombstones.values()):
-            record = {"o": "F", "id": stone.id, "state": stone.state, "at": stone.finished,
-                      "queue": stone.queue, "attempt": stone.attempt}
-            if stone.result is not None:
-                record["result"] = stone.result
-            if stone.error is not None:
-                record["error"] = stone.error
-            if stone.key is not None:
-                record["key"] = stone.key
-            yield record
+            yield stone_record(stone)
 
     def close(self) -> None:
         self.write_pending()
