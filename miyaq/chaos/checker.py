@@ -11,7 +11,11 @@ Verdicts, per submitted task id:
   **lost** (no node knows it, or it ended cancelled/expired) or **stuck**
   (still held — scheduled, ready, running, retrying —, dead-lettered, or
   ``unreachable``: no node answered the status request);
-  both are failures of the run. Without ``final`` records (a run cut
+  both are failures of the run. An accepted task no node knows any more
+  but that has a ``finish`` record is **forgotten**, not lost: it ran to
+  the end, but its tombstone is gone (e.g. every holder's data was
+  wiped), so its result, status and dedup by id are gone too — reported,
+  not a failure of the run. Without ``final`` records (a run cut
   short) an accepted task with no ``finish`` record counts as lost.
 - **failed submit**: a ``fail`` came back (or nothing did). The client was
   told it failed, but the task may have been stored anyway: the checker
@@ -86,6 +90,7 @@ class Verdict:
             "ok": self.ok, "exit_code": self.exit_code(), "final_checked": self.final_checked,
             "run": self.run,
             "submitted": c["submitted"], "accepted": c["accepted"], "done": c["done"],
+            "forgotten": c["forgotten"],
             "lost": c["lost"], "stuck": c["stuck"], "dead": c["dead"], "never_ran": c["never_ran"],
             "failed_submits": {"total": c["failed"], "by_code": self.failed_codes, "ran": c["failed_ran"],
                                "done": c["failed_done"], "held": c["failed_held"]},
@@ -178,7 +183,7 @@ def check(records: Iterable[dict[str, Any]], bucket: float = 1.0) -> Verdict:
             elif tr.final in LIVE_STATES:
                 counts["failed_held"] += 1
     counts["faults_skipped"] = skipped
-    for key in ("submitted", "accepted", "done", "lost", "stuck", "dead", "never_ran", "failed", "failed_ran",
+    for key in ("submitted", "accepted", "done", "forgotten", "lost", "stuck", "dead", "never_ran", "failed", "failed_ran",
                 "failed_done", "failed_held", "starts", "finishes", "dup", "dup_completed", "dup_after_crash",
                 "dup_aborted", "dup_unexplained"):
         counts.setdefault(key, 0)
@@ -192,6 +197,9 @@ def _judge_accepted(tr: Trace, task_id: str, counts: Counter[str], final_checked
         state = tr.final or "unknown"
         if state == "done":
             counts["done"] += 1
+        elif state in GONE_STATES and tr.finishes:
+            counts["forgotten"] += 1    # it ran to the end; the cluster no longer remembers it
+            example("forgotten", task_id)
         elif state in GONE_STATES:
             counts["lost"] += 1
             example("lost", task_id)

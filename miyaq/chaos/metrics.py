@@ -13,7 +13,8 @@ seconds; reports give them relative to the run's start (``t0``).
   → the first finish record.
 - **Recovery per fault**: ``recover_s`` (nemesis: heal → cluster whole
   again); ``client_recovery_s``: from the fault's begin to the end of the
-  last *unhealthy* second before the next fault (a second is unhealthy
+  last *unhealthy* second before the next fault (less the second just
+  before it, whose submits the next fault may delay; a second is unhealthy
   when under 90 % of the submits made in it were acknowledged within 1 s);
   ``unhealthy_s``: how many such seconds. For a killed worker: the tasks
   it was running and how long until the last of them finished elsewhere.
@@ -162,7 +163,9 @@ class Metrics:
     def fault_rows(self) -> list[dict[str, Any]]:
         rows = []
         for i, span in enumerate(self.spans):
-            window_end = min(self.spans[i + 1].begin if i + 1 < len(self.spans) else math.inf, self.load_end)
+            # Submits in the second before the next fault (or the drain) may be acked after it: not ours.
+            window_end = min(self.spans[i + 1].begin if i + 1 < len(self.spans) else math.inf,
+                             self.load_end) - HEALTHY_ACK_S
             first = int((span.begin - self.t0) // self.bucket)
             end = min(window_end, (max(self.buckets, default=0) + 1) * self.bucket + self.t0)
             last = math.ceil((end - self.t0) / self.bucket) - 1     # buckets that start before the window ends

@@ -66,6 +66,7 @@ def render(summary: dict[str, Any], history_path: str | None = None, picture: st
         ("submitted", summary["submitted"], ""),
         ("accepted", summary["accepted"], "the submit's ack came back"),
         ("done", summary["done"], "finished on the cluster"),
+        ("forgotten", summary["forgotten"], "finished, but no node remembers it now (tombstone gone)"),
         ("LOST", summary["lost"], "accepted, then unknown to every node (must be 0)"),
         ("stuck", summary["stuck"], f"accepted, still held after the drain (dead-lettered: {summary['dead']})"),
         ("never ran", summary["never_ran"], "accepted, no start record"),
@@ -116,6 +117,10 @@ def render(summary: dict[str, Any], history_path: str | None = None, picture: st
                      "drain")
     else:
         lines.append("VERDICT: OK, every accepted task finished")
+    if summary.get("forgotten"):
+        lines.append(f"NOTE: {summary['forgotten']} finished task(s) are unknown to the cluster now (their "
+                     "tombstones went with wiped data dirs): no status, no result, and a resubmit with the same "
+                     "id would run again")
     if history_path:
         lines.append(f"history: {history_path}")
     if picture:

@@ -148,9 +148,11 @@ class ServiceEndpoint:
                 except zmq.Again:
                     break
                 self.handle(frames, now)
-            self.flush_acks()
+            # Dispatch first: a worker waiting for work should not wait for
+            # the producers' acknowledgements to be sent.
             for hook in self.after_burst:
                 hook(now)
+            self.flush_acks()
 
     def close(self) -> None:
         self._closed = True

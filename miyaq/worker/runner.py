@@ -72,7 +72,9 @@ class Worker:
         self.ctx = zmq.Context()
         self.links = [NodeLink(self, self.ctx, ep) for ep in self.endpoints]
         self.backlog: deque[tuple[NodeLink, list[Any]]] = deque()
-        self.has_work = gevent.event.Event()
+        # Idle runners wait on their own event; new work wakes only as many
+        # runners as it has tasks (no thundering herd of `concurrency` greenlets).
+        self.idle: deque[gevent.event.Event] = deque()
         self.running: dict[str, gevent.Greenlet] = {}
         self.holders: dict[str, list[str]] = {}      # task id -> its holders' endpoints (cluster)
         self.origin: dict[str, NodeLink] = {}        # running task id -> the link it came from
@@ -103,7 +105,7 @@ class Worker:
                 self.backlog.append((link, d))
             else:
                 logger.warning("ignoring a malformed delivery from %s", link.endpoint)
-        self.has_work.set()
+        self._wake(len(deliveries))
 
     def abort(self, ids: list[Any]) -> None:
         for task_id in ids:
@@ -156,8 +158,15 @@ class Worker:
         return link
 
     # -- running it --------------------------------------------------------------------
+    def _wake(self, n: int) -> None:
+        idle = self.idle
+        while n > 0 and idle:
+            idle.popleft().set()
+            n -= 1
+
     def _runner(self) -> None:
         backlog = self.backlog
+        ready = gevent.event.Event()
         while True:
             try:
                 while backlog and not self.stopping:
@@ -165,8 +174,9 @@ class Worker:
                     self._execute(link, d)
                 if self.stopping:
                     return
-                self.has_work.clear()
-                self.has_work.wait()
+                ready.clear()
+                self.idle.append(ready)
+                ready.wait()
             except TaskAborted:
                 continue   # the abort arrived after the handler returned
 
@@ -248,7 +258,7 @@ class Worker:
             returned.setdefault(link, []).append(d[0])
         for link, ids in returned.items():
             link.send(c.RETURN, {"ids": ids, "credit": False})
-        self.has_work.set()
+        self._wake(len(self.idle))
         deadline = time.time() + grace
         while self.running and time.time() < deadline:
             gevent.sleep(0.05)
