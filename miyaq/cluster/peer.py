@@ -54,6 +54,8 @@ class PeerEndpoint:
         self.handlers: dict[bytes, Handler] = {}
         self.after_burst: list[Callable[[], None]] = []
         self.pending: dict[int, tuple[float, Callback]] = {}
+        self.outstanding: dict[str, int] = {}     # node id -> requests awaiting an answer
+        self._asked: dict[int, str] = {}
         self._retired: list[Any] = []
         self._req = itertools.count(1)
         self._poller = zmq.Poller()
@@ -95,6 +97,8 @@ class PeerEndpoint:
             gevent.spawn(callback, None)
             return False
         self.pending[req] = (time.time() + timeout, callback)
+        self.outstanding[node_id] = self.outstanding.get(node_id, 0) + 1
+        self._asked[req] = node_id
         return True
 
     def _send(self, sock: Any, command: bytes, body: dict[str, Any]) -> bool:
@@ -179,6 +183,7 @@ class PeerEndpoint:
             self.errors[err.code] += 1
             return
         entry = self.pending.pop(body.get("req"), None)  # type: ignore[arg-type]
+        self._settle(body.get("req"))
         if entry is not None:
             self._call(entry[1], None if "code" in body else body)
 
@@ -188,7 +193,17 @@ class PeerEndpoint:
         for req, (deadline, callback) in list(self.pending.items()):
             if deadline <= now:
                 del self.pending[req]
+                self._settle(req)
                 self._call(callback, None)
+
+    def _settle(self, req: Any) -> None:
+        node_id = self._asked.pop(req, None) if isinstance(req, int) else None
+        if node_id is not None:
+            left = self.outstanding.get(node_id, 1) - 1
+            if left > 0:
+                self.outstanding[node_id] = left
+            else:
+                self.outstanding.pop(node_id, None)
 
     @staticmethod
     def _call(callback: Callback, answer: dict[str, Any] | None) -> None:

@@ -229,6 +229,19 @@ class ClusterRole:
                 last_beat = now
                 self.publisher.heartbeat([m for m in self.view.members if m != self.node_id])
                 self.handoff.retry(now)
+                self._report_lag(now)
+
+    def _report_lag(self, now: float) -> None:
+        """Replication lag per peer for /metrics: seconds since its stream was
+        last heard (heartbeats come every second), and our requests to it
+        still unanswered."""
+        gateway = self.node.gateway
+        metrics = getattr(gateway, "metrics", None) if gateway is not None else None
+        if metrics is None:
+            return
+        for src, source in self.subscriber.sources.items():
+            metrics.cluster.set_replication_lag(src, max(0.0, now - source.heard),
+                                                self.peer.outstanding.get(src, 0))
 
     # -- views ------------------------------------------------------------------------------
     def ring_info(self) -> dict[str, Any]:

@@ -44,15 +44,16 @@ class ClusterGauges:
     By default they are read from the node (``node.ring_info()``: epoch 1 and
     itself as the only member and leader when standalone), with each member's
     HTTP gateway (``miyaq queue limit`` uses it to reach every node). The cluster may
-    push its own view with :meth:`set_ring`, and reports replication lag per
-    peer with :meth:`set_replication_lag` (nothing measures it yet).
+    push its own view with :meth:`set_ring`; a clustered node reports
+    replication lag per peer every second with :meth:`set_replication_lag`
+    (seconds since the peer's stream was heard, requests to it unanswered).
     """
 
     def __init__(self, node: Node) -> None:
         self.node = node
         self._ring: dict[str, Any] | None = None
         self.replication_lag_seconds: dict[str, float] = {}   # peer -> seconds behind
-        self.replication_lag_messages: dict[str, int] = {}    # peer -> unacked stream messages
+        self.replication_lag_messages: dict[str, int] = {}    # peer -> peer requests unanswered
 
     def set_ring(self, epoch: int, members: list[str], leader: str | None, is_leader: bool) -> None:
         self._ring = {"epoch": epoch, "leader": leader, "members": list(members), "is_leader": is_leader}
