@@ -15,7 +15,13 @@ import pytest
 
 from miyaq.chaos.checker import check
 from miyaq.chaos.faults import KINDS_DEFAULT, parse_kinds
-from miyaq.chaos.history import Activity, ExecTail, HistoryWriter, merge_executions, read_history
+from miyaq.chaos.history import (
+    Activity,
+    ExecTail,
+    HistoryWriter,
+    merge_executions,
+    read_history,
+)
 from miyaq.chaos.metrics import percentiles
 from miyaq.chaos.nemesis import Nemesis
 from miyaq.errors import ConfigError
@@ -29,12 +35,12 @@ class H:
     def __init__(self) -> None:
         self.records: list[dict] = [{"ev": "run", "t": T0, "nodes": 3, "replicas": 2}]
 
-    def add(self, ev: str, t: float, **fields) -> "H":
+    def add(self, ev: str, t: float, **fields) -> H:
         self.records.append({"ev": ev, "t": T0 + t, **fields})
         return self
 
     def task(self, task_id: str, t: float, *, ack: bool = True, runs: list[tuple] = (), final: str | None = "done",
-             fail: str | None = None) -> "H":
+             fail: str | None = None) -> H:
         """runs: (start offset, attempt, pid, finished?) after the submit."""
         self.add("submit", t, id=task_id)
         if ack:
@@ -49,7 +55,7 @@ class H:
             self.add("final", 100, id=task_id, state=final)
         return self
 
-    def checked(self) -> "H":
+    def checked(self) -> H:
         self.add("phase", 90, name="drain")
         return self.add("phase", 101, name="checked")
 
@@ -256,7 +262,7 @@ def test_check_command_on_a_history_reports_lost_and_draws_the_timeline(tmp_path
     path = tmp_path / "history.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in h.records))
     done = subprocess.run([sys.executable, "-m", "miyaq.cli.main", "chaos", "--check", str(path), "--json"],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 1, done.stderr
     summary = json.loads(done.stdout)
     assert summary["lost"] == 1 and summary["examples"]["lost"] == ["gone"]

@@ -10,11 +10,12 @@ session-wide server other tests share.
 from __future__ import annotations
 
 import signal
+import time
 
 import pytest
+from cluster_harness import Cluster
 
 import miyaq
-from cluster_harness import Cluster
 from miyaq.testing.harness import free_port, wait_for
 from miyaq.testing.zookeeper import ZooKeeperServer
 
@@ -60,7 +61,7 @@ def test_whole_cluster_stop_and_start_keeps_every_accepted_task(procs, own_zk, z
     ids = [c.submit("echo", [i], countdown=3600).id for i in range(TASKS)]
     c.flush()
     for task_id in ids:
-        wait_for(lambda: len(_held_by(cluster, task_id)) == 2, timeout=20, what=f"{task_id} on 2 holders")
+        wait_for(lambda t=task_id: len(_held_by(cluster, t)) == 2, timeout=20, what=f"{task_id} on 2 holders")
 
     for proc in cluster.nodes.values():
         proc.signal(signal.SIGTERM)
@@ -99,3 +100,39 @@ def test_whole_cluster_stop_and_start_keeps_every_accepted_task(procs, own_zk, z
     for task_id in ids:
         expected = set(cluster.holders(task_id, 2))
         assert set(_held_by(cluster, task_id)) == expected, task_id
+
+
+def test_restart_brings_back_no_task_handed_off_and_finished_elsewhere(procs, own_zk, zk_cluster_name, client_for,
+                                                                       tmp_path):
+    """Fault: a node restarts from its log after it handed tasks off to a
+    node that joined, and those tasks finished (cancelled) on their new
+    holders, their tombstones since expired (``--result-ttl 2``). The
+    restarted node must not bring them back."""
+    cluster = Cluster(procs, own_zk.hosts, zk_cluster_name, client_for)
+    data = {n: str(tmp_path / f"data-{n}") for n in NODES}
+    ports = {n: free_port() for n in NODES}
+    extra = ("--replicas", "2", "--fsync", "always", "--result-ttl", "2", "--dedup-window", "2")
+    for node_id in ("n0", "n1"):
+        cluster.start_node(node_id, *extra, "--data-dir", data[node_id], port=ports[node_id])
+    cluster.wait_ring({"n0", "n1"})
+    c = client_for(cluster.nodes["n0"].endpoint + "," + cluster.nodes["n1"].endpoint)
+    ids = [c.submit("echo", [i], countdown=3600).id for i in range(60)]
+    c.flush()
+    cluster.start_node("n2", *extra, "--data-dir", data["n2"], port=ports["n2"])
+    cluster.wait_ring(set(NODES))
+    moved = [t for t in ids if "n0" not in cluster.holders(t, 2)]
+    assert moved, "no task left n0 when n2 joined"
+    for task_id in moved:
+        wait_for(lambda t=task_id: cluster.holds("n0", t) is None, timeout=20, what=f"{task_id} handed off by n0")
+    all_nodes = client_for(",".join(cluster.endpoints()))
+    for task_id in moved:
+        assert all_nodes.cancel(task_id)
+    time.sleep(4)          # past result_ttl: the tombstones on n1 and n2 expire
+    assert cluster.nodes["n0"].terminate(30) == 0
+    cluster.clients["n0"].close(flush=False)
+    cluster.start_node("n0", *extra, "--data-dir", data["n0"], port=ports["n0"])
+    cluster.wait_ring(set(NODES))
+    time.sleep(3)          # reconcile and handoff after the restart
+    back = {t: {n: cluster.holds(n, t) for n in NODES} for t in moved}
+    back = {t: where for t, where in back.items() if any(where.values())}
+    assert not back, f"{len(back)} of {len(moved)} cancelled tasks came back: {list(back.items())[:3]}"

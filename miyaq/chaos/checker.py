@@ -33,8 +33,9 @@ Latency, throughput and per-fault recovery come from :mod:`.metrics`.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from .metrics import FaultSpan, Metrics
 
@@ -46,7 +47,7 @@ EXAMPLES = 10
 class Trace:
     """What the history says about one task id."""
 
-    __slots__ = ("submit", "ack", "fail", "starts", "finishes", "final")
+    __slots__ = ("ack", "fail", "final", "finishes", "starts", "submit")
 
     def __init__(self) -> None:
         self.submit: float | None = None
@@ -124,7 +125,7 @@ def check(records: Iterable[dict[str, Any]], bucket: float = 1.0) -> Verdict:
 
     for r in records:
         ev, t = r.get("ev"), float(r.get("t", 0.0))
-        task_id = r.get("id")
+        task_id = str(r.get("id"))
         if ev == "submit":
             trace(task_id).submit = t
         elif ev == "ack":

@@ -83,7 +83,7 @@ class LocalCluster:
         self.fsync = fsync
         self.node_args = list(node_args or [])
         self.name = name
-        self.net = net or Loopback()
+        self.net: Any = net or Loopback()
         self.zookeeper: ZooKeeperServer | None = None
         self.zk_hosts = ""
         self.specs = {}

@@ -63,7 +63,7 @@ class FaultSpan:
     errors: list[str] = field(default_factory=list)
 
     @staticmethod
-    def feed(spans: dict[int, "FaultSpan"], r: dict[str, Any]) -> None:
+    def feed(spans: dict[int, FaultSpan], r: dict[str, Any]) -> None:
         """Fold one ``fault`` history record into ``spans``."""
         phase, fid = r.get("phase"), r.get("fault")
         if not isinstance(fid, int):
@@ -95,7 +95,7 @@ class FaultSpan:
 
 
 class Bucket:
-    __slots__ = ("submits", "acks", "fails", "finishes", "ack_lat", "done_lat", "quick_acks")
+    __slots__ = ("ack_lat", "acks", "done_lat", "fails", "finishes", "quick_acks", "submits")
 
     def __init__(self) -> None:
         self.submits = self.acks = self.fails = self.finishes = self.quick_acks = 0
@@ -129,7 +129,7 @@ class Metrics:
                 return span.kind
         return "calm"
 
-    def add_task(self, tr: "Trace") -> None:
+    def add_task(self, tr: Trace) -> None:
         assert tr.submit is not None
         b = self._b(tr.submit)
         b.submits += 1

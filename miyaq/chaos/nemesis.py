@@ -29,8 +29,9 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import MiyaqError
 from .faults import KINDS, FaultKind, choose
@@ -84,7 +85,7 @@ class Nemesis:
         self.skipped = 0
 
     # -- schedule ---------------------------------------------------------------------
-    def start(self) -> "Nemesis":
+    def start(self) -> Nemesis:
         if self.kinds:
             self._thread = threading.Thread(target=self._schedule, name="nemesis", daemon=True)
             self._thread.start()

@@ -65,7 +65,7 @@ class Loopback:
 
 def _ip(*args: str, check: bool = True) -> str:
     try:
-        done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=IP_TIMEOUT)
+        done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=IP_TIMEOUT, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise MiyaqError(f"ip {' '.join(args)} failed: {exc}") from None
     if check and done.returncode != 0:
@@ -92,7 +92,7 @@ def _pick_subnet(rng: random.Random) -> ipaddress.IPv4Network:
         except ValueError:
             continue
     for _ in range(50):
-        net = ipaddress.ip_network(f"10.{rng.randint(200, 254)}.{rng.randint(0, 255)}.0/24")
+        net = ipaddress.IPv4Network(f"10.{rng.randint(200, 254)}.{rng.randint(0, 255)}.0/24")
         if not any(net.overlaps(t) for t in taken if t.version == 4 and t.prefixlen > 0):
             return net
     raise MiyaqError("no free 10.x.y.0/24 subnet found for the chaos bridge")
@@ -129,7 +129,7 @@ class Namespaces:
     def _veths(self, index: int) -> tuple[str, str]:
         return f"{self.prefix}h{index}", f"{self.prefix}p{index}"
 
-    def setup(self) -> "Namespaces":
+    def setup(self) -> Namespaces:
         """Make the bridge and the namespaces; on failure undo what was made."""
         try:
             _ip("link", "add", self.bridge, "type", "bridge")

@@ -63,7 +63,7 @@ class Child:
         self.proc: subprocess.Popen[bytes] | None = None
         self.paused = False
 
-    def start(self) -> "Child":
+    def start(self) -> Child:
         def popen() -> subprocess.Popen[bytes]:
             with open(self.log_path, "ab") as log:
                 return subprocess.Popen(launcher(self.argv, self.netns), stdin=subprocess.DEVNULL,

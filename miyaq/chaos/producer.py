@@ -61,7 +61,7 @@ class Producer:
         self._submitter = threading.Thread(target=self._submit_loop, name="chaos-producer", daemon=True)
         self._collector = threading.Thread(target=self._collect_loop, name="chaos-collector", daemon=True)
 
-    def start(self) -> "Producer":
+    def start(self) -> Producer:
         self._submitter.start()
         self._collector.start()
         return self

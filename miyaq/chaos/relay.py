@@ -29,7 +29,7 @@ class TcpRelay:
         self._sockets: set[socket.socket] = set()
         self._thread = threading.Thread(target=self._accept_loop, name="chaos-relay", daemon=True)
 
-    def start(self) -> "TcpRelay":
+    def start(self) -> TcpRelay:
         self._thread.start()
         logger.info("relaying %s:%d to %s:%d", *self.listen, *self.target)
         return self

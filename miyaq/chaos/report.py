@@ -73,9 +73,9 @@ def render(summary: dict[str, Any], history_path: str | None = None, picture: st
         ("failed submits", f["total"], ", ".join(f"{k} {v}" for k, v in sorted(f["by_code"].items()))),
         ("  ...ran anyway", f["ran"], f"done {f['done']}, still held {f['held']}"),
         ("ran more than once", d["ran_more_than_once"],
-         f"{100 * d['rate']:.3f}% of accepted; completed twice {d['completed_twice']}, "
-         f"re-run after a crash {d['after_crash']}, cancelled mid-run {d['aborted']}, "
-         f"unexplained {d['unexplained']}"),
+         (f"{100 * d['rate']:.3f}% of accepted; completed twice {d['completed_twice']}, "
+          f"re-run after a crash {d['after_crash']}, cancelled mid-run {d['aborted']}, "
+          f"unexplained {d['unexplained']}")),
         ("executions", summary["executions"]["starts"], f"finished {summary['executions']['finishes']}"),
     ]
     lines.append("Tasks")
@@ -83,16 +83,16 @@ def render(summary: dict[str, Any], history_path: str | None = None, picture: st
     if not summary.get("final_checked"):
         lines.append("  (no final status check in this history: 'done' means a finish record was seen)")
     lines += ["", "Latency, seconds (phase = what was going on at submit time)",
-              f"  {'phase':<10}{'n':>8}  {'ack p50':>7} {'p90':>7} {'p99':>7} {'max':>7}   "
-              f"{'done p50':>8} {'p90':>7} {'p99':>7} {'max':>7}"]
+              (f"  {'phase':<10}{'n':>8}  {'ack p50':>7} {'p90':>7} {'p99':>7} {'max':>7}   "
+               f"{'done p50':>8} {'p90':>7} {'p99':>7} {'max':>7}")]
     for phase, lat in summary.get("latency", {}).items():
         a, dn = lat["ack"], lat["done"]
         lines.append(f"  {phase:<10}{a.get('n', 0):>8}  {_pct(a, 'p50')} {_pct(a, 'p90')} {_pct(a, 'p99')} "
                      f"{_pct(a, 'max')}   {' ' + _pct(dn, 'p50')} {_pct(dn, 'p90')} {_pct(dn, 'p99')} "
                      f"{_pct(dn, 'max')}")
     faults = summary.get("faults", [])
-    lines += ["", f"Faults ({len(faults)} injected, {summary.get('faults_skipped', 0)} skipped for want of a "
-              "safe target)"]
+    lines += ["", (f"Faults ({len(faults)} injected, {summary.get('faults_skipped', 0)} skipped for want of a "
+                   "safe target)")]
     if faults:
         lines.append(f"  {'#':>3} {'at s':>7}  {'kind':<10}{'target':<11}{'healed s':>9} {'whole +s':>9} "
                      f"{'clients s':>10} {'unhealthy':>10}  notes")

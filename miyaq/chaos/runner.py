@@ -30,10 +30,17 @@ from . import timeline
 from .checker import Verdict, check
 from .cluster import LocalCluster
 from .final import final_states
-from .history import HISTORY, Activity, ExecTail, HistoryWriter, merge_executions, read_history
+from .history import (
+    HISTORY,
+    Activity,
+    ExecTail,
+    HistoryWriter,
+    merge_executions,
+    read_history,
+)
 from .nemesis import Nemesis
 from .producer import Producer
-from .report import Progress, render
+from .report import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -211,8 +218,10 @@ class ChaosRun:
         endpoints = cluster.live_endpoints()
         if not endpoints:
             raise MiyaqError("no node answers: the final check cannot be made")
-        states = final_states(endpoints, ids, deadline,
-                              lambda n, total: self.out.write(f"  ... {n}/{total}\n"))
+        def progress(n: int, total: int) -> None:
+            self.out.write(f"  ... {n}/{total}\n")
+
+        states = final_states(endpoints, ids, deadline, progress)
         for task_id, state in states.items():
             self.history.write("final", id=task_id, state=state)
         self.history.write("phase", name="checked")
@@ -224,9 +233,9 @@ class ChaosRun:
         summary = verdict.summary()
         summary["interrupted"] = self.interrupted
         summary["history"] = self.history_path
-        picture = os.path.join(self.run_dir, "timeline.png")
+        picture: str | None = os.path.join(self.run_dir, "timeline.png")
         try:
-            timeline.draw(verdict.metrics, picture, title=f"miyaq chaos {os.path.basename(self.run_dir)}")
+            timeline.draw(verdict.metrics, str(picture), title=f"miyaq chaos {os.path.basename(self.run_dir)}")
             summary["timeline"] = picture
         except (ConfigError, OSError, ValueError) as exc:
             logger.error("no timeline picture: %s", exc)

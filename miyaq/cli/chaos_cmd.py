@@ -109,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_only(args: argparse.Namespace, human: Any) -> int:
     import os
+
     from ..chaos import timeline
     from ..chaos.checker import check
     from ..chaos.history import read_history
@@ -120,7 +121,7 @@ def _check_only(args: argparse.Namespace, human: Any) -> int:
     summary = verdict.summary()
     picture: str | None = os.path.join(os.path.dirname(os.path.abspath(args.check)), "timeline.png")
     try:
-        timeline.draw(verdict.metrics, picture)
+        timeline.draw(verdict.metrics, str(picture))
     except (ConfigError, OSError, ValueError) as exc:
         human.write(f"no timeline picture: {exc}\n")
         picture = None

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+HANDOFF_SWEEP = 10.0
+
 
 def local_member(node: "Node") -> Member:
     c = node.config
@@ -68,6 +70,7 @@ class ClusterRole:
         self._view_changed = gevent.event.Event()
         self._pending_view: RingView | None = None
         self._reconcile_until = 0.0
+        self._sweep_until = 0.0
 
     # -- lifecycle ------------------------------------------------------------------
     RECONCILE_TIMEOUT = 15.0
@@ -119,6 +122,7 @@ class ClusterRole:
             logger.info("ring epoch %d: %s (leader %s)", view.epoch, ", ".join(sorted(members)), view.leader)
             if set(old.members) != set(members) or old.epoch == 0 or old.ring != view.ring:
                 self.handoff.run()
+                self._sweep_until = time.time() + 60.0
 
     def holders_for(self, task: Task) -> list[str]:
         view = self.view
@@ -166,7 +170,16 @@ class ClusterRole:
         """Store (or update) this node's copy of a replicated or handed-off
         task. Idempotent; never resurrects a finished task."""
         holders = record.get("holders")
-        if not isinstance(holders, list) or self.node_id not in holders or not isinstance(record.get("id"), str):
+        if not isinstance(holders, list) or not isinstance(record.get("id"), str):
+            return False
+        if self.view.members:
+            # The sender's view of the ring may be older or newer than ours:
+            # place the copy by our own view, and refuse it if we are not a
+            # holder there (the sender keeps its copy and asks again later).
+            probe = Task(record["id"], "default", None, b"", key=record.get("key"))
+            probe.replicas = int(record.get("replicas", len(holders)) or len(holders))
+            holders = self.holders_for(probe)
+        if self.node_id not in holders:
             return False
         engine = self.engine
         table = engine.table
@@ -230,6 +243,10 @@ class ClusterRole:
                 self.publisher.heartbeat([m for m in self.view.members if m != self.node_id])
                 self.handoff.retry(now)
                 self._report_lag(now)
+            if now < self._sweep_until and now - self.handoff.last_run >= HANDOFF_SWEEP:
+                # For a minute after a ring change, sweep again: catches copies
+                # placed by a view that changed meanwhile (cost: one pass over the tasks).
+                self.handoff.run()
 
     def _report_lag(self, now: float) -> None:
         """Replication lag per peer for /metrics: seconds since its stream was

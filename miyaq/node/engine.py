@@ -233,6 +233,8 @@ class Engine:
         self.table.dead.pop(task.id, None)
         if task.key is not None and self.table.keys.get(task.key) == task.id:
             del self.table.keys[task.key]
+        for listener in self.listeners:
+            listener.task_forgotten(task)
 
     # -- consuming ---------------------------------------------------------------
     def take(self, queues: Iterable[str], now: float) -> Task | None:

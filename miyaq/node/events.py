@@ -41,6 +41,9 @@ class EngineListener:
     def task_purged(self, task: Task) -> None:
         """A dead task was dropped for good."""
 
+    def task_forgotten(self, task: Task) -> None:
+        """This node dropped its copy: the task was handed to other holders."""
+
     def task_due_elsewhere(self, task: Task) -> None:
         """A replica's timer fired (rank > 0): the cluster decides whether it runs."""
 

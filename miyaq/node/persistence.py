@@ -127,6 +127,9 @@ class Persistence(EngineListener):
     def task_purged(self, task: Task) -> None:
         self._add({"o": "P", "id": task.id})
 
+    def task_forgotten(self, task: Task) -> None:
+        self._add({"o": "P", "id": task.id})      # handed off: gone from here as if purged
+
     # -- gating acknowledgements ---------------------------------------------------------
     def after_written(self, release: Callable[[], None]) -> None:
         """Run ``release`` once every record buffered so far is in the log."""
@@ -218,6 +221,7 @@ def replay(engine: Engine, log: AppendLog, now: float) -> dict[str, int]:
             task.state, task.attempt = READY, 0
         elif op == "P":
             del tasks[task_id]
+            stones.pop(task_id, None)
     for task in sorted(tasks.values(), key=lambda t: t.created):
         engine.restore(task, now)
     kept = 0
