@@ -131,6 +131,7 @@ class ChaosRun:
         self.activity = Activity()
         self.tail = ExecTail(self.run_dir)
         self.interrupted = False
+        self.cleaning = False
 
     def run(self) -> Verdict:
         cluster = producer = nemesis = None
@@ -146,6 +147,7 @@ class ChaosRun:
             self.interrupted = True
             self.out.write("\nmiyaq chaos: interrupted; cleaning up\n")
         finally:
+            self.cleaning = True       # the CLI's signal handler leaves the cleanup alone
             if nemesis is not None:
                 nemesis.stop(timeout=5.0 if self.interrupted else None)
             if producer is not None:

@@ -74,8 +74,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+class _Interrupt:
+    """SIGTERM/SIGINT handler: the first signal interrupts the run (it then
+    heals, stops everything and reports); later ones, and any during the
+    cleanup, are ignored, so they cannot cut the cleanup short."""
+
+    def __init__(self) -> None:
+        self.fired = False
+        self.chaos: Any = None
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if self.fired or (self.chaos is not None and self.chaos.cleaning):
+            return
+        self.fired = True
+        raise KeyboardInterrupt
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,12 +106,14 @@ def run(args: argparse.Namespace) -> int:
         partitions=args.partitions, zk=args.zk, cluster=args.cluster, fsync=args.fsync,
         node_args=list(args.node_arg), submit_timeout=args.submit_timeout, drain_timeout=args.drain_timeout,
         recover_timeout=args.recover_timeout, out=args.out, seed=args.seed)
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    handler = _Interrupt()
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        chaos = ChaosRun(config, human)
+        chaos = handler.chaos = ChaosRun(config, human)
         verdict = chaos.run()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
     from ..chaos.report import render
     human.write(render(chaos.summary, chaos.history_path, chaos.picture) + "\n")
     _emit_json(args, chaos.summary)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..node.persistence import task_record
 from ..store.task import RUNNING, Task
@@ -84,8 +84,10 @@ class Handoff:
             for start in range(0, len(records), CHUNK):
                 chunk = records[start:start + CHUNK]
                 ids = [r["id"] for r in chunk]
-                self.role.peer.request(holder, REPLICATE, {"tasks": chunk}, 5.0,
-                                       lambda answer, h=holder, ids=ids: self._confirmed(h, ids, answer))
+                self.role.peer.request(holder, REPLICATE, {"tasks": chunk}, 5.0, self._callback(holder, ids))
+
+    def _callback(self, holder: str, ids: list[str]) -> Callable[[dict[str, Any] | None], None]:
+        return lambda answer: self._confirmed(holder, ids, answer)
 
     def _confirmed(self, holder: str, ids: list[str], answer: dict[str, Any] | None) -> None:
         if answer is None:

@@ -15,8 +15,7 @@ rank > 0 are standby copies (they ask before they run).
 from __future__ import annotations
 
 import logging
-import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import MiyaqError, NotEnoughReplicas, Unavailable
 from ..protocol.commands import ACCEPTED, DUPLICATE, REJECTED
@@ -93,8 +92,10 @@ class ClusterIntake:
         outbox, self.outbox = self.outbox, {}
         for holder, records in outbox.items():
             ids = [r["id"] for r in records]
-            self.role.peer.request(holder, REPLICATE, {"tasks": records}, ACK_TIMEOUT,
-                                   lambda answer, ids=ids: self._replicated(ids, answer))
+            self.role.peer.request(holder, REPLICATE, {"tasks": records}, ACK_TIMEOUT, self._callback(ids))
+
+    def _callback(self, ids: list[str]) -> Callable[[dict[str, Any] | None], None]:
+        return lambda answer: self._replicated(ids, answer)
 
     def _replicated(self, ids: list[str], answer: dict[str, Any] | None) -> None:
         if answer is None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..node.events import EngineListener
 from ..store.task import DEAD, READY, RETRYING, RUNNING, SCHEDULED, Task
@@ -79,8 +79,11 @@ class StandbyChecker(EngineListener):
             for h in others:
                 asks.setdefault(h, []).append(task.id)
         for holder, ids in asks.items():
-            role.peer.request(holder, QUERY, {"ids": ids}, QUERY_TIMEOUT,
-                              lambda answer, h=holder, ids=ids: self._answered(h, ids, answer, checks))
+            role.peer.request(holder, QUERY, {"ids": ids}, QUERY_TIMEOUT, self._callback(holder, ids, checks))
+
+    def _callback(self, holder: str, ids: list[str],
+                  checks: dict[str, tuple[Task, list[list[Any]], set[str]]]) -> Callable[[dict[str, Any] | None], None]:
+        return lambda answer: self._answered(holder, ids, answer, checks)
 
     def _answered(self, holder: str, ids: list[str], answer: dict[str, Any] | None,
                   checks: dict[str, tuple[Task, list[list[Any]], set[str]]]) -> None:

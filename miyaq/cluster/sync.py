@@ -70,7 +70,10 @@ class Resync:
             for record in answer.get("tasks") or ():
                 if not isinstance(record, dict):
                     continue
-                mine = table.live.get(record.get("id")) or table.dead.get(record.get("id"))
+                record_id = record.get("id")
+                if not isinstance(record_id, str):
+                    continue
+                mine = table.live.get(record_id) or table.dead.get(record_id)
                 if mine is None:
                     role.install(record, now)
                 elif record.get("state") == DEAD and mine.state != DEAD:

@@ -18,7 +18,7 @@ def delivery(task: Task, holders: Callable[[Task], list[str]] | None = None) -> 
     """A task as DISPATCH carries it: [id, queue, name, body, attempt, timeout]
     and, in a cluster, the service endpoints of its holders (where the worker
     reports if this node dies)."""
-    item = [task.id, task.queue, task.name, task.body, task.attempt, task.timeout]
+    item: list[Any] = [task.id, task.queue, task.name, task.body, task.attempt, task.timeout]
     if holders is not None and len(task.holders) > 1:
         item.append(holders(task))
     return item

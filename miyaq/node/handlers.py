@@ -16,7 +16,7 @@ from ..protocol import fields as f
 from ..protocol.periodic import schedules_from_wire
 from ..protocol.taskspec import check_id, check_queue, task_from_wire
 from ..store.task import ALL_STATES
-from .consumers import PullConsumer, delivery
+from .consumers import PullConsumer
 from .waiters import outcome
 
 if TYPE_CHECKING:
@@ -190,7 +190,7 @@ class ServiceHandlers:
         if not self.node.accepting_workers:
             raise ShuttingDown("node is shutting down")
         self.node.periodic.declare(schedules, wid, now)   # refuses (nothing kept) past its limit
-        info = {k: body[k] for k in ("pid", "host", "concurrency") if k in body}
+        info: dict[str, Any] = {k: body[k] for k in ("pid", "host", "concurrency") if k in body}
         worker = self.workers.register(identity, wid, queues, names, capacity, now, info)
         worker.credit = 0
         self.dispatcher.grant(worker, credit)

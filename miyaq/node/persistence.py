@@ -196,6 +196,8 @@ def replay(engine: Engine, log: AppendLog, now: float) -> dict[str, int]:
         records += 1
         op = r.get("o")
         task_id = r.get("id")
+        if not isinstance(task_id, str):
+            continue
         if op == "A":
             stones.pop(task_id, None)
             tasks[task_id] = task_from_record(r)

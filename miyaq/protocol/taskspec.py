@@ -51,9 +51,8 @@ def task_from_wire(d: Any, now: float, config: NodeConfig) -> Task:
     takes a short path: this runs once per submitted task."""
     if not isinstance(d, dict):
         raise InvalidField("each task must be a map", field="tasks")
-    task_id = d.get("id")
-    if type(task_id) is not str or not _ID.match(task_id):
-        check_id(task_id)
+    raw_id = d.get("id")
+    task_id = raw_id if type(raw_id) is str and _ID.match(raw_id) else check_id(raw_id)
     queue = _queue(d.get("queue") or "default")
     body = d.get("body", b"")
     if type(body) is not bytes or len(body) > config.max_payload:

@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def run_supervised(spec: WorkerSpec, processes: int) -> int:
     from .app import load_app
     load_app(spec.app)   # fail fast, in the parent, on a bad module:attribute
     ctx = multiprocessing.get_context("spawn")
-    children: list[multiprocessing.process.BaseProcess] = []
+    children: list[Any] = []
     stopping = False
     restarts: list[float] = []
 
