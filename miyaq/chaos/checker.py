@@ -184,9 +184,9 @@ def check(records: Iterable[dict[str, Any]], bucket: float = 1.0) -> Verdict:
             elif tr.final in LIVE_STATES:
                 counts["failed_held"] += 1
     counts["faults_skipped"] = skipped
-    for key in ("submitted", "accepted", "done", "forgotten", "lost", "stuck", "dead", "never_ran", "failed", "failed_ran",
-                "failed_done", "failed_held", "starts", "finishes", "dup", "dup_completed", "dup_after_crash",
-                "dup_aborted", "dup_unexplained"):
+    for key in ("submitted", "accepted", "done", "forgotten", "lost", "stuck", "dead", "never_ran", "failed",
+                "failed_ran", "failed_done", "failed_held", "starts", "finishes", "dup", "dup_completed",
+                "dup_after_crash", "dup_aborted", "dup_unexplained"):
         counts.setdefault(key, 0)
     return Verdict(run, dict(counts), dict(codes), examples, metrics, final_checked, stats)
 

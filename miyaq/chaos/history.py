@@ -99,30 +99,31 @@ class ExecTail:
 
 class Activity:
     """What the workers are doing, from :class:`ExecTail` records: finished
-    task ids and, per worker pid, the runs started and not yet finished.
+    task ids and the workers running a task that is not finished yet.
     Thread-safe (the nemesis asks which workers are busy)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.finished: set[str] = set()
         self.finishes = 0
-        self._open: dict[int, set[tuple[str, int]]] = {}
+        self._open: dict[str, set[int]] = {}        # task id -> pids running it
 
     def feed(self, records: list[dict[str, Any]]) -> None:
+        """A finish closes every open run of its task, on any worker: the
+        others were aborted (no finish record) once this copy finished."""
         with self._lock:
             for r in records:
-                key = (r.get("id"), r.get("attempt"))
-                runs = self._open.setdefault(int(r.get("pid", 0)), set())
+                task_id = str(r.get("id"))
                 if r["ev"] == "start":
-                    runs.add(key)   # type: ignore[arg-type]
+                    self._open.setdefault(task_id, set()).add(int(r.get("pid", 0)))
                 elif r["ev"] == "finish":
-                    runs.discard(key)   # type: ignore[arg-type]
-                    self.finished.add(str(r.get("id")))
+                    self._open.pop(task_id, None)
+                    self.finished.add(task_id)
                     self.finishes += 1
 
     def busy_pids(self) -> set[int]:
         with self._lock:
-            return {pid for pid, runs in self._open.items() if runs}
+            return set().union(*self._open.values()) if self._open else set()
 
 
 def _parse(line: bytes | str) -> dict[str, Any] | None:

@@ -111,7 +111,7 @@ class Metrics:
         self.spans = spans
         self.buckets: dict[int, Bucket] = {}
         self.by_phase: dict[str, tuple[list[float], list[float]]] = {}
-        self.interrupted: dict[int, list[tuple[float, float | None]]] = {}   # pid -> (start, next finish)
+        self.interrupted: dict[int, list[tuple[float, list[float]]]] = {}   # pid -> (start, the task's finishes)
         self.load_end = phases.get("drain", math.inf)
 
     def _b(self, t: float) -> Bucket:
@@ -148,10 +148,10 @@ class Metrics:
             b.done_lat.append(first - tr.submit)
             done_lat.append(first - tr.submit)
         finished = {(a, pid) for _, a, pid in tr.finishes}
+        ends = sorted(f[0] for f in tr.finishes)
         for t, attempt, pid in tr.starts:
             if (attempt, pid) not in finished:
-                later = [f[0] for f in tr.finishes if f[0] > t]
-                self.interrupted.setdefault(pid, []).append((t, min(later) if later else None))
+                self.interrupted.setdefault(pid, []).append((t, ends))
 
     # -- results -------------------------------------------------------------------------
     def healthy(self, key: int) -> bool:
@@ -180,10 +180,13 @@ class Metrics:
                 "unhealthy_s": round(len(bad) * self.bucket, 2),
             }
             if span.kind == "worker" and span.pid is not None:
-                runs = self.interrupted.get(int(span.pid), [])
-                row["interrupted_tasks"] = len(runs)
-                ends = [f for _, f in runs if f is not None]
-                row["rerun_s"] = round(max(ends) - span.begin, 2) if ends else None
+                # Runs the kill cut short: started before it, and the task not finished by anyone by then
+                # (a run aborted earlier because another copy finished does not count).
+                cut = [ends for t, ends in self.interrupted.get(int(span.pid), [])
+                       if t <= span.begin and not any(e <= span.begin for e in ends)]
+                row["interrupted_tasks"] = len(cut)
+                reruns = [min(e for e in ends if e > span.begin) for ends in cut if ends]
+                row["rerun_s"] = round(max(reruns) - span.begin, 2) if reruns else None
             if span.errors:
                 row["errors"] = span.errors
             rows.append(row)

@@ -101,7 +101,9 @@ def render(summary: dict[str, Any], history_path: str | None = None, picture: st
         if row.get("unrecovered"):
             notes.append("NOT RECOVERED in time")
         if "interrupted_tasks" in row:
-            notes.append(f"{row['interrupted_tasks']} task(s) interrupted, re-run within {row.get('rerun_s')}s")
+            rerun = row.get("rerun_s")
+            notes.append(f"{row['interrupted_tasks']} task(s) interrupted" +
+                         (f", all re-run within {rerun}s" if rerun is not None else ""))
         notes += row.get("errors", [])
         heal = row.get("heal_s")
         rec = row.get("recover_s")

@@ -148,11 +148,9 @@ class ServiceEndpoint:
                 except zmq.Again:
                     break
                 self.handle(frames, now)
-            # Dispatch first: a worker waiting for work should not wait for
-            # the producers' acknowledgements to be sent.
+            self.flush_acks()
             for hook in self.after_burst:
                 hook(now)
-            self.flush_acks()
 
     def close(self) -> None:
         self._closed = True
