@@ -212,3 +212,20 @@ def test_records_keep_this_run_and_count_duplicates(tmp_path):
     assert records.start == {"run1-0": 10.0, "run1-1": 11.0}
     assert records.done["run1-0"] == 10.5
     assert records.duplicates == 1
+
+
+def test_bench_with_a_durable_log():
+    """``--fsync always`` starts the node with a log in a temporary data dir;
+    every task still completes (the figure compares fsync policies)."""
+    proc = bench("--tasks", "300", "--workers", "1", "--fsync", "always", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["config"]["fsync"] == "always"
+    assert data["completed"] == 300
+
+
+def test_fsync_with_connect_is_refused():
+    """--fsync configures the node the bench starts; with --connect it is an error."""
+    proc = bench("--tasks", "10", "--fsync", "never", "--connect", "tcp://127.0.0.1:9")
+    assert proc.returncode == 2
+    assert "--fsync" in proc.stderr

@@ -28,8 +28,11 @@ POLL = 0.05
 
 class Fleet:
     def __init__(self, procs: ProcessGroup, *, connect: str | None, workers: int, concurrency: int,
-                 queue: str, records_dir: str, deadline: float) -> None:
+                 queue: str, records_dir: str, deadline: float, fsync: str | None = None,
+                 data_dir: str = "") -> None:
         self.procs = procs
+        self.fsync = fsync
+        self.data_dir = data_dir
         self.connect = connect
         self.n_workers = workers
         self.concurrency = concurrency
@@ -47,9 +50,10 @@ class Fleet:
         if not self.connect:
             port = free_port()
             self.endpoint = f"tcp://127.0.0.1:{port}"
+            durable = ["--data-dir", self.data_dir, "--fsync", self.fsync] if self.fsync else []
             self.node = self.procs.start("node", [
                 sys.executable, "-m", "miyaq.cli.main", "node", "--port", str(port),
-                "--http-port", "0", "--node-id", "bench", "--log-level", "WARNING"])
+                "--http-port", "0", "--node-id", "bench", "--log-level", "WARNING", *durable])
         self.client = Client(self.endpoint, submit_timeout=self._left(), request_timeout=2.0)
         self._wait_for_node()
         env = dict(os.environ, **{tasks.ENV_CONNECT: self.endpoint, tasks.ENV_RECORDS: self.records_dir})

@@ -59,6 +59,7 @@ class BenchConfig:
     rate: float | None = None
     connect: str | None = None
     timeout: float = 120.0
+    fsync: str | None = None        # start the node with a log in a temp dir, this fsync policy
 
 
 @contextlib.contextmanager
@@ -88,7 +89,7 @@ def run_bench(cfg: BenchConfig, progress_stream: TextIO | None = None) -> dict[s
         os.mkdir(records_dir)
         fleet = Fleet(ProcessGroup(tmp), connect=cfg.connect, workers=cfg.workers,
                       concurrency=cfg.concurrency, queue=f"bench-{tag}", records_dir=records_dir,
-                      deadline=deadline)
+                      deadline=deadline, fsync=cfg.fsync, data_dir=os.path.join(tmp, "node-data"))
         try:
             fleet.start()
             return _measure(cfg, fleet, tag, records_dir, deadline, progress_stream)

@@ -23,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="submit at this many tasks per second (default: as fast as possible)")
     p.add_argument("--connect", default=None,
                    help="use the node at this endpoint instead of starting one (peak RSS: n/a)")
+    p.add_argument("--fsync", choices=("always", "interval", "never"), default=None,
+                   help="start the node with a durable log in a temporary --data-dir and this fsync "
+                        "policy (default: no log, tasks in memory)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
     p.add_argument("--timeout", "-t", type=float, default=120.0,
                    help="limit for the whole run in seconds [default 120]")
@@ -39,7 +42,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--payload must be >= 0, --timeout and --rate > 0")
     setup_logging("WARNING")
     cfg = BenchConfig(workers=args.workers, concurrency=args.concurrency, tasks=args.tasks,
-                      payload=args.payload, rate=args.rate, connect=args.connect, timeout=args.timeout)
+                      payload=args.payload, rate=args.rate, connect=args.connect, timeout=args.timeout,
+                      fsync=args.fsync)
+    if args.fsync and args.connect:
+        raise ConfigError("--fsync applies to the node the bench starts; not with --connect")
     stream = sys.stderr if sys.stderr.isatty() else None
     result = run_bench(cfg, progress_stream=stream)
     print(report.to_json(result) if args.json else report.summary(result), flush=True)
