@@ -141,3 +141,15 @@ def test_client_is_thread_safe(node, client, thread_worker):
     for t in threads:
         t.join(60)
     assert sorted(results) == sorted(k * 1000 + i for k in range(4) for i in range(200))
+
+
+def test_pull_receive_respects_queue_rate_limits(make_node, client_for):
+    """A ZeroMQ RECEIVE is limited like workers: with burst 2 and no refill,
+    only two of five ready tasks can be taken."""
+    n = make_node(queue_limits="jobs:rate=0,burst=2")
+    c1 = client_for(n.endpoint)
+    for i in range(5):
+        c1.submit("echo", [i], queue="jobs", wait=True)
+    got = [c1.receive("jobs") for _ in range(4)]
+    assert [g is not None for g in got] == [True, True, False, False]
+    assert c1.status()["queues"]["jobs"]["ready"] == 3

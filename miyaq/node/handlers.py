@@ -149,7 +149,14 @@ class ServiceHandlers:
         if self.dispatcher.paused:
             raise ShuttingDown("node is shutting down and leases no new tasks")
         consumer = PullConsumer(queues, now + timeout, answer)
-        task = self.engine.take(queues, now)
+        limits = self.dispatcher.limits
+        if limits.active:
+            open_lanes = limits.open(queues, now)
+            task = self.engine.take(open_lanes, now) if open_lanes else None
+            if task is not None:
+                limits.acquire(task.queue)
+        else:
+            task = self.engine.take(queues, now)
         if task is not None:
             self.engine.start(task, consumer, now)
             consumer.credit = 0
