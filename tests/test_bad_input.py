@@ -466,3 +466,13 @@ def test_seeded_fuzz_never_gets_an_internal_error(node, client, dealer):
     assert sum(errors.values()) - sum(before[0].values()) == sum(codes.values()) + rejected
     assert node.node.crashed is None
     assert_still_serving(client)
+
+
+def test_webhook_task_refused_by_a_node_without_gateway(client):
+    """The `node` fixture runs with --http-port 0: a webhook task would never
+    be delivered, so it is refused with a clear error and nothing is stored."""
+    import miyaq
+    with pytest.raises(miyaq.ProtocolError) as info:
+        client.submit_url("http://127.0.0.1:9/hook", b"x=1", wait=True)
+    assert info.value.code == "invalid_field" and "gateway" in str(info.value)
+    assert client.status()["totals"]["live"] == 0

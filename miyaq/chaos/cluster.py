@@ -6,8 +6,9 @@ Constraints:
 * Every process dies with the run (:mod:`.procs`; ZooKeeper through a
   ``java`` wrapper that execs the launch shim), and :meth:`LocalCluster.close`
   stops workers, then nodes, then ZooKeeper, then the network, never raising.
-* A node restarts on the same port, with the same id and data directory,
-  so it replays its log; :meth:`LocalCluster.start_node` with ``wipe=True``
+* A node restarts on the same port (chosen below the ephemeral port range,
+  so no outgoing connection takes it while the node is down), with the
+  same id and data directory, so it replays its log; :meth:`LocalCluster.start_node` with ``wipe=True``
   empties the directory first (the "disk replaced" fault).
 * :meth:`LocalCluster.whole` answers from the nodes themselves (ring and
   replication-stream state over the service socket) with short timeouts;
@@ -18,7 +19,9 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import shutil
+import socket
 import stat
 import sys
 import threading
@@ -57,6 +60,34 @@ class NodeSpec:
         return f"tcp://{self.host}:{self.port}"
 
 
+def restartable_port(span: int = 3, tries: int = 200) -> int:
+    """A loopback port p with p .. p+span-1 free, below the kernel's
+    ephemeral range: a node restarted on its old ports must not find one
+    taken by some process's outgoing connection meanwhile (ports from
+    ``bind(0)`` are in that range). Falls back to :func:`free_port`."""
+    low = 32768
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as fh:
+            low = int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    rng = random.Random()
+    for _ in range(tries):
+        port = rng.randrange(10_000, max(10_001, low - span))
+        if all(_bindable(port + i) for i in range(span)):
+            return port
+    return free_port()
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def java_wrapper(directory: str) -> str | None:
     """A ``java`` that dies with this process: a script exec'ing the launch
     shim, given to ZooKeeperServer. None when java is not installed (then
@@ -89,7 +120,7 @@ class LocalCluster:
         self.specs = {}
         for i in range(nodes):
             node_id = f"n{i}"
-            self.specs[node_id] = NodeSpec(node_id, i, self.net.host(i), free_port(),
+            self.specs[node_id] = NodeSpec(node_id, i, self.net.host(i), restartable_port(),
                                            os.path.join(run_dir, "data", node_id), self.net.netns(i))
         self.procs: dict[str, Child] = {}
         self.worker_count = workers

@@ -56,6 +56,10 @@ class ServiceHandlers:
         for wire in tasks:
             try:
                 task = task_from_wire(wire, now, self.node.config)
+                if task.url is not None and self.node.gateway is None:
+                    raise InvalidField("this node runs without its HTTP gateway (--http-port 0), which "
+                                       "delivers webhooks: submit webhook tasks to a node that has it",
+                                       field="url")
             except MiyaqError as err:
                 task_id = wire.get("id") if isinstance(wire, dict) else None
                 self.endpoint.errors[err.code] += 1
