@@ -16,7 +16,7 @@ import pytest
 from cluster_harness import Cluster
 
 import miyaq
-from miyaq.chaos.cluster import restartable_port
+from miyaq.chaos.ports import restartable_port
 from miyaq.testing.harness import wait_for
 from miyaq.testing.zookeeper import ZooKeeperServer
 

@@ -19,22 +19,17 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import shutil
-import socket
-import stat
-import sys
 import threading
 from dataclasses import dataclass
 from typing import Any
 
-from ..bench import launch
 from ..client.client import Client
 from ..errors import MiyaqError
-from ..testing.harness import free_port
 from ..testing.zookeeper import ZooKeeperServer
 from .netns import Loopback
-from .procs import Child, miyaq_argv, spawn, stop_all
+from .ports import restartable_port
+from .procs import Child, java_wrapper, miyaq_argv, spawn, stop_all
 from .tasks import ENV_DIR
 
 logger = logging.getLogger(__name__)
@@ -58,48 +53,6 @@ class NodeSpec:
     @property
     def endpoint(self) -> str:
         return f"tcp://{self.host}:{self.port}"
-
-
-def restartable_port(span: int = 3, tries: int = 200) -> int:
-    """A loopback port p with p .. p+span-1 free, below the kernel's
-    ephemeral range: a node restarted on its old ports must not find one
-    taken by some process's outgoing connection meanwhile (ports from
-    ``bind(0)`` are in that range). Falls back to :func:`free_port`."""
-    low = 32768
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as fh:
-            low = int(fh.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        pass
-    rng = random.Random()
-    for _ in range(tries):
-        port = rng.randrange(10_000, max(10_001, low - span))
-        if all(_bindable(port + i) for i in range(span)):
-            return port
-    return free_port()
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def java_wrapper(directory: str) -> str | None:
-    """A ``java`` that dies with this process: a script exec'ing the launch
-    shim, given to ZooKeeperServer. None when java is not installed (then
-    ZooKeeperServer says how to install it)."""
-    java = shutil.which("java")
-    if java is None:
-        return None
-    path = os.path.join(directory, "java-with-parent")
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(f'#!/bin/sh\nexec "{sys.executable}" "{launch.__file__}" {os.getpid()} "{java}" "$@"\n')
-    os.chmod(path, os.stat(path).st_mode | stat.S_IXUSR)
-    return path
 
 
 class LocalCluster:

@@ -3,11 +3,12 @@
 Every child is exec'd through :mod:`miyaq.bench.launch`, which sets
 ``PR_SET_PDEATHSIG`` (Linux): if the run itself is killed with SIGKILL (a
 test's hard timeout, the OOM killer) its nodes and workers still get
-SIGTERM. ``PR_SET_PDEATHSIG`` fires when the *thread* that forked the child ends,
+SIGTERM; :func:`java_wrapper` gives ZooKeeper the same fate.
+``PR_SET_PDEATHSIG`` fires when the *thread* that forked the child ends,
 not the process: every child is therefore forked by one long-lived
 spawner thread (:func:`spawn`), never by a short-lived fault thread. A
-child may run inside a network namespace (``ip netns exec NS``
-goes first; it execs too, so the pid is the child's own).
+child may run inside a network namespace (``ip netns exec NS`` goes
+first; it execs too, so the pid is the child's own).
 
 :meth:`Child.stop` never raises and is safe on any exit path: SIGCONT (a
 paused child cannot act on SIGTERM), SIGTERM, a bounded wait, SIGKILL.
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -146,3 +149,17 @@ def stop_all(children: list[Child], grace: float = 10.0) -> None:
     deadline = time.monotonic() + grace
     for child in children:
         child.stop(max(0.5, deadline - time.monotonic()))
+
+
+def java_wrapper(directory: str) -> str | None:
+    """A ``java`` that dies with this process: a script exec'ing the launch
+    shim, given to ZooKeeperServer. None when java is not installed (then
+    ZooKeeperServer says how to install it)."""
+    java = shutil.which("java")
+    if java is None:
+        return None
+    path = os.path.join(directory, "java-with-parent")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(f'#!/bin/sh\nexec "{sys.executable}" "{launch.__file__}" {os.getpid()} "{java}" "$@"\n')
+    os.chmod(path, os.stat(path).st_mode | stat.S_IXUSR)
+    return path
