@@ -269,6 +269,9 @@ class IOLoop:
             by_node.setdefault(node, []).append(p)
         for node, batch in by_node.items():
             for chunk in _chunks(batch, self.max_batch, BATCH_BYTES):
+                for p in chunk:
+                    if p.tries and "resent" not in p.wire:
+                        p.wire["resent"] = True    # the node may have stored (and run) an earlier try
                 if self._send(node, c.SUBMIT, {"tasks": [p.wire for p in chunk]}):
                     for p in chunk:
                         p.sent = now

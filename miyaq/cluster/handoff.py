@@ -32,6 +32,7 @@ class Handoff:
     def __init__(self, role: "ClusterRole") -> None:
         self.role = role
         self.leaving: dict[str, set[str]] = {}    # task id -> new holders yet to confirm
+        self.last_retry = 0.0
         self.last_run = 0.0
         self.handed = 0
 
@@ -59,8 +60,9 @@ class Handoff:
                 for h in targets:
                     outbox.setdefault(h, []).append(record)
                 sent += 1
-                if me not in new:
-                    self.leaving[task.id] = set(targets)
+                # Until every new holder confirmed (it may refuse while its view
+                # of the ring lags), the copy is sent again every RETRY seconds.
+                self.leaving[task.id] = set(targets)
             elif me not in new and task.state != RUNNING:
                 role.engine.forget(task)
         self._send(outbox)
@@ -106,14 +108,14 @@ class Handoff:
 
     def retry(self, now: float) -> None:
         """Send again what was not confirmed (a new holder that was down)."""
-        if not self.leaving or now - self.last_run < RETRY:
+        if not self.leaving or now - max(self.last_run, self.last_retry) < RETRY:
             return
-        self.last_run = now
+        self.last_retry = now
         table = self.role.engine.table
         outbox: dict[str, list[dict[str, Any]]] = {}
         for task_id, waiting in list(self.leaving.items()):
             task = table.live.get(task_id) or table.dead.get(task_id)
-            if task is None:
+            if task is None or not waiting:
                 del self.leaving[task_id]
                 continue
             record = self._record(task)

@@ -69,6 +69,10 @@ class ClusterIntake:
         entry = _Pending(identity, need, now + ACK_TIMEOUT)
         if role.node_id in holders:
             role.place(task)
+            if task.meta and task.meta.get("resent"):
+                # A client resend: an earlier try may have been stored — and run —
+                # elsewhere. Ask the other holders before running (standby).
+                task.standby = True
             try:
                 status, detail = self.engine.submit(task, now)
             except MiyaqError as err:
@@ -100,6 +104,9 @@ class ClusterIntake:
     def _replicated(self, ids: list[str], answer: dict[str, Any] | None) -> None:
         if answer is None:
             return   # silence: the deadline sweep decides
+        finished = answer.get("finished")
+        if isinstance(finished, dict) and finished:
+            self.role.finish_known(finished)
         stored = set(answer.get("ids") or ())
         for task_id in ids:
             entry = self.pending.get(task_id)

@@ -57,6 +57,7 @@ class PeerEndpoint:
         self.outstanding: dict[str, int] = {}     # node id -> requests awaiting an answer
         self._asked: dict[int, str] = {}
         self._retired: list[Any] = []
+        self._current: tuple[bytes, Any] = (b"", None)
         self._req = itertools.count(1)
         self._poller = zmq.Poller()
         self.errors: Counter[str] = Counter()
@@ -135,6 +136,7 @@ class PeerEndpoint:
             sender = body.get("from")
             if not isinstance(sender, str):
                 raise ProtocolError("peer request without 'from'")
+            self._current = (identity, req)
             answer = self.handlers[command](sender, body)
         except MiyaqError as err:
             self.errors[err.code] += 1
@@ -145,11 +147,20 @@ class PeerEndpoint:
             answer = {"code": "internal", "message": "peer handler failed"}
         if answer is None:
             return
+        self._answer(identity, req, answer)
+
+    def _answer(self, identity: bytes, req: Any, answer: dict[str, Any]) -> None:
         answer["req"] = req
         try:
             self.router.send_multipart([identity, *codec.encode(ANSWER, answer)], zmq.NOBLOCK)
         except (zmq.Again, zmq.ZMQError):
             pass   # the asker is gone; it will treat this as silence
+
+    def later(self) -> Callable[[dict[str, Any]], None]:
+        """Called by a handler that answers later (it then returns None): the
+        function it gets sends the answer to the current request."""
+        identity, req = self._current
+        return lambda answer: self._answer(identity, req, answer)
 
     def serve_answers(self) -> None:
         """Read every DEALER; expire requests that got no answer."""

@@ -144,6 +144,17 @@ class ClusterRole:
         task.standby = task.rank > 0
         task.eta += self.offset_for(task)
 
+    def finish_known(self, finished: dict[str, Any]) -> None:
+        """Another holder already finished these tasks: finish our copies."""
+        now = time.time()
+        self.applying = True
+        try:
+            for task_id, outcome in finished.items():
+                if isinstance(outcome, list) and len(outcome) == 3 and task_id in self.engine.table.live:
+                    self.engine.finish_copy(task_id, outcome[0], outcome[1], outcome[2], now)
+        finally:
+            self.applying = False
+
     def running_elsewhere(self, task_id: str, now: float) -> None:
         """A worker says a task is still running although the node that gave
         it to the worker went silent: keep this standby copy waiting a lease."""
@@ -152,13 +163,29 @@ class ClusterRole:
             self.engine.defer(task, now + task.timeout + self.offset_for(task, minimum=1))
 
     # -- peer requests --------------------------------------------------------------------
-    def _on_replicate(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _on_replicate(self, sender: str, body: dict[str, Any]) -> dict[str, Any] | None:
         records = body.get("tasks")
         if not isinstance(records, list):
             return {"ids": []}
         now = time.time()
         stored = [r["id"] for r in records if isinstance(r, dict) and self.install(r, now)]
-        return {"ids": stored}
+        table = self.engine.table
+        finished = {}
+        for task_id in stored:
+            stone = table.tombstone(task_id)
+            if stone is not None and task_id not in table.live:
+                finished[task_id] = [stone.state, stone.result, stone.error]
+        answer: dict[str, Any] = {"ids": stored}
+        if finished:
+            answer["finished"] = finished     # the sender must not run these again
+        persistence = self.node.persistence
+        if persistence is None:
+            return answer
+        # A copy counts as stored once it is in this node's log, as on the
+        # node that took the submit: answer only after the write.
+        reply = self.peer.later()
+        persistence.after_written(lambda: reply(answer))
+        return None
 
     def _on_query(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
         ids = body.get("ids")

@@ -13,7 +13,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..store.task import DEAD, RUNNING
+from ..store.task import DEAD, RUNNING, Task
 from .handoff import Handoff
 from .peer import SYNC
 
@@ -39,6 +39,11 @@ class Resync:
         self.role.peer.request(src, SYNC, {"cursor": cursor}, TIMEOUT,
                                lambda answer: self._apply(src, answer))
 
+    def _holds(self, task_id: str, key: Any) -> bool:
+        probe = Task(task_id, "default", None, b"", key=key if isinstance(key, str) else None)
+        probe.replicas = self.role.config.replicas
+        return self.role.node_id in self.role.holders_for(probe)
+
     def serve(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
         cursor = body.get("cursor")
         if not isinstance(cursor, int) or cursor < 0:
@@ -50,7 +55,7 @@ class Resync:
                                   "next": cursor + CHUNK if cursor + CHUNK < len(shared) else None}
         if cursor == 0:
             stones = list(table.tombstones.values())[-STONES:]
-            answer["stones"] = [[s.id, s.state, s.result, s.error] for s in stones]
+            answer["stones"] = [[s.id, s.state, s.result, s.error, s.key] for s in stones]
         return answer
 
     def _apply(self, src: str, answer: dict[str, Any] | None) -> None:
@@ -64,9 +69,16 @@ class Resync:
         role.applying = True
         try:
             for stone in answer.get("stones") or ():
-                if isinstance(stone, list) and len(stone) == 4 and isinstance(stone[0], str):
-                    if stone[0] in table.live or stone[0] in table.dead:
-                        engine.finish_copy(stone[0], stone[1], stone[2], stone[3], now)
+                if not (isinstance(stone, list) and len(stone) >= 4 and isinstance(stone[0], str)):
+                    continue
+                if stone[0] in table.live or stone[0] in table.dead:
+                    engine.finish_copy(stone[0], stone[1], stone[2], stone[3], now)
+                elif table.tombstone(stone[0]) is None and self._holds(stone[0], stone[4] if len(stone) > 4 else None):
+                    # We should hold it but lost it (e.g. restarted with an empty
+                    # data dir): keep its outcome, so status, result and dedup by
+                    # id and key still answer and a resubmit does not run it again.
+                    key = stone[4] if len(stone) > 4 and isinstance(stone[4], str) else None
+                    engine.finish_copy(stone[0], stone[1], stone[2], stone[3], now, key=key)
             for record in answer.get("tasks") or ():
                 if not isinstance(record, dict):
                     continue

@@ -194,15 +194,17 @@ class Engine:
             self._make_ready(task, now)
 
     def finish_copy(self, task_id: str, state: str, result: bytes | None, error: dict[str, Any] | None,
-                    now: float) -> Task | None:
+                    now: float, key: str | None = None) -> Task | None:
         """Another holder finished the task: finish this copy the same way.
         An unknown id still gets a tombstone, so a late copy cannot come back."""
         task = self.table.live.get(task_id) or self.table.dead.get(task_id)
         if task is None:
             if self.table.tombstone(task_id) is None:
-                ghost = Task(task_id, "default", None, b"")
+                ghost = Task(task_id, "default", None, b"", key=key)
                 ghost.error = error
                 self.table.bury(ghost, state, result, now)
+                if key is not None:
+                    self.table.keys[key] = task_id
             return None
         consumer = task.consumer
         if error is not None:

@@ -90,6 +90,8 @@ def _full(d: dict[str, Any], task_id: str, queue: str, body: bytes, now: float, 
     offset = f.number(d, "offset", None, lo=0.0, hi=YEAR)
     if offset is not None:
         meta = dict(meta or {}, offset=offset)
+    if f.boolean(d, "resent", False):
+        meta = dict(meta or {}, resent=True)     # a client resend (cluster: ask before running)
     return Task(
         task_id, queue, name, body, url=url, method=method,
         priority=f.integer(d, "priority", 0),
