@@ -18,6 +18,7 @@ import time
 from typing import IO
 
 from . import launch
+from ..testing.harness import port_is_free
 
 logger = logging.getLogger(__name__)
 
@@ -123,18 +124,10 @@ def free_port(span: int = 3, tries: int = 50) -> int:
             port = probe.getsockname()[1]
         if port + span > 65535:
             continue
-        if all(_bindable(port + i) for i in range(span)):
+        if all(port_is_free(port + i) for i in range(span)):
             return port
     raise OSError(f"no {span} consecutive free loopback ports found in {tries} tries")
 
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def peak_rss(pid: int) -> int | None:

@@ -22,7 +22,7 @@ import os
 import shutil
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from ..client.client import Client
 from ..errors import MiyaqError
@@ -130,21 +130,10 @@ class LocalCluster:
     def whole(self) -> tuple[bool, str]:
         """(True, "") when every node runs, sees every node in its ring and
         hears every other node's replication stream; else (False, why)."""
-        wanted = set(self.node_ids)
         for node_id in self.node_ids:
             if not self.up(node_id):
                 return False, f"{node_id} is not running"
-            try:
-                client = self.client(node_id)
-                members = set(client.ring()["members"])
-                cluster = client.status().get("cluster") or {}
-            except MiyaqError as exc:
-                return False, f"{node_id} does not answer ({exc.code})"
-            if members != wanted:
-                return False, f"{node_id} sees ring {sorted(members)}"
-            if not cluster.get("streams_ready"):
-                return False, f"{node_id} is still resyncing"
-        return True, ""
+        return ring_whole(self.client, list(self.node_ids))
 
     def live_endpoints(self) -> list[str]:
         """Endpoints of the nodes that run and answer STATUS now."""
@@ -273,3 +262,21 @@ class LocalCluster:
                     client.close(flush=False)
                 except Exception:
                     logger.exception("closing a probe client failed")
+
+
+def ring_whole(client_for: Callable[[str], Client], node_ids: list[str]) -> tuple[bool, str]:
+    """(True, "") when every node answers, sees exactly ``node_ids`` in its
+    ring and hears every other node's replication stream; else (False, why)."""
+    wanted = set(node_ids)
+    for node_id in node_ids:
+        try:
+            client = client_for(node_id)
+            members = set(client.ring()["members"])
+            cluster = client.status().get("cluster") or {}
+        except MiyaqError as exc:
+            return False, f"{node_id} does not answer ({exc.code})"
+        if members != wanted:
+            return False, f"{node_id} sees ring {sorted(members)}"
+        if not cluster.get("streams_ready"):
+            return False, f"{node_id} is still resyncing"
+    return True, ""

@@ -32,7 +32,7 @@ from typing import Any
 
 from ..cluster.ring_admin import RingAdmin
 from ..errors import ConfigError, MiyaqError
-from .cluster import LocalCluster, NodeSpec
+from .cluster import LocalCluster, NodeSpec, ring_whole
 
 logger = logging.getLogger(__name__)
 
@@ -199,19 +199,7 @@ class ExternalCluster(LocalCluster):
         return self._whole_by_answers()
 
     def _whole_by_answers(self) -> tuple[bool, str]:
-        wanted = set(self.specs)
-        for node_id in self.specs:
-            try:
-                client = self.client(node_id)
-                members = set(client.ring()["members"])
-                cluster = client.status().get("cluster") or {}
-            except MiyaqError as exc:
-                return False, f"{node_id} does not answer ({exc.code})"
-            if members != wanted:
-                return False, f"{node_id} sees ring {sorted(members)}"
-            if not cluster.get("streams_ready"):
-                return False, f"{node_id} is still resyncing"
-        return True, ""
+        return ring_whole(self.client, list(self.specs))
 
     def ring(self) -> dict[str, Any] | None:
         for node_id in self.specs:

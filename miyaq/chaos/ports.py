@@ -8,9 +8,8 @@ already in use"); :func:`restartable_port` picks from below that range.
 from __future__ import annotations
 
 import random
-import socket
 
-from ..testing.harness import free_port
+from ..testing.harness import free_port, port_is_free
 
 
 def restartable_port(span: int = 3, tries: int = 200) -> int:
@@ -27,15 +26,7 @@ def restartable_port(span: int = 3, tries: int = 200) -> int:
     rng = random.Random()
     for _ in range(tries):
         port = rng.randrange(10_000, max(10_001, low - span))
-        if all(_bindable(port + i) for i in range(span)):
+        if all(port_is_free(port + i) for i in range(span)):
             return port
     return free_port()
 
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True

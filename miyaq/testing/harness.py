@@ -27,12 +27,13 @@ def free_port() -> int:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        if port < 65000 and all(_is_free(port + i) for i in (1, 2)):
+        if port < 65000 and all(port_is_free(port + i) for i in (1, 2)):
             return port
     raise MiyaqError("no free port found")
 
 
-def _is_free(port: int) -> bool:
+def port_is_free(port: int) -> bool:
+    """True if nothing holds ``port`` on loopback right now."""
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", port))
