@@ -2,12 +2,13 @@
 holders.
 
 For each task whose preference list changed, the first of its old holders
-that is still alive (or this node, when it is leaving) sends the task to its
-new holders (REPLICATE, idempotent). Every old holder updates its copy's
-holder list and rank; a copy this node no longer holds is dropped once every
-new holder confirmed it — unless it is running here, in which case it stays
-until it finishes (its outcome is announced to the new holders). Copies
-whose confirmation does not come are sent again every ``RETRY`` seconds.
+that is still alive sends the task to its new holders (REPLICATE,
+idempotent), and so does every old holder that is not a new holder. Every
+old holder updates its copy's holder list and rank; a copy this node no
+longer holds is dropped only once every new holder confirmed it — unless it
+is running here, in which case it stays until it finishes (its outcome is
+announced to the new holders). Copies whose confirmation does not come are
+sent again every ``RETRY`` seconds.
 """
 from __future__ import annotations
 
@@ -54,7 +55,11 @@ class Handoff:
             task.holders = tuple(new)
             if me in new:
                 task.rank = new.index(me)
-            if sender == me:
+            # The first surviving holder sends; a holder that is no longer one
+            # sends too, because it drops its copy only once every new holder
+            # confirmed having the task (views lag during ring changes, and a
+            # copy dropped on a stale view would be lost).
+            if sender == me or me not in new:
                 record = self._record(task)
                 targets = [h for h in new if h != me]
                 for h in targets:
@@ -63,8 +68,6 @@ class Handoff:
                 # Until every new holder confirmed (it may refuse while its view
                 # of the ring lags), the copy is sent again every RETRY seconds.
                 self.leaving[task.id] = set(targets)
-            elif me not in new and task.state != RUNNING:
-                role.engine.forget(task)
         self._send(outbox)
         self.last_run = time.time()
         if sent:
