@@ -259,10 +259,16 @@ class IOLoop:
     def _send_waiting(self, now: float) -> None:
         if not self.waiting:
             return
-        due = [p for p in self.waiting if p.next_try <= now]
-        if not due:
+        # Only the due prefix leaves: a submit waiting to be retried (e.g. the
+        # node was not connected yet) is never overtaken by a later one, so
+        # one producer's tasks reach the node in the order it submitted them.
+        waiting = self.waiting
+        i = 0
+        while i < len(waiting) and waiting[i].next_try <= now:
+            i += 1
+        if not i:
             return
-        self.waiting = [p for p in self.waiting if p.next_try > now]
+        due, self.waiting = waiting[:i], waiting[i:]
         by_node: dict[int, list[Pending]] = {}
         for p in due:
             node = p.node if p.node >= 0 and p.last_error is None else self._pick_node(p.node)
