@@ -70,6 +70,7 @@ class ClusterRole:
         self._view_changed = gevent.event.Event()
         self._pending_view: RingView | None = None
         self._reconcile_until = 0.0
+        self._resync_base = 0
         self._sweep_until = 0.0
 
     # -- lifecycle ------------------------------------------------------------------
@@ -154,6 +155,19 @@ class ClusterRole:
                     self.engine.finish_copy(task_id, outcome[0], outcome[1], outcome[2], now)
         finally:
             self.applying = False
+
+    def stalled(self, seconds: float) -> None:
+        """The process was frozen for ``seconds`` (SIGSTOP, swap, VM pause):
+        other holders may have taken over its tasks meanwhile. Hold
+        dispatching until every peer's state was fetched again (or 10 s)."""
+        logger.warning("node %s was frozen for %.1fs; resyncing before it dispatches again",
+                       self.node_id, seconds)
+        self.node.dispatcher.paused = True
+        self._resync_base = self.resync.completed
+        self._reconcile_until = time.time() + 10.0
+        for src, source in self.subscriber.sources.items():
+            source.syncing = False
+            self.subscriber._ask_resync(src, "this node was frozen")
 
     def running_elsewhere(self, task_id: str, now: float) -> None:
         """A worker says a task is still running although the node that gave
@@ -258,7 +272,8 @@ class ClusterRole:
             self.intake.sweep(now)
             if self._reconcile_until and (now >= self._reconcile_until or
                                           (len(self.view.members) > 0 and self.streams_ready()
-                                           and self.resync.completed >= len(self.view.members) - 1)):
+                                           and self.resync.completed - self._resync_base
+                                           >= len(self.view.members) - 1)):
                 self._reconcile_until = 0.0
                 if not self.node.engine.accepting:
                     continue

@@ -28,6 +28,7 @@ from .limits import QueueLimits, parse_limits
 logger = logging.getLogger(__name__)
 
 CHUNK = 64
+STALL = 2.0          # seconds without housekeeping that count as a frozen process
 BATCH_BYTES = 8 * 1024 * 1024    # payload bytes per DISPATCH (workers refuse over 64 MiB)
 
 
@@ -38,6 +39,10 @@ class Dispatcher(EngineListener):
         self.hungry: dict[Consumer, None] = {}
         self.pending = False
         self.paused = False   # shutting down: nothing new is leased
+        # Clustered nodes: the housekeeping loop stamps this every 0.1 s; a
+        # pump long after the last stamp means the process was frozen (SIGSTOP,
+        # swap, a VM pause) and must first hear what other holders did meanwhile.
+        self.alive_at = 0.0
         self.limits = QueueLimits(engine, parse_limits(getattr(engine.config, "queue_limits", "") or ""))
 
     def task_ready(self, task: Task) -> None:
@@ -75,6 +80,8 @@ class Dispatcher(EngineListener):
         """Lease ready tasks to hungry consumers; returns how many."""
         if not self.pending or not self.hungry or self.paused:
             return 0
+        if self.alive_at and now - self.alive_at > STALL:
+            return 0          # just unfrozen: housekeeping decides (see Node._housekeeping)
         self.pending = False
         engine = self.engine
         limits = self.limits if self.limits.active else None

@@ -38,6 +38,7 @@ from .workers import WorkerRegistry
 logger = logging.getLogger(__name__)
 
 HOUSEKEEPING_INTERVAL = 0.1
+STALL = 2.0     # the process did not run for this long: frozen, not merely busy
 
 
 class Node:
@@ -236,9 +237,15 @@ class Node:
     def _housekeeping(self) -> None:
         last_beat = 0.0
         last_sweep = 0.0
+        last = time.time()
         while True:
             gevent.sleep(HOUSEKEEPING_INTERVAL)
             now = time.time()
+            if self.cluster is not None:
+                if now - last > STALL:
+                    self.cluster.stalled(now - last)
+                self.dispatcher.alive_at = now
+            last = now
             self.waiters.sweep(now)
             if now - last_beat >= self.config.heartbeat:
                 last_beat = now
