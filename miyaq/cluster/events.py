@@ -22,7 +22,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..store.table import Tombstone
-from ..store.task import DEAD, READY, RETRYING, RUNNING, SCHEDULED, Task
+from ..store.task import READY, RETRYING, RUNNING, SCHEDULED, Task
 from ..node.events import EngineListener
 
 if TYPE_CHECKING:
@@ -118,14 +118,7 @@ def apply_events(role: "ClusterRole", src: str, events: list[Any]) -> None:
                 task.attempt = ev[2]
                 engine.kill_copy(task, ev[3])
             elif op == "V":
-                revived = table.revive(task_id)
-                if revived is not None:
-                    revived.attempt = 0
-                    revived.standby = True
-                    engine._count(revived.queue)[DEAD] -= 1
-                    revived.state = SCHEDULED
-                    engine._count(revived.queue)[SCHEDULED] += 1
-                    engine.defer(revived, now + role.offset_for(revived))
+                engine.revive_copy(task_id, now + role.offset_for(task))
             elif op == "P":
                 engine.dead_purge(None, [task_id])
     finally:

@@ -23,6 +23,7 @@ import zmq.green as zmq
 
 from ..errors import MiyaqError, ProtocolError
 from ..protocol import codec
+from ..protocol.sockets import bind_router
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +43,7 @@ class PeerEndpoint:
         self.ctx = ctx
         self.node_id = node_id
         self.max_message = max_message
-        self.router = ctx.socket(zmq.ROUTER)
-        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        self.router.setsockopt(zmq.LINGER, 0)
-        self.router.setsockopt(zmq.SNDHWM, 100_000)
-        self.router.setsockopt(zmq.RCVHWM, 100_000)
-        self.router.bind(bind)
+        self.router = bind_router(zmq, ctx, bind)
         self.dealers: dict[str, Any] = {}          # node id -> DEALER
         self.endpoints: dict[str, str] = {}
         self.handlers: dict[bytes, Handler] = {}

@@ -165,9 +165,7 @@ class ClusterRole:
         self.node.dispatcher.paused = True
         self._resync_base = self.resync.completed
         self._reconcile_until = time.time() + 10.0
-        for src, source in self.subscriber.sources.items():
-            source.syncing = False
-            self.subscriber._ask_resync(src, "this node was frozen")
+        self.subscriber.resync_all("this node was frozen")
 
     def running_elsewhere(self, task_id: str, now: float) -> None:
         """A worker says a task is still running although the node that gave

@@ -189,6 +189,12 @@ class StreamSubscriber:
         logger.info("stream from %s: %s; resyncing", src, why)
         self.resync(src)
 
+    def resync_all(self, why: str) -> None:
+        """Ask every source for its state again (this node missed time)."""
+        for src, source in self.sources.items():
+            source.syncing = False
+            self._ask_resync(src, why)
+
     def resync_done(self, src: str) -> None:
         source = self.sources.get(src)
         if source is not None:

@@ -69,6 +69,13 @@ class Engine:
             self.ready.lane(task.lane).count += 1
         task.state = state
 
+    @staticmethod
+    def _detach(task: Task) -> None:
+        """Take the task off its consumer's lease list (if it has one)."""
+        if task.consumer is not None:
+            task.consumer.running.pop(task.id, None)
+            task.consumer = None
+
     def _make_ready(self, task: Task, now: float) -> None:
         self._move(task, READY)
         self.ready.push(task)
@@ -85,9 +92,7 @@ class Engine:
 
     def _finish(self, task: Task, state: str, result: bytes | None, now: float) -> Tombstone:
         self.timers.cancel(task)
-        if task.consumer is not None:
-            task.consumer.running.pop(task.id, None)
-            task.consumer = None
+        self._detach(task)
         counts = self._count(task.queue)
         counts[task.state] -= 1
         if task.state == READY:
@@ -101,9 +106,7 @@ class Engine:
 
     def _kill(self, task: Task) -> None:
         self.timers.cancel(task)
-        if task.consumer is not None:
-            task.consumer.running.pop(task.id, None)
-            task.consumer = None
+        self._detach(task)
         self._move(task, DEAD)
         self.outcomes[(task.queue, DEAD)] += 1
         evicted = self.table.kill(task)
@@ -227,9 +230,7 @@ class Engine:
         counts[task.state] -= 1
         if task.state == READY:
             self.ready.lane(task.lane).count -= 1
-        if task.consumer is not None:
-            task.consumer.running.pop(task.id, None)
-            task.consumer = None
+        self._detach(task)
         task.state = "moved"
         self.table.remove(task)
         self.table.dead.pop(task.id, None)
@@ -277,8 +278,7 @@ class Engine:
         task = self.table.live.get(task_id)
         if task is None or task.state != RUNNING:
             return False
-        task.consumer.running.pop(task.id, None)
-        task.consumer = None
+        self._detach(task)
         task.attempt -= 1
         self._make_ready(task, now)
         return True
@@ -308,8 +308,7 @@ class Engine:
         task = self.table.live.get(task_id)
         if task is None or task.state != RUNNING or task.attempt != attempt:
             return False   # stale: that attempt was already given up on
-        task.consumer.running.pop(task.id, None)
-        task.consumer = None
+        self._detach(task)
         task.error = error
         self.outcomes[(task.queue, "failed")] += 1
         self._retry_or_kill(task, retryable, delay, now, "failed")
@@ -318,9 +317,7 @@ class Engine:
     def lose(self, task: Task, reason: str, now: float) -> None:
         """The consumer vanished or the lease ran out: put the task back at
         once (the attempt is spent) or dead-letter it if none are left."""
-        if task.consumer is not None:
-            task.consumer.running.pop(task.id, None)
-            task.consumer = None
+        self._detach(task)
         task.error = {"type": "Lost", "message": reason}
         self.outcomes[(task.queue, "lost")] += 1
         self._retry_or_kill(task, True, 0.0, now, reason)
@@ -410,6 +407,18 @@ class Engine:
                 listener.task_revived(task)
             revived.append(task_id)
         return revived
+
+    def revive_copy(self, task_id: str, when: float) -> Task | None:
+        """Another holder revived a dead task: this copy comes back as a
+        standby waiting until ``when`` (only the reviving holder runs it)."""
+        task = self.table.revive(task_id)
+        if task is None:
+            return None
+        task.attempt = 0
+        task.standby = True
+        self._move(task, SCHEDULED)
+        self.timers.arm(task, when)
+        return task
 
     def dead_purge(self, queue: str | None, ids: Iterable[str] | None = None) -> int:
         victims = list(ids) if ids is not None else [t.id for t in self.table.iter_dead(queue)]

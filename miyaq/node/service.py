@@ -19,6 +19,7 @@ import zmq.green as zmq
 from ..errors import MiyaqError, ProtocolError
 from ..protocol import codec
 from ..protocol import commands as c
+from ..protocol.sockets import bind_router
 
 logger = logging.getLogger(__name__)
 
@@ -29,16 +30,9 @@ Handler = Callable[[bytes, dict[str, Any], float], None]
 
 class ServiceEndpoint:
     def __init__(self, ctx: zmq.Context, bind: str, max_message: int) -> None:
-        self.sock = ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SNDHWM, 100_000)
-        self.sock.setsockopt(zmq.RCVHWM, 100_000)
         # A message over twice the limit is dropped by libzmq (and the peer
         # disconnected) before it is read; up to that it gets a TOO_LARGE reply.
-        self.sock.setsockopt(zmq.MAXMSGSIZE, 2 * max_message + 4096)
-        self.sock.bind(bind)
+        self.sock = bind_router(zmq, ctx, bind, {zmq.MAXMSGSIZE: 2 * max_message + 4096})
         self.max_message = max_message
         self.handlers: dict[bytes, Handler] = {}
         self.after_burst: list[Callable[[float], None]] = []

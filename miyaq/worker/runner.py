@@ -191,26 +191,25 @@ class Worker:
         current = gevent.getcurrent()
         self.running[task_id] = current
         self.origin[task_id] = link
-        report = _Reporter(self, link, task_id)
+        report = _Reporter(self, link, task_id)    # to its node, or another holder if it died
         bind(TaskContext(task_id, name, queue, attempt, timeout, link.touch))
-        link = report   # type: ignore[assignment]  # reports go where the task's holders are
         try:
             args, kwargs = msgpack.unpackb(body, raw=False, strict_map_key=False) if body else ([], {})
             value = tdef.fn(*args, **kwargs)
             result = msgpack.packb(value, use_bin_type=True)
         except TaskAborted:
-            link.report_failed(task_id, attempt, {"type": "Aborted", "message": "cancelled", "retry": False})
+            report.report_failed(task_id, attempt, {"type": "Aborted", "message": "cancelled", "retry": False})
         except Retry as exc:
-            link.report_failed(task_id, attempt, {"type": "Retry", "message": exc.message,
+            report.report_failed(task_id, attempt, {"type": "Retry", "message": exc.message,
                                                   "retry": True, "delay": exc.delay})
         except Reject as exc:
-            link.report_failed(task_id, attempt, {"type": "Reject", "message": exc.message, "retry": False})
+            report.report_failed(task_id, attempt, {"type": "Reject", "message": exc.message, "retry": False})
         except Exception as exc:
-            link.report_failed(task_id, attempt, {
+            report.report_failed(task_id, attempt, {
                 "type": type(exc).__name__, "message": str(exc)[:4096], "retry": True,
                 "traceback": traceback.format_exc()[-16384:]})
         else:
-            link.report_done(task_id, attempt, result)
+            report.report_done(task_id, attempt, result)
         finally:
             bind(None)
             self.running.pop(task_id, None)
