@@ -1,0 +1,101 @@
+"""The one module that imports gevent.
+
+Everything else in miyaq takes its concurrency primitives from here (the way
+kazoo takes them from its handler object): events, queues, locks, timeouts,
+sleep, pools, the WSGI server, the hub's thread pool and thread-safe
+wake-ups. Greenlets are spawned through a
+:class:`~miyaq.runtime.supervisor.Supervisor`, never with ``gevent.spawn``,
+so none dies silently.
+"""
+from __future__ import annotations
+
+import signal
+from typing import Any, Callable, TypeVar
+
+import gevent
+import gevent.event
+import gevent.lock
+import gevent.pool
+import gevent.queue
+from gevent import monkey
+from gevent.pywsgi import WSGIHandler, WSGIServer
+
+T = TypeVar("T")
+
+Greenlet = gevent.Greenlet
+GreenletExit = gevent.GreenletExit
+Event = gevent.event.Event
+AsyncResult = gevent.event.AsyncResult
+Queue = gevent.queue.Queue
+QueueEmpty = gevent.queue.Empty
+Semaphore = gevent.lock.Semaphore
+Lock = gevent.lock.Semaphore
+Timeout = gevent.Timeout
+Pool = gevent.pool.Pool
+sleep = gevent.sleep
+idle = gevent.idle
+killall = gevent.killall
+
+__all__ = [
+    "AsyncResult", "Event", "Greenlet", "GreenletExit", "Lock", "Pool", "Queue", "QueueEmpty",
+    "Semaphore", "T", "ThreadWake", "Timeout", "WSGIHandler", "WSGIServer", "current", "hub_running",
+    "idle", "is_patched", "killall", "monkey_patch", "on_signal", "run_in_thread", "sleep",
+]
+
+
+def current() -> Any:
+    """The running greenlet (the hub's main greenlet outside any spawned one)."""
+    return gevent.getcurrent()
+
+
+def hub_running() -> bool:
+    """True when called from a greenlet of a hub that exists (never creates one)."""
+    try:
+        from gevent._hub_local import get_hub_if_exists
+    except ImportError:  # pragma: no cover - other gevent versions
+        return True
+    hub = get_hub_if_exists()
+    return hub is not None and gevent.getcurrent() is not hub
+
+
+def run_in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run a blocking call (fsync, a C library) in the hub's thread pool and
+    wait for it without blocking other greenlets. Exceptions propagate."""
+    return gevent.get_hub().threadpool.apply(fn, args)
+
+
+def on_signal(signum: signal.Signals | int, handler: Callable[[], Any]) -> Any:
+    """Call ``handler()`` in the hub when the process gets ``signum`` (must not block:
+    spawn through a supervisor for longer work)."""
+    return gevent.signal_handler(signum, handler)
+
+
+class ThreadWake:
+    """Calls ``callback()`` in this hub when any thread calls :meth:`wake`.
+
+    gevent's async watcher is the one thread-safe way into a hub. Create it
+    in the hub's thread; ``wake()`` may be called from any thread, any number
+    of times (calls coalesce). ``close()`` in the hub's thread.
+    """
+
+    def __init__(self, callback: Callable[[], Any]) -> None:
+        self._watcher = gevent.get_hub().loop.async_()
+        self._watcher.start(callback)
+
+    def wake(self) -> None:
+        self._watcher.send()
+
+    def close(self) -> None:
+        self._watcher.stop()
+        self._watcher.close()
+
+
+def is_patched(module: str = "threading") -> bool:
+    """True if gevent has monkey-patched ``module`` in this process."""
+    return bool(monkey.is_module_patched(module))
+
+
+def monkey_patch() -> None:
+    """Patch the standard library so blocking I/O yields to other greenlets.
+    Only safe before the modules it patches are imported by application code."""
+    monkey.patch_all()

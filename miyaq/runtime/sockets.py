@@ -1,0 +1,119 @@
+"""The one module that imports ``zmq.green``, and the one place sockets are made.
+
+Every ZeroMQ socket of miyaq -- the node's service and peer ROUTERs, the
+replication PUB and SUB, the peer DEALERs, the worker's link and heartbeat
+DEALERs, the client's DEALERs -- comes from a :class:`SocketFactory`, so each
+kind's options (high-water marks, ``ROUTER_MANDATORY``, linger, size limits,
+reconnect intervals) are written once, and security (CURVE) can be applied in
+one place.
+
+A factory wraps one context: a green one (``green=True``, for code running in
+the gevent hub) or a plain one (for native threads: the threaded client, the
+worker's heartbeat thread). Socket types and options are the same constants
+in both flavours.
+"""
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import zmq
+import zmq.green as green_zmq
+
+HWM = 100_000
+#: The service ROUTER accepts a message up to twice the configured limit
+#: (larger ones get a TOO_LARGE reply); above this libzmq drops it and the
+#: connection before it is read.
+FRAME_SLACK = 4096
+
+__all__ = ["HWM", "SocketFactory", "green_zmq", "zmq"]
+
+
+class SocketFactory:
+    """Makes and closes the sockets of one process part.
+
+    ``max_message`` is the size limit of one message in bytes; ROUTERs refuse
+    (libzmq ``MAXMSGSIZE``) anything over ``2 * max_message + FRAME_SLACK``.
+    """
+
+    def __init__(self, *, green: bool = True, ctx: Any = None, max_message: int = 16 * 1024 * 1024) -> None:
+        self.module: ModuleType = green_zmq if green else zmq
+        self.green = green
+        self.ctx = ctx if ctx is not None else self.module.Context()
+        self.max_message = max_message
+        self._closed = False
+
+    # -- bound sockets -----------------------------------------------------------
+    def router(self, bind: str) -> Any:
+        """A bound ROUTER (service or peer port).
+
+        ``ROUTER_MANDATORY`` so a send to a gone or full peer fails instead of
+        vanishing, ``ROUTER_HANDOVER`` so a peer that reconnects with its
+        identity takes over, linger 0 so closing never hangs, high-water marks
+        well above any credit window (nothing relies on them). Options are set
+        before binding: libzmq copies a listener's options when it binds."""
+        sock = self.ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.MAXMSGSIZE, 2 * self.max_message + FRAME_SLACK)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self._common(sock, HWM, HWM)
+        sock.bind(bind)
+        return sock
+
+    def publisher(self, bind: str) -> Any:
+        """A bound PUB (the replication stream). It drops at its high-water mark;
+        streams carry sequence numbers and heartbeats so a loss is seen."""
+        sock = self.ctx.socket(zmq.PUB)
+        self._common(sock, HWM, HWM)
+        sock.bind(bind)
+        return sock
+
+    # -- connecting sockets -------------------------------------------------------
+    def subscriber(self, topics: list[bytes]) -> Any:
+        """A SUB subscribed to ``topics``; connect it to publishers as they appear."""
+        sock = self.ctx.socket(zmq.SUB)
+        self._common(sock, HWM, HWM)
+        for topic in topics:
+            sock.setsockopt(zmq.SUBSCRIBE, topic)
+        return sock
+
+    def dealer(self, connect: str | None = None, *, identity: bytes | None = None,
+               immediate: bool = False, sndhwm: int = HWM, reconnect_ms: tuple[int, int] | None = None) -> Any:
+        """A DEALER, connected to ``connect`` if given.
+
+        ``immediate`` keeps messages from queueing for a connection that is not
+        up (peer requests, heartbeats: never flood a node when it returns);
+        ``reconnect_ms`` is (first, most) between reconnect attempts."""
+        sock = self.ctx.socket(zmq.DEALER)
+        if identity is not None:
+            sock.setsockopt(zmq.IDENTITY, identity)
+        if immediate:
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+        if reconnect_ms is not None:
+            sock.setsockopt(zmq.RECONNECT_IVL, reconnect_ms[0])
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, reconnect_ms[1])
+        self._common(sock, sndhwm, HWM)
+        if connect is not None:
+            sock.connect(connect)
+        return sock
+
+    def poller(self) -> Any:
+        """A poller of this factory's flavour (green or plain)."""
+        return self.module.Poller()
+
+    # -- shared ------------------------------------------------------------------
+    @staticmethod
+    def _common(sock: Any, sndhwm: int, rcvhwm: int) -> None:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, sndhwm)
+        sock.setsockopt(zmq.RCVHWM, rcvhwm)
+
+    def close(self) -> None:
+        """Close every socket of the context with linger 0. Idempotent, never raises."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.ctx.destroy(linger=0)
+        except Exception:  # pragma: no cover - libzmq teardown
+            pass

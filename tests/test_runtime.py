@@ -1,0 +1,117 @@
+"""The runtime: supervised greenlets never die silently; sockets come from one factory."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from miyaq.runtime import CRITICAL, LOG, RESTART, Supervisor
+from miyaq.runtime import green
+from miyaq.runtime.sockets import SocketFactory, zmq
+
+
+def _boom() -> None:
+    raise ValueError("injected fault")
+
+
+def test_critical_greenlet_death_calls_on_fatal_and_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """Fault: a critical loop raises. The supervisor logs it, counts it and stops the process."""
+    stopped: list[tuple[str, BaseException]] = []
+    sup = Supervisor("proc", on_fatal=lambda name, exc: stopped.append((name, exc)))
+    with caplog.at_level(logging.CRITICAL, logger="miyaq.runtime.supervisor"):
+        sup.spawn("reader", _boom, policy=CRITICAL)
+        green.sleep(0.05)
+    assert [name for name, _ in stopped] == ["reader"]
+    assert isinstance(stopped[0][1], ValueError)
+    assert sup.crashes["reader"] == 1
+    assert sup.fatal is not None and sup.fatal[0] == "reader"
+    assert "critical greenlet reader died" in caplog.text
+
+
+def test_restart_policy_restarts_until_success() -> None:
+    """Fault: a restartable loop raises twice; it is started again each time."""
+    calls: list[int] = []
+
+    def flaky() -> None:
+        calls.append(1)
+        if len(calls) < 3:
+            raise KeyError(len(calls))
+
+    sup = Supervisor("proc", on_fatal=lambda *a: pytest.fail("not fatal"))
+    sup.spawn("flaky", flaky, policy=RESTART)
+    for _ in range(100):
+        if len(calls) >= 3:
+            break
+        green.sleep(0.02)
+    assert len(calls) == 3
+    assert sup.restarts["flaky"] == 2 and sup.crashes["flaky"] == 2
+    assert sup.fatal is None
+
+
+def test_restart_budget_exhausted_escalates_to_fatal() -> None:
+    """Fault: a restartable loop keeps raising; past its budget the process stops."""
+    stopped: list[str] = []
+    sup = Supervisor("proc", on_fatal=lambda name, exc: stopped.append(name), max_restarts=2)
+    sup.spawn("hopeless", _boom, policy=RESTART)
+    for _ in range(200):
+        if stopped:
+            break
+        green.sleep(0.02)
+    assert stopped == ["hopeless"]
+    assert sup.crashes["hopeless"] == 3
+
+
+def test_log_policy_counts_without_stopping(caplog: pytest.LogCaptureFixture) -> None:
+    """Fault: a one-shot job raises; it is logged and counted, nothing else happens."""
+    sup = Supervisor("proc", on_fatal=lambda *a: pytest.fail("not fatal"))
+    with caplog.at_level(logging.ERROR, logger="miyaq.runtime.supervisor"):
+        sup.spawn("callback", _boom, policy=LOG)
+        green.sleep(0.02)
+    assert sup.crashes["callback"] == 1
+    assert "greenlet callback failed" in caplog.text
+
+
+def test_kill_stops_everything_and_never_raises() -> None:
+    sup = Supervisor("proc")
+    sup.spawn("sleeper", green.sleep, 60)
+    sup.spawn_later(60, "later", _boom)
+    assert sup.live() == ["later", "sleeper"]
+    sup.kill(timeout=1.0)
+    sup.kill(timeout=1.0)
+    assert sup.live() == []
+    assert not sup.crashes
+
+
+def test_finished_greenlets_are_forgotten() -> None:
+    sup = Supervisor("proc")
+    for _ in range(50):
+        sup.spawn("short", lambda: None, policy=LOG)
+    green.sleep(0.01)
+    assert sup.live() == []
+
+
+def test_socket_factory_router_dealer_round_trip() -> None:
+    factory = SocketFactory(green=True, max_message=1024)
+    try:
+        router = factory.router("tcp://127.0.0.1:*")
+        endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
+        assert router.getsockopt(zmq.MAXMSGSIZE) == 2 * 1024 + 4096
+        dealer = factory.dealer(endpoint, identity=b"w1", immediate=True)
+        dealer.send_multipart([b"hello"])
+        with green.Timeout(5):
+            frames = router.recv_multipart()
+        assert frames == [b"w1", b"hello"]
+    finally:
+        factory.close()
+        factory.close()
+
+
+def test_thread_wake_runs_callback_in_hub() -> None:
+    import threading
+    seen = green.Event()
+    wake = green.ThreadWake(seen.set)
+    try:
+        threading.Thread(target=wake.wake).start()
+        assert seen.wait(5)
+    finally:
+        wake.close()
