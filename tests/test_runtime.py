@@ -115,3 +115,22 @@ def test_thread_wake_runs_callback_in_hub() -> None:
         assert seen.wait(5)
     finally:
         wake.close()
+
+
+def test_native_thread_runs_beside_the_hub() -> None:
+    """A native thread runs while the hub waits, and reaches it only through a ThreadWake."""
+    seen: list[int] = []
+    done = green.Event()
+    wake = green.ThreadWake(done.set)
+    try:
+        hub_thread = green.native_thread_ident()
+
+        def work() -> None:
+            seen.append(green.native_thread_ident())
+            wake.wake()
+
+        green.start_native_thread(work)
+        assert done.wait(5)
+        assert seen and seen[0] != hub_thread
+    finally:
+        wake.close()

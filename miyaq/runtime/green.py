@@ -17,6 +17,7 @@ import gevent.event
 import gevent.lock
 import gevent.pool
 import gevent.queue
+import gevent.threadpool
 from gevent import monkey
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
@@ -32,14 +33,18 @@ Semaphore = gevent.lock.Semaphore
 Lock = gevent.lock.Semaphore
 Timeout = gevent.Timeout
 Pool = gevent.pool.Pool
+#: A pool of native threads whose results greenlets wait for cooperatively
+#: (``pool.spawn(fn, *args)`` returns an :class:`AsyncResult`-like object).
+ThreadPool = gevent.threadpool.ThreadPool
 sleep = gevent.sleep
 idle = gevent.idle
 killall = gevent.killall
 
 __all__ = [
     "AsyncResult", "Event", "Greenlet", "GreenletExit", "Lock", "Pool", "Queue", "QueueEmpty",
-    "Semaphore", "T", "ThreadWake", "Timeout", "WSGIHandler", "WSGIServer", "current", "hub_running",
-    "idle", "is_patched", "killall", "monkey_patch", "on_signal", "run_in_thread", "sleep",
+    "Semaphore", "T", "ThreadPool", "ThreadWake", "Timeout", "WSGIHandler", "WSGIServer", "current", "hub_running",
+    "idle", "is_patched", "killall", "monkey_patch", "native_thread_ident", "on_signal", "run_in_thread",
+    "sleep", "start_native_thread",
 ]
 
 
@@ -99,3 +104,18 @@ def monkey_patch() -> None:
     """Patch the standard library so blocking I/O yields to other greenlets.
     Only safe before the modules it patches are imported by application code."""
     monkey.patch_all()
+
+
+def start_native_thread(fn: Callable[[], Any]) -> int:
+    """Start ``fn()`` in a real OS thread -- also when gevent has patched
+    ``threading`` (then ``threading.Thread`` would make a greenlet). For work
+    that must go on while a handler holds the hub (heartbeats) or that runs
+    its own loop (asyncio). The thread must not touch this hub's objects: it
+    reaches the hub only through a :class:`ThreadWake`. Returns its ident."""
+    start = monkey.get_original("_thread", "start_new_thread")
+    return int(start(fn, ()))
+
+
+def native_thread_ident() -> int:
+    """The OS thread's ident (the patched ``threading.get_ident`` names greenlets)."""
+    return int(monkey.get_original("_thread", "get_ident")())
