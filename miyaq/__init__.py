@@ -9,7 +9,7 @@ from .errors import (  # noqa: E402
     Busy, ConfigError, MiyaqError, NotFound, ProtocolError, Reject, Retry, ShuttingDown,
     TaskCancelled, TaskExpired, TaskFailed, Timeout, Unavailable,
 )
-from .worker.app import App, TaskDef  # noqa: E402
+from .app import App, TaskDef  # noqa: E402
 from .worker.context import current_task  # noqa: E402
 
 __all__ = [

@@ -1,4 +1,5 @@
-"""Node settings, declared once: name, type, default, help.
+"""Node settings (and the :class:`Settings` base the worker's share), declared
+once: name, type, default, help.
 
 Each setting can come from (highest first) a command-line flag
 (``--max-tasks``), an environment variable (``MIYAQ_MAX_TASKS``), a TOML
@@ -13,17 +14,84 @@ import os
 import socket
 import tomllib
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping, TypeVar
 
 from .errors import ConfigError
 
 
-def _opt(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices})
+def _opt(default: Any, help: str, *, choices: tuple[str, ...] | None = None, short: str | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices, "short": short})
+
+
+class Settings:
+    """Settings declared once as dataclass fields made with :func:`_opt`:
+    one flag per field (``--max-tasks``), one environment variable
+    (``MIYAQ_MAX_TASKS``) and, when ``config_file`` is true, a TOML file.
+    Subclasses are dataclasses; ``load`` merges flags > environment > file >
+    defaults and builds the instance (whose ``__post_init__`` validates)."""
+
+    config_file: ClassVar[bool] = True
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """One flag per setting; defaults are resolved later by :meth:`load`."""
+        if cls.config_file:
+            parser.add_argument("--config", default=None, help="TOML file of settings [env MIYAQ_CONFIG]")
+        for f in fields(cls):  # type: ignore[arg-type]
+            flags = ["--" + f.name.replace("_", "-")] + ([f.metadata["short"]] if f.metadata.get("short") else [])
+            env = "MIYAQ_" + f.name.upper()
+            text = f"{f.metadata['help']} [default {f.default!r}; env {env}]"
+            if f.type in ("bool", bool):
+                parser.add_argument(*flags, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
+                                    help=text)
+            else:
+                parser.add_argument(*flags, dest=f.name, default=None, help=text,
+                                    choices=f.metadata.get("choices"))
+
+    @classmethod
+    def load(cls: type[S], args: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> S:
+        """Merge flags > environment > config file > defaults."""
+        args = dict(args or {})
+        environ = os.environ if environ is None else environ
+        file_values: dict[str, Any] = {}
+        path = (args.get("config") or environ.get("MIYAQ_CONFIG")) if cls.config_file else None
+        if path:
+            try:
+                with open(path, "rb") as fh:
+                    file_values = tomllib.load(fh)
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise ConfigError(f"cannot read config file {path}: {exc}") from None
+            known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+            unknown = set(file_values) - known
+            if unknown:
+                raise ConfigError(f"unknown settings in {path}: {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            raw = args.get(f.name)
+            if raw is None:
+                raw = environ.get("MIYAQ_" + f.name.upper())
+            if raw is None:
+                raw = file_values.get(f.name)
+            if raw is not None:
+                values[f.name] = _coerce(f.name, f.type, raw)
+        return cls(**values)
+
+    def check_fields(self) -> None:
+        """Every choice is one of its choices, no number is negative."""
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                raise ConfigError(f"{f.name} must be one of {', '.join(choices)}, not {value!r}")
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+                raise ConfigError(f"{f.name} must not be negative, not {value!r}")
+
+
+S = TypeVar("S", bound=Settings)
 
 
 @dataclass
-class NodeConfig:
+class NodeConfig(Settings):
     host: str = _opt("127.0.0.1", "address to bind every port to (loopback unless told otherwise)")
     port: int = _opt(7450, "service port: producers and workers connect here")
     peer_port: int = _opt(0, "peer ROUTER port (0: port + 1)")
@@ -73,13 +141,7 @@ class NodeConfig:
         self.validate()
 
     def validate(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            choices = f.metadata.get("choices")
-            if choices and value not in choices:
-                raise ConfigError(f"{f.name} must be one of {', '.join(choices)}, not {value!r}")
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
-                raise ConfigError(f"{f.name} must not be negative, not {value!r}")
+        self.check_fields()
         if not 0 < self.port < 65536:
             raise ConfigError(f"port must be 1..65535, not {self.port}")
         if self.replicas < 1 or self.max_tasks < 1 or self.max_batch < 1:
@@ -108,52 +170,13 @@ class NodeConfig:
     def endpoint(self, port: int) -> str:
         return f"tcp://{self.advertised_host}:{port}"
 
-    # -- loading ------------------------------------------------------------
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """One flag per setting; defaults are resolved later by :meth:`load`."""
-        parser.add_argument("--config", default=None, help="TOML file of settings [env MIYAQ_CONFIG]")
-        for f in fields(cls):
-            flag = "--" + f.name.replace("_", "-")
-            env = "MIYAQ_" + f.name.upper()
-            text = f"{f.metadata['help']} [default {f.default!r}; env {env}]"
-            if f.type in ("bool", bool):
-                parser.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction, help=text)
-            else:
-                parser.add_argument(flag, dest=f.name, default=None, help=text,
-                                    choices=f.metadata.get("choices"))
-
-    @classmethod
-    def load(cls, args: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> "NodeConfig":
-        """Merge flags > environment > config file > defaults."""
-        args = dict(args or {})
-        environ = os.environ if environ is None else environ
-        file_values: dict[str, Any] = {}
-        path = args.get("config") or environ.get("MIYAQ_CONFIG")
-        if path:
-            try:
-                with open(path, "rb") as fh:
-                    file_values = tomllib.load(fh)
-            except (OSError, tomllib.TOMLDecodeError) as exc:
-                raise ConfigError(f"cannot read config file {path}: {exc}") from None
-            known = {f.name for f in fields(cls)}
-            unknown = set(file_values) - known
-            if unknown:
-                raise ConfigError(f"unknown settings in {path}: {', '.join(sorted(unknown))}")
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = args.get(f.name)
-            if raw is None:
-                raw = environ.get("MIYAQ_" + f.name.upper())
-            if raw is None:
-                raw = file_values.get(f.name)
-            if raw is not None:
-                values[f.name] = _coerce(f.name, f.type, raw)
-        return cls(**values)
-
 
 def _coerce(name: str, type_: Any, raw: Any) -> Any:
     kind = type_ if isinstance(type_, str) else getattr(type_, "__name__", str(type_))
+    if kind.endswith(" | None"):      # optional: empty or "none" means unset
+        if isinstance(raw, str) and raw.strip().lower() in ("", "none"):
+            return None
+        kind = kind[:-len(" | None")]
     try:
         if kind == "bool":
             if isinstance(raw, bool):

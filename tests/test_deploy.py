@@ -22,9 +22,9 @@ import pytest
 import yaml
 
 import miyaq.cli.ring_cmd
-import miyaq.cli.worker_cmd
 from miyaq.cli.main import build_parser
 from miyaq.config import NodeConfig
+from miyaq.worker.config import WorkerConfig
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
@@ -42,7 +42,7 @@ def _read_by(module: Any) -> set[str]:
     return set(re.findall(r"[\"'](MIYAQ_[A-Z0-9_]+)[\"']", inspect.getsource(module)))
 
 
-WORKER_VARS = _read_by(miyaq.cli.worker_cmd)
+WORKER_VARS = {"MIYAQ_" + f.name.upper() for f in fields(WorkerConfig)}
 RING_VARS = _read_by(miyaq.cli.ring_cmd)
 ALL_VARS = NODE_VARS | WORKER_VARS | RING_VARS
 ROLE_VARS = {"node": NODE_VARS, "worker": WORKER_VARS}

@@ -2,13 +2,17 @@
 Each test's docstring names the fault it simulates."""
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import signal
 
 import pytest
 
 from apps import basic
-from miyaq.testing.harness import wait_for
+from miyaq.protocol import commands as c
+from miyaq.runtime.sockets import zmq
+from miyaq.testing.harness import free_port, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -136,3 +140,113 @@ def test_sigterm_on_node_lets_running_tasks_finish(procs, client_for, events):
     assert ends, "the running task finished before the node exited"
     assert "stopping: 1 running task(s)" in node.log_tail()
     assert os.path.exists(node.log_path)
+
+
+# -- the worker's own parts failing (issue 8: nothing dies silently) ---------------------
+
+
+class _FailingSends:
+    """Stands in for a link's socket: the first ``times`` sends of ``command`` raise."""
+
+    def __init__(self, sock, command: bytes, times: int = 1) -> None:
+        self._sock = sock
+        self._command = command
+        self.left = times
+
+    def send_multipart(self, frames, flags=0):
+        if frames[1] == self._command and self.left > 0:
+            self.left -= 1
+            raise zmq.ZMQError(errno.ENOTSUP, "injected send failure")
+        return self._sock.send_multipart(frames, flags)
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+def test_failed_result_send_keeps_the_batch_and_sends_it_again(node, client, thread_worker, caplog):
+    """Fault: the worker's socket refuses the DONE message of a finished task.
+    The failure is logged and counted, the batch goes back to the outbox, the
+    flusher runs again after a backoff, and the result reaches the node."""
+    w = thread_worker(basic.app, node.endpoint, queues=["default"], concurrency=1).worker
+    link = w.links[0]
+    wait_for(lambda: client.status()["totals"]["workers"] == 1, what="worker registered")
+    failing = link.sock = _FailingSends(link.sock, c.DONE)
+    with caplog.at_level(logging.ERROR, logger="miyaq.runtime.supervisor"):
+        assert client.call("add", [2, 3], timeout=20) == 5
+    assert failing.left == 0
+    assert link.send_errors == 1
+    assert w.supervisor.crashes[f"flush {node.endpoint}"] == 1
+    assert "injected send failure" in caplog.text and "restarting" in caplog.text
+    assert len(link.outbox) == 0
+
+
+def test_runner_that_dies_is_restarted_and_its_task_retried(node, client, thread_worker, caplog):
+    """Fault: reporting an outcome raises inside a runner greenlet. The runner
+    is logged, counted and restarted (the worker keeps every slot it grants
+    credit for), and the task is reported failed so the node retries it at
+    once instead of at the end of its lease."""
+    w = thread_worker(basic.app, node.endpoint, queues=["default"], concurrency=2).worker
+    link = w.links[0]
+    real = link.report_done
+    calls = []
+
+    def report_done_once_broken(*args):
+        calls.append(args)
+        if len(calls) == 1:
+            raise RuntimeError("injected report failure")
+        real(*args)
+
+    link.report_done = report_done_once_broken
+    with caplog.at_level(logging.ERROR, logger="miyaq.runtime.supervisor"):
+        handle = client.submit("add", [1, 1], backoff=0.01, wait=True)
+        assert handle.result(20) == 2
+    assert client.status(handle.id)["attempt"] == 2
+    assert w.supervisor.crashes["runner"] == 1
+    wait_for(lambda: w.supervisor.live().count("runner") == 2, what="the runner restarted")
+    assert "greenlet runner died; restarting" in caplog.text
+    basic.EVENTS.clear()
+    handles = [client.submit("sleep", [0.5]) for _ in range(2)]
+    assert [h.result(20) for h in handles] == [1, 1]
+    starts = [i for i, e in enumerate(basic.EVENTS) if e[0] == "sleep-start"]
+    first_end = next(i for i, e in enumerate(basic.EVENTS) if e[0] == "sleep-end")
+    assert len(starts) == 2 and max(starts) < first_end, "both slots ran at once"
+
+
+def test_link_reader_death_stops_the_worker(node, client, thread_worker, caplog):
+    """Fault: the greenlet that reads a node's socket raises (a bug in message
+    handling). It is critical: the worker logs it, stops, and marks itself
+    crashed (``miyaq worker`` then exits with status 1)."""
+    w = thread_worker(basic.app, node.endpoint, queues=["default"], concurrency=1).worker
+    wait_for(lambda: client.status()["totals"]["workers"] == 1, what="worker registered")
+
+    def broken_accept(link, deliveries):
+        raise RuntimeError("injected reader failure")
+
+    w.accept = broken_accept
+    with caplog.at_level(logging.CRITICAL):
+        client.submit("add", [1, 2], wait=True)
+        wait_for(lambda: w._stopped.is_set(), what="the worker stopped")
+    assert w.crashed
+    assert w.supervisor.fatal is not None and w.supervisor.fatal[0] == f"link {node.endpoint}"
+    assert "injected reader failure" in caplog.text
+    wait_for(lambda: client.status()["totals"]["workers"] == 0, what="the node saw the worker leave")
+
+
+def test_worker_that_reaches_no_node_says_why(thread_worker, make_node, caplog):
+    """Fault: the worker is pointed at a port where no node listens (the node
+    is not started yet). Within seconds it logs, at WARNING, that it cannot
+    reach the endpoint, why, and what to try; when a node comes up there it
+    registers without a restart."""
+    port = free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    with caplog.at_level(logging.INFO, logger="miyaq.worker"):
+        w = thread_worker(basic.app, endpoint, queues=["default"], concurrency=1).worker
+        wait_for(lambda: "cannot reach" in caplog.text, what="the first-contact warning")
+        warning = next(r for r in caplog.records if "cannot reach" in r.getMessage())
+        assert warning.levelno == logging.WARNING
+        assert (f"cannot reach {endpoint} \N{EM DASH} nothing is listening there; is a node running? "
+                f"try `miyaq status --connect {endpoint}`") in warning.getMessage()
+        assert "silent" not in caplog.text
+        make_node(port=port)
+        wait_for(lambda: w.links[0].heard, what="the worker registered with the late node")
+    assert f"registered with node {endpoint}" in caplog.text

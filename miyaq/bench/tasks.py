@@ -21,7 +21,7 @@ import os
 import time
 from typing import Any
 
-from ..worker.app import App
+from ..app import App
 from ..worker.context import current_task
 from .records import RecordWriter
 

@@ -25,7 +25,7 @@ from typing import IO, Any
 
 import gevent
 
-from ..worker.app import App
+from ..app import App
 from ..worker.context import TaskContext, current_task
 
 ENV_DIR = "MIYAQ_CHAOS_DIR"

@@ -37,20 +37,23 @@ class ThreadKit:
 
 
 class GeventKit:
+    """Greenlets and ``zmq.green``, from the runtime. The I/O loop greenlet is
+    spawned through a supervisor of its own (policy LOG: the loop fails every
+    pending call with a clear error itself before it ends)."""
+
     name = "gevent"
 
     def __init__(self) -> None:
-        import gevent
-        import gevent.event
-        import gevent.lock
-        import zmq.green
-        self._gevent = gevent
-        self.zmq: ModuleType = zmq.green
-        self._event = gevent.event.Event
-        self._lock = gevent.lock.Semaphore
+        from ..runtime import LOG, Supervisor, green
+        from ..runtime.sockets import green_zmq
+        self.zmq: ModuleType = green_zmq
+        self._event = green.Event
+        self._lock = green.Lock
+        self._supervisor = Supervisor("client")
+        self._policy = LOG
 
     def spawn(self, fn: Callable[[], Any], name: str) -> Any:
-        return self._gevent.spawn(fn)
+        return self._supervisor.spawn(name, fn, policy=self._policy)
 
     def event(self) -> Any:
         return self._event()
@@ -66,9 +69,6 @@ class GeventKit:
 def choose(green: bool | None) -> ThreadKit | GeventKit:
     """``green=None``: greenlets if gevent has patched threading, else threads."""
     if green is None:
-        try:
-            from gevent import monkey
-            green = monkey.is_module_patched("threading")
-        except ImportError:
-            green = False
+        from ..runtime.green import is_patched
+        green = is_patched("threading")
     return GeventKit() if green else ThreadKit()

@@ -41,7 +41,7 @@ idle = gevent.idle
 killall = gevent.killall
 
 __all__ = [
-    "AsyncResult", "Event", "Greenlet", "GreenletExit", "Lock", "Pool", "Queue", "QueueEmpty",
+    "AsyncResult", "Event", "call_soon", "Greenlet", "GreenletExit", "Lock", "Pool", "Queue", "QueueEmpty",
     "Semaphore", "T", "ThreadPool", "ThreadWake", "Timeout", "WSGIHandler", "WSGIServer", "current", "hub_running",
     "idle", "is_patched", "killall", "monkey_patch", "native_thread_ident", "on_signal", "run_in_thread",
     "sleep", "start_native_thread",
@@ -61,6 +61,13 @@ def hub_running() -> bool:
         return True
     hub = get_hub_if_exists()
     return hub is not None and gevent.getcurrent() is not hub
+
+
+def call_soon(fn: Callable[..., Any], *args: Any) -> None:
+    """Call ``fn(*args)`` from the hub at its next loop iteration, while every
+    greenlet is suspended (so ``fn`` sees a consistent state and may throw
+    into one). ``fn`` must not block or raise."""
+    gevent.get_hub().loop.run_callback(fn, *args)
 
 
 def run_in_thread(fn: Callable[..., T], *args: Any) -> T:

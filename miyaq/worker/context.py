@@ -1,11 +1,15 @@
-"""What a running handler can ask about its own task: ``miyaq.current_task()``."""
+"""What a running handler can ask about its own task: ``miyaq.current_task()``.
+
+The task is held in a context variable, so it follows the handler wherever
+the pool runs it: a greenlet, a thread, an asyncio task or a child process
+each has its own context.
+"""
 from __future__ import annotations
 
+import contextvars
 from typing import Any, Callable
 
-import gevent
-
-_current: dict[Any, "TaskContext"] = {}
+_current: contextvars.ContextVar["TaskContext | None"] = contextvars.ContextVar("miyaq_task", default=None)
 
 
 class TaskContext:
@@ -32,12 +36,15 @@ class TaskContext:
 
 def current_task() -> TaskContext | None:
     """The task the calling handler runs, or None outside a handler."""
-    return _current.get(gevent.getcurrent())
+    return _current.get()
 
 
-def bind(ctx: TaskContext | None) -> None:
-    g = gevent.getcurrent()
-    if ctx is None:
-        _current.pop(g, None)
-    else:
-        _current[g] = ctx
+def bind(ctx: TaskContext) -> Any:
+    """Make ``ctx`` the current task of this greenlet, thread or asyncio task;
+    returns the token :func:`unbind` takes."""
+    return _current.set(ctx)
+
+
+def unbind(token: Any) -> None:
+    """Undo the :func:`bind` that returned ``token`` (same greenlet, thread or task)."""
+    _current.reset(token)

@@ -1,23 +1,26 @@
 """A worker's connection to one node: READY, credit, heartbeats, results.
 
 One greenlet reads the link's DEALER (zmq.green: one waiter per socket);
-results are batched in an outbox and sent by one flusher greenlet per batch.
-If the node falls silent for ``heartbeat × liveness`` or answers RECONNECT,
+results go through an :class:`~miyaq.worker.outbox.Outbox`. Until the node
+first answers, the link says every few seconds, at WARNING, why it cannot
+reach it (nothing listening, a name that does not resolve...). If a node it
+has heard falls silent for ``heartbeat × LIVENESS`` or answers RECONNECT,
 the link opens a fresh socket and registers again (the node may have
 restarted); tasks still running report on the new socket.
 """
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
-import gevent
-import zmq.green as zmq
-
-from ..errors import MiyaqError
+from ..errors import MiyaqError, Unavailable
 from ..protocol import codec
 from ..protocol import commands as c
+from ..protocol.reach import explain, unreachable
+from ..runtime import green, monotonic
+from ..runtime.sockets import SocketFactory, zmq
+from .config import FIRST_CONTACT, FIRST_CONTACT_REPEAT_MAX, LIVENESS, MAX_INBOUND_MESSAGE, PROBE_TIMEOUT, RECV_BURST
+from .outbox import Outbox
 
 if TYPE_CHECKING:
     from .runner import Worker
@@ -26,43 +29,57 @@ logger = logging.getLogger(__name__)
 
 
 class NodeLink:
-    def __init__(self, worker: "Worker", ctx: zmq.Context, endpoint: str) -> None:
+    def __init__(self, worker: "Worker", factory: SocketFactory, endpoint: str) -> None:
         self.worker = worker
-        self.ctx = ctx
+        self.factory = factory
         self.endpoint = endpoint
         self.sock: Any = None
-        self.heartbeat = worker.heartbeat
-        self.liveness = worker.liveness
-        self.last_heard = time.time()
-        self.welcomed = False
-        self.done: list[list[Any]] = []
-        self.failed: list[list[Any]] = []
-        self.touches: list[str] = []
-        self._flush_pending = False
+        self.heartbeat = worker.config.heartbeat
+        self.liveness = LIVENESS
+        self.last_heard = monotonic()
+        self.answered = False       # anything from the node on the current socket
+        self.heard = False          # a WELCOME from this node, ever
+        self.lost = False           # the node went silent; its tasks may report elsewhere
         self.reconnects = 0
+        self.send_errors = 0
+        self._opened_at = monotonic()
+        self._next_diagnosis = 0.0
+        self.outbox = Outbox(self.post, worker.supervisor.spawn, f"flush {endpoint}")
         self._open()
 
     def _open(self) -> None:
         if self.sock is not None:
             self.sock.close(linger=0)
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 100_000)
-        sock.setsockopt(zmq.RCVHWM, 100_000)
-        sock.connect(self.endpoint)
-        self.sock = sock
-        self.welcomed = False
-        self.last_heard = time.time()
+        self.sock = self.factory.dealer(self.endpoint)
+        self.answered = False
+        self.last_heard = self._opened_at = monotonic()
+        self._next_diagnosis = self._opened_at + FIRST_CONTACT
 
     def silent(self) -> bool:
         """The node has not been heard from for heartbeat × liveness."""
-        return self.lost or time.time() - self.last_heard > self.heartbeat * self.liveness
+        return self.lost or monotonic() - self.last_heard > self.heartbeat * self.liveness
 
-    def send(self, command: bytes, body: dict[str, Any]) -> None:
+    # -- sending ---------------------------------------------------------------------
+    def post(self, command: bytes, body: dict[str, Any]) -> None:
+        """Send one message now or raise :class:`Unavailable` (counted in
+        ``send_errors``); never blocks. A full queue (``Again``) is a failure
+        too: nothing is dropped silently."""
         try:
             self.sock.send_multipart(codec.encode(command, body), zmq.NOBLOCK)
-        except zmq.Again:
-            logger.debug("send of %s to %s would block; dropped (will be retried)", command, self.endpoint)
+        except zmq.ZMQError as exc:
+            self.send_errors += 1
+            raise Unavailable(f"sending {command.decode()} to {self.endpoint} failed: {exc}") from exc
+
+    def send(self, command: bytes, body: dict[str, Any]) -> bool:
+        """Send a message whose loss the protocol recovers from (READY is sent
+        again on silence, a lost RETURN or BYE ends as a lost worker): log a
+        failure instead of raising. True if it was sent."""
+        try:
+            self.post(command, body)
+            return True
+        except Unavailable as err:
+            logger.warning("%s", err.message)
+            return False
 
     def register(self) -> None:
         w = self.worker
@@ -76,55 +93,35 @@ class NodeLink:
 
     # -- results -------------------------------------------------------------------
     def report_done(self, task_id: str, attempt: int, result: bytes | None) -> None:
-        self.done.append([task_id, attempt, result])
-        self._schedule_flush()
+        self.outbox.add_done(task_id, attempt, result)
 
     def report_failed(self, task_id: str, attempt: int, error: dict[str, Any]) -> None:
-        self.failed.append([task_id, attempt, error])
-        self._schedule_flush()
+        self.outbox.add_failed(task_id, attempt, error)
 
     def touch(self, task_id: str) -> None:
-        self.touches.append(task_id)
-        self._schedule_flush()
-
-    def _schedule_flush(self) -> None:
-        if not self._flush_pending:
-            self._flush_pending = True
-            gevent.spawn(self.flush)
+        self.outbox.add_touch(task_id)
 
     def flush(self) -> None:
-        self._flush_pending = False
-        while self.done:
-            # Bounded messages: at most 256 results or about 4 MiB each.
-            size, n = 0, 0
-            for item in self.done:
-                if n and (n >= 256 or size > 4 * 1024 * 1024):
-                    break
-                size += len(item[2] or b"")
-                n += 1
-            done, self.done = self.done[:n], self.done[n:]
-            self.send(c.DONE, {"done": done})
-        if self.failed:
-            failed, self.failed = self.failed, []
-            self.send(c.FAILED, {"failed": failed})
-        if self.touches:
-            touches, self.touches = self.touches, []
-            self.send(c.TOUCH, {"ids": touches})
+        """Send every queued result now (on stop); a failure is logged, not raised."""
+        try:
+            self.outbox.flush()
+        except MiyaqError as err:
+            logger.warning("%d result(s) for %s not sent: %s", len(self.outbox), self.endpoint, err.message)
 
     # -- the reader ------------------------------------------------------------------
     def serve(self) -> None:
         """Read the node until the worker stops; heartbeat every interval;
-        reconnect when the node goes silent."""
+        reconnect when a node that answered goes silent."""
         self.register()
-        last_beat = time.time()
+        last_beat = monotonic()
         while not self.worker.stopping_hard:
             try:
                 # A blocking green recv waits correctly on ZeroMQ's edge-triggered
                 # fd; the timeout only bounds the wait for the heartbeat check.
-                with gevent.Timeout(self.heartbeat, False):
+                with green.Timeout(self.heartbeat, False):
                     frames = self.sock.recv_multipart()
                     self._handle(frames)
-                    for _ in range(256):
+                    for _ in range(RECV_BURST):
                         try:
                             frames = self.sock.recv_multipart(zmq.NOBLOCK)
                         except zmq.Again:
@@ -134,35 +131,48 @@ class NodeLink:
                 if self.worker.stopping_hard:
                     return
                 raise
-            now = time.time()
-            if now - self.last_heard > self.heartbeat * self.liveness:
-                self.reconnects += 1
-                logger.warning("node %s silent for %.1fs; reconnecting", self.endpoint, now - self.last_heard)
-                self.lost = True
-                self.worker.link_silent(self)
-                self._open()
-                self.register()
+            now = monotonic()
+            if not self.answered:
+                if now >= self._next_diagnosis:
+                    self._diagnose(now)
+            elif now - self.last_heard > self.heartbeat * self.liveness:
+                self._reconnect(now)
             elif now - last_beat >= self.heartbeat:
                 last_beat = now
                 self.send(c.HEARTBEAT, {"worker": self.worker.wid})
 
+    def _diagnose(self, now: float) -> None:
+        """Nothing heard since the socket opened: say why, at growing
+        intervals. The socket stays: ZeroMQ reconnects by itself, and the
+        READY queued on it leaves when the node is there."""
+        waited = now - self._opened_at
+        why = green.run_in_thread(explain, self.endpoint, PROBE_TIMEOUT)
+        if self.answered:       # the answer came while we probed
+            return
+        logger.warning("%s (no answer for %.0fs; still trying)", unreachable(self.endpoint, why), waited)
+        self._next_diagnosis = now + min(FIRST_CONTACT_REPEAT_MAX, max(FIRST_CONTACT, 2 * waited))
+
+    def _reconnect(self, now: float) -> None:
+        self.reconnects += 1
+        logger.warning("node %s silent for %.1fs; reconnecting", self.endpoint, now - self.last_heard)
+        self.lost = True
+        self.worker.link_silent(self)
+        self._open()
+        self.register()
+
     def _handle(self, frames: list[bytes]) -> None:
-        self.last_heard = time.time()
+        self.last_heard = monotonic()
         self.lost = False
+        self.answered = True
         try:
-            command, body = codec.decode(frames, c.WORKER_INBOUND, 64 * 1024 * 1024)
+            command, body = codec.decode(frames, c.WORKER_INBOUND, MAX_INBOUND_MESSAGE)
         except MiyaqError as err:
             logger.warning("malformed message from node %s: %s", self.endpoint, err.message)
             return
         if command == c.DISPATCH:
             self.worker.accept(self, body.get("tasks") or [])
         elif command == c.WELCOME:
-            self.welcomed = True
-            if isinstance(body.get("nodes"), list):
-                self.worker.discover(body["nodes"])
-            hb = body.get("heartbeat")
-            if isinstance(hb, (int, float)) and hb > 0:
-                self.heartbeat = float(hb)
+            self._welcome(body)
         elif command == c.HEARTBEAT:
             if isinstance(body.get("nodes"), list):
                 self.worker.discover(body["nodes"])
@@ -173,6 +183,16 @@ class NodeLink:
             self.register()
         elif command == c.ERROR:
             logger.warning("node %s: %s: %s", self.endpoint, body.get("code"), body.get("message"))
+
+    def _welcome(self, body: dict[str, Any]) -> None:
+        if not self.heard or self.reconnects:
+            logger.info("worker %s: registered with node %s", self.worker.wid, self.endpoint)
+        self.heard = True
+        if isinstance(body.get("nodes"), list):
+            self.worker.discover(body["nodes"])
+        hb = body.get("heartbeat")
+        if isinstance(hb, (int, float)) and hb > 0:
+            self.heartbeat = float(hb)
 
     def close(self) -> None:
         if self.sock is not None:

@@ -1,18 +1,27 @@
 """Heartbeats from a native thread, so a CPU-bound handler that keeps the
 gevent hub busy does not make the node declare the worker lost.
 
-The thread has its own plain-pyzmq DEALER per node and sends
+The thread has its own plain-pyzmq DEALER per node (from a non-green
+:class:`~miyaq.runtime.sockets.SocketFactory`) and sends
 ``HEARTBEAT {"worker": id, "side": true}``; the node credits it to the worker
-with that id. It never touches the worker's greenlet sockets.
+with that id. It never touches the worker's greenlet sockets. It is a real
+OS thread even when gevent has patched ``threading``; it sleeps in a ZeroMQ
+poll on an inproc socket, which is also how :meth:`Pulse.stop` wakes it.
 """
 from __future__ import annotations
 
-import threading
-
-import zmq
+import logging
+import uuid
 
 from ..protocol import codec
 from ..protocol import commands as c
+from ..runtime import green
+from ..runtime.sockets import SocketFactory, zmq
+from .config import PULSE_SNDHWM
+
+logger = logging.getLogger(__name__)
+
+STOP_WAIT = 2.0     # seconds stop() waits for the thread to close its sockets
 
 
 class Pulse:
@@ -20,39 +29,66 @@ class Pulse:
         self.wid = wid
         self.endpoints = list(endpoints)
         self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="miyaq-pulse", daemon=True)
+        self.beats = 0
+        self.factory = SocketFactory(green=False)
+        self._control = f"inproc://miyaq-pulse-{uuid.uuid4().hex}"
+        self._exited = green.Event()
+        self._wake: green.ThreadWake | None = None
+        self._started = False
 
     def start(self) -> None:
-        self._thread.start()
+        self._wake = green.ThreadWake(self._exited.set)
+        self._started = True
+        green.start_native_thread(self._run)
 
     def add(self, endpoint: str) -> None:
         """Beat to one more node (list.append is atomic; the thread picks it up)."""
         self.endpoints.append(endpoint)
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(2.0)
+        """Wake the thread, wait (cooperatively, bounded) for it to close its
+        sockets, then close the context. Idempotent."""
+        if self._started:
+            self._started = False
+            sock = self.factory.ctx.socket(zmq.PAIR)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(self._control)
+            try:
+                sock.send(b"stop", zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+            sock.close(linger=0)
+            if not self._exited.wait(STOP_WAIT):
+                logger.warning("worker %s: heartbeat thread did not stop within %.0fs", self.wid, STOP_WAIT)
+            if self._wake is not None:
+                self._wake.close()
+        self.factory.close()
 
     def _run(self) -> None:
-        ctx = zmq.Context()
+        control = self.factory.ctx.socket(zmq.PAIR)
+        control.setsockopt(zmq.LINGER, 0)
+        control.bind(self._control)
         socks: list[zmq.Socket] = []
         frames = codec.encode(c.HEARTBEAT, {"worker": self.wid, "side": True})
+        interval_ms = max(1, int(self.interval * 1000))
         try:
-            while not self._stop.wait(self.interval):
+            while not control.poll(interval_ms):
                 while len(socks) < len(self.endpoints):
-                    sock = ctx.socket(zmq.DEALER)
-                    sock.setsockopt(zmq.LINGER, 0)
-                    sock.setsockopt(zmq.SNDHWM, 4)
-                    sock.setsockopt(zmq.IMMEDIATE, 1)   # never queue beats for a dead node
-                    sock.connect(self.endpoints[len(socks)])
-                    socks.append(sock)
+                    # immediate: never queue beats for a node that is not there
+                    socks.append(self.factory.dealer(self.endpoints[len(socks)], immediate=True,
+                                                     sndhwm=PULSE_SNDHWM))
                 for sock in socks:
                     try:
                         sock.send_multipart(frames, zmq.NOBLOCK)
                     except zmq.Again:
                         pass
+                self.beats += 1
+        except Exception:
+            logger.exception("worker %s: the heartbeat thread failed; a handler that holds the CPU may now "
+                             "get this worker declared lost", self.wid)
         finally:
             for sock in socks:
                 sock.close(linger=0)
-            ctx.term()
+            control.close(linger=0)
+            if self._wake is not None:
+                self._wake.wake()

@@ -6,6 +6,12 @@ quick handlers runs without a greenlet spawn per task. The worker's capacity
 (``concurrency + prefetch``) is the credit it grants each node; it never
 holds more than that per node. SIGTERM: stop taking work, give back tasks
 not yet started, let running ones finish up to ``grace`` seconds, say BYE.
+
+Every greenlet is spawned through the worker's
+:class:`~miyaq.runtime.Supervisor`: a link reader that dies is ``CRITICAL``
+(the worker stops and its process exits non-zero), a runner or a result
+flusher that dies is logged, counted and restarted, so the worker never
+runs with fewer slots than the credit it grants.
 """
 from __future__ import annotations
 
@@ -13,29 +19,22 @@ import logging
 import os
 import signal
 import socket
-import time
-import traceback
 import uuid
 from collections import deque
+from dataclasses import replace
 from typing import Any
 
-import gevent
-import gevent.event
-import msgpack
-import zmq.green as zmq
-
-from ..errors import Reject, Retry
+from ..app import App
 from ..protocol import commands as c
-from .app import App
-from .context import TaskContext, bind
+from ..runtime import CRITICAL, RESTART, Supervisor, green, monotonic
+from ..runtime.sockets import SocketFactory
+from .config import BYE_LINGER, DRAIN_POLL, MAX_NODES, WorkerConfig
+from .context import TaskContext, bind, unbind
+from .execute import Outcome, TaskAborted, run_sync
 from .link import NodeLink
 from .pulse import Pulse
 
 logger = logging.getLogger(__name__)
-
-
-class TaskAborted(BaseException):
-    """Raised inside a handler whose task was cancelled on the node."""
 
 
 class _Reporter:
@@ -46,44 +45,53 @@ class _Reporter:
     def __init__(self, worker: "Worker", link: NodeLink, task_id: str) -> None:
         self.worker, self.link, self.task_id = worker, link, task_id
 
-    def report_done(self, task_id: str, attempt: int, result: bytes | None) -> None:
-        self.worker.report_link(self.link, task_id).report_done(task_id, attempt, result)
-
-    def report_failed(self, task_id: str, attempt: int, error: dict[str, Any]) -> None:
-        self.worker.report_link(self.link, task_id).report_failed(task_id, attempt, error)
+    def report(self, attempt: int, outcome: Outcome) -> None:
+        link = self.worker.report_link(self.link, self.task_id)
+        kind, value = outcome
+        if kind == "done":
+            link.report_done(self.task_id, attempt, value)
+        else:
+            link.report_failed(self.task_id, attempt, value)
 
 
 class Worker:
-    def __init__(self, app: App, *, queues: list[str] | None = None, concurrency: int = 8,
-                 prefetch: int | None = None, endpoints: list[str] | None = None,
-                 heartbeat: float = 1.0, liveness: int = 3, grace: float = 30.0) -> None:
+    """``Worker(app, config)``; keyword settings override the config's
+    (``Worker(app, endpoints=[...], concurrency=4)``, as the tests do)."""
+
+    def __init__(self, app: App, config: WorkerConfig | None = None, *, endpoints: list[str] | None = None,
+                 queues: list[str] | None = None, **settings: Any) -> None:
+        if endpoints is not None:
+            settings["connect"] = ",".join(endpoints)
+        if queues is not None:
+            settings["queues"] = ",".join(queues)
+        self.config = cfg = replace(config or WorkerConfig(), **settings)
         self.app = app
         app.green = True
-        self.queues = queues or app.queues()
-        self.concurrency = concurrency
-        self.capacity = concurrency + (concurrency if prefetch is None else prefetch)
-        self.endpoints = endpoints or app.endpoints
-        self.heartbeat = heartbeat
-        self.liveness = liveness
-        self.grace = grace
+        self.queues = cfg.queue_list or app.queues()
+        self.concurrency = cfg.concurrency
+        self.capacity = cfg.capacity
+        self.endpoints = cfg.endpoint_list or app.endpoints
+        self.grace = cfg.grace
         self.pid = os.getpid()
         self.host = socket.gethostname()
         self.wid = f"{self.host}-{self.pid}-{uuid.uuid4().hex[:6]}"
-        self.ctx = zmq.Context()
-        self.links = [NodeLink(self, self.ctx, ep) for ep in self.endpoints]
+        self.supervisor = Supervisor(f"worker {self.wid}", on_fatal=self._fatal)
+        self.factory = SocketFactory(green=True)
+        self.links = [NodeLink(self, self.factory, ep) for ep in self.endpoints]
         self.backlog: deque[tuple[NodeLink, list[Any]]] = deque()
         # Idle runners wait on their own event; new work wakes only as many
         # runners as it has tasks (no thundering herd of `concurrency` greenlets).
-        self.idle: deque[gevent.event.Event] = deque()
-        self.running: dict[str, gevent.Greenlet] = {}
+        self.idle: deque[Any] = deque()
+        self.running: dict[str, Any] = {}            # task id -> the runner greenlet running it
         self.holders: dict[str, list[str]] = {}      # task id -> its holders' endpoints (cluster)
         self.origin: dict[str, NodeLink] = {}        # running task id -> the link it came from
+        self.started = False
         self.stopping = False
         self.stopping_hard = False
+        self.crashed = False
         self.executed = 0
-        self._greenlets: list[gevent.Greenlet] = []
-        self._stopped = gevent.event.Event()
-        self.pulse = Pulse(self.wid, self.endpoints, heartbeat)
+        self._stopped = green.Event()
+        self.pulse = Pulse(self.wid, self.endpoints, cfg.heartbeat)
 
     def busy_count(self, link: NodeLink | None = None) -> int:
         """Slots in use (for ``link``: by tasks that node gave us)."""
@@ -111,7 +119,9 @@ class Worker:
         for task_id in ids:
             g = self.running.get(task_id)
             if g is not None:
-                g.kill(TaskAborted, block=False)
+                # Thrown from the hub, and only if that runner still runs this
+                # task then: an abort never lands in the runner's next task.
+                green.call_soon(self._throw_abort, task_id, g)
             else:
                 for i, (link, d) in enumerate(self.backlog):
                     if d[0] == task_id:
@@ -120,19 +130,23 @@ class Worker:
                                                            "retry": False})
                         break
 
+    def _throw_abort(self, task_id: str, g: Any) -> None:
+        current = self.running.get(task_id)
+        if current is not None and current is g:
+            current.throw(TaskAborted())
+
     def discover(self, endpoints: list[Any]) -> None:
         """Connect to every node of the ring (from WELCOME/HEARTBEAT)."""
         if self.stopping:
             return
         known = {link.endpoint for link in self.links}
         for ep in endpoints:
-            if isinstance(ep, str) and ep.startswith("tcp://") and ep not in known and len(self.links) < 256:
-                link = NodeLink(self, self.ctx, ep)
+            if (isinstance(ep, str) and ep.startswith("tcp://") and ep not in known
+                    and len(self.links) < MAX_NODES):
+                link = NodeLink(self, self.factory, ep)
                 self.links.append(link)
                 self.pulse.add(ep)
-                g = gevent.spawn(link.serve)
-                g.link_exception(self._crash)
-                self._greenlets.append(g)
+                self.supervisor.spawn(f"link {ep}", link.serve, policy=CRITICAL)
                 logger.info("worker %s: discovered node %s", self.wid, ep)
 
     def link_silent(self, link: NodeLink) -> None:
@@ -166,7 +180,7 @@ class Worker:
 
     def _runner(self) -> None:
         backlog = self.backlog
-        ready = gevent.event.Event()
+        ready = green.Event()
         while True:
             try:
                 while backlog and not self.stopping:
@@ -178,7 +192,7 @@ class Worker:
                 self.idle.append(ready)
                 ready.wait()
             except TaskAborted:
-                continue   # the abort arrived after the handler returned
+                logger.warning("worker %s: an abort reached a runner between tasks; ignored", self.wid)
 
     def _execute(self, link: NodeLink, d: list[Any]) -> None:
         task_id, queue, name, body, attempt, timeout = d[:6]
@@ -188,57 +202,58 @@ class Worker:
                 "type": "UnknownTask", "retry": True,
                 "message": f"no handler named {name!r} in worker {self.wid}"})
             return
-        current = gevent.getcurrent()
-        self.running[task_id] = current
+        self.running[task_id] = green.current()
         self.origin[task_id] = link
         report = _Reporter(self, link, task_id)    # to its node, or another holder if it died
-        bind(TaskContext(task_id, name, queue, attempt, timeout, link.touch))
+        token = bind(TaskContext(task_id, name, queue, attempt, timeout, link.touch))
         try:
-            args, kwargs = msgpack.unpackb(body, raw=False, strict_map_key=False) if body else ([], {})
-            value = tdef.fn(*args, **kwargs)
-            result = msgpack.packb(value, use_bin_type=True)
-        except TaskAborted:
-            report.report_failed(task_id, attempt, {"type": "Aborted", "message": "cancelled", "retry": False})
-        except Retry as exc:
-            report.report_failed(task_id, attempt, {"type": "Retry", "message": exc.message,
-                                                  "retry": True, "delay": exc.delay})
-        except Reject as exc:
-            report.report_failed(task_id, attempt, {"type": "Reject", "message": exc.message, "retry": False})
-        except Exception as exc:
-            report.report_failed(task_id, attempt, {
-                "type": type(exc).__name__, "message": str(exc)[:4096], "retry": True,
-                "traceback": traceback.format_exc()[-16384:]})
-        else:
-            report.report_done(task_id, attempt, result)
+            outcome = run_sync(tdef.fn, body)
         finally:
-            bind(None)
+            unbind(token)
             self.running.pop(task_id, None)
-            self.origin.pop(task_id, None)
             self.executed += 1
+        try:
+            report.report(attempt, outcome)
+        except Exception:
+            # The runner dies (its supervisor logs, counts and restarts it);
+            # first try once more to tell the node, so the task is retried
+            # now rather than when its lease runs out.
+            self._report_lost_outcome(report, attempt, task_id)
+            raise
+        finally:
+            self.origin.pop(task_id, None)
+
+    def _report_lost_outcome(self, report: _Reporter, attempt: int, task_id: str) -> None:
+        error = {"type": "WorkerError", "message": "the worker failed to report this attempt's outcome",
+                 "retry": True}
+        try:
+            report.link.report_failed(task_id, attempt, error)
+        except Exception:
+            logger.exception("worker %s: task %s: its outcome is lost; the node retries it when its lease "
+                             "runs out", self.wid, task_id)
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> "Worker":
-        if self._greenlets:
+        if self.started:
             return self
+        self.started = True
         self.pulse.start()
         for link in self.links:
-            g = gevent.spawn(link.serve)
-            g.link_exception(self._crash)
-            self._greenlets.append(g)
+            self.supervisor.spawn(f"link {link.endpoint}", link.serve, policy=CRITICAL)
         for _ in range(self.concurrency):
-            g = gevent.spawn(self._runner)
-            self._greenlets.append(g)
+            self.supervisor.spawn("runner", self._runner, policy=RESTART)
         logger.info("worker %s: queues=%s concurrency=%d nodes=%s", self.wid, ",".join(self.queues),
                     self.concurrency, ",".join(self.endpoints))
         return self
 
-    def _crash(self, g: gevent.Greenlet) -> None:
-        logger.critical("worker %s: link greenlet died: %r; stopping", self.wid, g.exception)
-        gevent.spawn(self.stop, 0)
+    def _fatal(self, name: str, exc: BaseException) -> None:
+        self.crashed = True
+        logger.critical("worker %s: %s died (%r); stopping", self.wid, name, exc)
+        self.stop(0)
 
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
-            gevent.signal_handler(sig, lambda: gevent.spawn(self.stop))
+            green.on_signal(sig, lambda: self.supervisor.spawn("stop", self.stop))
 
     def run(self) -> None:
         self.start()
@@ -258,24 +273,23 @@ class Worker:
         for link, ids in returned.items():
             link.send(c.RETURN, {"ids": ids, "credit": False})
         self._wake(len(self.idle))
-        deadline = time.time() + grace
-        while self.running and time.time() < deadline:
-            gevent.sleep(0.05)
+        deadline = monotonic() + grace
+        while self.running and monotonic() < deadline:
+            green.sleep(DRAIN_POLL)
         if self.running:
             logger.warning("worker %s: %d task(s) still running after %.1fs; the node will put them back",
                            self.wid, len(self.running), grace)
         for link in self.links:
             link.flush()
             link.send(c.BYE, {"worker": self.wid})
-        gevent.sleep(0.05)   # let the BYE leave before the sockets close
+        green.sleep(BYE_LINGER)   # let the BYE leave before the sockets close
         self.stopping_hard = True
-        for g in self._greenlets:
-            if g is not gevent.getcurrent():
-                g.kill(block=False)
+        self.supervisor.kill()
         for link in self.links:
             link.close()
         self.pulse.stop()
         self.app.close()
-        self.ctx.destroy(linger=0)
+        self.factory.close()
         logger.info("worker %s stopped after %d task(s)", self.wid, self.executed)
         self._stopped.set()
+

@@ -1,0 +1,52 @@
+"""Why an endpoint does not answer: the words a first contact uses.
+
+ZeroMQ hides connection failures (a DEALER reconnects quietly forever), so
+a worker or client that hears nothing from a node asks the operating system
+directly: one TCP connect to the endpoint, whose result names the likely
+cause. :func:`explain` blocks for at most ``timeout`` seconds; call it from
+a thread (``runtime.green.run_in_thread``) in gevent code.
+"""
+from __future__ import annotations
+
+import errno
+import socket
+
+__all__ = ["explain", "unreachable"]
+
+
+def _host_port(endpoint: str) -> tuple[str, int] | None:
+    if not endpoint.startswith("tcp://"):
+        return None
+    host, sep, port = endpoint[len("tcp://"):].rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def explain(endpoint: str, timeout: float = 1.0) -> str:
+    """The likely reason nothing answers at ``endpoint``, as a phrase
+    ("nothing is listening there"). Never raises."""
+    target = _host_port(endpoint)
+    if target is None:
+        return "no miyaq node answered"
+    host, port = target
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return (f"{host}:{port} accepts connections but no miyaq node answered "
+                    "(is it a node's service port? the HTTP port is another one)")
+    except ConnectionRefusedError:
+        return "nothing is listening there"
+    except socket.gaierror:
+        return f"the host name {host!r} does not resolve"
+    except (socket.timeout, TimeoutError):
+        return f"no answer from {host}:{port} within {timeout:g}s (host down or a firewall?)"
+    except OSError as exc:
+        if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+            return f"{host} is unreachable from here ({exc.strerror})"
+        return f"connecting failed: {exc.strerror or exc}"
+
+
+def unreachable(endpoint: str, why: str) -> str:
+    """The whole first-contact message for ``endpoint`` and a reason from :func:`explain`."""
+    return (f"cannot reach {endpoint} \N{EM DASH} {why}; is a node running? "
+            f"try `miyaq status --connect {endpoint}`")

@@ -1,0 +1,103 @@
+"""Worker settings and limits, declared once.
+
+:class:`WorkerConfig` holds what an operator tunes: each setting is a
+``miyaq worker`` flag and a ``MIYAQ_<NAME>`` environment variable (flags
+first), listed by ``miyaq worker --help`` and in docs/configuration.md.
+Below it, the worker's fixed limits and timings: not settings, but named
+here once so a reader finds every number the worker runs by in one place.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..config import Settings, _opt
+from ..errors import ConfigError
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass
+class WorkerConfig(Settings):
+    """One worker process group's settings (``miyaq worker APP [options]``)."""
+
+    config_file: ClassVar[bool] = False
+
+    processes: int = _opt(1, "worker processes (1: this process; more are spawned and restarted when they die)",
+                          short="-p")
+    concurrency: int = _opt(8, "tasks run at once per process", short="-c")
+    prefetch: int | None = _opt(None, "tasks held beyond concurrency (default: concurrency)")
+    queues: str = _opt("", "comma-separated queues (default: every queue the app's tasks name)", short="-Q")
+    connect: str = _opt("", "comma-separated node endpoints (default: the App's)")
+    heartbeat: float = _opt(1.0, "seconds between the worker's side-channel heartbeats")
+    grace: float = _opt(30.0, "seconds SIGTERM waits for running tasks")
+    log_level: str = _opt("INFO", "logging level", choices=LOG_LEVELS)
+
+    def __post_init__(self) -> None:
+        self.check_fields()
+        if self.processes < 1 or self.concurrency < 1:
+            raise ConfigError("processes and concurrency must be at least 1")
+        if self.heartbeat <= 0:
+            raise ConfigError("heartbeat must be above 0")
+
+    @property
+    def capacity(self) -> int:
+        """Tasks held per node: running plus prefetched (the credit granted)."""
+        return self.concurrency + (self.concurrency if self.prefetch is None else self.prefetch)
+
+    @property
+    def queue_list(self) -> list[str]:
+        return [q for q in self.queues.split(",") if q]
+
+    @property
+    def endpoint_list(self) -> list[str]:
+        return [e for e in self.connect.split(",") if e]
+
+
+# -- the node link ------------------------------------------------------------------
+#: Node heartbeats (the interval comes in WELCOME) missed before the worker
+#: reconnects and registers again.
+LIVENESS = 3
+#: Seconds after (re)connecting without a WELCOME before the worker checks
+#: the endpoint and says why it cannot reach it (then again with backoff).
+FIRST_CONTACT = 2.0
+FIRST_CONTACT_REPEAT_MAX = 60.0
+#: Seconds a TCP probe of an unreachable endpoint may take.
+PROBE_TIMEOUT = 1.0
+#: Largest message accepted from a node (a DISPATCH batch), in bytes.
+MAX_INBOUND_MESSAGE = 64 * 1024 * 1024
+#: Messages read in one burst before the reader yields to other greenlets.
+RECV_BURST = 256
+#: Most nodes a worker connects to (the ring's members, as they are discovered).
+MAX_NODES = 256
+
+# -- results --------------------------------------------------------------------------
+#: A DONE message carries at most this many results, or about this many bytes.
+RESULTS_PER_MESSAGE = 256
+RESULT_BYTES_PER_MESSAGE = 4 * 1024 * 1024
+#: Delays before sending results again after a failed send (the last repeats).
+RESEND_BACKOFF = (0.05, 0.2, 1.0)
+#: Bytes of a failing handler's message and traceback sent to the node.
+ERROR_MESSAGE_BYTES = 4096
+TRACEBACK_BYTES = 16384
+
+# -- stopping ---------------------------------------------------------------------------
+#: How often a stopping worker checks whether its handlers have finished.
+DRAIN_POLL = 0.05
+#: Time for the last BYE to leave before the sockets close.
+BYE_LINGER = 0.05
+
+# -- processes ----------------------------------------------------------------------------
+#: ``--processes N``: a child that dies is restarted; more than this many
+#: restarts within a minute and the parent gives up and stops.
+MAX_RESTARTS_PER_MINUTE = 10
+#: Longest delay before restarting a dead worker process.
+RESTART_DELAY_MAX = 5.0
+#: How often the parent checks its worker processes.
+PROCESS_POLL = 0.2
+#: Seconds beyond ``grace`` the parent waits for a child after SIGTERM before killing it.
+CHILD_STOP_SLACK = 5.0
+
+# -- heartbeat thread ------------------------------------------------------------------------
+#: Side-channel beats queued per node at most (never flood a node that returns).
+PULSE_SNDHWM = 4

@@ -1,0 +1,73 @@
+"""Running one handler and turning what it did into a report.
+
+The same code runs a task in every pool -- a greenlet, a thread, a child
+process -- so a handler's outcome means the same everywhere: a return value
+is DONE with the msgpack-packed result; ``Retry`` and any other exception
+are a retryable FAILED (with the traceback); ``Reject`` fails for good; an
+interruption by the worker (a cancel, a timeout) fails with its own type.
+"""
+from __future__ import annotations
+
+import traceback
+from typing import Any, Callable
+
+import msgpack
+
+from ..errors import Reject, Retry
+from .config import ERROR_MESSAGE_BYTES, TRACEBACK_BYTES
+
+#: ("done", packed result) or ("failed", error map as sent in FAILED)
+Outcome = tuple[str, Any]
+
+
+class Interrupted(BaseException):
+    """Raised inside a handler the worker stops. A BaseException, so a
+    handler's ``except Exception`` does not swallow it."""
+
+    error_type = "Interrupted"
+    message = "interrupted by the worker"
+    retry = False
+
+
+class TaskAborted(Interrupted):
+    """The task was cancelled on the node (ABORT)."""
+
+    error_type = "Aborted"
+    message = "cancelled"
+
+
+def decode_args(body: bytes | None) -> tuple[list[Any], dict[str, Any]]:
+    if not body:
+        return [], {}
+    args, kwargs = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    return args, kwargs
+
+
+def done(value: Any) -> Outcome:
+    return ("done", msgpack.packb(value, use_bin_type=True))
+
+
+def interrupted(exc: Interrupted | type[Interrupted]) -> Outcome:
+    return ("failed", {"type": exc.error_type, "message": exc.message, "retry": exc.retry})
+
+
+def failure(exc: BaseException) -> Outcome:
+    """The FAILED error map for an exception a handler raised (call inside ``except``)."""
+    if isinstance(exc, Interrupted):
+        return interrupted(exc)
+    if isinstance(exc, Retry):
+        return ("failed", {"type": "Retry", "message": exc.message, "retry": True, "delay": exc.delay})
+    if isinstance(exc, Reject):
+        return ("failed", {"type": "Reject", "message": exc.message, "retry": False})
+    return ("failed", {"type": type(exc).__name__, "message": str(exc)[:ERROR_MESSAGE_BYTES], "retry": True,
+                       "traceback": traceback.format_exc()[-TRACEBACK_BYTES:]})
+
+
+def run_sync(fn: Callable[..., Any], body: bytes | None) -> Outcome:
+    """Call ``fn`` with the task's arguments; never raises an Exception
+    (an :class:`Interrupted` also becomes an outcome)."""
+    try:
+        args, kwargs = decode_args(body)
+        return done(fn(*args, **kwargs))
+    except (Exception, Interrupted) as exc:
+        return failure(exc)

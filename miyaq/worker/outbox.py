@@ -1,0 +1,91 @@
+"""Results on their way to one node: DONE, FAILED and TOUCH, batched.
+
+Handlers append; one flusher greenlet at a time sends what has piled up, in
+bounded messages. A batch leaves the outbox only once its send succeeded: a
+send that fails puts the batch back at the front and raises, so the
+worker's supervisor logs it, counts it and runs the flusher again after a
+backoff (escalating to stopping the worker if sends keep failing). The
+outbox stays bounded without a limit of its own: every entry is a task this
+worker holds, and the node grants no new task until it hears of a result.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ..protocol import commands as c
+from ..runtime import RESTART
+from .config import RESULT_BYTES_PER_MESSAGE, RESULTS_PER_MESSAGE
+
+Post = Callable[[bytes, dict[str, Any]], None]
+Spawn = Callable[..., Any]
+
+
+class Outbox:
+    """``post(command, body)`` sends one message or raises; ``spawn`` is the
+    worker supervisor's (the flusher runs under the ``RESTART`` policy)."""
+
+    def __init__(self, post: Post, spawn: Spawn, name: str) -> None:
+        self._post = post
+        self._spawn = spawn
+        self.name = name
+        self.done: list[list[Any]] = []
+        self.failed: list[list[Any]] = []
+        self.touches: list[str] = []
+        self._pending = False
+
+    def __len__(self) -> int:
+        return len(self.done) + len(self.failed) + len(self.touches)
+
+    def add_done(self, task_id: str, attempt: int, result: bytes | None) -> None:
+        self.done.append([task_id, attempt, result])
+        self._schedule()
+
+    def add_failed(self, task_id: str, attempt: int, error: dict[str, Any]) -> None:
+        self.failed.append([task_id, attempt, error])
+        self._schedule()
+
+    def add_touch(self, task_id: str) -> None:
+        self.touches.append(task_id)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._pending:
+            self._pending = True
+            self._spawn(self.name, self.flush, policy=RESTART)
+
+    def flush(self) -> None:
+        """Send everything queued. Raises (with nothing lost) if a send fails."""
+        while self.done:
+            n = self._batch_size()
+            batch, self.done = self.done[:n], self.done[n:]
+            try:
+                self._post(c.DONE, {"done": batch})
+            except BaseException:
+                self.done[:0] = batch
+                raise
+        if self.failed:
+            failed, self.failed = self.failed, []
+            try:
+                self._post(c.FAILED, {"failed": failed})
+            except BaseException:
+                self.failed[:0] = failed
+                raise
+        if self.touches:
+            touches, self.touches = self.touches, []
+            try:
+                self._post(c.TOUCH, {"ids": touches})
+            except BaseException:
+                self.touches[:0] = touches
+                raise
+        self._pending = False
+
+    def _batch_size(self) -> int:
+        """Results in the next DONE: at most RESULTS_PER_MESSAGE, or about
+        RESULT_BYTES_PER_MESSAGE bytes (always at least one)."""
+        size, n = 0, 0
+        for item in self.done:
+            if n and (n >= RESULTS_PER_MESSAGE or size > RESULT_BYTES_PER_MESSAGE):
+                break
+            size += len(item[2] or b"")
+            n += 1
+        return n
