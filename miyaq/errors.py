@@ -102,6 +102,12 @@ class Unavailable(MiyaqError):
     code = "unavailable"
 
 
+class Forbidden(MiyaqError):
+    """The authenticated key's role may not do this (docs/security.md)."""
+
+    code = "forbidden"
+
+
 class ConfigError(MiyaqError):
     """A setting is missing or invalid."""
 

@@ -11,7 +11,7 @@ from .. import __version__
 from ..errors import MiyaqError
 
 COMMAND_MODULES = ("node_cmd", "worker_cmd", "admin_cmd", "bench_cmd", "queue_cmd", "ring_cmd",
-                   "dev_cluster_cmd", "chaos_cmd")
+                   "dev_cluster_cmd", "chaos_cmd", "keys_cmd")
 
 
 def setup_logging(level: str = "INFO") -> None:

@@ -15,7 +15,7 @@ in both flavours.
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 import zmq
 import zmq.green as green_zmq
@@ -26,7 +26,34 @@ HWM = 100_000
 #: connection before it is read.
 FRAME_SLACK = 4096
 
-__all__ = ["HWM", "SocketFactory", "green_zmq", "zmq"]
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+
+__all__ = ["HWM", "SocketFactory", "SocketSecurity", "green_zmq", "recv_with_user", "zmq"]
+
+
+class SocketSecurity(Protocol):
+    """What a factory applies to every socket it makes (CURVE: miyaq.security.curve)."""
+
+    def apply_server(self, sock: Any) -> None:
+        """Options for a bound socket, set before it binds."""
+
+    def apply_client(self, sock: Any) -> None:
+        """Options for a connecting socket, set before it connects."""
+
+
+def recv_with_user(sock: Any, flags: int = 0) -> tuple[list[bytes], str | None]:
+    """One multipart message and the User-Id its connection authenticated as
+    (None without CURVE). Reads the first frame as a zero-copy frame to get
+    its metadata, the rest as bytes; raises like ``recv`` (``zmq.Again``)."""
+    first = sock.recv(flags, copy=False)
+    try:
+        user: str | None = first.get("User-Id")
+    except zmq.ZMQError:
+        user = None
+    frames = [first.bytes]
+    while sock.getsockopt(zmq.RCVMORE):
+        frames.append(sock.recv())
+    return frames, user
 
 
 class SocketFactory:
@@ -36,11 +63,13 @@ class SocketFactory:
     (libzmq ``MAXMSGSIZE``) anything over ``2 * max_message + FRAME_SLACK``.
     """
 
-    def __init__(self, *, green: bool = True, ctx: Any = None, max_message: int = 16 * 1024 * 1024) -> None:
+    def __init__(self, *, green: bool = True, ctx: Any = None, max_message: int = 16 * 1024 * 1024,
+                 security: SocketSecurity | None = None) -> None:
         self.module: ModuleType = green_zmq if green else zmq
         self.green = green
         self.ctx = ctx if ctx is not None else self.module.Context()
         self.max_message = max_message
+        self.security = security
         self._closed = False
 
     # -- bound sockets -----------------------------------------------------------
@@ -57,6 +86,7 @@ class SocketFactory:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self._common(sock, HWM, HWM)
+        self._serve(sock)
         sock.bind(bind)
         return sock
 
@@ -65,6 +95,7 @@ class SocketFactory:
         streams carry sequence numbers and heartbeats so a loss is seen."""
         sock = self.ctx.socket(zmq.PUB)
         self._common(sock, HWM, HWM)
+        self._serve(sock)
         sock.bind(bind)
         return sock
 
@@ -73,6 +104,7 @@ class SocketFactory:
         """A SUB subscribed to ``topics``; connect it to publishers as they appear."""
         sock = self.ctx.socket(zmq.SUB)
         self._common(sock, HWM, HWM)
+        self._connect_as_client(sock)
         for topic in topics:
             sock.setsockopt(zmq.SUBSCRIBE, topic)
         return sock
@@ -93,6 +125,7 @@ class SocketFactory:
             sock.setsockopt(zmq.RECONNECT_IVL, reconnect_ms[0])
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, reconnect_ms[1])
         self._common(sock, sndhwm, HWM)
+        self._connect_as_client(sock)
         if connect is not None:
             sock.connect(connect)
         return sock
@@ -101,7 +134,22 @@ class SocketFactory:
         """A poller of this factory's flavour (green or plain)."""
         return self.module.Poller()
 
+    def zap_socket(self) -> Any:
+        """The REP a ZAP handler serves in this context (miyaq.security.zap)."""
+        sock = self.ctx.socket(zmq.REP)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.bind(ZAP_ENDPOINT)
+        return sock
+
     # -- shared ------------------------------------------------------------------
+    def _serve(self, sock: Any) -> None:
+        if self.security is not None:
+            self.security.apply_server(sock)
+
+    def _connect_as_client(self, sock: Any) -> None:
+        if self.security is not None:
+            self.security.apply_client(sock)
+
     @staticmethod
     def _common(sock: Any, sndhwm: int, rcvhwm: int) -> None:
         sock.setsockopt(zmq.LINGER, 0)

@@ -1,0 +1,62 @@
+"""``miyaq keys``: make, list and revoke CURVE keys (docs/security.md)."""
+from __future__ import annotations
+
+import argparse
+
+from ..security.keystore import KeyStore
+from ..security.roles import ROLE_NAMES
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("keys", help="make, list and revoke CURVE keys", description=(
+        "Manage a key directory: the cluster's key pair (node.key, node.key_secret), the "
+        "authorized public keys with their roles (authorized/), and the key pairs handed "
+        "to clients, workers and operators. Nodes read it with --keys DIR."))
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    init = actions.add_parser("init", help="make the cluster's key pair and authorized/")
+    init.add_argument("dir", help="key directory (created; must not hold a cluster key yet)")
+    init.set_defaults(run=_init)
+    add = actions.add_parser("add", help="make a key pair for a client, worker, operator or peer")
+    add.add_argument("dir", help="key directory made by `miyaq keys init`")
+    add.add_argument("name", help="the key's name (letters, digits, '.', '_', '-')")
+    add.add_argument("--role", required=True,
+                     help=f"one of {', '.join(ROLE_NAMES)} (operator = admin)")
+    add.set_defaults(run=_add)
+    ls = actions.add_parser("list", help="list authorized and revoked keys")
+    ls.add_argument("dir", help="key directory")
+    ls.set_defaults(run=_list)
+    revoke = actions.add_parser("revoke", help="take a key out of authorized/ (running nodes "
+                                "refuse it within seconds, or at once on SIGHUP)")
+    revoke.add_argument("dir", help="key directory")
+    revoke.add_argument("name", help="the key's name")
+    revoke.set_defaults(run=_revoke)
+
+
+def _init(args: argparse.Namespace) -> int:
+    public = KeyStore(args.dir).init()
+    print(f"cluster key: {public} (public) and its .key_secret; authorized keys go in {args.dir}/authorized/")
+    return 0
+
+
+def _add(args: argparse.Namespace) -> int:
+    store = KeyStore(args.dir)
+    public, secret = store.add(args.name, args.role)
+    role = next(k.role for k in store.list() if k.name == args.name)
+    print(f"{args.name}: {secret} (hand it to its owner with {args.dir}/node.key); authorized as {role}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    keys = KeyStore(args.dir).list()
+    for info in keys:
+        state = "revoked" if info.revoked else "authorized"
+        print(f"{info.name:<24} {info.role:<9} {state:<10} {info.public}")
+    print(f"{sum(not k.revoked for k in keys)} authorized, {sum(k.revoked for k in keys)} revoked")
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    KeyStore(args.dir).revoke(args.name)
+    print(f"{args.name}: revoked (moved to {args.dir}/revoked/)")
+    return 0

@@ -1,0 +1,107 @@
+"""czmq-format CURVE certificates, with their metadata.
+
+A certificate is a ZPL text file (the format ``zmq.auth.create_certificates``
+and czmq's ``zcert`` write): a ``metadata`` section of ``name = value``
+lines and a ``curve`` section with ``public-key`` (and, in the secret file,
+``secret-key``), both Z85-encoded. ``NAME.key`` holds the public part,
+``NAME.key_secret`` both. pyzmq reads the keys but not the metadata, which
+is where miyaq keeps a key's role. Written here rather than by
+``zmq.auth.create_certificates``, which leaves the metadata out of the
+public file.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import re
+from dataclasses import dataclass, field
+
+import zmq
+
+from miyaq.errors import ConfigError
+
+_LINE = re.compile(r"^(?P<indent>\s*)(?P<name>[A-Za-z0-9_.-]+)\s*(=\s*(?P<value>.*))?$")
+MAX_CERT_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """One certificate file: its keys (Z85 bytes) and metadata."""
+
+    path: str
+    public: bytes
+    secret: bytes | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def _unquote(value: str) -> str:
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        return value[1:-1]
+    return value
+
+
+def read(path: str) -> Certificate:
+    """Parse a certificate file; ConfigError names the file when it is unusable."""
+    try:
+        if os.path.getsize(path) > MAX_CERT_BYTES:
+            raise ConfigError(f"{path} is not a certificate (larger than {MAX_CERT_BYTES} bytes)")
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the certificate {path}: {exc}") from None
+    section = ""
+    metadata: dict[str, str] = {}
+    keys: dict[str, str] = {}
+    for raw in text.splitlines():
+        if not raw.strip() or raw.lstrip().startswith("#"):
+            continue
+        m = _LINE.match(raw)
+        if m is None:
+            continue
+        if not m.group("indent") and m.group("value") is None:
+            section = m.group("name")
+            continue
+        if m.group("value") is None:
+            continue
+        if section == "metadata":
+            metadata[m.group("name")] = _unquote(m.group("value"))
+        elif section == "curve":
+            keys[m.group("name")] = _unquote(m.group("value"))
+    public = keys.get("public-key", "")
+    if len(public) != 40:
+        raise ConfigError(f"{path} has no CURVE public key (expected 40 Z85 characters)")
+    secret = keys.get("secret-key")
+    if secret is not None and len(secret) != 40:
+        raise ConfigError(f"{path} has a malformed CURVE secret key")
+    return Certificate(path, public.encode("ascii"), secret.encode("ascii") if secret else None, metadata)
+
+
+def _text(kind: str, metadata: dict[str, str], public: bytes, secret: bytes | None) -> str:
+    lines = [f"#   ****  Generated on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M:%S} UTC "
+             "by miyaq  ****", f"#   ZeroMQ CURVE {kind} Certificate", "", "metadata"]
+    lines += [f'    {k} = "{v}"' for k, v in metadata.items()]
+    lines += ["curve", f'    public-key = "{public.decode()}"']
+    if secret is not None:
+        lines.append(f'    secret-key = "{secret.decode()}"')
+    return "\n".join(lines) + "\n"
+
+
+def _write(path: str, text: str, mode: int) -> None:
+    fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def create(directory: str, name: str, metadata: dict[str, str]) -> tuple[str, str]:
+    """Write ``NAME.key`` and ``NAME.key_secret`` (mode 0600) in ``directory``,
+    both with ``metadata``. Returns their paths."""
+    for k, v in metadata.items():
+        if not _LINE.match(f"{k} = x") or any(ch in v for ch in "\"\n\r"):
+            raise ConfigError(f"certificate metadata {k!r} = {v!r} cannot be written")
+    public, secret = zmq.curve_keypair()
+    base = os.path.join(directory, name)
+    _write(base + ".key", _text("Public", metadata, public, None), 0o644)
+    _write(base + ".key_secret", _text("**Secret**", metadata, public, secret), 0o600)
+    return base + ".key", base + ".key_secret"

@@ -1,0 +1,78 @@
+"""CURVE options for sockets: what a :class:`~miyaq.runtime.sockets.SocketFactory` applies.
+
+A node's factory gets a :class:`NodeCurve`: its bound sockets are CURVE
+servers with the cluster key and the ZAP domain ``miyaq``; its connecting
+sockets (to other nodes) are CURVE clients presenting the same key. A
+client's or worker's factory gets a :class:`ClientCurve`: its own key pair
+and the node's public key.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from miyaq.errors import ConfigError
+
+from . import certs
+
+ZAP_DOMAIN = b"miyaq"
+
+
+@dataclass(frozen=True)
+class ClientCurve:
+    """CURVE client credentials: our pair and the server's public key (Z85 bytes)."""
+
+    public: bytes
+    secret: bytes
+    server_public: bytes
+
+    def apply_server(self, sock: Any) -> None:
+        raise ConfigError("a client key cannot serve: binding needs the cluster key (--keys)")
+
+    def apply_client(self, sock: Any) -> None:
+        sock.setsockopt(zmq.CURVE_SERVERKEY, self.server_public)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
+
+
+@dataclass(frozen=True)
+class NodeCurve:
+    """A node's CURVE: server with the cluster key, and the same key as a client of other nodes."""
+
+    public: bytes
+    secret: bytes
+
+    def apply_server(self, sock: Any) -> None:
+        sock.setsockopt(zmq.CURVE_SERVER, 1)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
+        sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
+
+    def apply_client(self, sock: Any) -> None:
+        sock.setsockopt(zmq.CURVE_SERVERKEY, self.public)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
+
+
+def client_curve(key_path: str | None, server_key_path: str | None) -> ClientCurve | None:
+    """Credentials from ``--key``/``MIYAQ_KEY`` and ``--server-key``/``MIYAQ_SERVER_KEY``
+    (arguments win over the environment); None when neither is set. One without
+    the other is a ConfigError naming the missing one."""
+    key_path = key_path or os.environ.get("MIYAQ_KEY") or None
+    server_key_path = server_key_path or os.environ.get("MIYAQ_SERVER_KEY") or None
+    if key_path is None and server_key_path is None:
+        return None
+    if key_path is None:
+        raise ConfigError("--server-key given without --key: pass your own secret certificate "
+                          "(NAME.key_secret from `miyaq keys add`) with --key or MIYAQ_KEY")
+    if server_key_path is None:
+        raise ConfigError("--key given without --server-key: pass the node's public certificate "
+                          "(node.key from `miyaq keys init`) with --server-key or MIYAQ_SERVER_KEY")
+    own = certs.read(key_path)
+    if own.secret is None:
+        raise ConfigError(f"{key_path} holds no secret key: pass NAME.key_secret, not NAME.key")
+    server = certs.read(server_key_path)
+    return ClientCurve(own.public, own.secret, server.public)

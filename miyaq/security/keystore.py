@@ -1,0 +1,160 @@
+"""The key directory that ``miyaq keys`` manages and a node reads with ``--keys``.
+
+Layout (every file a czmq certificate, see :mod:`.certs`)::
+
+    DIR/node.key, DIR/node.key_secret   the cluster's key pair: every node serves with it
+                                        and presents it to other nodes (role peer)
+    DIR/authorized/NAME.key             public certificates allowed to connect, each with
+                                        its role in its metadata
+    DIR/NAME.key, DIR/NAME.key_secret   a client's, worker's or operator's pair, made by
+                                        ``add``: hand NAME.key_secret and node.key to it
+    DIR/revoked/NAME.key*               what ``revoke`` took away
+
+A node needs ``node.key_secret`` and ``authorized/``; a client needs its own
+``NAME.key_secret`` and the node's public ``node.key``.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from miyaq.errors import ConfigError
+
+from . import certs
+from .roles import Role, parse_role
+
+NODE = "node"
+AUTHORIZED = "authorized"
+REVOKED = "revoked"
+MAX_KEYS = 10_000
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a connection is: the key's name and role."""
+
+    name: str
+    role: Role
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    name: str
+    role: str
+    public: str
+    revoked: bool
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name) or name == NODE:
+        raise ConfigError(f"invalid key name {name!r}: 1-64 letters, digits, '.', '_' or '-', "
+                          f"not starting with a punctuation mark, and not {NODE!r}")
+    return name
+
+
+class KeyStore:
+    """One key directory. Methods raise ConfigError with the path when a file is wrong."""
+
+    def __init__(self, directory: str) -> None:
+        self.dir = directory
+
+    @property
+    def authorized_dir(self) -> str:
+        return os.path.join(self.dir, AUTHORIZED)
+
+    # -- making keys -------------------------------------------------------------
+    def init(self) -> str:
+        """Make the cluster's key pair and ``authorized/``; refuses to overwrite."""
+        if os.path.exists(os.path.join(self.dir, NODE + ".key_secret")):
+            raise ConfigError(f"{self.dir} already holds a cluster key (node.key_secret); "
+                              "use another directory or remove it first")
+        os.makedirs(self.authorized_dir, exist_ok=True)
+        os.chmod(self.dir, 0o700)
+        public, _ = certs.create(self.dir, NODE, {"role": Role.PEER.value, "name": NODE})
+        return public
+
+    def add(self, name: str, role: str) -> tuple[str, str]:
+        """Make a key pair for ``name`` with ``role`` and authorize its public part."""
+        check_name(name)
+        try:
+            parsed = parse_role(role)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self._require_init()
+        for path in (os.path.join(self.dir, name + ".key"), os.path.join(self.authorized_dir, name + ".key")):
+            if os.path.exists(path):
+                raise ConfigError(f"a key named {name!r} exists already ({path}); revoke it or pick another name")
+        public, secret = certs.create(self.dir, name, {"role": parsed.value, "name": name})
+        with open(public, encoding="utf-8") as src:
+            text = src.read()
+        target = os.path.join(self.authorized_dir, name + ".key")
+        with open(target + ".tmp", "w", encoding="utf-8") as dst:
+            dst.write(text)
+        os.replace(target + ".tmp", target)
+        return public, secret
+
+    def revoke(self, name: str) -> None:
+        """Take ``name`` out of ``authorized/`` (its pair moves to ``revoked/``)."""
+        check_name(name)
+        authorized = os.path.join(self.authorized_dir, name + ".key")
+        if not os.path.exists(authorized):
+            raise ConfigError(f"no authorized key named {name!r} in {self.authorized_dir}")
+        os.remove(authorized)
+        revoked = os.path.join(self.dir, REVOKED)
+        os.makedirs(revoked, exist_ok=True)
+        for suffix in (".key", ".key_secret"):
+            src = os.path.join(self.dir, name + suffix)
+            if os.path.exists(src):
+                os.replace(src, os.path.join(revoked, name + suffix))
+
+    def list(self) -> list[KeyInfo]:
+        """Every authorized key, then every revoked one, by name."""
+        out = [KeyInfo(ident.name, ident.role.value, public.decode(), False)
+               for public, ident in sorted(self.authorized().items(), key=lambda kv: kv[1].name)
+               if ident.name != NODE]
+        revoked = os.path.join(self.dir, REVOKED)
+        if os.path.isdir(revoked):
+            for entry in sorted(os.listdir(revoked)):
+                if entry.endswith(".key"):
+                    cert = certs.read(os.path.join(revoked, entry))
+                    out.append(KeyInfo(entry[:-4], cert.metadata.get("role", "?"), cert.public.decode(), True))
+        return out
+
+    # -- reading keys ------------------------------------------------------------
+    def _require_init(self) -> None:
+        if not os.path.exists(os.path.join(self.dir, NODE + ".key")):
+            raise ConfigError(f"{self.dir} holds no cluster key: run `miyaq keys init {self.dir}` first")
+
+    def node_secret(self) -> certs.Certificate:
+        """The cluster key pair a node serves with."""
+        path = os.path.join(self.dir, NODE + ".key_secret")
+        if not os.path.exists(path):
+            raise ConfigError(f"--keys {self.dir}: no node.key_secret there (make one with `miyaq keys init`)")
+        cert = certs.read(path)
+        if cert.secret is None:
+            raise ConfigError(f"{path} holds no secret key")
+        return cert
+
+    def authorized(self) -> dict[bytes, Identity]:
+        """Public key (Z85) -> identity, for every certificate in ``authorized/``,
+        plus the cluster key itself as a peer. A certificate without a valid
+        role is skipped (and named in the error log by the caller's reload)."""
+        out: dict[bytes, Identity] = {}
+        node_public = os.path.join(self.dir, NODE + ".key")
+        if os.path.exists(node_public):
+            out[certs.read(node_public).public] = Identity(NODE, Role.PEER)
+        directory = self.authorized_dir
+        if not os.path.isdir(directory):
+            raise ConfigError(f"--keys {self.dir}: no authorized/ directory (make it with `miyaq keys init`)")
+        for entry in sorted(os.listdir(directory))[:MAX_KEYS]:
+            if not entry.endswith(".key"):
+                continue
+            cert = certs.read(os.path.join(directory, entry))
+            try:
+                role = parse_role(cert.metadata.get("role", ""))
+            except ValueError as exc:
+                raise ConfigError(f"{cert.path}: {exc}") from None
+            out[cert.public] = Identity(cert.metadata.get("name", entry[:-4]), role)
+        return out

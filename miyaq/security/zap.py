@@ -1,0 +1,150 @@
+"""The node's ZAP handler: which CURVE keys may connect, and who they are.
+
+libzmq asks a node (over ``inproc://zeromq.zap.01`` in the node's context)
+during every CURVE handshake on a socket whose ZAP domain is ``miyaq``; a
+key that is not in the authorized set fails the handshake, so a stranger's
+connection never delivers a message. The User-Id of an accepted connection
+is its public key (Z85); the service and peer ports look that up in
+:attr:`ZapHandler.identities` on every message, so a key revoked while
+connected is refused from the next message on (``forbidden``), without a
+restart.
+
+pyzmq ships authenticators for threads and asyncio but not gevent; this one
+reuses ``zmq.auth.Authenticator``'s request handling in a supervised
+greenlet. The set is re-read by :meth:`reload` (the node calls it on SIGHUP)
+and when the ``authorized/`` directory changes (checked every
+``WATCH_INTERVAL`` seconds). A reload that fails keeps the previous set.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from typing import Any, Coroutine
+
+from zmq.auth.base import Authenticator
+
+from miyaq.errors import MiyaqError
+from miyaq.runtime import RESTART, Supervisor, monotonic
+from miyaq.runtime import green
+from miyaq.runtime.sockets import SocketFactory
+
+from .keystore import Identity, KeyStore
+
+logger = logging.getLogger(__name__)
+
+WATCH_INTERVAL = 2.0
+LOG_EVERY = 10.0
+
+
+class _Authenticator(Authenticator):
+    """pyzmq's ZAP request handling, deciding with :class:`ZapHandler`'s set."""
+
+    def __init__(self, owner: "ZapHandler", context: Any) -> None:
+        super().__init__(context=context, log=logging.getLogger(__name__ + ".zmq"))
+        self.owner = owner
+        self.configure_curve_callback(domain="miyaq", credentials_provider=self)
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return self.owner.admit(key)
+
+
+def _run_sync(coro: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine that never suspends (our credentials callback is synchronous)."""
+    try:
+        coro.send(None)
+    except StopIteration:
+        return
+    coro.close()
+    raise RuntimeError("the ZAP handler suspended; it must answer synchronously")
+
+
+class ZapHandler:
+    def __init__(self, store: KeyStore, supervisor: Supervisor, factory: SocketFactory) -> None:
+        self.store = store
+        self.factory = factory
+        self.supervisor = supervisor
+        self.identities: dict[bytes, Identity] = store.authorized()   # ConfigError: the node does not start
+        self.refused = 0
+        self.admitted = 0
+        self.reloads: Counter[str] = Counter()
+        self._refused_since_log = 0
+        self._last_log = 0.0
+        self._auth = _Authenticator(self, factory.ctx)
+        self._signature = self._dir_signature()
+
+    # -- lifecycle -----------------------------------------------------------------
+    def start(self) -> None:
+        """Bind the ZAP endpoint in the factory's context and serve it. Must run
+        before any CURVE server socket of that context accepts connections."""
+        self._auth.zap_socket = self.factory.zap_socket()
+        self.supervisor.spawn("zap", self._serve)
+        self.supervisor.spawn("zap-watch", self._watch, policy=RESTART)
+
+    def _serve(self) -> None:
+        sock = self._auth.zap_socket
+        while True:
+            frames = sock.recv_multipart()
+            _run_sync(self._auth.handle_zap_message(frames))
+
+    # -- decisions -------------------------------------------------------------------
+    def admit(self, public_z85: bytes) -> bool:
+        ident = self.identities.get(bytes(public_z85))
+        if ident is not None:
+            self.admitted += 1
+            return True
+        self.refused += 1
+        self._refused_since_log += 1
+        now = monotonic()
+        if now - self._last_log >= LOG_EVERY:
+            logger.warning("refused %d CURVE handshake(s) from unknown keys (latest %s)",
+                           self._refused_since_log, bytes(public_z85).decode("ascii", "replace"))
+            self._refused_since_log = 0
+            self._last_log = now
+        return False
+
+    def identity(self, user_id: str | bytes | None) -> Identity | None:
+        """The identity behind a message's User-Id; None if unknown or revoked."""
+        if user_id is None:
+            return None
+        if isinstance(user_id, str):
+            user_id = user_id.encode("ascii", "replace")
+        return self.identities.get(user_id)
+
+    # -- reloading -----------------------------------------------------------------
+    def reload(self, why: str = "SIGHUP") -> bool:
+        """Re-read ``authorized/``; keeps the previous set if it cannot."""
+        try:
+            fresh = self.store.authorized()
+        except MiyaqError as err:
+            self.reloads["failed"] += 1
+            logger.error("keys not reloaded (%s): %s; keeping the %d key(s) already loaded",
+                         why, err.message, len(self.identities))
+            return False
+        added = len(set(fresh) - set(self.identities))
+        removed = len(set(self.identities) - set(fresh))
+        self.identities = fresh
+        self.reloads["ok"] += 1
+        logger.info("keys reloaded (%s): %d authorized, %d added, %d revoked", why, len(fresh), added, removed)
+        return True
+
+    def _dir_signature(self) -> tuple[Any, ...]:
+        directory = self.store.authorized_dir
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+            return tuple((e.name, e.stat().st_mtime_ns, e.stat().st_size) for e in entries)
+        except OSError:
+            return ()
+
+    def _watch(self) -> None:
+        while True:
+            green.sleep(WATCH_INTERVAL)
+            signature = self._dir_signature()
+            if signature != self._signature:
+                self._signature = signature
+                self.reload("authorized/ changed")
+
+    def stats(self) -> dict[str, Any]:
+        roles: Counter[str] = Counter(i.role.value for i in self.identities.values())
+        return {"keys": len(self.identities), "roles": dict(roles), "handshakes_refused": self.refused,
+                "handshakes_admitted": self.admitted, "reloads": dict(self.reloads)}
