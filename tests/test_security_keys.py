@@ -194,6 +194,41 @@ def test_revoked_key_loses_access_on_reload(store: KeyStore, monkeypatch: pytest
         server.close()
 
 
+def test_non_peer_key_cannot_reach_peer_port_or_stream(store: KeyStore) -> None:
+    """Fault: an authorized producer tries the peer port and the replication stream
+    (they carry other nodes' tasks and results)."""
+    store.add("p1", "producer")
+    server = _Server(store)
+    try:
+        peer_port = server.factory.router("tcp://127.0.0.1:*", audience="peer")
+        pub = server.factory.publisher("tcp://127.0.0.1:*")
+        cred = _curve(store, "p1")
+        dealer = SocketFactory(security=cred, ctx=server.clients.ctx).dealer(
+            peer_port.getsockopt_string(zmq.LAST_ENDPOINT))
+        dealer.send(b"REPLICATE")
+        sub = SocketFactory(security=cred, ctx=server.clients.ctx).subscriber([b""])
+        sub.connect(pub.getsockopt_string(zmq.LAST_ENDPOINT))
+        node = store.node_secret()
+        peer_sub = SocketFactory(security=NodeCurve(node.public, node.secret or b""),
+                                 ctx=server.clients.ctx).subscriber([b""])
+        peer_sub.connect(pub.getsockopt_string(zmq.LAST_ENDPOINT))
+        got = None
+        for _ in range(40):
+            pub.send(b"stream")
+            with green.Timeout(0.05, False):
+                got = peer_sub.recv()
+            if got:
+                break
+        assert got == b"stream"                       # a peer key is served
+        with green.Timeout(0.5, False):
+            assert sub.recv() is None                 # never reached: the handshake failed
+        with green.Timeout(0.5, False):
+            assert peer_port.recv() is None
+        assert server.zap.refused >= 2
+    finally:
+        server.close()
+
+
 def test_failed_reload_keeps_previous_keys(store: KeyStore) -> None:
     """Fault: an operator drops a corrupt file into authorized/."""
     store.add("w1", "worker")

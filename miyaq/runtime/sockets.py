@@ -34,8 +34,10 @@ __all__ = ["HWM", "SocketFactory", "SocketSecurity", "green_zmq", "recv_with_use
 class SocketSecurity(Protocol):
     """What a factory applies to every socket it makes (CURVE: miyaq.security.curve)."""
 
-    def apply_server(self, sock: Any) -> None:
-        """Options for a bound socket, set before it binds."""
+    def apply_server(self, sock: Any, audience: str) -> None:
+        """Options for a bound socket, set before it binds. ``audience`` is
+        ``"service"`` (producers, workers, operators) or ``"peer"`` (other
+        nodes only: the peer ROUTER and the replication PUB)."""
 
     def apply_client(self, sock: Any) -> None:
         """Options for a connecting socket, set before it connects."""
@@ -73,8 +75,9 @@ class SocketFactory:
         self._closed = False
 
     # -- bound sockets -----------------------------------------------------------
-    def router(self, bind: str) -> Any:
-        """A bound ROUTER (service or peer port).
+    def router(self, bind: str, audience: str = "service") -> Any:
+        """A bound ROUTER: the service port (``audience="service"``) or the peer
+        port (``"peer"``: with CURVE, only other nodes' keys may connect).
 
         ``ROUTER_MANDATORY`` so a send to a gone or full peer fails instead of
         vanishing, ``ROUTER_HANDOVER`` so a peer that reconnects with its
@@ -86,7 +89,7 @@ class SocketFactory:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self._common(sock, HWM, HWM)
-        self._serve(sock)
+        self._serve(sock, audience)
         sock.bind(bind)
         return sock
 
@@ -95,7 +98,7 @@ class SocketFactory:
         streams carry sequence numbers and heartbeats so a loss is seen."""
         sock = self.ctx.socket(zmq.PUB)
         self._common(sock, HWM, HWM)
-        self._serve(sock)
+        self._serve(sock, "peer")
         sock.bind(bind)
         return sock
 
@@ -142,9 +145,9 @@ class SocketFactory:
         return sock
 
     # -- shared ------------------------------------------------------------------
-    def _serve(self, sock: Any) -> None:
+    def _serve(self, sock: Any, audience: str) -> None:
         if self.security is not None:
-            self.security.apply_server(sock)
+            self.security.apply_server(sock, audience)
 
     def _connect_as_client(self, sock: Any) -> None:
         if self.security is not None:

@@ -1,7 +1,8 @@
 """CURVE options for sockets: what a :class:`~miyaq.runtime.sockets.SocketFactory` applies.
 
 A node's factory gets a :class:`NodeCurve`: its bound sockets are CURVE
-servers with the cluster key and the ZAP domain ``miyaq``; its connecting
+servers with the cluster key and a ZAP domain per audience (``miyaq`` for
+the service port, ``miyaq-peer`` for the peer port and the stream); its connecting
 sockets (to other nodes) are CURVE clients presenting the same key. A
 client's or worker's factory gets a :class:`ClientCurve`: its own key pair
 and the node's public key.
@@ -18,7 +19,9 @@ from miyaq.errors import ConfigError
 
 from . import certs
 
-ZAP_DOMAIN = b"miyaq"
+#: ZAP domain per audience: the node's ZAP handler admits any authorized key
+#: on the service port and only peer keys on the peer port and the stream.
+ZAP_DOMAINS = {"service": "miyaq", "peer": "miyaq-peer"}
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,7 @@ class ClientCurve:
     secret: bytes
     server_public: bytes
 
-    def apply_server(self, sock: Any) -> None:
+    def apply_server(self, sock: Any, audience: str) -> None:
         raise ConfigError("a client key cannot serve: binding needs the cluster key (--keys)")
 
     def apply_client(self, sock: Any) -> None:
@@ -45,11 +48,11 @@ class NodeCurve:
     public: bytes
     secret: bytes
 
-    def apply_server(self, sock: Any) -> None:
+    def apply_server(self, sock: Any, audience: str) -> None:
         sock.setsockopt(zmq.CURVE_SERVER, 1)
         sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
         sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
-        sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
+        sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAINS[audience].encode())
 
     def apply_client(self, sock: Any) -> None:
         sock.setsockopt(zmq.CURVE_SERVERKEY, self.public)

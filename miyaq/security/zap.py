@@ -1,8 +1,9 @@
 """The node's ZAP handler: which CURVE keys may connect, and who they are.
 
 libzmq asks a node (over ``inproc://zeromq.zap.01`` in the node's context)
-during every CURVE handshake on a socket whose ZAP domain is ``miyaq``; a
-key that is not in the authorized set fails the handshake, so a stranger's
+during every CURVE handshake on its sockets; a key that is not in the
+authorized set (or, on the peer port and the replication stream, whose
+domain is ``miyaq-peer``, a key that is not a peer's) fails the handshake, so a stranger's
 connection never delivers a message. The User-Id of an accepted connection
 is its public key (Z85); the service and peer ports look that up in
 :attr:`ZapHandler.identities` on every message, so a key revoked while
@@ -29,7 +30,9 @@ from miyaq.runtime import RESTART, Supervisor, monotonic
 from miyaq.runtime import green
 from miyaq.runtime.sockets import SocketFactory
 
+from .curve import ZAP_DOMAINS
 from .keystore import Identity, KeyStore
+from .roles import Role
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +46,11 @@ class _Authenticator(Authenticator):
     def __init__(self, owner: "ZapHandler", context: Any) -> None:
         super().__init__(context=context, log=logging.getLogger(__name__ + ".zmq"))
         self.owner = owner
-        self.configure_curve_callback(domain="miyaq", credentials_provider=self)
+        for domain in ZAP_DOMAINS.values():
+            self.configure_curve_callback(domain=domain, credentials_provider=self)
 
     def callback(self, domain: str, key: bytes) -> bool:
-        return self.owner.admit(key)
+        return self.owner.admit(key, peer_only=domain == ZAP_DOMAINS["peer"])
 
 
 def _run_sync(coro: Coroutine[Any, Any, None]) -> None:
@@ -88,16 +92,18 @@ class ZapHandler:
             _run_sync(self._auth.handle_zap_message(frames))
 
     # -- decisions -------------------------------------------------------------------
-    def admit(self, public_z85: bytes) -> bool:
+    def admit(self, public_z85: bytes, peer_only: bool = False) -> bool:
+        """May this key connect? On the peer port and stream, only peer keys may."""
         ident = self.identities.get(bytes(public_z85))
-        if ident is not None:
+        if ident is not None and (not peer_only or ident.role is Role.PEER):
             self.admitted += 1
             return True
         self.refused += 1
         self._refused_since_log += 1
         now = monotonic()
         if now - self._last_log >= LOG_EVERY:
-            logger.warning("refused %d CURVE handshake(s) from unknown keys (latest %s)",
+            logger.warning("refused %d CURVE handshake(s) from unknown keys or non-peer keys on the "
+                           "peer port (latest %s)",
                            self._refused_since_log, bytes(public_z85).decode("ascii", "replace"))
             self._refused_since_log = 0
             self._last_log = now
