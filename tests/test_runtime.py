@@ -134,3 +134,20 @@ def test_native_thread_runs_beside_the_hub() -> None:
         assert seen and seen[0] != hub_thread
     finally:
         wake.close()
+
+
+def test_kill_part_stops_only_that_part_and_its_pending_restarts() -> None:
+    """One part stops while the process goes on: its greenlets (and a restart
+    it has pending) are killed, the others keep running, nothing counts as a crash."""
+    sup = Supervisor("proc", on_fatal=lambda *a: pytest.fail("not fatal"))
+    sup.spawn("zk:loop", green.sleep, 60)
+    sup.spawn("zk:flaky", _boom, policy=RESTART)
+    sup.spawn("other:loop", green.sleep, 60)
+    green.sleep(0.01)                      # zk:flaky crashed once; its restart is pending
+    assert sup.live() == ["other:loop", "zk:flaky", "zk:loop"]
+    sup.kill_part("zk:", timeout=1.0)
+    assert sup.live() == ["other:loop"]
+    green.sleep(0.3)                       # past the restart backoff: nothing came back
+    assert sup.live() == ["other:loop"]
+    assert sup.crashes["zk:flaky"] == 1 and not sup.stopping
+    sup.kill(timeout=1.0)

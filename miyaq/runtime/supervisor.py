@@ -142,6 +142,20 @@ class Supervisor:
         """Names of the greenlets still running (for status and tests)."""
         return sorted(self._live.values())
 
+    def kill_part(self, prefix: str, timeout: float = 2.0) -> None:
+        """Kill the greenlets whose name starts with ``prefix``, except the caller:
+        one part stopping while the process goes on (a part names its greenlets
+        ``"<part>:..."``). A restart still pending is cancelled too. Their deaths
+        are not crashes. Never raises."""
+        me = green.current()
+        victims = [g for g, name in list(self._live.items()) if name.startswith(prefix) and g is not me]
+        for g in victims:
+            self._live.pop(g, None)
+        try:
+            green.killall(victims, block=True, timeout=timeout)
+        except Exception:
+            logger.exception("%s: killing the greenlets of %s failed", self.name, prefix)
+
     def kill(self, timeout: float = 2.0) -> None:
         """Kill every greenlet this supervisor spawned, except the caller.
         Deaths from here on are expected, not crashes. Never raises."""
