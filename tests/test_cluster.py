@@ -197,7 +197,7 @@ def test_lost_stream_messages_are_detected_and_repaired(cluster, procs, events):
 def test_leave_under_load_loses_nothing(cluster, procs, events):
     """Fault: `miyaq leave` of a node while tasks are submitted and run. Its
     tasks are handed off; every accepted task completes."""
-    from miyaq.cluster.zk_coordinator import RingAdmin
+    from miyaq.cluster.ring_admin import RingAdmin
     path, env = events
     cluster.start(3, "--replicas", "2")
     procs.worker("apps.basic:app", cluster.nodes["n0"].endpoint, 4, env=env)

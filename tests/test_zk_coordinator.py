@@ -16,14 +16,16 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import gevent
 import pytest
 from kazoo.client import KazooClient
 from kazoo.handlers.gevent import SequentialGeventHandler
 
 from miyaq.cluster.membership import Member, RingView
-from miyaq.cluster.zk_coordinator import Layout, RingAdmin, RingRecord, ZooKeeperCoordinator
+from miyaq.cluster.ring_admin import RingAdmin
+from miyaq.cluster.zk_coordinator import ZooKeeperCoordinator
+from miyaq.cluster.zk_layout import Layout, RingRecord
 from miyaq.errors import ConfigError, Unavailable
+from miyaq.runtime import Supervisor, green
 from miyaq.testing.zookeeper import ZooKeeperServer, expire_session, free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,7 +38,7 @@ def wait_until(predicate: Callable[[], object], what: str, timeout: float = DEAD
     while not predicate():
         if time.monotonic() >= deadline:
             pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
-        gevent.sleep(0.05)
+        green.sleep(0.05)
 
 
 def member(node_id: str, weight: float = 1.0) -> Member:
@@ -62,7 +64,8 @@ class Recorder:
 
 
 @pytest.fixture
-def make(zk_server: ZooKeeperServer, zk_cluster_name: str) -> Iterator[Callable[..., tuple]]:
+def make(zk_server: ZooKeeperServer, zk_cluster_name: str,
+         zk_supervisor: Supervisor) -> Iterator[Callable[..., tuple]]:
     """Start coordinators for this test's cluster; all are stopped at teardown."""
     made: list[ZooKeeperCoordinator] = []
 
@@ -72,7 +75,7 @@ def make(zk_server: ZooKeeperServer, zk_cluster_name: str) -> Iterator[Callable[
         options.setdefault("op_timeout", 5.0)
         options.setdefault("reconcile_interval", 1.0)
         coordinator = ZooKeeperCoordinator(
-            hosts or zk_server.hosts, zk_cluster_name, member(node_id), **options
+            hosts or zk_server.hosts, zk_cluster_name, member(node_id), supervisor=zk_supervisor, **options
         )
         recorder = Recorder(coordinator)
         made.append(coordinator)
@@ -142,14 +145,15 @@ def test_three_coordinators_elect_one_leader_and_agree(make):
 
 _VICTIM = """
 import sys
-import gevent
 from miyaq.cluster.membership import Member
 from miyaq.cluster.zk_coordinator import ZooKeeperCoordinator
+from miyaq.runtime import Supervisor, green
 hosts, cluster, node = sys.argv[1:4]
 member = Member(node, "tcp://127.0.0.1:1", "tcp://127.0.0.1:2", "tcp://127.0.0.1:3")
-ZooKeeperCoordinator(hosts, cluster, member, session_timeout=2.0, reconcile_interval=1.0).start()
+ZooKeeperCoordinator(hosts, cluster, member, supervisor=Supervisor("victim"), session_timeout=2.0,
+                     reconcile_interval=1.0).start()
 print("started", flush=True)
-gevent.sleep(120)
+green.sleep(120)
 """
 
 
@@ -286,14 +290,14 @@ def test_stale_ring_is_ignored_by_followers(make, zk_cluster_name, zk_client, ca
         assert [v.epoch for v in recorder.views] == [5, 6]
 
 
-def test_leader_stops_leading_while_suspended():
+def test_leader_stops_leading_while_suspended(zk_supervisor):
     """Fault: ZooKeeper crashes under a leader (connection SUSPENDED), then comes back."""
     with ZooKeeperServer() as server:
         nodes = {}
         try:
             for name in ("a", "b"):
                 c = ZooKeeperCoordinator(
-                    server.hosts, "suspend", member(name),
+                    server.hosts, "suspend", member(name), supervisor=zk_supervisor,
                     session_timeout=4.0, connect_timeout=5.0, op_timeout=5.0, reconcile_interval=1.0,
                 )
                 nodes[name] = (c, Recorder(c))
@@ -373,9 +377,10 @@ def test_coordinator_join_and_leave_reach_the_leader(make):
     assert a.view.members[follower.local.node_id].weight == 2.0
 
 
-def test_unreachable_zookeeper_raises_unavailable(zk_cluster_name):
+def test_unreachable_zookeeper_raises_unavailable(zk_cluster_name, zk_supervisor):
     hosts = f"127.0.0.1:{free_port()}"
-    coordinator = ZooKeeperCoordinator(hosts, zk_cluster_name, member("a"), connect_timeout=1.0)
+    coordinator = ZooKeeperCoordinator(hosts, zk_cluster_name, member("a"), supervisor=zk_supervisor,
+                                       connect_timeout=1.0)
     with pytest.raises(Unavailable) as info:
         coordinator.start()
     assert hosts in str(info.value)
@@ -385,10 +390,12 @@ def test_unreachable_zookeeper_raises_unavailable(zk_cluster_name):
     assert hosts in str(info.value)
 
 
-def test_bad_configuration_raises_config_error():
+def test_bad_configuration_raises_config_error(zk_supervisor):
     with pytest.raises(ConfigError):
-        ZooKeeperCoordinator("127.0.0.1:1", "bad/cluster", member("a"))
+        ZooKeeperCoordinator("127.0.0.1:1", "bad/cluster", member("a"), supervisor=zk_supervisor)
     with pytest.raises(ConfigError):
-        ZooKeeperCoordinator("127.0.0.1:1", "ok", member("a"), session_timeout=0)
+        ZooKeeperCoordinator("127.0.0.1:1", "ok", member("a"), supervisor=zk_supervisor, session_timeout=0)
     with pytest.raises(ConfigError):
-        ZooKeeperCoordinator("", "ok", member("a"))
+        ZooKeeperCoordinator("", "ok", member("a"), supervisor=zk_supervisor)
+    with pytest.raises(ConfigError, match="Supervisor"):
+        ZooKeeperCoordinator("127.0.0.1:1", "ok", member("a"), supervisor=None)  # type: ignore[arg-type]

@@ -9,6 +9,10 @@ the fixtures *and* the report hook below), or ``pytest -p zk_fixtures`` with
   run must not look like a pass.
 * ``zk_cluster_name`` (function): a unique cluster name, so each test has its
   own ``/miyaq/<cluster>/`` tree on the shared server.
+* ``zk_supervisor`` (function): the Supervisor a test hands its
+  coordinators (as a node hands its own). At teardown it kills what is
+  left and fails the test if any greenlet crashed: tests that inject a
+  crash on purpose make their own supervisor.
 * When a test that used ``zk_server`` fails, the tail of the server's log is
   added to the report as a section "ZooKeeper log (tail)".
 """
@@ -21,9 +25,10 @@ from collections.abc import Iterator
 import pytest
 
 from miyaq.errors import MiyaqError
+from miyaq.runtime import Supervisor
 from miyaq.testing.zookeeper import ZooKeeperServer
 
-__all__ = ["zk_server", "zk_cluster_name", "pytest_runtest_makereport"]
+__all__ = ["zk_server", "zk_cluster_name", "zk_supervisor", "pytest_runtest_makereport"]
 
 _LOG_TAIL_BYTES = 12_000
 
@@ -49,6 +54,18 @@ def zk_server() -> Iterator[ZooKeeperServer]:
 def zk_cluster_name(request: pytest.FixtureRequest) -> str:
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.name)[:80]
     return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def zk_supervisor() -> Iterator[Supervisor]:
+    fatal: list[str] = []
+    supervisor = Supervisor("test", on_fatal=lambda name, exc: fatal.append(f"{name}: {exc!r}"))
+    yield supervisor
+    supervisor.kill()
+    crashes = dict(supervisor.crashes)
+    if crashes or fatal:
+        pytest.fail(f"greenlets crashed during the test: {crashes} (fatal: {fatal}); see the log above",
+                    pytrace=False)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -14,11 +14,9 @@ Constraints:
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Any, Self
 
-import gevent
 from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException, NoNodeError
 from kazoo.recipe.election import Election
@@ -27,6 +25,7 @@ from miyaq.cluster.membership import RingView, check_node_id, check_weight
 from miyaq.cluster.zk_layout import Layout, RingRecord, with_join, with_weight
 from miyaq.cluster.zk_store import ZnodeStore, close_client, connect
 from miyaq.errors import Timeout
+from miyaq.runtime import green, monotonic
 
 logger = logging.getLogger(__name__)
 
@@ -174,13 +173,13 @@ class RingAdmin:
 
     def _wait_for(self, done: Callable[[RingRecord], bool], what: str) -> RingRecord:
         store = self._open()
-        deadline = time.monotonic() + self._timeout
+        deadline = monotonic() + self._timeout
         record: RingRecord | None = None
         while True:
             record, _ = store.read_ring()
             if record is not None and done(record):
                 return record
-            if time.monotonic() >= deadline:
+            if monotonic() >= deadline:
                 epoch = record.epoch if record is not None else 0
                 leader = record.leader if record is not None else None
                 raise Timeout(
@@ -188,4 +187,4 @@ class RingAdmin:
                     f"(ring epoch {epoch}, last leader {leader}); is any node of cluster "
                     f"{self._layout.cluster} running?"
                 )
-            gevent.sleep(0.1)
+            green.sleep(0.1)

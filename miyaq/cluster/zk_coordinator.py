@@ -1,21 +1,26 @@
 """Cluster membership, ring epochs and leader election on ZooKeeper (kazoo).
 
-One :class:`ZooKeeperCoordinator` per node. Its parts:
+One :class:`ZooKeeperCoordinator` per node, composed of objects that each
+keep their own state and can be tested alone:
 
-* :mod:`miyaq.cluster.zk_layout`: the znodes and the JSON they hold;
-* :mod:`miyaq.cluster.zk_store`: znode reads and writes with deadlines;
-* :mod:`miyaq.cluster.zk_session`: session states, watches, re-registration;
-* :mod:`miyaq.cluster.zk_leader`: the election, reconciliation and the
-  fenced ring writes;
-* :mod:`miyaq.cluster.ring_admin`: operator commands (re-exported here, as
-  are the layout names, for older imports).
+* :class:`~miyaq.cluster.zk_session.Session`: the kazoo client, its state
+  (suspended, lost) and its generation; tells the others of every change;
+* :class:`~miyaq.cluster.zk_registry.Registry`: our member znode (made
+  again after a lost session) and the cache of every member;
+* :class:`~miyaq.cluster.zk_leader.Leader`: the election, the fenced ring
+  writes, abdication on SUSPENDED and LOST;
+* :class:`~miyaq.cluster.zk_store.ZnodeStore` and
+  :mod:`~miyaq.cluster.zk_layout`: znode reads and writes, and their JSON.
 
-This module owns the lifecycle (start, stop) and the views: followers apply a
-ring only if its epoch is higher than the one they hold. A node started with
+This module owns the lifecycle (start, stop) and the views: a ring is adopted
+only if its epoch is higher than the one held. A node started with
 ``auto_join=True`` writes ``join: true`` for itself once, at start.
 
-kazoo runs with ``SequentialGeventHandler`` (no monkey patching). View and
-leader listeners run in order in one notifier greenlet. Do not call
+Every greenlet is spawned through the :class:`~miyaq.runtime.Supervisor`
+the owner hands in, named ``zk-<node id>:...`` and restarted if it crashes
+(past its restart budget the supervisor stops the process). View and leader
+listeners run in order in one notifier greenlet. kazoo runs with
+``SequentialGeventHandler`` (no monkey patching). Do not call
 :meth:`ZooKeeperCoordinator.stop` from a listener.
 """
 from __future__ import annotations
@@ -24,49 +29,30 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import gevent
-import gevent.event
-import gevent.queue
 from kazoo.client import KazooClient
-from kazoo.recipe.election import Election
 
-from miyaq.cluster.membership import (
-    Coordinator,
-    Member,
-    RingView,
-    check_node_id,
-    check_weight,
-)
+from miyaq.cluster.membership import Coordinator, Member, RingView, check_node_id, check_weight
 from miyaq.cluster.ring import DEFAULT_VNODES
-from miyaq.cluster.ring_admin import RingAdmin
-from miyaq.cluster.zk_layout import (  # the layout names are re-exported for older imports
-    ROOT,
-    Intent,
-    Layout,
-    RingRecord,
-    check_cluster_name,
-    dump_desired,
-    parse_desired,
-    with_join,
-    with_weight,
-)
-from miyaq.cluster.zk_leader import LeaderRole
-from miyaq.cluster.zk_session import SessionRole
-from miyaq.cluster.zk_store import ZnodeStore, check_options, close_client, connect
+from miyaq.cluster.zk_layout import Layout, RingRecord, with_join, with_weight
+from miyaq.cluster.zk_leader import Leader
+from miyaq.cluster.zk_registry import Registry
+from miyaq.cluster.zk_session import Session
+from miyaq.cluster.zk_store import ZnodeStore, check_options
 from miyaq.errors import ConfigError
+from miyaq.runtime import RESTART, Supervisor, green
 
-__all__ = [
-    "ROOT", "Intent", "Layout", "RingAdmin", "RingRecord", "ZooKeeperCoordinator",
-    "check_cluster_name", "dump_desired", "parse_desired",
-]
+__all__ = ["ZooKeeperCoordinator"]
 
 logger = logging.getLogger(__name__)
 
+Notice = tuple[Callable[..., None], tuple[Any, ...]] | None
 
-class ZooKeeperCoordinator(SessionRole, LeaderRole, Coordinator):
+
+class ZooKeeperCoordinator(Coordinator):
     """Membership, ring and leadership for one node, kept in ZooKeeper.
 
     ``hosts`` is a kazoo connection string; ``cluster`` names the subtree.
+    ``supervisor`` spawns the coordinator's greenlets (the node's own).
     ``auto_join`` records "join" for ``local`` at start. ``leader_eligible=False``
     makes a node that never campaigns (it still registers and follows).
     ``connect_timeout`` bounds ``start``; ``session_timeout`` is asked of the
@@ -81,6 +67,7 @@ class ZooKeeperCoordinator(SessionRole, LeaderRole, Coordinator):
         cluster: str,
         local: Member,
         *,
+        supervisor: Supervisor,
         auto_join: bool = True,
         leader_eligible: bool = True,
         connect_timeout: float = 10.0,
@@ -91,6 +78,8 @@ class ZooKeeperCoordinator(SessionRole, LeaderRole, Coordinator):
     ) -> None:
         if not isinstance(local, Member):
             raise ConfigError("ZooKeeperCoordinator needs the local Member")
+        if not isinstance(supervisor, Supervisor):
+            raise ConfigError("ZooKeeperCoordinator needs the owner's Supervisor")
         check_options(hosts, vnodes, connect_timeout=connect_timeout, session_timeout=session_timeout,
                       op_timeout=op_timeout, reconcile_interval=reconcile_interval)
         super().__init__(local)
@@ -98,6 +87,8 @@ class ZooKeeperCoordinator(SessionRole, LeaderRole, Coordinator):
         self._node_id = local.node_id
         self._hosts = hosts
         self._layout = Layout(cluster)
+        self._supervisor = supervisor
+        self._part = f"zk-{local.node_id}"
         self._auto_join = auto_join
         self._eligible = leader_eligible
         self._connect_timeout = float(connect_timeout)
@@ -106,26 +97,16 @@ class ZooKeeperCoordinator(SessionRole, LeaderRole, Coordinator):
         self._reconcile_interval = float(reconcile_interval)
         self._vnodes = vnodes
 
-        self._zk: KazooClient | None = None
+        self._session: Session | None = None
         self._store: ZnodeStore | None = None
+        self._registry: Registry | None = None
+        self._leader: Leader | None = None
         self._started = False
         self._closing = False
         self._view = RingView.empty()
         self._highest_epoch = 0
-        self._registered: dict[str, Member] = {}
-        self._leading = False
-        self._leader_epoch = 0
-        self._paused = False
-        self._lost = False
-        self._session_gen = 0
-        self._election: Election | None = None
-        self._wake = gevent.event.Event()
-        self._registry_dirty = gevent.event.Event()
-        self._notices: gevent.queue.Queue = gevent.queue.Queue()
-        self._campaign_g: gevent.Greenlet | None = None
-        self._campaign_gen = -1
-        self._notifier_g: gevent.Greenlet | None = None
-        self._greenlets: list[gevent.Greenlet] = []
+        self._notices: green.Queue = green.Queue()
+        self._notifier_done = green.Event()
 
     # -- public interface -------------------------------------------------------
 
@@ -143,17 +124,22 @@ class ZooKeeperCoordinator(SessionRole, LeaderRole, Coordinator):
 
     @property
     def is_leader(self) -> bool:
-        return self._leading and not self._paused
+        return self._leader is not None and self._leader.is_leader
 
     @property
     def client(self) -> KazooClient | None:
         """The kazoo client (None before ``start``); the same object for the
         coordinator's life. Besides tests, periodic schedules keep their znodes
         with it (:mod:`miyaq.cluster.periodic_store`)."""
-        return self._zk
+        return self._session.zk if self._session is not None else None
+
+    @property
+    def session(self) -> Session | None:
+        """The session (None before ``start``): its state, for status and tests."""
+        return self._session
 
     def registered(self) -> dict[str, Member]:
-        return dict(self._registered)
+        return self._registry.registered() if self._registry is not None else {}
 
     def start(self) -> None:
         """Connect, register, watch and campaign; ``Unavailable`` if ZooKeeper cannot be reached."""
@@ -161,30 +147,37 @@ class ZooKeeperCoordinator(SessionRole, LeaderRole, Coordinator):
             return
         if self._closing:
             raise ConfigError("a stopped ZooKeeperCoordinator cannot be restarted; make a new one")
-        zk = connect(self._hosts, self._session_timeout, self._connect_timeout)
+        session = Session.open(self._hosts, self._node_id, session_timeout=self._session_timeout,
+                               connect_timeout=self._connect_timeout)
         self._started = True
-        self._zk = zk
-        self._store = ZnodeStore(zk, self._layout, self._hosts, self._op_timeout)
+        self._session = session
+        store = self._store = ZnodeStore(session.zk, self._layout, self._hosts, self._op_timeout)
+        registry = self._registry = Registry(session, store, self._member, self._supervisor, part=self._part,
+                                             wait=2 * self._session_timeout + 2)
+        leader = self._leader = Leader(
+            session, store, registry, self._supervisor, part=self._part, node_id=self._node_id,
+            vnodes=self._vnodes, reconcile_interval=self._reconcile_interval,
+            announce=self._announce_leadership, accept=self._accept, highest_epoch=lambda: self._highest_epoch,
+        )
+        session.subscribe(registry.on_session)
+        session.subscribe(leader.on_session)
+        registry.on_change(leader.wake)
         try:
-            self._notifier_g = self._spawn(self._notifier)
-            zk.add_listener(self._on_state)
-            self._store.ensure_paths()
-            self._register()
+            self._supervisor.spawn(f"{self._part}:notifier", self._notifier, policy=RESTART)
+            store.ensure_paths()
+            registry.register()
             if self._auto_join:
-                self._store.update_desired(lambda d: with_join(d, self._node_id, True))
-            self._registered = self._store.read_registered()
-            zk.ChildrenWatch(self._layout.members, self._on_members)
-            zk.DataWatch(self._layout.ring, self._on_ring)
-            zk.DataWatch(self._layout.desired, self._on_desired)
-            self._spawn(self._registry_loop)
-            self._ensure_campaign(self._session_gen)
+                store.update_desired(lambda d: with_join(d, self._node_id, True))
+            registry.start()
+            session.zk.DataWatch(self._layout.ring, self._on_ring)
+            session.zk.DataWatch(self._layout.desired, self._on_desired)
+            if self._eligible:
+                leader.start()
         except BaseException:
             self._shutdown(graceful=False)
             raise
-        logger.info(
-            "%s registered in cluster %s at %s (auto_join=%s)",
-            self._node_id, self.cluster, self._hosts, self._auto_join,
-        )
+        logger.info("%s registered in cluster %s at %s (auto_join=%s)",
+                    self._node_id, self.cluster, self._hosts, self._auto_join)
 
     def stop(self) -> None:
         """Abdicate, close the session (the member znode goes at once), stop greenlets."""
@@ -208,56 +201,33 @@ class ZooKeeperCoordinator(SessionRole, LeaderRole, Coordinator):
 
     # -- lifecycle internals ----------------------------------------------------
 
-    def _register(self) -> None:
-        """Create our ephemeral member znode, waiting out a previous incarnation's."""
-        assert self._store is not None
-        self._store.register(self._member, wait=2 * self._session_timeout + 2)
-
     def _require_store(self) -> ZnodeStore:
         if self._store is None or self._closing:
             raise ConfigError("the coordinator is not running")
         return self._store
 
-    def _spawn(self, fn: Callable[..., Any], *args: Any) -> gevent.Greenlet:
-        g = gevent.spawn(fn, *args)
-        self._greenlets.append(g)
-        self._greenlets = [x for x in self._greenlets if not x.dead]
-        return g
-
-    def _in_session(self, gen: int) -> bool:
-        return not self._closing and gen == self._session_gen
-
     def _shutdown(self, graceful: bool) -> None:
         self._closing = True
-        self._session_gen += 1
-        election = self._election
-        if election is not None:
-            election.cancel()
-        self._wake.set()
-        zk = self._zk
-        if zk is not None:
-            zk.remove_listener(self._on_state)
-        campaign = self._campaign_g
-        if graceful and campaign is not None:
+        if self._leader is not None:
             # Lets the leader loop return and kazoo release the election znode.
-            campaign.join(timeout=self._op_timeout)
-        self._set_leading(False)
+            self._leader.stop(self._op_timeout if graceful else 0.0)
+        if self._registry is not None:
+            self._registry.stop()
         self._notices.put(None)
-        notifier = self._notifier_g
-        if notifier is not None and notifier is not gevent.getcurrent():
-            notifier.join(timeout=self._op_timeout)
-        if zk is not None:
-            close_client(zk)
-        gevent.killall([g for g in self._greenlets if g is not gevent.getcurrent()], timeout=2)
-        self._greenlets = []
+        self._notifier_done.wait(self._op_timeout)
+        if self._session is not None:
+            self._session.close()
+        self._supervisor.kill_part(f"{self._part}:")
         logger.info("%s left cluster %s", self._node_id, self.cluster)
+
+    # -- watches (kazoo's greenlet: never block) ----------------------------------
 
     def _on_ring(self, data: bytes | None, stat: Any) -> bool | None:
         if self._closing:
             return False
         try:
-            if self._leading:
-                self._wake.set()
+            if self._leader is not None and self._leader.leading:
+                self._leader.wake()
             if not data:
                 return None
             try:
@@ -270,6 +240,13 @@ class ZooKeeperCoordinator(SessionRole, LeaderRole, Coordinator):
             logger.exception("%s: ring watch failed", self._node_id)
         return None
 
+    def _on_desired(self, data: bytes | None, stat: Any) -> bool | None:
+        if self._closing:
+            return False
+        if self._leader is not None:
+            self._leader.wake()
+        return None
+
     # -- views and notifications ------------------------------------------------
 
     def _accept(self, record: RingRecord) -> bool:
@@ -277,9 +254,7 @@ class ZooKeeperCoordinator(SessionRole, LeaderRole, Coordinator):
         held = self._view.epoch
         if record.epoch <= held:
             if record.epoch < held:
-                logger.info(
-                    "%s: ignoring stale ring epoch %d (holding %d)", self._node_id, record.epoch, held
-                )
+                logger.info("%s: ignoring stale ring epoch %d (holding %d)", self._node_id, record.epoch, held)
             return False
         try:
             view = record.to_view()
@@ -292,10 +267,15 @@ class ZooKeeperCoordinator(SessionRole, LeaderRole, Coordinator):
         self._notices.put((self._deliver_view, (view,)))
         return True
 
+    def _announce_leadership(self, is_leader: bool, epoch: int) -> None:
+        self._notices.put((self._deliver_leadership, (is_leader, epoch)))
+
     def _notifier(self) -> None:
+        """Deliver views and leadership changes in order (listeners are isolated by the base class)."""
         while True:
-            item = self._notices.get()
+            item: Notice = self._notices.get()
             if item is None:
+                self._notifier_done.set()
                 return
             fn, args = item
             fn(*args)

@@ -1,4 +1,4 @@
-"""The leader's half of the ZooKeeper coordinator: campaign, reconcile, publish the ring.
+"""Leadership on ZooKeeper: campaign, reconcile the ring, publish it fenced, abdicate.
 
 Join/leave requests reach the leader by reconciliation, not by messages: the
 leader watches ``members/`` and ``desired`` (and re-checks every
@@ -16,14 +16,14 @@ Safety rules:
   election znode) is gone cannot write, and two writers cannot interleave.
   The new epoch is ``max(epoch in the znode, highest epoch seen) + 1``, so it
   strictly increases; each leadership term starts by publishing a new epoch
-  (its fence, given to leader listeners).
-* A paused coordinator (session SUSPENDED) publishes nothing and is not
-  leader until its connection is back; a lost session ends the campaign.
-
-:class:`LeaderRole` is a mixin of
-:class:`~miyaq.cluster.zk_coordinator.ZooKeeperCoordinator`: it shares the
-coordinator's session state (the attributes annotated below) and runs in the
-coordinator's greenlets. One campaign greenlet per session generation.
+  (its fence, given to the ``announce`` callback).
+* SUSPENDED (connection in doubt) ends the term at once: ``announce(False)``,
+  nothing is published until the connection is back, and then a new term
+  starts with a new epoch. LOST cancels the campaign; the next one starts
+  once the registry has registered in the new session. kazoo's ``Election``
+  does neither by itself (PITFALLS.md).
+* One campaign greenlet for the coordinator's life (supervised, restarted if
+  it crashes); it campaigns in one session generation at a time.
 """
 from __future__ import annotations
 
@@ -32,20 +32,21 @@ import random
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import gevent
-import gevent.event
-import gevent.queue
-from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException
 from kazoo.recipe.election import Election
 
 from miyaq.cluster.membership import Member
-from miyaq.cluster.zk_layout import Intent, Layout, RingRecord
+from miyaq.cluster.zk_layout import Intent, RingRecord
+from miyaq.cluster.zk_registry import Registry
+from miyaq.cluster.zk_session import Session, SessionEvent
 from miyaq.cluster.zk_store import ZnodeStore
 from miyaq.errors import ConfigError, MiyaqError, Unavailable
+from miyaq.runtime import RESTART, Supervisor, green
 
-# A child of miyaq.cluster.zk_coordinator's logger: one object, one logging tree to configure.
-logger = logging.getLogger("miyaq.cluster.zk_coordinator.leader")
+logger = logging.getLogger(__name__)
+
+Announce = Callable[[bool, int], None]
+"""``announce(is_leader, epoch)``: leadership gained (with its term's epoch) or lost. Must not block."""
 
 
 class _Fenced(Exception):
@@ -76,162 +77,177 @@ def target_ring(
     )
 
 
-class LeaderRole:
-    """Campaigning and, while elected, keeping the published ring equal to the desired one."""
+class Leader:
+    """Campaigning and, while elected, keeping the published ring equal to the desired one.
 
-    # Shared with ZooKeeperCoordinator, which sets them in __init__.
-    _node_id: str
-    _eligible: bool
-    _layout: Layout
-    _vnodes: int
-    _zk: KazooClient | None
-    _store: ZnodeStore | None
-    _reconcile_interval: float
-    _session_gen: int
-    _paused: bool
-    _leading: bool
-    _leader_epoch: int
-    _highest_epoch: int
-    _election: Election | None
-    _campaign_g: gevent.Greenlet | None
-    _campaign_gen: int
-    _wake: gevent.event.Event
-    _notices: gevent.queue.Queue
-    _in_session: Callable[[int], bool]
-    _spawn: Callable[..., gevent.Greenlet]
-    _accept: Callable[[RingRecord], bool]
-    _deliver_leadership: Callable[[bool, int], None]
+    ``accept(record)`` adopts a ring this leader published (the follower's
+    view); ``highest_epoch()`` is the highest ring epoch this node has seen.
+    """
+
+    def __init__(self, session: Session, store: ZnodeStore, registry: Registry, supervisor: Supervisor, *,
+                 part: str, node_id: str, vnodes: int, reconcile_interval: float,
+                 announce: Announce, accept: Callable[[RingRecord], bool],
+                 highest_epoch: Callable[[], int]) -> None:
+        self.session = session
+        self.store = store
+        self.registry = registry
+        self.supervisor = supervisor
+        self.part = part
+        self.node_id = node_id
+        self.vnodes = vnodes
+        self.reconcile_interval = reconcile_interval
+        self._announce = announce
+        self._accept = accept
+        self._highest_epoch = highest_epoch
+        self.leading = False
+        self.epoch = 0
+        """The epoch this leader's current (or last) term began with."""
+        self._stopping = False
+        self._election: Election | None = None
+        self._wake = green.Event()
+        self._idle = green.Event()
+        self._idle.set()
+
+    @property
+    def is_leader(self) -> bool:
+        """True while this node may act as leader (never while its session is in doubt)."""
+        return self.leading and self.session.usable
+
+    def wake(self) -> None:
+        """Something the leader reads changed (members, desired, ring): reconcile soon."""
+        self._wake.set()
+
+    def start(self) -> None:
+        """Campaign for as long as the coordinator runs."""
+        self._idle.clear()
+        self.supervisor.spawn(f"{self.part}:campaign", self._campaign_loop, policy=RESTART)
+
+    def stop(self, timeout: float) -> None:
+        """Leave the election: wait up to ``timeout`` s for the campaign to release its znode,
+        then tell ``announce`` the term ended. Call before the session closes."""
+        self._stopping = True
+        self._cancel_election()
+        self._wake.set()
+        self._idle.wait(timeout)
+        self._set_leading(False)
+
+    def on_session(self, event: SessionEvent) -> None:
+        """Session subscriber: a term never outlives the certainty of our session."""
+        if event in (SessionEvent.SUSPENDED, SessionEvent.LOST):
+            if event is SessionEvent.LOST:
+                self._cancel_election()
+            self._set_leading(False)
+        self._wake.set()
+
+    def _cancel_election(self) -> None:
+        election = self._election
+        if election is not None:
+            election.cancel()
+
+    def _running(self, generation: int) -> bool:
+        return not self._stopping and self.session.current(generation)
 
     def _set_leading(self, value: bool, epoch: int = 0) -> None:
-        """Record leadership gained (with its term's epoch) or lost, and tell the listeners."""
         if value:
-            self._leading = True
-            self._leader_epoch = epoch
-            logger.info("%s is leader of %s (epoch %d)", self._node_id, self._layout.cluster, epoch)
-            self._notices.put((self._deliver_leadership, (True, epoch)))
-        elif self._leading:
-            self._leading = False
-            logger.info("%s is no longer leader (epoch %d)", self._node_id, self._leader_epoch)
-            self._notices.put((self._deliver_leadership, (False, self._leader_epoch)))
+            self.leading = True
+            self.epoch = epoch
+            logger.info("%s is leader of %s (epoch %d)", self.node_id, self.store.layout.cluster, epoch)
+            self._announce(True, epoch)
+        elif self.leading:
+            self.leading = False
+            logger.info("%s is no longer leader (epoch %d)", self.node_id, self.epoch)
+            self._announce(False, self.epoch)
 
-    def _ensure_campaign(self, gen: int) -> None:
-        """Start campaigning in session ``gen`` unless a campaign is running."""
-        if not self._eligible or not self._in_session(gen):
-            return
-        current = self._campaign_g
-        if current is not None and not current.dead and self._campaign_gen == gen:
-            return
-        self._campaign_gen = gen
-        self._campaign_g = self._spawn(self._campaign, gen)
+    # -- the campaign greenlet --------------------------------------------------------
 
-    def _end_stale_campaign(self, gen: int, timeout: float) -> None:
-        """Wait (up to ``timeout`` s) for a campaign of an older session than ``gen`` to end.
-
-        It notices the new generation and returns, releasing its (already
-        vanished) election znode; one that does not is killed.
-        """
-        old = self._campaign_g
-        if old is not None and not old.dead and self._campaign_gen != gen:
-            old.join(timeout=timeout)
-            if not old.dead:
-                old.kill(block=False)
-
-    def _campaign(self, gen: int) -> None:
-        while self._in_session(gen):
-            assert self._zk is not None
-            election = Election(self._zk, self._layout.election, self._node_id)
-            self._election = election
-            try:
-                election.run(self._lead, gen, election)
-            except (KazooException, MiyaqError) as exc:
-                logger.warning("%s: election interrupted: %s", self._node_id, exc)
-            except Exception:
-                logger.exception("%s: election failed; campaigning again", self._node_id)
-            finally:
-                if self._election is election:
-                    self._election = None
-            if self._in_session(gen):
-                gevent.sleep(0.2 + random.uniform(0, 0.3))
-
-    def _lead(self, gen: int, election: Election) -> None:
-        """The leader's loop: runs while we hold the election lock in session ``gen``."""
-        node = election.lock.node
-        if not node or not self._in_session(gen):
-            return
-        lock_path = f"{self._layout.election}/{node}"
-        logger.info("%s won the election of %s", self._node_id, self._layout.cluster)
+    def _campaign_loop(self) -> None:
         try:
-            while self._in_session(gen):
-                if self._paused:
-                    self._wake.clear()
+            while not self._stopping and not self.session.closing:
+                self._wake.clear()
+                generation = self.session.generation
+                if not self.registry.is_registered:
+                    self._wake.wait(0.5)        # suspended, or not registered again yet
+                    continue
+                self._campaign(generation)
+                if self._running(generation):
+                    green.sleep(0.2 + random.uniform(0, 0.3))
+        finally:
+            self._idle.set()
+
+    def _campaign(self, generation: int) -> None:
+        election = Election(self.session.zk, self.store.layout.election, self.node_id)
+        self._election = election
+        try:
+            election.run(self._lead, generation, election)
+        except (KazooException, MiyaqError) as exc:
+            logger.warning("%s: election interrupted: %s", self.node_id, exc)
+        finally:
+            if self._election is election:
+                self._election = None
+
+    def _lead(self, generation: int, election: Election) -> None:
+        """The leader's loop: runs while we hold the election lock in session ``generation``."""
+        node = election.lock.node
+        if not node or not self._running(generation):
+            return
+        lock_path = f"{self.store.layout.election}/{node}"
+        logger.info("%s won the election of %s", self.node_id, self.store.layout.cluster)
+        try:
+            while self._running(generation):
+                self._wake.clear()
+                if self.session.suspended:
                     self._wake.wait(0.2)
                     continue
-                self._wake.clear()
                 try:
-                    epoch = self._reconcile(lock_path, new_term=not self._leading)
+                    epoch = self._reconcile(lock_path, new_term=not self.leading)
                 except _Fenced:
-                    logger.warning("%s: election znode gone; no longer leader", self._node_id)
+                    logger.warning("%s: election znode gone; no longer leader", self.node_id)
                     return
                 except _Conflict:
-                    gevent.sleep(random.uniform(0.01, 0.05))
+                    green.sleep(random.uniform(0.01, 0.05))
                     continue
                 except ConfigError as exc:
-                    logger.error("%s: leader cannot reconcile the ring: %s", self._node_id, exc)
-                    self._wake.wait(self._reconcile_interval)
+                    logger.error("%s: leader cannot reconcile the ring: %s", self.node_id, exc)
+                    self._wake.wait(self.reconcile_interval)
                     continue
                 except (Unavailable, KazooException) as exc:
-                    logger.warning("%s: leader could not publish the ring: %s", self._node_id, exc)
+                    logger.warning("%s: leader could not publish the ring: %s", self.node_id, exc)
                     self._wake.wait(0.5)
                     continue
-                if not self._leading and self._in_session(gen) and not self._paused:
+                if not self.leading and self._running(generation) and self.session.usable:
                     self._set_leading(True, epoch)
-                self._wake.wait(self._reconcile_interval)
+                self._wake.wait(self.reconcile_interval)
         finally:
-            if gen == self._session_gen:
+            if generation == self.session.generation:
                 self._set_leading(False)
 
     def _reconcile(self, lock_path: str, new_term: bool) -> int:
         """Publish the ring the desired state asks for, if it differs (or a new term starts)."""
-        store = self._store
-        assert store is not None and self._zk is not None
+        store = self.store
         registered = store.read_registered()
         desired, _ = store.read_desired()
         record, stat = store.read_ring()
         current = record.epoch if record is not None else 0
-        target = target_ring(
-            registered,
-            desired,
-            epoch=max(current, self._highest_epoch) + 1,
-            leader=self._node_id,
-            vnodes=self._vnodes,
-        )
-        if (
-            not new_term
-            and record is not None
-            and record.content() == target.content()
-            and current >= self._highest_epoch
-        ):
+        highest = self._highest_epoch()
+        target = target_ring(registered, desired, epoch=max(current, highest) + 1,
+                             leader=self.node_id, vnodes=self.vnodes)
+        if not new_term and record is not None and record.content() == target.content() and current >= highest:
             return current
-        self._publish(store, lock_path, target, stat)
-        logger.info(
-            "%s published ring epoch %d: %s",
-            self._node_id,
-            target.epoch,
-            ", ".join(f"{k}={target.weights[k]:g}" for k in target.members) or "(empty)",
-        )
+        self._publish(lock_path, target, stat)
+        logger.info("%s published ring epoch %d: %s", self.node_id, target.epoch,
+                    ", ".join(f"{k}={target.weights[k]:g}" for k in target.members) or "(empty)")
         self._accept(target)
         return target.epoch
 
-    def _publish(self, store: ZnodeStore, lock_path: str, target: RingRecord, stat: Any) -> None:
+    def _publish(self, lock_path: str, target: RingRecord, stat: Any) -> None:
         """Write ``target`` fenced by our election znode; ``_Fenced`` or ``_Conflict`` if refused."""
-        assert self._zk is not None
-        tx = self._zk.transaction()
+        tx = self.session.zk.transaction()
         tx.check(lock_path, 0)
         if stat is None:
-            tx.create(self._layout.ring, target.to_bytes())
+            tx.create(self.store.layout.ring, target.to_bytes())
         else:
-            tx.set_data(self._layout.ring, target.to_bytes(), stat.version)
-        results = store.call(tx.commit_async())
+            tx.set_data(self.store.layout.ring, target.to_bytes(), stat.version)
+        results = self.store.call(tx.commit_async())
         if isinstance(results[0], Exception):
             raise _Fenced()
         if isinstance(results[1], Exception):

@@ -1,134 +1,115 @@
-"""How the ZooKeeper coordinator follows its session and its watches.
+"""One node's ZooKeeper session: the kazoo client, its state and its generation.
 
-Session rules:
+kazoo reports three states (PITFALLS.md, "kazoo / ZooKeeper"):
 
-* SUSPENDED (connection in doubt): stop acting as leader at once (leader
-  listeners get ``False``); on reconnect with the same session, resume with a
-  new term.
-* LOST (the server ended the session; our ephemeral znodes are gone):
-  abdicate and leave the election; on the new session re-register the member
-  znode and campaign again. A reconnect does not write ``join`` again, so an
-  operator's ``leave`` sticks until the node is restarted.
-* Session and watch callbacks only set flags, wake greenlets or spawn one;
-  they never block and never call ``zk.stop()`` (kazoo #426). Reading the
-  registry is done by one greenlet, woken by the ``members/`` watch.
+* SUSPENDED -- the connection is in doubt: the server went away, or the
+  ensemble lost its quorum and no server will serve us. The session may
+  still be alive on the servers (and our ephemeral znodes with it).
+  :attr:`Session.suspended` is true until kazoo is CONNECTED again.
+* LOST -- the servers ended the session (it expired while we were away, or
+  it was closed); our ephemeral znodes are gone. :attr:`Session.generation`
+  is bumped, so work tied to the old session (a registration, a campaign)
+  can tell it is stale.
+* CONNECTED -- after SUSPENDED the same session goes on (``RESUMED``);
+  after LOST kazoo has made a new one (``RENEWED``).
 
-:class:`SessionRole` is a mixin of
-:class:`~miyaq.cluster.zk_coordinator.ZooKeeperCoordinator`: it shares the
-coordinator's state (the attributes annotated below).
+Subscribers get one :class:`SessionEvent` per change, in order, from
+kazoo's connection greenlet: they must only record, wake or spawn -- never
+block, never call ZooKeeper, never stop the client (kazoo #426). An
+exception in a subscriber is logged and does not reach kazoo.
 """
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Callable
-from typing import Any
 
-import gevent
-import gevent.event
-from kazoo.exceptions import KazooException
+from kazoo.client import KazooClient
 from kazoo.protocol.states import KazooState
-from kazoo.recipe.election import Election
 
-from miyaq.cluster.membership import Member
-from miyaq.cluster.zk_store import ZnodeStore
-from miyaq.errors import ConfigError, Unavailable
+from miyaq.cluster.zk_store import close_client, connect
 
-# A child of miyaq.cluster.zk_coordinator's logger: one object, one logging tree to configure.
-logger = logging.getLogger("miyaq.cluster.zk_coordinator.session")
+logger = logging.getLogger(__name__)
 
 
-class SessionRole:
-    """Reactions to session states and watches, and re-registration after a lost session."""
+class SessionEvent(enum.Enum):
+    SUSPENDED = "suspended"
+    LOST = "lost"
+    RESUMED = "resumed"
+    RENEWED = "renewed"
 
-    # Shared with ZooKeeperCoordinator (and LeaderRole), set in its __init__.
-    _node_id: str
-    _store: ZnodeStore | None
-    _op_timeout: float
-    _closing: bool
-    _paused: bool
-    _lost: bool
-    _session_gen: int
-    _election: Election | None
-    _registered: dict[str, Member]
-    _wake: gevent.event.Event
-    _registry_dirty: gevent.event.Event
-    _in_session: Callable[[int], bool]
-    _spawn: Callable[..., gevent.Greenlet]
-    _register: Callable[[], None]
-    _set_leading: Callable[..., None]
-    _ensure_campaign: Callable[[int], None]
-    _end_stale_campaign: Callable[[int, float], None]
 
-    # -- kazoo callbacks (never block) ----------------------------------------
+SessionSubscriber = Callable[[SessionEvent], None]
+
+
+class Session:
+    """The kazoo client of one node and what its session state means for the node."""
+
+    def __init__(self, zk: KazooClient, owner: str) -> None:
+        self.zk = zk
+        self.owner = owner
+        self.generation = 0
+        self.suspended = False
+        self.lost = False
+        self.closing = False
+        self._subscribers: list[SessionSubscriber] = []
+        zk.add_listener(self._on_state)
+
+    @classmethod
+    def open(cls, hosts: str, owner: str, *, session_timeout: float, connect_timeout: float) -> Session:
+        """Connect to ``hosts``; ``Unavailable`` when no server answers within ``connect_timeout``."""
+        return cls(connect(hosts, session_timeout, connect_timeout), owner)
+
+    @property
+    def usable(self) -> bool:
+        """True while calls can succeed: connected, in a live session, not closing."""
+        return not (self.closing or self.suspended or self.lost)
+
+    def current(self, generation: int) -> bool:
+        """True while ``generation`` is still this session's (not lost, not closing)."""
+        return not self.closing and generation == self.generation
+
+    def subscribe(self, fn: SessionSubscriber) -> None:
+        """Call ``fn(event)`` on every state change; ``fn`` must not block."""
+        self._subscribers.append(fn)
+
+    def close(self) -> None:
+        """End the session: the servers drop our ephemeral znodes at once.
+        Idempotent; not from a kazoo callback or a subscriber."""
+        if self.closing:
+            return
+        self.closing = True
+        self.generation += 1
+        self.zk.remove_listener(self._on_state)
+        close_client(self.zk)
 
     def _on_state(self, state: str) -> None:
-        """kazoo's session listener: pause, abdicate or recover; never blocks."""
-        if self._closing:
+        """kazoo's listener: record the state and tell the subscribers. Never blocks."""
+        if self.closing:
             return
         if state == KazooState.SUSPENDED:
-            logger.warning("%s: ZooKeeper connection suspended; pausing leader duties", self._node_id)
-            self._paused = True
-            self._set_leading(False)
+            logger.warning("%s: ZooKeeper connection suspended", self.owner)
+            self.suspended = True
+            event = SessionEvent.SUSPENDED
         elif state == KazooState.LOST:
-            logger.warning("%s: ZooKeeper session lost; abdicating", self._node_id)
-            self._paused = True
-            self._lost = True
-            self._session_gen += 1
-            election = self._election
-            if election is not None:
-                election.cancel()
-            self._set_leading(False)
+            logger.warning("%s: ZooKeeper session lost", self.owner)
+            self.suspended = True
+            self.lost = True
+            self.generation += 1
+            event = SessionEvent.LOST
         elif state == KazooState.CONNECTED:
-            self._paused = False
-            if self._lost:
-                self._lost = False
-                logger.info("%s: new ZooKeeper session; registering again", self._node_id)
-                self._spawn(self._recover, self._session_gen)
+            self.suspended = False
+            if self.lost:
+                self.lost = False
+                event = SessionEvent.RENEWED
+                logger.info("%s: new ZooKeeper session 0x%x", self.owner, self.zk.client_id[0])
             else:
-                logger.info("%s: ZooKeeper connection resumed", self._node_id)
-        self._wake.set()
-        self._registry_dirty.set()
-
-    def _on_members(self, children: list[str]) -> bool | None:
-        if self._closing:
-            return False
-        self._registry_dirty.set()
-        self._wake.set()
-        return None
-
-    def _on_desired(self, data: bytes | None, stat: Any) -> bool | None:
-        if self._closing:
-            return False
-        self._wake.set()
-        return None
-
-    # -- background greenlets -------------------------------------------------
-
-    def _registry_loop(self) -> None:
-        """Keep the registry cache fresh: re-read ``members/`` whenever it is marked dirty."""
-        while not self._closing:
-            self._registry_dirty.wait()
-            self._registry_dirty.clear()
-            if self._closing or self._store is None:
-                return
+                event = SessionEvent.RESUMED
+                logger.info("%s: ZooKeeper connection resumed", self.owner)
+        else:  # pragma: no cover - kazoo has no other states
+            return
+        for fn in list(self._subscribers):
             try:
-                self._registered = self._store.read_registered()
-            except (Unavailable, KazooException):
-                gevent.sleep(0.5)
-                self._registry_dirty.set()
-
-    def _recover(self, gen: int) -> None:
-        """New session after LOST: re-register and campaign again."""
-        self._end_stale_campaign(gen, self._op_timeout)
-        while self._in_session(gen):
-            try:
-                self._register()
-                break
-            except (Unavailable, KazooException) as exc:
-                logger.warning("%s: re-registering failed (%s); retrying", self._node_id, exc)
-                gevent.sleep(0.5)
-            except ConfigError as exc:
-                logger.error("%s: cannot re-register: %s", self._node_id, exc)
-                return
-        self._ensure_campaign(gen)
-        self._registry_dirty.set()
+                fn(event)
+            except Exception:
+                logger.exception("%s: session subscriber %r failed on %s", self.owner, fn, event.value)

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from collections.abc import Callable
 from typing import Any
 
-import gevent
 from kazoo.client import KazooClient
 from kazoo.exceptions import (
     BadVersionError,
@@ -46,6 +44,7 @@ from miyaq.cluster.zk_layout import (
     parse_desired,
 )
 from miyaq.errors import ConfigError, Unavailable
+from miyaq.runtime import green, monotonic
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ def check_options(hosts: object, vnodes: object, **timeouts: object) -> None:
 def new_client(hosts: str, session_timeout: float) -> KazooClient:
     """A kazoo client on gevent that retries its connection forever, commands 5 times."""
     handler = SequentialGeventHandler()
-    retry = {"max_tries": -1, "delay": 0.1, "backoff": 2, "max_delay": 1.0, "sleep_func": gevent.sleep}
+    retry = {"max_tries": -1, "delay": 0.1, "backoff": 2, "max_delay": 1.0, "sleep_func": green.sleep}
     return KazooClient(
         hosts=hosts,
         timeout=session_timeout,
@@ -138,7 +137,7 @@ class ZnodeStore:
         """
         path = self.layout.member(member.node_id)
         payload = dump_json(member.to_dict())
-        deadline = time.monotonic() + wait
+        deadline = monotonic() + wait
         warned = False
         while True:
             try:
@@ -154,7 +153,7 @@ class ZnodeStore:
                 continue
             if stat.ephemeralOwner == self.zk.client_id[0]:
                 return
-            if time.monotonic() > deadline:
+            if monotonic() > deadline:
                 raise ConfigError(
                     f"node id {member.node_id!r} is registered in cluster {self.layout.cluster} by "
                     f"another live session (0x{stat.ephemeralOwner:x}); node ids must be unique"
@@ -165,7 +164,7 @@ class ZnodeStore:
                     "%s is still registered by session 0x%x (a previous run?); waiting for it to expire",
                     member.node_id, stat.ephemeralOwner,
                 )
-            gevent.sleep(0.2)
+            green.sleep(0.2)
 
     def read_registered(self) -> dict[str, Member]:
         """Every registered member; znodes that do not decode are logged and skipped."""
@@ -225,7 +224,7 @@ class ZnodeStore:
                     self.call(self.zk.set_async(self.layout.desired, payload, version=stat.version))
                 return before, after
             except (BadVersionError, NodeExistsError, NoNodeError):
-                gevent.sleep(random.uniform(0, 0.02))
+                green.sleep(random.uniform(0, 0.02))
         raise Unavailable(f"could not update {self.layout.desired}: too many concurrent writers")
 
     def read_ring(self) -> tuple[RingRecord | None, Any]:

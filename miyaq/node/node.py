@@ -24,6 +24,7 @@ import zmq.green as zmq
 
 from .. import __version__
 from ..config import NodeConfig
+from ..runtime import Supervisor
 from .dispatcher import Dispatcher
 from .engine import Engine
 from .handlers import ServiceHandlers
@@ -65,6 +66,8 @@ class Node:
         self._timer_at = 0.0
         self._stopping = False
         self.crashed: BaseException | None = None
+        # Parts moved to the runtime spawn through this supervisor (the rest through spawn()).
+        self.supervisor = Supervisor(f"node {self.id}", on_fatal=self._fatal)
         self.on_stop: list[Callable[[], None]] = []
         self.persistence: Persistence | None = None
         if config.data_dir:
@@ -97,7 +100,7 @@ class Node:
         from ..cluster.zk_coordinator import ZooKeeperCoordinator
         drop = float(os.environ.get("MIYAQ_FAULT_STREAM_DROP", "0") or 0)
         coordinator = ZooKeeperCoordinator(self.config.zk, self.config.cluster, local_member(self),
-                                           auto_join=self.config.auto_join,
+                                           supervisor=self.supervisor, auto_join=self.config.auto_join,
                                            session_timeout=self.config.zk_session_timeout)
         self.cluster = ClusterRole(self, coordinator, drop_ratio=drop)
         self.intake = self.cluster.intake
@@ -134,6 +137,13 @@ class Node:
         self.crashed = g.exception
         logger.critical("node %s: greenlet %s died: %r; stopping", self.id, g, g.exception)
         gevent.spawn(self.stop, 0)
+
+    def _fatal(self, name: str, exc: BaseException) -> None:
+        """The supervisor's on_fatal: a critical greenlet died (already logged); stop at once."""
+        if self._stopping:
+            return
+        self.crashed = exc
+        self.stop(0)
 
     def start(self) -> "Node":
         if self.persistence is not None:
@@ -198,6 +208,7 @@ class Node:
         gevent.sleep(0)          # let the readers die before their sockets close
         if self.cluster is not None:
             self.cluster.stop()
+        self.supervisor.kill()
         self.endpoint.close()
         live = len(self.engine.table.live)
         if live and not self.config.data_dir:
