@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,37 +19,17 @@ import pytest
 from kazoo.client import KazooClient
 from kazoo.handlers.gevent import SequentialGeventHandler
 
-from miyaq.cluster.membership import Member, RingView
+from miyaq.cluster.membership import RingView
 from miyaq.cluster.ring_admin import RingAdmin
 from miyaq.cluster.zk_coordinator import ZooKeeperCoordinator
 from miyaq.cluster.zk_layout import Layout, RingRecord
 from miyaq.errors import ConfigError, Unavailable
-from miyaq.runtime import Supervisor, green
+from miyaq.runtime import Supervisor
 from miyaq.testing.zookeeper import ZooKeeperServer, expire_session, free_port
+from zk_fixtures import DEADLINE, member, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
-DEADLINE = 15.0
 SESSION = 2.0  # seconds; the test server allows sessions down to 1 s
-
-
-def wait_until(predicate: Callable[[], object], what: str, timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
-        green.sleep(0.05)
-
-
-def member(node_id: str, weight: float = 1.0) -> Member:
-    base = 7400 + sum(node_id.encode()) % 500
-    return Member(
-        node_id=node_id,
-        service=f"tcp://127.0.0.1:{base}",
-        peer=f"tcp://127.0.0.1:{base + 1000}",
-        pub=f"tcp://127.0.0.1:{base + 2000}",
-        http=f"http://127.0.0.1:{base + 3000}",
-        weight=weight,
-    )
 
 
 class Recorder:

@@ -13,6 +13,9 @@ the fixtures *and* the report hook below), or ``pytest -p zk_fixtures`` with
   coordinators (as a node hands its own). At teardown it kills what is
   left and fails the test if any greenlet crashed: tests that inject a
   crash on purpose make their own supervisor.
+* ``wait_until`` (a bounded poll that fails the test at its deadline, never
+  a timing assertion) and ``member`` (a Member with loopback endpoints) are
+  helpers for the ZooKeeper tests.
 * When a test that used ``zk_server`` fails, the tail of the server's log is
   added to the report as a section "ZooKeeper log (tail)".
 """
@@ -20,17 +23,41 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
+from miyaq.cluster.membership import Member
 from miyaq.errors import MiyaqError
-from miyaq.runtime import Supervisor
+from miyaq.runtime import Supervisor, green, monotonic
 from miyaq.testing.zookeeper import ZooKeeperServer
 
 __all__ = ["zk_server", "zk_cluster_name", "zk_supervisor", "pytest_runtest_makereport"]
 
 _LOG_TAIL_BYTES = 12_000
+DEADLINE = 15.0
+
+
+def wait_until(predicate: Callable[[], object], what: str, timeout: float = DEADLINE) -> None:
+    """Poll ``predicate`` (yielding to other greenlets) until true; fail the test after ``timeout`` s."""
+    deadline = monotonic() + timeout
+    while not predicate():
+        if monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
+        green.sleep(0.05)
+
+
+def member(node_id: str, weight: float = 1.0) -> Member:
+    """A Member with loopback endpoints derived from its id (nothing listens there)."""
+    base = 7400 + sum(node_id.encode()) % 500
+    return Member(
+        node_id=node_id,
+        service=f"tcp://127.0.0.1:{base}",
+        peer=f"tcp://127.0.0.1:{base + 1000}",
+        pub=f"tcp://127.0.0.1:{base + 2000}",
+        http=f"http://127.0.0.1:{base + 3000}",
+        weight=weight,
+    )
 
 
 @pytest.fixture(scope="session")
