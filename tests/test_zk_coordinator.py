@@ -16,8 +16,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from kazoo.client import KazooClient
-from kazoo.handlers.gevent import SequentialGeventHandler
 
 from miyaq.cluster.membership import RingView
 from miyaq.cluster.ring_admin import RingAdmin
@@ -64,15 +62,6 @@ def make(zk_server: ZooKeeperServer, zk_cluster_name: str,
     yield _make
     for coordinator in made:
         coordinator.stop()
-
-
-@pytest.fixture
-def zk_client(zk_server: ZooKeeperServer) -> Iterator[KazooClient]:
-    client = KazooClient(hosts=zk_server.hosts, handler=SequentialGeventHandler())
-    client.start(timeout=5)
-    yield client
-    client.stop()
-    client.close()
 
 
 def leaders(coordinators) -> list[ZooKeeperCoordinator]:

@@ -14,8 +14,6 @@ import logging
 from collections.abc import Callable, Iterator
 
 import pytest
-from kazoo.client import KazooClient
-from kazoo.handlers.gevent import SequentialGeventHandler
 from kazoo.protocol.states import KazooState
 
 from miyaq.cluster.membership import Member
@@ -45,15 +43,6 @@ def sessions(zk_server: ZooKeeperServer) -> Iterator[Callable[..., Session]]:
     yield open_session
     for session in opened:
         session.close()
-
-
-@pytest.fixture
-def zk_client(zk_server: ZooKeeperServer) -> Iterator[KazooClient]:
-    client = KazooClient(hosts=zk_server.hosts, handler=SequentialGeventHandler())
-    client.start(timeout=5)
-    yield client
-    client.stop()
-    client.close()
 
 
 def record_events(session: Session) -> list[SessionEvent]:

@@ -9,6 +9,7 @@ the fixtures *and* the report hook below), or ``pytest -p zk_fixtures`` with
   run must not look like a pass.
 * ``zk_cluster_name`` (function): a unique cluster name, so each test has its
   own ``/miyaq/<cluster>/`` tree on the shared server.
+* ``zk_client`` (function): a plain kazoo client of the shared server.
 * ``zk_supervisor`` (function): the Supervisor a test hands its
   coordinators (as a node hands its own). At teardown it kills what is
   left and fails the test if any greenlet crashed: tests that inject a
@@ -26,13 +27,15 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+from kazoo.client import KazooClient
+from kazoo.handlers.gevent import SequentialGeventHandler
 
 from miyaq.cluster.membership import Member
 from miyaq.errors import MiyaqError
 from miyaq.runtime import Supervisor, green, monotonic
 from miyaq.testing.zookeeper import ZooKeeperServer
 
-__all__ = ["zk_server", "zk_cluster_name", "zk_supervisor", "pytest_runtest_makereport"]
+__all__ = ["zk_server", "zk_cluster_name", "zk_supervisor", "zk_client", "pytest_runtest_makereport"]
 
 _LOG_TAIL_BYTES = 12_000
 DEADLINE = 15.0
@@ -81,6 +84,16 @@ def zk_server() -> Iterator[ZooKeeperServer]:
 def zk_cluster_name(request: pytest.FixtureRequest) -> str:
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.name)[:80]
     return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def zk_client(zk_server: ZooKeeperServer) -> Iterator[KazooClient]:
+    """A plain kazoo client of the shared server, to look at znodes (or change them) behind a node's back."""
+    client = KazooClient(hosts=zk_server.hosts, handler=SequentialGeventHandler())
+    client.start(timeout=5)
+    yield client
+    client.stop()
+    client.close()
 
 
 @pytest.fixture
