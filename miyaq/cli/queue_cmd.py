@@ -4,9 +4,12 @@ a node's HTTP gateway.
     miyaq queue list
     miyaq queue limit emails --rate 50 --burst 10 [--max-concurrent 4]
     miyaq queue limit emails --clear
+    miyaq queue pause emails
+    miyaq queue resume emails
 
-``limit`` is sent to every node of the ring (each enforces its share of the
-cluster-wide value). A limit set here replaces the queue's previous one,
+``limit``, ``pause`` and ``resume`` are sent to every node of the ring (each
+enforces its share of a cluster-wide limit; a paused queue starts nothing on
+any node). A limit set here replaces the queue's previous one,
 applies at each node's next dispatch and lasts until the node restarts;
 lasting limits belong in the ``queue_limits`` setting (docs/http.md,
 "Rate limits").
@@ -43,6 +46,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     lim.add_argument("--max-concurrent", type=int, default=None, help="tasks running at once, cluster-wide")
     lim.add_argument("--clear", action="store_true", help="remove the queue's limits")
     lim.set_defaults(run=run_limit)
+    for action, text in (("pause", "stop starting tasks of a queue (submits are still accepted)"),
+                         ("resume", "start tasks of a paused queue again")):
+        cmd = qsub.add_parser(action, help=text)
+        cmd.add_argument("queue")
+        cmd.set_defaults(run=run_pause, paused=action == "pause")
 
 
 def _base(args: argparse.Namespace) -> str:
@@ -100,7 +108,8 @@ def run_list(args: argparse.Namespace) -> int:
     columns = ("scheduled", "ready", "running", "retrying", "dead", "workers", "idle")
     print(f"{'QUEUE':<24}" + "".join(f"{c.upper():>10}" for c in columns) + "  LIMITS")
     for row in answer["queues"]:
-        print(f"{row['name']:<24}" + "".join(f"{row[c]:>10}" for c in columns) + "  " + _limits_text(row["limits"]))
+        limits = _limits_text(row["limits"]) + (" (paused)" if row.get("paused") else "")
+        print(f"{row['name']:<24}" + "".join(f"{row[c]:>10}" for c in columns) + "  " + limits)
     return 0
 
 
@@ -126,4 +135,19 @@ def run_limit(args: argparse.Namespace) -> int:
             print(f"{node}: {args.queue}: limits {'removed' if answer['removed'] else 'were not set'}")
         else:
             print(f"{node}: {answer['queue']}: {_limits_text(answer['limits'])}")
+    return 1 if missed else 0
+
+
+def run_pause(args: argparse.Namespace) -> int:
+    """Pause or resume the queue on every node of the ring."""
+    action = "pause" if args.paused else "resume"
+    missed = 0
+    for node, base in _gateways(args):
+        if base is None:
+            missed += 1
+            print(f"{node}: no HTTP gateway; cannot {action} {args.queue} there")
+            continue
+        answer = _request(args, "POST", f"/queues/{args.queue}/{action}", base=base)
+        state = "paused" if answer["paused"] else "running"
+        print(f"{node}: {answer['queue']}: {state}" + ("" if answer["changed"] else " (already)"))
     return 1 if missed else 0

@@ -5,6 +5,8 @@ dead-letter queue, Prometheus metrics and the OpenAPI document.
 is its own leader, epoch 1), totals and per-queue queued / running / idle
 workers. Limits changed with ``PUT /queues/{queue}/limits`` apply at the
 next dispatch and are not persisted: put lasting limits in ``queue_limits``.
+``POST /queues/{queue}/pause`` stops a queue's dispatch on this node (its
+submits are still accepted) until ``POST /queues/{queue}/resume``.
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ class AdminApi:
         status["ring"] = self.gateway.metrics.cluster.view()
         for name, row in status["queues"].items():
             row["limits"] = self.limits.describe(name)
+            row["paused"] = name in self.limits.paused
         status["webhooks"] = {"in_flight": self.gateway.deliverer.in_flight(),
                               "concurrency": self.gateway.deliverer.concurrency}
         return json_response(status)
@@ -55,21 +58,46 @@ class AdminApi:
         row["idle"] = idle.get(queue, 0)
         row["webhooks_in_flight"] = in_flight.get(queue, 0)
         row["limits"] = self.limits.describe(queue)
+        row["paused"] = queue in self.limits.paused
         return row
 
-    def _rows(self, only: str | None = None) -> list[dict[str, Any]]:
+    def queue_rows(self, only: str | None = None) -> list[dict[str, Any]]:
+        """Every queue's row as ``GET /queues`` shows it (or only ``only``'s)."""
         counts = self.engine.queue_counts()
         workers = self.node.workers.workers_by_queue()
         idle = self.node.workers.idle_by_queue()
         in_flight = self.gateway.deliverer.in_flight()
-        names = [only] if only else sorted(set(counts) | set(workers) | set(self.limits.limits))
+        names = [only] if only else sorted(set(counts) | set(workers) | set(self.limits.limits)
+                                           | set(self.limits.paused))
         return [self._row(q, counts, workers, idle, in_flight) for q in names]
 
     def queues(self, request: Request) -> Response:
-        return json_response({"queues": self._rows()})
+        return json_response({"queues": self.queue_rows()})
 
     def queue(self, request: Request) -> Response:
-        return json_response(self._rows(check_queue(request.params["queue"]))[0])
+        return json_response(self.queue_rows(check_queue(request.params["queue"]))[0])
+
+    def workers(self, request: Request) -> Response:
+        limit = int(request.arg_number("limit", 1000, 1, 10_000))
+        return json_response({"node": self.node.id, "workers": self.node.workers.describe(limit)})
+
+    # -- pause -----------------------------------------------------------------------
+    def set_paused(self, queue: str, paused: bool) -> dict[str, Any]:
+        """Pause or resume ``queue`` on this node: ``{"queue", "paused", "changed"}``."""
+        check_queue(queue)
+        if paused:
+            changed = self.limits.pause(queue, time.time())
+        else:
+            changed = self.limits.resume(queue)
+            self.node.dispatcher.pending = True    # its waiting tasks may start now
+            self.gateway.redispatch()
+        return {"queue": queue, "paused": paused, "changed": changed}
+
+    def pause(self, request: Request) -> Response:
+        return json_response(self.set_paused(request.params["queue"], True))
+
+    def resume(self, request: Request) -> Response:
+        return json_response(self.set_paused(request.params["queue"], False))
 
     # -- limits ----------------------------------------------------------------------
     def get_limits(self, request: Request) -> Response:

@@ -56,10 +56,16 @@ QUEUE_ROW = obj(["name", "scheduled", "ready", "running", "retrying", "dead", "w
                  "webhooks_in_flight", "limits"],
                 name=STR, scheduled=INT, ready=INT, running=INT, retrying=INT, dead=INT,
                 workers=INT, idle=described(INT, "free worker slots"), webhooks_in_flight=INT,
-                limits=nullable(ref("Limits")))
+                limits=nullable(ref("Limits")),
+                paused=described(BOOL, "no task of the queue starts on this node (POST .../resume)"))
 STATUS_QUEUE = obj(["scheduled", "ready", "running", "retrying", "dead", "workers", "idle"], closed=False,
                    scheduled=INT, ready=INT, running=INT, retrying=INT, dead=INT, workers=INT, idle=INT,
-                   limits=nullable(ref("Limits")))
+                   limits=nullable(ref("Limits")), paused=BOOL)
+WORKER = obj(["worker", "queues", "capacity", "credit", "running", "last_seen"], closed=False,
+             worker=STR, queues=STR_LIST, capacity=described(INT, "tasks it may run at once"),
+             credit=described(INT, "tasks it may still be given"), running=INT,
+             last_seen=described(NUM, "unix time of its last message (heartbeats included)"),
+             host=STR, pid=INT, concurrency=INT)
 RING = obj(["epoch", "leader", "members", "is_leader"], epoch=INT, leader=nullable(STR), members=STR_LIST,
            is_leader=BOOL, http=described({"type": "object", "additionalProperties": nullable(STR)},
                                           "each member's HTTP gateway (null: off)"))
@@ -107,6 +113,9 @@ SCHEMAS: dict[str, Any] = {
     "Queue": QUEUE_ROW,
     "Queues": obj(["queues"], queues={"type": "array", "items": ref("Queue")}),
     "Ring": RING,
+    "Paused": obj(["queue", "paused", "changed"], queue=STR, paused=BOOL,
+                  changed=described(BOOL, "false: the queue was already in that state")),
+    "Workers": obj(["node", "workers"], node=STR, workers={"type": "array", "items": WORKER}),
     "Status": obj(["node", "version", "uptime", "accepting", "queues", "totals", "ring"], closed=False,
                   node=STR, version=STR, uptime=NUM, accepting=BOOL, max_tasks=INT,
                   queues={"type": "object", "additionalProperties": STATUS_QUEUE},

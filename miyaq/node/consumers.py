@@ -69,7 +69,7 @@ class WorkerConsumer(Consumer):
 
     def describe(self) -> dict[str, Any]:
         return {"worker": self.wid, "queues": self.queues, "capacity": self.capacity,
-                "credit": self.credit, "running": len(self.running), **self.info}
+                "credit": self.credit, "running": len(self.running), "last_seen": self.last_seen, **self.info}
 
 
 class PullConsumer(Consumer):

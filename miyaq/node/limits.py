@@ -1,5 +1,5 @@
-"""Per-queue rate limits: a token bucket (``rate``, ``burst``) and a cap on
-tasks running at once (``max_concurrent``).
+"""Per-queue rate limits: a token bucket (``rate``, ``burst``), a cap on
+tasks running at once (``max_concurrent``), and pausing a queue.
 
 The dispatcher asks :meth:`QueueLimits.open` which of a consumer's lanes may
 start a task now and calls :meth:`QueueLimits.acquire` for each task it
@@ -19,6 +19,9 @@ Constraints:
   ("Rate limits") explains how precise that is.
 * Runtime changes apply at once: a changed limit keeps the tokens it had
   (clipped to the new burst); a new limit starts with a full bucket.
+* A paused queue (:meth:`pause`) starts nothing until :meth:`resume`; its
+  tasks are still accepted and wait, in order. A pause is kept apart from
+  the queue's limits: clearing or changing limits leaves it paused.
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_RATE = 1e9
+MAX_PAUSED = 10_000     # queues paused at once (as many as a node holds queues)
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,7 @@ class QueueLimits:
     def __init__(self, engine: Engine, limits: dict[str, Limit] | None = None) -> None:
         self.engine = engine
         self.limits: dict[str, Limit] = {}
+        self.paused: dict[str, float] = {}         # queue -> when it was paused (unix time)
         self.share = 1.0
         self.nodes = 1
         self.active = False
@@ -146,8 +151,28 @@ class QueueLimits:
     def clear(self, queue: str) -> bool:
         removed = self.limits.pop(queue, None) is not None
         self._buckets.pop(queue, None)
-        self.active = bool(self.limits)
+        self.active = bool(self.limits or self.paused)
         return removed
+
+    def pause(self, queue: str, now: float) -> bool:
+        """Start no task of ``queue`` until :meth:`resume`. Idempotent; True if
+        it was running before. At most ``MAX_PAUSED`` queues are paused at once."""
+        if queue in self.paused:
+            return False
+        if len(self.paused) >= MAX_PAUSED:
+            raise InvalidField(f"{MAX_PAUSED} queues are paused already; resume one first", field="queue")
+        self.paused[queue] = now
+        self.active = True
+        logger.info("queue %s paused", queue)
+        return True
+
+    def resume(self, queue: str) -> bool:
+        """Let ``queue`` start tasks again. Idempotent; True if it was paused."""
+        if self.paused.pop(queue, None) is None:
+            return False
+        self.active = bool(self.limits or self.paused)
+        logger.info("queue %s resumed", queue)
+        return True
 
     def get(self, queue: str) -> Limit | None:
         return self.limits.get(queue)
@@ -201,6 +226,8 @@ class QueueLimits:
             if lane is None or not lane.count:
                 continue
             queue = self.queue_of(lane_name)
+            if queue in self.paused:
+                continue   # resume() marks the dispatcher pending
             limit = limits.get(queue)
             if limit is None:
                 out.append(lane_name)

@@ -102,6 +102,11 @@ class WorkerRegistry:
                 idle[q] = idle.get(q, 0) + free
         return idle
 
+    def describe(self, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` connected workers, by worker id: queues, capacity,
+        running tasks, last message heard (unix time), host, pid, concurrency."""
+        return [w.describe() for w in sorted(self.by_identity.values(), key=lambda w: w.wid)[:limit]]
+
     def workers_by_queue(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for worker in self.by_identity.values():

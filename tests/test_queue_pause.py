@@ -1,0 +1,109 @@
+"""Pausing a queue: nothing of it starts (workers, pull consumers, webhooks),
+submits are still accepted, and resuming starts what waited, in order. The
+dispatcher with an injected clock first, then a real node over HTTP and the
+``miyaq queue pause/resume`` command."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+from gateway_harness import FIXTURES, Http, wait_for
+from test_limits import pump, setup, submit
+
+from miyaq.cli.main import main as cli_main
+from miyaq.errors import InvalidField
+from miyaq.node import limits as limits_module
+from miyaq.node.limits import Limit
+
+http_node, api, make_http_node, make_web_worker = FIXTURES   # pytest finds fixtures in module globals
+
+
+def test_paused_queue_starts_nothing_and_resume_starts_in_order():
+    engine, dispatcher, consumer = setup("", "q", "other")
+    assert dispatcher.limits.pause("q", 0.0)
+    assert not dispatcher.limits.pause("q", 0.0)          # idempotent: already paused
+    submit(engine, "q", 3, 1.0)
+    submit(engine, "other", 2, 1.0)
+    pump(dispatcher, 1.0)
+    assert [t.queue for t in consumer.got] == ["other", "other"]   # the other queue is not held back
+    assert engine.queue_counts()["q"]["ready"] == 3
+    assert dispatcher.limits.resume("q") and not dispatcher.limits.resume("q")
+    pump(dispatcher, 2.0)
+    assert [t.id for t in consumer.got[2:]] == [f"q-False-{i}-1.0" for i in range(3)]
+
+
+def test_pause_outlives_a_change_of_limits_and_covers_webhook_lanes():
+    engine, dispatcher, consumer = setup("q:rate=100", "q", "@http/q")
+    limits = dispatcher.limits
+    limits.pause("q", 0.0)
+    limits.clear("q")                                     # no limits left: the pause still holds
+    assert limits.active
+    limits.set("q", Limit(max_concurrent=5), 0.0)
+    submit(engine, "q", 2, 1.0, url="http://hook.example/x")
+    pump(dispatcher, 1.0)
+    assert consumer.got == []
+    limits.resume("q")
+    pump(dispatcher, 1.0)
+    assert len(consumer.got) == 2
+
+
+def test_paused_queues_are_bounded(monkeypatch):
+    """Fault: an operator (or a script) pauses more queues than the node may hold."""
+    monkeypatch.setattr(limits_module, "MAX_PAUSED", 2)
+    _, dispatcher, _ = setup("", "q")
+    dispatcher.limits.pause("a", 0.0)
+    dispatcher.limits.pause("b", 0.0)
+    with pytest.raises(InvalidField, match="paused already"):
+        dispatcher.limits.pause("c", 0.0)
+    assert set(dispatcher.limits.paused) == {"a", "b"}
+
+
+def test_pause_over_http_keeps_submits_and_holds_receives(api):
+    assert api.post("/queues/jobs/pause")[1] == {"queue": "jobs", "paused": True, "changed": True}
+    status, sub, _ = api.post("/tasks", {"name": "job", "queue": "jobs"})
+    assert status == 202 and sub["status"] == "accepted"
+    assert api.post("/receive", {"queues": ["jobs"]})[1] == {"task": None}
+    row = api.get("/queues/jobs")[1]
+    assert row["paused"] is True and row["ready"] == 1
+    assert api.get("/status")[1]["queues"]["jobs"]["paused"] is True
+    assert api.post("/queues/jobs/resume")[1] == {"queue": "jobs", "paused": False, "changed": True}
+    got = api.post("/receive", {"queues": ["jobs"]})[1]["task"]
+    assert got is not None and got["id"] == sub["id"]
+
+
+def test_pause_of_a_bad_queue_name_changes_nothing(api):
+    status, answer, _ = api.post("/queues/bad@name/pause")
+    assert status == 400 and answer["error"]["code"] == "invalid_field"
+    assert all(not row["paused"] for row in api.get("/queues")[1]["queues"])
+
+
+def test_long_poll_receive_starts_when_its_queue_resumes(http_node, api):
+    """A pull consumer waiting on a paused queue gets the task once it resumes."""
+    api.post("/queues/slow/pause")
+    api.post("/tasks", {"name": "job", "queue": "slow"})
+    waiter = Http(http_node.url)
+    try:
+        answers: list = []
+        t = threading.Thread(target=lambda: answers.append(waiter.post("/receive",
+                                                                       {"queues": ["slow"], "timeout": 10})))
+        t.start()
+        wait_for(lambda: http_node.call(lambda: any(c.kind == "pull" for c in http_node.node.dispatcher.hungry)),
+                 "the receive to wait")
+        api.post("/queues/slow/resume")
+        t.join(15)
+        assert answers and answers[0][1]["task"] is not None
+    finally:
+        waiter.close()
+
+
+def test_queue_command_pauses_and_resumes(http_node, api, capsys):
+    assert cli_main(["queue", "--http", http_node.url, "pause", "mail"]) == 0
+    assert "t1: mail: paused" in capsys.readouterr().out
+    assert api.get("/queues/mail")[1]["paused"] is True
+    assert cli_main(["queue", "--http", http_node.url, "pause", "mail"]) == 0
+    assert "(already)" in capsys.readouterr().out
+    assert cli_main(["queue", "--http", http_node.url, "list"]) == 0
+    assert "(paused)" in capsys.readouterr().out
+    assert cli_main(["queue", "--http", http_node.url, "resume", "mail"]) == 0
+    assert "t1: mail: running" in capsys.readouterr().out
+    assert api.get("/queues/mail")[1]["paused"] is False
