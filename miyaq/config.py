@@ -101,6 +101,8 @@ class NodeConfig(Settings):
     http_host: str = _opt("", "address the HTTP gateway binds to (empty: same as host)")
     http_max_body: int = _opt(4 * 1024 * 1024, "largest HTTP request body in bytes")
     http_max_connections: int = _opt(1024, "most HTTP connections served at once")
+    http_console: str = _opt("on", "web console at /ui: on, read-only (no operator actions) or off",
+                             choices=("on", "read-only", "off"))
     webhook_concurrency: int = _opt(16, "webhook deliveries in flight at once, per queue")
     webhook_timeout: float = _opt(30.0, "seconds one webhook attempt may take (capped by the task's timeout)")
     webhook_pool_size: int = _opt(32, "keep-alive connections kept per webhook destination host")

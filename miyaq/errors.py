@@ -103,7 +103,8 @@ class Unavailable(MiyaqError):
 
 
 class Forbidden(MiyaqError):
-    """The authenticated key's role may not do this (docs/security.md)."""
+    """The caller is known but may not do this: its key's role (docs/security.md),
+    a read-only console, a console request without its CSRF token."""
 
     code = "forbidden"
 

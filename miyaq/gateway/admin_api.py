@@ -143,17 +143,25 @@ class AdminApi:
         limit = int(request.arg_number("limit", 100, 1, 10_000))
         return json_response({"tasks": self.engine.dead_list(queue, limit)})
 
-    def dead_retry(self, request: Request) -> Response:
-        queue, ids = self._scope(request.json_object(required=False))
+    def retry_dead(self, queue: str | None, ids: list[str] | None) -> list[str]:
+        """Put dead tasks back (``ids``, or every one of ``queue``, or all); the ids retried."""
         if ids is None:
             ids = [t.id for t in self.engine.table.iter_dead(queue)]
         retried = self.engine.dead_retry(ids, time.time())
         self.gateway.redispatch()
-        return json_response({"retried": retried})
+        return retried
+
+    def purge_dead(self, queue: str | None, ids: list[str] | None) -> int:
+        """Drop dead tasks for good (same scopes as :meth:`retry_dead`); how many."""
+        return self.engine.dead_purge(queue, ids)
+
+    def dead_retry(self, request: Request) -> Response:
+        queue, ids = self._scope(request.json_object(required=False))
+        return json_response({"retried": self.retry_dead(queue, ids)})
 
     def dead_purge(self, request: Request) -> Response:
         queue, ids = self._scope(request.json_object(required=False))
-        return json_response({"purged": self.engine.dead_purge(queue, ids)})
+        return json_response({"purged": self.purge_dead(queue, ids)})
 
     # -- documents -------------------------------------------------------------------
     def metrics(self, request: Request) -> Response:

@@ -39,7 +39,7 @@ HTTP_STATUS: dict[str, int] = {
     "protocol": 400, "bad_frame": 400, "bad_version": 400, "bad_encoding": 400,
     "unknown_command": 400, "invalid_field": 400, "config": 400,
     "unauthorized": 401,
-    "forbidden_destination": 403,
+    "forbidden_destination": 403, "forbidden": 403,
     "not_found": 404,
     "method_not_allowed": 405,
     "too_large": 413,

@@ -1,10 +1,13 @@
 """Every endpoint of the gateway, in one table (docs/http.md and
-docs/openapi.json describe the same list; a test keeps them in step)."""
+docs/openapi.json describe the same list; a test keeps them in step), and
+the web console's pages under ``/ui`` (docs/console.md), added by
+:func:`miyaq.gateway.console.install`."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from .admin_api import AdminApi
+from .console import Console, install
 from .enqueue import Enqueue
 from .pull_api import PullApi
 from .router import Router
@@ -14,7 +17,7 @@ if TYPE_CHECKING:
     from .server import Gateway
 
 
-def build_router(gateway: Gateway) -> Router:
+def build_router(gateway: Gateway) -> tuple[Router, Console | None]:
     enqueue, tasks, pull, admin = Enqueue(gateway), TasksApi(gateway), PullApi(gateway), AdminApi(gateway)
     router = Router()
     for method, path, handler in (
@@ -51,4 +54,4 @@ def build_router(gateway: Gateway) -> Router:
         ("GET", "/openapi.json", admin.openapi),
     ):
         router.add(method, path, handler)
-    return router
+    return router, install(gateway, router, admin)

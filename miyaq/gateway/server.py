@@ -97,7 +97,7 @@ class Gateway:
         self.metrics = NodeMetrics(node)       # the cluster sets ring gauges on node.gateway.metrics.cluster
         self.deliverer = WebhookDeliverer(node, self.allow_list, self.metrics, self.redispatch)
         node.engine.listeners.append(self.deliverer)
-        self.router = build_router(self)
+        self.router, self.console = build_router(self)   # the console: None when http_console is off
         self.server: _Server | None = None
         self._wake = gevent.event.Event()
         self._stopping = False
@@ -114,6 +114,8 @@ class Gateway:
                               error_log=logging.getLogger(__name__ + ".wsgi"))
         self.server.start()
         self.port = self.server.server_port
+        if self.console is not None:
+            self.console.start()
         logger.info("HTTP gateway on http://%s:%d (auth %s, webhook allow-list %s)", self.host, self.port,
                     "on" if self.auth.enabled else "off", "on" if self.allow_list.enabled else "off")
         if not _is_loopback(self.host) and not self.allow_list.enabled:
@@ -127,6 +129,8 @@ class Gateway:
             return
         self._stopping = True
         self._wake.set()
+        if self.console is not None:
+            self.console.stop()
         if self.server is not None:
             self.server.stop(timeout=STOP_TIMEOUT)
         config = self.node.config

@@ -260,6 +260,7 @@ class Engine:
         task.lease_end = now + task.timeout
         consumer.running[task.id] = task
         self.timers.arm(task, task.lease_end)
+        self.outcomes[(task.queue, "started")] += 1
         for listener in self.listeners:
             listener.task_started(task)
 

@@ -1,0 +1,144 @@
+"""The web console: HTML pages at ``/ui`` on the gateway's port (docs/console.md).
+
+:func:`install` is the gateway's one registration point: it adds the
+console's routes to the gateway's router and tells the gateway's auth that
+``/ui`` checks its callers itself (:mod:`.access`: the same token, or a
+session signed after typing it). Pages are rendered on the server
+(:mod:`.render`, templates in ``templates/``), live-update with htmx and
+draw the overview chart with uPlot (vendored in ``static/``, see
+``static/VENDORED.md``); they read the node through :mod:`.data` and act
+through the same functions as the JSON API.
+
+Parts: :class:`~.activity.Activity` (rates, sampled every second by a
+greenlet started with the gateway), :class:`~.attempts.AttemptLog` (failed
+attempts, an engine listener), :class:`~.peers.Peers` (other members'
+gateways), :mod:`.pages` (GET) and :mod:`.actions` (POST).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from ... import __version__
+from ...errors import MiyaqError
+from ...runtime import green, monotonic, wall
+from ..errors import http_status
+from ..request import Request, Response
+from ..router import Router
+from .access import Sessions, Viewer, can_operate
+from .activity import Activity
+from .attempts import AttemptLog
+from .data import ConsoleData
+from .peers import Peers
+from .render import Renderer, StaticFiles
+
+if TYPE_CHECKING:
+    from ..admin_api import AdminApi
+    from ..server import Gateway
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "/ui"
+SAMPLE_EVERY = 1.0
+Page = Callable[[Request, Viewer], Response]
+
+
+class Console:
+    def __init__(self, gateway: Gateway, admin: AdminApi) -> None:
+        node = gateway.node
+        self.gateway = gateway
+        self.admin: AdminApi = admin
+        self.mode = node.config.http_console
+        self.activity = Activity(node.engine.outcomes)
+        self.attempts = AttemptLog(wall)
+        node.engine.listeners.append(self.attempts)
+        self.peers = Peers(node.config.http_token)
+        self.data: ConsoleData = ConsoleData(gateway, admin, self.activity, self.attempts, self.peers)
+        self.sessions = Sessions(gateway.auth, gateway.port, self.mode)
+        self.render = Renderer()
+        self.static = StaticFiles()
+        self._stopping = False
+
+    # -- lifecycle (with the gateway) ----------------------------------------------------
+    def start(self) -> None:
+        # the port is known now (it may have been 0 before the server bound)
+        self.sessions = Sessions(self.gateway.auth, self.gateway.port, self.mode)
+        self.gateway.node.spawn(self._sample_loop)
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def _sample_loop(self) -> None:
+        next_at = monotonic()
+        while not self._stopping:
+            self.activity.sample(wall())
+            next_at += SAMPLE_EVERY
+            delay = next_at - monotonic()
+            if delay < 0:            # fell behind (a busy or frozen process): start afresh
+                next_at, delay = monotonic(), SAMPLE_EVERY
+            green.sleep(delay)
+
+    # -- routes ------------------------------------------------------------------------
+    def guard(self, page: Page, *, post: bool = False) -> Callable[[Request], Response]:
+        """``page`` for callers let in; others are sent to the sign-in form.
+        Errors become an HTML page with the status the JSON API would give."""
+        def handler(request: Request) -> Response:
+            viewer = self.sessions.identify(request)
+            if viewer is None:
+                if post or request.method != "GET":
+                    return self.error_page(request, None, 401, "Sign in first: this console needs the "
+                                                               "gateway's token.")
+                return self.render.redirect("/ui/login?next=" + quote(_quote_path(request), safe=""))
+            try:
+                return page(request, viewer)
+            except MiyaqError as err:
+                return self.error_page(request, viewer, http_status(err), err.message)
+        return handler
+
+    def error_page(self, request: Request, viewer: Viewer | None, status: int, message: str) -> Response:
+        context = self.context(request, viewer)
+        context.update(status=status, message=message)
+        return self.render.page("error.html", context, status, viewer.fresh_cookie if viewer else "")
+
+    def context(self, request: Request, viewer: Viewer | None, **extra: Any) -> dict[str, Any]:
+        """What every page's layout needs."""
+        node = self.gateway.node
+        context: dict[str, Any] = {
+            "node_id": node.id, "path": request.path, "url": _quote_path(request),
+            "version": __version__, "signed_in": viewer is not None,
+            "operator": viewer is not None and can_operate(viewer),
+            "csrf": self.sessions.csrf_token(viewer) if viewer is not None else "",
+            "token_required": self.gateway.auth.enabled, "mode": self.mode,
+            "done": request.arg("done") or "", "done_n": request.arg("n") or "",
+            "done_of": request.arg("of") or "", "done_queue": request.arg("q") or "",
+        }
+        context.update(extra)
+        return context
+
+
+def _quote_path(request: Request) -> str:
+    """The request's path and query, safe to put in a link to this console."""
+    query = request.environ.get("QUERY_STRING", "")
+    return quote(request.path, safe="/") + ("?" + query if query else "")
+
+
+def install(gateway: Gateway, router: Router, admin: AdminApi) -> Console | None:
+    """Add the console to a gateway (None when ``http_console`` is off)."""
+    if gateway.node.config.http_console == "off":
+        return None
+    from .actions import Actions
+    from .pages import Pages
+    console = Console(gateway, admin)
+    gateway.auth.delegate(PREFIX)
+    pages, actions = Pages(console), Actions(console)
+    router.add("GET", "/ui/static/{name}", lambda request: console.static.get(request.params["name"]))
+    router.add("GET", "/ui/login", actions.login_form)
+    router.add("POST", "/ui/login", actions.login)
+    router.add("POST", "/ui/logout", console.guard(actions.logout, post=True))
+    for path, page in pages.routes():
+        router.add("GET", path, console.guard(page))
+    for path, action in actions.routes():
+        router.add("POST", path, console.guard(action, post=True))
+    return console

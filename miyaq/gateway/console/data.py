@@ -1,0 +1,199 @@
+"""Everything the console reads from its node, in one place.
+
+Pages get plain dicts and lists from here, built by the same functions the
+JSON API uses (``Node.status`` as ``GET /status``, ``AdminApi.queue_rows``
+as ``GET /queues``, ``WorkerRegistry.describe`` as ``GET /workers``,
+``Engine.info`` as ``GET /tasks/{id}``), so the console never shows what
+the API would not. Other members are read through their gateways
+(:mod:`.peers`). Every list is cut to a page; nothing here changes state.
+"""
+from __future__ import annotations
+
+import json
+from itertools import islice
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+
+from ...runtime import wall
+from ...store.task import LIVE_STATES
+from .activity import Activity
+from .attempts import AttemptLog
+from .peers import Peers
+
+if TYPE_CHECKING:
+    from ..admin_api import AdminApi
+    from ..server import Gateway
+
+PAYLOAD_SHOWN = 4096            # characters of a payload or result shown
+PAYLOAD_DECODED = 256 * 1024    # larger payloads are shown raw, not decoded
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    return repr(value)
+
+
+def preview(data: bytes | None, decode: bool = True) -> dict[str, Any] | None:
+    """A payload as text for a page: ``{"size", "text", "cut", "format"}``, at
+    most ``PAYLOAD_SHOWN`` characters (the template escapes it)."""
+    if data is None:
+        return None
+    text, fmt = "", "text"
+    if decode and len(data) <= PAYLOAD_DECODED:
+        try:
+            value = msgpack.unpackb(data, raw=False, strict_map_key=False)
+            text, fmt = json.dumps(value, default=_json_default, ensure_ascii=False, indent=1), "msgpack"
+        except (ValueError, TypeError, RecursionError, msgpack.UnpackException):
+            text = ""
+    if not text:
+        text = data[:PAYLOAD_SHOWN * 4].decode("utf-8", "replace")
+    return {"size": len(data), "text": text[:PAYLOAD_SHOWN], "cut": len(text) > PAYLOAD_SHOWN, "format": fmt}
+
+
+class ConsoleData:
+    def __init__(self, gateway: Gateway, admin: AdminApi, activity: Activity, attempts: AttemptLog,
+                 peers: Peers) -> None:
+        self.gateway = gateway
+        self.node = gateway.node
+        self.engine = gateway.node.engine
+        self.admin = admin
+        self.activity = activity
+        self.attempts = attempts
+        self.peers = peers
+
+    # -- this node ---------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """``GET /status`` of this node, with live tasks summed by state."""
+        status = self.node.status(wall())
+        status["ring"] = self.gateway.metrics.cluster.view()
+        by_state = dict.fromkeys(LIVE_STATES, 0)
+        for counts in self.engine.queue_counts().values():
+            for state in LIVE_STATES:
+                by_state[state] += counts.get(state, 0)
+        status["live_by_state"] = by_state
+        return status
+
+    def queues(self) -> list[dict[str, Any]]:
+        """``GET /queues`` rows with submitted and completed per second over the last minute."""
+        rates = self.activity.queue_rates()
+        rows = self.admin.queue_rows()
+        for row in rows:
+            row["submit_rate"], row["done_rate"] = rates.get(row["name"], (0.0, 0.0))
+        return rows
+
+    # -- the ring ----------------------------------------------------------------------
+    def members(self) -> list[dict[str, Any]]:
+        """Every ring member: share, weight, gateway, and from its ``/status``
+        the tasks it holds and its workers (``error`` when it did not answer)."""
+        info = self.node.ring_info()
+        leader = info.get("leader")
+        lag = self.gateway.metrics.cluster
+        out = []
+        for node_id, member in sorted(info["members"].items()):
+            row: dict[str, Any] = {"node": node_id, "share": member.get("share", 0.0),
+                                   "weight": member.get("weight", 1.0), "http": member.get("http"),
+                                   "service": member.get("service"), "leader": node_id == leader,
+                                   "self": node_id == self.node.id,
+                                   "lag_seconds": lag.replication_lag_seconds.get(node_id),
+                                   "lag_messages": lag.replication_lag_messages.get(node_id)}
+            status: dict[str, Any] | str
+            if row["self"]:
+                status = self.node.status(wall())
+            elif row["http"]:
+                status = self.peers.get(row["http"], "/status")
+            else:
+                status = "no HTTP gateway"
+            if isinstance(status, dict):
+                totals = status.get("totals", {})
+                row.update(live=totals.get("live"), dead=totals.get("dead"), workers=totals.get("workers"))
+            else:
+                row["error"] = status
+            out.append(row)
+        return out
+
+    def workers(self, limit: int) -> list[dict[str, Any]]:
+        """Per member: ``{"node", "workers": [...], "error"?}`` (``GET /workers`` of each)."""
+        groups = []
+        for member in self.members():
+            group: dict[str, Any] = {"node": member["node"], "self": member["self"], "http": member["http"]}
+            if member["self"]:
+                group["workers"] = self.node.workers.describe(limit)
+            elif member["http"]:
+                answer = self.peers.get(member["http"], f"/workers?limit={limit}")
+                if isinstance(answer, dict):
+                    group["workers"] = answer.get("workers", [])[:limit]
+                else:
+                    group["workers"], group["error"] = [], answer
+            else:
+                group["workers"], group["error"] = [], "no HTTP gateway"
+            groups.append(group)
+        return groups
+
+    # -- tasks -------------------------------------------------------------------------
+    def find(self, ref: str) -> str | None:
+        """The id of the task ``ref`` names, by id or else by key (this node's tasks)."""
+        table = self.engine.table
+        if ref in table.live or ref in table.dead or table.tombstone(ref) is not None:
+            return ref
+        return table.keys.get(ref)
+
+    def task(self, task_id: str) -> dict[str, Any] | None:
+        """A task as ``GET /tasks/{id}`` shows it, with its payload and
+        result previews, its failed attempts and its holders; None if this
+        node does not know it."""
+        table = self.engine.table
+        task = table.live.get(task_id) or table.dead.get(task_id)
+        stone = table.tombstone(task_id) if task is None else None
+        if task is None and stone is None:
+            return None
+        view: dict[str, Any] = {"info": self.engine.info(task_id), "attempts": self.attempts.of(task_id),
+                                "payload": None, "result": None}
+        if task is not None:
+            view["payload"] = preview(task.body, decode=task.url is None)
+            view["holders"] = list(task.holders) or [self.node.id]
+        else:
+            assert stone is not None
+            view["result"] = preview(stone.result)
+            view["holders"] = self.holders_of(task_id, stone.key)
+        return view
+
+    def holders_of(self, task_id: str, key: str | None = None) -> list[str]:
+        """Where the ring places ``task_id`` (with the node's default replicas)."""
+        cluster = getattr(self.node, "cluster", None)
+        if cluster is None:
+            return [self.node.id]
+        replicas = min(self.node.config.replicas, len(cluster.view.members))
+        return [m.node_id for m in cluster.view.holders(key if key is not None else task_id, replicas)]
+
+    def member_urls(self) -> dict[str, str | None]:
+        return {node_id: m.get("http") for node_id, m in self.node.ring_info()["members"].items()}
+
+    def dead(self, queue: str | None, offset: int, limit: int) -> list[dict[str, Any]]:
+        """One page of the dead-letter queue (oldest first), as ``GET /dead`` shows it."""
+        return [t.header() for t in islice(self.engine.table.iter_dead(queue), offset, offset + limit)]
+
+    def dead_count(self, queue: str | None) -> int:
+        if queue is None:
+            return len(self.engine.table.dead)
+        return self.engine.queue_counts().get(queue, {}).get("dead", 0)
+
+    # -- periodic ----------------------------------------------------------------------
+    def schedules(self, offset: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
+        """(how many, one page of) the periodic schedules this node knows, with
+        their next tick and the last one this node fired as leader."""
+        periodic = self.node.periodic
+        entries = sorted(periodic.specs.entries.items())
+        now_ms = int(wall() * 1000)
+        rows = []
+        for name, entry in entries[offset:offset + limit]:
+            schedule = entry.schedule
+            nxt = schedule.next_tick(now_ms)
+            last = periodic.last.get(name)
+            rows.append({"name": name, "task": schedule.task, "queue": schedule.queue,
+                         "every": schedule.every_ms / 1000 if schedule.every_ms is not None else None,
+                         "cron": schedule.cron, "next": nxt / 1000 if nxt is not None else None,
+                         "last": last / 1000 if last is not None else None, "declared": entry.declared,
+                         "seen": entry.seen, "workers": len(entry.wids)})
+        return len(entries), rows

@@ -1,0 +1,115 @@
+"""The console's pages (GET): overview, queues, workers, ring, a task, dead
+letters, periodic schedules, and the chart's data. Each reads through
+:class:`~.data.ConsoleData` and renders one template; lists are paged
+(``PAGE_SIZE`` rows, ``?page=``)."""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from ...errors import InvalidField
+from ...protocol.taskspec import check_queue
+from ..request import Request, Response
+from .access import Viewer
+
+if TYPE_CHECKING:
+    from . import Console
+
+PAGE_SIZE = 50
+MAX_PAGE = 10_000
+MAX_REF = 256
+
+
+def _page(request: Request) -> int:
+    return int(request.arg_number("page", 1, 1, MAX_PAGE))
+
+
+def _pager(page: int, total: int) -> dict[str, int]:
+    return {"page": page, "pages": max(1, math.ceil(total / PAGE_SIZE)), "total": total}
+
+
+class Pages:
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.data = console.data
+
+    def routes(self) -> list[tuple[str, Callable[[Request, Viewer], Response]]]:
+        return [("/ui", self.overview), ("/ui/activity.json", self.activity), ("/ui/queues", self.queues),
+                ("/ui/workers", self.workers), ("/ui/ring", self.ring), ("/ui/task", self.find_task),
+                ("/ui/tasks/{id}", self.task), ("/ui/dead", self.dead), ("/ui/periodic", self.periodic)]
+
+    def _show(self, request: Request, viewer: Viewer, template: str, **context: Any) -> Response:
+        console = self.console
+        return console.render.page(template, console.context(request, viewer, **context),
+                                   cookie=viewer.fresh_cookie)
+
+    # -- pages ---------------------------------------------------------------------------
+    def overview(self, request: Request, viewer: Viewer) -> Response:
+        status = self.data.status()
+        return self._show(request, viewer, "overview.html", status=status, rates=self.data.activity.latest(),
+                          members=self.data.members())
+
+    def activity(self, request: Request, viewer: Viewer) -> Response:
+        since = request.arg_number("since", 0.0, 0.0, 1e12)
+        return self.console.render.json(self.data.activity.series(since))
+
+    def queues(self, request: Request, viewer: Viewer) -> Response:
+        return self._show(request, viewer, "queues.html", queues=self.data.queues(),
+                          members=len(self.data.member_urls()))
+
+    def workers(self, request: Request, viewer: Viewer) -> Response:
+        page = _page(request)
+        groups = self.data.workers(PAGE_SIZE * page)
+        total = max((len(g["workers"]) for g in groups), default=0)
+        for group in groups:
+            group["workers"] = group["workers"][(page - 1) * PAGE_SIZE:page * PAGE_SIZE]
+        return self._show(request, viewer, "workers.html", groups=groups, pager=_pager(page, total))
+
+    def ring(self, request: Request, viewer: Viewer) -> Response:
+        status = self.data.status()
+        return self._show(request, viewer, "ring.html", ring=status["ring"], members=self.data.members(),
+                          cluster=status.get("cluster"))
+
+    def find_task(self, request: Request, viewer: Viewer) -> Response:
+        """The search box: a task id, or a key; redirects to the task's page."""
+        ref = (request.arg("ref") or "").strip()
+        if not ref:
+            raise InvalidField("type a task id or key", field="ref")
+        if len(ref) > MAX_REF:
+            raise InvalidField(f"a task id or key has at most {MAX_REF} characters", field="ref")
+        task_id = self.data.find(ref)
+        if task_id is None:
+            return self._missing(request, viewer, ref)
+        return self.console.render.redirect("/ui/tasks/" + quote(task_id, safe=""))
+
+    def task(self, request: Request, viewer: Viewer) -> Response:
+        task_id = request.params["id"]
+        view = self.data.task(task_id) if len(task_id) <= MAX_REF else None
+        if view is None:
+            return self._missing(request, viewer, task_id)
+        return self._show(request, viewer, "task.html", task_id=task_id, view=view,
+                          urls=self.data.member_urls())
+
+    def _missing(self, request: Request, viewer: Viewer, ref: str) -> Response:
+        context = self.console.context(request, viewer, ref=ref, holders=self.data.holders_of(ref),
+                                       urls=self.data.member_urls())
+        return self.console.render.page("task_missing.html", context, 404, viewer.fresh_cookie)
+
+    def dead(self, request: Request, viewer: Viewer) -> Response:
+        queue = request.arg("queue") or None
+        if queue is not None:
+            check_queue(queue)
+        page = _page(request)
+        total = self.data.dead_count(queue)
+        tasks = self.data.dead(queue, (page - 1) * PAGE_SIZE, PAGE_SIZE)
+        return self._show(request, viewer, "dead.html", tasks=tasks, queue=queue or "",
+                          pager=_pager(page, total))
+
+    def periodic(self, request: Request, viewer: Viewer) -> Response:
+        page = _page(request)
+        total, rows = self.data.schedules((page - 1) * PAGE_SIZE, PAGE_SIZE)
+        status = self.data.status()
+        return self._show(request, viewer, "periodic.html", schedules=rows, pager=_pager(page, total),
+                          ring=status["ring"], periodic=status.get("periodic", {}))

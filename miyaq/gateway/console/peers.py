@@ -1,0 +1,80 @@
+"""The console asks the other members of the ring over their HTTP
+gateways: their ``/status`` and ``/workers`` for the ring and workers pages,
+and ``POST /queues/<q>/pause|resume`` so that pausing a queue pauses it on
+every node (as ``miyaq queue pause`` does).
+
+Each call has a short timeout (``TIMEOUT``) and answers an error string
+instead of raising, so one member down slows a page by at most that much
+and never breaks it; reads are cached for ``CACHE_TTL`` seconds (at most
+``MAX_CACHED`` entries), so live-updating pages do not multiply requests.
+The node's own ``http_token`` is sent: members of one cluster share it.
+Members are asked one after the other (a ring has a handful of members).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+from geventhttpclient import HTTPClient
+
+from ... import __version__
+from ...runtime import monotonic
+
+logger = logging.getLogger(__name__)
+
+TIMEOUT = 1.0
+CACHE_TTL = 2.0
+MAX_CACHED = 256
+MAX_ANSWER = 4 * 1024 * 1024
+
+
+class Peers:
+    def __init__(self, token: str) -> None:
+        self.headers = {"User-Agent": f"miyaq-console/{__version__}", "Accept": "application/json"}
+        if token:
+            self.headers["Authorization"] = f"Bearer {token}"
+        self._cache: dict[str, tuple[float, Any]] = {}
+
+    def call(self, base: str, method: str, path: str) -> dict[str, Any] | str:
+        """``method path`` on the gateway at ``base``: the JSON answer, or an error text."""
+        parts = urlsplit(base)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return f"no usable gateway address ({base!r})"
+        client = None
+        try:
+            client = HTTPClient(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
+                                ssl=parts.scheme == "https", connection_timeout=TIMEOUT,
+                                network_timeout=TIMEOUT, concurrency=1)
+            headers = dict(self.headers)
+            body = None
+            if method == "POST":
+                headers["Content-Type"] = "application/json"
+                body = b"{}"
+            response = client.request(method, path, body=body, headers=headers)
+            raw = response.read(MAX_ANSWER)
+            answer = json.loads(raw)
+            if response.status_code >= 400:
+                error = answer.get("error", {}) if isinstance(answer, dict) else {}
+                return f"HTTP {response.status_code}: {error.get('message', 'error')}"
+            return answer if isinstance(answer, dict) else "the answer is not a JSON object"
+        except Exception as exc:   # unreachable, timed out, not JSON: shown on the page, never raised
+            logger.debug("console: %s %s%s failed: %r", method, base, path, exc)
+            return f"unreachable ({type(exc).__name__})"
+        finally:
+            if client is not None:
+                client.close()
+
+    def get(self, base: str, path: str) -> dict[str, Any] | str:
+        """A cached GET (at most ``CACHE_TTL`` seconds old)."""
+        key = base + path
+        now = monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and now - hit[0] < CACHE_TTL:
+            return hit[1]
+        answer = self.call(base, "GET", path)
+        if len(self._cache) >= MAX_CACHED:
+            self._cache.clear()
+        self._cache[key] = (now, answer)
+        return answer

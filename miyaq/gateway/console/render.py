@@ -1,0 +1,133 @@
+"""HTML responses of the console: Jinja2 templates with autoescaping on,
+the security headers every page carries, and the static files.
+
+Every value a template prints is escaped (task payloads, names, errors,
+worker hosts and schedule names come from producers and workers, that is
+from anyone who can submit). Pages carry a strict Content-Security-Policy:
+scripts and styles only from ``/ui/static/`` (no inline script or style
+attribute, no eval), no frames, forms post only here.
+"""
+from __future__ import annotations
+
+import json
+import mimetypes
+import os
+from datetime import datetime, timezone
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from ...errors import NotFound
+from ...runtime import wall
+from ..request import Response
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+STATIC_DIR = os.path.join(HERE, "static")
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+SECURITY_HEADERS = [("Content-Security-Policy", CSP), ("X-Content-Type-Options", "nosniff"),
+                    ("X-Frame-Options", "DENY"), ("Referrer-Policy", "same-origin")]
+HTML = "text/html; charset=utf-8"
+
+
+def _when(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _ago(ts: float | None) -> str:
+    """``3.2 s ago`` / ``in 5 min`` relative to now."""
+    if not ts:
+        return "-"
+    delta = wall() - ts
+    text = _span(abs(delta))
+    return f"{text} ago" if delta >= 0 else f"in {text}"
+
+
+def _http_url(url: str | None) -> str:
+    """``url`` if it is an http(s) address, else ``#``: a member's gateway
+    address becomes a link, never a ``javascript:`` one."""
+    if isinstance(url, str) and url.lower().startswith(("http://", "https://")):
+        return url.rstrip("/")
+    return "#"
+
+
+def _span(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def _rate(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.0f}/s" if value >= 10 else f"{value:.2g}/s" if value else "0/s"
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    if n < 1024 * 1024:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n / (1024 * 1024):.1f} MiB"
+
+
+class Renderer:
+    def __init__(self) -> None:
+        self.env = Environment(loader=FileSystemLoader(os.path.join(HERE, "templates")),
+                               autoescape=select_autoescape(["html"], default=True),
+                               trim_blocks=True, lstrip_blocks=True)
+        self.env.filters.update(when=_when, ago=_ago, span=_span, rate=_rate, size=_size, http_url=_http_url)
+        self.env.policies["json.dumps_kwargs"] = {"sort_keys": True}
+
+    def page(self, template: str, context: dict[str, Any], status: int = 200,
+             cookie: str = "") -> Response:
+        body = self.env.get_template(template).render(**context).encode()
+        headers = [("Content-Type", HTML), ("Cache-Control", "no-store"), *SECURITY_HEADERS]
+        if cookie:
+            headers.append(("Set-Cookie", cookie))
+        return Response(status, body, headers)
+
+    @staticmethod
+    def redirect(location: str, cookie: str = "") -> Response:
+        """303 See Other to a path of this console (never another site)."""
+        if not location.startswith("/ui") or location.startswith("//"):
+            location = "/ui"
+        headers = [("Location", location), ("Cache-Control", "no-store"), *SECURITY_HEADERS]
+        if cookie:
+            headers.append(("Set-Cookie", cookie))
+        return Response(303, b"", headers)
+
+    @staticmethod
+    def json(obj: Any) -> Response:
+        body = json.dumps(obj, separators=(",", ":")).encode()
+        return Response(200, body, [("Content-Type", "application/json"), ("Cache-Control", "no-store"),
+                                    *SECURITY_HEADERS])
+
+
+class StaticFiles:
+    """The vendored libraries and the console's own CSS and script, read once."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, tuple[bytes, str]] = {}
+        for name in sorted(os.listdir(STATIC_DIR)):
+            path = os.path.join(STATIC_DIR, name)
+            if os.path.isfile(path) and not name.startswith("."):
+                kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
+                if kind.startswith("text/") or kind.endswith("javascript"):
+                    kind += "; charset=utf-8"
+                with open(path, "rb") as fh:
+                    self.files[name] = (fh.read(), kind)
+
+    def get(self, name: str) -> Response:
+        hit = self.files.get(name)
+        if hit is None:
+            raise NotFound(f"no static file {name}")
+        body, kind = hit
+        return Response(200, body, [("Content-Type", kind), ("Cache-Control", "public, max-age=3600"),
+                                    *SECURITY_HEADERS])
