@@ -1,0 +1,297 @@
+"""The web console over plain HTTP (no browser): every page renders from a
+live node, everything producers and workers send is escaped, callers need
+the gateway's token (or a session signed after typing it), every POST needs
+its CSRF token, a read-only console refuses actions, and the pieces that
+keep state (the activity ring buffer, the attempt log, previews) stay
+bounded. tests/test_console_browser.py drives the same pages in Chromium."""
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import urlencode
+
+import msgpack
+import pytest
+import zmq
+from gateway_harness import FIXTURES, Http, wait_for
+from test_gateway_admin import make_dead
+
+from miyaq.gateway.console import access as access_module
+from miyaq.gateway.console import attempts as attempts_module
+from miyaq.gateway.console.activity import Activity
+from miyaq.gateway.console.attempts import AttemptLog
+from miyaq.gateway.console.data import PAYLOAD_SHOWN, preview
+from miyaq.gateway.console.render import CSP
+from miyaq.protocol import codec
+from miyaq.protocol import commands as c
+from miyaq.store.task import Task
+
+http_node, api, make_http_node, make_web_worker = FIXTURES   # pytest finds fixtures in module globals
+
+PAGES = ("/ui", "/ui/queues", "/ui/workers", "/ui/ring", "/ui/dead", "/ui/periodic")
+EVIL = '<script>alert("x")</script>'
+
+
+def page(api: Http, path: str, **kw: Any) -> tuple[int, str, dict[str, str]]:
+    status, body, headers = api.get(path, **kw)
+    return status, body.decode() if isinstance(body, bytes) else body, headers
+
+
+def csrf_of(html: str) -> str:
+    match = re.search(r'name="csrf-token" content="([0-9a-f]+)"', html)
+    assert match, "the page has no CSRF field"
+    return match.group(1)
+
+
+def cookie_of(headers: dict[str, str]) -> str:
+    return headers["set-cookie"].split(";", 1)[0]
+
+
+def post_form(api: Http, path: str, fields: dict[str, str], cookie: str,
+              headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
+    return api.request("POST", path, raw=urlencode(fields).encode(),
+                       content_type="application/x-www-form-urlencoded",
+                       headers={"Cookie": cookie, **(headers or {})})
+
+
+class RawWorker:
+    """A worker that only says READY (with what it claims about itself) and heartbeats nothing."""
+
+    def __init__(self, port: int, **ready: Any) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(f"tcp://127.0.0.1:{port}")
+        self.sock.send_multipart(codec.encode(c.READY, {"capacity": 2, **ready}))
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
+
+
+# -- pages against a live node -------------------------------------------------------------------
+def test_every_page_renders_with_a_strict_csp(http_node, api):
+    make_dead(api, "mail", 2)
+    api.post("/tasks", {"name": "later", "queue": "mail", "countdown": 600})
+    worker = RawWorker(http_node.config.port, worker="w-1", queues=["mail"], pid=4242, host="box-7", concurrency=3)
+    try:
+        wait_for(lambda: api.get("/workers")[1]["workers"], "the worker to register")
+        for path in PAGES:
+            status, html, headers = page(api, path)
+            assert status == 200, (path, html)
+            assert headers["content-type"] == "text/html; charset=utf-8"
+            assert headers["content-security-policy"] == CSP and "script-src 'self'" in CSP
+            assert headers["x-frame-options"] == "DENY" and headers["cache-control"] == "no-store"
+            assert "<script>" not in html and " style=" not in html and "onclick" not in html
+        assert "box-7" in page(api, "/ui/workers")[1] and "4242" in page(api, "/ui/workers")[1]
+        queues = page(api, "/ui/queues")[1]
+        assert 'data-queue="mail"' in queues and ">Pause</button>" in queues
+        ring = page(api, "/ui/ring")[1]
+        assert "t1" in ring and "100.0%" in ring
+        assert page(api, "/ui/dead")[1].count("<tr data-task=") == 2
+    finally:
+        worker.close()
+
+
+def test_static_files_and_chart_data(http_node, api):
+    status, body, headers = api.get("/ui/static/htmx-2.0.11.min.js")
+    assert status == 200 and headers["content-type"].startswith("text/javascript") and len(body) > 40_000
+    assert api.get("/ui/static/nope.js")[0] == 404
+    api.post("/tasks", {"name": "job"})
+    series = wait_for(lambda: (s := api.get("/ui/activity.json")[1]) and s["t"] and s, "a second sample")
+    assert set(series) == {"t", "submitted", "started", "completed", "failed"}
+    assert all(len(series[k]) == len(series["t"]) for k in series)
+
+
+def test_a_task_page_escapes_what_producers_send(http_node, api):
+    task_id = api.post("/tasks", {"name": EVIL, "args": [EVIL], "key": EVIL, "countdown": 600})[1]["id"]
+    status, html, _ = page(api, f"/ui/tasks/{task_id}")
+    assert status == 200
+    assert EVIL not in html and "&lt;script&gt;" in html
+    assert 'id="task-state">scheduled<' in html and "t1" in html
+    # found by key too: the search box redirects to the task's page
+    status, _, headers = api.get("/ui/task?" + urlencode({"ref": EVIL}))
+    assert status == 303 and headers["location"] == f"/ui/tasks/{task_id}"
+    status, html, _ = page(api, "/ui/task?" + urlencode({"ref": "no-such-" + EVIL}))
+    assert status == 404 and EVIL not in html
+
+
+def test_a_dead_task_shows_its_failed_attempts(http_node, api):
+    task_id = api.post("/tasks", {"name": "job", "max_retries": 1, "backoff": 0.01})[1]["id"]
+    for attempt in (1, 2):
+        got = wait_for(lambda: api.post("/receive", {"queues": ["default"]})[1]["task"], "the task again")
+        assert api.post(f"/tasks/{task_id}/nack", {"attempt": got["attempt"],
+                                                   "error": f"bad {attempt} " + EVIL})[1]["ok"]
+    html = page(api, f"/ui/tasks/{task_id}")[1]
+    assert 'id="task-state">dead<' in html and EVIL not in html
+    assert "bad 1 &lt;script&gt;" in html and "bad 2 &lt;script&gt;" in html
+
+
+def test_workers_claims_are_escaped(http_node, api):
+    worker = RawWorker(http_node.config.port, worker="w-" + "x" * 8, queues=["q"], host=EVIL, pid=1)
+    try:
+        wait_for(lambda: api.get("/workers")[1]["workers"], "the worker to register")
+        html = page(api, "/ui/workers")[1]
+        assert EVIL not in html and "&lt;script&gt;" in html
+    finally:
+        worker.close()
+
+
+def test_pages_are_paged(http_node, api):
+    make_dead(api, "bulk", 55)
+    first = page(api, "/ui/dead?queue=bulk")[1]
+    assert first.count("<tr data-task=") == 50 and "page 1 of 2" in first
+    second = page(api, "/ui/dead?queue=bulk&page=2")[1]
+    assert second.count("<tr data-task=") == 5
+    assert page(api, "/ui/dead?page=0")[0] == 400
+    assert page(api, "/ui/dead?queue=bad@queue")[0] == 400
+
+
+# -- who may look and act -------------------------------------------------------------------------
+def test_a_token_protected_console_signs_in_with_the_token(make_http_node):
+    node = make_http_node(http_token="s3cret")
+    anon = Http(node.url)
+    try:
+        status, _, headers = anon.get("/ui/queues?x=1")
+        assert status == 303 and headers["location"] == "/ui/login?next=%2Fui%2Fqueues%3Fx%3D1"
+        assert anon.get("/ui/login")[0] == 200
+        status, body, headers = post_form(anon, "/ui/login", {"token": "wrong", "next": "/ui"}, "")
+        assert status == 401 and "set-cookie" not in headers
+        status, _, headers = post_form(anon, "/ui/login", {"token": "s3cret", "next": "/ui/dead"}, "")
+        assert status == 303 and headers["location"] == "/ui/dead"
+        cookie = cookie_of(headers)
+        assert "HttpOnly" in headers["set-cookie"] and "SameSite=Strict" in headers["set-cookie"]
+        assert page(anon, "/ui/dead", headers={"Cookie": cookie})[0] == 200
+        # the session opens the console only, not the JSON API
+        assert anon.get("/status", headers={"Cookie": cookie})[0] == 401
+        # a forged or altered cookie is refused
+        name, value = cookie.split("=", 1)
+        forged = f"{name}={value[:-1]}{'0' if value[-1] != '0' else '1'}"
+        assert anon.get("/ui/dead", headers={"Cookie": forged})[0] == 303
+        # the bearer token works as for the API; a redirect never leaves the console
+        assert page(anon, "/ui", headers={"Authorization": "Bearer s3cret"})[0] == 200
+        status, _, headers = post_form(anon, "/ui/login", {"token": "s3cret", "next": "//evil.example/"}, "")
+        assert headers["location"] == "/ui"
+    finally:
+        anon.close()
+
+
+def test_an_expired_session_is_refused(make_http_node, monkeypatch):
+    """Fault: a session cookie older than its lifetime (stolen from an old browser profile, say)."""
+    node = make_http_node(http_token="s3cret")
+    anon = Http(node.url)
+    try:
+        headers = post_form(anon, "/ui/login", {"token": "s3cret"}, "")[2]
+        cookie = cookie_of(headers)
+        monkeypatch.setattr(access_module, "SESSION_TTL", -1.0)
+        assert anon.get("/ui", headers={"Cookie": cookie})[0] == 303
+    finally:
+        anon.close()
+
+
+def test_posts_need_the_csrf_token_of_their_session(http_node, api):
+    """Fault: a cross-site form post, and a post replaying another session's token."""
+    make_dead(api, "victim", 1)
+    status, html, headers = page(api, "/ui/dead")
+    cookie, csrf = cookie_of(headers), csrf_of(html)
+    for fields, extra in (({"all": "1"}, {}),                                  # no token
+                          ({"all": "1", "csrf": "0" * 40}, {}),                # a wrong one
+                          ({"all": "1", "csrf": csrf}, {"Origin": "http://evil.example"}),
+                          ({"all": "1", "csrf": csrf}, {"Sec-Fetch-Site": "cross-site"})):
+        status, body, _ = post_form(api, "/ui/dead/purge", fields, cookie, extra)
+        assert status == 403, (fields, extra)
+    other_cookie = cookie_of(page(api, "/ui/dead")[2])
+    assert post_form(api, "/ui/dead/purge", {"all": "1", "csrf": csrf}, other_cookie)[0] == 403
+    assert len(api.get("/dead")[1]["tasks"]) == 1          # nothing was purged
+    status, _, headers = post_form(api, "/ui/dead/purge", {"all": "1", "csrf": csrf}, cookie)
+    assert status == 303 and headers["location"] == "/ui/dead?done=purged&n=1"
+    assert api.get("/dead")[1]["tasks"] == []
+
+
+def test_pause_and_resume_from_the_console(http_node, api):
+    api.post("/tasks", {"name": "job", "queue": "mail", "countdown": 600})
+    status, html, headers = page(api, "/ui/queues")
+    cookie, csrf = cookie_of(headers), csrf_of(html)
+    status, _, headers = post_form(api, "/ui/queues/mail/pause", {"csrf": csrf, "back": "/ui/queues"}, cookie)
+    assert status == 303 and headers["location"] == "/ui/queues?done=paused&q=mail&n=1&of=1"
+    assert api.get("/queues/mail")[1]["paused"] is True
+    assert "paused on 1 of 1 node" in page(api, headers["location"], headers={"Cookie": cookie})[1]
+    post_form(api, "/ui/queues/mail/resume", {"csrf": csrf}, cookie)
+    assert api.get("/queues/mail")[1]["paused"] is False
+    assert post_form(api, "/ui/queues/bad@q/pause", {"csrf": csrf}, cookie)[0] == 400
+
+
+def test_a_read_only_console_shows_but_does_not_act(make_http_node):
+    node = make_http_node(http_console="read-only")
+    api = Http(node.url)
+    try:
+        make_dead(api, "ro", 1)
+        status, html, headers = page(api, "/ui/dead")
+        assert status == 200 and "read-only" in html and ">Retry</button>" not in html
+        assert ">Pause</button>" not in page(api, "/ui/queues")[1]
+        status, body, _ = post_form(api, "/ui/dead/retry", {"all": "1", "csrf": csrf_of(html)},
+                                    cookie_of(headers))
+        assert status == 403 and b"read-only" in body
+        assert len(api.get("/dead")[1]["tasks"]) == 1
+    finally:
+        api.close()
+
+
+def test_the_console_can_be_turned_off(make_http_node):
+    node = make_http_node(http_console="off")
+    api = Http(node.url)
+    try:
+        assert api.get("/ui")[0] == 404
+        assert api.get("/status")[0] == 200
+    finally:
+        api.close()
+
+
+# -- bounded state ---------------------------------------------------------------------------------
+def test_activity_keeps_a_bounded_history_of_rates():
+    outcomes: dict[tuple[str, str], int] = {}
+    activity = Activity(outcomes, history=5)
+    for second in range(10):
+        outcomes[("q", "submitted")] = 10 * second
+        outcomes[("q", "started")] = 4 * second
+        outcomes[("q", "failed")] = second
+        outcomes[("q", "lost")] = second
+        activity.sample(float(second))
+    series = activity.series()
+    assert series["t"] == [5.0, 6.0, 7.0, 8.0, 9.0]
+    assert series["submitted"] == [10.0] * 5 and series["started"] == [4.0] * 5
+    assert series["failed"] == [2.0] * 5 and series["completed"] == [0.0] * 5
+    assert activity.series(since=8.0)["t"] == [9.0]
+    activity.sample(60.0)            # a frozen process: the gap is not averaged into a rate
+    assert activity.series()["t"][-1] == 9.0
+
+
+def test_attempt_log_is_bounded(monkeypatch):
+    monkeypatch.setattr(attempts_module, "MAX_TASKS", 3)
+    log = AttemptLog(lambda: 1.0)
+    task = Task("a", "q", "job", b"")
+    for attempt in range(1, 15):
+        task.attempt = attempt
+        task.error = {"type": "E", "message": "m" * 5000}
+        log.task_retrying(task, "failed")
+    kept = log.of("a")
+    assert len(kept) == attempts_module.MAX_PER_TASK
+    assert kept[0]["attempt"] == 1 and kept[-1]["attempt"] == 14
+    assert len(kept[-1]["message"]) < 2100
+    for name in "bcde":
+        log.task_dead(Task(name, "q", "job", b""))
+    assert list(log.tasks) == ["c", "d", "e"]
+
+
+def test_previews_are_capped_and_never_fail():
+    big = preview(msgpack.packb([["x" * 10_000], {}]))
+    assert big is not None and big["cut"] and len(big["text"]) == PAYLOAD_SHOWN
+    assert preview(b"\xc1\xff garbage")["format"] == "text"           # not msgpack: shown as text
+    deep = b"\x91" * 100_000 + b"\xc0"                                   # nested far beyond recursion
+    assert preview(deep)["size"] == 100_001
+    assert preview(None) is None
+
+
+@pytest.mark.parametrize("path", ["/ui/tasks/" + "x" * 300, "/ui/task?ref=" + "y" * 300])
+def test_oversized_references_are_refused(api, path):
+    assert api.get(path)[0] in (400, 404)
