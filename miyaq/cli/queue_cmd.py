@@ -21,6 +21,7 @@ import json
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import InvalidField, MiyaqError, Unavailable, from_wire
@@ -124,30 +125,36 @@ def run_limit(args: argparse.Namespace) -> int:
         raise InvalidField("give --rate and/or --max-concurrent (or --clear)")
     else:
         method, body = "PUT", {"rate": args.rate, "burst": args.burst, "max_concurrent": args.max_concurrent}
-    missed = 0
-    for node, base in _gateways(args):
-        if base is None:
-            missed += 1
-            print(f"{node}: no HTTP gateway; set queue_limits in its configuration")
-            continue
-        answer = _request(args, method, path, body, base=base)
+
+    def describe(answer: Any) -> str:
         if args.clear:
-            print(f"{node}: {args.queue}: limits {'removed' if answer['removed'] else 'were not set'}")
-        else:
-            print(f"{node}: {answer['queue']}: {_limits_text(answer['limits'])}")
-    return 1 if missed else 0
+            return f"{args.queue}: limits {'removed' if answer['removed'] else 'were not set'}"
+        return f"{answer['queue']}: {_limits_text(answer['limits'])}"
+
+    return _on_every_node(args, method, path, body, describe, "set queue_limits in its configuration")
 
 
 def run_pause(args: argparse.Namespace) -> int:
     """Pause or resume the queue on every node of the ring."""
     action = "pause" if args.paused else "resume"
+
+    def describe(answer: Any) -> str:
+        state = "paused" if answer["paused"] else "running"
+        return f"{answer['queue']}: {state}" + ("" if answer["changed"] else " (already)")
+
+    return _on_every_node(args, "POST", f"/queues/{args.queue}/{action}", None, describe,
+                          f"cannot {action} {args.queue} there")
+
+
+def _on_every_node(args: argparse.Namespace, method: str, path: str, body: Any,
+                   describe: Callable[[Any], str], if_no_gateway: str) -> int:
+    """Send one request to every member's gateway and print each answer;
+    exit status 1 if a member has no gateway."""
     missed = 0
     for node, base in _gateways(args):
         if base is None:
             missed += 1
-            print(f"{node}: no HTTP gateway; cannot {action} {args.queue} there")
+            print(f"{node}: no HTTP gateway; {if_no_gateway}")
             continue
-        answer = _request(args, "POST", f"/queues/{args.queue}/{action}", base=base)
-        state = "paused" if answer["paused"] else "running"
-        print(f"{node}: {answer['queue']}: {state}" + ("" if answer["changed"] else " (already)"))
+        print(f"{node}: {describe(_request(args, method, path, body, base=base))}")
     return 1 if missed else 0
