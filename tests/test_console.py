@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 import msgpack
 import pytest
 import zmq
-from gateway_harness import FIXTURES, Http, wait_for
+from gateway_harness import FIXTURES, Http, free_port, wait_for
 from test_gateway_admin import make_dead
 
 from miyaq.gateway.console import access as access_module
@@ -295,3 +295,54 @@ def test_previews_are_capped_and_never_fail():
 @pytest.mark.parametrize("path", ["/ui/tasks/" + "x" * 300, "/ui/task?ref=" + "y" * 300])
 def test_oversized_references_are_refused(api, path):
     assert api.get(path)[0] in (400, 404)
+
+
+# -- other members ---------------------------------------------------------------------------------
+def _two_member_ring(first: Any, second: Any, gone_url: str) -> None:
+    """Make ``first`` see a ring of itself, ``second`` and a member whose gateway is down."""
+    own = first.node.ring_info
+
+    def ring_info() -> dict[str, Any]:
+        info = own()
+        info["members"] = dict(info["members"])
+        info["members"]["t2"] = {"service": "tcp://127.0.0.1:1", "share": 0.3, "weight": 1.0, "http": second.url}
+        info["members"]["t3"] = {"service": "tcp://127.0.0.1:2", "share": 0.2, "weight": 1.0, "http": gone_url}
+        return info
+
+    first.call(lambda: setattr(first.node, "ring_info", ring_info))
+
+
+def test_pause_reaches_every_member_and_the_ring_page_asks_each(make_http_node):
+    """Fault: one member of the ring does not answer (its gateway is down)."""
+    first = make_http_node(http_token="tok")
+    second = make_http_node(http_token="tok", node_id="t2")
+    gone = f"http://127.0.0.1:{free_port()}"
+    _two_member_ring(first, second, gone)
+    api, api2 = Http(first.url, token="tok"), Http(second.url, token="tok")
+    try:
+        api2.post("/tasks", {"name": "job", "queue": "mail", "countdown": 600})
+        ring = page(api, "/ui/ring")[1]
+        assert re.search(r"<td>t2</td>.*?<td class=\"num\">1</td>", ring, re.S), "t2's tasks held"
+        assert "unreachable" in ring
+        status, html, headers = page(api, "/ui/queues")
+        status, _, headers = post_form(api, "/ui/queues/mail/pause", {"csrf": csrf_of(html)}, cookie_of(headers))
+        assert status == 303 and "n=2&of=3" in headers["location"]
+        assert api.get("/queues/mail")[1]["paused"] and api2.get("/queues/mail")[1]["paused"]
+        workers = page(api, "/ui/workers")[1]
+        assert "node t2" in workers and "unreachable" in workers
+    finally:
+        api.close()
+        api2.close()
+
+
+def test_a_member_with_another_token_is_reported_not_trusted(make_http_node):
+    first = make_http_node()
+    second = make_http_node(http_token="other", node_id="t2")
+    _two_member_ring(first, second, "javascript:alert(1)")
+    api = Http(first.url)
+    try:
+        ring = page(api, "/ui/ring")[1]
+        assert "HTTP 401" in ring and "no usable gateway address" in ring
+        assert 'href="javascript' not in ring
+    finally:
+        api.close()
