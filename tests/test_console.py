@@ -7,6 +7,7 @@ bounded. tests/test_console_browser.py drives the same pages in Chromium."""
 from __future__ import annotations
 
 import re
+import socket
 from typing import Any
 from urllib.parse import urlencode
 
@@ -21,6 +22,7 @@ from miyaq.gateway.console import attempts as attempts_module
 from miyaq.gateway.console.activity import Activity
 from miyaq.gateway.console.attempts import AttemptLog
 from miyaq.gateway.console.data import PAYLOAD_SHOWN, preview
+from miyaq.gateway.console.peers import Peers
 from miyaq.gateway.console.render import CSP
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c
@@ -346,3 +348,35 @@ def test_a_member_with_another_token_is_reported_not_trusted(make_http_node):
         assert 'href="javascript' not in ring
     finally:
         api.close()
+
+
+def test_a_failing_sample_is_logged_and_the_node_goes_on(make_http_node, monkeypatch, caplog):
+    """Fault: a bug in the activity sampler (here: its first sample raises)."""
+    real = Activity.sample
+    calls = {"n": 0}
+
+    def flaky(self: Activity, now: float) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("sampler bug")
+        real(self, now)
+
+    monkeypatch.setattr(Activity, "sample", flaky)
+    node = make_http_node()
+    api = Http(node.url)
+    try:
+        wait_for(lambda: calls["n"] >= 3, "the sampler to go on after its failure")
+        assert api.get("/ui")[0] == 200 and api.get("/status")[0] == 200
+        assert "sampling the node's activity failed" in caplog.text
+    finally:
+        api.close()
+
+
+def test_a_member_that_never_answers_costs_one_timeout():
+    """Fault: a member's gateway accepts the connection and then hangs (a frozen process)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        answer = Peers("").call(url, "GET", "/status")
+        assert isinstance(answer, str) and answer.startswith("unreachable")

@@ -73,7 +73,10 @@ class Console:
     def _sample_loop(self) -> None:
         next_at = monotonic()
         while not self._stopping:
-            self.activity.sample(wall())
+            try:
+                self.activity.sample(wall())
+            except Exception:   # the chart is not worth the node: log it and sample again next second
+                logger.exception("console: sampling the node's activity failed")
             next_at += SAMPLE_EVERY
             delay = next_at - monotonic()
             if delay < 0:            # fell behind (a busy or frozen process): start afresh
