@@ -151,3 +151,22 @@ def test_kill_part_stops_only_that_part_and_its_pending_restarts() -> None:
     assert sup.live() == ["other:loop"]
     assert sup.crashes["zk:flaky"] == 1 and not sup.stopping
     sup.kill(timeout=1.0)
+
+
+def test_run_in_thread_runs_off_the_hub_and_inline_in_the_hub() -> None:
+    main = green.native_thread_ident()
+    assert green.run_in_thread(green.native_thread_ident) != main
+    seen: list[int] = []
+    done = green.Event()
+
+    def in_hub() -> None:  # a hub callback must not wait: the call runs inline there
+        seen.append(green.run_in_thread(green.native_thread_ident))
+        done.set()
+
+    wake = green.ThreadWake(in_hub)  # its callback runs in the hub's own greenlet
+    try:
+        wake.wake()
+        assert done.wait(5)
+    finally:
+        wake.close()
+    assert seen == [main]

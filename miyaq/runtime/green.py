@@ -72,8 +72,13 @@ def call_soon(fn: Callable[..., Any], *args: Any) -> None:
 
 def run_in_thread(fn: Callable[..., T], *args: Any) -> T:
     """Run a blocking call (fsync, a C library) in the hub's thread pool and
-    wait for it without blocking other greenlets. Exceptions propagate."""
-    return gevent.get_hub().threadpool.apply(fn, args)
+    wait for it without blocking other greenlets. Exceptions propagate.
+    Called from the hub's own greenlet (a callback, which must not wait), it
+    runs inline."""
+    hub = gevent.get_hub()
+    if gevent.getcurrent() is hub:
+        return fn(*args)
+    return hub.threadpool.apply(fn, args)
 
 
 def on_signal(signum: signal.Signals | int, handler: Callable[[], Any]) -> Any:
