@@ -5,6 +5,7 @@ on how long anything took; fsyncs are counted by wrapping os.fsync.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -17,11 +18,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import gevent
 import pytest
 
 from miyaq.errors import ConfigError, MiyaqError
-from miyaq.store.log import AppendLog, snapshot_name
+from miyaq.runtime import LOG, Supervisor
+from miyaq.store.log import AppendLog, LogFailed, LogWriteError
+from miyaq.store.log_format import snapshot_name
 from miyaq.store.log_format import HEADER_SIZE, KIND_RECORD, frame, pack_payload
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,6 +76,15 @@ def workload(n: int) -> list[dict[str, Any]]:
 
 def as_snapshot(state: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"op": "put", "k": k, "v": v} for k, v in state.items()]
+
+
+def run_all(jobs: list[Any]) -> None:
+    """Run each job in its own greenlet and wait for all; a job that raises fails the test."""
+    sup = Supervisor("test")
+    greenlets = [sup.spawn(f"job{i}", job, policy=LOG) for i, job in enumerate(jobs)]
+    for g in greenlets:
+        g.join(30)
+    assert not sup.crashes, sup.crashes
 
 
 @pytest.fixture
@@ -473,8 +484,7 @@ def test_fsync_always_shares_fsyncs_between_greenlets(tmp_path: Path, fsyncs: di
     log, _ = open_log(tmp_path, fsync="always", offload_fsync=True)
     base = fsyncs["file"]
     seqnos: list[int] = []
-    greenlets = [gevent.spawn(lambda i=i: seqnos.append(log.append({"g": i}))) for i in range(50)]
-    gevent.joinall(greenlets, raise_error=True)
+    run_all([lambda i=i: seqnos.append(log.append({"g": i})) for i in range(50)])
     assert sorted(seqnos) == list(range(1, 51)) and log.durable_seqno == 50
     assert 1 <= fsyncs["file"] - base < 50  # appends made during an fsync share the next one
     log.close()
@@ -507,7 +517,7 @@ def test_fsync_interval_batches_fsyncs(tmp_path: Path, fsyncs: dict[str, int]) -
 def test_fsync_interval_commits_in_background(tmp_path: Path) -> None:
     log, _ = open_log(tmp_path, fsync="interval", interval_ms=1)
     seqnos = [log.append({"i": i}) for i in range(10)]
-    gevent.joinall([gevent.spawn(log.wait_durable, s, 30) for s in seqnos], raise_error=True)
+    run_all([lambda s=s: log.wait_durable(s, 30) for s in seqnos])
     assert log.durable_seqno == 10
     stats = log.stats()
     assert stats["last_fsync"] is not None and 1 <= stats["fsyncs"] <= 10
@@ -580,8 +590,71 @@ def test_fsync_error_fails_the_log_loudly(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(MiyaqError, match="Input/output error"):
         log.wait_durable(seqno, timeout=30)
     assert len(errors) == 1 and isinstance(errors[0], MiyaqError)
-    with pytest.raises(MiyaqError, match="restart"):
+    with pytest.raises(LogFailed, match="refuses appends"):
         log.append({"i": 3})
     monkeypatch.undo()
     log.close()
     assert [r["i"] for r in reopen(tmp_path)] == [1, 2]
+
+
+# -- disk faults: seen, counted, recovered ------------------------------------------
+
+
+def test_full_disk_on_write_refuses_the_batch_and_the_log_goes_on(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """Fault: write(2) fails with ENOSPC (the data dir is full)."""
+    log, _ = open_log(tmp_path, fsync="always")
+    log.append({"i": 1})
+
+    def full(fd: int, data: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with caplog.at_level(logging.ERROR, logger="miyaq.store.log"):
+        with pytest.raises(LogWriteError, match="No space left on device"):
+            log.append_many([{"i": 2}, {"i": 3}])
+    monkeypatch.undo()
+    assert "records were not logged" in caplog.text
+    assert log.stats()["write_errors"] == 1 and log.writable and log.failure is None
+    assert log.last_seqno == 1
+    assert log.append({"i": 4}) == 2
+    log.close()
+    assert reopen(tmp_path) == [{"i": 1}, {"i": 4}]
+
+
+def test_failed_fsync_is_recovered_by_a_snapshot_from_memory(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault: fsync EIO in always mode; the owner rewrites its state and appends resume."""
+    log, _ = open_log(tmp_path, fsync="always", segment_bytes=128)
+    for i in range(5):
+        log.append({"op": "put", "k": f"k{i}", "v": i})
+
+    def eio(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", eio)
+    with pytest.raises(LogFailed, match="Input/output error"):
+        log.append({"op": "put", "k": "k5", "v": 5})        # not acknowledged: the caller saw the error
+    monkeypatch.undo()
+    stats = log.stats()
+    assert not log.writable and isinstance(log.failure, OSError)
+    assert stats["fsync_errors"] == 1 and "Input/output error" in stats["failed"]
+    with pytest.raises(LogFailed):
+        log.flush()
+    state = {f"k{i}": i for i in range(6)}                   # what the owner holds in memory
+    seqno = log.compact(as_snapshot(state))
+    assert seqno == 6 and log.writable and log.durable_seqno == 6
+    assert segments(tmp_path) == []
+    log.append({"op": "put", "k": "k6", "v": 6})
+    log.close()
+    assert rebuild(tmp_path) == {**state, "k6": 6}
+
+
+def test_interval_committer_runs_under_the_owners_supervisor(tmp_path: Path) -> None:
+    sup = Supervisor("node", on_fatal=lambda *a: pytest.fail("not fatal"))
+    log, _ = open_log(tmp_path, fsync="interval", interval_ms=1, supervisor=sup)
+    assert log.wait_durable(log.append({"i": 1}), timeout=30)
+    assert sup.live() == ["log-committer"]
+    log.close()
+    assert "log-committer" not in sup.crashes

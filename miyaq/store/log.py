@@ -55,91 +55,64 @@ and offset, counters ``corrupt_records`` and ``truncated_bytes``), never fatal:
 gevent: fsyncs run on the gevent hub's native threadpool when the calling
 thread has a hub (``offload_fsync=None``, the default), so only the calling
 greenlet waits and the event loop keeps serving; without a hub they run
-inline. ``interval`` mode commits from a greenlet; in a program that never
-runs the hub, records become durable on ``wait_durable``, ``flush`` or
-``close``. In ``always`` mode ``append`` may yield to other greenlets while
-its fsync runs (concurrent appends share one fsync); in the other modes it
-never yields. Writes (and ``compact``'s snapshot encoding) run inline.
+inline. ``interval`` mode commits from a greenlet spawned through the
+:class:`~miyaq.runtime.Supervisor` the owner hands in (the log makes its
+own when none is given); in a program that never runs the hub, records
+become durable on ``wait_durable``, ``flush`` or ``close``. In ``always``
+mode ``append`` may yield to other greenlets while its fsync runs
+(concurrent appends share one fsync); in the other modes it never yields.
+Writes (and ``compact``'s snapshot encoding) run inline.
 
-The class is written in parts: appending and lifecycle here, opening in
-:mod:`~miyaq.store.log_replay`, fsync in :mod:`~miyaq.store.log_commit`,
-snapshots in :mod:`~miyaq.store.log_compact` (their shared state in
-:mod:`~miyaq.store.log_state`); each part logs to a child of this module's
-logger.
+Failures (each logged and counted in :meth:`AppendLog.stats`):
+
+- A write that fails (ENOSPC, EIO) is undone -- the segment is truncated
+  back -- and ``append`` raises :class:`LogWriteError`: those records are
+  not logged, the log stays usable (``write_errors``).
+- An fsync that fails, or a write that cannot be undone, *fails* the log
+  (``fsync_errors``, :attr:`AppendLog.failure`): waiters and ``on_durable``
+  callbacks get the error, never a "durable", and appends, flushes and waits
+  raise :class:`LogFailed` -- the page cache can no longer be trusted.
+  :meth:`AppendLog.compact` with the owner's live state recovers it: the
+  snapshot is written from memory, the failed segments are deleted, appends
+  resume. Replaying the directory (a restart) also starts afresh.
+
+The log is composed of parts with their own state, each tested alone:
+:class:`~miyaq.store.log_replay.Scanner` (opening: lock, scan, replay,
+repair), :class:`~miyaq.store.log_segments.Segments` (the files, appending,
+rotation), :class:`~miyaq.store.log_commit.Committer` (fsync policy, group
+commit, durable callbacks, the failed state) and
+:class:`~miyaq.store.log_compact.Snapshotter` (compaction). Each logs to a
+child of this module's logger. :class:`AppendLog` composes them.
 
 Constraints: not thread-safe -- use an instance from one thread (any number
-of its greenlets). After a failed fsync (or a write that could not be undone)
-the log refuses appends, flushes and waits -- the page cache can no longer be
-trusted -- and ``on_durable`` callbacks get the error; restart and replay.
+of its greenlets).
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import os
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, Self
 
-import gevent
-import gevent.event
-import gevent.lock
-
 from miyaq.errors import ConfigError, MiyaqError
-from miyaq.store.log_commit import GroupCommit
-from miyaq.store.log_compact import Compaction
-from miyaq.store.log_format import (  # re-exported: these were importable from here
-    KIND_RECORD,
-    KIND_SNAP_BEGIN,
-    KIND_SNAP_END,
-    KIND_SNAP_RECORD,
-    SEGMENT_RE,
-    SNAPSHOT_RE,
-    Buffer,
-    FrameError,
-    encode,
-    find_next_frame,
-    frame,
-    iter_frames,
-    pack_payload,
-    segment_name,
-    snapshot_name,
-    walk_snapshot,
-)
-from miyaq.store.log_replay import LogEntry, LogReplay
-from miyaq.store.log_state import DurableCallback, MiB, Segment, write_all
+from miyaq.runtime import Supervisor
+from miyaq.store.log_commit import FSYNC_MODES, Committer, DurableCallback, LogFailed
+from miyaq.store.log_compact import Snapshotter
+from miyaq.store.log_files import Blocking, MiB, fsync_dir
+from miyaq.store.log_format import KIND_RECORD, encode_record
+from miyaq.store.log_replay import LogEntry, Scanner
+from miyaq.store.log_segments import LogWriteError, Segments
 
-__all__ = [
-    "FSYNC_MODES",
-    "KIND_RECORD",
-    "KIND_SNAP_BEGIN",
-    "KIND_SNAP_END",
-    "KIND_SNAP_RECORD",
-    "SEGMENT_RE",
-    "SNAPSHOT_RE",
-    "AppendLog",
-    "Buffer",
-    "DurableCallback",
-    "FrameError",
-    "LogEntry",
-    "MiB",
-    "encode",
-    "find_next_frame",
-    "frame",
-    "iter_frames",
-    "pack_payload",
-    "segment_name",
-    "snapshot_name",
-    "walk_snapshot",
-]
+__all__ = ["FSYNC_MODES", "AppendLog", "DurableCallback", "LogEntry", "LogFailed", "LogWriteError"]
 
 logger = logging.getLogger(__name__)
 
-FSYNC_MODES = ("always", "interval", "never")
 
+class AppendLog:
+    """Segmented, checksummed, append-only record log with snapshots. See the module docstring.
 
-class AppendLog(LogReplay, GroupCommit, Compaction):
-    """Segmented, checksummed, append-only record log with snapshots. See the module docstring."""
+    ``supervisor`` spawns the ``interval`` mode's committer greenlet (a
+    ``CRITICAL`` one: a bug in it stops the process loudly); pass the owner's."""
 
     def __init__(
         self,
@@ -151,6 +124,7 @@ class AppendLog(LogReplay, GroupCommit, Compaction):
         compact_after_records: int = 1_000_000,
         compact_after_bytes: int = 1024 * MiB,
         offload_fsync: bool | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         if fsync not in FSYNC_MODES:
             raise ConfigError(f"fsync must be one of {', '.join(FSYNC_MODES)}, not {fsync!r}")
@@ -163,44 +137,52 @@ class AppendLog(LogReplay, GroupCommit, Compaction):
             raise ConfigError(f"interval_ms must be >= 0, not {interval_ms!r}")
         self.directory = os.fspath(directory)
         self.fsync_mode = fsync
-        self.interval = interval_ms / 1000.0
-        self.segment_bytes = segment_bytes
         self.max_record_bytes = max_record_bytes
-        self.compact_after_records = compact_after_records
-        self.compact_after_bytes = compact_after_bytes
-        self.offload_fsync = offload_fsync
-        self.truncated_bytes = 0
-        self.corrupt_records = 0
-        self._clock: Callable[[], float] = time.monotonic
+        self.write_errors = 0
+        self._own_supervisor = supervisor is None
+        self._supervisor = supervisor or Supervisor(f"log {self.directory}")
+        blocking = Blocking(offload_fsync)
+        self._blocking = blocking
         self._state = "new"  # new -> replaying -> ready -> closed
-        self._lock_fd = -1
-        self._segments: list[Segment] = []  # after the snapshot, in order; last may be active
-        self._active: Segment | None = None
-        self._retired: list[Segment] = []  # still open: fsync then close at the next sync
-        self._snapshot_seqno = 0
-        self._snapshot_bytes = 0
-        self._snapshot_path: str | None = None
-        self._snapshot_valid = True
-        self._bad_snapshots: list[str] = []
-        self._last_seqno = 0
-        self._durable_seqno = 0
-        self._records_since_snapshot = 0
-        self._dir_dirty = False
-        self._failed: BaseException | None = None
-        self._fsyncs = 0
-        self._last_fsync: float | None = None
-        self._sync_lock = gevent.lock.Semaphore(1)
-        self._durable_changed = gevent.event.Event()
-        self._callbacks: list[tuple[int, int, DurableCallback]] = []
-        self._callback_order = itertools.count()
-        self._wake = gevent.event.Event()
-        self._committer: gevent.Greenlet | None = None
-        self._committer_syncing = False
-        self._next_sync_at = 0.0
-        self._compacting = False
+        self._scanner = Scanner(self.directory, blocking=blocking)
+        self._segments = Segments(self.directory, segment_bytes, close_retired_at_once=fsync == "never")
+        self._committer = Committer(self._segments, self.directory, fsync, interval_ms / 1000.0, blocking=blocking)
+        self._snapshotter = Snapshotter(self.directory, self._segments, self._committer,
+                                        max_record_bytes=max_record_bytes, after_records=compact_after_records,
+                                        after_bytes=compact_after_bytes, blocking=blocking)
+
+    # -- opening -------------------------------------------------------------
+    def replay(self) -> Iterator[dict[Any, Any]]:
+        """Yield every record (snapshot first); when exhausted the log is ready to append."""
+        for entry in self.replay_entries():
+            yield entry.record
+
+    def replay_entries(self) -> Iterator[LogEntry]:
+        """Like :meth:`replay`, with seqnos and whether a record came from the snapshot."""
+        if self._state != "new":
+            raise MiyaqError(f"replay() runs once per AppendLog; this one is {self._state}")
+        self._state = "replaying"
+        yield from self._scanner.entries()
+        opened = self._scanner.opened
+        self._segments.adopt(opened.segments, opened.last_seqno)
+        self._snapshotter.adopt(opened.snapshot)
+        if self._segments.active is not None:  # a killed process may have left it in the page cache only
+            self._blocking(os.fsync, self._segments.active.fd)
+        self._blocking(fsync_dir, self.directory)
+        self._committer.start(self._supervisor, opened.last_seqno)
+        self._state = "ready"
+
+    @property
+    def truncated_bytes(self) -> int:
+        """Bytes cut off torn or corrupt tails during replay."""
+        return self._scanner.truncated_bytes
+
+    @property
+    def corrupt_records(self) -> int:
+        """Damaged records and snapshots found during replay."""
+        return self._scanner.corrupt_records
 
     # -- appending -----------------------------------------------------------
-
     def append(self, record: dict[Any, Any]) -> int:
         """Log one record; returns its seqno (durable already in ``always`` mode)."""
         return self.append_many((record,))
@@ -208,110 +190,142 @@ class AppendLog(LogReplay, GroupCommit, Compaction):
     def append_many(self, records: Iterable[dict[Any, Any]]) -> int:
         """Log records with one write (per segment) and one fsync; returns the last seqno.
 
-        Nothing is written if any record is refused. If a batch spans segments
-        and a later write fails, the earlier part stays logged."""
+        Nothing is written if any record is refused (not a dict, not msgpack,
+        too big: :class:`MiyaqError`). A failed write raises
+        :class:`LogWriteError`; if a batch spans segments, the part written to
+        earlier ones stays logged (``details["logged"]`` records)."""
         self._check_writable()
-        first = self._last_seqno + 1
-        frames = [self._encode(KIND_RECORD, seqno, rec) for seqno, rec in enumerate(records, first)]
+        first = self._segments.last_seqno + 1
+        frames = [encode_record(KIND_RECORD, seqno, rec, self.max_record_bytes)
+                  for seqno, rec in enumerate(records, first)]
         if not frames:
-            return self._last_seqno
-        i = 0
-        while i < len(frames):
-            seg = self._active
-            if seg is None or (seg.size > 0 and seg.size + len(frames[i]) > self.segment_bytes):
-                seg = self._roll(first + i)
-            j, size = i + 1, seg.size + len(frames[i])
-            while j < len(frames) and size + len(frames[j]) <= self.segment_bytes:
-                size += len(frames[j])
-                j += 1
-            self._write(seg, frames[i] if j == i + 1 else b"".join(frames[i:j]))
-            self._last_seqno = first + j - 1
-            self._records_since_snapshot += j - i
-            i = j
-        last = self._last_seqno  # other greenlets may append while this one waits for its fsync
+            return self._segments.last_seqno
+        try:
+            last = self._segments.write(first, frames)
+        except LogWriteError as exc:
+            self.write_errors += 1
+            logger.error("append log %s: %s", self.directory, exc.message)
+            if not exc.details.get("undone", True):
+                self._committer.fail(exc)
+            if self._segments.last_seqno >= first:
+                self._committer.kick()   # the part that was written
+            raise
         if self.fsync_mode == "always":
-            self._sync(upto=last)
-        elif self.fsync_mode == "interval":
-            self._kick_committer()
+            self._committer.sync(upto=last)
+        else:
+            self._committer.kick()
         return last
 
-    def _write(self, seg: Segment, data: bytes) -> None:
-        try:
-            write_all(seg.fd, data)
-        except OSError as exc:
-            try:
-                os.ftruncate(seg.fd, seg.size)
-            except OSError:
-                self._fail(exc)
-            raise MiyaqError(f"append log write to {seg.path} failed ({exc}); the records were not logged") from exc
-        seg.size += len(data)
+    def _check_writable(self) -> None:
+        self._committer.check()
+        self._check_open()
 
-    def _roll(self, first: int) -> Segment:
-        if self._active is not None:
-            self._retire(self._active)
-        path = os.path.join(self.directory, segment_name(first))
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-        except FileExistsError:
-            raise MiyaqError(f"append log segment {path} already exists; refusing to overwrite it") from None
-        seg = Segment(first, path, 0, fd)
-        self._segments.append(seg)
-        self._active = seg
-        self._dir_dirty = True
-        return seg
+    def _check_open(self) -> None:
+        if self._state == "closed":
+            raise MiyaqError(f"append log {self.directory} is closed")
+        if self._state != "ready":
+            raise MiyaqError(f"append log {self.directory} is {self._state}; consume replay() before appending")
 
-    def _retire(self, seg: Segment) -> None:
-        self._active = None
-        if self.fsync_mode == "never" and not self._sync_lock.locked():
-            os.close(seg.fd)
-            seg.fd = -1
-        else:
-            self._retired.append(seg)
+    @property
+    def writable(self) -> bool:
+        """True when appends are taken: replayed, not closed, not failed."""
+        return self._state == "ready" and self._committer.failed is None
+
+    @property
+    def failure(self) -> BaseException | None:
+        """Why the log failed (the first cause), or None."""
+        return self._committer.failed
+
+    # -- durability ---------------------------------------------------------------
+    @property
+    def last_seqno(self) -> int:
+        return self._segments.last_seqno
+
+    @property
+    def durable_seqno(self) -> int:
+        """Highest seqno known to be on stable storage (fsynced, or in a durable snapshot)."""
+        return self._committer.durable_seqno
+
+    def flush(self) -> int:
+        """fsync now (any mode); returns the durable seqno."""
+        self._check_writable()
+        self._committer.sync()
+        return self._committer.durable_seqno
+
+    def wait_durable(self, seqno: int, timeout: float | None = None) -> bool:
+        """Block this greenlet until ``seqno`` is durable; False on timeout.
+
+        Raises :class:`LogFailed` if the log failed first, MiyaqError if it
+        closed first. In ``never`` mode it returns True at once (the mode
+        promises nothing more)."""
+        if seqno > self._segments.last_seqno:
+            raise MiyaqError(f"seqno {seqno} was never appended (last is {self._segments.last_seqno})")
+        return self._committer.wait_durable(seqno, timeout)
+
+    def on_durable(self, seqno: int, callback: DurableCallback) -> None:
+        """Call ``callback(seqno, None)`` once ``seqno`` is durable, or ``callback(seqno, error)``
+        if the log fails first. Runs inline if already durable, else in the committing greenlet."""
+        self._committer.on_durable(seqno, callback)
+
+    # -- compaction -------------------------------------------------------------------
+    def should_compact(self) -> bool:
+        """True when the records or bytes since the snapshot passed their thresholds."""
+        return self._snapshotter.should_compact()
+
+    def compact(self, snapshot_records: Iterable[dict[Any, Any]]) -> int:
+        """Replace everything logged so far by ``snapshot_records`` (the live state as of
+        :attr:`last_seqno`); returns the snapshot's seqno. On a failed log this is
+        the recovery: the state is rewritten from memory and appends resume.
+
+        The iterable is consumed without yielding to other greenlets, so a
+        generator over the live table sees the state at :attr:`last_seqno`
+        (the event loop is blocked while it is encoded and written; the
+        fsyncs are offloaded). Appends made meanwhile go to a new segment and
+        survive. On error nothing changes but the active segment is rolled."""
+        self._check_open()
+        return self._snapshotter.compact(snapshot_records)
 
     # -- introspection and shutdown ------------------------------------------
-
     def stats(self) -> dict[str, Any]:
-        segment_bytes = self._segment_bytes_total()
+        segments, snapshot, committer = self._segments, self._snapshotter, self._committer
+        segment_bytes = segments.total_bytes()
         return {
             "fsync": self.fsync_mode,
-            "bytes": segment_bytes + self._snapshot_bytes,
-            "segments": len(self._segments),
+            "bytes": segment_bytes + snapshot.current.size,
+            "segments": len(segments.files),
             "segment_bytes": segment_bytes,
-            "snapshot_seqno": self._snapshot_seqno,
-            "snapshot_bytes": self._snapshot_bytes,
-            "records_since_snapshot": self._records_since_snapshot,
-            "last_seqno": self._last_seqno,
-            "durable_seqno": self._durable_seqno,
-            "fsyncs": self._fsyncs,
-            "last_fsync": self._last_fsync,
+            "snapshot_seqno": snapshot.current.seqno,
+            "snapshot_bytes": snapshot.current.size,
+            "records_since_snapshot": snapshot.records_since,
+            "last_seqno": segments.last_seqno,
+            "durable_seqno": committer.durable_seqno,
+            "fsyncs": committer.fsyncs,
+            "last_fsync": committer.last_fsync,
+            "write_errors": self.write_errors,
+            "fsync_errors": committer.fsync_errors,
+            "compactions": snapshot.compactions,
+            "compaction_errors": snapshot.errors,
+            "failed": None if committer.failed is None else str(committer.failed),
             "truncated_bytes": self.truncated_bytes,
             "corrupt_records": self.corrupt_records,
         }
 
     def close(self) -> None:
-        """fsync (every mode) and close; idempotent."""
+        """fsync (every mode, unless failed) and close; idempotent."""
         if self._state == "closed":
             return
         was_ready = self._state == "ready"
         self._state = "closed"
-        self._wake.set()
-        if self._committer is not None and not self._committer_syncing:
-            self._committer.kill(block=False)
         try:
-            if was_ready and self._failed is None:
-                self._sync()
+            if was_ready and self._committer.failed is None:
+                self._committer.sync()
         finally:
-            with self._sync_lock:  # an fsync still running on the threadpool must not see its fd closed
-                pass
-            for seg in self._retired + ([self._active] if self._active else []):
-                if seg.fd >= 0:
-                    os.close(seg.fd)
-                    seg.fd = -1
-            self._retired, self._active = [], None
-            if self._lock_fd >= 0:
-                os.close(self._lock_fd)
-                self._lock_fd = -1
-            self._durable_changed.set()
+            self._committer.close()
+            self._committer.wait_idle()   # an fsync still on the thread pool must not see its fd closed
+            self._segments.close()
+            self._scanner.unlock()
+            if self._own_supervisor:
+                self._supervisor.kill()
 
     def __enter__(self) -> Self:
         return self

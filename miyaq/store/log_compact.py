@@ -1,9 +1,14 @@
-"""Compaction of an append log into a snapshot (a part of :class:`~miyaq.store.log.AppendLog`).
+"""Compaction of an append log into a snapshot.
 
-A snapshot ``snap-<seqno>.mq`` holds the live state as of record ``seqno``;
-it is written to ``*.tmp``, fsynced, renamed and the directory fsynced before
-the segments it covers are deleted, so a crash at any step replays to the
-same state (replay removes the leftovers of an interrupted compaction).
+A :class:`Snapshotter` owns ``snap-<seqno:020d>.mq``: the live state as of
+record ``seqno``. It is written to ``*.tmp``, fsynced, renamed and the
+directory fsynced before the segments it covers are deleted, so a crash at
+any step replays to the same state (replay removes the leftovers of an
+interrupted compaction).
+
+A snapshot is also how a *failed* log recovers: it is written from the
+owner's memory, not from the files whose writeback failed, and once it is
+durable the failed segments are deleted and appends resume after it.
 
 Constraints: the records are encoded without yielding to other greenlets,
 so a generator over the live table sees one consistent state; only the
@@ -14,87 +19,122 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from miyaq.errors import MiyaqError
+from miyaq.runtime import wall
+from miyaq.store.log_commit import Committer
+from miyaq.store.log_files import Blocking, MiB, fsync_dir, write_all
 from miyaq.store.log_format import (
     KIND_SNAP_BEGIN,
     KIND_SNAP_END,
     KIND_SNAP_RECORD,
     encode,
+    encode_record,
     snapshot_name,
 )
-from miyaq.store.log_state import LogState, MiB, Segment, fsync_dir, write_all
+from miyaq.store.log_segments import Segments
 
 # A child of miyaq.store.log's logger: one object, one logging tree to configure.
 logger = logging.getLogger("miyaq.store.log.compact")
 
+__all__ = ["SnapshotInfo", "Snapshotter"]
+
 _SNAPSHOT_CHUNK = 1 * MiB
 
 
-class Compaction(LogState):
-    """Replacing the records logged so far by a snapshot of the live state."""
+@dataclass(slots=True)
+class SnapshotInfo:
+    """The snapshot replay started from (``path`` None: none, or a damaged one
+    whose valid prefix was used and which must stay where it is)."""
 
-    # Defined by AppendLog and GroupCommit.
-    _retire: Callable[[Segment], None]
-    _mark_durable: Callable[[int], None]
+    seqno: int = 0
+    path: str | None = None
+    size: int = 0
+
+
+class Snapshotter:
+    """Replaces the records logged so far by a snapshot of the live state."""
+
+    def __init__(self, directory: str, segments: Segments, committer: Committer, *, max_record_bytes: int,
+                 after_records: int, after_bytes: int, blocking: Blocking | None = None) -> None:
+        self.directory = directory
+        self.segments = segments
+        self.committer = committer
+        self.max_record_bytes = max_record_bytes
+        self.after_records = after_records
+        self.after_bytes = after_bytes
+        self.blocking = blocking or Blocking()
+        self.current = SnapshotInfo()
+        self.compactions = 0
+        self.errors = 0
+        self._running = False
+
+    def adopt(self, info: SnapshotInfo) -> None:
+        """The snapshot replay used."""
+        self.current = info
+
+    @property
+    def records_since(self) -> int:
+        """Records logged after the snapshot."""
+        return self.segments.last_seqno - self.current.seqno
 
     def should_compact(self) -> bool:
         """True when the records or bytes since the snapshot passed their thresholds."""
-        return (self._records_since_snapshot >= self.compact_after_records
-                or self._segment_bytes_total() >= self.compact_after_bytes)
+        return self.records_since >= self.after_records or self.segments.total_bytes() >= self.after_bytes
 
-    def compact(self, snapshot_records: Iterable[dict[Any, Any]]) -> int:
-        """Replace everything logged so far by ``snapshot_records`` (the live state as of
-        :attr:`last_seqno`); returns the snapshot's seqno.
+    def compact(self, records: Iterable[dict[Any, Any]]) -> int:
+        """Replace everything logged so far by ``records`` (the live state as of the
+        last seqno); returns the snapshot's seqno.
 
-        The iterable is consumed without yielding to other greenlets, so a
-        generator over the live table sees the state at :attr:`last_seqno`
-        (the event loop is blocked while it is encoded and written; the
-        fsyncs are offloaded). Appends made meanwhile go to a new segment and
-        survive. On error nothing changes but the active segment is rolled."""
-        self._check_writable()
-        if self._compacting:
+        The iterable is consumed without yielding. Appends made meanwhile (while
+        an fsync is offloaded) go to a new segment and survive. On error nothing
+        changes but the active segment is rolled, and the error propagates
+        (``errors`` counts it). Works on a failed log too: that is its recovery."""
+        if self._running:
             raise MiyaqError("append log: a compaction is already running")
-        self._compacting = True
-        seqno = self._last_seqno
-        if self._active is not None:
-            self._retire(self._active)  # the next append starts log-<seqno+1>
-        covered = [seg for seg in self._segments if seg.first <= seqno]
+        self._running = True
+        try:
+            return self._compact(records)
+        except BaseException:
+            self.errors += 1
+            raise
+        finally:
+            self._running = False
+
+    def _compact(self, records: Iterable[dict[Any, Any]]) -> int:
+        seqno = self.segments.last_seqno
+        self.segments.retire_active()      # the next append starts log-<seqno+1>
         final = os.path.join(self.directory, snapshot_name(seqno))
         tmp = final + ".tmp"
         try:
-            size = self._write_snapshot(tmp, seqno, snapshot_records)
+            size = self._write(tmp, seqno, records)
             os.replace(tmp, final)
-            self._blocking(fsync_dir, self.directory)
+            self.blocking(fsync_dir, self.directory)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            self._compacting = False
             raise
-        old = self._snapshot_path
-        self._snapshot_seqno, self._snapshot_path, self._snapshot_bytes = seqno, final, size
-        self._mark_durable(seqno)  # the snapshot holds every record up to seqno
-        for seg in covered:
-            os.unlink(seg.path)
-            self._segments.remove(seg)
+        old = self.current.path
+        self.current = SnapshotInfo(seqno, final, size)
+        self.committer.recovered(seqno)    # the snapshot holds every record up to seqno
+        covered = self.segments.remove_covered(seqno)
         if old is not None and old != final:
             os.unlink(old)
-        self._records_since_snapshot = self._last_seqno - seqno
-        self._compacting = False
+        self.compactions += 1
         logger.info("append log %s: compacted %d segments into %s (%d bytes)",
                     self.directory, len(covered), final, size)
         return seqno
 
-    def _write_snapshot(self, path: str, seqno: int, records: Iterable[dict[Any, Any]]) -> int:
+    def _write(self, path: str, seqno: int, records: Iterable[dict[Any, Any]]) -> int:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            chunk = [encode(KIND_SNAP_BEGIN, seqno, {"format": 1, "created": time.time()})]
+            chunk = [encode(KIND_SNAP_BEGIN, seqno, {"format": 1, "created": wall()})]
             pending = count = total = 0
             for record in records:
-                data = self._encode(KIND_SNAP_RECORD, seqno, record)
+                data = encode_record(KIND_SNAP_RECORD, seqno, record, self.max_record_bytes)
                 chunk.append(data)
                 count += 1
                 pending += len(data)
@@ -106,7 +146,7 @@ class Compaction(LogState):
             chunk.append(encode(KIND_SNAP_END, seqno, {"records": count}))
             data = b"".join(chunk)
             write_all(fd, data)
-            self._blocking(os.fsync, fd)
+            self.blocking(os.fsync, fd)
             return total + len(data)
         finally:
             os.close(fd)

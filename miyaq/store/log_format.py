@@ -37,6 +37,8 @@ from typing import Any, Iterator, Union
 
 import msgpack
 
+from miyaq.errors import MiyaqError
+
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -90,6 +92,22 @@ def frame(payload: bytes) -> bytes:
 def encode(kind: int, seqno: int, body: dict[Any, Any]) -> bytes:
     """Header + payload for one frame."""
     return frame(pack_payload(kind, seqno, body))
+
+
+def encode_record(kind: int, seqno: int, record: dict[Any, Any], max_bytes: int) -> bytes:
+    """One framed record, checked: :class:`~miyaq.errors.MiyaqError` (nothing is
+    written) if it is not a dict, cannot be encoded, or its payload is larger
+    than ``max_bytes`` (``details["size"]``, ``details["limit"]``)."""
+    if not isinstance(record, dict):
+        raise MiyaqError(f"a log record must be a dict, not {type(record).__name__}")
+    try:
+        payload = pack_payload(kind, seqno, record)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise MiyaqError(f"log record cannot be encoded with msgpack: {exc}") from exc
+    if len(payload) > max_bytes:
+        raise MiyaqError(f"log record of {len(payload)} bytes exceeds max_record_bytes={max_bytes}; "
+                         "nothing was written", size=len(payload), limit=max_bytes)
+    return frame(payload)
 
 
 def decode_at(buf: Buffer, offset: int) -> Frame | FrameError:

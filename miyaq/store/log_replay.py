@@ -1,14 +1,17 @@
-"""Opening an append log: lock, scan, replay, repair (a part of :class:`~miyaq.store.log.AppendLog`).
+"""Opening an append log: lock, scan, replay, repair.
 
-Replay yields the newest valid snapshot's records, then every segment record
-after it, in order. Damage is reported (``logger.warning``/``error`` with path
-and offset, counters ``corrupt_records`` and ``truncated_bytes``), never
-fatal; what is cut, skipped, renamed or deleted is listed in the module
-docstring of :mod:`miyaq.store.log`. Nothing is deleted on the word of a
-damaged snapshot.
+A :class:`Scanner` reads a log directory once. It yields the newest valid
+snapshot's records, then every segment record after it, in order, and
+leaves an :class:`Opened` description (segments, snapshot, last seqno) for
+the parts that take over. Damage is reported (``logger.warning``/``error``
+with path and offset, counters ``corrupt_records`` and
+``truncated_bytes``), never fatal; what is cut, skipped, renamed or deleted
+is listed in the module docstring of :mod:`miyaq.store.log`. Nothing is
+deleted on the word of a damaged snapshot.
 
-Constraints: replay runs once per log and must be consumed to the end
-before appending; it holds the directory's ``LOCK`` from its first step.
+Constraints: the replay must be consumed to the end before the log takes
+appends; it holds the directory's ``LOCK`` from its first step (released by
+:meth:`Scanner.unlock`, which the log calls when it closes).
 """
 from __future__ import annotations
 
@@ -16,9 +19,12 @@ import fcntl
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from miyaq.errors import MiyaqError
+from miyaq.store.log_compact import SnapshotInfo
+from miyaq.store.log_files import Blocking, Segment, fsync_dir, mapped
 from miyaq.store.log_format import (
     KIND_RECORD,
     SEGMENT_RE,
@@ -29,10 +35,11 @@ from miyaq.store.log_format import (
     iter_frames,
     walk_snapshot,
 )
-from miyaq.store.log_state import LogState, Segment, fsync_dir, mapped
 
 # A child of miyaq.store.log's logger: one object, one logging tree to configure.
 logger = logging.getLogger("miyaq.store.log.replay")
+
+__all__ = ["LogEntry", "Opened", "Scanner"]
 
 
 class LogEntry(NamedTuple):
@@ -43,29 +50,50 @@ class LogEntry(NamedTuple):
     from_snapshot: bool
 
 
-class LogReplay(LogState):
-    """Replay and repair; leaves the log ready to append (state ``ready``)."""
+@dataclass(slots=True)
+class Opened:
+    """What replay found, for :class:`~miyaq.store.log_segments.Segments` and
+    :class:`~miyaq.store.log_compact.Snapshotter` to take over."""
 
-    def replay(self) -> Iterator[dict[Any, Any]]:
-        """Yield every record (snapshot first); when exhausted the log is ready to append."""
-        for entry in self.replay_entries():
-            yield entry.record
+    last_seqno: int = 0
+    segments: list[Segment] = field(default_factory=list)
+    snapshot: SnapshotInfo = field(default_factory=SnapshotInfo)
+    records_after_snapshot: int = 0
 
-    def replay_entries(self) -> Iterator[LogEntry]:
-        """Like :meth:`replay`, with seqnos and whether a record came from the snapshot."""
-        if self._state != "new":
-            raise MiyaqError(f"replay() runs once per AppendLog; this one is {self._state}")
-        self._state = "replaying"
+
+class Scanner:
+    """Replay and repair of one log directory (once)."""
+
+    def __init__(self, directory: str, *, blocking: Blocking | None = None) -> None:
+        self.directory = directory
+        self.blocking = blocking or Blocking()
+        self.truncated_bytes = 0
+        self.corrupt_records = 0
+        self.opened = Opened()
+        self._lock_fd = -1
+        self._bad_snapshots: list[str] = []
+        self._snapshot_valid = True
+
+    # -- the whole replay ---------------------------------------------------------
+    def entries(self) -> Iterator[LogEntry]:
+        """Lock the directory and yield every record; when exhausted, :attr:`opened`
+        says what was found and the files are repaired and fsynced."""
         os.makedirs(self.directory, exist_ok=True)
-        self._lock_directory()
-        snapshots, segments = self._scan_directory()
+        self._lock()
+        snapshots, segments = self._scan()
         chosen = self._choose_snapshot(snapshots, segments)
         if chosen is not None:
             yield from self._replay_snapshot(*chosen)
         yield from self._replay_segments(segments)
-        self._finish_open(snapshots, segments)
+        self._finish(snapshots, segments)
 
-    def _lock_directory(self) -> None:
+    def unlock(self) -> None:
+        """Release the directory's LOCK. Idempotent."""
+        if self._lock_fd >= 0:
+            fd, self._lock_fd = self._lock_fd, -1
+            os.close(fd)
+
+    def _lock(self) -> None:
         fd = os.open(os.path.join(self.directory, "LOCK"), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -74,7 +102,7 @@ class LogReplay(LogState):
             raise MiyaqError(f"append log {self.directory} is in use by another AppendLog (LOCK is held)") from None
         self._lock_fd = fd
 
-    def _scan_directory(self) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+    def _scan(self) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
         snapshots, segments = [], []
         for name in os.listdir(self.directory):
             path = os.path.join(self.directory, name)
@@ -87,6 +115,7 @@ class LogReplay(LogState):
                 snapshots.append((int(m.group(1)), path))
         return sorted(snapshots), sorted(segments)
 
+    # -- the snapshot -----------------------------------------------------------------
     def _choose_snapshot(
         self, snapshots: list[tuple[int, str]], segments: list[tuple[int, str]]
     ) -> tuple[int, str, bool] | None:
@@ -113,19 +142,22 @@ class LogReplay(LogState):
                 if isinstance(item, FrameError):
                     break
                 yield LogEntry(seqno, item.body, True)
-            self._snapshot_bytes = len(buf)
-        self._snapshot_seqno = self._last_seqno = seqno
-        self._snapshot_path = path if valid else None
+            size = len(buf)
+        self.opened.snapshot = SnapshotInfo(seqno, path if valid else None, size)
+        self.opened.last_seqno = seqno
         self._snapshot_valid = valid
         if not valid:  # the only copy of that state: leave it where it is
             self._bad_snapshots.remove(path)
 
+    # -- the segments -----------------------------------------------------------------
     def _replay_segments(self, segments: list[tuple[int, str]]) -> Iterator[LogEntry]:
-        expect = self._snapshot_seqno + 1
+        opened = self.opened
+        snap_seqno = opened.snapshot.seqno
+        expect = snap_seqno + 1
         for index, (first, path) in enumerate(segments):
             is_last = index == len(segments) - 1
-            if not is_last and segments[index + 1][0] - 1 <= self._snapshot_seqno:
-                continue  # wholly covered by the snapshot; deleted by _finish_open
+            if not is_last and segments[index + 1][0] - 1 <= snap_seqno:
+                continue  # wholly covered by the snapshot; deleted by _finish
             error: FrameError | None = None
             good_end = 0
             seg_seqno = first
@@ -145,7 +177,7 @@ class LogReplay(LogState):
                         logger.warning("append log: records %d..%d are missing (gap before %s)",
                                        expect, item.seqno - 1, path)
                     expect = item.seqno + 1
-                    self._records_since_snapshot += 1
+                    opened.records_after_snapshot += 1
                     yield LogEntry(item.seqno, item.body, False)
                 size = len(buf)
                 if error is not None:
@@ -157,10 +189,10 @@ class LogReplay(LogState):
                         logger.warning("append log: %s is damaged at offset %d (%s); skipping the rest of "
                                        "this segment and continuing with the next one", path, error.offset,
                                        error.reason)
-            self._last_seqno = max(self._last_seqno, seg_seqno - 1)
-            if seg_seqno - 1 > self._snapshot_seqno or not self._snapshot_valid or error is not None:
-                self._segments.append(Segment(first, path, size))
-            # else: every record is in the snapshot; _finish_open deletes the file
+            opened.last_seqno = max(opened.last_seqno, seg_seqno - 1)
+            if seg_seqno - 1 > snap_seqno or not self._snapshot_valid or error is not None:
+                opened.segments.append(Segment(first, path, size))
+            # else: every record is in the snapshot; _finish deletes the file
 
     def _cut_tail(self, path: str, buf: Buffer, error: FrameError, good_end: int) -> None:
         cut = len(buf) - good_end
@@ -175,30 +207,24 @@ class LogReplay(LogState):
         os.truncate(path, good_end)
         self.truncated_bytes += cut
 
-    def _finish_open(self, snapshots: list[tuple[int, str]], segments: list[tuple[int, str]]) -> None:
+    # -- repair ---------------------------------------------------------------------------
+    def _finish(self, snapshots: list[tuple[int, str]], segments: list[tuple[int, str]]) -> None:
+        opened = self.opened
         for path in self._bad_snapshots:  # kept for forensics, never again in the way
             os.replace(path, path + ".bad")
         leftovers: list[str] = []
         if self._snapshot_valid:  # never delete anything on the word of a damaged snapshot
-            kept = {seg.path for seg in self._segments}
+            kept = {seg.path for seg in opened.segments}
             leftovers = [path for _, path in segments if path not in kept]
             leftovers += [path for seqno, path in snapshots
-                          if seqno < self._snapshot_seqno and path not in self._bad_snapshots]
+                          if seqno < opened.snapshot.seqno and path not in self._bad_snapshots]
         if leftovers:
-            self._blocking(fsync_dir, self.directory)  # the snapshot's rename must be durable before its inputs go
+            self.blocking(fsync_dir, self.directory)  # the snapshot's rename must be durable before its inputs go
             for path in leftovers:
-                logger.info("append log: removing %s, covered by snapshot %d", path, self._snapshot_seqno)
+                logger.info("append log: removing %s, covered by snapshot %d", path, opened.snapshot.seqno)
                 os.unlink(path)
-        for seg in [s for s in self._segments if s.size == 0]:
+        for seg in [s for s in opened.segments if s.size == 0]:
             os.unlink(seg.path)
-            self._segments.remove(seg)
-        if self._segments and self._segments[-1].size < self.segment_bytes:
-            seg = self._segments[-1]
-            seg.fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND)
-            self._active = seg
-            self._blocking(os.fsync, seg.fd)  # a killed process may have left it in the page cache only
-        self._blocking(fsync_dir, self.directory)
-        self._durable_seqno = self._last_seqno
-        self._state = "ready"
+            opened.segments.remove(seg)
         logger.info("append log %s: replayed up to seqno %d (snapshot %d, %d records after it)",
-                    self.directory, self._last_seqno, self._snapshot_seqno, self._records_since_snapshot)
+                    self.directory, opened.last_seqno, opened.snapshot.seqno, opened.records_after_snapshot)
