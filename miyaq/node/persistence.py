@@ -7,7 +7,9 @@ group commit). A SUBMITTED acknowledgement is released only after the batch
 holding the task's record was written (``always``: and fsynced), so an
 acknowledged task survives kill -9 in every mode and power loss with
 ``always``; with ``interval`` at most ``fsync_interval_ms`` of acknowledged
-tasks can be lost to a power loss (docs/durability.md).
+tasks can be lost to a power loss (docs/durability.md). The writer itself
+(batches, gating, disk faults: refuse new tasks, serve, recover) is
+:class:`~miyaq.store.log_writer.LogWriter`.
 
 Records are small maps, ``{"o": op, ...}``:
 ``A`` accepted (the whole task), ``S`` started, ``R`` back to waiting
@@ -19,13 +21,10 @@ tombstones as ``F`` records.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Callable, Iterator
 
-import gevent
-import gevent.event
-
 from ..store.log import AppendLog
+from ..store.log_writer import LogWriter
 from ..store.table import Tombstone
 from ..store.task import DEAD, READY, RETRYING, RUNNING, SCHEDULED, Task
 from .engine import Engine
@@ -36,7 +35,6 @@ logger = logging.getLogger(__name__)
 TASK_FIELDS = ("id", "queue", "name", "url", "method", "body", "priority", "eta", "created", "expires",
                "max_retries", "backoff", "backoff_max", "timeout", "key", "replicas", "at_most_once",
                "meta", "rank", "holders")
-MAX_BATCH = 4096
 
 
 def task_record(task: Task) -> dict[str, Any]:
@@ -85,17 +83,13 @@ class Persistence(EngineListener):
     def __init__(self, engine: Engine, log: AppendLog, spawn: Callable[..., Any]) -> None:
         self.engine = engine
         self.log = log
-        self.buffer: list[dict[str, Any]] = []
-        self.waiting: list[Callable[[], None]] = []    # released once the buffer is written
-        self._wake = gevent.event.Event()
+        # Batches, acknowledgement gating and disk faults (refuse, serve, recover): miyaq/store/log_writer.py
+        self.writer = LogWriter(log, self.snapshot)
         self._spawn = spawn
-        self.batches = 0
-        self._closed = False
 
     # -- recording -----------------------------------------------------------------
     def _add(self, record: dict[str, Any]) -> None:
-        self.buffer.append(record)
-        self._wake.set()
+        self.writer.add(record)
 
     def task_accepted(self, task: Task) -> None:
         self._add(task_record(task))
@@ -108,7 +102,7 @@ class Persistence(EngineListener):
                    "eta": task.eta if task.state == RETRYING else 0.0})
 
     def task_ready(self, task: Task) -> None:
-        buffer = self.buffer
+        buffer = self.writer.buffer
         if buffer and buffer[-1]["id"] == task.id and buffer[-1]["o"] == "A":
             return   # just accepted: the A record already says so
         if task.attempt == 0 and task.state == READY and task.created == task.eta:
@@ -130,47 +124,21 @@ class Persistence(EngineListener):
     def task_forgotten(self, task: Task) -> None:
         self._add({"o": "P", "id": task.id})      # handed off: gone from here as if purged
 
-    # -- gating acknowledgements ---------------------------------------------------------
+    # -- gating acknowledgements and refusing on disk faults ----------------------------
     def after_written(self, release: Callable[[], None]) -> None:
         """Run ``release`` once every record buffered so far is in the log."""
-        if not self.buffer:
-            release()
-        else:
-            self.waiting.append(release)
-            self._wake.set()
+        self.writer.after_written(release)
+
+    def admit(self) -> None:
+        """Refuse a new task (Busy, reason "storage") while the log cannot be written."""
+        self.writer.admit()
 
     # -- the writer ----------------------------------------------------------------------
     def start(self) -> None:
-        self._spawn(self._writer)
-
-    def _writer(self) -> None:
-        while not self._closed:
-            self._wake.wait()
-            self._wake.clear()
-            self.write_pending()
-            if self.log.should_compact():
-                self.compact()
-
-    def write_pending(self) -> None:
-        while self.buffer:
-            batch, self.buffer = self.buffer[:MAX_BATCH], self.buffer[MAX_BATCH:]
-            waiting = self.waiting if not self.buffer else []
-            if waiting:
-                self.waiting = []
-            self.log.append_many(batch)
-            self.batches += 1
-            for release in waiting:
-                release()
-        if self.waiting:
-            waiting, self.waiting = self.waiting, []
-            for release in waiting:
-                release()
+        self._spawn(self.writer.run)
 
     def compact(self) -> None:
-        started = time.time()
-        self.write_pending()
-        seqno = self.log.compact(self.snapshot())
-        logger.info("log compacted at record %d in %.2fs", seqno, time.time() - started)
+        self.writer.compact()
 
     def snapshot(self) -> Iterator[dict[str, Any]]:
         table = self.engine.table
@@ -180,10 +148,7 @@ class Persistence(EngineListener):
             yield stone_record(stone)
 
     def close(self) -> None:
-        self.write_pending()
-        self._closed = True
-        self._wake.set()
-        self.log.close()
+        self.writer.close()
 
 
 def replay(engine: Engine, log: AppendLog, now: float) -> dict[str, int]:

@@ -1,0 +1,221 @@
+"""The LogWriter alone: batches, acknowledgement gating, and disk faults (refuse, serve, recover).
+
+The "state" here is a dict standing in for a node's task table: records
+change it, and the recovery snapshot is written from it. Fault tests say in
+their docstring which fault they simulate; none asserts on time.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from disk_faults import FailingDisk
+
+from miyaq.errors import Busy
+from miyaq.runtime import LOG, Supervisor, green
+from miyaq.store.log import AppendLog
+from miyaq.store.log_writer import LogWriter
+
+
+class Node:
+    """A stand-in for the node: a state, the writer that logs it, and acknowledgements."""
+
+    def __init__(self, directory: Path, fsync: str = "always", supervisor: Supervisor | None = None,
+                 **writer: Any) -> None:
+        self.directory = directory
+        self.state: dict[str, Any] = {}
+        self.log = AppendLog(directory, fsync=fsync, interval_ms=0, offload_fsync=False, supervisor=supervisor)
+        for record in self.log.replay():
+            self.state[record["k"]] = record["v"]
+        self.writer = LogWriter(self.log, self.snapshot, **writer)
+        self.acked: list[str] = []
+
+    def snapshot(self) -> Iterator[dict[str, Any]]:
+        for k, v in self.state.items():
+            yield {"k": k, "v": v}
+
+    def put(self, k: str, v: Any) -> None:
+        """Accept a change the way the node does: refuse when unwritable, else record, ack once written."""
+        self.writer.admit()
+        self.state[k] = v
+        self.writer.add({"k": k, "v": v})
+        self.writer.after_written(lambda: self.acked.append(k))
+
+
+def replayed(directory: Path) -> dict[str, Any]:
+    log = AppendLog(directory)
+    state = {r["k"]: r["v"] for r in log.replay()}
+    log.close()
+    return state
+
+
+def test_acknowledgements_wait_for_the_write(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    node.put("a", 1)
+    node.put("b", 2)
+    assert node.acked == [] and len(node.writer.buffer) == 2
+    assert node.writer.write_pending()
+    assert node.acked == ["a", "b"] and node.writer.batches == 1
+    node.writer.after_written(lambda: node.acked.append("nothing new"))   # nothing pending: at once
+    assert node.acked[-1] == "nothing new"
+    node.writer.close()
+    assert replayed(tmp_path) == {"a": 1, "b": 2}
+
+
+def test_batches_are_bounded(tmp_path: Path) -> None:
+    node = Node(tmp_path, max_batch=3)
+    for i in range(7):
+        node.put(f"k{i}", i)
+    node.writer.write_pending()
+    assert node.writer.batches == 3 and len(node.acked) == 7
+    node.writer.close()
+
+
+@pytest.mark.parametrize("op,code", [("write", errno.ENOSPC), ("fsync", errno.EIO)], ids=["write-ENOSPC", "fsync-EIO"])
+def test_disk_fault_refuses_serves_and_recovers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                caplog: pytest.LogCaptureFixture, op: str, code: int) -> None:
+    """Fault: the log's writes fail with ENOSPC (a full disk), or its fsyncs with EIO."""
+    node = Node(tmp_path)
+    node.put("before", 0)
+    node.writer.write_pending()
+    disk = FailingDisk(monkeypatch, str(tmp_path), code, ops=(op,))
+    disk.failing = True
+    node.put("lost-write", 1)                     # accepted in memory, its write fails
+    with caplog.at_level(logging.ERROR, logger="miyaq.store.log"):
+        assert node.writer.write_pending() is False
+    assert "refusing new tasks" in caplog.text
+    assert node.acked == ["before"]               # never acknowledged
+    assert not node.writer.writable
+    with pytest.raises(Busy, match="cannot write its log") as refused:
+        node.put("new", 2)
+    assert refused.value.details == {"reason": "storage"} and refused.value.code == "busy"
+    node.state["done-meanwhile"] = 3              # the node keeps serving: changes happen in memory ...
+    node.writer.add({"k": "done-meanwhile", "v": 3})
+    assert node.writer.buffer == []               # ... and are not buffered (the snapshot will hold them)
+    assert node.writer.recover() is False         # the disk still fails: no recovery
+    stats = node.writer.stats()
+    assert stats["faults"] == 1 and stats["recoveries"] == 0 and stats["held_releases"] == 1
+    assert stats["write_errors" if op == "write" else "fsync_errors"] >= 1
+
+    disk.failing = False
+    with caplog.at_level(logging.WARNING, logger="miyaq.store.log"):
+        assert node.writer.recover() is True
+    assert "writable again" in caplog.text
+    assert node.writer.writable and node.acked == ["before", "lost-write"]
+    node.put("after", 4)
+    node.writer.write_pending()
+    node.writer.close()
+    assert replayed(tmp_path) == {"before": 0, "lost-write": 1, "done-meanwhile": 3, "after": 4}
+
+
+def test_held_acknowledgements_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault: a long disk fault while more and more acknowledgements wait for it."""
+    node = Node(tmp_path, max_held=3)
+    disk = FailingDisk(monkeypatch, str(tmp_path))
+    disk.failing = True
+    node.put("a", 1)
+    node.writer.write_pending()
+    for i in range(5):
+        node.writer.after_written(lambda i=i: node.acked.append(f"late{i}"))
+    assert node.writer.stats()["held_releases"] == 3 and node.writer.dropped_releases == 3
+    disk.failing = False
+    assert node.writer.recover()
+    assert node.acked == ["late2", "late3", "late4"]   # the oldest were dropped (their senders resend)
+    node.writer.close()
+
+
+def test_writer_loop_probes_and_recovers_by_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault: ENOSPC for a while, then space returns; the supervised writer loop recovers alone."""
+    node = Node(tmp_path)
+    sup = Supervisor("node", on_fatal=lambda *a: pytest.fail("the writer must not die"))
+    sup.spawn("log-writer", node.writer.run)
+    disk = FailingDisk(monkeypatch, str(tmp_path))
+    disk.failing = True
+    node.put("a", 1)
+    for _ in range(3000):
+        if not node.writer.writable and disk.refused["write"] >= 3:   # the fault, then some failed probes
+            break
+        green.sleep(0.01)
+    assert not node.writer.writable and node.acked == []
+    disk.failing = False
+    for _ in range(3000):
+        if node.acked:
+            break
+        green.sleep(0.01)
+    assert node.acked == ["a"] and node.writer.writable and node.writer.recoveries == 1
+    node.writer.close()
+    sup.kill()
+    assert not sup.crashes
+    assert replayed(tmp_path) == {"a": 1}
+
+
+def test_background_fsync_failure_is_noticed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault: in interval mode the group commit's fsync fails after the write was acknowledged."""
+    sup = Supervisor("node", on_fatal=lambda *a: pytest.fail("not fatal"))
+    node = Node(tmp_path, fsync="interval", supervisor=sup)
+    sup.spawn("log-writer", node.writer.run, policy=LOG)
+    disk = FailingDisk(monkeypatch, str(tmp_path), errno.EIO, ops=("fsync",))
+    disk.failing = True
+    node.put("a", 1)
+    for _ in range(3000):
+        if not node.writer.writable:
+            break
+        green.sleep(0.01)
+    with pytest.raises(Busy):
+        node.put("b", 2)
+    disk.failing = False
+    for _ in range(3000):
+        if node.writer.writable:
+            break
+        green.sleep(0.01)
+    node.put("b", 2)
+    node.writer.close()
+    sup.kill()
+    assert not sup.crashes
+    assert replayed(tmp_path) == {"a": 1, "b": 2}
+
+
+def test_failed_compaction_is_retried_later_and_does_not_refuse(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """Fault: the snapshot of a routine compaction does not fit on the disk."""
+    node = Node(tmp_path)
+    node.put("a", 1)
+    node.writer.write_pending()
+    real_compact = node.log.compact
+
+    def full(records: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(node.log, "compact", full)
+    with caplog.at_level(logging.WARNING, logger="miyaq.store.log"):
+        assert node.writer.compact() is False
+    assert "compaction failed" in caplog.text and node.writer.writable
+    monkeypatch.setattr(node.log, "compact", real_compact)
+    assert node.writer.compact() is True
+    node.writer.close()
+
+
+def test_close_during_a_fault_rewrites_the_state_if_it_can(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """Fault: the node stops while its disk is still failing, then once it works again."""
+    node = Node(tmp_path)
+    disk = FailingDisk(monkeypatch, str(tmp_path))
+    disk.failing = True
+    node.put("a", 1)
+    with caplog.at_level(logging.ERROR, logger="miyaq.store.log"):
+        node.writer.close()
+    assert "stopping with a log that cannot be written" in caplog.text
+    disk.failing = False
+    assert replayed(tmp_path) == {}               # never acknowledged, so nothing promised
+
+    again = Node(tmp_path)
+    disk.failing = True
+    again.put("b", 2)
+    again.writer.write_pending()
+    disk.failing = False
+    again.writer.close()                          # the fault cleared: close rewrites the state
+    assert replayed(tmp_path) == {"b": 2}
