@@ -119,6 +119,11 @@ def run_status(args: argparse.Namespace) -> int:
           f"accepting {status['accepting']}")
     totals = status["totals"]
     print(f"live {totals['live']}  dead {totals['dead']}  workers {totals['workers']}")
+    storage = status.get("storage")
+    if storage:
+        state = "ok" if storage["writable"] else f"REFUSING NEW TASKS, log not writable: {storage['error']}"
+        print(f"storage {state}  (faults {storage['faults']}, write errors {storage['write_errors']}, "
+              f"fsync errors {storage['fsync_errors']})")
     cols = ("scheduled", "ready", "running", "retrying", "dead", "workers", "idle")
     print(f"{'queue':<24}" + "".join(f"{c:>10}" for c in cols))
     for name, row in sorted(status["queues"].items()):

@@ -410,8 +410,9 @@ def _chunks(batch: list[Pending], max_items: int, max_bytes: int) -> list[list[P
 
 def _final(error: MiyaqError, p: Pending) -> MiyaqError:
     task_id = p.wire.get("id")
-    if error.code == Busy.code:
-        return Busy(f"task {task_id} not accepted before its deadline: every node tried was full")
+    if error.code == Busy.code:   # full, or (reason "storage") unable to write its log
+        why = error.message if error.details.get("reason") == "storage" else "every node tried was full"
+        return Busy(f"task {task_id} not accepted before its deadline: {why}", **error.details)
     if error.code == ShuttingDown.code:
         return Unavailable(f"task {task_id} not accepted before its deadline: the nodes are shutting down")
     if isinstance(error, Timeout):

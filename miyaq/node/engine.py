@@ -13,7 +13,7 @@ import itertools
 import logging
 import random
 from collections import Counter
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from ..config import NodeConfig
 from ..errors import Busy, InvalidField, NotFound, ShuttingDown
@@ -47,6 +47,7 @@ class Engine:
         self.ready = ReadyQueues()
         self.listeners: list[EngineListener] = []
         self.accepting = True
+        self.admission: list[Callable[[], None]] = []    # each may raise to refuse a new task (a full disk)
         self._seq = itertools.count(1)
         self.counts: dict[str, Counter[str]] = {}        # queue -> state -> live count
         self.outcomes: Counter[tuple[str, str]] = Counter()  # (queue, outcome) -> total
@@ -121,6 +122,8 @@ class Engine:
         """Store a new task. Idempotent: a known id or a key inside its dedup
         window answers DUPLICATE with the existing task's id."""
         table = self.table
+        for admit in self.admission:   # before DUPLICATE: that answer too promises the task is stored
+            admit()
         if task.id in table.live or task.id in table.dead or task.id in table.tombstones:
             return DUPLICATE, task.id
         if task.key is not None:

@@ -175,7 +175,22 @@ class NodeCollector(Collector):
         for queue, n in sorted(node.dispatcher.limits.throttled.items()):
             throttled.add_metric([queue], n)
         yield throttled
+        yield from self._storage()
         yield from self._cluster()
+
+    def _storage(self) -> Iterator[Metric]:
+        """The log's health (docs/durability.md, "A full or failing disk"); none without --data-dir."""
+        if self.node.persistence is None:
+            return
+        s = self.node.persistence.writer.stats()
+        yield GaugeMetricFamily("miyaq_log_writable", "1 while the log takes writes; 0 during a disk fault "
+                                "(new tasks are refused)", value=int(s["writable"]))
+        for name, key, text in (("miyaq_log_write_errors", "write_errors", "Failed log writes (ENOSPC, EIO)"),
+                                ("miyaq_log_fsync_errors", "fsync_errors", "Failed log fsyncs"),
+                                ("miyaq_log_faults", "faults", "Times the log stopped taking writes"),
+                                ("miyaq_log_recoveries", "recoveries", "Times the log was rewritten and "
+                                 "took writes again")):
+            yield CounterMetricFamily(name, text, value=s[key])
 
     def _cluster(self) -> Iterator[Metric]:
         c = self.cluster

@@ -94,6 +94,7 @@ class Node:
         self.persistence = Persistence(self.engine, log, self.spawn)
         self.engine.listeners.append(self.persistence)
         self.endpoint.ack_gate = self.persistence.after_written
+        self.engine.admission.append(self.persistence.admit)   # a disk fault refuses new tasks
 
     def _join_cluster(self) -> None:
         from ..cluster.role import ClusterRole, local_member
@@ -289,4 +290,5 @@ class Node:
                 "accepting": self.engine.accepting, "queues": queues, "totals": totals,
                 "outcomes": outcomes, "errors": dict(self.endpoint.errors),
                 "max_tasks": self.config.max_tasks, "periodic": self.periodic.stats(),
-                "cluster": self.cluster.stats() if self.cluster is not None else None}
+                "cluster": self.cluster.stats() if self.cluster is not None else None,
+                "storage": self.persistence.writer.stats() if self.persistence is not None else None}

@@ -82,21 +82,27 @@ class ServiceEndpoint:
         if not self._acks:
             return
         acks, self._acks = self._acks, {}
-
-        def release() -> None:
-            for identity, results in acks.items():
-                if callable(identity):
-                    try:
-                        identity(results)
-                    except Exception:
-                        logger.exception("in-process submit callback failed")
-                else:
-                    self.send(identity, c.SUBMITTED, {"results": results})
-
         if self.ack_gate is None:
-            release()
-        else:
-            self.ack_gate(release)
+            self._release(acks)
+            return
+        # A refusal promises nothing, so it never waits for the log: a node
+        # whose disk is full still answers "busy" at once.
+        refused = {i: [r for r in rs if r[1] == c.REJECTED] for i, rs in acks.items()}
+        self._release({i: rs for i, rs in refused.items() if rs})
+        stored = {i: [r for r in rs if r[1] != c.REJECTED] for i, rs in acks.items()}
+        stored = {i: rs for i, rs in stored.items() if rs}
+        if stored:
+            self.ack_gate(lambda: self._release(stored))
+
+    def _release(self, acks: dict[Any, list[list[Any]]]) -> None:
+        for identity, results in acks.items():
+            if callable(identity):
+                try:
+                    identity(results)
+                except Exception:
+                    logger.exception("in-process submit callback failed")
+            else:
+                self.send(identity, c.SUBMITTED, {"results": results})
 
     # -- receiving -----------------------------------------------------------
     def handle(self, frames: list[bytes], now: float) -> None:
