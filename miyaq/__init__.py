@@ -1,4 +1,15 @@
-"""miyaq: a fast, clusterable, replicated task queue for Python on ZeroMQ."""
+"""miyaq: a fast, clusterable, replicated task queue for Python on ZeroMQ.
+
+.. code-block:: python
+
+    import miyaq
+
+    with miyaq.Client() as client:     # MIYAQ_CONNECT, a dev cluster started here, or tcp://127.0.0.1:7450
+        handle = client.submit("add", [2, 3], queue="docs", wait=True)
+        print(client.status(handle.id)["state"])      # ready: no worker serves "docs" yet
+
+docs/python-api.md describes the API; docs/index.md all the documentation.
+"""
 from __future__ import annotations
 
 __version__ = "0.1.0"

@@ -2,13 +2,16 @@
 
 .. code-block:: python
 
-    app = miyaq.App("tcp://127.0.0.1:7450")
+    import miyaq
 
-    @app.task(queue="emails", max_retries=5, timeout=30)
+    app = miyaq.App("tcp://127.0.0.1:7450")   # or App(): MIYAQ_CONNECT, a dev cluster here, 7450
+
+    @app.task(name="emails.send", queue="emails", max_retries=5, timeout=30)
     def send(to, body): ...
 
-    send.submit("a@b", "hi", countdown=10)     # handle, at once
-    send.call("a@b", "hi")                     # the return value
+    handle = send.submit("a@b", "hi", countdown=10)   # a handle, at once
+    handle.wait_accepted()                            # the node stored it
+    # send.call("a@b", "hi") submits and waits for a worker's return value
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from typing import Any, Callable, Iterable
 
 from .client.client import TASK_OPTIONS, Client, pack_args
 from .client.handle import TaskHandle
+from .devstate import default_connect
 from .errors import ConfigError, InvalidField
 from .protocol.periodic import schedule_from_wire
 
@@ -69,13 +73,25 @@ class TaskDef:
 
 
 class App:
-    def __init__(self, endpoints: str | Iterable[str] = "tcp://127.0.0.1:7450", **client_options: Any) -> None:
-        self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+    def __init__(self, endpoints: str | Iterable[str] | None = None, **client_options: Any) -> None:
+        self._endpoints: list[str] | None = None
+        if endpoints is not None:
+            given = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+            self._endpoints = [e.strip() for part in given for e in part.split(",") if e.strip()]
         self.client_options = client_options
         self.tasks: dict[str, TaskDef] = {}
         self.schedules: dict[str, dict[str, Any]] = {}   # periodic specs, sent in READY
         self._client: Client | None = None
         self.green: bool | None = None   # the worker sets True before handlers run
+
+    @property
+    def endpoints(self) -> list[str]:
+        """The nodes this app's client and workers connect to: as given, else
+        ``MIYAQ_CONNECT``, else the ``miyaq dev-cluster`` started in the current
+        directory, else ``tcp://127.0.0.1:7450`` -- decided on first use."""
+        if self._endpoints is None:
+            self._endpoints, _ = default_connect()
+        return self._endpoints
 
     @property
     def client(self) -> Client:

@@ -9,7 +9,12 @@ Constraints:
 
 * Node ``nI`` uses the first block of ports at or after ``base_port``
   (stepping by 10) whose service, peer (+1), pub (+2) and HTTP (+8) ports
-  are all free; busy blocks are skipped, never shared.
+  are all free; busy blocks are skipped, never shared. Ports in TIME-WAIT
+  count as free, so a restarted dev cluster gets the same ports.
+* Once the ring is whole, what was started is written to
+  ``<state_dir>/.miyaq-dev.json`` (:mod:`miyaq.devstate`), from which the
+  CLI and clients run in that directory take their defaults; :meth:`stop`
+  removes it.
 * :meth:`DevCluster.start` returns only once every node is in the published
   ring with a leader and answers STATUS, or raises ``MiyaqError`` (a node
   that exited, or ``Timeout``) -- or returns ``False`` early when
@@ -36,6 +41,7 @@ from pathlib import Path
 from typing import Self
 
 from miyaq.cluster.ring_admin import RingAdmin
+from miyaq.devstate import remove_state, write_state
 from miyaq.errors import ConfigError, MiyaqError, Timeout, Unavailable
 from miyaq.testing.harness import Proc
 from miyaq.testing.zookeeper import ZooKeeperServer
@@ -49,8 +55,12 @@ HTTP_OFFSET = 8
 
 
 def port_free(port: int, host: str = HOST) -> bool:
-    """True when a TCP listener could bind ``host:port`` right now."""
+    """True when a TCP listener could bind ``host:port`` right now.
+
+    With ``SO_REUSEADDR``, as ZeroMQ and the HTTP gateway bind: a port left
+    in TIME-WAIT by a previous run counts as free, one with a listener not."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -119,6 +129,7 @@ class DevCluster:
         log_dir: str | None = None,
         ready_timeout: float = 60.0,
         stop_timeout: float = 20.0,
+        state_dir: str | None = None,
     ) -> None:
         if nodes < 1:
             raise ConfigError("a dev cluster needs at least one node")
@@ -137,9 +148,11 @@ class DevCluster:
         self.log_dir = log_dir or tempfile.mkdtemp(prefix="miyaq-dev-")
         self.ready_timeout = ready_timeout
         self.stop_timeout = stop_timeout
+        self.state_dir = state_dir
         self.zookeeper: ZooKeeperServer | None = None
         self.nodes: list[DevNode] = []
         self.workers: Proc | None = None
+        self.state_path: str | None = None
         self._stop = threading.Event()
         self._stopped = False
 
@@ -183,7 +196,17 @@ class DevCluster:
             self.workers = Proc(["worker", self.workers_app, "--processes", str(self.worker_processes),
                                  "--connect", ",".join(self.endpoints)],
                                 name="workers", log_dir=self.log_dir).start()
+        if self.state_dir is not None:
+            self.state_path = str(self._write_state(self.state_dir))
         return True
+
+    def _write_state(self, directory: str) -> Path:
+        return write_state(
+            directory, pid=os.getpid(), zk=self.zk_hosts, cluster=self.cluster, connect=self.endpoints,
+            http=[f"http://{HOST}:{n.http_port}" for n in self.nodes], logs=self.log_dir,
+            zookeeper_pid=self.zookeeper.pid if self.zookeeper is not None else None,
+            nodes=[{"id": n.node_id, "service": n.service, "http": f"http://{HOST}:{n.http_port}",
+                    "pid": n.proc.pid} for n in self.nodes])
 
     def _start_node(self, node_id: str, port: int) -> DevNode:
         args = ["node", "--zk", self.zk_hosts, "--cluster", self.cluster, "--node-id", node_id,
@@ -272,6 +295,8 @@ class DevCluster:
         if self._stopped:
             return
         self._stopped = True
+        if self.state_dir is not None:
+            remove_state(self.state_dir, os.getpid())
         if self.workers is not None:
             self._end([self.workers])
         self._end([n.proc for n in self.nodes])

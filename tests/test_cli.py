@@ -117,7 +117,7 @@ def test_tasks_filters_by_queue_and_state(node):
     assert sorted(t["id"] for t in listed) == sorted(ids)
     assert all(t["queue"] == "tq" and t["state"] == "scheduled" for t in listed)
     done = miyaq("tasks", "--queue", "tq", "--state", "scheduled", "--connect", node.endpoint)
-    assert done.returncode == 0 and "2 task(s)" in done.stderr
+    assert done.returncode == 0 and "2 task(s)" in done.stdout
     assert sorted(line.split()[0] for line in done.stdout.splitlines()) == sorted(ids)
     bad = miyaq("tasks", "--state", "sleeping", "--connect", node.endpoint)
     assert bad.returncode == 2 and "error" in bad.stderr
@@ -141,7 +141,7 @@ def test_dead_list_retry_and_purge(node, worker, client):
     listed = ok_json("dead", "list", "--connect", node.endpoint)
     assert [t["id"] for t in listed] == [task_id] and listed[0]["error"]["type"] == "Reject"
     done = miyaq("dead", "list", "--connect", node.endpoint)
-    assert done.returncode == 0 and "1 dead task(s)" in done.stderr
+    assert done.returncode == 0 and "1 dead task(s)" in done.stdout
     assert task_id in done.stdout and "Reject: bad input" in done.stdout
 
     assert ok_json("dead", "retry", task_id, "--connect", node.endpoint) == {"retried": [task_id]}

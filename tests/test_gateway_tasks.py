@@ -119,6 +119,15 @@ def test_submit_errors_name_the_field(api):
     assert (status, answer["error"]["field"]) == (400, "body")
     status, answer, _ = api.post("/tasks", raw=b"name=x", content_type="application/x-www-form-urlencoded")
     assert (status, answer["error"]["code"]) == (415, "unsupported_media_type")
+    status, answer, _ = api.post("/tasks", raw=b"name=x", content_type="text/plain")
+    assert (status, answer["error"]["code"]) == (415, "unsupported_media_type")
+
+
+def test_a_json_body_labelled_as_a_form_is_read_as_json(api):
+    """Fault: `curl -d '{...}'` labels a JSON body application/x-www-form-urlencoded (or a client sends no type)."""
+    for content_type in ("application/x-www-form-urlencoded", ""):
+        status, answer, _ = api.post("/tasks", raw=b'{"name": "add", "args": [2, 3]}', content_type=content_type)
+        assert (status, answer["status"]) == (202, "accepted"), (content_type, answer)
 
 
 def test_unknown_tasks_and_bad_queries(api):

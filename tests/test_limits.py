@@ -233,6 +233,22 @@ def test_queue_command_sets_and_lists_limits(make_http_node, capsys):
         api.close()
 
 
+def test_queue_command_takes_its_options_after_the_action_too(make_http_node, capsys):
+    """Fault: a user writes --http after the action word (`miyaq queue limit q --rate 1 --http URL`)."""
+    node = make_http_node()
+    api = Http(node.url)
+    try:
+        assert cli_main(["queue", "limit", "mail", "--rate", "5", "--http", node.url]) == 0
+        assert api.get("/queues/mail/limits")[1]["limits"]["rate"] == 5.0
+        assert cli_main(["queue", "list", "--http", node.url, "--json"]) == 0
+        assert '"mail"' in capsys.readouterr().out
+        # Given before the action, it is not overwritten by the action's default.
+        assert cli_main(["queue", "--http", node.url, "limit", "mail", "--clear"]) == 0
+        assert api.get("/queues/mail/limits")[1]["limits"] is None
+    finally:
+        api.close()
+
+
 def test_refill_timer_dispatches_without_other_traffic(make_http_node, make_web_worker):
     """Tasks 2..5 wait for tokens after the previous delivery has finished; only
     the refill timer then wakes the dispatcher."""

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 from typing import Any
 
@@ -12,8 +10,9 @@ from ..errors import ConfigError
 
 
 def _connect_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--connect", default=os.environ.get("MIYAQ_CONNECT", "tcp://127.0.0.1:7450"),
-                   help="comma-separated node endpoints [env MIYAQ_CONNECT; default tcp://127.0.0.1:7450]")
+    p.add_argument("--connect", default=None,
+                   help="comma-separated node endpoints [env MIYAQ_CONNECT; else what `miyaq dev-cluster` "
+                        "started in this directory; else tcp://127.0.0.1:7450]")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -64,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _client(args: argparse.Namespace) -> Any:
     from ..client.client import Client
-    return Client(args.connect, submit_timeout=10.0, request_timeout=5.0)
+    return Client(args.connect or None, submit_timeout=10.0, request_timeout=5.0)
 
 
 def _json(text: str, what: str) -> Any:
@@ -144,7 +143,7 @@ def run_tasks(args: argparse.Namespace) -> int:
         when = time.strftime("%H:%M:%S", time.localtime(t["eta"]))
         print(f"{t['id']}  {t['queue']:<12} {t['state']:<10} prio={t['priority']:<4} eta={when} "
               f"attempt={t['attempt']} {t.get('name') or t.get('url')}")
-    print(f"{len(tasks)} task(s)", file=sys.stderr)
+    print(f"{len(tasks)} task(s)")
     return 0
 
 
@@ -170,7 +169,7 @@ def run_dead(args: argparse.Namespace) -> int:
                     err = t.get("error") or {}
                     print(f"{t['id']}  {t['queue']:<12} attempt={t['attempt']} "
                           f"{err.get('type', '')}: {err.get('message', '')}")
-                print(f"{len(answer['tasks'])} dead task(s)", file=sys.stderr)
+                print(f"{len(answer['tasks'])} dead task(s)")
         elif args.op == "retry":
             answer = client.dead("retry", args.queue, ids=args.ids or None)
             _print({"retried": answer["retried"]}, args.json)

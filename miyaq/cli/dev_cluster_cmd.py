@@ -2,7 +2,9 @@
 
 Prints where everything listens, how to connect, and last a line starting
 with ``ready `` (``key=value`` pairs: ``zk``, ``cluster``, ``connect``,
-``logs``) that scripts and tests wait for. Ctrl-C or SIGTERM stops
+``logs``) that scripts and tests wait for. What it started is also written
+to ``.miyaq-dev.json`` in the current directory (:mod:`miyaq.devstate`),
+so the commands run there afterwards find the cluster. Ctrl-C or SIGTERM stops
 workers, nodes and ZooKeeper, in that order; ``--duration S`` stops by
 itself after S seconds. ``--zk`` is never taken from the environment: a
 shell with ``MIYAQ_ZK`` set must not point a throwaway cluster at a real
@@ -12,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from types import FrameType
 from typing import Any
 
 from ..devcluster import DevCluster, DevNode
+from ..errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,8 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nodes", type=int, default=3, help="node processes [default 3]")
     p.add_argument("--zk", default=None, metavar="HOSTS",
                    help="use this ZooKeeper instead of starting one (not read from MIYAQ_ZK)")
-    p.add_argument("--base-port", type=int, default=7450,
-                   help="first node's service port; the next nodes step by 10, skipping busy ones [default 7450]")
+    p.add_argument("--base-port", type=int, default=None,
+                   help="first node's service port; the next nodes step by 10, skipping busy ones "
+                        "[env MIYAQ_PORT; default 7450]")
     p.add_argument("--cluster", default="dev", help="cluster name [default dev]")
     p.add_argument("--replicas", type=int, default=None, help="holders per task [default min(3, nodes)]")
     p.add_argument("--data-dir", default=None, metavar="DIR",
@@ -62,10 +67,25 @@ def banner(cluster: DevCluster) -> list[str]:
         f"  ring     miyaq ring --zk {zk} --cluster {cluster.cluster}",
         f"  shell    export MIYAQ_ZK={zk} MIYAQ_CLUSTER={cluster.cluster} MIYAQ_CONNECT={connect}",
         f"  worker   miyaq worker yourmodule:app --connect {connect}",
+    ]
+    if cluster.state_path:
+        lines.append(f"in this directory `miyaq status`, `miyaq ring`, `miyaq worker yourmodule:app` and "
+                     f"miyaq.App() / miyaq.Client() without endpoints use this cluster ({cluster.state_path})")
+    lines += [
         "Ctrl-C stops everything.",
         f"ready zk={zk} cluster={cluster.cluster} connect={connect} logs={cluster.log_dir}",
     ]
     return lines
+
+
+def _base_port(given: int | None) -> int:
+    if given is not None:
+        return given
+    raw = os.environ.get("MIYAQ_PORT") or "7450"
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"MIYAQ_PORT must be a port number, not {raw!r}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,9 +93,9 @@ def run(args: argparse.Namespace) -> int:
     setup_logging("WARNING")
     logging.getLogger("kazoo").setLevel(logging.CRITICAL)  # connection retries are not news here
     cluster = DevCluster(
-        args.nodes, zk=args.zk, base_port=args.base_port, cluster=args.cluster, replicas=args.replicas,
-        data_dir=args.data_dir, workers=args.workers, worker_processes=args.worker_processes,
-        log_dir=args.log_dir,
+        args.nodes, zk=args.zk, base_port=_base_port(args.base_port), cluster=args.cluster,
+        replicas=args.replicas, data_dir=args.data_dir, workers=args.workers,
+        worker_processes=args.worker_processes, log_dir=args.log_dir, state_dir=os.getcwd(),
     )
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

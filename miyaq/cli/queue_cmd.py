@@ -29,18 +29,30 @@ from ..errors import InvalidField, MiyaqError, Unavailable, from_wire
 TIMEOUT = 10.0
 
 
+def _gateway_options(p: argparse.ArgumentParser, *, nested: bool = False) -> None:
+    """``--http`` and ``--token``, accepted before the action word and after it.
+
+    On the action's parser the default is SUPPRESS, so an option given
+    before the action (``miyaq queue --http URL list``) is not overwritten."""
+    default: Any = argparse.SUPPRESS if nested else None
+    p.add_argument("--http", default=default,
+                   help="the node's HTTP gateway [env MIYAQ_HTTP; else what `miyaq dev-cluster` started in this "
+                        "directory; else http://127.0.0.1:8088]")
+    p.add_argument("--token", default=default, help="bearer token of the gateway [env MIYAQ_HTTP_TOKEN]")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("queue", help="list queues, set queue limits", description=(
         "Look at queues and change their limits at runtime, over a node's HTTP gateway."))
-    p.add_argument("--http", default=None,
-                   help="the node's HTTP gateway [env MIYAQ_HTTP; default http://127.0.0.1:8088]")
-    p.add_argument("--token", default=None, help="bearer token of the gateway [env MIYAQ_HTTP_TOKEN]")
+    _gateway_options(p)
     qsub = p.add_subparsers(dest="queue_command", metavar="ACTION")
     qsub.required = True
     ls = qsub.add_parser("list", help="every queue: counts, workers, limits")
     ls.add_argument("--json", action="store_true", help="print the raw JSON answer")
+    _gateway_options(ls, nested=True)
     ls.set_defaults(run=run_list)
     lim = qsub.add_parser("limit", help="set (or --clear) a queue's rate limit and concurrency cap")
+    _gateway_options(lim, nested=True)
     lim.add_argument("queue")
     lim.add_argument("--rate", type=float, default=None, help="tasks started per second, cluster-wide")
     lim.add_argument("--burst", type=float, default=None, help="bucket size (default: max(1, rate))")
@@ -55,7 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _base(args: argparse.Namespace) -> str:
-    return (args.http or os.environ.get("MIYAQ_HTTP") or "http://127.0.0.1:8088").rstrip("/")
+    from ..devstate import default_http
+    return (args.http or default_http()).rstrip("/")
 
 
 def _request(args: argparse.Namespace, method: str, path: str, body: Any = None, base: str | None = None) -> Any:

@@ -4,9 +4,10 @@ They talk to ZooKeeper through :class:`~miyaq.cluster.ring_admin.RingAdmin`
 (no node needed) and, for the "tasks" column only, to each member's service
 endpoint. Changes print what changed once the leader has published it.
 
-``--zk`` falls back to ``MIYAQ_ZK`` then ``127.0.0.1:2181``; ``--cluster``
-to ``MIYAQ_CLUSTER`` then ``default`` -- the same variables ``miyaq node``
-reads, resolved when the command runs, not at import. An unreachable
+``--zk`` falls back to ``MIYAQ_ZK``, then to the ``miyaq dev-cluster`` running
+from this directory (:mod:`miyaq.devstate`), then ``127.0.0.1:2181``;
+``--cluster`` to ``MIYAQ_CLUSTER``, then that dev cluster's, then
+``default`` -- resolved when the command runs, not at import. An unreachable
 ZooKeeper or a leader that does not publish in time is an error (exit 2).
 """
 from __future__ import annotations
@@ -14,15 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..errors import MiyaqError, Unavailable
 
-DEFAULT_ZK = "127.0.0.1:2181"
-DEFAULT_CLUSTER = "default"
+from ..devstate import DEFAULT_CLUSTER, DEFAULT_ZK
 TASKS_TIMEOUT = 2.0
 """Seconds a member's service endpoint has to answer STATUS before its tasks show as n/a."""
 
@@ -32,7 +31,8 @@ def _zk_options(p: argparse.ArgumentParser, *, nested: bool = False) -> None:
     # before the action word (``miyaq ring --zk H weight n1 2``).
     default: Any = argparse.SUPPRESS if nested else None
     p.add_argument("--zk", default=default, metavar="HOSTS",
-                   help=f"ZooKeeper hosts [env MIYAQ_ZK; default {DEFAULT_ZK}]")
+                   help=f"ZooKeeper hosts [env MIYAQ_ZK; else the dev cluster started in this directory; "
+                        f"default {DEFAULT_ZK}]")
     p.add_argument("--cluster", default=default, metavar="NAME",
                    help=f"cluster name [env MIYAQ_CLUSTER; default {DEFAULT_CLUSTER}]")
     p.add_argument("--timeout", type=float, default=default, metavar="S",
@@ -68,8 +68,10 @@ def _admin(args: argparse.Namespace) -> Any:
     from ..cluster.ring_admin import RingAdmin
     # kazoo logs every refused connection attempt; the error below says it once.
     logging.getLogger("kazoo").setLevel(logging.CRITICAL)
-    args.zk = getattr(args, "zk", None) or os.environ.get("MIYAQ_ZK") or DEFAULT_ZK
-    args.cluster = getattr(args, "cluster", None) or os.environ.get("MIYAQ_CLUSTER") or DEFAULT_CLUSTER
+    from ..devstate import default_zk
+    zk, cluster = default_zk()
+    args.zk = getattr(args, "zk", None) or zk
+    args.cluster = getattr(args, "cluster", None) or cluster
     timeout = getattr(args, "timeout", None) or 15.0
     return RingAdmin(args.zk, args.cluster, connect_timeout=min(timeout, 5.0), timeout=timeout)
 

@@ -23,6 +23,7 @@ from typing import Any, Iterable
 
 import msgpack
 
+from ..devstate import default_connect
 from ..errors import ConfigError, MiyaqError, NotFound, Timeout, Unavailable
 from ..protocol import commands as c
 from ..protocol.commands import DEFAULT_MAX_MESSAGE
@@ -49,9 +50,27 @@ def pack_args(args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None) ->
 
 
 class Client:
-    def __init__(self, endpoints: str | Iterable[str] = "tcp://127.0.0.1:7450", *,
+    """A producer's connection to one or more nodes (docs/python-api.md).
+
+    .. code-block:: python
+
+        import miyaq
+
+        client = miyaq.Client("tcp://127.0.0.1:7450")
+        handle = client.submit("add", [2, 3], queue="docs")   # at once; sent in the background
+        client.flush()                                         # every submit so far is accepted
+        assert handle.accepted
+        client.close()
+    """
+
+    def __init__(self, endpoints: str | Iterable[str] | None = None, *,
                  window: int = 10_000, submit_timeout: float = 30.0, ack_timeout: float = 5.0,
                  request_timeout: float = 10.0, max_batch: int = 512, green: bool | None = None) -> None:
+        # No endpoints: MIYAQ_CONNECT, else the dev cluster started in this
+        # directory, else tcp://127.0.0.1:7450 (miyaq.devstate).
+        self.endpoints_source = "given"
+        if endpoints is None:
+            endpoints, self.endpoints_source = default_connect()
         if isinstance(endpoints, str):
             endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
         endpoints = list(endpoints)

@@ -114,9 +114,17 @@ class Request:
             raise InvalidField(f"the body is not valid {charset}", field="body") from None
 
     def json(self, required: bool = True) -> Any:
-        """The body as JSON. An empty body is ``{}`` unless ``required``."""
+        """The body as JSON. An empty body is ``{}`` unless ``required``.
+
+        Read as JSON: ``application/json`` (and ``*+json``), no Content-Type
+        at all, and ``application/x-www-form-urlencoded`` when the body is
+        JSON -- the type ``curl -d`` and many HTTP libraries put on any body
+        they are given. A form body that is not JSON, and every other type,
+        is 415 (docs/http.md, "Content types").
+        """
         media, charset = self.media_type()
-        if media not in (JSON_TYPE, "") and not media.endswith("+json"):
+        labelled_form = media == FORM_TYPE
+        if media not in (JSON_TYPE, "") and not media.endswith("+json") and not labelled_form:
             raise UnsupportedMediaType(f"expected Content-Type {JSON_TYPE}, got {media!r}")
         if not self.body():
             if required:
@@ -125,6 +133,9 @@ class Request:
         try:
             return json.loads(self.text(charset))
         except ValueError as exc:
+            if labelled_form:
+                raise UnsupportedMediaType(f"expected a JSON body (Content-Type {JSON_TYPE}); got a "
+                                           f"{FORM_TYPE} body that is not JSON") from None
             raise InvalidField(f"the body is not valid JSON: {exc}", field="body") from None
 
     def json_object(self, required: bool = True) -> dict[str, Any]:

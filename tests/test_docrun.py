@@ -1,0 +1,79 @@
+"""The doc-test runner itself (tests/docrun): what a writer relies on when a page runs."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.docrun.ports import PortMap
+from tests.docrun.session import DocSession
+from tests.docrun.shell import BlockFailed, split_commands
+
+
+@pytest.fixture
+def session(tmp_path: Path):
+    s = DocSession(str(tmp_path / "page.md"))
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def test_ports_map_by_range_keeping_offsets():
+    ports = PortMap()
+    text = ports.map_text("tcp://127.0.0.1:7450 peer 7451, --port 7460, http://localhost:8088/x "
+                          "t=1767225600.0 id=0b7e4b5c 17450 74500 2026")
+    base, http = ports.port(7450), ports.port(8088)
+    assert text == (f"tcp://127.0.0.1:{base} peer {base + 1}, --port {base + 10}, http://localhost:{http}/x "
+                    "t=1767225600.0 id=0b7e4b5c 17450 74500 2026")
+    assert ports.environment()["MIYAQ_CONNECT"] == f"tcp://127.0.0.1:{base}"
+
+
+def test_commands_split_and_long_running_ones_recognised():
+    commands = split_commands("# a comment\nmiyaq node --port 7450   # serve\n\ncurl -s \\\n  http://x\n"
+                              "MIYAQ_PORT=7460 miyaq worker tasks:app\n")
+    assert [c.text for c in commands] == ["miyaq node --port 7450   # serve", "curl -s \\\n  http://x",
+                                          "MIYAQ_PORT=7460 miyaq worker tasks:app"]
+    assert [c.background is not None for c in commands] == [True, False, True]
+    with pytest.raises(BlockFailed, match="stand alone"):
+        split_commands("miyaq node && echo served")
+
+
+def test_the_first_failing_command_fails_the_block(session, capsys):
+    """Fault: a command of a page fails; the commands after it must not run as if nothing happened."""
+    with pytest.raises(BlockFailed, match="exit status 3") as failure:
+        session.run_shell("echo first\n(exit 3)\necho never")
+    assert "first" in str(failure.value) and "never" not in str(failure.value).split("--- output ---")[1]
+    with pytest.raises(BlockFailed):
+        session.run_shell("false | cat")      # pipefail: a failure inside a pipe counts
+
+
+def test_a_block_sees_the_mapped_environment(session, capsys):
+    session.run_shell('echo "$MIYAQ_CONNECT" 7450; pwd')
+    out = capsys.readouterr().out
+    port = session.ports.port(7450)
+    assert f"tcp://127.0.0.1:{port} {port}" in out and str(session.dir) in out
+    assert os.environ["MIYAQ_PORT"] == str(port) and os.getcwd() == str(session.dir)
+
+
+def test_a_long_running_command_that_dies_at_start_fails_with_its_output(session):
+    """Fault: `miyaq node` exits at once (here: a setting it refuses) instead of serving."""
+    with pytest.raises(BlockFailed, match="exited with status 2") as failure:
+        session.run_shell("miyaq node --max-tasks -1")
+    assert "max_tasks" in str(failure.value)
+
+
+def test_background_commands_are_stopped_and_the_process_restored(tmp_path: Path):
+    """Fault: a page ends (or fails) with a node and a worker still running."""
+    cwd, path = os.getcwd(), list(sys.path)
+    s = DocSession(str(tmp_path / "page.md"))
+    s.write_file("tasks.py", "import miyaq\napp = miyaq.App()\n@app.task(name='add')\ndef add(a, b):\n"
+                             "    return a + b\n")
+    s.run_shell("miyaq node\nmiyaq worker tasks:app\nmiyaq status")
+    pids = [b.proc.pid for b in s.background]
+    s.close()
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    assert os.getcwd() == cwd and sys.path == path and not s.dir.exists()
