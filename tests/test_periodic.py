@@ -321,3 +321,13 @@ def test_new_leader_fires_schedules_it_only_knows_from_zookeeper(cluster, procs,
     wait_for(lambda: cluster.stats("n2")["periodic"]["fired"] >= 2, timeout=20, what="n2 firing")
     tasks = cluster.client("n2").tasks(limit=100)
     assert tasks and all(TICK_ID.match(t["id"]) for t in tasks)
+
+
+
+def test_a_standalone_node_leads_at_the_epoch_its_status_reports(node):
+    """Fault (seen by a user): the log said "as leader (epoch 0)" while /status said epoch 1."""
+    with miyaq.Client(node.endpoint) as client:
+        status = client.status()
+        ring = client.ring()
+    assert status["periodic"]["leading"] is True
+    assert status["periodic"]["epoch"] == ring["epoch"] == 1

@@ -84,7 +84,7 @@ class Client:
         self.request_timeout = request_timeout
         self.kit = choose(green)
         self._io = IOLoop(self.kit, endpoints, max_batch=max_batch, ack_timeout=ack_timeout,
-                          max_message=DEFAULT_MAX_MESSAGE)
+                          max_message=DEFAULT_MAX_MESSAGE, endpoints_source=self.endpoints_source)
         self._io.start()
         self._closed = False
         self._unflushed: list[TaskHandle] = []

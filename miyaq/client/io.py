@@ -28,6 +28,11 @@ logger = logging.getLogger(__name__)
 POLL_MAX = 0.1
 DISCOVERY_INTERVAL = 10.0
 CONNECT_WAIT = 1.5       # a request waits this long for a connection to its node
+FIRST_CONTACT = 5.0
+"""Seconds a submit waits for a connection while the client has never reached
+any node; then it fails at once with :meth:`IOLoop.unreachable`'s message
+instead of retrying until ``submit_timeout``. Once any node has been reached,
+an unreachable node is retried (elsewhere, with backoff) until the deadline."""
 BATCH_BYTES = 4 * 1024 * 1024    # payload bytes per SUBMIT (the node's default limit is 16 MiB)
 RETRYABLE = (Busy.code, ShuttingDown.code, Unavailable.code, NotEnoughReplicas.code)
 
@@ -35,10 +40,11 @@ RETRYABLE = (Busy.code, ShuttingDown.code, Unavailable.code, NotEnoughReplicas.c
 class Pending:
     """One submit between ``submit()`` and its acknowledgement."""
 
-    __slots__ = ("wire", "future", "deadline", "sent", "tries", "node", "next_try", "last_error")
+    __slots__ = ("wire", "future", "deadline", "created", "sent", "tries", "node", "next_try", "last_error")
 
     def __init__(self, wire: dict[str, Any], future: Future, deadline: float) -> None:
         self.wire = wire
+        self.created = time.time()
         self.future = future
         self.deadline = deadline
         self.sent = 0.0
@@ -50,8 +56,10 @@ class Pending:
 
 class IOLoop:
     def __init__(self, kit: Any, endpoints: list[str], *, max_batch: int, ack_timeout: float,
-                 max_message: int, identity: bytes | None = None) -> None:
+                 max_message: int, identity: bytes | None = None, endpoints_source: str = "given") -> None:
         self.kit = kit
+        self.endpoints_source = endpoints_source   # where the endpoints came from, for messages
+        self.reached = False                       # True once any node took a message from us
         zmq = kit.zmq
         self.zmq = zmq
         self.ctx = zmq.Context()
@@ -211,7 +219,7 @@ class IOLoop:
                 continue
             if now - since > CONNECT_WAIT:
                 future, _ = self.requests.pop(body["req"])
-                future.fail(Unavailable(f"no connection to {self.endpoints[node]}"))
+                future.fail(self._no_connection(node))
             else:
                 self.unsent.append((node, command, body, since))
 
@@ -245,9 +253,23 @@ class IOLoop:
     def _send(self, node: int, command: bytes, body: dict[str, Any]) -> bool:
         try:
             self.socks[node].send_multipart(codec.encode(command, body), self.zmq.NOBLOCK)
-            return True
         except self.zmq.Again:
-            return False
+            return False   # IMMEDIATE: not connected to that node
+        self.reached = True
+        return True
+
+    def unreachable(self) -> Unavailable:
+        """The first-contact error: no node was ever reached. Names the endpoints and where they came from."""
+        shown = ", ".join(self.endpoints[:3]) + (" ..." if len(self.endpoints) > 3 else "")
+        source = "" if self.endpoints_source == "given" else f" ({self.endpoints_source})"
+        message = (f"cannot reach any node: nothing is listening on {shown}{source} -- is a node running? "
+                   f"Start one with `miyaq node`, or check with `miyaq status --connect {self.endpoints[0]}`")
+        return Unavailable(message)
+
+    def _no_connection(self, node: int) -> Unavailable:
+        if not self.reached:
+            return self.unreachable()
+        return Unavailable(f"no connection to {self.endpoints[node]}")
 
     def _pick_node(self, avoid: int) -> int:
         n = len(self.socks)
@@ -286,10 +308,14 @@ class IOLoop:
                         self.pending[p.wire["id"]] = p
                 else:
                     # Not connected yet: try again soon, keeping the order of the batch
-                    # (no jitter), so one producer's tasks stay FIFO.
+                    # (no jitter), so one producer's tasks stay FIFO -- unless no node
+                    # was ever reached for FIRST_CONTACT seconds: then say so now.
                     error = Unavailable(f"no connection to {self.endpoints[node]}")
                     retry_node = self._pick_node(node) if len(self.socks) > 1 else node
                     for p in chunk:
+                        if not self.reached and (now - p.created >= FIRST_CONTACT or now >= p.deadline):
+                            self._resolve_submit(p, error=self.unreachable())
+                            continue
                         p.node = retry_node
                         self._retry_later(p, now, error, delay=0.01)
 
@@ -319,8 +345,9 @@ class IOLoop:
             for req, (future, deadline) in list(self.requests.items()):
                 if deadline <= now:
                     del self.requests[req]
-                    if any(body["req"] == req for _, _, body, _ in self.unsent):
-                        future.fail(Unavailable("no connection to the node"))
+                    unsent = [node for node, _, body, _ in self.unsent if body["req"] == req]
+                    if unsent:
+                        future.fail(self._no_connection(unsent[0]))
                     else:
                         future.fail(Timeout("the node did not answer in time"))
 

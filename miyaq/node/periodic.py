@@ -119,7 +119,8 @@ class PeriodicScheduler:
         cluster = self.node.cluster
         if cluster is None:
             self._intake = LocalIntake(self.node.engine, self._acked)
-            self.epoch, self._new_term = 0, True
+            # A standalone node leads for good, at the epoch its status reports.
+            self.epoch, self._new_term = int(self.node.ring_info()["epoch"]), True
         else:
             from ..cluster.intake import ClusterIntake
             self._intake = ClusterIntake(cluster)
@@ -298,5 +299,5 @@ class PeriodicScheduler:
 
     # -- views ----------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        return {"schedules": len(self.specs), "leading": self.leading(), "fired": self.fired,
+        return {"schedules": len(self.specs), "leading": self.leading(), "epoch": self.epoch, "fired": self.fired,
                 "already_fired": self.already, "rejected": self.rejected, "missed": self.missed}
