@@ -23,7 +23,7 @@ from sybil.parsers.rest import CodeBlockParser as RestCodeBlockParser
 from .evaluators import end_session, evaluate_python, evaluate_shell, evaluate_toml
 
 DOC_PATTERNS = ("README.md", "docs/*.md")
-PUBLIC_API = ("miyaq/__init__.py", "miyaq/client/client.py", "miyaq/client/handle.py", "miyaq/worker/app.py",
+PUBLIC_API = ("miyaq/__init__.py", "miyaq/client/client.py", "miyaq/client/handle.py", "miyaq/app.py",
               "miyaq/worker/context.py", "miyaq/errors.py")
 """Modules whose docstrings' ``.. code-block:: python`` examples run, against a node the runner starts."""
 SAMPLE_LANGUAGES = frozenset({"text", "json", "http", "yaml"})
