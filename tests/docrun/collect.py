@@ -45,7 +45,8 @@ class NotRunParser:
             reason = (lexed.lexemes.get("arguments") or "").strip()
             if not reason:
                 raise ValueError(f"{document.path}: '<!-- {NOT_RUN}: -->' needs a reason")
-            yield Region(lexed.start, lexed.end, ("next", repr(f"not run: {reason}")), self.skipper)
+            where = f"{Path(document.path).name}:{document.text.count(chr(10), 0, lexed.start) + 2}"
+            yield Region(lexed.start, lexed.end, ("next", repr(f"{where} not run: {reason}")), self.skipper)
 
 
 def make_sybil() -> SybilCollection:
