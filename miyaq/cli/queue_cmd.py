@@ -62,6 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     for action, text in (("pause", "stop starting tasks of a queue (submits are still accepted)"),
                          ("resume", "start tasks of a paused queue again")):
         cmd = qsub.add_parser(action, help=text)
+        _gateway_options(cmd, nested=True)
         cmd.add_argument("queue")
         cmd.set_defaults(run=run_pause, paused=action == "pause")
 
