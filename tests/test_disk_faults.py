@@ -170,3 +170,13 @@ def _full_filesystem(fs: SmallFilesystem, make_node, client_for, thread_worker, 
     for i, h in enumerate(before):
         assert c2.result(h.id, 10) == {"args": [i], "kwargs": {}}
     again.stop()
+
+
+def test_the_log_runs_under_the_nodes_supervisor(make_node, client_for, tmp_path):
+    """The log's writer and its group-commit loop are the node's supervised greenlets
+    (a crash of either stops the node loudly instead of silently ending durability)."""
+    node = make_node(data_dir=str(tmp_path / "data"), fsync="interval")
+    c = client_for(node.endpoint)
+    c.submit("echo", [1], wait=True)
+    wait_for(lambda: {"log-writer", "log-committer"} <= set(node.node.supervisor.live()),
+             what="the log's greenlets under the node's supervisor")

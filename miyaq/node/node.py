@@ -84,14 +84,14 @@ class Node:
     def _open_log(self) -> None:
         os.makedirs(self.config.data_dir, exist_ok=True)
         log = AppendLog(self.config.data_dir, fsync=self.config.fsync,
-                        interval_ms=self.config.fsync_interval_ms)
+                        interval_ms=self.config.fsync_interval_ms, supervisor=self.supervisor)
         started = time.time()
         counts = replay(self.engine, log, started)
         logger.info("node %s replayed %d log records in %.2fs: %d live tasks, %d tombstones "
                     "(log: %d corrupt records, %d bytes truncated)", self.id, counts["records"],
                     time.time() - started, counts["tasks"], counts["tombstones"],
                     log.corrupt_records, log.truncated_bytes)
-        self.persistence = Persistence(self.engine, log, self.spawn)
+        self.persistence = Persistence(self.engine, log, lambda fn: self.supervisor.spawn("log-writer", fn))
         self.engine.listeners.append(self.persistence)
         self.endpoint.ack_gate = self.persistence.after_written
         self.engine.admission.append(self.persistence.admit)   # a disk fault refuses new tasks
