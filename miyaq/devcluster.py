@@ -1,4 +1,5 @@
-"""A whole cluster on this machine for development: ZooKeeper, N nodes, optional workers.
+"""A whole cluster on this machine for development: ZooKeeper (one server or an
+ensemble), N nodes, optional workers.
 
 Used by ``miyaq dev-cluster``. Everything binds to loopback. Each process
 runs as ``python -m miyaq.cli.main ...`` in its own session (so a Ctrl-C in
@@ -44,6 +45,7 @@ from miyaq.cluster.ring_admin import RingAdmin
 from miyaq.devstate import remove_state, write_state
 from miyaq.errors import ConfigError, MiyaqError, Timeout, Unavailable
 from miyaq.testing.harness import Proc
+from miyaq.testing.zk_ensemble import ZooKeeperEnsemble
 from miyaq.testing.zookeeper import ZooKeeperServer
 
 logger = logging.getLogger(__name__)
@@ -113,13 +115,15 @@ class DevNode:
 
 
 class DevCluster:
-    """ZooKeeper (unless ``zk`` is given), ``nodes`` node processes and optional workers."""
+    """ZooKeeper (unless ``zk`` is given: one server, or an ensemble of ``zk_servers``),
+    ``nodes`` node processes and optional workers."""
 
     def __init__(
         self,
         nodes: int = 3,
         *,
         zk: str | None = None,
+        zk_servers: int = 1,
         base_port: int = 7450,
         cluster: str = "dev",
         replicas: int | None = None,
@@ -137,8 +141,13 @@ class DevCluster:
             raise ConfigError("--worker-processes must be at least 1")
         if replicas is not None and replicas < 1:
             raise ConfigError("--replicas must be at least 1")
+        if not 1 <= zk_servers <= 9:
+            raise ConfigError("--zk-servers must be 1 to 9 (3 or 5 make sense)")
+        if zk is not None and zk_servers != 1:
+            raise ConfigError("--zk-servers starts ZooKeeper servers; it cannot be combined with --zk")
         self.size = nodes
         self.zk_given = zk
+        self.zk_servers = zk_servers
         self.base_port = base_port
         self.cluster = cluster
         self.replicas = replicas if replicas is not None else min(3, nodes)
@@ -149,7 +158,7 @@ class DevCluster:
         self.ready_timeout = ready_timeout
         self.stop_timeout = stop_timeout
         self.state_dir = state_dir
-        self.zookeeper: ZooKeeperServer | None = None
+        self.zookeeper: ZooKeeperServer | ZooKeeperEnsemble | None = None
         self.nodes: list[DevNode] = []
         self.workers: Proc | None = None
         self.state_path: str | None = None
@@ -184,7 +193,11 @@ class DevCluster:
         """Start everything and wait until the ring is whole; ``False`` if asked to stop first."""
         os.makedirs(self.log_dir, exist_ok=True)
         if self.zk_given is None:
-            self.zookeeper = ZooKeeperServer(workdir=Path(self.log_dir) / "zookeeper")
+            workdir = Path(self.log_dir) / "zookeeper"
+            if self.zk_servers > 1:
+                self.zookeeper = ZooKeeperEnsemble(self.zk_servers, workdir)
+            else:
+                self.zookeeper = ZooKeeperServer(workdir=workdir)
             self.zookeeper.start()
         if self._stop.is_set():
             return False
@@ -204,9 +217,15 @@ class DevCluster:
         return write_state(
             directory, pid=os.getpid(), zk=self.zk_hosts, cluster=self.cluster, connect=self.endpoints,
             http=[f"http://{HOST}:{n.http_port}" for n in self.nodes], logs=self.log_dir,
-            zookeeper_pid=self.zookeeper.pid if self.zookeeper is not None else None,
+            zookeeper_pid=self._zookeeper_pids(),
             nodes=[{"id": n.node_id, "service": n.service, "http": f"http://{HOST}:{n.http_port}",
                     "pid": n.proc.pid} for n in self.nodes])
+
+    def _zookeeper_pids(self) -> int | list[int | None] | None:
+        """The started ZooKeeper's pid, the ensemble's pids, or None (given with --zk)."""
+        if isinstance(self.zookeeper, ZooKeeperEnsemble):
+            return self.zookeeper.pids
+        return self.zookeeper.pid if self.zookeeper is not None else None
 
     def _start_node(self, node_id: str, port: int) -> DevNode:
         args = ["node", "--zk", self.zk_hosts, "--cluster", self.cluster, "--node-id", node_id,

@@ -226,3 +226,32 @@ def test_dev_cluster_with_unreachable_zookeeper_fails_cleanly(dev_clusters, tmp_
     output = cluster.output()
     assert code == 2, output
     assert "miyaq: error:" in output and "stopped; logs kept in" in output
+
+
+def test_dev_cluster_on_a_zookeeper_ensemble(dev_clusters, tmp_path):
+    """`--zk-servers 3` runs a real 3-server ensemble; the nodes get every server's address."""
+    cluster = dev_clusters.start("--nodes", "2", "--zk-servers", "3", "--base-port", str(free_port()),
+                                 "--cluster", "ensemble", "--duration", "300", "--log-dir", str(tmp_path / "logs"))
+    ready = cluster.wait_for_line("ready ", READY_TIMEOUT)
+    info = dict(part.split("=", 1) for part in ready.split()[1:])
+    assert len(info["zk"].split(",")) == 3
+    assert sum(line.startswith("ZooKeeper server ") for line in cluster.lines) == 3
+    ring = json.loads(miyaq("ring", "--zk", info["zk"], "--cluster", "ensemble", "--json"))
+    assert {k for k, m in ring["members"].items() if m["in_ring"]} == {"n1", "n2"}
+    children = descendants(cluster.proc.pid)
+    assert sum("QuorumPeerMain" in c for c in children.values()) == 3
+    dev_clusters.seen.update(children)
+    cluster.proc.send_signal(signal.SIGTERM)
+    assert cluster.proc.wait(STOP_TIMEOUT) == 0, cluster.output()
+    deadline = time.monotonic() + 30
+    while left := {pid: c for pid, c in children.items() if still_running(pid, c)}:
+        if time.monotonic() >= deadline:
+            pytest.fail(f"processes left after dev-cluster stopped: {left}")
+        time.sleep(0.1)
+
+
+def test_dev_cluster_refuses_zk_servers_with_a_given_zookeeper():
+    """Bad input: --zk-servers (start servers) together with --zk (use that one)."""
+    answer = run_miyaq("dev-cluster", "--zk", "127.0.0.1:1", "--zk-servers", "3")
+    assert answer.returncode == 2
+    assert "--zk-servers" in answer.stderr and "--zk" in answer.stderr

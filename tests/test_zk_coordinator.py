@@ -17,27 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from miyaq.cluster.membership import RingView
 from miyaq.cluster.ring_admin import RingAdmin
 from miyaq.cluster.zk_coordinator import ZooKeeperCoordinator
 from miyaq.cluster.zk_layout import Layout, RingRecord
 from miyaq.errors import ConfigError, Unavailable
 from miyaq.runtime import Supervisor
 from miyaq.testing.zookeeper import ZooKeeperServer, expire_session, free_port
-from zk_fixtures import DEADLINE, member, wait_until
+from zk_fixtures import DEADLINE, Recorder, agreed, assert_epochs_increase, leaders, member, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 SESSION = 2.0  # seconds; the test server allows sessions down to 1 s
-
-
-class Recorder:
-    """Everything a coordinator told its listeners."""
-
-    def __init__(self, coordinator: ZooKeeperCoordinator) -> None:
-        self.views: list[RingView] = []
-        self.leadership: list[tuple[bool, int]] = []
-        coordinator.add_listener(self.views.append)
-        coordinator.add_leader_listener(lambda is_leader, epoch: self.leadership.append((is_leader, epoch)))
 
 
 @pytest.fixture
@@ -62,27 +51,6 @@ def make(zk_server: ZooKeeperServer, zk_cluster_name: str,
     yield _make
     for coordinator in made:
         coordinator.stop()
-
-
-def leaders(coordinators) -> list[ZooKeeperCoordinator]:
-    return [c for c in coordinators if c.is_leader]
-
-
-def agreed(coordinators, members: set[str]) -> bool:
-    """All hold the same epoch, with ``members`` in the ring and one leader among them."""
-    views = [c.view for c in coordinators]
-    current = leaders(coordinators)
-    return (
-        len({v.epoch for v in views}) == 1
-        and all(set(v.members) == members for v in views)
-        and len(current) == 1
-        and all(v.leader == current[0].local.node_id for v in views)
-    )
-
-
-def assert_epochs_increase(recorder: Recorder) -> None:
-    epochs = [v.epoch for v in recorder.views]
-    assert epochs == sorted(set(epochs)), f"views went back or repeated: {epochs}"
 
 
 # -- election and agreement ---------------------------------------------------
@@ -258,15 +226,16 @@ def test_stale_ring_is_ignored_by_followers(make, zk_cluster_name, zk_client, ca
         assert [v.epoch for v in recorder.views] == [5, 6]
 
 
-def test_leader_stops_leading_while_suspended(zk_supervisor):
-    """Fault: ZooKeeper crashes under a leader (connection SUSPENDED), then comes back."""
+def test_leader_pauses_while_suspended_and_resumes_its_term(zk_supervisor):
+    """Fault: ZooKeeper crashes under a leader (connection SUSPENDED), then comes back
+    within the session timeout: the same sessions resume, and so does the leader's term."""
     with ZooKeeperServer() as server:
         nodes = {}
         try:
             for name in ("a", "b"):
                 c = ZooKeeperCoordinator(
                     server.hosts, "suspend", member(name), supervisor=zk_supervisor,
-                    session_timeout=4.0, connect_timeout=5.0, op_timeout=5.0, reconcile_interval=1.0,
+                    session_timeout=10.0, connect_timeout=5.0, op_timeout=5.0, reconcile_interval=1.0,
                 )
                 nodes[name] = (c, Recorder(c))
                 c.start()
@@ -276,16 +245,21 @@ def test_leader_stops_leading_while_suspended(zk_supervisor):
             recorder = nodes[leader.local.node_id][1]
             assert recorder.leadership == [(True, recorder.leadership[0][1])]
             first_epoch = recorder.leadership[0][1]
+            epoch = leader.view.epoch
+            sessions = [c.client.client_id[0] for c in coordinators]
 
             server.kill()
             wait_until(lambda: (False, first_epoch) in recorder.leadership, "the leader to pause")
             assert not any(c.is_leader for c in coordinators)
 
             server.start()
-            wait_until(lambda: agreed(coordinators, {"a", "b"}), "a leader after ZooKeeper returned")
-            (again,) = leaders(coordinators)
-            regained = nodes[again.local.node_id][1].leadership
-            assert regained[-1][0] is True and regained[-1][1] > first_epoch
+            wait_until(lambda: leader.is_leader, "the leader to resume")
+            wait_until(lambda: len(recorder.leadership) == 3, "the resumed term to be announced")
+            assert recorder.leadership == [(True, first_epoch), (False, first_epoch), (True, first_epoch)]
+            assert [c.client.client_id[0] for c in coordinators] == sessions
+            assert all(c.view.epoch == epoch for c in coordinators)
+            for _, rec in nodes.values():
+                assert rec.views[-1].epoch == epoch     # no new ring: nobody resyncs for a blip
         finally:
             for c, _ in nodes.values():
                 c.stop()

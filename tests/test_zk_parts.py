@@ -240,16 +240,35 @@ def test_one_candidate_leads_and_publishes_a_higher_epoch(sessions, zk_cluster_n
     assert leader.announced[-1] == (False, epoch)
 
 
-def test_suspended_leader_abdicates_at_once_and_starts_a_new_term(sessions, zk_cluster_name, zk_supervisor):
-    """Fault: kazoo reports SUSPENDED under the leader (fed to its listener), then CONNECTED."""
+def test_suspended_leader_pauses_at_once_and_resumes_its_term(sessions, zk_cluster_name, zk_supervisor,
+                                                               zk_client):
+    """Fault: kazoo reports SUSPENDED under the leader (fed to its listener), then CONNECTED
+    with the same session: the term pauses at once and goes on with the same epoch."""
+    ring = Layout(zk_cluster_name).ring
     a = Candidate(sessions("a"), zk_cluster_name, "a", zk_supervisor)
     wait_until(lambda: a.leader.is_leader, "a to lead")
     first = a.announced[0][1]
+    published = list(a.published)
     a.session._on_state(KazooState.SUSPENDED)
     assert a.announced[-1] == (False, first) and not a.leader.is_leader
     a.session._on_state(KazooState.CONNECTED)
-    wait_until(lambda: len(a.announced) == 3, "a new term")
-    assert a.announced[2][0] is True and a.announced[2][1] > first
+    wait_until(lambda: len(a.announced) == 3, "the term to resume")
+    assert a.announced == [(True, first), (False, first), (True, first)]
+    assert a.published == published and RingRecord.from_bytes(zk_client.get(ring)[0]).epoch == published[-1]
+    a.leader.stop(5.0)
+
+
+def test_leader_whose_session_expired_wins_again_with_a_new_epoch(sessions, zk_server, zk_cluster_name,
+                                                                  zk_supervisor):
+    """Fault: the leader's session expires on the server: LOST ends the term; the next
+    one (after it registered again) starts with a higher epoch."""
+    a = Candidate(sessions("a"), zk_cluster_name, "a", zk_supervisor)
+    wait_until(lambda: a.leader.is_leader, "a to lead")
+    first = a.announced[0][1]
+    expire_session(zk_server.hosts, a.session.zk)
+    wait_until(lambda: len(a.announced) >= 3 and a.announced[-1][0], "a new term")
+    assert a.announced[1] == (False, first) and a.announced[-1][1] > first
+    assert a.registry.registered_in == 1
     a.leader.stop(5.0)
 
 

@@ -7,6 +7,12 @@ the fixtures *and* the report hook below), or ``pytest -p zk_fixtures`` with
 * ``zk_server`` (session): one ZooKeeperServer for the whole run. It FAILS,
   never skips, when ZooKeeper is not installed: a cluster test that did not
   run must not look like a pass.
+* ``zk_ensemble`` (function): a real 3-server ensemble, one per test module
+  (its JVMs take a few seconds to start), with every server running and
+  serving when the test starts and again after it (a test may kill some).
+  Fails, never skips, like ``zk_server``. Its operations block the calling
+  thread: with coordinators in the test's hub, call them through
+  ``green.run_in_thread`` so kazoo keeps running meanwhile.
 * ``zk_cluster_name`` (function): a unique cluster name, so each test has its
   own ``/miyaq/<cluster>/`` tree on the shared server.
 * ``zk_client`` (function): a plain kazoo client of the shared server.
@@ -17,8 +23,10 @@ the fixtures *and* the report hook below), or ``pytest -p zk_fixtures`` with
 * ``wait_until`` (a bounded poll that fails the test at its deadline, never
   a timing assertion) and ``member`` (a Member with loopback endpoints) are
   helpers for the ZooKeeper tests.
-* When a test that used ``zk_server`` fails, the tail of the server's log is
-  added to the report as a section "ZooKeeper log (tail)".
+* ``Recorder`` (what a coordinator told its listeners), ``leaders``,
+  ``agreed`` and ``assert_epochs_increase`` check what coordinators agree on.
+* When a test that used ``zk_server`` or ``zk_ensemble`` fails, the tail of
+  the servers' logs is added to the report as "ZooKeeper log (tail)".
 """
 from __future__ import annotations
 
@@ -30,12 +38,14 @@ import pytest
 from kazoo.client import KazooClient
 from kazoo.handlers.gevent import SequentialGeventHandler
 
-from miyaq.cluster.membership import Member
+from miyaq.cluster.membership import Coordinator, Member, RingView
 from miyaq.errors import MiyaqError
 from miyaq.runtime import Supervisor, green, monotonic
+from miyaq.testing.zk_ensemble import ZooKeeperEnsemble
 from miyaq.testing.zookeeper import ZooKeeperServer
 
-__all__ = ["zk_server", "zk_cluster_name", "zk_supervisor", "zk_client", "pytest_runtest_makereport"]
+__all__ = ["zk_server", "zk_ensemble_module", "zk_ensemble", "zk_cluster_name", "zk_supervisor", "zk_client",
+           "pytest_runtest_makereport"]
 
 _LOG_TAIL_BYTES = 12_000
 DEADLINE = 15.0
@@ -63,6 +73,37 @@ def member(node_id: str, weight: float = 1.0) -> Member:
     )
 
 
+class Recorder:
+    """Everything a coordinator told its listeners."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.views: list[RingView] = []
+        self.leadership: list[tuple[bool, int]] = []
+        coordinator.add_listener(self.views.append)
+        coordinator.add_leader_listener(lambda is_leader, epoch: self.leadership.append((is_leader, epoch)))
+
+
+def leaders(coordinators: list[Coordinator]) -> list[Coordinator]:
+    return [c for c in coordinators if c.is_leader]
+
+
+def agreed(coordinators: list[Coordinator], members: set[str]) -> bool:
+    """All hold the same epoch, with ``members`` in the ring and one leader among them."""
+    views = [c.view for c in coordinators]
+    current = [c.local.node_id for c in leaders(coordinators) if c.local is not None]
+    return (
+        len({v.epoch for v in views}) == 1
+        and all(set(v.members) == members for v in views)
+        and len(current) == 1
+        and all(v.leader == current[0] for v in views)
+    )
+
+
+def assert_epochs_increase(recorder: Recorder) -> None:
+    epochs = [v.epoch for v in recorder.views]
+    assert epochs == sorted(set(epochs)), f"views went back or repeated: {epochs}"
+
+
 @pytest.fixture(scope="session")
 def zk_server() -> Iterator[ZooKeeperServer]:
     server = ZooKeeperServer()
@@ -78,6 +119,31 @@ def zk_server() -> Iterator[ZooKeeperServer]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="module")
+def zk_ensemble_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZooKeeperEnsemble]:
+    ensemble = ZooKeeperEnsemble(3, tmp_path_factory.mktemp("zk-ensemble"))
+    problem = None
+    try:
+        ensemble.start()
+    except MiyaqError as exc:
+        problem = str(exc)
+    if problem is not None:
+        ensemble.close()
+        pytest.fail(f"these tests need a real ZooKeeper ensemble and none could be started: {problem}",
+                    pytrace=False)
+    try:
+        yield ensemble
+    finally:
+        ensemble.close()
+
+
+@pytest.fixture
+def zk_ensemble(zk_ensemble_module: ZooKeeperEnsemble) -> Iterator[ZooKeeperEnsemble]:
+    zk_ensemble_module.start()          # every server running and serving
+    yield zk_ensemble_module
+    zk_ensemble_module.start()
 
 
 @pytest.fixture
@@ -114,7 +180,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     report = outcome.get_result()
     if not report.failed:
         return
-    server = getattr(item, "funcargs", {}).get("zk_server")
+    funcargs = getattr(item, "funcargs", {})
+    server = funcargs.get("zk_server")
     if isinstance(server, ZooKeeperServer):
         tail = server.log_text(_LOG_TAIL_BYTES)
         report.sections.append(("ZooKeeper log (tail)", tail or "(empty)"))
+    ensemble = funcargs.get("zk_ensemble")
+    if isinstance(ensemble, ZooKeeperEnsemble):
+        report.sections.append(("ZooKeeper ensemble logs (tail)", ensemble.log_text(_LOG_TAIL_BYTES // 3)))

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..devcluster import DevCluster, DevNode
 from ..errors import ConfigError
+from ..testing.zk_ensemble import ZooKeeperEnsemble
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nodes", type=int, default=3, help="node processes [default 3]")
     p.add_argument("--zk", default=None, metavar="HOSTS",
                    help="use this ZooKeeper instead of starting one (not read from MIYAQ_ZK)")
+    p.add_argument("--zk-servers", type=int, default=1, metavar="K",
+                   help="ZooKeeper servers to start: 1, or an ensemble of 3 (or 5) [default 1]")
     p.add_argument("--base-port", type=int, default=None,
                    help="first node's service port; the next nodes step by 10, skipping busy ones "
                         "[env MIYAQ_PORT; default 7450]")
@@ -51,7 +54,10 @@ def banner(cluster: DevCluster) -> list[str]:
     connect = ",".join(cluster.endpoints)
     zk = cluster.zk_hosts
     lines = []
-    if cluster.zookeeper is not None:
+    if isinstance(cluster.zookeeper, ZooKeeperEnsemble):
+        lines += [f"ZooKeeper server {i} {server.hosts}  (pid {server.pid}, log {server.log_path})"
+                  for i, server in enumerate(cluster.zookeeper.servers)]
+    elif cluster.zookeeper is not None:
         lines.append(f"ZooKeeper {zk}  (pid {cluster.zookeeper.pid}, log {cluster.zookeeper.log_path})")
     else:
         lines.append(f"ZooKeeper {zk}  (given with --zk)")
@@ -93,8 +99,8 @@ def run(args: argparse.Namespace) -> int:
     setup_logging("WARNING")
     logging.getLogger("kazoo").setLevel(logging.CRITICAL)  # connection retries are not news here
     cluster = DevCluster(
-        args.nodes, zk=args.zk, base_port=_base_port(args.base_port), cluster=args.cluster,
-        replicas=args.replicas, data_dir=args.data_dir, workers=args.workers,
+        args.nodes, zk=args.zk, zk_servers=args.zk_servers, base_port=_base_port(args.base_port),
+        cluster=args.cluster, replicas=args.replicas, data_dir=args.data_dir, workers=args.workers,
         worker_processes=args.worker_processes, log_dir=args.log_dir, state_dir=os.getcwd(),
     )
 

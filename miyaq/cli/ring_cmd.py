@@ -81,8 +81,10 @@ def _with_admin(args: argparse.Namespace, fn: Callable[[Any], Any]) -> Any:
     try:
         return fn(admin)
     except Unavailable as exc:
-        raise Unavailable(f"{exc.message} (cluster {args.cluster}); is ZooKeeper running? "
-                          f"Set --zk or MIYAQ_ZK.", hosts=args.zk) from None
+        hint = " Is ZooKeeper running? Set --zk or MIYAQ_ZK." if exc.details.get("reason") == "unreachable" else ""
+        if exc.details.get("reason") == "no_quorum":
+            hint = " Ring changes are refused until then; the nodes keep serving tasks on the ring they hold."
+        raise Unavailable(f"{exc.message} (cluster {args.cluster}).{hint}", hosts=args.zk) from None
     finally:
         admin.close()
 

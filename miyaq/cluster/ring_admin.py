@@ -10,11 +10,16 @@ Constraints:
   by ``timeout`` (``Unavailable``), waits for the leader too (``Timeout``).
 * Opening is lazy (the first call connects); :meth:`RingAdmin.close` (or the
   context manager) closes the session.
+* When ZooKeeper does not answer, the ``Unavailable`` says why, from the
+  servers' own account (:func:`~miyaq.cluster.zk_probe.diagnose`): none
+  reachable, or an ensemble that lost its quorum -- then no ring change can
+  be made, and the nodes go on serving tasks on the ring they hold.
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Self
 
 from kazoo.client import KazooClient
@@ -24,7 +29,8 @@ from kazoo.recipe.election import Election
 from miyaq.cluster.membership import RingView, check_node_id, check_weight
 from miyaq.cluster.zk_layout import Layout, RingRecord, with_join, with_weight
 from miyaq.cluster.zk_store import ZnodeStore, close_client, connect
-from miyaq.errors import Timeout
+from miyaq.cluster.zk_probe import diagnose
+from miyaq.errors import Timeout, Unavailable
 from miyaq.runtime import green, monotonic
 
 logger = logging.getLogger(__name__)
@@ -62,12 +68,25 @@ class RingAdmin:
     def cluster(self) -> str:
         return self._layout.cluster
 
-    def _open(self) -> ZnodeStore:
+    def _open(self, changing: bool = False) -> ZnodeStore:
+        """The store, connected; for a change, ``Unavailable`` unless the connection is up now."""
         if self._store is None:
             zk = connect(self._hosts, self._session_timeout, self._connect_timeout)
             self._zk = zk
             self._store = ZnodeStore(zk, self._layout, self._hosts, self._timeout)
+        if changing and not self._store.zk.connected:
+            raise Unavailable(f"the connection to ZooKeeper at {self._hosts} is down", hosts=self._hosts)
         return self._store
+
+    @contextmanager
+    def _explained(self, action: str) -> Iterator[None]:
+        """Re-raise ``Unavailable`` with what the servers say about themselves."""
+        try:
+            yield
+        except Unavailable as exc:
+            diagnosis = diagnose(self._hosts)
+            raise Unavailable(f"cannot {action}: {exc.message}; {diagnosis.text}", hosts=self._hosts,
+                              reason=diagnosis.reason) from None
 
     def close(self) -> None:
         """Close the ZooKeeper session; idempotent."""
@@ -84,6 +103,10 @@ class RingAdmin:
 
     def status(self) -> dict[str, Any]:
         """Members (registered, in ring or wanted), leader, epoch and share of the ring."""
+        with self._explained("read the ring"):
+            return self._status()
+
+    def _status(self) -> dict[str, Any]:
         store = self._open()
         registered = store.read_registered()
         desired, _ = store.read_desired()
@@ -132,7 +155,11 @@ class RingAdmin:
     def join(self, node_id: str) -> str:
         """Want ``node_id`` in the ring; returns once the leader published it (or why not)."""
         check_node_id(node_id)
-        store = self._open()
+        with self._explained(f"join {node_id}"):
+            return self._join(node_id)
+
+    def _join(self, node_id: str) -> str:
+        store = self._open(changing=True)
         before, _ = store.read_ring()
         store.update_desired(lambda d: with_join(d, node_id, True))
         if before is not None and node_id in before.members:
@@ -145,7 +172,11 @@ class RingAdmin:
     def leave(self, node_id: str) -> str:
         """Want ``node_id`` out of the ring; returns once the leader published it."""
         check_node_id(node_id)
-        store = self._open()
+        with self._explained(f"leave {node_id}"):
+            return self._leave(node_id)
+
+    def _leave(self, node_id: str) -> str:
+        store = self._open(changing=True)
         before, _ = store.read_ring()
         store.update_desired(lambda d: with_join(d, node_id, False))
         if before is None or node_id not in before.members:
@@ -158,7 +189,11 @@ class RingAdmin:
         """Set ``node_id``'s ring weight; returns once the leader published it."""
         check_node_id(node_id)
         value = check_weight(weight)
-        store = self._open()
+        with self._explained(f"set the weight of {node_id}"):
+            return self._set_weight(node_id, value)
+
+    def _set_weight(self, node_id: str, value: float) -> str:
+        store = self._open(changing=True)
         before, _ = store.read_ring()
         store.update_desired(lambda d: with_weight(d, node_id, value))
         if before is None or node_id not in before.members:

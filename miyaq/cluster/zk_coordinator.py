@@ -38,7 +38,7 @@ from miyaq.cluster.zk_leader import Leader
 from miyaq.cluster.zk_registry import Registry
 from miyaq.cluster.zk_session import Session
 from miyaq.cluster.zk_store import ZnodeStore, check_options
-from miyaq.errors import ConfigError
+from miyaq.errors import ConfigError, Unavailable
 from miyaq.runtime import RESTART, Supervisor, green
 
 __all__ = ["ZooKeeperCoordinator"]
@@ -188,22 +188,27 @@ class ZooKeeperCoordinator(Coordinator):
 
     def join(self, node_id: str) -> None:
         check_node_id(node_id)
-        self._require_store().update_desired(lambda d: with_join(d, node_id, True))
+        self._require_store(f"join {node_id}").update_desired(lambda d: with_join(d, node_id, True))
 
     def leave(self, node_id: str) -> None:
         check_node_id(node_id)
-        self._require_store().update_desired(lambda d: with_join(d, node_id, False))
+        self._require_store(f"leave {node_id}").update_desired(lambda d: with_join(d, node_id, False))
 
     def set_weight(self, node_id: str, weight: float) -> None:
         check_node_id(node_id)
         value = check_weight(weight)
-        self._require_store().update_desired(lambda d: with_weight(d, node_id, value))
+        self._require_store(f"set the weight of {node_id}").update_desired(lambda d: with_weight(d, node_id, value))
 
     # -- lifecycle internals ----------------------------------------------------
 
-    def _require_store(self) -> ZnodeStore:
-        if self._store is None or self._closing:
-            raise ConfigError("the coordinator is not running")
+    def _require_store(self, action: str) -> ZnodeStore:
+        """The store for a change; refused at once while the session is not usable."""
+        if self._store is None or self._session is None or self._closing:
+            raise ConfigError(f"cannot {action}: the coordinator is not running")
+        if not self._session.usable:
+            raise Unavailable(f"cannot {action}: the connection to ZooKeeper at {self._hosts} is "
+                              f"{self._session.state} (a server is down, or the ensemble lost its quorum); "
+                              f"ring changes are refused until it is back", hosts=self._hosts)
         return self._store
 
     def _shutdown(self, graceful: bool) -> None:

@@ -17,11 +17,15 @@ Safety rules:
   The new epoch is ``max(epoch in the znode, highest epoch seen) + 1``, so it
   strictly increases; each leadership term starts by publishing a new epoch
   (its fence, given to the ``announce`` callback).
-* SUSPENDED (connection in doubt) ends the term at once: ``announce(False)``,
-  nothing is published until the connection is back, and then a new term
-  starts with a new epoch. LOST cancels the campaign; the next one starts
-  once the registry has registered in the new session. kazoo's ``Election``
-  does neither by itself (PITFALLS.md).
+* SUSPENDED (connection in doubt) pauses the term at once:
+  ``announce(False)`` and nothing is published. If the same session comes
+  back (RESUMED), the term goes on with the same epoch (``announce(True,
+  epoch)``): the session never ended, so our election znode never left and
+  nobody else can have led meanwhile -- and a blip of one ZooKeeper server
+  does not bump the ring's epoch (which would make every node resync its
+  streams). LOST ends the term and cancels the campaign; the next one starts
+  once the registry has registered in the new session, and wins with a new
+  epoch. kazoo's ``Election`` does neither by itself (PITFALLS.md).
 * One campaign greenlet for the coordinator's life (supervised, restarted if
   it crashes); it campaigns in one session generation at a time.
 """
@@ -103,6 +107,8 @@ class Leader:
         self.epoch = 0
         """The epoch this leader's current (or last) term began with."""
         self._stopping = False
+        self._paused_term: int | None = None
+        """The epoch of a term paused by SUSPENDED, resumed if the same session comes back."""
         self._election: Election | None = None
         self._wake = green.Event()
         self._idle = green.Event()
@@ -133,9 +139,12 @@ class Leader:
 
     def on_session(self, event: SessionEvent) -> None:
         """Session subscriber: a term never outlives the certainty of our session."""
-        if event in (SessionEvent.SUSPENDED, SessionEvent.LOST):
-            if event is SessionEvent.LOST:
-                self._cancel_election()
+        if event is SessionEvent.SUSPENDED and self.leading:
+            self._paused_term = self.epoch
+            self._set_leading(False)
+        elif event is SessionEvent.LOST:
+            self._paused_term = None
+            self._cancel_election()
             self._set_leading(False)
         self._wake.set()
 
@@ -198,8 +207,9 @@ class Leader:
                 if self.session.suspended:
                     self._wake.wait(0.2)
                     continue
+                resuming = self._paused_term is not None
                 try:
-                    epoch = self._reconcile(lock_path, new_term=not self.leading)
+                    epoch = self._reconcile(lock_path, new_term=not self.leading and not resuming)
                 except _Fenced:
                     logger.warning("%s: election znode gone; no longer leader", self.node_id)
                     return
@@ -215,9 +225,13 @@ class Leader:
                     self._wake.wait(0.5)
                     continue
                 if not self.leading and self._running(generation) and self.session.usable:
+                    if resuming and self._paused_term is not None:
+                        logger.info("%s: same ZooKeeper session; resuming its term", self.node_id)
+                        epoch, self._paused_term = self._paused_term, None
                     self._set_leading(True, epoch)
                 self._wake.wait(self.reconcile_interval)
         finally:
+            self._paused_term = None
             if generation == self.session.generation:
                 self._set_leading(False)
 

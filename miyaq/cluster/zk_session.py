@@ -65,6 +65,15 @@ class Session:
         """True while calls can succeed: connected, in a live session, not closing."""
         return not (self.closing or self.suspended or self.lost)
 
+    @property
+    def state(self) -> str:
+        """``connected``, ``suspended``, ``lost`` (no new session yet) or ``closed``."""
+        if self.closing:
+            return "closed"
+        if self.lost:
+            return "lost"
+        return "suspended" if self.suspended else "connected"
+
     def current(self, generation: int) -> bool:
         """True while ``generation`` is still this session's (not lost, not closing)."""
         return not self.closing and generation == self.generation

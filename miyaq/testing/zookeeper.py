@@ -1,4 +1,5 @@
-"""A throwaway single ZooKeeper server for tests and ``miyaq dev-cluster``.
+"""A throwaway ZooKeeper server for tests and ``miyaq dev-cluster`` (standalone,
+or one member of a :class:`~miyaq.testing.zk_ensemble.ZooKeeperEnsemble`).
 
 Constraints:
 
@@ -31,8 +32,9 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+from miyaq.cluster.zk_probe import four_letter_word
 from miyaq.errors import MiyaqError, Timeout
 
 logger = logging.getLogger(__name__)
@@ -65,22 +67,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def four_letter_word(host: str, port: int, word: str, timeout: float = 1.0) -> str | None:
-    """Send a ZooKeeper four-letter command; the answer, or ``None`` if unreachable."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.sendall(word.encode("ascii"))
-            chunks = []
-            while True:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-    except OSError:
-        return None
-    return b"".join(chunks).decode("utf-8", "replace")
-
-
 def find_installation(jar_dir: Path = JAR_DIR, java: str | None = None) -> tuple[str, str]:
     """Return ``(java, classpath)`` or raise ``MiyaqError`` saying what is missing."""
     java_path = java or shutil.which("java")
@@ -97,7 +83,13 @@ def find_installation(jar_dir: Path = JAR_DIR, java: str | None = None) -> tuple
 
 
 class ZooKeeperServer:
-    """One standalone ZooKeeper on 127.0.0.1, in its own temporary directory."""
+    """One ZooKeeper on 127.0.0.1, in its own temporary directory.
+
+    Standalone by default. With ``quorum`` (``(myid, quorum port, election
+    port)`` for every server of an ensemble) and its own ``myid`` it is one
+    member of an ensemble (:class:`~miyaq.testing.zk_ensemble.ZooKeeperEnsemble`
+    builds those); such a member serves only while a majority runs.
+    """
 
     def __init__(
         self,
@@ -110,7 +102,13 @@ class ZooKeeperServer:
         jar_dir: str | os.PathLike[str] = JAR_DIR,
         java: str | None = None,
         heap_mb: int = 256,
+        myid: int | None = None,
+        quorum: Sequence[tuple[int, int, int]] = (),
     ) -> None:
+        if quorum and (myid is None or myid not in {sid for sid, _, _ in quorum}):
+            raise MiyaqError(f"an ensemble member needs its myid among the quorum's, got {myid!r}")
+        self._myid = myid
+        self._quorum = tuple(quorum)
         self._port = port
         self._own_dir = workdir is None
         self._dir = Path(workdir) if workdir is not None else None
@@ -155,8 +153,10 @@ class ZooKeeperServer:
 
     # -- lifecycle --------------------------------------------------------------
 
-    def start(self, timeout: float = 20.0) -> ZooKeeperServer:
-        """Start the server and wait until it answers ``imok``."""
+    def start(self, timeout: float = 20.0, *, wait_serving: bool = True) -> ZooKeeperServer:
+        """Start the server and wait until it serves clients (``wait_serving``)
+        or only until its process answers ``imok`` (an ensemble member that
+        may have no quorum yet)."""
         if self.running:
             return self
         java, classpath = find_installation(self._jar_dir, self._java)
@@ -164,24 +164,7 @@ class ZooKeeperServer:
             self._dir = Path(tempfile.mkdtemp(prefix="miyaq-zk-"))
         if self._port is None:
             self._port = free_port()
-        data_dir = self._dir / "data"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        config = self._dir / "zoo.cfg"
-        config.write_text(
-            "\n".join(
-                [
-                    f"tickTime={self._tick_time}",
-                    f"minSessionTimeout={self._min_session}",
-                    f"maxSessionTimeout={self._max_session}",
-                    f"dataDir={data_dir}",
-                    f"clientPort={self._port}",
-                    "clientPortAddress=127.0.0.1",
-                    "admin.enableServer=false",
-                    "4lw.commands.whitelist=ruok,srvr,stat,mntr",
-                    "",
-                ]
-            )
-        )
+        config = self._write_config()
         command = [
             java,
             f"-Xmx{self._heap_mb}m",
@@ -213,16 +196,51 @@ class ZooKeeperServer:
                 raise MiyaqError(
                     f"ZooKeeper exited with code {code} during start; log tail:\n{self.log_text(4000)}"
                 )
-            if self.serving():
-                logger.info("ZooKeeper ready on %s", self.hosts)
+            if self.serving() if wait_serving else self.ruok():
+                logger.info("ZooKeeper %s on %s", "ready" if wait_serving else "up", self.hosts)
                 return self
             if time.monotonic() >= deadline:
                 self.kill()
                 raise Timeout(
-                    f"ZooKeeper on {self.hosts} did not answer ruok within {timeout:g}s; "
-                    f"log tail:\n{self.log_text(4000)}"
+                    f"ZooKeeper on {self.hosts} did not {'serve' if wait_serving else 'answer ruok'} "
+                    f"within {timeout:g}s; log tail:\n{self.log_text(4000)}"
                 )
             time.sleep(0.1)
+
+    def _write_config(self) -> Path:
+        """Write ``zoo.cfg`` (and ``myid`` for an ensemble member); return the config's path."""
+        assert self._dir is not None
+        data_dir = self._dir / "data"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        lines = [
+            f"tickTime={self._tick_time}",
+            f"minSessionTimeout={self._min_session}",
+            f"maxSessionTimeout={self._max_session}",
+            f"dataDir={data_dir}",
+            f"clientPort={self._port}",
+            "clientPortAddress=127.0.0.1",
+            "admin.enableServer=false",
+            "4lw.commands.whitelist=ruok,srvr,stat,mntr",
+        ]
+        if self._quorum:
+            (data_dir / "myid").write_text(f"{self._myid}\n")
+            # initLimit/syncLimit in ticks: 5 s to join a leader, 2.5 s to stay in sync.
+            lines += ["initLimit=10", "syncLimit=5", "reconfigEnabled=false"]
+            lines += [f"server.{sid}=127.0.0.1:{peer}:{election}" for sid, peer, election in self._quorum]
+        config = self._dir / "zoo.cfg"
+        config.write_text("\n".join(lines) + "\n")
+        return config
+
+    def mode(self) -> str | None:
+        """``standalone``, ``leader`` or ``follower`` while serving; ``None`` otherwise
+        (not running, or an ensemble member without a quorum)."""
+        if self._port is None:
+            return None
+        answer = four_letter_word("127.0.0.1", self._port, "srvr") or ""
+        for line in answer.splitlines():
+            if line.startswith("Mode:"):
+                return line.split(":", 1)[1].strip()
+        return None
 
     def ruok(self) -> bool:
         """True when the server answers ``imok``."""
@@ -232,10 +250,7 @@ class ZooKeeperServer:
 
     def serving(self) -> bool:
         """True when the server answers ``imok`` and serves client requests."""
-        if not self.ruok():
-            return False
-        answer = four_letter_word("127.0.0.1", self.port, "srvr") or ""
-        return "Mode:" in answer
+        return self.ruok() and self.mode() is not None
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout`` seconds. Keeps the data."""
