@@ -183,9 +183,9 @@ def describe_change(before: Mapping[str, Any], after: Mapping[str, Any]) -> list
     return lines
 
 
-def _change(args: argparse.Namespace, apply: Callable[[Any], str]) -> int:
+def _change(args: argparse.Namespace, apply: Callable[[Any], str], action: str) -> int:
     def run(admin: Any) -> tuple[dict[str, Any], str, dict[str, Any]]:
-        before = admin.status()
+        before = admin.status(action)
         message = apply(admin)
         return before, message, admin.status()
 
@@ -202,12 +202,12 @@ def _change(args: argparse.Namespace, apply: Callable[[Any], str]) -> int:
 
 
 def run_join(args: argparse.Namespace) -> int:
-    return _change(args, lambda admin: admin.join(args.node))
+    return _change(args, lambda admin: admin.join(args.node), f"join {args.node}")
 
 
 def run_leave(args: argparse.Namespace) -> int:
-    return _change(args, lambda admin: admin.leave(args.node))
+    return _change(args, lambda admin: admin.leave(args.node), f"leave {args.node}")
 
 
 def run_weight(args: argparse.Namespace) -> int:
-    return _change(args, lambda admin: admin.set_weight(args.node, args.weight))
+    return _change(args, lambda admin: admin.set_weight(args.node, args.weight), f"set the weight of {args.node}")

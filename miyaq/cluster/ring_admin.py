@@ -101,9 +101,10 @@ class RingAdmin:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def status(self) -> dict[str, Any]:
-        """Members (registered, in ring or wanted), leader, epoch and share of the ring."""
-        with self._explained("read the ring"):
+    def status(self, purpose: str = "read the ring") -> dict[str, Any]:
+        """Members (registered, in ring or wanted), leader, epoch and share of the ring.
+        ``purpose`` names what the caller is doing, in an ``Unavailable`` ("cannot <purpose>: ...")."""
+        with self._explained(purpose):
             return self._status()
 
     def _status(self) -> dict[str, Any]:
