@@ -170,3 +170,16 @@ def test_run_in_thread_runs_off_the_hub_and_inline_in_the_hub() -> None:
     finally:
         wake.close()
     assert seen == [main]
+
+
+def test_report_logs_and_counts_a_failure_a_loop_survived(caplog: pytest.LogCaptureFixture) -> None:
+    """Fault: a callback called by a reader loop raises; the loop carries on,
+    the failure is logged with its traceback and counted under its name."""
+    sup = Supervisor("proc", on_fatal=lambda *a: pytest.fail("not fatal"))
+    with caplog.at_level(logging.ERROR, logger="miyaq.runtime.supervisor"):
+        try:
+            _boom()
+        except ValueError as exc:
+            sup.report("peer callback", exc)
+    assert sup.crashes["peer callback"] == 1 and sup.fatal is None
+    assert "peer callback failed" in caplog.text and "injected fault" in caplog.text

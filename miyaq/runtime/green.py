@@ -39,11 +39,12 @@ ThreadPool = gevent.threadpool.ThreadPool
 sleep = gevent.sleep
 idle = gevent.idle
 killall = gevent.killall
+joinall = gevent.joinall
 
 __all__ = [
     "AsyncResult", "Event", "call_soon", "Greenlet", "GreenletExit", "Lock", "Pool", "Queue", "QueueEmpty",
     "Semaphore", "T", "ThreadPool", "ThreadWake", "Timeout", "WSGIHandler", "WSGIServer", "current", "hub_running",
-    "idle", "is_patched", "killall", "monkey_patch", "native_thread_ident", "on_signal", "run_in_thread",
+    "idle", "is_patched", "joinall", "killall", "monkey_patch", "native_thread_ident", "on_signal", "run_in_thread",
     "sleep", "start_native_thread",
 ]
 

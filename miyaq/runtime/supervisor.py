@@ -123,6 +123,15 @@ class Supervisor:
         if self.on_fatal is not None:
             green.Greenlet.spawn(self._call_fatal, self.on_fatal, name, exc)
 
+    def report(self, name: str, exc: BaseException) -> None:
+        """A failure a loop caught and carried on from (a callback it called,
+        a handler it ran): logged with its traceback and counted under
+        ``name`` like a ``LOG`` greenlet's crash, so it is never silent."""
+        if self.stopping:
+            return
+        self.crashes[name] += 1
+        logger.error("%s: %s failed", self.name, name, exc_info=exc)
+
     def _call_fatal(self, handler: FatalHandler, name: str, exc: BaseException) -> None:
         try:
             handler(name, exc)
