@@ -16,7 +16,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Mapping, TypeVar
 
-from .errors import ConfigError
+from miyaq.errors import ConfigError
 
 
 def _opt(default: Any, help: str, *, choices: tuple[str, ...] | None = None, short: str | None = None) -> Any:

@@ -3,17 +3,22 @@
 Every error a user can see derives from :class:`MiyaqError`. Each class has a
 ``code``: the same string travels on the wire in ERROR replies
 (docs/protocol.md, "Error codes"), so a remote failure is re-raised on the
-client as the same class.
+client as the same class. ``retryable`` says whether the same request may
+succeed if sent again later; the client retries those (with backoff, on
+another node), the HTTP gateway answers them 503 with ``Retry-After``.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 
 class MiyaqError(Exception):
     """Root of every miyaq error. ``code`` is the wire error code."""
 
     code = "internal"
+    #: The node could not take the request now (full, draining, short of
+    #: replicas, unreachable): sending it again later may succeed.
+    retryable: ClassVar[bool] = False
 
     def __init__(self, message: str = "", **details: Any) -> None:
         super().__init__(message or self.__class__.__doc__ or self.code)
@@ -70,6 +75,7 @@ class Busy(MiyaqError):
     """The node (or every node tried) is full; the submit was not accepted in time."""
 
     code = "busy"
+    retryable = True
 
 
 class Timeout(MiyaqError):
@@ -88,18 +94,21 @@ class ShuttingDown(MiyaqError):
     """The node is draining for shutdown and takes no new work."""
 
     code = "shutting_down"
+    retryable = True
 
 
 class NotEnoughReplicas(MiyaqError):
     """Fewer holders than min_acks stored the task in time."""
 
     code = "not_enough_replicas"
+    retryable = True
 
 
 class Unavailable(MiyaqError):
     """No node could be reached."""
 
     code = "unavailable"
+    retryable = True
 
 
 class Forbidden(MiyaqError):

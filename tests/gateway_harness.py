@@ -1,6 +1,6 @@
 """In-process harness for the HTTP gateway tests.
 
-* :class:`NodeThread` runs a real :class:`~miyaq.node.node.Node` (ZeroMQ
+* :class:`NodeThread` runs a real node (:func:`~miyaq.node.assemble.build_node`; ZeroMQ
   service port and HTTP gateway on free loopback ports) in a native thread
   with its own gevent hub; :meth:`NodeThread.stop` schedules ``node.stop(0)``
   on that hub through an async watcher (thread-safe) and joins the thread.
@@ -28,6 +28,7 @@ import gevent
 import pytest
 
 from miyaq.config import NodeConfig
+from miyaq.node.assemble import build_node
 from miyaq.node.node import Node
 
 WAIT = 15.0   # generous upper bound for anything to happen; tests never assert durations
@@ -76,7 +77,7 @@ class NodeThread:
     def _run(self) -> None:
         hub = gevent.get_hub()
         try:
-            self.node = Node(self.config)
+            self.node = build_node(self.config)
             self._stop_watcher = hub.loop.async_()
             self._stop_watcher.start(lambda: gevent.spawn(self.node.stop, 0))
             self._call_watcher = hub.loop.async_()

@@ -21,8 +21,8 @@ from disk_faults import FailingDisk
 
 from miyaq.config import NodeConfig
 from miyaq.errors import Busy
-from miyaq.node.engine import Engine
-from miyaq.node.persistence import replay
+from miyaq.core.engine import Engine
+from miyaq.persistence.replay import replay
 from miyaq.store.log import AppendLog
 from miyaq.testing.disk import SmallFilesystem, can_mount
 from miyaq.testing.harness import free_port, wait_for

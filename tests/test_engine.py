@@ -1,4 +1,4 @@
-"""Unit tests of :class:`miyaq.node.engine.Engine`, the task state machine.
+"""Unit tests of :class:`miyaq.core.engine.Engine`, the task state machine.
 
 No sockets and no clock: every call gets an explicit ``now``, consumers are
 :class:`FakeConsumer` objects that record what the engine asks of them, and
@@ -16,8 +16,8 @@ import pytest
 
 from miyaq.config import NodeConfig
 from miyaq.errors import Busy, NotFound, ShuttingDown
-from miyaq.node.engine import Engine, retry_delay
-from miyaq.node.events import EngineListener
+from miyaq.core.engine import Engine, retry_delay
+from miyaq.core.listener import EngineListener
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE
 from miyaq.protocol.taskspec import task_from_wire
 from miyaq.store.task import (

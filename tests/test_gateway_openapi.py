@@ -30,7 +30,7 @@ def test_docs_copy_is_the_served_document(make_http_node, doc):
     try:
         status, served, _ = api.get("/openapi.json")
         assert status == 200 and served == doc
-        routes = node.call(lambda: {(r.method.lower(), r.template) for r in node.node.gateway.router.routes
+        routes = node.call(lambda: {(r.method.lower(), r.template) for r in node.node.part("gateway").router.routes
                                     if not r.template.startswith("/ui")})   # the HTML console: docs/console.md
     finally:
         api.close()

@@ -47,7 +47,7 @@ def test_receive_block_waits_for_a_task(http_node, api):
 
     waiter = threading.Thread(target=receive)
     waiter.start()
-    wait_for(lambda: http_node.call(lambda: http_node.node.waiters.count) == 1, "the receive to wait")
+    wait_for(lambda: http_node.call(lambda: http_node.node.core.waiters.count) == 1, "the receive to wait")
     task_id = submit(api, "blk", "x")
     waiter.join(WAIT)
     assert got["answer"]["task"]["id"] == task_id
@@ -55,8 +55,8 @@ def test_receive_block_waits_for_a_task(http_node, api):
 
 def test_receive_timeout_answers_null(http_node, api):
     assert api.post("/receive", {"queues": ["never"], "timeout": 0.2})[1] == {"task": None}
-    wait_for(lambda: http_node.call(lambda: http_node.node.waiters.count) == 0, "the waiter to be released")
-    assert http_node.call(lambda: len(http_node.node.dispatcher.hungry)) == 0
+    wait_for(lambda: http_node.call(lambda: http_node.node.core.waiters.count) == 0, "the waiter to be released")
+    assert http_node.call(lambda: len(http_node.node.core.dispatcher.hungry)) == 0
 
 
 def test_nack_retries_or_dead_letters(api):
@@ -82,7 +82,7 @@ def test_touch_extends_the_lease(api):
 def test_a_payload_that_is_not_args_and_kwargs_is_base64(http_node, api):
     def store() -> None:
         now = time.time()
-        http_node.node.engine.submit(Task("raw-1", "rawq", "job", b"\xc1not msgpack", created=now, eta=now), now)
+        http_node.node.core.engine.submit(Task("raw-1", "rawq", "job", b"\xc1not msgpack", created=now, eta=now), now)
 
     http_node.call(store)
     task = api.post("/receive", {"queues": ["rawq"]})[1]["task"]
@@ -112,7 +112,7 @@ def test_too_many_waiting_receives_is_busy(make_http_node):
     waiter = threading.Thread(target=lambda: other.post("/receive", {"queues": ["w"], "timeout": 1.0}))
     try:
         waiter.start()
-        wait_for(lambda: node.call(lambda: node.node.waiters.count) == 1, "the first receive to wait")
+        wait_for(lambda: node.call(lambda: node.node.core.waiters.count) == 1, "the first receive to wait")
         status, answer, _ = api.post("/receive", {"queues": ["w"], "timeout": 1.0})
         assert (status, answer["error"]["code"]) == (503, "busy")
     finally:

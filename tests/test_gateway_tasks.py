@@ -49,7 +49,7 @@ def test_result_long_poll_answers_when_the_task_ends(http_node, api):
 
     poller = threading.Thread(target=poll)
     poller.start()
-    wait_for(lambda: http_node.call(lambda: http_node.node.waiters.count) == 1, "the long-poll to wait")
+    wait_for(lambda: http_node.call(lambda: http_node.node.core.waiters.count) == 1, "the long-poll to wait")
     task = api.post("/receive", {"queues": ["lp"]})[1]["task"]
     api.post(f"/tasks/{task_id}/ack", {"attempt": task["attempt"], "result": "fine"})
     poller.join(WAIT)
@@ -89,7 +89,7 @@ def test_result_json_cannot_hold_is_base64(http_node, api):
     task_id = submit(api, name="bin", queue="bq")["id"]
     task = api.post("/receive", {"queues": ["bq"]})[1]["task"]
     raw = msgpack.packb({"blob": b"\x00\x01"}, use_bin_type=True)
-    http_node.call(lambda: http_node.node.engine.complete(task_id, task["attempt"], raw, time.time()))
+    http_node.call(lambda: http_node.node.core.engine.complete(task_id, task["attempt"], raw, time.time()))
     result = api.get(f"/tasks/{task_id}/result")[1]
     assert "result" not in result and result["result_base64"] == __import__("base64").b64encode(raw).decode()
 

@@ -13,10 +13,12 @@ from gateway_harness import FIXTURES, Http, wait_for
 from miyaq.cli.main import main as cli_main
 from miyaq.config import NodeConfig
 from miyaq.errors import ConfigError, InvalidField
-from miyaq.node.consumers import Consumer
-from miyaq.node.dispatcher import Dispatcher
-from miyaq.node.engine import Engine
-from miyaq.node.limits import Limit, parse_limits
+from miyaq.core.consumers import Consumer
+from miyaq.core.dispatcher import Dispatcher
+from miyaq.core.engine import Engine
+from miyaq.core.gate import Gate
+from miyaq.core.limits import Limit, QueueLimits, parse_limits
+from miyaq.runtime import Supervisor
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c
 from miyaq.store.task import Task
@@ -39,7 +41,8 @@ class Collector(Consumer):
 
 def setup(spec: str, *queues: str) -> tuple[Engine, Dispatcher, Collector]:
     engine = Engine(NodeConfig(queue_limits=spec))
-    dispatcher = Dispatcher(engine, 1024)
+    limits = QueueLimits(engine, Supervisor("test"), parse_limits(spec))
+    dispatcher = Dispatcher(engine, 1024, Gate(), limits)
     engine.listeners.append(dispatcher)
     consumer = Collector(list(queues))
     dispatcher.grant(consumer, 0)
@@ -146,9 +149,9 @@ def test_webhooks_rate_zero_burst_five_starts_five(make_http_node, make_web_work
             assert api.post("/queue/hooks", {"url": f"{worker.url}/h"})[0] == 200
         wait_for(lambda: worker.count() == 5 and api.get("/queues/hooks")[1]["running"] == 0,
                  "five deliveries to finish")
-        throttled = node.call(lambda: node.node.dispatcher.limits.throttled["hooks"])
+        throttled = node.call(lambda: node.node.core.limits.throttled["hooks"])
         assert api.post("/queue/hooks", {"url": f"{worker.url}/h"})[0] == 200   # wakes the dispatcher
-        wait_for(lambda: node.call(lambda: node.node.dispatcher.limits.throttled["hooks"]) > throttled,
+        wait_for(lambda: node.call(lambda: node.node.core.limits.throttled["hooks"]) > throttled,
                  "the dispatcher to hold the queue back again")
         assert worker.count() == 5
         row = api.get("/queues/hooks")[1]
@@ -199,9 +202,9 @@ def test_zeromq_worker_is_limited_and_runtime_changes_apply_at_once(make_http_no
             return len(dispatched)
 
         wait_for(lambda: drain() == 3, "three dispatched tasks")
-        before = node.call(lambda: node.node.dispatcher.limits.throttled["z"])
+        before = node.call(lambda: node.node.core.limits.throttled["z"])
         assert api.post("/tasks", {"name": "job", "queue": "z", "args": [6]})[0] == 202   # wakes the dispatcher
-        wait_for(lambda: node.call(lambda: node.node.dispatcher.limits.throttled["z"]) > before,
+        wait_for(lambda: node.call(lambda: node.node.core.limits.throttled["z"]) > before,
                  "the dispatcher to hold the queue back again")
         assert drain() == 3
         assert msgpack.unpackb(dispatched[0][3]) == [[0], {}]
@@ -259,6 +262,6 @@ def test_refill_timer_dispatches_without_other_traffic(make_http_node, make_web_
         for _ in range(5):
             api.post("/queue/trickle", {"url": f"{worker.url}/t"})
         wait_for(lambda: worker.count() == 5, "all five deliveries, one token at a time")
-        assert node.call(lambda: node.node.dispatcher.limits.throttled["trickle"]) >= 1
+        assert node.call(lambda: node.node.core.limits.throttled["trickle"]) >= 1
     finally:
         api.close()

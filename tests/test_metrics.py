@@ -1,7 +1,9 @@
 """Prometheus metrics: per-node registries (two nodes in one process), task
 counts and latency histograms, queue depth, webhook and HTTP counters, and
-the ring hooks the cluster will set."""
+the ring gauges read from the node's role."""
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 from gateway_harness import FIXTURES, Http, wait_for
 from prometheus_client.parser import text_string_to_metric_families
@@ -75,23 +77,28 @@ def test_webhook_deliveries_are_counted_by_result(make_http_node, make_web_worke
         api.close()
 
 
-def test_ring_gauges_standalone_and_cluster_hook(make_http_node):
+def test_ring_gauges_come_from_the_role(make_http_node):
+    """Standalone: epoch 1, one member, leader. Then the gauges follow what
+    the role reports (a stand-in for a clustered role: a ring of three led by
+    another node, with replication lag towards one peer)."""
     node = make_http_node()
     api = Http(node.url)
     try:
         samples = scrape(api)
         assert (value(samples, "miyaq_ring_epoch"), value(samples, "miyaq_ring_members"),
                 value(samples, "miyaq_is_leader")) == (1, 1, 1)
-        cluster = node.call(lambda: node.node.gateway.metrics.cluster)
-        node.call(lambda: cluster.set_ring(7, ["t1", "t2", "t3"], "t2", False))
-        node.call(lambda: cluster.set_replication_lag("t2", 0.25, 12))
+        members = {m: {"service": f"tcp://127.0.0.1:{i}", "http": None} for i, m in enumerate(["t1", "t2", "t3"])}
+        clustered = SimpleNamespace(ring_info=lambda: {"epoch": 7, "leader": "t2", "members": members},
+                                    is_leader=False, replication_lag=lambda now: {"t2": (0.25, 12)})
+        gauges = node.call(lambda: node.node.part("metrics").cluster)
+        node.call(lambda: setattr(gauges, "role", clustered))
         samples = scrape(api)
         assert (value(samples, "miyaq_ring_epoch"), value(samples, "miyaq_ring_members"),
                 value(samples, "miyaq_is_leader")) == (7, 3, 0)
         assert value(samples, "miyaq_replication_lag_seconds", peer="t2") == 0.25
         assert value(samples, "miyaq_replication_lag_messages", peer="t2") == 12
         assert api.get("/status")[1]["ring"] == {"epoch": 7, "leader": "t2", "members": ["t1", "t2", "t3"],
-                                                 "is_leader": False}
+                                                 "is_leader": False, "http": {"t1": None, "t2": None, "t3": None}}
     finally:
         api.close()
 

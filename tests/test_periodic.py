@@ -20,14 +20,14 @@ from apps import basic
 from cluster_harness import Cluster
 
 import miyaq
-from miyaq.cluster.periodic_store import Declared, ZkPeriodicStore
+from miyaq.cluster.periodic_store import ZkPeriodicStore
 from miyaq.cluster.zk_store import close_client, connect
 from miyaq.config import NodeConfig
 from miyaq.errors import ConfigError, InvalidField
-from miyaq.node.periodic import PeriodicScheduler
-from miyaq.node.periodic_specs import ScheduleTable
+from miyaq.periodic.scheduler import PeriodicScheduler
+from miyaq.periodic.specs import ScheduleTable
 from miyaq.protocol import commands as c
-from miyaq.protocol.periodic import Schedule, schedule_from_wire, tick_label
+from miyaq.protocol.periodic import Declared, Schedule, schedule_from_wire, tick_label
 from miyaq.testing.harness import wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -118,6 +118,12 @@ class FakeIntake:
     def __init__(self, scheduler: PeriodicScheduler, answers: list[str] | None = None) -> None:
         self.scheduler, self.answers, self.ids = scheduler, list(answers or []), []
 
+    def flush(self) -> None:
+        pass   # nothing to send: answers are given at submit
+
+    def sweep(self) -> None:
+        pass   # nothing waits
+
     def submit(self, task: Any, now: float, identity: bytes) -> None:
         self.ids.append(task.id)
         status = self.answers.pop(0) if self.answers else c.ACCEPTED
@@ -126,11 +132,11 @@ class FakeIntake:
 
 
 def scheduler(answers: list[str] | None = None) -> tuple[PeriodicScheduler, FakeIntake]:
-    """A standalone scheduler over a stub node (only what it touches), one worker w1 connected."""
-    node = SimpleNamespace(config=NodeConfig(), cluster=None, id="stub", on_stop=[],
-                           engine=SimpleNamespace(accepting=True), workers=SimpleNamespace(by_wid={"w1": 1}))
-    sched = PeriodicScheduler(node)   # type: ignore[arg-type]
-    sched.epoch, sched._new_term = 0, True
+    """A scheduler over stubs (only what it touches): a role that leads, one worker w1 connected."""
+    role = SimpleNamespace(is_leader=True, new_intake=lambda ack: None, add_leader_listener=lambda fn: None)
+    sched = PeriodicScheduler(NodeConfig(node_id="stub"), SimpleNamespace(accepting=True),  # type: ignore[arg-type]
+                              SimpleNamespace(by_wid={"w1": 1}), role, None)  # type: ignore[arg-type]
+    sched._on_leadership(True, 1)
     sched._intake = FakeIntake(sched, answers)
     sched.declare([Schedule("m", "t", every_ms=10_000)], "w1", 0.0)
     return sched, sched._intake
@@ -186,7 +192,7 @@ def test_schedule_nobody_declares_is_forgotten():
     schedule was removed from the code). It stops firing after the TTL."""
     sched, intake = scheduler()
     sched._step(1_700_000_001.0)
-    sched.node.workers.by_wid = {}
+    sched.workers.by_wid = {}
     sched._step(1_700_000_001.0 + 6)
     assert "m" in sched.specs.entries
     sched._step(1_700_000_001.0 + sched.specs.spec_ttl + 20)

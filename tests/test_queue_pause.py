@@ -13,7 +13,7 @@ from test_limits import pump, setup, submit
 from miyaq.cli.main import main as cli_main
 from miyaq.errors import InvalidField
 from miyaq.node import limits as limits_module
-from miyaq.node.limits import Limit
+from miyaq.core.limits import Limit
 
 http_node, api, make_http_node, make_web_worker = FIXTURES   # pytest finds fixtures in module globals
 
@@ -87,7 +87,7 @@ def test_long_poll_receive_starts_when_its_queue_resumes(http_node, api):
         t = threading.Thread(target=lambda: answers.append(waiter.post("/receive",
                                                                        {"queues": ["slow"], "timeout": 10})))
         t.start()
-        wait_for(lambda: http_node.call(lambda: any(c.kind == "pull" for c in http_node.node.dispatcher.hungry)),
+        wait_for(lambda: http_node.call(lambda: any(c.kind == "pull" for c in http_node.node.core.dispatcher.hungry)),
                  "the receive to wait")
         api.post("/queues/slow/resume")
         t.join(15)

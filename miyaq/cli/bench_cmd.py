@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..bench import report
     from ..bench.runner import BenchConfig, run_bench
-    from .main import setup_logging
+    from ..logs import setup_logging
     if args.workers < 1 or args.concurrency < 1 or args.tasks < 1:
         raise ConfigError("--workers, --concurrency and --tasks must be at least 1")
     if args.payload < 0 or args.timeout <= 0 or (args.rate is not None and args.rate <= 0):

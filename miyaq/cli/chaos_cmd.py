@@ -91,7 +91,7 @@ class _Interrupt:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .main import setup_logging
+    from ..logs import setup_logging
     setup_logging(args.log_level)
     human = sys.stderr if args.json else sys.stdout
     if args.check:

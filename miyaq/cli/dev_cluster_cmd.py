@@ -95,7 +95,7 @@ def _base_port(given: int | None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .main import setup_logging
+    from ..logs import setup_logging
     setup_logging("WARNING")
     logging.getLogger("kazoo").setLevel(logging.CRITICAL)  # connection retries are not news here
     cluster = DevCluster(

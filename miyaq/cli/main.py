@@ -3,7 +3,6 @@ registers itself here."""
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import Callable
 
@@ -12,11 +11,6 @@ from ..errors import MiyaqError
 
 COMMAND_MODULES = ("node_cmd", "worker_cmd", "admin_cmd", "bench_cmd", "queue_cmd", "ring_cmd",
                    "dev_cluster_cmd", "chaos_cmd", "keys_cmd")
-
-
-def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,8 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 
-from ..config import NodeConfig
+from miyaq.logs import setup_logging
+from miyaq.config import NodeConfig
+from miyaq.node.assemble import build_node
+
+#: Fault injection for tests and ``miyaq chaos``: the share of replication
+#: stream messages this node drops (docs/cluster.md).
+STREAM_DROP_ENV = "MIYAQ_FAULT_STREAM_DROP"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,11 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .main import setup_logging
     config = NodeConfig.load(vars(args))
     setup_logging(config.log_level)
-    from ..node.node import Node
-    node = Node(config)
+    node = build_node(config, stream_drop=float(os.environ.get(STREAM_DROP_ENV, "0") or 0))
     node.install_signal_handlers()
     node.serve_forever()
     return 1 if node.crashed else 0

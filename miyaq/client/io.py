@@ -18,7 +18,7 @@ import time
 from collections import deque
 from typing import Any
 
-from ..errors import Busy, MiyaqError, NotEnoughReplicas, ShuttingDown, Timeout, Unavailable, from_wire
+from ..errors import Busy, MiyaqError, ShuttingDown, Timeout, Unavailable, from_wire
 from ..protocol import codec
 from ..protocol import commands as c
 from .futures import Future
@@ -34,7 +34,6 @@ any node; then it fails at once with :meth:`IOLoop.unreachable`'s message
 instead of retrying until ``submit_timeout``. Once any node has been reached,
 an unreachable node is retried (elsewhere, with backoff) until the deadline."""
 BATCH_BYTES = 4 * 1024 * 1024    # payload bytes per SUBMIT (the node's default limit is 16 MiB)
-RETRYABLE = (Busy.code, ShuttingDown.code, Unavailable.code, NotEnoughReplicas.code)
 
 
 class Pending:
@@ -390,7 +389,7 @@ class IOLoop:
                 continue   # a late ack for a resend that was already acknowledged
             if status == c.REJECTED:
                 err = from_wire(detail if isinstance(detail, dict) else {})
-                if err.code in RETRYABLE:
+                if err.retryable:
                     self.busy_replies += 1
                     self._retry_later(p, now, err)
                 else:

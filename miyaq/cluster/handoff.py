@@ -13,24 +13,25 @@ sent again every ``RETRY`` seconds.
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..node.persistence import task_record
-from ..store.task import RUNNING, Task
-from .peer import REPLICATE
+from miyaq.cluster.peer import REPLICATE
+from miyaq.runtime import monotonic
+from miyaq.store.records import transfer_record
+from miyaq.store.task import RUNNING
 
 if TYPE_CHECKING:
-    from .role import ClusterRole
+    from miyaq.cluster.role import ClusterRole
 
 logger = logging.getLogger(__name__)
 
 CHUNK = 500
 RETRY = 5.0
+CONFIRM_TIMEOUT = 5.0    # seconds a new holder has to confirm a handed-off chunk
 
 
 class Handoff:
-    def __init__(self, role: "ClusterRole") -> None:
+    def __init__(self, role: ClusterRole) -> None:
         self.role = role
         self.leaving: dict[str, set[str]] = {}    # task id -> new holders yet to confirm
         self.last_retry = 0.0
@@ -60,7 +61,7 @@ class Handoff:
             # confirmed having the task (views lag during ring changes, and a
             # copy dropped on a stale view would be lost).
             if sender == me or me not in new:
-                record = self._record(task)
+                record = transfer_record(task)
                 targets = [h for h in new if h != me]
                 for h in targets:
                     outbox.setdefault(h, []).append(record)
@@ -69,27 +70,19 @@ class Handoff:
                 # of the ring lags), the copy is sent again every RETRY seconds.
                 self.leaving[task.id] = set(targets)
         self._send(outbox)
-        self.last_run = time.time()
+        self.last_run = monotonic()
         if sent:
             logger.info("handoff: sent %d task(s) to their new holders", sent)
         self.handed += sent
         return sent
-
-    @staticmethod
-    def _record(task: Task) -> dict[str, Any]:
-        record = task_record(task)
-        record["state"] = task.state
-        record["attempt"] = task.attempt
-        if task.state == RUNNING:
-            record["lease_end"] = task.lease_end
-        return record
 
     def _send(self, outbox: dict[str, list[dict[str, Any]]]) -> None:
         for holder, records in outbox.items():
             for start in range(0, len(records), CHUNK):
                 chunk = records[start:start + CHUNK]
                 ids = [r["id"] for r in chunk]
-                self.role.peer.request(holder, REPLICATE, {"tasks": chunk}, 5.0, self._callback(holder, ids))
+                self.role.peer.request(holder, REPLICATE, {"tasks": chunk}, CONFIRM_TIMEOUT,
+                                       self._callback(holder, ids))
 
     def _callback(self, holder: str, ids: list[str]) -> Callable[[dict[str, Any] | None], None]:
         return lambda answer: self._confirmed(holder, ids, answer)
@@ -110,7 +103,7 @@ class Handoff:
                     self.role.engine.forget(task)
 
     def retry(self, now: float) -> None:
-        """Send again what was not confirmed (a new holder that was down)."""
+        """Send again what was not confirmed (a new holder that was down). ``now``: monotonic."""
         if not self.leaving or now - max(self.last_run, self.last_retry) < RETRY:
             return
         self.last_retry = now
@@ -121,7 +114,7 @@ class Handoff:
             if task is None or not waiting:
                 del self.leaving[task_id]
                 continue
-            record = self._record(task)
+            record = transfer_record(task)
             for h in waiting:
                 outbox.setdefault(h, []).append(record)
         self._send(outbox)

@@ -23,16 +23,14 @@ import abc
 import logging
 import math
 import re
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import gevent
-import gevent.event
-
 from miyaq.cluster.ring import DEFAULT_VNODES, Ring
+from miyaq.config import NodeConfig
 from miyaq.errors import ConfigError, Timeout
+from miyaq.runtime import green, monotonic
 
 logger = logging.getLogger(__name__)
 
@@ -197,6 +195,13 @@ class RingView:
         return cls(epoch=epoch, members=members, leader=leader, vnodes=vnodes)
 
 
+def local_member(config: NodeConfig) -> Member:
+    """The node ``config`` describes, as the ring knows it: its endpoints and weight."""
+    c = config
+    return Member(node_id=c.id, service=c.endpoint(c.port), peer=c.endpoint(c.peer), pub=c.endpoint(c.pub),
+                  http=f"http://{c.advertised_host}:{c.http_port}" if c.http_port else None, weight=c.weight)
+
+
 class Coordinator(abc.ABC):
     """What a node needs from membership: views, leadership, join/leave.
 
@@ -209,7 +214,7 @@ class Coordinator(abc.ABC):
         self._local = local
         self._view_listeners: list[ViewListener] = []
         self._leader_listeners: list[LeaderListener] = []
-        self._view_changed = gevent.event.Event()
+        self._view_changed = green.Event()
 
     @property
     def local(self) -> Member | None:
@@ -280,13 +285,13 @@ class Coordinator(abc.ABC):
         self, predicate: Callable[[RingView], bool], timeout: float = 10.0
     ) -> RingView:
         """Block this greenlet until ``predicate(view)`` holds; ``Timeout`` after ``timeout`` s."""
-        deadline = time.monotonic() + timeout
+        deadline = monotonic() + timeout
         while True:
             self._view_changed.clear()
             view = self.view
             if predicate(view):
                 return view
-            left = deadline - time.monotonic()
+            left = deadline - monotonic()
             if left <= 0:
                 raise Timeout(
                     f"ring view did not reach the expected state within {timeout:g}s "

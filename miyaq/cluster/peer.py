@@ -1,11 +1,14 @@
 """The peer link: node-to-node requests over ZeroMQ.
 
-Each node binds a ROUTER on its peer port (requests from other nodes) and
-keeps one DEALER per other member (its requests, and their answers). One
-greenlet reads the ROUTER, one reads every DEALER through a poller; replies
-are matched to requests by ``req`` and a request that gets no answer by its
-deadline has its callback called with ``None`` — silence is an answer the
-replica logic relies on ("only silence lets it run").
+The ZeroMQ :class:`~miyaq.cluster.transport.PeerLink`. Each node binds a
+ROUTER on its peer port (requests from other nodes) and keeps one DEALER per
+other member (its requests, and their answers). One greenlet reads the
+ROUTER, one reads every DEALER through a poller (both critical: a node that
+stops reading its peers stops the process); replies are matched to requests
+by ``req`` and a request that gets no answer by its deadline (monotonic) has
+its callback called with ``None`` — silence is an answer the replica logic
+relies on ("only silence lets it run"). A callback that raises is logged
+and counted by the supervisor; it never stops the readers.
 
 Frames are the service protocol's: ``[b"MQ1", COMMAND, msgpack map]``; every
 body carries ``from`` (the sender's node id). Commands: docs/cluster.md.
@@ -14,16 +17,14 @@ from __future__ import annotations
 
 import itertools
 import logging
-import time
 from collections import Counter
 from typing import Any, Callable
 
-import gevent
-import zmq.green as zmq
-
-from ..errors import MiyaqError, ProtocolError
-from ..protocol import codec
-from ..protocol.sockets import bind_router
+from miyaq.cluster.transport import Body, Callback, Handler, Reply
+from miyaq.errors import MiyaqError, ProtocolError
+from miyaq.protocol import codec
+from miyaq.runtime import CRITICAL, LOG, Supervisor, green, monotonic
+from miyaq.runtime.sockets import SocketFactory, zmq
 
 logger = logging.getLogger(__name__)
 
@@ -33,17 +34,16 @@ SYNC = b"SYNC"               # {"cursor": n}                   -> answer {"tasks
 ANSWER = b"ANSWER"           # {"req", ...}
 PEER_COMMANDS = frozenset({REPLICATE, QUERY, SYNC})
 PEER_REPLIES = frozenset({ANSWER})
-
-Callback = Callable[[dict[str, Any] | None], None]
-Handler = Callable[[str, dict[str, Any]], dict[str, Any] | None]
+RECONNECT_MS = (100, 2000)    # first and longest wait between reconnects to a peer
 
 
 class PeerEndpoint:
-    def __init__(self, ctx: zmq.Context, node_id: str, bind: str, max_message: int) -> None:
-        self.ctx = ctx
+    def __init__(self, sockets: SocketFactory, supervisor: Supervisor, node_id: str, bind: str) -> None:
+        self.sockets = sockets
+        self.supervisor = supervisor
         self.node_id = node_id
-        self.max_message = max_message
-        self.router = bind_router(zmq, ctx, bind)
+        self.max_message = sockets.max_message
+        self.router = sockets.router(bind, audience="peer")   # with CURVE: other nodes only
         self.dealers: dict[str, Any] = {}          # node id -> DEALER
         self.endpoints: dict[str, str] = {}
         self.handlers: dict[bytes, Handler] = {}
@@ -54,9 +54,16 @@ class PeerEndpoint:
         self._retired: list[Any] = []
         self._current: tuple[bytes, Any] = (b"", None)
         self._req = itertools.count(1)
-        self._poller = zmq.Poller()
+        self._poller = sockets.poller()
         self.errors: Counter[str] = Counter()
         self._closed = False
+
+    def start(self) -> None:
+        self.supervisor.spawn("peer requests", self.serve_requests, policy=CRITICAL)
+        self.supervisor.spawn("peer answers", self.serve_answers, policy=CRITICAL)
+
+    def unanswered(self) -> dict[str, int]:
+        return dict(self.outstanding)
 
     # -- membership ------------------------------------------------------------------
     def connect(self, members: dict[str, str]) -> None:
@@ -69,20 +76,14 @@ class PeerEndpoint:
         for node_id, endpoint in members.items():
             if node_id == self.node_id or node_id in self.dealers:
                 continue
-            sock = self.ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.IMMEDIATE, 1)       # never queue for a peer that is not there
-            sock.setsockopt(zmq.SNDHWM, 100_000)
-            sock.setsockopt(zmq.RCVHWM, 100_000)
-            sock.setsockopt(zmq.RECONNECT_IVL, 100)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-            sock.connect(endpoint)
+            # IMMEDIATE: never queue for a peer that is not there.
+            sock = self.sockets.dealer(endpoint, immediate=True, reconnect_ms=RECONNECT_MS)
             self.dealers[node_id] = sock
             self.endpoints[node_id] = endpoint
             self._poller.register(sock, zmq.POLLIN)
 
     # -- sending ---------------------------------------------------------------------------
-    def request(self, node_id: str, command: bytes, body: dict[str, Any], timeout: float,
+    def request(self, node_id: str, command: bytes, body: Body, timeout: float,
                 callback: Callback) -> bool:
         """Send a request; ``callback(answer)`` or ``callback(None)`` on silence."""
         sock = self.dealers.get(node_id)
@@ -90,9 +91,9 @@ class PeerEndpoint:
         body["req"] = req
         body["from"] = self.node_id
         if sock is None or not self._send(sock, command, body):
-            gevent.spawn(callback, None)
+            self.supervisor.spawn("peer callback", callback, None, policy=LOG)
             return False
-        self.pending[req] = (time.time() + timeout, callback)
+        self.pending[req] = (monotonic() + timeout, callback)
         self.outstanding[node_id] = self.outstanding.get(node_id, 0) + 1
         self._asked[req] = node_id
         return True
@@ -136,8 +137,8 @@ class PeerEndpoint:
         except MiyaqError as err:
             self.errors[err.code] += 1
             answer = err.to_wire()
-        except Exception:
-            logger.exception("peer handler failed")
+        except Exception as exc:
+            self.supervisor.report("peer handler", exc)
             self.errors["internal"] += 1
             answer = {"code": "internal", "message": "peer handler failed"}
         if answer is None:
@@ -151,7 +152,7 @@ class PeerEndpoint:
         except (zmq.Again, zmq.ZMQError):
             pass   # the asker is gone; it will treat this as silence
 
-    def later(self) -> Callable[[dict[str, Any]], None]:
+    def later(self) -> Reply:
         """Called by a handler that answers later (it then returns None): the
         function it gets sends the answer to the current request."""
         identity, req = self._current
@@ -164,7 +165,7 @@ class PeerEndpoint:
                 events = dict(self._poller.poll(100))
             else:
                 events = {}
-                gevent.sleep(0.1)
+                green.sleep(0.1)
             for sock in list(events):
                 for _ in range(256):
                     try:
@@ -178,7 +179,7 @@ class PeerEndpoint:
                 sock = self._retired.pop()
                 self._poller.unregister(sock)
                 sock.close(linger=0)
-            self._expire(time.time())
+            self._expire(monotonic())
             for hook in self.after_burst:
                 hook()
 
@@ -211,16 +212,21 @@ class PeerEndpoint:
             else:
                 self.outstanding.pop(node_id, None)
 
-    @staticmethod
-    def _call(callback: Callback, answer: dict[str, Any] | None) -> None:
+    def _call(self, callback: Callback, answer: Body | None) -> None:
         try:
             callback(answer)
-        except Exception:
-            logger.exception("peer callback failed")
+        except Exception as exc:
+            self.supervisor.report("peer callback", exc)
 
     def close(self) -> None:
+        if self._closed:
+            return
         self._closed = True
-        for sock in self.dealers.values():
-            sock.close(linger=0)
-        self.dealers.clear()
-        self.router.close(linger=0)
+        try:
+            for sock in list(self.dealers.values()) + self._retired:
+                sock.close(linger=0)
+            self.dealers.clear()
+            self._retired.clear()
+            self.router.close(linger=0)
+        except Exception:
+            logger.exception("closing the peer sockets failed")

@@ -19,39 +19,50 @@ Layout under ``/miyaq/<cluster>/``:
     connects to it.
 
 Constraints: every call blocks the calling greenlet, bounded by
-``timeout`` (``Unavailable`` past it); call from one greenlet, never from a
-kazoo callback. Corrupt znodes are logged and skipped, never fatal.
+``timeout`` (``Unavailable`` past it, or on any ZooKeeper error); call from
+one greenlet, never from a kazoo callback. Corrupt znodes are logged and
+skipped, never fatal. It is the shared store of
+:class:`miyaq.periodic.scheduler.PeriodicScheduler` in a ZooKeeper cluster.
 """
 from __future__ import annotations
 
 import base64
+import functools
 import logging
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
 
-from ..errors import MiyaqError
-from ..protocol.periodic import MAX_SCHEDULES, Schedule, check_name, schedule_from_wire
-from .zk_layout import Layout, dump_json, load_json
-from .zk_store import ZnodeStore
+from miyaq.cluster.zk_layout import Layout, dump_json, load_json
+from miyaq.cluster.zk_store import ZnodeStore
+from miyaq.errors import MiyaqError, Unavailable
+from miyaq.protocol.periodic import MAX_SCHEDULES, Declared, check_name, schedule_from_wire
 
 logger = logging.getLogger(__name__)
 
 CAS_TRIES = 5
 
+P = ParamSpec("P")
+R = TypeVar("R")
 
-class Declared(NamedTuple):
-    """A schedule with when it was declared and when a declaring worker was last seen."""
 
-    schedule: Schedule
-    declared: float
-    seen: float
+def _zk_errors(fn: Callable[Concatenate["ZkPeriodicStore", P], R]) -> Callable[Concatenate["ZkPeriodicStore", P], R]:
+    """Report any kazoo error as ``Unavailable``: callers handle MiyaqError only."""
+    @functools.wraps(fn)
+    def guarded(self: ZkPeriodicStore, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(self, *args, **kwargs)
+        except KazooException as exc:
+            raise Unavailable(f"ZooKeeper at {self.hosts}: {type(exc).__name__}: {exc}", hosts=self.hosts) from None
+    return guarded
 
 
 class ZkPeriodicStore:
     def __init__(self, zk: KazooClient, cluster: str, hosts: str, timeout: float = 5.0) -> None:
         layout = Layout(cluster)
+        self.hosts = hosts
         self.store = ZnodeStore(zk, layout, hosts, timeout)
         self.zk = zk
         self.ticks = f"{layout.base}/periodic"
@@ -59,12 +70,14 @@ class ZkPeriodicStore:
         self._known: dict[str, tuple[int, int | None]] = {}   # name -> (stored epoch, znode version)
 
     # -- last ticks (leader only) ------------------------------------------------------
+    @_zk_errors
     def load_last(self, name: str) -> int | None:
         """The stored last tick of ``name`` (None: never handled). Remembers the version."""
         tick, epoch, version = self._read_tick(name)
         self._known[name] = (epoch, version)
         return tick
 
+    @_zk_errors
     def save_last(self, name: str, tick: int, epoch: int, leader: str) -> bool:
         """Store ``tick`` as handled, fenced by ``epoch``. False when a leader
         of a newer epoch owns the record: the caller is no longer leader."""
@@ -108,6 +121,7 @@ class ZkPeriodicStore:
         return tick, epoch, stat.version
 
     # -- specs (any node) ----------------------------------------------------------------
+    @_zk_errors
     def read_specs(self) -> dict[str, Declared]:
         """Every stored spec (at most MAX_SCHEDULES, newest declared first)."""
         try:
@@ -130,6 +144,7 @@ class ZkPeriodicStore:
             out = {d.schedule.name: d for d in keep}
         return out
 
+    @_zk_errors
     def publish_spec(self, ours: Declared, refresh: float) -> Declared:
         """Merge ``ours`` into the stored spec (see the module docstring) and
         return what is stored now. ``seen`` is rewritten only when ours is
@@ -162,6 +177,7 @@ class ZkPeriodicStore:
                 continue
         raise MiyaqError(f"could not store schedule {name}: too many concurrent writers")
 
+    @_zk_errors
     def forget(self, name: str) -> None:
         """Delete a schedule's spec and last tick (a schedule no worker declares any more)."""
         for path in (f"{self.specs}/{check_name(name)}", f"{self.ticks}/{name}"):

@@ -18,15 +18,15 @@ Only silence lets a copy run; that is what keeps duplicates to real failures.
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..node.events import EngineListener
-from ..store.task import DEAD, READY, RETRYING, RUNNING, SCHEDULED, Task
-from .peer import QUERY
+from miyaq.cluster.peer import QUERY
+from miyaq.core.listener import EngineListener
+from miyaq.runtime import wall
+from miyaq.store.task import DEAD, READY, RETRYING, RUNNING, SCHEDULED, Task
 
 if TYPE_CHECKING:
-    from .role import ClusterRole
+    from miyaq.cluster.role import ClusterRole
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ QUERY_TIMEOUT = 1.0
 FINAL = ("done", "cancelled", "expired", "started-elsewhere")
 
 
-def describe(role: "ClusterRole", task_id: str) -> list[Any]:
+def describe(role: ClusterRole, task_id: str) -> list[Any]:
     """How this node holds ``task_id`` (the QUERY answer for one id)."""
     table = role.engine.table
     task = table.live.get(task_id)
@@ -49,7 +49,7 @@ def describe(role: "ClusterRole", task_id: str) -> list[Any]:
 
 
 class StandbyChecker(EngineListener):
-    def __init__(self, role: "ClusterRole") -> None:
+    def __init__(self, role: ClusterRole) -> None:
         self.role = role
         self.due: list[Task] = []
         self.takeovers = 0
@@ -67,7 +67,7 @@ class StandbyChecker(EngineListener):
         alive = role.view.members
         asks: dict[str, list[str]] = {}
         checks: dict[str, tuple[Task, list[list[Any]], set[str]]] = {}
-        now = time.time()
+        now = wall()
         for task in due:
             if task.state not in (SCHEDULED, RETRYING) or not task.standby:
                 continue
@@ -88,7 +88,7 @@ class StandbyChecker(EngineListener):
     def _answered(self, holder: str, ids: list[str], answer: dict[str, Any] | None,
                   checks: dict[str, tuple[Task, list[list[Any]], set[str]]]) -> None:
         states = (answer or {}).get("states") or {}
-        now = time.time()
+        now = wall()
         for task_id in ids:
             check = checks.get(task_id)
             if check is None:
@@ -107,8 +107,7 @@ class StandbyChecker(EngineListener):
         engine = role.engine
         if task.state not in (SCHEDULED, RETRYING) or not task.standby:
             return   # something else moved it meanwhile
-        role.applying = True
-        try:
+        with role.events.applying_remote():
             for a in answers:
                 if a[0] in FINAL:
                     engine.finish_copy(task.id, a[0], a[1] if len(a) > 1 else None,
@@ -117,8 +116,6 @@ class StandbyChecker(EngineListener):
                 if a[0] == DEAD:
                     engine.kill_copy(task, task.error)
                     return
-        finally:
-            role.applying = False
         for a in answers:
             state = a[0]
             active = state in (READY, RUNNING) or (state in (SCHEDULED, RETRYING) and not a[1])

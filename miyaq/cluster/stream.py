@@ -1,5 +1,8 @@
 """Replication streams over PUB/SUB: one stream per (source, destination).
 
+The ZeroMQ :class:`~miyaq.cluster.transport.StreamPublisher` and
+:class:`~miyaq.cluster.transport.StreamSubscriber`.
+
 The source publishes each destination's events under a fixed-width topic
 (``topic(dest)``: 16 hex digits of blake2b + ``|``, so one node's topic is
 never a prefix of another's), numbered by a per-destination sequence and
@@ -22,12 +25,13 @@ import hashlib
 import logging
 import os
 import random
-import time
-from typing import Any, Callable
+from typing import Any
 
-import gevent
 import msgpack
-import zmq.green as zmq
+
+from miyaq.cluster.transport import Apply, AskResync
+from miyaq.runtime import CRITICAL, Supervisor, green, monotonic
+from miyaq.runtime.sockets import SocketFactory, zmq
 
 logger = logging.getLogger(__name__)
 
@@ -45,19 +49,17 @@ class _Source:
     def __init__(self) -> None:
         self.inc = 0
         self.seq = 0
-        self.heard = time.time()
+        self.heard = monotonic()
         self.syncing = False
 
 
-class StreamPublisher:
+class ZmqStreamPublisher:
     """The PUB side. ``send(dest, events)`` publishes one message."""
 
-    def __init__(self, ctx: zmq.Context, node_id: str, bind: str, drop_ratio: float = 0.0) -> None:
+    def __init__(self, sockets: SocketFactory, node_id: str, bind: str, drop_ratio: float = 0.0) -> None:
         self.node_id = node_id
-        self.pub = ctx.socket(zmq.PUB)
-        self.pub.setsockopt(zmq.LINGER, 0)
-        self.pub.setsockopt(zmq.SNDHWM, 100_000)
-        self.pub.bind(bind)
+        self.pub = sockets.publisher(bind)
+        self._closed = False
         self.incarnation = random.getrandbits(62) or 1
         self.seqs: dict[str, int] = {}
         self.epoch = 0
@@ -66,6 +68,9 @@ class StreamPublisher:
         self._rng = random.Random(os.getpid())
         self.dropped = 0
         self.sent = 0
+
+    def start(self) -> None:
+        """Nothing to start: the socket is bound and publishing needs no greenlet."""
 
     def send(self, dest: str, events: list[list[Any]]) -> None:
         seq = self.seqs.get(dest, 0) + 1
@@ -89,19 +94,20 @@ class StreamPublisher:
             pass   # dropped at the HWM: the next heartbeat reveals the gap
 
     def close(self) -> None:
-        self.pub.close(linger=0)
+        if not self._closed:
+            self._closed = True
+            self.pub.close(linger=0)
 
 
-class StreamSubscriber:
-    """The SUB side: one socket subscribed to this node's topic on every peer."""
+class ZmqStreamSubscriber:
+    """The SUB side: one socket subscribed to this node's topic on every peer,
+    read by one critical greenlet."""
 
-    def __init__(self, ctx: zmq.Context, node_id: str, apply: Callable[[str, list[Any]], None],
-                 resync: Callable[[str], None]) -> None:
+    def __init__(self, sockets: SocketFactory, supervisor: Supervisor, node_id: str, apply: Apply,
+                 resync: AskResync) -> None:
         self.node_id = node_id
-        self.sub = ctx.socket(zmq.SUB)
-        self.sub.setsockopt(zmq.LINGER, 0)
-        self.sub.setsockopt(zmq.RCVHWM, 100_000)
-        self.sub.setsockopt(zmq.SUBSCRIBE, topic(node_id))
+        self.supervisor = supervisor
+        self.sub = sockets.subscriber([topic(node_id)])
         self.connected: dict[str, str] = {}
         self.sources: dict[str, _Source] = {}
         self.apply = apply
@@ -129,10 +135,13 @@ class StreamSubscriber:
                 self.sources[node_id] = _Source()
                 self._ask_resync(node_id, "new subscription")
 
+    def start(self) -> None:
+        self.supervisor.spawn("stream reader", self.serve, policy=CRITICAL)
+
     def serve(self) -> None:
         sub = self.sub
         while not self._closed:
-            with gevent.Timeout(HEARTBEAT, False):
+            with green.Timeout(HEARTBEAT, False):
                 frames = sub.recv_multipart()
                 self._handle(frames)
                 for _ in range(256):
@@ -141,7 +150,7 @@ class StreamSubscriber:
                     except zmq.Again:
                         break
                     self._handle(frames)
-            self._check_silence(time.time())
+            self._check_silence(monotonic())
 
     def _handle(self, frames: list[bytes]) -> None:
         if len(frames) != 2:
@@ -155,7 +164,7 @@ class StreamSubscriber:
         source = self.sources.get(src)
         if source is None:
             return
-        source.heard = time.time()
+        source.heard = monotonic()
         if inc != source.inc:
             source.inc = inc
             source.seq = seq if body.get("hb") else seq - 1
@@ -200,6 +209,18 @@ class StreamSubscriber:
         if source is not None:
             source.syncing = False
 
+    def caught_up(self, src: str) -> bool:
+        source = self.sources.get(src)
+        return source is not None and bool(source.inc) and not source.syncing
+
+    def last_heard(self) -> dict[str, float]:
+        return {src: source.heard for src, source in self.sources.items()}
+
     def close(self) -> None:
+        if self._closed:
+            return
         self._closed = True
-        self.sub.close(linger=0)
+        try:
+            self.sub.close(linger=0)
+        except Exception:
+            logger.exception("closing the stream subscriber failed")

@@ -10,15 +10,15 @@ are finished or dead-lettered here.
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
-from ..store.task import DEAD, RUNNING, Task
-from .handoff import Handoff
-from .peer import SYNC
+from miyaq.cluster.peer import SYNC
+from miyaq.runtime import wall
+from miyaq.store.records import transfer_record
+from miyaq.store.task import DEAD, RUNNING, Task
 
 if TYPE_CHECKING:
-    from .role import ClusterRole
+    from miyaq.cluster.role import ClusterRole
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ TIMEOUT = 5.0
 
 
 class Resync:
-    def __init__(self, role: "ClusterRole") -> None:
+    def __init__(self, role: ClusterRole) -> None:
         self.role = role
         self.completed = 0
 
@@ -51,7 +51,7 @@ class Resync:
         table = self.role.engine.table
         shared = [t for t in list(table.live.values()) + list(table.dead.values()) if sender in t.holders]
         chunk = shared[cursor:cursor + CHUNK]
-        answer: dict[str, Any] = {"tasks": [Handoff._record(t) for t in chunk],
+        answer: dict[str, Any] = {"tasks": [transfer_record(t) for t in chunk],
                                   "next": cursor + CHUNK if cursor + CHUNK < len(shared) else None}
         if cursor == 0:
             stones = list(table.tombstones.values())[-STONES:]
@@ -65,9 +65,8 @@ class Resync:
             return
         engine = role.engine
         table = engine.table
-        now = time.time()
-        role.applying = True
-        try:
+        now = wall()
+        with role.events.applying_remote():
             for stone in answer.get("stones") or ():
                 if not (isinstance(stone, list) and len(stone) >= 4 and isinstance(stone[0], str)):
                     continue
@@ -92,8 +91,6 @@ class Resync:
                     engine.kill_copy(mine, record.get("error"))
                 elif record.get("state") == RUNNING and mine.standby and mine.state != RUNNING:
                     engine.defer(mine, record.get("lease_end", now) + role.offset_for(mine, minimum=1))
-        finally:
-            role.applying = False
         if answer.get("next"):
             self._ask(src, answer["next"])
         else:

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ..errors import InvalidField
-from ..node.limits import Limit
-from ..protocol import fields as f
-from ..protocol.taskspec import check_queue
-from .request import Request, Response, json_response
+from miyaq.errors import InvalidField
+from miyaq.core.limits import Limit
+from miyaq.protocol import fields as f
+from miyaq.protocol.taskspec import check_queue
+from miyaq.gateway.request import Request, Response, json_response
 
 if TYPE_CHECKING:
     from .server import Gateway
@@ -31,15 +31,15 @@ STATES = ("scheduled", "ready", "running", "retrying", "dead")
 class AdminApi:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.node = gateway.node
-        self.engine = gateway.node.engine
-        self.limits = gateway.node.dispatcher.limits
+        self.core = gateway.core
+        self.engine = gateway.core.engine
+        self.limits = gateway.core.limits
         self._openapi: bytes | None = None
 
     # -- status and queues ---------------------------------------------------------
     def status(self, request: Request) -> Response:
         now = time.time()
-        status = self.node.status(now)
+        status = self.gateway.status(now)
         status["ring"] = self.gateway.metrics.cluster.view()
         for name, row in status["queues"].items():
             row["limits"] = self.limits.describe(name)
@@ -64,8 +64,8 @@ class AdminApi:
     def queue_rows(self, only: str | None = None) -> list[dict[str, Any]]:
         """Every queue's row as ``GET /queues`` shows it (or only ``only``'s)."""
         counts = self.engine.queue_counts()
-        workers = self.node.workers.workers_by_queue()
-        idle = self.node.workers.idle_by_queue()
+        workers = self.core.workers.workers_by_queue()
+        idle = self.core.workers.idle_by_queue()
         in_flight = self.gateway.deliverer.in_flight()
         names = [only] if only else sorted(set(counts) | set(workers) | set(self.limits.limits)
                                            | set(self.limits.paused))
@@ -79,7 +79,7 @@ class AdminApi:
 
     def workers(self, request: Request) -> Response:
         limit = int(request.arg_number("limit", 1000, 1, 10_000))
-        return json_response({"node": self.node.id, "workers": self.node.workers.describe(limit)})
+        return json_response({"node": self.gateway.config.id, "workers": self.core.workers.describe(limit)})
 
     # -- pause -----------------------------------------------------------------------
     def set_paused(self, queue: str, paused: bool) -> dict[str, Any]:
@@ -89,7 +89,7 @@ class AdminApi:
             changed = self.limits.pause(queue, time.time())
         else:
             changed = self.limits.resume(queue)
-            self.node.dispatcher.pending = True    # its waiting tasks may start now
+            self.core.dispatcher.pending = True    # its waiting tasks may start now
             self.gateway.redispatch()
         return {"queue": queue, "paused": paused, "changed": changed}
 
@@ -115,14 +115,14 @@ class AdminApi:
             raise InvalidField("give 'rate' and/or 'max_concurrent' (DELETE removes a queue's limits)",
                                field="rate")
         self.limits.set(queue, limit, time.time())
-        self.node.dispatcher.pending = True    # a looser limit may let waiting tasks start now
+        self.core.dispatcher.pending = True    # a looser limit may let waiting tasks start now
         self.gateway.redispatch()
         return json_response({"queue": queue, "limits": self.limits.describe(queue)})
 
     def delete_limits(self, request: Request) -> Response:
         queue = check_queue(request.params["queue"])
         removed = self.limits.clear(queue)
-        self.node.dispatcher.pending = True
+        self.core.dispatcher.pending = True
         self.gateway.redispatch()
         return json_response({"queue": queue, "removed": removed})
 

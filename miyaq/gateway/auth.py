@@ -16,8 +16,8 @@ import hashlib
 import hmac
 import secrets
 
-from .errors import Unauthorized
-from .request import Request
+from miyaq.gateway.errors import Unauthorized
+from miyaq.gateway.request import Request
 
 CHALLENGE = ("WWW-Authenticate", 'Bearer realm="miyaq"')
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgpack
 
-from ..errors import InvalidField
+from miyaq.errors import InvalidField
 
 
 def number(raw: Any, field: str, lo: float = 0.0, hi: float = 1e12) -> float:

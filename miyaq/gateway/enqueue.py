@@ -22,13 +22,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
-from ..errors import InvalidField
-from ..protocol.commands import DUPLICATE
-from ..protocol.taskspec import check_queue, task_from_wire
-from . import convert
-from .errors import ForbiddenDestination, UnsupportedMediaType
-from .intake import submit_task
-from .request import FORM_TYPE, JSON_TYPE, Request, Response, json_response
+from miyaq.errors import InvalidField
+from miyaq.protocol.commands import DUPLICATE
+from miyaq.protocol.taskspec import check_queue, task_from_wire
+from miyaq.gateway import convert
+from miyaq.gateway.errors import ForbiddenDestination, UnsupportedMediaType
+from miyaq.gateway.submit import submit_task
+from miyaq.gateway.request import FORM_TYPE, JSON_TYPE, Request, Response, json_response
 
 if TYPE_CHECKING:
     from .server import Gateway
@@ -50,7 +50,7 @@ QUERY_METHODS = ("GET", "DELETE")
 class Enqueue:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.node = gateway.node
+        self.config = gateway.config
 
     def handle(self, request: Request) -> Response:
         media, charset = request.media_type()
@@ -70,10 +70,10 @@ class Enqueue:
         wire = self._wire(options, params, is_json, prefix)
         now = time.time()
         try:
-            task = task_from_wire(wire, now, self.node.config)
+            task = task_from_wire(wire, now, self.config)
         except InvalidField as err:
             raise _renamed(err, prefix) from None
-        status, detail = submit_task(self.node, task, now)
+        status, detail = submit_task(self.gateway.role.intake, self.gateway.wake, task, now)
         answer: dict[str, Any] = {"status": "scheduled", "id": task.id}
         if status == DUPLICATE:
             answer["duplicate"] = True

@@ -7,7 +7,7 @@ is always ``{"error": {"code", "message", "field"?}}`` with the status from
 """
 from __future__ import annotations
 
-from ..errors import MiyaqError
+from miyaq.errors import MiyaqError
 
 
 class Unauthorized(MiyaqError):
@@ -44,13 +44,11 @@ HTTP_STATUS: dict[str, int] = {
     "method_not_allowed": 405,
     "too_large": 413,
     "unsupported_media_type": 415,
-    # the node cannot take it now: retry later (a Retry-After header is sent)
+    # the node cannot take it now (MiyaqError.retryable): retry later (a Retry-After header is sent)
     "busy": 503, "shutting_down": 503, "not_enough_replicas": 503, "unavailable": 503,
     "timeout": 504,
     "internal": 500,
 }
-
-RETRY_LATER = frozenset({"busy", "shutting_down", "not_enough_replicas", "unavailable"})
 
 
 def http_status(err: MiyaqError) -> int:

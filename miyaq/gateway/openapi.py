@@ -11,8 +11,8 @@ import json
 import sys
 from typing import Any
 
-from .. import __version__
-from .openapi_schemas import SCHEMAS, ref
+from miyaq import __version__
+from miyaq.gateway.openapi_schemas import SCHEMAS, ref
 
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"

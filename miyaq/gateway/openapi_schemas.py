@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..store.task import ALL_STATES
+from miyaq.store.task import ALL_STATES
 
 STR = {"type": "string"}
 NUM = {"type": "number"}

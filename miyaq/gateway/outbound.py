@@ -17,19 +17,18 @@ from __future__ import annotations
 
 import email.utils
 import logging
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import gevent
 import msgpack
 from geventhttpclient import HTTPClient
 from geventhttpclient.response import HTTPParseError
 
-from .. import __version__
-from ..store.task import Task
+from miyaq import __version__
+from miyaq.runtime import green, wall
+from miyaq.store.task import Task
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +110,7 @@ class Outbound:
 
     def send(self, task: Task, timeout: float) -> Outcome:
         """Make one attempt at delivering ``task``; at most ``timeout`` seconds."""
-        now = time.time()
+        now = wall()
         try:
             parts = urlsplit(task.url or "")
             scheme = parts.scheme
@@ -126,7 +125,7 @@ class Outbound:
         headers.update({"X-Task-Id": task.id, "X-Task-Queue": task.queue,
                         "X-Task-Retry-Count": str(max(0, task.attempt - 1)), "User-Agent": USER_AGENT})
         client = self._client(key, timeout)
-        timer = gevent.Timeout(timeout)
+        timer = green.Timeout(timeout)
         timer.start()
         try:
             response = client.request(task.method, uri, body=task.body, headers=headers)
@@ -139,8 +138,8 @@ class Outbound:
             retry_after = response.get("Retry-After")
             if isinstance(retry_after, list):
                 retry_after = retry_after[0]
-            return classify(response.status_code, retry_after, bytes(body), time.time())
-        except gevent.Timeout as exc:
+            return classify(response.status_code, retry_after, bytes(body), wall())
+        except green.Timeout as exc:
             if exc is not timer:
                 raise
             self._drop(key, client)

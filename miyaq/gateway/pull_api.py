@@ -16,15 +16,15 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-import gevent.event
 import msgpack
 
-from ..errors import InvalidField, TooLarge
-from ..node.consumers import PullConsumer
-from ..protocol import fields as f
-from ..protocol.taskspec import check_id, check_queue
-from . import convert
-from .request import Request, Response, json_response
+from miyaq.errors import InvalidField, TooLarge
+from miyaq.core.consumers import PullConsumer
+from miyaq.protocol import fields as f
+from miyaq.protocol.taskspec import check_id, check_queue
+from miyaq.runtime import green, monotonic
+from miyaq.gateway import convert
+from miyaq.gateway.request import Request, Response, json_response
 
 if TYPE_CHECKING:
     from .server import Gateway
@@ -35,9 +35,10 @@ BLOCK_DEFAULT = 30.0
 
 class PullApi:
     def __init__(self, gateway: Gateway) -> None:
-        self.node = gateway.node
-        self.engine = gateway.node.engine
-        self.max_payload = gateway.node.config.max_payload
+        self.engine = gateway.core.engine
+        self.dispatcher = gateway.core.dispatcher
+        self.waiters = gateway.core.waiters
+        self.max_payload = gateway.config.max_payload
 
     # -- receive -------------------------------------------------------------------
     def receive(self, request: Request) -> Response:
@@ -66,9 +67,9 @@ class PullApi:
         return json_response({"task": info})
 
     def _take(self, queues: list[str], timeout: float) -> dict[str, Any] | None:
-        node = self.node
+        dispatcher = self.dispatcher
         now = time.time()
-        box: gevent.event.AsyncResult = gevent.event.AsyncResult()
+        box: green.AsyncResult = green.AsyncResult()
 
         def answer(info: dict[str, Any] | None) -> bool:
             if box.ready():
@@ -76,19 +77,19 @@ class PullApi:
             box.set(info)
             return True
 
-        consumer = PullConsumer(queues, now + timeout, answer)
+        consumer = PullConsumer(queues, monotonic() + timeout, answer)
         if timeout > 0:
-            node.waiters.wait_pull(consumer)     # bounded by max_waiters (BUSY beyond)
+            self.waiters.wait_pull(consumer)     # bounded by max_waiters (BUSY beyond)
         else:
-            node.dispatcher.grant(consumer, 0)
-        node.dispatcher.pump(now)
+            dispatcher.grant(consumer, 0)
+        dispatcher.pump(now)
         if timeout <= 0 and not box.ready():
-            node.dispatcher.forget(consumer)
+            dispatcher.forget(consumer)
             box.set(None)
             return None
         info = box.wait(timeout + 1.0)   # the housekeeping sweep answers at the deadline
         if not box.ready():
-            node.dispatcher.forget(consumer)
+            dispatcher.forget(consumer)
             box.set(None)
         return info
 

@@ -15,8 +15,8 @@ import math
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl
 
-from ..errors import InvalidField, TooLarge
-from .errors import UnsupportedMediaType
+from miyaq.errors import InvalidField, TooLarge
+from miyaq.gateway.errors import UnsupportedMediaType
 
 MAX_FORM_FIELDS = 1000
 JSON_TYPE = "application/json"

@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from ..errors import NotFound
-from .errors import MethodNotAllowed
-from .request import Request, Response
+from miyaq.errors import NotFound
+from miyaq.gateway.errors import MethodNotAllowed
+from miyaq.gateway.request import Request, Response
 
 Handler = Callable[[Request], Response]
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .admin_api import AdminApi
-from .console import Console, install
-from .enqueue import Enqueue
-from .pull_api import PullApi
-from .router import Router
-from .tasks_api import TasksApi
+from miyaq.gateway.admin_api import AdminApi
+from miyaq.gateway.console import Console, install
+from miyaq.gateway.enqueue import Enqueue
+from miyaq.gateway.pull_api import PullApi
+from miyaq.gateway.router import Router
+from miyaq.gateway.tasks_api import TasksApi
 
 if TYPE_CHECKING:
     from .server import Gateway

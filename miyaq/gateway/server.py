@@ -3,11 +3,16 @@
 webhook deliverer and the node's Prometheus metrics.
 
 Everything runs in the node's event loop: each HTTP connection is a
-greenlet (at most ``http_max_connections``), handlers call the engine
+greenlet of the WSGI server's pool (at most ``http_max_connections``; the
+server logs a handler's failure and answers 500), handlers call the engine
 directly and never block it (long-polls wait on the node's waiters). After
 a request stores or revives tasks, :meth:`Gateway.redispatch` wakes one
 supervised greenlet that fires due timers and runs the dispatcher, so HTTP
 work is dispatched at once and bursts of requests share one pump.
+
+The gateway is a part of the node, given what it serves: the core, the
+role (ring, intake), the node's status report and metrics, the clockwork's
+``wake`` and the supervisor.
 
 Every answer is JSON except ``/metrics``; every error is
 ``{"error": {"code", "message", "field"?}}`` with the status of
@@ -18,27 +23,23 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-import time
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import gevent
-import gevent.event
-import gevent.pool
-from gevent.pywsgi import WSGIHandler, WSGIServer
-
-from ..errors import MiyaqError
-from ..node.metrics import NodeMetrics
-from .allowlist import AllowList
-from .auth import CHALLENGE, BearerAuth
-from .errors import RETRY_LATER, http_status
-from .request import Request, Response, json_response
-from .routes import build_router
-from .webhooks import WebhookDeliverer
-
-if TYPE_CHECKING:
-    from ..node.node import Node
+from miyaq.config import NodeConfig
+from miyaq.core.core import Core
+from miyaq.core.handles import Role, ScheduleBook, StatusReport
+from miyaq.errors import MiyaqError
+from miyaq.gateway.allowlist import AllowList
+from miyaq.gateway.auth import CHALLENGE, BearerAuth
+from miyaq.gateway.errors import http_status
+from miyaq.gateway.metrics import NodeMetrics
+from miyaq.gateway.request import Request, Response, json_response
+from miyaq.gateway.routes import build_router
+from miyaq.gateway.webhooks import WebhookDeliverer
+from miyaq.runtime import RESTART, Supervisor, green, wall
+from miyaq.runtime.green import WSGIHandler, WSGIServer
 
 logger = logging.getLogger(__name__)
 
@@ -86,30 +87,40 @@ class _Server(WSGIServer):
 
 
 class Gateway:
-    def __init__(self, node: Node) -> None:
-        config = node.config
-        self.node = node
+    name = "gateway"
+
+    def __init__(self, config: NodeConfig, core: Core, role: Role, status: StatusReport, schedules: ScheduleBook,
+                 metrics: NodeMetrics, wake: Callable[[float], None], supervisor: Supervisor) -> None:
+        self.config = config
+        self.core = core
+        self.role = role
+        self.status = status
+        self.schedules = schedules
+        self.wake = wake
+        self.supervisor = supervisor
         self.host = config.http_host or config.host
         self.port = config.http_port
         self.max_body = config.http_max_body
         self.auth = BearerAuth(config.http_token)
         self.allow_list = AllowList(config.webhook_allow_hosts)
-        self.metrics = NodeMetrics(node)       # the cluster sets ring gauges on node.gateway.metrics.cluster
-        self.deliverer = WebhookDeliverer(node, self.allow_list, self.metrics, self.redispatch)
-        node.engine.listeners.append(self.deliverer)
+        self.metrics = metrics
+        self.deliverer = WebhookDeliverer(config, core.engine, core.dispatcher, core.gate, supervisor,
+                                          self.allow_list, metrics, self.redispatch)
+        core.engine.listeners.append(self.deliverer)
         self.router, self.console = build_router(self)   # the console: None when http_console is off
         self.server: _Server | None = None
-        self._wake = gevent.event.Event()
+        self._wake = green.Event()
         self._stopping = False
 
     # -- lifecycle -------------------------------------------------------------------
+    def setup(self) -> None:
+        """Nothing to prepare: the HTTP port is bound at start."""
+
     def start(self) -> None:
-        self.metrics.install()
         self.deliverer.start()
-        self.node.spawn(self._dispatch_loop)
-        if getattr(self.node, "cluster", None) is not None:
-            self.node.spawn(self._share_loop)
-        pool = gevent.pool.Pool(self.node.config.http_max_connections)
+        self.supervisor.spawn("http dispatch", self._dispatch_loop, policy=RESTART)
+        self.supervisor.spawn("queue limit share", self._share_loop, policy=RESTART)
+        pool = green.Pool(self.config.http_max_connections)
         self.server = _Server((self.host, self.port), self.app, spawn=pool, log=None,
                               error_log=logging.getLogger(__name__ + ".wsgi"))
         self.server.start()
@@ -133,38 +144,47 @@ class Gateway:
             self.console.stop()
         if self.server is not None:
             self.server.stop(timeout=STOP_TIMEOUT)
-        config = self.node.config
+        config = self.config
         self.deliverer.stop(min(config.webhook_timeout, config.shutdown_grace))
-        self.node.dispatcher.limits.close()
-        self.metrics.uninstall()
+
+    def kill(self) -> None:
+        """Close the HTTP port and drop deliveries at once. Never raises."""
+        self._stopping = True
+        self._wake.set()
+        try:
+            if self.server is not None and not self.server.closed:
+                self.server.close()
+            self.deliverer.outbound.close()
+        except Exception:
+            logger.exception("closing the HTTP gateway failed")
 
     def redispatch(self) -> None:
         """Ask for timers and the dispatcher to run soon (coalesced; never blocks)."""
         self._wake.set()
 
     def _dispatch_loop(self) -> None:
-        node = self.node
+        core = self.core
         while True:
             self._wake.wait()
             self._wake.clear()
             if self._stopping:
                 return
-            if not node.accepting_workers:   # the node is draining: nothing new is leased
+            if core.draining:   # nothing new is leased
                 continue
-            # the node's own after-burst hook: run the dispatcher and re-arm the
+            # the node's own after-burst step: run the dispatcher and re-arm the
             # timer loop if a task just stored is due before its next wake-up
-            node.wake(time.time())
+            self.wake(wall())
 
     def _share_loop(self) -> None:
         """Keep this node's share of every cluster-wide queue limit at 1/N of
         the ring's N members (tasks spread over all of them by hash)."""
-        limits = self.node.dispatcher.limits
+        limits = self.core.limits
         while not self._stopping:
-            members = len(self.node.ring_info()["members"]) or 1
+            members = self.role.members() or 1
             if limits.nodes != members:
                 limits.set_share(members)
                 logger.info("queue limits: this node enforces 1/%d of each limit", members)
-            gevent.sleep(SHARE_REFRESH)
+            green.sleep(SHARE_REFRESH)
 
     # -- WSGI ------------------------------------------------------------------------
     def app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -194,7 +214,7 @@ class Gateway:
             headers.append(CHALLENGE)
         elif status == 405:
             headers.append(("Allow", ", ".join(err.details.get("allow", []))))
-        elif err.code in RETRY_LATER:
+        elif err.retryable:
             headers.append(("Retry-After", "1"))
         if status >= 500:
             logger.debug("HTTP answer %d: %s", status, err.message)

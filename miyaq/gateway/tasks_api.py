@@ -14,16 +14,15 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-import gevent.event
-
-from ..errors import InvalidField, NotFound
-from ..node.waiters import outcome
-from ..protocol.commands import DUPLICATE
-from ..protocol.taskspec import check_id, check_queue, task_from_wire
-from ..store.task import ALL_STATES, DEAD, FINAL_STATES
-from . import convert
-from .intake import submit_task
-from .request import Request, Response, json_response
+from miyaq.errors import InvalidField, NotFound
+from miyaq.core.waiters import outcome
+from miyaq.protocol.commands import DUPLICATE
+from miyaq.runtime import green, monotonic
+from miyaq.protocol.taskspec import check_id, check_queue, task_from_wire
+from miyaq.store.task import ALL_STATES, DEAD, FINAL_STATES
+from miyaq.gateway import convert
+from miyaq.gateway.submit import submit_task
+from miyaq.gateway.request import Request, Response, json_response
 
 if TYPE_CHECKING:
     from .server import Gateway
@@ -37,8 +36,10 @@ SUBMIT_FIELDS = frozenset({
 
 class TasksApi:
     def __init__(self, gateway: Gateway) -> None:
-        self.node = gateway.node
-        self.engine = gateway.node.engine
+        self.gateway = gateway
+        self.config = gateway.config
+        self.engine = gateway.core.engine
+        self.waiters = gateway.core.waiters
 
     def submit(self, request: Request) -> Response:
         body = request.json_object()
@@ -55,8 +56,8 @@ class TasksApi:
         if "eta" in wire:
             wire["eta"] = convert.timestamp(wire["eta"], "eta")
         now = time.time()
-        task = task_from_wire(wire, now, self.node.config)
-        status, detail = submit_task(self.node, task, now)
+        task = task_from_wire(wire, now, self.config)
+        status, detail = submit_task(self.gateway.role.intake, self.gateway.wake, task, now)
         holder = detail if status == DUPLICATE and isinstance(detail, str) else task.id
         return json_response({"id": task.id, "status": status, "task_id": holder}, 202)
 
@@ -99,13 +100,13 @@ class TasksApi:
         return json_response(_view(task_id, answer))
 
     def _wait(self, task_id: str, timeout: float) -> dict[str, Any] | None:
-        box: gevent.event.AsyncResult = gevent.event.AsyncResult()
+        box: green.AsyncResult = green.AsyncResult()
 
         def answer(body: dict[str, Any]) -> None:
             if not box.ready():
                 box.set(body)
 
-        self.node.waiters.wait_result(task_id, time.time() + timeout, answer)
+        self.waiters.wait_result(task_id, monotonic() + timeout, answer)
         # the housekeeping sweep answers at the deadline; the margin covers its period
         return box.wait(timeout + 1.0)
 

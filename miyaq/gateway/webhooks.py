@@ -3,9 +3,9 @@
 Each webhook queue gets one :class:`WebhookLane`, a dispatcher consumer
 whose credit is ``webhook_concurrency``: the dispatcher leases it at most
 that many tasks at once, and queue limits (rate, max_concurrent) apply as
-for any consumer. Each leased task is delivered in its own greenlet; the
-outcome is reported to the engine (``complete``, or ``fail`` retryable or
-not) and the slot is given back as credit.
+for any consumer. Each leased task is delivered in its own supervised
+greenlet (policy LOG); the outcome is reported to the engine (``complete``,
+or ``fail`` retryable or not) and the slot is given back as credit.
 
 Constraints: ``deliver`` never blocks (it only spawns); a delivery greenlet
 never raises (a bug is logged and the attempt failed retryably); cancelling
@@ -15,25 +15,24 @@ have reached the worker).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import gevent
-import gevent.pool
-
-from ..node.consumers import Consumer
-from ..node.engine import retry_delay
-from ..node.events import EngineListener
-from ..store.task import WEBHOOK_LANE_PREFIX, Task
-from .allowlist import AllowList
-from .outbound import Outbound, Outcome
-
-if TYPE_CHECKING:
-    from ..node.metrics import NodeMetrics
-    from ..node.node import Node
+from miyaq.config import NodeConfig
+from miyaq.core.consumers import Consumer
+from miyaq.core.dispatcher import Dispatcher
+from miyaq.core.engine import Engine, retry_delay
+from miyaq.core.gate import SHUTTING_DOWN, Gate
+from miyaq.core.listener import EngineListener
+from miyaq.gateway.allowlist import AllowList
+from miyaq.gateway.metrics import NodeMetrics
+from miyaq.gateway.outbound import Outbound, Outcome
+from miyaq.runtime import LOG, Supervisor, green, wall
+from miyaq.store.task import WEBHOOK_LANE_PREFIX, Task
 
 logger = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 10.0   # seconds to open a connection to a webhook destination
 
 
 class WebhookLane(Consumer):
@@ -43,12 +42,12 @@ class WebhookLane(Consumer):
         super().__init__([WEBHOOK_LANE_PREFIX + queue])
         self.queue = queue
         self.deliverer = deliverer
-        self.greenlets: dict[str, gevent.Greenlet] = {}
+        self.greenlets: dict[str, Any] = {}
 
     def deliver(self, tasks: list[Task]) -> bool:
-        spawn = self.deliverer.group.spawn
+        spawn = self.deliverer.supervisor.spawn
         for task in tasks:
-            self.greenlets[task.id] = spawn(self.deliverer.run, self, task)
+            self.greenlets[task.id] = spawn("webhook delivery", self.deliverer.run, self, task, policy=LOG)
         return True
 
     def abort(self, ids: list[str]) -> None:
@@ -62,18 +61,19 @@ class WebhookLane(Consumer):
 
 
 class WebhookDeliverer(EngineListener):
-    def __init__(self, node: Node, allow_list: AllowList, metrics: NodeMetrics | None,
+    def __init__(self, config: NodeConfig, engine: Engine, dispatcher: Dispatcher, gate: Gate,
+                 supervisor: Supervisor, allow_list: AllowList, metrics: NodeMetrics | None,
                  kick: Callable[[], None]) -> None:
-        config = node.config
-        self.node = node
-        self.engine = node.engine
+        self.engine = engine
+        self.dispatcher = dispatcher
+        self.gate = gate
+        self.supervisor = supervisor
         self.allow_list = allow_list
         self.metrics = metrics
         self.kick = kick
         self.concurrency = config.webhook_concurrency
         self.timeout = config.webhook_timeout
-        self.outbound = Outbound(config.webhook_pool_size, connect_timeout=10.0)
-        self.group = gevent.pool.Group()
+        self.outbound = Outbound(config.webhook_pool_size, connect_timeout=CONNECT_TIMEOUT)
         self.lanes: dict[str, WebhookLane] = {}
         self.stopping = False
 
@@ -90,7 +90,7 @@ class WebhookDeliverer(EngineListener):
 
     def _open(self, queue: str) -> None:
         lane = self.lanes[queue] = WebhookLane(self, queue)
-        self.node.dispatcher.grant(lane, self.concurrency)
+        self.dispatcher.grant(lane, self.concurrency)
         logger.info("webhook queue %s: delivering with %d slots", queue, self.concurrency)
 
     def in_flight(self) -> dict[str, int]:
@@ -99,7 +99,7 @@ class WebhookDeliverer(EngineListener):
     # -- one delivery ----------------------------------------------------------------
     def run(self, lane: WebhookLane, task: Task) -> None:
         attempt = task.attempt
-        started = time.time()
+        started = wall()
         try:
             if not self.allow_list.allows(task.url or ""):
                 outcome = Outcome(False, "forbidden", error={
@@ -111,15 +111,15 @@ class WebhookDeliverer(EngineListener):
         except Exception:   # a bug here must not lose the task: fail the attempt, retryably
             logger.exception("webhook delivery of task %s failed unexpectedly", task.id)
             self.engine.fail(task.id, attempt, {"type": "InternalError", "message": "delivery failed"},
-                             True, None, time.time())
+                             True, None, wall())
         finally:
             lane.greenlets.pop(task.id, None)
-            if not self.stopping and self.node.accepting_workers:
-                self.node.dispatcher.grant(lane, 1)
+            if not self.stopping and not self.gate.holds(SHUTTING_DOWN):
+                self.dispatcher.grant(lane, 1)
                 self.kick()
 
     def _report(self, task: Task, attempt: int, outcome: Outcome, started: float) -> None:
-        now = time.time()
+        now = wall()
         if self.metrics is not None:
             self.metrics.webhook_delivered(task.queue, outcome.kind, now - started)
         if outcome.ok:
@@ -141,7 +141,8 @@ class WebhookDeliverer(EngineListener):
         (their tasks run again after their lease: at-least-once)."""
         self.stopping = True
         for lane in self.lanes.values():
-            self.node.dispatcher.forget(lane)
-        self.group.join(timeout=timeout)
-        self.group.kill(block=True, timeout=1.0)
+            self.dispatcher.forget(lane)
+        in_flight = [g for lane in self.lanes.values() for g in lane.greenlets.values()]
+        green.joinall(in_flight, timeout=timeout)
+        green.killall([g for g in in_flight if not g.dead], block=True, timeout=1.0)
         self.outbound.close()

@@ -11,8 +11,8 @@ from typing import Any, Sequence
 
 import msgpack
 
-from ..errors import BadEncoding, BadFrame, BadVersion, TooLarge, UnknownCommand
-from .commands import FRAMES, TAG
+from miyaq.errors import BadEncoding, BadFrame, BadVersion, TooLarge, UnknownCommand
+from miyaq.protocol.commands import FRAMES, TAG
 
 _packer = msgpack.Packer(use_bin_type=True)
 

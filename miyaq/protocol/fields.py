@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..errors import InvalidField
+from miyaq.errors import InvalidField
 
 _MISSING = object()
 

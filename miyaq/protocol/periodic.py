@@ -27,13 +27,13 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from croniter import croniter
 
-from ..errors import InvalidField
-from . import fields as f
-from .taskspec import YEAR, check_queue
+from miyaq.errors import InvalidField
+from miyaq.protocol import fields as f
+from miyaq.protocol.taskspec import YEAR, check_queue
 
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,39}$")
 MIN_EVERY = 0.1                 # seconds; sub-second schedules exist for tests
@@ -171,3 +171,23 @@ def schedules_from_wire(value: Any, names: Iterable[str] | None = None) -> list[
     if len({s.name for s in out}) != len(out):
         raise InvalidField("field 'periodic' names a schedule twice", field="periodic")
     return out
+
+
+class Declared(NamedTuple):
+    """A schedule with when it was declared and when a declaring worker was
+    last seen (how nodes share declarations: :mod:`miyaq.periodic.specs`)."""
+
+    schedule: Schedule
+    declared: float
+    seen: float
+
+
+class KnownSchedule(NamedTuple):
+    """A schedule as one node knows it: who declared it and when, and the
+    last tick this node handled as leader (ms; None if it did not lead)."""
+
+    schedule: Schedule
+    declared: float
+    seen: float
+    workers: int
+    last: int | None

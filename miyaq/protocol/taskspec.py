@@ -10,10 +10,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ..config import NodeConfig
-from ..errors import InvalidField
-from ..store.task import Task
-from . import fields as f
+from miyaq.config import NodeConfig
+from miyaq.errors import InvalidField
+from miyaq.store.task import Task
+from miyaq.protocol import fields as f
 
 _ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 _QUEUE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")

@@ -17,8 +17,11 @@ import threading
 import time
 from typing import Any, Callable
 
-from ..config import NodeConfig
-from ..errors import MiyaqError, Timeout
+from miyaq.config import NodeConfig
+from miyaq.errors import MiyaqError, Timeout
+from miyaq.node.assemble import build_node
+from miyaq.node.node import Node
+from miyaq.runtime import LOG, Supervisor, green
 
 
 def free_port() -> int:
@@ -57,13 +60,13 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: floa
 
 class _HubThread:
     """Runs ``target(obj)`` in a native thread with its own gevent hub and
-    lets other threads ask it to stop (gevent's async watcher is the one
-    thread-safe way into another hub)."""
+    lets other threads ask it to stop (a :class:`~miyaq.runtime.green.ThreadWake`
+    is the one thread-safe way into another hub)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self._ready = threading.Event()
-        self._async: Any = None
+        self._async: green.ThreadWake | None = None
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
 
@@ -71,12 +74,10 @@ class _HubThread:
         box: dict[str, Any] = {}
 
         def main() -> None:
-            import gevent
             try:
                 obj = box["obj"] = build()
-                watcher = gevent.get_hub().loop.async_()
-                watcher.start(lambda: gevent.spawn(stop, obj))
-                self._async = watcher
+                stopper = Supervisor(f"harness {self.name}")
+                self._async = green.ThreadWake(lambda: stopper.spawn("harness stop", stop, obj, policy=LOG))
             except BaseException as exc:
                 self.error = exc
                 self._ready.set()
@@ -98,13 +99,14 @@ class _HubThread:
         if self._thread is None:
             return
         if self._async is not None and self._thread.is_alive():
-            self._async.send()
+            self._async.wake()
         self._thread.join(timeout)
         self._thread = None
 
 
 class ThreadNode:
-    """A :class:`~miyaq.node.node.Node` in a thread of this process."""
+    """A :class:`~miyaq.node.node.Node` (built by :func:`~miyaq.node.assemble.build_node`)
+    in a thread of this process."""
 
     def __init__(self, **settings: Any) -> None:
         settings.setdefault("port", free_port())
@@ -114,11 +116,10 @@ class ThreadNode:
         self.config = NodeConfig(**settings)
         self.endpoint = f"tcp://127.0.0.1:{self.config.port}"
         self._hub = _HubThread(f"node-{self.config.node_id}")
-        self.node: Any = None
+        self.node: Node | None = None
 
     def start(self) -> "ThreadNode":
-        from ..node.node import Node
-        self.node = self._hub.run(lambda: Node(self.config).start(), lambda n: n.wait(), lambda n: n.stop())
+        self.node = self._hub.run(lambda: build_node(self.config).start(), lambda n: n.wait(), lambda n: n.stop())
         return self
 
     def stop(self) -> None:

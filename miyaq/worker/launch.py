@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 def run_one(app_spec: str, config: WorkerConfig) -> int:
     """Run one worker in this process until SIGTERM/SIGINT. Exit status 1
     if a critical part of the worker died."""
-    from ..cli.main import setup_logging
+    from ..logs import setup_logging
     setup_logging(config.log_level)
     from .loader import load_app
     from .runner import Worker
@@ -42,7 +42,7 @@ def _child(app_spec: str, config: WorkerConfig) -> None:
 def run_supervised(app_spec: str, config: WorkerConfig) -> int:
     if config.processes == 1:
         return run_one(app_spec, config)
-    from ..cli.main import setup_logging
+    from ..logs import setup_logging
     setup_logging(config.log_level)
     from .loader import load_app
     load_app(app_spec)   # fail fast, in the parent, on a bad module:attribute

@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 from ... import __version__
 from ...errors import MiyaqError
-from ...runtime import green, monotonic, wall
+from ...runtime import RESTART, green, monotonic, wall
 from ..errors import http_status
 from ..request import Request, Response
 from ..router import Router
@@ -47,14 +47,13 @@ Page = Callable[[Request, Viewer], Response]
 
 class Console:
     def __init__(self, gateway: Gateway, admin: AdminApi) -> None:
-        node = gateway.node
         self.gateway = gateway
         self.admin: AdminApi = admin
-        self.mode = node.config.http_console
-        self.activity = Activity(node.engine.outcomes)
+        self.mode = gateway.config.http_console
+        self.activity = Activity(gateway.core.engine.outcomes)
         self.attempts = AttemptLog(wall)
-        node.engine.listeners.append(self.attempts)
-        self.peers = Peers(node.config.http_token)
+        gateway.core.engine.listeners.append(self.attempts)
+        self.peers = Peers(gateway.config.http_token)
         self.data: ConsoleData = ConsoleData(gateway, admin, self.activity, self.attempts, self.peers)
         self.sessions = Sessions(gateway.auth, gateway.port, self.mode)
         self.render = Renderer()
@@ -65,7 +64,7 @@ class Console:
     def start(self) -> None:
         # the port is known now (it may have been 0 before the server bound)
         self.sessions = Sessions(self.gateway.auth, self.gateway.port, self.mode)
-        self.gateway.node.spawn(self._sample_loop)
+        self.gateway.supervisor.spawn("console sampler", self._sample_loop, policy=RESTART)
 
     def stop(self) -> None:
         self._stopping = True
@@ -107,9 +106,8 @@ class Console:
 
     def context(self, request: Request, viewer: Viewer | None, **extra: Any) -> dict[str, Any]:
         """What every page's layout needs."""
-        node = self.gateway.node
         context: dict[str, Any] = {
-            "node_id": node.id, "path": request.path, "url": _quote_path(request),
+            "node_id": self.gateway.config.id, "path": request.path, "url": _quote_path(request),
             "version": __version__, "signed_in": viewer is not None,
             "operator": viewer is not None and can_operate(viewer),
             "csrf": self.sessions.csrf_token(viewer) if viewer is not None else "",
@@ -129,7 +127,7 @@ def _quote_path(request: Request) -> str:
 
 def install(gateway: Gateway, router: Router, admin: AdminApi) -> Console | None:
     """Add the console to a gateway (None when ``http_console`` is off)."""
-    if gateway.node.config.http_console == "off":
+    if gateway.config.http_console == "off":
         return None
     from .actions import Actions
     from .pages import Pages

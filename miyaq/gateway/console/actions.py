@@ -99,7 +99,7 @@ class Actions:
         self.admin.set_paused(queue, paused)
         done, members = 1, self.console.data.member_urls()
         for node_id, url in sorted(members.items()):
-            if node_id == self.console.gateway.node.id:
+            if node_id == self.console.gateway.config.id:
                 continue
             answer = self.console.peers.call(url, "POST", f"/queues/{queue}/{action}") if url else "no gateway"
             if isinstance(answer, dict):

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-from ...node.events import EngineListener
+from ...core.listener import EngineListener
 from ...store.task import Task
 
 MAX_TASKS = 2000

@@ -56,8 +56,9 @@ class ConsoleData:
     def __init__(self, gateway: Gateway, admin: AdminApi, activity: Activity, attempts: AttemptLog,
                  peers: Peers) -> None:
         self.gateway = gateway
-        self.node = gateway.node
-        self.engine = gateway.node.engine
+        self.node_id = gateway.config.id
+        self.role = gateway.role
+        self.engine = gateway.core.engine
         self.admin = admin
         self.activity = activity
         self.attempts = attempts
@@ -66,7 +67,7 @@ class ConsoleData:
     # -- this node ---------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """``GET /status`` of this node, with live tasks summed by state."""
-        status = self.node.status(wall())
+        status = self.gateway.status(wall())
         status["ring"] = self.gateway.metrics.cluster.view()
         by_state = dict.fromkeys(LIVE_STATES, 0)
         for counts in self.engine.queue_counts().values():
@@ -87,20 +88,20 @@ class ConsoleData:
     def members(self) -> list[dict[str, Any]]:
         """Every ring member: share, weight, gateway, and from its ``/status``
         the tasks it holds and its workers (``error`` when it did not answer)."""
-        info = self.node.ring_info()
+        info = self.role.ring_info()
         leader = info.get("leader")
-        lag = self.gateway.metrics.cluster
+        lag = self.gateway.role.replication_lag(wall())
         out = []
         for node_id, member in sorted(info["members"].items()):
             row: dict[str, Any] = {"node": node_id, "share": member.get("share", 0.0),
                                    "weight": member.get("weight", 1.0), "http": member.get("http"),
                                    "service": member.get("service"), "leader": node_id == leader,
-                                   "self": node_id == self.node.id,
-                                   "lag_seconds": lag.replication_lag_seconds.get(node_id),
-                                   "lag_messages": lag.replication_lag_messages.get(node_id)}
+                                   "self": node_id == self.node_id,
+                                   "lag_seconds": lag[node_id][0] if node_id in lag else None,
+                                   "lag_messages": lag[node_id][1] if node_id in lag else None}
             status: dict[str, Any] | str
             if row["self"]:
-                status = self.node.status(wall())
+                status = self.gateway.status(wall())
             elif row["http"]:
                 status = self.peers.get(row["http"], "/status")
             else:
@@ -119,7 +120,7 @@ class ConsoleData:
         for member in self.members():
             group: dict[str, Any] = {"node": member["node"], "self": member["self"], "http": member["http"]}
             if member["self"]:
-                group["workers"] = self.node.workers.describe(limit)
+                group["workers"] = self.gateway.core.workers.describe(limit)
             elif member["http"]:
                 answer = self.peers.get(member["http"], f"/workers?limit={limit}")
                 if isinstance(answer, dict):
@@ -152,7 +153,7 @@ class ConsoleData:
                                 "payload": None, "result": None}
         if task is not None:
             view["payload"] = preview(task.body, decode=task.url is None)
-            view["holders"] = list(task.holders) or [self.node.id]
+            view["holders"] = list(task.holders) or [self.node_id]
         else:
             assert stone is not None
             view["result"] = preview(stone.result)
@@ -161,14 +162,10 @@ class ConsoleData:
 
     def holders_of(self, task_id: str, key: str | None = None) -> list[str]:
         """Where the ring places ``task_id`` (with the node's default replicas)."""
-        cluster = getattr(self.node, "cluster", None)
-        if cluster is None:
-            return [self.node.id]
-        replicas = min(self.node.config.replicas, len(cluster.view.members))
-        return [m.node_id for m in cluster.view.holders(key if key is not None else task_id, replicas)]
+        return self.role.holders(key if key is not None else task_id, self.gateway.config.replicas)
 
     def member_urls(self) -> dict[str, str | None]:
-        return {node_id: m.get("http") for node_id, m in self.node.ring_info()["members"].items()}
+        return {node_id: m.get("http") for node_id, m in self.role.ring_info()["members"].items()}
 
     def dead(self, queue: str | None, offset: int, limit: int) -> list[dict[str, Any]]:
         """One page of the dead-letter queue (oldest first), as ``GET /dead`` shows it."""
@@ -183,17 +180,16 @@ class ConsoleData:
     def schedules(self, offset: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
         """(how many, one page of) the periodic schedules this node knows, with
         their next tick and the last one this node fired as leader."""
-        periodic = self.node.periodic
-        entries = sorted(periodic.specs.entries.items())
+        entries = self.gateway.schedules.known()
         now_ms = int(wall() * 1000)
         rows = []
-        for name, entry in entries[offset:offset + limit]:
+        for entry in entries[offset:offset + limit]:
             schedule = entry.schedule
             nxt = schedule.next_tick(now_ms)
-            last = periodic.last.get(name)
-            rows.append({"name": name, "task": schedule.task, "queue": schedule.queue,
+            last = entry.last
+            rows.append({"name": schedule.name, "task": schedule.task, "queue": schedule.queue,
                          "every": schedule.every_ms / 1000 if schedule.every_ms is not None else None,
                          "cron": schedule.cron, "next": nxt / 1000 if nxt is not None else None,
                          "last": last / 1000 if last is not None else None, "declared": entry.declared,
-                         "seen": entry.seen, "workers": len(entry.wids)})
+                         "seen": entry.seen, "workers": entry.workers})
         return len(entries), rows

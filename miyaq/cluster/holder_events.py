@@ -4,10 +4,14 @@
 when a task with other holders starts, is touched, retried, dead-lettered,
 revived, purged or finished here, it queues an event for each other holder
 and :meth:`flush` publishes them on the replication stream, batched per
-destination. :func:`apply_events` is the receiving side: it moves the local
-copy the same way — a standby copy pushes its timer out past the runner's
-lease, a finished task leaves a tombstone (even for an id this node does
-not know, so a late copy cannot come back).
+destination. A change made *because* another holder said so (its events, a
+resync, a standby check's answer) is not announced again: such code runs
+inside :meth:`EventPublisher.applying_remote`, the one owner of that state.
+
+:func:`apply_events` is the receiving side: it moves the local copy the same
+way — a standby copy pushes its timer out past the runner's lease, a
+finished task leaves a tombstone (even for an id this node does not know,
+so a late copy cannot come back).
 
 Events (arrays): ``["S", id, attempt, lease_end, at_most_once]`` started,
 ``["T", id, lease_end]`` touched, ``["F", id, state, result, error]``
@@ -18,30 +22,44 @@ finished, ``["R", id, attempt, eta, error]`` waiting for the next attempt
 from __future__ import annotations
 
 import logging
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from ..store.table import Tombstone
-from ..store.task import READY, RETRYING, RUNNING, SCHEDULED, Task
-from ..node.events import EngineListener
+from miyaq.cluster.transport import StreamPublisher
+from miyaq.core.listener import EngineListener
+from miyaq.runtime import wall
+from miyaq.store.table import Tombstone
+from miyaq.store.task import READY, RETRYING, RUNNING, SCHEDULED, Task
 
 if TYPE_CHECKING:
-    from .role import ClusterRole
+    from miyaq.cluster.role import ClusterRole
 
 logger = logging.getLogger(__name__)
 
 STARTED_ELSEWHERE = "started-elsewhere"   # tombstone of an at-most-once copy
+MAX_EVENTS = 1000                         # events per stream message
 
 
 class EventPublisher(EngineListener):
-    def __init__(self, role: "ClusterRole") -> None:
-        self.role = role
-        self.me = role.node_id
+    def __init__(self, node_id: str, stream: StreamPublisher) -> None:
+        self.me = node_id
+        self.stream = stream
         self.outbox: dict[str, list[list[Any]]] = {}
         self.duplicates = 0
+        self._remote = 0      # > 0 while applying what another holder did
+
+    @contextmanager
+    def applying_remote(self) -> Iterator[None]:
+        """Changes made inside are another holder's doing: they are not announced."""
+        self._remote += 1
+        try:
+            yield
+        finally:
+            self._remote -= 1
 
     def _emit(self, task: Task, event: list[Any]) -> None:
-        if self.role.applying or len(task.holders) < 2:
+        if self._remote or len(task.holders) < 2:
             return
         for holder in task.holders:
             if holder != self.me:
@@ -79,19 +97,18 @@ class EventPublisher(EngineListener):
         if not self.outbox:
             return
         outbox, self.outbox = self.outbox, {}
-        send = self.role.publisher.send
+        send = self.stream.send
         for dest, events in outbox.items():
-            for start in range(0, len(events), 1000):
-                send(dest, events[start:start + 1000])
+            for start in range(0, len(events), MAX_EVENTS):
+                send(dest, events[start:start + MAX_EVENTS])
 
 
-def apply_events(role: "ClusterRole", src: str, events: list[Any]) -> None:
+def apply_events(role: ClusterRole, src: str, events: list[Any]) -> None:
     """Apply another holder's events to the local copies."""
     engine = role.engine
     table = engine.table
-    now = time.time()
-    role.applying = True
-    try:
+    now = wall()
+    with role.events.applying_remote():
         for ev in events:
             if not isinstance(ev, list) or len(ev) < 2 or not isinstance(ev[1], str):
                 continue
@@ -103,7 +120,7 @@ def apply_events(role: "ClusterRole", src: str, events: list[Any]) -> None:
             if task is None:
                 continue
             if op == "S":
-                _started_elsewhere(role, task, ev, now)
+                _started_elsewhere(role, src, task, ev, now)
             elif op == "T":
                 if task.standby:
                     engine.defer(task, ev[2] + role.offset_for(task))
@@ -121,15 +138,13 @@ def apply_events(role: "ClusterRole", src: str, events: list[Any]) -> None:
                 engine.revive_copy(task_id, now + role.offset_for(task))
             elif op == "P":
                 engine.dead_purge(None, [task_id])
-    finally:
-        role.applying = False
 
 
-def _started_elsewhere(role: "ClusterRole", task: Task, ev: list[Any], now: float) -> None:
+def _started_elsewhere(role: ClusterRole, src: str, task: Task, ev: list[Any], now: float) -> None:
     engine = role.engine
     attempt, lease_end, at_most_once = ev[2], ev[3], ev[4] if len(ev) > 4 else False
     if task.state == RUNNING:
-        role.publisher_listener.duplicate_run(task, {"also_started_on": ev[1], "attempt": attempt})
+        role.events.duplicate_run(task, {"also_started_on": src, "attempt": attempt})
         role.duplicates_seen += 1
         return
     if at_most_once:

@@ -6,8 +6,9 @@ from the ring (the preference list of ``replicas`` nodes for the routing key:
 sends REPLICATE to the others (batched per holder per burst) and
 acknowledges once ``min_acks`` holders stored it (default: all of them —
 synchronous replication). A submit that cannot reach ``min_acks`` holders by
-``ACK_TIMEOUT`` is rejected with NOT_ENOUGH_REPLICAS; resending it with the
-same id is safe (REPLICATE is idempotent on every holder).
+``ACK_TIMEOUT`` (monotonic) is rejected with NOT_ENOUGH_REPLICAS; resending
+it with the same id is safe (REPLICATE is idempotent on every holder).
+It is the :class:`~miyaq.core.handles.Intake` of a clustered node.
 
 Each holder of rank i arms its copy for ``eta + i × offset``; copies of
 rank > 0 are standby copies (they ask before they run).
@@ -17,14 +18,16 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..errors import MiyaqError, NotEnoughReplicas, Unavailable
-from ..protocol.commands import ACCEPTED, DUPLICATE, REJECTED
-from ..store.task import Task
-from ..node.persistence import task_record
-from .peer import REPLICATE
+from miyaq.cluster.peer import REPLICATE
+from miyaq.core.handles import Ack, AckTarget
+from miyaq.errors import MiyaqError, NotEnoughReplicas, Unavailable
+from miyaq.protocol.commands import ACCEPTED, DUPLICATE, REJECTED
+from miyaq.runtime import monotonic
+from miyaq.store.records import task_record
+from miyaq.store.task import Task
 
 if TYPE_CHECKING:
-    from .role import ClusterRole
+    from miyaq.cluster.role import ClusterRole
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +38,7 @@ MAX_PENDING = 200_000
 class _Pending:
     __slots__ = ("identity", "need", "got", "deadline", "detail", "status")
 
-    def __init__(self, identity: bytes, need: int, deadline: float) -> None:
+    def __init__(self, identity: AckTarget, need: int, deadline: float) -> None:
         self.identity = identity
         self.need = need
         self.got = 0
@@ -44,16 +47,16 @@ class _Pending:
         self.status = ACCEPTED
 
 
-class ClusterIntake:
-    def __init__(self, role: "ClusterRole") -> None:
+class ReplicatedIntake:
+    def __init__(self, role: ClusterRole, ack: Ack) -> None:
         self.role = role
         self.engine = role.engine
-        self.ack = role.node.endpoint.ack
+        self.ack = ack
         self.pending: dict[str, _Pending] = {}
         self.outbox: dict[str, list[dict[str, Any]]] = {}
         self.rejected = 0
 
-    def submit(self, task: Task, now: float, identity: bytes) -> None:
+    def submit(self, task: Task, now: float, identity: AckTarget) -> None:
         role = self.role
         if len(self.pending) >= MAX_PENDING:
             self.ack(identity, [task.id, REJECTED, {"code": "busy", "message": "too many submits in flight"}])
@@ -66,7 +69,7 @@ class ClusterIntake:
         record = task_record(task)     # before place(): each holder adds its own offset
         record.pop("rank", None)
         need = min(role.min_acks or len(holders), len(holders))
-        entry = _Pending(identity, need, now + ACK_TIMEOUT)
+        entry = _Pending(identity, need, monotonic() + ACK_TIMEOUT)
         if role.node_id in holders:
             role.place(task)
             if task.meta and task.meta.get("resent"):
@@ -119,9 +122,10 @@ class ClusterIntake:
             del self.pending[task_id]
             self.ack(entry.identity, [task_id, entry.status, entry.detail])
 
-    def sweep(self, now: float) -> None:
+    def sweep(self) -> None:
         if not self.pending:
             return
+        now = monotonic()
         for task_id, entry in list(self.pending.items()):
             if entry.deadline <= now:
                 del self.pending[task_id]

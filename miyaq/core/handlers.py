@@ -8,19 +8,20 @@ or an ERROR with the same ``req``.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..errors import InvalidField, MiyaqError, NotFound, ShuttingDown
-from ..protocol import commands as c
-from ..protocol import fields as f
-from ..protocol.periodic import schedules_from_wire
-from ..protocol.taskspec import check_id, check_queue, task_from_wire
-from ..store.task import ALL_STATES
-from .consumers import PullConsumer
-from .waiters import outcome
-
-if TYPE_CHECKING:
-    from .node import Node
+from miyaq.core.consumers import PullConsumer, WorkerConsumer
+from miyaq.core.core import Core
+from miyaq.core.gate import SHUTTING_DOWN
+from miyaq.core.handles import Role, ScheduleSink, StatusReport
+from miyaq.core.waiters import outcome
+from miyaq.errors import InvalidField, MiyaqError, NotFound, ShuttingDown
+from miyaq.protocol import commands as c
+from miyaq.protocol import fields as f
+from miyaq.protocol.periodic import schedules_from_wire
+from miyaq.protocol.taskspec import check_id, check_queue, task_from_wire
+from miyaq.runtime import monotonic
+from miyaq.store.task import ALL_STATES
 
 logger = logging.getLogger(__name__)
 
@@ -28,14 +29,28 @@ MAX_WAIT = 3600.0
 
 
 class ServiceHandlers:
-    def __init__(self, node: "Node") -> None:
-        self.node = node
-        self.engine = node.engine
-        self.endpoint = node.endpoint
-        self.workers = node.workers
-        self.dispatcher = node.dispatcher
-        self.waiters = node.waiters
-        self.max_batch = node.config.max_batch
+    """The command table of the service socket.
+
+    ``role`` is where submits go and what RING answers; ``schedules`` keeps
+    the periodic schedules a READY declares; ``status`` answers STATUS;
+    ``webhooks`` is False when the node runs without its HTTP gateway (which
+    delivers webhook tasks), so such tasks are refused at submit.
+    """
+
+    def __init__(self, core: Core, role: Role, schedules: ScheduleSink, status: StatusReport,
+                 webhooks: bool) -> None:
+        self.config = core.config
+        self.engine = core.engine
+        self.endpoint = core.endpoint
+        self.workers = core.workers
+        self.dispatcher = core.dispatcher
+        self.waiters = core.waiters
+        self.gate = core.gate
+        self.role = role
+        self.schedules = schedules
+        self.report = status
+        self.webhooks = webhooks
+        self.max_batch = core.config.max_batch
 
     def install(self) -> None:
         table = {
@@ -50,13 +65,13 @@ class ServiceHandlers:
     # -- producers -------------------------------------------------------------------
     def submit(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         tasks = f.items(body, "tasks", self.max_batch)
-        intake = self.node.intake
+        intake = self.role.intake
         ack = self.endpoint.ack
         self.endpoint.work += len(tasks)
         for wire in tasks:
             try:
-                task = task_from_wire(wire, now, self.node.config)
-                if task.url is not None and self.node.gateway is None:
+                task = task_from_wire(wire, now, self.config)
+                if task.url is not None and not self.webhooks:
                     raise InvalidField("this node runs without its HTTP gateway (--http-port 0), which "
                                        "delivers webhooks: submit webhook tasks to a node that has it",
                                        field="url")
@@ -68,10 +83,10 @@ class ServiceHandlers:
             intake.submit(task, now, identity)
 
     def status(self, identity: bytes, body: dict[str, Any], now: float) -> None:
-        self.endpoint.reply(identity, body.get("req"), self.node.status(now))
+        self.endpoint.reply(identity, body.get("req"), self.report(now))
 
     def ring(self, identity: bytes, body: dict[str, Any], now: float) -> None:
-        self.endpoint.reply(identity, body.get("req"), self.node.ring_info())
+        self.endpoint.reply(identity, body.get("req"), self.role.ring_info())
 
     def task(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         task_id = check_id(body.get("id"))
@@ -100,7 +115,7 @@ class ServiceHandlers:
         if timeout <= 0:
             self.endpoint.reply(identity, req, {"state": engine.table.live[task_id].state, "timeout": True})
             return
-        self.waiters.wait_result(task_id, now + timeout,
+        self.waiters.wait_result(task_id, monotonic() + timeout,
                                  lambda answer: self.endpoint.reply(identity, req, answer))
 
     def tasks(self, identity: bytes, body: dict[str, Any], now: float) -> None:
@@ -150,9 +165,9 @@ class ServiceHandlers:
         def answer(task: dict[str, Any] | None) -> bool:
             return endpoint.reply(identity, req, {"task": task})
 
-        if self.dispatcher.paused:
-            raise ShuttingDown("node is shutting down and leases no new tasks")
-        consumer = PullConsumer(queues, now + timeout, answer)
+        if not self.gate.is_open:
+            raise ShuttingDown(_held_message(self.gate.held()))
+        consumer = PullConsumer(queues, monotonic() + timeout, answer)
         limits = self.dispatcher.limits
         if limits.active:
             open_lanes = limits.open(queues, now)
@@ -175,7 +190,7 @@ class ServiceHandlers:
     def ack(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         task_id = check_id(body.get("id"))
         attempt = f.integer(body, "attempt", lo=0)
-        result = f.binary(body, "result", None, max_len=self.node.config.max_payload)
+        result = f.binary(body, "result", None, max_len=self.config.max_payload)
         ok = self.engine.complete(task_id, attempt, result, now)
         self.endpoint.reply(identity, body.get("req"), {"ok": ok})
 
@@ -198,16 +213,16 @@ class ServiceHandlers:
         capacity = f.integer(body, "capacity", 1, lo=1, hi=100_000)
         credit = f.integer(body, "credit", capacity, lo=0, hi=capacity)
         schedules = schedules_from_wire(body.get("periodic"), names)
-        if not self.node.accepting_workers:
+        if self.gate.holds(SHUTTING_DOWN):
             raise ShuttingDown("node is shutting down")
-        self.node.periodic.declare(schedules, wid, now)   # refuses (nothing kept) past its limit
+        self.schedules.declare(schedules, wid, now)   # refuses (nothing kept) past its limit
         info: dict[str, Any] = {k: body[k] for k in ("pid", "host", "concurrency") if k in body}
         worker = self.workers.register(identity, wid, queues, names, capacity, now, info)
         worker.credit = 0
         self.dispatcher.grant(worker, credit)
 
-    def _worker(self, identity: bytes, now: float) -> Any:
-        worker = self.workers.seen(identity, now)
+    def _worker(self, identity: bytes, now: float) -> WorkerConsumer | None:
+        worker = self.workers.seen(identity)
         if worker is None:
             self.endpoint.send(identity, c.RECONNECT, {"reason": "unknown worker; send READY"})
         return worker
@@ -215,11 +230,11 @@ class ServiceHandlers:
     def heartbeat(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         wid = body.get("worker")
         if isinstance(wid, str) and body.get("side"):
-            self.workers.seen_wid(wid, now)   # the worker's heartbeat thread
+            self.workers.seen_wid(wid)   # the worker's heartbeat thread
             return
         self._worker(identity, now)
 
-    def _grant(self, worker: Any, n: int) -> None:
+    def _grant(self, worker: WorkerConsumer | None, n: int) -> None:
         """Credit is the worker's: each finished or returned task frees one of
         its slots. Capped at its capacity so a confused worker cannot inflate it."""
         if worker is not None and n > 0:
@@ -238,7 +253,7 @@ class ServiceHandlers:
         worker = self._worker(identity, now)
         self.endpoint.work += len(items)
         complete = self.engine.complete
-        limit = self.node.config.max_payload
+        limit = self.config.max_payload
         for task_id, attempt, result in items:
             if result is not None and len(result) > limit:
                 self.engine.fail(task_id, attempt, {"type": "ResultTooLarge", "message":
@@ -265,8 +280,8 @@ class ServiceHandlers:
         ids = f.string_list(body, "ids", max_items=10_000, max_len=64)
         self._worker(identity, now)
         for task_id in ids:
-            if not self.engine.touch(task_id, now) and self.node.cluster is not None:
-                self.node.cluster.running_elsewhere(task_id, now)
+            if not self.engine.touch(task_id, now):
+                self.role.running_elsewhere(task_id, now)
 
     def give_back(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         ids = f.string_list(body, "ids", max_items=100_000, max_len=64)
@@ -281,6 +296,12 @@ class ServiceHandlers:
         worker = self.workers.by_identity.get(identity)
         if worker is not None:
             self.workers.drop(worker, "said goodbye", now)
+
+
+def _held_message(reasons: list[str]) -> str:
+    if SHUTTING_DOWN in reasons:
+        return "node is shutting down and leases no new tasks"
+    return f"node leases no new tasks while {' and '.join(reasons)}; try again shortly"
 
 
 def _error(value: Any) -> dict[str, Any]:

@@ -6,44 +6,53 @@ idle consumers instead of filling the first one. A consumer with credit is
 "hungry"; idle capacity never waits while its queues hold ready work because
 every credit grant and every newly ready task marks the dispatcher pending.
 
-Per-queue rate limits (:mod:`miyaq.node.limits`) are applied here, so they
+Per-queue rate limits (:mod:`miyaq.core.limits`) are applied here, so they
 hold for every kind of consumer. With no limit configured the loop below
 takes its original path; with limits, a queue out of tokens or at its
 concurrency cap is skipped for this pump, a refill timer pumps again when
 its next token is due, and a task of a capped queue ending marks the
 dispatcher pending.
+
+Nothing is leased while the :class:`~miyaq.core.gate.Gate` is closed (the
+node drains, or reconciles with other holders).
 """
 from __future__ import annotations
 
 import logging
 import time
 
-from ..store.table import Tombstone
-from ..store.task import Task
-from .consumers import Consumer
-from .engine import Engine
-from .events import EngineListener
-from .limits import QueueLimits, parse_limits
+from miyaq.core.consumers import Consumer
+from miyaq.core.engine import Engine
+from miyaq.core.gate import Gate
+from miyaq.core.limits import QueueLimits
+from miyaq.core.listener import EngineListener
+from miyaq.constants import STALL
+from miyaq.runtime import monotonic
+from miyaq.store.table import Tombstone
+from miyaq.store.task import Task
 
 logger = logging.getLogger(__name__)
 
 CHUNK = 64
-STALL = 2.0          # seconds without housekeeping that count as a frozen process
 BATCH_BYTES = 8 * 1024 * 1024    # payload bytes per DISPATCH (workers refuse over 64 MiB)
 
 
 class Dispatcher(EngineListener):
-    def __init__(self, engine: Engine, max_batch: int) -> None:
+    def __init__(self, engine: Engine, max_batch: int, gate: Gate, limits: QueueLimits) -> None:
         self.engine = engine
         self.max_batch = max_batch
+        self.gate = gate
         self.hungry: dict[Consumer, None] = {}
         self.pending = False
-        self.paused = False   # shutting down: nothing new is leased
-        # Clustered nodes: the housekeeping loop stamps this every 0.1 s; a
-        # pump long after the last stamp means the process was frozen (SIGSTOP,
-        # swap, a VM pause) and must first hear what other holders did meanwhile.
+        # The housekeeping loop stamps this (monotonic) every 0.1 s; a pump long
+        # after the last stamp means the process was frozen (SIGSTOP, swap, a VM
+        # pause) and must first hear what other holders did meanwhile.
         self.alive_at = 0.0
-        self.limits = QueueLimits(engine, parse_limits(getattr(engine.config, "queue_limits", "") or ""))
+        self.limits = limits
+        gate.on_open(self._reopened)
+
+    def _reopened(self) -> None:
+        self.pending = True
 
     def task_ready(self, task: Task) -> None:
         self.pending = True
@@ -78,10 +87,10 @@ class Dispatcher(EngineListener):
 
     def pump(self, now: float) -> int:
         """Lease ready tasks to hungry consumers; returns how many."""
-        if not self.pending or not self.hungry or self.paused:
+        if not self.pending or not self.hungry or not self.gate.is_open:
             return 0
-        if self.alive_at and now - self.alive_at > STALL:
-            return 0          # just unfrozen: housekeeping decides (see Node._housekeeping)
+        if self.alive_at and monotonic() - self.alive_at > STALL:
+            return 0          # just unfrozen: housekeeping decides (see Clockwork._housekeeping)
         self.pending = False
         engine = self.engine
         limits = self.limits if self.limits.active else None

@@ -14,12 +14,10 @@ import time
 from collections import Counter
 from typing import Any, Callable
 
-import zmq.green as zmq
-
-from ..errors import MiyaqError, ProtocolError
-from ..protocol import codec
-from ..protocol import commands as c
-from ..protocol.sockets import bind_router
+from miyaq.errors import MiyaqError, ProtocolError
+from miyaq.protocol import codec
+from miyaq.protocol import commands as c
+from miyaq.runtime.sockets import SocketFactory, zmq
 
 logger = logging.getLogger(__name__)
 
@@ -29,11 +27,11 @@ Handler = Callable[[bytes, dict[str, Any], float], None]
 
 
 class ServiceEndpoint:
-    def __init__(self, ctx: zmq.Context, bind: str, max_message: int) -> None:
+    def __init__(self, sockets: SocketFactory, bind: str) -> None:
         # A message over twice the limit is dropped by libzmq (and the peer
         # disconnected) before it is read; up to that it gets a TOO_LARGE reply.
-        self.sock = bind_router(zmq, ctx, bind, {zmq.MAXMSGSIZE: 2 * max_message + 4096})
-        self.max_message = max_message
+        self.sock = sockets.router(bind)
+        self.max_message = sockets.max_message
         self.handlers: dict[bytes, Handler] = {}
         self.after_burst: list[Callable[[float], None]] = []
         self.errors: Counter[str] = Counter()

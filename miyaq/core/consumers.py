@@ -5,13 +5,12 @@ socket's high-water mark.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
-from ..protocol import commands as c
-from ..store.task import Task
-
-if TYPE_CHECKING:
-    from .service import ServiceEndpoint
+from miyaq.core.service import ServiceEndpoint
+from miyaq.protocol import commands as c
+from miyaq.runtime import monotonic, wall
+from miyaq.store.task import Task
 
 
 def delivery(task: Task, holders: Callable[[Task], list[str]] | None = None) -> list[Any]:
@@ -47,8 +46,8 @@ class WorkerConsumer(Consumer):
 
     kind = "worker"
 
-    def __init__(self, endpoint: "ServiceEndpoint", identity: bytes, wid: str, queues: list[str],
-                 names: list[str], capacity: int, now: float, info: dict[str, Any]) -> None:
+    def __init__(self, endpoint: ServiceEndpoint, identity: bytes, wid: str, queues: list[str],
+                 names: list[str], capacity: int, last_seen: float, info: dict[str, Any]) -> None:
         super().__init__(queues)
         self.endpoint = endpoint
         self.identity = identity
@@ -56,7 +55,7 @@ class WorkerConsumer(Consumer):
         self.names = names
         self.capacity = capacity
         self.credit = capacity
-        self.last_seen = now
+        self.last_seen = last_seen   # monotonic
         self.info = info
         self.holder_endpoints: Callable[[Task], list[str]] | None = None
 
@@ -69,7 +68,11 @@ class WorkerConsumer(Consumer):
 
     def describe(self) -> dict[str, Any]:
         return {"worker": self.wid, "queues": self.queues, "capacity": self.capacity,
-                "credit": self.credit, "running": len(self.running), "last_seen": self.last_seen, **self.info}
+                "credit": self.credit, "running": len(self.running), "last_seen": self._last_seen_wall(), **self.info}
+
+    def _last_seen_wall(self) -> float:
+        """When the worker was last heard, as a unix time (``last_seen`` is monotonic)."""
+        return wall() - (monotonic() - self.last_seen)
 
 
 class PullConsumer(Consumer):

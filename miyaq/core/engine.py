@@ -2,7 +2,7 @@
 
 The engine owns the task table, the timers and the ready queues, and is the
 only code that changes a task's state. It does no I/O: callers pass the
-current time, listeners (:mod:`miyaq.node.events`) observe every change.
+current time, listeners (:mod:`miyaq.core.listener`) observe every change.
 Every method runs in the node's event loop; none blocks.
 
 States and transitions are drawn in docs/protocol.md ("Task states").
@@ -15,16 +15,16 @@ import random
 from collections import Counter
 from typing import Any, Callable, Iterable
 
-from ..config import NodeConfig
-from ..errors import Busy, InvalidField, NotFound, ShuttingDown
-from ..protocol.commands import ACCEPTED, DUPLICATE
-from ..store.ready import ReadyQueues
-from ..store.table import TaskTable, Tombstone
-from ..store.task import (
+from miyaq.config import NodeConfig
+from miyaq.core.listener import EngineListener
+from miyaq.errors import Busy, InvalidField, NotFound, ShuttingDown
+from miyaq.protocol.commands import ACCEPTED, DUPLICATE
+from miyaq.store.ready import ReadyQueues
+from miyaq.store.table import TaskTable, Tombstone
+from miyaq.store.task import (
     ALL_STATES, CANCELLED, DEAD, DONE, EXPIRED, READY, RETRYING, RUNNING, SCHEDULED, Task,
 )
-from ..store.timers import TimerHeap
-from .events import EngineListener
+from miyaq.store.timers import TimerHeap
 
 logger = logging.getLogger(__name__)
 

@@ -3,38 +3,38 @@
 A worker is known by its routing identity and its worker id. A worker not
 heard from for ``heartbeat × liveness`` seconds is lost: every task leased
 to it is put back at once (the attempt is spent), not after the lease.
+Liveness is measured on the monotonic clock (a stepped wall clock neither
+drops nor keeps a worker).
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Any
 
-from ..store.task import Task
-from ..protocol import commands as c
-from .consumers import WorkerConsumer
-from .dispatcher import Dispatcher
-from .engine import Engine
-from .service import ServiceEndpoint
+from miyaq.core.consumers import WorkerConsumer
+from miyaq.core.directory import Directory
+from miyaq.core.dispatcher import Dispatcher
+from miyaq.core.engine import Engine
+from miyaq.core.service import ServiceEndpoint
+from miyaq.protocol import commands as c
+from miyaq.runtime import monotonic
 
 logger = logging.getLogger(__name__)
 
 
 class WorkerRegistry:
-    def __init__(self, engine: Engine, dispatcher: Dispatcher, endpoint: ServiceEndpoint,
+    def __init__(self, engine: Engine, dispatcher: Dispatcher, endpoint: ServiceEndpoint, directory: Directory,
                  node_id: str, heartbeat: float, liveness: int) -> None:
         self.engine = engine
         self.dispatcher = dispatcher
         self.endpoint = endpoint
+        self.directory = directory      # the other nodes of the ring (workers connect to all)
         self.node_id = node_id
         self.heartbeat = heartbeat
         self.liveness = liveness
         self.by_identity: dict[bytes, WorkerConsumer] = {}
         self.by_wid: dict[str, WorkerConsumer] = {}
         self.lost_total = 0
-        # Set by a clustered node: every node's service endpoint, and the
-        # endpoints of one task's holders.
-        self.nodes: Callable[[], list[str]] | None = None
-        self.holder_endpoints: Callable[[Task], list[str]] | None = None
 
     def register(self, identity: bytes, wid: str, queues: list[str], names: list[str],
                  capacity: int, now: float, info: dict[str, Any]) -> WorkerConsumer:
@@ -43,28 +43,29 @@ class WorkerRegistry:
             # A worker re-registers after it lost us (or we restarted): what it
             # held under its old registration is treated as lost.
             self.drop(old, "worker re-registered", now)
-        worker = WorkerConsumer(self.endpoint, identity, wid, queues, names, capacity, now, info)
-        worker.holder_endpoints = self.holder_endpoints
+        worker = WorkerConsumer(self.endpoint, identity, wid, queues, names, capacity, monotonic(), info)
+        worker.holder_endpoints = self.directory.holder_endpoints
         self.by_identity[identity] = worker
         self.by_wid[wid] = worker
         welcome: dict[str, Any] = {"node": self.node_id, "heartbeat": self.heartbeat, "liveness": self.liveness}
-        if self.nodes is not None:
-            welcome["nodes"] = self.nodes()
+        nodes = self.directory.nodes()
+        if nodes is not None:
+            welcome["nodes"] = nodes
         self.endpoint.send(identity, c.WELCOME, welcome)
         self.dispatcher.grant(worker, 0)
         logger.info("worker %s registered: queues=%s capacity=%d", wid, ",".join(queues), capacity)
         return worker
 
-    def seen(self, identity: bytes, now: float) -> WorkerConsumer | None:
+    def seen(self, identity: bytes) -> WorkerConsumer | None:
         worker = self.by_identity.get(identity)
         if worker is not None:
-            worker.last_seen = now
+            worker.last_seen = monotonic()
         return worker
 
-    def seen_wid(self, wid: str, now: float) -> WorkerConsumer | None:
+    def seen_wid(self, wid: str) -> WorkerConsumer | None:
         worker = self.by_wid.get(wid)
         if worker is not None:
-            worker.last_seen = now
+            worker.last_seen = monotonic()
         return worker
 
     def drop(self, worker: WorkerConsumer, reason: str, now: float) -> int:
@@ -82,10 +83,11 @@ class WorkerRegistry:
 
     def tick(self, now: float) -> None:
         """Send heartbeats and drop silent workers (called every heartbeat)."""
-        deadline = now - self.heartbeat * self.liveness
+        deadline = monotonic() - self.heartbeat * self.liveness
         beat: dict[str, Any] = {"node": self.node_id}
-        if self.nodes is not None:
-            beat["nodes"] = self.nodes()
+        nodes = self.directory.nodes()
+        if nodes is not None:
+            beat["nodes"] = nodes
         for worker in list(self.by_identity.values()):
             if worker.last_seen < deadline:
                 self.lost_total += 1

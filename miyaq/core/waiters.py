@@ -1,17 +1,18 @@
 """Long-polls: RESULT requests waiting for a task to end, and blocking
 RECEIVE requests waiting for a task to be ready. Both are bounded by
 ``max_waiters``; both are answered at their deadline by :meth:`sweep`.
+Deadlines are on the monotonic clock (:func:`miyaq.runtime.monotonic`).
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..errors import Busy
-from ..store.table import Tombstone
-from ..store.task import Task
-from .consumers import PullConsumer
-from .dispatcher import Dispatcher
-from .events import EngineListener
+from miyaq.core.consumers import PullConsumer
+from miyaq.core.dispatcher import Dispatcher
+from miyaq.core.listener import EngineListener
+from miyaq.errors import Busy
+from miyaq.store.table import Tombstone
+from miyaq.store.task import Task
 
 Answer = Callable[[dict[str, Any]], Any]
 
@@ -70,7 +71,7 @@ class Waiters(EngineListener):
 
     # -- deadlines -----------------------------------------------------------------
     def sweep(self, now: float) -> None:
-        """Answer every long-poll whose deadline passed."""
+        """Answer every long-poll whose deadline passed (``now``: monotonic)."""
         if self.results:
             for task_id in list(self.results):
                 waiting = self.results[task_id]

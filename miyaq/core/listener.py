@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..store.table import Tombstone
-from ..store.task import Task
+from miyaq.store.table import Tombstone
+from miyaq.store.task import Task
 
 
 class EngineListener:

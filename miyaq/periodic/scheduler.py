@@ -5,22 +5,21 @@ How it works (docs/periodic.md has the user's view):
 * **Declared by workers.** ``@app.periodic(...)`` registers a handler and a
   schedule; the worker sends its schedules in READY (``periodic``), the node
   validates them (a bad one refuses the READY with INVALID_FIELD naming the
-  schedule) and keeps them (:mod:`miyaq.node.periodic_specs`): at most
+  schedule) and keeps them (:mod:`miyaq.periodic.specs`): at most
   ``MAX_SCHEDULES`` names, the newest declaration of a name wins. In a
   cluster every node also writes them to
   ZooKeeper (:mod:`miyaq.cluster.periodic_store`), so a new leader that no
   worker has reached yet still fires them.
-* **Fired by the leader.** Standalone, the node is the leader. In a cluster,
-  only while ``coordinator.is_leader`` holds (checked before every action,
-  so firing stops at once when leadership is lost); each term is fenced by
-  the epoch its leader listener gave.
+* **Fired by the leader.** Only while ``role.is_leader`` holds (checked
+  before every action, so firing stops at once when leadership is lost);
+  each term is fenced by the epoch its leader listener gave. A standalone
+  node is always its own leader.
 * **Once per tick.** The task of a tick has the id
   ``periodic-<name>-<tick>``: two leaders firing one tick make one task
-  (submits are idempotent by id). The task goes through an intake — in a
-  cluster a :class:`~miyaq.cluster.intake.ClusterIntake` of our own, so it is
-  replicated to its holders like any submit and its acknowledgement comes
-  back here (its ``ack`` is ours); a rejected tick is submitted again (same
-  id) after ``RETRY``.
+  (submits are idempotent by id). The task goes through an intake of our
+  own (``role.new_intake``) — in a cluster it is replicated to its holders
+  like any submit — whose acknowledgements come back here; a rejected tick
+  is submitted again (same id) after ``RETRY``.
 * **Resumed by a new leader.** The last tick handled is stored once the tick
   is accepted (cluster: a znode written compare-and-set with the leader's
   epoch; standalone: memory). A new leader starts from it. **No catch-up
@@ -29,28 +28,26 @@ How it works (docs/periodic.md has the user's view):
 * **Forgotten when undeclared.** A schedule no connected worker has
   declared for ``SPEC_TTL`` seconds stops firing and is deleted.
 
-Constraints: one greenlet (``_loop``) does all I/O (ZooKeeper calls block it
-for at most their timeout); :meth:`declare` and the listeners never block.
+Constraints: one greenlet (``_loop``, restarted if it dies) does all I/O
+(shared-store calls block it for at most their timeout and raise MiyaqError
+when the store is unreachable); :meth:`declare` and the listeners never block.
 """
 from __future__ import annotations
 
 import logging
-import time
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
-import gevent
-import gevent.event
-from kazoo.exceptions import KazooException
-
-from ..errors import MiyaqError
-from ..protocol.commands import ACCEPTED, DUPLICATE
-from ..protocol.periodic import MAX_SCHEDULES, Schedule, tick_label
-from ..protocol.taskspec import task_from_wire
-from .intake import LocalIntake
-from .periodic_specs import SPEC_TTL, ScheduleTable
-
-if TYPE_CHECKING:
-    from .node import Node
+from miyaq.config import NodeConfig
+from miyaq.core.engine import Engine
+from miyaq.core.handles import Intake, Role
+from miyaq.core.workers import WorkerRegistry
+from miyaq.errors import MiyaqError
+from miyaq.periodic.specs import SPEC_TTL, ScheduleTable, SpecPublisher
+from miyaq.protocol.commands import ACCEPTED, DUPLICATE
+from miyaq.protocol.periodic import MAX_SCHEDULES, Declared, KnownSchedule, Schedule, tick_label
+from miyaq.protocol.taskspec import task_from_wire
+from miyaq.runtime import RESTART, Supervisor, green, wall
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +65,17 @@ class TickStore(Protocol):
     def load_last(self, name: str) -> int | None: ...
     def save_last(self, name: str, tick: int, epoch: int, leader: str) -> bool: ...
     def forget(self, name: str) -> None: ...
+
+
+class SharedStore(TickStore, SpecPublisher, Protocol):
+    """Ticks and declarations shared by every node of a cluster
+    (:class:`miyaq.cluster.periodic_store.ZkPeriodicStore`)."""
+
+    def read_specs(self) -> dict[str, Declared]: ...
+
+
+#: Gives the shared store once it can be reached (None until then).
+SharedSource = Callable[[], SharedStore | None]
 
 
 class MemoryTicks:
@@ -88,11 +96,23 @@ class MemoryTicks:
 
 
 class PeriodicScheduler:
-    def __init__(self, node: Node, *, spec_ttl: float = SPEC_TTL, max_schedules: int = MAX_SCHEDULES) -> None:
-        self.node = node
+    """A part of the node. ``shared`` gives the cluster's shared store (None:
+    ticks live in memory and declarations stay on this node)."""
+
+    name = "periodic"
+
+    def __init__(self, config: NodeConfig, engine: Engine, workers: WorkerRegistry, role: Role,
+                 supervisor: Supervisor, *, shared: SharedSource | None = None,
+                 spec_ttl: float = SPEC_TTL, max_schedules: int = MAX_SCHEDULES) -> None:
+        self.config = config
+        self.engine = engine
+        self.workers = workers
+        self.role = role
+        self.supervisor = supervisor
         self.specs = ScheduleTable(spec_ttl, max_schedules)
         self.ticks: TickStore = MemoryTicks()
-        self.zk: Any = None                       # a ZkPeriodicStore once ZooKeeper is connected
+        self._shared_source = shared
+        self.shared: SharedStore | None = None    # once the cluster's store is reachable
         self.epoch: int | None = None             # our term's epoch while leader, else None
         self._new_term = False
         self.last: dict[str, int] = {}            # last tick handled, per schedule (this term)
@@ -101,8 +121,8 @@ class PeriodicScheduler:
         self.pending: dict[str, tuple[str, int]] = {}   # task id -> (schedule, tick)
         self.confirmed: list[tuple[str, int]] = []
         self.fired = self.already = self.rejected = self.missed = 0
-        self._intake: Any = None
-        self._wake = gevent.event.Event()
+        self._intake: Intake = role.new_intake(self._acked)
+        self._wake = green.Event()
         self._last_reload = self._last_housekeeping = 0.0
         self._now = 0.0                            # the clock of the current (or last) step
 
@@ -114,22 +134,17 @@ class PeriodicScheduler:
             self._wake.set()
 
     # -- lifecycle ---------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Before the role starts, so the first leadership notice is heard."""
+        self.role.add_leader_listener(self._on_leadership)
+
     def start(self) -> None:
-        """Before the cluster starts, so the first leadership notice is heard."""
-        cluster = self.node.cluster
-        if cluster is None:
-            self._intake = LocalIntake(self.node.engine, self._acked)
-            # A standalone node leads for good, at the epoch its status reports.
-            self.epoch, self._new_term = int(self.node.ring_info()["epoch"]), True
-        else:
-            from ..cluster.intake import ClusterIntake
-            self._intake = ClusterIntake(cluster)
-            self._intake.ack = self._acked
-            cluster.coordinator.add_leader_listener(self._on_leadership)
-        self.node.on_stop.append(self.stop)
-        self.node.spawn(self._loop)
+        self.supervisor.spawn("periodic scheduler", self._loop, policy=RESTART)
 
     def stop(self) -> None:
+        self.epoch = None
+
+    def kill(self) -> None:
         self.epoch = None
 
     def _on_leadership(self, is_leader: bool, epoch: int) -> None:
@@ -138,10 +153,9 @@ class PeriodicScheduler:
         self._wake.set()
 
     def leading(self) -> bool:
-        if self.epoch is None or not self.node.engine.accepting:
+        if self.epoch is None or not self.engine.accepting:
             return False
-        cluster = self.node.cluster
-        return cluster is None or bool(cluster.coordinator.is_leader)
+        return self.role.is_leader
 
     # -- the loop ----------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -150,32 +164,31 @@ class PeriodicScheduler:
             self._wake.wait(delay)
             self._wake.clear()
             try:
-                self._step(time.time())
-                delay = self._delay(time.time())
-            except (MiyaqError, KazooException) as exc:   # ZooKeeper unavailable or contended
+                self._step(wall())
+                delay = self._delay(wall())
+            except MiyaqError as exc:   # the shared store is unavailable or contended
                 logger.warning("periodic schedules: %s; retrying", getattr(exc, "message", exc) or exc)
                 delay = RETRY
 
     def _step(self, now: float) -> None:
         self._now = now
-        if self.node.cluster is not None:
-            self._intake.sweep(now)
-            if self.zk is None:
-                self._connect_store()
+        self._intake.sweep()
+        if self.shared is None and self._shared_source is not None:
+            self._connect_store()
         if now - self._last_housekeeping >= HOUSEKEEPING:
             self._housekeeping(now)
         if self.leading():
             if self._new_term:
                 self._begin_term(now)
-            elif self.zk is not None and now - self._last_reload >= SPEC_RELOAD:
+            elif self.shared is not None and now - self._last_reload >= SPEC_RELOAD:
                 self._reload(now)
             self._save_confirmed()
             for name, entry in list(self.specs.entries.items()):
                 if not self.leading():
                     break
                 self._consider(name, entry.schedule, now)
-        if self.zk is not None:
-            self.specs.publish(self.zk)
+        if self.shared is not None:
+            self.specs.publish(self.shared)
 
     def _delay(self, now: float) -> float:
         if not self.leading() or not self.next_at:
@@ -189,7 +202,7 @@ class PeriodicScheduler:
         self.last.clear()
         self.sent.clear()
         self.next_at.clear()
-        if self.zk is not None:
+        if self.shared is not None:
             self._reload(now)
         logger.info("periodic: firing %d schedule(s) as leader (epoch %s)", len(self.specs), self.epoch)
 
@@ -226,15 +239,14 @@ class PeriodicScheduler:
         nxt = s.next_tick(tick)
         self.next_at[s.name] = nxt if nxt is not None else int(now * 1000) + NEVER
         try:
-            task = task_from_wire(s.task_wire(tick), now, self.node.config)
+            task = task_from_wire(s.task_wire(tick), now, self.config)
         except MiyaqError as err:
             logger.error("periodic schedule %s cannot make its task: %s", s.name, err.message)
             return
         self.pending[task.id] = (s.name, tick)
         self.sent[s.name] = tick
         self._intake.submit(task, now, IDENTITY)
-        if self.node.cluster is not None:
-            self._intake.flush()
+        self._intake.flush()
 
     def _acked(self, identity: bytes, result: list[Any]) -> None:
         """The intake's answer for one of our submits (never blocks)."""
@@ -269,7 +281,7 @@ class PeriodicScheduler:
 
     def _save(self, name: str, tick: int) -> bool:
         assert self.epoch is not None
-        if self.ticks.save_last(name, tick, self.epoch, self.node.id):
+        if self.ticks.save_last(name, tick, self.epoch, self.config.id):
             return True
         logger.warning("periodic: a newer leader stores the ticks of %s; not firing until elected again", name)
         self.epoch = None
@@ -278,26 +290,31 @@ class PeriodicScheduler:
     # -- declarations: liveness and ZooKeeper ---------------------------------------------------
     def _housekeeping(self, now: float) -> None:
         self._last_housekeeping = now
-        for name in self.specs.sweep(now, self.node.workers.by_wid):
+        for name in self.specs.sweep(now, self.workers.by_wid):
             for table in (self.last, self.sent, self.next_at):
                 table.pop(name, None)
             if self.leading():
                 self.ticks.forget(name)
 
     def _connect_store(self) -> None:
-        coordinator = self.node.cluster.coordinator
-        client = getattr(coordinator, "client", None)
-        if client is not None:
-            from ..cluster.periodic_store import ZkPeriodicStore
-            self.zk = self.ticks = ZkPeriodicStore(client, coordinator.cluster, coordinator.hosts)
+        assert self._shared_source is not None
+        store = self._shared_source()
+        if store is not None:
+            self.shared = self.ticks = store
 
     def _reload(self, now: float) -> None:
-        """Merge the specs stored in ZooKeeper (newest declaration wins; ``seen`` is the latest)."""
+        """Merge the specs in the shared store (newest declaration wins; ``seen`` is the latest)."""
+        assert self.shared is not None
         self._last_reload = now
-        for name in self.specs.merge(self.zk.read_specs()):
+        for name in self.specs.merge(self.shared.read_specs()):
             self.next_at.pop(name, None)
 
     # -- views ----------------------------------------------------------------------------------
+    def known(self) -> list[KnownSchedule]:
+        """Every schedule this node knows, by name, with the last tick it handled as leader."""
+        return [KnownSchedule(e.schedule, e.declared, e.seen, len(e.wids), self.last.get(name))
+                for name, e in sorted(self.specs.entries.items())]
+
     def stats(self) -> dict[str, Any]:
         return {"schedules": len(self.specs), "leading": self.leading(), "epoch": self.epoch, "fired": self.fired,
                 "already_fired": self.already, "rejected": self.rejected, "missed": self.missed}

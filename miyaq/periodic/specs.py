@@ -20,16 +20,24 @@ the scheduler's greenlet.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-from ..errors import InvalidField
-from ..protocol.periodic import MAX_SCHEDULES, Schedule
+from collections.abc import Container
+from typing import Protocol
+
+from miyaq.errors import InvalidField
+from miyaq.protocol.periodic import MAX_SCHEDULES, Declared, Schedule
 
 logger = logging.getLogger(__name__)
 
 SPEC_TTL = 3600.0       # a schedule no worker declared for this long stops firing and is forgotten
 SPEC_REFRESH = 300.0    # how stale ZooKeeper's "seen" of a declared schedule may get
 MAX_DECLARERS = 64      # worker ids remembered per schedule
+
+
+class SpecPublisher(Protocol):
+    """Where declarations are shared with the other nodes (ZooKeeper in a cluster)."""
+
+    def publish_spec(self, ours: Declared, refresh: float) -> Declared: ...
 
 
 class Declaration:
@@ -74,7 +82,7 @@ class ScheduleTable:
                 del entry.wids[next(iter(entry.wids))]
         return changed
 
-    def sweep(self, now: float, connected: Any) -> list[str]:
+    def sweep(self, now: float, connected: Container[str]) -> list[str]:
         """Refresh ``seen`` of schedules a connected worker (a wid in
         ``connected``) declares; forget and return the expired ones."""
         expired = []
@@ -90,8 +98,8 @@ class ScheduleTable:
                 expired.append(name)
         return expired
 
-    def merge(self, stored: dict[str, Any]) -> list[str]:
-        """Merge specs read from ZooKeeper (name -> Declared); the names whose spec changed."""
+    def merge(self, stored: dict[str, Declared]) -> list[str]:
+        """Merge specs read from the shared store (name -> Declared); the names whose spec changed."""
         changed = []
         for name, d in stored.items():
             entry = self.entries.get(name)
@@ -110,11 +118,10 @@ class ScheduleTable:
             changed.append(name)
         return changed
 
-    def publish(self, zk: Any) -> None:
-        """Tell ZooKeeper (a ZkPeriodicStore) of new, changed or long-unrefreshed declarations."""
-        from ..cluster.periodic_store import Declared
+    def publish(self, shared: SpecPublisher) -> None:
+        """Tell the shared store of new, changed or long-unrefreshed declarations."""
         for entry in list(self.entries.values()):
             synced = entry.synced
             if synced is None or synced[0] != entry.schedule or entry.seen - synced[1] >= SPEC_REFRESH:
-                zk.publish_spec(Declared(entry.schedule, entry.declared, entry.seen), SPEC_REFRESH)
+                shared.publish_spec(Declared(entry.schedule, entry.declared, entry.seen), SPEC_REFRESH)
                 entry.synced = (entry.schedule, entry.seen)

@@ -10,68 +10,53 @@ Two sources, one per-node :class:`~prometheus_client.CollectorRegistry`
   outcomes and per-queue states, workers, errors, limits) when scraped, so
   the hot path pays nothing for them.
 
-Ring gauges come from :class:`ClusterGauges`, which reads the node's ring
-(a standalone node: epoch 1, its own leader); replication lag is a hook the
-cluster sets through ``node.gateway.metrics.cluster.set_replication_lag(...)``
-(``node.gateway`` is None when HTTP is off). ``GET /status`` reads the same
-object.
+Ring gauges and replication lag come from :class:`ClusterGauges`, which
+asks the node's role at scrape time (a standalone node: epoch 1, its own
+leader, no peers). Greenlet crashes come from the node's supervisor
+(``miyaq_greenlet_crashes_total{name}``: names are fixed in the code, so the
+label set is bounded). ``GET /status`` reads the same objects.
+
+:class:`NodeMetrics` is a part of the node: ``start`` hooks the timings into
+the engine, ``stop`` unhooks them.
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .. import __version__
-from ..store.table import Tombstone
-from ..store.task import DONE, Task
-from .events import EngineListener
-
-if TYPE_CHECKING:
-    from .node import Node
+from miyaq import __version__
+from miyaq.core.core import Core
+from miyaq.core.handles import Role, StorageHealth
+from miyaq.core.listener import EngineListener
+from miyaq.runtime import Supervisor, monotonic, wall
+from miyaq.store.table import Tombstone
+from miyaq.store.task import DONE, Task
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                    30.0, 60.0, 300.0, 900.0, 3600.0)
 
 
 class ClusterGauges:
-    """Ring facts for ``/metrics`` and ``/status``.
+    """Ring facts for ``/metrics`` and ``/status``, read from the role when asked:
+    epoch, leader, members (with each member's HTTP gateway: ``miyaq queue
+    limit`` uses it to reach every node), and replication lag per peer
+    (seconds since the peer's stream was heard, requests to it unanswered)."""
 
-    By default they are read from the node (``node.ring_info()``: epoch 1 and
-    itself as the only member and leader when standalone), with each member's
-    HTTP gateway (``miyaq queue limit`` uses it to reach every node). The cluster may
-    push its own view with :meth:`set_ring`; a clustered node reports
-    replication lag per peer every second with :meth:`set_replication_lag`
-    (seconds since the peer's stream was heard, requests to it unanswered).
-    """
-
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self._ring: dict[str, Any] | None = None
-        self.replication_lag_seconds: dict[str, float] = {}   # peer -> seconds behind
-        self.replication_lag_messages: dict[str, int] = {}    # peer -> peer requests unanswered
-
-    def set_ring(self, epoch: int, members: list[str], leader: str | None, is_leader: bool) -> None:
-        self._ring = {"epoch": epoch, "leader": leader, "members": list(members), "is_leader": is_leader}
-
-    def set_replication_lag(self, peer: str, seconds: float, messages: int) -> None:
-        self.replication_lag_seconds[peer] = seconds
-        self.replication_lag_messages[peer] = messages
+    def __init__(self, role: Role) -> None:
+        self.role = role
 
     def view(self) -> dict[str, Any]:
-        if self._ring is not None:
-            return dict(self._ring)
-        node = self.node
-        info = node.ring_info()
-        cluster = getattr(node, "cluster", None)
-        is_leader = info.get("leader") == node.id if cluster is None else bool(cluster.coordinator.is_leader)
+        info = self.role.ring_info()
         members = info["members"]
         return {"epoch": info["epoch"], "leader": info["leader"], "members": sorted(members),
-                "is_leader": is_leader, "http": {m: members[m].get("http") for m in sorted(members)}}
+                "is_leader": self.role.is_leader, "http": {m: members[m].get("http") for m in sorted(members)}}
+
+    def replication_lag(self) -> dict[str, tuple[float, int]]:
+        return self.role.replication_lag(wall())
 
 
 class TaskTimings(EngineListener):
@@ -97,7 +82,7 @@ class TaskTimings(EngineListener):
         return child
 
     def task_started(self, task: Task) -> None:
-        now = time.time()
+        now = wall()
         self._started[task.id] = now
         if task.attempt == 1:
             self._child(0, self.delay, task.queue).observe(max(0.0, now - task.eta))
@@ -126,17 +111,22 @@ class TaskTimings(EngineListener):
 class NodeCollector(Collector):
     """Reads the node's own counters at scrape time."""
 
-    def __init__(self, node: Node, cluster: ClusterGauges) -> None:
-        self.node = node
+    def __init__(self, node_id: str, core: Core, cluster: ClusterGauges, supervisor: Supervisor,
+                 storage: StorageHealth | None) -> None:
+        self.node_id = node_id
+        self.core = core
         self.cluster = cluster
+        self.supervisor = supervisor
+        self.storage = storage
+        self.started = monotonic()
 
     def collect(self) -> Iterator[Metric]:
-        node, engine = self.node, self.node.engine
+        core, engine = self.core, self.core.engine
         info = GaugeMetricFamily("miyaq_node_info", "This node", labels=["node", "version"])
-        info.add_metric([node.id, __version__], 1)
+        info.add_metric([self.node_id, __version__], 1)
         yield info
         yield GaugeMetricFamily("miyaq_uptime_seconds", "Seconds since the node started",
-                                value=time.time() - node.started)
+                                value=monotonic() - self.started)
         outcomes = CounterMetricFamily("miyaq_tasks", "Tasks by queue and outcome (submitted, completed, "
                                        "failed, retried, lost, done, dead, cancelled, expired)",
                                        labels=["queue", "outcome"])
@@ -149,40 +139,45 @@ class NodeCollector(Collector):
                 depth.add_metric([queue, state], n)
         yield depth
         workers = GaugeMetricFamily("miyaq_queue_workers", "Workers serving each queue", labels=["queue"])
-        for queue, n in sorted(node.workers.workers_by_queue().items()):
+        for queue, n in sorted(core.workers.workers_by_queue().items()):
             workers.add_metric([queue], n)
         yield workers
         idle = GaugeMetricFamily("miyaq_queue_idle_slots", "Free worker slots per queue", labels=["queue"])
-        for queue, n in sorted(node.workers.idle_by_queue().items()):
+        for queue, n in sorted(core.workers.idle_by_queue().items()):
             idle.add_metric([queue], n)
         yield idle
-        yield GaugeMetricFamily("miyaq_workers", "Connected workers", value=len(node.workers.by_identity))
+        yield GaugeMetricFamily("miyaq_workers", "Connected workers", value=len(core.workers.by_identity))
         yield CounterMetricFamily("miyaq_workers_lost", "Workers declared lost (silent)",
-                                  value=node.workers.lost_total)
+                                  value=core.workers.lost_total)
         yield GaugeMetricFamily("miyaq_live_tasks", "Unfinished tasks held", value=len(engine.table.live))
         yield GaugeMetricFamily("miyaq_dead_letter_tasks", "Tasks in the dead-letter queue",
                                 value=len(engine.table.dead))
         yield CounterMetricFamily("miyaq_dead_letter_dropped", "Dead letters dropped at the cap",
                                   value=engine.table.dead_dropped)
         yield GaugeMetricFamily("miyaq_tombstones", "Finished tasks remembered", value=len(engine.table.tombstones))
-        yield GaugeMetricFamily("miyaq_waiters", "Pending RESULT / RECEIVE long-polls", value=node.waiters.count)
+        yield GaugeMetricFamily("miyaq_waiters", "Pending RESULT / RECEIVE long-polls", value=core.waiters.count)
         errors = CounterMetricFamily("miyaq_protocol_errors", "Refused requests by error code", labels=["code"])
-        for code, n in sorted(node.endpoint.errors.items()):
+        for code, n in sorted(core.endpoint.errors.items()):
             errors.add_metric([code], n)
         yield errors
         throttled = CounterMetricFamily("miyaq_queue_throttled", "Times a queue was held back by its limits",
                                         labels=["queue"])
-        for queue, n in sorted(node.dispatcher.limits.throttled.items()):
+        for queue, n in sorted(core.limits.throttled.items()):
             throttled.add_metric([queue], n)
         yield throttled
+        crashes = CounterMetricFamily("miyaq_greenlet_crashes", "Greenlets that died with an exception, and "
+                                      "failures their loops caught, by greenlet name", labels=["name"])
+        for name, n in sorted(self.supervisor.crashes.items()):
+            crashes.add_metric([name], n)
+        yield crashes
         yield from self._storage()
         yield from self._cluster()
 
     def _storage(self) -> Iterator[Metric]:
         """The log's health (docs/durability.md, "A full or failing disk"); none without --data-dir."""
-        if self.node.persistence is None:
+        if self.storage is None:
             return
-        s = self.node.persistence.writer.stats()
+        s = self.storage.stats()
         yield GaugeMetricFamily("miyaq_log_writable", "1 while the log takes writes; 0 during a disk fault "
                                 "(new tasks are refused)", value=int(s["writable"]))
         for name, key, text in (("miyaq_log_write_errors", "write_errors", "Failed log writes (ENOSPC, EIO)"),
@@ -199,24 +194,28 @@ class NodeCollector(Collector):
         yield GaugeMetricFamily("miyaq_ring_members", "Nodes in the ring", value=len(view["members"]))
         yield GaugeMetricFamily("miyaq_is_leader", "1 while this node acts as leader",
                                 value=int(view["is_leader"]))
+        lags = sorted(c.replication_lag().items())
         lag = GaugeMetricFamily("miyaq_replication_lag_seconds", "Replication lag per peer", labels=["peer"])
-        for peer, seconds in sorted(c.replication_lag_seconds.items()):
+        for peer, (seconds, _) in lags:
             lag.add_metric([peer], seconds)
         yield lag
         lag_n = GaugeMetricFamily("miyaq_replication_lag_messages", "Unacknowledged replication messages "
                                   "per peer", labels=["peer"])
-        for peer, n in sorted(c.replication_lag_messages.items()):
+        for peer, (_, n) in lags:
             lag_n.add_metric([peer], n)
         yield lag_n
 
 
 class NodeMetrics:
-    """Everything ``/metrics`` shows for one node; :meth:`install` hooks it in."""
+    """Everything ``/metrics`` shows for one node (a part: start hooks it in)."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    name = "metrics"
+
+    def __init__(self, node_id: str, core: Core, role: Role, supervisor: Supervisor,
+                 storage: StorageHealth | None = None) -> None:
+        self.engine = core.engine
         self.registry = CollectorRegistry(auto_describe=True)
-        self.cluster = ClusterGauges(node)
+        self.cluster = ClusterGauges(role)
         self.timings = TaskTimings(self.registry)
         self.http_requests = Counter("miyaq_http_requests", "HTTP requests by route and status",
                                      ["method", "route", "status"], registry=self.registry)
@@ -225,16 +224,22 @@ class NodeMetrics:
                                 ["queue", "result"], registry=self.registry)
         self.webhook_seconds = Histogram("miyaq_webhook_request_seconds", "Duration of webhook attempts",
                                          ["queue"], registry=self.registry, buckets=LATENCY_BUCKETS)
-        self.registry.register(NodeCollector(node, self.cluster))
+        self.registry.register(NodeCollector(node_id, core, self.cluster, supervisor, storage))
 
-    def install(self) -> NodeMetrics:
-        if self.timings not in self.node.engine.listeners:
-            self.node.engine.listeners.append(self.timings)
-        return self
+    # -- lifecycle ----------------------------------------------------------------
+    def setup(self) -> None:
+        """Nothing to prepare."""
 
-    def uninstall(self) -> None:
-        if self.timings in self.node.engine.listeners:
-            self.node.engine.listeners.remove(self.timings)
+    def start(self) -> None:
+        if self.timings not in self.engine.listeners:
+            self.engine.listeners.append(self.timings)
+
+    def stop(self) -> None:
+        if self.timings in self.engine.listeners:
+            self.engine.listeners.remove(self.timings)
+
+    def kill(self) -> None:
+        self.stop()
 
     def webhook_delivered(self, queue: str, result: str, seconds: float) -> None:
         self.webhooks.labels(queue, result).inc()

@@ -31,15 +31,12 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import gevent
-
-from ..errors import ConfigError, InvalidField
-from ..store.task import RUNNING, WEBHOOK_LANE_PREFIX
-
-if TYPE_CHECKING:
-    from .engine import Engine
+from miyaq.core.engine import Engine
+from miyaq.errors import ConfigError, InvalidField
+from miyaq.runtime import LOG, Supervisor
+from miyaq.store.task import RUNNING, WEBHOOK_LANE_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +115,9 @@ class _Bucket:
 class QueueLimits:
     """Every queue limit of one node, and the buckets that enforce them."""
 
-    def __init__(self, engine: Engine, limits: dict[str, Limit] | None = None) -> None:
+    def __init__(self, engine: Engine, supervisor: Supervisor, limits: dict[str, Limit] | None = None) -> None:
         self.engine = engine
+        self.supervisor = supervisor
         self.limits: dict[str, Limit] = {}
         self.paused: dict[str, float] = {}         # queue -> when it was paused (unix time)
         self.share = 1.0
@@ -129,7 +127,7 @@ class QueueLimits:
         self.throttled: Counter[str] = Counter()   # times a queue was skipped (metrics)
         self._buckets: dict[str, _Bucket] = {}
         self._lane_queue: dict[str, str] = {}
-        self._timer: gevent.Greenlet | None = None
+        self._timer: Any = None
         self._timer_at = math.inf
         for queue, limit in (limits or {}).items():
             self.set(queue, limit, 0.0)
@@ -265,22 +263,21 @@ class QueueLimits:
 
     # -- the refill timer ------------------------------------------------------------
     def arm_wake(self, callback: Callable[[], None], now: float) -> None:
-        """Call ``callback`` (in a greenlet) at :attr:`wake_at`, replacing a
-        later timer; one timer at most. Clears :attr:`wake_at`."""
+        """Call ``callback`` (in a supervised greenlet: an exception is logged
+        and counted) at :attr:`wake_at`, replacing a later timer; one timer at
+        most. Clears :attr:`wake_at`."""
         at, self.wake_at = self.wake_at, None
         if at is None or at >= self._timer_at:
             return
         if self._timer is not None:
             self._timer.kill(block=False)
         self._timer_at = at
-        self._timer = gevent.spawn_later(max(0.0, at - now), self._fire, callback)
+        self._timer = self.supervisor.spawn_later(max(0.0, at - now), "rate-limit refill", self._fire, callback,
+                                                  policy=LOG)
 
     def _fire(self, callback: Callable[[], None]) -> None:
         self._timer, self._timer_at = None, math.inf
-        try:
-            callback()
-        except Exception:   # the pump must never die silently in a timer greenlet
-            logger.exception("dispatch after a rate-limit refill failed")
+        callback()
 
     def close(self) -> None:
         if self._timer is not None:

@@ -1,0 +1,118 @@
+"""How a clustered node talks to the other nodes: the transport seam.
+
+:class:`~miyaq.cluster.role.ClusterRole` never makes a socket. It is given a
+:class:`Transport` by the composition root and asks it for
+
+* a :class:`PeerLink`: requests to other nodes, each answered or -- past its
+  deadline -- reported as silence (``None``), which the replica logic relies
+  on ("only silence lets a copy run"); and handlers for the requests other
+  nodes send;
+* a :class:`StreamPublisher` and a :class:`StreamSubscriber`: the
+  replication streams, one per (source, destination), whose losses are found
+  by sequence numbers and heartbeats and repaired by a resync.
+
+:class:`~miyaq.cluster.zmq_transport.ZmqTransport` is the implementation
+over ZeroMQ (:mod:`miyaq.cluster.peer`, :mod:`miyaq.cluster.stream`). Another
+implementation (in memory, for in-process cluster tests) only has to keep the
+same promises: callbacks and handlers run in the node's event loop and never
+concurrently; a request gets exactly one callback; ``start`` begins delivery
+and ``close`` ends it (idempotent, never raises).
+
+Endpoints are the strings the ring's :class:`~miyaq.cluster.membership.Member`
+carries (``peer`` and ``pub``); a transport may use them as plain names.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+Body = dict[str, Any]
+#: Called once per request: with the answer, or with None (silence or an error answer).
+Callback = Callable[[Body | None], None]
+#: Handles one request from ``sender``: the answer now, or None to answer later via ``later()``.
+Handler = Callable[[str, Body], Body | None]
+Reply = Callable[[Body], None]
+#: Receives a batch of events published by ``src`` for this node.
+Apply = Callable[[str, list[Any]], None]
+#: Asks ``src`` for a resync (its stream showed a gap, went silent or restarted).
+AskResync = Callable[[str], None]
+
+
+class PeerLink(Protocol):
+    handlers: dict[bytes, Handler]
+    #: Run after each burst of requests or answers (the role flushes what they produced).
+    after_burst: list[Callable[[], None]]
+
+    def start(self) -> None:
+        """Begin reading requests and answers."""
+
+    def close(self) -> None:
+        """Stop; pending requests get no callback. Idempotent, never raises."""
+
+    def connect(self, members: dict[str, str]) -> None:
+        """Follow the ring: node id -> peer endpoint (others are dropped)."""
+
+    def request(self, node_id: str, command: bytes, body: Body, timeout: float, callback: Callback) -> bool:
+        """Send a request; ``callback`` gets the answer, or None past ``timeout`` seconds
+        (at once, in another greenlet, when it cannot be sent: then False)."""
+
+    def later(self) -> Reply:
+        """Inside a handler that returns None: the function that answers the current request."""
+
+    def unanswered(self) -> dict[str, int]:
+        """Per node: requests sent to it that await their answer."""
+
+
+class StreamPublisher(Protocol):
+    #: The ring epoch stamped on every message.
+    epoch: int
+    #: Messages dropped on purpose (fault injection).
+    dropped: int
+
+    def start(self) -> None:
+        """Begin publishing."""
+
+    def send(self, dest: str, events: list[list[Any]]) -> None:
+        """Publish one batch of events for ``dest`` (never blocks; may be lost)."""
+
+    def heartbeat(self, dests: list[str]) -> None:
+        """Tell each destination the last sequence number sent to it."""
+
+    def close(self) -> None:
+        """Idempotent, never raises."""
+
+
+class StreamSubscriber(Protocol):
+    gaps: int
+    resyncs: int
+
+    def start(self) -> None:
+        """Begin receiving (and watching for silent streams)."""
+
+    def close(self) -> None:
+        """Idempotent, never raises."""
+
+    def connect(self, pubs: dict[str, str]) -> None:
+        """Follow the ring: node id -> pub endpoint. A new source starts with a resync."""
+
+    def resync_all(self, why: str) -> None:
+        """Ask every source for a resync (this node missed time)."""
+
+    def resync_done(self, src: str) -> None:
+        """A resync from ``src`` ended (completed or abandoned)."""
+
+    def caught_up(self, src: str) -> bool:
+        """``src``'s stream was heard and is not being resynced."""
+
+    def last_heard(self) -> dict[str, float]:
+        """Per source: when its stream was last heard (monotonic)."""
+
+
+class Transport(Protocol):
+    """Makes a node's peer link and streams (each made once, at the role's construction)."""
+
+    def peer_link(self, node_id: str) -> PeerLink: ...
+
+    def publisher(self, node_id: str) -> StreamPublisher: ...
+
+    def subscriber(self, node_id: str, apply: Apply, resync: AskResync) -> StreamSubscriber: ...

@@ -1,0 +1,33 @@
+"""The transport of a clustered node over ZeroMQ (see :mod:`miyaq.cluster.transport`)."""
+from __future__ import annotations
+
+from miyaq.cluster.peer import PeerEndpoint
+from miyaq.cluster.stream import ZmqStreamPublisher, ZmqStreamSubscriber
+from miyaq.cluster.transport import Apply, AskResync
+from miyaq.runtime import Supervisor
+from miyaq.runtime.sockets import SocketFactory
+
+
+class ZmqTransport:
+    """The peer link and streams over ZeroMQ: a ROUTER bound on ``peer_bind``
+    and DEALERs to the others; a PUB bound on ``pub_bind`` and one SUB.
+
+    ``drop_ratio`` drops that share of stream messages (fault injection for
+    tests and ``miyaq chaos``: ``MIYAQ_FAULT_STREAM_DROP``)."""
+
+    def __init__(self, sockets: SocketFactory, supervisor: Supervisor, peer_bind: str, pub_bind: str,
+                 drop_ratio: float = 0.0) -> None:
+        self.sockets = sockets
+        self.supervisor = supervisor
+        self.peer_bind = peer_bind
+        self.pub_bind = pub_bind
+        self.drop_ratio = drop_ratio
+
+    def peer_link(self, node_id: str) -> PeerEndpoint:
+        return PeerEndpoint(self.sockets, self.supervisor, node_id, self.peer_bind)
+
+    def publisher(self, node_id: str) -> ZmqStreamPublisher:
+        return ZmqStreamPublisher(self.sockets, node_id, self.pub_bind, self.drop_ratio)
+
+    def subscriber(self, node_id: str, apply: Apply, resync: AskResync) -> ZmqStreamSubscriber:
+        return ZmqStreamSubscriber(self.sockets, self.supervisor, node_id, apply, resync)

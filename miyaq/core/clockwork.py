@@ -1,0 +1,107 @@
+"""The core's greenlets, and what runs after every burst of work.
+
+* the service socket's reader (:meth:`ServiceEndpoint.serve`) -- critical;
+* the timer loop: fires due timers (etas, leases, expiries) and dispatches --
+  critical: a node whose timers stopped would hold tasks forever;
+* housekeeping, every ``HOUSEKEEPING_INTERVAL``: long-poll deadlines, worker
+  heartbeats and liveness, tombstone sweeps, freeze detection -- restarted
+  if it dies.
+
+After each burst on the service socket (and on :meth:`Clockwork.wake`, for
+work that arrived another way) the dispatcher runs, then the role sends what
+the burst produced (replication, events), so a task's STARTED event leaves
+in the same pass that leased it.
+"""
+from __future__ import annotations
+
+import logging
+
+from miyaq.constants import HOUSEKEEPING_INTERVAL, STALL
+from miyaq.core.core import Core
+from miyaq.core.handles import Role
+from miyaq.runtime import CRITICAL, RESTART, Supervisor, green, monotonic, wall
+
+logger = logging.getLogger(__name__)
+
+TOMBSTONE_SWEEP = 1.0    # seconds between sweeps of old tombstones and stale ready entries
+
+
+class Clockwork:
+    name = "core"
+
+    def __init__(self, core: Core, role: Role, supervisor: Supervisor) -> None:
+        self.core = core
+        self.role = role
+        self.supervisor = supervisor
+        self._timer_wake = green.Event()
+        self._timer_at = 0.0
+        core.endpoint.after_burst.append(self.after_burst)
+
+    # -- lifecycle ----------------------------------------------------------------
+    def setup(self) -> None:
+        """Nothing to prepare: the service socket is bound when the core is built."""
+
+    def start(self) -> None:
+        spawn = self.supervisor.spawn
+        spawn("service reader", self.core.endpoint.serve, policy=CRITICAL)
+        spawn("timer loop", self._timer_loop, policy=CRITICAL)
+        spawn("housekeeping", self._housekeeping, policy=RESTART)
+
+    def stop(self) -> None:
+        """The node drains before parts stop (:meth:`Core.drain`); nothing more here."""
+
+    def kill(self) -> None:
+        try:
+            self.core.endpoint.close()
+        except Exception:
+            logger.exception("closing the service socket failed")
+
+    # -- after work ----------------------------------------------------------------
+    def wake(self, now: float) -> None:
+        """Work arrived outside the service socket (HTTP, timers): acknowledge,
+        dispatch and replicate it now, and re-check the next timer."""
+        self.core.endpoint.flush_acks()
+        self.after_burst(now)
+
+    def after_burst(self, now: float) -> None:
+        core = self.core
+        core.dispatcher.pump(now)
+        self.role.flush()
+        nxt = core.engine.timers.next_due()
+        if nxt is not None and nxt < self._timer_at:
+            self._timer_wake.set()
+
+    # -- loops -------------------------------------------------------------------------
+    def _timer_loop(self) -> None:
+        engine, dispatcher = self.core.engine, self.core.dispatcher
+        while True:
+            now = wall()
+            nxt = engine.fire_due(now)
+            dispatcher.pump(now)
+            self._timer_at = nxt if nxt is not None else now + 1.0
+            self._timer_wake.clear()
+            delay = min(max(0.0, self._timer_at - wall()), 1.0)
+            if delay > 0:
+                self._timer_wake.wait(delay)
+
+    def _housekeeping(self) -> None:
+        core = self.core
+        last_beat = last_sweep = 0.0
+        last = monotonic()
+        while True:
+            green.sleep(HOUSEKEEPING_INTERVAL)
+            mono, now = monotonic(), wall()
+            if self.role.freeze_sensitive:
+                if mono - last > STALL:
+                    self.role.stalled(mono - last)
+                core.dispatcher.alive_at = mono
+            last = mono
+            core.waiters.sweep(mono)
+            if mono - last_beat >= self.core.config.heartbeat:
+                last_beat = mono
+                core.workers.tick(now)
+            if mono - last_sweep >= TOMBSTONE_SWEEP:
+                last_sweep = mono
+                core.engine.table.sweep(now)
+                core.engine.compact_lanes()
+            core.dispatcher.pump(now)

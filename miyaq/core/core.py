@@ -1,0 +1,80 @@
+"""The core of one node: the objects that hold and hand out tasks.
+
+:class:`Core` builds them together, wired the one way they always are: the
+engine (task state), the dispatch gate, queue limits, the dispatcher, the
+service socket, long-poll waiters, the worker registry and the directory of
+the ring's other nodes. The loops that drive them are
+:class:`~miyaq.core.clockwork.Clockwork`; the command table is
+:class:`~miyaq.core.handlers.ServiceHandlers`. Parts (persistence, the role,
+periodic schedules, the gateway, metrics) are given the pieces they need,
+never the whole node.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from miyaq.config import NodeConfig
+from miyaq.core.directory import Directory
+from miyaq.core.dispatcher import Dispatcher
+from miyaq.core.engine import Engine
+from miyaq.core.gate import SHUTTING_DOWN, Gate
+from miyaq.core.limits import QueueLimits, parse_limits
+from miyaq.core.service import ServiceEndpoint
+from miyaq.core.waiters import Waiters
+from miyaq.core.workers import WorkerRegistry
+from miyaq.runtime import Supervisor
+from miyaq.runtime.sockets import SocketFactory
+from miyaq.store.task import DEAD, READY, RETRYING, RUNNING, SCHEDULED
+
+EMPTY_ROW = {SCHEDULED: 0, READY: 0, RUNNING: 0, RETRYING: 0, DEAD: 0}
+
+
+class Core:
+    def __init__(self, config: NodeConfig, sockets: SocketFactory, supervisor: Supervisor) -> None:
+        self.config = config
+        self.engine = Engine(config)
+        self.gate = Gate()
+        self.limits = QueueLimits(self.engine, supervisor, parse_limits(config.queue_limits))
+        self.dispatcher = Dispatcher(self.engine, config.max_batch, self.gate, self.limits)
+        self.endpoint = ServiceEndpoint(sockets, f"tcp://{config.host}:{config.port}")
+        self.waiters = Waiters(self.dispatcher, config.max_waiters)
+        self.directory = Directory()
+        self.workers = WorkerRegistry(self.engine, self.dispatcher, self.endpoint, self.directory,
+                                      config.id, config.heartbeat, config.liveness)
+        self.engine.listeners += [self.dispatcher, self.waiters]
+
+    # -- draining ----------------------------------------------------------------
+    def drain(self) -> None:
+        """Shutting down: accept no new task, lease none, register no worker."""
+        self.engine.accepting = False
+        self.gate.close(SHUTTING_DOWN)
+
+    @property
+    def draining(self) -> bool:
+        return self.gate.holds(SHUTTING_DOWN)
+
+    def running(self) -> int:
+        """Tasks leased to connected workers."""
+        return sum(len(w.running) for w in self.workers.by_identity.values())
+
+    # -- views -------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Queues, totals, outcomes, protocol errors and the gate, for STATUS and /status."""
+        engine, workers = self.engine, self.workers
+        counts = engine.queue_counts()
+        idle = workers.idle_by_queue()
+        per_queue = workers.workers_by_queue()
+        queues = {}
+        for q in sorted(set(counts) | set(idle)):
+            row = dict(counts.get(q, EMPTY_ROW))
+            row["workers"] = per_queue.get(q, 0)
+            row["idle"] = idle.get(q, 0)
+            queues[q] = row
+        totals = {"live": len(engine.table.live), "dead": len(engine.table.dead),
+                  "tombstones": len(engine.table.tombstones), "workers": len(workers.by_identity)}
+        outcomes: dict[str, int] = {}
+        for (_, outcome), n in engine.outcomes.items():
+            outcomes[outcome] = outcomes.get(outcome, 0) + n
+        return {"accepting": engine.accepting, "queues": queues, "totals": totals, "outcomes": outcomes,
+                "errors": dict(self.endpoint.errors), "max_tasks": self.config.max_tasks,
+                "dispatch": {"open": self.gate.is_open, "held": self.gate.held()}}

@@ -1,0 +1,33 @@
+"""The service endpoints of the ring's other members, as the role last saw them.
+
+Workers connect to every node of a ring (WELCOME and HEARTBEAT list them) and
+report a task to another of its holders when the node that gave it dies
+(DISPATCH carries the holders' endpoints). The core keeps this directory;
+the clustered role writes it on every ring view. A standalone node never
+writes it, so its workers are told of no other node.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from miyaq.store.task import Task
+
+
+class Directory:
+    def __init__(self) -> None:
+        self._service: dict[str, str] = {}
+
+    def update(self, service: Mapping[str, str]) -> None:
+        """The members of the newest ring view: node id -> service endpoint."""
+        self._service = dict(service)
+
+    def nodes(self) -> list[str] | None:
+        """Every member's service endpoint (sorted), or None while no ring was seen."""
+        if not self._service:
+            return None
+        return sorted(self._service.values())
+
+    def holder_endpoints(self, task: Task) -> list[str]:
+        """The service endpoints of ``task``'s holders that are in the ring."""
+        service = self._service
+        return [service[h] for h in task.holders if h in service]

@@ -1,0 +1,124 @@
+"""The narrow, typed handles the core is given by the parts above it.
+
+The core (engine, dispatcher, service socket, handlers, loops) imports no
+part; what it needs from one is declared here as a :class:`typing.Protocol`
+and handed in by the composition root (:func:`miyaq.node.assemble.build_node`).
+Every node has a :class:`Role` -- standalone (:mod:`miyaq.cluster.standalone`)
+or clustered (:mod:`miyaq.cluster.role`) -- with the same interface, so the
+core never asks which one it has.
+
+Every method here runs in the node's event loop and must not block.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from miyaq.protocol.periodic import KnownSchedule, Schedule
+from miyaq.store.task import Task
+
+#: Where a submit's result goes: a routing id on the service socket, or a
+#: callable (an in-process submitter: the HTTP gateway, the periodic scheduler)
+#: that receives the list of results.
+AckTarget = Any
+Ack = Callable[[Any, list[Any]], None]
+LeaderListener = Callable[[bool, int], None]
+
+
+class Intake(Protocol):
+    """Where accepted submits go: stores a task on its holders, then acknowledges."""
+
+    def submit(self, task: Task, now: float, identity: AckTarget) -> None:
+        """Store ``task``; its result ``[id, status, detail]`` goes to ``identity``."""
+
+    def flush(self) -> None:
+        """Send what the burst produced (replication requests)."""
+
+    def sweep(self) -> None:
+        """Refuse the submits whose deadline passed."""
+
+
+class Role(Protocol):
+    """A node's place in its ring: what the core and the parts may ask of it."""
+
+    @property
+    def intake(self) -> Intake:
+        """Where this node's submits go."""
+
+    #: True when a process that was frozen must hear from the other holders
+    #: before it dispatches again (a clustered node): the core then watches
+    #: for freezes and calls :meth:`stalled`.
+    freeze_sensitive: bool
+
+    @property
+    def is_leader(self) -> bool:
+        """True while this node may act as the ring's leader."""
+
+    def add_leader_listener(self, fn: LeaderListener) -> None:
+        """Call ``fn(is_leader, epoch)`` when leadership is gained or lost (add before start)."""
+
+    def new_intake(self, ack: Ack) -> Intake:
+        """An intake of its own for an in-process submitter, acknowledging to ``ack``."""
+
+    def ring_info(self) -> dict[str, Any]:
+        """Epoch, leader, vnodes and members with their endpoints and shares (RING, /status)."""
+
+    def members(self) -> int:
+        """How many nodes the ring holds."""
+
+    def holders(self, routing_key: str, replicas: int) -> list[str]:
+        """The node ids the ring places ``routing_key`` on (up to ``replicas``)."""
+
+    def running_elsewhere(self, task_id: str, now: float) -> None:
+        """A worker still runs ``task_id`` although the node that gave it went silent."""
+
+    def stalled(self, seconds: float) -> None:
+        """The process did not run for ``seconds`` (SIGSTOP, a VM pause)."""
+
+    def flush(self) -> None:
+        """Send what the last burst produced (replication, events, standby checks)."""
+
+    def replication_lag(self, now: float) -> dict[str, tuple[float, int]]:
+        """Per peer: seconds since its stream was heard, requests to it unanswered."""
+
+    def stats(self) -> dict[str, Any] | None:
+        """The ``cluster`` section of status (None for a standalone node)."""
+
+
+class WriteBarrier(Protocol):
+    """The durability step before an acknowledgement (the append-only log)."""
+
+    def after_written(self, release: Callable[[], None]) -> None:
+        """Call ``release()`` once every record buffered so far is written."""
+
+
+class StorageHealth(Protocol):
+    """How the node's durable log is doing (status ``storage`` and /metrics)."""
+
+    def stats(self) -> dict[str, Any]:
+        """``writable``, ``write_errors``, ``fsync_errors``, ``faults``, ``recoveries``..."""
+
+
+class Immediate:
+    """The write barrier of a node without a log: nothing to wait for."""
+
+    @staticmethod
+    def after_written(release: Callable[[], None]) -> None:
+        release()
+
+
+class ScheduleSink(Protocol):
+    """Where a worker's periodic schedules go when it sends READY."""
+
+    def declare(self, schedules: list[Schedule], wid: str, now: float) -> None:
+        """Keep them; ``InvalidField`` (nothing kept) past the node's limit. Never blocks."""
+
+
+class ScheduleBook(Protocol):
+    """What the node knows of periodic schedules, for people to read (the console)."""
+
+    def known(self) -> list[KnownSchedule]:
+        """Every schedule this node knows, by name."""
+
+
+StatusReport = Callable[[float], dict[str, Any]]

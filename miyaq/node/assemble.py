@@ -1,0 +1,130 @@
+"""The composition root: the one place a node is put together.
+
+:func:`build_node` is used by ``miyaq node`` (and so by ``miyaq
+dev-cluster``, ``miyaq bench`` and ``miyaq chaos``, which run it as a
+subprocess) and by the in-thread test harness
+(:class:`miyaq.testing.harness.ThreadNode`). Every other module receives what
+it needs from here; none builds another's parts.
+
+Order matters and is written once, here: the supervisor and the socket
+factory; the core; persistence (its write barrier gates acknowledgements);
+the role -- standalone, or clustered with a coordinator (ZooKeeper unless
+one is given) and a transport (ZeroMQ unless one is given); periodic
+schedules; the node's status report; the service handlers and the clockwork;
+metrics and the HTTP gateway when ``http_port`` is set.
+
+Sockets are bound and the log is opened here (the service and, in a
+cluster, peer and PUB ports), so a port in use or a locked data dir fails
+the build; the log is replayed at ``Node.start``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from miyaq.cluster.membership import Coordinator, local_member
+from miyaq.cluster.periodic_store import ZkPeriodicStore
+from miyaq.cluster.role import ClusterRole
+from miyaq.cluster.standalone import StandaloneRole
+from miyaq.cluster.transport import Transport
+from miyaq.cluster.zk_coordinator import ZooKeeperCoordinator
+from miyaq.cluster.zmq_transport import ZmqTransport
+from miyaq.config import NodeConfig
+from miyaq.core.clockwork import Clockwork
+from miyaq.core.core import Core
+from miyaq.core.handlers import ServiceHandlers
+from miyaq.core.handles import Immediate, WriteBarrier
+from miyaq.gateway.metrics import NodeMetrics
+from miyaq.gateway.server import Gateway
+from miyaq.node.node import Node, Part
+from miyaq.node.status import NodeStatus
+from miyaq.periodic.scheduler import PeriodicScheduler, SharedSource, SharedStore
+from miyaq.persistence.journal import Persistence
+from miyaq.runtime import Supervisor
+from miyaq.runtime.sockets import SocketFactory
+from miyaq.store.log import AppendLog
+
+logger = logging.getLogger(__name__)
+
+
+def build_node(config: NodeConfig, *, coordinator: Coordinator | None = None, transport: Transport | None = None,
+               sockets: SocketFactory | None = None, stream_drop: float = 0.0) -> Node:
+    """Assemble a node from ``config``.
+
+    A node is clustered when ``config.zk`` is set (a ZooKeeper coordinator)
+    or a ``coordinator`` is given; otherwise it is standalone. A clustered
+    node talks to its peers through ``transport`` (default: ZeroMQ on the
+    peer and PUB ports, dropping ``stream_drop`` of its stream messages for
+    fault injection). ``sockets`` makes every socket (default: a green factory
+    with ``config.max_message``); the node closes it when it stops.
+    """
+    supervisor = Supervisor(f"node {config.id}")
+    sockets = sockets or SocketFactory(green=True, max_message=config.max_message)
+    try:
+        return _build(config, supervisor, sockets, coordinator, transport, stream_drop)
+    except BaseException:
+        sockets.close()
+        raise
+
+
+def _build(config: NodeConfig, supervisor: Supervisor, sockets: SocketFactory, coordinator: Coordinator | None,
+           transport: Transport | None, stream_drop: float) -> Node:
+    core = Core(config, sockets, supervisor)
+    persistence = None
+    if config.data_dir:
+        persistence = Persistence(core.engine, _open_log(config, supervisor), supervisor, config.id)
+        core.endpoint.ack_gate = persistence.after_written
+    try:
+        role, shared = _role(config, core, persistence or Immediate(), supervisor, sockets, coordinator, transport,
+                             stream_drop)
+        periodic = PeriodicScheduler(config, core.engine, core.workers, role, supervisor, shared=shared)
+        status = NodeStatus(config, core, role, periodic, persistence)
+        ServiceHandlers(core, role, periodic, status, webhooks=bool(config.http_port)).install()
+        clockwork = Clockwork(core, role, supervisor)
+        # Start order: the log is replayed before the role decides to reconcile;
+        # periodic listens for leadership before the role starts campaigning.
+        parts: list[Part] = [persistence] if persistence is not None else []
+        parts += [clockwork, periodic, role]
+        if config.http_port:
+            metrics = NodeMetrics(config.id, core, role, supervisor, persistence)
+            parts += [metrics, Gateway(config, core, role, status, periodic, metrics, clockwork.wake, supervisor)]
+    except BaseException:
+        if persistence is not None:
+            persistence.kill()   # the log is open: release it (and its lock) before the sockets go
+        raise
+    return Node(config, supervisor=supervisor, sockets=sockets, core=core, clockwork=clockwork,
+                role=role, status=status, parts=parts)
+
+
+def _role(config: NodeConfig, core: Core, barrier: WriteBarrier, supervisor: Supervisor, sockets: SocketFactory,
+          coordinator: Coordinator | None, transport: Transport | None,
+          stream_drop: float) -> tuple[StandaloneRole | ClusterRole, SharedSource | None]:
+    """The node's role, and where periodic schedules share their state (None: memory)."""
+    shared: SharedSource | None = None
+    if coordinator is None and config.zk:
+        zk = ZooKeeperCoordinator(config.zk, config.cluster, local_member(config), supervisor=supervisor,
+                                  auto_join=config.auto_join, session_timeout=config.zk_session_timeout)
+        coordinator, shared = zk, _zk_periodic_store(zk)
+    if coordinator is None:
+        return StandaloneRole(config, core.engine, core.endpoint.ack), None
+    if transport is None:
+        transport = ZmqTransport(sockets, supervisor, f"tcp://{config.host}:{config.peer}",
+                                 f"tcp://{config.host}:{config.pub}", stream_drop)
+    role = ClusterRole(config, core.engine, core.gate, core.endpoint, core.directory, barrier, supervisor,
+                       transport, coordinator)
+    return role, shared
+
+
+def _open_log(config: NodeConfig, supervisor: Supervisor) -> AppendLog:
+    os.makedirs(config.data_dir, exist_ok=True)
+    return AppendLog(config.data_dir, fsync=config.fsync, interval_ms=config.fsync_interval_ms,
+                     supervisor=supervisor)
+
+
+def _zk_periodic_store(zk: ZooKeeperCoordinator) -> SharedSource:
+    """Periodic schedules keep their ticks and specs in the coordinator's
+    ZooKeeper, once it is connected."""
+    def shared() -> SharedStore | None:
+        client = zk.client
+        return ZkPeriodicStore(client, zk.cluster, zk.hosts) if client is not None else None
+    return shared

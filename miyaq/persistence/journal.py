@@ -1,0 +1,151 @@
+"""Durability: every task state change goes to the append-only log
+(:mod:`miyaq.store.log`), and a restarted node rebuilds its table from it.
+
+The listener buffers records; one writer greenlet appends them in batches
+(``append_many``: one write, and with ``fsync=always`` one fsync, per batch —
+group commit). A SUBMITTED acknowledgement is released only after the batch
+holding the task's record was written (``always``: and fsynced), so an
+acknowledged task survives kill -9 in every mode and power loss with
+``always``; with ``interval`` at most ``fsync_interval_ms`` of acknowledged
+tasks can be lost to a power loss (docs/durability.md). The writer itself
+(batches, gating, disk faults: refuse new tasks, serve, recover) is
+:class:`~miyaq.store.log_writer.LogWriter`.
+
+Records are small maps, ``{"o": op, ...}``:
+``A`` accepted (the whole task), ``S`` started, ``R`` back to waiting
+(retry/lost/released: eta, attempt, error), ``D`` dead, ``F`` finished
+(done/cancelled/expired, with the result), ``V`` revived, ``P`` purged.
+Compaction writes the live state as ``A`` records (with state) and recent
+tombstones as ``F`` records. The ``A`` and ``F`` formats are
+:mod:`miyaq.store.records`, shared with replication.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Iterator
+
+from miyaq.core.engine import Engine
+from miyaq.core.listener import EngineListener
+from miyaq.persistence.replay import replay
+from miyaq.runtime import CRITICAL, Supervisor, monotonic, wall
+from miyaq.store.log import AppendLog
+from miyaq.store.log_writer import LogWriter
+from miyaq.store.records import stone_record, task_record
+from miyaq.store.table import Tombstone
+from miyaq.store.task import READY, RETRYING, Task
+
+logger = logging.getLogger(__name__)
+
+
+class Persistence(EngineListener):
+    """The durable log as a part of the node: replays it at setup, records
+    every change while the node runs, writes what is buffered and closes it
+    at stop. The writer greenlet is critical: a disk fault is ridden out by
+    the :class:`~miyaq.store.log_writer.LogWriter` (new tasks refused), but a
+    writer that dies stops the node rather than acknowledge what it cannot keep.
+    """
+
+    name = "persistence"
+
+    def __init__(self, engine: Engine, log: AppendLog, supervisor: Supervisor, node_id: str = "") -> None:
+        self.engine = engine
+        self.log = log
+        self.supervisor = supervisor
+        self.node_id = node_id
+        # Batches, acknowledgement gating and disk faults (refuse, serve, recover): miyaq/store/log_writer.py
+        self.writer = LogWriter(log, self.snapshot)
+        self._killed = False
+
+    # -- lifecycle ----------------------------------------------------------------
+    def setup(self) -> None:
+        """Rebuild the engine's table from the log; then listen, and refuse new
+        tasks while the log cannot be written."""
+        started = monotonic()
+        counts = replay(self.engine, self.log, wall())
+        logger.info("node %s replayed %d log records in %.2fs: %d live tasks, %d tombstones "
+                    "(log: %d corrupt records, %d bytes truncated)", self.node_id, counts["records"],
+                    monotonic() - started, counts["tasks"], counts["tombstones"],
+                    self.log.corrupt_records, self.log.truncated_bytes)
+        self.engine.listeners.append(self)
+        self.engine.admission.append(self.admit)   # a disk fault refuses new tasks
+
+    def start(self) -> None:
+        self.supervisor.spawn("log-writer", self.writer.run, policy=CRITICAL)
+
+    def stop(self) -> None:
+        """Write what is buffered and close the log (every acknowledged task is in it)."""
+        self.close()
+
+    def kill(self) -> None:
+        """Close the log if :meth:`stop` could not. Never raises."""
+        if self._killed:
+            return
+        self._killed = True
+        try:
+            self.log.close()
+        except Exception:
+            logger.exception("closing the log failed")
+
+    # -- recording -----------------------------------------------------------------
+    def _add(self, record: dict[str, Any]) -> None:
+        self.writer.add(record)
+
+    def task_accepted(self, task: Task) -> None:
+        self._add(task_record(task))
+
+    def task_started(self, task: Task) -> None:
+        self._add({"o": "S", "id": task.id, "attempt": task.attempt})
+
+    def task_retrying(self, task: Task, reason: str) -> None:
+        self._add({"o": "R", "id": task.id, "attempt": task.attempt, "error": task.error,
+                   "eta": task.eta if task.state == RETRYING else 0.0})
+
+    def task_ready(self, task: Task) -> None:
+        buffer = self.writer.buffer
+        if buffer and buffer[-1]["id"] == task.id and buffer[-1]["o"] == "A":
+            return   # just accepted: the A record already says so
+        if task.attempt == 0 and task.state == READY and task.created == task.eta:
+            return
+        self._add({"o": "R", "id": task.id, "attempt": task.attempt, "eta": 0.0})
+
+    def task_dead(self, task: Task) -> None:
+        self._add({"o": "D", "id": task.id, "attempt": task.attempt, "error": task.error})
+
+    def task_finished(self, task: Task, stone: Tombstone) -> None:
+        self._add(stone_record(stone))
+
+    def task_revived(self, task: Task) -> None:
+        self._add({"o": "V", "id": task.id})
+
+    def task_purged(self, task: Task) -> None:
+        self._add({"o": "P", "id": task.id})
+
+    def task_forgotten(self, task: Task) -> None:
+        self._add({"o": "P", "id": task.id})      # handed off: gone from here as if purged
+
+    # -- gating acknowledgements and refusing on disk faults ----------------------------
+    def after_written(self, release: Callable[[], None]) -> None:
+        """Run ``release`` once every record buffered so far is in the log."""
+        self.writer.after_written(release)
+
+    def admit(self) -> None:
+        """Refuse a new task (Busy, reason "storage") while the log cannot be written."""
+        self.writer.admit()
+
+    # -- the writer ----------------------------------------------------------------------
+    def compact(self) -> None:
+        self.writer.compact()
+
+    def snapshot(self) -> Iterator[dict[str, Any]]:
+        table = self.engine.table
+        for task in list(table.live.values()) + list(table.dead.values()):
+            yield task_record(task)
+        for stone in list(table.tombstones.values()):
+            yield stone_record(stone)
+
+    def close(self) -> None:
+        self.writer.close()
+
+    def stats(self) -> dict[str, Any]:
+        """The log's health: status ``storage`` and /metrics."""
+        return self.writer.stats()

@@ -1,0 +1,60 @@
+"""Rebuilding a node's task table from its append-only log.
+
+The log's records are described in :mod:`miyaq.persistence.journal`; the
+task and tombstone formats in :mod:`miyaq.store.records`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from miyaq.core.engine import Engine
+from miyaq.store.log import AppendLog
+from miyaq.store.records import task_from_record
+from miyaq.store.task import DEAD, READY, RETRYING, RUNNING, Task
+
+
+def replay(engine: Engine, log: AppendLog, now: float) -> dict[str, int]:
+    """Rebuild the engine's table from the log. Running tasks come back ready
+    (their worker is gone; the attempt stays spent). Returns counts."""
+    tasks: dict[str, Task] = {}
+    stones: dict[str, dict[str, Any]] = {}
+    records = 0
+    for r in log.replay():
+        records += 1
+        op = r.get("o")
+        task_id = r.get("id")
+        if not isinstance(task_id, str):
+            continue
+        if op == "A":
+            stones.pop(task_id, None)
+            tasks[task_id] = task_from_record(r)
+            continue
+        if op == "F":
+            tasks.pop(task_id, None)
+            stones[task_id] = r
+            continue
+        task = tasks.get(task_id)
+        if task is None:
+            continue
+        if op == "S":
+            task.state, task.attempt = RUNNING, r.get("attempt", task.attempt)
+        elif op == "R":
+            task.attempt = r.get("attempt", task.attempt)
+            task.error = r.get("error", task.error)
+            eta = r.get("eta", 0.0)
+            task.state, task.eta = (RETRYING, eta) if eta else (READY, task.eta)
+        elif op == "D":
+            task.state, task.error = DEAD, r.get("error")
+            task.attempt = r.get("attempt", task.attempt)
+        elif op == "V":
+            task.state, task.attempt = READY, 0
+        elif op == "P":
+            del tasks[task_id]
+            stones.pop(task_id, None)
+    for task in sorted(tasks.values(), key=lambda t: t.created):
+        engine.restore(task, now)
+    kept = 0
+    for r in stones.values():
+        if engine.restore_tombstone(r, now):
+            kept += 1
+    return {"records": records, "tasks": len(tasks), "tombstones": kept}

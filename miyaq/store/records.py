@@ -1,0 +1,81 @@
+"""The record format of a task: one map shared by the append-only log and
+replication (REPLICATE, handoff, SYNC).
+
+Records are small msgpack-able maps, ``{"o": op, ...}``. ``A`` holds a whole
+task (every field of :data:`TASK_FIELDS` that is set, plus ``state``,
+``attempt`` and ``error`` once the task has moved), ``F`` a finished task's
+tombstone. The log adds the small change records (``S``, ``R``, ``D``,
+``V``, ``P``: :mod:`miyaq.persistence.journal`); a transfer to another holder
+adds the state the task is in here (:func:`transfer_record`).
+
+Both sides import this module, which imports only :mod:`miyaq.store.task`
+and :mod:`miyaq.store.table`. Readers never trust a record: a missing field
+takes its default, a wrong type raises ``KeyError``/``TypeError`` for the
+caller to refuse the record.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from miyaq.store.table import Tombstone
+from miyaq.store.task import RUNNING, SCHEDULED, Task
+
+TASK_FIELDS = ("id", "queue", "name", "url", "method", "body", "priority", "eta", "created", "expires",
+               "max_retries", "backoff", "backoff_max", "timeout", "key", "replicas", "at_most_once",
+               "meta", "rank", "holders")
+
+
+def task_record(task: Task) -> dict[str, Any]:
+    """The ``A`` record of ``task``: every field that is set, and its state once it moved."""
+    record: dict[str, Any] = {"o": "A"}
+    for name in TASK_FIELDS:
+        value = getattr(task, name)
+        if value is not None and value != () and value is not False:
+            record[name] = list(value) if name == "holders" else value
+    if task.state != SCHEDULED or task.attempt:
+        record["state"] = task.state
+        record["attempt"] = task.attempt
+        if task.error is not None:
+            record["error"] = task.error
+    return record
+
+
+def transfer_record(task: Task) -> dict[str, Any]:
+    """``task`` as it is sent to another holder (handoff, SYNC): always with
+    its state and attempt, and its lease end while it runs here."""
+    record = task_record(task)
+    record["state"] = task.state
+    record["attempt"] = task.attempt
+    if task.state == RUNNING:
+        record["lease_end"] = task.lease_end
+    return record
+
+
+def stone_record(stone: Tombstone) -> dict[str, Any]:
+    """The ``F`` record of a finished task."""
+    record: dict[str, Any] = {"o": "F", "id": stone.id, "state": stone.state, "at": stone.finished,
+                              "queue": stone.queue, "attempt": stone.attempt}
+    if stone.result is not None:
+        record["result"] = stone.result
+    if stone.error is not None:
+        record["error"] = stone.error
+    if stone.key is not None:
+        record["key"] = stone.key
+    return record
+
+
+def task_from_record(r: dict[str, Any]) -> Task:
+    """Rebuild a task from its ``A`` record (``KeyError`` without id or queue)."""
+    task = Task(r["id"], r["queue"], r.get("name"), r.get("body", b""), url=r.get("url"),
+                method=r.get("method", "POST"), priority=r.get("priority", 0), eta=r.get("eta", 0.0),
+                created=r.get("created", 0.0), expires=r.get("expires", 0.0),
+                max_retries=r.get("max_retries", 3), backoff=r.get("backoff", 1.0),
+                backoff_max=r.get("backoff_max", 300.0), timeout=r.get("timeout", 300.0),
+                key=r.get("key"), replicas=r.get("replicas", 1), at_most_once=r.get("at_most_once", False),
+                meta=r.get("meta"))
+    task.rank = r.get("rank", 0)
+    task.holders = tuple(r.get("holders", ()))
+    task.state = r.get("state", SCHEDULED)
+    task.attempt = r.get("attempt", 0)
+    task.error = r.get("error")
+    return task

@@ -1,0 +1,310 @@
+"""How a node is put together and how it lives and dies: the composition
+root, the parts' lifecycle, the dispatch gate, the standalone role, and the
+silent deaths that are no longer silent (each fault injected, then shown to
+be logged, counted in ``miyaq_greenlet_crashes_total`` and either recovered
+from or the node stopped).
+
+Nodes here run in the test's own gevent hub (no thread), so a test can reach
+into a part and inject a fault; every node is stopped at the end.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from miyaq.cluster.holder_events import EventPublisher, apply_events
+from miyaq.cluster.membership import StandaloneCoordinator, local_member
+from miyaq.cluster.peer import PeerEndpoint
+from miyaq.cluster.role import ClusterRole
+from miyaq.cluster.standalone import StandaloneRole
+from miyaq.config import NodeConfig
+from miyaq.core.consumers import Consumer
+from miyaq.core.gate import RECONCILING, SHUTTING_DOWN, Gate
+from miyaq.core.local_intake import LocalIntake
+from miyaq.errors import ShuttingDown
+from miyaq.node.assemble import build_node
+from miyaq.node.node import Node
+from miyaq.protocol.commands import ACCEPTED
+from miyaq.runtime import Supervisor, green, wall
+from miyaq.runtime.sockets import SocketFactory
+from miyaq.store.task import RUNNING, Task
+from miyaq.testing.harness import free_port
+
+WAIT = 10.0   # a guard against a hang, never a timing assertion
+
+
+def until(predicate: Callable[[], Any], what: str) -> Any:
+    """Run the hub until ``predicate()`` is truthy; fail naming ``what`` if it never is."""
+    with green.Timeout(WAIT, False):
+        while True:
+            value = predicate()
+            if value:
+                return value
+            green.sleep(0.01)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def local_node() -> Iterator[Callable[..., Node]]:
+    """Factory: a node built by build_node and started in this thread's hub."""
+    nodes: list[Node] = []
+
+    def make(start: bool = True, **settings: Any) -> Node:
+        settings.setdefault("port", free_port())
+        settings.setdefault("http_port", 0)
+        settings.setdefault("node_id", f"n{settings['port']}")
+        settings.setdefault("shutdown_grace", 0.0)
+        settings.setdefault("heartbeat", 0.25)
+        node = build_node(NodeConfig(**settings))
+        nodes.append(node)
+        return node.start() if start else node
+
+    yield make
+    for node in nodes:
+        node.stop(0)
+
+
+def task(task_id: str, queue: str = "q") -> Task:
+    now = wall()
+    return Task(task_id, queue, "job", b"", created=now, eta=now)
+
+
+class Collector(Consumer):
+    def __init__(self, queues: list[str]) -> None:
+        super().__init__(queues)
+        self.got: list[Task] = []
+
+    def deliver(self, tasks: list[Task]) -> bool:
+        self.got.extend(tasks)
+        return True
+
+
+# -- the gate -------------------------------------------------------------------------------
+def test_gate_opens_only_when_every_reason_is_released() -> None:
+    """Two parts close the gate for their own reasons; one reopening cannot
+    undo the other's, and the gate reports what holds it."""
+    gate, opened = Gate(), []
+    gate.on_open(lambda: opened.append(True))
+    gate.close(SHUTTING_DOWN)
+    gate.close(RECONCILING)
+    gate.close(RECONCILING)
+    assert not gate.is_open and gate.held() == [RECONCILING, SHUTTING_DOWN]
+    gate.open(RECONCILING)
+    assert not gate.is_open and gate.held() == [SHUTTING_DOWN] and opened == []
+    gate.open("never held")
+    gate.open(SHUTTING_DOWN)
+    assert gate.is_open and gate.held() == [] and opened == [True]
+
+
+def test_closed_gate_leases_nothing_and_reopening_dispatches(local_node: Callable[..., Node]) -> None:
+    """While a reason holds the gate, ready tasks stay ready (and RECEIVE is
+    refused with the reason); reopening dispatches them at once."""
+    node = local_node()
+    core = node.core
+    core.gate.close(RECONCILING)
+    consumer = Collector(["q"])
+    core.dispatcher.grant(consumer, 10)
+    core.engine.submit(task("t1"), wall())
+    core.dispatcher.pump(wall())
+    assert consumer.got == [] and core.status()["dispatch"] == {"open": False, "held": [RECONCILING]}
+    with pytest.raises(ShuttingDown, match="reconciling"):
+        core.endpoint.handlers[b"RECEIVE"](b"pull", {"queues": ["q"]}, wall())
+    core.gate.open(RECONCILING)
+    until(lambda: consumer.got, "the held task to be dispatched")
+    assert [t.id for t in consumer.got] == ["t1"] and core.status()["dispatch"]["open"]
+
+
+# -- the standalone role ------------------------------------------------------------------------
+def test_standalone_role_is_a_ring_of_one_that_leads(local_node: Callable[..., Node]) -> None:
+    node = local_node(http_port=free_port())
+    role = node.role
+    assert isinstance(role, StandaloneRole)
+    config = node.config
+    assert role.ring_info() == {
+        "epoch": 1, "leader": node.id, "vnodes": 0,
+        "members": {node.id: {"service": f"tcp://127.0.0.1:{config.port}", "share": 1.0, "weight": 1.0,
+                              "http": f"http://127.0.0.1:{config.http_port}"}}}
+    assert role.is_leader and role.members() == 1 and role.stats() is None
+    assert node.status(wall())["cluster"] is None and node.status(wall())["periodic"]["leading"]
+    acks: list[list[Any]] = []
+    intake = role.new_intake(lambda identity, result: acks.append(result))
+    assert isinstance(intake, LocalIntake)
+    intake.submit(task("own"), wall(), b"me")
+    assert acks == [["own", ACCEPTED, None]]
+
+
+def test_clustered_node_is_assembled_with_an_injected_coordinator(local_node: Callable[..., Node]) -> None:
+    """The seam the in-process cluster tests use: a clustered node built
+    without ZooKeeper (a coordinator is given). Here a ring of one."""
+    port = free_port()
+    config = NodeConfig(port=port, node_id=f"c{port}", http_port=0)
+    node = build_node(config, coordinator=StandaloneCoordinator(local_member(config)))
+    try:
+        node.start()
+        assert isinstance(node.role, ClusterRole)
+        until(lambda: node.role.members() == 1, "the ring view")
+        acks: list[Any] = []
+        node.role.intake.submit(task("c1"), wall(), lambda results: acks.extend(results))
+        node.clockwork.wake(wall())
+        until(lambda: acks, "the submit to be acknowledged")
+        assert acks == [["c1", ACCEPTED, None]]
+        assert node.core.directory.nodes() == [f"tcp://127.0.0.1:{port}"]
+    finally:
+        node.stop(0)
+
+
+# -- stopping ---------------------------------------------------------------------------------
+class BrokenPart:
+    name = "broken"
+
+    def __init__(self) -> None:
+        self.killed = False
+
+    def setup(self) -> None:
+        pass
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        raise RuntimeError("injected fault in stop")
+
+    def kill(self) -> None:
+        self.killed = True
+        raise RuntimeError("injected fault in kill")
+
+
+def test_stop_survives_parts_that_fail_to_stop(local_node: Callable[..., Node],
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """Fault: a part's stop and kill both raise. Every other part still stops
+    (the service socket is closed), the failures are logged and the node
+    ends stopped."""
+    node = local_node()
+    broken = BrokenPart()
+    node.parts.append(broken)
+    with caplog.at_level(logging.ERROR, logger="miyaq.node.node"):
+        node.stop(0)
+    assert node.wait(0) and broken.killed
+    assert node.core.endpoint._closed
+    assert "stop of part broken failed" in caplog.text and "kill of part broken failed" in caplog.text
+
+
+# -- silent deaths, no longer silent ----------------------------------------------------------
+def test_timer_loop_death_stops_the_node_loudly(local_node: Callable[..., Node],
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """Fault: the timer loop raises (a bug in the engine). A node whose timers
+    stopped would hold tasks forever: it stops, saying why, and counts it."""
+    node = local_node(start=False)
+
+    def broken(now: float) -> float | None:
+        raise RuntimeError("injected fault in fire_due")
+
+    node.core.engine.fire_due = broken   # type: ignore[method-assign]
+    with caplog.at_level(logging.CRITICAL, logger="miyaq.runtime.supervisor"):
+        node.start()
+        until(lambda: node.wait(0), "the node to stop")
+    assert isinstance(node.crashed, RuntimeError)
+    assert node.supervisor.crashes["timer loop"] == 1
+    assert "critical greenlet timer loop died" in caplog.text
+
+
+def test_log_writer_death_stops_the_node(local_node: Callable[..., Node], tmp_path: Any) -> None:
+    """Fault: a bug in the log's append (not a disk fault: the writer rides
+    those out and refuses new tasks). A node whose log writer died cannot
+    keep what it acknowledges: it stops, loudly, and the death is counted."""
+    node = local_node(data_dir=str(tmp_path / "data"))
+    journal = node.part("persistence")
+
+    def broken(batch: list[dict[str, Any]]) -> None:
+        raise RuntimeError("injected bug in the log")
+
+    journal.log.append_many = broken
+    node.core.engine.submit(task("w1"), wall())    # a change the writer must log
+    until(lambda: node.wait(0), "the node to stop")
+    assert isinstance(node.crashed, RuntimeError) and node.supervisor.crashes["log-writer"] == 1
+
+
+def test_housekeeping_death_is_counted_and_restarted(local_node: Callable[..., Node]) -> None:
+    """Fault: housekeeping raises once (a bug in a long-poll sweep). It is
+    restarted, the crash is counted in /metrics, and the node serves on."""
+    node = local_node(http_port=free_port())
+    waiters = node.core.waiters
+    real, calls = waiters.sweep, []
+
+    def sweep_once_broken(now: float) -> None:
+        calls.append(now)
+        if len(calls) == 1:
+            raise RuntimeError("injected fault in sweep")
+        real(now)
+
+    waiters.sweep = sweep_once_broken   # type: ignore[method-assign]
+    until(lambda: len(calls) >= 3, "the restarted housekeeping to sweep again")
+    assert node.supervisor.restarts["housekeeping"] == 1 and node.supervisor.crashes["housekeeping"] == 1
+    assert not node.wait(0) and node.crashed is None
+    text = node.part("metrics").render().decode()
+    assert 'miyaq_greenlet_crashes_total{name="housekeeping"} 1.0' in text
+
+
+def test_failing_rate_limit_refill_is_logged_and_counted(local_node: Callable[..., Node],
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Fault: the dispatch a rate-limit refill timer triggers raises. The
+    timer greenlet's failure is logged and counted; the node serves on."""
+    node = local_node(queue_limits="slow:rate=100,burst=1")
+    limits = node.core.limits
+    limits.wake_at = wall()
+
+    def broken() -> None:
+        raise RuntimeError("injected fault in refill")
+
+    with caplog.at_level(logging.ERROR, logger="miyaq.runtime.supervisor"):
+        limits.arm_wake(broken, wall())
+        until(lambda: node.supervisor.crashes["rate-limit refill"], "the refill to fail")
+    assert "greenlet rate-limit refill failed" in caplog.text and not node.wait(0)
+
+
+def test_peer_callback_failures_are_logged_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    """Fault: a request's callback raises, both when the request cannot be
+    sent (the callback runs in its own greenlet) and when its deadline
+    passes (it runs in the answer reader). Each is logged and counted; the
+    reader keeps running."""
+    supervisor = Supervisor("peer test", on_fatal=lambda name, exc: pytest.fail(f"{name} died"))
+    sockets = SocketFactory()
+    link = PeerEndpoint(sockets, supervisor, "me", f"tcp://127.0.0.1:{free_port()}")
+
+    def broken(answer: dict[str, Any] | None) -> None:
+        raise RuntimeError("injected fault in a peer callback")
+
+    try:
+        link.start()
+        with caplog.at_level(logging.ERROR, logger="miyaq.runtime.supervisor"):
+            assert not link.request("nobody", b"QUERY", {"ids": []}, 1.0, broken)
+            until(lambda: supervisor.crashes["peer callback"] == 1, "the unsendable request's callback")
+            link.connect({"silent": f"tcp://127.0.0.1:{free_port()}"})
+            link.pending[999] = (0.0, broken)      # a request whose deadline has passed
+            until(lambda: supervisor.crashes["peer callback"] == 2, "the expired request's callback")
+        assert caplog.text.count("peer callback failed") == 2
+        assert sorted(supervisor.live()) == ["peer answers", "peer requests"]
+    finally:
+        supervisor.kill()
+        link.close()
+        sockets.close()
+
+
+# -- events between holders ---------------------------------------------------------------------
+def test_duplicate_start_names_the_node_it_was_started_on(caplog: pytest.LogCaptureFixture) -> None:
+    """Fault: another holder announces STARTED for a task already running
+    here. The duplicate is counted and reported with the other node's id
+    (not the task's)."""
+    running = task("dup-1")
+    running.state = RUNNING
+    seen: list[dict[str, Any]] = []
+    events = EventPublisher("me", SimpleNamespace(send=lambda dest, evs: None))   # type: ignore[arg-type]
+    events.duplicate_run = lambda t, info: seen.append(info)   # type: ignore[method-assign]
+    engine = SimpleNamespace(table=SimpleNamespace(live={"dup-1": running}, dead={}))
+    role = SimpleNamespace(engine=engine, events=events, duplicates_seen=0)
+    apply_events(role, "other-node", [["S", "dup-1", 2, wall() + 30, False]])   # type: ignore[arg-type]
+    assert seen == [{"also_started_on": "other-node", "attempt": 2}] and role.duplicates_seen == 1
