@@ -302,7 +302,7 @@ def test_oversized_references_are_refused(api, path):
 # -- other members ---------------------------------------------------------------------------------
 def _two_member_ring(first: Any, second: Any, gone_url: str) -> None:
     """Make ``first`` see a ring of itself, ``second`` and a member whose gateway is down."""
-    own = first.node.ring_info
+    own = first.node.role.ring_info
 
     def ring_info() -> dict[str, Any]:
         info = own()
@@ -311,7 +311,7 @@ def _two_member_ring(first: Any, second: Any, gone_url: str) -> None:
         info["members"]["t3"] = {"service": "tcp://127.0.0.1:2", "share": 0.2, "weight": 1.0, "http": gone_url}
         return info
 
-    first.call(lambda: setattr(first.node, "ring_info", ring_info))
+    first.call(lambda: setattr(first.node.role, "ring_info", ring_info))
 
 
 def test_pause_reaches_every_member_and_the_ring_page_asks_each(make_http_node):

@@ -12,7 +12,7 @@ from test_limits import pump, setup, submit
 
 from miyaq.cli.main import main as cli_main
 from miyaq.errors import InvalidField
-from miyaq.node import limits as limits_module
+from miyaq.core import limits as limits_module
 from miyaq.core.limits import Limit
 
 http_node, api, make_http_node, make_web_worker = FIXTURES   # pytest finds fixtures in module globals
