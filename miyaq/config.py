@@ -121,6 +121,10 @@ class NodeConfig(Settings):
     replicas: int = _opt(3, "default holders per task in a cluster (1 when standalone)")
     min_acks: int = _opt(0, "holders that must store a task before a submit returns (0: all)")
     replica_offset: float = _opt(5.0, "seconds between holder ranks' timers")
+    replication_timeout: float = _opt(3.0, "seconds a submit waits for min_acks holders to store the task before "
+                                           "it is refused not_enough_replicas (a resend with the same id is safe)")
+    reconcile_timeout: float = _opt(15.0, "most seconds a node restarted from its log holds dispatching while it "
+                                          "reconciles with the other holders")
     max_tasks: int = _opt(1_000_000, "live tasks this node holds before it answers BUSY")
     max_payload: int = _opt(1024 * 1024, "largest task payload in bytes")
     max_message: int = _opt(16 * 1024 * 1024, "largest protocol message in bytes")

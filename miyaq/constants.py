@@ -1,15 +1,126 @@
-"""The node's fixed numbers: intervals and bounds that are part of how it
-works rather than settings an operator tunes (those are in
-:mod:`miyaq.config`, with their documentation).
+"""The node's fixed numbers: intervals, timeouts and bounds that are part of
+how it works rather than settings an operator tunes (those are
+:class:`miyaq.config.NodeConfig`, documented in docs/configuration.md).
 
 One place, so a reader finds each number once, with why it has its value.
+Times are seconds unless the name says otherwise.
 """
 from __future__ import annotations
 
-#: Seconds the process may go without running its housekeeping before it
+# -- the core: the node's loops --------------------------------------------------------------
+
+#: The process may go this long without running its housekeeping before it
 #: counts as frozen (SIGSTOP, swap, a VM pause) rather than merely busy.
 STALL = 2.0
-
-#: Seconds between two passes of the node's housekeeping loop (long-poll
-#: deadlines, worker heartbeats, freeze detection).
+#: Between two passes of housekeeping (long-poll deadlines, worker
+#: heartbeats and liveness, freeze detection).
 HOUSEKEEPING_INTERVAL = 0.1
+#: Between two sweeps of expired tombstones and stale ready-queue entries.
+TOMBSTONE_SWEEP = 1.0
+#: While draining for shutdown, how often the node checks for running tasks.
+DRAIN_POLL = 0.05
+
+# -- the core: work per pass -------------------------------------------------------------------
+
+#: Messages the service socket reads before replies go out and the dispatcher runs...
+SERVICE_BURST = 512
+#: ... or tasks handled (a SUBMIT may carry hundreds), whichever comes first.
+SERVICE_BURST_WORK = 2048
+#: Tasks leased to one consumer per round of a pump, so a burst spreads over idle consumers.
+DISPATCH_CHUNK = 64
+#: Payload bytes in one DISPATCH (workers refuse messages over 64 MiB).
+DISPATCH_BATCH_BYTES = 8 * 1024 * 1024
+#: Timers fired by one pass of the timer loop (the rest wait for the next pass).
+TIMER_BATCH = 5000
+
+# -- the core: bounds ----------------------------------------------------------------------------
+
+#: Distinct queue names a node holds at once (empty ones are pruned).
+MAX_QUEUES = 10_000
+#: Queues paused at once.
+MAX_PAUSED = 10_000
+#: The longest a RESULT or RECEIVE long-poll may wait (ZeroMQ and HTTP).
+MAX_LONG_POLL = 3600.0
+#: The largest rate a queue limit accepts (tasks per second).
+MAX_RATE = 1e9
+
+# -- the cluster ---------------------------------------------------------------------------------
+
+#: Between two passes of the cluster's ticker (flushes, deadline sweeps).
+CLUSTER_TICK = 0.05
+#: Between two heartbeats on each replication stream (they carry the last sequence).
+STREAM_HEARTBEAT = 1.0
+#: A stream silent this long is suspect: the receiver asks for a resync.
+STREAM_SILENCE = 3.5
+#: First and longest wait between reconnects to a peer (milliseconds).
+PEER_RECONNECT_MS = (100, 2000)
+#: Submits waiting for their replicas at once; beyond, a submit is answered busy.
+MAX_PENDING_SUBMITS = 200_000
+#: Events in one replication stream message.
+MAX_STREAM_EVENTS = 1000
+#: A standby copy's QUERY to the other holders waits this long; silence lets it run.
+QUERY_TIMEOUT = 1.0
+#: Task ids answered in one QUERY.
+MAX_QUERY = 10_000
+#: Tasks in one handoff REPLICATE request.
+HANDOFF_CHUNK = 500
+#: A new holder has this long to confirm a handed-off chunk...
+HANDOFF_CONFIRM_TIMEOUT = 5.0
+#: ... and unconfirmed copies are sent again this often.
+HANDOFF_RETRY = 5.0
+#: For ``HANDOFF_SWEEP_AFTER_CHANGE`` after a ring change, every
+#: ``HANDOFF_SWEEP`` the node looks again for copies placed by a view that
+#: changed meanwhile (one pass over its tasks each time).
+HANDOFF_SWEEP = 10.0
+HANDOFF_SWEEP_AFTER_CHANGE = 60.0
+#: Tasks in one SYNC answer, and the newest tombstones it carries.
+RESYNC_CHUNK = 1000
+RESYNC_STONES = 5000
+#: One SYNC request waits this long for its answer.
+RESYNC_TIMEOUT = 5.0
+#: A node that was frozen holds dispatching at most this long while it
+#: fetches every peer's state again.
+FROZEN_RESYNC_TIMEOUT = 10.0
+#: Compare-and-set attempts on a contended periodic znode before giving up.
+CAS_TRIES = 5
+
+# -- periodic schedules ----------------------------------------------------------------------------
+
+#: The leader re-reads the specs stored in ZooKeeper this often.
+SPEC_RELOAD = 10.0
+#: Who still declares which schedule is checked this often.
+SPEC_HOUSEKEEPING = 5.0
+#: A rejected tick is submitted again (same id) after this long.
+TICK_RETRY = 0.5
+#: The scheduler's loop wakes at least this often.
+SCHEDULER_WAKE = 1.0
+#: A schedule with no next tick is looked at again after this long (milliseconds).
+NO_NEXT_TICK_MS = 60_000
+#: A schedule no worker declared for this long stops firing and is forgotten.
+SPEC_TTL = 3600.0
+#: How stale ZooKeeper's "seen" of a declared schedule may get.
+SPEC_REFRESH = 300.0
+#: Worker ids remembered per schedule.
+MAX_DECLARERS = 64
+
+# -- the HTTP gateway --------------------------------------------------------------------------------
+
+#: Stopping, the HTTP server lets requests in progress finish for this long.
+HTTP_STOP_TIMEOUT = 1.0
+#: An HTTP submit waits this long for its acknowledgement (then: timeout, resubmit).
+HTTP_ACK_WAIT = 10.0
+#: How often a node re-reads the ring size that sets its share of each queue limit.
+LIMIT_SHARE_REFRESH = 1.0
+#: Form fields one HTTP request may carry.
+MAX_FORM_FIELDS = 1000
+#: Opening a connection to a webhook destination may take this long.
+WEBHOOK_CONNECT_TIMEOUT = 10.0
+#: Webhook destinations with pooled connections (least recently used closed first).
+WEBHOOK_MAX_DESTINATIONS = 256
+#: The longest Retry-After a webhook destination may ask for.
+WEBHOOK_MAX_RETRY_AFTER = 86400.0
+#: Bytes of a webhook's response read (the rest is dropped with its connection),
+#: kept as the task's result, and kept in a failed attempt's error.
+WEBHOOK_RESPONSE_LIMIT = 64 * 1024
+WEBHOOK_RESULT_LIMIT = 1024
+WEBHOOK_ERROR_LIMIT = 256

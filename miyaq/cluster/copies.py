@@ -18,6 +18,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from miyaq.cluster.standby import describe
+from miyaq.constants import MAX_QUERY
 from miyaq.runtime import wall
 from miyaq.store.records import task_from_record
 from miyaq.store.task import DEAD, SCHEDULED, Task
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MAX_QUERY = 10_000    # ids answered per QUERY
 
 
 class Copies:

@@ -8,7 +8,7 @@ old holder updates its copy's holder list and rank; a copy this node no
 longer holds is dropped only once every new holder confirmed it — unless it
 is running here, in which case it stays until it finishes (its outcome is
 announced to the new holders). Copies whose confirmation does not come are
-sent again every ``RETRY`` seconds.
+sent again every ``HANDOFF_RETRY`` seconds.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from miyaq.cluster.peer import REPLICATE
+from miyaq.constants import HANDOFF_CHUNK, HANDOFF_CONFIRM_TIMEOUT, HANDOFF_RETRY
 from miyaq.runtime import monotonic
 from miyaq.store.records import transfer_record
 from miyaq.store.task import RUNNING
@@ -25,9 +26,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CHUNK = 500
-RETRY = 5.0
-CONFIRM_TIMEOUT = 5.0    # seconds a new holder has to confirm a handed-off chunk
 
 
 class Handoff:
@@ -67,7 +65,7 @@ class Handoff:
                     outbox.setdefault(h, []).append(record)
                 sent += 1
                 # Until every new holder confirmed (it may refuse while its view
-                # of the ring lags), the copy is sent again every RETRY seconds.
+                # of the ring lags), the copy is sent again every HANDOFF_RETRY seconds.
                 self.leaving[task.id] = set(targets)
         self._send(outbox)
         self.last_run = monotonic()
@@ -78,10 +76,10 @@ class Handoff:
 
     def _send(self, outbox: dict[str, list[dict[str, Any]]]) -> None:
         for holder, records in outbox.items():
-            for start in range(0, len(records), CHUNK):
-                chunk = records[start:start + CHUNK]
+            for start in range(0, len(records), HANDOFF_CHUNK):
+                chunk = records[start:start + HANDOFF_CHUNK]
                 ids = [r["id"] for r in chunk]
-                self.role.peer.request(holder, REPLICATE, {"tasks": chunk}, CONFIRM_TIMEOUT,
+                self.role.peer.request(holder, REPLICATE, {"tasks": chunk}, HANDOFF_CONFIRM_TIMEOUT,
                                        self._callback(holder, ids))
 
     def _callback(self, holder: str, ids: list[str]) -> Callable[[dict[str, Any] | None], None]:
@@ -104,7 +102,7 @@ class Handoff:
 
     def retry(self, now: float) -> None:
         """Send again what was not confirmed (a new holder that was down). ``now``: monotonic."""
-        if not self.leaving or now - max(self.last_run, self.last_retry) < RETRY:
+        if not self.leaving or now - max(self.last_run, self.last_retry) < HANDOFF_RETRY:
             return
         self.last_retry = now
         table = self.role.engine.table

@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from miyaq.cluster.transport import StreamPublisher
+from miyaq.constants import MAX_STREAM_EVENTS
 from miyaq.core.listener import EngineListener
 from miyaq.runtime import wall
 from miyaq.store.table import Tombstone
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 STARTED_ELSEWHERE = "started-elsewhere"   # tombstone of an at-most-once copy
-MAX_EVENTS = 1000                         # events per stream message
 
 
 class EventPublisher(EngineListener):
@@ -99,8 +99,8 @@ class EventPublisher(EngineListener):
         outbox, self.outbox = self.outbox, {}
         send = self.stream.send
         for dest, events in outbox.items():
-            for start in range(0, len(events), MAX_EVENTS):
-                send(dest, events[start:start + MAX_EVENTS])
+            for start in range(0, len(events), MAX_STREAM_EVENTS):
+                send(dest, events[start:start + MAX_STREAM_EVENTS])
 
 
 def apply_events(role: ClusterRole, src: str, events: list[Any]) -> None:

@@ -21,6 +21,7 @@ from collections import Counter
 from typing import Any, Callable
 
 from miyaq.cluster.transport import Body, Callback, Handler, Reply
+from miyaq.constants import PEER_RECONNECT_MS
 from miyaq.errors import MiyaqError, ProtocolError
 from miyaq.protocol import codec
 from miyaq.runtime import CRITICAL, LOG, Supervisor, green, monotonic
@@ -34,7 +35,6 @@ SYNC = b"SYNC"               # {"cursor": n}                   -> answer {"tasks
 ANSWER = b"ANSWER"           # {"req", ...}
 PEER_COMMANDS = frozenset({REPLICATE, QUERY, SYNC})
 PEER_REPLIES = frozenset({ANSWER})
-RECONNECT_MS = (100, 2000)    # first and longest wait between reconnects to a peer
 
 
 class PeerEndpoint:
@@ -77,7 +77,7 @@ class PeerEndpoint:
             if node_id == self.node_id or node_id in self.dealers:
                 continue
             # IMMEDIATE: never queue for a peer that is not there.
-            sock = self.sockets.dealer(endpoint, immediate=True, reconnect_ms=RECONNECT_MS)
+            sock = self.sockets.dealer(endpoint, immediate=True, reconnect_ms=PEER_RECONNECT_MS)
             self.dealers[node_id] = sock
             self.endpoints[node_id] = endpoint
             self._poller.register(sock, zmq.POLLIN)

@@ -37,12 +37,12 @@ from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, N
 
 from miyaq.cluster.zk_layout import Layout, dump_json, load_json
 from miyaq.cluster.zk_store import ZnodeStore
+from miyaq.constants import CAS_TRIES
 from miyaq.errors import MiyaqError, Unavailable
 from miyaq.protocol.periodic import MAX_SCHEDULES, Declared, check_name, schedule_from_wire
 
 logger = logging.getLogger(__name__)
 
-CAS_TRIES = 5
 
 P = ParamSpec("P")
 R = TypeVar("R")

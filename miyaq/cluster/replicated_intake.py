@@ -6,7 +6,7 @@ from the ring (the preference list of ``replicas`` nodes for the routing key:
 sends REPLICATE to the others (batched per holder per burst) and
 acknowledges once ``min_acks`` holders stored it (default: all of them —
 synchronous replication). A submit that cannot reach ``min_acks`` holders by
-``ACK_TIMEOUT`` (monotonic) is rejected with NOT_ENOUGH_REPLICAS; resending
+``replication_timeout`` seconds (monotonic) is rejected with NOT_ENOUGH_REPLICAS; resending
 it with the same id is safe (REPLICATE is idempotent on every holder).
 It is the :class:`~miyaq.core.handles.Intake` of a clustered node.
 
@@ -19,6 +19,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from miyaq.cluster.peer import REPLICATE
+from miyaq.constants import MAX_PENDING_SUBMITS
 from miyaq.core.handles import Ack, AckTarget
 from miyaq.errors import MiyaqError, NotEnoughReplicas, Unavailable
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE, REJECTED
@@ -31,8 +32,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ACK_TIMEOUT = 3.0
-MAX_PENDING = 200_000
 
 
 class _Pending:
@@ -52,13 +51,14 @@ class ReplicatedIntake:
         self.role = role
         self.engine = role.engine
         self.ack = ack
+        self.timeout = role.config.replication_timeout
         self.pending: dict[str, _Pending] = {}
         self.outbox: dict[str, list[dict[str, Any]]] = {}
         self.rejected = 0
 
     def submit(self, task: Task, now: float, identity: AckTarget) -> None:
         role = self.role
-        if len(self.pending) >= MAX_PENDING:
+        if len(self.pending) >= MAX_PENDING_SUBMITS:
             self.ack(identity, [task.id, REJECTED, {"code": "busy", "message": "too many submits in flight"}])
             return
         holders = role.holders_for(task)
@@ -69,7 +69,7 @@ class ReplicatedIntake:
         record = task_record(task)     # before place(): each holder adds its own offset
         record.pop("rank", None)
         need = min(role.min_acks or len(holders), len(holders))
-        entry = _Pending(identity, need, monotonic() + ACK_TIMEOUT)
+        entry = _Pending(identity, need, monotonic() + self.timeout)
         if role.node_id in holders:
             role.place(task)
             if task.meta and task.meta.get("resent"):
@@ -99,7 +99,7 @@ class ReplicatedIntake:
         outbox, self.outbox = self.outbox, {}
         for holder, records in outbox.items():
             ids = [r["id"] for r in records]
-            self.role.peer.request(holder, REPLICATE, {"tasks": records}, ACK_TIMEOUT, self._callback(ids))
+            self.role.peer.request(holder, REPLICATE, {"tasks": records}, self.timeout, self._callback(ids))
 
     def _callback(self, ids: list[str]) -> Callable[[dict[str, Any] | None], None]:
         return lambda answer: self._replicated(ids, answer)
@@ -131,5 +131,5 @@ class ReplicatedIntake:
                 del self.pending[task_id]
                 self.rejected += 1
                 err = NotEnoughReplicas(f"task {task_id} stored on {entry.got} of the {entry.need} "
-                                        f"holders needed within {ACK_TIMEOUT:g}s; resubmit with the same id")
+                                        f"holders needed within {self.timeout:g}s; resubmit with the same id")
                 self.ack(entry.identity, [task_id, REJECTED, err.to_wire()])

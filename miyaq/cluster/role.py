@@ -22,10 +22,12 @@ from miyaq.cluster.membership import Coordinator, LeaderListener, RingView
 from miyaq.cluster.peer import QUERY, REPLICATE, SYNC
 from miyaq.cluster.replicated_intake import ReplicatedIntake
 from miyaq.cluster.standby import StandbyChecker
-from miyaq.cluster.stream import HEARTBEAT
 from miyaq.cluster.sync import Resync
 from miyaq.cluster.transport import Transport
 from miyaq.config import NodeConfig
+from miyaq.constants import (
+    CLUSTER_TICK, FROZEN_RESYNC_TIMEOUT, HANDOFF_SWEEP, HANDOFF_SWEEP_AFTER_CHANGE, STREAM_HEARTBEAT,
+)
 from miyaq.core.directory import Directory
 from miyaq.core.engine import Engine
 from miyaq.core.gate import RECONCILING, Gate
@@ -36,11 +38,6 @@ from miyaq.store.task import RUNNING, Task
 
 logger = logging.getLogger(__name__)
 
-HANDOFF_SWEEP = 10.0     # seconds between handoff sweeps for a while after a ring change
-SWEEP_AFTER_CHANGE = 60.0
-RECONCILE_TIMEOUT = 15.0  # most a restarted node waits for the other holders before dispatching
-RESYNC_TIMEOUT = 10.0     # most a node that was frozen waits for its peers' state
-TICK = 0.05               # seconds between two passes of the role's ticker
 
 
 class ClusterRole:
@@ -91,7 +88,7 @@ class ClusterRole:
             # Restarted from its log: hold dispatching until the other holders
             # told us what finished (and what we missed) while we were down.
             self.gate.close(RECONCILING)
-            self._reconcile_until = monotonic() + RECONCILE_TIMEOUT
+            self._reconcile_until = monotonic() + self.config.reconcile_timeout
             logger.info("node %s: %d task(s) from the log; reconciling with the other holders before "
                         "dispatching", self.node_id, len(self.engine.table.live))
 
@@ -156,7 +153,7 @@ class ClusterRole:
                        self.node_id, seconds)
         self.gate.close(RECONCILING)
         self._resync_base = self.resync.completed
-        self._reconcile_until = monotonic() + RESYNC_TIMEOUT
+        self._reconcile_until = monotonic() + FROZEN_RESYNC_TIMEOUT
         self.subscriber.resync_all("this node was frozen")
 
     def flush(self) -> None:
@@ -229,13 +226,13 @@ class ClusterRole:
             logger.info("ring epoch %d: %s (leader %s)", view.epoch, ", ".join(sorted(members)), view.leader)
             if set(old.members) != set(members) or old.epoch == 0 or old.ring != view.ring:
                 self.handoff.run()
-                self._sweep_until = monotonic() + SWEEP_AFTER_CHANGE
+                self._sweep_until = monotonic() + HANDOFF_SWEEP_AFTER_CHANGE
 
     # -- periodic ---------------------------------------------------------------------
     def _ticker(self) -> None:
         last_beat = 0.0
         while True:
-            green.sleep(TICK)
+            green.sleep(CLUSTER_TICK)
             mono = monotonic()
             self.flush()
             self.intake.sweep()
@@ -243,7 +240,7 @@ class ClusterRole:
                 self._reconcile_until = 0.0
                 self.gate.open(RECONCILING)
                 logger.info("node %s: reconciled; dispatching", self.node_id)
-            if mono - last_beat >= HEARTBEAT:
+            if mono - last_beat >= STREAM_HEARTBEAT:
                 last_beat = mono
                 self.publisher.heartbeat([m for m in self.view.members if m != self.node_id])
                 self.handoff.retry(mono)

@@ -21,6 +21,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from miyaq.cluster.peer import QUERY
+from miyaq.constants import QUERY_TIMEOUT
 from miyaq.core.listener import EngineListener
 from miyaq.runtime import wall
 from miyaq.store.task import DEAD, READY, RETRYING, RUNNING, SCHEDULED, Task
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-QUERY_TIMEOUT = 1.0
 FINAL = ("done", "cancelled", "expired", "started-elsewhere")
 
 

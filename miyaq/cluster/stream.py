@@ -7,7 +7,7 @@ The source publishes each destination's events under a fixed-width topic
 (``topic(dest)``: 16 hex digits of blake2b + ``|``, so one node's topic is
 never a prefix of another's), numbered by a per-destination sequence and
 stamped with the source's incarnation (a random number drawn at start: the
-stream "epoch"). Every ``HEARTBEAT`` seconds it also publishes, per
+stream "epoch"). Every ``STREAM_HEARTBEAT`` seconds it also publishes, per
 destination, a heartbeat carrying the last sequence number sent.
 
 A receiver tracks (incarnation, last sequence, last heard) per source. A gap,
@@ -30,13 +30,12 @@ from typing import Any
 import msgpack
 
 from miyaq.cluster.transport import Apply, AskResync
+from miyaq.constants import STREAM_HEARTBEAT, STREAM_SILENCE
 from miyaq.runtime import CRITICAL, Supervisor, green, monotonic
 from miyaq.runtime.sockets import SocketFactory, zmq
 
 logger = logging.getLogger(__name__)
 
-HEARTBEAT = 1.0
-SILENCE = 3.5          # a stream silent this long is suspect: resync
 
 
 def topic(node_id: str) -> bytes:
@@ -141,7 +140,7 @@ class ZmqStreamSubscriber:
     def serve(self) -> None:
         sub = self.sub
         while not self._closed:
-            with green.Timeout(HEARTBEAT, False):
+            with green.Timeout(STREAM_HEARTBEAT, False):
                 frames = sub.recv_multipart()
                 self._handle(frames)
                 for _ in range(256):
@@ -185,7 +184,7 @@ class ZmqStreamSubscriber:
 
     def _check_silence(self, now: float) -> None:
         for src, source in self.sources.items():
-            if now - source.heard > SILENCE and not source.syncing:
+            if now - source.heard > STREAM_SILENCE and not source.syncing:
                 source.heard = now
                 self._ask_resync(src, "silent stream")
 

@@ -2,7 +2,7 @@
 
 When a replication stream from node S shows a gap, goes silent, or comes
 from a new incarnation of S, this node asks S for the state of every task
-they both hold (SYNC, in chunks of ``CHUNK`` with a cursor) plus S's newest
+they both hold (SYNC, in chunks of ``RESYNC_CHUNK`` with a cursor) plus S's newest
 tombstones, and reconciles its copies: tasks it lacks are installed, copies
 S runs are pushed out past S's lease, and tasks S finished or dead-lettered
 are finished or dead-lettered here.
@@ -13,6 +13,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from miyaq.cluster.peer import SYNC
+from miyaq.constants import RESYNC_CHUNK, RESYNC_STONES, RESYNC_TIMEOUT
 from miyaq.runtime import wall
 from miyaq.store.records import transfer_record
 from miyaq.store.task import DEAD, RUNNING, Task
@@ -22,9 +23,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CHUNK = 1000
-STONES = 5000
-TIMEOUT = 5.0
 
 
 class Resync:
@@ -36,7 +34,7 @@ class Resync:
         self._ask(src, 0)
 
     def _ask(self, src: str, cursor: int) -> None:
-        self.role.peer.request(src, SYNC, {"cursor": cursor}, TIMEOUT,
+        self.role.peer.request(src, SYNC, {"cursor": cursor}, RESYNC_TIMEOUT,
                                lambda answer: self._apply(src, answer))
 
     def _holds(self, task_id: str, key: Any) -> bool:
@@ -50,11 +48,11 @@ class Resync:
             cursor = 0
         table = self.role.engine.table
         shared = [t for t in list(table.live.values()) + list(table.dead.values()) if sender in t.holders]
-        chunk = shared[cursor:cursor + CHUNK]
+        chunk = shared[cursor:cursor + RESYNC_CHUNK]
         answer: dict[str, Any] = {"tasks": [transfer_record(t) for t in chunk],
-                                  "next": cursor + CHUNK if cursor + CHUNK < len(shared) else None}
+                                  "next": cursor + RESYNC_CHUNK if cursor + RESYNC_CHUNK < len(shared) else None}
         if cursor == 0:
-            stones = list(table.tombstones.values())[-STONES:]
+            stones = list(table.tombstones.values())[-RESYNC_STONES:]
             answer["stones"] = [[s.id, s.state, s.result, s.error, s.key] for s in stones]
         return answer
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 import logging
 
 from miyaq.constants import HOUSEKEEPING_INTERVAL, STALL
+from miyaq.constants import TOMBSTONE_SWEEP
 from miyaq.core.core import Core
 from miyaq.core.handles import Role
 from miyaq.runtime import CRITICAL, RESTART, Supervisor, green, monotonic, wall
 
 logger = logging.getLogger(__name__)
 
-TOMBSTONE_SWEEP = 1.0    # seconds between sweeps of old tombstones and stale ready entries
 
 
 class Clockwork:

@@ -1,7 +1,7 @@
 """Matches ready tasks with consumers that have credit.
 
 ``pump()`` runs after each burst of messages and after timers fire; it hands
-out tasks in rounds of at most ``CHUNK`` per consumer so a burst spreads over
+out tasks in rounds of at most ``DISPATCH_CHUNK`` per consumer so a burst spreads over
 idle consumers instead of filling the first one. A consumer with credit is
 "hungry"; idle capacity never waits while its queues hold ready work because
 every credit grant and every newly ready task marks the dispatcher pending.
@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 
+from miyaq.constants import DISPATCH_BATCH_BYTES, DISPATCH_CHUNK
 from miyaq.core.consumers import Consumer
 from miyaq.core.engine import Engine
 from miyaq.core.gate import Gate
@@ -33,8 +34,6 @@ from miyaq.store.task import Task
 
 logger = logging.getLogger(__name__)
 
-CHUNK = 64
-BATCH_BYTES = 8 * 1024 * 1024    # payload bytes per DISPATCH (workers refuse over 64 MiB)
 
 
 class Dispatcher(EngineListener):
@@ -104,11 +103,11 @@ class Dispatcher(EngineListener):
                 batch = batches.get(consumer)
                 if batch is None:
                     batch = batches[consumer] = []
-                n = min(consumer.credit, CHUNK, self.max_batch - len(batch))
+                n = min(consumer.credit, DISPATCH_CHUNK, self.max_batch - len(batch))
                 queues = consumer.queues
                 taken = 0
                 size = sizes.get(consumer, 0)
-                while taken < n and size < BATCH_BYTES:
+                while taken < n and size < DISPATCH_BATCH_BYTES:
                     if limits is None:
                         task = engine.take(queues, now)
                     else:
@@ -127,7 +126,7 @@ class Dispatcher(EngineListener):
                 total += taken
                 if taken:
                     progress = True
-                if consumer.credit <= 0 or len(batch) >= self.max_batch or size >= BATCH_BYTES:
+                if consumer.credit <= 0 or len(batch) >= self.max_batch or size >= DISPATCH_BATCH_BYTES:
                     self.hungry.pop(consumer, None)
                     if consumer.credit > 0:
                         self.pending = True   # batch full: continue next pump

@@ -16,6 +16,7 @@ from collections import Counter
 from typing import Any, Callable, Iterable
 
 from miyaq.config import NodeConfig
+from miyaq.constants import MAX_QUEUES, TIMER_BATCH
 from miyaq.core.listener import EngineListener
 from miyaq.errors import Busy, InvalidField, NotFound, ShuttingDown
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE
@@ -28,8 +29,6 @@ from miyaq.store.timers import TimerHeap
 
 logger = logging.getLogger(__name__)
 
-TIMER_BATCH = 5000
-MAX_QUEUES = 10_000     # distinct queue names held at once (empty ones are pruned)
 
 
 def retry_delay(task: Task, rng: random.Random = random._inst) -> float:  # type: ignore[attr-defined]

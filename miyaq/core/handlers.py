@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from miyaq.constants import MAX_LONG_POLL
 from miyaq.core.consumers import PullConsumer, WorkerConsumer
 from miyaq.core.core import Core
 from miyaq.core.gate import SHUTTING_DOWN
@@ -25,7 +26,6 @@ from miyaq.store.task import ALL_STATES
 
 logger = logging.getLogger(__name__)
 
-MAX_WAIT = 3600.0
 
 
 class ServiceHandlers:
@@ -100,7 +100,7 @@ class ServiceHandlers:
     def result(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         req = body.get("req")
         task_id = check_id(body.get("id"))
-        timeout = f.number(body, "timeout", 0.0, hi=MAX_WAIT)
+        timeout = f.number(body, "timeout", 0.0, hi=MAX_LONG_POLL)
         engine = self.engine
         stone = engine.result(task_id)
         if stone is not None:
@@ -159,7 +159,7 @@ class ServiceHandlers:
         queues = f.string_list(body, "queues", ["default"], max_items=64)
         for q in queues:
             check_queue(q)
-        timeout = f.number(body, "timeout", 0.0, hi=MAX_WAIT)
+        timeout = f.number(body, "timeout", 0.0, hi=MAX_LONG_POLL)
         endpoint = self.endpoint
 
         def answer(task: dict[str, Any] | None) -> bool:
@@ -199,7 +199,7 @@ class ServiceHandlers:
         attempt = f.integer(body, "attempt", lo=0)
         error = _error(body.get("error"))
         retry = f.boolean(body, "retry", True)
-        delay = f.number(body, "delay", None, hi=MAX_WAIT * 24)
+        delay = f.number(body, "delay", None, hi=MAX_LONG_POLL * 24)
         ok = self.engine.fail(task_id, attempt, error, retry, delay, now)
         self.endpoint.reply(identity, body.get("req"), {"ok": ok})
 

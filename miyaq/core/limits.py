@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from miyaq.constants import MAX_PAUSED, MAX_RATE
 from miyaq.core.engine import Engine
 from miyaq.errors import ConfigError, InvalidField
 from miyaq.runtime import LOG, Supervisor
@@ -40,8 +41,6 @@ from miyaq.store.task import RUNNING, WEBHOOK_LANE_PREFIX
 
 logger = logging.getLogger(__name__)
 
-MAX_RATE = 1e9
-MAX_PAUSED = 10_000     # queues paused at once (as many as a node holds queues)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from typing import Any, Callable
 
+from miyaq.constants import SERVICE_BURST, SERVICE_BURST_WORK
 from miyaq.errors import MiyaqError, ProtocolError
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c
@@ -21,8 +22,6 @@ from miyaq.runtime.sockets import SocketFactory, zmq
 
 logger = logging.getLogger(__name__)
 
-BURST = 512          # most messages read before replies go out and the dispatcher runs
-BURST_WORK = 2048    # ... or most tasks handled (a SUBMIT may carry hundreds)
 Handler = Callable[[bytes, dict[str, Any], float], None]
 
 
@@ -138,8 +137,8 @@ class ServiceEndpoint:
             now = time.time()
             self.work = 0
             self.handle(frames, now)
-            for _ in range(BURST):
-                if self.work >= BURST_WORK:
+            for _ in range(SERVICE_BURST):
+                if self.work >= SERVICE_BURST_WORK:
                     break
                 try:
                     frames = recv(zmq.NOBLOCK)

@@ -1,7 +1,7 @@
 """One webhook attempt over a pooled keep-alive connection.
 
 A :class:`geventhttpclient.HTTPClient` per destination (scheme, host, port)
-keeps up to ``pool_size`` connections alive; at most ``MAX_DESTINATIONS``
+keeps up to ``pool_size`` connections alive; at most ``WEBHOOK_MAX_DESTINATIONS``
 are kept (least recently used closed first). After a timeout or any
 transport error the destination's pool is dropped and rebuilt on next use,
 so a half-written request never leaves a broken connection (or a lost pool
@@ -27,16 +27,15 @@ from geventhttpclient import HTTPClient
 from geventhttpclient.response import HTTPParseError
 
 from miyaq import __version__
+from miyaq.constants import (
+    WEBHOOK_ERROR_LIMIT, WEBHOOK_MAX_DESTINATIONS, WEBHOOK_MAX_RETRY_AFTER,
+    WEBHOOK_RESPONSE_LIMIT, WEBHOOK_RESULT_LIMIT,
+)
 from miyaq.runtime import green, wall
 from miyaq.store.task import Task
 
 logger = logging.getLogger(__name__)
 
-MAX_DESTINATIONS = 256
-MAX_RETRY_AFTER = 86400.0
-RESPONSE_LIMIT = 64 * 1024   # bytes of a response read; the rest is dropped with its connection
-RESULT_BODY_LIMIT = 1024     # bytes of the response kept as the task's result
-ERROR_BODY_LIMIT = 256       # bytes of a failed response kept in the task's error
 USER_AGENT = f"miyaq/{__version__}"
 # Framing and connection headers are the HTTP client's business: a task's own
 # Content-Length or Transfer-Encoding would desynchronise the pooled connection.
@@ -60,22 +59,22 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
         return None
     value = value.strip()
     if value.isdigit():
-        return min(float(value), MAX_RETRY_AFTER)
+        return min(float(value), WEBHOOK_MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
     if when is None:
         return None
-    return max(0.0, min(MAX_RETRY_AFTER, when.timestamp() - now))
+    return max(0.0, min(WEBHOOK_MAX_RETRY_AFTER, when.timestamp() - now))
 
 
 def classify(status: int, retry_after: str | None, body: bytes, now: float) -> Outcome:
     if 200 <= status < 300:
-        text = body[:RESULT_BODY_LIMIT].decode("utf-8", "replace")
+        text = body[:WEBHOOK_RESULT_LIMIT].decode("utf-8", "replace")
         return Outcome(True, "2xx", result=msgpack.packb({"status": status, "body": text}, use_bin_type=True))
     error: dict[str, Any] = {"type": "HTTPError", "status": status, "failed_at": now,
-                             "message": f"HTTP {status}: {body[:ERROR_BODY_LIMIT].decode('utf-8', 'replace')}"}
+                             "message": f"HTTP {status}: {body[:WEBHOOK_ERROR_LIMIT].decode('utf-8', 'replace')}"}
     if status == 429 or status >= 500:
         delay = parse_retry_after(retry_after, now)
         if delay is not None:
@@ -99,7 +98,7 @@ class Outbound:
         client = HTTPClient(host, port, ssl=scheme == "https", concurrency=self.pool_size,
                             connection_timeout=min(self.connect_timeout, timeout), network_timeout=timeout)
         self._clients[key] = client
-        while len(self._clients) > MAX_DESTINATIONS:
+        while len(self._clients) > WEBHOOK_MAX_DESTINATIONS:
             self._clients.popitem(last=False)[1].close()
         return client
 
@@ -132,7 +131,7 @@ class Outbound:
             body = bytearray()
             for chunk in response:
                 body += chunk
-                if len(body) > RESPONSE_LIMIT:
+                if len(body) > WEBHOOK_RESPONSE_LIMIT:
                     self._drop(key, client)   # unread rest: that connection cannot be reused
                     break
             retry_after = response.get("Retry-After")

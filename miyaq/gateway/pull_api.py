@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
+from miyaq.constants import MAX_LONG_POLL
 from miyaq.errors import InvalidField, TooLarge
 from miyaq.core.consumers import PullConsumer
 from miyaq.protocol import fields as f
@@ -29,7 +30,6 @@ from miyaq.gateway.request import Request, Response, json_response
 if TYPE_CHECKING:
     from .server import Gateway
 
-MAX_WAIT = 3600.0
 BLOCK_DEFAULT = 30.0
 
 
@@ -58,7 +58,7 @@ class PullApi:
         queues = f.string_list(body, "queues", ["default"], max_items=64)
         for q in queues:
             check_queue(q, "queues")
-        timeout = f.number(body, "timeout", default_timeout, hi=MAX_WAIT) if blocking else 0.0
+        timeout = f.number(body, "timeout", default_timeout, hi=MAX_LONG_POLL) if blocking else 0.0
         info = self._take(list(queues), timeout)
         if info is None:
             return json_response({"task": None})
@@ -110,7 +110,7 @@ class PullApi:
         attempt = f.integer(body, "attempt", lo=0)
         message = f.string(body, "error", "", max_len=4096) if body.get("error") != "" else ""
         retry = f.boolean(body, "retry", True)
-        delay = f.number(body, "delay", None, hi=MAX_WAIT * 24)
+        delay = f.number(body, "delay", None, hi=MAX_LONG_POLL * 24)
         error = {"type": "Nack", "message": message}
         ok = self.engine.fail(task_id, attempt, error, retry, delay, time.time())
         return json_response({"ok": ok})

@@ -15,10 +15,10 @@ import math
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl
 
+from miyaq.constants import MAX_FORM_FIELDS
 from miyaq.errors import InvalidField, TooLarge
 from miyaq.gateway.errors import UnsupportedMediaType
 
-MAX_FORM_FIELDS = 1000
 JSON_TYPE = "application/json"
 FORM_TYPE = "application/x-www-form-urlencoded"
 

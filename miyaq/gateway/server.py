@@ -28,6 +28,7 @@ from http import HTTPStatus
 from typing import Any
 
 from miyaq.config import NodeConfig
+from miyaq.constants import HTTP_STOP_TIMEOUT, LIMIT_SHARE_REFRESH
 from miyaq.core.core import Core
 from miyaq.core.handles import Role, ScheduleBook, StatusReport
 from miyaq.errors import MiyaqError
@@ -43,8 +44,6 @@ from miyaq.runtime.green import WSGIHandler, WSGIServer
 
 logger = logging.getLogger(__name__)
 
-STOP_TIMEOUT = 1.0
-SHARE_REFRESH = 1.0
 MUTATING = frozenset({"POST", "PUT", "DELETE"})
 
 
@@ -143,7 +142,7 @@ class Gateway:
         if self.console is not None:
             self.console.stop()
         if self.server is not None:
-            self.server.stop(timeout=STOP_TIMEOUT)
+            self.server.stop(timeout=HTTP_STOP_TIMEOUT)
         config = self.config
         self.deliverer.stop(min(config.webhook_timeout, config.shutdown_grace))
 
@@ -184,7 +183,7 @@ class Gateway:
             if limits.nodes != members:
                 limits.set_share(members)
                 logger.info("queue limits: this node enforces 1/%d of each limit", members)
-            green.sleep(SHARE_REFRESH)
+            green.sleep(LIMIT_SHARE_REFRESH)
 
     # -- WSGI ------------------------------------------------------------------------
     def app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

@@ -17,13 +17,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from miyaq.constants import HTTP_ACK_WAIT
 from miyaq.core.handles import Intake
 from miyaq.errors import Timeout, from_wire
 from miyaq.protocol.commands import REJECTED
 from miyaq.runtime import green
 from miyaq.store.task import Task
 
-ACK_WAIT = 10.0
 
 
 def submit_task(intake: Intake, wake: Callable[[float], None], task: Task, now: float) -> tuple[str, Any]:
@@ -38,9 +38,9 @@ def submit_task(intake: Intake, wake: Callable[[float], None], task: Task, now: 
     intake.submit(task, now, acknowledged)
     wake(now)
     try:
-        status, detail = answer.get(timeout=ACK_WAIT)
+        status, detail = answer.get(timeout=HTTP_ACK_WAIT)
     except green.Timeout:
-        raise Timeout(f"task {task.id} was not acknowledged within {ACK_WAIT:g}s; "
+        raise Timeout(f"task {task.id} was not acknowledged within {HTTP_ACK_WAIT:g}s; "
                       "resubmit with the same id") from None
     if status == REJECTED:
         raise from_wire(detail if isinstance(detail, dict) else {})

@@ -14,6 +14,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from miyaq.constants import MAX_LONG_POLL
 from miyaq.errors import InvalidField, NotFound
 from miyaq.core.waiters import outcome
 from miyaq.protocol.commands import DUPLICATE
@@ -27,7 +28,6 @@ from miyaq.gateway.request import Request, Response, json_response
 if TYPE_CHECKING:
     from .server import Gateway
 
-MAX_WAIT = 3600.0
 SUBMIT_FIELDS = frozenset({
     "name", "args", "kwargs", "id", "queue", "priority", "countdown", "eta", "ttl", "max_retries",
     "backoff", "backoff_max", "timeout", "key", "replicas", "at_most_once",
@@ -81,7 +81,7 @@ class TasksApi:
 
     def result(self, request: Request) -> Response:
         task_id = check_id(request.params["id"])
-        timeout = request.arg_number("timeout", 0.0, 0.0, MAX_WAIT)
+        timeout = request.arg_number("timeout", 0.0, 0.0, MAX_LONG_POLL)
         engine = self.engine
         answer: dict[str, Any] | None = None
         stone = engine.result(task_id)

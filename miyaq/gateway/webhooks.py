@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from miyaq.config import NodeConfig
+from miyaq.constants import WEBHOOK_CONNECT_TIMEOUT
 from miyaq.core.consumers import Consumer
 from miyaq.core.dispatcher import Dispatcher
 from miyaq.core.engine import Engine, retry_delay
@@ -32,7 +33,6 @@ from miyaq.store.task import WEBHOOK_LANE_PREFIX, Task
 
 logger = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT = 10.0   # seconds to open a connection to a webhook destination
 
 
 class WebhookLane(Consumer):
@@ -73,7 +73,7 @@ class WebhookDeliverer(EngineListener):
         self.kick = kick
         self.concurrency = config.webhook_concurrency
         self.timeout = config.webhook_timeout
-        self.outbound = Outbound(config.webhook_pool_size, connect_timeout=CONNECT_TIMEOUT)
+        self.outbound = Outbound(config.webhook_pool_size, connect_timeout=WEBHOOK_CONNECT_TIMEOUT)
         self.lanes: dict[str, WebhookLane] = {}
         self.stopping = False
 

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from miyaq import __version__
 from miyaq.config import NodeConfig
+from miyaq.constants import DRAIN_POLL
 from miyaq.core.clockwork import Clockwork
 from miyaq.core.core import Core
 from miyaq.core.handles import Role
@@ -32,7 +33,6 @@ from miyaq.runtime.sockets import SocketFactory
 
 logger = logging.getLogger(__name__)
 
-DRAIN_POLL = 0.05    # seconds between checks for running tasks while draining
 
 
 class Part(Protocol):

@@ -19,7 +19,7 @@ How it works (docs/periodic.md has the user's view):
   (submits are idempotent by id). The task goes through an intake of our
   own (``role.new_intake``) — in a cluster it is replicated to its holders
   like any submit — whose acknowledgements come back here; a rejected tick
-  is submitted again (same id) after ``RETRY``.
+  is submitted again (same id) after ``TICK_RETRY``.
 * **Resumed by a new leader.** The last tick handled is stored once the tick
   is accepted (cluster: a znode written compare-and-set with the leader's
   epoch; standalone: memory). A new leader starts from it. **No catch-up
@@ -39,6 +39,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from miyaq.config import NodeConfig
+from miyaq.constants import NO_NEXT_TICK_MS, SCHEDULER_WAKE, SPEC_HOUSEKEEPING, SPEC_RELOAD, TICK_RETRY
 from miyaq.core.engine import Engine
 from miyaq.core.handles import Intake, Role
 from miyaq.core.workers import WorkerRegistry
@@ -51,11 +52,6 @@ from miyaq.runtime import RESTART, Supervisor, green, wall
 
 logger = logging.getLogger(__name__)
 
-SPEC_RELOAD = 10.0      # the leader re-reads the specs stored in ZooKeeper this often
-HOUSEKEEPING = 5.0      # who still declares what is checked this often
-RETRY = 0.5             # a rejected tick is submitted again after this long (seconds)
-MAX_WAIT = 1.0          # the loop wakes at least this often
-NEVER = 60_000          # a schedule with no next tick is looked at again after this long (ms)
 IDENTITY = b"\x00periodic"   # the "client" of internal submits; its acks come back to _acked
 
 
@@ -159,7 +155,7 @@ class PeriodicScheduler:
 
     # -- the loop ----------------------------------------------------------------------------
     def _loop(self) -> None:
-        delay = MAX_WAIT
+        delay = SCHEDULER_WAKE
         while True:
             self._wake.wait(delay)
             self._wake.clear()
@@ -168,14 +164,14 @@ class PeriodicScheduler:
                 delay = self._delay(wall())
             except MiyaqError as exc:   # the shared store is unavailable or contended
                 logger.warning("periodic schedules: %s; retrying", getattr(exc, "message", exc) or exc)
-                delay = RETRY
+                delay = TICK_RETRY
 
     def _step(self, now: float) -> None:
         self._now = now
         self._intake.sweep()
         if self.shared is None and self._shared_source is not None:
             self._connect_store()
-        if now - self._last_housekeeping >= HOUSEKEEPING:
+        if now - self._last_housekeeping >= SPEC_HOUSEKEEPING:
             self._housekeeping(now)
         if self.leading():
             if self._new_term:
@@ -192,9 +188,9 @@ class PeriodicScheduler:
 
     def _delay(self, now: float) -> float:
         if not self.leading() or not self.next_at:
-            return MAX_WAIT
+            return SCHEDULER_WAKE
         soonest = min(self.next_at.values()) / 1000 - now
-        return min(max(soonest, 0.005), MAX_WAIT)
+        return min(max(soonest, 0.005), SCHEDULER_WAKE)
 
     # -- the leader ----------------------------------------------------------------------------
     def _begin_term(self, now: float) -> None:
@@ -216,7 +212,7 @@ class PeriodicScheduler:
             if stored is None:   # a new schedule starts with its next tick
                 stored = s.latest_tick(now)
                 if stored is None:
-                    self.next_at[name] = now_ms + NEVER
+                    self.next_at[name] = now_ms + NO_NEXT_TICK_MS
                     return
                 if not self._save(name, stored):
                     return
@@ -232,12 +228,12 @@ class PeriodicScheduler:
             self._fire(s, due, now)
             return
         nxt = s.next_tick(done)
-        self.next_at[name] = nxt if nxt is not None else now_ms + NEVER
+        self.next_at[name] = nxt if nxt is not None else now_ms + NO_NEXT_TICK_MS
 
     def _fire(self, s: Schedule, tick: int, now: float) -> None:
         """Submit the tick's task; look again at the next tick (or, if it is refused, sooner)."""
         nxt = s.next_tick(tick)
-        self.next_at[s.name] = nxt if nxt is not None else int(now * 1000) + NEVER
+        self.next_at[s.name] = nxt if nxt is not None else int(now * 1000) + NO_NEXT_TICK_MS
         try:
             task = task_from_wire(s.task_wire(tick), now, self.config)
         except MiyaqError as err:
@@ -269,7 +265,7 @@ class PeriodicScheduler:
                        name, tick_label(tick), message)
         if self.sent.get(name) == tick:
             del self.sent[name]
-        self.next_at[name] = int((self._now + RETRY) * 1000)
+        self.next_at[name] = int((self._now + TICK_RETRY) * 1000)
 
     def _save_confirmed(self) -> None:
         confirmed, self.confirmed = self.confirmed, []

@@ -24,14 +24,12 @@ import logging
 from collections.abc import Container
 from typing import Protocol
 
+from miyaq.constants import MAX_DECLARERS, SPEC_REFRESH, SPEC_TTL
 from miyaq.errors import InvalidField
 from miyaq.protocol.periodic import MAX_SCHEDULES, Declared, Schedule
 
 logger = logging.getLogger(__name__)
 
-SPEC_TTL = 3600.0       # a schedule no worker declared for this long stops firing and is forgotten
-SPEC_REFRESH = 300.0    # how stale ZooKeeper's "seen" of a declared schedule may get
-MAX_DECLARERS = 64      # worker ids remembered per schedule
 
 
 class SpecPublisher(Protocol):
