@@ -28,7 +28,7 @@ from miyaq.core.clockwork import Clockwork
 from miyaq.core.core import Core
 from miyaq.core.handles import Role
 from miyaq.node.status import NodeStatus
-from miyaq.runtime import Supervisor, green, monotonic
+from miyaq.runtime import LOG, Supervisor, green, monotonic
 from miyaq.runtime.sockets import SocketFactory
 
 logger = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class Node:
 
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
-            green.on_signal(sig, lambda: self.supervisor.spawn("signal stop", self.stop))
+            green.on_signal(sig, lambda: self.supervisor.spawn("signal stop", self.stop, policy=LOG))
 
     def serve_forever(self) -> None:
         self.start()
