@@ -117,6 +117,9 @@ class NodeConfig(Settings):
     cluster: str = _opt("default", "cluster name (ZooKeeper path /miyaq/<cluster>)")
     auto_join: bool = _opt(True, "join the ring on start")
     zk_session_timeout: float = _opt(10.0, "ZooKeeper session timeout in seconds")
+    zk_auth: str = _opt("", "ZooKeeper digest credentials 'user:password': the cluster's znodes get ACLs only "
+                            "they open (empty: no ACLs; prefer zk_auth_file or the environment: ps shows flags)")
+    zk_auth_file: str = _opt("", "file holding the 'user:password' of zk_auth")
     weight: float = _opt(1.0, "this node's weight in the ring")
     replicas: int = _opt(3, "default holders per task in a cluster (1 when standalone)")
     min_acks: int = _opt(0, "holders that must store a task before a submit returns (0: all)")

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Self
 
 from miyaq.cluster.ring_admin import RingAdmin
+from miyaq.cluster.zk_auth import ZkAuth
 from miyaq.devstate import remove_state, write_state
 from miyaq.errors import ConfigError, MiyaqError, Timeout, Unavailable
 from miyaq.testing.harness import Proc
@@ -124,6 +125,7 @@ class DevCluster:
         *,
         zk: str | None = None,
         zk_servers: int = 1,
+        zk_auth: ZkAuth | None = None,
         base_port: int = 7450,
         cluster: str = "dev",
         replicas: int | None = None,
@@ -148,6 +150,7 @@ class DevCluster:
         self.size = nodes
         self.zk_given = zk
         self.zk_servers = zk_servers
+        self.zk_auth = zk_auth
         self.base_port = base_port
         self.cluster = cluster
         self.replicas = replicas if replicas is not None else min(3, nodes)
@@ -235,13 +238,15 @@ class DevCluster:
             path = os.path.join(self.data_dir, node_id)
             os.makedirs(path, exist_ok=True)
             args += ["--data-dir", path]
-        proc = Proc(args, name=node_id, log_dir=self.log_dir).start()
+        # Credentials go by environment, not by flag: any user can read a command line.
+        env = {"MIYAQ_ZK_AUTH": f"{self.zk_auth.user}:{self.zk_auth.password}"} if self.zk_auth else None
+        proc = Proc(args, name=node_id, env=env, log_dir=self.log_dir).start()
         logger.info("dev cluster: started %s on port %d (pid %d)", node_id, port, proc.pid)
         return DevNode(node_id, port, proc)
 
     def _wait_ready(self) -> bool:
         wanted = {n.node_id for n in self.nodes}
-        admin = RingAdmin(self.zk_hosts, self.cluster, connect_timeout=10.0, timeout=10.0)
+        admin = RingAdmin(self.zk_hosts, self.cluster, connect_timeout=10.0, timeout=10.0, auth=self.zk_auth)
         try:
             return self._poll_ring(admin, wanted)
         except Unavailable as exc:

@@ -21,6 +21,7 @@ from types import FrameType
 from typing import Any
 
 from ..devcluster import DevCluster, DevNode
+from .ring_cmd import zk_auth
 from ..errors import ConfigError
 from ..testing.zk_ensemble import ZooKeeperEnsemble
 
@@ -34,6 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="use this ZooKeeper instead of starting one (not read from MIYAQ_ZK)")
     p.add_argument("--zk-servers", type=int, default=1, metavar="K",
                    help="ZooKeeper servers to start: 1, or an ensemble of 3 (or 5) [default 1]")
+    p.add_argument("--zk-auth", default=None, metavar="USER:PASSWORD",
+                   help="protect the cluster's znodes with ZooKeeper ACLs for these credentials "
+                        "(the nodes get them by environment) [env MIYAQ_ZK_AUTH]")
+    p.add_argument("--zk-auth-file", default=None, metavar="PATH",
+                   help="a file holding USER:PASSWORD [env MIYAQ_ZK_AUTH_FILE]")
     p.add_argument("--base-port", type=int, default=None,
                    help="first node's service port; the next nodes step by 10, skipping busy ones "
                         "[env MIYAQ_PORT; default 7450]")
@@ -99,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     setup_logging("WARNING")
     logging.getLogger("kazoo").setLevel(logging.CRITICAL)  # connection retries are not news here
     cluster = DevCluster(
-        args.nodes, zk=args.zk, zk_servers=args.zk_servers, base_port=_base_port(args.base_port),
+        args.nodes, zk=args.zk, zk_servers=args.zk_servers, zk_auth=zk_auth(args), base_port=_base_port(args.base_port),
         cluster=args.cluster, replicas=args.replicas, data_dir=args.data_dir, workers=args.workers,
         worker_processes=args.worker_processes, log_dir=args.log_dir, state_dir=os.getcwd(),
     )

@@ -9,12 +9,15 @@ from this directory (:mod:`miyaq.devstate`), then ``127.0.0.1:2181``;
 ``--cluster`` to ``MIYAQ_CLUSTER``, then that dev cluster's, then
 ``default`` -- resolved when the command runs, not at import. An unreachable
 ZooKeeper or a leader that does not publish in time is an error (exit 2).
+A cluster protected by ZooKeeper ACLs needs its credentials: ``--zk-auth``
+or ``--zk-auth-file``, else ``MIYAQ_ZK_AUTH`` / ``MIYAQ_ZK_AUTH_FILE``.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -35,6 +38,10 @@ def _zk_options(p: argparse.ArgumentParser, *, nested: bool = False) -> None:
                         f"default {DEFAULT_ZK}]")
     p.add_argument("--cluster", default=default, metavar="NAME",
                    help=f"cluster name [env MIYAQ_CLUSTER; default {DEFAULT_CLUSTER}]")
+    p.add_argument("--zk-auth", default=default, metavar="USER:PASSWORD",
+                   help="the cluster's ZooKeeper credentials, if its znodes carry ACLs [env MIYAQ_ZK_AUTH]")
+    p.add_argument("--zk-auth-file", default=default, metavar="PATH",
+                   help="a file holding USER:PASSWORD [env MIYAQ_ZK_AUTH_FILE]")
     p.add_argument("--timeout", type=float, default=default, metavar="S",
                    help="seconds to wait for ZooKeeper and for the leader to publish [default 15]")
     p.add_argument("--json", action="store_true", default=default, help="print JSON")
@@ -73,7 +80,18 @@ def _admin(args: argparse.Namespace) -> Any:
     args.zk = getattr(args, "zk", None) or zk
     args.cluster = getattr(args, "cluster", None) or cluster
     timeout = getattr(args, "timeout", None) or 15.0
-    return RingAdmin(args.zk, args.cluster, connect_timeout=min(timeout, 5.0), timeout=timeout)
+    return RingAdmin(args.zk, args.cluster, connect_timeout=min(timeout, 5.0), timeout=timeout,
+                     auth=zk_auth(args))
+
+
+def zk_auth(args: argparse.Namespace) -> Any:
+    """The ZooKeeper credentials from ``--zk-auth``/``--zk-auth-file``, else ``MIYAQ_ZK_AUTH``/``_FILE``."""
+    from ..cluster.zk_auth import ZkAuth
+    auth = getattr(args, "zk_auth", None)
+    auth_file = getattr(args, "zk_auth_file", None)
+    if not auth and not auth_file:
+        auth, auth_file = os.environ.get("MIYAQ_ZK_AUTH"), os.environ.get("MIYAQ_ZK_AUTH_FILE")
+    return ZkAuth.from_options(auth, auth_file)
 
 
 def _with_admin(args: argparse.Namespace, fn: Callable[[Any], Any]) -> Any:

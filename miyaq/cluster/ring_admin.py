@@ -27,6 +27,7 @@ from kazoo.exceptions import KazooException, NoNodeError
 from kazoo.recipe.election import Election
 
 from miyaq.cluster.membership import RingView, check_node_id, check_weight
+from miyaq.cluster.zk_auth import ZkAuth
 from miyaq.cluster.zk_layout import Layout, RingRecord, with_join, with_weight
 from miyaq.cluster.zk_store import ZnodeStore, close_client, connect
 from miyaq.cluster.zk_probe import diagnose
@@ -41,6 +42,8 @@ class RingAdmin:
 
     Blocking calls; each change returns a sentence describing what changed
     once the leader published it, or raises ``Timeout`` after ``timeout`` s.
+    ``auth`` is the cluster's ZooKeeper credentials: without them a protected
+    cluster can be neither read nor changed (``Forbidden``).
     """
 
     def __init__(
@@ -51,8 +54,10 @@ class RingAdmin:
         connect_timeout: float = 10.0,
         timeout: float = 15.0,
         session_timeout: float = 10.0,
+        auth: ZkAuth | None = None,
     ) -> None:
         self._hosts = hosts
+        self._auth = auth
         self._layout = Layout(cluster)
         self._connect_timeout = connect_timeout
         self._timeout = timeout
@@ -71,7 +76,7 @@ class RingAdmin:
     def _open(self, changing: bool = False) -> ZnodeStore:
         """The store, connected; for a change, ``Unavailable`` unless the connection is up now."""
         if self._store is None:
-            zk = connect(self._hosts, self._session_timeout, self._connect_timeout)
+            zk = connect(self._hosts, self._session_timeout, self._connect_timeout, self._auth)
             self._zk = zk
             self._store = ZnodeStore(zk, self._layout, self._hosts, self._timeout)
         if changing and not self._store.zk.connected:

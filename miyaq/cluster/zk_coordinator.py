@@ -33,6 +33,7 @@ from kazoo.client import KazooClient
 
 from miyaq.cluster.membership import Coordinator, Member, RingView, check_node_id, check_weight
 from miyaq.cluster.ring import DEFAULT_VNODES
+from miyaq.cluster.zk_auth import ZkAuth
 from miyaq.cluster.zk_layout import Layout, RingRecord, with_join, with_weight
 from miyaq.cluster.zk_leader import Leader
 from miyaq.cluster.zk_registry import Registry
@@ -53,6 +54,8 @@ class ZooKeeperCoordinator(Coordinator):
 
     ``hosts`` is a kazoo connection string; ``cluster`` names the subtree.
     ``supervisor`` spawns the coordinator's greenlets (the node's own).
+    ``auth`` (digest credentials) protects the cluster's znodes with ACLs
+    (:mod:`miyaq.cluster.zk_auth`): znodes made before are given them at start.
     ``auto_join`` records "join" for ``local`` at start. ``leader_eligible=False``
     makes a node that never campaigns (it still registers and follows).
     ``connect_timeout`` bounds ``start``; ``session_timeout`` is asked of the
@@ -68,6 +71,7 @@ class ZooKeeperCoordinator(Coordinator):
         local: Member,
         *,
         supervisor: Supervisor,
+        auth: ZkAuth | None = None,
         auto_join: bool = True,
         leader_eligible: bool = True,
         connect_timeout: float = 10.0,
@@ -88,6 +92,7 @@ class ZooKeeperCoordinator(Coordinator):
         self._hosts = hosts
         self._layout = Layout(cluster)
         self._supervisor = supervisor
+        self._auth = auth
         self._part = f"zk-{local.node_id}"
         self._auto_join = auto_join
         self._eligible = leader_eligible
@@ -148,7 +153,7 @@ class ZooKeeperCoordinator(Coordinator):
         if self._closing:
             raise ConfigError("a stopped ZooKeeperCoordinator cannot be restarted; make a new one")
         session = Session.open(self._hosts, self._node_id, session_timeout=self._session_timeout,
-                               connect_timeout=self._connect_timeout)
+                               connect_timeout=self._connect_timeout, auth=self._auth)
         self._started = True
         self._session = session
         store = self._store = ZnodeStore(session.zk, self._layout, self._hosts, self._op_timeout)
@@ -165,6 +170,7 @@ class ZooKeeperCoordinator(Coordinator):
         try:
             self._supervisor.spawn(f"{self._part}:notifier", self._notifier, policy=RESTART)
             store.ensure_paths()
+            store.protect()
             registry.register()
             if self._auto_join:
                 store.update_desired(lambda d: with_join(d, self._node_id, True))

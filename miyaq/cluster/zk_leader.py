@@ -36,7 +36,7 @@ import random
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from kazoo.exceptions import KazooException
+from kazoo.exceptions import KazooException, NoAuthError
 from kazoo.recipe.election import Election
 
 from miyaq.cluster.membership import Member
@@ -44,10 +44,13 @@ from miyaq.cluster.zk_layout import Intent, RingRecord
 from miyaq.cluster.zk_registry import Registry
 from miyaq.cluster.zk_session import Session, SessionEvent
 from miyaq.cluster.zk_store import ZnodeStore
-from miyaq.errors import ConfigError, MiyaqError, Unavailable
+from miyaq.errors import ConfigError, Forbidden, MiyaqError, Unavailable
 from miyaq.runtime import RESTART, Supervisor, green
 
 logger = logging.getLogger(__name__)
+
+FORBIDDEN_RETRY = 10.0
+"""Seconds between attempts of an elected node whose credentials ZooKeeper refuses."""
 
 Announce = Callable[[bool, int], None]
 """``announce(is_leader, epoch)``: leadership gained (with its term's epoch) or lost. Must not block."""
@@ -216,6 +219,14 @@ class Leader:
                 except _Conflict:
                     green.sleep(random.uniform(0.01, 0.05))
                     continue
+                except Forbidden as exc:
+                    # Our credentials do not open the cluster's znodes (ACLs, docs/cluster.md):
+                    # claim nothing we cannot do; the ring waits for a node with them.
+                    logger.error("%s: elected but cannot lead: %s", self.node_id, exc)
+                    self._paused_term = None
+                    self._set_leading(False)
+                    self._wake.wait(FORBIDDEN_RETRY)
+                    continue
                 except ConfigError as exc:
                     logger.error("%s: leader cannot reconcile the ring: %s", self.node_id, exc)
                     self._wake.wait(self.reconcile_interval)
@@ -262,6 +273,8 @@ class Leader:
         else:
             tx.set_data(self.store.layout.ring, target.to_bytes(), stat.version)
         results = self.store.call(tx.commit_async())
+        if any(isinstance(r, NoAuthError) for r in results):
+            raise self.store.forbidden()
         if isinstance(results[0], Exception):
             raise _Fenced()
         if isinstance(results[1], Exception):

@@ -21,7 +21,7 @@ from kazoo.exceptions import KazooException
 from miyaq.cluster.membership import Member
 from miyaq.cluster.zk_session import Session, SessionEvent
 from miyaq.cluster.zk_store import ZnodeStore
-from miyaq.errors import ConfigError, Unavailable
+from miyaq.errors import ConfigError, Forbidden, Unavailable
 from miyaq.runtime import RESTART, Supervisor, green
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 RETRY = 0.5
 """Seconds between attempts while ZooKeeper does not answer."""
 CONFLICT_RETRY = 5.0
-"""Seconds between attempts while another live session holds our node id."""
+"""Seconds between attempts while another live session holds our node id (or ZooKeeper refuses our credentials)."""
 
 
 class Registry:
@@ -114,10 +114,12 @@ class Registry:
                     self.register()
                 self._cache = self.store.read_registered()
             except (Unavailable, KazooException) as exc:
+                if session.closing:
+                    return
                 logger.warning("%s: reading the registry failed (%s); retrying", self.member.node_id, exc)
                 self._retry_in(RETRY)
                 continue
-            except ConfigError as exc:
+            except (ConfigError, Forbidden) as exc:
                 logger.error("%s: cannot register: %s; retrying in %gs", self.member.node_id, exc, CONFLICT_RETRY)
                 self._retry_in(CONFLICT_RETRY)
                 continue

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from kazoo.client import KazooClient
 from kazoo.protocol.states import KazooState
 
+from miyaq.cluster.zk_auth import ZkAuth
 from miyaq.cluster.zk_store import close_client, connect
 
 logger = logging.getLogger(__name__)
@@ -56,9 +57,11 @@ class Session:
         zk.add_listener(self._on_state)
 
     @classmethod
-    def open(cls, hosts: str, owner: str, *, session_timeout: float, connect_timeout: float) -> Session:
-        """Connect to ``hosts``; ``Unavailable`` when no server answers within ``connect_timeout``."""
-        return cls(connect(hosts, session_timeout, connect_timeout), owner)
+    def open(cls, hosts: str, owner: str, *, session_timeout: float, connect_timeout: float,
+             auth: ZkAuth | None = None) -> Session:
+        """Connect to ``hosts`` (authenticated with ``auth``, whose ACL new znodes get);
+        ``Unavailable`` when no server answers within ``connect_timeout``."""
+        return cls(connect(hosts, session_timeout, connect_timeout, auth), owner)
 
     @property
     def usable(self) -> bool:

@@ -11,6 +11,11 @@ Constraints:
 * ``desired`` is changed only by :meth:`ZnodeStore.update_desired`, a
   compare-and-set loop, so concurrent operators and nodes never lose an
   update.
+* ACLs (:mod:`miyaq.cluster.zk_auth`): a client made with credentials
+  creates every znode with its ``default_acl``; :meth:`ZnodeStore.protect`
+  puts that ACL on znodes made before (an open cluster being protected).
+  ZooKeeper refusing an operation for its ACL (NoAuth) becomes ``Forbidden``
+  saying which credentials to give.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from kazoo.exceptions import (
     ConnectionDropped,
     ConnectionLoss,
     KazooException,
+    NoAuthError,
     NodeExistsError,
     NoNodeError,
     OperationTimeoutError,
@@ -32,9 +38,12 @@ from kazoo.exceptions import (
 )
 from kazoo.handlers.gevent import SequentialGeventHandler
 from kazoo.retry import KazooRetry
+from kazoo.security import make_acl
 
 from miyaq.cluster.membership import Member
+from miyaq.cluster.zk_auth import ZkAuth, same_acl
 from miyaq.cluster.zk_layout import (
+    ROOT,
     Intent,
     Layout,
     RingRecord,
@@ -43,7 +52,7 @@ from miyaq.cluster.zk_layout import (
     load_json,
     parse_desired,
 )
-from miyaq.errors import ConfigError, Unavailable
+from miyaq.errors import ConfigError, Forbidden, Unavailable
 from miyaq.runtime import green, monotonic
 
 logger = logging.getLogger(__name__)
@@ -63,8 +72,9 @@ def check_options(hosts: object, vnodes: object, **timeouts: object) -> None:
         raise ConfigError(f"vnodes must be an integer >= 1, got {vnodes!r}")
 
 
-def new_client(hosts: str, session_timeout: float) -> KazooClient:
-    """A kazoo client on gevent that retries its connection forever, commands 5 times."""
+def new_client(hosts: str, session_timeout: float, auth: ZkAuth | None = None) -> KazooClient:
+    """A kazoo client on gevent that retries its connection forever, commands 5 times;
+    with ``auth``, it authenticates and creates znodes with ``auth``'s ACL."""
     handler = SequentialGeventHandler()
     retry = {"max_tries": -1, "delay": 0.1, "backoff": 2, "max_delay": 1.0, "sleep_func": green.sleep}
     return KazooClient(
@@ -73,12 +83,14 @@ def new_client(hosts: str, session_timeout: float) -> KazooClient:
         handler=handler,
         connection_retry=KazooRetry(**retry),
         command_retry=KazooRetry(**{**retry, "max_tries": 5}),
+        **(auth.client_options() if auth is not None else {}),
     )
 
 
-def connect(hosts: str, session_timeout: float, connect_timeout: float) -> KazooClient:
+def connect(hosts: str, session_timeout: float, connect_timeout: float,
+            auth: ZkAuth | None = None) -> KazooClient:
     """A started client; ``Unavailable`` when no server answers within ``connect_timeout``."""
-    zk = new_client(hosts, session_timeout)
+    zk = new_client(hosts, session_timeout, auth)
     try:
         zk.start(timeout=connect_timeout)
     except zk.handler.timeout_exception:  # kazoo has stopped and closed the client
@@ -120,13 +132,59 @@ class ZnodeStore:
             raise Unavailable(
                 f"ZooKeeper at {self.hosts}: {type(exc).__name__}", hosts=self.hosts
             ) from None
+        except NoAuthError:
+            raise self.forbidden() from None
+
+    def forbidden(self) -> Forbidden:
+        """The error for ZooKeeper refusing an operation because of a znode's ACL (NoAuth)."""
+        cluster = self.layout.cluster
+        if self.zk.default_acl:
+            return Forbidden(f"ZooKeeper at {self.hosts} refused these credentials for cluster {cluster} "
+                             f"(NoAuth): its znodes belong to other credentials", hosts=self.hosts)
+        return Forbidden(f"ZooKeeper at {self.hosts} refused access to cluster {cluster} (NoAuth): its znodes "
+                         f"carry ACLs; give the cluster's credentials with --zk-auth or --zk-auth-file "
+                         f"(MIYAQ_ZK_AUTH)", hosts=self.hosts)
 
     def ensure_paths(self) -> None:
-        for path in (self.layout.members, self.layout.election):
+        """Create ``/miyaq`` (anyone may add a cluster there), the cluster and its folders."""
+        acl = self.zk.default_acl
+        root_acl = [make_acl("world", "anyone", read=True, create=True), *acl] if acl else None
+        for path, path_acl in ((ROOT, root_acl), (self.layout.members, None), (self.layout.election, None)):
             try:
-                self.call(self.zk.create_async(path, b"", makepath=True))
+                self.call(self.zk.create_async(path, b"", acl=path_acl, makepath=True))
             except NodeExistsError:
                 pass
+
+    def protect(self) -> int:
+        """Give every znode of the cluster the client's ACL where it has another one
+        (a cluster made without credentials); the number changed. ``Forbidden``
+        when a znode belongs to other credentials."""
+        acl = self.zk.default_acl
+        if not acl:
+            return 0
+        changed = 0
+        level = [self.layout.base]
+        while level:
+            children: list[str] = []
+            acls = [(path, self.zk.get_acls_async(path), self.zk.get_children_async(path)) for path in level]
+            for path, acl_result, children_result in acls:
+                try:
+                    current, stat = self.call(acl_result)
+                    names = self.call(children_result)
+                except NoNodeError:
+                    continue          # gone meanwhile (an ephemeral member)
+                if not same_acl(current, acl):
+                    try:
+                        self.call(self.zk.set_acls_async(path, acl, stat.aversion))
+                        changed += 1
+                    except (NoNodeError, BadVersionError):
+                        pass          # gone, or changed by another node doing the same
+                children += [f"{path}/{name}" for name in names]
+            level = children
+        if changed:
+            logger.warning("put the credentials' ACL on %d znode(s) of cluster %s that had another one",
+                           changed, self.layout.cluster)
+        return changed
 
     def register(self, member: Member, wait: float) -> None:
         """Create ``member``'s ephemeral znode for this session.

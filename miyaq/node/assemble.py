@@ -27,6 +27,7 @@ from miyaq.cluster.periodic_store import ZkPeriodicStore
 from miyaq.cluster.role import ClusterRole
 from miyaq.cluster.standalone import StandaloneRole
 from miyaq.cluster.transport import Transport
+from miyaq.cluster.zk_auth import ZkAuth
 from miyaq.cluster.zk_coordinator import ZooKeeperCoordinator
 from miyaq.cluster.zmq_transport import ZmqTransport
 from miyaq.config import NodeConfig
@@ -103,7 +104,8 @@ def _role(config: NodeConfig, core: Core, barrier: WriteBarrier, supervisor: Sup
     shared: SharedSource | None = None
     if coordinator is None and config.zk:
         zk = ZooKeeperCoordinator(config.zk, config.cluster, local_member(config), supervisor=supervisor,
-                                  auto_join=config.auto_join, session_timeout=config.zk_session_timeout)
+                                  auto_join=config.auto_join, session_timeout=config.zk_session_timeout,
+                                  auth=ZkAuth.from_options(config.zk_auth, config.zk_auth_file))
         coordinator, shared = zk, _zk_periodic_store(zk)
     if coordinator is None:
         return StandaloneRole(config, core.engine, core.endpoint.ack), None
