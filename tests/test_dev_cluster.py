@@ -255,3 +255,25 @@ def test_dev_cluster_refuses_zk_servers_with_a_given_zookeeper():
     answer = run_miyaq("dev-cluster", "--zk", "127.0.0.1:1", "--zk-servers", "3")
     assert answer.returncode == 2
     assert "--zk-servers" in answer.stderr and "--zk" in answer.stderr
+
+
+def test_dev_cluster_with_zookeeper_credentials(dev_clusters, tmp_path):
+    """`--zk-auth-file` protects the dev cluster's znodes; its nodes get the credentials by
+    environment (never on a command line), and the ring commands need them."""
+    secret = tmp_path / "zk-auth"
+    secret.write_text("dev:not-on-any-command-line\n")
+    secret.chmod(0o600)
+    cluster = dev_clusters.start("--nodes", "1", "--zk-auth-file", str(secret), "--base-port", str(free_port()),
+                                 "--cluster", "protected", "--duration", "300", "--log-dir", str(tmp_path / "logs"))
+    ready = cluster.wait_for_line("ready ", READY_TIMEOUT)
+    info = dict(part.split("=", 1) for part in ready.split()[1:])
+    where = ["--zk", info["zk"], "--cluster", "protected"]
+    refused = run_miyaq("ring", *where, "--timeout", "5")
+    assert refused.returncode == 2 and "NoAuth" in refused.stderr and "--zk-auth" in refused.stderr
+    ring = json.loads(miyaq("ring", *where, "--zk-auth-file", str(secret), "--json"))
+    assert {k for k, m in ring["members"].items() if m["in_ring"]} == {"n1"}
+    children = descendants(cluster.proc.pid)
+    assert children and not any("not-on-any-command-line" in c for c in children.values())
+    dev_clusters.seen.update(children)
+    cluster.proc.send_signal(signal.SIGTERM)
+    assert cluster.proc.wait(STOP_TIMEOUT) == 0, cluster.output()
