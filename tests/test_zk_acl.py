@@ -148,15 +148,28 @@ def test_a_stranger_can_neither_read_nor_write_a_protected_cluster(coordinators,
     for path in paths:
         assert same_acl(owner.get_acls(path)[0], AUTH.acl), path
     owner.set(layout.desired, owner.get(layout.desired)[0])   # the credentials may write
-    # /miyaq is shared: anyone may read it and add another cluster, nobody else may change it.
-    root_acl, _ = owner.get_acls(ROOT)
-    assert same_acl(root_acl, AUTH.root_acl)
-    other = clients()
-    other.create(f"{ROOT}/{zk_cluster_name}-other", b"")
-    with pytest.raises(NoAuthError):
-        other.set_acls(ROOT, OPEN_ACL_UNSAFE)
-    with pytest.raises(NoAuthError):
-        other.delete(layout.base)
+
+
+def test_miyaq_root_made_with_credentials_stays_open_to_other_clusters(zk_server, zk_cluster_name, clients,
+                                                                       zk_supervisor):
+    """/miyaq is shared: made by a node with credentials, anyone may read it and add a cluster,
+    nobody else may change its ACL. (In a chroot of its own: the suite's /miyaq exists already.)"""
+    chroot = f"/{zk_cluster_name}"
+    clients().create(chroot, b"")
+    c = ZooKeeperCoordinator(zk_server.hosts + chroot, "shared", member("a"), supervisor=zk_supervisor,
+                             auth=AUTH, session_timeout=2.0, connect_timeout=5.0)
+    c.start()
+    try:
+        owner, other = clients(AUTH), clients()
+        assert same_acl(owner.get_acls(chroot + ROOT)[0], AUTH.root_acl)
+        assert other.get_children(chroot + ROOT) == ["shared"]
+        other.create(f"{chroot}{ROOT}/another-cluster", b"")
+        with pytest.raises(NoAuthError):
+            other.set_acls(chroot + ROOT, OPEN_ACL_UNSAFE)
+        with pytest.raises(NoAuthError):
+            other.delete(f"{chroot}{ROOT}/shared/ring")
+    finally:
+        c.stop()
 
 
 def test_ring_admin_needs_the_credentials(coordinators, zk_server, zk_cluster_name):
