@@ -186,3 +186,20 @@ def test_report_logs_and_counts_a_failure_a_loop_survived(caplog: pytest.LogCapt
             sup.report("peer callback", exc)
     assert sup.crashes["peer callback"] == 1 and sup.fatal is None
     assert "peer callback failed" in caplog.text and "injected fault" in caplog.text
+
+
+def test_supervised_pool_bounds_names_and_counts_its_greenlets(caplog: pytest.LogCaptureFixture) -> None:
+    """Fault: a connection handler raises. Its greenlet is one of the
+    supervisor's (named, counted, logged); the pool stays bounded."""
+    sup = Supervisor("proc", on_fatal=lambda *a: pytest.fail("not fatal"))
+    pool = sup.pool("http connection", 2)
+    gate = green.Event()
+    pool.spawn(gate.wait)
+    pool.spawn(gate.wait)
+    assert pool.full() and sup.live() == ["http connection", "http connection"]
+    gate.set()
+    with caplog.at_level(logging.ERROR, logger="miyaq.runtime.supervisor"):
+        pool.spawn(_boom)
+        pool.join(timeout=5)
+    assert sup.crashes["http connection"] == 1 and "greenlet http connection failed" in caplog.text
+    assert sup.live() == [] and pool.free_count() == 2

@@ -84,6 +84,12 @@ class Supervisor:
         g.start_later(max(0.0, delay))
         return g
 
+    def pool(self, name: str, size: int, policy: Policy = LOG) -> SupervisedPool:
+        """A pool of at most ``size`` greenlets, each this supervisor's, named
+        ``name``: for a server that spawns one greenlet per connection (gevent's
+        WSGI server takes it as its ``spawn``; it stops accepting while full)."""
+        return SupervisedPool(self, name, size, policy)
+
     def _track(self, g: Any, name: str) -> None:
         g.name = f"{self.name}:{name}"
         self._live[g] = name
@@ -177,3 +183,22 @@ class Supervisor:
             logger.exception("%s: killing greenlets failed", self.name)
         for g in victims:
             self._live.pop(g, None)
+
+
+class SupervisedPool(green.Pool):
+    """A bounded :class:`gevent.pool.Pool` whose greenlets are spawned, named
+    and watched by a :class:`Supervisor` (see :meth:`Supervisor.pool`)."""
+
+    def __init__(self, supervisor: Supervisor, name: str, size: int, policy: Policy) -> None:
+        super().__init__(size)
+        self._supervisor = supervisor
+        self._name = name
+        self._policy = policy
+
+    def spawn(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Start ``fn(*args)`` once the pool has room (it blocks while full)."""
+        sup = self._supervisor
+        g = green.Greenlet(sup._run, self._name, self._policy, fn, args)
+        sup._track(g, self._name)
+        self.start(g)
+        return g
