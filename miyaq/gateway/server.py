@@ -3,8 +3,8 @@
 webhook deliverer and the node's Prometheus metrics.
 
 Everything runs in the node's event loop: each HTTP connection is a
-greenlet of the WSGI server's pool (at most ``http_max_connections``; the
-server logs a handler's failure and answers 500), handlers call the engine
+supervised greenlet ("http connection", at most ``http_max_connections``; a
+handler's failure is answered 500 and logged), handlers call the engine
 directly and never block it (long-polls wait on the node's waiters). After
 a request stores or revives tasks, :meth:`Gateway.redispatch` wakes one
 supervised greenlet that fires due timers and runs the dispatcher, so HTTP
@@ -119,7 +119,7 @@ class Gateway:
         self.deliverer.start()
         self.supervisor.spawn("http dispatch", self._dispatch_loop, policy=RESTART)
         self.supervisor.spawn("queue limit share", self._share_loop, policy=RESTART)
-        pool = green.Pool(self.config.http_max_connections)
+        pool = self.supervisor.pool("http connection", self.config.http_max_connections)
         self.server = _Server((self.host, self.port), self.app, spawn=pool, log=None,
                               error_log=logging.getLogger(__name__ + ".wsgi"))
         self.server.start()
