@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from miyaq.errors import InvalidField
 from miyaq.core.limits import Limit
+from miyaq.errors import InvalidField
+from miyaq.gateway.openapi import build
+from miyaq.gateway.request import Request, Response, json_response
 from miyaq.protocol import fields as f
 from miyaq.protocol.taskspec import check_queue
-from miyaq.gateway.request import Request, Response, json_response
 
 if TYPE_CHECKING:
     from .server import Gateway
@@ -169,6 +170,5 @@ class AdminApi:
 
     def openapi(self, request: Request) -> Response:
         if self._openapi is None:
-            from .openapi import build
             self._openapi = json.dumps(build(), indent=1).encode()
         return Response(200, self._openapi, [("Content-Type", "application/json")])

@@ -17,11 +17,13 @@ import threading
 import time
 from typing import Any, Callable
 
+from miyaq.client.client import Client
 from miyaq.config import NodeConfig
 from miyaq.errors import MiyaqError, Timeout
 from miyaq.node.assemble import build_node
 from miyaq.node.node import Node
-from miyaq.runtime import LOG, Supervisor, green
+from miyaq.runtime import LOG, Supervisor, green, monotonic
+from miyaq.worker.runner import Worker
 
 
 def free_port() -> int:
@@ -48,12 +50,12 @@ def port_is_free(port: int) -> bool:
 def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02,
              what: str = "condition") -> Any:
     """Poll ``predicate`` until it returns something truthy; Timeout after ``timeout``."""
-    deadline = time.monotonic() + timeout
+    deadline = monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
-        if time.monotonic() >= deadline:
+        if monotonic() >= deadline:
             raise Timeout(f"{what} not reached within {timeout:g}s")
         time.sleep(interval)
 
@@ -143,7 +145,6 @@ class ThreadWorker:
         self.worker: Any = None
 
     def start(self) -> "ThreadWorker":
-        from ..worker.runner import Worker
         self.worker = self._hub.run(lambda: Worker(self.app, endpoints=self.endpoints, **self.options).start(),
                                     lambda w: w.run(), lambda w: w.stop())
         return self
@@ -227,10 +228,9 @@ class NodeProc(Proc):
                          name=f"node-{self.port}", **kw)
 
     def wait_ready(self, timeout: float = 20.0) -> "NodeProc":
-        from ..client.client import Client
         client = Client(self.endpoint, submit_timeout=2, request_timeout=1)
         try:
-            deadline = time.monotonic() + timeout
+            deadline = monotonic() + timeout
             while True:
                 if not self.alive():
                     raise MiyaqError(f"node exited early:\n{self.log_tail()}")
@@ -238,7 +238,7 @@ class NodeProc(Proc):
                     client.status()
                     return self
                 except MiyaqError:
-                    if time.monotonic() > deadline:
+                    if monotonic() > deadline:
                         raise Timeout(f"node on {self.endpoint} not ready:\n{self.log_tail()}") from None
         finally:
             client.close(flush=False)
