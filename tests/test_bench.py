@@ -18,7 +18,8 @@ from miyaq.bench.records import RecordWriter, read_records
 from miyaq.bench.stats import percentile, summarize_ms
 
 TOP_FIELDS = {"config", "node", "submitted", "accepted", "completed", "enqueue_seconds", "enqueue_rate",
-              "drain_seconds", "drain_rate", "latency", "node_peak_rss_bytes", "duplicates", "errors"}
+              "drain_seconds", "drain_rate", "latency", "node_peak_rss_bytes", "duplicates", "errors",
+              "cpu_us_per_task", "runs", "summary", "ratios", "idle"}
 
 # Each test runs real processes; the per-test limit of setup.cfg (60 s) is
 # below the 90 s a loaded CI machine may need for one bench run.
@@ -91,6 +92,9 @@ def test_bench_json_reports_every_field_and_completes_every_task():
         assert set(lat) == {"p50", "p99", "max"}
         assert lat["p50"] <= lat["p99"] <= lat["max"]
     assert result["node_peak_rss_bytes"] > 0
+    cpu = result["cpu_us_per_task"]
+    assert set(cpu) == {"node", "workers", "producer", "total"}
+    assert cpu["total"] > 0 and cpu["total"] >= cpu["node"]
     assert port_closed(result["node"]), "the bench's node still listens after the run"
 
 

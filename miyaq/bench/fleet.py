@@ -1,11 +1,17 @@
-"""The node, the workers and the client of one bench run, up and ready.
+"""miyaq's side of a bench run: its node(s) and workers, up and ready.
 
-:class:`Fleet` starts a standalone node (or uses ``--connect``), waits until
-it answers STATUS, starts W worker processes running
+:class:`Fleet` starts a standalone node -- or, with ``nodes > 1``, a
+ZooKeeper (:mod:`miyaq.testing.zookeeper`) and that many nodes holding
+every task on ``nodes`` holders with ``min_acks = nodes`` -- or uses
+``--connect``; waits until every node answers STATUS (and, in a cluster,
+every node sees the whole ring), starts W worker processes running
 :mod:`miyaq.bench.tasks` on a queue of their own, and waits until the node
-counts W workers on that queue. Every wait is bounded by the run's
-deadline and checks that the children are still alive, so a node that
-fails to start is reported with its log instead of a bare timeout.
+counts W workers on that queue. Every wait is bounded by the run's deadline
+and checks that the children are still alive, so a node that fails to
+start is reported with its log instead of a bare timeout.
+
+``python`` is the interpreter that runs the node(s) and workers (and the
+producer): another build's, to compare builds on one machine in one run.
 """
 from __future__ import annotations
 
@@ -13,23 +19,29 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from ..client.client import Client
 from ..errors import MiyaqError, Timeout
 from . import tasks
-from .procs import Child, ProcessGroup, free_port, peak_rss
+from .cpu import rss_bytes
+from .procs import Child, ProcessGroup, free_port
 
 logger = logging.getLogger(__name__)
 
-CONNECT_WAIT = 5.0      # longest wait for a node to answer its first STATUS
+CONNECT_WAIT = 5.0      # longest wait for a given (--connect) node to answer its first STATUS
 POLL = 0.05
+LIVE_STATES = ("scheduled", "ready", "running", "retrying")
 
 
 class Fleet:
+    kind = "miyaq"
+
     def __init__(self, procs: ProcessGroup, *, connect: str | None, workers: int, concurrency: int,
                  queue: str, records_dir: str, deadline: float, fsync: str | None = None,
-                 data_dir: str = "") -> None:
+                 data_dir: str = "", python: str | None = None, nodes: int = 1,
+                 node_args: tuple[str, ...] = ()) -> None:
         self.procs = procs
         self.fsync = fsync
         self.data_dir = data_dir
@@ -39,63 +51,97 @@ class Fleet:
         self.queue = queue
         self.records_dir = records_dir
         self.deadline = deadline            # time.monotonic() value
-        self.node: Child | None = None
+        self.python = python or sys.executable
+        self.n_nodes = nodes
+        self.node_args = list(node_args)
+        self.nodes: list[Child] = []
         self.workers: list[Child] = []
-        self.endpoint = connect or ""
+        self.endpoints: list[str] = [e for e in (connect or "").split(",") if e]
         self.client: Client | None = None
+        self.zookeeper: Any = None
+
+    @property
+    def endpoint(self) -> str:
+        return ",".join(self.endpoints)
 
     # -- starting ------------------------------------------------------------------
-    def start(self) -> Client:
-        """Bring everything up; returns the producer client. Raises MiyaqError."""
+    def start(self) -> None:
+        """Bring everything up. Raises MiyaqError."""
         if not self.connect:
-            port = free_port()
-            self.endpoint = f"tcp://127.0.0.1:{port}"
-            durable = ["--data-dir", self.data_dir, "--fsync", self.fsync] if self.fsync else []
-            self.node = self.procs.start("node", [
-                sys.executable, "-m", "miyaq.cli.main", "node", "--port", str(port),
-                "--http-port", "0", "--node-id", "bench", "--log-level", "WARNING", *durable])
+            zk = self._start_zookeeper() if self.n_nodes > 1 else None
+            for i in range(self.n_nodes):
+                self._start_node(i, zk)
         self.client = Client(self.endpoint, submit_timeout=self._left(), request_timeout=2.0)
-        self._wait_for_node()
+        self._wait_for_nodes()
         env = dict(os.environ, **{tasks.ENV_CONNECT: self.endpoint, tasks.ENV_RECORDS: self.records_dir})
         for i in range(self.n_workers):
             self.workers.append(self.procs.start(f"worker-{i}", [
-                sys.executable, "-m", "miyaq.cli.main", "worker", "miyaq.bench.tasks:app",
+                self.python, "-m", "miyaq.cli.main", "worker", "miyaq.bench.tasks:app",
                 "--processes", "1", "--concurrency", str(self.concurrency), "--connect", self.endpoint,
                 "--queues", self.queue, "--grace", "2", "--log-level", "WARNING"], env))
         self._wait_for_workers()
-        return self.client
+
+    def _start_zookeeper(self) -> str:
+        from ..testing.zookeeper import ZooKeeperServer
+        self.zookeeper = ZooKeeperServer(workdir=Path(self.procs.log_dir) / "zookeeper")
+        self.zookeeper.start()
+        return str(self.zookeeper.hosts)
+
+    def _start_node(self, index: int, zk: str | None) -> None:
+        port = free_port()
+        self.endpoints.append(f"tcp://127.0.0.1:{port}")
+        durable = []
+        if self.fsync:
+            durable = ["--data-dir", os.path.join(self.data_dir, f"n{index}"), "--fsync", self.fsync]
+        cluster = []
+        if zk is not None:
+            n = str(self.n_nodes)
+            cluster = ["--zk", zk, "--cluster", f"bench-{os.getpid()}", "--replicas", n, "--min-acks", n]
+        name = "node" if self.n_nodes == 1 else f"node-{index}"
+        self.nodes.append(self.procs.start(name, [
+            self.python, "-m", "miyaq.cli.main", "node", "--port", str(port), "--http-port", "0",
+            "--node-id", f"bench{index}", "--log-level", "WARNING", *durable, *cluster, *self.node_args]))
 
     def _left(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
 
     def check_children(self) -> None:
-        """Raise if the node or a worker has exited."""
-        for child in ([self.node] if self.node else []) + self.workers:
+        """Raise if a node or a worker has exited."""
+        for child in self.nodes + self.workers:
             if not child.alive():
                 raise MiyaqError(child.describe_exit())
 
-    def _wait_for_node(self) -> None:
+    def _wait_for_nodes(self) -> None:
         assert self.client is not None
-        limit = min(self._left(), CONNECT_WAIT if self.connect else self._left())
+        limit = min(self._left(), CONNECT_WAIT) if self.connect else self._left()
         stop = time.monotonic() + limit
-        last: MiyaqError | None = None
+        last: str = "no answer"
         while time.monotonic() < stop:
             self.check_children()
             try:
-                self.client.status()
-                return
+                ready = all(self._node_ready(i) for i in range(len(self.endpoints)))
+                if ready:
+                    return
+                last = "the ring is not whole yet"
             except MiyaqError as err:   # not connected yet, or not answering yet
-                last = err
+                last = err.message
             time.sleep(POLL)
-        why = f" (last error: {last.message})" if last is not None else ""
-        if self.node is not None:
-            raise Timeout(f"the bench's node at {self.endpoint} did not answer within {limit:.1f}s{why}; "
-                          f"last lines of {self.node.log_path}:\n{self.node.log_tail()}")
+        if self.nodes:
+            tails = "\n".join(f"--- {n.log_path}:\n{n.log_tail()}" for n in self.nodes)
+            raise Timeout(f"the bench's node(s) at {self.endpoint} were not ready within {limit:.1f}s "
+                          f"(last: {last}); last lines of their logs:\n{tails}")
         raise Timeout(f"cannot reach a miyaq node at {self.endpoint}: no answer to STATUS within "
-                      f"{limit:.1f}s{why}. Is a node running there?")
+                      f"{limit:.1f}s (last: {last}). Is a node running there?")
+
+    def _node_ready(self, index: int) -> bool:
+        assert self.client is not None
+        if self.n_nodes == 1 or self.connect:
+            self.client.status(node=index)
+            return True
+        ring = self.client.request(b"RING", {}, node=index)
+        return len(ring.get("members") or {}) >= self.n_nodes
 
     def _wait_for_workers(self) -> None:
-        assert self.client is not None
         seen = 0
         while time.monotonic() < self.deadline:
             self.check_children()
@@ -109,20 +155,35 @@ class Fleet:
                       f"before the timeout\n{tails}")
 
     # -- watching ------------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
-        assert self.client is not None
-        return self.client.status()
+    def pids(self) -> dict[str, int]:
+        """The processes whose CPU a phase counts, by role."""
+        out = {n.name: n.pid for n in self.nodes}
+        out.update((w.name, w.pid) for w in self.workers)
+        return out
 
-    def queue_row(self) -> dict[str, Any] | None:
-        """The node's counters for the bench queue (None until it exists)."""
-        row = self.status().get("queues", {}).get(self.queue)
+    def queue_row(self, node: int = 0) -> dict[str, Any] | None:
+        """A node's counters for the bench queue (None until it exists)."""
+        assert self.client is not None
+        row = self.client.status(node=node).get("queues", {}).get(self.queue)
         return row if isinstance(row, dict) else None
 
-    def node_peak_rss(self) -> int | None:
-        """VmHWM of the bench's own node; None with --connect (not ours to read)."""
-        if self.node is None or not self.node.alive():
+    def unfinished(self) -> tuple[int, int]:
+        """(live tasks of the bench queue, dead ones), on the node that has the most."""
+        live = dead = 0
+        for i in range(len(self.endpoints)):
+            row = self.queue_row(i) or {}
+            live = max(live, sum(int(row.get(s, 0)) for s in LIVE_STATES))
+            dead = max(dead, int(row.get("dead", 0)))
+        return live, dead
+
+    def peak_rss(self) -> int | None:
+        return self.node_rss(peak=True)
+
+    def node_rss(self, peak: bool = False) -> int | None:
+        """VmRSS (or VmHWM) of the first node; None with --connect (not ours to read)."""
+        if not self.nodes or not self.nodes[0].alive():
             return None
-        return peak_rss(self.node.pid)
+        return rss_bytes(self.nodes[0].pid, "VmHWM" if peak else "VmRSS")
 
     # -- stopping ------------------------------------------------------------------
     def stop_workers(self, grace: float = 5.0) -> None:
@@ -138,3 +199,9 @@ class Fleet:
                 logger.exception("closing the bench client failed")
             self.client = None
         self.procs.close()
+        if self.zookeeper is not None:
+            try:
+                self.zookeeper.stop()
+            except Exception:
+                logger.exception("stopping the bench's ZooKeeper failed")
+            self.zookeeper = None

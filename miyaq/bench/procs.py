@@ -67,14 +67,19 @@ class ProcessGroup:
         self.log_dir = log_dir
         self.children: list[Child] = []
 
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None,
+              pipes: bool = False) -> Child:
+        """Start ``argv``; its output goes to ``<log_dir>/<name>.log`` -- only
+        its stderr with ``pipes``, where stdin and stdout are pipes the
+        caller talks through (the producer agent)."""
         log_path = os.path.join(self.log_dir, f"{name}.log")
         log = open(log_path, "wb")   # noqa: SIM115 - the child writes it; closed in close_log()
         # Run the shim by path: it needs only the standard library, and
         # ``-m miyaq.bench.launch`` would import the whole package first.
         shim = [sys.executable, launch.__file__, str(os.getpid())]
-        proc = subprocess.Popen(shim + argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True)
+        proc = subprocess.Popen(shim + argv, stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
+                                stdout=subprocess.PIPE if pipes else log,
+                                stderr=log if pipes else subprocess.STDOUT, env=env, start_new_session=True)
         child = Child(name, proc, log_path, log)
         self.children.append(child)
         logger.debug("started %s (pid %d): %s", name, proc.pid, " ".join(argv))
@@ -99,11 +104,11 @@ class ProcessGroup:
             child.close_log()
 
     def close(self, grace: float = 5.0) -> None:
-        """Stop every child still running: workers first (they drain and say
-        BYE), then the rest (the node)."""
-        workers = [c for c in self.children if c.name.startswith("worker")]
-        others = [c for c in self.children if c not in workers]
-        self.stop(workers, grace)
+        """Stop every child still running: the producer and the workers first
+        (they drain and say BYE), then the rest (the nodes, the relay)."""
+        first = [c for c in self.children if c.name.startswith(("worker", "producer"))]
+        others = [c for c in self.children if c not in first]
+        self.stop(first, grace)
         self.stop(others, grace)
 
 
@@ -127,16 +132,3 @@ def free_port(span: int = 3, tries: int = 50) -> int:
         if all(port_is_free(port + i) for i in range(span)):
             return port
     raise OSError(f"no {span} consecutive free loopback ports found in {tries} tries")
-
-
-
-def peak_rss(pid: int) -> int | None:
-    """The process's peak resident set size (VmHWM) in bytes, or None."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None

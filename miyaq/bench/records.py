@@ -61,6 +61,7 @@ class Records:
     done: dict[str, float] = field(default_factory=dict)    # done of that first run
     runs: int = 0                                           # lines read, all ids
     duplicates: int = 0                                     # runs beyond the first of an id
+    repeats: dict[str, int] = field(default_factory=dict)   # task id -> its runs beyond the first
     malformed: int = 0
 
 
@@ -88,6 +89,7 @@ def read_records(directory: str, prefix: str) -> Records:
                 task_id = parts[0]
                 if task_id in out.start:
                     out.duplicates += 1
+                    out.repeats[task_id] = out.repeats.get(task_id, 0) + 1
                     if start >= out.start[task_id]:
                         continue
                 out.start[task_id] = start

@@ -1,8 +1,16 @@
-"""How a bench result is shown: a plain-text summary, or one JSON object."""
+"""How a bench result is shown: a plain-text summary, or one JSON object.
+
+The summary starts as it always has (the main miyaq measurement, redis-
+benchmark style) and adds, when the run measured more than one system or
+repeated, a table per phase: each metric's median (with its range over
+repeats) per system, and the ratios the run asked for.
+"""
 from __future__ import annotations
 
 import json
 from typing import Any
+
+from .compare import METRICS
 
 
 def to_json(result: dict[str, Any]) -> str:
@@ -24,31 +32,99 @@ def _latency_line(label: str, lat: dict[str, float] | None) -> str:
             f"max {lat['max']:.3f} ms")
 
 
+def _cpu_line(cpu: dict[str, float | None] | None) -> str:
+    if not cpu:
+        return "  CPU per task     n/a"
+    parts = [f"{k} {_num(v)}" for k, v in cpu.items() if k != "total"]
+    return f"  CPU per task     {_num(cpu.get('total'))} us ({', '.join(parts)})"
+
+
+def _mode(cfg: dict[str, Any]) -> str:
+    if cfg.get("confirmed"):
+        return "one at a time: confirmed submits, then calls"
+    if cfg.get("rate"):
+        return f"paced at {cfg['rate']:g}/s"
+    return "as fast as the client allows"
+
+
 def summary(result: dict[str, Any]) -> str:
-    """A human-readable report, redis-benchmark style."""
+    """A human-readable report."""
     cfg = result["config"]
     rss = result.get("node_peak_rss_bytes")
-    mode = f"paced at {cfg['rate']:g}/s" if cfg.get("rate") else "as fast as the client allows"
     lines = [
         (f"====== miyaq bench: {cfg['tasks']:,} tasks, {cfg['payload']} B payload, "
          f"{cfg['workers']} worker(s) x {cfg['concurrency']} ======"),
         f"  node             {result['node']} ({'started by the bench' if not cfg.get('connect') else 'given'})",
-        f"  submitted        {result['submitted']:,} ({mode})",
-        f"  accepted         {result['accepted']:,}",
-        f"  completed        {result['completed']:,}",
+        f"  submitted        {_count(result['submitted'])} ({_mode(cfg)})",
+        f"  accepted         {_count(result['accepted'])}",
+        f"  completed        {_count(result['completed'])}",
         (f"  enqueue          {_num(result['enqueue_rate'])} tasks/s "
-         f"({_secs(result['enqueue_seconds'])} first submit -> last ack)"),
+         f"({_secs(result['enqueue_seconds'] or 0.0)} first submit -> last ack)"),
         (f"  drain            {_num(result['drain_rate'])} tasks/s "
-         f"({_secs(result['drain_seconds'])} first submit -> last done)"),
+         f"({_secs(result['drain_seconds'] or 0.0)} first submit -> last done)"),
         "  latency:",
-        _latency_line("submit -> start", result["latency"].get("submit_to_start_ms")),
-        _latency_line("submit -> done", result["latency"].get("submit_to_done_ms")),
+        _latency_line("submit -> start", (result["latency"] or {}).get("submit_to_start_ms")),
+        _latency_line("submit -> done", (result["latency"] or {}).get("submit_to_done_ms")),
+        _cpu_line(result.get("cpu_us_per_task")),
         f"  node peak RSS    {'n/a' if rss is None else f'{rss / 1048576:.1f} MiB'}",
         f"  duplicates       {result['duplicates']}",
     ]
+    lines += _idle_lines(result.get("idle"))
+    runs = result.get("runs") or []
+    if len({m["system"] for m in runs}) > 1 or cfg.get("repeat", 1) > 1 or len({m["phase"] for m in runs}) > 1:
+        lines += _tables(result)
     if result["errors"]:
         lines.append("  errors:")
         lines += [f"    - {e}" for e in result["errors"]]
     else:
         lines.append("  errors           none")
     return "\n".join(lines)
+
+
+def _count(value: int | None) -> str:
+    return "n/a" if value is None else f"{value:,}"
+
+
+def _idle_lines(idle: dict[str, list[dict[str, Any]]] | None) -> list[str]:
+    if not idle:
+        return []
+    lines = ["  idle CPU (ms per second, nothing submitted):"]
+    for system, results in idle.items():
+        for r in results:
+            ms = r["cpu_ms_per_second"]
+            parts = ", ".join(f"{k} {_num(v)}" for k, v in ms.items() if k != "total")
+            lines.append(f"    {system:<14} {_num(ms.get('total'))} ({parts}) over {r['seconds']:g} s")
+    return lines
+
+
+def _cell(spread: dict[str, float] | None) -> str:
+    if not spread:
+        return "n/a"
+    if spread["n"] == 1 or spread["min"] == spread["max"]:
+        return f"{spread['median']:,.3f}"
+    return f"{spread['median']:,.3f} [{spread['min']:,.3f}-{spread['max']:,.3f}]"
+
+
+def _tables(result: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    ratio_sets = result.get("ratios") or {}
+    for phase, systems in result["summary"].items():
+        names = list(systems)
+        lines.append(f"  --- {phase}: median [min-max] over {result['config'].get('repeat', 1)} run(s)")
+        header = f"    {'metric':<18}" + "".join(f"{n:>32}" for n in names)
+        ratio_names = [r for r, by_phase in ratio_sets.items() if isinstance(by_phase, dict)
+                       and isinstance(by_phase.get(phase), dict)]
+        header += "".join(f"{r:>20}" for r in ratio_names)
+        lines.append(header)
+        metrics = list(next(iter(systems.values())))
+        for metric in metrics:
+            unit = METRICS[metric][1]
+            row = f"    {metric:<18}" + "".join(f"{_cell(systems[n].get(metric)):>32}" for n in names)
+            for r in ratio_names:
+                value = ratio_sets[r][phase].get(metric)
+                row += f"{'n/a' if value is None else f'{value:.2f}x':>20}"
+            lines.append(row + f"  {unit}")
+    extra = ratio_sets.get("miyaq call/baseline confirmed")
+    if extra:
+        lines.append(f"  miyaq call() / baseline confirmed round trips: {extra.get('enqueue_rate')}x")
+    return lines

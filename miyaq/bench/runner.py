@@ -1,53 +1,54 @@
-"""One bench run: bring up the fleet, load it, wait for the drain, measure.
+"""One bench run: which systems, which phases, how many repeats; the result.
 
 What the times mean (all ``time.time()`` on this one machine: the bench,
-its node and its workers are local processes sharing one clock):
+its nodes, its workers and its producer are local processes sharing one
+clock):
 
-* **submit** -- read by the bench just before it calls ``Client.submit()``
-  for the task. In fast mode this includes time the call spends blocked on a
-  full client window, so submit -> start also measures queueing behind the
-  tasks submitted earlier: it is the latency of a saturated queue.
+* **submit** -- read by the producer just before it calls ``submit()``
+  (``call()``) for the task. In bulk mode this includes time the call
+  spends blocked on a full client window, so submit -> start also measures
+  queueing behind the tasks submitted earlier: it is the latency of a
+  saturated queue. Paced (``--rate``) it is the latency of one task.
 * **start** -- read by the no-op handler as its first statement, in the
   worker process: after the node leased the task, the DISPATCH crossed the
-  socket, and a runner greenlet picked it from the worker's backlog.
-* **done** -- read by the handler as its last statement (the return value
-  is known). The DONE report to the node leaves in the worker's next outbox
-  flush and is not included; the bench confirms through STATUS that the node
-  saw every task finish before it reads the records.
-* **last acknowledgement** -- when ``Client.flush()`` returned: every
-  submit's SUBMITTED reply had arrived.
+  socket, and a runner picked it up.
+* **done** -- read by the handler as its last statement. The DONE report to
+  the node leaves afterwards and is not included; the bench waits until the
+  node counts no live task before it reads the records.
+* **last acknowledgement** -- when the producer's ``flush()`` returned (for
+  confirmed submits and calls: when the last one returned).
 
-Rates: enqueue = accepted / (last acknowledgement - first submit); drain =
-completed / (last done - first submit). Start and done come from record
-files the workers write (:mod:`miyaq.bench.records`) and the bench reads
-after the workers exit, so nothing is measured through the node under test
-and the node does no extra work. A task id seen in more than one record is
-a duplicate execution.
+Rates: enqueue = accepted / (last acknowledgement - first submit) -- for
+confirmed submits and calls, round trips per second; drain = completed /
+(last done - first submit). A task id seen in more than one record is a
+duplicate execution.
+
+Systems run one after the other, each with fresh processes, and with
+``repeat`` > 1 in turns (A, B, A, B ...), so drift on a shared machine
+touches each alike; the report shows medians and ranges.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
-from ..errors import MiyaqError
+from .bare_fleet import BareFleet
+from .compare import ratios, summarize
 from .fleet import Fleet
-from .load import Load, run_load
+from .measure import Phase, System, run_system
 from .procs import ProcessGroup
-from .progress import Progress
-from .records import Records, read_records
-from .stats import match, rate, summarize_ms
-from .tasks import TASK_NAME
+from .producer import Producer
 
-DRAIN_POLL = 0.02
-LIVE_STATES = ("scheduled", "ready", "running", "retrying")
+TOP_FIELDS = ("submitted", "accepted", "completed", "enqueue_seconds", "enqueue_rate", "drain_seconds",
+              "drain_rate", "latency", "duplicates")
 
 
 @dataclass
@@ -58,8 +59,54 @@ class BenchConfig:
     payload: int = 100
     rate: float | None = None
     connect: str | None = None
-    timeout: float = 120.0
+    timeout: float = 120.0          # for each system's run
     fsync: str | None = None        # start the node with a log in a temp dir, this fsync policy
+    baseline: bool = False          # also run the bare relay (miyaq.bench.bare)
+    confirmed: bool = False         # phases: confirmed submits, then calls
+    idle: float = 0.0               # seconds of idle CPU measured before the phases
+    repeat: int = 1
+    python: str | None = None       # interpreter of the miyaq processes (another build)
+    compare_python: str | None = None   # also run miyaq with this interpreter, as "miyaq@other"
+    cluster: int = 0                # nodes of a cluster to hold against a single node (0: none)
+
+
+def phases_of(cfg: BenchConfig) -> list[Phase]:
+    if cfg.confirmed:
+        return [Phase("confirmed", "confirmed", cfg.tasks), Phase("call", "call", cfg.tasks)]
+    if cfg.rate:
+        return [Phase(f"rate {cfg.rate:g}/s", "rate", cfg.tasks, cfg.rate)]
+    return [Phase("bulk", "bulk", cfg.tasks)]
+
+
+Maker = Callable[[ProcessGroup, str, float], tuple[System, Callable[[System], Producer]]]
+
+
+def systems_of(cfg: BenchConfig) -> list[tuple[str, Maker]]:
+    """(label, maker) of every system this run measures, the main one first.
+    A maker builds the system and says how to start its producer."""
+    def miyaq(python: str | None, nodes: int) -> Maker:
+        def make(procs: ProcessGroup, tmp: str, deadline: float) -> tuple[System, Callable[[System], Producer]]:
+            queue = f"bench-{os.path.basename(tmp)}"
+            fleet = Fleet(procs, connect=cfg.connect, workers=cfg.workers, concurrency=cfg.concurrency,
+                          queue=queue, records_dir=tmp, deadline=deadline, fsync=cfg.fsync,
+                          data_dir=os.path.join(tmp, "node-data"), python=python, nodes=nodes)
+            return fleet, lambda s: Producer(procs, python or sys.executable, "miyaq", s.endpoint, queue)
+        return make
+
+    def bare(procs: ProcessGroup, tmp: str, deadline: float) -> tuple[System, Callable[[System], Producer]]:
+        fleet = BareFleet(procs, workers=cfg.workers, concurrency=cfg.concurrency, records_dir=tmp,
+                          deadline=deadline)
+        return fleet, lambda s: Producer(procs, sys.executable, "bare", s.endpoint, "")
+
+    out: list[tuple[str, Maker]] = []
+    if cfg.cluster > 1:
+        out.append((f"cluster-{cfg.cluster}", miyaq(cfg.python, cfg.cluster)))
+    out.append(("miyaq", miyaq(cfg.python, 1)))
+    if cfg.compare_python:
+        out.append(("miyaq@other", miyaq(cfg.compare_python, 1)))
+    if cfg.baseline:
+        out.append(("baseline", bare))
+    return out
 
 
 @contextlib.contextmanager
@@ -81,98 +128,58 @@ def _sigterm_as_exit() -> Iterator[None]:
 
 def run_bench(cfg: BenchConfig, progress_stream: TextIO | None = None) -> dict[str, Any]:
     """Run the benchmark and return its result (see :func:`_result`).
-    Raises MiyaqError when the node or the workers cannot be brought up."""
-    deadline = time.monotonic() + cfg.timeout
-    tag = "b" + uuid.uuid4().hex[:12]
-    with _sigterm_as_exit(), tempfile.TemporaryDirectory(prefix="miyaq-bench-") as tmp:
-        records_dir = os.path.join(tmp, "records")
-        os.mkdir(records_dir)
-        fleet = Fleet(ProcessGroup(tmp), connect=cfg.connect, workers=cfg.workers,
-                      concurrency=cfg.concurrency, queue=f"bench-{tag}", records_dir=records_dir,
-                      deadline=deadline, fsync=cfg.fsync, data_dir=os.path.join(tmp, "node-data"))
-        try:
-            fleet.start()
-            return _measure(cfg, fleet, tag, records_dir, deadline, progress_stream)
-        finally:
-            fleet.close()
+    Raises MiyaqError when a system cannot be brought up."""
+    phases = phases_of(cfg)
+    runs: list[dict[str, Any]] = []
+    idle: dict[str, list[dict[str, Any]]] = {}
+    first: dict[str, Any] = {}
+    with _sigterm_as_exit():
+        for repeat in range(cfg.repeat):
+            for label, make in systems_of(cfg):
+                with tempfile.TemporaryDirectory(prefix="miyaq-bench-") as tmp:
+                    deadline = time.monotonic() + cfg.timeout
+                    procs = ProcessGroup(tmp)
+                    system, producer_for = make(procs, tmp, deadline)
+                    try:
+                        done = run_system(system, producer_for, phases, payload=cfg.payload, deadline=deadline,
+                                          idle=cfg.idle, progress_stream=progress_stream)
+                    finally:
+                        system.close()
+                if label == "miyaq" and not first:
+                    first = {"node": done.endpoint, "node_peak_rss_bytes": done.peak_rss}
+                for m in done.measurements:
+                    m.update(system=label, repeat=repeat)
+                runs.extend(done.measurements)
+                if done.idle is not None:
+                    idle.setdefault(label, []).append(done.idle)
+    return _result(cfg, runs, idle, first)
 
 
-def _completed(fleet: Fleet) -> int:
-    return int(fleet.status().get("outcomes", {}).get("completed", 0))
-
-
-def _measure(cfg: BenchConfig, fleet: Fleet, tag: str, records_dir: str, deadline: float,
-             progress_stream: TextIO | None) -> dict[str, Any]:
-    assert fleet.client is not None
-    load = Load()
-    progress = None
-    if progress_stream is not None:
-        baseline = _completed(fleet)
-        progress = Progress(progress_stream, cfg.tasks, lambda: load.submitted,
-                            lambda: _completed(fleet) - baseline).start()
-    try:
-        run_load(fleet.client, name=TASK_NAME, queue=fleet.queue, tag=tag, tasks=cfg.tasks,
-                 payload=b"x" * cfg.payload, rate=cfg.rate, deadline=deadline, load=load)
-        observed_end, row = _wait_drained(fleet, load, deadline)
-    finally:
-        if progress is not None:
-            progress.stop()
-    rss = fleet.node_peak_rss()
-    fleet.stop_workers()
-    records = read_records(records_dir, tag + "-")
-    return _result(cfg, fleet, load, records, tag, row, observed_end, rss)
-
-
-def _wait_drained(fleet: Fleet, load: Load, deadline: float) -> tuple[float, dict[str, Any] | None]:
-    """Poll the bench queue until it holds no live task (every accepted task
-    is done or dead), a child exits, or the deadline passes. Returns when
-    that was observed and the queue's last counters."""
-    row: dict[str, Any] | None = None
-    while True:
-        try:
-            fleet.check_children()
-            row = fleet.queue_row()
-        except MiyaqError as err:
-            load.errors.append(f"stopped waiting for completions: {err.message}")
-            return time.time(), row
-        if row is None or sum(int(row.get(s, 0)) for s in LIVE_STATES) == 0:
-            return time.time(), row
-        if time.monotonic() >= deadline:
-            live = sum(int(row.get(s, 0)) for s in LIVE_STATES)
-            load.errors.append(f"timeout: {live} task(s) still unfinished")
-            return time.time(), row
-        time.sleep(DRAIN_POLL)
-
-
-def _result(cfg: BenchConfig, fleet: Fleet, load: Load, records: Records, tag: str,
-            row: dict[str, Any] | None, observed_end: float, rss: int | None) -> dict[str, Any]:
-    matched = match(tag, load.submit_times, records)
-    accepted = load.accepted
-    errors = list(load.errors)
-    dead = int(row.get("dead", 0)) if row else 0
-    unfinished = sum(int(row.get(s, 0)) for s in LIVE_STATES) if row else 0
-    if dead:
-        errors.append(f"{dead} task(s) failed and were dead-lettered")
-    missing = accepted - matched.completed - dead - unfinished
-    if missing > 0:
-        errors.append(f"{missing} task(s) finished on the node but left no record "
-                      "(did a worker exit uncleanly?)")
-    enqueue_s = load.acked_at - load.first_submit if load.submitted else 0.0
-    last_done = matched.last_done if matched.last_done is not None else observed_end
-    drain_s = last_done - load.first_submit if load.submitted else 0.0
-    return {
-        "config": asdict(cfg),
-        "node": fleet.endpoint,
-        "submitted": load.submitted,
-        "accepted": accepted,
-        "completed": matched.completed,
-        "enqueue_seconds": round(enqueue_s, 4),
-        "enqueue_rate": rate(accepted, enqueue_s),
-        "drain_seconds": round(drain_s, 4),
-        "drain_rate": rate(matched.completed, drain_s),
-        "latency": {"submit_to_start_ms": summarize_ms(matched.to_start),
-                    "submit_to_done_ms": summarize_ms(matched.to_done)},
-        "node_peak_rss_bytes": rss,
-        "duplicates": records.duplicates,
-        "errors": errors,
-    }
+def _result(cfg: BenchConfig, runs: list[dict[str, Any]], idle: dict[str, list[dict[str, Any]]],
+            first: dict[str, Any]) -> dict[str, Any]:
+    """The first miyaq measurement's fields at the top (as earlier versions
+    printed), every run, medians per phase and system, and the ratios."""
+    main = next((m for m in runs if m["system"] == "miyaq"), runs[0] if runs else None)
+    summary = summarize(runs)
+    result: dict[str, Any] = {"config": asdict(cfg), "node": first.get("node", "")}
+    for key in TOP_FIELDS:
+        result[key] = main.get(key) if main else None
+    result["node_peak_rss_bytes"] = first.get("node_peak_rss_bytes")
+    result["cpu_us_per_task"] = main.get("cpu_us_per_task") if main else None
+    result["runs"] = runs
+    result["idle"] = idle or None
+    result["summary"] = summary
+    compared: dict[str, Any] = {}
+    if cfg.baseline:
+        compared["miyaq/baseline"] = ratios(summary, "miyaq", "baseline")
+        if cfg.confirmed:
+            compared["miyaq call/baseline confirmed"] = ratios(
+                summary, "miyaq", "baseline", {"call": "confirmed"}).get("call")
+    if cfg.cluster > 1:
+        compared[f"cluster-{cfg.cluster}/miyaq"] = ratios(summary, f"cluster-{cfg.cluster}", "miyaq")
+    if cfg.compare_python:
+        compared["miyaq/miyaq@other"] = ratios(summary, "miyaq", "miyaq@other")
+    result["ratios"] = compared or None
+    result["errors"] = [f"{m['system']} {m['phase']} (run {m['repeat'] + 1}): {e}"
+                        for m in runs for e in m["errors"]]
+    return result

@@ -10,10 +10,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .load import task_id
 from .records import Records
 
 PERCENTILES = (("p50", 50.0), ("p99", 99.0))
+
+
+def task_id(tag: str, index: int) -> str:
+    """The id of task ``index`` of the run tagged ``tag`` (as the producer makes it)."""
+    return f"{tag}-{index}"
 
 
 def percentile(ordered: Sequence[float], q: float) -> float:

@@ -2,25 +2,45 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="measure throughput and latency", description=(
-        "Start a standalone node (or use --connect) and W worker processes running a "
-        "no-op task, submit N tasks, and report enqueue and drain rates, submit->start "
-        "and submit->done latency percentiles and the node's peak RSS. Exit status: 0 "
-        "when every task completed, 1 when the run finished with errors, 2 when it "
-        "could not start."))
+    p = sub.add_parser("bench", help="measure throughput, latency and cost per task", description=(
+        "Start a standalone node (or use --connect), W worker processes running a no-op task "
+        "and a producer process; submit N tasks and report enqueue and drain rates, submit->start "
+        "and submit->done latency percentiles, CPU time per task of each process and the node's "
+        "peak RSS. --baseline runs the same workload through a bare ZeroMQ relay in the same run "
+        "and prints miyaq's figures as ratios to it (docs/performance.md). Exit status: 0 when "
+        "every task completed, 1 when the run finished with errors, 2 when it could not start."))
     p.add_argument("--workers", "-w", type=int, default=2, help="worker processes [default 2]")
     p.add_argument("--concurrency", "-c", type=int, default=64,
-                   help="greenlets per worker process [default 64: the tasks are no-ops]")
-    p.add_argument("--tasks", "-n", type=int, default=20_000, help="tasks to submit [default 20000]")
+                   help="greenlets per worker process [default 64: the tasks are no-ops; "
+                        "the worker's own default is 8]")
+    p.add_argument("--tasks", "-n", type=int, default=20_000, help="tasks to submit per phase [default 20000]")
     p.add_argument("--payload", "-s", type=int, default=100, help="payload bytes per task [default 100]")
     p.add_argument("--rate", "-r", type=float, default=None,
                    help="submit at this many tasks per second (default: as fast as possible)")
+    p.add_argument("--confirmed", action="store_true",
+                   help="submit one task at a time with wait=True, then call() one at a time")
+    p.add_argument("--baseline", action="store_true",
+                   help="also run the workload through a bare pyzmq relay; print ratios to it")
+    p.add_argument("--cluster", type=int, default=0, metavar="N",
+                   help="also run a cluster of N nodes (a ZooKeeper started by the bench, replicas N, "
+                        "min_acks N) and print its ratios to a single node")
+    p.add_argument("--delayed", type=int, default=0, metavar="N",
+                   help="memory mode: hold N delayed tasks; report RSS per task and the cost of "
+                        "scheduling and cancelling with the table nearly empty and full")
+    p.add_argument("--idle", type=float, default=0.0, metavar="SECONDS",
+                   help="first measure the CPU of the idle system for SECONDS")
+    p.add_argument("--repeat", type=int, default=1, help="run every system this many times, in turns")
+    p.add_argument("--python", default=None, metavar="PATH",
+                   help="interpreter that runs miyaq's node, workers and producer (another build)")
+    p.add_argument("--compare-python", default=None, metavar="PATH",
+                   help="also run miyaq with this interpreter (another build) and print ratios to it")
     p.add_argument("--connect", default=None,
                    help="use the node at this endpoint instead of starting one (peak RSS: n/a)")
     p.add_argument("--fsync", choices=("always", "interval", "never"), default=None,
@@ -28,24 +48,51 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "policy (default: no log, tasks in memory)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
     p.add_argument("--timeout", "-t", type=float, default=120.0,
-                   help="limit for the whole run in seconds [default 120]")
+                   help="limit for each system's run in seconds [default 120]")
     p.set_defaults(run=run)
+
+
+def check(args: argparse.Namespace) -> None:
+    """Refuse contradictory or out-of-range options (ConfigError, exit 2)."""
+    if args.workers < 1 or args.concurrency < 1 or args.tasks < 1 or args.repeat < 1:
+        raise ConfigError("--workers, --concurrency, --tasks and --repeat must be at least 1")
+    if args.payload < 0 or args.timeout <= 0 or (args.rate is not None and args.rate <= 0):
+        raise ConfigError("--payload must be >= 0, --timeout and --rate > 0")
+    if args.idle < 0 or args.delayed < 0 or args.cluster < 0 or args.cluster == 1:
+        raise ConfigError("--idle and --delayed must be >= 0, --cluster at least 2")
+    if args.fsync and args.connect:
+        raise ConfigError("--fsync applies to the node the bench starts; not with --connect")
+    if args.confirmed and args.rate:
+        raise ConfigError("--confirmed submits one at a time; it takes no --rate")
+    if args.connect and (args.cluster or args.python or args.compare_python):
+        raise ConfigError("--cluster, --python and --compare-python start nodes; not with --connect")
+    for name in ("python", "compare_python"):
+        path = getattr(args, name)
+        if path and not os.access(path, os.X_OK):
+            raise ConfigError(f"--{name.replace('_', '-')} {path}: not an executable file")
+    if args.delayed and (args.baseline or args.cluster or args.confirmed or args.rate or args.connect):
+        raise ConfigError("--delayed is a mode of its own: no --baseline, --cluster, --confirmed, "
+                          "--rate or --connect")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..bench import report
     from ..bench.runner import BenchConfig, run_bench
     from ..logs import setup_logging
-    if args.workers < 1 or args.concurrency < 1 or args.tasks < 1:
-        raise ConfigError("--workers, --concurrency and --tasks must be at least 1")
-    if args.payload < 0 or args.timeout <= 0 or (args.rate is not None and args.rate <= 0):
-        raise ConfigError("--payload must be >= 0, --timeout and --rate > 0")
+    check(args)
     setup_logging("WARNING")
+    if args.delayed:
+        from ..bench.delayed import DelayedConfig, run_delayed, summary
+        dcfg = DelayedConfig(tasks=args.delayed, payload=args.payload, timeout=args.timeout,
+                             python=args.python)
+        result = run_delayed(dcfg)
+        print(report.to_json(result) if args.json else summary(result), flush=True)
+        return 1 if result["errors"] else 0
     cfg = BenchConfig(workers=args.workers, concurrency=args.concurrency, tasks=args.tasks,
                       payload=args.payload, rate=args.rate, connect=args.connect, timeout=args.timeout,
-                      fsync=args.fsync)
-    if args.fsync and args.connect:
-        raise ConfigError("--fsync applies to the node the bench starts; not with --connect")
+                      fsync=args.fsync, baseline=args.baseline, confirmed=args.confirmed, idle=args.idle,
+                      repeat=args.repeat, python=args.python, compare_python=args.compare_python,
+                      cluster=args.cluster)
     stream = sys.stderr if sys.stderr.isatty() else None
     result = run_bench(cfg, progress_stream=stream)
     print(report.to_json(result) if args.json else report.summary(result), flush=True)

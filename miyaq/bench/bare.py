@@ -1,0 +1,137 @@
+"""The baseline: the bench's workload through a bare ZeroMQ relay.
+
+``miyaq bench --baseline`` runs the same producer, payload and no-op
+handler through the least a broker can be: a producer DEALER, one relay
+ROUTER, worker DEALERs; one msgpack message each way per hop, an ack per
+task, credit-based dispatch -- no priorities, leases, timers, results,
+retries or persistence, and no batching. Every part runs in its own process,
+as miyaq's do: the producer (:mod:`miyaq.bench.agent` with
+:mod:`miyaq.bench.bare_client`), ``python -m miyaq.bench.bare relay`` and W
+``python -m miyaq.bench.bare worker`` processes. What miyaq costs beyond
+this is what its features and its Python cost; the ratio tells a user how
+close miyaq is to the transport on their machine.
+
+Messages (one msgpack array per message, after the ROUTER's routing id):
+
+=========================  ==========================================  ===================
+from                       message                                     answer
+=========================  ==========================================  ===================
+producer                   ``["T", id, name, body, want_result]``      ``["A", id]`` at once;
+                                                                       ``["R", id]`` when done
+                                                                       if ``want_result``
+worker                     ``["W", credit]`` (ready)                   tasks, up to credit
+relay -> worker            ``["T", id, name, body]``                   ``["D", id, result]``
+anyone                     ``["S"]``                                   ``["S", received, done,
+                                                                       workers]``
+=========================  ==========================================  ===================
+
+``body`` is the producer's msgpack ``[args, kwargs]``, as miyaq's client
+packs it; the worker decodes it and calls the handler, whose first line
+reads the clock (the bench's "start"), exactly like miyaq's no-op.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from collections import deque
+from typing import Any
+
+import msgpack
+
+from ..runtime.sockets import SocketFactory
+from .records import RecordWriter
+
+
+def _exit_on_term() -> None:
+    def on_term(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+
+
+def relay(bind: str) -> None:
+    """Serve one ROUTER until SIGTERM: ack tasks, pass them to workers with credit."""
+    factory = SocketFactory(green=False)
+    sock = factory.router(bind)
+    pack, unpack = msgpack.Packer(use_bin_type=True).pack, msgpack.unpackb
+    send, recv = sock.send_multipart, sock.recv_multipart
+    queue: deque[list[Any]] = deque()      # tasks waiting for a worker's credit
+    ready: deque[bytes] = deque()          # one entry per credit a worker granted
+    callers: dict[str, bytes] = {}         # task id -> producer waiting for its result
+    workers: set[bytes] = set()
+    received = done = 0
+    try:
+        while True:
+            ident, data = recv()
+            msg = unpack(data, raw=False)
+            kind = msg[0]
+            if kind == "T":
+                received += 1
+                send([ident, pack(["A", msg[1]])])
+                if msg[4]:
+                    callers[msg[1]] = ident
+                queue.append(["T", msg[1], msg[2], msg[3]])
+            elif kind == "D":
+                done += 1
+                ready.append(ident)
+                caller = callers.pop(msg[1], None)
+                if caller is not None:
+                    send([caller, pack(["R", msg[1]])])
+            elif kind == "W":
+                workers.add(ident)
+                ready.extend([ident] * int(msg[1]))
+            elif kind == "S":
+                send([ident, pack(["S", received, done, len(workers)])])
+            while queue and ready:
+                send([ready.popleft(), pack(queue.popleft())])
+    finally:
+        factory.close()
+
+
+def worker(connect: str, credit: int, records: str | None) -> None:
+    """Run tasks from the relay one after another until SIGTERM."""
+    factory = SocketFactory(green=False)
+    sock = factory.dealer(connect)
+    pack, unpack = msgpack.Packer(use_bin_type=True).pack, msgpack.unpackb
+    writer = RecordWriter(records) if records else None
+
+    def noop(task_id: str, payload: Any = None) -> None:
+        start = time.time()
+        if writer is not None:
+            writer.write(task_id, start, time.time())
+
+    try:
+        sock.send(pack(["W", credit]))
+        while True:
+            msg = unpack(sock.recv(), raw=False)
+            args, kwargs = unpack(msg[3], raw=False, strict_map_key=False)
+            noop(msg[1], *args, **kwargs)
+            sock.send(pack(["D", msg[1], pack(None)]))
+    finally:
+        if writer is not None:
+            writer.close()
+        factory.close()
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m miyaq.bench.bare")
+    sub = parser.add_subparsers(dest="part", required=True)
+    r = sub.add_parser("relay")
+    r.add_argument("--bind", required=True)
+    w = sub.add_parser("worker")
+    w.add_argument("--connect", required=True)
+    w.add_argument("--credit", type=int, default=16)
+    w.add_argument("--records", default=None)
+    args = parser.parse_args(argv)
+    _exit_on_term()
+    if args.part == "relay":
+        relay(args.bind)
+    else:
+        worker(args.connect, args.credit, args.records)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,117 @@
+"""The producer's side of the bare baseline (:mod:`miyaq.bench.bare`).
+
+:class:`BareDriver` is what :mod:`miyaq.bench.agent` drives instead of
+``miyaq.Client``: one DEALER, one message per task, no batching. Pipelined
+submits keep at most ``window`` unacknowledged (as the client's window
+does) and read acks as they come; a confirmed submit waits for its ack; a
+call waits for the task's result. :func:`relay_stats` asks a relay how many
+tasks it received and saw done (the bench's drain check).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgpack
+
+from ..errors import MiyaqError, Timeout
+from ..runtime.sockets import SocketFactory, zmq
+
+WINDOW = 10_000
+TASK_NAME = "miyaq.bench.noop"
+
+
+class BareDriver:
+    def __init__(self, endpoint: str, window: int = WINDOW, connect_timeout: float = 30.0) -> None:
+        self.factory = SocketFactory(green=False)
+        self.sock = self.factory.dealer(endpoint)
+        self.window = window
+        self.in_flight = 0
+        self.accepted = 0
+        self._pack = msgpack.Packer(use_bin_type=True).pack
+        self._stats(connect_timeout)          # the relay answers: connected
+
+    def _stats(self, timeout: float) -> list[Any]:
+        self.sock.send(self._pack(["S"]))
+        while True:
+            msg = self._recv(timeout)
+            if msg[0] == "S":
+                return msg
+
+    def _recv(self, timeout: float | None) -> list[Any]:
+        """The next message; counts acks. Raises Timeout."""
+        if timeout is not None and not self.sock.poll(max(0, int(timeout * 1000))):
+            raise Timeout(f"the relay did not answer within {timeout:g}s")
+        msg: list[Any] = msgpack.unpackb(self.sock.recv(), raw=False)
+        if msg[0] == "A":
+            self.in_flight -= 1
+            self.accepted += 1
+        return msg
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if msgpack.unpackb(data, raw=False)[0] == "A":
+                self.in_flight -= 1
+                self.accepted += 1
+
+    def _send(self, task_id: str, payload: bytes, want_result: bool) -> None:
+        body = self._pack([[payload], {}])
+        self.sock.send(self._pack(["T", task_id, TASK_NAME, body, want_result]))
+        self.in_flight += 1
+
+    def submit(self, task_id: str, body: bytes, wait: bool, countdown: float | None) -> None:
+        if countdown:
+            raise MiyaqError("the bare baseline has no timers (countdown)")
+        if wait:
+            self._send(task_id, body, False)
+            while self.in_flight:
+                self._recv(30.0)
+            return
+        self._drain()
+        while self.in_flight >= self.window:
+            self._recv(30.0)
+        self._send(task_id, body, False)
+
+    def call(self, task_id: str, body: bytes, timeout: float) -> None:
+        self._send(task_id, body, True)
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self._recv(max(0.0, deadline - time.monotonic()))
+            if msg[0] == "R" and msg[1] == task_id:
+                return
+
+    def flush(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while self.in_flight > 0:
+            self._recv(max(0.0, deadline - time.monotonic()))
+        return self.accepted
+
+    def cancel(self, task_id: str) -> bool:
+        raise MiyaqError("the bare baseline cannot cancel")
+
+    def close(self) -> None:
+        self.factory.close()
+
+
+class RelayProbe:
+    """The bench's own connection to a relay, for :meth:`stats`."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.factory = SocketFactory(green=False)
+        self.sock = self.factory.dealer(endpoint)
+        self._pack = msgpack.Packer(use_bin_type=True).pack
+
+    def stats(self, timeout: float = 2.0) -> tuple[int, int, int]:
+        """(tasks received, tasks done, workers registered) so far. Raises Timeout."""
+        self.sock.send(self._pack(["S"]))
+        if not self.sock.poll(int(timeout * 1000)):
+            raise Timeout(f"the bare relay did not answer within {timeout:g}s")
+        msg = msgpack.unpackb(self.sock.recv(), raw=False)
+        return int(msg[1]), int(msg[2]), int(msg[3])
+
+    def close(self) -> None:
+        self.factory.close()

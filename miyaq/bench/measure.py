@@ -1,0 +1,219 @@
+"""One system measured: bring it up, run the phases, read the records.
+
+A *system* is miyaq (a :class:`~miyaq.bench.fleet.Fleet`: one node or a
+cluster) or the bare baseline (:class:`~miyaq.bench.bare_fleet.BareFleet`),
+always driven by a separate producer process (:mod:`miyaq.bench.agent`).
+A *phase* is one load: ``bulk``, ``rate``, ``confirmed`` or ``call``.
+
+For each phase the CPU time of every process (the node or relay, each
+worker, the producer) is read just before the producer starts and once
+every task is done, so a phase's CPU per task is everything the system
+spent on it, divided by the tasks completed. Waiting for the drain polls
+the node's STATUS (the relay's stats) every ``DRAIN_POLL`` seconds, which
+is counted too: a few polls per phase. With ``idle`` seconds, the CPU of
+the system doing nothing (heartbeats and timers only) is read first.
+
+Start and done times come from the record files the workers write and the
+bench reads after they exit (:mod:`miyaq.bench.records`), so nothing is
+measured through the system under test.
+"""
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from collections.abc import Callable
+from typing import Any, Protocol, TextIO
+
+from ..errors import MiyaqError
+from . import cpu
+from .producer import Producer
+from .progress import Progress
+from .records import Records, read_records
+from .stats import match, rate, summarize_ms
+
+DRAIN_POLL = 0.02
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str            # what the report calls it
+    mode: str            # bulk | rate | confirmed | call
+    tasks: int
+    rate: float | None = None
+
+
+class System(Protocol):
+    kind: str
+    records_dir: str
+
+    @property
+    def endpoint(self) -> str: ...
+    def start(self) -> None: ...
+    def peak_rss(self) -> int | None: ...
+    def pids(self) -> dict[str, int]: ...
+    def unfinished(self) -> tuple[int, int]: ...
+    def check_children(self) -> None: ...
+    def stop_workers(self, grace: float = 5.0) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class PhaseRun:
+    phase: Phase
+    tag: str
+    answer: dict[str, Any]
+    times: list[float]
+    cpu_seconds: dict[str, float | None]
+    observed_end: float
+    dead: int
+    unfinished: int
+    errors: list[str] = field(default_factory=list)
+
+
+def role(process: str) -> str:
+    """``node-1`` -> ``node``, ``worker-0`` -> ``workers``; the rest as they are."""
+    if process.startswith("worker"):
+        return "workers"
+    if process.startswith("node"):
+        return "node"
+    return process
+
+
+@dataclass
+class SystemRun:
+    measurements: list[dict[str, Any]]
+    idle: dict[str, Any] | None       # see measure_idle
+    endpoint: str
+    peak_rss: int | None               # of the node (the first one) or the relay
+
+
+def run_system(system: System, producer_for: Callable[[System], Producer], phases: list[Phase], *,
+               payload: int, deadline: float, idle: float, progress_stream: TextIO | None) -> SystemRun:
+    """Bring ``system`` up with its producer, run ``phases``, read the records."""
+    system.start()
+    producer = producer_for(system).start(max(1.0, deadline - time.monotonic()))
+    pids = dict(system.pids(), producer=producer.pid)
+    idle_result = measure_idle(pids, idle) if idle > 0 else None
+    runs: list[PhaseRun] = []
+    for phase in phases:
+        if time.monotonic() >= deadline:
+            break
+        runs.append(_run_phase(system, producer, pids, phase, deadline, payload, progress_stream))
+    peak = system.peak_rss()
+    producer.quit()
+    system.stop_workers()
+    records = read_records(system.records_dir, "")
+    return SystemRun([measurement(system.kind, run, records) for run in runs], idle_result,
+                     system.endpoint, peak)
+
+
+def measure_idle(pids: dict[str, int], seconds: float) -> dict[str, Any]:
+    """CPU milliseconds per second of each process while nothing is submitted."""
+    before = cpu.sample(pids)
+    time.sleep(seconds)
+    per_role = by_role(cpu.spent(before, cpu.sample(pids)))
+    ms = {r: None if v is None else round(v * 1000.0 / seconds, 2) for r, v in per_role.items()}
+    total = cpu.total(per_role.values())
+    ms["total"] = None if total is None else round(total * 1000.0 / seconds, 2)
+    return {"seconds": seconds, "cpu_ms_per_second": ms}
+
+
+def _run_phase(system: System, producer: Producer, pids: dict[str, int], phase: Phase, deadline: float,
+               payload: int, progress_stream: TextIO | None) -> PhaseRun:
+    tag = "b" + uuid.uuid4().hex[:12]
+    times_path = os.path.join(system.records_dir, f"{tag}.times")
+    progress = None
+    if progress_stream is not None:
+        progress = Progress(progress_stream, f"{system.kind}: {phase.name}, {phase.tasks:,} tasks").start()
+    before = cpu.sample(pids)
+    try:
+        answer, times = producer.load(times_path, max(0.1, deadline - time.monotonic()), mode=phase.mode,
+                                      tag=tag, tasks=phase.tasks, payload=payload, rate=phase.rate)
+    finally:
+        if progress is not None:
+            progress.stop()
+    errors = list(answer.get("errors", []))
+    end, live, dead = _wait_drained(system, deadline, errors)
+    used = cpu.spent(before, cpu.sample(pids))
+    return PhaseRun(phase, tag, answer, times, used, end, dead, live, errors)
+
+
+def _wait_drained(system: System, deadline: float, errors: list[str]) -> tuple[float, int, int]:
+    """Poll until no task is live, a child exits or the deadline passes.
+    Returns when that was seen, and the live and dead counts then."""
+    live = dead = 0
+    while True:
+        try:
+            system.check_children()
+            live, dead = system.unfinished()
+        except MiyaqError as err:
+            errors.append(f"stopped waiting for completions: {err.message}")
+            return time.time(), live, dead
+        if live == 0:
+            return time.time(), live, dead
+        if time.monotonic() >= deadline:
+            errors.append(f"timeout: {live} task(s) still unfinished")
+            return time.time(), live, dead
+        time.sleep(DRAIN_POLL)
+
+
+def measurement(kind: str, run: PhaseRun, records: Records) -> dict[str, Any]:
+    """What one phase of one system did, as the report and ``--json`` show it."""
+    answer = run.answer
+    matched = match(run.tag, run.times, records)
+    accepted = int(answer.get("accepted", 0))
+    submitted = int(answer.get("submitted", 0))
+    errors = list(run.errors)
+    if run.dead:
+        errors.append(f"{run.dead} task(s) failed and were dead-lettered")
+    missing = accepted - matched.completed - run.dead - run.unfinished
+    if missing > 0:
+        errors.append(f"{missing} task(s) finished but left no record (did a worker exit uncleanly?)")
+    first = float(answer.get("first_submit", 0.0))
+    enqueue_s = float(answer.get("acked_at", first)) - first if submitted else 0.0
+    last_done = matched.last_done if matched.last_done is not None else run.observed_end
+    drain_s = last_done - first if submitted else 0.0
+    prefix = run.tag + "-"
+    duplicates = sum(n for tid, n in records.repeats.items() if tid.startswith(prefix))
+    return {
+        "system": kind,
+        "phase": run.phase.name,
+        "mode": run.phase.mode,
+        "rate": run.phase.rate,
+        "submitted": submitted,
+        "accepted": accepted,
+        "completed": matched.completed,
+        "enqueue_seconds": round(enqueue_s, 4),
+        "enqueue_rate": rate(accepted, enqueue_s),
+        "drain_seconds": round(drain_s, 4),
+        "drain_rate": rate(matched.completed, drain_s),
+        "latency": {"submit_to_start_ms": summarize_ms(matched.to_start),
+                    "submit_to_done_ms": summarize_ms(matched.to_done)},
+        "cpu_seconds": {k: None if v is None else round(v, 4) for k, v in run.cpu_seconds.items()},
+        "cpu_us_per_task": cpu_per_task(run.cpu_seconds, matched.completed),
+        "duplicates": duplicates,
+        "errors": errors,
+    }
+
+
+def cpu_per_task(used: dict[str, float | None], tasks: int) -> dict[str, float | None] | None:
+    """CPU microseconds per completed task, per role and in total."""
+    if tasks <= 0:
+        return None
+    per_role = by_role(used)
+    out = {r: None if v is None else round(v * 1e6 / tasks, 1) for r, v in per_role.items()}
+    total = cpu.total(per_role.values())
+    out["total"] = None if total is None else round(total * 1e6 / tasks, 1)
+    return out
+
+
+def by_role(used: dict[str, float | None]) -> dict[str, float | None]:
+    """CPU seconds per process summed per role (None where any part is unknown)."""
+    per_role: dict[str, float | None] = {}
+    for name, value in used.items():
+        r = role(name)
+        prev = per_role.get(r, 0.0)
+        per_role[r] = None if value is None or prev is None else prev + value
+    return per_role

@@ -1,0 +1,99 @@
+"""The bench's handle on its producer process (:mod:`miyaq.bench.agent`).
+
+:class:`Producer` starts the agent through the process group (it dies with
+the bench), waits for its ``ready`` line and sends it one command at a
+time, each answer read with a deadline. A producer that exits or stays
+silent past the deadline raises :class:`~miyaq.errors.MiyaqError` naming
+its log, so a broken client shows as a message, never as a hung bench.
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import time
+from array import array
+from typing import Any
+
+from ..errors import MiyaqError, Timeout
+from . import agent
+from .procs import Child, ProcessGroup
+
+SLACK = 15.0     # seconds an answer may take beyond the command's own limit
+
+
+class Producer:
+    def __init__(self, procs: ProcessGroup, python: str, system: str, connect: str, queue: str,
+                 name: str = "miyaq.bench.noop") -> None:
+        self.procs = procs
+        self.argv = [python, agent.__file__, "--system", system, "--connect", connect,
+                     "--queue", queue, "--name", name]
+        self.child: Child | None = None
+        self._buffer = b""
+
+    @property
+    def pid(self) -> int:
+        assert self.child is not None
+        return self.child.pid
+
+    def start(self, timeout: float) -> "Producer":
+        self.child = self.procs.start("producer", self.argv, pipes=True)
+        hello = self._read(timeout)
+        if not hello.get("ready"):
+            raise MiyaqError(f"the producer could not connect: {hello.get('error')}")
+        return self
+
+    def command(self, cmd: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Send one command and return its answer."""
+        assert self.child is not None and self.child.proc.stdin is not None
+        try:
+            self.child.proc.stdin.write((json.dumps(cmd) + "\n").encode())
+            self.child.proc.stdin.flush()
+        except OSError as exc:
+            raise MiyaqError(f"the producer is gone ({exc}): {self.child.describe_exit()}") from None
+        return self._read(timeout + SLACK)
+
+    def load(self, times_path: str, timeout: float, **cmd: Any) -> tuple[dict[str, Any], list[float]]:
+        """A ``load`` command; returns its answer and the submit times."""
+        answer = self.command({"op": "load", "times": times_path, "seconds": timeout, **cmd}, timeout)
+        times = array("d")
+        try:
+            with open(times_path, "rb") as fh:
+                times.frombytes(fh.read())
+        finally:
+            if os.path.exists(times_path):
+                os.unlink(times_path)
+        return answer, times.tolist()
+
+    def _read(self, timeout: float) -> dict[str, Any]:
+        assert self.child is not None and self.child.proc.stdout is not None
+        fd = self.child.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Timeout(f"the producer did not answer within {timeout:.0f}s; "
+                              f"last lines of {self.child.log_path}:\n{self.child.log_tail()}")
+            ready, _, _ = select.select([fd], [], [], min(left, 1.0))
+            if not ready:
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                self.child.proc.wait(5.0)
+                raise MiyaqError(f"the producer exited: {self.child.describe_exit()}")
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def quit(self) -> None:
+        """Ask the agent to close its connection and exit. Never raises."""
+        if self.child is None or not self.child.alive():
+            return
+        try:
+            assert self.child.proc.stdin is not None
+            self.child.proc.stdin.write(b'{"op": "quit"}\n')
+            self.child.proc.stdin.close()
+            self.child.proc.wait(10.0)
+        except Exception:   # the process group's close() kills it anyway
+            pass

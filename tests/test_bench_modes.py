@@ -1,0 +1,211 @@
+"""``miyaq bench``'s comparison modes: the bare baseline, confirmed submits
+and calls, idle CPU, repeats, a cluster, another build's interpreter and
+the delayed-task memory mode -- each as a tiny real run (no timing
+assertions: only that every figure is reported and every task completed),
+plus the option checks and the parts that need no processes."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+import pytest
+
+from miyaq.bench import agent, cpu
+from miyaq.bench.compare import ratios, summarize
+from miyaq.bench.measure import cpu_per_task, role
+from miyaq.bench.procs import ProcessGroup
+from miyaq.bench.producer import Producer
+from miyaq.cli import bench_cmd
+from miyaq.errors import ConfigError, MiyaqError
+
+pytestmark = pytest.mark.timeout(150)
+
+
+def bench_json(*args: str, timeout: float = 120.0) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, "-m", "miyaq.cli.main", "bench", *args, "--json"],
+                          check=False, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return json.loads(proc.stdout)
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    bench_cmd.register(parser.add_subparsers())
+    return parser.parse_args(["bench", *argv])
+
+
+# -- option checks ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, words", [
+    (["--confirmed", "--rate", "10"], "--confirmed"),
+    (["--cluster", "1"], "--cluster"),
+    (["--repeat", "0"], "--repeat"),
+    (["--idle", "-1"], "--idle"),
+    (["--delayed", "10", "--baseline"], "--delayed"),
+    (["--connect", "tcp://127.0.0.1:9", "--cluster", "3"], "--connect"),
+    (["--python", "/nonexistent/python"], "not an executable"),
+])
+def test_contradictory_or_bad_options_are_refused(argv, words):
+    with pytest.raises(ConfigError) as err:
+        bench_cmd.check(parse(*argv))
+    assert words in err.value.message
+
+
+def test_good_options_pass_the_checks():
+    bench_cmd.check(parse("--baseline", "--rate", "500", "--idle", "2", "--repeat", "3"))
+    bench_cmd.check(parse("--confirmed", "--baseline", "--python", sys.executable))
+    bench_cmd.check(parse("--delayed", "1000", "--payload", "100"))
+
+
+# -- tiny real runs ----------------------------------------------------------------------
+
+def test_baseline_runs_the_same_load_and_reports_ratios():
+    result = bench_json("--tasks", "300", "--workers", "1", "--concurrency", "2", "--baseline",
+                        "--idle", "0.2", "--rate", "400")
+    systems = {m["system"] for m in result["runs"]}
+    assert systems == {"miyaq", "baseline"}
+    for m in result["runs"]:
+        assert m["completed"] == m["submitted"] == 300 and m["errors"] == [], m
+        assert m["latency"]["submit_to_start_ms"]["p50"] > 0
+    baseline = next(m for m in result["runs"] if m["system"] == "baseline")
+    assert set(baseline["cpu_us_per_task"]) == {"relay", "workers", "producer", "total"}
+    phase = result["runs"][0]["phase"]
+    assert set(result["summary"][phase]) == {"miyaq", "baseline"}
+    assert result["ratios"]["miyaq/baseline"][phase]["start_p50_ms"] > 0
+    assert set(result["idle"]) == {"miyaq", "baseline"}
+    assert result["idle"]["miyaq"][0]["cpu_ms_per_second"]["total"] >= 0
+
+
+def test_confirmed_submits_and_calls_against_the_baseline():
+    result = bench_json("--tasks", "40", "--workers", "1", "--concurrency", "2", "--confirmed", "--baseline")
+    phases = {(m["system"], m["phase"]) for m in result["runs"]}
+    assert phases == {("miyaq", "confirmed"), ("miyaq", "call"), ("baseline", "confirmed"), ("baseline", "call")}
+    assert all(m["completed"] == 40 and m["accepted"] == 40 for m in result["runs"])
+    assert result["ratios"]["miyaq call/baseline confirmed"]["enqueue_rate"] > 0
+
+
+def test_compare_python_runs_miyaq_twice_in_turns():
+    """--compare-python with this interpreter: two miyaq systems, two repeats."""
+    result = bench_json("--tasks", "200", "--workers", "1", "--concurrency", "2",
+                        "--compare-python", sys.executable, "--repeat", "2")
+    order = [m["system"] for m in result["runs"]]
+    assert order == ["miyaq", "miyaq@other", "miyaq", "miyaq@other"]
+    spread = result["summary"]["bulk"]["miyaq"]["drain_rate"]
+    assert spread["n"] == 2 and spread["min"] <= spread["median"] <= spread["max"]
+
+
+def test_cluster_is_held_against_a_single_node():
+    result = bench_json("--tasks", "300", "--workers", "1", "--concurrency", "4", "--cluster", "3",
+                        timeout=140)
+    assert {m["system"] for m in result["runs"]} == {"cluster-3", "miyaq"}
+    assert all(m["completed"] == 300 for m in result["runs"])
+    assert result["ratios"]["cluster-3/miyaq"]["bulk"]["drain_rate"] > 0
+
+
+def test_delayed_mode_reports_memory_per_task_and_costs():
+    result = bench_json("--delayed", "2000")
+    assert result["held"] == 2000 and result["errors"] == []
+    assert result["rss_after_bytes"] > 0 and result["bytes_per_task"] is not None
+    for probe in (result["near_empty"], result["full"]):
+        assert probe["schedule_node_us"] > 0 and probe["cancel_round_trip_us"] > 0
+
+
+# -- parts without processes -------------------------------------------------------------
+
+class FakeDriver:
+    """Stands in for a client: records what the agent asked of it."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.fail_at = fail_at
+        self.accepted = 0
+
+    def submit(self, task_id: str, body: bytes, wait: bool, countdown: float | None) -> None:
+        if self.fail_at is not None and len(self.calls) == self.fail_at:
+            raise MiyaqError("the node refused")
+        self.calls.append(("confirmed" if wait else "submit", task_id))
+
+    def call(self, task_id: str, body: bytes, timeout: float) -> None:
+        self.calls.append(("call", task_id))
+
+    def flush(self, timeout: float) -> int:
+        self.accepted = sum(1 for kind, _ in self.calls if kind == "submit")
+        return self.accepted
+
+    def cancel(self, task_id: str) -> bool:
+        self.calls.append(("cancel", task_id))
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("mode, kind", [("bulk", "submit"), ("confirmed", "confirmed"), ("call", "call")])
+def test_agent_load_submits_every_task_and_writes_its_times(tmp_path, mode, kind):
+    driver = FakeDriver()
+    times = tmp_path / "t"
+    answer = agent.load(driver, {"mode": mode, "tag": "x", "tasks": 5, "times": str(times)})
+    assert driver.calls == [(kind, f"x-{i}") for i in range(5)]
+    assert answer["submitted"] == answer["accepted"] == 5 and answer["errors"] == []
+    assert os.path.getsize(times) == 5 * 8      # five doubles
+
+
+def test_agent_reports_a_failing_submit_instead_of_dying(tmp_path):
+    """Fault: the client raises on the third submit."""
+    answer = agent.load(FakeDriver(fail_at=2), {"mode": "bulk", "tag": "x", "tasks": 5,
+                                                "times": str(tmp_path / "t")})
+    assert answer["submitted"] == 2
+    assert "submit stopped after 2 tasks: the node refused" in answer["errors"][0]
+    assert os.path.getsize(tmp_path / "t") == 2 * 8
+
+
+def test_agent_cancel_counts_what_it_cancelled():
+    driver = FakeDriver()
+    answer = agent.cancel(driver, {"tag": "x", "first": 3, "count": 2})
+    assert answer["cancelled"] == 2 and driver.calls == [("cancel", "x-3"), ("cancel", "x-4")]
+
+
+def test_a_producer_that_exits_is_reported_with_its_log():
+    """Fault: the producer's interpreter exits at once (here: /bin/false)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        procs = ProcessGroup(tmp)
+        try:
+            with pytest.raises(MiyaqError) as err:
+                Producer(procs, "/bin/false", "miyaq", "tcp://127.0.0.1:9", "q").start(10.0)
+            assert "the producer exited" in err.value.message
+        finally:
+            procs.close()
+
+
+def test_cpu_readings_of_this_process():
+    pid = os.getpid()
+    first = cpu.cpu_seconds(pid)
+    sum(i * i for i in range(200_000))        # burn a little
+    assert first is not None and cpu.cpu_seconds(pid) > first
+    assert cpu.tree(pid)[0] == pid
+    assert cpu.rss_bytes(pid) > 0
+    assert cpu.cpu_seconds(2 ** 22 + 12345) is None      # no such process
+    assert cpu.spent({"a": 1.0, "b": None}, {"a": 1.5, "b": 2.0}) == {"a": 0.5, "b": None}
+
+
+def test_cpu_per_task_sums_roles():
+    used = {"node": 0.2, "worker-0": 0.1, "worker-1": 0.1, "producer": 0.1}
+    assert role("worker-1") == "workers" and role("node-2") == "node"
+    assert cpu_per_task(used, 1000) == {"node": 200.0, "workers": 200.0, "producer": 100.0, "total": 500.0}
+    assert cpu_per_task({"node": None}, 10) == {"node": None, "total": None}
+    assert cpu_per_task(used, 0) is None
+
+
+def test_medians_and_ratios():
+    def run(system: str, rate: float) -> dict[str, Any]:
+        return {"system": system, "phase": "bulk", "mode": "bulk", "drain_rate": rate, "enqueue_rate": rate,
+                "latency": {}, "cpu_us_per_task": {"total": 10.0}}
+    summary = summarize([run("a", 100), run("b", 50), run("a", 300), run("b", 50), run("a", 200)])
+    assert summary["bulk"]["a"]["drain_rate"] == {"median": 200, "min": 100, "max": 300, "n": 3}
+    assert ratios(summary, "a", "b")["bulk"]["drain_rate"] == 4.0
+    assert ratios(summary, "a", "b")["bulk"]["cpu_us_total"] == 1.0
