@@ -29,6 +29,7 @@ from typing import Any, Protocol, TextIO
 from ..errors import MiyaqError
 from . import cpu
 from .producer import Producer
+from .profile import Profilers
 from .progress import Progress
 from .records import Records, read_records
 from .stats import match, rate, summarize_ms
@@ -89,9 +90,18 @@ class SystemRun:
     peak_rss: int | None               # of the node (the first one) or the relay
 
 
+@dataclass(frozen=True)
+class ProfileSpec:
+    directory: str
+    fmt: str                          # a py-spy format (miyaq.bench.profile.FORMATS)
+    label: str                        # the system's name in the file names
+
+
 def run_system(system: System, producer_for: Callable[[System], Producer], phases: list[Phase], *,
-               payload: int, deadline: float, idle: float, progress_stream: TextIO | None) -> SystemRun:
-    """Bring ``system`` up with its producer, run ``phases``, read the records."""
+               payload: int, deadline: float, idle: float, progress_stream: TextIO | None,
+               profile: ProfileSpec | None = None) -> SystemRun:
+    """Bring ``system`` up with its producer, run ``phases``, read the records.
+    With ``profile``, each phase runs under py-spy (:mod:`miyaq.bench.profile`)."""
     system.start()
     producer = producer_for(system).start(max(1.0, deadline - time.monotonic()))
     pids = dict(system.pids(), producer=producer.pid)
@@ -100,7 +110,17 @@ def run_system(system: System, producer_for: Callable[[System], Producer], phase
     for phase in phases:
         if time.monotonic() >= deadline:
             break
-        runs.append(_run_phase(system, producer, pids, phase, deadline, payload, progress_stream))
+        profilers = None
+        if profile is not None:
+            label = f"{profile.label}-{phase.name}"
+            profilers = Profilers(profile.directory, profile.fmt, label, pids).start()
+        try:
+            runs.append(_run_phase(system, producer, pids, phase, deadline, payload, progress_stream))
+        finally:
+            if profilers is not None:
+                problems = profilers.stop()
+                if runs:
+                    runs[-1].errors.extend(problems)
     peak = system.peak_rss()
     producer.quit()
     system.stop_workers()

@@ -43,7 +43,7 @@ from typing import Any, TextIO
 from .bare_fleet import BareFleet
 from .compare import ratios, summarize
 from .fleet import Fleet
-from .measure import Phase, System, run_system
+from .measure import Phase, ProfileSpec, System, run_system
 from .procs import ProcessGroup
 from .producer import Producer
 
@@ -68,6 +68,8 @@ class BenchConfig:
     python: str | None = None       # interpreter of the miyaq processes (another build)
     compare_python: str | None = None   # also run miyaq with this interpreter, as "miyaq@other"
     cluster: int = 0                # nodes of a cluster to hold against a single node (0: none)
+    profile: str | None = None      # directory for py-spy profiles of every process, per phase
+    profile_format: str = "flamegraph"
 
 
 def phases_of(cfg: BenchConfig) -> list[Phase]:
@@ -140,9 +142,13 @@ def run_bench(cfg: BenchConfig, progress_stream: TextIO | None = None) -> dict[s
                     deadline = time.monotonic() + cfg.timeout
                     procs = ProcessGroup(tmp)
                     system, producer_for = make(procs, tmp, deadline)
+                    profile = None
+                    if cfg.profile:
+                        suffix = f"-run{repeat + 1}" if cfg.repeat > 1 else ""
+                        profile = ProfileSpec(cfg.profile, cfg.profile_format, label + suffix)
                     try:
                         done = run_system(system, producer_for, phases, payload=cfg.payload, deadline=deadline,
-                                          idle=cfg.idle, progress_stream=progress_stream)
+                                          idle=cfg.idle, progress_stream=progress_stream, profile=profile)
                     finally:
                         system.close()
                 if label == "miyaq" and not first:

@@ -41,6 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="interpreter that runs miyaq's node, workers and producer (another build)")
     p.add_argument("--compare-python", default=None, metavar="PATH",
                    help="also run miyaq with this interpreter (another build) and print ratios to it")
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="record a py-spy profile of every process during each phase into DIR "
+                        "(needs py-spy; profiled figures are slower than unprofiled ones)")
+    p.add_argument("--profile-format", choices=("flamegraph", "raw", "speedscope"), default="flamegraph",
+                   help="py-spy output: flame graph SVG, collapsed stacks or speedscope [default flamegraph]")
     p.add_argument("--connect", default=None,
                    help="use the node at this endpoint instead of starting one (peak RSS: n/a)")
     p.add_argument("--fsync", choices=("always", "interval", "never"), default=None,
@@ -70,6 +75,9 @@ def check(args: argparse.Namespace) -> None:
         path = getattr(args, name)
         if path and not os.access(path, os.X_OK):
             raise ConfigError(f"--{name.replace('_', '-')} {path}: not an executable file")
+    if args.profile:
+        from ..bench.profile import find_py_spy
+        find_py_spy()
     if args.delayed and (args.baseline or args.cluster or args.confirmed or args.rate or args.connect):
         raise ConfigError("--delayed is a mode of its own: no --baseline, --cluster, --confirmed, "
                           "--rate or --connect")
@@ -92,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
                       payload=args.payload, rate=args.rate, connect=args.connect, timeout=args.timeout,
                       fsync=args.fsync, baseline=args.baseline, confirmed=args.confirmed, idle=args.idle,
                       repeat=args.repeat, python=args.python, compare_python=args.compare_python,
-                      cluster=args.cluster)
+                      cluster=args.cluster, profile=args.profile, profile_format=args.profile_format)
     stream = sys.stderr if sys.stderr.isatty() else None
     result = run_bench(cfg, progress_stream=stream)
     print(report.to_json(result) if args.json else report.summary(result), flush=True)

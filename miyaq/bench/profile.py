@@ -1,0 +1,88 @@
+"""``miyaq bench --profile DIR``: a py-spy profile of every process, per phase.
+
+For each phase the bench attaches ``py-spy record`` (a sampling profiler
+for running Python processes, ``pip install py-spy``) to the node or relay,
+each worker and the producer just before the producer starts, and stops
+them (SIGINT: py-spy then writes its file) once the phase's tasks are
+done. Files are ``DIR/<system>-<phase>-<process>.<ext>``: a flame graph
+(``.svg``), collapsed stacks (``raw``, ``.txt``: one line per stack with its
+sample count, for grep and scripts) or a speedscope profile (``.json``).
+
+py-spy samples without stopping the process (``--nonblocking``), but it
+takes CPU of its own: on a small machine the profiled run is slower than
+an unprofiled one, so take figures from a run without ``--profile``.
+Attaching needs ptrace rights over the processes (the same user, and
+``kernel.yama.ptrace_scope`` 0 or root).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+
+from ..errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+FORMATS = {"flamegraph": "svg", "raw": "txt", "speedscope": "json"}
+RATE = 250              # samples per second
+STOP_WAIT = 30.0
+
+
+def find_py_spy() -> str:
+    """The py-spy executable, or a ConfigError that says how to get it."""
+    path = shutil.which("py-spy") or _beside_python()
+    if path is None:
+        raise ConfigError("--profile needs py-spy: pip install py-spy")
+    return path
+
+
+def _beside_python() -> str | None:
+    import sys
+    candidate = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    return candidate if os.access(candidate, os.X_OK) else None
+
+
+class Profilers:
+    """py-spy recorders attached to a set of processes for one phase."""
+
+    def __init__(self, directory: str, fmt: str, label: str, pids: dict[str, int]) -> None:
+        self.directory = directory
+        self.fmt = fmt
+        self.label = re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
+        self.pids = pids
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self) -> "Profilers":
+        exe = find_py_spy()
+        os.makedirs(self.directory, exist_ok=True)
+        for name, pid in self.pids.items():
+            out = os.path.join(self.directory, f"{self.label}-{name}.{FORMATS[self.fmt]}")
+            argv = [exe, "record", "--pid", str(pid), "--rate", str(RATE), "--nonblocking",
+                    "--format", self.fmt, "--output", out]
+            if self.fmt == "raw":
+                argv.append("--full-filenames")
+            self.procs.append((name, subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                                      stderr=subprocess.PIPE)))
+        return self
+
+    def stop(self) -> list[str]:
+        """Stop every recorder; returns the problems they reported. Never raises."""
+        problems: list[str] = []
+        for _, proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for name, proc in self.procs:
+            try:
+                _, err = proc.communicate(timeout=STOP_WAIT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate()
+            if proc.returncode not in (0, -signal.SIGINT):
+                text = (err or b"").decode("utf-8", "replace").strip().splitlines()
+                problems.append(f"py-spy on {name}: exit {proc.returncode}: {text[-1] if text else ''}")
+        self.procs = []
+        return problems
