@@ -107,6 +107,28 @@ def test_cluster_is_held_against_a_single_node():
     assert result["ratios"]["cluster-3/miyaq"]["bulk"]["drain_rate"] > 0
 
 
+def test_profile_writes_one_profile_per_process(tmp_path):
+    """--profile with collapsed stacks: a file per process, each naming frames."""
+    out = tmp_path / "prof"
+    result = bench_json("--tasks", "300", "--workers", "1", "--concurrency", "2", "--rate", "300",
+                        "--profile", str(out), "--profile-format", "raw")
+    assert result["errors"] == []
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["miyaq-rate_300_s-node.txt", "miyaq-rate_300_s-producer.txt",
+                     "miyaq-rate_300_s-worker-0.txt"]
+    assert "serve" in (out / "miyaq-rate_300_s-node.txt").read_text()
+
+
+def test_profile_without_py_spy_is_refused(monkeypatch):
+    """Fault: py-spy is not installed."""
+    from miyaq.bench import profile
+    monkeypatch.setattr(profile.shutil, "which", lambda name: None)
+    monkeypatch.setattr(profile, "_beside_python", lambda: None)
+    with pytest.raises(ConfigError) as err:
+        bench_cmd.check(parse("--profile", "/tmp/x"))
+    assert "pip install py-spy" in err.value.message
+
+
 def test_delayed_mode_reports_memory_per_task_and_costs():
     result = bench_json("--delayed", "2000")
     assert result["held"] == 2000 and result["errors"] == []
