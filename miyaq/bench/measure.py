@@ -98,12 +98,15 @@ class ProfileSpec:
 
 
 def run_system(system: System, producer_for: Callable[[System], Producer], phases: list[Phase], *,
-               payload: int, deadline: float, idle: float, progress_stream: TextIO | None,
+               payload: int, timeout: float, start_deadline: float, idle: float,
+               progress_stream: TextIO | None,
                profile: ProfileSpec | None = None) -> SystemRun:
-    """Bring ``system`` up with its producer, run ``phases``, read the records.
+    """Bring ``system`` up with its producer (by ``start_deadline``), run
+    ``phases`` (all of them within ``timeout`` seconds), read the records.
     With ``profile``, each phase runs under py-spy (:mod:`miyaq.bench.profile`)."""
     system.start()
-    producer = producer_for(system).start(max(1.0, deadline - time.monotonic()))
+    producer = producer_for(system).start(max(1.0, start_deadline - time.monotonic()))
+    deadline = time.monotonic() + timeout
     pids = dict(system.pids(), producer=producer.pid)
     idle_result = measure_idle(pids, idle) if idle > 0 else None
     runs: list[PhaseRun] = []

@@ -47,6 +47,7 @@ from .measure import Phase, ProfileSpec, System, run_system
 from .procs import ProcessGroup
 from .producer import Producer
 
+START_ALLOWANCE = 60.0   # seconds a system may take to start, beyond --timeout
 TOP_FIELDS = ("submitted", "accepted", "completed", "enqueue_seconds", "enqueue_rate", "drain_seconds",
               "drain_rate", "latency", "duplicates")
 
@@ -59,7 +60,7 @@ class BenchConfig:
     payload: int = 100
     rate: float | None = None
     connect: str | None = None
-    timeout: float = 120.0          # for each system's run
+    timeout: float = 120.0          # for each system's phases (starting it may take START_ALLOWANCE more)
     fsync: str | None = None        # start the node with a log in a temp dir, this fsync policy
     baseline: bool = False          # also run the bare relay (miyaq.bench.bare)
     confirmed: bool = False         # phases: confirmed submits, then calls
@@ -139,7 +140,8 @@ def run_bench(cfg: BenchConfig, progress_stream: TextIO | None = None) -> dict[s
         for repeat in range(cfg.repeat):
             for label, make in systems_of(cfg):
                 with tempfile.TemporaryDirectory(prefix="miyaq-bench-") as tmp:
-                    deadline = time.monotonic() + cfg.timeout
+                    # Starting processes on a loaded machine is not what --timeout bounds.
+                    deadline = time.monotonic() + cfg.timeout + START_ALLOWANCE
                     procs = ProcessGroup(tmp)
                     system, producer_for = make(procs, tmp, deadline)
                     profile = None
@@ -147,8 +149,9 @@ def run_bench(cfg: BenchConfig, progress_stream: TextIO | None = None) -> dict[s
                         suffix = f"-run{repeat + 1}" if cfg.repeat > 1 else ""
                         profile = ProfileSpec(cfg.profile, cfg.profile_format, label + suffix)
                     try:
-                        done = run_system(system, producer_for, phases, payload=cfg.payload, deadline=deadline,
-                                          idle=cfg.idle, progress_stream=progress_stream, profile=profile)
+                        done = run_system(system, producer_for, phases, payload=cfg.payload,
+                                          timeout=cfg.timeout, start_deadline=deadline, idle=cfg.idle,
+                                          progress_stream=progress_stream, profile=profile)
                     finally:
                         system.close()
                 if label == "miyaq" and not first:

@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "policy (default: no log, tasks in memory)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
     p.add_argument("--timeout", "-t", type=float, default=120.0,
-                   help="limit for each system's run in seconds [default 120]")
+                   help="limit for each system's phases in seconds, once its processes are up [default 120]")
     p.set_defaults(run=run)
 
 
