@@ -153,6 +153,7 @@ def test_quorum_loss_pauses_the_leader_refuses_changes_and_recovers(make, zk_ens
 
     wait_until(lambda: not any(c.session.usable for c in coordinators), "every session to be suspended")
     assert not any(c.is_leader for c in coordinators)
+    assert {c.connection for c in coordinators} == {"suspended"}
     wait_until(lambda: leader_recorder.leadership[-1] == (False, term), "the leader to pause its term")
     assert all(c.view.epoch == epoch and set(c.view.members) == {"a", "b", "c"} for c in coordinators)
     with pytest.raises(Unavailable, match="ring changes are refused"):
@@ -207,8 +208,9 @@ def test_nodes_keep_serving_tasks_without_quorum_and_refuse_ring_changes(cluster
     down = [i for i in range(3) if i != keep]
     for i in down:
         zk_ensemble.kill(i)
-    wait_for(lambda: not any(cluster.stats(n)["cluster"]["is_leader"] for n in cluster.nodes), timeout=30,
-             what="the leader to pause")
+    wait_for(lambda: all(cluster.stats(n)["cluster"]["zookeeper"] == "suspended" for n in cluster.nodes),
+             timeout=30, what="every node's ZooKeeper session to be suspended")
+    assert not any(cluster.stats(n)["cluster"]["is_leader"] for n in cluster.nodes)
 
     handles = [cluster.client(n).submit("add", [i, 1]) for i, n in enumerate(["n0", "n1"] * 10)]
     assert [h.result(30) for h in handles] == [i + 1 for i in range(20)]
@@ -221,6 +223,7 @@ def test_nodes_keep_serving_tasks_without_quorum_and_refuse_ring_changes(cluster
         zk_ensemble.start(i)
     wait_for(lambda: sum(cluster.stats(n)["cluster"]["is_leader"] for n in cluster.nodes) == 1, timeout=30,
              what="the leader to resume")
+    assert all(cluster.stats(n)["cluster"]["zookeeper"] == "connected" for n in cluster.nodes)
     answer = miyaq_cli("ring", "weight", "n1", "2", "--zk", zk_ensemble.hosts, "--cluster", zk_cluster_name)
     assert answer.returncode == 0, answer
     wait_for(lambda: all(cluster.ring(n)["epoch"] > epoch for n in cluster.nodes), timeout=30,

@@ -239,6 +239,12 @@ class Coordinator(abc.ABC):
         """The newest view this node holds."""
 
     @property
+    def connection(self) -> str:
+        """The link to the membership store, for status: ``connected`` unless a
+        subclass knows better (ZooKeeper: ``suspended``, ``lost``, ``closed``)."""
+        return "connected"
+
+    @property
     @abc.abstractmethod
     def is_leader(self) -> bool:
         """True while this node may act as leader (never while its session is in doubt)."""

@@ -176,7 +176,7 @@ class ClusterRole:
                 "resyncs": self.subscriber.resyncs, "stream_dropped": self.publisher.dropped,
                 "submits_rejected": self.intake.rejected, "handed_off": self.handoff.handed,
                 "running_here": sum(c[RUNNING] for c in self.engine.counts.values()),
-                "streams_ready": self.streams_ready()}
+                "streams_ready": self.streams_ready(), "zookeeper": self.coordinator.connection}
 
     # -- placement --------------------------------------------------------------------
     def holders_for(self, task: Task) -> list[str]:

@@ -132,6 +132,14 @@ class ZooKeeperCoordinator(Coordinator):
         return self._leader is not None and self._leader.is_leader
 
     @property
+    def connection(self) -> str:
+        """The ZooKeeper session's state: ``connected``, ``suspended`` (connection in doubt:
+        a server down, or no quorum), ``lost`` (expired, no new session yet), ``closed``."""
+        if self._session is None:
+            return "closed" if self._closing else "connecting"
+        return self._session.state
+
+    @property
     def client(self) -> KazooClient | None:
         """The kazoo client (None before ``start``); the same object for the
         coordinator's life. Besides tests, periodic schedules keep their znodes
