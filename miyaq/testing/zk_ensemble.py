@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from miyaq.errors import ConfigError, MiyaqError, Timeout
+from miyaq.runtime.clock import monotonic
 from miyaq.testing.zookeeper import JAR_DIR, ZooKeeperServer, free_port
 
 logger = logging.getLogger(__name__)
@@ -195,9 +196,9 @@ class ZooKeeperEnsemble:
         return self.servers[i]
 
     def _wait(self, done: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
+        deadline = monotonic() + timeout
         while not done():
-            if time.monotonic() >= deadline:
+            if monotonic() >= deadline:
                 raise Timeout(f"timed out after {timeout:g}s waiting for {what} "
                               f"(running {self.running()}, serving {self.serving()}); logs:\n{self.log_text(3000)}")
             if not self.running():

@@ -36,6 +36,7 @@ from typing import Any, Sequence
 
 from miyaq.cluster.zk_probe import four_letter_word
 from miyaq.errors import MiyaqError, Timeout
+from miyaq.runtime.clock import monotonic
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ class ZooKeeperServer:
                 start_new_session=True,
             )
         logger.info("ZooKeeper starting on %s (pid %s, dir %s)", self.hosts, self._proc.pid, self._dir)
-        deadline = time.monotonic() + timeout
+        deadline = monotonic() + timeout
         while True:
             if self._proc.poll() is not None:
                 code = self._proc.returncode
@@ -199,7 +200,7 @@ class ZooKeeperServer:
             if self.serving() if wait_serving else self.ruok():
                 logger.info("ZooKeeper %s on %s", "ready" if wait_serving else "up", self.hosts)
                 return self
-            if time.monotonic() >= deadline:
+            if monotonic() >= deadline:
                 self.kill()
                 raise Timeout(
                     f"ZooKeeper on {self.hosts} did not {'serve' if wait_serving else 'answer ruok'} "
@@ -337,12 +338,12 @@ def expire_session(hosts: str, client: Any, timeout: float = 10.0) -> None:
     twin.stop()
     twin.close()
     sleep = client.handler.sleep_func
-    deadline = time.monotonic() + timeout
+    deadline = monotonic() + timeout
     while True:
         current = client.client_id
         if client.state == KazooState.LOST or (current is not None and current[0] != session_id):
             logger.info("expired ZooKeeper session 0x%x", session_id)
             return
-        if time.monotonic() >= deadline:
+        if monotonic() >= deadline:
             raise Timeout(f"session 0x{session_id:x} was not seen to expire within {timeout:g}s")
         sleep(0.02)
