@@ -145,6 +145,10 @@ class NodeConfig(Settings):
     default_backoff_max: float = _opt(300.0, "default cap on the retry delay in seconds")
     shutdown_grace: float = _opt(30.0, "seconds SIGTERM waits for running tasks")
     log_level: str = _opt("INFO", "logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    keys: str = _opt("", "key directory made by `miyaq keys init`: CURVE on every ZeroMQ port, only "
+                         "authorized keys connect, each command checked against its key's role (docs/security.md)")
+    insecure: bool = _opt(False, "start although a ZeroMQ port binds a non-loopback address without --keys "
+                                 "(anyone who reaches it may do anything)")
 
     def __post_init__(self) -> None:
         self.validate()

@@ -12,6 +12,11 @@ and counted by the supervisor; it never stops the readers.
 
 Frames are the service protocol's: ``[b"MQ1", COMMAND, msgpack map]``; every
 body carries ``from`` (the sender's node id). Commands: docs/cluster.md.
+
+With keys, only peer keys complete the handshake on the peer port (ZAP
+domain ``miyaq-peer``), and each request's key is looked up again (a
+:class:`~miyaq.security.guard.Guard`): a key revoked while connected is
+answered ``forbidden`` from its next request on.
 """
 from __future__ import annotations
 
@@ -25,7 +30,8 @@ from miyaq.constants import PEER_RECONNECT_MS
 from miyaq.errors import MiyaqError, ProtocolError
 from miyaq.protocol import codec
 from miyaq.runtime import CRITICAL, LOG, Supervisor, green, monotonic
-from miyaq.runtime.sockets import SocketFactory, zmq
+from miyaq.runtime.sockets import SocketFactory, recv_with_user, zmq
+from miyaq.security.guard import Guard
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +44,10 @@ PEER_REPLIES = frozenset({ANSWER})
 
 
 class PeerEndpoint:
-    def __init__(self, sockets: SocketFactory, supervisor: Supervisor, node_id: str, bind: str) -> None:
+    def __init__(self, sockets: SocketFactory, supervisor: Supervisor, node_id: str, bind: str,
+                 guard: Guard | None = None) -> None:
         self.sockets = sockets
+        self.guard = guard
         self.supervisor = supervisor
         self.node_id = node_id
         self.max_message = sockets.max_message
@@ -109,24 +117,28 @@ class PeerEndpoint:
     def serve_requests(self) -> None:
         """Read the ROUTER (requests from peers) and answer each."""
         router = self.router
+        recv = ((lambda flags: recv_with_user(router, flags)) if self.guard is not None
+                else (lambda flags: (router.recv_multipart(flags), None)))
         while not self._closed:
-            frames = router.recv_multipart()
-            self._handle_request(frames)
+            frames, user = recv(0)
+            self._handle_request(frames, user)
             for _ in range(256):
                 try:
-                    frames = router.recv_multipart(zmq.NOBLOCK)
+                    frames, user = recv(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                self._handle_request(frames)
+                self._handle_request(frames, user)
             for hook in self.after_burst:
                 hook()
 
-    def _handle_request(self, frames: list[bytes]) -> None:
+    def _handle_request(self, frames: list[bytes], user: str | None = None) -> None:
         if len(frames) < 2:
             return
         identity = frames[0]
         req: Any = None
         try:
+            if self.guard is not None:
+                self.guard.peer(user)
             command, body = codec.decode(frames[1:], PEER_COMMANDS, self.max_message)
             req = body.get("req")
             sender = body.get("from")

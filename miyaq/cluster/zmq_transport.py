@@ -6,6 +6,7 @@ from miyaq.cluster.stream import ZmqStreamPublisher, ZmqStreamSubscriber
 from miyaq.cluster.transport import Apply, AskResync
 from miyaq.runtime import Supervisor
 from miyaq.runtime.sockets import SocketFactory
+from miyaq.security.guard import Guard
 
 
 class ZmqTransport:
@@ -13,10 +14,12 @@ class ZmqTransport:
     and DEALERs to the others; a PUB bound on ``pub_bind`` and one SUB.
 
     ``drop_ratio`` drops that share of stream messages (fault injection for
-    tests and ``miyaq chaos``: ``MIYAQ_FAULT_STREAM_DROP``)."""
+    tests and ``miyaq chaos``: ``MIYAQ_FAULT_STREAM_DROP``); ``guard`` checks
+    each peer request's key (with keys; the sockets' factory then runs CURVE)."""
 
     def __init__(self, sockets: SocketFactory, supervisor: Supervisor, peer_bind: str, pub_bind: str,
-                 drop_ratio: float = 0.0) -> None:
+                 drop_ratio: float = 0.0, guard: Guard | None = None) -> None:
+        self.guard = guard
         self.sockets = sockets
         self.supervisor = supervisor
         self.peer_bind = peer_bind
@@ -24,7 +27,7 @@ class ZmqTransport:
         self.drop_ratio = drop_ratio
 
     def peer_link(self, node_id: str) -> PeerEndpoint:
-        return PeerEndpoint(self.sockets, self.supervisor, node_id, self.peer_bind)
+        return PeerEndpoint(self.sockets, self.supervisor, node_id, self.peer_bind, self.guard)
 
     def publisher(self, node_id: str) -> ZmqStreamPublisher:
         return ZmqStreamPublisher(self.sockets, node_id, self.pub_bind, self.drop_ratio)

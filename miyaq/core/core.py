@@ -24,19 +24,21 @@ from miyaq.core.waiters import Waiters
 from miyaq.core.workers import WorkerRegistry
 from miyaq.runtime import Supervisor
 from miyaq.runtime.sockets import SocketFactory
+from miyaq.security.guard import Guard
 from miyaq.store.task import DEAD, READY, RETRYING, RUNNING, SCHEDULED
 
 EMPTY_ROW = {SCHEDULED: 0, READY: 0, RUNNING: 0, RETRYING: 0, DEAD: 0}
 
 
 class Core:
-    def __init__(self, config: NodeConfig, sockets: SocketFactory, supervisor: Supervisor) -> None:
+    def __init__(self, config: NodeConfig, sockets: SocketFactory, supervisor: Supervisor,
+                 guard: Guard | None = None) -> None:
         self.config = config
         self.engine = Engine(config)
         self.gate = Gate()
         self.limits = QueueLimits(self.engine, supervisor, parse_limits(config.queue_limits))
         self.dispatcher = Dispatcher(self.engine, config.max_batch, self.gate, self.limits)
-        self.endpoint = ServiceEndpoint(sockets, f"tcp://{config.host}:{config.port}")
+        self.endpoint = ServiceEndpoint(sockets, f"tcp://{config.host}:{config.port}", guard)
         self.waiters = Waiters(self.dispatcher, config.max_waiters)
         self.directory = Directory()
         self.workers = WorkerRegistry(self.engine, self.dispatcher, self.endpoint, self.directory,

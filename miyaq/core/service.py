@@ -6,6 +6,12 @@ burst of messages without blocking, handles each, then flushes what the
 burst produced (batched SUBMITTED replies) and runs the dispatcher once, so
 per-message work stays small and replies leave in batches under load. A bad
 message gets an ERROR reply with a code, is counted, and changes nothing.
+
+With keys (a :class:`~miyaq.security.guard.Guard`), every message's User-Id
+is looked up and its role checked before any handler runs (``forbidden``
+otherwise); handlers read who sent the message being handled in
+:attr:`ServiceEndpoint.caller`. Without keys ``caller`` is None and nothing
+is checked: the reader takes the plain path, as fast as before.
 """
 from __future__ import annotations
 
@@ -18,7 +24,9 @@ from miyaq.constants import SERVICE_BURST, SERVICE_BURST_WORK
 from miyaq.errors import MiyaqError, ProtocolError
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c
-from miyaq.runtime.sockets import SocketFactory, zmq
+from miyaq.runtime.sockets import SocketFactory, recv_with_user, zmq
+from miyaq.security.guard import Guard
+from miyaq.security.keystore import Identity
 
 logger = logging.getLogger(__name__)
 
@@ -26,12 +34,14 @@ Handler = Callable[[bytes, dict[str, Any], float], None]
 
 
 class ServiceEndpoint:
-    def __init__(self, sockets: SocketFactory, bind: str) -> None:
+    def __init__(self, sockets: SocketFactory, bind: str, guard: Guard | None = None) -> None:
         # A message over twice the limit is dropped by libzmq (and the peer
         # disconnected) before it is read; up to that it gets a TOO_LARGE reply.
         self.sock = sockets.router(bind)
         self.max_message = sockets.max_message
         self.handlers: dict[bytes, Handler] = {}
+        self.guard = guard
+        self.caller: Identity | None = None   # the key behind the message being handled (None: no keys)
         self.after_burst: list[Callable[[float], None]] = []
         self.errors: Counter[str] = Counter()
         self.messages = 0
@@ -102,7 +112,8 @@ class ServiceEndpoint:
                 self.send(identity, c.SUBMITTED, {"results": results})
 
     # -- receiving -----------------------------------------------------------
-    def handle(self, frames: list[bytes], now: float) -> None:
+    def handle(self, frames: list[bytes], now: float, user: str | None = None) -> None:
+        """One message (``user``: its connection's User-Id, with keys)."""
         self.messages += 1
         if len(frames) < 2:
             self.errors["bad_frame"] += 1
@@ -116,6 +127,8 @@ class ServiceEndpoint:
             return
         req = body.get("req")
         try:
+            if self.guard is not None:
+                self.caller = self.guard.service(user, command)
             self.handlers[command](identity, body, now)
         except MiyaqError as err:
             self.error(identity, err, req)
@@ -125,29 +138,37 @@ class ServiceEndpoint:
 
     def serve(self) -> None:
         """The reader loop; returns when the socket is closed."""
-        sock = self.sock
-        recv = sock.recv_multipart
+        recv = self._receiver()
         while not self._closed:
             try:
-                frames = recv(copy=True)
+                frames, user = recv(0)
             except zmq.ZMQError:
                 if self._closed:
                     return
                 raise
             now = time.time()
             self.work = 0
-            self.handle(frames, now)
+            self.handle(frames, now, user)
             for _ in range(SERVICE_BURST):
                 if self.work >= SERVICE_BURST_WORK:
                     break
                 try:
-                    frames = recv(zmq.NOBLOCK)
+                    frames, user = recv(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                self.handle(frames, now)
+                self.handle(frames, now, user)
             self.flush_acks()
             for hook in self.after_burst:
                 hook(now)
+
+    def _receiver(self) -> Callable[[int], tuple[list[bytes], str | None]]:
+        """How the reader takes one message: with its User-Id when keys are
+        checked, else the plain multipart read."""
+        sock = self.sock
+        if self.guard is not None:
+            return lambda flags: recv_with_user(sock, flags)
+        plain = sock.recv_multipart
+        return lambda flags: (plain(flags), None)
 
     def close(self) -> None:
         self._closed = True

@@ -7,7 +7,9 @@ subprocess) and by the in-thread test harness
 it needs from here; none builds another's parts.
 
 Order matters and is written once, here: the supervisor and the socket
-factory; the core; persistence (its write barrier gates acknowledgements);
+factory (with ``keys``: CURVE on every socket, and the ZAP handler serving
+before any socket binds, so no connection is ever admitted unchecked); the
+core; persistence (its write barrier gates acknowledgements);
 the role -- standalone, or clustered with a coordinator (ZooKeeper unless
 one is given) and a transport (ZeroMQ unless one is given); periodic
 schedules; the node's status report; the service handlers and the clockwork;
@@ -43,6 +45,11 @@ from miyaq.periodic.scheduler import PeriodicScheduler, SharedSource, SharedStor
 from miyaq.persistence.journal import Persistence
 from miyaq.runtime import Supervisor
 from miyaq.runtime.sockets import SocketFactory
+from miyaq.security.curve import NodeCurve
+from miyaq.security.exposure import exposure_warning
+from miyaq.security.guard import Guard
+from miyaq.security.keystore import KeyStore
+from miyaq.security.zap import ZapHandler
 from miyaq.store.log import AppendLog
 
 logger = logging.getLogger(__name__)
@@ -58,28 +65,48 @@ def build_node(config: NodeConfig, *, coordinator: Coordinator | None = None, tr
     peer and PUB ports, dropping ``stream_drop`` of its stream messages for
     fault injection). ``sockets`` makes every socket (default: a green factory
     with ``config.max_message``); the node closes it when it stops.
+
+    ConfigError when the node must not start: a non-loopback ``host``
+    without ``keys`` or ``insecure`` (:mod:`miyaq.security.exposure`), a key
+    directory that cannot be read.
     """
+    warning = exposure_warning(config)
+    if warning:
+        logger.warning("%s", warning)
+    store = KeyStore(config.keys) if config.keys else None
+    curve = None
+    if store is not None:
+        cert = store.node_secret()
+        curve = NodeCurve(cert.public, cert.secret or b"")
     supervisor = Supervisor(f"node {config.id}")
     sockets = sockets or SocketFactory(green=True, max_message=config.max_message)
+    if curve is not None:
+        sockets.security = curve
     try:
-        return _build(config, supervisor, sockets, coordinator, transport, stream_drop)
+        zap = None
+        if store is not None:
+            zap = ZapHandler(store, supervisor, sockets)
+            zap.start()            # before any socket binds: no handshake goes unchecked
+        return _build(config, supervisor, sockets, coordinator, transport, stream_drop, zap, warning)
     except BaseException:
+        supervisor.kill()
         sockets.close()
         raise
 
 
 def _build(config: NodeConfig, supervisor: Supervisor, sockets: SocketFactory, coordinator: Coordinator | None,
-           transport: Transport | None, stream_drop: float) -> Node:
-    core = Core(config, sockets, supervisor)
+           transport: Transport | None, stream_drop: float, zap: ZapHandler | None, warning: str | None) -> Node:
+    guard = Guard(zap.identity) if zap is not None else None
+    core = Core(config, sockets, supervisor, guard)
     persistence = None
     if config.data_dir:
         persistence = Persistence(core.engine, _open_log(config, supervisor), supervisor, config.id)
         core.endpoint.ack_gate = persistence.after_written
     try:
         role, shared = _role(config, core, persistence or Immediate(), supervisor, sockets, coordinator, transport,
-                             stream_drop)
+                             stream_drop, guard)
         periodic = PeriodicScheduler(config, core.engine, core.workers, role, supervisor, shared=shared)
-        status = NodeStatus(config, core, role, periodic, persistence)
+        status = NodeStatus(config, core, role, periodic, persistence, zap, warning)
         ServiceHandlers(core, role, periodic, status, webhooks=bool(config.http_port)).install()
         clockwork = Clockwork(core, role, supervisor)
         # Start order: the log is replayed before the role decides to reconcile;
@@ -94,12 +121,12 @@ def _build(config: NodeConfig, supervisor: Supervisor, sockets: SocketFactory, c
             persistence.kill()   # the log is open: release it (and its lock) before the sockets go
         raise
     return Node(config, supervisor=supervisor, sockets=sockets, core=core, clockwork=clockwork,
-                role=role, status=status, parts=parts)
+                role=role, status=status, parts=parts, keys=zap)
 
 
 def _role(config: NodeConfig, core: Core, barrier: WriteBarrier, supervisor: Supervisor, sockets: SocketFactory,
           coordinator: Coordinator | None, transport: Transport | None,
-          stream_drop: float) -> tuple[StandaloneRole | ClusterRole, SharedSource | None]:
+          stream_drop: float, guard: Guard | None) -> tuple[StandaloneRole | ClusterRole, SharedSource | None]:
     """The node's role, and where periodic schedules share their state (None: memory)."""
     shared: SharedSource | None = None
     if coordinator is None and config.zk:
@@ -111,7 +138,7 @@ def _role(config: NodeConfig, core: Core, barrier: WriteBarrier, supervisor: Sup
         return StandaloneRole(config, core.engine, core.endpoint.ack), None
     if transport is None:
         transport = ZmqTransport(sockets, supervisor, f"tcp://{config.host}:{config.peer}",
-                                 f"tcp://{config.host}:{config.pub}", stream_drop)
+                                 f"tcp://{config.host}:{config.pub}", stream_drop, guard)
     role = ClusterRole(config, core.engine, core.gate, core.endpoint, core.directory, barrier, supervisor,
                        transport, coordinator)
     return role, shared

@@ -14,6 +14,9 @@ gateway. Each part has the same small lifecycle (:class:`Part`).
   the supervisor's greenlets killed, every part's ``kill`` in reverse order
   and the sockets closed. A part that fails to stop is logged and the rest
   still stop; the node always ends stopped.
+* SIGHUP (with keys): the authorized keys are read again
+  (:meth:`miyaq.security.zap.ZapHandler.reload`): added keys connect,
+  revoked ones are refused from their next message, without a restart.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from miyaq.core.handles import Role
 from miyaq.node.status import NodeStatus
 from miyaq.runtime import LOG, Supervisor, green, monotonic
 from miyaq.runtime.sockets import SocketFactory
+from miyaq.security.zap import ZapHandler
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +58,8 @@ class Part(Protocol):
 
 class Node:
     def __init__(self, config: NodeConfig, *, supervisor: Supervisor, sockets: SocketFactory, core: Core,
-                 clockwork: Clockwork, role: Role, status: NodeStatus, parts: list[Part]) -> None:
+                 clockwork: Clockwork, role: Role, status: NodeStatus, parts: list[Part],
+                 keys: ZapHandler | None = None) -> None:
         self.config = config
         self.id = config.id
         self.supervisor = supervisor
@@ -64,6 +69,7 @@ class Node:
         self.role = role
         self.report = status
         self.parts = parts
+        self.keys = keys
         self.crashed: BaseException | None = None
         self._stopping = False
         self._stopped = green.Event()
@@ -94,6 +100,15 @@ class Node:
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             green.on_signal(sig, lambda: self.supervisor.spawn("signal stop", self.stop, policy=LOG))
+        green.on_signal(signal.SIGHUP, self.reload_keys)
+
+    def reload_keys(self) -> bool:
+        """Read the authorized keys again (SIGHUP). False without keys, or
+        when the directory could not be read (the previous set is kept)."""
+        if self.keys is None:
+            logger.info("node %s: SIGHUP ignored (no --keys)", self.id)
+            return False
+        return self.keys.reload("SIGHUP")
 
     def serve_forever(self) -> None:
         self.start()

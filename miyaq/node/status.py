@@ -1,6 +1,8 @@
 """What STATUS and ``GET /status`` report about a node: the core's counts
 and the dispatch gate, periodic schedules, the role's cluster section (None
-when standalone) and the log's health (None without a data dir)."""
+when standalone), the log's health (None without a data dir) and security
+(keys on or off, the authorized set, refused handshakes, the ``--insecure``
+warning)."""
 from __future__ import annotations
 
 from typing import Any
@@ -11,16 +13,20 @@ from miyaq.core.core import Core
 from miyaq.core.handles import Role, StorageHealth
 from miyaq.periodic.scheduler import PeriodicScheduler
 from miyaq.runtime import monotonic
+from miyaq.security.zap import ZapHandler
 
 
 class NodeStatus:
     def __init__(self, config: NodeConfig, core: Core, role: Role, periodic: PeriodicScheduler,
-                 storage: StorageHealth | None) -> None:
+                 storage: StorageHealth | None, keys: ZapHandler | None = None,
+                 warning: str | None = None) -> None:
         self.node_id = config.id
         self.core = core
         self.role = role
         self.periodic = periodic
         self.storage = storage
+        self.keys = keys
+        self.warning = warning
         self.started = monotonic()
 
     def __call__(self, now: float) -> dict[str, Any]:
@@ -30,4 +36,18 @@ class NodeStatus:
         status["periodic"] = self.periodic.stats()
         status["cluster"] = self.role.stats()
         status["storage"] = self.storage.stats() if self.storage is not None else None
+        status["security"] = self.security()
         return status
+
+    def security(self) -> dict[str, Any]:
+        """``keys``: CURVE on or off; with keys, ``authorized`` (how many keys),
+        ``roles``, ``handshakes_refused``/``handshakes_admitted`` and ``reloads``;
+        ``warning`` when the node runs exposed (``--insecure``)."""
+        section: dict[str, Any] = {"keys": self.keys is not None}
+        if self.keys is not None:
+            zap = self.keys.stats()
+            zap["authorized"] = zap.pop("keys")
+            section.update(zap)
+        if self.warning:
+            section["warning"] = self.warning
+        return section
