@@ -43,6 +43,13 @@ MAX_PAUSED = 10_000
 MAX_LONG_POLL = 3600.0
 #: The largest rate a queue limit accepts (tasks per second).
 MAX_RATE = 1e9
+#: Attempts of a task whose lessee (who it was leased to) is remembered, so
+#: that a late DONE of an earlier attempt still counts while a DONE from
+#: anyone the task was never leased to is ignored.
+LEASE_HISTORY = 4
+#: Workers dropped (silent, re-registered) whose connection is still known
+#: by who it was: its late DONE still counts for the attempts it was leased.
+MAX_DROPPED_WORKERS = 4096
 
 # -- the cluster ---------------------------------------------------------------------------------
 
@@ -58,6 +65,11 @@ PEER_RECONNECT_MS = (100, 2000)
 MAX_PENDING_SUBMITS = 200_000
 #: Events in one replication stream message.
 MAX_STREAM_EVENTS = 1000
+#: STARTED events for tasks this node has no copy of yet (the runner's event
+#: overtook the REPLICATE that brings the copy): kept this many, this long,
+#: and applied when the copy arrives.
+MAX_EARLY_STARTS = 10_000
+EARLY_START_TTL = 60.0
 #: A standby copy's QUERY to the other holders waits this long; silence lets it run.
 QUERY_TIMEOUT = 1.0
 #: Task ids answered in one QUERY.
@@ -102,6 +114,9 @@ SPEC_TTL = 3600.0
 SPEC_REFRESH = 300.0
 #: Worker ids remembered per schedule.
 MAX_DECLARERS = 64
+#: Periodic schedules one key may own on a node (with keys), so no key can
+#: take all MAX_SCHEDULES slots and make other workers' READY fail.
+MAX_SCHEDULES_PER_KEY = 200
 
 # -- the HTTP gateway --------------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ class FakeConsumer:
 
     def __init__(self, name: str = "c") -> None:
         self.name = name
+        self.principal = name
         self.running: dict[str, Task] = {}
         self.aborted: list[list[str]] = []
 

@@ -181,6 +181,8 @@ class LocalCluster:
         args = ["node", "--zk", self.zk_hosts, "--cluster", self.name, "--node-id", node_id,
                 "--host", spec.host, "--port", str(spec.port), "--replicas", str(self.replicas),
                 "--data-dir", spec.data_dir, "--fsync", self.fsync, *NODE_DEFAULTS, *self.node_args]
+        if spec.netns:
+            args.append("--insecure")   # a namespace's 10.x address: reachable only from this run
         child = Child(node_id, miyaq_argv(*args), os.path.join(self.run_dir, f"{node_id}.log"),
                       netns=spec.netns).start()
         self.procs[node_id] = child

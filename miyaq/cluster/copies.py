@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from miyaq.cluster.holder_events import apply_early_start
 from miyaq.cluster.standby import describe
 from miyaq.constants import MAX_QUERY
 from miyaq.runtime import wall
@@ -121,4 +122,6 @@ class Copies:
         except Exception as exc:   # Busy, ShuttingDown, or a malformed record from a peer: not stored
             logger.warning("could not store a copy of %s: %s", task.id, exc)
             return False
+        if status == "accepted":
+            apply_early_start(role, task)    # its runner's STARTED event came first
         return status == "accepted" or record["id"] in table.live

@@ -11,9 +11,14 @@ inside :meth:`EventPublisher.applying_remote`, the one owner of that state.
 :func:`apply_events` is the receiving side: it moves the local copy the same
 way — a standby copy pushes its timer out past the runner's lease, a
 finished task leaves a tombstone (even for an id this node does not know,
-so a late copy cannot come back).
+so a late copy cannot come back). A STARTED event for a task whose copy has
+not arrived yet (it overtook the REPLICATE) is kept, bounded, and applied
+when the copy is installed (:func:`apply_early_start`): the standby then
+knows the lease and who holds it.
 
-Events (arrays): ``["S", id, attempt, lease_end, at_most_once]`` started,
+Events (arrays): ``["S", id, attempt, lease_end, at_most_once, lessee]``
+started (``lessee``: who the attempt was leased to, so that worker may report
+it to this holder if the runner's node dies; older nodes send five elements),
 ``["T", id, lease_end]`` touched, ``["F", id, state, result, error]``
 finished, ``["R", id, attempt, eta, error]`` waiting for the next attempt
 (eta 0: at once), ``["D", id, attempt, error]`` dead, ``["V", id]`` revived,
@@ -22,14 +27,16 @@ finished, ``["R", id, attempt, eta, error]`` waiting for the next attempt
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from miyaq.cluster.transport import StreamPublisher
-from miyaq.constants import MAX_STREAM_EVENTS
+from miyaq.constants import EARLY_START_TTL, MAX_EARLY_STARTS, MAX_STREAM_EVENTS
+from miyaq.core.engine import note_lessee
 from miyaq.core.listener import EngineListener
-from miyaq.runtime import wall
+from miyaq.runtime import monotonic, wall
 from miyaq.store.table import Tombstone
 from miyaq.store.task import READY, RETRYING, RUNNING, SCHEDULED, Task
 
@@ -48,6 +55,7 @@ class EventPublisher(EngineListener):
         self.outbox: dict[str, list[list[Any]]] = {}
         self.duplicates = 0
         self._remote = 0      # > 0 while applying what another holder did
+        self.early: OrderedDict[str, tuple[str, list[Any], float]] = OrderedDict()   # id -> (src, S event, when)
 
     @contextmanager
     def applying_remote(self) -> Iterator[None]:
@@ -69,7 +77,8 @@ class EventPublisher(EngineListener):
                 box.append(event)
 
     def task_started(self, task: Task) -> None:
-        self._emit(task, ["S", task.id, task.attempt, task.lease_end, task.at_most_once])
+        lessee = task.lessees[-1][1] if task.lessees else None
+        self._emit(task, ["S", task.id, task.attempt, task.lease_end, task.at_most_once, lessee])
 
     def task_touched(self, task: Task) -> None:
         self._emit(task, ["T", task.id, task.lease_end])
@@ -92,6 +101,19 @@ class EventPublisher(EngineListener):
     def duplicate_run(self, task: Task, info: dict[str, Any]) -> None:
         self.duplicates += 1
         logger.warning("task %s ran more than once (%s)", task.id, info)
+
+    def hold_early(self, src: str, event: list[Any]) -> None:
+        """Keep a STARTED event for a task not held here yet (bounded, oldest dropped)."""
+        self.early[event[1]] = (src, event, monotonic())
+        self.early.move_to_end(event[1])
+        if len(self.early) > MAX_EARLY_STARTS:
+            self.early.popitem(last=False)
+
+    def take_early(self, task_id: str) -> tuple[str, list[Any]] | None:
+        found = self.early.pop(task_id, None) if self.early else None
+        if found is None or monotonic() - found[2] > EARLY_START_TTL:
+            return None
+        return found[0], found[1]
 
     def flush(self) -> None:
         if not self.outbox:
@@ -118,6 +140,8 @@ def apply_events(role: ClusterRole, src: str, events: list[Any]) -> None:
                 continue
             task = table.live.get(task_id) or table.dead.get(task_id)
             if task is None:
+                if op == "S" and len(ev) >= 4:
+                    role.events.hold_early(src, ev)     # its copy is on its way (REPLICATE)
                 continue
             if op == "S":
                 _started_elsewhere(role, src, task, ev, now)
@@ -140,6 +164,14 @@ def apply_events(role: ClusterRole, src: str, events: list[Any]) -> None:
                 engine.dead_purge(None, [task_id])
 
 
+def apply_early_start(role: ClusterRole, task: Task) -> None:
+    """A copy was just installed: apply the STARTED event that overtook it, if any."""
+    found = role.events.take_early(task.id)
+    if found is not None:
+        with role.events.applying_remote():
+            _started_elsewhere(role, found[0], task, found[1], wall())
+
+
 def _started_elsewhere(role: ClusterRole, src: str, task: Task, ev: list[Any], now: float) -> None:
     engine = role.engine
     attempt, lease_end, at_most_once = ev[2], ev[3], ev[4] if len(ev) > 4 else False
@@ -151,6 +183,9 @@ def _started_elsewhere(role: ClusterRole, src: str, task: Task, ev: list[Any], n
         engine.finish_copy(task.id, STARTED_ELSEWHERE, None, None, now)
         return
     task.attempt = max(task.attempt, attempt)
+    lessee = ev[5] if len(ev) > 5 else None
+    if isinstance(lessee, str) and isinstance(attempt, int):
+        note_lessee(task, attempt, lessee)     # its worker may report it here if the runner's node dies
     task.standby = True
     if task.state == READY:
         engine.defer(task, lease_end + role.offset_for(task), SCHEDULED)

@@ -9,12 +9,15 @@ Layout under ``/miyaq/<cluster>/``:
     version, and never over a record of a newer leader (a higher epoch):
     a deposed leader that still believes it leads cannot move it.
 ``periodic-specs/<name>``
-    Persistent; ``{"spec": {...}, "declared": t, "seen": t}``: the schedule
-    as a worker declared it (READY form, ``body`` in base64), when that
-    content was first declared, and when a worker declaring it was last
-    connected to some node. Any node may write it (read, merge, CAS): a
-    different spec replaces the stored one only if it was declared later
-    ("newest spec per name wins"); an equal one only refreshes ``seen``.
+    Persistent; ``{"spec": {...}, "declared": t, "seen": t, "owner": key}``:
+    the schedule as a worker declared it (READY form, ``body`` in base64),
+    when that content was first declared, when a worker declaring it was
+    last connected to some node, and the key that owns it (absent without
+    keys). Any node may write it (read, merge, CAS): a different spec
+    replaces the stored one only if it was declared later ("newest spec per
+    name wins") and, when the stored one has an owner, by the same key
+    (the store settles ownership between nodes); an equal one only
+    refreshes ``seen``.
     A new leader reads these, so it fires schedules before any worker
     connects to it.
 
@@ -160,9 +163,13 @@ class ZkPeriodicStore:
             if stored is None:
                 target = ours
             elif stored.schedule == ours.schedule:
-                if ours.seen - stored.seen < refresh:
+                if ours.seen - stored.seen < refresh and (stored.owner or not ours.owner):
                     return stored
-                target = stored._replace(seen=ours.seen)
+                target = stored._replace(seen=max(ours.seen, stored.seen), owner=stored.owner or ours.owner)
+            elif stored.owner not in (None, ours.owner):
+                logger.warning("periodic schedule %s belongs to key %s; a change declared with key %s is not "
+                               "stored", name, stored.owner, ours.owner)
+                return stored
             elif ours.declared > stored.declared:
                 target = ours._replace(seen=max(ours.seen, stored.seen))
             else:
@@ -194,16 +201,22 @@ class ZkPeriodicStore:
             spec["body"] = base64.b64decode(spec.get("body", ""), validate=True)
             schedule = schedule_from_wire(spec)
             declared, seen = float(raw["declared"]), float(raw["seen"])
+            owner = raw.get("owner")
+            if owner is not None and not isinstance(owner, str):
+                raise TypeError("owner must be a string")
         except (MiyaqError, KeyError, TypeError, ValueError) as exc:
             logger.warning("ignoring periodic spec znode %s: %s", name, getattr(exc, "message", exc))
             return None
         if schedule.name != name:
             logger.warning("ignoring periodic spec znode %s: it describes %s", name, schedule.name)
             return None
-        return Declared(schedule, declared, seen)
+        return Declared(schedule, declared, seen, owner)
 
 
 def _encode_spec(d: Declared) -> bytes:
     spec: dict[str, Any] = d.schedule.to_wire()
     spec["body"] = base64.b64encode(d.schedule.body).decode("ascii")
-    return dump_json({"spec": spec, "declared": d.declared, "seen": d.seen})
+    record: dict[str, Any] = {"spec": spec, "declared": d.declared, "seen": d.seen}
+    if d.owner is not None:
+        record["owner"] = d.owner
+    return dump_json(record)

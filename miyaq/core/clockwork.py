@@ -9,8 +9,10 @@
 
 After each burst on the service socket (and on :meth:`Clockwork.wake`, for
 work that arrived another way) the dispatcher runs, then the role sends what
-the burst produced (replication, events), so a task's STARTED event leaves
-in the same pass that leased it.
+the burst produced (replication, events); the timer loop and housekeeping
+flush the role after they dispatch too, so a task's STARTED event (which
+tells the other holders who runs it) always leaves in the same pass that
+leased it.
 """
 from __future__ import annotations
 
@@ -78,6 +80,7 @@ class Clockwork:
             now = wall()
             nxt = engine.fire_due(now)
             dispatcher.pump(now)
+            self.role.flush()      # a STARTED event leaves with the lease (other holders learn who runs it)
             self._timer_at = nxt if nxt is not None else now + 1.0
             self._timer_wake.clear()
             delay = min(max(0.0, self._timer_at - wall()), 1.0)
@@ -105,3 +108,4 @@ class Clockwork:
                 core.engine.table.sweep(now)
                 core.engine.compact_lanes()
             core.dispatcher.pump(now)
+            self.role.flush()

@@ -23,10 +23,24 @@ def delivery(task: Task, holders: Callable[[Task], list[str]] | None = None) -> 
     return item
 
 
+def worker_principal(wid: str, key: str | None) -> str:
+    """Who a worker is: its id, and the key it registered with (the same on
+    every node, so another holder recognises it after its node died)."""
+    return f"worker:{key}/{wid}" if key is not None else f"worker:{wid}"
+
+
+def pull_principal(identity: bytes, key: str | None) -> str:
+    """Who a ZeroMQ pull consumer is: its key, or without keys its connection."""
+    return f"pull:{key}" if key is not None else f"pull:{identity.hex()}"
+
+
 class Consumer:
-    """Base of every consumer. ``running`` holds the tasks leased to it."""
+    """Base of every consumer. ``running`` holds the tasks leased to it;
+    ``principal`` says who it acts for: the engine records it with each lease,
+    and only that principal may later report on the lease."""
 
     kind = "consumer"
+    principal: str | None = None
 
     def __init__(self, queues: list[str]) -> None:
         self.queues = queues
@@ -47,11 +61,14 @@ class WorkerConsumer(Consumer):
     kind = "worker"
 
     def __init__(self, endpoint: ServiceEndpoint, identity: bytes, wid: str, queues: list[str],
-                 names: list[str], capacity: int, last_seen: float, info: dict[str, Any]) -> None:
+                 names: list[str], capacity: int, last_seen: float, info: dict[str, Any],
+                 key: str | None = None) -> None:
         super().__init__(queues)
         self.endpoint = endpoint
         self.identity = identity
         self.wid = wid
+        self.key = key               # the name of the key it registered with (None without keys)
+        self.principal = worker_principal(wid, key)
         self.names = names
         self.capacity = capacity
         self.credit = capacity
@@ -83,8 +100,9 @@ class PullConsumer(Consumer):
     kind = "pull"
 
     def __init__(self, queues: list[str], deadline: float,
-                 answer: Callable[[dict[str, Any] | None], bool]) -> None:
+                 answer: Callable[[dict[str, Any] | None], bool], principal: str = "http") -> None:
         super().__init__(queues)
+        self.principal = principal
         self.credit = 1
         self.deadline = deadline
         self.answer = answer

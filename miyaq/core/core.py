@@ -79,4 +79,5 @@ class Core:
             outcomes[outcome] = outcomes.get(outcome, 0) + n
         return {"accepting": engine.accepting, "queues": queues, "totals": totals, "outcomes": outcomes,
                 "errors": dict(self.endpoint.errors), "max_tasks": self.config.max_tasks,
+                "ignored": {"not_leased": engine.not_leased, "foreign_heartbeats": workers.foreign_heartbeats},
                 "dispatch": {"open": self.gate.is_open, "held": self.gate.held()}}

@@ -6,6 +6,14 @@ current time, listeners (:mod:`miyaq.core.listener`) observe every change.
 Every method runs in the node's event loop; none blocks.
 
 States and transitions are drawn in docs/protocol.md ("Task states").
+
+Who may report: every lease records who it went to (the consumer's
+``principal``: a worker's key and id, a pull consumer's key or connection,
+``http``, ``webhook``), for the last ``LEASE_HISTORY`` attempts. DONE, FAILED
+and TOUCH name who reports (``by``); a report on an attempt that was not
+leased to them -- a task never dispatched to them, a *scheduled* task never
+dispatched at all -- changes nothing and is counted in ``not_leased``.
+``by=None`` is the node's own trusted caller (tests, internal use).
 """
 from __future__ import annotations
 
@@ -16,7 +24,7 @@ from collections import Counter
 from typing import Any, Callable, Iterable
 
 from miyaq.config import NodeConfig
-from miyaq.constants import MAX_QUEUES, TIMER_BATCH
+from miyaq.constants import LEASE_HISTORY, MAX_QUEUES, TIMER_BATCH
 from miyaq.core.listener import EngineListener
 from miyaq.errors import Busy, InvalidField, NotFound, ShuttingDown
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE
@@ -29,6 +37,30 @@ from miyaq.store.timers import TimerHeap
 
 logger = logging.getLogger(__name__)
 
+
+
+def note_lessee(task: Task, attempt: int, principal: str | None) -> None:
+    """Remember that ``attempt`` of ``task`` was leased to ``principal`` (the
+    last LEASE_HISTORY attempts are kept)."""
+    if principal is None:
+        return
+    lessees = task.lessees
+    if lessees is None:
+        task.lessees = [(attempt, principal)]
+        return
+    lessees.append((attempt, principal))
+    if len(lessees) > LEASE_HISTORY:
+        del lessees[0]
+
+
+def leased_to(task: Task, attempt: int | None, principal: str) -> bool:
+    """Was ``attempt`` of ``task`` (None: its latest lease) leased to ``principal``?"""
+    lessees = task.lessees
+    if not lessees:
+        return False
+    if attempt is None:
+        return lessees[-1][1] == principal
+    return any(a == attempt and p == principal for a, p in lessees)
 
 
 def retry_delay(task: Task, rng: random.Random = random._inst) -> float:  # type: ignore[attr-defined]
@@ -50,6 +82,7 @@ class Engine:
         self._seq = itertools.count(1)
         self.counts: dict[str, Counter[str]] = {}        # queue -> state -> live count
         self.outcomes: Counter[tuple[str, str]] = Counter()  # (queue, outcome) -> total
+        self.not_leased = 0      # reports ignored: the task was not leased to whoever reported
 
     # -- helpers ---------------------------------------------------------------
     def _count(self, queue: str) -> Counter[str]:
@@ -258,6 +291,7 @@ class Engine:
         """Lease ``task`` (just taken) to ``consumer`` until now + timeout."""
         self._move(task, RUNNING)
         task.attempt += 1
+        note_lessee(task, task.attempt, consumer.principal)
         task.consumer = consumer
         task.lease_end = now + task.timeout
         consumer.running[task.id] = task
@@ -266,9 +300,16 @@ class Engine:
         for listener in self.listeners:
             listener.task_started(task)
 
-    def touch(self, task_id: str, now: float) -> bool:
+    def _reporter_ok(self, task: Task, attempt: int | None, by: str | None) -> bool:
+        if by is None or leased_to(task, attempt, by):
+            return True
+        self.not_leased += 1
+        return False
+
+    def touch(self, task_id: str, now: float, by: str | None = None) -> bool:
+        """Extend a running task's lease (``by``: who asks; it must hold the lease)."""
         task = self.table.live.get(task_id)
-        if task is None or task.state != RUNNING:
+        if task is None or task.state != RUNNING or not self._reporter_ok(task, task.attempt, by):
             return False
         task.lease_end = now + task.timeout
         self.timers.arm(task, task.lease_end)
@@ -286,12 +327,14 @@ class Engine:
         self._make_ready(task, now)
         return True
 
-    def complete(self, task_id: str, attempt: int, result: bytes | None, now: float) -> bool:
-        """DONE from a consumer. A completion of an earlier attempt still
+    def complete(self, task_id: str, attempt: int, result: bytes | None, now: float,
+                 by: str | None = None) -> bool:
+        """DONE from a consumer (``by``: who reports; that attempt must have
+        been leased to them). A completion of an earlier attempt still
         finishes the task (it did run); a second execution under way is
         aborted and counted as a duplicate."""
         task = self.table.live.get(task_id) or self.table.dead.get(task_id)
-        if task is None:
+        if task is None or not self._reporter_ok(task, attempt, by):
             return False
         if task.state == RUNNING and task.attempt != attempt:
             other = task.consumer
@@ -306,11 +349,14 @@ class Engine:
         return True
 
     def fail(self, task_id: str, attempt: int, error: dict[str, Any], retryable: bool,
-             delay: float | None, now: float) -> bool:
-        """FAILED from a consumer: retry with backoff, or dead-letter."""
+             delay: float | None, now: float, by: str | None = None) -> bool:
+        """FAILED from a consumer (``by``: who reports; it must hold the
+        lease): retry with backoff, or dead-letter."""
         task = self.table.live.get(task_id)
         if task is None or task.state != RUNNING or task.attempt != attempt:
             return False   # stale: that attempt was already given up on
+        if not self._reporter_ok(task, attempt, by):
+            return False
         self._detach(task)
         task.error = error
         self.outcomes[(task.queue, "failed")] += 1

@@ -4,6 +4,12 @@ One method per command; each validates its body with
 :mod:`miyaq.protocol.fields` before touching state, so a bad request is
 refused whole. Requests that expect an answer carry ``req`` and get a REPLY
 or an ERROR with the same ``req``.
+
+Reports (DONE, FAILED, TOUCH, ACK, NACK) apply only to tasks leased to the
+reporter -- the worker registered on the connection (or dropped from it
+lately), the pull consumer's key or connection -- whatever the mode (keys
+or not); anything else is ignored and counted (``Engine.not_leased``).
+With keys, the key of the message being handled is ``endpoint.caller``.
 """
 from __future__ import annotations
 
@@ -11,8 +17,9 @@ import logging
 from typing import Any
 
 from miyaq.constants import MAX_LONG_POLL
-from miyaq.core.consumers import PullConsumer, WorkerConsumer
+from miyaq.core.consumers import PullConsumer, WorkerConsumer, pull_principal
 from miyaq.core.core import Core
+from miyaq.core.engine import leased_to
 from miyaq.core.gate import SHUTTING_DOWN
 from miyaq.core.handles import Role, ScheduleSink, StatusReport
 from miyaq.core.waiters import outcome
@@ -167,7 +174,7 @@ class ServiceHandlers:
 
         if not self.gate.is_open:
             raise ShuttingDown(_held_message(self.gate.held()))
-        consumer = PullConsumer(queues, monotonic() + timeout, answer)
+        consumer = PullConsumer(queues, monotonic() + timeout, answer, self._puller(identity))
         limits = self.dispatcher.limits
         if limits.active:
             open_lanes = limits.open(queues, now)
@@ -191,7 +198,7 @@ class ServiceHandlers:
         task_id = check_id(body.get("id"))
         attempt = f.integer(body, "attempt", lo=0)
         result = f.binary(body, "result", None, max_len=self.config.max_payload)
-        ok = self.engine.complete(task_id, attempt, result, now)
+        ok = self.engine.complete(task_id, attempt, result, now, by=self._puller(identity))
         self.endpoint.reply(identity, body.get("req"), {"ok": ok})
 
     def nack(self, identity: bytes, body: dict[str, Any], now: float) -> None:
@@ -200,8 +207,21 @@ class ServiceHandlers:
         error = _error(body.get("error"))
         retry = f.boolean(body, "retry", True)
         delay = f.number(body, "delay", None, hi=MAX_LONG_POLL * 24)
-        ok = self.engine.fail(task_id, attempt, error, retry, delay, now)
+        ok = self.engine.fail(task_id, attempt, error, retry, delay, now, by=self._puller(identity))
         self.endpoint.reply(identity, body.get("req"), {"ok": ok})
+
+    def _key(self) -> str | None:
+        """The name of the key behind the message being handled (None without keys)."""
+        caller = self.endpoint.caller
+        return caller.name if caller is not None else None
+
+    def _puller(self, identity: bytes) -> str:
+        return pull_principal(identity, self._key())
+
+    def _reporter(self, identity: bytes) -> str:
+        """Who reports on this connection: its worker (a connection that never
+        registered is nobody, and may report on nothing)."""
+        return self.workers.principal_of(identity) or "nobody"
 
     # -- workers -----------------------------------------------------------------------
     def ready(self, identity: bytes, body: dict[str, Any], now: float) -> None:
@@ -215,9 +235,11 @@ class ServiceHandlers:
         schedules = schedules_from_wire(body.get("periodic"), names)
         if self.gate.holds(SHUTTING_DOWN):
             raise ShuttingDown("node is shutting down")
-        self.schedules.declare(schedules, wid, now)   # refuses (nothing kept) past its limit
+        key = self._key()
+        self.workers.check_id(wid, key)                    # another key's worker id: forbidden
+        self.schedules.declare(schedules, wid, now, key)   # refuses (nothing kept): limits, another key's
         info: dict[str, Any] = {k: body[k] for k in ("pid", "host", "concurrency") if k in body}
-        worker = self.workers.register(identity, wid, queues, names, capacity, now, info)
+        worker = self.workers.register(identity, wid, queues, names, capacity, now, info, key)
         worker.credit = 0
         self.dispatcher.grant(worker, credit)
 
@@ -230,7 +252,7 @@ class ServiceHandlers:
     def heartbeat(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         wid = body.get("worker")
         if isinstance(wid, str) and body.get("side"):
-            self.workers.seen_wid(wid)   # the worker's heartbeat thread
+            self.workers.seen_wid(wid, self._key())   # the worker's heartbeat thread (same key only)
             return
         self._worker(identity, now)
 
@@ -251,15 +273,17 @@ class ServiceHandlers:
                     and type(item[1]) is int and (item[2] is None or isinstance(item[2], bytes))):
                 raise InvalidField("each 'done' item must be [id, attempt, result-bytes-or-nil]", field="done")
         worker = self._worker(identity, now)
+        by = self._reporter(identity)
         self.endpoint.work += len(items)
         complete = self.engine.complete
         limit = self.config.max_payload
         for task_id, attempt, result in items:
             if result is not None and len(result) > limit:
                 self.engine.fail(task_id, attempt, {"type": "ResultTooLarge", "message":
-                                 f"result of {len(result)} bytes exceeds max_payload {limit}"}, False, None, now)
+                                 f"result of {len(result)} bytes exceeds max_payload {limit}"}, False, None, now,
+                                 by=by)
                 continue
-            complete(task_id, attempt, result, now)
+            complete(task_id, attempt, result, now, by=by)
         self._grant(worker, len(items))
 
     def failed(self, identity: bytes, body: dict[str, Any], now: float) -> None:
@@ -272,16 +296,24 @@ class ServiceHandlers:
             checked.append((item[0], item[1], _error(item[2]), item[2].get("retry", True) is not False,
                             _delay(item[2].get("delay"))))
         worker = self._worker(identity, now)
+        by = self._reporter(identity)
         for task_id, attempt, error, retry, delay in checked:
-            self.engine.fail(task_id, attempt, error, retry, delay, now)
+            self.engine.fail(task_id, attempt, error, retry, delay, now, by=by)
         self._grant(worker, len(items))
 
     def touch(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         ids = f.string_list(body, "ids", max_items=10_000, max_len=64)
         self._worker(identity, now)
+        by = self._reporter(identity)
+        live = self.engine.table.live
         for task_id in ids:
-            if not self.engine.touch(task_id, now):
-                self.role.running_elsewhere(task_id, now)
+            task = live.get(task_id)
+            if task is None:
+                continue
+            if not leased_to(task, None, by):
+                self.engine.not_leased += 1
+            elif not self.engine.touch(task_id, now):
+                self.role.running_elsewhere(task_id, now)   # a standby copy: its runner's node went silent
 
     def give_back(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         ids = f.string_list(body, "ids", max_items=100_000, max_len=64)

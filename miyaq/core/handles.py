@@ -110,8 +110,10 @@ class Immediate:
 class ScheduleSink(Protocol):
     """Where a worker's periodic schedules go when it sends READY."""
 
-    def declare(self, schedules: list[Schedule], wid: str, now: float) -> None:
-        """Keep them; ``InvalidField`` (nothing kept) past the node's limit. Never blocks."""
+    def declare(self, schedules: list[Schedule], wid: str, now: float, owner: str | None = None) -> None:
+        """Keep them (``owner``: the declaring key, None without keys);
+        ``InvalidField`` (nothing kept) past the node's or the key's limit,
+        ``Forbidden`` for a change to another key's schedule. Never blocks."""
 
 
 class ScheduleBook(Protocol):

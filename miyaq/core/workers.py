@@ -5,17 +5,26 @@ heard from for ``heartbeat × liveness`` seconds is lost: every task leased
 to it is put back at once (the attempt is spent), not after the lease.
 Liveness is measured on the monotonic clock (a stepped wall clock neither
 drops nor keeps a worker).
+
+With keys, a worker id belongs to the key that registered it while it is
+registered: another key's READY for it is refused ``forbidden``, and a side
+heartbeat for it counts only from that key (others are ignored and counted
+in ``foreign_heartbeats``). A dropped worker's connection is remembered
+(bounded) so its late DONE is still recognised as its own.
 """
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from typing import Any
 
+from miyaq.constants import MAX_DROPPED_WORKERS
 from miyaq.core.consumers import WorkerConsumer
 from miyaq.core.directory import Directory
 from miyaq.core.dispatcher import Dispatcher
 from miyaq.core.engine import Engine
 from miyaq.core.service import ServiceEndpoint
+from miyaq.errors import Forbidden
 from miyaq.protocol import commands as c
 from miyaq.runtime import monotonic
 
@@ -35,15 +44,20 @@ class WorkerRegistry:
         self.by_identity: dict[bytes, WorkerConsumer] = {}
         self.by_wid: dict[str, WorkerConsumer] = {}
         self.lost_total = 0
+        self.foreign_heartbeats = 0
+        self.dropped: OrderedDict[bytes, str | None] = OrderedDict()   # connection -> principal, of dropped workers
 
     def register(self, identity: bytes, wid: str, queues: list[str], names: list[str],
-                 capacity: int, now: float, info: dict[str, Any]) -> WorkerConsumer:
+                 capacity: int, now: float, info: dict[str, Any], key: str | None = None) -> WorkerConsumer:
+        """Register (or re-register) a worker; ``key``: the name of the key it
+        sent READY with. Forbidden if another key's worker holds ``wid``."""
+        self.check_id(wid, key)
         old = self.by_wid.get(wid) or self.by_identity.get(identity)
         if old is not None:
             # A worker re-registers after it lost us (or we restarted): what it
             # held under its old registration is treated as lost.
             self.drop(old, "worker re-registered", now)
-        worker = WorkerConsumer(self.endpoint, identity, wid, queues, names, capacity, monotonic(), info)
+        worker = WorkerConsumer(self.endpoint, identity, wid, queues, names, capacity, monotonic(), info, key)
         worker.holder_endpoints = self.directory.holder_endpoints
         self.by_identity[identity] = worker
         self.by_wid[wid] = worker
@@ -56,21 +70,45 @@ class WorkerRegistry:
         logger.info("worker %s registered: queues=%s capacity=%d", wid, ",".join(queues), capacity)
         return worker
 
+    def check_id(self, wid: str, key: str | None) -> None:
+        """Forbidden if a worker registered with another key holds ``wid``."""
+        taken = self.by_wid.get(wid)
+        if taken is not None and taken.key != key:
+            raise Forbidden(f"worker id {wid!r} is registered by another key ({taken.key!r})")
+
     def seen(self, identity: bytes) -> WorkerConsumer | None:
         worker = self.by_identity.get(identity)
         if worker is not None:
             worker.last_seen = monotonic()
         return worker
 
-    def seen_wid(self, wid: str) -> WorkerConsumer | None:
+    def seen_wid(self, wid: str, key: str | None = None) -> WorkerConsumer | None:
+        """A side heartbeat for ``wid``, sent with ``key``: it counts only
+        from the key the worker registered with."""
         worker = self.by_wid.get(wid)
-        if worker is not None:
-            worker.last_seen = monotonic()
+        if worker is None:
+            return None
+        if worker.key != key:
+            self.foreign_heartbeats += 1
+            return None
+        worker.last_seen = monotonic()
         return worker
+
+    def principal_of(self, identity: bytes) -> str | None:
+        """Who the worker on this connection is (or was, if it was dropped
+        recently): None for a connection that never registered."""
+        worker = self.by_identity.get(identity)
+        if worker is not None:
+            return worker.principal
+        return self.dropped.get(identity)
 
     def drop(self, worker: WorkerConsumer, reason: str, now: float) -> int:
         """Forget a worker; its leased tasks go back at once. Returns how many."""
         self.by_identity.pop(worker.identity, None)
+        self.dropped[worker.identity] = worker.principal
+        self.dropped.move_to_end(worker.identity)
+        if len(self.dropped) > MAX_DROPPED_WORKERS:
+            self.dropped.popitem(last=False)
         if self.by_wid.get(worker.wid) is worker:
             del self.by_wid[worker.wid]
         self.dispatcher.forget(worker)

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from .server import Gateway
 
 BLOCK_DEFAULT = 30.0
+#: Who an HTTP pull consumer is (PullConsumer's default principal): ack, nack
+#: and touch apply only to tasks leased over HTTP, never to a worker's.
+HTTP_PULL = "http"
 
 
 class PullApi:
@@ -77,7 +80,7 @@ class PullApi:
             box.set(info)
             return True
 
-        consumer = PullConsumer(queues, monotonic() + timeout, answer)
+        consumer = PullConsumer(queues, monotonic() + timeout, answer, HTTP_PULL)
         if timeout > 0:
             self.waiters.wait_pull(consumer)     # bounded by max_waiters (BUSY beyond)
         else:
@@ -101,7 +104,7 @@ class PullApi:
         result = msgpack.packb(body.get("result"), use_bin_type=True)
         if len(result) > self.max_payload:
             raise TooLarge(f"result of {len(result)} bytes exceeds max_payload ({self.max_payload})")
-        ok = self.engine.complete(task_id, attempt, result, time.time())
+        ok = self.engine.complete(task_id, attempt, result, time.time(), by=HTTP_PULL)
         return json_response({"ok": ok})
 
     def nack(self, request: Request) -> Response:
@@ -112,12 +115,12 @@ class PullApi:
         retry = f.boolean(body, "retry", True)
         delay = f.number(body, "delay", None, hi=MAX_LONG_POLL * 24)
         error = {"type": "Nack", "message": message}
-        ok = self.engine.fail(task_id, attempt, error, retry, delay, time.time())
+        ok = self.engine.fail(task_id, attempt, error, retry, delay, time.time(), by=HTTP_PULL)
         return json_response({"ok": ok})
 
     def touch(self, request: Request) -> Response:
         task_id = check_id(request.params["id"])
-        ok = self.engine.touch(task_id, time.time())
+        ok = self.engine.touch(task_id, time.time(), by=HTTP_PULL)
         task = self.engine.table.live.get(task_id)
         answer: dict[str, Any] = {"ok": ok}
         if ok and task is not None:

@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 class WebhookLane(Consumer):
     kind = "webhook"
+    principal = "webhook"
 
     def __init__(self, deliverer: WebhookDeliverer, queue: str) -> None:
         super().__init__([WEBHOOK_LANE_PREFIX + queue])

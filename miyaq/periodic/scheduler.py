@@ -122,9 +122,10 @@ class PeriodicScheduler:
         self._last_reload = self._last_housekeeping = 0.0
         self._now = 0.0                            # the clock of the current (or last) step
 
-    def declare(self, schedules: list[Schedule], wid: str, now: float) -> None:
-        """A worker's READY declares ``schedules`` (see ScheduleTable.declare). Never blocks."""
-        for name in self.specs.declare(schedules, wid, now):
+    def declare(self, schedules: list[Schedule], wid: str, now: float, owner: str | None = None) -> None:
+        """A worker's READY declares ``schedules`` with key ``owner`` (None
+        without keys; see ScheduleTable.declare). Never blocks."""
+        for name in self.specs.declare(schedules, wid, now, owner):
             self.next_at.pop(name, None)
         if schedules:
             self._wake.set()

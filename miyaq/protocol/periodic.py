@@ -174,12 +174,14 @@ def schedules_from_wire(value: Any, names: Iterable[str] | None = None) -> list[
 
 
 class Declared(NamedTuple):
-    """A schedule with when it was declared and when a declaring worker was
-    last seen (how nodes share declarations: :mod:`miyaq.periodic.specs`)."""
+    """A schedule with when it was declared, when a declaring worker was
+    last seen, and the key that owns it (None: declared without keys). How
+    nodes share declarations: :mod:`miyaq.periodic.specs`."""
 
     schedule: Schedule
     declared: float
     seen: float
+    owner: str | None = None
 
 
 class KnownSchedule(NamedTuple):

@@ -33,7 +33,7 @@ class Task:
         "expires", "max_retries", "backoff", "backoff_max", "timeout", "key",
         "replicas", "at_most_once", "state", "attempt", "seq", "lease_end",
         "consumer", "error", "timer_gen", "ready_gen", "rank", "holders", "meta", "lane",
-        "standby",
+        "standby", "lessees",
     )
 
     def __init__(self, id: str, queue: str, name: str | None, body: bytes, *,
@@ -71,6 +71,9 @@ class Task:
         # A standby copy asks the earlier holders before it runs (cluster).
         self.standby = False
         self.holders: tuple[str, ...] = ()
+        # (attempt, who it was leased to) of the last few attempts: only they
+        # may report on the task (miyaq.core.engine, "Who may report").
+        self.lessees: list[tuple[int, str]] | None = None
         self.meta = meta                # webhook headers and other rare extras
         # The ready lane: named tasks wait in their queue's lane, webhook tasks
         # in a lane of their own that only the webhook deliverer consumes.
