@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
-from kazoo.handlers.gevent import SequentialGeventHandler
 from kazoo.security import OPEN_ACL_UNSAFE
 
 from cluster_harness import Cluster
@@ -83,21 +82,9 @@ def test_a_credentials_file_others_may_read_is_warned_about(tmp_path, caplog):
 
 
 @pytest.fixture
-def clients(zk_server: ZooKeeperServer) -> Iterator[Callable[..., KazooClient]]:
-    """Plain kazoo clients, with or without credentials; all closed at teardown."""
-    made: list[KazooClient] = []
-
-    def connect(auth: ZkAuth | None = None) -> KazooClient:
-        options = auth.client_options() if auth is not None else {}
-        client = KazooClient(hosts=zk_server.hosts, handler=SequentialGeventHandler(), **options)
-        client.start(timeout=5)
-        made.append(client)
-        return client
-
-    yield connect
-    for client in made:
-        client.stop()
-        client.close()
+def clients(zk_server: ZooKeeperServer, zk_clients: Callable[..., KazooClient]) -> Callable[..., KazooClient]:
+    """Plain kazoo clients of the shared server, with or without credentials."""
+    return lambda auth=None: zk_clients(zk_server.hosts, auth)
 
 
 @pytest.fixture

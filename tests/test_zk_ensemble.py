@@ -62,34 +62,16 @@ def three(make: Callable[..., tuple]) -> tuple[list[ZooKeeperCoordinator], list[
     return coordinators, [r for _, r in nodes]
 
 
-def test_ensemble_elects_one_leader_and_every_server_serves(zk_ensemble, zk_client_of):
+def test_ensemble_elects_one_leader_and_every_server_serves(zk_ensemble, zk_clients):
     assert zk_ensemble.size == 3 and zk_ensemble.majority == 2
     assert zk_ensemble.leader() in (0, 1, 2)
     assert sorted(zk_ensemble.serving()) == [0, 1, 2]
     assert len(zk_ensemble.hosts.split(",")) == 3
-    first, second = (zk_client_of(server.hosts) for server in zk_ensemble.servers[:2])
+    first, second = (zk_clients(server.hosts) for server in zk_ensemble.servers[:2])
     first.create("/ensemble-check", b"seen", makepath=True)
     second.sync("/ensemble-check")
     assert second.get("/ensemble-check")[0] == b"seen"
     first.delete("/ensemble-check")
-
-
-@pytest.fixture
-def zk_client_of() -> Iterator[Callable[[str], object]]:
-    from kazoo.client import KazooClient
-    from kazoo.handlers.gevent import SequentialGeventHandler
-    clients: list[KazooClient] = []
-
-    def connect(hosts: str) -> KazooClient:
-        client = KazooClient(hosts=hosts, handler=SequentialGeventHandler())
-        client.start(timeout=10)
-        clients.append(client)
-        return client
-
-    yield connect
-    for client in clients:
-        client.stop()
-        client.close()
 
 
 def test_killing_one_follower_server_changes_nothing(make, zk_ensemble):

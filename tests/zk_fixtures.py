@@ -15,7 +15,8 @@ the fixtures *and* the report hook below), or ``pytest -p zk_fixtures`` with
   ``green.run_in_thread`` so kazoo keeps running meanwhile.
 * ``zk_cluster_name`` (function): a unique cluster name, so each test has its
   own ``/miyaq/<cluster>/`` tree on the shared server.
-* ``zk_client`` (function): a plain kazoo client of the shared server.
+* ``zk_client`` (function): a plain kazoo client of the shared server;
+  ``zk_clients`` makes more, of any hosts, with or without credentials.
 * ``zk_supervisor`` (function): the Supervisor a test hands its
   coordinators (as a node hands its own). At teardown it kills what is
   left and fails the test if any greenlet crashed: tests that inject a
@@ -39,13 +40,14 @@ from kazoo.client import KazooClient
 from kazoo.handlers.gevent import SequentialGeventHandler
 
 from miyaq.cluster.membership import Coordinator, Member, RingView
+from miyaq.cluster.zk_auth import ZkAuth
 from miyaq.errors import MiyaqError
 from miyaq.runtime import Supervisor, green, monotonic
 from miyaq.testing.zk_ensemble import ZooKeeperEnsemble
 from miyaq.testing.zookeeper import ZooKeeperServer
 
 __all__ = ["zk_server", "zk_ensemble_module", "zk_ensemble", "zk_cluster_name", "zk_supervisor", "zk_client",
-           "pytest_runtest_makereport"]
+           "zk_clients", "pytest_runtest_makereport"]
 
 _LOG_TAIL_BYTES = 12_000
 DEADLINE = 15.0
@@ -153,13 +155,27 @@ def zk_cluster_name(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def zk_client(zk_server: ZooKeeperServer) -> Iterator[KazooClient]:
+def zk_clients() -> Iterator[Callable[..., KazooClient]]:
+    """Plain kazoo clients of any server or ensemble, with or without credentials; closed at teardown."""
+    made: list[KazooClient] = []
+
+    def connect(hosts: str, auth: ZkAuth | None = None) -> KazooClient:
+        options = auth.client_options() if auth is not None else {}
+        client = KazooClient(hosts=hosts, handler=SequentialGeventHandler(), **options)
+        client.start(timeout=10)
+        made.append(client)
+        return client
+
+    yield connect
+    for client in made:
+        client.stop()
+        client.close()
+
+
+@pytest.fixture
+def zk_client(zk_server: ZooKeeperServer, zk_clients: Callable[..., KazooClient]) -> KazooClient:
     """A plain kazoo client of the shared server, to look at znodes (or change them) behind a node's back."""
-    client = KazooClient(hosts=zk_server.hosts, handler=SequentialGeventHandler())
-    client.start(timeout=5)
-    yield client
-    client.stop()
-    client.close()
+    return zk_clients(zk_server.hosts)
 
 
 @pytest.fixture
