@@ -233,7 +233,8 @@ class ZooKeeperCoordinator(Coordinator):
         if self._registry is not None:
             self._registry.stop()
         self._notices.put(None)
-        self._notifier_done.wait(self._op_timeout)
+        if not self._supervisor.stopping:      # else the notifier is gone already: nothing to wait for
+            self._notifier_done.wait(self._op_timeout)
         if self._session is not None:
             self._session.close()
         self._supervisor.kill_part(f"{self._part}:")
