@@ -109,6 +109,41 @@ def test_socket_factory_router_dealer_round_trip() -> None:
         factory.close()
 
 
+def test_socket_factory_asyncio_flavour_round_trip() -> None:
+    """An asyncio factory's DEALER is awaited in an event loop; the plain flavour's ROUTER answers it."""
+    import asyncio
+    plain = SocketFactory(green=False)
+    aio = SocketFactory(flavour="asyncio")
+    try:
+        assert aio.flavour == "asyncio" and not aio.green and plain.flavour == "plain"
+        router = plain.router("tcp://127.0.0.1:*")
+        endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
+
+        async def ask() -> list[bytes]:
+            dealer = aio.dealer(endpoint, identity=b"a1")
+            await dealer.send_multipart([b"ping"])
+            return await asyncio.wait_for(dealer.recv_multipart(), 5)
+
+        async def main() -> list[bytes]:
+            asking = asyncio.ensure_future(ask())
+            loop = asyncio.get_running_loop()
+            got = await loop.run_in_executor(None, lambda: router.recv_multipart() if router.poll(5000) else [])
+            assert got == [b"a1", b"ping"]
+            router.send_multipart([b"a1", b"pong"])
+            return await asking
+
+        assert asyncio.run(main()) == [b"pong"]
+    finally:
+        aio.close()
+        plain.close()
+
+
+def test_socket_factory_refuses_an_unknown_flavour() -> None:
+    """Fault: a typo in the flavour is a clear error, not a plain-zmq factory."""
+    with pytest.raises(ValueError, match="unknown socket flavour 'async'"):
+        SocketFactory(flavour="async")
+
+
 def test_thread_wake_runs_callback_in_hub() -> None:
     import threading
     seen = green.Event()

@@ -7,10 +7,12 @@ kind's options (high-water marks, ``ROUTER_MANDATORY``, linger, size limits,
 reconnect intervals) are written once, and security (CURVE) can be applied in
 one place.
 
-A factory wraps one context: a green one (``green=True``, for code running in
-the gevent hub) or a plain one (for native threads: the threaded client, the
-worker's heartbeat thread). Socket types and options are the same constants
-in both flavours.
+A factory wraps one context of one *flavour*: ``"green"`` (``zmq.green``, for
+code running in the gevent hub), ``"plain"`` (pyzmq, for native threads: the
+threaded client, the worker's heartbeat thread) or ``"asyncio"``
+(``zmq.asyncio``, for the asyncio client: sockets whose ``recv`` is awaited
+in the event loop's thread). ``green=True``/``False`` still choose the first
+two. Socket types and options are the same constants in every flavour.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from types import ModuleType
 from typing import Any, Protocol
 
 import zmq
+import zmq.asyncio as asyncio_zmq
 import zmq.green as green_zmq
 
 HWM = 100_000
@@ -28,7 +31,10 @@ FRAME_SLACK = 4096
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 
-__all__ = ["HWM", "SocketFactory", "SocketSecurity", "green_zmq", "recv_with_user", "zmq"]
+FLAVOURS: dict[str, ModuleType] = {"green": green_zmq, "plain": zmq, "asyncio": asyncio_zmq}
+
+__all__ = ["FLAVOURS", "HWM", "SocketFactory", "SocketSecurity", "asyncio_zmq", "green_zmq", "recv_with_user",
+           "zmq"]
 
 
 class SocketSecurity(Protocol):
@@ -65,10 +71,15 @@ class SocketFactory:
     (libzmq ``MAXMSGSIZE``) anything over ``2 * max_message + FRAME_SLACK``.
     """
 
-    def __init__(self, *, green: bool = True, ctx: Any = None, max_message: int = 16 * 1024 * 1024,
-                 security: SocketSecurity | None = None) -> None:
-        self.module: ModuleType = green_zmq if green else zmq
-        self.green = green
+    def __init__(self, *, green: bool = True, flavour: str | None = None, ctx: Any = None,
+                 max_message: int = 16 * 1024 * 1024, security: SocketSecurity | None = None) -> None:
+        if flavour is None:
+            flavour = "green" if green else "plain"
+        if flavour not in FLAVOURS:
+            raise ValueError(f"unknown socket flavour {flavour!r} (one of {', '.join(FLAVOURS)})")
+        self.flavour = flavour
+        self.module: ModuleType = FLAVOURS[flavour]
+        self.green = flavour == "green"
         self.ctx = ctx if ctx is not None else self.module.Context()
         self.max_message = max_message
         self.security = security
@@ -134,7 +145,7 @@ class SocketFactory:
         return sock
 
     def poller(self) -> Any:
-        """A poller of this factory's flavour (green or plain)."""
+        """A poller of this factory's flavour (green, plain or asyncio)."""
         return self.module.Poller()
 
     def zap_socket(self) -> Any:
