@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import msgpack
-
-from ..errors import MiyaqError, TaskCancelled, TaskExpired, TaskFailed, Timeout
+from ..errors import MiyaqError
 from .futures import Future
+from .wire import accepted_as, decode_outcome
 
 if TYPE_CHECKING:
     from .client import Client
@@ -41,10 +40,8 @@ class TaskHandle:
         """Block until the node stored the task. Raises :class:`miyaq.Busy`,
         :class:`miyaq.Unavailable` or :class:`miyaq.Timeout` if it could not
         be placed before the submit deadline."""
-        node, status, detail = self._accepted.wait(timeout, what=f"submit of {self.id}")
-        self.node = node
-        if status == "duplicate" and isinstance(detail, str) and detail != self.id:
-            self.duplicate_of = detail
+        value = self._accepted.wait(timeout, what=f"submit of {self.id}")
+        self.node, self.duplicate_of = accepted_as(self.id, value)
         return self
 
     @property
@@ -70,18 +67,4 @@ class TaskHandle:
         return self.client.cancel(self.task_id)
 
 
-def decode_outcome(task_id: str, answer: dict[str, Any]) -> Any:
-    state = answer.get("state")
-    if state == "done":
-        raw = answer.get("result")
-        return None if raw is None else msgpack.unpackb(raw, raw=False, strict_map_key=False)
-    error = answer.get("error") or {}
-    if state == "dead":
-        raise TaskFailed(f"task {task_id} failed: {error.get('type')}: {error.get('message')}",
-                         remote_type=error.get("type", ""), remote_message=error.get("message", ""),
-                         traceback=error.get("traceback", ""))
-    if state == "cancelled":
-        raise TaskCancelled(f"task {task_id} was cancelled")
-    if state == "expired":
-        raise TaskExpired(f"task {task_id} expired before it started")
-    raise Timeout(f"task {task_id} is still {state}")
+__all__ = ["TaskHandle", "decode_outcome"]

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 class ThreadKit:
     name = "thread"
+    flavour = "plain"   # of the SocketFactory that makes its sockets
 
     def __init__(self) -> None:
         import zmq
@@ -42,6 +43,7 @@ class GeventKit:
     pending call with a clear error itself before it ends)."""
 
     name = "gevent"
+    flavour = "green"
 
     def __init__(self) -> None:
         from ..runtime import LOG, Supervisor, green

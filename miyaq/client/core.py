@@ -1,0 +1,142 @@
+"""The client's protocol core, without I/O: what the threaded, gevent and
+asyncio clients share.
+
+:class:`ClientCore` is a state machine. Its driver (``miyaq.client.io`` for
+threads and greenlets, ``miyaq.aio.driver`` for asyncio) owns the sockets
+and the clock, and feeds it:
+
+- calls: :meth:`submit` (a :class:`~miyaq.client.submits.Pending`),
+  :meth:`request`;
+- incoming messages: :meth:`on_frames` (node index, frames);
+- time: :meth:`on_timer` at the latest at the time :meth:`next_timer`
+  returns.
+
+The core emits frames through ``Transport.send`` (which answers at once
+whether the node took them: the client's sockets set ``IMMEDIATE``, so a
+send to a node that is not connected fails instead of queueing) and asks for
+new connections through ``Transport.connect`` (nodes learnt from the ring).
+It resolves each call's waiter with ``set``/``fail``. Every method runs in
+the driver's one I/O context (thread, greenlet or event loop) -- or in a
+caller that holds that context's lock while the I/O context is idle, which
+is what :meth:`submit` with ``now`` given is for: an idle client sends a
+lone submit at once, from the caller, and a burst still takes the batched
+path.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Protocol
+
+from ..errors import MiyaqError
+from ..protocol import codec
+from ..protocol import commands as c
+from .nodes import Nodes
+from .requests import RequestTable
+from .submits import Pending, SubmitPipeline, Waiter
+
+logger = logging.getLogger(__name__)
+
+MAX_POLL = 0.1
+"""The longest the driver sleeps between two ``on_timer`` calls."""
+
+
+class Transport(Protocol):
+    """What a driver gives the core."""
+
+    def send(self, node: int, frames: list[bytes]) -> bool:
+        """Send without blocking; False when node ``node`` is not connected."""
+
+    def connect(self, endpoint: str) -> None:
+        """Open a connection to a node learnt from the ring (its index is the next one)."""
+
+
+class ClientCore:
+    def __init__(self, transport: Transport, nodes: Nodes, *, max_batch: int, ack_timeout: float,
+                 max_message: int, on_resolved: Callable[[], None] = lambda: None) -> None:
+        self.transport = transport
+        self.nodes = nodes
+        self.max_message = max_message
+        self.submits = SubmitPipeline(nodes, self._send, max_batch=max_batch, ack_timeout=ack_timeout,
+                                      on_resolved=on_resolved)
+        self.requests = RequestTable(nodes, self._send)
+        self._ring_req = 0
+        # Unresolved submits = submitted - submits.resolved. The threaded
+        # driver's callers bump `submitted` under their own lock; only the I/O
+        # context bumps `resolved`, so the two sides never share a lock per task.
+        self.submitted = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self.submitted - self.submits.resolved
+
+    # -- calls --------------------------------------------------------------------------
+    def submit(self, p: Pending, now: float | None = None) -> bool:
+        """Queue a submit. With ``now``: send it at once if nothing waits ahead
+        of it (the short path for a lone submit); True if it left now."""
+        sent_now = now is not None and self.submits.idle
+        self.submits.add(p)
+        if sent_now:
+            assert now is not None
+            self.submits.send_due(now)
+        return sent_now
+
+    def next_req(self) -> int:
+        return self.requests.next_req()
+
+    def request(self, node: int, command: bytes, body: dict[str, Any], waiter: Waiter,
+                deadline: float, now: float) -> None:
+        """Send a request (``body["req"]`` from :meth:`next_req`). Submits made
+        before it leave first, so a status or cancel right after ``submit()``
+        finds the task."""
+        self.submits.send_due(now)
+        self.requests.start(node, command, body, waiter, deadline, now)
+
+    # -- events -------------------------------------------------------------------------
+    def on_frames(self, node: int, frames: list[bytes], now: float) -> None:
+        """One message from node ``node``."""
+        try:
+            command, body = codec.decode(frames, c.NODE_REPLIES, self.max_message)
+        except MiyaqError as err:
+            logger.warning("ignoring a malformed reply from %s: %s", self.nodes.endpoints[node], err.message)
+            return
+        if command == c.SUBMITTED:
+            self.submits.on_submitted(node, body, now)
+        elif command in (c.REPLY, c.ERROR):
+            if command == c.REPLY and self._ring_req and body.get("req") == self._ring_req:
+                for endpoint in self.nodes.from_ring(body):
+                    self.transport.connect(endpoint)
+                    logger.info("miyaq client: discovered node %s", endpoint)
+                return
+            self.requests.on_reply(node, command, body)
+
+    def on_timer(self, now: float) -> None:
+        """Send what is due, resend what was not acknowledged, fail what is late, discover."""
+        if self.requests.unsent:
+            self.requests.retry_unsent(now)
+        self.submits.send_due(now)
+        self.submits.check_acks(now)
+        if self.requests.open:
+            self.requests.check_deadlines(now)
+        if self.nodes.discovery_due(now):
+            self._ring_req = self.requests.next_req()
+            self._send(self.nodes.pick(), c.RING, {"req": self._ring_req})
+
+    def next_timer(self, now: float) -> float:
+        """Seconds until :meth:`on_timer` must run again (at most MAX_POLL)."""
+        nearest = now + MAX_POLL
+        for due in (self.submits.next_due(), self.requests.next_due(now)):
+            if due is not None and due < nearest:
+                nearest = due
+        return max(0.0, nearest - now)
+
+    def fail_all(self, error: MiyaqError) -> None:
+        """The driver stopped: every waiting call fails with ``error``."""
+        self.submits.fail_all(error)
+        self.requests.fail_all(error)
+
+    # -- sending ------------------------------------------------------------------------
+    def _send(self, node: int, command: bytes, body: dict[str, Any]) -> bool:
+        if not self.transport.send(node, codec.encode(command, body)):
+            return False   # IMMEDIATE: not connected to that node
+        self.nodes.reached = True
+        return True

@@ -1,0 +1,111 @@
+"""The nodes a client knows: their endpoints, which one to use next, ring
+discovery, and what to say when none was ever reached.
+
+Part of the client's sans-I/O core (:mod:`miyaq.client.core`): no sockets,
+no clocks -- the caller passes ``now``. A node is named by its index in
+:attr:`Nodes.endpoints`; indexes never change (nodes are only added).
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from ..errors import Unavailable
+
+DISCOVERY_INTERVAL = 10.0
+"""Seconds between two RING requests once the ring is known."""
+FIRST_DISCOVERY_GAP = 0.25
+"""Soon after start the ring may still be forming: ask again after this, doubling."""
+MAX_NODES = 256
+
+
+class Nodes:
+    """Endpoints, round-robin choice, discovery schedule and first contact.
+
+    ``source`` says where the endpoints came from (``"given"``, or e.g.
+    ``"MIYAQ_CONNECT"``), for messages. ``secure`` (CURVE keys in use) changes
+    the first-contact message: a handshake refused looks like silence.
+    """
+
+    def __init__(self, endpoints: list[str], *, source: str = "given", secure: bool = False,
+                 discover: bool = True) -> None:
+        self.endpoints = list(endpoints)
+        self.source = source
+        self.secure = secure
+        self.discover = discover
+        self.reached = False          # True once any node took a message from us
+        self._rr = itertools.count()
+        self._next_discovery = 0.0
+        self._discovery_gap = FIRST_DISCOVERY_GAP
+
+    def __len__(self) -> int:
+        return len(self.endpoints)
+
+    def index(self, node: str | int | None) -> int:
+        """The index of ``node`` (an index, an endpoint, or None: the first)."""
+        if node is None:
+            return 0
+        if isinstance(node, int):
+            return node if 0 <= node < len(self.endpoints) else 0
+        try:
+            return self.endpoints.index(node)
+        except ValueError:
+            return 0
+
+    def order(self, first: str | int | None) -> list[int]:
+        """Every node, ``first`` first: where to ask for a task one node may not hold."""
+        start = self.index(first)
+        return [start] + [i for i in range(len(self.endpoints)) if i != start]
+
+    def pick(self, avoid: int = -1) -> int:
+        """The next node round-robin, not ``avoid`` when there is another."""
+        n = len(self.endpoints)
+        i = next(self._rr) % n
+        if n > 1 and i == avoid:
+            i = (i + 1) % n
+        return i
+
+    def add(self, endpoint: str) -> bool:
+        """Learn a node (from the ring); False if known already or too many."""
+        if endpoint in self.endpoints or len(self.endpoints) >= MAX_NODES:
+            return False
+        self.endpoints.append(endpoint)
+        return True
+
+    def from_ring(self, body: dict[str, Any]) -> list[str]:
+        """The new service endpoints a RING reply names (added here; the driver connects them)."""
+        members = body.get("members")
+        new: list[str] = []
+        if isinstance(members, dict):
+            for info in members.values():
+                if isinstance(info, dict) and isinstance(info.get("service"), str) and self.add(info["service"]):
+                    new.append(info["service"])
+        return new
+
+    def discovery_due(self, now: float) -> bool:
+        """True when a RING request should go out now (and schedules the next)."""
+        if not self.discover or now < self._next_discovery:
+            return False
+        self._discovery_gap = min(DISCOVERY_INTERVAL, self._discovery_gap * 2)
+        self._next_discovery = now + self._discovery_gap
+        return True
+
+    # -- first contact ------------------------------------------------------------------
+    def unreachable(self) -> Unavailable:
+        """The first-contact error: no node was ever reached. Names the
+        endpoints and where they came from; with keys, the likely causes."""
+        shown = ", ".join(self.endpoints[:3]) + (" ..." if len(self.endpoints) > 3 else "")
+        source = "" if self.source == "given" else f" ({self.source})"
+        if self.secure:
+            return Unavailable(f"cannot reach any node: no answer from {shown}{source}: is the node's public "
+                               f"key right (--server-key), and is this key authorized? (Or is no node "
+                               f"running there?)")
+        return Unavailable(f"cannot reach any node: nothing is listening on {shown}{source} -- is a node "
+                           f"running? Start one with `miyaq node`, or check with "
+                           f"`miyaq status --connect {self.endpoints[0]}`")
+
+    def no_connection(self, node: int) -> Unavailable:
+        """A node we cannot send to: the first-contact message until any node answered."""
+        if not self.reached:
+            return self.unreachable()
+        return Unavailable(f"no connection to {self.endpoints[node]}")

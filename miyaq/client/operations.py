@@ -1,0 +1,139 @@
+"""The request side of the client API, written once for every client flavour.
+
+Each operation is a generator: it yields an :class:`Ask` (send this request
+to that node, wait this long), receives the REPLY body (or has the node's
+error thrown into it) and finally returns its answer. The threaded client
+runs one with :func:`run` (blocking on each ask), the asyncio client with
+``await``-ing each ask (``miyaq.aio``) -- so the rules (which node to ask
+next, how a long-poll is repeated) live here only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Generator, Iterable
+
+import msgpack
+
+from ..errors import MiyaqError, NotFound, Timeout, Unavailable
+from ..protocol import commands as c
+from ..runtime.clock import monotonic
+from .nodes import Nodes
+
+LONG_POLL = 300.0
+"""Longest single RESULT wait; longer waits ask again."""
+RESULT_WAIT_DEFAULT = 3600.0
+"""``timeout=None`` waits this long for a result."""
+
+
+@dataclass
+class Ask:
+    """One request: ``command`` with ``body`` (the driver adds ``req``) to node
+    ``node`` (index; None: the first), failing with Timeout after ``timeout``
+    seconds (None: the client's ``request_timeout``)."""
+
+    command: bytes
+    body: dict[str, Any]
+    node: int | None = None
+    timeout: float | None = None
+
+
+Operation = Generator[Ask, dict[str, Any], Any]
+
+
+def run(op: Operation, ask: Callable[[Ask], dict[str, Any]]) -> Any:
+    """Run ``op`` to its answer, doing each of its asks with ``ask`` (blocking)."""
+    try:
+        step = next(op)
+        while True:
+            try:
+                reply = ask(step)
+            except MiyaqError as err:
+                step = op.throw(err)
+            else:
+                step = op.send(reply)
+    except StopIteration as done:
+        return done.value
+
+
+def one(command: bytes, body: dict[str, Any], node: int | None = None,
+        timeout: float | None = None) -> Operation:
+    """A single request: its REPLY body."""
+    return (yield Ask(command, body, node, timeout))
+
+
+def any_node(nodes: Nodes, command: bytes, body: dict[str, Any], first: str | int | None = None,
+             timeout: float | None = None) -> Operation:
+    """Ask ``first`` (or the first node); in a cluster, where that node does
+    not hold the task or does not answer, ask the others in turn."""
+    last: MiyaqError | None = None
+    for index in nodes.order(first):
+        try:
+            return (yield Ask(command, dict(body), index, timeout))
+        except (NotFound, Unavailable, Timeout) as err:
+            last = err
+    assert last is not None
+    raise last
+
+
+def status(nodes: Nodes, task_id: str | None, node: str | int | None) -> Operation:
+    if task_id is None:
+        return (yield from one(c.STATUS, {}, nodes.index(node)))
+    return (yield from any_node(nodes, c.TASK, {"id": task_id}, node))["task"]
+
+
+def cancel(nodes: Nodes, task_id: str) -> Operation:
+    return bool((yield from any_node(nodes, c.CANCEL, {"id": task_id}))["cancelled"])
+
+
+def wait_result(nodes: Nodes, task_id: str, timeout: float | None, node: str | int | None,
+                request_timeout: float) -> Operation:
+    """Long-poll for a task's outcome until it is final or ``timeout`` passes
+    (raw answer: state, result, error, timeout)."""
+    deadline = monotonic() + (RESULT_WAIT_DEFAULT if timeout is None else timeout)
+    while True:
+        left = max(0.0, deadline - monotonic())
+        wait = min(left, LONG_POLL)
+        answer = yield from any_node(nodes, c.RESULT, {"id": task_id, "timeout": wait}, node,
+                                     timeout=wait + request_timeout)
+        if not answer.get("timeout") or monotonic() >= deadline:
+            return answer
+
+
+def tasks(queue: str | None, state: str | None, limit: int) -> Operation:
+    body: dict[str, Any] = {"limit": limit}
+    if queue:
+        body["queue"] = queue
+    if state:
+        body["state"] = state
+    return (yield from one(c.TASKS, body))["tasks"]
+
+
+def dead(op: str, queue: str | None, ids: list[str] | None, limit: int) -> Operation:
+    body: dict[str, Any] = {"op": op}
+    if queue:
+        body["queue"] = queue
+    if ids is not None:
+        body["ids"] = ids
+    if op == "list":
+        body["limit"] = limit
+    return (yield from one(c.DEAD, body))
+
+
+def receive(queues: Iterable[str] | str, timeout: float, request_timeout: float) -> Operation:
+    """RECEIVE: the task map, or None when none came within ``timeout``."""
+    names = [queues] if isinstance(queues, str) else list(queues)
+    answer = yield from one(c.RECEIVE, {"queues": names, "timeout": timeout}, timeout=timeout + request_timeout)
+    return answer.get("task")
+
+
+def ack(task_id: str, attempt: int, result: Any) -> Operation:
+    body = {"id": task_id, "attempt": attempt, "result": msgpack.packb(result, use_bin_type=True)}
+    return bool((yield from one(c.ACK, body))["ok"])
+
+
+def nack(task_id: str, attempt: int, error: str, retry: bool, delay: float | None) -> Operation:
+    body: dict[str, Any] = {"id": task_id, "attempt": attempt, "retry": retry,
+                            "error": {"type": "Nack", "message": error}}
+    if delay is not None:
+        body["delay"] = delay
+    return bool((yield from one(c.NACK, body))["ok"])

@@ -1,0 +1,94 @@
+"""Requests and their replies: STATUS, TASK, CANCEL, RESULT, RECEIVE, ACK...
+
+Part of the client's sans-I/O core (:mod:`miyaq.client.core`). Each request
+carries a fresh ``req`` number; the node's REPLY or ERROR with the same
+``req`` resolves its waiter (replies may come in any order). A request to a
+node that is not connected is retried for :data:`CONNECT_WAIT` seconds, then
+fails with ``Unavailable`` (the first-contact message while no node was ever
+reached); one not answered by its deadline fails with ``Timeout``.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Any
+
+from ..errors import Timeout, from_wire
+from ..protocol import commands as c
+from .nodes import Nodes
+from .submits import Send, Waiter
+
+logger = logging.getLogger(__name__)
+
+CONNECT_WAIT = 1.5
+"""Seconds a request waits for a connection to its node."""
+CONNECT_RETRY = 0.01
+"""Seconds between two tries of a request whose node is not connected."""
+
+
+class RequestTable:
+    def __init__(self, nodes: Nodes, send: Send) -> None:
+        self.nodes = nodes
+        self._send = send
+        self._req = itertools.count(1)
+        self.open: dict[int, tuple[Waiter, float]] = {}
+        # Waiting for a connection: (node, command, body, since).
+        self.unsent: list[tuple[int, bytes, dict[str, Any], float]] = []
+
+    def next_req(self) -> int:
+        return next(self._req)
+
+    def start(self, node: int, command: bytes, body: dict[str, Any], waiter: Waiter | None,
+              deadline: float, now: float) -> None:
+        """Send ``body`` (which carries its ``req``); ``waiter`` None: the
+        reply is the core's own (discovery) and is not tracked here."""
+        if waiter is not None:
+            self.open[body["req"]] = (waiter, deadline)
+        if not self._send(node, command, body) and waiter is not None:
+            self.unsent.append((node, command, body, now))   # not connected (yet)
+
+    def retry_unsent(self, now: float) -> None:
+        unsent, self.unsent = self.unsent, []
+        for node, command, body, since in unsent:
+            if body["req"] not in self.open or self._send(node, command, body):
+                continue
+            if now - since > CONNECT_WAIT:
+                waiter, _ = self.open.pop(body["req"])
+                waiter.fail(self.nodes.no_connection(node))
+            else:
+                self.unsent.append((node, command, body, since))
+
+    def check_deadlines(self, now: float) -> None:
+        for req, (waiter, deadline) in list(self.open.items()):
+            if deadline > now:
+                continue
+            del self.open[req]
+            unsent = [node for node, _, body, _ in self.unsent if body["req"] == req]
+            if unsent:
+                waiter.fail(self.nodes.no_connection(unsent[0]))
+            else:
+                waiter.fail(Timeout("the node did not answer in time"))
+
+    def next_due(self, now: float) -> float | None:
+        if self.unsent:
+            return now + CONNECT_RETRY
+        if self.open:
+            return min(deadline for _, deadline in self.open.values())
+        return None
+
+    def on_reply(self, node: int, command: bytes, body: dict[str, Any]) -> None:
+        entry = self.open.pop(body.get("req"), None)  # type: ignore[arg-type]
+        if entry is None:
+            if command == c.ERROR and body.get("req") is None:
+                logger.warning("node %s: %s", self.nodes.endpoints[node], body.get("message"))
+            return
+        if command == c.REPLY:
+            entry[0].set(body)
+        else:
+            entry[0].fail(from_wire(body))
+
+    def fail_all(self, error: Any) -> None:
+        for waiter, _ in self.open.values():
+            waiter.fail(error)
+        self.open.clear()
+        self.unsent.clear()

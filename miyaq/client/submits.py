@@ -1,0 +1,232 @@
+"""The submit pipeline: batching, the window of unacknowledged submits,
+resends, BUSY backoff and the one clear error at the deadline.
+
+Part of the client's sans-I/O core (:mod:`miyaq.client.core`): it never
+touches a socket or a clock. It sends through ``send(node, command, body)``
+(False: that node is not connected) and is told the time by its caller.
+
+Rules (docs/semantics.md):
+
+- Submits leave in the order they were made; a submit waiting for a retry is
+  never overtaken by a later one (FIFO per producer).
+- Due submits go out batched, one SUBMIT per node per pass, bounded by
+  ``max_batch`` tasks and :data:`BATCH_BYTES` of payload.
+- A submit not acknowledged within ``ack_timeout`` is resent with the same id
+  (and ``resent: true``), on any node; BUSY, ``shutting_down``,
+  ``unavailable`` and ``not_enough_replicas`` are retried with exponential
+  backoff and jitter, on another node when there is one.
+- Until any node was reached, a submit waits at most :data:`FIRST_CONTACT`
+  for a connection, then fails with the first-contact message.
+- At its deadline a submit fails with one error naming why.
+"""
+from __future__ import annotations
+
+import itertools
+import random
+from typing import Any, Callable, Protocol
+
+from ..errors import Busy, MiyaqError, ShuttingDown, Timeout, Unavailable, from_wire
+from ..protocol import commands as c
+from .nodes import Nodes
+
+BATCH_BYTES = 4 * 1024 * 1024
+"""Payload bytes per SUBMIT (the node's default message limit is 16 MiB)."""
+FIRST_CONTACT = 5.0
+"""Seconds a submit waits for a connection while the client has never reached
+any node; then it fails at once with :meth:`Nodes.unreachable`'s message
+instead of retrying until ``submit_timeout``. Once any node has been reached,
+an unreachable node is retried (elsewhere, with backoff) until the deadline."""
+CONNECT_RETRY = 0.01
+"""Seconds before a submit that found its node unconnected tries again."""
+TIMEOUT_SCAN = 1000
+"""Most acknowledgement deadlines looked at per pass (oldest first)."""
+
+Send = Callable[[int, bytes, dict[str, Any]], bool]
+
+
+class Waiter(Protocol):
+    """What a submit or a request resolves: a future of the driver's kind."""
+
+    def set(self, value: Any) -> None: ...
+
+    def fail(self, error: MiyaqError) -> None: ...
+
+
+class Pending:
+    """One submit between ``submit()`` and its acknowledgement. ``created`` and
+    ``deadline`` are on the core's clock (monotonic seconds)."""
+
+    __slots__ = ("wire", "waiter", "created", "deadline", "sent", "tries", "node", "next_try", "last_error")
+
+    def __init__(self, wire: dict[str, Any], waiter: Waiter, created: float, deadline: float) -> None:
+        self.wire = wire
+        self.waiter = waiter
+        self.created = created
+        self.deadline = deadline
+        self.sent = 0.0
+        self.tries = 0
+        self.node = -1
+        self.next_try = 0.0
+        self.last_error: MiyaqError | None = None
+
+
+class SubmitPipeline:
+    def __init__(self, nodes: Nodes, send: Send, *, max_batch: int, ack_timeout: float,
+                 on_resolved: Callable[[], None]) -> None:
+        self.nodes = nodes
+        self._send = send
+        self.max_batch = max_batch
+        self.ack_timeout = ack_timeout
+        self._on_resolved = on_resolved
+        self.pending: dict[str, Pending] = {}     # sent, awaiting ack, oldest first
+        self.waiting: list[Pending] = []          # to (re)send when next_try passes, in order
+        self.resolved = 0
+        self.resends = 0
+        self.busy_replies = 0
+
+    def add(self, p: Pending) -> None:
+        self.waiting.append(p)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waits to be sent: a new submit may leave at once."""
+        return not self.waiting
+
+    def next_due(self) -> float | None:
+        """When the next waiting submit may leave (None: none waits). Only the
+        due prefix of ``waiting`` leaves, so the first one decides."""
+        return self.waiting[0].next_try if self.waiting else None
+
+    # -- sending ---------------------------------------------------------------------
+    def send_due(self, now: float) -> None:
+        """Send every submit whose time has come, batched per node."""
+        waiting = self.waiting
+        if not waiting:
+            return
+        # Only the due prefix leaves: a submit waiting to be retried is never
+        # overtaken by a later one.
+        i = 0
+        while i < len(waiting) and waiting[i].next_try <= now:
+            i += 1
+        if not i:
+            return
+        due, self.waiting = waiting[:i], waiting[i:]
+        by_node: dict[int, list[Pending]] = {}
+        for p in due:
+            node = p.node if p.node >= 0 and p.last_error is None else self.nodes.pick(p.node)
+            by_node.setdefault(node, []).append(p)
+        for node, batch in by_node.items():
+            for chunk in chunks(batch, self.max_batch, BATCH_BYTES):
+                self._send_chunk(node, chunk, now)
+
+    def _send_chunk(self, node: int, chunk: list[Pending], now: float) -> None:
+        for p in chunk:
+            if p.tries and "resent" not in p.wire:
+                p.wire["resent"] = True    # the node may have stored (and run) an earlier try
+        if self._send(node, c.SUBMIT, {"tasks": [p.wire for p in chunk]}):
+            for p in chunk:
+                p.sent = now
+                p.tries += 1
+                p.node = node
+                self.pending[p.wire["id"]] = p
+            return
+        # Not connected: try again soon, keeping the order of the batch (no
+        # jitter) -- unless no node was ever reached for FIRST_CONTACT seconds.
+        error = Unavailable(f"no connection to {self.nodes.endpoints[node]}")
+        retry_node = self.nodes.pick(node) if len(self.nodes) > 1 else node
+        for p in chunk:
+            if not self.nodes.reached and (now - p.created >= FIRST_CONTACT or now >= p.deadline):
+                self.resolve(p, error=self.nodes.unreachable())
+                continue
+            p.node = retry_node
+            self._retry_later(p, now, error, delay=CONNECT_RETRY)
+
+    def _retry_later(self, p: Pending, now: float, error: MiyaqError, delay: float | None = None) -> None:
+        p.last_error = error
+        if now >= p.deadline:
+            self.resolve(p, error=final_error(error, p))
+            return
+        if delay is None:
+            delay = min(2.0, 0.01 * (2 ** min(p.tries, 8))) * (0.5 + random.random() / 2)
+        p.next_try = min(now + delay, p.deadline)
+        self.waiting.append(p)
+
+    # -- acknowledgements --------------------------------------------------------------
+    def check_acks(self, now: float) -> None:
+        """Resend submits whose acknowledgement is overdue (oldest first)."""
+        pending = self.pending
+        if not pending:
+            return
+        cutoff = now - self.ack_timeout
+        for task_id in list(itertools.islice(pending, TIMEOUT_SCAN)):
+            p = pending[task_id]
+            if p.sent > cutoff:
+                break
+            del pending[task_id]
+            self.resends += 1
+            p.node = -1
+            self._retry_later(p, now, Timeout(f"no acknowledgement within {self.ack_timeout:g}s"))
+
+    def on_submitted(self, node: int, body: dict[str, Any], now: float) -> None:
+        """A SUBMITTED from ``node``: resolve, retry or fail each result."""
+        for item in body.get("results", ()):
+            if not isinstance(item, list) or len(item) != 3:
+                continue
+            task_id, status, detail = item
+            p = self.pending.pop(task_id, None) if isinstance(task_id, str) else None
+            if p is None:
+                continue   # a late ack for a resend that was already acknowledged
+            if status == c.REJECTED:
+                err = from_wire(detail if isinstance(detail, dict) else {})
+                if err.retryable:
+                    self.busy_replies += 1
+                    self._retry_later(p, now, err)
+                else:
+                    self.resolve(p, error=err)
+            else:
+                self.resolve(p, value=(self.nodes.endpoints[node], status, detail))
+
+    def resolve(self, p: Pending, value: Any = None, error: MiyaqError | None = None) -> None:
+        if error is not None:
+            p.waiter.fail(error)
+        else:
+            p.waiter.set(value)
+        self.resolved += 1
+        self._on_resolved()
+
+    def fail_all(self, error: MiyaqError) -> None:
+        for p in list(self.pending.values()) + self.waiting:
+            self.resolve(p, error=error)
+        self.pending.clear()
+        self.waiting.clear()
+
+
+def chunks(batch: list[Pending], max_items: int, max_bytes: int) -> list[list[Pending]]:
+    """Split submits so no SUBMIT exceeds ``max_items`` tasks or about
+    ``max_bytes`` of payload (a node refuses a message over its max_message)."""
+    out: list[list[Pending]] = []
+    current: list[Pending] = []
+    size = 0
+    for p in batch:
+        body = len(p.wire.get("body") or b"") + 128
+        if current and (len(current) >= max_items or size + body > max_bytes):
+            out.append(current)
+            current, size = [], 0
+        current.append(p)
+        size += body
+    if current:
+        out.append(current)
+    return out
+
+
+def final_error(error: MiyaqError, p: Pending) -> MiyaqError:
+    """The one error a caller sees when a submit's deadline passed."""
+    task_id = p.wire.get("id")
+    if error.code == Busy.code:   # full, or (reason "storage") unable to write its log
+        why = error.message if error.details.get("reason") == "storage" else "every node tried was full"
+        return Busy(f"task {task_id} not accepted before its deadline: {why}", **error.details)
+    if error.code == ShuttingDown.code:
+        return Unavailable(f"task {task_id} not accepted before its deadline: the nodes are shutting down")
+    if isinstance(error, Timeout):
+        return Timeout(f"task {task_id} not acknowledged before its deadline ({p.tries} tries)")
+    return Unavailable(f"task {task_id} not accepted before its deadline: {error.message}")

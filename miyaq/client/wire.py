@@ -1,0 +1,107 @@
+"""What the client puts on the wire and reads back, for every client flavour:
+task ids, the ``[args, kwargs]`` payload, task options, outcomes and the
+tasks a pull consumer receives (docs/protocol.md §2, §5, §6)."""
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable
+
+import msgpack
+
+from ..errors import TaskCancelled, TaskExpired, TaskFailed, Timeout
+
+TASK_OPTIONS = ("queue", "priority", "eta", "countdown", "ttl", "max_retries", "backoff",
+                "backoff_max", "timeout", "key", "replicas", "at_most_once")
+_OPTION_SET = frozenset(TASK_OPTIONS)
+
+
+def new_id() -> str:
+    """A fresh random 128-bit task id (32 hex digits)."""
+    return os.urandom(16).hex()
+
+
+def pack_args(args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None) -> bytes:
+    return msgpack.packb([list(args), kwargs or {}], use_bin_type=True)
+
+
+def options_wire(options: dict[str, Any]) -> dict[str, Any]:
+    """Task options as SUBMIT fields: None left out, a datetime ``eta`` as unix
+    time. An unknown option raises TypeError (like an unknown keyword)."""
+    if not options:
+        return {}
+    unknown = options.keys() - _OPTION_SET
+    if unknown:
+        raise TypeError(f"unknown task option(s): {', '.join(sorted(unknown))}")
+    wire = {k: v for k, v in options.items() if v is not None}
+    eta = wire.get("eta")
+    if eta is not None and hasattr(eta, "timestamp"):
+        wire["eta"] = eta.timestamp()
+    return wire
+
+
+def task_wire(name: str, args: Iterable[Any], kwargs: dict[str, Any] | None,
+              options: dict[str, Any]) -> dict[str, Any]:
+    """A named task's SUBMIT entry, without its id."""
+    wire = options_wire(options)
+    wire["name"] = name
+    wire["body"] = pack_args(args, kwargs)
+    return wire
+
+
+def url_wire(url: str, body: bytes, method: str, headers: dict[str, str] | None,
+             options: dict[str, Any]) -> dict[str, Any]:
+    """A webhook task's SUBMIT entry, without its id."""
+    wire = options_wire(options)
+    wire.update(url=url, body=body, method=method)
+    if headers:
+        wire["headers"] = headers
+    return wire
+
+
+def accepted_as(task_id: str, value: tuple[str, str, Any]) -> tuple[str, str | None]:
+    """From a submit's acknowledgement (node, status, detail): the node that
+    accepted it and, for a ``key`` duplicate, the id of the task holding the key."""
+    node, status, detail = value
+    if status == "duplicate" and isinstance(detail, str) and detail != task_id:
+        return node, detail
+    return node, None
+
+
+def decode_outcome(task_id: str, answer: dict[str, Any]) -> Any:
+    """A RESULT answer as the handler's return value, or the exception it stands for."""
+    state = answer.get("state")
+    if state == "done":
+        raw = answer.get("result")
+        return None if raw is None else msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    error = answer.get("error") or {}
+    if state == "dead":
+        raise TaskFailed(f"task {task_id} failed: {error.get('type')}: {error.get('message')}",
+                         remote_type=error.get("type", ""), remote_message=error.get("message", ""),
+                         traceback=error.get("traceback", ""))
+    if state == "cancelled":
+        raise TaskCancelled(f"task {task_id} was cancelled")
+    if state == "expired":
+        raise TaskExpired(f"task {task_id} expired before it started")
+    raise Timeout(f"task {task_id} is still {state}")
+
+
+class ReceivedTask:
+    """A task taken by ``receive()``: ``id``, ``name``, ``queue``, ``attempt``,
+    ``args``, ``kwargs`` (decoded from the ``[args, kwargs]`` payload; another
+    shape arrives as ``args == [payload]``, ``kwargs == {}``) and ``info``
+    (the whole task map). The clients add ``ack`` and ``nack``."""
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        self.info = info
+        self.id: str = info["id"]
+        self.name: str | None = info.get("name")
+        self.queue: str = info["queue"]
+        self.attempt: int = info["attempt"]
+        body = info.get("body") or b""
+        try:
+            self.args, self.kwargs = msgpack.unpackb(body, raw=False, strict_map_key=False) if body else ([], {})
+        except Exception:
+            self.args, self.kwargs = [body], {}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id} {self.queue}>"

@@ -1,0 +1,273 @@
+"""The client's sans-I/O core (miyaq.client.core) driven by hand: a fake
+transport records what would be sent, the test plays the nodes and the clock.
+Every rule the threaded and the asyncio clients share is checked here once."""
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+
+from miyaq.client import operations as ops
+from miyaq.client.core import ClientCore
+from miyaq.client.nodes import Nodes
+from miyaq.client.submits import FIRST_CONTACT, Pending
+from miyaq.errors import Busy, InvalidField, MiyaqError, NotFound, Timeout, Unavailable
+from miyaq.protocol import codec
+from miyaq.protocol import commands as c
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, bytes, dict[str, Any]]] = []
+        self.connected: set[int] = {0, 1, 2, 3}
+        self.new: list[str] = []
+
+    def send(self, node: int, frames: list[bytes]) -> bool:
+        if node not in self.connected:
+            return False
+        self.sent.append((node, frames[1], msgpack.unpackb(frames[2], raw=False)))
+        return True
+
+    def connect(self, endpoint: str) -> None:
+        self.new.append(endpoint)
+
+    def take(self) -> list[tuple[int, bytes, dict[str, Any]]]:
+        sent, self.sent = self.sent, []
+        return sent
+
+
+class Waiter:
+    def __init__(self) -> None:
+        self.value: Any = None
+        self.error: MiyaqError | None = None
+        self.done = False
+
+    def set(self, value: Any) -> None:
+        assert not self.done, "resolved twice"
+        self.value, self.done = value, True
+
+    def fail(self, error: MiyaqError) -> None:
+        assert not self.done, "resolved twice"
+        self.error, self.done = error, True
+
+
+def make(endpoints: int = 2, *, secure: bool = False, ack_timeout: float = 5.0,
+         max_batch: int = 512) -> tuple[ClientCore, FakeTransport]:
+    transport = FakeTransport()
+    nodes = Nodes([f"tcp://127.0.0.1:{7450 + i}" for i in range(endpoints)], secure=secure, discover=False)
+    return ClientCore(transport, nodes, max_batch=max_batch, ack_timeout=ack_timeout, max_message=1 << 24), transport
+
+
+def pending(task_id: str, now: float = 0.0, timeout: float = 30.0) -> tuple[Pending, Waiter]:
+    waiter = Waiter()
+    return Pending({"id": task_id, "name": "echo", "body": b""}, waiter, now, now + timeout), waiter
+
+
+def submitted(results: list[list[Any]]) -> list[bytes]:
+    return codec.encode(c.SUBMITTED, {"results": results})
+
+
+def test_a_lone_submit_leaves_at_once_and_a_burst_is_batched() -> None:
+    core, transport = make(1)
+    p, w = pending("a")
+    assert core.submit(p, now=0.0)            # idle: the short path sends it from the caller
+    assert [(n, cmd, [t["id"] for t in b["tasks"]]) for n, cmd, b in transport.take()] == [(0, c.SUBMIT, ["a"])]
+    for i in range(5):
+        core.submit(pending(f"b{i}")[0])      # queued: the driver's next pass sends them together
+    core.on_timer(0.0)
+    batches = transport.take()
+    assert len(batches) == 1 and [t["id"] for t in batches[0][2]["tasks"]] == [f"b{i}" for i in range(5)]
+    core.on_frames(0, submitted([["a", "accepted", None]]), 0.001)
+    assert w.value == ("tcp://127.0.0.1:7450", "accepted", None)
+
+
+def test_batches_are_bounded_by_max_batch() -> None:
+    core, transport = make(1, max_batch=3)
+    for i in range(7):
+        core.submit(pending(f"t{i}")[0])
+    core.on_timer(0.0)
+    assert [len(b["tasks"]) for _, _, b in transport.take()] == [3, 3, 1]
+
+
+def test_busy_node_is_retried_with_backoff_on_another_node() -> None:
+    """Fault: a BUSY node. The submit goes to the other node after a backoff,
+    marked as a resend; the caller never sees BUSY."""
+    core, transport = make(2)
+    p, w = pending("t1")
+    core.submit(p)
+    core.on_timer(0.0)
+    (node, _, _), = transport.take()
+    busy = {"code": "busy", "message": "full"}
+    core.on_frames(node, submitted([["t1", "rejected", busy]]), 0.01)
+    assert not w.done and core.submits.busy_replies == 1
+    core.on_timer(0.01)
+    assert transport.take() == []             # backing off
+    due = core.submits.next_due()
+    assert due is not None and due > 0.01
+    core.on_timer(due)
+    (again, _, body), = transport.take()
+    assert again != node and body["tasks"][0]["resent"] is True
+    core.on_frames(again, submitted([["t1", "accepted", None]]), due + 0.01)
+    assert w.done and w.error is None
+
+
+def test_busy_until_the_deadline_raises_one_busy_error() -> None:
+    """Fault: every node stays full past submit_timeout: one Busy naming the task."""
+    core, transport = make(1)
+    p, w = pending("t1", timeout=1.0)
+    core.submit(p)
+    now = 0.0
+    while not w.done and now < 5:
+        core.on_timer(now)
+        for node, _, body in transport.take():
+            core.on_frames(node, submitted([[t["id"], "rejected", {"code": "busy", "message": "full"}]
+                                            for t in body["tasks"]]), now)
+        now += 0.05
+    assert isinstance(w.error, Busy) and "t1 not accepted before its deadline: every node tried was full" in str(w.error)
+
+
+def test_node_restarting_mid_pipeline_gets_unacknowledged_submits_again_with_the_same_ids() -> None:
+    """Fault: the node restarts while three submits are in flight (their acks
+    never come). After ack_timeout each is resent with its own id and
+    ``resent``; the late ack of a first try resolves nothing twice."""
+    core, transport = make(1, ack_timeout=1.0)
+    waiters = []
+    for i in range(3):
+        p, w = pending(f"t{i}")
+        core.submit(p)
+        waiters.append(w)
+    core.on_timer(0.0)
+    transport.take()                          # lost with the node
+    core.on_timer(0.9)
+    assert transport.take() == []
+    core.on_timer(1.01)                       # overdue: back to waiting, resent on the next pass
+    core.on_timer(2.0)
+    resent = [t for _, _, b in transport.take() for t in b["tasks"]]
+    assert [t["id"] for t in resent] == ["t0", "t1", "t2"] and all(t["resent"] for t in resent)
+    assert core.submits.resends == 3
+    core.on_frames(0, submitted([[f"t{i}", "accepted", None] for i in range(3)]), 2.1)
+    core.on_frames(0, submitted([["t0", "duplicate", "t0"]]), 2.2)   # the first try's late ack
+    assert all(w.done and w.error is None for w in waiters)
+    assert core.in_flight == -3               # submitted is the driver's count; three resolved
+
+
+def test_a_rejected_task_fails_with_the_nodes_error() -> None:
+    core, transport = make(1)
+    p, w = pending("bad id")
+    core.submit(p, now=0.0)
+    core.on_frames(0, submitted([["bad id", "rejected", {"code": "invalid_field", "message": "id", "field": "id"}]]),
+                   0.1)
+    assert isinstance(w.error, InvalidField) and w.error.details["field"] == "id"
+
+
+def test_a_submit_waiting_for_a_retry_is_never_overtaken() -> None:
+    """Fault: the node is not connected for the first submit; a later one must
+    not leave before it (FIFO per producer)."""
+    core, transport = make(1)
+    transport.connected = set()
+    first, _ = pending("first")
+    core.submit(first, now=0.0)
+    core.submit(pending("second")[0])
+    core.on_timer(0.0)
+    assert transport.take() == []
+    transport.connected = {0}
+    core.on_timer(0.02)
+    assert [t["id"] for _, _, b in transport.take() for t in b["tasks"]] == ["first", "second"]
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_unreachable_node_fails_a_submit_after_first_contact_with_a_clear_message(secure: bool) -> None:
+    """Fault: no node ever accepts a connection (nothing listens; or, with
+    keys, the CURVE handshake never completes: a wrong server key or a
+    revoked key look the same from here). The submit fails after
+    FIRST_CONTACT seconds, not at its deadline, naming the likely cause."""
+    core, transport = make(1, secure=secure)
+    transport.connected = set()
+    p, w = pending("t1", timeout=600.0)
+    core.submit(p, now=0.0)
+    now = 0.0
+    while not w.done and now < FIRST_CONTACT + 1:
+        now += 0.1
+        core.on_timer(now)
+    assert isinstance(w.error, Unavailable) and now >= FIRST_CONTACT
+    if secure:
+        assert ("no answer from tcp://127.0.0.1:7450: is the node's public key right (--server-key), "
+                "and is this key authorized?") in str(w.error)
+    else:
+        assert "nothing is listening on tcp://127.0.0.1:7450" in str(w.error)
+
+
+def test_requests_are_matched_by_req_in_any_order_and_time_out() -> None:
+    core, transport = make(1)
+    first, second, late = Waiter(), Waiter(), Waiter()
+    for waiter in (first, second, late):
+        core.request(0, c.STATUS, {"req": core.next_req()}, waiter, deadline=10.0, now=0.0)
+    reqs = [b["req"] for _, _, b in transport.take()]
+    core.on_frames(0, codec.encode(c.REPLY, {"req": reqs[1], "n": 2}), 0.1)
+    core.on_frames(0, codec.encode(c.ERROR, {"req": reqs[0], "code": "not_found", "message": "no"}), 0.2)
+    assert second.value["n"] == 2 and isinstance(first.error, NotFound)
+    core.on_timer(10.0)
+    assert isinstance(late.error, Timeout)
+
+
+def test_a_request_to_an_unconnected_node_fails_after_the_connect_wait() -> None:
+    """Fault: the node a request is for never connects."""
+    core, transport = make(1)
+    transport.connected = set()
+    w = Waiter()
+    core.request(0, c.STATUS, {"req": core.next_req()}, w, deadline=60.0, now=0.0)
+    core.on_timer(1.0)
+    assert not w.done
+    core.on_timer(1.6)
+    assert isinstance(w.error, Unavailable) and "cannot reach any node" in str(w.error)
+
+
+def test_submits_made_before_a_request_leave_before_it() -> None:
+    core, transport = make(1)
+    core.submit(pending("t1")[0])
+    core.request(0, c.TASK, {"req": core.next_req(), "id": "t1"}, Waiter(), deadline=5.0, now=0.0)
+    assert [cmd for _, cmd, _ in transport.take()] == [c.SUBMIT, c.TASK]
+
+
+def test_discovery_connects_the_nodes_the_ring_names() -> None:
+    transport = FakeTransport()
+    nodes = Nodes(["tcp://127.0.0.1:7450"])
+    core = ClientCore(transport, nodes, max_batch=10, ack_timeout=5.0, max_message=1 << 20)
+    core.on_timer(0.0)
+    (_, command, body), = transport.take()
+    assert command == c.RING
+    members = {"n0": {"service": "tcp://127.0.0.1:7450"}, "n1": {"service": "tcp://127.0.0.1:7451"}}
+    core.on_frames(0, codec.encode(c.REPLY, {"req": body["req"], "members": members}), 0.1)
+    assert transport.new == ["tcp://127.0.0.1:7451"] and nodes.endpoints[1] == "tcp://127.0.0.1:7451"
+    core.on_timer(0.2)
+    assert transport.take() == []             # the next ask waits for the discovery gap
+
+
+def test_a_malformed_reply_is_ignored() -> None:
+    """Fault: a node (or something on its port) answers garbage."""
+    core, _ = make(1)
+    core.on_frames(0, [b"MQ1", b"SUBMITTED", b"\xc1"], 0.0)
+    core.on_frames(0, [b"nope"], 0.0)
+    core.on_frames(0, submitted([["unknown", "accepted", None], "not a list", [1, 2, 3]]), 0.0)
+
+
+def test_operations_ask_the_next_node_when_one_does_not_hold_the_task() -> None:
+    """status(id) asks node after node until one answers; the last error if none does."""
+    nodes = Nodes(["a", "b", "c"])
+    asked: list[int | None] = []
+
+    def ask(step: ops.Ask) -> dict[str, Any]:
+        asked.append(step.node)
+        if step.node != 2:
+            raise NotFound("not here")
+        return {"task": {"id": "t", "state": "ready"}}
+
+    assert ops.run(ops.status(nodes, "t", None), ask)["state"] == "ready"
+    assert asked == [0, 1, 2]
+
+    def never(step: ops.Ask) -> dict[str, Any]:
+        raise NotFound(f"not on {step.node}")
+
+    with pytest.raises(NotFound, match="not on 2"):
+        ops.run(ops.cancel(nodes, "t"), never)
