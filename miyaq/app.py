@@ -73,7 +73,15 @@ class TaskDef:
 
 
 class App:
-    def __init__(self, endpoints: str | Iterable[str] | None = None, **client_options: Any) -> None:
+    """Handlers by name, and the producer side: ``app.client`` (threads or
+    gevent) and, in asyncio code, ``app.aio`` (miyaq.aio). ``key`` and
+    ``server_key`` (else ``MIYAQ_KEY``/``MIYAQ_SERVER_KEY``) are the CURVE
+    certificates of both clients; other ``client_options`` go to them too."""
+
+    def __init__(self, endpoints: str | Iterable[str] | None = None, *, key: str | None = None,
+                 server_key: str | None = None, **client_options: Any) -> None:
+        self.key = key
+        self.server_key = server_key
         self._endpoints: list[str] | None = None
         if endpoints is not None:
             given = [endpoints] if isinstance(endpoints, str) else list(endpoints)
@@ -96,7 +104,8 @@ class App:
     @property
     def client(self) -> Client:
         if self._client is None:
-            self._client = Client(",".join(self.endpoints), green=self.green, **self.client_options)
+            self._client = Client(",".join(self.endpoints), green=self.green, key=self.key,
+                                  server_key=self.server_key, **self.client_options)
         return self._client
 
     def task(self, fn: Callable[..., Any] | None = None, *, name: str | None = None,

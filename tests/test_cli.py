@@ -60,9 +60,9 @@ def test_submit_wait_prints_the_result(node, worker):
     assert "result: 42" in text.splitlines()
 
 
-def test_submit_with_a_key_twice_is_a_duplicate_with_the_same_id(node, client):
-    """Two submits with the same --key: the second answers "duplicate" with the first id."""
-    argv = ("submit", "echo", "--args", '["hi"]', "--countdown", "60", "--key", "k", "--connect", node.endpoint)
+def test_submit_with_a_dedup_key_twice_is_a_duplicate_with_the_same_id(node, client):
+    """Two submits with the same --dedup-key: the second answers "duplicate" with the first id."""
+    argv = ("submit", "echo", "--args", '["hi"]', "--countdown", "60", "--dedup-key", "k", "--connect", node.endpoint)
     first = ok_json(*argv)
     second = ok_json(*argv)
     assert first["status"] == "accepted" and second["status"] == "duplicate"

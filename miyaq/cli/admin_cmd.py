@@ -7,13 +7,8 @@ import time
 from typing import Any
 
 from ..errors import ConfigError
-
-
-def _connect_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--connect", default=None,
-                   help="comma-separated node endpoints [env MIYAQ_CONNECT; else what `miyaq dev-cluster` "
-                        "started in this directory; else tcp://127.0.0.1:7450]")
-    p.add_argument("--json", action="store_true", help="print JSON")
+from .connect import add_client_options as _connect_option
+from .connect import client as _connected
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--countdown", type=float, default=None, help="seconds from now")
     p.add_argument("--eta", type=float, default=None, help="unix time to run at")
     p.add_argument("--ttl", type=float, default=None, help="expire if not started within")
-    p.add_argument("--key", default=None, help="deduplication key")
+    p.add_argument("--dedup-key", default=None, metavar="KEY",
+                   help="deduplication key (a second submit with it answers 'duplicate')")
     p.add_argument("--max-retries", type=int, default=None)
     p.add_argument("--timeout", type=float, default=None, help="lease in seconds")
     p.add_argument("--id", default=None, help="task id (default: a new 128-bit id)")
@@ -62,8 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from ..client.client import Client
-    return Client(args.connect or None, submit_timeout=10.0, request_timeout=5.0)
+    return _connected(args, submit_timeout=10.0, request_timeout=5.0)
 
 
 def _json(text: str, what: str) -> Any:
@@ -90,7 +85,7 @@ def run_submit(args: argparse.Namespace) -> int:
     if not isinstance(task_args, list) or not isinstance(task_kwargs, dict):
         raise ConfigError("--args must be a JSON list and --kwargs a JSON object")
     options = {"queue": args.queue, "priority": args.priority, "countdown": args.countdown, "eta": args.eta,
-               "ttl": args.ttl, "key": args.key, "max_retries": args.max_retries, "timeout": args.timeout}
+               "ttl": args.ttl, "key": args.dedup_key, "max_retries": args.max_retries, "timeout": args.timeout}
     client = _client(args)
     try:
         handle = client.submit(args.name, task_args, task_kwargs, id=args.id, wait=True, **options)

@@ -23,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..errors import MiyaqError, Unavailable
+from .connect import add_key_options
+from .connect import keys as key_options
 
 from ..devstate import DEFAULT_CLUSTER, DEFAULT_ZK
 TASKS_TIMEOUT = 2.0
@@ -52,6 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Show the ring of a cluster, or change a node's weight "
                                    "(miyaq ring weight NODE W).")
     _zk_options(p)
+    add_key_options(p)   # for the TASKS column, asked of each member's service port
     actions = p.add_subparsers(dest="ring_action", metavar="ACTION")
     w = actions.add_parser("weight", help="set a node's weight in the ring")
     w.add_argument("node", help="node id")
@@ -107,15 +110,17 @@ def _with_admin(args: argparse.Namespace, fn: Callable[[Any], Any]) -> Any:
         admin.close()
 
 
-def tasks_held(members: Mapping[str, Mapping[str, Any]], timeout: float = TASKS_TIMEOUT) -> dict[str, int | None]:
-    """Live tasks per member, asked of each service endpoint at once; ``None`` if it did not answer."""
+def tasks_held(members: Mapping[str, Mapping[str, Any]], timeout: float = TASKS_TIMEOUT,
+               key: str | None = None, server_key: str | None = None) -> dict[str, int | None]:
+    """Live tasks per member, asked of each service endpoint at once (with the
+    CURVE keys given, or MIYAQ_KEY/MIYAQ_SERVER_KEY); ``None`` if it did not answer."""
     from ..client.client import Client
 
     def ask(service: str | None) -> int | None:
         if not service:
             return None
         try:
-            client = Client(service, request_timeout=timeout, green=False)
+            client = Client(service, request_timeout=timeout, green=False, key=key, server_key=server_key)
         except MiyaqError:
             return None
         try:
@@ -168,8 +173,11 @@ def format_ring(status: Mapping[str, Any], hosts: str) -> str:
 
 
 def run_ring(args: argparse.Namespace) -> int:
+    from ..security.curve import client_curve
+    key, server_key = key_options(args)
+    client_curve(key, server_key)   # bad keys: one clear error, before ZooKeeper
     status = _with_admin(args, lambda admin: admin.status())
-    for node_id, count in tasks_held(status["members"]).items():
+    for node_id, count in tasks_held(status["members"], key=key, server_key=server_key).items():
         status["members"][node_id]["tasks"] = count
     status["zk"] = args.zk
     if args.json:
