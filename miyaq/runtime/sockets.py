@@ -19,8 +19,9 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any, Protocol
 
+import importlib
+
 import zmq
-import zmq.asyncio as asyncio_zmq
 import zmq.green as green_zmq
 
 HWM = 100_000
@@ -31,10 +32,12 @@ FRAME_SLACK = 4096
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 
-FLAVOURS: dict[str, ModuleType] = {"green": green_zmq, "plain": zmq, "asyncio": asyncio_zmq}
+#: The pyzmq module of each flavour. ``zmq.asyncio`` is imported only when an
+#: asyncio factory is made: it imports asyncio and with it ``ssl``, which a
+#: gevent worker may import only after it has monkey-patched.
+FLAVOURS = {"green": "zmq.green", "plain": "zmq", "asyncio": "zmq.asyncio"}
 
-__all__ = ["FLAVOURS", "HWM", "SocketFactory", "SocketSecurity", "asyncio_zmq", "green_zmq", "recv_with_user",
-           "zmq"]
+__all__ = ["FLAVOURS", "HWM", "SocketFactory", "SocketSecurity", "green_zmq", "recv_with_user", "zmq"]
 
 
 class SocketSecurity(Protocol):
@@ -78,7 +81,7 @@ class SocketFactory:
         if flavour not in FLAVOURS:
             raise ValueError(f"unknown socket flavour {flavour!r} (one of {', '.join(FLAVOURS)})")
         self.flavour = flavour
-        self.module: ModuleType = FLAVOURS[flavour]
+        self.module: ModuleType = importlib.import_module(FLAVOURS[flavour])
         self.green = flavour == "green"
         self.ctx = ctx if ctx is not None else self.module.Context()
         self.max_message = max_message
