@@ -15,13 +15,18 @@
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+import weakref
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .client.client import TASK_OPTIONS, Client, pack_args
 from .client.handle import TaskHandle
 from .devstate import default_connect
 from .errors import ConfigError, InvalidField
 from .protocol.periodic import schedule_from_wire
+
+if TYPE_CHECKING:
+    from .aio import Client as AioClient
+    from .aio import TaskHandle as AioTaskHandle
 
 SCHEDULE_OPTIONS = ("queue", "priority", "timeout", "max_retries")
 
@@ -66,6 +71,18 @@ class TaskDef:
         merged = {**self.options, **options}
         return self.app.client.submit(self.name, args, kwargs, **merged)
 
+    async def submit_async(self, *args: Any, **kwargs: Any) -> "AioTaskHandle":
+        """:meth:`submit` from asyncio code, through the app's ``miyaq.aio`` client."""
+        options, handler_kwargs = self._split(kwargs)
+        return await self.app.aio.submit(self.name, args, handler_kwargs, **options)
+
+    async def call_async(self, *args: Any, timeout: float | None = 60.0, **kwargs: Any) -> Any:
+        """:meth:`call` from asyncio code: submit, wait for acceptance, then for the result."""
+        options, handler_kwargs = self._split(kwargs)
+        options["wait"] = True
+        handle = await self.app.aio.submit(self.name, args, handler_kwargs, **options)
+        return await handle.result(timeout)
+
     def call(self, *args: Any, timeout: float | None = 60.0, **kwargs: Any) -> Any:
         options, handler_kwargs = self._split(kwargs)
         options["wait"] = True
@@ -90,6 +107,8 @@ class App:
         self.tasks: dict[str, TaskDef] = {}
         self.schedules: dict[str, dict[str, Any]] = {}   # periodic specs, sent in READY
         self._client: Client | None = None
+        # miyaq.aio clients, one per event loop (a client belongs to its loop).
+        self._aio: weakref.WeakKeyDictionary[Any, AioClient] = weakref.WeakKeyDictionary()
         self.green: bool | None = None   # the worker sets True before handlers run
 
     @property
@@ -107,6 +126,33 @@ class App:
             self._client = Client(",".join(self.endpoints), green=self.green, key=self.key,
                                   server_key=self.server_key, **self.client_options)
         return self._client
+
+    @property
+    def aio(self) -> "AioClient":
+        """The app's ``miyaq.aio.Client`` for the running event loop, made on
+        first use (one per loop); ConfigError outside a running loop."""
+        import asyncio   # here: asyncio imports ssl, which a gevent worker imports only after patching
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise ConfigError("app.aio (submit_async, call_async) needs a running asyncio event loop") from None
+        client = self._aio.get(loop)
+        if client is None or client.closed:
+            from .aio import Client as Aio
+            options = {k: v for k, v in self.client_options.items() if k != "green"}
+            client = self._aio[loop] = Aio(",".join(self.endpoints), key=self.key, server_key=self.server_key,
+                                           **options)
+        return client
+
+    async def aclose(self) -> None:
+        """Flush and close the running loop's ``app.aio`` client (if it was used)."""
+        import asyncio
+        try:
+            client = self._aio.pop(asyncio.get_running_loop(), None)
+        except RuntimeError:
+            return
+        if client is not None:
+            await client.close()
 
     def task(self, fn: Callable[..., Any] | None = None, *, name: str | None = None,
              **options: Any) -> Any:

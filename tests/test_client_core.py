@@ -73,8 +73,8 @@ def test_a_lone_submit_leaves_at_once_and_a_burst_is_batched() -> None:
     p, w = pending("a")
     assert core.submit(p, now=0.0)            # idle: the short path sends it from the caller
     assert [(n, cmd, [t["id"] for t in b["tasks"]]) for n, cmd, b in transport.take()] == [(0, c.SUBMIT, ["a"])]
-    for i in range(5):
-        core.submit(pending(f"b{i}")[0])      # queued: the driver's next pass sends them together
+    for i in range(5):                        # "a" is unacknowledged: no short path, the burst is queued
+        assert not core.submit(pending(f"b{i}")[0], now=0.0)
     core.on_timer(0.0)
     batches = transport.take()
     assert len(batches) == 1 and [t["id"] for t in batches[0][2]["tasks"]] == [f"b{i}" for i in range(5)]

@@ -23,13 +23,13 @@ from __future__ import annotations
 import atexit
 import logging
 import weakref
+from time import monotonic   # miyaq.runtime.monotonic, without importing the runtime (gevent) here
 from typing import Any, Iterable
 
 from ..devstate import default_connect
 from ..errors import ConfigError, MiyaqError, Timeout
 from ..protocol import commands as c
 from ..protocol.commands import DEFAULT_MAX_MESSAGE
-from ..runtime.clock import monotonic
 from ..security.curve import client_curve
 from . import operations as ops
 from .futures import Future

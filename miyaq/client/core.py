@@ -71,8 +71,10 @@ class ClientCore:
 
     # -- calls --------------------------------------------------------------------------
     def submit(self, p: Pending, now: float | None = None) -> bool:
-        """Queue a submit. With ``now``: send it at once if nothing waits ahead
-        of it (the short path for a lone submit); True if it left now."""
+        """Queue a submit. With ``now``: send it at once if the client is idle
+        -- nothing waiting to be sent, nothing unacknowledged -- the short
+        path for a lone submit (a burst after it takes the batched path).
+        True if it left now."""
         sent_now = now is not None and self.submits.idle
         self.submits.add(p)
         if sent_now:

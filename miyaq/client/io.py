@@ -13,14 +13,16 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from typing import Any
+from time import monotonic   # miyaq.runtime.monotonic, without importing the runtime (gevent) here
+from typing import TYPE_CHECKING, Any
 
 from ..errors import MiyaqError
-from ..runtime.clock import monotonic
-from ..runtime.sockets import SocketFactory, SocketSecurity
 from .core import ClientCore
 from .nodes import Nodes
 from .submits import Pending, Waiter
+
+if TYPE_CHECKING:
+    from ..runtime.sockets import SocketSecurity
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +34,11 @@ class IOLoop:
     """Runs a :class:`ClientCore` for callers in other threads (or greenlets)."""
 
     def __init__(self, kit: Any, endpoints: list[str], *, max_batch: int, ack_timeout: float,
-                 max_message: int, security: SocketSecurity | None = None,
+                 max_message: int, security: "SocketSecurity | None" = None,
                  endpoints_source: str = "given") -> None:
+        # Imported here: importing the client must not import the runtime (gevent, and
+        # through it ssl) before a worker had a chance to monkey-patch.
+        from ..runtime.sockets import SocketFactory
         self.kit = kit
         self.zmq = kit.zmq
         self.factory = SocketFactory(flavour=kit.flavour, max_message=max_message, security=security)

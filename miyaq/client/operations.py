@@ -10,13 +10,13 @@ next, how a long-poll is repeated) live here only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Generator, Iterable
+from time import monotonic   # miyaq.runtime.monotonic, without importing the runtime (gevent) here
+from typing import Any, Awaitable, Callable, Generator, Iterable
 
 import msgpack
 
 from ..errors import MiyaqError, NotFound, Timeout, Unavailable
 from ..protocol import commands as c
-from ..runtime.clock import monotonic
 from .nodes import Nodes
 
 LONG_POLL = 300.0
@@ -47,6 +47,21 @@ def run(op: Operation, ask: Callable[[Ask], dict[str, Any]]) -> Any:
         while True:
             try:
                 reply = ask(step)
+            except MiyaqError as err:
+                step = op.throw(err)
+            else:
+                step = op.send(reply)
+    except StopIteration as done:
+        return done.value
+
+
+async def run_async(op: Operation, ask: Callable[[Ask], Awaitable[dict[str, Any]]]) -> Any:
+    """Run ``op`` to its answer, awaiting each of its asks (the asyncio client)."""
+    try:
+        step = next(op)
+        while True:
+            try:
+                reply = await ask(step)
             except MiyaqError as err:
                 step = op.throw(err)
             else:

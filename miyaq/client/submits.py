@@ -89,8 +89,9 @@ class SubmitPipeline:
 
     @property
     def idle(self) -> bool:
-        """Nothing waits to be sent: a new submit may leave at once."""
-        return not self.waiting
+        """Nothing waits to be sent and nothing is unacknowledged: a new
+        submit may leave at once without breaking up a batch."""
+        return not self.waiting and not self.pending
 
     def next_due(self) -> float | None:
         """When the next waiting submit may leave (None: none waits). Only the

@@ -1,0 +1,248 @@
+"""``miyaq.aio.Client``: the producer API for asyncio code.
+
+The same client as :class:`miyaq.Client` -- the same protocol core
+(pipelining, the window, resends, BUSY backoff, first contact, discovery)
+and the same request operations -- driven by the event loop instead of an
+I/O thread. Every call is a coroutine; the client starts on first use and
+belongs to that event loop (make one per loop). Close it with ``await
+client.close()`` or ``async with``: no flush happens at interpreter exit,
+since the loop is gone by then.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Iterable
+
+from ..client import operations as ops
+from ..client.client import split_endpoints
+from ..client.submits import Pending
+from ..client.wire import ReceivedTask, accepted_as, decode_outcome, new_id, task_wire, url_wire
+from ..devstate import default_connect
+from ..errors import ConfigError, MiyaqError, Timeout
+from ..protocol import commands as c
+from ..protocol.commands import DEFAULT_MAX_MESSAGE
+from ..runtime.clock import monotonic
+from ..security.curve import client_curve
+from .driver import AsyncDriver
+from .futures import AioFuture
+
+
+class Client:
+    """Options as :class:`miyaq.Client`'s (docs/configuration.md), without ``green``."""
+
+    def __init__(self, endpoints: str | Iterable[str] | None = None, *, window: int = 10_000,
+                 submit_timeout: float = 30.0, ack_timeout: float = 5.0, request_timeout: float = 10.0,
+                 max_batch: int = 512, key: str | None = None, server_key: str | None = None) -> None:
+        source = "given"
+        if endpoints is None:
+            endpoints, source = default_connect()
+        self.endpoints = split_endpoints(endpoints)
+        if window < 1:
+            raise ConfigError("window must be at least 1")
+        self.window = window
+        self.submit_timeout = submit_timeout
+        self.request_timeout = request_timeout
+        self._io = AsyncDriver(self.endpoints, max_batch=max_batch, ack_timeout=ack_timeout,
+                               max_message=DEFAULT_MAX_MESSAGE, security=client_curve(key, server_key),
+                               endpoints_source=source)
+        self.nodes = self._io.nodes
+        self._unflushed: list[TaskHandle] = []
+
+    @property
+    def closed(self) -> bool:
+        return self._io.closed
+
+    # -- submitting ------------------------------------------------------------------
+    async def submit(self, name: str, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None, *,
+                     id: str | None = None, wait: bool = False, **options: Any) -> "TaskHandle":
+        """Submit task ``name``; returns its handle once the window has room
+        (and, with ``wait=True``, once a node accepted it). Options as
+        :meth:`miyaq.Client.submit`."""
+        return await self._submit_wire(task_wire(name, args, kwargs, options), id, wait)
+
+    async def submit_url(self, url: str, body: bytes = b"", *, method: str = "POST",
+                         headers: dict[str, str] | None = None, id: str | None = None,
+                         wait: bool = False, **options: Any) -> "TaskHandle":
+        """Submit a webhook task: the node sends ``body`` to ``url``."""
+        return await self._submit_wire(url_wire(url, body, method, headers, options), id, wait)
+
+    async def _submit_wire(self, wire: dict[str, Any], task_id: str | None, wait: bool) -> "TaskHandle":
+        io = self._io
+        io.ensure_started()
+        wire["id"] = task_id or new_id()
+        now = monotonic()
+        deadline = now + self.submit_timeout
+        while io.core.in_flight >= self.window:
+            io.room.clear()
+            left = deadline - monotonic()
+            try:
+                await asyncio.wait_for(io.room.wait(), min(1.0, max(0.0, left)))
+            except asyncio.TimeoutError:
+                if monotonic() >= deadline:
+                    raise Timeout(f"submit window ({self.window}) stayed full for {self.submit_timeout:g}s") from None
+            io.ensure_started()               # closed while we waited: a clear error
+        future = AioFuture()
+        handle = TaskHandle(wire["id"], self, future)
+        io.submit(Pending(wire, future, now, deadline))
+        if wait:
+            await handle.wait_accepted()
+        else:
+            self._unflushed.append(handle)
+            if len(self._unflushed) > self.window:
+                self._unflushed = [h for h in self._unflushed if not h._accepted.done() or not h.accepted]
+        return handle
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait until every submit so far is acknowledged; raises the first
+        failure, saying how many more failed."""
+        timeout = self.submit_timeout + 5 if timeout is None else timeout
+        deadline = monotonic() + timeout
+        handles, self._unflushed = self._unflushed, []
+        failures: list[MiyaqError] = []
+        for h in handles:
+            try:
+                await h.wait_accepted(max(0.0, deadline - monotonic()))
+            except MiyaqError as err:
+                failures.append(err)
+        if failures:
+            first = failures[0]
+            if len(failures) > 1:
+                first.message = f"{first.message} (and {len(failures) - 1} more submits failed)"
+                first.args = (first.message,)
+            raise first
+
+    # -- requests ----------------------------------------------------------------------
+    async def request(self, command: bytes, body: dict[str, Any], *, node: str | int | None = None,
+                      timeout: float | None = None) -> dict[str, Any]:
+        """Send one request and wait for its REPLY (raises the node's error)."""
+        self._io.ensure_started()
+        timeout = self.request_timeout if timeout is None else timeout
+        body["req"] = self._io.core.next_req()
+        future = AioFuture()
+        self._io.request(self.nodes.index(node), command, body, future, monotonic() + timeout)
+        reply: dict[str, Any] = await future.wait(timeout + 1.0, what=command.decode().lower())
+        return reply
+
+    async def _run(self, op: ops.Operation) -> Any:
+        return await ops.run_async(op, lambda ask: self.request(ask.command, ask.body, node=ask.node,
+                                                                timeout=ask.timeout))
+
+    async def status(self, task_id: str | None = None, *, node: str | int | None = None) -> dict[str, Any]:
+        """A task's status (id given) or the node's."""
+        return await self._run(ops.status(self.nodes, task_id, node))
+
+    async def cancel(self, task_id: str) -> bool:
+        return await self._run(ops.cancel(self.nodes, task_id))
+
+    async def ring(self) -> dict[str, Any]:
+        return await self.request(c.RING, {})
+
+    async def wait_result(self, task_id: str, timeout: float | None, node: str | None = None) -> dict[str, Any]:
+        return await self._run(ops.wait_result(self.nodes, task_id, timeout, node, self.request_timeout))
+
+    async def result(self, task_id: str, timeout: float | None = 60.0) -> Any:
+        return decode_outcome(task_id, await self.wait_result(task_id, timeout))
+
+    async def call(self, name: str, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None, *,
+                   timeout: float | None = 60.0, **options: Any) -> Any:
+        """Submit, wait for acceptance, then for the result (``timeout``: the wait)."""
+        handle = await self.submit(name, args, kwargs, wait=True, **options)
+        return await handle.result(timeout)
+
+    async def tasks(self, queue: str | None = None, state: str | None = None,
+                    limit: int = 100) -> list[dict[str, Any]]:
+        return await self._run(ops.tasks(queue, state, limit))
+
+    async def dead(self, op: str = "list", queue: str | None = None, ids: list[str] | None = None,
+                   limit: int = 100) -> dict[str, Any]:
+        return await self._run(ops.dead(op, queue, ids, limit))
+
+    async def receive(self, queues: Iterable[str] | str = ("default",), timeout: float = 0.0) -> "Received | None":
+        """Take one ready task, waiting up to ``timeout`` seconds; None if none came."""
+        task = await self._run(ops.receive(queues, timeout, self.request_timeout))
+        return None if task is None else Received(self, task)
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def close(self, flush: bool = True, timeout: float = 10.0) -> None:
+        if self._io.closed:
+            return
+        try:
+            if flush and self._io.in_own_loop:
+                await self.flush(timeout)
+        finally:
+            await self._io.close()
+
+    async def __aenter__(self) -> "Client":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close(flush=exc[0] is None)
+
+
+class TaskHandle:
+    """One submitted task: ``id``, ``node``, ``duplicate_of``, and coroutines
+    ``wait_accepted()``, ``result()``, ``status()``, ``cancel()``."""
+
+    __slots__ = ("id", "client", "_accepted", "node", "duplicate_of")
+
+    def __init__(self, task_id: str, client: Client, accepted: AioFuture) -> None:
+        self.id = task_id
+        self.client = client
+        self._accepted = accepted
+        self.node: str | None = None
+        self.duplicate_of: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<aio.TaskHandle {self.id}>"
+
+    @property
+    def accepted(self) -> bool:
+        """True once a node acknowledged the task (never waits)."""
+        if not self._accepted.done():
+            return False
+        try:
+            self._accepted.result()
+        except MiyaqError:
+            return False
+        return True
+
+    @property
+    def task_id(self) -> str:
+        """``duplicate_of or id``: final once ``wait_accepted()`` returned."""
+        return self.duplicate_of or self.id
+
+    async def wait_accepted(self, timeout: float | None = None) -> "TaskHandle":
+        """Wait until a node stored the task; raises Busy, Unavailable, Timeout,
+        InvalidField... if it could not be placed before its deadline."""
+        value = await self._accepted.wait(timeout, what=f"submit of {self.id}")
+        self.node, self.duplicate_of = accepted_as(self.id, value)
+        return self
+
+    async def result(self, timeout: float | None = 60.0) -> Any:
+        """The handler's return value, or the exception it stands for."""
+        await self.wait_accepted(timeout)
+        answer = await self.client.wait_result(self.task_id, timeout, node=self.node)
+        return decode_outcome(self.task_id, answer)
+
+    async def status(self) -> dict[str, Any]:
+        await self.wait_accepted(self.client.submit_timeout)
+        return await self.client.status(self.task_id)
+
+    async def cancel(self) -> bool:
+        await self.wait_accepted(self.client.submit_timeout)
+        return await self.client.cancel(self.task_id)
+
+
+class Received(ReceivedTask):
+    """A task taken by :meth:`Client.receive`: ``args``, ``kwargs``, then
+    ``await ack(result)`` or ``await nack(error, retry=True)``."""
+
+    def __init__(self, client: Client, info: dict[str, Any]) -> None:
+        super().__init__(info)
+        self.client = client
+
+    async def ack(self, result: Any = None) -> bool:
+        return await self.client._run(ops.ack(self.id, self.attempt, result))
+
+    async def nack(self, error: str = "", *, retry: bool = True, delay: float | None = None) -> bool:
+        return await self.client._run(ops.nack(self.id, self.attempt, error, retry, delay))

@@ -1,0 +1,157 @@
+"""The asyncio driver of the client's core (:mod:`miyaq.client.core`).
+
+Everything runs in the event loop's thread: one reader task per socket
+feeds replies to the core; one timer (``loop.call_later``) runs the core's
+``on_timer`` no later than it asks; submits made in one pass of the loop
+leave together at the end of it (``call_soon``), so a burst is batched while
+a lone submit from an idle client leaves at once. Sockets are
+``zmq.asyncio`` sockets from a :class:`~miyaq.runtime.sockets.SocketFactory`
+of the asyncio flavour, with the client's CURVE keys when it has them.
+
+The driver starts on first use and belongs to the event loop it started in.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import zmq
+
+from ..client.core import ClientCore
+from ..client.nodes import Nodes
+from ..client.submits import Pending, Waiter
+from ..errors import MiyaqError
+from ..runtime.clock import monotonic
+from ..runtime.sockets import SocketFactory, SocketSecurity
+
+logger = logging.getLogger(__name__)
+
+
+class AsyncDriver:
+    def __init__(self, endpoints: list[str], *, max_batch: int, ack_timeout: float, max_message: int,
+                 security: SocketSecurity | None = None, endpoints_source: str = "given") -> None:
+        self.factory = SocketFactory(flavour="asyncio", max_message=max_message, security=security)
+        self.nodes = Nodes(endpoints, source=endpoints_source, secure=security is not None)
+        self.socks: list[Any] = [self.factory.dealer(ep, immediate=True) for ep in endpoints]
+        self.room = asyncio.Event()
+        self.core = ClientCore(self, self.nodes, max_batch=max_batch, ack_timeout=ack_timeout,
+                               max_message=max_message, on_resolved=self.room.set)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._readers: list[asyncio.Task[None]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._flush_soon = False
+        self.closed = False
+
+    # -- Transport (called by the core) --------------------------------------------------
+    def send(self, node: int, frames: list[bytes]) -> bool:
+        # With DONTWAIT a zmq.asyncio send is tried at once and returns a finished future.
+        sent = self.socks[node].send_multipart(frames, zmq.DONTWAIT)
+        error = sent.exception()
+        if isinstance(error, zmq.Again):
+            return False
+        if error is not None:
+            raise error
+        return True
+
+    def connect(self, endpoint: str) -> None:
+        sock = self.factory.dealer(endpoint, immediate=True)
+        self.socks.append(sock)
+        if self.loop is not None:
+            self._readers.append(self.loop.create_task(self._read(len(self.socks) - 1, sock)))
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def ensure_started(self) -> None:
+        """Start the readers in the running loop; refuse another loop."""
+        if self.closed:
+            raise MiyaqError("client is closed")
+        loop = asyncio.get_running_loop()
+        if self.loop is loop:
+            return
+        if self.loop is not None:
+            raise MiyaqError("a miyaq.aio.Client belongs to the event loop that first used it; "
+                             "make one client per loop")
+        self.loop = loop
+        self._readers = [loop.create_task(self._read(i, sock)) for i, sock in enumerate(self.socks)]
+        self._arm()
+
+    @property
+    def in_own_loop(self) -> bool:
+        """True when called from the event loop this driver runs in."""
+        return self.loop is not None and self.loop is asyncio.get_running_loop()
+
+    async def close(self) -> None:
+        """Stop and close the sockets. From another loop than its own (whose
+        loop may be closed already), only the sockets are closed."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.in_own_loop:
+            if self._timer is not None:
+                self._timer.cancel()
+            for task in self._readers:
+                task.cancel()
+            await asyncio.gather(*self._readers, return_exceptions=True)
+        self.core.fail_all(MiyaqError("client is closed"))
+        self.factory.close()
+
+    # -- calls ---------------------------------------------------------------------------
+    def submit(self, p: Pending) -> None:
+        """Hand a submit to the core: at once when the client is idle, else at
+        the end of this pass of the loop, batched with the others."""
+        self.core.submitted += 1
+        if not self.core.submit(p, monotonic()) and not self._flush_soon:
+            self._flush_soon = True
+            assert self.loop is not None
+            self.loop.call_soon(self._flush)
+        self._arm()
+
+    def request(self, node: int, command: bytes, body: dict[str, Any], waiter: Waiter, deadline: float) -> None:
+        self.core.request(node, command, body, waiter, deadline, monotonic())
+        self._arm()
+
+    # -- the loop's side -----------------------------------------------------------------
+    def _flush(self) -> None:
+        self._flush_soon = False
+        if not self.closed:
+            self.core.submits.send_due(monotonic())
+            self._arm()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.closed:
+            return
+        try:
+            self.core.on_timer(monotonic())
+        except Exception:
+            self._crash()
+            return
+        self._arm()
+
+    def _arm(self) -> None:
+        """Make sure ``on_timer`` runs when the core next needs it."""
+        assert self.loop is not None
+        delay = self.core.next_timer(monotonic())
+        when = self.loop.time() + delay
+        if self._timer is not None:
+            if self._timer.when() <= when:
+                return
+            self._timer.cancel()
+        self._timer = self.loop.call_at(when, self._on_timer)
+
+    async def _read(self, node: int, sock: Any) -> None:
+        core = self.core
+        try:
+            while True:
+                frames = await sock.recv_multipart()
+                core.on_frames(node, frames, monotonic())
+                self._arm()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._crash()
+
+    def _crash(self) -> None:
+        logger.exception("miyaq asyncio client failed")
+        self.closed = True
+        self.core.fail_all(MiyaqError("client I/O failed; see the log"))

@@ -1,0 +1,58 @@
+"""A future the asyncio driver resolves and coroutines await.
+
+Like the threaded client's :class:`miyaq.client.futures.Future`, the
+``asyncio.Future`` a waiter awaits is created only when someone waits: most
+pipelined submits are never awaited one by one. Resolved only in the event
+loop's thread (the driver's); awaited by any number of coroutines of it.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ..errors import MiyaqError, Timeout
+
+
+class AioFuture:
+    __slots__ = ("_future", "_done", "_value", "_error")
+
+    def __init__(self) -> None:
+        self._future: asyncio.Future[None] | None = None
+        self._done = False
+        self._value: Any = None
+        self._error: MiyaqError | None = None
+
+    def set(self, value: Any) -> None:
+        self._value = value
+        self._resolve()
+
+    def fail(self, error: MiyaqError) -> None:
+        self._error = error
+        self._resolve()
+
+    def _resolve(self) -> None:
+        self._done = True
+        if self._future is not None and not self._future.done():
+            self._future.set_result(None)
+
+    def done(self) -> bool:
+        return self._done
+
+    def result(self) -> Any:
+        """The value (or raises the error) of a resolved future."""
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    async def wait(self, timeout: float | None, what: str = "request") -> Any:
+        """The value, once resolved; Timeout after ``timeout`` seconds (None: no limit).
+        Cancelling the waiting coroutine does not cancel the call."""
+        if not self._done:
+            if self._future is None:
+                self._future = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._future), timeout)
+            except asyncio.TimeoutError:
+                if not self._done:
+                    raise Timeout(f"{what} did not complete within {timeout:g}s") from None
+        return self.result()

@@ -1,0 +1,224 @@
+"""miyaq.aio: the asyncio client against real nodes (thread nodes and workers
+from the harness), including the faults the threaded client survives."""
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any, Awaitable, Callable
+
+import pytest
+
+import miyaq
+import miyaq.aio
+from apps import basic
+from miyaq.security.keystore import KeyStore
+from miyaq.testing.harness import ThreadNode, free_port
+
+
+def run(main: Callable[[], Awaitable[Any]], limit: float = 60.0) -> Any:
+    """Run a coroutine in a fresh event loop, bounded so a hang fails the test."""
+    return asyncio.run(asyncio.wait_for(main(), limit))
+
+
+def test_submit_pipelined_flush_and_results(node, thread_worker):
+    thread_worker(basic.app, node.endpoint, queues=["default"], concurrency=8)
+
+    async def main() -> list[int]:
+        async with miyaq.aio.Client(node.endpoint) as client:
+            handles = [await client.submit("add", [i, i]) for i in range(200)]
+            await client.flush()
+            assert all(h.accepted for h in handles)
+            return [await h.result(timeout=30) for h in handles]
+
+    assert run(main) == [2 * i for i in range(200)]
+
+
+def test_call_status_cancel_tasks_and_errors(node, thread_worker):
+    thread_worker(basic.app, node.endpoint, queues=["default"], concurrency=4)
+
+    async def main() -> None:
+        async with miyaq.aio.Client(node.endpoint) as client:
+            assert await client.call("add", [2, 3], timeout=30) == 5
+            later = await client.submit("echo", ["x"], countdown=600, wait=True)
+            assert (await later.status())["state"] == "scheduled"
+            assert [t["id"] for t in await client.tasks(state="scheduled")] == [later.id]
+            assert await later.cancel() is True
+            with pytest.raises(miyaq.TaskCancelled):
+                await later.result(timeout=5)
+            with pytest.raises(miyaq.NotFound):
+                await client.status("no-such-task")
+            with pytest.raises(miyaq.TaskFailed) as failure:
+                await client.call("reject", timeout=30)
+            assert failure.value.remote_type == "Reject"
+            assert (await client.status())["totals"]["live"] == 0
+            dup = await client.submit("echo", [1], key="once", countdown=600, wait=True)
+            again = await client.submit("echo", [2], key="once", wait=True)
+            assert again.duplicate_of == dup.id and again.task_id == dup.id
+
+    run(main)
+
+
+def test_pull_consumer_receive_ack_nack(node):
+    async def main() -> None:
+        async with miyaq.aio.Client(node.endpoint) as client:
+            assert await client.receive("jobs") is None
+            first = await client.submit("job", [1], {"k": "v"}, queue="jobs", wait=True)
+            job = await client.receive(["jobs"], timeout=5)
+            assert job is not None and job.id == first.id and job.args == [1] and job.kwargs == {"k": "v"}
+            assert await job.ack({"ok": True}) is True
+            assert await client.result(first.id, timeout=5) == {"ok": True}
+            second = await client.submit("job", [2], queue="jobs", max_retries=0, wait=True)
+            job = await client.receive("jobs", timeout=5)
+            assert job is not None and await job.nack("no", retry=False) is True
+            with pytest.raises(miyaq.TaskFailed, match="no"):
+                await second.result(timeout=5)
+
+    run(main)
+
+
+def test_busy_node_is_retried_transparently(make_node, thread_worker):
+    """Fault: a BUSY node (max_tasks=5). The asyncio client backs off and
+    retries like the threaded one; every submit is accepted once a worker
+    drains the node, and the caller never sees BUSY."""
+    n = make_node(max_tasks=5)
+
+    async def main() -> list[Any]:
+        async with miyaq.aio.Client(n.endpoint, submit_timeout=30.0) as client:
+            handles = [await client.submit("echo", [i]) for i in range(25)]
+            while client._io.core.submits.busy_replies == 0:
+                await asyncio.sleep(0.01)
+            assert (await client.status())["totals"]["live"] == 5
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: thread_worker(basic.app, n.endpoint, queues=["default"], concurrency=4))
+            await client.flush()
+            return [(await h.result(timeout=30))["args"][0] for h in handles]
+
+    assert sorted(run(main)) == list(range(25))
+
+
+def test_busy_past_the_deadline_raises_busy(make_node):
+    """Fault: the node stays full past submit_timeout."""
+    n = make_node(max_tasks=1)
+
+    async def main() -> None:
+        async with miyaq.aio.Client(n.endpoint, submit_timeout=0.5) as client:
+            await client.submit("echo", [0], wait=True)
+            with pytest.raises(miyaq.Busy, match="full"):
+                await client.submit("echo", [1], wait=True)
+
+    run(main)
+
+
+def test_unreachable_node_fails_at_first_contact():
+    """Fault: nothing listens on the endpoint. A request fails after the
+    connect wait and a submit after the first-contact wait, both naming it."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+
+    async def main() -> None:
+        client = miyaq.aio.Client(endpoint, submit_timeout=600.0)
+        try:
+            with pytest.raises(miyaq.Unavailable, match=f"nothing is listening on {endpoint}"):
+                await client.status()
+            with pytest.raises(miyaq.Unavailable, match="is a node running"):
+                await client.submit("echo", [1], wait=True)
+        finally:
+            await client.close(flush=False)
+
+    run(main)
+
+
+def test_node_restarting_mid_pipeline_every_submit_is_accepted():
+    """Fault: the node stops with submits in flight; a new one comes up on the
+    same port. What was not acknowledged is resent there; every handle ends accepted."""
+    port = free_port()
+    first = ThreadNode(port=port, heartbeat=0.25, shutdown_grace=0.2).start()
+    nodes = [first]
+
+    async def main() -> int:
+        async with miyaq.aio.Client(first.endpoint, submit_timeout=30.0, ack_timeout=0.5) as client:
+            await client.status()
+            handles = [await client.submit("echo", [i]) for i in range(2000)]
+            await asyncio.get_running_loop().run_in_executor(None, first.stop)
+            handles += [await client.submit("echo", [i]) for i in range(2000, 2100)]
+            nodes.append(await asyncio.get_running_loop().run_in_executor(
+                None, lambda: ThreadNode(port=port, heartbeat=0.25).start()))
+            await client.flush(timeout=30)
+            assert all(h.accepted for h in handles)
+            return int((await client.status())["totals"]["live"])
+
+    try:
+        assert 100 <= run(main) <= 2100
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def test_wrong_server_key_fails_at_first_contact_naming_the_keys(tmp_path):
+    """Fault: the asyncio client has another cluster's public key: the
+    handshake never completes, and the error says which keys to check."""
+    from curve_server import CurveServer
+    store = KeyStore(str(tmp_path / "keys"))
+    store.init()
+    store.add("app", "producer")
+    other = KeyStore(str(tmp_path / "other"))
+    other.init()
+    server = CurveServer(store).start()
+    key = os.path.join(store.dir, "app.key_secret")
+
+    async def main() -> None:
+        async with miyaq.aio.Client(server.endpoint, key=key, server_key=os.path.join(store.dir, "node.key")) as good:
+            assert (await good.status())["node"] == "curve"
+            assert (await good.submit("echo", [1], wait=True)).accepted
+        bad = miyaq.aio.Client(server.endpoint, key=key, server_key=os.path.join(other.dir, "node.key"))
+        try:
+            with pytest.raises(miyaq.Unavailable, match=r"is the node's public key right \(--server-key\)"):
+                await bad.status()
+        finally:
+            await bad.close(flush=False)
+
+    try:
+        run(main)
+    finally:
+        server.stop()
+
+
+def test_a_client_belongs_to_the_loop_that_first_used_it(node):
+    """Fault: one client shared between two event loops: a clear error, not a hang."""
+    client = miyaq.aio.Client(node.endpoint)
+
+    async def first() -> None:
+        await client.status()
+
+    async def second() -> None:
+        with pytest.raises(miyaq.MiyaqError, match="belongs to the event loop"):
+            await client.status()
+
+    run(first)
+    run(second)
+
+    async def closed() -> None:
+        await client.close(flush=False)
+        with pytest.raises(miyaq.MiyaqError, match="client is closed"):
+            await client.submit("echo", [1])
+
+    run(closed)
+
+
+def test_task_submit_async_and_call_async(node, thread_worker):
+    app = miyaq.App(node.endpoint)
+
+    @app.task(name="add")
+    def add(a, b):
+        return a + b
+
+    thread_worker(basic.app, node.endpoint, queues=["default"], concurrency=4)
+
+    async def main() -> tuple[int, bool]:
+        handle = await add.submit_async(1, 2)
+        total = await add.call_async(20, 22, timeout=30)
+        await handle.wait_accepted()
+        await app.aclose()
+        return total, handle.accepted
+
+    assert run(main) == (42, True)
+    app.close()
