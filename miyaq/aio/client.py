@@ -16,7 +16,8 @@ from typing import Any, Iterable
 from ..client import operations as ops
 from ..client.client import split_endpoints
 from ..client.submits import Pending
-from ..client.wire import ReceivedTask, accepted_as, decode_outcome, new_id, task_wire, url_wire
+from ..client.handle import HandleBase, flush_error, unresolved
+from ..client.wire import ReceivedTask, decode_outcome, new_id, task_wire, url_wire
 from ..devstate import default_connect
 from ..errors import ConfigError, MiyaqError, Timeout
 from ..protocol import commands as c
@@ -89,7 +90,7 @@ class Client:
         else:
             self._unflushed.append(handle)
             if len(self._unflushed) > self.window:
-                self._unflushed = [h for h in self._unflushed if not h._accepted.done() or not h.accepted]
+                self._unflushed = unresolved(self._unflushed)
         return handle
 
     async def flush(self, timeout: float | None = None) -> None:
@@ -105,11 +106,7 @@ class Client:
             except MiyaqError as err:
                 failures.append(err)
         if failures:
-            first = failures[0]
-            if len(failures) > 1:
-                first.message = f"{first.message} (and {len(failures) - 1} more submits failed)"
-                first.args = (first.message,)
-            raise first
+            raise flush_error(failures)
 
     # -- requests ----------------------------------------------------------------------
     async def request(self, command: bytes, body: dict[str, Any], *, node: str | int | None = None,
@@ -179,32 +176,13 @@ class Client:
         await self.close(flush=exc[0] is None)
 
 
-class TaskHandle:
-    """One submitted task: ``id``, ``node``, ``duplicate_of``, and coroutines
-    ``wait_accepted()``, ``result()``, ``status()``, ``cancel()``."""
+class TaskHandle(HandleBase):
+    """One submitted task: ``id``, ``node``, ``duplicate_of``, ``accepted``,
+    and coroutines ``wait_accepted()``, ``result()``, ``status()``, ``cancel()``."""
 
-    __slots__ = ("id", "client", "_accepted", "node", "duplicate_of")
-
-    def __init__(self, task_id: str, client: Client, accepted: AioFuture) -> None:
-        self.id = task_id
-        self.client = client
-        self._accepted = accepted
-        self.node: str | None = None
-        self.duplicate_of: str | None = None
-
-    def __repr__(self) -> str:
-        return f"<aio.TaskHandle {self.id}>"
-
-    @property
-    def accepted(self) -> bool:
-        """True once a node acknowledged the task (never waits)."""
-        if not self._accepted.done():
-            return False
-        try:
-            self._accepted.result()
-        except MiyaqError:
-            return False
-        return True
+    __slots__ = ()
+    client: Client
+    _accepted: AioFuture
 
     @property
     def task_id(self) -> str:
@@ -214,8 +192,7 @@ class TaskHandle:
     async def wait_accepted(self, timeout: float | None = None) -> "TaskHandle":
         """Wait until a node stored the task; raises Busy, Unavailable, Timeout,
         InvalidField... if it could not be placed before its deadline."""
-        value = await self._accepted.wait(timeout, what=f"submit of {self.id}")
-        self.node, self.duplicate_of = accepted_as(self.id, value)
+        self._took(await self._accepted.wait(timeout, what=f"submit of {self.id}"))
         return self
 
     async def result(self, timeout: float | None = 60.0) -> Any:

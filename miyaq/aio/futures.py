@@ -10,39 +10,21 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ..errors import MiyaqError, Timeout
+from ..client.futures import Resolvable
+from ..errors import Timeout
 
 
-class AioFuture:
-    __slots__ = ("_future", "_done", "_value", "_error")
+class AioFuture(Resolvable):
+    __slots__ = ("_future",)
 
     def __init__(self) -> None:
+        super().__init__()
         self._future: asyncio.Future[None] | None = None
-        self._done = False
-        self._value: Any = None
-        self._error: MiyaqError | None = None
-
-    def set(self, value: Any) -> None:
-        self._value = value
-        self._resolve()
-
-    def fail(self, error: MiyaqError) -> None:
-        self._error = error
-        self._resolve()
 
     def _resolve(self) -> None:
         self._done = True
         if self._future is not None and not self._future.done():
             self._future.set_result(None)
-
-    def done(self) -> bool:
-        return self._done
-
-    def result(self) -> Any:
-        """The value (or raises the error) of a resolved future."""
-        if self._error is not None:
-            raise self._error
-        return self._value
 
     async def wait(self, timeout: float | None, what: str = "request") -> Any:
         """The value, once resolved; Timeout after ``timeout`` seconds (None: no limit).

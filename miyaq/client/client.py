@@ -33,7 +33,7 @@ from ..protocol.commands import DEFAULT_MAX_MESSAGE
 from ..security.curve import client_curve
 from . import operations as ops
 from .futures import Future
-from .handle import TaskHandle
+from .handle import TaskHandle, flush_error, unresolved
 from .io import IOLoop
 from .kit import choose
 from .submits import Pending
@@ -135,8 +135,7 @@ class Client:
         else:
             self._unflushed.append(handle)
             if len(self._unflushed) > self.window:
-                self._unflushed = [h for h in self._unflushed if not h._accepted.done()
-                                   or not h.accepted]
+                self._unflushed = unresolved(self._unflushed)
         return handle
 
     def flush(self, timeout: float | None = None) -> None:
@@ -152,11 +151,7 @@ class Client:
             except MiyaqError as err:
                 failures.append(err)
         if failures:
-            first = failures[0]
-            if len(failures) > 1:
-                first.message = f"{first.message} (and {len(failures) - 1} more submits failed)"
-                first.args = (first.message,)
-            raise first
+            raise flush_error(failures)
 
     # -- requests ----------------------------------------------------------------------
     def request(self, command: bytes, body: dict[str, Any], *, node: str | int | None = None,

@@ -5,17 +5,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MiyaqError
-from .futures import Future
+from .futures import BlockingFuture, Future, Resolvable
 from .wire import accepted_as, decode_outcome
 
 if TYPE_CHECKING:
     from .client import Client
 
 
-class TaskHandle:
+class HandleBase:
+    """What every client flavour's handle holds: the id, the acceptance, the
+    node that accepted it and, for a ``key`` duplicate, the task holding the key."""
+
     __slots__ = ("id", "client", "_accepted", "node", "duplicate_of")
 
-    def __init__(self, task_id: str, client: "Client", accepted: Future) -> None:
+    def __init__(self, task_id: str, client: Any, accepted: Resolvable) -> None:
         self.id = task_id
         self.client = client
         self._accepted = accepted
@@ -23,25 +26,41 @@ class TaskHandle:
         self.duplicate_of: str | None = None
 
     def __repr__(self) -> str:
-        return f"<TaskHandle {self.id}>"
+        return f"<{type(self).__name__} {self.id}>"
 
     @property
     def accepted(self) -> bool:
         """True once a node acknowledged the task (never blocks)."""
-        if not self._accepted.done():
-            return False
-        try:
-            self._accepted.wait(0)
-        except MiyaqError:
-            return False
-        return True
+        return self._accepted.ok()
+
+    def _took(self, value: tuple[str, str, Any]) -> None:
+        self.node, self.duplicate_of = accepted_as(self.id, value)
+
+
+def unresolved(handles: list[Any]) -> list[Any]:
+    """The handles still worth waiting for in a flush (not yet accepted)."""
+    return [h for h in handles if not h._accepted.ok()]
+
+
+def flush_error(failures: list[MiyaqError]) -> MiyaqError:
+    """The one error a flush raises: the first failure, saying how many more failed."""
+    first = failures[0]
+    if len(failures) > 1:
+        first.message = f"{first.message} (and {len(failures) - 1} more submits failed)"
+        first.args = (first.message,)
+    return first
+
+
+class TaskHandle(HandleBase):
+    __slots__ = ()
+    client: "Client"
+    _accepted: "Future | BlockingFuture"
 
     def wait_accepted(self, timeout: float | None = None) -> "TaskHandle":
         """Block until the node stored the task. Raises :class:`miyaq.Busy`,
         :class:`miyaq.Unavailable` or :class:`miyaq.Timeout` if it could not
         be placed before the submit deadline."""
-        value = self._accepted.wait(timeout, what=f"submit of {self.id}")
-        self.node, self.duplicate_of = accepted_as(self.id, value)
+        self._took(self._accepted.wait(timeout, what=f"submit of {self.id}"))
         return self
 
     @property
