@@ -118,7 +118,7 @@ class Client:
         if self._closed:
             raise MiyaqError("client is closed")
         wire["id"] = task_id or new_id()
-        future = Future(self.kit.event)
+        future = self.kit.waiter() if wait else Future(self.kit.event)
         handle = TaskHandle(wire["id"], self, future)
         io = self._io
         now = monotonic()
@@ -159,7 +159,7 @@ class Client:
         """Send one request and wait for its REPLY (raises the node's error)."""
         timeout = self.request_timeout if timeout is None else timeout
         body["req"] = self._io.next_req()
-        future = Future(self.kit.event)
+        future = self.kit.waiter()
         self._io.request(self.nodes.index(node), command, body, future, monotonic() + timeout)
         return future.wait(timeout + 1.0, what=command.decode().lower())
 

@@ -2,19 +2,32 @@
 touches a threaded client's sockets.
 
 One I/O context -- a native thread (:class:`~miyaq.client.kit.ThreadKit`) or
-a greenlet (:class:`~miyaq.client.kit.GeventKit`) -- polls the sockets and
+a greenlet (:class:`~miyaq.client.kit.GeventKit`) -- reads the sockets and
 runs :class:`~miyaq.client.core.ClientCore`. Callers hand it calls through a
-deque and a wake-up pipe (the poller sleeps on the pipe and the sockets).
-Sockets come from a :class:`~miyaq.runtime.sockets.SocketFactory` of the
-kit's flavour, with the client's CURVE keys when it has them.
+deque and a wake-up pipe. Sockets come from a
+:class:`~miyaq.runtime.sockets.SocketFactory` of the kit's flavour, with the
+client's CURVE keys when it has them.
+
+The short path (threads only): while the I/O thread sleeps -- in an OS-level
+poll on the sockets' ``ZMQ_FD`` descriptors and the pipe, touching no
+socket -- a caller that finds the client idle takes :attr:`IOLoop.lock`,
+hands its submit or request to the core and sends it from its own thread:
+no wake-up pipe, no switch to the I/O thread before the message leaves. The
+lock guards the core and the sockets; whoever holds it may use them. The
+``ZMQ_FD`` descriptors are edge-triggered (any operation on a socket may
+consume the signal of a message that arrived), so after using a socket the
+caller looks at ``ZMQ_EVENTS`` and wakes the I/O thread when a message waits.
+A busy client (the I/O thread holds the lock, or submits are unacknowledged)
+takes the queued path, where submits are batched.
 """
 from __future__ import annotations
 
 import logging
 import os
+import select
 from collections import deque
 from time import monotonic   # miyaq.runtime.monotonic, without importing the runtime (gevent) here
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import MiyaqError
 from .core import ClientCore
@@ -49,15 +62,17 @@ class IOLoop:
         self.core = ClientCore(self, self.nodes, max_batch=max_batch, ack_timeout=ack_timeout,
                                max_message=max_message, on_resolved=self.room.set)
         self.inbox: deque[tuple[Any, ...]] = deque()
-        self._poller: Any = None
         self._rfd, self._wfd = os.pipe()
         os.set_blocking(self._wfd, False)
         os.set_blocking(self._rfd, False)
-        self._armed = False
+        self._armed = False            # the I/O context sleeps (or is about to): wake it through the pipe
         self.count_lock = kit.lock()
+        self.short_path = kit.name == "thread"
+        self.lock = kit.lock()         # the core and the sockets (threads: see the module's docstring)
+        self._fds: Any = None          # the I/O thread's OS poll
         self._handle: Any = None
 
-    # -- Transport (called by the core, in the I/O context) ----------------------------
+    # -- Transport (called by the core, by whoever holds the lock) ------------------------
     def send(self, node: int, frames: list[bytes]) -> bool:
         try:
             self.socks[node].send_multipart(frames, self.zmq.NOBLOCK)
@@ -68,8 +83,8 @@ class IOLoop:
     def connect(self, endpoint: str) -> None:
         sock = self.factory.dealer(endpoint, immediate=True)
         self.socks.append(sock)
-        if self._poller is not None:
-            self._poller.register(sock, self.zmq.POLLIN)
+        if self._fds is not None:
+            self._fds.register(sock.getsockopt(self.zmq.FD), select.POLLIN)
 
     # -- called from any thread / greenlet ---------------------------------------------
     @property
@@ -89,15 +104,22 @@ class IOLoop:
         return self.core.submits.resends
 
     def start(self) -> None:
-        self._handle = self.kit.spawn(self._run, "miyaq-client-io")
+        run = self._run_threaded if self.short_path else self._run_polling
+        self._handle = self.kit.spawn(run, "miyaq-client-io")
 
     def submit(self, p: Pending) -> None:
         with self.count_lock:
             self.core.submitted += 1
-        self._put(("submit", p))
+        if not self._direct(lambda now: self._submit_now(p, now)):
+            self._put(("submit", p))
+
+    def _submit_now(self, p: Pending, now: float) -> None:
+        if not self.core.submit(p, now):
+            self._wake()          # queued behind unacknowledged submits: the I/O thread batches it
 
     def request(self, node: int, command: bytes, body: dict[str, Any], waiter: Waiter, deadline: float) -> None:
-        self._put(("request", node, command, body, waiter, deadline))
+        if not self._direct(lambda now: self.core.request(node, command, body, waiter, deadline, now)):
+            self._put(("request", node, command, body, waiter, deadline))
 
     def next_req(self) -> int:
         return self.core.next_req()
@@ -110,6 +132,9 @@ class IOLoop:
 
     def _put(self, item: tuple[Any, ...]) -> None:
         self.inbox.append(item)
+        self._wake()
+
+    def _wake(self) -> None:
         if self._armed:
             self._armed = False
             try:
@@ -117,10 +142,58 @@ class IOLoop:
             except (BlockingIOError, OSError):
                 pass
 
-    # -- the loop -----------------------------------------------------------------------
-    def _run(self) -> None:
+    def _direct(self, call: Callable[[float], Any]) -> bool:
+        """The short path: run ``call(now)`` in this thread if the I/O thread
+        sleeps and nothing is queued for it; False: queue the call instead."""
+        if not (self.short_path and self._armed and self.lock.acquire(False)):
+            return False
+        try:
+            if not self._armed or self.inbox:
+                return False
+            call(monotonic())
+            if self._readable():
+                self._wake()      # we may have taken the edge of a message that waits
+            return True
+        finally:
+            self.lock.release()
+
+    def _readable(self) -> bool:
+        events = self.zmq.EVENTS
+        pollin = self.zmq.POLLIN
+        return any(sock.getsockopt(events) & pollin for sock in self.socks)
+
+    # -- the loops --------------------------------------------------------------------
+    def _run_threaded(self) -> None:
+        """A native thread: sleeps in an OS poll, uses the sockets under the lock."""
+        fds = self._fds = select.poll()
+        for sock in self.socks:
+            fds.register(sock.getsockopt(self.zmq.FD), select.POLLIN)
+        fds.register(self._rfd, select.POLLIN)
+        core = self.core
+        try:
+            while True:
+                with self.lock:
+                    self._armed = False
+                    if self._drain_inbox():
+                        break
+                    now = monotonic()
+                    core.on_timer(now)
+                    more = self._read_all()
+                    self._armed = True
+                    timeout_ms = 0 if more or self.inbox or self._readable() else int(core.next_timer(now) * 1000)
+                fds.poll(timeout_ms)
+                self._drain_pipe()
+        except Exception:
+            self._crashed()
+        finally:
+            with self.lock:       # a caller on the short path may hold the sockets
+                self._armed = False
+                self._closed()
+
+    def _run_polling(self) -> None:
+        """A greenlet: sleeps in the flavour's poller; callers always queue."""
         zmq = self.zmq
-        poller = self._poller = self.factory.poller()
+        poller = self.factory.poller()
         for sock in self.socks:
             poller.register(sock, zmq.POLLIN)
         poller.register(self._rfd, zmq.POLLIN)
@@ -137,23 +210,34 @@ class IOLoop:
                     timeout_ms = 0
                 else:
                     timeout_ms = int(core.next_timer(now) * 1000)
+                known = len(self.socks)
                 events = dict(poller.poll(timeout_ms))
                 self._armed = False
-                if self._rfd in events:
-                    try:
-                        os.read(self._rfd, 4096)
-                    except BlockingIOError:
-                        pass
-                for i, sock in enumerate(list(self.socks)):
+                self._drain_pipe()
+                for i, sock in enumerate(self.socks):
                     if sock in events:
                         self._read(i, sock)
+                for sock in self.socks[known:]:
+                    poller.register(sock, zmq.POLLIN)
         except Exception:
-            logger.exception("miyaq client I/O loop failed")
-            core.fail_all(MiyaqError("client I/O loop failed; see the log"))
+            self._crashed()
         finally:
-            self.factory.close()
-            os.close(self._rfd)
-            os.close(self._wfd)
+            self._closed()
+
+    def _drain_pipe(self) -> None:
+        try:
+            os.read(self._rfd, 4096)
+        except BlockingIOError:
+            pass
+
+    def _crashed(self) -> None:
+        logger.exception("miyaq client I/O loop failed")
+        self.core.fail_all(MiyaqError("client I/O loop failed; see the log"))
+
+    def _closed(self) -> None:
+        self.factory.close()
+        os.close(self._rfd)
+        os.close(self._wfd)
 
     def _drain_inbox(self) -> bool:
         inbox = self.inbox
@@ -170,12 +254,21 @@ class IOLoop:
                 return True
         return False
 
-    def _read(self, node: int, sock: Any) -> None:
+    def _read_all(self) -> bool:
+        """Read every socket until it has nothing; True if one still has more."""
+        more = False
+        for i, sock in enumerate(self.socks):
+            more = self._read(i, sock) or more
+        return more
+
+    def _read(self, node: int, sock: Any) -> bool:
+        """Read up to READ_BURST messages; True if the burst ran out first."""
         zmq = self.zmq
         core = self.core
         for _ in range(READ_BURST):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                return False
             core.on_frames(node, frames, monotonic())
+        return True

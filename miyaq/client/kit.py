@@ -29,6 +29,12 @@ class ThreadKit:
     def event(self) -> Any:
         return threading.Event()
 
+    @staticmethod
+    def waiter() -> Any:
+        """A future for a caller that waits on it at once."""
+        from .futures import BlockingFuture
+        return BlockingFuture()
+
     def lock(self) -> Any:
         return threading.Lock()
 
@@ -59,6 +65,11 @@ class GeventKit:
 
     def event(self) -> Any:
         return self._event()
+
+    def waiter(self) -> Any:
+        """A future for a caller that waits on it at once."""
+        from .futures import Future
+        return Future(self._event)
 
     def lock(self) -> Any:
         return self._lock()
