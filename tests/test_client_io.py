@@ -1,0 +1,125 @@
+"""The threaded driver (miyaq.client.io): the short path from an idle client,
+the batched path for a burst, and callers racing the I/O thread."""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+
+import miyaq
+from miyaq.protocol import codec
+from miyaq.protocol import commands as c
+from miyaq.testing.harness import wait_for
+
+
+def test_a_lone_submit_leaves_from_the_callers_thread(client):
+    """An idle client sends a lone submit (and a request) from the caller's
+    thread, not through the I/O thread's wake-up pipe."""
+    client.status()
+    io = client._io
+    senders: list[str] = []
+    send = io.send
+
+    def recording(node: int, frames: list[bytes]) -> bool:
+        senders.append(threading.current_thread().name)
+        return send(node, frames)
+
+    io.send = recording                      # the core sends through its transport
+    wait_for(lambda: io._armed, what="the I/O thread asleep")
+    client.submit("echo", [1], wait=True)
+    wait_for(lambda: io._armed, what="the I/O thread asleep")
+    client.status()
+    assert senders[:2] == [threading.current_thread().name] * 2
+
+
+class CountingNode:
+    """A raw ROUTER that counts the tasks of each SUBMIT and acknowledges them only when told."""
+
+    def __init__(self) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.endpoint = f"tcp://127.0.0.1:{port}"
+        self.batches: list[tuple[bytes, list[str]]] = []
+
+    def pump(self, timeout_ms: int = 100) -> None:
+        while self.sock.poll(timeout_ms):
+            peer, _, command, body = self.sock.recv_multipart()
+            data: dict[str, Any] = msgpack.unpackb(body, raw=False)
+            if command == c.SUBMIT:
+                self.batches.append((peer, [t["id"] for t in data["tasks"]]))
+            else:
+                self.sock.send_multipart([peer, *codec.encode(c.REPLY, {"req": data["req"]})])
+            timeout_ms = 50
+
+    def ack_all(self) -> None:
+        for peer, ids in self.batches:
+            self.sock.send_multipart([peer, *codec.encode(c.SUBMITTED, {"results": [[i, "accepted", None]
+                                                                                     for i in ids]})])
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+
+def test_a_burst_after_a_lone_submit_takes_the_batched_path(client_for):
+    """The first submit of an idle client leaves alone; the 999 made while it is
+    unacknowledged leave in a few batches, not one message each."""
+    node = CountingNode()
+    try:
+        c1 = client_for(node.endpoint, max_batch=512)
+        asking = threading.Thread(target=c1.status)      # connected and answered once
+        asking.start()
+        wait_for(lambda: node.pump() or not asking.is_alive(), what="a STATUS answered")
+        wait_for(lambda: c1._io._armed, what="the I/O thread asleep")
+        handles = [c1.submit("echo", [i]) for i in range(1000)]
+        wait_for(lambda: node.pump() or sum(len(ids) for _, ids in node.batches) == 1000, what="1000 tasks")
+        sizes = [len(ids) for _, ids in node.batches]
+        assert sizes[0] == 1 and len(sizes) <= 100, sizes
+        node.ack_all()
+        c1.flush(timeout=10)
+        assert all(h.accepted for h in handles)
+        assert [i for _, ids in node.batches for i in ids] == [h.id for h in handles]   # FIFO
+    finally:
+        node.close()
+
+
+def test_threads_with_confirmed_submits_race_the_io_thread(node, client):
+    """Eight threads submitting with wait=True and asking for status at once:
+    the short path and the I/O thread share the sockets under one lock and no
+    reply is lost (a lost one would fail its call with Timeout)."""
+    errors: list[BaseException] = []
+    ids: list[str] = []
+
+    def produce() -> None:
+        try:
+            for i in range(150):
+                ids.append(client.submit("echo", [i], wait=True).id)
+                if i % 10 == 0:
+                    client.status()
+        except BaseException as exc:   # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=produce) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors[:3]
+    assert len(set(ids)) == 1200
+    assert client.status()["totals"]["live"] == 1200
+
+
+def test_a_confirmed_submit_that_times_out_leaves_the_client_usable(make_node, client_for):
+    """Fault: the node is full, so a wait=True submit times out (Busy at its
+    deadline); the next calls on the same client and thread still work."""
+    n = make_node(max_tasks=1)
+    c1 = client_for(n.endpoint, submit_timeout=0.5)
+    c1.submit("echo", [0], wait=True)
+    with pytest.raises(miyaq.Busy):
+        c1.submit("echo", [1], wait=True)
+    assert c1.status()["totals"]["live"] == 1
