@@ -52,7 +52,8 @@ class CurveServer:
             elif command == c.RING:
                 reply = codec.encode(c.REPLY, {"req": body["req"], "epoch": 1, "leader": "curve", "members": {}})
             else:
-                reply = codec.encode(c.REPLY, {"req": body.get("req"), "node": "curve", "user": user})
+                reply = codec.encode(c.REPLY, {"req": body.get("req"), "node": "curve", "user": user,
+                                               "totals": {"live": 0}})
             router.send_multipart([peer, *reply])
 
     def _serve(self, parts: dict[str, Any]) -> None:

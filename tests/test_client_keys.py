@@ -143,3 +143,13 @@ def test_cli_submit_key_is_the_certificate_and_the_dedup_key_has_its_own_option(
     done = _cli("submit", "echo", "--key", "welcome:ann", "--connect", "tcp://127.0.0.1:1")
     assert done.returncode == 2
     assert "no such certificate file" in done.stderr and "--dedup-key" in done.stderr
+
+
+def test_ring_asks_each_member_with_the_keys(store, server):
+    """`miyaq ring`'s TASKS column asks every member over CURVE with --key/--server-key;
+    without them the handshake fails and the member shows n/a (None)."""
+    from miyaq.cli.ring_cmd import tasks_held
+    key, server_key = _paths(store)
+    members = {"n1": {"service": server.endpoint}}
+    assert tasks_held(members, timeout=3.0, key=key, server_key=server_key) == {"n1": 0}
+    assert tasks_held(members, timeout=1.0) == {"n1": None}
