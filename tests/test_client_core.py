@@ -271,3 +271,23 @@ def test_operations_ask_the_next_node_when_one_does_not_hold_the_task() -> None:
 
     with pytest.raises(NotFound, match="not on 2"):
         ops.run(ops.cancel(nodes, "t"), never)
+
+
+def test_resolutions_deferred_by_the_driver_wait_for_run_and_keep_their_order() -> None:
+    """The threaded driver defers resolutions while it holds its lock: nothing
+    is resolved before run(), then everything, in order."""
+    core, _ = make(1)
+    core.resolver.deferring = True
+    first, w1 = pending("t1")
+    second, w2 = pending("t2")
+    core.submit(first, now=0.0)
+    core.submit(second)
+    core.on_timer(0.0)
+    core.on_frames(0, submitted([["t1", "accepted", None], ["t2", "accepted", None]]), 0.1)
+    assert not w1.done and not w2.done and core.in_flight == -2
+    order: list[str] = []
+    w1.set = lambda value: order.append("t1")    # type: ignore[method-assign]
+    w2.set = lambda value: order.append("t2")    # type: ignore[method-assign]
+    core.resolver.deferring = False
+    core.resolver.run()
+    assert order == ["t1", "t2"]

@@ -32,7 +32,7 @@ from ..protocol import codec
 from ..protocol import commands as c
 from .nodes import Nodes
 from .requests import RequestTable
-from .submits import Pending, SubmitPipeline, Waiter
+from .submits import Pending, Resolver, SubmitPipeline, Waiter
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +56,10 @@ class ClientCore:
         self.transport = transport
         self.nodes = nodes
         self.max_message = max_message
-        self.submits = SubmitPipeline(nodes, self._send, max_batch=max_batch, ack_timeout=ack_timeout,
-                                      on_resolved=on_resolved)
-        self.requests = RequestTable(nodes, self._send)
+        self.resolver = Resolver()
+        self.submits = SubmitPipeline(nodes, self._send, self.resolver, max_batch=max_batch,
+                                      ack_timeout=ack_timeout, on_resolved=on_resolved)
+        self.requests = RequestTable(nodes, self._send, self.resolver)
         self._ring_req = 0
         # Unresolved submits = submitted - submits.resolved. The threaded
         # driver's callers bump `submitted` under their own lock; only the I/O
@@ -132,9 +133,11 @@ class ClientCore:
         return max(0.0, nearest - now)
 
     def fail_all(self, error: MiyaqError) -> None:
-        """The driver stopped: every waiting call fails with ``error``."""
+        """The driver stopped: every waiting call fails with ``error`` (at once)."""
+        self.resolver.deferring = False
         self.submits.fail_all(error)
         self.requests.fail_all(error)
+        self.resolver.run()
 
     # -- sending ------------------------------------------------------------------------
     def _send(self, node: int, command: bytes, body: dict[str, Any]) -> bool:

@@ -170,24 +170,32 @@ class IOLoop:
             fds.register(sock.getsockopt(self.zmq.FD), select.POLLIN)
         fds.register(self._rfd, select.POLLIN)
         core = self.core
+        resolver = core.resolver
         try:
             while True:
                 with self.lock:
                     self._armed = False
+                    resolver.deferring = True
                     if self._drain_inbox():
                         break
                     now = monotonic()
                     core.on_timer(now)
                     more = self._read_all()
+                    resolver.deferring = False
                     self._armed = True
                     timeout_ms = 0 if more or self.inbox or self._readable() else int(core.next_timer(now) * 1000)
-                fds.poll(timeout_ms)
-                self._drain_pipe()
+                # Wake the callers whose replies came only now, with the lock free: the
+                # next call of a caller that waits at once takes the short path.
+                resolver.run()
+                if any(fd == self._rfd for fd, _ in fds.poll(timeout_ms)):
+                    self._drain_pipe()
         except Exception:
             self._crashed()
         finally:
             with self.lock:       # a caller on the short path may hold the sockets
                 self._armed = False
+                resolver.deferring = False
+                resolver.run()
                 self._closed()
 
     def _run_polling(self) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import Timeout, from_wire
 from ..protocol import commands as c
 from .nodes import Nodes
-from .submits import Send, Waiter
+from .submits import Resolver, Send, Waiter
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +27,10 @@ CONNECT_RETRY = 0.01
 
 
 class RequestTable:
-    def __init__(self, nodes: Nodes, send: Send) -> None:
+    def __init__(self, nodes: Nodes, send: Send, resolver: Resolver) -> None:
         self.nodes = nodes
         self._send = send
+        self._resolver = resolver
         self._req = itertools.count(1)
         self.open: dict[int, tuple[Waiter, float]] = {}
         # Waiting for a connection: (node, command, body, since).
@@ -54,7 +55,7 @@ class RequestTable:
                 continue
             if now - since > CONNECT_WAIT:
                 waiter, _ = self.open.pop(body["req"])
-                waiter.fail(self.nodes.no_connection(node))
+                self._resolver.fail(waiter, self.nodes.no_connection(node))
             else:
                 self.unsent.append((node, command, body, since))
 
@@ -65,9 +66,9 @@ class RequestTable:
             del self.open[req]
             unsent = [node for node, _, body, _ in self.unsent if body["req"] == req]
             if unsent:
-                waiter.fail(self.nodes.no_connection(unsent[0]))
+                self._resolver.fail(waiter, self.nodes.no_connection(unsent[0]))
             else:
-                waiter.fail(Timeout("the node did not answer in time"))
+                self._resolver.fail(waiter, Timeout("the node did not answer in time"))
 
     def next_due(self, now: float) -> float | None:
         if self.unsent:
@@ -83,12 +84,12 @@ class RequestTable:
                 logger.warning("node %s: %s", self.nodes.endpoints[node], body.get("message"))
             return
         if command == c.REPLY:
-            entry[0].set(body)
+            self._resolver.set(entry[0], body)
         else:
-            entry[0].fail(from_wire(body))
+            self._resolver.fail(entry[0], from_wire(body))
 
     def fail_all(self, error: Any) -> None:
         for waiter, _ in self.open.values():
-            waiter.fail(error)
+            self._resolver.fail(waiter, error)
         self.open.clear()
         self.unsent.clear()

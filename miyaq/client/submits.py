@@ -52,6 +52,40 @@ class Waiter(Protocol):
     def fail(self, error: MiyaqError) -> None: ...
 
 
+class Resolver:
+    """Resolves waiters: at once, or -- while ``deferring`` -- later, when the
+    driver calls :meth:`run`. The threaded driver defers while it holds its
+    lock, so a caller woken by its reply finds the lock free (and the short
+    path open) instead of racing the I/O thread for it."""
+
+    __slots__ = ("deferring", "_ready")
+
+    def __init__(self) -> None:
+        self.deferring = False
+        self._ready: list[tuple[Waiter, Any, MiyaqError | None]] = []
+
+    def set(self, waiter: Waiter, value: Any) -> None:
+        if self.deferring:
+            self._ready.append((waiter, value, None))
+        else:
+            waiter.set(value)
+
+    def fail(self, waiter: Waiter, error: MiyaqError) -> None:
+        if self.deferring:
+            self._ready.append((waiter, None, error))
+        else:
+            waiter.fail(error)
+
+    def run(self) -> None:
+        """Resolve what was deferred (in the order it was resolved)."""
+        ready, self._ready = self._ready, []
+        for waiter, value, error in ready:
+            if error is None:
+                waiter.set(value)
+            else:
+                waiter.fail(error)
+
+
 class Pending:
     """One submit between ``submit()`` and its acknowledgement. ``created`` and
     ``deadline`` are on the core's clock (monotonic seconds)."""
@@ -71,10 +105,11 @@ class Pending:
 
 
 class SubmitPipeline:
-    def __init__(self, nodes: Nodes, send: Send, *, max_batch: int, ack_timeout: float,
+    def __init__(self, nodes: Nodes, send: Send, resolver: Resolver, *, max_batch: int, ack_timeout: float,
                  on_resolved: Callable[[], None]) -> None:
         self.nodes = nodes
         self._send = send
+        self._resolver = resolver
         self.max_batch = max_batch
         self.ack_timeout = ack_timeout
         self._on_resolved = on_resolved
@@ -189,9 +224,9 @@ class SubmitPipeline:
 
     def resolve(self, p: Pending, value: Any = None, error: MiyaqError | None = None) -> None:
         if error is not None:
-            p.waiter.fail(error)
+            self._resolver.fail(p.waiter, error)
         else:
-            p.waiter.set(value)
+            self._resolver.set(p.waiter, value)
         self.resolved += 1
         self._on_resolved()
 
