@@ -110,7 +110,8 @@ class IOLoop:
     def submit(self, p: Pending) -> None:
         with self.count_lock:
             self.core.submitted += 1
-        if not self._direct(lambda now: self._submit_now(p, now)):
+        # Unacknowledged submits (a burst): queue it at once, to be batched.
+        if not (self.core.submits.idle and self._direct(lambda now: self._submit_now(p, now))):
             self._put(("submit", p))
 
     def _submit_now(self, p: Pending, now: float) -> None:
