@@ -14,6 +14,7 @@ from typing import Any, Callable, TypeVar
 
 import gevent
 import gevent.event
+import gevent.hub
 import gevent.lock
 import gevent.pool
 import gevent.queue
@@ -42,7 +43,7 @@ killall = gevent.killall
 joinall = gevent.joinall
 
 __all__ = [
-    "AsyncResult", "Event", "call_soon", "Greenlet", "GreenletExit", "Lock", "Pool", "Queue", "QueueEmpty",
+    "AsyncResult", "Event", "FdWait", "call_soon", "Greenlet", "GreenletExit", "Lock", "Pool", "Queue", "QueueEmpty",
     "Semaphore", "T", "ThreadPool", "ThreadWake", "Timeout", "WSGIHandler", "WSGIServer", "current", "hub_running",
     "idle", "is_patched", "joinall", "killall", "monkey_patch", "native_thread_ident", "on_signal", "run_in_thread",
     "sleep", "start_native_thread",
@@ -106,6 +107,53 @@ class ThreadWake:
     def close(self) -> None:
         self._watcher.stop()
         self._watcher.close()
+
+
+class FdWait:
+    """Parks the calling greenlet until a file descriptor is readable.
+
+    Cheaper than ``gevent.socket.wait_read`` or a ``Timeout`` per wait: the
+    io watcher is made once, a wait costs a ``Waiter`` and, only with a
+    timeout, a timer. One greenlet waits at a time. :meth:`wake` (from any
+    greenlet of this hub, never from another thread) ends a wait early.
+    Level-triggered: a descriptor that stays readable wakes every wait at
+    once, so the caller must consume what made it readable.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._loop = gevent.get_hub().loop
+        self._io = self._loop.io(fd, 1)
+        self._waiter: Any = None
+
+    @property
+    def waiting(self) -> bool:
+        return self._waiter is not None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True when the descriptor became readable (or :meth:`wake` was
+        called), False when ``timeout`` seconds passed first."""
+        waiter = self._waiter = gevent.hub.Waiter()
+        self._io.start(waiter.switch, True)
+        timer = None
+        if timeout is not None:
+            timer = self._loop.timer(max(0.0, timeout))
+            timer.start(waiter.switch, False)
+        try:
+            return bool(waiter.get())
+        finally:
+            self._waiter = None
+            self._io.stop()
+            if timer is not None:
+                timer.close()
+
+    def wake(self) -> None:
+        """End the current wait (if any) as if the descriptor were readable."""
+        waiter = self._waiter
+        if waiter is not None:
+            self._loop.run_callback(waiter.switch, True)
+
+    def close(self) -> None:
+        self._io.close()
 
 
 def is_patched(module: str = "threading") -> bool:

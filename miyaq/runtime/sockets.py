@@ -17,12 +17,14 @@ two. Socket types and options are the same constants in every flavour.
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 import importlib
 
 import zmq
 import zmq.green as green_zmq
+
+from . import clock, green
 
 HWM = 100_000
 #: The service ROUTER accepts a message up to twice the configured limit
@@ -37,7 +39,12 @@ ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 #: gevent worker may import only after it has monkey-patched.
 FLAVOURS = {"green": "zmq.green", "plain": "zmq", "asyncio": "zmq.asyncio"}
 
-__all__ = ["FLAVOURS", "HWM", "SocketFactory", "SocketSecurity", "green_zmq", "recv_with_user", "zmq"]
+# ZMQ_EVENTS through the Cython backend: pyzmq's own getsockopt wraps it in an enum.
+_backend_get = zmq.backend.Socket.get
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+
+__all__ = ["FLAVOURS", "HWM", "HubSocket", "SocketFactory", "SocketSecurity", "green_zmq", "recv_with_user", "zmq"]
 
 
 class SocketSecurity(Protocol):
@@ -67,6 +74,90 @@ def recv_with_user(sock: Any, flags: int = 0) -> tuple[list[bytes], str | None]:
     return frames, user
 
 
+#: A message's frames and the User-Id its connection authenticated as.
+Message = tuple[list[bytes], str | None]
+
+
+class HubSocket:
+    """A plain (not ``zmq.green``) ZeroMQ socket driven by the gevent hub.
+
+    ``zmq.green`` pays for every operation in Python: a receive that has to
+    wait raises ``Again``, makes an ``AsyncResult`` and a ``Timeout``, and
+    every send and receive re-reads the socket's state to wake waiters. A
+    socket with one reader loop that drains bursts needs none of that, so
+    this one waits on the socket's descriptor only when ``ZMQ_EVENTS`` says
+    nothing can be read, and never blocks anywhere else:
+
+    * one greenlet receives (:meth:`recv` waits, :meth:`recv_nowait` does
+      not); any greenlet of the hub sends, without blocking (:meth:`send`
+      raises ``zmq.Again`` like ``send_multipart(..., NOBLOCK)``);
+    * ZeroMQ's descriptor is edge-triggered and any operation on the socket
+      may consume its signal, so a send while the reader waits re-checks
+      ``ZMQ_EVENTS`` and wakes the reader if a message is there;
+    * not thread-safe, like every ZeroMQ socket: the hub's thread only.
+    """
+
+    def __init__(self, sock: Any, users: bool = False) -> None:
+        self.sock = sock
+        self._fd = green.FdWait(sock.getsockopt(zmq.FD))
+        self._take = self._take_with_user if users else self._take_plain
+
+    def readable(self) -> bool:
+        """A message can be received now. Processes ZeroMQ's pending commands
+        (a system call): read through the backend, skipping pyzmq's enum."""
+        return bool(int(_backend_get(self.sock, _EVENTS)) & _POLLIN)
+
+    @overload
+    def recv(self) -> Message: ...
+    @overload
+    def recv(self, timeout: float) -> Message | None: ...
+
+    def recv(self, timeout: float | None = None) -> Message | None:
+        """The next message and the User-Id its connection authenticated as
+        (None without keys, or unless made with ``users``), waiting at most
+        ``timeout`` seconds (None: for ever); None if none came in time.
+        Raises ``zmq.ZMQError`` when the socket is closed."""
+        deadline = None if timeout is None else clock.monotonic() + timeout
+        while not self.readable():
+            left = None if deadline is None else deadline - clock.monotonic()
+            if left is not None and left <= 0:
+                return None
+            if self._fd.wait(left):
+                # Woken: usually by a message, read without another state check.
+                try:
+                    return self._take()
+                except zmq.Again:
+                    continue    # a wake-up for something else: look again
+        return self._take()
+
+    def recv_nowait(self) -> Message | None:
+        """A message (as :meth:`recv`) if one is there now, else None."""
+        if not self.readable():
+            return None
+        return self._take()
+
+    def _take_plain(self) -> Message:
+        return self.sock.recv_multipart(zmq.NOBLOCK), None
+
+    def _take_with_user(self) -> Message:
+        return recv_with_user(self.sock, zmq.NOBLOCK)
+
+    def send(self, frames: list[bytes]) -> None:
+        """Send one message now or raise (``zmq.Again``: no room or, on a
+        ROUTER, no such peer yet; ``ZMQError``: EHOSTUNREACH, closed...)."""
+        try:
+            self.sock.send_multipart(frames, zmq.NOBLOCK)
+        finally:
+            if self._fd.waiting and self.readable():
+                self._fd.wake()
+
+    def close(self, linger: int = 0) -> None:
+        """Close the socket; a waiting reader wakes and its next call raises."""
+        self._fd.wake()
+        self._fd.close()
+        self.sock.close(linger=linger)
+
+
 class SocketFactory:
     """Makes and closes the sockets of one process part.
 
@@ -89,7 +180,7 @@ class SocketFactory:
         self._closed = False
 
     # -- bound sockets -----------------------------------------------------------
-    def router(self, bind: str, audience: str = "service") -> Any:
+    def router(self, bind: str, audience: str = "service", *, plain: bool = False) -> Any:
         """A bound ROUTER: the service port (``audience="service"``) or the peer
         port (``"peer"``: with CURVE, only other nodes' keys may connect).
 
@@ -97,8 +188,10 @@ class SocketFactory:
         vanishing, ``ROUTER_HANDOVER`` so a peer that reconnects with its
         identity takes over, linger 0 so closing never hangs, high-water marks
         well above any credit window (nothing relies on them). Options are set
-        before binding: libzmq copies a listener's options when it binds."""
-        sock = self.ctx.socket(zmq.ROUTER)
+        before binding: libzmq copies a listener's options when it binds.
+        ``plain``: a plain pyzmq socket even from a green factory (for a
+        :class:`HubSocket`)."""
+        sock = self.ctx.socket(zmq.ROUTER, socket_class=zmq.Socket if plain else None)
         sock.setsockopt(zmq.MAXMSGSIZE, 2 * self.max_message + FRAME_SLACK)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -106,6 +199,11 @@ class SocketFactory:
         self._serve(sock, audience)
         sock.bind(bind)
         return sock
+
+    def hub_router(self, bind: str, audience: str = "service", users: bool = False) -> HubSocket:
+        """:meth:`router`'s socket as a :class:`HubSocket` (a green factory
+        only); ``users``: each message comes with its connection's User-Id."""
+        return HubSocket(self.router(bind, audience, plain=True), users)
 
     def publisher(self, bind: str) -> Any:
         """A bound PUB (the replication stream). It drops at its high-water mark;
@@ -127,13 +225,15 @@ class SocketFactory:
         return sock
 
     def dealer(self, connect: str | None = None, *, identity: bytes | None = None,
-               immediate: bool = False, sndhwm: int = HWM, reconnect_ms: tuple[int, int] | None = None) -> Any:
+               immediate: bool = False, sndhwm: int = HWM, reconnect_ms: tuple[int, int] | None = None,
+               plain: bool = False) -> Any:
         """A DEALER, connected to ``connect`` if given.
 
         ``immediate`` keeps messages from queueing for a connection that is not
         up (peer requests, heartbeats: never flood a node when it returns);
-        ``reconnect_ms`` is (first, most) between reconnect attempts."""
-        sock = self.ctx.socket(zmq.DEALER)
+        ``reconnect_ms`` is (first, most) between reconnect attempts; ``plain``
+        as for :meth:`router`."""
+        sock = self.ctx.socket(zmq.DEALER, socket_class=zmq.Socket if plain else None)
         if identity is not None:
             sock.setsockopt(zmq.IDENTITY, identity)
         if immediate:
@@ -146,6 +246,10 @@ class SocketFactory:
         if connect is not None:
             sock.connect(connect)
         return sock
+
+    def hub_dealer(self, connect: str | None = None, **options: Any) -> HubSocket:
+        """:meth:`dealer`'s socket as a :class:`HubSocket` (a green factory only)."""
+        return HubSocket(self.dealer(connect, plain=True, **options))
 
     def poller(self) -> Any:
         """A poller of this factory's flavour (green, plain or asyncio)."""

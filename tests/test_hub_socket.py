@@ -1,0 +1,109 @@
+"""The hub-driven plain socket (:class:`miyaq.runtime.sockets.HubSocket`) and
+the descriptor waiter under it (:class:`miyaq.runtime.green.FdWait`): a
+reader greenlet parks only while nothing can be read, wakes for messages,
+for a send from another greenlet that consumed ZeroMQ's signal, on its
+timeout and on close."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from miyaq.runtime import Supervisor, green
+from miyaq.runtime.sockets import SocketFactory, zmq
+
+
+@pytest.fixture
+def pair():
+    factory = SocketFactory(green=True)
+    router = factory.hub_router("tcp://127.0.0.1:0")
+    endpoint = router.sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+    dealer = factory.hub_dealer(endpoint)
+    yield router, dealer
+    factory.close()
+
+
+def test_messages_cross_both_ways(pair):
+    router, dealer = pair
+    dealer.send([b"ping"])
+    (identity, body), user = router.recv()
+    assert body == b"ping" and user is None
+    router.send([identity, b"pong"])
+    assert dealer.recv() == ([b"pong"], None)
+    assert router.recv_nowait() is None and dealer.recv_nowait() is None
+
+
+def test_recv_times_out_with_none(pair):
+    router, _ = pair
+    assert router.recv(0.05) is None
+
+
+def test_a_parked_reader_gets_every_message_while_others_send_on_its_socket(pair):
+    """Fault: sends from other greenlets process ZeroMQ's commands and may
+    consume the descriptor's signal meant for the parked reader; every
+    message must still arrive."""
+    router, dealer = pair
+    sup = Supervisor("test")
+    got: list[bytes] = []
+    n = 300
+
+    def reader() -> None:
+        while len(got) < n:
+            (identity, body), _ = router.recv()
+            got.append(body)
+            router.send([identity, b"ack"])
+
+    def writer() -> None:
+        for i in range(n):
+            dealer.send([str(i).encode()])
+            if i % 7 == 0:
+                green.sleep(0)
+
+    sup.spawn("reader", reader)
+    sup.spawn("writer", writer)
+    acks = 0
+    while acks < n:
+        frames = dealer.recv(5.0)
+        assert frames is not None, f"stalled after {len(got)} messages"
+        acks += 1
+    assert got == [str(i).encode() for i in range(n)]
+    sup.kill()
+
+
+def test_close_wakes_a_parked_reader(pair):
+    router, _ = pair
+    sup = Supervisor("test")
+    outcome: list[str] = []
+
+    def reader() -> None:
+        try:
+            router.recv()
+            outcome.append("message")
+        except zmq.ZMQError:
+            outcome.append("closed")
+
+    sup.spawn("reader", reader)
+    green.sleep(0.01)
+    router.close()
+    for _ in range(100):
+        if outcome:
+            break
+        green.sleep(0.01)
+    assert outcome == ["closed"]
+
+
+def test_fd_wait_wakes_on_data_on_wake_and_times_out():
+    r, w = os.pipe()
+    try:
+        waiter = green.FdWait(r)
+        assert waiter.wait(0.01) is False and not waiter.waiting
+        os.write(w, b"x")
+        assert waiter.wait(1.0) is True
+        os.read(r, 1)
+        sup = Supervisor("test")
+        sup.spawn("waker", waiter.wake)
+        assert waiter.wait(1.0) is True
+        waiter.close()
+    finally:
+        os.close(r)
+        os.close(w)
