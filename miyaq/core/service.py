@@ -1,11 +1,13 @@
 """The service ROUTER: the one socket producers, workers and pull consumers
 talk to.
 
-One greenlet reads it (zmq.green allows one waiter per socket). It reads a
-burst of messages without blocking, handles each, then flushes what the
-burst produced (batched SUBMITTED replies) and runs the dispatcher once, so
-per-message work stays small and replies leave in batches under load. A bad
-message gets an ERROR reply with a code, is counted, and changes nothing.
+One greenlet reads it. It reads a burst of messages without blocking,
+handles each, then flushes what the burst produced (batched SUBMITTED
+replies) and runs the dispatcher once, so per-message work stays small and
+replies leave in batches under load; a lone message is answered in the same
+pass. A bad message gets an ERROR reply with a code, is counted, and changes
+nothing. The socket is a :class:`~miyaq.runtime.sockets.HubSocket`: it waits
+on the hub only when nothing can be read, and sends never block.
 
 With keys (a :class:`~miyaq.security.guard.Guard`), every message's User-Id
 is looked up and its role checked before any handler runs (``forbidden``
@@ -24,7 +26,7 @@ from miyaq.constants import SERVICE_BURST, SERVICE_BURST_WORK
 from miyaq.errors import MiyaqError, ProtocolError
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c
-from miyaq.runtime.sockets import SocketFactory, recv_with_user, zmq
+from miyaq.runtime.sockets import SocketFactory, zmq
 from miyaq.security.guard import Guard
 from miyaq.security.keystore import Identity
 
@@ -37,7 +39,7 @@ class ServiceEndpoint:
     def __init__(self, sockets: SocketFactory, bind: str, guard: Guard | None = None) -> None:
         # A message over twice the limit is dropped by libzmq (and the peer
         # disconnected) before it is read; up to that it gets a TOO_LARGE reply.
-        self.sock = sockets.router(bind)
+        self.sock = sockets.hub_router(bind, users=guard is not None)
         self.max_message = sockets.max_message
         self.handlers: dict[bytes, Handler] = {}
         self.guard = guard
@@ -56,7 +58,7 @@ class ServiceEndpoint:
     def send(self, identity: bytes, command: bytes, body: dict[str, Any]) -> bool:
         """Send without blocking; False if the peer is gone or full."""
         try:
-            self.sock.send_multipart([identity, c.TAG, command, codec.pack(body)], zmq.NOBLOCK)
+            self.sock.send([identity, c.TAG, command, codec.pack(body)])
             return True
         except zmq.Again:
             return False
@@ -138,37 +140,27 @@ class ServiceEndpoint:
 
     def serve(self) -> None:
         """The reader loop; returns when the socket is closed."""
-        recv = self._receiver()
+        sock = self.sock
         while not self._closed:
             try:
-                frames, user = recv(0)
+                frames, user = sock.recv()
+                now = time.time()
+                self.work = 0
+                self.handle(frames, now, user)
+                for _ in range(SERVICE_BURST):
+                    if self.work >= SERVICE_BURST_WORK:
+                        break
+                    more = sock.recv_nowait()
+                    if more is None:
+                        break
+                    self.handle(more[0], now, more[1])
             except zmq.ZMQError:
                 if self._closed:
                     return
                 raise
-            now = time.time()
-            self.work = 0
-            self.handle(frames, now, user)
-            for _ in range(SERVICE_BURST):
-                if self.work >= SERVICE_BURST_WORK:
-                    break
-                try:
-                    frames, user = recv(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                self.handle(frames, now, user)
             self.flush_acks()
             for hook in self.after_burst:
                 hook(now)
-
-    def _receiver(self) -> Callable[[int], tuple[list[bytes], str | None]]:
-        """How the reader takes one message: with its User-Id when keys are
-        checked, else the plain multipart read."""
-        sock = self.sock
-        if self.guard is not None:
-            return lambda flags: recv_with_user(sock, flags)
-        plain = sock.recv_multipart
-        return lambda flags: (plain(flags), None)
 
     def close(self) -> None:
         self._closed = True
