@@ -41,6 +41,14 @@ MAX_QUEUES = 10_000
 MAX_PAUSED = 10_000
 #: The longest a RESULT or RECEIVE long-poll may wait (ZeroMQ and HTTP).
 MAX_LONG_POLL = 3600.0
+#: How often the node checks that connections with long-polls waiting are
+#: still there (a probe each), freeing the waits of those that went away.
+WAITER_PROBE_INTERVAL = 2.0
+#: ZMTP heartbeats on the service socket (ms): a connection whose host
+#: vanished without closing it is dropped after the timeout (its long-polls
+#: are then freed by the probe).
+SERVICE_HEARTBEAT_IVL_MS = 10_000
+SERVICE_HEARTBEAT_TIMEOUT_MS = 30_000
 #: The largest rate a queue limit accepts (tasks per second).
 MAX_RATE = 1e9
 #: Attempts of a task whose lessee (who it was leased to) is remembered, so

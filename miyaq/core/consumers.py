@@ -5,7 +5,7 @@ socket's high-water mark.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from miyaq.core.service import ServiceEndpoint
 from miyaq.protocol import commands as c
@@ -21,6 +21,17 @@ def delivery(task: Task, holders: Callable[[Task], list[str]] | None = None) -> 
     if holders is not None and len(task.holders) > 1:
         item.append(holders(task))
     return item
+
+
+class Origin(NamedTuple):
+    """Where a long-poll came from: its service connection (routing id) and
+    key (None: an in-process caller such as the HTTP gateway; no keys)."""
+
+    connection: bytes | None = None
+    key: str | None = None
+
+
+NOWHERE = Origin()
 
 
 def worker_principal(wid: str, key: str | None) -> str:
@@ -100,9 +111,11 @@ class PullConsumer(Consumer):
     kind = "pull"
 
     def __init__(self, queues: list[str], deadline: float,
-                 answer: Callable[[dict[str, Any] | None], bool], principal: str = "http") -> None:
+                 answer: Callable[[dict[str, Any] | None], bool], principal: str = "http",
+                 origin: Origin = NOWHERE) -> None:
         super().__init__(queues)
         self.principal = principal
+        self.origin = origin
         self.credit = 1
         self.deadline = deadline
         self.answer = answer

@@ -39,7 +39,8 @@ class Core:
         self.limits = QueueLimits(self.engine, supervisor, parse_limits(config.queue_limits))
         self.dispatcher = Dispatcher(self.engine, config.max_batch, self.gate, self.limits)
         self.endpoint = ServiceEndpoint(sockets, f"tcp://{config.host}:{config.port}", guard)
-        self.waiters = Waiters(self.dispatcher, config.max_waiters)
+        self.waiters = Waiters(self.dispatcher, config.max_waiters, config.max_waiters_per_connection,
+                               config.max_waiters_per_key, self.endpoint.reachable)
         self.directory = Directory()
         self.workers = WorkerRegistry(self.engine, self.dispatcher, self.endpoint, self.directory,
                                       config.id, config.heartbeat, config.liveness)
@@ -80,4 +81,6 @@ class Core:
         return {"accepting": engine.accepting, "queues": queues, "totals": totals, "outcomes": outcomes,
                 "errors": dict(self.endpoint.errors), "max_tasks": self.config.max_tasks,
                 "ignored": {"not_leased": engine.not_leased, "foreign_heartbeats": workers.foreign_heartbeats},
+                "waiters": {"pending": self.waiters.count, "released": self.waiters.released,
+                            "probes": self.waiters.probes},
                 "dispatch": {"open": self.gate.is_open, "held": self.gate.held()}}

@@ -17,7 +17,7 @@ import logging
 from typing import Any
 
 from miyaq.constants import MAX_LONG_POLL
-from miyaq.core.consumers import PullConsumer, WorkerConsumer, pull_principal
+from miyaq.core.consumers import Origin, PullConsumer, WorkerConsumer, pull_principal
 from miyaq.core.core import Core
 from miyaq.core.engine import leased_to
 from miyaq.core.gate import SHUTTING_DOWN
@@ -123,7 +123,8 @@ class ServiceHandlers:
             self.endpoint.reply(identity, req, {"state": engine.table.live[task_id].state, "timeout": True})
             return
         self.waiters.wait_result(task_id, monotonic() + timeout,
-                                 lambda answer: self.endpoint.reply(identity, req, answer))
+                                 lambda answer: self.endpoint.reply(identity, req, answer),
+                                 Origin(identity, self._key()))
 
     def tasks(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         queue = body.get("queue")
@@ -174,7 +175,8 @@ class ServiceHandlers:
 
         if not self.gate.is_open:
             raise ShuttingDown(_held_message(self.gate.held()))
-        consumer = PullConsumer(queues, monotonic() + timeout, answer, self._puller(identity))
+        consumer = PullConsumer(queues, monotonic() + timeout, answer, self._puller(identity),
+                                Origin(identity, self._key()))
         limits = self.dispatcher.limits
         if limits.active:
             open_lanes = limits.open(queues, now)

@@ -22,7 +22,9 @@ import time
 from collections import Counter
 from typing import Any, Callable
 
-from miyaq.constants import SERVICE_BURST, SERVICE_BURST_WORK
+from miyaq.constants import (
+    SERVICE_BURST, SERVICE_BURST_WORK, SERVICE_HEARTBEAT_IVL_MS, SERVICE_HEARTBEAT_TIMEOUT_MS,
+)
 from miyaq.errors import MiyaqError, ProtocolError
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c
@@ -34,12 +36,17 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[[bytes, dict[str, Any], float], None]
 
+#: What :meth:`ServiceEndpoint.reachable` sends: a REPLY without ``req``
+#: (docs/protocol.md: clients ignore it).
+PROBE = codec.pack({"probe": True})
+
 
 class ServiceEndpoint:
     def __init__(self, sockets: SocketFactory, bind: str, guard: Guard | None = None) -> None:
         # A message over twice the limit is dropped by libzmq (and the peer
         # disconnected) before it is read; up to that it gets a TOO_LARGE reply.
-        self.sock = sockets.hub_router(bind, users=guard is not None)
+        self.sock = sockets.hub_router(bind, users=guard is not None,
+                                       heartbeat_ms=(SERVICE_HEARTBEAT_IVL_MS, SERVICE_HEARTBEAT_TIMEOUT_MS))
         self.max_message = sockets.max_message
         self.handlers: dict[bytes, Handler] = {}
         self.guard = guard
@@ -66,6 +73,17 @@ class ServiceEndpoint:
             if exc.errno in (zmq.EHOSTUNREACH, zmq.ENOTSOCK):
                 return False
             raise
+
+    def reachable(self, identity: bytes) -> bool:
+        """Is this connection still there? Sends it a probe (ROUTER_MANDATORY:
+        a connection that went away fails the send). A full one is there."""
+        try:
+            self.sock.send([identity, c.TAG, c.REPLY, PROBE])
+        except zmq.Again:
+            return True
+        except zmq.ZMQError as exc:
+            return exc.errno != zmq.EHOSTUNREACH
+        return True
 
     def reply(self, identity: bytes, req: Any, body: dict[str, Any]) -> bool:
         body["req"] = req

@@ -1,13 +1,27 @@
 """Long-polls: RESULT requests waiting for a task to end, and blocking
-RECEIVE requests waiting for a task to be ready. Both are bounded by
-``max_waiters``; both are answered at their deadline by :meth:`sweep`.
-Deadlines are on the monotonic clock (:func:`miyaq.runtime.monotonic`).
+RECEIVE requests waiting for a task to be ready. Both are answered at their
+deadline by :meth:`Waiters.sweep`. Deadlines are on the monotonic clock
+(:func:`miyaq.runtime.monotonic`).
+
+Bounded three ways, so nobody can take every slot: ``max_waiters`` in all,
+``per_connection`` from one service connection and ``per_key`` from one key
+(with keys); past a bound the request is answered ``busy``. Each wait
+remembers where it came from (:class:`Origin`). A wait whose connection went
+away is freed, not kept to its deadline (up to an hour): every
+``WAITER_PROBE_INTERVAL`` seconds the node probes each connection that has
+waits (``reachable``: a REPLY without ``req``, which clients ignore; the
+service ROUTER is ``ROUTER_MANDATORY``, so a vanished connection fails the
+send) and releases the waits of those that are gone (``released``). ZMTP
+heartbeats on the service socket make a connection whose host vanished
+without closing it go away too.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections import Counter
+from typing import Any, Callable, NamedTuple
 
-from miyaq.core.consumers import PullConsumer
+from miyaq import constants
+from miyaq.core.consumers import NOWHERE, Origin, PullConsumer
 from miyaq.core.dispatcher import Dispatcher
 from miyaq.core.listener import EngineListener
 from miyaq.errors import Busy
@@ -15,6 +29,14 @@ from miyaq.store.table import Tombstone
 from miyaq.store.task import Task
 
 Answer = Callable[[dict[str, Any]], Any]
+
+__all__ = ["NOWHERE", "Origin", "Waiters", "outcome"]
+
+
+class _Wait(NamedTuple):
+    deadline: float
+    answer: Answer
+    origin: Origin
 
 
 def outcome(stone_or_task: Tombstone | Task) -> dict[str, Any]:
@@ -30,29 +52,69 @@ def outcome(stone_or_task: Tombstone | Task) -> dict[str, Any]:
 
 
 class Waiters(EngineListener):
-    def __init__(self, dispatcher: Dispatcher, max_waiters: int) -> None:
+    def __init__(self, dispatcher: Dispatcher, max_waiters: int, per_connection: int | None = None,
+                 per_key: int | None = None, reachable: Callable[[bytes], bool] | None = None) -> None:
         self.dispatcher = dispatcher
         self.max_waiters = max_waiters
-        self.results: dict[str, list[tuple[float, Answer]]] = {}
+        self.per_connection = per_connection or max_waiters
+        self.per_key = per_key or max_waiters
+        self.reachable = reachable
+        self.results: dict[str, list[_Wait]] = {}
         self.pulls: list[PullConsumer] = []
         self.count = 0
+        self.by_connection: Counter[bytes] = Counter()
+        self.by_key: Counter[str] = Counter()
+        self.released = 0          # waits freed because their connection went away
+        self.probes = 0            # connections probed
+        self._next_probe = 0.0
 
-    def _check_room(self) -> None:
+    # -- bounds ----------------------------------------------------------------------
+    def _check_room(self, origin: Origin) -> None:
         if self.count >= self.max_waiters:
-            raise Busy(f"{self.count} requests are already waiting; try again later")
+            raise Busy(f"{self.count} requests are already waiting (max_waiters); try again later")
+        conn, key = origin
+        if conn is not None and self.by_connection[conn] >= self.per_connection:
+            raise Busy(f"this connection already has {self.per_connection} long-polls waiting "
+                       "(max_waiters_per_connection); try again later")
+        if key is not None and self.by_key[key] >= self.per_key:
+            raise Busy(f"key {key!r} already has {self.per_key} long-polls waiting (max_waiters_per_key); "
+                       "try again later")
+
+    def _add(self, origin: Origin) -> None:
+        self.count += 1
+        if origin.connection is not None:
+            self.by_connection[origin.connection] += 1
+        if origin.key is not None:
+            self.by_key[origin.key] += 1
+
+    def _remove(self, origin: Origin) -> None:
+        self.count -= 1
+        conn, key = origin
+        if conn is not None:
+            left = self.by_connection[conn] - 1
+            if left > 0:
+                self.by_connection[conn] = left
+            else:
+                del self.by_connection[conn]
+        if key is not None:
+            left = self.by_key[key] - 1
+            if left > 0:
+                self.by_key[key] = left
+            else:
+                del self.by_key[key]
 
     # -- RESULT --------------------------------------------------------------------
-    def wait_result(self, task_id: str, deadline: float, answer: Answer) -> None:
-        self._check_room()
-        self.results.setdefault(task_id, []).append((deadline, answer))
-        self.count += 1
+    def wait_result(self, task_id: str, deadline: float, answer: Answer, origin: Origin = NOWHERE) -> None:
+        self._check_room(origin)
+        self.results.setdefault(task_id, []).append(_Wait(deadline, answer, origin))
+        self._add(origin)
 
     def _resolve(self, task_id: str, body: dict[str, Any]) -> None:
         waiting = self.results.pop(task_id, None)
         if waiting:
-            self.count -= len(waiting)
-            for _, answer in waiting:
-                answer(dict(body))
+            for wait in waiting:
+                self._remove(wait.origin)
+                wait.answer(dict(body))
 
     def task_finished(self, task: Task, stone: Tombstone) -> None:
         if self.results:
@@ -64,22 +126,25 @@ class Waiters(EngineListener):
 
     # -- RECEIVE -------------------------------------------------------------------
     def wait_pull(self, consumer: PullConsumer) -> None:
-        self._check_room()
+        self._check_room(consumer.origin)
         self.pulls.append(consumer)
-        self.count += 1
+        self._add(consumer.origin)
         self.dispatcher.grant(consumer, 0)
 
-    # -- deadlines -----------------------------------------------------------------
+    # -- deadlines and departures ---------------------------------------------------------
     def sweep(self, now: float) -> None:
-        """Answer every long-poll whose deadline passed (``now``: monotonic)."""
+        """Answer every long-poll whose deadline passed (``now``: monotonic);
+        every WAITER_PROBE_INTERVAL, free the waits of connections that went away."""
         if self.results:
             for task_id in list(self.results):
                 waiting = self.results[task_id]
-                keep = [(d, a) for d, a in waiting if d > now]
-                for d, answer in waiting:
-                    if d <= now:
-                        answer({"state": "running", "timeout": True})
-                self.count -= len(waiting) - len(keep)
+                keep = [w for w in waiting if w.deadline > now]
+                if len(keep) == len(waiting):
+                    continue
+                for wait in waiting:
+                    if wait.deadline <= now:
+                        self._remove(wait.origin)
+                        wait.answer({"state": "running", "timeout": True})
                 if keep:
                     self.results[task_id] = keep
                 else:
@@ -88,11 +153,46 @@ class Waiters(EngineListener):
             keep_pulls = []
             for consumer in self.pulls:
                 if consumer.credit <= 0:          # got its task
-                    self.count -= 1
+                    self._remove(consumer.origin)
                 elif consumer.deadline <= now:
                     self.dispatcher.forget(consumer)
                     consumer.answer(None)
-                    self.count -= 1
+                    self._remove(consumer.origin)
                 else:
                     keep_pulls.append(consumer)
             self.pulls = keep_pulls
+        if self.by_connection and self.reachable is not None and now >= self._next_probe:
+            self._next_probe = now + constants.WAITER_PROBE_INTERVAL
+            connections = list(self.by_connection)
+            self.probes += len(connections)
+            gone = [conn for conn in connections if not self.reachable(conn)]
+            for conn in gone:
+                self.release(conn)
+
+    def release(self, connection: bytes) -> int:
+        """Free every wait of a connection that went away (nothing is answered:
+        nobody is there). Returns how many."""
+        freed = 0
+        for task_id in list(self.results):
+            waiting = self.results[task_id]
+            keep = [w for w in waiting if w.origin.connection != connection]
+            if len(keep) != len(waiting):
+                for wait in waiting:
+                    if wait.origin.connection == connection:
+                        self._remove(wait.origin)
+                        freed += 1
+                if keep:
+                    self.results[task_id] = keep
+                else:
+                    del self.results[task_id]
+        keep_pulls = []
+        for consumer in self.pulls:
+            if consumer.origin.connection == connection and consumer.credit > 0:
+                self.dispatcher.forget(consumer)
+                self._remove(consumer.origin)
+                freed += 1
+            else:
+                keep_pulls.append(consumer)
+        self.pulls = keep_pulls
+        self.released += freed
+        return freed

@@ -180,30 +180,36 @@ class SocketFactory:
         self._closed = False
 
     # -- bound sockets -----------------------------------------------------------
-    def router(self, bind: str, audience: str = "service", *, plain: bool = False) -> Any:
+    def router(self, bind: str, audience: str = "service", *, plain: bool = False,
+               heartbeat_ms: tuple[int, int] | None = None) -> Any:
         """A bound ROUTER: the service port (``audience="service"``) or the peer
         port (``"peer"``: with CURVE, only other nodes' keys may connect).
 
         ``ROUTER_MANDATORY`` so a send to a gone or full peer fails instead of
         vanishing, ``ROUTER_HANDOVER`` so a peer that reconnects with its
         identity takes over, linger 0 so closing never hangs, high-water marks
-        well above any credit window (nothing relies on them). Options are set
-        before binding: libzmq copies a listener's options when it binds.
-        ``plain``: a plain pyzmq socket even from a green factory (for a
-        :class:`HubSocket`)."""
+        well above any credit window (nothing relies on them). ``heartbeat_ms``
+        (interval, timeout): ZMTP heartbeats, so a connection whose host
+        vanished is dropped. Options are set before binding: libzmq copies a
+        listener's options when it binds. ``plain``: a plain pyzmq socket even
+        from a green factory (for a :class:`HubSocket`)."""
         sock = self.ctx.socket(zmq.ROUTER, socket_class=zmq.Socket if plain else None)
         sock.setsockopt(zmq.MAXMSGSIZE, 2 * self.max_message + FRAME_SLACK)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        if heartbeat_ms is not None:
+            sock.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms[0])
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, heartbeat_ms[1])
         self._common(sock, HWM, HWM)
         self._serve(sock, audience)
         sock.bind(bind)
         return sock
 
-    def hub_router(self, bind: str, audience: str = "service", users: bool = False) -> HubSocket:
+    def hub_router(self, bind: str, audience: str = "service", users: bool = False,
+                   heartbeat_ms: tuple[int, int] | None = None) -> HubSocket:
         """:meth:`router`'s socket as a :class:`HubSocket` (a green factory
         only); ``users``: each message comes with its connection's User-Id."""
-        return HubSocket(self.router(bind, audience, plain=True), users)
+        return HubSocket(self.router(bind, audience, plain=True, heartbeat_ms=heartbeat_ms), users)
 
     def publisher(self, bind: str) -> Any:
         """A bound PUB (the replication stream). It drops at its high-water mark;
