@@ -72,6 +72,15 @@ class Speaker:
     def send(self, command: bytes, body: dict[str, Any]) -> None:
         self.sock.send_multipart([c.TAG, command, msgpack.packb(body, use_bin_type=True)])
 
+    def try_send(self, command: bytes, body: dict[str, Any]) -> bool:
+        """Send without waiting; False when the socket has no connection to
+        queue it on (a refused handshake may leave none)."""
+        try:
+            self.sock.send_multipart([c.TAG, command, msgpack.packb(body, use_bin_type=True)], zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
+
     def recv(self, wait: float = REPLY_WAIT,
              skip: tuple[bytes, ...] = (c.HEARTBEAT,)) -> tuple[bytes, dict[str, Any]] | None:
         """The next message (heartbeats skipped), or None if nothing came within ``wait``."""
