@@ -14,7 +14,7 @@ import threading
 import pytest
 
 from miyaq.chaos.checker import check
-from miyaq.chaos.faults import KINDS_DEFAULT, parse_kinds
+from miyaq.chaos.faults import KINDS_DEFAULT, KINDS_NETWORK, parse_kinds
 from miyaq.chaos.history import (
     Activity,
     ExecTail,
@@ -33,7 +33,8 @@ class H:
     """A synthetic history, built record by record."""
 
     def __init__(self) -> None:
-        self.records: list[dict] = [{"ev": "run", "t": T0, "nodes": 3, "replicas": 2}]
+        self.records: list[dict] = [{"ev": "run", "t": T0, "nodes": 3, "replicas": 2,
+                                     "node_endpoints": {f"n{i}": f"tcp://127.0.0.1:{7000 + i}" for i in range(3)}}]
 
     def add(self, ev: str, t: float, **fields) -> H:
         self.records.append({"ev": ev, "t": T0 + t, **fields})
@@ -41,16 +42,17 @@ class H:
 
     def task(self, task_id: str, t: float, *, ack: bool = True, runs: list[tuple] = (), final: str | None = "done",
              fail: str | None = None) -> H:
-        """runs: (start offset, attempt, pid, finished?) after the submit."""
+        """runs: (start offset, attempt, pid, finished?[, node index]) after the submit."""
         self.add("submit", t, id=task_id)
         if ack:
             self.add("ack", t + 0.01, id=task_id)
         if fail:
             self.add("fail", t + 10, id=task_id, code=fail)
-        for start, attempt, pid, finished in runs:
-            self.add("start", t + start, id=task_id, attempt=attempt, pid=pid)
+        for start, attempt, pid, finished, *node in runs:
+            endpoint = f"tcp://127.0.0.1:{7000 + node[0]}" if node else None
+            self.add("start", t + start, id=task_id, attempt=attempt, pid=pid, node=endpoint)
             if finished:
-                self.add("finish", t + start + 0.05, id=task_id, attempt=attempt, pid=pid)
+                self.add("finish", t + start + 0.05, id=task_id, attempt=attempt, pid=pid, node=endpoint)
         if final is not None:
             self.add("final", 100, id=task_id, state=final)
         return self
@@ -111,20 +113,57 @@ def test_rerun_after_a_worker_died_mid_task():
     assert s["lost"] == 0
 
 
-def test_completed_twice_with_no_fault_is_unexplained():
-    s = H().task("t", 0, runs=[(0.1, 1, 10, True), (0.3, 1, 11, True)]).checked().verdict().summary()
+def test_completed_twice_with_no_fault_is_unexplained_and_fails_the_run():
+    v = H().task("t", 0, runs=[(0.1, 1, 10, True), (0.3, 1, 11, True)]).checked().verdict()
+    s = v.summary()
     d = s["duplicates"]
     assert (d["ran_more_than_once"], d["completed_twice"], d["unexplained"]) == (1, 1, 1)
-    assert d["rate"] == 1.0
+    assert d["rate"] == 1.0 and d["classes"] == {"unexplained": 1}
     assert s["examples"]["duplicate_unexplained"] == ["t"]
+    assert v.exit_code() == 4 and not s["ok"]
 
 
-def test_duplicate_during_a_fault_is_explained_and_a_cancelled_copy_is_counted():
+def test_duplicate_while_its_node_was_killed_mid_run_is_explained_and_a_cancelled_copy_is_counted():
+    """The first run was leased by n1 and in flight when n1 was killed: a
+    standby copy re-ran it (docs/cluster.md, failure modes)."""
     h = H().add("fault", 1, phase="begin", fault=1, kind="kill", target="n1")
-    h.task("t", 0, runs=[(0.1, 1, 10, True), (3.0, 1, 11, False)])
+    h.task("t", 0, runs=[(0.5, 1, 10, True, 1), (3.0, 1, 11, False, 2)])
     h.add("fault", 6, phase="heal", fault=1).add("fault", 7, phase="recovered", fault=1, recover_s=1.0)
-    d = h.checked().verdict().summary()["duplicates"]
+    v = h.checked().verdict()
+    d = v.summary()["duplicates"]
     assert (d["ran_more_than_once"], d["unexplained"], d["aborted"], d["completed_twice"]) == (1, 0, 1, 0)
+    assert d["classes"] == {"holder-kill": 1} and d["by_fault"] == {"1": 1}
+    assert "docs/cluster.md" in d["rules"]["holder-kill"]
+    assert v.exit_code() == 0
+
+
+def test_duplicate_whose_first_run_had_finished_before_the_fault_is_unexplained():
+    """n1 was killed 3 s after the first run finished: its DONE had been
+    announced long before, so nothing allows the second start."""
+    h = H().add("fault", 4, phase="begin", fault=1, kind="kill", target="n1")
+    h.task("t", 0, runs=[(0.5, 1, 10, True, 1), (5.0, 2, 11, True, 2)])
+    h.add("fault", 9, phase="heal", fault=1).add("fault", 10, phase="recovered", fault=1, recover_s=1.0)
+    d = h.checked().verdict().summary()["duplicates"]
+    assert d["classes"] == {"unexplained": 1} and d["unexplained_after"] == {"1": 1}
+
+
+def test_duplicate_after_a_fault_on_another_node_is_unexplained():
+    """A fault on n2 does not explain a re-run of a task n0 ran."""
+    h = H().add("fault", 1, phase="begin", fault=1, kind="pause", target="n2")
+    h.task("t", 0, runs=[(0.5, 1, 10, False, 0), (3.0, 2, 11, True, 1)])
+    h.add("fault", 9, phase="heal", fault=1).add("fault", 10, phase="recovered", fault=1, recover_s=1.0)
+    assert h.checked().verdict().summary()["duplicates"]["classes"] == {"unexplained": 1}
+
+
+def test_duplicate_of_a_killed_workers_run_and_of_a_run_past_its_lease():
+    """worker-killed: the earlier run's pid is the killed worker's; lease-expired: it ran over 30 s."""
+    h = H().add("fault", 1, phase="begin", fault=1, kind="worker", target="worker1", pid=10)
+    h.task("w", 0, runs=[(0.5, 1, 10, False, 0), (3.0, 2, 11, True, 0)])
+    h.add("fault", 2, phase="heal", fault=1).add("fault", 2, phase="recovered", fault=1, recover_s=0)
+    h.task("slow", 200, runs=[(0.5, 1, 12, False, 0), (31.0, 2, 11, True, 0)], final=None)
+    h.add("final", 300, id="slow", state="done")
+    d = h.checked().verdict().summary()["duplicates"]
+    assert d["classes"] == {"worker-killed": 1, "lease-expired": 1}
 
 
 def test_failed_submits_that_ran_anyway():
@@ -192,7 +231,8 @@ def test_history_files_merge_and_torn_lines(tmp_path):
 
 def test_fault_kinds_from_the_flag():
     assert parse_kinds(None, partitions=False) == list(KINDS_DEFAULT)
-    assert parse_kinds("", partitions=True)[-2:] == ["partition", "isolate"]
+    assert parse_kinds("", partitions=True)[len(KINDS_DEFAULT):] == list(KINDS_NETWORK)
+    assert {"partition", "isolate", "deaf", "mute", "zkcut", "lossy", "split"} == set(KINDS_NETWORK)
     assert parse_kinds("kill, pause,kill", partitions=False) == ["kill", "pause"]
     assert parse_kinds("none", partitions=False) == []
     with pytest.raises(ConfigError):
@@ -270,6 +310,7 @@ def test_check_command_on_a_history_reports_lost_and_draws_the_timeline(tmp_path
     assert (tmp_path / "timeline.png").stat().st_size > 10_000
 
 
+@pytest.mark.chaos_run
 @pytest.mark.timeout(480)
 def test_end_to_end_run_under_kill_and_pause_loses_nothing(tmp_path):
     """Faults: kill -9 and SIGSTOP of random nodes while 50 tasks a second
@@ -300,3 +341,45 @@ def test_end_to_end_run_under_kill_and_pause_loses_nothing(tmp_path):
     assert {f["kind"] for f in summary["faults"]} <= {"kill", "pause"}
     assert os.path.getsize(summary["timeline"]) > 10_000
     assert os.path.exists(out / "history.jsonl") and os.path.exists(out / "summary.json")
+
+
+def test_a_split_minority_that_keeps_starting_tasks_fails_the_fencing_check():
+    """n2 was the minority of a split (cut off from ZooKeeper): a start it
+    leased 2 s in is before it could know; one 20 s in breaks fencing."""
+    h = H().add("fault", 10, phase="begin", fault=1, kind="split", target="n2")
+    h.task("early", 11, runs=[(1.0, 1, 10, True, 2)])
+    h.task("late", 29, runs=[(1.0, 1, 10, True, 2)])
+    h.task("majority", 29, runs=[(1.0, 1, 11, True, 0)])
+    h.add("fault", 40, phase="heal", fault=1).add("fault", 42, phase="recovered", fault=1, recover_s=2.0)
+    v = h.checked().verdict()
+    s = v.summary()
+    assert s["started_while_fenced"] == 1 and s["examples"]["started_while_fenced"] == ["late"]
+    assert v.exit_code() == 4
+
+
+def test_a_rerun_of_a_task_the_split_minority_started_before_it_fenced_is_explained():
+    """The minority n2 started the task 1 s into the split, before it could
+    know; the majority's copy ran it again: holder-split. A start by a node
+    cut off from its peers only (partition) counts until the heal."""
+    h = H().add("fault", 10, phase="begin", fault=1, kind="split", target="n1+n2")
+    h.task("a", 10.5, runs=[(0.5, 1, 10, True, 2), (8.0, 2, 11, True, 0)])
+    h.add("fault", 40, phase="heal", fault=1).add("fault", 42, phase="recovered", fault=1, recover_s=2.0)
+    h.add("fault", 50, phase="begin", fault=2, kind="partition", target="n1")
+    h.task("b", 55, runs=[(0.5, 1, 10, True, 1), (3.0, 2, 11, True, 0)])
+    h.add("fault", 60, phase="heal", fault=2).add("fault", 61, phase="recovered", fault=2, recover_s=1.0)
+    d = h.checked().verdict().summary()["duplicates"]
+    assert d["classes"] == {"holder-split": 1, "holder-partition": 1} and d["unexplained"] == 0
+
+
+def test_a_rerun_by_a_node_that_could_not_hear_the_others_is_explained():
+    """n1 was deaf (it heard no other node): its standby copy heard silence
+    and ran a task n2 had started — docs/cluster.md allows it; the same
+    re-run by n0, which heard everything, is unexplained."""
+    h = H().add("fault", 10, phase="begin", fault=1, kind="deaf", target="n1")
+    h.task("a", 9, runs=[(0.5, 1, 10, True, 2), (3.0, 1, 11, True, 1)])
+    h.task("b", 9, runs=[(0.5, 1, 10, True, 2), (3.0, 1, 11, True, 0)])
+    h.add("fault", 13, phase="heal", fault=1).add("fault", 13.1, phase="recovered", fault=1, recover_s=0.1)
+    s = h.checked().verdict().summary()
+    assert s["duplicates"]["classes"] == {"rerun-deaf": 1, "unexplained": 1}
+    assert s["examples"]["duplicate_unexplained"] == ["b"]
+    assert "silence" in s["duplicates"]["rules"]["rerun-deaf"]

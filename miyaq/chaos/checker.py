@@ -23,10 +23,11 @@ Verdicts, per submitted task id:
 - **ran more than once**: two or more ``start`` records. ``completed_twice``:
   two or more ``finish`` records (the handler ran to the end twice);
   ``after_crash``: an earlier run never finished (its worker or node died
-  under it), the re-run the design expects; ``unexplained``: a second
-  start while no fault was active (nor in its recovery window);
-  ``aborted``: the last run was cancelled mid-way (no finish record)
-  because another copy finished first.
+  under it), the re-run the design expects; ``aborted``: the last run was
+  cancelled mid-way (no finish record) because another copy finished
+  first. Each start after the first is put down to a fault and a rule
+  by :mod:`.explain` (``classes``); a task with any start it cannot
+  explain counts as ``unexplained`` and fails the run (exit status 4).
 
 Latency, throughput and per-fault recovery come from :mod:`.metrics`.
 """
@@ -37,6 +38,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .explain import DuplicateReport, explain, fenced_nodes, fencing_violations, runs_of
 from .metrics import FaultSpan, Metrics
 
 LIVE_STATES = ("scheduled", "ready", "running", "retrying")
@@ -53,8 +55,8 @@ class Trace:
         self.submit: float | None = None
         self.ack: float | None = None
         self.fail: str | None = None
-        self.starts: list[tuple[float, int, int]] = []      # (t, attempt, pid)
-        self.finishes: list[tuple[float, int, int]] = []
+        self.starts: list[tuple[float, int, int, str | None]] = []      # (t, attempt, pid, node id)
+        self.finishes: list[tuple[float, int, int, str | None]] = []
         self.final: str | None = None
 
 
@@ -69,6 +71,7 @@ class Verdict:
     metrics: Metrics
     final_checked: bool
     stats: dict[str, Any] = field(default_factory=dict)
+    dups: DuplicateReport = field(default_factory=DuplicateReport)
 
     @property
     def lost(self) -> int:
@@ -76,13 +79,26 @@ class Verdict:
 
     @property
     def ok(self) -> bool:
-        return self.counts["lost"] == 0 and self.counts["stuck"] == 0
+        return self.exit_code() == 0
 
     def exit_code(self) -> int:
-        """0 every accepted task done; 1 some lost; 3 none lost but some stuck."""
+        """0 every accepted task done and every duplicate explained; 1 some
+        lost; 3 none lost but some stuck; 4 none lost or stuck but some task
+        started twice with no fault to explain it, or a node cut off from
+        ZooKeeper started tasks after it should have fenced itself."""
         if self.counts["lost"]:
             return 1
-        return 3 if self.counts["stuck"] else 0
+        if self.counts["stuck"]:
+            return 3
+        if self.counts["dup_unexplained"] or self.counts["fencing"]:
+            return 4
+        if self.run.get("rolling") and (self.counts["dup"] or self.counts["failed"] or self.rolling_broken()):
+            return 4        # a planned restart is not a failure: no duplicate, no failed submit
+        return 0
+
+    def rolling_broken(self) -> bool:
+        """A step of a rolling run failed or never got the cluster whole again."""
+        return any(s.errors or s.recovered is None for s in self.metrics.spans)
 
     def summary(self) -> dict[str, Any]:
         c = self.counts
@@ -99,7 +115,9 @@ class Verdict:
             "duplicates": {"ran_more_than_once": c["dup"], "rate": round(c["dup"] / accepted, 6),
                            "completed_twice": c["dup_completed"], "after_crash": c["dup_after_crash"],
                            "aborted": c["dup_aborted"],
-                           "unexplained": c["dup_unexplained"]},
+                           "unexplained": c["dup_unexplained"], **self.dups.summary()},
+            "started_while_fenced": c["fencing"],
+            "rolling_broken": bool(self.run.get("rolling")) and self.rolling_broken(),
             "faults_skipped": c["faults_skipped"],
             "examples": self.examples,
             **self.metrics.summary(),
@@ -116,6 +134,7 @@ def check(records: Iterable[dict[str, Any]], bucket: float = 1.0) -> Verdict:
     stats: dict[str, Any] = {}
     final_checked = False
     skipped = 0
+    node_of: dict[str, str] = {}
 
     def trace(task_id: str) -> Trace:
         tr = traces.get(task_id)
@@ -132,10 +151,9 @@ def check(records: Iterable[dict[str, Any]], bucket: float = 1.0) -> Verdict:
             trace(task_id).ack = t
         elif ev == "fail":
             trace(task_id).fail = str(r.get("code", "error"))
-        elif ev == "start":
-            trace(task_id).starts.append((t, int(r.get("attempt", 0)), int(r.get("pid", 0))))
-        elif ev == "finish":
-            trace(task_id).finishes.append((t, int(r.get("attempt", 0)), int(r.get("pid", 0))))
+        elif ev == "start" or ev == "finish":
+            runs = trace(task_id).starts if ev == "start" else trace(task_id).finishes
+            runs.append((t, int(r.get("attempt", 0)), int(r.get("pid", 0)), node_of.get(str(r.get("node")))))
         elif ev == "final":
             trace(task_id).final = str(r.get("state"))
         elif ev == "fault":
@@ -145,16 +163,21 @@ def check(records: Iterable[dict[str, Any]], bucket: float = 1.0) -> Verdict:
         elif ev == "phase":
             phases[str(r.get("name"))] = t
             final_checked = final_checked or r.get("name") == "checked"
+        elif ev == "node":        # a node added during the run (--rolling: a replacement)
+            node_of[str(r.get("endpoint"))] = str(r.get("id"))
         elif ev == "run":
             run = {k: v for k, v in r.items() if k != "ev"}
+            node_of = {str(ep): str(n) for n, ep in (run.get("node_endpoints") or {}).items()}
         elif ev == "stats":
             stats = r.get("nodes") or {}
     spans = sorted(faults.values(), key=lambda f: f.begin)
+    fenced_spans = [s for s in spans if fenced_nodes(s)]
     metrics = Metrics(run.get("t", min((tr.submit for tr in traces.values() if tr.submit), default=0.0)),
                       bucket, phases, spans)
     counts: Counter[str] = Counter()
     codes: Counter[str] = Counter()
     examples: dict[str, list[str]] = {}
+    dups = DuplicateReport()
 
     def example(kind: str, task_id: str) -> None:
         listed = examples.setdefault(kind, [])
@@ -168,8 +191,13 @@ def check(records: Iterable[dict[str, Any]], bucket: float = 1.0) -> Verdict:
         counts["starts"] += len(tr.starts)
         counts["finishes"] += len(tr.finishes)
         metrics.add_task(tr)
+        if fenced_spans:
+            n = fencing_violations(tr.starts, fenced_spans)
+            if n:
+                counts["fencing"] += n
+                example("started_while_fenced", task_id)
         if len(tr.starts) > 1:
-            _judge_duplicate(tr, task_id, counts, spans, example)
+            _judge_duplicate(tr, task_id, counts, spans, example, dups)
         if tr.ack is not None:
             counts["accepted"] += 1
             _judge_accepted(tr, task_id, counts, final_checked, example)
@@ -186,9 +214,9 @@ def check(records: Iterable[dict[str, Any]], bucket: float = 1.0) -> Verdict:
     counts["faults_skipped"] = skipped
     for key in ("submitted", "accepted", "done", "forgotten", "lost", "stuck", "dead", "never_ran", "failed",
                 "failed_ran", "failed_done", "failed_held", "starts", "finishes", "dup", "dup_completed",
-                "dup_after_crash", "dup_aborted", "dup_unexplained"):
+                "dup_after_crash", "dup_aborted", "dup_unexplained", "fencing"):
         counts.setdefault(key, 0)
-    return Verdict(run, dict(counts), dict(codes), examples, metrics, final_checked, stats)
+    return Verdict(run, dict(counts), dict(codes), examples, metrics, final_checked, stats, dups)
 
 
 def _judge_accepted(tr: Trace, task_id: str, counts: Counter[str], final_checked: bool, example: Any) -> None:
@@ -215,18 +243,22 @@ def _judge_accepted(tr: Trace, task_id: str, counts: Counter[str], final_checked
         example("lost", task_id)
 
 
-def _judge_duplicate(tr: Trace, task_id: str, counts: Counter[str], spans: list[FaultSpan], example: Any) -> None:
+def _judge_duplicate(tr: Trace, task_id: str, counts: Counter[str], spans: list[FaultSpan], example: Any,
+                     report: DuplicateReport) -> None:
     counts["dup"] += 1
-    finished = {(a, pid) for _, a, pid in tr.finishes}
+    finished = {(a, pid) for _, a, pid, _ in tr.finishes}
     starts = sorted(tr.starts)
     if len(tr.finishes) > 1:
         counts["dup_completed"] += 1
         example("completed_twice", task_id)
-    if any((a, pid) not in finished for _, a, pid in starts[:-1]):
+    if any((a, pid) not in finished for _, a, pid, _ in starts[:-1]):
         counts["dup_after_crash"] += 1
     elif (starts[-1][1], starts[-1][2]) not in finished:
         counts["dup_aborted"] += 1      # a later copy was cancelled mid-run: another one finished
-    second = starts[1][0]
-    if not any(span.covers(second) for span in spans):
+    explanations = explain(runs_of(tr.starts, tr.finishes), spans)
+    if report.add(explanations):
         counts["dup_unexplained"] += 1
         example("duplicate_unexplained", task_id)
+    for e in explanations:
+        if e.cls != "unexplained":
+            example(f"duplicate_{e.cls}", task_id)

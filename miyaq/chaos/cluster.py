@@ -27,6 +27,8 @@ from typing import Any, Callable
 from ..client.client import Client
 from ..errors import MiyaqError
 from ..testing.zookeeper import ZooKeeperServer
+from .faults import KINDS_NETWORK
+from .disk import SmallDisks
 from .netns import Loopback
 from .ports import restartable_port
 from .procs import Child, java_wrapper, miyaq_argv, spawn, stop_all
@@ -60,7 +62,7 @@ class LocalCluster:
 
     def __init__(self, run_dir: str, *, nodes: int = 3, replicas: int = 2, workers: int = 2,
                  concurrency: int = 32, fsync: str = "interval", node_args: list[str] | None = None,
-                 name: str = "chaos", net: Any = None) -> None:
+                 name: str = "chaos", net: Any = None, disks: SmallDisks | None = None) -> None:
         self.run_dir = run_dir
         self.replicas = replicas
         self.concurrency = concurrency
@@ -68,6 +70,8 @@ class LocalCluster:
         self.node_args = list(node_args or [])
         self.name = name
         self.net: Any = net or Loopback()
+        self.disks = disks
+        self.skews: dict[str, float] = {}
         self.zookeeper: ZooKeeperServer | None = None
         self.zk_hosts = ""
         self.specs = {}
@@ -76,6 +80,7 @@ class LocalCluster:
             self.specs[node_id] = NodeSpec(node_id, i, self.net.host(i), restartable_port(),
                                            os.path.join(run_dir, "data", node_id), self.net.netns(i))
         self.procs: dict[str, Child] = {}
+        self.retired: dict[str, Child] = {}      # nodes replaced by new ones (--rolling)
         self.worker_count = workers
         self.workers: list[Child] = []
         self._worker_seq = 0
@@ -83,7 +88,11 @@ class LocalCluster:
         self._lock = threading.Lock()
         self.capabilities = {"kill", "pause", "leader", "worker", "zk", "wipe"}
         if self.net.partitions:
-            self.capabilities |= {"partition", "isolate"}
+            self.capabilities |= set(KINDS_NETWORK)
+        if shutil.which("faketime"):
+            self.capabilities.add("clock")
+        if disks is not None:
+            self.capabilities.add("diskfull")
 
     # -- views -------------------------------------------------------------------------
     @property
@@ -175,20 +184,65 @@ class LocalCluster:
 
     def start_node(self, node_id: str, wipe: bool = False) -> Child:
         spec = self.specs[node_id]
+        if self.disks is not None:
+            self.disks.mount(spec.data_dir)
         if wipe:
-            shutil.rmtree(spec.data_dir, ignore_errors=True)
+            for name in os.listdir(spec.data_dir):      # the directory may be a mount point
+                path = os.path.join(spec.data_dir, name)
+                if os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    os.unlink(path)
         os.makedirs(spec.data_dir, exist_ok=True)
         args = ["node", "--zk", self.zk_hosts, "--cluster", self.name, "--node-id", node_id,
                 "--host", spec.host, "--port", str(spec.port), "--replicas", str(self.replicas),
                 "--data-dir", spec.data_dir, "--fsync", self.fsync, *NODE_DEFAULTS, *self.node_args]
         if spec.netns:
             args.append("--insecure")   # a namespace's 10.x address: reachable only from this run
-        child = Child(node_id, miyaq_argv(*args), os.path.join(self.run_dir, f"{node_id}.log"),
-                      netns=spec.netns).start()
+        argv = miyaq_argv(*args)
+        skew = self.skews.get(node_id)
+        if skew is not None:
+            argv = ["faketime", "-f", f"{skew:+g}", *argv]
+        child = Child(node_id, argv, os.path.join(self.run_dir, f"{node_id}.log"), netns=spec.netns).start()
         self.procs[node_id] = child
-        logger.info("node %s started (pid %s, port %d%s)", node_id, child.pid, spec.port,
-                    ", data wiped" if wipe else "")
+        logger.info("node %s started (pid %s, port %d%s%s)", node_id, child.pid, spec.port,
+                    ", data wiped" if wipe else "", f", clock {skew:+g}s" if skew is not None else "")
         return child
+
+    def restart_node(self, node_id: str, skew: float | None = None) -> None:
+        """SIGTERM (a clean stop, its grace included), then start again; with
+        ``skew`` through faketime, its clock that many seconds off."""
+        self.procs[node_id].stop(30.0)
+        if skew is None:
+            self.skews.pop(node_id, None)
+        else:
+            self.skews[node_id] = skew
+        self.start_node(node_id)
+
+    def replace_node(self, old: str) -> str:
+        """``old`` is gone for good (stopped, out of the ring): start a new
+        node in its place under a new id, with an empty data directory and a
+        new port. Returns the new id."""
+        spec = self.specs.pop(old)
+        index = max(s.index for s in self.specs.values()) + 1 if self.specs else 0
+        new_id = f"n{index}"
+        while new_id in self.specs or new_id == old:
+            index += 1
+            new_id = f"n{index}"
+        self.specs[new_id] = NodeSpec(new_id, spec.index, spec.host, restartable_port(),
+                                      os.path.join(self.run_dir, "data", new_id), spec.netns)
+        self.retired[old] = self.procs.pop(old)
+        self.start_node(new_id)
+        return new_id
+
+    def fill_disk(self, node_id: str) -> int:
+        if self.disks is None:
+            raise MiyaqError("no small disks in this run")
+        return self.disks.fill(self.specs[node_id].data_dir)
+
+    def free_disk(self, node_id: str) -> None:
+        if self.disks is not None:
+            self.disks.free(self.specs[node_id].data_dir)
 
     def kill_node(self, node_id: str) -> None:
         self.procs[node_id].kill()
@@ -211,6 +265,30 @@ class LocalCluster:
     def heal_partition(self, node_id: str) -> None:
         me = self.specs[node_id].index
         self.net.unpartition([me], [s.index for s in self.specs.values() if s.index != me])
+
+    def peer_hosts(self, node_id: str) -> list[str]:
+        """The addresses of every other node."""
+        return [s.host for s in self.specs.values() if s.node_id != node_id]
+
+    def net_filter(self, key: str, node_id: str, rules: list[tuple[str, tuple[str, ...]]]) -> None:
+        """Firewall ``rules`` in ``node_id``'s namespace, undone by :meth:`net_unfilter`."""
+        self.net.filter(key, self.specs[node_id].index, rules)
+
+    def net_unfilter(self, key: str) -> None:
+        self.net.unfilter(key)
+
+    def split(self, minority: list[str]) -> None:
+        """Cut ``minority`` off from the other nodes and from ZooKeeper."""
+        side = [self.specs[n].index for n in minority]
+        self.net.partition(side, [s.index for s in self.specs.values() if s.index not in side])
+        for node_id in minority:
+            self.net_filter(f"split-{node_id}", node_id, self.net.zk_rules())
+
+    def heal_split(self, minority: list[str]) -> None:
+        side = [self.specs[n].index for n in minority]
+        for node_id in minority:
+            self.net_unfilter(f"split-{node_id}")
+        self.net.unpartition(side, [s.index for s in self.specs.values() if s.index not in side])
 
     def isolate(self, node_id: str) -> None:
         self.net.isolate(self.specs[node_id].index)
@@ -246,7 +324,7 @@ class LocalCluster:
         """Workers, nodes, ZooKeeper, network, probe clients. Never raises."""
         try:
             self.stop_workers()
-            stop_all(list(self.procs.values()), 15.0)
+            stop_all(list(self.procs.values()) + list(self.retired.values()), 15.0)
         finally:
             if self.zookeeper is not None:
                 try:
@@ -257,6 +335,8 @@ class LocalCluster:
                 self.net.close()
             except Exception:
                 logger.exception("removing the network namespaces failed")
+            if self.disks is not None:
+                self.disks.close()
             with self._lock:
                 clients, self._clients = list(self._clients.values()), {}
             for client in clients:

@@ -18,18 +18,27 @@ from typing import Any, ClassVar
 from ..errors import ConfigError
 
 KINDS_DEFAULT = ("kill", "pause", "leader", "worker", "zk", "wipe")
-KINDS_NETWORK = ("partition", "isolate")
+KINDS_NETWORK = ("partition", "isolate", "deaf", "mute", "zkcut", "lossy", "split")
+KINDS_HOST = ("clock", "diskfull")
+"""Not in the default mix: ``clock`` needs faketime, ``diskfull`` root."""
 
 
 class FaultKind:
     name: ClassVar[str] = ""
     holder: ClassVar[bool] = True
     """True: the target node stops being a usable holder while the fault lasts."""
+    hold: ClassVar[float] = 1.0
+    """How long the fault stays in place, in fault durations (``--fault-duration``)."""
     help: ClassVar[str] = ""
 
     def targets(self, cluster: Any, down: set[str], ctx: dict[str, Any]) -> list[str]:
-        """Nodes this fault may hit now (default: every running node not down)."""
+        """Nodes this fault may hit now (default: every running node not down).
+        A target naming several nodes joins them with ``+``."""
         return [n for n in cluster.node_ids if n not in down and cluster.up(n)]
+
+    def size(self, cluster: Any) -> int:
+        """How many nodes one fault of this kind takes away (the budget)."""
+        return 1 if self.holder else 0
 
     def begin(self, cluster: Any, target: str) -> dict[str, Any]:
         """Break ``target``; returns details for the history."""
@@ -143,8 +152,11 @@ class Isolate(FaultKind):
         cluster.rejoin(target)
 
 
+from .hostfaults import HOST_KINDS  # noqa: E402 - they subclass FaultKind, defined above
+from .netfaults import NETWORK_KINDS  # noqa: E402
+
 KINDS: dict[str, FaultKind] = {k.name: k() for k in (Kill, Pause, KillLeader, WorkerKill, ZooKeeperStop, Wipe,
-                                                      Partition, Isolate)}
+                                                      Partition, Isolate, *NETWORK_KINDS, *HOST_KINDS)}
 
 
 def parse_kinds(text: str | None, partitions: bool) -> list[str]:
@@ -157,7 +169,7 @@ def parse_kinds(text: str | None, partitions: bool) -> list[str]:
     if text == "none":
         return []
     if text == "all":
-        return list(KINDS_DEFAULT) + list(KINDS_NETWORK)
+        return list(KINDS_DEFAULT) + list(KINDS_NETWORK) + list(KINDS_HOST)
     kinds = [k.strip() for k in text.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
@@ -165,8 +177,13 @@ def parse_kinds(text: str | None, partitions: bool) -> list[str]:
     return list(dict.fromkeys(kinds))
 
 
-def choose(kinds: list[str], rng: random.Random) -> list[FaultKind]:
-    """The enabled kinds in a random order (the nemesis tries them in turn)."""
+def choose(kinds: list[str], rng: random.Random, cycle_from: int | None = None) -> list[FaultKind]:
+    """The enabled kinds in the order the nemesis tries them: random, or
+    (``cycle_from``) the given order starting at that index."""
     order = list(kinds)
-    rng.shuffle(order)
+    if cycle_from is None:
+        rng.shuffle(order)
+    else:
+        k = cycle_from % max(1, len(order))
+        order = order[k:] + order[:k]
     return [KINDS[k] for k in order]

@@ -147,9 +147,9 @@ class Metrics:
             self._b(first).finishes += 1
             b.done_lat.append(first - tr.submit)
             done_lat.append(first - tr.submit)
-        finished = {(a, pid) for _, a, pid in tr.finishes}
+        finished = {(a, pid) for _, a, pid, _ in tr.finishes}
         ends = sorted(f[0] for f in tr.finishes)
-        for t, attempt, pid in tr.starts:
+        for t, attempt, pid, _ in tr.starts:
             if (attempt, pid) not in finished:
                 self.interrupted.setdefault(pid, []).append((t, ends))
 

@@ -60,7 +60,7 @@ class Nemesis:
                  duration: float = 5.0, pause_duration: float = 8.0, recover_timeout: float = 60.0,
                  settle: float = 1.0, replicas: int = 2, unsafe: bool = False, first_delay: float | None = None,
                  busy_pids: Callable[[], set[int]] = set, rng: random.Random | None = None,
-                 last_start: float | None = None) -> None:
+                 last_start: float | None = None, cycle: bool = False) -> None:
         self.cluster = cluster
         self.history = history
         self.kinds = [k for k in kinds if k in KINDS]
@@ -75,6 +75,8 @@ class Nemesis:
         self.busy_pids = busy_pids
         self.last_start = last_start     # time.monotonic(): no fault begins after this
         self.rng = rng or random.Random()
+        self.cycle = cycle       # kinds in their given order, round-robin (each one soon), not at random
+        self._next_kind = 0
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._active: dict[int, ActiveFault] = {}
@@ -114,6 +116,10 @@ class Nemesis:
         with self._lock:
             return list(self._active.values())
 
+    def describe(self, now: float) -> list[str]:
+        """The faults in place, for the progress line."""
+        return [f"{f.kind.name} {f.target} {now - f.began:.0f}s" for f in self.active()]
+
     def down(self) -> set[str]:
         with self._lock:
             return set().union(*(f.holders for f in self._active.values()))
@@ -124,8 +130,8 @@ class Nemesis:
         ctx = {"busy_pids": self.busy_pids(), "unsafe": self.unsafe,
                "zk_down": any(f.kind.name == "zk" for f in self.active())}
         reasons = []
-        for kind in choose(self.kinds, self.rng):
-            if kind.holder and len(down) + 1 > self.max_down:
+        for kind in choose(self.kinds, self.rng, self._next_kind if self.cycle else None):
+            if kind.holder and len(down) + kind.size(self.cluster) > self.max_down:
                 reasons.append(f"{kind.name}: {len(down)} node(s) down already (budget {self.max_down})")
                 continue
             targets = kind.targets(self.cluster, down, ctx)
@@ -133,7 +139,8 @@ class Nemesis:
                 reasons.append(f"{kind.name}: no target")
                 continue
             target = self.rng.choice(sorted(targets))
-            fault = ActiveFault(next(self._ids), kind, target, time.time(), {target} if kind.holder else set())
+            fault = ActiveFault(next(self._ids), kind, target, time.time(),
+                                set(target.split("+")) if kind.holder else set())
             try:
                 detail = kind.begin(self.cluster, target)
             except (MiyaqError, OSError, KeyError) as exc:
@@ -142,6 +149,7 @@ class Nemesis:
             with self._lock:
                 self._active[fault.fid] = fault
             self.injected += 1
+            self._next_kind = self.kinds.index(kind.name) + 1
             self._record("begin", fault, t=fault.began, **detail)
             logger.info("fault %d: %s %s", fault.fid, kind.name, target)
             fault.thread = threading.Thread(target=self._life, args=(fault,), name=f"fault-{fault.fid}",
@@ -157,7 +165,7 @@ class Nemesis:
     def _life(self, fault: ActiveFault) -> None:
         try:
             self._heal_now.wait(self.pause_duration if fault.kind.name == "pause" else
-                                1.0 if fault.kind.name == "worker" else self.duration)
+                                1.0 if fault.kind.name == "worker" else self.duration * fault.kind.hold)
             self._heal(fault)
             if fault.kind.name == "worker":
                 self._record("recovered", fault, recover_s=0.0)

@@ -15,9 +15,12 @@ relay (:mod:`.relay`) forwards ``10.X.Y.1:port`` to it. Faults:
   are discarded, nothing else changes). No iptables needed.
 - :meth:`Namespaces.isolate`: the node's veth goes down: it reaches
   nothing (peers, ZooKeeper, clients, workers) until :meth:`rejoin`.
+- :meth:`Namespaces.filter` (iptables rules in a node's namespace, see
+  :mod:`.firewall`): one-way partitions, a node cut off from ZooKeeper
+  (:meth:`zk_rules`), a lossy link; :meth:`unfilter` removes them.
 
-:meth:`unpartition` and :meth:`rejoin` undo one fault; :meth:`heal` undoes
-every fault still in place.
+:meth:`unpartition`, :meth:`rejoin` and :meth:`unfilter` undo one fault;
+:meth:`heal` undoes every fault still in place.
 
 Only namespaces, links and routes this object made are touched, and only
 inside those namespaces (plus the bridge it made); :meth:`close` deletes
@@ -35,6 +38,7 @@ import subprocess
 import sys
 
 from ..errors import ConfigError, MiyaqError
+from .firewall import Firewall, Rule, check_iptables, drop_port
 from .relay import TcpRelay
 
 logger = logging.getLogger(__name__)
@@ -105,6 +109,7 @@ class Namespaces:
 
     def __init__(self, count: int, rng: random.Random | None = None) -> None:
         check_supported()
+        check_iptables()
         rng = rng or random.Random()
         self.prefix = f"mqc{rng.randrange(16 ** 5):05x}"
         self.count = count
@@ -118,6 +123,8 @@ class Namespaces:
         self._bridge_made = False
         self._blackholes: set[tuple[int, int]] = set()
         self._isolated: set[int] = set()
+        self.firewall = Firewall()
+        self._filters: dict[str, list[Rule]] = {}
 
     # -- layout -----------------------------------------------------------------------
     def host(self, index: int) -> str:
@@ -192,8 +199,27 @@ class Namespaces:
         _ip("link", "set", self._veths(index)[0], "down")
         self._isolated.add(index)
 
+    def zk_rules(self) -> list[tuple[str, tuple[str, ...]]]:
+        """The rules that cut a node off from ZooKeeper (its relay)."""
+        if self.relay is None:
+            return []
+        return drop_port(self.gateway, self.relay.listen[1])
+
+    def filter(self, key: str, index: int, rules: list[tuple[str, tuple[str, ...]]]) -> None:
+        """Add ``rules`` ((chain, spec) pairs) in node ``index``'s namespace,
+        remembered under ``key`` for :meth:`unfilter`."""
+        made = self._filters.setdefault(key, [])
+        for chain, spec in rules:
+            made.append(self.firewall.add(self.netns(index), chain, *spec))
+
+    def unfilter(self, key: str) -> None:
+        for rule in reversed(self._filters.pop(key, [])):
+            self.firewall.remove(rule)
+
     def heal(self) -> None:
-        """Undo every partition and isolation; never raises."""
+        """Undo every partition, isolation and filter; never raises."""
+        self._filters.clear()
+        self.firewall.clear()
         for src, dst in sorted(self._blackholes):
             try:
                 _ip("-n", self.netns(src), "route", "del", "blackhole", f"{self.addresses[dst]}/32")
@@ -213,6 +239,8 @@ class Namespaces:
         if self.relay is not None:
             self.relay.stop()
             self.relay = None
+        self._filters.clear()
+        self.firewall.rules.clear()      # they go with their namespaces
         for ns in self._made:
             try:
                 _ip("netns", "del", ns)

@@ -76,8 +76,14 @@ def render(summary: dict[str, Any], history_path: str | None = None, picture: st
          (f"{100 * d['rate']:.3f}% of accepted; completed twice {d['completed_twice']}, "
           f"re-run after a crash {d['after_crash']}, cancelled mid-run {d['aborted']}, "
           f"unexplained {d['unexplained']}")),
-        ("executions", summary["executions"]["starts"], f"finished {summary['executions']['finishes']}"),
     ]
+    for cls, n in d.get("classes", {}).items():
+        rows.append((f"  {cls}", n, "extra starts; " + (d.get("rules", {}).get(cls) or
+                                                        "NO fault or rule allows these: a bug")))
+    rows.append(("executions", summary["executions"]["starts"], f"finished {summary['executions']['finishes']}"))
+    if summary.get("started_while_fenced"):
+        rows.append(("STARTED WHILE FENCED", summary["started_while_fenced"],
+                     "starts leased by a node cut off from ZooKeeper after it should have stopped (must be 0)"))
     lines.append("Tasks")
     lines += [f"  {name:<20}{value:>9}   {note}".rstrip() for name, value, note in rows]
     if not summary.get("final_checked"):
@@ -117,6 +123,17 @@ def render(summary: dict[str, Any], history_path: str | None = None, picture: st
     elif summary["stuck"]:
         lines.append(f"VERDICT: FAILED, nothing lost but {summary['stuck']} accepted task(s) not done after the "
                      "drain")
+    elif summary.get("started_while_fenced"):
+        lines.append(f"VERDICT: FAILED, {summary['started_while_fenced']} task start(s) by a node that had lost "
+                     "ZooKeeper and should have fenced itself")
+    elif d["unexplained"]:
+        ids = ", ".join(summary["examples"].get("duplicate_unexplained", [])[:3])
+        lines.append(f"VERDICT: FAILED, nothing lost but {d['unexplained']} task(s) started more than once with "
+                     f"no fault to explain it, e.g. {ids}")
+    elif run.get("rolling") and summary["exit_code"]:
+        lines.append(f"VERDICT: FAILED, a rolling restart must cost nothing: {d['ran_more_than_once']} task(s) "
+                     f"started more than once, {f['total']} submit(s) failed"
+                     + ("; a step did not complete (see the faults)" if summary.get("rolling_broken") else ""))
     else:
         lines.append("VERDICT: OK, every accepted task finished")
     if summary.get("forgotten"):

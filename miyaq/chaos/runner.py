@@ -38,13 +38,20 @@ from .history import (
     merge_executions,
     read_history,
 )
+from .faults import KINDS
 from .nemesis import Nemesis
+from .rolling import Rolling
 from .producer import Producer
 from .report import Progress
 
 logger = logging.getLogger(__name__)
 
 TICK = 0.25
+CANNOT = {"partition": "needs --partitions", "isolate": "needs --partitions", "deaf": "needs --partitions",
+          "mute": "needs --partitions", "zkcut": "needs --partitions", "lossy": "needs --partitions",
+          "split": "needs --partitions", "clock": "needs faketime: apt-get install faketime",
+          "diskfull": "needs root (it mounts a small tmpfs per node)", "zk": "not against --zk",
+          "wipe": "not against --zk"}
 
 
 @dataclass
@@ -59,11 +66,13 @@ class ChaosConfig:
     rate: float = 200.0
     task_time: float = 0.05
     faults: list[str] = field(default_factory=list)
+    fault_order: str = "random"
     interval: float = 10.0
     fault_duration: float = 5.0
     pause_duration: float = 8.0
     unsafe: bool = False
     partitions: bool = False
+    rolling: bool = False
     zk: str | None = None
     cluster: str = "chaos"
     fsync: str = "interval"
@@ -84,6 +93,10 @@ class ChaosConfig:
             raise ConfigError("--rate, --duration and --interval must be positive")
         if min(self.fault_duration, self.pause_duration, self.drain_timeout, self.recover_timeout) < 0:
             raise ConfigError("durations and timeouts must not be negative")
+        if self.rolling and (self.zk or self.partitions):
+            raise ConfigError("--rolling runs on its own local cluster: not with --zk or --partitions")
+        if self.rolling and self.nodes < 2:
+            raise ConfigError("--rolling needs at least 2 nodes")
 
 
 def make_cluster(config: ChaosConfig, run_dir: str, rng: random.Random) -> Any:
@@ -95,9 +108,13 @@ def make_cluster(config: ChaosConfig, run_dir: str, rng: random.Random) -> Any:
     if config.partitions:
         from .netns import Namespaces
         net = Namespaces(config.nodes, rng).setup()
+    disks = None
+    if "diskfull" in config.faults and os.geteuid() == 0:
+        from .disk import SmallDisks
+        disks = SmallDisks()
     return LocalCluster(run_dir, nodes=config.nodes, replicas=config.replicas, workers=config.workers,
                         concurrency=config.concurrency, fsync=config.fsync, node_args=config.node_args,
-                        name=config.cluster, net=net)
+                        name=config.cluster, net=net, disks=disks)
 
 
 def wait_whole(cluster: Any, timeout: float) -> None:
@@ -159,7 +176,7 @@ class ChaosRun:
         return self.verdict()
 
     # -- phases ------------------------------------------------------------------------
-    def _progress(self, phase: str, progress: Progress, producer: Producer | None, nemesis: Nemesis | None) -> None:
+    def _progress(self, phase: str, progress: Progress, producer: Producer | None, nemesis: Any) -> None:
         self.activity.feed(self.tail.poll())
         counters = {"finished": len(self.activity.finished)}
         faults: list[str] = []
@@ -167,11 +184,10 @@ class ChaosRun:
             counters.update(producer.summary(), in_flight=producer.in_flight)
         if nemesis is not None:
             counters["faults"] = nemesis.injected
-            now = time.time()
-            faults = [f"{f.kind.name} {f.target} {now - f.began:.0f}s" for f in nemesis.active()]
+            faults = nemesis.describe(time.time())
         progress.update(phase, counters, faults)
 
-    def _load(self, cluster: Any) -> tuple[Producer, Nemesis]:
+    def _load(self, cluster: Any) -> tuple[Producer, Any]:
         c = self.config
         self.history.write("run", version=__version__, seed=self.seed, nodes=len(cluster.node_ids),
                            node_endpoints={n: cluster.endpoints[i] for i, n in enumerate(cluster.node_ids)},
@@ -179,26 +195,40 @@ class ChaosRun:
                            interval=c.interval, fault_duration=c.fault_duration, pause_duration=c.pause_duration,
                            workers=c.workers, concurrency=c.concurrency, task_time=c.task_time,
                            partitions=c.partitions, unsafe=c.unsafe, fsync=c.fsync, external=bool(c.zk),
-                           run_dir=self.run_dir)
+                           rolling=c.rolling, run_dir=self.run_dir)
         self.history.write("phase", name="load")
         producer = Producer(cluster.endpoints, self.history, rate=c.rate, duration=c.duration,
                             task_time=c.task_time, submit_timeout=c.submit_timeout,
                             rng=random.Random(self.rng.random())).start()
         kinds = [k for k in c.faults if k in cluster.capabilities]
+        for kind in c.faults:
+            if kind not in cluster.capabilities:
+                why = CANNOT.get(kind, "not supported here")
+                self.out.write(f"miyaq chaos: no '{kind}' faults in this run ({why})\n")
         end = time.monotonic() + c.duration
+        progress = Progress(self.out, c.duration)
+        if c.rolling:
+            rolling = Rolling(cluster, self.history, recover_timeout=c.recover_timeout).start()
+            while time.monotonic() < end:
+                self._progress("load", progress, producer, rolling)
+                time.sleep(TICK)
+            if not rolling.done():
+                self.out.write("miyaq chaos: the load ended before the rolling restart; give a longer --duration\n")
+            progress.done()
+            return producer, rolling
+        longest = max([c.pause_duration] + [c.fault_duration * KINDS[k].hold for k in kinds])
         nemesis = Nemesis(cluster, self.history, kinds, interval=c.interval, duration=c.fault_duration,
                           pause_duration=c.pause_duration, recover_timeout=c.recover_timeout,
                           replicas=c.replicas, unsafe=c.unsafe, busy_pids=self.activity.busy_pids,
                           rng=random.Random(self.rng.random()),
-                          last_start=end - max(c.fault_duration, c.pause_duration) - 1.0).start()
-        progress = Progress(self.out, c.duration)
+                          last_start=end - longest - 1.0, cycle=c.fault_order == "cycle").start()
         while time.monotonic() < end:
             self._progress("load", progress, producer, nemesis)
             time.sleep(TICK)
         progress.done()
         return producer, nemesis
 
-    def _drain(self, cluster: Any, producer: Producer, nemesis: Nemesis) -> None:
+    def _drain(self, cluster: Any, producer: Producer, nemesis: Any) -> None:
         self.history.write("phase", name="drain")
         self.out.write("miyaq chaos: load done; healing, then draining\n")
         nemesis.stop()

@@ -1,0 +1,204 @@
+"""Why a task started more than once: every extra start is put down to one
+fault and to the documented rule that allows it, or it is *unexplained*.
+
+Pure, like the checker that calls it: a function of the history alone.
+For each start after a task's first one, the *earlier run* is the latest
+start before it; the rules are tried in order and the first that matches
+explains it:
+
+1. ``worker-killed``: the earlier run's worker process was killed
+   (``worker`` fault, matched by pid) while that run was in flight.
+   docs/semantics.md, "At-least-once execution", case 4.
+2. ``holder-<kind>``: the node that leased the earlier run was hit by a
+   fault of ``<kind>`` (``kill``, ``leader``, ``wipe``, ``pause``,
+   ``partition``, ``isolate``, ``split``, ``oneway``, ``clock``, ...)
+   while that run was in flight. docs/cluster.md, "Failure modes": the
+   node that dispatched a task died, froze or was cut off before the
+   other holders heard the task's start or finish, so a standby copy ran
+   (or the node's log brought the running task back, docs/semantics.md
+   case 3).
+3. ``rerun-<kind>``: the re-run was leased by a node that could not hear
+   the other holders (``partition``, ``deaf``, ``mute``, ``lossy``,
+   ``split``, ``zkcut``) at that moment or within ``HEAL_GRACE`` of the
+   heal. docs/cluster.md, "Before a standby copy runs": only silence lets
+   a standby copy run, and a node cut off from the others hears silence.
+4. ``lease-expired``: the earlier run lasted longer than the task's lease
+   (docs/semantics.md case 2).
+
+*In flight* at a fault means: started before the node could know of the
+fault, and not finished (no finish record) or finished less than
+``REPORT_GRACE`` seconds before the fault began (its DONE may still have
+been on its way to the node, or in the node's log and not yet
+announced). A killed, paused, wiped or isolated node knows at once (it
+starts nothing more); a node that lost ZooKeeper (``split``, ``zkcut``)
+knows within ``FENCE_DEADLINE`` and must then stop starting tasks; a
+node cut off from its peers but not from ZooKeeper (``partition``,
+``deaf``, ``mute``, ``lossy``) stays in the ring and cannot know: the
+other holders hear silence and run their copies (docs/cluster.md,
+"Before a standby copy runs"), so every run it starts until the heal
+counts. The re-run must also come within the fault's window: from its
+begin to ``EXPLAIN_GRACE`` seconds after the cluster was whole again.
+
+:func:`fencing_violations` is the check of epoch fencing: a start leased
+by a node of a ``split`` minority or a ``zkcut`` node later than
+``FENCE_DEADLINE`` after the fault began and before its heal.
+
+Anything else — a second start with no fault on the earlier run's worker
+or node, or one whose earlier run had finished well before the fault —
+is ``unexplained``: DESIGN.md says duplicates happen only after a real
+failure, so the run fails.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from .metrics import EXPLAIN_GRACE, FaultSpan
+
+FENCE_DEADLINE = 6.0
+"""Seconds after losing ZooKeeper by which a node must have stopped starting
+tasks: kazoo suspends the connection after 2/3 of the session (2 s in a
+chaos run), the node fences 1.5 s later (``FENCE_AFTER``), plus margin."""
+FENCED_KINDS = ("split", "zkcut")
+BLIND_KINDS = ("partition", "deaf", "mute", "lossy")
+HEAL_GRACE = 1.0
+"""Answers and streams need a moment to flow again after a network fault heals."""
+REPORT_GRACE = 0.5
+"""A run that finished this little before its node's fault, or started this
+little after it (the DISPATCH was on its way), counts as in flight."""
+LEASE = 30.0
+"""The chaos task's lease (``miyaq.chaos.tasks.work``)."""
+
+RULES = {
+    "worker-killed": "docs/semantics.md, At-least-once execution, case 4: a worker killed mid-task",
+    "holder": "docs/cluster.md, Failure modes: the node that leased the run failed before the other holders "
+              "heard of its start or finish",
+    "rerun": "docs/cluster.md, Before a standby copy runs: only silence lets a standby copy run, and a node "
+             "cut off from the other holders hears silence",
+    "lease-expired": "docs/semantics.md, At-least-once execution, case 2: a lease that ran out",
+}
+WORKER_KINDS = ("worker",)
+NOT_NODE_KINDS = ("worker", "zk")
+
+
+@dataclass
+class Run:
+    """One start record of a task, with its finish (if any)."""
+
+    t: float
+    attempt: int
+    pid: int
+    node: str | None       # node id that leased it, if known
+    end: float | None = None
+
+
+@dataclass
+class Explanation:
+    cls: str                # "worker-killed", "holder-kill", ..., or "unexplained"
+    fault: int | None       # the fault it is put down to
+    rule: str
+
+
+@dataclass
+class DuplicateReport:
+    """Counts over every extra start of every task that ran more than once."""
+
+    classes: Counter[str] = field(default_factory=Counter)
+    by_fault: Counter[int] = field(default_factory=Counter)
+    """Explained extra starts per fault id."""
+    unexplained_after: Counter[int] = field(default_factory=Counter)
+    """Unexplained extra starts per the last fault begun before them (a hint, not a cause)."""
+
+    def add(self, found: list[Explanation]) -> bool:
+        """Fold one task's explanations in; True if any was unexplained."""
+        bad = False
+        for e in found:
+            self.classes[e.cls] += 1
+            if e.cls == "unexplained":
+                bad = True
+                if e.fault is not None:
+                    self.unexplained_after[e.fault] += 1
+            elif e.fault is not None:
+                self.by_fault[e.fault] += 1
+        return bad
+
+    def summary(self) -> dict[str, Any]:
+        return {"classes": dict(self.classes.most_common()), "rules": self.rules(),
+                "by_fault": {str(k): v for k, v in sorted(self.by_fault.items())},
+                "unexplained_after": {str(k): v for k, v in sorted(self.unexplained_after.items())}}
+
+    def rules(self) -> dict[str, str]:
+        out = {}
+        for cls in self.classes:
+            key = cls.split("-")[0] if cls.startswith(("holder-", "rerun-")) else cls
+            if key in RULES:
+                out[cls] = RULES[key]
+        return out
+
+
+def runs_of(starts: list[tuple[float, int, int, str | None]],
+            finishes: list[tuple[float, int, int, str | None]]) -> list[Run]:
+    """Start records joined with their finish (same attempt and pid), by start time."""
+    ends: dict[tuple[int, int], float] = {}
+    for t, attempt, pid, _ in finishes:
+        ends.setdefault((attempt, pid), t)
+    return [Run(t, attempt, pid, node, ends.get((attempt, pid))) for t, attempt, pid, node in sorted(starts)]
+
+
+def in_flight(run: Run, span: FaultSpan) -> bool:
+    if span.kind in BLIND_KINDS:
+        knows = span.heal if span.heal is not None else math.inf
+    elif span.kind in FENCED_KINDS:
+        knows = span.begin + FENCE_DEADLINE
+    else:
+        knows = span.begin
+    # A worker writes its start record a moment after the node leased the run.
+    return run.t <= knows + REPORT_GRACE and (run.end is None or run.end + REPORT_GRACE >= span.begin)
+
+
+def fenced_nodes(span: FaultSpan) -> list[str]:
+    return span.target.split("+") if span.kind in FENCED_KINDS else []
+
+
+def fencing_violations(starts: list[tuple[float, int, int, str | None]], spans: list[FaultSpan]) -> int:
+    """Starts leased by a node that should have fenced itself by then."""
+    bad = 0
+    for span in spans:
+        nodes = fenced_nodes(span)
+        if not nodes:
+            continue
+        until = span.heal if span.heal is not None else math.inf
+        bad += sum(1 for t, _, _, node in starts if node in nodes and span.begin + FENCE_DEADLINE < t <= until)
+    return bad
+
+
+def explain(runs: list[Run], spans: list[FaultSpan]) -> list[Explanation]:
+    """One explanation per start after the first (see the module docstring)."""
+    out = []
+    for k in range(1, len(runs)):
+        out.append(_explain_one(runs[k - 1], runs[k], spans))
+    return out
+
+
+def _explain_one(earlier: Run, again: Run, spans: list[FaultSpan]) -> Explanation:
+    window = [s for s in spans if s.begin - 1.0 <= again.t <= s.end(math.inf) + EXPLAIN_GRACE]
+    for span in window:
+        if span.kind in WORKER_KINDS and span.pid is not None and int(span.pid) == earlier.pid \
+                and in_flight(earlier, span):
+            return Explanation("worker-killed", span.fid, RULES["worker-killed"])
+    for span in window:
+        if span.kind not in NOT_NODE_KINDS and earlier.node is not None \
+                and earlier.node in span.target.split("+") and in_flight(earlier, span):
+            return Explanation(f"holder-{span.kind}", span.fid, RULES["holder"])
+    for span in window:
+        if span.kind in BLIND_KINDS + FENCED_KINDS and again.node is not None \
+                and again.node in span.target.split("+") and span.begin <= again.t \
+                and (span.heal is None or again.t <= span.heal + HEAL_GRACE):
+            return Explanation(f"rerun-{span.kind}", span.fid, RULES["rerun"])
+    ran_for = (earlier.end if earlier.end is not None else again.t) - earlier.t
+    if ran_for >= LEASE:
+        return Explanation("lease-expired", None, RULES["lease-expired"])
+    before = [s for s in spans if s.begin <= again.t]
+    return Explanation("unexplained", max(before, key=lambda s: s.begin).fid if before else None, "")

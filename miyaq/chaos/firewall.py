@@ -1,0 +1,91 @@
+"""Packet filter rules inside a chaos run's network namespaces (iptables).
+
+The faults that routes alone cannot make: a one-way partition (a node's
+packets from some peers dropped, not those to them), a node cut off from
+ZooKeeper but not from its peers, and a lossy link (each packet dropped
+with a probability, the ``statistic`` match). Every rule goes into the
+namespace of the node it concerns (``ip netns exec NS iptables -w ...``),
+never into the run's own namespace or the host's, and is remembered so
+:meth:`Firewall.remove` and :meth:`Firewall.clear` take away exactly what
+was added. Every call has a timeout; failures raise ``MiyaqError`` with
+iptables' own message.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+
+from ..errors import ConfigError, MiyaqError
+
+logger = logging.getLogger(__name__)
+
+TIMEOUT = 10.0
+Rule = tuple[str, str, tuple[str, ...]]     # (namespace, chain, match and target)
+
+
+def check_iptables() -> None:
+    if shutil.which("iptables") is None:
+        raise ConfigError("--partitions needs the iptables command (apt-get install iptables)")
+
+
+def _iptables(ns: str, *args: str) -> None:
+    argv = ["ip", "netns", "exec", ns, "iptables", "-w", "5", *args]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise MiyaqError(f"{' '.join(argv)} failed: {exc}") from None
+    if done.returncode != 0:
+        raise MiyaqError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
+
+
+class Firewall:
+    """The rules one run added, per namespace (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.rules: list[Rule] = []
+
+    def add(self, ns: str, chain: str, *spec: str) -> Rule:
+        rule = (ns, chain, tuple(spec))
+        _iptables(ns, "-I", chain, *spec)
+        self.rules.append(rule)
+        return rule
+
+    def remove(self, rule: Rule) -> None:
+        if rule in self.rules:
+            ns, chain, spec = rule
+            _iptables(ns, "-D", chain, *spec)
+            self.rules.remove(rule)
+
+    def clear(self) -> None:
+        """Remove every rule still in place; never raises."""
+        for rule in list(reversed(self.rules)):
+            try:
+                self.remove(rule)
+            except MiyaqError as exc:
+                logger.warning("removing a firewall rule: %s", exc)
+                self.rules.remove(rule)
+
+
+def drop_from(addr: str) -> tuple[str, tuple[str, ...]]:
+    """INPUT: packets from ``addr`` are dropped (this node cannot hear it)."""
+    return "INPUT", ("-s", f"{addr}/32", "-j", "DROP")
+
+
+def drop_to(addr: str) -> tuple[str, tuple[str, ...]]:
+    """OUTPUT: packets to ``addr`` are dropped (it cannot hear this node)."""
+    return "OUTPUT", ("-d", f"{addr}/32", "-j", "DROP")
+
+
+def drop_port(addr: str, port: int) -> list[tuple[str, tuple[str, ...]]]:
+    """Both directions of TCP with ``addr:port`` (a service behind a relay)."""
+    return [("OUTPUT", ("-d", f"{addr}/32", "-p", "tcp", "--dport", str(port), "-j", "DROP")),
+            ("INPUT", ("-s", f"{addr}/32", "-p", "tcp", "--sport", str(port), "-j", "DROP"))]
+
+
+def drop_random(probability: float) -> list[tuple[str, tuple[str, ...]]]:
+    """Each packet in and out dropped with ``probability`` (0..1)."""
+    if not 0.0 <= probability <= 1.0:
+        raise ConfigError(f"a loss probability is between 0 and 1, not {probability}")
+    match = ("-m", "statistic", "--mode", "random", "--probability", f"{probability:.4f}", "-j", "DROP")
+    return [("INPUT", ("!", "-i", "lo", *match)), ("OUTPUT", ("!", "-o", "lo", *match))]
