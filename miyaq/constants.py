@@ -101,6 +101,18 @@ RESYNC_TIMEOUT = 5.0
 #: A node that was frozen holds dispatching at most this long while it
 #: fetches every peer's state again.
 FROZEN_RESYNC_TIMEOUT = 10.0
+#: After a freeze or a fence, a node coordinates no submit for this long: a
+#: SUBMIT read now may have waited in its socket while the client resent it
+#: elsewhere (the client's ack timeout is 5 s), and its view of the ring may
+#: be old.
+SUSPECT_AFTER_FREEZE = 5.0
+#: A node without ZooKeeper this long fences itself when its peers still
+#: have ZooKeeper or it hears no majority of them (a peer's heartbeat, every
+#: second, says by then whether it lost ZooKeeper too).
+FENCE_AFTER = 1.5
+#: A node that left the ring is still listened to this long (its stream and
+#: peer link): it announces how the tasks it still ran ended.
+DEPARTED_GRACE = 60.0
 #: Compare-and-set attempts on a contended periodic znode before giving up.
 CAS_TRIES = 5
 

@@ -23,9 +23,8 @@ import threading
 import time
 from typing import IO, Any
 
-import gevent
-
 from ..app import App
+from ..runtime import green
 from ..worker.context import TaskContext, current_task
 
 ENV_DIR = "MIYAQ_CHAOS_DIR"
@@ -86,6 +85,6 @@ def work(seconds: float = 0.0, seq: int = 0) -> Any:
     ctx = current_task()
     assert ctx is not None
     record("start", ctx)
-    gevent.sleep(min(max(0.0, float(seconds)), MAX_SLEEP))
+    green.sleep(min(max(0.0, float(seconds)), MAX_SLEEP))
     record("finish", ctx)
     return seq

@@ -18,6 +18,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from miyaq.cluster.holder_events import apply_early_start
+from miyaq.cluster.replicated_intake import is_resent
 from miyaq.cluster.standby import describe
 from miyaq.constants import MAX_QUERY
 from miyaq.runtime import wall
@@ -80,6 +81,7 @@ class Copies:
         holders = record.get("holders")
         if not isinstance(holders, list) or not isinstance(record.get("id"), str):
             return False
+        senders = list(holders)
         if role.view.members:
             # The sender's view of the ring may be older or newer than ours:
             # place the copy by our own view, and refuse it if we are not a
@@ -115,8 +117,16 @@ class Copies:
             base = max(task.eta, record.get("lease_end", 0.0), now)
             task.eta = base + role.offset_for(task, minimum=1)
         else:
-            task.standby = task.rank > 0
-            task.eta += role.offset_for(task)
+            # Views that disagree (a ring change under way) can make two nodes
+            # rank 0 of one task: a copy the sender placed differently waits an
+            # offset (the views converge, handoff re-ranks it) and asks first.
+            disagree = senders != holders
+            task.standby = task.rank > 0 or is_resent(task) or disagree
+            task.eta += role.offset_for(task, minimum=1 if disagree else 0)
+            if task.standby:
+                # A REPLICATE that arrives late (a link that stalled) must not make
+                # its copy ask at once: the other holders may not have theirs yet.
+                task.eta = max(task.eta, now + role.offset_for(task, minimum=1))
         try:
             status, _ = engine.submit(task, now)
         except Exception as exc:   # Busy, ShuttingDown, or a malformed record from a peer: not stored

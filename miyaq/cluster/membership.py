@@ -249,6 +249,12 @@ class Coordinator(abc.ABC):
     def is_leader(self) -> bool:
         """True while this node may act as leader (never while its session is in doubt)."""
 
+    def silent_for(self) -> float:
+        """Seconds this node has been without its coordination service (its
+        ZooKeeper connection suspended or its session lost); 0 while
+        connected, and always for a standalone node."""
+        return 0.0
+
     @abc.abstractmethod
     def join(self, node_id: str) -> None:
         """Ask for ``node_id`` to be in the ring (applied by the leader)."""

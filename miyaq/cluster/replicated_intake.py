@@ -23,15 +23,21 @@ from miyaq.constants import MAX_PENDING_SUBMITS
 from miyaq.core.handles import Ack, AckTarget
 from miyaq.errors import MiyaqError, NotEnoughReplicas, Unavailable
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE, REJECTED
-from miyaq.runtime import monotonic
+from miyaq.runtime import monotonic, wall
 from miyaq.store.records import task_record
-from miyaq.store.task import Task
+from miyaq.store.task import READY, SCHEDULED, Task
 
 if TYPE_CHECKING:
     from miyaq.cluster.role import ClusterRole
 
 logger = logging.getLogger(__name__)
 
+
+
+def is_resent(task: Task) -> bool:
+    """A client resend: an earlier try may have been stored, and run, on
+    other holders (every holder's copy asks before it runs)."""
+    return bool(task.meta and task.meta.get("resent"))
 
 
 class _Pending:
@@ -61,6 +67,11 @@ class ReplicatedIntake:
         if len(self.pending) >= MAX_PENDING_SUBMITS:
             self.ack(identity, [task.id, REJECTED, {"code": "busy", "message": "too many submits in flight"}])
             return
+        why = role.not_coordinating()
+        if why:
+            # The client retries on another node (same id): nothing is stored here.
+            self.ack(identity, [task.id, REJECTED, Unavailable(f"{why}; submit to another node").to_wire()])
+            return
         holders = role.holders_for(task)
         if not holders:
             self.ack(identity, [task.id, REJECTED, Unavailable("the ring is empty").to_wire()])
@@ -72,7 +83,7 @@ class ReplicatedIntake:
         entry = _Pending(identity, need, monotonic() + self.timeout)
         if role.node_id in holders:
             role.place(task)
-            if task.meta and task.meta.get("resent"):
+            if is_resent(task):
                 # A client resend: an earlier try may have been stored — and run —
                 # elsewhere. Ask the other holders before running (standby).
                 task.standby = True
@@ -133,3 +144,13 @@ class ReplicatedIntake:
                 err = NotEnoughReplicas(f"task {task_id} stored on {entry.got} of the {entry.need} "
                                         f"holders needed within {self.timeout:g}s; resubmit with the same id")
                 self.ack(entry.identity, [task_id, REJECTED, err.to_wire()])
+                self._demote(task_id)
+
+    def _demote(self, task_id: str) -> None:
+        """The client was told the submit failed and will resend it, maybe
+        elsewhere: this node's copy (if it stored one) must not run on its
+        own any more. It becomes a standby that asks the other holders first."""
+        task = self.engine.table.live.get(task_id)
+        if task is not None and not task.standby and task.state in (SCHEDULED, READY):
+            task.standby = True
+            self.engine.defer(task, wall() + self.role.offset_for(task, minimum=1))

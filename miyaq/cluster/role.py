@@ -16,9 +16,10 @@ import logging
 from typing import Any
 
 from miyaq.cluster.copies import Copies
+from miyaq.cluster.fence import Fence
 from miyaq.cluster.handoff import Handoff
 from miyaq.cluster.holder_events import EventPublisher, apply_events
-from miyaq.cluster.membership import Coordinator, LeaderListener, RingView
+from miyaq.cluster.membership import Coordinator, LeaderListener, Member, RingView
 from miyaq.cluster.peer import QUERY, REPLICATE, SYNC
 from miyaq.cluster.replicated_intake import ReplicatedIntake
 from miyaq.cluster.standby import StandbyChecker
@@ -26,11 +27,12 @@ from miyaq.cluster.sync import Resync
 from miyaq.cluster.transport import Transport
 from miyaq.config import NodeConfig
 from miyaq.constants import (
-    CLUSTER_TICK, FROZEN_RESYNC_TIMEOUT, HANDOFF_SWEEP, HANDOFF_SWEEP_AFTER_CHANGE, STREAM_HEARTBEAT,
+    CLUSTER_TICK, DEPARTED_GRACE, FROZEN_RESYNC_TIMEOUT, HANDOFF_SWEEP, HANDOFF_SWEEP_AFTER_CHANGE, STALL,
+    STREAM_HEARTBEAT, SUSPECT_AFTER_FREEZE,
 )
 from miyaq.core.directory import Directory
 from miyaq.core.engine import Engine
-from miyaq.core.gate import RECONCILING, Gate
+from miyaq.core.gate import FENCED, RECONCILING, Gate
 from miyaq.core.handles import Ack, WriteBarrier
 from miyaq.core.service import ServiceEndpoint
 from miyaq.runtime import CRITICAL, RESTART, Supervisor, green, monotonic
@@ -65,6 +67,7 @@ class ClusterRole:
         self.subscriber = transport.subscriber(self.node_id, lambda src, evs: apply_events(self, src, evs),
                                                self.resync.start)
         self.events = EventPublisher(self.node_id, self.publisher)
+        self.fence = Fence(self.node_id, coordinator, self.subscriber)
         self.copies = Copies(self)
         self.standby = StandbyChecker(self)
         self.intake = ReplicatedIntake(self, endpoint.ack)
@@ -81,6 +84,9 @@ class ClusterRole:
         self._reconcile_until = 0.0
         self._resync_base = 0
         self._sweep_until = 0.0
+        self._suspect_until = 0.0
+        self._ticked = 0.0       # the ticker's last round: long ago means the process was frozen
+        self._departed: dict[str, tuple[Member, float]] = {}   # left the ring: (member, followed until)
 
     # -- lifecycle ------------------------------------------------------------------
     def setup(self) -> None:
@@ -151,10 +157,47 @@ class ClusterRole:
         dispatching until every peer's state was fetched again (or 10 s)."""
         logger.warning("node %s was frozen for %.1fs; resyncing before it dispatches again",
                        self.node_id, seconds)
+        self._suspect_until = monotonic() + SUSPECT_AFTER_FREEZE
+        self._hold_until_resynced("this node was frozen")
+
+    def _hold_until_resynced(self, why: str) -> None:
         self.gate.close(RECONCILING)
         self._resync_base = self.resync.completed
         self._reconcile_until = monotonic() + FROZEN_RESYNC_TIMEOUT
-        self.subscriber.resync_all("this node was frozen")
+        self.subscriber.resync_all(why)
+
+    # -- fencing ----------------------------------------------------------------------
+    def fenced(self) -> bool:
+        """True while this node must not start tasks (see :mod:`miyaq.cluster.fence`)."""
+        return self.fence.fenced(self.view.members)
+
+    def not_coordinating(self) -> str:
+        """Why this node must not coordinate a submit now ("" if it may):
+        while fenced, for ``SUSPECT_AFTER_FREEZE`` after a freeze or a
+        fence, and just after a freeze it has not noticed yet. Its view of the ring may
+        be old then, and a SUBMIT it reads may have waited in its socket
+        while the client resent it elsewhere: two coordinators with
+        different views could both make a copy of rank 0."""
+        mono = monotonic()
+        if self.fence.up or self.fenced():
+            return "this node lost ZooKeeper and the ring may go on without it"
+        ticked = self._ticked
+        if mono < self._suspect_until or (ticked and mono - ticked > STALL):
+            return "this node is catching up with the cluster (after a freeze or a fence)"
+        return ""
+
+    def _watch_fence(self) -> None:
+        if not self.fence.changed(self.view.members):
+            return
+        if self.fence.up:
+            self.gate.close(FENCED)
+            logger.warning("node %s: no ZooKeeper for %.1fs and the ring may go on without it; not starting "
+                           "tasks until it is back", self.node_id, self.coordinator.silent_for())
+            return
+        logger.info("node %s: fence lifted; resyncing before it dispatches again", self.node_id)
+        self._suspect_until = monotonic() + SUSPECT_AFTER_FREEZE
+        self._hold_until_resynced("this node was fenced")    # closes the gate before the fence opens it
+        self.gate.open(FENCED)
 
     def flush(self) -> None:
         self.intake.flush()
@@ -220,20 +263,40 @@ class ClusterRole:
             old, self.view = self.view, view
             self.publisher.epoch = view.epoch
             members = view.members
-            self.peer.connect({m.node_id: m.peer for m in members.values()})
-            self.subscriber.connect({m.node_id: m.pub for m in members.values()})
+            mono = monotonic()
+            for node_id, member in old.members.items():
+                if node_id not in members and node_id != self.node_id:
+                    self._departed[node_id] = (member, mono + DEPARTED_GRACE)
+            for node_id in members:
+                self._departed.pop(node_id, None)
+            self._follow_links()
             self.directory.update({m.node_id: m.service for m in members.values()})
             logger.info("ring epoch %d: %s (leader %s)", view.epoch, ", ".join(sorted(members)), view.leader)
             if set(old.members) != set(members) or old.epoch == 0 or old.ring != view.ring:
                 self.handoff.run()
                 self._sweep_until = monotonic() + HANDOFF_SWEEP_AFTER_CHANGE
 
+    def _follow_links(self) -> None:
+        """Peer links and stream subscriptions: every ring member, and for
+        ``DEPARTED_GRACE`` every node that left it -- a node that left (or was
+        dropped) still announces how the tasks it ran ended."""
+        mono = monotonic()
+        for node_id, (_, until) in list(self._departed.items()):
+            if until <= mono:
+                del self._departed[node_id]
+        links = dict(self.view.members)
+        links.update({n: m for n, (m, _) in self._departed.items()})
+        self.peer.connect({n: m.peer for n, m in links.items()})
+        self.subscriber.connect({n: m.pub for n, m in links.items()})
+
     # -- periodic ---------------------------------------------------------------------
     def _ticker(self) -> None:
         last_beat = 0.0
         while True:
             green.sleep(CLUSTER_TICK)
-            mono = monotonic()
+            mono = self._ticked = monotonic()
+            self.publisher.zk_ok = self.coordinator.silent_for() == 0.0
+            self._watch_fence()
             self.flush()
             self.intake.sweep()
             if self._reconcile_until and (mono >= self._reconcile_until or self._reconciled()):
@@ -244,6 +307,8 @@ class ClusterRole:
                 last_beat = mono
                 self.publisher.heartbeat([m for m in self.view.members if m != self.node_id])
                 self.handoff.retry(mono)
+                if self._departed and min(u for _, u in self._departed.values()) <= mono:
+                    self._follow_links()
             if mono < self._sweep_until and mono - self.handoff.last_run >= HANDOFF_SWEEP:
                 # For a minute after a ring change, sweep again: catches copies
                 # placed by a view that changed meanwhile (cost: one pass over the tasks).

@@ -4,14 +4,23 @@ When a standby copy's timer fires (``task_due_elsewhere``), this node asks
 every other live holder about the task (QUERY, batched per holder) — Disque's
 WILLQUEUE. Per task:
 
+- this node is fenced (cut off from ZooKeeper, see ``ClusterRole.fenced``),
+  or no longer a holder (the copy was handed off and is kept only until its
+  new holders confirm it) → wait an offset: the others run it;
 - a holder that finished it (done, cancelled, expired, started under
   at-most-once) → this copy finishes the same way;
 - a holder that dead-lettered it → this copy is dead-lettered too;
-- a holder that holds it ready or running, or is a standby copy of lower
-  rank → push this copy's timer out by one offset and ask again then;
-- otherwise (every other holder silent, unaware of it, or a standby of
-  higher rank) → take over: the copy becomes ready here, and its start is
-  announced to the others like any start.
+- a holder ranked before this copy that does not know the task yet (it
+  just joined the ring or came back, and the handoff that brings it its
+  copy is on its way) → wait one offset, at most ``UNKNOWN_WAITS`` times;
+- a holder that holds it ready or running, or holds a standby copy and has
+  a smaller node id (ranks are not compared: they come from views of the
+  ring that may disagree during a change, and two standby copies asking
+  each other at once must not both run) → push this copy's timer out by
+  one offset and ask again then;
+- otherwise (every other holder silent, unaware of it, or a standby with a
+  larger node id) → take over: the copy becomes ready here, and its start
+  is announced to the others like any start.
 
 Only silence lets a copy run; that is what keeps duplicates to real failures.
 """
@@ -32,6 +41,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FINAL = ("done", "cancelled", "expired", "started-elsewhere")
+UNKNOWN_WAITS = 3
+"""Offsets a standby copy waits for an earlier-ranked holder that does not
+know the task yet (handoffs are retried every few seconds)."""
+MAX_UNKNOWN_WAITING = 100_000
 
 
 def describe(role: ClusterRole, task_id: str) -> list[Any]:
@@ -48,12 +61,18 @@ def describe(role: ClusterRole, task_id: str) -> list[Any]:
     return ["unknown"]
 
 
+Answers = list[tuple[str, list[Any]]]
+Checks = dict[str, tuple[Task, Answers, set[str]]]
+"""Per task id being asked about: the copy, the (holder, answer) pairs so far, the holders still to answer."""
+
+
 class StandbyChecker(EngineListener):
     def __init__(self, role: ClusterRole) -> None:
         self.role = role
         self.due: list[Task] = []
         self.takeovers = 0
         self.deferrals = 0
+        self._unknown_waits: dict[str, int] = {}     # task id -> waits for an earlier holder that lacks it
 
     def task_due_elsewhere(self, task: Task) -> None:
         self.due.append(task)
@@ -66,10 +85,14 @@ class StandbyChecker(EngineListener):
         role = self.role
         alive = role.view.members
         asks: dict[str, list[str]] = {}
-        checks: dict[str, tuple[Task, list[list[Any]], set[str]]] = {}
+        checks: Checks = {}
         now = wall()
+        fenced = role.fenced()
         for task in due:
             if task.state not in (SCHEDULED, RETRYING) or not task.standby:
+                continue
+            if fenced or role.node_id not in task.holders:
+                self._wait(task, now)
                 continue
             others = [h for h in task.holders if h != role.node_id and h in alive]
             if not others:
@@ -81,12 +104,10 @@ class StandbyChecker(EngineListener):
         for holder, ids in asks.items():
             role.peer.request(holder, QUERY, {"ids": ids}, QUERY_TIMEOUT, self._callback(holder, ids, checks))
 
-    def _callback(self, holder: str, ids: list[str],
-                  checks: dict[str, tuple[Task, list[list[Any]], set[str]]]) -> Callable[[dict[str, Any] | None], None]:
+    def _callback(self, holder: str, ids: list[str], checks: Checks) -> Callable[[dict[str, Any] | None], None]:
         return lambda answer: self._answered(holder, ids, answer, checks)
 
-    def _answered(self, holder: str, ids: list[str], answer: dict[str, Any] | None,
-                  checks: dict[str, tuple[Task, list[list[Any]], set[str]]]) -> None:
+    def _answered(self, holder: str, ids: list[str], answer: dict[str, Any] | None, checks: Checks) -> None:
         states = (answer or {}).get("states") or {}
         now = wall()
         for task_id in ids:
@@ -97,18 +118,21 @@ class StandbyChecker(EngineListener):
             waiting.discard(holder)
             state = states.get(task_id)
             if isinstance(state, list) and state:
-                answers.append(state)
+                answers.append((holder, state))
             if not waiting:
                 del checks[task_id]
                 self._decide(task, answers, now)
 
-    def _decide(self, task: Task, answers: list[list[Any]], now: float) -> None:
+    def _decide(self, task: Task, answers: Answers, now: float) -> None:
         role = self.role
         engine = role.engine
         if task.state not in (SCHEDULED, RETRYING) or not task.standby:
             return   # something else moved it meanwhile
+        if role.fenced() or role.node_id not in task.holders:
+            self._wait(task, now)      # fenced meanwhile, or handed off by a ring change
+            return
         with role.events.applying_remote():
-            for a in answers:
+            for _, a in answers:
                 if a[0] in FINAL:
                     engine.finish_copy(task.id, a[0], a[1] if len(a) > 1 else None,
                                        a[2] if len(a) > 2 else None, now)
@@ -116,16 +140,30 @@ class StandbyChecker(EngineListener):
                 if a[0] == DEAD:
                     engine.kill_copy(task, task.error)
                     return
-        for a in answers:
+        earlier_unaware = [h for h, a in answers if a[0] == "unknown" and h in task.holders
+                           and task.holders.index(h) < task.rank]
+        waits = self._unknown_waits.pop(task.id, 0)
+        if earlier_unaware and waits < UNKNOWN_WAITS:
+            if len(self._unknown_waits) >= MAX_UNKNOWN_WAITING:
+                self._unknown_waits.clear()
+            self._unknown_waits[task.id] = waits + 1
+            self._wait(task, now)
+            return
+        for holder, a in answers:
             state = a[0]
             active = state in (READY, RUNNING) or (state in (SCHEDULED, RETRYING) and not a[1])
-            lower_standby = state in (SCHEDULED, RETRYING) and a[1] and len(a) > 2 and a[2] < task.rank
-            if active or lower_standby:
-                self.deferrals += 1
+            # Between two standby copies the smaller node id goes first, whatever
+            # their ranks: ranks come from views of the ring that may disagree.
+            first_standby = state in (SCHEDULED, RETRYING) and a[1] and holder < role.node_id
+            if active or first_standby:
                 later = max(now, a[3] if state == RUNNING and len(a) > 3 else now)
-                engine.defer(task, later + role.offset_for(task, minimum=1))
+                self._wait(task, later)
                 return
         self._take_over(task, now)
+
+    def _wait(self, task: Task, base: float) -> None:
+        self.deferrals += 1
+        self.role.engine.defer(task, base + self.role.offset_for(task, minimum=1))
 
     def _take_over(self, task: Task, now: float) -> None:
         self.takeovers += 1

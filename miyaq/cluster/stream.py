@@ -43,12 +43,14 @@ def topic(node_id: str) -> bytes:
 
 
 class _Source:
-    __slots__ = ("inc", "seq", "heard", "syncing")
+    __slots__ = ("heard", "inc", "last", "seq", "syncing", "zk_since")
 
     def __init__(self) -> None:
         self.inc = 0
         self.seq = 0
-        self.heard = monotonic()
+        self.heard = monotonic()      # reset when a silence is acted on
+        self.last = 0.0               # when a message of this stream last arrived
+        self.zk_since: float | None = 0.0   # since when its heartbeats say it has ZooKeeper (None: it has not)
         self.syncing = False
 
 
@@ -62,6 +64,7 @@ class ZmqStreamPublisher:
         self.incarnation = random.getrandbits(62) or 1
         self.seqs: dict[str, int] = {}
         self.epoch = 0
+        self.zk_ok = True     # announced in heartbeats: peers fence themselves by it
         # Fault injection for tests and `miyaq chaos`: drop this share of messages.
         self.drop_ratio = drop_ratio
         self._rng = random.Random(os.getpid())
@@ -83,7 +86,8 @@ class ZmqStreamPublisher:
     def heartbeat(self, dests: list[str]) -> None:
         for dest in dests:
             self._publish(dest, {"src": self.node_id, "inc": self.incarnation,
-                                 "seq": self.seqs.get(dest, 0), "epoch": self.epoch, "hb": True})
+                                 "seq": self.seqs.get(dest, 0), "epoch": self.epoch, "hb": True,
+                                 "zk": self.zk_ok})
 
     def _publish(self, dest: str, body: dict[str, Any]) -> None:
         try:
@@ -163,7 +167,12 @@ class ZmqStreamSubscriber:
         source = self.sources.get(src)
         if source is None:
             return
-        source.heard = monotonic()
+        source.heard = source.last = monotonic()
+        if body.get("hb"):
+            if body.get("zk") is False:
+                source.zk_since = None
+            elif source.zk_since is None:
+                source.zk_since = source.last
         if inc != source.inc:
             source.inc = inc
             source.seq = seq if body.get("hb") else seq - 1
@@ -214,6 +223,10 @@ class ZmqStreamSubscriber:
 
     def last_heard(self) -> dict[str, float]:
         return {src: source.heard for src, source in self.sources.items()}
+
+    def heard_from(self, within: float) -> dict[str, float | None]:
+        now = monotonic()
+        return {src: source.zk_since for src, source in self.sources.items() if now - source.last <= within}
 
     def close(self) -> None:
         if self._closed:

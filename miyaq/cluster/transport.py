@@ -68,6 +68,8 @@ class StreamPublisher(Protocol):
     epoch: int
     #: Messages dropped on purpose (fault injection).
     dropped: int
+    #: Announced in every heartbeat: whether this node has ZooKeeper now.
+    zk_ok: bool
 
     def start(self) -> None:
         """Begin publishing."""
@@ -106,6 +108,10 @@ class StreamSubscriber(Protocol):
 
     def last_heard(self) -> dict[str, float]:
         """Per source: when its stream was last heard (monotonic)."""
+
+    def heard_from(self, within: float) -> dict[str, float | None]:
+        """The sources heard within ``within`` seconds, each with since when
+        (monotonic) its heartbeats say it has ZooKeeper (None: it has not)."""
 
 
 class Transport(Protocol):

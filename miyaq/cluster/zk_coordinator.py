@@ -40,7 +40,7 @@ from miyaq.cluster.zk_registry import Registry
 from miyaq.cluster.zk_session import Session
 from miyaq.cluster.zk_store import ZnodeStore, check_options
 from miyaq.errors import ConfigError, Unavailable
-from miyaq.runtime import RESTART, Supervisor, green
+from miyaq.runtime import RESTART, Supervisor, green, monotonic
 
 __all__ = ["ZooKeeperCoordinator"]
 
@@ -150,6 +150,10 @@ class ZooKeeperCoordinator(Coordinator):
     def session(self) -> Session | None:
         """The session (None before ``start``): its state, for status and tests."""
         return self._session
+
+    def silent_for(self) -> float:
+        since = self._session.silent_since if self._session is not None else None
+        return 0.0 if since is None else max(0.0, monotonic() - since)
 
     def registered(self) -> dict[str, Member]:
         return self._registry.registered() if self._registry is not None else {}

@@ -29,6 +29,7 @@ from kazoo.protocol.states import KazooState
 
 from miyaq.cluster.zk_auth import ZkAuth
 from miyaq.cluster.zk_store import close_client, connect
+from miyaq.runtime import monotonic
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class Session:
         self.suspended = False
         self.lost = False
         self.closing = False
+        self.silent_since: float | None = None    # monotonic time the connection was suspended
         self._subscribers: list[SessionSubscriber] = []
         zk.add_listener(self._on_state)
 
@@ -99,6 +101,10 @@ class Session:
         """kazoo's listener: record the state and tell the subscribers. Never blocks."""
         if self.closing:
             return
+        if state == KazooState.CONNECTED:
+            self.silent_since = None
+        elif self.silent_since is None:
+            self.silent_since = monotonic()
         if state == KazooState.SUSPENDED:
             logger.warning("%s: ZooKeeper connection suspended", self.owner)
             self.suspended = True

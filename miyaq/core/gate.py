@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 
 SHUTTING_DOWN = "shutting down"
 RECONCILING = "reconciling"
+FENCED = "fenced"
 
 
 class Gate:
