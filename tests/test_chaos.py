@@ -12,6 +12,7 @@ import sys
 import threading
 
 import pytest
+from chaos_lives import failed_lives
 
 from miyaq.chaos.checker import check
 from miyaq.chaos.faults import KINDS_DEFAULT, KINDS_NETWORK, parse_kinds
@@ -332,7 +333,7 @@ def test_end_to_end_run_under_kill_and_pause_loses_nothing(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)    # ... and its children die with it regardless
             stdout, stderr = proc.communicate(timeout=10)
         pytest.fail(f"miyaq chaos did not finish in time; stderr tail:\n{stderr[-4000:]}")
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{stderr[-6000:]}"
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{stderr[-6000:]}\n{failed_lives(out)}"
     summary = json.loads(stdout)
     assert summary["lost"] == 0 and summary["stuck"] == 0
     assert summary["accepted"] > 1000

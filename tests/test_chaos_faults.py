@@ -17,6 +17,7 @@ import subprocess
 import sys
 
 import pytest
+from chaos_lives import failed_lives
 
 ROOT = os.geteuid() == 0
 pytestmark = pytest.mark.chaos_run
@@ -44,7 +45,7 @@ def run_chaos(tmp_path, *args: str, timeout: float = 300) -> dict:
             os.killpg(proc.pid, signal.SIGKILL)
             stdout, stderr = proc.communicate(timeout=10)
         pytest.fail(f"miyaq chaos did not finish in time; stderr tail:\n{stderr[-4000:]}")
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{stderr[-6000:]}"
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{stderr[-6000:]}\n{failed_lives(out)}"
     return json.loads(stdout)
 
 

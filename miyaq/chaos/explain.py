@@ -65,9 +65,12 @@ FENCED_KINDS = ("split", "zkcut")
 BLIND_KINDS = ("partition", "deaf", "mute", "lossy")
 HEAL_GRACE = 1.0
 """Answers and streams need a moment to flow again after a network fault heals."""
-REPORT_GRACE = 0.5
+REPORT_GRACE = 2.0
 """A run that finished this little before its node's fault, or started this
-little after it (the DISPATCH was on its way), counts as in flight."""
+little after it (the DISPATCH was on its way), counts as in flight: a node
+announces a finish on its next stream flush (every 50 ms), but a loaded
+2-core machine delays that, and the workers' records, by up to a second or
+two."""
 LEASE = 30.0
 """The chaos task's lease (``miyaq.chaos.tasks.work``)."""
 
