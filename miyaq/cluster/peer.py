@@ -11,7 +11,11 @@ relies on ("only silence lets it run"). A callback that raises is logged
 and counted by the supervisor; it never stops the readers.
 
 Frames are the service protocol's: ``[b"MQ1", COMMAND, msgpack map]``; every
-body carries ``from`` (the sender's node id). Commands: docs/cluster.md.
+body carries ``from`` (the sender's node id) and ``proto``, the peer protocol
+version the sender speaks (``PEER_PROTOCOL``; absent means 1). A request in a
+version this node does not speak is refused with ``bad_version`` and logged,
+never guessed at; the sender logs the refusal (docs/cluster.md, "Versions").
+Commands: docs/cluster.md.
 
 With keys, only peer keys complete the handshake on the peer port (ZAP
 domain ``miyaq-peer``), and each request's key is looked up again (a
@@ -27,7 +31,7 @@ from typing import Any, Callable
 
 from miyaq.cluster.transport import Body, Callback, Handler, Reply
 from miyaq.constants import PEER_RECONNECT_MS
-from miyaq.errors import MiyaqError, ProtocolError
+from miyaq.errors import BadVersion, MiyaqError, ProtocolError
 from miyaq.protocol import codec
 from miyaq.runtime import CRITICAL, LOG, Supervisor, green, monotonic
 from miyaq.runtime.sockets import SocketFactory, recv_with_user, zmq
@@ -41,6 +45,9 @@ SYNC = b"SYNC"               # {"cursor": n}                   -> answer {"tasks
 ANSWER = b"ANSWER"           # {"req", ...}
 PEER_COMMANDS = frozenset({REPLICATE, QUERY, SYNC})
 PEER_REPLIES = frozenset({ANSWER})
+PEER_PROTOCOL = 1
+"""The peer protocol version this node speaks (peer requests and streams)."""
+WARN_EVERY = 60.0
 
 
 class PeerEndpoint:
@@ -64,6 +71,7 @@ class PeerEndpoint:
         self._req = itertools.count(1)
         self._poller = sockets.poller()
         self.errors: Counter[str] = Counter()
+        self._warned: dict[tuple[str, str], float] = {}    # (peer, what) -> when last logged
         self._closed = False
 
     def start(self) -> None:
@@ -98,6 +106,7 @@ class PeerEndpoint:
         req = next(self._req)
         body["req"] = req
         body["from"] = self.node_id
+        body["proto"] = PEER_PROTOCOL
         if sock is None or not self._send(sock, command, body):
             self.supervisor.spawn("peer callback", callback, None, policy=LOG)
             return False
@@ -136,6 +145,7 @@ class PeerEndpoint:
             return
         identity = frames[0]
         req: Any = None
+        sender: Any = None
         try:
             if self.guard is not None:
                 self.guard.peer(user)
@@ -144,10 +154,14 @@ class PeerEndpoint:
             sender = body.get("from")
             if not isinstance(sender, str):
                 raise ProtocolError("peer request without 'from'")
+            check_version(body.get("proto", 1), sender, self.node_id)
             self._current = (identity, req)
             answer = self.handlers[command](sender, body)
         except MiyaqError as err:
             self.errors[err.code] += 1
+            if isinstance(err, BadVersion):
+                who = sender if isinstance(sender, str) else repr(bytes(identity[:16]))
+                self.warn(who, "refused", "refused a peer's request: %s", err.message)
             answer = err.to_wire()
         except Exception as exc:
             self.supervisor.report("peer handler", exc)
@@ -202,6 +216,10 @@ class PeerEndpoint:
             self.errors[err.code] += 1
             return
         entry = self.pending.pop(body.get("req"), None)  # type: ignore[arg-type]
+        if body.get("code") == BadVersion.code:
+            req = body.get("req")
+            peer = self._asked.get(req, "?") if isinstance(req, int) else "?"
+            self.warn(peer, "refused-us", "peer %s refused our request: %s", peer, body.get("message"))
         self._settle(body.get("req"))
         if entry is not None:
             self._call(entry[1], None if "code" in body else body)
@@ -230,6 +248,16 @@ class PeerEndpoint:
         except Exception as exc:
             self.supervisor.report("peer callback", exc)
 
+    def warn(self, peer: str, what: str, fmt: str, *args: Any) -> None:
+        """Log an error about ``peer`` at most once a minute per kind."""
+        now = monotonic()
+        key = (peer, what)
+        if now - self._warned.get(key, -WARN_EVERY) >= WARN_EVERY:
+            if len(self._warned) > 1000:
+                self._warned.clear()
+            self._warned[key] = now
+            logger.error(fmt, *args)
+
     def close(self) -> None:
         if self._closed:
             return
@@ -242,3 +270,10 @@ class PeerEndpoint:
             self.router.close(linger=0)
         except Exception:
             logger.exception("closing the peer sockets failed")
+
+
+def check_version(proto: Any, sender: str, me: str) -> None:
+    """Raise ``BadVersion`` unless ``proto`` is a peer protocol this node speaks."""
+    if isinstance(proto, bool) or not isinstance(proto, int) or not 1 <= proto <= PEER_PROTOCOL:
+        raise BadVersion(f"peer {sender} speaks peer protocol {proto!r}; node {me} speaks 1 to {PEER_PROTOCOL}: "
+                         "upgrade every node to one version before using what the new one adds")

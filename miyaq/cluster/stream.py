@@ -29,6 +29,7 @@ from typing import Any
 
 import msgpack
 
+from miyaq.cluster.peer import PEER_PROTOCOL
 from miyaq.cluster.transport import Apply, AskResync
 from miyaq.constants import STREAM_HEARTBEAT, STREAM_SILENCE
 from miyaq.runtime import CRITICAL, Supervisor, green, monotonic
@@ -80,14 +81,15 @@ class ZmqStreamPublisher:
         if self.drop_ratio and self._rng.random() < self.drop_ratio:
             self.dropped += 1
             return
-        body = {"src": self.node_id, "inc": self.incarnation, "seq": seq, "epoch": self.epoch, "ev": events}
+        body = {"src": self.node_id, "inc": self.incarnation, "seq": seq, "epoch": self.epoch, "ev": events,
+                "proto": PEER_PROTOCOL}
         self._publish(dest, body)
 
     def heartbeat(self, dests: list[str]) -> None:
         for dest in dests:
             self._publish(dest, {"src": self.node_id, "inc": self.incarnation,
                                  "seq": self.seqs.get(dest, 0), "epoch": self.epoch, "hb": True,
-                                 "zk": self.zk_ok})
+                                 "zk": self.zk_ok, "proto": PEER_PROTOCOL})
 
     def _publish(self, dest: str, body: dict[str, Any]) -> None:
         try:
@@ -116,6 +118,7 @@ class ZmqStreamSubscriber:
         self.apply = apply
         self.resync = resync
         self.gaps = 0
+        self.foreign = 0      # messages dropped: a peer protocol this node does not speak
         self.resyncs = 0
         self._closed = False
 
@@ -166,6 +169,14 @@ class ZmqStreamSubscriber:
             return
         source = self.sources.get(src)
         if source is None:
+            return
+        proto = body.get("proto", 1)
+        if isinstance(proto, bool) or not isinstance(proto, int) or not 1 <= proto <= PEER_PROTOCOL:
+            # A newer node's stream is never half-applied: to this node it stays silent.
+            self.foreign += 1
+            if self.foreign == 1 or self.foreign % 10_000 == 0:
+                logger.error("stream from %s is in peer protocol %r; this node speaks 1 to %d: its messages "
+                             "are dropped (%d so far); upgrade this node", src, proto, PEER_PROTOCOL, self.foreign)
             return
         source.heard = source.last = monotonic()
         if body.get("hb"):

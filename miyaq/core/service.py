@@ -25,7 +25,7 @@ from typing import Any, Callable
 from miyaq.constants import (
     SERVICE_BURST, SERVICE_BURST_WORK, SERVICE_HEARTBEAT_IVL_MS, SERVICE_HEARTBEAT_TIMEOUT_MS,
 )
-from miyaq.errors import MiyaqError, ProtocolError
+from miyaq.errors import BadVersion, MiyaqError, ProtocolError
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c
 from miyaq.runtime.sockets import SocketFactory, zmq
@@ -33,6 +33,9 @@ from miyaq.security.guard import Guard
 from miyaq.security.keystore import Identity
 
 logger = logging.getLogger(__name__)
+
+VERSION_WARN_EVERY = 1000
+"""A client speaking another protocol version is logged on its first message and every this many."""
 
 Handler = Callable[[bytes, dict[str, Any], float], None]
 
@@ -142,7 +145,12 @@ class ServiceEndpoint:
         try:
             command, body = codec.decode(frames[1:], c.NODE_COMMANDS, self.max_message)
         except ProtocolError as err:
-            logger.debug("bad message from %r: %s", identity, err.message)
+            if isinstance(err, BadVersion) and self.errors[err.code] % VERSION_WARN_EVERY == 0:
+                # A client of another protocol version: say so where the operator looks.
+                logger.warning("refused a client's message (%d so far): %s", self.errors[err.code] + 1,
+                               err.message)
+            else:
+                logger.debug("bad message from %r: %s", identity, err.message)
             self.error(identity, err)
             return
         req = body.get("req")

@@ -1,0 +1,64 @@
+"""Protocol versions across a rolling upgrade: a peer that announces a peer
+protocol newer than the node speaks is refused with ``bad_version`` and a
+logged error, never misread (docs/cluster.md, "Versions")."""
+from __future__ import annotations
+
+import pytest
+import zmq
+from cluster_harness import Cluster
+
+from miyaq.cluster.peer import ANSWER, PEER_PROTOCOL, QUERY
+from miyaq.protocol import codec
+from miyaq.testing.harness import wait_for
+
+
+@pytest.fixture
+def cluster(procs, zk_server, zk_cluster_name, client_for):
+    return Cluster(procs, zk_server.hosts, zk_cluster_name, client_for)
+
+
+@pytest.fixture
+def peer_socket():
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    yield sock
+    sock.close(linger=0)
+    ctx.term()
+
+
+def ask(sock, body: dict) -> dict:
+    sock.send_multipart(codec.encode(QUERY, body))
+    assert sock.poll(10_000), "the node did not answer the peer request"
+    _, answer = codec.decode(sock.recv_multipart(), frozenset({ANSWER}), 1 << 20)
+    return answer
+
+
+def test_a_peer_announcing_a_newer_protocol_is_refused_with_a_logged_error(cluster, peer_socket):
+    """Fault: during a rolling upgrade, a node of the next version (peer
+    protocol PEER_PROTOCOL + 1) sends a QUERY to a node of this one. The
+    request is answered bad_version with a message naming both versions,
+    the node logs it, and the same request in the version it speaks is
+    answered as usual."""
+    cluster.start(1)
+    node = cluster.nodes["n0"]
+    peer_socket.connect(f"tcp://127.0.0.1:{node.port + 1}")
+    newer = PEER_PROTOCOL + 1
+    answer = ask(peer_socket, {"from": "n9", "req": 7, "proto": newer, "ids": ["t1"]})
+    assert answer["code"] == "bad_version" and answer["req"] == 7
+    assert f"peer protocol {newer}" in answer["message"] and "n9" in answer["message"]
+    assert "states" not in answer
+    wait_for(lambda: "refused a peer's request" in node.log_tail(400), what="the refusal in the node's log")
+    answer = ask(peer_socket, {"from": "n9", "req": 8, "proto": PEER_PROTOCOL, "ids": ["t1"]})
+    assert answer == {"req": 8, "states": {"t1": ["unknown"]}}
+    answer = ask(peer_socket, {"from": "n9", "req": 9, "ids": ["t1"]})     # a node from before versions
+    assert answer["states"] == {"t1": ["unknown"]}
+
+
+def test_a_malformed_peer_protocol_version_is_refused(cluster, peer_socket):
+    """Bad input from a peer: a ``proto`` that is not a version number is refused, not guessed at."""
+    cluster.start(1)
+    peer_socket.connect(f"tcp://127.0.0.1:{cluster.nodes['n0'].port + 1}")
+    for req, proto in enumerate(["2", 0, True, None, 2.0], start=1):
+        answer = ask(peer_socket, {"from": "n9", "req": req, "proto": proto, "ids": ["t1"]})
+        assert answer["code"] == "bad_version", proto
