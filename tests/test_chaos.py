@@ -384,3 +384,12 @@ def test_a_rerun_by_a_node_that_could_not_hear_the_others_is_explained():
     assert s["duplicates"]["classes"] == {"rerun-deaf": 1, "unexplained": 1}
     assert s["examples"]["duplicate_unexplained"] == ["b"]
     assert "silence" in s["duplicates"]["rules"]["rerun-deaf"]
+
+
+def test_a_rerun_asked_of_a_node_that_could_not_answer_is_explained():
+    """n0 ran the task, then went deaf (it heard no request): another
+    holder's standby copy asked it, heard silence and ran the task again."""
+    h = H().add("fault", 10, phase="begin", fault=1, kind="deaf", target="n0")
+    h.task("a", 5, runs=[(0.5, 1, 10, True, 0), (7.0, 1, 11, True, 1)])
+    h.add("fault", 13, phase="heal", fault=1).add("fault", 13.1, phase="recovered", fault=1, recover_s=0.1)
+    assert h.checked().verdict().summary()["duplicates"]["classes"] == {"rerun-deaf": 1}

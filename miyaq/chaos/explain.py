@@ -18,10 +18,12 @@ explains it:
    (or the node's log brought the running task back, docs/semantics.md
    case 3).
 3. ``rerun-<kind>``: the re-run was leased by a node that could not hear
-   the other holders (``partition``, ``deaf``, ``mute``, ``lossy``,
-   ``split``, ``zkcut``) at that moment or within ``HEAL_GRACE`` of the
-   heal. docs/cluster.md, "Before a standby copy runs": only silence lets
-   a standby copy run, and a node cut off from the others hears silence.
+   the other holders, or the node that ran the task earlier could not
+   answer it (``partition``, ``deaf``, ``mute``, ``lossy``, ``split``,
+   ``zkcut``), at that moment or within ``HEAL_GRACE`` of the heal.
+   docs/cluster.md, "Before a standby copy runs": only silence lets a
+   standby copy run, and a node cut off from the others hears silence (or
+   is not heard).
 4. ``lease-expired``: the earlier run lasted longer than the task's lease
    (docs/semantics.md case 2).
 
@@ -196,9 +198,9 @@ def _explain_one(earlier: Run, again: Run, spans: list[FaultSpan]) -> Explanatio
                 and earlier.node in span.target.split("+") and in_flight(earlier, span):
             return Explanation(f"holder-{span.kind}", span.fid, RULES["holder"])
     for span in window:
-        if span.kind in BLIND_KINDS + FENCED_KINDS and again.node is not None \
-                and again.node in span.target.split("+") and span.begin <= again.t \
-                and (span.heal is None or again.t <= span.heal + HEAL_GRACE):
+        cut_off = span.target.split("+")
+        if span.kind in BLIND_KINDS + FENCED_KINDS and (again.node in cut_off or earlier.node in cut_off) \
+                and span.begin <= again.t and (span.heal is None or again.t <= span.heal + HEAL_GRACE):
             return Explanation(f"rerun-{span.kind}", span.fid, RULES["rerun"])
     ran_for = (earlier.end if earlier.end is not None else again.t) - earlier.t
     if ran_for >= LEASE:
