@@ -2,11 +2,14 @@
 nack, touch, and their errors."""
 from __future__ import annotations
 
+import base64
 import threading
 import time
 
+import msgpack
 from gateway_harness import FIXTURES, WAIT, Http, wait_for
 
+from miyaq.gateway import pull_api
 from miyaq.store.task import Task
 
 http_node, api, make_http_node, make_web_worker = FIXTURES   # pytest finds fixtures in module globals
@@ -119,3 +122,49 @@ def test_too_many_waiting_receives_is_busy(make_http_node):
         waiter.join(WAIT)
         api.close()
         other.close()
+
+
+def _nested(depth: int) -> list:
+    outer: list = []
+    inner = outer
+    for _ in range(depth):
+        inner.append([])
+        inner = inner[0]
+    return outer
+
+
+def test_receive_500_a_payload_nested_1000_deep_is_received_as_base64(http_node, api, client_for):
+    """The /receive of an unconvertible payload: a task submitted over
+    ZeroMQ whose msgpack payload is nested 1,000 deep (JSON cannot show it)
+    was leased by /receive and then answered 500, left running with an
+    attempt spent. Now the answer carries the payload as body_base64, and the
+    task is leased once and can be acked."""
+    client = client_for(f"tcp://127.0.0.1:{http_node.config.port}")
+    deep = _nested(1000)
+    task_id = client.submit("deep", [deep], queue="deepq", wait=True).id
+    status, answer, _ = api.post("/receive", {"queues": ["deepq"]})
+    assert status == 200, answer
+    task = answer["task"]
+    assert task["id"] == task_id and task["attempt"] == 1 and "args" not in task
+    assert base64.b64decode(task["body_base64"]) == msgpack.packb([[deep], {}], use_bin_type=True)
+    assert api.post(f"/tasks/{task_id}/ack", {"attempt": 1, "result": "ok"})[1] == {"ok": True}
+
+
+def test_a_task_whose_answer_cannot_be_built_is_left_unleased(http_node, api, monkeypatch):
+    """A safety net for a bug: if the JSON answer of a received task cannot
+    be built, the task is given back at once with no attempt spent (never
+    left running until its lease runs out), and the request gets a 500 that
+    names the task. A later receive gets it with attempt 1."""
+    task_id = submit(api, "unshown", 1)
+
+    def broken(info: dict) -> bytes:
+        raise TypeError("simulated: a header JSON cannot hold")
+
+    monkeypatch.setattr(pull_api, "_task_answer", broken)
+    status, answer, _ = api.post("/receive", {"queues": ["unshown"]})
+    assert status == 500 and task_id in answer["error"]["message"], answer
+    task = api.get(f"/tasks/{task_id}")[1]["task"]
+    assert (task["state"], task["attempt"]) == ("ready", 0), task
+    monkeypatch.undo()
+    task = api.post("/receive", {"queues": ["unshown"]})[1]["task"]
+    assert (task["id"], task["attempt"]) == (task_id, 1)

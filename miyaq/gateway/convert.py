@@ -7,6 +7,10 @@ node stores (msgpack payloads, unix times).
   client packs it, so Python workers run tasks submitted over HTTP.
 * Results: msgpack decoded to JSON; a value JSON cannot hold (bytes, non-text
   keys) is returned as ``result_base64`` (the raw msgpack) instead.
+
+Payload and result conversions are total: whatever a producer stored over
+ZeroMQ (bytes that are not msgpack, values nested too deep for JSON, floats
+JSON has no name for) comes back as base64, never as an exception.
 """
 from __future__ import annotations
 
@@ -73,7 +77,7 @@ def pack_args(args: Any, kwargs: Any) -> bytes:
 def _json_ready(value: Any) -> bool:
     try:
         json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):   # bytes, NaN, nested past the stack
         return False
     return True
 

@@ -10,16 +10,24 @@ caller that disappears loses nothing.
 
 Receives go through the dispatcher like any consumer, so queue rate limits
 and concurrency caps hold for them too.
+
+A task is leased only once its answer is made: the JSON is built while the
+dispatcher hands the task over, and a task whose answer cannot be built is
+given back at once with no attempt spent (the dispatcher's refusal path).
+Payloads always convert (:func:`~miyaq.gateway.convert.payload_fields`
+falls back to ``body_base64``), so that is a bug's safety net.
 """
 from __future__ import annotations
 
+import json
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 import msgpack
 
 from miyaq.constants import MAX_LONG_POLL
-from miyaq.errors import InvalidField, TooLarge
+from miyaq.errors import InvalidField, MiyaqError, TooLarge
 from miyaq.core.consumers import PullConsumer
 from miyaq.protocol import fields as f
 from miyaq.protocol.taskspec import check_id, check_queue
@@ -29,6 +37,8 @@ from miyaq.gateway.request import Request, Response, json_response
 
 if TYPE_CHECKING:
     from .server import Gateway
+
+logger = logging.getLogger(__name__)
 
 BLOCK_DEFAULT = 30.0
 #: Who an HTTP pull consumer is (PullConsumer's default principal): ack, nack
@@ -62,14 +72,16 @@ class PullApi:
         for q in queues:
             check_queue(q, "queues")
         timeout = f.number(body, "timeout", default_timeout, hi=MAX_LONG_POLL) if blocking else 0.0
-        info = self._take(list(queues), timeout)
-        if info is None:
+        answer = self._take(list(queues), timeout)
+        if answer is None:
             return json_response({"task": None})
-        task_body = info.pop("body", b"") or b""
-        info.update(convert.payload_fields(task_body))
-        return json_response({"task": info})
+        if isinstance(answer, MiyaqError):
+            raise answer
+        return Response(200, answer, [("Content-Type", "application/json")])
 
-    def _take(self, queues: list[str], timeout: float) -> dict[str, Any] | None:
+    def _take(self, queues: list[str], timeout: float) -> bytes | MiyaqError | None:
+        """The JSON answer for one task leased to this request, None if none
+        came in time, or the error that made one be given back unleased."""
         dispatcher = self.dispatcher
         now = time.time()
         box: green.AsyncResult = green.AsyncResult()
@@ -77,7 +89,15 @@ class PullApi:
         def answer(info: dict[str, Any] | None) -> bool:
             if box.ready():
                 return False   # this request has given up: the dispatcher puts the task back
-            box.set(info)
+            if info is None:
+                box.set(None)
+                return True
+            try:
+                box.set(_task_answer(info))
+            except Exception:   # a header JSON cannot hold: give it back, no attempt spent
+                logger.exception("HTTP receive: task %s cannot be shown as JSON; left unleased", info.get("id"))
+                box.set(MiyaqError(f"task {info.get('id')} cannot be shown as JSON; it was left in its queue"))
+                return False
             return True
 
         consumer = PullConsumer(queues, monotonic() + timeout, answer, HTTP_PULL)
@@ -90,11 +110,11 @@ class PullApi:
             dispatcher.forget(consumer)
             box.set(None)
             return None
-        info = box.wait(timeout + 1.0)   # the housekeeping sweep answers at the deadline
+        result = box.wait(timeout + 1.0)   # the housekeeping sweep answers at the deadline
         if not box.ready():
             dispatcher.forget(consumer)
             box.set(None)
-        return info
+        return result
 
     # -- finishing a received task -----------------------------------------------------
     def ack(self, request: Request) -> Response:
@@ -126,3 +146,11 @@ class PullApi:
         if ok and task is not None:
             answer["lease_end"] = task.lease_end
         return json_response(answer)
+
+
+def _task_answer(info: dict[str, Any]) -> bytes:
+    """``{"task": ...}`` as JSON bytes: the header, and the payload as
+    args/kwargs or ``body_base64`` (always convertible)."""
+    task_body = info.pop("body", b"") or b""
+    info.update(convert.payload_fields(task_body))
+    return json.dumps({"task": info}, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
