@@ -20,6 +20,7 @@ import gevent.pool
 import gevent.queue
 import gevent.threadpool
 from gevent import monkey
+from gevent.pywsgi import Input as WSGIInput
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
 T = TypeVar("T")
@@ -44,9 +45,9 @@ joinall = gevent.joinall
 
 __all__ = [
     "AsyncResult", "Event", "FdWait", "call_soon", "Greenlet", "GreenletExit", "Lock", "Pool", "Queue", "QueueEmpty",
-    "Semaphore", "T", "ThreadPool", "ThreadWake", "Timeout", "WSGIHandler", "WSGIServer", "current", "hub_running",
-    "idle", "is_patched", "joinall", "killall", "monkey_patch", "native_thread_ident", "on_signal", "run_in_thread",
-    "sleep", "start_native_thread",
+    "Semaphore", "T", "ThreadPool", "ThreadWake", "Timeout", "WSGIHandler", "WSGIInput", "WSGIServer", "current",
+    "hub_running", "idle", "is_patched", "joinall", "killall", "monkey_patch", "native_thread_ident", "on_signal",
+    "run_in_thread", "sleep", "start_native_thread",
 ]
 
 
