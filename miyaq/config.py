@@ -101,6 +101,13 @@ class NodeConfig(Settings):
     http_host: str = _opt("", "address the HTTP gateway binds to (empty: same as host)")
     http_max_body: int = _opt(4 * 1024 * 1024, "largest HTTP request body in bytes")
     http_max_connections: int = _opt(1024, "most HTTP connections served at once")
+    http_max_client_connections: int = _opt(128, "most HTTP connections from one client address at once; more "
+                                                 "are answered 503 (0: no cap; raise it behind a proxy)")
+    http_header_timeout: float = _opt(10.0, "seconds an HTTP client has to send a request's line and headers "
+                                            "(and its TLS handshake); then 408 and the connection closes")
+    http_body_timeout: float = _opt(30.0, "seconds an HTTP client has to send a request's body; then 408 and "
+                                          "the connection closes")
+    http_idle_timeout: float = _opt(60.0, "seconds a keep-alive HTTP connection may wait for its next request")
     http_console: str = _opt("on", "web console at /ui: on, read-only (no operator actions) or off",
                              choices=("on", "read-only", "off"))
     webhook_concurrency: int = _opt(16, "webhook deliveries in flight at once, per queue")
@@ -163,6 +170,8 @@ class NodeConfig(Settings):
             raise ConfigError("replicas, max_tasks and max_batch must be at least 1")
         if self.heartbeat <= 0 or self.liveness < 1:
             raise ConfigError("heartbeat must be > 0 and liveness >= 1")
+        if min(self.http_header_timeout, self.http_body_timeout, self.http_idle_timeout) <= 0:
+            raise ConfigError("http_header_timeout, http_body_timeout and http_idle_timeout must be > 0")
 
     # -- derived ------------------------------------------------------------
     @property

@@ -148,6 +148,8 @@ HTTP_ACK_WAIT = 10.0
 LIMIT_SHARE_REFRESH = 1.0
 #: Form fields one HTTP request may carry.
 MAX_FORM_FIELDS = 1000
+#: Arrays and objects nested in one JSON request body, at most (deeper: 400).
+MAX_JSON_DEPTH = 64
 #: Opening a connection to a webhook destination may take this long.
 WEBHOOK_CONNECT_TIMEOUT = 10.0
 #: Webhook destinations with pooled connections (least recently used closed first).

@@ -34,6 +34,13 @@ class ForbiddenDestination(MiyaqError):
     code = "forbidden_destination"
 
 
+class RequestTimeout(MiyaqError):
+    """The client did not send its request's headers or body in time (the
+    gateway's header and body timeouts); the connection is closed."""
+
+    code = "request_timeout"
+
+
 HTTP_STATUS: dict[str, int] = {
     # the request is wrong: fix it, do not retry it as is
     "protocol": 400, "bad_frame": 400, "bad_version": 400, "bad_encoding": 400,
@@ -42,6 +49,7 @@ HTTP_STATUS: dict[str, int] = {
     "forbidden_destination": 403, "forbidden": 403,
     "not_found": 404,
     "method_not_allowed": 405,
+    "request_timeout": 408,
     "too_large": 413,
     "unsupported_media_type": 415,
     # the node cannot take it now (MiyaqError.retryable): retry later (a Retry-After header is sent)

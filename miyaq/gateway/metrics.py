@@ -36,6 +36,10 @@ from miyaq.runtime import Supervisor, monotonic, wall
 from miyaq.store.table import Tombstone
 from miyaq.store.task import DONE, Task
 
+#: The HTTP methods ``miyaq_http_requests_total`` names; any other is counted as "other",
+#: so made-up methods cannot add series (routes are the router's templates or "unmatched").
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                    30.0, 60.0, 300.0, 900.0, 3600.0)
 
@@ -217,8 +221,12 @@ class NodeMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.cluster = ClusterGauges(role)
         self.timings = TaskTimings(self.registry)
-        self.http_requests = Counter("miyaq_http_requests", "HTTP requests by route and status",
+        self.http_requests = Counter("miyaq_http_requests", "HTTP requests by method (a known verb or other), "
+                                     "route template (or unmatched) and status",
                                      ["method", "route", "status"], registry=self.registry)
+        self.http_refusals = Counter("miyaq_http_refused", "HTTP connections and requests refused before a "
+                                     "handler ran (client_limit, header_timeout, tls_handshake, malformed)",
+                                     ["reason"], registry=self.registry)
         self.webhooks = Counter("miyaq_webhook_deliveries", "Webhook attempts by queue and result "
                                 "(2xx, 4xx, 429, 5xx, timeout, connection, invalid, forbidden)",
                                 ["queue", "result"], registry=self.registry)
@@ -246,7 +254,12 @@ class NodeMetrics:
         self.webhook_seconds.labels(queue).observe(seconds)
 
     def http_request(self, method: str, route: str, status: int) -> None:
-        self.http_requests.labels(method, route, str(status)).inc()
+        """Count one answer. ``route`` must come from a fixed set (a route template or "unmatched")."""
+        self.http_requests.labels(method if method in HTTP_METHODS else "other", route, str(status)).inc()
+
+    def http_refused(self, reason: str) -> None:
+        """Count a refusal; ``reason`` is one of :data:`miyaq.gateway.wsgi.REFUSALS`."""
+        self.http_refusals.labels(reason).inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition format."""

@@ -5,7 +5,15 @@
 with the charset of the Content-Type (parameters such as
 ``; charset=utf-8`` are accepted). Every parse failure raises a
 :class:`~miyaq.errors.MiyaqError` naming the field, which the server turns
-into a 4xx JSON answer.
+into a 4xx JSON answer -- never a 500, whatever a client sends:
+
+* a charset Python knows but that is not a text encoding (``rot13``,
+  ``base64``, ``zlib``) is refused like an unknown one;
+* JSON is nested at most ``MAX_JSON_DEPTH`` levels, has no ``NaN`` or
+  ``Infinity``, and no integer of more digits than Python converts;
+* a body the server cannot read (a bad chunk size, a connection closed
+  mid-body) is a 400 and the connection is closed (:attr:`Request.close`);
+* a query string is parsed like a form (at most ``MAX_FORM_FIELDS``).
 """
 from __future__ import annotations
 
@@ -15,8 +23,8 @@ import math
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl
 
-from miyaq.constants import MAX_FORM_FIELDS
-from miyaq.errors import InvalidField, TooLarge
+from miyaq.constants import MAX_FORM_FIELDS, MAX_JSON_DEPTH
+from miyaq.errors import InvalidField, MiyaqError, TooLarge
 from miyaq.gateway.errors import UnsupportedMediaType
 
 JSON_TYPE = "application/json"
@@ -34,8 +42,56 @@ def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
     return media.strip().lower(), params
 
 
+def check_charset(charset: str) -> str:
+    """``charset`` if Python decodes text with it; else an :class:`InvalidField`
+    naming Content-Type (``rot13`` or ``zlib`` are codecs, not text encodings)."""
+    try:
+        codecs.lookup(charset)
+        b"x".decode(charset)   # LookupError for a codec that is not a text encoding (b"" never looks)
+    except UnicodeError:
+        pass   # a text encoding that cannot decode "x" alone (utf-16): fine
+    except LookupError:
+        raise InvalidField(f"unknown charset {charset!r} in Content-Type", field="Content-Type") from None
+    return charset
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def json_depth_ok(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True if ``value`` nests arrays and objects at most ``limit`` deep
+    (iterative: a deep value cannot exhaust the stack here)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return False
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return True
+
+
+def parse_json(text: str) -> Any:
+    """JSON from a client. ValueError for bad syntax (NaN and Infinity
+    included); :class:`InvalidField` for nesting deeper than ``MAX_JSON_DEPTH``."""
+    try:
+        value = json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        value = None
+    else:
+        if json_depth_ok(value):
+            return value
+    raise InvalidField(f"the body is not valid JSON: nested deeper than {MAX_JSON_DEPTH} levels", field="body")
+
+
 class Request:
-    __slots__ = ("_body", "_query", "environ", "max_body", "method", "params", "path")
+    __slots__ = ("_body", "_query", "close", "environ", "max_body", "method", "params", "path")
 
     def __init__(self, environ: dict[str, Any], max_body: int) -> None:
         self.environ = environ
@@ -45,6 +101,7 @@ class Request:
         self.params: dict[str, str] = {}     # path parameters, set by the router
         self._body: bytes | None = None
         self._query: dict[str, list[str]] | None = None
+        self.close = False      # answer with Connection: close (the body was not read to its end)
 
     # -- headers and query ---------------------------------------------------------
     def header(self, name: str, default: str = "") -> str:
@@ -56,8 +113,11 @@ class Request:
     @property
     def query(self) -> dict[str, list[str]]:
         if self._query is None:
-            self._query = parse_qs(self.environ.get("QUERY_STRING", ""), keep_blank_values=True,
-                                   max_num_fields=MAX_FORM_FIELDS)
+            try:
+                self._query = parse_qs(self.environ.get("QUERY_STRING", ""), keep_blank_values=True,
+                                       max_num_fields=MAX_FORM_FIELDS)
+            except ValueError as exc:   # too many fields
+                raise InvalidField(f"the query string is malformed: {exc}", field="query") from None
         return self._query
 
     def arg(self, name: str, default: str | None = None) -> str | None:
@@ -78,39 +138,45 @@ class Request:
 
     # -- body ----------------------------------------------------------------------
     def body(self) -> bytes:
+        """The whole body (read once). A body over ``max_body``, or one that
+        cannot be read to its end, closes the connection after the answer."""
         if self._body is None:
-            raw_length = self.environ.get("CONTENT_LENGTH") or ""
-            stream = self.environ["wsgi.input"]
-            if raw_length:
-                try:
-                    length = int(raw_length)
-                except ValueError:
-                    raise InvalidField("header 'Content-Length' must be an integer",
-                                       field="Content-Length") from None
-                if length > self.max_body:
-                    raise TooLarge(f"request body of {length} bytes exceeds the limit of {self.max_body}")
-                data = stream.read(length) if length > 0 else b""
-            else:   # chunked or unknown length: read at most one byte past the limit
-                data = stream.read(self.max_body + 1)
-                if len(data) > self.max_body:
-                    raise TooLarge(f"request body exceeds the limit of {self.max_body} bytes")
-            self._body = data
+            try:
+                self._body = self._read_body()
+            except MiyaqError:
+                self.close = True
+                raise
+            except OSError as exc:   # a bad chunk size or trailer, or the client left mid-body
+                self.close = True
+                raise InvalidField(f"the request body cannot be read: {exc}", field="body") from None
         return self._body
+
+    def _read_body(self) -> bytes:
+        raw_length = self.environ.get("CONTENT_LENGTH") or ""
+        stream = self.environ["wsgi.input"]
+        if raw_length:
+            try:
+                length = int(raw_length)
+            except ValueError:
+                raise InvalidField("header 'Content-Length' must be an integer", field="Content-Length") from None
+            if length > self.max_body:
+                raise TooLarge(f"request body of {length} bytes exceeds the limit of {self.max_body}")
+            return bytes(stream.read(length)) if length > 0 else b""
+        # chunked or unknown length: read at most one byte past the limit
+        data = bytes(stream.read(self.max_body + 1))
+        if len(data) > self.max_body:
+            raise TooLarge(f"request body exceeds the limit of {self.max_body} bytes")
+        return data
 
     def media_type(self) -> tuple[str, str]:
         """(media type, charset) of the body; the charset must be one Python knows."""
         media, params = parse_content_type(self.header("Content-Type"))
-        charset = params.get("charset", "utf-8")
-        try:
-            codecs.lookup(charset)
-        except LookupError:
-            raise InvalidField(f"unknown charset {charset!r} in Content-Type", field="Content-Type") from None
-        return media, charset
+        return media, check_charset(params.get("charset", "utf-8"))
 
     def text(self, charset: str) -> str:
         try:
             return self.body().decode(charset)
-        except UnicodeDecodeError:
+        except (UnicodeError, LookupError, ValueError):   # UnicodeError: idna and punycode's own
             raise InvalidField(f"the body is not valid {charset}", field="body") from None
 
     def json(self, required: bool = True) -> Any:
@@ -131,7 +197,7 @@ class Request:
                 raise InvalidField("a JSON body is required", field="body")
             return {}
         try:
-            return json.loads(self.text(charset))
+            return parse_json(self.text(charset))
         except ValueError as exc:
             if labelled_form:
                 raise UnsupportedMediaType(f"expected a JSON body (Content-Type {JSON_TYPE}); got a "

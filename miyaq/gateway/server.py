@@ -3,8 +3,10 @@
 webhook deliverer and the node's Prometheus metrics.
 
 Everything runs in the node's event loop: each HTTP connection is a
-supervised greenlet ("http connection", at most ``http_max_connections``; a
-handler's failure is answered 500 and logged), handlers call the engine
+supervised greenlet ("http connection", at most ``http_max_connections``,
+at most ``http_max_client_connections`` from one address; slow and
+malformed clients are bounded by :mod:`miyaq.gateway.wsgi`; a handler's
+failure is answered 500 and logged), handlers call the engine
 directly and never block it (long-polls wait on the node's waiters). After
 a request stores or revives tasks, :meth:`Gateway.redispatch` wakes one
 supervised greenlet that fires due timers and runs the dispatcher, so HTTP
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import socket
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
@@ -39,50 +40,12 @@ from miyaq.gateway.metrics import NodeMetrics
 from miyaq.gateway.request import Request, Response, json_response
 from miyaq.gateway.routes import build_router
 from miyaq.gateway.webhooks import WebhookDeliverer
+from miyaq.gateway.wsgi import ConnectionLimits, GatewayServer
 from miyaq.runtime import RESTART, Supervisor, green, wall
-from miyaq.runtime.green import WSGIHandler, WSGIServer
 
 logger = logging.getLogger(__name__)
 
 MUTATING = frozenset({"POST", "PUT", "DELETE"})
-
-
-class _Handler(WSGIHandler):
-    """Sends a response's head and body in one write. pywsgi writes them
-    separately: two system calls and, with TCP_NODELAY, two packets per
-    answer. Relies on pywsgi's ``_write_with_headers`` sending through
-    ``_sendall`` (true of every gevent release since 1.x)."""
-
-    _coalesce: list[bytes] | None = None
-
-    def _write_with_headers(self, data: bytes) -> None:
-        self._coalesce = []
-        try:
-            super()._write_with_headers(data)
-        finally:
-            pending, self._coalesce = self._coalesce, None
-            if pending:
-                super()._sendall(b"".join(pending))
-
-    def _sendall(self, data: bytes) -> None:
-        if self._coalesce is not None:
-            self._coalesce.append(bytes(data))
-            return
-        super()._sendall(data)
-
-
-class _Server(WSGIServer):
-    """Keep-alive HTTP/1.1 on TCP_NODELAY sockets: without it a response
-    written in two parts waits for the client's delayed ACK (~40 ms)."""
-
-    handler_class = _Handler
-
-    def handle(self, sock: socket.socket, address: Any) -> None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass   # not TCP (or already closed): nothing to tune
-        super().handle(sock, address)
 
 
 class Gateway:
@@ -107,7 +70,7 @@ class Gateway:
                                           self.allow_list, metrics, self.redispatch)
         core.engine.listeners.append(self.deliverer)
         self.router, self.console = build_router(self)   # the console: None when http_console is off
-        self.server: _Server | None = None
+        self.server: GatewayServer | None = None
         self._wake = green.Event()
         self._stopping = False
 
@@ -119,9 +82,13 @@ class Gateway:
         self.deliverer.start()
         self.supervisor.spawn("http dispatch", self._dispatch_loop, policy=RESTART)
         self.supervisor.spawn("queue limit share", self._share_loop, policy=RESTART)
-        pool = self.supervisor.pool("http connection", self.config.http_max_connections)
-        self.server = _Server((self.host, self.port), self.app, spawn=pool, log=None,
-                              error_log=logging.getLogger(__name__ + ".wsgi"))
+        config = self.config
+        pool = self.supervisor.pool("http connection", config.http_max_connections)
+        limits = ConnectionLimits(header_timeout=config.http_header_timeout, body_timeout=config.http_body_timeout,
+                                  idle_timeout=config.http_idle_timeout,
+                                  per_client=config.http_max_client_connections, max_body=self.max_body)
+        self.server = GatewayServer((self.host, self.port), self.app, spawn=pool, limits=limits,
+                                    refused=self.metrics.http_refused)
         self.server.start()
         self.port = self.server.server_port
         if self.console is not None:
@@ -203,6 +170,8 @@ class Gateway:
             response = self._error(MiyaqError("internal error while handling the request"))
         self.metrics.http_request(request.method, route_name, response.status)
         headers = response.headers + [("Content-Length", str(len(response.body)))]
+        if request.close:
+            headers.append(("Connection", "close"))
         start_response(f"{response.status} {HTTPStatus(response.status).phrase}", headers)
         return [response.body]
 

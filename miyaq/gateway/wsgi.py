@@ -1,0 +1,291 @@
+"""The gateway's HTTP server: gevent's WSGI server, bounded against slow and
+malformed clients.
+
+* **Per client**: at most ``per_client`` connections from one address at
+  once (``http_max_client_connections``); one more is answered 503 ``busy``
+  (plain HTTP) or closed (TLS) at once, before any byte of it is read. The
+  node's pool (``http_max_connections``) bounds them all.
+* **Headers**: a request's line and headers must arrive within
+  ``header_timeout`` of the request's start -- for a new connection, of its
+  accept (the TLS handshake included); else 408 and the connection closes.
+* **Idle**: a keep-alive connection may wait ``idle_timeout`` for its next
+  request; then it is closed quietly.
+* **Body**: reading a request's body (by the handler, or discarding what it
+  did not read) takes at most ``body_timeout``; then 408 and the connection
+  closes. A body the handler left unread is discarded only up to
+  ``max_body`` bytes; beyond that the connection closes instead.
+* **Malformed**: a request line or headers the server cannot parse get a 400
+  in the gateway's JSON error shape, and the connection closes.
+
+Every refusal at this level is reported with a reason from a fixed set
+(:data:`REFUSALS`), so the metrics it feeds cannot grow with what clients send.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from miyaq.gateway.errors import RequestTimeout
+from miyaq.runtime import green, monotonic
+from miyaq.runtime.green import WSGIHandler, WSGIInput, WSGIServer
+
+logger = logging.getLogger(__name__)
+
+#: Reasons a connection or request is refused before the application sees it.
+REFUSALS = ("client_limit", "header_timeout", "tls_handshake", "malformed")
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    header_timeout: float
+    body_timeout: float
+    idle_timeout: float
+    per_client: int          # connections from one address at once (0: no cap)
+    max_body: int            # bytes of an unread body discarded to keep a connection
+
+
+def _raw_error(status: str, code: str, message: str, extra: str = "") -> bytes:
+    body = json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":")).encode()
+    head = (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            f"{extra}Connection: close\r\n\r\n")
+    return head.encode("latin-1") + body
+
+
+MALFORMED = _raw_error("400 Bad Request", "protocol", "malformed HTTP request line or headers")
+LINE_TOO_LONG = _raw_error("414 URI Too Long", "too_large", "the request line is too long")
+HEADER_TIMEOUT = _raw_error("408 Request Timeout", "request_timeout",
+                            "the request line and headers did not arrive in time")
+
+
+class TimedInput(WSGIInput):
+    """A request body whose reads share one deadline (``body_timeout`` from
+    the first read); discarding what the application left unread is bounded
+    in time and bytes, else the connection closes."""
+
+    __slots__ = ("_deadline", "_handler", "_seconds", "_max_discard")
+
+    def __init__(self, original: Any, handler: GatewayHandler, limits: ConnectionLimits) -> None:
+        super().__init__(original.rfile, original.content_length, socket=original.socket,
+                         chunked_input=original.chunked_input)
+        self._handler = handler
+        self._seconds = limits.body_timeout
+        self._max_discard = limits.max_body
+        self._deadline: float | None = None
+
+    def _timed(self, read: Callable[[Any], bytes], arg: Any) -> bytes:
+        if self._deadline is None:
+            self._deadline = monotonic() + self._seconds
+        timer = green.Timeout(max(0.0, self._deadline - monotonic()))
+        timer.start()
+        try:
+            return read(arg)
+        except green.Timeout as exc:
+            if exc is not timer:
+                raise
+            self._chunked_input_error = True  # type: ignore[misc]  # mid-body: never read it again
+            self._handler.close_connection = True
+            raise RequestTimeout(f"the request body did not arrive within {self._seconds:g}s") from None
+        finally:
+            timer.close()
+
+    def read(self, length: int | None = None) -> bytes:
+        return self._timed(super().read, length)
+
+    def readline(self, size: int | None = None) -> bytes:
+        return self._timed(super().readline, size)
+
+    def _discard(self) -> None:
+        handler = self._handler
+        if handler.close_connection or self._chunked_input_error:
+            return   # the connection closes: nothing to skip to the next request
+        left = (self.content_length or 0) - self.position
+        if not self.chunked_input and left <= 0:
+            return
+        if left > self._max_discard:
+            handler.close_connection = True
+            return
+        skipped = 0
+        try:
+            while skipped <= self._max_discard:
+                data = self.read(16384)
+                if not data:
+                    return
+                skipped += len(data)
+        except (RequestTimeout, OSError, ValueError):
+            pass
+        handler.close_connection = True
+
+
+class GatewayHandler(WSGIHandler):
+    """One connection: header and idle deadlines, a timed body, JSON 400s,
+    and a response's head and body sent in one write."""
+
+    server: GatewayServer
+    _coalesce: list[bytes] | None = None
+    _header_timer: Any = None
+    _served = 0
+
+    # -- deadlines ------------------------------------------------------------------
+    def read_requestline(self) -> str:
+        limits = self.server.limits
+        if self._served and not self._wait_for_request(limits.idle_timeout):
+            return ""   # idle too long or gone: close quietly
+        self._served += 1
+        self._header_timer = green.Timeout(limits.header_timeout)
+        self._header_timer.start()
+        return str(super().read_requestline())
+
+    def _wait_for_request(self, seconds: float) -> bool:
+        timer = green.Timeout(seconds)
+        timer.start()
+        try:
+            return bool(self.rfile.peek(1))
+        except green.Timeout as exc:
+            if exc is not timer:
+                raise
+            return False
+        except OSError:
+            return False
+        finally:
+            timer.close()
+
+    def read_request(self, raw_requestline: str) -> bool:
+        try:
+            return bool(super().read_request(raw_requestline))
+        finally:
+            if self._header_timer is not None:   # kept until handle_one_request has seen what fired
+                self._header_timer.close()
+
+    def handle_one_request(self) -> Any:
+        try:
+            result = super().handle_one_request()
+        except green.Timeout as exc:
+            if exc is not self._header_timer:
+                raise
+            self.server.refused("header_timeout")
+            return ("408", HEADER_TIMEOUT)
+        finally:
+            if self._header_timer is not None:
+                self._header_timer.close()
+                self._header_timer = None
+        if isinstance(result, tuple) and result[0] == "414":
+            self.server.refused("malformed")
+            return ("414", LINE_TOO_LONG)
+        return result
+
+    def get_environ(self) -> dict[str, Any]:
+        env: dict[str, Any] = super().get_environ()
+        # always the bounded stream, also for a request asking to upgrade (where
+        # pywsgi would hand over the raw socket file)
+        original: Any = getattr(self, "wsgi_input")   # set by pywsgi (untyped there)
+        self.wsgi_input = env["wsgi.input"] = TimedInput(original, self, self.server.limits)
+        return env
+
+    def _handle_client_error(self, ex: BaseException) -> tuple[str, bytes]:
+        """A request line or headers pywsgi cannot parse: 400 in the JSON shape."""
+        logger.debug("malformed HTTP request from %s: %s", self.client_address, ex)
+        self.server.refused("malformed")
+        return ("400", MALFORMED)
+
+    # -- one write per answer ---------------------------------------------------------
+    def _write_with_headers(self, data: bytes) -> None:
+        """pywsgi writes a head and its body separately: two system calls and,
+        with TCP_NODELAY, two packets per answer. Relies on pywsgi's
+        ``_write_with_headers`` sending through ``_sendall`` (true of every
+        gevent release since 1.x)."""
+        self._coalesce = []
+        try:
+            super()._write_with_headers(data)
+        finally:
+            pending, self._coalesce = self._coalesce, None
+            if pending:
+                super()._sendall(b"".join(pending))
+
+    def _sendall(self, data: bytes) -> None:
+        if self._coalesce is not None:
+            self._coalesce.append(bytes(data))
+            return
+        super()._sendall(data)
+
+
+class GatewayServer(WSGIServer):
+    """Keep-alive HTTP/1.1 on TCP_NODELAY sockets (without it a response
+    written in two parts waits for the client's delayed ACK, ~40 ms), with
+    the per-client cap and, given an SSL context, TLS whose handshake is
+    bounded by the header deadline."""
+
+    handler_class = GatewayHandler
+
+    def __init__(self, address: tuple[str, int], app: Callable[..., Any], *, spawn: Any,
+                 limits: ConnectionLimits, refused: Callable[[str], None], ssl_context: Any = None) -> None:
+        tls: dict[str, Any] = {}
+        if ssl_context is not None:
+            tls = {"ssl_context": ssl_context, "do_handshake_on_connect": False}
+        super().__init__(address, app, spawn=spawn, log=None, error_log=logging.getLogger(__name__ + ".errors"),
+                         **tls)
+        self.limits = limits
+        self.refused = refused
+        self.clients: dict[str, int] = {}     # address -> connections open (only addresses with some)
+
+    def handle(self, sock: Any, address: Any) -> None:
+        host = str(address[0]) if isinstance(address, tuple) and address else ""
+        cap = self.limits.per_client
+        if cap and self.clients.get(host, 0) >= cap:
+            self.refused("client_limit")
+            self._refuse(sock, host)
+            return
+        self.clients[host] = self.clients.get(host, 0) + 1
+        try:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass   # not TCP (or already closed): nothing to tune
+            if self.ssl_enabled and not self._handshake(sock, host):
+                _close(sock)
+                return
+            super().handle(sock, address)
+        finally:
+            left = self.clients.pop(host, 1) - 1
+            if left > 0:
+                self.clients[host] = left
+
+    def _refuse(self, sock: Any, host: str) -> None:
+        """Answer 503 at once (never waiting on the client) and close."""
+        if not self.ssl_enabled:   # a TLS client would need a handshake first: just close
+            try:
+                sock.setblocking(False)
+                sock.send(_raw_error("503 Service Unavailable", "busy",
+                                     f"too many connections from {host} (http_max_client_connections "
+                                     f"{self.limits.per_client})", "Retry-After: 1\r\n"))
+            except OSError:
+                pass
+        _close(sock)
+
+    def _handshake(self, sock: Any, host: str) -> bool:
+        timer = green.Timeout(self.limits.header_timeout)
+        timer.start()
+        try:
+            sock.do_handshake()
+            return True
+        except green.Timeout as exc:
+            if exc is not timer:
+                raise
+            reason = "it took too long"
+        except (OSError, ValueError) as exc:   # ssl.SSLError is an OSError
+            reason = str(exc) or type(exc).__name__
+        finally:
+            timer.close()
+        self.refused("tls_handshake")
+        logger.debug("TLS handshake with %s failed: %s", host, reason)
+        return False
+
+
+def _close(sock: Any) -> None:
+    try:
+        sock.close()
+    except OSError:
+        pass
