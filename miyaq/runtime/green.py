@@ -2,8 +2,8 @@
 
 Everything else in miyaq takes its concurrency primitives from here (the way
 kazoo takes them from its handler object): events, queues, locks, timeouts,
-sleep, pools, the WSGI server, the hub's thread pool and thread-safe
-wake-ups. Greenlets are spawned through a
+sleep, pools, the WSGI server and its TLS contexts, name resolution, the
+hub's thread pool and thread-safe wake-ups. Greenlets are spawned through a
 :class:`~miyaq.runtime.supervisor.Supervisor`, never with ``gevent.spawn``,
 so none dies silently.
 """
@@ -18,6 +18,8 @@ import gevent.hub
 import gevent.lock
 import gevent.pool
 import gevent.queue
+import gevent.socket
+import gevent.ssl
 import gevent.threadpool
 from gevent import monkey
 from gevent.pywsgi import Input as WSGIInput
@@ -40,14 +42,19 @@ Pool = gevent.pool.Pool
 ThreadPool = gevent.threadpool.ThreadPool
 sleep = gevent.sleep
 idle = gevent.idle
+#: Name resolution that waits cooperatively (the hub's resolver), with the
+#: signature of :func:`socket.getaddrinfo`.
+getaddrinfo = gevent.socket.getaddrinfo
+#: TLS contexts whose sockets wait cooperatively; give one to the WSGI server.
+SSLContext = gevent.ssl.SSLContext
 killall = gevent.killall
 joinall = gevent.joinall
 
 __all__ = [
-    "AsyncResult", "Event", "FdWait", "call_soon", "Greenlet", "GreenletExit", "Lock", "Pool", "Queue", "QueueEmpty",
-    "Semaphore", "T", "ThreadPool", "ThreadWake", "Timeout", "WSGIHandler", "WSGIInput", "WSGIServer", "current",
-    "hub_running", "idle", "is_patched", "joinall", "killall", "monkey_patch", "native_thread_ident", "on_signal",
-    "run_in_thread", "sleep", "start_native_thread",
+    "AsyncResult", "Event", "FdWait", "call_soon", "getaddrinfo", "Greenlet", "GreenletExit", "Lock", "Pool",
+    "Queue", "QueueEmpty", "SSLContext", "Semaphore", "T", "ThreadPool", "ThreadWake", "Timeout", "WSGIHandler",
+    "WSGIInput", "WSGIServer", "current", "hub_running", "idle", "is_patched", "joinall", "killall", "monkey_patch",
+    "native_thread_ident", "on_signal", "run_in_thread", "sleep", "start_native_thread",
 ]
 
 
