@@ -114,7 +114,10 @@ class NodeConfig(Settings):
     webhook_timeout: float = _opt(30.0, "seconds one webhook attempt may take (capped by the task's timeout)")
     webhook_pool_size: int = _opt(32, "keep-alive connections kept per webhook destination host")
     webhook_allow_hosts: str = _opt("", "comma-separated webhook destinations allowed: host, host:port or "
-                                        "*.domain (empty: any; set it when the gateway is reachable by others)")
+                                        "*.domain (empty: any host whose addresses are public)")
+    webhook_allow_private: bool = _opt(False, "without webhook_allow_hosts, also deliver webhooks to loopback, "
+                                              "link-local and private addresses (169.254.169.254, 127.0.0.1, 10/8, "
+                                              "...); off: refused")
     queue_limits: str = _opt("", "per-queue limits, 'QUEUE:rate=R,burst=B,max_concurrent=N;...' (cluster-wide)")
     node_id: str = _opt("", "this node's id in the ring (default: <hostname>-<port>)")
     data_dir: str = _opt("", "directory for the append-only log (empty: memory only)")

@@ -13,7 +13,14 @@ from gateway_harness import FIXTURES, WAIT, Http, wait_for
 
 from miyaq import __version__
 
-http_node, api, make_http_node, make_web_worker = FIXTURES   # pytest finds fixtures in module globals
+_, api, make_http_node, make_web_worker = FIXTURES   # pytest finds fixtures in module globals
+
+
+@pytest.fixture
+def http_node(make_http_node):
+    """A node whose webhooks go to this machine's web workers (loopback: webhook_allow_private)."""
+    return make_http_node(webhook_allow_private=True)
+
 
 README_CURL = ('curl -d "task.url=http://localhost:9099/worker&task.countdown=5&foo=bar" '
                'http://localhost:8088/queue')
@@ -178,7 +185,7 @@ def test_allow_list_refuses_other_hosts(make_http_node, make_web_worker):
 
 
 def test_enqueue_is_refused_while_busy(make_http_node):
-    node = make_http_node(max_tasks=1)
+    node = make_http_node(max_tasks=1, webhook_allow_private=True)
     api = Http(node.url)
     try:
         form = b"task.url=http://127.0.0.1:9/x&task.countdown=600"

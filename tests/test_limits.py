@@ -142,7 +142,7 @@ def test_runtime_change_and_cluster_share():
 
 def test_webhooks_rate_zero_burst_five_starts_five(make_http_node, make_web_worker):
     worker = make_web_worker()
-    node = make_http_node(queue_limits="hooks:rate=0,burst=5")
+    node = make_http_node(queue_limits="hooks:rate=0,burst=5", webhook_allow_private=True)
     api = Http(node.url)
     try:
         for _ in range(10):
@@ -162,7 +162,7 @@ def test_webhooks_rate_zero_burst_five_starts_five(make_http_node, make_web_work
 
 def test_webhooks_max_concurrent_two(make_http_node, make_web_worker):
     worker = make_web_worker(hold=0.1)
-    node = make_http_node(webhook_concurrency=8)
+    node = make_http_node(webhook_concurrency=8, webhook_allow_private=True)
     api = Http(node.url)
     try:
         assert api.request("PUT", "/queues/capped/limits", {"max_concurrent": 2})[0] == 200
@@ -256,7 +256,7 @@ def test_refill_timer_dispatches_without_other_traffic(make_http_node, make_web_
     """Tasks 2..5 wait for tokens after the previous delivery has finished; only
     the refill timer then wakes the dispatcher."""
     worker = make_web_worker()
-    node = make_http_node(queue_limits="trickle:rate=20,burst=1")
+    node = make_http_node(queue_limits="trickle:rate=20,burst=1", webhook_allow_private=True)
     api = Http(node.url)
     try:
         for _ in range(5):

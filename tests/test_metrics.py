@@ -63,7 +63,7 @@ def test_outcomes_and_latency_histograms(make_http_node):
 
 def test_webhook_deliveries_are_counted_by_result(make_http_node, make_web_worker):
     worker = make_web_worker(script={1: (500, {}, 0.0)})
-    node = make_http_node(default_backoff=0.01)
+    node = make_http_node(default_backoff=0.01, webhook_allow_private=True)
     api = Http(node.url)
     try:
         task_id = api.post("/queue/wh", {"url": f"{worker.url}/x"})[1]["id"]

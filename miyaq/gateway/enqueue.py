@@ -26,7 +26,7 @@ from miyaq.errors import InvalidField
 from miyaq.protocol.commands import DUPLICATE
 from miyaq.protocol.taskspec import check_queue, task_from_wire
 from miyaq.gateway import convert
-from miyaq.gateway.errors import ForbiddenDestination, UnsupportedMediaType
+from miyaq.gateway.errors import UnsupportedMediaType
 from miyaq.gateway.submit import submit_task
 from miyaq.gateway.request import FORM_TYPE, JSON_TYPE, Request, Response, json_response
 
@@ -133,9 +133,7 @@ class Enqueue:
         if not url:
             raise InvalidField(f"field {prefix + 'url'!r} is required", field=prefix + "url")
         _check_url(url, prefix + "url")
-        if not self.gateway.allow_list.allows(url):
-            raise ForbiddenDestination(f"webhook host of {url!r} is not in webhook_allow_hosts",
-                                       field=prefix + "url")
+        self.gateway.destinations.check(url, prefix + "url")
         method = str(options.get("method", "POST")).upper()
         headers: dict[str, str] = dict(options.pop("headers", None) or {})
         if method in QUERY_METHODS:

@@ -7,6 +7,13 @@ transport error the destination's pool is dropped and rebuilt on next use,
 so a half-written request never leaves a broken connection (or a lost pool
 slot) behind.
 
+When private addresses are refused (:class:`~miyaq.gateway.destinations.Destinations`),
+a pool connects to the address the check resolved and approved (the
+request's ``Host`` and, for https, the TLS server name stay the URL's host),
+and is rebuilt -- resolved and checked again -- at least every
+``RECHECK_EVERY`` seconds. A task's headers are checked again before each
+attempt (no CR, LF or other control character).
+
 Outcome rules (docs/http.md, "Webhook delivery"): only 2xx is success; 429,
 5xx, timeouts and connection errors are retried (a ``Retry-After`` header,
 seconds or an HTTP date, sets the delay); every other status is final and
@@ -31,7 +38,10 @@ from miyaq.constants import (
     WEBHOOK_ERROR_LIMIT, WEBHOOK_MAX_DESTINATIONS, WEBHOOK_MAX_RETRY_AFTER,
     WEBHOOK_RESPONSE_LIMIT, WEBHOOK_RESULT_LIMIT,
 )
-from miyaq.runtime import green, wall
+from miyaq.gateway.destinations import Destinations
+from miyaq.gateway.errors import ForbiddenDestination
+from miyaq.protocol.headers import header_problem
+from miyaq.runtime import green, monotonic, wall
 from miyaq.store.task import Task
 
 logger = logging.getLogger(__name__)
@@ -41,6 +51,8 @@ USER_AGENT = f"miyaq/{__version__}"
 # Content-Length or Transfer-Encoding would desynchronise the pooled connection.
 RESERVED_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade",
                               "te", "trailer", "expect", "proxy-connection"})
+#: Seconds a destination's pool lives before its addresses are resolved and checked again.
+RECHECK_EVERY = 60.0
 
 
 @dataclass
@@ -84,26 +96,44 @@ def classify(status: int, retry_after: str | None, body: bytes, now: float) -> O
 
 
 class Outbound:
-    def __init__(self, pool_size: int, connect_timeout: float) -> None:
+    def __init__(self, pool_size: int, connect_timeout: float, destinations: Destinations) -> None:
         self.pool_size = pool_size
         self.connect_timeout = connect_timeout
-        self._clients: OrderedDict[tuple[str, str, int], HTTPClient] = OrderedDict()
+        self.destinations = destinations
+        self._clients: OrderedDict[tuple[str, str, int], tuple[HTTPClient, float]] = OrderedDict()
 
     def _client(self, key: tuple[str, str, int], timeout: float) -> HTTPClient:
-        client = self._clients.get(key)
-        if client is not None:
-            self._clients.move_to_end(key)
-            return client
+        """The destination's pool; a new one is resolved and checked first
+        (ForbiddenDestination, or OSError if its host does not resolve)."""
+        pooled = self._clients.get(key)
+        if pooled is not None:
+            client, made = pooled
+            if not self.destinations.guards_private or monotonic() - made < RECHECK_EVERY:
+                self._clients.move_to_end(key)
+                return client
+            self._drop(key, client)
         scheme, host, port = key
-        client = HTTPClient(host, port, ssl=scheme == "https", concurrency=self.pool_size,
-                            connection_timeout=min(self.connect_timeout, timeout), network_timeout=timeout)
-        self._clients[key] = client
+        address = self.destinations.connect_address(host, port)
+        options: dict[str, Any] = {}
+        if address is not None:   # connect to the checked address; the URL's host in Host and SNI
+            default_port = 443 if scheme == "https" else 80
+            bracketed = f"[{host}]" if ":" in host else host
+            options["headers"] = {"Host": bracketed if port == default_port else f"{bracketed}:{port}"}
+            if scheme == "https":
+                options["ssl_options"] = {"server_hostname": host}
+        client = HTTPClient(address or host, port, ssl=scheme == "https", concurrency=self.pool_size,
+                            connection_timeout=min(self.connect_timeout, timeout), network_timeout=timeout,
+                            **options)
+        self._clients[key] = (client, monotonic())
         while len(self._clients) > WEBHOOK_MAX_DESTINATIONS:
-            self._clients.popitem(last=False)[1].close()
+            self._clients.popitem(last=False)[1][0].close()
         return client
 
-    def _drop(self, key: tuple[str, str, int], client: HTTPClient) -> None:
-        if self._clients.get(key) is client:
+    def _drop(self, key: tuple[str, str, int], client: HTTPClient | None) -> None:
+        if client is None:
+            return
+        pooled = self._clients.get(key)
+        if pooled is not None and pooled[0] is client:
             del self._clients[key]
         client.close()
 
@@ -121,12 +151,17 @@ class Outbound:
         uri = (parts.path or "/") + ("?" + parts.query if parts.query else "")
         headers = {k: v for k, v in ((task.meta or {}).get("headers") or {}).items()
                    if k.lower() not in RESERVED_HEADERS}
+        for name, value in headers.items():
+            problem = header_problem(name, value)
+            if problem is not None:   # stored before submits were checked, or by a peer: never sent
+                return _failure("invalid", False, "InvalidHeader", problem, now)
         headers.update({"X-Task-Id": task.id, "X-Task-Queue": task.queue,
                         "X-Task-Retry-Count": str(max(0, task.attempt - 1)), "User-Agent": USER_AGENT})
-        client = self._client(key, timeout)
         timer = green.Timeout(timeout)
         timer.start()
+        client: HTTPClient | None = None
         try:
+            client = self._client(key, timeout)
             response = client.request(task.method, uri, body=task.body, headers=headers)
             body = bytearray()
             for chunk in response:
@@ -138,12 +173,14 @@ class Outbound:
             if isinstance(retry_after, list):
                 retry_after = retry_after[0]
             return classify(response.status_code, retry_after, bytes(body), wall())
+        except ForbiddenDestination as exc:   # resolves to a private address: never delivered
+            return _failure("forbidden", False, "ForbiddenDestination", exc.message, now)
         except green.Timeout as exc:
             if exc is not timer:
                 raise
             self._drop(key, client)
             return _failure("timeout", True, "Timeout", f"no complete answer within {timeout:g}s", now)
-        except (OSError, HTTPParseError, RuntimeError) as exc:
+        except (OSError, HTTPParseError, RuntimeError) as exc:   # DNS failures included
             self._drop(key, client)
             return _failure("connection", True, "ConnectionError", f"{exc.__class__.__name__}: {exc}", now)
         except ValueError as exc:   # a header, method or URL the HTTP client refuses: never deliverable
@@ -153,7 +190,7 @@ class Outbound:
             timer.close()
 
     def close(self) -> None:
-        for client in self._clients.values():
+        for client, _ in self._clients.values():
             client.close()
         self._clients.clear()
 

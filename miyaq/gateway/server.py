@@ -33,7 +33,7 @@ from miyaq.constants import HTTP_STOP_TIMEOUT, LIMIT_SHARE_REFRESH
 from miyaq.core.core import Core
 from miyaq.core.handles import Role, ScheduleBook, StatusReport
 from miyaq.errors import MiyaqError
-from miyaq.gateway.allowlist import AllowList
+from miyaq.gateway.destinations import Destinations
 from miyaq.gateway.auth import CHALLENGE, BearerAuth
 from miyaq.gateway.errors import http_status
 from miyaq.gateway.metrics import NodeMetrics
@@ -64,10 +64,10 @@ class Gateway:
         self.port = config.http_port
         self.max_body = config.http_max_body
         self.auth = BearerAuth(config.http_token)
-        self.allow_list = AllowList(config.webhook_allow_hosts)
+        self.destinations = Destinations(config.webhook_allow_hosts, config.webhook_allow_private)
         self.metrics = metrics
         self.deliverer = WebhookDeliverer(config, core.engine, core.dispatcher, core.gate, supervisor,
-                                          self.allow_list, metrics, self.redispatch)
+                                          self.destinations, metrics, self.redispatch)
         core.engine.listeners.append(self.deliverer)
         self.router, self.console = build_router(self)   # the console: None when http_console is off
         self.server: GatewayServer | None = None
@@ -93,11 +93,12 @@ class Gateway:
         self.port = self.server.server_port
         if self.console is not None:
             self.console.start()
-        logger.info("HTTP gateway on http://%s:%d (auth %s, webhook allow-list %s)", self.host, self.port,
-                    "on" if self.auth.enabled else "off", "on" if self.allow_list.enabled else "off")
-        if not _is_loopback(self.host) and not self.allow_list.enabled:
-            logger.warning("HTTP gateway reachable beyond loopback without webhook_allow_hosts: anyone "
-                           "who can enqueue can make this node send requests anywhere (docs/http.md)")
+        logger.info("HTTP gateway on http://%s:%d (auth %s, webhooks to %s)", self.host, self.port,
+                    "on" if self.auth.enabled else "off", self.destinations.describe())
+        if not _is_loopback(self.host) and self.destinations.allow_private and not self.destinations.allow_list.enabled:
+            logger.warning("HTTP gateway reachable beyond loopback with webhook_allow_private and no "
+                           "webhook_allow_hosts: anyone who can enqueue can make this node send requests to "
+                           "its own network (docs/http.md)")
 
     def stop(self) -> None:
         """Stop serving; let webhook deliveries in flight finish for up to

@@ -25,7 +25,7 @@ from miyaq.core.dispatcher import Dispatcher
 from miyaq.core.engine import Engine, retry_delay
 from miyaq.core.gate import SHUTTING_DOWN, Gate
 from miyaq.core.listener import EngineListener
-from miyaq.gateway.allowlist import AllowList
+from miyaq.gateway.destinations import Destinations
 from miyaq.gateway.metrics import NodeMetrics
 from miyaq.gateway.outbound import Outbound, Outcome
 from miyaq.runtime import LOG, Supervisor, green, wall
@@ -63,18 +63,18 @@ class WebhookLane(Consumer):
 
 class WebhookDeliverer(EngineListener):
     def __init__(self, config: NodeConfig, engine: Engine, dispatcher: Dispatcher, gate: Gate,
-                 supervisor: Supervisor, allow_list: AllowList, metrics: NodeMetrics | None,
+                 supervisor: Supervisor, destinations: Destinations, metrics: NodeMetrics | None,
                  kick: Callable[[], None]) -> None:
         self.engine = engine
         self.dispatcher = dispatcher
         self.gate = gate
         self.supervisor = supervisor
-        self.allow_list = allow_list
+        self.allow_list = destinations.allow_list
         self.metrics = metrics
         self.kick = kick
         self.concurrency = config.webhook_concurrency
         self.timeout = config.webhook_timeout
-        self.outbound = Outbound(config.webhook_pool_size, connect_timeout=WEBHOOK_CONNECT_TIMEOUT)
+        self.outbound = Outbound(config.webhook_pool_size, WEBHOOK_CONNECT_TIMEOUT, destinations)
         self.lanes: dict[str, WebhookLane] = {}
         self.stopping = False
 

@@ -14,6 +14,7 @@ from miyaq.config import NodeConfig
 from miyaq.errors import InvalidField
 from miyaq.store.task import Task
 from miyaq.protocol import fields as f
+from miyaq.protocol.headers import check_header_fields
 
 _ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 _QUEUE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
@@ -86,7 +87,7 @@ def _full(d: dict[str, Any], task_id: str, queue: str, body: bytes, now: float, 
     if meta is not None:
         if len(meta) > 64 or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
             raise InvalidField("field 'headers' must map at most 64 strings to strings", field="headers")
-        meta = {"headers": meta}
+        meta = {"headers": check_header_fields(meta)}
     offset = f.number(d, "offset", None, lo=0.0, hi=YEAR)
     if offset is not None:
         meta = dict(meta or {}, offset=offset)
