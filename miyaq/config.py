@@ -97,7 +97,9 @@ class NodeConfig(Settings):
     peer_port: int = _opt(0, "peer ROUTER port (0: port + 1)")
     pub_port: int = _opt(0, "replication PUB port (0: port + 2)")
     http_port: int = _opt(8088, "HTTP gateway port (0: disabled)")
-    http_token: str = _opt("", "bearer token required by the HTTP gateway (empty: no auth)")
+    http_token: str = _opt("", "bearer token required by the HTTP gateway, with the admin role (empty: none)")
+    http_tokens: str = _opt("", "file of 'TOKEN ROLE' lines (roles producer, worker, admin): bearer tokens the "
+                                "HTTP gateway accepts, re-read on SIGHUP and when it changes (empty: none)")
     http_host: str = _opt("", "address the HTTP gateway binds to (empty: same as host)")
     http_max_body: int = _opt(4 * 1024 * 1024, "largest HTTP request body in bytes")
     http_max_connections: int = _opt(1024, "most HTTP connections served at once")

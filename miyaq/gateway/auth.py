@@ -1,14 +1,17 @@
-"""Optional bearer-token authentication for the whole HTTP interface.
+"""Bearer tokens with roles for the whole HTTP interface.
 
-With ``http_token`` set, every request must carry ``Authorization: Bearer
-<token>``; anything else is a 401 with ``WWW-Authenticate: Bearer``. The
-comparison takes constant time. The token is a shared secret: serve the
-gateway over a trusted network or behind TLS (docs/http.md, "Security").
+With ``http_token`` or ``http_tokens`` set (:class:`~miyaq.gateway.tokens.TokenTable`),
+every request must carry ``Authorization: Bearer <token>``; without one,
+or with a token the node does not know, it is a 401 with
+``WWW-Authenticate: Bearer``. A known token acts with its role; an endpoint
+its role may not use is a 403 ``forbidden`` (:mod:`~miyaq.gateway.permissions`).
+With neither set every caller acts as ``admin``.
 
 A path prefix may be delegated (:meth:`BearerAuth.delegate`) to a part that
-checks callers itself with :meth:`BearerAuth.verify` and keys from
+checks callers itself with :meth:`BearerAuth.caller` and
+:meth:`BearerAuth.role_of`, and signs with keys from
 :meth:`BearerAuth.derive_key`: the web console does, so a browser can sign
-in once with the token and then carry a session cookie.
+in once with a token and then carry a session cookie.
 """
 from __future__ import annotations
 
@@ -16,51 +19,68 @@ import hashlib
 import hmac
 import secrets
 
+from miyaq.errors import Forbidden
 from miyaq.gateway.errors import Unauthorized
+from miyaq.gateway.permissions import may
 from miyaq.gateway.request import Request
+from miyaq.gateway.tokens import TokenTable
+from miyaq.security.roles import Role
 
 CHALLENGE = ("WWW-Authenticate", 'Bearer realm="miyaq"')
 
 
+def bearer_token(request: Request) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header, or ""."""
+    scheme, _, token = request.header("Authorization").strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
 class BearerAuth:
-    def __init__(self, token: str) -> None:
-        self._expected = ("Bearer " + token).encode() if token else b""
-        self._token = token.encode()
+    def __init__(self, token: str, tokens_path: str = "") -> None:
+        self.tokens = TokenTable(token, tokens_path)
         self._delegated: tuple[str, ...] = ()
-        # Without a token, keys are random per process (sessions end with it).
-        self._secret = hashlib.sha256(b"miyaq keys\0" + self._token).digest() if token else secrets.token_bytes(32)
+        # Keys derived from the admin token (a new one ends every console session);
+        # without one, random per process (sessions end with it).
+        self._secret = (hashlib.sha256(b"miyaq keys\0" + token.encode()).digest() if token
+                        else secrets.token_bytes(32))
 
     @property
     def enabled(self) -> bool:
-        return bool(self._expected)
+        return self.tokens.enabled
 
     def delegate(self, prefix: str) -> None:
         """Requests to ``prefix`` and below are checked by their handlers, not here."""
         self._delegated += (prefix,)
 
-    def verify(self, token: str) -> bool:
-        """True if ``token`` is the gateway's token (constant time); always with no token set."""
-        if not self._expected:
-            return True
-        return hmac.compare_digest(token.encode("utf-8", "replace"), self._token)
+    def role_of(self, token: str) -> Role | None:
+        """The role of ``token`` (constant time); admin for anyone when no token is set."""
+        if not self.enabled:
+            return Role.ADMIN
+        return self.tokens.role_of(token)
 
-    def bearer_ok(self, request: Request) -> bool:
-        """True if the request carries the token (or none is required)."""
-        if not self._expected:
-            return True
-        given = request.header("Authorization").encode("latin-1", "replace")
-        return hmac.compare_digest(given, self._expected)
+    def caller(self, request: Request) -> Role | None:
+        """The role the request's bearer token carries, or None."""
+        return self.role_of(bearer_token(request))
 
     def derive_key(self, purpose: str) -> bytes:
-        """A secret key for ``purpose`` (signing cookies, say) that changes with the token."""
+        """A secret key for ``purpose`` (signing cookies, say)."""
         return hmac.new(self._secret, purpose.encode(), hashlib.sha256).digest()
 
-    def check(self, request: Request) -> None:
-        """Raise :class:`Unauthorized` unless the request carries the token."""
-        if not self._expected or self.bearer_ok(request):
-            return
+    def check(self, request: Request) -> Role | None:
+        """The caller's role; None for a delegated path (its handlers check).
+        Raises :class:`Unauthorized` without a known token."""
         path = request.path
         if any(path == p or path.startswith(p + "/") for p in self._delegated):
-            return   # its handlers check (the console: bearer token or a signed session)
-        given = request.header("Authorization")
-        raise Unauthorized("missing or wrong bearer token" if given else "a bearer token is required")
+            return None
+        role = self.caller(request)
+        if role is None:
+            given = request.header("Authorization")
+            raise Unauthorized("missing or wrong bearer token" if given else "a bearer token is required")
+        return role
+
+    @staticmethod
+    def authorize(role: Role | None, needed: Role | None, what: str) -> None:
+        """Raise :class:`Forbidden` unless ``role`` includes ``needed`` (None: nothing to check)."""
+        if role is None or needed is None or may(role, needed):
+            return
+        raise Forbidden(f"a {role.value} token may not {what}: it needs the {needed.value} role")

@@ -13,14 +13,16 @@ from typing import Any
 
 from miyaq import __version__
 from miyaq.gateway.openapi_schemas import SCHEMAS, ref
+from miyaq.gateway.permissions import needs
 
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
 ERROR_TEXT = {400: "A field is missing or malformed (the error names it)", 401: "Bearer token missing or wrong",
-              403: "Webhook host not in webhook_allow_hosts", 404: "No such task or endpoint",
+              403: "The token's role may not use this endpoint (forbidden); for a webhook, a destination "
+                   "that is not allowed (forbidden_destination)", 404: "No such task or endpoint",
               413: "Body larger than http_max_body", 415: "Unsupported Content-Type",
               503: "Node busy or shutting down; retry after Retry-After seconds"}
-COMMON = (401,)
+COMMON = (401, 403)
 ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}, "description": "task id"}
 QUEUE = {"name": "queue", "in": "path", "required": True, "schema": {"type": "string"}}
 
@@ -112,6 +114,14 @@ def paths() -> dict[str, Any]:
     }
 
 
+def with_roles(doc_paths: dict[str, Any]) -> dict[str, Any]:
+    """Each operation names the role it needs (``x-miyaq-role``, docs/http.md "Tokens and roles")."""
+    for path, operations in doc_paths.items():
+        for method, operation in operations.items():
+            operation["x-miyaq-role"] = needs(method, path).value
+    return doc_paths
+
+
 def build() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
@@ -120,10 +130,12 @@ def build() -> dict[str, Any]:
                                 "See docs/http.md."},
         "servers": [{"url": "http://127.0.0.1:8088"}],
         "security": [{"bearer": []}, {}],
-        "paths": paths(),
+        "paths": with_roles(paths()),
         "components": {"schemas": SCHEMAS,
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                                      "description": "required when the node sets http_token"}}},
+                                                      "description": "required when the node sets http_token or "
+                                                                     "http_tokens; its role must include the "
+                                                                     "operation's x-miyaq-role"}}},
     }
 
 

@@ -3,7 +3,9 @@
 Patterns are OpenAPI-style templates (``/tasks/{id}/ack``); a parameter
 matches one non-empty path segment. Static paths are looked up in a dict, so
 the hot enqueue routes cost one lookup. An unknown path is a 404, a known
-path with another method a 405 carrying ``Allow``.
+path with another method a 405 carrying ``Allow``. Each route may name the
+role it needs (:mod:`~miyaq.gateway.permissions`); None means its handler
+checks callers itself (the console).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from collections.abc import Callable
 from miyaq.errors import NotFound
 from miyaq.gateway.errors import MethodNotAllowed
 from miyaq.gateway.request import Request, Response
+from miyaq.security.roles import Role
 
 Handler = Callable[[Request], Response]
 
@@ -20,12 +23,13 @@ _PARAM = re.compile(r"\{([a-z_]+)\}")
 
 
 class Route:
-    __slots__ = ("handler", "method", "regex", "template")
+    __slots__ = ("handler", "method", "regex", "role", "template")
 
-    def __init__(self, method: str, template: str, handler: Handler) -> None:
+    def __init__(self, method: str, template: str, handler: Handler, role: Role | None) -> None:
         self.method = method
         self.template = template
         self.handler = handler
+        self.role = role
         self.regex = None
         if "{" in template:
             self.regex = re.compile("^" + _PARAM.sub(r"(?P<\1>[^/]+)", template) + "$")
@@ -37,8 +41,8 @@ class Router:
         self._static: dict[str, dict[str, Route]] = {}
         self._dynamic: list[Route] = []
 
-    def add(self, method: str, template: str, handler: Handler) -> None:
-        route = Route(method.upper(), template, handler)
+    def add(self, method: str, template: str, handler: Handler, role: Role | None = None) -> None:
+        route = Route(method.upper(), template, handler, role)
         self.routes.append(route)
         if route.regex is None:
             self._static.setdefault(template, {})[route.method] = route

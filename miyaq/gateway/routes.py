@@ -1,5 +1,6 @@
 """Every endpoint of the gateway, in one table (docs/http.md and
-docs/openapi.json describe the same list; a test keeps them in step), and
+docs/openapi.json describe the same list; a test keeps them in step), each
+with the role it needs (:mod:`miyaq.gateway.permissions`), and
 the web console's pages under ``/ui`` (docs/console.md), added by
 :func:`miyaq.gateway.console.install`."""
 from __future__ import annotations
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING
 from miyaq.gateway.admin_api import AdminApi
 from miyaq.gateway.console import Console, install
 from miyaq.gateway.enqueue import Enqueue
+from miyaq.gateway.permissions import needs
 from miyaq.gateway.pull_api import PullApi
 from miyaq.gateway.router import Router
 from miyaq.gateway.tasks_api import TasksApi
@@ -53,5 +55,5 @@ def build_router(gateway: Gateway) -> tuple[Router, Console | None]:
         ("GET", "/metrics", admin.metrics),
         ("GET", "/openapi.json", admin.openapi),
     ):
-        router.add(method, path, handler)
+        router.add(method, path, handler, needs(method, path))
     return router, install(gateway, router, admin)

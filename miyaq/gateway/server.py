@@ -39,6 +39,7 @@ from miyaq.gateway.errors import http_status
 from miyaq.gateway.metrics import NodeMetrics
 from miyaq.gateway.request import Request, Response, json_response
 from miyaq.gateway.routes import build_router
+from miyaq.gateway.tokens import WATCH_INTERVAL as TOKENS_WATCH_INTERVAL
 from miyaq.gateway.webhooks import WebhookDeliverer
 from miyaq.gateway.wsgi import ConnectionLimits, GatewayServer
 from miyaq.runtime import RESTART, Supervisor, green, wall
@@ -63,7 +64,7 @@ class Gateway:
         self.host = config.http_host or config.host
         self.port = config.http_port
         self.max_body = config.http_max_body
-        self.auth = BearerAuth(config.http_token)
+        self.auth = BearerAuth(config.http_token, config.http_tokens)
         self.destinations = Destinations(config.webhook_allow_hosts, config.webhook_allow_private)
         self.metrics = metrics
         self.deliverer = WebhookDeliverer(config, core.engine, core.dispatcher, core.gate, supervisor,
@@ -82,6 +83,8 @@ class Gateway:
         self.deliverer.start()
         self.supervisor.spawn("http dispatch", self._dispatch_loop, policy=RESTART)
         self.supervisor.spawn("queue limit share", self._share_loop, policy=RESTART)
+        if self.auth.tokens.path:
+            self.supervisor.spawn("http tokens watch", self._watch_tokens, policy=RESTART)
         config = self.config
         pool = self.supervisor.pool("http connection", config.http_max_connections)
         limits = ConnectionLimits(header_timeout=config.http_header_timeout, body_timeout=config.http_body_timeout,
@@ -142,6 +145,16 @@ class Gateway:
             # timer loop if a task just stored is due before its next wake-up
             self.wake(wall())
 
+    def reload_tokens(self, reason: str) -> bool:
+        """Read ``http_tokens`` again (SIGHUP); the previous tokens stay if it fails."""
+        return self.auth.tokens.reload(reason)
+
+    def _watch_tokens(self) -> None:
+        """Reload ``http_tokens`` when the file changes."""
+        while not self._stopping:
+            green.sleep(TOKENS_WATCH_INTERVAL)
+            self.auth.tokens.poll()
+
     def _share_loop(self) -> None:
         """Keep this node's share of every cluster-wide queue limit at 1/N of
         the ring's N members (tasks spread over all of them by hash)."""
@@ -158,9 +171,10 @@ class Gateway:
         request = Request(environ, self.max_body)
         route_name = "unmatched"
         try:
-            self.auth.check(request)
+            caller = self.auth.check(request)
             route = self.router.match(request)
             route_name = route.template
+            self.auth.authorize(caller, route.role, f"{request.method} {route.template}")
             response = route.handler(request)
             if request.method in MUTATING:
                 self.redispatch()

@@ -14,9 +14,10 @@ gateway. Each part has the same small lifecycle (:class:`Part`).
   the supervisor's greenlets killed, every part's ``kill`` in reverse order
   and the sockets closed. A part that fails to stop is logged and the rest
   still stop; the node always ends stopped.
-* SIGHUP (with keys): the authorized keys are read again
-  (:meth:`miyaq.security.zap.ZapHandler.reload`): added keys connect,
-  revoked ones are refused from their next message, without a restart.
+* SIGHUP: the authorized keys are read again (with keys,
+  :meth:`miyaq.security.zap.ZapHandler.reload`): added keys connect,
+  revoked ones are refused from their next message, without a restart; and
+  the gateway's HTTP tokens file (``http_tokens``) likewise.
 """
 from __future__ import annotations
 
@@ -100,7 +101,14 @@ class Node:
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             green.on_signal(sig, lambda: self.supervisor.spawn("signal stop", self.stop, policy=LOG))
-        green.on_signal(signal.SIGHUP, self.reload_keys)
+        green.on_signal(signal.SIGHUP, self.reload)
+
+    def reload(self) -> None:
+        """SIGHUP: read the authorized keys and the HTTP tokens again."""
+        self.reload_keys()
+        gateway = self.part("gateway")
+        if gateway is not None and gateway.auth.tokens.path:
+            gateway.reload_tokens("SIGHUP")
 
     def reload_keys(self) -> bool:
         """Read the authorized keys again (SIGHUP). False without keys, or

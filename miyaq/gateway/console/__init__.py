@@ -110,6 +110,7 @@ class Console:
             "node_id": self.gateway.config.id, "path": request.path, "url": _quote_path(request),
             "version": __version__, "signed_in": viewer is not None,
             "operator": viewer is not None and can_operate(viewer),
+            "role": viewer.role.value if viewer is not None else "",
             "csrf": self.sessions.csrf_token(viewer) if viewer is not None else "",
             "token_required": self.gateway.auth.enabled, "mode": self.mode,
             "done": request.arg("done") or "", "done_n": request.arg("n") or "",

@@ -1,21 +1,27 @@
 """Who is looking at the console, what they may do, and CSRF protection.
 
-A caller is let in by the gateway's own check (:class:`~miyaq.gateway.auth.BearerAuth`):
-an ``Authorization: Bearer`` header with the node's ``http_token``, or a
-session cookie the console signed after the token was typed into its
-sign-in form. With no token set every caller is let in, as the JSON API
-does. Sessions are stateless: ``<issued>.<nonce>.<hmac>``, keyed by a key
-the gateway derives from its token (so a new token ends every session),
-valid for ``SESSION_TTL`` seconds. The cookie is ``HttpOnly``,
-``SameSite=Strict``, scoped to ``/ui`` and named after the port (browsers
-share cookies between the ports of one host).
+A caller is let in by the gateway's own tokens (:class:`~miyaq.gateway.auth.BearerAuth`):
+an ``Authorization: Bearer`` header with any token the gateway knows
+(``http_token`` or one of ``http_tokens``), or a session cookie the console
+signed after such a token was typed into its sign-in form; the caller acts
+with that token's role. With no token set every caller is let in as
+``admin``, as the JSON API does. Sessions are stateless:
+``<issued>.<nonce>.<fingerprint>.<hmac>``, keyed by a key the gateway
+derives from its admin token (so a new one ends every session), valid for
+``SESSION_TTL`` seconds; the fingerprint names the token (keyed, never the
+token itself) and is looked up on every request, so a token removed from
+``http_tokens`` (or given another role) ends (or changes) its sessions at
+the next reload. The cookie is ``HttpOnly``, ``SameSite=Strict``, scoped to
+``/ui`` and named after the port (browsers share cookies between the ports
+of one host).
 
 Every POST must carry the form field ``csrf``: an HMAC of the session's
 nonce, which only pages of this console show. A POST whose ``Origin`` or
 ``Sec-Fetch-Site`` says it came from another site is refused too.
 
 :func:`can_operate` is the one place that decides whether a caller may act
-(pause, retry, purge); roles (issue 9) plug in there.
+(pause, retry, purge): the ``admin`` role, on a console that is not
+``read-only``. Every other role sees the console read-only.
 """
 from __future__ import annotations
 
@@ -27,11 +33,13 @@ from urllib.parse import urlsplit
 
 from ...errors import Forbidden
 from ...runtime import wall
-from ..auth import BearerAuth
+from ...security.roles import Role
+from ..auth import BearerAuth, bearer_token
 from ..request import Request
 
 SESSION_TTL = 12 * 3600.0
 CSRF_FIELD = "csrf"
+OPEN = "-"     # the fingerprint of a session opened while no token was required
 
 
 @dataclass(frozen=True)
@@ -41,16 +49,16 @@ class Viewer:
     nonce: str            # the session's nonce (the CSRF token is derived from it)
     fresh_cookie: str     # a Set-Cookie value to send (a new session), or ""
     console_mode: str     # the node's http_console setting: on, read-only
+    role: Role            # the role of the token the caller came with (admin when none is required)
 
 
 def can_operate(viewer: Viewer) -> bool:
     """May this caller pause queues, retry and purge dead letters?
 
-    Today: anyone let in (who holds the token, or anyone when no token is
-    set), unless the node runs its console ``read-only``. Issue 9's roles
-    decide here.
+    Only an ``admin`` (the ``http_token``, an admin line of ``http_tokens``,
+    or anyone when no token is set), and never on a ``read-only`` console.
     """
-    return viewer.console_mode == "on"
+    return viewer.console_mode == "on" and viewer.role is Role.ADMIN
 
 
 class Sessions:
@@ -64,9 +72,9 @@ class Sessions:
     def _sign(self, text: str) -> str:
         return hmac.new(self._key, text.encode(), hashlib.sha256).hexdigest()
 
-    def _issue(self, now: float) -> tuple[str, str]:
+    def _issue(self, now: float, fingerprint: str) -> tuple[str, str]:
         nonce = secrets.token_hex(16)
-        body = f"{int(now)}.{nonce}"
+        body = f"{int(now)}.{nonce}.{fingerprint}"
         value = f"{body}.{self._sign(body)}"
         cookie = (f"{self.cookie}={value}; Path=/ui; Max-Age={int(SESSION_TTL)}; HttpOnly; SameSite=Strict")
         return nonce, cookie
@@ -74,42 +82,52 @@ class Sessions:
     def clear_cookie(self) -> str:
         return f"{self.cookie}=; Path=/ui; Max-Age=0; HttpOnly; SameSite=Strict"
 
-    def _session(self, request: Request, now: float) -> str | None:
-        """The nonce of a valid session cookie, or None."""
+    def _session(self, request: Request, now: float) -> tuple[str, Role] | None:
+        """The nonce and role of a valid session cookie whose token is still valid, or None."""
         for part in request.header("Cookie").split(";"):
             name, eq, value = part.strip().partition("=")
             if not eq or name != self.cookie:
                 continue
-            issued, _, rest = value.partition(".")
-            nonce, _, sig = rest.partition(".")
-            if not (issued.isdigit() and nonce and sig):
+            body, _, sig = value.rpartition(".")
+            issued, _, rest = body.partition(".")
+            nonce, _, fingerprint = rest.partition(".")
+            if not (issued.isdigit() and nonce and fingerprint and sig):
                 return None
-            if not hmac.compare_digest(sig.encode(), self._sign(f"{issued}.{nonce}").encode()):
+            if not hmac.compare_digest(sig.encode(), self._sign(body).encode()):
                 return None
             if not 0 <= now - int(issued) <= SESSION_TTL:
                 return None
-            return nonce
+            role = self._role_of_session(fingerprint)
+            return (nonce, role) if role is not None else None
         return None
+
+    def _role_of_session(self, fingerprint: str) -> Role | None:
+        if not self.auth.enabled:
+            return Role.ADMIN
+        if fingerprint == OPEN:
+            return None   # opened while the gateway was open: not valid once tokens are required
+        return self.auth.tokens.role_of_fingerprint(fingerprint)
+
+    def _start(self, token: str) -> Viewer | None:
+        role = self.auth.role_of(token)
+        if role is None:
+            return None
+        fingerprint = self.auth.tokens.fingerprint(token) if self.auth.enabled else OPEN
+        nonce, cookie = self._issue(wall(), fingerprint)
+        return Viewer(nonce, cookie, self.mode, role)
 
     # -- who is it -------------------------------------------------------------------
     def identify(self, request: Request) -> Viewer | None:
-        """The caller, or None if the gateway's token is required and missing.
+        """The caller, or None if a token is required and none valid came.
         A caller let in without a valid session gets a fresh one."""
-        now = wall()
-        nonce = self._session(request, now)
-        if nonce is not None:
-            return Viewer(nonce, "", self.mode)
-        if not self.auth.bearer_ok(request):
-            return None
-        nonce, cookie = self._issue(now)
-        return Viewer(nonce, cookie, self.mode)
+        session = self._session(request, wall())
+        if session is not None:
+            return Viewer(session[0], "", self.mode, session[1])
+        return self._start(bearer_token(request))
 
     def sign_in(self, token: str) -> Viewer | None:
-        """A new session if ``token`` is the gateway's token."""
-        if not self.auth.verify(token):
-            return None
-        nonce, cookie = self._issue(wall())
-        return Viewer(nonce, cookie, self.mode)
+        """A new session if ``token`` is one the gateway knows."""
+        return self._start(token)
 
     # -- CSRF ------------------------------------------------------------------------
     def csrf_token(self, viewer: Viewer) -> str:

@@ -56,7 +56,9 @@ class Actions:
         form = _form(request)
         self.console.sessions.check_post(request, viewer, form)
         if not can_operate(viewer):
-            raise Forbidden("this console is read-only for you: operator actions are not allowed")
+            why = "this console is read-only" if viewer.console_mode != "on" else \
+                f"operator actions need an admin token, not a {viewer.role.value} token"
+            raise Forbidden(f"{why}: operator actions are not allowed")
         return form
 
     def _done(self, back: str, viewer: Viewer, **what: object) -> Response:
@@ -74,7 +76,7 @@ class Actions:
         viewer = console.sessions.sign_in(form.get("token", ""))
         target = form.get("next", "/ui")
         if viewer is None:
-            logger.info("console: a sign-in with a wrong token")
+            logger.info("console: a sign-in with a wrong token")   # never the token itself
             context = console.context(request, None, next=target, failed=True)
             return console.render.page("login.html", context, 401)
         return console.render.redirect(target, viewer.fresh_cookie)

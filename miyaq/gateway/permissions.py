@@ -1,0 +1,47 @@
+"""Which role each endpoint of the gateway needs (docs/http.md, "Tokens and
+roles"), with the same meaning as on the ZeroMQ ports
+(:mod:`miyaq.security.roles`): roles include one another, producer <
+worker < admin.
+
+* ``producer``: enqueue and submit, a task's status, result and cancel by
+  its id, and the node's status, queues, metrics and OpenAPI document
+  (what STATUS shows on ZeroMQ);
+* ``worker``: also pull consumers (receive, ack, nack, touch);
+* ``admin``: everything, also task listings, the dead-letter queue, queue
+  limits and pauses, and the workers list.
+
+An endpoint missing from :data:`NEEDS` needs ``admin`` (a new endpoint is
+closed until someone decides otherwise). The web console (``/ui``) checks
+its callers itself: any valid token may look, only ``admin`` may act
+(:func:`miyaq.gateway.console.access.can_operate`).
+"""
+from __future__ import annotations
+
+from miyaq.security.roles import Role
+
+P, W, A = Role.PRODUCER, Role.WORKER, Role.ADMIN
+#: What each role includes.
+RANK = {P: 1, W: 2, A: 3}
+
+NEEDS: dict[tuple[str, str], Role] = {
+    ("POST", "/queue"): P, ("POST", "/queue/{queue}"): P,
+    ("POST", "/tasks"): P, ("GET", "/tasks/{id}"): P, ("DELETE", "/tasks/{id}"): P,
+    ("GET", "/tasks/{id}/result"): P,
+    ("GET", "/status"): P, ("GET", "/queues"): P, ("GET", "/queues/{queue}"): P,
+    ("GET", "/queues/{queue}/limits"): P, ("GET", "/metrics"): P, ("GET", "/openapi.json"): P,
+    ("POST", "/receive"): W, ("POST", "/receive_block"): W, ("POST", "/receive_noblock"): W,
+    ("POST", "/tasks/{id}/ack"): W, ("POST", "/tasks/{id}/nack"): W, ("POST", "/tasks/{id}/touch"): W,
+    ("GET", "/tasks"): A, ("PUT", "/queues/{queue}/limits"): A, ("DELETE", "/queues/{queue}/limits"): A,
+    ("POST", "/queues/{queue}/pause"): A, ("POST", "/queues/{queue}/resume"): A, ("GET", "/workers"): A,
+    ("GET", "/dead"): A, ("POST", "/dead/retry"): A, ("POST", "/dead/purge"): A,
+}
+
+
+def needs(method: str, template: str) -> Role:
+    """The role an endpoint needs (admin if it is not in the table)."""
+    return NEEDS.get((method.upper(), template), A)
+
+
+def may(role: Role, needed: Role) -> bool:
+    """True if a caller of ``role`` may do what needs ``needed`` (peer: nothing here)."""
+    return RANK.get(role, 0) >= RANK[needed]

@@ -1,0 +1,178 @@
+"""The HTTP gateway's bearer tokens and the role each one carries.
+
+Two sources, both optional:
+
+* ``http_token``: one token with the ``admin`` role (as it always was: with
+  only it set, its holder may do everything);
+* ``http_tokens``: a file of ``token role`` lines (``#`` starts a comment,
+  blank lines are skipped), roles as on the ZeroMQ ports
+  (:mod:`miyaq.security.roles`: ``producer``, ``worker``, ``admin``, and
+  the aliases ``client`` and ``operator``; ``peer`` has no meaning here).
+  A token is 16 to 512 visible ASCII characters other than ``#``. The file is read again on
+  SIGHUP and when it changes (checked every ``WATCH_INTERVAL`` seconds); a
+  reload that fails keeps the tokens already loaded and logs why.
+
+Neither set: the gateway is open and every caller acts as ``admin``.
+
+Tokens are never logged (errors name the line) and never kept in clear:
+the table holds an HMAC of each under a per-process key; a caller's token
+is compared with every entry in constant time (no early exit), and
+:meth:`TokenTable.fingerprint` gives a short, keyed name for a token that
+console sessions carry so that removing a token ends its sessions.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import stat
+from collections import Counter
+from dataclasses import dataclass
+
+from miyaq.errors import ConfigError
+from miyaq.security.roles import Role, parse_role
+
+logger = logging.getLogger(__name__)
+
+WATCH_INTERVAL = 2.0
+MIN_TOKEN = 16
+MAX_TOKEN = 512
+MAX_TOKENS = 10_000
+
+
+@dataclass(frozen=True)
+class Entry:
+    digest: bytes
+    role: Role
+
+
+def parse_tokens(text: str, where: str) -> list[tuple[str, Role]]:
+    """``(token, role)`` pairs of a tokens file; ConfigError names the line (never the token)."""
+    pairs: list[tuple[str, Role]] = []
+    seen: dict[str, int] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        words = line.split()
+        if len(words) != 2:
+            raise ConfigError(f"{where}:{number}: expected 'TOKEN ROLE'")
+        token, role_name = words
+        if not MIN_TOKEN <= len(token) <= MAX_TOKEN or not all(0x21 <= ord(ch) <= 0x7E for ch in token):
+            raise ConfigError(f"{where}:{number}: a token is {MIN_TOKEN} to {MAX_TOKEN} visible ASCII "
+                              "characters other than # (make one with: openssl rand -hex 32)")
+        try:
+            role = parse_role(role_name)
+        except ValueError as exc:
+            raise ConfigError(f"{where}:{number}: {exc}") from None
+        if role is Role.PEER:
+            raise ConfigError(f"{where}:{number}: role peer is for nodes on the peer port; "
+                              "choose producer, worker or admin")
+        if token in seen:
+            raise ConfigError(f"{where}:{number}: the same token as line {seen[token]}")
+        seen[token] = number
+        pairs.append((token, role))
+    if len(pairs) > MAX_TOKENS:
+        raise ConfigError(f"{where}: more than {MAX_TOKENS} tokens")
+    return pairs
+
+
+class TokenTable:
+    """Who a bearer token is. Built once per gateway; :meth:`reload` swaps the file's entries."""
+
+    def __init__(self, admin_token: str, path: str) -> None:
+        self.path = path
+        self._key = secrets.token_bytes(32)
+        self._admin = [Entry(self._digest(admin_token), Role.ADMIN)] if admin_token else []
+        self._file: list[Entry] = []
+        self._signature: tuple[int, int, int] | None = None    # of the file loaded
+        self._looked_at: tuple[int, int, int] | None = None    # of the file last seen by poll()
+        self.reloads: Counter[str] = Counter()
+        if path:
+            self._file, self._signature = self._read()    # ConfigError: the node does not start
+            self._looked_at = self._signature
+            logger.info("HTTP tokens: %s", self.summary())
+
+    @property
+    def enabled(self) -> bool:
+        """True when callers must present a token."""
+        return bool(self._admin) or bool(self.path)
+
+    def _digest(self, token: str) -> bytes:
+        return hmac.new(self._key, token.encode("utf-8", "surrogateescape"), hashlib.sha256).digest()
+
+    def role_of(self, token: str) -> Role | None:
+        """The role of ``token``, or None. Compares with every entry (constant time)."""
+        if not token:
+            return None
+        digest = self._digest(token)
+        found: Role | None = None
+        for entry in self._admin + self._file:
+            if hmac.compare_digest(entry.digest, digest) and found is None:
+                found = entry.role
+        return found
+
+    def fingerprint(self, token: str) -> str:
+        """A short keyed name of ``token`` (for session cookies); never the token."""
+        return self._digest(token)[:12].hex()
+
+    def role_of_fingerprint(self, fingerprint: str) -> Role | None:
+        """The role of the token a session was opened with, if that token is still valid."""
+        found: Role | None = None
+        for entry in self._admin + self._file:
+            if hmac.compare_digest(entry.digest[:12].hex(), fingerprint) and found is None:
+                found = entry.role
+        return found
+
+    def summary(self) -> str:
+        counts = Counter(e.role.value for e in self._admin + self._file)
+        return ", ".join(f"{n} {role}" for role, n in sorted(counts.items())) or "none"
+
+    # -- the file ------------------------------------------------------------------
+    def _stat(self) -> tuple[int, int, int]:
+        st = os.stat(self.path)
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _read(self) -> tuple[list[Entry], tuple[int, int, int]]:
+        try:
+            signature = self._stat()
+            with open(self.path, encoding="utf-8") as fh:
+                text = fh.read(MAX_TOKENS * (MAX_TOKEN + 32))
+            mode = os.stat(self.path).st_mode
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read the HTTP tokens file {self.path}: {exc}") from None
+        pairs = parse_tokens(text, self.path)
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            logger.warning("HTTP tokens file %s is readable by others (mode %o): chmod 600 it",
+                           self.path, stat.S_IMODE(mode))
+        return [Entry(self._digest(token), role) for token, role in pairs], signature
+
+    def reload(self, reason: str) -> bool:
+        """Read the file again; on failure keep the tokens loaded and log why. No file: False."""
+        if not self.path:
+            return False
+        try:
+            self._file, self._signature = self._read()
+        except ConfigError as exc:
+            self.reloads["failed"] += 1
+            logger.error("HTTP tokens not reloaded (%s), keeping the previous ones: %s", reason, exc.message)
+            return False
+        self.reloads["ok"] += 1
+        logger.info("HTTP tokens reloaded (%s): %s", reason, self.summary())
+        return True
+
+    def poll(self) -> bool:
+        """Reload if the file changed since it was last looked at (one attempt
+        per change: a broken file is reported once, not every poll)."""
+        if not self.path:
+            return False
+        try:
+            seen: tuple[int, int, int] | None = self._stat()
+        except OSError:
+            seen = None
+        if seen == self._looked_at:
+            return False
+        self._looked_at = seen
+        return self.reload("the file changed")
