@@ -101,6 +101,11 @@ class NodeConfig(Settings):
     http_tokens: str = _opt("", "file of 'TOKEN ROLE' lines (roles producer, worker, admin): bearer tokens the "
                                 "HTTP gateway accepts, re-read on SIGHUP and when it changes (empty: none)")
     http_host: str = _opt("", "address the HTTP gateway binds to (empty: same as host)")
+    http_cert: str = _opt("", "PEM certificate chain: the HTTP gateway serves HTTPS only (with http_key; re-read "
+                              "on SIGHUP)")
+    http_key: str = _opt("", "PEM private key of http_cert (unencrypted; keep it chmod 600)")
+    http_ca: str = _opt("", "PEM CA certificates this node trusts when it calls other members' HTTPS gateways "
+                            "(the console; empty: the system's)")
     http_max_body: int = _opt(4 * 1024 * 1024, "largest HTTP request body in bytes")
     http_max_connections: int = _opt(1024, "most HTTP connections served at once")
     http_max_client_connections: int = _opt(128, "most HTTP connections from one client address at once; more "
@@ -175,6 +180,8 @@ class NodeConfig(Settings):
             raise ConfigError("replicas, max_tasks and max_batch must be at least 1")
         if self.heartbeat <= 0 or self.liveness < 1:
             raise ConfigError("heartbeat must be > 0 and liveness >= 1")
+        if bool(self.http_cert) != bool(self.http_key):
+            raise ConfigError("http_cert and http_key go together: give both for HTTPS, or neither")
         if min(self.http_header_timeout, self.http_body_timeout, self.http_idle_timeout) <= 0:
             raise ConfigError("http_header_timeout, http_body_timeout and http_idle_timeout must be > 0")
 
@@ -198,6 +205,13 @@ class NodeConfig(Settings):
 
     def endpoint(self, port: int) -> str:
         return f"tcp://{self.advertised_host}:{port}"
+
+    @property
+    def http_url(self) -> str | None:
+        """The HTTP gateway others use (https with http_cert), or None when it is off."""
+        if not self.http_port:
+            return None
+        return f"{'https' if self.http_cert else 'http'}://{self.advertised_host}:{self.http_port}"
 
 
 def _coerce(name: str, type_: Any, raw: Any) -> Any:

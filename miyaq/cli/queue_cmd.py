@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -39,6 +40,9 @@ def _gateway_options(p: argparse.ArgumentParser, *, nested: bool = False) -> Non
                    help="the node's HTTP gateway [env MIYAQ_HTTP; else what `miyaq dev-cluster` started in this "
                         "directory; else http://127.0.0.1:8088]")
     p.add_argument("--token", default=default, help="bearer token of the gateway [env MIYAQ_HTTP_TOKEN]")
+    p.add_argument("--http-ca", default=default, metavar="PEM",
+                   help="CA certificates to trust for an https:// gateway, e.g. its self-signed certificate "
+                        "[env MIYAQ_HTTP_CA; default: the system's]")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -84,7 +88,7 @@ def _request(args: argparse.Namespace, method: str, path: str, body: Any = None,
         headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(base + path, data=data, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT) as resp:
+        with urllib.request.urlopen(request, timeout=TIMEOUT, context=_tls(args)) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         try:
@@ -93,7 +97,23 @@ def _request(args: argparse.Namespace, method: str, path: str, body: Any = None,
             raise MiyaqError(f"{method} {path}: HTTP {exc.code}") from None
         raise from_wire(error) from None
     except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            raise Unavailable(f"the gateway at {base} has a certificate this machine does not trust "
+                              f"({reason.verify_message}): pass --http-ca (or MIYAQ_HTTP_CA) with the "
+                              "certificate of its CA, or its own if self-signed") from None
         raise Unavailable(f"cannot reach the node at {base}: {exc}") from None
+
+
+def _tls(args: argparse.Namespace) -> ssl.SSLContext:
+    """How https:// gateways are verified: against --http-ca if given, else the
+    system's CA certificates. There is no way to skip verification: give a
+    self-signed certificate as its own CA."""
+    ca = getattr(args, "http_ca", None) or os.environ.get("MIYAQ_HTTP_CA", "")
+    try:
+        return ssl.create_default_context(cafile=ca or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise InvalidField(f"cannot use --http-ca {ca}: {exc}", field="http_ca") from None
 
 
 def _gateways(args: argparse.Namespace) -> list[tuple[str, str | None]]:

@@ -199,7 +199,7 @@ def local_member(config: NodeConfig) -> Member:
     """The node ``config`` describes, as the ring knows it: its endpoints and weight."""
     c = config
     return Member(node_id=c.id, service=c.endpoint(c.port), peer=c.endpoint(c.peer), pub=c.endpoint(c.pub),
-                  http=f"http://{c.advertised_host}:{c.http_port}" if c.http_port else None, weight=c.weight)
+                  http=c.http_url, weight=c.weight)
 
 
 class Coordinator(abc.ABC):

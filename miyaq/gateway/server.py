@@ -32,8 +32,9 @@ from miyaq.config import NodeConfig
 from miyaq.constants import HTTP_STOP_TIMEOUT, LIMIT_SHARE_REFRESH
 from miyaq.core.core import Core
 from miyaq.core.handles import Role, ScheduleBook, StatusReport
-from miyaq.errors import MiyaqError
+from miyaq.errors import ConfigError, MiyaqError
 from miyaq.gateway.destinations import Destinations
+from miyaq.gateway import tls
 from miyaq.gateway.auth import CHALLENGE, BearerAuth
 from miyaq.gateway.errors import http_status
 from miyaq.gateway.metrics import NodeMetrics
@@ -65,6 +66,8 @@ class Gateway:
         self.port = config.http_port
         self.max_body = config.http_max_body
         self.auth = BearerAuth(config.http_token, config.http_tokens)
+        self.tls = tls.server_context(config.http_cert, config.http_key) if config.http_cert else None
+        tls.ca_file(config.http_ca)
         self.destinations = Destinations(config.webhook_allow_hosts, config.webhook_allow_private)
         self.metrics = metrics
         self.deliverer = WebhookDeliverer(config, core.engine, core.dispatcher, core.gate, supervisor,
@@ -91,13 +94,17 @@ class Gateway:
                                   idle_timeout=config.http_idle_timeout,
                                   per_client=config.http_max_client_connections, max_body=self.max_body)
         self.server = GatewayServer((self.host, self.port), self.app, spawn=pool, limits=limits,
-                                    refused=self.metrics.http_refused)
+                                    refused=self.metrics.http_refused, ssl_context=self.tls)
         self.server.start()
         self.port = self.server.server_port
         if self.console is not None:
             self.console.start()
-        logger.info("HTTP gateway on http://%s:%d (auth %s, webhooks to %s)", self.host, self.port,
-                    "on" if self.auth.enabled else "off", self.destinations.describe())
+        logger.info("HTTP gateway on %s://%s:%d (tokens: %s; webhooks to %s)", "https" if self.tls else "http",
+                    self.host, self.port, self.auth.tokens.summary() if self.auth.enabled else "none, open",
+                    self.destinations.describe())
+        if not _is_loopback(self.host) and self.tls is None:
+            logger.warning("HTTP gateway reachable beyond loopback without TLS: tokens and payloads travel in "
+                           "clear text (set http_cert and http_key, docs/http.md)")
         if not _is_loopback(self.host) and self.destinations.allow_private and not self.destinations.allow_list.enabled:
             logger.warning("HTTP gateway reachable beyond loopback with webhook_allow_private and no "
                            "webhook_allow_hosts: anyone who can enqueue can make this node send requests to "
@@ -145,8 +152,23 @@ class Gateway:
             # timer loop if a task just stored is due before its next wake-up
             self.wake(wall())
 
+    def reload(self, reason: str) -> bool:
+        """SIGHUP: read ``http_tokens`` and the TLS certificate and key again;
+        whatever fails to load is kept as it was (and logged). True if all loaded."""
+        ok = self.reload_tokens(reason) if self.auth.tokens.path else True
+        if self.tls is not None:
+            try:
+                self.tls = tls.server_context(self.config.http_cert, self.config.http_key)
+            except ConfigError as exc:
+                logger.error("HTTPS certificate not reloaded (%s), keeping the one in use: %s", reason, exc.message)
+                return False
+            if self.server is not None:
+                self.server.use_tls_context(self.tls)
+            logger.info("HTTPS certificate reloaded (%s) from %s", reason, self.config.http_cert)
+        return ok
+
     def reload_tokens(self, reason: str) -> bool:
-        """Read ``http_tokens`` again (SIGHUP); the previous tokens stay if it fails."""
+        """Read ``http_tokens`` again; the previous tokens stay if it fails."""
         return self.auth.tokens.reload(reason)
 
     def _watch_tokens(self) -> None:

@@ -231,6 +231,11 @@ class GatewayServer(WSGIServer):
         self.refused = refused
         self.clients: dict[str, int] = {}     # address -> connections open (only addresses with some)
 
+    def use_tls_context(self, context: Any) -> None:
+        """Serve connections accepted from now on with ``context`` (a renewed
+        certificate); connections already open keep theirs."""
+        self.wrap_socket = context.wrap_socket
+
     def handle(self, sock: Any, address: Any) -> None:
         host = str(address[0]) if isinstance(address, tuple) and address else ""
         cap = self.limits.per_client

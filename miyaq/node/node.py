@@ -17,7 +17,8 @@ gateway. Each part has the same small lifecycle (:class:`Part`).
 * SIGHUP: the authorized keys are read again (with keys,
   :meth:`miyaq.security.zap.ZapHandler.reload`): added keys connect,
   revoked ones are refused from their next message, without a restart; and
-  the gateway's HTTP tokens file (``http_tokens``) likewise.
+  the gateway's HTTP tokens file (``http_tokens``) and its HTTPS certificate
+  and key likewise.
 """
 from __future__ import annotations
 
@@ -104,11 +105,11 @@ class Node:
         green.on_signal(signal.SIGHUP, self.reload)
 
     def reload(self) -> None:
-        """SIGHUP: read the authorized keys and the HTTP tokens again."""
+        """SIGHUP: read the authorized keys, the HTTP tokens and the HTTPS certificate again."""
         self.reload_keys()
         gateway = self.part("gateway")
-        if gateway is not None and gateway.auth.tokens.path:
-            gateway.reload_tokens("SIGHUP")
+        if gateway is not None:
+            gateway.reload("SIGHUP")
 
     def reload_keys(self) -> bool:
         """Read the authorized keys again (SIGHUP). False without keys, or

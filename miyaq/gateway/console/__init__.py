@@ -53,7 +53,7 @@ class Console:
         self.activity = Activity(gateway.core.engine.outcomes)
         self.attempts = AttemptLog(wall)
         gateway.core.engine.listeners.append(self.attempts)
-        self.peers = Peers(gateway.config.http_token)
+        self.peers = Peers(gateway.config.http_token, gateway.config.http_ca)
         self.data: ConsoleData = ConsoleData(gateway, admin, self.activity, self.attempts, self.peers)
         self.sessions = Sessions(gateway.auth, gateway.port, self.mode)
         self.render = Renderer()

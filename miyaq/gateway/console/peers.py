@@ -8,6 +8,8 @@ instead of raising, so one member down slows a page by at most that much
 and never breaks it; reads are cached for ``CACHE_TTL`` seconds (at most
 ``MAX_CACHED`` entries), so live-updating pages do not multiply requests.
 The node's own ``http_token`` is sent: members of one cluster share it.
+An ``https://`` member is verified against ``http_ca`` (else the system's
+CA certificates), its certificate naming the host it advertises.
 Members are asked one after the other (a ring has a handful of members).
 """
 from __future__ import annotations
@@ -31,7 +33,8 @@ MAX_ANSWER = 4 * 1024 * 1024
 
 
 class Peers:
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, ca: str = "") -> None:
+        self.ssl_options = {"ca_certs": ca} if ca else None
         self.headers = {"User-Agent": f"miyaq-console/{__version__}", "Accept": "application/json"}
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
@@ -45,8 +48,8 @@ class Peers:
         client = None
         try:
             client = HTTPClient(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
-                                ssl=parts.scheme == "https", connection_timeout=TIMEOUT,
-                                network_timeout=TIMEOUT, concurrency=1)
+                                ssl=parts.scheme == "https", ssl_options=self.ssl_options,
+                                connection_timeout=TIMEOUT, network_timeout=TIMEOUT, concurrency=1)
             headers = dict(self.headers)
             body = None
             if method == "POST":
