@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from gateway_harness import FIXTURES, NodeThread, free_port, wait_for
+from test_http_slow_clients import read_all
 
 from miyaq.cli.main import main
 from miyaq.errors import ConfigError
@@ -81,12 +82,7 @@ def test_plain_http_to_an_https_port_gets_no_answer(https_node):
     (counted as tls_handshake); nothing is served in clear text."""
     with socket.create_connection(("127.0.0.1", https_node.config.http_port), timeout=15) as sock:
         sock.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode() + b"\r\n\r\n")
-        data = b""
-        try:
-            while chunk := sock.recv(65536):
-                data += chunk
-        except ConnectionResetError:
-            pass
+        data = read_all(sock)
     assert b"HTTP/1.1 200" not in data and b'"node"' not in data
 
 
