@@ -75,11 +75,11 @@ class Engine:
         self.table = TaskTable(config.max_tombstones, max(config.result_ttl, config.dedup_window),
                                config.max_dead)
         self.timers = TimerHeap()
-        self.ready = ReadyQueues()
+        self._seq = itertools.count(1)           # submit order; the ready lanes draw from it too
+        self.ready = ReadyQueues(self._seq)
         self.listeners: list[EngineListener] = []
         self.accepting = True
         self.admission: list[Callable[[], None]] = []    # each may raise to refuse a new task (a full disk)
-        self._seq = itertools.count(1)
         self.counts: dict[str, Counter[str]] = {}        # queue -> state -> live count
         self.outcomes: Counter[tuple[str, str]] = Counter()  # (queue, outcome) -> total
         self.not_leased = 0      # reports ignored: the task was not leased to whoever reported
@@ -113,15 +113,15 @@ class Engine:
         self._move(task, READY)
         self.ready.push(task)
         if task.expires:
-            self.timers.arm(task, task.expires)
+            self.timers.arm(task, task.expires, now)
         else:
             self.timers.cancel(task)
         for listener in self.listeners:
             listener.task_ready(task)
 
-    def _schedule(self, task: Task, when: float, state: str) -> None:
+    def _schedule(self, task: Task, when: float, state: str, now: float | None = None) -> None:
         self._move(task, state)
-        self.timers.arm(task, min(when, task.expires) if task.expires else when)
+        self.timers.arm(task, min(when, task.expires) if task.expires else when, now)
 
     def _finish(self, task: Task, state: str, result: bytes | None, now: float) -> Tombstone:
         self.timers.cancel(task)
@@ -179,7 +179,7 @@ class Engine:
         if task.eta <= now and not task.standby:
             self._make_ready(task, now)
         else:
-            self._schedule(task, task.eta, SCHEDULED)
+            self._schedule(task, task.eta, SCHEDULED, now)
         return ACCEPTED, None
 
     def restore(self, task: Task, now: float) -> None:
@@ -198,9 +198,9 @@ class Engine:
             self._move(task, DEAD)
             self.table.kill(task)
         elif state == RETRYING:
-            self._schedule(task, task.eta, RETRYING)
+            self._schedule(task, task.eta, RETRYING, now)
         elif state == SCHEDULED and (task.eta > now or task.standby):
-            self._schedule(task, task.eta, SCHEDULED)
+            self._schedule(task, task.eta, SCHEDULED, now)
         else:
             self._make_ready(task, now)
 
@@ -295,7 +295,7 @@ class Engine:
         task.consumer = consumer
         task.lease_end = now + task.timeout
         consumer.running[task.id] = task
-        self.timers.arm(task, task.lease_end)
+        self.timers.arm(task, task.lease_end, now)
         self.outcomes[(task.queue, "started")] += 1
         for listener in self.listeners:
             listener.task_started(task)
@@ -312,7 +312,7 @@ class Engine:
         if task is None or task.state != RUNNING or not self._reporter_ok(task, task.attempt, by):
             return False
         task.lease_end = now + task.timeout
-        self.timers.arm(task, task.lease_end)
+        self.timers.arm(task, task.lease_end, now)
         for listener in self.listeners:
             listener.task_touched(task)
         return True
@@ -379,7 +379,7 @@ class Engine:
                 self._make_ready(task, now)
             else:
                 task.eta = now + wait
-                self._schedule(task, task.eta, RETRYING)
+                self._schedule(task, task.eta, RETRYING, now)
             for listener in self.listeners:
                 listener.task_retrying(task, reason)
         else:
@@ -427,7 +427,7 @@ class Engine:
                     for listener in self.listeners:
                         listener.task_due_elsewhere(task)
                 elif task.eta > now and state == SCHEDULED:
-                    self.timers.arm(task, task.eta)   # woke for an expiry that moved
+                    self.timers.arm(task, task.eta, now)   # woke for an expiry that moved
                 else:
                     self._make_ready(task, now)
             elif state == READY:

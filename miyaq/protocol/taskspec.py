@@ -12,7 +12,7 @@ from typing import Any
 
 from miyaq.config import NodeConfig
 from miyaq.errors import InvalidField
-from miyaq.store.task import Task
+from miyaq.store.task import Spec, Task, spec_for
 from miyaq.protocol import fields as f
 from miyaq.protocol.headers import check_header_fields
 
@@ -60,11 +60,14 @@ def task_from_wire(d: Any, now: float, config: NodeConfig) -> Task:
         body = f.binary(d, "body", b"", max_len=config.max_payload)
     name = d.get("name")
     if d.keys() <= _BASIC and type(name) is str and 0 < len(name) <= 256:
-        return Task(task_id, queue, name, body, eta=now, created=now,
-                    max_retries=config.default_max_retries, backoff=config.default_backoff,
-                    backoff_max=config.default_backoff_max, timeout=config.default_timeout,
-                    replicas=config.replicas)
+        return Task.of(task_id, _plain_spec(queue, name, config), body, now, now)
     return _full(d, task_id, queue, body, now, config)
+
+
+def _plain_spec(queue: str, name: str, config: NodeConfig) -> Spec:
+    """The spec of a task with nothing but a queue and a name: the config's defaults."""
+    return spec_for(queue, name, None, "POST", 0, config.default_max_retries, config.default_backoff,
+                    config.default_backoff_max, config.default_timeout, config.replicas, False)
 
 
 def _full(d: dict[str, Any], task_id: str, queue: str, body: bytes, now: float, config: NodeConfig) -> Task:
@@ -74,7 +77,9 @@ def _full(d: dict[str, Any], task_id: str, queue: str, body: bytes, now: float, 
         raise InvalidField("a task needs exactly one of 'name' (handler) or 'url' (webhook)", field="name")
     if url is not None and not url.startswith(("http://", "https://")):
         raise InvalidField("field 'url' must be an http:// or https:// URL", field="url")
-    method = f.string(d, "method", "POST", max_len=8).upper()
+    method = f.string(d, "method", "POST", max_len=8)
+    if method not in METHODS:
+        method = method.upper()
     if method not in METHODS:
         raise InvalidField(f"field 'method' must be one of {', '.join(METHODS)}", field="method")
     eta = f.number(d, "eta", None, lo=0.0, hi=now + 10 * YEAR)

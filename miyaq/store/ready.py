@@ -1,36 +1,41 @@
 """Per-queue ready structures: lower priority number first, FIFO within one.
 
 A lane keeps one deque per priority level in use and a sorted list of those
-levels, so push and pop are O(1) plus a bisect over the (few) levels. Removal
-is lazy: an entry whose ``ready_gen`` no longer matches its task, or whose
-task is no longer READY, is skipped when popped.
+levels, so push and pop are O(1) plus a bisect over the (few) levels. Each
+push gives the task a new ``seq`` from the node's one counter: it orders
+lanes against each other (the task that became ready first wins a tie of
+priorities) and marks the entry. Removal is lazy: an entry whose ``seq`` is
+no longer its task's, or whose task is no longer READY, is skipped when
+popped.
 """
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections import deque
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from .task import READY, Task
 
 
 class Lane:
-    __slots__ = ("name", "levels", "by_level", "count", "entries")
+    __slots__ = ("name", "levels", "by_level", "count", "entries", "seq")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, seq: Iterator[int] | None = None) -> None:
         self.name = name
+        self.seq = seq if seq is not None else itertools.count(1)
         self.levels: list[int] = []
         self.by_level: dict[int, deque[tuple[int, Task]]] = {}
         self.count = 0     # live READY tasks (maintained by the engine)
         self.entries = 0   # deque entries, stale ones included
 
     def push(self, task: Task) -> None:
-        task.ready_gen += 1
+        task.seq = next(self.seq)
         level = self.by_level.get(task.priority)
         if level is None:
             level = self.by_level[task.priority] = deque()
             bisect.insort(self.levels, task.priority)
-        level.append((task.ready_gen, task))
+        level.append((task.seq, task))
         self.entries += 1
 
     def _clean_head(self) -> tuple[int, Task] | None:
@@ -38,8 +43,8 @@ class Lane:
             prio = self.levels[0]
             level = self.by_level[prio]
             while level:
-                gen, task = level[0]
-                if gen == task.ready_gen and task.state == READY:
+                seq, task = level[0]
+                if seq == task.seq and task.state == READY:
                     return level[0]
                 level.popleft()
                 self.entries -= 1
@@ -51,7 +56,7 @@ class Lane:
         """Rebuild the deques without stale entries; returns how many went."""
         before = self.entries
         for prio in list(self.levels):
-            live = deque(e for e in self.by_level[prio] if e[0] == e[1].ready_gen and e[1].state == READY)
+            live = deque(e for e in self.by_level[prio] if e[0] == e[1].seq and e[1].state == READY)
             if live:
                 self.by_level[prio] = live
             else:
@@ -70,21 +75,20 @@ class Lane:
             return None
         self.by_level[self.levels[0]].popleft()
         self.entries -= 1
-        task = entry[1]
-        task.ready_gen += 1
-        return task
+        return entry[1]
 
 
 class ReadyQueues:
     """All lanes of a node, created on first use."""
 
-    def __init__(self) -> None:
+    def __init__(self, seq: Iterator[int] | None = None) -> None:
         self.lanes: dict[str, Lane] = {}
+        self.seq = seq if seq is not None else itertools.count(1)   # shared with the engine
 
     def lane(self, queue: str) -> Lane:
         lane = self.lanes.get(queue)
         if lane is None:
-            lane = self.lanes[queue] = Lane(queue)
+            lane = self.lanes[queue] = Lane(queue, self.seq)
         return lane
 
     def push(self, task: Task) -> None:

@@ -3,11 +3,21 @@
 A :class:`Task` is a plain slotted object: the node reads a small header
 (queue, priority, times, limits) and never decodes ``body``, the producer's
 opaque msgpack payload. One object per live task, so its size is the node's
-memory per task (docs/semantics.md, "Capacity").
+memory per task (docs/semantics.md, "Capacity"), and it is kept small:
+
+* what most tasks of a queue share -- queue, handler name, webhook URL and
+  method, priority, retry and lease settings, replicas -- is one immutable
+  :class:`Spec`, interned, so a million tasks of a few kinds hold a few specs
+  (and one copy of each name instead of a million);
+* what few tasks have -- a dedup key, webhook headers, an expiry, an error,
+  a place among several holders -- is an :class:`Extra`, shared (the
+  defaults) until a task sets one of them;
+* both read and write as plain attributes (``task.queue``, ``task.key =``).
 """
 from __future__ import annotations
 
-from typing import Any
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any
 
 SCHEDULED = "scheduled"   # waiting for its eta
 READY = "ready"           # in its queue, waiting for a consumer
@@ -25,16 +35,114 @@ FINAL_STATES = (DONE, CANCELLED, EXPIRED)
 ALL_STATES = LIVE_STATES + (DEAD,) + FINAL_STATES
 
 
-class Task:
-    """One task as a node holds it. ``attempt`` counts starts, from 0."""
+SPEC_FIELDS = ("queue", "name", "url", "method", "priority", "max_retries", "backoff", "backoff_max",
+               "timeout", "replicas", "at_most_once")
+EXTRA_FIELDS = ("key", "meta", "expires", "error", "rank", "holders", "standby")
+MAX_SPECS = 65_536     # interned specs kept; beyond, new ones are still correct, just not shared
 
-    __slots__ = (
-        "id", "queue", "name", "url", "method", "body", "priority", "eta", "created",
-        "expires", "max_retries", "backoff", "backoff_max", "timeout", "key",
-        "replicas", "at_most_once", "state", "attempt", "seq", "lease_end",
-        "consumer", "error", "timer_gen", "ready_gen", "rank", "holders", "meta", "lane",
-        "standby", "lessees",
-    )
+
+class Spec:
+    """What a kind of task shares; never changed once made (see :func:`spec_for`)."""
+
+    __slots__ = SPEC_FIELDS + ("lane",)
+
+    def __init__(self, queue: str, name: str | None, url: str | None, method: str, priority: int,
+                 max_retries: int, backoff: float, backoff_max: float, timeout: float, replicas: int,
+                 at_most_once: bool) -> None:
+        self.queue = queue
+        self.name = name
+        self.url = url
+        self.method = method
+        self.priority = priority
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.backoff_max = backoff_max
+        self.timeout = timeout
+        self.replicas = replicas
+        self.at_most_once = at_most_once
+        # The ready lane: named tasks wait in their queue's lane, webhook tasks
+        # in a lane of their own that only the webhook deliverer consumes.
+        self.lane = queue if url is None else WEBHOOK_LANE_PREFIX + queue
+
+    def values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, f) for f in SPEC_FIELDS)
+
+
+_specs: dict[tuple[Any, ...], Spec] = {}
+
+
+def spec_for(*values: Any) -> Spec:
+    """The interned :class:`Spec` of these field values (in SPEC_FIELDS order)."""
+    spec = _specs.get(values)
+    if spec is None:
+        spec = Spec(*values)
+        if len(_specs) < MAX_SPECS:
+            _specs[values] = spec
+    return spec
+
+
+class Extra:
+    """A task's rarely set fields; :data:`NO_EXTRA` holds the defaults for every task."""
+
+    __slots__ = EXTRA_FIELDS
+
+    def __init__(self) -> None:
+        self.key: str | None = None
+        self.meta: dict[str, Any] | None = None       # webhook headers and other rare extras
+        self.expires = 0.0                            # 0: never
+        self.error: dict[str, Any] | None = None
+        self.rank = 0                                 # this node's rank among the holders
+        self.holders: tuple[str, ...] = ()
+        self.standby = False                          # a standby copy asks the earlier holders before it runs
+
+    def copy(self) -> "Extra":
+        other = Extra.__new__(Extra)
+        other.key, other.meta, other.expires, other.error = self.key, self.meta, self.expires, self.error
+        other.rank, other.holders, other.standby = self.rank, self.holders, self.standby
+        return other
+
+
+NO_EXTRA = Extra()     # shared by every task that sets none of these; never written
+
+
+def _spec_property(name: str) -> property:
+    index = SPEC_FIELDS.index(name)
+
+    def set_(task: "Task", value: Any) -> None:
+        values = list(task.spec.values())
+        values[index] = value
+        task.spec = spec_for(*values)
+
+    return property(attrgetter(f"spec.{name}"), set_, doc=f"The task's {name} (from its spec).")
+
+
+def _extra_property(name: str) -> property:
+    def set_(task: "Task", value: Any) -> None:
+        extra = task.extra
+        if extra is NO_EXTRA:
+            if value == getattr(NO_EXTRA, name) and type(value) is type(getattr(NO_EXTRA, name)):
+                return
+            extra = task.extra = NO_EXTRA.copy()
+        setattr(extra, name, value)
+
+    return property(attrgetter(f"extra.{name}"), set_, doc=f"The task's {name} (rarely set).")
+
+
+class Task:
+    """One task as a node holds it. ``attempt`` counts starts, from 0.
+
+    ``timer_at`` is the time its timer is armed for (None: none), read by
+    :class:`~miyaq.store.timers.TimerHeap`."""
+
+    if TYPE_CHECKING:   # the checker sees the properties below as plain attributes
+        __slots__ = ("id", "spec", "body", "eta", "created", "state", "attempt", "seq", "lease_end",
+                     "consumer", "timer_at", "extra", "queue", "name", "url", "method",
+                     "priority", "max_retries", "backoff", "backoff_max", "timeout", "replicas",
+                     "at_most_once", "lane", "key", "meta", "expires", "error", "rank", "holders", "standby",
+                     "lessees")
+    else:
+        __slots__ = ("id", "spec", "body", "eta", "created", "state", "attempt", "seq", "lease_end",
+                     "consumer", "lessees", "timer_at", "extra")
 
     def __init__(self, id: str, queue: str, name: str | None, body: bytes, *,
                  url: str | None = None, method: str = "POST", priority: int = 0,
@@ -42,42 +150,77 @@ class Task:
                  max_retries: int = 3, backoff: float = 1.0, backoff_max: float = 300.0,
                  timeout: float = 300.0, key: str | None = None, replicas: int = 1,
                  at_most_once: bool = False, meta: dict[str, Any] | None = None) -> None:
+        spec = spec_for(queue, name, url, method, priority, max_retries, backoff, backoff_max, timeout,
+                        replicas, at_most_once)
+        self._fill(id, spec, body, eta, created)
+        if key is not None or meta is not None or expires:
+            extra = self.extra = Extra()
+            extra.key, extra.meta, extra.expires = key, meta, expires
+
+    @classmethod
+    def of(cls, id: str, spec: Spec, body: bytes, eta: float, created: float) -> "Task":
+        """A new task of a known kind (the submit path's shortcut: no spec lookup)."""
+        task = cls.__new__(cls)
+        task._fill(id, spec, body, eta, created)
+        return task
+
+    def _fill(self, id: str, spec: Spec, body: bytes, eta: float, created: float) -> None:
         self.id = id
-        self.queue = queue
-        self.name = name
-        self.url = url
-        self.method = method
+        self.spec = spec
         self.body = body
-        self.priority = priority
         self.eta = eta
         self.created = created
-        self.expires = expires          # 0: never
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self.backoff_max = backoff_max
-        self.timeout = timeout
-        self.key = key
-        self.replicas = replicas
-        self.at_most_once = at_most_once
         self.state = SCHEDULED
         self.attempt = 0
-        self.seq = 0                    # FIFO order within a priority
+        self.seq = 0                    # submit order; renewed each time it becomes ready (miyaq.store.ready)
         self.lease_end = 0.0
         self.consumer: Any = None       # who runs it while RUNNING
-        self.error: dict[str, Any] | None = None
-        self.timer_gen = 0              # invalidates stale timer entries
-        self.ready_gen = 0              # invalidates stale ready-queue entries
-        self.rank = 0                   # this node's rank among the holders
-        # A standby copy asks the earlier holders before it runs (cluster).
-        self.standby = False
-        self.holders: tuple[str, ...] = ()
         # (attempt, who it was leased to) of the last few attempts: only they
         # may report on the task (miyaq.core.engine, "Who may report").
         self.lessees: list[tuple[int, str]] | None = None
-        self.meta = meta                # webhook headers and other rare extras
-        # The ready lane: named tasks wait in their queue's lane, webhook tasks
-        # in a lane of their own that only the webhook deliverer consumes.
-        self.lane = queue if url is None else WEBHOOK_LANE_PREFIX + queue
+        self.timer_at: float | None = None
+        self.extra = NO_EXTRA
+
+    if TYPE_CHECKING:   # what the properties below read and write
+        queue: str
+        name: str | None
+        url: str | None
+        method: str
+        priority: int
+        max_retries: int
+        backoff: float
+        backoff_max: float
+        timeout: float
+        replicas: int
+        at_most_once: bool
+        lane: str
+        key: str | None
+        meta: dict[str, Any] | None
+        expires: float
+        error: dict[str, Any] | None
+        rank: int
+        holders: tuple[str, ...]
+        standby: bool
+    else:
+        queue = _spec_property("queue")
+        name = _spec_property("name")
+        url = _spec_property("url")
+        method = _spec_property("method")
+        priority = _spec_property("priority")
+        max_retries = _spec_property("max_retries")
+        backoff = _spec_property("backoff")
+        backoff_max = _spec_property("backoff_max")
+        timeout = _spec_property("timeout")
+        replicas = _spec_property("replicas")
+        at_most_once = _spec_property("at_most_once")
+        lane = property(attrgetter("spec.lane"), doc="The ready lane (its queue, or the queue's webhook lane).")
+        key = _extra_property("key")
+        meta = _extra_property("meta")
+        expires = _extra_property("expires")
+        error = _extra_property("error")
+        rank = _extra_property("rank")
+        holders = _extra_property("holders")
+        standby = _extra_property("standby")
 
     def header(self) -> dict[str, Any]:
         """Everything but the payload, as the protocol and the HTTP API show it."""

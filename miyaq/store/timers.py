@@ -1,58 +1,187 @@
-"""A timer heap with lazy cancellation: O(log n) to arm, O(1) to cancel.
+"""Task timers: a precise heap for what is due soon, coarse buckets for the rest.
 
-Each task has at most one armed timer. Re-arming or cancelling bumps the
-task's ``timer_gen``; stale heap entries are skipped when they surface, so
-cancelling never searches the heap. Entries are ``(when, seq, gen, task)``.
+Each task has at most one armed timer, ``task.timer_at`` (None: disarmed).
+Arming or cancelling only sets ``timer_at``; entries left behind are stale
+and skipped when they surface, so cancelling never searches (O(1)).
+
+* **Near** (due within ``NEAR`` seconds): a heap of ``(when, task.seq, task)``,
+  live while ``task.timer_at is when``; O(log n) to arm; timers fire in time
+  order, ties in ``seq`` (submit) order. Two entries tie on both only for
+  the same task, and then compare equal without comparing the task.
+* **Far**: a timer further out goes into a bucket -- a plain list of tasks
+  covering ``[start, start + width)``, where ``width`` is a power of two
+  about a sixteenth of the delay (so a million timers spread over a day or a
+  year make a few dozen buckets) -- O(1) to arm, 8 bytes a timer instead of
+  a 64-byte heap entry: delayed tasks are what a node holds most of. A
+  bucket comes ``NEAR`` seconds before its start: each task whose timer still
+  falls in it is armed again, into the near heap or a finer bucket, so a
+  timer moves at most about log2(delay) times before it fires.
+
+:meth:`next_due` answers the earliest time armed into the heap or a bucket
+(early only when that timer was cancelled: the caller then finds nothing
+due and asks again). A bucket is emptied before that time, never after, so
+no timer fires late. Times are wall-clock seconds, like the engine's
+``now``.
 """
 from __future__ import annotations
 
 import heapq
-import itertools
+import time
 from typing import Iterator
 
 from .task import Task
 
+NEAR = 2.0            # seconds: timers due sooner go straight into the heap
+MIN_WIDTH_LOG2 = 1    # the finest bucket is 2 s wide
+
 
 class TimerHeap:
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, int, Task]] = []
-        self._seq = itertools.count()
+        self._heap: list[tuple[float, int, Task]] = []
+        self._buckets: dict[tuple[float, int], list[Task]] = {}   # (start, log2 width) -> tasks
+        self._starts: list[tuple[float, int]] = []                # heap of the buckets' keys
+        self._mins: dict[tuple[float, int], float] = {}           # earliest time armed into each bucket
+        self._min_heap: list[tuple[float, tuple[float, int]]] = []  # (that time, bucket), lazily cleaned
+        self._far = 0                                             # entries in buckets, stale ones too
+        self.now = time.time()      # the latest time a caller gave (only sizes buckets)
+        self._last: tuple[float, float, tuple[float, int], list[Task]] | None = None  # last bucket armed
 
-    def arm(self, task: Task, when: float) -> None:
-        task.timer_gen += 1
-        heapq.heappush(self._heap, (when, next(self._seq), task.timer_gen, task))
+    def arm(self, task: Task, when: float, now: float | None = None) -> None:
+        """Arm ``task``'s one timer for ``when`` (replacing any). ``now`` only
+        chooses between heap and bucket: a stale one costs a move, never a
+        late timer (a bucket never starts after its timers)."""
+        task.timer_at = when
+        if now is not None:
+            self.now = now
+        last = self._last
+        if last is not None and last[0] <= when < last[1]:
+            # The bucket of the previous far timer (leases: now + the same timeout).
+            key, bucket = last[2], last[3]
+        else:
+            found = self._bucket_of(when)
+            if found is None:
+                heapq.heappush(self._heap, (when, task.seq, task))
+                return
+            key = found
+            existing = self._buckets.get(key)
+            if existing is None:
+                bucket = self._buckets[key] = []
+                heapq.heappush(self._starts, key)
+            else:
+                bucket = existing
+            self._last = (key[0], key[0] + (1 << key[1]), key, bucket)
+        bucket.append(task)
+        self._far += 1
+        if when < self._mins.get(key, when + 1.0):
+            self._mins[key] = when
+            heapq.heappush(self._min_heap, (when, key))
+
+    def _bucket_of(self, when: float) -> tuple[float, int] | None:
+        """The bucket (start, log2 width) for a timer at ``when``, or None for
+        the heap: it is due soon, or its bucket would be emptied at once."""
+        delay = when - self.now
+        if delay < NEAR:
+            return None
+        shift = max(MIN_WIDTH_LOG2, int(delay).bit_length() - 4)
+        width = float(1 << shift)
+        start = when // width * width
+        if start - NEAR <= self.now:
+            return None
+        return (start, shift)
 
     @staticmethod
     def cancel(task: Task) -> None:
-        task.timer_gen += 1
+        task.timer_at = None
+
+    def _bring_near(self, now: float, limit: int) -> None:
+        """Re-arm the tasks of buckets that start within NEAR of ``now``
+        (about ``limit`` tasks a call; the rest stay for the next one)."""
+        starts = self._starts
+        moved = 0
+        if starts and starts[0][0] - NEAR <= now:
+            self._last = None       # buckets are about to change
+        while starts and starts[0][0] - NEAR <= now and moved < limit:
+            key = starts[0]
+            start, shift = key
+            end = start + (1 << shift)
+            tasks = self._buckets[key]
+            take, rest = tasks[:limit - moved], tasks[limit - moved:]
+            if rest:
+                self._buckets[key] = rest
+            else:
+                heapq.heappop(starts)
+                del self._buckets[key]
+                del self._mins[key]
+            self._far -= len(take)
+            moved += len(take)
+            seen: set[int] = set()     # a task armed twice into this bucket moves once
+            for task in take:
+                when = task.timer_at
+                if when is not None and start <= when < end and id(task) not in seen:
+                    seen.add(id(task))
+                    self.arm(task, when, now)
 
     def next_due(self) -> float | None:
-        """When the earliest live timer fires, or None."""
+        """When the earliest timer fires, or None. Exact unless the earliest
+        timer armed into a bucket was cancelled or moved since: then early
+        (the caller finds nothing due and asks again)."""
         heap = self._heap
-        while heap and heap[0][2] != heap[0][3].timer_gen:
+        while heap and heap[0][2].timer_at is not heap[0][0]:
             heapq.heappop(heap)
-        return heap[0][0] if heap else None
+        due = heap[0][0] if heap else None
+        mins, min_heap = self._mins, self._min_heap
+        while min_heap and mins.get(min_heap[0][1]) != min_heap[0][0]:
+            heapq.heappop(min_heap)
+        if min_heap:
+            far = min_heap[0][0]
+            due = far if due is None else min(due, far)
+        return due
 
     def pop_due(self, now: float, limit: int) -> Iterator[Task]:
         """Yield up to ``limit`` tasks whose timer is due, disarming each."""
+        self.now = now
+        self._bring_near(now, 4 * limit)
         heap = self._heap
         n = 0
         while heap and n < limit:
-            when, _, gen, task = heap[0]
-            if gen != task.timer_gen:
+            when, _, task = heap[0]
+            if task.timer_at is not when:
                 heapq.heappop(heap)
                 continue
             if when > now:
                 return
             heapq.heappop(heap)
-            task.timer_gen += 1
+            task.timer_at = None
             n += 1
             yield task
 
     def __len__(self) -> int:
-        return len(self._heap)
+        """Entries held, stale ones included (see :meth:`compact`)."""
+        return len(self._heap) + self._far
 
     def compact(self) -> None:
-        """Drop stale entries (called when the heap holds many of them)."""
-        self._heap = [e for e in self._heap if e[2] == e[3].timer_gen]
+        """Drop stale entries and emptied buckets (called when many are held)."""
+        self._heap = [e for e in self._heap if e[2].timer_at is e[0]]
         heapq.heapify(self._heap)
+        buckets: dict[tuple[float, int], list[Task]] = {}
+        mins: dict[tuple[float, int], float] = {}
+        for key, tasks in self._buckets.items():
+            start, end = key[0], key[0] + (1 << key[1])
+            seen: set[int] = set()
+            live = []
+            for task in tasks:
+                when = task.timer_at
+                if when is not None and start <= when < end and id(task) not in seen:
+                    seen.add(id(task))
+                    live.append(task)
+                    if when < mins.get(key, end):
+                        mins[key] = when
+            if live:
+                buckets[key] = live
+        self._buckets, self._mins = buckets, mins
+        self._last = None
+        self._starts = list(buckets)
+        heapq.heapify(self._starts)
+        self._min_heap = [(when, key) for key, when in mins.items()]
+        heapq.heapify(self._min_heap)
+        self._far = sum(len(tasks) for tasks in buckets.values())
