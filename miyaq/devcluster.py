@@ -12,6 +12,10 @@ Constraints:
   (stepping by 10) whose service, peer (+1), pub (+2) and HTTP (+8) ports
   are all free; busy blocks are skipped, never shared. Ports in TIME-WAIT
   count as free, so a restarted dev cluster gets the same ports.
+* ``secure``: a key directory is made in ``<log_dir>/keys`` (the cluster key
+  and one admin key, ``dev``); the nodes run with ``--keys``, the workers
+  and the readiness checks with the ``dev`` key, and the state file
+  records it so the commands run in that directory use it too.
 * Once the ring is whole, what was started is written to
   ``<state_dir>/.miyaq-dev.json`` (:mod:`miyaq.devstate`), from which the
   CLI and clients run in that directory take their defaults; :meth:`stop`
@@ -45,6 +49,7 @@ from miyaq.cluster.ring_admin import RingAdmin
 from miyaq.cluster.zk_auth import ZkAuth
 from miyaq.devstate import remove_state, write_state
 from miyaq.errors import ConfigError, MiyaqError, Timeout, Unavailable
+from miyaq.security.keystore import KeyStore
 from miyaq.testing.harness import Proc
 from miyaq.testing.zk_ensemble import ZooKeeperEnsemble
 from miyaq.testing.zookeeper import ZooKeeperServer
@@ -136,6 +141,7 @@ class DevCluster:
         ready_timeout: float = 60.0,
         stop_timeout: float = 20.0,
         state_dir: str | None = None,
+        secure: bool = False,
     ) -> None:
         if nodes < 1:
             raise ConfigError("a dev cluster needs at least one node")
@@ -161,6 +167,10 @@ class DevCluster:
         self.ready_timeout = ready_timeout
         self.stop_timeout = stop_timeout
         self.state_dir = state_dir
+        self.secure = secure
+        self.key_dir: str | None = None      # with secure: the key directory the nodes read
+        self.key: str | None = None          # ... the admin key commands use
+        self.server_key: str | None = None   # ... and the nodes' public key
         self.zookeeper: ZooKeeperServer | ZooKeeperEnsemble | None = None
         self.nodes: list[DevNode] = []
         self.workers: Proc | None = None
@@ -195,6 +205,8 @@ class DevCluster:
     def start(self) -> bool:
         """Start everything and wait until the ring is whole; ``False`` if asked to stop first."""
         os.makedirs(self.log_dir, exist_ok=True)
+        if self.secure:
+            self._make_keys()
         if self.zk_given is None:
             workdir = Path(self.log_dir) / "zookeeper"
             if self.zk_servers > 1:
@@ -211,15 +223,29 @@ class DevCluster:
         if self.workers_app:
             self.workers = Proc(["worker", self.workers_app, "--processes", str(self.worker_processes),
                                  "--connect", ",".join(self.endpoints)],
-                                name="workers", log_dir=self.log_dir).start()
+                                name="workers", env=self._key_env(), log_dir=self.log_dir).start()
         if self.state_dir is not None:
             self.state_path = str(self._write_state(self.state_dir))
         return True
+
+    def _make_keys(self) -> None:
+        """The cluster key and one admin key, ``dev``, in ``<log_dir>/keys``."""
+        self.key_dir = os.path.join(self.log_dir, "keys")
+        store = KeyStore(self.key_dir)
+        self.server_key = store.init()
+        _, self.key = store.add("dev", "admin")
+
+    def _key_env(self) -> dict[str, str] | None:
+        """The environment that gives a worker (or any command) the ``dev`` key."""
+        if self.key is None or self.server_key is None:
+            return None
+        return {"MIYAQ_KEY": self.key, "MIYAQ_SERVER_KEY": self.server_key}
 
     def _write_state(self, directory: str) -> Path:
         return write_state(
             directory, pid=os.getpid(), zk=self.zk_hosts, cluster=self.cluster, connect=self.endpoints,
             http=[f"http://{HOST}:{n.http_port}" for n in self.nodes], logs=self.log_dir,
+            key=self.key, server_key=self.server_key,
             zookeeper_pid=self._zookeeper_pids(),
             nodes=[{"id": n.node_id, "service": n.service, "http": f"http://{HOST}:{n.http_port}",
                     "pid": n.proc.pid} for n in self.nodes])
@@ -238,6 +264,8 @@ class DevCluster:
             path = os.path.join(self.data_dir, node_id)
             os.makedirs(path, exist_ok=True)
             args += ["--data-dir", path]
+        if self.key_dir:
+            args += ["--keys", self.key_dir]
         # Credentials go by environment, not by flag: any user can read a command line.
         env = {"MIYAQ_ZK_AUTH": f"{self.zk_auth.user}:{self.zk_auth.password}"} if self.zk_auth else None
         proc = Proc(args, name=node_id, env=env, log_dir=self.log_dir).start()
@@ -282,7 +310,8 @@ class DevCluster:
         """True when every node answers STATUS on its service endpoint."""
         from miyaq.client.client import Client
         for node in self.nodes:
-            client = Client(node.service, request_timeout=1.0, green=False)
+            client = Client(node.service, request_timeout=1.0, green=False, key=self.key,
+                            server_key=self.server_key)
             try:
                 client.status()
             except MiyaqError:

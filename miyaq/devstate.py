@@ -5,8 +5,11 @@ its ring is whole, and removes it when it stops. Commands run in that
 directory -- the CLI, ``miyaq worker``, and ``miyaq.Client()`` /
 ``miyaq.App()`` created without endpoints -- take their defaults from it.
 Precedence, highest first: an explicit argument, the environment
-(``MIYAQ_CONNECT``, ``MIYAQ_HTTP``, ``MIYAQ_ZK`` with ``MIYAQ_CLUSTER``), the
-file, the built-in default. A file whose dev-cluster process is gone (killed
+(``MIYAQ_CONNECT``, ``MIYAQ_HTTP``, ``MIYAQ_ZK`` with ``MIYAQ_CLUSTER``,
+``MIYAQ_KEY`` with ``MIYAQ_SERVER_KEY``), the file, the built-in default. A
+dev cluster started with ``--secure`` records the key its commands use (an
+admin key, so one key serves producers, workers and operators) and the
+nodes' public key. A file whose dev-cluster process is gone (killed
 with SIGKILL) is ignored. Read when a command runs, never at import.
 """
 from __future__ import annotations
@@ -35,6 +38,8 @@ class DevState:
     connect: list[str]
     http: list[str]
     path: Path
+    key: str | None = None          # with --secure: the secret certificate commands here use
+    server_key: str | None = None   # ... and the nodes' public certificate
 
     @property
     def source(self) -> str:
@@ -58,10 +63,14 @@ def read_state(directory: str | os.PathLike[str] | None = None) -> DevState | No
         data = json.loads(path.read_text())
         state = DevState(pid=int(data["pid"]), zk=str(data["zk"]), cluster=str(data["cluster"]),
                          connect=[str(e) for e in data["connect"]], http=[str(u) for u in data["http"]],
-                         path=path)
+                         path=path, key=_optional(data.get("key")), server_key=_optional(data.get("server_key")))
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return state if state.connect and _alive(state.pid) else None
+
+
+def _optional(value: Any) -> str | None:
+    return str(value) if value else None
 
 
 def write_state(directory: str | os.PathLike[str], *, pid: int, zk: str, cluster: str, connect: list[str],
@@ -124,3 +133,17 @@ def default_zk(environ: Mapping[str, str] | None = None) -> tuple[str, str]:
     if state is not None:
         return state.zk, env.get("MIYAQ_CLUSTER") or state.cluster
     return DEFAULT_ZK, env.get("MIYAQ_CLUSTER") or DEFAULT_CLUSTER
+
+
+def default_keys(environ: Mapping[str, str] | None = None) -> tuple[str | None, str | None]:
+    """(secret certificate, the nodes' public certificate) for a client or
+    worker given neither: ``MIYAQ_KEY``/``MIYAQ_SERVER_KEY``, else those of a
+    ``--secure`` dev cluster started in this directory, else (None, None)."""
+    env = _env(environ)
+    key, server_key = env.get("MIYAQ_KEY") or None, env.get("MIYAQ_SERVER_KEY") or None
+    if key or server_key:
+        return key, server_key
+    state = read_state()
+    if state is not None and state.key and state.server_key:
+        return state.key, state.server_key
+    return None, None

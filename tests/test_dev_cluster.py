@@ -68,8 +68,9 @@ def still_running(pid: int, cmdline: str) -> bool:
     return state != "Z" and _cmdline(pid) == cmdline
 
 
-def run_miyaq(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "miyaq.cli.main", *args],
+def run_miyaq(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIYAQ_")}
+    return subprocess.run([sys.executable, "-m", "miyaq.cli.main", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=60, check=False)
 
 
@@ -83,10 +84,10 @@ def miyaq(*args: str) -> str:
 class DevClusterProc:
     """The ``miyaq dev-cluster`` subprocess, its output read line by line by a thread."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, cwd: str | None = None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "miyaq.cli.main", "dev-cluster", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, cwd=cwd,
         )
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
@@ -133,8 +134,8 @@ class DevClusters:
         self.started: list[DevClusterProc] = []
         self.seen: dict[int, str] = {}
 
-    def start(self, *args: str) -> DevClusterProc:
-        p = DevClusterProc(*args)
+    def start(self, *args: str, cwd: str | None = None) -> DevClusterProc:
+        p = DevClusterProc(*args, cwd=cwd)
         self.started.append(p)
         return p
 
@@ -275,5 +276,31 @@ def test_dev_cluster_with_zookeeper_credentials(dev_clusters, tmp_path):
     children = descendants(cluster.proc.pid)
     assert children and not any("not-on-any-command-line" in c for c in children.values())
     dev_clusters.seen.update(children)
+    cluster.proc.send_signal(signal.SIGTERM)
+    assert cluster.proc.wait(STOP_TIMEOUT) == 0, cluster.output()
+
+
+def test_secure_dev_cluster_runs_keys_on_every_socket(dev_clusters, tmp_path):
+    """``--secure``: keys are made next to the logs, the nodes serve CURVE only,
+    and the state file hands the admin key to the commands run in that
+    directory; a command elsewhere, without a key, gets no answer."""
+    here, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    here.mkdir()
+    elsewhere.mkdir()
+    cluster = dev_clusters.start("--nodes", "2", "--secure", "--base-port", str(free_port()), "--cluster",
+                                 "securedev", "--duration", "300", "--log-dir", str(tmp_path / "logs"),
+                                 cwd=str(here))
+    ready = cluster.wait_for_line("ready ", READY_TIMEOUT)
+    info = dict(part.split("=", 1) for part in ready.split()[1:])
+    assert info["keys"] == str(tmp_path / "logs" / "keys")
+    state = json.loads((here / ".miyaq-dev.json").read_text())
+    assert state["key"] == str(tmp_path / "logs" / "keys" / "dev.key_secret")
+    assert state["server_key"] == str(tmp_path / "logs" / "keys" / "node.key")
+    answer = run_miyaq("status", "--json", cwd=str(here))
+    assert answer.returncode == 0, answer.stderr
+    assert json.loads(answer.stdout)["security"]["keys"] is True
+    stranger = run_miyaq("status", "--connect", info["connect"].split(",")[0], cwd=str(elsewhere))
+    assert stranger.returncode == 2 and "cannot reach any node" in stranger.stderr, stranger.stderr
+    dev_clusters.seen.update(descendants(cluster.proc.pid))
     cluster.proc.send_signal(signal.SIGTERM)
     assert cluster.proc.wait(STOP_TIMEOUT) == 0, cluster.output()

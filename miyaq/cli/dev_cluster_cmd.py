@@ -52,6 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=float, default=None, metavar="S",
                    help="stop by itself after S seconds (default: run until Ctrl-C)")
     p.add_argument("--log-dir", default=None, metavar="DIR", help="where the logs go (default: a new temp dir)")
+    p.add_argument("--secure", action="store_true",
+                   help="CURVE on every socket: make keys in LOG_DIR/keys (the cluster key and an admin key, "
+                        "dev), run the nodes with --keys and the workers with the dev key; commands run in "
+                        "this directory use it (docs/security.md)")
     p.set_defaults(run=run)
 
 
@@ -80,12 +84,18 @@ def banner(cluster: DevCluster) -> list[str]:
         f"  shell    export MIYAQ_ZK={zk} MIYAQ_CLUSTER={cluster.cluster} MIYAQ_CONNECT={connect}",
         f"  worker   miyaq worker yourmodule:app --connect {connect}",
     ]
+    if cluster.key is not None:
+        lines += [f"  keys     every socket runs CURVE (--secure): the admin key {cluster.key},",
+                  f"           the nodes' public key {cluster.server_key}",
+                  f"  shell    export MIYAQ_KEY={cluster.key} MIYAQ_SERVER_KEY={cluster.server_key}",
+                  f'  python   miyaq.Client("{connect}", key="{cluster.key}", server_key="{cluster.server_key}")']
     if cluster.state_path:
         lines.append(f"in this directory `miyaq status`, `miyaq ring`, `miyaq worker yourmodule:app` and "
                      f"miyaq.App() / miyaq.Client() without endpoints use this cluster ({cluster.state_path})")
     lines += [
         "Ctrl-C stops everything.",
-        f"ready zk={zk} cluster={cluster.cluster} connect={connect} logs={cluster.log_dir}",
+        f"ready zk={zk} cluster={cluster.cluster} connect={connect} logs={cluster.log_dir}"
+        + (f" keys={cluster.key_dir}" if cluster.key_dir else ""),
     ]
     return lines
 
@@ -108,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         args.nodes, zk=args.zk, zk_servers=args.zk_servers, zk_auth=zk_auth(args), base_port=_base_port(args.base_port),
         cluster=args.cluster, replicas=args.replicas, data_dir=args.data_dir, workers=args.workers,
         worker_processes=args.worker_processes, log_dir=args.log_dir, state_dir=os.getcwd(),
+        secure=args.secure,
     )
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

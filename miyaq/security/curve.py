@@ -15,6 +15,7 @@ from typing import Any
 
 import zmq
 
+from miyaq.devstate import default_keys
 from miyaq.errors import ConfigError
 
 from . import certs
@@ -62,8 +63,12 @@ class NodeCurve:
 
 def client_curve(key_path: str | None, server_key_path: str | None) -> ClientCurve | None:
     """Credentials from ``--key``/``MIYAQ_KEY`` and ``--server-key``/``MIYAQ_SERVER_KEY``
-    (arguments win over the environment); None when neither is set. One without
-    the other is a ConfigError naming the missing one."""
+    (arguments win over the environment), else from a ``miyaq dev-cluster
+    --secure`` started in this directory (:func:`miyaq.devstate.default_keys`);
+    None when none is set. One without the other is a ConfigError naming the
+    missing one."""
+    if not key_path and not server_key_path:
+        key_path, server_key_path = default_keys()
     key_path = key_path or os.environ.get("MIYAQ_KEY") or None
     server_key_path = server_key_path or os.environ.get("MIYAQ_SERVER_KEY") or None
     if key_path is None and server_key_path is None:
