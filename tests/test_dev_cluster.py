@@ -282,14 +282,15 @@ def test_dev_cluster_with_zookeeper_credentials(dev_clusters, tmp_path):
 
 def test_secure_dev_cluster_runs_keys_on_every_socket(dev_clusters, tmp_path):
     """``--secure``: keys are made next to the logs, the nodes serve CURVE only,
-    and the state file hands the admin key to the commands run in that
-    directory; a command elsewhere, without a key, gets no answer."""
+    the workers run with the dev key, and the state file hands it to the
+    commands run in that directory (a submit runs on those workers); a command
+    elsewhere, without a key, gets no answer."""
     here, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
     here.mkdir()
     elsewhere.mkdir()
     cluster = dev_clusters.start("--nodes", "2", "--secure", "--base-port", str(free_port()), "--cluster",
-                                 "securedev", "--duration", "300", "--log-dir", str(tmp_path / "logs"),
-                                 cwd=str(here))
+                                 "securedev", "--workers", "apps.basic:app", "--duration", "300",
+                                 "--log-dir", str(tmp_path / "logs"), cwd=str(here))
     ready = cluster.wait_for_line("ready ", READY_TIMEOUT)
     info = dict(part.split("=", 1) for part in ready.split()[1:])
     assert info["keys"] == str(tmp_path / "logs" / "keys")
@@ -299,6 +300,8 @@ def test_secure_dev_cluster_runs_keys_on_every_socket(dev_clusters, tmp_path):
     answer = run_miyaq("status", "--json", cwd=str(here))
     assert answer.returncode == 0, answer.stderr
     assert json.loads(answer.stdout)["security"]["keys"] is True
+    added = run_miyaq("submit", "add", "--args", "[2, 3]", "--wait", "--wait-timeout", "30", cwd=str(here))
+    assert added.returncode == 0 and added.stdout.strip().endswith("5"), (added.stdout, added.stderr)
     stranger = run_miyaq("status", "--connect", info["connect"].split(",")[0], cwd=str(elsewhere))
     assert stranger.returncode == 2 and "cannot reach any node" in stranger.stderr, stranger.stderr
     dev_clusters.seen.update(descendants(cluster.proc.pid))

@@ -17,6 +17,7 @@ import time
 import pytest
 import zmq
 
+import miyaq
 from miyaq.cli.main import main
 from miyaq.protocol import commands as c
 from miyaq.testing.harness import NodeProc, wait_for
@@ -168,3 +169,18 @@ def test_without_keys_nothing_is_checked(ctx, node):
     assert submit(anyone, task("b" * 32))[0][1] == c.ACCEPTED
     assert anyone.ok(c.TASKS)["tasks"][0]["id"] == "b" * 32
     assert anyone.ok(c.STATUS)["security"] == {"keys": False}
+
+
+def test_worker_with_its_key_runs_tasks_and_heartbeats_with_it(keys, procs, secure_node):
+    """A worker process given its key (``--key``/``--server-key``) registers, runs
+    tasks and reports them; its heartbeat thread uses the same key, so none of
+    its side heartbeats is taken for a stranger's. A producer with its key
+    reads the results."""
+    procs_worker = procs.worker("apps.basic:app", secure_node.endpoint, 2, "--key", keys.secret("worker"),
+                                "--server-key", keys.server_key)
+    with miyaq.Client(secure_node.endpoint, key=keys.secret("producer"), server_key=keys.server_key) as client:
+        handles = [client.submit("add", [i, 1]) for i in range(20)]
+        assert [h.result(30) for h in handles] == [i + 1 for i in range(20)]
+    wait_for(lambda: stats(secure_node)["totals"]["workers"] == 1, timeout=10)
+    status = stats(secure_node)
+    assert status["ignored"] == {"not_leased": 0, "foreign_heartbeats": 0}, procs_worker.log_tail()

@@ -32,6 +32,9 @@ class WorkerConfig(Settings):
     heartbeat: float = _opt(1.0, "seconds between the worker's side-channel heartbeats")
     grace: float = _opt(30.0, "seconds SIGTERM waits for running tasks")
     log_level: str = _opt("INFO", "logging level", choices=LOG_LEVELS)
+    key: str = _opt("", "this worker's secret certificate (NAME.key_secret from `miyaq keys add ... --role "
+                        "worker`); with --server-key every socket runs CURVE (default: the App's)")
+    server_key: str = _opt("", "the nodes' public certificate (node.key from `miyaq keys init`; default: the App's)")
 
     def __post_init__(self) -> None:
         self.check_fields()

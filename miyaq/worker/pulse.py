@@ -16,7 +16,7 @@ import uuid
 from ..protocol import codec
 from ..protocol import commands as c
 from ..runtime import green
-from ..runtime.sockets import SocketFactory, zmq
+from ..runtime.sockets import SocketFactory, SocketSecurity, zmq
 from .config import PULSE_SNDHWM
 
 logger = logging.getLogger(__name__)
@@ -25,12 +25,15 @@ STOP_WAIT = 2.0     # seconds stop() waits for the thread to close its sockets
 
 
 class Pulse:
-    def __init__(self, wid: str, endpoints: list[str], interval: float) -> None:
+    def __init__(self, wid: str, endpoints: list[str], interval: float,
+                 security: SocketSecurity | None = None) -> None:
         self.wid = wid
         self.endpoints = list(endpoints)
         self.interval = interval
         self.beats = 0
-        self.factory = SocketFactory(green=False)
+        # With keys, the same key as the worker's link: the node counts a side
+        # heartbeat only from the key that registered the worker.
+        self.factory = SocketFactory(green=False, security=security)
         self._control = f"inproc://miyaq-pulse-{uuid.uuid4().hex}"
         self._exited = green.Event()
         self._wake: green.ThreadWake | None = None

@@ -28,6 +28,7 @@ from ..app import App
 from ..protocol import commands as c
 from ..runtime import CRITICAL, RESTART, Supervisor, green, monotonic
 from ..runtime.sockets import SocketFactory
+from ..security.curve import client_curve
 from .config import BYE_LINGER, DRAIN_POLL, MAX_NODES, WorkerConfig
 from .context import TaskContext, bind, unbind
 from .execute import Outcome, TaskAborted, run_sync
@@ -76,7 +77,9 @@ class Worker:
         self.host = socket.gethostname()
         self.wid = f"{self.host}-{self.pid}-{uuid.uuid4().hex[:6]}"
         self.supervisor = Supervisor(f"worker {self.wid}", on_fatal=self._fatal)
-        self.factory = SocketFactory(green=True)
+        # CURVE (docs/security.md): --key/--server-key, else the App's, else MIYAQ_KEY/MIYAQ_SERVER_KEY.
+        security = client_curve(cfg.key or app.key, cfg.server_key or app.server_key)
+        self.factory = SocketFactory(green=True, security=security)
         self.links = [NodeLink(self, self.factory, ep) for ep in self.endpoints]
         self.backlog: deque[tuple[NodeLink, list[Any]]] = deque()
         # Idle runners wait on their own event; new work wakes only as many
@@ -91,7 +94,7 @@ class Worker:
         self.crashed = False
         self.executed = 0
         self._stopped = green.Event()
-        self.pulse = Pulse(self.wid, self.endpoints, cfg.heartbeat)
+        self.pulse = Pulse(self.wid, self.endpoints, cfg.heartbeat, security)
 
     def busy_count(self, link: NodeLink | None = None) -> int:
         """Slots in use (for ``link``: by tasks that node gave us)."""
