@@ -23,7 +23,7 @@ from miyaq.cluster.standby import describe
 from miyaq.constants import MAX_QUERY
 from miyaq.runtime import wall
 from miyaq.store.records import task_from_record
-from miyaq.store.task import DEAD, SCHEDULED, Task
+from miyaq.store.task import DEAD, SCHEDULED
 
 if TYPE_CHECKING:
     from miyaq.cluster.role import ClusterRole
@@ -86,9 +86,9 @@ class Copies:
             # The sender's view of the ring may be older or newer than ours:
             # place the copy by our own view, and refuse it if we are not a
             # holder there (the sender keeps its copy and asks again later).
-            probe = Task(record["id"], "default", None, b"", key=record.get("key"))
-            probe.replicas = int(record.get("replicas", len(holders)) or len(holders))
-            holders = role.holders_for(probe)
+            key = record.get("key")
+            replicas = int(record.get("replicas", len(holders)) or len(holders))
+            holders = role.holders(key if key is not None else record["id"], replicas)
         if role.node_id not in holders:
             return False
         engine = self.engine

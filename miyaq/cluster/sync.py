@@ -16,7 +16,7 @@ from miyaq.cluster.peer import SYNC
 from miyaq.constants import RESYNC_CHUNK, RESYNC_STONES, RESYNC_TIMEOUT
 from miyaq.runtime import wall
 from miyaq.store.records import transfer_record
-from miyaq.store.task import DEAD, RUNNING, Task
+from miyaq.store.task import DEAD, RUNNING
 
 if TYPE_CHECKING:
     from miyaq.cluster.role import ClusterRole
@@ -38,9 +38,8 @@ class Resync:
                                lambda answer: self._apply(src, answer))
 
     def _holds(self, task_id: str, key: Any) -> bool:
-        probe = Task(task_id, "default", None, b"", key=key if isinstance(key, str) else None)
-        probe.replicas = self.role.config.replicas
-        return self.role.node_id in self.role.holders_for(probe)
+        routing_key = key if isinstance(key, str) else task_id
+        return self.role.node_id in self.role.holders(routing_key, self.role.config.replicas)
 
     def serve(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
         cursor = body.get("cursor")

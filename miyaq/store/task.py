@@ -65,7 +65,9 @@ class Spec:
         self.lane = queue if url is None else WEBHOOK_LANE_PREFIX + queue
 
     def values(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, f) for f in SPEC_FIELDS)
+        """The field values in SPEC_FIELDS order (the key :func:`spec_for` interns by)."""
+        return (self.queue, self.name, self.url, self.method, self.priority, self.max_retries, self.backoff,
+                self.backoff_max, self.timeout, self.replicas, self.at_most_once)
 
 
 _specs: dict[tuple[Any, ...], Spec] = {}
