@@ -6,7 +6,7 @@ import logging
 import pytest
 
 from miyaq.runtime import CRITICAL, LOG, RESTART, Supervisor
-from miyaq.runtime import green
+from miyaq.runtime import clock, green
 from miyaq.runtime.sockets import SocketFactory, zmq
 
 
@@ -238,3 +238,20 @@ def test_supervised_pool_bounds_names_and_counts_its_greenlets(caplog: pytest.Lo
         pool.join(timeout=5)
     assert sup.crashes["http connection"] == 1 and "greenlet http connection failed" in caplog.text
     assert sup.live() == [] and pool.free_count() == 2
+
+
+def test_advanced_clocks_move_together_and_reset() -> None:
+    """A test clock: advance moves monotonic() and wall() forward by the same
+    amount, never backward, and reset takes the jump back."""
+    try:
+        mono, now = clock.monotonic(), clock.wall()
+        clock.advance(3600.0)
+        assert clock.advanced() == 3600.0
+        assert clock.monotonic() - mono >= 3600.0
+        assert clock.wall() - now >= 3600.0
+        with pytest.raises(ValueError):
+            clock.advance(-1.0)
+    finally:
+        clock.reset()
+    assert clock.advanced() == 0.0
+    assert clock.wall() - now < 3600.0

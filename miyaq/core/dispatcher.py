@@ -19,7 +19,6 @@ node drains, or reconciles with other holders).
 from __future__ import annotations
 
 import logging
-import time
 
 from miyaq.constants import DISPATCH_BATCH_BYTES, DISPATCH_CHUNK
 from miyaq.core.consumers import Consumer
@@ -28,7 +27,7 @@ from miyaq.core.gate import Gate
 from miyaq.core.limits import QueueLimits
 from miyaq.core.listener import EngineListener
 from miyaq.constants import STALL
-from miyaq.runtime import monotonic
+from miyaq.runtime import monotonic, wall
 from miyaq.store.table import Tombstone
 from miyaq.store.task import Task
 
@@ -72,7 +71,7 @@ class Dispatcher(EngineListener):
     def _refilled(self) -> None:
         """A rate-limited queue has a token again (runs in the limits' timer)."""
         self.pending = True
-        self.pump(time.time())
+        self.pump(wall())
 
     def grant(self, consumer: Consumer, credit: int) -> None:
         consumer.credit += credit

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from typing import Any
 from miyaq.constants import MAX_PAUSED, MAX_RATE
 from miyaq.core.engine import Engine
 from miyaq.errors import ConfigError, InvalidField
-from miyaq.runtime import LOG, Supervisor
+from miyaq.runtime import LOG, Supervisor, wall
 from miyaq.store.task import RUNNING, WEBHOOK_LANE_PREFIX
 
 logger = logging.getLogger(__name__)
@@ -189,7 +188,7 @@ class QueueLimits:
         info["node_share"] = self.share
         bucket = self._buckets.get(queue)
         if bucket is not None and limit.rate is not None:
-            self._refill(queue, limit, bucket, time.time())
+            self._refill(queue, limit, bucket, wall())
             info["tokens"] = round(bucket.tokens, 3)
         return info
 

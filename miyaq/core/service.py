@@ -18,7 +18,6 @@ is checked: the reader takes the plain path, as fast as before.
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
 from typing import Any, Callable
 
@@ -28,6 +27,7 @@ from miyaq.constants import (
 from miyaq.errors import BadVersion, MiyaqError, ProtocolError
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c
+from miyaq.runtime import wall
 from miyaq.runtime.sockets import SocketFactory, zmq
 from miyaq.security.guard import Guard
 from miyaq.security.keystore import Identity
@@ -170,7 +170,7 @@ class ServiceEndpoint:
         while not self._closed:
             try:
                 frames, user = sock.recv()
-                now = time.time()
+                now = wall()
                 self.work = 0
                 self.handle(frames, now, user)
                 for _ in range(SERVICE_BURST):

@@ -11,7 +11,6 @@ submits are still accepted) until ``POST /queues/{queue}/resume``.
 from __future__ import annotations
 
 import json
-import time
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -22,6 +21,7 @@ from miyaq.gateway.openapi import build
 from miyaq.gateway.request import Request, Response, json_response
 from miyaq.protocol import fields as f
 from miyaq.protocol.taskspec import check_queue
+from miyaq.runtime import wall
 
 if TYPE_CHECKING:
     from .server import Gateway
@@ -39,7 +39,7 @@ class AdminApi:
 
     # -- status and queues ---------------------------------------------------------
     def status(self, request: Request) -> Response:
-        now = time.time()
+        now = wall()
         status = self.gateway.status(now)
         status["ring"] = self.gateway.metrics.cluster.view()
         for name, row in status["queues"].items():
@@ -87,7 +87,7 @@ class AdminApi:
         """Pause or resume ``queue`` on this node: ``{"queue", "paused", "changed"}``."""
         check_queue(queue)
         if paused:
-            changed = self.limits.pause(queue, time.time())
+            changed = self.limits.pause(queue, wall())
         else:
             changed = self.limits.resume(queue)
             self.core.dispatcher.pending = True    # its waiting tasks may start now
@@ -115,7 +115,7 @@ class AdminApi:
         if limit.rate is None and limit.max_concurrent is None:
             raise InvalidField("give 'rate' and/or 'max_concurrent' (DELETE removes a queue's limits)",
                                field="rate")
-        self.limits.set(queue, limit, time.time())
+        self.limits.set(queue, limit, wall())
         self.core.dispatcher.pending = True    # a looser limit may let waiting tasks start now
         self.gateway.redispatch()
         return json_response({"queue": queue, "limits": self.limits.describe(queue)})
@@ -148,7 +148,7 @@ class AdminApi:
         """Put dead tasks back (``ids``, or every one of ``queue``, or all); the ids retried."""
         if ids is None:
             ids = [t.id for t in self.engine.table.iter_dead(queue)]
-        retried = self.engine.dead_retry(ids, time.time())
+        retried = self.engine.dead_retry(ids, wall())
         self.gateway.redispatch()
         return retried
 

@@ -16,7 +16,6 @@ body. The answer is ``{"status": "scheduled", "id": ...}``; a bad field is a
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -29,6 +28,7 @@ from miyaq.gateway import convert
 from miyaq.gateway.errors import UnsupportedMediaType
 from miyaq.gateway.submit import submit_task
 from miyaq.gateway.request import FORM_TYPE, JSON_TYPE, Request, Response, json_response
+from miyaq.runtime import wall
 
 if TYPE_CHECKING:
     from .server import Gateway
@@ -68,7 +68,7 @@ class Enqueue:
             if options.setdefault("queue", path_queue) != path_queue:
                 raise InvalidField(f"{prefix}queue differs from the queue in the path", field=prefix + "queue")
         wire = self._wire(options, params, is_json, prefix)
-        now = time.time()
+        now = wall()
         try:
             task = task_from_wire(wire, now, self.config)
         except InvalidField as err:

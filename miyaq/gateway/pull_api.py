@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -31,7 +30,7 @@ from miyaq.errors import InvalidField, MiyaqError, TooLarge
 from miyaq.core.consumers import PullConsumer
 from miyaq.protocol import fields as f
 from miyaq.protocol.taskspec import check_id, check_queue
-from miyaq.runtime import green, monotonic
+from miyaq.runtime import green, monotonic, wall
 from miyaq.gateway import convert
 from miyaq.gateway.request import Request, Response, json_response
 
@@ -83,7 +82,7 @@ class PullApi:
         """The JSON answer for one task leased to this request, None if none
         came in time, or the error that made one be given back unleased."""
         dispatcher = self.dispatcher
-        now = time.time()
+        now = wall()
         box: green.AsyncResult = green.AsyncResult()
 
         def answer(info: dict[str, Any] | None) -> bool:
@@ -124,7 +123,7 @@ class PullApi:
         result = msgpack.packb(body.get("result"), use_bin_type=True)
         if len(result) > self.max_payload:
             raise TooLarge(f"result of {len(result)} bytes exceeds max_payload ({self.max_payload})")
-        ok = self.engine.complete(task_id, attempt, result, time.time(), by=HTTP_PULL)
+        ok = self.engine.complete(task_id, attempt, result, wall(), by=HTTP_PULL)
         return json_response({"ok": ok})
 
     def nack(self, request: Request) -> Response:
@@ -135,12 +134,12 @@ class PullApi:
         retry = f.boolean(body, "retry", True)
         delay = f.number(body, "delay", None, hi=MAX_LONG_POLL * 24)
         error = {"type": "Nack", "message": message}
-        ok = self.engine.fail(task_id, attempt, error, retry, delay, time.time(), by=HTTP_PULL)
+        ok = self.engine.fail(task_id, attempt, error, retry, delay, wall(), by=HTTP_PULL)
         return json_response({"ok": ok})
 
     def touch(self, request: Request) -> Response:
         task_id = check_id(request.params["id"])
-        ok = self.engine.touch(task_id, time.time(), by=HTTP_PULL)
+        ok = self.engine.touch(task_id, wall(), by=HTTP_PULL)
         task = self.engine.table.live.get(task_id)
         answer: dict[str, Any] = {"ok": ok}
         if ok and task is not None:

@@ -10,7 +10,6 @@ to JSON, ``DELETE /tasks/{id}`` cancels it, ``GET /tasks`` lists tasks.
 """
 from __future__ import annotations
 
-import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +17,7 @@ from miyaq.constants import MAX_LONG_POLL
 from miyaq.errors import InvalidField, NotFound
 from miyaq.core.waiters import outcome
 from miyaq.protocol.commands import DUPLICATE
-from miyaq.runtime import green, monotonic
+from miyaq.runtime import green, monotonic, wall
 from miyaq.protocol.taskspec import check_id, check_queue, task_from_wire
 from miyaq.store.task import ALL_STATES, DEAD, FINAL_STATES
 from miyaq.gateway import convert
@@ -55,7 +54,7 @@ class TasksApi:
         wire.setdefault("id", uuid.uuid4().hex)
         if "eta" in wire:
             wire["eta"] = convert.timestamp(wire["eta"], "eta")
-        now = time.time()
+        now = wall()
         task = task_from_wire(wire, now, self.config)
         status, detail = submit_task(self.gateway.role.intake, self.gateway.wake, task, now)
         holder = detail if status == DUPLICATE and isinstance(detail, str) else task.id
@@ -66,7 +65,7 @@ class TasksApi:
 
     def cancel(self, request: Request) -> Response:
         task_id = check_id(request.params["id"])
-        cancelled, state = self.engine.cancel(task_id, time.time())
+        cancelled, state = self.engine.cancel(task_id, wall())
         return json_response({"id": task_id, "cancelled": cancelled, "state": state})
 
     def list(self, request: Request) -> Response:
