@@ -17,6 +17,11 @@ version this node does not speak is refused with ``bad_version`` and logged,
 never guessed at; the sender logs the refusal (docs/cluster.md, "Versions").
 Commands: docs/cluster.md.
 
+:class:`PeerRequests` is the half that knows no socket -- numbering
+requests, matching answers, deadlines, handlers, versions -- so the
+in-memory transport of :mod:`miyaq.testing.memtransport` runs the same code
+on frames it carries itself; :class:`PeerEndpoint` adds the ZeroMQ sockets.
+
 With keys, only peer keys complete the handshake on the peer port (ZAP
 domain ``miyaq-peer``), and each request's key is looked up again (a
 :class:`~miyaq.security.guard.Guard`): a key revoked while connected is
@@ -50,64 +55,56 @@ PEER_PROTOCOL = 1
 WARN_EVERY = 60.0
 
 
-class PeerEndpoint:
-    def __init__(self, sockets: SocketFactory, supervisor: Supervisor, node_id: str, bind: str,
-                 guard: Guard | None = None) -> None:
-        self.sockets = sockets
+class PeerRequests:
+    """A :class:`~miyaq.cluster.transport.PeerLink` without its wire.
+
+    Subclasses carry frames: :meth:`_send_request` sends a request's frames
+    to a node, :meth:`_send_answer` an answer's frames back to whoever
+    ``identity`` names; they hand what arrives to :meth:`_handle_request`
+    (``[identity, *frames]``) and :meth:`_handle_answer`, call
+    :meth:`_expire` now and then, and run :attr:`after_burst` after each
+    burst. Every request is decoded and checked exactly as it would be off
+    a socket (:func:`miyaq.protocol.codec.decode`, ``max_message``, the peer
+    protocol version), and by ``guard`` when there is one (the key it came
+    with must be a peer's)."""
+
+    def __init__(self, supervisor: Supervisor, node_id: str, max_message: int, guard: Guard | None = None) -> None:
         self.guard = guard
         self.supervisor = supervisor
         self.node_id = node_id
-        self.max_message = sockets.max_message
-        self.router = sockets.router(bind, audience="peer")   # with CURVE: other nodes only
-        self.dealers: dict[str, Any] = {}          # node id -> DEALER
-        self.endpoints: dict[str, str] = {}
+        self.max_message = max_message
         self.handlers: dict[bytes, Handler] = {}
         self.after_burst: list[Callable[[], None]] = []
         self.pending: dict[int, tuple[float, Callback]] = {}
         self.outstanding: dict[str, int] = {}     # node id -> requests awaiting an answer
         self._asked: dict[int, str] = {}
-        self._retired: list[Any] = []
-        self._current: tuple[bytes, Any] = (b"", None)
+        self._current: tuple[Any, Any] = (b"", None)
         self._req = itertools.count(1)
-        self._poller = sockets.poller()
         self.errors: Counter[str] = Counter()
         self._warned: dict[tuple[str, str], float] = {}    # (peer, what) -> when last logged
         self._closed = False
 
-    def start(self) -> None:
-        self.supervisor.spawn("peer requests", self.serve_requests, policy=CRITICAL)
-        self.supervisor.spawn("peer answers", self.serve_answers, policy=CRITICAL)
-
     def unanswered(self) -> dict[str, int]:
         return dict(self.outstanding)
 
-    # -- membership ------------------------------------------------------------------
-    def connect(self, members: dict[str, str]) -> None:
-        """Keep one DEALER per member id -> peer endpoint (others are closed)."""
-        for node_id in list(self.dealers):
-            if node_id not in members or members[node_id] != self.endpoints.get(node_id):
-                # The answer reader may be polling it: it closes retired sockets itself.
-                self._retired.append(self.dealers.pop(node_id))
-                self.endpoints.pop(node_id, None)
-        for node_id, endpoint in members.items():
-            if node_id == self.node_id or node_id in self.dealers:
-                continue
-            # IMMEDIATE: never queue for a peer that is not there.
-            sock = self.sockets.dealer(endpoint, immediate=True, reconnect_ms=PEER_RECONNECT_MS)
-            self.dealers[node_id] = sock
-            self.endpoints[node_id] = endpoint
-            self._poller.register(sock, zmq.POLLIN)
+    # -- the wire (subclasses) ----------------------------------------------------------
+    def _send_request(self, node_id: str, frames: list[bytes]) -> bool:
+        """Send a request's frames to ``node_id`` without blocking; False if it cannot go."""
+        raise NotImplementedError
+
+    def _send_answer(self, identity: Any, frames: list[bytes]) -> None:
+        """Send an answer's frames to the asker ``identity``; a lost answer is silence."""
+        raise NotImplementedError
 
     # -- sending ---------------------------------------------------------------------------
     def request(self, node_id: str, command: bytes, body: Body, timeout: float,
                 callback: Callback) -> bool:
         """Send a request; ``callback(answer)`` or ``callback(None)`` on silence."""
-        sock = self.dealers.get(node_id)
         req = next(self._req)
         body["req"] = req
         body["from"] = self.node_id
         body["proto"] = PEER_PROTOCOL
-        if sock is None or not self._send(sock, command, body):
+        if not self._send_request(node_id, codec.encode(command, body)):
             self.supervisor.spawn("peer callback", callback, None, policy=LOG)
             return False
         self.pending[req] = (monotonic() + timeout, callback)
@@ -115,31 +112,7 @@ class PeerEndpoint:
         self._asked[req] = node_id
         return True
 
-    def _send(self, sock: Any, command: bytes, body: dict[str, Any]) -> bool:
-        try:
-            sock.send_multipart(codec.encode(command, body), zmq.NOBLOCK)
-            return True
-        except zmq.Again:
-            return False
-
     # -- receiving ---------------------------------------------------------------------------
-    def serve_requests(self) -> None:
-        """Read the ROUTER (requests from peers) and answer each."""
-        router = self.router
-        recv = ((lambda flags: recv_with_user(router, flags)) if self.guard is not None
-                else (lambda flags: (router.recv_multipart(flags), None)))
-        while not self._closed:
-            frames, user = recv(0)
-            self._handle_request(frames, user)
-            for _ in range(256):
-                try:
-                    frames, user = recv(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                self._handle_request(frames, user)
-            for hook in self.after_burst:
-                hook()
-
     def _handle_request(self, frames: list[bytes], user: str | None = None) -> None:
         if len(frames) < 2:
             return
@@ -171,43 +144,15 @@ class PeerEndpoint:
             return
         self._answer(identity, req, answer)
 
-    def _answer(self, identity: bytes, req: Any, answer: dict[str, Any]) -> None:
+    def _answer(self, identity: Any, req: Any, answer: dict[str, Any]) -> None:
         answer["req"] = req
-        try:
-            self.router.send_multipart([identity, *codec.encode(ANSWER, answer)], zmq.NOBLOCK)
-        except (zmq.Again, zmq.ZMQError):
-            pass   # the asker is gone; it will treat this as silence
+        self._send_answer(identity, codec.encode(ANSWER, answer))
 
     def later(self) -> Reply:
         """Called by a handler that answers later (it then returns None): the
         function it gets sends the answer to the current request."""
         identity, req = self._current
         return lambda answer: self._answer(identity, req, answer)
-
-    def serve_answers(self) -> None:
-        """Read every DEALER; expire requests that got no answer."""
-        while not self._closed:
-            if self.dealers or self._retired:
-                events = dict(self._poller.poll(100))
-            else:
-                events = {}
-                green.sleep(0.1)
-            for sock in list(events):
-                for _ in range(256):
-                    try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    except zmq.ZMQError:
-                        break   # closed by connect() meanwhile
-                    self._handle_answer(frames)
-            while self._retired:
-                sock = self._retired.pop()
-                self._poller.unregister(sock)
-                sock.close(linger=0)
-            self._expire(monotonic())
-            for hook in self.after_burst:
-                hook()
 
     def _handle_answer(self, frames: list[bytes]) -> None:
         try:
@@ -257,6 +202,103 @@ class PeerEndpoint:
                 self._warned.clear()
             self._warned[key] = now
             logger.error(fmt, *args)
+
+
+class PeerEndpoint(PeerRequests):
+    """The peer link over ZeroMQ: a ROUTER bound on ``bind`` (requests from
+    the others) and one DEALER per other member (requests to them, and their
+    answers), each read by one critical greenlet."""
+
+    def __init__(self, sockets: SocketFactory, supervisor: Supervisor, node_id: str, bind: str,
+                 guard: Guard | None = None) -> None:
+        super().__init__(supervisor, node_id, sockets.max_message, guard)
+        self.sockets = sockets
+        self.router = sockets.router(bind, audience="peer")   # with CURVE: other nodes only
+        self.dealers: dict[str, Any] = {}          # node id -> DEALER
+        self.endpoints: dict[str, str] = {}
+        self._retired: list[Any] = []
+        self._poller = sockets.poller()
+
+    def start(self) -> None:
+        self.supervisor.spawn("peer requests", self.serve_requests, policy=CRITICAL)
+        self.supervisor.spawn("peer answers", self.serve_answers, policy=CRITICAL)
+
+    # -- membership ------------------------------------------------------------------
+    def connect(self, members: dict[str, str]) -> None:
+        """Keep one DEALER per member id -> peer endpoint (others are closed)."""
+        for node_id in list(self.dealers):
+            if node_id not in members or members[node_id] != self.endpoints.get(node_id):
+                # The answer reader may be polling it: it closes retired sockets itself.
+                self._retired.append(self.dealers.pop(node_id))
+                self.endpoints.pop(node_id, None)
+        for node_id, endpoint in members.items():
+            if node_id == self.node_id or node_id in self.dealers:
+                continue
+            # IMMEDIATE: never queue for a peer that is not there.
+            sock = self.sockets.dealer(endpoint, immediate=True, reconnect_ms=PEER_RECONNECT_MS)
+            self.dealers[node_id] = sock
+            self.endpoints[node_id] = endpoint
+            self._poller.register(sock, zmq.POLLIN)
+
+    # -- the wire ----------------------------------------------------------------------------
+    def _send_request(self, node_id: str, frames: list[bytes]) -> bool:
+        sock = self.dealers.get(node_id)
+        if sock is None:
+            return False
+        try:
+            sock.send_multipart(frames, zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
+
+    def _send_answer(self, identity: Any, frames: list[bytes]) -> None:
+        try:
+            self.router.send_multipart([identity, *frames], zmq.NOBLOCK)
+        except (zmq.Again, zmq.ZMQError):
+            pass   # the asker is gone; it will treat this as silence
+
+    # -- receiving ---------------------------------------------------------------------------
+    def serve_requests(self) -> None:
+        """Read the ROUTER (requests from peers) and answer each."""
+        router = self.router
+        recv = ((lambda flags: recv_with_user(router, flags)) if self.guard is not None
+                else (lambda flags: (router.recv_multipart(flags), None)))
+        while not self._closed:
+            frames, user = recv(0)
+            self._handle_request(frames, user)
+            for _ in range(256):
+                try:
+                    frames, user = recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self._handle_request(frames, user)
+            for hook in self.after_burst:
+                hook()
+
+    def serve_answers(self) -> None:
+        """Read every DEALER; expire requests that got no answer."""
+        while not self._closed:
+            if self.dealers or self._retired:
+                events = dict(self._poller.poll(100))
+            else:
+                events = {}
+                green.sleep(0.1)
+            for sock in list(events):
+                for _ in range(256):
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    except zmq.ZMQError:
+                        break   # closed by connect() meanwhile
+                    self._handle_answer(frames)
+            while self._retired:
+                sock = self._retired.pop()
+                self._poller.unregister(sock)
+                sock.close(linger=0)
+            self._expire(monotonic())
+            for hook in self.after_burst:
+                hook()
 
     def close(self) -> None:
         if self._closed:

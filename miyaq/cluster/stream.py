@@ -18,6 +18,11 @@ first messages after a connect, so the stream alone is never trusted.
 
 Frames: ``[topic, msgpack {"src", "inc", "seq", "epoch", "ev": [event...]}]``;
 a heartbeat has no ``ev`` and ``"hb": true``.
+
+:class:`StreamSender` and :class:`StreamReceiver` are the halves that know
+no socket (numbering, and watching the numbers), so the in-memory transport
+of :mod:`miyaq.testing.memtransport` runs the same code; the ``Zmq``
+classes add a PUB and a SUB.
 """
 from __future__ import annotations
 
@@ -55,13 +60,12 @@ class _Source:
         self.syncing = False
 
 
-class ZmqStreamPublisher:
-    """The PUB side. ``send(dest, events)`` publishes one message."""
+class StreamSender:
+    """The publishing side without its socket: numbers each destination's
+    messages and stamps them; :meth:`_publish` (a subclass's) sends one body."""
 
-    def __init__(self, sockets: SocketFactory, node_id: str, bind: str, drop_ratio: float = 0.0) -> None:
+    def __init__(self, node_id: str, drop_ratio: float = 0.0) -> None:
         self.node_id = node_id
-        self.pub = sockets.publisher(bind)
-        self._closed = False
         self.incarnation = random.getrandbits(62) or 1
         self.seqs: dict[str, int] = {}
         self.epoch = 0
@@ -73,7 +77,7 @@ class ZmqStreamPublisher:
         self.sent = 0
 
     def start(self) -> None:
-        """Nothing to start: the socket is bound and publishing needs no greenlet."""
+        """Nothing to start: publishing needs no greenlet."""
 
     def send(self, dest: str, events: list[list[Any]]) -> None:
         seq = self.seqs.get(dest, 0) + 1
@@ -92,6 +96,22 @@ class ZmqStreamPublisher:
                                  "zk": self.zk_ok, "proto": PEER_PROTOCOL})
 
     def _publish(self, dest: str, body: dict[str, Any]) -> None:
+        """Send one message to ``dest`` without blocking (it may be lost)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class ZmqStreamPublisher(StreamSender):
+    """The PUB side. ``send(dest, events)`` publishes one message."""
+
+    def __init__(self, sockets: SocketFactory, node_id: str, bind: str, drop_ratio: float = 0.0) -> None:
+        super().__init__(node_id, drop_ratio)
+        self.pub = sockets.publisher(bind)
+        self._closed = False
+
+    def _publish(self, dest: str, body: dict[str, Any]) -> None:
         try:
             self.pub.send_multipart([topic(dest), msgpack.packb(body, use_bin_type=True)], zmq.NOBLOCK)
             self.sent += 1
@@ -104,61 +124,33 @@ class ZmqStreamPublisher:
             self.pub.close(linger=0)
 
 
-class ZmqStreamSubscriber:
-    """The SUB side: one socket subscribed to this node's topic on every peer,
-    read by one critical greenlet."""
+class StreamReceiver:
+    """The receiving side without its socket: per source, the incarnation,
+    the last sequence and when it was last heard. A subclass hands each
+    message to :meth:`_handle`, calls :meth:`_check_silence` at least every
+    ``STREAM_HEARTBEAT``, and follows the ring with :meth:`_follow` /
+    :meth:`_unfollow`."""
 
-    def __init__(self, sockets: SocketFactory, supervisor: Supervisor, node_id: str, apply: Apply,
-                 resync: AskResync) -> None:
+    def __init__(self, node_id: str, apply: Apply, resync: AskResync) -> None:
         self.node_id = node_id
-        self.supervisor = supervisor
-        self.sub = sockets.subscriber([topic(node_id)])
-        self.connected: dict[str, str] = {}
         self.sources: dict[str, _Source] = {}
         self.apply = apply
         self.resync = resync
         self.gaps = 0
         self.foreign = 0      # messages dropped: a peer protocol this node does not speak
         self.resyncs = 0
-        self._closed = False
 
-    def connect(self, pubs: dict[str, str]) -> None:
-        """Follow the ring: subscribe to each member's PUB endpoint."""
-        for node_id, endpoint in list(self.connected.items()):
-            if pubs.get(node_id) != endpoint:
-                try:
-                    self.sub.disconnect(endpoint)
-                except zmq.ZMQError:
-                    pass
-                del self.connected[node_id]
-                self.sources.pop(node_id, None)
-        for node_id, endpoint in pubs.items():
-            if node_id != self.node_id and node_id not in self.connected:
-                self.sub.connect(endpoint)
-                self.connected[node_id] = endpoint
-                # A new subscription misses what was sent before it joined
-                # (slow joiner): start with a resync.
-                self.sources[node_id] = _Source()
-                self._ask_resync(node_id, "new subscription")
+    def _follow(self, src: str) -> None:
+        # A new subscription misses what was sent before it joined
+        # (slow joiner): start with a resync.
+        self.sources[src] = _Source()
+        self._ask_resync(src, "new subscription")
 
-    def start(self) -> None:
-        self.supervisor.spawn("stream reader", self.serve, policy=CRITICAL)
-
-    def serve(self) -> None:
-        sub = self.sub
-        while not self._closed:
-            with green.Timeout(STREAM_HEARTBEAT, False):
-                frames = sub.recv_multipart()
-                self._handle(frames)
-                for _ in range(256):
-                    try:
-                        frames = sub.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    self._handle(frames)
-            self._check_silence(monotonic())
+    def _unfollow(self, src: str) -> None:
+        self.sources.pop(src, None)
 
     def _handle(self, frames: list[bytes]) -> None:
+        """One message as it came off the wire: ``[topic, msgpack body]``."""
         if len(frames) != 2:
             return
         try:
@@ -193,8 +185,8 @@ class ZmqStreamSubscriber:
         if body.get("hb"):
             if seq > source.seq:
                 self.gaps += 1
-                source.seq = seq
-                self._ask_resync(src, f"heartbeat says {seq}, got up to {source.seq}")
+                got, source.seq = source.seq, seq
+                self._ask_resync(src, f"heartbeat says {seq}, got up to {got}")
             return
         if seq != source.seq + 1:
             self.gaps += 1
@@ -238,6 +230,52 @@ class ZmqStreamSubscriber:
     def heard_from(self, within: float) -> dict[str, float | None]:
         now = monotonic()
         return {src: source.zk_since for src, source in self.sources.items() if now - source.last <= within}
+
+
+class ZmqStreamSubscriber(StreamReceiver):
+    """The SUB side: one socket subscribed to this node's topic on every peer,
+    read by one critical greenlet."""
+
+    def __init__(self, sockets: SocketFactory, supervisor: Supervisor, node_id: str, apply: Apply,
+                 resync: AskResync) -> None:
+        super().__init__(node_id, apply, resync)
+        self.supervisor = supervisor
+        self.sub = sockets.subscriber([topic(node_id)])
+        self.connected: dict[str, str] = {}
+        self._closed = False
+
+    def connect(self, pubs: dict[str, str]) -> None:
+        """Follow the ring: subscribe to each member's PUB endpoint."""
+        for node_id, endpoint in list(self.connected.items()):
+            if pubs.get(node_id) != endpoint:
+                try:
+                    self.sub.disconnect(endpoint)
+                except zmq.ZMQError:
+                    pass
+                del self.connected[node_id]
+                self._unfollow(node_id)
+        for node_id, endpoint in pubs.items():
+            if node_id != self.node_id and node_id not in self.connected:
+                self.sub.connect(endpoint)
+                self.connected[node_id] = endpoint
+                self._follow(node_id)
+
+    def start(self) -> None:
+        self.supervisor.spawn("stream reader", self.serve, policy=CRITICAL)
+
+    def serve(self) -> None:
+        sub = self.sub
+        while not self._closed:
+            with green.Timeout(STREAM_HEARTBEAT, False):
+                frames = sub.recv_multipart()
+                self._handle(frames)
+                for _ in range(256):
+                    try:
+                        frames = sub.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._handle(frames)
+            self._check_silence(monotonic())
 
     def close(self) -> None:
         if self._closed:
