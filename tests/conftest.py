@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from miyaq.client.client import Client  # noqa: E402
 from miyaq.testing.harness import NodeProc, ThreadNode, ThreadWorker, WorkerProc  # noqa: E402
+from miyaq.testing.inprocess import InProcessCluster  # noqa: E402
 
 try:
     from zk_fixtures import *  # noqa: E402,F401,F403  (zk_server, zk_cluster_name)
@@ -117,3 +118,23 @@ def procs(request):
         p.kill()
         if failed:
             sys.stderr.write(f"\n----- log of {p.name} -----\n{p.log_tail()}\n")
+
+
+@pytest.fixture
+def inproc(request):
+    """Factory: an in-process cluster (miyaq.testing.inprocess), started;
+    closed at the end. On failure the nodes' state and the last messages on
+    its in-memory network are shown."""
+    clusters: list[InProcessCluster] = []
+
+    def make(nodes=3, **settings) -> InProcessCluster:
+        cluster = InProcessCluster(nodes, **settings)
+        clusters.append(cluster)
+        return cluster.start()
+
+    yield make
+    failed = _failed(request)
+    for cluster in clusters:
+        if failed:
+            sys.stderr.write(f"\n----- in-process cluster -----\n{cluster.describe()}\n")
+        cluster.close()

@@ -1,0 +1,286 @@
+"""A cluster in one process and one gevent hub, for tests that set up the
+interleavings that matter on purpose.
+
+:class:`InProcessCluster` builds N nodes with
+:func:`~miyaq.node.assemble.build_node`, each given a
+:class:`~miyaq.testing.scripted.ScriptedCoordinator` (the test writes the
+ring) and a :class:`~miyaq.testing.memtransport.MemoryTransport` (the test
+controls every peer message and stream message, :attr:`InProcessCluster.net`).
+No ZooKeeper and no sockets between nodes; each node's service ROUTER is
+bound on loopback but the tests drive the nodes directly: submits go to a
+node's intake as the HTTP gateway's do, and tasks are leased to
+:class:`~miyaq.testing.consumer.InProcessWorker` consumers whose completions the test decides.
+
+Everything runs in the caller's hub: a test calls the cluster's methods from
+its own greenlet and waits with :meth:`InProcessCluster.wait_until`, which
+yields to the nodes. :meth:`InProcessCluster.advance` moves the process's
+clocks forward (:func:`miyaq.runtime.clock.advance`) in steps short enough
+that no node takes the jump for a freeze. :meth:`InProcessCluster.close`
+stops everything and resets the clocks; :meth:`InProcessCluster.crashes`
+counts every greenlet failure the nodes and the network saw.
+
+A writing guide is in docs/architecture.md ("Testing the cluster in-process").
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from miyaq.cluster.membership import Member
+from miyaq.cluster.role import ClusterRole
+from miyaq.config import NodeConfig
+from miyaq.constants import HOUSEKEEPING_INTERVAL, STALL
+from miyaq.errors import Timeout
+from miyaq.node.assemble import build_node
+from miyaq.node.node import Node
+from miyaq.protocol.taskspec import task_from_wire
+from miyaq.runtime import clock, green, monotonic, wall
+from miyaq.store.table import Tombstone
+from miyaq.store.task import Task
+from miyaq.testing.harness import free_port
+from miyaq.testing.memnet import Network
+from miyaq.testing.memtransport import MemoryTransport, endpoints
+from miyaq.testing.scripted import RingScript
+from miyaq.testing.consumer import InProcessWorker
+
+logger = logging.getLogger(__name__)
+
+#: Settings every in-process node gets unless the test gives its own: short
+#: offsets and timeouts so a scenario takes a fraction of a second.
+DEFAULTS: dict[str, Any] = {
+    "replicas": 3, "replica_offset": 0.5, "replication_timeout": 1.0, "default_timeout": 2.0,
+    "default_backoff": 0.1, "heartbeat": 0.5, "shutdown_grace": 0.2, "reconcile_timeout": 3.0,
+    "http_port": 0,
+}
+
+
+class InProcessNode:
+    """One node of an :class:`InProcessCluster`: the :class:`~miyaq.node.node.Node`
+    and what a test looks at."""
+
+    def __init__(self, node_id: str, config: NodeConfig, transport: MemoryTransport, node: Node) -> None:
+        self.id = node_id
+        self.config = config
+        self.transport = transport
+        self.node = node
+        self.engine = node.core.engine
+        self.role: ClusterRole = node.role  # type: ignore[assignment]
+
+    def task(self, task_id: str) -> Task | None:
+        """This node's live or dead copy of ``task_id``."""
+        table = self.engine.table
+        return table.live.get(task_id) or table.dead.get(task_id)
+
+    def state(self, task_id: str) -> str | None:
+        """The state of this node's copy: live or dead, else its tombstone's, else None."""
+        task = self.task(task_id)
+        if task is not None:
+            return task.state
+        stone = self.tombstone(task_id)
+        return stone.state if stone is not None else None
+
+    def due_at(self, task_id: str) -> float | None:
+        """When this node's copy's timer fires next (wall clock), or None."""
+        task = self.task(task_id)
+        return task.timer_at if task is not None else None
+
+    def tombstone(self, task_id: str) -> Tombstone | None:
+        return self.engine.table.tombstone(task_id)
+
+    def started(self) -> int:
+        """Tasks leased to a consumer on this node, ever."""
+        return sum(n for (_, what), n in self.engine.outcomes.items() if what == "started")
+
+    def wake(self) -> None:
+        """Dispatch, replicate and publish what is pending now (after acting on the engine)."""
+        self.node.clockwork.wake(wall())
+
+
+class Submission:
+    """A submit's acknowledgement, once it comes: ``[id, status, detail]``."""
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        self.result: list[Any] | None = None
+
+    def _acked(self, results: list[list[Any]]) -> None:
+        for result in results:
+            if result and result[0] == self.task_id:
+                self.result = result
+
+    @property
+    def status(self) -> str | None:
+        return self.result[1] if self.result else None
+
+    @property
+    def error_code(self) -> str | None:
+        detail = self.result[2] if self.result and len(self.result) > 2 else None
+        return detail.get("code") if isinstance(detail, dict) else None
+
+
+class InProcessCluster:
+    """N clustered nodes in this hub (see the module's docstring).
+
+    ``nodes``: how many (ids ``n1``, ``n2`` ...) or their ids; ``settings``:
+    :class:`~miyaq.config.NodeConfig` fields for every node (over
+    :data:`DEFAULTS`). Use as a context manager, or call :meth:`start` and
+    :meth:`close`.
+    """
+
+    def __init__(self, nodes: int | list[str] = 3, **settings: Any) -> None:
+        self.ids = [f"n{i + 1}" for i in range(nodes)] if isinstance(nodes, int) else list(nodes)
+        self.settings = {**DEFAULTS, **settings}
+        self.net = Network()
+        self.script = RingScript()
+        self.nodes: dict[str, InProcessNode] = {}
+        self.stopped: list[InProcessNode] = []
+        self._ports: dict[str, int] = {}
+        self._ids = itertools.count(1)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def __enter__(self) -> InProcessCluster:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def start(self, ring: bool = True) -> InProcessCluster:
+        """Start every node; with ``ring``, publish a ring of all of them and
+        wait until each holds it and hears every other's stream."""
+        for node_id in self.ids:
+            self.start_node(node_id)
+        if ring:
+            view = self.script.publish(self.ids)
+            self.wait_until(lambda: self.settled(view.epoch), what=f"every node on epoch {view.epoch}")
+        return self
+
+    def start_node(self, node_id: str, **settings: Any) -> InProcessNode:
+        """Build and start ``node_id`` (again, after :meth:`stop_node`: a restart,
+        from its log if ``data_dir`` is set). It sees the current ring at once."""
+        if node_id in self.nodes:
+            raise ValueError(f"node {node_id} is running")
+        port = self._ports.setdefault(node_id, free_port())
+        config = NodeConfig(**{**self.settings, **settings, "node_id": node_id, "port": port})
+        peer, pub = endpoints(node_id)
+        member = Member(node_id, service=f"tcp://127.0.0.1:{port}", peer=peer, pub=pub, weight=config.weight)
+        transport = MemoryTransport(self.net, node_id, config.max_message)
+        node = build_node(config, coordinator=self.script.coordinator(member), transport=transport)
+        node.start()
+        handle = self.nodes[node_id] = InProcessNode(node_id, config, transport, node)
+        return handle
+
+    def stop_node(self, node_id: str, grace: float = 0.0) -> InProcessNode:
+        """Stop ``node_id`` (its tasks in memory are gone unless ``data_dir`` is set)."""
+        handle = self.nodes.pop(node_id)
+        handle.node.stop(grace)
+        self.stopped.append(handle)
+        return handle
+
+    def close(self) -> None:
+        """Stop every node and the network; put the clocks back. Never raises."""
+        for node_id in list(self.nodes):
+            try:
+                self.stop_node(node_id)
+            except Exception:
+                logger.exception("stopping in-process node %s failed", node_id)
+        self.net.close()
+        clock.reset()
+
+    def __getitem__(self, node_id: str) -> InProcessNode:
+        return self.nodes[node_id]
+
+    # -- state ---------------------------------------------------------------------------------
+    def settled(self, epoch: int) -> bool:
+        """Every running node holds ``epoch`` and hears every other member's stream."""
+        return all(n.role.view.epoch == epoch and n.role.streams_ready() for n in self.nodes.values())
+
+    def holders(self, task_id: str, replicas: int | None = None, key: str | None = None) -> list[str]:
+        """A task's holders by the last published ring, rank 0 first."""
+        n = replicas or self.settings["replicas"]
+        return [m.node_id for m in self.script.current.holders(key or task_id, n)]
+
+    def crashes(self) -> Counter[str]:
+        """Greenlet failures (name -> count) of every node, stopped ones too, and of the network."""
+        total: Counter[str] = Counter()
+        for handle in [*self.nodes.values(), *self.stopped]:
+            total.update(handle.node.supervisor.crashes)
+            total.update(handle.transport.supervisor.crashes)
+        total.update(self.net.supervisor.crashes)
+        return total
+
+    def describe(self, task_ids: Iterable[str] = (), messages: int = 40) -> str:
+        """For a failing test: each node's epoch and copies of ``task_ids``, and the last messages."""
+        lines = []
+        for node_id, handle in sorted(self.nodes.items()):
+            copies = {t: handle.state(t) for t in task_ids}
+            lines.append(f"{node_id}: epoch {handle.role.view.epoch}, gate {handle.node.core.gate.held()}, "
+                         f"{len(handle.engine.table.live)} live; {copies}")
+        lines += [repr(m) for m in list(self.net.log)[-messages:]]
+        return "\n".join(lines)
+
+    # -- driving -------------------------------------------------------------------------------
+    def task_id(self) -> str:
+        return f"t{next(self._ids)}"
+
+    def submit(self, via: str, task_id: str | None = None, **fields: Any) -> Submission:
+        """Submit one task to ``via``'s intake, as the HTTP gateway does
+        (``fields``: the wire form's: ``name``, ``countdown``, ``key``, ``replicas`` ...)."""
+        handle = self.nodes[via]
+        now = wall()
+        wire = {"id": task_id or self.task_id(), "name": "job", **fields}
+        task = task_from_wire(wire, now, handle.config)
+        sub = Submission(task.id)
+        handle.role.intake.submit(task, now, sub._acked)
+        handle.wake()
+        return sub
+
+    def worker(self, node_id: str, queues: list[str] | None = None, capacity: int = 100) -> InProcessWorker:
+        """A consumer on ``node_id`` that takes tasks and finishes them when told."""
+        handle = self.nodes[node_id]
+        return InProcessWorker(handle.node, queues or ["default"], capacity)
+
+    def wait_until(self, predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+        """Yield to the nodes until ``predicate()`` is truthy; Timeout (naming
+        ``what``) after ``timeout`` real seconds. A greenlet crash in a node or
+        the network fails the wait at once."""
+        deadline = monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            fatal = self._fatal()
+            if fatal:
+                raise AssertionError(f"while waiting for {what}: {fatal}")
+            if monotonic() >= deadline:
+                raise Timeout(f"{what} not reached within {timeout:g}s")
+            green.sleep(0.005)
+
+    def _fatal(self) -> str:
+        for handle in [*self.nodes.values(), *self.stopped]:
+            if handle.node.crashed is not None:
+                return f"node {handle.id} stopped: {handle.node.crashed!r}"
+        if self.net.supervisor.fatal is not None:
+            name, exc = self.net.supervisor.fatal
+            return f"the in-memory network's {name} died: {exc!r}"
+        return ""
+
+    def settle(self, seconds: float = 0.05) -> None:
+        """Let the nodes run for ``seconds`` of real time (for a check that
+        something does *not* happen, after the condition that would cause it)."""
+        green.sleep(seconds)
+
+    def advance(self, seconds: float, step: float = 0.5) -> None:
+        """Let ``seconds`` pass on the process's clocks at once: in steps of at
+        most ``step`` (< STALL), each followed by one pass of every node's loops."""
+        step = min(step, STALL / 2)
+        left = seconds
+        while left > 0:
+            jump = min(step, left)
+            clock.advance(jump)
+            left -= jump
+            for handle in self.nodes.values():
+                handle.node.clockwork.recheck_timers()
+            green.sleep(HOUSEKEEPING_INTERVAL * 1.5)

@@ -1,0 +1,43 @@
+"""Standby copies, in-process (miyaq.testing.inprocess): before a copy that
+is not the runner's runs, it asks the other holders (QUERY), and only
+silence lets it run. Each test sets up its fault on the in-memory network."""
+from __future__ import annotations
+
+from miyaq.store.task import DONE, SCHEDULED
+
+
+def test_lost_started_event_standby_asks_and_waits_for_the_runner(inproc):
+    """Fault: the STARTED event of a running task is lost on its way to every
+    other holder (and the runner's heartbeats with it, so no gap shows). Each
+    standby copy's timer fires at its offset, it asks the runner (QUERY),
+    hears "running until lease end" and waits past the lease: it never runs
+    while the runner runs. The task ends done on every holder, run once."""
+    cluster = inproc(3)
+    tid = cluster.task_id()
+    holders = cluster.holders(tid)
+    runner, standbys = holders[0], holders[1:]
+    cluster.net.drop("EVENTS", src=runner, event="S")
+    cluster.net.drop("HEARTBEAT", src=runner)
+    workers = {h: cluster.worker(h) for h in holders}
+
+    sub = cluster.submit(standbys[0], tid)
+    cluster.wait_until(lambda: workers[runner].runs(tid), what="the runner to start the task")
+    lease_end = cluster[runner].task(tid).lease_end
+    for h in standbys:
+        cluster.wait_until(lambda h=h: cluster.net.messages("ANSWER", src=runner, dst=h, answering="QUERY", task=tid),
+                           what=f"{h}'s standby copy to ask the runner")
+    cluster.settle(0.1)
+    assert sub.status == "accepted"
+    assert cluster.net.messages("EVENTS", src=runner, event="S")[0].fate == "dropped"
+    for h in standbys:
+        copy = cluster[h].task(tid)
+        assert copy.state == SCHEDULED and copy.standby
+        assert cluster[h].due_at(tid) >= lease_end, f"{h}'s copy would run before the runner's lease ends"
+        assert workers[h].times(tid) == 0
+        assert cluster[h].role.standby.deferrals >= 1 and cluster[h].role.standby.takeovers == 0
+
+    workers[runner].complete(tid)
+    cluster.wait_until(lambda: all(cluster[h].state(tid) == DONE for h in holders), what="done on every holder")
+    assert [workers[h].times(tid) for h in holders] == [1, 0, 0]
+    assert all(cluster[h].role.events.duplicates == 0 for h in holders)
+    assert cluster[runner].state(tid) == DONE and not cluster.crashes()
