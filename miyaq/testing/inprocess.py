@@ -100,16 +100,19 @@ class InProcessNode:
 
 
 class Submission:
-    """A submit's acknowledgement, once it comes: ``[id, status, detail]``."""
+    """A submit's acknowledgement, once it comes: ``result`` is ``[id, status,
+    detail]``; ``answers`` every answer the node gave (one, always)."""
 
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
-        self.result: list[Any] | None = None
+        self.answers: list[list[Any]] = []
 
     def _acked(self, results: list[list[Any]]) -> None:
-        for result in results:
-            if result and result[0] == self.task_id:
-                self.result = result
+        self.answers += [r for r in results if r and r[0] == self.task_id]
+
+    @property
+    def result(self) -> list[Any] | None:
+        return self.answers[0] if self.answers else None
 
     @property
     def status(self) -> str | None:

@@ -1,0 +1,68 @@
+"""Replicated submits, in-process (miyaq.testing.inprocess): a submit is
+acknowledged once ``min_acks`` holders stored the task, rejected with
+not_enough_replicas past ``replication_timeout``, and a late confirmation
+changes neither answer."""
+from __future__ import annotations
+
+import pytest
+
+from miyaq.protocol.commands import ACCEPTED, DUPLICATE, REJECTED
+from miyaq.store.task import DONE
+
+
+def test_replica_confirming_late_with_min_acks_accepts_once(inproc):
+    """Fault: one of three holders confirms its copy late (its answer to
+    REPLICATE is held). With min_acks=2 the submit is accepted as soon as two
+    holders stored it; the late confirmation sends no second answer, and the
+    late holder has its copy."""
+    cluster = inproc(3, min_acks=2)
+    tid = cluster.task_id()
+    holders = cluster.holders(tid)
+    coordinator, late = holders[0], holders[2]
+    held = cluster.net.hold("ANSWER", src=late, dst=coordinator, answering="REPLICATE")
+    sub = cluster.submit(coordinator, tid)
+    cluster.wait_until(lambda: sub.status, what="the submit's answer")
+    assert sub.status == ACCEPTED and held.held and cluster[late].task(tid) is not None
+
+    held.release()
+    cluster.wait_until(lambda: cluster[coordinator].role.peer.unanswered().get(late, 0) == 0,
+                       what="the late confirmation to arrive")
+    cluster.settle()
+    assert [a[1] for a in sub.answers] == [ACCEPTED] and not cluster[coordinator].role.intake.pending
+    assert all(cluster[h].task(tid) is not None for h in holders) and not cluster.crashes()
+
+
+@pytest.mark.parametrize("coordinator_holds", [False, True], ids=["coordinator-not-a-holder", "coordinator-rank-0"])
+def test_replica_confirming_after_the_timeout_rejects_and_the_resend_runs_once(inproc, coordinator_holds):
+    """Fault: a holder's confirmation comes after replication_timeout. The
+    submit is rejected (not_enough_replicas, naming how many holders stored
+    it); the late confirmation changes nothing. The client's resend with the
+    same id through the late holder answers DUPLICATE or ACCEPTED, and the
+    task runs once in the whole cluster -- also when the coordinator is the
+    rank-0 holder and kept its copy."""
+    cluster = inproc(3, replicas=2, replication_timeout=0.3)
+    tid = cluster.task_id()
+    holders = cluster.holders(tid, 2)
+    coordinator = holders[0] if coordinator_holds else next(n for n in cluster.ids if n not in holders)
+    workers = {n: cluster.worker(n) for n in cluster.ids}
+    late = cluster.net.delay(0.6, "ANSWER", src=holders[1], dst=coordinator, answering="REPLICATE")
+    sub = cluster.submit(coordinator, tid)
+    cluster.wait_until(lambda: sub.status, what="the submit's answer")
+    assert sub.status == REJECTED and sub.error_code == "not_enough_replicas"
+    assert "stored on 1 of the 2 holders" in sub.result[2]["message"]
+    cluster.wait_until(lambda: late.hits and not cluster[coordinator].role.peer.unanswered(),
+                       what="the late confirmation")
+    late.remove()
+    cluster.settle()
+    assert len(sub.answers) == 1
+
+    resend = cluster.submit(holders[1], tid, resent=True)
+    cluster.wait_until(lambda: resend.status, what="the resend's answer")
+    assert resend.status in (ACCEPTED, DUPLICATE), resend.result
+    runs = lambda: sum(w.times(tid) for w in workers.values())   # noqa: E731
+    cluster.wait_until(lambda: runs() >= 1, what="the task to run")
+    runner = next(n for n, w in workers.items() if w.runs(tid))
+    workers[runner].complete(tid)
+    cluster.wait_until(lambda: all(cluster[h].state(tid) == DONE for h in holders), what="done on both holders")
+    cluster.advance(3 * cluster.settings["replica_offset"])
+    assert runs() == 1 and not cluster.crashes()
