@@ -67,6 +67,10 @@ class Handoff:
                 # Until every new holder confirmed (it may refuse while its view
                 # of the ring lags), the copy is sent again every HANDOFF_RETRY seconds.
                 self.leaving[task.id] = set(targets)
+            else:
+                # A holder again while another holder sends: an earlier handoff
+                # of this copy (to holders of a ring since replaced) is void.
+                self.leaving.pop(task.id, None)
         self._send(outbox)
         self.last_run = monotonic()
         if sent:
