@@ -127,10 +127,10 @@ def inproc(request):
     its in-memory network are shown."""
     clusters: list[InProcessCluster] = []
 
-    def make(nodes=3, **settings) -> InProcessCluster:
+    def make(nodes=3, ring=True, **settings) -> InProcessCluster:
         cluster = InProcessCluster(nodes, **settings)
         clusters.append(cluster)
-        return cluster.start()
+        return cluster.start(ring)
 
     yield make
     failed = _failed(request)

@@ -150,15 +150,24 @@ class InProcessCluster:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def start(self, ring: bool = True) -> InProcessCluster:
-        """Start every node; with ``ring``, publish a ring of all of them and
-        wait until each holds it and hears every other's stream."""
+    def start(self, ring: bool | list[str] = True) -> InProcessCluster:
+        """Start every node; with ``ring``, publish a ring of all of them (or
+        of the ids ``ring`` lists) and wait until each node holds it and hears
+        every other member's stream."""
         for node_id in self.ids:
             self.start_node(node_id)
         if ring:
-            view = self.script.publish(self.ids)
-            self.wait_until(lambda: self.settled(view.epoch), what=f"every node on epoch {view.epoch}")
+            self.publish(self.ids if ring is True else ring)
         return self
+
+    def publish(self, members: list[str] | None = None, **options: Any) -> int:
+        """Publish a ring (:meth:`RingScript.publish`: ``weights``, ``leader``,
+        ``epoch``, ``to``, ``withhold``) and, when every running node gets it,
+        wait until they hold it and hear each other. Returns its epoch."""
+        view = self.script.publish(members, **options)
+        if not options.get("to") and not options.get("withhold"):
+            self.wait_until(lambda: self.settled(view.epoch), what=f"every node on epoch {view.epoch}")
+        return view.epoch
 
     def start_node(self, node_id: str, **settings: Any) -> InProcessNode:
         """Build and start ``node_id`` (again, after :meth:`stop_node`: a restart,
@@ -197,8 +206,10 @@ class InProcessCluster:
 
     # -- state ---------------------------------------------------------------------------------
     def settled(self, epoch: int) -> bool:
-        """Every running node holds ``epoch`` and hears every other member's stream."""
-        return all(n.role.view.epoch == epoch and n.role.streams_ready() for n in self.nodes.values())
+        """Every running node holds ``epoch``, and every member of that ring
+        hears every other member's stream (a node outside the ring hears none)."""
+        return all(n.role.view.epoch == epoch and (n.id not in n.role.view.members or n.role.streams_ready())
+                   for n in self.nodes.values())
 
     def holders(self, task_id: str, replicas: int | None = None, key: str | None = None) -> list[str]:
         """A task's holders by the last published ring, rank 0 first."""
@@ -275,15 +286,19 @@ class InProcessCluster:
         something does *not* happen, after the condition that would cause it)."""
         green.sleep(seconds)
 
-    def advance(self, seconds: float, step: float = 0.5) -> None:
-        """Let ``seconds`` pass on the process's clocks at once: in steps of at
-        most ``step`` (< STALL), each followed by one pass of every node's loops."""
-        step = min(step, STALL / 2)
+    def advance(self, seconds: float, step: float = STALL * 0.8) -> None:
+        """Let ``seconds`` pass on the process's clocks at once: in jumps of at
+        most ``step`` (shorter than a freeze, ``STALL``), each followed by one
+        pass of every node's housekeeping (so none takes the jump for a freeze)
+        and a look at its timers."""
+        step = min(step, STALL * 0.8)
         left = seconds
         while left > 0:
             jump = min(step, left)
             clock.advance(jump)
             left -= jump
+            after = monotonic()
             for handle in self.nodes.values():
                 handle.node.clockwork.recheck_timers()
-            green.sleep(HOUSEKEEPING_INTERVAL * 1.5)
+            self.wait_until(lambda: all(h.node.core.dispatcher.alive_at >= after for h in self.nodes.values()),
+                            timeout=10 * HOUSEKEEPING_INTERVAL + 5, what="every node's housekeeping after a jump")

@@ -1,0 +1,88 @@
+"""Handoff, in-process (miyaq.testing.inprocess): after a ring change every
+task returns to N copies on its new holders, and no copy is dropped on the
+word of a node whose view of the ring lags."""
+from __future__ import annotations
+
+from miyaq.constants import HANDOFF_RETRY
+from miyaq.runtime import wall
+from miyaq.store.task import DONE
+
+OLD = ["n1", "n2", "n3"]
+ALL = ["n1", "n2", "n3", "n4"]
+
+
+def _submit_many(cluster, count: int, countdown: float = 300) -> list[str]:
+    subs = [cluster.submit(OLD[i % 3], countdown=countdown) for i in range(count)]
+    cluster.wait_until(lambda: all(s.status == "accepted" for s in subs), what="every submit accepted")
+    return [s.task_id for s in subs]
+
+
+def _copies(cluster, tid: str) -> list[str]:
+    return sorted(n for n, h in cluster.nodes.items() if h.task(tid) is not None)
+
+
+def test_handoff_racing_a_ring_change_keeps_copies_until_the_new_holder_has_the_ring(inproc):
+    """Fault: a node joins and the new ring reaches the old holders before it
+    reaches the joining node. The old holders hand tasks to it at once; it
+    refuses them (by its own, older ring it holds nothing). No old holder
+    drops a copy meanwhile. Once the joining node has the ring, the next
+    retry is confirmed, the old holders that are no longer holders drop
+    their copies, and every task is on exactly its new holders."""
+    cluster = inproc(4, ring=OLD, replicas=2)
+    tids = _submit_many(cluster, 30)
+    epoch = cluster.publish(ALL, withhold=["n4"])
+    moved = [t for t in tids if "n4" in cluster.holders(t)]
+    assert moved, "some tasks must move to the joining node"
+    cluster.wait_until(lambda: all(cluster[n].role.view.epoch == epoch for n in OLD), what="the old nodes on the ring")
+    cluster.wait_until(lambda: cluster.net.messages("ANSWER", src="n4", answering="REPLICATE"),
+                       what="the joining node's first refusal")
+    cluster.settle(0.1)
+    for tid in moved:
+        assert len(_copies(cluster, tid)) == 2 and "n4" not in _copies(cluster, tid), tid
+    refused = cluster.net.messages("ANSWER", src="n4", answering="REPLICATE")
+    assert all(not m.body.get("ids") for m in refused)
+
+    cluster.script.deliver("n4")
+    cluster.wait_until(lambda: cluster.settled(epoch), what="the joining node on the ring")
+    cluster.advance(HANDOFF_RETRY + 1.0)
+    for tid in tids:
+        cluster.wait_until(lambda tid=tid: _copies(cluster, tid) == sorted(cluster.holders(tid)),
+                           what=f"{tid} on exactly its new holders")
+        for node_id in cluster.holders(tid):
+            assert cluster[node_id].task(tid).holders == tuple(cluster.holders(tid))
+    assert all(cluster[n].role.handoff.pending() == 0 for n in ALL)
+    assert not cluster.crashes()
+
+
+def test_handoff_in_flight_when_the_ring_changes_again(inproc):
+    """Fault: a node joins, the old holders' handoff to it is held on the
+    wire, and the ring changes again (the node leaves) before it arrives.
+    When the held copies arrive the node refuses them; the old holders, holders
+    again, keep their copies, stop sending to the node that left, and every
+    task still runs once."""
+    cluster = inproc(4, ring=OLD, replicas=2)
+    tids = _submit_many(cluster, 30, countdown=2 * HANDOFF_RETRY + 5)
+    held = cluster.net.hold("REPLICATE", dst="n4")
+    cluster.publish(ALL)
+    moved = [t for t in tids if "n4" in cluster.holders(t)]
+    cluster.wait_until(lambda: held.held, what="a handoff to the joining node")
+    back = cluster.publish(OLD)
+    held.release()
+    cluster.advance(2 * HANDOFF_RETRY)
+    for tid in tids:
+        cluster.wait_until(lambda tid=tid: _copies(cluster, tid) == sorted(cluster.holders(tid)),
+                           what=f"{tid} back on its holders of epoch {back}")
+    assert moved and all(cluster["n4"].task(t) is None for t in moved)
+    assert all(cluster[n].role.handoff.pending() == 0 for n in OLD), \
+        {n: dict(cluster[n].role.handoff.leaving) for n in OLD}
+
+    workers = {n: cluster.worker(n) for n in OLD}
+    due = max(cluster[cluster.holders(t)[0]].task(t).eta for t in tids)
+    cluster.advance(due - wall() + 0.1)      # every task is due; none runs past its lease
+    cluster.wait_until(lambda: sum(len(w.running) for w in workers.values()) == len(tids), what="every task running")
+    for w in workers.values():
+        for tid in list(w.running):
+            w.complete(tid)
+    cluster.wait_until(lambda: all(cluster[h].state(t) == DONE for t in tids for h in cluster.holders(t)),
+                       what="every task done on its holders")
+    assert sum(len(w.delivered) for w in workers.values()) == len(tids) and not cluster.crashes()
