@@ -249,7 +249,13 @@ class ClusterRole:
 
     # -- ring -------------------------------------------------------------------------
     def _on_view(self, view: RingView) -> None:
-        """Coordinator listener: must not block; the view loop does the work."""
+        """Coordinator listener: must not block; the view loop does the work.
+        A view older than one still waiting for the loop is ignored here, as
+        the loop ignores one older than the ring it holds."""
+        pending = self._pending_view
+        if pending is not None and view.epoch < pending.epoch:
+            logger.info("ring epoch %d ignored: epoch %d is newer", view.epoch, pending.epoch)
+            return
         self._pending_view = view
         self._view_changed.set()
 
