@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -129,7 +130,8 @@ class InProcessCluster:
 
     ``nodes``: how many (ids ``n1``, ``n2`` ...) or their ids; ``settings``:
     :class:`~miyaq.config.NodeConfig` fields for every node (over
-    :data:`DEFAULTS`). Use as a context manager, or call :meth:`start` and
+    :data:`DEFAULTS`); a ``data_dir`` gives each node a log in its own
+    subdirectory, so a node stopped and started again replays it. Use as a context manager, or call :meth:`start` and
     :meth:`close`.
     """
 
@@ -175,7 +177,10 @@ class InProcessCluster:
         if node_id in self.nodes:
             raise ValueError(f"node {node_id} is running")
         port = self._ports.setdefault(node_id, free_port())
-        config = NodeConfig(**{**self.settings, **settings, "node_id": node_id, "port": port})
+        merged = {**self.settings, **settings, "node_id": node_id, "port": port}
+        if merged.get("data_dir"):
+            merged["data_dir"] = os.path.join(merged["data_dir"], node_id)   # one log per node
+        config = NodeConfig(**merged)
         peer, pub = endpoints(node_id)
         member = Member(node_id, service=f"tcp://127.0.0.1:{port}", peer=peer, pub=pub, weight=config.weight)
         transport = MemoryTransport(self.net, node_id, config.max_message)
@@ -228,6 +233,9 @@ class InProcessCluster:
     def describe(self, task_ids: Iterable[str] = (), messages: int = 40) -> str:
         """For a failing test: each node's epoch and copies of ``task_ids``, and the last messages."""
         lines = []
+        if not task_ids:    # the tasks any node holds or held, up to 20
+            known = {t for h in self.nodes.values() for t in [*h.engine.table.live, *h.engine.table.tombstones]}
+            task_ids = sorted(known)[:20]
         for node_id, handle in sorted(self.nodes.items()):
             copies = {t: handle.state(t) for t in task_ids}
             lines.append(f"{node_id}: epoch {handle.role.view.epoch}, gate {handle.node.core.gate.held()}, "

@@ -70,6 +70,11 @@ class ScriptedCoordinator(Coordinator):
     def is_leader(self) -> bool:
         return self.leading and self.lost_at is None
 
+    @property
+    def connection(self) -> str:
+        """``lost`` while the script has expired this node's session, else ``connected``."""
+        return "connected" if self.lost_at is None else "lost"
+
     def silent_for(self) -> float:
         """Seconds since the script expired this node's session (0 while it has one)."""
         return 0.0 if self.lost_at is None else max(monotonic() - self.lost_at, 1e-9)

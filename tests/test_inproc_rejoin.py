@@ -1,0 +1,73 @@
+"""A holder that comes back, in-process (miyaq.testing.inprocess): a node
+that was cut off, or stopped, while the ring went on without it returns
+holding copies placed by an older ring. Its stale copies are reconciled with
+the other holders before they can run again, and a ring older than the one
+it holds is ignored."""
+from __future__ import annotations
+
+from miyaq.store.task import DONE
+
+ALL = ["n1", "n2", "n3"]
+REST = ["n1", "n2"]
+
+
+def _task_led_by(cluster, node_id: str) -> str:
+    """A task id whose first holder, in a ring of all three, is ``node_id``."""
+    while True:
+        tid = cluster.task_id()
+        if cluster.holders(tid)[0] == node_id:
+            return tid
+
+
+def test_holder_restarted_from_its_log_after_the_ring_moved_on(inproc, tmp_path):
+    """Fault: a holder stops while the ring goes on without it; a task it
+    held finishes elsewhere and a new task is submitted. It restarts from its
+    log (copies of epoch 1) into a ring of epoch 3: it holds dispatching
+    until it has heard from every other holder, finishes the stale copy,
+    gets its copy of the new task by handoff, and runs nothing twice."""
+    cluster = inproc(3, data_dir=str(tmp_path), fsync="never")
+    tid = _task_led_by(cluster, "n3")
+    sub = cluster.submit("n1", tid, countdown=1.0)
+    cluster.wait_until(lambda: sub.status == "accepted", what="the submit")
+
+    cluster.stop_node("n3")
+    cluster.publish(REST)
+    workers = {n: cluster.worker(n) for n in REST}
+    cluster.advance(1.0 + 2 * cluster.settings["replica_offset"])
+    runner = cluster.wait_until(lambda: next((n for n, w in workers.items() if w.runs(tid)), None),
+                                what="another holder to run the task")
+    workers[runner].complete(tid)
+    cluster.wait_until(lambda: all(cluster[n].state(tid) == DONE for n in REST), what="done without n3")
+    fresh = cluster.submit("n1", countdown=60)
+    cluster.wait_until(lambda: fresh.status == "accepted", what="a submit while n3 is away")
+
+    back = cluster.start_node("n3")
+    assert back.task(tid) is not None and back.task(tid).state != DONE      # replayed from its log
+    late = cluster.worker("n3")
+    epoch = cluster.publish(ALL)
+    cluster.wait_until(lambda: back.state(tid) == DONE, what="n3's stale copy finished")
+    cluster.wait_until(lambda: back.task(fresh.task_id) is not None, what="n3's copy of the new task")
+    cluster.advance(3 * cluster.settings["replica_offset"])
+    assert cluster["n3"].role.view.epoch == epoch
+    assert late.times(tid) == 0 and sum(w.times(tid) for w in workers.values()) == 1
+    assert not cluster.crashes()
+
+
+def test_older_ring_shown_right_after_a_newer_one_is_ignored(inproc):
+    """Fault: a node is shown a new ring and, before its view loop has run,
+    an older one (a coordinator that delivers out of order). It must end on
+    the newer ring -- the older one neither replaces it while it waits nor
+    is applied later -- and so must a node shown the older ring after it
+    applied the newer."""
+    cluster = inproc(3)
+    first = cluster.script.current
+    epoch = cluster.publish(ALL, weights={"n1": 2.0}, withhold=["n2", "n3"])
+    cluster.script.deliver("n2")
+    cluster.script.deliver("n2", first)           # before n2's view loop ran
+    cluster.script.deliver("n3")
+    cluster.wait_until(lambda: cluster["n3"].role.view.epoch == epoch, what="n3 on the new ring")
+    cluster.script.deliver("n3", first)           # after n3 applied the new ring
+    cluster.wait_until(lambda: cluster.settled(epoch), what=f"every node on epoch {epoch}")
+    cluster.settle(0.1)
+    assert [cluster[n].role.view.epoch for n in ALL] == [epoch] * 3
+    assert cluster["n2"].role.view.ring == cluster["n1"].role.view.ring
