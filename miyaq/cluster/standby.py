@@ -8,7 +8,8 @@ WILLQUEUE. Per task:
   or no longer a holder (the copy was handed off and is kept only until its
   new holders confirm it) → wait an offset: the others run it;
 - a holder that finished it (done, cancelled, expired, started under
-  at-most-once) → this copy finishes the same way;
+  at-most-once) → this copy finishes the same way; so does the copy of an
+  at-most-once task that a holder runs (``started-elsewhere``);
 - a holder that dead-lettered it → this copy is dead-lettered too;
 - a holder ranked before this copy that does not know the task yet (it
   just joined the ring or came back, and the handoff that brings it its
@@ -29,6 +30,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Callable
 
+from miyaq.cluster.holder_events import STARTED_ELSEWHERE
 from miyaq.cluster.peer import QUERY
 from miyaq.constants import QUERY_TIMEOUT
 from miyaq.core.listener import EngineListener
@@ -140,6 +142,11 @@ class StandbyChecker(EngineListener):
                 if a[0] == DEAD:
                     engine.kill_copy(task, task.error)
                     return
+            if task.at_most_once and any(a[0] == RUNNING for _, a in answers):
+                # The news a lost STARTED event carried: an at-most-once task
+                # that started elsewhere ends every other copy.
+                engine.finish_copy(task.id, STARTED_ELSEWHERE, None, None, now)
+                return
         earlier_unaware = [h for h, a in answers if a[0] == "unknown" and h in task.holders
                            and task.holders.index(h) < task.rank]
         waits = self._unknown_waits.pop(task.id, 0)
