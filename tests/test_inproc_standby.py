@@ -3,6 +3,7 @@ is not the runner's runs, it asks the other holders (QUERY), and only
 silence lets it run. Each test sets up its fault on the in-memory network."""
 from __future__ import annotations
 
+from miyaq.cluster.holder_events import STARTED_ELSEWHERE
 from miyaq.store.task import DONE, SCHEDULED
 
 
@@ -41,3 +42,26 @@ def test_lost_started_event_standby_asks_and_waits_for_the_runner(inproc):
     assert [workers[h].times(tid) for h in holders] == [1, 0, 0]
     assert all(cluster[h].role.events.duplicates == 0 for h in holders)
     assert cluster[runner].state(tid) == DONE and not cluster.crashes()
+
+
+def test_at_most_once_copy_told_by_query_that_the_task_started_never_runs(inproc):
+    """Fault: the STARTED event of an at-most-once task is lost (heartbeats
+    too), and its runner then dies while the task runs. The standby copy's
+    QUERY hears that the task is running: for an at-most-once task that is
+    the same news as the lost event, so the copy ends "started-elsewhere" at
+    once -- it does not wait for the lease and then run the task a second
+    time once the runner went silent."""
+    cluster = inproc(3, replicas=2)
+    tid = cluster.task_id()
+    runner, standby = cluster.holders(tid, 2)
+    cluster.net.drop("EVENTS", src=runner, event="S")
+    cluster.net.drop("HEARTBEAT", src=runner)
+    workers = {h: cluster.worker(h) for h in (runner, standby)}
+    cluster.submit(runner, tid, at_most_once=True)
+    cluster.wait_until(lambda: workers[runner].runs(tid), what="the runner to start the task")
+    cluster.wait_until(lambda: cluster.net.messages("ANSWER", src=runner, dst=standby, answering="QUERY", task=tid),
+                       what="the standby copy to ask the runner")
+    cluster.stop_node(runner)
+    cluster.advance(cluster[standby].config.default_timeout + 3 * cluster.settings["replica_offset"])
+    cluster.wait_until(lambda: cluster[standby].state(tid) == STARTED_ELSEWHERE, what="the copy dropped")
+    assert workers[standby].times(tid) == 0 and cluster[standby].role.standby.takeovers == 0

@@ -234,7 +234,8 @@ class InProcessCluster:
         """For a failing test: each node's epoch and copies of ``task_ids``, and the last messages."""
         lines = []
         if not task_ids:    # the tasks any node holds or held, up to 20
-            known = {t for h in self.nodes.values() for t in [*h.engine.table.live, *h.engine.table.tombstones]}
+            known = {t for h in self.nodes.values() for t in [*h.engine.table.live, *h.engine.table.dead,
+                                                               *h.engine.table.tombstones]}
             task_ids = sorted(known)[:20]
         for node_id, handle in sorted(self.nodes.items()):
             copies = {t: handle.state(t) for t in task_ids}
