@@ -19,6 +19,43 @@ def _task_led_by(cluster, node_id: str) -> str:
             return tid
 
 
+def test_holder_cut_off_comes_back_with_an_old_epoch_and_does_not_run_a_finished_task(inproc):
+    """Fault: the first holder of a task is cut off from the network and its
+    session expires; the ring goes on without it (epoch 2) and the task runs
+    and finishes on another holder. The node comes back still holding epoch 1
+    and its ready copy. It is given the new ring (epoch 3), then the old ring
+    of epoch 2 late, which it ignores. Its copy is finished as the others
+    finished it; it does not run the task again."""
+    cluster = inproc(3)
+    tid = _task_led_by(cluster, "n3")
+    sub = cluster.submit("n1", tid, countdown=1.0)
+    cluster.wait_until(lambda: sub.status == "accepted", what="the submit")
+
+    cluster.net.cut("n3")
+    cluster.script.expire("n3")
+    old = cluster.publish(REST, to=REST)
+    cluster.wait_until(lambda: all(cluster[n].role.view.epoch == old for n in REST), what="the ring without n3")
+    workers = {n: cluster.worker(n) for n in REST}
+    cluster.advance(1.0 + 2 * cluster.settings["replica_offset"])
+    runner = cluster.wait_until(lambda: next((n for n, w in workers.items() if w.runs(tid)), None),
+                                what="another holder to run the task")
+    workers[runner].complete(tid)
+    cluster.wait_until(lambda: all(cluster[n].state(tid) == DONE for n in REST), what="done without n3")
+    assert cluster["n3"].role.view.epoch == 1 and cluster["n3"].state(tid) != DONE
+
+    cluster.script.restore("n3")
+    cluster.net.heal("n3")
+    new = cluster.publish(ALL, to=ALL)
+    cluster.script.deliver("n3", cluster.script.published[old - 1])      # the old ring, late
+    cluster.wait_until(lambda: cluster.settled(new), what=f"every node on epoch {new}")
+    assert cluster["n3"].role.view.epoch == new
+    late = cluster.worker("n3")
+    cluster.wait_until(lambda: cluster["n3"].state(tid) == DONE, what="n3's stale copy finished")
+    cluster.advance(3 * cluster.settings["replica_offset"])
+    assert late.times(tid) == 0 and sum(w.times(tid) for w in workers.values()) == 1
+    assert not cluster.crashes()
+
+
 def test_holder_restarted_from_its_log_after_the_ring_moved_on(inproc, tmp_path):
     """Fault: a holder stops while the ring goes on without it; a task it
     held finishes elsewhere and a new task is submitted. It restarts from its
