@@ -230,3 +230,20 @@ def test_fsync_with_connect_is_refused():
     proc = bench("--tasks", "10", "--fsync", "never", "--connect", "tcp://127.0.0.1:9")
     assert proc.returncode == 2
     assert "--fsync" in proc.stderr
+
+
+def test_bench_with_keys_runs_both_systems_and_reports_the_ratio():
+    """``--keys`` also runs miyaq with CURVE on every socket (the node with
+    --keys, workers and producer with their keys) in the same run, and
+    reports the ratios of its figures to the run without keys."""
+    data = run_json("--tasks", "500", "--workers", "1", "--keys")
+    systems = {(m["system"], m["phase"]) for m in data["runs"]}
+    assert systems == {("miyaq", "bulk"), ("miyaq+keys", "bulk")}
+    assert all(m["completed"] == 500 and not m["errors"] for m in data["runs"])
+    assert set(data["ratios"]["miyaq+keys/miyaq"]["bulk"]) >= {"enqueue_rate", "drain_rate"}
+
+
+def test_keys_with_connect_is_refused():
+    """--keys makes the keys of the node the bench starts; with --connect it is an error."""
+    proc = bench("--tasks", "10", "--keys", "--connect", "tcp://127.0.0.1:9")
+    assert proc.returncode == 2 and "--keys" in proc.stderr

@@ -393,3 +393,26 @@ def test_a_rerun_asked_of_a_node_that_could_not_answer_is_explained():
     h.task("a", 5, runs=[(0.5, 1, 10, True, 0), (7.0, 1, 11, True, 1)])
     h.add("fault", 13, phase="heal", fault=1).add("fault", 13.1, phase="recovered", fault=1, recover_s=0.1)
     assert h.checked().verdict().summary()["duplicates"]["classes"] == {"rerun-deaf": 1}
+
+
+@pytest.mark.chaos_run
+@pytest.mark.timeout(300)
+def test_secure_run_keeps_keys_on_every_socket_through_faults(tmp_path):
+    """Faults: kill -9 of nodes and of workers in a run with ``--secure``: the
+    nodes restart with ``--keys``, the workers with their worker key, the
+    producer and the probes with theirs. Nothing accepted is lost, and the
+    nodes refused no key's command (no ``forbidden`` in their errors)."""
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "miyaq.cli.main", "chaos", "--secure", "--nodes", "3", "--replicas", "2",
+            "--duration", "20", "--rate", "30", "--faults", "kill,worker", "--interval", "5", "--json",
+            "--out", str(out), "--drain-timeout", "90"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=280, start_new_session=True)
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stderr[-6000:]}\n{failed_lives(out)}"
+    summary = json.loads(done.stdout)
+    assert summary["lost"] == 0 and summary["stuck"] == 0 and summary["done"] == summary["accepted"] > 100
+    assert sorted(os.listdir(out / "keys" / "authorized")) == ["chaos-ops.key", "chaos-producer.key",
+                                                               "chaos-workers.key"]
+    with open(out / "history.jsonl") as fh:
+        stats = [json.loads(line) for line in fh if '"stats"' in line][-1]["nodes"]
+    assert stats and all(n["security"]["keys"] and n["security"]["handshakes_admitted"] > 0 for n in stats.values())
+    assert not any("forbidden" in (n["errors"] or {}) for n in stats.values())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import configparser
 import inspect
+import os
 import re
 import shlex
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ import yaml
 import miyaq.cli.ring_cmd
 from miyaq.cli.main import build_parser
 from miyaq.config import NodeConfig
+from miyaq.security.exposure import exposure_warning
 from miyaq.worker.config import WorkerConfig
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -111,10 +113,11 @@ def role(argv: list[str]) -> str:
 
 
 def check_node_values(values: dict[str, str], where: str) -> None:
-    """The node accepts these settings (types, ranges, choices)."""
+    """The node accepts these settings (types, ranges, choices) and starts
+    with them: a node bound beyond loopback has keys (issue 9's safe default)."""
     environ = {k: v for k, v in values.items() if k in NODE_VARS}
     try:
-        NodeConfig.load({}, environ)
+        exposure_warning(NodeConfig.load({}, environ))
     except Exception as exc:  # noqa: BLE001 - the message is the point
         pytest.fail(f"{where}: the node refuses these settings: {exc}")
 
@@ -247,9 +250,13 @@ def test_k8s_manifest_parses_and_runs_real_commands():
             for source in container.get("envFrom", []):
                 assert source["configMapRef"]["name"] == config["metadata"]["name"]
                 values.update(config["data"])
-            # Variables set from the pod (valueFrom) have no value to check here.
+            # Variables set from the pod (valueFrom) have no value to check here, but
+            # the pod's IP is an address others reach: the node must have keys.
             literal = {e["name"]: str(e["value"]) for e in container.get("env", []) if "value" in e}
             values.update(literal)
+            for e in container.get("env", []):
+                if e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "status.podIP":
+                    values[e["name"]] = "10.1.2.3"
             for var in values.keys() | {e["name"] for e in container.get("env", [])}:
                 if var.startswith("MIYAQ_"):
                     assert var in ROLE_VARS[r], f"{kind}/{name}: {r} does not read {var}"
@@ -313,3 +320,61 @@ def test_readme_commands_and_variables_exist():
         check_command(argv, "deploy/README.md")
     unknown = sorted(set(VAR.findall((DEPLOY / "README.md").read_text())) - ALL_VARS)
     assert not unknown, f"deploy/README.md names variables nothing reads: {unknown}"
+
+
+# -- keys (issue 9) ------------------------------------------------------------
+
+
+def test_systemd_runs_nodes_and_workers_with_keys():
+    """Catches: a node without its key directory (it would refuse to start on
+    MIYAQ_HOST), workers without their key, no way to reload the keys."""
+    values = env_file(ENV_FILE)
+    keys = values["MIYAQ_KEYS"]
+    assert values["MIYAQ_KEY"].startswith(keys + "/") and values["MIYAQ_KEY"].endswith(".key_secret")
+    assert values["MIYAQ_SERVER_KEY"] == keys + "/node.key"
+    node_unit = next(p for p in UNITS if p.name == "miyaq-node.service")
+    (reload,) = unit_values(node_unit, "ExecReload")
+    assert "-HUP" in reload and "$MAINPID" in reload
+
+
+def test_compose_mounts_the_keys_where_nodes_and_workers_read_them():
+    """Catches: MIYAQ_KEYS / MIYAQ_KEY pointing where no volume is mounted, a
+    node that may write its keys, a worker without a key."""
+    services = compose_services()
+    for name, service in services.items():
+        env = {k: str(v) for k, v in (service.get("environment") or {}).items()}
+        miyaq_image = str(service.get("image", "")).startswith("miyaq")
+        argv = [str(a) for a in service.get("command", ["node"])] if miyaq_image else []
+        mounts = {v.split(":")[1]: v.split(":")[2:] for v in service.get("volumes", []) if ":" in v}
+        if role(argv) == "node":
+            assert mounts.get(env["MIYAQ_KEYS"]) == ["ro"], f"compose {name}: keys not mounted read-only"
+        elif role(argv) == "worker":
+            for var in ("MIYAQ_KEY", "MIYAQ_SERVER_KEY"):
+                assert os.path.dirname(env[var]) in mounts, f"compose {name}: {var} is not on a mounted volume"
+    keys = services["keys"]
+    assert keys.get("profiles") == ["setup"] and "keys" in yaml.safe_load(COMPOSE.read_text())["volumes"]
+
+
+def test_k8s_mounts_the_keys_from_secrets():
+    """Catches: the node's key directory without its secret key or authorized/,
+    a worker without its key, key files its user cannot read."""
+    objects = k8s_objects()
+    config = next(o for (kind, _), o in objects.items() if kind == "ConfigMap")
+    for (kind, name), obj in objects.items():
+        if kind not in ("StatefulSet", "Deployment"):
+            continue
+        pod = obj["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert pod["securityContext"].get("fsGroup") == pod["securityContext"]["runAsUser"], name
+        (container,) = pod["containers"]
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        if kind == "StatefulSet":
+            mount = mounts[config["data"]["MIYAQ_KEYS"]]
+            assert mount["readOnly"] is True
+            items = [i["path"] for s in volumes[mount["name"]]["projected"]["sources"] for i in s["secret"]["items"]]
+            assert {"node.key", "node.key_secret"} <= set(items) and any(p.startswith("authorized/") for p in items)
+        else:
+            for var in ("MIYAQ_KEY", "MIYAQ_SERVER_KEY"):
+                mount = mounts[os.path.dirname(env[var])]
+                assert "secret" in volumes[mount["name"]], f"{name}: {var} does not come from a Secret"

@@ -23,13 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from ..client.client import Client
-from ..errors import MiyaqError, Timeout
+from ..errors import ConfigError, MiyaqError, Timeout
+from ..security.keystore import KeyStore
 from . import tasks
 from .cpu import rss_bytes
 from .procs import Child, ProcessGroup, free_port
 
 logger = logging.getLogger(__name__)
 
+#: With --keys, the roles that get a key: the bench's own client (admin), the producer, the workers.
+ROLES = ("admin", "producer", "worker")
 CONNECT_WAIT = 5.0      # longest wait for a given (--connect) node to answer its first STATUS
 POLL = 0.05
 LIVE_STATES = ("scheduled", "ready", "running", "retrying")
@@ -41,7 +44,7 @@ class Fleet:
     def __init__(self, procs: ProcessGroup, *, connect: str | None, workers: int, concurrency: int,
                  queue: str, records_dir: str, deadline: float, fsync: str | None = None,
                  data_dir: str = "", python: str | None = None, nodes: int = 1,
-                 node_args: tuple[str, ...] = ()) -> None:
+                 node_args: tuple[str, ...] = (), keys: bool = False) -> None:
         self.procs = procs
         self.fsync = fsync
         self.data_dir = data_dir
@@ -59,6 +62,8 @@ class Fleet:
         self.endpoints: list[str] = [e for e in (connect or "").split(",") if e]
         self.client: Client | None = None
         self.zookeeper: Any = None
+        self.keys = keys
+        self.key_dir: str | None = None
 
     @property
     def endpoint(self) -> str:
@@ -67,19 +72,46 @@ class Fleet:
     # -- starting ------------------------------------------------------------------
     def start(self) -> None:
         """Bring everything up. Raises MiyaqError."""
+        if self.keys:
+            self._make_keys()
         if not self.connect:
             zk = self._start_zookeeper() if self.n_nodes > 1 else None
             for i in range(self.n_nodes):
                 self._start_node(i, zk)
-        self.client = Client(self.endpoint, submit_timeout=self._left(), request_timeout=2.0)
+        key, server_key = self.credentials("admin")
+        self.client = Client(self.endpoint, submit_timeout=self._left(), request_timeout=2.0, key=key,
+                             server_key=server_key)
         self._wait_for_nodes()
-        env = dict(os.environ, **{tasks.ENV_CONNECT: self.endpoint, tasks.ENV_RECORDS: self.records_dir})
+        env = dict(os.environ, **{tasks.ENV_CONNECT: self.endpoint, tasks.ENV_RECORDS: self.records_dir},
+                   **self.key_env("worker"))
         for i in range(self.n_workers):
             self.workers.append(self.procs.start(f"worker-{i}", [
                 self.python, "-m", "miyaq.cli.main", "worker", "miyaq.bench.tasks:app",
                 "--processes", "1", "--concurrency", str(self.concurrency), "--connect", self.endpoint,
                 "--queues", self.queue, "--grace", "2", "--log-level", "WARNING"], env))
         self._wait_for_workers()
+
+    # -- keys (--keys: CURVE on every socket, one key per role) -----------------------------
+    def _make_keys(self) -> None:
+        if self.connect:
+            raise ConfigError("--keys starts its own node with keys: not with --connect")
+        store = KeyStore(os.path.join(self.records_dir, "keys"))
+        store.init()
+        for role in ROLES:
+            store.add(f"bench-{role}", role)
+        self.key_dir = store.dir
+        self.node_args += ["--keys", store.dir]
+
+    def credentials(self, role: str) -> tuple[str | None, str | None]:
+        """(secret certificate, the node's public one) of ``role``; (None, None) without keys."""
+        if self.key_dir is None:
+            return None, None
+        return os.path.join(self.key_dir, f"bench-{role}.key_secret"), os.path.join(self.key_dir, "node.key")
+
+    def key_env(self, role: str) -> dict[str, str]:
+        """``MIYAQ_KEY``/``MIYAQ_SERVER_KEY`` for a child acting as ``role`` (empty without keys)."""
+        key, server_key = self.credentials(role)
+        return {"MIYAQ_KEY": key, "MIYAQ_SERVER_KEY": server_key} if key and server_key else {}
 
     def _start_zookeeper(self) -> str:
         from ..testing.zookeeper import ZooKeeperServer

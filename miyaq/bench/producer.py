@@ -24,8 +24,9 @@ SLACK = 15.0     # seconds an answer may take beyond the command's own limit
 
 class Producer:
     def __init__(self, procs: ProcessGroup, python: str, system: str, connect: str, queue: str,
-                 name: str = "miyaq.bench.noop") -> None:
+                 name: str = "miyaq.bench.noop", env: dict[str, str] | None = None) -> None:
         self.procs = procs
+        self.env = dict(os.environ, **env) if env else None    # with --keys: MIYAQ_KEY/MIYAQ_SERVER_KEY
         self.argv = [python, agent.__file__, "--system", system, "--connect", connect,
                      "--queue", queue, "--name", name]
         self.child: Child | None = None
@@ -37,7 +38,7 @@ class Producer:
         return self.child.pid
 
     def start(self, timeout: float) -> "Producer":
-        self.child = self.procs.start("producer", self.argv, pipes=True)
+        self.child = self.procs.start("producer", self.argv, env=self.env, pipes=True)
         hello = self._read(timeout)
         if not hello.get("ready"):
             raise MiyaqError(f"the producer could not connect: {hello.get('error')}")

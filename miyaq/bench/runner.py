@@ -71,6 +71,7 @@ class BenchConfig:
     cluster: int = 0                # nodes of a cluster to hold against a single node (0: none)
     profile: str | None = None      # directory for py-spy profiles of every process, per phase
     profile_format: str = "flamegraph"
+    keys: bool = False              # also run miyaq with CURVE on every socket, as "miyaq+keys"
 
 
 def phases_of(cfg: BenchConfig) -> list[Phase]:
@@ -87,13 +88,14 @@ Maker = Callable[[ProcessGroup, str, float], tuple[System, Callable[[System], Pr
 def systems_of(cfg: BenchConfig) -> list[tuple[str, Maker]]:
     """(label, maker) of every system this run measures, the main one first.
     A maker builds the system and says how to start its producer."""
-    def miyaq(python: str | None, nodes: int) -> Maker:
+    def miyaq(python: str | None, nodes: int, keys: bool = False) -> Maker:
         def make(procs: ProcessGroup, tmp: str, deadline: float) -> tuple[System, Callable[[System], Producer]]:
             queue = f"bench-{os.path.basename(tmp)}"
             fleet = Fleet(procs, connect=cfg.connect, workers=cfg.workers, concurrency=cfg.concurrency,
                           queue=queue, records_dir=tmp, deadline=deadline, fsync=cfg.fsync,
-                          data_dir=os.path.join(tmp, "node-data"), python=python, nodes=nodes)
-            return fleet, lambda s: Producer(procs, python or sys.executable, "miyaq", s.endpoint, queue)
+                          data_dir=os.path.join(tmp, "node-data"), python=python, nodes=nodes, keys=keys)
+            return fleet, lambda s: Producer(procs, python or sys.executable, "miyaq", s.endpoint, queue,
+                                             env=fleet.key_env("producer"))
         return make
 
     def bare(procs: ProcessGroup, tmp: str, deadline: float) -> tuple[System, Callable[[System], Producer]]:
@@ -107,6 +109,8 @@ def systems_of(cfg: BenchConfig) -> list[tuple[str, Maker]]:
     out.append(("miyaq", miyaq(cfg.python, 1)))
     if cfg.compare_python:
         out.append(("miyaq@other", miyaq(cfg.compare_python, 1)))
+    if cfg.keys:
+        out.append(("miyaq+keys", miyaq(cfg.python, 1, keys=True)))
     if cfg.baseline:
         out.append(("baseline", bare))
     return out
@@ -188,6 +192,8 @@ def _result(cfg: BenchConfig, runs: list[dict[str, Any]], idle: dict[str, list[d
         compared[f"cluster-{cfg.cluster}/miyaq"] = ratios(summary, f"cluster-{cfg.cluster}", "miyaq")
     if cfg.compare_python:
         compared["miyaq/miyaq@other"] = ratios(summary, "miyaq", "miyaq@other")
+    if cfg.keys:
+        compared["miyaq+keys/miyaq"] = ratios(summary, "miyaq+keys", "miyaq")
     result["ratios"] = compared or None
     result["errors"] = [f"{m['system']} {m['phase']} (run {m['repeat'] + 1}): {e}"
                         for m in runs for e in m["errors"]]

@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from ..client.client import Client
 from ..errors import MiyaqError
+from ..security.keystore import KeyStore
 from ..testing.zookeeper import ZooKeeperServer
 from .faults import KINDS_NETWORK
 from .disk import SmallDisks
@@ -41,6 +42,8 @@ NODE_DEFAULTS = ("--zk-session-timeout", "3", "--heartbeat", "0.5", "--replica-o
                  "--shutdown-grace", "5", "--http-port", "0")
 """Faster than production defaults so a one-minute run sees failovers; --node-arg overrides."""
 PROBE_TIMEOUT = 0.5
+#: With --secure, the key each role's clients use.
+ROLE_KEYS = {"admin": "chaos-ops", "producer": "chaos-producer", "worker": "chaos-workers"}
 
 
 @dataclass
@@ -58,11 +61,19 @@ class NodeSpec:
 
 
 class LocalCluster:
-    """ZooKeeper + nodes + workers on this machine (see the module docstring)."""
+    """ZooKeeper + nodes + workers on this machine (see the module docstring).
+
+    ``secure``: every socket runs CURVE (``miyaq chaos --secure``): keys in
+    ``<run_dir>/keys``, one per role -- ``chaos-ops`` (admin: the probes and
+    the final check), ``chaos-producer`` and ``chaos-workers`` -- so the
+    roles' checks run under the faults too."""
+
+    key_dir: str | None = None
 
     def __init__(self, run_dir: str, *, nodes: int = 3, replicas: int = 2, workers: int = 2,
                  concurrency: int = 32, fsync: str = "interval", node_args: list[str] | None = None,
-                 name: str = "chaos", net: Any = None, disks: SmallDisks | None = None) -> None:
+                 name: str = "chaos", net: Any = None, disks: SmallDisks | None = None,
+                 secure: bool = False) -> None:
         self.run_dir = run_dir
         self.replicas = replicas
         self.concurrency = concurrency
@@ -86,6 +97,8 @@ class LocalCluster:
         self._worker_seq = 0
         self._clients: dict[str, Client] = {}
         self._lock = threading.Lock()
+        if secure:
+            self._make_keys()
         self.capabilities = {"kill", "pause", "leader", "worker", "zk", "wipe"}
         if self.net.partitions:
             self.capabilities |= set(KINDS_NETWORK)
@@ -93,6 +106,22 @@ class LocalCluster:
             self.capabilities.add("clock")
         if disks is not None:
             self.capabilities.add("diskfull")
+
+    # -- keys ----------------------------------------------------------------------------
+    def _make_keys(self) -> None:
+        store = KeyStore(os.path.join(self.run_dir, "keys"))
+        store.init()
+        for role, name in ROLE_KEYS.items():
+            store.add(name, role)
+        self.key_dir = store.dir
+
+    def credentials(self, role: str) -> tuple[str | None, str | None]:
+        """(secret certificate, the nodes' public one) for a client acting as
+        ``role`` (admin, producer, worker); (None, None) without keys."""
+        if self.key_dir is None:
+            return None, None
+        return (os.path.join(self.key_dir, ROLE_KEYS[role] + ".key_secret"),
+                os.path.join(self.key_dir, "node.key"))
 
     # -- views -------------------------------------------------------------------------
     @property
@@ -114,7 +143,9 @@ class LocalCluster:
         with self._lock:
             client = self._clients.get(node_id)
             if client is None:
-                client = Client(self.specs[node_id].endpoint, request_timeout=PROBE_TIMEOUT, submit_timeout=5.0)
+                key, server_key = self.credentials("admin")
+                client = Client(self.specs[node_id].endpoint, request_timeout=PROBE_TIMEOUT, submit_timeout=5.0,
+                                key=key, server_key=server_key)
                 self._clients[node_id] = client
             return client
 
@@ -157,13 +188,15 @@ class LocalCluster:
         return live
 
     def stats(self) -> dict[str, Any]:
-        """Every answering node's cluster counters (duplicates, takeovers...)."""
+        """Every answering node's cluster counters (duplicates, takeovers...),
+        totals, refused requests by code and security section."""
         out: dict[str, Any] = {}
         for node_id in self.node_ids:
             if self.up(node_id):
                 try:
                     status = self.client(node_id).status()
-                    out[node_id] = {"cluster": status.get("cluster"), "totals": status.get("totals")}
+                    out[node_id] = {"cluster": status.get("cluster"), "totals": status.get("totals"),
+                                    "errors": status.get("errors"), "security": status.get("security")}
                 except MiyaqError:
                     continue
         return out
@@ -197,7 +230,9 @@ class LocalCluster:
         args = ["node", "--zk", self.zk_hosts, "--cluster", self.name, "--node-id", node_id,
                 "--host", spec.host, "--port", str(spec.port), "--replicas", str(self.replicas),
                 "--data-dir", spec.data_dir, "--fsync", self.fsync, *NODE_DEFAULTS, *self.node_args]
-        if spec.netns:
+        if self.key_dir is not None:
+            args += ["--keys", self.key_dir]
+        elif spec.netns:
             args.append("--insecure")   # a namespace's 10.x address: reachable only from this run
         argv = miyaq_argv(*args)
         skew = self.skews.get(node_id)
@@ -301,8 +336,11 @@ class LocalCluster:
         name = f"worker{self._worker_seq}"
         args = ["worker", APP, "--processes", "1", "--concurrency", str(self.concurrency),
                 "--connect", ",".join(self.endpoints), "--heartbeat", "0.5", "--grace", "5"]
-        child = Child(name, miyaq_argv(*args), os.path.join(self.run_dir, f"{name}.log"),
-                      env={ENV_DIR: self.run_dir}).start()
+        env = {ENV_DIR: self.run_dir}
+        key, server_key = self.credentials("worker")
+        if key is not None and server_key is not None:
+            env.update(MIYAQ_KEY=key, MIYAQ_SERVER_KEY=server_key)
+        child = Child(name, miyaq_argv(*args), os.path.join(self.run_dir, f"{name}.log"), env=env).start()
         self.workers.append(child)
         return child
 

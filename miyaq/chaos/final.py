@@ -37,11 +37,12 @@ def _state(client: Client, task_id: str) -> str:
 
 
 def final_states(endpoints: list[str], ids: list[str], deadline: float,
-                 progress: Callable[[int, int], None] | None = None) -> dict[str, str]:
+                 progress: Callable[[int, int], None] | None = None, key: str | None = None,
+                 server_key: str | None = None) -> dict[str, str]:
     """``{task id: state}`` for every id (see the module docstring).
     ``deadline`` is a ``time.monotonic()`` value."""
     states: dict[str, str] = {}
-    client = Client(endpoints, request_timeout=2.0, submit_timeout=5.0)
+    client = Client(endpoints, request_timeout=2.0, submit_timeout=5.0, key=key, server_key=server_key)
     try:
         with ThreadPoolExecutor(THREADS, thread_name_prefix="chaos-final") as pool:
             todo = list(ids)

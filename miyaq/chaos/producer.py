@@ -39,7 +39,7 @@ MAX_TASK_TIME = 10.0
 class Producer:
     def __init__(self, endpoints: list[str], history: HistoryWriter, *, rate: float, duration: float,
                  task_time: float = 0.05, submit_timeout: float = 10.0, window: int = 5000,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, key: str | None = None, server_key: str | None = None) -> None:
         self.endpoints = endpoints
         self.history = history
         self.rate = rate
@@ -47,7 +47,7 @@ class Producer:
         self.task_time = task_time
         self.submit_timeout = submit_timeout
         self.rng = rng or random.Random()
-        self.client = Client(endpoints, window=window, submit_timeout=submit_timeout)
+        self.client = Client(endpoints, window=window, submit_timeout=submit_timeout, key=key, server_key=server_key)
         self.submitted = 0
         self.acked = 0
         self.failed = 0

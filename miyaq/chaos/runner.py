@@ -73,6 +73,7 @@ class ChaosConfig:
     unsafe: bool = False
     partitions: bool = False
     rolling: bool = False
+    secure: bool = False
     zk: str | None = None
     cluster: str = "chaos"
     fsync: str = "interval"
@@ -95,6 +96,8 @@ class ChaosConfig:
             raise ConfigError("durations and timeouts must not be negative")
         if self.rolling and (self.zk or self.partitions):
             raise ConfigError("--rolling runs on its own local cluster: not with --zk or --partitions")
+        if self.secure and self.zk:
+            raise ConfigError("--secure makes the keys of its own local cluster: not with --zk")
         if self.rolling and self.nodes < 2:
             raise ConfigError("--rolling needs at least 2 nodes")
 
@@ -114,7 +117,7 @@ def make_cluster(config: ChaosConfig, run_dir: str, rng: random.Random) -> Any:
         disks = SmallDisks()
     return LocalCluster(run_dir, nodes=config.nodes, replicas=config.replicas, workers=config.workers,
                         concurrency=config.concurrency, fsync=config.fsync, node_args=config.node_args,
-                        name=config.cluster, net=net, disks=disks)
+                        name=config.cluster, net=net, disks=disks, secure=config.secure)
 
 
 def wait_whole(cluster: Any, timeout: float) -> None:
@@ -195,11 +198,13 @@ class ChaosRun:
                            interval=c.interval, fault_duration=c.fault_duration, pause_duration=c.pause_duration,
                            workers=c.workers, concurrency=c.concurrency, task_time=c.task_time,
                            partitions=c.partitions, unsafe=c.unsafe, fsync=c.fsync, external=bool(c.zk),
+                           secure=c.secure,
                            rolling=c.rolling, run_dir=self.run_dir)
         self.history.write("phase", name="load")
+        key, server_key = cluster.credentials("producer")
         producer = Producer(cluster.endpoints, self.history, rate=c.rate, duration=c.duration,
                             task_time=c.task_time, submit_timeout=c.submit_timeout,
-                            rng=random.Random(self.rng.random())).start()
+                            rng=random.Random(self.rng.random()), key=key, server_key=server_key).start()
         kinds = [k for k in c.faults if k in cluster.capabilities]
         for kind in c.faults:
             if kind not in cluster.capabilities:
@@ -253,7 +258,8 @@ class ChaosRun:
         def progress(n: int, total: int) -> None:
             self.out.write(f"  ... {n}/{total}\n")
 
-        states = final_states(endpoints, ids, deadline, progress)
+        key, server_key = cluster.credentials("admin")
+        states = final_states(endpoints, ids, deadline, progress, key=key, server_key=server_key)
         for task_id, state in states.items():
             self.history.write("final", id=task_id, state=state)
         self.history.write("phase", name="checked")

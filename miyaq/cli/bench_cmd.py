@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="interpreter that runs miyaq's node, workers and producer (another build)")
     p.add_argument("--compare-python", default=None, metavar="PATH",
                    help="also run miyaq with this interpreter (another build) and print ratios to it")
+    p.add_argument("--keys", action="store_true",
+                   help="also run miyaq with CURVE on every socket (node --keys, workers and producer with "
+                        "keys) and print ratios to it: the cost of keys (docs/security.md)")
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="record a py-spy profile of every process during each phase into DIR "
                         "(needs py-spy; profiled figures are slower than unprofiled ones)")
@@ -67,6 +70,8 @@ def check(args: argparse.Namespace) -> None:
         raise ConfigError("--idle and --delayed must be >= 0, --cluster at least 2")
     if args.fsync and args.connect:
         raise ConfigError("--fsync applies to the node the bench starts; not with --connect")
+    if args.keys and args.connect:
+        raise ConfigError("--keys makes the keys of the node the bench starts; not with --connect")
     if args.confirmed and args.rate:
         raise ConfigError("--confirmed submits one at a time; it takes no --rate")
     if args.connect and (args.cluster or args.python or args.compare_python):
@@ -100,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
                       payload=args.payload, rate=args.rate, connect=args.connect, timeout=args.timeout,
                       fsync=args.fsync, baseline=args.baseline, confirmed=args.confirmed, idle=args.idle,
                       repeat=args.repeat, python=args.python, compare_python=args.compare_python,
-                      cluster=args.cluster, profile=args.profile, profile_format=args.profile_format)
+                      cluster=args.cluster, profile=args.profile, profile_format=args.profile_format,
+                      keys=args.keys)
     stream = sys.stderr if sys.stderr.isatty() else None
     result = run_bench(cfg, progress_stream=stream)
     print(report.to_json(result) if args.json else report.summary(result), flush=True)

@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--cluster", default="chaos", help="cluster name [chaos]")
     g.add_argument("--partitions", action="store_true",
                    help="each node in its own network namespace (root, Linux), and partition faults")
+    g.add_argument("--secure", action="store_true",
+                   help="CURVE on every socket: keys in the run directory, one per role (admin probes, "
+                        "producer, workers), nodes with --keys (not with --zk; docs/security.md)")
     g = p.add_argument_group("load")
     g.add_argument("--duration", type=float, default=DEFAULT_DURATION, help="seconds of load and faults [60]")
     g.add_argument("--rate", type=float, default=200.0, help="submits per second [200]")
@@ -112,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
         duration=args.duration, rate=args.rate, task_time=args.task_time,
         faults=parse_kinds(args.faults, args.partitions), fault_order=args.fault_order, interval=args.interval,
         fault_duration=args.fault_duration, pause_duration=args.pause_duration, unsafe=args.unsafe,
-        partitions=args.partitions, rolling=args.rolling, zk=args.zk, cluster=args.cluster, fsync=args.fsync,
+        partitions=args.partitions, rolling=args.rolling, secure=args.secure, zk=args.zk, cluster=args.cluster,
+        fsync=args.fsync,
         node_args=list(args.node_arg), submit_timeout=args.submit_timeout, drain_timeout=args.drain_timeout,
         recover_timeout=args.recover_timeout, out=args.out, seed=args.seed)
     handler = _Interrupt()
