@@ -291,3 +291,33 @@ def test_resolutions_deferred_by_the_driver_wait_for_run_and_keep_their_order() 
     core.resolver.deferring = False
     core.resolver.run()
     assert order == ["t1", "t2"]
+
+
+def test_task_ids_are_unique_across_threads_and_a_forked_child() -> None:
+    """Ids come from a per-thread pool of os.urandom bytes: threads never share
+    bytes, and a forked child forgets its parent's pool (else both would make
+    the same ids)."""
+    import os
+    import threading
+
+    from miyaq.client.wire import new_id
+    new_id()                                   # the parent has a pool now
+    ids: list[str] = []
+    threads = [threading.Thread(target=lambda: ids.extend(new_id() for _ in range(2000))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:                               # the child: its next ids, to the parent
+        os.write(write, "".join(new_id() for _ in range(10)).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 4096).decode()
+    os.close(read)
+    os.close(write)
+    parents = [new_id() for _ in range(10)]
+    children = [child[i:i + 32] for i in range(0, 320, 32)]
+    everything = ids + parents + children
+    assert len(everything) == len(set(everything)) == 8020

@@ -129,7 +129,7 @@ class Client:
                 break
             if not io.room.wait(min(1.0, max(0.0, deadline - monotonic()))) and monotonic() >= deadline:
                 raise Timeout(f"submit window ({self.window}) stayed full for {self.submit_timeout:g}s")
-        io.submit(Pending(wire, future, now, deadline))
+        io.submit(Pending(wire, future, now, deadline), wait)
         if wait:
             handle.wait_accepted()
         else:

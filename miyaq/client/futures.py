@@ -57,7 +57,11 @@ class Future(Resolvable):
     __slots__ = ("_make_event", "_event")
 
     def __init__(self, make_event: Callable[[], Any]) -> None:
-        super().__init__()
+        # The fields set here rather than through Resolvable.__init__: one per
+        # pipelined submit, where a call more is a measurable share.
+        self._done = False
+        self._value: Any = None
+        self._error: MiyaqError | None = None
         self._make_event = make_event
         self._event: Any = None
 

@@ -41,6 +41,10 @@ logger = logging.getLogger(__name__)
 
 READ_BURST = 1000
 """Most messages read from one socket per pass (the others get their turn)."""
+SHORT_PATH_GAP = 0.001
+"""A submit nobody waits for takes the short path only this long (seconds)
+after the last one that did: faster than that, submits are a stream, and the
+I/O thread's batches cost less than a message each."""
 
 
 class IOLoop:
@@ -70,6 +74,7 @@ class IOLoop:
         self.short_path = kit.name == "thread"
         self.lock = kit.lock()         # the core and the sockets (threads: see the module's docstring)
         self._fds: Any = None          # the I/O thread's OS poll
+        self._last_short = 0.0         # when a submit last took the short path
         self._handle: Any = None
 
     # -- Transport (called by the core, by whoever holds the lock) ------------------------
@@ -107,12 +112,17 @@ class IOLoop:
         run = self._run_threaded if self.short_path else self._run_polling
         self._handle = self.kit.spawn(run, "miyaq-client-io")
 
-    def submit(self, p: Pending) -> None:
+    def submit(self, p: Pending, waits: bool = False) -> None:
+        """Hand a submit over. ``waits``: its caller waits for it at once (it
+        cannot be batched with its own later submits)."""
         with self.count_lock:
             self.core.submitted += 1
-        # Unacknowledged submits (a burst): queue it at once, to be batched.
-        if not (self.core.submits.idle and self._direct(lambda now: self._submit_now(p, now))):
-            self._put(("submit", p))
+        # Unacknowledged submits, or a stream of them: queue it, to be batched.
+        if (self.core.submits.idle and (waits or p.created - self._last_short >= SHORT_PATH_GAP)
+                and self._direct(lambda now: self._submit_now(p, now))):
+            self._last_short = p.created
+            return
+        self._put(("submit", p))
 
     def _submit_now(self, p: Pending, now: float) -> None:
         if not self.core.submit(p, now):

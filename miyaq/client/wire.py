@@ -4,6 +4,7 @@ tasks a pull consumer receives (docs/protocol.md §2, §5, §6)."""
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, Iterable
 
 import msgpack
@@ -15,9 +16,30 @@ TASK_OPTIONS = ("queue", "priority", "eta", "countdown", "ttl", "max_retries", "
 _OPTION_SET = frozenset(TASK_OPTIONS)
 
 
+_ID_BYTES = 16
+_POOL_BYTES = _ID_BYTES * 256
+_random = threading.local()   # per thread: a pool of os.urandom bytes and the next offset in it
+
+
+def _forget_pool() -> None:
+    _random.__dict__.clear()
+
+
+os.register_at_fork(after_in_child=_forget_pool)   # a child must never reuse its parent's bytes
+
+
 def new_id() -> str:
-    """A fresh random 128-bit task id (32 hex digits)."""
-    return os.urandom(16).hex()
+    """A fresh random 128-bit task id (32 hex digits) from ``os.urandom``,
+    read 256 ids at a time (one system call per id was a measurable share of
+    a pipelined submit). The pool is per thread and forgotten in a forked
+    child, so no two ids come from the same bytes."""
+    pool = _random.__dict__
+    offset = pool.get("offset", _POOL_BYTES)
+    if offset >= _POOL_BYTES:
+        pool["bytes"] = os.urandom(_POOL_BYTES)
+        offset = 0
+    pool["offset"] = offset + _ID_BYTES
+    return pool["bytes"][offset:offset + _ID_BYTES].hex()
 
 
 def pack_args(args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None) -> bytes:
