@@ -68,9 +68,18 @@ class Speaker:
             self.sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
         self.sock.connect(endpoint)
         self._req = 0
+        self.undelivered = 0
 
     def send(self, command: bytes, body: dict[str, Any]) -> None:
-        self.sock.send_multipart([c.TAG, command, msgpack.packb(body, use_bin_type=True)])
+        """Send without blocking. A DEALER whose handshake was refused has no
+        connection left to queue on (a blocking send would wait forever, which
+        the suite saw under load): that message is dropped, as the network
+        would drop it, and counted in ``undelivered``; the sender then gets no
+        answer."""
+        try:
+            self.sock.send_multipart([c.TAG, command, msgpack.packb(body, use_bin_type=True)], zmq.NOBLOCK)
+        except zmq.Again:
+            self.undelivered += 1
 
     def try_send(self, command: bytes, body: dict[str, Any]) -> bool:
         """Send without waiting; False when the socket has no connection to
