@@ -2,9 +2,44 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
+
+from miyaq.runtime.clock import monotonic
 
 
 def setup_logging(level: str = "INFO") -> None:
     """Log to stderr at ``level`` (an unknown name means INFO), one line a record."""
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+class LogLimiter:
+    """Log lines a flood could repeat (a bad record from a peer, a refused
+    message) at a bounded rate: at most ``burst`` lines per ``per`` seconds
+    for each ``kind`` (a constant from the code, so the kinds are bounded).
+    Lines over the rate are counted and the count is told with the next line
+    let through."""
+
+    def __init__(self, logger: logging.Logger, burst: int = 5, per: float = 60.0) -> None:
+        self.logger = logger
+        self.burst = burst
+        self.per = per
+        self._windows: dict[str, list[float]] = {}     # kind -> [window start, lines in it, suppressed]
+
+    def warning(self, kind: str, message: str, *args: Any) -> bool:
+        """Log ``message % args`` at WARNING unless ``kind`` is over its rate;
+        True if it was logged."""
+        now = monotonic()
+        window = self._windows.get(kind)
+        if window is None or now - window[0] >= self.per:
+            suppressed = int(window[2]) if window is not None else 0
+            window = self._windows[kind] = [now, 0.0, 0.0]
+            if suppressed:
+                self.logger.warning("%d more %s line(s) were not logged in the last %.0fs",
+                                    suppressed, kind, self.per)
+        if window[1] >= self.burst:
+            window[2] += 1
+            return False
+        window[1] += 1
+        self.logger.warning(message, *args)
+        return True

@@ -101,6 +101,7 @@ FRAME_FAULTS = [
     pytest.param([TAG], "bad_frame", id="one-frame"),
     pytest.param([TAG, c.STATUS], "bad_frame", id="two-frames"),
     pytest.param([TAG, c.STATUS, pack({}), b"extra"], "bad_frame", id="four-frames"),
+    pytest.param([TAG, c.SUBMIT] + [b"x" * 1000] * 60, "bad_frame", id="sixty-frames"),
     pytest.param([TAG, c.STATUS, b"\xc1"], "bad_encoding", id="invalid-msgpack-byte"),
     pytest.param([TAG, c.SUBMIT, b"\x81\xa5tasks"], "bad_encoding", id="truncated-msgpack"),
     pytest.param([TAG, c.STATUS, pack({"a": 1}) + b"\x00"], "bad_encoding", id="trailing-bytes"),
@@ -265,7 +266,8 @@ def test_message_over_max_message_is_too_large(make_node, client_for, dealer):
     sock = dealer(n.endpoint)
     sock.send_multipart([TAG, c.STATUS, pack({"req": 1, "pad": b"x" * 5000})])
     expect_error(sock, "too_large")
-    tasks = [{"id": f"t{i}", "name": "echo", "body": b"y" * 400} for i in range(20)]
+    # Over max_message, under max_message + 4 KiB (a larger frame is dropped with the connection).
+    tasks = [{"id": f"t{i}", "name": "echo", "body": b"y" * 400} for i in range(12)]
     sock.send_multipart([TAG, c.SUBMIT, pack({"tasks": tasks})])
     expect_error(sock, "too_large")
     assert_counted_and_nothing_stored(client, before, "too_large", n=2)
@@ -273,6 +275,22 @@ def test_message_over_max_message_is_too_large(make_node, client_for, dealer):
     command, body = recv(sock)
     assert command == c.REPLY and body["req"] == 2
     assert_still_serving(client)
+
+
+def test_message_of_small_frames_over_the_limit_is_too_large(make_node, client_for, dealer):
+    """Fault: a message whose frames are each under the per-frame limit but
+    together over the message limit (max_message + 4 KiB). It is drained
+    without being kept and answered too_large; the same peer is served next."""
+    n = make_node(max_message=4096)
+    client = client_for(n.endpoint)
+    before = snapshot(client)
+    sock = dealer(n.endpoint)
+    sock.send_multipart([TAG, b"S" * 5000, b"x" * 5000])
+    expect_error(sock, "too_large")
+    assert_counted_and_nothing_stored(client, before, "too_large")
+    sock.send_multipart([TAG, c.STATUS, pack({"req": 2})])
+    command, body = recv(sock)
+    assert command == c.REPLY and body["req"] == 2
 
 
 def _next_event(monitor: zmq.Socket) -> int:

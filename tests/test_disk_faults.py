@@ -22,6 +22,7 @@ from disk_faults import FailingDisk
 from miyaq.config import NodeConfig
 from miyaq.errors import Busy
 from miyaq.core.engine import Engine
+from miyaq.core.refusals import Refusals
 from miyaq.persistence.replay import replay
 from miyaq.store.log import AppendLog
 from miyaq.testing.disk import SmallFilesystem, can_mount
@@ -42,7 +43,7 @@ def logged_ids(data_dir: Path, scratch: Path) -> set[str]:
     shutil.copytree(data_dir, copy, ignore=shutil.ignore_patterns("LOCK"))
     engine = Engine(NodeConfig(node_id="replay"))
     log = AppendLog(copy)
-    replay(engine, log, now=0.0)
+    replay(engine, log, 0.0, Refusals())
     log.close()
     table = engine.table
     return set(table.live) | set(table.dead) | set(table.tombstones)

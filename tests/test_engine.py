@@ -16,6 +16,7 @@ import pytest
 
 from miyaq.config import NodeConfig
 from miyaq.errors import Busy, NotFound, ShuttingDown
+from miyaq.core import invariants
 from miyaq.core.engine import Engine, retry_delay
 from miyaq.core.listener import EngineListener
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE
@@ -678,7 +679,10 @@ def test_queue_counts_stay_consistent_over_a_random_walk():
     """A seeded random walk of 5,000 operations (submits with every option,
     take/start, done, failed, stale done/failed, touch, release, worker loss,
     cancel, time passing, dead-letter retry/purge, tombstone sweeps). After
-    every step the counters match the table and none is negative."""
+    every step the counters match the table and none is negative; no task is
+    stuck (core/invariants.py) and every stored task and tombstone passes the
+    validation a peer's record passes (protocol/recordspec.py), checked every
+    20 steps and at the end."""
     rng = random.Random(20240601)
     engine = make_engine(max_tasks=250, max_dead=20, max_tombstones=200, result_ttl=30.0,
                          dedup_window=15.0)
@@ -771,6 +775,10 @@ def test_queue_counts_stay_consistent_over_a_random_walk():
         elif op == "sweep":
             engine.table.sweep(now)
         check_consistent(engine)
+        if step % 20 == 0:
+            # Nothing waits forever, and everything stored passes validation
+            # (as a peer's record would). O(n): every 20 steps.
+            assert invariants.problems(engine) == [], (step, op)
 
     # The walk really went through the interesting states.
     finished = Counter(s.state for s in engine.table.tombstones.values())
@@ -788,6 +796,7 @@ def test_queue_counts_stay_consistent_over_a_random_walk():
         taken.add(t.id)
     assert taken == ready
     check_consistent(engine)
+    assert invariants.problems(engine) == []
 
 
 # -- scale ---------------------------------------------------------------------------

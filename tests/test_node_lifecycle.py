@@ -302,7 +302,7 @@ def test_duplicate_start_names_the_node_it_was_started_on(caplog: pytest.LogCapt
     running = task("dup-1")
     running.state = RUNNING
     seen: list[dict[str, Any]] = []
-    events = EventPublisher("me", SimpleNamespace(send=lambda dest, evs: None))   # type: ignore[arg-type]
+    events = EventPublisher("me", SimpleNamespace(send=lambda dest, evs: None), 1 << 24)   # type: ignore[arg-type]
     events.duplicate_run = lambda t, info: seen.append(info)   # type: ignore[method-assign]
     engine = SimpleNamespace(table=SimpleNamespace(live={"dup-1": running}, dead={}))
     role = SimpleNamespace(engine=engine, events=events, duplicates_seen=0)

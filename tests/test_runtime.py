@@ -7,7 +7,7 @@ import pytest
 
 from miyaq.runtime import CRITICAL, LOG, RESTART, Supervisor
 from miyaq.runtime import clock, green
-from miyaq.runtime.sockets import SocketFactory, zmq
+from miyaq.runtime.sockets import MessageRefused, SocketFactory, recv_bounded, zmq
 
 
 def _boom() -> None:
@@ -98,7 +98,7 @@ def test_socket_factory_router_dealer_round_trip() -> None:
     try:
         router = factory.router("tcp://127.0.0.1:*")
         endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
-        assert router.getsockopt(zmq.MAXMSGSIZE) == 2 * 1024 + 4096
+        assert router.getsockopt(zmq.MAXMSGSIZE) == 1024 + 4096 == factory.frame_limit
         dealer = factory.dealer(endpoint, identity=b"w1", immediate=True)
         dealer.send_multipart([b"hello"])
         with green.Timeout(5):
@@ -142,6 +142,61 @@ def test_socket_factory_refuses_an_unknown_flavour() -> None:
     """Fault: a typo in the flavour is a clear error, not a plain-zmq factory."""
     with pytest.raises(ValueError, match="unknown socket flavour 'async'"):
         SocketFactory(flavour="async")
+
+
+def _pair(factory: SocketFactory) -> tuple[object, object]:
+    router = factory.router("tcp://127.0.0.1:*")
+    dealer = factory.dealer(router.getsockopt_string(zmq.LAST_ENDPOINT), identity=b"w1")
+    return router, dealer
+
+
+def test_bounded_reader_keeps_a_message_within_its_limits() -> None:
+    factory = SocketFactory(green=True, max_message=1024)
+    try:
+        router, dealer = _pair(factory)
+        dealer.send_multipart([b"MQ1", b"STATUS", b"x" * 1000])
+        with green.Timeout(5):
+            frames, user = recv_bounded(router, 4, factory.frame_limit)
+        assert frames == [b"w1", b"MQ1", b"STATUS", b"x" * 1000] and user is None
+        with pytest.raises(zmq.Again):
+            recv_bounded(router, 4, factory.frame_limit, zmq.NOBLOCK)
+    finally:
+        factory.close()
+
+
+def test_bounded_reader_drains_a_message_with_too_many_frames_and_reads_the_next() -> None:
+    """Fault: a message of 50 frames where the protocol has 3. Refused with
+    its routing id and its real size; the next message reads whole."""
+    factory = SocketFactory(green=True, max_message=1024)
+    try:
+        router, dealer = _pair(factory)
+        dealer.send_multipart([b"f%d" % i for i in range(50)])
+        dealer.send_multipart([b"MQ1", b"STATUS", b"{}"])
+        with green.Timeout(5):
+            with pytest.raises(MessageRefused) as info:
+                recv_bounded(router, 4, factory.frame_limit)
+            assert (info.value.head, info.value.reason, info.value.frames) == (b"w1", "frames", 51)
+            frames, _ = recv_bounded(router, 4, factory.frame_limit)
+        assert frames == [b"w1", b"MQ1", b"STATUS", b"{}"]
+    finally:
+        factory.close()
+
+
+def test_bounded_reader_refuses_a_message_over_its_byte_limit_made_of_small_frames() -> None:
+    """Fault: three frames, each under the per-frame limit, that together
+    exceed the message limit. Refused as too many bytes; the next reads whole."""
+    factory = SocketFactory(green=True, max_message=1024)
+    try:
+        router, dealer = _pair(factory)
+        dealer.send_multipart([b"a" * 2000, b"b" * 2000, b"c" * 2000])
+        dealer.send_multipart([b"ok"])
+        with green.Timeout(5):
+            with pytest.raises(MessageRefused) as info:
+                recv_bounded(router, 4, factory.frame_limit)
+            assert info.value.reason == "bytes" and info.value.size == 2 + 6000
+            assert recv_bounded(router, 4, factory.frame_limit)[0] == [b"w1", b"ok"]
+    finally:
+        factory.close()
 
 
 def test_thread_wake_runs_callback_in_hub() -> None:

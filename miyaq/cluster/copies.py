@@ -2,7 +2,9 @@
 and answering the peer requests about them.
 
 * REPLICATE (a submit's copy, or a handed-off task): :meth:`Copies.install`
-  each record, answer with the ids stored -- once they are in this node's
+  each record that passes the checks a SUBMIT passes
+  (:mod:`miyaq.protocol.recordspec`; a refused one is counted and logged with
+  its sender, never stored), answer with the ids stored -- once they are in this node's
   log, as on the node that took the submit -- and with the outcome of those
   this node already saw finish (the sender must not run them again);
 * QUERY (a standby copy asking before it runs): how this node holds each id.
@@ -19,16 +21,20 @@ from typing import TYPE_CHECKING, Any
 
 from miyaq.cluster.holder_events import apply_early_start
 from miyaq.cluster.replicated_intake import is_resent
+from miyaq.cluster.sizes import EVENT_ALLOWANCE, outcome_size
 from miyaq.cluster.standby import describe
 from miyaq.constants import MAX_QUERY
+from miyaq.errors import InvalidField
+from miyaq.logs import LogLimiter
+from miyaq.protocol.recordspec import check_outcome, task_from_record
 from miyaq.runtime import wall
-from miyaq.store.records import task_from_record
 from miyaq.store.task import DEAD, SCHEDULED
 
 if TYPE_CHECKING:
     from miyaq.cluster.role import ClusterRole
 
 logger = logging.getLogger(__name__)
+_log = LogLimiter(logger)      # a full node refuses whole batches: a few lines a minute
 
 
 
@@ -43,13 +49,19 @@ class Copies:
         if not isinstance(records, list):
             return {"ids": []}
         now = wall()
-        stored = [r["id"] for r in records if isinstance(r, dict) and self.install(r, now)]
+        stored = [r["id"] for r in records
+                  if self.install(r, now, "handoff" if isinstance(r, dict) and "state" in r else "replicate",
+                                  sender)]
         table = self.engine.table
         finished = {}
+        room = self.role.config.max_message // 2
         for task_id in stored:
             stone = table.tombstone(task_id)
             if stone is not None and task_id not in table.live:
-                finished[task_id] = [stone.state, stone.result, stone.error]
+                room -= outcome_size(stone.result, stone.error)
+                # Past half the answer's room a result is left out (the state
+                # alone stops a second run); the holders that have it keep it.
+                finished[task_id] = [stone.state, stone.result if room >= 0 else None, stone.error]
         answer: dict[str, Any] = {"ids": stored}
         if finished:
             answer["finished"] = finished     # the sender must not run these again
@@ -63,49 +75,70 @@ class Copies:
         ids = body.get("ids")
         if not isinstance(ids, list):
             return {"states": {}}
-        return {"states": {i: describe(self.role, i) for i in ids[:MAX_QUERY] if isinstance(i, str)}}
+        # Ids past MAX_QUERY or past max_message of answer are left out: the
+        # asker asks about those again later.
+        states: dict[str, list[Any]] = {}
+        room = self.role.config.max_message
+        for i in ids[:MAX_QUERY]:
+            if isinstance(i, str) and i not in states:
+                state = describe(self.role, i)
+                room -= outcome_size(state[1], state[2]) if len(state) == 3 else EVENT_ALLOWANCE
+                if room < 0:
+                    break
+                states[i] = state
+        return {"states": states}
 
     # -- copies -----------------------------------------------------------------------
-    def finish_known(self, finished: dict[str, Any]) -> None:
+    def finish_known(self, sender: str, finished: dict[str, Any]) -> None:
         """Another holder already finished these tasks: finish our copies."""
         now = wall()
+        config = self.role.config
         with self.role.events.applying_remote():
             for task_id, outcome in finished.items():
-                if isinstance(outcome, list) and len(outcome) == 3 and task_id in self.engine.table.live:
-                    self.engine.finish_copy(task_id, outcome[0], outcome[1], outcome[2], now)
+                if not (isinstance(task_id, str) and task_id in self.engine.table.live):
+                    continue
+                try:
+                    if not isinstance(outcome, list) or len(outcome) != 3:
+                        raise InvalidField("a finished task must be [state, result, error]", field="answer")
+                    state, result, error = check_outcome(outcome[0], outcome[1], outcome[2], config)
+                except InvalidField as err:
+                    self.role.refusals.refuse("answer", sender, err)
+                    continue
+                self.engine.finish_copy(task_id, state, result, error, now)
 
-    def install(self, record: dict[str, Any], now: float) -> bool:
+    def install(self, record: Any, now: float, source: str, sender: str) -> bool:
         """Store (or update) this node's copy of a replicated or handed-off
-        task. Idempotent; never resurrects a finished task."""
+        task, once it passed the checks a SUBMIT passes (``source`` and
+        ``sender`` name where a refused one came from). Idempotent; never
+        resurrects a finished task."""
         role = self.role
-        holders = record.get("holders")
-        if not isinstance(holders, list) or not isinstance(record.get("id"), str):
+        try:
+            task = task_from_record(record, role.config)
+            if not task.holders:
+                raise InvalidField("a copy's record must list its holders", field="holders")
+        except InvalidField as err:
+            role.refusals.refuse(source, sender, err)
             return False
-        senders = list(holders)
+        holders = senders = list(task.holders)
         if role.view.members:
             # The sender's view of the ring may be older or newer than ours:
             # place the copy by our own view, and refuse it if we are not a
             # holder there (the sender keeps its copy and asks again later).
-            key = record.get("key")
-            replicas = int(record.get("replicas", len(holders)) or len(holders))
-            holders = role.holders(key if key is not None else record["id"], replicas)
+            replicas = task.replicas if "replicas" in record else len(holders)
+            holders = role.holders(task.key if task.key is not None else task.id, replicas)
         if role.node_id not in holders:
             return False
         engine = self.engine
         table = engine.table
-        existing = table.live.get(record["id"]) or table.dead.get(record["id"])
+        existing = table.live.get(task.id) or table.dead.get(task.id)
         if existing is not None:
             existing.holders = tuple(holders)
             existing.rank = holders.index(role.node_id)
             return True
-        if table.tombstone(record["id"]) is not None:
+        if table.tombstone(task.id) is not None:
             return True
-        try:
-            task = task_from_record(record)
-        except (KeyError, TypeError):
-            return False
         task.holders = tuple(holders)
-        state = record.get("state", SCHEDULED)
+        state = task.state
         task.state = SCHEDULED
         task.rank = holders.index(role.node_id)
         if state == DEAD:
@@ -114,7 +147,7 @@ class Copies:
             return True
         if "state" in record:    # a handed-off copy of a task under way elsewhere
             task.standby = True
-            base = max(task.eta, record.get("lease_end", 0.0), now)
+            base = max(task.eta, task.lease_end, now)
             task.eta = base + role.offset_for(task, minimum=1)
         else:
             # Views that disagree (a ring change under way) can make two nodes
@@ -129,9 +162,9 @@ class Copies:
                 task.eta = max(task.eta, now + role.offset_for(task, minimum=1))
         try:
             status, _ = engine.submit(task, now)
-        except Exception as exc:   # Busy, ShuttingDown, or a malformed record from a peer: not stored
-            logger.warning("could not store a copy of %s: %s", task.id, exc)
+        except Exception as exc:   # Busy, ShuttingDown, too many queues: not stored
+            _log.warning("copy", "could not store a copy of %s: %s", task.id, exc)
             return False
         if status == "accepted":
             apply_early_start(role, task)    # its runner's STARTED event came first
-        return status == "accepted" or record["id"] in table.live
+        return status == "accepted" or task.id in table.live

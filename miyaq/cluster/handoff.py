@@ -16,8 +16,10 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from miyaq.cluster.peer import REPLICATE
+from miyaq.cluster.sizes import chunks, record_size
 from miyaq.constants import HANDOFF_CHUNK, HANDOFF_CONFIRM_TIMEOUT, HANDOFF_RETRY
 from miyaq.runtime import monotonic
+from miyaq.protocol.recordspec import confirmed_ids
 from miyaq.store.records import transfer_record
 from miyaq.store.task import RUNNING
 
@@ -79,9 +81,9 @@ class Handoff:
         return sent
 
     def _send(self, outbox: dict[str, list[dict[str, Any]]]) -> None:
+        budget = self.role.config.max_message
         for holder, records in outbox.items():
-            for start in range(0, len(records), HANDOFF_CHUNK):
-                chunk = records[start:start + HANDOFF_CHUNK]
+            for chunk in chunks(records, HANDOFF_CHUNK, budget, record_size):
                 ids = [r["id"] for r in chunk]
                 self.role.peer.request(holder, REPLICATE, {"tasks": chunk}, HANDOFF_CONFIRM_TIMEOUT,
                                        self._callback(holder, ids))
@@ -93,7 +95,7 @@ class Handoff:
         if answer is None:
             return
         table = self.role.engine.table
-        for task_id in answer.get("ids") or ():
+        for task_id in confirmed_ids(answer):
             waiting = self.leaving.get(task_id)
             if waiting is None:
                 continue

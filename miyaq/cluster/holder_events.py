@@ -8,13 +8,15 @@ destination. A change made *because* another holder said so (its events, a
 resync, a standby check's answer) is not announced again: such code runs
 inside :meth:`EventPublisher.applying_remote`, the one owner of that state.
 
-:func:`apply_events` is the receiving side: it moves the local copy the same
-way — a standby copy pushes its timer out past the runner's lease, a
-finished task leaves a tombstone (even for an id this node does not know,
-so a late copy cannot come back). A STARTED event for a task whose copy has
-not arrived yet (it overtook the REPLICATE) is kept, bounded, and applied
-when the copy is installed (:func:`apply_early_start`): the standby then
-knows the lease and who holds it.
+:func:`apply_events` is the receiving side: it checks each event
+(:func:`miyaq.protocol.recordspec.check_event`: a bad one is refused,
+counted and skipped) and moves the local copy the same way — a standby copy
+pushes its timer out past the runner's lease, a finished task leaves a
+tombstone (even for an id this node does not know, so a late copy cannot
+come back). A STARTED event for a task whose copy has not arrived yet (it
+overtook the REPLICATE) is kept, bounded, and applied when the copy is
+installed (:func:`apply_early_start`): the standby then knows the lease and
+who holds it.
 
 Events (arrays): ``["S", id, attempt, lease_end, at_most_once, lessee]``
 started (``lessee``: who the attempt was leased to, so that worker may report
@@ -32,10 +34,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from miyaq.cluster.sizes import chunks, event_size
 from miyaq.cluster.transport import StreamPublisher
 from miyaq.constants import EARLY_START_TTL, MAX_EARLY_STARTS, MAX_STREAM_EVENTS
 from miyaq.core.engine import note_lessee
 from miyaq.core.listener import EngineListener
+from miyaq.errors import InvalidField
+from miyaq.protocol.recordspec import STARTED_ELSEWHERE, check_event
 from miyaq.runtime import monotonic, wall
 from miyaq.store.table import Tombstone
 from miyaq.store.task import READY, RETRYING, RUNNING, SCHEDULED, Task
@@ -45,13 +50,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-STARTED_ELSEWHERE = "started-elsewhere"   # tombstone of an at-most-once copy
 
 
 class EventPublisher(EngineListener):
-    def __init__(self, node_id: str, stream: StreamPublisher) -> None:
+    def __init__(self, node_id: str, stream: StreamPublisher, max_message: int) -> None:
         self.me = node_id
         self.stream = stream
+        self.max_message = max_message    # each stream message stays under it
         self.outbox: dict[str, list[list[Any]]] = {}
         self.duplicates = 0
         self._remote = 0      # > 0 while applying what another holder did
@@ -121,8 +126,8 @@ class EventPublisher(EngineListener):
         outbox, self.outbox = self.outbox, {}
         send = self.stream.send
         for dest, events in outbox.items():
-            for start in range(0, len(events), MAX_STREAM_EVENTS):
-                send(dest, events[start:start + MAX_STREAM_EVENTS])
+            for chunk in chunks(events, MAX_STREAM_EVENTS, self.max_message, event_size):
+                send(dest, chunk)
 
 
 def apply_events(role: ClusterRole, src: str, events: list[Any]) -> None:
@@ -130,9 +135,13 @@ def apply_events(role: ClusterRole, src: str, events: list[Any]) -> None:
     engine = role.engine
     table = engine.table
     now = wall()
+    config = role.config
     with role.events.applying_remote():
-        for ev in events:
-            if not isinstance(ev, list) or len(ev) < 2 or not isinstance(ev[1], str):
+        for ev in events if isinstance(events, list) else ():
+            try:
+                check_event(ev, config)
+            except InvalidField as err:
+                role.refusals.refuse("stream", src, err)
                 continue
             op, task_id = ev[0], ev[1]
             if op == "F":

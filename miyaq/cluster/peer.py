@@ -26,6 +26,12 @@ With keys, only peer keys complete the handshake on the peer port (ZAP
 domain ``miyaq-peer``), and each request's key is looked up again (a
 :class:`~miyaq.security.guard.Guard`): a key revoked while connected is
 answered ``forbidden`` from its next request on.
+
+Both readers bound what they keep of a message
+(:func:`~miyaq.runtime.sockets.recv_bounded`): a request over the limit is
+answered ``bad_frame`` or ``too_large``, an answer over it is dropped (the
+request then ends in silence); senders split what they send to stay under
+``max_message`` (:mod:`miyaq.cluster.sizes`).
 """
 from __future__ import annotations
 
@@ -36,10 +42,11 @@ from typing import Any, Callable
 
 from miyaq.cluster.transport import Body, Callback, Handler, Reply
 from miyaq.constants import PEER_RECONNECT_MS
-from miyaq.errors import BadVersion, MiyaqError, ProtocolError
+from miyaq.errors import BadFrame, BadVersion, MiyaqError, ProtocolError, TooLarge
 from miyaq.protocol import codec
+from miyaq.protocol.commands import FRAMES
 from miyaq.runtime import CRITICAL, LOG, Supervisor, green, monotonic
-from miyaq.runtime.sockets import SocketFactory, recv_with_user, zmq
+from miyaq.runtime.sockets import MessageRefused, SocketFactory, recv_bounded, zmq
 from miyaq.security.guard import Guard
 
 logger = logging.getLogger(__name__)
@@ -211,7 +218,9 @@ class PeerEndpoint(PeerRequests):
 
     def __init__(self, sockets: SocketFactory, supervisor: Supervisor, node_id: str, bind: str,
                  guard: Guard | None = None) -> None:
-        super().__init__(supervisor, node_id, sockets.max_message, guard)
+        # A peer's body may exceed max_message by the fields a node adds to the
+        # records it forwards (a client's largest task plus its holders...).
+        super().__init__(supervisor, node_id, sockets.frame_limit, guard)
         self.sockets = sockets
         self.router = sockets.router(bind, audience="peer")   # with CURVE: other nodes only
         self.dealers: dict[str, Any] = {}          # node id -> DEALER
@@ -235,7 +244,7 @@ class PeerEndpoint(PeerRequests):
             if node_id == self.node_id or node_id in self.dealers:
                 continue
             # IMMEDIATE: never queue for a peer that is not there.
-            sock = self.sockets.dealer(endpoint, immediate=True, reconnect_ms=PEER_RECONNECT_MS)
+            sock = self.sockets.dealer(endpoint, immediate=True, reconnect_ms=PEER_RECONNECT_MS, bounded=True)
             self.dealers[node_id] = sock
             self.endpoints[node_id] = endpoint
             self._poller.register(sock, zmq.POLLIN)
@@ -260,20 +269,30 @@ class PeerEndpoint(PeerRequests):
     # -- receiving ---------------------------------------------------------------------------
     def serve_requests(self) -> None:
         """Read the ROUTER (requests from peers) and answer each."""
-        router = self.router
-        recv = ((lambda flags: recv_with_user(router, flags)) if self.guard is not None
-                else (lambda flags: (router.recv_multipart(flags), None)))
         while not self._closed:
-            frames, user = recv(0)
-            self._handle_request(frames, user)
+            self._read_request(0)
             for _ in range(256):
                 try:
-                    frames, user = recv(zmq.NOBLOCK)
+                    self._read_request(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                self._handle_request(frames, user)
             for hook in self.after_burst:
                 hook()
+
+    def _read_request(self, flags: int) -> None:
+        try:
+            frames, user = recv_bounded(self.router, FRAMES + 1, self.max_message, flags,
+                                        with_user=self.guard is not None)
+        except MessageRefused as refused:
+            err: MiyaqError
+            if refused.reason == "frames":
+                err = BadFrame(f"expected {FRAMES} frames [tag, command, body], got {refused.frames - 1}")
+            else:
+                err = TooLarge(f"message of {refused.size} bytes exceeds the limit of {self.max_message}")
+            self.errors[err.code] += 1
+            self._answer(refused.head, None, err.to_wire())
+            return
+        self._handle_request(frames, user)
 
     def serve_answers(self) -> None:
         """Read every DEALER; expire requests that got no answer."""
@@ -286,9 +305,12 @@ class PeerEndpoint(PeerRequests):
             for sock in list(events):
                 for _ in range(256):
                     try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                        frames, _ = recv_bounded(sock, FRAMES, self.max_message, zmq.NOBLOCK)
                     except zmq.Again:
                         break
+                    except MessageRefused as refused:
+                        self.errors["too_large" if refused.reason == "bytes" else "bad_frame"] += 1
+                        continue    # dropped: its request ends in silence
                     except zmq.ZMQError:
                         break   # closed by connect() meanwhile
                     self._handle_answer(frames)

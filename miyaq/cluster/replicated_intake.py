@@ -19,10 +19,12 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from miyaq.cluster.peer import REPLICATE
+from miyaq.cluster.sizes import chunks, record_size
 from miyaq.constants import MAX_PENDING_SUBMITS
 from miyaq.core.handles import Ack, AckTarget
 from miyaq.errors import MiyaqError, NotEnoughReplicas, Unavailable
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE, REJECTED
+from miyaq.protocol.recordspec import confirmed_ids
 from miyaq.runtime import monotonic, wall
 from miyaq.store.records import task_record
 from miyaq.store.task import READY, SCHEDULED, Task
@@ -104,24 +106,28 @@ class ReplicatedIntake:
         self._maybe_ack(task.id, entry)
 
     def flush(self) -> None:
-        """Send the burst's REPLICATE batches (one request per holder)."""
+        """Send the burst's REPLICATE batches (one request per holder, split
+        to stay under ``max_message``)."""
         if not self.outbox:
             return
         outbox, self.outbox = self.outbox, {}
+        budget = self.role.config.max_message
         for holder, records in outbox.items():
-            ids = [r["id"] for r in records]
-            self.role.peer.request(holder, REPLICATE, {"tasks": records}, self.timeout, self._callback(ids))
+            for chunk in chunks(records, len(records), budget, record_size):
+                ids = [r["id"] for r in chunk]
+                self.role.peer.request(holder, REPLICATE, {"tasks": chunk}, self.timeout,
+                                       self._callback(holder, ids))
 
-    def _callback(self, ids: list[str]) -> Callable[[dict[str, Any] | None], None]:
-        return lambda answer: self._replicated(ids, answer)
+    def _callback(self, holder: str, ids: list[str]) -> Callable[[dict[str, Any] | None], None]:
+        return lambda answer: self._replicated(holder, ids, answer)
 
-    def _replicated(self, ids: list[str], answer: dict[str, Any] | None) -> None:
+    def _replicated(self, holder: str, ids: list[str], answer: dict[str, Any] | None) -> None:
         if answer is None:
             return   # silence: the deadline sweep decides
         finished = answer.get("finished")
         if isinstance(finished, dict) and finished:
-            self.role.finish_known(finished)
-        stored = set(answer.get("ids") or ())
+            self.role.finish_known(holder, finished)
+        stored = confirmed_ids(answer)
         for task_id in ids:
             entry = self.pending.get(task_id)
             if entry is not None and task_id in stored:

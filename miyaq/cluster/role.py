@@ -3,7 +3,8 @@ streams, replicated submits, standby checks, handoff and resync.
 
 The clustered :class:`~miyaq.core.handles.Role`. It is given, by the
 composition root (:func:`miyaq.node.assemble.build_node`): the core pieces it
-works on (engine, gate, acknowledgements, the directory of members), the
+works on (engine, gate, acknowledgements, the directory of members, the
+count of refused peer records), the
 write barrier of the log, the node's supervisor, a
 :class:`~miyaq.cluster.transport.Transport` for its peer link and streams,
 and a :class:`~miyaq.cluster.membership.Coordinator` (ZooKeeper in
@@ -33,6 +34,7 @@ from miyaq.constants import (
 from miyaq.core.directory import Directory
 from miyaq.core.engine import Engine
 from miyaq.core.gate import FENCED, RECONCILING, Gate
+from miyaq.core.refusals import Refusals
 from miyaq.core.handles import Ack, WriteBarrier
 from miyaq.core.service import ServiceEndpoint
 from miyaq.runtime import CRITICAL, RESTART, Supervisor, green, monotonic
@@ -48,8 +50,9 @@ class ClusterRole:
 
     def __init__(self, config: NodeConfig, engine: Engine, gate: Gate, endpoint: ServiceEndpoint,
                  directory: Directory, barrier: WriteBarrier, supervisor: Supervisor,
-                 transport: Transport, coordinator: Coordinator) -> None:
+                 transport: Transport, coordinator: Coordinator, refusals: Refusals) -> None:
         self.config = config
+        self.refusals = refusals      # records from peers that fail validation
         self.node_id = config.id
         self.engine = engine
         self.gate = gate
@@ -66,7 +69,7 @@ class ClusterRole:
         self.resync = Resync(self)
         self.subscriber = transport.subscriber(self.node_id, lambda src, evs: apply_events(self, src, evs),
                                                self.resync.start)
-        self.events = EventPublisher(self.node_id, self.publisher)
+        self.events = EventPublisher(self.node_id, self.publisher, config.max_message)
         self.fence = Fence(self.node_id, coordinator, self.subscriber)
         self.copies = Copies(self)
         self.standby = StandbyChecker(self)
@@ -237,11 +240,11 @@ class ClusterRole:
         task.standby = task.rank > 0
         task.eta += self.offset_for(task)
 
-    def install(self, record: dict[str, Any], now: float) -> bool:
-        return self.copies.install(record, now)
+    def install(self, record: Any, now: float, source: str, sender: str) -> bool:
+        return self.copies.install(record, now, source, sender)
 
-    def finish_known(self, finished: dict[str, Any]) -> None:
-        self.copies.finish_known(finished)
+    def finish_known(self, sender: str, finished: dict[str, Any]) -> None:
+        self.copies.finish_known(sender, finished)
 
     def streams_ready(self) -> bool:
         """Every member's stream has been heard and none is resyncing."""

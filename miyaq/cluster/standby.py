@@ -19,11 +19,15 @@ WILLQUEUE. Per task:
   ring that may disagree during a change, and two standby copies asking
   each other at once must not both run) → push this copy's timer out by
   one offset and ask again then;
+- a holder that answered but left the id out (its answer was full) → ask
+  again after one offset;
 - otherwise (every other holder silent, unaware of it, or a standby with a
   larger node id) → take over: the copy becomes ready here, and its start
   is announced to the others like any start.
 
 Only silence lets a copy run; that is what keeps duplicates to real failures.
+An answer that fails its checks (:mod:`miyaq.protocol.recordspec`) counts as
+silence from that holder, and is counted and logged as a refused record.
 """
 from __future__ import annotations
 
@@ -32,8 +36,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from miyaq.cluster.holder_events import STARTED_ELSEWHERE
 from miyaq.cluster.peer import QUERY
-from miyaq.constants import QUERY_TIMEOUT
+from miyaq.constants import MAX_QUERY, QUERY_TIMEOUT
 from miyaq.core.listener import EngineListener
+from miyaq.errors import InvalidField
+from miyaq.protocol.recordspec import check_state_answer
 from miyaq.runtime import wall
 from miyaq.store.task import DEAD, READY, RETRYING, RUNNING, SCHEDULED, Task
 
@@ -47,6 +53,8 @@ UNKNOWN_WAITS = 3
 """Offsets a standby copy waits for an earlier-ranked holder that does not
 know the task yet (handoffs are retried every few seconds)."""
 MAX_UNKNOWN_WAITING = 100_000
+#: An id a holder left out of its answer (it was full): asked again later.
+LATER = "later"
 
 
 def describe(role: ClusterRole, task_id: str) -> list[Any]:
@@ -72,12 +80,18 @@ class StandbyChecker(EngineListener):
     def __init__(self, role: ClusterRole) -> None:
         self.role = role
         self.due: list[Task] = []
+        self.asking: set[str] = set()       # ids whose QUERY answers are not all in
         self.takeovers = 0
         self.deferrals = 0
         self._unknown_waits: dict[str, int] = {}     # task id -> waits for an earlier holder that lacks it
 
     def task_due_elsewhere(self, task: Task) -> None:
         self.due.append(task)
+
+    def waiting(self) -> set[str]:
+        """Copies without a timer for now: due, or asking the other holders
+        (each QUERY ends, answered or silent, within QUERY_TIMEOUT)."""
+        return self.asking | {t.id for t in self.due}
 
     def flush(self) -> None:
         """Ask about every copy that came due (one QUERY per holder)."""
@@ -101,16 +115,22 @@ class StandbyChecker(EngineListener):
                 self._take_over(task, now)
                 continue
             checks[task.id] = (task, [], set(others))
+            self.asking.add(task.id)
             for h in others:
                 asks.setdefault(h, []).append(task.id)
         for holder, ids in asks.items():
-            role.peer.request(holder, QUERY, {"ids": ids}, QUERY_TIMEOUT, self._callback(holder, ids, checks))
+            for start in range(0, len(ids), MAX_QUERY):
+                chunk = ids[start:start + MAX_QUERY]
+                role.peer.request(holder, QUERY, {"ids": chunk}, QUERY_TIMEOUT, self._callback(holder, chunk, checks))
 
     def _callback(self, holder: str, ids: list[str], checks: Checks) -> Callable[[dict[str, Any] | None], None]:
         return lambda answer: self._answered(holder, ids, answer, checks)
 
     def _answered(self, holder: str, ids: list[str], answer: dict[str, Any] | None, checks: Checks) -> None:
-        states = (answer or {}).get("states") or {}
+        states = answer.get("states") if answer is not None else None
+        answered = isinstance(states, dict)
+        if not isinstance(states, dict):
+            states = {}
         now = wall()
         for task_id in ids:
             check = checks.get(task_id)
@@ -119,10 +139,17 @@ class StandbyChecker(EngineListener):
             task, answers, waiting = check
             waiting.discard(holder)
             state = states.get(task_id)
-            if isinstance(state, list) and state:
-                answers.append((holder, state))
+            if state is not None:
+                try:
+                    check_state_answer(state, self.role.config)
+                    answers.append((holder, state))
+                except InvalidField as err:    # as if that holder had not answered
+                    self.role.refusals.refuse("query", holder, err)
+            elif answered:
+                answers.append((holder, [LATER]))     # left out of a full answer: ask again later
             if not waiting:
                 del checks[task_id]
+                self.asking.discard(task_id)
                 self._decide(task, answers, now)
 
     def _decide(self, task: Task, answers: Answers, now: float) -> None:
@@ -158,7 +185,7 @@ class StandbyChecker(EngineListener):
             return
         for holder, a in answers:
             state = a[0]
-            active = state in (READY, RUNNING) or (state in (SCHEDULED, RETRYING) and not a[1])
+            active = state in (READY, RUNNING, LATER) or (state in (SCHEDULED, RETRYING) and not a[1])
             # Between two standby copies the smaller node id goes first, whatever
             # their ranks: ranks come from views of the ring that may disagree.
             first_standby = state in (SCHEDULED, RETRYING) and a[1] and holder < role.node_id

@@ -38,7 +38,7 @@ from miyaq.cluster.peer import PEER_PROTOCOL
 from miyaq.cluster.transport import Apply, AskResync
 from miyaq.constants import STREAM_HEARTBEAT, STREAM_SILENCE
 from miyaq.runtime import CRITICAL, Supervisor, green, monotonic
-from miyaq.runtime.sockets import SocketFactory, zmq
+from miyaq.runtime.sockets import MessageRefused, SocketFactory, recv_bounded, zmq
 
 logger = logging.getLogger(__name__)
 
@@ -241,6 +241,8 @@ class ZmqStreamSubscriber(StreamReceiver):
         super().__init__(node_id, apply, resync)
         self.supervisor = supervisor
         self.sub = sockets.subscriber([topic(node_id)])
+        self.limit = sockets.frame_limit
+        self.refused = 0          # messages over the limit (too many frames or bytes), dropped
         self.connected: dict[str, str] = {}
         self._closed = False
 
@@ -264,18 +266,28 @@ class ZmqStreamSubscriber(StreamReceiver):
         self.supervisor.spawn("stream reader", self.serve, policy=CRITICAL)
 
     def serve(self) -> None:
-        sub = self.sub
         while not self._closed:
             with green.Timeout(STREAM_HEARTBEAT, False):
-                frames = sub.recv_multipart()
-                self._handle(frames)
+                self._read(0)
                 for _ in range(256):
                     try:
-                        frames = sub.recv_multipart(zmq.NOBLOCK)
+                        self._read(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    self._handle(frames)
             self._check_silence(monotonic())
+
+    def _read(self, flags: int) -> None:
+        """One message, kept only within the limits ([topic, body], ``frame_limit``
+        bytes); a refused one is dropped like a lost one (the gap it leaves
+        asks for a resync)."""
+        try:
+            frames, _ = recv_bounded(self.sub, 2, self.limit, flags)
+        except MessageRefused as refused:
+            self.refused += 1
+            logger.warning("replication message of %d frames, %d bytes dropped (over the limit)",
+                           refused.frames, refused.size)
+            return
+        self._handle(frames)
 
     def close(self) -> None:
         if self._closed:

@@ -2,10 +2,13 @@
 
 When a replication stream from node S shows a gap, goes silent, or comes
 from a new incarnation of S, this node asks S for the state of every task
-they both hold (SYNC, in chunks of ``RESYNC_CHUNK`` with a cursor) plus S's newest
-tombstones, and reconciles its copies: tasks it lacks are installed, copies
+they both hold (SYNC, in chunks of at most ``RESYNC_CHUNK`` tasks and
+``max_message`` bytes, with a cursor) plus S's newest tombstones, and
+reconciles its copies: tasks it lacks are installed, copies
 S runs are pushed out past S's lease, and tasks S finished or dead-lettered
-are finished or dead-lettered here.
+are finished or dead-lettered here. Every record and tombstone of the answer
+is checked like a SUBMIT first (:mod:`miyaq.protocol.recordspec`); a bad one
+is refused, counted and skipped.
 """
 from __future__ import annotations
 
@@ -13,7 +16,10 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from miyaq.cluster.peer import SYNC
+from miyaq.cluster.sizes import chunks, outcome_size, record_size
 from miyaq.constants import RESYNC_CHUNK, RESYNC_STONES, RESYNC_TIMEOUT
+from miyaq.errors import InvalidField
+from miyaq.protocol.recordspec import check_stone, task_from_record
 from miyaq.runtime import wall
 from miyaq.store.records import transfer_record
 from miyaq.store.task import DEAD, RUNNING
@@ -35,7 +41,7 @@ class Resync:
 
     def _ask(self, src: str, cursor: int) -> None:
         self.role.peer.request(src, SYNC, {"cursor": cursor}, RESYNC_TIMEOUT,
-                               lambda answer: self._apply(src, answer))
+                               lambda answer: self._apply(src, answer, cursor))
 
     def _holds(self, task_id: str, key: Any) -> bool:
         routing_key = key if isinstance(key, str) else task_id
@@ -46,16 +52,29 @@ class Resync:
         if not isinstance(cursor, int) or cursor < 0:
             cursor = 0
         table = self.role.engine.table
-        shared = [t for t in list(table.live.values()) + list(table.dead.values()) if sender in t.holders]
-        chunk = shared[cursor:cursor + RESYNC_CHUNK]
-        answer: dict[str, Any] = {"tasks": [transfer_record(t) for t in chunk],
-                                  "next": cursor + RESYNC_CHUNK if cursor + RESYNC_CHUNK < len(shared) else None}
+        budget = self.role.config.max_message
+        answer: dict[str, Any] = {}
         if cursor == 0:
-            stones = list(table.tombstones.values())[-RESYNC_STONES:]
-            answer["stones"] = [[s.id, s.state, s.result, s.error, s.key] for s in stones]
+            # The newest tombstones, as many as half the message holds.
+            stones: list[list[Any]] = []
+            room = budget // 2
+            for s in reversed(list(table.tombstones.values())[-RESYNC_STONES:]):
+                room -= outcome_size(s.result, s.error)
+                if room < 0:
+                    break
+                stones.append([s.id, s.state, s.result, s.error, s.key])
+            stones.reverse()
+            answer["stones"] = stones
+            budget -= budget // 2
+        shared = [t for t in list(table.live.values()) + list(table.dead.values()) if sender in t.holders]
+        records = [transfer_record(t) for t in shared[cursor:cursor + RESYNC_CHUNK]]
+        first = next(chunks(records, RESYNC_CHUNK, budget, record_size), [])
+        following = cursor + len(first)
+        answer["tasks"] = first
+        answer["next"] = following if following < len(shared) else None
         return answer
 
-    def _apply(self, src: str, answer: dict[str, Any] | None) -> None:
+    def _apply(self, src: str, answer: dict[str, Any] | None, cursor: int = 0) -> None:
         role = self.role
         if answer is None:
             role.subscriber.resync_done(src)    # asked again when the stream stays suspect
@@ -64,32 +83,39 @@ class Resync:
         table = engine.table
         now = wall()
         with role.events.applying_remote():
-            for stone in answer.get("stones") or ():
-                if not (isinstance(stone, list) and len(stone) >= 4 and isinstance(stone[0], str)):
+            for stone in _items(answer.get("stones")):
+                try:
+                    task_id, state, result, error, key = check_stone(stone, role.config)
+                except InvalidField as err:
+                    role.refusals.refuse("sync", src, err)
                     continue
-                if stone[0] in table.live or stone[0] in table.dead:
-                    engine.finish_copy(stone[0], stone[1], stone[2], stone[3], now)
-                elif table.tombstone(stone[0]) is None and self._holds(stone[0], stone[4] if len(stone) > 4 else None):
+                if task_id in table.live or task_id in table.dead:
+                    engine.finish_copy(task_id, state, result, error, now)
+                elif table.tombstone(task_id) is None and self._holds(task_id, key):
                     # We should hold it but lost it (e.g. restarted with an empty
                     # data dir): keep its outcome, so status, result and dedup by
                     # id and key still answer and a resubmit does not run it again.
-                    key = stone[4] if len(stone) > 4 and isinstance(stone[4], str) else None
-                    engine.finish_copy(stone[0], stone[1], stone[2], stone[3], now, key=key)
-            for record in answer.get("tasks") or ():
-                if not isinstance(record, dict):
+                    engine.finish_copy(task_id, state, result, error, now, key=key)
+            for record in _items(answer.get("tasks")):
+                try:
+                    theirs = task_from_record(record, role.config)
+                except InvalidField as err:
+                    role.refusals.refuse("sync", src, err)
                     continue
-                record_id = record.get("id")
-                if not isinstance(record_id, str):
-                    continue
-                mine = table.live.get(record_id) or table.dead.get(record_id)
+                mine = table.live.get(theirs.id) or table.dead.get(theirs.id)
                 if mine is None:
-                    role.install(record, now)
-                elif record.get("state") == DEAD and mine.state != DEAD:
-                    engine.kill_copy(mine, record.get("error"))
-                elif record.get("state") == RUNNING and mine.standby and mine.state != RUNNING:
-                    engine.defer(mine, record.get("lease_end", now) + role.offset_for(mine, minimum=1))
-        if answer.get("next"):
-            self._ask(src, answer["next"])
+                    role.install(record, now, "sync", src)
+                elif theirs.state == DEAD and mine.state != DEAD:
+                    engine.kill_copy(mine, theirs.error)
+                elif theirs.state == RUNNING and mine.standby and mine.state != RUNNING:
+                    engine.defer(mine, (theirs.lease_end or now) + role.offset_for(mine, minimum=1))
+        following = answer.get("next")
+        if type(following) is int and following > cursor:     # always forward: a resync ends
+            self._ask(src, following)
         else:
             self.completed += 1
             role.subscriber.resync_done(src)
+
+
+def _items(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []

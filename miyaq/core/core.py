@@ -2,8 +2,8 @@
 
 :class:`Core` builds them together, wired the one way they always are: the
 engine (task state), the dispatch gate, queue limits, the dispatcher, the
-service socket, long-poll waiters, the worker registry and the directory of
-the ring's other nodes. The loops that drive them are
+service socket, long-poll waiters, the worker registry, the directory of
+the ring's other nodes and the count of records refused from peers and the log. The loops that drive them are
 :class:`~miyaq.core.clockwork.Clockwork`; the command table is
 :class:`~miyaq.core.handlers.ServiceHandlers`. Parts (persistence, the role,
 periodic schedules, the gateway, metrics) are given the pieces they need,
@@ -19,6 +19,7 @@ from miyaq.core.dispatcher import Dispatcher
 from miyaq.core.engine import Engine
 from miyaq.core.gate import SHUTTING_DOWN, Gate
 from miyaq.core.limits import QueueLimits, parse_limits
+from miyaq.core.refusals import Refusals
 from miyaq.core.service import ServiceEndpoint
 from miyaq.core.waiters import Waiters
 from miyaq.core.workers import WorkerRegistry
@@ -42,6 +43,7 @@ class Core:
         self.waiters = Waiters(self.dispatcher, config.max_waiters, config.max_waiters_per_connection,
                                config.max_waiters_per_key, self.endpoint.reachable)
         self.directory = Directory()
+        self.refusals = Refusals()
         self.workers = WorkerRegistry(self.engine, self.dispatcher, self.endpoint, self.directory,
                                       config.id, config.heartbeat, config.liveness)
         self.engine.listeners += [self.dispatcher, self.waiters]
@@ -62,7 +64,8 @@ class Core:
 
     # -- views -------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        """Queues, totals, outcomes, protocol errors and the gate, for STATUS and /status."""
+        """Queues, totals, outcomes, protocol errors, records refused from peers
+        and the log, and the gate, for STATUS and /status."""
         engine, workers = self.engine, self.workers
         counts = engine.queue_counts()
         idle = workers.idle_by_queue()
@@ -79,7 +82,8 @@ class Core:
         for (_, outcome), n in engine.outcomes.items():
             outcomes[outcome] = outcomes.get(outcome, 0) + n
         return {"accepting": engine.accepting, "queues": queues, "totals": totals, "outcomes": outcomes,
-                "errors": dict(self.endpoint.errors), "max_tasks": self.config.max_tasks,
+                "errors": dict(self.endpoint.errors), "records_refused": self.refusals.by_source(),
+                "max_tasks": self.config.max_tasks,
                 "ignored": {"not_leased": engine.not_leased, "foreign_heartbeats": workers.foreign_heartbeats},
                 "waiters": {"pending": self.waiters.count, "released": self.waiters.released,
                             "probes": self.waiters.probes},

@@ -14,6 +14,11 @@ is looked up and its role checked before any handler runs (``forbidden``
 otherwise); handlers read who sent the message being handled in
 :attr:`ServiceEndpoint.caller`. Without keys ``caller`` is None and nothing
 is checked: the reader takes the plain path, as fast as before.
+
+Messages are read with :func:`~miyaq.runtime.sockets.recv_bounded`: a
+message with more frames than the protocol's (routing id + 3) or more bytes
+than ``max_message`` plus the frames' slack is drained without being kept and
+answered BAD_FRAME or TOO_LARGE.
 """
 from __future__ import annotations
 
@@ -24,11 +29,11 @@ from typing import Any, Callable
 from miyaq.constants import (
     SERVICE_BURST, SERVICE_BURST_WORK, SERVICE_HEARTBEAT_IVL_MS, SERVICE_HEARTBEAT_TIMEOUT_MS,
 )
-from miyaq.errors import BadVersion, MiyaqError, ProtocolError
+from miyaq.errors import BadFrame, BadVersion, MiyaqError, ProtocolError, TooLarge
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c
 from miyaq.runtime import wall
-from miyaq.runtime.sockets import SocketFactory, zmq
+from miyaq.runtime.sockets import MessageRefused, SocketFactory, zmq
 from miyaq.security.guard import Guard
 from miyaq.security.keystore import Identity
 
@@ -46,11 +51,13 @@ PROBE = codec.pack({"probe": True})
 
 class ServiceEndpoint:
     def __init__(self, sockets: SocketFactory, bind: str, guard: Guard | None = None) -> None:
-        # A message over twice the limit is dropped by libzmq (and the peer
-        # disconnected) before it is read; up to that it gets a TOO_LARGE reply.
+        # A frame over the limit is dropped by libzmq (and the peer
+        # disconnected) before it is read; a message over it gets TOO_LARGE.
         self.sock = sockets.hub_router(bind, users=guard is not None,
-                                       heartbeat_ms=(SERVICE_HEARTBEAT_IVL_MS, SERVICE_HEARTBEAT_TIMEOUT_MS))
+                                       heartbeat_ms=(SERVICE_HEARTBEAT_IVL_MS, SERVICE_HEARTBEAT_TIMEOUT_MS),
+                                       max_frames=c.FRAMES + 1)
         self.max_message = sockets.max_message
+        self.message_limit = sockets.frame_limit
         self.handlers: dict[bytes, Handler] = {}
         self.guard = guard
         self.caller: Identity | None = None   # the key behind the message being handled (None: no keys)
@@ -164,19 +171,38 @@ class ServiceEndpoint:
             logger.exception("handler for %s failed", command)
             self.error(identity, MiyaqError("internal error while handling the request"), req)
 
+    def refuse(self, refused: MessageRefused) -> None:
+        """Answer a message the reader drained without keeping (too many frames or bytes)."""
+        self.messages += 1
+        err: MiyaqError
+        if refused.reason == "frames":
+            err = BadFrame(f"expected {c.FRAMES} frames [tag, command, body], got {refused.frames - 1}")
+        else:
+            err = TooLarge(f"message of {refused.size} bytes exceeds the limit of {self.message_limit}")
+        logger.debug("refused a message from %r: %s", refused.head, err.message)
+        self.error(refused.head, err)
+
     def serve(self) -> None:
         """The reader loop; returns when the socket is closed."""
         sock = self.sock
         while not self._closed:
             try:
-                frames, user = sock.recv()
+                try:
+                    frames, user = sock.recv()
+                except MessageRefused as refused:
+                    self.refuse(refused)
+                    continue
                 now = wall()
                 self.work = 0
                 self.handle(frames, now, user)
                 for _ in range(SERVICE_BURST):
                     if self.work >= SERVICE_BURST_WORK:
                         break
-                    more = sock.recv_nowait()
+                    try:
+                        more = sock.recv_nowait()
+                    except MessageRefused as refused:
+                        self.refuse(refused)
+                        continue
                     if more is None:
                         break
                     self.handle(more[0], now, more[1])

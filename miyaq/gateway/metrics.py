@@ -164,6 +164,12 @@ class NodeCollector(Collector):
         for code, n in sorted(core.endpoint.errors.items()):
             errors.add_metric([code], n)
         yield errors
+        refused = CounterMetricFamily("miyaq_records_refused", "Records from other nodes or the log that failed "
+                                      "validation and were not stored, by source and field",
+                                      labels=["source", "field"])
+        for (source, field), n in sorted(core.refusals.counts.items()):
+            refused.add_metric([source, field], n)
+        yield refused
         throttled = CounterMetricFamily("miyaq_queue_throttled", "Times a queue was held back by its limits",
                                         labels=["queue"])
         for queue, n in sorted(core.limits.throttled.items()):

@@ -100,7 +100,7 @@ def _build(config: NodeConfig, supervisor: Supervisor, sockets: SocketFactory, c
     core = Core(config, sockets, supervisor, guard)
     persistence = None
     if config.data_dir:
-        persistence = Persistence(core.engine, _open_log(config, supervisor), supervisor, config.id)
+        persistence = Persistence(core.engine, _open_log(config, supervisor), supervisor, core.refusals, config.id)
         core.endpoint.ack_gate = persistence.after_written
     try:
         role, shared = _role(config, core, persistence or Immediate(), supervisor, sockets, coordinator, transport,
@@ -140,7 +140,7 @@ def _role(config: NodeConfig, core: Core, barrier: WriteBarrier, supervisor: Sup
         transport = ZmqTransport(sockets, supervisor, f"tcp://{config.host}:{config.peer}",
                                  f"tcp://{config.host}:{config.pub}", stream_drop, guard)
     role = ClusterRole(config, core.engine, core.gate, core.endpoint, core.directory, barrier, supervisor,
-                       transport, coordinator)
+                       transport, coordinator, core.refusals)
     return role, shared
 
 

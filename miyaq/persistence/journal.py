@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator
 
 from miyaq.core.engine import Engine
 from miyaq.core.listener import EngineListener
+from miyaq.core.refusals import Refusals
 from miyaq.persistence.replay import replay
 from miyaq.runtime import CRITICAL, Supervisor, monotonic, wall
 from miyaq.store.log import AppendLog
@@ -47,8 +48,10 @@ class Persistence(EngineListener):
 
     name = "persistence"
 
-    def __init__(self, engine: Engine, log: AppendLog, supervisor: Supervisor, node_id: str = "") -> None:
+    def __init__(self, engine: Engine, log: AppendLog, supervisor: Supervisor, refusals: Refusals,
+                 node_id: str = "") -> None:
         self.engine = engine
+        self.refusals = refusals      # records of the log that fail validation at replay
         self.log = log
         self.supervisor = supervisor
         self.node_id = node_id
@@ -61,7 +64,7 @@ class Persistence(EngineListener):
         """Rebuild the engine's table from the log; then listen, and refuse new
         tasks while the log cannot be written."""
         started = monotonic()
-        counts = replay(self.engine, self.log, wall())
+        counts = replay(self.engine, self.log, wall(), self.refusals)
         logger.info("node %s replayed %d log records in %.2fs: %d live tasks, %d tombstones "
                     "(log: %d corrupt records, %d bytes truncated)", self.node_id, counts["records"],
                     monotonic() - started, counts["tasks"], counts["tombstones"],

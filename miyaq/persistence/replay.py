@@ -1,33 +1,53 @@
 """Rebuilding a node's task table from its append-only log.
 
 The log's records are described in :mod:`miyaq.persistence.journal`; the
-task and tombstone formats in :mod:`miyaq.store.records`.
+task and tombstone formats in :mod:`miyaq.store.records`. A record can be
+whole (its checksum holds) and still wrong -- written by another version, or
+by a bug: each is checked like a record from a peer
+(:mod:`miyaq.protocol.recordspec`), and one that fails is skipped, counted
+(source ``log``) and logged, so nothing the log holds can poison the node.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from miyaq.core.engine import Engine
+from miyaq.core.refusals import Refusals
+from miyaq.errors import InvalidField
+from miyaq.protocol.recordspec import check_change, check_stone_record, task_from_record
 from miyaq.store.log import AppendLog
-from miyaq.store.records import task_from_record
 from miyaq.store.task import DEAD, READY, RETRYING, RUNNING, Task
 
 
-def replay(engine: Engine, log: AppendLog, now: float) -> dict[str, int]:
+def replay(engine: Engine, log: AppendLog, now: float, refusals: Refusals) -> dict[str, int]:
     """Rebuild the engine's table from the log. Running tasks come back ready
     (their worker is gone; the attempt stays spent). Returns counts."""
     tasks: dict[str, Task] = {}
     stones: dict[str, dict[str, Any]] = {}
     records = 0
+    config = engine.config
     for r in log.replay():
         records += 1
+        if not isinstance(r, dict):
+            refusals.refuse("log", log.directory, InvalidField("a log record must be a map", field="record"))
+            continue
         op = r.get("o")
         task_id = r.get("id")
         if not isinstance(task_id, str):
             continue
+        try:
+            if op == "A":
+                accepted = task_from_record(r, config)
+            elif op == "F":
+                check_stone_record(r, config)
+            else:
+                check_change(r)
+        except InvalidField as err:
+            refusals.refuse("log", log.directory, err)
+            continue
         if op == "A":
             stones.pop(task_id, None)
-            tasks[task_id] = task_from_record(r)
+            tasks[task_id] = accepted
             continue
         if op == "F":
             tasks.pop(task_id, None)

@@ -35,7 +35,7 @@ from miyaq.errors import InvalidField
 from miyaq.protocol import fields as f
 from miyaq.protocol.taskspec import YEAR, check_queue
 
-NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,39}$")
+NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,39}\Z")
 MIN_EVERY = 0.1                 # seconds; sub-second schedules exist for tests
 MAX_EVERY = YEAR
 MAX_BODY = 64 * 1024            # a schedule's arguments (msgpack), kept small: specs live in ZooKeeper

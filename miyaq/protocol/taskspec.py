@@ -16,8 +16,8 @@ from miyaq.store.task import Spec, Task, spec_for
 from miyaq.protocol import fields as f
 from miyaq.protocol.headers import check_header_fields
 
-_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
-_QUEUE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}\Z")     # \Z: "$" would let a trailing newline in
+_QUEUE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}\Z")
 METHODS = ("POST", "PUT", "PATCH", "GET", "DELETE")
 YEAR = 365 * 86400.0
 
@@ -32,6 +32,26 @@ def check_queue(value: Any, field: str = "queue") -> str:
     if not isinstance(value, str) or not _QUEUE.match(value):
         raise InvalidField(f"field {field!r} must be 1-128 characters of A-Z a-z 0-9 _ . : -", field=field)
     return value
+
+
+def check_headers(value: Any) -> dict[str, str]:
+    """A webhook task's extra HTTP headers: at most 64, strings to strings,
+    each one that can be sent (:mod:`miyaq.protocol.headers`: no CR or LF)."""
+    if not isinstance(value, dict) or len(value) > 64 or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise InvalidField("field 'headers' must map at most 64 strings to strings", field="headers")
+    return check_header_fields(value)
+
+
+def check_target(d: dict[str, Any]) -> tuple[str | None, str | None]:
+    """``(name, url)``: exactly one of a handler name or a webhook URL."""
+    name = f.string(d, "name", None, max_len=256)
+    url = f.string(d, "url", None, max_len=2048)
+    if (name is None) == (url is None):
+        raise InvalidField("a task needs exactly one of 'name' (handler) or 'url' (webhook)", field="name")
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise InvalidField("field 'url' must be an http:// or https:// URL", field="url")
+    return name, url
 
 
 _BASIC = frozenset({"id", "queue", "name", "body"})
@@ -71,12 +91,7 @@ def _plain_spec(queue: str, name: str, config: NodeConfig) -> Spec:
 
 
 def _full(d: dict[str, Any], task_id: str, queue: str, body: bytes, now: float, config: NodeConfig) -> Task:
-    name = f.string(d, "name", None, max_len=256)
-    url = f.string(d, "url", None, max_len=2048)
-    if (name is None) == (url is None):
-        raise InvalidField("a task needs exactly one of 'name' (handler) or 'url' (webhook)", field="name")
-    if url is not None and not url.startswith(("http://", "https://")):
-        raise InvalidField("field 'url' must be an http:// or https:// URL", field="url")
+    name, url = check_target(d)
     method = f.string(d, "method", "POST", max_len=8)
     if method not in METHODS:
         method = method.upper()
@@ -90,9 +105,7 @@ def _full(d: dict[str, Any], task_id: str, queue: str, body: bytes, now: float, 
     ttl = f.number(d, "ttl", None, lo=0.001, hi=10 * YEAR)
     meta = f.mapping(d, "headers", None)
     if meta is not None:
-        if len(meta) > 64 or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
-            raise InvalidField("field 'headers' must map at most 64 strings to strings", field="headers")
-        meta = {"headers": check_header_fields(meta)}
+        meta = {"headers": check_headers(meta)}
     offset = f.number(d, "offset", None, lo=0.0, hi=YEAR)
     if offset is not None:
         meta = dict(meta or {}, offset=offset)

@@ -27,9 +27,10 @@ import zmq.green as green_zmq
 from . import clock, green
 
 HWM = 100_000
-#: The service ROUTER accepts a message up to twice the configured limit
-#: (larger ones get a TOO_LARGE reply); above this libzmq drops it and the
-#: connection before it is read.
+#: Bytes one message may carry beyond ``max_message`` (its body): the routing
+#: id, the tag and command frames, and the fields a node adds to a record it
+#: forwards to another node. It is also each frame's limit over ``max_message``
+#: (libzmq ``MAXMSGSIZE``): no frame the protocol needs is larger.
 FRAME_SLACK = 4096
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
@@ -44,7 +45,8 @@ _backend_get = zmq.backend.Socket.get
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 
-__all__ = ["FLAVOURS", "HWM", "HubSocket", "SocketFactory", "SocketSecurity", "green_zmq", "recv_with_user", "zmq"]
+__all__ = ["FLAVOURS", "HWM", "HubSocket", "MessageRefused", "SocketFactory", "SocketSecurity", "green_zmq",
+           "recv_bounded", "recv_with_user", "zmq"]
 
 
 class SocketSecurity(Protocol):
@@ -74,6 +76,69 @@ def recv_with_user(sock: Any, flags: int = 0) -> tuple[list[bytes], str | None]:
     return frames, user
 
 
+class MessageRefused(Exception):
+    """A message :func:`recv_bounded` read to its end but did not keep: it had
+    more frames than allowed (``reason="frames"``) or more bytes
+    (``"bytes"``). ``head`` is its first frame (a ROUTER's routing id, to
+    answer it), ``frames`` and ``size`` what it really held."""
+
+    def __init__(self, head: bytes, user: str | None, frames: int, size: int, reason: str) -> None:
+        super().__init__(f"message of {frames} frames and {size} bytes refused ({reason})")
+        self.head = head
+        self.user = user
+        self.frames = frames
+        self.size = size
+        self.reason = reason
+
+
+def recv_bounded(sock: Any, max_frames: int, max_bytes: int, flags: int = 0,
+                 with_user: bool = True) -> tuple[list[bytes], str | None]:
+    """One multipart message and the User-Id its connection authenticated as
+    (None without CURVE, or when ``with_user`` is false: asking costs an
+    exception per message on a socket without CURVE), keeping at most
+    ``max_frames`` frames and ``max_bytes`` bytes (every frame counted, the
+    first included).
+
+    Frames are read one by one without copying; a frame past either limit is
+    dropped as soon as it is read, the rest of the message drained the same
+    way, and :class:`MessageRefused` raised once the message is over, so the
+    next read starts at the next message. Raises like ``recv`` (``zmq.Again``
+    with NOBLOCK when no message waits).
+
+    libzmq delivers a multipart message only once all of it has arrived, and
+    bounds only each frame (``MAXMSGSIZE``): this reader bounds what the
+    process keeps of it, not what libzmq buffered while it came in."""
+    first = sock.recv(flags, copy=False)
+    user: str | None = None
+    if with_user:
+        try:
+            user = first.get("User-Id")
+        except zmq.ZMQError:
+            user = None
+    head = first.bytes
+    frames = [head]
+    size = len(head)
+    count = 1
+    refused = ""
+    more = first.more
+    while more:
+        part = sock.recv(0, copy=False)     # the rest of the message is here already: never waits
+        more = part.more
+        count += 1
+        size += len(part)
+        if refused:
+            continue                        # drained: the frame is freed as it goes
+        if count > max_frames:
+            refused = "frames"
+        elif size > max_bytes:
+            refused = "bytes"
+        else:
+            frames.append(part.bytes)
+    if refused or size > max_bytes:
+        raise MessageRefused(head, user, count, size, refused or "bytes")
+    return frames, user
+
+
 #: A message's frames and the User-Id its connection authenticated as.
 Message = tuple[list[bytes], str | None]
 
@@ -97,10 +162,15 @@ class HubSocket:
     * not thread-safe, like every ZeroMQ socket: the hub's thread only.
     """
 
-    def __init__(self, sock: Any, users: bool = False) -> None:
+    def __init__(self, sock: Any, users: bool = False, limits: tuple[int, int] | None = None) -> None:
         self.sock = sock
         self._fd = green.FdWait(sock.getsockopt(zmq.FD))
-        self._take = self._take_with_user if users else self._take_plain
+        self._users = users
+        self._limits = limits
+        if limits is not None:
+            self._take = self._take_bounded
+        else:
+            self._take = self._take_with_user if users else self._take_plain
 
     def readable(self) -> bool:
         """A message can be received now. Processes ZeroMQ's pending commands
@@ -116,7 +186,9 @@ class HubSocket:
         """The next message and the User-Id its connection authenticated as
         (None without keys, or unless made with ``users``), waiting at most
         ``timeout`` seconds (None: for ever); None if none came in time.
-        Raises ``zmq.ZMQError`` when the socket is closed."""
+        Raises ``zmq.ZMQError`` when the socket is closed, and, made with
+        ``limits`` (frames, bytes), :class:`MessageRefused` for a message
+        over them (read to its end and not kept: :func:`recv_bounded`)."""
         deadline = None if timeout is None else clock.monotonic() + timeout
         while not self.readable():
             left = None if deadline is None else deadline - clock.monotonic()
@@ -142,6 +214,10 @@ class HubSocket:
     def _take_with_user(self) -> Message:
         return recv_with_user(self.sock, zmq.NOBLOCK)
 
+    def _take_bounded(self) -> Message:
+        assert self._limits is not None
+        return recv_bounded(self.sock, self._limits[0], self._limits[1], zmq.NOBLOCK, with_user=self._users)
+
     def send(self, frames: list[bytes]) -> None:
         """Send one message now or raise (``zmq.Again``: no room or, on a
         ROUTER, no such peer yet; ``ZMQError``: EHOSTUNREACH, closed...)."""
@@ -161,8 +237,11 @@ class HubSocket:
 class SocketFactory:
     """Makes and closes the sockets of one process part.
 
-    ``max_message`` is the size limit of one message in bytes; ROUTERs refuse
-    (libzmq ``MAXMSGSIZE``) anything over ``2 * max_message + FRAME_SLACK``.
+    ``max_message`` is the size limit of one message's body in bytes;
+    :attr:`frame_limit` (``max_message + FRAME_SLACK``) bounds each frame of
+    what the node's bound sockets and its SUB receive (libzmq ``MAXMSGSIZE``:
+    a larger frame drops the connection before it is buffered) and, read with
+    :func:`recv_bounded`, each whole message.
     """
 
     def __init__(self, *, green: bool = True, flavour: str | None = None, ctx: Any = None,
@@ -176,6 +255,7 @@ class SocketFactory:
         self.green = flavour == "green"
         self.ctx = ctx if ctx is not None else self.module.Context()
         self.max_message = max_message
+        self.frame_limit = max_message + FRAME_SLACK
         self.security = security
         self._closed = False
 
@@ -194,7 +274,7 @@ class SocketFactory:
         listener's options when it binds. ``plain``: a plain pyzmq socket even
         from a green factory (for a :class:`HubSocket`)."""
         sock = self.ctx.socket(zmq.ROUTER, socket_class=zmq.Socket if plain else None)
-        sock.setsockopt(zmq.MAXMSGSIZE, 2 * self.max_message + FRAME_SLACK)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.frame_limit)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         if heartbeat_ms is not None:
@@ -206,10 +286,13 @@ class SocketFactory:
         return sock
 
     def hub_router(self, bind: str, audience: str = "service", users: bool = False,
-                   heartbeat_ms: tuple[int, int] | None = None) -> HubSocket:
+                   heartbeat_ms: tuple[int, int] | None = None, max_frames: int | None = None) -> HubSocket:
         """:meth:`router`'s socket as a :class:`HubSocket` (a green factory
-        only); ``users``: each message comes with its connection's User-Id."""
-        return HubSocket(self.router(bind, audience, plain=True, heartbeat_ms=heartbeat_ms), users)
+        only); ``users``: each message comes with its connection's User-Id;
+        ``max_frames``: messages are read with :func:`recv_bounded`, at most
+        that many frames and :attr:`frame_limit` bytes."""
+        limits = (max_frames, self.frame_limit) if max_frames is not None else None
+        return HubSocket(self.router(bind, audience, plain=True, heartbeat_ms=heartbeat_ms), users, limits)
 
     def publisher(self, bind: str) -> Any:
         """A bound PUB (the replication stream). It drops at its high-water mark;
@@ -222,8 +305,10 @@ class SocketFactory:
 
     # -- connecting sockets -------------------------------------------------------
     def subscriber(self, topics: list[bytes]) -> Any:
-        """A SUB subscribed to ``topics``; connect it to publishers as they appear."""
+        """A SUB subscribed to ``topics``; connect it to publishers as they
+        appear. Frames over :attr:`frame_limit` drop the connection."""
         sock = self.ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.frame_limit)
         self._common(sock, HWM, HWM)
         self._connect_as_client(sock)
         for topic in topics:
@@ -232,14 +317,17 @@ class SocketFactory:
 
     def dealer(self, connect: str | None = None, *, identity: bytes | None = None,
                immediate: bool = False, sndhwm: int = HWM, reconnect_ms: tuple[int, int] | None = None,
-               plain: bool = False) -> Any:
+               plain: bool = False, bounded: bool = False) -> Any:
         """A DEALER, connected to ``connect`` if given.
 
         ``immediate`` keeps messages from queueing for a connection that is not
         up (peer requests, heartbeats: never flood a node when it returns);
         ``reconnect_ms`` is (first, most) between reconnect attempts; ``plain``
-        as for :meth:`router`."""
+        as for :meth:`router`; ``bounded`` limits each incoming frame to
+        :attr:`frame_limit` (a node's link to its peers)."""
         sock = self.ctx.socket(zmq.DEALER, socket_class=zmq.Socket if plain else None)
+        if bounded:
+            sock.setsockopt(zmq.MAXMSGSIZE, self.frame_limit)
         if identity is not None:
             sock.setsockopt(zmq.IDENTITY, identity)
         if immediate:

@@ -65,6 +65,11 @@ class Lane:
         self.entries = sum(len(d) for d in self.by_level.values())
         return before - self.entries
 
+    def queued(self) -> set[str]:
+        """Ids of the tasks this lane would hand out (O(n): for checks, not the hot path)."""
+        return {task.id for level in self.by_level.values() for seq, task in level
+                if seq == task.seq and task.state == READY}
+
     def head(self) -> Task | None:
         entry = self._clean_head()
         return entry[1] if entry else None

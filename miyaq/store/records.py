@@ -9,9 +9,9 @@ tombstone. The log adds the small change records (``S``, ``R``, ``D``,
 adds the state the task is in here (:func:`transfer_record`).
 
 Both sides import this module, which imports only :mod:`miyaq.store.task`
-and :mod:`miyaq.store.table`. Readers never trust a record: a missing field
-takes its default, a wrong type raises ``KeyError``/``TypeError`` for the
-caller to refuse the record.
+and :mod:`miyaq.store.table`. Records are read back -- from the log or from
+another node -- by :mod:`miyaq.protocol.recordspec`, which checks every field
+like a SUBMIT's before it rebuilds a task.
 """
 from __future__ import annotations
 
@@ -62,20 +62,3 @@ def stone_record(stone: Tombstone) -> dict[str, Any]:
     if stone.key is not None:
         record["key"] = stone.key
     return record
-
-
-def task_from_record(r: dict[str, Any]) -> Task:
-    """Rebuild a task from its ``A`` record (``KeyError`` without id or queue)."""
-    task = Task(r["id"], r["queue"], r.get("name"), r.get("body", b""), url=r.get("url"),
-                method=r.get("method", "POST"), priority=r.get("priority", 0), eta=r.get("eta", 0.0),
-                created=r.get("created", 0.0), expires=r.get("expires", 0.0),
-                max_retries=r.get("max_retries", 3), backoff=r.get("backoff", 1.0),
-                backoff_max=r.get("backoff_max", 300.0), timeout=r.get("timeout", 300.0),
-                key=r.get("key"), replicas=r.get("replicas", 1), at_most_once=r.get("at_most_once", False),
-                meta=r.get("meta"))
-    task.rank = r.get("rank", 0)
-    task.holders = tuple(r.get("holders", ()))
-    task.state = r.get("state", SCHEDULED)
-    task.attempt = r.get("attempt", 0)
-    task.error = r.get("error")
-    return task

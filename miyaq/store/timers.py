@@ -159,6 +159,18 @@ class TimerHeap:
         """Entries held, stale ones included (see :meth:`compact`)."""
         return len(self._heap) + self._far
 
+    def armed(self) -> dict[str, float]:
+        """Task id -> when its live timer fires: an entry of the heap or a
+        bucket that is still the task's (O(n): for checks, not the hot path)."""
+        out = {task.id: when for when, _, task in self._heap if task.timer_at is when}
+        for (start, shift), tasks in self._buckets.items():
+            end = start + (1 << shift)
+            for task in tasks:
+                when = task.timer_at
+                if when is not None and start <= when < end:
+                    out[task.id] = when
+        return out
+
     def compact(self) -> None:
         """Drop stale entries and emptied buckets (called when many are held)."""
         self._heap = [e for e in self._heap if e[2].timer_at is e[0]]

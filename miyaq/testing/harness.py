@@ -110,7 +110,10 @@ class ThreadNode:
     """A :class:`~miyaq.node.node.Node` (built by :func:`~miyaq.node.assemble.build_node`)
     in a thread of this process."""
 
-    def __init__(self, **settings: Any) -> None:
+    def __init__(self, coordinator: Callable[[NodeConfig], Any] | None = None, **settings: Any) -> None:
+        """``coordinator``, if given, makes the node's coordinator from its
+        config (in the node's thread): a clustered node without ZooKeeper."""
+        self._coordinator = coordinator
         settings.setdefault("port", free_port())
         settings.setdefault("http_port", 0)
         settings.setdefault("node_id", f"t{settings['port']}")
@@ -121,7 +124,10 @@ class ThreadNode:
         self.node: Node | None = None
 
     def start(self) -> "ThreadNode":
-        self.node = self._hub.run(lambda: build_node(self.config).start(), lambda n: n.wait(), lambda n: n.stop())
+        def build() -> Node:
+            make = self._coordinator
+            return build_node(self.config, coordinator=make(self.config) if make else None).start()
+        self.node = self._hub.run(build, lambda n: n.wait(), lambda n: n.stop())
         return self
 
     def stop(self) -> None:

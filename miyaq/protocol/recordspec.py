@@ -1,0 +1,303 @@
+"""Validate what other nodes, and the log, hand a node: task records,
+outcomes, replication events and QUERY answers.
+
+Nothing from a peer is trusted more than a client: a task record that
+arrives by REPLICATE (a submit's copy or a handoff), SYNC or the log passes
+the checks a SUBMIT passes (:mod:`miyaq.protocol.taskspec`, same fields, same
+bounds) plus those of the fields only records carry (state, attempt, error,
+rank, holders, lease end, result). Each check raises
+:class:`~miyaq.errors.InvalidField` naming the field, before anything is
+stored; the caller refuses the record (docs/cluster.md, "What a node accepts
+from another").
+
+Records are read leniently where that is safe: a key this version does not
+know is ignored (a newer node may send more), a missing field takes its
+default. Every time a node stores is a unix timestamp between 0 and
+``MAX_TIME``.
+
+:func:`invalid_stored` is the invariant the engine's tests and the fuzz test
+check: every task and tombstone a node holds passes these checks.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from miyaq.config import NodeConfig
+from miyaq.errors import InvalidField
+from miyaq.protocol import fields as f
+from miyaq.protocol.taskspec import METHODS, YEAR, check_headers, check_id, check_queue, check_target
+from miyaq.store.records import transfer_record
+from miyaq.store.table import TaskTable, Tombstone
+from miyaq.store.task import DEAD, FINAL_STATES, LIVE_STATES, SCHEDULED, Task
+
+#: The latest time a node stores (unix seconds: the year 2286).
+MAX_TIME = 1e10
+#: The most holders a task has (``replicas`` is at most 16).
+MAX_HOLDERS = 16
+#: A finished copy's state when another holder started an at-most-once task.
+STARTED_ELSEWHERE = "started-elsewhere"
+TASK_STATES = LIVE_STATES + (DEAD,)
+STONE_STATES = FINAL_STATES + (STARTED_ELSEWHERE,)
+#: Fields a refusal may name (a bounded metric label; anything else is "other").
+FIELDS = frozenset({
+    "id", "queue", "name", "url", "method", "body", "priority", "eta", "created", "expires", "max_retries",
+    "backoff", "backoff_max", "timeout", "key", "replicas", "at_most_once", "meta", "headers", "rank",
+    "holders", "state", "attempt", "error", "lease_end", "result", "at", "record", "event", "answer",
+})
+_NODE_ID = re.compile(r"[A-Za-z0-9_.:@\-]{1,128}")     # as the ring checks them (cluster/membership.py)
+_ERROR_KEYS = 16
+_ERROR_TEXT = 16384
+
+
+def _time(value: Any, field: str) -> float:
+    if type(value) is float:
+        if 0.0 <= value <= MAX_TIME:          # False for NaN
+            return value
+    elif type(value) is int and 0 <= value <= MAX_TIME:
+        return float(value)
+    raise InvalidField(f"field {field!r} must be a time in unix seconds, 0 to {MAX_TIME:g}", field=field)
+
+
+def _attempt(value: Any, field: str = "attempt") -> int:
+    if type(value) is not int or not 0 <= value <= 2**31 - 1:
+        raise InvalidField(f"field {field!r} must be an integer >= 0", field=field)
+    return value
+
+
+def check_error(value: Any, field: str = "error") -> dict[str, Any] | None:
+    """A failure description: nil, or a map of at most 16 names to scalars
+    (strings up to 16384 characters, numbers, booleans, nil), ``type`` and
+    ``message`` strings when present."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or len(value) > _ERROR_KEYS:
+        raise InvalidField(f"field {field!r} must be a map of at most {_ERROR_KEYS} entries", field=field)
+    for k, v in value.items():
+        if not isinstance(k, str) or len(k) > 64:
+            raise InvalidField(f"field {field!r} must have names of at most 64 characters", field=field)
+        if v is None or isinstance(v, (bool, int)):
+            continue
+        if isinstance(v, str):
+            if len(v) > _ERROR_TEXT:
+                raise InvalidField(f"field {field!r} holds a string over {_ERROR_TEXT} characters", field=field)
+        elif not (isinstance(v, float) and math.isfinite(v)):
+            raise InvalidField(f"field {field!r} may hold only strings, numbers, booleans and nil", field=field)
+    for name in ("type", "message"):
+        if name in value and not isinstance(value[name], str):
+            raise InvalidField(f"field {field!r}: {name!r} must be a string", field=field)
+    return value
+
+
+def check_result(value: Any, config: NodeConfig, field: str = "result") -> bytes | None:
+    """A finished task's result: nil, or at most ``max_payload`` bytes."""
+    if value is None:
+        return None
+    if type(value) is not bytes or len(value) > config.max_payload:
+        raise InvalidField(f"field {field!r} must be nil or binary of at most {config.max_payload} bytes",
+                           field=field)
+    return value
+
+
+def check_outcome(state: Any, result: Any, error: Any,
+                  config: NodeConfig) -> tuple[str, bytes | None, dict[str, Any] | None]:
+    """How another holder finished a task: ``(state, result, error)``."""
+    if type(state) is not str or state not in STONE_STATES:
+        raise InvalidField(f"field 'state' of a finished task must be one of {', '.join(STONE_STATES)}",
+                           field="state")
+    return state, check_result(result, config), check_error(error)
+
+
+def _holders(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_HOLDERS or not all(
+            type(h) is str and _NODE_ID.fullmatch(h) for h in value):
+        raise InvalidField(f"field 'holders' must list at most {MAX_HOLDERS} node ids", field="holders")
+    return tuple(value)
+
+
+def _meta(value: Any) -> dict[str, Any] | None:
+    """A task's extras (webhook headers, replica offset, resent): keys this
+    version does not know are dropped."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidField("field 'meta' must be a map", field="meta")
+    meta: dict[str, Any] = {}
+    if "headers" in value:
+        meta["headers"] = check_headers(value["headers"])
+    if value.get("offset") is not None:
+        meta["offset"] = f.number(value, "offset", lo=0.0, hi=YEAR)
+    if value.get("resent") is not None:
+        meta["resent"] = f.boolean(value, "resent")
+    return meta or None
+
+
+def task_from_record(r: Any, config: NodeConfig) -> Task:
+    """Rebuild a task from its record (:mod:`miyaq.store.records`), checked
+    like a SUBMIT: raises :class:`~miyaq.errors.InvalidField`."""
+    if not isinstance(r, dict):
+        raise InvalidField("a task record must be a map", field="record")
+    task_id = check_id(r.get("id"))
+    queue = check_queue(r.get("queue"))
+    name, url = check_target(r)
+    method = r.get("method", "POST")
+    if type(method) is not str or method not in METHODS:
+        raise InvalidField(f"field 'method' must be one of {', '.join(METHODS)}", field="method")
+    task = Task(
+        task_id, queue, name, f.binary(r, "body", b"", max_len=config.max_payload), url=url, method=method,
+        priority=f.integer(r, "priority", 0),
+        eta=_time(r.get("eta", 0.0), "eta"), created=_time(r.get("created", 0.0), "created"),
+        expires=_time(r.get("expires", 0.0), "expires"),
+        max_retries=f.integer(r, "max_retries", 3, lo=0, hi=10_000),
+        backoff=f.number(r, "backoff", 1.0, lo=0.0, hi=YEAR),
+        backoff_max=f.number(r, "backoff_max", 300.0, lo=0.0, hi=YEAR),
+        timeout=f.number(r, "timeout", 300.0, lo=0.01, hi=YEAR),
+        key=f.string(r, "key", None, max_len=256),
+        replicas=f.integer(r, "replicas", 1, lo=1, hi=MAX_HOLDERS),
+        at_most_once=f.boolean(r, "at_most_once", False),
+        meta=_meta(r.get("meta")),
+    )
+    task.rank = f.integer(r, "rank", 0, lo=0, hi=MAX_HOLDERS - 1)
+    task.holders = _holders(r.get("holders"))
+    state = r.get("state", SCHEDULED)
+    if type(state) is not str or state not in TASK_STATES:
+        raise InvalidField(f"field 'state' of a task record must be one of {', '.join(TASK_STATES)}",
+                           field="state")
+    task.state = state
+    task.attempt = _attempt(r.get("attempt", 0))
+    task.error = check_error(r.get("error"))
+    task.lease_end = _time(r.get("lease_end", 0.0), "lease_end")
+    return task
+
+
+def check_stone(stone: Any, config: NodeConfig) -> tuple[str, str, bytes | None, dict[str, Any] | None, str | None]:
+    """A SYNC answer's tombstone ``[id, state, result, error, key?]``."""
+    if not isinstance(stone, list) or len(stone) < 4:
+        raise InvalidField("a tombstone must be [id, state, result, error, key]", field="record")
+    task_id = check_id(stone[0])
+    state, result, error = check_outcome(stone[1], stone[2], stone[3], config)
+    key = stone[4] if len(stone) > 4 else None
+    if key is not None and (type(key) is not str or not 0 < len(key) <= 256):
+        raise InvalidField("field 'key' must have 1 to 256 characters", field="key")
+    return task_id, state, result, error, key
+
+
+def check_stone_record(r: dict[str, Any], config: NodeConfig) -> None:
+    """A log's ``F`` record (:func:`miyaq.store.records.stone_record`)."""
+    check_id(r.get("id"))
+    check_queue(r.get("queue", "default"))
+    check_outcome(r.get("state"), r.get("result"), r.get("error"), config)
+    _time(r.get("at", 0.0), "at")
+    _attempt(r.get("attempt", 0))
+    f.string(r, "key", None, max_len=256)
+
+
+def check_change(r: dict[str, Any]) -> None:
+    """A log's change record: ``S`` started, ``R`` waiting again, ``D`` dead,
+    ``V`` revived, ``P`` purged (:mod:`miyaq.persistence.journal`)."""
+    op = r.get("o")
+    if op in ("S", "R", "D"):
+        _attempt(r.get("attempt", 0))
+    if op in ("R", "D"):
+        check_error(r.get("error"))
+    if op == "R":
+        _time(r.get("eta", 0.0), "eta")
+
+
+#: Stream events: op -> the fewest items it has (more are ignored).
+_EVENT_LENGTH = {"S": 4, "T": 3, "F": 5, "R": 5, "D": 4, "V": 2, "P": 2}
+
+
+def check_event(ev: Any, config: NodeConfig) -> None:
+    """One replication stream event (:mod:`miyaq.cluster.holder_events`)."""
+    if not isinstance(ev, list) or not ev or type(ev[0]) is not str or len(ev) < _EVENT_LENGTH.get(ev[0], 1 << 30):
+        raise InvalidField("an event must be [op, id, ...] with a known op and its items", field="event")
+    op = ev[0]
+    check_id(ev[1])
+    if op == "S":
+        _attempt(ev[2])
+        _time(ev[3], "lease_end")
+        if len(ev) > 4 and type(ev[4]) is not bool:
+            raise InvalidField("field 'at_most_once' must be true or false", field="at_most_once")
+        if len(ev) > 5 and ev[5] is not None and (type(ev[5]) is not str or not 0 < len(ev[5]) <= 512):
+            raise InvalidField("a STARTED event's lessee must be nil or a name of 1 to 512 characters",
+                               field="event")
+    elif op == "T":
+        _time(ev[2], "lease_end")
+    elif op == "F":
+        check_outcome(ev[2], ev[3], ev[4], config)
+    elif op == "R":
+        _attempt(ev[2])
+        _time(ev[3], "eta")
+        check_error(ev[4])
+    elif op == "D":
+        _attempt(ev[2])
+        check_error(ev[3])
+
+
+def check_state_answer(a: Any, config: NodeConfig) -> None:
+    """One id of a QUERY answer (:func:`miyaq.cluster.standby.describe`):
+    ``[live state, standby, rank, time]``, ``["dead"]``, ``[finished state,
+    result, error]`` or ``["unknown"]``."""
+    if not isinstance(a, list) or not a or type(a[0]) is not str:
+        raise InvalidField("a task's state must be [state, ...]", field="answer")
+    state = a[0]
+    if state in LIVE_STATES:
+        if len(a) < 4 or type(a[1]) is not bool:
+            raise InvalidField("a live task's state must be [state, standby, rank, time]", field="answer")
+        f.integer({"rank": a[2]}, "rank", lo=0, hi=MAX_HOLDERS - 1)
+        _time(a[3], "eta")
+    elif state in STONE_STATES:
+        check_outcome(state, a[1] if len(a) > 1 else None, a[2] if len(a) > 2 else None, config)
+    elif state not in (DEAD, "unknown"):
+        raise InvalidField(f"unknown task state {state[:32]!r}", field="state")
+
+
+def confirmed_ids(answer: dict[str, Any]) -> set[str]:
+    """The task ids a REPLICATE answer says were stored (anything else in its
+    ``ids`` is ignored)."""
+    ids = answer.get("ids")
+    if not isinstance(ids, list):
+        return set()
+    return {i for i in ids if type(i) is str}
+
+
+# -- the invariant ------------------------------------------------------------------
+
+
+def _stone_problem(stone: Tombstone, config: NodeConfig) -> str | None:
+    try:
+        check_id(stone.id)
+        check_queue(stone.queue)
+        check_outcome(stone.state, stone.result, stone.error, config)
+        _time(stone.finished, "at")
+        _attempt(stone.attempt)
+        if stone.key is not None and (type(stone.key) is not str or not 0 < len(stone.key) <= 256):
+            raise InvalidField("field 'key' must have 1 to 256 characters", field="key")
+    except InvalidField as err:
+        return f"tombstone {stone.id!r}: {err.message}"
+    return None
+
+
+def invalid_stored(table: TaskTable, config: NodeConfig) -> list[str]:
+    """Every task and tombstone in ``table`` that would not pass validation
+    (one line each; empty when the invariant holds). O(n): for tests and
+    tools, never the hot path."""
+    problems: list[str] = []
+    for where, tasks, states in (("live", table.live, LIVE_STATES), ("dead", table.dead, (DEAD,))):
+        for task_id, task in tasks.items():
+            try:
+                task_from_record(transfer_record(task), config)
+            except InvalidField as err:
+                problems.append(f"{where} task {task_id!r}: {err.message}")
+                continue
+            if task_id != task.id or task.state not in states:
+                problems.append(f"{where} task {task_id!r} is {task.state!r} under id {task.id!r}")
+    for stone in table.tombstones.values():
+        problem = _stone_problem(stone, config)
+        if problem is not None:
+            problems.append(problem)
+    return problems

@@ -1,0 +1,115 @@
+"""Memory bounded by bytes (issue 9, item 6).
+
+Attacks on a node's memory, each named after what it tries: one multipart
+message of many huge frames, many frames past the protocol's three, and
+(further down) live payloads and kept results past the node's byte limits.
+The message attacks run against a node in a subprocess, so its RSS is the
+node's alone.
+"""
+from __future__ import annotations
+
+import time
+
+import msgpack
+import pytest
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from miyaq.protocol import commands as c
+
+pytestmark = pytest.mark.timeout(120)
+
+MiB = 1024 * 1024
+WAIT = 30.0      # seconds: a guard against a hang, not a timing assertion
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def _dealer(ctx: zmq.Context, endpoint: str) -> tuple[zmq.Socket, zmq.Socket]:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+    sock.connect(endpoint)
+    return sock, monitor
+
+
+def _wait_event(monitor: zmq.Socket, event: int) -> None:
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        if monitor.poll(100) and recv_monitor_message(monitor)["event"] == event:
+            return
+    raise AssertionError(f"no socket event {event} within {WAIT}s")
+
+
+def test_sixteen_frames_of_30_mib_from_two_connections_grow_rss_less_than_the_limit(procs, client_for):
+    """Attack: one multipart message of 16 frames of 30 MiB each, sent from
+    two connections at once (on the node before this fix: 226 MiB -> 1,310 MiB
+    RSS, staying above 1 GiB). Each frame is over the frame limit
+    (max_message + 4 KiB, 16 MiB here), so libzmq drops each connection at the
+    first frame's header, before buffering it. The node's RSS, sampled while
+    the attack runs, grows by less than max_message; it serves the next client."""
+    node = procs.node()
+    client = client_for(node.endpoint)
+    client.status()
+    before = rss_mib(node.pid)
+    ctx = zmq.Context()
+    pairs = [_dealer(ctx, node.endpoint) for _ in range(2)]
+    try:
+        for _, monitor in pairs:
+            _wait_event(monitor, zmq.EVENT_CONNECTED)
+        frame = bytes(30 * MiB)
+        for sock, _ in pairs:
+            sock.send_multipart([frame] * 16, copy=False)
+        peak = before
+        for sock, monitor in pairs:
+            _wait_event(monitor, zmq.EVENT_DISCONNECTED)      # the node hung up on it
+            peak = max(peak, rss_mib(node.pid))
+            sock.disable_monitor()
+            sock.close(linger=0)
+            monitor.close(linger=0)
+    finally:
+        ctx.destroy(linger=0)
+    for _ in range(10):
+        peak = max(peak, rss_mib(node.pid))
+        time.sleep(0.05)
+    assert peak - before < 16, (before, peak)
+    assert node.alive()
+    handle = client.submit("echo", [1], countdown=60, wait=True)
+    assert client.status(handle.id)["state"] == "scheduled"
+
+
+def test_a_message_of_many_frames_is_drained_and_refused_bad_frame(procs, client_for):
+    """Attack: one message of 64 frames of 1 MiB (each frame under the limit,
+    the message far over the protocol's three frames), from two connections.
+    Each is read without being kept and answered bad_frame; the node keeps
+    serving, and the refusals are counted. (libzmq holds a message until its
+    last frame arrives: what it buffers meanwhile is bounded only by
+    authentication -- with CURVE a stranger never gets a frame in.)"""
+    node = procs.node()
+    client = client_for(node.endpoint)
+    ctx = zmq.Context()
+    socks = []
+    try:
+        for _ in range(2):
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(node.endpoint)
+            socks.append(sock)
+        frame = bytes(MiB)
+        for sock in socks:
+            sock.send_multipart([c.TAG, c.SUBMIT] + [frame] * 62, copy=False)
+        for sock in socks:
+            assert sock.poll(int(WAIT * 1000)), "no answer"
+            tag, command, body = sock.recv_multipart()
+            assert command == c.ERROR and msgpack.unpackb(body)["code"] == "bad_frame"
+    finally:
+        ctx.destroy(linger=0)
+    status = client.status()
+    assert status["errors"]["bad_frame"] == 2 and status["totals"]["live"] == 0
+    assert node.alive()

@@ -1,0 +1,260 @@
+"""Nothing from a peer is trusted more than a client (issue 9, item 5).
+
+A record that arrives by REPLICATE (a submit's copy), a handoff, SYNC, or a
+replication stream event, or that the log holds, passes the checks a SUBMIT
+passes (miyaq/protocol/recordspec.py). Each test plays a peer -- broken,
+hostile, or of another version during a rolling upgrade -- against a
+clustered node in a thread (a fixed ring of the node and a fake member the
+test plays, tests/peer_fixtures.py), and shows that the bad record is
+refused, counted by source in STATUS and /metrics, never stored, and that
+STATUS and the queue keep answering. Before this, one record with
+``queue=12345`` made every STATUS fail with ``internal``, and one with
+``priority: "high"`` made every later SUBMIT to its queue fail.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from peer_fixtures import FakePeer, PeerDealer, ServiceDealer, clustered_node
+
+from miyaq.cluster.peer import SYNC
+from miyaq.store.records import task_record, transfer_record
+from miyaq.store.task import Task
+from miyaq.testing.harness import ThreadNode, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+NOW = time.time()
+
+
+def record(task_id: str, on: list[str], **fields: Any) -> dict[str, Any]:
+    """A task record as another node sends it (holders ``on``), with
+    ``fields`` put in as they are."""
+    task = Task(task_id, "emails", "send", b"\x90", eta=NOW + 600, created=NOW, replicas=2)
+    task.holders = tuple(on)
+    out = task_record(task)
+    out.update(fields)
+    return out
+
+
+POISONS = [
+    pytest.param({"queue": 12345}, "queue", id="queue-an-int"),
+    pytest.param({"priority": "high"}, "priority", id="priority-a-string"),
+    pytest.param({"eta": float("nan")}, "eta", id="eta-nan"),
+    pytest.param({"eta": "tomorrow"}, "eta", id="eta-a-string"),
+    pytest.param({"body": "text, not bytes"}, "body", id="body-a-string"),
+    pytest.param({"state": "exploded"}, "state", id="unknown-state"),
+    pytest.param({"attempt": -1}, "attempt", id="attempt-negative"),
+    pytest.param({"error": {"type": ["nested"]}}, "error", id="error-nested"),
+    pytest.param({"holders": "n1,p1"}, "holders", id="holders-a-string"),
+    pytest.param({"meta": {"headers": {"X": 1}}}, "headers", id="header-an-int"),
+    pytest.param({"max_retries": 10**12}, "max_retries", id="max-retries-huge"),
+    pytest.param({"url": "ftp://x", "name": None}, "url", id="url-not-http"),
+]
+
+
+@pytest.fixture
+def peer():
+    p = FakePeer()
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def cluster_node(peer):
+    n = clustered_node(peer).start()
+    yield n
+    n.stop()
+
+
+@pytest.fixture
+def dealer(cluster_node):
+    d = PeerDealer(f"tcp://127.0.0.1:{cluster_node.config.peer}")
+    yield d
+    d.close()
+
+
+def me(node: ThreadNode) -> str:
+    return node.config.node_id
+
+
+@pytest.fixture
+def service(cluster_node):
+    s = ServiceDealer(cluster_node.endpoint)
+    yield s
+    s.close()
+
+
+def refused(service: ServiceDealer, source: str) -> int:
+    return service.status()["records_refused"].get(source, 0)
+
+
+def assert_queue_still_works(service: ServiceDealer) -> None:
+    """STATUS answers, and a SUBMIT to the queue the poison named is stored."""
+    status = service.status()
+    assert isinstance(status["queues"], dict)
+    task_id = f"after-{time.monotonic_ns()}"
+    assert service.submit({"id": task_id, "name": "send", "queue": "emails", "countdown": 60})[1] == "accepted"
+    assert service.task(task_id)["state"] == "scheduled"
+
+
+@pytest.mark.parametrize("poison,field", POISONS)
+def test_poisoned_replicate_record_is_refused_and_status_keeps_working(cluster_node, dealer, service,
+                                                                        poison, field):
+    """Fault: another node's REPLICATE (a submit's copy) carries a record with
+    one bad field. It is refused (not among the ids stored), counted under
+    ``replicate`` (``handoff`` when it carries a state), and the node's STATUS
+    and the queue keep working; a good record in the same batch is stored."""
+    holders = [me(cluster_node), "p1"]
+    answer = dealer.replicate([record("bad-1", holders, **poison), record("good-1", holders)])
+    assert answer["ids"] == ["good-1"]
+    assert refused(service, "handoff" if "state" in poison else "replicate") == 1
+    assert service.task("good-1")["state"] == "scheduled"
+    assert service.task("bad-1") is None
+    assert_queue_still_works(service)
+
+
+def test_refused_records_are_in_metrics_by_source_and_field(peer):
+    """Fault: two bad records (a queue that is an int, a priority that is a
+    string) and one that is no task record at all. /metrics counts them by
+    source and field, from fixed label sets."""
+    import urllib.request
+
+    from miyaq.testing.harness import free_port
+
+    node = clustered_node(peer, http_port=free_port()).start()
+    dealer = PeerDealer(f"tcp://127.0.0.1:{node.config.peer}")
+    try:
+        holders = [me(node), "p1"]
+        assert dealer.replicate([record("m1", holders, queue=12345), record("m2", holders, priority="high"),
+                                 {"id": "m3", "surprise": 1}])["ids"] == []
+        url = f"http://127.0.0.1:{node.config.http_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            text = answer.read().decode()
+        assert 'miyaq_records_refused_total{field="queue",source="replicate"} 2.0' in text, text
+        assert 'miyaq_records_refused_total{field="priority",source="replicate"} 1.0' in text, text
+    finally:
+        dealer.close()
+        node.stop()
+
+
+def test_poisoned_handoff_record_is_refused_and_status_keeps_working(cluster_node, dealer, service):
+    """Fault: a handoff (a REPLICATE of a task under way elsewhere: the record
+    carries its state) with ``queue=12345``, and one with ``priority: "high"``
+    and a running state. Both refused under ``handoff``; STATUS and the queue work."""
+    holders = [me(cluster_node), "p1"]
+    answer = dealer.replicate([record("h1", holders, queue=12345, state="ready", attempt=0),
+                               record("h2", holders, priority="high", state="running", attempt=1,
+                                      lease_end=NOW + 30)])
+    assert answer["ids"] == []
+    assert refused(service, "handoff") == 2
+    assert service.status()["totals"]["live"] == 0
+    assert_queue_still_works(service)
+
+
+def test_poisoned_sync_answer_is_refused_and_status_keeps_working(peer):
+    """Fault: the peer answers the node's resync (SYNC, asked when the node
+    subscribes to its stream) with a task whose queue is an int, one whose
+    priority is a string, and tombstones whose state and result are wrong
+    types. Each is refused under ``sync``; the good task and tombstone of the
+    same answer are applied; STATUS and the queue work."""
+    node = clustered_node(peer).start()
+    service = ServiceDealer(node.endpoint)
+    try:
+        holders = [me(node), "p1"]
+        identity, body = peer.next_request(SYNC)
+        peer.answer(identity, body["req"], {
+            "tasks": [sync_record(record("s-bad-queue", holders, queue=12345)),
+                      sync_record(record("s-bad-prio", holders, priority="high")),
+                      sync_record(record("s-good", holders))],
+            "stones": [["st-bad-state", 12345, None, None, None], ["st-bad-result", "done", "text", None, None],
+                       ["st-good", "cancelled", None, None, None]],
+            "next": None})
+        wait_for(lambda: refused(service, "sync") == 4, timeout=10, what="4 sync records refused")
+        assert service.status()["totals"]["live"] == 1
+        assert service.task("s-good")["state"] == "scheduled"
+        assert service.task("s-bad-queue") is None and service.task("st-bad-state") is None
+        assert_queue_still_works(service)
+    finally:
+        service.close()
+        node.stop()
+
+
+def sync_record(rec: dict[str, Any]) -> dict[str, Any]:
+    """The record as SYNC sends it (transfer_record): with its state and attempt."""
+    return {**rec, "state": rec.get("state", "scheduled"), "attempt": rec.get("attempt", 0)}
+
+
+def test_poisoned_stream_events_are_refused_and_the_copy_is_untouched(cluster_node, peer, dealer, service):
+    """Fault: the peer's replication stream carries events for a task both
+    hold with wrong types: a finish whose state is an int, one whose result
+    is text, a retry whose eta is a string, a start whose lease end is NaN,
+    and an unknown op. Each is refused under ``stream``; the copy stays as it
+    was; STATUS and the queue work; a good finish then finishes it."""
+    holders = [me(cluster_node), "p1"]
+    assert dealer.replicate([record("ev-1", holders)])["ids"] == ["ev-1"]
+    bad = [["F", "ev-1", 12345, None, None], ["F", "ev-1", "done", "text", None],
+           ["R", "ev-1", 1, "soon", None], ["S", "ev-1", 1, float("nan"), False], ["Z", "ev-1"]]
+
+    def published() -> bool:
+        peer.publish(me(cluster_node), bad)        # the first ones may be lost (slow joiner)
+        return refused(service, "stream") >= len(bad)
+
+    wait_for(published, timeout=15, interval=0.2, what="the bad events refused")
+    assert service.task("ev-1")["state"] == "scheduled"
+    assert_queue_still_works(service)
+
+    def finished() -> bool:
+        peer.publish(me(cluster_node), [["F", "ev-1", "done", b"\x01", None]])
+        return service.task("ev-1")["state"] == "done"
+
+    wait_for(finished, timeout=15, interval=0.2, what="the good finish applied")
+
+
+def test_poisoned_record_in_the_log_is_skipped_at_replay(tmp_path):
+    """Fault: the log holds records that are whole (their checksum holds) but
+    wrong -- written by another version: a task whose queue is an int, one
+    whose priority is a string, a tombstone whose state is an int and a retry
+    whose eta is a string. The node starts, skips and counts each (source
+    ``log``), restores the good task, and STATUS and the queue work."""
+    from miyaq.store.log import AppendLog
+
+    log = AppendLog(tmp_path)
+    list(log.replay())
+    log.append_many([record("log-queue", [], queue=12345), record("log-prio", [], priority="high"),
+                     record("log-good", []),
+                     {"o": "F", "id": "log-stone", "state": 7, "at": NOW, "queue": "emails", "attempt": 1},
+                     {"o": "R", "id": "log-good", "attempt": 1, "eta": "soon"}])
+    log.close()
+    with ThreadNode(data_dir=str(tmp_path)) as node:
+        service = ServiceDealer(node.endpoint)
+        try:
+            status = service.status()
+            assert status["records_refused"] == {"log": 4}
+            assert (status["totals"]["live"], status["totals"]["tombstones"]) == (1, 0)
+            assert service.task("log-good")["state"] in ("scheduled", "ready")
+            assert_queue_still_works(service)
+        finally:
+            service.close()
+
+
+def test_transfer_records_of_the_node_own_tasks_pass_validation():
+    """The records a node sends (transfer_record of every state it holds)
+    pass the checks the receiver applies: validation never refuses an honest peer."""
+    from miyaq.config import NodeConfig
+    from miyaq.protocol.recordspec import task_from_record
+    from miyaq.protocol.taskspec import task_from_wire
+
+    config = NodeConfig()
+    wire = {"id": "w1", "url": "https://example.com/hook", "headers": {"X-A": "b"}, "offset": 2.0,
+            "resent": True, "ttl": 60, "key": "k", "priority": -5, "at_most_once": True, "countdown": 10}
+    task = task_from_wire(wire, NOW, config)
+    task.holders = ("n1", "n2", "n3")
+    for state, attempt in (("scheduled", 0), ("ready", 0), ("running", 1), ("retrying", 2), ("dead", 4)):
+        task.state, task.attempt = state, attempt
+        task.error = {"type": "HTTPError", "status": 503, "failed_at": NOW, "message": "m"} if attempt else None
+        task.lease_end = NOW + 30
+        rebuilt = task_from_record(transfer_record(task), config)
+        assert (rebuilt.id, rebuilt.state, rebuilt.meta, rebuilt.url) == (task.id, state, task.meta, task.url)
