@@ -25,6 +25,7 @@ from miyaq.config import NodeConfig
 from miyaq.core.consumers import Consumer
 from miyaq.core.gate import RECONCILING, SHUTTING_DOWN, Gate
 from miyaq.core.local_intake import LocalIntake
+from miyaq.core.refusals import Refusals
 from miyaq.errors import ShuttingDown
 from miyaq.node.assemble import build_node
 from miyaq.node.node import Node
@@ -305,6 +306,6 @@ def test_duplicate_start_names_the_node_it_was_started_on(caplog: pytest.LogCapt
     events = EventPublisher("me", SimpleNamespace(send=lambda dest, evs: None), 1 << 24)   # type: ignore[arg-type]
     events.duplicate_run = lambda t, info: seen.append(info)   # type: ignore[method-assign]
     engine = SimpleNamespace(table=SimpleNamespace(live={"dup-1": running}, dead={}))
-    role = SimpleNamespace(engine=engine, events=events, duplicates_seen=0)
+    role = SimpleNamespace(engine=engine, events=events, duplicates_seen=0, config=NodeConfig(), refusals=Refusals())
     apply_events(role, "other-node", [["S", "dup-1", 2, wall() + 30, False]])   # type: ignore[arg-type]
     assert seen == [{"also_started_on": "other-node", "attempt": 2}] and role.duplicates_seen == 1

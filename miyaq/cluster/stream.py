@@ -37,10 +37,12 @@ import msgpack
 from miyaq.cluster.peer import PEER_PROTOCOL
 from miyaq.cluster.transport import Apply, AskResync
 from miyaq.constants import STREAM_HEARTBEAT, STREAM_SILENCE
+from miyaq.logs import LogLimiter
 from miyaq.runtime import CRITICAL, Supervisor, green, monotonic
 from miyaq.runtime.sockets import MessageRefused, SocketFactory, recv_bounded, zmq
 
 logger = logging.getLogger(__name__)
+_log = LogLimiter(logger)     # a flood of bad messages: a few lines a minute
 
 
 
@@ -138,6 +140,7 @@ class StreamReceiver:
         self.resync = resync
         self.gaps = 0
         self.foreign = 0      # messages dropped: a peer protocol this node does not speak
+        self.refused = 0      # messages dropped: over the limit, or not a stream message
         self.resyncs = 0
 
     def _follow(self, src: str) -> None:
@@ -156,8 +159,11 @@ class StreamReceiver:
         try:
             body = msgpack.unpackb(frames[1], raw=False)
             src, inc, seq = body["src"], body["inc"], body["seq"]
+            if type(src) is not str or type(inc) is not int or type(seq) is not int or seq < 0:
+                raise TypeError("src, inc, seq")
         except Exception:
-            logger.warning("malformed replication message dropped")
+            self.refused += 1
+            _log.warning("malformed", "malformed replication message dropped")
             return
         source = self.sources.get(src)
         if source is None:
@@ -242,7 +248,6 @@ class ZmqStreamSubscriber(StreamReceiver):
         self.supervisor = supervisor
         self.sub = sockets.subscriber([topic(node_id)])
         self.limit = sockets.frame_limit
-        self.refused = 0          # messages over the limit (too many frames or bytes), dropped
         self.connected: dict[str, str] = {}
         self._closed = False
 
@@ -284,8 +289,8 @@ class ZmqStreamSubscriber(StreamReceiver):
             frames, _ = recv_bounded(self.sub, 2, self.limit, flags)
         except MessageRefused as refused:
             self.refused += 1
-            logger.warning("replication message of %d frames, %d bytes dropped (over the limit)",
-                           refused.frames, refused.size)
+            _log.warning("oversized", "replication message of %d frames, %d bytes dropped (over the limit)",
+                         refused.frames, refused.size)
             return
         self._handle(frames)
 

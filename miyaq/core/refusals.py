@@ -32,7 +32,7 @@ class Refusals:
         field = err.details.get("field")
         label = field if field in FIELDS else "other"
         self.counts[(source if source in SOURCES else "other", label)] += 1
-        self._log.warning(source, "refused a %s record from %.64r: %s", source, sender, err.message)
+        self._log.warning(source, "refused a record (%s) from %.64r: %s", source, sender, err.message)
 
     def total(self) -> int:
         return sum(self.counts.values())

@@ -28,6 +28,11 @@ def check_id(value: Any, field: str = "id") -> str:
     return value
 
 
+def is_id(value: Any) -> bool:
+    """``check_id`` as a test, for fast paths."""
+    return type(value) is str and _ID.match(value) is not None
+
+
 def check_queue(value: Any, field: str = "queue") -> str:
     if not isinstance(value, str) or not _QUEUE.match(value):
         raise InvalidField(f"field {field!r} must be 1-128 characters of A-Z a-z 0-9 _ . : -", field=field)
@@ -65,6 +70,19 @@ def _queue(value: Any) -> str:
     if len(_known_queues) < 10_000:
         _known_queues.add(value)
     return value
+
+
+def is_queue(value: Any) -> bool:
+    """``check_queue`` as a test, for fast paths (names already seen are cached)."""
+    if type(value) is not str:
+        return False
+    if value in _known_queues:
+        return True
+    if not _QUEUE.match(value):
+        return False
+    if len(_known_queues) < 10_000:
+        _known_queues.add(value)
+    return True
 
 
 def task_from_wire(d: Any, now: float, config: NodeConfig) -> Task:
