@@ -147,6 +147,10 @@ class NodeConfig(Settings):
                                           "reconciles with the other holders")
     max_tasks: int = _opt(1_000_000, "live tasks this node holds before it answers BUSY")
     max_payload: int = _opt(1024 * 1024, "largest task payload in bytes")
+    max_bytes: int = _opt(1024 * 1024 * 1024, "payload bytes of the tasks this node holds (live and dead-letter) "
+                                             "before it answers BUSY")
+    max_result_bytes: int = _opt(256 * 1024 * 1024, "result bytes of finished tasks kept before new submits are "
+                                                    "answered BUSY (at twice this, the oldest are forgotten)")
     max_message: int = _opt(16 * 1024 * 1024, "largest protocol message in bytes")
     max_batch: int = _opt(1024, "most tasks in one SUBMIT or DISPATCH message")
     result_ttl: float = _opt(3600.0, "seconds a finished task's result and tombstone are kept")
@@ -184,6 +188,11 @@ class NodeConfig(Settings):
             raise ConfigError("http_cert and http_key go together: give both for HTTPS, or neither")
         if min(self.http_header_timeout, self.http_body_timeout, self.http_idle_timeout) <= 0:
             raise ConfigError("http_header_timeout, http_body_timeout and http_idle_timeout must be > 0")
+        if self.max_bytes < self.max_payload:
+            raise ConfigError(f"max_bytes ({self.max_bytes}) must be at least max_payload ({self.max_payload}): "
+                              "a node must be able to hold one task")
+        if self.max_result_bytes < 1:
+            raise ConfigError("max_result_bytes must be at least 1")
 
     # -- derived ------------------------------------------------------------
     @property

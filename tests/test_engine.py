@@ -124,6 +124,8 @@ def check_consistent(engine: Engine) -> None:
     assert all(n >= 0 for n in engine.outcomes.values())
     for key, task_id in table.keys.items():
         assert task_id in table.live or task_id in table.dead or task_id in table.tombstones, key
+    assert table.payload_bytes == sum(len(t.body) for t in list(table.live.values()) + list(table.dead.values()))
+    assert table.result_bytes == sum(len(s.result or b"") for s in table.tombstones.values())
 
 
 # -- ordering --------------------------------------------------------------------
@@ -575,6 +577,63 @@ def test_busy_at_max_tasks():
     run(engine, ["default"], FakeConsumer(), T0)
     engine.complete("t0", 1, None, T0)
     assert engine.submit(task("t3"), T0) == (ACCEPTED, None)
+    check_consistent(engine)
+
+
+def test_busy_past_max_bytes_of_payloads_and_free_again_when_they_go():
+    """Fault: producers send more payload bytes than the node may hold
+    (max_bytes 1,000 here). The task that would pass the limit is refused
+    BUSY (reason "bytes"); a cancelled, finished or purged task gives its
+    bytes back, and the next submit is accepted. Dead letters count: they
+    hold their payloads too."""
+    engine = make_engine(max_bytes=1000, max_payload=400)
+    for i in range(2):
+        submit(engine, f"b{i}", body=b"x" * 400)
+    assert engine.table.payload_bytes == 800
+    with pytest.raises(Busy) as info:
+        engine.submit(task_from_wire({"id": "b2", "name": "n", "body": b"y" * 201}, T0, engine.config), T0)
+    assert info.value.details["reason"] == "bytes" and "max_bytes" in info.value.message
+    submit(engine, "small", body=b"z" * 200)                # 1,000 exactly: still fits
+    engine.cancel("small", T0)
+    t = run(engine, ["default"], FakeConsumer(), T0)
+    assert t.id == "b0"
+    engine.fail("b0", 1, {"type": "E", "message": "no"}, False, None, T0)   # a dead letter keeps its payload
+    assert engine.table.payload_bytes == 800
+    engine.dead_purge(None, ["b0"])
+    assert engine.table.payload_bytes == 400
+    submit(engine, "b2", body=b"y" * 400)
+    check_consistent(engine)
+
+
+def test_busy_past_max_result_bytes_and_the_oldest_forgotten_at_twice_it():
+    """Fault: workers return more result bytes than the node may keep
+    (max_result_bytes 1,000 here). From the limit on, new submits are refused
+    BUSY (reason "results"); results of tasks already accepted are still
+    kept, but past twice the limit the oldest finished tasks are forgotten
+    (counted). As results expire (result_ttl), submits are accepted again."""
+    engine = make_engine(max_result_bytes=1000, max_payload=600, result_ttl=60.0, dedup_window=60.0)
+    consumer = FakeConsumer()
+    for i in range(5):
+        submit(engine, f"r{i}")
+    for i in range(2):
+        t = run(engine, ["default"], consumer, T0)
+        engine.complete(t.id, t.attempt, b"r" * 500, T0 + 1)
+    assert engine.table.result_bytes == 1000
+    with pytest.raises(Busy) as info:
+        submit(engine, "refused")
+    assert info.value.details["reason"] == "results"
+    for i in range(3):                                      # accepted earlier: their results are kept...
+        t = run(engine, ["default"], consumer, T0)
+        engine.complete(t.id, t.attempt, b"r" * 500, T0 + 2)
+    assert engine.table.result_bytes == 2000                # ...up to twice the limit: the oldest went
+    assert engine.table.results_dropped == 1 and engine.result("r0") is None
+    engine.table.sweep(T0 + 61.5)                           # r1's result expires
+    assert engine.table.result_bytes == 1500
+    with pytest.raises(Busy):
+        submit(engine, "still-refused")
+    engine.table.sweep(T0 + 62.5)
+    assert engine.table.result_bytes == 0
+    submit(engine, "accepted-again")
     check_consistent(engine)
 
 

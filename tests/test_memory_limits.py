@@ -15,6 +15,7 @@ import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from miyaq.errors import Busy
 from miyaq.protocol import commands as c
 
 pytestmark = pytest.mark.timeout(120)
@@ -113,3 +114,56 @@ def test_a_message_of_many_frames_is_drained_and_refused_bad_frame(procs, client
     status = client.status()
     assert status["errors"]["bad_frame"] == 2 and status["totals"]["live"] == 0
     assert node.alive()
+
+
+# -- bytes held: live payloads and kept results ----------------------------------------------
+
+
+def test_live_payloads_past_max_bytes_answer_busy_and_the_client_retries(make_node, client_for):
+    """Attack: producers fill a node with payloads (max_bytes 300 KB here,
+    payloads of 90 KB). Past the limit the node answers BUSY ("bytes"); the
+    client retries transparently, so a submit made while the node is full is
+    accepted once a task's bytes are freed (here: one is cancelled), and one
+    that never finds room fails with Busy naming max_bytes. STATUS and
+    /metrics show the bytes held against the limit."""
+    n = make_node(max_bytes=300_000, max_payload=100_000)
+    client = client_for(n.endpoint, submit_timeout=20.0)
+    blob = b"x" * 90_000
+    held = [client.submit("echo", [blob], countdown=600, wait=True) for _ in range(3)]
+    memory = client.status()["memory"]
+    assert memory["max_bytes"] == 300_000 and 270_000 < memory["payload_bytes"] <= 300_000
+    waiting = client.submit("echo", [blob], countdown=600)          # no room: BUSY, retried
+    assert wait_busy(client) > 0 and not waiting.accepted
+    assert client.cancel(held[0].id)
+    waiting.wait_accepted(20)                                      # accepted once room was made
+    short = client_for(n.endpoint, submit_timeout=1.0)
+    with pytest.raises(Busy, match="max_bytes"):
+        short.submit("echo", [blob], countdown=600, wait=True)
+    assert client.status()["memory"]["payload_bytes"] <= 300_000
+
+
+def wait_busy(client) -> int:
+    """How many submits the client saw answered BUSY (its retries), once one was."""
+    from miyaq.testing.harness import wait_for
+    return wait_for(lambda: client._io.busy_replies, timeout=WAIT, what="a BUSY answer")
+
+
+def test_kept_results_past_max_result_bytes_answer_busy(make_node, client_for):
+    """Attack: consumers return big results (90 KB each; max_result_bytes
+    200 KB here). Once the kept results reach the limit, new submits are
+    answered BUSY ("results") and a submit that finds no room before its
+    deadline fails with Busy naming max_result_bytes; results of tasks
+    accepted earlier are still kept. STATUS shows the bytes kept."""
+    n = make_node(max_result_bytes=200_000, max_payload=100_000)
+    client = client_for(n.endpoint)
+    handles = [client.submit("echo", [i], queue="results", wait=True) for i in range(4)]
+    for _ in handles:
+        received = client.receive(["results"], timeout=5)
+        assert received is not None
+        assert received.ack(b"r" * 90_000)
+    memory = client.status()["memory"]
+    assert memory["result_bytes"] >= 200_000 and memory["max_result_bytes"] == 200_000
+    assert client.result(handles[-1].id, timeout=5) == b"r" * 90_000
+    short = client_for(n.endpoint, submit_timeout=1.0)
+    with pytest.raises(Busy, match="max_result_bytes"):
+        short.submit("echo", [1], queue="results", wait=True)

@@ -113,6 +113,10 @@ def run_status(args: argparse.Namespace) -> int:
           f"accepting {status['accepting']}")
     totals = status["totals"]
     print(f"live {totals['live']}  dead {totals['dead']}  workers {totals['workers']}")
+    memory = status.get("memory")
+    if memory:
+        print(f"payloads {_mib(memory['payload_bytes'])} of {_mib(memory['max_bytes'])}  "
+              f"results {_mib(memory['result_bytes'])} of {_mib(memory['max_result_bytes'])}")
     storage = status.get("storage")
     if storage:
         state = "ok" if storage["writable"] else f"REFUSING NEW TASKS, log not writable: {storage['error']}"
@@ -123,6 +127,10 @@ def run_status(args: argparse.Namespace) -> int:
     for name, row in sorted(status["queues"].items()):
         print(f"{name:<24}" + "".join(f"{row.get(c, 0):>10}" for c in cols))
     return 0
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1024 * 1024):.1f} MiB"
 
 
 def run_tasks(args: argparse.Namespace) -> int:

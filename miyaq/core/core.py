@@ -64,8 +64,9 @@ class Core:
 
     # -- views -------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        """Queues, totals, outcomes, protocol errors, records refused from peers
-        and the log, and the gate, for STATUS and /status."""
+        """Queues, totals, bytes held against their limits, outcomes, protocol
+        errors, records refused from peers and the log, and the gate, for
+        STATUS and /status."""
         engine, workers = self.engine, self.workers
         counts = engine.queue_counts()
         idle = workers.idle_by_queue()
@@ -76,14 +77,18 @@ class Core:
             row["workers"] = per_queue.get(q, 0)
             row["idle"] = idle.get(q, 0)
             queues[q] = row
-        totals = {"live": len(engine.table.live), "dead": len(engine.table.dead),
-                  "tombstones": len(engine.table.tombstones), "workers": len(workers.by_identity)}
+        table = engine.table
+        totals = {"live": len(table.live), "dead": len(table.dead),
+                  "tombstones": len(table.tombstones), "workers": len(workers.by_identity)}
+        memory = {"payload_bytes": table.payload_bytes, "max_bytes": self.config.max_bytes,
+                  "result_bytes": table.result_bytes, "max_result_bytes": self.config.max_result_bytes,
+                  "results_dropped": table.results_dropped}
         outcomes: dict[str, int] = {}
         for (_, outcome), n in engine.outcomes.items():
             outcomes[outcome] = outcomes.get(outcome, 0) + n
         return {"accepting": engine.accepting, "queues": queues, "totals": totals, "outcomes": outcomes,
                 "errors": dict(self.endpoint.errors), "records_refused": self.refusals.by_source(),
-                "max_tasks": self.config.max_tasks,
+                "max_tasks": self.config.max_tasks, "memory": memory,
                 "ignored": {"not_leased": engine.not_leased, "foreign_heartbeats": workers.foreign_heartbeats},
                 "waiters": {"pending": self.waiters.count, "released": self.waiters.released,
                             "probes": self.waiters.probes},

@@ -73,7 +73,7 @@ class Engine:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.table = TaskTable(config.max_tombstones, max(config.result_ttl, config.dedup_window),
-                               config.max_dead)
+                               config.max_dead, config.max_result_bytes)
         self.timers = TimerHeap()
         self._seq = itertools.count(1)           # submit order; the ready lanes draw from it too
         self.ready = ReadyQueues(self._seq)
@@ -166,6 +166,12 @@ class Engine:
             raise ShuttingDown("node is shutting down and accepts no new tasks")
         if len(table.live) >= self.config.max_tasks:
             raise Busy(f"node holds {len(table.live)} tasks, its limit")
+        if table.payload_bytes + len(task.body) > self.config.max_bytes:
+            raise Busy(f"node holds {table.payload_bytes} bytes of task payloads; max_bytes is "
+                       f"{self.config.max_bytes}", reason="bytes")
+        if table.result_bytes >= self.config.max_result_bytes:
+            raise Busy(f"node keeps {table.result_bytes} bytes of results; max_result_bytes is "
+                       f"{self.config.max_result_bytes} (freed as result_ttl passes)", reason="results")
         if task.queue not in self.counts and len(self.counts) >= MAX_QUEUES:
             raise InvalidField(f"this node already has {MAX_QUEUES} queues; no new queue {task.queue!r}",
                                field="queue")
@@ -268,7 +274,6 @@ class Engine:
         self._detach(task)
         task.state = "moved"
         self.table.remove(task)
-        self.table.dead.pop(task.id, None)
         if task.key is not None and self.table.keys.get(task.key) == task.id:
             del self.table.keys[task.key]
         for listener in self.listeners:
@@ -473,12 +478,10 @@ class Engine:
         victims = list(ids) if ids is not None else [t.id for t in self.table.iter_dead(queue)]
         n = 0
         for task_id in victims:
-            task = self.table.dead.pop(task_id, None)
+            task = self.table.purge(task_id)
             if task is None:
                 continue
             self._count(task.queue)[DEAD] -= 1
-            if task.key is not None and self.table.keys.get(task.key) == task.id:
-                del self.table.keys[task.key]
             for listener in self.listeners:
                 listener.task_purged(task)
             n += 1

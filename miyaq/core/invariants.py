@@ -48,7 +48,7 @@ def stuck_tasks(engine: Engine, waiting: Iterable[str] = ()) -> list[str]:
 
 
 def count_problems(engine: Engine) -> list[str]:
-    """Per-queue counts and lane counts that disagree with the table."""
+    """Per-queue counts, lane counts and byte sums that disagree with the table."""
     table = engine.table
     expected: dict[str, Counter[str]] = {}
     ready_by_lane: Counter[str] = Counter()
@@ -69,6 +69,12 @@ def count_problems(engine: Engine) -> list[str]:
     for name, lane in engine.ready.lanes.items():
         if lane.count != ready_by_lane[name]:
             out.append(f"lane {name!r} counts {lane.count} ready, holds {ready_by_lane[name]}")
+    payloads = sum(len(t.body) for t in table.live.values()) + sum(len(t.body) for t in table.dead.values())
+    if table.payload_bytes != payloads:
+        out.append(f"the table counts {table.payload_bytes} payload bytes, holds {payloads}")
+    results = sum(len(s.result or b"") for s in table.tombstones.values())
+    if table.result_bytes != results:
+        out.append(f"the table counts {table.result_bytes} result bytes, keeps {results}")
     return out
 
 

@@ -159,6 +159,17 @@ class NodeCollector(Collector):
         yield CounterMetricFamily("miyaq_dead_letter_dropped", "Dead letters dropped at the cap",
                                   value=engine.table.dead_dropped)
         yield GaugeMetricFamily("miyaq_tombstones", "Finished tasks remembered", value=len(engine.table.tombstones))
+        config = core.config
+        for name, text, value in (
+                ("miyaq_payload_bytes", "Payload bytes of the live and dead tasks held", engine.table.payload_bytes),
+                ("miyaq_payload_bytes_limit", "max_bytes: payload bytes held before submits are answered BUSY",
+                 config.max_bytes),
+                ("miyaq_result_bytes", "Result bytes kept with finished tasks", engine.table.result_bytes),
+                ("miyaq_result_bytes_limit", "max_result_bytes: result bytes kept before submits are answered "
+                 "BUSY", config.max_result_bytes)):
+            yield GaugeMetricFamily(name, text, value=value)
+        yield CounterMetricFamily("miyaq_results_dropped", "Finished tasks forgotten early: their results "
+                                  "reached twice max_result_bytes", value=engine.table.results_dropped)
         yield GaugeMetricFamily("miyaq_waiters", "Pending RESULT / RECEIVE long-polls", value=core.waiters.count)
         errors = CounterMetricFamily("miyaq_protocol_errors", "Refused requests by error code", labels=["code"])
         for code, n in sorted(core.endpoint.errors.items()):

@@ -1,9 +1,15 @@
 """The task table: live tasks by id, dedup keys, tombstones and dead letters.
 
 Everything here is bounded. Live tasks are capped by the engine (BUSY beyond
-``max_tasks``); tombstones (finished tasks with their outcome and result) by
-count and age; dead letters by count (the oldest is dropped, and counted,
-when the cap is reached).
+``max_tasks``, or ``max_bytes`` of payloads); tombstones (finished tasks with
+their outcome and result) by count, by age and, at twice
+``max_result_bytes`` of results, by bytes (the engine answers BUSY from
+``max_result_bytes`` on); dead letters by count (the oldest is dropped, and
+counted, when the cap is reached).
+
+The table keeps two sums as it changes: :attr:`TaskTable.payload_bytes`
+(the payloads of live and dead tasks) and :attr:`TaskTable.result_bytes`
+(the results its tombstones keep).
 """
 from __future__ import annotations
 
@@ -40,7 +46,8 @@ class Tombstone:
 
 
 class TaskTable:
-    def __init__(self, max_tombstones: int, tombstone_ttl: float, max_dead: int) -> None:
+    def __init__(self, max_tombstones: int, tombstone_ttl: float, max_dead: int,
+                 max_result_bytes: int | None = None) -> None:
         self.live: dict[str, Task] = {}
         self.keys: dict[str, str] = {}                      # key -> task id (live or tombstone)
         self.tombstones: OrderedDict[str, Tombstone] = OrderedDict()
@@ -48,31 +55,50 @@ class TaskTable:
         self.max_tombstones = max_tombstones
         self.tombstone_ttl = tombstone_ttl
         self.max_dead = max_dead
+        # Past this many bytes of results, the oldest tombstones are forgotten.
+        self.result_ceiling = 2 * max_result_bytes if max_result_bytes is not None else None
         self.dead_dropped = 0
+        self.results_dropped = 0      # tombstones forgotten early for the result ceiling
+        self.payload_bytes = 0        # payloads of the live and dead tasks
+        self.result_bytes = 0         # results the tombstones keep
 
     # -- live -------------------------------------------------------------
     def add(self, task: Task) -> None:
         self.live[task.id] = task
+        self.payload_bytes += len(task.body)
         if task.key is not None:
             self.keys[task.key] = task.id
 
     def remove(self, task: Task) -> None:
-        self.live.pop(task.id, None)
+        """Take a live or dead task out of the table (no tombstone)."""
+        if self.live.pop(task.id, None) is not None or self.dead.pop(task.id, None) is not None:
+            self.payload_bytes -= len(task.body)
 
     def get(self, task_id: str) -> Task | None:
         return self.live.get(task_id)
 
     # -- tombstones -------------------------------------------------------
     def bury(self, task: Task, state: str, result: bytes | None, now: float) -> Tombstone:
-        """Replace a live or dead task by its tombstone."""
-        self.live.pop(task.id, None)
-        self.dead.pop(task.id, None)
+        """Replace a live or dead task (or nothing: a ghost) by its tombstone."""
+        self.remove(task)
         stone = Tombstone(task, state, result, now)
+        old = self.tombstones.get(task.id)
+        if old is not None:
+            self.result_bytes -= len(old.result or b"")
         self.tombstones[task.id] = stone
         self.tombstones.move_to_end(task.id)
+        self.result_bytes += len(result or b"")
         while len(self.tombstones) > self.max_tombstones:
-            self._forget(self.tombstones.popitem(last=False)[1])
+            self._drop_oldest()
+        ceiling = self.result_ceiling
+        if ceiling is not None and self.result_bytes > ceiling:
+            while self.result_bytes > ceiling and len(self.tombstones) > 1:
+                self._drop_oldest()
+                self.results_dropped += 1
         return stone
+
+    def _drop_oldest(self) -> None:
+        self._forget(self.tombstones.popitem(last=False)[1])
 
     def tombstone(self, task_id: str) -> Tombstone | None:
         return self.tombstones.get(task_id)
@@ -91,6 +117,7 @@ class TaskTable:
         return dropped
 
     def _forget(self, stone: Tombstone) -> None:
+        self.result_bytes -= len(stone.result or b"")
         if stone.key is not None and self.keys.get(stone.key) == stone.id:
             del self.keys[stone.key]
 
@@ -116,11 +143,21 @@ class TaskTable:
         self.dead[task.id] = task
         if len(self.dead) > self.max_dead:
             evicted = self.dead.popitem(last=False)[1]
+            self.payload_bytes -= len(evicted.body)
             self.dead_dropped += 1
             if evicted.key is not None and self.keys.get(evicted.key) == evicted.id:
                 del self.keys[evicted.key]
             return evicted
         return None
+
+    def purge(self, task_id: str) -> Task | None:
+        """Drop a dead letter for good; returns it (None if there was none)."""
+        task = self.dead.pop(task_id, None)
+        if task is not None:
+            self.payload_bytes -= len(task.body)
+            if task.key is not None and self.keys.get(task.key) == task.id:
+                del self.keys[task.key]
+        return task
 
     def revive(self, task_id: str) -> Task | None:
         task = self.dead.pop(task_id, None)
