@@ -128,18 +128,22 @@ class Rig:
                             self.internal.append(f"{frames[1]!r}: {body.get('message')}")
 
     # -- the checks ---------------------------------------------------------------------------
-    def ask(self, command: bytes, body: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
-        """A request on a socket of its own (so no fuzz reply gets in the way)."""
-        sock = self.factory.dealer(f"tcp://127.0.0.1:{self.config.port}")
+    def ask(self, command: bytes, body: dict[str, Any], sock: Any = None) -> tuple[bytes, dict[str, Any]]:
+        """A request on ``sock``, or a socket of its own (so no fuzz reply gets in the way)."""
+        own = sock is None
+        if own:
+            sock = self.factory.dealer(f"tcp://127.0.0.1:{self.config.port}")
         try:
             sock.send_multipart([c.TAG, command, pack(body)])
             with green.Timeout(10):
                 while True:
                     _, cmd, raw = sock.recv_multipart()
-                    if cmd != c.HEARTBEAT:
-                        return cmd, msgpack.unpackb(raw, raw=False)
+                    answer = msgpack.unpackb(raw, raw=False)
+                    if cmd in (c.REPLY, c.ERROR) and answer.get("req") == body.get("req"):
+                        return cmd, answer
         finally:
-            sock.close(linger=0)
+            if own:
+                sock.close(linger=0)
 
     def check(self, where: str) -> None:
         node = self.node
@@ -147,16 +151,19 @@ class Rig:
         assert not node.supervisor.crashes, f"{where}: greenlets failed: {dict(node.supervisor.crashes)}"
         assert not self.internal, f"{where}: internal errors: {self.internal[:5]}"
         problems = self._problems()
-        if problems and os.environ.get("MIYAQ_FUZZ_DEBUG"):
-            for p in problems[:3]:
-                if "'" in p:
-                    t = self.engine.table.live.get(p.split("'")[1])
-                    if t is not None:
-                        print("DEBUG", p, {k: getattr(t, k) for k in t.__slots__ if k not in ("body",)})
-        assert problems == [], f"{where}: {problems[:10]}"
+        assert problems == [], f"{where}: {problems[:10]} {self._describe(problems[0])}"
         command, status = self.ask(c.STATUS, {"req": 1})
         assert command == c.REPLY and isinstance(status["queues"], dict), (where, command, status)
         self._round_trip(where)
+
+    def _describe(self, problem: str) -> dict[str, Any] | None:
+        """The task a problem line names, every slot of it (for the failure message)."""
+        task_id = problem.split("'")[1] if problem.count("'") >= 2 else ""
+        task = self.engine.table.live.get(task_id) or self.engine.table.dead.get(task_id)
+        if task is not None:
+            return {k: getattr(task, k) for k in task.__slots__ if k != "body"}
+        stone = self.engine.table.tombstone(task_id)
+        return stone.info() if stone is not None else None
 
     def _problems(self) -> list[str]:
         """The invariants; a standby copy asking the other holders has no timer
@@ -170,26 +177,26 @@ class Rig:
         while role.holders(task_id := f"check-{self.inputs.n}-{n}", 2)[0] != "fz":
             n += 1                       # a task this node runs first (rank 0)
         wire = {"id": task_id, "name": "echo", "queue": CHECK_QUEUE, "replicas": 2}
-        sock = self.factory.dealer(f"tcp://127.0.0.1:{self.config.port}")
+        sock = self.factory.dealer(f"tcp://127.0.0.1:{self.config.port}")   # one consumer throughout
         try:
-            sock.send_multipart([c.TAG, c.SUBMIT, pack({"tasks": [wire]})])
-            with green.Timeout(10):
-                while (frames := sock.recv_multipart())[1] != c.SUBMITTED:
-                    pass
-            [[_, status, detail]] = msgpack.unpackb(frames[2], raw=False)["results"]
-            assert status == c.ACCEPTED, (where, status, detail)
+            self._check_task(where, sock, task_id, wire)
         finally:
             sock.close(linger=0)
-        command, got = self.ask(c.RECEIVE, {"req": 2, "queues": [CHECK_QUEUE]})
-        if not got.get("task") and os.environ.get("MIYAQ_FUZZ_DEBUG"):
-            t = self.engine.table.live.get(task_id)
-            print("DEBUG", task_id, t and {k: getattr(t, k) for k in t.__slots__ if k != "body"},
-                  self.engine.table.tombstone(task_id) and self.engine.table.tombstone(task_id).info())
-        assert command == c.REPLY and got["task"] and got["task"]["id"] == task_id, (where, got)
+
+    def _check_task(self, where: str, sock: Any, task_id: str, wire: dict[str, Any]) -> None:
+        sock.send_multipart([c.TAG, c.SUBMIT, pack({"tasks": [wire]})])
+        with green.Timeout(10):
+            while (frames := sock.recv_multipart())[1] != c.SUBMITTED:
+                pass
+        [[_, status, detail]] = msgpack.unpackb(frames[2], raw=False)["results"]
+        assert status == c.ACCEPTED, (where, status, detail)
+        command, got = self.ask(c.RECEIVE, {"req": 2, "queues": [CHECK_QUEUE]}, sock)
+        assert command == c.REPLY and got["task"] and got["task"]["id"] == task_id, (where, got,
+                                                                                  self._describe(f"'{task_id}'"))
         attempt = got["task"]["attempt"]
-        command, ok = self.ask(c.ACK, {"req": 3, "id": task_id, "attempt": attempt, "result": b"fine"})
+        command, ok = self.ask(c.ACK, {"req": 3, "id": task_id, "attempt": attempt, "result": b"fine"}, sock)
         assert command == c.REPLY and ok["ok"], (where, ok)
-        command, result = self.ask(c.RESULT, {"req": 4, "id": task_id})
+        command, result = self.ask(c.RESULT, {"req": 4, "id": task_id}, sock)
         assert command == c.REPLY and result["state"] == "done" and result["result"] == b"fine", (where, result)
 
     def tidy(self) -> None:

@@ -66,7 +66,8 @@ def test_good_events_pass(event):
     (["F", "t1", 12345, None, None], "state"), (["F", "t1", "dead", None, None], "state"),
     (["F", "t1", "done", "text", None], "result"), (["F", "t1", "done", None, ["e"]], "error"),
     (["S", "t1", -1, NOW], "attempt"), (["S", "t1", True, NOW], "attempt"), (["S", "t1", 1, float("nan")], "lease_end"),
-    (["S", "t1", 1, NOW, "yes"], "at_most_once"), (["T", "t1", "soon"], "lease_end"), (["R", "t1", 1, 1e300, None], "eta"),
+    (["S", "t1", 1, NOW, "yes"], "at_most_once"), (["S", "t1", 1, NOW, False, 7], "event"),
+    (["T", "t1", "soon"], "lease_end"), (["R", "t1", 1, 1e300, None], "eta"),
     (["D", "t1", 1, {"type": 5}], "error"), (["D", "t1", 1, {"k" * 65: 1}], "error"),
     (["Z", "t1"], "event"), (["F", "t1"], "event"), ([], "event"), ("F", "event"), (["F", 7, "done", None, None], "id"),
 ])
