@@ -915,3 +915,29 @@ def test_cancelled_ready_tasks_do_not_stay_in_their_lane():
     lane = engine.ready.lanes.get("idle")      # an empty lane is dropped altogether
     held = 0 if lane is None else sum(len(d) for d in lane.by_level.values())
     assert held <= 1024, f"lane 'idle' still references {held} finished tasks"
+
+
+def test_counters_of_queues_made_up_by_producers_do_not_pile_up():
+    """Bounded memory: producers use 1,000 queue names once each (a task
+    submitted and finished in each). Once a node has seen more than 100
+    queues, housekeeping drops an empty queue's counts *and* its outcome
+    counters, and tells the listeners (metrics drop the queue's series); a
+    queue still in use keeps its counters."""
+    engine = make_engine()
+    forgotten: list[str] = []
+
+    class Listener(EngineListener):
+        def queue_forgotten(self, queue: str) -> None:
+            forgotten.append(queue)
+
+    engine.listeners.append(Listener())
+    submit(engine, "kept", queue="busy")
+    for i in range(1000):
+        submit(engine, f"m{i}", queue=f"made-up-{i}")
+        engine.cancel(f"m{i}", T0)
+    assert len(engine.outcomes) > 2000
+    engine.compact_lanes()
+    assert set(engine.counts) == {"busy"}
+    assert {q for q, _ in engine.outcomes} == {"busy"}
+    assert sorted(forgotten) == sorted(f"made-up-{i}" for i in range(1000))
+    check_consistent(engine)

@@ -17,6 +17,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from miyaq.errors import Busy
 from miyaq.protocol import commands as c
+from miyaq.testing.harness import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -144,7 +145,6 @@ def test_live_payloads_past_max_bytes_answer_busy_and_the_client_retries(make_no
 
 def wait_busy(client) -> int:
     """How many submits the client saw answered BUSY (its retries), once one was."""
-    from miyaq.testing.harness import wait_for
     return wait_for(lambda: client._io.busy_replies, timeout=WAIT, what="a BUSY answer")
 
 

@@ -6,7 +6,12 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from gateway_harness import FIXTURES, Http, wait_for
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+
+from miyaq.gateway.metrics import TaskTimings
+from miyaq.store.table import Tombstone
+from miyaq.store.task import Task
 
 http_node, api, make_http_node, make_web_worker = FIXTURES   # pytest finds fixtures in module globals
 
@@ -114,3 +119,20 @@ def test_limits_throttling_is_exposed(make_http_node):
         assert value(scrape(api), "miyaq_queue_throttled_total", queue="th") >= 1
     finally:
         api.close()
+
+
+def test_a_forgotten_queue_takes_its_latency_series_with_it():
+    """Bounded /metrics: a queue the engine forgot (empty, among more than
+    100 seen) loses its latency histograms and duplicate counter, so queue
+    names a producer makes up do not grow the scrape without bound."""
+    registry = CollectorRegistry()
+    timings = TaskTimings(registry)
+    task = Task("t1", "made-up-7", "echo", b"", eta=1.0, created=1.0)
+    task.attempt = 1
+    timings.task_started(task)
+    timings.task_finished(task, Tombstone(task, "done", None, 2.0))
+    timings.duplicate_run(task, {})
+    assert b'queue="made-up-7"' in generate_latest(registry)
+    timings.queue_forgotten("made-up-7")
+    timings.queue_forgotten("never-seen")
+    assert b'queue="made-up-7"' not in generate_latest(registry)

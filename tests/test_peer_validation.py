@@ -14,15 +14,20 @@ STATUS and the queue keep answering. Before this, one record with
 from __future__ import annotations
 
 import time
+import urllib.request
 from typing import Any
 
 import pytest
 from peer_fixtures import FakePeer, PeerDealer, ServiceDealer, clustered_node
 
 from miyaq.cluster.peer import SYNC
+from miyaq.config import NodeConfig
+from miyaq.protocol.recordspec import task_from_record
+from miyaq.protocol.taskspec import task_from_wire
+from miyaq.store.log import AppendLog
 from miyaq.store.records import task_record, transfer_record
 from miyaq.store.task import Task
-from miyaq.testing.harness import ThreadNode, wait_for
+from miyaq.testing.harness import ThreadNode, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -120,10 +125,6 @@ def test_refused_records_are_in_metrics_by_source_and_field(peer):
     """Fault: two bad records (a queue that is an int, a priority that is a
     string) and one that is no task record at all. /metrics counts them by
     source and field, from fixed label sets."""
-    import urllib.request
-
-    from miyaq.testing.harness import free_port
-
     node = clustered_node(peer, http_port=free_port()).start()
     dealer = PeerDealer(f"tcp://127.0.0.1:{node.config.peer}")
     try:
@@ -219,8 +220,6 @@ def test_poisoned_record_in_the_log_is_skipped_at_replay(tmp_path):
     whose priority is a string, a tombstone whose state is an int and a retry
     whose eta is a string. The node starts, skips and counts each (source
     ``log``), restores the good task, and STATUS and the queue work."""
-    from miyaq.store.log import AppendLog
-
     log = AppendLog(tmp_path)
     list(log.replay())
     log.append_many([record("log-queue", [], queue=12345), record("log-prio", [], priority="high"),
@@ -243,10 +242,6 @@ def test_poisoned_record_in_the_log_is_skipped_at_replay(tmp_path):
 def test_transfer_records_of_the_node_own_tasks_pass_validation():
     """The records a node sends (transfer_record of every state it holds)
     pass the checks the receiver applies: validation never refuses an honest peer."""
-    from miyaq.config import NodeConfig
-    from miyaq.protocol.recordspec import task_from_record
-    from miyaq.protocol.taskspec import task_from_wire
-
     config = NodeConfig()
     wire = {"id": "w1", "url": "https://example.com/hook", "headers": {"X-A": "b"}, "offset": 2.0,
             "resent": True, "ttl": 60, "key": "k", "priority": -5, "at_most_once": True, "countdown": 10}

@@ -497,9 +497,18 @@ class Engine:
             if lane.count == 0 and lane.entries == 0:
                 del self.ready.lanes[name]
         if len(self.counts) > 100:
+            forgotten = set()
             for queue, counts in list(self.counts.items()):
                 if not any(counts.values()):
                     del self.counts[queue]     # empty queue: pruned, so names stay bounded
+                    forgotten.add(queue)
+            if forgotten:
+                # Its outcome counters too: names a producer makes up must not pile up.
+                for key in [k for k in self.outcomes if k[0] in forgotten]:
+                    del self.outcomes[key]
+                for queue in forgotten:
+                    for listener in self.listeners:
+                        listener.queue_forgotten(queue)
         return dropped
 
     # -- views -------------------------------------------------------------------

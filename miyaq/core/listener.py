@@ -49,3 +49,8 @@ class EngineListener:
 
     def duplicate_run(self, task: Task, info: dict[str, Any]) -> None:
         """Evidence that a task ran more than once (counted, never silent)."""
+
+    def queue_forgotten(self, queue: str) -> None:
+        """``queue`` holds nothing any more and its counters were dropped (a
+        node that saw many queues keeps only those in use): drop what is
+        kept per queue."""

@@ -111,6 +111,20 @@ class TaskTimings(EngineListener):
     def duplicate_run(self, task: Task, info: dict[str, Any]) -> None:
         self.duplicates.labels(task.queue).inc()
 
+    def queue_forgotten(self, queue: str) -> None:
+        """The queue's series go with it (queue names are the producers': bounded only by use)."""
+        for which, metric in enumerate((self.delay, self.run, self.total)):
+            self._children.pop((which, queue), None)
+            _drop(metric, queue)
+        _drop(self.duplicates, queue)
+
+
+def _drop(metric: Any, queue: str) -> None:
+    try:
+        metric.remove(queue)
+    except KeyError:
+        pass       # never observed for this queue
+
 
 class NodeCollector(Collector):
     """Reads the node's own counters at scrape time."""
