@@ -80,15 +80,17 @@ def test_submit_options_reach_the_node(node, client):
 
 
 def test_status_of_the_node_as_a_table_and_as_json(node, worker, client):
-    """``miyaq status`` prints the node line, the totals and one row per
-    queue; ``--json`` prints the same status as JSON."""
+    """``miyaq status`` prints the node line, the totals, the bytes held
+    against their limits and one row per queue; ``--json`` prints the same
+    status as JSON."""
     client.submit("echo", [1], queue="q1", countdown=60, wait=True)
     wait_for(lambda: client.status()["totals"]["workers"] == 1, what="worker registered")
     lines = ok("status", "--connect", node.endpoint).splitlines()
     assert lines[0].startswith(f"node n{node.port} ")
     assert "live 1" in lines[1] and "workers 1" in lines[1]
-    assert lines[2].split() == ["queue", "scheduled", "ready", "running", "retrying", "dead", "workers", "idle"]
-    rows = {line.split()[0]: line.split()[1:] for line in lines[3:]}
+    assert lines[2].startswith("payloads 0.0 MiB of 1024.0 MiB  results 0.0 MiB of 256.0 MiB"), lines[2]
+    assert lines[3].split() == ["queue", "scheduled", "ready", "running", "retrying", "dead", "workers", "idle"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[4:]}
     assert rows["q1"][:5] == ["1", "0", "0", "0", "0"]
     assert rows["default"][5] == "1"                  # one worker consumes "default"
     status = ok_json("status", "--connect", node.endpoint)
