@@ -19,7 +19,7 @@ from miyaq.cluster.peer import REPLICATE
 from miyaq.cluster.sizes import chunks, record_size
 from miyaq.constants import HANDOFF_CHUNK, HANDOFF_CONFIRM_TIMEOUT, HANDOFF_RETRY
 from miyaq.runtime import monotonic
-from miyaq.protocol.recordspec import confirmed_ids
+from miyaq.protocol.eventspec import confirmed_ids
 from miyaq.store.records import transfer_record
 from miyaq.store.task import RUNNING
 

@@ -9,7 +9,7 @@ resync, a standby check's answer) is not announced again: such code runs
 inside :meth:`EventPublisher.applying_remote`, the one owner of that state.
 
 :func:`apply_events` is the receiving side: it checks each event
-(:func:`miyaq.protocol.recordspec.check_event`: a bad one is refused,
+(:func:`miyaq.protocol.eventspec.check_event`: a bad one is refused,
 counted and skipped) and moves the local copy the same way — a standby copy
 pushes its timer out past the runner's lease, a finished task leaves a
 tombstone (even for an id this node does not know, so a late copy cannot
@@ -40,7 +40,8 @@ from miyaq.constants import EARLY_START_TTL, MAX_EARLY_STARTS, MAX_STREAM_EVENTS
 from miyaq.core.engine import note_lessee
 from miyaq.core.listener import EngineListener
 from miyaq.errors import InvalidField
-from miyaq.protocol.recordspec import STARTED_ELSEWHERE, check_event
+from miyaq.protocol.eventspec import check_event
+from miyaq.protocol.recordspec import STARTED_ELSEWHERE
 from miyaq.runtime import monotonic, wall
 from miyaq.store.table import Tombstone
 from miyaq.store.task import READY, RETRYING, RUNNING, SCHEDULED, Task

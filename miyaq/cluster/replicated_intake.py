@@ -24,7 +24,7 @@ from miyaq.constants import MAX_PENDING_SUBMITS
 from miyaq.core.handles import Ack, AckTarget
 from miyaq.errors import MiyaqError, NotEnoughReplicas, Unavailable
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE, REJECTED
-from miyaq.protocol.recordspec import confirmed_ids
+from miyaq.protocol.eventspec import confirmed_ids
 from miyaq.runtime import monotonic, wall
 from miyaq.store.records import task_record
 from miyaq.store.task import READY, SCHEDULED, Task

@@ -39,7 +39,7 @@ from miyaq.cluster.peer import QUERY
 from miyaq.constants import MAX_QUERY, QUERY_TIMEOUT
 from miyaq.core.listener import EngineListener
 from miyaq.errors import InvalidField
-from miyaq.protocol.recordspec import check_state_answer
+from miyaq.protocol.eventspec import check_state_answer
 from miyaq.runtime import wall
 from miyaq.store.task import DEAD, READY, RETRYING, RUNNING, SCHEDULED, Task
 

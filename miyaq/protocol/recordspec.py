@@ -1,5 +1,6 @@
 """Validate what other nodes, and the log, hand a node: task records,
-outcomes, replication events and QUERY answers.
+tombstones, outcomes and the log's change records (stream events and peer
+answers: :mod:`miyaq.protocol.eventspec`).
 
 Nothing from a peer is trusted more than a client: a task record that
 arrives by REPLICATE (a submit's copy or a handoff), SYNC or the log passes
@@ -53,7 +54,8 @@ _ERROR_KEYS = 16
 _ERROR_TEXT = 16384
 
 
-def _time(value: Any, field: str) -> float:
+def check_time(value: Any, field: str) -> float:
+    """A time a node stores: unix seconds, 0 to ``MAX_TIME``."""
     if type(value) is float:
         if 0.0 <= value <= MAX_TIME:          # False for NaN
             return value
@@ -62,7 +64,8 @@ def _time(value: Any, field: str) -> float:
     raise InvalidField(f"field {field!r} must be a time in unix seconds, 0 to {MAX_TIME:g}", field=field)
 
 
-def _attempt(value: Any, field: str = "attempt") -> int:
+def check_attempt(value: Any, field: str = "attempt") -> int:
+    """An attempt count: an integer >= 0."""
     if type(value) is not int or not 0 <= value <= 2**31 - 1:
         raise InvalidField(f"field {field!r} must be an integer >= 0", field=field)
     return value
@@ -215,8 +218,8 @@ def _full(r: dict[str, Any], config: NodeConfig) -> Task:
     task = Task(
         task_id, queue, name, f.binary(r, "body", b"", max_len=config.max_payload), url=url, method=method,
         priority=f.integer(r, "priority", 0),
-        eta=_time(r.get("eta", 0.0), "eta"), created=_time(r.get("created", 0.0), "created"),
-        expires=_time(r.get("expires", 0.0), "expires"),
+        eta=check_time(r.get("eta", 0.0), "eta"), created=check_time(r.get("created", 0.0), "created"),
+        expires=check_time(r.get("expires", 0.0), "expires"),
         max_retries=f.integer(r, "max_retries", 3, lo=0, hi=10_000),
         backoff=f.number(r, "backoff", 1.0, lo=0.0, hi=YEAR),
         backoff_max=f.number(r, "backoff_max", 300.0, lo=0.0, hi=YEAR),
@@ -233,9 +236,9 @@ def _full(r: dict[str, Any], config: NodeConfig) -> Task:
         raise InvalidField(f"field 'state' of a task record must be one of {', '.join(TASK_STATES)}",
                            field="state")
     task.state = state
-    task.attempt = _attempt(r.get("attempt", 0))
+    task.attempt = check_attempt(r.get("attempt", 0))
     task.error = check_error(r.get("error"))
-    task.lease_end = _time(r.get("lease_end", 0.0), "lease_end")
+    task.lease_end = check_time(r.get("lease_end", 0.0), "lease_end")
     return task
 
 
@@ -256,8 +259,8 @@ def check_stone_record(r: dict[str, Any], config: NodeConfig) -> None:
     check_id(r.get("id"))
     check_queue(r.get("queue", "default"))
     check_outcome(r.get("state"), r.get("result"), r.get("error"), config)
-    _time(r.get("at", 0.0), "at")
-    _attempt(r.get("attempt", 0))
+    check_time(r.get("at", 0.0), "at")
+    check_attempt(r.get("attempt", 0))
     f.string(r, "key", None, max_len=256)
 
 
@@ -266,69 +269,11 @@ def check_change(r: dict[str, Any]) -> None:
     ``V`` revived, ``P`` purged (:mod:`miyaq.persistence.journal`)."""
     op = r.get("o")
     if op in ("S", "R", "D"):
-        _attempt(r.get("attempt", 0))
+        check_attempt(r.get("attempt", 0))
     if op in ("R", "D"):
         check_error(r.get("error"))
     if op == "R":
-        _time(r.get("eta", 0.0), "eta")
-
-
-#: Stream events: op -> the fewest items it has (more are ignored).
-_EVENT_LENGTH = {"S": 4, "T": 3, "F": 5, "R": 5, "D": 4, "V": 2, "P": 2}
-
-
-def check_event(ev: Any, config: NodeConfig) -> None:
-    """One replication stream event (:mod:`miyaq.cluster.holder_events`)."""
-    if not isinstance(ev, list) or not ev or type(ev[0]) is not str or len(ev) < _EVENT_LENGTH.get(ev[0], 1 << 30):
-        raise InvalidField("an event must be [op, id, ...] with a known op and its items", field="event")
-    op = ev[0]
-    check_id(ev[1])
-    if op == "S":
-        _attempt(ev[2])
-        _time(ev[3], "lease_end")
-        if len(ev) > 4 and type(ev[4]) is not bool:
-            raise InvalidField("field 'at_most_once' must be true or false", field="at_most_once")
-        if len(ev) > 5 and ev[5] is not None and (type(ev[5]) is not str or not 0 < len(ev[5]) <= 512):
-            raise InvalidField("a STARTED event's lessee must be nil or a name of 1 to 512 characters",
-                               field="event")
-    elif op == "T":
-        _time(ev[2], "lease_end")
-    elif op == "F":
-        check_outcome(ev[2], ev[3], ev[4], config)
-    elif op == "R":
-        _attempt(ev[2])
-        _time(ev[3], "eta")
-        check_error(ev[4])
-    elif op == "D":
-        _attempt(ev[2])
-        check_error(ev[3])
-
-
-def check_state_answer(a: Any, config: NodeConfig) -> None:
-    """One id of a QUERY answer (:func:`miyaq.cluster.standby.describe`):
-    ``[live state, standby, rank, time]``, ``["dead"]``, ``[finished state,
-    result, error]`` or ``["unknown"]``."""
-    if not isinstance(a, list) or not a or type(a[0]) is not str:
-        raise InvalidField("a task's state must be [state, ...]", field="answer")
-    state = a[0]
-    if state in LIVE_STATES:
-        if len(a) < 4 or type(a[1]) is not bool:
-            raise InvalidField("a live task's state must be [state, standby, rank, time]", field="answer")
-        f.integer({"rank": a[2]}, "rank", lo=0, hi=MAX_HOLDERS - 1)
-        _time(a[3], "eta")
-    elif state in STONE_STATES:
-        check_outcome(state, a[1] if len(a) > 1 else None, a[2] if len(a) > 2 else None, config)
-    elif state not in (DEAD, "unknown"):
-        raise InvalidField(f"unknown task state {state[:32]!r}", field="state")
-
-
-def confirmed_ids(answer: dict[str, Any]) -> set[str]:
-    """The task ids a REPLICATE answer says were stored (anything else in its
-    ``ids`` is ignored)."""
-    ids = answer.get("ids")
-    if not isinstance(ids, list):
-        return set()
-    return {i for i in ids if type(i) is str}
+        check_time(r.get("eta", 0.0), "eta")
 
 
 # -- the invariant ------------------------------------------------------------------
@@ -339,8 +284,8 @@ def _stone_problem(stone: Tombstone, config: NodeConfig) -> str | None:
         check_id(stone.id)
         check_queue(stone.queue)
         check_outcome(stone.state, stone.result, stone.error, config)
-        _time(stone.finished, "at")
-        _attempt(stone.attempt)
+        check_time(stone.finished, "at")
+        check_attempt(stone.attempt)
         if stone.key is not None and (type(stone.key) is not str or not 0 < len(stone.key) <= 256):
             raise InvalidField("field 'key' must have 1 to 256 characters", field="key")
     except InvalidField as err:
