@@ -6,6 +6,7 @@ naming the field, so a bad request is refused before it changes any state.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from miyaq.errors import InvalidField
@@ -105,3 +106,24 @@ def items(body: dict[str, Any], name: str, max_items: int) -> list[Any]:
     if len(value) > max_items:
         raise InvalidField(f"field {name!r} holds {len(value)} items; at most {max_items}", field=name)
     return value
+
+
+class KnownNames:
+    """Strings ``pattern`` accepted, remembered (at most ``limit``) so a hot
+    path checks each queue name or node id once."""
+
+    def __init__(self, pattern: re.Pattern[str], limit: int = 10_000) -> None:
+        self.pattern = pattern
+        self.limit = limit
+        self._seen: set[str] = set()
+
+    def valid(self, value: Any) -> bool:
+        if type(value) is not str:
+            return False
+        if value in self._seen:
+            return True
+        if not self.pattern.fullmatch(value):
+            return False
+        if len(self._seen) < self.limit:
+            self._seen.add(value)
+        return True

@@ -50,6 +50,7 @@ FIELDS = frozenset({
     "holders", "state", "attempt", "error", "lease_end", "result", "at", "record", "event", "answer",
 })
 _NODE_ID = re.compile(r"[A-Za-z0-9_.:@\-]{1,128}")     # as the ring checks them (cluster/membership.py)
+_is_node = f.KnownNames(_NODE_ID).valid
 _ERROR_KEYS = 16
 _ERROR_TEXT = 16384
 
@@ -118,7 +119,7 @@ def _holders(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
     if not isinstance(value, list) or len(value) > MAX_HOLDERS or not all(
-            type(h) is str and _NODE_ID.fullmatch(h) for h in value):
+            _is_node(h) for h in value):
         raise InvalidField(f"field 'holders' must list at most {MAX_HOLDERS} node ids", field="holders")
     return tuple(value)
 
@@ -143,19 +144,6 @@ def _meta(value: Any) -> dict[str, Any] | None:
 #: The fields of the common record: a submit's copy of a named task.
 _FAST_FIELDS = frozenset({"o", "id", "queue", "name", "method", "body", "priority", "eta", "created", "expires",
                           "max_retries", "backoff", "backoff_max", "timeout", "replicas", "key", "rank", "holders"})
-_known_nodes: set[str] = set()        # node ids already checked (bounded below)
-
-
-def _is_node(value: Any) -> bool:
-    if type(value) is not str:
-        return False
-    if value in _known_nodes:
-        return True
-    if not _NODE_ID.fullmatch(value):
-        return False
-    if len(_known_nodes) < 10_000:
-        _known_nodes.add(value)
-    return True
 
 
 def _is_time(value: Any) -> bool:

@@ -60,29 +60,13 @@ def check_target(d: dict[str, Any]) -> tuple[str | None, str | None]:
 
 
 _BASIC = frozenset({"id", "queue", "name", "body"})
-_known_queues: set[str] = set()      # names already checked (bounded below)
+_QUEUES = f.KnownNames(_QUEUE)
+#: ``check_queue`` as a test, for fast paths (names already seen are remembered).
+is_queue = _QUEUES.valid
 
 
 def _queue(value: Any) -> str:
-    if type(value) is str and value in _known_queues:
-        return value
-    check_queue(value)
-    if len(_known_queues) < 10_000:
-        _known_queues.add(value)
-    return value
-
-
-def is_queue(value: Any) -> bool:
-    """``check_queue`` as a test, for fast paths (names already seen are cached)."""
-    if type(value) is not str:
-        return False
-    if value in _known_queues:
-        return True
-    if not _QUEUE.match(value):
-        return False
-    if len(_known_queues) < 10_000:
-        _known_queues.add(value)
-    return True
+    return value if is_queue(value) else check_queue(value)
 
 
 def task_from_wire(d: Any, now: float, config: NodeConfig) -> Task:
