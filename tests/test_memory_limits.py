@@ -13,7 +13,10 @@ import time
 import msgpack
 import pytest
 import zmq
+from peer_fixtures import FakePeer, PeerDealer, clustered_node, pack
 from zmq.utils.monitor import recv_monitor_message
+
+from miyaq.cluster.peer import REPLICATE, SYNC
 
 from miyaq.errors import Busy
 from miyaq.protocol import commands as c
@@ -167,3 +170,45 @@ def test_kept_results_past_max_result_bytes_answer_busy(make_node, client_for):
     short = client_for(n.endpoint, submit_timeout=1.0)
     with pytest.raises(Busy, match="max_result_bytes"):
         short.submit("echo", [1], queue="results", wait=True)
+
+
+# -- messages between nodes stay under max_message -----------------------------------------
+
+
+def test_replicate_batches_and_sync_answers_stay_under_max_message(client_for):
+    """Fault (before: one REPLICATE per burst, one SYNC answer per 1,000
+    tasks, whatever their size): a burst of 12 tasks of 900 KB on a node whose
+    max_message is 2 MiB. Each REPLICATE the node sends its peer stays under
+    the message limit and together they carry every task; a SYNC asked of the
+    node is answered in parts under the limit, its cursor covering every task."""
+    peer = FakePeer()
+    node = clustered_node(peer, max_message=2 * MiB, max_payload=MiB).start()
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(node.endpoint)
+    dealer = PeerDealer(f"tcp://127.0.0.1:{node.config.peer}")
+    try:
+        identity, body = peer.next_request(SYNC)        # the node's link to the peer is up
+        peer.answer(identity, body["req"], {"tasks": [], "stones": [], "next": None})
+        ids = [f"big-{i}" for i in range(12)]
+        for task_id in ids:           # one SUBMIT each: the node reads them as one burst
+            sock.send_multipart([c.TAG, c.SUBMIT, pack({"tasks": [{"id": task_id, "name": "n", "countdown": 600,
+                                                                     "body": bytes(900_000)}]})])
+        replicated: set[str] = set()
+        limit = 2 * MiB + 4096
+        while replicated != set(ids):
+            identity, body = peer.next_request(REPLICATE)
+            assert len(pack(body)) <= limit
+            replicated |= {r["id"] for r in body["tasks"]}
+        cursor, synced = 0, set()
+        while cursor is not None:
+            answer = dealer.request(SYNC, {"cursor": cursor})
+            assert len(pack(answer)) <= limit
+            synced |= {r["id"] for r in answer["tasks"]}
+            cursor = answer["next"]
+        assert synced == set(ids)
+    finally:
+        dealer.close()
+        sock.close(linger=0)
+        node.stop()
+        peer.close()
