@@ -157,11 +157,11 @@ class Rig:
         self._round_trip(where)
 
     def _describe(self, problem: str) -> dict[str, Any] | None:
-        """The task a problem line names, every slot of it (for the failure message)."""
+        """The task a problem line names, as the failure message shows it."""
         task_id = problem.split("'")[1] if problem.count("'") >= 2 else ""
         task = self.engine.table.live.get(task_id) or self.engine.table.dead.get(task_id)
         if task is not None:
-            return {k: getattr(task, k) for k in task.__slots__ if k != "body"}
+            return {**task.header(), "standby": task.standby, "rank": task.rank, "timer_at": task.timer_at}
         stone = self.engine.table.tombstone(task_id)
         return stone.info() if stone is not None else None
 

@@ -20,14 +20,16 @@ from miyaq.errors import InvalidField
 from miyaq.protocol import eventspec as es
 from miyaq.protocol import recordspec as rs
 from miyaq.store.table import TaskTable
-from miyaq.store.task import Task
+from miyaq.store.task import EXTRA_FIELDS, SPEC_FIELDS, Task
 
 NOW = time.time()
 CONFIG = NodeConfig()
 
 
 def _slots(task: Task) -> dict[str, Any]:
-    return {k: getattr(task, k) for k in Task.__slots__}
+    """Every field of ``task``, the shared ones (spec, extra) read one by one."""
+    fields = SPEC_FIELDS + EXTRA_FIELDS + ("id", "body", "eta", "created", "state", "attempt", "lease_end", "lane")
+    return {k: getattr(task, k) for k in fields}
 
 
 def test_fast_and_full_paths_agree_on_random_records():
