@@ -203,9 +203,12 @@ def test_nodes_keep_serving_tasks_without_quorum_and_refuse_ring_changes(cluster
 
     for i in down:
         zk_ensemble.start(i)
+    # Each node reconnects on its own schedule: wait for all of them, not
+    # only for the first (the one that becomes leader).
+    wait_for(lambda: all(cluster.stats(n)["cluster"]["zookeeper"] == "connected" for n in cluster.nodes),
+             timeout=30, what="every node's ZooKeeper session to be connected again")
     wait_for(lambda: sum(cluster.stats(n)["cluster"]["is_leader"] for n in cluster.nodes) == 1, timeout=30,
              what="the leader to resume")
-    assert all(cluster.stats(n)["cluster"]["zookeeper"] == "connected" for n in cluster.nodes)
     answer = miyaq_cli("ring", "weight", "n1", "2", "--zk", zk_ensemble.hosts, "--cluster", zk_cluster_name)
     assert answer.returncode == 0, answer
     wait_for(lambda: all(cluster.ring(n)["epoch"] > epoch for n in cluster.nodes), timeout=30,
