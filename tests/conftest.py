@@ -37,6 +37,15 @@ def _failed(request) -> bool:
 
 
 @pytest.fixture
+def ctx():
+    """A plain (not green) ZeroMQ context for raw sockets a test speaks through."""
+    import zmq
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+@pytest.fixture
 def node():
     """A standalone node in a thread of the test process."""
     with ThreadNode(heartbeat=0.25) as n:

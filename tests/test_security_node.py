@@ -31,13 +31,6 @@ def keys(tmp_path) -> Keys:
 
 
 @pytest.fixture
-def ctx():
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
-
-
-@pytest.fixture
 def secure_node(make_node, keys):
     return make_node(keys=keys.dir)
 

@@ -22,13 +22,6 @@ FORGED = msgpack.packb("forged")
 
 
 @pytest.fixture
-def ctx():
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
-
-
-@pytest.fixture
 def keys(tmp_path) -> Keys:
     return make_keys(os.path.join(str(tmp_path), "keys"), ("producer", "producer"), ("w-a", "worker"),
                      ("w-b", "worker"), ("admin", "admin"))

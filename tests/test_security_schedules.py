@@ -9,7 +9,6 @@ import time
 
 import msgpack
 import pytest
-import zmq
 
 from miyaq.cluster.periodic_store import ZkPeriodicStore
 from miyaq.cluster.zk_store import close_client, connect
@@ -19,13 +18,6 @@ from miyaq.protocol import commands as c
 from miyaq.protocol.periodic import Declared, Schedule
 
 from secure_harness import Keys, Speaker, make_keys
-
-
-@pytest.fixture
-def ctx():
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
 
 
 @pytest.fixture

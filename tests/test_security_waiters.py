@@ -7,8 +7,6 @@ import os
 import threading
 import time
 
-import pytest
-import zmq
 
 import miyaq
 from miyaq import constants
@@ -16,13 +14,6 @@ from miyaq.protocol import commands as c
 from miyaq.testing.harness import wait_for
 
 from secure_harness import Keys, Speaker, make_keys, submit, task
-
-
-@pytest.fixture
-def ctx():
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
 
 
 def waiters(node) -> dict:
