@@ -106,11 +106,13 @@ def test_busy_past_the_deadline_raises_one_clear_error(make_node, client_for):
 def test_submit_window_blocks_when_full(make_node, client_for):
     """The client keeps at most `window` unacknowledged submits."""
     n = make_node(max_tasks=2)
-    c1 = client_for(n.endpoint, window=3, submit_timeout=2.0)
+    # The three that fill the window must outlive the late submit's 0.3 s
+    # by far, even on a loaded machine: 4 s.
+    c1 = client_for(n.endpoint, window=3, submit_timeout=4.0)
     for i in range(2):
         c1.submit("echo", [i], wait=True)
     for i in range(3):
-        c1.submit("echo", [i])        # fills the window: these stay BUSY until their 2 s deadline
+        c1.submit("echo", [i])        # fills the window: these stay BUSY until their 4 s deadline
     c1.submit_timeout = 0.3           # gives up well before any of those three frees its slot
     with pytest.raises(miyaq.Timeout):
         c1.submit("echo", [9])          # blocks until the window has room, then gives up
