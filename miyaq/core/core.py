@@ -41,7 +41,7 @@ class Core:
         self.dispatcher = Dispatcher(self.engine, config.max_batch, self.gate, self.limits)
         self.endpoint = ServiceEndpoint(sockets, f"tcp://{config.host}:{config.port}", guard)
         self.waiters = Waiters(self.dispatcher, config.max_waiters, config.max_waiters_per_connection,
-                               config.max_waiters_per_key, self.endpoint.reachable)
+                               config.max_waiters_per_key, self.endpoint.reachable, self.engine.live_state)
         self.directory = Directory()
         self.refusals = Refusals()
         self.workers = WorkerRegistry(self.engine, self.dispatcher, self.endpoint, self.directory,

@@ -416,6 +416,12 @@ class Engine:
             raise NotFound(f"no task {task_id}")
         return stone.info()
 
+    def live_state(self, task_id: str) -> str | None:
+        """The state of a live task held here (scheduled, ready, running,
+        retrying), or None."""
+        task = self.table.live.get(task_id)
+        return task.state if task is not None else None
+
     def result(self, task_id: str) -> Tombstone | None:
         """The tombstone of a finished task, or None while it is live/dead."""
         return self.table.tombstone(task_id)

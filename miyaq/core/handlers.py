@@ -122,9 +122,16 @@ class ServiceHandlers:
         if timeout <= 0:
             self.endpoint.reply(identity, req, {"state": engine.table.live[task_id].state, "timeout": True})
             return
-        self.waiters.wait_result(task_id, monotonic() + timeout,
-                                 lambda answer: self.endpoint.reply(identity, req, answer),
-                                 Origin(identity, self._key()))
+        endpoint = self.endpoint
+
+        def answer(body: dict[str, Any] | None) -> None:
+            if body is None:     # handed off meanwhile: another holder has it
+                endpoint.error(identity, NotFound(f"no task {task_id} here any more (moved to other holders)"),
+                               req)
+            else:
+                endpoint.reply(identity, req, body)
+
+        self.waiters.wait_result(task_id, monotonic() + timeout, answer, Origin(identity, self._key()))
 
     def tasks(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         queue = body.get("queue")

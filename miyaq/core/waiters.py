@@ -28,7 +28,10 @@ from miyaq.errors import Busy
 from miyaq.store.table import Tombstone
 from miyaq.store.task import Task
 
-Answer = Callable[[dict[str, Any]], Any]
+Answer = Callable[[dict[str, Any] | None], Any]
+"""Answers a RESULT wait: with the reply body, or None when this node no
+longer holds the task (handed off to other holders): the caller answers
+``not_found``, as a new RESULT here would be."""
 
 __all__ = ["NOWHERE", "Origin", "Waiters", "outcome"]
 
@@ -53,8 +56,12 @@ def outcome(stone_or_task: Tombstone | Task) -> dict[str, Any]:
 
 class Waiters(EngineListener):
     def __init__(self, dispatcher: Dispatcher, max_waiters: int, per_connection: int | None = None,
-                 per_key: int | None = None, reachable: Callable[[bytes], bool] | None = None) -> None:
+                 per_key: int | None = None, reachable: Callable[[bytes], bool] | None = None,
+                 live_state: Callable[[str], str | None] | None = None) -> None:
         self.dispatcher = dispatcher
+        # A RESULT wait that ends without an outcome reports the task's state
+        # then (scheduled, ready, running, retrying): None if no longer held.
+        self.live_state = live_state or (lambda task_id: None)
         self.max_waiters = max_waiters
         self.per_connection = per_connection or max_waiters
         self.per_key = per_key or max_waiters
@@ -124,6 +131,13 @@ class Waiters(EngineListener):
         if self.results:
             self._resolve(task.id, outcome(task))
 
+    def task_forgotten(self, task: Task) -> None:
+        """Handed off: this node will never see the outcome; tell the waits at once."""
+        waiting = self.results.pop(task.id, None) if self.results else None
+        for wait in waiting or ():
+            self._remove(wait.origin)
+            wait.answer(None)
+
     # -- RECEIVE -------------------------------------------------------------------
     def wait_pull(self, consumer: PullConsumer) -> None:
         self._check_room(consumer.origin)
@@ -141,10 +155,12 @@ class Waiters(EngineListener):
                 keep = [w for w in waiting if w.deadline > now]
                 if len(keep) == len(waiting):
                     continue
+                state = None
                 for wait in waiting:
                     if wait.deadline <= now:
                         self._remove(wait.origin)
-                        wait.answer({"state": "running", "timeout": True})
+                        state = state or self.live_state(task_id)
+                        wait.answer({"state": state, "timeout": True} if state is not None else None)
                 if keep:
                     self.results[task_id] = keep
                 else:

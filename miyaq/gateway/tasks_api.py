@@ -93,15 +93,16 @@ class TasksApi:
         elif timeout > 0:
             answer = self._wait(task_id, timeout)
         if answer is None or answer.get("timeout"):
-            task = engine.table.live.get(task_id)
-            state = task.state if task is not None else (answer or {}).get("state", "pending")
+            state = engine.live_state(task_id)
+            if state is None:       # handed off while we waited: another holder has it
+                raise NotFound(f"no task {task_id} here any more (moved to other holders)")
             answer = {"state": state}
         return json_response(_view(task_id, answer))
 
     def _wait(self, task_id: str, timeout: float) -> dict[str, Any] | None:
         box: green.AsyncResult = green.AsyncResult()
 
-        def answer(body: dict[str, Any]) -> None:
+        def answer(body: dict[str, Any] | None) -> None:     # None: handed off meanwhile
             if not box.ready():
                 box.set(body)
 

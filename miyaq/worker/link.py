@@ -117,8 +117,11 @@ class NodeLink:
         while not self.worker.stopping_hard:
             try:
                 # A blocking green recv waits correctly on ZeroMQ's edge-triggered
-                # fd; the timeout only bounds the wait for the heartbeat check.
-                with green.Timeout(self.heartbeat, False):
+                # fd; the timeout only bounds the wait for the heartbeat check: until
+                # the next beat is due, so no two beats are more than `heartbeat` apart
+                # (docs/protocol.md, 7.2).
+                due = last_beat + self.heartbeat - monotonic()
+                with green.Timeout(min(self.heartbeat, max(due, 0.001)), False):
                     frames = self.sock.recv_multipart()
                     self._handle(frames)
                     for _ in range(RECV_BURST):
