@@ -180,6 +180,12 @@ class NodeConfig(Settings):
         self.check_fields()
         if not 0 < self.port < 65536:
             raise ConfigError(f"port must be 1..65535, not {self.port}")
+        if self.http_port > 65535:
+            raise ConfigError(f"http_port must be 1..65535 (0: no HTTP gateway), not {self.http_port}")
+        for name, value in (("peer_port", self.peer), ("pub_port", self.pub)):
+            if self.zk and value > 65535:      # only a clustered node binds them
+                derived = "" if getattr(self, name) else f" (port + {1 if name == 'peer_port' else 2})"
+                raise ConfigError(f"{name} must be 1..65535, not {value}{derived}: pass --{name.replace('_', '-')} N")
         if self.replicas < 1 or self.max_tasks < 1 or self.max_batch < 1:
             raise ConfigError("replicas, max_tasks and max_batch must be at least 1")
         if self.heartbeat <= 0 or self.liveness < 1:

@@ -164,8 +164,13 @@ class ZooKeeperCoordinator(Coordinator):
             return
         if self._closing:
             raise ConfigError("a stopped ZooKeeperCoordinator cannot be restarted; make a new one")
-        session = Session.open(self._hosts, self._node_id, session_timeout=self._session_timeout,
-                               connect_timeout=self._connect_timeout, auth=self._auth)
+        try:
+            session = Session.open(self._hosts, self._node_id, session_timeout=self._session_timeout,
+                                   connect_timeout=self._connect_timeout, auth=self._auth)
+        except Unavailable as exc:
+            raise Unavailable(f"{exc.message}: is ZooKeeper running there? Start it, or pass --zk (MIYAQ_ZK) "
+                              "the host:port list of a running ensemble (without --zk the node runs "
+                              "standalone)", **exc.details) from None
         self._started = True
         self._session = session
         store = self._store = ZnodeStore(session.zk, self._layout, self._hosts, self._op_timeout)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from miyaq.cluster.peer import PeerEndpoint
 from miyaq.cluster.stream import ZmqStreamPublisher, ZmqStreamSubscriber
 from miyaq.cluster.transport import Apply, AskResync
+from miyaq.core.binding import binding, peer_port, pub_port
 from miyaq.runtime import Supervisor
 from miyaq.runtime.sockets import SocketFactory
 from miyaq.security.guard import Guard
@@ -27,10 +28,12 @@ class ZmqTransport:
         self.drop_ratio = drop_ratio
 
     def peer_link(self, node_id: str) -> PeerEndpoint:
-        return PeerEndpoint(self.sockets, self.supervisor, node_id, self.peer_bind, self.guard)
+        with binding(peer_port(self.peer_bind)):
+            return PeerEndpoint(self.sockets, self.supervisor, node_id, self.peer_bind, self.guard)
 
     def publisher(self, node_id: str) -> ZmqStreamPublisher:
-        return ZmqStreamPublisher(self.sockets, node_id, self.pub_bind, self.drop_ratio)
+        with binding(pub_port(self.pub_bind)):
+            return ZmqStreamPublisher(self.sockets, node_id, self.pub_bind, self.drop_ratio)
 
     def subscriber(self, node_id: str, apply: Apply, resync: AskResync) -> ZmqStreamSubscriber:
         return ZmqStreamSubscriber(self.sockets, self.supervisor, node_id, apply, resync)

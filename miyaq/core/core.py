@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from miyaq.config import NodeConfig
+from miyaq.core.binding import binding, service_port
 from miyaq.core.directory import Directory
 from miyaq.core.dispatcher import Dispatcher
 from miyaq.core.engine import Engine
@@ -39,7 +40,8 @@ class Core:
         self.gate = Gate()
         self.limits = QueueLimits(self.engine, supervisor, parse_limits(config.queue_limits))
         self.dispatcher = Dispatcher(self.engine, config.max_batch, self.gate, self.limits)
-        self.endpoint = ServiceEndpoint(sockets, f"tcp://{config.host}:{config.port}", guard)
+        with binding(service_port(config.host, config.port)):
+            self.endpoint = ServiceEndpoint(sockets, f"tcp://{config.host}:{config.port}", guard)
         self.waiters = Waiters(self.dispatcher, config.max_waiters, config.max_waiters_per_connection,
                                config.max_waiters_per_key, self.endpoint.reachable, self.engine.live_state)
         self.directory = Directory()

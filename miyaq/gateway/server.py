@@ -30,6 +30,7 @@ from typing import Any
 
 from miyaq.config import NodeConfig
 from miyaq.constants import HTTP_STOP_TIMEOUT, LIMIT_SHARE_REFRESH
+from miyaq.core.binding import binding, http_port
 from miyaq.core.core import Core
 from miyaq.core.handles import Role, ScheduleBook, StatusReport
 from miyaq.errors import ConfigError, MiyaqError
@@ -80,14 +81,8 @@ class Gateway:
 
     # -- lifecycle -------------------------------------------------------------------
     def setup(self) -> None:
-        """Nothing to prepare: the HTTP port is bound at start."""
-
-    def start(self) -> None:
-        self.deliverer.start()
-        self.supervisor.spawn("http dispatch", self._dispatch_loop, policy=RESTART)
-        self.supervisor.spawn("queue limit share", self._share_loop, policy=RESTART)
-        if self.auth.tokens.path:
-            self.supervisor.spawn("http tokens watch", self._watch_tokens, policy=RESTART)
+        """Bind the HTTP port (before any part starts: a port in use stops the
+        node before it joins a ring); it is served from :meth:`start`."""
         config = self.config
         pool = self.supervisor.pool("http connection", config.http_max_connections)
         limits = ConnectionLimits(header_timeout=config.http_header_timeout, body_timeout=config.http_body_timeout,
@@ -95,8 +90,18 @@ class Gateway:
                                   per_client=config.http_max_client_connections, max_body=self.max_body)
         self.server = GatewayServer((self.host, self.port), self.app, spawn=pool, limits=limits,
                                     refused=self.metrics.http_refused, ssl_context=self.tls)
-        self.server.start()
+        with binding(http_port(self.host, self.port)):
+            self.server.init_socket()
         self.port = self.server.server_port
+
+    def start(self) -> None:
+        self.deliverer.start()
+        self.supervisor.spawn("http dispatch", self._dispatch_loop, policy=RESTART)
+        self.supervisor.spawn("queue limit share", self._share_loop, policy=RESTART)
+        if self.auth.tokens.path:
+            self.supervisor.spawn("http tokens watch", self._watch_tokens, policy=RESTART)
+        assert self.server is not None, "Gateway.setup binds the port first"
+        self.server.start()
         if self.console is not None:
             self.console.start()
         logger.info("HTTP gateway on %s://%s:%d (tokens: %s; webhooks to %s)", "https" if self.tls else "http",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
 
 from miyaq.cluster.membership import Coordinator, local_member
 from miyaq.cluster.periodic_store import ZkPeriodicStore
@@ -37,6 +38,7 @@ from miyaq.core.clockwork import Clockwork
 from miyaq.core.core import Core
 from miyaq.core.handlers import ServiceHandlers
 from miyaq.core.handles import Immediate, WriteBarrier
+from miyaq.errors import ConfigError
 from miyaq.gateway.metrics import NodeMetrics
 from miyaq.gateway.server import Gateway
 from miyaq.node.node import Node, Part
@@ -145,9 +147,23 @@ def _role(config: NodeConfig, core: Core, barrier: WriteBarrier, supervisor: Sup
 
 
 def _open_log(config: NodeConfig, supervisor: Supervisor) -> AppendLog:
-    os.makedirs(config.data_dir, exist_ok=True)
-    return AppendLog(config.data_dir, fsync=config.fsync, interval_ms=config.fsync_interval_ms,
-                     supervisor=supervisor)
+    """The log in ``data_dir`` (made if missing); ConfigError, naming the
+    directory and the reason, when it cannot be made or written."""
+    try:
+        os.makedirs(config.data_dir, exist_ok=True)
+        return AppendLog(config.data_dir, fsync=config.fsync, interval_ms=config.fsync_interval_ms,
+                         supervisor=supervisor)
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename and exc.filename != config.data_dir else ""
+        raise ConfigError(f"cannot use data dir {config.data_dir}{where}: {exc.strerror or exc}; pass --data-dir "
+                          f"a directory this user ({_user()}) can create and write") from None
+
+
+def _user() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return f"uid {os.geteuid()}"
 
 
 def _zk_periodic_store(zk: ZooKeeperCoordinator) -> SharedSource:

@@ -99,7 +99,8 @@ class Scanner:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise MiyaqError(f"append log {self.directory} is in use by another AppendLog (LOCK is held)") from None
+            raise MiyaqError(f"data dir {self.directory} is in use by another process (it holds its LOCK file): "
+                             "is a node already running with it? Give each node its own --data-dir") from None
         self._lock_fd = fd
 
     def _scan(self) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:

@@ -1,0 +1,86 @@
+"""Start-up failures a person can act on: binding a node's ports.
+
+A node binds its service port, in a cluster its peer and PUB ports, and its
+HTTP port. When one cannot be bound, ZeroMQ and the socket module raise
+``ZMQError: Address already in use`` or ``OSError: [Errno 98]`` with a
+traceback; :func:`binding` turns that into a :class:`~miyaq.errors.ConfigError`
+(``miyaq: error: ...``, exit status 2) that says which port it was, what it
+is for, and the flag that changes it -- for the common case of three nodes
+started by hand on one machine: "port 8088 is in use (HTTP gateway): pass
+--http-port N, or --http-port 0 to disable it".
+"""
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from miyaq.errors import ConfigError
+from miyaq.runtime.sockets import zmq
+
+
+@dataclass(frozen=True)
+class Port:
+    """One port a node binds, as a person knows it."""
+
+    what: str           # "service port", "HTTP gateway"...
+    host: str
+    port: int
+    flag: str           # how to pick another port: "pass --port N"
+    host_flag: str = "--host"
+
+    @classmethod
+    def of(cls, what: str, endpoint: str, flag: str, host_flag: str = "--host") -> Port:
+        """From a ``tcp://host:port`` endpoint."""
+        host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
+        return cls(what, host.strip("[]"), int(port) if port.isdigit() else 0, flag, host_flag)
+
+
+def why(port: Port, exc: BaseException) -> str:
+    """One line: what could not be bound, why, and what to do."""
+    code = getattr(exc, "errno", None)
+    where = f"{port.host}:{port.port}"
+    if code == errno.EADDRINUSE:
+        return f"port {port.port} is in use ({port.what} on {port.host}): another process listens there; {port.flag}"
+    if code == errno.EACCES:
+        return (f"cannot bind {where} ({port.what}): permission denied -- ports below 1024 need root or "
+                f"CAP_NET_BIND_SERVICE; {port.flag} with N above 1023")
+    if code == errno.EADDRNOTAVAIL:
+        return (f"cannot bind {where} ({port.what}): {port.host} is not an address of this machine; bind one of "
+                f"its addresses, or 0.0.0.0 for all ({port.host_flag}), and tell others the address they reach "
+                f"it by with --advertise")
+    if code == errno.ENODEV or isinstance(exc, socket.gaierror):
+        return (f"cannot bind {where} ({port.what}): {port.host!r} is neither an address nor a network interface "
+                f"or name of this machine ({port.host_flag} takes one of those, e.g. 127.0.0.1 or 0.0.0.0)")
+    reason = getattr(exc, "strerror", None) or str(exc)
+    return f"cannot bind {where} ({port.what}): {reason}"
+
+
+@contextmanager
+def binding(port: Port) -> Iterator[None]:
+    """Bind inside this block; a failure to bind becomes a ConfigError that
+    names ``port`` and its flag."""
+    try:
+        yield
+    except (OSError, zmq.ZMQError) as exc:
+        raise ConfigError(why(port, exc)) from None
+
+
+def service_port(host: str, port: int) -> Port:
+    return Port("service port", host, port, f"pass --port N (is a node running there already? `miyaq status "
+                                            f"--connect tcp://{host}:{port}`)")
+
+
+def peer_port(endpoint: str) -> Port:
+    return Port.of("peer port", endpoint, "pass --peer-port N (by default the peer port is --port + 1)")
+
+
+def pub_port(endpoint: str) -> Port:
+    return Port.of("replication port", endpoint, "pass --pub-port N (by default it is --port + 2)")
+
+
+def http_port(host: str, port: int) -> Port:
+    return Port("HTTP gateway", host, port, "pass --http-port N, or --http-port 0 to disable it",
+                host_flag="--http-host")

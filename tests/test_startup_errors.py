@@ -1,0 +1,143 @@
+"""Start-up failures of the real ``miyaq node`` process: each ends with one
+line ``miyaq: error: ...`` on stderr that names what to change, exit status
+2 and no traceback (docs/configuration.md, "When a node does not start").
+
+Each test runs ``miyaq node`` as a subprocess, as a person would type it; a
+port "in use" is held by a plain listening socket or by a real node.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from miyaq.testing.harness import free_port
+
+MIYAQ = [sys.executable, "-m", "miyaq.cli.main"]
+GUARD = 60      # seconds; a hung node fails the test instead of blocking it
+
+
+def start_node(*argv: str, port: int | None = None) -> subprocess.CompletedProcess[str]:
+    """``miyaq node`` with ``argv``, expected to fail at start-up."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIYAQ_")}
+    args = ["node", "--port", str(port or free_port()), "--node-id", "startup", "--shutdown-grace", "1", *argv]
+    return subprocess.run([*MIYAQ, *args], capture_output=True, text=True, env=env, timeout=GUARD)
+
+
+def error_line(done: subprocess.CompletedProcess[str]) -> str:
+    """The one error line of a failed start, after checking its shape."""
+    assert done.returncode == 2, (done.returncode, done.stderr[-3000:])
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("miyaq: error: ")]
+    assert len(errors) == 1, done.stderr[-3000:]
+    assert done.stderr.rstrip().endswith(errors[0]), "the error is the last thing printed"
+    return errors[0]
+
+
+@pytest.fixture
+def listening() -> Iterator[socket.socket]:
+    """A TCP listener on a loopback port: 'another process listens there'."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", free_port()))
+        sock.listen()
+        yield sock
+
+
+def test_http_port_of_a_running_node_is_a_one_line_error(procs):
+    """Fault: two nodes started by hand on one machine with the same HTTP port
+    (the default 8088 in docs/cluster.md): the second cannot bind it."""
+    http = free_port()
+    procs.node("--http-port", str(http))
+    line = error_line(start_node("--http-port", str(http)))
+    assert f"port {http} is in use (HTTP gateway on 127.0.0.1)" in line
+    assert "--http-port N, or --http-port 0 to disable it" in line
+
+
+def test_service_port_in_use_is_a_one_line_error(listening):
+    """Fault: another process listens on the service port."""
+    port = listening.getsockname()[1]
+    line = error_line(start_node("--http-port", "0", port=port))
+    assert f"port {port} is in use (service port on 127.0.0.1)" in line and "pass --port N" in line
+
+
+def test_peer_port_in_use_is_a_one_line_error(listening):
+    """Fault: in a cluster, another process listens on the peer port (--port + 1)."""
+    peer = listening.getsockname()[1]
+    zk = f"127.0.0.1:{free_port()}"      # never reached: the peer port is bound first
+    line = error_line(start_node("--http-port", "0", "--zk", zk, port=peer - 1))
+    assert f"port {peer} is in use (peer port on 127.0.0.1)" in line and "--peer-port N" in line
+
+
+def test_replication_port_in_use_is_a_one_line_error(listening):
+    """Fault: in a cluster, another process listens on the replication PUB port."""
+    pub = listening.getsockname()[1]
+    line = error_line(start_node("--http-port", "0", "--zk", f"127.0.0.1:{free_port()}",
+                                 "--pub-port", str(pub)))
+    assert f"port {pub} is in use (replication port on 127.0.0.1)" in line and "--pub-port N" in line
+
+
+def test_address_not_of_this_machine_is_a_one_line_error():
+    """Fault: --host names an address no interface of this machine has (a
+    container's or another host's address)."""
+    line = error_line(start_node("--http-port", "0", "--host", "192.0.2.1", "--insecure"))
+    assert "192.0.2.1 is not an address of this machine" in line and "--advertise" in line
+
+
+def test_unknown_http_host_is_a_one_line_error():
+    """Fault: --http-host names something that is not a name of this machine."""
+    line = error_line(start_node("--http-port", str(free_port()), "--http-host", "no-such-host.invalid"))
+    assert "HTTP gateway" in line and "--http-host" in line
+
+
+def test_port_out_of_range_is_a_one_line_error():
+    """Fault: the derived peer port (--port + 1) of a clustered node is beyond 65535."""
+    line = error_line(start_node("--http-port", "0", "--zk", "127.0.0.1:1", port=65535))
+    assert "peer_port must be 1..65535, not 65536 (port + 1)" in line
+
+
+def test_unreachable_zookeeper_is_a_one_line_error():
+    """Fault: --zk names a ZooKeeper that is not running (nothing listens there)."""
+    zk = f"127.0.0.1:{free_port()}"
+    line = error_line(start_node("--http-port", "0", "--zk", zk))
+    assert f"cannot reach ZooKeeper at {zk}" in line and "--zk" in line and "MIYAQ_ZK" in line
+
+
+def test_data_dir_that_cannot_be_made_is_a_one_line_error(tmp_path):
+    """Fault: --data-dir lies under a regular file, so it cannot be created."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    line = error_line(start_node("--http-port", "0", "--data-dir", str(blocker / "data")))
+    assert f"cannot use data dir {blocker / 'data'}" in line and "--data-dir" in line
+
+
+def test_data_dir_of_a_running_node_is_a_one_line_error(procs, tmp_path):
+    """Fault: two nodes are given the same --data-dir; the second finds its LOCK held."""
+    data = tmp_path / "data"
+    procs.node("--data-dir", str(data))
+    line = error_line(start_node("--http-port", "0", "--data-dir", str(data)))
+    assert f"data dir {data} is in use by another process" in line and "its own --data-dir" in line
+
+
+def test_key_directory_without_keys_is_a_one_line_error(tmp_path):
+    """Fault: --keys names a directory `miyaq keys init` never filled."""
+    line = error_line(start_node("--http-port", "0", "--keys", str(tmp_path)))
+    assert "no node.key_secret there" in line and "miyaq keys init" in line
+
+
+def test_corrupt_key_file_is_a_one_line_error(tmp_path):
+    """Fault: the node's secret key file holds garbage."""
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "node.key_secret").write_text("garbage\n")
+    line = error_line(start_node("--http-port", "0", "--keys", str(keys)))
+    assert "node.key_secret" in line and "CURVE" in line
+
+
+def test_invalid_setting_is_a_one_line_error():
+    """Fault: a setting that is not a number where one is expected."""
+    line = error_line(start_node("--http-port", "eighty"))
+    assert "http_port expects int" in line
