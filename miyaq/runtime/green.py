@@ -9,8 +9,9 @@ so none dies silently.
 """
 from __future__ import annotations
 
+import importlib
 import signal
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import gevent
 import gevent.event
@@ -19,11 +20,13 @@ import gevent.lock
 import gevent.pool
 import gevent.queue
 import gevent.socket
-import gevent.ssl
 import gevent.threadpool
 from gevent import monkey
-from gevent.pywsgi import Input as WSGIInput
-from gevent.pywsgi import WSGIHandler, WSGIServer
+
+if TYPE_CHECKING:   # imported on first use at run time (see __getattr__ below)
+    from gevent.pywsgi import Input as WSGIInput
+    from gevent.pywsgi import WSGIHandler, WSGIServer
+    from gevent.ssl import SSLContext
 
 T = TypeVar("T")
 
@@ -45,8 +48,6 @@ idle = gevent.idle
 #: Name resolution that waits cooperatively (the hub's resolver), with the
 #: signature of :func:`socket.getaddrinfo`.
 getaddrinfo = gevent.socket.getaddrinfo
-#: TLS contexts whose sockets wait cooperatively; give one to the WSGI server.
-SSLContext = gevent.ssl.SSLContext
 killall = gevent.killall
 joinall = gevent.joinall
 
@@ -56,6 +57,23 @@ __all__ = [
     "WSGIInput", "WSGIServer", "current", "hub_running", "idle", "is_patched", "joinall", "killall", "monkey_patch",
     "native_thread_ident", "on_signal", "run_in_thread", "sleep", "start_native_thread",
 ]
+
+
+#: On first use (see ``__getattr__``): the WSGI server, its handler and request
+#: body stream (gevent's pywsgi), and ``SSLContext``, TLS contexts whose
+#: sockets wait cooperatively (give one to the WSGI server).
+_LAZY = {"WSGIServer": ("gevent.pywsgi", "WSGIServer"), "WSGIHandler": ("gevent.pywsgi", "WSGIHandler"),
+         "WSGIInput": ("gevent.pywsgi", "Input"), "SSLContext": ("gevent.ssl", "SSLContext")}
+
+
+def __getattr__(name: str) -> Any:
+    """The names of ``_LAZY`` are imported on first use: gevent's pywsgi and
+    ssl modules import ``ssl`` (pywsgi through ``http.client``), which a gevent
+    worker must import only after it monkey-patched the standard library."""
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def current() -> Any:
