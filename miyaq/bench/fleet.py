@@ -44,13 +44,16 @@ class Fleet:
     def __init__(self, procs: ProcessGroup, *, connect: str | None, workers: int, concurrency: int,
                  queue: str, records_dir: str, deadline: float, fsync: str | None = None,
                  data_dir: str = "", python: str | None = None, nodes: int = 1,
-                 node_args: tuple[str, ...] = (), keys: bool = False) -> None:
+                 node_args: tuple[str, ...] = (), keys: bool = False, pool: str | None = None,
+                 work: str = "") -> None:
         self.procs = procs
         self.fsync = fsync
         self.data_dir = data_dir
         self.connect = connect
         self.n_workers = workers
         self.concurrency = concurrency
+        self.pool = pool                    # the workers' --pool (None: their default)
+        self.work = work                    # what each task does (miyaq.bench.tasks.ENV_WORK)
         self.queue = queue
         self.records_dir = records_dir
         self.deadline = deadline            # time.monotonic() value
@@ -82,13 +85,14 @@ class Fleet:
         self.client = Client(self.endpoint, submit_timeout=self._left(), request_timeout=2.0, key=key,
                              server_key=server_key)
         self._wait_for_nodes()
-        env = dict(os.environ, **{tasks.ENV_CONNECT: self.endpoint, tasks.ENV_RECORDS: self.records_dir},
-                   **self.key_env("worker"))
+        env = dict(os.environ, **{tasks.ENV_CONNECT: self.endpoint, tasks.ENV_RECORDS: self.records_dir,
+                                  tasks.ENV_WORK: self.work}, **self.key_env("worker"))
+        pool = ["--pool", self.pool] if self.pool else []
         for i in range(self.n_workers):
             self.workers.append(self.procs.start(f"worker-{i}", [
                 self.python, "-m", "miyaq.cli.main", "worker", "miyaq.bench.tasks:app",
                 "--processes", "1", "--concurrency", str(self.concurrency), "--connect", self.endpoint,
-                "--queues", self.queue, "--grace", "2", "--log-level", "WARNING"], env))
+                "--queues", self.queue, "--grace", "2", "--log-level", "WARNING", *pool], env))
         self._wait_for_workers()
 
     # -- keys (--keys: CURVE on every socket, one key per role) -----------------------------

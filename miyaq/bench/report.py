@@ -47,6 +47,12 @@ def _mode(cfg: dict[str, Any]) -> str:
     return "as fast as the client allows"
 
 
+def _work(spec: str) -> str:
+    kind, _, ms = spec.partition(":")
+    return {"": "no-op", "sleep": f"waits {ms} ms (yielding)", "block": f"blocks {ms} ms in time.sleep",
+            "cpu": f"burns {ms} ms of CPU"}.get(kind, spec)
+
+
 def summary(result: dict[str, Any]) -> str:
     """A human-readable report."""
     cfg = result["config"]
@@ -54,6 +60,7 @@ def summary(result: dict[str, Any]) -> str:
     lines = [
         (f"====== miyaq bench: {cfg['tasks']:,} tasks, {cfg['payload']} B payload, "
          f"{cfg['workers']} worker(s) x {cfg['concurrency']} ======"),
+        f"  workers          pool {cfg.get('pool') or 'default'}, each task: {_work(cfg.get('work') or '')}",
         f"  node             {result['node']} ({'started by the bench' if not cfg.get('connect') else 'given'})",
         f"  submitted        {_count(result['submitted'])} ({_mode(cfg)})",
         f"  accepted         {_count(result['accepted'])}",

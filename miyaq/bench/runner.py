@@ -72,6 +72,8 @@ class BenchConfig:
     profile: str | None = None      # directory for py-spy profiles of every process, per phase
     profile_format: str = "flamegraph"
     keys: bool = False              # also run miyaq with CURVE on every socket, as "miyaq+keys"
+    pool: str | None = None         # the workers' --pool (None: their default)
+    work: str = ""                  # what each task does: "", "sleep:MS", "block:MS", "cpu:MS" (bench.tasks)
 
 
 def phases_of(cfg: BenchConfig) -> list[Phase]:
@@ -93,7 +95,8 @@ def systems_of(cfg: BenchConfig) -> list[tuple[str, Maker]]:
             queue = f"bench-{os.path.basename(tmp)}"
             fleet = Fleet(procs, connect=cfg.connect, workers=cfg.workers, concurrency=cfg.concurrency,
                           queue=queue, records_dir=tmp, deadline=deadline, fsync=cfg.fsync,
-                          data_dir=os.path.join(tmp, "node-data"), python=python, nodes=nodes, keys=keys)
+                          data_dir=os.path.join(tmp, "node-data"), python=python, nodes=nodes, keys=keys,
+                          pool=cfg.pool, work=cfg.work)
             return fleet, lambda s: Producer(procs, python or sys.executable, "miyaq", s.endpoint, queue,
                                              env=fleet.key_env("producer"))
         return make

@@ -126,6 +126,12 @@ def run_status(args: argparse.Namespace) -> int:
     print(f"{'queue':<24}" + "".join(f"{c:>10}" for c in cols))
     for name, row in sorted(status["queues"].items()):
         print(f"{name:<24}" + "".join(f"{row.get(c, 0):>10}" for c in cols))
+    workers = status.get("workers") or []
+    if workers:
+        print(f"{'worker':<32}{'pool':>10}{'concurrency':>12}{'running':>9}  queues")
+        for w in workers:
+            print(f"{str(w.get('worker', '?')):<32}{str(w.get('pool', '-')):>10}{w.get('concurrency', '-'):>12}"
+                  f"{w.get('running', 0):>9}  {','.join(w.get('queues') or [])}")
     return 0
 
 

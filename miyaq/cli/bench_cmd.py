@@ -6,11 +6,13 @@ import os
 import sys
 
 from ..errors import ConfigError
+from ..worker.config import POOLS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="measure throughput, latency and cost per task", description=(
         "Start a standalone node (or use --connect), W worker processes running a no-op task "
+        "(or one that waits, blocks or burns CPU: --task-ms, --blocking, --cpu-ms; in --pool) "
         "and a producer process; submit N tasks and report enqueue and drain rates, submit->start "
         "and submit->done latency percentiles, CPU time per task of each process and the node's "
         "peak RSS. --baseline runs the same workload through a bare ZeroMQ relay in the same run "
@@ -18,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "every task completed, 1 when the run finished with errors, 2 when it could not start."))
     p.add_argument("--workers", "-w", type=int, default=2, help="worker processes [default 2]")
     p.add_argument("--concurrency", "-c", type=int, default=64,
-                   help="greenlets per worker process [default 64: the tasks are no-ops; "
+                   help="tasks run at once per worker process [default 64: the tasks are no-ops; "
                         "the worker's own default is 8]")
     p.add_argument("--tasks", "-n", type=int, default=20_000, help="tasks to submit per phase [default 20000]")
     p.add_argument("--payload", "-s", type=int, default=100, help="payload bytes per task [default 100]")
@@ -54,6 +56,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fsync", choices=("always", "interval", "never"), default=None,
                    help="start the node with a durable log in a temporary --data-dir and this fsync "
                         "policy (default: no log, tasks in memory)")
+    p.add_argument("--pool", choices=POOLS, default=None,
+                   help="the workers' execution pool (default: the worker's default, gevent)")
+    p.add_argument("--task-ms", type=float, default=None, metavar="MS",
+                   help="each task waits MS milliseconds (yielding; with --blocking: time.sleep, as "
+                        "ordinary blocking code does) instead of returning at once")
+    p.add_argument("--blocking", action="store_true", help="with --task-ms: block in time.sleep")
+    p.add_argument("--cpu-ms", type=float, default=None, metavar="MS",
+                   help="each task burns MS milliseconds of CPU time (for --pool processes)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
     p.add_argument("--timeout", "-t", type=float, default=120.0,
                    help="limit for each system's phases in seconds, once its processes are up [default 120]")
@@ -83,9 +93,27 @@ def check(args: argparse.Namespace) -> None:
     if args.profile:
         from ..bench.profile import find_py_spy
         find_py_spy()
+    work_of(args)
     if args.delayed and (args.baseline or args.cluster or args.confirmed or args.rate or args.connect):
         raise ConfigError("--delayed is a mode of its own: no --baseline, --cluster, --confirmed, "
                           "--rate or --connect")
+
+
+def work_of(args: argparse.Namespace) -> str:
+    """What each task does, as miyaq.bench.tasks reads it from MIYAQ_BENCH_WORK (ConfigError if the
+    work options contradict each other)."""
+    if args.task_ms is not None and args.cpu_ms is not None:
+        raise ConfigError("--task-ms and --cpu-ms exclude each other")
+    if args.blocking and args.task_ms is None:
+        raise ConfigError("--blocking goes with --task-ms MS")
+    for name, value in (("--task-ms", args.task_ms), ("--cpu-ms", args.cpu_ms)):
+        if value is not None and not 0 < value <= 60_000:
+            raise ConfigError(f"{name} must be above 0 and at most 60000")
+    if args.task_ms is not None:
+        return f"{'block' if args.blocking else 'sleep'}:{args.task_ms:g}"
+    if args.cpu_ms is not None:
+        return f"cpu:{args.cpu_ms:g}"
+    return ""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
                       fsync=args.fsync, baseline=args.baseline, confirmed=args.confirmed, idle=args.idle,
                       repeat=args.repeat, python=args.python, compare_python=args.compare_python,
                       cluster=args.cluster, profile=args.profile, profile_format=args.profile_format,
-                      keys=args.keys)
+                      keys=args.keys, pool=args.pool, work=work_of(args))
     stream = sys.stderr if sys.stderr.isatty() else None
     result = run_bench(cfg, progress_stream=stream)
     print(report.to_json(result) if args.json else report.summary(result), flush=True)

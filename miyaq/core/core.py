@@ -30,6 +30,7 @@ from miyaq.security.guard import Guard
 from miyaq.store.task import DEAD, READY, RETRYING, RUNNING, SCHEDULED
 
 EMPTY_ROW = {SCHEDULED: 0, READY: 0, RUNNING: 0, RETRYING: 0, DEAD: 0}
+STATUS_WORKERS = 1000    # workers listed in STATUS at most
 
 
 class Core:
@@ -94,4 +95,5 @@ class Core:
                 "ignored": {"not_leased": engine.not_leased, "foreign_heartbeats": workers.foreign_heartbeats},
                 "waiters": {"pending": self.waiters.count, "released": self.waiters.released,
                             "probes": self.waiters.probes},
-                "dispatch": {"open": self.gate.is_open, "held": self.gate.held()}}
+                "dispatch": {"open": self.gate.is_open, "held": self.gate.held()},
+                "workers": workers.describe(STATUS_WORKERS)}

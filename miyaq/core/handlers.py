@@ -247,7 +247,7 @@ class ServiceHandlers:
         key = self._key()
         self.workers.check_id(wid, key)                    # another key's worker id: forbidden
         self.schedules.declare(schedules, wid, now, key)   # refuses (nothing kept): limits, another key's
-        info: dict[str, Any] = {k: body[k] for k in ("pid", "host", "concurrency") if k in body}
+        info: dict[str, Any] = {k: body[k] for k in ("pid", "host", "concurrency", "pool") if k in body}
         worker = self.workers.register(identity, wid, queues, names, capacity, now, info, key)
         worker.credit = 0
         self.dispatcher.grant(worker, credit)

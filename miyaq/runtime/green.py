@@ -10,7 +10,9 @@ so none dies silently.
 from __future__ import annotations
 
 import importlib
+import logging
 import signal
+from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import gevent
@@ -29,6 +31,8 @@ if TYPE_CHECKING:   # imported on first use at run time (see __getattr__ below)
     from gevent.ssl import SSLContext
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 Greenlet = gevent.Greenlet
 GreenletExit = gevent.GreenletExit
@@ -52,10 +56,11 @@ killall = gevent.killall
 joinall = gevent.joinall
 
 __all__ = [
-    "AsyncResult", "Event", "FdWait", "call_soon", "getaddrinfo", "Greenlet", "GreenletExit", "Lock", "Pool",
-    "Queue", "QueueEmpty", "SSLContext", "Semaphore", "T", "ThreadPool", "ThreadWake", "Timeout", "WSGIHandler",
-    "WSGIInput", "WSGIServer", "current", "hub_running", "idle", "is_patched", "joinall", "killall", "monkey_patch",
-    "native_thread_ident", "on_signal", "run_in_thread", "sleep", "start_native_thread",
+    "AsyncResult", "Event", "FdWait", "call_soon", "getaddrinfo", "Greenlet", "GreenletExit", "HubInbox", "Lock",
+    "Pool", "Queue", "QueueEmpty", "SSLContext", "Semaphore", "T", "ThreadPool", "ThreadWake", "Timeout",
+    "WSGIHandler", "WSGIInput", "WSGIServer", "current", "hub_running", "idle", "is_patched", "joinall", "killall",
+    "monkey_patch", "native_lock", "native_thread_ident", "on_signal", "run_in_thread", "sleep",
+    "start_native_thread",
 ]
 
 
@@ -180,6 +185,45 @@ class FdWait:
 
     def close(self) -> None:
         self._io.close()
+
+
+class HubInbox:
+    """Runs in this hub the calls any thread hands to :meth:`call`, in order.
+
+    A deque and a :class:`ThreadWake`: other threads never touch the hub's
+    objects themselves. Calls run as hub callbacks, so they must not block
+    (set an event, an :class:`AsyncResult`, append to a list). One that
+    raises is logged and the others still run. Create and close it in the
+    hub's thread.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._calls: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        self._wake = ThreadWake(self._drain)
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._calls.append((fn, args))
+        self._wake.wake()
+
+    def _drain(self) -> None:
+        calls = self._calls
+        while calls:
+            fn, args = calls.popleft()
+            try:
+                fn(*args)
+            except Exception:
+                logger.exception("%s: a call from another thread failed", self.name)
+
+    def close(self) -> None:
+        self._drain()
+        self._wake.close()
+
+
+def native_lock() -> Any:
+    """A lock of the operating system's threads (``threading.Lock`` is a
+    greenlet lock once gevent patched it): for state shared with native threads."""
+    return monkey.get_original("_thread", "allocate_lock")()
 
 
 def is_patched(module: str = "threading") -> bool:

@@ -8,13 +8,15 @@ here once so a reader finds every number the worker runs by in one place.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, fields
+from typing import ClassVar, Mapping
 
 from ..config import Settings, _opt
 from ..errors import ConfigError
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: How handlers run (docs/python-api.md, "Choosing a pool").
+POOLS = ("gevent", "threads", "processes")
 
 
 @dataclass
@@ -26,6 +28,10 @@ class WorkerConfig(Settings):
     processes: int = _opt(1, "worker processes (1: this process; more are spawned and restarted when they die)",
                           short="-p")
     concurrency: int = _opt(8, "tasks run at once per process", short="-c")
+    pool: str = _opt("gevent", "how handlers run: gevent (greenlets, the standard library patched so blocking "
+                               "I/O yields), threads (a pool of --concurrency threads) or processes (--concurrency "
+                               "child processes, for CPU-bound handlers)", choices=POOLS)
+    max_tasks_per_child: int = _opt(0, "processes pool: replace a child after this many tasks (0: never)")
     prefetch: int | None = _opt(None, "tasks held beyond concurrency (default: concurrency)")
     queues: str = _opt("", "comma-separated queues (default: every queue the app's tasks name)", short="-Q")
     connect: str = _opt("", "comma-separated node endpoints (default: the App's)")
@@ -42,6 +48,18 @@ class WorkerConfig(Settings):
             raise ConfigError("processes and concurrency must be at least 1")
         if self.heartbeat <= 0:
             raise ConfigError("heartbeat must be above 0")
+
+    def environ(self, base: Mapping[str, str]) -> dict[str, str]:
+        """``base`` with these settings as the ``MIYAQ_*`` variables
+        :meth:`load` reads back (unset ones removed): a child's environment."""
+        env = dict(base)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None or value == "":
+                env.pop("MIYAQ_" + f.name.upper(), None)
+            else:
+                env["MIYAQ_" + f.name.upper()] = str(value)
+        return env
 
     @property
     def capacity(self) -> int:
@@ -83,6 +101,18 @@ RESEND_BACKOFF = (0.05, 0.2, 1.0)
 #: Bytes of a failing handler's message and traceback sent to the node.
 ERROR_MESSAGE_BYTES = 4096
 TRACEBACK_BYTES = 16384
+
+# -- running handlers ---------------------------------------------------------------------
+#: How often the worker checks running tasks against their timeouts (the
+#: precision with which a handler past its timeout is stopped).
+WATCHDOG_TICK = 0.1
+#: processes pool: seconds a new child may take to import the app and say
+#: hello before it is killed and started again.
+CHILD_START_TIMEOUT = 60.0
+#: processes pool: seconds a retired child may take to exit before it is killed.
+CHILD_EXIT_WAIT = 5.0
+#: processes pool: how often a child checks that its parent is still there.
+CHILD_PARENT_CHECK = 1.0
 
 # -- stopping ---------------------------------------------------------------------------
 #: How often a stopping worker checks whether its handlers have finished.

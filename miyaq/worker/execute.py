@@ -8,6 +8,7 @@ interruption by the worker (a cancel, a timeout) fails with its own type.
 """
 from __future__ import annotations
 
+import asyncio
 import traceback
 from typing import Any, Callable
 
@@ -34,6 +35,15 @@ class TaskAborted(Interrupted):
 
     error_type = "Aborted"
     message = "cancelled"
+
+
+class TaskTimeout(Interrupted):
+    """The handler ran past its task's timeout (its lease) without a touch.
+    Retryable: the next attempt may be luckier, ``max_retries`` bounds it."""
+
+    error_type = "Timeout"
+    message = "ran past its timeout and was stopped"
+    retry = True
 
 
 def decode_args(body: bytes | None) -> tuple[list[Any], dict[str, Any]]:
@@ -69,5 +79,19 @@ def run_sync(fn: Callable[..., Any], body: bytes | None) -> Outcome:
     try:
         args, kwargs = decode_args(body)
         return done(fn(*args, **kwargs))
+    except (Exception, Interrupted) as exc:
+        return failure(exc)
+
+
+async def run_async(fn: Callable[..., Any], body: bytes | None,
+                    reason: Callable[[], type[Interrupted] | None]) -> Outcome:
+    """Await ``fn`` with the task's arguments; never raises an Exception. A
+    cancellation of the asyncio task running this (a cancel or a timeout:
+    ``reason()`` says which) becomes that interruption's outcome."""
+    try:
+        args, kwargs = decode_args(body)
+        return done(await fn(*args, **kwargs))
+    except asyncio.CancelledError:
+        return interrupted(reason() or TaskAborted)
     except (Exception, Interrupted) as exc:
         return failure(exc)

@@ -85,6 +85,7 @@ class NodeLink:
         w = self.worker
         body = {"worker": w.wid, "queues": w.queues, "names": sorted(w.app.tasks),
                 "capacity": w.capacity, "pid": w.pid, "host": w.host, "concurrency": w.concurrency,
+                "pool": w.config.pool,
                 # after a reconnect, slots held by running tasks are not free
                 "credit": max(0, w.capacity - w.busy_count(self))}
         if w.app.schedules:

@@ -1,20 +1,25 @@
-"""One worker process: ``concurrency`` runner greenlets executing handlers
-for tasks leased by one or more nodes.
+"""One worker process: ``concurrency`` runner greenlets taking tasks leased by
+one or more nodes and running them in the worker's pool.
 
 Runners are long-lived and take deliveries from a local deque, so a batch of
-quick handlers runs without a greenlet spawn per task. The worker's capacity
-(``concurrency + prefetch``) is the credit it grants each node; it never
-holds more than that per node. SIGTERM: stop taking work, give back tasks
+quick handlers runs without a greenlet spawn per task. A runner hands each
+task to the pool (:mod:`miyaq.worker.pools`: greenlets, threads or child
+processes; ``async def`` handlers to the worker's asyncio loop) and waits
+for its outcome. The worker's capacity (``concurrency + prefetch``) is the
+credit it grants each node; it never holds more than that per node. A
+watchdog stops a handler that runs past its task's timeout without a touch;
+an ABORT stops a cancelled one. SIGTERM: stop taking work, give back tasks
 not yet started, let running ones finish up to ``grace`` seconds, say BYE.
 
 Every greenlet is spawned through the worker's
 :class:`~miyaq.runtime.Supervisor`: a link reader that dies is ``CRITICAL``
-(the worker stops and its process exits non-zero), a runner or a result
-flusher that dies is logged, counted and restarted, so the worker never
-runs with fewer slots than the credit it grants.
+(the worker stops and its process exits non-zero), a runner, the watchdog or
+a result flusher that dies is logged, counted and restarted, so the worker
+never runs with fewer slots than the credit it grants.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import signal
@@ -29,45 +34,33 @@ from ..protocol import commands as c
 from ..runtime import CRITICAL, RESTART, Supervisor, green, monotonic
 from ..runtime.sockets import SocketFactory
 from ..security.curve import client_curve
-from .config import BYE_LINGER, DRAIN_POLL, MAX_NODES, WorkerConfig
-from .context import TaskContext, bind, unbind
-from .execute import Outcome, TaskAborted, run_sync
+from .aio import AsyncLoop
+from .config import BYE_LINGER, DRAIN_POLL, MAX_NODES, WATCHDOG_TICK, WorkerConfig
+from .execute import Interrupted, Outcome, TaskAborted, TaskTimeout
+from .jobs import Job
 from .link import NodeLink
+from .pools import PoolParts, make_pool
 from .pulse import Pulse
+from .routing import Routes
 
 logger = logging.getLogger(__name__)
 
 
-class _Reporter:
-    """Sends one task's outcome to its node, or to another holder if that node died."""
-
-    __slots__ = ("worker", "link", "task_id")
-
-    def __init__(self, worker: "Worker", link: NodeLink, task_id: str) -> None:
-        self.worker, self.link, self.task_id = worker, link, task_id
-
-    def report(self, attempt: int, outcome: Outcome) -> None:
-        link = self.worker.report_link(self.link, self.task_id)
-        kind, value = outcome
-        if kind == "done":
-            link.report_done(self.task_id, attempt, value)
-        else:
-            link.report_failed(self.task_id, attempt, value)
-
-
 class Worker:
     """``Worker(app, config)``; keyword settings override the config's
-    (``Worker(app, endpoints=[...], concurrency=4)``, as the tests do)."""
+    (``Worker(app, endpoints=[...], concurrency=4)``, as the tests do).
+    ``app_spec`` (``module:attribute``) is needed by the processes pool,
+    whose children import the app themselves."""
 
     def __init__(self, app: App, config: WorkerConfig | None = None, *, endpoints: list[str] | None = None,
-                 queues: list[str] | None = None, **settings: Any) -> None:
+                 queues: list[str] | None = None, app_spec: str | None = None, **settings: Any) -> None:
         if endpoints is not None:
             settings["connect"] = ",".join(endpoints)
         if queues is not None:
             settings["queues"] = ",".join(queues)
         self.config = cfg = replace(config or WorkerConfig(), **settings)
         self.app = app
-        app.green = True
+        app.green = cfg.pool == "gevent"     # handlers that submit: a client of their own kind
         self.queues = cfg.queue_list or app.queues()
         self.concurrency = cfg.concurrency
         self.capacity = cfg.capacity
@@ -80,14 +73,20 @@ class Worker:
         # CURVE (docs/security.md): --key/--server-key, else the App's, else MIYAQ_KEY/MIYAQ_SERVER_KEY.
         security = client_curve(cfg.key or app.key, cfg.server_key or app.server_key)
         self.factory = SocketFactory(green=True, security=security)
+        self.inbox = green.HubInbox(f"worker {self.wid}")
+        self.pool = make_pool(cfg.pool, PoolParts(
+            concurrency=cfg.concurrency, supervisor=self.supervisor, factory=self.factory, touch=self.touch,
+            inbox=self.inbox, app_spec=app_spec, max_tasks_per_child=cfg.max_tasks_per_child,
+            log_level=cfg.log_level))
+        has_async = any(inspect.iscoroutinefunction(t.fn) for t in app.tasks.values())
+        self.aio = AsyncLoop(self.inbox, self.touch) if has_async and cfg.pool != "processes" else None
         self.links = [NodeLink(self, self.factory, ep) for ep in self.endpoints]
+        self.routes = Routes(self.links)
         self.backlog: deque[tuple[NodeLink, list[Any]]] = deque()
         # Idle runners wait on their own event; new work wakes only as many
         # runners as it has tasks (no thundering herd of `concurrency` greenlets).
         self.idle: deque[Any] = deque()
-        self.running: dict[str, Any] = {}            # task id -> the runner greenlet running it
-        self.holders: dict[str, list[str]] = {}      # task id -> its holders' endpoints (cluster)
-        self.origin: dict[str, NodeLink] = {}        # running task id -> the link it came from
+        self.running: dict[str, Job] = {}
         self.started = False
         self.stopping = False
         self.stopping_hard = False
@@ -100,8 +99,7 @@ class Worker:
         """Slots in use (for ``link``: by tasks that node gave us)."""
         if link is None:
             return len(self.running) + len(self.backlog)
-        return (sum(1 for origin in self.origin.values() if origin is link)
-                + sum(1 for other, _ in self.backlog if other is link))
+        return self.routes.running_from(link) + sum(1 for other, _ in self.backlog if other is link)
 
     # -- receiving work --------------------------------------------------------------
     def accept(self, link: NodeLink, deliveries: list[Any]) -> None:
@@ -110,9 +108,9 @@ class Worker:
                                  "credit": False})
             return
         for d in deliveries:
-            if isinstance(d, list) and len(d) in (6, 7) and isinstance(d[0], str):
+            if _well_formed(d):
                 if len(d) == 7 and isinstance(d[6], list):
-                    self.holders[d[0]] = d[6]
+                    self.routes.holders[d[0]] = d[6]
                 self.backlog.append((link, d))
             else:
                 logger.warning("ignoring a malformed delivery from %s", link.endpoint)
@@ -120,23 +118,25 @@ class Worker:
 
     def abort(self, ids: list[Any]) -> None:
         for task_id in ids:
-            g = self.running.get(task_id)
-            if g is not None:
-                # Thrown from the hub, and only if that runner still runs this
-                # task then: an abort never lands in the runner's next task.
-                green.call_soon(self._throw_abort, task_id, g)
-            else:
-                for i, (link, d) in enumerate(self.backlog):
-                    if d[0] == task_id:
-                        del self.backlog[i]
-                        link.report_failed(task_id, d[4], {"type": "Aborted", "message": "cancelled",
-                                                           "retry": False})
-                        break
+            job = self.running.get(task_id)
+            if job is not None:
+                self._interrupt(job, TaskAborted)
+                continue
+            for i, (link, d) in enumerate(self.backlog):
+                if d[0] == task_id:
+                    del self.backlog[i]
+                    link.report_failed(task_id, d[4], {"type": "Aborted", "message": "cancelled", "retry": False})
+                    break
 
-    def _throw_abort(self, task_id: str, g: Any) -> None:
-        current = self.running.get(task_id)
-        if current is not None and current is g:
-            current.throw(TaskAborted())
+    def touch(self, task_id: str) -> None:
+        """A handler touched its task (in the hub): its timeout starts again,
+        and the node extends the lease."""
+        job = self.running.get(task_id)
+        if job is not None:
+            job.touched()
+        link = self.routes.origin.get(task_id)
+        if link is not None:
+            link.touch(task_id)
 
     def discover(self, endpoints: list[Any]) -> None:
         """Connect to every node of the ring (from WELCOME/HEARTBEAT)."""
@@ -153,26 +153,7 @@ class Worker:
                 logger.info("worker %s: discovered node %s", self.wid, ep)
 
     def link_silent(self, link: NodeLink) -> None:
-        """``link``'s node went silent: tell another holder of each task it
-        gave us that the task is still running here (a TOUCH), so a standby
-        copy there does not start it a second time."""
-        for task_id, origin in list(self.origin.items()):
-            if origin is link:
-                alternative = self.report_link(link, task_id, keep=True)
-                if alternative is not link:
-                    alternative.touch(task_id)
-
-    def report_link(self, link: NodeLink, task_id: str, keep: bool = False) -> NodeLink:
-        """Where to report ``task_id``: its node, or — if that node went silent
-        — another live holder of the task."""
-        holders = self.holders.get(task_id) if keep else self.holders.pop(task_id, None)
-        if not link.lost or not holders:
-            return link
-        for other in self.links:
-            if other is not link and other.endpoint in holders and not other.silent():
-                logger.info("task %s: node %s is silent; reporting to %s", task_id, link.endpoint, other.endpoint)
-                return other
-        return link
+        self.routes.link_silent(link)
 
     # -- running it --------------------------------------------------------------------
     def _wake(self, n: int) -> None:
@@ -194,46 +175,71 @@ class Worker:
                 ready.clear()
                 self.idle.append(ready)
                 ready.wait()
-            except TaskAborted:
-                logger.warning("worker %s: an abort reached a runner between tasks; ignored", self.wid)
+            except Interrupted:
+                logger.warning("worker %s: an interruption reached a runner between tasks; ignored", self.wid)
 
     def _execute(self, link: NodeLink, d: list[Any]) -> None:
-        task_id, queue, name, body, attempt, timeout = d[:6]
+        task_id, name, attempt = d[0], d[2], d[4]
         tdef = self.app.tasks.get(name)
         if tdef is None:
             link.report_failed(task_id, attempt, {
                 "type": "UnknownTask", "retry": True,
                 "message": f"no handler named {name!r} in worker {self.wid}"})
             return
-        self.running[task_id] = green.current()
-        self.origin[task_id] = link
-        report = _Reporter(self, link, task_id)    # to its node, or another holder if it died
-        token = bind(TaskContext(task_id, name, queue, attempt, timeout, link.touch))
+        job = Job(d, tdef.fn)
+        job.executor = self.aio if job.is_async and self.aio is not None else self.pool
+        self.running[task_id] = job
+        self.routes.origin[task_id] = link
         try:
-            outcome = run_sync(tdef.fn, body)
+            outcome = job.executor.run(job)
         finally:
-            unbind(token)
             self.running.pop(task_id, None)
             self.executed += 1
         try:
-            report.report(attempt, outcome)
+            self._report(link, job, outcome)
         except Exception:
             # The runner dies (its supervisor logs, counts and restarts it);
             # first try once more to tell the node, so the task is retried
             # now rather than when its lease runs out.
-            self._report_lost_outcome(report, attempt, task_id)
+            self._report_lost_outcome(link, task_id, attempt)
             raise
         finally:
-            self.origin.pop(task_id, None)
+            self.routes.origin.pop(task_id, None)
 
-    def _report_lost_outcome(self, report: _Reporter, attempt: int, task_id: str) -> None:
+    def _report(self, link: NodeLink, job: Job, outcome: Outcome) -> None:
+        """To the task's node, or another holder if that node went silent."""
+        target = self.routes.report_link(link, job.task_id)
+        kind, value = outcome
+        if kind == "done":
+            target.report_done(job.task_id, job.attempt, value)
+        else:
+            target.report_failed(job.task_id, job.attempt, value)
+
+    def _report_lost_outcome(self, link: NodeLink, task_id: str, attempt: int) -> None:
         error = {"type": "WorkerError", "message": "the worker failed to report this attempt's outcome",
                  "retry": True}
         try:
-            report.link.report_failed(task_id, attempt, error)
+            link.report_failed(task_id, attempt, error)
         except Exception:
             logger.exception("worker %s: task %s: its outcome is lost; the node retries it when its lease "
                              "runs out", self.wid, task_id)
+
+    def _interrupt(self, job: Job, reason: type[Interrupted]) -> None:
+        if job.stop_reason is not None:
+            return
+        job.stop_reason = reason
+        job.executor.interrupt(job)
+
+    def _watchdog(self) -> None:
+        """Stop handlers that ran past their timeout (their lease) without a touch."""
+        while True:
+            green.sleep(WATCHDOG_TICK)
+            now = monotonic()
+            for job in list(self.running.values()):
+                if job.stop_reason is None and now >= job.deadline:
+                    logger.warning("worker %s: task %s (%s) ran past its %gs timeout; stopping it (pool %s)",
+                                   self.wid, job.task_id, job.name, job.timeout, job.executor.name)
+                    self._interrupt(job, TaskTimeout)
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> "Worker":
@@ -241,12 +247,17 @@ class Worker:
             return self
         self.started = True
         self.pulse.start()
+        self.pool.start()
+        if self.aio is not None:
+            self.aio.start()
         for link in self.links:
             self.supervisor.spawn(f"link {link.endpoint}", link.serve, policy=CRITICAL)
         for _ in range(self.concurrency):
             self.supervisor.spawn("runner", self._runner, policy=RESTART)
-        logger.info("worker %s: queues=%s concurrency=%d nodes=%s", self.wid, ",".join(self.queues),
-                    self.concurrency, ",".join(self.endpoints))
+        self.supervisor.spawn("watchdog", self._watchdog, policy=RESTART)
+        logger.info("worker %s: pool=%s concurrency=%d queues=%s nodes=%s%s", self.wid, self.pool.name,
+                    self.concurrency, ",".join(self.queues), ",".join(self.endpoints),
+                    " (+asyncio loop)" if self.aio is not None else "")
         return self
 
     def _fatal(self, name: str, exc: BaseException) -> None:
@@ -288,11 +299,20 @@ class Worker:
         green.sleep(BYE_LINGER)   # let the BYE leave before the sockets close
         self.stopping_hard = True
         self.supervisor.kill()
+        self.pool.stop()
+        if self.aio is not None:
+            self.aio.stop()
         for link in self.links:
             link.close()
         self.pulse.stop()
+        self.inbox.close()
         self.app.close()
         self.factory.close()
         logger.info("worker %s stopped after %d task(s)", self.wid, self.executed)
         self._stopped.set()
 
+
+def _well_formed(d: Any) -> bool:
+    """[id, queue, name, body, attempt, timeout(, holders)] with the right types."""
+    return (isinstance(d, list) and len(d) in (6, 7) and isinstance(d[0], str) and isinstance(d[4], int)
+            and isinstance(d[5], (int, float)) and not isinstance(d[5], bool))

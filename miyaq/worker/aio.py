@@ -1,0 +1,108 @@
+"""``async def`` handlers: one asyncio event loop in a native thread of the worker.
+
+Each async task is a coroutine on that loop, awaited by the runner greenlet
+that took it, so at most ``--concurrency`` run at once, mixed freely with
+the module's sync handlers. A cancel or a timeout cancels the coroutine's
+asyncio task (``asyncio.CancelledError`` at its current ``await``); the
+handler may catch it to clean up, and its run ends as aborted or timed
+out. The loop's thread reaches the hub only through the worker's
+:class:`~miyaq.runtime.green.HubInbox`. In a gevent-patched worker the loop
+uses gevent's selector, which works from its own thread.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ..runtime import green
+from .context import bind, unbind
+from .execute import Interrupted, Outcome, interrupted, run_async
+from .jobs import Job, Touch
+
+logger = logging.getLogger(__name__)
+
+START_WAIT = 10.0   # seconds to wait for the loop thread to be running
+STOP_WAIT = 5.0
+
+
+class AsyncLoop:
+    name = "asyncio"
+
+    def __init__(self, inbox: green.HubInbox, touch: Touch) -> None:
+        self.inbox = inbox
+        self.hub_touch = touch
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._ready = green.Event()
+        self._exited = green.Event()
+
+    def start(self) -> None:
+        green.start_native_thread(self._main)
+        if not self._ready.wait(START_WAIT) or self.loop is None:
+            raise RuntimeError("the asyncio loop thread did not start")
+
+    def _main(self) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            asyncio.set_event_loop(loop)
+            self.loop = loop
+            self.inbox.call(self._ready.set)
+            loop.run_forever()
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        except Exception:
+            logger.exception("the asyncio loop of the worker failed")
+        finally:
+            loop.close()
+            self.inbox.call(self._exited.set)
+
+    # -- running -----------------------------------------------------------------------
+    def run(self, job: Job) -> Outcome:
+        assert self.loop is not None
+        result = green.AsyncResult()
+        future = asyncio.run_coroutine_threadsafe(self._run(job), self.loop)
+        future.add_done_callback(lambda f: self.inbox.call(result.set, f))
+        finished = result.get()
+        if finished.cancelled():
+            return interrupted(job.stop_reason or Interrupted)
+        outcome: Outcome = finished.result()
+        return outcome
+
+    def _touch(self, task_id: str) -> None:
+        self.inbox.call(self.hub_touch, task_id)
+
+    async def _run(self, job: Job) -> Outcome:
+        """On the loop: the asyncio task is the job's handle while it runs."""
+        if job.stop_reason is not None:      # cancelled before it started
+            return interrupted(job.stop_reason)
+        job.handle = asyncio.current_task()
+        token = bind(job.context(self._touch))
+        try:
+            return await run_async(job.fn, job.body, lambda: job.stop_reason)
+        finally:
+            unbind(token)
+            job.handle = None
+
+    def interrupt(self, job: Job) -> None:
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._cancel, job)
+
+    @staticmethod
+    def _cancel(job: Job) -> None:
+        task: Any = job.handle
+        if task is not None:
+            task.cancel()
+
+    def stop(self) -> None:
+        """Cancel what still runs and end the loop thread (bounded wait). Never raises."""
+        if self.loop is None:
+            return
+        try:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        except RuntimeError:    # already closed
+            return
+        if not self._exited.wait(STOP_WAIT):
+            logger.warning("the asyncio loop did not stop within %.0fs", STOP_WAIT)

@@ -1,0 +1,42 @@
+"""One task on its way through a pool: what the pool runs and what the
+watchdog, cancels and touches act on."""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+from ..runtime import green, monotonic
+from .context import TaskContext
+from .execute import Interrupted
+
+#: Sends one TOUCH for a task id (thread-safe where the pool needs it).
+Touch = Callable[[str], None]
+
+
+class Job:
+    """``deadline`` (monotonic) is when the watchdog stops the handler:
+    start + timeout, moved on by each touch. ``stop_reason`` is set once,
+    by the first of a cancel or a timeout. ``handle`` is the pool's: the
+    greenlet, thread ident, asyncio task or child process running it, None
+    while nothing does. ``lock`` guards ``handle`` where a native thread
+    clears it."""
+
+    __slots__ = ("task_id", "name", "queue", "attempt", "timeout", "body", "fn", "is_async",
+                 "deadline", "stop_reason", "handle", "lock", "executor")
+
+    def __init__(self, d: list[Any], fn: Callable[..., Any]) -> None:
+        self.task_id, self.queue, self.name, self.body, self.attempt, self.timeout = d[:6]
+        self.fn = fn
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.deadline = monotonic() + self.timeout if self.timeout and self.timeout > 0 else float("inf")
+        self.stop_reason: type[Interrupted] | None = None
+        self.handle: Any = None
+        self.lock = green.native_lock()
+        self.executor: Any = None
+
+    def context(self, touch: Touch) -> TaskContext:
+        return TaskContext(self.task_id, self.name, self.queue, self.attempt, self.timeout, touch)
+
+    def touched(self) -> None:
+        if self.timeout and self.timeout > 0:
+            self.deadline = monotonic() + self.timeout

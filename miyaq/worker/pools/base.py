@@ -1,0 +1,47 @@
+"""What a pool is given and what it must do."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from ...runtime import Supervisor
+from ...runtime.green import HubInbox
+from ...runtime.sockets import SocketFactory
+from ..execute import Outcome
+from ..jobs import Job
+
+
+@dataclass
+class PoolParts:
+    """The narrow handles a pool gets from its worker."""
+
+    concurrency: int
+    supervisor: Supervisor
+    factory: SocketFactory
+    #: Extends a running task's lease and sends TOUCH; call in the hub.
+    touch: Callable[[str], None]
+    #: Hands a call from another thread to the hub.
+    inbox: HubInbox
+    #: ``module:attribute`` of the app (child processes import it themselves).
+    app_spec: str | None
+    max_tasks_per_child: int
+    log_level: str
+
+
+class Pool(Protocol):
+    name: str
+
+    def start(self) -> None:
+        """Get ready to run (threads, children); called once, in the hub."""
+
+    def run(self, job: Job) -> Outcome:
+        """Run ``job``'s handler; called in a runner greenlet, which it blocks
+        cooperatively until the handler ended or was stopped. Never raises
+        for anything the handler does."""
+
+    def interrupt(self, job: Job) -> None:
+        """Stop ``job``'s handler for ``job.stop_reason``, as this pool can
+        (must not block). The ``run`` call returns that interruption."""
+
+    def stop(self) -> None:
+        """Release threads and children once no handler runs. Never raises."""

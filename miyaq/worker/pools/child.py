@@ -1,0 +1,121 @@
+"""A process-pool child: ``python -m miyaq.worker.pools.child ENDPOINT IDENTITY APP PARENT_PID LOG_LEVEL``.
+
+Started by :class:`~miyaq.worker.pools.processes.ProcessPool` as a fresh
+interpreter (never forked from the gevent parent). It imports the app,
+connects a plain DEALER to the parent's ROUTER (an ``ipc://`` socket in a
+private directory), says HELLO and then runs one task at a time (the
+handler runs in the main thread; a daemon thread watches the parent):
+
+- parent → child: ``RUN {id, name, queue, attempt, timeout, body}``, ``EXIT``;
+- child → parent: ``HELLO {pid}``, ``TOUCH {id}``, ``OUTCOME {id, outcome}``.
+
+SIGINT and SIGTERM are ignored: a Ctrl-C or a service manager's SIGTERM to
+the whole process group reaches the parent, which drains and then ends its
+children itself. A child whose parent disappeared exits within
+``CHILD_PARENT_CHECK`` seconds, whatever it was running.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import msgpack
+
+from ...logs import setup_logging
+from ...runtime.sockets import SocketFactory
+from ..config import CHILD_PARENT_CHECK
+from ..context import TaskContext, bind, unbind
+from ..execute import Outcome, run_async, run_sync
+
+logger = logging.getLogger(__name__)
+
+HELLO, RUN, TOUCH, OUTCOME, EXIT = b"HELLO", b"RUN", b"TOUCH", b"OUTCOME", b"EXIT"
+
+
+def pack(kind: bytes, body: dict[str, Any]) -> list[bytes]:
+    return [kind, msgpack.packb(body, use_bin_type=True)]
+
+
+def unpack(frames: list[bytes]) -> tuple[bytes, dict[str, Any]]:
+    body = msgpack.unpackb(frames[1], raw=False, strict_map_key=False) if len(frames) > 1 else {}
+    return frames[0], body if isinstance(body, dict) else {}
+
+
+class Child:
+    def __init__(self, endpoint: str, identity: bytes, app_spec: str, parent: int) -> None:
+        from ..loader import load_app
+        self.app = load_app(app_spec)
+        self.app.green = False          # handlers that submit use a thread-based client
+        self.parent = parent
+        self.factory = SocketFactory(green=False)
+        self.sock = self.factory.dealer(endpoint, identity=identity)
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def serve(self) -> None:
+        threading.Thread(target=self._watch_parent, name="parent-watch", daemon=True).start()
+        self.sock.send_multipart(pack(HELLO, {"pid": os.getpid()}))
+        while True:
+            kind, body = unpack(self.sock.recv_multipart())
+            if kind == EXIT:
+                return
+            if kind == RUN:
+                outcome = self.run(body)
+                self.sock.send_multipart(pack(OUTCOME, {"id": body.get("id"), "outcome": list(outcome)}))
+
+    def _watch_parent(self) -> None:
+        """Exit at once when the parent is gone (killed with SIGKILL), even
+        in the middle of a handler: nobody is left to take its outcome."""
+        while True:
+            time.sleep(CHILD_PARENT_CHECK)
+            if os.getppid() != self.parent:
+                logger.warning("worker child %d: the parent is gone; exiting", os.getpid())
+                os._exit(1)
+
+    def _touch(self, task_id: str) -> None:
+        self.sock.send_multipart(pack(TOUCH, {"id": task_id}))
+
+    def run(self, task: dict[str, Any]) -> Outcome:
+        tdef = self.app.tasks.get(str(task.get("name")))
+        if tdef is None:
+            return ("failed", {"type": "UnknownTask", "retry": True,
+                               "message": f"no handler named {task.get('name')!r} in this worker's child"})
+        token = bind(TaskContext(task["id"], task["name"], task["queue"], task["attempt"], task["timeout"],
+                                 self._touch))
+        try:
+            if inspect.iscoroutinefunction(tdef.fn):
+                if self.loop is None:
+                    self.loop = asyncio.new_event_loop()
+                return self.loop.run_until_complete(run_async(tdef.fn, task.get("body"), lambda: None))
+            return run_sync(tdef.fn, task.get("body"))
+        finally:
+            unbind(token)
+
+    def close(self) -> None:
+        if self.loop is not None:
+            self.loop.close()
+        self.app.close()
+        self.factory.close()
+
+
+def main(argv: list[str]) -> int:
+    endpoint, identity, app_spec, parent, log_level = argv
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    setup_logging(log_level)
+    child = Child(endpoint, identity.encode(), app_spec, int(parent))
+    try:
+        child.serve()
+    finally:
+        child.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,249 @@
+"""The processes pool: handlers run in ``--concurrency`` child processes.
+
+For CPU-bound handlers: each child is a fresh interpreter
+(:mod:`~miyaq.worker.pools.child`, started with ``subprocess`` -- spawned,
+never forked from the gevent parent) that imports the app and runs one task
+at a time, so N children use N cores. The parent keeps the node links,
+credit and heartbeats; it talks to its children over one ROUTER on an
+``ipc://`` socket in a private temporary directory.
+
+Stopping a handler means ending its process: a cancel or a timeout kills
+the child (SIGKILL) and starts a fresh one, as does a child that dies by
+itself (its task fails, retryable). ``max_tasks_per_child`` retires a child
+after that many tasks (for leaky handlers). Children that keep dying at
+start (an app that fails to import there) stop the worker.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+from ...errors import ConfigError
+from ...runtime import CRITICAL, green, monotonic
+from ...runtime.sockets import zmq
+from ..config import (
+    CHILD_EXIT_WAIT, CHILD_START_TIMEOUT, MAX_INBOUND_MESSAGE, MAX_RESTARTS_PER_MINUTE, PROCESS_POLL,
+)
+from ..execute import Outcome, interrupted
+from ..jobs import Job
+from .base import PoolParts
+from .child import EXIT, HELLO, OUTCOME, RUN, TOUCH, pack, unpack
+
+logger = logging.getLogger(__name__)
+
+
+class ChildProcess:
+    """The parent's handle on one child: its process, whether it said hello,
+    the job it runs and where that job's outcome goes."""
+
+    def __init__(self, identity: bytes, proc: subprocess.Popen[bytes]) -> None:
+        self.identity = identity
+        self.proc = proc
+        self.started = monotonic()
+        self.ready = False
+        self.job: Job | None = None
+        self.outcome: Any = None       # AsyncResult while a job runs
+        self.tasks = 0
+        self.retiring_since: float | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.kill()
+            except ProcessLookupError:
+                pass
+
+    def finish(self, outcome: Outcome) -> None:
+        """Deliver the running job's outcome (once)."""
+        if self.outcome is not None and not self.outcome.ready():
+            self.outcome.set(outcome)
+
+
+class ProcessPool:
+    name = "processes"
+
+    def __init__(self, parts: PoolParts) -> None:
+        if not parts.app_spec:
+            raise ConfigError("the processes pool needs the app as module:attribute to start its children")
+        self.parts = parts
+        self.dir = tempfile.mkdtemp(prefix="miyaq-pool-")   # 0700: only this user may connect
+        self.endpoint = f"ipc://{self.dir}/children"
+        self.sock = parts.factory.router(self.endpoint)
+        self.children: dict[bytes, ChildProcess] = {}
+        self.retired: list[ChildProcess] = []
+        self.idle: Any = green.Queue()
+        self.generation = 0
+        self.deaths: list[float] = []
+        self.stopping = False
+
+    # -- children -----------------------------------------------------------------------
+    def start(self) -> None:
+        self.parts.supervisor.spawn("pool reader", self._read, policy=CRITICAL)
+        # Critical too: without it dead children would never be replaced.
+        self.parts.supervisor.spawn("pool keeper", self._keep, policy=CRITICAL)
+        for _ in range(self.parts.concurrency):
+            self._start_child()
+        logger.info("processes pool: starting %d child process(es)", self.parts.concurrency)
+
+    def _start_child(self) -> ChildProcess:
+        self.generation += 1
+        identity = f"c{self.generation}".encode()
+        proc = subprocess.Popen([sys.executable, "-m", "miyaq.worker.pools.child", self.endpoint,
+                                 identity.decode(), str(self.parts.app_spec), str(os.getpid()),
+                                 self.parts.log_level])
+        child = ChildProcess(identity, proc)
+        self.children[identity] = child
+        return child
+
+    def _replace(self, child: ChildProcess, why: str) -> None:
+        """End ``child`` (kill it if it still runs) and start another in its place."""
+        child.kill()
+        self.children.pop(child.identity, None)
+        self.retired.append(child)
+        if not self.stopping:
+            logger.info("processes pool: child %d %s; starting another", child.pid, why)
+            self._start_child()
+
+    # -- running ------------------------------------------------------------------------
+    def run(self, job: Job) -> Outcome:
+        child: ChildProcess = self.idle.get()
+        while child.identity not in self.children:      # replaced while it waited in the queue
+            child = self.idle.get()
+        child.job, child.outcome = job, green.AsyncResult()
+        job.handle = child
+        try:
+            self.sock.send_multipart([child.identity, *pack(RUN, {
+                "id": job.task_id, "name": job.name, "queue": job.queue, "attempt": job.attempt,
+                "timeout": job.timeout, "body": job.body})])
+        except zmq.ZMQError as exc:
+            child.finish(("failed", {"type": "WorkerLost", "retry": True,
+                                     "message": f"could not hand the task to child {child.pid}: {exc}"}))
+            self._replace(child, "could not be reached")
+        outcome: Outcome = child.outcome.get()
+        job.handle = None
+        child.job, child.outcome = None, None
+        if child.identity in self.children:
+            child.tasks += 1
+            limit = self.parts.max_tasks_per_child
+            if limit and child.tasks >= limit:
+                self._retire(child)
+            else:
+                self.idle.put(child)
+        return outcome
+
+    def _retire(self, child: ChildProcess) -> None:
+        """Let ``child`` exit by itself after its last task; start a fresh one."""
+        self.children.pop(child.identity, None)
+        child.retiring_since = monotonic()
+        self.retired.append(child)
+        try:
+            self.sock.send_multipart([child.identity, *pack(EXIT, {})])
+        except zmq.ZMQError:
+            child.kill()
+        logger.debug("processes pool: child %d retired after %d task(s)", child.pid, child.tasks)
+        if not self.stopping:
+            self._start_child()
+
+    def interrupt(self, job: Job) -> None:
+        child = job.handle
+        if isinstance(child, ChildProcess) and child.job is job and job.stop_reason is not None:
+            child.finish(interrupted(job.stop_reason))
+            self._replace(child, f"stopped: task {job.task_id} {job.stop_reason.message}")
+
+    # -- the parent's two greenlets ----------------------------------------------------------
+    def _read(self) -> None:
+        """The one reader of the children's socket."""
+        while True:
+            frames = self.sock.recv_multipart()
+            if len(frames) < 2 or sum(len(f) for f in frames) > MAX_INBOUND_MESSAGE:
+                continue
+            child = self.children.get(frames[0])
+            if child is None:
+                continue    # a child already replaced
+            try:
+                kind, body = unpack(frames[1:])
+            except ValueError:
+                logger.warning("processes pool: malformed message from child %d", child.pid)
+                continue
+            if kind == HELLO:
+                child.ready = True
+                self.idle.put(child)
+            elif kind == OUTCOME:
+                outcome = body.get("outcome")
+                if child.job is not None and body.get("id") == child.job.task_id and isinstance(outcome, list):
+                    child.finish((outcome[0], outcome[1]))
+            elif kind == TOUCH:
+                if isinstance(body.get("id"), str):
+                    self.parts.touch(body["id"])
+
+    def _keep(self) -> None:
+        """Notice children that died or hang at start, and reap retired ones."""
+        while True:
+            green.sleep(PROCESS_POLL)
+            now = monotonic()
+            for child in list(self.children.values()):
+                code = child.proc.poll()
+                if code is not None:
+                    self._died(child, code)
+                elif not child.ready and now - child.started > CHILD_START_TIMEOUT:
+                    self._count_death()
+                    self._replace(child, f"did not start within {CHILD_START_TIMEOUT:.0f}s")
+            for child in list(self.retired):
+                if child.proc.poll() is not None:
+                    self.retired.remove(child)
+                elif child.retiring_since is not None and now - child.retiring_since > CHILD_EXIT_WAIT:
+                    child.kill()
+                    child.retiring_since = None
+
+    def _died(self, child: ChildProcess, code: int) -> None:
+        if self.stopping:
+            return
+        if child.job is not None:
+            logger.warning("processes pool: child %d died (exit %s) running task %s", child.pid, code,
+                           child.job.task_id)
+            child.finish(("failed", {"type": "WorkerLost", "retry": True,
+                                     "message": f"the child process running this task exited ({code})"}))
+        else:
+            logger.warning("processes pool: child %d died (exit %s)", child.pid, code)
+            self._count_death()
+        self._replace(child, "died")
+
+    def _count_death(self) -> None:
+        """Children dying with no task (at import, at start) are a broken
+        setup: past the budget, stop the worker rather than spin."""
+        now = monotonic()
+        self.deaths = [t for t in self.deaths if t > now - 60] + [now]
+        if len(self.deaths) > MAX_RESTARTS_PER_MINUTE:
+            raise RuntimeError(f"{len(self.deaths)} child processes died within a minute; "
+                               "does the app import in a fresh interpreter? (see the log above)")
+
+    def stop(self) -> None:
+        """Tell idle children to exit, kill the rest after a short wait. Never raises."""
+        self.stopping = True
+        try:
+            for child in list(self.children.values()):
+                try:
+                    self.sock.send_multipart([child.identity, *pack(EXIT, {})])
+                except zmq.ZMQError:
+                    pass
+            deadline = monotonic() + CHILD_EXIT_WAIT
+            everyone = list(self.children.values()) + self.retired
+            while monotonic() < deadline and any(c.proc.poll() is None for c in everyone):
+                green.sleep(PROCESS_POLL / 4)
+            for child in everyone:
+                child.kill()
+                child.proc.wait(CHILD_EXIT_WAIT)
+        except Exception:
+            logger.exception("processes pool: stopping the children failed")
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+

@@ -1,0 +1,156 @@
+"""Handlers for the pool tests: blocking the way ordinary code blocks
+(``time.sleep``, never ``gevent.sleep``), sync and ``async def`` side by
+side. Each records what it did as JSON lines in the file named by
+$MIYAQ_TEST_EVENTS (one ``write`` per line with O_APPEND, so the lines of
+handlers running in threads, greenlets and child processes interleave whole
+and in the order they happened)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+
+import miyaq
+
+app = miyaq.App()
+
+BARRIER_WAIT = 20.0     # seconds a gathering handler waits for its peers at most
+
+
+def record(*event) -> None:
+    path = os.environ["MIYAQ_TEST_EVENTS"]
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(event) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def read_events(path: str) -> list[list]:
+    try:
+        with open(path) as fh:
+            return [json.loads(line) for line in fh if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def max_in_flight(events: list[list], tag: str) -> int:
+    """The most handlers of ``tag`` between their start and end at once."""
+    now = most = 0
+    for e in events:
+        if e[1] == tag and e[0] == "start":
+            now += 1
+            most = max(most, now)
+        elif e[1] == tag and e[0] == "end":
+            now -= 1
+    return most
+
+
+def _started(tag: str) -> int:
+    return sum(1 for e in read_events(os.environ["MIYAQ_TEST_EVENTS"]) if e[0] == "start" and e[1] == tag)
+
+
+@app.task(name="gather")
+def gather(n: int, tag: str) -> int:
+    """Block (time.sleep) until ``n`` handlers of ``tag`` have started, or
+    BARRIER_WAIT passed; return how many had started."""
+    record("start", tag, os.getpid())
+    end = time.monotonic() + BARRIER_WAIT
+    while _started(tag) < n and time.monotonic() < end:
+        time.sleep(0.01)
+    seen = _started(tag)
+    record("end", tag, os.getpid())
+    return seen
+
+
+@app.task(name="agather")
+async def agather(n: int, tag: str) -> int:
+    """``gather`` as a coroutine (asyncio.sleep)."""
+    record("start", tag, os.getpid())
+    end = time.monotonic() + BARRIER_WAIT
+    while _started(tag) < n and time.monotonic() < end:
+        await asyncio.sleep(0.01)
+    seen = _started(tag)
+    record("end", tag, os.getpid())
+    return seen
+
+
+@app.task(name="hang")
+def hang(tag: str) -> None:
+    """Never returns by itself: blocks 50 ms at a time, forever."""
+    record("start", tag, os.getpid(), miyaq.current_task().attempt)
+    while True:
+        time.sleep(0.05)
+
+
+@app.task(name="ahang")
+async def ahang(tag: str) -> None:
+    record("start", tag, os.getpid(), miyaq.current_task().attempt)
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        record("cancelled", tag, os.getpid())
+        raise
+
+
+@app.task(name="overrun_once")
+def overrun_once(tag: str) -> int:
+    """The first attempt hangs; later ones return their attempt number."""
+    ctx = miyaq.current_task()
+    record("start", tag, os.getpid(), ctx.attempt)
+    while ctx.attempt == 1:
+        time.sleep(0.05)
+    return ctx.attempt
+
+
+@app.task(name="aoverrun_once")
+async def aoverrun_once(tag: str) -> int:
+    ctx = miyaq.current_task()
+    record("start", tag, os.getpid(), ctx.attempt)
+    if ctx.attempt == 1:
+        await asyncio.sleep(3600)
+    return ctx.attempt
+
+
+@app.task(name="slow_first")
+def slow_first(tag: str, seconds: float) -> int:
+    """The first attempt blocks ``seconds``; later ones return at once."""
+    ctx = miyaq.current_task()
+    record("start", tag, os.getpid(), ctx.attempt)
+    if ctx.attempt == 1:
+        time.sleep(seconds)
+    record("end", tag, os.getpid(), ctx.attempt)
+    return ctx.attempt
+
+
+@app.task(name="touchy")
+def touchy(seconds: float, every: float) -> int:
+    """Runs past its timeout, touching in time."""
+    ctx = miyaq.current_task()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(every)
+        ctx.touch()
+    return ctx.attempt
+
+
+@app.task(name="atouchy")
+async def atouchy(seconds: float, every: float) -> int:
+    ctx = miyaq.current_task()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        await asyncio.sleep(every)
+        ctx.touch()
+    return ctx.attempt
+
+
+@app.task(name="pid")
+def pid() -> int:
+    return os.getpid()
+
+
+@app.task(name="aadd")
+async def aadd(a: int, b: int) -> int:
+    await asyncio.sleep(0)
+    return a + b

@@ -1,0 +1,207 @@
+"""Execution pools (issue 13): the same handlers under ``--pool gevent``,
+``threads`` and ``processes``, and ``async def`` handlers beside sync ones.
+
+Overlap is counted, never timed: a gathering handler blocks with
+``time.sleep`` until ``--concurrency`` of its kind have started, so the
+count of handlers in flight at once reaches ``--concurrency`` only if the
+pool really runs them side by side. Each fault test's docstring names the
+fault; what must happen is what docs/semantics.md says for every pool.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+
+import pytest
+
+from apps import pools
+from miyaq.errors import TaskCancelled
+from miyaq.testing.harness import wait_for
+
+pytestmark = pytest.mark.timeout(90)
+
+POOLS = ["gevent", "threads", "processes"]
+
+
+@pytest.fixture
+def events(tmp_path):
+    path = str(tmp_path / "events.jsonl")
+    return path, {"MIYAQ_TEST_EVENTS": path}
+
+
+def _worker(procs, node, pool, concurrency, env, *extra):
+    return procs.worker("apps.pools:app", node.endpoint, concurrency, "--pool", pool, "--prefetch", "0",
+                        *extra, env=env)
+
+
+def _registered(client, n=1):
+    wait_for(lambda: client.status()["totals"]["workers"] == n, what=f"{n} worker(s) registered")
+
+
+def _starts(path, tag):
+    return [e for e in pools.read_events(path) if e[0] == "start" and e[1] == tag]
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_blocking_handlers_overlap_up_to_concurrency(procs, node, client, events, pool):
+    """Handlers that block in time.sleep run --concurrency at a time: with the
+    gevent pool because the worker patched the standard library before it
+    imported the app, with the others because each has its thread or process."""
+    path, env = events
+    _worker(procs, node, pool, 4, env)
+    tag = uuid.uuid4().hex
+    handles = [client.submit("gather", [4, tag]) for _ in range(4)]
+    assert [h.result(40) for h in handles] == [4, 4, 4, 4]
+    assert pools.max_in_flight(pools.read_events(path), tag) == 4
+    pids = {e[2] for e in _starts(path, tag)}
+    assert len(pids) == (4 if pool == "processes" else 1)
+
+
+@pytest.mark.parametrize("pool", ["gevent", "threads"])
+def test_async_handlers_overlap_up_to_concurrency(procs, node, client, events, pool):
+    """``async def`` handlers run on the worker's asyncio loop, --concurrency at
+    once, next to the module's sync handlers."""
+    path, env = events
+    _worker(procs, node, pool, 4, env)
+    tag = uuid.uuid4().hex
+    handles = [client.submit("agather", [4, tag]) for _ in range(4)]
+    assert [h.result(40) for h in handles] == [4, 4, 4, 4]
+    assert pools.max_in_flight(pools.read_events(path), tag) == 4
+    assert client.call("aadd", [2, 3], timeout=20) == 5
+    assert client.call("pid", timeout=20) == pools.read_events(path)[0][2]
+
+
+@pytest.mark.parametrize("pool,task", [*[(p, "overrun_once") for p in POOLS], ("gevent", "aoverrun_once")])
+def test_hung_handler_is_stopped_at_its_timeout(procs, node, client, events, pool, task):
+    """Fault: a handler hangs past its task's timeout without touching. The
+    worker stops it (an exception at its next yield, its next bytecode, a
+    cancelled coroutine, a killed child process), the slot is free again and
+    the task's next attempt runs."""
+    path, env = events
+    w = _worker(procs, node, pool, 1, env)
+    _registered(client)
+    tag = uuid.uuid4().hex
+    handle = client.submit(task, [tag], timeout=1.0, max_retries=3, backoff=0.01, wait=True)
+    assert handle.result(40) >= 2
+    wait_for(lambda: "ran past its 1s timeout; stopping it" in w.log_tail(200), what="the watchdog's warning")
+    runs = _starts(path, tag)
+    assert [e[3] for e in runs][:2] == [1, 2]
+    if pool == "processes":
+        assert runs[0][2] != runs[1][2], "the hung child was replaced"
+        assert "stopped: task" in w.log_tail(200)
+
+
+@pytest.mark.parametrize("pool,task", [*[(p, "hang") for p in POOLS], ("threads", "ahang")])
+def test_cancel_stops_a_running_handler(procs, node, client, events, pool, task):
+    """Fault: a running task is cancelled. The node sends ABORT; the worker
+    stops the handler as its pool can and the slot runs the next task."""
+    path, env = events
+    w = _worker(procs, node, pool, 1, env)
+    _registered(client)
+    tag = uuid.uuid4().hex
+    handle = client.submit(task, [tag], timeout=60, wait=True)
+    wait_for(lambda: _starts(path, tag), what="the handler started")
+    assert client.cancel(handle.id) is True
+    with pytest.raises(TaskCancelled):
+        handle.result(10)
+    assert client.call("pid", timeout=30) > 0          # the only slot is free again
+    if task == "ahang":
+        assert [e for e in pools.read_events(path) if e[0] == "cancelled" and e[1] == tag]
+    if pool == "processes":
+        assert client.call("pid", timeout=30) != _starts(path, tag)[0][2], "the cancelled child was replaced"
+    assert w.alive()
+
+
+@pytest.mark.parametrize("pool,task", [*[(p, "touchy") for p in POOLS], ("gevent", "atouchy")])
+def test_touch_keeps_a_long_handler_running(procs, node, client, events, pool, task):
+    """A handler running three times its timeout survives by touching, from
+    a greenlet, a thread, a child process or a coroutine."""
+    _, env = events
+    _worker(procs, node, pool, 1, env)
+    handle = client.submit(task, [1.5, 0.1], timeout=0.5, wait=True)
+    assert handle.result(30) == 1
+    assert client.status(handle.id)["attempt"] == 1
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_sigterm_drains_running_handlers(procs, node, client, events, pool):
+    """SIGTERM on a worker: its running handler finishes and reports (in every
+    pool), the tasks it had not started go back to the node, it exits 0."""
+    path, env = events
+    w = procs.worker("apps.pools:app", node.endpoint, 1, "--pool", pool, "--prefetch", "2", env=env)
+    _registered(client)
+    tag = uuid.uuid4().hex
+    handles = [client.submit("slow_first", [tag, 1.0]) for _ in range(3)]
+    client.flush()
+    wait_for(lambda: len(_starts(path, tag)) == 1, what="the first task running")
+    assert w.terminate(30) == 0
+    ends = [e for e in pools.read_events(path) if e[0] == "end" and e[1] == tag]
+    assert len(ends) == 1, "the running handler finished before the worker exited"
+    assert client.status()["queues"]["default"]["ready"] == 2      # given back, no attempt spent
+    procs.worker("apps.pools:app", node.endpoint, 2, "--pool", pool, env=env)
+    assert sorted(h.result(30) for h in handles) == [1, 1, 1]
+
+
+def test_killed_child_process_fails_its_task_and_is_replaced(procs, node, client, events):
+    """Fault: kill -9 of the child process running a task (processes pool).
+    The parent sees it die, reports the attempt failed (retryable, type
+    WorkerLost), starts another child, and the task's next attempt runs."""
+    path, env = events
+    w = _worker(procs, node, "processes", 1, env)
+    _registered(client)
+    tag = uuid.uuid4().hex
+    handle = client.submit("slow_first", [tag, 60.0], backoff=0.01, wait=True)
+    wait_for(lambda: _starts(path, tag), what="the handler started")
+    victim = _starts(path, tag)[0][2]
+    os.kill(victim, signal.SIGKILL)
+    assert handle.result(30) == 2
+    assert _starts(path, tag)[1][2] != victim
+    assert "died (exit -9) running task" in w.log_tail(200)
+
+
+def test_killed_worker_parent_takes_its_children_along(procs, node, client, events):
+    """Fault: kill -9 of a processes-pool worker (the parent). Its children
+    notice within a second and exit; the node puts the task back and another
+    worker runs it."""
+    path, env = events
+    w = _worker(procs, node, "processes", 2, env)
+    _registered(client)
+    tag = uuid.uuid4().hex
+    handle = client.submit("slow_first", [tag, 60.0], wait=True)
+    wait_for(lambda: _starts(path, tag), what="the handler started")
+    child = _starts(path, tag)[0][2]
+    w.kill()
+    wait_for(lambda: not _alive(child), what="the orphaned child exited")
+    _worker(procs, node, "processes", 1, env)
+    assert handle.result(30) == 2
+
+
+def test_max_tasks_per_child_replaces_children(procs, node, client, events):
+    """--max-tasks-per-child 2: a child runs two tasks, then a fresh one takes over."""
+    _, env = events
+    _worker(procs, node, "processes", 1, env, "--max-tasks-per-child", "2")
+    pids = [client.call("pid", timeout=30) for _ in range(5)]
+    assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4]
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_status_says_which_pool_runs(procs, node, client, events, pool):
+    """READY carries the pool; the node's status lists each worker with it."""
+    _, env = events
+    _worker(procs, node, pool, 3, env)
+    _registered(client)
+    [worker] = client.status()["workers"]
+    assert worker["pool"] == pool and worker["concurrency"] == 3
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except OSError:
+        return False
