@@ -187,7 +187,8 @@ def test_children_die_when_the_bench_is_killed(tmp_path):
             proc.wait()
 
 
-@pytest.mark.parametrize("bad", [["--workers", "0"], ["--rate", "0"], ["--payload", "-1"]])
+@pytest.mark.parametrize("bad", [["--workers", "0"], ["--rate", "0"], ["--payload", "-1"], ["--blocking"],
+                                 ["--task-ms", "5", "--cpu-ms", "5"], ["--task-ms", "0"], ["--cpu-ms", "-1"]])
 def test_bad_options_are_refused(bad):
     proc = bench(*bad, timeout=30)
     assert proc.returncode == 2 and "miyaq: error:" in proc.stderr
@@ -247,3 +248,19 @@ def test_keys_with_connect_is_refused():
     """--keys makes the keys of the node the bench starts; with --connect it is an error."""
     proc = bench("--tasks", "10", "--keys", "--connect", "tcp://127.0.0.1:9")
     assert proc.returncode == 2 and "--keys" in proc.stderr
+
+
+def test_bench_with_blocking_tasks():
+    """--task-ms MS --blocking: each task blocks in time.sleep; with the
+    default (gevent) pool they still overlap, and every task completes."""
+    data = run_json("--tasks", "200", "--workers", "1", "--concurrency", "8", "--task-ms", "5", "--blocking")
+    assert data["config"]["work"] == "block:5" and data["config"]["pool"] is None
+    assert data["completed"] == 200 and not data["errors"]
+
+
+def test_bench_with_cpu_tasks_in_the_processes_pool():
+    """--cpu-ms MS --pool processes: each task burns CPU in a child process."""
+    data = run_json("--tasks", "100", "--workers", "1", "--concurrency", "2", "--cpu-ms", "2",
+                    "--pool", "processes")
+    assert data["config"]["work"] == "cpu:2" and data["config"]["pool"] == "processes"
+    assert data["completed"] == 100 and not data["errors"]

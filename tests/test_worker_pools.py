@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -56,6 +58,31 @@ def test_blocking_handlers_overlap_up_to_concurrency(procs, node, client, events
     assert pools.max_in_flight(pools.read_events(path), tag) == 4
     pids = {e[2] for e in _starts(path, tag)}
     assert len(pids) == (4 if pool == "processes" else 1)
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_gevent_patches_before_the_app_is_imported(procs, node, client, events, pool):
+    """``miyaq worker`` patches the standard library before it imports the
+    app with the gevent pool (and only then), so no module of the app holds
+    an unpatched socket or sleep, and gevent has nothing to warn about."""
+    _, env = events
+    w = _worker(procs, node, pool, 1, env)
+    assert client.call("patched_at_import", timeout=30) is (pool == "gevent")
+    assert "MonkeyPatchWarning" not in w.log_tail(200)
+    assert f"pool={pool} " in w.log_tail(200)
+
+
+def test_cpu_bound_handler_in_a_patched_worker_keeps_it_alive(procs, node, client, events):
+    """Fault: a handler holds the CPU for 8 heartbeat intervals in a
+    gevent-patched worker. The heartbeat thread is a real OS thread even
+    though ``threading`` is patched, so the node does not declare the
+    worker lost and the task runs once."""
+    _, env = events
+    _worker(procs, node, "gevent", 1, env)
+    handle = client.submit("spin", [2.0], wait=True)
+    assert handle.result(30) > 0
+    assert client.status(handle.id)["attempt"] == 1
+    assert client.status()["outcomes"].get("lost", 0) == 0
 
 
 @pytest.mark.parametrize("pool", ["gevent", "threads"])
@@ -193,6 +220,20 @@ def test_status_says_which_pool_runs(procs, node, client, events, pool):
     _registered(client)
     [worker] = client.status()["workers"]
     assert worker["pool"] == pool and worker["concurrency"] == 3
+    out = subprocess.run([sys.executable, "-m", "miyaq.cli.main", "status", "--connect", node.endpoint],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    header = out.splitlines().index(next(line for line in out.splitlines() if line.startswith("worker ")))
+    assert out.splitlines()[header + 1].split()[1:3] == [pool, "3"]
+
+
+def test_pool_settings_are_checked(procs, node):
+    """Bad input: an unknown pool, or a processes-only setting with another
+    pool, is refused with a clear error before anything starts."""
+    for extra, message in ((["--pool", "fibers"], "invalid choice: 'fibers'"),
+                           (["--max-tasks-per-child", "5"], "applies to the processes pool only")):
+        proc = subprocess.run([sys.executable, "-m", "miyaq.cli.main", "worker", "apps.pools:app",
+                               "--connect", node.endpoint, *extra], capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 2 and message in proc.stderr
 
 
 def _alive(pid: int) -> bool:
@@ -205,3 +246,12 @@ def _alive(pid: int) -> bool:
             return fh.read().split()[2] != "Z"
     except OSError:
         return False
+
+
+def test_processes_pool_needs_the_app_spec():
+    """Bad input: a Worker built in code with the processes pool but no
+    ``app_spec`` (its children import the app themselves) is refused."""
+    from miyaq.errors import ConfigError
+    from miyaq.worker.runner import Worker
+    with pytest.raises(ConfigError, match="needs the app as module:attribute"):
+        Worker(pools.app, endpoints=["tcp://127.0.0.1:9"], pool="processes")

@@ -8,6 +8,7 @@ here once so a reader finds every number the worker runs by in one place.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields
 from typing import ClassVar, Mapping
 
@@ -17,6 +18,8 @@ from ..errors import ConfigError
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 #: How handlers run (docs/python-api.md, "Choosing a pool").
 POOLS = ("gevent", "threads", "processes")
+#: Tasks run at once per process by the gevent and threads pools unless told.
+DEFAULT_CONCURRENCY = 8
 
 
 @dataclass
@@ -27,7 +30,8 @@ class WorkerConfig(Settings):
 
     processes: int = _opt(1, "worker processes (1: this process; more are spawned and restarted when they die)",
                           short="-p")
-    concurrency: int = _opt(8, "tasks run at once per process", short="-c")
+    concurrency: int | None = _opt(None, "tasks run at once per process (default: 8; with --pool processes: "
+                                         "the number of CPUs)", short="-c")
     pool: str = _opt("gevent", "how handlers run: gevent (greenlets, the standard library patched so blocking "
                                "I/O yields), threads (a pool of --concurrency threads) or processes (--concurrency "
                                "child processes, for CPU-bound handlers)", choices=POOLS)
@@ -44,10 +48,20 @@ class WorkerConfig(Settings):
 
     def __post_init__(self) -> None:
         self.check_fields()
+        if self.concurrency is None:
+            self.concurrency = (os.cpu_count() or 1) if self.pool == "processes" else DEFAULT_CONCURRENCY
         if self.processes < 1 or self.concurrency < 1:
             raise ConfigError("processes and concurrency must be at least 1")
         if self.heartbeat <= 0:
             raise ConfigError("heartbeat must be above 0")
+        if self.max_tasks_per_child and self.pool != "processes":
+            raise ConfigError("max_tasks_per_child applies to the processes pool only (--pool processes)")
+
+    @property
+    def slots(self) -> int:
+        """``concurrency``, resolved (never None after construction)."""
+        assert self.concurrency is not None
+        return self.concurrency
 
     def environ(self, base: Mapping[str, str]) -> dict[str, str]:
         """``base`` with these settings as the ``MIYAQ_*`` variables
@@ -64,7 +78,7 @@ class WorkerConfig(Settings):
     @property
     def capacity(self) -> int:
         """Tasks held per node: running plus prefetched (the credit granted)."""
-        return self.concurrency + (self.concurrency if self.prefetch is None else self.prefetch)
+        return self.slots + (self.slots if self.prefetch is None else self.prefetch)
 
     @property
     def queue_list(self) -> list[str]:

@@ -30,6 +30,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..app import App
+from ..errors import ConfigError
 from ..protocol import commands as c
 from ..runtime import CRITICAL, RESTART, Supervisor, green, monotonic
 from ..runtime.sockets import SocketFactory
@@ -58,11 +59,14 @@ class Worker:
             settings["connect"] = ",".join(endpoints)
         if queues is not None:
             settings["queues"] = ",".join(queues)
-        self.config = cfg = replace(config or WorkerConfig(), **settings)
+        self.config = cfg = replace(config, **settings) if config is not None else WorkerConfig(**settings)
+        if cfg.pool == "processes" and not app_spec:
+            raise ConfigError("the processes pool needs the app as module:attribute (app_spec) to start its "
+                              "children")
         self.app = app
         app.green = cfg.pool == "gevent"     # handlers that submit: a client of their own kind
         self.queues = cfg.queue_list or app.queues()
-        self.concurrency = cfg.concurrency
+        self.concurrency = cfg.slots
         self.capacity = cfg.capacity
         self.endpoints = cfg.endpoint_list or app.endpoints
         self.grace = cfg.grace
@@ -75,7 +79,7 @@ class Worker:
         self.factory = SocketFactory(green=True, security=security)
         self.inbox = green.HubInbox(f"worker {self.wid}")
         self.pool = make_pool(cfg.pool, PoolParts(
-            concurrency=cfg.concurrency, supervisor=self.supervisor, factory=self.factory, touch=self.touch,
+            concurrency=cfg.slots, supervisor=self.supervisor, factory=self.factory, touch=self.touch,
             inbox=self.inbox, app_spec=app_spec, max_tasks_per_child=cfg.max_tasks_per_child,
             log_level=cfg.log_level))
         has_async = any(inspect.iscoroutinefunction(t.fn) for t in app.tasks.values())

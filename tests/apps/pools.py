@@ -12,8 +12,12 @@ import os
 import time
 
 import miyaq
+from miyaq.runtime import green
 
 app = miyaq.App()
+
+#: Whether gevent had patched the standard library when this module was imported.
+PATCHED_AT_IMPORT = green.is_patched("socket") and green.is_patched("time")
 
 BARRIER_WAIT = 20.0     # seconds a gathering handler waits for its peers at most
 
@@ -154,3 +158,18 @@ def pid() -> int:
 async def aadd(a: int, b: int) -> int:
     await asyncio.sleep(0)
     return a + b
+
+
+@app.task(name="patched_at_import")
+def patched_at_import() -> bool:
+    return PATCHED_AT_IMPORT
+
+
+@app.task(name="spin")
+def spin(seconds: float) -> int:
+    """CPU-bound: never yields, never blocks."""
+    end = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < end:
+        n += 1
+    return n

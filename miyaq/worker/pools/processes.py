@@ -74,6 +74,7 @@ class ProcessPool:
     def __init__(self, parts: PoolParts) -> None:
         if not parts.app_spec:
             raise ConfigError("the processes pool needs the app as module:attribute to start its children")
+        # (the Worker checks this first, before it opens anything)
         self.parts = parts
         self.dir = tempfile.mkdtemp(prefix="miyaq-pool-")   # 0700: only this user may connect
         self.endpoint = f"ipc://{self.dir}/children"
