@@ -106,10 +106,12 @@ class App:
         self.client_options = client_options
         self.tasks: dict[str, TaskDef] = {}
         self.schedules: dict[str, dict[str, Any]] = {}   # periodic specs, sent in READY
-        self._client: Client | None = None
+        # One client, or with green=True one per OS thread: a gevent client
+        # belongs to its thread's hub (a worker's hub and its asyncio thread).
+        self._clients: dict[int, Client] = {}
         # miyaq.aio clients, one per event loop (a client belongs to its loop).
         self._aio: weakref.WeakKeyDictionary[Any, AioClient] = weakref.WeakKeyDictionary()
-        self.green: bool | None = None   # the worker sets True before handlers run
+        self.green: bool | None = None   # the gevent worker sets True before handlers run
 
     @property
     def endpoints(self) -> list[str]:
@@ -122,10 +124,12 @@ class App:
 
     @property
     def client(self) -> Client:
-        if self._client is None:
-            self._client = Client(",".join(self.endpoints), green=self.green, key=self.key,
-                                  server_key=self.server_key, **self.client_options)
-        return self._client
+        key = _thread_key() if self.green else 0
+        client = self._clients.get(key)
+        if client is None:
+            client = self._clients[key] = Client(",".join(self.endpoints), green=self.green, key=self.key,
+                                                 server_key=self.server_key, **self.client_options)
+        return client
 
     @property
     def aio(self) -> "AioClient":
@@ -213,7 +217,16 @@ class App:
         return sorted({t.options.get("queue", "default") for t in self.tasks.values()}) or ["default"]
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        """Flush and close the app's client (with ``green``: the calling
+        thread's; each thread closes its own)."""
+        client = self._clients.pop(_thread_key() if self.green else 0, None)
+        if client is not None:
+            client.close()
 
+
+
+def _thread_key() -> int:
+    """The OS thread's ident, also under gevent's patching (imported lazily:
+    a producer that never runs in a worker never imports gevent)."""
+    from .runtime.green import native_thread_ident
+    return native_thread_ident()

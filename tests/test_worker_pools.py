@@ -99,6 +99,16 @@ def test_async_handlers_overlap_up_to_concurrency(procs, node, client, events, p
     assert client.call("pid", timeout=20) == pools.read_events(path)[0][2]
 
 
+@pytest.mark.parametrize("pool,task", [*[(p, "chain") for p in POOLS], ("gevent", "achain"),
+                                       ("threads", "achain")])
+def test_handlers_submit_tasks(procs, node, client, events, pool, task):
+    """A handler -- in a greenlet, a thread, a child process or a coroutine --
+    submits a task through the app's client and waits for its result."""
+    _, env = events
+    _worker(procs, node, pool, 2, env)
+    assert client.call(task, [2, 3], timeout=40) == 5
+
+
 @pytest.mark.parametrize("pool,task", [*[(p, "overrun_once") for p in POOLS], ("gevent", "aoverrun_once")])
 def test_hung_handler_is_stopped_at_its_timeout(procs, node, client, events, pool, task):
     """Fault: a handler hangs past its task's timeout without touching. The

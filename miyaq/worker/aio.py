@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from ..runtime import green
 from .context import bind, unbind
@@ -29,9 +29,10 @@ STOP_WAIT = 5.0
 class AsyncLoop:
     name = "asyncio"
 
-    def __init__(self, inbox: green.HubInbox, touch: Touch) -> None:
+    def __init__(self, inbox: green.HubInbox, touch: Touch, on_exit: Callable[[], None]) -> None:
         self.inbox = inbox
         self.hub_touch = touch
+        self.on_exit = on_exit
         self.loop: asyncio.AbstractEventLoop | None = None
         self._ready = green.Event()
         self._exited = green.Event()
@@ -56,6 +57,10 @@ class AsyncLoop:
         except Exception:
             logger.exception("the asyncio loop of the worker failed")
         finally:
+            try:
+                self.on_exit()      # in this thread: what handlers opened here (the app's client)
+            except Exception:
+                logger.exception("cleaning up the asyncio thread failed")
             loop.close()
             self.inbox.call(self._exited.set)
 

@@ -30,6 +30,12 @@ def run_one(app_spec: str, config: WorkerConfig) -> int:
     setup_logging(config.log_level)
     from .loader import load_app
     from .runner import Worker
+    # The worker's settings as MIYAQ_* variables, as in a child it starts:
+    # an App() that reads MIYAQ_CONNECT submits to the worker's nodes.
+    environ = config.environ(os.environ)
+    for name in set(os.environ) - set(environ):
+        del os.environ[name]
+    os.environ.update(environ)
     app = load_app(app_spec)
     worker = Worker(app, config, app_spec=app_spec)
     worker.install_signal_handlers()

@@ -83,7 +83,7 @@ class Worker:
             inbox=self.inbox, app_spec=app_spec, max_tasks_per_child=cfg.max_tasks_per_child,
             log_level=cfg.log_level))
         has_async = any(inspect.iscoroutinefunction(t.fn) for t in app.tasks.values())
-        self.aio = AsyncLoop(self.inbox, self.touch) if has_async and cfg.pool != "processes" else None
+        self.aio = AsyncLoop(self.inbox, self.touch, app.close) if has_async and cfg.pool != "processes" else None
         self.links = [NodeLink(self, self.factory, ep) for ep in self.endpoints]
         self.routes = Routes(self.links)
         self.backlog: deque[tuple[NodeLink, list[Any]]] = deque()

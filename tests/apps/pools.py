@@ -14,7 +14,9 @@ import time
 import miyaq
 from miyaq.runtime import green
 
-app = miyaq.App()
+# Handlers submit tasks too: to the nodes the worker was told (--connect
+# reaches a worker process as MIYAQ_CONNECT).
+app = miyaq.App(os.environ.get("MIYAQ_CONNECT") or "tcp://127.0.0.1:7450")
 
 #: Whether gevent had patched the standard library when this module was imported.
 PATCHED_AT_IMPORT = green.is_patched("socket") and green.is_patched("time")
@@ -173,3 +175,21 @@ def spin(seconds: float) -> int:
     while time.monotonic() < end:
         n += 1
     return n
+
+
+@app.task(name="add")
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@app.task(name="chain")
+def chain(a: int, b: int) -> int:
+    """Submits another task from a handler and waits for its result."""
+    return add.call(a, b, timeout=20)
+
+
+@app.task(name="achain")
+async def achain(a: int, b: int) -> int:
+    """The same from a coroutine (the app's client of the asyncio thread)."""
+    await asyncio.sleep(0)
+    return add.call(a, b, timeout=20)
