@@ -264,3 +264,24 @@ def test_bench_with_cpu_tasks_in_the_processes_pool():
                     "--pool", "processes")
     assert data["config"]["work"] == "cpu:2" and data["config"]["pool"] == "processes"
     assert data["completed"] == 100 and not data["errors"]
+
+
+def test_record_writer_keeps_every_line_from_many_threads(tmp_path):
+    """Fault: handlers of the threads pool record at the same moment, the
+    first of them while the file is being opened. No line is lost."""
+    import threading
+    writer = RecordWriter(str(tmp_path))
+    gate = threading.Barrier(8)
+
+    def record(n: int) -> None:
+        gate.wait()
+        for i in range(500):
+            writer.write(f"run-{n}-{i}", 1.0, 2.0)
+
+    threads = [threading.Thread(target=record, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    writer.close()
+    assert len(read_records(str(tmp_path), "run-").start) == 4000

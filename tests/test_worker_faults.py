@@ -254,3 +254,21 @@ def test_worker_that_reaches_no_node_says_why(thread_worker, make_node, caplog):
         make_node(port=port)
         wait_for(lambda: w.links[0].heard, what="the worker registered with the late node")
     assert f"registered with node {endpoint}" in caplog.text
+
+
+def test_first_contact_reasons():
+    """What the first-contact message says for each kind of endpoint: a port
+    nobody listens on, a port that accepts but is not a node, and an
+    endpoint that is not TCP."""
+    import socket as socketlib
+
+    from miyaq.protocol.reach import explain, unreachable
+    port = free_port()
+    assert explain(f"tcp://127.0.0.1:{port}") == "nothing is listening there"
+    with socketlib.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        busy = listener.getsockname()[1]
+        assert "accepts connections but no miyaq node answered" in explain(f"tcp://127.0.0.1:{busy}")
+    assert explain("ipc:///tmp/nowhere") == "no miyaq node answered"
+    assert unreachable("tcp://h:1", "why").startswith("cannot reach tcp://h:1 \N{EM DASH} why; is a node running?")

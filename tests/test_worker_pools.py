@@ -180,6 +180,23 @@ def test_sigterm_drains_running_handlers(procs, node, client, events, pool):
     assert sorted(h.result(30) for h in handles) == [1, 1, 1]
 
 
+def test_thread_stuck_in_a_c_call_does_not_hold_up_shutdown(procs, node, client, events):
+    """Fault: a handler of the threads pool is inside one long C call
+    (time.sleep(3600)) when it times out and when the worker gets SIGTERM.
+    The thread cannot be stopped (docs/python-api.md says so); the worker
+    says it tried, and still exits when its grace is over."""
+    path, env = events
+    w = _worker(procs, node, "threads", 1, env, "--grace", "1")
+    _registered(client)
+    tag = uuid.uuid4().hex
+    client.submit("stuck", [tag], timeout=0.5, max_retries=0, wait=True)
+    wait_for(lambda: _starts(path, tag), what="the handler started")
+    wait_for(lambda: "ran past its 0.5s timeout; stopping it (pool threads)" in w.log_tail(200),
+             what="the watchdog's warning")
+    assert w.terminate(30) == 0
+    assert "1 task(s) still running after 1.0s" in w.log_tail(200)
+
+
 def test_killed_child_process_fails_its_task_and_is_replaced(procs, node, client, events):
     """Fault: kill -9 of the child process running a task (processes pool).
     The parent sees it die, reports the attempt failed (retryable, type
@@ -265,3 +282,13 @@ def test_processes_pool_needs_the_app_spec():
     from miyaq.worker.runner import Worker
     with pytest.raises(ConfigError, match="needs the app as module:attribute"):
         Worker(pools.app, endpoints=["tcp://127.0.0.1:9"], pool="processes")
+
+
+def test_worker_settings_survive_the_trip_to_a_child_process():
+    """A worker process hands its settings to the process it execs or starts
+    through MIYAQ_* variables; they come back unchanged (unset ones unset)."""
+    from miyaq.worker.config import WorkerConfig
+    config = WorkerConfig(pool="processes", concurrency=3, max_tasks_per_child=7, queues="a,b", heartbeat=0.5)
+    env = config.environ({"MIYAQ_PREFETCH": "9", "PATH": "/bin"})
+    assert "MIYAQ_PREFETCH" not in env and env["PATH"] == "/bin"
+    assert WorkerConfig.load({}, env) == config

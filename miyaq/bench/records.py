@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -27,17 +28,21 @@ class RecordWriter:
     """Appends ``(id, start, done)`` lines to this process's record file.
 
     Opened lazily on the first record, so importing the task module (the
-    worker supervisor does so to validate it) creates no file."""
+    worker supervisor does so to validate it) creates no file. Thread-safe:
+    the threads pool runs handlers in several threads of one process."""
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
         self._fh: IO[str] | None = None
+        self._lock = threading.Lock()
 
     def write(self, task_id: str, start: float, done: float) -> None:
-        fh = self._fh
-        if fh is None:
-            fh = self._open()
-        fh.write(f"{task_id} {start!r} {done!r}\n")
+        line = f"{task_id} {start!r} {done!r}\n"
+        with self._lock:
+            fh = self._fh
+            if fh is None:
+                fh = self._open()
+            fh.write(line)
 
     def _open(self) -> IO[str]:
         path = os.path.join(self.directory, f"worker-{os.getpid()}{SUFFIX}")
@@ -48,7 +53,8 @@ class RecordWriter:
 
     def close(self) -> None:
         """Flush and close; idempotent, safe to call from ``atexit``."""
-        fh, self._fh = self._fh, None
+        with self._lock:
+            fh, self._fh = self._fh, None
         if fh is not None:
             fh.close()
 

@@ -4,7 +4,8 @@ What ``miyaq worker`` runs for each worker process. With the gevent pool
 (the default) its first act is gevent's ``patch_all``, before the app -- or
 anything that imports ``ssl`` -- is imported: the only safe order. So
 ``miyaq worker APP`` replaces itself with this (same pid, ``exec``) rather
-than patching late, and ``--processes N`` starts N of these.
+than patching late, and ``--processes N`` starts N of these. The rest is
+``miyaq worker APP`` itself, reading its settings from the environment.
 """
 from __future__ import annotations
 
@@ -13,25 +14,8 @@ import sys
 
 from ..runtime.green import monkey_patch
 
-if __name__ == "__main__" and os.environ.get("MIYAQ_POOL", "gevent").strip() in ("", "gevent"):
-    monkey_patch()
-
-
-def main(argv: list[str]) -> int:
-    from ..errors import MiyaqError
-    from .config import WorkerConfig
-    from .launch import run_one
-    if len(argv) != 1:
-        print("usage: python -m miyaq.worker.main MODULE:APP  (settings from MIYAQ_* variables)", file=sys.stderr)
-        return 2
-    try:
-        return run_one(argv[0], WorkerConfig.load({}))
-    except MiyaqError as err:
-        print(f"miyaq: error: {err.message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    if os.environ.get("MIYAQ_POOL", "gevent").strip() in ("", "gevent"):
+        monkey_patch()
+    from ..cli.main import main
+    sys.exit(main(["worker", *sys.argv[1:]]))

@@ -12,6 +12,7 @@ import os
 import time
 
 import miyaq
+from apps.basic import read_events
 from miyaq.runtime import green
 
 # Handlers submit tasks too: to the nodes the worker was told (--connect
@@ -31,14 +32,6 @@ def record(*event) -> None:
         os.write(fd, (json.dumps(event) + "\n").encode())
     finally:
         os.close(fd)
-
-
-def read_events(path: str) -> list[list]:
-    try:
-        with open(path) as fh:
-            return [json.loads(line) for line in fh if line.strip()]
-    except FileNotFoundError:
-        return []
 
 
 def max_in_flight(events: list[list], tag: str) -> int:
@@ -193,3 +186,10 @@ async def achain(a: int, b: int) -> int:
     """The same from a coroutine (the app's client of the asyncio thread)."""
     await asyncio.sleep(0)
     return add.call(a, b, timeout=20)
+
+
+@app.task(name="stuck")
+def stuck(tag: str) -> None:
+    """One long C call: no bytecode runs in it for an hour."""
+    record("start", tag, os.getpid())
+    time.sleep(3600)

@@ -22,6 +22,8 @@ from .base import PoolParts
 
 logger = logging.getLogger(__name__)
 
+STOP_WAIT = 2.0     # seconds stop() waits for idle threads to end
+
 
 def raise_in_thread(ident: int, exc_type: type[BaseException]) -> bool:
     """Make ``exc_type`` raise in the thread ``ident`` at its next bytecode."""
@@ -74,7 +76,10 @@ class ThreadsPool:
                 raise_in_thread(ident, reason)
 
     def stop(self) -> None:
+        """End the idle threads (bounded wait); a thread still inside a
+        handler cannot be ended and goes with the process."""
         try:
-            self.threads.kill()
+            with green.Timeout(STOP_WAIT, False):
+                self.threads.kill()
         except Exception:
             logger.exception("stopping the handler threads failed")
