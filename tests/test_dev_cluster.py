@@ -190,7 +190,7 @@ def test_dev_cluster_forms_a_ring_and_sigterm_stops_every_process(dev_clusters, 
     deadline = time.monotonic() + 30
     while True:
         children = descendants(cluster.proc.pid)
-        kinds = [(" node " in c, "QuorumPeerMain" in c, "multiprocessing.spawn" in c) for c in children.values()]
+        kinds = [(" node " in c, "QuorumPeerMain" in c, "miyaq.worker.main" in c) for c in children.values()]
         counts = [sum(k[i] for k in kinds) for i in range(3)]
         if counts == [3, 1, 2]:
             break
