@@ -259,8 +259,8 @@ class Worker:
         for _ in range(self.concurrency):
             self.supervisor.spawn("runner", self._runner, policy=RESTART)
         self.supervisor.spawn("watchdog", self._watchdog, policy=RESTART)
-        logger.info("worker %s: pool=%s concurrency=%d queues=%s nodes=%s%s", self.wid, self.pool.name,
-                    self.concurrency, ",".join(self.queues), ",".join(self.endpoints),
+        logger.info("worker %s: queues=%s concurrency=%d pool=%s nodes=%s%s", self.wid, ",".join(self.queues),
+                    self.concurrency, self.pool.name, ",".join(self.endpoints),
                     " (+asyncio loop)" if self.aio is not None else "")
         return self
 
