@@ -310,3 +310,27 @@ def test_advanced_clocks_move_together_and_reset() -> None:
         clock.reset()
     assert clock.advanced() == 0.0
     assert clock.wall() - now < 3600.0
+
+
+def test_socket_factory_pair_wakes_another_thread() -> None:
+    """An inproc PAIR from a plain factory: one end per thread, as the worker's heartbeat thread uses it."""
+    import threading
+    factory = SocketFactory(green=False)
+    try:
+        got: list[bytes] = []
+
+        def wait() -> None:
+            end = factory.pair(bind="inproc://wake-test")
+            if end.poll(5000):
+                got.append(end.recv())
+            end.close()
+
+        thread = threading.Thread(target=wait)
+        thread.start()
+        waker = factory.pair(connect="inproc://wake-test")
+        waker.send(b"stop")
+        thread.join(10)
+        waker.close()
+        assert got == [b"stop"]
+    finally:
+        factory.close()

@@ -345,6 +345,17 @@ class SocketFactory:
         """:meth:`dealer`'s socket as a :class:`HubSocket` (a green factory only)."""
         return HubSocket(self.dealer(connect, plain=True, **options))
 
+    def pair(self, *, bind: str | None = None, connect: str | None = None) -> Any:
+        """A PAIR, bound or connected (an ``inproc://`` wake-up line between
+        two threads of one process: each end used by its own thread only)."""
+        sock = self.ctx.socket(zmq.PAIR)
+        self._common(sock, HWM, HWM)
+        if bind is not None:
+            sock.bind(bind)
+        if connect is not None:
+            sock.connect(connect)
+        return sock
+
     def poller(self) -> Any:
         """A poller of this factory's flavour (green, plain or asyncio)."""
         return self.module.Poller()

@@ -53,9 +53,7 @@ class Pulse:
         sockets, then close the context. Idempotent."""
         if self._started:
             self._started = False
-            sock = self.factory.ctx.socket(zmq.PAIR)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(self._control)
+            sock = self.factory.pair(connect=self._control)
             try:
                 sock.send(b"stop", zmq.NOBLOCK)
             except zmq.Again:
@@ -68,9 +66,7 @@ class Pulse:
         self.factory.close()
 
     def _run(self) -> None:
-        control = self.factory.ctx.socket(zmq.PAIR)
-        control.setsockopt(zmq.LINGER, 0)
-        control.bind(self._control)
+        control = self.factory.pair(bind=self._control)
         socks: list[zmq.Socket] = []
         frames = codec.encode(c.HEARTBEAT, {"worker": self.wid, "side": True})
         interval_ms = max(1, int(self.interval * 1000))
