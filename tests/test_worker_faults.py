@@ -27,14 +27,16 @@ def _started(path, task_id):
     return [e for e in basic.read_events(path) if e[0] == "sleep-start" and e[1] == task_id]
 
 
-def test_killed_worker_task_is_put_back_at_once(procs, client_for, events):
-    """Fault: kill -9 of the worker running a task. The node sees its
-    heartbeats stop and re-queues the task at once (attempt 2) — long before
-    the 300 s lease — and another worker runs it."""
+@pytest.mark.parametrize("pool", ["gevent", "threads", "processes"])
+def test_killed_worker_task_is_put_back_at_once(procs, client_for, events, pool):
+    """Fault: kill -9 of the worker running a task, in each pool (with the
+    processes pool, of the parent: its children follow it). The node sees
+    its heartbeats stop and re-queues the task at once (attempt 2) — long
+    before the 300 s lease — and another worker runs it."""
     path, env = events
     node = procs.node("--heartbeat", "0.25", "--liveness", "3")
     c = client_for(node.endpoint)
-    victim = procs.worker("apps.basic:app", node.endpoint, 1, "--prefetch", "0", env=env)
+    victim = procs.worker("apps.basic:app", node.endpoint, 1, "--prefetch", "0", "--pool", pool, env=env)
     handle = c.submit("sleep", [1.0], timeout=300, wait=True)
     wait_for(lambda: _started(path, handle.id), what="task started on the victim")
     victim.kill()

@@ -19,11 +19,19 @@ import pytest
 
 from apps import pools
 from miyaq.errors import TaskCancelled
-from miyaq.testing.harness import wait_for
+from miyaq.testing.harness import ThreadNode, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
 POOLS = ["gevent", "threads", "processes"]
+
+
+@pytest.fixture
+def node():
+    """A node in this process with a relaxed heartbeat: these tests are about
+    pools, and a loaded CI machine must not get a worker declared lost."""
+    with ThreadNode(heartbeat=1.0) as n:
+        yield n
 
 
 @pytest.fixture
@@ -33,8 +41,13 @@ def events(tmp_path):
 
 
 def _worker(procs, node, pool, concurrency, env, *extra):
-    return procs.worker("apps.pools:app", node.endpoint, concurrency, "--pool", pool, "--prefetch", "0",
-                        *extra, env=env)
+    """A worker process; with the processes pool, once its children are up
+    (so a short task timeout is not spent waiting for a child to start)."""
+    w = procs.worker("apps.pools:app", node.endpoint, concurrency, "--pool", pool, "--prefetch", "0",
+                     *extra, env=env)
+    if pool == "processes":
+        wait_for(lambda: "child process(es) ready" in w.log_tail(400), timeout=60, what="the pool's children")
+    return w
 
 
 def _registered(client, n=1):
@@ -166,7 +179,7 @@ def test_sigterm_drains_running_handlers(procs, node, client, events, pool):
     """SIGTERM on a worker: its running handler finishes and reports (in every
     pool), the tasks it had not started go back to the node, it exits 0."""
     path, env = events
-    w = procs.worker("apps.pools:app", node.endpoint, 1, "--pool", pool, "--prefetch", "2", env=env)
+    w = _worker(procs, node, pool, 1, env, "--prefetch", "2")
     _registered(client)
     tag = uuid.uuid4().hex
     handles = [client.submit("slow_first", [tag, 1.0]) for _ in range(3)]

@@ -38,5 +38,9 @@ class Job:
         return TaskContext(self.task_id, self.name, self.queue, self.attempt, self.timeout, touch)
 
     def touched(self) -> None:
+        """A touch: the timeout starts again from now."""
         if self.timeout and self.timeout > 0:
             self.deadline = monotonic() + self.timeout
+
+    #: The handler starts now (a pool that waited for a free child).
+    started = touched

@@ -85,6 +85,7 @@ class ProcessPool:
         self.generation = 0
         self.deaths: list[float] = []
         self.stopping = False
+        self.all_ready = False      # every child said hello once (logged)
 
     # -- children -----------------------------------------------------------------------
     def start(self) -> None:
@@ -119,6 +120,10 @@ class ProcessPool:
         child: ChildProcess = self.idle.get()
         while child.identity not in self.children:      # replaced while it waited in the queue
             child = self.idle.get()
+        if job.stop_reason is not None:                 # cancelled, or timed out, waiting for a child
+            self.idle.put(child)
+            return interrupted(job.stop_reason)
+        job.started()
         child.job, child.outcome = job, green.AsyncResult()
         job.handle = child
         try:
@@ -178,6 +183,9 @@ class ProcessPool:
             if kind == HELLO:
                 child.ready = True
                 self.idle.put(child)
+                if not self.all_ready and all(c.ready for c in self.children.values()):
+                    self.all_ready = True
+                    logger.info("processes pool: %d child process(es) ready", len(self.children))
             elif kind == OUTCOME:
                 outcome = body.get("outcome")
                 if child.job is not None and body.get("id") == child.job.task_id and isinstance(outcome, list):
