@@ -113,10 +113,11 @@ def test_async_handlers_overlap_up_to_concurrency(procs, node, client, events, p
 
 
 @pytest.mark.parametrize("pool,task", [*[(p, "chain") for p in POOLS], ("gevent", "achain"),
-                                       ("threads", "achain")])
+                                       ("threads", "achain"), *[(p, "acall_async") for p in POOLS]])
 def test_handlers_submit_tasks(procs, node, client, events, pool, task):
     """A handler -- in a greenlet, a thread, a child process or a coroutine --
-    submits a task through the app's client and waits for its result."""
+    submits a task through the app's client (or, from a coroutine, its
+    asyncio client) and waits for its result."""
     _, env = events
     _worker(procs, node, pool, 2, env)
     assert client.call(task, [2, 3], timeout=40) == 5

@@ -193,3 +193,9 @@ def stuck(tag: str) -> None:
     """One long C call: no bytecode runs in it for an hour."""
     record("start", tag, os.getpid())
     time.sleep(3600)
+
+
+@app.task(name="acall_async")
+async def acall_async(a: int, b: int) -> int:
+    """Submits from a coroutine through the app's asyncio client (awaits, never blocks the loop)."""
+    return await add.call_async(a, b, timeout=20)
