@@ -261,6 +261,7 @@ def test_status_says_which_pool_runs(procs, node, client, events, pool):
     _registered(client)
     [worker] = client.status()["workers"]
     assert worker["pool"] == pool and worker["concurrency"] == 3
+    assert client.call("where", timeout=30) == node.endpoint    # current_task().node, in every pool
     out = subprocess.run([sys.executable, "-m", "miyaq.cli.main", "status", "--connect", node.endpoint],
                          capture_output=True, text=True, timeout=30, check=True).stdout
     header = out.splitlines().index(next(line for line in out.splitlines() if line.startswith("worker ")))

@@ -56,13 +56,9 @@ def _out() -> IO[str] | None:
 
 
 def node_endpoint(ctx: TaskContext) -> str | None:
-    """The endpoint of the node that leased this task to the worker.
-
-    The context's touch callback is bound to the worker's link to that node
-    (:class:`miyaq.worker.link.NodeLink`); ``None`` if that ever changes."""
-    link = getattr(ctx._touch, "__self__", None)
-    endpoint = getattr(link, "endpoint", None)
-    return endpoint if isinstance(endpoint, str) else None
+    """The endpoint of the node that leased this task to the worker
+    (``TaskContext.node``)."""
+    return ctx.node
 
 
 def record(event: str, ctx: TaskContext) -> None:

@@ -13,15 +13,17 @@ _current: contextvars.ContextVar["TaskContext | None"] = contextvars.ContextVar(
 
 
 class TaskContext:
-    __slots__ = ("id", "name", "queue", "attempt", "timeout", "_touch")
+    __slots__ = ("id", "name", "queue", "attempt", "timeout", "node", "_touch")
 
     def __init__(self, id: str, name: str, queue: str, attempt: int, timeout: float,
-                 touch: Callable[[str], None]) -> None:
+                 touch: Callable[[str], None], node: str | None = None) -> None:
         self.id = id
         self.name = name
         self.queue = queue
         self.attempt = attempt
         self.timeout = timeout
+        #: The endpoint of the node that leased the task to this worker.
+        self.node = node
         self._touch = touch
 
     @property

@@ -21,13 +21,14 @@ class Job:
     while nothing does. ``lock`` guards ``handle`` where a native thread
     clears it."""
 
-    __slots__ = ("task_id", "name", "queue", "attempt", "timeout", "body", "fn", "is_async",
+    __slots__ = ("task_id", "name", "queue", "attempt", "timeout", "body", "fn", "is_async", "node",
                  "deadline", "stop_reason", "handle", "lock", "executor")
 
-    def __init__(self, d: list[Any], fn: Callable[..., Any]) -> None:
+    def __init__(self, d: list[Any], fn: Callable[..., Any], node: str | None = None) -> None:
         self.task_id, self.queue, self.name, self.body, self.attempt, self.timeout = d[:6]
         self.fn = fn
         self.is_async = inspect.iscoroutinefunction(fn)
+        self.node = node                    # the endpoint of the node that leased it
         self.deadline = monotonic() + self.timeout if self.timeout and self.timeout > 0 else float("inf")
         self.stop_reason: type[Interrupted] | None = None
         self.handle: Any = None
@@ -35,7 +36,7 @@ class Job:
         self.executor: Any = None
 
     def context(self, touch: Touch) -> TaskContext:
-        return TaskContext(self.task_id, self.name, self.queue, self.attempt, self.timeout, touch)
+        return TaskContext(self.task_id, self.name, self.queue, self.attempt, self.timeout, touch, self.node)
 
     def touched(self) -> None:
         """A touch: the timeout starts again from now."""

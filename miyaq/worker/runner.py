@@ -190,7 +190,7 @@ class Worker:
                 "type": "UnknownTask", "retry": True,
                 "message": f"no handler named {name!r} in worker {self.wid}"})
             return
-        job = Job(d, tdef.fn)
+        job = Job(d, tdef.fn, link.endpoint)
         job.executor = self.aio if job.is_async and self.aio is not None else self.pool
         self.running[task_id] = job
         self.routes.origin[task_id] = link

@@ -149,6 +149,12 @@ def pid() -> int:
     return os.getpid()
 
 
+@app.task(name="where")
+def where() -> str | None:
+    """The node that leased this task, as the handler sees it."""
+    return miyaq.current_task().node
+
+
 @app.task(name="aadd")
 async def aadd(a: int, b: int) -> int:
     await asyncio.sleep(0)

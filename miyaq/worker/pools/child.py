@@ -6,7 +6,7 @@ connects a plain DEALER to the parent's ROUTER (an ``ipc://`` socket in a
 private directory), says HELLO and then runs one task at a time (the
 handler runs in the main thread; a daemon thread watches the parent):
 
-- parent → child: ``RUN {id, name, queue, attempt, timeout, body}``, ``EXIT``;
+- parent → child: ``RUN {id, name, queue, attempt, timeout, body, node}``, ``EXIT``;
 - child → parent: ``HELLO {pid}``, ``TOUCH {id}``, ``OUTCOME {id, outcome}``.
 
 SIGINT and SIGTERM are ignored: a Ctrl-C or a service manager's SIGTERM to
@@ -87,7 +87,7 @@ class Child:
             return ("failed", {"type": "UnknownTask", "retry": True,
                                "message": f"no handler named {task.get('name')!r} in this worker's child"})
         token = bind(TaskContext(task["id"], task["name"], task["queue"], task["attempt"], task["timeout"],
-                                 self._touch))
+                                 self._touch, task.get("node")))
         try:
             if inspect.iscoroutinefunction(tdef.fn):
                 if self.loop is None:

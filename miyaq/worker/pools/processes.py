@@ -129,7 +129,7 @@ class ProcessPool:
         try:
             self.sock.send_multipart([child.identity, *pack(RUN, {
                 "id": job.task_id, "name": job.name, "queue": job.queue, "attempt": job.attempt,
-                "timeout": job.timeout, "body": job.body})])
+                "timeout": job.timeout, "body": job.body, "node": job.node})])
         except zmq.ZMQError as exc:
             child.finish(("failed", {"type": "WorkerLost", "retry": True,
                                      "message": f"could not hand the task to child {child.pid}: {exc}"}))
