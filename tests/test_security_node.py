@@ -177,3 +177,16 @@ def test_worker_with_its_key_runs_tasks_and_heartbeats_with_it(keys, procs, secu
     wait_for(lambda: stats(secure_node)["totals"]["workers"] == 1, timeout=10)
     status = stats(secure_node)
     assert status["ignored"] == {"not_leased": 0, "foreign_heartbeats": 0}, procs_worker.log_tail()
+
+
+def test_keyed_worker_runs_tasks_in_the_processes_pool(keys, procs, secure_node):
+    """A worker with its key and ``--pool processes``: the fault would be the
+    worker's CURVE client key applied to the children's private ``ipc://``
+    socket, which it binds (a client key cannot serve, so the worker would not
+    start). That socket has no CURVE; the links to the node keep the key."""
+    proc = procs.worker("apps.basic:app", secure_node.endpoint, 2, "--pool", "processes",
+                        "--key", keys.secret("worker"), "--server-key", keys.server_key)
+    with miyaq.Client(secure_node.endpoint, key=keys.secret("producer"), server_key=keys.server_key) as client:
+        handles = [client.submit("add", [i, 1]) for i in range(6)]
+        assert [h.result(30) for h in handles] == [i + 1 for i in range(6)], proc.log_tail()
+    assert stats(secure_node)["ignored"]["foreign_heartbeats"] == 0, proc.log_tail()

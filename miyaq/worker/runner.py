@@ -79,7 +79,7 @@ class Worker:
         self.factory = SocketFactory(green=True, security=security)
         self.inbox = green.HubInbox(f"worker {self.wid}")
         self.pool = make_pool(cfg.pool, PoolParts(
-            concurrency=cfg.slots, supervisor=self.supervisor, factory=self.factory, touch=self.touch,
+            concurrency=cfg.slots, supervisor=self.supervisor, touch=self.touch,
             inbox=self.inbox, app_spec=app_spec, max_tasks_per_child=cfg.max_tasks_per_child,
             log_level=cfg.log_level))
         has_async = any(inspect.iscoroutinefunction(t.fn) for t in app.tasks.values())

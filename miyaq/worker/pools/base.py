@@ -6,7 +6,6 @@ from typing import Callable, Protocol
 
 from ...runtime import Supervisor
 from ...runtime.green import HubInbox
-from ...runtime.sockets import SocketFactory
 from ..execute import Outcome
 from ..jobs import Job
 
@@ -17,7 +16,6 @@ class PoolParts:
 
     concurrency: int
     supervisor: Supervisor
-    factory: SocketFactory
     #: Extends a running task's lease and sends TOUCH; call in the hub.
     touch: Callable[[str], None]
     #: Hands a call from another thread to the hub.

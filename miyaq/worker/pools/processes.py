@@ -25,7 +25,7 @@ from typing import Any
 
 from ...errors import ConfigError
 from ...runtime import CRITICAL, green, monotonic
-from ...runtime.sockets import zmq
+from ...runtime.sockets import SocketFactory, zmq
 from ..config import (
     CHILD_EXIT_WAIT, CHILD_START_TIMEOUT, MAX_INBOUND_MESSAGE, MAX_RESTARTS_PER_MINUTE, PROCESS_POLL,
 )
@@ -78,7 +78,10 @@ class ProcessPool:
         self.parts = parts
         self.dir = tempfile.mkdtemp(prefix="miyaq-pool-")   # 0700: only this user may connect
         self.endpoint = f"ipc://{self.dir}/children"
-        self.sock = parts.factory.router(self.endpoint)
+        # Sockets of its own, without the worker's CURVE: only this user can
+        # reach the private directory, and a worker's key (a client's) cannot bind.
+        self.factory = SocketFactory(green=True)
+        self.sock = self.factory.router(self.endpoint)
         self.children: dict[bytes, ChildProcess] = {}
         self.retired: list[ChildProcess] = []
         self.idle: Any = green.Queue()
@@ -254,5 +257,6 @@ class ProcessPool:
         except Exception:
             logger.exception("processes pool: stopping the children failed")
         finally:
+            self.factory.close()
             shutil.rmtree(self.dir, ignore_errors=True)
 
