@@ -37,7 +37,7 @@ from miyaq.core.gate import FENCED, RECONCILING, Gate
 from miyaq.core.refusals import Refusals
 from miyaq.core.handles import Ack, WriteBarrier
 from miyaq.core.service import ServiceEndpoint
-from miyaq.runtime import CRITICAL, RESTART, Supervisor, green, monotonic
+from miyaq.runtime import CRITICAL, RESTART, Supervisor, green, monotonic, wall
 from miyaq.store.task import RUNNING, Task
 
 logger = logging.getLogger(__name__)
@@ -95,11 +95,15 @@ class ClusterRole:
     def setup(self) -> None:
         if self.engine.table.live:
             # Restarted from its log: hold dispatching until the other holders
-            # told us what finished (and what we missed) while we were down.
+            # told us what finished (and what we missed) while we were down,
+            # and let no copy run before it asked them (the reconcile may end
+            # on its timeout, not on their answers).
             self.gate.close(RECONCILING)
             self._reconcile_until = monotonic() + self.config.reconcile_timeout
-            logger.info("node %s: %d task(s) from the log; reconciling with the other holders before "
-                        "dispatching", self.node_id, len(self.engine.table.live))
+            standby = self.standby.restored(self.engine.table.live.values(), wall())
+            logger.info("node %s: %d task(s) from the log, %d of them standby copies until the other "
+                        "holders answer; reconciling before dispatching", self.node_id,
+                        len(self.engine.table.live), standby)
 
     def start(self) -> None:
         self.peer.start()
@@ -162,6 +166,12 @@ class ClusterRole:
                        self.node_id, seconds)
         self._suspect_until = monotonic() + SUSPECT_AFTER_FREEZE
         self._hold_until_resynced("this node was frozen")
+
+    @property
+    def reconciling(self) -> bool:
+        """True while this node holds dispatching to fetch its peers' state
+        again (restarted from its log, resumed from a freeze, fence lifted)."""
+        return bool(self._reconcile_until)
 
     def _hold_until_resynced(self, why: str) -> None:
         self.gate.close(RECONCILING)
@@ -309,9 +319,12 @@ class ClusterRole:
             self.flush()
             self.intake.sweep()
             if self._reconcile_until and (mono >= self._reconcile_until or self._reconciled()):
+                reconciled = self._reconciled()
                 self._reconcile_until = 0.0
                 self.gate.open(RECONCILING)
-                logger.info("node %s: reconciled; dispatching", self.node_id)
+                self.standby.unpark()
+                logger.info("node %s: %s; dispatching", self.node_id,
+                            "reconciled" if reconciled else "reconcile timed out")
             if mono - last_beat >= STREAM_HEARTBEAT:
                 last_beat = mono
                 self.publisher.heartbeat([m for m in self.view.members if m != self.node_id])

@@ -5,8 +5,13 @@ every other live holder about the task (QUERY, batched per holder) — Disque's
 WILLQUEUE. Per task:
 
 - this node is fenced (cut off from ZooKeeper, see ``ClusterRole.fenced``),
-  or no longer a holder (the copy was handed off and is kept only until its
+  has no ring yet (just started: no holder can be told from a departed
+  node), or is no longer a holder (the copy was handed off and is kept only until its
   new holders confirm it) → wait an offset: the others run it;
+- this node is reconciling (restarted from its log, resumed from a freeze,
+  fence just lifted: its peer links and its view of the ring may not be up
+  yet, and silence from a peer it cannot reach yet is no evidence) → the
+  copy is parked, and asks once the reconcile ended (:meth:`StandbyChecker.unpark`);
 - a holder that finished it (done, cancelled, expired, started under
   at-most-once) → this copy finishes the same way; so does the copy of an
   at-most-once task that a holder runs (``started-elsewhere``);
@@ -28,10 +33,18 @@ WILLQUEUE. Per task:
 Only silence lets a copy run; that is what keeps duplicates to real failures.
 An answer that fails its checks (:mod:`miyaq.protocol.recordspec`) counts as
 silence from that holder, and is counted and logged as a refused record.
+
+A node restarted from its log brings back every copy that came due while
+it was down as a standby copy (:meth:`StandbyChecker.restored`), whatever
+its rank: another holder may have run and finished the task meanwhile, and
+the finish may be one the reconcile has not brought back (it ends on a
+timeout). Copies not due yet keep their rank: no other holder can have run
+them (a standby copy asks this node first, and it is up by then).
 """
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Callable
 
 from miyaq.cluster.holder_events import STARTED_ELSEWHERE
@@ -81,6 +94,7 @@ class StandbyChecker(EngineListener):
         self.role = role
         self.due: list[Task] = []
         self.asking: set[str] = set()       # ids whose QUERY answers are not all in
+        self.parked: dict[str, Task] = {}      # came due while the node reconciled; asked after
         self.takeovers = 0
         self.deferrals = 0
         self._unknown_waits: dict[str, int] = {}     # task id -> waits for an earlier holder that lacks it
@@ -89,9 +103,31 @@ class StandbyChecker(EngineListener):
         self.due.append(task)
 
     def waiting(self) -> set[str]:
-        """Copies without a timer for now: due, or asking the other holders
-        (each QUERY ends, answered or silent, within QUERY_TIMEOUT)."""
-        return self.asking | {t.id for t in self.due}
+        """Copies without a timer for now: due, asking the other holders
+        (each QUERY ends, answered or silent, within QUERY_TIMEOUT), or
+        parked until the node's reconcile ends."""
+        return self.asking | {t.id for t in self.due} | set(self.parked)
+
+    def restored(self, tasks: Iterable[Task], now: float) -> int:
+        """Copies just replayed from the log: each one that has other holders
+        and is due (ready, or its timer passed while the node was down) becomes
+        a standby copy that asks them before it runs. Returns how many."""
+        engine = self.role.engine
+        count = 0
+        for task in list(tasks):
+            if len(task.holders) < 2 or task.state not in (READY, SCHEDULED, RETRYING):
+                continue
+            if task.state != READY and task.eta > now:
+                continue
+            task.standby = True
+            engine.defer(task, now, SCHEDULED if task.state == READY else task.state)
+            count += 1
+        return count
+
+    def unpark(self) -> None:
+        """The reconcile ended: the copies that came due meanwhile ask now."""
+        parked, self.parked = self.parked, {}
+        self.due.extend(parked.values())
 
     def flush(self) -> None:
         """Ask about every copy that came due (one QUERY per holder)."""
@@ -107,8 +143,11 @@ class StandbyChecker(EngineListener):
         for task in due:
             if task.state not in (SCHEDULED, RETRYING) or not task.standby:
                 continue
-            if fenced or role.node_id not in task.holders:
+            if fenced or not alive or role.node_id not in task.holders:
                 self._wait(task, now)
+                continue
+            if role.reconciling:
+                self.parked[task.id] = task
                 continue
             others = [h for h in task.holders if h != role.node_id and h in alive]
             if not others:
@@ -159,6 +198,9 @@ class StandbyChecker(EngineListener):
             return   # something else moved it meanwhile
         if role.fenced() or role.node_id not in task.holders:
             self._wait(task, now)      # fenced meanwhile, or handed off by a ring change
+            return
+        if role.reconciling:
+            self.parked[task.id] = task     # frozen or fenced meanwhile: ask again after the resync
             return
         with role.events.applying_remote():
             for _, a in answers:

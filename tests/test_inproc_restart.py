@@ -1,0 +1,80 @@
+"""A holder restarted from its log, in-process (miyaq.testing.inprocess):
+the copies it brings back that came due while it was down are standby
+copies until the other holders answered it. Its reconcile may end on its
+timeout rather than on their answers; then a copy still asks (QUERY)
+before it runs, and only silence lets it run."""
+from __future__ import annotations
+
+from miyaq.core.gate import RECONCILING
+from miyaq.store.task import DONE
+
+RING = ["n1", "n2"]
+
+
+def _task_led_by(cluster, node_id: str) -> str:
+    """A task id whose first holder, in a ring of both nodes, is ``node_id``."""
+    while True:
+        tid = cluster.task_id()
+        if cluster.holders(tid)[0] == node_id:
+            return tid
+
+
+def test_restarted_holder_whose_reconcile_times_out_asks_before_it_runs_a_restored_copy(inproc, tmp_path):
+    """Fault: the first holder of a task is stopped before the task is due,
+    the other holder runs and finishes it meanwhile (its standby copy hears
+    silence), and the first holder restarts from its log while every resync
+    it asks for (SYNC) is lost, so its reconcile ends on its timeout, not on
+    the others' state. Its restored copy -- ready in the log -- must not be
+    dispatched at that timeout: it asks the other holder, hears "done", and
+    is finished without running a second time."""
+    cluster = inproc(2, replicas=2, data_dir=str(tmp_path), fsync="always")
+    tid = _task_led_by(cluster, "n2")
+    sub = cluster.submit("n1", tid, countdown=0.5)
+    cluster.wait_until(lambda: sub.status == "accepted", what="the submit")
+
+    cluster.stop_node("n2")
+    survivor = cluster.worker("n1")
+    cluster.advance(0.5 + 2 * cluster.settings["replica_offset"])
+    cluster.wait_until(lambda: survivor.runs(tid), what="n1's standby copy to run the task")
+    survivor.complete(tid)
+    cluster.wait_until(lambda: cluster["n1"].state(tid) == DONE, what="the task done on n1")
+
+    lost = cluster.net.drop("SYNC", src="n2")
+    back = cluster.start_node("n2")
+    assert back.task(tid) is not None and back.task(tid).state != DONE      # replayed from its log
+    late = cluster.worker("n2")
+    cluster.advance(cluster.settings["reconcile_timeout"] + 0.5)
+    cluster.wait_until(lambda: not back.node.core.gate.holds(RECONCILING), what="n2's reconcile to time out")
+    assert lost.hits >= 1
+    cluster.wait_until(lambda: back.state(tid) == DONE or late.runs(tid), what="n2's restored copy to end")
+    assert late.times(tid) == 0, "the restored copy ran again after the reconcile timed out"
+    assert back.state(tid) == DONE
+    assert cluster.net.messages("QUERY", src="n2", dst="n1", task=tid), "the restored copy ran without asking"
+    cluster.advance(3 * cluster.settings["replica_offset"])
+    assert late.times(tid) == 0 and survivor.times(tid) == 1
+    assert back.role.standby.takeovers == 0
+    assert not cluster.crashes()
+
+
+def test_restarted_holder_runs_a_restored_copy_when_every_other_holder_is_silent(inproc, tmp_path):
+    """Fault: both holders of a task stop before it is due; only its first
+    holder restarts (from its log), after the task came due. Its reconcile
+    times out (the other holder is not running), and the restored copy asks
+    it and hears silence: a standby copy that finds every other holder
+    silent takes over, so the restarted node still runs, once, what it holds."""
+    cluster = inproc(2, replicas=2, data_dir=str(tmp_path), fsync="always")
+    tid = _task_led_by(cluster, "n2")
+    sub = cluster.submit("n1", tid, countdown=0.5)
+    cluster.wait_until(lambda: sub.status == "accepted", what="the submit")
+    cluster.stop_node("n2")
+    cluster.stop_node("n1")
+    cluster.advance(1.0)
+
+    back = cluster.start_node("n2")
+    copy = back.task(tid)
+    assert copy is not None and copy.standby, "a restored copy that came due must come back as a standby copy"
+    worker = cluster.worker("n2")
+    cluster.advance(cluster.settings["reconcile_timeout"] + 2 * cluster.settings["replica_offset"])
+    cluster.wait_until(lambda: worker.runs(tid), what="the restored copy to run on n2")
+    assert back.role.standby.takeovers == 1
+    assert worker.times(tid) == 1 and not cluster.crashes()
