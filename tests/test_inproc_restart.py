@@ -5,6 +5,7 @@ timeout rather than on their answers; then a copy still asks (QUERY)
 before it runs, and only silence lets it run."""
 from __future__ import annotations
 
+from miyaq.constants import FROZEN_RESYNC_TIMEOUT
 from miyaq.core.gate import RECONCILING
 from miyaq.store.task import DONE
 
@@ -78,3 +79,39 @@ def test_restarted_holder_runs_a_restored_copy_when_every_other_holder_is_silent
     cluster.wait_until(lambda: worker.runs(tid), what="the restored copy to run on n2")
     assert back.role.standby.takeovers == 1
     assert worker.times(tid) == 1 and not cluster.crashes()
+
+
+def test_holder_resumed_from_a_freeze_asks_before_it_runs_a_copy_that_came_due(inproc):
+    """Fault: the first holder of a task is frozen (SIGSTOP, a VM pause:
+    here its links are cut and it dispatches nothing) while the task comes
+    due; the other holder hears silence, takes over and runs it. The frozen
+    node resumes, and every resync it asks for (SYNC) is lost, so it learns
+    nothing before its reconcile times out. Its ready copy must not be
+    dispatched then: it became a standby copy at the freeze, asks, hears the
+    task running, and waits; the task runs once."""
+    cluster = inproc(2, replicas=2, default_timeout=60.0)     # a lease that outlasts the reconcile
+    tid = _task_led_by(cluster, "n2")
+    sub = cluster.submit("n1", tid, countdown=0.5)
+    cluster.wait_until(lambda: sub.status == "accepted", what="the submit")
+
+    cluster.net.cut("n2")
+    survivor = cluster.worker("n1")
+    cluster.advance(0.5 + 2 * cluster.settings["replica_offset"])
+    cluster.wait_until(lambda: survivor.runs(tid), what="n1's standby copy to run the task")
+    frozen = cluster["n2"]
+    assert frozen.state(tid) == "ready"
+
+    cluster.net.drop("SYNC", src="n2")
+    cluster.net.heal("n2")
+    frozen.role.stalled(8.0)            # what its clockwork calls when it wakes from a freeze
+    late = cluster.worker("n2")
+    cluster.advance(FROZEN_RESYNC_TIMEOUT + 1.0)
+    cluster.wait_until(lambda: not frozen.node.core.gate.holds(RECONCILING), what="n2's reconcile to time out")
+    cluster.wait_until(lambda: late.runs(tid) or cluster.net.messages("ANSWER", src="n1", dst="n2",
+                                                                        answering="QUERY", task=tid),
+                       what="n2's copy to ask n1")
+    cluster.settle(0.1)
+    assert late.times(tid) == 0, "the frozen node ran the task again after its reconcile timed out"
+    survivor.complete(tid)
+    cluster.wait_until(lambda: frozen.state(tid) == DONE, what="n2's copy finished as n1 finished it")
+    assert late.times(tid) == 0 and survivor.times(tid) == 1 and not cluster.crashes()

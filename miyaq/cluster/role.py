@@ -100,7 +100,7 @@ class ClusterRole:
             # on its timeout, not on their answers).
             self.gate.close(RECONCILING)
             self._reconcile_until = monotonic() + self.config.reconcile_timeout
-            standby = self.standby.restored(self.engine.table.live.values(), wall())
+            standby = self.standby.ask_first(self.engine.table.live.values(), wall())
             logger.info("node %s: %d task(s) from the log, %d of them standby copies until the other "
                         "holders answer; reconciling before dispatching", self.node_id,
                         len(self.engine.table.live), standby)
@@ -174,9 +174,13 @@ class ClusterRole:
         return bool(self._reconcile_until)
 
     def _hold_until_resynced(self, why: str) -> None:
+        """Hold dispatching until every peer's state was fetched again; the
+        copies that came due meanwhile ask the other holders before they run
+        (others may have run them while this node was silent)."""
         self.gate.close(RECONCILING)
         self._resync_base = self.resync.completed
         self._reconcile_until = monotonic() + FROZEN_RESYNC_TIMEOUT
+        self.standby.ask_first(self.engine.table.live.values(), wall())
         self.subscriber.resync_all(why)
 
     # -- fencing ----------------------------------------------------------------------

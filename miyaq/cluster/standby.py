@@ -34,12 +34,14 @@ Only silence lets a copy run; that is what keeps duplicates to real failures.
 An answer that fails its checks (:mod:`miyaq.protocol.recordspec`) counts as
 silence from that holder, and is counted and logged as a refused record.
 
-A node restarted from its log brings back every copy that came due while
-it was down as a standby copy (:meth:`StandbyChecker.restored`), whatever
-its rank: another holder may have run and finished the task meanwhile, and
-the finish may be one the reconcile has not brought back (it ends on a
-timeout). Copies not due yet keep their rank: no other holder can have run
-them (a standby copy asks this node first, and it is up by then).
+A node restarted from its log, resumed from a freeze or whose fence
+lifted turns every copy that came due meanwhile into a standby copy
+(:meth:`StandbyChecker.ask_first`), whatever its rank: another holder may
+have run and finished the task meanwhile (it heard silence from this node),
+and the finish may be one the reconcile has not brought back (it ends on a
+timeout, and a holder may take over just after it answered). Copies not due
+yet keep their rank: no other holder can have run them (a standby copy asks
+this node first, and it answers by then).
 """
 from __future__ import annotations
 
@@ -108,10 +110,11 @@ class StandbyChecker(EngineListener):
         parked until the node's reconcile ends."""
         return self.asking | {t.id for t in self.due} | set(self.parked)
 
-    def restored(self, tasks: Iterable[Task], now: float) -> int:
-        """Copies just replayed from the log: each one that has other holders
-        and is due (ready, or its timer passed while the node was down) becomes
-        a standby copy that asks them before it runs. Returns how many."""
+    def ask_first(self, tasks: Iterable[Task], now: float) -> int:
+        """After a gap in what this node heard (restarted from its log, frozen,
+        fenced): each copy that has other holders and is due (ready, or its
+        timer passed meanwhile) becomes a standby copy that asks them before
+        it runs -- another holder may have run it meanwhile. Returns how many."""
         engine = self.role.engine
         count = 0
         for task in list(tasks):

@@ -9,6 +9,8 @@ S runs are pushed out past S's lease, and tasks S finished or dead-lettered
 are finished or dead-lettered here. Every record and tombstone of the answer
 is checked like a SUBMIT first (:mod:`miyaq.protocol.recordspec`); a bad one
 is refused, counted and skipped.
+A copy S runs becomes a standby copy here whatever its rank: S took it
+over while this node was silent.
 """
 from __future__ import annotations
 
@@ -107,7 +109,10 @@ class Resync:
                     role.install(record, now, "sync", src)
                 elif theirs.state == DEAD and mine.state != DEAD:
                     engine.kill_copy(mine, theirs.error)
-                elif theirs.state == RUNNING and mine.standby and mine.state != RUNNING:
+                elif theirs.state == RUNNING and mine.state != RUNNING:
+                    # S runs it (it took over while we were silent): whatever our
+                    # rank, our copy waits past S's lease and then asks.
+                    mine.standby = True
                     engine.defer(mine, (theirs.lease_end or now) + role.offset_for(mine, minimum=1))
         following = answer.get("next")
         if type(following) is int and following > cursor:     # always forward: a resync ends
