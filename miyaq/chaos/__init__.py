@@ -11,8 +11,10 @@ Parts, one job each:
   ports a restarted node can have again.
 - :mod:`.cluster`: the local cluster (ZooKeeper, nodes, workers) a run
   starts and faults; :mod:`.external`: someone else's cluster (``--zk``).
-- :mod:`.netns`: each node in its own network namespace, for partitions;
-  :mod:`.relay`: ZooKeeper's loopback port relayed into them.
+- :mod:`.netns`: each node and ZooKeeper server in its own network
+  namespace, for partitions; :mod:`.firewall`: iptables rules inside them.
+- :mod:`.zkfaults`: the run's ZooKeeper (a server or an ensemble) and the
+  ensemble's faults.
 - :mod:`.faults` and :mod:`.nemesis`: what can go wrong, and when.
 - :mod:`.producer`: submits at a fixed rate and records every answer.
 - :mod:`.final`: asks the cluster for every task's state at the end.

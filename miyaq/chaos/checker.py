@@ -84,17 +84,22 @@ class Verdict:
     def exit_code(self) -> int:
         """0 every accepted task done and every duplicate explained; 1 some
         lost; 3 none lost but some stuck; 4 none lost or stuck but some task
-        started twice with no fault to explain it, or a node cut off from
-        ZooKeeper started tasks after it should have fenced itself."""
+        started twice with no fault to explain it, a node cut off from
+        ZooKeeper started tasks after it should have fenced itself, or a
+        ring change was accepted while ZooKeeper had no quorum."""
         if self.counts["lost"]:
             return 1
         if self.counts["stuck"]:
             return 3
-        if self.counts["dup_unexplained"] or self.counts["fencing"]:
+        if self.counts["dup_unexplained"] or self.counts["fencing"] or self.ring_changed_without_quorum():
             return 4
         if self.run.get("rolling") and (self.counts["dup"] or self.counts["failed"] or self.rolling_broken()):
             return 4        # a planned restart is not a failure: no duplicate, no failed submit
         return 0
+
+    def ring_changed_without_quorum(self) -> int:
+        """``zkquorum`` faults during which a ring change was accepted."""
+        return sum(1 for s in self.metrics.spans if (s.ring_change or "").startswith("accepted"))
 
     def rolling_broken(self) -> bool:
         """A step of a rolling run failed or never got the cluster whole again."""
@@ -117,6 +122,7 @@ class Verdict:
                            "aborted": c["dup_aborted"],
                            "unexplained": c["dup_unexplained"], **self.dups.summary()},
             "started_while_fenced": c["fencing"],
+            "ring_changed_without_quorum": self.ring_changed_without_quorum(),
             "rolling_broken": bool(self.run.get("rolling")) and self.rolling_broken(),
             "faults_skipped": c["faults_skipped"],
             "examples": self.examples,

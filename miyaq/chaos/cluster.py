@@ -27,12 +27,12 @@ from typing import Any, Callable
 from ..client.client import Client
 from ..errors import MiyaqError
 from ..security.keystore import KeyStore
-from ..testing.zookeeper import ZooKeeperServer
-from .faults import KINDS_NETWORK
+from .faults import KINDS_NETWORK, KINDS_ZK, KINDS_ZK_NETWORK
 from .disk import SmallDisks
 from .netns import Loopback
 from .ports import restartable_port
-from .procs import Child, java_wrapper, miyaq_argv, spawn, stop_all
+from .zkfaults import RunZooKeeper
+from .procs import Child, miyaq_argv, stop_all
 from .tasks import ENV_DIR
 
 logger = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class LocalCluster:
     def __init__(self, run_dir: str, *, nodes: int = 3, replicas: int = 2, workers: int = 2,
                  concurrency: int = 32, fsync: str = "interval", node_args: list[str] | None = None,
                  name: str = "chaos", net: Any = None, disks: SmallDisks | None = None,
-                 secure: bool = False) -> None:
+                 secure: bool = False, zk_servers: int = 1) -> None:
         self.run_dir = run_dir
         self.replicas = replicas
         self.concurrency = concurrency
@@ -83,7 +83,8 @@ class LocalCluster:
         self.net: Any = net or Loopback()
         self.disks = disks
         self.skews: dict[str, float] = {}
-        self.zookeeper: ZooKeeperServer | None = None
+        self.zk_servers = zk_servers
+        self.zookeeper: RunZooKeeper | None = None
         self.zk_hosts = ""
         self.specs = {}
         for i in range(nodes):
@@ -92,10 +93,12 @@ class LocalCluster:
                                            os.path.join(run_dir, "data", node_id), self.net.netns(i))
         self.procs: dict[str, Child] = {}
         self.retired: dict[str, Child] = {}      # nodes replaced by new ones (--rolling)
+        self.helpers: dict[str, Child] = {}      # processes a fault runs in a node's namespace
         self.worker_count = workers
         self.workers: list[Child] = []
         self._worker_seq = 0
         self._clients: dict[str, Client] = {}
+        self._zk_cut: dict[str, tuple[list[str], list[str]]] = {}     # zkminority: node -> the two sides
         self._lock = threading.Lock()
         if secure:
             self._make_keys()
@@ -106,6 +109,10 @@ class LocalCluster:
             self.capabilities.add("clock")
         if disks is not None:
             self.capabilities.add("diskfull")
+        if zk_servers >= 3:
+            self.capabilities |= set(KINDS_ZK)
+            if self.net.partitions:
+                self.capabilities |= set(KINDS_ZK_NETWORK)
 
     # -- keys ----------------------------------------------------------------------------
     def _make_keys(self) -> None:
@@ -205,11 +212,9 @@ class LocalCluster:
     def start(self) -> None:
         """ZooKeeper, then every node, then the workers. Does not wait for the ring."""
         os.makedirs(self.run_dir, exist_ok=True)
-        zk_dir = os.path.join(self.run_dir, "zookeeper")
-        os.makedirs(zk_dir, exist_ok=True)
-        self.zookeeper = ZooKeeperServer(workdir=zk_dir, java=java_wrapper(zk_dir))
-        spawn(self.zookeeper.start)
-        self.zk_hosts = self.net.zk_hosts(self.zookeeper.hosts)
+        self.zookeeper = RunZooKeeper(self.run_dir, self.zk_servers, self.net)
+        self.zookeeper.start()
+        self.zk_hosts = self.zookeeper.hosts
         for node_id in self.node_ids:
             self.start_node(node_id)
         for _ in range(self.worker_count):
@@ -291,19 +296,53 @@ class LocalCluster:
         self.procs[node_id].signal(signal.SIGCONT)
 
     # -- network faults (``--partitions``) ---------------------------------------------
+    def _label(self, node_id: str) -> str:
+        return f"n{self.specs[node_id].index}"
+
+    def _others(self, nodes: list[str]) -> list[str]:
+        return [self._label(n) for n in self.node_ids if n not in nodes]
+
     def partition(self, node_id: str) -> None:
         """Cut ``node_id`` off from every other node (ZooKeeper, clients and
         workers still reach it)."""
-        me = self.specs[node_id].index
-        self.net.partition([me], [s.index for s in self.specs.values() if s.index != me])
+        self.net.partition([self._label(node_id)], self._others([node_id]))
 
     def heal_partition(self, node_id: str) -> None:
-        me = self.specs[node_id].index
-        self.net.unpartition([me], [s.index for s in self.specs.values() if s.index != me])
+        self.net.unpartition([self._label(node_id)], self._others([node_id]))
+
+    def cut_from_zk_majority(self, node_id: str, minority: list[int]) -> None:
+        """``node_id`` and the ZooKeeper servers ``minority`` on one side, the
+        other servers on the other; the node still reaches every node."""
+        assert self.zookeeper is not None
+        side = [self._label(node_id)] + [f"z{j}" for j in minority]
+        self._zk_cut[node_id] = (side, [f"z{j}" for j in range(self.zookeeper.size) if j not in minority])
+        self.net.partition(*self._zk_cut[node_id])
+
+    def heal_zk_majority(self, node_id: str) -> None:
+        side, other = self._zk_cut.pop(node_id)
+        self.net.unpartition(side, other)
 
     def peer_hosts(self, node_id: str) -> list[str]:
         """The addresses of every other node."""
         return [s.host for s in self.specs.values() if s.node_id != node_id]
+
+    def destinations(self, node_id: str) -> list[str]:
+        """Every address ``node_id`` sends to: its peers, ZooKeeper, and the
+        bridge (the run's clients and workers)."""
+        return self.peer_hosts(node_id) + self.net.zk_addresses() + [self.net.gateway]
+
+    def run_in_netns(self, key: str, name: str, node_id: str, argv: list[str]) -> Child:
+        """Start a helper process (``argv``) in ``node_id``'s namespace, its
+        output in ``<run>/<name>.log``; :meth:`stop_in_netns` with ``key`` stops it."""
+        child = Child(name, argv, os.path.join(self.run_dir, f"{name}.log"),
+                      netns=self.specs[node_id].netns).start()
+        self.helpers[key] = child
+        return child
+
+    def stop_in_netns(self, key: str) -> None:
+        child = self.helpers.pop(key, None)
+        if child is not None:
+            child.stop(5.0)
 
     def net_filter(self, key: str, node_id: str, rules: list[tuple[str, tuple[str, ...]]]) -> None:
         """Firewall ``rules`` in ``node_id``'s namespace, undone by :meth:`net_unfilter`."""
@@ -314,16 +353,14 @@ class LocalCluster:
 
     def split(self, minority: list[str]) -> None:
         """Cut ``minority`` off from the other nodes and from ZooKeeper."""
-        side = [self.specs[n].index for n in minority]
-        self.net.partition(side, [s.index for s in self.specs.values() if s.index not in side])
+        self.net.partition([self._label(n) for n in minority], self._others(minority))
         for node_id in minority:
             self.net_filter(f"split-{node_id}", node_id, self.net.zk_rules())
 
     def heal_split(self, minority: list[str]) -> None:
-        side = [self.specs[n].index for n in minority]
         for node_id in minority:
             self.net_unfilter(f"split-{node_id}")
-        self.net.unpartition(side, [s.index for s in self.specs.values() if s.index not in side])
+        self.net.unpartition([self._label(n) for n in minority], self._others(minority))
 
     def isolate(self, node_id: str) -> None:
         self.net.isolate(self.specs[node_id].index)
@@ -353,7 +390,7 @@ class LocalCluster:
 
     def start_zk(self) -> None:
         assert self.zookeeper is not None
-        spawn(self.zookeeper.start)     # forks: on the spawner thread (see .procs)
+        self.zookeeper.start()
 
     def stop_workers(self, grace: float = 10.0) -> None:
         stop_all(self.workers, grace)
@@ -362,11 +399,12 @@ class LocalCluster:
         """Workers, nodes, ZooKeeper, network, probe clients. Never raises."""
         try:
             self.stop_workers()
+            stop_all(list(self.helpers.values()), 5.0)
             stop_all(list(self.procs.values()) + list(self.retired.values()), 15.0)
         finally:
             if self.zookeeper is not None:
                 try:
-                    self.zookeeper.stop()
+                    self.zookeeper.close()
                 except Exception:
                     logger.exception("stopping ZooKeeper failed")
             try:

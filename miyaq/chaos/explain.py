@@ -19,8 +19,9 @@ explains it:
    case 3).
 3. ``rerun-<kind>``: the re-run was leased by a node that could not hear
    the other holders, or the node that ran the task earlier could not
-   answer it (``partition``, ``deaf``, ``mute``, ``lossy``, ``split``,
-   ``zkcut``), at that moment or within ``HEAL_GRACE`` of the heal.
+   answer it (``partition``, ``deaf``, ``mute``, ``lossy``, ``delay``,
+   ``split``, ``zkcut``, ``zkminority``), at that moment or within
+   ``HEAL_GRACE`` of the heal: a late answer is silence.
    docs/cluster.md, "Before a standby copy runs": only silence lets a
    standby copy run, and a node cut off from the others hears silence (or
    is not heard).
@@ -32,17 +33,19 @@ fault, and not finished (no finish record) or finished less than
 ``REPORT_GRACE`` seconds before the fault began (its DONE may still have
 been on its way to the node, or in the node's log and not yet
 announced). A killed, paused, wiped or isolated node knows at once (it
-starts nothing more); a node that lost ZooKeeper (``split``, ``zkcut``)
+starts nothing more); a node that lost ZooKeeper (``split``, ``zkcut``,
+``zkminority``)
 knows within ``FENCE_DEADLINE`` and must then stop starting tasks; a
 node cut off from its peers but not from ZooKeeper (``partition``,
-``deaf``, ``mute``, ``lossy``) stays in the ring and cannot know: the
+``deaf``, ``mute``, ``lossy``, ``delay``) stays in the ring and cannot know: the
 other holders hear silence and run their copies (docs/cluster.md,
 "Before a standby copy runs"), so every run it starts until the heal
 counts. The re-run must also come within the fault's window: from its
 begin to ``EXPLAIN_GRACE`` seconds after the cluster was whole again.
 
 :func:`fencing_violations` is the check of epoch fencing: a start leased
-by a node of a ``split`` minority or a ``zkcut`` node later than
+by a node of a ``split`` minority, a ``zkcut`` node or a ``zkminority``
+node later than
 ``FENCE_DEADLINE`` after the fault began and before its heal.
 
 Anything else — a second start with no fault on the earlier run's worker
@@ -63,8 +66,8 @@ FENCE_DEADLINE = 6.0
 """Seconds after losing ZooKeeper by which a node must have stopped starting
 tasks: kazoo suspends the connection after 2/3 of the session (2 s in a
 chaos run), the node fences 1.5 s later (``FENCE_AFTER``), plus margin."""
-FENCED_KINDS = ("split", "zkcut")
-BLIND_KINDS = ("partition", "deaf", "mute", "lossy")
+FENCED_KINDS = ("split", "zkcut", "zkminority")
+BLIND_KINDS = ("partition", "deaf", "mute", "lossy", "delay")
 HEAL_GRACE = 1.0
 """Answers and streams need a moment to flow again after a network fault heals."""
 REPORT_GRACE = 2.0
@@ -85,7 +88,8 @@ RULES = {
     "lease-expired": "docs/semantics.md, At-least-once execution, case 2: a lease that ran out",
 }
 WORKER_KINDS = ("worker",)
-NOT_NODE_KINDS = ("worker", "zk")
+NOT_NODE_KINDS = ("worker", "zk", "zkserver", "zkleader", "zkquorum", "duplicate")
+"""Kinds that take no node away: they explain no holder's re-run (TCP hides duplicated packets)."""
 
 
 @dataclass

@@ -18,7 +18,13 @@ from typing import Any, ClassVar
 from ..errors import ConfigError
 
 KINDS_DEFAULT = ("kill", "pause", "leader", "worker", "zk", "wipe")
-KINDS_NETWORK = ("partition", "isolate", "deaf", "mute", "zkcut", "lossy", "split")
+KINDS_NETWORK = ("partition", "isolate", "deaf", "mute", "zkcut", "lossy", "delay", "duplicate", "split")
+KINDS_ZK = ("zkserver", "zkleader", "zkquorum")
+"""With ``--zk-servers`` 3 or more (in the default mix then)."""
+KINDS_ZK_NETWORK = ("zkminority",)
+"""With ``--zk-servers`` 3 or more and ``--partitions``."""
+ZK_FAULTS = ("zk", *KINDS_ZK, *KINDS_ZK_NETWORK)
+"""Kinds that break ZooKeeper: one at a time."""
 KINDS_HOST = ("clock", "diskfull")
 """Not in the default mix: ``clock`` needs faketime, ``diskfull`` root."""
 
@@ -29,7 +35,13 @@ class FaultKind:
     """True: the target node stops being a usable holder while the fault lasts."""
     hold: ClassVar[float] = 1.0
     """How long the fault stays in place, in fault durations (``--fault-duration``)."""
+    min_hold: ClassVar[float] = 0.0
+    """...and at least this many seconds."""
     help: ClassVar[str] = ""
+
+    def lasts(self, duration: float) -> float:
+        """Seconds this fault stays in place for a ``--fault-duration`` of ``duration``."""
+        return max(duration * self.hold, self.min_hold)
 
     def targets(self, cluster: Any, down: set[str], ctx: dict[str, Any]) -> list[str]:
         """Nodes this fault may hit now (default: every running node not down).
@@ -44,7 +56,8 @@ class FaultKind:
         """Break ``target``; returns details for the history."""
         raise NotImplementedError
 
-    def heal(self, cluster: Any, target: str) -> None:
+    def heal(self, cluster: Any, target: str) -> dict[str, Any] | None:
+        """Repair ``target``; may return details for the history's heal record."""
         raise NotImplementedError
 
 
@@ -154,22 +167,25 @@ class Isolate(FaultKind):
 
 from .hostfaults import HOST_KINDS  # noqa: E402 - they subclass FaultKind, defined above
 from .netfaults import NETWORK_KINDS  # noqa: E402
+from .zkfaults import ZK_KINDS  # noqa: E402
 
 KINDS: dict[str, FaultKind] = {k.name: k() for k in (Kill, Pause, KillLeader, WorkerKill, ZooKeeperStop, Wipe,
-                                                      Partition, Isolate, *NETWORK_KINDS, *HOST_KINDS)}
+                                                      Partition, Isolate, *NETWORK_KINDS, *HOST_KINDS, *ZK_KINDS)}
 
 
-def parse_kinds(text: str | None, partitions: bool) -> list[str]:
+def parse_kinds(text: str | None, partitions: bool, zk_servers: int = 1) -> list[str]:
     """``--faults`` to a list of kinds: comma-separated names, ``all``,
     ``none``, or empty for the default mix (plus the network kinds with
-    ``--partitions``)."""
+    ``--partitions``, the ensemble's with ``--zk-servers`` 3 or more)."""
+    ensemble = zk_servers >= 3
     if text is None or not text.strip():
-        return list(KINDS_DEFAULT) + (list(KINDS_NETWORK) if partitions else [])
+        return (list(KINDS_DEFAULT) + (list(KINDS_NETWORK) if partitions else [])
+                + (list(KINDS_ZK) if ensemble else []) + (list(KINDS_ZK_NETWORK) if ensemble and partitions else []))
     text = text.strip().lower()
     if text == "none":
         return []
     if text == "all":
-        return list(KINDS_DEFAULT) + list(KINDS_NETWORK) + list(KINDS_HOST)
+        return list(KINDS_DEFAULT) + list(KINDS_NETWORK) + list(KINDS_HOST) + list(KINDS_ZK) + list(KINDS_ZK_NETWORK)
     kinds = [k.strip() for k in text.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
@@ -177,13 +193,16 @@ def parse_kinds(text: str | None, partitions: bool) -> list[str]:
     return list(dict.fromkeys(kinds))
 
 
-def choose(kinds: list[str], rng: random.Random, cycle_from: int | None = None) -> list[FaultKind]:
+def choose(kinds: list[str], rng: random.Random, injected: dict[str, int] | None = None) -> list[FaultKind]:
     """The enabled kinds in the order the nemesis tries them: random, or
-    (``cycle_from``) the given order starting at that index."""
+    (``injected``: how many times each kind was injected so far) rounds:
+    only the kinds injected fewest times, in the given order -- a kind that
+    has to wait for the node budget is waited for, not passed over by the
+    kinds that need none, and every kind comes once a round."""
     order = list(kinds)
-    if cycle_from is None:
+    if injected is None:
         rng.shuffle(order)
-    else:
-        k = cycle_from % max(1, len(order))
-        order = order[k:] + order[:k]
+    elif order:
+        least = min(injected.get(k, 0) for k in order)
+        order = [k for k in order if injected.get(k, 0) == least]
     return [KINDS[k] for k in order]

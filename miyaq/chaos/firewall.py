@@ -2,8 +2,10 @@
 
 The faults that routes alone cannot make: a one-way partition (a node's
 packets from some peers dropped, not those to them), a node cut off from
-ZooKeeper but not from its peers, and a lossy link (each packet dropped
-with a probability, the ``statistic`` match). Every rule goes into the
+ZooKeeper but not from its peers, a lossy link (each packet dropped
+with a probability, the ``statistic`` match), a delaying one (packets to
+a user-space queue, ``NFQUEUE``) and a duplicating one (``TEE`` in the
+``mangle`` table). Every rule goes into the
 namespace of the node it concerns (``ip netns exec NS iptables -w ...``),
 never into the run's own namespace or the host's, and is remembered so
 :meth:`Firewall.remove` and :meth:`Firewall.clear` take away exactly what
@@ -77,15 +79,26 @@ def drop_to(addr: str) -> tuple[str, tuple[str, ...]]:
     return "OUTPUT", ("-d", f"{addr}/32", "-j", "DROP")
 
 
-def drop_port(addr: str, port: int) -> list[tuple[str, tuple[str, ...]]]:
-    """Both directions of TCP with ``addr:port`` (a service behind a relay)."""
-    return [("OUTPUT", ("-d", f"{addr}/32", "-p", "tcp", "--dport", str(port), "-j", "DROP")),
-            ("INPUT", ("-s", f"{addr}/32", "-p", "tcp", "--sport", str(port), "-j", "DROP"))]
+def to_queue(queue: int) -> tuple[str, tuple[str, ...]]:
+    """OUTPUT: every packet but loopback to netfilter queue ``queue``
+    (let through when no process is bound to it)."""
+    return "OUTPUT", ("!", "-o", "lo", "-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass")
+
+
+def duplicate_to(addr: str, probability: float) -> tuple[str, tuple[str, ...]]:
+    """mangle POSTROUTING: a packet to ``addr`` also sent a second time with ``probability``."""
+    _check_probability(probability)
+    return "POSTROUTING", ("-t", "mangle", "-d", f"{addr}/32", "-m", "statistic", "--mode", "random",
+                           "--probability", f"{probability:.4f}", "-j", "TEE", "--gateway", addr)
+
+
+def _check_probability(probability: float) -> None:
+    if not 0.0 <= probability <= 1.0:
+        raise ConfigError(f"a probability is between 0 and 1, not {probability}")
 
 
 def drop_random(probability: float) -> list[tuple[str, tuple[str, ...]]]:
     """Each packet in and out dropped with ``probability`` (0..1)."""
-    if not 0.0 <= probability <= 1.0:
-        raise ConfigError(f"a loss probability is between 0 and 1, not {probability}")
+    _check_probability(probability)
     match = ("-m", "statistic", "--mode", "random", "--probability", f"{probability:.4f}", "-j", "DROP")
     return [("INPUT", ("!", "-i", "lo", *match)), ("OUTPUT", ("!", "-o", "lo", *match))]

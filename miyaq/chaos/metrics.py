@@ -61,6 +61,8 @@ class FaultSpan:
     unrecovered: bool = False
     pid: int | None = None
     errors: list[str] = field(default_factory=list)
+    ring_change: str | None = None
+    """``zkquorum``: how a ring change asked while the quorum was lost went."""
 
     @staticmethod
     def feed(spans: dict[int, FaultSpan], r: dict[str, Any]) -> None:
@@ -77,6 +79,8 @@ class FaultSpan:
             return
         if phase == "heal":
             span.heal = t
+            if r.get("ring_change") is not None:
+                span.ring_change = str(r["ring_change"])
         elif phase == "recovered":
             span.recovered = t
             span.recover_s = r.get("recover_s")
@@ -189,6 +193,8 @@ class Metrics:
                 row["rerun_s"] = round(max(reruns) - span.begin, 2) if reruns else None
             if span.errors:
                 row["errors"] = span.errors
+            if span.ring_change is not None:
+                row["ring_change"] = span.ring_change
             rows.append(row)
         return rows
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import MiyaqError
-from .faults import KINDS, FaultKind, choose
+from .faults import KINDS, ZK_FAULTS, FaultKind, choose
 from .history import HistoryWriter
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class Nemesis:
         self.last_start = last_start     # time.monotonic(): no fault begins after this
         self.rng = rng or random.Random()
         self.cycle = cycle       # kinds in their given order, round-robin (each one soon), not at random
-        self._next_kind = 0
+        self._injected_kinds: dict[str, int] = {}      # kind -> times injected (cycle order)
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._active: dict[int, ActiveFault] = {}
@@ -128,9 +128,9 @@ class Nemesis:
         """Start one fault now if any enabled kind has a target within budget."""
         down = self.down()
         ctx = {"busy_pids": self.busy_pids(), "unsafe": self.unsafe,
-               "zk_down": any(f.kind.name == "zk" for f in self.active())}
+               "zk_down": any(f.kind.name in ZK_FAULTS for f in self.active())}
         reasons = []
-        for kind in choose(self.kinds, self.rng, self._next_kind if self.cycle else None):
+        for kind in choose(self.kinds, self.rng, self._injected_kinds if self.cycle else None):
             if kind.holder and len(down) + kind.size(self.cluster) > self.max_down:
                 reasons.append(f"{kind.name}: {len(down)} node(s) down already (budget {self.max_down})")
                 continue
@@ -149,7 +149,7 @@ class Nemesis:
             with self._lock:
                 self._active[fault.fid] = fault
             self.injected += 1
-            self._next_kind = self.kinds.index(kind.name) + 1
+            self._injected_kinds[kind.name] = self._injected_kinds.get(kind.name, 0) + 1
             self._record("begin", fault, t=fault.began, **detail)
             logger.info("fault %d: %s %s", fault.fid, kind.name, target)
             fault.thread = threading.Thread(target=self._life, args=(fault,), name=f"fault-{fault.fid}",
@@ -165,7 +165,7 @@ class Nemesis:
     def _life(self, fault: ActiveFault) -> None:
         try:
             self._heal_now.wait(self.pause_duration if fault.kind.name == "pause" else
-                                1.0 if fault.kind.name == "worker" else self.duration * fault.kind.hold)
+                                1.0 if fault.kind.name == "worker" else fault.kind.lasts(self.duration))
             self._heal(fault)
             if fault.kind.name == "worker":
                 self._record("recovered", fault, recover_s=0.0)
@@ -177,15 +177,16 @@ class Nemesis:
                 self._active.pop(fault.fid, None)
 
     def _heal(self, fault: ActiveFault) -> None:
+        detail: dict[str, Any] = {}
         for attempt in range(1, HEAL_TRIES + 1):
             try:
-                fault.kind.heal(self.cluster, fault.target)
+                detail = fault.kind.heal(self.cluster, fault.target) or {}
                 break
             except (MiyaqError, OSError) as exc:
                 self._record("error", fault, error=str(exc), step="heal", attempt=attempt)
                 time.sleep(1.0)
         fault.healed = time.time()
-        self._record("heal", fault, t=fault.healed)
+        self._record("heal", fault, t=fault.healed, **detail)
 
     def _await_recovery(self, fault: ActiveFault) -> None:
         assert fault.healed is not None

@@ -16,20 +16,38 @@ reach every node unless the fault says otherwise.
   nothing accepted on either side may be lost when the split heals.
 - ``lossy``: every packet in and out of the node (peers, ZooKeeper,
   clients, workers) is dropped with probability ``LOSS``.
+- ``delay``: every packet the node sends is held ``DELAY`` ± ``JITTER``
+  seconds (uniform) by a user-space queue (:mod:`.netdelay`, netfilter's
+  NFQUEUE): a slow link whose jitter reorders packets, as ``tc netem delay
+  100ms 80ms`` makes, on kernels without ``netem``.
+- ``duplicate``: ``DUPLICATE`` of the packets the node sends go out twice
+  (iptables' ``TEE`` target to the same destination).
 
-TCP hides duplicated and reordered packets from the application, so a
-duplicating or reordering link shows only as delay; this kernel build has
-no ``netem`` qdisc, and no delay fault is made (docs/chaos.md).
+TCP puts reordered packets back in order and drops duplicates: the
+application sees delay, which is what these faults check it survives.
 """
 from __future__ import annotations
 
+import itertools
+import sys
+import time
 from typing import Any
 
+from ..errors import MiyaqError
+from .explain import FENCE_DEADLINE
 from .faults import FaultKind
-from .firewall import drop_from, drop_random, drop_to
+from .firewall import drop_from, drop_random, drop_to, duplicate_to, to_queue
 
 LOSS = 0.1
 """Packet loss of a ``lossy`` link: high enough that TCP retransmits often."""
+DELAY = 0.1
+JITTER = 0.08
+"""A ``delay`` link: 100 ms ± 80 ms per packet sent."""
+DUPLICATE = 0.05
+"""Share of a ``duplicate`` link's packets sent twice."""
+QUEUE = 7
+"""The netfilter queue number in a node's namespace (each namespace has its own)."""
+BIND_TIMEOUT = 10.0
 
 
 def minority_size(nodes: int) -> int:
@@ -66,8 +84,17 @@ class Mute(_Filtered):
         return [drop_to(host) for host in cluster.peer_hosts(target)]
 
 
+FENCED_HOLD: float = 2.0
+FENCED_MIN_HOLD: float = FENCE_DEADLINE + 2.0
+"""A node that lost ZooKeeper stays cut off twice the fault duration, and at
+least 2 s past ``FENCE_DEADLINE``: its session (3 s) expires and fencing
+(checked from 6 s in) is seen to hold."""
+
+
 class ZkCut(_Filtered):
     name = "zkcut"
+    hold = FENCED_HOLD
+    min_hold = FENCED_MIN_HOLD
     help = "a node cannot reach ZooKeeper (its session expires) but reaches its peers, clients and workers"
 
     def rules(self, cluster: Any, target: str) -> list[tuple[str, tuple[str, ...]]]:
@@ -82,8 +109,44 @@ class Lossy(_Filtered):
         return drop_random(LOSS)
 
 
+class Delay(FaultKind):
+    name = "delay"
+    help = f"every packet a node sends held {DELAY * 1000:g} ms ± {JITTER * 1000:g} ms (reordering them)"
+
+    def __init__(self) -> None:
+        self._count = itertools.count(1)
+
+    def begin(self, cluster: Any, target: str) -> dict[str, Any]:
+        child = cluster.run_in_netns(f"delay-{target}", f"delay{next(self._count)}-{target}", target, [
+            sys.executable, "-m", "miyaq.chaos.netdelay", "--queue", str(QUEUE), "--delay", str(DELAY),
+            "--jitter", str(JITTER)])
+        deadline = time.monotonic() + BIND_TIMEOUT
+        while f"bound queue {QUEUE}" not in child.log_tail():
+            if not child.alive() or time.monotonic() > deadline:
+                child.stop(5.0)
+                raise MiyaqError(f"the delaying queue did not start in {target}'s namespace: {child.log_tail()}")
+            time.sleep(0.05)
+        cluster.net_filter(f"delay-{target}", target, [to_queue(QUEUE)])
+        return {"delay": DELAY, "jitter": JITTER}
+
+    def heal(self, cluster: Any, target: str) -> None:
+        cluster.net_unfilter(f"delay-{target}")
+        cluster.stop_in_netns(f"delay-{target}")     # it lets every packet it still holds go first
+
+
+class Duplicate(_Filtered):
+    name = "duplicate"
+    holder = False
+    help = f"{DUPLICATE:.0%} of the packets a node sends go out twice"
+
+    def rules(self, cluster: Any, target: str) -> list[tuple[str, tuple[str, ...]]]:
+        return [duplicate_to(host, DUPLICATE) for host in cluster.destinations(target)]
+
+
 class Split(FaultKind):
     name = "split"
+    hold = FENCED_HOLD
+    min_hold = FENCED_MIN_HOLD
     help = "a minority of the nodes cut off from the majority and from ZooKeeper; both reach workers and clients"
 
     def size(self, cluster: Any) -> int:
@@ -105,4 +168,4 @@ class Split(FaultKind):
         cluster.heal_split(target.split("+"))
 
 
-NETWORK_KINDS = (Deaf, Mute, ZkCut, Lossy, Split)
+NETWORK_KINDS = (Deaf, Mute, ZkCut, Lossy, Delay, Duplicate, Split)

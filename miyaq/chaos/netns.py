@@ -1,18 +1,21 @@
 """Where a chaos run's nodes live on the network: loopback, or one network
 namespace per node (``--partitions``) so the nemesis can cut links.
 
-:class:`Loopback` is the default: every node on 127.0.0.1, no partitions.
+:class:`Loopback` is the default: every node and ZooKeeper server on
+127.0.0.1, no partitions.
 
 :class:`Namespaces` (root on Linux, ``ip`` from iproute2): a bridge
 ``<prefix>br`` in the run's own namespace with ``10.X.Y.1/24``; node *i*
-in namespace ``<prefix>-n<i>`` behind a veth pair, with ``10.X.Y.(10+i)``.
-The producer and workers stay in the run's namespace and reach the nodes
-through the bridge. ZooKeeper listens on 127.0.0.1 only, so a small TCP
-relay (:mod:`.relay`) forwards ``10.X.Y.1:port`` to it. Faults:
+in namespace ``<prefix>-n<i>`` behind a veth pair, with ``10.X.Y.(10+i)``;
+ZooKeeper server *j* likewise in ``<prefix>-z<j>`` with
+``10.X.Y.(100+j)``, so the links between ZooKeeper servers can be cut as
+well as a node's. The producer and workers stay in the run's namespace and
+reach the nodes through the bridge. Faults:
 
 - :meth:`Namespaces.partition`: blackhole routes, inside the namespaces,
-  between two groups of nodes (both directions; packets to the other side
-  are discarded, nothing else changes). No iptables needed.
+  between two groups (nodes ``n<i>`` and ZooKeeper servers ``z<j>``, both
+  directions; packets to the other side are discarded, nothing else
+  changes). No iptables needed.
 - :meth:`Namespaces.isolate`: the node's veth goes down: it reaches
   nothing (peers, ZooKeeper, clients, workers) until :meth:`rejoin`.
 - :meth:`Namespaces.filter` (iptables rules in a node's namespace, see
@@ -38,8 +41,7 @@ import subprocess
 import sys
 
 from ..errors import ConfigError, MiyaqError
-from .firewall import Firewall, Rule, check_iptables, drop_port
-from .relay import TcpRelay
+from .firewall import Firewall, Rule, check_iptables, drop_from, drop_to
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +59,10 @@ class Loopback:
     def netns(self, index: int) -> str | None:
         return None
 
-    def zk_hosts(self, hosts: str) -> str:
-        return hosts
+    def zk_placement(self, servers: int) -> tuple[list[str] | None, list[str | None]]:
+        """Where ZooKeeper server ``j`` runs: (addresses or None for
+        127.0.0.1, the namespace of each)."""
+        return None, [None] * servers
 
     def heal(self) -> None:
         pass
@@ -103,38 +107,49 @@ def _pick_subnet(rng: random.Random) -> ipaddress.IPv4Network:
 
 
 class Namespaces:
-    """``count`` network namespaces on one bridge (see the module docstring)."""
+    """``count`` node namespaces and ``zk_servers`` ZooKeeper namespaces on
+    one bridge (see the module docstring). Groups in :meth:`partition` are
+    labels: ``n<i>`` for node index *i*, ``z<j>`` for ZooKeeper server *j*."""
 
     partitions = True
 
-    def __init__(self, count: int, rng: random.Random | None = None) -> None:
+    def __init__(self, count: int, rng: random.Random | None = None, zk_servers: int = 1) -> None:
         check_supported()
         check_iptables()
         rng = rng or random.Random()
         self.prefix = f"mqc{rng.randrange(16 ** 5):05x}"
         self.count = count
+        self.zk_servers = zk_servers
         self.bridge = f"{self.prefix}br"
         self.subnet = _pick_subnet(rng)
         hosts = list(self.subnet.hosts())
         self.gateway = str(hosts[0])
-        self.addresses = [str(hosts[9 + i]) for i in range(count)]
-        self.relay: TcpRelay | None = None
+        self.addresses = {f"n{i}": str(hosts[9 + i]) for i in range(count)}
+        self.addresses.update({f"z{j}": str(hosts[99 + j]) for j in range(zk_servers)})
         self._made: list[str] = []           # namespaces made, for close()
         self._bridge_made = False
-        self._blackholes: set[tuple[int, int]] = set()
+        self._blackholes: set[tuple[str, str]] = set()     # (from label, to label)
         self._isolated: set[int] = set()
         self.firewall = Firewall()
         self._filters: dict[str, list[Rule]] = {}
 
     # -- layout -----------------------------------------------------------------------
     def host(self, index: int) -> str:
-        return self.addresses[index]
+        return self.addresses[f"n{index}"]
 
     def netns(self, index: int) -> str:
         return f"{self.prefix}-n{index}"
 
-    def _veths(self, index: int) -> tuple[str, str]:
-        return f"{self.prefix}h{index}", f"{self.prefix}p{index}"
+    def _ns(self, label: str) -> str:
+        return f"{self.prefix}-{label}"
+
+    def _veths(self, label: str | int) -> tuple[str, str]:
+        label = label if isinstance(label, str) else f"n{label}"
+        return f"{self.prefix}h{label}", f"{self.prefix}p{label}"
+
+    def zk_placement(self, servers: int) -> tuple[list[str] | None, list[str | None]]:
+        labels = [f"z{j}" for j in range(servers)]
+        return [self.addresses[x] for x in labels], [self._ns(x) for x in labels]
 
     def setup(self) -> Namespaces:
         """Make the bridge and the namespaces; on failure undo what was made."""
@@ -143,49 +158,42 @@ class Namespaces:
             self._bridge_made = True
             _ip("addr", "add", f"{self.gateway}/{self.subnet.prefixlen}", "dev", self.bridge)
             _ip("link", "set", self.bridge, "up")
-            for i in range(self.count):
-                ns = self.netns(i)
-                outside, inside = self._veths(i)
+            for label, address in self.addresses.items():
+                ns = self._ns(label)
+                outside, inside = self._veths(label)
                 _ip("netns", "add", ns)
                 self._made.append(ns)
                 _ip("link", "add", outside, "type", "veth", "peer", "name", inside)
                 _ip("link", "set", inside, "netns", ns)
                 _ip("link", "set", outside, "master", self.bridge)
                 _ip("link", "set", outside, "up")
-                _ip("-n", ns, "addr", "add", f"{self.addresses[i]}/{self.subnet.prefixlen}", "dev", inside)
+                _ip("-n", ns, "addr", "add", f"{address}/{self.subnet.prefixlen}", "dev", inside)
                 _ip("-n", ns, "link", "set", inside, "up")
                 _ip("-n", ns, "link", "set", "lo", "up")
         except MiyaqError:
             self.close()
             raise
-        logger.info("network namespaces %s-n0..%d on bridge %s (%s)", self.prefix, self.count - 1,
-                    self.bridge, self.subnet)
+        logger.info("network namespaces %s-n0..%d and -z0..%d on bridge %s (%s)", self.prefix, self.count - 1,
+                    self.zk_servers - 1, self.bridge, self.subnet)
         return self
 
-    def zk_hosts(self, hosts: str) -> str:
-        """Relay ZooKeeper (on loopback) to the bridge address; the nodes use this."""
-        host, _, port = hosts.rpartition(":")
-        if self.relay is None:
-            self.relay = TcpRelay((self.gateway, int(port)), (host, int(port))).start()
-        return f"{self.gateway}:{port}"
-
     # -- faults -----------------------------------------------------------------------
-    def partition(self, side: list[int], other: list[int]) -> None:
-        """Drop every packet between the nodes of ``side`` and of ``other``."""
+    def partition(self, side: list[str], other: list[str]) -> None:
+        """Drop every packet between the members of ``side`` and of ``other`` (labels)."""
         for a in side:
             for b in other:
                 for src, dst in ((a, b), (b, a)):
                     if (src, dst) not in self._blackholes:
-                        _ip("-n", self.netns(src), "route", "add", "blackhole", f"{self.addresses[dst]}/32")
+                        _ip("-n", self._ns(src), "route", "add", "blackhole", f"{self.addresses[dst]}/32")
                         self._blackholes.add((src, dst))
 
-    def unpartition(self, side: list[int], other: list[int]) -> None:
+    def unpartition(self, side: list[str], other: list[str]) -> None:
         """Undo :meth:`partition` for these two groups."""
         for a in side:
             for b in other:
                 for src, dst in ((a, b), (b, a)):
                     if (src, dst) in self._blackholes:
-                        _ip("-n", self.netns(src), "route", "del", "blackhole", f"{self.addresses[dst]}/32")
+                        _ip("-n", self._ns(src), "route", "del", "blackhole", f"{self.addresses[dst]}/32")
                         self._blackholes.discard((src, dst))
 
     def rejoin(self, index: int) -> None:
@@ -199,11 +207,12 @@ class Namespaces:
         _ip("link", "set", self._veths(index)[0], "down")
         self._isolated.add(index)
 
+    def zk_addresses(self) -> list[str]:
+        return [self.addresses[f"z{j}"] for j in range(self.zk_servers)]
+
     def zk_rules(self) -> list[tuple[str, tuple[str, ...]]]:
-        """The rules that cut a node off from ZooKeeper (its relay)."""
-        if self.relay is None:
-            return []
-        return drop_port(self.gateway, self.relay.listen[1])
+        """The rules that cut a node off from every ZooKeeper server."""
+        return [rule for address in self.zk_addresses() for rule in (drop_to(address), drop_from(address))]
 
     def filter(self, key: str, index: int, rules: list[tuple[str, tuple[str, ...]]]) -> None:
         """Add ``rules`` ((chain, spec) pairs) in node ``index``'s namespace,
@@ -222,7 +231,7 @@ class Namespaces:
         self.firewall.clear()
         for src, dst in sorted(self._blackholes):
             try:
-                _ip("-n", self.netns(src), "route", "del", "blackhole", f"{self.addresses[dst]}/32")
+                _ip("-n", self._ns(src), "route", "del", "blackhole", f"{self.addresses[dst]}/32")
             except MiyaqError as exc:
                 logger.warning("healing a partition: %s", exc)
         self._blackholes.clear()
@@ -236,9 +245,6 @@ class Namespaces:
     def close(self) -> None:
         """Delete the namespaces (their veths go with them) and the bridge.
         Stop the processes inside first. Never raises."""
-        if self.relay is not None:
-            self.relay.stop()
-            self.relay = None
         self._filters.clear()
         self.firewall.rules.clear()      # they go with their namespaces
         for ns in self._made:

@@ -151,15 +151,17 @@ def stop_all(children: list[Child], grace: float = 10.0) -> None:
         child.stop(max(0.5, deadline - time.monotonic()))
 
 
-def java_wrapper(directory: str) -> str | None:
-    """A ``java`` that dies with this process: a script exec'ing the launch
-    shim, given to ZooKeeperServer. None when java is not installed (then
-    ZooKeeperServer says how to install it)."""
+def java_wrapper(directory: str, netns: str | None = None) -> str | None:
+    """A ``java`` that dies with this process (and runs in ``netns``, if
+    given): a script exec'ing the launch shim, given to ZooKeeperServer.
+    None when java is not installed (then ZooKeeperServer says how to
+    install it)."""
     java = shutil.which("java")
     if java is None:
         return None
-    path = os.path.join(directory, "java-with-parent")
+    path = os.path.join(directory, f"java-in-{netns}" if netns else "java-with-parent")
+    command = " ".join(f'"{part}"' for part in launcher([java], netns))
     with open(path, "w", encoding="utf-8") as fh:
-        fh.write(f'#!/bin/sh\nexec "{sys.executable}" "{launch.__file__}" {os.getpid()} "{java}" "$@"\n')
+        fh.write(f'#!/bin/sh\nexec {command} "$@"\n')
     os.chmod(path, os.stat(path).st_mode | stat.S_IXUSR)
     return path

@@ -84,6 +84,9 @@ def render(summary: dict[str, Any], history_path: str | None = None, picture: st
     if summary.get("started_while_fenced"):
         rows.append(("STARTED WHILE FENCED", summary["started_while_fenced"],
                      "starts leased by a node cut off from ZooKeeper after it should have stopped (must be 0)"))
+    if summary.get("ring_changed_without_quorum"):
+        rows.append(("RING CHANGED", summary["ring_changed_without_quorum"],
+                     "ring changes accepted while ZooKeeper had no quorum (must be 0)"))
     lines.append("Tasks")
     lines += [f"  {name:<20}{value:>9}   {note}".rstrip() for name, value, note in rows]
     if not summary.get("final_checked"):
@@ -111,6 +114,8 @@ def render(summary: dict[str, Any], history_path: str | None = None, picture: st
             notes.append(f"{row['interrupted_tasks']} task(s) interrupted" +
                          (f", all re-run within {rerun}s" if rerun is not None else ""))
         notes += row.get("errors", [])
+        if row.get("ring_change"):
+            notes.append(f"ring change {row['ring_change']}")
         heal = row.get("heal_s")
         rec = row.get("recover_s")
         lines.append(f"  {row['fault']:>3} {row['begin_s']:>7.1f}  {row['kind']:<10}{row['target']:<11}"
@@ -126,6 +131,8 @@ def render(summary: dict[str, Any], history_path: str | None = None, picture: st
     elif summary.get("started_while_fenced"):
         lines.append(f"VERDICT: FAILED, {summary['started_while_fenced']} task start(s) by a node that had lost "
                      "ZooKeeper and should have fenced itself")
+    elif summary.get("ring_changed_without_quorum"):
+        lines.append("VERDICT: FAILED, a ring change was accepted while the ZooKeeper ensemble had no quorum")
     elif d["unexplained"]:
         ids = ", ".join(summary["examples"].get("duplicate_unexplained", [])[:3])
         lines.append(f"VERDICT: FAILED, nothing lost but {d['unexplained']} task(s) started more than once with "

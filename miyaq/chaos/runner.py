@@ -38,7 +38,7 @@ from .history import (
     merge_executions,
     read_history,
 )
-from .faults import KINDS
+from .faults import KINDS, KINDS_NETWORK
 from .nemesis import Nemesis
 from .rolling import Rolling
 from .producer import Producer
@@ -47,9 +47,10 @@ from .report import Progress
 logger = logging.getLogger(__name__)
 
 TICK = 0.25
-CANNOT = {"partition": "needs --partitions", "isolate": "needs --partitions", "deaf": "needs --partitions",
-          "mute": "needs --partitions", "zkcut": "needs --partitions", "lossy": "needs --partitions",
-          "split": "needs --partitions", "clock": "needs faketime: apt-get install faketime",
+CANNOT = {**{kind: "needs --partitions" for kind in KINDS_NETWORK},
+          "clock": "needs faketime: apt-get install faketime",
+          "zkserver": "needs --zk-servers 3", "zkleader": "needs --zk-servers 3",
+          "zkquorum": "needs --zk-servers 3", "zkminority": "needs --partitions and --zk-servers 3",
           "diskfull": "needs root (it mounts a small tmpfs per node)", "zk": "not against --zk",
           "wipe": "not against --zk"}
 
@@ -72,6 +73,7 @@ class ChaosConfig:
     pause_duration: float = 8.0
     unsafe: bool = False
     partitions: bool = False
+    zk_servers: int = 1
     rolling: bool = False
     secure: bool = False
     zk: str | None = None
@@ -98,6 +100,10 @@ class ChaosConfig:
             raise ConfigError("--rolling runs on its own local cluster: not with --zk or --partitions")
         if self.secure and self.zk:
             raise ConfigError("--secure makes the keys of its own local cluster: not with --zk")
+        if not 1 <= self.zk_servers <= 9:
+            raise ConfigError("--zk-servers must be between 1 and 9")
+        if self.zk and self.zk_servers != 1:
+            raise ConfigError("--zk-servers starts the run's own ZooKeeper: not with --zk")
         if self.rolling and self.nodes < 2:
             raise ConfigError("--rolling needs at least 2 nodes")
 
@@ -110,14 +116,15 @@ def make_cluster(config: ChaosConfig, run_dir: str, rng: random.Random) -> Any:
     net: Any = None
     if config.partitions:
         from .netns import Namespaces
-        net = Namespaces(config.nodes, rng).setup()
+        net = Namespaces(config.nodes, rng, zk_servers=config.zk_servers).setup()
     disks = None
     if "diskfull" in config.faults and os.geteuid() == 0:
         from .disk import SmallDisks
         disks = SmallDisks()
     return LocalCluster(run_dir, nodes=config.nodes, replicas=config.replicas, workers=config.workers,
                         concurrency=config.concurrency, fsync=config.fsync, node_args=config.node_args,
-                        name=config.cluster, net=net, disks=disks, secure=config.secure)
+                        name=config.cluster, net=net, disks=disks, secure=config.secure,
+                        zk_servers=config.zk_servers)
 
 
 def wait_whole(cluster: Any, timeout: float) -> None:
@@ -199,7 +206,7 @@ class ChaosRun:
                            workers=c.workers, concurrency=c.concurrency, task_time=c.task_time,
                            partitions=c.partitions, unsafe=c.unsafe, fsync=c.fsync, external=bool(c.zk),
                            secure=c.secure,
-                           rolling=c.rolling, run_dir=self.run_dir)
+                           rolling=c.rolling, zk_servers=c.zk_servers, run_dir=self.run_dir)
         self.history.write("phase", name="load")
         key, server_key = cluster.credentials("producer")
         producer = Producer(cluster.endpoints, self.history, rate=c.rate, duration=c.duration,
@@ -221,7 +228,7 @@ class ChaosRun:
                 self.out.write("miyaq chaos: the load ended before the rolling restart; give a longer --duration\n")
             progress.done()
             return producer, rolling
-        longest = max([c.pause_duration] + [c.fault_duration * KINDS[k].hold for k in kinds])
+        longest = max([c.pause_duration] + [KINDS[k].lasts(c.fault_duration) for k in kinds])
         nemesis = Nemesis(cluster, self.history, kinds, interval=c.interval, duration=c.fault_duration,
                           pause_duration=c.pause_duration, recover_timeout=c.recover_timeout,
                           replicas=c.replicas, unsafe=c.unsafe, busy_pids=self.activity.busy_pids,
@@ -259,7 +266,8 @@ class ChaosRun:
             self.out.write(f"  ... {n}/{total}\n")
 
         key, server_key = cluster.credentials("admin")
-        states = final_states(endpoints, ids, deadline, progress, key=key, server_key=server_key)
+        states = final_states(endpoints, ids, deadline, progress, key=key, server_key=server_key,
+                              refused=producer.refused - producer.accepted)
         for task_id, state in states.items():
             self.history.write("final", id=task_id, state=state)
         self.history.write("phase", name="checked")

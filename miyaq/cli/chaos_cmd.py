@@ -40,6 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="test the cluster registered in this ZooKeeper instead of starting one "
                         "(never read from MIYAQ_ZK)")
     g.add_argument("--cluster", default="chaos", help="cluster name [chaos]")
+    g.add_argument("--zk-servers", type=int, default=1, metavar="K",
+                   help="the run's ZooKeeper as an ensemble of K servers; with 3 or more, the faults "
+                        "zkserver, zkleader and zkquorum (and zkminority with --partitions) join the "
+                        "default mix [1]")
     g.add_argument("--partitions", action="store_true",
                    help="each node in its own network namespace (root, Linux), and partition faults")
     g.add_argument("--secure", action="store_true",
@@ -55,14 +59,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("faults")
     g.add_argument("--faults", default=None, metavar="KINDS",
                    help="comma-separated: kill,pause,leader,worker,zk,wipe; with --partitions also partition,"
-                        "isolate,deaf,mute,zkcut,lossy,split; clock (faketime), diskfull (root); 'all'; 'none' "
-                        "[kill,pause,leader,worker,zk,wipe; plus the network kinds with --partitions]")
+                        "isolate,deaf,mute,zkcut,lossy,split; with --zk-servers 3 zkserver,zkleader,zkquorum "
+                        "(and zkminority with --partitions); clock (faketime), diskfull (root); 'all'; 'none' "
+                        "[kill,pause,leader,worker,zk,wipe; plus the network kinds with --partitions and the "
+                        "ensemble's with --zk-servers 3]")
     g.add_argument("--rolling", action="store_true",
                    help="instead of random faults: drain and restart the first node, restart every other node "
                         "in turn, then replace the last one with a new node (new id, empty disk); fails on any "
                         "duplicate or failed submit")
     g.add_argument("--fault-order", default="random", choices=("random", "cycle"),
-                   help="which kind each tick tries first: at random, or round-robin in --faults order [random]")
+                   help="which kind each tick tries: any, in random order, or (cycle) in rounds: only the kinds "
+                        "injected fewest times so far, in --faults order [random]")
     g.add_argument("--interval", type=float, default=10.0, help="seconds between faults [10]")
     g.add_argument("--fault-duration", type=float, default=5.0,
                    help="seconds a node stays killed / ZooKeeper stopped / a partition lasts [5]")
@@ -113,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
     config = ChaosConfig(
         nodes=args.nodes, replicas=args.replicas, workers=args.workers, concurrency=args.concurrency,
         duration=args.duration, rate=args.rate, task_time=args.task_time,
-        faults=parse_kinds(args.faults, args.partitions), fault_order=args.fault_order, interval=args.interval,
+        faults=parse_kinds(args.faults, args.partitions, args.zk_servers), zk_servers=args.zk_servers,
+        fault_order=args.fault_order, interval=args.interval,
         fault_duration=args.fault_duration, pause_duration=args.pause_duration, unsafe=args.unsafe,
         partitions=args.partitions, rolling=args.rolling, secure=args.secure, zk=args.zk, cluster=args.cluster,
         fsync=args.fsync,

@@ -5,7 +5,9 @@ Constraints:
 * Servers are numbered by index ``0 .. n-1`` (their ZooKeeper ``myid`` is
   ``index + 1``). Each is a :class:`~miyaq.testing.zookeeper.ZooKeeperServer`
   in ``<workdir>/zk<index>`` with its own client port, quorum port and
-  election port on 127.0.0.1, all chosen free at construction and kept for
+  election port on 127.0.0.1 (or on its own address, ``addresses``: the
+  chaos harness runs each server in a network namespace of its own, with a
+  ``java`` per server that enters it), all chosen free at construction and kept for
   the ensemble's life, so a restarted server rejoins with its data and
   clients reconnect to the same :attr:`ZooKeeperEnsemble.hosts`.
 * :meth:`ZooKeeperEnsemble.start` returns once every server serves (a leader
@@ -25,7 +27,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from miyaq.errors import ConfigError, MiyaqError, Timeout
@@ -49,8 +51,10 @@ class ZooKeeperEnsemble:
 
     ``workdir`` holds one directory per server (a temporary one, removed by
     :meth:`close`, when not given). ``java`` may name a wrapper to launch the
-    JVMs with (the chaos harness uses one that dies with its parent). The
-    other settings are those of :class:`ZooKeeperServer`.
+    JVMs with (the chaos harness uses one that dies with its parent), or one
+    per server. ``addresses`` (one per server) puts each server on its own
+    address instead of 127.0.0.1. The other settings are those of
+    :class:`ZooKeeperServer`.
     """
 
     def __init__(
@@ -62,21 +66,26 @@ class ZooKeeperEnsemble:
         min_session_timeout: int = 1000,
         max_session_timeout: int = 30000,
         jar_dir: str | os.PathLike[str] = JAR_DIR,
-        java: str | None = None,
+        java: str | Sequence[str | None] | None = None,
         heap_mb: int = 128,
+        addresses: Sequence[str] | None = None,
     ) -> None:
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 9:
             raise ConfigError(f"a ZooKeeper ensemble has 1 to 9 servers, not {n!r}")
+        hosts = list(addresses) if addresses is not None else ["127.0.0.1"] * n
+        javas = [java] * n if java is None or isinstance(java, str) else list(java)
+        if len(hosts) != n or len(javas) != n:
+            raise ConfigError(f"an ensemble of {n} needs {n} addresses and javas, not {len(hosts)} and {len(javas)}")
         self._own_dir = workdir is None
         self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="miyaq-zks-"))
         ports = _distinct_free_ports(3 * n)
-        quorum = [(i + 1, ports[n + i], ports[2 * n + i]) for i in range(n)] if n > 1 else []
+        quorum = [(i + 1, ports[n + i], ports[2 * n + i], hosts[i]) for i in range(n)] if n > 1 else []
         self.servers = [
             ZooKeeperServer(
                 ports[i], workdir=self.workdir / f"zk{i}", tick_time=tick_time,
                 min_session_timeout=min_session_timeout, max_session_timeout=max_session_timeout,
-                jar_dir=jar_dir, java=java, heap_mb=heap_mb,
-                myid=i + 1 if quorum else None, quorum=quorum,
+                jar_dir=jar_dir, java=javas[i], heap_mb=heap_mb,
+                myid=i + 1 if quorum else None, quorum=quorum, host=hosts[i],
             )
             for i in range(n)
         ]

@@ -5,7 +5,8 @@ Constraints:
 
 * Runs Debian's ZooKeeper (``apt-get install zookeeper``: the jars in
   ``/usr/share/java`` and ``java``) as a child process, listening on
-  127.0.0.1 on a free port, with its config, data and log in a temporary
+  127.0.0.1 (or the ``host`` given: the chaos harness runs servers in
+  network namespaces) on a free port, with its config, data and log in a temporary
   directory. Missing jars or java raise ``MiyaqError`` that says how to
   install them.
 * Config for fast tests: ``tickTime=500``, ``minSessionTimeout=1000``
@@ -84,10 +85,10 @@ def find_installation(jar_dir: Path = JAR_DIR, java: str | None = None) -> tuple
 
 
 class ZooKeeperServer:
-    """One ZooKeeper on 127.0.0.1, in its own temporary directory.
+    """One ZooKeeper on 127.0.0.1 (or ``host``), in its own temporary directory.
 
     Standalone by default. With ``quorum`` (``(myid, quorum port, election
-    port)`` for every server of an ensemble) and its own ``myid`` it is one
+    port, host)`` for every server of an ensemble) and its own ``myid`` it is one
     member of an ensemble (:class:`~miyaq.testing.zk_ensemble.ZooKeeperEnsemble`
     builds those); such a member serves only while a majority runs.
     """
@@ -104,10 +105,12 @@ class ZooKeeperServer:
         java: str | None = None,
         heap_mb: int = 256,
         myid: int | None = None,
-        quorum: Sequence[tuple[int, int, int]] = (),
+        quorum: Sequence[tuple[int, int, int, str]] = (),
+        host: str = "127.0.0.1",
     ) -> None:
-        if quorum and (myid is None or myid not in {sid for sid, _, _ in quorum}):
+        if quorum and (myid is None or myid not in {sid for sid, _, _, _ in quorum}):
             raise MiyaqError(f"an ensemble member needs its myid among the quorum's, got {myid!r}")
+        self.host = host
         self._myid = myid
         self._quorum = tuple(quorum)
         self._port = port
@@ -131,8 +134,8 @@ class ZooKeeperServer:
 
     @property
     def hosts(self) -> str:
-        """The kazoo connection string, ``127.0.0.1:PORT``."""
-        return f"127.0.0.1:{self.port}"
+        """The kazoo connection string, ``HOST:PORT``."""
+        return f"{self.host}:{self.port}"
 
     @property
     def workdir(self) -> Path:
@@ -219,7 +222,7 @@ class ZooKeeperServer:
             f"maxSessionTimeout={self._max_session}",
             f"dataDir={data_dir}",
             f"clientPort={self._port}",
-            "clientPortAddress=127.0.0.1",
+            f"clientPortAddress={self.host}",
             "admin.enableServer=false",
             "4lw.commands.whitelist=ruok,srvr,stat,mntr",
         ]
@@ -227,7 +230,7 @@ class ZooKeeperServer:
             (data_dir / "myid").write_text(f"{self._myid}\n")
             # initLimit/syncLimit in ticks: 5 s to join a leader, 2.5 s to stay in sync.
             lines += ["initLimit=10", "syncLimit=5", "reconfigEnabled=false"]
-            lines += [f"server.{sid}=127.0.0.1:{peer}:{election}" for sid, peer, election in self._quorum]
+            lines += [f"server.{sid}={host}:{peer}:{election}" for sid, peer, election, host in self._quorum]
         config = self._dir / "zoo.cfg"
         config.write_text("\n".join(lines) + "\n")
         return config
@@ -237,7 +240,7 @@ class ZooKeeperServer:
         (not running, or an ensemble member without a quorum)."""
         if self._port is None:
             return None
-        answer = four_letter_word("127.0.0.1", self._port, "srvr") or ""
+        answer = four_letter_word(self.host, self._port, "srvr") or ""
         for line in answer.splitlines():
             if line.startswith("Mode:"):
                 return line.split(":", 1)[1].strip()
@@ -247,7 +250,7 @@ class ZooKeeperServer:
         """True when the server answers ``imok``."""
         if self._port is None:
             return False
-        return four_letter_word("127.0.0.1", self._port, "ruok") == "imok"
+        return four_letter_word(self.host, self._port, "ruok") == "imok"
 
     def serving(self) -> bool:
         """True when the server answers ``imok`` and serves client requests."""
@@ -317,7 +320,7 @@ class ZooKeeperServer:
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         port = self._port if self._port is not None else "?"
-        return f"<ZooKeeperServer 127.0.0.1:{port} {state}>"
+        return f"<ZooKeeperServer {self.host}:{port} {state}>"
 
 
 def expire_session(hosts: str, client: Any, timeout: float = 10.0) -> None:
