@@ -11,13 +11,6 @@ ALL = ["n1", "n2", "n3"]
 REST = ["n1", "n2"]
 
 
-def _task_led_by(cluster, node_id: str) -> str:
-    """A task id whose first holder, in a ring of all three, is ``node_id``."""
-    while True:
-        tid = cluster.task_id()
-        if cluster.holders(tid)[0] == node_id:
-            return tid
-
 
 def test_holder_cut_off_comes_back_with_an_old_epoch_and_does_not_run_a_finished_task(inproc):
     """Fault: the first holder of a task is cut off from the network and its
@@ -27,7 +20,7 @@ def test_holder_cut_off_comes_back_with_an_old_epoch_and_does_not_run_a_finished
     of epoch 2 late, which it ignores. Its copy is finished as the others
     finished it; it does not run the task again."""
     cluster = inproc(3)
-    tid = _task_led_by(cluster, "n3")
+    tid = cluster.task_led_by("n3")
     sub = cluster.submit("n1", tid, countdown=1.0)
     cluster.wait_until(lambda: sub.status == "accepted", what="the submit")
 
@@ -63,7 +56,7 @@ def test_holder_restarted_from_its_log_after_the_ring_moved_on(inproc, tmp_path)
     until it has heard from every other holder, finishes the stale copy,
     gets its copy of the new task by handoff, and runs nothing twice."""
     cluster = inproc(3, data_dir=str(tmp_path), fsync="never")
-    tid = _task_led_by(cluster, "n3")
+    tid = cluster.task_led_by("n3")
     sub = cluster.submit("n1", tid, countdown=1.0)
     cluster.wait_until(lambda: sub.status == "accepted", what="the submit")
 

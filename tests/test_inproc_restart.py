@@ -1,6 +1,6 @@
-"""A holder restarted from its log, in-process (miyaq.testing.inprocess):
-the copies it brings back that came due while it was down are standby
-copies until the other holders answered it. Its reconcile may end on its
+"""A holder restarted from its log or resumed from a freeze, in-process
+(miyaq.testing.inprocess): the copies that came due while it was away are
+standby copies until the other holders answered it. Its reconcile may end on its
 timeout rather than on their answers; then a copy still asks (QUERY)
 before it runs, and only silence lets it run."""
 from __future__ import annotations
@@ -8,16 +8,6 @@ from __future__ import annotations
 from miyaq.constants import FROZEN_RESYNC_TIMEOUT
 from miyaq.core.gate import RECONCILING
 from miyaq.store.task import DONE
-
-RING = ["n1", "n2"]
-
-
-def _task_led_by(cluster, node_id: str) -> str:
-    """A task id whose first holder, in a ring of both nodes, is ``node_id``."""
-    while True:
-        tid = cluster.task_id()
-        if cluster.holders(tid)[0] == node_id:
-            return tid
 
 
 def test_restarted_holder_whose_reconcile_times_out_asks_before_it_runs_a_restored_copy(inproc, tmp_path):
@@ -29,7 +19,7 @@ def test_restarted_holder_whose_reconcile_times_out_asks_before_it_runs_a_restor
     dispatched at that timeout: it asks the other holder, hears "done", and
     is finished without running a second time."""
     cluster = inproc(2, replicas=2, data_dir=str(tmp_path), fsync="always")
-    tid = _task_led_by(cluster, "n2")
+    tid = cluster.task_led_by("n2")
     sub = cluster.submit("n1", tid, countdown=0.5)
     cluster.wait_until(lambda: sub.status == "accepted", what="the submit")
 
@@ -64,7 +54,7 @@ def test_restarted_holder_runs_a_restored_copy_when_every_other_holder_is_silent
     it and hears silence: a standby copy that finds every other holder
     silent takes over, so the restarted node still runs, once, what it holds."""
     cluster = inproc(2, replicas=2, data_dir=str(tmp_path), fsync="always")
-    tid = _task_led_by(cluster, "n2")
+    tid = cluster.task_led_by("n2")
     sub = cluster.submit("n1", tid, countdown=0.5)
     cluster.wait_until(lambda: sub.status == "accepted", what="the submit")
     cluster.stop_node("n2")
@@ -90,7 +80,7 @@ def test_holder_resumed_from_a_freeze_asks_before_it_runs_a_copy_that_came_due(i
     dispatched then: it became a standby copy at the freeze, asks, hears the
     task running, and waits; the task runs once."""
     cluster = inproc(2, replicas=2, default_timeout=60.0)     # a lease that outlasts the reconcile
-    tid = _task_led_by(cluster, "n2")
+    tid = cluster.task_led_by("n2")
     sub = cluster.submit("n1", tid, countdown=0.5)
     cluster.wait_until(lambda: sub.status == "accepted", what="the submit")
 

@@ -248,6 +248,13 @@ class InProcessCluster:
     def task_id(self) -> str:
         return f"t{next(self._ids)}"
 
+    def task_led_by(self, node_id: str, replicas: int | None = None) -> str:
+        """A fresh task id whose first holder, by the last published ring, is ``node_id``."""
+        while True:
+            tid = self.task_id()
+            if self.holders(tid, replicas)[0] == node_id:
+                return tid
+
     def submit(self, via: str, task_id: str | None = None, **fields: Any) -> Submission:
         """Submit one task to ``via``'s intake, as the HTTP gateway does
         (``fields``: the wire form's: ``name``, ``countdown``, ``key``, ``replicas`` ...)."""
