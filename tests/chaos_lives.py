@@ -13,7 +13,7 @@ def failed_lives(out) -> str:
                if kind in ("lost", "duplicate_unexplained", "started_while_fenced") or kind.startswith("stuck")
                for i in ids[:3]]
         lines = [line for line in (out / "history.jsonl").read_text().splitlines()
-                 if any(i in line for i in ids) or '"fault"' in line]
+                 if any(i in line for i in ids) or ('"fault"' in line and '"skipped"' not in line)]
     except (OSError, ValueError, KeyError):
         return ""
     return "the lives of " + ", ".join(ids) + ":\n" + "\n".join(lines[-200:])

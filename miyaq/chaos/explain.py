@@ -68,8 +68,12 @@ tasks: kazoo suspends the connection after 2/3 of the session (2 s in a
 chaos run), the node fences 1.5 s later (``FENCE_AFTER``), plus margin."""
 FENCED_KINDS = ("split", "zkcut", "zkminority")
 BLIND_KINDS = ("partition", "deaf", "mute", "lossy", "delay")
-HEAL_GRACE = 1.0
-"""Answers and streams need a moment to flow again after a network fault heals."""
+HEAL_GRACE = 3.0
+"""Answers and streams need a moment to flow again after a network fault
+heals: a TCP connection stalled by dropped packets resumes only at its next
+retransmission (the timeout doubles while it is stalled, so after a few
+seconds the next one can come 1-2 s after the heal), and a QUERY answered
+too late for its 1 s timeout is silence."""
 REPORT_GRACE = 2.0
 """A run that finished this little before its node's fault, or started this
 little after it (the DISPATCH was on its way), counts as in flight: a node
