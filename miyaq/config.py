@@ -19,8 +19,11 @@ from typing import Any, ClassVar, Mapping, TypeVar
 from miyaq.errors import ConfigError
 
 
-def _opt(default: Any, help: str, *, choices: tuple[str, ...] | None = None, short: str | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices, "short": short})
+def _opt(default: Any, help: str, *, choices: tuple[str, ...] | None = None, short: str | None = None,
+         repeat: bool = False) -> Any:
+    """A setting. ``repeat``: the flag may be given more than once, the values
+    joined with commas (as the environment variable and a TOML list give them)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "short": short, "repeat": repeat})
 
 
 class Settings:
@@ -44,6 +47,8 @@ class Settings:
             if f.type in ("bool", bool):
                 parser.add_argument(*flags, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
                                     help=text)
+            elif f.metadata.get("repeat"):
+                parser.add_argument(*flags, dest=f.name, default=None, help=text, action="append")
             else:
                 parser.add_argument(*flags, dest=f.name, default=None, help=text,
                                     choices=f.metadata.get("choices"))
@@ -73,6 +78,8 @@ class Settings:
             if raw is None:
                 raw = file_values.get(f.name)
             if raw is not None:
+                if f.metadata.get("repeat") and isinstance(raw, list):
+                    raw = ",".join(str(item) for item in raw)
                 values[f.name] = _coerce(f.name, f.type, raw)
         return cls(**values)
 
@@ -90,10 +97,21 @@ class Settings:
 S = TypeVar("S", bound=Settings)
 
 
+#: The longest path of a unix socket (``sun_path`` less its final NUL, Linux).
+MAX_IPC_PATH = 107
+
+
 @dataclass
 class NodeConfig(Settings):
     host: str = _opt("127.0.0.1", "address to bind every port to (loopback unless told otherwise)")
     port: int = _opt(7450, "service port: producers and workers connect here")
+    bind: str = _opt("", "also serve producers, workers and pull consumers on this unix socket, "
+                         "ipc:///run/miyaq/node.sock (repeat the flag, or separate with commas, for more)",
+                     repeat=True)
+    bind_mode: str = _opt("660", "permissions (octal) of the unix socket files of bind: 660 lets the node's user "
+                                 "and group connect, 666 everyone on the host")
+    advertise: str = _opt("", "host (name or address) other nodes, clients and workers use to reach this node, "
+                              "in the ring and in discovery (empty: host, or the hostname when host is 0.0.0.0)")
     peer_port: int = _opt(0, "peer ROUTER port (0: port + 1)")
     pub_port: int = _opt(0, "replication PUB port (0: port + 2)")
     http_port: int = _opt(8088, "HTTP gateway port (0: disabled)")
@@ -190,6 +208,7 @@ class NodeConfig(Settings):
             raise ConfigError("replicas, max_tasks and max_batch must be at least 1")
         if self.heartbeat <= 0 or self.liveness < 1:
             raise ConfigError("heartbeat must be > 0 and liveness >= 1")
+        self._check_binds()
         if bool(self.http_cert) != bool(self.http_key):
             raise ConfigError("http_cert and http_key go together: give both for HTTPS, or neither")
         if min(self.http_header_timeout, self.http_body_timeout, self.http_idle_timeout) <= 0:
@@ -200,7 +219,34 @@ class NodeConfig(Settings):
         if self.max_result_bytes < 1:
             raise ConfigError("max_result_bytes must be at least 1")
 
+    def _check_binds(self) -> None:
+        for endpoint in self.ipc_endpoints:
+            path = endpoint.removeprefix("ipc://")
+            if not endpoint.startswith("ipc://") or not path:
+                raise ConfigError(f"bind takes unix socket endpoints, ipc:///path/node.sock, not {endpoint!r} "
+                                  "(TCP is --host and --port)")
+            if len(os.fsencode(path)) > MAX_IPC_PATH:
+                raise ConfigError(f"bind: the socket path {path} is longer than {MAX_IPC_PATH} bytes, the most a "
+                                  "unix socket's path may have: choose a shorter one")
+        try:
+            mode = int(self.bind_mode, 8)
+        except ValueError:
+            mode = -1
+        if not 0 <= mode <= 0o777:
+            raise ConfigError(f"bind_mode must be octal permissions such as 660 or 666, not {self.bind_mode!r}")
+        if self.advertise and ("/" in self.advertise or self.advertise.strip() != self.advertise):
+            raise ConfigError(f"advertise takes a host name or address (no scheme, no port), not {self.advertise!r}")
+
     # -- derived ------------------------------------------------------------
+    @property
+    def ipc_endpoints(self) -> list[str]:
+        """The unix socket endpoints of ``bind`` (in order, without duplicates)."""
+        return list(dict.fromkeys(e.strip() for e in self.bind.split(",") if e.strip()))
+
+    @property
+    def ipc_mode(self) -> int:
+        return int(self.bind_mode, 8)
+
     @property
     def id(self) -> str:
         return self.node_id or f"{socket.gethostname()}-{self.port}"
@@ -215,7 +261,10 @@ class NodeConfig(Settings):
 
     @property
     def advertised_host(self) -> str:
-        """The host others use to reach this node (the hostname when bound to all)."""
+        """The host others use to reach this node: ``advertise``, else ``host``
+        (the hostname when bound to all)."""
+        if self.advertise:
+            return self.advertise
         return self.host if self.host not in ("0.0.0.0", "*", "::") else socket.gethostname()
 
     def endpoint(self, port: int) -> str:

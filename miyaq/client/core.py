@@ -106,7 +106,7 @@ class ClientCore:
             self.submits.on_submitted(node, body, now)
         elif command in (c.REPLY, c.ERROR):
             if command == c.REPLY and self._ring_req and body.get("req") == self._ring_req:
-                for endpoint in self.nodes.from_ring(body):
+                for endpoint in self.nodes.from_ring(body, self.nodes.endpoints[node]):
                     self.transport.connect(endpoint)
                     logger.info("miyaq client: discovered node %s", endpoint)
                 return

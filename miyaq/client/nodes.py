@@ -34,6 +34,7 @@ class Nodes:
         self.secure = secure
         self.discover = discover
         self.reached = False          # True once any node took a message from us
+        self.aliases: set[str] = set()   # ring endpoints of nodes reached over a unix socket
         self._rr = itertools.count()
         self._next_discovery = 0.0
         self._discovery_gap = FIRST_DISCOVERY_GAP
@@ -72,14 +73,22 @@ class Nodes:
         self.endpoints.append(endpoint)
         return True
 
-    def from_ring(self, body: dict[str, Any]) -> list[str]:
-        """The new service endpoints a RING reply names (added here; the driver connects them)."""
+    def from_ring(self, body: dict[str, Any], via: str | None = None) -> list[str]:
+        """The new service endpoints a RING reply names (added here; the driver
+        connects them). ``via``: the endpoint the reply came from; when it is a
+        unix socket (``ipc://``), the answering member (``node``) is already
+        reached there and its TCP endpoint is not dialled as well."""
         members = body.get("members")
         new: list[str] = []
         if isinstance(members, dict):
-            for info in members.values():
-                if isinstance(info, dict) and isinstance(info.get("service"), str) and self.add(info["service"]):
-                    new.append(info["service"])
+            for node_id, info in members.items():
+                service = info.get("service") if isinstance(info, dict) else None
+                if not isinstance(service, str):
+                    continue
+                if via is not None and via.startswith("ipc://") and node_id == body.get("node"):
+                    self.aliases.add(service)
+                if service not in self.aliases and self.add(service):
+                    new.append(service)
         return new
 
     def discovery_due(self, now: float) -> bool:

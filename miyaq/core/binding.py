@@ -8,17 +8,28 @@ traceback; :func:`binding` turns that into a :class:`~miyaq.errors.ConfigError`
 is for, and the flag that changes it -- for the common case of three nodes
 started by hand on one machine: "port 8088 is in use (HTTP gateway): pass
 --http-port N, or --http-port 0 to disable it".
+
+Unix sockets (``--bind ipc:///path/node.sock``): :func:`unix_socket` makes
+the socket's directory if needed, removes a socket file no process listens
+on any more (left by a node killed with -9) but refuses one a live process
+listens on -- libzmq itself would silently unlink it and take the path over
+-- and sets the new socket file's mode once bound.
 """
 from __future__ import annotations
 
 import errno
+import logging
+import os
 import socket
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from miyaq.errors import ConfigError
 from miyaq.runtime.sockets import zmq
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,8 @@ class Port:
 def why(port: Port, exc: BaseException) -> str:
     """One line: what could not be bound, why, and what to do."""
     code = getattr(exc, "errno", None)
+    if port.port == 0 and port.host.startswith("/"):
+        return _why_unix(port, exc)
     where = f"{port.host}:{port.port}"
     if code == errno.EADDRINUSE:
         return f"port {port.port} is in use ({port.what} on {port.host}): another process listens there; {port.flag}"
@@ -84,3 +97,74 @@ def pub_port(endpoint: str) -> Port:
 def http_port(host: str, port: int) -> Port:
     return Port("HTTP gateway", host, port, "pass --http-port N, or --http-port 0 to disable it",
                 host_flag="--http-host")
+
+
+def unix_socket_port(endpoint: str) -> Port:
+    """A ``--bind`` endpoint, ``ipc:///path``: its path stands for the host, port 0."""
+    return Port("unix socket", endpoint.removeprefix("ipc://"), 0, "pass --bind another path")
+
+
+def _why_unix(port: Port, exc: BaseException) -> str:
+    reason = getattr(exc, "strerror", None) or str(exc)
+    if getattr(exc, "errno", None) in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"cannot bind the unix socket {port.host}: {reason}; pass --bind a path in a directory "
+                f"this user can write")
+    return f"cannot bind the unix socket {port.host}: {reason}; {port.flag}"
+
+
+@contextmanager
+def unix_socket(endpoint: str, mode: int) -> Iterator[None]:
+    """Bind ``endpoint`` (``ipc:///path``) inside this block: its directory is
+    made first (0755, so the socket file's own ``mode`` decides who may
+    connect), a stale socket file is removed, and once bound the file gets
+    ``mode``. ConfigError, naming the path and the fix, when any step fails."""
+    port = unix_socket_port(endpoint)
+    path = port.host
+    directory = os.path.dirname(path) or "."
+    try:
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot make the directory {directory} of the unix socket {path}: "
+                          f"{exc.strerror or exc}; pass --bind a path in a directory this user can write") from None
+    _remove_if_stale(path)
+    with binding(port):
+        yield
+        os.chmod(path, mode)
+
+
+def _remove_if_stale(path: str) -> None:
+    """Remove ``path`` if it is a unix socket nobody listens on; ConfigError if
+    it is something else, or a socket a live process listens on."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ConfigError(f"cannot check the unix socket {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISSOCK(info.st_mode):
+        raise ConfigError(f"{path} exists and is not a unix socket: remove it, or pass --bind another path")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)
+        logger.info("removed the stale unix socket %s (nothing listened on it)", path)
+        return
+    except OSError as exc:
+        raise ConfigError(f"cannot check the unix socket {path}: {exc.strerror or exc}") from None
+    finally:
+        probe.close()
+    raise ConfigError(f"unix socket {path} is in use: another process listens there (is a node already running "
+                      f"with it?); pass --bind another path")
+
+
+def remove_unix_sockets(endpoints: list[str]) -> None:
+    """At stop, after the sockets closed: remove the socket files of
+    ``endpoints`` this node bound (libzmq leaves them). Never raises."""
+    for endpoint in endpoints:
+        path = endpoint.removeprefix("ipc://")
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)
+        except OSError:
+            pass

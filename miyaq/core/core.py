@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from miyaq.config import NodeConfig
-from miyaq.core.binding import binding, service_port
+from miyaq.core.binding import binding, service_port, unix_socket
 from miyaq.core.directory import Directory
 from miyaq.core.dispatcher import Dispatcher
 from miyaq.core.engine import Engine
@@ -43,6 +43,9 @@ class Core:
         self.dispatcher = Dispatcher(self.engine, config.max_batch, self.gate, self.limits)
         with binding(service_port(config.host, config.port)):
             self.endpoint = ServiceEndpoint(sockets, f"tcp://{config.host}:{config.port}", guard)
+        for ipc in config.ipc_endpoints:
+            with unix_socket(ipc, config.ipc_mode):
+                self.endpoint.bind(ipc)
         self.waiters = Waiters(self.dispatcher, config.max_waiters, config.max_waiters_per_connection,
                                config.max_waiters_per_key, self.endpoint.reachable, self.engine.live_state)
         self.directory = Directory()

@@ -27,6 +27,10 @@ class Directory:
             return None
         return sorted(self._service.values())
 
+    def service_of(self, node_id: str) -> str | None:
+        """The service endpoint ``node_id`` advertises in the ring, if it is a member."""
+        return self._service.get(node_id)
+
     def holder_endpoints(self, task: Task) -> list[str]:
         """The service endpoints of ``task``'s holders that are in the ring."""
         service = self._service

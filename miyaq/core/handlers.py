@@ -93,7 +93,9 @@ class ServiceHandlers:
         self.endpoint.reply(identity, body.get("req"), self.report(now))
 
     def ring(self, identity: bytes, body: dict[str, Any], now: float) -> None:
-        self.endpoint.reply(identity, body.get("req"), self.role.ring_info())
+        info = self.role.ring_info()
+        info["node"] = self.config.id      # which member answered (a client on ipc:// does not dial it again)
+        self.endpoint.reply(identity, body.get("req"), info)
 
     def task(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         task_id = check_id(body.get("id"))

@@ -71,6 +71,10 @@ class ServiceEndpoint:
         self.ack_gate: Callable[[Callable[[], None]], None] | None = None
         self._closed = False
 
+    def bind(self, endpoint: str) -> None:
+        """Also serve on ``endpoint`` (a unix socket): same socket, same handlers, same keys."""
+        self.sock.bind(endpoint)
+
     # -- sending -------------------------------------------------------------
     def send(self, identity: bytes, command: bytes, body: dict[str, Any]) -> bool:
         """Send without blocking; False if the peer is gone or full."""

@@ -65,6 +65,9 @@ class WorkerRegistry:
         nodes = self.directory.nodes()
         if nodes is not None:
             welcome["nodes"] = nodes
+        service = self.directory.service_of(self.node_id)
+        if service is not None:      # how the ring names this node: a worker on ipc:// does not dial it again
+            welcome["service"] = service
         self.endpoint.send(identity, c.WELCOME, welcome)
         self.dispatcher.grant(worker, 0)
         logger.info("worker %s registered: queues=%s capacity=%d", wid, ",".join(queues), capacity)

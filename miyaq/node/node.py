@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from miyaq import __version__
 from miyaq.config import NodeConfig
 from miyaq.constants import DRAIN_POLL
+from miyaq.core.binding import remove_unix_sockets
 from miyaq.core.clockwork import Clockwork
 from miyaq.core.core import Core
 from miyaq.core.handles import Role
@@ -95,8 +96,11 @@ class Node:
         except BaseException:
             self.stop(0)
             raise
-        logger.info("miyaq %s node %s serving on tcp://%s:%d", __version__, self.id,
-                    self.config.host, self.config.port)
+        config = self.config
+        also = "".join(f" and {ipc}" for ipc in config.ipc_endpoints)
+        logger.info("miyaq %s node %s serving on tcp://%s:%d%s", __version__, self.id, config.host, config.port, also)
+        if config.advertise:
+            logger.info("node %s advertises %s (service %s)", self.id, config.advertise, config.endpoint(config.port))
         return self
 
     def install_signal_handlers(self) -> None:
@@ -149,6 +153,7 @@ class Node:
                 logger.warning("node %s stopped holding %d unfinished task(s) in memory only", self.id, live)
         finally:
             self.sockets.close()
+            remove_unix_sockets(self.config.ipc_endpoints)
             logger.info("node %s stopped", self.id)
             self._stopped.set()
 

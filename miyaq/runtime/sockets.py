@@ -218,6 +218,11 @@ class HubSocket:
         assert self._limits is not None
         return recv_bounded(self.sock, self._limits[0], self._limits[1], zmq.NOBLOCK, with_user=self._users)
 
+    def bind(self, endpoint: str) -> None:
+        """Listen on one more endpoint (a unix socket besides the TCP port):
+        the socket's options, CURVE included, apply to it as to the first."""
+        self.sock.bind(endpoint)
+
     def send(self, frames: list[bytes]) -> None:
         """Send one message now or raise (``zmq.Again``: no room or, on a
         ROUTER, no such peer yet; ``ZMQError``: EHOSTUNREACH, closed...)."""

@@ -39,6 +39,7 @@ class NodeLink:
         self.last_heard = monotonic()
         self.answered = False       # anything from the node on the current socket
         self.heard = False          # a WELCOME from this node, ever
+        self.advertised: str | None = None   # the node's endpoint in the ring (WELCOME "service")
         self.lost = False           # the node went silent; its tasks may report elsewhere
         self.reconnects = 0
         self.send_errors = 0
@@ -192,6 +193,8 @@ class NodeLink:
         if not self.heard or self.reconnects:
             logger.info("worker %s: registered with node %s", self.worker.wid, self.endpoint)
         self.heard = True
+        if isinstance(body.get("service"), str):
+            self.advertised = body["service"]
         if isinstance(body.get("nodes"), list):
             self.worker.discover(body["nodes"])
         hb = body.get("heartbeat")

@@ -32,7 +32,8 @@ class Routes:
         if not link.lost or not holders:
             return link
         for other in self.links:
-            if other is not link and other.endpoint in holders and not other.silent():
+            if other is not link and (other.endpoint in holders or other.advertised in holders) \
+                    and not other.silent():
                 logger.info("task %s: node %s is silent; reporting to %s", task_id, link.endpoint, other.endpoint)
                 return other
         return link

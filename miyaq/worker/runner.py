@@ -146,7 +146,7 @@ class Worker:
         """Connect to every node of the ring (from WELCOME/HEARTBEAT)."""
         if self.stopping:
             return
-        known = {link.endpoint for link in self.links}
+        known = {link.endpoint for link in self.links} | {link.advertised for link in self.links if link.advertised}
         for ep in endpoints:
             if (isinstance(ep, str) and ep.startswith("tcp://") and ep not in known
                     and len(self.links) < MAX_NODES):

@@ -1,0 +1,153 @@
+"""``miyaq node --bind ipc:///path/node.sock``: producers, workers and pull
+consumers on the node's host reach it over a unix socket, besides its TCP
+port (docs/configuration.md, "Unix sockets").
+"""
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+import sys
+
+import pytest
+import zmq
+
+import miyaq
+from miyaq.protocol import commands as c
+from miyaq.testing.harness import free_port, wait_for
+from secure_harness import Speaker, make_keys
+
+MIYAQ = [sys.executable, "-m", "miyaq.cli.main"]
+
+
+def ipc(path) -> str:
+    return f"ipc://{path}"
+
+
+def test_producer_and_worker_over_a_unix_socket_only(procs, tmp_path):
+    """A producer and a worker process that are given only the node's unix
+    socket: the node makes its directory, the socket file has mode 0660, tasks
+    run and their results come back, and the producer does not also dial the
+    node's TCP endpoint it learns from the ring."""
+    path = tmp_path / "run" / "miyaq" / "node.sock"
+    node = procs.node("--bind", ipc(path))
+    assert stat.S_ISSOCK(os.stat(path).st_mode)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
+    procs.worker("apps.basic:app", ipc(path), 2)
+    with miyaq.Client(ipc(path), submit_timeout=10) as client:
+        handles = [client.submit("add", [i, 1]) for i in range(10)]
+        assert [h.result(30) for h in handles] == [i + 1 for i in range(10)]
+        consumer = client.submit("add", [2, 2], queue="pulled")
+        got = client.receive(["pulled"], timeout=10)
+        assert got is not None and got.id == consumer.id
+        got.ack(4)
+        assert consumer.result(10) == 4
+        # Discovery asked the node for the ring and took its TCP endpoint for
+        # an alias of the unix socket it already reaches the node by.
+        tcp = client.ring()["members"][f"n{node.port}"]["service"]
+        wait_for(lambda: client.nodes.aliases, what="a discovery RING answered")
+        assert client.nodes.aliases == {tcp}
+        assert client.nodes.endpoints == [ipc(path)]
+        assert client.status()["totals"]["workers"] == 1
+    node.kill()
+
+
+def test_mode_is_set_and_the_socket_file_removed_at_stop(make_node, tmp_path):
+    """--bind-mode 666 lets every local user connect; a node that stops
+    removes its socket file."""
+    path = tmp_path / "node.sock"
+    node = make_node(bind=ipc(path), bind_mode="666")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666
+    node.stop()
+    assert not path.exists()
+
+
+def test_stale_socket_file_is_removed_at_start(make_node, client_for, tmp_path):
+    """Fault: a node killed with -9 left its socket file; nothing listens on it.
+    The next node removes it and binds the path."""
+    path = tmp_path / "node.sock"
+    left = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    left.bind(str(path))
+    left.close()                  # the file stays, nobody listens
+    assert stat.S_ISSOCK(os.stat(path).st_mode)
+    make_node(bind=ipc(path))
+    assert client_for(ipc(path)).status()["accepting"] is True
+
+
+def failed_start(*argv: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIYAQ_")}
+    done = subprocess.run([*MIYAQ, "node", "--port", str(free_port()), "--http-port", "0", *argv],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    return done.stderr.strip().splitlines()[-1]
+
+
+def test_socket_a_live_process_listens_on_is_refused(tmp_path):
+    """Fault: another process listens on the --bind path (libzmq alone would
+    unlink its file and take the path over)."""
+    path = tmp_path / "node.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as other:
+        other.bind(str(path))
+        other.listen()
+        line = failed_start("--bind", ipc(path))
+        assert line == (f"miyaq: error: unix socket {path} is in use: another process listens there (is a node "
+                        "already running with it?); pass --bind another path")
+        assert stat.S_ISSOCK(os.stat(path).st_mode)       # left alone
+
+
+def test_path_that_is_not_a_socket_is_refused(tmp_path):
+    """Fault: --bind names a regular file."""
+    path = tmp_path / "notes.txt"
+    path.write_text("keep me")
+    line = failed_start("--bind", ipc(path))
+    assert f"{path} exists and is not a unix socket" in line
+    assert path.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("endpoint, words", [
+    ("tcp://127.0.0.1:7999", "bind takes unix socket endpoints"),
+    ("ipc:///" + "x" * 120, "longer than 107 bytes"),
+])
+def test_bad_bind_endpoint_is_refused(endpoint, words):
+    """Fault: --bind given a TCP endpoint, or a path too long for a unix socket."""
+    assert words in failed_start("--bind", endpoint)
+
+
+def test_keys_apply_on_the_unix_socket(make_node, tmp_path):
+    """Attack: a local process without an authorized key connects to the
+    node's unix socket. With --keys the socket runs CURVE and ZAP as the TCP
+    port does: no message of the stranger reaches the node; a producer with
+    its key is served."""
+    keys = make_keys(str(tmp_path / "keys"))
+    path = tmp_path / "node.sock"
+    node = make_node(keys=keys.dir, bind=ipc(path))
+    ctx = zmq.Context()
+    try:
+        stranger = Speaker(ctx, ipc(path))
+        stranger.try_send(c.STATUS, {"req": 1})
+        assert stranger.recv(wait=1.0) is None
+        assert node.node.core.endpoint.messages == 0
+        public, secret = keys.pair("producer")
+        producer = Speaker(ctx, ipc(path), (public, secret, keys.server_public))
+        assert producer.ok(c.STATUS)["accepting"] is True
+    finally:
+        ctx.destroy(linger=0)
+    with miyaq.Client(ipc(path), key=keys.secret("producer"), server_key=keys.server_key) as client:
+        assert client.submit("add", [1, 2]).id
+
+
+def test_bind_repeats_on_the_command_line_and_is_a_list_in_toml(tmp_path):
+    """--bind may be given more than once; MIYAQ_BIND and the TOML file take
+    several endpoints (commas, a list)."""
+    from miyaq.cli.main import build_parser
+    from miyaq.config import NodeConfig
+
+    args = build_parser().parse_args(["node", "--bind", "ipc:///run/a.sock", "--bind", "ipc:///run/b.sock"])
+    assert NodeConfig.load(vars(args), environ={}).ipc_endpoints == ["ipc:///run/a.sock", "ipc:///run/b.sock"]
+    toml = tmp_path / "node.toml"
+    toml.write_text('bind = ["ipc:///run/a.sock", "ipc:///run/c.sock"]\n')
+    assert NodeConfig.load({"config": str(toml)}, environ={}).ipc_endpoints == ["ipc:///run/a.sock",
+                                                                                 "ipc:///run/c.sock"]
+    env = {"MIYAQ_BIND": "ipc:///run/a.sock,ipc:///run/d.sock"}
+    assert NodeConfig.load({}, environ=env).ipc_endpoints == ["ipc:///run/a.sock", "ipc:///run/d.sock"]
