@@ -234,7 +234,7 @@ class NodeConfig(Settings):
             mode = -1
         if not 0 <= mode <= 0o777:
             raise ConfigError(f"bind_mode must be octal permissions such as 660 or 666, not {self.bind_mode!r}")
-        if self.advertise and ("/" in self.advertise or self.advertise.strip() != self.advertise):
+        if any(ch in self.advertise for ch in "/: \t"):
             raise ConfigError(f"advertise takes a host name or address (no scheme, no port), not {self.advertise!r}")
 
     # -- derived ------------------------------------------------------------
