@@ -151,3 +151,42 @@ def test_bind_repeats_on_the_command_line_and_is_a_list_in_toml(tmp_path):
                                                                                  "ipc:///run/c.sock"]
     env = {"MIYAQ_BIND": "ipc:///run/a.sock,ipc:///run/d.sock"}
     assert NodeConfig.load({}, environ=env).ipc_endpoints == ["ipc:///run/a.sock", "ipc:///run/d.sock"]
+
+
+def test_why_a_unix_socket_does_not_answer(tmp_path):
+    """Fault: a worker or client is given an ipc:// path where no node listens:
+    no file, a stale socket file, a socket that is not a node's."""
+    from miyaq.protocol.reach import explain
+
+    missing = tmp_path / "missing.sock"
+    assert explain(ipc(missing)) == f"there is no socket {missing} (is the node started with --bind {ipc(missing)}?)"
+    stale = tmp_path / "stale.sock"
+    left = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    left.bind(str(stale))
+    left.close()
+    assert explain(ipc(stale)) == f"nothing listens on {stale} (a socket file left by a node that stopped)"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as other:
+        other.bind(str(tmp_path / "other.sock"))
+        other.listen()
+        assert "accepts connections but no miyaq node answered" in explain(ipc(tmp_path / "other.sock"))
+
+
+def test_worker_on_a_unix_socket_discovers_the_other_nodes_but_not_its_own_again(make_node, thread_worker,
+                                                                                  zk_server, zk_cluster_name,
+                                                                                  tmp_path):
+    """In a cluster a worker given only node A's unix socket learns the ring
+    from WELCOME/HEARTBEAT and connects to node B over TCP, but not to A's
+    TCP endpoint: WELCOME names A's own endpoint in the ring."""
+    from apps.basic import app
+
+    path = tmp_path / "a.sock"
+    a = make_node(zk=zk_server.hosts, cluster=zk_cluster_name, replicas=2, bind=ipc(path))
+    b = make_node(zk=zk_server.hosts, cluster=zk_cluster_name, replicas=2)
+    worker = thread_worker(app, ipc(path))
+
+    def links() -> set[str]:
+        return {link.endpoint for link in list(worker.worker.links)}
+
+    wait_for(lambda: b.endpoint in links(), what="node B discovered")
+    assert links() == {ipc(path), b.endpoint}
+    assert a.endpoint not in links()

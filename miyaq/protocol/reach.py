@@ -2,9 +2,10 @@
 
 ZeroMQ hides connection failures (a DEALER reconnects quietly forever), so
 a worker or client that hears nothing from a node asks the operating system
-directly: one TCP connect to the endpoint, whose result names the likely
-cause. :func:`explain` blocks for at most ``timeout`` seconds; call it from
-a thread (``runtime.green.run_in_thread``) in gevent code.
+directly: one TCP connect to the endpoint (for ``ipc://``, one connect to
+the unix socket), whose result names the likely cause. :func:`explain`
+blocks for at most ``timeout`` seconds; call it from a thread
+(``runtime.green.run_in_thread``) in gevent code.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ def _host_port(endpoint: str) -> tuple[str, int] | None:
 def explain(endpoint: str, timeout: float = 1.0) -> str:
     """The likely reason nothing answers at ``endpoint``, as a phrase
     ("nothing is listening there"). Never raises."""
+    if endpoint.startswith("ipc://"):
+        return _explain_unix(endpoint[len("ipc://"):], timeout)
     target = _host_port(endpoint)
     if target is None:
         return "no miyaq node answered"
@@ -44,6 +47,28 @@ def explain(endpoint: str, timeout: float = 1.0) -> str:
         if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
             return f"{host} is unreachable from here ({exc.strerror})"
         return f"connecting failed: {exc.strerror or exc}"
+
+
+def _explain_unix(path: str, timeout: float) -> str:
+    """:func:`explain` for a unix socket (``--bind ipc://PATH``)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(timeout)
+    try:
+        probe.connect(path)
+        return f"{path} accepts connections but no miyaq node answered (with keys: is yours authorized?)"
+    except FileNotFoundError:
+        return f"there is no socket {path} (is the node started with --bind ipc://{path}?)"
+    except ConnectionRefusedError:
+        return f"nothing listens on {path} (a socket file left by a node that stopped)"
+    except PermissionError:
+        return (f"permission denied on {path}: the node's socket lets its own user and group connect (run as "
+                "one of them, or start the node with --bind-mode 666)")
+    except (socket.timeout, TimeoutError):
+        return f"no answer from {path} within {timeout:g}s"
+    except OSError as exc:
+        return f"connecting failed: {exc.strerror or exc}"
+    finally:
+        probe.close()
 
 
 def unreachable(endpoint: str, why: str) -> str:
