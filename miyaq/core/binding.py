@@ -59,7 +59,7 @@ def why(port: Port, exc: BaseException) -> str:
         return f"port {port.port} is in use ({port.what} on {port.host}): another process listens there; {port.flag}"
     if code == errno.EACCES:
         return (f"cannot bind {where} ({port.what}): permission denied -- ports below 1024 need root or "
-                f"CAP_NET_BIND_SERVICE; {port.flag} with N above 1023")
+                f"CAP_NET_BIND_SERVICE; {port.flag} (N above 1023)")
     if code == errno.EADDRNOTAVAIL:
         return (f"cannot bind {where} ({port.what}): {port.host} is not an address of this machine; bind one of "
                 f"its addresses, or 0.0.0.0 for all ({port.host_flag}), and tell others the address they reach "
