@@ -141,3 +141,16 @@ def test_invalid_setting_is_a_one_line_error():
     """Fault: a setting that is not a number where one is expected."""
     line = error_line(start_node("--http-port", "eighty"))
     assert "http_port expects int" in line
+
+
+def test_privileged_port_names_the_fix():
+    """Fault: a port below 1024 bound without root (this suite runs as root in
+    CI, so the refusal is the operating system's error, built here)."""
+    import errno
+
+    from miyaq.core.binding import http_port, why
+
+    refused = PermissionError(errno.EACCES, "Permission denied")
+    assert why(http_port("0.0.0.0", 80), refused) == (
+        "cannot bind 0.0.0.0:80 (HTTP gateway): permission denied -- ports below 1024 need root or "
+        "CAP_NET_BIND_SERVICE; pass --http-port N, or --http-port 0 to disable it (N above 1023)")
