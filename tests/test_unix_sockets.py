@@ -190,3 +190,22 @@ def test_worker_on_a_unix_socket_discovers_the_other_nodes_but_not_its_own_again
     wait_for(lambda: b.endpoint in links(), what="node B discovered")
     assert links() == {ipc(path), b.endpoint}
     assert a.endpoint not in links()
+
+
+def test_asyncio_client_over_a_unix_socket(make_node, thread_worker, tmp_path):
+    """miyaq.aio.Client takes an ipc:// endpoint like the threaded client."""
+    import asyncio
+
+    import miyaq.aio
+    from apps.basic import app
+
+    path = tmp_path / "node.sock"
+    make_node(bind=ipc(path))
+    thread_worker(app, ipc(path))
+
+    async def main() -> list[int]:
+        async with miyaq.aio.Client(ipc(path)) as client:
+            handles = [await client.submit("add", [i, i]) for i in range(5)]
+            return [await h.result(timeout=30) for h in handles]
+
+    assert asyncio.run(asyncio.wait_for(main(), 60)) == [0, 2, 4, 6, 8]
