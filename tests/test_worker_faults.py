@@ -260,8 +260,8 @@ def test_worker_that_reaches_no_node_says_why(thread_worker, make_node, caplog):
 
 def test_first_contact_reasons():
     """What the first-contact message says for each kind of endpoint: a port
-    nobody listens on, a port that accepts but is not a node, and an
-    endpoint that is not TCP."""
+    nobody listens on, a port that accepts but is not a node, a unix socket
+    that is not there, and an endpoint that is neither TCP nor a unix socket."""
     import socket as socketlib
 
     from miyaq.protocol.reach import explain, unreachable
@@ -272,5 +272,7 @@ def test_first_contact_reasons():
         listener.listen(1)
         busy = listener.getsockname()[1]
         assert "accepts connections but no miyaq node answered" in explain(f"tcp://127.0.0.1:{busy}")
-    assert explain("ipc:///tmp/nowhere") == "no miyaq node answered"
+    assert explain("inproc://nowhere") == "no miyaq node answered"
+    # unix sockets have reasons of their own (tests/test_unix_sockets.py)
+    assert explain("ipc:///nonexistent/node.sock").startswith("there is no socket /nonexistent/node.sock")
     assert unreachable("tcp://h:1", "why").startswith("cannot reach tcp://h:1 \N{EM DASH} why; is a node running?")
