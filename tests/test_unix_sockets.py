@@ -63,6 +63,25 @@ def test_mode_is_set_and_the_socket_file_removed_at_stop(make_node, tmp_path):
     assert not path.exists()
 
 
+def test_the_socket_file_is_owner_only_until_its_mode_is_set(ctx, tmp_path):
+    """Fault: another local user connects in the moment between the bind and
+    the chmod -- the file is made owner-only, whatever the umask."""
+    from miyaq.core.binding import unix_socket
+    path = tmp_path / "run" / "node.sock"
+    sock = ctx.socket(zmq.ROUTER)
+    previous = os.umask(0o000)          # the most permissive umask a node may start with
+    try:
+        with unix_socket(ipc(path), 0o660):
+            sock.bind(ipc(path))
+            during = stat.S_IMODE(os.stat(path).st_mode)
+        assert os.umask(0o000) == 0o000, "the umask is put back"
+    finally:
+        os.umask(previous)
+        sock.close(linger=0)
+    assert during & 0o077 == 0, oct(during)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
+
+
 def test_stale_socket_file_is_removed_at_start(make_node, client_for, tmp_path):
     """Fault: a node killed with -9 left its socket file; nothing listens on it.
     The next node removes it and binds the path."""

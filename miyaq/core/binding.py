@@ -116,8 +116,8 @@ def _why_unix(port: Port, exc: BaseException) -> str:
 def unix_socket(endpoint: str, mode: int) -> Iterator[None]:
     """Bind ``endpoint`` (``ipc:///path``) inside this block: its directory is
     made first (0755, so the socket file's own ``mode`` decides who may
-    connect), a stale socket file is removed, and once bound the file gets
-    ``mode``. ConfigError, naming the path and the fix, when any step fails."""
+    connect), a stale socket file is removed, the file is made owner-only
+    and, once bound, gets ``mode``. ConfigError, naming the path and the fix, when any step fails."""
     port = unix_socket_port(endpoint)
     path = port.host
     directory = os.path.dirname(path) or "."
@@ -127,9 +127,17 @@ def unix_socket(endpoint: str, mode: int) -> Iterator[None]:
         raise ConfigError(f"cannot make the directory {directory} of the unix socket {path}: "
                           f"{exc.strerror or exc}; pass --bind a path in a directory this user can write") from None
     _remove_if_stale(path)
-    with binding(port):
-        yield
-        os.chmod(path, mode)
+    # libzmq creates the file in this thread as it binds, with the process's
+    # umask: owner-only until chmod, so nobody else can connect in between.
+    # (The umask is the process's; start-up is one thread here, and owner-only
+    # is never less safe for anything another thread might make meanwhile.)
+    previous = os.umask(0o077)
+    try:
+        with binding(port):
+            yield
+    finally:
+        os.umask(previous)
+    os.chmod(path, mode)
 
 
 def _remove_if_stale(path: str) -> None:
