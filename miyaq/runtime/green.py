@@ -220,10 +220,17 @@ class HubInbox:
         self._wake.close()
 
 
+_native_allocate_lock: Callable[[], Any] | None = None
+
+
 def native_lock() -> Any:
     """A lock of the operating system's threads (``threading.Lock`` is a
-    greenlet lock once gevent patched it): for state shared with native threads."""
-    return monkey.get_original("_thread", "allocate_lock")()
+    greenlet lock once gevent patched it): for state shared with native threads.
+    The original constructor is looked up once (a worker makes a lock per task)."""
+    global _native_allocate_lock
+    if _native_allocate_lock is None:
+        _native_allocate_lock = monkey.get_original("_thread", "allocate_lock")
+    return _native_allocate_lock()
 
 
 def is_patched(module: str = "threading") -> bool:
