@@ -152,18 +152,18 @@ def test_sigterm_on_node_lets_running_tasks_finish(procs, client_for, events):
 
 
 class _FailingSends:
-    """Stands in for a link's socket: the first ``times`` sends of ``command`` raise."""
+    """Stands in for a link's socket (a HubSocket): the first ``times`` sends of ``command`` raise."""
 
     def __init__(self, sock, command: bytes, times: int = 1) -> None:
         self._sock = sock
         self._command = command
         self.left = times
 
-    def send_multipart(self, frames, flags=0):
+    def send(self, frames):
         if frames[1] == self._command and self.left > 0:
             self.left -= 1
             raise zmq.ZMQError(errno.ENOTSUP, "injected send failure")
-        return self._sock.send_multipart(frames, flags)
+        return self._sock.send(frames)
 
     def __getattr__(self, name):
         return getattr(self._sock, name)

@@ -1,7 +1,10 @@
 """A worker's connection to one node: READY, credit, heartbeats, results.
 
-One greenlet reads the link's DEALER (zmq.green: one waiter per socket);
-results go through an :class:`~miyaq.worker.outbox.Outbox`. Until the node
+One greenlet reads the link's DEALER, a
+:class:`~miyaq.runtime.sockets.HubSocket` (it waits on the socket's
+descriptor only when nothing can be read, with a timer for the heartbeat
+check, and drains bursts without waiting); results go through an
+:class:`~miyaq.worker.outbox.Outbox` and leave from any greenlet. Until the node
 first answers, the link says every few seconds, at WARNING, why it cannot
 reach it (nothing listening, a name that does not resolve...). If a node it
 has heard falls silent for ``heartbeat × LIVENESS`` or answers RECONNECT,
@@ -51,7 +54,7 @@ class NodeLink:
     def _open(self) -> None:
         if self.sock is not None:
             self.sock.close(linger=0)
-        self.sock = self.factory.dealer(self.endpoint)
+        self.sock = self.factory.hub_dealer(self.endpoint)
         self.answered = False
         self.last_heard = self._opened_at = monotonic()
         self._next_diagnosis = self._opened_at + FIRST_CONTACT
@@ -66,7 +69,7 @@ class NodeLink:
         ``send_errors``); never blocks. A full queue (``Again``) is a failure
         too: nothing is dropped silently."""
         try:
-            self.sock.send_multipart(codec.encode(command, body), zmq.NOBLOCK)
+            self.sock.send(codec.encode(command, body))
         except zmq.ZMQError as exc:
             self.send_errors += 1
             raise Unavailable(f"sending {command.decode()} to {self.endpoint} failed: {exc}") from exc
@@ -118,20 +121,18 @@ class NodeLink:
         last_beat = monotonic()
         while not self.worker.stopping_hard:
             try:
-                # A blocking green recv waits correctly on ZeroMQ's edge-triggered
-                # fd; the timeout only bounds the wait for the heartbeat check: until
-                # the next beat is due, so no two beats are more than `heartbeat` apart
+                # The wait is bounded for the heartbeat check: until the next beat
+                # is due, so no two beats are more than `heartbeat` apart
                 # (docs/protocol.md, 7.2).
                 due = last_beat + self.heartbeat - monotonic()
-                with green.Timeout(min(self.heartbeat, max(due, 0.001)), False):
-                    frames = self.sock.recv_multipart()
-                    self._handle(frames)
+                message = self.sock.recv(min(self.heartbeat, max(due, 0.001)))
+                if message is not None:
+                    self._handle(message[0])
                     for _ in range(RECV_BURST):
-                        try:
-                            frames = self.sock.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
+                        message = self.sock.recv_nowait()
+                        if message is None:
                             break
-                        self._handle(frames)
+                        self._handle(message[0])
             except zmq.ZMQError:
                 if self.worker.stopping_hard:
                     return
