@@ -1,10 +1,11 @@
 """Results on their way to one node: DONE, FAILED and TOUCH, batched.
 
-Handlers append; one flusher greenlet at a time sends what has piled up, in
-bounded messages. A batch leaves the outbox only once its send succeeded: a
-send that fails puts the batch back at the front and raises, so the
-worker's supervisor logs it, counts it and runs the flusher again after a
-backoff (escalating to stopping the worker if sends keep failing). The
+Handlers append; one long-lived flusher greenlet, woken by an event (not a
+greenlet spawned per flush), sends what has piled up meanwhile, in bounded
+messages. A batch leaves the outbox only once its send succeeded: a send
+that fails puts the batch back at the front and raises, so the worker's
+supervisor logs it, counts it and runs the flusher again after a backoff
+(escalating to stopping the worker if sends keep failing). The
 outbox stays bounded without a limit of its own: every entry is a task this
 worker holds, and the node grants no new task until it hears of a result.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ..protocol import commands as c
-from ..runtime import RESTART
+from ..runtime import RESTART, green
 from .config import RESULT_BYTES_PER_MESSAGE, RESULTS_PER_MESSAGE
 
 Post = Callable[[bytes, dict[str, Any]], None]
@@ -31,7 +32,9 @@ class Outbox:
         self.done: list[list[Any]] = []
         self.failed: list[list[Any]] = []
         self.touches: list[str] = []
-        self._pending = False
+        self._pending = False          # results wait for the flusher
+        self._started = False          # the flusher greenlet was spawned
+        self._wanted = green.Event()
 
     def __len__(self) -> int:
         return len(self.done) + len(self.failed) + len(self.touches)
@@ -51,7 +54,19 @@ class Outbox:
     def _schedule(self) -> None:
         if not self._pending:
             self._pending = True
-            self._spawn(self.name, self.flush, policy=RESTART)
+            if self._started:
+                self._wanted.set()
+            else:
+                self._started = True
+                self._spawn(self.name, self._flusher, policy=RESTART)
+
+    def _flusher(self) -> None:
+        """Flush, then wait to be woken; raises when a send fails (the
+        supervisor restarts it, and it flushes first)."""
+        while True:
+            self._wanted.clear()
+            self.flush()
+            self._wanted.wait()
 
     def flush(self) -> None:
         """Send everything queued. Raises (with nothing lost) if a send fails."""
