@@ -29,6 +29,8 @@ from collections import deque
 from time import monotonic   # miyaq.runtime.monotonic, without importing the runtime (gevent) here
 from typing import TYPE_CHECKING, Any, Callable
 
+import zmq
+
 from ..errors import MiyaqError
 from .core import ClientCore
 from .nodes import Nodes
@@ -38,6 +40,12 @@ if TYPE_CHECKING:
     from ..runtime.sockets import SocketSecurity
 
 logger = logging.getLogger(__name__)
+
+# ZMQ_EVENTS through pyzmq's Cython backend: its getsockopt wraps the value in
+# an enum, a few microseconds per call on the short path (as in runtime.sockets).
+_backend_get = zmq.backend.Socket.get
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 
 READ_BURST = 1000
 """Most messages read from one socket per pass (the others get their turn)."""
@@ -169,9 +177,11 @@ class IOLoop:
             self.lock.release()
 
     def _readable(self) -> bool:
-        events = self.zmq.EVENTS
-        pollin = self.zmq.POLLIN
-        return any(sock.getsockopt(events) & pollin for sock in self.socks)
+        """A socket has a message (threads only: plain pyzmq sockets)."""
+        for sock in self.socks:
+            if int(_backend_get(sock, _EVENTS)) & _POLLIN:
+                return True
+        return False
 
     # -- the loops --------------------------------------------------------------------
     def _run_threaded(self) -> None:
