@@ -65,3 +65,39 @@ def test_at_most_once_copy_told_by_query_that_the_task_started_never_runs(inproc
     cluster.advance(cluster[standby].config.default_timeout + 3 * cluster.settings["replica_offset"])
     cluster.wait_until(lambda: cluster[standby].state(tid) == STARTED_ELSEWHERE, what="the copy dropped")
     assert workers[standby].times(tid) == 0 and cluster[standby].role.standby.takeovers == 0
+
+
+def test_a_copy_reranked_by_a_ring_change_asks_the_old_runner_too(inproc):
+    """Fault: a ring change (the runner's weight drops) moves a running task
+    off its runner, which has not heard of the new ring yet and goes on
+    running it; the runner's STARTED event and heartbeats are lost. The
+    other old holder, re-ranked beside a node that does not know the task,
+    finds its copy due. Asking only its holders in the new ring it would
+    hear "unknown" and run the task a second time (a chaos run's unexplained
+    duplicate at a ring change); it asks every live member of the ring,
+    hears from the old runner that the task runs, and waits."""
+    ring = ["n1", "n2", "n3"]
+    cluster = inproc(3, ring=ring, replicas=2)
+    while True:
+        tid = cluster.task_id()
+        runner, other = cluster.holders(tid, 2)
+        new_view = cluster.script.view(ring, weights={runner: 0.05})
+        new = [m.node_id for m in new_view.holders(tid, 2)]
+        if runner not in new and other in new:
+            break
+    third = next(n for n in ring if n not in (runner, other))
+    cluster.net.drop("EVENTS", src=runner, event="S")
+    cluster.net.drop("HEARTBEAT", src=runner)
+    workers = {n: cluster.worker(n) for n in ring}
+    cluster.submit(runner, tid, timeout=60)
+    cluster.wait_until(lambda: workers[runner].runs(tid), what="the runner to start the task")
+
+    epoch = cluster.publish(ring, weights={runner: 0.05}, withhold=[runner])
+    cluster.wait_until(lambda: cluster[other].role.view.epoch == epoch, what=f"{other} on the new ring")
+    cluster.advance(4.0)      # eight offsets: the re-ranked copy comes due and asks, more than once
+    cluster.wait_until(lambda: cluster.net.messages("ANSWER", src=runner, dst=other, answering="QUERY", task=tid),
+                       what=f"{other}'s copy to ask the old runner")
+    cluster.settle(0.1)
+    assert workers[runner].runs(tid)
+    assert workers[other].times(tid) == 0 and workers[third].times(tid) == 0, cluster.describe([tid])
+    assert cluster[other].role.standby.takeovers == 0 and not cluster.crashes()

@@ -1,8 +1,11 @@
 """Standby copies: before a copy that is not the runner's runs, it asks.
 
 When a standby copy's timer fires (``task_due_elsewhere``), this node asks
-every other live holder about the task (QUERY, batched per holder) — Disque's
-WILLQUEUE. Per task:
+every other live member of the ring about the task (QUERY, batched per
+member) — Disque's WILLQUEUE. Not only its holders: during a ring change a
+holder by the older ring that has not heard of the new one yet may still
+run the task, and only its answer says so (a member that never held the
+task answers ``unknown``, which lets the copy run). Per task:
 
 - this node is fenced (cut off from ZooKeeper, see ``ClusterRole.fenced``),
   has no ring yet (just started: no holder can be told from a departed
@@ -152,7 +155,10 @@ class StandbyChecker(EngineListener):
             if role.reconciling:
                 self.parked[task.id] = task
                 continue
-            others = [h for h in task.holders if h != role.node_id and h in alive]
+            # Every live member, not only the holders by this node's ring: during
+            # a ring change a holder of the older ring may still run the task
+            # (it has not heard of the new one), and only its answer says so.
+            others = [h for h in alive if h != role.node_id]
             if not others:
                 self._take_over(task, now)
                 continue
@@ -228,6 +234,9 @@ class StandbyChecker(EngineListener):
             self._unknown_waits[task.id] = waits + 1
             self._wait(task, now)
             return
+        # Wait for the latest of the reasons to wait, whichever order the
+        # answers came in (a runner's lease end outlasts a standby's turn).
+        until: float | None = None
         for holder, a in answers:
             state = a[0]
             active = state in (READY, RUNNING, LATER) or (state in (SCHEDULED, RETRYING) and not a[1])
@@ -236,8 +245,10 @@ class StandbyChecker(EngineListener):
             first_standby = state in (SCHEDULED, RETRYING) and a[1] and holder < role.node_id
             if active or first_standby:
                 later = max(now, a[3] if state == RUNNING and len(a) > 3 else now)
-                self._wait(task, later)
-                return
+                until = later if until is None else max(until, later)
+        if until is not None:
+            self._wait(task, until)
+            return
         self._take_over(task, now)
 
     def _wait(self, task: Task, base: float) -> None:
