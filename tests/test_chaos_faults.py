@@ -81,7 +81,9 @@ def test_node_and_zookeeper_ensemble_faults_with_keys_lose_nothing(tmp_path):
     restart with ``--keys``, and no node refused a key's command."""
     kinds = ["kill", "zkleader", "pause", "zkquorum", "worker", "clock", "zkserver"]
     out = tmp_path / "run"
-    s = run_chaos(out, "--secure", "--zk-servers", "3", "--faults", ",".join(kinds), "--duration", "30",
+    # 45 s: seven faults one after the other, each waiting for the cluster to
+    # recover before the next, must all fit in the load even on a busy machine.
+    s = run_chaos(out, "--secure", "--zk-servers", "3", "--faults", ",".join(kinds), "--duration", "45",
                   "--interval", "1", "--fault-duration", "2", "--pause-duration", "4")
     assert_clean(s, kinds)
     quorum = next(f for f in s["faults"] if f["kind"] == "zkquorum")
