@@ -23,7 +23,7 @@ TOP_FIELDS = {"config", "node", "submitted", "accepted", "completed", "enqueue_s
 
 # Each test runs real processes; the per-test limit of setup.cfg (60 s) is
 # below the 90 s a loaded CI machine may need for one bench run.
-pytestmark = pytest.mark.timeout(150)
+pytestmark = [pytest.mark.timeout(150), pytest.mark.loads_cpu]
 
 
 def bench(*args: str, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:

@@ -23,7 +23,7 @@ from miyaq.bench.producer import Producer
 from miyaq.cli import bench_cmd
 from miyaq.errors import ConfigError, MiyaqError
 
-pytestmark = pytest.mark.timeout(150)
+pytestmark = [pytest.mark.timeout(150), pytest.mark.loads_cpu]
 
 
 def bench_json(*args: str, timeout: float = 120.0) -> dict[str, Any]:
