@@ -149,10 +149,17 @@ def test_timeout_bounds_the_run_and_still_reports():
 
 
 def test_sigint_stops_the_bench_and_its_children():
-    """Fault: Ctrl-C in the middle of a paced run."""
-    proc = subprocess.Popen([sys.executable, "-m", "miyaq.cli.main", "bench", "--workers", "1",
-                             "--tasks", "100000", "--rate", "50", "--timeout", "60"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """Fault: Ctrl-C in the middle of a paced run. The bench starts with
+    SIGINT's default action even when pytest runs with SIGINT ignored (as a
+    shell's background job without job control does; exec keeps an ignored
+    signal ignored, while a handled one is reset to its default)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "miyaq.cli.main", "bench", "--workers", "1",
+                                 "--tasks", "100000", "--rate", "50", "--timeout", "60"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         kids = wait_for_children(proc.pid, 2, 30)    # the node and the worker
         time.sleep(1.0)
