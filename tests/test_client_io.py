@@ -18,7 +18,6 @@ from miyaq.testing.harness import wait_for
 def test_a_lone_submit_leaves_from_the_callers_thread(client):
     """An idle client sends a lone submit (and a request) from the caller's
     thread, not through the I/O thread's wake-up pipe."""
-    client.status()
     io = client._io
     senders: list[str] = []
     send = io.send
@@ -28,9 +27,11 @@ def test_a_lone_submit_leaves_from_the_callers_thread(client):
         return send(node, frames)
 
     io.send = recording                      # the core sends through its transport
-    wait_for(lambda: io._armed, what="the I/O thread asleep")
+    asleep = lambda: io._armed and io._deaf   # noqa: E731 -- after a confirmed call, nothing wakes it
+    wait_for(lambda: client.status() and asleep(), what="the I/O thread asleep")
+    senders.clear()
     client.submit("echo", [1], wait=True)
-    wait_for(lambda: io._armed, what="the I/O thread asleep")
+    wait_for(asleep, what="the I/O thread asleep")
     client.status()
     assert senders[:2] == [threading.current_thread().name] * 2
 
@@ -123,3 +124,89 @@ def test_a_confirmed_submit_that_times_out_leaves_the_client_usable(make_node, c
     with pytest.raises(miyaq.Busy):
         c1.submit("echo", [1], wait=True)
     assert c1.status()["totals"]["live"] == 1
+
+
+def _readers(io) -> list[str]:
+    """Record the thread that hands each incoming message to the client's core."""
+    readers: list[str] = []
+    on_frames = io.core.on_frames
+
+    def recording(node: int, frames: list[bytes], now: float) -> None:
+        readers.append(threading.current_thread().name)
+        on_frames(node, frames, now)
+
+    io.core.on_frames = recording
+    return readers
+
+
+def test_a_waiting_caller_reads_its_own_reply(client):
+    """A confirmed submit and a request of an idle client: the caller reads
+    its reply itself (the I/O thread is not woken for it), and after such a
+    call the I/O thread sleeps deaf to the sockets while nothing is outstanding."""
+    io = client._io
+    # A status call the caller read itself leaves the I/O thread deaf (the first
+    # ones may find it awake, discovering the ring, and queue instead).
+    wait_for(lambda: client.status() and io._armed and io._deaf, what="the I/O thread asleep and deaf")
+    readers = _readers(io)
+    me = threading.current_thread().name
+    client.submit("echo", [1], wait=True)
+    client.status()
+    assert readers == [me, me]
+
+
+def test_a_lone_submit_after_a_confirmed_one_wakes_the_deaf_io_thread(client):
+    """Fault it guards against: the I/O thread sleeps deaf after a confirmed
+    submit, and a submit nobody waits for leaves from the caller's thread; if
+    nobody listened, its acknowledgement would never be read and flush() would
+    time out."""
+    io = client._io
+    wait_for(lambda: client.submit("echo", [0], wait=True) and io._armed and io._deaf,
+             what="the I/O thread asleep and deaf")
+    readers = _readers(io)
+    handle = client.submit("echo", [1])
+    client.flush(timeout=10)
+    assert handle.accepted
+    assert readers == ["miyaq-client-io"]
+
+
+def test_a_caller_in_a_long_poll_hands_the_client_to_other_threads(client):
+    """One thread waits for a result that does not come (no worker), reading
+    the sockets itself; other threads' confirmed submits and requests must
+    not wait behind that long-poll: the reader hands over at once."""
+    task = client.submit("echo", [0], wait=True)
+    io = client._io
+    wait_for(lambda: io._armed, what="the I/O thread asleep")
+    outcome: list[Any] = []
+    poller = threading.Thread(target=lambda: outcome.append(client.wait_result(task.id, timeout=60)))
+    poller.start()
+    wait_for(lambda: io.core.requests.open, what="the RESULT long-poll sent")
+    others = [client.submit("echo", [i], wait=True) for i in range(1, 4)]
+    assert client.status()["totals"]["live"] == 4
+    assert poller.is_alive(), "the long-poll is still waiting while the others were served"
+    assert client.cancel(task.id)
+    poller.join(30)
+    assert outcome and outcome[0]["state"] == "cancelled"
+    assert all(h.accepted for h in others)
+
+
+def test_closing_the_client_while_a_caller_reads_fails_the_call_at_once(client):
+    """Fault: the client is closed from another thread while a caller waits in
+    a long-poll it reads itself; the call ends with a clear error, not at its
+    timeout."""
+    task = client.submit("echo", [0], wait=True)
+    io = client._io
+    errors: list[BaseException] = []
+
+    def poll() -> None:
+        try:
+            client.wait_result(task.id, timeout=60)
+        except miyaq.MiyaqError as err:
+            errors.append(err)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    wait_for(lambda: io.core.requests.open, what="the RESULT long-poll sent")
+    client.close(flush=False)
+    poller.join(30)
+    assert not poller.is_alive()
+    assert len(errors) == 1 and "client was closed" in str(errors[0])

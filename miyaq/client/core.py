@@ -70,6 +70,14 @@ class ClientCore:
     def in_flight(self) -> int:
         return self.submitted - self.submits.resolved
 
+    @property
+    def quiet(self) -> bool:
+        """Nothing is outstanding: no submit waits or is unacknowledged, no
+        request is open, no discovery reply is due. A message that arrives
+        now answers nobody, so the driver may leave it unread for a while."""
+        return (self.submits.idle and not self.requests.open and not self.requests.unsent
+                and not self._ring_req)
+
     # -- calls --------------------------------------------------------------------------
     def submit(self, p: Pending, now: float | None = None) -> bool:
         """Queue a submit. With ``now``: send it at once if the client is idle
@@ -105,10 +113,12 @@ class ClientCore:
         if command == c.SUBMITTED:
             self.submits.on_submitted(node, body, now)
         elif command in (c.REPLY, c.ERROR):
-            if command == c.REPLY and self._ring_req and body.get("req") == self._ring_req:
-                for endpoint in self.nodes.from_ring(body, self.nodes.endpoints[node]):
-                    self.transport.connect(endpoint)
-                    logger.info("miyaq client: discovered node %s", endpoint)
+            if self._ring_req and body.get("req") == self._ring_req:
+                self._ring_req = 0
+                if command == c.REPLY:
+                    for endpoint in self.nodes.from_ring(body, self.nodes.endpoints[node]):
+                        self.transport.connect(endpoint)
+                        logger.info("miyaq client: discovered node %s", endpoint)
                 return
             self.requests.on_reply(node, command, body)
 
@@ -122,7 +132,8 @@ class ClientCore:
             self.requests.check_deadlines(now)
         if self.nodes.discovery_due(now):
             self._ring_req = self.requests.next_req()
-            self._send(self.nodes.pick(), c.RING, {"req": self._ring_req})
+            if not self._send(self.nodes.pick(), c.RING, {"req": self._ring_req}):
+                self._ring_req = 0      # not connected: the next discovery asks again
 
     def next_timer(self, now: float) -> float:
         """Seconds until :meth:`on_timer` must run again (at most MAX_POLL)."""

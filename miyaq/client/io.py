@@ -19,10 +19,22 @@ consume the signal of a message that arrived), so after using a socket the
 caller looks at ``ZMQ_EVENTS`` and wakes the I/O thread when a message waits.
 A busy client (the I/O thread holds the lock, or submits are unacknowledged)
 takes the queued path, where submits are batched.
+
+A caller that waits at once (``submit(wait=True)``, a request, and so
+``call()``) does not hand the reading back either: still holding the lock,
+it *leads* -- reads the sockets and runs the core's timers itself until its
+reply came -- so its reply wakes one thread, not the I/O thread and then
+the caller. It hands over as soon as another caller needs the client (the
+wake-up pipe) or at its deadline. While the last such call came back whole
+and nothing is outstanding, the I/O thread sleeps on the pipe and its timer
+only ("deaf"): the next leader reads its own reply without waking it, and a
+caller that leaves something outstanding without waiting (a lone
+``submit()``) wakes it to listen.
 """
 from __future__ import annotations
 
 import logging
+import math
 import os
 import select
 from collections import deque
@@ -83,6 +95,9 @@ class IOLoop:
         self.lock = kit.lock()         # the core and the sockets (threads: see the module's docstring)
         self._fds: Any = None          # the I/O thread's OS poll
         self._last_short = 0.0         # when a submit last took the short path
+        self._led = False              # the last leading caller got its reply itself
+        self._deaf = False             # the I/O thread sleeps on the pipe only (under lock)
+        self._lead_fds: Any = None     # a leading caller's OS poll
         self._handle: Any = None
 
     # -- Transport (called by the core, by whoever holds the lock) ------------------------
@@ -96,8 +111,9 @@ class IOLoop:
     def connect(self, endpoint: str) -> None:
         sock = self.factory.dealer(endpoint, immediate=True)
         self.socks.append(sock)
-        if self._fds is not None:
-            self._fds.register(sock.getsockopt(self.zmq.FD), select.POLLIN)
+        for fds in (self._fds, self._lead_fds):
+            if fds is not None:
+                fds.register(sock.getsockopt(self.zmq.FD), select.POLLIN)
 
     # -- called from any thread / greenlet ---------------------------------------------
     @property
@@ -127,7 +143,8 @@ class IOLoop:
             self.core.submitted += 1
         # Unacknowledged submits, or a stream of them: queue it, to be batched.
         if (self.core.submits.idle and (waits or p.created - self._last_short >= SHORT_PATH_GAP)
-                and self._direct(lambda now: self._submit_now(p, now))):
+                and self._direct(lambda now: self._submit_now(p, now), p.waiter if waits else None,
+                                 p.deadline)):
             self._last_short = p.created
             return
         self._put(("submit", p))
@@ -137,7 +154,9 @@ class IOLoop:
             self._wake()          # queued behind unacknowledged submits: the I/O thread batches it
 
     def request(self, node: int, command: bytes, body: dict[str, Any], waiter: Waiter, deadline: float) -> None:
-        if not self._direct(lambda now: self.core.request(node, command, body, waiter, deadline, now)):
+        """Send a request whose caller waits for ``waiter`` at once."""
+        if not self._direct(lambda now: self.core.request(node, command, body, waiter, deadline, now),
+                            waiter, deadline):
             self._put(("request", node, command, body, waiter, deadline))
 
     def next_req(self) -> int:
@@ -161,20 +180,57 @@ class IOLoop:
             except (BlockingIOError, OSError):
                 pass
 
-    def _direct(self, call: Callable[[float], Any]) -> bool:
+    def _direct(self, call: Callable[[float], Any], lead: Any = None, until: float = 0.0) -> bool:
         """The short path: run ``call(now)`` in this thread if the I/O thread
-        sleeps and nothing is queued for it; False: queue the call instead."""
+        sleeps and nothing is queued for it; False: queue the call instead.
+        ``lead``: the caller's future (it waits at once): read the sockets
+        here until it resolves (see the module's docstring), at most until
+        ``until`` (monotonic seconds)."""
         if not (self.short_path and self._armed and self.lock.acquire(False)):
             return False
         try:
             if not self._armed or self.inbox:
                 return False
             call(monotonic())
-            if self._readable():
-                self._wake()      # we may have taken the edge of a message that waits
+            if lead is not None:
+                self._led = self._lead(lead, until)
+            else:
+                self._led = False
+            # Wake the I/O thread if a message waits (we may have taken the edge of
+            # its descriptor), or if it sleeps deaf and something is now outstanding.
+            if (self._deaf and not self.core.quiet) or self._readable():
+                self._wake()
             return True
         finally:
             self.lock.release()
+
+    def _lead(self, future: Any, until: float) -> bool:
+        """Read the sockets and run the core in this thread (the lock held)
+        until ``future`` resolves; stop early when another caller queued a
+        call or woke the I/O thread, or at ``until``. True if it resolved."""
+        core = self.core
+        fds = self._lead_fds
+        if fds is None:
+            fds = self._lead_fds = select.poll()
+            for sock in self.socks:
+                fds.register(sock.getsockopt(self.zmq.FD), select.POLLIN)
+            fds.register(self._rfd, select.POLLIN)
+        rfd = self._rfd
+        while not future.done():
+            if self._read_all() or future.done():
+                continue
+            if self.inbox or not self._armed:
+                return False       # somebody else needs the client: the I/O thread takes over
+            now = monotonic()
+            left = min(until - now, core.next_timer(now))
+            if until - now <= 0:
+                return False
+            events = fds.poll(max(1, math.ceil(left * 1000)))
+            if not events:
+                core.on_timer(monotonic())
+            elif any(fd == rfd for fd, _ in events):
+                return future.done()
+        return True
 
     def _readable(self) -> bool:
         """A socket has a message (threads only: plain pyzmq sockets)."""
@@ -190,6 +246,8 @@ class IOLoop:
         for sock in self.socks:
             fds.register(sock.getsockopt(self.zmq.FD), select.POLLIN)
         fds.register(self._rfd, select.POLLIN)
+        pipe = select.poll()
+        pipe.register(self._rfd, select.POLLIN)
         core = self.core
         resolver = core.resolver
         try:
@@ -204,11 +262,15 @@ class IOLoop:
                     more = self._read_all()
                     resolver.deferring = False
                     self._armed = True
-                    timeout_ms = 0 if more or self.inbox or self._readable() else int(core.next_timer(now) * 1000)
+                    busy = more or self.inbox or self._readable()
+                    timeout_ms = 0 if busy else int(core.next_timer(now) * 1000)
+                    # Deaf while callers lead and nothing is outstanding: their replies
+                    # must not wake this thread too.
+                    deaf = self._deaf = self._led and not busy and core.quiet
                 # Wake the callers whose replies came only now, with the lock free: the
                 # next call of a caller that waits at once takes the short path.
                 resolver.run()
-                if any(fd == self._rfd for fd, _ in fds.poll(timeout_ms)):
+                if any(fd == self._rfd for fd, _ in (pipe if deaf else fds).poll(timeout_ms)):
                     self._drain_pipe()
         except Exception:
             self._crashed()
@@ -264,6 +326,7 @@ class IOLoop:
         self.core.fail_all(MiyaqError("client I/O loop failed; see the log"))
 
     def _closed(self) -> None:
+        self.core.fail_all(MiyaqError("the client was closed"))   # calls still waiting end now
         self.factory.close()
         os.close(self._rfd)
         os.close(self._wfd)
