@@ -149,6 +149,30 @@ class IOLoop:
             return
         self._put(("submit", p))
 
+    def submit_then_ask(self, p: Pending, command: bytes, body: dict[str, Any], waiter: Waiter,
+                        deadline: float) -> bool:
+        """The short path for ``call()``: send submit ``p`` and, right behind it
+        on the same connection, a request (its RESULT long-poll) that the node
+        reads after storing the task; then read both replies here. False:
+        nothing was sent (the client is busy) and the caller takes the
+        ordinary path. ``waiter`` may still fail with ``not_found`` (the task
+        was refused, retried elsewhere, or is held by other nodes), and the
+        caller then asks again the ordinary way."""
+        with self.count_lock:
+            self.core.submitted += 1
+
+        def both(now: float) -> None:
+            core = self.core
+            core.submit(p, now)
+            body["id"] = p.wire["id"]
+            core.request(p.node, command, body, waiter, deadline, now)
+
+        if self.core.submits.idle and self._direct(both, waiter, deadline, when_idle=True):
+            return True
+        with self.count_lock:
+            self.core.submitted -= 1
+        return False
+
     def _submit_now(self, p: Pending, now: float) -> None:
         if not self.core.submit(p, now):
             self._wake()          # queued behind unacknowledged submits: the I/O thread batches it
@@ -180,16 +204,18 @@ class IOLoop:
             except (BlockingIOError, OSError):
                 pass
 
-    def _direct(self, call: Callable[[float], Any], lead: Any = None, until: float = 0.0) -> bool:
+    def _direct(self, call: Callable[[float], Any], lead: Any = None, until: float = 0.0,
+                when_idle: bool = False) -> bool:
         """The short path: run ``call(now)`` in this thread if the I/O thread
         sleeps and nothing is queued for it; False: queue the call instead.
         ``lead``: the caller's future (it waits at once): read the sockets
         here until it resolves (see the module's docstring), at most until
-        ``until`` (monotonic seconds)."""
+        ``until`` (monotonic seconds). ``when_idle``: only if no submit is
+        waiting or unacknowledged either."""
         if not (self.short_path and self._armed and self.lock.acquire(False)):
             return False
         try:
-            if not self._armed or self.inbox:
+            if not self._armed or self.inbox or (when_idle and not self.core.submits.idle):
                 return False
             call(monotonic())
             if lead is not None:

@@ -1,0 +1,159 @@
+"""``Client.call()``: the RESULT long-poll sent right behind the SUBMIT, and
+what happens when the node that got them did not store the task itself."""
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+import msgpack
+import zmq
+
+from miyaq.protocol import codec
+from miyaq.protocol import commands as c
+from miyaq.testing.harness import wait_for
+
+Answer = Callable[[bytes, dict[str, Any]], list[tuple[bytes, dict[str, Any]]]]
+
+
+class ScriptedNode:
+    """A raw ROUTER in a thread that answers each message with ``answer``
+    (command, body) -> [(command, body), ...] and records what it got."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.endpoint = f"tcp://127.0.0.1:{port}"
+        self.answer = answer
+        self.got: list[tuple[bytes, dict[str, Any]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            if not self.sock.poll(50):
+                continue
+            peer, _, command, raw = self.sock.recv_multipart()
+            body: dict[str, Any] = msgpack.unpackb(raw, raw=False)
+            self.got.append((command, body))
+            for reply, reply_body in self.answer(command, body):
+                self.sock.send_multipart([peer, *codec.encode(reply, reply_body)])
+
+    def commands(self) -> list[bytes]:
+        return [command for command, _ in self.got if command != c.RING]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+
+def done(req: int, value: Any) -> tuple[bytes, dict[str, Any]]:
+    return c.REPLY, {"req": req, "state": "done", "result": msgpack.packb(value, use_bin_type=True)}
+
+
+def not_found(req: int, task_id: str) -> tuple[bytes, dict[str, Any]]:
+    return c.ERROR, {"req": req, "code": "not_found", "message": f"no task {task_id}"}
+
+
+def ring_or_status(command: bytes, body: dict[str, Any]) -> list[tuple[bytes, dict[str, Any]]]:
+    """What every scripted node answers besides SUBMIT and RESULT."""
+    return [(c.REPLY, {"req": body["req"]})]
+
+
+def settled(client) -> None:
+    """Wait until the client is idle with its I/O thread asleep, so the next
+    call takes the short path (the first calls may find it discovering)."""
+    io = client._io
+    wait_for(lambda: client.status() is not None and io._armed and io._deaf, what="an idle client")
+
+
+def test_call_sends_its_result_request_behind_the_submit(node, client, thread_worker):
+    """An idle client's call(): SUBMIT and RESULT leave back to back from the
+    caller's thread, and the result comes back."""
+    from miyaq import App
+
+    app = App()
+
+    @app.task(name="double")
+    def double(x: int) -> int:
+        return 2 * x
+
+    thread_worker(app, node.endpoint)
+    assert client.call("double", [2], timeout=30) == 4     # connected, worker ready
+    commands: list[bytes] = []
+    send = client._io.send
+
+    def recording(index: int, frames: list[bytes]) -> bool:
+        commands.append(frames[1])          # frames: version, command, body
+        return send(index, frames)
+
+    settled(client)
+    client._io.send = recording
+    results = [client.call("double", [i], timeout=30) for i in range(20)]
+    assert results == [2 * i for i in range(20)]
+    assert commands.count(c.SUBMIT) == 20 and commands.count(c.RESULT) == 20
+    assert commands[:2] == [c.SUBMIT, c.RESULT]
+
+
+def test_call_of_a_key_duplicate_asks_for_the_task_that_holds_the_key(client_for):
+    """The node answers the SUBMIT as a duplicate of another task (same
+    ``key``) and the pipelined RESULT with not_found: call() then waits for
+    the result of the task that holds the key."""
+    def answer(command: bytes, body: dict[str, Any]) -> list[tuple[bytes, dict[str, Any]]]:
+        if command == c.SUBMIT:
+            return [(c.SUBMITTED, {"results": [[t["id"], c.DUPLICATE, "first-task"] for t in body["tasks"]]})]
+        if command == c.RESULT:
+            if body["id"] == "first-task":
+                return [done(body["req"], "the first one's result")]
+            return [not_found(body["req"], body["id"])]
+        return ring_or_status(command, body)
+
+    node = ScriptedNode(answer)
+    try:
+        client = client_for(node.endpoint)
+        settled(client)
+        assert client.call("work", [1], key="k", timeout=10) == "the first one's result"
+        asked = [body["id"] for command, body in node.got if command == c.RESULT]
+        assert asked[-1] == "first-task"
+    finally:
+        node.close()
+
+
+def test_call_whose_submit_was_busy_asks_again_once_accepted(client_for):
+    """Fault: the node is full for the first try (BUSY), so the RESULT right
+    behind it finds no task; the client retries the submit, and call() asks
+    for the result again once the task is accepted."""
+    tries: list[str] = []
+    stored: set[str] = set()
+
+    def answer(command: bytes, body: dict[str, Any]) -> list[tuple[bytes, dict[str, Any]]]:
+        if command == c.SUBMIT:
+            results = []
+            for t in body["tasks"]:
+                tries.append(t["id"])
+                if len(tries) == 1:
+                    results.append([t["id"], c.REJECTED, {"code": "busy", "message": "full"}])
+                else:
+                    stored.add(t["id"])
+                    results.append([t["id"], c.ACCEPTED, None])
+            return [(c.SUBMITTED, {"results": results})]
+        if command == c.RESULT:
+            if body["id"] in stored:
+                return [done(body["req"], 42)]
+            return [not_found(body["req"], body["id"])]
+        return ring_or_status(command, body)
+
+    node = ScriptedNode(answer)
+    try:
+        client = client_for(node.endpoint)
+        settled(client)
+        assert client.call("work", [1], id="call-1", timeout=10) == 42
+        assert tries == ["call-1", "call-1"]
+        results = [body["id"] for command, body in node.got if command == c.RESULT]
+        assert results == [tries[0], tries[0]]
+    finally:
+        node.close()
