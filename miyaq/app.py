@@ -84,9 +84,10 @@ class TaskDef:
         return await handle.result(timeout)
 
     def call(self, *args: Any, timeout: float | None = 60.0, **kwargs: Any) -> Any:
+        """Submit and wait for the result (:meth:`miyaq.Client.call`)."""
         options, handler_kwargs = self._split(kwargs)
-        options["wait"] = True
-        return self.app.client.submit(self.name, args, handler_kwargs, **options).result(timeout)
+        options.pop("wait", None)
+        return self.app.client.call(self.name, args, handler_kwargs, timeout=timeout, **options)
 
 
 class App:
