@@ -6,6 +6,7 @@ import threading
 from typing import Any, Callable
 
 import msgpack
+import pytest
 import zmq
 
 from miyaq.protocol import codec
@@ -64,6 +65,29 @@ def ring_or_status(command: bytes, body: dict[str, Any]) -> list[tuple[bytes, di
     return [(c.REPLY, {"req": body["req"]})]
 
 
+@pytest.fixture
+def scripted(client_for):
+    """Factory: a ScriptedNode answering with ``answer`` and an idle client of
+    it (see :func:`settled`); the nodes are closed at the end."""
+    nodes: list[ScriptedNode] = []
+
+    def make(answer: Answer) -> tuple[ScriptedNode, Any]:
+        node = ScriptedNode(answer)
+        nodes.append(node)
+        client = client_for(node.endpoint)
+        settled(client)
+        return node, client
+
+    yield make
+    for node in nodes:
+        node.close()
+
+
+def results_asked(node: ScriptedNode) -> list[str]:
+    """The task ids of the RESULT requests the node got, in order."""
+    return [body["id"] for command, body in node.got if command == c.RESULT]
+
+
 def settled(client) -> None:
     """Wait until the client is idle with its I/O thread asleep, so the next
     call takes the short path (the first calls may find it discovering)."""
@@ -99,7 +123,7 @@ def test_call_sends_its_result_request_behind_the_submit(node, client, thread_wo
     assert commands[:2] == [c.SUBMIT, c.RESULT]
 
 
-def test_call_of_a_key_duplicate_asks_for_the_task_that_holds_the_key(client_for):
+def test_call_of_a_key_duplicate_asks_for_the_task_that_holds_the_key(scripted):
     """The node answers the SUBMIT as a duplicate of another task (same
     ``key``) and the pipelined RESULT with not_found: call() then waits for
     the result of the task that holds the key."""
@@ -112,18 +136,12 @@ def test_call_of_a_key_duplicate_asks_for_the_task_that_holds_the_key(client_for
             return [not_found(body["req"], body["id"])]
         return ring_or_status(command, body)
 
-    node = ScriptedNode(answer)
-    try:
-        client = client_for(node.endpoint)
-        settled(client)
-        assert client.call("work", [1], key="k", timeout=10) == "the first one's result"
-        asked = [body["id"] for command, body in node.got if command == c.RESULT]
-        assert asked[-1] == "first-task"
-    finally:
-        node.close()
+    node, client = scripted(answer)
+    assert client.call("work", [1], key="k", timeout=10) == "the first one's result"
+    assert results_asked(node)[-1] == "first-task"
 
 
-def test_call_whose_submit_was_busy_asks_again_once_accepted(client_for):
+def test_call_whose_submit_was_busy_asks_again_once_accepted(scripted):
     """Fault: the node is full for the first try (BUSY), so the RESULT right
     behind it finds no task; the client retries the submit, and call() asks
     for the result again once the task is accepted."""
@@ -147,13 +165,7 @@ def test_call_whose_submit_was_busy_asks_again_once_accepted(client_for):
             return [not_found(body["req"], body["id"])]
         return ring_or_status(command, body)
 
-    node = ScriptedNode(answer)
-    try:
-        client = client_for(node.endpoint)
-        settled(client)
-        assert client.call("work", [1], id="call-1", timeout=10) == 42
-        assert tries == ["call-1", "call-1"]
-        results = [body["id"] for command, body in node.got if command == c.RESULT]
-        assert results == [tries[0], tries[0]]
-    finally:
-        node.close()
+    node, client = scripted(answer)
+    assert client.call("work", [1], id="call-1", timeout=10) == 42
+    assert tries == ["call-1", "call-1"]
+    assert results_asked(node) == ["call-1", "call-1"]
