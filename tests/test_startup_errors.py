@@ -64,9 +64,33 @@ def test_service_port_in_use_is_a_one_line_error(listening):
     assert f"port {port} is in use (service port on 127.0.0.1)" in line and "pass --port N" in line
 
 
-def test_peer_port_in_use_is_a_one_line_error(listening):
+def _free_now(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.fixture
+def listening_above_a_free_port() -> Iterator[socket.socket]:
+    """A listener on port P + 1 where P was free when it was picked: the
+    service port of the node under test (another process taking P meanwhile
+    would make the test check the wrong error)."""
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            if _free_now(sock.getsockname()[1] - 1):
+                sock.listen()
+                yield sock
+                return
+    raise RuntimeError("no loopback port P with P + 1 free found in 100 tries")
+
+
+def test_peer_port_in_use_is_a_one_line_error(listening_above_a_free_port):
     """Fault: in a cluster, another process listens on the peer port (--port + 1)."""
-    peer = listening.getsockname()[1]
+    peer = listening_above_a_free_port.getsockname()[1]
     zk = f"127.0.0.1:{free_port()}"      # never reached: the peer port is bound first
     line = error_line(start_node("--http-port", "0", "--zk", zk, port=peer - 1))
     assert f"port {peer} is in use (peer port on 127.0.0.1)" in line and "--peer-port N" in line
