@@ -99,6 +99,19 @@ def test_lease_runs_out_without_touch(node, client, thread_worker):
     assert client.status(handle.id)["error"]["type"] in ("Timeout", "Lost")
 
 
+def test_an_idle_workers_watchdog_sleeps_until_a_job_with_a_timeout_starts(node, client, thread_worker):
+    """An idle worker's watchdog plans no wake-up (idle CPU); a job with a
+    lease makes it look at that job's deadline, and once the job ended and
+    the deadline passed it sleeps without one again."""
+    w = thread_worker(basic.app, node.endpoint, queues=["default"], concurrency=1)
+    worker = w.worker
+    wait_for(lambda: worker._watch_at == float("inf"), what="the idle watchdog with no wake-up planned")
+    handle = client.submit("sleep", [0.3], timeout=1.0, wait=True)
+    wait_for(lambda: worker._watch_at != float("inf"), what="the watchdog watching the job's deadline")
+    assert handle.result(20) == 1
+    wait_for(lambda: worker._watch_at == float("inf"), what="the watchdog idle again after the deadline")
+
+
 def test_worker_reregisters_after_node_restart(procs, client_for):
     """Fault: the node is killed and restarted on the same port. The worker
     notices the silence, reconnects and registers again; new tasks run."""

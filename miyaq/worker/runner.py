@@ -97,6 +97,10 @@ class Worker:
         self.crashed = False
         self.executed = 0
         self._stopped = green.Event()
+        # The watchdog sleeps until the nearest deadline of a running job
+        # (`_watch_at`); a job due sooner wakes it. Idle, it does not wake.
+        self._watch = green.Event()
+        self._watch_at = float("inf")
         self.pulse = Pulse(self.wid, self.endpoints, cfg.heartbeat, security)
 
     def busy_count(self, link: NodeLink | None = None) -> int:
@@ -194,6 +198,8 @@ class Worker:
         job.executor = self.aio if job.is_async and self.aio is not None else self.pool
         self.running[task_id] = job
         self.routes.origin[task_id] = link
+        if job.deadline < self._watch_at:
+            self._watch.set()           # due before the watchdog means to look again
         try:
             outcome = job.executor.run(job)
         finally:
@@ -235,15 +241,25 @@ class Worker:
         job.executor.interrupt(job)
 
     def _watchdog(self) -> None:
-        """Stop handlers that ran past their timeout (their lease) without a touch."""
+        """Stop handlers that ran past their timeout (their lease) without a
+        touch. Looks again at the nearest deadline (at most every
+        WATCHDOG_TICK), or when a job due sooner starts; with no job that
+        has a timeout, it sleeps until one starts."""
         while True:
-            green.sleep(WATCHDOG_TICK)
             now = monotonic()
+            nearest = float("inf")
             for job in list(self.running.values()):
-                if job.stop_reason is None and now >= job.deadline:
+                if job.stop_reason is not None:
+                    continue
+                if now >= job.deadline:
                     logger.warning("worker %s: task %s (%s) ran past its %gs timeout; stopping it (pool %s)",
                                    self.wid, job.task_id, job.name, job.timeout, job.executor.name)
                     self._interrupt(job, TaskTimeout)
+                elif job.deadline < nearest:
+                    nearest = job.deadline    # a touch only moves a deadline later
+            self._watch_at = max(nearest, now + WATCHDOG_TICK)
+            self._watch.clear()
+            self._watch.wait(None if nearest == float("inf") else self._watch_at - now)
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> "Worker":
