@@ -66,3 +66,38 @@ def test_replica_confirming_after_the_timeout_rejects_and_the_resend_runs_once(i
     cluster.wait_until(lambda: all(cluster[h].state(tid) == DONE for h in holders), what="done on both holders")
     cluster.advance(3 * cluster.settings["replica_offset"])
     assert runs() == 1 and not cluster.crashes()
+
+
+def test_resent_submit_of_a_task_finished_on_its_coordinator_copies_nothing(inproc):
+    """Fault (seen in a chaos run, where the other holder was restarting):
+    the other holder hears nothing of the task -- neither its copy, nor its
+    events, nor a resync -- so the submit is rejected (not_enough_replicas)
+    while the coordinator's own copy runs and finishes. The client's resend reaches the coordinator: it
+    answers DUPLICATE and must not send the finished task's record to that
+    holder -- stored there, it is a live copy of a finished task, which runs
+    if the coordinator is silent (paused, partitioned) when the copy asks."""
+    cluster = inproc(3, replicas=2, replication_timeout=0.3)
+    tid = cluster.task_id()
+    coordinator, other = cluster.holders(tid, 2)
+    worker = cluster.worker(coordinator)
+    cluster.settle(0.3)                      # the start's resyncs done
+    deaf = [cluster.net.drop("REPLICATE", src=coordinator, dst=other),
+            cluster.net.drop("EVENTS", src=coordinator, dst=other),
+            cluster.net.drop("SYNC", src=other, dst=coordinator)]
+    sub = cluster.submit(coordinator, tid)
+    cluster.wait_until(lambda: sub.status, what="the submit's answer")
+    assert sub.status == REJECTED and sub.error_code == "not_enough_replicas"
+    cluster.wait_until(lambda: worker.runs(tid), what="the coordinator's copy to run")
+    worker.complete(tid)
+    cluster.wait_until(lambda: cluster[coordinator].state(tid) == DONE, what="done on the coordinator")
+    for rule in deaf:
+        rule.remove()
+    cluster.settle()
+
+    resend = cluster.submit(coordinator, tid, resent=True)
+    cluster.wait_until(lambda: resend.status, what="the resend's answer")
+    assert resend.status == DUPLICATE, resend.result
+    cluster.settle()
+    assert cluster[other].task(tid) is None, "a live copy of the finished task was stored on the other holder"
+    assert worker.times(tid) == 1 and not cluster.crashes()
+

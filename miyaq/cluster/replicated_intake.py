@@ -97,6 +97,12 @@ class ReplicatedIntake:
             if status == DUPLICATE and detail != task.id:
                 self.ack(identity, [task.id, DUPLICATE, detail])   # another task holds the key
                 return
+            if status == DUPLICATE and task.id not in self.engine.table.live:
+                # Finished (or dead-lettered) here: the record is no longer a task to
+                # store. Sent now, it would be a live copy on a holder that never heard
+                # the end, and that copy runs if this node is silent when it asks.
+                self.ack(identity, [task.id, DUPLICATE, task.id])
+                return
             entry.status, entry.detail = status, detail
             entry.got = 1
         self.pending[task.id] = entry
@@ -139,18 +145,23 @@ class ReplicatedIntake:
             del self.pending[task_id]
             self.ack(entry.identity, [task_id, entry.status, entry.detail])
 
-    def sweep(self) -> None:
+    def sweep(self) -> int:
+        """Reject the submits whose replication_timeout passed; how many (their
+        answers are queued with the node's other acks: the caller flushes)."""
         if not self.pending:
-            return
+            return 0
         now = monotonic()
+        swept = 0
         for task_id, entry in list(self.pending.items()):
             if entry.deadline <= now:
+                swept += 1
                 del self.pending[task_id]
                 self.rejected += 1
                 err = NotEnoughReplicas(f"task {task_id} stored on {entry.got} of the {entry.need} "
                                         f"holders needed within {self.timeout:g}s; resubmit with the same id")
                 self.ack(entry.identity, [task_id, REJECTED, err.to_wire()])
                 self._demote(task_id)
+        return swept
 
     def _demote(self, task_id: str) -> None:
         """The client was told the submit failed and will resend it, maybe

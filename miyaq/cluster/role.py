@@ -82,6 +82,7 @@ class ClusterRole:
         # Replication acks arrive on the peer link: release the SUBMITTED
         # replies they complete without waiting for the next client message.
         self.peer.after_burst.append(endpoint.flush_acks)
+        self._flush_acks = endpoint.flush_acks
         self._view_changed = green.Event()
         self._pending_view: RingView | None = None
         self._reconcile_until = 0.0
@@ -321,7 +322,8 @@ class ClusterRole:
             self.publisher.zk_ok = self.coordinator.silent_for() == 0.0
             self._watch_fence()
             self.flush()
-            self.intake.sweep()
+            if self.intake.sweep():
+                self._flush_acks()     # the rejections leave now, not with the next message
             if self._reconcile_until and (mono >= self._reconcile_until or self._reconciled()):
                 reconciled = self._reconciled()
                 self._reconcile_until = 0.0
