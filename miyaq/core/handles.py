@@ -34,8 +34,9 @@ class Intake(Protocol):
     def flush(self) -> None:
         """Send what the burst produced (replication requests)."""
 
-    def sweep(self) -> None:
-        """Refuse the submits whose deadline passed."""
+    def sweep(self) -> int:
+        """Refuse the submits whose deadline passed; how many (their answers
+        are queued with the node's acks: the caller flushes them)."""
 
 
 class Role(Protocol):

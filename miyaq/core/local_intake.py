@@ -24,8 +24,9 @@ class LocalIntake:
     def flush(self) -> None:
         """Nothing to send: the task is stored here only."""
 
-    def sweep(self) -> None:
+    def sweep(self) -> int:
         """Nothing waits on other holders."""
+        return 0
 
     def submit(self, task: Task, now: float, identity: AckTarget) -> None:
         try:
