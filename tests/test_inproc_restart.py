@@ -105,3 +105,19 @@ def test_holder_resumed_from_a_freeze_asks_before_it_runs_a_copy_that_came_due(i
     survivor.complete(tid)
     cluster.wait_until(lambda: frozen.state(tid) == DONE, what="n2's copy finished as n1 finished it")
     assert late.times(tid) == 0 and survivor.times(tid) == 1 and not cluster.crashes()
+
+
+def test_a_copy_that_arrives_just_after_a_freeze_asks_before_it_runs(inproc):
+    """Fault (seen in a chaos CI run): a REPLICATE waited in a frozen node's
+    socket while the client resent the task elsewhere and another holder ran
+    it. Read just after the freeze, it must not become a copy that runs
+    without asking, even as the rank-0 holder: it is a standby copy."""
+    cluster = inproc(3, replicas=2)
+    tid = cluster.task_id()
+    first, second = cluster.holders(tid, 2)
+    cluster.settle(0.3)
+    cluster[first].role.stalled(4.0)          # what its clockwork calls when it wakes from a freeze
+    sub = cluster.submit(second, tid)
+    cluster.wait_until(lambda: cluster[first].task(tid) is not None, what="the copy on the first holder")
+    assert cluster[first].task(tid).rank == 0 and cluster[first].task(tid).standby
+    cluster.wait_until(lambda: sub.status, what="the submit's answer")

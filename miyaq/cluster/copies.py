@@ -154,7 +154,9 @@ class Copies:
             # rank 0 of one task: a copy the sender placed differently waits an
             # offset (the views converge, handoff re-ranks it) and asks first.
             disagree = senders != holders
-            task.standby = task.rank > 0 or is_resent(task) or disagree
+            # Just after a freeze a REPLICATE may have waited in the socket while
+            # the sender's client resent the task and another holder ran it.
+            task.standby = task.rank > 0 or is_resent(task) or disagree or role.catching_up()
             task.eta += role.offset_for(task, minimum=1 if disagree else 0)
             if task.standby:
                 # A REPLICATE that arrives late (a link that stalled) must not make

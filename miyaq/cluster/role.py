@@ -196,13 +196,19 @@ class ClusterRole:
         be old then, and a SUBMIT it reads may have waited in its socket
         while the client resent it elsewhere: two coordinators with
         different views could both make a copy of rank 0."""
-        mono = monotonic()
         if self.fence.up or self.fenced():
             return "this node lost ZooKeeper and the ring may go on without it"
-        ticked = self._ticked
-        if mono < self._suspect_until or (ticked and mono - ticked > STALL):
+        if self.catching_up():
             return "this node is catching up with the cluster (after a freeze or a fence)"
         return ""
+
+    def catching_up(self) -> bool:
+        """For ``SUSPECT_AFTER_FREEZE`` after a freeze or a fence, and just
+        after a freeze this node has not noticed yet (its ticker is late):
+        what it reads now may have waited while the others went on."""
+        mono = monotonic()
+        ticked = self._ticked
+        return mono < self._suspect_until or bool(ticked and mono - ticked > STALL)
 
     def _watch_fence(self) -> None:
         if not self.fence.changed(self.view.members):
