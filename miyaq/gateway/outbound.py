@@ -30,8 +30,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import msgpack
-from geventhttpclient import HTTPClient
-from geventhttpclient.response import HTTPParseError
 
 from miyaq import __version__
 from miyaq.constants import (
@@ -42,6 +40,7 @@ from miyaq.gateway.destinations import Destinations
 from miyaq.gateway.errors import ForbiddenDestination
 from miyaq.protocol.headers import header_problem
 from miyaq.runtime import green, monotonic, wall
+from miyaq.runtime.http import HTTPClient, HTTPParseError
 from miyaq.store.task import Task
 
 logger = logging.getLogger(__name__)

@@ -7,10 +7,12 @@
 - :mod:`.sockets` -- the only module that imports ``zmq.green``; every
   socket is made by a :class:`SocketFactory`;
 - :mod:`.clock` -- ``monotonic()`` for deadlines, ``wall()`` for stamps
-  other processes read.
+  other processes read;
+- :mod:`.http` -- the only module that imports geventhttpclient (the
+  gateway's outgoing HTTP).
 
-Rules (docs/architecture.md): nothing outside this package imports gevent or
-``zmq.green``; nothing calls ``gevent.spawn``; deadlines use ``monotonic()``.
+Rules (docs/architecture.md): nothing outside this package imports gevent,
+``zmq.green`` or geventhttpclient; nothing calls ``gevent.spawn``; deadlines use ``monotonic()``.
 """
 from __future__ import annotations
 

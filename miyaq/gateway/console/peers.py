@@ -19,10 +19,9 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
-from geventhttpclient import HTTPClient
-
 from ... import __version__
 from ...runtime import monotonic
+from ...runtime.http import HTTPClient
 
 logger = logging.getLogger(__name__)
 
