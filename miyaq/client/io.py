@@ -158,20 +158,15 @@ class IOLoop:
         ordinary path. ``waiter`` may still fail with ``not_found`` (the task
         was refused, retried elsewhere, or is held by other nodes), and the
         caller then asks again the ordinary way."""
-        with self.count_lock:
-            self.core.submitted += 1
-
         def both(now: float) -> None:
             core = self.core
+            with self.count_lock:
+                core.submitted += 1
             core.submit(p, now)
             body["id"] = p.wire["id"]
             core.request(p.node, command, body, waiter, deadline, now)
 
-        if self.core.submits.idle and self._direct(both, waiter, deadline, when_idle=True):
-            return True
-        with self.count_lock:
-            self.core.submitted -= 1
-        return False
+        return self.core.submits.idle and self._direct(both, waiter, deadline, when_idle=True)
 
     def _submit_now(self, p: Pending, now: float) -> None:
         if not self.core.submit(p, now):
@@ -248,9 +243,9 @@ class IOLoop:
             if self.inbox or not self._armed:
                 return False       # somebody else needs the client: the I/O thread takes over
             now = monotonic()
-            left = min(until - now, core.next_timer(now))
-            if until - now <= 0:
+            if now >= until:
                 return False
+            left = min(until - now, core.next_timer(now))
             events = fds.poll(max(1, math.ceil(left * 1000)))
             if not events:
                 core.on_timer(monotonic())
