@@ -399,3 +399,18 @@ def test_delaying_queue_reads_packet_ids_and_releases_them_in_time_order():
     heapq.heapify(queue.held)
     queue.release(2.5)
     assert [struct.unpack_from(">II", m, 24)[1] for m in sent] == [9, 7] and queue.held == [(3.0, 11)]
+
+
+def test_a_rerun_asked_of_the_paused_node_that_ran_it_is_explained_not_one_by_the_paused_node():
+    """n0 ran and finished the task, then was paused: another holder's
+    standby copy asked it, heard silence and ran the task again (rerun-pause,
+    seen in CI with a holder restarted after a kill). A re-run by the paused
+    node itself after it resumed is not explained by its pause: it must
+    catch up before it runs anything."""
+    h = H().add("fault", 6, phase="begin", fault=1, kind="pause", target="n0")
+    h.task("a", 3, runs=[(0.5, 1, 10, True, 0), (8.0, 1, 11, True, 2)])
+    h.task("b", 3, runs=[(0.5, 1, 10, True, 1), (10.5, 1, 11, True, 0)])
+    h.add("fault", 10, phase="heal", fault=1).add("fault", 10.1, phase="recovered", fault=1, recover_s=0.1)
+    s = h.checked().verdict().summary()
+    assert s["duplicates"]["classes"] == {"rerun-pause": 1, "unexplained": 1}
+    assert s["examples"]["duplicate_unexplained"] == ["b"]

@@ -20,7 +20,8 @@ explains it:
 3. ``rerun-<kind>``: the re-run was leased by a node that could not hear
    the other holders, or the node that ran the task earlier could not
    answer it (``partition``, ``deaf``, ``mute``, ``lossy``, ``delay``,
-   ``split``, ``zkcut``, ``zkminority``), at that moment or within
+   ``split``, ``zkcut``, ``zkminority``; and ``pause`` of the node that ran
+   it earlier, never of the re-runner), at that moment or within
    ``HEAL_GRACE`` of the heal: a late answer is silence.
    docs/cluster.md, "Before a standby copy runs": only silence lets a
    standby copy run, and a node cut off from the others hears silence (or
@@ -68,6 +69,10 @@ tasks: kazoo suspends the connection after 2/3 of the session (2 s in a
 chaos run), the node fences 1.5 s later (``FENCE_AFTER``), plus margin."""
 FENCED_KINDS = ("split", "zkcut", "zkminority")
 BLIND_KINDS = ("partition", "deaf", "mute", "lossy", "delay")
+SILENT_KINDS = ("pause",)
+"""Faults that silence a node without cutting it off: they explain a re-run
+only when they silenced the node that ran the task earlier (a paused node
+runs nothing itself; after it resumes it must catch up before it does)."""
 HEAL_GRACE = 3.0
 """Answers and streams need a moment to flow again after a network fault
 heals: a TCP connection stalled by dropped packets resumes only at its next
@@ -208,6 +213,10 @@ def _explain_one(earlier: Run, again: Run, spans: list[FaultSpan]) -> Explanatio
     for span in window:
         cut_off = span.target.split("+")
         if span.kind in BLIND_KINDS + FENCED_KINDS and (again.node in cut_off or earlier.node in cut_off) \
+                and span.begin <= again.t and (span.heal is None or again.t <= span.heal + HEAL_GRACE):
+            return Explanation(f"rerun-{span.kind}", span.fid, RULES["rerun"])
+    for span in window:
+        if span.kind in SILENT_KINDS and earlier.node in span.target.split("+") \
                 and span.begin <= again.t and (span.heal is None or again.t <= span.heal + HEAL_GRACE):
             return Explanation(f"rerun-{span.kind}", span.fid, RULES["rerun"])
     ran_for = (earlier.end if earlier.end is not None else again.t) - earlier.t
