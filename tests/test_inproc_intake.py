@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE, REJECTED
+from miyaq.constants import QUERY_TIMEOUT
 from miyaq.store.task import DONE
 
 
@@ -101,3 +102,82 @@ def test_resent_submit_of_a_task_finished_on_its_coordinator_copies_nothing(inpr
     assert cluster[other].task(tid) is None, "a live copy of the finished task was stored on the other holder"
     assert worker.times(tid) == 1 and not cluster.crashes()
 
+
+
+def _finished_while_a_holder_was_down(cluster):
+    """A task whose second holder is stopped at its submit: rejected
+    (not_enough_replicas) while its first holder ran and finished it. The
+    second holder restarts empty and hears nothing from the finisher (every
+    resync it asks the finisher for is lost, as when the task's tombstone is
+    not among the newest a resync carries). Returns (id, finisher, restarted
+    node, the third node, the finisher's worker)."""
+    tid = cluster.task_led_by("n1", 2)
+    finisher, missed = cluster.holders(tid, 2)
+    third = next(n for n in cluster.ids if n not in (finisher, missed))
+    worker = cluster.worker(finisher)
+    cluster.settle(0.3)                      # the start's resyncs done
+    cluster.stop_node(missed)
+    sub = cluster.submit(finisher, tid)
+    cluster.wait_until(lambda: sub.status, what="the submit's answer")
+    assert sub.status == REJECTED and sub.error_code == "not_enough_replicas"
+    cluster.wait_until(lambda: worker.runs(tid), what="the finisher's copy to run")
+    worker.complete(tid)
+    cluster.wait_until(lambda: cluster[finisher].state(tid) == DONE, what="done on the finisher")
+
+    cluster.net.drop("SYNC", src=missed, dst=finisher)
+    back = cluster.start_node(missed)
+    cluster.wait_until(lambda: back.role.resync.completed >= 1, what="the restarted holder's resync from the third")
+    assert back.state(tid) is None
+    return tid, finisher, back, third, worker
+
+
+def test_a_resend_coordinated_elsewhere_tells_a_restarted_holder_the_task_finished(inproc):
+    """Fault (seen in chaos runs as rerun-pause): a holder is killed, a
+    submit is rejected (not_enough_replicas) while the other holder runs and
+    finishes the task, and the killed holder restarts knowing nothing of it.
+    The client's resend reaches a third node, which is no holder: the
+    finisher answers its REPLICATE "finished", the restarted holder stores a
+    fresh standby copy. The coordinator must forward the outcome to the
+    restarted holder -- else its copy asks the finisher when it comes due,
+    and if the finisher is paused then (here: cut off), silence lets the copy
+    run a second time. The restarted holder ends with a tombstone, not a
+    live copy, and the task ran once."""
+    cluster = inproc(3, replicas=2, replication_timeout=0.3)
+    tid, finisher, back, third, worker = _finished_while_a_holder_was_down(cluster)
+    late = cluster.worker(back.id)
+
+    resend = cluster.submit(third, tid, resent=True)
+    cluster.wait_until(lambda: resend.status, what="the resend's answer")
+    # The finisher counts as storing it (its tombstone): the resend is accepted.
+    assert resend.status == ACCEPTED, resend.result
+    cluster.wait_until(lambda: not cluster[third].role.peer.unanswered(), what="both holders' answers")
+    cluster.net.cut(finisher)                # paused (SIGSTOP) when the standby would ask it
+    cluster.advance(4 * cluster.settings["replica_offset"])
+    cluster.wait_until(lambda: back.state(tid) == DONE or late.runs(tid), what="the restarted holder's copy to end")
+    assert late.times(tid) == 0, "the restarted holder ran a task its other holder had finished"
+    cluster.advance(QUERY_TIMEOUT + 4 * cluster.settings["replica_offset"])
+    cluster.settle()
+    assert late.times(tid) == 0 and worker.times(tid) == 1
+    assert back.task(tid) is None and back.tombstone(tid).state == DONE
+    assert cluster.net.messages("EVENTS", src=third, dst=back.id, task=tid)
+    assert back.role.standby.takeovers == 0 and not cluster.crashes()
+
+
+def test_an_invalid_finished_answer_to_replicate_is_refused_and_not_forwarded(inproc):
+    """Fault: a holder answers a REPLICATE with a "finished" outcome that
+    fails the checks (here a state no task ends in: a bug or a hostile
+    peer). The coordinator refuses it (counted under "answer") and tells the
+    task's other holders nothing: the restarted holder keeps its copy."""
+    cluster = inproc(3, replicas=2, replication_timeout=0.3)
+    tid, finisher, back, third, _ = _finished_while_a_holder_was_down(cluster)
+    cluster[finisher].tombstone(tid).state = "bogus"
+    coordinator = cluster[third]
+
+    resend = cluster.submit(third, tid, resent=True)
+    cluster.wait_until(lambda: resend.status, what="the resend's answer")
+    cluster.wait_until(lambda: not coordinator.role.peer.unanswered(), what="both holders' answers")
+    cluster.settle()
+    assert coordinator.node.core.refusals.by_source() == {"answer": 1}
+    assert not cluster.net.messages("EVENTS", src=third, dst=back.id, task=tid)
+    assert back.task(tid) is not None and back.tombstone(tid) is None
+    assert not cluster.crashes()

@@ -17,6 +17,7 @@ never brings back a finished task.
 from __future__ import annotations
 
 import logging
+from collections.abc import Container
 from typing import TYPE_CHECKING, Any
 
 from miyaq.cluster.holder_events import apply_early_start
@@ -26,7 +27,7 @@ from miyaq.cluster.standby import describe
 from miyaq.constants import MAX_QUERY
 from miyaq.errors import InvalidField
 from miyaq.logs import LogLimiter
-from miyaq.protocol.recordspec import check_outcome, task_from_record
+from miyaq.protocol.recordspec import Outcome, check_outcome, task_from_record
 from miyaq.runtime import wall
 from miyaq.store.task import DEAD, SCHEDULED
 
@@ -89,22 +90,29 @@ class Copies:
         return {"states": states}
 
     # -- copies -----------------------------------------------------------------------
-    def finish_known(self, sender: str, finished: dict[str, Any]) -> None:
-        """Another holder already finished these tasks: finish our copies."""
+    def finish_known(self, sender: str, finished: dict[Any, Any], asked: Container[str]) -> dict[str, Outcome]:
+        """``sender`` answered our REPLICATE of the ids ``asked`` saying it
+        already finished these tasks: finish our copies the same way. Returns
+        the outcomes that passed the checks (a bad one is refused and
+        counted; an id we did not ask about is ignored), for the caller to
+        tell the task's other holders."""
         now = wall()
         config = self.role.config
+        checked: dict[str, Outcome] = {}
         with self.role.events.applying_remote():
             for task_id, outcome in finished.items():
-                if not (isinstance(task_id, str) and task_id in self.engine.table.live):
+                if not (isinstance(task_id, str) and task_id in asked):
                     continue
                 try:
                     if not isinstance(outcome, list) or len(outcome) != 3:
                         raise InvalidField("a finished task must be [state, result, error]", field="answer")
-                    state, result, error = check_outcome(outcome[0], outcome[1], outcome[2], config)
+                    checked[task_id] = check_outcome(outcome[0], outcome[1], outcome[2], config)
                 except InvalidField as err:
                     self.role.refusals.refuse("answer", sender, err)
                     continue
-                self.engine.finish_copy(task_id, state, result, error, now)
+                if task_id in self.engine.table.live:
+                    self.engine.finish_copy(task_id, *checked[task_id], now)
+        return checked
 
     def install(self, record: Any, now: float, source: str, sender: str) -> bool:
         """Store (or update) this node's copy of a replicated or handed-off

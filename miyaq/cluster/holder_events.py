@@ -22,15 +22,16 @@ Events (arrays): ``["S", id, attempt, lease_end, at_most_once, lessee]``
 started (``lessee``: who the attempt was leased to, so that worker may report
 it to this holder if the runner's node dies; older nodes send five elements),
 ``["T", id, lease_end]`` touched, ``["F", id, state, result, error]``
-finished, ``["R", id, attempt, eta, error]`` waiting for the next attempt
-(eta 0: at once), ``["D", id, attempt, error]`` dead, ``["V", id]`` revived,
-``["P", id]`` purged.
+finished (also forwarded by a coordinator that learnt it from a holder's
+answer to REPLICATE: :meth:`EventPublisher.forward_finished`),
+``["R", id, attempt, eta, error]`` waiting for the next attempt (eta 0: at once),
+``["D", id, attempt, error]`` dead, ``["V", id]`` revived, ``["P", id]`` purged.
 """
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +42,7 @@ from miyaq.core.engine import note_lessee
 from miyaq.core.listener import EngineListener
 from miyaq.errors import InvalidField
 from miyaq.protocol.eventspec import check_event
-from miyaq.protocol.recordspec import STARTED_ELSEWHERE
+from miyaq.protocol.recordspec import STARTED_ELSEWHERE, Outcome
 from miyaq.runtime import monotonic, wall
 from miyaq.store.table import Tombstone
 from miyaq.store.task import READY, RETRYING, RUNNING, SCHEDULED, Task
@@ -75,12 +76,23 @@ class EventPublisher(EngineListener):
     def _emit(self, task: Task, event: list[Any]) -> None:
         if self._remote or len(task.holders) < 2:
             return
-        for holder in task.holders:
-            if holder != self.me:
-                box = self.outbox.get(holder)
+        self._queue(event, task.holders)
+
+    def _queue(self, event: list[Any], dests: Iterable[str]) -> None:
+        for dest in dests:
+            if dest != self.me:
+                box = self.outbox.get(dest)
                 if box is None:
-                    box = self.outbox[holder] = []
+                    box = self.outbox[dest] = []
                 box.append(event)
+
+    def forward_finished(self, task_id: str, outcome: Outcome, to: Iterable[str]) -> None:
+        """Tell the nodes ``to`` that ``task_id`` finished with ``outcome``
+        (checked by the caller), as an ``F`` event published with this node's
+        other events. For what another holder reported (its answer to a
+        REPLICATE): this node may hold no copy, and may be applying a remote
+        change, yet the others must hear it -- each keeps a tombstone."""
+        self._queue(["F", task_id, *outcome], to)
 
     def task_started(self, task: Task) -> None:
         lessee = task.lessees[-1][1] if task.lessees else None

@@ -120,25 +120,40 @@ class ReplicatedIntake:
         budget = self.role.config.max_message
         for holder, records in outbox.items():
             for chunk in chunks(records, len(records), budget, record_size):
-                ids = [r["id"] for r in chunk]
+                sent = {r["id"]: r["holders"] for r in chunk}
                 self.role.peer.request(holder, REPLICATE, {"tasks": chunk}, self.timeout,
-                                       self._callback(holder, ids))
+                                       self._callback(holder, sent))
 
-    def _callback(self, holder: str, ids: list[str]) -> Callable[[dict[str, Any] | None], None]:
-        return lambda answer: self._replicated(holder, ids, answer)
+    def _callback(self, holder: str, sent: dict[str, list[str]]) -> Callable[[dict[str, Any] | None], None]:
+        return lambda answer: self._replicated(holder, sent, answer)
 
-    def _replicated(self, holder: str, ids: list[str], answer: dict[str, Any] | None) -> None:
+    def _replicated(self, holder: str, sent: dict[str, list[str]], answer: dict[str, Any] | None) -> None:
+        """``holder`` answered the REPLICATE of the tasks ``sent`` (id ->
+        the holders the record named)."""
         if answer is None:
             return   # silence: the deadline sweep decides
         finished = answer.get("finished")
         if isinstance(finished, dict) and finished:
-            self.role.finish_known(holder, finished)
+            self._finished_on(holder, sent, finished)
         stored = confirmed_ids(answer)
-        for task_id in ids:
+        for task_id in sent:
             entry = self.pending.get(task_id)
             if entry is not None and task_id in stored:
                 entry.got += 1
                 self._maybe_ack(task_id, entry)
+
+    def _finished_on(self, holder: str, sent: dict[str, list[str]], finished: dict[Any, Any]) -> None:
+        """``holder`` already finished some of the tasks ``sent`` (a resend of
+        a task that ran while another holder was down): finish our copy, and
+        tell the task's other holders -- one that missed the task stores a
+        fresh copy from this same REPLICATE, and nobody else would tell it
+        the task is over (its copy runs if the finisher is silent when it
+        asks). Done even when the submit was already answered."""
+        me = self.role.node_id
+        for task_id, outcome in self.role.copies.finish_known(holder, finished, sent).items():
+            others = [h for h in sent[task_id] if h != holder and h != me]
+            if others:
+                self.role.events.forward_finished(task_id, outcome, others)
 
     def _maybe_ack(self, task_id: str, entry: _Pending) -> None:
         if entry.got >= entry.need:

@@ -264,8 +264,6 @@ class ClusterRole:
     def install(self, record: Any, now: float, source: str, sender: str) -> bool:
         return self.copies.install(record, now, source, sender)
 
-    def finish_known(self, sender: str, finished: dict[str, Any]) -> None:
-        self.copies.finish_known(sender, finished)
 
     def streams_ready(self) -> bool:
         """Every member's stream has been heard and none is resyncing."""

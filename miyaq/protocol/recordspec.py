@@ -49,6 +49,8 @@ FIELDS = frozenset({
     "backoff", "backoff_max", "timeout", "key", "replicas", "at_most_once", "meta", "headers", "rank",
     "holders", "state", "attempt", "error", "lease_end", "result", "at", "record", "event", "answer",
 })
+#: How a task finished: ``(state, result, error)`` (a tombstone's, an ``F`` event's).
+Outcome = tuple[str, bytes | None, dict[str, Any] | None]
 _NODE_ID = re.compile(r"[A-Za-z0-9_.:@\-]{1,128}")     # as the ring checks them (cluster/membership.py)
 _is_node = f.KnownNames(_NODE_ID).valid
 _ERROR_KEYS = 16
@@ -106,8 +108,7 @@ def check_result(value: Any, config: NodeConfig, field: str = "result") -> bytes
     return value
 
 
-def check_outcome(state: Any, result: Any, error: Any,
-                  config: NodeConfig) -> tuple[str, bytes | None, dict[str, Any] | None]:
+def check_outcome(state: Any, result: Any, error: Any, config: NodeConfig) -> Outcome:
     """How another holder finished a task: ``(state, result, error)``."""
     if type(state) is not str or state not in STONE_STATES:
         raise InvalidField(f"field 'state' of a finished task must be one of {', '.join(STONE_STATES)}",
