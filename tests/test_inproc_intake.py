@@ -85,12 +85,7 @@ def test_resent_submit_of_a_task_finished_on_its_coordinator_copies_nothing(inpr
     deaf = [cluster.net.drop("REPLICATE", src=coordinator, dst=other),
             cluster.net.drop("EVENTS", src=coordinator, dst=other),
             cluster.net.drop("SYNC", src=other, dst=coordinator)]
-    sub = cluster.submit(coordinator, tid)
-    cluster.wait_until(lambda: sub.status, what="the submit's answer")
-    assert sub.status == REJECTED and sub.error_code == "not_enough_replicas"
-    cluster.wait_until(lambda: worker.runs(tid), what="the coordinator's copy to run")
-    worker.complete(tid)
-    cluster.wait_until(lambda: cluster[coordinator].state(tid) == DONE, what="done on the coordinator")
+    _rejected_but_run_once(cluster, coordinator, tid, worker)
     for rule in deaf:
         rule.remove()
     cluster.settle()
@@ -102,6 +97,18 @@ def test_resent_submit_of_a_task_finished_on_its_coordinator_copies_nothing(inpr
     assert cluster[other].task(tid) is None, "a live copy of the finished task was stored on the other holder"
     assert worker.times(tid) == 1 and not cluster.crashes()
 
+
+
+def _rejected_but_run_once(cluster, coordinator, tid, worker):
+    """Submit ``tid`` to ``coordinator``, one of its holders, while the other
+    holder hears nothing: the submit is rejected (not_enough_replicas) but the
+    coordinator's copy runs, on ``worker``, and finishes."""
+    sub = cluster.submit(coordinator, tid)
+    cluster.wait_until(lambda: sub.status, what="the submit's answer")
+    assert sub.status == REJECTED and sub.error_code == "not_enough_replicas"
+    cluster.wait_until(lambda: worker.runs(tid), what="the coordinator's copy to run")
+    worker.complete(tid)
+    cluster.wait_until(lambda: cluster[coordinator].state(tid) == DONE, what="done on the coordinator")
 
 
 def _finished_while_a_holder_was_down(cluster):
@@ -117,12 +124,7 @@ def _finished_while_a_holder_was_down(cluster):
     worker = cluster.worker(finisher)
     cluster.settle(0.3)                      # the start's resyncs done
     cluster.stop_node(missed)
-    sub = cluster.submit(finisher, tid)
-    cluster.wait_until(lambda: sub.status, what="the submit's answer")
-    assert sub.status == REJECTED and sub.error_code == "not_enough_replicas"
-    cluster.wait_until(lambda: worker.runs(tid), what="the finisher's copy to run")
-    worker.complete(tid)
-    cluster.wait_until(lambda: cluster[finisher].state(tid) == DONE, what="done on the finisher")
+    _rejected_but_run_once(cluster, finisher, tid, worker)
 
     cluster.net.drop("SYNC", src=missed, dst=finisher)
     back = cluster.start_node(missed)
