@@ -156,6 +156,12 @@ class RingView:
             return []
         return [self.members[node_id] for node_id in self.ring.preference_list(routing_key, n)]
 
+    def holder_ids(self, routing_key: bytes | str, n: int) -> list[str]:
+        """The ids of :meth:`holders` (the placement hot path: no :class:`Member` lookups)."""
+        if self.ring is None:
+            return []
+        return self.ring.preference_list(routing_key, n)
+
     def __contains__(self, node_id: object) -> bool:
         return node_id in self.members
 

@@ -143,7 +143,7 @@ class ClusterRole:
 
     def holders(self, routing_key: str, replicas: int) -> list[str]:
         view = self.view
-        return [m.node_id for m in view.holders(routing_key, min(replicas, len(view.members)))]
+        return view.holder_ids(routing_key, min(replicas, len(view.members)))
 
     def ring_info(self) -> dict[str, Any]:
         view = self.view
