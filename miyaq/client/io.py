@@ -78,6 +78,7 @@ class IOLoop:
         from ..runtime.sockets import SocketFactory
         self.kit = kit
         self.zmq = kit.zmq
+        self._send = kit.send
         self.factory = SocketFactory(flavour=kit.flavour, max_message=max_message, security=security)
         self.nodes = Nodes(endpoints, source=endpoints_source, secure=security is not None)
         self.socks: list[Any] = [self.factory.dealer(ep, immediate=True) for ep in endpoints]
@@ -103,7 +104,7 @@ class IOLoop:
     # -- Transport (called by the core, by whoever holds the lock) ------------------------
     def send(self, node: int, frames: list[bytes]) -> bool:
         try:
-            self.socks[node].send_multipart(frames, self.zmq.NOBLOCK)
+            self._send(self.socks[node], frames)
         except self.zmq.Again:
             return False
         return True

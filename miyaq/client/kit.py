@@ -12,6 +12,8 @@ import threading
 from types import ModuleType
 from typing import Any, Callable
 
+from ..protocol.frames import send_frames
+
 
 class ThreadKit:
     name = "thread"
@@ -37,6 +39,11 @@ class ThreadKit:
 
     def lock(self) -> Any:
         return threading.Lock()
+
+    @staticmethod
+    def send(sock: Any, frames: list[bytes]) -> None:
+        """One message now, or ``zmq.Again`` (plain pyzmq: frame by frame, cheaply)."""
+        send_frames(sock, frames)
 
     @staticmethod
     def join(handle: Any, timeout: float) -> None:
@@ -73,6 +80,11 @@ class GeventKit:
 
     def lock(self) -> Any:
         return self._lock()
+
+    def send(self, sock: Any, frames: list[bytes]) -> None:
+        """One message now, or ``zmq.Again`` (``zmq.green`` sockets check their
+        state once per message only inside their own ``send_multipart``)."""
+        sock.send_multipart(frames, self.zmq.NOBLOCK)
 
     @staticmethod
     def join(handle: Any, timeout: float) -> None:

@@ -24,6 +24,7 @@ import importlib
 import zmq
 import zmq.green as green_zmq
 
+from ..protocol.frames import send_frames
 from . import clock, green
 
 HWM = 100_000
@@ -227,7 +228,7 @@ class HubSocket:
         """Send one message now or raise (``zmq.Again``: no room or, on a
         ROUTER, no such peer yet; ``ZMQError``: EHOSTUNREACH, closed...)."""
         try:
-            self.sock.send_multipart(frames, zmq.NOBLOCK)
+            send_frames(self.sock, frames)
         finally:
             if self._fd.waiting and self.readable():
                 self._fd.wake()

@@ -1,0 +1,71 @@
+"""Frame-by-frame sends (:func:`miyaq.protocol.frames.send_frames`): the
+same outcome as ``send_multipart(frames, NOBLOCK)``, failures included --
+a refused message leaves nothing half-sent on the socket."""
+from __future__ import annotations
+
+import pytest
+import zmq
+
+from miyaq.protocol.frames import send_frames
+
+
+@pytest.fixture
+def ctx():
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+def _router_and_dealer(ctx: zmq.Context, hwm: int = 1000) -> tuple[zmq.Socket, zmq.Socket, bytes]:
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    router.setsockopt(zmq.SNDHWM, hwm)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.RCVHWM, hwm)
+    dealer.connect(f"tcp://127.0.0.1:{port}")
+    dealer.send(b"hello")
+    assert router.poll(5000)
+    identity, _ = router.recv_multipart()
+    return router, dealer, identity
+
+
+def test_a_message_arrives_whole_and_in_order(ctx):
+    router, dealer, identity = _router_and_dealer(ctx)
+    send_frames(router, [identity, b"MQ1", b"TASK", b"x" * 100])
+    send_frames(router, [identity, b"one frame"])
+    assert dealer.poll(5000)
+    assert dealer.recv_multipart() == [b"MQ1", b"TASK", b"x" * 100]
+    assert dealer.poll(5000)
+    assert dealer.recv_multipart() == [b"one frame"]
+
+
+def test_a_message_to_a_peer_that_is_gone_raises_and_leaves_nothing_behind(ctx):
+    """Fault: a ROUTER_MANDATORY send to an unknown routing id (a client that
+    went away). The first frame is refused; the next message to a peer that is
+    there arrives intact, with no stray frames of the refused one before it."""
+    router, dealer, identity = _router_and_dealer(ctx)
+    with pytest.raises(zmq.ZMQError) as err:
+        send_frames(router, [b"nobody", b"MQ1", b"REPLY", b"lost"])
+    assert err.value.errno == zmq.EHOSTUNREACH
+    send_frames(router, [identity, b"MQ1", b"REPLY", b"kept"])
+    assert dealer.poll(5000)
+    assert dealer.recv_multipart() == [b"MQ1", b"REPLY", b"kept"]
+
+
+def test_a_full_peer_raises_again_and_takes_later_messages_whole(ctx):
+    """Fault: the peer does not read and its queue is at the high-water mark.
+    The send raises ``zmq.Again`` like ``send_multipart(..., NOBLOCK)``; once
+    the peer read, whole messages go through again."""
+    router, dealer, identity = _router_and_dealer(ctx, hwm=10)
+    sent = 0
+    with pytest.raises(zmq.Again):
+        for sent in range(10_000):      # bounded: the queues hold tens of messages at most
+            send_frames(router, [identity, b"MQ1", str(sent).encode()])
+    got = []
+    while dealer.poll(500):
+        got.append(dealer.recv_multipart())
+    assert got == [[b"MQ1", str(i).encode()] for i in range(sent)]
+    send_frames(router, [identity, b"MQ1", b"after"])
+    assert dealer.poll(5000)
+    assert dealer.recv_multipart() == [b"MQ1", b"after"]
