@@ -136,3 +136,38 @@ def test_a_forgotten_queue_takes_its_latency_series_with_it():
     timings.queue_forgotten("made-up-7")
     timings.queue_forgotten("never-seen")
     assert b'queue="made-up-7"' not in generate_latest(registry)
+
+
+def test_queue_histograms_expose_what_prometheus_clients_own_histogram_would():
+    """The task-path histograms keep plain counts and are exposed at scrape
+    time: the buckets, count and sum must be the library Histogram's for the
+    same observations (on a bound, just over one, and past the last)."""
+    from prometheus_client import Histogram
+
+    from miyaq.gateway.histograms import QueueHistogram
+    from miyaq.gateway.metrics import LATENCY_BUCKETS
+
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    fast = QueueHistogram("lat_seconds", "doc", LATENCY_BUCKETS)
+    ours.register(_Families(fast))
+    library = Histogram("lat_seconds", "doc", ["queue"], registry=theirs, buckets=LATENCY_BUCKETS)
+    for queue, seconds in [("a", 0.0), ("a", 0.001), ("a", 0.0011), ("b", 7.5), ("b", 5000.0), ("a", 0.5)]:
+        fast.observe(queue, seconds)
+        library.labels(queue).observe(seconds)
+
+    def lines(registry):
+        return sorted(line for line in generate_latest(registry).decode().splitlines()
+                      if line.startswith("lat_seconds") and "_created" not in line)
+
+    assert lines(ours) == lines(theirs)
+    assert 'lat_seconds_bucket{le="+Inf",queue="b"} 2.0' in lines(ours)
+    fast.forget("b")
+    assert not any('queue="b"' in line for line in lines(ours))
+
+
+class _Families:
+    def __init__(self, histogram):
+        self.histogram = histogram
+
+    def collect(self):
+        yield self.histogram.family()

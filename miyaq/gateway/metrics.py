@@ -5,7 +5,8 @@ Two sources, one per-node :class:`~prometheus_client.CollectorRegistry`
 
 * :class:`TaskTimings`, an engine listener, observes latency histograms as
   tasks start and finish. Its hooks run inline in the engine and only do a
-  dict operation and a histogram observation.
+  dict operation and a bisect (:mod:`miyaq.gateway.histograms`); the
+  histograms are read when scraped.
 * :class:`NodeCollector` reads counts the node already keeps (engine
   outcomes and per-queue states, workers, errors, limits) when scraped, so
   the hot path pays nothing for them.
@@ -32,6 +33,7 @@ from miyaq import __version__
 from miyaq.core.core import Core
 from miyaq.core.handles import Role, StorageHealth
 from miyaq.core.listener import EngineListener
+from miyaq.gateway.histograms import QueueHistogram
 from miyaq.runtime import Supervisor, monotonic, wall
 from miyaq.store.table import Tombstone
 from miyaq.store.task import DONE, Task
@@ -63,33 +65,32 @@ class ClusterGauges:
         return self.role.replication_lag(wall())
 
 
-class TaskTimings(EngineListener):
+class TaskTimings(EngineListener, Collector):
     """Latency histograms per queue: how late tasks start (first attempt,
-    against their eta), how long a successful run takes, and submit to done."""
+    against their eta), how long a successful run takes, and submit to done.
+    Observed inline in the engine (:class:`~miyaq.gateway.histograms.QueueHistogram`:
+    a bisect, no lock), collected when ``/metrics`` is scraped."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.delay = Histogram("miyaq_task_start_delay_seconds", "Time from a task's eta to its first start",
-                               ["queue"], registry=registry, buckets=LATENCY_BUCKETS)
-        self.run = Histogram("miyaq_task_run_seconds", "Time from start to done of successful attempts",
-                             ["queue"], registry=registry, buckets=LATENCY_BUCKETS)
-        self.total = Histogram("miyaq_task_latency_seconds", "Time from submit to done",
-                               ["queue"], registry=registry, buckets=LATENCY_BUCKETS)
+        self.delay = QueueHistogram("miyaq_task_start_delay_seconds", "Time from a task's eta to its first start",
+                                    LATENCY_BUCKETS)
+        self.run = QueueHistogram("miyaq_task_run_seconds", "Time from start to done of successful attempts",
+                                  LATENCY_BUCKETS)
+        self.total = QueueHistogram("miyaq_task_latency_seconds", "Time from submit to done", LATENCY_BUCKETS)
         self.duplicates = Counter("miyaq_duplicate_runs", "Tasks seen running more than once",
                                   ["queue"], registry=registry)
         self._started: dict[str, float] = {}
-        self._children: dict[tuple[int, str], Any] = {}
+        registry.register(self)
 
-    def _child(self, which: int, metric: Histogram, queue: str) -> Any:
-        child = self._children.get((which, queue))
-        if child is None:
-            child = self._children[(which, queue)] = metric.labels(queue)
-        return child
+    def collect(self) -> Iterator[Metric]:
+        for histogram in (self.delay, self.run, self.total):
+            yield histogram.family()
 
     def task_started(self, task: Task) -> None:
         now = wall()
         self._started[task.id] = now
         if task.attempt == 1:
-            self._child(0, self.delay, task.queue).observe(max(0.0, now - task.eta))
+            self.delay.observe(task.queue, max(0.0, now - task.eta))
 
     def task_ready(self, task: Task) -> None:
         self._started.pop(task.id, None)     # released unstarted
@@ -105,17 +106,16 @@ class TaskTimings(EngineListener):
         if stone.state == DONE:
             now = stone.finished
             if started is not None:
-                self._child(1, self.run, task.queue).observe(max(0.0, now - started))
-            self._child(2, self.total, task.queue).observe(max(0.0, now - task.created))
+                self.run.observe(task.queue, max(0.0, now - started))
+            self.total.observe(task.queue, max(0.0, now - task.created))
 
     def duplicate_run(self, task: Task, info: dict[str, Any]) -> None:
         self.duplicates.labels(task.queue).inc()
 
     def queue_forgotten(self, queue: str) -> None:
         """The queue's series go with it (queue names are the producers': bounded only by use)."""
-        for which, metric in enumerate((self.delay, self.run, self.total)):
-            self._children.pop((which, queue), None)
-            _drop(metric, queue)
+        for histogram in (self.delay, self.run, self.total):
+            histogram.forget(queue)
         _drop(self.duplicates, queue)
 
 
