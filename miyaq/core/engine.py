@@ -60,7 +60,7 @@ def leased_to(task: Task, attempt: int | None, principal: str) -> bool:
         return False
     if attempt is None:
         return lessees[-1][1] == principal
-    return any(a == attempt and p == principal for a, p in lessees)
+    return (attempt, principal) in lessees     # no generator: once per DONE
 
 
 def retry_delay(task: Task, rng: random.Random = random._inst) -> float:  # type: ignore[attr-defined]
