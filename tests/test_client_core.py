@@ -124,7 +124,8 @@ def test_busy_until_the_deadline_raises_one_busy_error() -> None:
             core.on_frames(node, submitted([[t["id"], "rejected", {"code": "busy", "message": "full"}]
                                             for t in body["tasks"]]), now)
         now += 0.05
-    assert isinstance(w.error, Busy) and "t1 not accepted before its deadline: every node tried was full" in str(w.error)
+    assert isinstance(w.error, Busy)
+    assert "t1 not accepted before its deadline: every node tried was full" in str(w.error)
 
 
 def test_node_restarting_mid_pipeline_gets_unacknowledged_submits_again_with_the_same_ids() -> None:

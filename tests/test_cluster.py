@@ -180,8 +180,8 @@ def test_lost_stream_messages_are_detected_and_repaired(cluster, procs, events):
         try:
             h.result(30)
         except Exception:
-            print("STUCK", h.id, {n: cluster.holds(n, h.id) for n in cluster.nodes},
-                  {n: (cluster.stats(n)["queues"], cluster.stats(n)["totals"]) for n in cluster.nodes}, starts(path, h.id))
+            counts = {n: (cluster.stats(n)["queues"], cluster.stats(n)["totals"]) for n in cluster.nodes}
+            print("STUCK", h.id, {n: cluster.holds(n, h.id) for n in cluster.nodes}, counts, starts(path, h.id))
             raise
     for h in handles:
         wait_for(lambda: all(cluster.holds(n, h.id) == "done" for n in cluster.nodes), timeout=30,
