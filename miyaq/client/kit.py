@@ -12,8 +12,6 @@ import threading
 from types import ModuleType
 from typing import Any, Callable
 
-from ..protocol.frames import send_frames
-
 
 class ThreadKit:
     name = "thread"
@@ -21,7 +19,11 @@ class ThreadKit:
 
     def __init__(self) -> None:
         import zmq
+
+        # A client is being made: its I/O loop imports the runtime's sockets anyway.
+        from ..runtime.sockets import send_frames
         self.zmq: ModuleType = zmq
+        self._send_frames = send_frames
 
     def spawn(self, fn: Callable[[], Any], name: str) -> Any:
         thread = threading.Thread(target=fn, name=name, daemon=True)
@@ -40,10 +42,9 @@ class ThreadKit:
     def lock(self) -> Any:
         return threading.Lock()
 
-    @staticmethod
-    def send(sock: Any, frames: list[bytes]) -> None:
+    def send(self, sock: Any, frames: list[bytes]) -> None:
         """One message now, or ``zmq.Again`` (plain pyzmq: frame by frame, cheaply)."""
-        send_frames(sock, frames)
+        self._send_frames(sock, frames)
 
     @staticmethod
     def join(handle: Any, timeout: float) -> None:
