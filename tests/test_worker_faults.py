@@ -183,20 +183,35 @@ class _FailingSends:
 
 
 def test_failed_result_send_keeps_the_batch_and_sends_it_again(node, client, thread_worker, caplog):
-    """Fault: the worker's socket refuses the DONE message of a finished task.
-    The failure is logged and counted, the batch goes back to the outbox, the
+    """Fault: the worker's socket refuses the DONE message of a finished task,
+    twice. The runner's own send (it had nothing else to run) fails, is
+    logged and leaves the result to the flusher; the flusher's first send
+    fails too, is logged and counted, the batch goes back to the outbox, the
     flusher runs again after a backoff, and the result reaches the node."""
     w = thread_worker(basic.app, node.endpoint, queues=["default"], concurrency=1).worker
     link = w.links[0]
     wait_for(lambda: client.status()["totals"]["workers"] == 1, what="worker registered")
-    failing = link.sock = _FailingSends(link.sock, c.DONE)
-    with caplog.at_level(logging.ERROR, logger="miyaq.runtime.supervisor"):
+    failing = link.sock = _FailingSends(link.sock, c.DONE, times=2)
+    with caplog.at_level(logging.WARNING):
         assert client.call("add", [2, 3], timeout=20) == 5
     assert failing.left == 0
-    assert link.send_errors == 1
+    assert link.send_errors == 2
+    assert "the flusher sends it again" in caplog.text
     assert w.supervisor.crashes[f"flush {node.endpoint}"] == 1
     assert "injected send failure" in caplog.text and "restarting" in caplog.text
     assert len(link.outbox) == 0
+
+
+def test_a_lone_result_is_sent_by_its_runner_without_waking_the_flusher(node, client, thread_worker):
+    """One task at a time, each runner finds the backlog empty after its task
+    and sends the result itself: the flusher greenlet is never needed."""
+    w = thread_worker(basic.app, node.endpoint, queues=["default"], concurrency=2).worker
+    for i in range(3):
+        assert client.call("add", [i, 1], timeout=20) == i + 1
+    link = w.links[0]
+    assert len(link.outbox) == 0
+    assert not link.outbox._started, "the flusher was spawned for lone results"
+    assert f"flush {node.endpoint}" not in w.supervisor.live()
 
 
 def test_runner_that_dies_is_restarted_and_its_task_retried(node, client, thread_worker, caplog):

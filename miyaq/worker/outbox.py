@@ -2,7 +2,12 @@
 
 Handlers append; one long-lived flusher greenlet, woken by an event (not a
 greenlet spawned per flush), sends what has piled up meanwhile, in bounded
-messages. A batch leaves the outbox only once its send succeeded: a send
+messages. A runner that reports a result with nothing left to run sends the
+outbox itself instead (:meth:`Outbox.hold`, :meth:`Outbox.send_now`): a lone
+task's result leaves without a switch to the flusher, and the results of a
+burst, queued while the backlog lasted, still leave together.
+
+A batch leaves the outbox only once its send succeeded: a send
 that fails puts the batch back at the front and raises, so the worker's
 supervisor logs it, counts it and runs the flusher again after a backoff
 (escalating to stopping the worker if sends keep failing). The
@@ -11,11 +16,15 @@ worker holds, and the node grants no new task until it hears of a result.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable
 
+from ..errors import MiyaqError
 from ..protocol import commands as c
 from ..runtime import RESTART, green
 from .config import RESULT_BYTES_PER_MESSAGE, RESULTS_PER_MESSAGE
+
+logger = logging.getLogger(__name__)
 
 Post = Callable[[bytes, dict[str, Any]], None]
 Spawn = Callable[..., Any]
@@ -34,6 +43,7 @@ class Outbox:
         self.touches: list[str] = []
         self._pending = False          # results wait for the flusher
         self._started = False          # the flusher greenlet was spawned
+        self._held = False             # a runner sends right after adding (no flusher wake-up)
         self._wanted = green.Event()
 
     def __len__(self) -> int:
@@ -51,7 +61,27 @@ class Outbox:
         self.touches.append(task_id)
         self._schedule()
 
+    def hold(self) -> None:
+        """The caller adds a result and calls :meth:`send_now` right after,
+        without yielding: adding does not wake the flusher meanwhile."""
+        self._held = True
+
+    def send_now(self) -> None:
+        """Send what is queued from the caller's greenlet and end the hold. A
+        failed send is logged and left to the flusher, which sends it again
+        under its supervisor's policy (backoff, then stopping the worker)."""
+        self._held = False
+        if not len(self):
+            return
+        try:
+            self.flush()
+        except MiyaqError as err:
+            logger.warning("%s; the flusher sends it again", err.message)
+            self._schedule()
+
     def _schedule(self) -> None:
+        if self._held:
+            return
         if not self._pending:
             self._pending = True
             if self._started:

@@ -217,13 +217,23 @@ class Worker:
             self.routes.origin.pop(task_id, None)
 
     def _report(self, link: NodeLink, job: Job, outcome: Outcome) -> None:
-        """To the task's node, or another holder if that node went silent."""
+        """To the task's node, or another holder if that node went silent. With
+        nothing left in the backlog this runner sends the results itself (a
+        lone task's result without waking the flusher); otherwise the flusher
+        sends them together once the runners yield."""
         target = self.routes.report_link(link, job.task_id)
-        kind, value = outcome
-        if kind == "done":
-            target.report_done(job.task_id, job.attempt, value)
-        else:
-            target.report_failed(job.task_id, job.attempt, value)
+        last = not self.backlog
+        if last:
+            target.outbox.hold()
+        try:
+            kind, value = outcome
+            if kind == "done":
+                target.report_done(job.task_id, job.attempt, value)
+            else:
+                target.report_failed(job.task_id, job.attempt, value)
+        finally:
+            if last:
+                target.outbox.send_now()
 
     def _report_lost_outcome(self, link: NodeLink, task_id: str, attempt: int) -> None:
         error = {"type": "WorkerError", "message": "the worker failed to report this attempt's outcome",
