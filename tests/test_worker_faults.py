@@ -12,6 +12,7 @@ import pytest
 from apps import basic
 from miyaq.protocol import commands as c
 from miyaq.runtime.sockets import zmq
+from miyaq.runtime import monotonic
 from miyaq.testing.harness import free_port, wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -99,17 +100,24 @@ def test_lease_runs_out_without_touch(node, client, thread_worker):
     assert client.status(handle.id)["error"]["type"] in ("Timeout", "Lost")
 
 
-def test_an_idle_workers_watchdog_sleeps_until_a_job_with_a_timeout_starts(node, client, thread_worker):
-    """An idle worker's watchdog plans no wake-up (idle CPU); a job with a
-    lease makes it look at that job's deadline, and once the job ended and
-    the deadline passed it sleeps without one again."""
-    w = thread_worker(basic.app, node.endpoint, queues=["default"], concurrency=1)
+def test_the_watchdog_is_woken_only_by_a_job_due_before_its_next_look(node, client, thread_worker, monkeypatch):
+    """An idle worker's watchdog plans its next look WATCHDOG_IDLE ahead (30 s
+    here). A job due later than that look runs and ends without waking it
+    (one task at a time, tasks with the usual timeouts never do); a job due
+    sooner wakes it, and it plans to look at that job's deadline."""
+    monkeypatch.setattr("miyaq.worker.runner.WATCHDOG_IDLE", 30.0)
+    w = thread_worker(basic.app, node.endpoint, queues=["default"], concurrency=2)
     worker = w.worker
-    wait_for(lambda: worker._watch_at == float("inf"), what="the idle watchdog with no wake-up planned")
-    handle = client.submit("sleep", [0.3], timeout=1.0, wait=True)
-    wait_for(lambda: worker._watch_at != float("inf"), what="the watchdog watching the job's deadline")
-    assert handle.result(20) == 1
-    wait_for(lambda: worker._watch_at == float("inf"), what="the watchdog idle again after the deadline")
+    wait_for(lambda: worker._watch_at - monotonic() > 20, what="the idle watchdog's next look, 30 s ahead")
+    planned = worker._watch_at
+    far = client.submit("sleep", [0.2], timeout=120.0, wait=True)
+    assert far.result(20) == 1
+    assert worker._watch_at == planned, "a job due after the watchdog's next look woke it"
+    near = client.submit("sleep", [0.5], timeout=10.0, wait=True)
+    wait_for(lambda: near.id in worker.running, what="the near job running")
+    deadline = worker.running[near.id].deadline
+    wait_for(lambda: worker._watch_at == deadline, what="the watchdog planning to look at the near job's deadline")
+    assert near.result(20) == 1
 
 
 def test_worker_reregisters_after_node_restart(procs, client_for):

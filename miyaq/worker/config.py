@@ -120,6 +120,10 @@ TRACEBACK_BYTES = 16384
 #: How often the worker checks running tasks against their timeouts (the
 #: precision with which a handler past its timeout is stopped).
 WATCHDOG_TICK = 0.1
+#: How often an idle worker's watchdog looks (seconds). A job whose deadline
+#: is later than the watchdog's next look does not wake it: one task at a
+#: time, no job wakes it at all.
+WATCHDOG_IDLE = 1.0
 #: processes pool: seconds a new child may take to import the app and say
 #: hello before it is killed and started again.
 CHILD_START_TIMEOUT = 60.0

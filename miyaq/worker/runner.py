@@ -36,7 +36,7 @@ from ..runtime import CRITICAL, RESTART, Supervisor, green, monotonic
 from ..runtime.sockets import SocketFactory
 from ..security.curve import client_curve
 from .aio import AsyncLoop
-from .config import BYE_LINGER, DRAIN_POLL, MAX_NODES, WATCHDOG_TICK, WorkerConfig
+from .config import BYE_LINGER, DRAIN_POLL, MAX_NODES, WATCHDOG_IDLE, WATCHDOG_TICK, WorkerConfig
 from .execute import Interrupted, Outcome, TaskAborted, TaskTimeout
 from .jobs import Job
 from .link import NodeLink
@@ -97,10 +97,10 @@ class Worker:
         self.crashed = False
         self.executed = 0
         self._stopped = green.Event()
-        # The watchdog sleeps until the nearest deadline of a running job
-        # (`_watch_at`); a job due sooner wakes it. Idle, it does not wake.
+        # The watchdog sleeps until the nearest deadline of a running job, or
+        # WATCHDOG_IDLE (`_watch_at`); only a job due sooner wakes it.
         self._watch = green.Event()
-        self._watch_at = float("inf")
+        self._watch_at = 0.0
         self.pulse = Pulse(self.wid, self.endpoints, cfg.heartbeat, security)
 
     def busy_count(self, link: NodeLink | None = None) -> int:
@@ -253,8 +253,10 @@ class Worker:
     def _watchdog(self) -> None:
         """Stop handlers that ran past their timeout (their lease) without a
         touch. Looks again at the nearest deadline (at most every
-        WATCHDOG_TICK), or when a job due sooner starts; with no job that
-        has a timeout, it sleeps until one starts."""
+        WATCHDOG_TICK), and at least every WATCHDOG_IDLE, so that only a job
+        due before its next look wakes it: tasks with the usual timeouts,
+        one at a time, never do (a wake-up of the watchdog is two greenlet
+        switches per task)."""
         while True:
             now = monotonic()
             nearest = float("inf")
@@ -267,9 +269,9 @@ class Worker:
                     self._interrupt(job, TaskTimeout)
                 elif job.deadline < nearest:
                     nearest = job.deadline    # a touch only moves a deadline later
-            self._watch_at = max(nearest, now + WATCHDOG_TICK)
+            self._watch_at = max(min(nearest, now + WATCHDOG_IDLE), now + WATCHDOG_TICK)
             self._watch.clear()
-            self._watch.wait(None if nearest == float("inf") else self._watch_at - now)
+            self._watch.wait(self._watch_at - now)
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> "Worker":
