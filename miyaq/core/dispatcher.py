@@ -95,10 +95,13 @@ class Dispatcher(EngineListener):
         batches: dict[Consumer, list[Task]] = {}
         sizes: dict[Consumer, int] = {}
         total = 0
-        progress = True
-        while progress and self.hungry:
-            progress = False
-            for consumer in list(self.hungry):
+        # Round-robin passes, DISPATCH_CHUNK tasks each. A consumer that found
+        # nothing to take leaves the passes: takes only remove tasks and
+        # acquiring a limit only closes lanes, so it would find nothing later.
+        turn = list(self.hungry)
+        while turn:
+            again = []
+            for consumer in turn:
                 batch = batches.get(consumer)
                 if batch is None:
                     batch = batches[consumer] = []
@@ -123,12 +126,13 @@ class Dispatcher(EngineListener):
                 sizes[consumer] = size
                 consumer.credit -= taken
                 total += taken
-                if taken:
-                    progress = True
                 if consumer.credit <= 0 or len(batch) >= self.max_batch or size >= DISPATCH_BATCH_BYTES:
                     self.hungry.pop(consumer, None)
                     if consumer.credit > 0:
                         self.pending = True   # batch full: continue next pump
+                elif taken == n:
+                    again.append(consumer)    # took its whole chunk: there may be more
+            turn = again
         for consumer, batch in batches.items():
             if batch and not consumer.deliver(batch):
                 logger.warning("could not deliver %d tasks to %r; putting them back", len(batch), consumer)
