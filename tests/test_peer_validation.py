@@ -21,6 +21,7 @@ import pytest
 from peer_fixtures import FakePeer, PeerDealer, ServiceDealer, clustered_node
 
 from miyaq.cluster.peer import SYNC
+from miyaq.cluster.stream import topic
 from miyaq.config import NodeConfig
 from miyaq.protocol.recordspec import task_from_record
 from miyaq.protocol.taskspec import task_from_wire
@@ -254,3 +255,26 @@ def test_transfer_records_of_the_node_own_tasks_pass_validation():
         task.lease_end = NOW + 30
         rebuilt = task_from_record(transfer_record(task), config)
         assert (rebuilt.id, rebuilt.state, rebuilt.meta, rebuilt.url) == (task.id, state, task.meta, task.url)
+
+
+def test_a_stream_message_of_too_many_frames_is_dropped_and_the_stream_goes_on(cluster_node, peer, dealer, service):
+    """Fault: the peer's replication PUB sends a message of three frames (a
+    stream message is [topic, body]). The node's subscriber reads it to its
+    end, drops it and counts it; the stream is not stuck: a good finish
+    published after it is applied."""
+    holders = [me(cluster_node), "p1"]
+    assert dealer.replicate([record("fr-1", holders)])["ids"] == ["fr-1"]
+    subscriber = cluster_node.node.role.subscriber
+
+    def dropped() -> bool:
+        peer.pub.send_multipart([topic(me(cluster_node)), b"one frame too many", b"x"])
+        return subscriber.refused >= 1
+
+    wait_for(dropped, timeout=15, interval=0.2, what="the three-frame message dropped")
+    assert service.task("fr-1")["state"] == "scheduled"
+
+    def finished() -> bool:
+        peer.publish(me(cluster_node), [["F", "fr-1", "done", b"\x01", None]])
+        return service.task("fr-1")["state"] == "done"
+
+    wait_for(finished, timeout=15, interval=0.2, what="the good finish applied")

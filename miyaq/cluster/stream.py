@@ -38,8 +38,8 @@ from miyaq.cluster.peer import PEER_PROTOCOL
 from miyaq.cluster.transport import Apply, AskResync
 from miyaq.constants import STREAM_HEARTBEAT, STREAM_SILENCE
 from miyaq.logs import LogLimiter
-from miyaq.runtime import CRITICAL, Supervisor, green, monotonic
-from miyaq.runtime.sockets import MessageRefused, SocketFactory, recv_bounded, zmq
+from miyaq.runtime import CRITICAL, Supervisor, monotonic
+from miyaq.runtime.sockets import MessageRefused, SocketFactory, send_frames, zmq
 
 logger = logging.getLogger(__name__)
 _log = LogLimiter(logger)     # a flood of bad messages: a few lines a minute
@@ -110,12 +110,12 @@ class ZmqStreamPublisher(StreamSender):
 
     def __init__(self, sockets: SocketFactory, node_id: str, bind: str, drop_ratio: float = 0.0) -> None:
         super().__init__(node_id, drop_ratio)
-        self.pub = sockets.publisher(bind)
+        self.pub = sockets.publisher(bind, plain=True)     # sends never wait: no zmq.green needed
         self._closed = False
 
     def _publish(self, dest: str, body: dict[str, Any]) -> None:
         try:
-            self.pub.send_multipart([topic(dest), msgpack.packb(body, use_bin_type=True)], zmq.NOBLOCK)
+            send_frames(self.pub, [topic(dest), msgpack.packb(body, use_bin_type=True)])
             self.sent += 1
         except zmq.Again:
             pass   # dropped at the HWM: the next heartbeat reveals the gap
@@ -246,8 +246,9 @@ class ZmqStreamSubscriber(StreamReceiver):
                  resync: AskResync) -> None:
         super().__init__(node_id, apply, resync)
         self.supervisor = supervisor
-        self.sub = sockets.subscriber([topic(node_id)])
-        self.limit = sockets.frame_limit
+        # [topic, body], at most frame_limit bytes: a refused message is dropped
+        # like a lost one (the gap it leaves asks for a resync).
+        self.sub = sockets.hub_subscriber([topic(node_id)], max_frames=2)
         self.connected: dict[str, str] = {}
         self._closed = False
 
@@ -256,14 +257,14 @@ class ZmqStreamSubscriber(StreamReceiver):
         for node_id, endpoint in list(self.connected.items()):
             if pubs.get(node_id) != endpoint:
                 try:
-                    self.sub.disconnect(endpoint)
+                    self.sub.sock.disconnect(endpoint)
                 except zmq.ZMQError:
                     pass
                 del self.connected[node_id]
                 self._unfollow(node_id)
         for node_id, endpoint in pubs.items():
             if node_id != self.node_id and node_id not in self.connected:
-                self.sub.connect(endpoint)
+                self.sub.sock.connect(endpoint)
                 self.connected[node_id] = endpoint
                 self._follow(node_id)
 
@@ -271,28 +272,35 @@ class ZmqStreamSubscriber(StreamReceiver):
         self.supervisor.spawn("stream reader", self.serve, policy=CRITICAL)
 
     def serve(self) -> None:
+        """Read the stream; at least every STREAM_HEARTBEAT, look for silent sources."""
         while not self._closed:
-            with green.Timeout(STREAM_HEARTBEAT, False):
-                self._read(0)
-                for _ in range(256):
-                    try:
-                        self._read(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
+            try:
+                if self._take(STREAM_HEARTBEAT):
+                    for _ in range(256):
+                        if not self._take(None):
+                            break
+            except zmq.ZMQError:
+                if self._closed:
+                    return        # closed under the reader
+                raise
             self._check_silence(monotonic())
 
-    def _read(self, flags: int) -> None:
-        """One message, kept only within the limits ([topic, body], ``frame_limit``
-        bytes); a refused one is dropped like a lost one (the gap it leaves
-        asks for a resync)."""
+    def _take(self, wait: float | None) -> bool:
+        """Read and handle one message, waiting at most ``wait`` seconds (None:
+        not at all); False if none came. One over the limits ([topic, body],
+        ``frame_limit`` bytes) is read to its end and dropped like a lost one
+        (the gap it leaves asks for a resync)."""
         try:
-            frames, _ = recv_bounded(self.sub, 2, self.limit, flags)
+            message = self.sub.recv(wait) if wait is not None else self.sub.recv_nowait()
         except MessageRefused as refused:
             self.refused += 1
             _log.warning("oversized", "replication message of %d frames, %d bytes dropped (over the limit)",
                          refused.frames, refused.size)
-            return
-        self._handle(frames)
+            return True
+        if message is None:
+            return False
+        self._handle(message[0])
+        return True
 
     def close(self) -> None:
         if self._closed:

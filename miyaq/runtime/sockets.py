@@ -324,26 +324,35 @@ class SocketFactory:
         limits = (max_frames, self.frame_limit) if max_frames is not None else None
         return HubSocket(self.router(bind, audience, plain=True, heartbeat_ms=heartbeat_ms), users, limits)
 
-    def publisher(self, bind: str) -> Any:
+    def publisher(self, bind: str, *, plain: bool = False) -> Any:
         """A bound PUB (the replication stream). It drops at its high-water mark;
-        streams carry sequence numbers and heartbeats so a loss is seen."""
-        sock = self.ctx.socket(zmq.PUB)
+        streams carry sequence numbers and heartbeats so a loss is seen.
+        ``plain`` as for :meth:`router` (a PUB never blocks a sender)."""
+        sock = self.ctx.socket(zmq.PUB, socket_class=zmq.Socket if plain else None)
         self._common(sock, HWM, HWM)
         self._serve(sock, "peer")
         sock.bind(bind)
         return sock
 
     # -- connecting sockets -------------------------------------------------------
-    def subscriber(self, topics: list[bytes]) -> Any:
+    def subscriber(self, topics: list[bytes], *, plain: bool = False) -> Any:
         """A SUB subscribed to ``topics``; connect it to publishers as they
-        appear. Frames over :attr:`frame_limit` drop the connection."""
-        sock = self.ctx.socket(zmq.SUB)
+        appear. Frames over :attr:`frame_limit` drop the connection.
+        ``plain`` as for :meth:`router`."""
+        sock = self.ctx.socket(zmq.SUB, socket_class=zmq.Socket if plain else None)
         sock.setsockopt(zmq.MAXMSGSIZE, self.frame_limit)
         self._common(sock, HWM, HWM)
         self._connect_as_client(sock)
         for topic in topics:
             sock.setsockopt(zmq.SUBSCRIBE, topic)
         return sock
+
+    def hub_subscriber(self, topics: list[bytes], max_frames: int) -> HubSocket:
+        """:meth:`subscriber`'s socket as a :class:`HubSocket` (a green factory
+        only), its messages read with :func:`recv_bounded`: at most
+        ``max_frames`` frames and :attr:`frame_limit` bytes. Connect it with
+        ``.sock.connect``."""
+        return HubSocket(self.subscriber(topics, plain=True), limits=(max_frames, self.frame_limit))
 
     def dealer(self, connect: str | None = None, *, identity: bytes | None = None,
                immediate: bool = False, sndhwm: int = HWM, reconnect_ms: tuple[int, int] | None = None,
