@@ -17,12 +17,14 @@ import time
 import urllib.request
 from typing import Any
 
+import msgpack
 import pytest
 from peer_fixtures import FakePeer, PeerDealer, ServiceDealer, clustered_node
 
-from miyaq.cluster.peer import SYNC
+from miyaq.cluster.peer import REPLICATE, SYNC
 from miyaq.cluster.stream import topic
 from miyaq.config import NodeConfig
+from miyaq.protocol.commands import TAG
 from miyaq.protocol.recordspec import task_from_record
 from miyaq.protocol.taskspec import task_from_wire
 from miyaq.store.log import AppendLog
@@ -278,3 +280,15 @@ def test_a_stream_message_of_too_many_frames_is_dropped_and_the_stream_goes_on(c
         return service.task("fr-1")["state"] == "done"
 
     wait_for(finished, timeout=15, interval=0.2, what="the good finish applied")
+
+
+def test_a_peer_request_of_too_many_frames_is_answered_bad_frame_and_the_port_goes_on(cluster_node, dealer):
+    """Fault: a message of five frames on the peer port (a request is [tag,
+    command, body]). The node reads it to its end without keeping it,
+    answers ``bad_frame``, and the next request on the same connection is
+    answered as usual."""
+    dealer.sock.send_multipart([TAG, REPLICATE, b"x", b"y", b"z"])
+    assert dealer.sock.poll(10_000), "no answer to the five-frame message"
+    _, _, raw = dealer.sock.recv_multipart()
+    assert msgpack.unpackb(raw, raw=False)["code"] == "bad_frame"
+    assert dealer.replicate([record("pf-1", [me(cluster_node), "p1"])])["ids"] == ["pf-1"]

@@ -222,7 +222,10 @@ class PeerEndpoint(PeerRequests):
         # records it forwards (a client's largest task plus its holders...).
         super().__init__(supervisor, node_id, sockets.frame_limit, guard)
         self.sockets = sockets
-        self.router = sockets.router(bind, audience="peer")   # with CURVE: other nodes only
+        # With CURVE: other nodes only. Requests are read within FRAMES + 1 frames
+        # ([identity, tag, command, body]) and the peer frame limit.
+        self.router = sockets.hub_router(bind, audience="peer", users=guard is not None,
+                                         max_frames=FRAMES + 1)
         self.dealers: dict[str, Any] = {}          # node id -> DEALER
         self.endpoints: dict[str, str] = {}
         self._retired: list[Any] = []
@@ -262,7 +265,7 @@ class PeerEndpoint(PeerRequests):
 
     def _send_answer(self, identity: Any, frames: list[bytes]) -> None:
         try:
-            self.router.send_multipart([identity, *frames], zmq.NOBLOCK)
+            self.router.send([identity, *frames])
         except (zmq.Again, zmq.ZMQError):
             pass   # the asker is gone; it will treat this as silence
 
@@ -270,19 +273,22 @@ class PeerEndpoint(PeerRequests):
     def serve_requests(self) -> None:
         """Read the ROUTER (requests from peers) and answer each."""
         while not self._closed:
-            self._read_request(0)
-            for _ in range(256):
-                try:
-                    self._read_request(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
+            try:
+                self._read_request(wait=True)
+                for _ in range(256):
+                    if not self._read_request(wait=False):
+                        break
+            except zmq.ZMQError:
+                if self._closed:
+                    return        # closed under the reader
+                raise
             for hook in self.after_burst:
                 hook()
 
-    def _read_request(self, flags: int) -> None:
+    def _read_request(self, wait: bool) -> bool:
+        """Handle the next request (waiting for one if ``wait``); False if none was there."""
         try:
-            frames, user = recv_bounded(self.router, FRAMES + 1, self.max_message, flags,
-                                        with_user=self.guard is not None)
+            message = self.router.recv() if wait else self.router.recv_nowait()
         except MessageRefused as refused:
             err: MiyaqError
             if refused.reason == "frames":
@@ -291,8 +297,12 @@ class PeerEndpoint(PeerRequests):
                 err = TooLarge(f"message of {refused.size} bytes exceeds the limit of {self.max_message}")
             self.errors[err.code] += 1
             self._answer(refused.head, None, err.to_wire())
-            return
+            return True
+        if message is None:
+            return False
+        frames, user = message
         self._handle_request(frames, user)
+        return True
 
     def serve_answers(self) -> None:
         """Read every DEALER; expire requests that got no answer."""
