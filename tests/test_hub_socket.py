@@ -107,3 +107,52 @@ def test_fd_wait_wakes_on_data_on_wake_and_times_out():
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_a_parked_subscriber_gets_every_message_while_others_connect_and_disconnect_it():
+    """Fault: another greenlet connects the parked reader's SUB to a new
+    publisher and disconnects it (a ring change) while messages arrive; those
+    operations may consume the descriptor's signal meant for the reader.
+    Every message must still arrive, each within a bounded wait."""
+    factory = SocketFactory(green=True)
+    try:
+        pub = factory.publisher("tcp://127.0.0.1:0", plain=True)
+        endpoint = pub.getsockopt(zmq.LAST_ENDPOINT).decode()
+        other = factory.publisher("tcp://127.0.0.1:0", plain=True)
+        other_endpoint = other.getsockopt(zmq.LAST_ENDPOINT).decode()
+        sub = factory.hub_subscriber([b"t"], max_frames=2)
+        sub.connect(endpoint)
+        for _ in range(200):         # the subscription reaches the PUB (slow joiner), bounded
+            pub.send_multipart([b"t", b"hello"])
+            if sub.recv(0.05) is not None:
+                break
+        else:
+            raise AssertionError("the subscription never reached the publisher")
+        while sub.recv_nowait() is not None:
+            pass
+        sup = Supervisor("test")
+        n = 200
+
+        def churn() -> None:
+            for _ in range(n):
+                sub.connect(other_endpoint)
+                green.sleep(0)
+                sub.disconnect(other_endpoint)
+                green.sleep(0)
+
+        def writer() -> None:
+            for i in range(n):
+                pub.send_multipart([b"t", str(i).encode()])
+                green.sleep(0)
+
+        sup.spawn("churn", churn)
+        sup.spawn("writer", writer)
+        got = []
+        while len(got) < n:
+            message = sub.recv(5.0)
+            assert message is not None, f"stalled after {len(got)} messages"
+            got.append(message[0][1])
+        assert got == [str(i).encode() for i in range(n)]
+        sup.kill()
+    finally:
+        factory.close()

@@ -257,14 +257,14 @@ class ZmqStreamSubscriber(StreamReceiver):
         for node_id, endpoint in list(self.connected.items()):
             if pubs.get(node_id) != endpoint:
                 try:
-                    self.sub.sock.disconnect(endpoint)
+                    self.sub.disconnect(endpoint)
                 except zmq.ZMQError:
                     pass
                 del self.connected[node_id]
                 self._unfollow(node_id)
         for node_id, endpoint in pubs.items():
             if node_id != self.node_id and node_id not in self.connected:
-                self.sub.sock.connect(endpoint)
+                self.sub.connect(endpoint)
                 self.connected[node_id] = endpoint
                 self._follow(node_id)
 

@@ -247,6 +247,28 @@ class HubSocket:
         """Listen on one more endpoint (a unix socket besides the TCP port):
         the socket's options, CURVE included, apply to it as to the first."""
         self.sock.bind(endpoint)
+        self._recheck()
+
+    def connect(self, endpoint: str) -> None:
+        """Connect to one more endpoint (from any greenlet of the hub)."""
+        try:
+            self.sock.connect(endpoint)
+        finally:
+            self._recheck()
+
+    def disconnect(self, endpoint: str) -> None:
+        """Stop following ``endpoint``; raises ``zmq.ZMQError`` if not connected to it."""
+        try:
+            self.sock.disconnect(endpoint)
+        finally:
+            self._recheck()
+
+    def _recheck(self) -> None:
+        """After an operation from another greenlet: it may have taken the
+        descriptor's edge of a message that came meanwhile, so wake a waiting
+        reader if one can be read."""
+        if self._fd.waiting and self.readable():
+            self._fd.wake()
 
     def send(self, frames: list[bytes]) -> None:
         """Send one message now or raise (``zmq.Again``: no room or, on a
@@ -254,8 +276,7 @@ class HubSocket:
         try:
             send_frames(self.sock, frames)
         finally:
-            if self._fd.waiting and self.readable():
-                self._fd.wake()
+            self._recheck()
 
     def close(self, linger: int = 0) -> None:
         """Close the socket; a waiting reader wakes and its next call raises."""
@@ -350,8 +371,7 @@ class SocketFactory:
     def hub_subscriber(self, topics: list[bytes], max_frames: int) -> HubSocket:
         """:meth:`subscriber`'s socket as a :class:`HubSocket` (a green factory
         only), its messages read with :func:`recv_bounded`: at most
-        ``max_frames`` frames and :attr:`frame_limit` bytes. Connect it with
-        ``.sock.connect``."""
+        ``max_frames`` frames and :attr:`frame_limit` bytes."""
         return HubSocket(self.subscriber(topics, plain=True), limits=(max_frames, self.frame_limit))
 
     def dealer(self, connect: str | None = None, *, identity: bytes | None = None,
