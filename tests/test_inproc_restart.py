@@ -121,3 +121,35 @@ def test_a_copy_that_arrives_just_after_a_freeze_asks_before_it_runs(inproc):
     cluster.wait_until(lambda: cluster[first].task(tid) is not None, what="the copy on the first holder")
     assert cluster[first].task(tid).rank == 0 and cluster[first].task(tid).standby
     cluster.wait_until(lambda: sub.status, what="the submit's answer")
+
+
+def test_a_holder_whose_session_ended_does_not_take_over_a_standby_copy(inproc):
+    """Fault (seen in a chaos CI run): a holder was frozen past its ZooKeeper
+    session's timeout while its copy came due. Resumed with its old view of
+    the ring, its copy asked the other holder, whose copy was a standby with
+    a larger node id: by the tie-break between standbys the resumed node
+    would run it -- while the ring had gone on without it and the other
+    holder ran it too. A node whose session ended takes over nothing until
+    it has a session again."""
+    cluster = inproc(2, replicas=2, replica_offset=5.0, default_timeout=60.0)
+    tid = cluster.task_led_by("n1")
+    sub = cluster.submit("n2", tid, countdown=0.5)
+    cluster.wait_until(lambda: sub.status == "accepted", what="the submit")
+    resumed = cluster["n1"]
+    cluster.net.cut("n1")
+    cluster.script.expire("n1")
+    cluster.advance(1.0)                       # n1's copy comes due; n2's waits an offset more
+    cluster.net.heal("n1")
+    resumed.role.stalled(4.0)                  # what its clockwork calls when it wakes from a freeze
+    late = cluster.worker("n1")
+    cluster.wait_until(lambda: cluster.net.messages("ANSWER", src="n2", dst="n1", answering="QUERY", task=tid),
+                       what="n1's copy to ask n2")
+    cluster.settle(0.2)
+    assert late.times(tid) == 0, "a node without a session ran a copy on its old view of the ring"
+    assert resumed.task(tid).standby and cluster["n2"].task(tid).standby
+    other = cluster.worker("n2")
+    cluster.script.restore("n1")
+    cluster.advance(2 * 5.0 + 1.0)
+    cluster.wait_until(lambda: late.times(tid) + other.times(tid) >= 1, what="the task to run once the session is back")
+    cluster.settle(0.2)
+    assert late.times(tid) + other.times(tid) == 1 and not cluster.crashes()

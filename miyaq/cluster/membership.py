@@ -261,6 +261,12 @@ class Coordinator(abc.ABC):
         connected, and always for a standalone node."""
         return 0.0
 
+    def session_lost(self) -> bool:
+        """True from the moment this node learns its session ended (its
+        registration is gone: the ring may already go on without it) until
+        it has a new one; False for a standalone node."""
+        return False
+
     @abc.abstractmethod
     def join(self, node_id: str) -> None:
         """Ask for ``node_id`` to be in the ring (applied by the leader)."""

@@ -8,7 +8,9 @@ run the task, and only its answer says so (a member that never held the
 task answers ``unknown``, which lets the copy run). Per task:
 
 - this node is fenced (cut off from ZooKeeper, see ``ClusterRole.fenced``),
-  has no ring yet (just started: no holder can be told from a departed
+  its ZooKeeper session ended and it has no new one yet (frozen past the
+  session's timeout: its registration is gone and the ring may have gone
+  on without it), has no ring yet (just started: no holder can be told from a departed
   node), or is no longer a holder (the copy was handed off and is kept only until its
   new holders confirm it) → wait an offset: the others run it;
 - this node is reconciling (restarted from its log, resumed from a freeze,
@@ -205,8 +207,11 @@ class StandbyChecker(EngineListener):
         engine = role.engine
         if task.state not in (SCHEDULED, RETRYING) or not task.standby:
             return   # something else moved it meanwhile
-        if role.fenced() or role.node_id not in task.holders:
-            self._wait(task, now)      # fenced meanwhile, or handed off by a ring change
+        if role.fenced() or role.node_id not in task.holders or role.coordinator.session_lost():
+            # Fenced meanwhile, handed off by a ring change, or its session ended
+            # (frozen past its timeout: the ring may have gone on without it, and
+            # its view be too old to say who else holds the copy).
+            self._wait(task, now)
             return
         if role.reconciling:
             self.parked[task.id] = task     # frozen or fenced meanwhile: ask again after the resync

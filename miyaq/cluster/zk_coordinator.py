@@ -155,6 +155,9 @@ class ZooKeeperCoordinator(Coordinator):
         since = self._session.silent_since if self._session is not None else None
         return 0.0 if since is None else max(0.0, monotonic() - since)
 
+    def session_lost(self) -> bool:
+        return self._session is not None and self._session.lost
+
     def registered(self) -> dict[str, Member]:
         return self._registry.registered() if self._registry is not None else {}
 

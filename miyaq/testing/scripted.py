@@ -79,6 +79,9 @@ class ScriptedCoordinator(Coordinator):
         """Seconds since the script expired this node's session (0 while it has one)."""
         return 0.0 if self.lost_at is None else max(monotonic() - self.lost_at, 1e-9)
 
+    def session_lost(self) -> bool:
+        return self.lost_at is not None
+
     def join(self, node_id: str) -> None:
         self._wish(node_id, "join")
         self.script.wishes.setdefault(node_id, self.script.registered[node_id].weight)
