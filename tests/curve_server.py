@@ -10,7 +10,8 @@ from typing import Any
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c
 from miyaq.runtime import Supervisor, green
-from miyaq.runtime.sockets import SocketFactory, recv_with_user, zmq
+from miyaq.runtime.messages import recv_with_user
+from miyaq.runtime.sockets import SocketFactory, zmq
 from miyaq.security.curve import NodeCurve
 from miyaq.security.keystore import KeyStore
 from miyaq.security.zap import ZapHandler

@@ -1,4 +1,4 @@
-"""Frame-by-frame sends (:func:`miyaq.runtime.sockets.send_frames`): the
+"""Frame-by-frame sends (:func:`miyaq.runtime.messages.send_frames`): the
 same outcome as ``send_multipart(frames, NOBLOCK)``, failures included --
 a refused message leaves nothing half-sent on the socket."""
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import zmq
 
-from miyaq.runtime.sockets import send_frames
+from miyaq.runtime.messages import send_frames
 
 
 @pytest.fixture

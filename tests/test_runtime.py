@@ -7,7 +7,8 @@ import pytest
 
 from miyaq.runtime import CRITICAL, LOG, RESTART, Supervisor
 from miyaq.runtime import clock, green
-from miyaq.runtime.sockets import MessageRefused, SocketFactory, recv_bounded, zmq
+from miyaq.runtime.messages import MessageRefused, recv_bounded
+from miyaq.runtime.sockets import SocketFactory, zmq
 
 
 def _boom() -> None:

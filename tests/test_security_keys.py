@@ -10,7 +10,8 @@ from miyaq.cli.main import main
 from miyaq.errors import ConfigError
 from miyaq.runtime import Supervisor
 from miyaq.runtime import green
-from miyaq.runtime.sockets import SocketFactory, recv_with_user, zmq
+from miyaq.runtime.messages import recv_with_user
+from miyaq.runtime.sockets import SocketFactory, zmq
 from miyaq.security import certs, zap
 from miyaq.security.curve import ClientCurve, NodeCurve, client_curve
 from miyaq.security.keystore import KeyStore

@@ -21,7 +21,7 @@ class ThreadKit:
         import zmq
 
         # A client is being made: its I/O loop imports the runtime's sockets anyway.
-        from ..runtime.sockets import send_frames
+        from ..runtime.messages import send_frames
         self.zmq: ModuleType = zmq
         self._send_frames = send_frames
 

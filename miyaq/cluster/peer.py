@@ -28,7 +28,7 @@ domain ``miyaq-peer``), and each request's key is looked up again (a
 answered ``forbidden`` from its next request on.
 
 Both readers bound what they keep of a message
-(:func:`~miyaq.runtime.sockets.recv_bounded`): a request over the limit is
+(:func:`~miyaq.runtime.messages.recv_bounded`): a request over the limit is
 answered ``bad_frame`` or ``too_large``, an answer over it is dropped (the
 request then ends in silence); senders split what they send to stay under
 ``max_message`` (:mod:`miyaq.cluster.sizes`).
@@ -46,7 +46,8 @@ from miyaq.errors import BadFrame, BadVersion, MiyaqError, ProtocolError, TooLar
 from miyaq.protocol import codec
 from miyaq.protocol.commands import FRAMES
 from miyaq.runtime import CRITICAL, LOG, Supervisor, green, monotonic
-from miyaq.runtime.sockets import MessageRefused, SocketFactory, recv_bounded, zmq
+from miyaq.runtime.messages import MessageRefused, recv_bounded
+from miyaq.runtime.sockets import SocketFactory, zmq
 from miyaq.security.guard import Guard
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Keeping messages between nodes under ``max_message``.
 
 A node reads another node's message only up to ``max_message`` plus a few
-KiB (:func:`miyaq.runtime.sockets.recv_bounded`), so whatever it sends
+KiB (:func:`miyaq.runtime.messages.recv_bounded`), so whatever it sends
 another node -- REPLICATE batches, handoffs, SYNC answers, stream events,
 QUERY answers -- is split so each message stays under ``max_message``.
 Sizes are estimates that never fall short of the msgpack size: the payload

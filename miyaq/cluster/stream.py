@@ -39,7 +39,8 @@ from miyaq.cluster.transport import Apply, AskResync
 from miyaq.constants import STREAM_HEARTBEAT, STREAM_SILENCE
 from miyaq.logs import LogLimiter
 from miyaq.runtime import CRITICAL, Supervisor, monotonic
-from miyaq.runtime.sockets import MessageRefused, SocketFactory, send_frames, zmq
+from miyaq.runtime.messages import MessageRefused, send_frames
+from miyaq.runtime.sockets import SocketFactory, zmq
 
 logger = logging.getLogger(__name__)
 _log = LogLimiter(logger)     # a flood of bad messages: a few lines a minute
@@ -275,9 +276,9 @@ class ZmqStreamSubscriber(StreamReceiver):
         """Read the stream; at least every STREAM_HEARTBEAT, look for silent sources."""
         while not self._closed:
             try:
-                if self._take(STREAM_HEARTBEAT):
+                if self._take(wait=True):
                     for _ in range(256):
-                        if not self._take(None):
+                        if not self._take(wait=False):
                             break
             except zmq.ZMQError:
                 if self._closed:
@@ -285,13 +286,13 @@ class ZmqStreamSubscriber(StreamReceiver):
                 raise
             self._check_silence(monotonic())
 
-    def _take(self, wait: float | None) -> bool:
-        """Read and handle one message, waiting at most ``wait`` seconds (None:
-        not at all); False if none came. One over the limits ([topic, body],
+    def _take(self, wait: bool) -> bool:
+        """Read and handle one message, waiting at most STREAM_HEARTBEAT if
+        ``wait``; False if none came. One over the limits ([topic, body],
         ``frame_limit`` bytes) is read to its end and dropped like a lost one
         (the gap it leaves asks for a resync)."""
         try:
-            message = self.sub.recv(wait) if wait is not None else self.sub.recv_nowait()
+            message = self.sub.recv(STREAM_HEARTBEAT) if wait else self.sub.recv_nowait()
         except MessageRefused as refused:
             self.refused += 1
             _log.warning("oversized", "replication message of %d frames, %d bytes dropped (over the limit)",

@@ -6,7 +6,7 @@ handles each, then flushes what the burst produced (batched SUBMITTED
 replies) and runs the dispatcher once, so per-message work stays small and
 replies leave in batches under load; a lone message is answered in the same
 pass. A bad message gets an ERROR reply with a code, is counted, and changes
-nothing. The socket is a :class:`~miyaq.runtime.sockets.HubSocket`: it waits
+nothing. The socket is a :class:`~miyaq.runtime.messages.HubSocket`: it waits
 on the hub only when nothing can be read, and sends never block.
 
 With keys (a :class:`~miyaq.security.guard.Guard`), every message's User-Id
@@ -15,7 +15,7 @@ otherwise); handlers read who sent the message being handled in
 :attr:`ServiceEndpoint.caller`. Without keys ``caller`` is None and nothing
 is checked: the reader takes the plain path, as fast as before.
 
-Messages are read with :func:`~miyaq.runtime.sockets.recv_bounded`: a
+Messages are read with :func:`~miyaq.runtime.messages.recv_bounded`: a
 message with more frames than the protocol's (routing id + 3) or more bytes
 than ``max_message`` plus the frames' slack is drained without being kept and
 answered BAD_FRAME or TOO_LARGE.
@@ -33,7 +33,8 @@ from miyaq.errors import BadFrame, BadVersion, MiyaqError, ProtocolError, TooLar
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c
 from miyaq.runtime import wall
-from miyaq.runtime.sockets import MessageRefused, SocketFactory, zmq
+from miyaq.runtime.messages import MessageRefused
+from miyaq.runtime.sockets import SocketFactory, zmq
 from miyaq.security.guard import Guard
 from miyaq.security.keystore import Identity
 

@@ -1,7 +1,7 @@
 """A worker's connection to one node: READY, credit, heartbeats, results.
 
 One greenlet reads the link's DEALER, a
-:class:`~miyaq.runtime.sockets.HubSocket` (it waits on the socket's
+:class:`~miyaq.runtime.messages.HubSocket` (it waits on the socket's
 descriptor only when nothing can be read, with a timer for the heartbeat
 check, and drains bursts without waiting); results go through an
 :class:`~miyaq.worker.outbox.Outbox` and leave from any greenlet. Until the node
