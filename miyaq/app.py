@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import inspect
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
@@ -41,6 +42,9 @@ class TaskDef:
     def __init__(self, app: "App", fn: Callable[..., Any], name: str, options: dict[str, Any]) -> None:
         self.app = app
         self.fn = fn
+        #: An ``async def`` handler (a worker runs it on its asyncio loop);
+        #: decided once here, not for every task a worker runs.
+        self.is_async = inspect.iscoroutinefunction(fn)
         self.name = name
         self.options = options
         self.__doc__ = fn.__doc__

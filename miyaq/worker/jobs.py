@@ -2,7 +2,6 @@
 watchdog, cancels and touches act on."""
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable
 
 from ..runtime import green, monotonic
@@ -24,10 +23,11 @@ class Job:
     __slots__ = ("task_id", "name", "queue", "attempt", "timeout", "body", "fn", "is_async", "node",
                  "deadline", "stop_reason", "handle", "lock", "executor")
 
-    def __init__(self, d: list[Any], fn: Callable[..., Any], node: str | None = None) -> None:
+    def __init__(self, d: list[Any], fn: Callable[..., Any], is_async: bool,
+                 node: str | None = None) -> None:
         self.task_id, self.queue, self.name, self.body, self.attempt, self.timeout = d[:6]
         self.fn = fn
-        self.is_async = inspect.iscoroutinefunction(fn)
+        self.is_async = is_async            # an ``async def`` handler (TaskDef.is_async)
         self.node = node                    # the endpoint of the node that leased it
         self.deadline = monotonic() + self.timeout if self.timeout and self.timeout > 0 else float("inf")
         self.stop_reason: type[Interrupted] | None = None

@@ -19,7 +19,6 @@ never runs with fewer slots than the credit it grants.
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import signal
@@ -82,7 +81,7 @@ class Worker:
             concurrency=cfg.slots, supervisor=self.supervisor, touch=self.touch,
             inbox=self.inbox, app_spec=app_spec, max_tasks_per_child=cfg.max_tasks_per_child,
             log_level=cfg.log_level))
-        has_async = any(inspect.iscoroutinefunction(t.fn) for t in app.tasks.values())
+        has_async = any(t.is_async for t in app.tasks.values())
         self.aio = AsyncLoop(self.inbox, self.touch, app.close) if has_async and cfg.pool != "processes" else None
         self.links = [NodeLink(self, self.factory, ep) for ep in self.endpoints]
         self.routes = Routes(self.links)
@@ -194,7 +193,7 @@ class Worker:
                 "type": "UnknownTask", "retry": True,
                 "message": f"no handler named {name!r} in worker {self.wid}"})
             return
-        job = Job(d, tdef.fn, link.endpoint)
+        job = Job(d, tdef.fn, tdef.is_async, link.endpoint)
         job.executor = self.aio if job.is_async and self.aio is not None else self.pool
         self.running[task_id] = job
         self.routes.origin[task_id] = link

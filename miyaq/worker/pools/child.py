@@ -17,7 +17,6 @@ children itself. A child whose parent disappeared exits within
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import os
 import signal
@@ -89,7 +88,7 @@ class Child:
         token = bind(TaskContext(task["id"], task["name"], task["queue"], task["attempt"], task["timeout"],
                                  self._touch, task.get("node")))
         try:
-            if inspect.iscoroutinefunction(tdef.fn):
+            if tdef.is_async:
                 if self.loop is None:
                     self.loop = asyncio.new_event_loop()
                 return self.loop.run_until_complete(run_async(tdef.fn, task.get("body"), lambda: None))
