@@ -1,12 +1,13 @@
-"""Frame-by-frame sends (:func:`miyaq.runtime.messages.send_frames`): the
-same outcome as ``send_multipart(frames, NOBLOCK)``, failures included --
-a refused message leaves nothing half-sent on the socket."""
+"""Frame-by-frame sends and reads (:func:`miyaq.runtime.messages.send_frames`,
+:func:`~miyaq.runtime.messages.recv_frames`): the same outcome as
+``send_multipart(frames, NOBLOCK)`` and ``recv_multipart(flags)``, failures
+included -- a refused message leaves nothing half-sent on the socket."""
 from __future__ import annotations
 
 import pytest
 import zmq
 
-from miyaq.runtime.messages import send_frames
+from miyaq.runtime.messages import recv_frames, send_frames
 
 
 @pytest.fixture
@@ -69,3 +70,33 @@ def test_a_full_peer_raises_again_and_takes_later_messages_whole(ctx):
     send_frames(router, [identity, b"MQ1", b"after"])
     assert dealer.poll(5000)
     assert dealer.recv_multipart() == [b"MQ1", b"after"]
+
+
+def test_recv_frames_reads_each_message_whole_and_only_it(ctx):
+    """Messages of several frames, one frame and an empty frame, sent back to
+    back: each read returns exactly the frames of one message, in order --
+    none of the next message's frames mixed in."""
+    router, dealer, identity = _router_and_dealer(ctx)
+    messages = [[b"MQ1", b"TASK", b"x" * 100], [b"one frame"], [b"MQ1", b"", b"after an empty frame"]]
+    for frames in messages:
+        send_frames(router, [identity, *frames])
+    got = []
+    for _ in messages:
+        assert dealer.poll(5000)
+        got.append(recv_frames(dealer, zmq.NOBLOCK))
+    assert got == messages
+    assert all(type(frame) is bytes for frames in got for frame in frames)
+
+
+def test_recv_frames_without_a_message_raises_again(ctx):
+    """Fault: nothing waits on the socket. With NOBLOCK the read raises
+    ``zmq.Again`` like ``recv_multipart(NOBLOCK)`` and consumes nothing: the
+    message sent next is read whole."""
+    router, dealer, identity = _router_and_dealer(ctx)
+    with pytest.raises(zmq.Again):
+        recv_frames(dealer, zmq.NOBLOCK)
+    send_frames(router, [identity, b"MQ1", b"REPLY", b"late"])
+    assert dealer.poll(5000)
+    assert recv_frames(dealer, zmq.NOBLOCK) == [b"MQ1", b"REPLY", b"late"]
+    with pytest.raises(zmq.Again):
+        recv_frames(dealer, zmq.NOBLOCK)

@@ -1,8 +1,9 @@
 """One multipart message on a plain ZeroMQ socket, and the socket the gevent hub drives.
 
-:func:`send_frames` sends a message without pyzmq's per-frame overhead;
-:func:`recv_bounded` and :func:`recv_with_user` read one, within limits or
-with the User-Id its connection authenticated as; :class:`HubSocket` is a
+:func:`send_frames` and :func:`recv_frames` send and read a message
+without pyzmq's per-frame overhead; :func:`recv_bounded` and
+:func:`recv_with_user` read one, within limits or with the User-Id its
+connection authenticated as; :class:`HubSocket` is a
 plain socket whose reader waits in the gevent hub. Sockets are made by
 :class:`miyaq.runtime.sockets.SocketFactory`.
 """
@@ -41,6 +42,25 @@ def send_frames(sock: Any, frames: Sequence[bytes]) -> None:
     for i in range(last):
         send(frames[i], _MORE_NOW)
     send(frames[last], _NOW)
+
+
+# -- receiving --------------------------------------------------------------------------
+def recv_frames(sock: Any, flags: int = 0) -> list[bytes]:
+    """``sock.recv_multipart(flags)`` on a plain socket, with the same outcome
+    (not for ``zmq.green`` sockets, whose ``recv`` wakes their waiters).
+
+    pyzmq's recv_multipart asks ``RCVMORE`` after every frame through
+    ``getsockopt``, which converts the option to an enum in Python each
+    time; a frame received without copying carries that flag already (read
+    in C), so each frame is read that way and copied out. libzmq delivers a
+    multipart message whole: with ``NOBLOCK``, ``zmq.Again`` (nothing waits)
+    can only come from the first frame."""
+    frame = sock.recv(flags, copy=False)
+    frames = [frame.bytes]
+    while frame.more:
+        frame = sock.recv(flags, copy=False)
+        frames.append(frame.bytes)
+    return frames
 
 
 def recv_with_user(sock: Any, flags: int = 0) -> tuple[list[bytes], str | None]:
@@ -191,7 +211,7 @@ class HubSocket:
         return self._take()
 
     def _take_plain(self) -> Message:
-        return self.sock.recv_multipart(zmq.NOBLOCK), None
+        return recv_frames(self.sock, _NOW), None
 
     def _take_with_user(self) -> Message:
         return recv_with_user(self.sock, zmq.NOBLOCK)
