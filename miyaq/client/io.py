@@ -79,13 +79,14 @@ class IOLoop:
         self.kit = kit
         self.zmq = kit.zmq
         self._send = kit.send
+        self._recv = kit.recv
         self.factory = SocketFactory(flavour=kit.flavour, max_message=max_message, security=security)
         self.nodes = Nodes(endpoints, source=endpoints_source, secure=security is not None)
         self.socks: list[Any] = [self.factory.dealer(ep, immediate=True) for ep in endpoints]
         self.room = kit.event()
         self.room.set()
         self.core = ClientCore(self, self.nodes, max_batch=max_batch, ack_timeout=ack_timeout,
-                               max_message=max_message, on_resolved=self.room.set)
+                               max_message=max_message, on_resolved=self._room_freed)
         self.inbox: deque[tuple[Any, ...]] = deque()
         self._rfd, self._wfd = os.pipe()
         os.set_blocking(self._wfd, False)
@@ -115,6 +116,14 @@ class IOLoop:
         for fds in (self._fds, self._lead_fds):
             if fds is not None:
                 fds.register(sock.getsockopt(self.zmq.FD), select.POLLIN)
+
+    def _room_freed(self) -> None:
+        """A submit was resolved: wake a caller waiting for room in the window.
+        Only a caller that found the window full clears the event (and then
+        looks at ``in_flight`` again, which already counts this one), so an
+        event still set needs no ``set()`` -- a lock and a notify per task."""
+        if not self.room.is_set():
+            self.room.set()
 
     # -- called from any thread / greenlet ---------------------------------------------
     @property
@@ -377,7 +386,8 @@ class IOLoop:
 
     def _read(self, node: int, sock: Any) -> bool:
         """Read up to READ_BURST messages; True if the burst ran out first."""
-        zmq = self.zmq
+        again = self.zmq.Again
+        recv = self._recv
         core = self.core
         for _ in range(READ_BURST):
             # ZMQ_EVENTS first: a receive that finds nothing raises Again, and
@@ -385,8 +395,8 @@ class IOLoop:
             if not int(_backend_get(sock, _EVENTS)) & _POLLIN:
                 return False
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+                frames = recv(sock)
+            except again:
                 return False
             core.on_frames(node, frames, monotonic())
         return True

@@ -12,6 +12,8 @@ import threading
 from types import ModuleType
 from typing import Any, Callable
 
+from .futures import BlockingFuture, Future
+
 
 class ThreadKit:
     name = "thread"
@@ -21,9 +23,11 @@ class ThreadKit:
         import zmq
 
         # A client is being made: its I/O loop imports the runtime's sockets anyway.
-        from ..runtime.messages import send_frames
+        from ..runtime.messages import recv_frames, send_frames
         self.zmq: ModuleType = zmq
         self._send_frames = send_frames
+        self._recv_frames = recv_frames
+        self._noblock = int(zmq.NOBLOCK)
 
     def spawn(self, fn: Callable[[], Any], name: str) -> Any:
         thread = threading.Thread(target=fn, name=name, daemon=True)
@@ -36,7 +40,6 @@ class ThreadKit:
     @staticmethod
     def waiter() -> Any:
         """A future for a caller that waits on it at once."""
-        from .futures import BlockingFuture
         return BlockingFuture()
 
     def lock(self) -> Any:
@@ -45,6 +48,10 @@ class ThreadKit:
     def send(self, sock: Any, frames: list[bytes]) -> None:
         """One message now, or ``zmq.Again`` (plain pyzmq: frame by frame, cheaply)."""
         self._send_frames(sock, frames)
+
+    def recv(self, sock: Any) -> list[bytes]:
+        """The next message, or ``zmq.Again`` (plain pyzmq: frame by frame, cheaply)."""
+        return self._recv_frames(sock, self._noblock)
 
     @staticmethod
     def join(handle: Any, timeout: float) -> None:
@@ -76,7 +83,6 @@ class GeventKit:
 
     def waiter(self) -> Any:
         """A future for a caller that waits on it at once."""
-        from .futures import Future
         return Future(self._event)
 
     def lock(self) -> Any:
@@ -86,6 +92,10 @@ class GeventKit:
         """One message now, or ``zmq.Again`` (``zmq.green`` sockets check their
         state once per message only inside their own ``send_multipart``)."""
         sock.send_multipart(frames, self.zmq.NOBLOCK)
+
+    def recv(self, sock: Any) -> list[bytes]:
+        """The next message, or ``zmq.Again`` (``zmq.green``'s own recv_multipart)."""
+        return sock.recv_multipart(self.zmq.NOBLOCK)
 
     @staticmethod
     def join(handle: Any, timeout: float) -> None:
