@@ -11,13 +11,14 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from typing import Any
 
 import pytest
 
 from miyaq.bench import agent, cpu
 from miyaq.bench.compare import ratios, summarize
-from miyaq.bench.measure import cpu_per_task, role
+from miyaq.bench.measure import per_task, role
 from miyaq.bench.procs import ProcessGroup
 from miyaq.bench.producer import Producer
 from miyaq.cli import bench_cmd
@@ -47,6 +48,7 @@ def parse(*argv: str) -> argparse.Namespace:
     (["--repeat", "0"], "--repeat"),
     (["--idle", "-1"], "--idle"),
     (["--delayed", "10", "--baseline"], "--delayed"),
+    (["--delayed", "10", "--baseline-gevent"], "--delayed"),
     (["--connect", "tcp://127.0.0.1:9", "--cluster", "3"], "--connect"),
     (["--python", "/nonexistent/python"], "not an executable"),
 ])
@@ -81,12 +83,25 @@ def test_baseline_runs_the_same_load_and_reports_ratios():
     assert result["idle"]["miyaq"][0]["cpu_ms_per_second"]["total"] >= 0
 
 
-def test_confirmed_submits_and_calls_against_the_baseline():
-    result = bench_json("--tasks", "40", "--workers", "1", "--concurrency", "2", "--confirmed", "--baseline")
+def test_confirmed_submits_and_calls_against_both_baselines():
+    """The blocking relay and the one waiting in a gevent hub run the same load;
+    every run reports each process's main-thread CPU and wake-ups per task."""
+    result = bench_json("--tasks", "40", "--workers", "1", "--concurrency", "2", "--confirmed", "--baseline",
+                        "--baseline-gevent")
     phases = {(m["system"], m["phase"]) for m in result["runs"]}
-    assert phases == {("miyaq", "confirmed"), ("miyaq", "call"), ("baseline", "confirmed"), ("baseline", "call")}
+    assert phases == {(system, phase) for system in ("miyaq", "baseline", "baseline@gevent")
+                      for phase in ("confirmed", "call")}
     assert all(m["completed"] == 40 and m["accepted"] == 40 for m in result["runs"])
     assert result["ratios"]["miyaq call/baseline confirmed"]["enqueue_rate"] > 0
+    for m in result["runs"]:
+        broker = "node" if m["system"] == "miyaq" else "relay"
+        assert set(m["wakeups_per_task"]) == {broker, "workers", "producer", "total"}, m
+        # a confirmed round trip makes the producer wait for its answer
+        assert m["wakeups_per_task"]["producer"] > 0, m
+        main, whole = m["main_thread_cpu_us_per_task"], m["cpu_us_per_task"]
+        assert 0 < main["total"] <= whole["total"], m
+    assert result["ratios"]["miyaq/baseline@gevent"]["call"]["wakeups_broker"] > 0
+    assert result["ratios"]["baseline@gevent/baseline"]["confirmed"]["main_us_workers"] > 0
 
 
 def test_compare_python_runs_miyaq_twice_in_turns():
@@ -215,12 +230,27 @@ def test_cpu_readings_of_this_process():
     assert cpu.spent({"a": 1.0, "b": None}, {"a": 1.5, "b": 2.0}) == {"a": 0.5, "b": None}
 
 
+def test_main_thread_and_wakeup_readings_of_this_process():
+    """A sleep is a voluntary context switch: the wake-up count grows by it;
+    the main thread's CPU is part of the process's."""
+    pid = os.getpid()
+    before = cpu.read({"me": pid})
+    time.sleep(0.01)
+    sum(i * i for i in range(200_000))
+    used = cpu.between(before, cpu.read({"me": pid}))
+    assert used.wakeups["me"] is not None and used.wakeups["me"] >= 1
+    assert used.main["me"] is not None and 0 < used.main["me"]
+    assert cpu.main_thread_seconds(pid) <= cpu.cpu_seconds(pid)
+    gone = 2 ** 22 + 12345
+    assert cpu.wakeups(gone) is None and cpu.main_thread_seconds(gone) is None
+
+
 def test_cpu_per_task_sums_roles():
     used = {"node": 0.2, "worker-0": 0.1, "worker-1": 0.1, "producer": 0.1}
     assert role("worker-1") == "workers" and role("node-2") == "node"
-    assert cpu_per_task(used, 1000) == {"node": 200.0, "workers": 200.0, "producer": 100.0, "total": 500.0}
-    assert cpu_per_task({"node": None}, 10) == {"node": None, "total": None}
-    assert cpu_per_task(used, 0) is None
+    assert per_task(used, 1000) == {"node": 200.0, "workers": 200.0, "producer": 100.0, "total": 500.0}
+    assert per_task({"node": None}, 10) == {"node": None, "total": None}
+    assert per_task(used, 0) is None
 
 
 def test_medians_and_ratios():

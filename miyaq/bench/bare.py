@@ -28,6 +28,12 @@ anyone                     ``["S"]``                                   ``["S", r
 ``body`` is the producer's msgpack ``[args, kwargs]``, as miyaq's client
 packs it; the worker decodes it and calls the handler, whose first line
 reads the clock (the bench's "start"), exactly like miyaq's no-op.
+
+With ``--hub`` (``miyaq bench --baseline-gevent``) the relay and the
+worker run the same loop, but wait for each message in the gevent hub on a
+:class:`~miyaq.runtime.messages.HubSocket`, as miyaq's node and workers
+do, instead of blocking in ZeroMQ: the difference between the two
+baselines is what the runtime costs before miyaq's own code runs.
 """
 from __future__ import annotations
 
@@ -36,12 +42,16 @@ import signal
 import sys
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 import msgpack
 
+from ..runtime.messages import HubSocket
 from ..runtime.sockets import SocketFactory
 from .records import RecordWriter
+
+Recv = Callable[[], list[bytes]]
+Send = Callable[[list[bytes]], None]
 
 
 def _exit_on_term() -> None:
@@ -51,12 +61,23 @@ def _exit_on_term() -> None:
     signal.signal(signal.SIGINT, on_term)
 
 
-def relay(bind: str) -> None:
+def _ends(sock: Any) -> tuple[Recv, Send]:
+    """How a loop receives and sends one message on ``sock``: a plain
+    socket blocks in ZeroMQ, a HubSocket waits in the gevent hub."""
+    if isinstance(sock, HubSocket):
+        hub = sock
+
+        def recv() -> list[bytes]:
+            return hub.recv()[0]
+        return recv, hub.send
+    return sock.recv_multipart, sock.send_multipart
+
+
+def relay(bind: str, hub: bool = False) -> None:
     """Serve one ROUTER until SIGTERM: ack tasks, pass them to workers with credit."""
-    factory = SocketFactory(green=False)
-    sock = factory.router(bind)
+    factory = SocketFactory(green=hub)
+    recv, send = _ends(factory.hub_router(bind) if hub else factory.router(bind))
     pack, unpack = msgpack.Packer(use_bin_type=True).pack, msgpack.unpackb
-    send, recv = sock.send_multipart, sock.recv_multipart
     queue: deque[list[Any]] = deque()      # tasks waiting for a worker's credit
     ready: deque[bytes] = deque()          # one entry per credit a worker granted
     callers: dict[str, bytes] = {}         # task id -> producer waiting for its result
@@ -90,10 +111,10 @@ def relay(bind: str) -> None:
         factory.close()
 
 
-def worker(connect: str, credit: int, records: str | None) -> None:
+def worker(connect: str, credit: int, records: str | None, hub: bool = False) -> None:
     """Run tasks from the relay one after another until SIGTERM."""
-    factory = SocketFactory(green=False)
-    sock = factory.dealer(connect)
+    factory = SocketFactory(green=hub)
+    recv, send = _ends(factory.hub_dealer(connect) if hub else factory.dealer(connect))
     pack, unpack = msgpack.Packer(use_bin_type=True).pack, msgpack.unpackb
     writer = RecordWriter(records) if records else None
 
@@ -103,12 +124,12 @@ def worker(connect: str, credit: int, records: str | None) -> None:
             writer.write(task_id, start, time.time())
 
     try:
-        sock.send(pack(["W", credit]))
+        send([pack(["W", credit])])
         while True:
-            msg = unpack(sock.recv(), raw=False)
+            msg = unpack(recv()[0], raw=False)
             args, kwargs = unpack(msg[3], raw=False, strict_map_key=False)
             noop(msg[1], *args, **kwargs)
-            sock.send(pack(["D", msg[1], pack(None)]))
+            send([pack(["D", msg[1], pack(None)])])
     finally:
         if writer is not None:
             writer.close()
@@ -120,16 +141,18 @@ def main(argv: list[str]) -> int:
     sub = parser.add_subparsers(dest="part", required=True)
     r = sub.add_parser("relay")
     r.add_argument("--bind", required=True)
+    r.add_argument("--hub", action="store_true", help="wait in the gevent hub, as miyaq's node does")
     w = sub.add_parser("worker")
+    w.add_argument("--hub", action="store_true", help="wait in the gevent hub, as miyaq's workers do")
     w.add_argument("--connect", required=True)
     w.add_argument("--credit", type=int, default=16)
     w.add_argument("--records", default=None)
     args = parser.parse_args(argv)
     _exit_on_term()
     if args.part == "relay":
-        relay(args.bind)
+        relay(args.bind, args.hub)
     else:
-        worker(args.connect, args.credit, args.records)
+        worker(args.connect, args.credit, args.records, args.hub)
     return 0
 
 

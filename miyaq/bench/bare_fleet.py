@@ -5,7 +5,9 @@ Has the same face as :class:`miyaq.bench.fleet.Fleet` -- ``start``,
 so the runner measures both the same way. Each worker grants the relay the
 credit a miyaq worker grants its node (``concurrency + prefetch``, twice
 the concurrency by default) and runs tasks one after another: for a no-op
-handler that is all concurrency buys.
+handler that is all concurrency buys. With ``hub`` the relay and the
+workers wait for messages in the gevent hub (``bare --hub``), as miyaq's
+node and workers do.
 """
 from __future__ import annotations
 
@@ -24,10 +26,10 @@ POLL = 0.05
 
 
 class BareFleet:
-    kind = "baseline"
-
     def __init__(self, procs: ProcessGroup, *, workers: int, concurrency: int, records_dir: str,
-                 deadline: float) -> None:
+                 deadline: float, hub: bool = False) -> None:
+        self.kind = "baseline@gevent" if hub else "baseline"
+        self.hub = hub
         self.procs = procs
         self.n_workers = workers
         self.credit = 2 * concurrency
@@ -42,13 +44,14 @@ class BareFleet:
         port = free_port(1)
         self.endpoint = f"tcp://127.0.0.1:{port}"
         bare = [sys.executable, "-m", "miyaq.bench.bare"]
-        self.relay = self.procs.start("relay", [*bare, "relay", "--bind", self.endpoint])
+        hub = ["--hub"] if self.hub else []
+        self.relay = self.procs.start("relay", [*bare, "relay", "--bind", self.endpoint, *hub])
         self.probe = RelayProbe(self.endpoint)
         self._wait_for_relay()
         for i in range(self.n_workers):
             self.workers.append(self.procs.start(f"worker-{i}", [
                 *bare, "worker", "--connect", self.endpoint, "--credit", str(self.credit),
-                "--records", self.records_dir]))
+                "--records", self.records_dir, *hub]))
         self._wait_for_workers()
 
     def _wait_for_relay(self) -> None:

@@ -23,13 +23,18 @@ def _latency(key: str) -> Metric:
     return get
 
 
-def _cpu(role: str) -> Metric:
+def _per_task(field: str, role: str) -> Metric:
+    """A role's figure in one of a measurement's per-task maps ("broker": the node or the relay)."""
     def get(m: dict[str, Any]) -> float | None:
-        per = m.get("cpu_us_per_task") or {}
+        per = m.get(field) or {}
         if role == "broker":
             return per.get("node", per.get("relay"))
         return per.get(role)
     return get
+
+
+def _cpu(role: str) -> Metric:
+    return _per_task("cpu_us_per_task", role)
 
 
 #: name -> (how to read it, unit, True if higher is better)
@@ -43,17 +48,28 @@ METRICS: dict[str, tuple[Metric, str, bool]] = {
     "cpu_us_broker": (_cpu("broker"), "us/task", False),
     "cpu_us_workers": (_cpu("workers"), "us/task", False),
     "cpu_us_producer": (_cpu("producer"), "us/task", False),
+    "main_us_broker": (_per_task("main_thread_cpu_us_per_task", "broker"), "us/task", False),
+    "main_us_workers": (_per_task("main_thread_cpu_us_per_task", "workers"), "us/task", False),
+    "main_us_producer": (_per_task("main_thread_cpu_us_per_task", "producer"), "us/task", False),
+    "wakeups_broker": (_per_task("wakeups_per_task", "broker"), "/task", False),
+    "wakeups_workers": (_per_task("wakeups_per_task", "workers"), "/task", False),
+    "wakeups_producer": (_per_task("wakeups_per_task", "producer"), "/task", False),
 }
+
+#: per process: its main thread's CPU and its wake-ups, after the CPU of the whole process
+_THREADS = ("main_us_broker", "main_us_workers", "main_us_producer",
+            "wakeups_broker", "wakeups_workers", "wakeups_producer")
 
 #: what each mode is about, first the headline figure
 MODE_METRICS = {
-    "bulk": ("drain_rate", "enqueue_rate", "cpu_us_total", "cpu_us_broker", "cpu_us_workers", "cpu_us_producer"),
+    "bulk": ("drain_rate", "enqueue_rate", "cpu_us_total", "cpu_us_broker", "cpu_us_workers", "cpu_us_producer",
+             *_THREADS),
     "rate": ("start_p50_ms", "start_p99_ms", "start_max_ms", "cpu_us_total", "cpu_us_broker",
-             "cpu_us_workers", "cpu_us_producer"),
+             "cpu_us_workers", "cpu_us_producer", *_THREADS),
     "confirmed": ("enqueue_rate", "start_p50_ms", "cpu_us_total", "cpu_us_broker", "cpu_us_workers",
-                  "cpu_us_producer"),
+                  "cpu_us_producer", *_THREADS),
     "call": ("enqueue_rate", "start_p50_ms", "cpu_us_total", "cpu_us_broker", "cpu_us_workers",
-             "cpu_us_producer"),
+             "cpu_us_producer", *_THREADS),
 }
 
 

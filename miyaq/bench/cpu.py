@@ -10,6 +10,15 @@ keep their threads). Where ``schedstat`` is missing, ``utime + stime`` of
 ``/proc/PID/stat`` counts instead, in clock ticks (10 ms on most
 systems). A process that is gone reads as ``None``.
 
+:func:`main_thread_seconds` is the CPU time of a process's first thread
+alone: in miyaq's node and workers the gevent hub, in the producer the
+caller; the rest of a process's time is libzmq's I/O thread and any pool
+threads. :func:`wakeups` counts the times a process's threads (and its
+descendants') went to sleep waiting for something
+(``voluntary_ctxt_switches``): each is a wake-up later, with its system
+calls and cold caches, so wake-ups per task tell a one-message-at-a-time
+cost from a batched one.
+
 Off Linux (no ``/proc``) every reading is ``None`` and the bench reports
 CPU as unknown rather than zero.
 """
@@ -17,6 +26,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 TICK = 1.0 / (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
 
@@ -55,6 +65,42 @@ def _schedstat_seconds(pid: int) -> float | None:
         except (OSError, ValueError, IndexError):
             continue   # the thread ended meanwhile
     return ns / 1e9
+
+
+def main_thread_seconds(pid: int) -> float | None:
+    """CPU seconds of ``pid``'s first thread (its ``schedstat``), or None."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/schedstat", encoding="ascii") as fh:
+            return int(fh.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _own_wakeups(pid: int) -> int | None:
+    """Voluntary context switches of ``pid``'s live threads, or None."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    count = 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status", encoding="ascii") as fh:
+                for line in fh:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        count += int(line.split()[1])
+                        break
+        except (OSError, ValueError, IndexError):
+            continue   # the thread ended meanwhile
+    return count
+
+
+def wakeups(pid: int) -> int | None:
+    """Voluntary context switches of ``pid`` and its live descendants; None if ``pid`` is gone."""
+    own = _own_wakeups(pid)
+    if own is None:
+        return None
+    return own + sum(_own_wakeups(p) or 0 for p in tree(pid)[1:])
 
 
 def children(pid: int) -> list[int]:
@@ -108,8 +154,32 @@ def sample(pids: dict[str, int]) -> dict[str, float | None]:
     return {name: cpu_seconds(pid) for name, pid in pids.items()}
 
 
+@dataclass(frozen=True)
+class Reading:
+    """Everything the bench reads of its processes at one moment, per name."""
+    cpu: dict[str, float | None]           # :func:`cpu_seconds`
+    main: dict[str, float | None]          # :func:`main_thread_seconds`
+    wakeups: dict[str, float | None]       # :func:`wakeups`
+
+
+def read(pids: dict[str, int]) -> Reading:
+    """A :class:`Reading` of each named process."""
+    return Reading(sample(pids), {name: main_thread_seconds(pid) for name, pid in pids.items()},
+                   {name: _as_float(wakeups(pid)) for name, pid in pids.items()})
+
+
+def between(before: Reading, after: Reading) -> Reading:
+    """What each process used between two readings (None where unknown)."""
+    return Reading(spent(before.cpu, after.cpu), spent(before.main, after.main),
+                   spent(before.wakeups, after.wakeups))
+
+
+def _as_float(value: int | None) -> float | None:
+    return None if value is None else float(value)
+
+
 def spent(before: dict[str, float | None], after: dict[str, float | None]) -> dict[str, float | None]:
-    """CPU seconds used between two samples, per name (None where unknown)."""
+    """How much each count (CPU seconds, wake-ups) grew between two samples, per name (None where unknown)."""
     out: dict[str, float | None] = {}
     for name, end in after.items():
         start = before.get(name)

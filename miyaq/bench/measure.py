@@ -6,7 +6,8 @@ always driven by a separate producer process (:mod:`miyaq.bench.agent`).
 A *phase* is one load: ``bulk``, ``rate``, ``confirmed`` or ``call``.
 
 For each phase the CPU time of every process (the node or relay, each
-worker, the producer) is read just before the producer starts and once
+worker, the producer), of its main thread, and its wake-ups
+(:mod:`miyaq.bench.cpu`) are read just before the producer starts and once
 every task is done, so a phase's CPU per task is everything the system
 spent on it, divided by the tasks completed. Waiting for the drain polls
 the node's STATUS (the relay's stats) every ``DRAIN_POLL`` seconds, which
@@ -66,7 +67,7 @@ class PhaseRun:
     tag: str
     answer: dict[str, Any]
     times: list[float]
-    cpu_seconds: dict[str, float | None]
+    used: cpu.Reading
     observed_end: float
     dead: int
     unfinished: int
@@ -150,7 +151,7 @@ def _run_phase(system: System, producer: Producer, pids: dict[str, int], phase: 
     progress = None
     if progress_stream is not None:
         progress = Progress(progress_stream, f"{system.kind}: {phase.name}, {phase.tasks:,} tasks").start()
-    before = cpu.sample(pids)
+    before = cpu.read(pids)
     try:
         answer, times = producer.load(times_path, max(0.1, deadline - time.monotonic()), mode=phase.mode,
                                       tag=tag, tasks=phase.tasks, payload=payload, rate=phase.rate)
@@ -159,7 +160,7 @@ def _run_phase(system: System, producer: Producer, pids: dict[str, int], phase: 
             progress.stop()
     errors = list(answer.get("errors", []))
     end, live, dead = _wait_drained(system, deadline, errors)
-    used = cpu.spent(before, cpu.sample(pids))
+    used = cpu.between(before, cpu.read(pids))
     return PhaseRun(phase, tag, answer, times, used, end, dead, live, errors)
 
 
@@ -214,21 +215,24 @@ def measurement(kind: str, run: PhaseRun, records: Records) -> dict[str, Any]:
         "drain_rate": rate(matched.completed, drain_s),
         "latency": {"submit_to_start_ms": summarize_ms(matched.to_start),
                     "submit_to_done_ms": summarize_ms(matched.to_done)},
-        "cpu_seconds": {k: None if v is None else round(v, 4) for k, v in run.cpu_seconds.items()},
-        "cpu_us_per_task": cpu_per_task(run.cpu_seconds, matched.completed),
+        "cpu_seconds": {k: None if v is None else round(v, 4) for k, v in run.used.cpu.items()},
+        "cpu_us_per_task": per_task(run.used.cpu, matched.completed),
+        "main_thread_cpu_us_per_task": per_task(run.used.main, matched.completed),
+        "wakeups_per_task": per_task(run.used.wakeups, matched.completed, scale=1.0, digits=2),
         "duplicates": duplicates,
         "errors": errors,
     }
 
 
-def cpu_per_task(used: dict[str, float | None], tasks: int) -> dict[str, float | None] | None:
-    """CPU microseconds per completed task, per role and in total."""
+def per_task(used: dict[str, float | None], tasks: int, scale: float = 1e6,
+             digits: int = 1) -> dict[str, float | None] | None:
+    """``used`` per completed task, times ``scale`` (CPU seconds -> microseconds), per role and in total."""
     if tasks <= 0:
         return None
     per_role = by_role(used)
-    out = {r: None if v is None else round(v * 1e6 / tasks, 1) for r, v in per_role.items()}
+    out = {r: None if v is None else round(v * scale / tasks, digits) for r, v in per_role.items()}
     total = cpu.total(per_role.values())
-    out["total"] = None if total is None else round(total * 1e6 / tasks, 1)
+    out["total"] = None if total is None else round(total * scale / tasks, digits)
     return out
 
 

@@ -32,11 +32,15 @@ def _latency_line(label: str, lat: dict[str, float] | None) -> str:
             f"max {lat['max']:.3f} ms")
 
 
-def _cpu_line(cpu: dict[str, float | None] | None) -> str:
-    if not cpu:
-        return "  CPU per task     n/a"
-    parts = [f"{k} {_num(v)}" for k, v in cpu.items() if k != "total"]
-    return f"  CPU per task     {_num(cpu.get('total'))} us ({', '.join(parts)})"
+def _per_task_line(label: str, figures: dict[str, float | None] | None, unit: str = "",
+                   digits: int = 1) -> str:
+    if not figures:
+        return f"  {label:<16} n/a"
+
+    def num(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:,.{digits}f}"
+    parts = [f"{k} {num(v)}" for k, v in figures.items() if k != "total"]
+    return f"  {label:<16} {num(figures.get('total'))}{unit} ({', '.join(parts)})"
 
 
 def _mode(cfg: dict[str, Any]) -> str:
@@ -72,7 +76,9 @@ def summary(result: dict[str, Any]) -> str:
         "  latency:",
         _latency_line("submit -> start", (result["latency"] or {}).get("submit_to_start_ms")),
         _latency_line("submit -> done", (result["latency"] or {}).get("submit_to_done_ms")),
-        _cpu_line(result.get("cpu_us_per_task")),
+        _per_task_line("CPU per task", result.get("cpu_us_per_task"), " us"),
+        _per_task_line("main threads", result.get("main_thread_cpu_us_per_task"), " us"),
+        _per_task_line("wake-ups/task", result.get("wakeups_per_task"), digits=2),
         f"  node peak RSS    {'n/a' if rss is None else f'{rss / 1048576:.1f} MiB'}",
         f"  duplicates       {result['duplicates']}",
     ]
@@ -121,15 +127,16 @@ def _tables(result: dict[str, Any]) -> list[str]:
         header = f"    {'metric':<18}" + "".join(f"{n:>32}" for n in names)
         ratio_names = [r for r, by_phase in ratio_sets.items() if isinstance(by_phase, dict)
                        and isinstance(by_phase.get(phase), dict)]
-        header += "".join(f"{r:>20}" for r in ratio_names)
+        widths = [max(20, len(r) + 2) for r in ratio_names]
+        header += "".join(f"{r:>{w}}" for r, w in zip(ratio_names, widths))
         lines.append(header)
         metrics = list(next(iter(systems.values())))
         for metric in metrics:
             unit = METRICS[metric][1]
             row = f"    {metric:<18}" + "".join(f"{_cell(systems[n].get(metric)):>32}" for n in names)
-            for r in ratio_names:
+            for r, w in zip(ratio_names, widths):
                 value = ratio_sets[r][phase].get(metric)
-                row += f"{'n/a' if value is None else f'{value:.2f}x':>20}"
+                row += f"{'n/a' if value is None else f'{value:.2f}x':>{w}}"
             lines.append(row + f"  {unit}")
     extra = ratio_sets.get("miyaq call/baseline confirmed")
     if extra:

@@ -63,6 +63,7 @@ class BenchConfig:
     timeout: float = 120.0          # for each system's phases (starting it may take START_ALLOWANCE more)
     fsync: str | None = None        # start the node with a log in a temp dir, this fsync policy
     baseline: bool = False          # also run the bare relay (miyaq.bench.bare)
+    baseline_gevent: bool = False   # also run the bare relay and workers waiting in a gevent hub
     confirmed: bool = False         # phases: confirmed submits, then calls
     idle: float = 0.0               # seconds of idle CPU measured before the phases
     repeat: int = 1
@@ -101,10 +102,12 @@ def systems_of(cfg: BenchConfig) -> list[tuple[str, Maker]]:
                                              env=fleet.key_env("producer"))
         return make
 
-    def bare(procs: ProcessGroup, tmp: str, deadline: float) -> tuple[System, Callable[[System], Producer]]:
-        fleet = BareFleet(procs, workers=cfg.workers, concurrency=cfg.concurrency, records_dir=tmp,
-                          deadline=deadline)
-        return fleet, lambda s: Producer(procs, sys.executable, "bare", s.endpoint, "")
+    def bare(hub: bool) -> Maker:
+        def make(procs: ProcessGroup, tmp: str, deadline: float) -> tuple[System, Callable[[System], Producer]]:
+            fleet = BareFleet(procs, workers=cfg.workers, concurrency=cfg.concurrency, records_dir=tmp,
+                              deadline=deadline, hub=hub)
+            return fleet, lambda s: Producer(procs, sys.executable, "bare", s.endpoint, "")
+        return make
 
     out: list[tuple[str, Maker]] = []
     if cfg.cluster > 1:
@@ -115,7 +118,9 @@ def systems_of(cfg: BenchConfig) -> list[tuple[str, Maker]]:
     if cfg.keys:
         out.append(("miyaq+keys", miyaq(cfg.python, 1, keys=True)))
     if cfg.baseline:
-        out.append(("baseline", bare))
+        out.append(("baseline", bare(False)))
+    if cfg.baseline_gevent:
+        out.append(("baseline@gevent", bare(True)))
     return out
 
 
@@ -181,7 +186,8 @@ def _result(cfg: BenchConfig, runs: list[dict[str, Any]], idle: dict[str, list[d
     for key in TOP_FIELDS:
         result[key] = main.get(key) if main else None
     result["node_peak_rss_bytes"] = first.get("node_peak_rss_bytes")
-    result["cpu_us_per_task"] = main.get("cpu_us_per_task") if main else None
+    for key in ("cpu_us_per_task", "main_thread_cpu_us_per_task", "wakeups_per_task"):
+        result[key] = main.get(key) if main else None
     result["runs"] = runs
     result["idle"] = idle or None
     result["summary"] = summary
@@ -191,6 +197,10 @@ def _result(cfg: BenchConfig, runs: list[dict[str, Any]], idle: dict[str, list[d
         if cfg.confirmed:
             compared["miyaq call/baseline confirmed"] = ratios(
                 summary, "miyaq", "baseline", {"call": "confirmed"}).get("call")
+    if cfg.baseline_gevent:
+        compared["miyaq/baseline@gevent"] = ratios(summary, "miyaq", "baseline@gevent")
+        if cfg.baseline:
+            compared["baseline@gevent/baseline"] = ratios(summary, "baseline@gevent", "baseline")
     if cfg.cluster > 1:
         compared[f"cluster-{cfg.cluster}/miyaq"] = ratios(summary, f"cluster-{cfg.cluster}", "miyaq")
     if cfg.compare_python:

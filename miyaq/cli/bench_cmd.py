@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="submit one task at a time with wait=True, then call() one at a time")
     p.add_argument("--baseline", action="store_true",
                    help="also run the workload through a bare pyzmq relay; print ratios to it")
+    p.add_argument("--baseline-gevent", action="store_true",
+                   help="also run the bare relay and workers waiting for messages in a gevent hub, as "
+                        "miyaq's node and workers do; print ratios to it (what the runtime costs)")
     p.add_argument("--cluster", type=int, default=0, metavar="N",
                    help="also run a cluster of N nodes (a ZooKeeper started by the bench, replicas N, "
                         "min_acks N) and print its ratios to a single node")
@@ -94,9 +97,10 @@ def check(args: argparse.Namespace) -> None:
         from ..bench.profile import find_py_spy
         find_py_spy()
     work_of(args)
-    if args.delayed and (args.baseline or args.cluster or args.confirmed or args.rate or args.connect):
-        raise ConfigError("--delayed is a mode of its own: no --baseline, --cluster, --confirmed, "
-                          "--rate or --connect")
+    if args.delayed and (args.baseline or args.baseline_gevent or args.cluster or args.confirmed
+                         or args.rate or args.connect):
+        raise ConfigError("--delayed is a mode of its own: no --baseline, --baseline-gevent, --cluster, "
+                          "--confirmed, --rate or --connect")
 
 
 def work_of(args: argparse.Namespace) -> str:
@@ -131,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
         return 1 if result["errors"] else 0
     cfg = BenchConfig(workers=args.workers, concurrency=args.concurrency, tasks=args.tasks,
                       payload=args.payload, rate=args.rate, connect=args.connect, timeout=args.timeout,
-                      fsync=args.fsync, baseline=args.baseline, confirmed=args.confirmed, idle=args.idle,
+                      fsync=args.fsync, baseline=args.baseline, baseline_gevent=args.baseline_gevent,
+                      confirmed=args.confirmed, idle=args.idle,
                       repeat=args.repeat, python=args.python, compare_python=args.compare_python,
                       cluster=args.cluster, profile=args.profile, profile_format=args.profile_format,
                       keys=args.keys, pool=args.pool, work=work_of(args))
