@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -261,3 +262,27 @@ def test_medians_and_ratios():
     assert summary["bulk"]["a"]["drain_rate"] == {"median": 200, "min": 100, "max": 300, "n": 3}
     assert ratios(summary, "a", "b")["bulk"]["drain_rate"] == 4.0
     assert ratios(summary, "a", "b")["bulk"]["cpu_us_total"] == 1.0
+
+
+@pytest.mark.parametrize("hub", [False, True], ids=["blocking", "gevent-hub"])
+def test_a_bare_relay_stops_on_sigterm_while_it_waits(hub):
+    """SIGTERM reaches a bare relay that waits for a message (in ZeroMQ, or in
+    the gevent hub where a plain Python signal handler would not run): it
+    exits 0 at once, so the bench never has to kill it."""
+    from miyaq.bench.bare_client import RelayProbe
+    from miyaq.bench.procs import free_port
+    endpoint = f"tcp://127.0.0.1:{free_port(1)}"
+    relay = subprocess.Popen([sys.executable, "-m", "miyaq.bench.bare", "relay", "--bind", endpoint]
+                             + (["--hub"] if hub else []), stderr=subprocess.PIPE, text=True)
+    probe = RelayProbe(endpoint)
+    try:
+        assert probe.stats(30.0) == (0, 0, 0)       # up, and now waiting for the next message
+        relay.send_signal(signal.SIGTERM)
+        assert relay.wait(10) == 0, relay.stderr.read() if relay.stderr else ""
+    finally:
+        probe.close()
+        if relay.poll() is None:
+            relay.kill()
+            relay.wait()
+        if relay.stderr:
+            relay.stderr.close()

@@ -46,6 +46,7 @@ from typing import Any, Callable
 
 import msgpack
 
+from ..runtime import green
 from ..runtime.messages import HubSocket
 from ..runtime.sockets import SocketFactory
 from .records import RecordWriter
@@ -54,7 +55,19 @@ Recv = Callable[[], list[bytes]]
 Send = Callable[[list[bytes]], None]
 
 
-def _exit_on_term() -> None:
+def _exit_on_term(hub: bool) -> None:
+    """SIGTERM and SIGINT end the loop with SystemExit, so its cleanup runs. In
+    the hub the signal is handled there (a Python handler would run only
+    once the hub next runs Python code) and thrown into this greenlet."""
+    if hub:
+        main = green.current()
+
+        def stop() -> None:
+            green.call_soon(main.throw, SystemExit(0))
+        green.on_signal(signal.SIGTERM, stop)
+        green.on_signal(signal.SIGINT, stop)
+        return
+
     def on_term(signum: int, frame: object) -> None:
         raise SystemExit(0)
     signal.signal(signal.SIGTERM, on_term)
@@ -148,7 +161,7 @@ def main(argv: list[str]) -> int:
     w.add_argument("--credit", type=int, default=16)
     w.add_argument("--records", default=None)
     args = parser.parse_args(argv)
-    _exit_on_term()
+    _exit_on_term(args.hub)
     if args.part == "relay":
         relay(args.bind, args.hub)
     else:
