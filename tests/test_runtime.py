@@ -335,3 +335,55 @@ def test_socket_factory_pair_wakes_another_thread() -> None:
         assert got == [b"stop"]
     finally:
         factory.close()
+
+
+def test_the_start_up_heap_is_frozen_and_still_freed_by_reference_counting() -> None:
+    """freeze_startup_heap keeps what is alive out of later collections; an
+    object frozen is still freed when its last reference goes, and a cycle
+    made afterwards is still collected."""
+    import gc
+    import weakref
+
+    from miyaq.runtime import heap
+
+    class Thing:
+        pass
+
+    before = Thing()
+    gone_before = weakref.ref(before)
+    try:
+        frozen = heap.freeze_startup_heap()
+        assert frozen == gc.get_freeze_count() > 0
+        del before
+        assert gone_before() is None            # reference counting, frozen or not
+        cycle = Thing()
+        cycle.me = cycle                         # type: ignore[attr-defined]
+        gone_cycle = weakref.ref(cycle)
+        del cycle
+        gc.collect()
+        assert gone_cycle() is None             # made after the freeze: collected as usual
+    finally:
+        gc.unfreeze()
+
+
+def test_a_serving_node_freezes_its_heap_once_it_has_started(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``miyaq node`` (Node.serve_forever) freezes the heap after every part
+    started (the log replayed, the sockets bound), before it waits."""
+    from miyaq.node import node as node_module
+    from miyaq.runtime import heap
+
+    calls: list[str] = []
+
+    class Stopped:
+        def wait(self) -> None:
+            calls.append("wait")
+
+    class FakeNode:
+        _stopped = Stopped()
+
+        def start(self) -> None:
+            calls.append("start")
+
+    monkeypatch.setattr(heap, "freeze_startup_heap", lambda: calls.append("freeze") or 1)
+    node_module.Node.serve_forever(FakeNode())  # type: ignore[arg-type]
+    assert calls == ["start", "freeze", "wait"]

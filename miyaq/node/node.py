@@ -34,7 +34,7 @@ from miyaq.core.clockwork import Clockwork
 from miyaq.core.core import Core
 from miyaq.core.handles import Role
 from miyaq.node.status import NodeStatus
-from miyaq.runtime import LOG, Supervisor, green, monotonic
+from miyaq.runtime import LOG, Supervisor, green, heap, monotonic
 from miyaq.runtime.sockets import SocketFactory
 from miyaq.security.zap import ZapHandler
 
@@ -124,7 +124,11 @@ class Node:
         return self.keys.reload("SIGHUP")
 
     def serve_forever(self) -> None:
+        """Start, keep the start-up heap out of the cycle collector's way
+        (:mod:`miyaq.runtime.heap`: this is the node's own process), and
+        serve until stopped."""
         self.start()
+        heap.freeze_startup_heap()
         self._stopped.wait()
 
     def wait(self, timeout: float | None = None) -> bool:

@@ -8,6 +8,8 @@
   socket is made by a :class:`SocketFactory`;
 - :mod:`.clock` -- ``monotonic()`` for deadlines, ``wall()`` for stamps
   other processes read;
+- :mod:`.heap` -- the start-up heap of miyaq's own processes, frozen out of
+  the cycle collector's sight;
 - :mod:`.http` -- the only module that imports geventhttpclient (the
   gateway's outgoing HTTP).
 

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import replace
 
-from ..runtime import green, monotonic
+from ..runtime import green, heap, monotonic
 from .config import CHILD_STOP_SLACK, MAX_RESTARTS_PER_MINUTE, PROCESS_POLL, RESTART_DELAY_MAX, WorkerConfig
 
 logger = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ def run_one(app_spec: str, config: WorkerConfig) -> int:
     app = load_app(app_spec)
     worker = Worker(app, config, app_spec=app_spec)
     worker.install_signal_handlers()
+    heap.freeze_startup_heap()      # the app and everything it imports are loaded: miyaq.runtime.heap
     worker.run()
     return 1 if worker.crashed else 0
 
