@@ -183,3 +183,90 @@ def test_an_invalid_finished_answer_to_replicate_is_refused_and_not_forwarded(in
     assert not cluster.net.messages("EVENTS", src=third, dst=back.id, task=tid)
     assert back.task(tid) is not None and back.tombstone(tid) is None
     assert not cluster.crashes()
+
+
+# -- a holder that cannot store the copy: rejected at once, not at the timeout ------------------------------
+# replication_timeout is a minute: an answer that waited for it would not come
+# within wait_until's ten seconds, and would name the timeout, not the holder.
+
+def _holder_draining(cluster, holder):
+    cluster[holder].node.core.drain()        # SIGTERM's first step: it stores no new copy
+
+
+def _holder_stopped(cluster, holder):
+    cluster.stop_node(holder)                # still in the ring: its session has not ended yet
+
+
+@pytest.mark.parametrize("fault", [_holder_draining, _holder_stopped], ids=["holder-draining", "holder-stopped"])
+def test_a_holder_that_cannot_store_the_copy_rejects_the_submit_at_once(inproc, fault):
+    """Fault (chaos --rolling: a submit made while a node was being
+    restarted): a holder of the task is draining for shutdown (it answers
+    REPLICATE without storing the copy), or has stopped while the ring still
+    lists it (REPLICATE cannot be sent). The coordinator knows at once that
+    min_acks cannot be met by this try and rejects it now with
+    not_enough_replicas naming that holder -- it used to wait out
+    replication_timeout, and its client's resend came that much later."""
+    cluster = inproc(3, replicas=2, replication_timeout=60.0)
+    tid = cluster.task_id()
+    holders = cluster.holders(tid, 2)
+    coordinator, doomed = holders
+    fault(cluster, doomed)
+    sub = cluster.submit(coordinator, tid)
+    cluster.wait_until(lambda: sub.status, what="the submit's answer")
+    assert sub.status == REJECTED and sub.error_code == "not_enough_replicas", sub.result
+    message = sub.result[2]["message"]
+    assert f"stored on 1 of the 2 holders needed: {doomed} could not store it" in message
+    assert not cluster[coordinator].role.intake.pending and not cluster.crashes()
+
+
+def test_min_acks_still_reachable_without_the_failed_holder_accepts(inproc):
+    """Fault: one of three holders has stopped while the ring still lists it;
+    with min_acks=2 the two others are enough, so the submit is accepted
+    (the failed holder alone never rejects it)."""
+    cluster = inproc(3, min_acks=2, replication_timeout=60.0)
+    tid = cluster.task_id()
+    coordinator, _, gone = cluster.holders(tid)
+    cluster.stop_node(gone)
+    sub = cluster.submit(coordinator, tid)
+    cluster.wait_until(lambda: sub.status, what="the submit's answer")
+    assert sub.status == ACCEPTED, sub.result
+    assert not cluster.crashes()
+
+
+# -- a node that shuts down answers every submit it took ------------------------------------------------------
+
+def test_a_draining_node_coordinates_no_submit(inproc):
+    """Fault: a submit reaches a node draining for shutdown (SIGTERM) that
+    is not one of the task's holders. It refuses it (shutting_down: the
+    client resends it to another node) and sends nothing to the holders: it
+    may exit before they answer, and then nobody answers the client."""
+    cluster = inproc(3, replicas=2)
+    tid = cluster.task_id()
+    coordinator = next(n for n in cluster.ids if n not in cluster.holders(tid, 2))
+    cluster[coordinator].node.core.drain()
+    sub = cluster.submit(coordinator, tid)
+    cluster.wait_until(lambda: sub.status, what="the submit's answer")
+    assert sub.status == REJECTED and sub.error_code == "shutting_down", sub.result
+    cluster.settle()
+    assert not [m for m in cluster.net.log if m.kind == "REPLICATE" and m.src == coordinator]
+    assert not cluster.crashes()
+
+
+def test_a_stopping_node_refuses_the_submits_it_still_replicates(inproc):
+    """Fault (chaos --rolling: a node restarted while a holder of a submit
+    it coordinated had not answered): the node stops with the submit still
+    waiting for a holder's confirmation. It answers it (shutting_down) before
+    it stops -- with no answer its client waited its whole ack timeout (5 s)
+    before resending."""
+    cluster = inproc(3, replicas=2, replication_timeout=60.0)
+    tid = cluster.task_id()
+    holders = cluster.holders(tid, 2)
+    coordinator = next(n for n in cluster.ids if n not in holders)
+    held = cluster.net.hold("ANSWER", src=holders[1], dst=coordinator, answering="REPLICATE")
+    sub = cluster.submit(coordinator, tid)
+    cluster.wait_until(lambda: held.held, what="the holder's answer to be held")
+    assert sub.status is None
+    cluster.stop_node(coordinator)
+    assert [a[1] for a in sub.answers] == [REJECTED] and sub.error_code == "shutting_down", sub.answers
+    held.release()
+    assert not cluster.crashes()

@@ -8,7 +8,19 @@ acknowledges once ``min_acks`` holders stored it (default: all of them —
 synchronous replication). A submit that cannot reach ``min_acks`` holders by
 ``replication_timeout`` seconds (monotonic) is rejected with NOT_ENOUGH_REPLICAS; resending
 it with the same id is safe (REPLICATE is idempotent on every holder).
-It is the :class:`~miyaq.core.handles.Intake` of a clustered node.
+It is rejected the same way at once when too many holders already failed
+it: a REPLICATE that could not be sent (no connection: a holder stopped or
+not yet connected after a ring change), that was refused, or whose answer
+does not list the task (a holder shutting down, or not a holder by its own
+view of the ring) -- no later answer can confirm that try, so the client
+resends it (to another node, after its short backoff) instead of waiting
+out the timeout. It is the :class:`~miyaq.core.handles.Intake` of a
+clustered node.
+
+A node that is shutting down coordinates no submit (``shutting_down``: the
+client resends it to another node) and, when it stops, refuses the submits
+it still coordinates (:meth:`ReplicatedIntake.refuse_all`): without an
+answer their client would wait its whole ``ack_timeout``.
 
 Each holder of rank i arms its copy for ``eta + i × offset``; copies of
 rank > 0 are standby copies (they ask before they run).
@@ -16,13 +28,14 @@ rank > 0 are standby copies (they ask before they run).
 from __future__ import annotations
 
 import logging
+from collections.abc import Container
 from typing import TYPE_CHECKING, Any, Callable
 
 from miyaq.cluster.peer import REPLICATE
 from miyaq.cluster.sizes import chunks, record_size
 from miyaq.constants import MAX_PENDING_SUBMITS
 from miyaq.core.handles import Ack, AckTarget
-from miyaq.errors import MiyaqError, NotEnoughReplicas, Unavailable
+from miyaq.errors import MiyaqError, NotEnoughReplicas, ShuttingDown, Unavailable
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE, REJECTED
 from miyaq.protocol.eventspec import confirmed_ids
 from miyaq.runtime import monotonic, wall
@@ -43,22 +56,36 @@ def is_resent(task: Task) -> bool:
 
 
 class _Pending:
-    __slots__ = ("identity", "need", "got", "deadline", "detail", "status")
+    """A submit being replicated: ``got`` holders stored it, ``unsure`` other
+    holders were asked and have not answered yet, ``failed`` names those that
+    answered without storing it (or could not be asked)."""
 
-    def __init__(self, identity: AckTarget, need: int, deadline: float) -> None:
+    __slots__ = ("identity", "need", "got", "unsure", "failed", "deadline", "detail", "status")
+
+    def __init__(self, identity: AckTarget, need: int, asked: int, deadline: float) -> None:
         self.identity = identity
         self.need = need
         self.got = 0
+        self.unsure = asked
+        self.failed: list[str] = []
         self.deadline = deadline
         self.detail: Any = None
         self.status = ACCEPTED
 
+    def hopeless(self) -> bool:
+        """Even if every holder still unsure stores it, fewer than ``need`` would."""
+        return self.got + self.unsure < self.need
+
 
 class ReplicatedIntake:
-    def __init__(self, role: ClusterRole, ack: Ack) -> None:
+    """``ack`` queues an answer; ``release`` sends the queued answers (called
+    after answers given outside a burst of peer answers, whose end sends them)."""
+
+    def __init__(self, role: ClusterRole, ack: Ack, release: Callable[[], None] = lambda: None) -> None:
         self.role = role
         self.engine = role.engine
         self.ack = ack
+        self.release = release
         self.timeout = role.config.replication_timeout
         self.pending: dict[str, _Pending] = {}
         self.outbox: dict[str, list[dict[str, Any]]] = {}
@@ -68,6 +95,11 @@ class ReplicatedIntake:
         role = self.role
         if len(self.pending) >= MAX_PENDING_SUBMITS:
             self.ack(identity, [task.id, REJECTED, {"code": "busy", "message": "too many submits in flight"}])
+            return
+        if not self.engine.accepting:
+            # Draining to stop: it may exit before the holders answer. Nothing is stored here.
+            self.ack(identity, [task.id, REJECTED,
+                                ShuttingDown("node is shutting down; submit to another node").to_wire()])
             return
         why = role.not_coordinating()
         if why:
@@ -82,7 +114,8 @@ class ReplicatedIntake:
         record = task_record(task)     # before place(): each holder adds its own offset
         record.pop("rank", None)
         need = min(role.min_acks or len(holders), len(holders))
-        entry = _Pending(identity, need, monotonic() + self.timeout)
+        others = sum(1 for h in holders if h != role.node_id)
+        entry = _Pending(identity, need, others, monotonic() + self.timeout)
         if role.node_id in holders:
             role.place(task)
             if is_resent(task):
@@ -129,18 +162,36 @@ class ReplicatedIntake:
 
     def _replicated(self, holder: str, sent: dict[str, list[str]], answer: dict[str, Any] | None) -> None:
         """``holder`` answered the REPLICATE of the tasks ``sent`` (id ->
-        the holders the record named)."""
-        if answer is None:
-            return   # silence: the deadline sweep decides
-        finished = answer.get("finished")
-        if isinstance(finished, dict) and finished:
-            self._finished_on(holder, sent, finished)
-        stored = confirmed_ids(answer)
+        the holders the record named); ``None``: it could not be sent, was
+        refused, or got no answer by ``replication_timeout``. A task the
+        answer does not list was not stored there (and never will be from
+        this try): once too few holders are left to confirm it, it is
+        rejected now."""
+        stored: Container[str] = ()
+        if answer is not None:
+            finished = answer.get("finished")
+            if isinstance(finished, dict) and finished:
+                self._finished_on(holder, sent, finished)
+            stored = confirmed_ids(answer)
+        rejected = False
         for task_id in sent:
             entry = self.pending.get(task_id)
-            if entry is not None and task_id in stored:
+            if entry is None:
+                continue
+            entry.unsure -= 1
+            if task_id in stored:
                 entry.got += 1
                 self._maybe_ack(task_id, entry)
+                continue
+            entry.failed.append(holder)
+            if entry.hopeless():
+                failed = ", ".join(entry.failed)
+                self._reject(task_id, entry, f"task {task_id} stored on {entry.got} of the {entry.need} holders "
+                                             f"needed: {failed} could not store it (unreachable, stopping or "
+                                             "on another view of the ring); resubmit with the same id")
+                rejected = True
+        if rejected:
+            self.release()
 
     def _finished_on(self, holder: str, sent: dict[str, list[str]], finished: dict[Any, Any]) -> None:
         """``holder`` already finished some of the tasks ``sent`` (a resend of
@@ -170,13 +221,28 @@ class ReplicatedIntake:
         for task_id, entry in list(self.pending.items()):
             if entry.deadline <= now:
                 swept += 1
-                del self.pending[task_id]
-                self.rejected += 1
-                err = NotEnoughReplicas(f"task {task_id} stored on {entry.got} of the {entry.need} "
-                                        f"holders needed within {self.timeout:g}s; resubmit with the same id")
-                self.ack(entry.identity, [task_id, REJECTED, err.to_wire()])
-                self._demote(task_id)
+                self._reject(task_id, entry, f"task {task_id} stored on {entry.got} of the {entry.need} "
+                                             f"holders needed within {self.timeout:g}s; resubmit with the same id")
         return swept
+
+    def refuse_all(self) -> int:
+        """The node stops: refuse every submit it still coordinates
+        (``shutting_down``; the client resends it to another node) and send
+        the answers now. How many."""
+        refused = len(self.pending)
+        for task_id, entry in list(self.pending.items()):
+            self._reject(task_id, entry, f"task {task_id} stored on {entry.got} of the {entry.need} holders "
+                                         "needed when its node stopped; resubmit with the same id", ShuttingDown)
+        if refused:
+            self.release()
+        return refused
+
+    def _reject(self, task_id: str, entry: _Pending, message: str,
+                error: type[MiyaqError] = NotEnoughReplicas) -> None:
+        del self.pending[task_id]
+        self.rejected += 1
+        self.ack(entry.identity, [task_id, REJECTED, error(message).to_wire()])
+        self._demote(task_id)
 
     def _demote(self, task_id: str) -> None:
         """The client was told the submit failed and will resend it, maybe

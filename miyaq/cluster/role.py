@@ -73,7 +73,7 @@ class ClusterRole:
         self.fence = Fence(self.node_id, coordinator, self.subscriber)
         self.copies = Copies(self)
         self.standby = StandbyChecker(self)
-        self.intake = ReplicatedIntake(self, endpoint.ack)
+        self.intake = ReplicatedIntake(self, endpoint.ack, endpoint.flush_acks)
         self.handoff = Handoff(self)
         engine.listeners += [self.events, self.standby]
         self.peer.handlers.update({REPLICATE: self.copies.on_replicate, QUERY: self.copies.on_query,
@@ -116,7 +116,10 @@ class ClusterRole:
         self.coordinator.start()
 
     def stop(self) -> None:
-        """Leave the ring's coordination (election, registration)."""
+        """Refuse the submits still being replicated (their clients resend
+        them elsewhere now, not after their ack timeout), then leave the
+        ring's coordination (election, registration)."""
+        self.intake.refuse_all()
         self.coordinator.stop()
 
     def kill(self) -> None:
