@@ -101,3 +101,21 @@ def test_older_ring_shown_right_after_a_newer_one_is_ignored(inproc):
     cluster.settle(0.1)
     assert [cluster[n].role.view.epoch for n in ALL] == [epoch] * 3
     assert cluster["n2"].role.view.ring == cluster["n1"].role.view.ring
+
+
+def test_a_node_restarted_into_the_ring_is_linked_to_anew(inproc):
+    """Fault (chaos --rolling: submits stalled for about two seconds after
+    a node came back): a node is stopped, the ring goes on without it, and
+    it starts again into the ring. The other nodes' peer links to it lost
+    their connection when it went down and back off (up to 2 s) before
+    retrying; every REPLICATE to it fails meanwhile. Each other node makes
+    its link to it anew as soon as the ring holds it again (once, and not
+    for a node that never left)."""
+    cluster = inproc(3)
+    cluster.stop_node("n3")
+    cluster.publish(REST)
+    cluster.start_node("n3")
+    cluster.publish(ALL)
+    links = {n: cluster[n].role.peer for n in REST}
+    assert all(link.relinked == {"n3": 1} for link in links.values()), {n: link.relinked for n, link in links.items()}
+    assert not cluster.crashes()

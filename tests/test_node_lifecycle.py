@@ -295,6 +295,36 @@ def test_peer_callback_failures_are_logged_and_counted(caplog: pytest.LogCapture
         sockets.close()
 
 
+def test_a_peer_back_in_the_ring_gets_a_new_link_that_carries_requests() -> None:
+    """Fault: a peer restarted (its old connection died, and the DEALER to it
+    retries on a backoff of up to 2 s). Linking to it ``fresh`` replaces that
+    DEALER by a new one, which connects at once and carries requests; a
+    peer not named fresh keeps its DEALER."""
+    supervisor = Supervisor("peer test", on_fatal=lambda name, exc: pytest.fail(f"{name} died"))
+    sockets = SocketFactory()
+    ports = {n: f"tcp://127.0.0.1:{free_port()}" for n in ("me", "back", "other")}
+    links = {n: PeerEndpoint(sockets, supervisor, n, ep) for n, ep in ports.items()}
+    links["back"].handlers[b"QUERY"] = lambda sender, body: {"states": {}, "by": "back"}
+    answers: list[dict[str, Any] | None] = []
+    try:
+        for link in links.values():
+            link.start()
+        me = links["me"]
+        me.connect(ports)
+        before = dict(me.dealers)
+        me.connect(ports, fresh={"back"})
+        assert me.dealers["back"] is not before["back"] and me.dealers["other"] is before["other"]
+        # Until it is connected a request cannot be sent (IMMEDIATE): its callback gets None at once.
+        until(lambda: me.request("back", b"QUERY", {"ids": []}, WAIT, answers.append), "the new link to connect")
+        answered = until(lambda: [a for a in answers if a is not None], "the answer")
+        assert answered[0]["by"] == "back"
+    finally:
+        supervisor.kill()
+        for link in links.values():
+            link.close()
+        sockets.close()
+
+
 # -- events between holders ---------------------------------------------------------------------
 def test_duplicate_start_names_the_node_it_was_started_on(caplog: pytest.LogCaptureFixture) -> None:
     """Fault: another holder announces STARTED for a task already running

@@ -38,6 +38,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import Counter
+from collections.abc import Collection
 from typing import Any, Callable
 
 from miyaq.cluster.transport import Body, Callback, Handler, Reply
@@ -237,10 +238,15 @@ class PeerEndpoint(PeerRequests):
         self.supervisor.spawn("peer answers", self.serve_answers, policy=CRITICAL)
 
     # -- membership ------------------------------------------------------------------
-    def connect(self, members: dict[str, str]) -> None:
-        """Keep one DEALER per member id -> peer endpoint (others are closed)."""
+    def connect(self, members: dict[str, str], fresh: Collection[str] = ()) -> None:
+        """Keep one DEALER per member id -> peer endpoint (others are closed).
+        The nodes in ``fresh`` get a new DEALER even at the same endpoint: it
+        connects at once, where the old one, which lost its connection when
+        the node went down, retries on a backoff of up to
+        ``PEER_RECONNECT_MS[1]`` -- and with IMMEDIATE, every request to the
+        node fails until it does."""
         for node_id in list(self.dealers):
-            if node_id not in members or members[node_id] != self.endpoints.get(node_id):
+            if node_id not in members or members[node_id] != self.endpoints.get(node_id) or node_id in fresh:
                 # The answer reader may be polling it: it closes retired sockets itself.
                 self._retired.append(self.dealers.pop(node_id))
                 self.endpoints.pop(node_id, None)

@@ -14,6 +14,7 @@ coordinator's view listener only schedules work.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import Any
 
 from miyaq.cluster.copies import Copies
@@ -298,26 +299,28 @@ class ClusterRole:
             for node_id, member in old.members.items():
                 if node_id not in members and node_id != self.node_id:
                     self._departed[node_id] = (member, mono + DEPARTED_GRACE)
-            for node_id in members:
-                self._departed.pop(node_id, None)
-            self._follow_links()
+            # Back in the ring (restarted): our link to it lost its connection
+            # and may wait seconds before it retries; make it anew.
+            returned = [n for n in members if self._departed.pop(n, None) is not None]
+            self._follow_links(fresh=returned)
             self.directory.update({m.node_id: m.service for m in members.values()})
             logger.info("ring epoch %d: %s (leader %s)", view.epoch, ", ".join(sorted(members)), view.leader)
             if set(old.members) != set(members) or old.epoch == 0 or old.ring != view.ring:
                 self.handoff.run()
                 self._sweep_until = monotonic() + HANDOFF_SWEEP_AFTER_CHANGE
 
-    def _follow_links(self) -> None:
+    def _follow_links(self, fresh: Collection[str] = ()) -> None:
         """Peer links and stream subscriptions: every ring member, and for
         ``DEPARTED_GRACE`` every node that left it -- a node that left (or was
-        dropped) still announces how the tasks it ran ended."""
+        dropped) still announces how the tasks it ran ended. ``fresh``: members
+        back in the ring, linked to anew (:meth:`PeerLink.connect`)."""
         mono = monotonic()
         for node_id, (_, until) in list(self._departed.items()):
             if until <= mono:
                 del self._departed[node_id]
         links = dict(self.view.members)
         links.update({n: m for n, (m, _) in self._departed.items()})
-        self.peer.connect({n: m.peer for n, m in links.items()})
+        self.peer.connect({n: m.peer for n, m in links.items()}, fresh)
         self.subscriber.connect({n: m.pub for n, m in links.items()})
 
     # -- periodic ---------------------------------------------------------------------

@@ -23,7 +23,7 @@ carries (``peer`` and ``pub``); a transport may use them as plain names.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
 Body = dict[str, Any]
@@ -49,8 +49,11 @@ class PeerLink(Protocol):
     def close(self) -> None:
         """Stop; pending requests get no callback. Idempotent, never raises."""
 
-    def connect(self, members: dict[str, str]) -> None:
-        """Follow the ring: node id -> peer endpoint (others are dropped)."""
+    def connect(self, members: dict[str, str], fresh: Collection[str] = ()) -> None:
+        """Follow the ring: node id -> peer endpoint (others are dropped).
+        ``fresh``: nodes back in the ring (restarted): link to them anew, at
+        once, rather than wait for a connection to a node that was down to
+        retry (it backs off, up to ``PEER_RECONNECT_MS``'s longest wait)."""
 
     def request(self, node_id: str, command: bytes, body: Body, timeout: float, callback: Callback) -> bool:
         """Send a request; ``callback`` gets the answer, or None past ``timeout`` seconds

@@ -19,7 +19,8 @@ stream ``mem://<id>/pub`` (:func:`endpoints`), so a
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Collection
 from typing import Any
 
 from miyaq.cluster.peer import PeerRequests
@@ -55,12 +56,16 @@ class MemoryPeerLink(PeerRequests):
         self.network = network
         self.peers: dict[str, str] = {}      # node id -> the node its endpoint names
         self.on_close = on_close
+        self.relinked: Counter[str] = Counter()   # node id -> links made anew (``fresh``)
 
     def start(self) -> None:
         """Delivery is the network's; nothing to spawn."""
 
-    def connect(self, members: dict[str, str]) -> None:
+    def connect(self, members: dict[str, str], fresh: Collection[str] = ()) -> None:
+        """``fresh`` nodes are only counted (:attr:`relinked`): the network
+        has no connections to make anew."""
         self.peers = {n: _node_of(e) or n for n, e in members.items() if n != self.node_id}
+        self.relinked.update(n for n in fresh if n in self.peers)
 
     def _send_request(self, node_id: str, frames: list[bytes]) -> bool:
         dst = self.peers.get(node_id)
