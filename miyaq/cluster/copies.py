@@ -171,7 +171,7 @@ class Copies:
                 # its copy ask at once: the other holders may not have theirs yet.
                 task.eta = max(task.eta, now + role.offset_for(task, minimum=1))
         try:
-            status, _ = engine.submit(task, now)
+            status, _ = engine.submit(task, now, copy=True)
         except Exception as exc:   # Busy, ShuttingDown, too many queues: not stored
             _log.warning("copy", "could not store a copy of %s: %s", task.id, exc)
             return False

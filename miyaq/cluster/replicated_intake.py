@@ -8,14 +8,20 @@ acknowledges once ``min_acks`` holders stored it (default: all of them —
 synchronous replication). A submit that cannot reach ``min_acks`` holders by
 ``replication_timeout`` seconds (monotonic) is rejected with NOT_ENOUGH_REPLICAS; resending
 it with the same id is safe (REPLICATE is idempotent on every holder).
-It is rejected the same way at once when too many holders already failed
-it: a REPLICATE that could not be sent (no connection: a holder stopped or
-not yet connected after a ring change), that was refused, or whose answer
-does not list the task (a holder shutting down, or not a holder by its own
-view of the ring) -- no later answer can confirm that try, so the client
-resends it (to another node, after its short backoff) instead of waiting
-out the timeout. It is the :class:`~miyaq.core.handles.Intake` of a
-clustered node.
+It is rejected the same way at once when holders whose answer does not
+list the task (not a holder by their own view of the ring while it changes;
+full) leave too few to reach ``min_acks``: no later answer can confirm that
+try, so the client resends it (to another node, after its short backoff)
+instead of waiting out the timeout. Silence is not such an answer: it waits
+for the deadline (the holder may only be slow), and so does a REPLICATE that
+cannot be sent (no connection to the holder: it is down, or the link to a
+node just back in the ring is not up yet), which is sent again every
+``CLUSTER_TICK`` until the deadline -- a holder that comes back meanwhile
+gets it, and the submit is accepted without a resend. Rejecting at once
+there would make the client resend again and again for as long as a dead
+holder stays in the ring (until its ZooKeeper session expires), and its
+later submits wait behind the resent one (they leave in order). It is the
+:class:`~miyaq.core.handles.Intake` of a clustered node.
 
 A node that is shutting down coordinates no submit (``shutting_down``: the
 client resends it to another node) and, when it stops, refuses the submits
@@ -28,12 +34,11 @@ rank > 0 are standby copies (they ask before they run).
 from __future__ import annotations
 
 import logging
-from collections.abc import Container
 from typing import TYPE_CHECKING, Any, Callable
 
 from miyaq.cluster.peer import REPLICATE
 from miyaq.cluster.sizes import chunks, record_size
-from miyaq.constants import MAX_PENDING_SUBMITS
+from miyaq.constants import CLUSTER_TICK, MAX_PENDING_SUBMITS
 from miyaq.core.handles import Ack, AckTarget
 from miyaq.errors import MiyaqError, NotEnoughReplicas, ShuttingDown, Unavailable
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE, REJECTED
@@ -57,8 +62,8 @@ def is_resent(task: Task) -> bool:
 
 class _Pending:
     """A submit being replicated: ``got`` holders stored it, ``unsure`` other
-    holders were asked and have not answered yet, ``failed`` names those that
-    answered without storing it (or could not be asked)."""
+    holders have not answered yet, ``failed`` names those that answered
+    without storing it."""
 
     __slots__ = ("identity", "need", "got", "unsure", "failed", "deadline", "detail", "status")
 
@@ -89,6 +94,8 @@ class ReplicatedIntake:
         self.timeout = role.config.replication_timeout
         self.pending: dict[str, _Pending] = {}
         self.outbox: dict[str, list[dict[str, Any]]] = {}
+        self.unsent: dict[str, list[dict[str, Any]]] = {}   # holder -> records it could not be sent
+        self._unsent_due = 0.0
         self.rejected = 0
 
     def submit(self, task: Task, now: float, identity: AckTarget) -> None:
@@ -146,7 +153,14 @@ class ReplicatedIntake:
 
     def flush(self) -> None:
         """Send the burst's REPLICATE batches (one request per holder, split
-        to stay under ``max_message``)."""
+        to stay under ``max_message``), and once a tick those that could not
+        be sent, for the submits still waiting."""
+        if self.unsent and monotonic() >= self._unsent_due:
+            unsent, self.unsent = self.unsent, {}
+            for holder, records in unsent.items():
+                still = [r for r in records if r["id"] in self.pending]
+                if still:
+                    self.outbox.setdefault(holder, []).extend(still)
         if not self.outbox:
             return
         outbox, self.outbox = self.outbox, {}
@@ -154,25 +168,27 @@ class ReplicatedIntake:
         for holder, records in outbox.items():
             for chunk in chunks(records, len(records), budget, record_size):
                 sent = {r["id"]: r["holders"] for r in chunk}
-                self.role.peer.request(holder, REPLICATE, {"tasks": chunk}, self.timeout,
-                                       self._callback(holder, sent))
+                if not self.role.peer.request(holder, REPLICATE, {"tasks": chunk}, self.timeout,
+                                              self._callback(holder, sent)):
+                    # No connection (its callback gets None, which waits for the deadline).
+                    if not self.unsent:
+                        self._unsent_due = monotonic() + CLUSTER_TICK
+                    self.unsent.setdefault(holder, []).extend(chunk)
 
     def _callback(self, holder: str, sent: dict[str, list[str]]) -> Callable[[dict[str, Any] | None], None]:
         return lambda answer: self._replicated(holder, sent, answer)
 
     def _replicated(self, holder: str, sent: dict[str, list[str]], answer: dict[str, Any] | None) -> None:
         """``holder`` answered the REPLICATE of the tasks ``sent`` (id ->
-        the holders the record named); ``None``: it could not be sent, was
-        refused, or got no answer by ``replication_timeout``. A task the
-        answer does not list was not stored there (and never will be from
-        this try): once too few holders are left to confirm it, it is
-        rejected now."""
-        stored: Container[str] = ()
-        if answer is not None:
-            finished = answer.get("finished")
-            if isinstance(finished, dict) and finished:
-                self._finished_on(holder, sent, finished)
-            stored = confirmed_ids(answer)
+        the holders the record named). A task the answer does not list was
+        not stored there (and never will be from this try): once too few
+        holders are left to confirm it, it is rejected now."""
+        if answer is None:
+            return   # silence, an error, or not sent: the deadline sweep decides
+        finished = answer.get("finished")
+        if isinstance(finished, dict) and finished:
+            self._finished_on(holder, sent, finished)
+        stored = confirmed_ids(answer)
         rejected = False
         for task_id in sent:
             entry = self.pending.get(task_id)
@@ -185,10 +201,9 @@ class ReplicatedIntake:
                 continue
             entry.failed.append(holder)
             if entry.hopeless():
-                failed = ", ".join(entry.failed)
                 self._reject(task_id, entry, f"task {task_id} stored on {entry.got} of the {entry.need} holders "
-                                             f"needed: {failed} could not store it (unreachable, stopping or "
-                                             "on another view of the ring); resubmit with the same id")
+                                             f"needed: {', '.join(entry.failed)} did not store it (not a holder "
+                                             "by its view of the ring, or full); resubmit with the same id")
                 rejected = True
         if rejected:
             self.release()

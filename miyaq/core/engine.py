@@ -150,9 +150,13 @@ class Engine:
             listener.task_dead(task)
 
     # -- intake ------------------------------------------------------------------
-    def submit(self, task: Task, now: float) -> tuple[str, Any]:
+    def submit(self, task: Task, now: float, copy: bool = False) -> tuple[str, Any]:
         """Store a new task. Idempotent: a known id or a key inside its dedup
-        window answers DUPLICATE with the existing task's id."""
+        window answers DUPLICATE with the existing task's id. ``copy``: another
+        holder's copy of a replicated task, stored while the node drains for
+        shutdown too (ShuttingDown refuses only new work): it is a holder until
+        its exit takes it out of the ring, and a holder that refused would fail
+        every submit it holds until then."""
         table = self.table
         for admit in self.admission:   # before DUPLICATE: that answer too promises the task is stored
             admit()
@@ -162,7 +166,7 @@ class Engine:
             holder = table.holder_of_key(task.key, now, self.config.dedup_window)
             if holder is not None:
                 return DUPLICATE, holder
-        if not self.accepting:
+        if not (self.accepting or copy):
             raise ShuttingDown("node is shutting down and accepts no new tasks")
         if len(table.live) >= self.config.max_tasks:
             raise Busy(f"node holds {len(table.live)} tasks, its limit")
