@@ -295,3 +295,25 @@ def test_a_stopping_node_refuses_the_submits_it_still_replicates(inproc):
     assert [a[1] for a in sub.answers] == [REJECTED] and sub.error_code == "shutting_down", sub.answers
     held.release()
     assert not cluster.crashes()
+
+
+def test_a_late_answer_of_an_earlier_try_does_not_count_its_holder_twice(inproc):
+    """Fault: the client resends a rejected submit to the same coordinator
+    while the first try's answer from holder A is still on its way, and
+    holder B never gets its copy. A's late answer (its request expired with
+    the first try) and its answer to the resend name the same holder: the
+    resend is rejected (stored on 1 of 2), never accepted with one copy."""
+    cluster = inproc(3, replicas=2, replication_timeout=0.3)
+    tid = cluster.task_id()
+    a, b = cluster.holders(tid, 2)
+    coordinator = next(n for n in cluster.ids if n not in (a, b))
+    cluster.net.drop("REPLICATE", src=coordinator, dst=b)
+    late = cluster.net.hold("ANSWER", src=a, dst=coordinator, answering="REPLICATE", count=1)
+    first = cluster.submit(coordinator, tid)
+    cluster.wait_until(lambda: first.status, what="the first try's answer")
+    assert first.error_code == "not_enough_replicas" and late.held
+    resend = cluster.submit(coordinator, tid, resent=True)
+    late.release()
+    cluster.wait_until(lambda: resend.status, what="the resend's answer")
+    assert resend.status == REJECTED and "stored on 1 of the 2 holders" in resend.result[2]["message"], resend.result
+    assert cluster[b].task(tid) is None and not cluster.crashes()

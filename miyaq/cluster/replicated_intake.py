@@ -33,6 +33,7 @@ rank > 0 are standby copies (they ask before they run).
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -60,26 +61,42 @@ def is_resent(task: Task) -> bool:
     return bool(task.meta and task.meta.get("resent"))
 
 
+UNSENT_PROBE = 64
+"""Copies that could not be sent to a holder are tried again this many first:
+while it stays unreachable, a tick costs one small request, whatever waits."""
+
+
 class _Pending:
-    """A submit being replicated: ``got`` holders stored it, ``unsure`` other
-    holders have not answered yet, ``failed`` names those that answered
-    without storing it."""
+    """A submit being replicated to the other holders ``asked``: ``stored``
+    names those that confirmed it (each counts once, however many answers
+    say so), ``failed`` those that answered without it; ``mine`` is 1 when
+    this node, a holder, stored it."""
 
-    __slots__ = ("identity", "need", "got", "unsure", "failed", "deadline", "detail", "status")
+    __slots__ = ("identity", "need", "mine", "asked", "stored", "failed", "deadline", "detail", "status")
 
-    def __init__(self, identity: AckTarget, need: int, asked: int, deadline: float) -> None:
+    def __init__(self, identity: AckTarget, need: int, asked: list[str], deadline: float) -> None:
         self.identity = identity
         self.need = need
-        self.got = 0
-        self.unsure = asked
+        self.mine = 0
+        self.asked = asked
+        self.stored: set[str] = set()
         self.failed: list[str] = []
         self.deadline = deadline
         self.detail: Any = None
         self.status = ACCEPTED
 
+    @property
+    def got(self) -> int:
+        return self.mine + len(self.stored)
+
     def hopeless(self) -> bool:
-        """Even if every holder still unsure stores it, fewer than ``need`` would."""
-        return self.got + self.unsure < self.need
+        """Even if every holder yet to answer stores it, fewer than ``need`` would."""
+        unsure = sum(1 for h in self.asked if h not in self.stored and h not in self.failed)
+        return self.got + unsure < self.need
+
+
+Outgoing = tuple[_Pending, dict[str, Any]]
+"""A copy to send: the submit it is for, and its record."""
 
 
 class ReplicatedIntake:
@@ -93,8 +110,8 @@ class ReplicatedIntake:
         self.release = release
         self.timeout = role.config.replication_timeout
         self.pending: dict[str, _Pending] = {}
-        self.outbox: dict[str, list[dict[str, Any]]] = {}
-        self.unsent: dict[str, list[dict[str, Any]]] = {}   # holder -> records it could not be sent
+        self.outbox: dict[str, list[Outgoing]] = {}
+        self.unsent: dict[str, list[Outgoing]] = {}    # holder -> copies it could not be sent (no connection)
         self._unsent_due = 0.0
         self.rejected = 0
 
@@ -121,7 +138,7 @@ class ReplicatedIntake:
         record = task_record(task)     # before place(): each holder adds its own offset
         record.pop("rank", None)
         need = min(role.min_acks or len(holders), len(holders))
-        others = sum(1 for h in holders if h != role.node_id)
+        others = [h for h in holders if h != role.node_id]
         entry = _Pending(identity, need, others, monotonic() + self.timeout)
         if role.node_id in holders:
             role.place(task)
@@ -144,36 +161,59 @@ class ReplicatedIntake:
                 self.ack(identity, [task.id, DUPLICATE, task.id])
                 return
             entry.status, entry.detail = status, detail
-            entry.got = 1
+            entry.mine = 1
         self.pending[task.id] = entry
-        for holder in holders:
-            if holder != role.node_id:
-                self.outbox.setdefault(holder, []).append(record)
+        for holder in others:
+            self.outbox.setdefault(holder, []).append((entry, record))
         self._maybe_ack(task.id, entry)
 
     def flush(self) -> None:
         """Send the burst's REPLICATE batches (one request per holder, split
-        to stay under ``max_message``), and once a tick those that could not
-        be sent, for the submits still waiting."""
+        to stay under ``max_message``), and once a tick the copies that could
+        not be sent, for the submits still waiting for them."""
         if self.unsent and monotonic() >= self._unsent_due:
-            unsent, self.unsent = self.unsent, {}
-            for holder, records in unsent.items():
-                still = [r for r in records if r["id"] in self.pending]
-                if still:
-                    self.outbox.setdefault(holder, []).extend(still)
+            self._send_unsent()
         if not self.outbox:
             return
         outbox, self.outbox = self.outbox, {}
-        budget = self.role.config.max_message
-        for holder, records in outbox.items():
-            for chunk in chunks(records, len(records), budget, record_size):
-                sent = {r["id"]: r["holders"] for r in chunk}
-                if not self.role.peer.request(holder, REPLICATE, {"tasks": chunk}, self.timeout,
-                                              self._callback(holder, sent)):
-                    # No connection (its callback gets None, which waits for the deadline).
-                    if not self.unsent:
-                        self._unsent_due = monotonic() + CLUSTER_TICK
-                    self.unsent.setdefault(holder, []).extend(chunk)
+        for holder, copies in outbox.items():
+            self._keep(holder, self._send(holder, copies))
+
+    def _send_unsent(self) -> None:
+        """Try each holder again with its first ``UNSENT_PROBE`` copies still
+        wanted (whose submit waits for them); if they go, with the rest. Only
+        wanted copies are kept: at most one per submit waiting, per holder."""
+        unsent, self.unsent = self.unsent, {}
+        for holder, copies in unsent.items():
+            wanted = (c for c in copies if self.pending.get(c[1]["id"]) is c[0])
+            probe = list(itertools.islice(wanted, UNSENT_PROBE))
+            if not probe:
+                continue
+            if self._send(holder, probe):
+                self._keep(holder, probe + list(wanted))    # still no connection: next tick
+            else:
+                self._keep(holder, self._send(holder, list(wanted)))
+
+    def _send(self, holder: str, copies: list[Outgoing]) -> list[Outgoing]:
+        """REPLICATE ``copies`` to ``holder``; those that could not be sent
+        (no connection: the first chunk refused, and every one after it)."""
+        done = 0
+        for chunk in chunks(copies, len(copies), self.role.config.max_message, lambda c: record_size(c[1])):
+            records = [record for _, record in chunk]
+            sent = {r["id"]: r["holders"] for r in records}
+            # Not sent: its callback gets None, as silence does (the deadline decides).
+            if not self.role.peer.request(holder, REPLICATE, {"tasks": records}, self.timeout,
+                                          self._callback(holder, sent)):
+                return copies[done:]
+            done += len(chunk)
+        return []
+
+    def _keep(self, holder: str, copies: list[Outgoing]) -> None:
+        """Send ``copies`` at the next tick."""
+        if copies:
+            if not self.unsent:
+                self._unsent_due = monotonic() + CLUSTER_TICK
+            self.unsent.setdefault(holder, []).extend(copies)
 
     def _callback(self, holder: str, sent: dict[str, list[str]]) -> Callable[[dict[str, Any] | None], None]:
         return lambda answer: self._replicated(holder, sent, answer)
@@ -192,12 +232,13 @@ class ReplicatedIntake:
         rejected = False
         for task_id in sent:
             entry = self.pending.get(task_id)
-            if entry is None:
+            if entry is None or holder not in entry.asked:
                 continue
-            entry.unsure -= 1
             if task_id in stored:
-                entry.got += 1
+                entry.stored.add(holder)
                 self._maybe_ack(task_id, entry)
+                continue
+            if holder in entry.stored or holder in entry.failed:
                 continue
             entry.failed.append(holder)
             if entry.hopeless():
