@@ -25,7 +25,7 @@ CPU as unknown rather than zero.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 TICK = 1.0 / (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
@@ -51,48 +51,52 @@ def own_cpu_seconds(pid: int) -> float | None:
     return precise if precise is not None else (int(fields[11]) + int(fields[12])) * TICK
 
 
-def _schedstat_seconds(pid: int) -> float | None:
-    """Sum of the live threads' time on a CPU (ns in ``schedstat``), or None."""
+def _sum_over_threads(pid: int, read: Callable[[str], int]) -> int | None:
+    """``read(thread directory)`` summed over ``pid``'s live threads; None if
+    ``pid`` is gone (a thread that ends meanwhile is skipped)."""
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return None
-    ns = 0
+    total = 0
     for tid in tids:
         try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat", encoding="ascii") as fh:
-                ns += int(fh.read().split()[0])
+            total += read(f"/proc/{pid}/task/{tid}")
         except (OSError, ValueError, IndexError):
-            continue   # the thread ended meanwhile
-    return ns / 1e9
+            continue
+    return total
+
+
+def _schedstat_ns(thread: str) -> int:
+    with open(f"{thread}/schedstat", encoding="ascii") as fh:
+        return int(fh.read().split()[0])
+
+
+def _voluntary_switches(thread: str) -> int:
+    with open(f"{thread}/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _schedstat_seconds(pid: int) -> float | None:
+    """Sum of the live threads' time on a CPU (ns in ``schedstat``), or None."""
+    ns = _sum_over_threads(pid, _schedstat_ns)
+    return None if ns is None else ns / 1e9
 
 
 def main_thread_seconds(pid: int) -> float | None:
     """CPU seconds of ``pid``'s first thread (its ``schedstat``), or None."""
     try:
-        with open(f"/proc/{pid}/task/{pid}/schedstat", encoding="ascii") as fh:
-            return int(fh.read().split()[0]) / 1e9
+        return _schedstat_ns(f"/proc/{pid}/task/{pid}") / 1e9
     except (OSError, ValueError, IndexError):
         return None
 
 
 def _own_wakeups(pid: int) -> int | None:
     """Voluntary context switches of ``pid``'s live threads, or None."""
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return None
-    count = 0
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/status", encoding="ascii") as fh:
-                for line in fh:
-                    if line.startswith("voluntary_ctxt_switches:"):
-                        count += int(line.split()[1])
-                        break
-        except (OSError, ValueError, IndexError):
-            continue   # the thread ended meanwhile
-    return count
+    return _sum_over_threads(pid, _voluntary_switches)
 
 
 def wakeups(pid: int) -> int | None:
