@@ -220,6 +220,29 @@ def test_a_producer_that_exits_is_reported_with_its_log():
             procs.close()
 
 
+def test_children_do_not_import_the_miyaq_of_the_directory_the_bench_runs_in(tmp_path, monkeypatch):
+    """Fault: the bench is started inside a checkout of another build. Its
+    children run ``python -m``, which puts the working directory first on
+    sys.path: they must still import the miyaq installed for their
+    interpreter (``--python``, ``--compare-python``), not the checkout's."""
+    checkout = tmp_path / "checkout"
+    (checkout / "miyaq").mkdir(parents=True)
+    (checkout / "miyaq" / "__init__.py").write_text("raise SystemExit('imported the checkout')\n")
+    monkeypatch.chdir(checkout)
+    logs = tmp_path / "run"
+    logs.mkdir()
+    procs = ProcessGroup(str(logs))
+    try:
+        child = procs.start("probe", [sys.executable, "-c", "import miyaq; print(miyaq.__file__)"])
+        assert child.proc.wait(30) == 0, child.log_tail()
+        child.close_log()
+        imported = (logs / "probe.log").read_text().strip()
+        assert imported == os.path.abspath(agent.__file__.replace(os.path.join("bench", "agent.py"),
+                                                                  "__init__.py"))
+    finally:
+        procs.close()
+
+
 def test_cpu_readings_of_this_process():
     pid = os.getpid()
     first = cpu.cpu_seconds(pid)

@@ -76,10 +76,15 @@ class ProcessGroup:
         log = open(log_path, "wb")   # noqa: SIM115 - the child writes it; closed in close_log()
         # Run the shim by path: it needs only the standard library, and
         # ``-m miyaq.bench.launch`` would import the whole package first.
+        # The run's own directory as the working directory: ``python -m`` puts the
+        # working directory first on sys.path, so a bench started inside a checkout
+        # would run that checkout's miyaq with another build's interpreter
+        # (--python, --compare-python) instead of the build installed there.
         shim = [sys.executable, launch.__file__, str(os.getpid())]
         proc = subprocess.Popen(shim + argv, stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
                                 stdout=subprocess.PIPE if pipes else log,
-                                stderr=log if pipes else subprocess.STDOUT, env=env, start_new_session=True)
+                                stderr=log if pipes else subprocess.STDOUT, env=env, start_new_session=True,
+                                cwd=self.log_dir)
         child = Child(name, proc, log_path, log)
         self.children.append(child)
         logger.debug("started %s (pid %d): %s", name, proc.pid, " ".join(argv))
