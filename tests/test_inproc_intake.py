@@ -172,7 +172,8 @@ def test_an_invalid_finished_answer_to_replicate_is_refused_and_not_forwarded(in
     task's other holders nothing: the restarted holder keeps its copy."""
     cluster = inproc(3, replicas=2, replication_timeout=0.3)
     tid, finisher, back, third, _ = _finished_while_a_holder_was_down(cluster)
-    cluster[finisher].tombstone(tid).state = "bogus"
+    table = cluster[finisher].engine.table
+    table.tombstones.put(table.tombstone(tid)._replace(state="bogus"))
     coordinator = cluster[third]
 
     resend = cluster.submit(third, tid, resent=True)

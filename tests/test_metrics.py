@@ -130,7 +130,7 @@ def test_a_forgotten_queue_takes_its_latency_series_with_it():
     task = Task("t1", "made-up-7", "echo", b"", eta=1.0, created=1.0)
     task.attempt = 1
     timings.task_started(task)
-    timings.task_finished(task, Tombstone(task, "done", None, 2.0))
+    timings.task_finished(task, Tombstone.of(task, "done", None, 2.0))
     timings.duplicate_run(task, {})
     assert b'queue="made-up-7"' in generate_latest(registry)
     timings.queue_forgotten("made-up-7")
