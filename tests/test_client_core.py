@@ -322,3 +322,32 @@ def test_task_ids_are_unique_across_threads_and_a_forked_child() -> None:
     children = [child[i:i + 32] for i in range(0, 320, 32)]
     everything = ids + parents + children
     assert len(everything) == len(set(everything)) == 8020
+
+
+def test_a_submit_fails_at_its_deadline_not_at_its_last_tries_ack_timeout() -> None:
+    """Fault: the node never acknowledges. The last try is sent less than
+    ack_timeout before the submit's deadline: the caller gets the one
+    Timeout at the deadline (the core's clock), not ack_timeout after that
+    try; an acknowledgement before the deadline still resolves it."""
+    core, transport = make(1, ack_timeout=5.0)
+    p, w = pending("t1", timeout=7.0)
+    core.submit(p, now=0.0)
+    transport.take()                           # lost
+    core.on_timer(5.0)                         # overdue: back to waiting
+    due = core.submits.next_due()
+    assert due is not None and due < 7.0
+    core.on_timer(due)
+    assert [t["id"] for _, _, b in transport.take() for t in b["tasks"]] == ["t1"]
+    assert core.submits.next_due() == 7.0      # the deadline, before this try's ack_timeout
+    core.on_timer(6.99)
+    assert not w.done
+    core.on_timer(7.0)
+    assert isinstance(w.error, Timeout) and "t1 not acknowledged before its deadline (2 tries)" in str(w.error)
+    assert not core.submits.pending and not core.submits.capped
+
+    q, v = pending("t2", now=10.0, timeout=1.0)   # shorter than ack_timeout from its first try
+    core.submit(q, now=10.0)
+    transport.take()
+    core.on_frames(0, submitted([["t2", "accepted", None]]), 10.5)
+    core.on_timer(11.0)
+    assert v.done and v.error is None and not core.submits.capped

@@ -114,6 +114,9 @@ class SubmitPipeline:
         self.ack_timeout = ack_timeout
         self._on_resolved = on_resolved
         self.pending: dict[str, Pending] = {}     # sent, awaiting ack, oldest first
+        # Sent, and their deadline comes before their ack_timeout: they fail at
+        # the deadline, not at the last try's ack_timeout (few: tries near the end).
+        self.capped: dict[str, Pending] = {}
         self.waiting: list[Pending] = []          # to (re)send when next_try passes, in order
         self.resolved = 0
         self.resends = 0
@@ -129,9 +132,14 @@ class SubmitPipeline:
         return not self.waiting and not self.pending
 
     def next_due(self) -> float | None:
-        """When the next waiting submit may leave (None: none waits). Only the
-        due prefix of ``waiting`` leaves, so the first one decides."""
-        return self.waiting[0].next_try if self.waiting else None
+        """When the next waiting submit may leave, or a sent one reaches its
+        deadline before its acknowledgement is overdue (None: neither). Only
+        the due prefix of ``waiting`` leaves, so its first one decides."""
+        due = self.waiting[0].next_try if self.waiting else None
+        if self.capped:
+            soonest = min(p.deadline for p in self.capped.values())
+            due = soonest if due is None else min(due, soonest)
+        return due
 
     # -- sending ---------------------------------------------------------------------
     def send_due(self, now: float) -> None:
@@ -160,11 +168,14 @@ class SubmitPipeline:
             if p.tries and "resent" not in p.wire:
                 p.wire["resent"] = True    # the node may have stored (and run) an earlier try
         if self._send(node, c.SUBMIT, {"tasks": [p.wire for p in chunk]}):
+            late = now + self.ack_timeout
             for p in chunk:
                 p.sent = now
                 p.tries += 1
                 p.node = node
                 self.pending[p.wire["id"]] = p
+                if p.deadline < late:
+                    self.capped[p.wire["id"]] = p
             return
         # Not connected: try again soon, keeping the order of the batch (no
         # jitter) -- unless no node was ever reached for FIRST_CONTACT seconds.
@@ -189,19 +200,28 @@ class SubmitPipeline:
 
     # -- acknowledgements --------------------------------------------------------------
     def check_acks(self, now: float) -> None:
-        """Resend submits whose acknowledgement is overdue (oldest first)."""
+        """Resend submits whose acknowledgement is overdue (oldest first), and
+        fail those whose deadline passed while their last try waits."""
         pending = self.pending
         if not pending:
             return
         cutoff = now - self.ack_timeout
+        overdue = Timeout(f"no acknowledgement within {self.ack_timeout:g}s")
         for task_id in list(itertools.islice(pending, TIMEOUT_SCAN)):
             p = pending[task_id]
             if p.sent > cutoff:
                 break
             del pending[task_id]
+            self.capped.pop(task_id, None)
             self.resends += 1
             p.node = -1
-            self._retry_later(p, now, Timeout(f"no acknowledgement within {self.ack_timeout:g}s"))
+            self._retry_later(p, now, overdue)
+        for task_id, p in list(self.capped.items()):
+            if pending.get(task_id) is not p:
+                del self.capped[task_id]        # acknowledged meanwhile
+            elif p.deadline <= now:
+                del self.capped[task_id], pending[task_id]
+                self.resolve(p, error=final_error(p.last_error or overdue, p))
 
     def on_submitted(self, node: int, body: dict[str, Any], now: float) -> None:
         """A SUBMITTED from ``node``: resolve, retry or fail each result."""
@@ -210,6 +230,8 @@ class SubmitPipeline:
                 continue
             task_id, status, detail = item
             p = self.pending.pop(task_id, None) if isinstance(task_id, str) else None
+            if p is not None and self.capped:
+                self.capped.pop(task_id, None)
             if p is None:
                 continue   # a late ack for a resend that was already acknowledged
             if status == c.REJECTED:
@@ -234,6 +256,7 @@ class SubmitPipeline:
         for p in list(self.pending.values()) + self.waiting:
             self.resolve(p, error=error)
         self.pending.clear()
+        self.capped.clear()
         self.waiting.clear()
 
 
