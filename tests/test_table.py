@@ -55,3 +55,17 @@ def test_a_tombstone_with_a_nested_error_is_kept_whole():
     error = {"type": "ValueError", "message": "bad", "frames": [{"line": 3}]}
     _finished(table, 1, error=error)
     assert table.tombstone("t0").error == error
+
+
+def test_the_newest_tombstones_and_a_snapshot_that_later_changes_do_not_touch():
+    """A resync sends the newest tombstones first; a log snapshot read while
+    the node goes on sees the tombstones as they were when it began."""
+    table = TaskTable(100, 3600.0, 10)
+    _finished(table, 5)
+    assert [s.id for s in table.tombstones.newest(3)] == ["t4", "t3", "t2"]
+    assert [s.id for s in table.tombstones.newest(10)] == ["t4", "t3", "t2", "t1", "t0"]
+    snapshot = table.tombstones.snapshot()
+    assert next(snapshot).id == "t0"
+    table.sweep(10_000.0)                     # every one expires meanwhile
+    assert not table.tombstones
+    assert [s.id for s in snapshot] == ["t1", "t2", "t3", "t4"]

@@ -60,7 +60,7 @@ class Resync:
             # The newest tombstones, as many as half the message holds.
             stones: list[list[Any]] = []
             room = budget // 2
-            for s in reversed(list(table.tombstones.values())[-RESYNC_STONES:]):
+            for s in table.tombstones.newest(RESYNC_STONES):
                 room -= outcome_size(s.result, s.error)
                 if room < 0:
                     break

@@ -143,7 +143,7 @@ class Persistence(EngineListener):
         table = self.engine.table
         for task in list(table.live.values()) + list(table.dead.values()):
             yield task_record(task)
-        for stone in list(table.tombstones.values()):
+        for stone in table.tombstones.snapshot():
             yield stone_record(stone)
 
     def close(self) -> None:

@@ -20,6 +20,7 @@ tuples: docs/performance.md, "Garbage collection").
 """
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
@@ -87,6 +88,17 @@ class Tombstones(Mapping[str, Tombstone]):
         for row in self._rows.values():
             return Tombstone._make(row)
         return None
+
+    def newest(self, limit: int) -> Iterator[Tombstone]:
+        """The ``limit`` newest, newest first (a tombstone is made only for those)."""
+        rows = self._rows
+        for task_id in itertools.islice(reversed(rows), limit):
+            yield Tombstone._make(rows[task_id])
+
+    def snapshot(self) -> Iterator[Tombstone]:
+        """Every tombstone as it is now, oldest first, read lazily: later changes
+        do not show (for a writer that yields to other greenlets as it goes)."""
+        return map(Tombstone._make, list(self._rows.values()))
 
     def pop_oldest(self) -> Tombstone:
         """Remove and return the oldest (KeyError when there is none)."""
