@@ -318,3 +318,40 @@ def test_a_late_answer_of_an_earlier_try_does_not_count_its_holder_twice(inproc)
     cluster.wait_until(lambda: resend.status, what="the resend's answer")
     assert resend.status == REJECTED and "stored on 1 of the 2 holders" in resend.result[2]["message"], resend.result
     assert cluster[b].task(tid) is None and not cluster.crashes()
+
+
+def test_a_late_copy_to_a_holder_back_in_time_asks_before_it_runs(inproc, monkeypatch):
+    """Fault (chaos ensemble run, 2 unexplained duplicates): the first holder
+    of a task is killed just before its submit, so its copy cannot be sent;
+    the second holder's standby copy comes due, hears from nobody and runs
+    the task. The first holder restarts empty, and the coordinator's retry
+    delivers its copy before anything else tells it of the task -- due long
+    ago, of rank 0. It must ask before it runs (the copy is marked resent):
+    the task is running elsewhere, and runs once."""
+    cluster = inproc(3, replicas=2, replication_timeout=60.0)
+    tid = cluster.task_id()
+    first, second = cluster.holders(tid, 2)
+    runner = cluster.worker(second)
+    link = cluster[second].role.peer
+    send, no_link = link._send_request, {first}
+    monkeypatch.setattr(link, "_send_request",
+                        lambda node, frames: node not in no_link and send(node, frames))
+    cluster.stop_node(first)
+    sub = cluster.submit(second, tid, timeout=60.0)      # its lease outlasts the scenario
+    intake = cluster[second].role.intake
+    cluster.wait_until(lambda: intake.unsent.get(first), what="the copy to wait for its holder")
+    cluster.advance(QUERY_TIMEOUT + 4 * cluster.settings["replica_offset"])
+    cluster.wait_until(lambda: runner.runs(tid), what="the second holder's standby copy to run")
+
+    cluster.net.drop("SYNC", src=first, dst=second)     # its resync does not tell it of the task first
+    back = cluster.start_node(first)
+    late = cluster.worker(first)
+    no_link.clear()                                      # the link to it is up: the retry delivers the copy
+    cluster.wait_until(lambda: sub.status, what="the submit's answer")
+    assert sub.status == ACCEPTED and back.task(tid) is not None
+    cluster.settle()
+    cluster.advance(QUERY_TIMEOUT + 4 * cluster.settings["replica_offset"])
+    assert late.times(tid) == 0, "the holder back in time ran a copy another holder was running"
+    runner.complete(tid)
+    cluster.wait_until(lambda: back.state(tid) == DONE, what="the finish to reach the holder back in time")
+    assert late.times(tid) == 0 and runner.times(tid) == 1 and not cluster.crashes()

@@ -17,7 +17,9 @@ for the deadline (the holder may only be slow), and so does a REPLICATE that
 cannot be sent (no connection to the holder: it is down, or the link to a
 node just back in the ring is not up yet), which is sent again every
 ``CLUSTER_TICK`` until the deadline -- a holder that comes back meanwhile
-gets it, and the submit is accepted without a resend. Rejecting at once
+gets it, and the submit is accepted without a resend. Such a late copy is
+marked ``resent``: its holder asks the others before it runs it, since a
+standby copy may have run the task meanwhile. Rejecting at once
 there would make the client resend again and again for as long as a dead
 holder stays in the ring (until its ZooKeeper session expires), and its
 later submits wait behind the resent one (they leave in order). It is the
@@ -59,6 +61,18 @@ def is_resent(task: Task) -> bool:
     """A client resend: an earlier try may have been stored, and run, on
     other holders (every holder's copy asks before it runs)."""
     return bool(task.meta and task.meta.get("resent"))
+
+
+def late_copy(record: dict[str, Any]) -> dict[str, Any]:
+    """A copy for a holder its first try could not reach, marked ``resent``
+    (the record is shared by the task's holders: this is a new one). The
+    holder may come back after the task's other holders gave up on it and
+    a standby copy of theirs ran the task, so its copy must ask them before
+    it runs, whatever its rank -- as every copy of a resent submit does."""
+    meta = record.get("meta") or {}
+    if meta.get("resent"):
+        return record
+    return dict(record, meta={**meta, "resent": True})
 
 
 UNSENT_PROBE = 64
@@ -209,11 +223,11 @@ class ReplicatedIntake:
         return []
 
     def _keep(self, holder: str, copies: list[Outgoing]) -> None:
-        """Send ``copies`` at the next tick."""
+        """Send ``copies`` at the next tick, each marked as a late copy."""
         if copies:
             if not self.unsent:
                 self._unsent_due = monotonic() + CLUSTER_TICK
-            self.unsent.setdefault(holder, []).extend(copies)
+            self.unsent.setdefault(holder, []).extend((entry, late_copy(record)) for entry, record in copies)
 
     def _callback(self, holder: str, sent: dict[str, list[str]]) -> Callable[[dict[str, Any] | None], None]:
         return lambda answer: self._replicated(holder, sent, answer)
