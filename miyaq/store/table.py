@@ -43,7 +43,7 @@ class Tombstone(NamedTuple):
 
     @classmethod
     def of(cls, task: Task, state: str, result: bytes | None, finished: float) -> "Tombstone":
-        return cls(task.id, task.queue, state, result, task.error, finished, task.key, task.attempt)
+        return _as_stone((task.id, task.queue, state, result, task.error, finished, task.key, task.attempt))
 
     def info(self) -> dict[str, Any]:
         info: dict[str, Any] = {"id": self.id, "queue": self.queue, "state": self.state,
@@ -55,6 +55,15 @@ class Tombstone(NamedTuple):
         return info
 
 
+def _as_stone(row: tuple[Any, ...]) -> Tombstone:
+    """A stored row as a :class:`Tombstone`, made in C (``_make`` and the
+    named tuple's ``__new__`` are Python calls: this is on every finish)."""
+    return _tuple_new(Tombstone, row)
+
+
+_tuple_new: Any = tuple.__new__
+
+
 class Tombstones(Mapping[str, Tombstone]):
     """Tombstones by task id, oldest first, each stored as a plain tuple (the
     collector untracks those: see the module doc) and handed out as a
@@ -64,11 +73,11 @@ class Tombstones(Mapping[str, Tombstone]):
         self._rows: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
 
     def __getitem__(self, task_id: str) -> Tombstone:
-        return Tombstone._make(self._rows[task_id])
+        return _as_stone(self._rows[task_id])
 
     def get(self, task_id: str, default: Any = None) -> Any:
         row = self._rows.get(task_id)
-        return default if row is None else Tombstone._make(row)
+        return default if row is None else _as_stone(row)
 
     def __contains__(self, task_id: object) -> bool:
         return task_id in self._rows
@@ -81,28 +90,29 @@ class Tombstones(Mapping[str, Tombstone]):
 
     def put(self, stone: Tombstone) -> None:
         """Keep ``stone`` as the newest (replacing one of the same id)."""
-        self._rows[stone.id] = tuple(stone)
-        self._rows.move_to_end(stone.id)
+        rows = self._rows
+        rows[stone.id] = tuple.__new__(tuple, stone)    # a plain tuple: the collector untracks it
+        rows.move_to_end(stone.id)
 
     def oldest(self) -> Tombstone | None:
         for row in self._rows.values():
-            return Tombstone._make(row)
+            return _as_stone(row)
         return None
 
     def newest(self, limit: int) -> Iterator[Tombstone]:
         """The ``limit`` newest, newest first (a tombstone is made only for those)."""
         rows = self._rows
         for task_id in itertools.islice(reversed(rows), limit):
-            yield Tombstone._make(rows[task_id])
+            yield _as_stone(rows[task_id])
 
     def snapshot(self) -> Iterator[Tombstone]:
         """Every tombstone as it is now, oldest first, read lazily: later changes
         do not show (for a writer that yields to other greenlets as it goes)."""
-        return map(Tombstone._make, list(self._rows.values()))
+        return map(_as_stone, list(self._rows.values()))
 
     def pop_oldest(self) -> Tombstone:
         """Remove and return the oldest (KeyError when there is none)."""
-        return Tombstone._make(self._rows.popitem(last=False)[1])
+        return _as_stone(self._rows.popitem(last=False)[1])
 
 
 class TaskTable:
