@@ -12,7 +12,8 @@ import miyaq
 import miyaq.aio
 from apps import basic
 from miyaq.security.keystore import KeyStore
-from miyaq.testing.harness import ThreadNode, free_port
+from miyaq.testing.harness import ThreadNode, free_port, wait_for
+from raw_nodes import CountingNode
 
 
 def run(main: Callable[[], Awaitable[Any]], limit: float = 60.0) -> Any:
@@ -222,3 +223,35 @@ def test_task_submit_async_and_call_async(node, thread_worker):
 
     assert run(main) == (42, True)
     app.close()
+
+
+def test_submits_a_node_read_before_it_exited_are_sent_to_another_node_at_once():
+    """Fault: a node reads submits and exits before acknowledging them. The
+    asyncio client sees the connection close and sends them to the other
+    node at once (ack_timeout is 60 s: only that acknowledges them in time)."""
+    exiting, other = CountingNode(), CountingNode()
+
+    def read(n: int) -> list[str]:
+        wait_for(lambda: exiting.pump(20) or other.pump(20) or
+                 sum(len(ids) for _, ids in exiting.batches + other.batches) == n, what=f"{n} tasks read")
+        return [i for _, ids in exiting.batches for i in ids]
+
+    async def main() -> None:
+        async with miyaq.aio.Client([exiting.endpoint, other.endpoint], ack_timeout=60.0,
+                                    submit_timeout=30.0) as client:
+            handles = [await client.submit("echo", [i]) for i in range(4)]
+            read_by_exiting = await asyncio.to_thread(read, 4)
+            assert read_by_exiting, "the first node read none of the submits"
+            exiting.close()
+            await asyncio.to_thread(wait_for, lambda: other.pump(20) or set(read_by_exiting) <= {
+                i for _, ids in other.batches for i in ids}, 20, 0.02, "the exited node's submits elsewhere")
+            other.ack_all()
+            await client.flush()
+            assert all(h.accepted and h.node == other.endpoint for h in handles)
+
+    try:
+        run(main, limit=45)
+    finally:
+        other.close()
+        if not exiting.sock.closed:
+            exiting.close()

@@ -351,3 +351,32 @@ def test_a_submit_fails_at_its_deadline_not_at_its_last_tries_ack_timeout() -> N
     core.on_frames(0, submitted([["t2", "accepted", None]]), 10.5)
     core.on_timer(11.0)
     assert v.done and v.error is None and not core.submits.capped
+
+
+def test_submits_a_node_read_before_its_connection_closed_are_sent_again_at_once() -> None:
+    """Fault: a node exits (or restarts) just after reading submits it never
+    acknowledged. When its connection closes, those submits go again at
+    once, to another node and marked resent -- not ack_timeout later -- and
+    those waiting on the other node are left alone."""
+    core, transport = make(2, ack_timeout=60.0)
+    p0, w0 = pending("on-0")
+    core.submit(p0, now=0.0)
+    p1, w1 = pending("on-1")
+    core.submit(p1)
+    core.on_timer(0.0)
+    first = {t["id"]: node for node, _, b in transport.take() for t in b["tasks"]}
+    assert first == {"on-0": 0, "on-1": 1}
+
+    core.on_disconnected(0, 1.0)
+    due = core.submits.next_due()
+    assert due is not None and due < 2.0          # a backoff of milliseconds, not the 60 s ack_timeout
+    core.on_timer(due)
+    again = [(node, t) for node, _, b in transport.take() for t in b["tasks"]]
+    assert [(node, t["id"], t.get("resent")) for node, t in again] == [(1, "on-0", True)]
+    assert core.submits.resends == 1
+
+    core.on_frames(1, submitted([["on-0", "accepted", None], ["on-1", "accepted", None]]), due)
+    assert w0.done and w0.error is None and w0.value[0].endswith(":7451")
+    assert w1.done and w1.error is None
+    core.on_disconnected(1, due + 1.0)             # nothing unacknowledged there any more
+    assert not transport.take() and core.submits.resends == 1

@@ -5,14 +5,11 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-import msgpack
 import pytest
-import zmq
 
 import miyaq
-from miyaq.protocol import codec
-from miyaq.protocol import commands as c
 from miyaq.testing.harness import wait_for
+from raw_nodes import CountingNode
 
 
 def test_a_lone_submit_leaves_from_the_callers_thread(client):
@@ -34,37 +31,6 @@ def test_a_lone_submit_leaves_from_the_callers_thread(client):
     wait_for(asleep, what="the I/O thread asleep")
     client.status()
     assert senders[:2] == [threading.current_thread().name] * 2
-
-
-class CountingNode:
-    """A raw ROUTER that counts the tasks of each SUBMIT and acknowledges them only when told."""
-
-    def __init__(self) -> None:
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
-        self.endpoint = f"tcp://127.0.0.1:{port}"
-        self.batches: list[tuple[bytes, list[str]]] = []
-
-    def pump(self, timeout_ms: int = 100) -> None:
-        while self.sock.poll(timeout_ms):
-            peer, _, command, body = self.sock.recv_multipart()
-            data: dict[str, Any] = msgpack.unpackb(body, raw=False)
-            if command == c.SUBMIT:
-                self.batches.append((peer, [t["id"] for t in data["tasks"]]))
-            else:
-                self.sock.send_multipart([peer, *codec.encode(c.REPLY, {"req": data["req"]})])
-            timeout_ms = 50
-
-    def ack_all(self) -> None:
-        for peer, ids in self.batches:
-            self.sock.send_multipart([peer, *codec.encode(c.SUBMITTED, {"results": [[i, "accepted", None]
-                                                                                     for i in ids]})])
-
-    def close(self) -> None:
-        self.sock.close(linger=0)
-        self.ctx.term()
 
 
 def test_a_burst_after_a_lone_submit_takes_the_batched_path(client_for):
@@ -210,3 +176,44 @@ def test_closing_the_client_while_a_caller_reads_fails_the_call_at_once(client):
     poller.join(30)
     assert not poller.is_alive()
     assert len(errors) == 1 and "client was closed" in str(errors[0])
+
+
+@pytest.mark.parametrize("green", [False, True], ids=["threads", "gevent"])
+def test_submits_a_node_read_before_it_exited_are_sent_to_another_node_at_once(client_for, green):
+    """Fault: a node reads submits and exits before acknowledging them (its
+    socket closes). The client sees the connection close and sends those
+    submits to the other node at once: with an ack_timeout of 60 s, only
+    that can acknowledge them within this test's time. The nodes are played
+    in a thread of their own (the gevent client runs only while this one waits)."""
+    exiting, other = CountingNode(), CountingNode()
+    read_by_exiting: list[str] = []
+    problems: list[BaseException] = []
+
+    def play_the_nodes() -> None:
+        try:
+            wait_for(lambda: exiting.pump(20) or other.pump(20) or
+                     sum(len(ids) for _, ids in exiting.batches + other.batches) == 4, what="4 tasks read")
+            read_by_exiting.extend(i for _, ids in exiting.batches for i in ids)
+            exiting.close()                                    # exits without an acknowledgement
+            wait_for(lambda: other.pump(20) or set(read_by_exiting) <= {i for _, ids in other.batches for i in ids},
+                     timeout=20, what="the other node to get the exited node's submits")
+            other.ack_all()
+        except BaseException as exc:   # reported by the test below
+            problems.append(exc)
+
+    nodes = threading.Thread(target=play_the_nodes)
+    try:
+        c1 = client_for([exiting.endpoint, other.endpoint], ack_timeout=60.0, submit_timeout=30.0, green=green)
+        nodes.start()
+        handles = [c1.submit("echo", [i]) for i in range(4)]     # round robin over both nodes
+        c1.flush(timeout=25)
+        nodes.join(25)
+        assert not problems, problems
+        assert read_by_exiting, "the first node read none of the submits"
+        assert all(h.accepted and h.node == other.endpoint for h in handles)
+        assert c1._io.resends == len(read_by_exiting)
+    finally:
+        nodes.join(25)
+        other.close()
+        if not exiting.sock.closed:
+            exiting.close()

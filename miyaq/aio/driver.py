@@ -23,7 +23,7 @@ from ..client.nodes import Nodes
 from ..client.submits import Pending, Waiter
 from ..errors import MiyaqError
 from ..runtime.clock import monotonic
-from ..runtime.sockets import SocketFactory, SocketSecurity
+from ..runtime.sockets import SocketFactory, SocketSecurity, closed_connection
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,8 @@ class AsyncDriver:
         self.factory = SocketFactory(flavour="asyncio", max_message=max_message, security=security)
         self.nodes = Nodes(endpoints, source=endpoints_source, secure=security is not None)
         self.socks: list[Any] = [self.factory.dealer(ep, immediate=True) for ep in endpoints]
+        # One per socket: its closed connections (unacknowledged submits are sent again at once).
+        self.monitors: list[Any] = [self.factory.disconnect_monitor(sock) for sock in self.socks]
         self.room = asyncio.Event()
         self.core = ClientCore(self, self.nodes, max_batch=max_batch, ack_timeout=ack_timeout,
                                max_message=max_message, on_resolved=self.room.set)
@@ -57,8 +59,9 @@ class AsyncDriver:
     def connect(self, endpoint: str) -> None:
         sock = self.factory.dealer(endpoint, immediate=True)
         self.socks.append(sock)
+        self.monitors.append(self.factory.disconnect_monitor(sock))
         if self.loop is not None:
-            self._readers.append(self.loop.create_task(self._read(len(self.socks) - 1, sock)))
+            self._readers += self._readers_of(self.loop, len(self.socks) - 1)
 
     # -- lifecycle -------------------------------------------------------------------------
     def ensure_started(self) -> None:
@@ -72,8 +75,12 @@ class AsyncDriver:
             raise MiyaqError("a miyaq.aio.Client belongs to the event loop that first used it; "
                              "make one client per loop")
         self.loop = loop
-        self._readers = [loop.create_task(self._read(i, sock)) for i, sock in enumerate(self.socks)]
+        self._readers = [task for i in range(len(self.socks)) for task in self._readers_of(loop, i)]
         self._arm()
+
+    def _readers_of(self, loop: asyncio.AbstractEventLoop, node: int) -> list[asyncio.Task[None]]:
+        return [loop.create_task(self._read(node, self.socks[node])),
+                loop.create_task(self._watch(node, self.monitors[node]))]
 
     @property
     def in_own_loop(self) -> bool:
@@ -146,6 +153,18 @@ class AsyncDriver:
                 frames = await sock.recv_multipart()
                 core.on_frames(node, frames, monotonic())
                 self._arm()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._crash()
+
+    async def _watch(self, node: int, monitor: Any) -> None:
+        """Node ``node``'s connection events: a closed one resends its unacknowledged submits."""
+        try:
+            while True:
+                if closed_connection(await monitor.recv_multipart()):
+                    self.core.on_disconnected(node, monotonic())
+                    self._arm()
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -122,6 +122,16 @@ class ClientCore:
                 return
             self.requests.on_reply(node, command, body)
 
+    def on_disconnected(self, node: int, now: float) -> None:
+        """The connection to node ``node`` closed: resend its unacknowledged
+        submits now (:meth:`SubmitPipeline.node_lost`). Requests keep their
+        deadlines: a reply may still come once the connection is back."""
+        lost = self.submits.node_lost(node, now)
+        if lost:
+            logger.info("miyaq client: the connection to %s closed with %d submit(s) unacknowledged; "
+                        "sending them again", self.nodes.endpoints[node], lost)
+        self.submits.send_due(now)
+
     def on_timer(self, now: float) -> None:
         """Send what is due, resend what was not acknowledged, fail what is late, discover."""
         if self.requests.unsent:

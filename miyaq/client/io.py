@@ -75,14 +75,18 @@ class IOLoop:
                  endpoints_source: str = "given") -> None:
         # Imported here: importing the client must not import the runtime (gevent, and
         # through it ssl) before a worker had a chance to monkey-patch.
-        from ..runtime.sockets import SocketFactory
+        from ..runtime.sockets import SocketFactory, disconnects
         self.kit = kit
+        self._disconnects = disconnects
         self.zmq = kit.zmq
         self._send = kit.send
         self._recv = kit.recv
         self.factory = SocketFactory(flavour=kit.flavour, max_message=max_message, security=security)
         self.nodes = Nodes(endpoints, source=endpoints_source, secure=security is not None)
         self.socks: list[Any] = [self.factory.dealer(ep, immediate=True) for ep in endpoints]
+        # One per socket: its closed connections (a node that exited may have read
+        # submits it never acknowledged: they are sent again at once).
+        self.monitors: list[Any] = [self.factory.disconnect_monitor(sock) for sock in self.socks]
         self.room = kit.event()
         self.room.set()
         self.core = ClientCore(self, self.nodes, max_batch=max_batch, ack_timeout=ack_timeout,
@@ -113,9 +117,12 @@ class IOLoop:
     def connect(self, endpoint: str) -> None:
         sock = self.factory.dealer(endpoint, immediate=True)
         self.socks.append(sock)
+        monitor = self.factory.disconnect_monitor(sock)
+        self.monitors.append(monitor)
         for fds in (self._fds, self._lead_fds):
             if fds is not None:
                 fds.register(sock.getsockopt(self.zmq.FD), select.POLLIN)
+                fds.register(monitor.getsockopt(self.zmq.FD), select.POLLIN)
 
     def _room_freed(self) -> None:
         """A submit was resolved: wake a caller waiting for room in the window.
@@ -243,7 +250,7 @@ class IOLoop:
         fds = self._lead_fds
         if fds is None:
             fds = self._lead_fds = select.poll()
-            for sock in self.socks:
+            for sock in self.socks + self.monitors:
                 fds.register(sock.getsockopt(self.zmq.FD), select.POLLIN)
             fds.register(self._rfd, select.POLLIN)
         rfd = self._rfd
@@ -274,7 +281,7 @@ class IOLoop:
     def _run_threaded(self) -> None:
         """A native thread: sleeps in an OS poll, uses the sockets under the lock."""
         fds = self._fds = select.poll()
-        for sock in self.socks:
+        for sock in self.socks + self.monitors:
             fds.register(sock.getsockopt(self.zmq.FD), select.POLLIN)
         fds.register(self._rfd, select.POLLIN)
         pipe = select.poll()
@@ -316,7 +323,7 @@ class IOLoop:
         """A greenlet: sleeps in the flavour's poller; callers always queue."""
         zmq = self.zmq
         poller = self.factory.poller()
-        for sock in self.socks:
+        for sock in self.socks + self.monitors:
             poller.register(sock, zmq.POLLIN)
         poller.register(self._rfd, zmq.POLLIN)
         core = self.core
@@ -339,7 +346,10 @@ class IOLoop:
                 for i, sock in enumerate(self.socks):
                     if sock in events:
                         self._read(i, sock)
-                for sock in self.socks[known:]:
+                for i, monitor in enumerate(self.monitors[:known]):
+                    if monitor in events:
+                        self._read_monitor(i, monitor)
+                for sock in self.socks[known:] + self.monitors[known:]:
                     poller.register(sock, zmq.POLLIN)
         except Exception:
             self._crashed()
@@ -382,7 +392,18 @@ class IOLoop:
         more = False
         for i, sock in enumerate(self.socks):
             more = self._read(i, sock) or more
+        for i, monitor in enumerate(self.monitors):
+            self._read_monitor(i, monitor)
         return more
+
+    def _read_monitor(self, node: int, monitor: Any) -> None:
+        """Take the connection events of node ``node``'s socket; tell the core
+        if a connection closed. Only this loop (or a leading caller) reads
+        monitors, so a caller's socket use never takes their descriptor's edge."""
+        if not int(_backend_get(monitor, _EVENTS)) & _POLLIN:
+            return
+        if self._disconnects(monitor):
+            self.core.on_disconnected(node, monotonic())
 
     def _read(self, node: int, sock: Any) -> bool:
         """Read up to READ_BURST messages; True if the burst ran out first."""

@@ -223,6 +223,25 @@ class SubmitPipeline:
                 del self.capped[task_id], pending[task_id]
                 self.resolve(p, error=final_error(p.last_error or overdue, p))
 
+    def node_lost(self, node: int, now: float) -> int:
+        """The connection to ``node`` closed (the node exited or restarted):
+        the submits it has not acknowledged may have been read and dropped
+        with it, so each is sent again now, to another node when there is
+        one -- not ``ack_timeout`` later. The same id, marked resent: a node
+        that did store it answers DUPLICATE, and a cluster's copies of it ask
+        before they run. How many."""
+        lost = [task_id for task_id, p in self.pending.items() if p.node == node]
+        if not lost:
+            return 0
+        error = Unavailable(f"the connection to {self.nodes.endpoints[node]} closed before it acknowledged "
+                            "the submit")
+        for task_id in lost:
+            p = self.pending.pop(task_id)
+            self.capped.pop(task_id, None)
+            self.resends += 1
+            self._retry_later(p, now, error)
+        return len(lost)
+
     def on_submitted(self, node: int, body: dict[str, Any], now: float) -> None:
         """A SUBMITTED from ``node``: resolve, retry or fail each result."""
         for item in body.get("results", ()):

@@ -40,7 +40,28 @@ ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 #: gevent worker may import only after it has monkey-patched.
 FLAVOURS = {"green": "zmq.green", "plain": "zmq", "asyncio": "zmq.asyncio"}
 
-__all__ = ["FLAVOURS", "HWM", "SocketFactory", "SocketSecurity", "green_zmq", "zmq"]
+__all__ = ["FLAVOURS", "HWM", "SocketFactory", "SocketSecurity", "closed_connection", "disconnects", "green_zmq", "zmq"]
+
+_DISCONNECTED = int(zmq.EVENT_DISCONNECTED)
+
+
+def disconnects(monitor: Any) -> int:
+    """Read every event waiting on a :meth:`SocketFactory.disconnect_monitor`
+    without blocking; how many were closed connections."""
+    closed = 0
+    while True:
+        try:
+            frames = monitor.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return closed
+        if closed_connection(frames):
+            closed += 1
+
+
+def closed_connection(frames: list[bytes]) -> bool:
+    """Is this monitor event (two frames: 2 bytes of event number and 4 of
+    value, then the endpoint) a closed connection?"""
+    return bool(frames) and len(frames[0]) >= 2 and int.from_bytes(frames[0][:2], "little") == _DISCONNECTED
 
 
 class SocketSecurity(Protocol):
@@ -184,6 +205,13 @@ class SocketFactory:
         if connect is not None:
             sock.connect(connect)
         return sock
+
+    def disconnect_monitor(self, sock: Any) -> Any:
+        """A PAIR that receives a message each time a connection of ``sock``
+        closes (libzmq's socket monitor, ``ZMQ_EVENT_DISCONNECTED`` only:
+        nothing per message). It is of this factory's flavour and closed
+        with it; read it with :func:`disconnects`."""
+        return sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
 
     def poller(self) -> Any:
         """A poller of this factory's flavour (green, plain or asyncio)."""

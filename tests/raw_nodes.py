@@ -1,0 +1,43 @@
+"""Raw ZeroMQ stand-ins for a node, for client tests that play the node's side
+message by message (what a real node would never do: hold acknowledgements,
+exit right after reading)."""
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import zmq
+
+from miyaq.protocol import codec
+from miyaq.protocol import commands as c
+
+
+class CountingNode:
+    """A raw ROUTER that counts the tasks of each SUBMIT and acknowledges them only when told."""
+
+    def __init__(self) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.endpoint = f"tcp://127.0.0.1:{port}"
+        self.batches: list[tuple[bytes, list[str]]] = []
+
+    def pump(self, timeout_ms: int = 100) -> None:
+        while self.sock.poll(timeout_ms):
+            peer, _, command, body = self.sock.recv_multipart()
+            data: dict[str, Any] = msgpack.unpackb(body, raw=False)
+            if command == c.SUBMIT:
+                self.batches.append((peer, [t["id"] for t in data["tasks"]]))
+            else:
+                self.sock.send_multipart([peer, *codec.encode(c.REPLY, {"req": data["req"]})])
+            timeout_ms = 50
+
+    def ack_all(self) -> None:
+        for peer, ids in self.batches:
+            self.sock.send_multipart([peer, *codec.encode(c.SUBMITTED, {"results": [[i, "accepted", None]
+                                                                                     for i in ids]})])
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        self.ctx.term()
