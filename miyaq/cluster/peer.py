@@ -48,7 +48,7 @@ from miyaq.protocol import codec
 from miyaq.protocol.commands import FRAMES
 from miyaq.runtime import CRITICAL, LOG, Supervisor, green, monotonic
 from miyaq.runtime.messages import MessageRefused, recv_bounded
-from miyaq.runtime.sockets import SocketFactory, zmq
+from miyaq.runtime.sockets import SocketFactory, disconnects, zmq
 from miyaq.security.guard import Guard
 
 logger = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ class PeerRequests:
         self.after_burst: list[Callable[[], None]] = []
         self.pending: dict[int, tuple[float, Callback]] = {}
         self.outstanding: dict[str, int] = {}     # node id -> requests awaiting an answer
+        self._on_lost: dict[int, Callable[[], None]] = {}   # req -> what to do if the connection closes
         self._asked: dict[int, str] = {}
         self._current: tuple[Any, Any] = (b"", None)
         self._req = itertools.count(1)
@@ -107,8 +108,11 @@ class PeerRequests:
 
     # -- sending ---------------------------------------------------------------------------
     def request(self, node_id: str, command: bytes, body: Body, timeout: float,
-                callback: Callback) -> bool:
-        """Send a request; ``callback(answer)`` or ``callback(None)`` on silence."""
+                callback: Callback, on_lost: Callable[[], None] | None = None) -> bool:
+        """Send a request; ``callback(answer)`` or ``callback(None)`` on silence.
+        ``on_lost``: called instead, at once, if the connection to the node
+        closes before it answered (it may have read the request and exited:
+        no answer will come); without it such a request waits its timeout."""
         req = next(self._req)
         body["req"] = req
         body["from"] = self.node_id
@@ -119,7 +123,25 @@ class PeerRequests:
         self.pending[req] = (monotonic() + timeout, callback)
         self.outstanding[node_id] = self.outstanding.get(node_id, 0) + 1
         self._asked[req] = node_id
+        if on_lost is not None:
+            self._on_lost[req] = on_lost
         return True
+
+    def connection_lost(self, node_id: str) -> int:
+        """The connection to ``node_id`` closed: the requests it has not
+        answered that have an ``on_lost`` end now (the others keep waiting
+        for their timeout: an answer may still come on a new connection).
+        How many ended."""
+        lost = [req for req, asked in self._asked.items() if asked == node_id and req in self._on_lost]
+        for req in lost:
+            on_lost = self._on_lost.pop(req)
+            del self.pending[req]
+            self._settle(req)
+            try:
+                on_lost()
+            except Exception as exc:
+                self.supervisor.report("peer callback", exc)
+        return len(lost)
 
     # -- receiving ---------------------------------------------------------------------------
     def _handle_request(self, frames: list[bytes], user: str | None = None) -> None:
@@ -188,7 +210,11 @@ class PeerRequests:
                 self._call(callback, None)
 
     def _settle(self, req: Any) -> None:
-        node_id = self._asked.pop(req, None) if isinstance(req, int) else None
+        if not isinstance(req, int):
+            return
+        if self._on_lost:
+            self._on_lost.pop(req, None)
+        node_id = self._asked.pop(req, None)
         if node_id is not None:
             left = self.outstanding.get(node_id, 1) - 1
             if left > 0:
@@ -230,6 +256,10 @@ class PeerEndpoint(PeerRequests):
                                          max_frames=FRAMES + 1)
         self.dealers: dict[str, Any] = {}          # node id -> DEALER
         self.endpoints: dict[str, str] = {}
+        # Each DEALER's disconnect monitor -> its node id; None once retired
+        # (its DEALER's closing says nothing about the node's new link).
+        self._monitors: dict[str, Any] = {}        # node id -> monitor
+        self._watching: dict[Any, str | None] = {}
         self._retired: list[Any] = []
         self._poller = sockets.poller()
 
@@ -250,6 +280,9 @@ class PeerEndpoint(PeerRequests):
                 # The answer reader may be polling it: it closes retired sockets itself.
                 self._retired.append(self.dealers.pop(node_id))
                 self.endpoints.pop(node_id, None)
+                monitor = self._monitors.pop(node_id)
+                self._watching[monitor] = None
+                self._retired.append(monitor)
         for node_id, endpoint in members.items():
             if node_id == self.node_id or node_id in self.dealers:
                 continue
@@ -258,6 +291,10 @@ class PeerEndpoint(PeerRequests):
             self.dealers[node_id] = sock
             self.endpoints[node_id] = endpoint
             self._poller.register(sock, zmq.POLLIN)
+            monitor = self.sockets.disconnect_monitor(sock)
+            self._monitors[node_id] = monitor
+            self._watching[monitor] = node_id
+            self._poller.register(monitor, zmq.POLLIN)
 
     # -- the wire ----------------------------------------------------------------------------
     def _send_request(self, node_id: str, frames: list[bytes]) -> bool:
@@ -320,6 +357,9 @@ class PeerEndpoint(PeerRequests):
                 events = {}
                 green.sleep(0.1)
             for sock in list(events):
+                if sock in self._watching:
+                    self._watch(sock)
+                    continue
                 for _ in range(256):
                     try:
                         frames, _ = recv_bounded(sock, FRAMES, self.max_message, zmq.NOBLOCK)
@@ -333,20 +373,36 @@ class PeerEndpoint(PeerRequests):
                     self._handle_answer(frames)
             while self._retired:
                 sock = self._retired.pop()
+                self._watching.pop(sock, None)
                 self._poller.unregister(sock)
                 sock.close(linger=0)
             self._expire(monotonic())
             for hook in self.after_burst:
                 hook()
 
+    def _watch(self, monitor: Any) -> None:
+        """A DEALER's monitor has events: if its connection closed, end the
+        requests to that node that say what to do then."""
+        try:
+            closed = disconnects(monitor)
+        except zmq.ZMQError:
+            return    # retired by connect() meanwhile
+        node_id = self._watching.get(monitor)
+        if closed and node_id is not None:
+            ended = self.connection_lost(node_id)
+            if ended:
+                logger.info("the connection to peer %s closed with %d request(s) unanswered", node_id, ended)
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         try:
-            for sock in list(self.dealers.values()) + self._retired:
+            for sock in list(self.dealers.values()) + list(self._monitors.values()) + self._retired:
                 sock.close(linger=0)
             self.dealers.clear()
+            self._monitors.clear()
+            self._watching.clear()
             self._retired.clear()
             self.router.close(linger=0)
         except Exception:

@@ -217,7 +217,7 @@ class ReplicatedIntake:
             sent = {r["id"]: r["holders"] for r in records}
             # Not sent: its callback gets None, as silence does (the deadline decides).
             if not self.role.peer.request(holder, REPLICATE, {"tasks": records}, self.timeout,
-                                          self._callback(holder, sent)):
+                                          self._callback(holder, sent), self._on_lost(holder, sent)):
                 return copies[done:]
             done += len(chunk)
         return []
@@ -232,6 +232,33 @@ class ReplicatedIntake:
     def _callback(self, holder: str, sent: dict[str, list[str]]) -> Callable[[dict[str, Any] | None], None]:
         return lambda answer: self._replicated(holder, sent, answer)
 
+    def _on_lost(self, holder: str, sent: dict[str, list[str]]) -> Callable[[], None]:
+        return lambda: self._lost(holder, sent)
+
+    def _lost(self, holder: str, sent: dict[str, list[str]]) -> None:
+        """The connection to ``holder`` closed before it answered the
+        REPLICATE of ``sent``: it may have read it and exited, and no answer
+        will come. It counts as a holder that did not store them: a submit
+        that can no longer reach ``min_acks`` is rejected now (the client
+        resends it), not at ``replication_timeout``."""
+        why = f"the connection to {holder} closed before it confirmed its copy"
+        if any([self._not_stored(holder, task_id, why) for task_id in sent]):
+            self.release()
+
+    def _not_stored(self, holder: str, task_id: str, why: str) -> bool:
+        """``holder`` did not store ``task_id`` (``why``); True if that
+        made its submit hopeless, and it was rejected."""
+        entry = self.pending.get(task_id)
+        if entry is None or holder not in entry.asked or holder in entry.stored or holder in entry.failed:
+            return False
+        entry.failed.append(holder)
+        if not entry.hopeless():
+            return False
+        self._reject(task_id, entry, f"task {task_id} stored on {entry.got} of the {entry.need} holders needed: "
+                                     f"{', '.join(entry.failed)} did not store it ({why}); resubmit with the "
+                                     "same id")
+        return True
+
     def _replicated(self, holder: str, sent: dict[str, list[str]], answer: dict[str, Any] | None) -> None:
         """``holder`` answered the REPLICATE of the tasks ``sent`` (id ->
         the holders the record named). A task the answer does not list was
@@ -245,20 +272,12 @@ class ReplicatedIntake:
         stored = confirmed_ids(answer)
         rejected = False
         for task_id in sent:
-            entry = self.pending.get(task_id)
-            if entry is None or holder not in entry.asked:
-                continue
             if task_id in stored:
-                entry.stored.add(holder)
-                self._maybe_ack(task_id, entry)
-                continue
-            if holder in entry.stored or holder in entry.failed:
-                continue
-            entry.failed.append(holder)
-            if entry.hopeless():
-                self._reject(task_id, entry, f"task {task_id} stored on {entry.got} of the {entry.need} holders "
-                                             f"needed: {', '.join(entry.failed)} did not store it (not a holder "
-                                             "by its view of the ring, or full); resubmit with the same id")
+                entry = self.pending.get(task_id)
+                if entry is not None and holder in entry.asked:
+                    entry.stored.add(holder)
+                    self._maybe_ack(task_id, entry)
+            elif self._not_stored(holder, task_id, "not a holder by its view of the ring, or full"):
                 rejected = True
         if rejected:
             self.release()
