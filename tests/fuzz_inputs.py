@@ -15,7 +15,7 @@ from typing import Any
 
 import msgpack
 
-from miyaq.cluster.peer import QUERY, REPLICATE, SYNC
+from miyaq.cluster.peer_requests import QUERY, REPLICATE, SYNC
 from miyaq.cluster.stream import topic
 from miyaq.config import NodeConfig
 from miyaq.protocol import commands as c

@@ -16,7 +16,7 @@ import msgpack
 import zmq
 
 from miyaq.cluster.membership import Coordinator, Member, RingView, local_member
-from miyaq.cluster.peer import ANSWER, REPLICATE
+from miyaq.cluster.peer_requests import ANSWER, REPLICATE
 from miyaq.cluster.stream import topic
 from miyaq.config import NodeConfig
 from miyaq.errors import ConfigError

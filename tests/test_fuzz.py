@@ -36,7 +36,7 @@ from fuzz_inputs import Inputs, pack
 from peer_fixtures import FixedRing
 
 from miyaq.cluster.membership import Member, local_member
-from miyaq.cluster.peer import ANSWER
+from miyaq.cluster.peer_requests import ANSWER
 from miyaq.config import NodeConfig
 from miyaq.core import invariants
 from miyaq.node.assemble import build_node

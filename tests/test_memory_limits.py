@@ -16,7 +16,7 @@ import zmq
 from peer_fixtures import FakePeer, PeerDealer, clustered_node, pack
 from zmq.utils.monitor import recv_monitor_message
 
-from miyaq.cluster.peer import REPLICATE, SYNC
+from miyaq.cluster.peer_requests import REPLICATE, SYNC
 
 from miyaq.errors import Busy
 from miyaq.protocol import commands as c

@@ -11,7 +11,7 @@ import uuid
 import pytest
 from peer_fixtures import FakePeer, ServiceDealer, clustered_node, pack
 
-from miyaq.cluster.peer import QUERY, REPLICATE
+from miyaq.cluster.peer_requests import QUERY, REPLICATE, PeerRequests
 from miyaq.protocol.commands import REJECTED, SUBMIT, SUBMITTED, TAG
 
 pytestmark = pytest.mark.timeout(60)
@@ -48,8 +48,6 @@ def test_a_query_whose_holder_exits_still_waits_for_its_timeout():
     """Only requests that say what a closed connection means end early: the
     others (a standby's QUERY, a SYNC) keep their deadline, since an answer
     may still come on the next connection."""
-    from miyaq.cluster.peer import PeerRequests
-
     class Link(PeerRequests):
         def _send_request(self, node_id, frames):
             return True

@@ -21,7 +21,7 @@ import msgpack
 import pytest
 from peer_fixtures import FakePeer, PeerDealer, ServiceDealer, clustered_node
 
-from miyaq.cluster.peer import REPLICATE, SYNC
+from miyaq.cluster.peer_requests import REPLICATE, SYNC
 from miyaq.cluster.stream import topic
 from miyaq.config import NodeConfig
 from miyaq.protocol.commands import TAG

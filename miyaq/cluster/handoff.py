@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Callable
 
-from miyaq.cluster.peer import REPLICATE
+from miyaq.cluster.peer_requests import REPLICATE
 from miyaq.cluster.sizes import chunks, record_size
 from miyaq.constants import HANDOFF_CHUNK, HANDOFF_CONFIRM_TIMEOUT, HANDOFF_RETRY
 from miyaq.runtime import monotonic

@@ -39,7 +39,7 @@ import itertools
 import logging
 from typing import TYPE_CHECKING, Any, Callable
 
-from miyaq.cluster.peer import REPLICATE
+from miyaq.cluster.peer_requests import REPLICATE
 from miyaq.cluster.sizes import chunks, record_size
 from miyaq.constants import CLUSTER_TICK, MAX_PENDING_SUBMITS
 from miyaq.core.handles import Ack, AckTarget

@@ -22,7 +22,7 @@ from miyaq.cluster.fence import Fence
 from miyaq.cluster.handoff import Handoff
 from miyaq.cluster.holder_events import EventPublisher, apply_events
 from miyaq.cluster.membership import Coordinator, LeaderListener, Member, RingView
-from miyaq.cluster.peer import QUERY, REPLICATE, SYNC
+from miyaq.cluster.peer_requests import QUERY, REPLICATE, SYNC
 from miyaq.cluster.replicated_intake import ReplicatedIntake
 from miyaq.cluster.standby import StandbyChecker
 from miyaq.cluster.sync import Resync

@@ -55,7 +55,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Callable
 
 from miyaq.cluster.holder_events import STARTED_ELSEWHERE
-from miyaq.cluster.peer import QUERY
+from miyaq.cluster.peer_requests import QUERY
 from miyaq.constants import MAX_QUERY, QUERY_TIMEOUT
 from miyaq.core.listener import EngineListener
 from miyaq.errors import InvalidField

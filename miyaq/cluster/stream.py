@@ -34,7 +34,7 @@ from typing import Any
 
 import msgpack
 
-from miyaq.cluster.peer import PEER_PROTOCOL
+from miyaq.cluster.peer_requests import PEER_PROTOCOL
 from miyaq.cluster.transport import Apply, AskResync
 from miyaq.constants import STREAM_HEARTBEAT, STREAM_SILENCE
 from miyaq.logs import LogLimiter

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from miyaq.cluster.peer import SYNC
+from miyaq.cluster.peer_requests import SYNC
 from miyaq.cluster.sizes import chunks, outcome_size, record_size
 from miyaq.constants import RESYNC_CHUNK, RESYNC_STONES, RESYNC_TIMEOUT
 from miyaq.errors import InvalidField

@@ -3,7 +3,7 @@ and the replication streams of in-process nodes, over a
 :class:`~miyaq.testing.memnet.Network`.
 
 The bookkeeping is the production code's -- requests numbered and matched
-to answers with deadlines (:class:`~miyaq.cluster.peer.PeerRequests`),
+to answers with deadlines (:class:`~miyaq.cluster.peer_requests.PeerRequests`),
 stream messages numbered, stamped and watched for gaps, silence and new
 incarnations (:class:`~miyaq.cluster.stream.StreamSender`,
 :class:`~miyaq.cluster.stream.StreamReceiver`) -- and the frames are
@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Collection
 from typing import Any
 
-from miyaq.cluster.peer import PeerRequests
+from miyaq.cluster.peer_requests import PeerRequests
 from miyaq.cluster.stream import StreamReceiver, StreamSender, topic
 from miyaq.cluster.transport import Apply, AskResync
 from miyaq.protocol import codec

@@ -1,0 +1,225 @@
+"""Node-to-node requests without their wire: numbering, answers, deadlines.
+
+:class:`PeerRequests` is the half of the peer link that knows no socket --
+numbering requests, matching answers by ``req``, deadlines (monotonic),
+handlers, the peer protocol version -- so the ZeroMQ link
+(:class:`miyaq.cluster.peer.PeerEndpoint`) and the in-memory transport of
+:mod:`miyaq.testing.memtransport` run the same code on the frames they
+carry. A request that gets no answer by its deadline has its callback
+called with ``None``: silence is an answer the replica logic relies on
+("only silence lets it run"). A request may also say what a closed
+connection means (``on_lost``): the link calls :meth:`connection_lost`
+when it sees one.
+
+Frames are the service protocol's: ``[b"MQ1", COMMAND, msgpack map]``; every
+body carries ``from`` (the sender's node id) and ``proto``, the peer protocol
+version the sender speaks (``PEER_PROTOCOL``; absent means 1). A request in a
+version this node does not speak is refused with ``bad_version`` and logged,
+never guessed at; the sender logs the refusal (docs/cluster.md, "Versions").
+Commands: docs/cluster.md.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import Counter
+from typing import Any, Callable
+
+from miyaq.cluster.transport import Body, Callback, Handler, Reply
+from miyaq.errors import BadVersion, MiyaqError, ProtocolError
+from miyaq.protocol import codec
+from miyaq.runtime import LOG, Supervisor, monotonic
+from miyaq.security.guard import Guard
+
+logger = logging.getLogger(__name__)
+REPLICATE = b"REPLICATE"     # {"tasks": [record...]}          -> answer {"ids": [...]}
+QUERY = b"QUERY"             # {"ids": [...]}                  -> answer {"states": {id: [state, ...]}}
+SYNC = b"SYNC"               # {"cursor": n}                   -> answer {"tasks": [...], "stones": [...], "next"}
+ANSWER = b"ANSWER"           # {"req", ...}
+PEER_COMMANDS = frozenset({REPLICATE, QUERY, SYNC})
+PEER_REPLIES = frozenset({ANSWER})
+PEER_PROTOCOL = 1
+"""The peer protocol version this node speaks (peer requests and streams)."""
+WARN_EVERY = 60.0
+
+
+class PeerRequests:
+    """A :class:`~miyaq.cluster.transport.PeerLink` without its wire.
+
+    Subclasses carry frames: :meth:`_send_request` sends a request's frames
+    to a node, :meth:`_send_answer` an answer's frames back to whoever
+    ``identity`` names; they hand what arrives to :meth:`_handle_request`
+    (``[identity, *frames]``) and :meth:`_handle_answer`, call
+    :meth:`_expire` now and then, and run :attr:`after_burst` after each
+    burst. Every request is decoded and checked exactly as it would be off
+    a socket (:func:`miyaq.protocol.codec.decode`, ``max_message``, the peer
+    protocol version), and by ``guard`` when there is one (the key it came
+    with must be a peer's)."""
+
+    def __init__(self, supervisor: Supervisor, node_id: str, max_message: int, guard: Guard | None = None) -> None:
+        self.guard = guard
+        self.supervisor = supervisor
+        self.node_id = node_id
+        self.max_message = max_message
+        self.handlers: dict[bytes, Handler] = {}
+        self.after_burst: list[Callable[[], None]] = []
+        self.pending: dict[int, tuple[float, Callback]] = {}
+        self.outstanding: dict[str, int] = {}     # node id -> requests awaiting an answer
+        self._on_lost: dict[int, Callable[[], None]] = {}   # req -> what to do if the connection closes
+        self._asked: dict[int, str] = {}
+        self._current: tuple[Any, Any] = (b"", None)
+        self._req = itertools.count(1)
+        self.errors: Counter[str] = Counter()
+        self._warned: dict[tuple[str, str], float] = {}    # (peer, what) -> when last logged
+        self._closed = False
+
+    def unanswered(self) -> dict[str, int]:
+        return dict(self.outstanding)
+
+    # -- the wire (subclasses) ----------------------------------------------------------
+    def _send_request(self, node_id: str, frames: list[bytes]) -> bool:
+        """Send a request's frames to ``node_id`` without blocking; False if it cannot go."""
+        raise NotImplementedError
+
+    def _send_answer(self, identity: Any, frames: list[bytes]) -> None:
+        """Send an answer's frames to the asker ``identity``; a lost answer is silence."""
+        raise NotImplementedError
+
+    # -- sending ---------------------------------------------------------------------------
+    def request(self, node_id: str, command: bytes, body: Body, timeout: float,
+                callback: Callback, on_lost: Callable[[], None] | None = None) -> bool:
+        """Send a request; ``callback(answer)`` or ``callback(None)`` on silence.
+        ``on_lost``: called instead, at once, if the connection to the node
+        closes before it answered (it may have read the request and exited:
+        no answer will come); without it such a request waits its timeout."""
+        req = next(self._req)
+        body["req"] = req
+        body["from"] = self.node_id
+        body["proto"] = PEER_PROTOCOL
+        if not self._send_request(node_id, codec.encode(command, body)):
+            self.supervisor.spawn("peer callback", callback, None, policy=LOG)
+            return False
+        self.pending[req] = (monotonic() + timeout, callback)
+        self.outstanding[node_id] = self.outstanding.get(node_id, 0) + 1
+        self._asked[req] = node_id
+        if on_lost is not None:
+            self._on_lost[req] = on_lost
+        return True
+
+    def connection_lost(self, node_id: str) -> int:
+        """The connection to ``node_id`` closed: the requests it has not
+        answered that have an ``on_lost`` end now (the others keep waiting
+        for their timeout: an answer may still come on a new connection).
+        How many ended."""
+        lost = [req for req, asked in self._asked.items() if asked == node_id and req in self._on_lost]
+        for req in lost:
+            on_lost = self._on_lost.pop(req)
+            del self.pending[req]
+            self._settle(req)
+            try:
+                on_lost()
+            except Exception as exc:
+                self.supervisor.report("peer callback", exc)
+        return len(lost)
+
+    # -- receiving ---------------------------------------------------------------------------
+    def _handle_request(self, frames: list[bytes], user: str | None = None) -> None:
+        if len(frames) < 2:
+            return
+        identity = frames[0]
+        req: Any = None
+        sender: Any = None
+        try:
+            if self.guard is not None:
+                self.guard.peer(user)
+            command, body = codec.decode(frames[1:], PEER_COMMANDS, self.max_message)
+            req = body.get("req")
+            sender = body.get("from")
+            if not isinstance(sender, str):
+                raise ProtocolError("peer request without 'from'")
+            check_version(body.get("proto", 1), sender, self.node_id)
+            self._current = (identity, req)
+            answer = self.handlers[command](sender, body)
+        except MiyaqError as err:
+            self.errors[err.code] += 1
+            if isinstance(err, BadVersion):
+                who = sender if isinstance(sender, str) else repr(bytes(identity[:16]))
+                self.warn(who, "refused", "refused a peer's request: %s", err.message)
+            answer = err.to_wire()
+        except Exception as exc:
+            self.supervisor.report("peer handler", exc)
+            self.errors["internal"] += 1
+            answer = {"code": "internal", "message": "peer handler failed"}
+        if answer is None:
+            return
+        self._answer(identity, req, answer)
+
+    def _answer(self, identity: Any, req: Any, answer: dict[str, Any]) -> None:
+        answer["req"] = req
+        self._send_answer(identity, codec.encode(ANSWER, answer))
+
+    def later(self) -> Reply:
+        """Called by a handler that answers later (it then returns None): the
+        function it gets sends the answer to the current request."""
+        identity, req = self._current
+        return lambda answer: self._answer(identity, req, answer)
+
+    def _handle_answer(self, frames: list[bytes]) -> None:
+        try:
+            _, body = codec.decode(frames, PEER_REPLIES, self.max_message)
+        except MiyaqError as err:
+            self.errors[err.code] += 1
+            return
+        entry = self.pending.pop(body.get("req"), None)  # type: ignore[arg-type]
+        if body.get("code") == BadVersion.code:
+            req = body.get("req")
+            peer = self._asked.get(req, "?") if isinstance(req, int) else "?"
+            self.warn(peer, "refused-us", "peer %s refused our request: %s", peer, body.get("message"))
+        self._settle(body.get("req"))
+        if entry is not None:
+            self._call(entry[1], None if "code" in body else body)
+
+    def _expire(self, now: float) -> None:
+        if not self.pending:
+            return
+        for req, (deadline, callback) in list(self.pending.items()):
+            if deadline <= now:
+                del self.pending[req]
+                self._settle(req)
+                self._call(callback, None)
+
+    def _settle(self, req: Any) -> None:
+        if not isinstance(req, int):
+            return
+        if self._on_lost:
+            self._on_lost.pop(req, None)
+        node_id = self._asked.pop(req, None)
+        if node_id is not None:
+            left = self.outstanding.get(node_id, 1) - 1
+            if left > 0:
+                self.outstanding[node_id] = left
+            else:
+                self.outstanding.pop(node_id, None)
+
+    def _call(self, callback: Callback, answer: Body | None) -> None:
+        try:
+            callback(answer)
+        except Exception as exc:
+            self.supervisor.report("peer callback", exc)
+
+    def warn(self, peer: str, what: str, fmt: str, *args: Any) -> None:
+        """Log an error about ``peer`` at most once a minute per kind."""
+        now = monotonic()
+        key = (peer, what)
+        if now - self._warned.get(key, -WARN_EVERY) >= WARN_EVERY:
+            if len(self._warned) > 1000:
+                self._warned.clear()
+            self._warned[key] = now
+            logger.error(fmt, *args)
+
+
+def check_version(proto: Any, sender: str, me: str) -> None:
+    """Raise ``BadVersion`` unless ``proto`` is a peer protocol this node speaks."""
+    if isinstance(proto, bool) or not isinstance(proto, int) or not 1 <= proto <= PEER_PROTOCOL:
+        raise BadVersion(f"peer {sender} speaks peer protocol {proto!r}; node {me} speaks 1 to {PEER_PROTOCOL}: "
+                         "upgrade every node to one version before using what the new one adds")
