@@ -86,3 +86,33 @@ def test_handoff_in_flight_when_the_ring_changes_again(inproc):
     cluster.wait_until(lambda: all(cluster[h].state(t) == DONE for t in tids for h in cluster.holders(t)),
                        what="every task done on its holders")
     assert sum(len(w.delivered) for w in workers.values()) == len(tids) and not cluster.crashes()
+
+
+def test_a_task_a_new_holder_already_finished_is_finished_on_every_new_holder(inproc):
+    """Fault: a holder misses a task's FINISHED event (it was down; here its
+    stream from the runner is cut), then the ring changes and it is no
+    longer a holder. It hands its copy to the new holders, and the runner,
+    one of them, answers that the task is over. The leaving holder finishes
+    its copy (a tombstone, not a dropped copy) and tells the other new
+    holder, which stored a live copy from this same handoff: unfinished, that
+    copy ran when the runner was down as it asked (a chaos run of kills
+    found three such runs). Standby copies wait an hour here: none asks on its own."""
+    cluster = inproc(3, ring=OLD, replicas=2, replica_offset=3600.0)
+    tid = next(t for t in (cluster.task_id() for _ in range(1000)) if cluster.holders(t) == ["n1", "n2"])
+    missed = cluster.net.drop("EVENTS", src="n1", dst="n2")
+    sub = cluster.submit("n1", tid)
+    cluster.wait_until(lambda: sub.status == "accepted", what="the submit accepted")
+    worker = cluster.worker("n1")
+    cluster.wait_until(lambda: worker.runs(tid), what="the task running on n1")
+    worker.complete(tid)
+    cluster.wait_until(lambda: cluster["n1"].tombstone(tid) is not None, what="the task done on n1")
+    cluster.settle(0.1)
+    missed.remove()
+    assert cluster["n2"].task(tid) is not None, "n2 must have missed the end"
+
+    cluster.publish(["n1", "n3"])                 # n2 leaves the ring: it hands its copy off
+    cluster.wait_until(lambda: cluster["n2"].task(tid) is None and cluster["n3"].tombstone(tid) is not None,
+                       what="the task finished on n2 and on the new holder n3")
+    assert cluster["n3"].task(tid) is None
+    assert cluster["n3"].tombstone(tid).state == DONE and cluster["n2"].tombstone(tid).state == DONE
+    assert worker.times(tid) == 1 and not cluster.crashes()
