@@ -13,9 +13,15 @@ from miyaq.protocol import commands as c
 
 
 class CountingNode:
-    """A raw ROUTER that counts the tasks of each SUBMIT and acknowledges them only when told."""
+    """A raw ROUTER that counts the tasks of each SUBMIT and acknowledges them
+    only when told; it answers other requests with a REPLY (``replies``:
+    what it says per command) unless :attr:`silent`."""
 
-    def __init__(self) -> None:
+    silent = False
+
+    def __init__(self, replies: dict[bytes, dict[str, Any]] | None = None) -> None:
+        self.replies = replies or {}        # command -> what its REPLY says besides req
+        self.asked: list[bytes] = []        # the commands of the requests read, in order
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -30,7 +36,10 @@ class CountingNode:
             if command == c.SUBMIT:
                 self.batches.append((peer, [t["id"] for t in data["tasks"]]))
             else:
-                self.sock.send_multipart([peer, *codec.encode(c.REPLY, {"req": data["req"]})])
+                self.asked.append(command)
+                if not self.silent:
+                    reply = {**self.replies.get(command, {}), "req": data["req"]}
+                    self.sock.send_multipart([peer, *codec.encode(c.REPLY, reply)])
             timeout_ms = 50
 
     def ack_all(self) -> None:

@@ -380,3 +380,27 @@ def test_submits_a_node_read_before_its_connection_closed_are_sent_again_at_once
     assert w1.done and w1.error is None
     core.on_disconnected(1, due + 1.0)             # nothing unacknowledged there any more
     assert not transport.take() and core.submits.resends == 1
+
+
+def test_requests_sent_on_a_connection_that_closed_fail_at_once() -> None:
+    """Fault: a node reads a request (a result long-poll) and exits. A node
+    answers on the connection a request came on, so no answer can come: the
+    request fails at once with Unavailable (the operation then asks another
+    node), not at its deadline; requests to other nodes, and one still
+    waiting for a connection, are left alone."""
+    core, transport = make(3)
+    lost, other, unsent = Waiter(), Waiter(), Waiter()
+    core.request(0, c.RESULT, {"req": core.next_req(), "id": "t", "timeout": 300.0}, lost, 310.0, 0.0)
+    core.request(1, c.RESULT, {"req": core.next_req(), "id": "t", "timeout": 300.0}, other, 310.0, 0.0)
+    transport.connected.discard(2)
+    core.request(2, c.STATUS, {"req": core.next_req()}, unsent, 10.0, 0.0)
+    transport.connected.add(2)
+    assert [node for node, _, _ in transport.take()] == [0, 1]
+
+    core.on_disconnected(0, 1.0)
+    assert isinstance(lost.error, Unavailable) and "closed before it answered" in str(lost.error)
+    assert not other.done and not unsent.done
+    core.on_disconnected(2, 1.0)                   # not sent yet: it goes once connected
+    assert not unsent.done
+    core.on_timer(1.0)
+    assert [node for node, _, _ in transport.take()] == [2]

@@ -5,9 +5,11 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import msgpack
 import pytest
 
 import miyaq
+from miyaq.protocol import commands as c
 from miyaq.testing.harness import wait_for
 from raw_nodes import CountingNode
 
@@ -214,6 +216,31 @@ def test_submits_a_node_read_before_it_exited_are_sent_to_another_node_at_once(c
         assert c1._io.resends == len(read_by_exiting)
     finally:
         nodes.join(25)
+        other.close()
+        if not exiting.sock.closed:
+            exiting.close()
+
+
+def test_a_result_long_poll_on_a_node_that_exits_moves_to_another_node_at_once(client_for):
+    """Fault: the node holding a result long-poll exits (its socket closes)
+    before it answers. The request fails at once and the wait goes on at
+    the next node, which has the result: with a 60 s wait and a 60 s
+    request_timeout, only that can answer within this test's time."""
+    packed = msgpack.packb(42)
+    exiting = CountingNode()
+    exiting.silent = True
+    other = CountingNode(replies={c.RESULT: {"state": "done", "result": packed}})
+    outcome: list[Any] = []
+    c1 = client_for([exiting.endpoint, other.endpoint], request_timeout=60.0)
+    waiting = threading.Thread(target=lambda: outcome.append(c1.result("t-1", timeout=60)))
+    waiting.start()
+    try:
+        wait_for(lambda: exiting.pump(20) or c.RESULT in exiting.asked, what="the long-poll on the first node")
+        exiting.close()                                        # exits without an answer
+        wait_for(lambda: other.pump(20) or not waiting.is_alive(), timeout=20, what="the result from the other node")
+        assert outcome == [42]
+    finally:
+        waiting.join(25)
         other.close()
         if not exiting.sock.closed:
             exiting.close()

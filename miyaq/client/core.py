@@ -123,13 +123,17 @@ class ClientCore:
             self.requests.on_reply(node, command, body)
 
     def on_disconnected(self, node: int, now: float) -> None:
-        """The connection to node ``node`` closed: resend its unacknowledged
-        submits now (:meth:`SubmitPipeline.node_lost`). Requests keep their
-        deadlines: a reply may still come once the connection is back."""
+        """The connection to node ``node`` closed: a node answers on the
+        connection a message came on, so nothing sent on this one will be
+        answered. Its unacknowledged submits are sent again now
+        (:meth:`SubmitPipeline.node_lost`) and its open requests fail with
+        ``Unavailable`` (:meth:`RequestTable.node_lost`: a long-poll for a
+        result then asks another node)."""
         lost = self.submits.node_lost(node, now)
-        if lost:
-            logger.info("miyaq client: the connection to %s closed with %d submit(s) unacknowledged; "
-                        "sending them again", self.nodes.endpoints[node], lost)
+        failed = self.requests.node_lost(node)
+        if lost or failed:
+            logger.info("miyaq client: the connection to %s closed with %d submit(s) unacknowledged (sent "
+                        "again) and %d request(s) unanswered", self.nodes.endpoints[node], lost, failed)
         self.submits.send_due(now)
 
     def on_timer(self, now: float) -> None:

@@ -26,10 +26,15 @@ it *leads* -- reads the sockets and runs the core's timers itself until its
 reply came -- so its reply wakes one thread, not the I/O thread and then
 the caller. It hands over as soon as another caller needs the client (the
 wake-up pipe) or at its deadline. While the last such call came back whole
-and nothing is outstanding, the I/O thread sleeps on the pipe and its timer
-only ("deaf"): the next leader reads its own reply without waking it, and a
-caller that leaves something outstanding without waiting (a lone
-``submit()``) wakes it to listen.
+and nothing is outstanding, the I/O thread sleeps on the pipe, its timer
+and the connection monitors only ("deaf"): the next leader reads its own
+reply without waking it, and a caller that leaves something outstanding
+without waiting (a lone ``submit()``) wakes it to listen.
+
+Each socket has a disconnect monitor (libzmq's socket monitor, read only by
+the I/O context or a leader): when a connection closes, nothing sent on it
+will be answered, so the core resends that node's unacknowledged submits
+and fails its open requests at once (:meth:`ClientCore.on_disconnected`).
 """
 from __future__ import annotations
 
@@ -102,7 +107,8 @@ class IOLoop:
         self._fds: Any = None          # the I/O thread's OS poll
         self._last_short = 0.0         # when a submit last took the short path
         self._led = False              # the last leading caller got its reply itself
-        self._deaf = False             # the I/O thread sleeps on the pipe only (under lock)
+        self._deaf = False             # the I/O thread sleeps on the pipe (and monitors) only (under lock)
+        self._deaf_fds: Any = None     # what it polls then
         self._lead_fds: Any = None     # a leading caller's OS poll
         self._handle: Any = None
 
@@ -123,6 +129,8 @@ class IOLoop:
             if fds is not None:
                 fds.register(sock.getsockopt(self.zmq.FD), select.POLLIN)
                 fds.register(monitor.getsockopt(self.zmq.FD), select.POLLIN)
+        if self._deaf_fds is not None:
+            self._deaf_fds.register(monitor.getsockopt(self.zmq.FD), select.POLLIN)
 
     def _room_freed(self) -> None:
         """A submit was resolved: wake a caller waiting for room in the window.
@@ -284,8 +292,13 @@ class IOLoop:
         for sock in self.socks + self.monitors:
             fds.register(sock.getsockopt(self.zmq.FD), select.POLLIN)
         fds.register(self._rfd, select.POLLIN)
-        pipe = select.poll()
+        # Deaf, it still hears the monitors: a connection that closed while
+        # nothing was outstanding must not be taken, later, for one that closed
+        # under messages sent on its successor.
+        pipe = self._deaf_fds = select.poll()
         pipe.register(self._rfd, select.POLLIN)
+        for monitor in self.monitors:
+            pipe.register(monitor.getsockopt(self.zmq.FD), select.POLLIN)
         core = self.core
         resolver = core.resolver
         try:

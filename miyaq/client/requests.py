@@ -5,7 +5,9 @@ carries a fresh ``req`` number; the node's REPLY or ERROR with the same
 ``req`` resolves its waiter (replies may come in any order). A request to a
 node that is not connected is retried for :data:`CONNECT_WAIT` seconds, then
 fails with ``Unavailable`` (the first-contact message while no node was ever
-reached); one not answered by its deadline fails with ``Timeout``.
+reached); one not answered by its deadline fails with ``Timeout``; one sent
+on a connection that then closed fails with ``Unavailable`` at once (the
+node answers on the connection a request came on: no answer can come).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import itertools
 import logging
 from typing import Any
 
-from ..errors import Timeout, from_wire
+from ..errors import Timeout, Unavailable, from_wire
 from ..protocol import commands as c
 from .nodes import Nodes
 from .submits import Resolver, Send, Waiter
@@ -32,7 +34,7 @@ class RequestTable:
         self._send = send
         self._resolver = resolver
         self._req = itertools.count(1)
-        self.open: dict[int, tuple[Waiter, float]] = {}
+        self.open: dict[int, tuple[Waiter, float, int]] = {}   # req -> (waiter, deadline, node)
         # Waiting for a connection: (node, command, body, since).
         self.unsent: list[tuple[int, bytes, dict[str, Any], float]] = []
 
@@ -44,7 +46,7 @@ class RequestTable:
         """Send ``body`` (which carries its ``req``); ``waiter`` None: the
         reply is the core's own (discovery) and is not tracked here."""
         if waiter is not None:
-            self.open[body["req"]] = (waiter, deadline)
+            self.open[body["req"]] = (waiter, deadline, node)
         if not self._send(node, command, body) and waiter is not None:
             self.unsent.append((node, command, body, now))   # not connected (yet)
 
@@ -54,13 +56,13 @@ class RequestTable:
             if body["req"] not in self.open or self._send(node, command, body):
                 continue
             if now - since > CONNECT_WAIT:
-                waiter, _ = self.open.pop(body["req"])
+                waiter = self.open.pop(body["req"])[0]
                 self._resolver.fail(waiter, self.nodes.no_connection(node))
             else:
                 self.unsent.append((node, command, body, since))
 
     def check_deadlines(self, now: float) -> None:
-        for req, (waiter, deadline) in list(self.open.items()):
+        for req, (waiter, deadline, _) in list(self.open.items()):
             if deadline > now:
                 continue
             del self.open[req]
@@ -74,8 +76,22 @@ class RequestTable:
         if self.unsent:
             return now + CONNECT_RETRY
         if self.open:
-            return min(deadline for _, deadline in self.open.values())
+            return min(entry[1] for entry in self.open.values())
         return None
+
+    def node_lost(self, node: int) -> int:
+        """The connection to ``node`` closed: the requests sent on it fail
+        now with ``Unavailable`` (a node answers on the connection the
+        request came on, so no answer can come; an operation that may ask
+        another node does so at once). Those still waiting for a connection
+        stay. How many failed."""
+        waiting = {body["req"] for _, _, body, _ in self.unsent}
+        lost = [req for req, entry in self.open.items() if entry[2] == node and req not in waiting]
+        if lost:
+            error = Unavailable(f"the connection to {self.nodes.endpoints[node]} closed before it answered")
+            for req in lost:
+                self._resolver.fail(self.open.pop(req)[0], error)
+        return len(lost)
 
     def on_reply(self, node: int, command: bytes, body: dict[str, Any]) -> None:
         entry = self.open.pop(body.get("req"), None)  # type: ignore[arg-type]
@@ -89,7 +105,7 @@ class RequestTable:
             self._resolver.fail(entry[0], from_wire(body))
 
     def fail_all(self, error: Any) -> None:
-        for waiter, _ in self.open.values():
+        for waiter, _, _ in self.open.values():
             self._resolver.fail(waiter, error)
         self.open.clear()
         self.unsent.clear()
