@@ -10,7 +10,10 @@ Constraints:
   are ordered by node id, so the order never depends on insertion order.
 * A key hashing to ``h`` belongs to the first point at or after ``h``,
   wrapping around at 2**64. Lookups are a bisect (O(log points)) followed by a
-  walk that stops at the n-th distinct node.
+  walk that stops at the n-th distinct node; each walk is kept, per starting
+  point and n (at most points x members of them: every task placed on the
+  ring walks from one of its points), so placing a task is a hash, a
+  bisect and a dictionary read.
 * A :class:`Ring` is immutable; a membership change builds a new ring. Only
   the points of the changed node move, which is what keeps hand-off small.
 """
@@ -31,6 +34,7 @@ DEFAULT_VNODES = 160
 """Virtual nodes per unit of weight."""
 
 _SPACE = 1 << 64
+_blake2b = hashlib.blake2b
 
 
 def stable_hash(data: bytes | str) -> int:
@@ -39,7 +43,7 @@ def stable_hash(data: bytes | str) -> int:
         data = data.encode("utf-8")
     elif not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"routing key must be bytes or str, not {type(data).__name__}")
-    return int.from_bytes(hashlib.blake2b(bytes(data), digest_size=8).digest(), "big")
+    return int.from_bytes(_blake2b(data, digest_size=8).digest(), "big")
 
 
 def _check_weight(node_id: object, weight: object) -> float:
@@ -56,7 +60,7 @@ def _check_weight(node_id: object, weight: object) -> float:
 class Ring:
     """An immutable consistent-hash ring built from ``{node_id: weight}``."""
 
-    __slots__ = ("_weights", "_vnodes", "_hashes", "_owners", "_members")
+    __slots__ = ("_weights", "_vnodes", "_hashes", "_owners", "_members", "_walks")
 
     def __init__(self, members: Mapping[str, float], vnodes: int = DEFAULT_VNODES) -> None:
         if isinstance(vnodes, bool) or not isinstance(vnodes, int) or vnodes < 1:
@@ -76,6 +80,7 @@ class Ring:
         self._hashes = [h for h, _ in points]
         self._owners = [node_id for _, node_id in points]
         self._members = tuple(sorted(weights))
+        self._walks: dict[tuple[int, int], tuple[str, ...]] = {}   # (first point, n) -> nodes
 
     # -- lookups ------------------------------------------------------------
 
@@ -85,22 +90,25 @@ class Ring:
         Fewer than ``n`` when the ring has fewer members. Index 0 is the
         primary (rank 0), then rank 1, and so on.
         """
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        if type(n) is not int or n < 0:
             raise ConfigError(f"n must be a non-negative integer, got {n!r}")
         want = min(n, len(self._members))
         if want == 0:
             return []
-        start = bisect.bisect_left(self._hashes, stable_hash(routing_key))
         owners = self._owners
         total = len(owners)
-        found: list[str] = []
-        for step in range(total):
-            node_id = owners[(start + step) % total]
-            if node_id not in found:
-                found.append(node_id)
-                if len(found) == want:
-                    break
-        return found
+        start = bisect.bisect_left(self._hashes, stable_hash(routing_key)) % total
+        walk = self._walks.get((start, want))
+        if walk is None:
+            found: list[str] = []
+            for step in range(total):
+                node_id = owners[(start + step) % total]
+                if node_id not in found:
+                    found.append(node_id)
+                    if len(found) == want:
+                        break
+            walk = self._walks[(start, want)] = tuple(found)
+        return list(walk)
 
     def primary(self, routing_key: bytes | str) -> str:
         """The rank-0 holder of ``routing_key``."""
