@@ -114,6 +114,10 @@ class Tombstones(Mapping[str, Tombstone]):
         """Remove and return the oldest (KeyError when there is none)."""
         return _as_stone(self._rows.popitem(last=False)[1])
 
+    def discard_oldest(self) -> None:
+        """Remove the oldest, already read with :meth:`oldest` (KeyError when there is none)."""
+        self._rows.popitem(last=False)
+
 
 class TaskTable:
     def __init__(self, max_tombstones: int, tombstone_ttl: float, max_dead: int,
@@ -180,7 +184,8 @@ class TaskTable:
             stone = self.tombstones.oldest()
             if stone is None or stone.finished > cutoff:
                 break
-            self._forget(self.tombstones.pop_oldest())
+            self.tombstones.discard_oldest()
+            self._forget(stone)
             dropped += 1
         return dropped
 
