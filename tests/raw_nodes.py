@@ -19,14 +19,18 @@ class CountingNode:
 
     silent = False
 
-    def __init__(self, replies: dict[bytes, dict[str, Any]] | None = None) -> None:
+    def __init__(self, replies: dict[bytes, dict[str, Any]] | None = None, bind: str | None = None) -> None:
         self.replies = replies or {}        # command -> what its REPLY says besides req
         self.asked: list[bytes] = []        # the commands of the requests read, in order
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
-        self.endpoint = f"tcp://127.0.0.1:{port}"
+        if bind is None:
+            port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+            self.endpoint = f"tcp://127.0.0.1:{port}"
+        else:                               # a node restarted on its endpoint
+            self.sock.bind(bind)
+            self.endpoint = bind
         self.batches: list[tuple[bytes, list[str]]] = []
 
     def pump(self, timeout_ms: int = 100) -> None:
@@ -47,6 +51,7 @@ class CountingNode:
             self.sock.send_multipart([peer, *codec.encode(c.SUBMITTED, {"results": [[i, "accepted", None]
                                                                                      for i in ids]})])
 
-    def close(self) -> None:
-        self.sock.close(linger=0)
+    def close(self, linger_ms: int = 0) -> None:
+        """Close the socket (``linger_ms``: how long what it still has to send may take to leave)."""
+        self.sock.close(linger=linger_ms)
         self.ctx.term()

@@ -244,3 +244,50 @@ def test_a_result_long_poll_on_a_node_that_exits_moves_to_another_node_at_once(c
         other.close()
         if not exiting.sock.closed:
             exiting.close()
+
+
+@pytest.mark.parametrize("green", [False, True], ids=["threads", "gevent"])
+def test_acknowledgements_libzmq_drops_with_the_closed_connection_are_resent(client_for, green):
+    """A node acknowledges submits and exits at once. The client's sockets
+    set IMMEDIATE, and libzmq then drops what a connection delivered but the
+    client had not read yet when it closed (tests/test_frames.py pins this):
+    whatever was not read is sent again at once, the same id, and the node
+    that comes back on the same endpoint acknowledges it (ack_timeout 60 s)."""
+    node = CountingNode()
+    endpoint = node.endpoint
+    problems: list[BaseException] = []
+    back: list[CountingNode] = []
+
+    def ack_exit_and_restart() -> None:
+        try:
+            wait_for(lambda: node.pump(20) or sum(len(ids) for _, ids in node.batches) == 3, what="3 tasks read")
+            node.ack_all()
+            node.close(linger_ms=5000)
+            restarted = CountingNode(bind=endpoint)                # back on the same endpoint
+            back.append(restarted)
+
+            def acknowledge_what_comes() -> bool:
+                restarted.pump(20)
+                restarted.ack_all()
+                restarted.batches.clear()
+                return all(h.accepted for h in handles)
+
+            wait_for(acknowledge_what_comes, timeout=20, what="every submit acknowledged")
+        except BaseException as exc:   # reported by the test below
+            problems.append(exc)
+
+    c1 = client_for(endpoint, ack_timeout=60.0, green=green)
+    handles = [c1.submit("echo", [i]) for i in range(3)]
+    playing = threading.Thread(target=ack_exit_and_restart)
+    playing.start()
+    try:
+        c1.flush(timeout=25)
+        playing.join(25)
+        assert not problems, problems
+        assert all(h.accepted and h.node == endpoint for h in handles)
+        assert c1._io.resends <= 3
+    finally:
+        playing.join(25)
+        for n in [node, *back]:
+            if not n.sock.closed:
+                n.close()

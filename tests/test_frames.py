@@ -1,8 +1,11 @@
 """Frame-by-frame sends and reads (:func:`miyaq.runtime.messages.send_frames`,
 :func:`~miyaq.runtime.messages.recv_frames`): the same outcome as
 ``send_multipart(frames, NOBLOCK)`` and ``recv_multipart(flags)``, failures
-included -- a refused message leaves nothing half-sent on the socket."""
+included -- a refused message leaves nothing half-sent on the socket; and a
+libzmq delivery fact the clients and peer links rely on."""
 from __future__ import annotations
+
+import time
 
 import pytest
 import zmq
@@ -100,3 +103,35 @@ def test_recv_frames_without_a_message_raises_again(ctx):
     assert recv_frames(dealer, zmq.NOBLOCK) == [b"MQ1", b"REPLY", b"late"]
     with pytest.raises(zmq.Again):
         recv_frames(dealer, zmq.NOBLOCK)
+
+
+def test_an_immediate_dealer_drops_replies_it_had_not_read_when_its_connection_closes(ctx):
+    """A libzmq fact miyaq's clients and peer links are built on: a DEALER
+    with IMMEDIATE (every client socket, every peer link) drops what a
+    connection delivered but was not read yet when that connection closes.
+    So once a connection closed, whatever was not answered on it never will
+    be, and the client resends or fails it at once (docs/semantics.md).
+    Without IMMEDIATE the same replies are still read."""
+    got = {}
+    for immediate in (0, 1):
+        router = ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.setsockopt(zmq.IMMEDIATE, immediate)
+        dealer.connect(f"tcp://127.0.0.1:{port}")
+        dealer.send(b"hello")
+        assert router.poll(5000)
+        peer, _ = router.recv_multipart()
+        for i in range(3):
+            router.send_multipart([peer, b"reply %d" % i])
+        assert dealer.poll(5000)          # delivered: the first can be read now
+        router.close(linger=5000)         # the others leave too, then the connection closes
+        time.sleep(0.3)                   # let the close reach the dealer (not a timing assertion)
+        got[immediate] = []
+        while dealer.poll(100):
+            got[immediate].append(dealer.recv())
+        dealer.close()
+    assert got[0] == [b"reply 0", b"reply 1", b"reply 2"]
+    assert got[1] == []
