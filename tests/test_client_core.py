@@ -404,3 +404,13 @@ def test_requests_sent_on_a_connection_that_closed_fail_at_once() -> None:
     assert not unsent.done
     core.on_timer(1.0)
     assert [node for node, _, _ in transport.take()] == [2]
+
+
+def test_nodes_whose_connection_closed_are_asked_last() -> None:
+    nodes = Nodes([f"tcp://127.0.0.1:{7450 + i}" for i in range(3)], discover=False)
+    assert nodes.order(0) == [0, 1, 2]
+    nodes.mark(0, False)
+    nodes.mark(2, False)
+    assert nodes.order(0) == [1, 0, 2] and nodes.order(2) == [1, 2, 0]
+    nodes.mark(0, True)
+    assert nodes.order(None) == [0, 1, 2] and nodes.down == {2}

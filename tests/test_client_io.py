@@ -291,3 +291,48 @@ def test_acknowledgements_libzmq_drops_with_the_closed_connection_are_resent(cli
         for n in [node, *back]:
             if not n.sock.closed:
                 n.close()
+
+
+def test_a_node_whose_connection_closed_is_asked_last_until_it_is_back(client_for):
+    """Fault: a node exits. Until its connection is up again, an operation
+    that may ask several nodes (a task's status, its result) asks it last,
+    instead of first waiting for a connection to a node that is gone; once
+    it is back on its endpoint it takes its turn again."""
+    packed = msgpack.packb(42)
+    exiting = CountingNode()
+    other = CountingNode(replies={c.RESULT: {"state": "done", "result": packed}})
+    c1 = client_for([exiting.endpoint, other.endpoint], request_timeout=60.0)
+    io = c1._io
+    handles = [c1.submit("echo", [i]) for i in range(2)]            # one to each node: both connected
+    wait_for(lambda: exiting.pump(20) or other.pump(20) or (exiting.batches and other.batches), what="both nodes")
+    exiting.ack_all()
+    other.ack_all()
+    c1.flush(timeout=10)
+    assert all(h.accepted for h in handles) and not io.nodes.down
+    exiting.close()
+    wait_for(lambda: io.nodes.down == {0}, what="the closed connection noticed")
+
+    asked: list[int] = []
+    send = io.send
+
+    def recording(node: int, frames: list[bytes]) -> bool:
+        if frames[1] == c.RESULT:
+            asked.append(node)
+        return send(node, frames)
+
+    io.send = recording                      # the core sends through its transport
+    outcome: list[Any] = []
+    waiting = threading.Thread(target=lambda: outcome.append(c1.result("t-1", timeout=60)))
+    waiting.start()
+    try:
+        wait_for(lambda: other.pump(20) or not waiting.is_alive(), timeout=20, what="the result")
+    finally:
+        waiting.join(25)
+    assert outcome == [42] and asked == [1]
+    back = CountingNode(bind=exiting.endpoint)
+    try:
+        wait_for(lambda: not io.nodes.down, what="the node back on its endpoint")
+        assert io.nodes.order(None) == [0, 1]
+    finally:
+        back.close()
+        other.close()

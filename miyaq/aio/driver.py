@@ -23,7 +23,7 @@ from ..client.nodes import Nodes
 from ..client.submits import Pending, Waiter
 from ..errors import MiyaqError
 from ..runtime.clock import monotonic
-from ..runtime.sockets import SocketFactory, SocketSecurity, closed_connection
+from ..runtime.sockets import CONNECTION_CLOSED, CONNECTION_READY, SocketFactory, SocketSecurity, monitor_event
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +34,9 @@ class AsyncDriver:
         self.factory = SocketFactory(flavour="asyncio", max_message=max_message, security=security)
         self.nodes = Nodes(endpoints, source=endpoints_source, secure=security is not None)
         self.socks: list[Any] = [self.factory.dealer(ep, immediate=True) for ep in endpoints]
-        # One per socket: its closed connections (unacknowledged submits are sent again at once).
-        self.monitors: list[Any] = [self.factory.disconnect_monitor(sock) for sock in self.socks]
+        # One per socket: its connections closing (unacknowledged submits are sent again
+        # at once) and coming up.
+        self.monitors: list[Any] = [self.factory.connection_monitor(sock, ready=True) for sock in self.socks]
         self.room = asyncio.Event()
         self.core = ClientCore(self, self.nodes, max_batch=max_batch, ack_timeout=ack_timeout,
                                max_message=max_message, on_resolved=self.room.set)
@@ -59,7 +60,7 @@ class AsyncDriver:
     def connect(self, endpoint: str) -> None:
         sock = self.factory.dealer(endpoint, immediate=True)
         self.socks.append(sock)
-        self.monitors.append(self.factory.disconnect_monitor(sock))
+        self.monitors.append(self.factory.connection_monitor(sock, ready=True))
         if self.loop is not None:
             self._readers += self._readers_of(self.loop, len(self.socks) - 1)
 
@@ -159,10 +160,16 @@ class AsyncDriver:
             self._crash()
 
     async def _watch(self, node: int, monitor: Any) -> None:
-        """Node ``node``'s connection events: a closed one resends its unacknowledged submits."""
+        """Node ``node``'s connection events: a closed one resends its
+        unacknowledged submits and fails its open requests, and the node is
+        asked last until it is up again."""
         try:
             while True:
-                if closed_connection(await monitor.recv_multipart()):
+                event = monitor_event(await monitor.recv_multipart())
+                if event == CONNECTION_READY:
+                    self.nodes.mark(node, True)
+                elif event == CONNECTION_CLOSED:
+                    self.nodes.mark(node, False)
                     self.core.on_disconnected(node, monotonic())
                     self._arm()
         except asyncio.CancelledError:

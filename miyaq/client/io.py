@@ -31,10 +31,11 @@ and the connection monitors only ("deaf"): the next leader reads its own
 reply without waking it, and a caller that leaves something outstanding
 without waiting (a lone ``submit()``) wakes it to listen.
 
-Each socket has a disconnect monitor (libzmq's socket monitor, read only by
+Each socket has a connection monitor (libzmq's socket monitor, read only by
 the I/O context or a leader): when a connection closes, nothing sent on it
 will be answered, so the core resends that node's unacknowledged submits
-and fails its open requests at once (:meth:`ClientCore.on_disconnected`).
+and fails its open requests at once (:meth:`ClientCore.on_disconnected`),
+and until it is up again the node is asked last (:meth:`Nodes.mark`).
 """
 from __future__ import annotations
 
@@ -80,18 +81,18 @@ class IOLoop:
                  endpoints_source: str = "given") -> None:
         # Imported here: importing the client must not import the runtime (gevent, and
         # through it ssl) before a worker had a chance to monkey-patch.
-        from ..runtime.sockets import SocketFactory, disconnects
+        from ..runtime.sockets import SocketFactory, connection_events
         self.kit = kit
-        self._disconnects = disconnects
+        self._connection_events = connection_events
         self.zmq = kit.zmq
         self._send = kit.send
         self._recv = kit.recv
         self.factory = SocketFactory(flavour=kit.flavour, max_message=max_message, security=security)
         self.nodes = Nodes(endpoints, source=endpoints_source, secure=security is not None)
         self.socks: list[Any] = [self.factory.dealer(ep, immediate=True) for ep in endpoints]
-        # One per socket: its closed connections (a node that exited may have read
-        # submits it never acknowledged: they are sent again at once).
-        self.monitors: list[Any] = [self.factory.disconnect_monitor(sock) for sock in self.socks]
+        # One per socket: its connections closing (a node that exited may have read
+        # submits it never acknowledged: they are sent again at once) and coming up.
+        self.monitors: list[Any] = [self.factory.connection_monitor(sock, ready=True) for sock in self.socks]
         self.room = kit.event()
         self.room.set()
         self.core = ClientCore(self, self.nodes, max_batch=max_batch, ack_timeout=ack_timeout,
@@ -123,7 +124,7 @@ class IOLoop:
     def connect(self, endpoint: str) -> None:
         sock = self.factory.dealer(endpoint, immediate=True)
         self.socks.append(sock)
-        monitor = self.factory.disconnect_monitor(sock)
+        monitor = self.factory.connection_monitor(sock, ready=True)
         self.monitors.append(monitor)
         for fds in (self._fds, self._lead_fds):
             if fds is not None:
@@ -410,12 +411,16 @@ class IOLoop:
         return more
 
     def _read_monitor(self, node: int, monitor: Any) -> None:
-        """Take the connection events of node ``node``'s socket; tell the core
-        if a connection closed. Only this loop (or a leading caller) reads
-        monitors, so a caller's socket use never takes their descriptor's edge."""
+        """Take the connection events of node ``node``'s socket: note whether
+        it is connected, and tell the core if a connection closed. Only this
+        loop (or a leading caller) reads monitors, so a caller's socket use
+        never takes their descriptor's edge."""
         if not int(_backend_get(monitor, _EVENTS)) & _POLLIN:
             return
-        if self._disconnects(monitor):
+        closed, connected = self._connection_events(monitor)
+        if connected is not None:
+            self.nodes.mark(node, connected)
+        if closed:
             self.core.on_disconnected(node, monotonic())
 
     def _read(self, node: int, sock: Any) -> bool:

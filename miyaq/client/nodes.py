@@ -34,6 +34,9 @@ class Nodes:
         self.secure = secure
         self.discover = discover
         self.reached = False          # True once any node took a message from us
+        # Nodes whose connection closed and is not up again (replaced whole by the
+        # I/O context, read by callers' threads: a frozenset, never changed in place).
+        self.down: frozenset[int] = frozenset()
         self.aliases: set[str] = set()   # ring endpoints of nodes reached over a unix socket
         self._rr = itertools.count()
         self._next_discovery = 0.0
@@ -54,9 +57,23 @@ class Nodes:
             return 0
 
     def order(self, first: str | int | None) -> list[int]:
-        """Every node, ``first`` first: where to ask for a task one node may not hold."""
+        """Every node, ``first`` first: where to ask for a task one node may
+        not hold. Nodes whose connection closed and is not up again come
+        last (a request to one waits for its connection first)."""
         start = self.index(first)
-        return [start] + [i for i in range(len(self.endpoints)) if i != start]
+        order = [start] + [i for i in range(len(self.endpoints)) if i != start]
+        down = self.down
+        if down:
+            order = [i for i in order if i not in down] + [i for i in order if i in down]
+        return order
+
+    def mark(self, node: int, connected: bool) -> None:
+        """What the connection to ``node`` did last: closed, or up (again)."""
+        if connected:
+            if node in self.down:
+                self.down = self.down - {node}
+        elif node not in self.down:
+            self.down = self.down | {node}
 
     def pick(self, avoid: int = -1) -> int:
         """The next node round-robin, not ``avoid`` when there is another."""

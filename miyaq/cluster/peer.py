@@ -34,7 +34,7 @@ from miyaq.errors import BadFrame, MiyaqError, TooLarge
 from miyaq.protocol.commands import FRAMES
 from miyaq.runtime import CRITICAL, Supervisor, green, monotonic
 from miyaq.runtime.messages import MessageRefused, recv_bounded
-from miyaq.runtime.sockets import SocketFactory, disconnects, zmq
+from miyaq.runtime.sockets import SocketFactory, connection_events, zmq
 from miyaq.security.guard import Guard
 
 logger = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class PeerEndpoint(PeerRequests):
             self.dealers[node_id] = sock
             self.endpoints[node_id] = endpoint
             self._poller.register(sock, zmq.POLLIN)
-            monitor = self.sockets.disconnect_monitor(sock)
+            monitor = self.sockets.connection_monitor(sock)
             self._monitors[node_id] = monitor
             self._watching[monitor] = node_id
             self._poller.register(monitor, zmq.POLLIN)
@@ -185,7 +185,7 @@ class PeerEndpoint(PeerRequests):
         """A DEALER's monitor has events: if its connection closed, end the
         requests to that node that say what to do then."""
         try:
-            closed = disconnects(monitor)
+            closed, _ = connection_events(monitor)
         except zmq.ZMQError:
             return    # retired by connect() meanwhile
         node_id = self._watching.get(monitor)

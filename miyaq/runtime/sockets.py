@@ -40,28 +40,37 @@ ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 #: gevent worker may import only after it has monkey-patched.
 FLAVOURS = {"green": "zmq.green", "plain": "zmq", "asyncio": "zmq.asyncio"}
 
-__all__ = ["FLAVOURS", "HWM", "SocketFactory", "SocketSecurity", "closed_connection", "disconnects", "green_zmq", "zmq"]
+__all__ = ["CONNECTION_CLOSED", "CONNECTION_READY", "FLAVOURS", "HWM", "SocketFactory", "SocketSecurity",
+           "connection_events", "green_zmq", "monitor_event", "zmq"]
 
-_DISCONNECTED = int(zmq.EVENT_DISCONNECTED)
+#: The socket-monitor events miyaq watches (:meth:`SocketFactory.connection_monitor`).
+CONNECTION_CLOSED = int(zmq.EVENT_DISCONNECTED)
+CONNECTION_READY = int(zmq.EVENT_HANDSHAKE_SUCCEEDED)
 
 
-def disconnects(monitor: Any) -> int:
-    """Read every event waiting on a :meth:`SocketFactory.disconnect_monitor`
-    without blocking; how many were closed connections."""
+def monitor_event(frames: list[bytes]) -> int:
+    """The event number of a monitor message (two frames: 2 bytes of event
+    number and 4 of value, then the endpoint); 0 if it is not one."""
+    return int.from_bytes(frames[0][:2], "little") if frames and len(frames[0]) >= 2 else 0
+
+
+def connection_events(monitor: Any) -> tuple[int, bool | None]:
+    """Read every event waiting on a :meth:`SocketFactory.connection_monitor`
+    without blocking: how many connections closed, and whether the last
+    event left the socket connected (True), closed (False) or there was
+    none (None)."""
     closed = 0
+    state: bool | None = None
     while True:
         try:
-            frames = monitor.recv_multipart(zmq.NOBLOCK)
+            event = monitor_event(monitor.recv_multipart(zmq.NOBLOCK))
         except zmq.Again:
-            return closed
-        if closed_connection(frames):
+            return closed, state
+        if event == CONNECTION_CLOSED:
             closed += 1
-
-
-def closed_connection(frames: list[bytes]) -> bool:
-    """Is this monitor event (two frames: 2 bytes of event number and 4 of
-    value, then the endpoint) a closed connection?"""
-    return bool(frames) and len(frames[0]) >= 2 and int.from_bytes(frames[0][:2], "little") == _DISCONNECTED
+            state = False
+        elif event == CONNECTION_READY:
+            state = True
 
 
 class SocketSecurity(Protocol):
@@ -206,12 +215,14 @@ class SocketFactory:
             sock.connect(connect)
         return sock
 
-    def disconnect_monitor(self, sock: Any) -> Any:
+    def connection_monitor(self, sock: Any, *, ready: bool = False) -> Any:
         """A PAIR that receives a message each time a connection of ``sock``
-        closes (libzmq's socket monitor, ``ZMQ_EVENT_DISCONNECTED`` only:
-        nothing per message). It is of this factory's flavour and closed
-        with it; read it with :func:`disconnects`."""
-        return sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        closes, and with ``ready`` each time one is ready for messages
+        (libzmq's socket monitor: ``ZMQ_EVENT_DISCONNECTED``,
+        ``ZMQ_EVENT_HANDSHAKE_SUCCEEDED``; nothing per message). It is of
+        this factory's flavour and closed with it; read it with
+        :func:`connection_events`."""
+        return sock.get_monitor_socket(CONNECTION_CLOSED | (CONNECTION_READY if ready else 0))
 
     def poller(self) -> Any:
         """A poller of this factory's flavour (green, plain or asyncio)."""
