@@ -17,7 +17,7 @@ never brings back a finished task.
 from __future__ import annotations
 
 import logging
-from collections.abc import Container
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from miyaq.cluster.holder_events import apply_early_start
@@ -90,18 +90,23 @@ class Copies:
         return {"states": states}
 
     # -- copies -----------------------------------------------------------------------
-    def finish_known(self, sender: str, finished: dict[Any, Any], asked: Container[str]) -> dict[str, Outcome]:
-        """``sender`` answered our REPLICATE of the ids ``asked`` saying it
-        already finished these tasks: finish our copies the same way. Returns
-        the outcomes that passed the checks (a bad one is refused and
-        counted; an id we did not ask about is ignored), for the caller to
-        tell the task's other holders."""
+    def finish_known(self, sender: str, finished: dict[Any, Any], holders: Mapping[str, Sequence[str]]) -> list[str]:
+        """``sender`` answered our REPLICATE (a submit's copies, or a handoff)
+        of the ids in ``holders`` (id -> the task's holders) saying it already
+        finished these tasks: finish our copies the same way -- a tombstone,
+        not a dropped copy -- and tell each task's other holders. One of them
+        may have just stored a live copy from this same REPLICATE, and nobody
+        else would tell it the task is over: the finisher announced the end
+        before that node had a copy, and the copy runs if the finisher is
+        silent when it asks. Returns the ids whose outcome passed the checks
+        (a bad one is refused and counted; an id we did not ask about is
+        ignored)."""
         now = wall()
         config = self.role.config
         checked: dict[str, Outcome] = {}
         with self.role.events.applying_remote():
             for task_id, outcome in finished.items():
-                if not (isinstance(task_id, str) and task_id in asked):
+                if not (isinstance(task_id, str) and task_id in holders):
                     continue
                 try:
                     if not isinstance(outcome, list) or len(outcome) != 3:
@@ -112,7 +117,12 @@ class Copies:
                     continue
                 if task_id in self.engine.table.live:
                     self.engine.finish_copy(task_id, *checked[task_id], now)
-        return checked
+        me = self.role.node_id
+        for task_id, outcome in checked.items():
+            others = [h for h in holders[task_id] if h != sender and h != me]
+            if others:
+                self.role.events.forward_finished(task_id, outcome, others)
+        return list(checked)
 
     def install(self, record: Any, now: float, source: str, sender: str) -> bool:
         """Store (or update) this node's copy of a replicated or handed-off

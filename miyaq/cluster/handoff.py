@@ -96,7 +96,9 @@ class Handoff:
             return
         finished = answer.get("finished")
         if isinstance(finished, dict) and finished:
-            self._finished_on(holder, ids, finished)
+            # This node missed the end (it was down, or its stream was).
+            for task_id in self.role.copies.finish_known(holder, finished, self._holders_of(ids)):
+                self.leaving.pop(task_id, None)     # over: nothing more to hand off
         table = self.role.engine.table
         for task_id in confirmed_ids(answer):
             waiting = self.leaving.get(task_id)
@@ -109,26 +111,15 @@ class Handoff:
                 if task is not None and task.state != RUNNING and self.role.node_id not in task.holders:
                     self.role.engine.forget(task)
 
-    def _finished_on(self, holder: str, ids: list[str], finished: dict[Any, Any]) -> None:
-        """New holder ``holder`` already finished some of the tasks handed to
-        it (this node missed the end: it was down, or its stream was): finish
-        our copy the same way -- a tombstone, not a dropped copy -- and tell
-        the task's other new holders. One of them may have just stored a live
-        copy from this same handoff, and nobody else would tell it the task
-        is over: the finisher announced the end before that node was a
-        holder, and its copy runs if the finisher is silent when it asks."""
-        me = self.role.node_id
+    def _holders_of(self, ids: list[str]) -> dict[str, tuple[str, ...]]:
+        """The new holders of each task of ``ids`` this node still holds."""
         table = self.role.engine.table
         holders = {}
         for task_id in ids:
             task = table.live.get(task_id) or table.dead.get(task_id)
             if task is not None:
                 holders[task_id] = task.holders
-        for task_id, outcome in self.role.copies.finish_known(holder, finished, set(ids)).items():
-            self.leaving.pop(task_id, None)     # over: nothing more to hand off
-            others = [h for h in holders.get(task_id, ()) if h != holder and h != me]
-            if others:
-                self.role.events.forward_finished(task_id, outcome, others)
+        return holders
 
     def retry(self, now: float) -> None:
         """Send again what was not confirmed (a new holder that was down). ``now``: monotonic."""

@@ -32,6 +32,7 @@ from miyaq.runtime import LOG, Supervisor, monotonic
 from miyaq.security.guard import Guard
 
 logger = logging.getLogger(__name__)
+
 REPLICATE = b"REPLICATE"     # {"tasks": [record...]}          -> answer {"ids": [...]}
 QUERY = b"QUERY"             # {"ids": [...]}                  -> answer {"states": {id: [state, ...]}}
 SYNC = b"SYNC"               # {"cursor": n}                   -> answer {"tasks": [...], "stones": [...], "next"}

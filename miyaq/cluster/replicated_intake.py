@@ -242,7 +242,8 @@ class ReplicatedIntake:
         that can no longer reach ``min_acks`` is rejected now (the client
         resends it), not at ``replication_timeout``."""
         why = f"the connection to {holder} closed before it confirmed its copy"
-        if any([self._not_stored(holder, task_id, why) for task_id in sent]):
+        rejected = [task_id for task_id in sent if self._not_stored(holder, task_id, why)]
+        if rejected:
             self.release()
 
     def _not_stored(self, holder: str, task_id: str, why: str) -> bool:
@@ -268,7 +269,9 @@ class ReplicatedIntake:
             return   # silence, an error, or not sent: the deadline sweep decides
         finished = answer.get("finished")
         if isinstance(finished, dict) and finished:
-            self._finished_on(holder, sent, finished)
+            # A resend of a task that ran while another holder was down; done
+            # even when the submit was already answered.
+            self.role.copies.finish_known(holder, finished, sent)
         stored = confirmed_ids(answer)
         rejected = False
         for task_id in sent:
@@ -281,19 +284,6 @@ class ReplicatedIntake:
                 rejected = True
         if rejected:
             self.release()
-
-    def _finished_on(self, holder: str, sent: dict[str, list[str]], finished: dict[Any, Any]) -> None:
-        """``holder`` already finished some of the tasks ``sent`` (a resend of
-        a task that ran while another holder was down): finish our copy, and
-        tell the task's other holders -- one that missed the task stores a
-        fresh copy from this same REPLICATE, and nobody else would tell it
-        the task is over (its copy runs if the finisher is silent when it
-        asks). Done even when the submit was already answered."""
-        me = self.role.node_id
-        for task_id, outcome in self.role.copies.finish_known(holder, finished, sent).items():
-            others = [h for h in sent[task_id] if h != holder and h != me]
-            if others:
-                self.role.events.forward_finished(task_id, outcome, others)
 
     def _maybe_ack(self, task_id: str, entry: _Pending) -> None:
         if entry.got >= entry.need:

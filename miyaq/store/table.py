@@ -91,7 +91,7 @@ class Tombstones(Mapping[str, Tombstone]):
     def put(self, stone: Tombstone) -> None:
         """Keep ``stone`` as the newest (replacing one of the same id)."""
         rows = self._rows
-        rows[stone.id] = tuple.__new__(tuple, stone)    # a plain tuple: the collector untracks it
+        rows[stone.id] = tuple(stone)    # a plain tuple: the collector untracks it
         rows.move_to_end(stone.id)
 
     def oldest(self) -> Tombstone | None:
