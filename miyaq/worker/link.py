@@ -10,6 +10,16 @@ reach it (nothing listening, a name that does not resolve...). If a node it
 has heard falls silent for ``heartbeat × LIVENESS`` or answers RECONNECT,
 the link opens a fresh socket and registers again (the node may have
 restarted); tasks still running report on the new socket.
+
+A second greenlet reads the socket's connection monitor (libzmq's, one
+message per connection closed, nothing per message). When a connection the
+node had answered on closes -- the node exited or was killed, or the
+network dropped it -- the node is **lost** at once, as silence would make
+it ``heartbeat × LIVENESS`` later: the worker tells the tasks' other holders
+(:meth:`~miyaq.worker.routing.Routes.link_lost`) and the link opens a fresh
+socket. A connection that never got an answer is left to ZeroMQ's own
+reconnecting (and to the diagnosis above), so a node that refuses the
+handshake does not make the link churn sockets.
 """
 from __future__ import annotations
 
@@ -21,7 +31,7 @@ from ..protocol import codec
 from ..protocol import commands as c
 from ..protocol.reach import explain, unreachable
 from ..runtime import green, monotonic
-from ..runtime.sockets import SocketFactory, zmq
+from ..runtime.sockets import CONNECTION_CLOSED, SocketFactory, monitor_event, zmq
 from .config import FIRST_CONTACT, FIRST_CONTACT_REPEAT_MAX, LIVENESS, MAX_INBOUND_MESSAGE, PROBE_TIMEOUT, RECV_BURST
 from .outbox import Outbox
 
@@ -37,6 +47,7 @@ class NodeLink:
         self.factory = factory
         self.endpoint = endpoint
         self.sock: Any = None
+        self.monitor: Any = None    # the current socket's connection monitor (a green PAIR)
         self.heartbeat = worker.config.heartbeat
         self.liveness = LIVENESS
         self.last_heard = monotonic()
@@ -52,9 +63,9 @@ class NodeLink:
         self._open()
 
     def _open(self) -> None:
-        if self.sock is not None:
-            self.sock.close(linger=0)
+        self.close()
         self.sock = self.factory.hub_dealer(self.endpoint)
+        self.monitor = self.factory.connection_monitor(self.sock.sock)
         self.answered = False
         self.last_heard = self._opened_at = monotonic()
         self._next_diagnosis = self._opened_at + FIRST_CONTACT
@@ -120,22 +131,25 @@ class NodeLink:
         self.register()
         last_beat = monotonic()
         while not self.worker.stopping_hard:
+            sock = self.sock
             try:
                 # The wait is bounded for the heartbeat check: until the next beat
                 # is due, so no two beats are more than `heartbeat` apart
                 # (docs/protocol.md, 7.2).
                 due = last_beat + self.heartbeat - monotonic()
-                message = self.sock.recv(min(self.heartbeat, max(due, 0.001)))
+                message = sock.recv(min(self.heartbeat, max(due, 0.001)))
                 if message is not None:
                     self._handle(message[0])
                     for _ in range(RECV_BURST):
-                        message = self.sock.recv_nowait()
+                        message = sock.recv_nowait()
                         if message is None:
                             break
                         self._handle(message[0])
             except zmq.ZMQError:
                 if self.worker.stopping_hard:
                     return
+                if sock is not self.sock:
+                    continue        # the connection closed and the watcher opened a fresh socket
                 raise
             now = monotonic()
             if not self.answered:
@@ -159,12 +173,41 @@ class NodeLink:
         self._next_diagnosis = now + min(FIRST_CONTACT_REPEAT_MAX, max(FIRST_CONTACT, 2 * waited))
 
     def _reconnect(self, now: float) -> None:
-        self.reconnects += 1
         logger.warning("node %s silent for %.1fs; reconnecting", self.endpoint, now - self.last_heard)
+        self._lose()
+
+    def _lose(self) -> None:
+        """The node is lost: its tasks' other holders hear of them, and a
+        fresh socket registers again (the node may come back)."""
+        self.reconnects += 1
         self.lost = True
-        self.worker.link_silent(self)
+        self.worker.link_lost(self)
         self._open()
         self.register()
+
+    # -- the connection watcher ---------------------------------------------------------
+    def watch(self) -> None:
+        """Read the current socket's connection monitor until the worker
+        stops. A monitor closed under it (the socket was replaced) is left
+        for the new one; any other error raises, for the supervisor."""
+        while not self.worker.stopping_hard:
+            monitor = self.monitor
+            if monitor is None:
+                return
+            try:
+                frames = monitor.recv_multipart()
+            except zmq.ZMQError:
+                if self.worker.stopping_hard or monitor is not self.monitor:
+                    continue
+                raise
+            if monitor is self.monitor and monitor_event(frames) == CONNECTION_CLOSED:
+                self._connection_closed()
+
+    def _connection_closed(self) -> None:
+        if self.worker.stopping_hard or not self.answered:
+            return      # closing, or never answered here: ZeroMQ reconnects by itself
+        logger.warning("connection to node %s closed; reconnecting", self.endpoint)
+        self._lose()
 
     def _handle(self, frames: list[bytes]) -> None:
         self.last_heard = monotonic()
@@ -203,6 +246,11 @@ class NodeLink:
             self.heartbeat = float(hb)
 
     def close(self) -> None:
+        """Close the socket and its monitor (the monitor first, so the
+        watcher never reads the closing socket's own events)."""
+        if self.monitor is not None:
+            self.monitor.close(linger=0)
+            self.monitor = None
         if self.sock is not None:
             self.sock.close(linger=0)
             self.sock = None

@@ -1,10 +1,25 @@
 """Where a task's reports go: the node that gave it, or -- when that node
-fell silent -- another holder of the task (cluster mode: DISPATCH names
-the holders' service endpoints)."""
+fell silent or its connection closed -- another holder of the task (cluster
+mode: DISPATCH names the holders' service endpoints).
+
+A node that dies may take with it the DONEs it received last, before it
+told the task's other holders; a standby copy there would then run the
+task again. So the worker keeps each DONE of a task with other holders for
+a while after sending it (:data:`~miyaq.worker.config.RECENT_DONE_SECONDS`,
+bounded in count and bytes) and, when the node it went to is lost, sends it
+again to another live holder. A holder that already knows the task is
+finished finds its tombstone and ignores it; one whose copy was leased to
+this worker (it heard the STARTED event) finishes it. Standalone nodes
+name no holders: nothing is kept for them.
+"""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections import deque
+from typing import TYPE_CHECKING, NamedTuple
+
+from ..runtime import monotonic
+from .config import RECENT_DONE_BYTES, RECENT_DONE_MAX, RECENT_DONE_SECONDS
 
 if TYPE_CHECKING:
     from .link import NodeLink
@@ -12,38 +27,95 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+class SentDone(NamedTuple):
+    """A DONE sent to ``link``'s node at ``at`` (monotonic seconds)."""
+    at: float
+    link: "NodeLink"
+    task_id: str
+    attempt: int
+    result: bytes | None
+    holders: list[str]
+
+
 class Routes:
     """``origin``: running task id -> the link it came from; ``holders``:
-    task id -> its holders' endpoints, from the delivery until it is reported."""
+    task id -> its holders' endpoints, from the delivery until it is
+    reported; ``recent``: the DONEs sent lately for tasks with holders,
+    oldest first."""
 
     def __init__(self, links: list["NodeLink"]) -> None:
         self.links = links          # the worker's list, shared: links discovered later count
         self.origin: dict[str, "NodeLink"] = {}
         self.holders: dict[str, list[str]] = {}
+        self.recent: deque[SentDone] = deque()
+        self.recent_bytes = 0
 
     def running_from(self, link: "NodeLink") -> int:
         return sum(1 for origin in self.origin.values() if origin is link)
 
     def report_link(self, link: "NodeLink", task_id: str, keep: bool = False) -> "NodeLink":
-        """Where to report ``task_id``: its node, or -- if that node went
-        silent -- another live holder of the task. Forgets the holders unless
+        """Where to report ``task_id``: its node, or -- if that node is lost
+        -- another live holder of the task. Forgets the holders unless
         ``keep``."""
         holders = self.holders.get(task_id) if keep else self.holders.pop(task_id, None)
         if not link.lost or not holders:
             return link
+        other = self._other_holder(link, holders)
+        if other is None:
+            return link
+        logger.info("task %s: node %s is lost; reporting to %s", task_id, link.endpoint, other.endpoint)
+        return other
+
+    def _other_holder(self, link: "NodeLink", holders: list[str]) -> "NodeLink | None":
         for other in self.links:
             if other is not link and (other.endpoint in holders or other.advertised in holders) \
                     and not other.silent():
-                logger.info("task %s: node %s is silent; reporting to %s", task_id, link.endpoint, other.endpoint)
                 return other
-        return link
+        return None
 
-    def link_silent(self, link: "NodeLink") -> None:
-        """``link``'s node went silent: tell another holder of each task it
-        gave us that the task is still running here (a TOUCH), so a standby
-        copy there does not start it a second time."""
+    def sent_done(self, link: "NodeLink", task_id: str, attempt: int, result: bytes | None,
+                  holders: list[str] | None) -> None:
+        """A DONE for ``task_id`` went to ``link``'s node: keep it for
+        :meth:`link_lost` if the task has other holders."""
+        if not holders or len(holders) < 2:
+            return
+        now = monotonic()
+        self.recent.append(SentDone(now, link, task_id, attempt, result, holders))
+        self.recent_bytes += len(result or b"")
+        self._forget_old(now)
+
+    def _forget_old(self, now: float) -> None:
+        """Keep at most RECENT_DONE_MAX DONEs and RECENT_DONE_BYTES of results,
+        none older than RECENT_DONE_SECONDS."""
+        recent = self.recent
+        oldest = now - RECENT_DONE_SECONDS
+        while recent and (len(recent) > RECENT_DONE_MAX or self.recent_bytes > RECENT_DONE_BYTES
+                          or recent[0].at < oldest):
+            self.recent_bytes -= len(recent.popleft().result or b"")
+
+    def link_lost(self, link: "NodeLink") -> None:
+        """``link``'s node went silent or its connection closed:
+        - tell another holder of each task it gave us that still runs here
+          that it runs (a TOUCH), so a standby copy there does not start it a
+          second time;
+        - send the DONEs it was sent lately again to another holder of each
+          task, so a node that died before telling them costs no second run."""
         for task_id, origin in list(self.origin.items()):
             if origin is link:
                 alternative = self.report_link(link, task_id, keep=True)
                 if alternative is not link:
                     alternative.touch(task_id)
+        self._forget_old(monotonic())
+        resent = 0
+        kept: deque[SentDone] = deque()
+        for sent in self.recent:
+            if sent.link is link:
+                other = self._other_holder(link, sent.holders)
+                if other is not None:
+                    other.report_done(sent.task_id, sent.attempt, sent.result)
+                    sent = sent._replace(link=other)     # kept, in case that node goes too
+                    resent += 1
+            kept.append(sent)
+        self.recent = kept
+        if resent:
+            logger.info("node %s is lost: %d recent result(s) sent again to other holders", link.endpoint, resent)

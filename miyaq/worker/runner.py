@@ -156,11 +156,11 @@ class Worker:
                 link = NodeLink(self, self.factory, ep)
                 self.links.append(link)
                 self.pulse.add(ep)
-                self.supervisor.spawn(f"link {ep}", link.serve, policy=CRITICAL)
+                self._serve(link)
                 logger.info("worker %s: discovered node %s", self.wid, ep)
 
-    def link_silent(self, link: NodeLink) -> None:
-        self.routes.link_silent(link)
+    def link_lost(self, link: NodeLink) -> None:
+        self.routes.link_lost(link)
 
     # -- running it --------------------------------------------------------------------
     def _wake(self, n: int) -> None:
@@ -216,11 +216,13 @@ class Worker:
             self.routes.origin.pop(task_id, None)
 
     def _report(self, link: NodeLink, job: Job, outcome: Outcome) -> None:
-        """To the task's node, or another holder if that node went silent. With
+        """To the task's node, or another holder if that node is lost. With
         nothing left in the backlog this runner sends the results itself (a
         lone task's result without waking the flusher); otherwise the flusher
         sends them together once the runners yield."""
-        target = self.routes.report_link(link, job.task_id)
+        routes = self.routes
+        holders = routes.holders.get(job.task_id)
+        target = routes.report_link(link, job.task_id)
         last = not self.backlog
         if last:
             target.outbox.hold()
@@ -228,6 +230,7 @@ class Worker:
             kind, value = outcome
             if kind == "done":
                 target.report_done(job.task_id, job.attempt, value)
+                routes.sent_done(target, job.task_id, job.attempt, value, holders)
             else:
                 target.report_failed(job.task_id, job.attempt, value)
         finally:
@@ -282,7 +285,7 @@ class Worker:
         if self.aio is not None:
             self.aio.start()
         for link in self.links:
-            self.supervisor.spawn(f"link {link.endpoint}", link.serve, policy=CRITICAL)
+            self._serve(link)
         for _ in range(self.concurrency):
             self.supervisor.spawn("runner", self._runner, policy=RESTART)
         self.supervisor.spawn("watchdog", self._watchdog, policy=RESTART)
@@ -290,6 +293,12 @@ class Worker:
                     self.concurrency, self.pool.name, ",".join(self.endpoints),
                     " (+asyncio loop)" if self.aio is not None else "")
         return self
+
+    def _serve(self, link: NodeLink) -> None:
+        """Start ``link``'s reader (critical: the worker cannot run without it)
+        and its connection watcher (restarted if it dies)."""
+        self.supervisor.spawn(f"link {link.endpoint}", link.serve, policy=CRITICAL)
+        self.supervisor.spawn(f"watch {link.endpoint}", link.watch, policy=RESTART)
 
     def _fatal(self, name: str, exc: BaseException) -> None:
         self.crashed = True

@@ -1,0 +1,240 @@
+"""A worker whose node goes away: the connection closes (the node exited or
+was killed) or the node falls silent. Two raw ROUTERs play two holders of
+the task, so each test can end one node's life at an exact point, and the
+node's heartbeat is 60 s, so only a closed connection -- not silence, 180 s
+later -- can make the worker act within the test's time.
+
+The unit tests hold :class:`~miyaq.worker.routing.Routes` to its bounds and
+its choice of holder."""
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+
+import miyaq
+from miyaq.protocol import codec
+from miyaq.protocol import commands as c
+from miyaq.testing.harness import ThreadWorker, wait_for
+from miyaq.worker import routing
+from miyaq.worker.routing import Routes
+
+pytestmark = pytest.mark.timeout(60)
+
+HEARTBEAT = 60.0
+
+app = miyaq.App()
+release = threading.Event()
+
+
+@app.task(name="answer")
+def answer() -> int:
+    return 42
+
+
+@app.task(name="wait_for_release")
+def wait_for_release() -> str:
+    release.wait(30)
+    return "released"
+
+
+class RawHolder:
+    """A ROUTER standing in for one holder: welcomes every READY with a 60 s
+    heartbeat and keeps what the worker reports (DONE, TOUCH)."""
+
+    def __init__(self) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.endpoint = f"tcp://127.0.0.1:{port}"
+        self.link: bytes | None = None          # the worker link's identity (its READY)
+        self.done: list[list[Any]] = []
+        self.touched: list[str] = []
+
+    def pump(self, timeout_ms: int = 50) -> None:
+        while self.sock.poll(timeout_ms):
+            peer, _tag, command, body = self.sock.recv_multipart()
+            data = msgpack.unpackb(body, raw=False)
+            if command == c.READY:
+                self.link = peer
+                self.sock.send_multipart([peer, *codec.encode(c.WELCOME, {
+                    "node": self.endpoint, "heartbeat": HEARTBEAT, "service": self.endpoint})])
+            elif command == c.DONE:
+                self.done.extend(data["done"])
+            elif command == c.TOUCH:
+                self.touched.extend(data["ids"])
+            timeout_ms = 0
+
+    def dispatch(self, name: str, holders: list[str]) -> str:
+        assert self.link is not None
+        task_id = uuid.uuid4().hex
+        body = msgpack.packb([[], {}])
+        delivery = [task_id, "default", name, body, 1, 30.0, holders]
+        self.sock.send_multipart([self.link, *codec.encode(c.DISPATCH, {"tasks": [delivery]})])
+        return task_id
+
+    def close(self) -> None:
+        if not self.sock.closed:
+            self.sock.close(linger=0)
+            self.ctx.term()
+
+
+@pytest.fixture
+def holders():
+    made = [RawHolder(), RawHolder()]
+    yield made
+    for holder in made:
+        holder.close()
+
+
+@pytest.fixture
+def worker_of():
+    """Factory: a Worker of this module's app connected to the holders; stopped at the end."""
+    started: list[ThreadWorker] = []
+
+    def make(holders: list[RawHolder], **options: Any) -> ThreadWorker:
+        w = ThreadWorker(app, [h.endpoint for h in holders], heartbeat=HEARTBEAT, grace=1.0, **options).start()
+        started.append(w)
+        return w
+
+    yield make
+    for w in started:
+        w.stop()
+
+
+def _registered(worker_holders: list[RawHolder]) -> None:
+    def welcomed() -> bool:
+        for holder in worker_holders:
+            holder.pump()
+        return all(holder.link is not None for holder in worker_holders)
+    wait_for(welcomed, what="the worker registered with both holders")
+
+
+def _pumped(holder: RawHolder, predicate: Any, what: str) -> None:
+    def check() -> bool:
+        holder.pump()
+        return bool(predicate())
+    wait_for(check, timeout=20, what=what)
+
+
+def test_a_result_the_node_read_before_it_was_killed_is_sent_again_to_another_holder(holders, worker_of):
+    """Fault: the node reads the worker's DONE and dies (kill -9: its
+    connection closes) before it tells the task's other holder. The worker
+    sends that DONE again to the other holder at once, so its standby copy
+    finishes instead of running the task a second time."""
+    first, second = holders
+    worker_of(holders)
+    _registered(holders)
+    task_id = first.dispatch("answer", [first.endpoint, second.endpoint])
+    _pumped(first, lambda: first.done, "the first holder read the DONE")
+    assert [item[0] for item in first.done] == [task_id]
+
+    first.close()
+
+    _pumped(second, lambda: second.done, "the DONE sent again to the other holder")
+    assert [(item[0], item[1]) for item in second.done] == [(task_id, 1)]
+    assert second.done[0][2] == first.done[0][2]
+
+
+def test_a_task_still_running_when_its_node_dies_is_touched_and_reported_at_another_holder(holders, worker_of):
+    """Fault: the node that dispatched a running task is killed (its
+    connection closes). The worker TOUCHes the task at the other holder at
+    once -- its standby copy must not start it -- and reports the outcome
+    there when the handler returns."""
+    first, second = holders
+    release.clear()
+    w = worker_of(holders, pool="threads")
+    _registered(holders)
+    task_id = first.dispatch("wait_for_release", [first.endpoint, second.endpoint])
+    wait_for(lambda: task_id in w.worker.running, what="the task running")
+
+    first.close()
+
+    _pumped(second, lambda: task_id in second.touched, "a TOUCH at the other holder")
+    release.set()
+    _pumped(second, lambda: second.done, "the DONE at the other holder")
+    assert [item[0] for item in second.done] == [task_id]
+
+
+# -- Routes ------------------------------------------------------------------------------
+
+class FakeLink:
+    def __init__(self, endpoint: str, lost: bool = False) -> None:
+        self.endpoint = endpoint
+        self.advertised: str | None = None
+        self.lost = lost
+        self.done: list[tuple[str, int, bytes | None]] = []
+        self.touched: list[str] = []
+
+    def silent(self) -> bool:
+        return self.lost
+
+    def report_done(self, task_id: str, attempt: int, result: bytes | None) -> None:
+        self.done.append((task_id, attempt, result))
+
+    def touch(self, task_id: str) -> None:
+        self.touched.append(task_id)
+
+
+def _routes(n: int = 3) -> tuple[Routes, list[FakeLink]]:
+    links = [FakeLink(f"tcp://n{i}") for i in range(n)]
+    return Routes(links), links  # type: ignore[arg-type]
+
+
+def test_recent_results_are_kept_only_for_tasks_with_other_holders():
+    routes, (a, b, _) = _routes()
+    routes.sent_done(a, "standalone", 1, b"r", None)     # type: ignore[arg-type]
+    routes.sent_done(a, "one-holder", 1, b"r", [a.endpoint])     # type: ignore[arg-type]
+    routes.sent_done(a, "replicated", 1, b"r", [a.endpoint, b.endpoint])     # type: ignore[arg-type]
+    assert [sent.task_id for sent in routes.recent] == ["replicated"]
+
+
+def test_recent_results_are_bounded_in_count_bytes_and_age(monkeypatch):
+    routes, (a, b, _) = _routes()
+    holders = [a.endpoint, b.endpoint]
+    now = [100.0]
+    monkeypatch.setattr(routing, "monotonic", lambda: now[0])
+    monkeypatch.setattr(routing, "RECENT_DONE_MAX", 3)
+    monkeypatch.setattr(routing, "RECENT_DONE_BYTES", 10)
+    for i in range(5):
+        routes.sent_done(a, f"t{i}", 1, b"x", holders)     # type: ignore[arg-type]
+    assert [sent.task_id for sent in routes.recent] == ["t2", "t3", "t4"]
+    routes.sent_done(a, "big", 1, b"y" * 10, holders)     # type: ignore[arg-type]
+    assert [sent.task_id for sent in routes.recent] == ["big"]
+    assert routes.recent_bytes == 10
+    now[0] += routing.RECENT_DONE_SECONDS + 1
+    routes.sent_done(a, "late", 1, None, holders)     # type: ignore[arg-type]
+    assert [sent.task_id for sent in routes.recent] == ["late"]
+    assert routes.recent_bytes == 0
+
+
+def test_a_lost_node_s_results_go_to_a_live_other_holder_and_stay_kept_there():
+    routes, (a, b, c_) = _routes()
+    routes.sent_done(a, "t1", 2, b"r1", [a.endpoint, c_.endpoint])     # type: ignore[arg-type]
+    routes.sent_done(b, "t2", 1, b"r2", [b.endpoint, c_.endpoint])     # type: ignore[arg-type]
+    routes.sent_done(a, "t3", 1, b"r3", [a.endpoint, b.endpoint, c_.endpoint])     # type: ignore[arg-type]
+    b.lost = True       # b is silent itself: t3 goes to c
+    a.lost = True
+    routes.link_lost(a)      # type: ignore[arg-type]
+    assert c_.done == [("t1", 2, b"r1"), ("t3", 1, b"r3")]
+    assert b.done == [] and a.done == []
+    assert [(sent.task_id, sent.link) for sent in routes.recent] == [("t1", c_), ("t2", b), ("t3", c_)]
+    c_.lost = True
+    routes.link_lost(c_)     # type: ignore[arg-type]
+    assert a.done == [] and b.done == []     # no live holder left: nothing sent, nothing lost from the record
+    assert len(routes.recent) == 3
+
+
+def test_a_lost_node_s_running_tasks_are_touched_at_another_holder():
+    routes, (a, b, _) = _routes()
+    routes.origin["running"] = a     # type: ignore[assignment]
+    routes.holders["running"] = [a.endpoint, b.endpoint]
+    a.lost = True
+    routes.link_lost(a)      # type: ignore[arg-type]
+    assert b.touched == ["running"]
+    assert routes.report_link(a, "running") is b     # type: ignore[arg-type, comparison-overlap]
