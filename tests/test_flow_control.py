@@ -63,6 +63,29 @@ def test_node_never_sends_more_than_the_credit_granted(node, client):
         raw.close()
 
 
+def test_reports_that_say_credit_false_give_no_slot_back(node, client):
+    """A worker reporting tasks another node gave it (that node was lost)
+    says ``"credit": false``: the task finishes or fails here, but the slot
+    it frees is the lost node's, so this node sends nothing more for it."""
+    for i in range(10):
+        client.submit("echo", [i])
+    client.flush()
+    raw = RawWorker(node.endpoint, capacity=3)
+    try:
+        wait_for(lambda: raw.pump() or len(raw.deliveries) >= 3, what="first deliveries")
+        first, second, third = raw.deliveries[:3]
+        raw.send(c.DONE, {"done": [[first[0], first[4], None]], "credit": False})
+        raw.send(c.FAILED, {"failed": [[second[0], second[4], {"type": "E", "retry": False}]], "credit": False})
+        wait_for(lambda: client.status()["queues"]["default"]["running"] == 1, what="both reports applied")
+        raw.send(c.DONE, {"done": [[third[0], third[4], None]]})
+        wait_for(lambda: raw.pump() or len(raw.deliveries) >= 4, what="one delivery for the counted slot")
+        raw.pump(300)
+        assert len(raw.deliveries) == 4
+        assert client.status()["queues"]["default"]["running"] == 1
+    finally:
+        raw.close()
+
+
 def test_idle_capacity_never_waits_while_work_is_ready(node, client, thread_worker):
     """Two workers with one slot each: two long tasks run at the same time, so
     the second worker is not left idle while the first is busy."""

@@ -54,6 +54,7 @@ class RawHolder:
         self.endpoint = f"tcp://127.0.0.1:{port}"
         self.link: bytes | None = None          # the worker link's identity (its READY)
         self.done: list[list[Any]] = []
+        self.done_credit: list[bool] = []       # each DONE message's "credit"
         self.touched: list[str] = []
 
     def pump(self, timeout_ms: int = 50) -> None:
@@ -66,6 +67,7 @@ class RawHolder:
                     "node": self.endpoint, "heartbeat": HEARTBEAT, "service": self.endpoint})])
             elif command == c.DONE:
                 self.done.extend(data["done"])
+                self.done_credit.append(data.get("credit", True))
             elif command == c.TOUCH:
                 self.touched.extend(data["ids"])
             timeout_ms = 0
@@ -139,6 +141,7 @@ def test_a_result_the_node_read_before_it_was_killed_is_sent_again_to_another_ho
     _pumped(second, lambda: second.done, "the DONE sent again to the other holder")
     assert [(item[0], item[1]) for item in second.done] == [(task_id, 1)]
     assert second.done[0][2] == first.done[0][2]
+    assert second.done_credit == [False]      # the slot was the first holder's
 
 
 def test_a_task_still_running_when_its_node_dies_is_touched_and_reported_at_another_holder(holders, worker_of):
@@ -159,6 +162,7 @@ def test_a_task_still_running_when_its_node_dies_is_touched_and_reported_at_anot
     release.set()
     _pumped(second, lambda: second.done, "the DONE at the other holder")
     assert [item[0] for item in second.done] == [task_id]
+    assert second.done_credit == [False]
 
 
 # -- Routes ------------------------------------------------------------------------------
@@ -174,7 +178,8 @@ class FakeLink:
     def silent(self) -> bool:
         return self.lost
 
-    def report_done(self, task_id: str, attempt: int, result: bytes | None) -> None:
+    def report_done(self, task_id: str, attempt: int, result: bytes | None, elsewhere: bool = False) -> None:
+        assert elsewhere
         self.done.append((task_id, attempt, result))
 
     def touch(self, task_id: str) -> None:

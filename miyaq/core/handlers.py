@@ -273,6 +273,12 @@ class ServiceHandlers:
         if worker is not None and n > 0:
             self.dispatcher.grant(worker, min(n, worker.capacity - worker.credit))
 
+    def _grant_for(self, worker: WorkerConsumer | None, body: dict[str, Any], n: int) -> None:
+        """The slots ``n`` reports give back, unless the message says
+        ``"credit": false`` (reports on tasks another node gave the worker)."""
+        if body.get("credit", True) is not False:
+            self._grant(worker, n)
+
     def credit(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         n = f.integer(body, "n", lo=1, hi=100_000)
         self._grant(self._worker(identity, now), n)
@@ -295,7 +301,7 @@ class ServiceHandlers:
                                  by=by)
                 continue
             complete(task_id, attempt, result, now, by=by)
-        self._grant(worker, len(items))
+        self._grant_for(worker, body, len(items))
 
     def failed(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         items = f.items(body, "failed", self.max_batch * 4)
@@ -310,7 +316,7 @@ class ServiceHandlers:
         by = self._reporter(identity)
         for task_id, attempt, error, retry, delay in checked:
             self.engine.fail(task_id, attempt, error, retry, delay, now, by=by)
-        self._grant(worker, len(items))
+        self._grant_for(worker, body, len(items))
 
     def touch(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         ids = f.string_list(body, "ids", max_items=10_000, max_len=64)

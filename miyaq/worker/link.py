@@ -108,11 +108,12 @@ class NodeLink:
         self.send(c.READY, body)
 
     # -- results -------------------------------------------------------------------
-    def report_done(self, task_id: str, attempt: int, result: bytes | None) -> None:
-        self.outbox.add_done(task_id, attempt, result)
+    def report_done(self, task_id: str, attempt: int, result: bytes | None, elsewhere: bool = False) -> None:
+        """``elsewhere``: another node gave us the task (its node was lost)."""
+        self.outbox.add_done(task_id, attempt, result, elsewhere)
 
-    def report_failed(self, task_id: str, attempt: int, error: dict[str, Any]) -> None:
-        self.outbox.add_failed(task_id, attempt, error)
+    def report_failed(self, task_id: str, attempt: int, error: dict[str, Any], elsewhere: bool = False) -> None:
+        self.outbox.add_failed(task_id, attempt, error, elsewhere)
 
     def touch(self, task_id: str) -> None:
         self.outbox.add_touch(task_id)

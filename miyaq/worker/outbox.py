@@ -7,6 +7,11 @@ outbox itself instead (:meth:`Outbox.hold`, :meth:`Outbox.send_now`): a lone
 task's result leaves without a switch to the flusher, and the results of a
 burst, queued while the backlog lasted, still leave together.
 
+Reports on tasks another node gave this worker (its node was lost: see
+:mod:`miyaq.worker.routing`) wait in lists of their own and leave in
+messages that say ``"credit": false``: the slot they free is the lost
+node's, so this node must not grant one for them.
+
 A batch leaves the outbox only once its send succeeded: a send
 that fails puts the batch back at the front and raises, so the worker's
 supervisor logs it, counts it and runs the flusher again after a backoff
@@ -40,6 +45,8 @@ class Outbox:
         self.name = name
         self.done: list[list[Any]] = []
         self.failed: list[list[Any]] = []
+        self.done_elsewhere: list[list[Any]] = []       # tasks another node gave us: no slot back here
+        self.failed_elsewhere: list[list[Any]] = []
         self.touches: list[str] = []
         self._pending = False          # results wait for the flusher
         self._started = False          # the flusher greenlet was spawned
@@ -47,14 +54,16 @@ class Outbox:
         self._wanted = green.Event()
 
     def __len__(self) -> int:
-        return len(self.done) + len(self.failed) + len(self.touches)
+        return (len(self.done) + len(self.failed) + len(self.done_elsewhere) + len(self.failed_elsewhere)
+                + len(self.touches))
 
-    def add_done(self, task_id: str, attempt: int, result: bytes | None) -> None:
-        self.done.append([task_id, attempt, result])
+    def add_done(self, task_id: str, attempt: int, result: bytes | None, elsewhere: bool = False) -> None:
+        """``elsewhere``: another node gave us the task (no slot back here)."""
+        (self.done_elsewhere if elsewhere else self.done).append([task_id, attempt, result])
         self._schedule()
 
-    def add_failed(self, task_id: str, attempt: int, error: dict[str, Any]) -> None:
-        self.failed.append([task_id, attempt, error])
+    def add_failed(self, task_id: str, attempt: int, error: dict[str, Any], elsewhere: bool = False) -> None:
+        (self.failed_elsewhere if elsewhere else self.failed).append([task_id, attempt, error])
         self._schedule()
 
     def add_touch(self, task_id: str) -> None:
@@ -100,21 +109,14 @@ class Outbox:
 
     def flush(self) -> None:
         """Send everything queued. Raises (with nothing lost) if a send fails."""
-        while self.done:
-            n = self._batch_size()
-            batch, self.done = self.done[:n], self.done[n:]
-            try:
-                self._post(c.DONE, {"done": batch})
-            except BaseException:
-                self.done[:0] = batch
-                raise
+        if self.done:
+            self._send("done", c.DONE, {})
         if self.failed:
-            failed, self.failed = self.failed, []
-            try:
-                self._post(c.FAILED, {"failed": failed})
-            except BaseException:
-                self.failed[:0] = failed
-                raise
+            self._send("failed", c.FAILED, {})
+        if self.done_elsewhere:
+            self._send("done_elsewhere", c.DONE, {"credit": False})
+        if self.failed_elsewhere:
+            self._send("failed_elsewhere", c.FAILED, {"credit": False})
         if self.touches:
             touches, self.touches = self.touches, []
             try:
@@ -124,13 +126,29 @@ class Outbox:
                 raise
         self._pending = False
 
-    def _batch_size(self) -> int:
-        """Results in the next DONE: at most RESULTS_PER_MESSAGE, or about
-        RESULT_BYTES_PER_MESSAGE bytes (always at least one)."""
-        size, n = 0, 0
-        for item in self.done:
-            if n and (n >= RESULTS_PER_MESSAGE or size > RESULT_BYTES_PER_MESSAGE):
-                break
-            size += len(item[2] or b"")
-            n += 1
-        return n
+    def _send(self, name: str, command: bytes, extra: dict[str, Any]) -> None:
+        """Send the list ``name`` (DONE or FAILED items) in bounded messages;
+        what a failed send did not take goes back to its front."""
+        field = "done" if command == c.DONE else "failed"
+        while items := getattr(self, name):
+            n = _batch_size(items)
+            batch = items[:n]
+            setattr(self, name, items[n:])
+            try:
+                self._post(command, {field: batch, **extra})
+            except BaseException:
+                getattr(self, name)[:0] = batch
+                raise
+
+
+def _batch_size(items: list[list[Any]]) -> int:
+    """Items in the next message: at most RESULTS_PER_MESSAGE, or about
+    RESULT_BYTES_PER_MESSAGE bytes of DONE results (always at least one)."""
+    size, n = 0, 0
+    for item in items:
+        if n and (n >= RESULTS_PER_MESSAGE or size > RESULT_BYTES_PER_MESSAGE):
+            break
+        result = item[2]
+        size += len(result) if isinstance(result, bytes) else 0
+        n += 1
+    return n

@@ -112,7 +112,7 @@ class Routes:
             if sent.link is link:
                 other = self._other_holder(link, sent.holders)
                 if other is not None:
-                    other.report_done(sent.task_id, sent.attempt, sent.result)
+                    other.report_done(sent.task_id, sent.attempt, sent.result, elsewhere=True)
                     sent = sent._replace(link=other)     # kept, in case that node goes too
                     resent += 1
             kept.append(sent)

@@ -228,11 +228,12 @@ class Worker:
             target.outbox.hold()
         try:
             kind, value = outcome
+            elsewhere = target is not link
             if kind == "done":
-                target.report_done(job.task_id, job.attempt, value)
+                target.report_done(job.task_id, job.attempt, value, elsewhere)
                 routes.sent_done(target, job.task_id, job.attempt, value, holders)
             else:
-                target.report_failed(job.task_id, job.attempt, value)
+                target.report_failed(job.task_id, job.attempt, value, elsewhere)
         finally:
             if last:
                 target.outbox.send_now()
