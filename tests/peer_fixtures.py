@@ -15,8 +15,9 @@ from typing import Any
 import msgpack
 import zmq
 
-from miyaq.cluster.membership import Coordinator, Member, RingView, local_member
+from miyaq.cluster.membership import Coordinator
 from miyaq.cluster.peer_requests import ANSWER, REPLICATE
+from miyaq.cluster.ring_view import Member, RingView, local_member
 from miyaq.cluster.stream import topic
 from miyaq.config import NodeConfig
 from miyaq.errors import ConfigError

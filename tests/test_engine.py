@@ -17,7 +17,8 @@ import pytest
 from miyaq.config import NodeConfig
 from miyaq.errors import Busy, NotFound, ShuttingDown
 from miyaq.core import invariants
-from miyaq.core.engine import Engine, retry_delay
+from miyaq.core.attempts import retry_delay
+from miyaq.core.engine import Engine
 from miyaq.core.listener import EngineListener
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE
 from miyaq.protocol.taskspec import task_from_wire

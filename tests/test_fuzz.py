@@ -35,8 +35,8 @@ import pytest
 from fuzz_inputs import Inputs, pack
 from peer_fixtures import FixedRing
 
-from miyaq.cluster.membership import Member, local_member
 from miyaq.cluster.peer_requests import ANSWER
+from miyaq.cluster.ring_view import Member, local_member
 from miyaq.config import NodeConfig
 from miyaq.core import invariants
 from miyaq.node.assemble import build_node

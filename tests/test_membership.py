@@ -9,7 +9,8 @@ import json
 
 import pytest
 
-from miyaq.cluster.membership import Member, RingView, StandaloneCoordinator
+from miyaq.cluster.membership import StandaloneCoordinator
+from miyaq.cluster.ring_view import Member, RingView
 from miyaq.errors import ConfigError
 
 

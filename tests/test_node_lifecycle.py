@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from miyaq.cluster.holder_events import EventPublisher, apply_events
-from miyaq.cluster.membership import StandaloneCoordinator, local_member
+from miyaq.cluster.membership import StandaloneCoordinator
 from miyaq.cluster.peer import PeerEndpoint
+from miyaq.cluster.ring_view import local_member
 from miyaq.cluster.role import ClusterRole
 from miyaq.cluster.standalone import StandaloneRole
 from miyaq.config import NodeConfig

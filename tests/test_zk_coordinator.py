@@ -81,7 +81,7 @@ def test_three_coordinators_elect_one_leader_and_agree(make):
 
 _VICTIM = """
 import sys
-from miyaq.cluster.membership import Member
+from miyaq.cluster.ring_view import Member
 from miyaq.cluster.zk_coordinator import ZooKeeperCoordinator
 from miyaq.runtime import Supervisor, green
 hosts, cluster, node = sys.argv[1:4]

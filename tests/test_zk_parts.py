@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from kazoo.protocol.states import KazooState
 
-from miyaq.cluster.membership import Member
+from miyaq.cluster.ring_view import Member
 from miyaq.cluster.zk_layout import Layout, RingRecord, with_join
 from miyaq.cluster.zk_leader import Leader
 from miyaq.cluster.zk_registry import Registry

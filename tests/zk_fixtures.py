@@ -39,7 +39,8 @@ import pytest
 from kazoo.client import KazooClient
 from kazoo.handlers.gevent import SequentialGeventHandler
 
-from miyaq.cluster.membership import Coordinator, Member, RingView
+from miyaq.cluster.membership import Coordinator
+from miyaq.cluster.ring_view import Member, RingView
 from miyaq.cluster.zk_auth import ZkAuth
 from miyaq.errors import MiyaqError
 from miyaq.runtime import Supervisor, green, monotonic

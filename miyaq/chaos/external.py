@@ -32,7 +32,8 @@ from typing import Any
 
 from ..cluster.ring_admin import RingAdmin
 from ..errors import ConfigError, MiyaqError
-from .cluster import LocalCluster, NodeSpec, ring_whole
+from .cluster import LocalCluster, ring_whole
+from .nodespec import NodeSpec
 
 logger = logging.getLogger(__name__)
 

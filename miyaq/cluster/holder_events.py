@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from miyaq.cluster.sizes import chunks, event_size
 from miyaq.cluster.transport import StreamPublisher
 from miyaq.constants import EARLY_START_TTL, MAX_EARLY_STARTS, MAX_STREAM_EVENTS
-from miyaq.core.engine import note_lessee
+from miyaq.core.attempts import note_lessee
 from miyaq.core.listener import EngineListener
 from miyaq.errors import InvalidField
 from miyaq.protocol.eventspec import check_event

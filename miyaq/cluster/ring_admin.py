@@ -26,7 +26,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException, NoNodeError
 from kazoo.recipe.election import Election
 
-from miyaq.cluster.membership import RingView, check_node_id, check_weight
+from miyaq.cluster.ring_view import RingView, check_node_id, check_weight
 from miyaq.cluster.zk_auth import ZkAuth
 from miyaq.cluster.zk_layout import Layout, RingRecord, with_join, with_weight
 from miyaq.cluster.zk_store import ZnodeStore, close_client, connect

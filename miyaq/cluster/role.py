@@ -21,9 +21,10 @@ from miyaq.cluster.copies import Copies
 from miyaq.cluster.fence import Fence
 from miyaq.cluster.handoff import Handoff
 from miyaq.cluster.holder_events import EventPublisher, apply_events
-from miyaq.cluster.membership import Coordinator, LeaderListener, Member, RingView
+from miyaq.cluster.membership import Coordinator, LeaderListener
 from miyaq.cluster.peer_requests import QUERY, REPLICATE, SYNC
 from miyaq.cluster.replicated_intake import ReplicatedIntake
+from miyaq.cluster.ring_view import Member, RingView
 from miyaq.cluster.standby import StandbyChecker
 from miyaq.cluster.sync import Resync
 from miyaq.cluster.transport import Transport

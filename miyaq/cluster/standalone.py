@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from miyaq.cluster.membership import LeaderListener, StandaloneCoordinator, local_member
+from miyaq.cluster.membership import LeaderListener, StandaloneCoordinator
+from miyaq.cluster.ring_view import local_member
 from miyaq.config import NodeConfig
 from miyaq.core.engine import Engine
 from miyaq.core.handles import Ack

@@ -18,7 +18,7 @@ same promises: callbacks and handlers run in the node's event loop and never
 concurrently; a request gets exactly one callback; ``start`` begins delivery
 and ``close`` ends it (idempotent, never raises).
 
-Endpoints are the strings the ring's :class:`~miyaq.cluster.membership.Member`
+Endpoints are the strings the ring's :class:`~miyaq.cluster.ring_view.Member`
 carries (``peer`` and ``pub``); a transport may use them as plain names.
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Layout under ``/miyaq/<cluster>/``:
 
 ``members/<node_id>``
-    Ephemeral; the :class:`~miyaq.cluster.membership.Member` as JSON. It
+    Ephemeral; the :class:`~miyaq.cluster.ring_view.Member` as JSON. It
     vanishes when the node's session ends (clean stop, crash, expiry).
 ``desired``
     Persistent; the operator's intent, JSON
@@ -31,8 +31,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
-from miyaq.cluster.membership import Member, RingView, check_node_id, check_weight
 from miyaq.cluster.ring import DEFAULT_VNODES
+from miyaq.cluster.ring_view import Member, RingView, check_node_id, check_weight
 from miyaq.errors import ConfigError
 
 logger = logging.getLogger(__name__)

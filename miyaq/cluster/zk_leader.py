@@ -39,7 +39,7 @@ from typing import Any
 from kazoo.exceptions import KazooException, NoAuthError
 from kazoo.recipe.election import Election
 
-from miyaq.cluster.membership import Member
+from miyaq.cluster.ring_view import Member
 from miyaq.cluster.zk_layout import Intent, RingRecord
 from miyaq.cluster.zk_registry import Registry
 from miyaq.cluster.zk_session import Session, SessionEvent

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from kazoo.exceptions import KazooException
 
-from miyaq.cluster.membership import Member
+from miyaq.cluster.ring_view import Member
 from miyaq.cluster.zk_session import Session, SessionEvent
 from miyaq.cluster.zk_store import ZnodeStore
 from miyaq.errors import ConfigError, Forbidden, Unavailable

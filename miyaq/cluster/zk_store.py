@@ -40,7 +40,7 @@ from kazoo.handlers.gevent import SequentialGeventHandler
 from kazoo.retry import KazooRetry
 from kazoo.security import make_acl
 
-from miyaq.cluster.membership import Member
+from miyaq.cluster.ring_view import Member
 from miyaq.cluster.zk_auth import ZkAuth, same_acl
 from miyaq.cluster.zk_layout import (
     ROOT,

@@ -7,147 +7,33 @@ Every method runs in the node's event loop; none blocks.
 
 States and transitions are drawn in docs/protocol.md ("Task states").
 
-Who may report: every lease records who it went to (the consumer's
-``principal``: a worker's key and id, a pull consumer's key or connection,
-``http``, ``webhook``), for the last ``LEASE_HISTORY`` attempts. DONE, FAILED
-and TOUCH name who reports (``by``); a report on an attempt that was not
-leased to them -- a task never dispatched to them, a *scheduled* task never
-dispatched at all -- changes nothing and is counted in ``not_leased``.
-``by=None`` is the node's own trusted caller (tests, internal use).
+The engine is three modules, one job each: :class:`Engine` here (intake,
+consuming, control, timers, dead letters, views), built on the state and the
+state moves of :mod:`miyaq.core.transitions` and on the operations on
+replicated copies of :mod:`miyaq.core.replicas`. Who may report on a task,
+and the backoff between attempts: :mod:`miyaq.core.attempts`.
 """
 from __future__ import annotations
 
-import itertools
 import logging
-import random
-from collections import Counter
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
-from miyaq.config import NodeConfig
-from miyaq.constants import LEASE_HISTORY, MAX_QUEUES, TIMER_BATCH
-from miyaq.core.listener import EngineListener
+from miyaq.constants import MAX_QUEUES, TIMER_BATCH
+from miyaq.core.attempts import leased_to, note_lessee, retry_delay
+from miyaq.core.replicas import ReplicaCopies
 from miyaq.errors import Busy, InvalidField, NotFound, ShuttingDown
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE
-from miyaq.store.ready import ReadyQueues
-from miyaq.store.table import TaskTable, Tombstone
+from miyaq.store.table import Tombstone
 from miyaq.store.task import (
-    ALL_STATES, CANCELLED, DEAD, DONE, EXPIRED, READY, RETRYING, RUNNING, SCHEDULED, Task,
+    CANCELLED, DEAD, DONE, EXPIRED, READY, RETRYING, RUNNING, SCHEDULED, Task,
 )
-from miyaq.store.timers import TimerHeap
 
 logger = logging.getLogger(__name__)
 
 
-
-def note_lessee(task: Task, attempt: int, principal: str | None) -> None:
-    """Remember that ``attempt`` of ``task`` was leased to ``principal`` (the
-    last LEASE_HISTORY attempts are kept)."""
-    if principal is None:
-        return
-    lessees = task.lessees
-    if lessees is None:
-        task.lessees = [(attempt, principal)]
-        return
-    lessees.append((attempt, principal))
-    if len(lessees) > LEASE_HISTORY:
-        del lessees[0]
-
-
-def leased_to(task: Task, attempt: int | None, principal: str) -> bool:
-    """Was ``attempt`` of ``task`` (None: its latest lease) leased to ``principal``?"""
-    lessees = task.lessees
-    if not lessees:
-        return False
-    if attempt is None:
-        return lessees[-1][1] == principal
-    return (attempt, principal) in lessees     # no generator: once per DONE
-
-
-def retry_delay(task: Task, rng: random.Random = random._inst) -> float:  # type: ignore[attr-defined]
-    """Exponential backoff with equal jitter: half fixed, half random."""
-    base = min(task.backoff_max, task.backoff * (2 ** max(0, task.attempt - 1)))
-    return base / 2 + rng.random() * base / 2
-
-
-class Engine:
-    def __init__(self, config: NodeConfig) -> None:
-        self.config = config
-        self.table = TaskTable(config.max_tombstones, max(config.result_ttl, config.dedup_window),
-                               config.max_dead, config.max_result_bytes)
-        self.timers = TimerHeap()
-        self._seq = itertools.count(1)           # submit order; the ready lanes draw from it too
-        self.ready = ReadyQueues(self._seq)
-        self.listeners: list[EngineListener] = []
-        self.accepting = True
-        self.admission: list[Callable[[], None]] = []    # each may raise to refuse a new task (a full disk)
-        self.counts: dict[str, Counter[str]] = {}        # queue -> state -> live count
-        self.outcomes: Counter[tuple[str, str]] = Counter()  # (queue, outcome) -> total
-        self.not_leased = 0      # reports ignored: the task was not leased to whoever reported
-
-    # -- helpers ---------------------------------------------------------------
-    def _count(self, queue: str) -> Counter[str]:
-        counts = self.counts.get(queue)
-        if counts is None:
-            counts = self.counts[queue] = Counter({s: 0 for s in ALL_STATES})
-        return counts
-
-    def _move(self, task: Task, state: str) -> None:
-        counts = self._count(task.queue)
-        old = task.state
-        counts[old] -= 1
-        counts[state] += 1
-        if old == READY:
-            self.ready.lane(task.lane).count -= 1
-        elif state == READY:
-            self.ready.lane(task.lane).count += 1
-        task.state = state
-
-    @staticmethod
-    def _detach(task: Task) -> None:
-        """Take the task off its consumer's lease list (if it has one)."""
-        if task.consumer is not None:
-            task.consumer.running.pop(task.id, None)
-            task.consumer = None
-
-    def _make_ready(self, task: Task, now: float) -> None:
-        self._move(task, READY)
-        self.ready.push(task)
-        if task.expires:
-            self.timers.arm(task, task.expires, now)
-        else:
-            self.timers.cancel(task)
-        for listener in self.listeners:
-            listener.task_ready(task)
-
-    def _schedule(self, task: Task, when: float, state: str, now: float | None = None) -> None:
-        self._move(task, state)
-        self.timers.arm(task, min(when, task.expires) if task.expires else when, now)
-
-    def _finish(self, task: Task, state: str, result: bytes | None, now: float) -> Tombstone:
-        self.timers.cancel(task)
-        self._detach(task)
-        counts = self._count(task.queue)
-        counts[task.state] -= 1
-        if task.state == READY:
-            self.ready.lane(task.lane).count -= 1
-        task.state = state
-        self.outcomes[(task.queue, state)] += 1
-        stone = self.table.bury(task, state, result, now)
-        for listener in self.listeners:
-            listener.task_finished(task, stone)
-        return stone
-
-    def _kill(self, task: Task) -> None:
-        self.timers.cancel(task)
-        self._detach(task)
-        self._move(task, DEAD)
-        self.outcomes[(task.queue, DEAD)] += 1
-        evicted = self.table.kill(task)
-        if evicted is not None:
-            self._count(evicted.queue)[DEAD] -= 1
-            logger.warning("dead-letter queue full (%d): dropped oldest task %s", self.config.max_dead, evicted.id)
-        for listener in self.listeners:
-            listener.task_dead(task)
+class Engine(ReplicaCopies):
+    """The task state machine: ``Engine(config)``; its state is
+    :class:`~miyaq.core.transitions.Transitions`'s."""
 
     # -- intake ------------------------------------------------------------------
     def submit(self, task: Task, now: float, copy: bool = False) -> tuple[str, Any]:
@@ -226,62 +112,6 @@ class Engine:
         if task.key is not None:
             self.table.keys[task.key] = task.id
         return stone is not None
-
-    # -- replicas (cluster) -----------------------------------------------------
-    def defer(self, task: Task, when: float, state: str | None = None) -> None:
-        """(Re-)arm a standby copy's timer; it stays waiting until ``when``."""
-        if task.state == RUNNING or task.state not in (SCHEDULED, READY, RETRYING):
-            return
-        target = state or (SCHEDULED if task.state == READY else task.state)
-        self._schedule(task, when, target)
-
-    def take_over(self, task: Task, now: float) -> None:
-        """A standby copy found no earlier holder running it: run it here."""
-        task.standby = False
-        if task.state in (SCHEDULED, RETRYING):
-            self._make_ready(task, now)
-
-    def finish_copy(self, task_id: str, state: str, result: bytes | None, error: dict[str, Any] | None,
-                    now: float, key: str | None = None) -> Task | None:
-        """Another holder finished the task: finish this copy the same way.
-        An unknown id still gets a tombstone, so a late copy cannot come back."""
-        task = self.table.live.get(task_id) or self.table.dead.get(task_id)
-        if task is None:
-            if self.table.tombstone(task_id) is None:
-                ghost = Task(task_id, "default", None, b"", key=key)
-                ghost.error = error
-                self.table.bury(ghost, state, result, now)
-                if key is not None:
-                    self.table.keys[key] = task_id
-            return None
-        consumer = task.consumer
-        if error is not None:
-            task.error = error
-        self._finish(task, state, result, now)   # dead tasks too: bury() takes them off the dead list
-        if consumer is not None:
-            consumer.abort([task.id])
-        return task
-
-    def kill_copy(self, task: Task, error: dict[str, Any] | None) -> None:
-        if task.state == DEAD:
-            return
-        task.error = error
-        self._kill(task)
-
-    def forget(self, task: Task) -> None:
-        """Drop a copy this node no longer holds (handed off): no tombstone."""
-        self.timers.cancel(task)
-        counts = self._count(task.queue)
-        counts[task.state] -= 1
-        if task.state == READY:
-            self.ready.lane(task.lane).count -= 1
-        self._detach(task)
-        task.state = "moved"
-        self.table.remove(task)
-        if task.key is not None and self.table.keys.get(task.key) == task.id:
-            del self.table.keys[task.key]
-        for listener in self.listeners:
-            listener.task_forgotten(task)
 
     # -- consuming ---------------------------------------------------------------
     def take(self, queues: Iterable[str], now: float) -> Task | None:
@@ -471,18 +301,6 @@ class Engine:
                 listener.task_revived(task)
             revived.append(task_id)
         return revived
-
-    def revive_copy(self, task_id: str, when: float) -> Task | None:
-        """Another holder revived a dead task: this copy comes back as a
-        standby waiting until ``when`` (only the reviving holder runs it)."""
-        task = self.table.revive(task_id)
-        if task is None:
-            return None
-        task.attempt = 0
-        task.standby = True
-        self._move(task, SCHEDULED)
-        self.timers.arm(task, when)
-        return task
 
     def dead_purge(self, queue: str | None, ids: Iterable[str] | None = None) -> int:
         victims = list(ids) if ids is not None else [t.id for t in self.table.iter_dead(queue)]

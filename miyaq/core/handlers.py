@@ -19,7 +19,7 @@ from typing import Any
 from miyaq.constants import MAX_LONG_POLL
 from miyaq.core.consumers import Origin, PullConsumer, WorkerConsumer, pull_principal
 from miyaq.core.core import Core
-from miyaq.core.engine import leased_to
+from miyaq.core.attempts import leased_to
 from miyaq.core.gate import SHUTTING_DOWN
 from miyaq.core.handles import Role, ScheduleSink, StatusReport
 from miyaq.core.waiters import outcome

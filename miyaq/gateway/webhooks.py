@@ -22,7 +22,8 @@ from miyaq.config import NodeConfig
 from miyaq.constants import WEBHOOK_CONNECT_TIMEOUT
 from miyaq.core.consumers import Consumer
 from miyaq.core.dispatcher import Dispatcher
-from miyaq.core.engine import Engine, retry_delay
+from miyaq.core.attempts import retry_delay
+from miyaq.core.engine import Engine
 from miyaq.core.gate import SHUTTING_DOWN, Gate
 from miyaq.core.listener import EngineListener
 from miyaq.gateway.destinations import Destinations

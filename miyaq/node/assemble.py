@@ -25,8 +25,9 @@ import logging
 import os
 import pwd
 
-from miyaq.cluster.membership import Coordinator, local_member
+from miyaq.cluster.membership import Coordinator
 from miyaq.cluster.periodic_store import ZkPeriodicStore
+from miyaq.cluster.ring_view import local_member
 from miyaq.cluster.role import ClusterRole
 from miyaq.cluster.standalone import StandaloneRole
 from miyaq.cluster.transport import Transport

@@ -51,7 +51,7 @@ FIELDS = frozenset({
 })
 #: How a task finished: ``(state, result, error)`` (a tombstone's, an ``F`` event's).
 Outcome = tuple[str, bytes | None, dict[str, Any] | None]
-_NODE_ID = re.compile(r"[A-Za-z0-9_.:@\-]{1,128}")     # as the ring checks them (cluster/membership.py)
+_NODE_ID = re.compile(r"[A-Za-z0-9_.:@\-]{1,128}")     # as the ring checks them (cluster/ring_view.py)
 _is_node = f.KnownNames(_NODE_ID).valid
 _ERROR_KEYS = 16
 _ERROR_TEXT = 16384

@@ -178,7 +178,7 @@ class Task:
         self.lease_end = 0.0
         self.consumer: Any = None       # who runs it while RUNNING
         # (attempt, who it was leased to) of the last few attempts: only they
-        # may report on the task (miyaq.core.engine, "Who may report").
+        # may report on the task (miyaq.core.attempts, "Who may report").
         self.lessees: list[tuple[int, str]] | None = None
         self.timer_at: float | None = None
         self.extra = NO_EXTRA

@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from miyaq.cluster.membership import Member
+from miyaq.cluster.ring_view import Member
 from miyaq.cluster.role import ClusterRole
 from miyaq.config import NodeConfig
 from miyaq.constants import HOUSEKEEPING_INTERVAL, STALL

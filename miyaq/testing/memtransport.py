@@ -14,7 +14,7 @@ request gets exactly one callback; ``close`` is idempotent and never raises.
 
 Endpoints are names: a node's peer endpoint is ``mem://<id>/peer`` and its
 stream ``mem://<id>/pub`` (:func:`endpoints`), so a
-:class:`~miyaq.cluster.membership.Member` can carry them.
+:class:`~miyaq.cluster.ring_view.Member` can carry them.
 """
 from __future__ import annotations
 

@@ -26,7 +26,8 @@ import logging
 from collections.abc import Collection
 from dataclasses import replace
 
-from miyaq.cluster.membership import Coordinator, Member, RingView, check_weight
+from miyaq.cluster.membership import Coordinator
+from miyaq.cluster.ring_view import Member, RingView, check_weight
 from miyaq.errors import ConfigError, Unavailable
 from miyaq.runtime import monotonic
 

@@ -1,0 +1,52 @@
+"""A task's attempts: who each was leased to, and the wait before the next.
+
+Who may report: every lease records who it went to (the consumer's
+``principal``: a worker's key and id, a pull consumer's key or connection,
+``http``, ``webhook``), for the last ``LEASE_HISTORY`` attempts. DONE, FAILED
+and TOUCH name who reports (``by``); a report on an attempt that was not
+leased to them -- a task never dispatched to them, a *scheduled* task never
+dispatched at all -- changes nothing and is counted in the engine's
+``not_leased``. ``by=None`` is the node's own trusted caller (tests, internal
+use).
+
+Plain functions on a :class:`~miyaq.store.task.Task`: no I/O, no engine
+state, so the cluster's holders and the gateway's webhook delivery apply the
+same rules as the engine.
+"""
+from __future__ import annotations
+
+import random
+
+from miyaq.constants import LEASE_HISTORY
+from miyaq.store.task import Task
+
+
+def note_lessee(task: Task, attempt: int, principal: str | None) -> None:
+    """Remember that ``attempt`` of ``task`` was leased to ``principal`` (the
+    last LEASE_HISTORY attempts are kept)."""
+    if principal is None:
+        return
+    lessees = task.lessees
+    if lessees is None:
+        task.lessees = [(attempt, principal)]
+        return
+    lessees.append((attempt, principal))
+    if len(lessees) > LEASE_HISTORY:
+        del lessees[0]
+
+
+def leased_to(task: Task, attempt: int | None, principal: str) -> bool:
+    """Was ``attempt`` of ``task`` (None: its latest lease) leased to ``principal``?"""
+    lessees = task.lessees
+    if not lessees:
+        return False
+    if attempt is None:
+        return lessees[-1][1] == principal
+    return (attempt, principal) in lessees     # no generator: once per DONE
+
+
+def retry_delay(task: Task, rng: random.Random = random._inst) -> float:  # type: ignore[attr-defined]
+    """Exponential backoff with equal jitter: half fixed, half random."""
+    base = min(task.backoff_max, task.backoff * (2 ** max(0, task.attempt - 1)))
+    return base / 2 + rng.random() * base / 2
+

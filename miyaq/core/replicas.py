@@ -1,0 +1,89 @@
+"""What the other holders of a replicated task tell this node's copy.
+
+A clustered node holds copies of the tasks it is a holder of
+(:mod:`miyaq.cluster`); the cluster calls these engine methods when another
+holder finishes, kills, revives or runs a task, when this copy waits as a
+standby, and when a copy is handed off. They change only this node's copy:
+nothing here sends anything, and a copy's listeners hear of the change like
+any other (``forget`` has its own ``task_forgotten``).
+
+Part of the engine (:class:`~miyaq.core.engine.Engine` inherits them); built
+on the moves of :mod:`miyaq.core.transitions`. No I/O; none blocks.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from miyaq.core.transitions import Transitions
+from miyaq.store.task import DEAD, READY, RETRYING, RUNNING, SCHEDULED, Task
+
+
+class ReplicaCopies(Transitions):
+    """The engine's operations on the copies of replicated tasks."""
+
+    def defer(self, task: Task, when: float, state: str | None = None) -> None:
+        """(Re-)arm a standby copy's timer; it stays waiting until ``when``."""
+        if task.state == RUNNING or task.state not in (SCHEDULED, READY, RETRYING):
+            return
+        target = state or (SCHEDULED if task.state == READY else task.state)
+        self._schedule(task, when, target)
+
+    def take_over(self, task: Task, now: float) -> None:
+        """A standby copy found no earlier holder running it: run it here."""
+        task.standby = False
+        if task.state in (SCHEDULED, RETRYING):
+            self._make_ready(task, now)
+
+    def finish_copy(self, task_id: str, state: str, result: bytes | None, error: dict[str, Any] | None,
+                    now: float, key: str | None = None) -> Task | None:
+        """Another holder finished the task: finish this copy the same way.
+        An unknown id still gets a tombstone, so a late copy cannot come back."""
+        task = self.table.live.get(task_id) or self.table.dead.get(task_id)
+        if task is None:
+            if self.table.tombstone(task_id) is None:
+                ghost = Task(task_id, "default", None, b"", key=key)
+                ghost.error = error
+                self.table.bury(ghost, state, result, now)
+                if key is not None:
+                    self.table.keys[key] = task_id
+            return None
+        consumer = task.consumer
+        if error is not None:
+            task.error = error
+        self._finish(task, state, result, now)   # dead tasks too: bury() takes them off the dead list
+        if consumer is not None:
+            consumer.abort([task.id])
+        return task
+
+    def kill_copy(self, task: Task, error: dict[str, Any] | None) -> None:
+        if task.state == DEAD:
+            return
+        task.error = error
+        self._kill(task)
+
+    def forget(self, task: Task) -> None:
+        """Drop a copy this node no longer holds (handed off): no tombstone."""
+        self.timers.cancel(task)
+        counts = self._count(task.queue)
+        counts[task.state] -= 1
+        if task.state == READY:
+            self.ready.lane(task.lane).count -= 1
+        self._detach(task)
+        task.state = "moved"
+        self.table.remove(task)
+        if task.key is not None and self.table.keys.get(task.key) == task.id:
+            del self.table.keys[task.key]
+        for listener in self.listeners:
+            listener.task_forgotten(task)
+
+    def revive_copy(self, task_id: str, when: float) -> Task | None:
+        """Another holder revived a dead task: this copy comes back as a
+        standby waiting until ``when`` (only the reviving holder runs it)."""
+        task = self.table.revive(task_id)
+        if task is None:
+            return None
+        task.attempt = 0
+        task.standby = True
+        self._move(task, SCHEDULED)
+        self.timers.arm(task, when)
+        return task

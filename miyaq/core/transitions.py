@@ -1,0 +1,115 @@
+"""The engine's state and the moves every engine operation is built from.
+
+:class:`Transitions` holds what the engine owns -- the task table, the
+timers, the ready queues, the per-queue counts and outcome totals, the
+listeners -- and the few moves that change a task's state: each keeps the
+queue counts, the ready lanes' counts, the task's timer, its consumer's lease
+list, the tombstones and the listeners in step. Only these moves write
+``task.state`` (besides intake and ``forget``, which add and drop tasks).
+
+The operations built on them are :class:`~miyaq.core.engine.Engine`'s
+(:mod:`miyaq.core.engine`) and, for the copies other holders tell this node
+about, :mod:`miyaq.core.replicas`. No I/O; every method runs in the node's
+event loop and none blocks.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import Counter
+from typing import Callable
+
+from miyaq.config import NodeConfig
+from miyaq.core.listener import EngineListener
+from miyaq.store.ready import ReadyQueues
+from miyaq.store.table import TaskTable, Tombstone
+from miyaq.store.task import ALL_STATES, DEAD, READY, Task
+from miyaq.store.timers import TimerHeap
+
+# The engine's logger: a dead-letter eviction is logged under the same name as
+# the engine's other records.
+logger = logging.getLogger("miyaq.core.engine")
+
+
+class Transitions:
+    """The engine's state and its state moves (the base of
+    :class:`~miyaq.core.engine.Engine`)."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.table = TaskTable(config.max_tombstones, max(config.result_ttl, config.dedup_window),
+                               config.max_dead, config.max_result_bytes)
+        self.timers = TimerHeap()
+        self._seq = itertools.count(1)           # submit order; the ready lanes draw from it too
+        self.ready = ReadyQueues(self._seq)
+        self.listeners: list[EngineListener] = []
+        self.accepting = True
+        self.admission: list[Callable[[], None]] = []    # each may raise to refuse a new task (a full disk)
+        self.counts: dict[str, Counter[str]] = {}        # queue -> state -> live count
+        self.outcomes: Counter[tuple[str, str]] = Counter()  # (queue, outcome) -> total
+        self.not_leased = 0      # reports ignored: the task was not leased to whoever reported
+
+    # -- moves -----------------------------------------------------------------
+    def _count(self, queue: str) -> Counter[str]:
+        counts = self.counts.get(queue)
+        if counts is None:
+            counts = self.counts[queue] = Counter({s: 0 for s in ALL_STATES})
+        return counts
+
+    def _move(self, task: Task, state: str) -> None:
+        counts = self._count(task.queue)
+        old = task.state
+        counts[old] -= 1
+        counts[state] += 1
+        if old == READY:
+            self.ready.lane(task.lane).count -= 1
+        elif state == READY:
+            self.ready.lane(task.lane).count += 1
+        task.state = state
+
+    @staticmethod
+    def _detach(task: Task) -> None:
+        """Take the task off its consumer's lease list (if it has one)."""
+        if task.consumer is not None:
+            task.consumer.running.pop(task.id, None)
+            task.consumer = None
+
+    def _make_ready(self, task: Task, now: float) -> None:
+        self._move(task, READY)
+        self.ready.push(task)
+        if task.expires:
+            self.timers.arm(task, task.expires, now)
+        else:
+            self.timers.cancel(task)
+        for listener in self.listeners:
+            listener.task_ready(task)
+
+    def _schedule(self, task: Task, when: float, state: str, now: float | None = None) -> None:
+        self._move(task, state)
+        self.timers.arm(task, min(when, task.expires) if task.expires else when, now)
+
+    def _finish(self, task: Task, state: str, result: bytes | None, now: float) -> Tombstone:
+        self.timers.cancel(task)
+        self._detach(task)
+        counts = self._count(task.queue)
+        counts[task.state] -= 1
+        if task.state == READY:
+            self.ready.lane(task.lane).count -= 1
+        task.state = state
+        self.outcomes[(task.queue, state)] += 1
+        stone = self.table.bury(task, state, result, now)
+        for listener in self.listeners:
+            listener.task_finished(task, stone)
+        return stone
+
+    def _kill(self, task: Task) -> None:
+        self.timers.cancel(task)
+        self._detach(task)
+        self._move(task, DEAD)
+        self.outcomes[(task.queue, DEAD)] += 1
+        evicted = self.table.kill(task)
+        if evicted is not None:
+            self._count(evicted.queue)[DEAD] -= 1
+            logger.warning("dead-letter queue full (%d): dropped oldest task %s", self.config.max_dead, evicted.id)
+        for listener in self.listeners:
+            listener.task_dead(task)
