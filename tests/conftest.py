@@ -111,10 +111,10 @@ def thread_worker():
     """Factory: run a Worker for an App in a thread; stopped at the end."""
     workers: list[ThreadWorker] = []
 
-    def make(app, endpoint: str, **options) -> ThreadWorker:
+    def make(app, endpoint: str | list[str], **options) -> ThreadWorker:
         options.setdefault("heartbeat", 0.25)
         options.setdefault("grace", 2.0)
-        w = ThreadWorker(app, [endpoint], **options).start()
+        w = ThreadWorker(app, [endpoint] if isinstance(endpoint, str) else endpoint, **options).start()
         workers.append(w)
         return w
 

@@ -42,48 +42,48 @@ class RawWorker:
         self.sock.close(linger=0)
         self.ctx.term()
 
+    def settled(self, at_least: int, what: str) -> int:
+        """Deliveries once ``at_least`` arrived and nothing more came for 300 ms."""
+        wait_for(lambda: self.pump() or len(self.deliveries) >= at_least, what=what)
+        self.pump(300)
+        return len(self.deliveries)
 
-def test_node_never_sends_more_than_the_credit_granted(node, client):
-    """A worker granting 3 slots gets 3 of 10 ready tasks, and one more per DONE."""
+
+@pytest.fixture
+def raw_worker_of_three(node, client):
+    """Ten ready tasks and a raw worker granting 3 slots, which got 3 of them."""
     for i in range(10):
         client.submit("echo", [i])
     client.flush()
     raw = RawWorker(node.endpoint, capacity=3)
     try:
-        wait_for(lambda: raw.pump() or len(raw.deliveries) >= 3, what="first deliveries")
-        raw.pump(300)
-        assert len(raw.deliveries) == 3
-        first = raw.deliveries[0]
-        raw.send(c.DONE, {"done": [[first[0], first[4], None]]})
-        wait_for(lambda: raw.pump() or len(raw.deliveries) >= 4, what="one more delivery")
-        raw.pump(300)
-        assert len(raw.deliveries) == 4
-        assert client.status()["queues"]["default"]["running"] == 3
+        assert raw.settled(3, "first deliveries") == 3
+        yield raw
     finally:
         raw.close()
 
 
-def test_reports_that_say_credit_false_give_no_slot_back(node, client):
+def test_node_never_sends_more_than_the_credit_granted(raw_worker_of_three, client):
+    """A worker granting 3 slots gets 3 of 10 ready tasks, and one more per DONE."""
+    raw = raw_worker_of_three
+    first = raw.deliveries[0]
+    raw.send(c.DONE, {"done": [[first[0], first[4], None]]})
+    assert raw.settled(4, "one more delivery") == 4
+    assert client.status()["queues"]["default"]["running"] == 3
+
+
+def test_reports_that_say_credit_false_give_no_slot_back(raw_worker_of_three, client):
     """A worker reporting tasks another node gave it (that node was lost)
     says ``"credit": false``: the task finishes or fails here, but the slot
     it frees is the lost node's, so this node sends nothing more for it."""
-    for i in range(10):
-        client.submit("echo", [i])
-    client.flush()
-    raw = RawWorker(node.endpoint, capacity=3)
-    try:
-        wait_for(lambda: raw.pump() or len(raw.deliveries) >= 3, what="first deliveries")
-        first, second, third = raw.deliveries[:3]
-        raw.send(c.DONE, {"done": [[first[0], first[4], None]], "credit": False})
-        raw.send(c.FAILED, {"failed": [[second[0], second[4], {"type": "E", "retry": False}]], "credit": False})
-        wait_for(lambda: client.status()["queues"]["default"]["running"] == 1, what="both reports applied")
-        raw.send(c.DONE, {"done": [[third[0], third[4], None]]})
-        wait_for(lambda: raw.pump() or len(raw.deliveries) >= 4, what="one delivery for the counted slot")
-        raw.pump(300)
-        assert len(raw.deliveries) == 4
-        assert client.status()["queues"]["default"]["running"] == 1
-    finally:
-        raw.close()
+    raw = raw_worker_of_three
+    first, second, third = raw.deliveries[:3]
+    raw.send(c.DONE, {"done": [[first[0], first[4], None]], "credit": False})
+    raw.send(c.FAILED, {"failed": [[second[0], second[4], {"type": "E", "retry": False}]], "credit": False})
+    wait_for(lambda: client.status()["queues"]["default"]["running"] == 1, what="both reports applied")
+    raw.send(c.DONE, {"done": [[third[0], third[4], None]]})
+    assert raw.settled(4, "one delivery for the counted slot") == 4
+    assert client.status()["queues"]["default"]["running"] == 1
 
 
 def test_idle_capacity_never_waits_while_work_is_ready(node, client, thread_worker):

@@ -95,18 +95,11 @@ def holders():
 
 
 @pytest.fixture
-def worker_of():
-    """Factory: a Worker of this module's app connected to the holders; stopped at the end."""
-    started: list[ThreadWorker] = []
-
+def worker_of(thread_worker):
+    """Factory: a Worker of this module's app connected to the holders."""
     def make(holders: list[RawHolder], **options: Any) -> ThreadWorker:
-        w = ThreadWorker(app, [h.endpoint for h in holders], heartbeat=HEARTBEAT, grace=1.0, **options).start()
-        started.append(w)
-        return w
-
-    yield make
-    for w in started:
-        w.stop()
+        return thread_worker(app, [h.endpoint for h in holders], heartbeat=HEARTBEAT, grace=1.0, **options)
+    return make
 
 
 def _registered(worker_holders: list[RawHolder]) -> None:
