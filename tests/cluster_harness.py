@@ -64,13 +64,17 @@ class Cluster:
     def holders(self, routing_key: str, n: int, members: list[str] | None = None) -> list[str]:
         return Ring({m: 1.0 for m in (members or self.nodes)}).preference_list(routing_key, n)
 
-    def holds(self, node_id: str, task_id: str) -> str | None:
-        """The state of ``task_id`` on ``node_id``, or None if it does not know it."""
+    def task_on(self, node_id: str, task_id: str) -> dict[str, Any] | None:
+        """``task_id`` as ``node_id`` holds it (TASK), or None if it does not know it."""
         try:
-            return self.clients[node_id].request(miyaq.client.client.c.TASK, {"id": task_id},
-                                                 node=0)["task"]["state"]
+            return self.clients[node_id].request(miyaq.client.client.c.TASK, {"id": task_id}, node=0)["task"]
         except miyaq.NotFound:
             return None
+
+    def holds(self, node_id: str, task_id: str) -> str | None:
+        """The state of ``task_id`` on ``node_id``, or None if it does not know it."""
+        task = self.task_on(node_id, task_id)
+        return None if task is None else task["state"]
 
     def stats(self, node_id: str) -> dict[str, Any]:
         return self.clients[node_id].status()

@@ -3,6 +3,8 @@ processes. Each test's docstring names the fault it simulates; duplicates
 are counted in every test and stay 0 where no holder failed."""
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from apps import basic
@@ -111,6 +113,38 @@ def test_dispatching_node_killed_while_the_task_runs(cluster, procs, events):
              what="done on the surviving holders")
     runs = [e for e in basic.read_events(path) if e[0] == "sleep-start" and e[1] == handle.id]
     assert len(runs) == 1
+    assert duplicates(cluster, others) == 0
+
+
+def test_dispatching_node_killed_after_it_read_the_result(cluster, procs, events):
+    """Fault: the node that dispatched a task freezes while the task runs,
+    so the worker's DONE waits unread in its socket, and is then killed
+    (kill -9) -- as a node killed right after it read a DONE, before it told
+    the other holders. The worker sees the connection close and sends that
+    DONE again to another holder, which heard the task start: the task
+    finishes there and does not run again (its lease is 60 s, so a standby
+    copy running it again could not finish within the test's time). The
+    nodes' heartbeat is 5 s, so the worker cannot take the frozen node for
+    silent (15 s) before the kill."""
+    path, env = events
+    cluster.start(3, "--replicas", "3", "--heartbeat", "5")
+    procs.worker("apps.basic:app", cluster.nodes["n0"].endpoint, 2, env=env)
+    key = "result-in-flight"
+    first = cluster.holders(key, 3)[0]
+    others = [n for n in cluster.nodes if n != first]
+    wait_for(lambda: all(cluster.stats(n)["totals"]["workers"] == 1 for n in cluster.nodes),
+             what="worker on every node")
+    c = cluster.client(others[0])
+    handle = c.submit("sleep", [1.0], key=key, timeout=60, wait=True)
+    wait_for(lambda: starts(path, handle.id, "sleep-start"), what="task running")
+    wait_for(lambda: all((cluster.task_on(n, handle.id) or {}).get("attempt") == 1 for n in others),
+             what="the other holders heard it start")
+    cluster.nodes[first].signal(signal.SIGSTOP)
+    wait_for(lambda: starts(path, handle.id, "sleep-end"), what="task finished on the worker")
+    cluster.kill(first)
+    wait_for(lambda: all(cluster.holds(n, handle.id) == "done" for n in others), timeout=30,
+             what="done on the surviving holders")
+    assert len(starts(path, handle.id, "sleep-start")) == 1
     assert duplicates(cluster, others) == 0
 
 
