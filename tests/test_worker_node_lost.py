@@ -55,6 +55,7 @@ class RawHolder:
         self.link: bytes | None = None          # the worker link's identity (its READY)
         self.done: list[list[Any]] = []
         self.done_credit: list[bool] = []       # each DONE message's "credit"
+        self.failed: list[list[Any]] = []
         self.touched: list[str] = []
 
     def pump(self, timeout_ms: int = 50) -> None:
@@ -68,6 +69,8 @@ class RawHolder:
             elif command == c.DONE:
                 self.done.extend(data["done"])
                 self.done_credit.append(data.get("credit", True))
+            elif command == c.FAILED:
+                self.failed.extend(data["failed"])
             elif command == c.TOUCH:
                 self.touched.extend(data["ids"])
             timeout_ms = 0
@@ -79,6 +82,10 @@ class RawHolder:
         delivery = [task_id, "default", name, body, 1, 30.0, holders]
         self.sock.send_multipart([self.link, *codec.encode(c.DISPATCH, {"tasks": [delivery]})])
         return task_id
+
+    def abort(self, task_id: str) -> None:
+        assert self.link is not None
+        self.sock.send_multipart([self.link, *codec.encode(c.ABORT, {"ids": [task_id]})])
 
     def close(self) -> None:
         if not self.sock.closed:
@@ -156,6 +163,28 @@ def test_a_task_still_running_when_its_node_dies_is_touched_and_reported_at_anot
     _pumped(second, lambda: second.done, "the DONE at the other holder")
     assert [item[0] for item in second.done] == [task_id]
     assert second.done_credit == [False]
+
+
+def test_deliveries_that_never_run_leave_nothing_behind(holders, worker_of):
+    """A delivery with no handler here, and one aborted while it waited in
+    the backlog, fail without running: the worker keeps nothing of them
+    (their holders included), however long it runs."""
+    first, second = holders
+    release.clear()
+    w = worker_of(holders, pool="threads", concurrency=1, prefetch=2)
+    _registered(holders)
+    both = [first.endpoint, second.endpoint]
+    running = first.dispatch("wait_for_release", both)
+    wait_for(lambda: running in w.worker.running, what="the first task running")
+    waiting = first.dispatch("answer", both)
+    unknown = first.dispatch("no_such_task", both)
+    wait_for(lambda: len(w.worker.backlog) == 2, what="two deliveries in the backlog")
+    first.abort(waiting)
+    release.set()
+    _pumped(first, lambda: len(first.failed) == 2 and first.done, "every delivery reported")
+    assert sorted((item[0], item[2]["type"]) for item in first.failed) == sorted(
+        [(waiting, "Aborted"), (unknown, "UnknownTask")])
+    assert w.worker.routes.holders == {}
 
 
 # -- Routes ------------------------------------------------------------------------------

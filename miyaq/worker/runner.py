@@ -132,7 +132,8 @@ class Worker:
             for i, (link, d) in enumerate(self.backlog):
                 if d[0] == task_id:
                     del self.backlog[i]
-                    link.report_failed(task_id, d[4], {"type": "Aborted", "message": "cancelled", "retry": False})
+                    self._report_failure(link, task_id, d[4], {"type": "Aborted", "message": "cancelled",
+                                                               "retry": False})
                     break
 
     def touch(self, task_id: str) -> None:
@@ -189,7 +190,7 @@ class Worker:
         task_id, name, attempt = d[0], d[2], d[4]
         tdef = self.app.tasks.get(name)
         if tdef is None:
-            link.report_failed(task_id, attempt, {
+            self._report_failure(link, task_id, attempt, {
                 "type": "UnknownTask", "retry": True,
                 "message": f"no handler named {name!r} in worker {self.wid}"})
             return
@@ -237,6 +238,12 @@ class Worker:
         finally:
             if last:
                 target.outbox.send_now()
+
+    def _report_failure(self, link: NodeLink, task_id: str, attempt: int, error: dict[str, Any]) -> None:
+        """A delivery that never ran (aborted in the backlog, no handler for
+        it) fails: reported like any outcome, its holders forgotten."""
+        target = self.routes.report_link(link, task_id)
+        target.report_failed(task_id, attempt, error, target is not link)
 
     def _report_lost_outcome(self, link: NodeLink, task_id: str, attempt: int) -> None:
         error = {"type": "WorkerError", "message": "the worker failed to report this attempt's outcome",
@@ -325,6 +332,7 @@ class Worker:
         while self.backlog:
             link, d = self.backlog.popleft()
             returned.setdefault(link, []).append(d[0])
+            self.routes.holders.pop(d[0], None)
         for link, ids in returned.items():
             link.send(c.RETURN, {"ids": ids, "credit": False})
         self._wake(len(self.idle))
