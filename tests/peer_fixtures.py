@@ -10,6 +10,7 @@ broken one would.
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 import msgpack
@@ -183,6 +184,30 @@ class ServiceDealer(PeerDealer):
             assert body["code"] == "not_found", body
             return None
         return body["task"]
+
+
+def submit_until_copied(service: ServiceDealer, peer: FakePeer) -> tuple[str, dict[str, Any]]:
+    """SUBMIT one task through ``service`` until its REPLICATE reaches
+    ``peer``: (the task's id, the REPLICATE's body). A submit the node
+    answers first (it could not coordinate it yet) is followed by a new
+    one, as a client would resend it; if none gets through, the error
+    names the node's last answers."""
+    answers: list[Any] = []
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        task_id = uuid.uuid4().hex
+        service.sock.send_multipart([TAG, SUBMIT, pack({"tasks": [{"id": task_id, "name": "send"}]})])
+        while time.monotonic() < deadline:
+            if peer.router.poll(50):
+                _, _, command, body = peer.router.recv_multipart()
+                request = msgpack.unpackb(body, raw=False)
+                if command == REPLICATE and task_id in [r["id"] for r in request["tasks"]]:
+                    return task_id, request
+            if service.sock.poll(0):
+                _, command, raw = service.sock.recv_multipart()
+                answers.append((command, msgpack.unpackb(raw, raw=False)))
+                break
+    raise AssertionError(f"no REPLICATE reached the peer; the node's last answers: {answers[-3:]}")
 
 
 def clustered_node(peer: FakePeer, **settings: Any) -> ThreadNode:

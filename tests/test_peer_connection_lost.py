@@ -6,13 +6,12 @@ once -- not at ``replication_timeout`` -- so the submit's client hears
 is a fake member the test plays (tests/peer_fixtures.py)."""
 from __future__ import annotations
 
-import uuid
 
 import pytest
-from peer_fixtures import FakePeer, ServiceDealer, clustered_node, pack
+from peer_fixtures import FakePeer, ServiceDealer, clustered_node, submit_until_copied
 
 from miyaq.cluster.peer_requests import QUERY, REPLICATE, PeerRequests
-from miyaq.protocol.commands import REJECTED, SUBMIT, SUBMITTED, TAG
+from miyaq.protocol.commands import REJECTED, SUBMITTED
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -26,9 +25,7 @@ def test_a_submit_whose_holder_exits_after_reading_its_copy_is_rejected_at_once(
     node = clustered_node(peer, min_acks=2, replication_timeout=60.0).start()
     service = ServiceDealer(node.endpoint)
     try:
-        task_id = uuid.uuid4().hex
-        service.sock.send_multipart([TAG, SUBMIT, pack({"tasks": [{"id": task_id, "name": "send"}]})])
-        _, body = peer.next_request(REPLICATE)
+        task_id, body = submit_until_copied(service, peer)
         assert [r["id"] for r in body["tasks"]] == [task_id]
         peer.close()                                    # exits without an answer
         _, reply = service._reply(lambda command, b: command == SUBMITTED)
