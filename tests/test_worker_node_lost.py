@@ -42,6 +42,20 @@ def wait_for_release() -> str:
     return "released"
 
 
+touch_now = threading.Event()
+touched = threading.Event()
+
+
+@app.task(name="touch_when_told")
+def touch_when_told() -> str:
+    """A long handler that touches its task when the test says so."""
+    touch_now.wait(30)
+    miyaq.current_task().touch()
+    touched.set()
+    release.wait(30)
+    return "released"
+
+
 class RawHolder:
     """A ROUTER standing in for one holder: welcomes every READY with a 60 s
     heartbeat and keeps what the worker reports (DONE, TOUCH)."""
@@ -163,6 +177,28 @@ def test_a_task_still_running_when_its_node_dies_is_touched_and_reported_at_anot
     _pumped(second, lambda: second.done, "the DONE at the other holder")
     assert [item[0] for item in second.done] == [task_id]
     assert second.done_credit == [False]
+
+
+def test_a_long_task_touched_after_its_node_died_is_touched_at_another_holder(holders, worker_of):
+    """Fault: the node that dispatched a long task dies (its connection
+    closes) while the handler goes on touching it. Each later touch goes to
+    another holder, which keeps its standby copy waiting: before, they went
+    to the dead node, and the standby copy started the task a second time a
+    lease after the first TOUCH."""
+    first, second = holders
+    for event in (release, touch_now, touched):
+        event.clear()
+    w = worker_of(holders, pool="threads")
+    _registered(holders)
+    task_id = first.dispatch("touch_when_told", [first.endpoint, second.endpoint])
+    wait_for(lambda: task_id in w.worker.running, what="the task running")
+    first.close()
+    _pumped(second, lambda: second.touched == [task_id], "the TOUCH when the node was lost")
+    touch_now.set()
+    assert touched.wait(20)
+    _pumped(second, lambda: second.touched == [task_id, task_id], "the handler's TOUCH at the other holder")
+    release.set()
+    _pumped(second, lambda: second.done, "the DONE at the other holder")
 
 
 def test_deliveries_that_never_run_leave_nothing_behind(holders, worker_of):

@@ -138,13 +138,14 @@ class Worker:
 
     def touch(self, task_id: str) -> None:
         """A handler touched its task (in the hub): its timeout starts again,
-        and the node extends the lease."""
+        and the node extends the lease -- or, its node lost, another holder
+        keeps its standby copy waiting."""
         job = self.running.get(task_id)
         if job is not None:
             job.touched()
         link = self.routes.origin.get(task_id)
         if link is not None:
-            link.touch(task_id)
+            self.routes.report_link(link, task_id, keep=True).touch(task_id)
 
     def discover(self, endpoints: list[Any]) -> None:
         """Connect to every node of the ring (from WELCOME/HEARTBEAT)."""
