@@ -38,8 +38,10 @@ baselines is what the runtime costs before miyaq's own code runs.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from typing import Any, Callable
@@ -72,6 +74,24 @@ def _exit_on_term(hub: bool) -> None:
         raise SystemExit(0)
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
+
+
+def _exit_now_on_term() -> None:
+    """For the blocking relay, which has nothing to clean up: SIGTERM and
+    SIGINT end the process at once, from a thread of its own that waits for
+    them (both blocked elsewhere). A Python handler is not enough there: a
+    signal that comes while libzmq processes commands inside a blocking
+    receive (a producer's or a worker's connection closing, as it does right
+    before the bench stops the relay) sets Python's flag, and libzmq then
+    goes back to waiting without returning to Python -- the relay ignored
+    SIGTERM until the bench killed it, five seconds later."""
+    stop = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+
+    def wait() -> None:
+        signal.sigwait(stop)
+        os._exit(0)
+    threading.Thread(target=wait, name="sigwait", daemon=True).start()
 
 
 def _ends(sock: Any) -> tuple[Recv, Send]:
@@ -161,7 +181,10 @@ def main(argv: list[str]) -> int:
     w.add_argument("--credit", type=int, default=16)
     w.add_argument("--records", default=None)
     args = parser.parse_args(argv)
-    _exit_on_term(args.hub)
+    if args.part == "relay" and not args.hub:
+        _exit_now_on_term()
+    else:
+        _exit_on_term(args.hub)
     if args.part == "relay":
         relay(args.bind, args.hub)
     else:
