@@ -89,7 +89,7 @@ class RawHolder:
                 self.touched.extend(data["ids"])
             timeout_ms = 0
 
-    def dispatch(self, name: str, holders: list[str]) -> str:
+    def dispatch(self, name: str, holders: Any) -> str:
         assert self.link is not None
         task_id = uuid.uuid4().hex
         body = msgpack.packb([[], {}])
@@ -216,11 +216,30 @@ def test_deliveries_that_never_run_leave_nothing_behind(holders, worker_of):
     unknown = first.dispatch("no_such_task", both)
     wait_for(lambda: len(w.worker.backlog) == 2, what="two deliveries in the backlog")
     first.abort(waiting)
+    wait_for(lambda: len(w.worker.backlog) == 1, what="the aborted delivery out of the backlog")
     release.set()
     _pumped(first, lambda: len(first.failed) == 2 and first.done, "every delivery reported")
     assert sorted((item[0], item[2]["type"]) for item in first.failed) == sorted(
         [(waiting, "Aborted"), (unknown, "UnknownTask")])
     assert w.worker.routes.holders == {}
+
+
+@pytest.mark.parametrize("bad", [["tcp://127.0.0.1:1"] * 17, [7, None], ["x" * 513], "tcp://a,tcp://b"],
+                         ids=["too-many", "not-strings", "too-long", "not-a-list"])
+def test_holders_that_are_not_a_short_list_of_endpoints_are_ignored(holders, worker_of, bad):
+    """Bad input from a node (a bug, or a hostile peer): a DISPATCH whose
+    holders are not a list of at most 16 endpoints. The task runs and is
+    reported to its node as usual; the worker keeps none of it."""
+    first, _ = holders
+    release.clear()
+    w = worker_of(holders, pool="threads")
+    _registered(holders)
+    task_id = first.dispatch("wait_for_release", bad)
+    wait_for(lambda: task_id in w.worker.running, what="the task running")
+    assert task_id not in w.worker.routes.holders
+    release.set()
+    _pumped(first, lambda: first.done, "the DONE at its node")
+    assert [item[0] for item in first.done] == [task_id]
 
 
 # -- Routes ------------------------------------------------------------------------------

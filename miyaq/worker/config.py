@@ -105,6 +105,10 @@ MAX_INBOUND_MESSAGE = 64 * 1024 * 1024
 RECV_BURST = 256
 #: Most nodes a worker connects to (the ring's members, as they are discovered).
 MAX_NODES = 256
+#: A DISPATCH item's holders: at most this many endpoints (a task has at
+#: most 16 holders) of at most this many characters; others are ignored.
+MAX_HOLDERS = 16
+MAX_ENDPOINT_CHARS = 512
 
 # -- results --------------------------------------------------------------------------
 #: A DONE message carries at most this many results, or about this many bytes.

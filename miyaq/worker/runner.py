@@ -35,7 +35,9 @@ from ..runtime import CRITICAL, RESTART, Supervisor, green, monotonic
 from ..runtime.sockets import SocketFactory
 from ..security.curve import client_curve
 from .aio import AsyncLoop
-from .config import BYE_LINGER, DRAIN_POLL, MAX_NODES, WATCHDOG_IDLE, WATCHDOG_TICK, WorkerConfig
+from .config import (
+    BYE_LINGER, DRAIN_POLL, MAX_ENDPOINT_CHARS, MAX_HOLDERS, MAX_NODES, WATCHDOG_IDLE, WATCHDOG_TICK, WorkerConfig,
+)
 from .execute import Interrupted, Outcome, TaskAborted, TaskTimeout
 from .jobs import Job
 from .link import NodeLink
@@ -116,12 +118,22 @@ class Worker:
             return
         for d in deliveries:
             if _well_formed(d):
-                if len(d) == 7 and isinstance(d[6], list):
-                    self.routes.holders[d[0]] = d[6]
+                if len(d) == 7:
+                    self._note_holders(link, d[0], d[6])
                 self.backlog.append((link, d))
             else:
                 logger.warning("ignoring a malformed delivery from %s", link.endpoint)
         self._wake(len(deliveries))
+
+    def _note_holders(self, link: NodeLink, task_id: str, holders: Any) -> None:
+        """Keep a delivery's holders (where to report if its node is lost),
+        if they are a list of at most MAX_HOLDERS endpoints."""
+        if (isinstance(holders, list) and len(holders) <= MAX_HOLDERS
+                and all(isinstance(h, str) and len(h) <= MAX_ENDPOINT_CHARS for h in holders)):
+            self.routes.holders[task_id] = holders
+        else:
+            logger.warning("task %s from %s: ignoring its holders (not a list of at most %d endpoints)",
+                           task_id, link.endpoint, MAX_HOLDERS)
 
     def abort(self, ids: list[Any]) -> None:
         for task_id in ids:
