@@ -244,6 +244,33 @@ def test_a_replicate_that_could_not_be_sent_is_sent_again_when_the_holder_is_bac
     assert cluster[down].task(tid) is not None and not intake.unsent and not cluster.crashes()
 
 
+def test_a_late_copy_of_a_task_that_ran_meanwhile_is_not_sent(inproc):
+    """Fault (seen in a chaos kill run): a holder of the task is down, so
+    its copy waits to be sent again each tick, and the coordinator's own
+    copy runs and finishes meanwhile. When the holder comes back it must
+    not get the copy: stored there, it would be a live copy of a finished
+    task, which runs if the coordinator is silent (killed) when it asks.
+    The submit is acknowledged: the task was stored, and it ran."""
+    cluster = inproc(3, replicas=2, replication_timeout=60.0)
+    tid = cluster.task_id()
+    coordinator, down = cluster.holders(tid, 2)
+    worker = cluster.worker(coordinator)
+    cluster.stop_node(down)
+    sub = cluster.submit(coordinator, tid)
+    intake = cluster[coordinator].role.intake
+    cluster.wait_until(lambda: intake.unsent.get(down), what="the copy to wait for its holder")
+    cluster.wait_until(lambda: worker.runs(tid), what="the coordinator's copy to run")
+    worker.complete(tid)
+    cluster.wait_until(lambda: sub.status, what="the submit's answer")
+    assert [a[1] for a in sub.answers] == [ACCEPTED], sub.answers
+    assert tid not in intake.pending and not intake.unsent.get(down)
+
+    back = cluster.start_node(down)
+    cluster.settle()
+    assert back.task(tid) is None, "a live copy of the finished task was stored on the holder that was down"
+    assert worker.times(tid) == 1 and not cluster.crashes()
+
+
 def test_min_acks_still_reachable_without_a_holder_on_another_view_accepts(inproc):
     """Fault: one of three holders answers REPLICATE without the copy (a
     ring in which it is not a holder); with min_acks=2 the two others are

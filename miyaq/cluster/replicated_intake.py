@@ -19,7 +19,9 @@ node just back in the ring is not up yet), which is sent again every
 ``CLUSTER_TICK`` until the deadline -- a holder that comes back meanwhile
 gets it, and the submit is accepted without a resend. Such a late copy is
 marked ``resent``: its holder asks the others before it runs it, since a
-standby copy may have run the task meanwhile. Rejecting at once
+standby copy may have run the task meanwhile. A late copy of a task that
+is over on this node (its own standby copy ran it meanwhile) is not sent
+at all, and the submit is acknowledged. Rejecting at once
 there would make the client resend again and again for as long as a dead
 holder stays in the ring (until its ZooKeeper session expires), and its
 later submits wait behind the resent one (they leave in order). It is the
@@ -35,7 +37,6 @@ rank > 0 are standby copies (they ask before they run).
 """
 from __future__ import annotations
 
-import itertools
 import logging
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -196,17 +197,41 @@ class ReplicatedIntake:
     def _send_unsent(self) -> None:
         """Try each holder again with its first ``UNSENT_PROBE`` copies still
         wanted (whose submit waits for them); if they go, with the rest. Only
-        wanted copies are kept: at most one per submit waiting, per holder."""
+        wanted copies are kept: at most one per submit waiting, per holder.
+        A copy of a task that is over here is not sent (:meth:`_over_here`)."""
         unsent, self.unsent = self.unsent, {}
+        acknowledged = False
         for holder, copies in unsent.items():
-            wanted = (c for c in copies if self.pending.get(c[1]["id"]) is c[0])
-            probe = list(itertools.islice(wanted, UNSENT_PROBE))
-            if not probe:
+            wanted: list[Outgoing] = []
+            for entry, record in copies:
+                if self.pending.get(record["id"]) is not entry:
+                    continue
+                if self._over_here(record["id"], entry):
+                    acknowledged = True
+                    continue
+                wanted.append((entry, record))
+            if not wanted:
                 continue
-            if self._send(holder, probe):
-                self._keep(holder, probe + list(wanted))    # still no connection: next tick
+            if self._send(holder, wanted[:UNSENT_PROBE]):
+                self._keep(holder, wanted)    # still no connection: next tick
             else:
-                self._keep(holder, self._send(holder, list(wanted)))
+                self._keep(holder, self._send(holder, wanted[UNSENT_PROBE:]))
+        if acknowledged:
+            self.release()
+
+    def _over_here(self, task_id: str, entry: _Pending) -> bool:
+        """True, and the submit acknowledged, if this node stored the task
+        and it is no longer live here: its standby copy ran it while the
+        holders still missing were out of reach, or it was dead-lettered,
+        cancelled or handed off. Such a task is no longer one to store: its
+        record, sent now, would be a live copy of a task that is over, and
+        that copy would run if this node were silent when it asks. The
+        client is told the task was accepted (it was stored, and it ran)."""
+        if not entry.mine or task_id in self.engine.table.live:
+            return False
+        del self.pending[task_id]
+        self.ack(entry.identity, [task_id, entry.status, entry.detail])
+        return True
 
     def _send(self, holder: str, copies: list[Outgoing]) -> list[Outgoing]:
         """REPLICATE ``copies`` to ``holder``; those that could not be sent
