@@ -158,20 +158,27 @@ def test_a_result_the_node_read_before_it_was_killed_is_sent_again_to_another_ho
     assert second.done_credit == [False]      # the slot was the first holder's
 
 
+def _running_when_its_node_dies(holders: list[RawHolder], worker_of: Any, name: str) -> str:
+    """Dispatch task ``name`` from the first holder (both hold it), and once
+    it runs, close the first holder (a node killed); the task's id."""
+    first, second = holders
+    for event in (release, touch_now, touched):
+        event.clear()
+    w = worker_of(holders, pool="threads")
+    _registered(holders)
+    task_id = first.dispatch(name, [first.endpoint, second.endpoint])
+    wait_for(lambda: task_id in w.worker.running, what="the task running")
+    first.close()
+    return task_id
+
+
 def test_a_task_still_running_when_its_node_dies_is_touched_and_reported_at_another_holder(holders, worker_of):
     """Fault: the node that dispatched a running task is killed (its
     connection closes). The worker TOUCHes the task at the other holder at
     once -- its standby copy must not start it -- and reports the outcome
     there when the handler returns."""
-    first, second = holders
-    release.clear()
-    w = worker_of(holders, pool="threads")
-    _registered(holders)
-    task_id = first.dispatch("wait_for_release", [first.endpoint, second.endpoint])
-    wait_for(lambda: task_id in w.worker.running, what="the task running")
-
-    first.close()
-
+    second = holders[1]
+    task_id = _running_when_its_node_dies(holders, worker_of, "wait_for_release")
     _pumped(second, lambda: task_id in second.touched, "a TOUCH at the other holder")
     release.set()
     _pumped(second, lambda: second.done, "the DONE at the other holder")
@@ -185,14 +192,8 @@ def test_a_long_task_touched_after_its_node_died_is_touched_at_another_holder(ho
     another holder, which keeps its standby copy waiting: before, they went
     to the dead node, and the standby copy started the task a second time a
     lease after the first TOUCH."""
-    first, second = holders
-    for event in (release, touch_now, touched):
-        event.clear()
-    w = worker_of(holders, pool="threads")
-    _registered(holders)
-    task_id = first.dispatch("touch_when_told", [first.endpoint, second.endpoint])
-    wait_for(lambda: task_id in w.worker.running, what="the task running")
-    first.close()
+    second = holders[1]
+    task_id = _running_when_its_node_dies(holders, worker_of, "touch_when_told")
     _pumped(second, lambda: second.touched == [task_id], "the TOUCH when the node was lost")
     touch_now.set()
     assert touched.wait(20)
