@@ -340,6 +340,24 @@ def test_a_split_minority_that_keeps_starting_tasks_fails_the_fencing_check():
     assert v.exit_code() == 4
 
 
+def test_a_node_cut_off_from_zookeeper_while_all_of_it_was_away_fences_once_it_is_back():
+    """Seen in a long chaos run: all of ZooKeeper was stopped (``zk``) and,
+    just before it came back, n0's own link to it was cut (``zkcut``). No
+    node fences while the whole ensemble is away -- the cluster keeps
+    serving on its ring -- so n0's deadline counts from the ensemble's
+    return: a start 7 s into the cut, 2 s after ZooKeeper came back, is
+    not a violation (the run was failed for 4 such starts); one 7.5 s after
+    it is."""
+    h = H().add("fault", 0, phase="begin", fault=1, kind="zk", target="zookeeper")
+    h.add("fault", 10, phase="begin", fault=2, kind="zkcut", target="n0")
+    h.add("fault", 15, phase="heal", fault=1).add("fault", 16, phase="recovered", fault=1, recover_s=1.0)
+    h.task("after-the-ensemble", 17, runs=[(0.0, 1, 10, True, 0)])
+    h.task("late", 22.5, runs=[(0.0, 1, 10, True, 0)])
+    h.add("fault", 30, phase="heal", fault=2).add("fault", 31, phase="recovered", fault=2, recover_s=1.0)
+    s = h.checked().verdict().summary()
+    assert s["started_while_fenced"] == 1 and s["examples"]["started_while_fenced"] == ["late"]
+
+
 def test_a_rerun_of_a_task_the_split_minority_started_before_it_fenced_is_explained():
     """The minority n2 started the task 1 s into the split, before it could
     know; the majority's copy ran it again: holder-split. A start by a node

@@ -198,7 +198,7 @@ def check(records: Iterable[dict[str, Any]], bucket: float = 1.0) -> Verdict:
         counts["finishes"] += len(tr.finishes)
         metrics.add_task(tr)
         if fenced_spans:
-            n = fencing_violations(tr.starts, fenced_spans)
+            n = fencing_violations(tr.starts, spans)
             if n:
                 counts["fencing"] += n
                 example("started_while_fenced", task_id)

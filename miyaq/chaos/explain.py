@@ -47,7 +47,12 @@ begin to ``EXPLAIN_GRACE`` seconds after the cluster was whole again.
 :func:`fencing_violations` is the check of epoch fencing: a start leased
 by a node of a ``split`` minority, a ``zkcut`` node or a ``zkminority``
 node later than
-``FENCE_DEADLINE`` after the fault began and before its heal.
+``FENCE_DEADLINE`` after the fault began and before its heal. While all of
+ZooKeeper is away (``zk``, ``zkquorum``) no node fences, by design (a
+cluster that lost ZooKeeper as a whole keeps serving on its ring), so for
+a node cut off while such an outage is under way, or begins within its
+deadline, the deadline counts from the ensemble's return
+(:func:`fence_clock`).
 
 Anything else — a second start with no fault on the earlier run's worker
 or node, or one whose earlier run had finished well before the fault —
@@ -68,6 +73,8 @@ FENCE_DEADLINE = 6.0
 tasks: kazoo suspends the connection after 2/3 of the session (2 s in a
 chaos run), the node fences 1.5 s later (``FENCE_AFTER``), plus margin."""
 FENCED_KINDS = ("split", "zkcut", "zkminority")
+ZK_DOWN_KINDS = ("zk", "zkquorum")
+"""Faults that take ZooKeeper from every node: no node fences while one lasts."""
 BLIND_KINDS = ("partition", "deaf", "mute", "lossy", "delay")
 SILENT_KINDS = ("pause",)
 """Faults that silence a node without cutting it off: they explain a re-run
@@ -165,11 +172,24 @@ def runs_of(starts: list[tuple[float, int, int, str | None]],
     return [Run(t, attempt, pid, node, ends.get((attempt, pid))) for t, attempt, pid, node in sorted(starts)]
 
 
-def in_flight(run: Run, span: FaultSpan) -> bool:
+def fence_clock(span: FaultSpan, spans: list[FaultSpan]) -> float:
+    """When a node hit by ``span`` (of a FENCED_KINDS kind) starts counting
+    toward FENCE_DEADLINE: the fault's begin, or the heal of a ZooKeeper-wide
+    outage under way then or beginning before the deadline (no node fences
+    while every node is without ZooKeeper)."""
+    start = span.begin
+    for outage in sorted((s for s in spans if s.kind in ZK_DOWN_KINDS), key=lambda s: s.begin):
+        heal = outage.heal if outage.heal is not None else math.inf
+        if outage.begin <= start + FENCE_DEADLINE and heal > start:
+            start = heal
+    return start
+
+
+def in_flight(run: Run, span: FaultSpan, spans: list[FaultSpan]) -> bool:
     if span.kind in BLIND_KINDS:
         knows = span.heal if span.heal is not None else math.inf
     elif span.kind in FENCED_KINDS:
-        knows = span.begin + FENCE_DEADLINE
+        knows = fence_clock(span, spans) + FENCE_DEADLINE
     else:
         knows = span.begin
     # A worker writes its start record a moment after the node leased the run.
@@ -181,14 +201,16 @@ def fenced_nodes(span: FaultSpan) -> list[str]:
 
 
 def fencing_violations(starts: list[tuple[float, int, int, str | None]], spans: list[FaultSpan]) -> int:
-    """Starts leased by a node that should have fenced itself by then."""
+    """Starts leased by a node that should have fenced itself by then
+    (``spans``: every fault of the run)."""
     bad = 0
     for span in spans:
         nodes = fenced_nodes(span)
         if not nodes:
             continue
         until = span.heal if span.heal is not None else math.inf
-        bad += sum(1 for t, _, _, node in starts if node in nodes and span.begin + FENCE_DEADLINE < t <= until)
+        deadline = fence_clock(span, spans) + FENCE_DEADLINE
+        bad += sum(1 for t, _, _, node in starts if node in nodes and deadline < t <= until)
     return bad
 
 
@@ -204,11 +226,11 @@ def _explain_one(earlier: Run, again: Run, spans: list[FaultSpan]) -> Explanatio
     window = [s for s in spans if s.begin - 1.0 <= again.t <= s.end(math.inf) + EXPLAIN_GRACE]
     for span in window:
         if span.kind in WORKER_KINDS and span.pid is not None and int(span.pid) == earlier.pid \
-                and in_flight(earlier, span):
+                and in_flight(earlier, span, spans):
             return Explanation("worker-killed", span.fid, RULES["worker-killed"])
     for span in window:
         if span.kind not in NOT_NODE_KINDS and earlier.node is not None \
-                and earlier.node in span.target.split("+") and in_flight(earlier, span):
+                and earlier.node in span.target.split("+") and in_flight(earlier, span, spans):
             return Explanation(f"holder-{span.kind}", span.fid, RULES["holder"])
     for span in window:
         cut_off = span.target.split("+")
