@@ -38,7 +38,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .explain import DuplicateReport, explain, fenced_nodes, fencing_violations, runs_of
+from .explain import DuplicateReport, explain, fence_windows, fencing_violations, runs_of
 from .metrics import FaultSpan, Metrics
 
 LIVE_STATES = ("scheduled", "ready", "running", "retrying")
@@ -177,7 +177,7 @@ def check(records: Iterable[dict[str, Any]], bucket: float = 1.0) -> Verdict:
         elif ev == "stats":
             stats = r.get("nodes") or {}
     spans = sorted(faults.values(), key=lambda f: f.begin)
-    fenced_spans = [s for s in spans if fenced_nodes(s)]
+    fenced = fence_windows(spans)
     metrics = Metrics(run.get("t", min((tr.submit for tr in traces.values() if tr.submit), default=0.0)),
                       bucket, phases, spans)
     counts: Counter[str] = Counter()
@@ -197,8 +197,8 @@ def check(records: Iterable[dict[str, Any]], bucket: float = 1.0) -> Verdict:
         counts["starts"] += len(tr.starts)
         counts["finishes"] += len(tr.finishes)
         metrics.add_task(tr)
-        if fenced_spans:
-            n = fencing_violations(tr.starts, spans)
+        if fenced:
+            n = fencing_violations(tr.starts, fenced)
             if n:
                 counts["fencing"] += n
                 example("started_while_fenced", task_id)

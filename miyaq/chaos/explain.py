@@ -200,18 +200,22 @@ def fenced_nodes(span: FaultSpan) -> list[str]:
     return span.target.split("+") if span.kind in FENCED_KINDS else []
 
 
-def fencing_violations(starts: list[tuple[float, int, int, str | None]], spans: list[FaultSpan]) -> int:
-    """Starts leased by a node that should have fenced itself by then
-    (``spans``: every fault of the run)."""
-    bad = 0
-    for span in spans:
-        nodes = fenced_nodes(span)
-        if not nodes:
-            continue
-        until = span.heal if span.heal is not None else math.inf
-        deadline = fence_clock(span, spans) + FENCE_DEADLINE
-        bad += sum(1 for t, _, _, node in starts if node in nodes and deadline < t <= until)
-    return bad
+FenceWindow = tuple[list[str], float, float]
+"""Nodes that must have fenced themselves, from when, until when."""
+
+
+def fence_windows(spans: list[FaultSpan]) -> list[FenceWindow]:
+    """The windows in which the nodes of each ZooKeeper-cutting fault must
+    start nothing (``spans``: every fault of the run; computed once a run)."""
+    return [(fenced_nodes(span), fence_clock(span, spans) + FENCE_DEADLINE,
+             span.heal if span.heal is not None else math.inf)
+            for span in spans if fenced_nodes(span)]
+
+
+def fencing_violations(starts: list[tuple[float, int, int, str | None]], windows: list[FenceWindow]) -> int:
+    """Starts leased by a node that should have fenced itself by then."""
+    return sum(1 for nodes, deadline, until in windows
+               for t, _, _, node in starts if node in nodes and deadline < t <= until)
 
 
 def explain(runs: list[Run], spans: list[FaultSpan]) -> list[Explanation]:
