@@ -5,10 +5,13 @@ A node that has been without ZooKeeper (connection suspended or session
 lost) for ``FENCE_AFTER`` seconds is *fenced* when either
 
 - a peer whose replication stream it hears says, in its heartbeats, that
-  it has had ZooKeeper since before this node lost it: the ring can change
-  without this node, and its tasks be handed to other holders (a peer that
-  only just got ZooKeeper back, as when a stopped ensemble returns, does not
-  count: this node is about to reconnect too); or
+  it has had ZooKeeper since before this node lost it, or for
+  ``FENCE_PEER_HELD`` seconds at least: the ring can change without this
+  node, and its tasks be handed to other holders (a peer that only just got
+  ZooKeeper back, as when a stopped ensemble returns, does not count yet:
+  this node is about to reconnect too; but peers whose own connections
+  blinked as this node lost its own -- they shared the server that was cut
+  off -- count once they have kept ZooKeeper that long); or
 - it hears fewer than a majority of the ring's members (itself included):
   it may be the minority of a split.
 
@@ -25,7 +28,7 @@ from collections.abc import Collection
 
 from miyaq.cluster.membership import Coordinator
 from miyaq.cluster.transport import StreamSubscriber
-from miyaq.constants import FENCE_AFTER, STREAM_SILENCE
+from miyaq.constants import FENCE_AFTER, FENCE_PEER_HELD, STREAM_SILENCE
 from miyaq.runtime import monotonic
 
 
@@ -41,10 +44,11 @@ class Fence:
         silent = self.coordinator.silent_for()
         if silent < FENCE_AFTER:
             return False
-        lost_at = monotonic() - silent
+        now = monotonic()
+        counts_since = max(now - silent, now - FENCE_PEER_HELD)   # had it before this node lost it, or for long
         heard = {n: since for n, since in self.subscriber.heard_from(STREAM_SILENCE).items()
                  if n in members and n != self.node_id}
-        if any(since is not None and since <= lost_at for since in heard.values()):
+        if any(since is not None and since <= counts_since for since in heard.values()):
             return True
         return 2 * (len(heard) + 1) <= len(members)
 
