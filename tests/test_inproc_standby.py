@@ -3,8 +3,12 @@ is not the runner's runs, it asks the other holders (QUERY), and only
 silence lets it run. Each test sets up its fault on the in-memory network."""
 from __future__ import annotations
 
+from typing import Any
+
 from miyaq.cluster.holder_events import STARTED_ELSEWHERE
-from miyaq.store.task import DONE, SCHEDULED
+from miyaq.constants import QUERY_TIMEOUT
+from miyaq.runtime import wall
+from miyaq.store.task import DEAD, DONE, RETRYING, SCHEDULED, Task
 
 
 def test_lost_started_event_standby_asks_and_waits_for_the_runner(inproc):
@@ -101,3 +105,112 @@ def test_a_copy_reranked_by_a_ring_change_asks_the_old_runner_too(inproc):
     assert workers[runner].runs(tid)
     assert workers[other].times(tid) == 0 and workers[third].times(tid) == 0, cluster.describe([tid])
     assert cluster[other].role.standby.takeovers == 0 and not cluster.crashes()
+
+
+def _runner_dies_while_its_worker_runs(inproc: Any, timeout: float) -> tuple[Any, str, str, str, dict[str, Any]]:
+    """Two holders; the runner starts the task for its worker, the standby
+    copy hears the STARTED event (and so whom the attempt was leased to), and
+    the runner's node is stopped. Returns (cluster, task id, runner, standby, workers)."""
+    cluster = inproc(3, replicas=2)
+    tid = cluster.task_id()
+    runner, standby = cluster.holders(tid, 2)
+    workers = {h: cluster.worker(h) for h in (runner, standby)}
+    cluster.submit(runner, tid, timeout=timeout)
+    cluster.wait_until(lambda: workers[runner].runs(tid), what="the runner to start the task")
+    cluster.wait_until(lambda: (cluster[standby].task(tid) or Task("x", "q", None, b"")).lessees,
+                       what="the standby copy to hear whom the attempt was leased to")
+    return cluster, tid, runner, standby, workers
+
+
+def test_a_final_failure_the_runners_node_took_with_it_is_applied_by_the_standby(inproc):
+    """Fault: the runner's node dies after its worker's FAILED -- a failure
+    the handler said not to retry -- reached it, before it told the other
+    holder. The worker sends the FAILED again to the other holder
+    (worker/routing.py); its standby copy, leased to that worker by the
+    STARTED event it heard, dead-letters the task. Before, it ignored a
+    FAILED on a copy not running there, and ran the task again once the
+    lease was over."""
+    cluster, tid, runner, standby, workers = _runner_dies_while_its_worker_runs(inproc, timeout=2.0)
+    attempt = workers[runner].delivered[-1][1]
+    cluster.stop_node(runner)
+
+    assert workers[runner].fail_at(cluster[standby].node, tid, attempt, retry=False)
+
+    assert cluster[standby].state(tid) == DEAD
+    assert cluster[standby].task(tid).error["type"] == "Injected"
+    cluster.advance(2.0 + 4 * cluster.settings["replica_offset"])     # past the lease and the standby's turn
+    cluster.settle(0.1)
+    assert workers[standby].times(tid) == 0 and cluster[standby].role.standby.takeovers == 0
+    assert cluster[standby].state(tid) == DEAD and not cluster.crashes()
+
+
+def test_a_retryable_failure_sent_to_the_standby_waits_its_backoff_then_the_copy_asks_and_runs(inproc):
+    """Fault: as above, with a failure to retry in 1 s. The standby copy
+    waits out the backoff -- not the rest of the runner's 60 s lease -- still
+    as a standby: it asks first (the runner is gone: silence), then runs the
+    next attempt."""
+    cluster, tid, runner, standby, workers = _runner_dies_while_its_worker_runs(inproc, timeout=60.0)
+    attempt = workers[runner].delivered[-1][1]
+    cluster.stop_node(runner)
+
+    assert workers[runner].fail_at(cluster[standby].node, tid, attempt, retry=True, delay=1.0)
+
+    copy = cluster[standby].task(tid)
+    assert copy.state == RETRYING and copy.standby and copy.error["type"] == "Injected"
+    assert cluster[standby].due_at(tid) < copy.eta + 0.5 < wall() + 10     # not the lease's end
+    cluster.advance(1.5)
+    cluster.wait_until(lambda: workers[standby].runs(tid), timeout=QUERY_TIMEOUT + 10,
+                       what="the standby copy to ask, hear silence and run the retry")
+    assert workers[standby].delivered == [(tid, attempt + 1)]
+    assert cluster[standby].role.standby.takeovers == 1 and not cluster.crashes()
+
+
+def test_a_final_failure_sent_to_the_standby_while_the_runner_lives_dead_letters_every_copy(inproc):
+    """Fault: only the worker's connection to the runner was lost (the
+    runner lives and still holds the attempt running); the worker sends its
+    final FAILED to the standby. The standby dead-letters the task and its D
+    event dead-letters the runner's copy too: no holder runs it again."""
+    cluster, tid, runner, standby, workers = _runner_dies_while_its_worker_runs(inproc, timeout=60.0)
+    attempt = workers[runner].delivered[-1][1]
+
+    assert workers[runner].fail_at(cluster[standby].node, tid, attempt, retry=False)
+
+    cluster.wait_until(lambda: cluster[runner].state(tid) == DEAD, what="the runner's copy dead-lettered")
+    assert cluster[standby].state(tid) == DEAD
+    assert [workers[h].times(tid) for h in (runner, standby)] == [1, 0] and not cluster.crashes()
+
+
+def test_a_failure_from_anyone_but_the_attempts_lessee_changes_no_standby_copy(inproc):
+    """Bad input: a FAILED for a standby copy from a worker the attempt was
+    not leased to (another worker, a hostile client with a worker key) is
+    refused and counted: the copy waits as before."""
+    cluster, tid, runner, standby, workers = _runner_dies_while_its_worker_runs(inproc, timeout=60.0)
+    attempt = workers[runner].delivered[-1][1]
+    engine = cluster[standby].node.core.engine
+    before = (cluster[standby].state(tid), cluster[standby].due_at(tid), engine.not_leased)
+
+    assert not workers[standby].fail_at(cluster[standby].node, tid, attempt, retry=False)
+    assert not workers[runner].fail_at(cluster[standby].node, tid, attempt + 1, retry=False)   # not its attempt
+
+    assert (cluster[standby].state(tid), cluster[standby].due_at(tid)) == before[:2]
+    assert engine.not_leased == before[2] + 1
+
+
+def test_a_retryable_failure_sent_to_the_standby_while_the_runner_lives_runs_nothing_twice(inproc):
+    """Fault: only the worker's connection to the runner was lost, and it
+    sends a retryable FAILED to the standby. When the retry's backoff is
+    over the standby copy asks first; the runner says it still runs the
+    attempt, so the copy waits for that lease -- it does not start a second
+    run beside the runner's."""
+    cluster, tid, runner, standby, workers = _runner_dies_while_its_worker_runs(inproc, timeout=60.0)
+    attempt = workers[runner].delivered[-1][1]
+
+    assert workers[runner].fail_at(cluster[standby].node, tid, attempt, retry=True, delay=1.0)
+
+    cluster.advance(1.5)
+    cluster.wait_until(lambda: cluster.net.messages("ANSWER", src=runner, dst=standby, answering="QUERY", task=tid),
+                       what="the standby copy to ask the runner")
+    cluster.settle(0.1)
+    assert workers[runner].runs(tid) and workers[standby].times(tid) == 0
+    assert cluster[standby].due_at(tid) >= cluster[runner].task(tid).lease_end
+    assert cluster[standby].role.standby.takeovers == 0 and not cluster.crashes()

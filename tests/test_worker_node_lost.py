@@ -36,6 +36,11 @@ def answer() -> int:
     return 42
 
 
+@app.task(name="refuse")
+def refuse() -> None:
+    raise miyaq.Reject("do not run me again")
+
+
 @app.task(name="wait_for_release")
 def wait_for_release() -> str:
     release.wait(30)
@@ -70,6 +75,7 @@ class RawHolder:
         self.done: list[list[Any]] = []
         self.done_credit: list[bool] = []       # each DONE message's "credit"
         self.failed: list[list[Any]] = []
+        self.failed_credit: list[bool] = []
         self.touched: list[str] = []
 
     def pump(self, timeout_ms: int = 50) -> None:
@@ -85,6 +91,7 @@ class RawHolder:
                 self.done_credit.append(data.get("credit", True))
             elif command == c.FAILED:
                 self.failed.extend(data["failed"])
+                self.failed_credit.append(data.get("credit", True))
             elif command == c.TOUCH:
                 self.touched.extend(data["ids"])
             timeout_ms = 0
@@ -156,6 +163,27 @@ def test_a_result_the_node_read_before_it_was_killed_is_sent_again_to_another_ho
     assert [(item[0], item[1]) for item in second.done] == [(task_id, 1)]
     assert second.done[0][2] == first.done[0][2]
     assert second.done_credit == [False]      # the slot was the first holder's
+
+
+def test_a_failure_the_node_read_before_it_was_killed_is_sent_again_to_another_holder(holders, worker_of):
+    """Fault: the node reads the worker's FAILED -- a failure the handler
+    says must not be retried -- and dies (its connection closes) before it
+    tells the task's other holder. The worker sends that FAILED again to the
+    other holder, whose standby copy then dead-letters the task instead of
+    running it again when its turn comes."""
+    first, second = holders
+    worker_of(holders)
+    _registered(holders)
+    task_id = first.dispatch("refuse", [first.endpoint, second.endpoint])
+    _pumped(first, lambda: first.failed, "the first holder read the FAILED")
+    assert [item[0] for item in first.failed] == [task_id]
+    assert first.failed[0][2]["retry"] is False
+
+    first.close()
+
+    _pumped(second, lambda: second.failed, "the FAILED sent again to the other holder")
+    assert second.failed == first.failed
+    assert second.failed_credit == [False]      # the slot was the first holder's
 
 
 def _running_when_its_node_dies(holders: list[RawHolder], worker_of: Any, name: str) -> str:
@@ -251,6 +279,7 @@ class FakeLink:
         self.advertised: str | None = None
         self.lost = lost
         self.done: list[tuple[str, int, bytes | None]] = []
+        self.failed: list[tuple[str, int, dict[str, Any]]] = []
         self.touched: list[str] = []
 
     def silent(self) -> bool:
@@ -259,6 +288,10 @@ class FakeLink:
     def report_done(self, task_id: str, attempt: int, result: bytes | None, elsewhere: bool = False) -> None:
         assert elsewhere
         self.done.append((task_id, attempt, result))
+
+    def report_failed(self, task_id: str, attempt: int, error: dict[str, Any], elsewhere: bool = False) -> None:
+        assert elsewhere
+        self.failed.append((task_id, attempt, error))
 
     def touch(self, task_id: str) -> None:
         self.touched.append(task_id)
@@ -271,9 +304,9 @@ def _routes(n: int = 3) -> tuple[Routes, list[FakeLink]]:
 
 def test_recent_results_are_kept_only_for_tasks_with_other_holders():
     routes, (a, b, _) = _routes()
-    routes.sent_done(a, "standalone", 1, b"r", None)     # type: ignore[arg-type]
-    routes.sent_done(a, "one-holder", 1, b"r", [a.endpoint])     # type: ignore[arg-type]
-    routes.sent_done(a, "replicated", 1, b"r", [a.endpoint, b.endpoint])     # type: ignore[arg-type]
+    routes.sent_report(a, "standalone", 1, None, result=b"r")     # type: ignore[arg-type]
+    routes.sent_report(a, "one-holder", 1, [a.endpoint], result=b"r")     # type: ignore[arg-type]
+    routes.sent_report(a, "replicated", 1, [a.endpoint, b.endpoint], result=b"r")     # type: ignore[arg-type]
     assert [sent.task_id for sent in routes.recent] == ["replicated"]
 
 
@@ -282,25 +315,25 @@ def test_recent_results_are_bounded_in_count_bytes_and_age(monkeypatch):
     holders = [a.endpoint, b.endpoint]
     now = [100.0]
     monkeypatch.setattr(routing, "monotonic", lambda: now[0])
-    monkeypatch.setattr(routing, "RECENT_DONE_MAX", 3)
-    monkeypatch.setattr(routing, "RECENT_DONE_BYTES", 10)
+    monkeypatch.setattr(routing, "RECENT_REPORT_MAX", 3)
+    monkeypatch.setattr(routing, "RECENT_REPORT_BYTES", 10)
     for i in range(5):
-        routes.sent_done(a, f"t{i}", 1, b"x", holders)     # type: ignore[arg-type]
+        routes.sent_report(a, f"t{i}", 1, holders, result=b"x")     # type: ignore[arg-type]
     assert [sent.task_id for sent in routes.recent] == ["t2", "t3", "t4"]
-    routes.sent_done(a, "big", 1, b"y" * 10, holders)     # type: ignore[arg-type]
+    routes.sent_report(a, "big", 1, holders, result=b"y" * 10)     # type: ignore[arg-type]
     assert [sent.task_id for sent in routes.recent] == ["big"]
     assert routes.recent_bytes == 10
-    now[0] += routing.RECENT_DONE_SECONDS + 1
-    routes.sent_done(a, "late", 1, None, holders)     # type: ignore[arg-type]
+    now[0] += routing.RECENT_REPORT_SECONDS + 1
+    routes.sent_report(a, "late", 1, holders, result=None)     # type: ignore[arg-type]
     assert [sent.task_id for sent in routes.recent] == ["late"]
     assert routes.recent_bytes == 0
 
 
 def test_a_lost_node_s_results_go_to_a_live_other_holder_and_stay_kept_there():
     routes, (a, b, c_) = _routes()
-    routes.sent_done(a, "t1", 2, b"r1", [a.endpoint, c_.endpoint])     # type: ignore[arg-type]
-    routes.sent_done(b, "t2", 1, b"r2", [b.endpoint, c_.endpoint])     # type: ignore[arg-type]
-    routes.sent_done(a, "t3", 1, b"r3", [a.endpoint, b.endpoint, c_.endpoint])     # type: ignore[arg-type]
+    routes.sent_report(a, "t1", 2, [a.endpoint, c_.endpoint], result=b"r1")     # type: ignore[arg-type]
+    routes.sent_report(b, "t2", 1, [b.endpoint, c_.endpoint], result=b"r2")     # type: ignore[arg-type]
+    routes.sent_report(a, "t3", 1, [a.endpoint, b.endpoint, c_.endpoint], result=b"r3")     # type: ignore[arg-type]
     b.lost = True       # b is silent itself: t3 goes to c
     a.lost = True
     routes.link_lost(a)      # type: ignore[arg-type]
@@ -311,6 +344,20 @@ def test_a_lost_node_s_results_go_to_a_live_other_holder_and_stay_kept_there():
     routes.link_lost(c_)     # type: ignore[arg-type]
     assert a.done == [] and b.done == []     # no live holder left: nothing sent, nothing lost from the record
     assert len(routes.recent) == 3
+
+
+def test_a_lost_node_s_failures_go_to_another_holder_and_count_against_the_byte_bound(monkeypatch):
+    routes, (a, b, _) = _routes()
+    monkeypatch.setattr(routing, "RECENT_REPORT_BYTES", 2000)
+    error = {"type": "Reject", "message": "m" * 1000, "retry": False}
+    routes.sent_report(a, "refused", 3, [a.endpoint, b.endpoint], error=error)     # type: ignore[arg-type]
+    routes.sent_report(a, "done", 1, [a.endpoint, b.endpoint], result=b"r")     # type: ignore[arg-type]
+    assert routes.recent_bytes > 1000
+    routes.sent_report(a, "refused-too", 1, [a.endpoint, b.endpoint], error=error)     # type: ignore[arg-type]
+    assert [sent.task_id for sent in routes.recent] == ["done", "refused-too"]     # the oldest went: bytes
+    a.lost = True
+    routes.link_lost(a)      # type: ignore[arg-type]
+    assert b.failed == [("refused-too", 1, error)] and b.done == [("done", 1, b"r")]
 
 
 def test_a_lost_node_s_running_tasks_are_touched_at_another_holder():

@@ -190,16 +190,29 @@ class Engine(ReplicaCopies):
     def fail(self, task_id: str, attempt: int, error: dict[str, Any], retryable: bool,
              delay: float | None, now: float, by: str | None = None) -> bool:
         """FAILED from a consumer (``by``: who reports; it must hold the
-        lease): retry with backoff, or dead-letter."""
+        lease): retry with backoff, or dead-letter.
+
+        A *standby* copy of a replicated task takes the FAILED of the attempt
+        its runner leased to ``by`` (it heard the STARTED event naming them):
+        the worker sends it here when the runner's node was lost, which may
+        have taken the report with it. A failure that ends the task
+        dead-letters this copy (the D event tells the other holders); a
+        retry waits out its backoff here still as a standby, which then asks
+        the other holders like any standby before it runs -- a runner that
+        is alive and still holds the attempt (only the worker's connection
+        to it was lost) answers, and only silence lets the copy run."""
         task = self.table.live.get(task_id)
-        if task is None or task.state != RUNNING or task.attempt != attempt:
+        if task is None or task.attempt != attempt:
             return False   # stale: that attempt was already given up on
+        standby = task.state != RUNNING
+        if standby and (by is None or not task.standby or task.state not in (SCHEDULED, RETRYING)):
+            return False   # not running here, and not a standby told by the runner's worker
         if not self._reporter_ok(task, attempt, by):
             return False
         self._detach(task)
         task.error = error
         self.outcomes[(task.queue, "failed")] += 1
-        self._retry_or_kill(task, retryable, delay, now, "failed")
+        self._retry_or_kill(task, retryable, delay, now, "failed", standby)
         return True
 
     def lose(self, task: Task, reason: str, now: float) -> None:
@@ -210,14 +223,16 @@ class Engine(ReplicaCopies):
         self.outcomes[(task.queue, "lost")] += 1
         self._retry_or_kill(task, True, 0.0, now, reason)
 
-    def _retry_or_kill(self, task: Task, retryable: bool, delay: float | None, now: float, reason: str) -> None:
+    def _retry_or_kill(self, task: Task, retryable: bool, delay: float | None, now: float, reason: str,
+                       standby: bool = False) -> None:
+        """``standby``: the copy waits as a standby (it asks before it runs), never ready at once."""
         if retryable and not task.at_most_once and task.attempt <= task.max_retries:
             wait = retry_delay(task) if delay is None else delay
             self.outcomes[(task.queue, "retried")] += 1
-            if wait <= 0:
+            if wait <= 0 and not standby:
                 self._make_ready(task, now)
             else:
-                task.eta = now + wait
+                task.eta = now + max(wait, 0.0)
                 self._schedule(task, task.eta, RETRYING, now)
             for listener in self.listeners:
                 listener.task_retrying(task, reason)

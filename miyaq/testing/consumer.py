@@ -7,10 +7,14 @@ and keeps what it runs in ``running`` like any consumer, without
 heartbeats -- a task it never finishes is put back when its lease
 (``timeout``) runs out. :meth:`complete` and :meth:`fail` report as a
 worker's DONE and FAILED do, through the engine, and let the node send what
-that produced (the F or R event to the other holders) at once.
+that produced (the F or R event to the other holders) at once;
+:meth:`fail_at` reports to another holder, as a worker whose node was lost
+does. Each consumer has a principal of its own, recorded with its leases
+(and sent to the other holders in the STARTED event) like a worker's.
 """
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from miyaq.core.consumers import Consumer
@@ -19,12 +23,16 @@ from miyaq.runtime import wall
 from miyaq.store.task import Task
 
 
+_serial = itertools.count(1)
+
+
 class InProcessWorker(Consumer):
     kind = "test"
 
     def __init__(self, node: Node, queues: list[str], capacity: int) -> None:
         super().__init__(queues)
         self.node = node
+        self.principal = f"test-worker:{next(_serial)}"
         self.capacity = capacity
         self.delivered: list[tuple[str, int]] = []     # (task id, attempt), in order
         self.aborted: list[str] = []
@@ -62,6 +70,16 @@ class InProcessWorker(Consumer):
         error = error or {"type": "Injected", "message": "failed on purpose"}
         ok = engine.fail(task_id, self._attempt(task_id, attempt), error, retry, delay, wall())
         self._credit()
+        return ok
+
+    def fail_at(self, holder: Node, task_id: str, attempt: int, error: dict[str, Any] | None = None,
+                retry: bool = True, delay: float | None = None) -> bool:
+        """FAILED for ``attempt`` (leased to this consumer) sent to another
+        holder's node, as this worker's principal: what a worker does when
+        the node that gave it the task was lost."""
+        error = error or {"type": "Injected", "message": "failed on purpose"}
+        ok = holder.core.engine.fail(task_id, attempt, error, retry, delay, wall(), by=self.principal)
+        holder.clockwork.wake(wall())
         return ok
 
     def stop(self) -> None:

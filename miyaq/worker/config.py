@@ -119,13 +119,13 @@ RESEND_BACKOFF = (0.05, 0.2, 1.0)
 #: Bytes of a failing handler's message and traceback sent to the node.
 ERROR_MESSAGE_BYTES = 4096
 TRACEBACK_BYTES = 16384
-#: DONEs a worker keeps after sending them, for a task with other holders,
-#: in case the node they went to dies before it tells those holders
-#: (:class:`~miyaq.worker.routing.Routes`): for this many seconds, at most
-#: this many, holding at most this many bytes of results.
-RECENT_DONE_SECONDS = 10.0
-RECENT_DONE_MAX = 10_000
-RECENT_DONE_BYTES = 16 * 1024 * 1024
+#: Reports (DONE, FAILED) a worker keeps after sending them, for a task with
+#: other holders, in case the node they went to dies before it tells those
+#: holders (:class:`~miyaq.worker.routing.Routes`): for this many seconds, at
+#: most this many, holding at most this many bytes of results and errors.
+RECENT_REPORT_SECONDS = 10.0
+RECENT_REPORT_MAX = 10_000
+RECENT_REPORT_BYTES = 16 * 1024 * 1024
 
 # -- running handlers ---------------------------------------------------------------------
 #: How often the worker checks running tasks against their timeouts (the

@@ -2,24 +2,26 @@
 fell silent or its connection closed -- another holder of the task (cluster
 mode: DISPATCH names the holders' service endpoints).
 
-A node that dies may take with it the DONEs it received last, before it
-told the task's other holders; a standby copy there would then run the
-task again. So the worker keeps each DONE of a task with other holders for
-a while after sending it (:data:`~miyaq.worker.config.RECENT_DONE_SECONDS`,
-bounded in count and bytes) and, when the node it went to is lost, sends it
-again to another live holder. A holder that already knows the task is
-finished finds its tombstone and ignores it; one whose copy was leased to
-this worker (it heard the STARTED event) finishes it. Standalone nodes
-name no holders: nothing is kept for them.
+A node that dies may take with it the reports (DONE, FAILED) it received
+last, before it told the task's other holders; a standby copy there would
+then run the task again -- also one whose handler said not to retry it. So
+the worker keeps each report on a task with other holders for a while after
+sending it (:data:`~miyaq.worker.config.RECENT_REPORT_SECONDS`, bounded in
+count and bytes) and, when the node it went to is lost, sends it again to
+another live holder. A holder that already knows the outcome (a tombstone,
+a dead letter, a retry of its own) ignores it; one whose standby copy was
+leased to this worker (it heard the STARTED event) applies it: a DONE
+finishes the task, a FAILED dead-letters it or waits out the retry's
+backoff. Standalone nodes name no holders: nothing is kept for them.
 """
 from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..runtime import monotonic
-from .config import RECENT_DONE_BYTES, RECENT_DONE_MAX, RECENT_DONE_SECONDS
+from .config import RECENT_REPORT_BYTES, RECENT_REPORT_MAX, RECENT_REPORT_SECONDS
 
 if TYPE_CHECKING:
     from .link import NodeLink
@@ -27,27 +29,43 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class SentDone(NamedTuple):
-    """A DONE sent to ``link``'s node at ``at`` (monotonic seconds)."""
+class SentReport(NamedTuple):
+    """A DONE (``result``) or FAILED (``error``) sent to ``link``'s node at
+    ``at`` (monotonic seconds); ``size``: the bytes it counts against
+    RECENT_REPORT_BYTES."""
     at: float
     link: "NodeLink"
     task_id: str
     attempt: int
     result: bytes | None
+    error: dict[str, Any] | None
     holders: list[str]
+    size: int
+
+    def send_to(self, link: "NodeLink") -> None:
+        if self.error is not None:
+            link.report_failed(self.task_id, self.attempt, self.error, elsewhere=True)
+        else:
+            link.report_done(self.task_id, self.attempt, self.result, elsewhere=True)
+
+
+def error_size(error: dict[str, Any]) -> int:
+    """About the bytes of a failure report (its strings; the worker bounds
+    the message and the traceback, ERROR_MESSAGE_BYTES and TRACEBACK_BYTES)."""
+    return sum(len(v) if isinstance(v, str) else 8 for v in error.values()) + 16 * len(error)
 
 
 class Routes:
     """``origin``: running task id -> the link it came from; ``holders``:
     task id -> its holders' endpoints, from the delivery until it is
-    reported; ``recent``: the DONEs sent lately for tasks with holders,
+    reported; ``recent``: the reports sent lately on tasks with holders,
     oldest first."""
 
     def __init__(self, links: list["NodeLink"]) -> None:
         self.links = links          # the worker's list, shared: links discovered later count
         self.origin: dict[str, "NodeLink"] = {}
         self.holders: dict[str, list[str]] = {}
-        self.recent: deque[SentDone] = deque()
+        self.recent: deque[SentReport] = deque()
         self.recent_bytes = 0
 
     def running_from(self, link: "NodeLink") -> int:
@@ -73,32 +91,34 @@ class Routes:
                 return other
         return None
 
-    def sent_done(self, link: "NodeLink", task_id: str, attempt: int, result: bytes | None,
-                  holders: list[str] | None) -> None:
-        """A DONE for ``task_id`` went to ``link``'s node: keep it for
-        :meth:`link_lost` if the task has other holders."""
+    def sent_report(self, link: "NodeLink", task_id: str, attempt: int, holders: list[str] | None, *,
+                    result: bytes | None = None, error: dict[str, Any] | None = None) -> None:
+        """A DONE (``result``) or a FAILED (``error``) for ``task_id`` went to
+        ``link``'s node: keep it for :meth:`link_lost` if the task has other
+        holders."""
         if not holders or len(holders) < 2:
             return
         now = monotonic()
-        self.recent.append(SentDone(now, link, task_id, attempt, result, holders))
-        self.recent_bytes += len(result or b"")
+        size = error_size(error) if error is not None else len(result or b"")
+        self.recent.append(SentReport(now, link, task_id, attempt, result, error, holders, size))
+        self.recent_bytes += size
         self._forget_old(now)
 
     def _forget_old(self, now: float) -> None:
-        """Keep at most RECENT_DONE_MAX DONEs and RECENT_DONE_BYTES of results,
-        none older than RECENT_DONE_SECONDS."""
+        """Keep at most RECENT_REPORT_MAX reports and RECENT_REPORT_BYTES of
+        results and errors, none older than RECENT_REPORT_SECONDS."""
         recent = self.recent
-        oldest = now - RECENT_DONE_SECONDS
-        while recent and (len(recent) > RECENT_DONE_MAX or self.recent_bytes > RECENT_DONE_BYTES
+        oldest = now - RECENT_REPORT_SECONDS
+        while recent and (len(recent) > RECENT_REPORT_MAX or self.recent_bytes > RECENT_REPORT_BYTES
                           or recent[0].at < oldest):
-            self.recent_bytes -= len(recent.popleft().result or b"")
+            self.recent_bytes -= recent.popleft().size
 
     def link_lost(self, link: "NodeLink") -> None:
         """``link``'s node went silent or its connection closed:
         - tell another holder of each task it gave us that still runs here
           that it runs (a TOUCH), so a standby copy there does not start it a
           second time;
-        - send the DONEs it was sent lately again to another holder of each
+        - send the reports it was sent lately again to another holder of each
           task, so a node that died before telling them costs no second run."""
         for task_id, origin in list(self.origin.items()):
             if origin is link:
@@ -107,15 +127,15 @@ class Routes:
                     alternative.touch(task_id)
         self._forget_old(monotonic())
         resent = 0
-        kept: deque[SentDone] = deque()
+        kept: deque[SentReport] = deque()
         for sent in self.recent:
             if sent.link is link:
                 other = self._other_holder(link, sent.holders)
                 if other is not None:
-                    other.report_done(sent.task_id, sent.attempt, sent.result, elsewhere=True)
+                    sent.send_to(other)
                     sent = sent._replace(link=other)     # kept, in case that node goes too
                     resent += 1
             kept.append(sent)
         self.recent = kept
         if resent:
-            logger.info("node %s is lost: %d recent result(s) sent again to other holders", link.endpoint, resent)
+            logger.info("node %s is lost: %d recent report(s) sent again to other holders", link.endpoint, resent)

@@ -245,9 +245,10 @@ class Worker:
             elsewhere = target is not link
             if kind == "done":
                 target.report_done(job.task_id, job.attempt, value, elsewhere)
-                routes.sent_done(target, job.task_id, job.attempt, value, holders)
+                routes.sent_report(target, job.task_id, job.attempt, holders, result=value)
             else:
                 target.report_failed(job.task_id, job.attempt, value, elsewhere)
+                routes.sent_report(target, job.task_id, job.attempt, holders, error=value)
         finally:
             if last:
                 target.outbox.send_now()
