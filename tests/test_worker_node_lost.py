@@ -145,45 +145,28 @@ def _pumped(holder: RawHolder, predicate: Any, what: str) -> None:
     wait_for(check, timeout=20, what=what)
 
 
-def test_a_result_the_node_read_before_it_was_killed_is_sent_again_to_another_holder(holders, worker_of):
-    """Fault: the node reads the worker's DONE and dies (kill -9: its
-    connection closes) before it tells the task's other holder. The worker
-    sends that DONE again to the other holder at once, so its standby copy
-    finishes instead of running the task a second time."""
+@pytest.mark.parametrize("name, kind", [("answer", "done"), ("refuse", "failed")])
+def test_a_report_the_node_read_before_it_was_killed_is_sent_again_to_another_holder(holders, worker_of, name, kind):
+    """Fault: the node reads the worker's DONE -- or FAILED, of a failure
+    the handler says must not be retried (``Reject``) -- and dies (kill -9:
+    its connection closes) before it tells the task's other holder. The
+    worker sends that report again to the other holder at once, so its
+    standby copy finishes (or dead-letters) the task instead of running it a
+    second time."""
     first, second = holders
     worker_of(holders)
     _registered(holders)
-    task_id = first.dispatch("answer", [first.endpoint, second.endpoint])
-    _pumped(first, lambda: first.done, "the first holder read the DONE")
-    assert [item[0] for item in first.done] == [task_id]
+    task_id = first.dispatch(name, [first.endpoint, second.endpoint])
+    _pumped(first, lambda: getattr(first, kind), f"the first holder read the {kind.upper()}")
+    assert [item[0] for item in getattr(first, kind)] == [task_id]
+    if kind == "failed":
+        assert first.failed[0][2]["type"] == "Reject" and first.failed[0][2]["retry"] is False
 
     first.close()
 
-    _pumped(second, lambda: second.done, "the DONE sent again to the other holder")
-    assert [(item[0], item[1]) for item in second.done] == [(task_id, 1)]
-    assert second.done[0][2] == first.done[0][2]
-    assert second.done_credit == [False]      # the slot was the first holder's
-
-
-def test_a_failure_the_node_read_before_it_was_killed_is_sent_again_to_another_holder(holders, worker_of):
-    """Fault: the node reads the worker's FAILED -- a failure the handler
-    says must not be retried -- and dies (its connection closes) before it
-    tells the task's other holder. The worker sends that FAILED again to the
-    other holder, whose standby copy then dead-letters the task instead of
-    running it again when its turn comes."""
-    first, second = holders
-    worker_of(holders)
-    _registered(holders)
-    task_id = first.dispatch("refuse", [first.endpoint, second.endpoint])
-    _pumped(first, lambda: first.failed, "the first holder read the FAILED")
-    assert [item[0] for item in first.failed] == [task_id]
-    assert first.failed[0][2]["retry"] is False
-
-    first.close()
-
-    _pumped(second, lambda: second.failed, "the FAILED sent again to the other holder")
-    assert second.failed == first.failed
-    assert second.failed_credit == [False]      # the slot was the first holder's
+    _pumped(second, lambda: getattr(second, kind), f"the {kind.upper()} sent again to the other holder")
+    assert getattr(second, kind) == getattr(first, kind) and [item[1] for item in second.failed + second.done] == [1]
+    assert getattr(second, f"{kind}_credit") == [False]      # the slot was the first holder's
 
 
 def _running_when_its_node_dies(holders: list[RawHolder], worker_of: Any, name: str) -> str:
