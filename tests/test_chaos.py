@@ -43,9 +43,10 @@ class H:
         return self
 
     def task(self, task_id: str, t: float, *, ack: bool = True, runs: list[tuple] = (), final: str | None = "done",
-             fail: str | None = None) -> H:
-        """runs: (start offset, attempt, pid, finished?[, node index]) after the submit."""
-        self.add("submit", t, id=task_id)
+             fail: str | None = None, reject: bool = False) -> H:
+        """runs: (start offset, attempt, pid, finished?[, node index]) after the submit;
+        ``reject``: submitted to reject itself (``--reject-every``)."""
+        self.add("submit", t, id=task_id, **({"reject": True} if reject else {}))
         if ack:
             self.add("ack", t + 0.01, id=task_id)
         if fail:
@@ -65,6 +66,41 @@ class H:
 
     def verdict(self):
         return check(sorted(self.records, key=lambda r: r["t"]))
+
+
+def test_tasks_that_reject_themselves_must_end_dead_lettered():
+    """--reject-every: a task submitted to reject itself must end dead, not
+    done; a plain task that ends dead is still stuck."""
+    h = H()
+    h.task("plain", 0, runs=[(0.1, 1, 10, True)])
+    h.task("rejecting", 1, runs=[(0.1, 1, 10, True)], final="dead", reject=True)
+    s = h.checked().verdict().summary()
+    assert (s["accepted"], s["done"], s["stuck"], s["rejected"]) == (2, 1, 0, {"accepted": 1, "dead": 1,
+                                                                            "ran_again": 0})
+    assert s["ok"]
+
+    h = H()
+    h.task("plain-dead", 0, runs=[(0.1, 1, 10, True)], final="dead")
+    h.task("rejecting-retried", 1, runs=[(0.1, 1, 10, True)], final="retrying", reject=True)
+    s = h.checked().verdict().summary()
+    assert (s["stuck"], s["dead"], s["rejected"]["dead"]) == (2, 1, 0)
+    assert sorted(s["examples"]) == ["stuck_dead", "stuck_retrying"] and not s["ok"]
+
+
+def test_a_rejected_task_that_ran_again_is_counted_and_must_be_explained():
+    """Fault: the node that read a task's rejection (FAILED, not to be
+    retried) was killed before it told the other holder, and the other
+    holder ran the task again: counted in rejected.ran_again, and explained
+    (holder-kill) like any other extra start, or the run fails."""
+    h = H()
+    h.task("rejected-twice", 0, runs=[(0.1, 1, 10, True, 0), (4.0, 2, 11, True, 1)], final="dead", reject=True)
+    h.add("fault", 0.2, phase="begin", fault=1, kind="kill", target="n0")
+    h.add("fault", 3.0, phase="heal", fault=1, kind="kill", target="n0")
+    h.add("fault", 3.5, phase="recovered", fault=1, kind="kill", target="n0")
+    s = h.checked().verdict().summary()
+    assert s["rejected"] == {"accepted": 1, "dead": 1, "ran_again": 1}
+    assert s["duplicates"]["classes"] == {"holder-kill": 1} and s["ok"]
+    assert s["examples"]["rejected_ran_again"] == ["rejected-twice"]
 
 
 def test_every_accepted_task_done_is_ok():

@@ -64,7 +64,9 @@ def injected(summary: dict) -> set[str]:
 
 
 def assert_clean(s: dict, kinds: list[str]) -> None:
-    assert s["lost"] == 0 and s["stuck"] == 0 and s["done"] == s["accepted"] > 500
+    rejected = s["rejected"]
+    assert s["lost"] == 0 and s["stuck"] == 0 and s["done"] + rejected["dead"] == s["accepted"] > 500
+    assert rejected["dead"] == rejected["accepted"], "every task that rejected itself is dead-lettered"
     assert injected(s) == set(kinds), "every kind at least once"
     assert s["duplicates"]["unexplained"] == 0 and s["started_while_fenced"] == 0
     assert all(not f["unrecovered"] and not f.get("errors") for f in s["faults"]), s["faults"]
@@ -78,14 +80,16 @@ def test_node_and_zookeeper_ensemble_faults_with_keys_lose_nothing(tmp_path):
     (6 s), and on the 3-server ZooKeeper ensemble: the leader server killed,
     a majority killed (quorum lost for 2 s; the cluster keeps serving and a
     ring change asked then is refused), a follower server killed. Nodes
-    restart with ``--keys``, and no node refused a key's command."""
+    restart with ``--keys``, and no node refused a key's command. One task
+    in ten rejects itself (``--reject-every``): each must end dead-lettered."""
     kinds = ["kill", "zkleader", "pause", "zkquorum", "worker", "clock", "zkserver"]
     out = tmp_path / "run"
     # 45 s: seven faults one after the other, each waiting for the cluster to
     # recover before the next, must all fit in the load even on a busy machine.
     s = run_chaos(out, "--secure", "--zk-servers", "3", "--faults", ",".join(kinds), "--duration", "45",
-                  "--interval", "1", "--fault-duration", "2", "--pause-duration", "4")
+                  "--interval", "1", "--fault-duration", "2", "--pause-duration", "4", "--reject-every", "10")
     assert_clean(s, kinds)
+    assert s["rejected"]["accepted"] > 50
     quorum = next(f for f in s["faults"] if f["kind"] == "zkquorum")
     assert quorum["ring_change"].startswith("refused"), quorum
     assert s["ring_changed_without_quorum"] == 0

@@ -7,7 +7,10 @@ records), so ``miyaq chaos --check HISTORY`` gives the same verdict later.
 Verdicts, per submitted task id:
 
 - **accepted**: an ``ack`` came back. Every accepted task must end
-  ``done`` on the cluster. If its ``final`` state is anything else it is
+  ``done`` on the cluster -- or ``dead``, if its submit record says
+  ``reject`` (``--reject-every``: it raises Reject once it has run; such a
+  task that starts again after a finish record is counted in
+  ``rejected.ran_again``, and explained like any other extra start). If its ``final`` state is anything else it is
   **lost** (no node knows it, or it ended cancelled/expired) or **stuck**
   (still held — scheduled, ready, running, retrying —, dead-lettered, or
   ``unreachable``: no node answered the status request);
@@ -49,10 +52,11 @@ EXAMPLES = 10
 class Trace:
     """What the history says about one task id."""
 
-    __slots__ = ("ack", "fail", "final", "finishes", "starts", "submit")
+    __slots__ = ("ack", "fail", "final", "finishes", "reject", "starts", "submit")
 
     def __init__(self) -> None:
         self.submit: float | None = None
+        self.reject = False         # submitted to reject itself: must end dead
         self.ack: float | None = None
         self.fail: str | None = None
         self.starts: list[tuple[float, int, int, str | None]] = []      # (t, attempt, pid, node id)
@@ -114,6 +118,7 @@ class Verdict:
             "submitted": c["submitted"], "accepted": c["accepted"], "done": c["done"],
             "forgotten": c["forgotten"],
             "lost": c["lost"], "stuck": c["stuck"], "dead": c["dead"], "never_ran": c["never_ran"],
+            "rejected": {"accepted": c["rejected"], "dead": c["rejected_dead"], "ran_again": c["rejected_again"]},
             "failed_submits": {"total": c["failed"], "by_code": self.failed_codes, "ran": c["failed_ran"],
                                "done": c["failed_done"], "held": c["failed_held"]},
             "executions": {"starts": c["starts"], "finishes": c["finishes"]},
@@ -153,6 +158,7 @@ def check(records: Iterable[dict[str, Any]], bucket: float = 1.0) -> Verdict:
         task_id = str(r.get("id"))
         if ev == "submit":
             trace(task_id).submit = t
+            trace(task_id).reject = bool(r.get("reject"))
         elif ev == "ack":
             trace(task_id).ack = t
         elif ev == "fail":
@@ -219,6 +225,7 @@ def check(records: Iterable[dict[str, Any]], bucket: float = 1.0) -> Verdict:
                 counts["failed_held"] += 1
     counts["faults_skipped"] = skipped
     for key in ("submitted", "accepted", "done", "forgotten", "lost", "stuck", "dead", "never_ran", "failed",
+                "rejected", "rejected_dead", "rejected_again",
                 "failed_ran", "failed_done", "failed_held", "starts", "finishes", "dup", "dup_completed",
                 "dup_after_crash", "dup_aborted", "dup_unexplained", "fencing"):
         counts.setdefault(key, 0)
@@ -228,9 +235,16 @@ def check(records: Iterable[dict[str, Any]], bucket: float = 1.0) -> Verdict:
 def _judge_accepted(tr: Trace, task_id: str, counts: Counter[str], final_checked: bool, example: Any) -> None:
     if not tr.starts:
         counts["never_ran"] += 1
+    if tr.reject:
+        counts["rejected"] += 1
+        if tr.finishes and any(t > min(tr.finishes)[0] for t, *_ in tr.starts):
+            counts["rejected_again"] += 1        # the handler rejected it, and it ran again
+            example("rejected_ran_again", task_id)
     if final_checked:
         state = tr.final or "unknown"
-        if state == "done":
+        if tr.reject and state == "dead":
+            counts["rejected_dead"] += 1
+        elif state == "done" and not tr.reject:
             counts["done"] += 1
         elif state in GONE_STATES and tr.finishes:
             counts["forgotten"] += 1    # it ran to the end; the cluster no longer remembers it
@@ -238,12 +252,12 @@ def _judge_accepted(tr: Trace, task_id: str, counts: Counter[str], final_checked
         elif state in GONE_STATES:
             counts["lost"] += 1
             example("lost", task_id)
-        else:       # live, dead-lettered, or the cluster did not answer
+        else:       # live, dead-lettered (or a rejecting task done), or the cluster did not answer
             counts["stuck"] += 1
             counts["dead"] += state == "dead"
             example(f"stuck_{state}", task_id)
     elif tr.finishes:
-        counts["done"] += 1
+        counts["rejected_dead" if tr.reject else "done"] += 1
     else:
         counts["lost"] += 1
         example("lost", task_id)

@@ -9,7 +9,8 @@ pipelines them). Tasks not ``done`` are asked again every ``RECHECK_EVERY``
 seconds until ``deadline`` — a task just finishing is not a loss — and
 the last answer counts; but a failed submit (``refused``) that no node
 knows is not asked again: it was never stored, and waiting for it only
-makes every run with a failed submit a minute longer.
+makes every run with a failed submit a minute longer. Nor is a task that
+rejects itself (``rejecting``) once it is ``dead``: that is its end.
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def _state(client: Client, task_id: str) -> str:
 
 def final_states(endpoints: list[str], ids: list[str], deadline: float,
                  progress: Callable[[int, int], None] | None = None, key: str | None = None,
-                 server_key: str | None = None, refused: frozenset[str] | set[str] = frozenset()) -> dict[str, str]:
+                 server_key: str | None = None, refused: frozenset[str] | set[str] = frozenset(),
+                 rejecting: frozenset[str] | set[str] = frozenset()) -> dict[str, str]:
     """``{task id: state}`` for every id (see the module docstring).
     ``deadline`` is a ``time.monotonic()`` value."""
     states: dict[str, str] = {}
@@ -55,7 +57,8 @@ def final_states(endpoints: list[str], ids: list[str], deadline: float,
                     states[task_id] = state
                     if progress is not None and rounds == 1 and len(states) % 5000 == 0:
                         progress(len(states), len(ids))
-                todo = [i for i in todo if states[i] != "done" and not (states[i] == "unknown" and i in refused)]
+                todo = [i for i in todo if states[i] != "done" and not (states[i] == "unknown" and i in refused)
+                        and not (states[i] == "dead" and i in rejecting)]
                 if not todo or time.monotonic() + RECHECK_EVERY >= deadline:
                     break
                 logger.info("final check: %d task(s) not done yet; asking again", len(todo))

@@ -9,7 +9,9 @@ in a burst). Each submit gets its id before it is sent and is recorded
 submit in the history. A collector thread records each answer as it
 arrives: ``ack`` (the node stored it on ``min_acks`` holders: accepted) or
 ``fail`` with the error code (the client gave up after ``submit_timeout``;
-the task may still exist and run — the checker looks).
+the task may still exist and run — the checker looks). With
+``reject_every`` K, every K-th task is submitted to reject itself
+(:func:`miyaq.chaos.tasks.work`), and its submit record says so.
 
 :meth:`Producer.finish` stops submitting and waits (bounded) for every
 answer; a submit with no answer by then is recorded as ``fail`` with code
@@ -39,8 +41,10 @@ MAX_TASK_TIME = 10.0
 class Producer:
     def __init__(self, endpoints: list[str], history: HistoryWriter, *, rate: float, duration: float,
                  task_time: float = 0.05, submit_timeout: float = 10.0, window: int = 5000,
-                 rng: random.Random | None = None, key: str | None = None, server_key: str | None = None) -> None:
+                 rng: random.Random | None = None, key: str | None = None, server_key: str | None = None,
+                 reject_every: int = 0) -> None:
         self.endpoints = endpoints
+        self.reject_every = reject_every
         self.history = history
         self.rate = rate
         self.duration = duration
@@ -53,6 +57,7 @@ class Producer:
         self.failed = 0
         self.accepted: set[str] = set()
         self.refused: set[str] = set()
+        self.rejecting: set[str] = set()      # submitted to reject themselves
         self._pending: deque[tuple[TaskHandle, float]] = deque()
         self._answered: set[str] = set()
         self._lock = threading.Lock()
@@ -98,11 +103,16 @@ class Producer:
 
     def _submit_one(self, seq: int) -> None:
         task_id = new_id()
-        self.history.write("submit", id=task_id, seq=seq)
+        args: list[Any] = [round(self._task_seconds(), 4), seq]
+        if self.reject_every > 0 and seq % self.reject_every == self.reject_every - 1:
+            args.append(True)
+            self.rejecting.add(task_id)
+            self.history.write("submit", id=task_id, seq=seq, reject=True)
+        else:
+            self.history.write("submit", id=task_id, seq=seq)
         self.submitted += 1
         try:
-            handle = self.client.submit(TASK_NAME, [round(self._task_seconds(), 4), seq], id=task_id,
-                                        **work.options)
+            handle = self.client.submit(TASK_NAME, args, id=task_id, **work.options)
         except MiyaqError as exc:       # the window stayed full: never sent
             self._failed(task_id, exc.code, exc.message, sent=False)
             return

@@ -70,6 +70,10 @@ def render(summary: dict[str, Any], history_path: str | None = None, picture: st
         ("LOST", summary["lost"], "accepted, then unknown to every node (must be 0)"),
         ("stuck", summary["stuck"], f"accepted, still held after the drain (dead-lettered: {summary['dead']})"),
         ("never ran", summary["never_ran"], "accepted, no start record"),
+        *([("rejected", summary["rejected"]["accepted"],
+            f"accepted, rejecting themselves; dead-lettered {summary['rejected']['dead']}, "
+            f"ran again after rejecting {summary['rejected']['ran_again']}")]
+          if summary.get("rejected", {}).get("accepted") else []),
         ("failed submits", f["total"], ", ".join(f"{k} {v}" for k, v in sorted(f["by_code"].items()))),
         ("  ...ran anyway", f["ran"], f"done {f['done']}, still held {f['held']}"),
         ("ran more than once", d["ran_more_than_once"],

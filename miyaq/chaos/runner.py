@@ -66,6 +66,7 @@ class ChaosConfig:
     duration: float = 60.0
     rate: float = 200.0
     task_time: float = 0.05
+    reject_every: int = 0
     faults: list[str] = field(default_factory=list)
     fault_order: str = "random"
     interval: float = 10.0
@@ -106,6 +107,8 @@ class ChaosConfig:
             raise ConfigError("--zk-servers starts the run's own ZooKeeper: not with --zk")
         if self.rolling and self.nodes < 2:
             raise ConfigError("--rolling needs at least 2 nodes")
+        if self.reject_every < 0:
+            raise ConfigError("--reject-every must be 0 (no task rejects itself) or more")
 
 
 def make_cluster(config: ChaosConfig, run_dir: str, rng: random.Random) -> Any:
@@ -204,14 +207,15 @@ class ChaosRun:
                            replicas=c.replicas, rate=c.rate, duration=c.duration, faults=",".join(c.faults),
                            interval=c.interval, fault_duration=c.fault_duration, pause_duration=c.pause_duration,
                            workers=c.workers, concurrency=c.concurrency, task_time=c.task_time,
-                           partitions=c.partitions, unsafe=c.unsafe, fsync=c.fsync, external=bool(c.zk),
-                           secure=c.secure,
+                           reject_every=c.reject_every, partitions=c.partitions, unsafe=c.unsafe, fsync=c.fsync,
+                           external=bool(c.zk), secure=c.secure,
                            rolling=c.rolling, zk_servers=c.zk_servers, run_dir=self.run_dir)
         self.history.write("phase", name="load")
         key, server_key = cluster.credentials("producer")
         producer = Producer(cluster.endpoints, self.history, rate=c.rate, duration=c.duration,
                             task_time=c.task_time, submit_timeout=c.submit_timeout,
-                            rng=random.Random(self.rng.random()), key=key, server_key=server_key).start()
+                            rng=random.Random(self.rng.random()), key=key, server_key=server_key,
+                            reject_every=c.reject_every).start()
         kinds = [k for k in c.faults if k in cluster.capabilities]
         for kind in c.faults:
             if kind not in cluster.capabilities:
@@ -267,7 +271,7 @@ class ChaosRun:
 
         key, server_key = cluster.credentials("admin")
         states = final_states(endpoints, ids, deadline, progress, key=key, server_key=server_key,
-                              refused=producer.refused - producer.accepted)
+                              refused=producer.refused - producer.accepted, rejecting=producer.rejecting)
         for task_id, state in states.items():
             self.history.write("final", id=task_id, state=state)
         self.history.write("phase", name="checked")

@@ -12,6 +12,11 @@ a worker killed with SIGKILL keeps every record it wrote (a torn last line
 is skipped by the reader). Records carry the task id, attempt, worker pid
 and the endpoint of the node that gave the task to the worker.
 
+A task submitted with ``reject`` set (``miyaq chaos --reject-every K``)
+raises :class:`~miyaq.errors.Reject` once it has written its finish record:
+the failure that must not be retried, which the cluster must dead-letter
+and never run again (the checker expects such a task to end ``dead``).
+
 The environment is read on the first task, not at import. Without
 ``MIYAQ_CHAOS_DIR`` the handler records nothing.
 """
@@ -24,6 +29,7 @@ import time
 from typing import IO, Any
 
 from ..app import App
+from ..errors import Reject
 from ..runtime import green
 from ..worker.context import TaskContext, current_task
 
@@ -74,13 +80,16 @@ def record(event: str, ctx: TaskContext) -> None:
 
 
 @app.task(name=TASK_NAME, queue=QUEUE, max_retries=100, backoff=0.2, backoff_max=2.0, timeout=30)
-def work(seconds: float = 0.0, seq: int = 0) -> Any:
+def work(seconds: float = 0.0, seq: int = 0, reject: bool = False) -> Any:
     """Sleep ``seconds`` (cooperatively) between a start and a finish record;
-    returns ``seq``. Retries are many and quick: a chaos task should only
-    end dead-lettered when something is wrong."""
+    returns ``seq``, or with ``reject`` raises Reject after the finish
+    record. Retries are many and quick: a chaos task should only end
+    dead-lettered when something is wrong, or when it rejected itself."""
     ctx = current_task()
     assert ctx is not None
     record("start", ctx)
     green.sleep(min(max(0.0, float(seconds)), MAX_SLEEP))
     record("finish", ctx)
+    if reject:
+        raise Reject(f"chaos task {seq} rejects itself: it must be dead-lettered, never run again")
     return seq

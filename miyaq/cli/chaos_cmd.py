@@ -54,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--rate", type=float, default=200.0, help="submits per second [200]")
     g.add_argument("--task-time", type=float, default=0.05,
                    help="mean seconds a task runs (exponential, at most 10) [0.05]")
+    g.add_argument("--reject-every", type=int, default=0, metavar="K",
+                   help="every K-th task raises Reject when it has run: it must end dead-lettered and never "
+                        "run again [0: none]")
     g.add_argument("--submit-timeout", type=float, default=10.0,
                    help="seconds before the client gives up on a submit [10]")
     g = p.add_argument_group("faults")
@@ -119,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     from ..chaos.runner import ChaosConfig, ChaosRun
     config = ChaosConfig(
         nodes=args.nodes, replicas=args.replicas, workers=args.workers, concurrency=args.concurrency,
-        duration=args.duration, rate=args.rate, task_time=args.task_time,
+        duration=args.duration, rate=args.rate, task_time=args.task_time, reject_every=args.reject_every,
         faults=parse_kinds(args.faults, args.partitions, args.zk_servers), zk_servers=args.zk_servers,
         fault_order=args.fault_order, interval=args.interval,
         fault_duration=args.fault_duration, pause_duration=args.pause_duration, unsafe=args.unsafe,
