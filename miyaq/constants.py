@@ -73,11 +73,11 @@ PEER_RECONNECT_MS = (100, 2000)
 MAX_PENDING_SUBMITS = 200_000
 #: Events in one replication stream message.
 MAX_STREAM_EVENTS = 1000
-#: STARTED events for tasks this node has no copy of yet (the runner's event
-#: overtook the REPLICATE that brings the copy): kept this many, this long,
-#: and applied when the copy arrives.
-MAX_EARLY_STARTS = 10_000
-EARLY_START_TTL = 60.0
+#: STARTED and DEAD events for tasks this node has no copy of yet (the
+#: event overtook the REPLICATE or handoff that brings the copy): kept this
+#: many, this long, and applied when the copy arrives.
+MAX_EARLY_EVENTS = 10_000
+EARLY_EVENT_TTL = 60.0
 #: A standby copy's QUERY to the other holders waits this long; silence lets it run.
 QUERY_TIMEOUT = 1.0
 #: Task ids answered in one QUERY.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from miyaq.constants import HANDOFF_RETRY
 from miyaq.runtime import wall
-from miyaq.store.task import DONE
+from miyaq.store.task import DEAD, DONE, SCHEDULED
 
 OLD = ["n1", "n2", "n3"]
 ALL = ["n1", "n2", "n3", "n4"]
@@ -115,4 +115,76 @@ def test_a_task_a_new_holder_already_finished_is_finished_on_every_new_holder(in
                        what="the task finished on n2 and on the new holder n3")
     assert cluster["n3"].task(tid) is None
     assert cluster["n3"].tombstone(tid).state == DONE and cluster["n2"].tombstone(tid).state == DONE
+    assert worker.times(tid) == 1 and not cluster.crashes()
+
+
+def test_a_task_dead_lettered_before_its_handed_off_copy_arrived_stays_dead_there(inproc):
+    """Fault: a ring change moves a running task's second copy to a joining
+    node, and the handoffs to it are held on the wire. Meanwhile the task
+    fails for good on its runner (``Reject``): the runner dead-letters it and
+    its DEAD event reaches the joining node before any copy does. When the
+    copies arrive, the joining node's copy must be dead too: before, it came
+    back live as a standby and, once the runner was gone (a chaos kill run
+    killed it 2.5 s later), ran the rejected task again. Standby copies wait
+    an hour here: none asks on its own."""
+    cluster = inproc(4, ring=OLD, replicas=2, replica_offset=3600.0)
+    for tid in (cluster.task_id() for _ in range(5000)):
+        old = cluster.holders(tid)
+        new = [m.node_id for m in cluster.script.view(ALL).holders(tid, 2)]
+        if "n4" in new and old[0] in new and old[1] not in new:
+            break
+    runner = old[0]
+    worker = cluster.worker(runner)
+    sub = cluster.submit(runner, tid, timeout=60)
+    cluster.wait_until(lambda: sub.status == "accepted" and worker.runs(tid), what="the task running")
+    held = cluster.net.hold("REPLICATE", dst="n4")
+    synced = cluster.net.hold("ANSWER", dst="n4", answering="SYNC")   # the copies a resync would bring too
+    epoch = cluster.publish(ALL)
+    cluster.wait_until(lambda: cluster.settled(epoch) and held.held and synced.held, what="the handoffs to n4 held")
+
+    worker.fail(tid, {"type": "Reject", "message": "never again"}, retry=False)
+    cluster.wait_until(lambda: any(m.fate == "delivered" for m in
+                                   cluster.net.messages("EVENTS", src=runner, dst="n4", event="D")),
+                       what="the DEAD event delivered to n4")
+    assert cluster["n4"].task(tid) is None, "the DEAD event must come before the copy"
+    held.release()
+    synced.release()
+    cluster.wait_until(lambda: cluster["n4"].state(tid) is not None, what="n4's copy installed")
+
+    assert cluster["n4"].state(tid) == DEAD and cluster[runner].state(tid) == DEAD
+    assert tid not in cluster["n4"].role.events.early      # applied when the copy came, not left waiting
+    cluster.stop_node(runner)
+    assert cluster["n4"].task(tid).error["type"] == "Reject"
+    assert worker.times(tid) == 1 and not cluster.crashes()
+
+
+def test_a_copy_that_missed_the_dead_event_is_dead_lettered_by_the_handoff(inproc):
+    """Fault: a task fails for good on its runner, and the DEAD event to the
+    other holder is lost; then the runner leaves the ring. Its handoff
+    carries the dead copy to the new holders: the one that had no copy
+    stores it dead, and the holder whose copy still waits dead-letters it
+    too. Before, a copy already there was left waiting -- and ran the
+    rejected task once no other holder answered (a chaos kill run, after a
+    node rejoined the ring). Standby copies wait an hour here."""
+    cluster = inproc(3, ring=OLD, replicas=2, replica_offset=3600.0)
+    tid = cluster.task_id()
+    runner, other = cluster.holders(tid)
+    worker = cluster.worker(runner)
+    sub = cluster.submit(runner, tid, timeout=60)
+    cluster.wait_until(lambda: sub.status == "accepted" and worker.runs(tid), what="the task running")
+    cluster.wait_until(lambda: cluster[other].task(tid).lessees, what="the STARTED event at the other holder")
+    lost = cluster.net.drop("EVENTS", src=runner, dst=other, event="D")
+
+    worker.fail(tid, {"type": "Reject", "message": "never again"}, retry=False)
+    cluster.wait_until(lambda: cluster.net.messages("EVENTS", src=runner, dst=other, event="D"),
+                       what="the DEAD event lost")
+    lost.remove()
+    assert cluster[runner].state(tid) == DEAD and cluster[other].state(tid) == SCHEDULED
+
+    rest = [n for n in OLD if n != runner]
+    cluster.publish(rest)            # the runner leaves: it hands its (dead) copy to the new holders
+    third = next(n for n in rest if n != other)
+    cluster.wait_until(lambda: cluster[third].state(tid) == DEAD, what="the dead copy on the new holder")
+    cluster.wait_until(lambda: cluster[other].state(tid) == DEAD, what="the waiting copy dead-lettered")
+    assert cluster[other].task(tid).error["type"] == "Reject"
     assert worker.times(tid) == 1 and not cluster.crashes()

@@ -12,7 +12,9 @@ and answering the peer requests about them.
 A copy is placed by this node's own view of the ring, which may be older or
 newer than the sender's: a node that is not a holder there refuses it (the
 sender keeps its copy and asks again later). Installing is idempotent and
-never brings back a finished task.
+never brings back a finished task; a dead-lettered copy handed off to a
+node whose copy waits there dead-letters it (the DEAD event may have gone to
+the holders of an older ring).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from miyaq.cluster.holder_events import apply_early_start
+from miyaq.cluster.holder_events import apply_early_event
 from miyaq.cluster.replicated_intake import is_resent
 from miyaq.cluster.sizes import EVENT_ALLOWANCE, outcome_size
 from miyaq.cluster.standby import describe
@@ -29,7 +31,7 @@ from miyaq.errors import InvalidField
 from miyaq.logs import LogLimiter
 from miyaq.protocol.recordspec import Outcome, check_outcome, task_from_record
 from miyaq.runtime import wall
-from miyaq.store.task import DEAD, SCHEDULED
+from miyaq.store.task import DEAD, READY, RETRYING, SCHEDULED
 
 if TYPE_CHECKING:
     from miyaq.cluster.role import ClusterRole
@@ -152,6 +154,13 @@ class Copies:
         if existing is not None:
             existing.holders = tuple(holders)
             existing.rank = holders.index(role.node_id)
+            if task.state == DEAD and existing.state in (SCHEDULED, READY, RETRYING):
+                # A holder hands off a copy it dead-lettered, and ours missed the
+                # DEAD event (it went to the holders of an older ring): ours must
+                # not run the task again. A copy running here reports for itself.
+                with role.events.applying_remote():
+                    existing.attempt = max(existing.attempt, task.attempt)
+                    engine.kill_copy(existing, task.error)
             return True
         if table.tombstone(task.id) is not None:
             return True
@@ -186,5 +195,5 @@ class Copies:
             _log.warning("copy", "could not store a copy of %s: %s", task.id, exc)
             return False
         if status == "accepted":
-            apply_early_start(role, task)    # its runner's STARTED event came first
+            apply_early_event(role, task)    # its runner's STARTED (or DEAD) event came first
         return status == "accepted" or task.id in table.live

@@ -13,10 +13,13 @@ inside :meth:`EventPublisher.applying_remote`, the one owner of that state.
 counted and skipped) and moves the local copy the same way — a standby copy
 pushes its timer out past the runner's lease, a finished task leaves a
 tombstone (even for an id this node does not know, so a late copy cannot
-come back). A STARTED event for a task whose copy has not arrived yet (it
-overtook the REPLICATE) is kept, bounded, and applied when the copy is
-installed (:func:`apply_early_start`): the standby then knows the lease and
-who holds it.
+come back). A STARTED or DEAD event for a task whose copy has not arrived
+yet (it overtook the REPLICATE, or the handoff after a ring change) is
+kept, bounded, and applied when the copy is installed
+(:func:`apply_early_event`): the standby then knows the lease and who holds
+it, or that the task was dead-lettered -- a copy handed off by another old
+holder before the task failed for good must not come back live and run it
+again.
 
 Events (arrays): ``["S", id, attempt, lease_end, at_most_once, lessee]``
 started (``lessee``: who the attempt was leased to, so that worker may report
@@ -37,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from miyaq.cluster.sizes import chunks, event_size
 from miyaq.cluster.transport import StreamPublisher
-from miyaq.constants import EARLY_START_TTL, MAX_EARLY_STARTS, MAX_STREAM_EVENTS
+from miyaq.constants import EARLY_EVENT_TTL, MAX_EARLY_EVENTS, MAX_STREAM_EVENTS
 from miyaq.core.attempts import note_lessee
 from miyaq.core.listener import EngineListener
 from miyaq.errors import InvalidField
@@ -62,7 +65,7 @@ class EventPublisher(EngineListener):
         self.outbox: dict[str, list[list[Any]]] = {}
         self.duplicates = 0
         self._remote = 0      # > 0 while applying what another holder did
-        self.early: OrderedDict[str, tuple[str, list[Any], float]] = OrderedDict()   # id -> (src, S event, when)
+        self.early: OrderedDict[str, tuple[str, list[Any], float]] = OrderedDict()   # id -> (src, S/D event, when)
 
     @contextmanager
     def applying_remote(self) -> Iterator[None]:
@@ -121,15 +124,16 @@ class EventPublisher(EngineListener):
         logger.warning("task %s ran more than once (%s)", task.id, info)
 
     def hold_early(self, src: str, event: list[Any]) -> None:
-        """Keep a STARTED event for a task not held here yet (bounded, oldest dropped)."""
+        """Keep a STARTED or DEAD event for a task not held here yet (the
+        latest per task; bounded, oldest dropped)."""
         self.early[event[1]] = (src, event, monotonic())
         self.early.move_to_end(event[1])
-        if len(self.early) > MAX_EARLY_STARTS:
+        if len(self.early) > MAX_EARLY_EVENTS:
             self.early.popitem(last=False)
 
     def take_early(self, task_id: str) -> tuple[str, list[Any]] | None:
         found = self.early.pop(task_id, None) if self.early else None
-        if found is None or monotonic() - found[2] > EARLY_START_TTL:
+        if found is None or monotonic() - found[2] > EARLY_EVENT_TTL:
             return None
         return found[0], found[1]
 
@@ -162,8 +166,10 @@ def apply_events(role: ClusterRole, src: str, events: list[Any]) -> None:
                 continue
             task = table.live.get(task_id) or table.dead.get(task_id)
             if task is None:
-                if op == "S" and len(ev) >= 4:
-                    role.events.hold_early(src, ev)     # its copy is on its way (REPLICATE)
+                if (op == "S" and len(ev) >= 4) or op == "D":
+                    role.events.hold_early(src, ev)     # its copy is on its way (REPLICATE, handoff)
+                elif op == "V":
+                    role.events.take_early(task_id)     # revived: an earlier D no longer holds
                 continue
             if op == "S":
                 _started_elsewhere(role, src, task, ev, now)
@@ -186,12 +192,18 @@ def apply_events(role: ClusterRole, src: str, events: list[Any]) -> None:
                 engine.dead_purge(None, [task_id])
 
 
-def apply_early_start(role: ClusterRole, task: Task) -> None:
-    """A copy was just installed: apply the STARTED event that overtook it, if any."""
+def apply_early_event(role: ClusterRole, task: Task) -> None:
+    """A copy was just installed: apply the STARTED or DEAD event that overtook it, if any."""
     found = role.events.take_early(task.id)
-    if found is not None:
-        with role.events.applying_remote():
-            _started_elsewhere(role, found[0], task, found[1], wall())
+    if found is None:
+        return
+    src, ev = found
+    with role.events.applying_remote():
+        if ev[0] == "S":
+            _started_elsewhere(role, src, task, ev, wall())
+        else:
+            task.attempt = ev[2]
+            role.engine.kill_copy(task, ev[3])
 
 
 def _started_elsewhere(role: ClusterRole, src: str, task: Task, ev: list[Any], now: float) -> None:
