@@ -188,3 +188,30 @@ def test_a_copy_that_missed_the_dead_event_is_dead_lettered_by_the_handoff(inpro
     cluster.wait_until(lambda: cluster[other].state(tid) == DEAD, what="the waiting copy dead-lettered")
     assert cluster[other].task(tid).error["type"] == "Reject"
     assert worker.times(tid) == 1 and not cluster.crashes()
+
+
+def test_a_dead_copy_handed_off_survives_its_new_holders_restart(inproc, tmp_path):
+    """Fault: a dead-lettered task is handed off (its runner leaves the
+    ring) to a new holder, the leaving node drops its copy once the new
+    holders confirmed it, and the new holder then restarts from its log.
+    The dead copy must still be there: before, a handed-off dead copy was
+    kept in memory only, and a chaos kill run lost 140 of its 1,600
+    rejected tasks -- every holder had restarted after taking them."""
+    cluster = inproc(3, ring=OLD, replicas=2, data_dir=str(tmp_path), fsync="always")
+    tid = cluster.task_id()
+    runner, other = cluster.holders(tid)
+    worker = cluster.worker(runner)
+    sub = cluster.submit(runner, tid, timeout=60)
+    cluster.wait_until(lambda: sub.status == "accepted" and worker.runs(tid), what="the task running")
+    worker.fail(tid, {"type": "Reject", "message": "never again"}, retry=False)
+    cluster.wait_until(lambda: cluster[other].state(tid) == DEAD, what="the task dead on both holders")
+
+    rest = [n for n in OLD if n != runner]
+    cluster.publish(rest)
+    third = next(n for n in rest if n != other)
+    cluster.wait_until(lambda: cluster[third].state(tid) == DEAD and cluster[runner].task(tid) is None,
+                       what="the dead copy handed to the new holder, and dropped by the runner")
+    cluster.stop_node(third)
+    back = cluster.start_node(third)
+    assert back.state(tid) == DEAD and back.task(tid).error["type"] == "Reject"
+    assert back.task(tid).attempt == 1 and not cluster.crashes()

@@ -169,10 +169,12 @@ class Copies:
         task.state = SCHEDULED
         task.rank = holders.index(role.node_id)
         if state == DEAD:
-            task.state = DEAD
-            engine.restore(task, now)
-            return True
-        if "state" in record:    # a handed-off copy of a task under way elsewhere
+            # Stored as a waiting copy, then dead-lettered: both go to the log like
+            # any copy's, so a restart keeps it (the sender drops its own once
+            # every new holder confirmed).
+            task.standby = True
+            task.eta = max(task.eta, now)
+        elif "state" in record:    # a handed-off copy of a task under way elsewhere
             task.standby = True
             base = max(task.eta, task.lease_end, now)
             task.eta = base + role.offset_for(task, minimum=1)
@@ -194,6 +196,9 @@ class Copies:
         except Exception as exc:   # Busy, ShuttingDown, too many queues: not stored
             _log.warning("copy", "could not store a copy of %s: %s", task.id, exc)
             return False
-        if status == "accepted":
+        if status == "accepted" and state == DEAD:
+            with role.events.applying_remote():       # the sender's news, not this node's
+                engine.kill_copy(task, task.error)
+        elif status == "accepted":
             apply_early_event(role, task)    # its runner's STARTED (or DEAD) event came first
-        return status == "accepted" or task.id in table.live
+        return status == "accepted" or task.id in table.live or task.id in table.dead
