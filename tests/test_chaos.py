@@ -123,6 +123,23 @@ def test_accepted_then_unknown_everywhere_is_lost():
     assert v.exit_code() == 1 and not s["ok"]
 
 
+def test_a_finished_task_forgotten_fails_the_run_unless_a_data_dir_was_wiped():
+    """Only a wiped data dir may make the cluster forget a finished task
+    within a run; otherwise the forgetting is a loss of state (a chaos kill
+    run found dead-lettered tasks forgotten after handoffs)."""
+    def verdict(wipe: bool):
+        h = H().task("kept", 0, runs=[(0.1, 1, 10, True)]).task("forgot", 1, runs=[(0.1, 1, 10, True)],
+                                                               final="unknown")
+        if wipe:
+            h.add("fault", 5, phase="begin", fault=1, kind="wipe", target="n0")
+            h.add("fault", 6, phase="heal", fault=1)
+        return h.checked().verdict()
+    s = verdict(wipe=False).summary()
+    assert (s["forgotten"], s["forgotten_unexplained"], s["lost"], s["exit_code"]) == (1, 1, 0, 1)
+    s = verdict(wipe=True).summary()
+    assert (s["forgotten"], s["forgotten_unexplained"], s["exit_code"]) == (1, 0, 0)
+
+
 def test_accepted_but_still_held_after_the_drain_is_stuck_not_lost():
     v = H().task("late", 0, final="scheduled").task("dl", 1, runs=[(0.1, 1, 10, False)], final="dead") \
         .checked().verdict()

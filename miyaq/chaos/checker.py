@@ -18,7 +18,11 @@ Verdicts, per submitted task id:
   but that has a ``finish`` record is **forgotten**, not lost: it ran to
   the end, but its tombstone is gone (e.g. every holder's data was
   wiped), so its result, status and dedup by id are gone too — reported,
-  not a failure of the run. Without ``final`` records (a run cut
+  not a failure of the run -- when the run wiped a data dir (``wipe``).
+  With no wipe, nothing may forget a finished task within a run (tombstones
+  are kept an hour and 200,000 deep), so every forgotten task is
+  ``forgotten_unexplained`` and fails the run like a lost one (a dead-letter
+  record lost in a handoff was found so). Without ``final`` records (a run cut
   short) an accepted task with no ``finish`` record counts as lost.
 - **failed submit**: a ``fail`` came back (or nothing did). The client was
   told it failed, but the task may have been stored anyway: the checker
@@ -91,7 +95,7 @@ class Verdict:
         started twice with no fault to explain it, a node cut off from
         ZooKeeper started tasks after it should have fenced itself, or a
         ring change was accepted while ZooKeeper had no quorum."""
-        if self.counts["lost"]:
+        if self.counts["lost"] or self.counts["forgotten_unexplained"]:
             return 1
         if self.counts["stuck"]:
             return 3
@@ -116,7 +120,7 @@ class Verdict:
             "ok": self.ok, "exit_code": self.exit_code(), "final_checked": self.final_checked,
             "run": self.run,
             "submitted": c["submitted"], "accepted": c["accepted"], "done": c["done"],
-            "forgotten": c["forgotten"],
+            "forgotten": c["forgotten"], "forgotten_unexplained": c["forgotten_unexplained"],
             "lost": c["lost"], "stuck": c["stuck"], "dead": c["dead"], "never_ran": c["never_ran"],
             "rejected": {"accepted": c["rejected"], "dead": c["rejected_dead"], "ran_again": c["rejected_again"]},
             "failed_submits": {"total": c["failed"], "by_code": self.failed_codes, "ran": c["failed_ran"],
@@ -224,8 +228,10 @@ def check(records: Iterable[dict[str, Any]], bucket: float = 1.0) -> Verdict:
             elif tr.final in LIVE_STATES:
                 counts["failed_held"] += 1
     counts["faults_skipped"] = skipped
-    for key in ("submitted", "accepted", "done", "forgotten", "lost", "stuck", "dead", "never_ran", "failed",
-                "rejected", "rejected_dead", "rejected_again",
+    if not any(s.kind == "wipe" for s in spans):
+        counts["forgotten_unexplained"] = counts["forgotten"]    # only a wiped data dir may forget
+    for key in ("submitted", "accepted", "done", "forgotten", "forgotten_unexplained", "lost", "stuck", "dead",
+                "never_ran", "failed", "rejected", "rejected_dead", "rejected_again",
                 "failed_ran", "failed_done", "failed_held", "starts", "finishes", "dup", "dup_completed",
                 "dup_after_crash", "dup_aborted", "dup_unexplained", "fencing"):
         counts.setdefault(key, 0)

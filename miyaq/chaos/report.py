@@ -129,6 +129,10 @@ def render(summary: dict[str, Any], history_path: str | None = None, picture: st
     if summary["lost"]:
         lines.append(f"VERDICT: FAILED, {summary['lost']} accepted task(s) LOST, e.g. "
                      f"{', '.join(summary['examples'].get('lost', [])[:3])}")
+    elif summary.get("forgotten_unexplained"):
+        lines.append(f"VERDICT: FAILED, {summary['forgotten_unexplained']} finished task(s) forgotten by the "
+                     f"whole cluster with no data dir wiped, e.g. "
+                     f"{', '.join(summary['examples'].get('forgotten', [])[:3])}")
     elif summary["stuck"]:
         lines.append(f"VERDICT: FAILED, nothing lost but {summary['stuck']} accepted task(s) not done after the "
                      "drain")
@@ -147,7 +151,7 @@ def render(summary: dict[str, Any], history_path: str | None = None, picture: st
                      + ("; a step did not complete (see the faults)" if summary.get("rolling_broken") else ""))
     else:
         lines.append("VERDICT: OK, every accepted task finished")
-    if summary.get("forgotten"):
+    if summary.get("forgotten") and not summary.get("forgotten_unexplained"):
         lines.append(f"NOTE: {summary['forgotten']} finished task(s) are unknown to the cluster now (their "
                      "tombstones went with wiped data dirs): no status, no result, and a resubmit with the same "
                      "id would run again")
