@@ -110,11 +110,12 @@ def test_network_and_disk_faults_lose_nothing_and_cut_off_nodes_fence_themselves
     itself); a minority node cut off from the majority and from ZooKeeper
     (8 s, the same); one-way partitions both ways, a 10 % lossy link, a
     100 ± 80 ms delaying link, a link duplicating 5 % of its packets and a
-    full data disk (2 s each)."""
+    full data disk (2 s each). One task in ten rejects itself: each must end
+    dead-lettered, whatever the partitions did to its DEAD events."""
     need_root()
     kinds = ["zkminority", "deaf", "split", "mute", "lossy", "delay", "duplicate", "diskfull"]
     s = run_chaos(tmp_path / "run", "--partitions", "--zk-servers", "3", "--faults", ",".join(kinds),
-                  "--duration", "50", "--interval", "1", "--fault-duration", "2")
+                  "--duration", "50", "--interval", "1", "--fault-duration", "2", "--reject-every", "10")
     assert_clean(s, kinds)
 
 
