@@ -130,7 +130,8 @@ def test_a_holder_whose_session_ended_does_not_take_over_a_standby_copy(inproc):
     a larger node id: by the tie-break between standbys the resumed node
     would run it -- while the ring had gone on without it and the other
     holder ran it too. A node whose session ended takes over nothing until
-    it has a session again."""
+    it has a session again: its reconcile does not end while the
+    coordinator cannot confirm its ring, so the copy does not even ask."""
     cluster = inproc(2, replicas=2, replica_offset=5.0, default_timeout=60.0)
     tid = cluster.task_led_by("n1")
     sub = cluster.submit("n2", tid, countdown=0.5)
@@ -140,11 +141,12 @@ def test_a_holder_whose_session_ended_does_not_take_over_a_standby_copy(inproc):
     cluster.script.expire("n1")
     cluster.advance(1.0)                       # n1's copy comes due; n2's waits an offset more
     cluster.net.heal("n1")
+    base = resumed.role.resync.completed
     resumed.role.stalled(4.0)                  # what its clockwork calls when it wakes from a freeze
     late = cluster.worker("n1")
-    cluster.wait_until(lambda: cluster.net.messages("ANSWER", src="n2", dst="n1", answering="QUERY", task=tid),
-                       what="n1's copy to ask n2")
+    cluster.wait_until(lambda: resumed.role.resync.completed > base, what="n1's resync answered")
     cluster.settle(0.2)
+    assert resumed.node.core.gate.holds(RECONCILING), "reconciled without a session"
     assert late.times(tid) == 0, "a node without a session ran a copy on its old view of the ring"
     assert resumed.task(tid).standby and cluster["n2"].task(tid).standby
     other = cluster.worker("n2")
@@ -153,3 +155,32 @@ def test_a_holder_whose_session_ended_does_not_take_over_a_standby_copy(inproc):
     cluster.wait_until(lambda: late.times(tid) + other.times(tid) >= 1, what="the task to run once the session is back")
     cluster.settle(0.2)
     assert late.times(tid) + other.times(tid) == 1 and not cluster.crashes()
+
+
+def test_a_node_resumed_from_a_freeze_waits_for_its_ring_to_be_confirmed(inproc):
+    """Fault: a node is frozen past its ZooKeeper session's timeout; the ring
+    goes on without it, and it resumes before it has noticed (its session's
+    end and the new ring are not delivered yet). Its resyncs come back at
+    once, but it must not end its reconcile -- and let its copies that came
+    due run as the rank it no longer has -- until the coordinator confirms
+    its ring; here only once the new ring reaches it. (A chaos run saw such
+    a node finish its resync 60 ms after the freeze and run a task the new
+    holders had just started.)"""
+    cluster = inproc(3, replicas=2, default_timeout=60.0)
+    frozen = cluster["n3"]
+    cluster.net.cut("n3")
+    epoch = cluster.publish(["n1", "n2"], withhold=["n3"])     # its session expired: the ring goes on
+    cluster.wait_until(lambda: all(cluster[n].role.view.epoch == epoch for n in ("n1", "n2")),
+                       what="n1 and n2 on the new ring")
+    cluster.net.heal("n3")
+
+    base = frozen.role.resync.completed
+    frozen.role.stalled(8.0)          # what its clockwork calls when it wakes from a freeze
+    cluster.wait_until(lambda: frozen.role.resync.completed >= base + 2, what="n3's resyncs answered")
+    cluster.settle(0.3)
+    assert frozen.node.core.gate.holds(RECONCILING), "reconciled on a ring ZooKeeper no longer has"
+    assert frozen.role.view.epoch < epoch
+
+    cluster.script.deliver("n3")      # it notices: the newest ring reaches it, and is confirmed
+    cluster.wait_until(lambda: not frozen.node.core.gate.holds(RECONCILING), what="n3's reconcile to end")
+    assert frozen.role.view.epoch == epoch and not cluster.crashes()

@@ -341,3 +341,30 @@ def test_bad_configuration_raises_config_error(zk_supervisor):
         ZooKeeperCoordinator("", "ok", member("a"), supervisor=zk_supervisor)
     with pytest.raises(ConfigError, match="Supervisor"):
         ZooKeeperCoordinator("127.0.0.1:1", "ok", member("a"), supervisor=None)  # type: ignore[arg-type]
+
+
+def test_confirm_view_answers_from_a_round_trip_to_zookeeper(make, zk_server):
+    """A node resumed from a freeze asks ZooKeeper whether its ring is still
+    the newest on a live session before a standby copy may run: yes for the
+    ring it holds, no for an older epoch, and no once its session expired
+    (until it has a new one and the ring again)."""
+    nodes = [make(f"n{i}") for i in range(2)]
+    coordinators = [c for c, _ in nodes]
+    wait_until(lambda: agreed(coordinators, {"n0", "n1"}), "an agreed ring")
+    node = coordinators[1]
+
+    def ask(epoch: int) -> list[bool]:
+        answers: list[bool] = []
+        node.confirm_view(epoch, answers.append)
+        wait_until(lambda: answers, "the coordinator's answer")
+        return answers
+
+    epoch = node.view.epoch
+    assert ask(epoch) == [True]
+    assert ask(epoch - 1) == [False]
+    expire_session(zk_server.hosts, node.client)
+    wait_until(lambda: node.session_lost() or node.view.epoch > epoch, "the session lost (or already renewed)")
+    if node.session_lost():
+        assert ask(node.view.epoch) == [False]
+    wait_until(lambda: not node.session_lost() and agreed(coordinators, {"n0", "n1"}), "the node back in the ring")
+    wait_until(lambda: ask(node.view.epoch) == [True], "the new session's ring confirmed")

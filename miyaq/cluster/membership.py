@@ -88,6 +88,16 @@ class Coordinator(abc.ABC):
         it has a new one; False for a standalone node."""
         return False
 
+    def confirm_view(self, epoch: int, done: Callable[[bool], None]) -> None:
+        """Ask the coordination service, in a round trip begun now, whether
+        this node's session still holds and ``epoch`` is still the newest
+        ring; call ``done(True)`` if so, ``done(False)`` if not (no answer,
+        the session ended, a newer ring exists). After a freeze a node may
+        not have noticed yet that its session expired and the ring went on
+        without it. ``done`` runs in the node's event loop and must not
+        block. A standalone node: ``done(True)`` at once."""
+        done(True)
+
     @abc.abstractmethod
     def join(self, node_id: str) -> None:
         """Ask for ``node_id`` to be in the ring (applied by the leader)."""

@@ -89,6 +89,8 @@ class ClusterRole:
         self._pending_view: RingView | None = None
         self._reconcile_until = 0.0
         self._resync_base = 0
+        self._view_confirmed = True   # False from a freeze or a fence until ZooKeeper confirms the ring
+        self._confirming = False
         self._sweep_until = 0.0
         self._suspect_until = 0.0
         self._ticked = 0.0       # the ticker's last round: long ago means the process was frozen
@@ -180,14 +182,36 @@ class ClusterRole:
         return bool(self._reconcile_until)
 
     def _hold_until_resynced(self, why: str) -> None:
-        """Hold dispatching until every peer's state was fetched again; the
-        copies that came due meanwhile ask the other holders before they run
-        (others may have run them while this node was silent)."""
+        """Hold dispatching until every peer's state was fetched again and
+        the coordination service confirmed this node's ring (a frozen node
+        may not have noticed yet that its session expired and the ring went
+        on without it: a chaos run saw one resume, finish its resync in
+        60 ms and run, as rank 0 of a ring it was no longer in, a task the
+        new holders had just started); the copies that came due meanwhile
+        ask the other holders before they run (others may have run them
+        while this node was silent)."""
         self.gate.close(RECONCILING)
         self._resync_base = self.resync.completed
         self._reconcile_until = monotonic() + FROZEN_RESYNC_TIMEOUT
+        self._view_confirmed = False
+        self._confirm_view()
         self.standby.ask_first(self.engine.table.live.values(), wall())
         self.subscriber.resync_all(why)
+
+    def _confirm_view(self) -> None:
+        """Ask the coordinator to confirm this node's ring (one request at a
+        time; the ticker asks again after a refusal, until the reconcile ends)."""
+        if self._confirming:
+            return
+        self._confirming = True
+        epoch = self.view.epoch
+
+        def done(confirmed: bool) -> None:
+            self._confirming = False
+            if confirmed and self.view.epoch == epoch:
+                self._view_confirmed = True
+
+        self.coordinator.confirm_view(epoch, done)
 
     # -- fencing ----------------------------------------------------------------------
     def fenced(self) -> bool:
@@ -335,6 +359,8 @@ class ClusterRole:
             self.flush()
             if self.intake.sweep():
                 self._flush_acks()     # the rejections leave now, not with the next message
+            if self._reconcile_until and not self._view_confirmed:
+                self._confirm_view()
             if self._reconcile_until and (mono >= self._reconcile_until or self._reconciled()):
                 reconciled = self._reconciled()
                 self._reconcile_until = 0.0
@@ -354,7 +380,8 @@ class ClusterRole:
                 self.handoff.run()
 
     def _reconciled(self) -> bool:
-        """Every other member's state was fetched again since reconciling began."""
+        """Every other member's state was fetched again since reconciling
+        began, and the coordinator confirmed the ring since."""
         others = len(self.view.members) - 1
-        return (len(self.view.members) > 0 and self.streams_ready()
+        return (len(self.view.members) > 0 and self.streams_ready() and self._view_confirmed
                 and self.resync.completed - self._resync_base >= others)

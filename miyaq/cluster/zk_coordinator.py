@@ -159,6 +159,29 @@ class ZooKeeperCoordinator(Coordinator):
     def session_lost(self) -> bool:
         return self._session is not None and self._session.lost
 
+    def confirm_view(self, epoch: int, done: Callable[[bool], None]) -> None:
+        """Read the ring znode on the current session (a round trip): True if
+        it succeeded and the ring's epoch is ``epoch``."""
+        session = self._session
+        if session is None or self._closing or session.lost:
+            done(False)
+            return
+        try:
+            result = session.zk.get_async(self._layout.ring)
+        except Exception:       # no connection, closing: not confirmed
+            done(False)
+            return
+
+        def answered(result: Any) -> None:
+            try:
+                data, _ = result.get_nowait()
+                confirmed = bool(data) and RingRecord.from_bytes(data).epoch == epoch and not session.lost
+            except Exception:   # SessionExpiredError, ConnectionLoss, a bad znode
+                confirmed = False
+            done(confirmed)
+
+        result.rawlink(answered)
+
     def registered(self) -> dict[str, Member]:
         return self._registry.registered() if self._registry is not None else {}
 

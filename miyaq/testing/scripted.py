@@ -23,7 +23,7 @@ epoch lower than the last one, or a leader that is not a member, on purpose.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import replace
 
 from miyaq.cluster.membership import Coordinator
@@ -82,6 +82,10 @@ class ScriptedCoordinator(Coordinator):
 
     def session_lost(self) -> bool:
         return self.lost_at is not None
+
+    def confirm_view(self, epoch: int, done: Callable[[bool], None]) -> None:
+        """True while this node has a session and ``epoch`` is the script's newest ring."""
+        done(self.lost_at is None and self.script.current.epoch == epoch)
 
     def join(self, node_id: str) -> None:
         self._wish(node_id, "join")
