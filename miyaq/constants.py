@@ -111,12 +111,14 @@ SUSPECT_AFTER_FREEZE = 5.0
 #: second, says by then whether it lost ZooKeeper too).
 FENCE_AFTER = 1.5
 #: A peer that got ZooKeeper back *after* this node lost it counts toward
-#: fencing this node once it has kept ZooKeeper this long while this node
-#: still has none: longer than a node takes to reconnect when a stopped
-#: ensemble comes back (kazoo retries every second at most), so a whole
-#: ensemble's return fences no one, yet a node cut off while its peers only
-#: blinked (they shared the server that was cut off) fences within seconds.
-FENCE_PEER_HELD = 3.0
+#: fencing this node once it has kept ZooKeeper this long (from its first
+#: heartbeat that says so, sent at once) while this node still has none. A
+#: node cut off while its peers' connections blinked, or while the rest of
+#: the ensemble elected a new leader, must fence within seconds of the cut;
+#: when a stopped ensemble comes back, a node that reconnects more than this
+#: after its peers fences for that moment (a pause and a resync, on the
+#: safe side).
+FENCE_PEER_HELD = 0.5
 #: A node that left the ring is still listened to this long (its stream and
 #: peer link): it announces how the tasks it still ran ended.
 DEPARTED_GRACE = 60.0

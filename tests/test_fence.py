@@ -62,20 +62,19 @@ def test_fault_ensemble_just_back_and_this_node_reconnecting_is_not_fenced():
     assert not fence(20.0, {"n1": just_back, "n2": just_back}).fenced(RING)
 
 
-@pytest.mark.parametrize("blinked_after", [0.1, 2.0])
-def test_fault_cut_off_while_the_peers_connections_blinked_fences_once_they_held_it(blinked_after):
+@pytest.mark.parametrize("held", [2 * FENCE_PEER_HELD, 18.0], ids=["just-held", "held-long"])
+def test_fault_cut_off_while_the_peers_reconnected_fences_once_they_held_it(held):
     """Fault: this node's ZooKeeper server was cut off from the others (a
-    minority); the peers connected to it too lost their connections in the
-    same instant and got them back on another server a moment later. None
-    has had ZooKeeper since before this node lost it, but once they have
-    kept it FENCE_PEER_HELD while this node still has none, it fences (a
-    chaos run saw a node take 7.2 s to fence before the rule counted them)."""
-    lost = 20.0
-    since_reconnect = lost - blinked_after
-    assert since_reconnect > FENCE_PEER_HELD
-    assert fence(lost, {"n1": since_reconnect, "n2": None}).fenced(RING)
-    # ... and not before they held it that long
-    assert not fence(FENCE_AFTER + 0.5, {"n1": FENCE_AFTER, "n2": None}).fenced(RING)
+    minority). The peers lost their connections too -- they shared that
+    server, or it was the ensemble's leader and the rest elected a new one
+    -- and got them back a moment later. None has had ZooKeeper since
+    before this node lost it, but once one has kept it FENCE_PEER_HELD while
+    this node still has none, it fences. (Chaos runs saw a node fence 7.2 s
+    after it lost ZooKeeper, and a CI run 4.9 s, past the 6 s the checker
+    allows from the cut, with a 3 s hold.)"""
+    assert fence(20.0, {"n1": held, "n2": None}).fenced(RING)
+    # ... and not before one held it that long
+    assert not fence(FENCE_AFTER + 0.5, {"n1": FENCE_PEER_HELD / 2, "n2": None}).fenced(RING)
 
 
 def test_fault_split_minority_hears_no_majority_and_fences():

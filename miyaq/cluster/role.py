@@ -354,7 +354,10 @@ class ClusterRole:
         while True:
             green.sleep(CLUSTER_TICK)
             mono = self._ticked = monotonic()
-            self.publisher.zk_ok = self.coordinator.silent_for() == 0.0
+            zk_ok = self.coordinator.silent_for() == 0.0
+            if zk_ok and not self.publisher.zk_ok:
+                last_beat = 0.0       # tell the peers now: one cut off from ZooKeeper fences on it
+            self.publisher.zk_ok = zk_ok
             self._watch_fence()
             self.flush()
             if self.intake.sweep():
