@@ -117,7 +117,8 @@ FENCE_AFTER = 1.5
 #: the ensemble elected a new leader, must fence within seconds of the cut;
 #: when a stopped ensemble comes back, a node that reconnects more than this
 #: after its peers fences for that moment (a pause and a resync, on the
-#: safe side).
+#: safe side). Less than FENCE_AFTER: a peer that had ZooKeeper since before
+#: this node lost it has held it this long by the time this node may fence.
 FENCE_PEER_HELD = 0.5
 #: A node that left the ring is still listened to this long (its stream and
 #: peer link): it announces how the tasks it still ran ended.

@@ -5,13 +5,14 @@ A node that has been without ZooKeeper (connection suspended or session
 lost) for ``FENCE_AFTER`` seconds is *fenced* when either
 
 - a peer whose replication stream it hears says, in its heartbeats, that
-  it has had ZooKeeper since before this node lost it, or for
-  ``FENCE_PEER_HELD`` seconds at least: the ring can change without this
+  it has had ZooKeeper for ``FENCE_PEER_HELD`` seconds at least -- which
+  every peer that had it since before this node lost it has, as
+  ``FENCE_PEER_HELD`` < ``FENCE_AFTER``: the ring can change without this
   node, and its tasks be handed to other holders (a peer that only just got
   ZooKeeper back, as when a stopped ensemble returns, does not count yet:
   this node is about to reconnect too; but peers whose own connections
-  blinked as this node lost its own -- they shared the server that was cut
-  off -- count once they have kept ZooKeeper that long); or
+  dropped with this node's -- they shared the server that was cut off --
+  count once they have kept ZooKeeper that long); or
 - it hears fewer than a majority of the ring's members (itself included):
   it may be the minority of a split.
 
@@ -44,8 +45,7 @@ class Fence:
         silent = self.coordinator.silent_for()
         if silent < FENCE_AFTER:
             return False
-        now = monotonic()
-        counts_since = max(now - silent, now - FENCE_PEER_HELD)   # had it before this node lost it, or for long
+        counts_since = monotonic() - FENCE_PEER_HELD
         heard = {n: since for n, since in self.subscriber.heard_from(STREAM_SILENCE).items()
                  if n in members and n != self.node_id}
         if any(since is not None and since <= counts_since for since in heard.values()):

@@ -184,8 +184,7 @@ def apply_events(role: ClusterRole, src: str, events: list[Any]) -> None:
                 eta = ev[3] or now
                 engine.defer(task, eta + role.offset_for(task), RETRYING if ev[3] else SCHEDULED)
             elif op == "D":
-                task.attempt = ev[2]
-                engine.kill_copy(task, ev[3])
+                _dead_elsewhere(role, task, ev)
             elif op == "V":
                 engine.revive_copy(task_id, now + role.offset_for(task))
             elif op == "P":
@@ -202,8 +201,13 @@ def apply_early_event(role: ClusterRole, task: Task) -> None:
         if ev[0] == "S":
             _started_elsewhere(role, src, task, ev, wall())
         else:
-            task.attempt = ev[2]
-            role.engine.kill_copy(task, ev[3])
+            _dead_elsewhere(role, task, ev)
+
+
+def _dead_elsewhere(role: ClusterRole, task: Task, ev: list[Any]) -> None:
+    """Another holder dead-lettered the task (a ``D`` event): so is this copy."""
+    task.attempt = ev[2]
+    role.engine.kill_copy(task, ev[3])
 
 
 def _started_elsewhere(role: ClusterRole, src: str, task: Task, ev: list[Any], now: float) -> None:

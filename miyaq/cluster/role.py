@@ -90,7 +90,8 @@ class ClusterRole:
         self._reconcile_until = 0.0
         self._resync_base = 0
         self._view_confirmed = True   # False from a freeze or a fence until ZooKeeper confirms the ring
-        self._confirming = False
+        self._confirming = 0          # the pending confirmation's number (0: none)
+        self._confirmations = 0
         self._sweep_until = 0.0
         self._suspect_until = 0.0
         self._ticked = 0.0       # the ticker's last round: long ago means the process was frozen
@@ -194,20 +195,26 @@ class ClusterRole:
         self._resync_base = self.resync.completed
         self._reconcile_until = monotonic() + FROZEN_RESYNC_TIMEOUT
         self._view_confirmed = False
+        self._confirming = 0          # an answer still due belongs to an earlier reconcile
         self._confirm_view()
         self.standby.ask_first(self.engine.table.live.values(), wall())
         self.subscriber.resync_all(why)
 
     def _confirm_view(self) -> None:
         """Ask the coordinator to confirm this node's ring (one request at a
-        time; the ticker asks again after a refusal, until the reconcile ends)."""
+        time; the ticker asks again after a refusal, until the reconcile ends).
+        Each request is numbered: the answer to one that a new reconcile gave
+        up on (it never came, say) confirms nothing."""
         if self._confirming:
             return
-        self._confirming = True
+        self._confirmations += 1
+        ticket = self._confirming = self._confirmations
         epoch = self.view.epoch
 
         def done(confirmed: bool) -> None:
-            self._confirming = False
+            if ticket != self._confirming:
+                return
+            self._confirming = 0
             if confirmed and self.view.epoch == epoch:
                 self._view_confirmed = True
 
