@@ -9,6 +9,7 @@ from miyaq.cluster.holder_events import STARTED_ELSEWHERE
 from miyaq.constants import QUERY_TIMEOUT
 from miyaq.runtime import wall
 from miyaq.store.task import DEAD, DONE, RETRYING, SCHEDULED, Task
+from miyaq.testing.consumer import InProcessWorker
 
 
 def test_lost_started_event_standby_asks_and_waits_for_the_runner(inproc):
@@ -214,3 +215,48 @@ def test_a_retryable_failure_sent_to_the_standby_while_the_runner_lives_runs_not
     assert workers[runner].runs(tid) and workers[standby].times(tid) == 0
     assert cluster[standby].due_at(tid) >= cluster[runner].task(tid).lease_end
     assert cluster[standby].role.standby.takeovers == 0 and not cluster.crashes()
+
+
+class _DiesAsItDispatches(InProcessWorker):
+    """A consumer on the runner's node that cuts that node off the network
+    the moment a task is handed to it: the node is killed as the DISPATCH
+    leaves, and nothing it sends afterwards arrives anywhere."""
+
+    def __init__(self, cluster: Any, node_id: str) -> None:
+        self.cluster, self.node_id = cluster, node_id
+        super().__init__(cluster[node_id].node, ["default"], 100)
+
+    def deliver(self, tasks: list[Task]) -> bool:
+        self.cluster.net.cut(self.node_id, "out")
+        return super().deliver(tasks)
+
+
+def test_a_node_killed_as_it_dispatches_has_already_told_the_standby_who_runs_the_task(inproc):
+    """Fault: the runner's node dies the moment it hands a task to its
+    worker. The worker runs it and, its node lost, sends its DONE to the
+    other holder (worker/routing.py). The STARTED event -- who the attempt
+    was leased to -- left before the DISPATCH (the dispatcher announces
+    before it delivers), so the standby copy takes that DONE and never runs
+    the task. Before, the event left after the dispatch and died with the
+    node: the standby refused a DONE from a worker it did not know and ran
+    the task a second time (the chaos harness's "holder-kill")."""
+    cluster = inproc(3, replicas=2)
+    tid = cluster.task_id()
+    runner, standby = cluster.holders(tid, 2)
+    standby_worker = cluster.worker(standby)
+    dying = _DiesAsItDispatches(cluster, runner)
+    cluster.submit(standby, tid, timeout=2.0)
+    cluster.wait_until(lambda: dying.times(tid), what="the runner to hand the task to its worker")
+    attempt = dying.delivered[-1][1]
+    cluster.stop_node(runner)
+
+    cluster.wait_until(lambda: (getattr(cluster[standby].task(tid), "lessees", None) or [])[-1:]
+                       == [(attempt, dying.principal)],
+                       what="the standby copy to hear whom the attempt was leased to")
+    assert dying.complete_at(cluster[standby].node, tid, attempt)
+
+    assert cluster[standby].state(tid) == DONE
+    cluster.advance(2.0 + 4 * cluster.settings["replica_offset"])     # past the lease and the standby's turn
+    cluster.settle(0.1)
+    assert standby_worker.times(tid) == 0 and cluster[standby].role.standby.takeovers == 0
+    assert cluster[standby].state(tid) == DONE and not cluster.crashes()

@@ -15,10 +15,20 @@ dispatcher pending.
 
 Nothing is leased while the :class:`~miyaq.core.gate.Gate` is closed (the
 node drains, or reconciles with other holders).
+
+Between leasing a pump's tasks and sending them, the dispatcher calls
+``announce`` (set by the composition root: the role's ``flush``). In a
+cluster that publishes the STARTED events of those leases -- who runs each
+attempt -- to the tasks' other holders *before* any worker can have the
+task. A node killed in between then loses the dispatch, not the news of
+it: a worker that finishes the task and, its node gone, reports to another
+holder is known there as the attempt's lessee, so that holder takes the
+report instead of running the task again.
 """
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from miyaq.constants import DISPATCH_BATCH_BYTES, DISPATCH_CHUNK
 from miyaq.core.consumers import Consumer
@@ -47,6 +57,7 @@ class Dispatcher(EngineListener):
         # pause) and must first hear what other holders did meanwhile.
         self.alive_at = 0.0
         self.limits = limits
+        self.announce: Callable[[], None] = _nothing_to_announce
         gate.on_open(self._reopened)
 
     def _reopened(self) -> None:
@@ -133,6 +144,8 @@ class Dispatcher(EngineListener):
                 elif taken == n:
                     again.append(consumer)    # took its whole chunk: there may be more
             turn = again
+        if total:
+            self._announce()
         for consumer, batch in batches.items():
             if batch and not consumer.deliver(batch):
                 logger.warning("could not deliver %d tasks to %r; putting them back", len(batch), consumer)
@@ -142,3 +155,16 @@ class Dispatcher(EngineListener):
         if limits is not None and limits.wake_at is not None:
             limits.arm_wake(self._refilled, now)
         return total
+
+    def _announce(self) -> None:
+        """Tell the other holders about the leases just made; a failure to
+        does not keep the tasks from their workers (the events are sent
+        again with the next flush, or the standby asks)."""
+        try:
+            self.announce()
+        except Exception:
+            logger.exception("could not announce leases before dispatching them")
+
+
+def _nothing_to_announce() -> None:
+    """A standalone node, or a dispatcher in a unit test: no other holders."""

@@ -108,6 +108,7 @@ def _build(config: NodeConfig, supervisor: Supervisor, sockets: SocketFactory, c
     try:
         role, shared = _role(config, core, persistence or Immediate(), supervisor, sockets, coordinator, transport,
                              stream_drop, guard)
+        core.dispatcher.announce = role.flush   # other holders hear who runs a task before its worker has it
         periodic = PeriodicScheduler(config, core.engine, core.workers, role, supervisor, shared=shared)
         status = NodeStatus(config, core, role, periodic, persistence, zap, warning)
         ServiceHandlers(core, role, periodic, status, webhooks=bool(config.http_port)).install()

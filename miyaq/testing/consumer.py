@@ -8,8 +8,8 @@ heartbeats -- a task it never finishes is put back when its lease
 (``timeout``) runs out. :meth:`complete` and :meth:`fail` report as a
 worker's DONE and FAILED do, through the engine, and let the node send what
 that produced (the F or R event to the other holders) at once;
-:meth:`fail_at` reports to another holder, as a worker whose node was lost
-does. Each consumer has a principal of its own, recorded with its leases
+:meth:`complete_at` and :meth:`fail_at` report to another holder, as a
+worker whose node was lost does. Each consumer has a principal of its own, recorded with its leases
 (and sent to the other holders in the STARTED event) like a worker's.
 """
 from __future__ import annotations
@@ -70,6 +70,14 @@ class InProcessWorker(Consumer):
         error = error or {"type": "Injected", "message": "failed on purpose"}
         ok = engine.fail(task_id, self._attempt(task_id, attempt), error, retry, delay, wall())
         self._credit()
+        return ok
+
+    def complete_at(self, holder: Node, task_id: str, attempt: int, result: bytes | None = b"ok") -> bool:
+        """DONE for ``attempt`` (leased to this consumer) sent to another
+        holder's node, as this worker's principal: what a worker does when
+        the node that gave it the task was lost."""
+        ok = holder.core.engine.complete(task_id, attempt, result, wall(), by=self.principal)
+        holder.clockwork.wake(wall())
         return ok
 
     def fail_at(self, holder: Node, task_id: str, attempt: int, error: dict[str, Any] | None = None,
