@@ -17,7 +17,7 @@ import itertools
 from typing import Any
 
 from ..errors import MiyaqError
-from .faults import FaultKind
+from .fault_kind import FaultKind
 
 CLOCK_SKEW = 20.0
 """Seconds of skew: past the replica offset and under the chaos task's 30 s lease."""

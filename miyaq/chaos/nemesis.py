@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import MiyaqError
-from .faults import KINDS, ZK_FAULTS, FaultKind, choose
+from .fault_kind import FaultKind
+from .faults import KINDS, ZK_FAULTS, choose
 from .history import HistoryWriter
 
 logger = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ from typing import Any
 
 from ..errors import MiyaqError
 from .explain import FENCE_DEADLINE
-from .faults import FaultKind
+from .fault_kind import FaultKind
 from .firewall import drop_from, drop_random, drop_to, duplicate_to, to_queue
 
 LOSS = 0.1

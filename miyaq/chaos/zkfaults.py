@@ -40,7 +40,7 @@ from typing import Any
 
 from ..errors import MiyaqError
 from ..testing.zk_ensemble import ZooKeeperEnsemble
-from .faults import FaultKind
+from .fault_kind import FaultKind
 from .netfaults import FENCED_HOLD, FENCED_MIN_HOLD
 from .procs import java_wrapper, spawn
 
