@@ -55,6 +55,9 @@ MAX_RATE = 1e9
 #: that a late DONE of an earlier attempt still counts while a DONE from
 #: anyone the task was never leased to is ignored.
 LEASE_HISTORY = 4
+#: The longest lessee name (a consumer's principal) another holder is told
+#: (a STARTED event, a handed-off copy); a longer one is not sent at all.
+MAX_LESSEE = 512
 #: Workers dropped (silent, re-registered) whose connection is still known
 #: by who it was: its late DONE still counts for the attempts it was leased.
 MAX_DROPPED_WORKERS = 4096

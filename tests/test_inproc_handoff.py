@@ -215,3 +215,32 @@ def test_a_dead_copy_handed_off_survives_its_new_holders_restart(inproc, tmp_pat
     back = cluster.start_node(third)
     assert back.state(tid) == DEAD and back.task(tid).error["type"] == "Reject"
     assert back.task(tid).attempt == 1 and not cluster.crashes()
+
+
+def test_a_copy_handed_off_while_the_task_runs_knows_whom_the_attempt_was_leased_to(inproc):
+    """Fault: the runner leaves the ring while its worker runs a task, and
+    hands its copy to the new holder; then the runner's node dies. The
+    worker reports its DONE to the new holder (a worker whose node was lost
+    does): the handed-off record named the lessee, so the DONE is taken.
+    Before, the new holder had never heard who ran the attempt, refused the
+    DONE and ran the task again (a chaos kill run: a node that had just
+    rejoined the ring)."""
+    cluster = inproc(3, ring=OLD, replicas=2, replica_offset=3600.0)
+    tid = cluster.task_id()
+    runner, other = cluster.holders(tid)
+    worker = cluster.worker(runner)
+    sub = cluster.submit(runner, tid, timeout=60)
+    cluster.wait_until(lambda: sub.status == "accepted" and worker.runs(tid), what="the task running")
+    attempt = worker.delivered[-1][1]
+
+    rest = [n for n in OLD if n != runner]
+    third = next(n for n in rest if n != other)
+    cluster.publish(rest)            # the runner leaves: its copy goes to the new holder
+    cluster.wait_until(lambda: cluster[third].task(tid) is not None, what="the copy on the new holder")
+    assert cluster[third].task(tid).lessees == [(attempt, worker.principal)]
+    cluster.stop_node(runner)
+
+    assert worker.complete_at(cluster[third].node, tid, attempt)
+    assert cluster[third].state(tid) == DONE
+    cluster.wait_until(lambda: cluster[other].state(tid) == DONE, what="the other holder told")
+    assert worker.times(tid) == 1 and not cluster.crashes()

@@ -75,3 +75,32 @@ def test_gap_in_sequence_numbers_asks_for_a_resync_at_once(inproc):
     worker.complete(tid)
     cluster.wait_until(lambda: all(cluster[h].state(tid) == DONE for h in holders), what="done everywhere")
     assert worker.times(tid) == 1 and not cluster.crashes()
+
+
+def test_a_resync_tells_a_copy_that_missed_the_started_event_whom_the_attempt_was_leased_to(inproc):
+    """Fault: the STARTED event to the other holder is lost, then its
+    runner's node dies while the worker runs the task. The next heartbeat
+    showed the gap and the resync (SYNC) brought the runner's record, which
+    now names the lessee: the worker, reporting its DONE to the other holder
+    as a worker whose node was lost does, is taken there. Before, the record
+    had no lessee, the DONE was refused (not leased) and the standby copy
+    ran the task a second time after the lease."""
+    cluster = inproc(3, replicas=2)
+    tid = cluster.task_id()
+    runner, victim = cluster.holders(tid, 2)
+    worker = cluster.worker(runner)
+    cluster.worker(victim)
+    sub = cluster[victim].role.subscriber
+    resyncs = sub.resyncs
+    cluster.net.drop("EVENTS", src=runner, dst=victim, event="S", task=tid, count=1)
+    cluster.submit(runner, tid, timeout=2.0)
+    cluster.wait_until(lambda: worker.runs(tid), what="the runner to start the task")
+    cluster.advance(1.0)     # the next heartbeat shows the gap
+    cluster.wait_until(lambda: sub.resyncs > resyncs and sub.caught_up(runner), what="the resync")
+    attempt = worker.delivered[-1][1]
+    assert cluster[victim].task(tid).lessees == [(attempt, worker.principal)]
+    cluster.stop_node(runner)
+
+    assert worker.complete_at(cluster[victim].node, tid, attempt)
+    assert cluster[victim].state(tid) == DONE
+    assert cluster[victim].node.core.engine.not_leased == 0 and not cluster.crashes()

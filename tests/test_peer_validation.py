@@ -60,6 +60,10 @@ POISONS = [
     pytest.param({"holders": "n1,p1"}, "holders", id="holders-a-string"),
     pytest.param({"meta": {"headers": {"X": 1}}}, "headers", id="header-an-int"),
     pytest.param({"max_retries": 10**12}, "max_retries", id="max-retries-huge"),
+    pytest.param({"state": "running", "attempt": 1, "lessee": "worker:w1"}, "lessee", id="lessee-not-a-pair"),
+    pytest.param({"state": "running", "attempt": 1, "lessee": [-1, "w1"]}, "lessee", id="lessee-attempt-negative"),
+    pytest.param({"state": "running", "attempt": 1, "lessee": [1, "w" * 513]}, "lessee", id="lessee-name-too-long"),
+    pytest.param({"state": "running", "attempt": 1, "lessee": [1, ""]}, "lessee", id="lessee-name-empty"),
     pytest.param({"url": "ftp://x", "name": None}, "url", id="url-not-http"),
 ]
 
@@ -255,8 +259,13 @@ def test_transfer_records_of_the_node_own_tasks_pass_validation():
         task.state, task.attempt = state, attempt
         task.error = {"type": "HTTPError", "status": 503, "failed_at": NOW, "message": "m"} if attempt else None
         task.lease_end = NOW + 30
+        task.lessees = [(attempt, "worker:key/w1")] if attempt else None
         rebuilt = task_from_record(transfer_record(task), config)
         assert (rebuilt.id, rebuilt.state, rebuilt.meta, rebuilt.url) == (task.id, state, task.meta, task.url)
+        assert rebuilt.lessees == task.lessees
+    task.lessees = [(4, "pull:" + "ab" * 255)]      # a client's own routing id, 255 bytes: too long to send
+    record = transfer_record(task)
+    assert "lessee" not in record and task_from_record(record, config).lessees is None
 
 
 def test_a_stream_message_of_too_many_frames_is_dropped_and_the_stream_goes_on(cluster_node, peer, dealer, service):
@@ -292,3 +301,23 @@ def test_a_peer_request_of_too_many_frames_is_answered_bad_frame_and_the_port_go
     _, _, raw = dealer.sock.recv_multipart()
     assert msgpack.unpackb(raw, raw=False)["code"] == "bad_frame"
     assert dealer.replicate([record("pf-1", [me(cluster_node), "p1"])])["ids"] == ["pf-1"]
+
+
+def test_a_lessee_name_too_long_to_pass_the_peers_checks_is_not_sent_in_the_started_event():
+    """Bad input: a pull consumer set its own routing id of 255 bytes, so its
+    principal is longer than ``MAX_LESSEE``. The STARTED event leaves without
+    a lessee (the other holders then refuse that consumer's reports, as
+    before this field) instead of with one that makes every other holder
+    refuse the whole event."""
+    from miyaq.cluster.holder_events import EventPublisher
+    from miyaq.protocol.eventspec import check_event
+
+    publisher = EventPublisher("n1", stream=None, max_message=1 << 20)    # type: ignore[arg-type]
+    task = Task("t1", "emails", "send", b"", replicas=2)
+    task.holders, task.attempt, task.lease_end = ("n1", "n2"), 1, NOW + 30
+    for principal, sent in (("pull:" + "ab" * 255, None), ("worker:key/w1", "worker:key/w1")):
+        task.lessees = [(1, principal)]
+        publisher.task_started(task)
+        event = publisher.outbox.pop("n2")[-1]
+        assert event[0] == "S" and event[5] == sent
+        check_event(event, NodeConfig())

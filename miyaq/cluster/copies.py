@@ -27,6 +27,7 @@ from miyaq.cluster.replicated_intake import is_resent
 from miyaq.cluster.sizes import EVENT_ALLOWANCE, outcome_size
 from miyaq.cluster.standby import describe
 from miyaq.constants import MAX_QUERY
+from miyaq.core.attempts import adopt_lessees
 from miyaq.errors import InvalidField
 from miyaq.logs import LogLimiter
 from miyaq.protocol.recordspec import Outcome, check_outcome, task_from_record
@@ -154,6 +155,7 @@ class Copies:
         if existing is not None:
             existing.holders = tuple(holders)
             existing.rank = holders.index(role.node_id)
+            adopt_lessees(existing, task)     # a worker whose node died may report here
             if task.state == DEAD and existing.state in (SCHEDULED, READY, RETRYING):
                 # A holder hands off a copy it dead-lettered, and ours missed the
                 # DEAD event (it went to the holders of an older ring): ours must

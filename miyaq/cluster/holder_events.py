@@ -47,6 +47,7 @@ from miyaq.errors import InvalidField
 from miyaq.protocol.eventspec import check_event
 from miyaq.protocol.recordspec import STARTED_ELSEWHERE, Outcome
 from miyaq.runtime import monotonic, wall
+from miyaq.store.records import latest_lessee
 from miyaq.store.table import Tombstone
 from miyaq.store.task import READY, RETRYING, RUNNING, SCHEDULED, Task
 
@@ -98,7 +99,8 @@ class EventPublisher(EngineListener):
         self._queue(["F", task_id, *outcome], to)
 
     def task_started(self, task: Task) -> None:
-        lessee = task.lessees[-1][1] if task.lessees else None
+        lease = latest_lessee(task)
+        lessee = lease[1] if lease is not None else None
         self._emit(task, ["S", task.id, task.attempt, task.lease_end, task.at_most_once, lessee])
 
     def task_touched(self, task: Task) -> None:

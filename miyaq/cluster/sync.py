@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from miyaq.cluster.peer_requests import SYNC
 from miyaq.cluster.sizes import chunks, outcome_size, record_size
 from miyaq.constants import RESYNC_CHUNK, RESYNC_STONES, RESYNC_TIMEOUT
+from miyaq.core.attempts import adopt_lessees
 from miyaq.errors import InvalidField
 from miyaq.protocol.recordspec import check_stone, task_from_record
 from miyaq.runtime import wall
@@ -107,7 +108,9 @@ class Resync:
                 mine = table.live.get(theirs.id) or table.dead.get(theirs.id)
                 if mine is None:
                     role.install(record, now, "sync", src)
-                elif theirs.state == DEAD and mine.state != DEAD:
+                    continue
+                adopt_lessees(mine, theirs)     # a worker whose node died may report here
+                if theirs.state == DEAD and mine.state != DEAD:
                     engine.kill_copy(mine, theirs.error)
                 elif theirs.state == RUNNING and mine.state != RUNNING:
                     # S runs it (it took over while we were silent): whatever our

@@ -35,6 +35,19 @@ def note_lessee(task: Task, attempt: int, principal: str | None) -> None:
         del lessees[0]
 
 
+def adopt_lessees(task: Task, other: Task) -> None:
+    """Remember on ``task`` the leases that ``other`` -- another holder's copy
+    of it, handed off or sent in a resync -- knows of and it does not (the
+    latest LEASE_HISTORY attempts of both, in attempt order)."""
+    theirs = other.lessees
+    if not theirs:
+        return
+    mine = task.lessees or []
+    if all(lease in mine for lease in theirs):
+        return
+    task.lessees = sorted(set(mine) | set(theirs))[-LEASE_HISTORY:]
+
+
 def leased_to(task: Task, attempt: int | None, principal: str) -> bool:
     """Was ``attempt`` of ``task`` (None: its latest lease) leased to ``principal``?"""
     lessees = task.lessees

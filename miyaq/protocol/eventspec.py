@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from miyaq.config import NodeConfig
+from miyaq.constants import MAX_LESSEE
 from miyaq.errors import InvalidField
 from miyaq.protocol import fields as f
 from miyaq.protocol.recordspec import MAX_HOLDERS, STONE_STATES, check_attempt, check_error, check_outcome, check_time
@@ -30,8 +31,8 @@ def check_event(ev: Any, config: NodeConfig) -> None:
         check_time(ev[3], "lease_end")
         if len(ev) > 4 and type(ev[4]) is not bool:
             raise InvalidField("field 'at_most_once' must be true or false", field="at_most_once")
-        if len(ev) > 5 and ev[5] is not None and (type(ev[5]) is not str or not 0 < len(ev[5]) <= 512):
-            raise InvalidField("a STARTED event's lessee must be nil or a name of 1 to 512 characters",
+        if len(ev) > 5 and ev[5] is not None and (type(ev[5]) is not str or not 0 < len(ev[5]) <= MAX_LESSEE):
+            raise InvalidField(f"a STARTED event's lessee must be nil or a name of 1 to {MAX_LESSEE} characters",
                                field="event")
     elif op == "T":
         check_time(ev[2], "lease_end")

@@ -26,6 +26,7 @@ import re
 from typing import Any
 
 from miyaq.config import NodeConfig
+from miyaq.constants import MAX_LESSEE
 from miyaq.errors import InvalidField
 from miyaq.protocol import fields as f
 from miyaq.protocol.taskspec import (
@@ -47,7 +48,7 @@ STONE_STATES = FINAL_STATES + (STARTED_ELSEWHERE,)
 FIELDS = frozenset({
     "id", "queue", "name", "url", "method", "body", "priority", "eta", "created", "expires", "max_retries",
     "backoff", "backoff_max", "timeout", "key", "replicas", "at_most_once", "meta", "headers", "rank",
-    "holders", "state", "attempt", "error", "lease_end", "result", "at", "record", "event", "answer",
+    "holders", "state", "attempt", "error", "lease_end", "lessee", "result", "at", "record", "event", "answer",
 })
 #: How a task finished: ``(state, result, error)`` (a tombstone's, an ``F`` event's).
 Outcome = tuple[str, bytes | None, dict[str, Any] | None]
@@ -228,7 +229,20 @@ def _full(r: dict[str, Any], config: NodeConfig) -> Task:
     task.attempt = check_attempt(r.get("attempt", 0))
     task.error = check_error(r.get("error"))
     task.lease_end = check_time(r.get("lease_end", 0.0), "lease_end")
+    lessee = r.get("lessee")
+    if lessee is not None:
+        task.lessees = [check_lessee(lessee)]
     return task
+
+
+def check_lessee(value: Any) -> tuple[int, str]:
+    """A transfer record's ``lessee``: ``[attempt, principal]``."""
+    if (not isinstance(value, (list, tuple)) or len(value) != 2
+            or type(value[0]) is not int or not 0 <= value[0] <= 2**31 - 1
+            or type(value[1]) is not str or not 0 < len(value[1]) <= MAX_LESSEE):
+        raise InvalidField(f"field 'lessee' must be [attempt >= 0, name of 1 to {MAX_LESSEE} characters]",
+                           field="lessee")
+    return value[0], value[1]
 
 
 def check_stone(stone: Any, config: NodeConfig) -> tuple[str, str, bytes | None, dict[str, Any] | None, str | None]:

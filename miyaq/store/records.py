@@ -8,8 +8,8 @@ tombstone. The log adds the small change records (``S``, ``R``, ``D``,
 ``V``, ``P``: :mod:`miyaq.persistence.journal`); a transfer to another holder
 adds the state the task is in here (:func:`transfer_record`).
 
-Both sides import this module, which imports only :mod:`miyaq.store.task`
-and :mod:`miyaq.store.table`. Records are read back -- from the log or from
+Both sides import this module, which imports only :mod:`miyaq.store.task`,
+:mod:`miyaq.store.table` and :mod:`miyaq.constants`. Records are read back -- from the log or from
 another node -- by :mod:`miyaq.protocol.recordspec`, which checks every field
 like a SUBMIT's before it rebuilds a task.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from miyaq.constants import MAX_LESSEE
 from miyaq.store.table import Tombstone
 from miyaq.store.task import RUNNING, SCHEDULED, Task
 
@@ -42,13 +43,27 @@ def task_record(task: Task) -> dict[str, Any]:
 
 def transfer_record(task: Task) -> dict[str, Any]:
     """``task`` as it is sent to another holder (handoff, SYNC): always with
-    its state and attempt, and its lease end while it runs here."""
+    its state and attempt, its lease end while it runs here, and who its
+    latest attempt was leased to (``lessee``: ``[attempt, principal]``), so
+    that a worker whose node died may report that attempt to the new holder."""
     record = task_record(task)
     record["state"] = task.state
     record["attempt"] = task.attempt
     if task.state == RUNNING:
         record["lease_end"] = task.lease_end
+    lessee = latest_lessee(task)
+    if lessee is not None:
+        record["lessee"] = list(lessee)
     return record
+
+
+def latest_lessee(task: Task) -> tuple[int, str] | None:
+    """``(attempt, principal)`` of the task's latest lease, if another holder
+    may be told it (a principal longer than ``MAX_LESSEE`` is not)."""
+    lessees = task.lessees
+    if not lessees or len(lessees[-1][1]) > MAX_LESSEE:
+        return None
+    return lessees[-1]
 
 
 def stone_record(stone: Tombstone) -> dict[str, Any]:
