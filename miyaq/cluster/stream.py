@@ -241,7 +241,20 @@ class StreamReceiver:
 
 class ZmqStreamSubscriber(StreamReceiver):
     """The SUB side: one socket subscribed to this node's topic on every peer,
-    read by one critical greenlet."""
+    read by one critical greenlet.
+
+    Only that greenlet disconnects the SUB from a publisher, and only between
+    messages. Asking a SUB whether it can read (``ZMQ_EVENTS``, as the hub
+    does before it waits, and as a connect does to wake the reader) already
+    takes the first frame of the next message off its publisher's queue; a
+    disconnect from that publisher before the rest is read leaves libzmq
+    mid-message on a queue that is gone, and its next receive aborts the
+    process (``Assertion failed: !_more (src/fq.cpp)``, libzmq issue 2163).
+    A chaos run killed a node that way: its ring dropped a killed peer while
+    a message of that peer waited. So :meth:`connect` only notes an
+    endpoint to drop (``dropping``), and the reader disconnects it at the
+    top of its loop, where the last thing it did with the socket was read a
+    whole message or find none."""
 
     def __init__(self, sockets: SocketFactory, supervisor: Supervisor, node_id: str, apply: Apply,
                  resync: AskResync) -> None:
@@ -251,23 +264,35 @@ class ZmqStreamSubscriber(StreamReceiver):
         # like a lost one (the gap it leaves asks for a resync).
         self.sub = sockets.hub_subscriber([topic(node_id)], max_frames=2)
         self.connected: dict[str, str] = {}
+        self.dropping: set[str] = set()     # endpoints the reader disconnects between messages
         self._closed = False
 
     def connect(self, pubs: dict[str, str]) -> None:
-        """Follow the ring: subscribe to each member's PUB endpoint."""
+        """Follow the ring: subscribe to each member's PUB endpoint. A member
+        that left is unfollowed at once (what it still sends is dropped) and
+        its endpoint disconnected by the reader (see the class)."""
         for node_id, endpoint in list(self.connected.items()):
             if pubs.get(node_id) != endpoint:
-                try:
-                    self.sub.disconnect(endpoint)
-                except zmq.ZMQError:
-                    pass
+                self.dropping.add(endpoint)
                 del self.connected[node_id]
                 self._unfollow(node_id)
         for node_id, endpoint in pubs.items():
             if node_id != self.node_id and node_id not in self.connected:
-                self.sub.connect(endpoint)
+                if endpoint in self.dropping:
+                    self.dropping.discard(endpoint)     # back before the reader let go: keep that connection
+                else:
+                    self.sub.connect(endpoint)
                 self.connected[node_id] = endpoint
                 self._follow(node_id)
+
+    def _disconnect_dropped(self) -> None:
+        """The reader, between messages: let go of the endpoints of members that left."""
+        dropping, self.dropping = self.dropping, set()
+        for endpoint in dropping:
+            try:
+                self.sub.disconnect(endpoint)
+            except zmq.ZMQError:
+                pass      # never connected, or already gone
 
     def start(self) -> None:
         self.supervisor.spawn("stream reader", self.serve, policy=CRITICAL)
@@ -276,6 +301,8 @@ class ZmqStreamSubscriber(StreamReceiver):
         """Read the stream; at least every STREAM_HEARTBEAT, look for silent sources."""
         while not self._closed:
             try:
+                if self.dropping:
+                    self._disconnect_dropped()
                 if self._take(wait=True):
                     for _ in range(256):
                         if not self._take(wait=False):
