@@ -91,6 +91,11 @@ HANDOFF_CHUNK = 500
 HANDOFF_CONFIRM_TIMEOUT = 5.0
 #: ... and unconfirmed copies are sent again this often.
 HANDOFF_RETRY = 5.0
+#: A new holder that refused copies while its view of the ring was older
+#: than the sender's (the new ring had not reached it yet) gets them again
+#: this soon instead, at most ``HANDOFF_LAG_RETRIES`` times per ring change.
+HANDOFF_LAG_RETRY = 0.5
+HANDOFF_LAG_RETRIES = 6
 #: For ``HANDOFF_SWEEP_AFTER_CHANGE`` after a ring change, every
 #: ``HANDOFF_SWEEP`` the node looks again for copies placed by a view that
 #: changed meanwhile (one pass over its tasks each time).

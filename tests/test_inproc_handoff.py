@@ -3,7 +3,8 @@ task returns to N copies on its new holders, and no copy is dropped on the
 word of a node whose view of the ring lags."""
 from __future__ import annotations
 
-from miyaq.constants import HANDOFF_RETRY
+from miyaq.constants import HANDOFF_LAG_RETRY, HANDOFF_RETRY
+from miyaq.runtime import monotonic
 from miyaq.runtime import wall
 from miyaq.store.task import DEAD, DONE, SCHEDULED
 
@@ -244,3 +245,39 @@ def test_a_copy_handed_off_while_the_task_runs_knows_whom_the_attempt_was_leased
     assert cluster[third].state(tid) == DONE
     cluster.wait_until(lambda: cluster[other].state(tid) == DONE, what="the other holder told")
     assert worker.times(tid) == 1 and not cluster.crashes()
+
+
+def test_copies_refused_on_an_older_ring_are_sent_again_soon_not_after_the_full_retry(inproc):
+    """Fault: the new ring reaches a joining node after the old holders, so
+    it refuses their handoffs (by its older ring it holds nothing). Its
+    answers name its older epoch: each sender plans the next try within
+    HANDOFF_LAG_RETRY, not HANDOFF_RETRY, and once the joining node has
+    the ring the copies land on the next try. Before, they waited the full
+    5 s; a chaos run (a leader killed, the ring changed twice within a
+    second) had a dead-lettered task known to one holder only for that
+    long, and when that holder was killed too a late copy of the task ran
+    again elsewhere."""
+    cluster = inproc(4, ring=OLD, replicas=2)
+    tids = _submit_many(cluster, 30)
+    epoch = cluster.publish(ALL, withhold=["n4"])
+    moved = [t for t in tids if "n4" in cluster.holders(t)]
+    assert moved, "some tasks must move to the joining node"
+    cluster.wait_until(lambda: all(cluster[n].role.view.epoch == epoch for n in OLD), what="the old nodes on the ring")
+    senders = {m.src for m in cluster.net.messages("REPLICATE", dst="n4")}
+    cluster.wait_until(lambda: {m.dst for m in cluster.net.messages("ANSWER", src="n4", answering="REPLICATE")
+                                if m.fate == "delivered"} >= senders and cluster.net.quiet(),
+                       what="every sender's refusal back")
+    refused = cluster.net.messages("ANSWER", src="n4", answering="REPLICATE")
+    assert all(not m.body.get("ids") and m.body.get("epoch") < epoch for m in refused)
+    for node_id in senders:
+        handoff = cluster[node_id].role.handoff
+        assert handoff.pending() and handoff.next_retry <= monotonic() + HANDOFF_LAG_RETRY, node_id
+
+    cluster.script.deliver("n4")
+    cluster.wait_until(lambda: cluster.settled(epoch), what="the joining node on the ring")
+    cluster.advance(HANDOFF_LAG_RETRY)
+    for tid in moved:
+        cluster.wait_until(lambda tid=tid: _copies(cluster, tid) == sorted(cluster.holders(tid)),
+                           what=f"{tid} on exactly its new holders")
+    assert all(cluster[n].role.handoff.pending() == 0 for n in ALL)
+    assert not cluster.crashes()

@@ -66,7 +66,7 @@ class Copies:
                 # Past half the answer's room a result is left out (the state
                 # alone stops a second run); the holders that have it keep it.
                 finished[task_id] = [stone.state, stone.result if room >= 0 else None, stone.error]
-        answer: dict[str, Any] = {"ids": stored}
+        answer: dict[str, Any] = {"ids": stored, "epoch": self.role.view.epoch}   # a refusal on an older ring
         if finished:
             answer["finished"] = finished     # the sender must not run these again
         # A copy counts as stored once it is in this node's log, as on the

@@ -8,7 +8,12 @@ old holder updates its copy's holder list and rank; a copy this node no
 longer holds is dropped only once every new holder confirmed it — unless it
 is running here, in which case it stays until it finishes (its outcome is
 announced to the new holders). Copies whose confirmation does not come are
-sent again every ``HANDOFF_RETRY`` seconds.
+sent again every ``HANDOFF_RETRY`` seconds -- or after ``HANDOFF_LAG_RETRY``
+when a new holder refused them because the new ring had not reached it yet
+(its REPLICATE answer names an older epoch than ours). Until it takes them,
+the task's outcome may live on fewer holders than it should: a copy it took
+later from elsewhere (a coordinator's retried REPLICATE) would not know the
+task was already finished or dead-lettered here.
 """
 from __future__ import annotations
 
@@ -17,7 +22,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from miyaq.cluster.peer_requests import REPLICATE
 from miyaq.cluster.sizes import chunks, record_size
-from miyaq.constants import HANDOFF_CHUNK, HANDOFF_CONFIRM_TIMEOUT, HANDOFF_RETRY
+from miyaq.constants import (
+    HANDOFF_CHUNK, HANDOFF_CONFIRM_TIMEOUT, HANDOFF_LAG_RETRIES, HANDOFF_LAG_RETRY, HANDOFF_RETRY,
+)
 from miyaq.runtime import monotonic
 from miyaq.protocol.eventspec import confirmed_ids
 from miyaq.store.records import transfer_record
@@ -34,8 +41,9 @@ class Handoff:
     def __init__(self, role: ClusterRole) -> None:
         self.role = role
         self.leaving: dict[str, set[str]] = {}    # task id -> new holders yet to confirm
-        self.last_retry = 0.0
         self.last_run = 0.0
+        self.next_retry = 0.0        # monotonic: when unconfirmed copies are sent again
+        self.lag_retries = 0         # quick retries used since the last ring change
         self.handed = 0
 
     def run(self) -> int:
@@ -75,6 +83,8 @@ class Handoff:
                 self.leaving.pop(task.id, None)
         self._send(outbox)
         self.last_run = monotonic()
+        self.next_retry = self.last_run + HANDOFF_RETRY
+        self.lag_retries = 0
         if sent:
             logger.info("handoff: sent %d task(s) to their new holders", sent)
         self.handed += sent
@@ -110,6 +120,12 @@ class Handoff:
                 task = table.live.get(task_id) or table.dead.get(task_id)
                 if task is not None and task.state != RUNNING and self.role.node_id not in task.holders:
                     self.role.engine.forget(task)
+        epoch = answer.get("epoch")
+        if (type(epoch) is int and epoch < self.role.view.epoch and self.lag_retries < HANDOFF_LAG_RETRIES
+                and any(holder in self.leaving.get(task_id, ()) for task_id in ids)):
+            # Refused on an older ring: it will have ours in a moment.
+            self.lag_retries += 1
+            self.next_retry = min(self.next_retry, monotonic() + HANDOFF_LAG_RETRY)
 
     def _holders_of(self, ids: list[str]) -> dict[str, tuple[str, ...]]:
         """The new holders of each task of ``ids`` this node still holds."""
@@ -122,10 +138,11 @@ class Handoff:
         return holders
 
     def retry(self, now: float) -> None:
-        """Send again what was not confirmed (a new holder that was down). ``now``: monotonic."""
-        if not self.leaving or now - max(self.last_run, self.last_retry) < HANDOFF_RETRY:
+        """Send again what was not confirmed (a new holder that was down, or
+        behind on the ring) once ``next_retry`` came. ``now``: monotonic."""
+        if not self.leaving or now < self.next_retry:
             return
-        self.last_retry = now
+        self.next_retry = now + HANDOFF_RETRY
         table = self.role.engine.table
         outbox: dict[str, list[dict[str, Any]]] = {}
         for task_id, waiting in list(self.leaving.items()):

@@ -381,9 +381,9 @@ class ClusterRole:
             if mono - last_beat >= STREAM_HEARTBEAT:
                 last_beat = mono
                 self.publisher.heartbeat([m for m in self.view.members if m != self.node_id])
-                self.handoff.retry(mono)
                 if self._departed and min(u for _, u in self._departed.values()) <= mono:
                     self._follow_links()
+            self.handoff.retry(mono)
             if mono < self._sweep_until and mono - self.handoff.last_run >= HANDOFF_SWEEP:
                 # For a minute after a ring change, sweep again: catches copies
                 # placed by a view that changed meanwhile (cost: one pass over the tasks).
