@@ -281,3 +281,45 @@ def test_copies_refused_on_an_older_ring_are_sent_again_soon_not_after_the_full_
                            what=f"{tid} on exactly its new holders")
     assert all(cluster[n].role.handoff.pending() == 0 for n in ALL)
     assert not cluster.crashes()
+
+
+def test_a_resent_submit_stored_by_a_node_that_heard_the_dead_event_first_is_dead_there(inproc):
+    """Fault: a task is dead-lettered on its runner while the ring change
+    that made another node its second holder has not reached that node: the
+    DEAD event arrives where no copy is (kept as an early event). The
+    client's resend of the task (same id, ``resent``) then reaches that
+    node once it has the new ring, and it stores its own copy as the
+    coordinator. That copy is dead at once: the runner, the one holder that
+    knew, is gone. Before, the coordinator's own copy ignored the early
+    event, waited as a standby, asked the silent runner and ran the
+    rejected task again (a chaos run: a node restarting after a leader
+    kill, 2.7 s behind the ring)."""
+    cluster = inproc(3, ring=["n1", "n2"], replicas=2)
+    new_ring = ["n1", "n2", "n3"]
+    for tid in (cluster.task_id() for _ in range(5000)):
+        new = [m.node_id for m in cluster.script.view(new_ring).holders(tid, 2)]
+        if new[1] == "n3":
+            break
+    runner = new[0]
+    epoch = cluster.publish(new_ring, withhold=["n3"])
+    cluster.wait_until(lambda: all(cluster[n].role.view.epoch == epoch for n in ("n1", "n2")),
+                       what="n1 and n2 on the new ring")
+    worker = cluster.worker(runner)
+    cluster.submit(runner, tid, timeout=60)
+    cluster.wait_until(lambda: worker.runs(tid), what="the runner to start the task")
+    worker.fail(tid, {"type": "Reject", "message": "never again"}, retry=False)
+    cluster.wait_until(lambda: tid in cluster["n3"].role.events.early, what="the DEAD event kept early on n3")
+    assert cluster["n3"].task(tid) is None
+
+    cluster.script.deliver("n3")
+    cluster.wait_until(lambda: cluster.settled(epoch), what="n3 on the new ring")
+    cluster.stop_node(runner)
+    n3_worker = cluster.worker("n3")
+    resent = cluster.submit("n3", tid, resent=True)
+    cluster.wait_until(lambda: cluster["n3"].state(tid) is not None, what="n3's own copy stored")
+
+    assert cluster["n3"].state(tid) == DEAD and cluster["n3"].task(tid).error["type"] == "Reject"
+    cluster.advance(2.0 + 4 * cluster.settings["replica_offset"])    # past every standby's turn
+    cluster.settle(0.2)
+    assert n3_worker.times(tid) == 0 and cluster["n3"].state(tid) == DEAD
+    assert resent.status is not None and not cluster.crashes()

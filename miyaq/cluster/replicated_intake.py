@@ -40,6 +40,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Callable
 
+from miyaq.cluster.holder_events import apply_early_event
 from miyaq.cluster.peer_requests import REPLICATE
 from miyaq.cluster.sizes import chunks, record_size
 from miyaq.constants import CLUSTER_TICK, MAX_PENDING_SUBMITS
@@ -177,6 +178,11 @@ class ReplicatedIntake:
                 return
             entry.status, entry.detail = status, detail
             entry.mine = 1
+            if status == ACCEPTED:
+                # A holder's STARTED or DEAD event may have come first, while this
+                # node's older ring did not make it a holder (a resend after a ring
+                # change): the copy starts from what that holder did.
+                apply_early_event(role, task)
         self.pending[task.id] = entry
         for holder in others:
             self.outbox.setdefault(holder, []).append((entry, record))
