@@ -323,3 +323,51 @@ def test_a_resent_submit_stored_by_a_node_that_heard_the_dead_event_first_is_dea
     cluster.settle(0.2)
     assert n3_worker.times(tid) == 0 and cluster["n3"].state(tid) == DEAD
     assert resent.status is not None and not cluster.crashes()
+
+
+
+def test_a_replicate_of_a_task_dead_lettered_here_is_answered_dead(inproc):
+    """A client resends a task that was dead-lettered (``Reject``) on both
+    its holders, through a node that holds no copy. Both holders answer its
+    REPLICATE with the id stored *and* ``dead``: attempt and error, so a
+    coordinator whose own copy missed the DEAD event learns it here."""
+    cluster = inproc(3, replicas=2)
+    tid = cluster.task_id()
+    runner, other = cluster.holders(tid, 2)
+    third = next(n for n in cluster.nodes if n not in (runner, other))
+    worker = cluster.worker(runner)
+    cluster.submit(runner, tid, timeout=60)
+    cluster.wait_until(lambda: worker.runs(tid), what="the runner to start the task")
+    worker.fail(tid, {"type": "Reject", "message": "never again"}, retry=False)
+    cluster.wait_until(lambda: cluster[other].state(tid) == DEAD, what="dead on both holders")
+
+    resent = cluster.submit(third, tid, resent=True)
+    cluster.wait_until(lambda: resent.status is not None, what="the resend answered")
+    for holder in (runner, other):
+        answer = cluster.net.messages("ANSWER", src=holder, dst=third, answering="REPLICATE")[-1].body
+        assert tid in answer["ids"] and answer["dead"][tid][1]["type"] == "Reject"
+    assert cluster[runner].state(tid) == DEAD and cluster[other].state(tid) == DEAD and not cluster.crashes()
+
+
+def test_a_waiting_copy_told_by_a_replicate_answer_that_the_task_is_dead_is_dead_lettered(inproc):
+    """The sender's side: a holder whose copy waits hears, in the answer to
+    its REPLICATE, that the other holder dead-lettered the task (the DEAD
+    event never reached it). Its copy is dead-lettered at once, before it
+    could ask that holder -- which may be gone by then. A malformed item is
+    refused and counted, and changes nothing."""
+    cluster = inproc(3, replicas=2, replica_offset=3600.0)
+    tid = cluster.task_id()
+    first, second = cluster.holders(tid, 2)
+    sub = cluster.submit(first, tid, countdown=600)
+    cluster.wait_until(lambda: sub.status == "accepted", what="the task stored on both holders")
+    copies = cluster[first].role.copies
+    refusals = cluster[first].node.core.refusals
+    before = refusals.total()
+
+    error = {"type": "Reject", "message": "never again"}
+    assert copies.dead_known(second, {tid: [2, error], "t-bad": "junk"}, {tid: (first, second), "t-bad": (first,)}) \
+        == [tid]
+    copy = cluster[first].task(tid)
+    assert copy.state == DEAD and copy.attempt == 2 and copy.error == error
+    assert refusals.total() == before + 1 and refusals.by_source().get("answer") == 1
+    assert not cluster.crashes()

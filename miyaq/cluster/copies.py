@@ -30,7 +30,7 @@ from miyaq.constants import MAX_QUERY
 from miyaq.core.attempts import adopt_lessees
 from miyaq.errors import InvalidField
 from miyaq.logs import LogLimiter
-from miyaq.protocol.recordspec import Outcome, check_outcome, task_from_record
+from miyaq.protocol.recordspec import Outcome, check_attempt, check_error, check_outcome, task_from_record
 from miyaq.runtime import wall
 from miyaq.store.task import DEAD, READY, RETRYING, SCHEDULED
 
@@ -57,7 +57,9 @@ class Copies:
                   if self.install(r, now, "handoff" if isinstance(r, dict) and "state" in r else "replicate",
                                   sender)]
         table = self.engine.table
+        sent_dead = {r.get("id") for r in records if isinstance(r, dict) and r.get("state") == DEAD}
         finished = {}
+        dead = {}
         room = self.role.config.max_message // 2
         for task_id in stored:
             stone = table.tombstone(task_id)
@@ -66,9 +68,15 @@ class Copies:
                 # Past half the answer's room a result is left out (the state
                 # alone stops a second run); the holders that have it keep it.
                 finished[task_id] = [stone.state, stone.result if room >= 0 else None, stone.error]
+            elif task_id in table.dead and task_id not in sent_dead:
+                task = table.dead[task_id]
+                room -= outcome_size(None, task.error)
+                dead[task_id] = [task.attempt, task.error if room >= 0 else None]
         answer: dict[str, Any] = {"ids": stored, "epoch": self.role.view.epoch}   # a refusal on an older ring
         if finished:
             answer["finished"] = finished     # the sender must not run these again
+        if dead:
+            answer["dead"] = dead             # nor these: dead-lettered here
         # A copy counts as stored once it is in this node's log, as on the
         # node that took the submit: answer only after the write.
         reply = self.role.peer.later()
@@ -93,6 +101,40 @@ class Copies:
         return {"states": states}
 
     # -- copies -----------------------------------------------------------------------
+    def dead_known(self, sender: str, dead: dict[Any, Any], holders: Mapping[str, Sequence[str]]) -> list[str]:
+        """``sender`` answered our REPLICATE of the ids in ``holders`` saying it
+        holds these tasks dead-lettered (``{id: [attempt, error]}``): our copy
+        that still waits is dead-lettered the same way, and each task's other
+        holders are told (a ``D`` event) -- the DEAD event may never have
+        reached us, and the node that dead-lettered the task may be gone by
+        the time our copy would ask. A copy running here reports for itself.
+        Returns the ids that passed the checks (a bad item is refused and
+        counted; an id we did not ask about is ignored)."""
+        table = self.engine.table
+        checked: dict[str, tuple[int, dict[str, Any] | None]] = {}
+        with self.role.events.applying_remote():
+            for task_id, item in dead.items():
+                if not (isinstance(task_id, str) and task_id in holders):
+                    continue
+                try:
+                    if not isinstance(item, list) or len(item) != 2:
+                        raise InvalidField("a dead task must be [attempt, error]", field="answer")
+                    checked[task_id] = (check_attempt(item[0]), check_error(item[1]))
+                except InvalidField as err:
+                    self.role.refusals.refuse("answer", sender, err)
+                    continue
+                task = table.live.get(task_id)
+                if task is not None and task.state in (SCHEDULED, READY, RETRYING):
+                    attempt, error = checked[task_id]
+                    task.attempt = max(task.attempt, attempt)
+                    self.engine.kill_copy(task, error)
+        me = self.role.node_id
+        for task_id, (attempt, error) in checked.items():
+            others = [h for h in holders[task_id] if h != sender and h != me]
+            if others:
+                self.role.events.forward_dead(task_id, attempt, error, others)
+        return list(checked)
+
     def finish_known(self, sender: str, finished: dict[Any, Any], holders: Mapping[str, Sequence[str]]) -> list[str]:
         """``sender`` answered our REPLICATE (a submit's copies, or a handoff)
         of the ids in ``holders`` (id -> the task's holders) saying it already

@@ -109,6 +109,9 @@ class Handoff:
             # This node missed the end (it was down, or its stream was).
             for task_id in self.role.copies.finish_known(holder, finished, self._holders_of(ids)):
                 self.leaving.pop(task_id, None)     # over: nothing more to hand off
+        dead = answer.get("dead")
+        if isinstance(dead, dict) and dead:
+            self.role.copies.dead_known(holder, dead, self._holders_of(ids))
         table = self.role.engine.table
         for task_id in confirmed_ids(answer):
             waiting = self.leaving.get(task_id)

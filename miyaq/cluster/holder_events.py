@@ -98,6 +98,12 @@ class EventPublisher(EngineListener):
         change, yet the others must hear it -- each keeps a tombstone."""
         self._queue(["F", task_id, *outcome], to)
 
+    def forward_dead(self, task_id: str, attempt: int, error: dict[str, Any] | None, to: Iterable[str]) -> None:
+        """Tell the nodes ``to`` that ``task_id`` was dead-lettered (attempt and
+        error checked by the caller) as a ``D`` event: what another holder's
+        answer to a REPLICATE said, as :meth:`forward_finished` does for an end."""
+        self._queue(["D", task_id, attempt, error], to)
+
     def task_started(self, task: Task) -> None:
         lease = latest_lessee(task)
         lessee = lease[1] if lease is not None else None

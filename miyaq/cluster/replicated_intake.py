@@ -303,6 +303,9 @@ class ReplicatedIntake:
             # A resend of a task that ran while another holder was down; done
             # even when the submit was already answered.
             self.role.copies.finish_known(holder, finished, sent)
+        dead = answer.get("dead")
+        if isinstance(dead, dict) and dead:
+            self.role.copies.dead_known(holder, dead, sent)
         stored = confirmed_ids(answer)
         rejected = False
         for task_id in sent:
