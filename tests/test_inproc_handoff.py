@@ -3,6 +3,8 @@ task returns to N copies on its new holders, and no copy is dropped on the
 word of a node whose view of the ring lags."""
 from __future__ import annotations
 
+from typing import Any
+
 from miyaq.constants import HANDOFF_LAG_RETRY, HANDOFF_RETRY
 from miyaq.runtime import monotonic
 from miyaq.runtime import wall
@@ -20,6 +22,17 @@ def _submit_many(cluster, count: int, countdown: float = 300) -> list[str]:
 
 def _copies(cluster, tid: str) -> list[str]:
     return sorted(n for n, h in cluster.nodes.items() if h.task(tid) is not None)
+
+
+def _running(cluster) -> tuple[str, str, str, Any]:
+    """A task with two holders, accepted and running on the first for a test
+    worker: (task id, runner, other holder, worker)."""
+    tid = cluster.task_id()
+    runner, other = cluster.holders(tid)
+    worker = cluster.worker(runner)
+    sub = cluster.submit(runner, tid, timeout=60)
+    cluster.wait_until(lambda: sub.status == "accepted" and worker.runs(tid), what="the task running")
+    return tid, runner, other, worker
 
 
 def test_handoff_racing_a_ring_change_keeps_copies_until_the_new_holder_has_the_ring(inproc):
@@ -168,11 +181,7 @@ def test_a_copy_that_missed_the_dead_event_is_dead_lettered_by_the_handoff(inpro
     rejected task once no other holder answered (a chaos kill run, after a
     node rejoined the ring). Standby copies wait an hour here."""
     cluster = inproc(3, ring=OLD, replicas=2, replica_offset=3600.0)
-    tid = cluster.task_id()
-    runner, other = cluster.holders(tid)
-    worker = cluster.worker(runner)
-    sub = cluster.submit(runner, tid, timeout=60)
-    cluster.wait_until(lambda: sub.status == "accepted" and worker.runs(tid), what="the task running")
+    tid, runner, other, worker = _running(cluster)
     cluster.wait_until(lambda: cluster[other].task(tid).lessees, what="the STARTED event at the other holder")
     lost = cluster.net.drop("EVENTS", src=runner, dst=other, event="D")
 
@@ -199,11 +208,7 @@ def test_a_dead_copy_handed_off_survives_its_new_holders_restart(inproc, tmp_pat
     kept in memory only, and a chaos kill run lost 140 of its 1,600
     rejected tasks -- every holder had restarted after taking them."""
     cluster = inproc(3, ring=OLD, replicas=2, data_dir=str(tmp_path), fsync="always")
-    tid = cluster.task_id()
-    runner, other = cluster.holders(tid)
-    worker = cluster.worker(runner)
-    sub = cluster.submit(runner, tid, timeout=60)
-    cluster.wait_until(lambda: sub.status == "accepted" and worker.runs(tid), what="the task running")
+    tid, runner, other, worker = _running(cluster)
     worker.fail(tid, {"type": "Reject", "message": "never again"}, retry=False)
     cluster.wait_until(lambda: cluster[other].state(tid) == DEAD, what="the task dead on both holders")
 
@@ -227,11 +232,7 @@ def test_a_copy_handed_off_while_the_task_runs_knows_whom_the_attempt_was_leased
     DONE and ran the task again (a chaos kill run: a node that had just
     rejoined the ring)."""
     cluster = inproc(3, ring=OLD, replicas=2, replica_offset=3600.0)
-    tid = cluster.task_id()
-    runner, other = cluster.holders(tid)
-    worker = cluster.worker(runner)
-    sub = cluster.submit(runner, tid, timeout=60)
-    cluster.wait_until(lambda: sub.status == "accepted" and worker.runs(tid), what="the task running")
+    tid, runner, other, worker = _running(cluster)
     attempt = worker.delivered[-1][1]
 
     rest = [n for n in OLD if n != runner]
