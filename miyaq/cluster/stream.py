@@ -250,8 +250,8 @@ class ZmqStreamSubscriber(StreamReceiver):
     disconnect from that publisher before the rest is read leaves libzmq
     mid-message on a queue that is gone, and its next receive aborts the
     process (``Assertion failed: !_more (src/fq.cpp)``, libzmq issue 2163).
-    A chaos run killed a node that way: its ring dropped a killed peer while
-    a message of that peer waited. So :meth:`connect` only notes an
+    Chaos runs that killed a node every few seconds lost other nodes to that
+    abort after ring changes. So :meth:`connect` only notes an
     endpoint to drop (``dropping``), and the reader disconnects it at the
     top of its loop, where the last thing it did with the socket was read a
     whole message or find none."""

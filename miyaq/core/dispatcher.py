@@ -157,9 +157,10 @@ class Dispatcher(EngineListener):
         return total
 
     def _announce(self) -> None:
-        """Tell the other holders about the leases just made; a failure to
-        does not keep the tasks from their workers (the events are sent
-        again with the next flush, or the standby asks)."""
+        """Tell the other holders about the leases just made. A failure is
+        logged and does not keep the tasks from their workers: what it did
+        not send is lost, as an event lost on the way is (a standby copy
+        asks the other holders before it runs)."""
         try:
             self.announce()
         except Exception:
