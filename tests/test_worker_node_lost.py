@@ -19,6 +19,7 @@ import zmq
 import miyaq
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c
+from miyaq.runtime import green
 from miyaq.testing.harness import ThreadWorker, wait_for
 from miyaq.worker import routing
 from miyaq.worker.routing import Routes
@@ -45,6 +46,16 @@ def refuse() -> None:
 def wait_for_release() -> str:
     release.wait(30)
     return "released"
+
+
+@app.task(name="yield_until_release")
+def yield_until_release() -> str:
+    """Waits for ``release`` without blocking the worker's hub (it can stop meanwhile)."""
+    for _ in range(3000):
+        if release.is_set():
+            return "released"
+        green.sleep(0.01)
+    return "timed out"
 
 
 touch_now = threading.Event()
@@ -351,3 +362,26 @@ def test_a_lost_node_s_running_tasks_are_touched_at_another_holder():
     routes.link_lost(a)      # type: ignore[arg-type]
     assert b.touched == ["running"]
     assert routes.report_link(a, "running") is b     # type: ignore[arg-type, comparison-overlap]
+
+
+def test_a_worker_that_is_stopping_reports_its_last_task_without_asking_for_another(holders, worker_of):
+    """Fault: SIGTERM while a task runs. The worker returns what it had not
+    started and waits for the running task; its DONE says ``"credit":
+    false``. Before, the DONE gave the node a slot back, the node leased the
+    worker another task (which it only returned), and the BYE right after
+    put that task back as a spent attempt: a task run on attempt 2 that
+    never ran on attempt 1 (a full-suite run of
+    test_worker_faults::test_sigterm_on_worker_finishes_running_and_returns_the_rest)."""
+    node = holders[0]
+    release.clear()
+    w = worker_of([node])
+    _registered([node])
+    task_id = node.dispatch("yield_until_release", None)
+    wait_for(lambda: task_id in w.worker.running, what="the task running")
+    stopping = threading.Thread(target=w.stop)
+    stopping.start()
+    wait_for(lambda: w.worker.stopping, what="the worker stopping")
+    release.set()
+    wait_for(lambda: node.pump() or node.done, what="the DONE")
+    stopping.join(30)
+    assert [d[0] for d in node.done] == [task_id] and node.done_credit == [False]

@@ -109,7 +109,8 @@ class NodeLink:
 
     # -- results -------------------------------------------------------------------
     def report_done(self, task_id: str, attempt: int, result: bytes | None, elsewhere: bool = False) -> None:
-        """``elsewhere``: another node gave us the task (its node was lost)."""
+        """``elsewhere``: no slot back here (another node gave us the task,
+        its node lost; or this worker is stopping)."""
         self.outbox.add_done(task_id, attempt, result, elsewhere)
 
     def report_failed(self, task_id: str, attempt: int, error: dict[str, Any], elsewhere: bool = False) -> None:

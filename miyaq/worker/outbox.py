@@ -10,7 +10,8 @@ burst, queued while the backlog lasted, still leave together.
 Reports on tasks another node gave this worker (its node was lost: see
 :mod:`miyaq.worker.routing`) wait in lists of their own and leave in
 messages that say ``"credit": false``: the slot they free is the lost
-node's, so this node must not grant one for them.
+node's, so this node must not grant one for them. So do the reports of a
+worker that is stopping: it takes no more tasks.
 
 A batch leaves the outbox only once its send succeeded: a send
 that fails puts the batch back at the front and raises, so the worker's

@@ -233,7 +233,12 @@ class Worker:
         """To the task's node, or another holder if that node is lost. With
         nothing left in the backlog this runner sends the results itself (a
         lone task's result without waking the flusher); otherwise the flusher
-        sends them together once the runners yield."""
+        sends them together once the runners yield.
+
+        A report gives its node a slot back (credit) unless another node gave
+        the task, or this worker is stopping: a slot given back then would
+        have the node lease a task the worker only returns, and the BYE that
+        follows would count that attempt as spent."""
         routes = self.routes
         holders = routes.holders.get(job.task_id)
         target = routes.report_link(link, job.task_id)
@@ -242,7 +247,7 @@ class Worker:
             target.outbox.hold()
         try:
             kind, value = outcome
-            elsewhere = target is not link
+            elsewhere = target is not link or self.stopping     # no slot back: see _no_credit
             if kind == "done":
                 target.report_done(job.task_id, job.attempt, value, elsewhere)
                 routes.sent_report(target, job.task_id, job.attempt, holders, result=value)
@@ -257,7 +262,7 @@ class Worker:
         """A delivery that never ran (aborted in the backlog, no handler for
         it) fails: reported like any outcome, its holders forgotten."""
         target = self.routes.report_link(link, task_id)
-        target.report_failed(task_id, attempt, error, target is not link)
+        target.report_failed(task_id, attempt, error, target is not link or self.stopping)
 
     def _report_lost_outcome(self, link: NodeLink, task_id: str, attempt: int) -> None:
         error = {"type": "WorkerError", "message": "the worker failed to report this attempt's outcome",
