@@ -88,12 +88,14 @@ class RawHolder:
         self.failed: list[list[Any]] = []
         self.failed_credit: list[bool] = []
         self.touched: list[str] = []
+        self.readies = 0
 
     def pump(self, timeout_ms: int = 50) -> None:
         while self.sock.poll(timeout_ms):
             peer, _tag, command, body = self.sock.recv_multipart()
             data = msgpack.unpackb(body, raw=False)
             if command == c.READY:
+                self.readies += 1
                 self.link = peer
                 self.sock.send_multipart([peer, *codec.encode(c.WELCOME, {
                     "node": self.endpoint, "heartbeat": HEARTBEAT, "service": self.endpoint})])
@@ -114,6 +116,11 @@ class RawHolder:
         delivery = [task_id, "default", name, body, 1, 30.0, holders]
         self.sock.send_multipart([self.link, *codec.encode(c.DISPATCH, {"tasks": [delivery]})])
         return task_id
+
+    def reconnect(self) -> None:
+        """Tell the worker this node does not know it (as after its BYE)."""
+        assert self.link is not None
+        self.sock.send_multipart([self.link, *codec.encode(c.RECONNECT, {})])
 
     def abort(self, task_id: str) -> None:
         assert self.link is not None
@@ -367,7 +374,8 @@ def test_a_lost_node_s_running_tasks_are_touched_at_another_holder():
 def test_a_worker_that_is_stopping_reports_its_last_task_without_asking_for_another(holders, worker_of):
     """Fault: SIGTERM while a task runs. The worker returns what it had not
     started and waits for the running task; its DONE says ``"credit":
-    false``. Before, the DONE gave the node a slot back, the node leased the
+    false``, and a node that says it does not know the worker (RECONNECT)
+    does not make it register again. Before, the DONE gave the node a slot back, the node leased the
     worker another task (which it only returned), and the BYE right after
     put that task back as a spent attempt: a task run on attempt 2 that
     never ran on attempt 1 (a full-suite run of
@@ -381,7 +389,10 @@ def test_a_worker_that_is_stopping_reports_its_last_task_without_asking_for_anot
     stopping = threading.Thread(target=w.stop)
     stopping.start()
     wait_for(lambda: w.worker.stopping, what="the worker stopping")
+    node.reconnect()            # a node that forgot it: a stopping worker does not register again
     release.set()
     wait_for(lambda: node.pump() or node.done, what="the DONE")
     stopping.join(30)
+    node.pump()
     assert [d[0] for d in node.done] == [task_id] and node.done_credit == [False]
+    assert node.readies == 1

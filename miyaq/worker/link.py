@@ -230,6 +230,8 @@ class NodeLink:
         elif command == c.ABORT:
             self.worker.abort(body.get("ids") or [])
         elif command == c.RECONNECT:
+            if self.worker.stopping:
+                return      # it said BYE (or is about to): registering again would take new tasks
             logger.info("node %s does not know this worker; registering again", self.endpoint)
             self.register()
         elif command == c.ERROR:
