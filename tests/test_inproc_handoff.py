@@ -24,6 +24,18 @@ def _copies(cluster, tid: str) -> list[str]:
     return sorted(n for n, h in cluster.nodes.items() if h.task(tid) is not None)
 
 
+def _ring_reaches_the_joining_node_last(cluster) -> tuple[list[str], int, list[str]]:
+    """30 tasks on OLD, then ALL published to every node but n4 (the joining
+    one), and the old nodes on it: (task ids, the new epoch, the ids that
+    move to n4)."""
+    tids = _submit_many(cluster, 30)
+    epoch = cluster.publish(ALL, withhold=["n4"])
+    moved = [t for t in tids if "n4" in cluster.holders(t)]
+    assert moved, "some tasks must move to the joining node"
+    cluster.wait_until(lambda: all(cluster[n].role.view.epoch == epoch for n in OLD), what="the old nodes on the ring")
+    return tids, epoch, moved
+
+
 def _running(cluster) -> tuple[str, str, str, Any]:
     """A task with two holders, accepted and running on the first for a test
     worker: (task id, runner, other holder, worker)."""
@@ -43,11 +55,7 @@ def test_handoff_racing_a_ring_change_keeps_copies_until_the_new_holder_has_the_
     retry is confirmed, the old holders that are no longer holders drop
     their copies, and every task is on exactly its new holders."""
     cluster = inproc(4, ring=OLD, replicas=2)
-    tids = _submit_many(cluster, 30)
-    epoch = cluster.publish(ALL, withhold=["n4"])
-    moved = [t for t in tids if "n4" in cluster.holders(t)]
-    assert moved, "some tasks must move to the joining node"
-    cluster.wait_until(lambda: all(cluster[n].role.view.epoch == epoch for n in OLD), what="the old nodes on the ring")
+    tids, epoch, moved = _ring_reaches_the_joining_node_last(cluster)
     cluster.wait_until(lambda: cluster.net.messages("ANSWER", src="n4", answering="REPLICATE"),
                        what="the joining node's first refusal")
     cluster.settle(0.1)
@@ -259,11 +267,7 @@ def test_copies_refused_on_an_older_ring_are_sent_again_soon_not_after_the_full_
     long, and when that holder was killed too a late copy of the task ran
     again elsewhere."""
     cluster = inproc(4, ring=OLD, replicas=2)
-    tids = _submit_many(cluster, 30)
-    epoch = cluster.publish(ALL, withhold=["n4"])
-    moved = [t for t in tids if "n4" in cluster.holders(t)]
-    assert moved, "some tasks must move to the joining node"
-    cluster.wait_until(lambda: all(cluster[n].role.view.epoch == epoch for n in OLD), what="the old nodes on the ring")
+    tids, epoch, moved = _ring_reaches_the_joining_node_last(cluster)
     senders = {m.src for m in cluster.net.messages("REPLICATE", dst="n4")}
     cluster.wait_until(lambda: {m.dst for m in cluster.net.messages("ANSWER", src="n4", answering="REPLICATE")
                                 if m.fate == "delivered"} >= senders and cluster.net.quiet(),

@@ -18,22 +18,32 @@ import pytest
 
 pytestmark = pytest.mark.timeout(60)
 
-_TWO_MEMBERS_LEAVE_WHILE_ONE_HAS_A_MESSAGE_WAITING = textwrap.dedent("""
-    import select, sys, time
-    import zmq
+_MEMBERS = textwrap.dedent("""
+    import sys, time
     from miyaq.cluster.stream import ZmqStreamPublisher, ZmqStreamSubscriber
     from miyaq.runtime import Supervisor, green
     from miyaq.runtime.sockets import SocketFactory
     from miyaq.testing.harness import free_port
 
-    sockets = SocketFactory(green=True)
-    eps = {n: f"tcp://127.0.0.1:{free_port()}" for n in ("x", "a", "b")}
-    pubs = {n: ZmqStreamPublisher(sockets, n, ep) for n, ep in eps.items()}
-    heard = []
-    sub = ZmqStreamSubscriber(sockets, Supervisor("test"), "me", lambda src, evs: heard.append(src),
-                              lambda src: None)
-    sub.connect(dict(eps))
-    sub.start()
+    def members(names):
+        \"\"\"A publisher per name and a subscriber "me" following them all,
+        its reader started: (endpoints, publishers, sources heard, subscriber).\"\"\"
+        sockets = SocketFactory(green=True)
+        eps = {n: f"tcp://127.0.0.1:{free_port()}" for n in names}
+        pubs = {n: ZmqStreamPublisher(sockets, n, ep) for n, ep in eps.items()}
+        heard = []
+        sub = ZmqStreamSubscriber(sockets, Supervisor("test"), "me", lambda src, evs: heard.append(src),
+                                  lambda src: None)
+        sub.connect(dict(eps))
+        sub.start()
+        return eps, pubs, heard, sub
+""")
+
+_TWO_MEMBERS_LEAVE_WHILE_ONE_HAS_A_MESSAGE_WAITING = _MEMBERS + textwrap.dedent("""
+    import select
+    import zmq
+
+    eps, pubs, heard, sub = members(["x", "a", "b"])
     deadline = time.monotonic() + 20
     while set(heard) != {"x", "a", "b"}:          # every publisher has our subscription
         if time.monotonic() > deadline:
@@ -76,23 +86,12 @@ def test_members_leaving_while_one_of_their_messages_waits_do_not_abort_the_node
     assert "heard after the change: ['b'] still to disconnect: []" in run.stdout
 
 
-_RING_CHANGES_UNDER_LOAD = textwrap.dedent("""
-    import random, sys, time
+_RING_CHANGES_UNDER_LOAD = _MEMBERS + textwrap.dedent("""
+    import random
     import gevent
-    from miyaq.cluster.stream import ZmqStreamPublisher, ZmqStreamSubscriber
-    from miyaq.runtime import Supervisor, green
-    from miyaq.runtime.sockets import SocketFactory
-    from miyaq.testing.harness import free_port
 
-    sockets = SocketFactory(green=True)
     names = ["a", "b", "c", "d"]
-    eps = {n: f"tcp://127.0.0.1:{free_port()}" for n in names}
-    pubs = {n: ZmqStreamPublisher(sockets, n, ep) for n, ep in eps.items()}
-    heard = []
-    sub = ZmqStreamSubscriber(sockets, Supervisor("test"), "me", lambda src, evs: heard.append(src),
-                              lambda src: None)
-    sub.connect(dict(eps))
-    sub.start()
+    eps, pubs, heard, sub = members(names)
 
     def publish():
         while True:
