@@ -260,3 +260,32 @@ def test_a_node_killed_as_it_dispatches_has_already_told_the_standby_who_runs_th
     cluster.settle(0.1)
     assert standby_worker.times(tid) == 0 and cluster[standby].role.standby.takeovers == 0
     assert cluster[standby].state(tid) == DONE and not cluster.crashes()
+
+
+def test_a_started_event_heard_while_the_standby_asks_keeps_it_from_running(inproc):
+    """Fault: a standby copy came due and asks the runner (QUERY); the
+    runner starts the task meanwhile and its STARTED event arrives, but its
+    answer never does (a node busy with a handoff misses the 1 s deadline).
+    The event pushed the copy's timer past the runner's lease: silence at
+    the deadline must not undo that. Before, the copy decided on the
+    answers alone, heard silence and ran the task a second time (a dense
+    chaos kill run: 26 copies taken over at once, 1 s after a ring change)."""
+    cluster = inproc(3, replicas=2)
+    tid = cluster.task_id()
+    runner, standby = cluster.holders(tid, 2)
+    standby_worker = cluster.worker(standby)
+    cluster.net.drop("ANSWER", src=runner, dst=standby, answering="QUERY")
+    cluster.submit(runner, tid, timeout=30)      # no worker on the runner yet: its copy waits, ready
+    cluster.wait_until(lambda: cluster.net.messages("QUERY", src=standby, dst=runner, task=tid),
+                       what="the standby copy asking the runner")
+    worker = cluster.worker(runner)
+    cluster.wait_until(lambda: worker.runs(tid) and cluster[standby].task(tid).lessees,
+                       what="the runner's STARTED event at the standby, while it asks")
+    assert tid in cluster[standby].role.standby.asking
+
+    cluster.advance(QUERY_TIMEOUT + 0.5)          # the answer never comes: silence
+    cluster.wait_until(lambda: tid not in cluster[standby].role.standby.asking, what="the question over")
+    cluster.settle(0.2)
+    assert standby_worker.times(tid) == 0 and cluster[standby].role.standby.takeovers == 0
+    assert cluster[standby].due_at(tid) >= cluster[runner].task(tid).lease_end
+    assert worker.runs(tid) and not cluster.crashes()

@@ -33,7 +33,9 @@ task answers ``unknown``, which lets the copy run). Per task:
   again after one offset;
 - otherwise (every other holder silent, unaware of it, or a standby with a
   larger node id) → take over: the copy becomes ready here, and its start
-  is announced to the others like any start.
+  is announced to the others like any start -- unless another holder's
+  news re-armed the copy while it asked (a STARTED or TOUCH event, a
+  resync): that timer stands, whatever the answers.
 
 Only silence lets a copy run; that is what keeps duplicates to real failures.
 An answer that fails its checks (:mod:`miyaq.protocol.recordspec`) counts as
@@ -207,6 +209,12 @@ class StandbyChecker(EngineListener):
         engine = role.engine
         if task.state not in (SCHEDULED, RETRYING) or not task.standby:
             return   # something else moved it meanwhile
+        if task.timer_at is not None:
+            # Re-armed while it asked: another holder's news (its STARTED or
+            # TOUCH event, a retry, a resync) says it runs the task. That timer
+            # stands, whatever the answers; silence from a holder that is
+            # busy is not evidence against news it already sent.
+            return
         if role.fenced() or role.node_id not in task.holders or role.coordinator.session_lost():
             # Fenced meanwhile, handed off by a ring change, or its session ended
             # (frozen past its timeout: the ring may have gone on without it, and
