@@ -57,7 +57,9 @@ class Copies:
                   if self.install(r, now, "handoff" if isinstance(r, dict) and "state" in r else "replicate",
                                   sender)]
         table = self.engine.table
-        sent_dead = {r.get("id") for r in records if isinstance(r, dict) and r.get("state") == DEAD}
+        # Records sent dead need no "dead" back; a node with no dead letters skips the pass.
+        sent_dead = ({r.get("id") for r in records if isinstance(r, dict) and r.get("state") == DEAD}
+                     if table.dead else set())
         finished = {}
         dead = {}
         room = self.role.config.max_message // 2
