@@ -3,13 +3,17 @@ the batched path for a burst, and callers racing the I/O thread."""
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import msgpack
 import pytest
 
 import miyaq
+from miyaq.client import core as client_core
+from miyaq.client import io as client_io
 from miyaq.protocol import commands as c
+from miyaq.runtime.clock import monotonic
 from miyaq.testing.harness import wait_for
 from raw_nodes import CountingNode
 
@@ -135,6 +139,87 @@ def test_a_lone_submit_after_a_confirmed_one_wakes_the_deaf_io_thread(client):
     client.flush(timeout=10)
     assert handle.accepted
     assert readers == ["miyaq-client-io"]
+
+
+def _ack_waiting(io) -> bool:
+    """A message waits in a socket (looked at under the client's lock, as a caller would)."""
+    with io.lock:
+        return io._readable()
+
+
+def _asleep_for_long(client, monkeypatch) -> Any:
+    """The client's I/O thread asleep and deaf for a minute (after a call
+    whose caller read its own reply), and lone submits' acknowledgements left
+    unread for up to 30 s."""
+    monkeypatch.setattr(client_io, "LAZY_ACK_WAIT", 30.0)
+    monkeypatch.setattr(client_core, "MAX_POLL", 60.0)
+    io = client._io
+    wait_for(lambda: client.status() and io._armed and io._deaf and io._deaf_until > monotonic() + 45,
+             what="the I/O thread asleep and deaf for a minute")
+    return io
+
+
+def test_lone_submits_at_a_steady_rate_are_acknowledged_without_waking_the_io_thread(client, monkeypatch):
+    """A lone submit's acknowledgement is left in the socket for the next
+    caller on the short path to read before it sends: at a steady rate of
+    lone submits the I/O thread is not woken once per acknowledgement. The
+    last one, which no caller came to read, is read when flush() waits."""
+    io = _asleep_for_long(client, monkeypatch)
+    readers = _readers(io)
+    me = threading.current_thread().name
+    handles = []
+    for i in range(10):
+        handles.append(client.submit("echo", [i]))
+        wait_for(lambda: (handles[-1].accepted or _ack_waiting(io)) and io._armed and io._deaf,
+                 what="the acknowledgement in, and the I/O thread asleep")
+        time.sleep(2 * client_io.SHORT_PATH_GAP)      # lone submits, not a stream
+    # The first lone submit wakes the thread (it slept longer than the lazy
+    # wait): the first acknowledgement may be read by either.
+    assert len(readers) == 9 and readers[1:] == [me] * 8
+    assert all(h.accepted for h in handles[:9]) and not handles[9].accepted
+    client.flush(timeout=10)
+    assert handles[9].accepted and readers[9:] == ["miyaq-client-io"]
+
+
+def test_an_acknowledgement_no_caller_reads_is_read_when_the_lazy_wait_ends(client, monkeypatch):
+    """Fault it guards against: the I/O thread sleeps deaf after a lone
+    submit and no other submit comes; without a bound its acknowledgement
+    would stay unread (``accepted`` false, a BUSY reply never acted on)
+    until something else woke the thread."""
+    io = _asleep_for_long(client, monkeypatch)
+    monkeypatch.setattr(client_io, "LAZY_ACK_WAIT", 0.05)
+    readers = _readers(io)
+    handle = client.submit("echo", [1])
+    wait_for(lambda: handle.accepted, timeout=10, what="the acknowledgement read with nobody waiting")
+    assert readers == ["miyaq-client-io"]
+
+
+def test_threads_with_lone_submits_and_flushes_lose_no_acknowledgement(node, client):
+    """Four threads submitting lone tasks at a steady pace and flushing now
+    and then, while the I/O thread reads acknowledgements or leaves them to
+    the callers: every submit is accepted, none twice."""
+    errors: list[BaseException] = []
+    handles: list[Any] = []
+
+    def produce() -> None:
+        try:
+            for i in range(100):
+                handles.append(client.submit("echo", [i]))
+                time.sleep(0.002)
+                if i % 25 == 24:
+                    client.flush(timeout=30)
+        except BaseException as exc:   # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=produce) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors[:3]
+    client.flush(timeout=30)
+    assert all(h.accepted for h in handles) and len({h.id for h in handles}) == 400
+    assert client.status()["totals"]["live"] == 400
 
 
 def test_a_caller_in_a_long_poll_hands_the_client_to_other_threads(client):

@@ -119,7 +119,7 @@ class Client:
         if self._closed:
             raise MiyaqError("client is closed")
         wire["id"] = task_id or new_id()
-        future = self.kit.waiter() if wait else Future(self.kit.event)
+        future = self.kit.waiter() if wait else Future(self._io.heard_event)
         io = self._io
         now = monotonic()
         deadline = now + self.submit_timeout

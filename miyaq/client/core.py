@@ -75,8 +75,13 @@ class ClientCore:
         """Nothing is outstanding: no submit waits or is unacknowledged, no
         request is open, no discovery reply is due. A message that arrives
         now answers nobody, so the driver may leave it unread for a while."""
-        return (self.submits.idle and not self.requests.open and not self.requests.unsent
-                and not self._ring_req)
+        return self.submits.idle and self.no_requests
+
+    @property
+    def no_requests(self) -> bool:
+        """No request is open or waits to be sent, no discovery reply is due:
+        whatever is outstanding is submits."""
+        return not self.requests.open and not self.requests.unsent and not self._ring_req
 
     # -- calls --------------------------------------------------------------------------
     def submit(self, p: Pending, now: float | None = None) -> bool:

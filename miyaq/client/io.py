@@ -31,6 +31,15 @@ and the connection monitors only ("deaf"): the next leader reads its own
 reply without waking it, and a caller that leaves something outstanding
 without waiting (a lone ``submit()``) wakes it to listen.
 
+A lone submit's acknowledgement is read *in passing*: after such a submit
+left from the caller's thread, the I/O thread sleeps deaf for at most
+:data:`LAZY_ACK_WAIT`, and the next caller on the short path reads what
+arrived before it sends. At a steady rate of lone submits (a web handler
+submitting a job per request) the acknowledgements then cost no wake-up of
+the I/O thread; the last one is read when that sleep ends. A caller that
+waits on a submit it did not wait for at once (``flush()``,
+``wait_accepted()``) wakes the I/O thread to listen (:meth:`IOLoop.heard_event`).
+
 Each socket has a connection monitor (libzmq's socket monitor, read only by
 the I/O context or a leader): when a connection closes, nothing sent on it
 will be answered, so the core resends that node's unacknowledged submits
@@ -71,6 +80,11 @@ SHORT_PATH_GAP = 0.001
 """A submit nobody waits for takes the short path only this long (seconds)
 after the last one that did: faster than that, submits are a stream, and the
 I/O thread's batches cost less than a message each."""
+LAZY_ACK_WAIT = 0.02
+"""Longest a lone submit's acknowledgement waits unread (seconds) when no
+other submit comes to read it in passing: how late ``accepted`` turns true,
+and a refusal (BUSY) is acted on, for a submit nobody waits for. The I/O
+thread wakes at most once per this interval for such acknowledgements."""
 
 
 class IOLoop:
@@ -110,6 +124,9 @@ class IOLoop:
         self._led = False              # the last leading caller got its reply itself
         self._deaf = False             # the I/O thread sleeps on the pipe (and monitors) only (under lock)
         self._deaf_fds: Any = None     # what it polls then
+        self._deaf_until = 0.0         # when a deaf I/O thread wakes by itself (monotonic)
+        self._lazy_acks = False        # a lone submit left from a caller: its ack may wait unread
+        self._hear = False             # a caller waits for a submit: the I/O thread must listen
         self._lead_fds: Any = None     # a leading caller's OS poll
         self._handle: Any = None
 
@@ -168,9 +185,11 @@ class IOLoop:
         with self.count_lock:
             self.core.submitted += 1
         # Unacknowledged submits, or a stream of them: queue it, to be batched.
-        if (self.core.submits.idle and (waits or p.created - self._last_short >= SHORT_PATH_GAP)
+        # Acknowledgements left unread (lazy) do not count: the caller reads them first.
+        if ((self.core.submits.idle or self._lazy_acks)
+                and (waits or p.created - self._last_short >= SHORT_PATH_GAP)
                 and self._direct(lambda now: self._submit_now(p, now), p.waiter if waits else None,
-                                 p.deadline)):
+                                 p.deadline, when_idle=True, lone=not waits)):
             self._last_short = p.created
             return
         self._put(("submit", p))
@@ -192,11 +211,20 @@ class IOLoop:
             body["id"] = p.wire["id"]
             core.request(p.node, command, body, waiter, deadline, now)
 
-        return self.core.submits.idle and self._direct(both, waiter, deadline, when_idle=True)
+        return ((self.core.submits.idle or self._lazy_acks)
+                and self._direct(both, waiter, deadline, when_idle=True))
 
     def _submit_now(self, p: Pending, now: float) -> None:
         if not self.core.submit(p, now):
             self._wake()          # queued behind unacknowledged submits: the I/O thread batches it
+
+    def heard_event(self) -> Any:
+        """The event for a caller about to wait on a submit it did not wait for
+        at once: the I/O thread is woken to listen, so an acknowledgement left
+        for a caller to read in passing is read now, not after :data:`LAZY_ACK_WAIT`."""
+        self._hear = True
+        self._wake()
+        return self.kit.event()
 
     def request(self, node: int, command: bytes, body: dict[str, Any], waiter: Waiter, deadline: float) -> None:
         """Send a request whose caller waits for ``waiter`` at once."""
@@ -226,26 +254,43 @@ class IOLoop:
                 pass
 
     def _direct(self, call: Callable[[float], Any], lead: Any = None, until: float = 0.0,
-                when_idle: bool = False) -> bool:
+                when_idle: bool = False, lone: bool = False) -> bool:
         """The short path: run ``call(now)`` in this thread if the I/O thread
         sleeps and nothing is queued for it; False: queue the call instead.
         ``lead``: the caller's future (it waits at once): read the sockets
         here until it resolves (see the module's docstring), at most until
         ``until`` (monotonic seconds). ``when_idle``: only if no submit is
-        waiting or unacknowledged either."""
+        waiting or unacknowledged either, once the acknowledgements that
+        arrived are read. ``lone``: a submit nobody waits for, whose
+        acknowledgement may wait for the next caller to read (lazy)."""
         if not (self.short_path and self._armed and self.lock.acquire(False)):
             return False
         try:
-            if not self._armed or self.inbox or (when_idle and not self.core.submits.idle):
+            if not self._armed or self.inbox:
                 return False
-            call(monotonic())
+            core = self.core
+            if when_idle and not core.submits.idle:
+                self._read_all()          # acknowledgements left for us to read in passing
+                if not core.submits.idle:
+                    return False
+            now = monotonic()
+            call(now)
             if lead is not None:
                 self._led = self._lead(lead, until)
             else:
                 self._led = False
+            if lone:
+                self._lazy_acks = True
+                self._last_short = now
+                # A deaf I/O thread reads this acknowledgement when its sleep ends; wake
+                # it only if that is later than the bound (it sleeps after a confirmed call).
+                if self._deaf:
+                    if not core.quiet and self._deaf_until > now + LAZY_ACK_WAIT:
+                        self._wake()
+                    return True
             # Wake the I/O thread if a message waits (we may have taken the edge of
             # its descriptor), or if it sleeps deaf and something is now outstanding.
-            if (self._deaf and not self.core.quiet) or self._readable():
+            if (self._deaf and not core.quiet) or self._readable():
                 self._wake()
             return True
         finally:
@@ -314,11 +359,21 @@ class IOLoop:
                     more = self._read_all()
                     resolver.deferring = False
                     self._armed = True
+                    if self._hear and core.submits.idle:
+                        self._hear = False
                     busy = more or self.inbox or self._readable()
                     timeout_ms = 0 if busy else int(core.next_timer(now) * 1000)
                     # Deaf while callers lead and nothing is outstanding: their replies
-                    # must not wake this thread too.
-                    deaf = self._deaf = self._led and not busy and core.quiet
+                    # must not wake this thread too. Deaf for a while after a lone submit
+                    # left from a caller: the next caller reads its acknowledgement.
+                    lazy_for = self._last_short + LAZY_ACK_WAIT - now
+                    if lazy_for <= 0 and core.submits.idle:
+                        self._lazy_acks = False
+                    lazy = lazy_for > 0 and self._lazy_acks and not self._hear and core.no_requests
+                    deaf = self._deaf = not busy and ((self._led and core.quiet) or lazy)
+                    if deaf and lazy:
+                        timeout_ms = min(timeout_ms, math.ceil(lazy_for * 1000))
+                    self._deaf_until = now + timeout_ms / 1000
                 # Wake the callers whose replies came only now, with the lock free: the
                 # next call of a caller that waits at once takes the short path.
                 resolver.run()
