@@ -292,3 +292,19 @@ def test_record_writer_keeps_every_line_from_many_threads(tmp_path):
         t.join()
     writer.close()
     assert len(read_records(str(tmp_path), "run-").start) == 4000
+
+
+def test_bench_prefetch_reaches_the_workers_and_the_relays_credit():
+    """--prefetch P: miyaq's workers hold P tasks beyond their concurrency,
+    and the bare relay's workers grant the same credit (concurrency + P), so
+    the comparison stays like for like."""
+    data = run_json("--tasks", "300", "--workers", "1", "--concurrency", "2", "--prefetch", "6", "--baseline")
+    assert data["config"]["prefetch"] == 6
+    assert data["completed"] == 300 and not data["errors"]
+    assert [r["completed"] for r in data["runs"] if r["system"] == "baseline"] == [300]
+
+
+def test_bare_fleet_credit_is_concurrency_plus_prefetch():
+    from miyaq.bench.bare_fleet import BareFleet
+    assert BareFleet(None, workers=1, concurrency=8, records_dir="", deadline=0.0).credit == 16
+    assert BareFleet(None, workers=1, concurrency=8, records_dir="", deadline=0.0, prefetch=24).credit == 32

@@ -52,6 +52,7 @@ def parse(*argv: str) -> argparse.Namespace:
     (["--delayed", "10", "--baseline-gevent"], "--delayed"),
     (["--connect", "tcp://127.0.0.1:9", "--cluster", "3"], "--connect"),
     (["--python", "/nonexistent/python"], "not an executable"),
+    (["--prefetch", "-1"], "--prefetch"),
 ])
 def test_contradictory_or_bad_options_are_refused(argv, words):
     with pytest.raises(ConfigError) as err:

@@ -27,12 +27,12 @@ POLL = 0.05
 
 class BareFleet:
     def __init__(self, procs: ProcessGroup, *, workers: int, concurrency: int, records_dir: str,
-                 deadline: float, hub: bool = False) -> None:
+                 deadline: float, hub: bool = False, prefetch: int | None = None) -> None:
         self.kind = "baseline@gevent" if hub else "baseline"
         self.hub = hub
         self.procs = procs
         self.n_workers = workers
-        self.credit = 2 * concurrency
+        self.credit = concurrency + (concurrency if prefetch is None else prefetch)
         self.records_dir = records_dir
         self.deadline = deadline
         self.relay: Child | None = None

@@ -42,7 +42,7 @@ class Fleet:
     kind = "miyaq"
 
     def __init__(self, procs: ProcessGroup, *, connect: str | None, workers: int, concurrency: int,
-                 queue: str, records_dir: str, deadline: float, fsync: str | None = None,
+                 queue: str, prefetch: int | None = None, records_dir: str, deadline: float, fsync: str | None = None,
                  data_dir: str = "", python: str | None = None, nodes: int = 1,
                  node_args: tuple[str, ...] = (), keys: bool = False, pool: str | None = None,
                  work: str = "") -> None:
@@ -52,6 +52,7 @@ class Fleet:
         self.connect = connect
         self.n_workers = workers
         self.concurrency = concurrency
+        self.prefetch = prefetch            # the workers' --prefetch (None: their default)
         self.pool = pool                    # the workers' --pool (None: their default)
         self.work = work                    # what each task does (miyaq.bench.tasks.ENV_WORK)
         self.queue = queue
@@ -87,12 +88,14 @@ class Fleet:
         self._wait_for_nodes()
         env = dict(os.environ, **{tasks.ENV_CONNECT: self.endpoint, tasks.ENV_RECORDS: self.records_dir,
                                   tasks.ENV_WORK: self.work}, **self.key_env("worker"))
-        pool = ["--pool", self.pool] if self.pool else []
+        options = ["--pool", self.pool] if self.pool else []
+        if self.prefetch is not None:
+            options += ["--prefetch", str(self.prefetch)]
         for i in range(self.n_workers):
             self.workers.append(self.procs.start(f"worker-{i}", [
                 self.python, "-m", "miyaq.cli.main", "worker", "miyaq.bench.tasks:app",
                 "--processes", "1", "--concurrency", str(self.concurrency), "--connect", self.endpoint,
-                "--queues", self.queue, "--grace", "2", "--log-level", "WARNING", *pool], env))
+                "--queues", self.queue, "--grace", "2", "--log-level", "WARNING", *options], env))
         self._wait_for_workers()
 
     # -- keys (--keys: CURVE on every socket, one key per role) -----------------------------

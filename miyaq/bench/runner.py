@@ -56,6 +56,7 @@ TOP_FIELDS = ("submitted", "accepted", "completed", "enqueue_seconds", "enqueue_
 class BenchConfig:
     workers: int = 2
     concurrency: int = 8
+    prefetch: int | None = None     # the workers' --prefetch (None: theirs); the relay's credit follows
     tasks: int = 20_000
     payload: int = 100
     rate: float | None = None
@@ -95,7 +96,7 @@ def systems_of(cfg: BenchConfig) -> list[tuple[str, Maker]]:
         def make(procs: ProcessGroup, tmp: str, deadline: float) -> tuple[System, Callable[[System], Producer]]:
             queue = f"bench-{os.path.basename(tmp)}"
             fleet = Fleet(procs, connect=cfg.connect, workers=cfg.workers, concurrency=cfg.concurrency,
-                          queue=queue, records_dir=tmp, deadline=deadline, fsync=cfg.fsync,
+                          prefetch=cfg.prefetch, queue=queue, records_dir=tmp, deadline=deadline, fsync=cfg.fsync,
                           data_dir=os.path.join(tmp, "node-data"), python=python, nodes=nodes, keys=keys,
                           pool=cfg.pool, work=cfg.work)
             return fleet, lambda s: Producer(procs, python or sys.executable, "miyaq", s.endpoint, queue,
@@ -104,7 +105,8 @@ def systems_of(cfg: BenchConfig) -> list[tuple[str, Maker]]:
 
     def bare(hub: bool) -> Maker:
         def make(procs: ProcessGroup, tmp: str, deadline: float) -> tuple[System, Callable[[System], Producer]]:
-            fleet = BareFleet(procs, workers=cfg.workers, concurrency=cfg.concurrency, records_dir=tmp,
+            fleet = BareFleet(procs, workers=cfg.workers, concurrency=cfg.concurrency,
+                              prefetch=cfg.prefetch, records_dir=tmp,
                               deadline=deadline, hub=hub)
             return fleet, lambda s: Producer(procs, sys.executable, "bare", s.endpoint, "")
         return make

@@ -22,6 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--concurrency", "-c", type=int, default=64,
                    help="tasks run at once per worker process [default 64: the tasks are no-ops; "
                         "the worker's own default is 8]")
+    p.add_argument("--prefetch", type=int, default=None,
+                   help="the workers' --prefetch (tasks held beyond concurrency; default: theirs, = "
+                        "concurrency); the bare relay's workers grant the same credit, concurrency + "
+                        "prefetch")
     p.add_argument("--tasks", "-n", type=int, default=20_000, help="tasks to submit per phase [default 20000]")
     p.add_argument("--payload", "-s", type=int, default=100, help="payload bytes per task [default 100]")
     p.add_argument("--rate", "-r", type=float, default=None,
@@ -77,6 +81,8 @@ def check(args: argparse.Namespace) -> None:
     """Refuse contradictory or out-of-range options (ConfigError, exit 2)."""
     if args.workers < 1 or args.concurrency < 1 or args.tasks < 1 or args.repeat < 1:
         raise ConfigError("--workers, --concurrency, --tasks and --repeat must be at least 1")
+    if args.prefetch is not None and args.prefetch < 0:
+        raise ConfigError("--prefetch must be >= 0")
     if args.payload < 0 or args.timeout <= 0 or (args.rate is not None and args.rate <= 0):
         raise ConfigError("--payload must be >= 0, --timeout and --rate > 0")
     if args.idle < 0 or args.delayed < 0 or args.cluster < 0 or args.cluster == 1:
@@ -133,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
         result = run_delayed(dcfg)
         print(report.to_json(result) if args.json else summary(result), flush=True)
         return 1 if result["errors"] else 0
-    cfg = BenchConfig(workers=args.workers, concurrency=args.concurrency, tasks=args.tasks,
+    cfg = BenchConfig(workers=args.workers, concurrency=args.concurrency, prefetch=args.prefetch,
+                      tasks=args.tasks,
                       payload=args.payload, rate=args.rate, connect=args.connect, timeout=args.timeout,
                       fsync=args.fsync, baseline=args.baseline, baseline_gevent=args.baseline_gevent,
                       confirmed=args.confirmed, idle=args.idle,
