@@ -14,6 +14,7 @@ from typing import ClassVar, Mapping
 
 from ..config import Settings, _opt
 from ..errors import ConfigError
+from .prefetch import MAX_PREFETCH_FACTOR
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 #: How handlers run (docs/python-api.md, "Choosing a pool").
@@ -36,7 +37,8 @@ class WorkerConfig(Settings):
                                "I/O yields), threads (a pool of --concurrency threads) or processes (--concurrency "
                                "child processes, for CPU-bound handlers)", choices=POOLS)
     max_tasks_per_child: int = _opt(0, "processes pool: replace a child after this many tasks (0: never)")
-    prefetch: int | None = _opt(None, "tasks held beyond concurrency (default: concurrency)")
+    prefetch: int | None = _opt(None, "tasks held beyond concurrency (default: concurrency, and more while "
+                                      "tasks are short: up to 8 x concurrency in all, about 5 ms of work)")
     queues: str = _opt("", "comma-separated queues (default: every queue the app's tasks name)", short="-Q")
     connect: str = _opt("", "comma-separated node endpoints (default: the App's)")
     heartbeat: float = _opt(1.0, "seconds between the worker's side-channel heartbeats")
@@ -76,9 +78,19 @@ class WorkerConfig(Settings):
         return env
 
     @property
-    def capacity(self) -> int:
-        """Tasks held per node: running plus prefetched (the credit granted)."""
+    def base_credit(self) -> int:
+        """Tasks held per node to begin with: running plus prefetched
+        (``concurrency + prefetch``; twice the concurrency by default)."""
         return self.slots + (self.slots if self.prefetch is None else self.prefetch)
+
+    @property
+    def capacity(self) -> int:
+        """Most tasks held per node: the base credit with ``--prefetch``; by
+        default up to MAX_PREFETCH_FACTOR × concurrency while tasks are short
+        (:mod:`miyaq.worker.prefetch`)."""
+        if self.prefetch is not None:
+            return self.base_credit
+        return max(self.base_credit, MAX_PREFETCH_FACTOR * self.slots)
 
     @property
     def queue_list(self) -> list[str]:

@@ -34,6 +34,7 @@ from ..runtime import green, monotonic
 from ..runtime.sockets import CONNECTION_CLOSED, SocketFactory, monitor_event, zmq
 from .config import FIRST_CONTACT, FIRST_CONTACT_REPEAT_MAX, LIVENESS, MAX_INBOUND_MESSAGE, PROBE_TIMEOUT, RECV_BURST
 from .outbox import Outbox
+from .prefetch import ExtraCredit, RunTimes
 
 if TYPE_CHECKING:
     from .runner import Worker
@@ -60,6 +61,7 @@ class NodeLink:
         self._opened_at = monotonic()
         self._next_diagnosis = 0.0
         self.outbox = Outbox(self.post, worker.supervisor.spawn, f"flush {endpoint}")
+        self.extra = ExtraCredit(worker.concurrency, worker.base_credit, worker.capacity)
         self._open()
 
     def _open(self) -> None:
@@ -98,14 +100,23 @@ class NodeLink:
 
     def register(self) -> None:
         w = self.worker
+        held = w.busy_count(self)
         body = {"worker": w.wid, "queues": w.queues, "names": sorted(w.app.tasks),
                 "capacity": w.capacity, "pid": w.pid, "host": w.host, "concurrency": w.concurrency,
                 "pool": w.config.pool,
                 # after a reconnect, slots held by running tasks are not free
-                "credit": max(0, w.capacity - w.busy_count(self))}
+                "credit": max(0, w.base_credit - held)}
         if w.app.schedules:
             body["periodic"] = list(w.app.schedules.values())   # docs/periodic.md
         self.send(c.READY, body)
+        self.extra.registered(held)
+
+    def grant_extra(self, run_times: RunTimes, backlog_dry: bool) -> None:
+        """Default prefetch: grant this node more credit (the backlog ran dry
+        and tasks are short) or plan to take some back (they grew longer)."""
+        n = self.extra.adjust(self.extra.target(run_times), backlog_dry)
+        if n and self.send(c.CREDIT, {"n": n}):
+            self.extra.granted(n)
 
     # -- results -------------------------------------------------------------------
     def report_done(self, task_id: str, attempt: int, result: bytes | None, elsewhere: bool = False) -> None:

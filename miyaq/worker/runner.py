@@ -5,8 +5,9 @@ Runners are long-lived and take deliveries from a local deque, so a batch of
 quick handlers runs without a greenlet spawn per task. A runner hands each
 task to the pool (:mod:`miyaq.worker.pools`: greenlets, threads or child
 processes; ``async def`` handlers to the worker's asyncio loop) and waits
-for its outcome. The worker's capacity (``concurrency + prefetch``) is the
-credit it grants each node; it never holds more than that per node. A
+for its outcome. The worker grants each node credit
+(``concurrency + prefetch``, and by default more while tasks are short:
+:mod:`miyaq.worker.prefetch`); it never holds more than its capacity per node. A
 watchdog stops a handler that runs past its task's timeout without a touch;
 an ABORT stops a cancelled one. SIGTERM: stop taking work, give back tasks
 not yet started, let running ones finish up to ``grace`` seconds, say BYE.
@@ -42,6 +43,7 @@ from .execute import Interrupted, Outcome, TaskAborted, TaskTimeout
 from .jobs import Job
 from .link import NodeLink
 from .pools import PoolParts, make_pool
+from .prefetch import RunTimes
 from .pulse import Pulse
 from .routing import Routes
 
@@ -69,6 +71,8 @@ class Worker:
         self.queues = cfg.queue_list or app.queues()
         self.concurrency = cfg.slots
         self.capacity = cfg.capacity
+        self.base_credit = cfg.base_credit
+        self.run_times = RunTimes()
         self.endpoints = cfg.endpoint_list or app.endpoints
         self.grace = cfg.grace
         self.pid = os.getpid()
@@ -213,11 +217,13 @@ class Worker:
         self.routes.origin[task_id] = link
         if job.deadline < self._watch_at:
             self._watch.set()           # due before the watchdog means to look again
+        started = monotonic()
         try:
             outcome = job.executor.run(job)
         finally:
             self.running.pop(task_id, None)
             self.executed += 1
+        self.run_times.add(monotonic() - started)
         try:
             self._report(link, job, outcome)
         except Exception:
@@ -247,7 +253,8 @@ class Worker:
             target.outbox.hold()
         try:
             kind, value = outcome
-            elsewhere = target is not link or self.stopping     # no slot back: see _no_credit
+            # No slot back: see the docstring; or this node's extra credit is being taken back.
+            elsewhere = target is not link or self.stopping or link.extra.take_withhold()
             if kind == "done":
                 target.report_done(job.task_id, job.attempt, value, elsewhere)
                 routes.sent_report(target, job.task_id, job.attempt, holders, result=value)
@@ -257,6 +264,8 @@ class Worker:
         finally:
             if last:
                 target.outbox.send_now()
+        if target is link and not self.stopping:
+            link.grant_extra(self.run_times, last)
 
     def _report_failure(self, link: NodeLink, task_id: str, attempt: int, error: dict[str, Any]) -> None:
         """A delivery that never ran (aborted in the backlog, no handler for

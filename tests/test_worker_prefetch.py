@@ -1,0 +1,146 @@
+"""The default prefetch (miyaq.worker.prefetch): a worker holds more tasks
+while they are short, and takes the extra back when they grow longer; a
+worker given --prefetch holds exactly concurrency + prefetch."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from apps import basic
+from miyaq.testing.harness import wait_for
+from miyaq.worker import prefetch
+from miyaq.worker.config import WorkerConfig
+from miyaq.worker.prefetch import ExtraCredit, RunTimes
+
+
+def _runs(*seconds: float) -> RunTimes:
+    times = RunTimes()
+    for s in seconds:
+        times.add(s)
+    return times
+
+
+# -- the arithmetic ----------------------------------------------------------------------
+
+def test_capacity_is_eight_times_concurrency_by_default_and_exact_with_prefetch():
+    assert WorkerConfig(concurrency=8).base_credit == 16
+    assert WorkerConfig(concurrency=8).capacity == 8 * 8
+    assert WorkerConfig(concurrency=8, prefetch=0).capacity == 8
+    assert WorkerConfig(concurrency=8, prefetch=24).capacity == 32
+
+
+def test_the_extra_holds_about_prefetch_time_of_work_in_multiples_of_the_concurrency(monkeypatch):
+    monkeypatch.setattr(prefetch, "PREFETCH_TIME", 0.005)
+    extra = ExtraCredit(slots=8, base=16, capacity=64)
+    assert extra.target(RunTimes()) == 0                      # nothing ran yet
+    assert extra.target(_runs(0.000_010)) == 48               # no-ops: the cap
+    assert extra.target(_runs(0.001)) == 24                   # 40 held -> 24 beyond 16, whole eights
+    assert extra.target(_runs(0.0025)) == 0                   # 16 held: the base is enough
+    assert extra.target(_runs(0.5)) == 0
+    assert ExtraCredit(slots=8, base=16, capacity=16).target(_runs(0.000_010)) == 0   # --prefetch: fixed
+
+
+def test_growing_grants_only_when_the_backlog_ran_dry_and_shrinking_withholds():
+    extra = ExtraCredit(slots=2, base=4, capacity=16)
+    assert extra.adjust(12, may_grow=False) == 0 and extra.extra == 0
+    assert extra.adjust(12, may_grow=True) == 12
+    extra.granted(12)
+    assert extra.adjust(12, may_grow=True) == 0                # there already
+    assert extra.adjust(4, may_grow=False) == 0 and extra.withhold == 8 and extra.extra == 4
+    assert [extra.take_withhold() for _ in range(9)] == [True] * 8 + [False]
+    # Growing again before the withholds are spent cancels them first.
+    extra.adjust(0, may_grow=False)
+    assert extra.withhold == 4
+    assert extra.adjust(6, may_grow=True) == 2 and extra.withhold == 0 and extra.extra == 4
+    extra.granted(2)
+    assert extra.extra == 6
+
+
+def test_a_ready_counts_tasks_held_beyond_the_base_as_extra():
+    extra = ExtraCredit(slots=2, base=4, capacity=16)
+    extra.adjust(0, may_grow=False)
+    extra.withhold = 3
+    extra.registered(held=10)
+    assert (extra.extra, extra.withhold) == (6, 0)
+    extra.registered(held=2)
+    assert extra.extra == 0
+    extra.registered(held=40)                                  # never beyond the cap
+    assert extra.extra == 12
+
+
+# -- a worker and a node -------------------------------------------------------------------
+
+def _row(client: Any) -> dict[str, Any] | None:
+    rows = client.status()["workers"]
+    return rows[0] if rows else None
+
+
+def _credit_settles_at(client: Any, credit: int, what: str) -> None:
+    wait_for(lambda: (row := _row(client)) is not None and row["running"] == 0 and row["credit"] == credit,
+             what=what)
+
+
+def test_a_worker_with_short_tasks_grants_extra_credit_up_to_its_capacity(node, client, thread_worker,
+                                                                         monkeypatch):
+    """Default prefetch, no-op tasks: once its backlog ran dry the worker
+    grants the node credit up to its capacity (8 × concurrency)."""
+    monkeypatch.setattr(prefetch, "PREFETCH_TIME", 60.0)      # every task counts as short
+    thread_worker(basic.app, node.endpoint, queues=["default"], concurrency=2)
+    handles = [client.submit("echo", [i]) for i in range(40)]
+    for h in handles:
+        h.result(timeout=30)
+    row = _row(client)
+    assert row is not None and row["capacity"] == 16
+    _credit_settles_at(client, 16, "the node's credit for the worker at its capacity")
+
+
+def test_a_worker_given_prefetch_holds_exactly_concurrency_plus_prefetch(node, client, thread_worker,
+                                                                       monkeypatch):
+    monkeypatch.setattr(prefetch, "PREFETCH_TIME", 60.0)
+    thread_worker(basic.app, node.endpoint, queues=["default"], concurrency=2, prefetch=1)
+    for h in [client.submit("echo", [i]) for i in range(40)]:
+        h.result(timeout=30)
+    row = _row(client)
+    assert row is not None and row["capacity"] == 3
+    _credit_settles_at(client, 3, "the node's credit for the worker back at 3")
+
+
+def test_a_worker_whose_tasks_grew_long_takes_its_extra_credit_back(node, client, thread_worker,
+                                                                  monkeypatch):
+    """Fault it guards against: a worker that granted extra credit for
+    no-op tasks keeps holding that many when its tasks turn slow, and they
+    wait in its backlog while other workers could run them."""
+    monkeypatch.setattr(prefetch, "PREFETCH_TIME", 0.05)      # no-ops: the cap; 0.2 s tasks: none
+    thread_worker(basic.app, node.endpoint, queues=["default"], concurrency=2)
+    for h in [client.submit("echo", [i]) for i in range(40)]:
+        h.result(timeout=30)
+    _credit_settles_at(client, 16, "the extra credit granted for short tasks")
+    slow = [client.submit("sleep", [0.2]) for _ in range(16)]
+    for h in slow:
+        h.result(timeout=60)
+    _credit_settles_at(client, 4, "the node's credit for the worker back at its base (2 × concurrency)")
+
+
+@pytest.mark.parametrize("prefetch_option", [None, 0])
+def test_the_worker_never_holds_more_than_its_capacity(node, client, thread_worker, monkeypatch,
+                                                       prefetch_option):
+    """However many tasks wait, the node never has more out with the worker
+    than its capacity (the node caps credit at the capacity of its READY)."""
+    monkeypatch.setattr(prefetch, "PREFETCH_TIME", 60.0)
+    options = {} if prefetch_option is None else {"prefetch": prefetch_option}
+    thread_worker(basic.app, node.endpoint, queues=["default"], concurrency=2, **options)
+    capacity = 16 if prefetch_option is None else 2
+    handles = [client.submit("sleep", [0.01]) for _ in range(60)]
+    client.flush()
+    highest = 0
+    for _ in range(5000):                     # bounded; 60 tasks of 10 ms take well under a second
+        status = client.status()
+        for row in status["workers"]:
+            highest = max(highest, row["running"] + row["credit"])
+        counts = status["queues"]["default"]
+        if counts["ready"] + counts["running"] == 0:
+            break
+    assert 0 < highest <= capacity
+    for h in handles:
+        h.result(timeout=60)
