@@ -61,28 +61,37 @@ def test_a_burst_after_a_lone_submit_takes_the_batched_path(client_for):
         node.close()
 
 
-def test_threads_with_confirmed_submits_race_the_io_thread(node, client):
-    """Eight threads submitting with wait=True and asking for status at once:
-    the short path and the I/O thread share the sockets under one lock and no
-    reply is lost (a lost one would fail its call with Timeout)."""
+def _in_threads(produce: Any, n: int) -> None:
+    """Run ``produce`` in ``n`` threads at once; fail with the first errors any raised."""
     errors: list[BaseException] = []
-    ids: list[str] = []
 
-    def produce() -> None:
+    def guarded() -> None:
         try:
-            for i in range(150):
-                ids.append(client.submit("echo", [i], wait=True).id)
-                if i % 10 == 0:
-                    client.status()
+            produce()
         except BaseException as exc:   # reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=produce) for _ in range(8)]
+    threads = [threading.Thread(target=guarded) for _ in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(120)
     assert not errors, errors[:3]
+
+
+def test_threads_with_confirmed_submits_race_the_io_thread(node, client):
+    """Eight threads submitting with wait=True and asking for status at once:
+    the short path and the I/O thread share the sockets under one lock and no
+    reply is lost (a lost one would fail its call with Timeout)."""
+    ids: list[str] = []
+
+    def produce() -> None:
+        for i in range(150):
+            ids.append(client.submit("echo", [i], wait=True).id)
+            if i % 10 == 0:
+                client.status()
+
+    _in_threads(produce, 8)
     assert len(set(ids)) == 1200
     assert client.status()["totals"]["live"] == 1200
 
@@ -198,25 +207,16 @@ def test_threads_with_lone_submits_and_flushes_lose_no_acknowledgement(node, cli
     """Four threads submitting lone tasks at a steady pace and flushing now
     and then, while the I/O thread reads acknowledgements or leaves them to
     the callers: every submit is accepted, none twice."""
-    errors: list[BaseException] = []
     handles: list[Any] = []
 
     def produce() -> None:
-        try:
-            for i in range(100):
-                handles.append(client.submit("echo", [i]))
-                time.sleep(0.002)
-                if i % 25 == 24:
-                    client.flush(timeout=30)
-        except BaseException as exc:   # reported below
-            errors.append(exc)
+        for i in range(100):
+            handles.append(client.submit("echo", [i]))
+            time.sleep(0.002)
+            if i % 25 == 24:
+                client.flush(timeout=30)
 
-    threads = [threading.Thread(target=produce) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors, errors[:3]
+    _in_threads(produce, 4)
     client.flush(timeout=30)
     assert all(h.accepted for h in handles) and len({h.id for h in handles}) == 400
     assert client.status()["totals"]["live"] == 400

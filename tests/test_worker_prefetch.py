@@ -81,28 +81,29 @@ def _credit_settles_at(client: Any, credit: int, what: str) -> None:
              what=what)
 
 
+def _short_tasks_on(node: Any, client: Any, thread_worker: Any, monkeypatch: Any, capacity: int,
+                    **options: Any) -> None:
+    """A worker of concurrency 2 (with ``options``) runs 40 no-op tasks, every
+    one counted as short; its READY said ``capacity``."""
+    monkeypatch.setattr(prefetch, "PREFETCH_TIME", 60.0)
+    thread_worker(basic.app, node.endpoint, queues=["default"], concurrency=2, **options)
+    for h in [client.submit("echo", [i]) for i in range(40)]:
+        h.result(timeout=30)
+    row = _row(client)
+    assert row is not None and row["capacity"] == capacity
+
+
 def test_a_worker_with_short_tasks_grants_extra_credit_up_to_its_capacity(node, client, thread_worker,
                                                                          monkeypatch):
     """Default prefetch, no-op tasks: once its backlog ran dry the worker
     grants the node credit up to its capacity (8 × concurrency)."""
-    monkeypatch.setattr(prefetch, "PREFETCH_TIME", 60.0)      # every task counts as short
-    thread_worker(basic.app, node.endpoint, queues=["default"], concurrency=2)
-    handles = [client.submit("echo", [i]) for i in range(40)]
-    for h in handles:
-        h.result(timeout=30)
-    row = _row(client)
-    assert row is not None and row["capacity"] == 16
+    _short_tasks_on(node, client, thread_worker, monkeypatch, capacity=16)
     _credit_settles_at(client, 16, "the node's credit for the worker at its capacity")
 
 
 def test_a_worker_given_prefetch_holds_exactly_concurrency_plus_prefetch(node, client, thread_worker,
                                                                        monkeypatch):
-    monkeypatch.setattr(prefetch, "PREFETCH_TIME", 60.0)
-    thread_worker(basic.app, node.endpoint, queues=["default"], concurrency=2, prefetch=1)
-    for h in [client.submit("echo", [i]) for i in range(40)]:
-        h.result(timeout=30)
-    row = _row(client)
-    assert row is not None and row["capacity"] == 3
+    _short_tasks_on(node, client, thread_worker, monkeypatch, capacity=3, prefetch=1)
     _credit_settles_at(client, 3, "the node's credit for the worker back at 3")
 
 
