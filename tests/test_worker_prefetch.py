@@ -23,9 +23,9 @@ def _runs(*seconds: float) -> RunTimes:
 
 # -- the arithmetic ----------------------------------------------------------------------
 
-def test_capacity_is_eight_times_concurrency_by_default_and_exact_with_prefetch():
+def test_capacity_is_sixteen_times_concurrency_by_default_and_exact_with_prefetch():
     assert WorkerConfig(concurrency=8).base_credit == 16
-    assert WorkerConfig(concurrency=8).capacity == 8 * 8
+    assert WorkerConfig(concurrency=8).capacity == 16 * 8
     assert WorkerConfig(concurrency=8, prefetch=0).capacity == 8
     assert WorkerConfig(concurrency=8, prefetch=24).capacity == 32
 
@@ -39,6 +39,22 @@ def test_the_extra_holds_about_prefetch_time_of_work_in_multiples_of_the_concurr
     assert extra.target(_runs(0.0025)) == 0                   # 16 held: the base is enough
     assert extra.target(_runs(0.5)) == 0
     assert ExtraCredit(slots=8, base=16, capacity=16).target(_runs(0.000_010)) == 0   # --prefetch: fixed
+
+
+def test_large_bodies_bound_the_extra(monkeypatch):
+    """Short tasks with large bodies: the extra holds at most PREFETCH_BYTES
+    of them (the base 2 x concurrency is not bound by it)."""
+    monkeypatch.setattr(prefetch, "PREFETCH_BYTES", 8 * 1024 * 1024)
+    extra = ExtraCredit(slots=8, base=16, capacity=128)
+    quick = RunTimes()
+    quick.add(0.000_010, 100)
+    assert extra.target(quick) == 112                          # the cap
+    large = RunTimes()
+    large.add(0.000_010, 256 * 1024)
+    assert extra.target(large) == 16                           # 32 bodies of 256 KiB: 8 MiB
+    huge = RunTimes()
+    huge.add(0.000_010, 1024 * 1024)
+    assert extra.target(huge) == 0
 
 
 def test_growing_grants_only_when_the_backlog_ran_dry_and_shrinking_withholds():
@@ -96,9 +112,9 @@ def _short_tasks_on(node: Any, client: Any, thread_worker: Any, monkeypatch: Any
 def test_a_worker_with_short_tasks_grants_extra_credit_up_to_its_capacity(node, client, thread_worker,
                                                                          monkeypatch):
     """Default prefetch, no-op tasks: once its backlog ran dry the worker
-    grants the node credit up to its capacity (8 × concurrency)."""
-    _short_tasks_on(node, client, thread_worker, monkeypatch, capacity=16)
-    _credit_settles_at(client, 16, "the node's credit for the worker at its capacity")
+    grants the node credit up to its capacity (16 × concurrency)."""
+    _short_tasks_on(node, client, thread_worker, monkeypatch, capacity=32)
+    _credit_settles_at(client, 32, "the node's credit for the worker at its capacity")
 
 
 def test_a_worker_given_prefetch_holds_exactly_concurrency_plus_prefetch(node, client, thread_worker,
@@ -112,12 +128,12 @@ def test_a_worker_whose_tasks_grew_long_takes_its_extra_credit_back(node, client
     """Fault it guards against: a worker that granted extra credit for
     no-op tasks keeps holding that many when its tasks turn slow, and they
     wait in its backlog while other workers could run them."""
-    monkeypatch.setattr(prefetch, "PREFETCH_TIME", 0.05)      # no-ops: the cap; 0.2 s tasks: none
+    monkeypatch.setattr(prefetch, "PREFETCH_TIME", 0.05)      # no-ops: the cap; 0.1 s tasks: none
     thread_worker(basic.app, node.endpoint, queues=["default"], concurrency=2)
     for h in [client.submit("echo", [i]) for i in range(40)]:
         h.result(timeout=30)
-    _credit_settles_at(client, 16, "the extra credit granted for short tasks")
-    slow = [client.submit("sleep", [0.2]) for _ in range(16)]
+    _credit_settles_at(client, 32, "the extra credit granted for short tasks")
+    slow = [client.submit("sleep", [0.1]) for _ in range(32)]   # 28 reports take the extra back
     for h in slow:
         h.result(timeout=60)
     _credit_settles_at(client, 4, "the node's credit for the worker back at its base (2 × concurrency)")
@@ -131,7 +147,7 @@ def test_the_worker_never_holds_more_than_its_capacity(node, client, thread_work
     monkeypatch.setattr(prefetch, "PREFETCH_TIME", 60.0)
     options = {} if prefetch_option is None else {"prefetch": prefetch_option}
     thread_worker(basic.app, node.endpoint, queues=["default"], concurrency=2, **options)
-    capacity = 16 if prefetch_option is None else 2
+    capacity = 32 if prefetch_option is None else 2
     handles = [client.submit("sleep", [0.01]) for _ in range(60)]
     client.flush()
     highest = 0

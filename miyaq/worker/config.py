@@ -38,7 +38,7 @@ class WorkerConfig(Settings):
                                "child processes, for CPU-bound handlers)", choices=POOLS)
     max_tasks_per_child: int = _opt(0, "processes pool: replace a child after this many tasks (0: never)")
     prefetch: int | None = _opt(None, "tasks held beyond concurrency (default: concurrency, and more while "
-                                      "tasks are short: up to 8 x concurrency in all, about 5 ms of work)")
+                                      "tasks are short: about 5 ms of work, up to 16 x concurrency in all)")
     queues: str = _opt("", "comma-separated queues (default: every queue the app's tasks name)", short="-Q")
     connect: str = _opt("", "comma-separated node endpoints (default: the App's)")
     heartbeat: float = _opt(1.0, "seconds between the worker's side-channel heartbeats")

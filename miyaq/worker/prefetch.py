@@ -7,7 +7,8 @@ held -- and grants more while its tasks are short: a worker whose backlog
 runs dry waits a round trip to its node for the next batch, and for tasks
 of a few microseconds that round trip, not the tasks, sets the pace. So
 when its backlog runs out, it grants enough extra credit that the tasks it
-holds would take it about :data:`PREFETCH_TIME` to run, at most up to
+holds would take it about :data:`PREFETCH_TIME` to run and their bodies
+come to about :data:`PREFETCH_BYTES` at most, and never more than
 :data:`MAX_PREFETCH_FACTOR` × concurrency in all. When its tasks grow
 longer it takes the extra back: the next reports to that node say
 ``"credit": false`` until the extra is down to what the new run time
@@ -24,7 +25,11 @@ from __future__ import annotations
 PREFETCH_TIME = 0.005
 """Seconds of work a worker may hold, by its recent run time per task, when
 it grants extra credit (default prefetch only)."""
-MAX_PREFETCH_FACTOR = 8
+PREFETCH_BYTES = 8 * 1024 * 1024
+"""Task bodies a worker may hold per node, by their mean size, when it grants
+extra credit (default prefetch only; the base ``2 × concurrency`` is not
+bound by it)."""
+MAX_PREFETCH_FACTOR = 16
 """With the default prefetch, a worker holds at most this many times its
 concurrency per node (its ``capacity``)."""
 RUN_TIME_WEIGHT = 0.2
@@ -32,17 +37,23 @@ RUN_TIME_WEIGHT = 0.2
 
 
 class RunTimes:
-    """The running mean of how long this worker's tasks take (seconds each),
-    from when a runner starts a task to when it has its outcome."""
+    """Running means of how long this worker's tasks take (seconds each, from
+    when a runner starts a task to when it has its outcome) and of how large
+    their bodies are (bytes)."""
 
-    __slots__ = ("mean",)
+    __slots__ = ("mean", "mean_bytes")
 
     def __init__(self) -> None:
         self.mean: float | None = None
+        self.mean_bytes = 0.0
 
-    def add(self, seconds: float) -> None:
+    def add(self, seconds: float, body_bytes: int = 0) -> None:
         mean = self.mean
-        self.mean = seconds if mean is None else mean + RUN_TIME_WEIGHT * (seconds - mean)
+        if mean is None:
+            self.mean, self.mean_bytes = seconds, float(body_bytes)
+        else:
+            self.mean = mean + RUN_TIME_WEIGHT * (seconds - mean)
+            self.mean_bytes += RUN_TIME_WEIGHT * (body_bytes - self.mean_bytes)
 
 
 class ExtraCredit:
@@ -71,12 +82,14 @@ class ExtraCredit:
 
     def target(self, run_times: RunTimes) -> int:
         """The extra that holds about PREFETCH_TIME of work at the mean run
-        time, in whole multiples of the concurrency (so that a mean that
-        wavers does not send a grant and a withhold by turns)."""
+        time and at most PREFETCH_BYTES of bodies at their mean size, in
+        whole multiples of the concurrency (so that a mean that wavers does
+        not send a grant and a withhold by turns)."""
         mean = run_times.mean
         if not self.most or mean is None:
             return 0
-        held = PREFETCH_TIME * self.slots / max(mean, 1e-6)
+        held = min(PREFETCH_TIME * self.slots / max(mean, 1e-6),
+                   PREFETCH_BYTES / max(run_times.mean_bytes, 1.0))
         extra = (int(held) - self.base) // self.slots * self.slots
         return max(0, min(self.most, extra))
 

@@ -223,7 +223,8 @@ class Worker:
         finally:
             self.running.pop(task_id, None)
             self.executed += 1
-        self.run_times.add(monotonic() - started)
+        body = d[3]
+        self.run_times.add(monotonic() - started, len(body) if isinstance(body, (bytes, str)) else 0)
         try:
             self._report(link, job, outcome)
         except Exception:
