@@ -168,6 +168,11 @@ class NodeLink:
             if not self.answered:
                 if now >= self._next_diagnosis:
                     self._diagnose(now)
+                if now - last_beat >= self.heartbeat:
+                    # Nothing to beat for until the node answers: wait a heartbeat
+                    # again (the READY queued on the socket leaves when it is
+                    # there), not the 1 ms floor of a beat that is overdue.
+                    last_beat = now
             elif now - self.last_heard > self.heartbeat * self.liveness:
                 self._reconnect(now)
             elif now - last_beat >= self.heartbeat:
