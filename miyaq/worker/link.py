@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from ..errors import MiyaqError, Unavailable
+from ..errors import MiyaqError, Unavailable, UnknownCommand
 from ..protocol import codec
 from ..protocol import commands as c
 from ..protocol.reach import explain, unreachable
@@ -228,14 +228,20 @@ class NodeLink:
         self._lose()
 
     def _handle(self, frames: list[bytes]) -> None:
-        self.last_heard = monotonic()
-        self.lost = False
-        self.answered = True
+        """Act on one message. Only a well-formed one counts as hearing from
+        the node: a socket that reads garbage, or its own READY, is not
+        talking to a node."""
         try:
             command, body = codec.decode(frames, c.WORKER_INBOUND, MAX_INBOUND_MESSAGE)
         except MiyaqError as err:
+            if isinstance(err, UnknownCommand) and frames[1] == c.READY:
+                self._talking_to_itself()
+                return
             logger.warning("malformed message from node %s: %s", self.endpoint, err.message)
             return
+        self.last_heard = monotonic()
+        self.lost = False
+        self.answered = True
         if command == c.DISPATCH:
             self.worker.accept(self, body.get("tasks") or [])
         elif command == c.WELCOME:
@@ -252,6 +258,22 @@ class NodeLink:
             self.register()
         elif command == c.ERROR:
             logger.warning("node %s: %s: %s", self.endpoint, body.get("code"), body.get("message"))
+
+    def _talking_to_itself(self) -> None:
+        """Our own READY came back: the connection loops to this socket (a
+        TCP self-connect -- the node's port is in the ephemeral range and
+        nothing listened there when ZeroMQ retried -- or a peer that echoes).
+        ZeroMQ would keep that connection for ever and the node, once up,
+        would never hear of this worker: open a fresh socket and register
+        again, a heartbeat later (at most 1 s: nothing else comes on this
+        socket meanwhile), so that a peer that echoes costs one attempt a
+        heartbeat, not a loop."""
+        logger.warning("the connection to %s came back to this worker (its own READY arrived: a TCP "
+                       "self-connect while nothing listened there); connecting again", self.endpoint)
+        self.reconnects += 1
+        green.sleep(min(self.heartbeat, 1.0))
+        self._open()
+        self.register()
 
     def _welcome(self, body: dict[str, Any]) -> None:
         if not self.heard or self.reconnects:
