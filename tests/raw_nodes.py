@@ -18,6 +18,7 @@ class CountingNode:
     what it says per command) unless :attr:`silent`."""
 
     silent = False
+    echo = False          # send every message back to its sender, as a connection looped to itself would
 
     def __init__(self, replies: dict[bytes, dict[str, Any]] | None = None, bind: str | None = None) -> None:
         self.replies = replies or {}        # command -> what its REPLY says besides req
@@ -32,11 +33,17 @@ class CountingNode:
             self.sock.bind(bind)
             self.endpoint = bind
         self.batches: list[tuple[bytes, list[str]]] = []
+        self.echoed: list[tuple[bytes, bytes]] = []     # (connection, command) of each message echoed
 
     def pump(self, timeout_ms: int = 100) -> None:
         while self.sock.poll(timeout_ms):
-            peer, _, command, body = self.sock.recv_multipart()
+            peer, tag, command, body = self.sock.recv_multipart()
             data: dict[str, Any] = msgpack.unpackb(body, raw=False)
+            if self.echo:
+                self.echoed.append((peer, command))
+                self.sock.send_multipart([peer, tag, command, body])
+                timeout_ms = 50
+                continue
             if command == c.SUBMIT:
                 self.batches.append((peer, [t["id"] for t in data["tasks"]]))
             else:

@@ -255,3 +255,30 @@ def test_submits_a_node_read_before_it_exited_are_sent_to_another_node_at_once()
         other.close()
         if not exiting.sock.closed:
             exiting.close()
+
+
+def test_a_connection_that_loops_back_to_the_client_is_made_again():
+    """Fault: the asyncio client's connection loops back to its own socket
+    (a TCP self-connect): it reads its own SUBMIT. It connects again, and
+    the submit is accepted once a node answers on the fresh connection."""
+    node = CountingNode()
+    node.echo = True
+
+    async def main() -> bool:
+        async with miyaq.aio.Client(node.endpoint, submit_timeout=30.0) as client:
+            handle = await client.submit("echo", [1])
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, lambda: wait_for(
+                lambda: node.pump() or len({peer for peer, _ in node.echoed}) >= 2,
+                what="the submit sent again on a fresh connection"))
+            node.echo = False
+            await loop.run_in_executor(None, lambda: wait_for(
+                lambda: node.pump() or node.batches, timeout=30, what="the submit on a connection that works"))
+            node.ack_all()
+            await client.flush(timeout=10)
+            return handle.accepted
+
+    try:
+        assert run(main)
+    finally:
+        node.close()

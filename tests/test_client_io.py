@@ -421,3 +421,27 @@ def test_a_node_whose_connection_closed_is_asked_last_until_it_is_back(client_fo
     finally:
         back.close()
         other.close()
+
+
+def test_a_client_whose_own_submit_comes_back_connects_again(client_for):
+    """Fault: the client's connection loops back to its own socket (a TCP
+    self-connect, when the node's port is in the ephemeral range and nothing
+    listened there as ZeroMQ retried): it reads its own SUBMIT. It used to
+    ignore that as a malformed reply and keep the connection for ever, so
+    no submit to that node was ever acknowledged. Now it connects again and
+    sends the submit once more on the fresh connection."""
+    node = CountingNode()
+    try:
+        node.echo = True
+        c1 = client_for(node.endpoint, submit_timeout=30)
+        handle = c1.submit("echo", [1])
+        wait_for(lambda: node.pump() or len({peer for peer, _ in node.echoed}) >= 2,
+                 what="the submit sent again on a fresh connection")
+        assert c.SUBMIT in {command for _, command in node.echoed}
+        node.echo = False
+        wait_for(lambda: node.pump() or node.batches, timeout=30, what="the submit on a connection that works")
+        node.ack_all()
+        c1.flush(timeout=10)
+        assert handle.accepted
+    finally:
+        node.close()

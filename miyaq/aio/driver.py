@@ -57,6 +57,16 @@ class AsyncDriver:
             raise error
         return True
 
+    def reconnect(self, node: int) -> None:
+        """Drop node ``node``'s connection and connect again (it looped back)."""
+        endpoint = self.nodes.endpoints[node]
+        sock = self.socks[node]
+        try:
+            sock.disconnect(endpoint)
+        except zmq.ZMQError:
+            pass            # already gone
+        sock.connect(endpoint)
+
     def connect(self, endpoint: str) -> None:
         sock = self.factory.dealer(endpoint, immediate=True)
         self.socks.append(sock)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Protocol
 
-from ..errors import MiyaqError
+from ..errors import MiyaqError, UnknownCommand
 from ..protocol import codec
 from ..protocol import commands as c
 from .nodes import Nodes
@@ -38,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 MAX_POLL = 0.1
 """The longest the driver sleeps between two ``on_timer`` calls."""
+LOOP_RETRY = 1.0
+"""Seconds between two reconnections of a connection found looped back to
+this client (:meth:`ClientCore._looped`)."""
 
 
 class Transport(Protocol):
@@ -48,6 +51,9 @@ class Transport(Protocol):
 
     def connect(self, endpoint: str) -> None:
         """Open a connection to a node learnt from the ring (its index is the next one)."""
+
+    def reconnect(self, node: int) -> None:
+        """Drop node ``node``'s connection and connect to its endpoint again."""
 
 
 class ClientCore:
@@ -61,6 +67,7 @@ class ClientCore:
                                       ack_timeout=ack_timeout, on_resolved=on_resolved)
         self.requests = RequestTable(nodes, self._send, self.resolver)
         self._ring_req = 0
+        self._looped_at: dict[int, float] = {}    # node -> when its connection was last found looped
         # Unresolved submits = submitted - submits.resolved. The threaded
         # driver's callers bump `submitted` under their own lock; only the I/O
         # context bumps `resolved`, so the two sides never share a lock per task.
@@ -113,6 +120,9 @@ class ClientCore:
         try:
             command, body = codec.decode(frames, c.NODE_REPLIES, self.max_message)
         except MiyaqError as err:
+            if isinstance(err, UnknownCommand) and frames[1] in c.NODE_COMMANDS:
+                self._looped(node, now)
+                return
             logger.warning("ignoring a malformed reply from %s: %s", self.nodes.endpoints[node], err.message)
             return
         if command == c.SUBMITTED:
@@ -126,6 +136,22 @@ class ClientCore:
                         logger.info("miyaq client: discovered node %s", endpoint)
                 return
             self.requests.on_reply(node, command, body)
+
+    def _looped(self, node: int, now: float) -> None:
+        """One of our own messages came back: the connection to node ``node``
+        loops to this socket (a TCP self-connect: the node's port is in the
+        ephemeral range and nothing listened there as ZeroMQ retried), and
+        ZeroMQ would keep it for ever. Connect again -- at most once every
+        LOOP_RETRY seconds, so that a peer that echoes is not a loop; what
+        was sent on it is sent again when its closing is seen
+        (:meth:`on_disconnected`)."""
+        if now - self._looped_at.get(node, -LOOP_RETRY) < LOOP_RETRY:
+            return
+        self._looped_at[node] = now
+        logger.warning("miyaq client: the connection to %s came back to this client (its own message arrived: "
+                       "a TCP self-connect while nothing listened there); connecting again",
+                       self.nodes.endpoints[node])
+        self.transport.reconnect(node)
 
     def on_disconnected(self, node: int, now: float) -> None:
         """The connection to node ``node`` closed: a node answers on the

@@ -150,6 +150,19 @@ class IOLoop:
         if self._deaf_fds is not None:
             self._deaf_fds.register(monitor.getsockopt(self.zmq.FD), select.POLLIN)
 
+    def reconnect(self, node: int) -> None:
+        """Drop node ``node``'s connection and connect again (called with the
+        sockets in hand: by the I/O context or a leader). Its connection
+        monitor then reports the closing, and the core sends again what was
+        unacknowledged on it."""
+        endpoint = self.nodes.endpoints[node]
+        sock = self.socks[node]
+        try:
+            sock.disconnect(endpoint)
+        except self.zmq.ZMQError:
+            pass            # already gone
+        sock.connect(endpoint)
+
     def _room_freed(self) -> None:
         """A submit was resolved: wake a caller waiting for room in the window.
         Only a caller that found the window full clears the event (and then
