@@ -23,7 +23,9 @@ from ..client.nodes import Nodes
 from ..client.submits import Pending, Waiter
 from ..errors import MiyaqError
 from ..runtime.clock import monotonic
-from ..runtime.sockets import CONNECTION_CLOSED, CONNECTION_READY, SocketFactory, SocketSecurity, monitor_event
+from ..runtime.sockets import (
+    CONNECTION_CLOSED, CONNECTION_READY, SocketFactory, SocketSecurity, monitor_event, redial,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -59,13 +61,7 @@ class AsyncDriver:
 
     def reconnect(self, node: int) -> None:
         """Drop node ``node``'s connection and connect again (it looped back)."""
-        endpoint = self.nodes.endpoints[node]
-        sock = self.socks[node]
-        try:
-            sock.disconnect(endpoint)
-        except zmq.ZMQError:
-            pass            # already gone
-        sock.connect(endpoint)
+        redial(self.socks[node], self.nodes.endpoints[node])
 
     def connect(self, endpoint: str) -> None:
         sock = self.factory.dealer(endpoint, immediate=True)

@@ -42,8 +42,8 @@ class Fleet:
     kind = "miyaq"
 
     def __init__(self, procs: ProcessGroup, *, connect: str | None, workers: int, concurrency: int,
-                 queue: str, prefetch: int | None = None, records_dir: str, deadline: float, fsync: str | None = None,
-                 data_dir: str = "", python: str | None = None, nodes: int = 1,
+                 queue: str, records_dir: str, deadline: float, prefetch: int | None = None,
+                 fsync: str | None = None, data_dir: str = "", python: str | None = None, nodes: int = 1,
                  node_args: tuple[str, ...] = (), keys: bool = False, pool: str | None = None,
                  work: str = "") -> None:
         self.procs = procs

@@ -96,7 +96,8 @@ def systems_of(cfg: BenchConfig) -> list[tuple[str, Maker]]:
         def make(procs: ProcessGroup, tmp: str, deadline: float) -> tuple[System, Callable[[System], Producer]]:
             queue = f"bench-{os.path.basename(tmp)}"
             fleet = Fleet(procs, connect=cfg.connect, workers=cfg.workers, concurrency=cfg.concurrency,
-                          prefetch=cfg.prefetch, queue=queue, records_dir=tmp, deadline=deadline, fsync=cfg.fsync,
+                          prefetch=cfg.prefetch, queue=queue, records_dir=tmp, deadline=deadline,
+                          fsync=cfg.fsync,
                           data_dir=os.path.join(tmp, "node-data"), python=python, nodes=nodes, keys=keys,
                           pool=cfg.pool, work=cfg.work)
             return fleet, lambda s: Producer(procs, python or sys.executable, "miyaq", s.endpoint, queue,
@@ -106,8 +107,7 @@ def systems_of(cfg: BenchConfig) -> list[tuple[str, Maker]]:
     def bare(hub: bool) -> Maker:
         def make(procs: ProcessGroup, tmp: str, deadline: float) -> tuple[System, Callable[[System], Producer]]:
             fleet = BareFleet(procs, workers=cfg.workers, concurrency=cfg.concurrency,
-                              prefetch=cfg.prefetch, records_dir=tmp,
-                              deadline=deadline, hub=hub)
+                              prefetch=cfg.prefetch, records_dir=tmp, deadline=deadline, hub=hub)
             return fleet, lambda s: Producer(procs, sys.executable, "bare", s.endpoint, "")
         return make
 

@@ -155,13 +155,8 @@ class IOLoop:
         sockets in hand: by the I/O context or a leader). Its connection
         monitor then reports the closing, and the core sends again what was
         unacknowledged on it."""
-        endpoint = self.nodes.endpoints[node]
-        sock = self.socks[node]
-        try:
-            sock.disconnect(endpoint)
-        except self.zmq.ZMQError:
-            pass            # already gone
-        sock.connect(endpoint)
+        from ..runtime.sockets import redial     # here: see __init__ (the runtime imports gevent)
+        redial(self.socks[node], self.nodes.endpoints[node])
 
     def _room_freed(self) -> None:
         """A submit was resolved: wake a caller waiting for room in the window.

@@ -48,6 +48,17 @@ CONNECTION_CLOSED = int(zmq.EVENT_DISCONNECTED)
 CONNECTION_READY = int(zmq.EVENT_HANDSHAKE_SUCCEEDED)
 
 
+def redial(sock: Any, endpoint: str) -> None:
+    """Drop ``sock``'s connection to ``endpoint`` and connect again (a
+    connection that looped back to the socket itself: a TCP self-connect).
+    Its connection monitor then reports the closing."""
+    try:
+        sock.disconnect(endpoint)
+    except zmq.ZMQError:
+        pass            # already gone
+    sock.connect(endpoint)
+
+
 def monitor_event(frames: list[bytes]) -> int:
     """The event number of a monitor message (two frames: 2 bytes of event
     number and 4 of value, then the endpoint); 0 if it is not one."""

@@ -272,6 +272,8 @@ class NodeLink:
                        "self-connect while nothing listened there); connecting again", self.endpoint)
         self.reconnects += 1
         green.sleep(min(self.heartbeat, 1.0))
+        if self.worker.stopping:
+            return      # it says BYE (or is about to): registering again would take new tasks
         self._open()
         self.register()
 

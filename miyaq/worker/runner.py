@@ -73,6 +73,7 @@ class Worker:
         self.capacity = cfg.capacity
         self.base_credit = cfg.base_credit
         self.run_times = RunTimes()
+        self.adaptive = cfg.prefetch is None    # the default prefetch follows run times
         self.endpoints = cfg.endpoint_list or app.endpoints
         self.grace = cfg.grace
         self.pid = os.getpid()
@@ -223,8 +224,9 @@ class Worker:
         finally:
             self.running.pop(task_id, None)
             self.executed += 1
-        body = d[3]
-        self.run_times.add(monotonic() - started, len(body) if isinstance(body, (bytes, str)) else 0)
+        if self.adaptive:
+            body = d[3]
+            self.run_times.add(monotonic() - started, len(body) if isinstance(body, (bytes, str)) else 0)
         try:
             self._report(link, job, outcome)
         except Exception:
@@ -265,7 +267,7 @@ class Worker:
         finally:
             if last:
                 target.outbox.send_now()
-        if target is link and not self.stopping:
+        if self.adaptive and target is link and not self.stopping:
             link.grant_extra(self.run_times, last)
 
     def _report_failure(self, link: NodeLink, task_id: str, attempt: int, error: dict[str, Any]) -> None:
