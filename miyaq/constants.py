@@ -101,6 +101,12 @@ HANDOFF_LAG_RETRIES = 6
 #: changed meanwhile (one pass over its tasks each time).
 HANDOFF_SWEEP = 10.0
 HANDOFF_SWEEP_AFTER_CHANGE = 60.0
+#: A handoff pass (or a retry of unconfirmed copies) looks at this many
+#: tasks, sends what they need, then lets the node's other greenlets run
+#: before the next slice: a pass over a million tasks takes seconds, and a
+#: node that answered no QUERY, SUBMIT or heartbeat meanwhile would look
+#: dead to its peers' standby copies (QUERY_TIMEOUT) and to its workers.
+HANDOFF_SLICE = 2000
 #: Tasks in one SYNC answer, and the newest tombstones it carries.
 RESYNC_CHUNK = 1000
 RESYNC_STONES = 5000

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from miyaq.constants import HANDOFF_LAG_RETRY, HANDOFF_RETRY
+from miyaq.cluster import handoff as handoff_module
+from miyaq.cluster.handoff import Handoff
+from miyaq.cluster.peer_requests import QUERY
+from miyaq.constants import HANDOFF_LAG_RETRY, HANDOFF_RETRY, QUERY_TIMEOUT
 from miyaq.runtime import monotonic
 from miyaq.runtime import wall
 from miyaq.store.task import DEAD, DONE, SCHEDULED
@@ -376,3 +379,116 @@ def test_a_waiting_copy_told_by_a_replicate_answer_that_the_task_is_dead_is_dead
     assert copy.state == DEAD and copy.attempt == 2 and copy.error == error
     assert refusals.total() == before + 1 and refusals.by_source().get("answer") == 1
     assert not cluster.crashes()
+
+
+SMALL_SLICE = 10
+
+
+def _watch_slices(monkeypatch, node_id: str, on_first: Any) -> list[tuple[str, Any]]:
+    """Handoff passes look at SMALL_SLICE tasks at a time; every slice
+    ``node_id`` works on is logged as ("slice", n), and ``on_first(log)``
+    runs as its first slice begins."""
+    monkeypatch.setattr(handoff_module, "HANDOFF_SLICE", SMALL_SLICE)
+    log: list[tuple[str, Any]] = []
+    real = Handoff._pass_slice
+
+    def watched(self: Handoff, tasks: list[Any]) -> int:
+        if self.role.node_id == node_id:
+            if not any(kind == "slice" for kind, _ in log):
+                on_first(log)
+            log.append(("slice", len(tasks)))
+        return real(self, tasks)
+    monkeypatch.setattr(Handoff, "_pass_slice", watched)
+    return log
+
+
+def test_a_node_handing_off_many_tasks_answers_its_peers_between_slices(inproc, monkeypatch):
+    """Fault: a node holds many tasks when the ring changes. Its pass over
+    them took the hub for seconds with a large table (about 10-35 us a
+    task), so it answered no QUERY meanwhile: a chaos run saw a peer's
+    standby copies take over on that silence and run two tasks a second
+    time. The pass now yields between slices: a QUERY sent as it begins is
+    answered before it ends."""
+    cluster = inproc(4, ring=OLD, replicas=2)
+    tids = _submit_many(cluster, 300)
+
+    def ask_n1(log: list[tuple[str, Any]]) -> None:
+        cluster["n2"].role.peer.request("n1", QUERY, {"ids": tids[:5]}, QUERY_TIMEOUT,
+                                        lambda answer: log.append(("answer", answer)))
+    log = _watch_slices(monkeypatch, "n1", ask_n1)
+    cluster.publish(ALL)
+    cluster.wait_until(lambda: any(kind == "answer" for kind, _ in log), what="n1's answer to the QUERY")
+    cluster.wait_until(lambda: not cluster["n1"].role.handoff.busy and cluster["n1"].role.handoff.handed,
+                       what="n1's handoff pass over")
+    kinds = [kind for kind, _ in log]
+    answer = log[kinds.index("answer")][1]
+    assert answer is not None and set(answer["states"]) == set(tids[:5])
+    slices = kinds.count("slice")
+    assert slices > 10, "n1 must hold many slices' worth of tasks"
+    assert kinds.index("answer") < len(kinds) - 1 - kinds[::-1].index("slice"), \
+        "the QUERY must be answered while the pass is still under way"
+    for tid in tids:
+        cluster.wait_until(lambda tid=tid: _copies(cluster, tid) == sorted(cluster.holders(tid)),
+                           what=f"{tid} on exactly its new holders")
+    assert not cluster.crashes()
+
+
+def test_a_task_cancelled_while_the_handoff_pass_yields_is_not_handed_off(inproc, monkeypatch):
+    """Fault: a task is cancelled on a node while its handoff pass yields
+    between slices, before the pass reached that task. The pass skips it:
+    the new holder gets no copy of a task that is over."""
+    cluster = inproc(4, ring=OLD, replicas=2)
+    tids = _submit_many(cluster, 300)
+    cancelled: list[str] = []
+
+    def cancel_a_later_one(log: list[tuple[str, Any]]) -> None:
+        n1 = cluster["n1"]
+        later = list(n1.engine.table.live)[SMALL_SLICE:]
+        tid = next(t for t in later if "n4" in cluster.holders(t) and "n1" not in cluster.holders(t))
+        assert n1.engine.cancel(tid, wall())[0]
+        cancelled.append(tid)
+    _watch_slices(monkeypatch, "n1", cancel_a_later_one)
+    before = len(cluster.net.messages("REPLICATE", src="n1"))     # the submits' replication
+    cluster.publish(ALL)
+    cluster.wait_until(lambda: not cluster["n1"].role.handoff.busy and cluster["n1"].role.handoff.handed,
+                       what="n1's handoff pass over")
+    [tid] = cancelled
+    handed = cluster.net.messages("REPLICATE", src="n1")[before:]
+    sent = {r["id"] for m in handed for r in m.body.get("tasks", [])}
+    assert tid not in sent and len(sent) > SMALL_SLICE
+    assert cluster["n4"].task(tid) is None
+    assert set(tids) & sent and not cluster.crashes()
+
+
+def test_a_ring_change_during_a_handoff_pass_gets_a_pass_of_its_own_after_it(inproc, monkeypatch):
+    """Fault: the ring changes again (the joining node leaves) while a node's
+    handoff pass yields between slices. No second pass runs alongside the
+    first; one more runs after it, by the newest ring, and every task ends
+    on exactly its holders of that ring."""
+    cluster = inproc(4, ring=OLD, replicas=2)
+    tids = _submit_many(cluster, 300)
+    epochs: list[int] = []
+    _watch_slices(monkeypatch, "n1", lambda log: epochs.append(cluster.script.publish(OLD).epoch))
+    running = [0, 0, 0]        # on n1: passes under way, most at once, passes begun
+    real_run = Handoff.run
+
+    def counted(self: Handoff) -> int:
+        if self.role.node_id != "n1":
+            return real_run(self)
+        running[0] += 1
+        running[1] = max(running[:2])
+        running[2] += 1
+        try:
+            return real_run(self)
+        finally:
+            running[0] -= 1
+    monkeypatch.setattr(Handoff, "run", counted)
+    cluster.script.publish(ALL)
+    cluster.wait_until(lambda: epochs and cluster.settled(epochs[0]), what="every node on the ring without n4")
+    cluster.wait_until(lambda: running[2] == 2 and not running[0], what="n1's second pass, after the first")
+    cluster.advance(HANDOFF_RETRY + 1.0)
+    for tid in tids:
+        cluster.wait_until(lambda tid=tid: _copies(cluster, tid) == sorted(cluster.holders(tid)),
+                           what=f"{tid} on exactly its holders of the newest ring")
+        assert all(cluster[n].task(tid).holders == tuple(cluster.holders(tid)) for n in cluster.holders(tid))
+    assert running[:2] == [0, 1] and not cluster.crashes()

@@ -24,11 +24,13 @@ from miyaq.cluster.peer_requests import REPLICATE
 from miyaq.cluster.sizes import chunks, record_size
 from miyaq.constants import (
     HANDOFF_CHUNK, HANDOFF_CONFIRM_TIMEOUT, HANDOFF_LAG_RETRIES, HANDOFF_LAG_RETRY, HANDOFF_RETRY,
+    HANDOFF_SLICE, HANDOFF_SWEEP,
 )
-from miyaq.runtime import monotonic
+from miyaq.runtime import green, monotonic
 from miyaq.protocol.eventspec import confirmed_ids
 from miyaq.store.records import transfer_record
-from miyaq.store.task import RUNNING
+from miyaq.store.table import TaskTable
+from miyaq.store.task import RUNNING, Task
 
 if TYPE_CHECKING:
     from miyaq.cluster.role import ClusterRole
@@ -38,6 +40,15 @@ logger = logging.getLogger(__name__)
 
 
 class Handoff:
+    """Runs in its own greenlet (:meth:`serve`): a ring change asks for a
+    pass (:meth:`request`), the cluster ticker for sweeps and retries
+    (:meth:`tick`). A pass or a retry works through its tasks in slices of
+    ``HANDOFF_SLICE``, sending each slice's copies before it yields, so the
+    node answers its peers, clients and workers throughout. Between slices
+    the table may change: a task finished, dropped or replaced meanwhile is
+    skipped, and a ring that changed meanwhile asks for another pass, which
+    starts once this one ended (one pass at a time)."""
+
     def __init__(self, role: ClusterRole) -> None:
         self.role = role
         self.leaving: dict[str, set[str]] = {}    # task id -> new holders yet to confirm
@@ -45,16 +56,73 @@ class Handoff:
         self.next_retry = 0.0        # monotonic: when unconfirmed copies are sent again
         self.lag_retries = 0         # quick retries used since the last ring change
         self.handed = 0
+        self.busy = False            # a pass or a retry is under way
+        self._pass_wanted = False
+        self._wake = green.Event()
 
+    # -- when ------------------------------------------------------------------------
+    def request(self) -> None:
+        """Ask for a pass over every task (the ring changed); it starts at
+        once, or once the pass under way ended."""
+        self._pass_wanted = True
+        self._wake.set()
+
+    def tick(self, now: float, sweeping: bool) -> None:
+        """From the cluster ticker (``now``: monotonic): a sweep pass every
+        ``HANDOFF_SWEEP`` while ``sweeping`` (the minute after a ring
+        change), and the unconfirmed copies again once ``next_retry`` came.
+        Nothing while a pass or a retry is under way."""
+        if self.busy:
+            return
+        if sweeping and now - self.last_run >= HANDOFF_SWEEP:
+            self._pass_wanted = True
+        if self._pass_wanted or (self.leaving and now >= self.next_retry):
+            self._wake.set()
+
+    def serve(self) -> None:
+        """The handoff greenlet: a pass when one was asked for, else the
+        retry that is due."""
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            self.busy = True
+            try:
+                if self._pass_wanted:
+                    self._pass_wanted = False
+                    self.run()
+                else:
+                    self.retry(monotonic())
+            finally:
+                self.busy = False
+
+    # -- passes ----------------------------------------------------------------------
     def run(self) -> int:
-        """Hand off every task whose holders changed; returns how many were sent."""
+        """Hand off every task whose holders changed, a slice at a time
+        (yielding between slices); returns how many were sent."""
+        table = self.role.engine.table
+        tasks = list(table.live.values()) + list(table.dead.values())
+        sent = 0
+        for start in range(0, len(tasks), HANDOFF_SLICE):
+            if start:
+                _let_others_run()
+            sent += self._pass_slice(tasks[start:start + HANDOFF_SLICE])
+        self.last_run = monotonic()
+        self.next_retry = self.last_run + HANDOFF_RETRY
+        self.lag_retries = 0
+        if sent:
+            logger.info("handoff: sent %d task(s) to their new holders", sent)
+        self.handed += sent
+        return sent
+
+    def _pass_slice(self, tasks: list[Task]) -> int:
         role = self.role
         me = role.node_id
         alive = role.view.members
-        table = role.engine.table
         outbox: dict[str, list[dict[str, Any]]] = {}
         sent = 0
-        for task in list(table.live.values()) + list(table.dead.values()):
+        for task in tasks:
+            if not _still_held(role.engine.table, task):
+                continue        # finished, dropped or replaced while the pass yielded
             new = role.holders_for(task)
             if not new or tuple(new) == task.holders:
                 continue
@@ -82,12 +150,6 @@ class Handoff:
                 # of this copy (to holders of a ring since replaced) is void.
                 self.leaving.pop(task.id, None)
         self._send(outbox)
-        self.last_run = monotonic()
-        self.next_retry = self.last_run + HANDOFF_RETRY
-        self.lag_retries = 0
-        if sent:
-            logger.info("handoff: sent %d task(s) to their new holders", sent)
-        self.handed += sent
         return sent
 
     def _send(self, outbox: dict[str, list[dict[str, Any]]]) -> None:
@@ -142,13 +204,24 @@ class Handoff:
 
     def retry(self, now: float) -> None:
         """Send again what was not confirmed (a new holder that was down, or
-        behind on the ring) once ``next_retry`` came. ``now``: monotonic."""
+        behind on the ring) once ``next_retry`` came, a slice at a time.
+        ``now``: monotonic."""
         if not self.leaving or now < self.next_retry:
             return
         self.next_retry = now + HANDOFF_RETRY
+        leaving = list(self.leaving)
+        for start in range(0, len(leaving), HANDOFF_SLICE):
+            if start:
+                _let_others_run()
+            self._retry_slice(leaving[start:start + HANDOFF_SLICE])
+
+    def _retry_slice(self, ids: list[str]) -> None:
         table = self.role.engine.table
         outbox: dict[str, list[dict[str, Any]]] = {}
-        for task_id, waiting in list(self.leaving.items()):
+        for task_id in ids:
+            waiting = self.leaving.get(task_id)
+            if waiting is None:
+                continue        # confirmed while the retry yielded
             task = table.live.get(task_id) or table.dead.get(task_id)
             if task is None or not waiting:
                 del self.leaving[task_id]
@@ -160,3 +233,15 @@ class Handoff:
 
     def pending(self) -> int:
         return len(self.leaving)
+
+
+def _still_held(table: TaskTable, task: Task) -> bool:
+    """``task`` is still this node's copy (live or dead), not finished,
+    dropped or replaced by another copy of the same id."""
+    return table.live.get(task.id) is task or table.dead.get(task.id) is task
+
+
+def _let_others_run() -> None:
+    """Yield to the hub for one loop iteration, I/O included (``sleep(0)``
+    may resume this greenlet before the loop polls)."""
+    green.sleep(0.0001)

@@ -30,7 +30,7 @@ from miyaq.cluster.sync import Resync
 from miyaq.cluster.transport import Transport
 from miyaq.config import NodeConfig
 from miyaq.constants import (
-    CLUSTER_TICK, DEPARTED_GRACE, FROZEN_RESYNC_TIMEOUT, HANDOFF_SWEEP, HANDOFF_SWEEP_AFTER_CHANGE, STALL,
+    CLUSTER_TICK, DEPARTED_GRACE, FROZEN_RESYNC_TIMEOUT, HANDOFF_SWEEP_AFTER_CHANGE, STALL,
     STREAM_HEARTBEAT, SUSPECT_AFTER_FREEZE,
 )
 from miyaq.core.directory import Directory
@@ -117,6 +117,7 @@ class ClusterRole:
         self.subscriber.start()
         self.supervisor.spawn("cluster ticker", self._ticker, policy=RESTART)
         self.supervisor.spawn("ring view loop", self._view_loop, policy=CRITICAL)
+        self.supervisor.spawn("handoff", self.handoff.serve, policy=RESTART)
         self.coordinator.add_listener(self._on_view)
         self.coordinator.start()
 
@@ -338,7 +339,7 @@ class ClusterRole:
             self.directory.update({m.node_id: m.service for m in members.values()})
             logger.info("ring epoch %d: %s (leader %s)", view.epoch, ", ".join(sorted(members)), view.leader)
             if set(old.members) != set(members) or old.epoch == 0 or old.ring != view.ring:
-                self.handoff.run()
+                self.handoff.request()
                 self._sweep_until = monotonic() + HANDOFF_SWEEP_AFTER_CHANGE
 
     def _follow_links(self, fresh: Collection[str] = ()) -> None:
@@ -383,11 +384,9 @@ class ClusterRole:
                 self.publisher.heartbeat([m for m in self.view.members if m != self.node_id])
                 if self._departed and min(u for _, u in self._departed.values()) <= mono:
                     self._follow_links()
-            self.handoff.retry(mono)
-            if mono < self._sweep_until and mono - self.handoff.last_run >= HANDOFF_SWEEP:
-                # For a minute after a ring change, sweep again: catches copies
-                # placed by a view that changed meanwhile (cost: one pass over the tasks).
-                self.handoff.run()
+            # For a minute after a ring change, sweep again: catches copies placed
+            # by a view that changed meanwhile (cost: one pass over the tasks).
+            self.handoff.tick(mono, sweeping=mono < self._sweep_until)
 
     def _reconciled(self) -> bool:
         """Every other member's state was fetched again since reconciling
