@@ -3,6 +3,7 @@ lost stream message is found by the sequence numbers or the heartbeats, and
 repaired by a resync (SYNC) from its source."""
 from __future__ import annotations
 
+from miyaq.cluster import sync as sync_module
 from miyaq.runtime import wall
 from miyaq.store.task import DONE, RUNNING
 
@@ -104,3 +105,62 @@ def test_a_resync_tells_a_copy_that_missed_the_started_event_whom_the_attempt_wa
     assert worker.complete_at(cluster[victim].node, tid, attempt)
     assert cluster[victim].state(tid) == DONE
     assert cluster[victim].node.core.engine.not_leased == 0 and not cluster.crashes()
+
+
+def test_tasks_finished_between_two_chunks_of_a_resync_do_not_make_it_skip_others(inproc, monkeypatch):
+    """Fault: a holder lost its copies of the tasks another holder shares
+    with it (dropped from its table here, as by a node that came back
+    empty) and resyncs from that holder; between two chunks of the answer,
+    the tasks of the first chunk finish there. Before, each chunk was cut
+    from a list of the shared tasks made anew, at an offset: the finished
+    tasks shifted the rest, and the next chunk skipped as many tasks as had
+    finished, which never came back. Later chunks now walk the list the
+    first was cut from, skipping only what finished."""
+    monkeypatch.setattr(sync_module, "RESYNC_CHUNK", 5)
+    cluster = inproc(3, replicas=2)
+    tids = [t for t in (cluster.task_id() for _ in range(3000)) if sorted(cluster.holders(t)) == ["n1", "n2"]][:20]
+    subs = [cluster.submit("n1", t, countdown=300) for t in tids]
+    cluster.wait_until(lambda: all(s.status == "accepted" for s in subs), what="every submit accepted")
+    n1, n2 = cluster["n1"], cluster["n2"]
+    for tid in tids:
+        n2.engine.forget(n2.task(tid))
+    first = cluster.net.hold("ANSWER", src="n1", dst="n2", answering="SYNC", count=1)
+    done, asked = n2.role.resync.completed, len(cluster.net.messages("SYNC", src="n2", dst="n1"))
+    n2.role.resync.start("n1")
+    cluster.wait_until(lambda: first.held, what="the first chunk of n1's answer")
+    finished = [r["id"] for r in first.held[0].body["tasks"]]
+    assert len(finished) == 5
+    for tid in finished:
+        assert n1.engine.cancel(tid, wall())[0]
+    first.release()
+    cluster.wait_until(lambda: n2.role.resync.completed == done + 1, what="the resync to end")
+    missing = [t for t in tids if t not in finished and n2.task(t) is None]
+    assert not missing, f"the resync skipped {missing}"
+    assert len(cluster.net.messages("SYNC", src="n2", dst="n1")) - asked == 4     # 20 tasks, 5 a chunk
+    assert not cluster.crashes()
+
+
+def test_a_node_keeps_a_bounded_number_of_resync_snapshots_for_a_bounded_time(inproc, monkeypatch):
+    """Fault: askers that start resyncs and never finish them (they died,
+    or gave up). The answering node keeps at most MAX_SYNC_SNAPSHOTS
+    snapshots (the least recently used goes), drops one unused for
+    SYNC_SNAPSHOT_TTL, and one whose last chunk was served."""
+    monkeypatch.setattr(sync_module, "RESYNC_CHUNK", 1)
+    monkeypatch.setattr(sync_module, "MAX_SYNC_SNAPSHOTS", 2)
+    cluster = inproc(4, replicas=2)
+    peers = ["n2", "n3", "n4"]
+    tids = []
+    for peer in peers:      # two tasks n1 shares with each peer: a resync of two chunks
+        tids += [t for t in (cluster.task_id() for _ in range(3000)) if sorted(cluster.holders(t)) == ["n1", peer]][:2]
+    subs = [cluster.submit("n1", t, countdown=300) for t in tids]
+    cluster.wait_until(lambda: all(s.status == "accepted" for s in subs), what="every submit accepted")
+    resync = cluster["n1"].role.resync
+    for peer in peers:
+        assert resync.serve(peer, {"cursor": 0})["next"] == 1
+    assert sorted(resync._snapshots) == ["n3", "n4"]        # n2's, the least recently used, went
+    cluster.advance(sync_module.SYNC_SNAPSHOT_TTL + 1.0)
+    assert resync.serve("n2", {"cursor": 0})["next"] == 1
+    assert sorted(resync._snapshots) == ["n2"]              # unused past the TTL: gone
+    answer = resync.serve("n2", {"cursor": 1})
+    assert answer["next"] is None and len(answer["tasks"]) == 1 and not resync._snapshots
+    assert not cluster.crashes()

@@ -11,6 +11,19 @@ is checked like a SUBMIT first (:mod:`miyaq.protocol.recordspec`); a bad one
 is refused, counted and skipped.
 A copy S runs becomes a standby copy here whatever its rank: S took it
 over while this node was silent.
+
+S answers from a snapshot: at cursor 0 it lists the ids of the tasks it
+shares with the asker, and later chunks walk that list (a cursor is a
+position in it), skipping tasks finished or handed away meanwhile -- the
+asker hears of those on the stream, as of tasks stored after the snapshot.
+Before, each chunk filtered the whole table again and its cursor was an
+offset into that fresh list: a task that finished between two chunks
+shifted the rest, and the next chunk skipped as many tasks as had
+finished; and a resync of a large table cost a pass over all of it per
+chunk. A snapshot unused for ``SYNC_SNAPSHOT_TTL`` is dropped, and at most
+``MAX_SYNC_SNAPSHOTS`` are kept (the least recently used goes); a chunk
+asked for without one (expired, or this node restarted) is served from a
+fresh list, as before.
 """
 from __future__ import annotations
 
@@ -23,7 +36,7 @@ from miyaq.constants import RESYNC_CHUNK, RESYNC_STONES, RESYNC_TIMEOUT
 from miyaq.core.attempts import adopt_lessees
 from miyaq.errors import InvalidField
 from miyaq.protocol.recordspec import check_stone, task_from_record
-from miyaq.runtime import wall
+from miyaq.runtime import monotonic, wall
 from miyaq.store.records import transfer_record
 from miyaq.store.task import DEAD, RUNNING
 
@@ -34,10 +47,18 @@ logger = logging.getLogger(__name__)
 
 
 
+SYNC_SNAPSHOT_TTL = 4 * RESYNC_TIMEOUT
+"""A resync's snapshot unused this long (seconds) is dropped: its asker gave up."""
+MAX_SYNC_SNAPSHOTS = 64
+"""Snapshots kept at once (one per asker; the least recently used goes)."""
+
+
 class Resync:
     def __init__(self, role: ClusterRole) -> None:
         self.role = role
         self.completed = 0
+        # asker -> (ids of the tasks shared with it at its cursor 0, monotonic time last used)
+        self._snapshots: dict[str, tuple[list[str], float]] = {}
 
     def start(self, src: str) -> None:
         self._ask(src, 0)
@@ -69,13 +90,38 @@ class Resync:
             stones.reverse()
             answer["stones"] = stones
             budget -= budget // 2
-        shared = [t for t in list(table.live.values()) + list(table.dead.values()) if sender in t.holders]
-        records = [transfer_record(t) for t in shared[cursor:cursor + RESYNC_CHUNK]]
-        first = next(chunks(records, RESYNC_CHUNK, budget, record_size), [])
-        following = cursor + len(first)
+        ids = self._snapshot(sender, cursor == 0)
+        end = min(len(ids), cursor + RESYNC_CHUNK)
+        picked: list[tuple[int, dict[str, Any]]] = []      # (position in the snapshot, record)
+        for i in range(cursor, end):
+            task = table.live.get(ids[i]) or table.dead.get(ids[i])
+            if task is not None and sender in task.holders:     # else finished or handed away since
+                picked.append((i, transfer_record(task)))
+        first = next(chunks([r for _, r in picked], RESYNC_CHUNK, budget, record_size), [])
+        following = picked[len(first) - 1][0] + 1 if len(first) < len(picked) else end
         answer["tasks"] = first
-        answer["next"] = following if following < len(shared) else None
+        answer["next"] = following if following < len(ids) else None
+        if answer["next"] is None:
+            self._snapshots.pop(sender, None)
         return answer
+
+    def _snapshot(self, sender: str, fresh: bool) -> list[str]:
+        """The ids of the tasks this node shares with ``sender``: listed anew
+        when ``fresh`` (its cursor 0) or when none is kept for it."""
+        now = monotonic()
+        for asker, (_, used) in list(self._snapshots.items()):
+            if now - used > SYNC_SNAPSHOT_TTL:
+                del self._snapshots[asker]
+        kept = None if fresh else self._snapshots.pop(sender, None)
+        if kept is not None:
+            ids = kept[0]
+        else:
+            table = self.role.engine.table
+            ids = [t.id for t in list(table.live.values()) + list(table.dead.values()) if sender in t.holders]
+            while len(self._snapshots) >= MAX_SYNC_SNAPSHOTS:
+                del self._snapshots[min(self._snapshots, key=lambda a: self._snapshots[a][1])]
+        self._snapshots[sender] = (ids, now)
+        return ids
 
     def _apply(self, src: str, answer: dict[str, Any] | None, cursor: int = 0) -> None:
         role = self.role
