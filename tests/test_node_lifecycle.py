@@ -18,6 +18,7 @@ import pytest
 
 from miyaq.cluster.holder_events import EventPublisher, apply_events
 from miyaq.cluster.membership import StandaloneCoordinator
+from miyaq.cluster import peer as peer_module
 from miyaq.cluster.peer import PeerEndpoint
 from miyaq.cluster.ring_view import local_member
 from miyaq.cluster.role import ClusterRole
@@ -32,7 +33,7 @@ from miyaq.node.assemble import build_node
 from miyaq.node.node import Node
 from miyaq.protocol.commands import ACCEPTED
 from miyaq.runtime import Supervisor, green, wall
-from miyaq.runtime.sockets import SocketFactory
+from miyaq.runtime.sockets import SocketFactory, zmq
 from miyaq.store.task import RUNNING, Task
 from miyaq.testing.harness import free_port
 
@@ -324,6 +325,60 @@ def test_a_peer_back_in_the_ring_gets_a_new_link_that_carries_requests() -> None
         for link in links.values():
             link.close()
         sockets.close()
+
+
+class EchoingPeer:
+    """A raw ROUTER that sends every message back to its sender: what a
+    DEALER reads when its connection looped back to itself (a TCP
+    self-connect). ``connections``: the routing id of each message, in order."""
+
+    def __init__(self) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.endpoint = f"tcp://127.0.0.1:{self.sock.bind_to_random_port('tcp://127.0.0.1')}"
+        self.connections: list[bytes] = []
+
+    def pump(self) -> None:
+        while self.sock.poll(0):
+            peer, *frames = self.sock.recv_multipart()
+            self.connections.append(peer)
+            self.sock.send_multipart([peer, *frames])
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+
+def test_a_peer_link_that_reads_its_own_request_connects_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault: the DEALER to a peer loops back to itself (a TCP self-connect:
+    the peer's port is in the ephemeral range and nothing listened there as
+    ZeroMQ retried), so it reads its own QUERY. It used to drop that as a
+    malformed answer and keep the looped connection for ever: the peer, once
+    up, never heard from this node on it. Now its own request makes the node
+    replace that DEALER, at most once per LOOP_RETRY (an hour here: the
+    second echo changes nothing)."""
+    monkeypatch.setattr(peer_module, "LOOP_RETRY", 3600.0)
+    supervisor = Supervisor("peer test", on_fatal=lambda name, exc: pytest.fail(f"{name} died"))
+    sockets = SocketFactory()
+    me = PeerEndpoint(sockets, supervisor, "me", f"tcp://127.0.0.1:{free_port()}")
+    echo = EchoingPeer()
+    try:
+        me.start()
+        me.connect({"echo": echo.endpoint})
+        first = me.dealers["echo"]
+        until(lambda: me.request("echo", b"QUERY", {"ids": []}, 0.5, lambda answer: None), "the link to connect")
+        until(lambda: echo.pump() or me.dealers["echo"] is not first, "a new DEALER after the echo")
+        second = me.dealers["echo"]
+        until(lambda: me.request("echo", b"QUERY", {"ids": []}, 0.5, lambda answer: None), "the new link to connect")
+        until(lambda: echo.pump() or len(set(echo.connections)) == 2, "the new DEALER's request")
+        until(lambda: echo.pump() or not me.pending, "the echoed requests to end in silence")
+        assert me.dealers["echo"] is second, "a second loop within LOOP_RETRY must not make another DEALER"
+    finally:
+        supervisor.kill()
+        me.close()
+        sockets.close()
+        echo.close()
 
 
 # -- events between holders ---------------------------------------------------------------------

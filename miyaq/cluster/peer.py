@@ -28,7 +28,7 @@ import logging
 from collections.abc import Collection
 from typing import Any
 
-from miyaq.cluster.peer_requests import PeerRequests
+from miyaq.cluster.peer_requests import PEER_COMMANDS, PeerRequests
 from miyaq.constants import PEER_RECONNECT_MS
 from miyaq.errors import BadFrame, MiyaqError, TooLarge
 from miyaq.protocol.commands import FRAMES
@@ -38,6 +38,11 @@ from miyaq.runtime.sockets import SocketFactory, connection_events, zmq
 from miyaq.security.guard import Guard
 
 logger = logging.getLogger(__name__)
+
+LOOP_RETRY = 1.0
+"""A DEALER that read its own request (its connection looped back to it)
+is made anew at most this often per peer (seconds): a peer that echoes is
+not a loop."""
 
 
 class PeerEndpoint(PeerRequests):
@@ -63,6 +68,7 @@ class PeerEndpoint(PeerRequests):
         self._watching: dict[Any, str | None] = {}
         self._retired: list[Any] = []
         self._poller = sockets.poller()
+        self._looped_at: dict[str, float] = {}      # node id -> when its DEALER was last made anew for a loop
 
     def start(self) -> None:
         self.supervisor.spawn("peer requests", self.serve_requests, policy=CRITICAL)
@@ -84,6 +90,8 @@ class PeerEndpoint(PeerRequests):
                 monitor = self._monitors.pop(node_id)
                 self._watching[monitor] = None
                 self._retired.append(monitor)
+        for node_id in [n for n in self._looped_at if n not in members]:
+            del self._looped_at[node_id]
         for node_id, endpoint in members.items():
             if node_id == self.node_id or node_id in self.dealers:
                 continue
@@ -171,6 +179,9 @@ class PeerEndpoint(PeerRequests):
                         continue    # dropped: its request ends in silence
                     except zmq.ZMQError:
                         break   # closed by connect() meanwhile
+                    if len(frames) > 1 and frames[1] in PEER_COMMANDS:
+                        self._looped(sock)      # our own request came back
+                        break
                     self._handle_answer(frames)
             while self._retired:
                 sock = self._retired.pop()
@@ -180,6 +191,25 @@ class PeerEndpoint(PeerRequests):
             self._expire(monotonic())
             for hook in self.after_burst:
                 hook()
+
+    def _looped(self, sock: Any) -> None:
+        """A DEALER read a request, its own: its connection loops back to it
+        (a TCP self-connect: the peer's port is in the ephemeral range and
+        nothing listened there as ZeroMQ retried). ZeroMQ would keep that
+        connection for ever, and the peer, once up, would never hear from
+        this node on it: make the DEALER anew, at most every LOOP_RETRY
+        seconds. Its requests end in silence, as with a peer that is down."""
+        node_id = next((n for n, s in self.dealers.items() if s is sock), None)
+        if node_id is None:
+            return      # retired meanwhile
+        now = monotonic()
+        if now - self._looped_at.get(node_id, -LOOP_RETRY) < LOOP_RETRY:
+            return
+        self._looped_at[node_id] = now
+        logger.warning("the connection to peer %s (%s) came back to this node (its own request arrived: a "
+                       "TCP self-connect while nothing listened there); connecting again",
+                       node_id, self.endpoints.get(node_id))
+        self.connect(dict(self.endpoints), fresh={node_id})
 
     def _watch(self, monitor: Any) -> None:
         """A DEALER's monitor has events: if its connection closed, end the
