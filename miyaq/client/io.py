@@ -68,11 +68,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# ZMQ_EVENTS through pyzmq's Cython backend: its getsockopt wraps the value in
-# an enum, a few microseconds per call on the short path (as in runtime.sockets).
-_backend_get = zmq.backend.Socket.get
-_EVENTS = int(zmq.EVENTS)
+_zmq_poll = zmq.backend.zmq_poll
 _POLLIN = int(zmq.POLLIN)
+
+
+def has_message(sock: Any) -> bool:
+    """A message can be received from ``sock`` now: libzmq's ``zmq_poll``
+    with a zero timeout, as :func:`miyaq.runtime.messages.has_message` (which
+    says why not pyzmq's getsockopt); here without importing the runtime."""
+    return bool(_zmq_poll([(sock, _POLLIN)], 0))
+
 
 READ_BURST = 1000
 """Most messages read from one socket per pass (the others get their turn)."""
@@ -335,7 +340,7 @@ class IOLoop:
     def _readable(self) -> bool:
         """A socket has a message (threads only: plain pyzmq sockets)."""
         for sock in self.socks:
-            if int(_backend_get(sock, _EVENTS)) & _POLLIN:
+            if has_message(sock):
                 return True
         return False
 
@@ -478,7 +483,7 @@ class IOLoop:
         it is connected, and tell the core if a connection closed. Only this
         loop (or a leading caller) reads monitors, so a caller's socket use
         never takes their descriptor's edge."""
-        if not int(_backend_get(monitor, _EVENTS)) & _POLLIN:
+        if not has_message(monitor):
             return
         closed, connected = self._connection_events(monitor)
         if connected is not None:
@@ -494,7 +499,7 @@ class IOLoop:
         for _ in range(READ_BURST):
             # ZMQ_EVENTS first: a receive that finds nothing raises Again, and
             # making that exception costs more than asking.
-            if not int(_backend_get(sock, _EVENTS)) & _POLLIN:
+            if not has_message(sock):
                 return False
             try:
                 frames = recv(sock)

@@ -15,9 +15,7 @@ import zmq
 
 from . import clock, green
 
-# ZMQ_EVENTS through the Cython backend: pyzmq's own getsockopt wraps it in an enum.
-_backend_get = zmq.backend.Socket.get
-_EVENTS = int(zmq.EVENTS)
+_zmq_poll = zmq.backend.zmq_poll
 _POLLIN = int(zmq.POLLIN)
 # -- sending ----------------------------------------------------------------------------
 # pyzmq's send_multipart ORs SNDMORE into the flags of every frame with Python enum
@@ -47,6 +45,20 @@ def send_frames(sock: Any, frames: Sequence[bytes]) -> None:
 
 
 # -- receiving --------------------------------------------------------------------------
+def has_message(sock: Any) -> bool:
+    """A message can be received from the plain socket ``sock`` now. Like
+    reading ``ZMQ_EVENTS`` it makes libzmq process the socket's pending
+    commands (a system call), so it may take the edge of the socket's
+    descriptor. It asks through libzmq's ``zmq_poll`` with a zero timeout
+    (pyzmq's Cython backend), which reads ``ZMQ_EVENTS`` in C: pyzmq's
+    getsockopt first turns the option into an enum in Python, three times
+    the instructions of the rest (docs/performance.md, "Asking whether a
+    message waits"). ``zmq_poll`` adds a zero-timeout ``poll`` of the
+    descriptor and lets go of the GIL for the call: for the hub's sockets,
+    which only the hub's thread uses."""
+    return bool(_zmq_poll([(sock, _POLLIN)], 0))
+
+
 def recv_frames(sock: Any, flags: int = 0) -> list[bytes]:
     """``sock.recv_multipart(flags)`` on a plain socket, with the same outcome
     (not for ``zmq.green`` sockets, whose ``recv`` wakes their waiters).
@@ -177,9 +189,8 @@ class HubSocket:
             self._take = self._take_with_user if users else self._take_plain
 
     def readable(self) -> bool:
-        """A message can be received now. Processes ZeroMQ's pending commands
-        (a system call): read through the backend, skipping pyzmq's enum."""
-        return bool(int(_backend_get(self.sock, _EVENTS)) & _POLLIN)
+        """A message can be received now (:func:`has_message`)."""
+        return has_message(self.sock)
 
     @overload
     def recv(self) -> Message: ...
