@@ -54,8 +54,7 @@ def has_message(sock: Any) -> bool:
     getsockopt first turns the option into an enum in Python, three times
     the instructions of the rest (docs/performance.md, "Asking whether a
     message waits"). ``zmq_poll`` adds a zero-timeout ``poll`` of the
-    descriptor and lets go of the GIL for the call: for the hub's sockets,
-    which only the hub's thread uses."""
+    descriptor (0.2 µs) and lets go of the GIL for the call."""
     return bool(_zmq_poll([(sock, _POLLIN)], 0))
 
 
