@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from miyaq.cluster import handoff as handoff_module
 from miyaq.cluster.handoff import Handoff
 from miyaq.cluster.peer_requests import QUERY
 from miyaq.constants import HANDOFF_LAG_RETRY, HANDOFF_RETRY, QUERY_TIMEOUT
-from miyaq.runtime import monotonic
+from miyaq.runtime import green, monotonic
 from miyaq.runtime import wall
 from miyaq.store.task import DEAD, DONE, SCHEDULED
 
@@ -259,7 +261,9 @@ def test_a_copy_handed_off_while_the_task_runs_knows_whom_the_attempt_was_leased
     assert worker.times(tid) == 1 and not cluster.crashes()
 
 
-def test_copies_refused_on_an_older_ring_are_sent_again_soon_not_after_the_full_retry(inproc):
+@pytest.mark.parametrize("slice_size", [None, 3])
+def test_copies_refused_on_an_older_ring_are_sent_again_soon_not_after_the_full_retry(inproc, monkeypatch,
+                                                                                      slice_size):
     """Fault: the new ring reaches a joining node after the old holders, so
     it refuses their handoffs (by its older ring it holds nothing). Its
     answers name its older epoch: each sender plans the next try within
@@ -268,7 +272,13 @@ def test_copies_refused_on_an_older_ring_are_sent_again_soon_not_after_the_full_
     5 s; a chaos run (a leader killed, the ring changed twice within a
     second) had a dead-lettered task known to one holder only for that
     long, and when that holder was killed too a late copy of the task ran
-    again elsewhere."""
+    again elsewhere. With slices of 3 tasks the refusals of the first
+    slices come back while the pass is still under way: the end of the
+    pass must not push the quick retry they asked for back to the full one."""
+    if slice_size is not None:
+        monkeypatch.setattr(handoff_module, "HANDOFF_SLICE", slice_size)
+        # Each yield lets the wire deliver: answers to the first slices come back mid-pass.
+        monkeypatch.setattr(handoff_module, "_let_others_run", lambda: green.sleep(0.02))
     cluster = inproc(4, ring=OLD, replicas=2)
     tids, epoch, moved = _ring_reaches_the_joining_node_last(cluster)
     senders = {m.src for m in cluster.net.messages("REPLICATE", dst="n4")}

@@ -102,13 +102,17 @@ class Handoff:
         table = self.role.engine.table
         tasks = list(table.live.values()) + list(table.dead.values())
         sent = 0
+        # Answers to the first slices may come back while later ones are sent:
+        # a refusal on an older ring asks for a quick retry (``_confirmed``),
+        # which the end of the pass must keep.
+        self.lag_retries = 0
+        self.next_retry = float("inf")
         for start in range(0, len(tasks), HANDOFF_SLICE):
             if start:
                 _let_others_run()
             sent += self._pass_slice(tasks[start:start + HANDOFF_SLICE])
         self.last_run = monotonic()
-        self.next_retry = self.last_run + HANDOFF_RETRY
-        self.lag_retries = 0
+        self.next_retry = min(self.next_retry, self.last_run + HANDOFF_RETRY)
         if sent:
             logger.info("handoff: sent %d task(s) to their new holders", sent)
         self.handed += sent
