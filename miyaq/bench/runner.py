@@ -97,9 +97,8 @@ def systems_of(cfg: BenchConfig) -> list[tuple[str, Maker]]:
             queue = f"bench-{os.path.basename(tmp)}"
             fleet = Fleet(procs, connect=cfg.connect, workers=cfg.workers, concurrency=cfg.concurrency,
                           prefetch=cfg.prefetch, queue=queue, records_dir=tmp, deadline=deadline,
-                          fsync=cfg.fsync,
-                          data_dir=os.path.join(tmp, "node-data"), python=python, nodes=nodes, keys=keys,
-                          pool=cfg.pool, work=cfg.work)
+                          fsync=cfg.fsync, data_dir=os.path.join(tmp, "node-data"), python=python, nodes=nodes,
+                          keys=keys, pool=cfg.pool, work=cfg.work)
             return fleet, lambda s: Producer(procs, python or sys.executable, "miyaq", s.endpoint, queue,
                                              env=fleet.key_env("producer"))
         return make

@@ -141,9 +141,8 @@ def run(args: argparse.Namespace) -> int:
         return 1 if result["errors"] else 0
     cfg = BenchConfig(workers=args.workers, concurrency=args.concurrency, prefetch=args.prefetch,
                       tasks=args.tasks, payload=args.payload, rate=args.rate, connect=args.connect,
-                      timeout=args.timeout,
-                      fsync=args.fsync, baseline=args.baseline, baseline_gevent=args.baseline_gevent,
-                      confirmed=args.confirmed, idle=args.idle,
+                      timeout=args.timeout, fsync=args.fsync, baseline=args.baseline,
+                      baseline_gevent=args.baseline_gevent, confirmed=args.confirmed, idle=args.idle,
                       repeat=args.repeat, python=args.python, compare_python=args.compare_python,
                       cluster=args.cluster, profile=args.profile, profile_format=args.profile_format,
                       keys=args.keys, pool=args.pool, work=work_of(args))

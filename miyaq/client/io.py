@@ -56,8 +56,6 @@ from collections import deque
 from time import monotonic   # miyaq.runtime.monotonic, without importing the runtime (gevent) here
 from typing import TYPE_CHECKING, Any, Callable
 
-import zmq
-
 from ..errors import MiyaqError
 from .core import ClientCore
 from .nodes import Nodes
@@ -67,17 +65,6 @@ if TYPE_CHECKING:
     from ..runtime.sockets import SocketSecurity
 
 logger = logging.getLogger(__name__)
-
-_zmq_poll = zmq.backend.zmq_poll
-_POLLIN = int(zmq.POLLIN)
-
-
-def has_message(sock: Any) -> bool:
-    """A message can be received from ``sock`` now: libzmq's ``zmq_poll``
-    with a zero timeout, as :func:`miyaq.runtime.messages.has_message` (which
-    says why not pyzmq's getsockopt); here without importing the runtime."""
-    return bool(_zmq_poll([(sock, _POLLIN)], 0))
-
 
 READ_BURST = 1000
 """Most messages read from one socket per pass (the others get their turn)."""
@@ -100,7 +87,9 @@ class IOLoop:
                  endpoints_source: str = "given") -> None:
         # Imported here: importing the client must not import the runtime (gevent, and
         # through it ssl) before a worker had a chance to monkey-patch.
+        from ..runtime.messages import has_message
         from ..runtime.sockets import SocketFactory, connection_events
+        self._has_message = has_message
         self.kit = kit
         self._connection_events = connection_events
         self.zmq = kit.zmq
@@ -340,7 +329,7 @@ class IOLoop:
     def _readable(self) -> bool:
         """A socket has a message (threads only: plain pyzmq sockets)."""
         for sock in self.socks:
-            if has_message(sock):
+            if self._has_message(sock):
                 return True
         return False
 
@@ -483,7 +472,7 @@ class IOLoop:
         it is connected, and tell the core if a connection closed. Only this
         loop (or a leading caller) reads monitors, so a caller's socket use
         never takes their descriptor's edge."""
-        if not has_message(monitor):
+        if not self._has_message(monitor):
             return
         closed, connected = self._connection_events(monitor)
         if connected is not None:
@@ -495,6 +484,7 @@ class IOLoop:
         """Read up to READ_BURST messages; True if the burst ran out first."""
         again = self.zmq.Again
         recv = self._recv
+        has_message = self._has_message
         core = self.core
         for _ in range(READ_BURST):
             # ZMQ_EVENTS first: a receive that finds nothing raises Again, and

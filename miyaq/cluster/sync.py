@@ -112,8 +112,8 @@ class Resync:
         for asker, (_, used) in list(self._snapshots.items()):
             if now - used > SYNC_SNAPSHOT_TTL:
                 del self._snapshots[asker]
-        kept = None if fresh else self._snapshots.pop(sender, None)
-        if kept is not None:
+        kept = self._snapshots.pop(sender, None)     # its own, replaced either way: not evicted below
+        if kept is not None and not fresh:
             ids = kept[0]
         else:
             table = self.role.engine.table

@@ -54,7 +54,8 @@ def has_message(sock: Any) -> bool:
     getsockopt first turns the option into an enum in Python, three times
     the instructions of the rest (docs/performance.md, "Asking whether a
     message waits"). ``zmq_poll`` adds a zero-timeout ``poll`` of the
-    descriptor (0.2 µs) and lets go of the GIL for the call."""
+    descriptor (0.2 µs) and lets go of the GIL for the call. The client's
+    I/O loop asks through it too."""
     return bool(_zmq_poll([(sock, _POLLIN)], 0))
 
 
