@@ -57,6 +57,37 @@ def test_large_bodies_bound_the_extra(monkeypatch):
     assert extra.target(huge) == 0
 
 
+@pytest.mark.parametrize("slots, capacity", [(8, 128), (1, 16), (3, 48), (8, 64), (8, 60)])
+def test_the_quick_check_after_each_task_agrees_with_the_target(slots, capacity):
+    """``at_most`` (checked after every task instead of working out the
+    target) says "nothing to do" only where ``adjust`` would do nothing: run
+    times and body sizes on both sides of the limits, extras at and below the
+    most, growth allowed or not. (A most that is not whole multiples of the
+    slots -- capacity 60 -- never takes the quick way.)"""
+    base = 2 * slots
+    means = [1e-7, 1e-5, 1e-4] + [prefetch.PREFETCH_TIME * slots / capacity * f
+                                  for f in (0.5, 0.98, 0.99, 0.995, 1.0, 1.01, 2.0)]
+    sizes = [0, 100] + [prefetch.PREFETCH_BYTES / capacity * f for f in (0.98, 0.99, 1.0, 1.01)]
+    quick = 0
+    for mean in means:
+        for size in sizes:
+            times = RunTimes()
+            times.add(mean, int(size))
+            for start in {capacity - base, capacity - base - slots, 0}:
+                for may_grow in (False, True):
+                    extra = ExtraCredit(slots, base, capacity)
+                    extra.extra = max(0, start)
+                    if extra.at_most(times):
+                        quick += 1
+                        assert extra.target(times) == extra.extra == extra.most
+                        assert extra.adjust(extra.target(times), may_grow) == 0
+                        assert (extra.extra, extra.withhold) == (extra.most, 0)
+    if (capacity - base) % slots == 0:
+        assert quick > 0            # short, small tasks at the most do take the quick way
+    else:
+        assert quick == 0
+
+
 def test_growing_grants_only_when_the_backlog_ran_dry_and_shrinking_withholds():
     extra = ExtraCredit(slots=2, base=4, capacity=16)
     assert extra.adjust(12, may_grow=False) == 0 and extra.extra == 0

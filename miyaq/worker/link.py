@@ -114,9 +114,12 @@ class NodeLink:
     def grant_extra(self, run_times: RunTimes, backlog_dry: bool) -> None:
         """Default prefetch: grant this node more credit (the backlog ran dry
         and tasks are short) or plan to take some back (they grew longer)."""
-        n = self.extra.adjust(self.extra.target(run_times), backlog_dry)
+        extra = self.extra
+        if extra.at_most(run_times):
+            return
+        n = extra.adjust(extra.target(run_times), backlog_dry)
         if n and self.send(c.CREDIT, {"n": n}):
-            self.extra.granted(n)
+            extra.granted(n)
 
     # -- results -------------------------------------------------------------------
     def report_done(self, task_id: str, attempt: int, result: bytes | None, elsewhere: bool = False) -> None:

@@ -32,6 +32,9 @@ bound by it)."""
 MAX_PREFETCH_FACTOR = 16
 """With the default prefetch, a worker holds at most this many times its
 concurrency per node (its ``capacity``)."""
+MARGIN = 0.99
+"""How far below the limits a mean must be for :meth:`ExtraCredit.at_most`
+to take it as within them without working out the target."""
 RUN_TIME_WEIGHT = 0.2
 """Weight of the latest task in the running mean of run times."""
 
@@ -65,7 +68,7 @@ class ExtraCredit:
     counts reports that still must give no slot back.
     """
 
-    __slots__ = ("slots", "base", "most", "extra", "withhold")
+    __slots__ = ("slots", "base", "most", "extra", "withhold", "_short", "_small")
 
     def __init__(self, slots: int, base: int, capacity: int) -> None:
         self.slots = slots
@@ -73,12 +76,27 @@ class ExtraCredit:
         self.most = capacity - base     # 0: a fixed --prefetch, nothing to adapt
         self.extra = 0
         self.withhold = 0
+        # Means below these give the most extra (what :meth:`target` works out,
+        # with a margin for rounding): :meth:`at_most` needs no more.
+        # (Only when the most is whole multiples of the slots, as the target is.)
+        whole = self.most > 0 and self.most % slots == 0
+        self._short = MARGIN * PREFETCH_TIME * slots / capacity if whole else -1.0
+        self._small = MARGIN * PREFETCH_BYTES / capacity
 
     def registered(self, held: int) -> None:
         """A READY set the node's credit to ``base - held`` (never below 0):
         tasks held beyond the base are extra already."""
         self.extra = min(self.most, max(0, held - self.base))
         self.withhold = 0
+
+    def at_most(self, run_times: RunTimes) -> bool:
+        """The extra is all there may be and the tasks are still short and
+        small enough for it: :meth:`adjust` would do nothing. The check a
+        worker of short tasks makes after each of them, in place of working
+        out the target (docs/performance.md, "A lone task in a worker")."""
+        mean = run_times.mean
+        return (self.extra == self.most and mean is not None and mean <= self._short
+                and run_times.mean_bytes <= self._small)
 
     def target(self, run_times: RunTimes) -> int:
         """The extra that holds about PREFETCH_TIME of work at the mean run
