@@ -1,4 +1,4 @@
-"""The threaded driver (miyaq.client.io): the short path from an idle client,
+"""The threaded driver (miyaq.client.io, miyaq.client.short_path): the short path from an idle client,
 the batched path for a burst, and callers racing the I/O thread."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 import miyaq
 from miyaq.client import core as client_core
-from miyaq.client import io as client_io
+from miyaq.client import short_path as client_io
 from miyaq.protocol import commands as c
 from miyaq.runtime.clock import monotonic
 from miyaq.testing.harness import wait_for

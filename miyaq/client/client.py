@@ -35,6 +35,7 @@ from . import operations as ops
 from .futures import Future
 from .handle import TaskHandle, flush_error, unresolved
 from .io import IOLoop
+from .short_path import ThreadedIOLoop
 from .kit import choose
 from .submits import Pending
 from .wire import TASK_OPTIONS, ReceivedTask, decode_outcome, new_id, pack_args, task_wire, url_wire
@@ -90,9 +91,10 @@ class Client:
         self.kit = choose(green)
         # CURVE: our secret certificate and the node's public one (or MIYAQ_KEY/MIYAQ_SERVER_KEY).
         security = client_curve(key, server_key)
-        self._io = IOLoop(self.kit, endpoints, max_batch=max_batch, ack_timeout=ack_timeout,
-                          max_message=DEFAULT_MAX_MESSAGE, security=security,
-                          endpoints_source=self.endpoints_source)
+        loop = ThreadedIOLoop if self.kit.name == "thread" else IOLoop
+        self._io = loop(self.kit, endpoints, max_batch=max_batch, ack_timeout=ack_timeout,
+                        max_message=DEFAULT_MAX_MESSAGE, security=security,
+                        endpoints_source=self.endpoints_source)
         self.nodes = self._io.nodes
         self._io.start()
         self._closed = False

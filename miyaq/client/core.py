@@ -1,7 +1,7 @@
 """The client's protocol core, without I/O: what the threaded, gevent and
 asyncio clients share.
 
-:class:`ClientCore` is a state machine. Its driver (``miyaq.client.io`` for
+:class:`ClientCore` is a state machine. Its driver (``miyaq.client.io`` and ``.short_path`` for
 threads and greenlets, ``miyaq.aio.driver`` for asyncio) owns the sockets
 and the clock, and feeds it:
 
