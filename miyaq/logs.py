@@ -8,9 +8,34 @@ from miyaq.runtime.clock import monotonic
 
 
 def setup_logging(level: str = "INFO") -> None:
-    """Log to stderr at ``level`` (an unknown name means INFO), one line a record."""
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Log to stderr at ``level`` (an unknown name means INFO), one line a
+    record: the ZooKeeper client's tracebacks too, except at DEBUG
+    (:class:`OneLineLibraryErrors`)."""
+    numeric = getattr(logging, level.upper(), logging.INFO)
+    logging.basicConfig(level=numeric, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if numeric > logging.DEBUG:
+        for handler in logging.getLogger().handlers:
+            if not any(isinstance(f, OneLineLibraryErrors) for f in handler.filters):
+                handler.addFilter(OneLineLibraryErrors())
+
+
+class OneLineLibraryErrors(logging.Filter):
+    """Records of the ZooKeeper client (kazoo) as one line: its connection
+    loop logs a whole traceback when something that is not a ZooKeeper
+    server answers (a wrong ``--zk`` port, a server starting or stopping),
+    and retries. The exception's type and message stay on the line; the
+    traceback is left out (``--log-level DEBUG`` keeps it)."""
+
+    PREFIX = "kazoo"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.name.startswith(self.PREFIX):
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
 
 
 class LogLimiter:

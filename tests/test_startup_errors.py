@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -123,11 +124,70 @@ def test_port_out_of_range_is_a_one_line_error():
     assert "peer_port must be 1..65535, not 65536 (port + 1)" in line
 
 
-def test_unreachable_zookeeper_is_a_one_line_error():
+@pytest.fixture
+def refusing_port() -> Iterator[int]:
+    """A loopback port where nothing listens, held for the test: a socket
+    bound there and never listening refuses every connection, and no other
+    process of a parallel run can take the port meanwhile."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield held.getsockname()[1]
+
+
+def test_unreachable_zookeeper_is_a_one_line_error(refusing_port):
     """Fault: --zk names a ZooKeeper that is not running (nothing listens there)."""
-    zk = f"127.0.0.1:{free_port()}"
+    zk = f"127.0.0.1:{refusing_port}"
     line = error_line(start_node("--http-port", "0", "--zk", zk))
     assert f"cannot reach ZooKeeper at {zk}" in line and "--zk" in line and "MIYAQ_ZK" in line
+
+
+@pytest.fixture
+def not_zookeeper() -> Iterator[int]:
+    """A loopback port where something that is not a ZooKeeper server
+    answers: it reads what a client sends, replies with an empty frame (a
+    length of 0, as no ZooKeeper reply is) and closes. kazoo fails to decode
+    that, logs the exception with its traceback and tries again."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(1.0)
+                try:
+                    conn.recv(4096)
+                    conn.sendall(b"\x00\x00\x00\x00")
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+
+
+def test_a_zookeeper_port_where_something_else_answers_is_a_one_line_error(not_zookeeper):
+    """Fault: --zk names a port where a service that is not ZooKeeper
+    answers with a reply ZooKeeper never sends. The ZooKeeper client's
+    tracebacks stay out of the log: each attempt is one line, naming the
+    exception, and the start ends with the one error line."""
+    zk = f"127.0.0.1:{not_zookeeper}"
+    done = start_node("--http-port", "0", "--zk", zk)
+    line = error_line(done)
+    assert f"cannot reach ZooKeeper at {zk}" in line
+    assert "invalid server response" in done.stderr      # kazoo's attempts were made and logged
+    assert "Exception raised during deserialization" in done.stderr and "(error: " in done.stderr
 
 
 def test_data_dir_that_cannot_be_made_is_a_one_line_error(tmp_path):
