@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from miyaq.testing.harness import free_port
+from miyaq.testing.harness import free_port, refusing_port
 
 READY_TIMEOUT = 120.0
 STOP_TIMEOUT = 90.0
@@ -212,8 +212,9 @@ def test_dev_cluster_forms_a_ring_and_sigterm_stops_every_process(dev_clusters, 
 
 def test_ring_command_with_unreachable_zookeeper_exits_2():
     """Fault: `miyaq ring` is pointed at a ZooKeeper that is not there."""
-    hosts = f"127.0.0.1:{free_port()}"
-    answer = run_miyaq("ring", "--zk", hosts, "--cluster", "x", "--timeout", "1")
+    with refusing_port() as port:
+        hosts = f"127.0.0.1:{port}"
+        answer = run_miyaq("ring", "--zk", hosts, "--cluster", "x", "--timeout", "1")
     assert answer.returncode == 2
     assert f"cannot reach ZooKeeper at {hosts}" in answer.stderr and "MIYAQ_ZK" in answer.stderr
     assert answer.stdout == ""
@@ -221,9 +222,10 @@ def test_ring_command_with_unreachable_zookeeper_exits_2():
 
 def test_dev_cluster_with_unreachable_zookeeper_fails_cleanly(dev_clusters, tmp_path):
     """Fault: --zk names a ZooKeeper that is not there; the nodes cannot register."""
-    cluster = dev_clusters.start("--nodes", "1", "--zk", f"127.0.0.1:{free_port()}",
-                                 "--base-port", str(free_port()), "--log-dir", str(tmp_path / "logs"))
-    code = cluster.proc.wait(STOP_TIMEOUT)
+    with refusing_port() as port:
+        cluster = dev_clusters.start("--nodes", "1", "--zk", f"127.0.0.1:{port}",
+                                     "--base-port", str(free_port()), "--log-dir", str(tmp_path / "logs"))
+        code = cluster.proc.wait(STOP_TIMEOUT)
     output = cluster.output()
     assert code == 2, output
     assert "miyaq: error:" in output and "stopped; logs kept in" in output

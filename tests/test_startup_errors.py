@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from miyaq.testing.harness import free_port
+from miyaq.testing.harness import free_port, refusing_port
 
 MIYAQ = [sys.executable, "-m", "miyaq.cli.main"]
 GUARD = 60      # seconds; a hung node fails the test instead of blocking it
@@ -124,20 +124,11 @@ def test_port_out_of_range_is_a_one_line_error():
     assert "peer_port must be 1..65535, not 65536 (port + 1)" in line
 
 
-@pytest.fixture
-def refusing_port() -> Iterator[int]:
-    """A loopback port where nothing listens, held for the test: a socket
-    bound there and never listening refuses every connection, and no other
-    process of a parallel run can take the port meanwhile."""
-    with socket.socket() as held:
-        held.bind(("127.0.0.1", 0))
-        yield held.getsockname()[1]
-
-
-def test_unreachable_zookeeper_is_a_one_line_error(refusing_port):
+def test_unreachable_zookeeper_is_a_one_line_error():
     """Fault: --zk names a ZooKeeper that is not running (nothing listens there)."""
-    zk = f"127.0.0.1:{refusing_port}"
-    line = error_line(start_node("--http-port", "0", "--zk", zk))
+    with refusing_port() as port:
+        zk = f"127.0.0.1:{port}"
+        line = error_line(start_node("--http-port", "0", "--zk", zk))
     assert f"cannot reach ZooKeeper at {zk}" in line and "--zk" in line and "MIYAQ_ZK" in line
 
 

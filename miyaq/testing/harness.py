@@ -15,6 +15,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Callable
 
 from miyaq.client.client import Client
@@ -45,6 +47,17 @@ def port_is_free(port: int) -> bool:
             return True
         except OSError:
             return False
+
+
+@contextmanager
+def refusing_port() -> Iterator[int]:
+    """A loopback port where nothing listens, for as long as the block runs:
+    a socket bound there and never listening refuses every connection, and
+    no other process (another test of a parallel run) can take the port
+    meanwhile, as it could take a :func:`free_port` that was let go."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield held.getsockname()[1]
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02,
