@@ -942,3 +942,68 @@ def test_counters_of_queues_made_up_by_producers_do_not_pile_up():
     assert {q for q, _ in engine.outcomes} == {"busy"}
     assert sorted(forgotten) == sorted(f"made-up-{i}" for i in range(1000))
     check_consistent(engine)
+
+
+# -- listing --------------------------------------------------------------------------------
+
+def _mixed_engine() -> Engine:
+    """Tasks of three queues in every listed state: scheduled, ready, running,
+    retrying, dead, and some finished (tombstones, never listed)."""
+    engine = make_engine()
+    consumer = FakeConsumer()
+    rng = random.Random(7)
+    for i in range(300):
+        queue = rng.choice(["a", "b", "c"])
+        kind = rng.choice(["scheduled", "ready", "running", "retrying", "dead", "done"])
+        task_id = f"t{i}"
+        submit(engine, task_id, queue=queue, countdown=60 if kind == "scheduled" else 0)
+        if kind in ("running", "retrying", "dead", "done"):
+            t = engine.table.live[task_id]
+            engine.start(t, consumer, T0)
+            if kind == "retrying":
+                engine.fail(task_id, 1, {"type": "E", "message": ""}, True, 30.0, T0)
+            elif kind == "dead":
+                engine.fail(task_id, 1, {"type": "Reject", "message": ""}, False, None, T0)
+            elif kind == "done":
+                engine.complete(task_id, 1, None, T0)
+    check_consistent(engine)
+    return engine
+
+
+@pytest.mark.parametrize("queue", [None, "a", "c", "nosuch"])
+@pytest.mark.parametrize("state", [None, SCHEDULED, READY, RUNNING, RETRYING, DEAD, DONE])
+@pytest.mark.parametrize("limit", [1, 7, 10_000])
+def test_a_listing_finds_what_a_walk_of_the_whole_table_finds(queue, state, limit):
+    """The listing walks only what can match (by the counts per queue and
+    state) and stops at the last match, yet lists what the whole walk would:
+    live tasks first, then dead ones, up to ``limit``."""
+    engine = _mixed_engine()
+    everything = [*engine.table.live.values(), *engine.table.dead.values()]
+    matching = [t.id for t in everything
+                if (queue is None or t.queue == queue) and (state is None or t.state == state)]
+    listed = [header["id"] for header in engine.list_tasks(queue, state, limit)]
+    assert listed == matching[:limit]
+    assert state != DONE or listed == []
+
+
+class _Unwalkable(dict):
+    """A table that fails the test if a listing walks it."""
+
+    def values(self):  # type: ignore[override]
+        raise AssertionError("the listing walked a table it had no need to")
+
+
+def test_a_listing_that_can_match_nothing_walks_nothing():
+    """Fault: a reader lists a queue the node holds nothing of (or a finished
+    state) on a node with a large table. The answer is empty at once: the
+    table, which the node's other work would wait for, is not walked."""
+    engine = _mixed_engine()
+    live, dead = engine.table.live, engine.table.dead
+    engine.table.live = _Unwalkable(live)
+    engine.table.dead = _Unwalkable(dead)
+    assert engine.list_tasks("nosuch", None, 100) == []
+    assert engine.list_tasks(None, DONE, 100) == []
+    engine.table.dead = dead
+    assert [h["state"] for h in engine.list_tasks(None, DEAD, 10_000)] == [DEAD] * len(dead)
+    engine.table.live, engine.table.dead = live, _Unwalkable(dead)
+    assert [h["state"] for h in engine.list_tasks("a", READY, 10_000)] == [READY] * engine.counts["a"][READY]

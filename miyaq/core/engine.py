@@ -25,10 +25,13 @@ from miyaq.errors import Busy, InvalidField, NotFound, ShuttingDown
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE
 from miyaq.store.table import Tombstone
 from miyaq.store.task import (
-    CANCELLED, DEAD, DONE, EXPIRED, READY, RETRYING, RUNNING, SCHEDULED, Task,
+    CANCELLED, DEAD, DONE, EXPIRED, LIVE_STATES, READY, RETRYING, RUNNING, SCHEDULED, Task,
 )
 
 logger = logging.getLogger(__name__)
+
+LISTED_STATES = LIVE_STATES + (DEAD,)
+"""The states a task listing can find (finished tasks are tombstones, never listed)."""
 
 
 class Engine(ReplicaCopies):
@@ -356,15 +359,39 @@ class Engine(ReplicaCopies):
 
     # -- views -------------------------------------------------------------------
     def list_tasks(self, queue: str | None, state: str | None, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` live tasks, then dead ones, of ``queue`` in ``state``
+        (None: any). Walks only what can match, and no further than the last
+        match: the counts per queue and state say how many there are (none:
+        no walk at all, as for a finished state, which is never listed), a
+        dead state is looked for among the dead only and a live one among the
+        live. So a listing that matches little does not walk the whole table
+        while the node's other work waits."""
+        wanted = min(limit, self._matching(queue, state))
         out: list[dict[str, Any]] = []
-        sources: list[Iterable[Task]] = [self.table.live.values(), self.table.dead.values()]
+        if wanted <= 0:
+            return out
+        sources: list[Iterable[Task]] = []
+        if state != DEAD:
+            sources.append(self.table.live.values())
+        if state is None or state == DEAD:
+            sources.append(self.table.dead.values())
         for source in sources:
             for task in source:
                 if (queue is None or task.queue == queue) and (state is None or task.state == state):
                     out.append(task.header())
-                    if len(out) >= limit:
+                    if len(out) >= wanted:
                         return out
         return out
+
+    def _matching(self, queue: str | None, state: str | None) -> int:
+        """Live and dead tasks of ``queue`` in ``state`` (None: any), by the counts."""
+        if state is not None and state not in LISTED_STATES:
+            return 0
+        states = LISTED_STATES if state is None else (state,)
+        if queue is not None:
+            counts = self.counts.get(queue)
+            return 0 if counts is None else sum(counts[s] for s in states)
+        return sum(c[s] for c in self.counts.values() for s in states)
 
     def queue_counts(self) -> dict[str, dict[str, int]]:
         return {q: {s: c[s] for s in (SCHEDULED, READY, RUNNING, RETRYING, DEAD)}
