@@ -12,7 +12,7 @@ import miyaq
 import miyaq.aio
 from apps import basic
 from miyaq.security.keystore import KeyStore
-from miyaq.testing.harness import ThreadNode, free_port, wait_for
+from miyaq.testing.harness import ThreadNode, free_port, refusing_port, wait_for
 from raw_nodes import CountingNode
 
 
@@ -113,19 +113,20 @@ def test_busy_past_the_deadline_raises_busy(make_node):
 def test_unreachable_node_fails_at_first_contact():
     """Fault: nothing listens on the endpoint. A request fails after the
     connect wait and a submit after the first-contact wait, both naming it."""
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    with refusing_port() as port:
+        endpoint = f"tcp://127.0.0.1:{port}"
 
-    async def main() -> None:
-        client = miyaq.aio.Client(endpoint, submit_timeout=600.0)
-        try:
-            with pytest.raises(miyaq.Unavailable, match=f"nothing is listening on {endpoint}"):
-                await client.status()
-            with pytest.raises(miyaq.Unavailable, match="is a node running"):
-                await client.submit("echo", [1], wait=True)
-        finally:
-            await client.close(flush=False)
+        async def main() -> None:
+            client = miyaq.aio.Client(endpoint, submit_timeout=600.0)
+            try:
+                with pytest.raises(miyaq.Unavailable, match=f"nothing is listening on {endpoint}"):
+                    await client.status()
+                with pytest.raises(miyaq.Unavailable, match="is a node running"):
+                    await client.submit("echo", [1], wait=True)
+            finally:
+                await client.close(flush=False)
 
-    run(main)
+        run(main)
 
 
 def test_node_restarting_mid_pipeline_every_submit_is_accepted():

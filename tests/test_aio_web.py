@@ -57,9 +57,10 @@ def test_a_request_handler_submits_and_another_reads_the_result(node, thread_wor
 def test_a_web_app_whose_node_is_down_answers_with_the_first_contact_error():
     """Fault: the node behind the web app is not running: the handler's submit
     fails at first contact (seconds, not its deadline) with the endpoint named."""
-    from miyaq.testing.harness import free_port
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    web = make_web_app(endpoint)
-    with TestClient(web, raise_server_exceptions=True) as http:
-        with pytest.raises(miyaq.Unavailable, match=f"nothing is listening on {endpoint}"):
-            http.post("/add", json={"a": 1, "b": 2})
+    from miyaq.testing.harness import refusing_port
+    with refusing_port() as port:
+        endpoint = f"tcp://127.0.0.1:{port}"
+        web = make_web_app(endpoint)
+        with TestClient(web, raise_server_exceptions=True) as http:
+            with pytest.raises(miyaq.Unavailable, match=f"nothing is listening on {endpoint}"):
+                http.post("/add", json={"a": 1, "b": 2})

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from miyaq.testing.harness import free_port, wait_for
+from miyaq.testing.harness import free_port, refusing_port, wait_for
 
 MIYAQ = [sys.executable, "-m", "miyaq.cli.main"]
 GUARD = 60      # seconds; a hung command fails the test instead of blocking it
@@ -170,8 +170,9 @@ def test_no_node_running_is_a_clear_error_not_a_hang():
     """Fault: nothing listens on the endpoint. ``miyaq status`` gives up after
     its request timeout with an error on stderr and exit 2 (the subprocess
     timeout only catches a hang)."""
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    done = miyaq("status", "--connect", endpoint)
+    with refusing_port() as port:
+        endpoint = f"tcp://127.0.0.1:{port}"
+        done = miyaq("status", "--connect", endpoint)
     assert done.returncode == 2
     assert done.stderr.startswith(f"miyaq: error: cannot reach any node: nothing is listening on {endpoint}")
     assert done.stdout == ""

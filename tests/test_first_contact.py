@@ -2,6 +2,8 @@
 answers, or when the node is wherever ``miyaq dev-cluster`` put it."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import os
 import socket
 import subprocess
@@ -13,18 +15,22 @@ import pytest
 import miyaq
 from miyaq.devcluster import port_free
 from miyaq.devstate import STATE_FILE, default_connect, default_http, default_zk, read_state, write_state
-from miyaq.testing.harness import free_port
+from miyaq.testing.harness import refusing_port
 
 
-def _nothing_listening() -> str:
-    return f"tcp://127.0.0.1:{free_port()}"
+@pytest.fixture
+def nothing_listening() -> Iterator[str]:
+    """An endpoint where nothing listens, held so for the test (a port bound
+    and not listening: no other process of a parallel run can take it)."""
+    with refusing_port() as port:
+        yield f"tcp://127.0.0.1:{port}"
 
 
-def test_call_with_no_node_raises_at_once_naming_the_endpoint():
+def test_call_with_no_node_raises_at_once_naming_the_endpoint(nothing_listening):
     """Fault: nothing listens on the client's endpoint. `call()` must say so
     within seconds, not wait out its 600 s submit deadline (the test's own
     timeout would catch a hang)."""
-    endpoint = _nothing_listening()
+    endpoint = nothing_listening
     app = miyaq.App(endpoint, submit_timeout=600.0)
 
     @app.task(name="add")
@@ -41,17 +47,17 @@ def test_call_with_no_node_raises_at_once_naming_the_endpoint():
         app.close()
 
 
-def test_result_with_no_node_raises_the_same_message():
+def test_result_with_no_node_raises_the_same_message(nothing_listening):
     """Fault: asking for a result (a request, not a submit) of a node that is not there."""
-    endpoint = _nothing_listening()
+    endpoint = nothing_listening
     with miyaq.Client(endpoint) as client:
         with pytest.raises(miyaq.Unavailable, match="nothing is listening on .*is a node running"):
             client.result("some-task", timeout=30)
 
 
-def test_the_message_says_where_the_endpoint_came_from(monkeypatch, tmp_path):
+def test_the_message_says_where_the_endpoint_came_from(monkeypatch, tmp_path, nothing_listening):
     """Fault: MIYAQ_CONNECT points at a node that is not running."""
-    endpoint = _nothing_listening()
+    endpoint = nothing_listening
     monkeypatch.setenv("MIYAQ_CONNECT", endpoint)
     monkeypatch.chdir(tmp_path)
     client = miyaq.Client(submit_timeout=600.0)
@@ -78,9 +84,9 @@ def test_a_node_reached_once_is_retried_until_the_deadline(node):
         client.close(flush=False)
 
 
-def test_cli_status_with_no_node_names_the_endpoint():
+def test_cli_status_with_no_node_names_the_endpoint(nothing_listening):
     """Fault: `miyaq status` with no node on the default (here: given) endpoint."""
-    endpoint = _nothing_listening()
+    endpoint = nothing_listening
     done = subprocess.run([sys.executable, "-m", "miyaq.cli.main", "status", "--connect", endpoint],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and done.stdout == ""

@@ -145,12 +145,13 @@ def test_submit_window_blocks_when_full(make_node, client_for):
 
 def test_unreachable_node_is_a_clear_error(client_for):
     """Fault: nothing listens on the endpoint."""
-    from miyaq.testing.harness import free_port
-    c1 = client_for(f"tcp://127.0.0.1:{free_port()}", submit_timeout=0.3, request_timeout=0.3)
-    with pytest.raises(miyaq.Unavailable):
-        c1.submit("echo", [1], wait=True)
-    with pytest.raises(miyaq.MiyaqError):
-        c1.status()
+    from miyaq.testing.harness import refusing_port
+    with refusing_port() as port:
+        c1 = client_for(f"tcp://127.0.0.1:{port}", submit_timeout=0.3, request_timeout=0.3)
+        with pytest.raises(miyaq.Unavailable):
+            c1.submit("echo", [1], wait=True)
+        with pytest.raises(miyaq.MiyaqError):
+            c1.status()
 
 
 def test_client_is_thread_safe(node, client, thread_worker):
