@@ -31,7 +31,11 @@ class OneLineLibraryErrors(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and record.name.startswith(self.PREFIX):
             exc = record.exc_info[1]
-            record.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
+            try:
+                message = record.getMessage()
+            except Exception:       # a filter must not raise into the library's logging call
+                message = str(record.msg)
+            record.msg = f"{message} ({type(exc).__name__}: {exc})"
             record.args = None
             record.exc_info = None
             record.exc_text = None

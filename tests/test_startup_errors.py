@@ -229,3 +229,26 @@ def test_privileged_port_names_the_fix():
     assert why(http_port("0.0.0.0", 80), refused) == (
         "cannot bind 0.0.0.0:80 (HTTP gateway): permission denied -- ports below 1024 need root or "
         "CAP_NET_BIND_SERVICE; pass --http-port N, or --http-port 0 to disable it (N above 1023)")
+
+
+def test_the_one_line_filter_keeps_the_exception_and_never_raises():
+    """The filter that keeps the ZooKeeper client's records to one line: the
+    exception's type and message stay on it, other loggers' tracebacks are
+    left alone, and a record whose arguments do not fit its format (a
+    library's bug) is written as its format, not raised into the caller."""
+    import logging
+
+    from miyaq.logs import OneLineLibraryErrors
+
+    one_line = OneLineLibraryErrors()
+    try:
+        raise ValueError("bad frame")
+    except ValueError:
+        exc_info = sys.exc_info()
+    kazoo = logging.LogRecord("kazoo.client", logging.ERROR, __file__, 1, "decoding %s", ("Connect()",), exc_info)
+    assert one_line.filter(kazoo) and kazoo.exc_info is None
+    assert kazoo.getMessage() == "decoding Connect() (ValueError: bad frame)"
+    ours = logging.LogRecord("miyaq.node", logging.ERROR, __file__, 1, "failed", (), exc_info)
+    assert one_line.filter(ours) and ours.exc_info is exc_info
+    broken = logging.LogRecord("kazoo.client", logging.ERROR, __file__, 1, "%s and %s", ("one",), exc_info)
+    assert one_line.filter(broken) and broken.getMessage() == "%s and %s (ValueError: bad frame)"
