@@ -14,7 +14,7 @@ coordinator's view listener only schedules work.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 from miyaq.cluster.copies import Copies
@@ -80,10 +80,6 @@ class ClusterRole:
         engine.listeners += [self.events, self.standby]
         self.peer.handlers.update({REPLICATE: self.copies.on_replicate, QUERY: self.copies.on_query,
                                    SYNC: self.resync.serve})
-        self.peer.after_burst.append(self.flush)
-        # Replication acks arrive on the peer link: release the SUBMITTED
-        # replies they complete without waiting for the next client message.
-        self.peer.after_burst.append(endpoint.flush_acks)
         self._flush_acks = endpoint.flush_acks
         self._view_changed = green.Event()
         self._pending_view: RingView | None = None
@@ -264,6 +260,9 @@ class ClusterRole:
         self.intake.flush()
         self.events.flush()
         self.standby.flush()
+
+    def after_peer_work(self, hook: Callable[[], None]) -> None:
+        self.peer.after_burst.append(hook)
 
     def replication_lag(self, now: float) -> dict[str, tuple[float, int]]:
         """Per peer: seconds since its stream was last heard (heartbeats come

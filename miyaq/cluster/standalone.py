@@ -10,6 +10,7 @@ or hand off.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from miyaq.cluster.membership import LeaderListener, StandaloneCoordinator
@@ -74,6 +75,9 @@ class StandaloneRole:
 
     def flush(self) -> None:
         """Nothing to send."""
+
+    def after_peer_work(self, hook: Callable[[], None]) -> None:
+        """No other node sends anything here."""
 
     def replication_lag(self, now: float) -> dict[str, tuple[float, int]]:
         return {}

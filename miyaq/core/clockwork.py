@@ -38,6 +38,13 @@ class Clockwork:
         self._timer_wake = green.Event()
         self._timer_at = 0.0
         core.endpoint.after_burst.append(self.after_burst)
+        # Work from other nodes is acted on in the same way, at once: a copy a
+        # REPLICATE made ready is leased to a waiting worker, the SUBMITTED
+        # replies the replication answers complete leave, a timer due sooner
+        # than the timer loop's next wake-up is seen. Before, all that waited
+        # for the node's next client or worker message or its housekeeping
+        # tick (docs/cluster.md, "Acting on a peer's message at once").
+        role.after_peer_work(self._after_peer_work)
 
     # -- lifecycle ----------------------------------------------------------------
     def setup(self) -> None:
@@ -64,6 +71,9 @@ class Clockwork:
         dispatch and replicate it now, and re-check the next timer."""
         self.core.endpoint.flush_acks()
         self.after_burst(now)
+
+    def _after_peer_work(self) -> None:
+        self.wake(wall())
 
     def recheck_timers(self) -> None:
         """Let the timer loop look at the clock now rather than at its next

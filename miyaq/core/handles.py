@@ -79,6 +79,12 @@ class Role(Protocol):
     def flush(self) -> None:
         """Send what the last burst produced (replication, events, standby checks)."""
 
+    def after_peer_work(self, hook: Callable[[], None]) -> None:
+        """Call ``hook()`` after each burst of messages from other nodes
+        (their requests, and their answers to this node's): what they made
+        -- a copy ready to run, a timer due sooner, a submit now confirmed --
+        is acted on then, as after a burst of the service socket."""
+
     def replication_lag(self, now: float) -> dict[str, tuple[float, int]]:
         """Per peer: seconds since its stream was heard, requests to it unanswered."""
 
