@@ -10,6 +10,7 @@ import pytest
 
 from miyaq.client import operations as ops
 from miyaq.client.core import ClientCore
+from miyaq.client.handle import MAX_FAILURES_KEPT, Unflushed, flush_error
 from miyaq.client.nodes import Nodes
 from miyaq.client.submits import FIRST_CONTACT, Pending
 from miyaq.errors import Busy, InvalidField, MiyaqError, NotFound, Timeout, Unavailable
@@ -414,3 +415,68 @@ def test_nodes_whose_connection_closed_are_asked_last() -> None:
     assert nodes.order(0) == [1, 0, 2] and nodes.order(2) == [1, 2, 0]
     nodes.mark(0, True)
     assert nodes.order(None) == [0, 1, 2] and nodes.down == {2}
+
+
+# -- Unflushed: the handles a flush waits for ---------------------------------------------------------
+class _Acceptance:
+    """A submit's acceptance the test settles; counts how often a pass asked."""
+
+    asked = 0
+
+    def __init__(self) -> None:
+        self.state = "waiting"
+
+    def ok(self) -> bool:
+        _Acceptance.asked += 1
+        return self.state == "accepted"
+
+    def done(self) -> bool:
+        return self.state != "waiting"
+
+
+class _Handle:
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._accepted = _Acceptance()
+
+
+def test_a_full_window_costs_each_submit_constant_pruning_work() -> None:
+    """Fault: a slow node keeps the window full -- each submit finds
+    ``window`` unacknowledged ones and the oldest is acknowledged just
+    before it. The passes that drop accepted handles cost O(1) a submit
+    (before: every submit past the window walked the whole window again,
+    about 1,900 x 100 asks for these 2,000 submits), the list stays under
+    twice the window, and a flush gets exactly the handles not accepted."""
+    window = 100
+    unflushed = Unflushed(window)
+    handles = [_Handle(i) for i in range(2000)]
+    _Acceptance.asked = 0
+    for h in handles:
+        if h.n >= window:
+            handles[h.n - window]._accepted.state = "accepted"
+        unflushed.add(h)
+        assert len(unflushed) <= 2 * window + 1
+    assert _Acceptance.asked <= 3 * len(handles), _Acceptance.asked
+    left, uncounted = unflushed.take()
+    assert [h.n for h in left if h._accepted.state != "accepted"] == list(range(1900, 2000))
+    assert uncounted == 0 and len(unflushed) == 0
+
+
+def test_failed_submits_never_flushed_keep_a_bounded_number_of_handles() -> None:
+    """Fault: every submit fails (the node answers busy) and the program
+    never calls flush() -- a web handler submits per request. Before, every
+    failed handle was kept until a flush: memory grew with each failure.
+    Now the first MAX_FAILURES_KEPT are kept for the flush to raise, the
+    rest counted, and the flush's error says how many failed in all."""
+    window = 100
+    unflushed = Unflushed(window)
+    for i in range(5000):
+        h = _Handle(i)
+        h._accepted.state = "failed"
+        unflushed.add(h)
+        assert len(unflushed) <= 2 * (window + MAX_FAILURES_KEPT) + 1
+    left, uncounted = unflushed.take()
+    assert len(left) + uncounted == 5000
+    assert [h.n for h in left][:MAX_FAILURES_KEPT] == list(range(MAX_FAILURES_KEPT))
+    error = flush_error([Busy("node is busy")] * 1 + [Busy("node is busy")] * (len(left) - 1), uncounted)
+    assert error.message == "node is busy (and 4999 more submits failed)"

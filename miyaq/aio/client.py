@@ -16,7 +16,7 @@ from typing import Any, Iterable
 from ..client import operations as ops
 from ..client.client import split_endpoints
 from ..client.submits import Pending
-from ..client.handle import HandleBase, flush_error, unresolved
+from ..client.handle import HandleBase, Unflushed, flush_error
 from ..client.wire import ReceivedTask, decode_outcome, new_id, task_wire, url_wire
 from ..devstate import default_connect
 from ..errors import ConfigError, MiyaqError, Timeout
@@ -47,7 +47,7 @@ class Client:
                                max_message=DEFAULT_MAX_MESSAGE, security=client_curve(key, server_key),
                                endpoints_source=source)
         self.nodes = self._io.nodes
-        self._unflushed: list[TaskHandle] = []
+        self._unflushed = Unflushed(self.window)
 
     @property
     def closed(self) -> bool:
@@ -88,9 +88,7 @@ class Client:
         if wait:
             await handle.wait_accepted()
         else:
-            self._unflushed.append(handle)
-            if len(self._unflushed) > self.window:
-                self._unflushed = unresolved(self._unflushed)
+            self._unflushed.add(handle)
         return handle
 
     async def flush(self, timeout: float | None = None) -> None:
@@ -98,7 +96,7 @@ class Client:
         failure, saying how many more failed."""
         timeout = self.submit_timeout + 5 if timeout is None else timeout
         deadline = monotonic() + timeout
-        handles, self._unflushed = self._unflushed, []
+        handles, uncounted = self._unflushed.take()
         failures: list[MiyaqError] = []
         for h in handles:
             try:
@@ -106,7 +104,7 @@ class Client:
             except MiyaqError as err:
                 failures.append(err)
         if failures:
-            raise flush_error(failures)
+            raise flush_error(failures, uncounted)
 
     # -- requests ----------------------------------------------------------------------
     async def request(self, command: bytes, body: dict[str, Any], *, node: str | int | None = None,

@@ -33,7 +33,7 @@ from ..protocol.commands import DEFAULT_MAX_MESSAGE
 from ..security.curve import client_curve
 from . import operations as ops
 from .futures import Future
-from .handle import TaskHandle, flush_error, unresolved
+from .handle import TaskHandle, Unflushed, flush_error
 from .io import IOLoop
 from .short_path import ThreadedIOLoop
 from .kit import choose
@@ -98,7 +98,7 @@ class Client:
         self.nodes = self._io.nodes
         self._io.start()
         self._closed = False
-        self._unflushed: list[TaskHandle] = []
+        self._unflushed = Unflushed(self.window)
         _clients.add(self)
 
     # -- submitting ------------------------------------------------------------------
@@ -139,9 +139,7 @@ class Client:
         if wait:
             handle.wait_accepted()
         else:
-            self._unflushed.append(handle)
-            if len(self._unflushed) > self.window:
-                self._unflushed = unresolved(self._unflushed)
+            self._unflushed.add(handle)
         return handle
 
     def flush(self, timeout: float | None = None) -> None:
@@ -149,7 +147,7 @@ class Client:
         failure (Busy, Unavailable, Timeout) if any submit could not be placed."""
         timeout = self.submit_timeout + 5 if timeout is None else timeout
         deadline = monotonic() + timeout
-        handles, self._unflushed = self._unflushed, []
+        handles, uncounted = self._unflushed.take()
         failures: list[MiyaqError] = []
         for h in handles:
             try:
@@ -157,7 +155,7 @@ class Client:
             except MiyaqError as err:
                 failures.append(err)
         if failures:
-            raise flush_error(failures)
+            raise flush_error(failures, uncounted)
 
     # -- requests ----------------------------------------------------------------------
     def request(self, command: bytes, body: dict[str, Any], *, node: str | int | None = None,

@@ -37,16 +37,77 @@ class HandleBase:
         self.node, self.duplicate_of = accepted_as(self.id, value)
 
 
-def unresolved(handles: list[Any]) -> list[Any]:
-    """The handles still worth waiting for in a flush (not yet accepted)."""
-    return [h for h in handles if not h._accepted.ok()]
+MAX_FAILURES_KEPT = 1000
+"""Failed submits whose handles wait for the next ``flush()`` to raise their
+error; beyond, only their number is kept (the flush's error counts them)."""
 
 
-def flush_error(failures: list[MiyaqError]) -> MiyaqError:
-    """The one error a flush raises: the first failure, saying how many more failed."""
+class Unflushed:
+    """The handles of the submits a ``flush()`` will wait for, bounded.
+
+    A pass drops the handles already accepted, and the failed ones past the
+    first ``MAX_FAILURES_KEPT`` (counted in :attr:`dropped`), once the list
+    grows past twice what the last pass kept (and past ``window``). So the
+    list holds at most about ``2 × (window + MAX_FAILURES_KEPT)`` handles,
+    and each submit pays O(1) for the passes however full the window stays.
+    Before, a pass ran whenever the list held more than ``window``: with the
+    window full (a slow or busy node, a cluster waiting for its replicas)
+    every submit walked ``window`` handles again; and failed handles were
+    kept until a flush, so a program that submits and never flushes (a web
+    handler) kept every failed submit's handle for good
+    (tests/test_client_core.py, "Unflushed"). Not thread-safe: one per
+    client, used under the caller's submit."""
+
+    __slots__ = ("_handles", "_window", "_prune_at", "dropped")
+
+    def __init__(self, window: int) -> None:
+        self._handles: list[Any] = []
+        self._window = window
+        self._prune_at = window
+        self.dropped = 0        # failed submits whose handles a pass let go since the last take
+
+    def __len__(self) -> int:
+        return len(self._handles)
+
+    def add(self, handle: Any) -> None:
+        handles = self._handles
+        handles.append(handle)
+        if len(handles) > self._prune_at:
+            self._prune()
+
+    def _prune(self) -> None:
+        kept: list[Any] = []
+        failed = 0
+        for h in self._handles:
+            accepted = h._accepted
+            if accepted.ok():
+                continue
+            if accepted.done():
+                failed += 1
+                if failed > MAX_FAILURES_KEPT:
+                    self.dropped += 1
+                    continue
+            kept.append(h)
+        self._handles = kept
+        self._prune_at = max(self._window, 2 * len(kept))
+
+    def take(self) -> tuple[list[Any], int]:
+        """The handles added since the last ``take`` that no pass let go (a
+        flush waits for each; accepted ones return at once), and how many
+        failed ones the passes let go."""
+        handles, dropped = self._handles, self.dropped
+        self._handles, self.dropped, self._prune_at = [], 0, self._window
+        return handles, dropped
+
+
+def flush_error(failures: list[MiyaqError], uncounted: int = 0) -> MiyaqError:
+    """The one error a flush raises: the first failure, saying how many more
+    failed (``uncounted``: failed submits whose handles were let go, see
+    :class:`Unflushed`)."""
     first = failures[0]
-    if len(failures) > 1:
-        first.message = f"{first.message} (and {len(failures) - 1} more submits failed)"
+    more = len(failures) - 1 + uncounted
+    if more:
+        first.message = f"{first.message} (and {more} more submits failed)"
         first.args = (first.message,)
     return first
 
