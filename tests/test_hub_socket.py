@@ -6,6 +6,7 @@ timeout and on close."""
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -176,3 +177,48 @@ def test_has_message_answers_as_zmq_events_does(pair):
     assert events_say(router.sock)
     router.recv_nowait()
     assert not has_message(router.sock) and not events_say(router.sock)
+
+
+def test_a_reader_kept_busy_by_its_socket_lets_other_greenlets_run(pair):
+    """Fault: a flood -- messages keep waiting on the socket, so its reader
+    never has to wait. Another greenlet of the hub (a node's housekeeping,
+    its other sockets' readers) must still run while messages are left:
+    before, a node under a steady REPLICATE or submit flood ran its reader
+    burst after burst (gevent's monitor saw the peer reader hold the hub
+    for over 0.2 s in a three-node bench), and housekeeping silent for
+    STALL makes a node take itself for frozen. Each message here costs the
+    reader 2 ms of blocking work, so 40 of them outlast green.HUB_SLICE
+    on any machine."""
+
+    router, dealer = pair
+    n = 40
+    for i in range(n):
+        dealer.send([str(i).encode()])
+    while not router.readable():     # every message has arrived before the reader starts
+        green.sleep(0.01)
+    green.sleep(0.3)
+    read: list[int] = []
+    other_ran_after: list[int] = []
+    sup = Supervisor("test")
+
+    def reader() -> None:
+        while len(read) < n:
+            (_, body), _ = router.recv()
+            busy_until = time.perf_counter() + 0.002
+            while time.perf_counter() < busy_until:
+                pass                 # work that does not yield (a REPLICATE's records)
+            read.append(int(body))
+
+    def other() -> None:
+        green.sleep(0)
+        other_ran_after.append(len(read))
+
+    sup.spawn("reader", reader)
+    sup.spawn("other", other)
+    for _ in range(1000):
+        if len(read) == n:
+            break
+        green.sleep(0.01)
+    sup.kill()
+    assert read == list(range(n))
+    assert other_ran_after and other_ran_after[0] < n, other_ran_after

@@ -239,13 +239,12 @@ class Handoff:
         return len(self.leaving)
 
 
+_let_others_run = green.let_others_run     # between slices (a test slows it down to deliver mid-pass)
+
+
 def _still_held(table: TaskTable, task: Task) -> bool:
     """``task`` is still this node's copy (live or dead), not finished,
     dropped or replaced by another copy of the same id."""
     return table.live.get(task.id) is task or table.dead.get(task.id) is task
 
 
-def _let_others_run() -> None:
-    """Yield to the hub for one loop iteration, I/O included (``sleep(0)``
-    may resume this greenlet before the loop polls)."""
-    green.sleep(0.0001)

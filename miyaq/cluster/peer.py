@@ -159,12 +159,17 @@ class PeerEndpoint(PeerRequests):
 
     def serve_answers(self) -> None:
         """Read every DEALER; expire requests that got no answer."""
+        share = green.FairShare()
         while not self._closed:
             if self.dealers or self._retired:
                 events = dict(self._poller.poll(100))
             else:
                 events = {}
                 green.sleep(0.1)
+            if events:
+                share.check()       # answers keep coming: yield now and then
+            else:
+                share.waited()
             for sock in list(events):
                 if sock in self._watching:
                     self._watch(sock)

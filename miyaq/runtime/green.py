@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import logging
 import signal
+from time import monotonic as _real_monotonic
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
@@ -94,6 +95,45 @@ def hub_running() -> bool:
         return True
     hub = get_hub_if_exists()
     return hub is not None and gevent.getcurrent() is not hub
+
+
+HUB_SLICE = 0.02
+"""The longest (seconds) a reader loop kept busy by its socket runs before
+it yields to the hub (:class:`FairShare`)."""
+
+
+def let_others_run() -> None:
+    """Yield to the hub for one loop iteration, I/O included (``sleep(0)``
+    may resume this greenlet before the loop polls)."""
+    gevent.sleep(0.0001)
+
+
+class FairShare:
+    """Keeps one reader loop from holding the hub while its socket never
+    runs dry: :meth:`check`, between two bursts, yields for one loop
+    iteration once the loop has run ``HUB_SLICE`` seconds (real time) since
+    it last waited or yielded; :meth:`waited` says it just waited (and so
+    let the others run). A loop that waits between bursts never yields
+    more than that.
+
+    Without it, a node under a steady flood -- a REPLICATE stream, a
+    producer's submits, a worker's results -- read burst after burst on one
+    socket and left every other greenlet waiting: the other sockets'
+    readers, the timers, and the housekeeping whose silence past ``STALL``
+    means a frozen process (docs/architecture.md, "Runtime rules")."""
+
+    __slots__ = ("_since",)
+
+    def __init__(self) -> None:
+        self._since = _real_monotonic()
+
+    def waited(self) -> None:
+        self._since = _real_monotonic()
+
+    def check(self) -> None:
+        if _real_monotonic() - self._since >= HUB_SLICE:
+            let_others_run()
+            self._since = _real_monotonic()
 
 
 def call_soon(fn: Callable[..., Any], *args: Any) -> None:

@@ -181,6 +181,7 @@ class HubSocket:
     def __init__(self, sock: Any, users: bool = False, limits: tuple[int, int] | None = None) -> None:
         self.sock = sock
         self._fd = green.FdWait(sock.getsockopt(zmq.FD))
+        self._share = green.FairShare()
         self._users = users
         self._limits = limits
         if limits is not None:
@@ -204,18 +205,24 @@ class HubSocket:
         Raises ``zmq.ZMQError`` when the socket is closed, and, made with
         ``limits`` (frames, bytes), :class:`MessageRefused` for a message
         over them (read to its end and not kept: :func:`recv_bounded`)."""
+        if self.readable():
+            self._share.check()     # kept busy: yield now and then (green.FairShare)
+            return self._take()
         deadline = None if timeout is None else clock.monotonic() + timeout
-        while not self.readable():
+        while True:
             left = None if deadline is None else deadline - clock.monotonic()
             if left is not None and left <= 0:
                 return None
-            if self._fd.wait(left):
+            woken = self._fd.wait(left)
+            self._share.waited()
+            if woken:
                 # Woken: usually by a message, read without another state check.
                 try:
                     return self._take()
                 except zmq.Again:
-                    continue    # a wake-up for something else: look again
-        return self._take()
+                    pass    # a wake-up for something else: look again
+            if self.readable():
+                return self._take()
 
     def recv_nowait(self) -> Message | None:
         """A message (as :meth:`recv`) if one is there now, else None."""
