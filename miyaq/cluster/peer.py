@@ -129,7 +129,7 @@ class PeerEndpoint(PeerRequests):
             try:
                 self._read_request(wait=True)
                 for _ in range(256):
-                    if not self._read_request(wait=False):
+                    if self.router.turn_over() or not self._read_request(wait=False):
                         break
             except zmq.ZMQError:
                 if self._closed:
@@ -175,6 +175,8 @@ class PeerEndpoint(PeerRequests):
                     self._watch(sock)
                     continue
                 for _ in range(256):
+                    if share.due():
+                        break       # the rest at the next poll, after the others ran
                     try:
                         frames, _ = recv_bounded(sock, FRAMES, self.max_message, zmq.NOBLOCK)
                     except zmq.Again:

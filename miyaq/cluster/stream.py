@@ -305,7 +305,7 @@ class ZmqStreamSubscriber(StreamReceiver):
                     self._disconnect_dropped()
                 if self._take(wait=True):
                     for _ in range(256):
-                        if not self._take(wait=False):
+                        if self.sub.turn_over() or not self._take(wait=False):
                             break
             except zmq.ZMQError:
                 if self._closed:

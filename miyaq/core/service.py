@@ -201,7 +201,7 @@ class ServiceEndpoint:
                 self.work = 0
                 self.handle(frames, now, user)
                 for _ in range(SERVICE_BURST):
-                    if self.work >= SERVICE_BURST_WORK:
+                    if self.work >= SERVICE_BURST_WORK or sock.turn_over():
                         break
                     try:
                         more = sock.recv_nowait()

@@ -112,9 +112,10 @@ class FairShare:
     """Keeps one reader loop from holding the hub while its socket never
     runs dry: :meth:`check`, between two bursts, yields for one loop
     iteration once the loop has run ``HUB_SLICE`` seconds (real time) since
-    it last waited or yielded; :meth:`waited` says it just waited (and so
-    let the others run). A loop that waits between bursts never yields
-    more than that.
+    it last waited or yielded; :meth:`due` tells a burst to end early when
+    that time is up; :meth:`waited` says it just waited (and so let the
+    others run). A loop that waits between bursts never yields more than
+    that.
 
     Without it, a node under a steady flood -- a REPLICATE stream, a
     producer's submits, a worker's results -- read burst after burst on one
@@ -129,6 +130,10 @@ class FairShare:
 
     def waited(self) -> None:
         self._since = _real_monotonic()
+
+    def due(self) -> bool:
+        """The loop has had its slice: end the burst (its next :meth:`check` yields)."""
+        return _real_monotonic() - self._since >= HUB_SLICE
 
     def check(self) -> None:
         if _real_monotonic() - self._since >= HUB_SLICE:

@@ -224,6 +224,11 @@ class HubSocket:
             if self.readable():
                 return self._take()
 
+    def turn_over(self) -> bool:
+        """This socket's reader has run a whole ``green.HUB_SLICE`` without
+        waiting: it should end its burst (its next :meth:`recv` yields)."""
+        return self._share.due()
+
     def recv_nowait(self) -> Message | None:
         """A message (as :meth:`recv`) if one is there now, else None."""
         if not self.readable():
