@@ -6,11 +6,13 @@ timeout and on close."""
 from __future__ import annotations
 
 import os
+from typing import Any
 import time
 
 import pytest
 
 from miyaq.runtime import Supervisor, green
+from miyaq.runtime.messages import recv_frames, send_frames
 from miyaq.runtime.sockets import SocketFactory, zmq
 
 
@@ -222,3 +224,108 @@ def test_a_reader_kept_busy_by_its_socket_lets_other_greenlets_run(pair):
     sup.kill()
     assert read == list(range(n))
     assert other_ran_after and other_ran_after[0] < n, other_ran_after
+
+
+# -- HubPoller: several plain sockets, one reader ------------------------------------------------
+@pytest.fixture
+def router_and_dealers():
+    factory = SocketFactory(green=True)
+    router = factory.hub_router("tcp://127.0.0.1:0")
+    endpoint = router.sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+    dealers = [factory.dealer(endpoint, plain=True) for _ in range(2)]
+    yield router, dealers
+    factory.close()
+
+
+def _echo(router, until_closed: list[bool]) -> None:
+    while not until_closed:
+        message = router.recv(0.05)
+        if message is not None:
+            (identity, body), _ = message
+            router.send([identity, b"re:" + body])
+
+
+def test_a_hub_poller_reports_the_sockets_with_messages_and_times_out_with_none(router_and_dealers):
+    router, (a, b) = router_and_dealers
+    poller = SocketFactory.hub_poller()
+    poller.register(a)
+    poller.register(b)
+    assert poller.poll(50) == []
+    stop: list[bool] = []
+    sup = Supervisor("test")
+    sup.spawn("echo", _echo, router, stop)
+    send_frames(b, [b"x"])
+    poller.recheck(b)
+    ready = poller.poll(5000)
+    assert [s for s, _ in ready] == [b]
+    assert recv_frames(b, zmq.NOBLOCK) == [b"re:x"]
+    with pytest.raises(ValueError):
+        poller.register(a, zmq.POLLOUT)
+    stop.append(True)
+    sup.kill()
+
+
+def test_a_socket_registered_while_the_reader_waits_is_watched_at_once(router_and_dealers):
+    """Fault: a peer joins the ring while the answer reader is parked on
+    the sockets it had (a 100 ms poll in the node; for ever here): the new
+    DEALER's answers must wake it, not wait for its next poll."""
+    router, (a, b) = router_and_dealers
+    poller = SocketFactory.hub_poller()
+    poller.register(a)
+    got: list[Any] = []
+    stop: list[bool] = []
+    sup = Supervisor("test")
+    sup.spawn("echo", _echo, router, stop)
+    sup.spawn("reader", lambda: got.extend(poller.poll(None)))
+    green.sleep(0.05)              # the reader is parked on a alone
+    poller.register(b)
+    send_frames(b, [b"late"])
+    for _ in range(500):
+        if got:
+            break
+        green.sleep(0.01)
+    stop.append(True)
+    sup.kill()
+    assert [s for s, _ in got] == [b]
+
+
+def test_a_parked_poller_gets_every_answer_while_others_send_on_its_sockets(router_and_dealers):
+    """Fault: requests leave on the DEALERs from other greenlets while the
+    reader is parked; each send may take the descriptor's edge of an answer
+    that arrived. With ``recheck`` after each send, every answer is read."""
+    router, dealers = router_and_dealers
+    poller = SocketFactory.hub_poller()
+    for d in dealers:
+        poller.register(d)
+    n = 300
+    got: list[bytes] = []
+    stop: list[bool] = []
+    sup = Supervisor("test")
+    sup.spawn("echo", _echo, router, stop)
+
+    def reader() -> None:
+        while len(got) < n:
+            for sock, _ in poller.poll(None):
+                while True:
+                    try:
+                        got.append(recv_frames(sock, zmq.NOBLOCK)[0])
+                    except zmq.Again:
+                        break
+
+    def writer() -> None:
+        for i in range(n):
+            sock = dealers[i % 2]
+            send_frames(sock, [str(i).encode()])
+            poller.recheck(sock)
+            if i % 7 == 0:
+                green.sleep(0)
+
+    sup.spawn("reader", reader)
+    sup.spawn("writer", writer)
+    for _ in range(1000):
+        if len(got) == n:
+            break
+        green.sleep(0.01)
+    stop.append(True)
+    sup.kill()
+    assert sorted(got) == sorted(b"re:" + str(i).encode() for i in range(n))

@@ -33,7 +33,7 @@ from miyaq.constants import PEER_RECONNECT_MS
 from miyaq.errors import BadFrame, MiyaqError, TooLarge
 from miyaq.protocol.commands import FRAMES
 from miyaq.runtime import CRITICAL, Supervisor, green, monotonic
-from miyaq.runtime.messages import MessageRefused, recv_bounded
+from miyaq.runtime.messages import MessageRefused, recv_bounded, send_frames
 from miyaq.runtime.sockets import SocketFactory, connection_events, zmq
 from miyaq.security.guard import Guard
 
@@ -67,7 +67,7 @@ class PeerEndpoint(PeerRequests):
         self._monitors: dict[str, Any] = {}        # node id -> monitor
         self._watching: dict[Any, str | None] = {}
         self._retired: list[Any] = []
-        self._poller = sockets.poller()
+        self._poller = sockets.hub_poller()
         self._looped_at: dict[str, float] = {}      # node id -> when its DEALER was last made anew for a loop
 
     def start(self) -> None:
@@ -96,7 +96,8 @@ class PeerEndpoint(PeerRequests):
             if node_id == self.node_id or node_id in self.dealers:
                 continue
             # IMMEDIATE: never queue for a peer that is not there.
-            sock = self.sockets.dealer(endpoint, immediate=True, reconnect_ms=PEER_RECONNECT_MS, bounded=True)
+            sock = self.sockets.dealer(endpoint, immediate=True, reconnect_ms=PEER_RECONNECT_MS, bounded=True,
+                                       plain=True)
             self.dealers[node_id] = sock
             self.endpoints[node_id] = endpoint
             self._poller.register(sock, zmq.POLLIN)
@@ -111,10 +112,12 @@ class PeerEndpoint(PeerRequests):
         if sock is None:
             return False
         try:
-            sock.send_multipart(frames, zmq.NOBLOCK)
+            send_frames(sock, frames)
             return True
         except zmq.Again:
             return False
+        finally:
+            self._poller.recheck(sock)    # the send may have taken the edge of an answer
 
     def _send_answer(self, identity: Any, frames: list[bytes]) -> None:
         try:

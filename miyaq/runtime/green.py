@@ -232,6 +232,60 @@ class FdWait:
         self._io.close()
 
 
+class FdSet:
+    """Parks the calling greenlet until any of several descriptors is
+    readable, :meth:`wake` is called, or a timeout passes: :class:`FdWait`
+    for a set. One io watcher per descriptor, made when it is added and
+    started only while a greenlet waits, so a wait makes no watcher and no
+    ``epoll_ctl`` call (``zmq.green``'s poller made one of each per socket
+    per wait). One greenlet waits at a time; add and discard from the hub's
+    thread, and a descriptor added during a wait joins the next one (wake
+    the waiter to start it sooner)."""
+
+    def __init__(self) -> None:
+        self._loop = gevent.get_hub().loop
+        self._watchers: dict[Any, Any] = {}
+        self._waiter: Any = None
+
+    def add(self, key: Any, fd: int) -> None:
+        self._watchers[key] = self._loop.io(fd, 1)
+
+    def discard(self, key: Any) -> None:
+        watcher = self._watchers.pop(key, None)
+        if watcher is not None:
+            watcher.stop()
+
+    @property
+    def waiting(self) -> bool:
+        return self._waiter is not None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True when a descriptor became readable (or :meth:`wake` was
+        called), False when ``timeout`` seconds passed first."""
+        waiter = self._waiter = gevent.hub.Waiter()
+        started = list(self._watchers.values())
+        for watcher in started:
+            watcher.start(waiter.switch, True)
+        timer = None
+        if timeout is not None:
+            timer = self._loop.timer(max(0.0, timeout))
+            timer.start(waiter.switch, False)
+        try:
+            return bool(waiter.get())
+        finally:
+            self._waiter = None
+            for watcher in started:
+                watcher.stop()
+            if timer is not None:
+                timer.close()
+
+    def wake(self) -> None:
+        """End the current wait (if any) as if a descriptor were readable."""
+        waiter = self._waiter
+        if waiter is not None:
+            self._loop.run_callback(waiter.switch, True)
+
+
 class HubInbox:
     """Runs in this hub the calls any thread hands to :meth:`call`, in order.
 

@@ -285,3 +285,63 @@ class HubSocket:
         self._fd.wake()
         self._fd.close()
         self.sock.close(linger=linger)
+
+
+class HubPoller:
+    """Which of several plain sockets have a message, for one reader in the
+    hub: :meth:`poll` asks them all in one ``zmq_poll`` and, when none has
+    one, waits on all their descriptors at once (:class:`~miyaq.runtime.green.FdSet`)
+    for at most ``timeout`` milliseconds. The ``zmq.green`` poller it
+    replaces made a ``Timeout``, a watcher per socket and an ``epoll_ctl``
+    call per socket for every wait.
+
+    As with :class:`HubSocket`, an operation on a socket from another
+    greenlet (a send) may take the edge of its descriptor while the reader
+    waits: call :meth:`recheck` after it. Sockets registered while the
+    reader waits wake it, so the next wait includes them."""
+
+    def __init__(self) -> None:
+        self._socks: list[Any] = []
+        self._fds = green.FdSet()
+
+    def register(self, sock: Any, flags: int = zmq.POLLIN) -> None:
+        """Watch ``sock`` for messages (``flags`` must be ``POLLIN``)."""
+        if flags != zmq.POLLIN:
+            raise ValueError("a HubPoller watches for messages only (POLLIN)")
+        if sock not in self._socks:
+            self._socks.append(sock)
+            self._fds.add(sock, sock.getsockopt(zmq.FD))
+            self._fds.wake()
+
+    def unregister(self, sock: Any) -> None:
+        if sock in self._socks:
+            self._socks.remove(sock)
+            self._fds.discard(sock)
+
+    def poll(self, timeout: float | None = None) -> list[tuple[Any, int]]:
+        """``[(socket, POLLIN), ...]`` for each socket with a message,
+        waiting at most ``timeout`` milliseconds (None: for ever) for one."""
+        ready = self._ready()
+        if ready or timeout == 0:
+            return ready
+        deadline = None if timeout is None else clock.monotonic() + timeout / 1000.0
+        while True:
+            left = None if deadline is None else deadline - clock.monotonic()
+            if left is not None and left <= 0:
+                return self._ready()      # a last look: an edge may have been taken
+            self._fds.wait(left)
+            ready = self._ready()
+            if ready:
+                return ready
+
+    def recheck(self, sock: Any) -> None:
+        """After an operation on ``sock`` from another greenlet: wake the
+        waiting reader if ``sock`` has a message."""
+        if self._fds.waiting and has_message(sock):
+            self._fds.wake()
+
+    def _ready(self) -> list[tuple[Any, int]]:
+        socks = self._socks
+        if not socks:
+            return []
+        return [(sock, _POLLIN) for sock, _ in _zmq_poll([(sock, _POLLIN) for sock in socks], 0)]

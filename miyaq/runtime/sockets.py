@@ -24,7 +24,7 @@ import importlib
 import zmq
 import zmq.green as green_zmq
 
-from .messages import HubSocket
+from .messages import HubPoller, HubSocket
 
 HWM = 100_000
 #: Bytes one message may carry beyond ``max_message`` (its body): the routing
@@ -238,6 +238,12 @@ class SocketFactory:
     def poller(self) -> Any:
         """A poller of this factory's flavour (green, plain or asyncio)."""
         return self.module.Poller()
+
+    @staticmethod
+    def hub_poller() -> HubPoller:
+        """A poller of plain sockets for one reader in the gevent hub
+        (:class:`~miyaq.runtime.messages.HubPoller`)."""
+        return HubPoller()
 
     def zap_socket(self) -> Any:
         """The REP a ZAP handler serves in this context (miyaq.security.zap)."""
