@@ -6,7 +6,7 @@ timeout and on close."""
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 import time
 
 import pytest
@@ -181,6 +181,15 @@ def test_has_message_answers_as_zmq_events_does(pair):
     assert not has_message(router.sock) and not events_say(router.sock)
 
 
+def _yield_until(done: Callable[[], bool]) -> None:
+    """Let the hub run until ``done()``, for at most 10 s (the test's
+    assertions say what was missing)."""
+    for _ in range(1000):
+        if done():
+            return
+        green.sleep(0.01)
+
+
 def test_a_reader_kept_busy_by_its_socket_lets_other_greenlets_run(pair):
     """Fault: a flood -- messages keep waiting on the socket, so its reader
     never has to wait. Another greenlet of the hub (a node's housekeeping,
@@ -217,10 +226,7 @@ def test_a_reader_kept_busy_by_its_socket_lets_other_greenlets_run(pair):
 
     sup.spawn("reader", reader)
     sup.spawn("other", other)
-    for _ in range(1000):
-        if len(read) == n:
-            break
-        green.sleep(0.01)
+    _yield_until(lambda: len(read) == n)
     sup.kill()
     assert read == list(range(n))
     assert other_ran_after and other_ran_after[0] < n, other_ran_after
@@ -280,10 +286,7 @@ def test_a_socket_registered_while_the_reader_waits_is_watched_at_once(router_an
     green.sleep(0.05)              # the reader is parked on a alone
     poller.register(b)
     send_frames(b, [b"late"])
-    for _ in range(500):
-        if got:
-            break
-        green.sleep(0.01)
+    _yield_until(lambda: bool(got))
     stop.append(True)
     sup.kill()
     assert [s for s, _ in got] == [b]
@@ -322,10 +325,7 @@ def test_a_parked_poller_gets_every_answer_while_others_send_on_its_sockets(rout
 
     sup.spawn("reader", reader)
     sup.spawn("writer", writer)
-    for _ in range(1000):
-        if len(got) == n:
-            break
-        green.sleep(0.01)
+    _yield_until(lambda: len(got) == n)
     stop.append(True)
     sup.kill()
     assert sorted(got) == sorted(b"re:" + str(i).encode() for i in range(n))

@@ -185,7 +185,43 @@ class ThreadWake:
         self._watcher.close()
 
 
-class FdWait:
+class _Parking:
+    """One greenlet parked on io watchers until one fires, :meth:`wake` is
+    called, or a timeout passes (what :class:`FdWait` and :class:`FdSet` share)."""
+
+    def __init__(self) -> None:
+        self._loop = gevent.get_hub().loop
+        self._waiter: Any = None
+
+    @property
+    def waiting(self) -> bool:
+        return self._waiter is not None
+
+    def _park(self, watchers: Any, timeout: float | None) -> bool:
+        waiter = self._waiter = gevent.hub.Waiter()
+        for watcher in watchers:
+            watcher.start(waiter.switch, True)
+        timer = None
+        if timeout is not None:
+            timer = self._loop.timer(max(0.0, timeout))
+            timer.start(waiter.switch, False)
+        try:
+            return bool(waiter.get())
+        finally:
+            self._waiter = None
+            for watcher in watchers:
+                watcher.stop()
+            if timer is not None:
+                timer.close()
+
+    def wake(self) -> None:
+        """End the current wait (if any) as if a descriptor were readable."""
+        waiter = self._waiter
+        if waiter is not None:
+            self._loop.run_callback(waiter.switch, True)
+
+
+class FdWait(_Parking):
     """Parks the calling greenlet until a file descriptor is readable.
 
     Cheaper than ``gevent.socket.wait_read`` or a ``Timeout`` per wait: the
@@ -197,42 +233,19 @@ class FdWait:
     """
 
     def __init__(self, fd: int) -> None:
-        self._loop = gevent.get_hub().loop
-        self._io = self._loop.io(fd, 1)
-        self._waiter: Any = None
-
-    @property
-    def waiting(self) -> bool:
-        return self._waiter is not None
+        super().__init__()
+        self._io = (self._loop.io(fd, 1),)
 
     def wait(self, timeout: float | None = None) -> bool:
         """True when the descriptor became readable (or :meth:`wake` was
         called), False when ``timeout`` seconds passed first."""
-        waiter = self._waiter = gevent.hub.Waiter()
-        self._io.start(waiter.switch, True)
-        timer = None
-        if timeout is not None:
-            timer = self._loop.timer(max(0.0, timeout))
-            timer.start(waiter.switch, False)
-        try:
-            return bool(waiter.get())
-        finally:
-            self._waiter = None
-            self._io.stop()
-            if timer is not None:
-                timer.close()
-
-    def wake(self) -> None:
-        """End the current wait (if any) as if the descriptor were readable."""
-        waiter = self._waiter
-        if waiter is not None:
-            self._loop.run_callback(waiter.switch, True)
+        return self._park(self._io, timeout)
 
     def close(self) -> None:
-        self._io.close()
+        self._io[0].close()
 
 
-class FdSet:
+class FdSet(_Parking):
     """Parks the calling greenlet until any of several descriptors is
     readable, :meth:`wake` is called, or a timeout passes: :class:`FdWait`
     for a set. One io watcher per descriptor, made when it is added and
@@ -243,9 +256,8 @@ class FdSet:
     the waiter to start it sooner)."""
 
     def __init__(self) -> None:
-        self._loop = gevent.get_hub().loop
+        super().__init__()
         self._watchers: dict[Any, Any] = {}
-        self._waiter: Any = None
 
     def add(self, key: Any, fd: int) -> None:
         self._watchers[key] = self._loop.io(fd, 1)
@@ -255,35 +267,10 @@ class FdSet:
         if watcher is not None:
             watcher.stop()
 
-    @property
-    def waiting(self) -> bool:
-        return self._waiter is not None
-
     def wait(self, timeout: float | None = None) -> bool:
         """True when a descriptor became readable (or :meth:`wake` was
         called), False when ``timeout`` seconds passed first."""
-        waiter = self._waiter = gevent.hub.Waiter()
-        started = list(self._watchers.values())
-        for watcher in started:
-            watcher.start(waiter.switch, True)
-        timer = None
-        if timeout is not None:
-            timer = self._loop.timer(max(0.0, timeout))
-            timer.start(waiter.switch, False)
-        try:
-            return bool(waiter.get())
-        finally:
-            self._waiter = None
-            for watcher in started:
-                watcher.stop()
-            if timer is not None:
-                timer.close()
-
-    def wake(self) -> None:
-        """End the current wait (if any) as if a descriptor were readable."""
-        waiter = self._waiter
-        if waiter is not None:
-            self._loop.run_callback(waiter.switch, True)
+        return self._park(list(self._watchers.values()), timeout)
 
 
 class HubInbox:
