@@ -11,6 +11,7 @@ since the loop is gone by then.
 from __future__ import annotations
 
 import asyncio
+from contextlib import nullcontext
 from typing import Any, Iterable
 
 from ..client import operations as ops
@@ -47,7 +48,7 @@ class Client:
                                max_message=DEFAULT_MAX_MESSAGE, security=client_curve(key, server_key),
                                endpoints_source=source)
         self.nodes = self._io.nodes
-        self._unflushed = Unflushed(self.window)
+        self._unflushed = Unflushed(self.window, nullcontext())    # one event loop: no lock
 
     @property
     def closed(self) -> bool:

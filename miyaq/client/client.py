@@ -98,7 +98,7 @@ class Client:
         self.nodes = self._io.nodes
         self._io.start()
         self._closed = False
-        self._unflushed = Unflushed(self.window)
+        self._unflushed = Unflushed(self.window, self.kit.lock())    # submits come from any thread
         _clients.add(self)
 
     # -- submitting ------------------------------------------------------------------

@@ -2,6 +2,7 @@
 and its result."""
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MiyaqError
@@ -55,25 +56,29 @@ class Unflushed:
     every submit walked ``window`` handles again; and failed handles were
     kept until a flush, so a program that submits and never flushes (a web
     handler) kept every failed submit's handle for good
-    (tests/test_client_core.py, "Unflushed"). Not thread-safe: one per
-    client, used under the caller's submit."""
+    (tests/test_client_core.py, "Unflushed"). ``lock`` guards the list for
+    a client that several threads submit through (a pass replaces the list:
+    a handle another thread added meanwhile would be lost, and its flush
+    would not wait for it); the asyncio client passes a null context."""
 
-    __slots__ = ("_handles", "_window", "_prune_at", "dropped")
+    __slots__ = ("_handles", "_window", "_prune_at", "_lock", "dropped")
 
-    def __init__(self, window: int) -> None:
+    def __init__(self, window: int, lock: AbstractContextManager[Any]) -> None:
         self._handles: list[Any] = []
         self._window = window
         self._prune_at = window
+        self._lock = lock
         self.dropped = 0        # failed submits whose handles a pass let go since the last take
 
     def __len__(self) -> int:
         return len(self._handles)
 
     def add(self, handle: Any) -> None:
-        handles = self._handles
-        handles.append(handle)
-        if len(handles) > self._prune_at:
-            self._prune()
+        with self._lock:
+            handles = self._handles
+            handles.append(handle)
+            if len(handles) > self._prune_at:
+                self._prune()
 
     def _prune(self) -> None:
         kept: list[Any] = []
@@ -95,8 +100,9 @@ class Unflushed:
         """The handles added since the last ``take`` that no pass let go (a
         flush waits for each; accepted ones return at once), and how many
         failed ones the passes let go."""
-        handles, dropped = self._handles, self.dropped
-        self._handles, self.dropped, self._prune_at = [], 0, self._window
+        with self._lock:
+            handles, dropped = self._handles, self.dropped
+            self._handles, self.dropped, self._prune_at = [], 0, self._window
         return handles, dropped
 
 

@@ -136,7 +136,7 @@ class FairShare:
         return _real_monotonic() - self._since >= HUB_SLICE
 
     def check(self) -> None:
-        if _real_monotonic() - self._since >= HUB_SLICE:
+        if self.due():
             let_others_run()
             self._since = _real_monotonic()
 
