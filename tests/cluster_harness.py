@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import miyaq
-from miyaq.cluster.ring import Ring
+from miyaq.protocol.ring import Ring
 from miyaq.testing.harness import NodeProc, free_port, wait_for
 
 

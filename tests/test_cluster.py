@@ -57,6 +57,27 @@ def test_tasks_spread_and_each_is_held_by_n_nodes(cluster, procs, events, nodes,
     assert duplicates(cluster, list(cluster.nodes)) == 0
 
 
+def test_a_client_sends_each_task_to_its_first_holder(cluster, client_for):
+    """No fault: a client given one node learns the ring by discovery and
+    sends each new task to the node that runs it (rank 0 of its preference
+    list), which acknowledges it; the other holders get their copies from
+    it. A task with a key goes by its key."""
+    cluster.start(3, "--replicas", "2")
+    client = client_for(cluster.nodes["n1"].endpoint, submit_timeout=20.0)
+    wait_for(lambda: client.nodes.placement is not None and len(client.nodes.placement.index) == 3,
+             timeout=20, what="the client placing by the ring")
+    handles = [client.submit("echo", [i], countdown=3600, id=f"placed-{i}") for i in range(30)]
+    handles += [client.submit("echo", [i], countdown=3600, key=f"customer-{i}") for i in range(10)]
+    client.flush()
+    by_port = {p.port: node_id for node_id, p in cluster.nodes.items()}
+    for h in handles:
+        assert h.node is not None
+        acknowledged_by = by_port[int(h.node.rsplit(":", 1)[1])]
+        key = h.id if h.id.startswith("placed-") else f"customer-{handles.index(h) - 30}"
+        assert acknowledged_by == cluster.holders(key, 2)[0], (h.id, key)
+        assert cluster.holds(acknowledged_by, h.id) == "scheduled"
+
+
 def test_task_runs_once_on_every_holder_view(cluster, procs, events):
     """No fault: a task run by its first holder is finished on every holder
     (their standby copies never run) — 0 duplicates."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from miyaq.cluster.ring import Ring, stable_hash
+from miyaq.protocol.ring import Ring, stable_hash
 from miyaq.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,7 +23,7 @@ def test_placement_is_identical_in_another_process():
     here = [Ring(TEN).preference_list(k, 3) for k in keys]
     script = (
         "import json, sys\n"
-        "from miyaq.cluster.ring import Ring\n"
+        "from miyaq.protocol.ring import Ring\n"
         "keys = json.loads(sys.stdin.read())\n"
         f"ring = Ring({TEN!r})\n"
         "print(json.dumps([ring.preference_list(k, 3) for k in keys]))\n"

@@ -47,7 +47,7 @@ def test_producer_and_worker_over_a_unix_socket_only(procs, tmp_path):
         # an alias of the unix socket it already reaches the node by.
         tcp = client.ring()["members"][f"n{node.port}"]["service"]
         wait_for(lambda: client.nodes.aliases, what="a discovery RING answered")
-        assert client.nodes.aliases == {tcp}
+        assert client.nodes.aliases == {tcp: 0}
         assert client.nodes.endpoints == [ipc(path)]
         assert client.status()["totals"]["workers"] == 1
     node.kill()

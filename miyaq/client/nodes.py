@@ -1,4 +1,5 @@
-"""The nodes a client knows: their endpoints, which one to use next, ring
+"""The nodes a client knows: their endpoints, which one to use next (a new
+submit's first holder on the ring when known: :mod:`.placement`), ring
 discovery, and what to say when none was ever reached.
 
 Part of the client's sans-I/O core (:mod:`miyaq.client.core`): no sockets,
@@ -11,6 +12,7 @@ import itertools
 from typing import Any
 
 from ..errors import Unavailable
+from .placement import Placement, placement_from_ring
 
 DISCOVERY_INTERVAL = 10.0
 """Seconds between two RING requests once the ring is known."""
@@ -37,7 +39,9 @@ class Nodes:
         # Nodes whose connection closed and is not up again (replaced whole by the
         # I/O context, read by callers' threads: a frozenset, never changed in place).
         self.down: frozenset[int] = frozenset()
-        self.aliases: set[str] = set()   # ring endpoints of nodes reached over a unix socket
+        # Ring endpoints of nodes reached over a unix socket -> that socket's index.
+        self.aliases: dict[str, int] = {}
+        self.placement: Placement | None = None    # from the last RING reply (None: round-robin)
         self._rr = itertools.count()
         self._next_discovery = 0.0
         self._discovery_gap = FIRST_DISCOVERY_GAP
@@ -83,6 +87,20 @@ class Nodes:
             i = (i + 1) % n
         return i
 
+    def home(self, wire: dict[str, Any]) -> int:
+        """The node a new submit goes to: its task's first holder on the ring
+        (routing key ``key``, else ``id``) when the client has a connection
+        to it that is not down, else the next round-robin (:meth:`pick`), not
+        that first holder."""
+        placement = self.placement
+        node = -1
+        if placement is not None:
+            key = wire.get("key")
+            node = placement.home(key if isinstance(key, str) else wire["id"])
+            if node >= 0 and node not in self.down:
+                return node
+        return self.pick(node)
+
     def add(self, endpoint: str) -> bool:
         """Learn a node (from the ring); False if known already or too many."""
         if endpoint in self.endpoints or len(self.endpoints) >= MAX_NODES:
@@ -92,9 +110,10 @@ class Nodes:
 
     def from_ring(self, body: dict[str, Any], via: str | None = None) -> list[str]:
         """The new service endpoints a RING reply names (added here; the driver
-        connects them). ``via``: the endpoint the reply came from; when it is a
-        unix socket (``ipc://``), the answering member (``node``) is already
-        reached there and its TCP endpoint is not dialled as well."""
+        connects them), and the placement it describes. ``via``: the endpoint
+        the reply came from; when it is a unix socket (``ipc://``), the
+        answering member (``node``) is already reached there and its TCP
+        endpoint is not dialled as well."""
         members = body.get("members")
         new: list[str] = []
         if isinstance(members, dict):
@@ -103,9 +122,12 @@ class Nodes:
                 if not isinstance(service, str):
                     continue
                 if via is not None and via.startswith("ipc://") and node_id == body.get("node"):
-                    self.aliases.add(service)
+                    self.aliases[service] = self.index(via)
                 if service not in self.aliases and self.add(service):
                     new.append(service)
+        index_of = {endpoint: i for i, endpoint in enumerate(self.endpoints)}
+        index_of.update(self.aliases)
+        self.placement = placement_from_ring(body, index_of, self.placement)
         return new
 
     def discovery_due(self, now: float) -> bool:

@@ -157,7 +157,10 @@ class SubmitPipeline:
         due, self.waiting = waiting[:i], waiting[i:]
         by_node: dict[int, list[Pending]] = {}
         for p in due:
-            node = p.node if p.node >= 0 and p.last_error is None else self.nodes.pick(p.node)
+            if p.last_error is not None:
+                node = self.nodes.pick(p.node)       # a retry: another node when there is one
+            else:
+                node = p.node if p.node >= 0 else self.nodes.home(p.wire)
             by_node.setdefault(node, []).append(p)
         for node, batch in by_node.items():
             for chunk in chunks(batch, self.max_batch, BATCH_BYTES):

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from miyaq.cluster.ring import DEFAULT_VNODES, Ring
+from miyaq.protocol.ring import DEFAULT_VNODES, Ring
 from miyaq.config import NodeConfig
 from miyaq.errors import ConfigError
 

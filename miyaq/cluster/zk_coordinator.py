@@ -32,7 +32,7 @@ from typing import Any
 from kazoo.client import KazooClient
 
 from miyaq.cluster.membership import Coordinator
-from miyaq.cluster.ring import DEFAULT_VNODES
+from miyaq.protocol.ring import DEFAULT_VNODES
 from miyaq.cluster.ring_view import Member, RingView, check_node_id, check_weight
 from miyaq.cluster.zk_auth import ZkAuth
 from miyaq.cluster.zk_layout import Layout, RingRecord, with_join, with_weight

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
-from miyaq.cluster.ring import DEFAULT_VNODES
+from miyaq.protocol.ring import DEFAULT_VNODES
 from miyaq.cluster.ring_view import Member, RingView, check_node_id, check_weight
 from miyaq.errors import ConfigError
 
