@@ -122,6 +122,25 @@ def test_cluster_is_held_against_a_single_node():
     assert {m["system"] for m in result["runs"]} == {"cluster-3", "miyaq"}
     assert all(m["completed"] == 300 for m in result["runs"])
     assert result["ratios"]["cluster-3/miyaq"]["bulk"]["drain_rate"] > 0
+    # What the nodes counted during the phase (standby takeovers, stream gaps...):
+    # a dict of what moved, or None when nothing did; never for the single node.
+    cluster_run, = [m for m in result["runs"] if m["system"] == "cluster-3"]
+    events = cluster_run["cluster_events"]
+    assert events is None or (events and all(isinstance(v, int) and v for v in events.values())), events
+    assert [m["cluster_events"] for m in result["runs"] if m["system"] == "miyaq"] == [None]
+
+
+def test_the_report_names_what_a_cluster_counted_in_each_run():
+    """A slow cluster run says why (a standby copy that took over started an
+    offset late); runs that counted nothing print nothing."""
+    from miyaq.bench.report import _cluster_event_lines
+    runs = [{"system": "cluster-3", "phase": "bulk", "repeat": 0, "cluster_events": {"takeovers": 57,
+                                                                                       "deferrals": 1200}},
+            {"system": "cluster-3", "phase": "bulk", "repeat": 1, "cluster_events": None},
+            {"system": "miyaq", "phase": "bulk", "repeat": 0, "cluster_events": None}]
+    assert _cluster_event_lines(runs) == ["  cluster events (what the nodes counted during the phase):",
+                                          "    cluster-3 bulk (run 1): takeovers 57, deferrals 1,200"]
+    assert _cluster_event_lines(runs[1:]) == []
 
 
 def test_profile_writes_one_profile_per_process(tmp_path):

@@ -164,3 +164,58 @@ def test_a_node_keeps_a_bounded_number_of_resync_snapshots_for_a_bounded_time(in
     answer = resync.serve("n2", {"cursor": 1})
     assert answer["next"] is None and len(answer["tasks"]) == 1 and not resync._snapshots
     assert not cluster.crashes()
+
+
+def test_a_resync_answer_that_overtakes_a_replicate_leaves_the_first_holder_its_task_ready(inproc):
+    """Fault: a holder resyncs from the coordinator (its stream showed a gap,
+    or a new incarnation) while a submit's REPLICATE to it is still on its
+    way; the SYNC answer, on another connection, overtakes it and brings the
+    task first. The copy is placed as the REPLICATE would have placed it:
+    on the task's first holder it is leased at once, not made a standby
+    copy that waits an offset and lets a later holder take the task over
+    (`miyaq bench --cluster 3` runs that started under a resync: hundreds of
+    tasks started 5-15 s late). Its eta is the sender's without the
+    sender's offset."""
+    cluster = inproc(3)
+    tid = cluster.task_id()
+    first, coordinator, last = cluster.holders(tid)
+    worker = cluster.worker(first)
+    held = cluster.net.hold("REPLICATE", src=coordinator, dst=first)
+    submission = cluster.submit(coordinator, tid)
+    cluster.wait_until(lambda: cluster[last].task(tid) is not None, what="the copy on the last holder")
+    assert cluster[first].task(tid) is None
+
+    cluster[first].role.subscriber.resync_all("the test: a gap in the coordinator's stream")
+    cluster.wait_until(lambda: worker.runs(tid), what="the first holder to lease the copy the resync brought")
+    assert not cluster[first].task(tid).standby
+    held.release()
+    cluster.wait_until(lambda: submission.status == "accepted", what="the submit acknowledged")
+    worker.complete(tid)
+    cluster.wait_until(lambda: all(cluster[h].state(tid) == DONE for h in (first, coordinator, last)),
+                       what="done everywhere")
+    assert worker.times(tid) == 1
+    assert sum(cluster[h].role.standby.takeovers for h in (first, coordinator, last)) == 0
+    assert not cluster.crashes()
+
+
+def test_a_resync_answer_places_a_waiting_copy_at_the_first_holders_own_eta(inproc):
+    """The same race with a task due in a minute: the first holder's copy
+    is due when the task is (the sender's eta less its one offset), not a
+    standby; the REPLICATE that comes after it changes neither."""
+    cluster = inproc(3)
+    tid = cluster.task_id()
+    first, coordinator, last = cluster.holders(tid)
+    held = cluster.net.hold("REPLICATE", src=coordinator, dst=first)
+    cluster.submit(coordinator, tid, countdown=60)
+    cluster.wait_until(lambda: cluster[last].task(tid) is not None, what="the copy on the last holder")
+    cluster[first].role.subscriber.resync_all("the test: a gap in the coordinator's stream")
+    cluster.wait_until(lambda: cluster[first].task(tid) is not None, what="the copy the resync brought")
+    offset = cluster[first].role.config.replica_offset
+    copy = cluster[first].task(tid)
+    assert not copy.standby and copy.rank == 0
+    assert abs(cluster[first].due_at(tid) - (cluster[coordinator].due_at(tid) - offset)) < 1e-6
+    held.release()
+    cluster.wait_until(lambda: cluster.net.messages("REPLICATE", src=coordinator, dst=first)[-1].fate == "delivered",
+                       what="the REPLICATE delivered")
+    assert not cluster[first].task(tid).standby
+    assert abs(cluster[first].due_at(tid) - (cluster[coordinator].due_at(tid) - offset)) < 1e-6

@@ -93,6 +93,10 @@ class BareFleet:
         received, done, _ = self.probe.stats()
         return received - done, 0
 
+    def counters(self) -> dict[str, int]:
+        """The relay counts nothing of the kind (see ``Fleet.counters``)."""
+        return {}
+
     def peak_rss(self) -> int | None:
         """VmHWM of the relay."""
         return rss_bytes(self.relay.pid, "VmHWM") if self.relay is not None else None

@@ -33,6 +33,11 @@ logger = logging.getLogger(__name__)
 
 #: With --keys, the roles that get a key: the bench's own client (admin), the producer, the workers.
 ROLES = ("admin", "producer", "worker")
+#: What a cluster's nodes count that a phase should not need: a copy run by
+#: a standby holder (``takeovers``; each such task started an offset late),
+#: a standby that asked and waited (``deferrals``), a replication stream gap
+#: and its resync, a submit refused while coordinating.
+CLUSTER_COUNTERS = ("takeovers", "deferrals", "stream_gaps", "resyncs", "submits_rejected", "stream_dropped")
 CONNECT_WAIT = 5.0      # longest wait for a given (--connect) node to answer its first STATUS
 POLL = 0.05
 LIVE_STATES = ("scheduled", "ready", "running", "retrying")
@@ -161,7 +166,7 @@ class Fleet:
                 ready = all(self._node_ready(i) for i in range(len(self.endpoints)))
                 if ready:
                     return
-                last = "the ring is not whole yet"
+                last = "the ring is not whole, or a replication stream not up, yet"
             except MiyaqError as err:   # not connected yet, or not answering yet
                 last = err.message
             time.sleep(POLL)
@@ -178,7 +183,12 @@ class Fleet:
             self.client.status(node=index)
             return True
         ring = self.client.request(b"RING", {}, node=index)
-        return len(ring.get("members") or {}) >= self.n_nodes
+        if len(ring.get("members") or {}) < self.n_nodes:
+            return False
+        # Every peer's replication stream heard and synced once: a node's first
+        # message from a peer makes it resync from that peer, which belongs to
+        # the cluster's start, not to the phases measured.
+        return bool((self.client.status(node=index).get("cluster") or {}).get("streams_ready"))
 
     def _wait_for_workers(self) -> None:
         seen = 0
@@ -217,6 +227,24 @@ class Fleet:
 
     def peak_rss(self) -> int | None:
         return self.node_rss(peak=True)
+
+    def counters(self) -> dict[str, int]:
+        """A cluster's standby and stream counters, summed over its nodes
+        (:data:`CLUSTER_COUNTERS`); empty for one node, or when a node does
+        not answer (its exit is reported elsewhere)."""
+        if self.n_nodes == 1 or self.connect:
+            return {}
+        assert self.client is not None
+        total = dict.fromkeys(CLUSTER_COUNTERS, 0)
+        try:
+            for i in range(len(self.endpoints)):
+                cluster = self.client.status(node=i).get("cluster") or {}
+                for name in CLUSTER_COUNTERS:
+                    value = cluster.get(name)
+                    total[name] += value if isinstance(value, int) else 0
+        except MiyaqError:
+            return {}
+        return total
 
     def node_rss(self, peak: bool = False) -> int | None:
         """VmRSS (or VmHWM) of the first node; None with --connect (not ours to read)."""

@@ -54,6 +54,7 @@ class System(Protocol):
     def endpoint(self) -> str: ...
     def start(self) -> None: ...
     def peak_rss(self) -> int | None: ...
+    def counters(self) -> dict[str, int]: ...
     def pids(self) -> dict[str, int]: ...
     def unfinished(self) -> tuple[int, int]: ...
     def check_children(self) -> None: ...
@@ -72,6 +73,7 @@ class PhaseRun:
     dead: int
     unfinished: int
     errors: list[str] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)   # what the phase added to System.counters
 
 
 def role(process: str) -> str:
@@ -151,6 +153,7 @@ def _run_phase(system: System, producer: Producer, pids: dict[str, int], phase: 
     progress = None
     if progress_stream is not None:
         progress = Progress(progress_stream, f"{system.kind}: {phase.name}, {phase.tasks:,} tasks").start()
+    counted = system.counters()
     before = cpu.read(pids)
     try:
         answer, times = producer.load(times_path, max(0.1, deadline - time.monotonic()), mode=phase.mode,
@@ -161,7 +164,9 @@ def _run_phase(system: System, producer: Producer, pids: dict[str, int], phase: 
     errors = list(answer.get("errors", []))
     end, live, dead = _wait_drained(system, deadline, errors)
     used = cpu.between(before, cpu.read(pids))
-    return PhaseRun(phase, tag, answer, times, used, end, dead, live, errors)
+    after = system.counters()
+    added = {k: v - counted.get(k, 0) for k, v in after.items() if v - counted.get(k, 0)}
+    return PhaseRun(phase, tag, answer, times, used, end, dead, live, errors, added)
 
 
 def _wait_drained(system: System, deadline: float, errors: list[str]) -> tuple[float, int, int]:
@@ -220,6 +225,7 @@ def measurement(kind: str, run: PhaseRun, records: Records) -> dict[str, Any]:
         "main_thread_cpu_us_per_task": per_task(run.used.main, matched.completed),
         "wakeups_per_task": per_task(run.used.wakeups, matched.completed, scale=1.0, digits=2),
         "duplicates": duplicates,
+        "cluster_events": run.counters or None,
         "errors": errors,
     }
 

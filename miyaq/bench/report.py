@@ -84,6 +84,7 @@ def summary(result: dict[str, Any]) -> str:
     ]
     lines += _idle_lines(result.get("idle"))
     runs = result.get("runs") or []
+    lines += _cluster_event_lines(runs)
     if len({m["system"] for m in runs}) > 1 or cfg.get("repeat", 1) > 1 or len({m["phase"] for m in runs}) > 1:
         lines += _tables(result)
     if result["errors"]:
@@ -96,6 +97,19 @@ def summary(result: dict[str, Any]) -> str:
 
 def _count(value: int | None) -> str:
     return "n/a" if value is None else f"{value:,}"
+
+
+def _cluster_event_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """A cluster's standby takeovers, stream gaps and refused submits, per
+    run that had any: each takeover is a task started an offset late."""
+    counted = [r for r in runs if r.get("cluster_events")]
+    if not counted:
+        return []
+    lines = ["  cluster events (what the nodes counted during the phase):"]
+    for r in counted:
+        events = ", ".join(f"{k} {v:,}" for k, v in r["cluster_events"].items())
+        lines.append(f"    {r['system']} {r['phase']} (run {r.get('repeat', 0) + 1}): {events}")
+    return lines
 
 
 def _idle_lines(idle: dict[str, list[dict[str, Any]]] | None) -> list[str]:

@@ -32,7 +32,7 @@ from miyaq.errors import InvalidField
 from miyaq.logs import LogLimiter
 from miyaq.protocol.recordspec import Outcome, check_attempt, check_error, check_outcome, task_from_record
 from miyaq.runtime import wall
-from miyaq.store.task import DEAD, READY, RETRYING, SCHEDULED
+from miyaq.store.task import DEAD, READY, RETRYING, SCHEDULED, Task
 
 if TYPE_CHECKING:
     from miyaq.cluster.role import ClusterRole
@@ -213,14 +213,26 @@ class Copies:
         task.holders = tuple(holders)
         state = task.state
         task.state = SCHEDULED
+        senders_offset = role.offset_for(task)      # the rank its record came with (0 in a REPLICATE)
         task.rank = holders.index(role.node_id)
+        not_started = source == "sync" and _not_started(state, task, record)
+        if not_started:
+            # A SYNC answer's copy of a task no holder has started, which this
+            # node lacks: its REPLICATE is most likely still on its way (the
+            # answer came on another connection and overtook it). It is placed
+            # as that REPLICATE would place it -- ready at once on the first
+            # holder -- from its eta without the sender's offset; as a standby
+            # copy of a task under way elsewhere, it would wait an offset, and
+            # a holder after it would take the task over one to three offsets
+            # late (`miyaq bench --cluster 3` runs that started under a resync).
+            task.eta -= senders_offset
         if state == DEAD:
             # Stored as a waiting copy, then dead-lettered: both go to the log like
             # any copy's, so a restart keeps it (the sender drops its own once
             # every new holder confirmed).
             task.standby = True
             task.eta = max(task.eta, now)
-        elif "state" in record:    # a handed-off copy of a task under way elsewhere
+        elif "state" in record and not not_started:    # a handed-off copy of a task under way elsewhere
             task.standby = True
             base = max(task.eta, task.lease_end, now)
             task.eta = base + role.offset_for(task, minimum=1)
@@ -248,3 +260,9 @@ class Copies:
         elif status == "accepted":
             apply_early_event(role, task)    # its runner's STARTED (or DEAD) event came first
         return status == "accepted" or task.id in table.live or task.id in table.dead
+
+
+def _not_started(state: str, task: Task, record: Mapping[str, Any]) -> bool:
+    """True if a transferred copy's record says no holder started its task
+    (as far as its sender knows): waiting or ready, no attempt, no lease."""
+    return state in (SCHEDULED, READY) and not task.attempt and "lessee" not in record and "lease_end" not in record

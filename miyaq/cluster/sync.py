@@ -6,7 +6,11 @@ they both hold (SYNC, in chunks of at most ``RESYNC_CHUNK`` tasks and
 ``max_message`` bytes, with a cursor) plus S's newest tombstones, and
 reconciles its copies: tasks it lacks are installed, copies
 S runs are pushed out past S's lease, and tasks S finished or dead-lettered
-are finished or dead-lettered here. Every record and tombstone of the answer
+are finished or dead-lettered here. A task it lacks that no holder has
+started (by S's record) is placed as its REPLICATE would place it -- the
+answer may have overtaken that REPLICATE, on another connection -- so on
+its first holder it is ready at once; one under way elsewhere becomes a
+standby copy (:meth:`~miyaq.cluster.copies.Copies.install`). Every record and tombstone of the answer
 is checked like a SUBMIT first (:mod:`miyaq.protocol.recordspec`); a bad one
 is refused, counted and skipped.
 A copy S runs becomes a standby copy here whatever its rank: S took it
