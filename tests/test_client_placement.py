@@ -16,6 +16,7 @@ from miyaq.client.submits import Pending
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c
 from miyaq.protocol.ring import DEFAULT_VNODES, Ring
+from test_client_core import FakeTransport
 
 ENDPOINTS = [f"tcp://127.0.0.1:{7450 + i}" for i in range(3)]
 # The client knows the endpoints in another order than the node ids sort:
@@ -23,29 +24,19 @@ ENDPOINTS = [f"tcp://127.0.0.1:{7450 + i}" for i in range(3)]
 MEMBERS = {"n-a": ENDPOINTS[2], "n-b": ENDPOINTS[0], "n-c": ENDPOINTS[1]}
 
 
-class Sent:
+class Sent(FakeTransport):
+    """The core's fake transport (test_client_core), every node connected."""
+
     def __init__(self) -> None:
-        self.frames: list[tuple[int, bytes, dict[str, Any]]] = []
+        super().__init__()
         self.connected = set(range(8))
-        self.new: list[str] = []
-
-    def send(self, node: int, frames: list[bytes]) -> bool:
-        if node not in self.connected:
-            return False
-        self.frames.append((node, frames[1], msgpack.unpackb(frames[2], raw=False)))
-        return True
-
-    def connect(self, endpoint: str) -> None:
-        self.new.append(endpoint)
 
     def reconnect(self, node: int) -> None:
         pass
 
     def submits(self) -> dict[str, int]:
         """Task id -> the node its SUBMIT went to (and forgets them)."""
-        where = {t["id"]: node for node, command, body in self.frames if command == c.SUBMIT for t in body["tasks"]}
-        self.frames = []
-        return where
+        return {t["id"]: node for node, command, body in self.take() if command == c.SUBMIT for t in body["tasks"]}
 
 
 class Waiter:
@@ -69,9 +60,8 @@ def discovered(endpoints: list[str] = ENDPOINTS, **reply: Any) -> tuple[ClientCo
     sent = Sent()
     core = ClientCore(sent, Nodes(list(endpoints)), max_batch=512, ack_timeout=5.0, max_message=1 << 24)
     core.on_timer(0.0)
-    (node, command, body), = sent.frames
+    (node, command, body), = sent.take()
     assert command == c.RING
-    sent.frames = []
     core.on_frames(node, ring_reply(body["req"], **reply), 0.01)
     return core, sent
 

@@ -15,15 +15,14 @@ Plain values, no I/O: the coordinators that hand views out are in
 """
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from miyaq.protocol.ring import DEFAULT_VNODES, Ring
 from miyaq.config import NodeConfig
 from miyaq.errors import ConfigError
+from miyaq.protocol.ring import DEFAULT_VNODES, Ring, check_weight
 
 _NODE_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
 
@@ -35,16 +34,6 @@ def check_node_id(node_id: object) -> str:
             f"invalid node id {node_id!r}: use 1-128 characters from [A-Za-z0-9_.:@-]"
         )
     return node_id
-
-
-def check_weight(weight: object) -> float:
-    """Return ``weight`` as a float if it is a finite number > 0, else raise ``ConfigError``."""
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-        raise ConfigError(f"weight must be a number, got {weight!r}")
-    value = float(weight)
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"weight must be finite and > 0, got {weight!r}")
-    return value
 
 
 def _str_field(data: Mapping[str, Any], name: str, *, optional: bool = False) -> str | None:

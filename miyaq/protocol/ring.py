@@ -46,15 +46,21 @@ def stable_hash(data: bytes | str) -> int:
     return int.from_bytes(_blake2b(data, digest_size=8).digest(), "big")
 
 
-def _check_weight(node_id: object, weight: object) -> float:
+def check_weight(weight: object, name: str = "weight") -> float:
+    """Return ``weight`` as a float if it is a finite number > 0, else raise
+    ``ConfigError`` naming it ``name``."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        raise ConfigError(f"{name} must be a number, got {weight!r}")
+    value = float(weight)
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be finite and > 0, got {weight!r}")
+    return value
+
+
+def _check_member(node_id: object, weight: object) -> float:
     if not isinstance(node_id, str) or not node_id:
         raise ConfigError(f"ring member ids must be non-empty strings, got {node_id!r}")
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-        raise ConfigError(f"weight of {node_id!r} must be a number, got {weight!r}")
-    weight = float(weight)
-    if not math.isfinite(weight) or weight <= 0:
-        raise ConfigError(f"weight of {node_id!r} must be finite and > 0, got {weight!r}")
-    return weight
+    return check_weight(weight, f"weight of {node_id!r}")
 
 
 class Ring:
@@ -69,7 +75,7 @@ class Ring:
             raise ConfigError("ring members must be a mapping of node id to weight")
         if not members:
             raise ConfigError("a ring needs at least one member")
-        weights = {node_id: _check_weight(node_id, w) for node_id, w in members.items()}
+        weights = {node_id: _check_member(node_id, w) for node_id, w in members.items()}
         points: list[tuple[int, str]] = []
         for node_id, weight in weights.items():
             count = max(1, round(weight * vnodes))
