@@ -94,7 +94,9 @@ def test_batches_are_bounded_by_max_batch() -> None:
 
 def test_busy_node_is_retried_with_backoff_on_another_node() -> None:
     """Fault: a BUSY node. The submit goes to the other node after a backoff,
-    marked as a resend; the caller never sees BUSY."""
+    not marked as a resend (a node refuses BUSY before it stores anything:
+    in a cluster a resent task's copies would all ask first, and start an
+    offset late); the caller never sees BUSY."""
     core, transport = make(2)
     p, w = pending("t1")
     core.submit(p)
@@ -109,9 +111,40 @@ def test_busy_node_is_retried_with_backoff_on_another_node() -> None:
     assert due is not None and due > 0.01
     core.on_timer(due)
     (again, _, body), = transport.take()
-    assert again != node and body["tasks"][0]["resent"] is True
+    assert again != node and "resent" not in body["tasks"][0]
     core.on_frames(again, submitted([["t1", "accepted", None]]), due + 0.01)
     assert w.done and w.error is None
+
+
+@pytest.mark.parametrize("first,second,resent", [
+    ("busy", "busy", False),
+    ("unavailable", "busy", False),
+    ("not_enough_replicas", "busy", True),     # some holders may have stored the first try
+    ("shutting_down", "busy", True),           # refused after copies were made (a stopping coordinator)
+    ("timeout", "busy", True),                 # no answer: it may have been stored
+])
+def test_a_retry_is_marked_resent_once_an_earlier_try_may_have_been_stored(first, second, resent) -> None:
+    """Faults, one after the other: the first try is refused with ``first``
+    (or never answered), the second with ``second``; the third try says
+    ``resent`` exactly when one of the earlier tries may have been stored."""
+    core, transport = make(2, ack_timeout=1.0)
+    p, w = pending("t1")
+    core.submit(p)
+    now = 0.0
+    for outcome in (first, second):
+        core.on_timer(now)
+        (node, _, body), = transport.take()
+        if outcome == "timeout":
+            now += 1.01                        # overdue: retried
+        else:
+            core.on_frames(node, submitted([["t1", "rejected", {"code": outcome, "message": "no"}]]), now)
+        core.on_timer(now)
+        due = core.submits.next_due()
+        assert due is not None
+        now = due
+    core.on_timer(now)
+    (_, _, body), = transport.take()
+    assert body["tasks"][0].get("resent", False) is resent
 
 
 def test_busy_until_the_deadline_raises_one_busy_error() -> None:

@@ -14,7 +14,9 @@ Rules (docs/semantics.md):
 - A submit not acknowledged within ``ack_timeout`` is resent with the same id
   (and ``resent: true``), on any node; BUSY, ``shutting_down``,
   ``unavailable`` and ``not_enough_replicas`` are retried with exponential
-  backoff and jitter, on another node when there is one.
+  backoff and jitter, on another node when there is one -- marked
+  ``resent`` only if an earlier try may have been stored
+  (:data:`NOTHING_STORED`).
 - Until any node was reached, a submit waits at most :data:`FIRST_CONTACT`
   for a connection, then fails with the first-contact message.
 - At its deadline a submit fails with one error naming why.
@@ -38,6 +40,12 @@ instead of retrying until ``submit_timeout``. Once any node has been reached,
 an unreachable node is retried (elsewhere, with backoff) until the deadline."""
 CONNECT_RETRY = 0.01
 """Seconds before a submit that found its node unconnected tries again."""
+NOTHING_STORED = frozenset({"busy", "unavailable"})
+"""Codes of a node's refusal that promise the try was stored nowhere: the
+node refused it before it stored or replicated anything (full, its log not
+writable, too many submits being replicated; not coordinating, or no ring).
+A refusal with another code (``shutting_down``, ``not_enough_replicas``)
+may come after some holders stored a copy."""
 TIMEOUT_SCAN = 1000
 """Most acknowledgement deadlines looked at per pass (oldest first)."""
 
@@ -90,7 +98,8 @@ class Pending:
     """One submit between ``submit()`` and its acknowledgement. ``created`` and
     ``deadline`` are on the core's clock (monotonic seconds)."""
 
-    __slots__ = ("wire", "waiter", "created", "deadline", "sent", "tries", "node", "next_try", "last_error")
+    __slots__ = ("wire", "waiter", "created", "deadline", "sent", "tries", "node", "next_try", "last_error",
+                 "maybe_stored")
 
     def __init__(self, wire: dict[str, Any], waiter: Waiter, created: float, deadline: float) -> None:
         self.wire = wire
@@ -102,6 +111,11 @@ class Pending:
         self.node = -1
         self.next_try = 0.0
         self.last_error: MiyaqError | None = None
+        # A try may have been stored somewhere: its acknowledgement never came,
+        # its connection closed, or a node refused it after copies were made
+        # (NOTHING_STORED says which refusals are not). Its resends are marked
+        # ``resent``: in a cluster every copy of a resent task asks first.
+        self.maybe_stored = False
 
 
 class SubmitPipeline:
@@ -168,8 +182,8 @@ class SubmitPipeline:
 
     def _send_chunk(self, node: int, chunk: list[Pending], now: float) -> None:
         for p in chunk:
-            if p.tries and "resent" not in p.wire:
-                p.wire["resent"] = True    # the node may have stored (and run) an earlier try
+            if p.maybe_stored and "resent" not in p.wire:
+                p.wire["resent"] = True    # a node may have stored (and run) an earlier try
         if self._send(node, c.SUBMIT, {"tasks": [p.wire for p in chunk]}):
             late = now + self.ack_timeout
             for p in chunk:
@@ -218,6 +232,7 @@ class SubmitPipeline:
             self.capped.pop(task_id, None)
             self.resends += 1
             p.node = -1
+            p.maybe_stored = True
             self._retry_later(p, now, overdue)
         for task_id, p in list(self.capped.items()):
             if pending.get(task_id) is not p:
@@ -242,6 +257,7 @@ class SubmitPipeline:
             p = self.pending.pop(task_id)
             self.capped.pop(task_id, None)
             self.resends += 1
+            p.maybe_stored = True
             self._retry_later(p, now, error)
         return len(lost)
 
@@ -260,6 +276,8 @@ class SubmitPipeline:
                 err = from_wire(detail if isinstance(detail, dict) else {})
                 if err.retryable:
                     self.busy_replies += 1
+                    if err.code not in NOTHING_STORED:
+                        p.maybe_stored = True
                     self._retry_later(p, now, err)
                 else:
                     self.resolve(p, error=err)
