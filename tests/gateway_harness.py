@@ -17,7 +17,6 @@ from __future__ import annotations
 import http.client
 import json
 import queue
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,14 +29,11 @@ import pytest
 from miyaq.config import NodeConfig
 from miyaq.node.assemble import build_node
 from miyaq.node.node import Node
+from miyaq.testing.ports import free_port
 
 WAIT = 15.0   # generous upper bound for anything to happen; tests never assert durations
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:

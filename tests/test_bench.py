@@ -16,6 +16,7 @@ import pytest
 
 from miyaq.bench.records import RecordWriter, read_records
 from miyaq.bench.stats import percentile, summarize_ms
+from miyaq.testing.ports import free_port
 
 TOP_FIELDS = {"config", "node", "submitted", "accepted", "completed", "enqueue_seconds", "enqueue_rate",
               "drain_seconds", "drain_rate", "latency", "node_peak_rss_bytes", "duplicates", "errors",
@@ -121,10 +122,6 @@ def test_bench_against_a_running_node_via_connect():
         node.wait(10)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_bad_connect_fails_fast_with_a_clear_message():

@@ -16,7 +16,7 @@ import pytest
 from cluster_harness import Cluster
 
 import miyaq
-from miyaq.chaos.ports import restartable_port
+from miyaq.testing.ports import free_port
 from miyaq.testing.harness import wait_for
 from miyaq.testing.zookeeper import ZooKeeperServer
 
@@ -56,7 +56,7 @@ def test_whole_cluster_stop_and_start_keeps_every_accepted_task(procs, own_zk, z
     holders (N=2) have a copy."""
     cluster = Cluster(procs, own_zk.hosts, zk_cluster_name, client_for)
     data = {n: str(tmp_path / f"data-{n}") for n in NODES}
-    ports = {n: restartable_port() for n in NODES}
+    ports = {n: free_port(span=3) for n in NODES}
     _start_nodes(cluster, data, ports)
     c = cluster.client("n0")
     ids = [c.submit("echo", [i], countdown=3600).id for i in range(TASKS)]
@@ -111,7 +111,7 @@ def test_restart_brings_back_no_task_handed_off_and_finished_elsewhere(procs, ow
     restarted node must not bring them back."""
     cluster = Cluster(procs, own_zk.hosts, zk_cluster_name, client_for)
     data = {n: str(tmp_path / f"data-{n}") for n in NODES}
-    ports = {n: restartable_port() for n in NODES}
+    ports = {n: free_port(span=3) for n in NODES}
     extra = ("--replicas", "2", "--fsync", "always", "--result-ttl", "2", "--dedup-window", "2")
     for node_id in ("n0", "n1"):
         cluster.start_node(node_id, *extra, "--data-dir", data[node_id], port=ports[node_id])

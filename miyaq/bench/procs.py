@@ -11,14 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from typing import IO
 
 from . import launch
-from ..testing.harness import port_is_free
+from ..testing import ports
 
 logger = logging.getLogger(__name__)
 
@@ -125,15 +124,8 @@ def _signal(child: Child, sig: int) -> None:
             pass
 
 
-def free_port(span: int = 3, tries: int = 50) -> int:
+def free_port(span: int = 3) -> int:
     """A loopback port p with p .. p+span-1 all free (a node binds port + 1
-    and port + 2 for its peer and replication sockets)."""
-    for _ in range(tries):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if port + span > 65535:
-            continue
-        if all(port_is_free(port + i) for i in range(span)):
-            return port
-    raise OSError(f"no {span} consecutive free loopback ports found in {tries} tries")
+    and port + 2 for its peer and replication sockets; below the ephemeral
+    range: :func:`miyaq.testing.ports.free_port`)."""
+    return ports.free_port(span)

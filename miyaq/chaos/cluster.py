@@ -31,7 +31,7 @@ from .cluster_network import ClusterNetwork
 from .disk import SmallDisks
 from .netns import Loopback
 from .nodespec import NodeSpec
-from .ports import restartable_port
+from ..testing.ports import free_port
 from .zkfaults import RunZooKeeper
 from .procs import Child, miyaq_argv, stop_all
 from .tasks import ENV_DIR
@@ -77,7 +77,7 @@ class LocalCluster(ClusterNetwork):
         self.specs = {}
         for i in range(nodes):
             node_id = f"n{i}"
-            self.specs[node_id] = NodeSpec(node_id, i, self.net.host(i), restartable_port(),
+            self.specs[node_id] = NodeSpec(node_id, i, self.net.host(i), free_port(span=3),
                                            os.path.join(run_dir, "data", node_id), self.net.netns(i))
         self.procs: dict[str, Child] = {}
         self.retired: dict[str, Child] = {}      # nodes replaced by new ones (--rolling)
@@ -257,7 +257,7 @@ class LocalCluster(ClusterNetwork):
         while new_id in self.specs or new_id == old:
             index += 1
             new_id = f"n{index}"
-        self.specs[new_id] = NodeSpec(new_id, spec.index, spec.host, restartable_port(),
+        self.specs[new_id] = NodeSpec(new_id, spec.index, spec.host, free_port(span=3),
                                       os.path.join(self.run_dir, "data", new_id), spec.netns)
         self.retired[old] = self.procs.pop(old)
         self.start_node(new_id)

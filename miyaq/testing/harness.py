@@ -25,28 +25,14 @@ from miyaq.errors import MiyaqError, Timeout
 from miyaq.node.assemble import build_node
 from miyaq.node.node import Node
 from miyaq.runtime import LOG, Supervisor, green, monotonic
+from miyaq.testing import ports
 from miyaq.worker.runner import Worker
 
 
 def free_port() -> int:
-    """A free TCP port on loopback (and the next two, for peer and pub)."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port < 65000 and all(port_is_free(port + i) for i in (1, 2)):
-            return port
-    raise MiyaqError("no free port found")
-
-
-def port_is_free(port: int) -> bool:
-    """True if nothing holds ``port`` on loopback right now."""
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
+    """A free loopback port, and the next two, for a node's peer and pub
+    sockets (:func:`miyaq.testing.ports.free_port`: below the ephemeral range)."""
+    return ports.free_port(span=3)
 
 
 @contextmanager

@@ -28,7 +28,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -38,6 +37,7 @@ from typing import Any, Sequence
 from miyaq.cluster.zk_probe import four_letter_word
 from miyaq.errors import MiyaqError, Timeout
 from miyaq.runtime.clock import monotonic
+from miyaq.testing import ports
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +63,8 @@ _INSTALL_HINT = "install it with: apt-get install -y zookeeper (as root; it brin
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on ``host`` a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A TCP port free on ``host`` (:func:`miyaq.testing.ports.free_port`)."""
+    return ports.free_port(host=host)
 
 
 def find_installation(jar_dir: Path = JAR_DIR, java: str | None = None) -> tuple[str, str]:

@@ -1,0 +1,91 @@
+"""Free loopback ports for the nodes, gateways and ZooKeeper servers that
+tests and tools start: one picker for all of them.
+
+A port the kernel hands out for a bind to port 0 comes from the ephemeral
+range (``/proc/sys/net/ipv4/ip_local_port_range``, 32768-60999 by
+default) -- the range every outgoing connection also takes its source
+port from. Such a port, let go until the server that wants it binds it,
+can meanwhile become the source port of a connection some other test
+opens, and the server fails with "address in use" (a CI run lost a
+gateway test so). So ports are picked at random *below* that range, from
+a slice of its own for each parallel test worker (``PYTEST_XDIST_WORKER``
+of ``PYTEST_XDIST_WORKER_COUNT``), each checked free, and never handed out
+twice by one process within :data:`REMEMBERED` picks. Where there is no
+room below the range, the kernel's choice is taken, as before.
+
+No pytest imports: ``miyaq bench`` and ``miyaq dev-cluster`` use it too.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import random
+import socket
+
+from miyaq.errors import MiyaqError
+
+LOWEST = 10_000
+"""The lowest port picked (below are the well-known and registered services
+a machine is likelier to run)."""
+REMEMBERED = 4096
+"""Ports this process handed out lately; not handed out again meanwhile (a
+test may take several before it binds any)."""
+TRIES = 200
+
+_recent: collections.deque[int] = collections.deque(maxlen=REMEMBERED)
+_random = random.Random()
+
+
+def free_port(span: int = 1, host: str = "127.0.0.1") -> int:
+    """A port p on ``host`` with p .. p+span-1 all free right now, outside
+    the ephemeral range and this worker's recent picks."""
+    low, high = _slice(span)
+    if high > low:
+        for _ in range(TRIES):
+            port = _random.randrange(low, high)
+            if _fresh(port, span) and all(port_is_free(port + i, host) for i in range(span)):
+                _recent.extend(range(port, port + span))
+                return port
+    for _ in range(TRIES):
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            port = probe.getsockname()[1]
+        if port + span <= 65536 and _fresh(port, span) and all(port_is_free(port + i, host) for i in range(span)):
+            _recent.extend(range(port, port + span))
+            return port
+    raise MiyaqError(f"no {span} consecutive free ports found on {host}")
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True if nothing holds ``port`` on ``host`` right now."""
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+def _fresh(port: int, span: int) -> bool:
+    return not any(p in _recent for p in range(port, port + span))
+
+
+def _slice(span: int) -> tuple[int, int]:
+    """[low, high): this worker's slice of the ports below the ephemeral range."""
+    ceiling = _ephemeral_start() - span
+    try:
+        index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+        count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    except ValueError:
+        index, count = 0, 1
+    width = (ceiling - LOWEST) // count
+    low = LOWEST + (index % count) * width
+    return low, low + width
+
+
+def _ephemeral_start() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768

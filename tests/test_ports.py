@@ -1,0 +1,47 @@
+"""The one port picker of tests and tools (miyaq.testing.ports): ports the
+kernel hands out for bind(0) come from the ephemeral range, where any
+outgoing connection may take one before the server that wanted it binds it
+(a CI run lost a gateway test so: "port 60715 is in use")."""
+from __future__ import annotations
+
+import collections
+import socket
+
+import pytest
+
+from miyaq.testing import ports
+
+
+def test_ports_are_picked_below_the_ephemeral_range_free_and_never_twice_in_a_row():
+    start = ports._ephemeral_start()
+    picked = [ports.free_port(span=3) for _ in range(300)]
+    assert all(ports.LOWEST <= p and p + 3 <= start for p in picked)
+    spans = [p + i for p in picked for i in range(3)]
+    assert len(set(spans)) == len(spans)          # no port handed out twice, spans included
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", picked[-1] + 2))     # the whole span was free
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_parallel_test_workers_pick_from_slices_of_their_own(monkeypatch, count):
+    slices = []
+    for index in range(count):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", f"gw{index}")
+        monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", str(count))
+        low, high = ports._slice(3)
+        assert high > low
+        slices.append((low, high))
+        assert all(low <= ports.free_port(span=3) < high for _ in range(20))
+    for (_, high), (low, _) in zip(slices, slices[1:]):
+        assert high <= low
+
+
+def test_a_port_held_by_another_socket_is_not_picked(monkeypatch):
+    """Fault: something already listens where the picker would go."""
+    base = next(p for p in range(21_000, 22_000, 2) if ports.port_is_free(p) and ports.port_is_free(p + 1))
+    monkeypatch.setattr(ports, "_slice", lambda span: (base, base + 2))
+    monkeypatch.setattr(ports, "_recent", collections.deque(maxlen=ports.REMEMBERED))
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", base))
+        held.listen()
+        assert ports.free_port() == base + 1
