@@ -313,8 +313,8 @@ def test_a_bare_relay_stops_on_sigterm_while_it_waits(hub):
     the gevent hub where a plain Python signal handler would not run): it
     exits 0 at once, so the bench never has to kill it."""
     from miyaq.bench.bare_client import RelayProbe
-    from miyaq.bench.procs import free_port
-    endpoint = f"tcp://127.0.0.1:{free_port(1)}"
+    from miyaq.testing.ports import free_port
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     relay = subprocess.Popen([sys.executable, "-m", "miyaq.bench.bare", "relay", "--bind", endpoint]
                              + (["--hub"] if hub else []), stderr=subprocess.PIPE, text=True)
     probe = RelayProbe(endpoint)

@@ -16,9 +16,10 @@ import sys
 import time
 
 from ..errors import MiyaqError, Timeout
+from ..testing.ports import free_port
 from .bare_client import RelayProbe
 from .cpu import rss_bytes
-from .procs import Child, ProcessGroup, free_port
+from .procs import Child, ProcessGroup
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class BareFleet:
         self.probe: RelayProbe | None = None
 
     def start(self) -> None:
-        port = free_port(1)
+        port = free_port()
         self.endpoint = f"tcp://127.0.0.1:{port}"
         bare = [sys.executable, "-m", "miyaq.bench.bare"]
         hub = ["--hub"] if self.hub else []

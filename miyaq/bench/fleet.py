@@ -25,9 +25,10 @@ from typing import Any
 from ..client.client import Client
 from ..errors import ConfigError, MiyaqError, Timeout
 from ..security.keystore import KeyStore
+from ..testing.ports import free_port
 from . import tasks
 from .cpu import rss_bytes
-from .procs import Child, ProcessGroup, free_port
+from .procs import Child, ProcessGroup
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ class Fleet:
         return str(self.zookeeper.hosts)
 
     def _start_node(self, index: int, zk: str | None) -> None:
-        port = free_port()
+        port = free_port(span=3)     # and port + 1, port + 2: the peer and stream sockets
         self.endpoints.append(f"tcp://127.0.0.1:{port}")
         durable = []
         if self.fsync:

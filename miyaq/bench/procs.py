@@ -17,7 +17,6 @@ import time
 from typing import IO
 
 from . import launch
-from ..testing import ports
 
 logger = logging.getLogger(__name__)
 
@@ -122,10 +121,3 @@ def _signal(child: Child, sig: int) -> None:
             child.proc.send_signal(sig)
         except ProcessLookupError:
             pass
-
-
-def free_port(span: int = 3) -> int:
-    """A loopback port p with p .. p+span-1 all free (a node binds port + 1
-    and port + 2 for its peer and replication sockets; below the ephemeral
-    range: :func:`miyaq.testing.ports.free_port`)."""
-    return ports.free_port(span)

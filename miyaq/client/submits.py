@@ -98,8 +98,7 @@ class Pending:
     """One submit between ``submit()`` and its acknowledgement. ``created`` and
     ``deadline`` are on the core's clock (monotonic seconds)."""
 
-    __slots__ = ("wire", "waiter", "created", "deadline", "sent", "tries", "node", "next_try", "last_error",
-                 "maybe_stored")
+    __slots__ = ("wire", "waiter", "created", "deadline", "sent", "tries", "node", "next_try", "last_error")
 
     def __init__(self, wire: dict[str, Any], waiter: Waiter, created: float, deadline: float) -> None:
         self.wire = wire
@@ -111,11 +110,14 @@ class Pending:
         self.node = -1
         self.next_try = 0.0
         self.last_error: MiyaqError | None = None
-        # A try may have been stored somewhere: its acknowledgement never came,
-        # its connection closed, or a node refused it after copies were made
-        # (NOTHING_STORED says which refusals are not). Its resends are marked
-        # ``resent``: in a cluster every copy of a resent task asks first.
-        self.maybe_stored = False
+
+    def may_be_stored(self) -> None:
+        """A try may have been stored somewhere: its acknowledgement never
+        came, its connection closed, or a node refused it after copies were
+        made (:data:`NOTHING_STORED` says which refusals are not). Every
+        later try is marked ``resent``: in a cluster each copy of a resent
+        task asks the other holders before it runs."""
+        self.wire["resent"] = True
 
 
 class SubmitPipeline:
@@ -181,9 +183,6 @@ class SubmitPipeline:
                 self._send_chunk(node, chunk, now)
 
     def _send_chunk(self, node: int, chunk: list[Pending], now: float) -> None:
-        for p in chunk:
-            if p.maybe_stored and "resent" not in p.wire:
-                p.wire["resent"] = True    # a node may have stored (and run) an earlier try
         if self._send(node, c.SUBMIT, {"tasks": [p.wire for p in chunk]}):
             late = now + self.ack_timeout
             for p in chunk:
@@ -232,7 +231,7 @@ class SubmitPipeline:
             self.capped.pop(task_id, None)
             self.resends += 1
             p.node = -1
-            p.maybe_stored = True
+            p.may_be_stored()
             self._retry_later(p, now, overdue)
         for task_id, p in list(self.capped.items()):
             if pending.get(task_id) is not p:
@@ -257,7 +256,7 @@ class SubmitPipeline:
             p = self.pending.pop(task_id)
             self.capped.pop(task_id, None)
             self.resends += 1
-            p.maybe_stored = True
+            p.may_be_stored()
             self._retry_later(p, now, error)
         return len(lost)
 
@@ -277,7 +276,7 @@ class SubmitPipeline:
                 if err.retryable:
                     self.busy_replies += 1
                     if err.code not in NOTHING_STORED:
-                        p.maybe_stored = True
+                        p.may_be_stored()
                     self._retry_later(p, now, err)
                 else:
                     self.resolve(p, error=err)

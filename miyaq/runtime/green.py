@@ -12,8 +12,8 @@ from __future__ import annotations
 import importlib
 import logging
 import signal
-from time import monotonic as _real_monotonic
 from collections import deque
+from time import monotonic as _real_monotonic
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import gevent
