@@ -22,6 +22,7 @@ from ..client.core import ClientCore
 from ..client.nodes import Nodes
 from ..client.submits import Pending, Waiter
 from ..errors import MiyaqError
+from ..runtime import io_threads
 from ..runtime.clock import monotonic
 from ..runtime.sockets import (
     CONNECTION_CLOSED, CONNECTION_READY, SocketFactory, SocketSecurity, monitor_event, redial,
@@ -33,7 +34,8 @@ logger = logging.getLogger(__name__)
 class AsyncDriver:
     def __init__(self, endpoints: list[str], *, max_batch: int, ack_timeout: float, max_message: int,
                  security: SocketSecurity | None = None, endpoints_source: str = "given") -> None:
-        self.factory = SocketFactory(flavour="asyncio", max_message=max_message, security=security)
+        self.factory = SocketFactory(flavour="asyncio", max_message=max_message, security=security,
+                                     io_threads=io_threads.chosen(io_threads.CLIENT_DEFAULT))
         self.nodes = Nodes(endpoints, source=endpoints_source, secure=security is not None)
         self.socks: list[Any] = [self.factory.dealer(ep, immediate=True) for ep in endpoints]
         # One per socket: its connections closing (unacknowledged submits are sent again

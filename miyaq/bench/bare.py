@@ -9,7 +9,10 @@ as miyaq's do: the producer (:mod:`miyaq.bench.agent` with
 :mod:`miyaq.bench.bare_client`), ``python -m miyaq.bench.bare relay`` and W
 ``python -m miyaq.bench.bare worker`` processes. What miyaq costs beyond
 this is what its features and its Python cost; the ratio tells a user how
-close miyaq is to the transport on their machine.
+close miyaq is to the transport on their machine. Its libzmq I/O threads
+keep libzmq's default scheduling (``SCHED_OTHER``), whatever
+``MIYAQ_IO_THREADS`` says for miyaq's processes
+(:mod:`miyaq.runtime.io_threads`): the yardstick stays a bare relay.
 
 Messages (one msgpack array per message, after the ROUTER's routing id):
 
@@ -49,6 +52,7 @@ from typing import Any, Callable
 import msgpack
 
 from ..runtime import green
+from ..runtime.io_threads import NORMAL
 from ..runtime.messages import HubSocket
 from ..runtime.sockets import SocketFactory
 from .records import RecordWriter
@@ -108,7 +112,7 @@ def _ends(sock: Any) -> tuple[Recv, Send]:
 
 def relay(bind: str, hub: bool = False) -> None:
     """Serve one ROUTER until SIGTERM: ack tasks, pass them to workers with credit."""
-    factory = SocketFactory(green=hub)
+    factory = SocketFactory(green=hub, io_threads=NORMAL)
     recv, send = _ends(factory.hub_router(bind) if hub else factory.router(bind))
     pack, unpack = msgpack.Packer(use_bin_type=True).pack, msgpack.unpackb
     queue: deque[list[Any]] = deque()      # tasks waiting for a worker's credit
@@ -146,7 +150,7 @@ def relay(bind: str, hub: bool = False) -> None:
 
 def worker(connect: str, credit: int, records: str | None, hub: bool = False) -> None:
     """Run tasks from the relay one after another until SIGTERM."""
-    factory = SocketFactory(green=hub)
+    factory = SocketFactory(green=hub, io_threads=NORMAL)
     recv, send = _ends(factory.hub_dealer(connect) if hub else factory.dealer(connect))
     pack, unpack = msgpack.Packer(use_bin_type=True).pack, msgpack.unpackb
     writer = RecordWriter(records) if records else None

@@ -15,6 +15,7 @@ from typing import Any
 import msgpack
 
 from ..errors import MiyaqError, Timeout
+from ..runtime.io_threads import NORMAL
 from ..runtime.sockets import SocketFactory, zmq
 
 WINDOW = 10_000
@@ -23,7 +24,7 @@ TASK_NAME = "miyaq.bench.noop"
 
 class BareDriver:
     def __init__(self, endpoint: str, window: int = WINDOW, connect_timeout: float = 30.0) -> None:
-        self.factory = SocketFactory(green=False)
+        self.factory = SocketFactory(green=False, io_threads=NORMAL)
         self.sock = self.factory.dealer(endpoint)
         self.window = window
         self.in_flight = 0
@@ -101,7 +102,7 @@ class RelayProbe:
     """The bench's own connection to a relay, for :meth:`stats`."""
 
     def __init__(self, endpoint: str) -> None:
-        self.factory = SocketFactory(green=False)
+        self.factory = SocketFactory(green=False, io_threads=NORMAL)
         self.sock = self.factory.dealer(endpoint)
         self._pack = msgpack.Packer(use_bin_type=True).pack
 

@@ -48,6 +48,7 @@ class IOLoop:
                  endpoints_source: str = "given") -> None:
         # Imported here: importing the client must not import the runtime (gevent, and
         # through it ssl) before a worker had a chance to monkey-patch.
+        from ..runtime import io_threads
         from ..runtime.messages import has_message
         from ..runtime.sockets import SocketFactory, connection_events
         self._has_message = has_message
@@ -56,7 +57,8 @@ class IOLoop:
         self.zmq = kit.zmq
         self._send = kit.send
         self._recv = kit.recv
-        self.factory = SocketFactory(flavour=kit.flavour, max_message=max_message, security=security)
+        self.factory = SocketFactory(flavour=kit.flavour, max_message=max_message, security=security,
+                                     io_threads=io_threads.chosen(io_threads.CLIENT_DEFAULT))
         self.nodes = Nodes(endpoints, source=endpoints_source, secure=security is not None)
         self.socks: list[Any] = [self.factory.dealer(ep, immediate=True) for ep in endpoints]
         # One per socket: its connections closing (a node that exited may have read

@@ -24,6 +24,7 @@ import importlib
 import zmq
 import zmq.green as green_zmq
 
+from .io_threads import apply as apply_io_policy, chosen as chosen_io_policy
 from .messages import HubPoller, HubSocket
 
 HWM = 100_000
@@ -107,7 +108,12 @@ class SocketFactory:
     """
 
     def __init__(self, *, green: bool = True, flavour: str | None = None, ctx: Any = None,
-                 max_message: int = 16 * 1024 * 1024, security: SocketSecurity | None = None) -> None:
+                 max_message: int = 16 * 1024 * 1024, security: SocketSecurity | None = None,
+                 io_threads: str | None = None) -> None:
+        """``io_threads``: how the kernel schedules the new context's I/O
+        threads (:mod:`miyaq.runtime.io_threads`): ``"batch"`` or
+        ``"normal"``; None reads ``MIYAQ_IO_THREADS`` (``normal`` when unset).
+        A context passed in (``ctx``) is left as it is."""
         if flavour is None:
             flavour = "green" if green else "plain"
         if flavour not in FLAVOURS:
@@ -115,7 +121,13 @@ class SocketFactory:
         self.flavour = flavour
         self.module: ModuleType = importlib.import_module(FLAVOURS[flavour])
         self.green = flavour == "green"
-        self.ctx = ctx if ctx is not None else self.module.Context()
+        #: The policy this factory's context's I/O threads run with (None: a context passed in).
+        self.io_threads: str | None = None
+        if ctx is None:
+            policy = io_threads if io_threads is not None else chosen_io_policy()
+            ctx = self.module.Context()
+            self.io_threads = apply_io_policy(ctx, policy)
+        self.ctx = ctx
         self.max_message = max_message
         self.frame_limit = max_message + FRAME_SLACK
         self.security = security
