@@ -445,3 +445,45 @@ def test_a_client_whose_own_submit_comes_back_connects_again(client_for):
         assert handle.accepted
     finally:
         node.close()
+
+
+def test_a_connection_that_closes_while_a_caller_leads_is_noticed_by_that_caller(client_for):
+    """Fault: a node exits while a caller waits for another node's reply. The
+    leading caller asks the connection monitors only when its poll says one
+    has something (not after every reply); the closed connection must still
+    be noticed at once, by the caller itself, while it goes on waiting."""
+    answering = CountingNode(replies={c.STATUS: {"queues": {}}})
+    exiting = CountingNode()
+    c1 = client_for([answering.endpoint, exiting.endpoint], request_timeout=30.0)
+    io = c1._io
+    handles = [c1.submit("echo", [i]) for i in range(2)]            # one to each node: both connected
+    wait_for(lambda: answering.pump(20) or exiting.pump(20) or (answering.batches and exiting.batches),
+             what="both nodes")
+    answering.ack_all()
+    exiting.ack_all()
+    c1.flush(timeout=10)
+    wait_for(lambda: answering.pump(20) or (io._armed and not io.nodes.down), what="the I/O thread asleep")
+
+    monitor_readers: list[str] = []
+    read_monitor = io._read_monitor
+
+    def recording(node: int, monitor: Any) -> None:
+        if monitor.poll(0):
+            monitor_readers.append(threading.current_thread().name)
+        read_monitor(node, monitor)
+
+    io._read_monitor = recording
+    outcome: list[Any] = []
+    caller = threading.Thread(target=lambda: outcome.append(c1.status(node=0)), name="leading-caller")
+    caller.start()
+    try:
+        wait_for(lambda: answering.sock.poll(0), what="the STATUS request at the node")   # read, not answered
+        exiting.close()
+        wait_for(lambda: io.nodes.down == {1}, what="the closed connection noticed")
+        assert caller.is_alive() and not outcome          # still waiting for its reply
+        assert monitor_readers and set(monitor_readers) == {"leading-caller"}
+        answering.pump(100)
+    finally:
+        caller.join(25)
+        answering.close()
+    assert outcome and outcome[0].get("queues") == {}

@@ -251,13 +251,18 @@ class IOLoop:
                 return True
         return False
 
-    def _read_all(self) -> bool:
-        """Read every socket until it has nothing; True if one still has more."""
+    def _read_all(self, monitors: bool = True) -> bool:
+        """Read every socket until it has nothing; True if one still has more.
+        ``monitors=False`` leaves the connection monitors for later: only
+        for a reader whose OS poll watches their descriptors (a monitor's
+        descriptor stays readable until its commands are processed, and only
+        the reading thread touches a monitor)."""
         more = False
         for i, sock in enumerate(self.socks):
             more = self._read(i, sock) or more
-        for i, monitor in enumerate(self.monitors):
-            self._read_monitor(i, monitor)
+        if monitors:
+            for i, monitor in enumerate(self.monitors):
+                self._read_monitor(i, monitor)
         return more
 
     def _read_monitor(self, node: int, monitor: Any) -> None:

@@ -76,12 +76,15 @@ class ThreadedIOLoop(IOLoop):
         self._lazy_acks = False        # a lone submit left from a caller: its ack may wait unread
         self._hear = False             # a caller waits for a submit: the I/O thread must listen
         self._lead_fds: Any = None     # a leading caller's OS poll
+        self._monitor_fds: set[int] = set()   # the monitors' descriptors in it
 
     def _watch(self, sock: Any, monitor: Any) -> None:
         for fds in (self._fds, self._lead_fds):
             if fds is not None:
                 fds.register(sock.getsockopt(self.zmq.FD), select.POLLIN)
                 fds.register(monitor.getsockopt(self.zmq.FD), select.POLLIN)
+        if self._lead_fds is not None:
+            self._monitor_fds.add(monitor.getsockopt(self.zmq.FD))
         if self._deaf_fds is not None:
             self._deaf_fds.register(monitor.getsockopt(self.zmq.FD), select.POLLIN)
 
@@ -188,9 +191,20 @@ class ThreadedIOLoop(IOLoop):
             for sock in self.socks + self.monitors:
                 fds.register(sock.getsockopt(self.zmq.FD), select.POLLIN)
             fds.register(self._rfd, select.POLLIN)
+            self._monitor_fds = {monitor.getsockopt(self.zmq.FD) for monitor in self.monitors}
         rfd = self._rfd
+        monitor_fds = self._monitor_fds
+        # The monitors are read only when the poll says one has something: a
+        # monitor's descriptor stays readable until its commands are processed,
+        # and only the thread holding the lock touches a monitor, so an event
+        # this leader leaves unread wakes whoever polls next (the I/O thread's
+        # deaf sleep watches the monitors too). Asking them after every reply
+        # was two zero-timeout polls a call.
+        monitors = False
         while not future.done():
-            if self._read_all() or future.done():
+            more = self._read_all(monitors)
+            monitors = False
+            if more or future.done():
                 continue
             if self.inbox or not self._armed:
                 return False       # somebody else needs the client: the I/O thread takes over
@@ -203,6 +217,8 @@ class ThreadedIOLoop(IOLoop):
                 core.on_timer(monotonic())
             elif any(fd == rfd for fd, _ in events):
                 return future.done()
+            else:
+                monitors = any(fd in monitor_fds for fd, _ in events)
         return True
 
     def _readable(self) -> bool:
