@@ -462,6 +462,7 @@ def test_a_connection_that_closes_while_a_caller_leads_is_noticed_by_that_caller
     answering.ack_all()
     exiting.ack_all()
     c1.flush(timeout=10)
+    assert all(h.accepted for h in handles)
     wait_for(lambda: answering.pump(20) or (io._armed and not io.nodes.down), what="the I/O thread asleep")
 
     monitor_readers: list[str] = []
