@@ -463,7 +463,8 @@ def test_a_connection_that_closes_while_a_caller_leads_is_noticed_by_that_caller
     exiting.ack_all()
     c1.flush(timeout=10)
     assert all(h.accepted for h in handles)
-    wait_for(lambda: answering.pump(20) or (io._armed and not io.nodes.down), what="the I/O thread asleep")
+    wait_for(lambda: answering.pump(20) or (io._armed and io.nodes.up == {0, 1} and not io.nodes.down),
+             what="the I/O thread asleep, both connections up")
 
     monitor_readers: list[str] = []
     read_monitor = io._read_monitor
@@ -481,6 +482,7 @@ def test_a_connection_that_closes_while_a_caller_leads_is_noticed_by_that_caller
         wait_for(lambda: answering.sock.poll(0), what="the STATUS request at the node")   # read, not answered
         exiting.close()
         wait_for(lambda: io.nodes.down == {1}, what="the closed connection noticed")
+        assert io.nodes.up == {0}
         assert caller.is_alive() and not outcome          # still waiting for its reply
         assert monitor_readers and set(monitor_readers) == {"leading-caller"}
         answering.pump(100)

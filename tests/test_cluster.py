@@ -64,8 +64,10 @@ def test_a_client_sends_each_task_to_its_first_holder(cluster, client_for):
     it. A task with a key goes by its key."""
     cluster.start(3, "--replicas", "2")
     client = client_for(cluster.nodes["n1"].endpoint, submit_timeout=20.0)
-    wait_for(lambda: client.nodes.placement is not None and len(client.nodes.placement.index) == 3,
-             timeout=20, what="the client placing by the ring")
+    # Connected to all three: a connection whose handshake is not over takes no
+    # message, and a submit meant for it goes to another node (a CI run saw it).
+    wait_for(lambda: client.nodes.placement is not None and len(client.nodes.placement.index) == 3
+             and len(client.nodes.up) == 3, timeout=20, what="the client placing by the ring, connected to all")
     handles = [client.submit("echo", [i], countdown=3600, id=f"placed-{i}") for i in range(30)]
     handles += [client.submit("echo", [i], countdown=3600, key=f"customer-{i}") for i in range(10)]
     client.flush()

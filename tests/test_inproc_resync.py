@@ -177,6 +177,7 @@ def test_a_resync_answer_that_overtakes_a_replicate_leaves_the_first_holder_its_
     tasks started 5-15 s late). Its eta is the sender's without the
     sender's offset."""
     cluster = inproc(3)
+    cluster.advance(cluster[cluster.ids[0]].role.config.replica_offset)   # the ring settled an offset ago
     tid = cluster.task_id()
     first, coordinator, last = cluster.holders(tid)
     worker = cluster.worker(first)
@@ -203,6 +204,7 @@ def test_a_resync_answer_places_a_waiting_copy_at_the_first_holders_own_eta(inpr
     is due when the task is (the sender's eta less its one offset), not a
     standby; the REPLICATE that comes after it changes neither."""
     cluster = inproc(3)
+    cluster.advance(cluster[cluster.ids[0]].role.config.replica_offset)   # the ring settled an offset ago
     tid = cluster.task_id()
     first, coordinator, last = cluster.holders(tid)
     held = cluster.net.hold("REPLICATE", src=coordinator, dst=first)
@@ -219,3 +221,38 @@ def test_a_resync_answer_places_a_waiting_copy_at_the_first_holders_own_eta(inpr
                        what="the REPLICATE delivered")
     assert not cluster[first].task(tid).standby
     assert abs(cluster[first].due_at(tid) - (cluster[coordinator].due_at(tid) - offset)) < 1e-6
+
+
+def test_a_resync_answer_right_after_a_ring_change_brings_a_standby_copy_that_asks_first(inproc):
+    """Fault: the same race just after a ring change. A task made within an
+    offset of the new ring may have been placed by the old one, whose first
+    holder may have started it already without the SYNC's sender knowing (a
+    CI run of the rolling restart saw a task start on two nodes 7 ms apart).
+    So its copy from the SYNC answer is a standby that waits an offset and
+    asks the other holders before it runs. Here nobody had started it: it
+    runs once, on one of the holders."""
+    cluster = inproc(3)
+    offset = cluster[cluster.ids[0]].role.config.replica_offset
+    cluster.advance(offset)
+    tid = cluster.task_id()
+    holders = cluster.holders(tid)
+    first, coordinator, last = holders
+    cluster.publish()                      # a new epoch of the ring: every view changes now
+    workers = {h: cluster.worker(h) for h in holders}
+    held = cluster.net.hold("REPLICATE", src=coordinator, dst=first)
+    cluster.submit(coordinator, tid)
+    cluster.wait_until(lambda: cluster[last].task(tid) is not None, what="the copy on the last holder")
+
+    cluster[first].role.subscriber.resync_all("the test: a gap in the coordinator's stream")
+    cluster.wait_until(lambda: cluster[first].task(tid) is not None, what="the copy the resync brought")
+    copy = cluster[first].task(tid)
+    assert copy.standby and copy.rank == 0
+    assert not any(w.runs(tid) for w in workers.values())
+    held.release()
+    cluster.advance(offset * 2)
+    runner = cluster.wait_until(lambda: next((h for h, w in workers.items() if w.runs(tid)), None),
+                                what="a holder to run the task")
+    workers[runner].complete(tid)
+    cluster.wait_until(lambda: all(cluster[h].state(tid) == DONE for h in holders), what="done everywhere")
+    assert sum(w.times(tid) for w in workers.values()) == 1
+    assert not cluster.crashes()

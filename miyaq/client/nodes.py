@@ -39,6 +39,10 @@ class Nodes:
         # Nodes whose connection closed and is not up again (replaced whole by the
         # I/O context, read by callers' threads: a frozenset, never changed in place).
         self.down: frozenset[int] = frozenset()
+        # Nodes whose connection completed its handshake and has not closed since
+        # (the same rules). A connection not up yet takes no message (ZMQ_IMMEDIATE):
+        # a submit meant for it goes to another node.
+        self.up: frozenset[int] = frozenset()
         # Ring endpoints of nodes reached over a unix socket -> that socket's index.
         self.aliases: dict[str, int] = {}
         self.placement: Placement | None = None    # from the last RING reply (None: round-robin)
@@ -76,8 +80,13 @@ class Nodes:
         if connected:
             if node in self.down:
                 self.down = self.down - {node}
-        elif node not in self.down:
-            self.down = self.down | {node}
+            if node not in self.up:
+                self.up = self.up | {node}
+        else:
+            if node not in self.down:
+                self.down = self.down | {node}
+            if node in self.up:
+                self.up = self.up - {node}
 
     def pick(self, avoid: int = -1) -> int:
         """The next node round-robin, not ``avoid`` when there is another."""

@@ -215,7 +215,8 @@ class Copies:
         task.state = SCHEDULED
         senders_offset = role.offset_for(task)      # the rank its record came with (0 in a REPLICATE)
         task.rank = holders.index(role.node_id)
-        not_started = source == "sync" and _not_started(state, task, record)
+        not_started = (source == "sync" and _not_started(state, task, record)
+                       and task.created >= role.view_since + role.config.replica_offset)
         if not_started:
             # A SYNC answer's copy of a task no holder has started, which this
             # node lacks: its REPLICATE is most likely still on its way (the
@@ -225,6 +226,11 @@ class Copies:
             # copy of a task under way elsewhere, it would wait an offset, and
             # a holder after it would take the task over one to three offsets
             # late (`miyaq bench --cluster 3` runs that started under a resync).
+            # Only for a task made an offset or more after this node took its
+            # view of the ring: one made earlier may have been placed by an
+            # older ring, whose first holder may have started it already
+            # without the sender knowing (a CI run of the rolling restart saw
+            # such a task start on two nodes 7 ms apart, the ring changing).
             task.eta -= senders_offset
         if state == DEAD:
             # Stored as a waiting copy, then dead-lettered: both go to the log like

@@ -64,6 +64,8 @@ class ClusterRole:
         self.supervisor = supervisor
         self.coordinator = coordinator
         self.view: RingView = RingView.empty()
+        #: When this node took its current view (its wall clock; 0: never).
+        self.view_since = 0.0
         self.min_acks = config.min_acks
         self.duplicates_seen = 0
         self.peer = transport.peer_link(self.node_id)
@@ -325,6 +327,8 @@ class ClusterRole:
             if view is None or view.epoch < self.view.epoch:
                 continue
             old, self.view = self.view, view
+            if view.epoch != old.epoch:
+                self.view_since = wall()
             self.publisher.epoch = view.epoch
             members = view.members
             mono = monotonic()
