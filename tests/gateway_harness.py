@@ -23,12 +23,12 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import gevent
 import pytest
 
 from miyaq.config import NodeConfig
 from miyaq.node.assemble import build_node
 from miyaq.node.node import Node
+from miyaq.runtime import green
 from miyaq.testing.ports import free_port
 
 WAIT = 15.0   # generous upper bound for anything to happen; tests never assert durations
@@ -71,13 +71,10 @@ class NodeThread:
         return f"http://127.0.0.1:{self.config.http_port}"
 
     def _run(self) -> None:
-        hub = gevent.get_hub()
         try:
             self.node = build_node(self.config)
-            self._stop_watcher = hub.loop.async_()
-            self._stop_watcher.start(lambda: gevent.spawn(self.node.stop, 0))
-            self._call_watcher = hub.loop.async_()
-            self._call_watcher.start(self._run_calls)
+            self._stop_watcher = green.ThreadWake(lambda: green.Greenlet.spawn(self.node.stop, 0))
+            self._call_watcher = green.ThreadWake(self._run_calls)
             self.node.start()
         except BaseException as exc:
             self._error = exc
@@ -89,7 +86,7 @@ class NodeThread:
         finally:
             self._stop_watcher.close()
             self._call_watcher.close()
-            hub.destroy(destroy_loop=True)
+            green.destroy_hub()
 
     def call(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` (which must not block) in the node's hub and return its
@@ -105,7 +102,7 @@ class NodeThread:
             done.set()
 
         self._calls.put(run)
-        self._call_watcher.send()
+        self._call_watcher.wake()
         if not done.wait(WAIT):
             pytest.fail("node did not run the call")
         if "error" in box:
@@ -118,7 +115,7 @@ class NodeThread:
 
     def stop(self) -> None:
         if self.thread.is_alive() and self._stop_watcher is not None:
-            self._stop_watcher.send()
+            self._stop_watcher.wake()
         self.thread.join(15)
         assert not self.thread.is_alive(), "node thread did not stop"
 

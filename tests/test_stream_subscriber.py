@@ -88,7 +88,6 @@ def test_members_leaving_while_one_of_their_messages_waits_do_not_abort_the_node
 
 _RING_CHANGES_UNDER_LOAD = _MEMBERS + textwrap.dedent("""
     import random
-    import gevent
 
     names = ["a", "b", "c", "d"]
     eps, pubs, heard, sub = members(names)
@@ -100,7 +99,7 @@ _RING_CHANGES_UNDER_LOAD = _MEMBERS + textwrap.dedent("""
                     p.send("me", [["P", "x" * 200]])
             green.sleep(0.001)
 
-    gevent.spawn(publish)
+    green.Greenlet.spawn(publish)
     rng = random.Random(7)
     deadline = time.monotonic() + 20
     changes = 0

@@ -37,13 +37,13 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from kazoo.client import KazooClient
-from kazoo.handlers.gevent import SequentialGeventHandler
 
 from miyaq.cluster.membership import Coordinator
 from miyaq.cluster.ring_view import Member, RingView
 from miyaq.cluster.zk_auth import ZkAuth
 from miyaq.errors import MiyaqError
 from miyaq.runtime import Supervisor, green, monotonic
+from miyaq.runtime.zookeeper import kazoo_handler
 from miyaq.testing.zk_ensemble import ZooKeeperEnsemble
 from miyaq.testing.zookeeper import ZooKeeperServer
 
@@ -162,7 +162,7 @@ def zk_clients() -> Iterator[Callable[..., KazooClient]]:
 
     def connect(hosts: str, auth: ZkAuth | None = None) -> KazooClient:
         options = auth.client_options() if auth is not None else {}
-        client = KazooClient(hosts=hosts, handler=SequentialGeventHandler(), **options)
+        client = KazooClient(hosts=hosts, handler=kazoo_handler(), **options)
         client.start(timeout=10)
         made.append(client)
         return client

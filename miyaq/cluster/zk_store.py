@@ -36,7 +36,6 @@ from kazoo.exceptions import (
     OperationTimeoutError,
     SessionExpiredError,
 )
-from kazoo.handlers.gevent import SequentialGeventHandler
 from kazoo.retry import KazooRetry
 from kazoo.security import make_acl
 
@@ -54,6 +53,7 @@ from miyaq.cluster.zk_layout import (
 )
 from miyaq.errors import ConfigError, Forbidden, Unavailable
 from miyaq.runtime import green, monotonic
+from miyaq.runtime.zookeeper import kazoo_handler
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def check_options(hosts: object, vnodes: object, **timeouts: object) -> None:
 def new_client(hosts: str, session_timeout: float, auth: ZkAuth | None = None) -> KazooClient:
     """A kazoo client on gevent that retries its connection forever, commands 5 times;
     with ``auth``, it authenticates and creates znodes with ``auth``'s ACL."""
-    handler = SequentialGeventHandler()
+    handler = kazoo_handler()
     retry = {"max_tries": -1, "delay": 0.1, "backoff": 2, "max_delay": 1.0, "sleep_func": green.sleep}
     return KazooClient(
         hosts=hosts,

@@ -59,8 +59,8 @@ joinall = gevent.joinall
 __all__ = [
     "AsyncResult", "Event", "FdWait", "call_soon", "getaddrinfo", "Greenlet", "GreenletExit", "HubInbox", "Lock",
     "Pool", "Queue", "QueueEmpty", "SSLContext", "Semaphore", "T", "ThreadPool", "ThreadWake", "Timeout",
-    "WSGIHandler", "WSGIInput", "WSGIServer", "current", "hub_running", "idle", "is_patched", "joinall", "killall",
-    "monkey_patch", "native_lock", "native_thread_ident", "on_signal", "run_in_thread", "sleep",
+    "WSGIHandler", "WSGIInput", "WSGIServer", "current", "destroy_hub", "hub_running", "idle", "is_patched",
+    "joinall", "killall", "monkey_patch", "native_lock", "native_thread_ident", "on_signal", "run_in_thread", "sleep",
     "start_native_thread",
 ]
 
@@ -163,6 +163,12 @@ def on_signal(signum: signal.Signals | int, handler: Callable[[], Any]) -> Any:
     """Call ``handler()`` in the hub when the process gets ``signum`` (must not block:
     spawn through a supervisor for longer work)."""
     return gevent.signal_handler(signum, handler)
+
+
+def destroy_hub() -> None:
+    """Destroy this thread's hub and its event loop: the last step of a native
+    thread that ran a hub of its own (a node in a thread, in tests)."""
+    gevent.get_hub().destroy(destroy_loop=True)
 
 
 class ThreadWake:

@@ -6,10 +6,10 @@ import json
 import os
 import time
 
-import gevent
 
 import miyaq
 from miyaq.errors import Reject, Retry
+from miyaq.runtime import green
 
 app = miyaq.App()
 EVENTS: list[tuple] = []
@@ -76,7 +76,7 @@ def sleep(seconds, touch_every=None):
     record("sleep-start", ctx.id, ctx.attempt, os.getpid())
     end = time.time() + seconds
     while time.time() < end:
-        gevent.sleep(min(0.05, max(0.0, end - time.time())))
+        green.sleep(min(0.05, max(0.0, end - time.time())))
         if touch_every is not None:
             ctx.touch()
     record("sleep-end", ctx.id, ctx.attempt, os.getpid())
