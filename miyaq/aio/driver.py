@@ -35,7 +35,7 @@ class AsyncDriver:
     def __init__(self, endpoints: list[str], *, max_batch: int, ack_timeout: float, max_message: int,
                  security: SocketSecurity | None = None, endpoints_source: str = "given") -> None:
         self.factory = SocketFactory(flavour="asyncio", max_message=max_message, security=security,
-                                     io_threads=io_threads.chosen(io_threads.CLIENT_DEFAULT))
+                                     io_threads=io_threads.for_client())
         self.nodes = Nodes(endpoints, source=endpoints_source, secure=security is not None)
         self.socks: list[Any] = [self.factory.dealer(ep, immediate=True) for ep in endpoints]
         # One per socket: its connections closing (unacknowledged submits are sent again

@@ -58,7 +58,7 @@ class IOLoop:
         self._send = kit.send
         self._recv = kit.recv
         self.factory = SocketFactory(flavour=kit.flavour, max_message=max_message, security=security,
-                                     io_threads=io_threads.chosen(io_threads.CLIENT_DEFAULT))
+                                     io_threads=io_threads.for_client())
         self.nodes = Nodes(endpoints, source=endpoints_source, secure=security is not None)
         self.socks: list[Any] = [self.factory.dealer(ep, immediate=True) for ep in endpoints]
         # One per socket: its connections closing (a node that exited may have read

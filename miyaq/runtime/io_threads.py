@@ -54,6 +54,11 @@ def chosen(default: str = NORMAL, environ: Mapping[str, str] | None = None) -> s
     return value
 
 
+def for_client() -> str:
+    """The policy of a client's context: ``MIYAQ_IO_THREADS``, else :data:`CLIENT_DEFAULT`."""
+    return chosen(CLIENT_DEFAULT)
+
+
 @functools.cache
 def batch_allowed() -> bool:
     """Whether this kernel lets a thread of this process take ``SCHED_BATCH``:

@@ -43,15 +43,13 @@ def free_port(span: int = 1, host: str = "127.0.0.1") -> int:
     if high > low:
         for _ in range(TRIES):
             port = _random.randrange(low, high)
-            if _fresh(port, span) and all(port_is_free(port + i, host) for i in range(span)):
-                _recent.extend(range(port, port + span))
+            if _claim(port, span, host):
                 return port
     for _ in range(TRIES):
         with socket.socket() as probe:
             probe.bind((host, 0))
             port = probe.getsockname()[1]
-        if port + span <= 65536 and _fresh(port, span) and all(port_is_free(port + i, host) for i in range(span)):
-            _recent.extend(range(port, port + span))
+        if port + span <= 65536 and _claim(port, span, host):
             return port
     raise MiyaqError(f"no {span} consecutive free ports found on {host}")
 
@@ -66,8 +64,13 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
             return False
 
 
-def _fresh(port: int, span: int) -> bool:
-    return not any(p in _recent for p in range(port, port + span))
+def _claim(port: int, span: int, host: str) -> bool:
+    """Hand out ``port`` .. ``port+span-1`` if none was handed out lately and all are free."""
+    ports = range(port, port + span)
+    if any(p in _recent for p in ports) or not all(port_is_free(p, host) for p in ports):
+        return False
+    _recent.extend(ports)
+    return True
 
 
 def _slice(span: int) -> tuple[int, int]:
