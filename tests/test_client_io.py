@@ -8,6 +8,7 @@ from typing import Any
 
 import msgpack
 import pytest
+import zmq
 
 import miyaq
 from miyaq.client import core as client_core
@@ -490,3 +491,30 @@ def test_a_connection_that_closes_while_a_caller_leads_is_noticed_by_that_caller
         caller.join(25)
         answering.close()
     assert outcome and outcome[0].get("queues") == {}
+
+
+def test_a_connection_whose_handshake_ends_before_the_client_watches_it_is_counted_up(client_for, monkeypatch):
+    """Fault: the client's thread loses its core between connecting a socket
+    and attaching the socket's connection monitor, and on loopback the
+    handshake is over first. libzmq tells a monitor only what happens after
+    it is attached, so that connection was never counted up (a CI run: a
+    test waiting for all three connections of a cluster waited for ever).
+    The monitor is now attached before the socket connects."""
+    from miyaq.runtime.sockets import SocketFactory
+    node = CountingNode()
+    handshakes = node.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    attach = SocketFactory.connection_monitor
+
+    def attached_late(factory: Any, sock: Any, **kw: Any) -> Any:
+        if sock.getsockopt(zmq.LAST_ENDPOINT):           # connected already: wait out its handshake
+            assert handshakes.poll(10_000), "the node saw no handshake"
+        return attach(factory, sock, **kw)
+
+    monkeypatch.setattr(SocketFactory, "connection_monitor", attached_late)
+    try:
+        c1 = client_for(node.endpoint)
+        wait_for(lambda: c1._io.nodes.up == {0}, timeout=10, what="the connection counted up")
+        assert handshakes.poll(10_000)                      # it did connect, whichever the order
+    finally:
+        handshakes.close()
+        node.close()

@@ -37,10 +37,11 @@ class AsyncDriver:
         self.factory = SocketFactory(flavour="asyncio", max_message=max_message, security=security,
                                      io_threads=io_threads.for_client())
         self.nodes = Nodes(endpoints, source=endpoints_source, secure=security is not None)
-        self.socks: list[Any] = [self.factory.dealer(ep, immediate=True) for ep in endpoints]
-        # One per socket: its connections closing (unacknowledged submits are sent again
-        # at once) and coming up.
-        self.monitors: list[Any] = [self.factory.connection_monitor(sock, ready=True) for sock in self.socks]
+        # Each socket has a monitor: its connections closing (unacknowledged submits
+        # are sent again at once) and coming up.
+        watched = [self.factory.watched_dealer(ep) for ep in endpoints]
+        self.socks: list[Any] = [sock for sock, _ in watched]
+        self.monitors: list[Any] = [monitor for _, monitor in watched]
         self.room = asyncio.Event()
         self.core = ClientCore(self, self.nodes, max_batch=max_batch, ack_timeout=ack_timeout,
                                max_message=max_message, on_resolved=self.room.set)
@@ -66,9 +67,9 @@ class AsyncDriver:
         redial(self.socks[node], self.nodes.endpoints[node])
 
     def connect(self, endpoint: str) -> None:
-        sock = self.factory.dealer(endpoint, immediate=True)
+        sock, monitor = self.factory.watched_dealer(endpoint)
         self.socks.append(sock)
-        self.monitors.append(self.factory.connection_monitor(sock, ready=True))
+        self.monitors.append(monitor)
         if self.loop is not None:
             self._readers += self._readers_of(self.loop, len(self.socks) - 1)
 

@@ -60,10 +60,12 @@ class IOLoop:
         self.factory = SocketFactory(flavour=kit.flavour, max_message=max_message, security=security,
                                      io_threads=io_threads.for_client())
         self.nodes = Nodes(endpoints, source=endpoints_source, secure=security is not None)
-        self.socks: list[Any] = [self.factory.dealer(ep, immediate=True) for ep in endpoints]
-        # One per socket: its connections closing (a node that exited may have read
-        # submits it never acknowledged: they are sent again at once) and coming up.
-        self.monitors: list[Any] = [self.factory.connection_monitor(sock, ready=True) for sock in self.socks]
+        # Each socket has a monitor: its connections closing (a node that exited may
+        # have read submits it never acknowledged: they are sent again at once) and
+        # coming up.
+        watched = [self.factory.watched_dealer(ep) for ep in endpoints]
+        self.socks: list[Any] = [sock for sock, _ in watched]
+        self.monitors: list[Any] = [monitor for _, monitor in watched]
         self.room = kit.event()
         self.room.set()
         self.core = ClientCore(self, self.nodes, max_batch=max_batch, ack_timeout=ack_timeout,
@@ -85,9 +87,8 @@ class IOLoop:
         return True
 
     def connect(self, endpoint: str) -> None:
-        sock = self.factory.dealer(endpoint, immediate=True)
+        sock, monitor = self.factory.watched_dealer(endpoint)
         self.socks.append(sock)
-        monitor = self.factory.connection_monitor(sock, ready=True)
         self.monitors.append(monitor)
         self._watch(sock, monitor)
 

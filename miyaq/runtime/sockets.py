@@ -247,6 +247,17 @@ class SocketFactory:
         :func:`connection_events`."""
         return sock.get_monitor_socket(CONNECTION_CLOSED | (CONNECTION_READY if ready else 0))
 
+    def watched_dealer(self, connect: str) -> tuple[Any, Any]:
+        """A client's DEALER to ``connect`` (``immediate``: nothing queues for a
+        connection that is not up) and its :meth:`connection_monitor` with
+        ``ready``, the monitor attached *before* the socket connects: libzmq
+        reports an event only to a monitor that exists when it happens, and
+        on loopback the handshake can be over before the next line runs."""
+        sock = self.dealer(immediate=True)
+        monitor = self.connection_monitor(sock, ready=True)
+        sock.connect(connect)
+        return sock, monitor
+
     def poller(self) -> Any:
         """A poller of this factory's flavour (green, plain or asyncio)."""
         return self.module.Poller()
