@@ -244,7 +244,10 @@ class SocketFactory:
         (libzmq's socket monitor: ``ZMQ_EVENT_DISCONNECTED``,
         ``ZMQ_EVENT_HANDSHAKE_SUCCEEDED``; nothing per message). It is of
         this factory's flavour and closed with it; read it with
-        :func:`connection_events`."""
+        :func:`connection_events`.
+
+        Attach it before ``sock`` connects (:meth:`watched_dealer`): libzmq
+        reports an event only to a monitor that exists when it happens."""
         return sock.get_monitor_socket(CONNECTION_CLOSED | (CONNECTION_READY if ready else 0))
 
     def watched_dealer(self, connect: str) -> tuple[Any, Any]:

@@ -66,8 +66,9 @@ class NodeLink:
 
     def _open(self) -> None:
         self.close()
-        self.sock = self.factory.hub_dealer(self.endpoint)
-        self.monitor = self.factory.connection_monitor(self.sock.sock)
+        self.sock = self.factory.hub_dealer()
+        self.monitor = self.factory.connection_monitor(self.sock.sock)   # before connecting: see there
+        self.sock.sock.connect(self.endpoint)
         self.answered = False
         self.last_heard = self._opened_at = monotonic()
         self._next_diagnosis = self._opened_at + FIRST_CONTACT
