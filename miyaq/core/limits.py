@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +35,7 @@ from miyaq.constants import MAX_PAUSED, MAX_RATE
 from miyaq.core.engine import Engine
 from miyaq.errors import ConfigError, InvalidField
 from miyaq.runtime import LOG, Supervisor, wall
+from miyaq.store.tally import Tally
 from miyaq.store.task import RUNNING, WEBHOOK_LANE_PREFIX
 
 logger = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class QueueLimits:
         self.nodes = 1
         self.active = False
         self.wake_at: float | None = None
-        self.throttled: Counter[str] = Counter()   # times a queue was skipped (metrics)
+        self.throttled: Tally[str] = Tally()   # times a queue was skipped (metrics)
         self._buckets: dict[str, _Bucket] = {}
         self._lane_queue: dict[str, str] = {}
         self._timer: Any = None

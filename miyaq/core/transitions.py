@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections import Counter
 from typing import Callable
 
 from miyaq.config import NodeConfig
 from miyaq.core.listener import EngineListener
 from miyaq.store.ready import ReadyQueues
 from miyaq.store.table import TaskTable, Tombstone
+from miyaq.store.tally import Tally
 from miyaq.store.task import ALL_STATES, DEAD, READY, Task
 from miyaq.store.timers import TimerHeap
 
@@ -45,15 +45,16 @@ class Transitions:
         self.listeners: list[EngineListener] = []
         self.accepting = True
         self.admission: list[Callable[[], None]] = []    # each may raise to refuse a new task (a full disk)
-        self.counts: dict[str, Counter[str]] = {}        # queue -> state -> live count
-        self.outcomes: Counter[tuple[str, str]] = Counter()  # (queue, outcome) -> total
+        # Tallies, not Counters: a count moves with every state move (miyaq.store.tally).
+        self.counts: dict[str, Tally[str]] = {}          # queue -> state -> live count
+        self.outcomes: Tally[tuple[str, str]] = Tally()  # (queue, outcome) -> total
         self.not_leased = 0      # reports ignored: the task was not leased to whoever reported
 
     # -- moves -----------------------------------------------------------------
-    def _count(self, queue: str) -> Counter[str]:
+    def _count(self, queue: str) -> Tally[str]:
         counts = self.counts.get(queue)
         if counts is None:
-            counts = self.counts[queue] = Counter({s: 0 for s in ALL_STATES})
+            counts = self.counts[queue] = Tally({s: 0 for s in ALL_STATES})
         return counts
 
     def _move(self, task: Task, state: str) -> None:

@@ -17,7 +17,6 @@ without closing it go away too.
 """
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any, Callable, NamedTuple
 
 from miyaq import constants
@@ -26,6 +25,7 @@ from miyaq.core.dispatcher import Dispatcher
 from miyaq.core.listener import EngineListener
 from miyaq.errors import Busy
 from miyaq.store.table import Tombstone
+from miyaq.store.tally import Tally
 from miyaq.store.task import Task
 
 Answer = Callable[[dict[str, Any] | None], Any]
@@ -69,8 +69,8 @@ class Waiters(EngineListener):
         self.results: dict[str, list[_Wait]] = {}
         self.pulls: list[PullConsumer] = []
         self.count = 0
-        self.by_connection: Counter[bytes] = Counter()
-        self.by_key: Counter[str] = Counter()
+        self.by_connection: Tally[bytes] = Tally()
+        self.by_key: Tally[str] = Tally()
         self.released = 0          # waits freed because their connection went away
         self.probes = 0            # connections probed
         self._next_probe = 0.0
