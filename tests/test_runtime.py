@@ -151,23 +151,26 @@ def _pair(factory: SocketFactory) -> tuple[object, object]:
     return router, dealer
 
 
-def test_bounded_reader_keeps_a_message_within_its_limits() -> None:
+@pytest.mark.parametrize("how", [{}, {"with_user": False, "routed": True}], ids=["as-frames", "routed"])
+def test_bounded_reader_keeps_a_message_within_its_limits(how: dict) -> None:
     factory = SocketFactory(green=True, max_message=1024)
     try:
         router, dealer = _pair(factory)
         dealer.send_multipart([b"MQ1", b"STATUS", b"x" * 1000])
         with green.Timeout(5):
-            frames, user = recv_bounded(router, 4, factory.frame_limit)
+            frames, user = recv_bounded(router, 4, factory.frame_limit, **how)
         assert frames == [b"w1", b"MQ1", b"STATUS", b"x" * 1000] and user is None
         with pytest.raises(zmq.Again):
-            recv_bounded(router, 4, factory.frame_limit, zmq.NOBLOCK)
+            recv_bounded(router, 4, factory.frame_limit, zmq.NOBLOCK, **how)
     finally:
         factory.close()
 
 
-def test_bounded_reader_drains_a_message_with_too_many_frames_and_reads_the_next() -> None:
+@pytest.mark.parametrize("how", [{}, {"with_user": False, "routed": True}], ids=["as-frames", "routed"])
+def test_bounded_reader_drains_a_message_with_too_many_frames_and_reads_the_next(how: dict) -> None:
     """Fault: a message of 50 frames where the protocol has 3. Refused with
-    its routing id and its real size; the next message reads whole."""
+    its routing id and its real size; the next message reads whole. A
+    ROUTER's routing id read as bytes (``routed``) ends in the same place."""
     factory = SocketFactory(green=True, max_message=1024)
     try:
         router, dealer = _pair(factory)
@@ -175,15 +178,16 @@ def test_bounded_reader_drains_a_message_with_too_many_frames_and_reads_the_next
         dealer.send_multipart([b"MQ1", b"STATUS", b"{}"])
         with green.Timeout(5):
             with pytest.raises(MessageRefused) as info:
-                recv_bounded(router, 4, factory.frame_limit)
+                recv_bounded(router, 4, factory.frame_limit, **how)
             assert (info.value.head, info.value.reason, info.value.frames) == (b"w1", "frames", 51)
-            frames, _ = recv_bounded(router, 4, factory.frame_limit)
+            frames, _ = recv_bounded(router, 4, factory.frame_limit, **how)
         assert frames == [b"w1", b"MQ1", b"STATUS", b"{}"]
     finally:
         factory.close()
 
 
-def test_bounded_reader_refuses_a_message_over_its_byte_limit_made_of_small_frames() -> None:
+@pytest.mark.parametrize("how", [{}, {"with_user": False, "routed": True}], ids=["as-frames", "routed"])
+def test_bounded_reader_refuses_a_message_over_its_byte_limit_made_of_small_frames(how: dict) -> None:
     """Fault: three frames, each under the per-frame limit, that together
     exceed the message limit. Refused as too many bytes; the next reads whole."""
     factory = SocketFactory(green=True, max_message=1024)
@@ -193,9 +197,9 @@ def test_bounded_reader_refuses_a_message_over_its_byte_limit_made_of_small_fram
         dealer.send_multipart([b"ok"])
         with green.Timeout(5):
             with pytest.raises(MessageRefused) as info:
-                recv_bounded(router, 4, factory.frame_limit)
+                recv_bounded(router, 4, factory.frame_limit, **how)
             assert info.value.reason == "bytes" and info.value.size == 2 + 6000
-            assert recv_bounded(router, 4, factory.frame_limit)[0] == [b"w1", b"ok"]
+            assert recv_bounded(router, 4, factory.frame_limit, **how)[0] == [b"w1", b"ok"]
     finally:
         factory.close()
 
@@ -387,3 +391,21 @@ def test_a_serving_node_freezes_its_heap_once_it_has_started(monkeypatch: pytest
     monkeypatch.setattr(heap, "freeze_startup_heap", lambda: calls.append("freeze") or 1)
     node_module.Node.serve_forever(FakeNode())  # type: ignore[arg-type]
     assert calls == ["start", "freeze", "wait"]
+
+
+def test_a_routers_reader_keeps_each_message_whole_when_messages_are_one_frame() -> None:
+    """Fault: producers send messages of a single frame (the protocol has
+    three). A ROUTER's reader that takes the routing id as bytes, trusting
+    that it always has more after it, must still end each message at its
+    last frame: every message comes back as its routing id and its one
+    frame, none mixed with the next."""
+    factory = SocketFactory(green=True, max_message=1024)
+    try:
+        router, dealer = _pair(factory)
+        for i in range(5):
+            dealer.send(b"only-%d" % i)
+        with green.Timeout(5):
+            got = [recv_bounded(router, 4, factory.frame_limit, with_user=False, routed=True)[0] for _ in range(5)]
+        assert got == [[b"w1", b"only-%d" % i] for i in range(5)]
+    finally:
+        factory.close()

@@ -108,7 +108,7 @@ class MessageRefused(Exception):
 
 
 def recv_bounded(sock: Any, max_frames: int, max_bytes: int, flags: int = 0,
-                 with_user: bool = True) -> tuple[list[bytes], str | None]:
+                 with_user: bool = True, routed: bool = False) -> tuple[list[bytes], str | None]:
     """One multipart message and the User-Id its connection authenticated as
     (None without CURVE, or when ``with_user`` is false: asking costs an
     exception per message on a socket without CURVE), keeping at most
@@ -121,22 +121,32 @@ def recv_bounded(sock: Any, max_frames: int, max_bytes: int, flags: int = 0,
     next read starts at the next message. Raises like ``recv`` (``zmq.Again``
     with NOBLOCK when no message waits).
 
+    ``routed``: ``sock`` is a ROUTER, whose first frame (the routing id
+    libzmq puts before every message) always has more after it, so it is
+    read as bytes unless its User-Id is wanted: pyzmq makes a ``zmq.Frame``
+    for every frame read without copying, about 3,000 instructions made and
+    freed (docs/performance.md, "What a frame costs").
+
     libzmq delivers a multipart message only once all of it has arrived, and
     bounds only each frame (``MAXMSGSIZE``): this reader bounds what the
     process keeps of it, not what libzmq buffered while it came in."""
-    first = sock.recv(flags, copy=False)
     user: str | None = None
-    if with_user:
-        try:
-            user = first.get("User-Id")
-        except zmq.ZMQError:
-            user = None
-    head = first.bytes
+    if routed and not with_user:
+        head = sock.recv(flags)
+        more = True
+    else:
+        first = sock.recv(flags, copy=False)
+        if with_user:
+            try:
+                user = first.get("User-Id")
+            except zmq.ZMQError:
+                user = None
+        head = first.bytes
+        more = first.more
     frames = [head]
     size = len(head)
     count = 1
     refused = ""
-    more = first.more
     while more:
         part = sock.recv(0, copy=False)     # the rest of the message is here already: never waits
         more = part.more
@@ -178,8 +188,10 @@ class HubSocket:
     * not thread-safe, like every ZeroMQ socket: the hub's thread only.
     """
 
-    def __init__(self, sock: Any, users: bool = False, limits: tuple[int, int] | None = None) -> None:
+    def __init__(self, sock: Any, users: bool = False, limits: tuple[int, int] | None = None,
+                 routed: bool = False) -> None:
         self.sock = sock
+        self._routed = routed       # a ROUTER: its first frame, the routing id, always has more
         self._fd = green.FdWait(sock.getsockopt(zmq.FD))
         self._share = green.FairShare()
         self._users = users
@@ -243,7 +255,8 @@ class HubSocket:
 
     def _take_bounded(self) -> Message:
         assert self._limits is not None
-        return recv_bounded(self.sock, self._limits[0], self._limits[1], zmq.NOBLOCK, with_user=self._users)
+        return recv_bounded(self.sock, self._limits[0], self._limits[1], zmq.NOBLOCK, with_user=self._users,
+                            routed=self._routed)
 
     def bind(self, endpoint: str) -> None:
         """Listen on one more endpoint (a unix socket besides the TCP port):

@@ -166,7 +166,8 @@ class SocketFactory:
         ``max_frames``: messages are read with :func:`recv_bounded`, at most
         that many frames and :attr:`frame_limit` bytes."""
         limits = (max_frames, self.frame_limit) if max_frames is not None else None
-        return HubSocket(self.router(bind, audience, plain=True, heartbeat_ms=heartbeat_ms), users, limits)
+        return HubSocket(self.router(bind, audience, plain=True, heartbeat_ms=heartbeat_ms), users, limits,
+                         routed=True)
 
     def publisher(self, bind: str, *, plain: bool = False) -> Any:
         """A bound PUB (the replication stream). It drops at its high-water mark;
