@@ -69,10 +69,11 @@ def recv_frames(sock: Any, flags: int = 0) -> list[bytes]:
     in C), so each frame is read that way and copied out. libzmq delivers a
     multipart message whole: with ``NOBLOCK``, ``zmq.Again`` (nothing waits)
     can only come from the first frame."""
-    frame = sock.recv(flags, copy=False)
+    recv = sock.recv        # looked up once: pyzmq's sockets have a __getattr__, which slows every lookup
+    frame = recv(flags, copy=False)
     frames = [frame.bytes]
     while frame.more:
-        frame = sock.recv(flags, copy=False)
+        frame = recv(flags, copy=False)
         frames.append(frame.bytes)
     return frames
 
@@ -131,11 +132,12 @@ def recv_bounded(sock: Any, max_frames: int, max_bytes: int, flags: int = 0,
     bounds only each frame (``MAXMSGSIZE``): this reader bounds what the
     process keeps of it, not what libzmq buffered while it came in."""
     user: str | None = None
+    recv = sock.recv        # looked up once (see recv_frames)
     if routed and not with_user:
-        head = sock.recv(flags)
+        head = recv(flags)
         more = True
     else:
-        first = sock.recv(flags, copy=False)
+        first = recv(flags, copy=False)
         if with_user:
             try:
                 user = first.get("User-Id")
@@ -148,7 +150,7 @@ def recv_bounded(sock: Any, max_frames: int, max_bytes: int, flags: int = 0,
     count = 1
     refused = ""
     while more:
-        part = sock.recv(0, copy=False)     # the rest of the message is here already: never waits
+        part = recv(0, copy=False)          # the rest of the message is here already: never waits
         more = part.more
         count += 1
         size += len(part)
