@@ -39,7 +39,7 @@ class AsyncDriver:
         self.nodes = Nodes(endpoints, source=endpoints_source, secure=security is not None)
         # Each socket has a monitor: its connections closing (unacknowledged submits
         # are sent again at once) and coming up.
-        watched = [self.factory.watched_dealer(ep) for ep in endpoints]
+        watched = [self.factory.watched_dealer(ep, ready=True, immediate=True) for ep in endpoints]
         self.socks: list[Any] = [sock for sock, _ in watched]
         self.monitors: list[Any] = [monitor for _, monitor in watched]
         self.room = asyncio.Event()
@@ -67,7 +67,7 @@ class AsyncDriver:
         redial(self.socks[node], self.nodes.endpoints[node])
 
     def connect(self, endpoint: str) -> None:
-        sock, monitor = self.factory.watched_dealer(endpoint)
+        sock, monitor = self.factory.watched_dealer(endpoint, ready=True, immediate=True)
         self.socks.append(sock)
         self.monitors.append(monitor)
         if self.loop is not None:

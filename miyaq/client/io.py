@@ -63,7 +63,7 @@ class IOLoop:
         # Each socket has a monitor: its connections closing (a node that exited may
         # have read submits it never acknowledged: they are sent again at once) and
         # coming up.
-        watched = [self.factory.watched_dealer(ep) for ep in endpoints]
+        watched = [self.factory.watched_dealer(ep, ready=True, immediate=True) for ep in endpoints]
         self.socks: list[Any] = [sock for sock, _ in watched]
         self.monitors: list[Any] = [monitor for _, monitor in watched]
         self.room = kit.event()
@@ -87,7 +87,7 @@ class IOLoop:
         return True
 
     def connect(self, endpoint: str) -> None:
-        sock, monitor = self.factory.watched_dealer(endpoint)
+        sock, monitor = self.factory.watched_dealer(endpoint, ready=True, immediate=True)
         self.socks.append(sock)
         self.monitors.append(monitor)
         self._watch(sock, monitor)

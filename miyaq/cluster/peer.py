@@ -96,9 +96,8 @@ class PeerEndpoint(PeerRequests):
             if node_id == self.node_id or node_id in self.dealers:
                 continue
             # IMMEDIATE: never queue for a peer that is not there.
-            sock = self.sockets.dealer(immediate=True, reconnect_ms=PEER_RECONNECT_MS, bounded=True, plain=True)
-            monitor = self.sockets.connection_monitor(sock)      # before connecting: see there
-            sock.connect(endpoint)
+            sock, monitor = self.sockets.watched_dealer(endpoint, ready=False, immediate=True,
+                                                        reconnect_ms=PEER_RECONNECT_MS, bounded=True, plain=True)
             self.dealers[node_id] = sock
             self.endpoints[node_id] = endpoint
             self._poller.register(sock, zmq.POLLIN)

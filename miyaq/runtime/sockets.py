@@ -251,14 +251,14 @@ class SocketFactory:
         reports an event only to a monitor that exists when it happens."""
         return sock.get_monitor_socket(CONNECTION_CLOSED | (CONNECTION_READY if ready else 0))
 
-    def watched_dealer(self, connect: str) -> tuple[Any, Any]:
-        """A client's DEALER to ``connect`` (``immediate``: nothing queues for a
-        connection that is not up) and its :meth:`connection_monitor` with
-        ``ready``, the monitor attached *before* the socket connects: libzmq
-        reports an event only to a monitor that exists when it happens, and
-        on loopback the handshake can be over before the next line runs."""
-        sock = self.dealer(immediate=True)
-        monitor = self.connection_monitor(sock, ready=True)
+    def watched_dealer(self, connect: str, *, ready: bool, **options: Any) -> tuple[Any, Any]:
+        """A DEALER connected to ``connect`` (``options`` as for :meth:`dealer`)
+        and its :meth:`connection_monitor` (``ready`` as there), the monitor
+        attached *before* the socket connects: libzmq reports an event only
+        to a monitor that exists when it happens, and on loopback the
+        handshake can be over before the next line runs."""
+        sock = self.dealer(**options)
+        monitor = self.connection_monitor(sock, ready=ready)
         sock.connect(connect)
         return sock, monitor
 

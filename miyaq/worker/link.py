@@ -31,6 +31,7 @@ from ..protocol import codec
 from ..protocol import commands as c
 from ..protocol.reach import explain, unreachable
 from ..runtime import green, monotonic
+from ..runtime.messages import HubSocket
 from ..runtime.sockets import CONNECTION_CLOSED, SocketFactory, monitor_event, zmq
 from .config import FIRST_CONTACT, FIRST_CONTACT_REPEAT_MAX, LIVENESS, MAX_INBOUND_MESSAGE, PROBE_TIMEOUT, RECV_BURST
 from .outbox import Outbox
@@ -66,9 +67,8 @@ class NodeLink:
 
     def _open(self) -> None:
         self.close()
-        self.sock = self.factory.hub_dealer()
-        self.monitor = self.factory.connection_monitor(self.sock.sock)   # before connecting: see there
-        self.sock.sock.connect(self.endpoint)
+        sock, self.monitor = self.factory.watched_dealer(self.endpoint, ready=False, plain=True)
+        self.sock = HubSocket(sock)
         self.answered = False
         self.last_heard = self._opened_at = monotonic()
         self._next_diagnosis = self._opened_at + FIRST_CONTACT
