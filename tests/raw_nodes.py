@@ -3,6 +3,7 @@ message by message (what a real node would never do: hold acknowledgements,
 exit right after reading)."""
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import msgpack
@@ -62,3 +63,42 @@ class CountingNode:
         """Close the socket (``linger_ms``: how long what it still has to send may take to leave)."""
         self.sock.close(linger=linger_ms)
         self.ctx.term()
+
+
+class NodesPlayer(threading.Thread):
+    """Plays :class:`CountingNode` s in a thread of their own until stopped
+    (the gevent and asyncio clients run only while the test's thread
+    waits): answers every request, and acknowledges every submit once
+    ``tasks`` tasks were read and each command in ``asked`` was asked of
+    some node. What goes wrong is kept in :attr:`problems`."""
+
+    def __init__(self, nodes: list[CountingNode], tasks: int, asked: tuple[bytes, ...] = ()) -> None:
+        super().__init__(name="nodes-player", daemon=True)
+        self.nodes, self.tasks, self.wanted = nodes, tasks, asked
+        self.acked = False
+        self.problems: list[BaseException] = []
+        self._stop_playing = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self._stop_playing.is_set():
+                for node in self.nodes:
+                    node.pump(10)
+                read = sum(len(ids) for node in self.nodes for _, ids in node.batches)
+                asked = {command for node in self.nodes for command in node.asked}
+                if not self.acked and read >= self.tasks and set(self.wanted) <= asked:
+                    for node in self.nodes:
+                        node.ack_all()
+                    self.acked = True
+        except BaseException as exc:   # reported by the test
+            self.problems.append(exc)
+
+    def __enter__(self) -> "NodesPlayer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop_playing.set()
+        self.join(10)
+        for node in self.nodes:
+            node.close()

@@ -11,9 +11,10 @@ import pytest
 import miyaq
 import miyaq.aio
 from apps import basic
+from miyaq.protocol import commands as c
 from miyaq.security.keystore import KeyStore
 from miyaq.testing.harness import ThreadNode, free_port, refusing_port, wait_for
-from raw_nodes import CountingNode
+from raw_nodes import CountingNode, NodesPlayer
 
 
 def run(main: Callable[[], Awaitable[Any]], limit: float = 60.0) -> Any:
@@ -283,3 +284,32 @@ def test_a_connection_that_loops_back_to_the_client_is_made_again():
         assert run(main)
     finally:
         node.close()
+
+
+def test_a_ring_naming_an_endpoint_libzmq_refuses_leaves_the_client_working(caplog):
+    """Fault: a buggy or hostile node answers RING with a member whose
+    service endpoint libzmq refuses to dial (``"tcp://no port here"``). The
+    asyncio client logs it, dials the member it can, and goes on (before,
+    the refusal raised in its reader and no later submit was answered)."""
+    other = CountingNode()
+    ring = {"epoch": 1, "members": {"n9": {"service": "tcp://no port here"}, "n1": {"service": other.endpoint}}}
+    asked = CountingNode(replies={c.RING: ring})
+
+    async def main() -> list[str]:
+        async with miyaq.aio.Client(asked.endpoint, submit_timeout=20.0) as client:
+            handles = [await client.submit("echo", [i]) for i in range(4)]
+            await client.flush(timeout=20)
+            assert all(h.accepted for h in handles)
+            return list(client._io.nodes.endpoints)
+
+    with NodesPlayer([asked, other], tasks=4, asked=(c.RING,)) as player:
+        endpoints = run(main, limit=40)
+        assert not player.problems, player.problems
+    assert endpoints == [asked.endpoint, other.endpoint]
+    assert any("tcp://no port here" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+
+
+def test_a_client_given_an_endpoint_libzmq_refuses_says_which():
+    """Fault: a user passes something that is not an endpoint: a ConfigError names it."""
+    with pytest.raises(miyaq.ConfigError, match=r"cannot connect to 'ipc://'"):
+        miyaq.aio.Client(["tcp://127.0.0.1:1", "ipc://"])

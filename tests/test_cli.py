@@ -176,3 +176,15 @@ def test_no_node_running_is_a_clear_error_not_a_hang():
     assert done.returncode == 2
     assert done.stderr.startswith(f"miyaq: error: cannot reach any node: nothing is listening on {endpoint}")
     assert done.stdout == ""
+
+
+@pytest.mark.parametrize("command", [["status"], ["worker", "apps.basic"]])
+def test_a_connect_that_is_not_an_endpoint_is_a_clear_error(command):
+    """Fault: ``--connect`` is given something libzmq refuses to dial (a
+    host without a port). The command exits 2 naming it and the form an
+    endpoint takes, not with libzmq's bare traceback."""
+    done = miyaq(*command, "--connect", "tcp://127.0.0.1")
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.strip().splitlines()[-1] == (
+        "miyaq: error: cannot connect to 'tcp://127.0.0.1': Invalid argument (an endpoint looks like "
+        "tcp://host:port or ipc:///path)")

@@ -31,8 +31,9 @@ class FakeTransport:
         self.sent.append((node, frames[1], msgpack.unpackb(frames[2], raw=False)))
         return True
 
-    def connect(self, endpoint: str) -> None:
+    def connect(self, endpoint: str) -> bool:
         self.new.append(endpoint)
+        return True
 
     def take(self) -> list[tuple[int, bytes, dict[str, Any]]]:
         sent, self.sent = self.sent, []

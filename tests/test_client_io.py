@@ -16,7 +16,7 @@ from miyaq.client import short_path as client_io
 from miyaq.protocol import commands as c
 from miyaq.runtime.clock import monotonic
 from miyaq.testing.harness import wait_for
-from raw_nodes import CountingNode
+from raw_nodes import CountingNode, NodesPlayer
 
 
 def test_a_lone_submit_leaves_from_the_callers_thread(client):
@@ -518,3 +518,34 @@ def test_a_connection_whose_handshake_ends_before_the_client_watches_it_is_count
     finally:
         handshakes.close()
         node.close()
+
+
+@pytest.mark.parametrize("green", [False, True], ids=["threads", "gevent"])
+def test_a_ring_naming_an_endpoint_libzmq_refuses_leaves_the_client_working(client_for, green, caplog):
+    """Fault: a buggy or hostile node answers RING with a member whose
+    service endpoint libzmq refuses to dial (``"tcp://no port here"``).
+    The client logs it once, dials the member it can, and goes on; before,
+    the refusal raised inside the client's I/O loop, which ended, and every
+    later submit timed out."""
+    other = CountingNode()
+    ring = {"epoch": 1, "members": {"n9": {"service": "tcp://no port here"}, "n1": {"service": other.endpoint}}}
+    asked = CountingNode(replies={c.RING: ring})
+    with NodesPlayer([asked, other], tasks=4, asked=(c.RING,)) as player:
+        c1 = client_for(asked.endpoint, submit_timeout=20.0, green=green)
+        handles = [c1.submit("echo", [i]) for i in range(4)]
+        c1.flush(timeout=20)
+        assert not player.problems, player.problems
+        assert all(h.accepted for h in handles)
+        assert c1._io.endpoints == [asked.endpoint, other.endpoint]
+        assert c1._io.nodes.refused == {"tcp://no port here"}
+    refusals = [r for r in caplog.records if "tcp://no port here" in r.getMessage()]
+    assert len(refusals) == 1 and refusals[0].levelname == "WARNING"
+    assert "not dialling a node the ring names" in refusals[0].getMessage()
+
+
+def test_a_client_given_an_endpoint_libzmq_refuses_says_which():
+    """Fault: a user passes something that is not an endpoint. The client
+    refuses at construction with a ConfigError naming it (not libzmq's bare
+    "Invalid argument"), and leaves no socket open."""
+    with pytest.raises(miyaq.ConfigError, match=r"cannot connect to 'tcp://localhost'.*tcp://host:port"):
+        miyaq.Client(["tcp://127.0.0.1:1", "tcp://localhost"])

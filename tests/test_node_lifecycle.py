@@ -22,6 +22,7 @@ from miyaq.cluster import peer as peer_module
 from miyaq.cluster.peer import PeerEndpoint
 from miyaq.cluster.ring_view import local_member
 from miyaq.cluster.role import ClusterRole
+from miyaq.cluster.stream import ZmqStreamSubscriber
 from miyaq.cluster.standalone import StandaloneRole
 from miyaq.config import NodeConfig
 from miyaq.core.consumers import Consumer
@@ -322,6 +323,43 @@ def test_a_peer_back_in_the_ring_gets_a_new_link_that_carries_requests() -> None
         assert answered[0]["by"] == "back"
     finally:
         supervisor.kill()
+        for link in links.values():
+            link.close()
+        sockets.close()
+
+
+def test_a_member_registered_with_an_endpoint_libzmq_refuses_is_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    """Fault: a member's registration (ZooKeeper's member znode, written by
+    a buggy or hostile node) names peer and stream endpoints libzmq refuses
+    to dial (``"tcp://no port here"``). The node's peer link and stream
+    subscriber log it and skip that member -- a request to it fails as to
+    a node not connected -- and link to the others; before, the refusal
+    raised out of the ring change into the node's membership handling."""
+    supervisor = Supervisor("peer test", on_fatal=lambda name, exc: pytest.fail(f"{name} died"))
+    sockets = SocketFactory()
+    ports = {n: f"tcp://127.0.0.1:{free_port()}" for n in ("me", "good")}
+    links = {n: PeerEndpoint(sockets, supervisor, n, ep) for n, ep in ports.items()}
+    links["good"].handlers[b"QUERY"] = lambda sender, body: {"states": {}, "by": "good"}
+    sub = ZmqStreamSubscriber(sockets, supervisor, "me", lambda src, events: None, lambda src: None)
+    answers: list[dict[str, Any] | None] = []
+    try:
+        for link in links.values():
+            link.start()
+        me = links["me"]
+        with caplog.at_level(logging.WARNING):
+            me.connect({**ports, "bad": "tcp://no port here"})
+            sub.connect({"good": f"tcp://127.0.0.1:{free_port()}", "bad": "tcp://no port here"})
+        assert sorted(me.dealers) == ["good"] and "bad" not in me.endpoints
+        assert list(sub.connected) == ["good"]
+        assert not me.request("bad", b"QUERY", {"ids": []}, WAIT, answers.append)
+        until(lambda: me.request("good", b"QUERY", {"ids": []}, WAIT, answers.append), "the link to connect")
+        answered = until(lambda: [a for a in answers if a is not None], "the answer")
+        assert answered[0]["by"] == "good"
+        assert "peer link: member bad cannot be reached: cannot connect to 'tcp://no port here'" in caplog.text
+        assert "stream: cannot follow member bad at 'tcp://no port here'" in caplog.text
+    finally:
+        supervisor.kill()
+        sub.close()
         for link in links.values():
             link.close()
         sockets.close()

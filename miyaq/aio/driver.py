@@ -19,6 +19,7 @@ from typing import Any
 import zmq
 
 from ..client.core import ClientCore
+from ..client.dialling import dial_discovered, dial_given
 from ..client.nodes import Nodes
 from ..client.submits import Pending, Waiter
 from ..errors import MiyaqError
@@ -39,9 +40,7 @@ class AsyncDriver:
         self.nodes = Nodes(endpoints, source=endpoints_source, secure=security is not None)
         # Each socket has a monitor: its connections closing (unacknowledged submits
         # are sent again at once) and coming up.
-        watched = [self.factory.watched_dealer(ep, ready=True, immediate=True) for ep in endpoints]
-        self.socks: list[Any] = [sock for sock, _ in watched]
-        self.monitors: list[Any] = [monitor for _, monitor in watched]
+        self.socks, self.monitors = dial_given(self.factory, endpoints)
         self.room = asyncio.Event()
         self.core = ClientCore(self, self.nodes, max_batch=max_batch, ack_timeout=ack_timeout,
                                max_message=max_message, on_resolved=self.room.set)
@@ -66,12 +65,16 @@ class AsyncDriver:
         """Drop node ``node``'s connection and connect again (it looped back)."""
         redial(self.socks[node], self.nodes.endpoints[node])
 
-    def connect(self, endpoint: str) -> None:
-        sock, monitor = self.factory.watched_dealer(endpoint, ready=True, immediate=True)
+    def connect(self, endpoint: str) -> bool:
+        dialled = dial_discovered(self.factory, endpoint)
+        if dialled is None:
+            return False
+        sock, monitor = dialled
         self.socks.append(sock)
         self.monitors.append(monitor)
         if self.loop is not None:
             self._readers += self._readers_of(self.loop, len(self.socks) - 1)
+        return True
 
     # -- lifecycle -------------------------------------------------------------------------
     def ensure_started(self) -> None:

@@ -49,8 +49,10 @@ class Transport(Protocol):
     def send(self, node: int, frames: list[bytes]) -> bool:
         """Send without blocking; False when node ``node`` is not connected."""
 
-    def connect(self, endpoint: str) -> None:
-        """Open a connection to a node learnt from the ring (its index is the next one)."""
+    def connect(self, endpoint: str) -> bool:
+        """Open a connection to a node learnt from the ring (its index is the
+        next one); False, with nothing opened, when the endpoint is refused
+        (not one libzmq can dial)."""
 
     def reconnect(self, node: int) -> None:
         """Drop node ``node``'s connection and connect to its endpoint again."""
@@ -131,8 +133,8 @@ class ClientCore:
             if self._ring_req and body.get("req") == self._ring_req:
                 self._ring_req = 0
                 if command == c.REPLY:
-                    for endpoint in self.nodes.from_ring(body, self.nodes.endpoints[node]):
-                        self.transport.connect(endpoint)
+                    via = self.nodes.endpoints[node]
+                    for endpoint in self.nodes.from_ring(body, via, dial=self.transport.connect):
                         logger.info("miyaq client: discovered node %s", endpoint)
                 return
             self.requests.on_reply(node, command, body)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import MiyaqError
 from .core import ClientCore
+from .dialling import dial_discovered, dial_given
 from .nodes import Nodes
 from .submits import Pending, Waiter
 
@@ -63,9 +64,7 @@ class IOLoop:
         # Each socket has a monitor: its connections closing (a node that exited may
         # have read submits it never acknowledged: they are sent again at once) and
         # coming up.
-        watched = [self.factory.watched_dealer(ep, ready=True, immediate=True) for ep in endpoints]
-        self.socks: list[Any] = [sock for sock, _ in watched]
-        self.monitors: list[Any] = [monitor for _, monitor in watched]
+        self.socks, self.monitors = dial_given(self.factory, endpoints)
         self.room = kit.event()
         self.room.set()
         self.core = ClientCore(self, self.nodes, max_batch=max_batch, ack_timeout=ack_timeout,
@@ -86,11 +85,15 @@ class IOLoop:
             return False
         return True
 
-    def connect(self, endpoint: str) -> None:
-        sock, monitor = self.factory.watched_dealer(endpoint, ready=True, immediate=True)
+    def connect(self, endpoint: str) -> bool:
+        dialled = dial_discovered(self.factory, endpoint)
+        if dialled is None:
+            return False
+        sock, monitor = dialled
         self.socks.append(sock)
         self.monitors.append(monitor)
         self._watch(sock, monitor)
+        return True
 
     def _watch(self, sock: Any, monitor: Any) -> None:
         """A socket and its monitor were added (the polling loop registers

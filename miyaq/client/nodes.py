@@ -9,10 +9,13 @@ no clocks -- the caller passes ``now``. A node is named by its index in
 from __future__ import annotations
 
 import itertools
-from typing import Any
+import logging
+from typing import Any, Callable
 
 from ..errors import Unavailable
 from .placement import Placement, placement_from_ring
+
+logger = logging.getLogger(__name__)
 
 DISCOVERY_INTERVAL = 10.0
 """Seconds between two RING requests once the ring is known."""
@@ -45,6 +48,9 @@ class Nodes:
         self.up: frozenset[int] = frozenset()
         # Ring endpoints of nodes reached over a unix socket -> that socket's index.
         self.aliases: dict[str, int] = {}
+        # Ring endpoints the transport refused to dial (not an endpoint libzmq
+        # accepts): not tried again, so a bad RING reply is logged once.
+        self.refused: set[str] = set()
         self.placement: Placement | None = None    # from the last RING reply (None: round-robin)
         self._rr = itertools.count()
         self._next_discovery = 0.0
@@ -110,19 +116,18 @@ class Nodes:
                 return node
         return self.pick(node)
 
-    def add(self, endpoint: str) -> bool:
-        """Learn a node (from the ring); False if known already or too many."""
-        if endpoint in self.endpoints or len(self.endpoints) >= MAX_NODES:
-            return False
-        self.endpoints.append(endpoint)
-        return True
-
-    def from_ring(self, body: dict[str, Any], via: str | None = None) -> list[str]:
-        """The new service endpoints a RING reply names (added here; the driver
-        connects them), and the placement it describes. ``via``: the endpoint
-        the reply came from; when it is a unix socket (``ipc://``), the
-        answering member (``node``) is already reached there and its TCP
-        endpoint is not dialled as well."""
+    def from_ring(self, body: dict[str, Any], via: str | None = None,
+                  dial: Callable[[str], bool] = lambda endpoint: True) -> list[str]:
+        """The new service endpoints a RING reply names, and the placement it
+        describes. Each new endpoint is handed to ``dial`` (the driver
+        connects it; the new connection's index is the next one) and added
+        only if that returned True: an endpoint the transport refuses (a
+        buggy or hostile node's reply) is logged, remembered in
+        :attr:`refused` and never tried again, and the indexes of endpoints
+        and connections stay aligned. ``via``: the endpoint the reply came
+        from; when it is a unix socket (``ipc://``), the answering member
+        (``node``) is already reached there and its TCP endpoint is not
+        dialled as well."""
         members = body.get("members")
         new: list[str] = []
         if isinstance(members, dict):
@@ -132,8 +137,16 @@ class Nodes:
                     continue
                 if via is not None and via.startswith("ipc://") and node_id == body.get("node"):
                     self.aliases[service] = self.index(via)
-                if service not in self.aliases and self.add(service):
-                    new.append(service)
+                if service in self.aliases or service in self.refused or service in self.endpoints:
+                    continue
+                if len(self.endpoints) >= MAX_NODES:
+                    break
+                if not dial(service):
+                    if len(self.refused) < MAX_NODES:
+                        self.refused.add(service)
+                    continue
+                self.endpoints.append(service)
+                new.append(service)
         index_of = {endpoint: i for i, endpoint in enumerate(self.endpoints)}
         index_of.update(self.aliases)
         self.placement = placement_from_ring(body, index_of, self.placement)

@@ -30,7 +30,7 @@ from typing import Any
 
 from miyaq.cluster.peer_requests import PEER_COMMANDS, PeerRequests
 from miyaq.constants import PEER_RECONNECT_MS
-from miyaq.errors import BadFrame, MiyaqError, TooLarge
+from miyaq.errors import BadFrame, ConfigError, MiyaqError, TooLarge
 from miyaq.protocol.commands import FRAMES
 from miyaq.runtime import CRITICAL, Supervisor, green, monotonic
 from miyaq.runtime.messages import MessageRefused, recv_bounded, send_frames
@@ -96,8 +96,15 @@ class PeerEndpoint(PeerRequests):
             if node_id == self.node_id or node_id in self.dealers:
                 continue
             # IMMEDIATE: never queue for a peer that is not there.
-            sock, monitor = self.sockets.watched_dealer(endpoint, ready=False, immediate=True,
-                                                        reconnect_ms=PEER_RECONNECT_MS, bounded=True, plain=True)
+            try:
+                sock, monitor = self.sockets.watched_dealer(endpoint, ready=False, immediate=True,
+                                                            reconnect_ms=PEER_RECONNECT_MS, bounded=True, plain=True)
+            except ConfigError as err:
+                # A member registered an endpoint libzmq refuses: it is unreachable
+                # (every request to it fails as to a node not connected); tried
+                # again at the next change of the ring.
+                logger.warning("peer link: member %s cannot be reached: %s", node_id, err.message)
+                continue
             self.dealers[node_id] = sock
             self.endpoints[node_id] = endpoint
             self._poller.register(sock, zmq.POLLIN)

@@ -281,7 +281,14 @@ class ZmqStreamSubscriber(StreamReceiver):
                 if endpoint in self.dropping:
                     self.dropping.discard(endpoint)     # back before the reader let go: keep that connection
                 else:
-                    self.sub.connect(endpoint)
+                    try:
+                        self.sub.connect(endpoint)
+                    except zmq.ZMQError as err:
+                        # A member registered an endpoint libzmq refuses: not followed
+                        # (as a member never heard); tried again at the next change.
+                        logger.warning("stream: cannot follow member %s at %r: %s", node_id, endpoint,
+                                       err.strerror)
+                        continue
                 self.connected[node_id] = endpoint
                 self._follow(node_id)
 

@@ -267,7 +267,8 @@ class HubSocket:
         self._recheck()
 
     def connect(self, endpoint: str) -> None:
-        """Connect to one more endpoint (from any greenlet of the hub)."""
+        """Connect to one more endpoint (from any greenlet of the hub); raises
+        ``zmq.ZMQError`` for an endpoint libzmq refuses (nothing changed)."""
         try:
             self.sock.connect(endpoint)
         finally:

@@ -24,6 +24,7 @@ import importlib
 import zmq
 import zmq.green as green_zmq
 
+from ..errors import ConfigError
 from .io_threads import apply as apply_io_policy, chosen as chosen_io_policy
 from .messages import HubPoller, HubSocket
 
@@ -42,11 +43,26 @@ ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 FLAVOURS = {"green": "zmq.green", "plain": "zmq", "asyncio": "zmq.asyncio"}
 
 __all__ = ["CONNECTION_CLOSED", "CONNECTION_READY", "FLAVOURS", "HWM", "SocketFactory", "SocketSecurity",
-           "connection_events", "green_zmq", "monitor_event", "zmq"]
+           "connect_or_refuse", "connection_events", "green_zmq", "monitor_event", "zmq"]
 
 #: The socket-monitor events miyaq watches (:meth:`SocketFactory.connection_monitor`).
 CONNECTION_CLOSED = int(zmq.EVENT_DISCONNECTED)
 CONNECTION_READY = int(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+
+
+def connect_or_refuse(sock: Any, endpoint: str) -> None:
+    """``sock.connect(endpoint)``, or :class:`~miyaq.errors.ConfigError`
+    naming the endpoint when libzmq refuses it at once (not an endpoint:
+    ``"tcp://host"`` without a port, ``"ipc://"``, an unknown transport).
+    The socket is left as it was; closing it is the caller's. Only the
+    form is checked here: a well-formed endpoint that nothing answers
+    connects in the background, as ever."""
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError as err:
+        reason = zmq.strerror(err.errno) if err.errno is not None else str(err)
+        raise ConfigError(f"cannot connect to {endpoint!r}: {reason} "
+                          f"(an endpoint looks like tcp://host:port or ipc:///path)") from None
 
 
 def redial(sock: Any, endpoint: str) -> None:
@@ -207,7 +223,8 @@ class SocketFactory:
         up (peer requests, heartbeats: never flood a node when it returns);
         ``reconnect_ms`` is (first, most) between reconnect attempts; ``plain``
         as for :meth:`router`; ``bounded`` limits each incoming frame to
-        :attr:`frame_limit` (a node's link to its peers)."""
+        :attr:`frame_limit` (a node's link to its peers). An endpoint libzmq
+        refuses raises :class:`~miyaq.errors.ConfigError` (the socket closed)."""
         sock = self.ctx.socket(zmq.DEALER, socket_class=zmq.Socket if plain else None)
         if bounded:
             sock.setsockopt(zmq.MAXMSGSIZE, self.frame_limit)
@@ -221,7 +238,11 @@ class SocketFactory:
         self._common(sock, sndhwm, HWM)
         self._connect_as_client(sock)
         if connect is not None:
-            sock.connect(connect)
+            try:
+                connect_or_refuse(sock, connect)
+            except ConfigError:
+                sock.close(0)
+                raise
         return sock
 
     def hub_dealer(self, connect: str | None = None, **options: Any) -> HubSocket:
@@ -256,10 +277,19 @@ class SocketFactory:
         and its :meth:`connection_monitor` (``ready`` as there), the monitor
         attached *before* the socket connects: libzmq reports an event only
         to a monitor that exists when it happens, and on loopback the
-        handshake can be over before the next line runs."""
+        handshake can be over before the next line runs.
+
+        An endpoint libzmq refuses raises :class:`~miyaq.errors.ConfigError`
+        (:func:`connect_or_refuse`) with both sockets closed."""
         sock = self.dealer(**options)
         monitor = self.connection_monitor(sock, ready=ready)
-        sock.connect(connect)
+        try:
+            connect_or_refuse(sock, connect)
+        except ConfigError:
+            sock.disable_monitor()
+            monitor.close(0)
+            sock.close(0)
+            raise
         return sock, monitor
 
     def poller(self) -> Any:
