@@ -177,13 +177,17 @@ _index(MiyaqError)
 
 
 def from_wire(payload: dict[str, Any]) -> MiyaqError:
-    """Rebuild the exception a node sent as ``{"code", "message", ...}``."""
+    """Rebuild the exception a node sent as ``{"code", "message", ...}``.
+
+    Total over any map (what a buggy or hostile node may send): the other
+    fields become ``details``, only those named by a string (no ``self``)."""
     payload = dict(payload)
     code = str(payload.pop("code", "internal"))
     message = str(payload.pop("message", ""))
     cls = _BY_CODE.get(code, MiyaqError)
     if cls in (Retry,):
         cls = MiyaqError
-    err = cls(message, **payload)
+    details = {k: v for k, v in payload.items() if isinstance(k, str) and k != "self"}
+    err = cls(message, **details)
     err.code = code
     return err

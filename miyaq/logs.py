@@ -4,7 +4,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from miyaq.runtime.clock import monotonic
+# Real time, not miyaq.runtime.clock: a log line's rate is a matter of the
+# reader's seconds, and the clients use LogLimiter without importing the runtime.
+from time import monotonic
 
 
 def setup_logging(level: str = "INFO") -> None:

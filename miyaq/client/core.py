@@ -28,6 +28,7 @@ import logging
 from typing import Any, Callable, Protocol
 
 from ..errors import MiyaqError, UnknownCommand
+from ..logs import LogLimiter
 from ..protocol import codec
 from ..protocol import commands as c
 from .nodes import Nodes
@@ -35,6 +36,7 @@ from .requests import RequestTable
 from .submits import Pending, Resolver, SubmitPipeline, Waiter
 
 logger = logging.getLogger(__name__)
+_log = LogLimiter(logger)     # a node sending garbage may send much of it: a few lines a minute
 
 MAX_POLL = 0.1
 """The longest the driver sleeps between two ``on_timer`` calls."""
@@ -125,7 +127,8 @@ class ClientCore:
             if isinstance(err, UnknownCommand) and frames[1] in c.NODE_COMMANDS:
                 self._looped(node, now)
                 return
-            logger.warning("ignoring a malformed reply from %s: %s", self.nodes.endpoints[node], err.message)
+            _log.warning("malformed", "ignoring a malformed reply from %s: %s", self.nodes.endpoints[node],
+                         err.message)
             return
         if command == c.SUBMITTED:
             self.submits.on_submitted(node, body, now)

@@ -14,11 +14,13 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
+from ..logs import LogLimiter
 
 if TYPE_CHECKING:
     from ..runtime.sockets import SocketFactory
 
 logger = logging.getLogger(__name__)
+_log = LogLimiter(logger)     # a RING reply may name many endpoints: a few lines a minute
 
 
 def dial_given(factory: "SocketFactory", endpoints: list[str]) -> tuple[list[Any], list[Any]]:
@@ -39,5 +41,5 @@ def dial_discovered(factory: "SocketFactory", endpoint: str) -> tuple[Any, Any] 
     try:
         return factory.watched_dealer(endpoint, ready=True, immediate=True)
     except ConfigError as err:
-        logger.warning("miyaq client: not dialling a node the ring names: %s", err.message)
+        _log.warning("refused", "miyaq client: not dialling a node the ring names: %s", err.message)
         return None

@@ -16,11 +16,13 @@ import logging
 from typing import Any
 
 from ..errors import Timeout, Unavailable, from_wire
+from ..logs import LogLimiter
 from ..protocol import commands as c
 from .nodes import Nodes
 from .submits import Resolver, Send, Waiter
 
 logger = logging.getLogger(__name__)
+_log = LogLimiter(logger)     # a node's errors for no request may repeat: a few lines a minute
 
 CONNECT_WAIT = 1.5
 """Seconds a request waits for a connection to its node."""
@@ -94,10 +96,11 @@ class RequestTable:
         return len(lost)
 
     def on_reply(self, node: int, command: bytes, body: dict[str, Any]) -> None:
-        entry = self.open.pop(body.get("req"), None)  # type: ignore[arg-type]
+        req = body.get("req")
+        entry = self.open.pop(req, None) if type(req) is int else None
         if entry is None:
             if command == c.ERROR and body.get("req") is None:
-                logger.warning("node %s: %s", self.nodes.endpoints[node], body.get("message"))
+                _log.warning("error", "node %s: %s", self.nodes.endpoints[node], body.get("message"))
             return
         if command == c.REPLY:
             self._resolver.set(entry[0], body)

@@ -261,8 +261,13 @@ class SubmitPipeline:
         return len(lost)
 
     def on_submitted(self, node: int, body: dict[str, Any], now: float) -> None:
-        """A SUBMITTED from ``node``: resolve, retry or fail each result."""
-        for item in body.get("results", ()):
+        """A SUBMITTED from ``node``: resolve, retry or fail each result (one
+        that is not ``[id, status, detail]`` for a submit still waiting is
+        skipped: that submit is sent again when its acknowledgement is late)."""
+        results = body.get("results")
+        if not isinstance(results, list):
+            return
+        for item in results:
             if not isinstance(item, list) or len(item) != 3:
                 continue
             task_id, status, detail = item

@@ -105,6 +105,11 @@ class WorkerConfig(Settings):
 #: Node heartbeats (the interval comes in WELCOME) missed before the worker
 #: reconnects and registers again.
 LIVENESS = 3
+#: The node's heartbeat interval a worker follows, in seconds: a WELCOME's
+#: ``heartbeat`` outside this range (a buggy or hostile node's) is brought
+#: into it -- below it the worker would reconnect in a loop, above it never
+#: notice a silent node.
+NODE_HEARTBEAT_RANGE = (0.05, 3600.0)
 #: Seconds after (re)connecting without a WELCOME before the worker checks
 #: the endpoint and says why it cannot reach it (then again with backoff).
 FIRST_CONTACT = 2.0

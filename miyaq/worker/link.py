@@ -27,13 +27,15 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MiyaqError, Unavailable, UnknownCommand
+from ..logs import LogLimiter
 from ..protocol import codec
 from ..protocol import commands as c
 from ..protocol.reach import explain, unreachable
 from ..runtime import green, monotonic
 from ..runtime.messages import HubSocket
 from ..runtime.sockets import CONNECTION_CLOSED, SocketFactory, monitor_event, zmq
-from .config import FIRST_CONTACT, FIRST_CONTACT_REPEAT_MAX, LIVENESS, MAX_INBOUND_MESSAGE, PROBE_TIMEOUT, RECV_BURST
+from .config import (FIRST_CONTACT, FIRST_CONTACT_REPEAT_MAX, LIVENESS, MAX_INBOUND_MESSAGE, NODE_HEARTBEAT_RANGE,
+                     PROBE_TIMEOUT, RECV_BURST)
 from .outbox import Outbox
 from .prefetch import ExtraCredit, RunTimes
 
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from .runner import Worker
 
 logger = logging.getLogger(__name__)
+_log = LogLimiter(logger)     # what a node sends may repeat (a buggy or hostile one): a few lines a minute
 
 
 class NodeLink:
@@ -241,27 +244,33 @@ class NodeLink:
             if isinstance(err, UnknownCommand) and frames[1] == c.READY:
                 self._talking_to_itself()
                 return
-            logger.warning("malformed message from node %s: %s", self.endpoint, err.message)
+            _log.warning("malformed", "malformed message from node %s: %s", self.endpoint, err.message)
             return
         self.last_heard = monotonic()
         self.lost = False
         self.answered = True
         if command == c.DISPATCH:
-            self.worker.accept(self, body.get("tasks") or [])
+            tasks = body.get("tasks")
+            if isinstance(tasks, list):
+                self.worker.accept(self, tasks)
+            else:
+                _log.warning("malformed", "node %s: ignoring a DISPATCH whose tasks are not a list", self.endpoint)
         elif command == c.WELCOME:
             self._welcome(body)
         elif command == c.HEARTBEAT:
             if isinstance(body.get("nodes"), list):
                 self.worker.discover(body["nodes"])
         elif command == c.ABORT:
-            self.worker.abort(body.get("ids") or [])
+            ids = body.get("ids")
+            if isinstance(ids, list):
+                self.worker.abort([i for i in ids if isinstance(i, str)])
         elif command == c.RECONNECT:
             if self.worker.stopping:
                 return      # it said BYE (or is about to): registering again would take new tasks
             logger.info("node %s does not know this worker; registering again", self.endpoint)
             self.register()
         elif command == c.ERROR:
-            logger.warning("node %s: %s: %s", self.endpoint, body.get("code"), body.get("message"))
+            _log.warning("error", "node %s: %s: %s", self.endpoint, body.get("code"), body.get("message"))
 
     def _talking_to_itself(self) -> None:
         """Our own READY came back: the connection loops to this socket (a
@@ -290,8 +299,12 @@ class NodeLink:
         if isinstance(body.get("nodes"), list):
             self.worker.discover(body["nodes"])
         hb = body.get("heartbeat")
-        if isinstance(hb, (int, float)) and hb > 0:
-            self.heartbeat = float(hb)
+        if isinstance(hb, (int, float)) and not isinstance(hb, bool) and hb == hb:     # a number, not NaN
+            low, high = NODE_HEARTBEAT_RANGE
+            if not low <= hb <= high:
+                _log.warning("heartbeat", "node %s: its heartbeat of %r s is taken as %g s", self.endpoint, hb,
+                             min(max(hb, low), high))
+            self.heartbeat = float(min(max(hb, low), high))
 
     def close(self) -> None:
         """Close the socket and its monitor (the monitor first, so the

@@ -31,6 +31,7 @@ from typing import Any
 
 from ..app import App
 from ..errors import ConfigError
+from ..logs import LogLimiter
 from ..protocol import commands as c
 from ..runtime import CRITICAL, RESTART, Supervisor, green, monotonic
 from ..runtime.sockets import SocketFactory
@@ -48,6 +49,7 @@ from .pulse import Pulse
 from .routing import Routes
 
 logger = logging.getLogger(__name__)
+_log = LogLimiter(logger)     # what a node sends may repeat (a buggy or hostile one): a few lines a minute
 
 
 class Worker:
@@ -91,6 +93,7 @@ class Worker:
         has_async = any(t.is_async for t in app.tasks.values())
         self.aio = AsyncLoop(self.inbox, self.touch, app.close) if has_async and cfg.pool != "processes" else None
         self.links = [NodeLink(self, self.factory, ep) for ep in self.endpoints]
+        self.refused: set[str] = set()     # endpoints a node named that libzmq refused (bounded: MAX_NODES)
         self.routes = Routes(self.links)
         self.backlog: deque[tuple[NodeLink, list[Any]]] = deque()
         # Idle runners wait on their own event; new work wakes only as many
@@ -121,13 +124,17 @@ class Worker:
             link.send(c.RETURN, {"ids": [d[0] for d in deliveries if isinstance(d, list) and d],
                                  "credit": False})
             return
+        malformed = 0
         for d in deliveries:
             if _well_formed(d):
                 if len(d) == 7:
                     self._note_holders(link, d[0], d[6])
                 self.backlog.append((link, d))
             else:
-                logger.warning("ignoring a malformed delivery from %s", link.endpoint)
+                malformed += 1
+        if malformed:
+            _log.warning("delivery", "ignoring %d malformed deliver%s from %s", malformed,
+                         "y" if malformed == 1 else "ies", link.endpoint)
         self._wake(len(deliveries))
 
     def _note_holders(self, link: NodeLink, task_id: str, holders: Any) -> None:
@@ -137,8 +144,8 @@ class Worker:
                 and all(isinstance(h, str) and len(h) <= MAX_ENDPOINT_CHARS for h in holders)):
             self.routes.holders[task_id] = holders
         else:
-            logger.warning("task %s from %s: ignoring its holders (not a list of at most %d endpoints)",
-                           task_id, link.endpoint, MAX_HOLDERS)
+            _log.warning("holders", "task %s from %s: ignoring its holders (not a list of at most %d endpoints)",
+                         task_id, link.endpoint, MAX_HOLDERS)
 
     def abort(self, ids: list[Any]) -> None:
         for task_id in ids:
@@ -171,8 +178,17 @@ class Worker:
         known = {link.endpoint for link in self.links} | {link.advertised for link in self.links if link.advertised}
         for ep in endpoints:
             if (isinstance(ep, str) and ep.startswith("tcp://") and ep not in known
-                    and len(self.links) < MAX_NODES):
-                link = NodeLink(self, self.factory, ep)
+                    and ep not in self.refused and len(self.links) < MAX_NODES):
+                try:
+                    link = NodeLink(self, self.factory, ep)
+                except ConfigError as err:
+                    # A node named an endpoint libzmq refuses (a buggy or hostile
+                    # one): logged once, never tried again.
+                    if len(self.refused) < MAX_NODES:
+                        self.refused.add(ep)
+                    _log.warning("refused", "worker %s: not dialling a node the ring names: %s", self.wid,
+                                 err.message)
+                    continue
                 self.links.append(link)
                 self.pulse.add(ep)
                 self._serve(link)
@@ -393,6 +409,8 @@ class Worker:
 
 
 def _well_formed(d: Any) -> bool:
-    """[id, queue, name, body, attempt, timeout(, holders)] with the right types."""
-    return (isinstance(d, list) and len(d) in (6, 7) and isinstance(d[0], str) and isinstance(d[4], int)
-            and isinstance(d[5], (int, float)) and not isinstance(d[5], bool))
+    """[id, queue, name, body, attempt, timeout(, holders)] with the right
+    types (name None: a webhook task, which no handler takes)."""
+    return (isinstance(d, list) and len(d) in (6, 7) and isinstance(d[0], str) and isinstance(d[1], str)
+            and (d[2] is None or isinstance(d[2], str)) and isinstance(d[3], bytes)
+            and type(d[4]) is int and isinstance(d[5], (int, float)) and not isinstance(d[5], bool))
