@@ -235,3 +235,49 @@ def test_an_error_a_node_sends_is_rebuilt_from_any_map(payload, cls, details) ->
     err = from_wire(payload)
     assert type(err).__name__ == cls and isinstance(err, MiyaqError)
     assert err.details == details
+
+
+def test_no_answer_a_node_can_send_reaches_a_caller_as_anything_but_a_miyaq_error() -> None:
+    """Fault: a buggy or hostile node answers status, cancel, result, tasks,
+    dead-letter, receive, ack and nack requests with a field missing or of
+    another type (seeded). Each call returns, or raises a MiyaqError
+    naming what was wrong (ProtocolError); before, a caller could get a
+    KeyError, a TypeError from msgpack or an AttributeError."""
+    from miyaq.client import operations as ops
+    from miyaq.client.wire import ReceivedTask, decode_outcome
+
+    rng = random.Random(SEED)
+    inputs = Inputs(rng, "n0", "p1", 0.0)
+    nodes = Nodes([f"tcp://127.0.0.1:{7450 + i}" for i in range(2)])
+    valid = {"task": {"id": "t", "queue": "q", "attempt": 1, "state": "done"}, "cancelled": True,
+             "tasks": [], "ok": True, "state": "done", "result": pack(1), "timeout": False,
+             "error": {"type": "E", "message": "m"}}
+
+    def answer(ask: ops.Ask) -> dict[str, Any]:
+        body = dict(valid, state=rng.choice(["done", "dead", "cancelled", "expired", "running"]))
+        if rng.random() < 0.3:
+            body["result"] = rng.choice([rng.randbytes(5), b"\xc1", inputs.junk()])
+        if rng.random() < 0.3:
+            body["task"] = dict(body["task"], **{rng.choice(["id", "queue", "attempt"]): inputs.junk()})
+        return inputs.mutate(body) if rng.random() < 0.8 else {}
+
+    operations = [lambda: ops.status(nodes, "t", None), lambda: ops.status(nodes, None, None),
+                  lambda: ops.cancel(nodes, "t"), lambda: ops.tasks(None, None, 10),
+                  lambda: ops.dead("list", None, None, 10), lambda: ops.receive("q", 1.0, 1.0),
+                  lambda: ops.ack("t", 1, None), lambda: ops.nack("t", 1, "e", True, None),
+                  lambda: ops.wait_result(nodes, "t", 0.0, None, 1.0)]
+    kinds: dict[str, int] = {}
+    for i in range(EXAMPLES // 4):
+        make = operations[i % len(operations)]
+        try:
+            value = ops.run(make(), answer)
+            if i % len(operations) == len(operations) - 1:        # a RESULT answer, as the handle reads it
+                decode_outcome("t", value)
+            elif i % len(operations) == 5 and value is not None:  # a received task
+                ReceivedTask(value)
+            kinds["returned"] = kinds.get("returned", 0) + 1
+        except MiyaqError as err:
+            kinds[type(err).__name__] = kinds.get(type(err).__name__, 0) + 1
+        except Exception as exc:
+            raise AssertionError(f"seed {SEED}, call {i}: a caller got {exc!r}") from exc
+    assert kinds.get("returned") and kinds.get("ProtocolError"), kinds

@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable, Generator, Iterable
 
 import msgpack
 
-from ..errors import MiyaqError, NotFound, Timeout, Unavailable
+from ..errors import MiyaqError, NotFound, ProtocolError, Timeout, Unavailable
 from ..protocol import commands as c
 from .nodes import Nodes
 
@@ -70,6 +70,17 @@ async def run_async(op: Operation, ask: Callable[[Ask], Awaitable[dict[str, Any]
         return done.value
 
 
+def field(answer: dict[str, Any], command: bytes, name: str, kinds: type | tuple[type, ...]) -> Any:
+    """``answer[name]`` if it is one of ``kinds``; else ``ProtocolError``
+    naming the command and the field (a node of another version, or a
+    buggy one: the caller gets a miyaq error, never a ``KeyError``)."""
+    value = answer.get(name)
+    if not isinstance(value, kinds):
+        raise ProtocolError(f"the node answered {command.decode()} without a valid {name!r} "
+                            f"(got {type(value).__name__})")
+    return value
+
+
 def one(command: bytes, body: dict[str, Any], node: int | None = None,
         timeout: float | None = None) -> Operation:
     """A single request: its REPLY body."""
@@ -93,11 +104,11 @@ def any_node(nodes: Nodes, command: bytes, body: dict[str, Any], first: str | in
 def status(nodes: Nodes, task_id: str | None, node: str | int | None) -> Operation:
     if task_id is None:
         return (yield from one(c.STATUS, {}, nodes.index(node)))
-    return (yield from any_node(nodes, c.TASK, {"id": task_id}, node))["task"]
+    return field((yield from any_node(nodes, c.TASK, {"id": task_id}, node)), c.TASK, "task", dict)
 
 
 def cancel(nodes: Nodes, task_id: str) -> Operation:
-    return bool((yield from any_node(nodes, c.CANCEL, {"id": task_id}))["cancelled"])
+    return bool(field((yield from any_node(nodes, c.CANCEL, {"id": task_id})), c.CANCEL, "cancelled", bool))
 
 
 def wait_result(nodes: Nodes, task_id: str, timeout: float | None, node: str | int | None,
@@ -120,7 +131,7 @@ def tasks(queue: str | None, state: str | None, limit: int) -> Operation:
         body["queue"] = queue
     if state:
         body["state"] = state
-    return (yield from one(c.TASKS, body))["tasks"]
+    return field((yield from one(c.TASKS, body)), c.TASKS, "tasks", list)
 
 
 def dead(op: str, queue: str | None, ids: list[str] | None, limit: int) -> Operation:
@@ -138,12 +149,16 @@ def receive(queues: Iterable[str] | str, timeout: float, request_timeout: float)
     """RECEIVE: the task map, or None when none came within ``timeout``."""
     names = [queues] if isinstance(queues, str) else list(queues)
     answer = yield from one(c.RECEIVE, {"queues": names, "timeout": timeout}, timeout=timeout + request_timeout)
-    return answer.get("task")
+    task = answer.get("task")
+    if task is not None and not (isinstance(task, dict) and isinstance(task.get("id"), str)
+                                 and isinstance(task.get("queue"), str) and type(task.get("attempt")) is int):
+        raise ProtocolError("the node answered RECEIVE with a task that is not a map of id, queue and attempt")
+    return task
 
 
 def ack(task_id: str, attempt: int, result: Any) -> Operation:
     body = {"id": task_id, "attempt": attempt, "result": msgpack.packb(result, use_bin_type=True)}
-    return bool((yield from one(c.ACK, body))["ok"])
+    return bool(field((yield from one(c.ACK, body)), c.ACK, "ok", bool))
 
 
 def nack(task_id: str, attempt: int, error: str, retry: bool, delay: float | None) -> Operation:
@@ -151,4 +166,4 @@ def nack(task_id: str, attempt: int, error: str, retry: bool, delay: float | Non
                             "error": {"type": "Nack", "message": error}}
     if delay is not None:
         body["delay"] = delay
-    return bool((yield from one(c.NACK, body))["ok"])
+    return bool(field((yield from one(c.NACK, body)), c.NACK, "ok", bool))

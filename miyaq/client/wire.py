@@ -9,7 +9,7 @@ from typing import Any, Iterable
 
 import msgpack
 
-from ..errors import TaskCancelled, TaskExpired, TaskFailed, Timeout
+from ..errors import ProtocolError, TaskCancelled, TaskExpired, TaskFailed, Timeout
 
 TASK_OPTIONS = ("queue", "priority", "eta", "countdown", "ttl", "max_retries", "backoff",
                 "backoff_max", "timeout", "key", "replicas", "at_most_once")
@@ -94,12 +94,20 @@ def decode_outcome(task_id: str, answer: dict[str, Any]) -> Any:
     state = answer.get("state")
     if state == "done":
         raw = answer.get("result")
-        return None if raw is None else msgpack.unpackb(raw, raw=False, strict_map_key=False)
-    error = answer.get("error") or {}
+        if raw is None:
+            return None
+        try:
+            return msgpack.unpackb(raw, raw=False, strict_map_key=False)
+        except Exception:      # msgpack raises several unrelated types; a non-bytes result is TypeError
+            raise ProtocolError(f"the result of task {task_id} is not msgpack") from None
+    error = answer.get("error")
+    if not isinstance(error, dict):
+        error = {}
     if state == "dead":
-        raise TaskFailed(f"task {task_id} failed: {error.get('type')}: {error.get('message')}",
-                         remote_type=error.get("type", ""), remote_message=error.get("message", ""),
-                         traceback=error.get("traceback", ""))
+        remote_type, remote_message = str(error.get("type", "")), str(error.get("message", ""))
+        raise TaskFailed(f"task {task_id} failed: {remote_type}: {remote_message}",
+                         remote_type=remote_type, remote_message=remote_message,
+                         traceback=str(error.get("traceback", "")))
     if state == "cancelled":
         raise TaskCancelled(f"task {task_id} was cancelled")
     if state == "expired":
