@@ -4,7 +4,7 @@ repaired by a resync (SYNC) from its source."""
 from __future__ import annotations
 
 from miyaq.cluster import sync as sync_module
-from miyaq.runtime import wall
+from miyaq.runtime import green, wall
 from miyaq.store.task import DONE, RUNNING
 
 
@@ -163,6 +163,27 @@ def test_a_node_keeps_a_bounded_number_of_resync_snapshots_for_a_bounded_time(in
     assert sorted(resync._snapshots) == ["n2"]              # unused past the TTL: gone
     answer = resync.serve("n2", {"cursor": 1})
     assert answer["next"] is None and len(answer["tasks"]) == 1 and not resync._snapshots
+    assert not cluster.crashes()
+
+
+def test_listing_a_large_resync_snapshot_lets_the_node_serve_meanwhile(inproc, monkeypatch):
+    """Fault: a peer resyncs from a node that holds many tasks. Listing the
+    tasks they share (about 150 ms a million) held the hub: no submit,
+    heartbeat or timer of the node ran meanwhile. The listing now yields
+    between slices of SNAPSHOT_SLICE tasks once its share of the hub is
+    used up (here: at every slice, HUB_SLICE 0), and its answer is the same."""
+    monkeypatch.setattr(sync_module, "SNAPSHOT_SLICE", 2)
+    monkeypatch.setattr(green, "HUB_SLICE", 0.0)
+    cluster = inproc(3, replicas=2)
+    tids = [t for t in (cluster.task_id() for _ in range(3000)) if sorted(cluster.holders(t)) == ["n1", "n2"]][:7]
+    subs = [cluster.submit("n1", t, countdown=300) for t in tids]
+    cluster.wait_until(lambda: all(s.status == "accepted" for s in subs), what="every submit accepted")
+    order: list[str] = []
+    green.call_soon(order.append, "another greenlet ran")
+    answer = cluster["n1"].role.resync.serve("n2", {"cursor": 0})
+    order.append("the snapshot listed")
+    assert order == ["another greenlet ran", "the snapshot listed"]
+    assert sorted(r["id"] for r in answer["tasks"]) == sorted(tids) and answer["next"] is None
     assert not cluster.crashes()
 
 

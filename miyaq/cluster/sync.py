@@ -40,7 +40,7 @@ from miyaq.constants import RESYNC_CHUNK, RESYNC_STONES, RESYNC_TIMEOUT
 from miyaq.core.attempts import adopt_lessees
 from miyaq.errors import InvalidField
 from miyaq.protocol.recordspec import check_stone, task_from_record
-from miyaq.runtime import monotonic, wall
+from miyaq.runtime import green, monotonic, wall
 from miyaq.store.records import transfer_record
 from miyaq.store.task import DEAD, RUNNING
 
@@ -55,6 +55,11 @@ SYNC_SNAPSHOT_TTL = 4 * RESYNC_TIMEOUT
 """A resync's snapshot unused this long (seconds) is dropped: its asker gave up."""
 MAX_SYNC_SNAPSHOTS = 64
 """Snapshots kept at once (one per asker; the least recently used goes)."""
+SNAPSHOT_SLICE = 4096
+"""Tasks looked at between two chances to yield the hub while a snapshot is
+listed (:class:`~miyaq.runtime.green.FairShare`: it yields once the listing
+has run ``HUB_SLICE`` seconds). A million tasks take about 150 ms to list;
+the service loop, timers and heartbeats run meanwhile."""
 
 
 class Resync:
@@ -120,11 +125,26 @@ class Resync:
         if kept is not None and not fresh:
             ids = kept[0]
         else:
-            table = self.role.engine.table
-            ids = [t.id for t in list(table.live.values()) + list(table.dead.values()) if sender in t.holders]
+            ids = self._shared_with(sender)
             while len(self._snapshots) >= MAX_SYNC_SNAPSHOTS:
                 del self._snapshots[min(self._snapshots, key=lambda a: self._snapshots[a][1])]
         self._snapshots[sender] = (ids, now)
+        return ids
+
+    def _shared_with(self, sender: str) -> list[str]:
+        """The ids of the tasks this node shares with ``sender``, the table
+        copied first and then looked at in slices of ``SNAPSHOT_SLICE``,
+        yielding the hub between two once its share is used up. A task
+        that finishes or moves meanwhile is looked at again when its chunk
+        is served (:meth:`serve`); one stored meanwhile reaches the asker on
+        the stream, as one stored after the snapshot."""
+        table = self.role.engine.table
+        tasks = [*table.live.values(), *table.dead.values()]
+        share = green.FairShare()
+        ids: list[str] = []
+        for start in range(0, len(tasks), SNAPSHOT_SLICE):
+            share.check()
+            ids += [t.id for t in tasks[start:start + SNAPSHOT_SLICE] if sender in t.holders]
         return ids
 
     def _apply(self, src: str, answer: dict[str, Any] | None, cursor: int = 0) -> None:
