@@ -9,13 +9,10 @@ no clocks -- the caller passes ``now``. A node is named by its index in
 from __future__ import annotations
 
 import itertools
-import logging
 from typing import Any, Callable
 
 from ..errors import Unavailable
 from .placement import Placement, placement_from_ring
-
-logger = logging.getLogger(__name__)
 
 DISCOVERY_INTERVAL = 10.0
 """Seconds between two RING requests once the ring is known."""
@@ -122,8 +119,8 @@ class Nodes:
         describes. Each new endpoint is handed to ``dial`` (the driver
         connects it; the new connection's index is the next one) and added
         only if that returned True: an endpoint the transport refuses (a
-        buggy or hostile node's reply) is logged, remembered in
-        :attr:`refused` and never tried again, and the indexes of endpoints
+        buggy or hostile node's reply; the transport logs it) is remembered
+        in :attr:`refused` and never offered again, and the indexes of endpoints
         and connections stay aligned. ``via``: the endpoint the reply came
         from; when it is a unix socket (``ipc://``), the answering member
         (``node``) is already reached there and its TCP endpoint is not
