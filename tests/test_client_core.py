@@ -281,6 +281,18 @@ def test_discovery_connects_the_nodes_the_ring_names() -> None:
     assert transport.take() == []             # the next ask waits for the discovery gap
 
 
+def test_a_ring_naming_an_endpoint_longer_than_any_node_advertises_is_not_dialled() -> None:
+    """Fault: a RING reply names a member whose service endpoint is 600
+    characters (a host name is at most 253): it is not even handed to the
+    transport; the one beside it is dialled."""
+    nodes = Nodes(["tcp://127.0.0.1:7450"])
+    dialled: list[str] = []
+    members = {"n1": {"service": "tcp://" + "h" * 600 + ":1"}, "n2": {"service": "tcp://127.0.0.1:7452"}}
+    assert nodes.from_ring({"members": members}, dial=lambda ep: dialled.append(ep) or True) == [
+        "tcp://127.0.0.1:7452"]
+    assert dialled == ["tcp://127.0.0.1:7452"]
+
+
 def test_a_malformed_reply_is_ignored() -> None:
     """Fault: a node (or something on its port) answers garbage."""
     core, _ = make(1)

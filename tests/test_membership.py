@@ -37,6 +37,8 @@ def test_member_round_trips_and_validates():
         {**m.to_dict(), "node_id": "a/b"},
         {**m.to_dict(), "service": 5},
         {**m.to_dict(), "http": 1},
+        {**m.to_dict(), "pub": "tcp://" + "h" * 600 + ":1"},      # longer than any endpoint a node advertises
+        {**m.to_dict(), "http": "http://" + "h" * 600},
         {**m.to_dict(), "weight": "2"},
         {**m.to_dict(), "weight": 0},
         {k: v for k, v in m.to_dict().items() if k != "peer"},

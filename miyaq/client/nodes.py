@@ -19,6 +19,8 @@ DISCOVERY_INTERVAL = 10.0
 FIRST_DISCOVERY_GAP = 0.25
 """Soon after start the ring may still be forming: ask again after this, doubling."""
 MAX_NODES = 256
+MAX_ENDPOINT_CHARS = 512
+"""A ring endpoint longer than this is not one a node advertises: not dialled."""
 
 
 class Nodes:
@@ -130,7 +132,7 @@ class Nodes:
         if isinstance(members, dict):
             for node_id, info in members.items():
                 service = info.get("service") if isinstance(info, dict) else None
-                if not isinstance(service, str):
+                if not isinstance(service, str) or len(service) > MAX_ENDPOINT_CHARS:
                     continue
                 if via is not None and via.startswith("ipc://") and node_id == body.get("node"):
                     self.aliases[service] = self.index(via)

@@ -8,6 +8,7 @@ Constraints:
   Unknown keys are ignored so newer nodes can add fields.
 * A node id is also a znode name and a ZeroMQ routing id: 1-128 characters
   from ``[A-Za-z0-9_.:@-]``, not ``.`` or ``..``.
+* A member's endpoints are non-empty strings of at most ``MAX_ENDPOINT_CHARS``.
 * A view with a higher ``epoch`` supersedes a lower one.
 
 Plain values, no I/O: the coordinators that hand views out are in
@@ -25,6 +26,8 @@ from miyaq.errors import ConfigError
 from miyaq.protocol.ring import DEFAULT_VNODES, Ring, check_weight
 
 _NODE_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
+MAX_ENDPOINT_CHARS = 512
+"""The longest endpoint a member may register (a host name is at most 253)."""
 
 
 def check_node_id(node_id: object) -> str:
@@ -60,10 +63,13 @@ class Member:
         check_node_id(self.node_id)
         for name in ("service", "peer", "pub"):
             value = getattr(self, name)
-            if not isinstance(value, str) or not value:
-                raise ConfigError(f"member {self.node_id}: {name} must be a non-empty string")
-        if self.http is not None and (not isinstance(self.http, str) or not self.http):
-            raise ConfigError(f"member {self.node_id}: http must be a non-empty string or None")
+            if not isinstance(value, str) or not value or len(value) > MAX_ENDPOINT_CHARS:
+                raise ConfigError(f"member {self.node_id}: {name} must be a non-empty string of at most "
+                                  f"{MAX_ENDPOINT_CHARS} characters")
+        if self.http is not None and (not isinstance(self.http, str) or not self.http
+                                      or len(self.http) > MAX_ENDPOINT_CHARS):
+            raise ConfigError(f"member {self.node_id}: http must be a non-empty string of at most "
+                              f"{MAX_ENDPOINT_CHARS} characters, or None")
         object.__setattr__(self, "weight", check_weight(self.weight))
 
     def to_dict(self) -> dict[str, Any]:

@@ -61,7 +61,8 @@ def connect_or_refuse(sock: Any, endpoint: str) -> None:
         sock.connect(endpoint)
     except zmq.ZMQError as err:
         reason = zmq.strerror(err.errno) if err.errno is not None else str(err)
-        raise ConfigError(f"cannot connect to {endpoint!r}: {reason} "
+        shown = endpoint if len(endpoint) <= 200 else endpoint[:200] + "..."
+        raise ConfigError(f"cannot connect to {shown!r}: {reason} "
                           f"(an endpoint looks like tcp://host:port or ipc:///path)") from None
 
 

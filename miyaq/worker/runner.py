@@ -177,8 +177,8 @@ class Worker:
             return
         known = {link.endpoint for link in self.links} | {link.advertised for link in self.links if link.advertised}
         for ep in endpoints:
-            if (isinstance(ep, str) and ep.startswith("tcp://") and ep not in known
-                    and ep not in self.refused and len(self.links) < MAX_NODES):
+            if (isinstance(ep, str) and ep.startswith("tcp://") and len(ep) <= MAX_ENDPOINT_CHARS
+                    and ep not in known and ep not in self.refused and len(self.links) < MAX_NODES):
                 try:
                     link = NodeLink(self, self.factory, ep)
                 except ConfigError as err:
