@@ -156,18 +156,25 @@ class Messages:
         return [r.choice([b"MQ2", b""]), r.choice([b"NOPE", c.READY, command]), pack({})]
 
 
-def test_no_message_a_node_can_send_breaks_a_worker(thread_worker) -> None:
+@pytest.mark.parametrize("pool", ["gevent", "threads", "processes"])
+def test_no_message_a_node_can_send_breaks_a_worker(thread_worker, monkeypatch, pool) -> None:
     """Fault: a buggy or hostile node sends its worker malformed DISPATCH,
     WELCOME, HEARTBEAT, ABORT, ERROR and RECONNECT messages and garbage
-    (seeded; see the module). After every batch the worker has not crashed,
-    all its runners are alive, and a real task dispatched validly runs and
-    is reported DONE."""
+    (seeded; see the module), in each pool (a delivery's body reaches a
+    thread or a child process differently). After every batch the worker
+    has not crashed, all its runners are alive, and a real task dispatched
+    validly runs and is reported DONE."""
     rng = random.Random(SEED)
     inputs = Inputs(rng, "n0", "p1", 0.0)
     messages = Messages(rng, inputs)
+    options: dict[str, Any] = {"pool": pool}
+    if pool == "processes":     # its children import the app by name, from this directory
+        options["app_spec"] = f"{__name__}:app"
+        paths = [os.path.dirname(__file__), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
     node = PlayedNode()
     try:
-        w = thread_worker(app, node.endpoint, heartbeat=60.0, concurrency=CONCURRENCY)
+        w = thread_worker(app, node.endpoint, heartbeat=60.0, concurrency=CONCURRENCY, **options)
         wait_for(lambda: node.pump() or node.link is not None, what="the worker's READY")
         for batch in range(0, EXAMPLES, BATCH):
             where = f"seed {SEED}, batch {batch // BATCH}"
