@@ -139,7 +139,7 @@ class Nodes:
                 if service in self.aliases or service in self.refused or service in self.endpoints:
                     continue
                 if len(self.endpoints) >= MAX_NODES:
-                    break
+                    continue        # known ones may still be aliased above; no new one
                 if not dial(service):
                     if len(self.refused) < MAX_NODES:
                         self.refused.add(service)
