@@ -48,6 +48,11 @@ def answer(*args: Any, **kwargs: Any) -> int:
     return 42
 
 
+@app.task(name="answer_async")
+async def answer_async(*args: Any, **kwargs: Any) -> int:
+    return 42
+
+
 class PlayedNode:
     """A ROUTER standing in for the worker's node: welcomes READY, sends a
     HEARTBEAT at each pump (as a node does: a WELCOME of the fuzz may have
@@ -108,8 +113,8 @@ class Messages:
         task_id = self.inputs.new_id()
         body = r.choice([msgpack.packb([[1], {}], use_bin_type=True), r.randbytes(r.randrange(0, 20)),
                          pack(self.inputs.junk()), pack([[self.inputs.junk()], {"k": self.inputs.junk()}])])
-        d: list[Any] = [task_id, "default", r.choice(["answer", "answer", "nope"]), body, r.randrange(1, 4),
-                        r.choice([30.0, 0, 0.5])]
+        name = r.choice(["answer", "answer", "answer_async", "nope"])
+        d: list[Any] = [task_id, "default", name, body, r.randrange(1, 4), r.choice([30.0, 0, 0.5])]
         if r.random() < 0.3:
             d.append([self.endpoint() for _ in range(r.randrange(0, 4))])
         roll = r.random()
@@ -163,7 +168,8 @@ def test_no_message_a_node_can_send_breaks_a_worker(thread_worker, monkeypatch, 
     (seeded; see the module), in each pool (a delivery's body reaches a
     thread or a child process differently). After every batch the worker
     has not crashed, all its runners are alive, and a real task dispatched
-    validly runs and is reported DONE."""
+    validly runs and is reported DONE. Deliveries name a plain handler, an
+    ``async def`` one (the worker's event loop) or none."""
     rng = random.Random(SEED)
     inputs = Inputs(rng, "n0", "p1", 0.0)
     messages = Messages(rng, inputs)
