@@ -12,6 +12,7 @@ import itertools
 from typing import Any, Callable
 
 from ..errors import Unavailable
+from ..protocol.commands import MAX_ENDPOINT_CHARS
 from .placement import Placement, placement_from_ring
 
 DISCOVERY_INTERVAL = 10.0
@@ -19,8 +20,6 @@ DISCOVERY_INTERVAL = 10.0
 FIRST_DISCOVERY_GAP = 0.25
 """Soon after start the ring may still be forming: ask again after this, doubling."""
 MAX_NODES = 256
-MAX_ENDPOINT_CHARS = 512
-"""A ring endpoint longer than this is not one a node advertises: not dialled."""
 
 
 class Nodes:

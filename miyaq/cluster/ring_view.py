@@ -23,11 +23,10 @@ from typing import Any
 
 from miyaq.config import NodeConfig
 from miyaq.errors import ConfigError
+from miyaq.protocol.commands import MAX_ENDPOINT_CHARS
 from miyaq.protocol.ring import DEFAULT_VNODES, Ring, check_weight
 
 _NODE_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
-MAX_ENDPOINT_CHARS = 512
-"""The longest endpoint a member may register (a host name is at most 253)."""
 
 
 def check_node_id(node_id: object) -> str:

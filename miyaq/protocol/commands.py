@@ -52,6 +52,11 @@ DUPLICATE = "duplicate"      # detail: the id of the task that holds the key / i
 REJECTED = "rejected"        # detail: {"code", "message"}
 
 DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024
+#: The longest endpoint a part dials because another part named it (a RING
+#: member's ``service``, a member znode's endpoints, WELCOME/HEARTBEAT
+#: ``nodes``, a delivery's holders): no node advertises a longer one (a host
+#: name is at most 253 characters).
+MAX_ENDPOINT_CHARS = 512
 
 NODE_REPLIES = frozenset({SUBMITTED, REPLY, ERROR})
 WORKER_INBOUND = frozenset({WELCOME, HEARTBEAT, DISPATCH, ABORT, RECONNECT, ERROR, REPLY})

@@ -123,9 +123,9 @@ RECV_BURST = 256
 #: Most nodes a worker connects to (the ring's members, as they are discovered).
 MAX_NODES = 256
 #: A DISPATCH item's holders: at most this many endpoints (a task has at
-#: most 16 holders) of at most this many characters; others are ignored.
+#: most 16 holders), each of at most ``protocol.commands.MAX_ENDPOINT_CHARS``
+#: characters; others are ignored.
 MAX_HOLDERS = 16
-MAX_ENDPOINT_CHARS = 512
 
 # -- results --------------------------------------------------------------------------
 #: A DONE message carries at most this many results, or about this many bytes.

@@ -12,6 +12,16 @@ from .execute import Interrupted
 Touch = Callable[[str], None]
 
 
+def well_formed(d: Any) -> bool:
+    """A DISPATCH delivery a :class:`Job` can be made of: [id, queue, name,
+    body, attempt, timeout(, holders)] with the right types (name None: a
+    webhook task, which no handler takes). What a node sends is checked
+    here, before a runner touches it."""
+    return (isinstance(d, list) and len(d) in (6, 7) and isinstance(d[0], str) and isinstance(d[1], str)
+            and (d[2] is None or isinstance(d[2], str)) and isinstance(d[3], bytes)
+            and type(d[4]) is int and isinstance(d[5], (int, float)) and not isinstance(d[5], bool))
+
+
 class Job:
     """``deadline`` (monotonic) is when the watchdog stops the handler:
     start + timeout, moved on by each touch. ``stop_reason`` is set once,

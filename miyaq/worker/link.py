@@ -34,8 +34,8 @@ from ..protocol.reach import explain, unreachable
 from ..runtime import green, monotonic
 from ..runtime.messages import HubSocket
 from ..runtime.sockets import CONNECTION_CLOSED, SocketFactory, monitor_event, zmq
-from .config import (FIRST_CONTACT, FIRST_CONTACT_REPEAT_MAX, LIVENESS, MAX_ENDPOINT_CHARS, MAX_INBOUND_MESSAGE,
-                     NODE_HEARTBEAT_RANGE, PROBE_TIMEOUT, RECV_BURST)
+from .config import (FIRST_CONTACT, FIRST_CONTACT_REPEAT_MAX, LIVENESS, MAX_INBOUND_MESSAGE, NODE_HEARTBEAT_RANGE,
+                     PROBE_TIMEOUT, RECV_BURST)
 from .outbox import Outbox
 from .prefetch import ExtraCredit, RunTimes
 
@@ -295,7 +295,7 @@ class NodeLink:
             logger.info("worker %s: registered with node %s", self.worker.wid, self.endpoint)
         self.heard = True
         service = body.get("service")
-        if isinstance(service, str) and len(service) <= MAX_ENDPOINT_CHARS:
+        if isinstance(service, str) and len(service) <= c.MAX_ENDPOINT_CHARS:
             self.advertised = service
         if isinstance(body.get("nodes"), list):
             self.worker.discover(body["nodes"])

@@ -20,13 +20,16 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from ..logs import LogLimiter
+from ..protocol.commands import MAX_ENDPOINT_CHARS
 from ..runtime import monotonic
-from .config import RECENT_REPORT_BYTES, RECENT_REPORT_MAX, RECENT_REPORT_SECONDS
+from .config import MAX_HOLDERS, RECENT_REPORT_BYTES, RECENT_REPORT_MAX, RECENT_REPORT_SECONDS
 
 if TYPE_CHECKING:
     from .link import NodeLink
 
 logger = logging.getLogger(__name__)
+_log = LogLimiter(logger)     # what a node sends may repeat (a buggy or hostile one): a few lines a minute
 
 
 class SentReport(NamedTuple):
@@ -70,6 +73,17 @@ class Routes:
 
     def running_from(self, link: "NodeLink") -> int:
         return sum(1 for origin in self.origin.values() if origin is link)
+
+    def note_holders(self, link: "NodeLink", task_id: str, holders: Any) -> None:
+        """Keep a delivery's holders (where to report if its node is lost),
+        if they are a list of at most MAX_HOLDERS endpoints of at most
+        MAX_ENDPOINT_CHARS characters; otherwise they are ignored (logged)."""
+        if (isinstance(holders, list) and len(holders) <= MAX_HOLDERS
+                and all(isinstance(h, str) and len(h) <= MAX_ENDPOINT_CHARS for h in holders)):
+            self.holders[task_id] = holders
+        else:
+            _log.warning("holders", "task %s from %s: ignoring its holders (not a list of at most %d endpoints)",
+                         task_id, link.endpoint, MAX_HOLDERS)
 
     def report_link(self, link: "NodeLink", task_id: str, keep: bool = False) -> "NodeLink":
         """Where to report ``task_id``: its node, or -- if that node is lost

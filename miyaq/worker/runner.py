@@ -38,10 +38,10 @@ from ..runtime.sockets import SocketFactory
 from ..security.curve import client_curve
 from .aio import AsyncLoop
 from .config import (
-    BYE_LINGER, DRAIN_POLL, MAX_ENDPOINT_CHARS, MAX_HOLDERS, MAX_NODES, WATCHDOG_IDLE, WATCHDOG_TICK, WorkerConfig,
+    BYE_LINGER, DRAIN_POLL, MAX_NODES, WATCHDOG_IDLE, WATCHDOG_TICK, WorkerConfig,
 )
 from .execute import Interrupted, Outcome, TaskAborted, TaskTimeout
-from .jobs import Job
+from .jobs import Job, well_formed
 from .link import NodeLink
 from .pools import PoolParts, make_pool
 from .prefetch import RunTimes
@@ -126,9 +126,9 @@ class Worker:
             return
         malformed = 0
         for d in deliveries:
-            if _well_formed(d):
+            if well_formed(d):
                 if len(d) == 7:
-                    self._note_holders(link, d[0], d[6])
+                    self.routes.note_holders(link, d[0], d[6])
                 self.backlog.append((link, d))
             else:
                 malformed += 1
@@ -136,16 +136,6 @@ class Worker:
             _log.warning("delivery", "ignoring %d malformed deliver%s from %s", malformed,
                          "y" if malformed == 1 else "ies", link.endpoint)
         self._wake(len(deliveries))
-
-    def _note_holders(self, link: NodeLink, task_id: str, holders: Any) -> None:
-        """Keep a delivery's holders (where to report if its node is lost),
-        if they are a list of at most MAX_HOLDERS endpoints."""
-        if (isinstance(holders, list) and len(holders) <= MAX_HOLDERS
-                and all(isinstance(h, str) and len(h) <= MAX_ENDPOINT_CHARS for h in holders)):
-            self.routes.holders[task_id] = holders
-        else:
-            _log.warning("holders", "task %s from %s: ignoring its holders (not a list of at most %d endpoints)",
-                         task_id, link.endpoint, MAX_HOLDERS)
 
     def abort(self, ids: list[Any]) -> None:
         for task_id in ids:
@@ -177,7 +167,7 @@ class Worker:
             return
         known = {link.endpoint for link in self.links} | {link.advertised for link in self.links if link.advertised}
         for ep in endpoints:
-            if (isinstance(ep, str) and ep.startswith("tcp://") and len(ep) <= MAX_ENDPOINT_CHARS
+            if (isinstance(ep, str) and ep.startswith("tcp://") and len(ep) <= c.MAX_ENDPOINT_CHARS
                     and ep not in known and ep not in self.refused and len(self.links) < MAX_NODES):
                 try:
                     link = NodeLink(self, self.factory, ep)
@@ -407,10 +397,3 @@ class Worker:
         logger.info("worker %s stopped after %d task(s)", self.wid, self.executed)
         self._stopped.set()
 
-
-def _well_formed(d: Any) -> bool:
-    """[id, queue, name, body, attempt, timeout(, holders)] with the right
-    types (name None: a webhook task, which no handler takes)."""
-    return (isinstance(d, list) and len(d) in (6, 7) and isinstance(d[0], str) and isinstance(d[1], str)
-            and (d[2] is None or isinstance(d[2], str)) and isinstance(d[3], bytes)
-            and type(d[4]) is int and isinstance(d[5], (int, float)) and not isinstance(d[5], bool))
