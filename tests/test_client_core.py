@@ -10,11 +10,13 @@ import msgpack
 import pytest
 
 from miyaq.client import operations as ops
+from miyaq.client import submits
 from miyaq.client.core import ClientCore
 from miyaq.client.handle import MAX_FAILURES_KEPT, Unflushed, flush_error
 from miyaq.client.nodes import Nodes
 from miyaq.client.submits import FIRST_CONTACT, Pending
 from miyaq.errors import Busy, InvalidField, MiyaqError, NotFound, Timeout, Unavailable
+from miyaq.logs import LogLimiter
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c
 
@@ -187,6 +189,44 @@ def test_node_restarting_mid_pipeline_gets_unacknowledged_submits_again_with_the
     core.on_frames(0, submitted([["t0", "duplicate", "t0"]]), 2.2)   # the first try's late ack
     assert all(w.done and w.error is None for w in waiters)
     assert core.in_flight == -3               # submitted is the driver's count; three resolved
+
+
+@pytest.mark.parametrize("status", ["stored", "ACCEPTED", None, 1, ["accepted"], {"accepted": 1}])
+def test_an_acknowledgement_with_an_unknown_status_is_not_taken_for_accepted(status, caplog, monkeypatch) -> None:
+    """Fault: a buggy or hostile node acknowledges a submit with a status the
+    protocol does not name. Nothing says the task was stored, so the submit
+    stays unacknowledged: sent again (marked resent) when it is late, and
+    accepted by a node that answers properly; one line is logged."""
+    monkeypatch.setattr(submits, "_log", LogLimiter(submits.logger))   # its own rate: other tests log too
+    core, transport = make(1, ack_timeout=1.0)
+    p, w = pending("t1")
+    core.submit(p, now=0.0)
+    transport.take()
+    core.on_frames(0, submitted([["t1", status, None]]), 0.1)
+    assert not w.done and "t1" in core.submits.pending
+    assert "unknown status" in caplog.text
+    core.on_timer(1.2)                        # overdue: back to waiting
+    core.on_timer(core.submits.next_due() or 1.2)
+    (_, _, body), = transport.take()
+    assert body["tasks"][0]["id"] == "t1" and body["tasks"][0]["resent"] is True
+    core.on_frames(0, submitted([["t1", "accepted", None]]), 1.5)
+    assert w.done and w.error is None and w.value[1] == "accepted"
+
+
+def test_a_node_that_never_acknowledges_properly_fails_the_submit_at_its_deadline() -> None:
+    """Fault: every acknowledgement a node sends names an unknown status: the
+    submit fails at its deadline (a Timeout naming the task), never resolved
+    as accepted."""
+    core, transport = make(1, ack_timeout=0.5)
+    p, w = pending("t1", timeout=2.0)
+    core.submit(p, now=0.0)
+    now = 0.0
+    while not w.done and now < 5:
+        core.on_timer(now)
+        for node, _, body in transport.take():
+            core.on_frames(node, submitted([[t["id"], "queued", None] for t in body["tasks"]]), now)
+        now += 0.05
+    assert isinstance(w.error, Timeout) and "t1 not acknowledged before its deadline" in str(w.error)
 
 
 def test_a_rejected_task_fails_with_the_nodes_error() -> None:

@@ -24,12 +24,20 @@ Rules (docs/semantics.md):
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 from typing import Any, Callable, Protocol
 
 from ..errors import Busy, MiyaqError, ShuttingDown, Timeout, Unavailable, from_wire
+from ..logs import LogLimiter
 from ..protocol import commands as c
 from .nodes import Nodes
+
+logger = logging.getLogger(__name__)
+_log = LogLimiter(logger)     # a node answering with nonsense may do so for every task: a few lines a minute
+
+# What a SUBMITTED result may say of a task (docs/protocol.md, "SUBMIT").
+SUBMIT_STATUSES = (c.ACCEPTED, c.DUPLICATE, c.REJECTED)
 
 BATCH_BYTES = 4 * 1024 * 1024
 """Payload bytes per SUBMIT (the node's default message limit is 16 MiB)."""
@@ -261,9 +269,14 @@ class SubmitPipeline:
         return len(lost)
 
     def on_submitted(self, node: int, body: dict[str, Any], now: float) -> None:
-        """A SUBMITTED from ``node``: resolve, retry or fail each result (one
-        that is not ``[id, status, detail]`` for a submit still waiting is
-        skipped: that submit is sent again when its acknowledgement is late)."""
+        """A SUBMITTED from ``node``: resolve, retry or fail each result.
+
+        One that is not ``[id, status, detail]`` with a status the protocol
+        names (accepted, duplicate, rejected) is skipped, as if its
+        acknowledgement never came: that submit is sent again when it is late
+        (marked ``resent``: it may be stored), and a node that never answers
+        it properly makes it fail at its deadline. An unknown status is never
+        taken for "accepted": nothing says the task was stored."""
         results = body.get("results")
         if not isinstance(results, list):
             return
@@ -271,6 +284,11 @@ class SubmitPipeline:
             if not isinstance(item, list) or len(item) != 3:
                 continue
             task_id, status, detail = item
+            if status not in SUBMIT_STATUSES:
+                _log.warning("unknown-status", "ignoring an acknowledgement of task %.80r from %s: unknown status "
+                             "%.80r (the submit is sent again when its acknowledgement is late)", task_id,
+                             self.nodes.endpoints[node], status)
+                continue
             p = self.pending.pop(task_id, None) if isinstance(task_id, str) else None
             if p is not None and self.capped:
                 self.capped.pop(task_id, None)
