@@ -14,7 +14,10 @@ import subprocess
 import sys
 
 import pytest
+from gateway_harness import WorkerServer
+from raw_nodes import CountingNode, NodesPlayer
 
+from miyaq.protocol import commands as c
 from miyaq.testing.harness import free_port, refusing_port, wait_for
 
 MIYAQ = [sys.executable, "-m", "miyaq.cli.main"]
@@ -188,3 +191,50 @@ def test_a_connect_that_is_not_an_endpoint_is_a_clear_error(command):
     assert done.stderr.strip().splitlines()[-1] == (
         "miyaq: error: cannot connect to 'tcp://127.0.0.1': Invalid argument (an endpoint looks like "
         "tcp://host:port or ipc:///path)")
+
+
+@pytest.mark.parametrize("command,replies", [
+    (["status"], {c.STATUS: {"node": "n1"}}),                                   # no version, totals, ...
+    (["status"], {c.STATUS: {"node": "n1", "version": "9", "uptime": "long", "accepting": True}}),
+    (["status", "--json"], {c.STATUS: {"node": "n1", b"raw": 1}}),             # a key JSON cannot hold
+    (["tasks"], {c.TASKS: {"tasks": [{"id": "t1"}]}}),
+    (["tasks"], {c.TASKS: {"tasks": [5]}}),
+    (["dead", "list"], {c.DEAD: {"tasks": 5}}),
+    (["dead", "purge"], {c.DEAD: {"retried": 1}}),
+], ids=["status-fields", "status-uptime-not-a-number", "status-json-bytes-key", "tasks-fields",
+        "tasks-not-maps", "dead-list-not-a-list", "dead-purge-field"])
+def test_an_answer_of_an_unexpected_shape_is_a_clear_error(command, replies):
+    """Fault: something that speaks the protocol (a node of another version,
+    a buggy or hostile one) answers with a map the command cannot print. The
+    command exits 2 with one line naming the node and what was wrong, not a
+    traceback."""
+    with NodesPlayer([CountingNode(replies)], tasks=0) as player:
+        endpoint = player.nodes[0].endpoint
+        done = miyaq(*command, "--connect", endpoint)
+    assert not player.problems
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr
+    line, = done.stderr.strip().splitlines()
+    assert line.startswith(f"miyaq: error: unexpected answer from the node at {endpoint}: "), line
+
+
+@pytest.mark.parametrize("payload,expected", [
+    (b"<html>not a gateway</html>", "GET /queues: the answer from {url} is not JSON (is it a miyaq node's "
+                                    "HTTP gateway?)"),
+    (b'{"queues": [{"name": "q"}]}', "unexpected answer from the gateway at {url}: no field 'limits' (is it a "
+                                     "miyaq node of this version? --json prints the answer as it came)"),
+    (b'{"queues": 7}', "unexpected answer from the gateway at {url}: TypeError: 'int' object is not iterable"),
+], ids=["not-json", "row-without-limits", "queues-not-a-list"])
+def test_a_gateway_answer_of_an_unexpected_shape_is_a_clear_error(payload, expected):
+    """Fault: ``--http`` names a server that answers 200 with something other
+    than the gateway's answer (another program, another version). ``miyaq
+    queue list`` exits 2 with one line saying so, not a traceback."""
+    server = WorkerServer(script={1: (200, {"Content-Type": "application/json"}, 0.0, payload)})
+    try:
+        done = miyaq("queue", "list", "--http", server.url)
+    finally:
+        server.close()
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr
+    line, = done.stderr.strip().splitlines()
+    assert line.startswith("miyaq: error: " + expected.format(url=server.url)), line

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from ..errors import ConfigError
+from .answers import reading
 from .connect import add_client_options as _connect_option
 from .connect import client as _connected
 
@@ -61,6 +62,11 @@ def _client(args: argparse.Namespace) -> Any:
     return _connected(args, submit_timeout=10.0, request_timeout=5.0)
 
 
+def _node(args: argparse.Namespace) -> str:
+    """Where the command's answers come from, for an error about their shape."""
+    return f"the node at {args.connect}" if getattr(args, "connect", None) else "the node"
+
+
 def _json(text: str, what: str) -> Any:
     try:
         return json.loads(text)
@@ -106,9 +112,15 @@ def run_status(args: argparse.Namespace) -> int:
         status = client.status(args.id)
     finally:
         client.close(flush=False)
-    if args.json or args.id:
-        _print(status, args.json)
-        return 0
+    with reading(_node(args), raw_hint=not args.json):
+        if args.json or args.id:
+            _print(status, args.json)
+        else:
+            _print_node_status(status)
+    return 0
+
+
+def _print_node_status(status: dict[str, Any]) -> None:
     print(f"node {status['node']}  version {status['version']}  up {status['uptime']:.0f}s  "
           f"accepting {status['accepting']}")
     totals = status["totals"]
@@ -132,7 +144,6 @@ def run_status(args: argparse.Namespace) -> int:
         for w in workers:
             print(f"{str(w.get('worker', '?')):<32}{str(w.get('pool', '-')):>10}{w.get('concurrency', '-'):>12}"
                   f"{w.get('running', 0):>9}  {','.join(w.get('queues') or [])}")
-    return 0
 
 
 def _mib(n: int) -> str:
@@ -145,14 +156,15 @@ def run_tasks(args: argparse.Namespace) -> int:
         tasks = client.tasks(args.queue, args.state, args.limit)
     finally:
         client.close(flush=False)
-    if args.json:
-        _print(tasks, True)
-        return 0
-    for t in tasks:
-        when = time.strftime("%H:%M:%S", time.localtime(t["eta"]))
-        print(f"{t['id']}  {t['queue']:<12} {t['state']:<10} prio={t['priority']:<4} eta={when} "
-              f"attempt={t['attempt']} {t.get('name') or t.get('url')}")
-    print(f"{len(tasks)} task(s)")
+    with reading(_node(args), raw_hint=not args.json):
+        if args.json:
+            _print(tasks, True)
+            return 0
+        for t in tasks:
+            when = time.strftime("%H:%M:%S", time.localtime(t["eta"]))
+            print(f"{t['id']}  {t['queue']:<12} {t['state']:<10} prio={t['priority']:<4} eta={when} "
+                  f"attempt={t['attempt']} {t.get('name') or t.get('url')}")
+        print(f"{len(tasks)} task(s)")
     return 0
 
 
@@ -171,20 +183,20 @@ def run_dead(args: argparse.Namespace) -> int:
     try:
         if args.op == "list":
             answer = client.dead("list", args.queue, limit=args.limit)
-            if args.json:
-                _print(answer["tasks"], True)
-            else:
-                for t in answer["tasks"]:
-                    err = t.get("error") or {}
-                    print(f"{t['id']}  {t['queue']:<12} attempt={t['attempt']} "
-                          f"{err.get('type', '')}: {err.get('message', '')}")
-                print(f"{len(answer['tasks'])} dead task(s)")
-        elif args.op == "retry":
-            answer = client.dead("retry", args.queue, ids=args.ids or None)
-            _print({"retried": answer["retried"]}, args.json)
         else:
-            answer = client.dead("purge", args.queue, ids=args.ids or None)
-            _print({"purged": answer["purged"]}, args.json)
+            answer = client.dead(args.op, args.queue, ids=args.ids or None)
     finally:
         client.close(flush=False)
+    with reading(_node(args), raw_hint=not args.json):
+        if args.op != "list":
+            done = "retried" if args.op == "retry" else "purged"
+            _print({done: answer[done]}, args.json)
+        elif args.json:
+            _print(answer["tasks"], True)
+        else:
+            for t in answer["tasks"]:
+                err = t.get("error") or {}
+                print(f"{t['id']}  {t['queue']:<12} attempt={t['attempt']} "
+                      f"{err.get('type', '')}: {err.get('message', '')}")
+            print(f"{len(answer['tasks'])} dead task(s)")
     return 0

@@ -25,7 +25,8 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import InvalidField, MiyaqError, Unavailable, from_wire
+from ..errors import InvalidField, MiyaqError, ProtocolError, Unavailable, from_wire
+from .answers import reading
 
 TIMEOUT = 10.0
 
@@ -89,7 +90,7 @@ def _request(args: argparse.Namespace, method: str, path: str, body: Any = None,
     request = urllib.request.Request(base + path, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT, context=_tls(args)) as resp:
-            return json.loads(resp.read())
+            text = resp.read()
     except urllib.error.HTTPError as exc:
         try:
             error = json.loads(exc.read())["error"]
@@ -103,6 +104,11 @@ def _request(args: argparse.Namespace, method: str, path: str, body: Any = None,
                               f"({reason.verify_message}): pass --http-ca (or MIYAQ_HTTP_CA) with the "
                               "certificate of its CA, or its own if self-signed") from None
         raise Unavailable(f"cannot reach the node at {base}: {exc}") from None
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise ProtocolError(f"{method} {path}: the answer from {base} is not JSON (is it a miyaq node's "
+                            "HTTP gateway?)", source=base) from None
 
 
 def _tls(args: argparse.Namespace) -> ssl.SSLContext:
@@ -119,9 +125,10 @@ def _tls(args: argparse.Namespace) -> ssl.SSLContext:
 def _gateways(args: argparse.Namespace) -> list[tuple[str, str | None]]:
     """(node id, HTTP gateway) of every ring member, the node asked first."""
     status = _request(args, "GET", "/status")
-    here = status["node"]
-    http = status.get("ring", {}).get("http") or {}
-    return [(here, _base(args))] + [(node, url) for node, url in sorted(http.items()) if node != here]
+    with reading(f"the gateway at {_base(args)}", raw_hint=False):
+        here = status["node"]
+        http = status.get("ring", {}).get("http") or {}
+        return [(here, _base(args))] + [(node, url) for node, url in sorted(http.items()) if node != here]
 
 
 def _limits_text(limits: dict[str, Any] | None) -> str:
@@ -141,10 +148,11 @@ def run_list(args: argparse.Namespace) -> int:
         print(json.dumps(answer, indent=2))
         return 0
     columns = ("scheduled", "ready", "running", "retrying", "dead", "workers", "idle")
-    print(f"{'QUEUE':<24}" + "".join(f"{c.upper():>10}" for c in columns) + "  LIMITS")
-    for row in answer["queues"]:
-        limits = _limits_text(row["limits"]) + (" (paused)" if row.get("paused") else "")
-        print(f"{row['name']:<24}" + "".join(f"{row[c]:>10}" for c in columns) + "  " + limits)
+    with reading(f"the gateway at {_base(args)}"):
+        print(f"{'QUEUE':<24}" + "".join(f"{c.upper():>10}" for c in columns) + "  LIMITS")
+        for row in answer["queues"]:
+            limits = _limits_text(row["limits"]) + (" (paused)" if row.get("paused") else "")
+            print(f"{row['name']:<24}" + "".join(f"{row[c]:>10}" for c in columns) + "  " + limits)
     return 0
 
 
@@ -190,5 +198,7 @@ def _on_every_node(args: argparse.Namespace, method: str, path: str, body: Any,
             missed += 1
             print(f"{node}: no HTTP gateway; {if_no_gateway}")
             continue
-        print(f"{node}: {describe(_request(args, method, path, body, base=base))}")
+        answer = _request(args, method, path, body, base=base)
+        with reading(f"the gateway at {base}", raw_hint=False):
+            print(f"{node}: {describe(answer)}")
     return 1 if missed else 0
