@@ -124,18 +124,22 @@ def thread_worker():
 
 
 @pytest.fixture
-def procs(request):
-    """Factory for node/worker subprocesses; killed at the end, logs shown on failure."""
+def procs(request, tmp_path):
+    """Factory for node/worker subprocesses; killed at the end, logs shown on
+    failure. Their logs are in the test's ``tmp_path`` (pytest keeps the last
+    few runs' and removes older ones)."""
     started: list = []
+    logs = str(tmp_path)
 
     class Factory:
         def node(self, *extra: str, port: int | None = None, env=None) -> NodeProc:
-            p = NodeProc(port=port, extra=list(extra), env=env).start()
+            p = NodeProc(port=port, extra=list(extra), env=env, log_dir=logs).start()
             started.append(p)
             return p.wait_ready()
 
         def worker(self, app: str, endpoint: str, concurrency: int = 4, *extra: str, env=None) -> WorkerProc:
-            p = WorkerProc(app, [endpoint], concurrency=concurrency, extra=list(extra), env=env).start()
+            p = WorkerProc(app, [endpoint], concurrency=concurrency, extra=list(extra), env=env,
+                           log_dir=logs).start()
             started.append(p)
             return p
 

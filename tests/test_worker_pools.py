@@ -228,21 +228,29 @@ def test_killed_child_process_fails_its_task_and_is_replaced(procs, node, client
     assert "died (exit -9) running task" in w.log_tail(200)
 
 
-def test_killed_worker_parent_takes_its_children_along(procs, node, client, events):
+def test_killed_worker_parent_takes_its_children_along(procs, node, client, events, tmp_path):
     """Fault: kill -9 of a processes-pool worker (the parent). Its children
     notice within a second and exit; the node puts the task back and another
-    worker runs it."""
+    worker runs it. The killed worker's private directory (its children's
+    socket) is removed by the next worker's pool."""
     path, env = events
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**env, "TMPDIR": str(tmp)}
     w = _worker(procs, node, "processes", 2, env)
     _registered(client)
+    [left] = os.listdir(tmp)
     tag = uuid.uuid4().hex
     handle = client.submit("slow_first", [tag, 60.0], wait=True)
     wait_for(lambda: _starts(path, tag), what="the handler started")
     child = _starts(path, tag)[0][2]
     w.kill()
     wait_for(lambda: not _alive(child), what="the orphaned child exited")
+    assert os.listdir(tmp) == [left]            # abandoned: its worker could not remove it
     _worker(procs, node, "processes", 1, env)
     assert handle.result(30) == 2
+    [now] = os.listdir(tmp)
+    assert now != left and now.startswith("miyaq-pool-")
 
 
 def test_max_tasks_per_child_replaces_children(procs, node, client, events):

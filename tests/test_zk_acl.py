@@ -240,7 +240,8 @@ def test_a_cluster_with_credentials_runs_and_keeps_strangers_out(procs, zk_serve
 
     port = free_port()
     intruder = NodeProc(port=port, extra=["--zk", zk_server.hosts, "--cluster", zk_cluster_name,
-                                          "--node-id", "intruder", "--zk-auth", "miyaq:guess"]).start()
+                                          "--node-id", "intruder", "--zk-auth", "miyaq:guess"],
+                        log_dir=str(tmp_path)).start()
     try:
         wait_for(lambda: not intruder.alive(), timeout=30, what="the node without the credentials to exit")
         assert "refused these credentials" in intruder.log_tail()

@@ -165,7 +165,10 @@ class ThreadWorker:
 
 
 class Proc:
-    """A miyaq subprocess (``python -m miyaq.cli.main ARGS``) with its log."""
+    """A miyaq subprocess (``python -m miyaq.cli.main ARGS``) with its log,
+    ``<log_dir>/<name>.log``. Without ``log_dir`` a new temporary directory
+    holds it, left for the caller to remove (a log is read after its process
+    died); tests pass their ``tmp_path``."""
 
     def __init__(self, args: list[str], name: str, env: dict[str, str] | None = None,
                  log_dir: str | None = None) -> None:

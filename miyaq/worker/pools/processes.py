@@ -5,7 +5,9 @@ For CPU-bound handlers: each child is a fresh interpreter
 never forked from the gevent parent) that imports the app and runs one task
 at a time, so N children use N cores. The parent keeps the node links,
 credit and heartbeats; it talks to its children over one ROUTER on an
-``ipc://`` socket in a private temporary directory.
+``ipc://`` socket in a private temporary directory
+(:mod:`~miyaq.worker.pools.private_dir`: removed at stop, and by the next
+worker's start if this one was killed).
 
 Stopping a handler means ending its process: a cancel or a timeout kills
 the child (SIGKILL) and starts a fresh one, as does a child that dies by
@@ -17,10 +19,8 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from typing import Any
 
 from ...errors import ConfigError
@@ -33,6 +33,7 @@ from ..execute import Outcome, interrupted
 from ..jobs import Job
 from .base import PoolParts
 from .child import EXIT, HELLO, OUTCOME, RUN, TOUCH, pack, unpack
+from .private_dir import PrivateDir
 
 logger = logging.getLogger(__name__)
 
@@ -76,12 +77,17 @@ class ProcessPool:
             raise ConfigError("the processes pool needs the app as module:attribute to start its children")
         # (the Worker checks this first, before it opens anything)
         self.parts = parts
-        self.dir = tempfile.mkdtemp(prefix="miyaq-pool-")   # 0700: only this user may connect
-        self.endpoint = f"ipc://{self.dir}/children"
+        self.dir = PrivateDir()     # 0700: only this user may connect; removed if this worker is killed
+        self.endpoint = f"ipc://{self.dir.path}/children"
         # Sockets of its own, without the worker's CURVE: only this user can
         # reach the private directory, and a worker's key (a client's) cannot bind.
         self.factory = SocketFactory(green=True)
-        self.sock = self.factory.router(self.endpoint)
+        try:
+            self.sock = self.factory.router(self.endpoint)
+        except BaseException:
+            self.factory.close()
+            self.dir.remove()
+            raise
         self.children: dict[bytes, ChildProcess] = {}
         self.retired: list[ChildProcess] = []
         self.idle: Any = green.Queue()
@@ -258,5 +264,5 @@ class ProcessPool:
             logger.exception("processes pool: stopping the children failed")
         finally:
             self.factory.close()
-            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir.remove()
 
