@@ -36,6 +36,10 @@ class DocSession:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MIYAQ_")}
         env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
         env.update(self.ports.environment())
+        # What the page's commands make in the temporary directory (a dev
+        # cluster's kept logs) goes with the page's directory.
+        (self.dir / "tmp").mkdir()
+        env["TMPDIR"] = str(self.dir / "tmp")
         self.env = env
         self.background: list[Background] = []
         self._clients_before = _open_clients()
