@@ -277,3 +277,38 @@ def test_a_resync_answer_right_after_a_ring_change_brings_a_standby_copy_that_as
     cluster.wait_until(lambda: all(cluster[h].state(tid) == DONE for h in holders), what="done everywhere")
     assert sum(w.times(tid) for w in workers.values()) == 1
     assert not cluster.crashes()
+
+
+def test_a_gap_seen_while_a_resync_is_under_way_is_repaired_by_another(inproc):
+    """Fault: a resync is under way (its answer, made before, is slow to
+    come) when the F (finished) event from the same source is lost; the
+    runner's next heartbeat reveals the gap while the resync is still
+    running. The answer cannot know of an event sent after it was made, so
+    the gap must not be forgotten: once the answer is applied, the holder
+    resyncs again and finishes its copy. Before, the gap was counted and
+    dropped, and the copy stayed scheduled until past the lease (a task a
+    cluster test found done on two holders and scheduled on the third)."""
+    cluster = inproc(3)
+    tid = cluster.task_id()
+    holders = cluster.holders(tid)
+    runner, victim = holders[0], holders[1]
+    worker = cluster.worker(runner)
+    cluster.submit(runner, tid)
+    _started_everywhere(cluster, tid, holders, runner)
+    sub = cluster[victim].role.subscriber
+    slow = cluster.net.hold("ANSWER", src=runner, dst=victim, answering="SYNC")
+    sub.resync_all("test: a resync under way")      # as after a freeze
+    cluster.wait_until(lambda: slow.held, what="the resync's answer made (and held)")
+    lost = cluster.net.drop("EVENTS", src=runner, dst=victim, event="F", count=1)
+    worker.complete(tid)
+    cluster.wait_until(lambda: cluster[holders[2]].state(tid) == DONE, what="the other holder to hear F")
+    assert lost.hits == 1
+    gaps, resyncs = sub.gaps, sub.resyncs
+    cluster.advance(1.0)     # the runner's next heartbeat: a message is missing
+    cluster.wait_until(lambda: sub.gaps == gaps + 1, what="the gap to be seen during the resync")
+    assert sub.resyncs == resyncs and not sub.caught_up(runner)
+    slow.release()           # the answer, made before F: the task still running there
+    cluster.wait_until(lambda: cluster[victim].state(tid) == DONE, what="another resync to finish the copy")
+    assert sub.resyncs == resyncs + 1 and sub.caught_up(runner)
+    assert not cluster.net.messages("QUERY", src=victim, task=tid)    # not by its standby copy asking
+    assert worker.times(tid) == 1 and not cluster.crashes()

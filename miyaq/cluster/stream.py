@@ -52,7 +52,7 @@ def topic(node_id: str) -> bytes:
 
 
 class _Source:
-    __slots__ = ("heard", "inc", "last", "seq", "syncing", "zk_since")
+    __slots__ = ("again", "heard", "inc", "last", "seq", "syncing", "zk_since")
 
     def __init__(self) -> None:
         self.inc = 0
@@ -61,6 +61,9 @@ class _Source:
         self.last = 0.0               # when a message of this stream last arrived
         self.zk_since: float | None = 0.0   # since when its heartbeats say it has ZooKeeper (None: it has not)
         self.syncing = False
+        # Why to resync again once the one under way ends: a gap seen meanwhile
+        # (its answer may have been made before the lost message was sent).
+        self.again: str | None = None
 
 
 class StreamSender:
@@ -208,8 +211,13 @@ class StreamReceiver:
                 self._ask_resync(src, "silent stream")
 
     def _ask_resync(self, src: str, why: str) -> None:
+        """Resync from ``src``; if one is under way, once it ends (its answer
+        may have been made before what this one is for was lost)."""
         source = self.sources.get(src)
-        if source is None or source.syncing:
+        if source is None:
+            return
+        if source.syncing:
+            source.again = source.again or why
             return
         source.syncing = True
         self.resyncs += 1
@@ -220,12 +228,19 @@ class StreamReceiver:
         """Ask every source for its state again (this node missed time)."""
         for src, source in self.sources.items():
             source.syncing = False
+            source.again = None
             self._ask_resync(src, why)
 
     def resync_done(self, src: str) -> None:
+        """The resync from ``src`` ended (applied, or failed: its stream stays
+        suspect and is asked again when it shows a gap or goes silent). A
+        gap seen while it ran starts the next one at once."""
         source = self.sources.get(src)
         if source is not None:
             source.syncing = False
+            again, source.again = source.again, None
+            if again is not None:
+                self._ask_resync(src, f"{again} (during the last resync)")
 
     def caught_up(self, src: str) -> bool:
         source = self.sources.get(src)
