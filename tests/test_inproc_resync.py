@@ -13,18 +13,25 @@ def _started_everywhere(cluster, tid, holders, runner):
                        and cluster[runner].state(tid) == RUNNING, what="the task running, streams caught up")
 
 
+def _running_on_its_first_holder(inproc):
+    """Three nodes; a task running on its first holder (a worker there), the
+    other holders' streams from it caught up: (cluster, task id, holders, worker)."""
+    cluster = inproc(3)
+    tid = cluster.task_id()
+    holders = cluster.holders(tid)
+    worker = cluster.worker(holders[0])
+    cluster.submit(holders[0], tid)
+    _started_everywhere(cluster, tid, holders, holders[0])
+    return cluster, tid, holders, worker
+
+
 def test_lost_finish_event_is_repaired_by_the_heartbeat_gap(inproc):
     """Fault: the F (finished) event from the runner to one holder is lost. The
     runner's next heartbeat says a message is missing; the holder asks for a
     resync and finishes its copy from the runner's tombstones -- without
     waiting for its standby copy to ask (no QUERY) and without running it."""
-    cluster = inproc(3)
-    tid = cluster.task_id()
-    holders = cluster.holders(tid)
+    cluster, tid, holders, worker = _running_on_its_first_holder(inproc)
     runner, victim = holders[0], holders[1]
-    worker = cluster.worker(runner)
-    cluster.submit(runner, tid)
-    _started_everywhere(cluster, tid, holders, runner)
     sub = cluster[victim].role.subscriber
     gaps, resyncs = sub.gaps, sub.resyncs
     lost = cluster.net.drop("EVENTS", src=runner, dst=victim, event="F", count=1)
@@ -288,13 +295,8 @@ def test_a_gap_seen_while_a_resync_is_under_way_is_repaired_by_another(inproc):
     resyncs again and finishes its copy. Before, the gap was counted and
     dropped, and the copy stayed scheduled until past the lease (a task a
     cluster test found done on two holders and scheduled on the third)."""
-    cluster = inproc(3)
-    tid = cluster.task_id()
-    holders = cluster.holders(tid)
+    cluster, tid, holders, worker = _running_on_its_first_holder(inproc)
     runner, victim = holders[0], holders[1]
-    worker = cluster.worker(runner)
-    cluster.submit(runner, tid)
-    _started_everywhere(cluster, tid, holders, runner)
     sub = cluster[victim].role.subscriber
     slow = cluster.net.hold("ANSWER", src=runner, dst=victim, answering="SYNC")
     sub.resync_all("test: a resync under way")      # as after a freeze
