@@ -315,3 +315,19 @@ def test_worker_settings_survive_the_trip_to_a_child_process():
     env = config.environ({"MIYAQ_PREFETCH": "9", "PATH": "/bin"})
     assert "MIYAQ_PREFETCH" not in env and env["PATH"] == "/bin"
     assert WorkerConfig.load({}, env) == config
+
+
+def test_a_tmpdir_too_long_for_the_pools_socket_is_a_clear_error(tmp_path):
+    """Bad input: TMPDIR so long that the processes pool's unix socket path
+    would pass the kernel's limit (107 bytes). The worker exits 2 saying so
+    and what to do, not with libzmq's traceback, and leaves no directory."""
+    long_dir = tmp_path / ("t" * 100)
+    long_dir.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "miyaq.cli.main", "worker", "apps.pools:app", "--pool", "processes",
+                           "--connect", "tcp://127.0.0.1:9"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "TMPDIR": str(long_dir)}, cwd=os.path.dirname(__file__))
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "the processes pool cannot listen for its children in" in proc.stderr
+    assert "set TMPDIR to a shorter directory" in proc.stderr
+    assert os.listdir(long_dir) == []

@@ -69,6 +69,17 @@ class ChildProcess:
             self.outcome.set(outcome)
 
 
+def _bind_problem(endpoint: str, exc: Exception) -> str:
+    """Why the pool's ``ipc://`` socket could not bind, in a line: most
+    often a ``TMPDIR`` too long for a unix socket's path."""
+    path = endpoint[len("ipc://"):]
+    limit = getattr(zmq, "IPC_PATH_MAX_LEN", 107) or 107
+    if len(path.encode()) > limit:
+        return (f"its socket's path would be {len(path.encode())} bytes, and a unix socket's is at most {limit}; "
+                "set TMPDIR to a shorter directory")
+    return str(exc)
+
+
 class ProcessPool:
     name = "processes"
 
@@ -84,9 +95,12 @@ class ProcessPool:
         self.factory = SocketFactory(green=True)
         try:
             self.sock = self.factory.router(self.endpoint)
-        except BaseException:
+        except BaseException as exc:
             self.factory.close()
             self.dir.remove()
+            if isinstance(exc, zmq.ZMQError):
+                raise ConfigError(f"the processes pool cannot listen for its children in {self.dir.path}: "
+                                  f"{_bind_problem(self.endpoint, exc)}") from None
             raise
         self.children: dict[bytes, ChildProcess] = {}
         self.retired: list[ChildProcess] = []
