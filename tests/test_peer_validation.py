@@ -163,6 +163,27 @@ def test_poisoned_handoff_record_is_refused_and_status_keeps_working(cluster_nod
     assert_queue_still_works(service)
 
 
+def test_a_dead_record_whose_id_is_a_list_is_refused_while_the_node_holds_dead_letters(cluster_node, dealer,
+                                                                                      service):
+    """Fault (found by the node fuzz, seed 20261203): a REPLICATE whose
+    record claims the state ``dead`` under an id that is a list, sent to a
+    node that holds a dead letter. The answer's pass over the records sent
+    dead hashed that id and the peer handler failed: the batch went
+    unanswered. Now the record is refused like any bad one, the good record
+    of the same batch is stored and answered, and the queue works."""
+    holders = [me(cluster_node), "p1"]
+    dead = record("dead-1", holders, state="dead", attempt=1, error={"type": "Reject", "message": "no"})
+    assert dealer.replicate([dead])["ids"] == ["dead-1"]
+    assert service.task("dead-1")["state"] == "dead"
+
+    answer = dealer.replicate([record(["not", "an", "id"], holders, state="dead", attempt=1),
+                               record("good-2", holders)])
+    assert answer["ids"] == ["good-2"]
+    assert refused(service, "handoff") == 1
+    assert service.task("good-2")["state"] == "scheduled"
+    assert_queue_still_works(service)
+
+
 def test_poisoned_sync_answer_is_refused_and_status_keeps_working(peer):
     """Fault: the peer answers the node's resync (SYNC, asked when the node
     subscribes to its stream) with a task whose queue is an int, one whose

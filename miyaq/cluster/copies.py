@@ -53,13 +53,14 @@ class Copies:
         if not isinstance(records, list):
             return {"ids": []}
         now = wall()
-        stored = [r["id"] for r in records
-                  if self.install(r, now, "handoff" if isinstance(r, dict) and "state" in r else "replicate",
-                                  sender)]
+        stored: list[str] = []
+        sent_dead: set[str] = set()     # stored records sent dead need no "dead" back
+        for r in records:
+            if self.install(r, now, "handoff" if isinstance(r, dict) and "state" in r else "replicate", sender):
+                stored.append(r["id"])      # installed: checked, so a dict with a valid id
+                if r.get("state") == DEAD:
+                    sent_dead.add(r["id"])
         table = self.engine.table
-        # Records sent dead need no "dead" back; a node with no dead letters skips the pass.
-        sent_dead = ({r.get("id") for r in records if isinstance(r, dict) and r.get("state") == DEAD}
-                     if table.dead else set())
         finished = {}
         dead = {}
         room = self.role.config.max_message // 2
