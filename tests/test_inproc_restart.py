@@ -5,7 +5,7 @@ timeout rather than on their answers; then a copy still asks (QUERY)
 before it runs, and only silence lets it run."""
 from __future__ import annotations
 
-from miyaq.constants import FROZEN_RESYNC_TIMEOUT
+from miyaq.constants import FROZEN_RESYNC_TIMEOUT, RESYNC_TIMEOUT
 from miyaq.core.gate import RECONCILING
 from miyaq.store.task import DONE
 
@@ -184,3 +184,41 @@ def test_a_node_resumed_from_a_freeze_waits_for_its_ring_to_be_confirmed(inproc)
     cluster.script.deliver("n3")      # it notices: the newest ring reaches it, and is confirmed
     cluster.wait_until(lambda: not frozen.node.core.gate.holds(RECONCILING), what="n3's reconcile to end")
     assert frozen.role.view.epoch == epoch and not cluster.crashes()
+
+
+def test_a_resync_begun_before_a_freeze_does_not_count_for_the_reconcile_after_it(inproc):
+    """Fault: a node resumes from a freeze while a resync it asked before the
+    freeze (from n2) is still under way; after the freeze it asks every peer
+    again. n2 answers both resyncs; n3's answer is lost. The resync asked
+    before the freeze says nothing of what happened during it: the
+    reconcile (dispatching held) goes on until n3's state is fetched, n3 is
+    asked again when its resync fails, and the reconcile ends on that
+    answer, before its timeout. Before, the reconcile counted completed
+    resyncs: n2's two answers stood for both peers, and it ended the moment
+    n3's resync failed, without n3's state."""
+    cluster = inproc(3, replicas=2, default_timeout=60.0)
+    resumed = cluster["n1"]
+    cluster.settle(0.3)
+    sub = resumed.role.subscriber
+    before = cluster.net.hold("ANSWER", src="n2", dst="n1", answering="SYNC")
+    sub._ask_resync("n2", "test: a gap before the freeze")
+    cluster.wait_until(lambda: before.held, what="n2's answer to the resync asked before the freeze (held)")
+    before.remove()                     # what it holds waits for release(); later answers pass
+    lost = cluster.net.drop("ANSWER", src="n3", dst="n1", answering="SYNC", count=1)
+
+    done = resumed.role.resync.completed
+    asked = len(cluster.net.messages("SYNC", src="n1", dst="n3"))
+    resumed.role.stalled(8.0)           # what its clockwork calls when it wakes from a freeze
+    cluster.wait_until(lambda: lost.hits == 1, what="n3's answer to the resync after the freeze (lost)")
+    cluster.wait_until(lambda: resumed.role.resync.completed == done + 1, what="n2's answer after the freeze")
+    before.release()
+    cluster.wait_until(lambda: resumed.role.resync.completed == done + 2, what="n2's answer from before it")
+    cluster.settle(0.3)
+    assert resumed.node.core.gate.holds(RECONCILING), "reconciled while n3's resync was under way"
+
+    cluster.advance(RESYNC_TIMEOUT + 0.5)      # n3's resync fails; the reconcile's timeout is further
+    cluster.wait_until(lambda: not resumed.node.core.gate.holds(RECONCILING), what="the reconcile to end")
+    answers = cluster.net.messages("ANSWER", src="n3", dst="n1", answering="SYNC")
+    assert [m.fate for m in answers][-2:] == ["dropped", "delivered"], "reconciled without n3's state"
+    assert len(cluster.net.messages("SYNC", src="n1", dst="n3")) == asked + 2
+    assert not cluster.crashes()

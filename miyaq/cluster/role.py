@@ -86,7 +86,7 @@ class ClusterRole:
         self._view_changed = green.Event()
         self._pending_view: RingView | None = None
         self._reconcile_until = 0.0
-        self._resync_base = 0
+        self._resync_marks: dict[str, int] = {}    # each source's resync a reconcile waits for
         self._view_confirmed = True   # False from a freeze or a fence until ZooKeeper confirms the ring
         self._confirming = 0          # the pending confirmation's number (0: none)
         self._confirmations = 0
@@ -191,13 +191,12 @@ class ClusterRole:
         ask the other holders before they run (others may have run them
         while this node was silent)."""
         self.gate.close(RECONCILING)
-        self._resync_base = self.resync.completed
         self._reconcile_until = monotonic() + FROZEN_RESYNC_TIMEOUT
         self._view_confirmed = False
         self._confirming = 0          # an answer still due belongs to an earlier reconcile
         self._confirm_view()
         self.standby.ask_first(self.engine.table.live.values(), wall())
-        self.subscriber.resync_all(why)
+        self._resync_marks = self.subscriber.resync_all(why)
 
     def _confirm_view(self) -> None:
         """Ask the coordinator to confirm this node's ring (one request at a
@@ -382,6 +381,11 @@ class ClusterRole:
                 self.standby.unpark()
                 logger.info("node %s: %s; dispatching", self.node_id,
                             "reconciled" if reconciled else "reconcile timed out")
+            elif self._reconcile_until:
+                # A resync that failed (its answer lost, the peer slow) is asked
+                # again while the reconcile waits for it.
+                self.subscriber.resync_unsynced(self._resync_marks, self._others(),
+                                                "its resync failed while reconciling")
             if mono - last_beat >= STREAM_HEARTBEAT:
                 last_beat = mono
                 self.publisher.heartbeat([m for m in self.view.members if m != self.node_id])
@@ -394,6 +398,8 @@ class ClusterRole:
     def _reconciled(self) -> bool:
         """Every other member's state was fetched again since reconciling
         began, and the coordinator confirmed the ring since."""
-        others = len(self.view.members) - 1
         return (len(self.view.members) > 0 and self.streams_ready() and self._view_confirmed
-                and self.resync.completed - self._resync_base >= others)
+                and self.subscriber.synced_since(self._resync_marks, self._others()))
+
+    def _others(self) -> list[str]:
+        return [m for m in self.view.members if m != self.node_id]

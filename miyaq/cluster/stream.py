@@ -52,7 +52,7 @@ def topic(node_id: str) -> bytes:
 
 
 class _Source:
-    __slots__ = ("again", "heard", "inc", "last", "seq", "syncing", "zk_since")
+    __slots__ = ("again", "current", "heard", "inc", "last", "seq", "synced", "syncing", "zk_since")
 
     def __init__(self) -> None:
         self.inc = 0
@@ -61,6 +61,8 @@ class _Source:
         self.last = 0.0               # when a message of this stream last arrived
         self.zk_since: float | None = 0.0   # since when its heartbeats say it has ZooKeeper (None: it has not)
         self.syncing = False
+        self.current = 0              # the number of the resync asked last (one at a time counts)
+        self.synced = 0               # the number of the last resync that completed
         # Why to resync again once the one under way ends: a gap seen meanwhile
         # (its answer may have been made before the lost message was sent).
         self.again: str | None = None
@@ -220,27 +222,54 @@ class StreamReceiver:
             source.again = source.again or why
             return
         source.syncing = True
+        source.current += 1
         self.resyncs += 1
         logger.info("stream from %s: %s; resyncing", src, why)
-        self.resync(src)
+        self.resync(src, source.current)
 
-    def resync_all(self, why: str) -> None:
-        """Ask every source for its state again (this node missed time)."""
+    def resync_all(self, why: str) -> dict[str, int]:
+        """Ask every source for its state again (this node missed time), at
+        once: a resync under way supersedes none of what it asks, so it is
+        superseded (its end no longer counts, :meth:`resync_done`). Returns
+        each source's new resync number: :meth:`synced_since` says when all
+        of them completed."""
         for src, source in self.sources.items():
             source.syncing = False
             source.again = None
             self._ask_resync(src, why)
+        return {src: source.current for src, source in self.sources.items()}
 
-    def resync_done(self, src: str) -> None:
-        """The resync from ``src`` ended (applied, or failed: its stream stays
-        suspect and is asked again when it shows a gap or goes silent). A
-        gap seen while it ran starts the next one at once."""
+    def resync_done(self, src: str, number: int, complete: bool) -> None:
+        """Resync ``number`` from ``src`` ended (``complete``: applied to its
+        end; else failed: the stream stays suspect and is asked again when it
+        shows a gap or goes silent). A gap seen while it ran starts the next
+        one at once. The end of a resync a later one superseded changes
+        nothing: the later one is still under way."""
         source = self.sources.get(src)
-        if source is not None:
+        if source is not None and number == source.current:
             source.syncing = False
+            if complete:
+                source.synced = number
             again, source.again = source.again, None
             if again is not None:
                 self._ask_resync(src, f"{again} (during the last resync)")
+
+    def resync_unsynced(self, marks: dict[str, int], sources: list[str], why: str) -> None:
+        """Ask again each of ``sources`` whose resync since its mark failed
+        (none under way, none completed)."""
+        for src in sources:
+            source = self.sources.get(src)
+            if source is not None and not source.syncing and source.synced < marks.get(src, 1):
+                self._ask_resync(src, why)
+
+    def synced_since(self, marks: dict[str, int], sources: list[str]) -> bool:
+        """Every one of ``sources`` completed a resync numbered at least its
+        mark since (a source without a mark: any resync)."""
+        for src in sources:
+            source = self.sources.get(src)
+            if source is None or source.synced < marks.get(src, 1):
+                return False
+        return True
 
     def caught_up(self, src: str) -> bool:
         source = self.sources.get(src)

@@ -69,12 +69,14 @@ class Resync:
         # asker -> (ids of the tasks shared with it at its cursor 0, monotonic time last used)
         self._snapshots: dict[str, tuple[list[str], float]] = {}
 
-    def start(self, src: str) -> None:
-        self._ask(src, 0)
+    def start(self, src: str, number: int = 0) -> None:
+        """Fetch ``src``'s state (all of it, in chunks); ``number`` is the
+        subscriber's, handed back when the resync ends."""
+        self._ask(src, 0, number)
 
-    def _ask(self, src: str, cursor: int) -> None:
+    def _ask(self, src: str, cursor: int, number: int) -> None:
         self.role.peer.request(src, SYNC, {"cursor": cursor}, RESYNC_TIMEOUT,
-                               lambda answer: self._apply(src, answer, cursor))
+                               lambda answer: self._apply(src, answer, cursor, number))
 
     def _holds(self, task_id: str, key: Any) -> bool:
         routing_key = key if isinstance(key, str) else task_id
@@ -147,10 +149,10 @@ class Resync:
             ids += [t.id for t in tasks[start:start + SNAPSHOT_SLICE] if sender in t.holders]
         return ids
 
-    def _apply(self, src: str, answer: dict[str, Any] | None, cursor: int = 0) -> None:
+    def _apply(self, src: str, answer: dict[str, Any] | None, cursor: int, number: int) -> None:
         role = self.role
         if answer is None:
-            role.subscriber.resync_done(src)    # asked again when the stream stays suspect
+            role.subscriber.resync_done(src, number, complete=False)    # asked again when the stream stays suspect
             return
         engine = role.engine
         table = engine.table
@@ -189,10 +191,10 @@ class Resync:
                     engine.defer(mine, (theirs.lease_end or now) + role.offset_for(mine, minimum=1))
         following = answer.get("next")
         if type(following) is int and following > cursor:     # always forward: a resync ends
-            self._ask(src, following)
+            self._ask(src, following, number)
         else:
             self.completed += 1
-            role.subscriber.resync_done(src)
+            role.subscriber.resync_done(src, number, complete=True)
 
 
 def _items(value: Any) -> list[Any]:

@@ -34,8 +34,9 @@ Handler = Callable[[str, Body], Body | None]
 Reply = Callable[[Body], None]
 #: Receives a batch of events published by ``src`` for this node.
 Apply = Callable[[str, list[Any]], None]
-#: Asks ``src`` for a resync (its stream showed a gap, went silent or restarted).
-AskResync = Callable[[str], None]
+#: Asks ``src`` for a resync (its stream showed a gap, went silent or restarted);
+#: the second argument numbers it, for :meth:`StreamSubscriber.resync_done`.
+AskResync = Callable[[str, int], None]
 
 
 class PeerLink(Protocol):
@@ -104,11 +105,20 @@ class StreamSubscriber(Protocol):
     def connect(self, pubs: dict[str, str]) -> None:
         """Follow the ring: node id -> pub endpoint. A new source starts with a resync."""
 
-    def resync_all(self, why: str) -> None:
-        """Ask every source for a resync (this node missed time)."""
+    def resync_all(self, why: str) -> dict[str, int]:
+        """Ask every source for a resync (this node missed time); returns
+        each source's resync number, for :meth:`synced_since`."""
 
-    def resync_done(self, src: str) -> None:
-        """A resync from ``src`` ended (completed or abandoned)."""
+    def resync_done(self, src: str, number: int, complete: bool) -> None:
+        """Resync ``number`` from ``src`` ended (``complete``: applied to its
+        end; else abandoned)."""
+
+    def resync_unsynced(self, marks: dict[str, int], sources: list[str], why: str) -> None:
+        """Ask again each of ``sources`` whose resync since its mark failed."""
+
+    def synced_since(self, marks: dict[str, int], sources: list[str]) -> bool:
+        """Every one of ``sources`` completed a resync numbered at least its
+        mark (1 for a source without one) since."""
 
     def caught_up(self, src: str) -> bool:
         """``src``'s stream was heard and is not being resynced."""
