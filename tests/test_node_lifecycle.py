@@ -340,7 +340,7 @@ def test_a_member_registered_with_an_endpoint_libzmq_refuses_is_skipped(caplog: 
     ports = {n: f"tcp://127.0.0.1:{free_port()}" for n in ("me", "good")}
     links = {n: PeerEndpoint(sockets, supervisor, n, ep) for n, ep in ports.items()}
     links["good"].handlers[b"QUERY"] = lambda sender, body: {"states": {}, "by": "good"}
-    sub = ZmqStreamSubscriber(sockets, supervisor, "me", lambda src, events: None, lambda src: None)
+    sub = ZmqStreamSubscriber(sockets, supervisor, "me", lambda src, events: None, lambda src, number: None)
     answers: list[dict[str, Any] | None] = []
     try:
         for link in links.values():

@@ -33,7 +33,7 @@ _MEMBERS = textwrap.dedent("""
         pubs = {n: ZmqStreamPublisher(sockets, n, ep) for n, ep in eps.items()}
         heard = []
         sub = ZmqStreamSubscriber(sockets, Supervisor("test"), "me", lambda src, evs: heard.append(src),
-                                  lambda src: None)
+                                  lambda src, number: None)
         sub.connect(dict(eps))
         sub.start()
         return eps, pubs, heard, sub

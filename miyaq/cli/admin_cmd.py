@@ -134,6 +134,10 @@ def _print_node_status(status: dict[str, Any]) -> None:
         state = "ok" if storage["writable"] else f"REFUSING NEW TASKS, log not writable: {storage['error']}"
         print(f"storage {state}  (faults {storage['faults']}, write errors {storage['write_errors']}, "
               f"fsync errors {storage['fsync_errors']})")
+    files = status.get("open_files")
+    if files and files.get("near"):
+        print(f"OPEN FILES {files['open']} of the limit of {files['limit']}: connections past it are refused; "
+              "raise the limit (docs/configuration.md, \"Open files\")")
     cols = ("scheduled", "ready", "running", "retrying", "dead", "workers", "idle")
     print(f"{'queue':<24}" + "".join(f"{c:>10}" for c in cols))
     for name, row in sorted(status["queues"].items()):

@@ -11,6 +11,11 @@ Two sources, one per-node :class:`~prometheus_client.CollectorRegistry`
   outcomes and per-queue states, workers, errors, limits) when scraped, so
   the hot path pays nothing for them.
 
+prometheus_client's :class:`~prometheus_client.ProcessCollector` adds the
+process's CPU, memory and open files (``process_open_fds`` against
+``process_max_fds``: a node at its limit refuses connections,
+:mod:`miyaq.node.open_files`).
+
 Ring gauges and replication lag come from :class:`ClusterGauges`, which
 asks the node's role at scrape time (a standalone node: epoch 1, its own
 leader, no peers). Greenlet crashes come from the node's supervisor
@@ -25,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -264,6 +269,9 @@ class NodeMetrics:
         self.webhook_seconds = Histogram("miyaq_webhook_request_seconds", "Duration of webhook attempts",
                                          ["queue"], registry=self.registry, buckets=LATENCY_BUCKETS)
         self.registry.register(NodeCollector(node_id, core, self.cluster, supervisor, storage))
+        # The process's own: CPU, memory, and open files against their limit
+        # (process_open_fds, process_max_fds; miyaq.node.open_files says it in the log).
+        ProcessCollector(registry=self.registry)
 
     # -- lifecycle ----------------------------------------------------------------
     def setup(self) -> None:

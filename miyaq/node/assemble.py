@@ -43,6 +43,7 @@ from miyaq.errors import ConfigError
 from miyaq.gateway.metrics import NodeMetrics
 from miyaq.gateway.server import Gateway
 from miyaq.node.node import Node, Part
+from miyaq.node.open_files import OpenFilesWatch
 from miyaq.node.status import NodeStatus
 from miyaq.periodic.scheduler import PeriodicScheduler, SharedSource, SharedStore
 from miyaq.persistence.journal import Persistence
@@ -110,13 +111,14 @@ def _build(config: NodeConfig, supervisor: Supervisor, sockets: SocketFactory, c
                              stream_drop, guard)
         core.dispatcher.announce = role.flush   # other holders hear who runs a task before its worker has it
         periodic = PeriodicScheduler(config, core.engine, core.workers, role, supervisor, shared=shared)
-        status = NodeStatus(config, core, role, periodic, persistence, zap, warning)
+        open_files = OpenFilesWatch(config.id, supervisor)
+        status = NodeStatus(config, core, role, periodic, persistence, open_files, zap, warning)
         ServiceHandlers(core, role, periodic, status, webhooks=bool(config.http_port)).install()
         clockwork = Clockwork(core, role, supervisor)
         # Start order: the log is replayed before the role decides to reconcile;
         # periodic listens for leadership before the role starts campaigning.
         parts: list[Part] = [persistence] if persistence is not None else []
-        parts += [clockwork, periodic, role]
+        parts += [clockwork, periodic, role, open_files]
         if config.http_port:
             metrics = NodeMetrics(config.id, core, role, supervisor, persistence)
             parts += [metrics, Gateway(config, core, role, status, periodic, metrics, clockwork.wake, supervisor)]

@@ -1,6 +1,7 @@
 """What STATUS and ``GET /status`` report about a node: the core's counts
 and the dispatch gate, periodic schedules, the role's cluster section (None
-when standalone), the log's health (None without a data dir) and security
+when standalone), the log's health (None without a data dir), open files
+against their limit (:mod:`miyaq.node.open_files`) and security
 (keys on or off, the authorized set, refused handshakes, the ``--insecure``
 warning)."""
 from __future__ import annotations
@@ -11,6 +12,7 @@ from miyaq import __version__
 from miyaq.config import NodeConfig
 from miyaq.core.core import Core
 from miyaq.core.handles import Role, StorageHealth
+from miyaq.node.open_files import OpenFilesWatch
 from miyaq.periodic.scheduler import PeriodicScheduler
 from miyaq.runtime import monotonic
 from miyaq.security.zap import ZapHandler
@@ -18,13 +20,14 @@ from miyaq.security.zap import ZapHandler
 
 class NodeStatus:
     def __init__(self, config: NodeConfig, core: Core, role: Role, periodic: PeriodicScheduler,
-                 storage: StorageHealth | None, keys: ZapHandler | None = None,
+                 storage: StorageHealth | None, open_files: OpenFilesWatch, keys: ZapHandler | None = None,
                  warning: str | None = None) -> None:
         self.node_id = config.id
         self.core = core
         self.role = role
         self.periodic = periodic
         self.storage = storage
+        self.open_files = open_files
         self.keys = keys
         self.warning = warning
         self.started = monotonic()
@@ -37,6 +40,7 @@ class NodeStatus:
         status["cluster"] = self.role.stats()
         status["storage"] = self.storage.stats() if self.storage is not None else None
         status["security"] = self.security()
+        status["open_files"] = self.open_files.stats()
         return status
 
     def security(self) -> dict[str, Any]:

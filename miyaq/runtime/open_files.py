@@ -1,0 +1,65 @@
+"""The process's open files: its limit, and how many it has open.
+
+Every connection a node accepts is a file descriptor. Many systems give a
+process a soft limit of 1,024 open files and a much higher hard limit. A
+node at its soft limit cannot accept: libzmq's I/O thread then retries
+``accept`` in a tight loop (a core busy for as long as it lasts), clients
+and workers that try to connect time out, and nothing says why. So:
+
+* :func:`raise_soft_limit` lifts the soft limit to the hard one, as Go's
+  runtime and many servers do, for the processes miyaq owns (``miyaq node``,
+  ``miyaq worker``); never for an application's process that merely uses
+  the client;
+* :func:`open_count` says how many are open (``/proc/self/fd``; None where
+  there is no ``/proc``), so a node can say, in its log and STATUS, that it
+  is near the limit (:mod:`miyaq.node.open_files`).
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import resource
+
+logger = logging.getLogger(__name__)
+
+#: Below this soft limit a node warns at start: it holds about that many
+#: connections (clients, workers, peers) before it refuses the next ones.
+LOW_LIMIT = 4096
+
+#: The most the soft limit is raised to when the hard limit is "unlimited"
+#: (the kernel refuses more than ``fs.nr_open``, 1,048,576 by default).
+CEILING = 1 << 20
+
+
+def soft_limit() -> int | None:
+    """The soft limit on open files (None: unlimited)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def raise_soft_limit() -> tuple[int | None, int | None]:
+    """Raise the soft limit on open files to the hard limit (at most
+    ``CEILING`` when that is unlimited). Returns the soft limit (before,
+    after); never raises: a limit that cannot be raised is kept."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = CEILING if hard == resource.RLIM_INFINITY else hard
+    before = None if soft == resource.RLIM_INFINITY else soft
+    if before is None or before >= target:
+        return before, before
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        logger.debug("could not raise the open files limit from %d to %d: %s", before, target, exc)
+        return before, before
+    return before, target
+
+
+def open_count() -> int | None:
+    """How many files this process has open: the soft limit when not one
+    more can be opened (not even to count them), None where they cannot be
+    counted (no ``/proc``)."""
+    try:
+        return len(os.listdir("/proc/self/fd")) - 1      # less the one listdir used
+    except OSError as exc:
+        return soft_limit() if exc.errno in (errno.EMFILE, errno.ENFILE) else None

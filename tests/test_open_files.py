@@ -1,0 +1,143 @@
+"""A node and its limit on open files (miyaq/runtime/open_files.py,
+miyaq/node/open_files.py).
+
+Every connection a node accepts is a file descriptor. A node at its limit
+accepts nothing more (clients and workers time out) while libzmq retries
+the accept in a tight loop; before, nothing said so. Now ``miyaq node``
+raises its soft limit to the hard one, warns at start when the limit is
+low, logs an error when it is near the limit and that it recovered, and
+reports both in STATUS (``open_files``) and ``/metrics``.
+"""
+from __future__ import annotations
+
+import logging
+import resource
+import subprocess
+import sys
+
+import pytest
+import zmq
+
+from miyaq import Client
+from miyaq.node import open_files as watch_module
+from miyaq.node.open_files import REPEAT, OpenFilesWatch
+from miyaq.runtime import Supervisor, open_files
+from miyaq.testing.harness import NodeProc, wait_for
+
+pytestmark = pytest.mark.timeout(90)
+
+#: Runs ``miyaq.cli.main`` with its limit on open files set first (soft, hard).
+WITH_LIMIT = ("import os, resource, sys; "
+              "resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[2]))); "
+              "os.execv(sys.executable, [sys.executable, '-m', 'miyaq.cli.main', *sys.argv[3:]])")
+
+
+class LimitedNode(NodeProc):
+    """A node subprocess started with a given limit on open files."""
+
+    def __init__(self, soft: int, hard: int, **kw) -> None:
+        super().__init__(**kw)
+        self.limits = (soft, hard)
+
+    def start(self) -> "LimitedNode":
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-c", WITH_LIMIT, *map(str, self.limits), *self.args],
+                                         stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                         start_new_session=True)
+        return self
+
+
+@pytest.fixture
+def limited(request, tmp_path):
+    started: list[LimitedNode] = []
+
+    def make(soft: int, hard: int) -> LimitedNode:
+        node = LimitedNode(soft, hard, log_dir=str(tmp_path))
+        started.append(node)
+        return node.start().wait_ready()
+
+    yield make
+    rep = getattr(request.node, "rep_call", None)
+    for node in started:
+        node.kill()
+        if rep is None or rep.failed:
+            sys.stderr.write(f"\n----- log of {node.name} -----\n{node.log_tail()}\n")
+
+
+def _status(node: NodeProc) -> dict:
+    client = Client(node.endpoint, request_timeout=5)
+    try:
+        return client.status()
+    finally:
+        client.close(flush=False)
+
+
+def test_a_node_raises_its_soft_limit_on_open_files_to_the_hard_one(limited):
+    """A node started with a soft limit of 256 and a hard one of 4,096 (a
+    shell's usual 1,024 and a higher hard limit, scaled down) may open
+    4,096: it says so in its log and STATUS."""
+    node = limited(256, 4096)
+    assert "open files limit raised from 256 to 4096" in node.log_tail()
+    files = _status(node)["open_files"]
+    assert files["limit"] == 4096 and not files["near"] and 0 < files["open"] < 4096
+
+
+def test_a_node_out_of_file_descriptors_says_so_and_recovers(limited):
+    """Fault: a node that runs out of file descriptors. Its hard limit is 96
+    (it cannot raise it: it warns at start), and 150 connections come in.
+    The ones past the limit are not accepted; the node logs an error naming
+    its limit and how to raise it. When they go, it says it is back under
+    its limit, serves again, and STATUS counts the episode."""
+    node = limited(96, 96)
+    assert "may open at most 96 files (its soft limit)" in node.log_tail()
+    context = zmq.Context()
+    sockets = []
+    try:
+        for _ in range(150):
+            sock = context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(node.endpoint)
+            sockets.append(sock)
+        wait_for(lambda: "files open of its limit of 96" in node.log_tail(), timeout=40,
+                 what="the node's error about its open files")
+        assert "raise the limit (ulimit -n, systemd's LimitNOFILE" in node.log_tail()
+    finally:
+        for sock in sockets:
+            sock.close(0)
+        context.term()
+    wait_for(lambda: "back under its limit on open files" in node.log_tail(), timeout=40,
+             what="the node to say it recovered")
+    files = _status(node)["open_files"]
+    assert files["limit"] == 96 and files["times_near"] == 1 and not files["near"]
+    assert node.alive()
+
+
+def test_near_the_limit_the_error_is_repeated_at_a_bounded_rate(monkeypatch, caplog):
+    """A node that stays near its limit logs the error once a ``REPEAT``, not
+    at every count; it says once that it recovered, and counts each time it
+    came near."""
+    watch = OpenFilesWatch("n1", Supervisor("test"))
+    counts = iter([95, 96, 96, 96, 70, 50, 99])
+    monkeypatch.setattr(watch_module, "open_count", lambda: next(counts))
+    monkeypatch.setattr(watch_module, "soft_limit", lambda: 100)
+    caplog.set_level(logging.WARNING, logger=watch_module.__name__)
+    for now in (0.0, 5.0, REPEAT - 1, REPEAT + 1, REPEAT + 6, REPEAT + 11, REPEAT + 16):
+        watch.check(now)
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(" has ")[0] for line in lines if " files open " in line] == ["node n1"] * 3
+    assert sum("back under its limit" in line for line in lines) == 1
+    assert watch.stats() == {"open": 99, "limit": 100, "near": True, "times_near": 2}
+
+
+def test_the_soft_limit_is_never_lowered_and_a_refusal_is_not_an_error(monkeypatch):
+    """Raising never lowers a soft limit already at or above the hard one,
+    and a kernel that refuses the raise leaves the limit as it was."""
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (8192, 4096))
+    assert open_files.raise_soft_limit() == (8192, 8192)
+
+    def refuse(which, limits):
+        raise ValueError("not allowed")
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (1024, 65536))
+    monkeypatch.setattr(resource, "setrlimit", refuse)
+    assert open_files.raise_soft_limit() == (1024, 1024)
