@@ -101,6 +101,21 @@ def test_status_of_the_node_as_a_table_and_as_json(node, worker, client):
     assert status["queues"]["q1"]["scheduled"] == 1
 
 
+def test_status_says_when_the_node_is_near_its_limit_on_open_files():
+    """A node near its limit on open files (STATUS ``open_files.near``,
+    docs/configuration.md, "Open files"): ``miyaq status`` prints a line
+    saying so and what to do; not near, no such line."""
+    base = {"node": "n1", "version": "1", "uptime": 5.0, "accepting": True,
+            "totals": {"live": 0, "dead": 0, "workers": 0}, "queues": {}}
+    for near, expected in ((True, ["OPEN FILES 1020 of the limit of 1024: connections past it are refused; raise "
+                                   'the limit (docs/configuration.md, "Open files")']), (False, [])):
+        files = {"open": 1020 if near else 30, "limit": 1024, "near": near, "times_near": 1}
+        with NodesPlayer([CountingNode({c.STATUS: {**base, "open_files": files}})], tasks=0) as player:
+            lines = ok("status", "--connect", player.nodes[0].endpoint).splitlines()
+        assert not player.problems
+        assert [line for line in lines if "OPEN FILES" in line] == expected
+
+
 def test_status_of_one_task(node):
     """``miyaq status ID`` prints the task's fields; an unknown id is an error (exit 2)."""
     task_id = ok_json("submit", "echo", "--countdown", "60", "--queue", "qs", "--connect", node.endpoint)["id"]
