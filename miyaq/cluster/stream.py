@@ -61,7 +61,7 @@ class _Source:
         self.last = 0.0               # when a message of this stream last arrived
         self.zk_since: float | None = 0.0   # since when its heartbeats say it has ZooKeeper (None: it has not)
         self.syncing = False
-        self.current = 0              # the number of the resync asked last (one at a time counts)
+        self.current = 0              # the number of the resync asked last (only its end counts)
         self.synced = 0               # the number of the last resync that completed
         # Why to resync again once the one under way ends: a gap seen meanwhile
         # (its answer may have been made before the lost message was sent).
@@ -222,8 +222,8 @@ class StreamReceiver:
             source.again = source.again or why
             return
         source.syncing = True
-        source.current += 1
         self.resyncs += 1
+        source.current = self.resyncs      # numbered across sources: a source followed anew counts up from there
         logger.info("stream from %s: %s; resyncing", src, why)
         self.resync(src, source.current)
 
