@@ -11,9 +11,11 @@ reports both in STATUS (``open_files``) and ``/metrics``.
 from __future__ import annotations
 
 import logging
+import re
 import resource
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 import zmq
@@ -22,7 +24,7 @@ from miyaq import Client
 from miyaq.node import open_files as watch_module
 from miyaq.node.open_files import REPEAT, OpenFilesWatch
 from miyaq.runtime import Supervisor, open_files
-from miyaq.testing.harness import NodeProc, wait_for
+from miyaq.testing.harness import NodeProc, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -51,8 +53,8 @@ class LimitedNode(NodeProc):
 def limited(request, tmp_path):
     started: list[LimitedNode] = []
 
-    def make(soft: int, hard: int) -> LimitedNode:
-        node = LimitedNode(soft, hard, log_dir=str(tmp_path))
+    def make(soft: int, hard: int, *extra: str) -> LimitedNode:
+        node = LimitedNode(soft, hard, extra=list(extra), log_dir=str(tmp_path))
         started.append(node)
         return node.start().wait_ready()
 
@@ -86,9 +88,12 @@ def test_a_node_out_of_file_descriptors_says_so_and_recovers(limited):
     """Fault: a node that runs out of file descriptors. Its hard limit is 96
     (it cannot raise it: it warns at start), and 150 connections come in.
     The ones past the limit are not accepted; the node logs an error naming
-    its limit and how to raise it. When they go, it says it is back under
-    its limit, serves again, and STATUS counts the episode."""
-    node = limited(96, 96)
+    its limit and how to raise it. An HTTP request then waits unanswered,
+    and the gateway pauses accepting without a traceback per attempt. When
+    the connections go, the node says it is back under its limit, serves
+    again, and STATUS and /metrics count the episode."""
+    http = free_port()
+    node = limited(96, 96, "--http-port", str(http))
     assert "may open at most 96 files (its soft limit)" in node.log_tail()
     context = zmq.Context()
     sockets = []
@@ -101,6 +106,8 @@ def test_a_node_out_of_file_descriptors_says_so_and_recovers(limited):
         wait_for(lambda: "files open of its limit of 96" in node.log_tail(), timeout=40,
                  what="the node's error about its open files")
         assert "raise the limit (ulimit -n, systemd's LimitNOFILE" in node.log_tail()
+        with pytest.raises(OSError):       # accepted by the kernel, never answered: a timeout
+            urllib.request.urlopen(f"http://127.0.0.1:{http}/status", timeout=2).read()
     finally:
         for sock in sockets:
             sock.close(0)
@@ -109,7 +116,12 @@ def test_a_node_out_of_file_descriptors_says_so_and_recovers(limited):
              what="the node to say it recovered")
     files = _status(node)["open_files"]
     assert files["limit"] == 96 and files["times_near"] == 1 and not files["near"]
-    assert node.alive()
+    with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=10) as answer:
+        metrics = answer.read().decode()
+    assert "process_max_fds 96.0" in metrics
+    refused = re.search(r'miyaq_http_refused_total\{reason="open_files"\} (\d+)', metrics)
+    assert refused is not None and int(refused.group(1)) >= 1, metrics
+    assert "Traceback" not in node.log_tail(400) and node.alive()
 
 
 def test_near_the_limit_the_error_is_repeated_at_a_bounded_rate(monkeypatch, caplog):

@@ -22,6 +22,7 @@ Every refusal at this level is reported with a reason from a fixed set
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import socket
@@ -36,7 +37,12 @@ from miyaq.runtime.green import WSGIHandler, WSGIInput, WSGIServer
 logger = logging.getLogger(__name__)
 
 #: Reasons a connection or request is refused before the application sees it.
-REFUSALS = ("client_limit", "header_timeout", "tls_handshake", "malformed")
+REFUSALS = ("client_limit", "header_timeout", "tls_handshake", "malformed", "open_files")
+
+ACCEPT_PAUSE_MIN = 0.05
+"""Seconds the server stops accepting when the process is out of file
+descriptors; doubled at every failed accept, up to ``ACCEPT_PAUSE_MAX``."""
+ACCEPT_PAUSE_MAX = 1.0
 
 
 @dataclass(frozen=True)
@@ -230,11 +236,45 @@ class GatewayServer(WSGIServer):
         self.limits = limits
         self.refused = refused
         self.clients: dict[str, int] = {}     # address -> connections open (only addresses with some)
+        self._accept_pause = ACCEPT_PAUSE_MIN
+        self._resume: Any = None              # the timer that starts accepting again
 
     def use_tls_context(self, context: Any) -> None:
         """Serve connections accepted from now on with ``context`` (a renewed
         certificate); connections already open keep theirs."""
         self.wrap_socket = context.wrap_socket
+
+    def do_read(self) -> Any:
+        """Accept one connection. With no file descriptor left (EMFILE,
+        ENFILE) the connection waits in the kernel's backlog: the server
+        stops accepting for a pause (doubling up to ``ACCEPT_PAUSE_MAX``),
+        counts the refusal (``open_files``) and logs nothing -- the node's
+        open files watch says what is wrong, once a minute
+        (:mod:`miyaq.node.open_files`); gevent would print a traceback at
+        every attempt."""
+        try:
+            accepted = super().do_read()
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            self.refused("open_files")
+            self.stop_accepting()
+            pause, self._accept_pause = self._accept_pause, min(ACCEPT_PAUSE_MAX, 2 * self._accept_pause)
+            self._resume = green.call_later(pause, self._accept_again)
+            return None
+        self._accept_pause = ACCEPT_PAUSE_MIN
+        return accepted
+
+    def _accept_again(self) -> None:
+        self._resume = None
+        if self.started and not self.closed:
+            self.start_accepting()
+
+    def stop(self, timeout: float | None = None) -> None:
+        if self._resume is not None:
+            self._resume.close()
+            self._resume = None
+        super().stop(timeout)
 
     def handle(self, sock: Any, address: Any) -> None:
         host = str(address[0]) if isinstance(address, tuple) and address else ""

@@ -57,8 +57,9 @@ killall = gevent.killall
 joinall = gevent.joinall
 
 __all__ = [
-    "AsyncResult", "Event", "FdWait", "call_soon", "getaddrinfo", "Greenlet", "GreenletExit", "HubInbox", "Lock",
-    "Pool", "Queue", "QueueEmpty", "SSLContext", "Semaphore", "T", "ThreadPool", "ThreadWake", "Timeout",
+    "AsyncResult", "Event", "FdWait", "call_later", "call_soon", "getaddrinfo", "Greenlet", "GreenletExit",
+    "HubInbox", "Lock", "Pool", "Queue", "QueueEmpty", "SSLContext", "Semaphore", "T", "ThreadPool", "ThreadWake",
+    "Timeout",
     "WSGIHandler", "WSGIInput", "WSGIServer", "current", "destroy_hub", "hub_running", "idle", "is_patched",
     "joinall", "killall", "monkey_patch", "native_lock", "native_thread_ident", "on_signal", "run_in_thread", "sleep",
     "start_native_thread",
@@ -146,6 +147,14 @@ def call_soon(fn: Callable[..., Any], *args: Any) -> None:
     greenlet is suspended (so ``fn`` sees a consistent state and may throw
     into one). ``fn`` must not block or raise."""
     gevent.get_hub().loop.run_callback(fn, *args)
+
+
+def call_later(seconds: float, fn: Callable[[], Any]) -> Any:
+    """Call ``fn()`` from the hub in ``seconds``; ``fn`` must not block or
+    raise. Returns the timer (its ``close()`` cancels the call)."""
+    timer = gevent.get_hub().loop.timer(seconds)
+    timer.start(fn)
+    return timer
 
 
 def run_in_thread(fn: Callable[..., T], *args: Any) -> T:
