@@ -84,7 +84,7 @@ def test_a_node_raises_its_soft_limit_on_open_files_to_the_hard_one(limited):
     assert files["limit"] == 4096 and not files["near"] and 0 < files["open"] < 4096
 
 
-def test_a_node_out_of_file_descriptors_says_so_and_recovers(limited):
+def test_a_node_out_of_file_descriptors_says_so_and_recovers(limited, ctx):
     """Fault: a node that runs out of file descriptors. Its hard limit is 96
     (it cannot raise it: it warns at start), and 150 connections come in.
     The ones past the limit are not accepted; the node logs an error naming
@@ -95,14 +95,10 @@ def test_a_node_out_of_file_descriptors_says_so_and_recovers(limited):
     http = free_port()
     node = limited(96, 96, "--http-port", str(http))
     assert "may open at most 96 files (its soft limit)" in node.log_tail()
-    context = zmq.Context()
-    sockets = []
+    sockets = [ctx.socket(zmq.DEALER) for _ in range(150)]
     try:
-        for _ in range(150):
-            sock = context.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
+        for sock in sockets:
             sock.connect(node.endpoint)
-            sockets.append(sock)
         wait_for(lambda: "files open of its limit of 96" in node.log_tail(), timeout=40,
                  what="the node's error about its open files")
         assert "raise the limit (ulimit -n, systemd's LimitNOFILE" in node.log_tail()
@@ -111,7 +107,6 @@ def test_a_node_out_of_file_descriptors_says_so_and_recovers(limited):
     finally:
         for sock in sockets:
             sock.close(0)
-        context.term()
     wait_for(lambda: "back under its limit on open files" in node.log_tail(), timeout=40,
              what="the node to say it recovered")
     files = _status(node)["open_files"]
