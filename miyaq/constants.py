@@ -112,6 +112,9 @@ RESYNC_CHUNK = 1000
 RESYNC_STONES = 5000
 #: One SYNC request waits this long for its answer.
 RESYNC_TIMEOUT = 5.0
+#: While a node reconciles, a peer whose resync failed is asked again once
+#: this long has passed since it failed (a peer not connected fails at once).
+RESYNC_RETRY = 1.0
 #: A node that was frozen holds dispatching at most this long while it
 #: fetches every peer's state again.
 FROZEN_RESYNC_TIMEOUT = 10.0

@@ -36,7 +36,7 @@ import msgpack
 
 from miyaq.cluster.peer_requests import PEER_PROTOCOL
 from miyaq.cluster.transport import Apply, AskResync
-from miyaq.constants import STREAM_HEARTBEAT, STREAM_SILENCE
+from miyaq.constants import RESYNC_RETRY, STREAM_HEARTBEAT, STREAM_SILENCE
 from miyaq.logs import LogLimiter
 from miyaq.runtime import CRITICAL, Supervisor, monotonic
 from miyaq.runtime.messages import MessageRefused, send_frames
@@ -52,7 +52,7 @@ def topic(node_id: str) -> bytes:
 
 
 class _Source:
-    __slots__ = ("again", "current", "heard", "inc", "last", "seq", "synced", "syncing", "zk_since")
+    __slots__ = ("again", "current", "ended", "heard", "inc", "last", "seq", "synced", "syncing", "zk_since")
 
     def __init__(self) -> None:
         self.inc = 0
@@ -63,6 +63,7 @@ class _Source:
         self.syncing = False
         self.current = 0              # the number of the resync asked last (only its end counts)
         self.synced = 0               # the number of the last resync that completed
+        self.ended = 0.0              # when the last resync ended (monotonic; 0: none yet)
         # Why to resync again once the one under way ends: a gap seen meanwhile
         # (its answer may have been made before the lost message was sent).
         self.again: str | None = None
@@ -248,6 +249,7 @@ class StreamReceiver:
         source = self.sources.get(src)
         if source is not None and number == source.current:
             source.syncing = False
+            source.ended = monotonic()
             if complete:
                 source.synced = number
             again, source.again = source.again, None
@@ -256,10 +258,12 @@ class StreamReceiver:
 
     def resync_unsynced(self, marks: dict[str, int], sources: list[str], why: str) -> None:
         """Ask again each of ``sources`` whose resync since its mark failed
-        (none under way, none completed)."""
+        (none under way, none completed) ``RESYNC_RETRY`` ago or more."""
+        now = monotonic()
         for src in sources:
             source = self.sources.get(src)
-            if source is not None and not source.syncing and source.synced < marks.get(src, 1):
+            if (source is not None and not source.syncing and source.synced < marks.get(src, 1)
+                    and now - source.ended >= RESYNC_RETRY):
                 self._ask_resync(src, why)
 
     def synced_since(self, marks: dict[str, int], sources: list[str]) -> bool:

@@ -114,7 +114,8 @@ class StreamSubscriber(Protocol):
         end; else abandoned)."""
 
     def resync_unsynced(self, marks: dict[str, int], sources: list[str], why: str) -> None:
-        """Ask again each of ``sources`` whose resync since its mark failed."""
+        """Ask again each of ``sources`` whose resync since its mark failed
+        (at most once a ``RESYNC_RETRY``)."""
 
     def synced_since(self, marks: dict[str, int], sources: list[str]) -> bool:
         """Every one of ``sources`` completed a resync numbered at least its
