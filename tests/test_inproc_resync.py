@@ -3,6 +3,7 @@ lost stream message is found by the sequence numbers or the heartbeats, and
 repaired by a resync (SYNC) from its source."""
 from __future__ import annotations
 
+from miyaq.cluster import stream
 from miyaq.cluster import sync as sync_module
 from miyaq.runtime import green, wall
 from miyaq.store.task import DONE, RUNNING
@@ -314,3 +315,32 @@ def test_a_gap_seen_while_a_resync_is_under_way_is_repaired_by_another(inproc):
     assert sub.resyncs == resyncs + 1 and sub.caught_up(runner)
     assert not cluster.net.messages("QUERY", src=victim, task=tid)    # not by its standby copy asking
     assert worker.times(tid) == 1 and not cluster.crashes()
+
+
+def test_a_reconciling_node_asks_a_failed_peer_again_after_a_pause_and_counts_only_current_resyncs(monkeypatch):
+    """The receiver's bookkeeping on its own (no network): resyncs are
+    numbered; the end of one a later one superseded counts for nothing; a
+    failed resync is asked again only ``RESYNC_RETRY`` after it failed (a
+    peer that is not connected fails at once: asking at every tick would
+    send a SYNC twenty times a second); a completed one satisfies its mark."""
+    clock = [100.0]
+    monkeypatch.setattr(stream, "monotonic", lambda: clock[0])
+    asked: list[tuple[str, int]] = []
+    receiver = stream.StreamReceiver("me", lambda src, events: None, lambda src, n: asked.append((src, n)))
+    receiver._follow("p1")
+    receiver._follow("p2")
+    first_p1 = asked[0][1]
+    marks = receiver.resync_all("test: a freeze")
+    assert marks == {"p1": asked[2][1], "p2": asked[3][1]} and len(asked) == 4
+
+    receiver.resync_done("p1", first_p1, complete=True)          # superseded: counts for nothing
+    assert not receiver.synced_since(marks, ["p1", "p2"]) and receiver.sources["p1"].syncing
+    receiver.resync_done("p1", marks["p1"], complete=True)
+    receiver.resync_done("p2", marks["p2"], complete=False)      # failed at once (not connected)
+    receiver.resync_unsynced(marks, ["p1", "p2"], "test: retry")
+    assert len(asked) == 4                                       # not yet: it failed just now
+    clock[0] += stream.RESYNC_RETRY
+    receiver.resync_unsynced(marks, ["p1", "p2"], "test: retry")
+    assert asked[4:] == [("p2", asked[4][1])] and asked[4][1] > marks["p2"]
+    receiver.resync_done("p2", asked[4][1], complete=True)
+    assert receiver.synced_since(marks, ["p1", "p2"])
