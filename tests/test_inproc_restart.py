@@ -5,8 +5,13 @@ timeout rather than on their answers; then a copy still asks (QUERY)
 before it runs, and only silence lets it run."""
 from __future__ import annotations
 
+import gevent
+
+from miyaq.cluster import standby as standby_module
 from miyaq.constants import FROZEN_RESYNC_TIMEOUT, RESYNC_TIMEOUT
 from miyaq.core.gate import RECONCILING
+from miyaq.runtime import green as green_module
+from miyaq.runtime import wall
 from miyaq.store.task import DONE
 
 
@@ -222,3 +227,27 @@ def test_a_resync_begun_before_a_freeze_does_not_count_for_the_reconcile_after_i
     assert [m.fate for m in answers][-2:] == ["dropped", "delivered"], "reconciled without n3's state"
     assert len(cluster.net.messages("SYNC", src="n1", dst="n3")) == asked + 2
     assert not cluster.crashes()
+
+
+def test_making_due_copies_standby_after_a_freeze_lets_the_hub_run_between_slices(inproc, monkeypatch):
+    """A node resumed from a freeze (or restarted) makes each due copy a
+    standby copy that asks first. With a million ready copies that pass takes
+    seconds; it now yields the hub between slices (FairShare), so the node's
+    heartbeats, readers and timers run meanwhile. Here a slice is one task
+    and every check yields: a greenlet spawned before the pass runs while it
+    is under way (before, only after it ended), and every copy is made a
+    standby copy all the same."""
+    monkeypatch.setattr(standby_module, "ASK_FIRST_SLICE", 1)
+    monkeypatch.setattr(green_module, "HUB_SLICE", 0.0)
+    cluster = inproc(2, replicas=2, default_timeout=60.0)
+    node = cluster["n1"]
+    tids = [cluster.task_led_by("n1") for _ in range(5)]
+    subs = [cluster.submit("n1", tid) for tid in tids]
+    cluster.wait_until(lambda: all(s.status == "accepted" for s in subs), what="the submits")
+    assert all(node.state(tid) == "ready" for tid in tids)         # no worker: they wait ready
+
+    seen: list[int] = []
+    gevent.spawn(lambda: seen.append(sum(node.task(tid).standby for tid in tids)))
+    made = node.role.standby.ask_first(list(node.role.engine.table.live.values()), wall())
+    assert seen and seen[0] < len(tids), "the pass held the hub until it ended"
+    assert made == len(tids) and all(node.task(tid).standby for tid in tids) and not cluster.crashes()

@@ -86,7 +86,9 @@ class ClusterRole:
         self._view_changed = green.Event()
         self._pending_view: RingView | None = None
         self._reconcile_until = 0.0
-        self._resync_marks: dict[str, int] = {}    # each source's resync a reconcile waits for
+        # Each source's resync a reconcile waits for (None: not asked yet, the
+        # reconcile cannot end; {}: any resync of each).
+        self._resync_marks: dict[str, int] | None = {}
         self._view_confirmed = True   # False from a freeze or a fence until ZooKeeper confirms the ring
         self._confirming = 0          # the pending confirmation's number (0: none)
         self._confirmations = 0
@@ -191,6 +193,7 @@ class ClusterRole:
         ask the other holders before they run (others may have run them
         while this node was silent)."""
         self.gate.close(RECONCILING)
+        self._resync_marks = None     # ask_first yields: the reconcile must not end on an earlier one's marks
         self._reconcile_until = monotonic() + FROZEN_RESYNC_TIMEOUT
         self._view_confirmed = False
         self._confirming = 0          # an answer still due belongs to an earlier reconcile
@@ -381,7 +384,7 @@ class ClusterRole:
                 self.standby.unpark()
                 logger.info("node %s: %s; dispatching", self.node_id,
                             "reconciled" if reconciled else "reconcile timed out")
-            elif self._reconcile_until:
+            elif self._reconcile_until and self._resync_marks is not None:
                 # A resync that failed (its answer lost, the peer slow) is asked
                 # again while the reconcile waits for it.
                 self.subscriber.resync_unsynced(self._resync_marks, self._others(),
@@ -399,6 +402,7 @@ class ClusterRole:
         """Every other member's state was fetched again since reconciling
         began, and the coordinator confirmed the ring since."""
         return (len(self.view.members) > 0 and self.streams_ready() and self._view_confirmed
+                and self._resync_marks is not None
                 and self.subscriber.synced_since(self._resync_marks, self._others()))
 
     def _others(self) -> list[str]:
