@@ -24,7 +24,7 @@ from miyaq import Client
 from miyaq.node import open_files as watch_module
 from miyaq.node.open_files import REPEAT, OpenFilesWatch
 from miyaq.runtime import Supervisor, open_files
-from miyaq.testing.harness import NodeProc, free_port, wait_for
+from miyaq.testing.harness import NodeProc, WorkerProc, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -119,6 +119,47 @@ def test_a_node_out_of_file_descriptors_says_so_and_recovers(limited, ctx):
     refused = re.search(r'miyaq_http_refused_total\{reason="open_files"\} (\d+)', metrics)
     assert refused is not None and int(refused.group(1)) >= 1, metrics
     assert "Traceback" not in node.log_tail(400) and node.alive()
+
+
+class LimitedWorker(WorkerProc):
+    """A worker subprocess started with a given limit on open files."""
+
+    def __init__(self, soft: int, hard: int, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.limits = (soft, hard)
+
+    start = LimitedNode.start
+
+
+def test_a_worker_out_of_file_descriptors_when_its_node_restarts_keeps_trying(procs, tmp_path):
+    """Fault: a worker's handlers hold every file descriptor it may open (a
+    leak) when its node restarts. The worker cannot open a socket to the new
+    node: it says so (naming its open files and limit) and tries again every
+    heartbeat; once the files are freed it registers and runs tasks again.
+    Before, the failed reopen left the link without a socket, its reader
+    died, stopping failed on the same missing socket, and the process lived
+    on, registered nowhere and running nothing."""
+    node = procs.node()
+    worker = LimitedWorker(128, 128, "apps.leaky", [node.endpoint], log_dir=str(tmp_path)).start()
+    client = Client(node.endpoint, request_timeout=10)
+    try:
+        assert client.call("ping", timeout=20) == "pong"
+        assert client.call("hold", [6.0], timeout=20) > 0      # every descriptor taken, for 6 s
+    finally:
+        client.close(flush=False)
+    port = node.port
+    node.kill()
+    node = procs.node(port=port)
+    wait_for(lambda: "cannot open a socket to node" in worker.log_tail(), timeout=30,
+             what="the worker to say it cannot open a socket")
+    assert "files open of a limit of 128" in worker.log_tail() and worker.alive()
+    client = Client(node.endpoint, request_timeout=10)
+    try:
+        assert client.call("ping", timeout=40) == "pong"      # registered again once the files were freed
+    finally:
+        client.close(flush=False)
+    assert worker.alive() and "AttributeError" not in worker.log_tail(400)
+    worker.kill()
 
 
 def test_near_the_limit_the_error_is_repeated_at_a_bounded_rate(monkeypatch, caplog):

@@ -55,6 +55,23 @@ def raise_soft_limit() -> tuple[int | None, int | None]:
     return before, target
 
 
+def room_for(files: int) -> bool:
+    """Can this process open ``files`` more files? (True when it cannot be told.)"""
+    count, limit = open_count(), soft_limit()
+    return count is None or limit is None or count + files <= limit
+
+
+def open_files_hint(exc: BaseException) -> str:
+    """For an error that may be a lack of file descriptors: how many are
+    open against the limit, and what to look at ("" for any other error)."""
+    if getattr(exc, "errno", None) not in (errno.EMFILE, errno.ENFILE):
+        return ""
+    count, limit = open_count(), soft_limit()
+    held = f"{count} files open of a limit of {limit}" if count is not None and limit is not None else "at its limit"
+    return (f" ({held}: does the code it runs leave files or connections open? raise the limit with ulimit -n, "
+            "systemd's LimitNOFILE or docker's --ulimit nofile)")
+
+
 def open_count() -> int | None:
     """How many files this process has open: the soft limit when not one
     more can be opened (not even to count them), None where they cannot be

@@ -283,7 +283,11 @@ class SocketFactory:
         An endpoint libzmq refuses raises :class:`~miyaq.errors.ConfigError`
         (:func:`connect_or_refuse`) with both sockets closed."""
         sock = self.dealer(**options)
-        monitor = self.connection_monitor(sock, ready=ready)
+        try:
+            monitor = self.connection_monitor(sock, ready=ready)
+        except zmq.ZMQError:
+            sock.close(0)        # out of file descriptors, say: nothing is left open
+            raise
         try:
             connect_or_refuse(sock, connect)
         except ConfigError:

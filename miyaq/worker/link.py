@@ -23,6 +23,7 @@ handshake does not make the link churn sockets.
 """
 from __future__ import annotations
 
+import errno
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ from ..protocol import commands as c
 from ..protocol.reach import explain, unreachable
 from ..runtime import green, monotonic
 from ..runtime.messages import HubSocket
+from ..runtime.open_files import open_files_hint, room_for
 from ..runtime.sockets import CONNECTION_CLOSED, SocketFactory, monitor_event, zmq
 from .config import (FIRST_CONTACT, FIRST_CONTACT_REPEAT_MAX, LIVENESS, MAX_INBOUND_MESSAGE, NODE_HEARTBEAT_RANGE,
                      PROBE_TIMEOUT, RECV_BURST)
@@ -44,6 +46,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 _log = LogLimiter(logger)     # what a node sends may repeat (a buggy or hostile one): a few lines a minute
+
+SOCKET_FILES = 8
+"""File descriptors a fresh link socket may need at once (its mailbox, its
+monitor's, the TCP connection, libzmq's own), with room to spare."""
 
 
 class NodeLink:
@@ -64,17 +70,35 @@ class NodeLink:
         self.send_errors = 0
         self._opened_at = monotonic()
         self._next_diagnosis = 0.0
+        self.open_error: str | None = None    # why the last socket could not be opened (None: it was)
         self.outbox = Outbox(self.post, worker.supervisor.spawn, f"flush {endpoint}")
         self.extra = ExtraCredit(worker.concurrency, worker.base_credit, worker.capacity)
         self._open()
 
-    def _open(self) -> None:
+    def _open(self) -> bool:
+        """A fresh socket (and its monitor) to the node. libzmq may refuse to
+        make one -- the process is out of file descriptors (its handlers hold
+        them?) -- then the link has no socket: it is logged, sends fail as
+        to a node that is not there, and the reader tries again a heartbeat
+        later (:meth:`serve`). True if the socket is open."""
         self.close()
-        sock, self.monitor = self.factory.watched_dealer(self.endpoint, ready=False, plain=True)
-        self.sock = HubSocket(sock)
         self.answered = False
         self.last_heard = self._opened_at = monotonic()
         self._next_diagnosis = self._opened_at + FIRST_CONTACT
+        try:
+            if not room_for(SOCKET_FILES):
+                # Asked first: a socket libzmq fails to make halfway leaves a
+                # half-built object whose finalizer prints a traceback.
+                raise zmq.ZMQError(errno.EMFILE)
+            sock, self.monitor = self.factory.watched_dealer(self.endpoint, ready=False, plain=True)
+        except zmq.ZMQError as exc:
+            self.open_error = str(exc)
+            _log.warning("open", "worker %s cannot open a socket to node %s: %s%s; trying again every %gs",
+                         self.worker.wid, self.endpoint, exc, open_files_hint(exc), self.heartbeat)
+            return False
+        self.sock = HubSocket(sock)
+        self.open_error = None
+        return True
 
     def silent(self) -> bool:
         """The node has not been heard from for heartbeat × liveness."""
@@ -85,8 +109,13 @@ class NodeLink:
         """Send one message now or raise :class:`Unavailable` (counted in
         ``send_errors``); never blocks. A full queue (``Again``) is a failure
         too: nothing is dropped silently."""
+        sock = self.sock
+        if sock is None:
+            self.send_errors += 1
+            raise Unavailable(f"sending {command.decode()} to {self.endpoint} failed: no socket "
+                              f"({self.open_error or 'closed'})")
         try:
-            self.sock.send(codec.encode(command, body))
+            sock.send(codec.encode(command, body))
         except zmq.ZMQError as exc:
             self.send_errors += 1
             raise Unavailable(f"sending {command.decode()} to {self.endpoint} failed: {exc}") from exc
@@ -152,6 +181,14 @@ class NodeLink:
         last_beat = monotonic()
         while not self.worker.stopping_hard:
             sock = self.sock
+            if sock is None:
+                # No socket could be opened (out of file descriptors): try again
+                # a heartbeat later, and register on the socket that opens.
+                green.sleep(self.heartbeat)
+                if not self.worker.stopping_hard and self.sock is None and self._open():
+                    self.register()
+                    last_beat = monotonic()
+                continue
             try:
                 # The wait is bounded for the heartbeat check: until the next beat
                 # is due, so no two beats are more than `heartbeat` apart
@@ -218,7 +255,8 @@ class NodeLink:
         while not self.worker.stopping_hard:
             monitor = self.monitor
             if monitor is None:
-                return
+                green.sleep(self.heartbeat)    # no socket open now: the reader opens one
+                continue
             try:
                 frames = monitor.recv_multipart()
             except zmq.ZMQError:

@@ -346,9 +346,17 @@ class Worker:
         self.supervisor.spawn(f"watch {link.endpoint}", link.watch, policy=RESTART)
 
     def _fatal(self, name: str, exc: BaseException) -> None:
+        """A critical greenlet died: stop, and whatever stopping meets, end
+        (a worker that lingers without its reader would hold its process and
+        run nothing)."""
         self.crashed = True
         logger.critical("worker %s: %s died (%r); stopping", self.wid, name, exc)
-        self.stop(0)
+        try:
+            self.stop(0)
+        finally:
+            if not self._stopped.is_set():
+                self.stopping_hard = True
+                self._stopped.set()
 
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
