@@ -3,10 +3,12 @@ from the harness), including the faults the threaded client survives."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 from typing import Any, Awaitable, Callable
 
 import pytest
+import zmq
 
 import miyaq
 import miyaq.aio
@@ -14,6 +16,7 @@ from apps import basic
 from miyaq.client import dialling
 from miyaq.logs import LogLimiter
 from miyaq.protocol import commands as c
+from miyaq.runtime.sockets import SocketFactory
 from miyaq.security.keystore import KeyStore
 from miyaq.testing.harness import ThreadNode, free_port, refusing_port, wait_for
 from raw_nodes import CountingNode, NodesPlayer
@@ -311,6 +314,44 @@ def test_a_ring_naming_an_endpoint_libzmq_refuses_leaves_the_client_working(capl
         assert not player.problems, player.problems
     assert endpoints == [asked.endpoint, other.endpoint]
     assert any("tcp://no port here" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+
+
+def test_a_client_out_of_file_descriptors_when_the_ring_names_a_node_dials_it_at_the_next_ring(caplog, monkeypatch):
+    """Fault: the process has no file descriptor left (simulated: libzmq's
+    EMFILE for the new node's socket, once) when a RING reply names a node.
+    The asyncio client logs it, goes on, and dials the node at the next RING
+    reply (before, the error ended its reader)."""
+    monkeypatch.setattr(dialling, "_log", LogLimiter(dialling.logger))
+    other = CountingNode()
+    asked = CountingNode(replies={c.RING: {"epoch": 1, "members": {"n1": {"service": other.endpoint}}}})
+    real = SocketFactory.watched_dealer
+    failures = []
+
+    def out_of_files_once(self, connect, **options):
+        if connect == other.endpoint and not failures:
+            failures.append(connect)
+            raise zmq.ZMQError(errno.EMFILE)
+        return real(self, connect, **options)
+
+    monkeypatch.setattr(SocketFactory, "watched_dealer", out_of_files_once)
+
+    async def main() -> list[str]:
+        async with miyaq.aio.Client(asked.endpoint, submit_timeout=20.0) as client:
+            handles = [await client.submit("echo", [i]) for i in range(4)]
+            await client.flush(timeout=20)
+            assert all(h.accepted for h in handles)
+            for _ in range(1000):
+                if len(client._io.nodes.endpoints) == 2:
+                    break
+                await asyncio.sleep(0.02)
+            assert not client._io.nodes.refused
+            return list(client._io.nodes.endpoints)
+
+    with NodesPlayer([asked, other], tasks=4, asked=(c.RING,)) as player:
+        endpoints = run(main, limit=40)
+        assert not player.problems, player.problems
+    assert failures == [other.endpoint] and endpoints == [asked.endpoint, other.endpoint]
+    assert any("cannot open a socket to" in r.getMessage() for r in caplog.records)
 
 
 def test_a_client_given_an_endpoint_libzmq_refuses_says_which():

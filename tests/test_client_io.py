@@ -2,6 +2,7 @@
 the batched path for a burst, and callers racing the I/O thread."""
 from __future__ import annotations
 
+import errno
 import threading
 import time
 from typing import Any
@@ -16,7 +17,9 @@ from miyaq.client import dialling
 from miyaq.client import short_path as client_io
 from miyaq.logs import LogLimiter
 from miyaq.protocol import commands as c
+from miyaq.runtime import green as green_runtime
 from miyaq.runtime.clock import monotonic
+from miyaq.runtime.sockets import SocketFactory
 from miyaq.testing.harness import wait_for
 from raw_nodes import CountingNode, NodesPlayer
 
@@ -546,6 +549,68 @@ def test_a_ring_naming_an_endpoint_libzmq_refuses_leaves_the_client_working(clie
     refusals = [r for r in caplog.records if "tcp://no port here" in r.getMessage()]
     assert len(refusals) == 1 and refusals[0].levelname == "WARNING"
     assert "not dialling a node the ring names" in refusals[0].getMessage()
+
+
+@pytest.mark.parametrize("green", [False, True], ids=["threads", "gevent"])
+def test_a_client_out_of_file_descriptors_when_the_ring_names_a_node_dials_it_at_the_next_ring(
+        client_for, green, caplog, monkeypatch):
+    """Fault: the client's process has no file descriptor left (simulated:
+    libzmq's EMFILE for the new node's socket, once) when a RING reply names
+    a node it has not dialled. The client logs it, goes on with the node it
+    has, does not take the endpoint for a bad one, and dials it at the next
+    RING reply. Before, the error was raised inside the client's I/O loop,
+    which ended: every later call timed out."""
+    monkeypatch.setattr(dialling, "_log", LogLimiter(dialling.logger))
+    other = CountingNode()
+    ring = {"epoch": 1, "members": {"n1": {"service": other.endpoint}}}
+    asked = CountingNode(replies={c.RING: ring})
+    real = SocketFactory.watched_dealer
+    failures = []
+
+    def out_of_files_once(self, connect, **options):
+        if connect == other.endpoint and not failures:
+            failures.append(connect)
+            raise zmq.ZMQError(errno.EMFILE)
+        return real(self, connect, **options)
+
+    monkeypatch.setattr(SocketFactory, "watched_dealer", out_of_files_once)
+    with NodesPlayer([asked, other], tasks=4, asked=(c.RING,)) as player:
+        c1 = client_for(asked.endpoint, submit_timeout=20.0, green=green)
+        handles = [c1.submit("echo", [i]) for i in range(4)]
+        c1.flush(timeout=20)
+        assert all(h.accepted for h in handles)
+        deadline = monotonic() + 20
+        while c1._io.endpoints != [asked.endpoint, other.endpoint]:    # the gevent client runs while we sleep
+            assert monotonic() < deadline, "the node was not dialled at a later RING reply"
+            green_runtime.sleep(0.02)
+        assert failures == [other.endpoint] and not c1._io.nodes.refused
+        assert not player.problems, player.problems
+    lines = [r.getMessage() for r in caplog.records if "cannot open a socket to" in r.getMessage()]
+    assert len(lines) == 1 and other.endpoint in lines[0] and "trying again at the next ring update" in lines[0]
+
+
+def test_a_client_out_of_file_descriptors_at_construction_is_unavailable():
+    """Fault: a client made in a process with no file descriptor left
+    (simulated: libzmq's EMFILE for its second endpoint). It raises
+    Unavailable naming the endpoint and the open files against the limit,
+    with the socket already made closed; before, libzmq's bare ZMQError
+    escaped and the first socket stayed open."""
+    made = []
+    real = SocketFactory.watched_dealer
+
+    def second_fails(self, connect, **options):
+        if made:
+            raise zmq.ZMQError(errno.EMFILE)
+        made.append(real(self, connect, **options))
+        return made[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SocketFactory, "watched_dealer", second_fails)
+        with pytest.raises(miyaq.Unavailable, match=r"cannot open a socket to tcp://127.0.0.1:2: Too many open "
+                                                     r"files \(\d+ files open of a limit of \d+"):
+            miyaq.Client(["tcp://127.0.0.1:1", "tcp://127.0.0.1:2"])
+    sock, monitor = made[0]
+    assert sock.closed and monitor.closed
 
 
 def test_a_client_given_an_endpoint_libzmq_refuses_says_which():

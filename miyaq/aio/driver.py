@@ -65,10 +65,10 @@ class AsyncDriver:
         """Drop node ``node``'s connection and connect again (it looped back)."""
         redial(self.socks[node], self.nodes.endpoints[node])
 
-    def connect(self, endpoint: str) -> bool:
+    def connect(self, endpoint: str) -> bool | None:
         dialled = dial_discovered(self.factory, endpoint)
-        if dialled is None:
-            return False
+        if not isinstance(dialled, tuple):
+            return dialled
         sock, monitor = dialled
         self.socks.append(sock)
         self.monitors.append(monitor)

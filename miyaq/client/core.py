@@ -51,10 +51,12 @@ class Transport(Protocol):
     def send(self, node: int, frames: list[bytes]) -> bool:
         """Send without blocking; False when node ``node`` is not connected."""
 
-    def connect(self, endpoint: str) -> bool:
+    def connect(self, endpoint: str) -> bool | None:
         """Open a connection to a node learnt from the ring (its index is the
         next one); False, with nothing opened, when the endpoint is refused
-        (not one libzmq can dial)."""
+        (not one libzmq can dial: never asked again); None, with nothing
+        opened, when no socket can be made now (the process has no file
+        descriptor left: asked again at the next RING reply)."""
 
     def reconnect(self, node: int) -> None:
         """Drop node ``node``'s connection and connect to its endpoint again."""

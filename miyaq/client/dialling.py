@@ -7,13 +7,20 @@ An endpoint libzmq refuses to dial is the user's error when the user gave
 it (``ConfigError``, nothing left open) and a node's when its RING reply
 named it (logged and skipped: the client goes on with the nodes it can
 reach; :meth:`miyaq.client.nodes.Nodes.from_ring` never offers it again).
+A socket libzmq cannot make at all -- the process has no file descriptor
+left -- is :class:`~miyaq.errors.Unavailable` for the user's endpoints
+(naming the open files and the limit) and, for a node the ring names, is
+logged and tried again at the next RING reply: the client's I/O loop goes
+on either way.
 """
 from __future__ import annotations
 
 import logging
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError
+from zmq import ZMQError      # one class whatever the flavour (plain, green, asyncio)
+
+from ..errors import ConfigError, Unavailable
 from ..logs import LogLimiter
 
 if TYPE_CHECKING:
@@ -27,19 +34,34 @@ def dial_given(factory: "SocketFactory", endpoints: list[str]) -> tuple[list[Any
     """The sockets and monitors of the endpoints a user gave, in order.
     Raises ``ConfigError`` naming the first one libzmq refuses, with the
     factory closed (the sockets made before it too)."""
+    watched = []
     try:
-        watched = [factory.watched_dealer(ep, ready=True, immediate=True) for ep in endpoints]
+        for endpoint in endpoints:
+            watched.append(factory.watched_dealer(endpoint, ready=True, immediate=True))
     except ConfigError:
         factory.close()
         raise
+    except ZMQError as exc:
+        factory.close()
+        raise Unavailable(f"cannot open a socket to {endpoint}: {exc}{_hint(exc)}") from None
     return [sock for sock, _ in watched], [monitor for _, monitor in watched]
 
 
-def dial_discovered(factory: "SocketFactory", endpoint: str) -> tuple[Any, Any] | None:
-    """The socket and monitor of a node a RING reply named; None (logged)
-    when libzmq refuses its endpoint."""
+def dial_discovered(factory: "SocketFactory", endpoint: str) -> tuple[Any, Any] | bool | None:
+    """The socket and monitor of a node a RING reply named; False (logged)
+    when libzmq refuses its endpoint; None (logged) when no socket can be
+    made now (no file descriptor left): as for ``Transport.connect``."""
     try:
         return factory.watched_dealer(endpoint, ready=True, immediate=True)
     except ConfigError as err:
         _log.warning("refused", "miyaq client: not dialling a node the ring names: %s", err.message)
+        return False
+    except ZMQError as exc:
+        _log.warning("no socket", "miyaq client: cannot open a socket to %s, a node the ring names, now: %s%s; "
+                     "trying again at the next ring update", endpoint, exc, _hint(exc))
         return None
+
+
+def _hint(exc: BaseException) -> str:
+    from ..runtime.open_files import open_files_hint     # the runtime is loaded once a client exists
+    return open_files_hint(exc)

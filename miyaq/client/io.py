@@ -85,10 +85,10 @@ class IOLoop:
             return False
         return True
 
-    def connect(self, endpoint: str) -> bool:
+    def connect(self, endpoint: str) -> bool | None:
         dialled = dial_discovered(self.factory, endpoint)
-        if dialled is None:
-            return False
+        if not isinstance(dialled, tuple):
+            return dialled
         sock, monitor = dialled
         self.socks.append(sock)
         self.monitors.append(monitor)

@@ -115,14 +115,15 @@ class Nodes:
         return self.pick(node)
 
     def from_ring(self, body: dict[str, Any], via: str | None = None,
-                  dial: Callable[[str], bool] = lambda endpoint: True) -> list[str]:
+                  dial: Callable[[str], bool | None] = lambda endpoint: True) -> list[str]:
         """The new service endpoints a RING reply names, and the placement it
         describes. Each new endpoint is handed to ``dial`` (the driver
         connects it; the new connection's index is the next one) and added
         only if that returned True: an endpoint the transport refuses (a
         buggy or hostile node's reply; the transport logs it) is remembered
-        in :attr:`refused` and never offered again, and the indexes of endpoints
-        and connections stay aligned. ``via``: the endpoint the reply came
+        in :attr:`refused` and never offered again (one it could not dial now,
+        ``dial`` returning None, is offered again by the next reply), and the
+        indexes of endpoints and connections stay aligned. ``via``: the endpoint the reply came
         from; when it is a unix socket (``ipc://``), the answering member
         (``node``) is already reached there and its TCP endpoint is not
         dialled as well."""
@@ -139,7 +140,10 @@ class Nodes:
                     continue
                 if len(self.endpoints) >= MAX_NODES:
                     continue        # known ones may still be aliased above; no new one
-                if not dial(service):
+                dialled = dial(service)
+                if dialled is None:
+                    continue        # not now (no file descriptor left): the next RING reply offers it again
+                if not dialled:
                     if len(self.refused) < MAX_NODES:
                         self.refused.add(service)
                     continue
