@@ -112,6 +112,9 @@ RESYNC_CHUNK = 1000
 RESYNC_STONES = 5000
 #: One SYNC request waits this long for its answer.
 RESYNC_TIMEOUT = 5.0
+#: A peer link that could not be made (no file descriptor left) is tried
+#: again this often.
+RELINK_INTERVAL = 1.0
 #: While a node reconciles, a peer whose resync failed is asked again once
 #: this long has passed since it failed (a peer not connected fails at once).
 RESYNC_RETRY = 1.0

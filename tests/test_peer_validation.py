@@ -13,6 +13,7 @@ STATUS and the queue keep answering. Before this, one record with
 """
 from __future__ import annotations
 
+import errno
 import time
 import urllib.request
 from typing import Any
@@ -27,6 +28,7 @@ from miyaq.config import NodeConfig
 from miyaq.protocol.commands import TAG
 from miyaq.protocol.recordspec import task_from_record
 from miyaq.protocol.taskspec import task_from_wire
+from miyaq.runtime.sockets import SocketFactory, zmq
 from miyaq.store.log import AppendLog
 from miyaq.store.records import task_record, transfer_record
 from miyaq.store.task import Task
@@ -342,3 +344,38 @@ def test_a_lessee_name_too_long_to_pass_the_peers_checks_is_not_sent_in_the_star
         event = publisher.outbox.pop("n2")[-1]
         assert event[0] == "S" and event[5] == sent
         check_event(event, NodeConfig())
+
+
+def test_a_peer_link_that_cannot_be_made_for_want_of_descriptors_is_made_a_second_later(peer, monkeypatch,
+                                                                                       caplog):
+    """Fault: the node's process has no file descriptor left (simulated:
+    libzmq's EMFILE for the peer link's DEALERs) when the ring names a
+    member. The ring change goes on without that link (logged); once
+    descriptors are free again the node links to the member by itself,
+    within a second, with no ring change (before, the error raised out of
+    the ring change, and a skipped link waited for the next change, which
+    may never come)."""
+    real = SocketFactory.watched_dealer
+    out_of_files = [True]
+    failures: list[str] = []
+
+    def without_descriptors(self, connect, **options):
+        if options.get("bounded") and out_of_files[0]:      # the peer link's DEALERs
+            failures.append(connect)
+            raise zmq.ZMQError(errno.EMFILE)
+        return real(self, connect, **options)
+
+    monkeypatch.setattr(SocketFactory, "watched_dealer", without_descriptors)
+    node = clustered_node(peer).start()
+    try:
+        link = node.node.role.peer
+        wait_for(lambda: failures and "p1" in link.unlinked, what="the failed link")
+        assert "p1" not in link.dealers
+        tried = len(failures)
+        wait_for(lambda: len(failures) > tried, what="the node to try the link again")
+        out_of_files[0] = False
+        wait_for(lambda: "p1" in link.dealers, timeout=20, what="the link made again")
+        assert not link.unlinked
+        assert "peer link: no socket to member p1 now: Too many open files" in caplog.text
+    finally:
+        node.stop()

@@ -31,13 +31,16 @@ from typing import Any
 from miyaq.cluster.peer_requests import PEER_COMMANDS, PeerRequests
 from miyaq.constants import PEER_RECONNECT_MS
 from miyaq.errors import BadFrame, ConfigError, MiyaqError, TooLarge
+from miyaq.logs import LogLimiter
 from miyaq.protocol.commands import FRAMES
 from miyaq.runtime import CRITICAL, Supervisor, green, monotonic
 from miyaq.runtime.messages import MessageRefused, recv_bounded, send_frames
+from miyaq.runtime.open_files import open_files_hint
 from miyaq.runtime.sockets import SocketFactory, connection_events, zmq
 from miyaq.security.guard import Guard
 
 logger = logging.getLogger(__name__)
+_log = LogLimiter(logger)     # retried every second while the process has no descriptor left
 
 LOOP_RETRY = 1.0
 """A DEALER that read its own request (its connection looped back to it)
@@ -92,6 +95,7 @@ class PeerEndpoint(PeerRequests):
                 self._retired.append(monitor)
         for node_id in [n for n in self._looped_at if n not in members]:
             del self._looped_at[node_id]
+        self.unlinked.clear()
         for node_id, endpoint in members.items():
             if node_id == self.node_id or node_id in self.dealers:
                 continue
@@ -104,6 +108,13 @@ class PeerEndpoint(PeerRequests):
                 # (every request to it fails as to a node not connected); tried
                 # again at the next change of the ring.
                 logger.warning("peer link: member %s cannot be reached: %s", node_id, err.message)
+                continue
+            except zmq.ZMQError as exc:
+                # No socket can be made now (no file descriptor left): the role
+                # links again a second later (ClusterRole._ticker).
+                self.unlinked.add(node_id)
+                _log.warning("no socket", "peer link: no socket to member %s now: %s%s; trying again",
+                             node_id, exc, open_files_hint(exc))
                 continue
             self.dealers[node_id] = sock
             self.endpoints[node_id] = endpoint

@@ -71,6 +71,9 @@ class PeerRequests:
         self._current: tuple[Any, Any] = (b"", None)
         self._req = itertools.count(1)
         self.errors: Counter[str] = Counter()
+        # Members a link could not be made to now (no file descriptor left):
+        # the role calls ``connect`` again until it can (ClusterRole._ticker).
+        self.unlinked: set[str] = set()
         self._warned: dict[tuple[str, str], float] = {}    # (peer, what) -> when last logged
         self._closed = False
 

@@ -30,7 +30,7 @@ from miyaq.cluster.sync import Resync
 from miyaq.cluster.transport import Transport
 from miyaq.config import NodeConfig
 from miyaq.constants import (
-    CLUSTER_TICK, DEPARTED_GRACE, FROZEN_RESYNC_TIMEOUT, HANDOFF_SWEEP_AFTER_CHANGE, STALL,
+    CLUSTER_TICK, DEPARTED_GRACE, FROZEN_RESYNC_TIMEOUT, HANDOFF_SWEEP_AFTER_CHANGE, RELINK_INTERVAL, STALL,
     STREAM_HEARTBEAT, SUSPECT_AFTER_FREEZE,
 )
 from miyaq.core.directory import Directory
@@ -363,7 +363,7 @@ class ClusterRole:
 
     # -- periodic ---------------------------------------------------------------------
     def _ticker(self) -> None:
-        last_beat = 0.0
+        last_beat = last_relink = 0.0
         while True:
             green.sleep(CLUSTER_TICK)
             mono = self._ticked = monotonic()
@@ -389,6 +389,9 @@ class ClusterRole:
                 # again while the reconcile waits for it.
                 self.subscriber.resync_unsynced(self._resync_marks, self._others(),
                                                 "its resync failed while reconciling")
+            if self.peer.unlinked and mono - last_relink >= RELINK_INTERVAL:
+                last_relink = mono
+                self._follow_links()      # a link that could not be made (no file descriptor left)
             if mono - last_beat >= STREAM_HEARTBEAT:
                 last_beat = mono
                 self.publisher.heartbeat([m for m in self.view.members if m != self.node_id])

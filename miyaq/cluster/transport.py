@@ -41,6 +41,8 @@ AskResync = Callable[[str, int], None]
 
 class PeerLink(Protocol):
     handlers: dict[bytes, Handler]
+    #: Members ``connect`` could not link to now (no file descriptor left): it is called again.
+    unlinked: set[str]
     #: Run after each burst of requests or answers (the role flushes what they produced).
     after_burst: list[Callable[[], None]]
 
