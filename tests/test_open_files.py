@@ -86,6 +86,18 @@ def test_a_node_raises_its_soft_limit_on_open_files_to_the_hard_one(limited):
     assert files["limit"] == hard and not files["near"] and 0 < files["open"] < hard
 
 
+def test_a_node_whose_limit_is_too_low_to_start_says_so(tmp_path):
+    """Fault: a node started where it may open only 32 files. It exits with
+    status 2 and one line naming the limit and how to raise it; before, it
+    went on until gevent's loop could not make its pipes and aborted the
+    process (a core dump, no word of why) -- at 12 files here."""
+    node = LimitedNode(32, 32, log_dir=str(tmp_path)).start()
+    assert node.proc is not None and node.proc.wait(30) == 2
+    assert node.log_tail().strip().splitlines()[-1] == (
+        "miyaq: error: a node needs to open at least 64 files, and this process may open 32 (its limit on open "
+        "files): raise it (ulimit -n, systemd's LimitNOFILE, docker's --ulimit nofile)")
+
+
 def test_a_node_out_of_file_descriptors_says_so_and_recovers(limited, ctx):
     """Fault: a node that runs out of file descriptors. Its hard limit is 96
     (it cannot raise it: it warns at start), and 150 connections come in.

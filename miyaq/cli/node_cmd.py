@@ -7,6 +7,7 @@ import os
 from miyaq.logs import setup_logging
 from miyaq.config import NodeConfig
 from miyaq.node.assemble import build_node
+from miyaq.runtime import open_files
 
 #: Fault injection for tests and ``miyaq chaos``: the share of replication
 #: stream messages this node drops (docs/cluster.md).
@@ -25,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     config = NodeConfig.load(vars(args))
     setup_logging(config.log_level)
+    open_files.prepare_server("node")      # this is the node's own process: its limit on open files
     node = build_node(config, stream_drop=float(os.environ.get(STREAM_DROP_ENV, "0") or 0))
     node.install_signal_handlers()
     node.serve_forever()

@@ -34,7 +34,7 @@ from miyaq.core.clockwork import Clockwork
 from miyaq.core.core import Core
 from miyaq.core.handles import Role
 from miyaq.node.status import NodeStatus
-from miyaq.runtime import LOG, Supervisor, green, heap, monotonic, open_files
+from miyaq.runtime import LOG, Supervisor, green, heap, monotonic
 from miyaq.runtime.sockets import SocketFactory
 from miyaq.security.zap import ZapHandler
 
@@ -124,13 +124,9 @@ class Node:
         return self.keys.reload("SIGHUP")
 
     def serve_forever(self) -> None:
-        """Raise the soft limit on open files to the hard one
-        (:mod:`miyaq.runtime.open_files`), start, keep the start-up heap out
-        of the cycle collector's way (:mod:`miyaq.runtime.heap`): this is the
-        node's own process; and serve until stopped."""
-        before, after = open_files.raise_soft_limit()
-        if after != before:
-            logger.info("node %s: open files limit raised from %d to %d (the hard limit)", self.id, before, after)
+        """Start, keep the start-up heap out of the cycle collector's way
+        (:mod:`miyaq.runtime.heap`: this is the node's own process), and
+        serve until stopped."""
         self.start()
         heap.freeze_startup_heap()
         self._stopped.wait()

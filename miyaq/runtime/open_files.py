@@ -21,11 +21,16 @@ import logging
 import os
 import resource
 
+from miyaq.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 #: Below this soft limit a node warns at start: it holds about that many
 #: connections (clients, workers, peers) before it refuses the next ones.
 LOW_LIMIT = 4096
+
+#: Below this limit a node does not start (a clear error, not an abort).
+MIN_LIMIT = 64
 
 #: The most the soft limit is raised to when the hard limit is "unlimited"
 #: (the kernel refuses more than ``fs.nr_open``, 1,048,576 by default).
@@ -70,6 +75,20 @@ def open_files_hint(exc: BaseException) -> str:
     held = f"{count} files open of a limit of {limit}" if count is not None and limit is not None else "at its limit"
     return (f" ({held}: does the code it runs leave files or connections open? raise the limit with ulimit -n, "
             "systemd's LimitNOFILE or docker's --ulimit nofile)")
+
+
+def prepare_server(what: str) -> None:
+    """For a server process miyaq owns: raise the soft limit
+    (:func:`raise_soft_limit`, logged), and refuse to start below
+    ``MIN_LIMIT`` -- gevent's loop itself aborts the process when it cannot
+    make its pipes. ConfigError then, naming the limit and how to raise it."""
+    before, after = raise_soft_limit()
+    if after != before:
+        logger.info("%s: open files limit raised from %d to %d (the hard limit)", what, before, after)
+    if after is not None and after < MIN_LIMIT:
+        raise ConfigError(f"a {what} needs to open at least {MIN_LIMIT} files, and this process may open "
+                          f"{after} (its limit on open files): raise it (ulimit -n, systemd's LimitNOFILE, "
+                          "docker's --ulimit nofile)")
 
 
 def open_count() -> int | None:
