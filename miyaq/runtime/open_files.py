@@ -6,13 +6,16 @@ node at its soft limit cannot accept: libzmq's I/O thread then retries
 ``accept`` in a tight loop (a core busy for as long as it lasts), clients
 and workers that try to connect time out, and nothing says why. So:
 
-* :func:`raise_soft_limit` lifts the soft limit to the hard one, as Go's
-  runtime and many servers do, for the processes miyaq owns (``miyaq node``,
-  ``miyaq worker``); never for an application's process that merely uses
-  the client;
+* :func:`prepare_server` lifts the soft limit to the hard one, as Go's
+  runtime and many servers do, for ``miyaq node`` (never for a worker,
+  whose handlers are the application's code, nor for an application's
+  process that merely uses the client), and refuses to start a node below
+  ``MIN_LIMIT``;
 * :func:`open_count` says how many are open (``/proc/self/fd``; None where
   there is no ``/proc``), so a node can say, in its log and STATUS, that it
-  is near the limit (:mod:`miyaq.node.open_files`).
+  is near the limit (:mod:`miyaq.node.open_files`), and
+  :func:`open_files_hint` adds the count and the limit to an error that
+  may be for want of a descriptor (a worker's or client's socket).
 """
 from __future__ import annotations
 
