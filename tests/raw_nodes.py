@@ -3,6 +3,7 @@ message by message (what a real node would never do: hold acknowledgements,
 exit right after reading)."""
 from __future__ import annotations
 
+import errno
 import threading
 from typing import Any
 
@@ -102,3 +103,21 @@ class NodesPlayer(threading.Thread):
         self.join(10)
         for node in self.nodes:
             node.close()
+
+
+def no_descriptor_once_for(monkeypatch: Any, endpoint: str) -> list[str]:
+    """Simulate a process out of file descriptors for one socket: the first
+    socket the clients' factory makes for ``endpoint`` fails with libzmq's
+    EMFILE. Returns the list the failed endpoint is put in."""
+    from miyaq.runtime.sockets import SocketFactory
+    real = SocketFactory.watched_dealer
+    failures: list[str] = []
+
+    def out_of_files_once(self: Any, connect: str, **options: Any) -> Any:
+        if connect == endpoint and not failures:
+            failures.append(connect)
+            raise zmq.ZMQError(errno.EMFILE)
+        return real(self, connect, **options)
+
+    monkeypatch.setattr(SocketFactory, "watched_dealer", out_of_files_once)
+    return failures

@@ -3,12 +3,10 @@ from the harness), including the faults the threaded client survives."""
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 from typing import Any, Awaitable, Callable
 
 import pytest
-import zmq
 
 import miyaq
 import miyaq.aio
@@ -16,10 +14,9 @@ from apps import basic
 from miyaq.client import dialling
 from miyaq.logs import LogLimiter
 from miyaq.protocol import commands as c
-from miyaq.runtime.sockets import SocketFactory
 from miyaq.security.keystore import KeyStore
 from miyaq.testing.harness import ThreadNode, free_port, refusing_port, wait_for
-from raw_nodes import CountingNode, NodesPlayer
+from raw_nodes import CountingNode, NodesPlayer, no_descriptor_once_for
 
 
 def run(main: Callable[[], Awaitable[Any]], limit: float = 60.0) -> Any:
@@ -324,16 +321,7 @@ def test_a_client_out_of_file_descriptors_when_the_ring_names_a_node_dials_it_at
     monkeypatch.setattr(dialling, "_log", LogLimiter(dialling.logger))
     other = CountingNode()
     asked = CountingNode(replies={c.RING: {"epoch": 1, "members": {"n1": {"service": other.endpoint}}}})
-    real = SocketFactory.watched_dealer
-    failures = []
-
-    def out_of_files_once(self, connect, **options):
-        if connect == other.endpoint and not failures:
-            failures.append(connect)
-            raise zmq.ZMQError(errno.EMFILE)
-        return real(self, connect, **options)
-
-    monkeypatch.setattr(SocketFactory, "watched_dealer", out_of_files_once)
+    failures = no_descriptor_once_for(monkeypatch, other.endpoint)
 
     async def main() -> list[str]:
         async with miyaq.aio.Client(asked.endpoint, submit_timeout=20.0) as client:

@@ -21,7 +21,7 @@ from miyaq.runtime import green as green_runtime
 from miyaq.runtime.clock import monotonic
 from miyaq.runtime.sockets import SocketFactory
 from miyaq.testing.harness import wait_for
-from raw_nodes import CountingNode, NodesPlayer
+from raw_nodes import CountingNode, NodesPlayer, no_descriptor_once_for
 
 
 def test_a_lone_submit_leaves_from_the_callers_thread(client):
@@ -564,16 +564,7 @@ def test_a_client_out_of_file_descriptors_when_the_ring_names_a_node_dials_it_at
     other = CountingNode()
     ring = {"epoch": 1, "members": {"n1": {"service": other.endpoint}}}
     asked = CountingNode(replies={c.RING: ring})
-    real = SocketFactory.watched_dealer
-    failures = []
-
-    def out_of_files_once(self, connect, **options):
-        if connect == other.endpoint and not failures:
-            failures.append(connect)
-            raise zmq.ZMQError(errno.EMFILE)
-        return real(self, connect, **options)
-
-    monkeypatch.setattr(SocketFactory, "watched_dealer", out_of_files_once)
+    failures = no_descriptor_once_for(monkeypatch, other.endpoint)
     with NodesPlayer([asked, other], tasks=4, asked=(c.RING,)) as player:
         c1 = client_for(asked.endpoint, submit_timeout=20.0, green=green)
         handles = [c1.submit("echo", [i]) for i in range(4)]
