@@ -17,6 +17,8 @@ import uuid
 
 import pytest
 
+import miyaq
+
 from apps import pools
 from miyaq.errors import TaskCancelled
 from miyaq.testing.harness import ThreadNode, wait_for
@@ -209,6 +211,26 @@ def test_thread_stuck_in_a_c_call_does_not_hold_up_shutdown(procs, node, client,
              what="the watchdog's warning")
     assert w.terminate(30) == 0
     assert "1 task(s) still running after 1.0s" in w.log_tail(200)
+
+
+@pytest.mark.parametrize("pool,task", [*[(p, "leave") for p in POOLS], ("gevent", "aleave")])
+def test_a_handler_that_exits_fails_its_task_and_the_worker_goes_on(procs, node, client, events, pool, task):
+    """Fault: a handler calls ``sys.exit(3)``, another raises
+    ``KeyboardInterrupt`` (code that stops the process running it). Each
+    task fails (retryable, its type and a message saying the worker goes
+    on), the same in every pool, and the worker runs the next task. Before,
+    either one ended the whole worker in the gevent and threads pools -- its
+    other tasks waited for their leases -- and a child of the processes pool."""
+    path, env = events
+    w = _worker(procs, node, pool, 2, env)
+    _registered(client)
+    for how, kind in (("exit", "SystemExit"), ("interrupt", "KeyboardInterrupt")):
+        with pytest.raises(miyaq.TaskFailed) as failed:
+            client.call(task, [how], max_retries=0, timeout=30)
+        assert failed.value.remote_type == kind
+        assert "a task does not stop its worker" in failed.value.remote_message
+    assert client.call("add", [2, 3], timeout=30) == 5 and w.alive()
+    assert "died" not in w.log_tail(200)          # no child of the processes pool died either
 
 
 def test_killed_child_process_fails_its_task_and_is_replaced(procs, node, client, events):

@@ -5,6 +5,12 @@ process -- so a handler's outcome means the same everywhere: a return value
 is DONE with the msgpack-packed result; ``Retry`` and any other exception
 are a retryable FAILED (with the traceback); ``Reject`` fails for good; an
 interruption by the worker (a cancel, a timeout) fails with its own type.
+
+A handler that raises ``SystemExit`` (it called ``sys.exit()``) or
+``KeyboardInterrupt`` fails its task the same way, retryable: a task does
+not stop its worker. Before (2026-12-03), either one ended the whole
+worker process in the gevent and threads pools -- every other task it ran
+lost until their leases ran out -- and a child of the processes pool.
 """
 from __future__ import annotations
 
@@ -19,6 +25,9 @@ from .config import ERROR_MESSAGE_BYTES, TRACEBACK_BYTES
 
 #: ("done", packed result) or ("failed", error map as sent in FAILED)
 Outcome = tuple[str, Any]
+
+#: What a handler may raise that would otherwise stop the process running it.
+HANDLER_EXITS = (SystemExit, KeyboardInterrupt)
 
 
 class Interrupted(BaseException):
@@ -69,17 +78,23 @@ def failure(exc: BaseException) -> Outcome:
         return ("failed", {"type": "Retry", "message": exc.message, "retry": True, "delay": exc.delay})
     if isinstance(exc, Reject):
         return ("failed", {"type": "Reject", "message": exc.message, "retry": False})
+    if isinstance(exc, HANDLER_EXITS):
+        message = f"the handler raised {exc!r}; a task does not stop its worker"
+        return ("failed", {"type": type(exc).__name__, "message": message[:ERROR_MESSAGE_BYTES], "retry": True,
+                           "traceback": traceback.format_exc()[-TRACEBACK_BYTES:]})
     return ("failed", {"type": type(exc).__name__, "message": str(exc)[:ERROR_MESSAGE_BYTES], "retry": True,
                        "traceback": traceback.format_exc()[-TRACEBACK_BYTES:]})
 
 
 def run_sync(fn: Callable[..., Any], body: bytes | None) -> Outcome:
     """Call ``fn`` with the task's arguments; never raises an Exception
-    (an :class:`Interrupted` also becomes an outcome)."""
+    (an :class:`Interrupted`, ``SystemExit`` and ``KeyboardInterrupt`` also
+    become outcomes; ``GreenletExit``, the worker killing its own greenlets
+    as it stops, goes on)."""
     try:
         args, kwargs = decode_args(body)
         return done(fn(*args, **kwargs))
-    except (Exception, Interrupted) as exc:
+    except (Exception, Interrupted, *HANDLER_EXITS) as exc:
         return failure(exc)
 
 
@@ -93,5 +108,5 @@ async def run_async(fn: Callable[..., Any], body: bytes | None,
         return done(await fn(*args, **kwargs))
     except asyncio.CancelledError:
         return interrupted(reason() or TaskAborted)
-    except (Exception, Interrupted) as exc:
+    except (Exception, Interrupted, *HANDLER_EXITS) as exc:
         return failure(exc)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 import time
 
 import miyaq
@@ -205,3 +206,19 @@ def stuck(tag: str) -> None:
 async def acall_async(a: int, b: int) -> int:
     """Submits from a coroutine through the app's asyncio client (awaits, never blocks the loop)."""
     return await add.call_async(a, b, timeout=20)
+
+
+@app.task(name="leave")
+def leave(how: str) -> None:
+    """Code that would stop the process running it: ``sys.exit(3)`` or a
+    ``KeyboardInterrupt``."""
+    if how == "exit":
+        sys.exit(3)
+    raise KeyboardInterrupt
+
+
+@app.task(name="aleave")
+async def aleave(how: str) -> None:
+    """``leave`` from a coroutine."""
+    await asyncio.sleep(0)
+    leave(how)
