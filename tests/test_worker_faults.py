@@ -274,6 +274,29 @@ def test_link_reader_death_stops_the_worker(node, client, thread_worker, caplog)
     wait_for(lambda: client.status()["totals"]["workers"] == 0, what="the node saw the worker leave")
 
 
+def test_a_worker_whose_reader_dies_ends_even_if_stopping_fails(node, client, thread_worker, caplog):
+    """Fault: the reader dies (as above) and stopping then meets an error
+    too (here: flushing the link's results raises). The worker still ends,
+    marked crashed. Before, a failed stop left the process alive, registered
+    nowhere and running nothing (a worker out of file descriptors did that)."""
+    w = thread_worker(basic.app, node.endpoint, queues=["default"], concurrency=1).worker
+    wait_for(lambda: client.status()["totals"]["workers"] == 1, what="worker registered")
+
+    def broken_accept(link, deliveries):
+        raise RuntimeError("injected reader failure")
+
+    def broken_flush():
+        raise RuntimeError("injected stop failure")
+
+    w.accept = broken_accept
+    w.links[0].flush = broken_flush
+    with caplog.at_level(logging.ERROR):
+        client.submit("add", [1, 2], wait=True)
+        wait_for(lambda: w._stopped.is_set(), what="the worker ended")
+    assert w.crashed and w.stopping_hard
+    assert "injected stop failure" in caplog.text
+
+
 def test_worker_that_reaches_no_node_says_why(thread_worker, make_node, caplog):
     """Fault: the worker is pointed at a port where no node listens (the node
     is not started yet). Within seconds it logs, at WARNING, that it cannot
