@@ -216,15 +216,16 @@ def test_thread_stuck_in_a_c_call_does_not_hold_up_shutdown(procs, node, client,
 @pytest.mark.parametrize("pool,task", [*[(p, "leave") for p in POOLS], ("gevent", "aleave")])
 def test_a_handler_that_exits_fails_its_task_and_the_worker_goes_on(procs, node, client, events, pool, task):
     """Fault: a handler calls ``sys.exit(3)``, another raises
-    ``KeyboardInterrupt`` (code that stops the process running it). Each
-    task fails (retryable, its type and a message saying the worker goes
-    on), the same in every pool, and the worker runs the next task. Before,
-    either one ended the whole worker in the gevent and threads pools -- its
-    other tasks waited for their leases -- and a child of the processes pool."""
+    ``KeyboardInterrupt``, a third its own ``BaseException`` (code that stops
+    the process running it). Each task fails (retryable, its type and a
+    message saying the worker goes on), the same in every pool, and the
+    worker runs the next task. Before, each one ended the whole worker in
+    the gevent and threads pools -- its other tasks waited for their leases
+    -- and a child of the processes pool."""
     path, env = events
     w = _worker(procs, node, pool, 2, env)
     _registered(client)
-    for how, kind in (("exit", "SystemExit"), ("interrupt", "KeyboardInterrupt")):
+    for how, kind in (("exit", "SystemExit"), ("interrupt", "KeyboardInterrupt"), ("base", "Escape")):
         with pytest.raises(miyaq.TaskFailed) as failed:
             client.call(task, [how], max_retries=0, timeout=30)
         assert failed.value.remote_type == kind

@@ -6,15 +6,18 @@ is DONE with the msgpack-packed result; ``Retry`` and any other exception
 are a retryable FAILED (with the traceback); ``Reject`` fails for good; an
 interruption by the worker (a cancel, a timeout) fails with its own type.
 
-A handler that raises ``SystemExit`` (it called ``sys.exit()``) or
-``KeyboardInterrupt`` fails its task the same way, retryable: a task does
-not stop its worker. Before (2026-12-03), either one ended the whole
-worker process in the gevent and threads pools -- every other task it ran
-lost until their leases ran out -- and a child of the processes pool.
+A handler that raises ``SystemExit`` (it called ``sys.exit()``),
+``KeyboardInterrupt`` or any other ``BaseException`` fails its task the
+same way, retryable: a task does not stop its worker. Before (2026-12-03),
+such an exception ended the whole worker process in the gevent and threads
+pools -- every other task it ran lost until their leases ran out -- and a
+child of the processes pool. Only ``GreenletExit`` goes on: it is the
+worker stopping its own greenlets.
 """
 from __future__ import annotations
 
 import asyncio
+import sys
 import traceback
 from typing import Any, Callable
 
@@ -26,8 +29,6 @@ from .config import ERROR_MESSAGE_BYTES, TRACEBACK_BYTES
 #: ("done", packed result) or ("failed", error map as sent in FAILED)
 Outcome = tuple[str, Any]
 
-#: What a handler may raise that would otherwise stop the process running it.
-HANDLER_EXITS = (SystemExit, KeyboardInterrupt)
 
 
 class Interrupted(BaseException):
@@ -78,7 +79,7 @@ def failure(exc: BaseException) -> Outcome:
         return ("failed", {"type": "Retry", "message": exc.message, "retry": True, "delay": exc.delay})
     if isinstance(exc, Reject):
         return ("failed", {"type": "Reject", "message": exc.message, "retry": False})
-    if isinstance(exc, HANDLER_EXITS):
+    if not isinstance(exc, Exception):     # SystemExit, KeyboardInterrupt, another BaseException
         message = f"the handler raised {exc!r}; a task does not stop its worker"
         return ("failed", {"type": type(exc).__name__, "message": message[:ERROR_MESSAGE_BYTES], "retry": True,
                            "traceback": traceback.format_exc()[-TRACEBACK_BYTES:]})
@@ -87,14 +88,16 @@ def failure(exc: BaseException) -> Outcome:
 
 
 def run_sync(fn: Callable[..., Any], body: bytes | None) -> Outcome:
-    """Call ``fn`` with the task's arguments; never raises an Exception
-    (an :class:`Interrupted`, ``SystemExit`` and ``KeyboardInterrupt`` also
-    become outcomes; ``GreenletExit``, the worker killing its own greenlets
-    as it stops, goes on)."""
+    """Call ``fn`` with the task's arguments; whatever it raises becomes an
+    outcome (an :class:`Interrupted`, ``SystemExit``, ``KeyboardInterrupt``
+    too), except ``GreenletExit``: the worker killing its own greenlets as
+    it stops."""
     try:
         args, kwargs = decode_args(body)
         return done(fn(*args, **kwargs))
-    except (Exception, Interrupted, *HANDLER_EXITS) as exc:
+    except BaseException as exc:
+        if _stops_the_worker(exc):
+            raise
         return failure(exc)
 
 
@@ -108,5 +111,15 @@ async def run_async(fn: Callable[..., Any], body: bytes | None,
         return done(await fn(*args, **kwargs))
     except asyncio.CancelledError:
         return interrupted(reason() or TaskAborted)
-    except (Exception, Interrupted, *HANDLER_EXITS) as exc:
+    except BaseException as exc:
+        if _stops_the_worker(exc):
+            raise
         return failure(exc)
+
+
+def _stops_the_worker(exc: BaseException) -> bool:
+    """``GreenletExit``: the worker killing its own greenlets as it stops;
+    it must go on. Looked up only where greenlet is loaded (a processes-pool
+    child need not load it: there, nothing raises it)."""
+    greenlet = sys.modules.get("greenlet")
+    return greenlet is not None and isinstance(exc, greenlet.GreenletExit)

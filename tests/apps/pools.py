@@ -208,12 +208,18 @@ async def acall_async(a: int, b: int) -> int:
     return await add.call_async(a, b, timeout=20)
 
 
+class Escape(BaseException):
+    """An application's own BaseException (not an Exception)."""
+
+
 @app.task(name="leave")
 def leave(how: str) -> None:
-    """Code that would stop the process running it: ``sys.exit(3)`` or a
-    ``KeyboardInterrupt``."""
+    """Code that would stop the process running it: ``sys.exit(3)``, a
+    ``KeyboardInterrupt`` or another ``BaseException``."""
     if how == "exit":
         sys.exit(3)
+    if how == "base":
+        raise Escape("out")
     raise KeyboardInterrupt
 
 
