@@ -35,10 +35,9 @@ class OpenFilesWatch:
 
     name = "open files"
 
-    def __init__(self, node_id: str, supervisor: Supervisor, interval: float = OPEN_FILES_CHECK) -> None:
+    def __init__(self, node_id: str, supervisor: Supervisor) -> None:
         self.node_id = node_id
         self.supervisor = supervisor
-        self.interval = interval
         self.open: int | None = open_count()
         self.limit: int | None = soft_limit()
         self.near = False
@@ -48,7 +47,6 @@ class OpenFilesWatch:
     # -- lifecycle ----------------------------------------------------------------
     def setup(self) -> None:
         """Say at start when the limit is low for a server."""
-        self.limit = soft_limit()
         if self.limit is not None and self.limit < LOW_LIMIT:
             logger.warning("node %s may open at most %d files (its soft limit): it holds about that many "
                            "connections -- clients, workers, peers -- and refuses the next ones; raise it "
@@ -66,7 +64,7 @@ class OpenFilesWatch:
     # -- the watch ------------------------------------------------------------------
     def _run(self) -> None:
         while True:
-            green.sleep(self.interval)
+            green.sleep(OPEN_FILES_CHECK)
             self.check(monotonic())
 
     def check(self, now: float) -> None:

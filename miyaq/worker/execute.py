@@ -30,7 +30,6 @@ from .config import ERROR_MESSAGE_BYTES, TRACEBACK_BYTES
 Outcome = tuple[str, Any]
 
 
-
 class Interrupted(BaseException):
     """Raised inside a handler the worker stops. A BaseException, so a
     handler's ``except Exception`` does not swallow it."""
@@ -79,11 +78,10 @@ def failure(exc: BaseException) -> Outcome:
         return ("failed", {"type": "Retry", "message": exc.message, "retry": True, "delay": exc.delay})
     if isinstance(exc, Reject):
         return ("failed", {"type": "Reject", "message": exc.message, "retry": False})
+    message = str(exc)
     if not isinstance(exc, Exception):     # SystemExit, KeyboardInterrupt, another BaseException
         message = f"the handler raised {exc!r}; a task does not stop its worker"
-        return ("failed", {"type": type(exc).__name__, "message": message[:ERROR_MESSAGE_BYTES], "retry": True,
-                           "traceback": traceback.format_exc()[-TRACEBACK_BYTES:]})
-    return ("failed", {"type": type(exc).__name__, "message": str(exc)[:ERROR_MESSAGE_BYTES], "retry": True,
+    return ("failed", {"type": type(exc).__name__, "message": message[:ERROR_MESSAGE_BYTES], "retry": True,
                        "traceback": traceback.format_exc()[-TRACEBACK_BYTES:]})
 
 
