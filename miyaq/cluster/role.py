@@ -1,5 +1,5 @@
 """A node's part in a cluster: membership, the peer link, the replication
-streams, replicated submits, standby checks, handoff and resync.
+streams, replicated submits, standby checks, handoff, resync and reconcile.
 
 The clustered :class:`~miyaq.core.handles.Role`. It is given, by the
 composition root (:func:`miyaq.node.assemble.build_node`): the core pieces it
@@ -23,6 +23,7 @@ from miyaq.cluster.handoff import Handoff
 from miyaq.cluster.holder_events import EventPublisher, apply_events
 from miyaq.cluster.membership import Coordinator, LeaderListener
 from miyaq.cluster.peer_requests import QUERY, REPLICATE, SYNC
+from miyaq.cluster.reconcile import Reconcile
 from miyaq.cluster.replicated_intake import ReplicatedIntake
 from miyaq.cluster.ring_view import Member, RingView
 from miyaq.cluster.standby import StandbyChecker
@@ -30,12 +31,12 @@ from miyaq.cluster.sync import Resync
 from miyaq.cluster.transport import Transport
 from miyaq.config import NodeConfig
 from miyaq.constants import (
-    CLUSTER_TICK, DEPARTED_GRACE, FROZEN_RESYNC_TIMEOUT, HANDOFF_SWEEP_AFTER_CHANGE, RELINK_INTERVAL, STALL,
+    CLUSTER_TICK, DEPARTED_GRACE, HANDOFF_SWEEP_AFTER_CHANGE, RELINK_INTERVAL, STALL,
     STREAM_HEARTBEAT, SUSPECT_AFTER_FREEZE,
 )
 from miyaq.core.directory import Directory
 from miyaq.core.engine import Engine
-from miyaq.core.gate import FENCED, RECONCILING, Gate
+from miyaq.core.gate import FENCED, Gate
 from miyaq.core.refusals import Refusals
 from miyaq.core.handles import Ack, WriteBarrier
 from miyaq.core.service import ServiceEndpoint
@@ -83,15 +84,9 @@ class ClusterRole:
         self.peer.handlers.update({REPLICATE: self.copies.on_replicate, QUERY: self.copies.on_query,
                                    SYNC: self.resync.serve})
         self._flush_acks = endpoint.flush_acks
+        self.reconcile = Reconcile(self)
         self._view_changed = green.Event()
         self._pending_view: RingView | None = None
-        self._reconcile_until = 0.0
-        # Each source's resync a reconcile waits for (None: not asked yet, the
-        # reconcile cannot end; {}: any resync of each).
-        self._resync_marks: dict[str, int] | None = {}
-        self._view_confirmed = True   # False from a freeze or a fence until ZooKeeper confirms the ring
-        self._confirming = 0          # the pending confirmation's number (0: none)
-        self._confirmations = 0
         self._sweep_until = 0.0
         self._suspect_until = 0.0
         self._ticked = 0.0       # the ticker's last round: long ago means the process was frozen
@@ -99,17 +94,7 @@ class ClusterRole:
 
     # -- lifecycle ------------------------------------------------------------------
     def setup(self) -> None:
-        if self.engine.table.live:
-            # Restarted from its log: hold dispatching until the other holders
-            # told us what finished (and what we missed) while we were down,
-            # and let no copy run before it asked them (the reconcile may end
-            # on its timeout, not on their answers).
-            self.gate.close(RECONCILING)
-            self._reconcile_until = monotonic() + self.config.reconcile_timeout
-            standby = self.standby.ask_first(self.engine.table.live.values(), wall())
-            logger.info("node %s: %d task(s) from the log, %d of them standby copies until the other "
-                        "holders answer; reconciling before dispatching", self.node_id,
-                        len(self.engine.table.live), standby)
+        self.reconcile.after_restart(self.config.reconcile_timeout)
 
     def start(self) -> None:
         self.peer.start()
@@ -175,51 +160,13 @@ class ClusterRole:
         logger.warning("node %s was frozen for %.1fs; resyncing before it dispatches again",
                        self.node_id, seconds)
         self._suspect_until = monotonic() + SUSPECT_AFTER_FREEZE
-        self._hold_until_resynced("this node was frozen")
+        self.reconcile.hold_until_resynced("this node was frozen")
 
     @property
     def reconciling(self) -> bool:
         """True while this node holds dispatching to fetch its peers' state
         again (restarted from its log, resumed from a freeze, fence lifted)."""
-        return bool(self._reconcile_until)
-
-    def _hold_until_resynced(self, why: str) -> None:
-        """Hold dispatching until every peer's state was fetched again and
-        the coordination service confirmed this node's ring (a frozen node
-        may not have noticed yet that its session expired and the ring went
-        on without it: a chaos run saw one resume, finish its resync in
-        60 ms and run, as rank 0 of a ring it was no longer in, a task the
-        new holders had just started); the copies that came due meanwhile
-        ask the other holders before they run (others may have run them
-        while this node was silent)."""
-        self.gate.close(RECONCILING)
-        self._resync_marks = None     # ask_first yields: the reconcile must not end on an earlier one's marks
-        self._reconcile_until = monotonic() + FROZEN_RESYNC_TIMEOUT
-        self._view_confirmed = False
-        self._confirming = 0          # an answer still due belongs to an earlier reconcile
-        self._confirm_view()
-        self.standby.ask_first(self.engine.table.live.values(), wall())
-        self._resync_marks = self.subscriber.resync_all(why)
-
-    def _confirm_view(self) -> None:
-        """Ask the coordinator to confirm this node's ring (one request at a
-        time; the ticker asks again after a refusal, until the reconcile ends).
-        Each request is numbered: the answer to one that a new reconcile gave
-        up on (it never came, say) confirms nothing."""
-        if self._confirming:
-            return
-        self._confirmations += 1
-        ticket = self._confirming = self._confirmations
-        epoch = self.view.epoch
-
-        def done(confirmed: bool) -> None:
-            if ticket != self._confirming:
-                return
-            self._confirming = 0
-            if confirmed and self.view.epoch == epoch:
-                self._view_confirmed = True
-
-        self.coordinator.confirm_view(epoch, done)
+        return self.reconcile.active
 
     # -- fencing ----------------------------------------------------------------------
     def fenced(self) -> bool:
@@ -257,7 +204,7 @@ class ClusterRole:
             return
         logger.info("node %s: fence lifted; resyncing before it dispatches again", self.node_id)
         self._suspect_until = monotonic() + SUSPECT_AFTER_FREEZE
-        self._hold_until_resynced("this node was fenced")    # closes the gate before the fence opens it
+        self.reconcile.hold_until_resynced("this node was fenced")    # closes the gate before the fence opens it
         self.gate.open(FENCED)
 
     def flush(self) -> None:
@@ -375,20 +322,7 @@ class ClusterRole:
             self.flush()
             if self.intake.sweep():
                 self._flush_acks()     # the rejections leave now, not with the next message
-            if self._reconcile_until and not self._view_confirmed:
-                self._confirm_view()
-            if self._reconcile_until and (mono >= self._reconcile_until or self._reconciled()):
-                reconciled = self._reconciled()
-                self._reconcile_until = 0.0
-                self.gate.open(RECONCILING)
-                self.standby.unpark()
-                logger.info("node %s: %s; dispatching", self.node_id,
-                            "reconciled" if reconciled else "reconcile timed out")
-            elif self._reconcile_until and self._resync_marks is not None:
-                # A resync that failed (its answer lost, the peer slow) is asked
-                # again while the reconcile waits for it.
-                self.subscriber.resync_unsynced(self._resync_marks, self._others(),
-                                                "its resync failed while reconciling")
+            self.reconcile.tick(mono)
             if self.peer.unlinked and mono - last_relink >= RELINK_INTERVAL:
                 last_relink = mono
                 self._follow_links()      # a link that could not be made (no file descriptor left)
@@ -401,12 +335,6 @@ class ClusterRole:
             # by a view that changed meanwhile (cost: one pass over the tasks).
             self.handoff.tick(mono, sweeping=mono < self._sweep_until)
 
-    def _reconciled(self) -> bool:
-        """Every other member's state was fetched again since reconciling
-        began, and the coordinator confirmed the ring since."""
-        return (len(self.view.members) > 0 and self.streams_ready() and self._view_confirmed
-                and self._resync_marks is not None
-                and self.subscriber.synced_since(self._resync_marks, self._others()))
-
-    def _others(self) -> list[str]:
+    def others(self) -> list[str]:
+        """The other members of this node's ring."""
         return [m for m in self.view.members if m != self.node_id]

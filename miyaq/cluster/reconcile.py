@@ -1,0 +1,132 @@
+"""Reconciling: a node holds dispatching until it knows what its peers did
+while it could not hear them.
+
+A node reconciles after it restarted from its log, resumed from a freeze
+(SIGSTOP, swap, a VM pause) or had its fence lifted. Meanwhile its gate is
+closed (``RECONCILING``: nothing is dispatched) and the copies that come due
+are parked (:class:`~miyaq.cluster.standby.StandbyChecker`). The reconcile
+ends when every other member's state was fetched again (a resync of each,
+numbered at or after the reconcile's mark) and, after a freeze or a fence,
+the coordinator confirmed this node's ring -- or on its timeout.
+
+Everything here runs in the node's event loop, driven by the cluster
+ticker (:meth:`Reconcile.tick`); the role reads :attr:`Reconcile.active`.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from miyaq.constants import FROZEN_RESYNC_TIMEOUT
+from miyaq.core.gate import RECONCILING
+from miyaq.runtime import monotonic, wall
+
+if TYPE_CHECKING:
+    from miyaq.cluster.role import ClusterRole
+
+logger = logging.getLogger(__name__)
+
+
+class Reconcile:
+    """One node's reconcile: when it began, what it waits for, and its end."""
+
+    def __init__(self, role: ClusterRole) -> None:
+        self.role = role
+        self._until = 0.0             # when it gives up waiting (monotonic; 0: not reconciling)
+        # Each source's resync the reconcile waits for (None: not asked yet, the
+        # reconcile cannot end; {}: any resync of each).
+        self._marks: dict[str, int] | None = {}
+        self._view_confirmed = True   # False from a freeze or a fence until the coordinator confirms the ring
+        self._confirming = 0          # the pending confirmation's number (0: none)
+        self._confirmations = 0
+
+    @property
+    def active(self) -> bool:
+        """True while dispatching is held for the peers' state."""
+        return bool(self._until)
+
+    def after_restart(self, timeout: float) -> None:
+        """Restarted from its log: hold dispatching until the other holders
+        told us what finished (and what we missed) while we were down, and
+        let no copy run before it asked them (the reconcile may end on its
+        timeout, not on their answers). The streams' first resync of each
+        peer is what it waits for."""
+        role = self.role
+        live = role.engine.table.live
+        if not live:
+            return
+        role.gate.close(RECONCILING)
+        self._until = monotonic() + timeout
+        standby = role.standby.ask_first(live.values(), wall())
+        logger.info("node %s: %d task(s) from the log, %d of them standby copies until the other "
+                    "holders answer; reconciling before dispatching", role.node_id, len(live), standby)
+
+    def hold_until_resynced(self, why: str) -> None:
+        """Hold dispatching until every peer's state was fetched again and
+        the coordination service confirmed this node's ring (a frozen node
+        may not have noticed yet that its session expired and the ring went
+        on without it: a chaos run saw one resume, finish its resync in
+        60 ms and run, as rank 0 of a ring it was no longer in, a task the
+        new holders had just started); the copies that came due meanwhile
+        ask the other holders before they run (others may have run them
+        while this node was silent)."""
+        role = self.role
+        role.gate.close(RECONCILING)
+        self._marks = None            # ask_first yields: the reconcile must not end on an earlier one's marks
+        self._until = monotonic() + FROZEN_RESYNC_TIMEOUT
+        self._view_confirmed = False
+        self._confirming = 0          # an answer still due belongs to an earlier reconcile
+        self._confirm_view()
+        role.standby.ask_first(role.engine.table.live.values(), wall())
+        self._marks = role.subscriber.resync_all(why)
+
+    def tick(self, mono: float) -> None:
+        """The cluster ticker's round: ask for the ring's confirmation again
+        after a refusal, end the reconcile when it is done or timed out, and
+        ask a peer whose resync failed again meanwhile."""
+        if not self._until:
+            return
+        if not self._view_confirmed:
+            self._confirm_view()
+        reconciled = self._reconciled()
+        if reconciled or mono >= self._until:
+            role = self.role
+            self._until = 0.0
+            role.gate.open(RECONCILING)
+            role.standby.unpark()
+            logger.info("node %s: %s; dispatching", role.node_id,
+                        "reconciled" if reconciled else "reconcile timed out")
+        elif self._marks is not None:
+            # A resync that failed (its answer lost, the peer slow) is asked
+            # again while the reconcile waits for it.
+            self.role.subscriber.resync_unsynced(self._marks, self.role.others(),
+                                                 "its resync failed while reconciling")
+
+    def _confirm_view(self) -> None:
+        """Ask the coordinator to confirm this node's ring (one request at a
+        time; the ticker asks again after a refusal, until the reconcile ends).
+        Each request is numbered: the answer to one that a new reconcile gave
+        up on (it never came, say) confirms nothing."""
+        if self._confirming:
+            return
+        self._confirmations += 1
+        ticket = self._confirming = self._confirmations
+        role = self.role
+        epoch = role.view.epoch
+
+        def done(confirmed: bool) -> None:
+            if ticket != self._confirming:
+                return
+            self._confirming = 0
+            if confirmed and role.view.epoch == epoch:
+                self._view_confirmed = True
+
+        role.coordinator.confirm_view(epoch, done)
+
+    def _reconciled(self) -> bool:
+        """Every other member's state was fetched again since reconciling
+        began, and the coordinator confirmed the ring since."""
+        role = self.role
+        return (len(role.view.members) > 0 and role.streams_ready() and self._view_confirmed
+                and self._marks is not None
+                and role.subscriber.synced_since(self._marks, role.others()))
