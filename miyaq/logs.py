@@ -60,17 +60,23 @@ class LogLimiter:
     def warning(self, kind: str, message: str, *args: Any) -> bool:
         """Log ``message % args`` at WARNING unless ``kind`` is over its rate;
         True if it was logged."""
+        return self.log(logging.WARNING, kind, message, *args)
+
+    def log(self, level: int, kind: str, message: str, *args: Any, exc_info: Any = None) -> bool:
+        """Log ``message % args`` at ``level`` (with ``exc_info``, as
+        :meth:`logging.Logger.log` takes it) unless ``kind`` is over its rate;
+        True if it was logged."""
         now = monotonic()
         window = self._windows.get(kind)
         if window is None or now - window[0] >= self.per:
             suppressed = int(window[2]) if window is not None else 0
             window = self._windows[kind] = [now, 0.0, 0.0]
             if suppressed:
-                self.logger.warning("%d more %s line(s) were not logged in the last %.0fs",
-                                    suppressed, kind, self.per)
+                self.logger.log(level, "%d more %s line(s) were not logged in the last %.0fs",
+                                suppressed, kind, self.per)
         if window[1] >= self.burst:
             window[2] += 1
             return False
         window[1] += 1
-        self.logger.warning(message, *args)
+        self.logger.log(level, message, *args, exc_info=exc_info)
         return True

@@ -125,8 +125,10 @@ class Node:
 
     def serve_forever(self) -> None:
         """Start, keep the start-up heap out of the cycle collector's way
-        (:mod:`miyaq.runtime.heap`: this is the node's own process), and
-        serve until stopped."""
+        (:mod:`miyaq.runtime.heap`: this is the node's own process), log
+        what its hub would print to stderr (:func:`green.log_hub_errors`),
+        and serve until stopped."""
+        green.log_hub_errors()
         self.start()
         heap.freeze_startup_heap()
         self._stopped.wait()

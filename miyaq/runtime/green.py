@@ -61,7 +61,7 @@ __all__ = [
     "HubInbox", "Lock", "Pool", "Queue", "QueueEmpty", "SSLContext", "Semaphore", "T", "ThreadPool", "ThreadWake",
     "Timeout",
     "WSGIHandler", "WSGIInput", "WSGIServer", "current", "destroy_hub", "hub_running", "idle", "is_patched",
-    "joinall", "killall", "monkey_patch", "native_lock", "native_thread_ident", "on_signal", "run_in_thread", "sleep",
+    "joinall", "killall", "log_hub_errors", "monkey_patch", "native_lock", "native_thread_ident", "on_signal", "run_in_thread", "sleep",
     "start_native_thread",
 ]
 
@@ -172,6 +172,45 @@ def on_signal(signum: signal.Signals | int, handler: Callable[[], Any]) -> Any:
     """Call ``handler()`` in the hub when the process gets ``signum`` (must not block:
     spawn through a supervisor for longer work)."""
     return gevent.signal_handler(signum, handler)
+
+
+HUB_ERRORS_BURST = 5
+"""At most this many hub errors are logged a minute (:func:`log_hub_errors`)."""
+
+
+def log_hub_errors() -> None:
+    """Send what this thread's hub would print to stderr -- an exception a
+    hub callback raised, or one that ended a greenlet no supervisor watches
+    (an application's own, in a gevent worker) -- to the log instead: one
+    ERROR record ``miyaq.hub`` with its traceback, at most
+    :data:`HUB_ERRORS_BURST` a minute, the count of those left out told
+    with the next. gevent writes them to stderr as they come, outside the
+    log's format and without bound. For miyaq's own processes (node,
+    worker); an application's process that only uses the client keeps
+    gevent's default. Errors that end the loop (``SystemExit``,
+    ``KeyboardInterrupt``) are still raised in the main greenlet, as
+    gevent does after reporting them."""
+    from miyaq.logs import LogLimiter
+    hub = gevent.get_hub()
+    limiter = LogLimiter(logging.getLogger("miyaq.hub"), burst=HUB_ERRORS_BURST, per=60.0)
+    print_to_stderr = hub.print_exception
+
+    def log_exception(context: Any, kind: Any, value: Any, tb: Any) -> None:
+        # Called by gevent's Hub.handle_error, which must not raise.
+        try:
+            if context is None:
+                where = "the event loop"
+            elif isinstance(context, str):
+                where = context
+            else:
+                where = hub.format_context(context)
+            name = getattr(kind, "__name__", "an exception")
+            exc_info = (kind, value, tb) if value is not None else None
+            limiter.log(logging.ERROR, "hub error", "%s failed with %s", where, name, exc_info=exc_info)
+        except Exception:
+            print_to_stderr(context, kind, value, tb)
+
+    hub.print_exception = log_exception
 
 
 def destroy_hub() -> None:

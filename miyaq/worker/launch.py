@@ -39,6 +39,7 @@ def run_one(app_spec: str, config: WorkerConfig) -> int:
     app = load_app(app_spec)
     worker = Worker(app, config, app_spec=app_spec)
     worker.install_signal_handlers()
+    green.log_hub_errors()          # not gevent's stderr: the log, bounded
     heap.freeze_startup_heap()      # the app and everything it imports are loaded: miyaq.runtime.heap
     worker.run()
     return 1 if worker.crashed else 0
