@@ -61,7 +61,8 @@ __all__ = [
     "HubInbox", "Lock", "Pool", "Queue", "QueueEmpty", "SSLContext", "Semaphore", "T", "ThreadPool", "ThreadWake",
     "Timeout",
     "WSGIHandler", "WSGIInput", "WSGIServer", "current", "destroy_hub", "hub_running", "idle", "is_patched",
-    "joinall", "killall", "log_hub_errors", "monkey_patch", "native_lock", "native_thread_ident", "on_signal", "run_in_thread", "sleep",
+    "joinall", "killall", "log_hub_errors", "monkey_patch", "native_lock", "native_thread_ident", "on_signal",
+    "run_in_thread", "sleep",
     "start_native_thread",
 ]
 
