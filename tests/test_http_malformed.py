@@ -116,6 +116,51 @@ def test_json_numbers_python_would_take_but_json_has_not_are_400(api, raw):
     assert_still_serving(api)
 
 
+SURROGATE = '"\\udc80"'    # JSON's escape for a lone UTF-16 surrogate: valid JSON, not Unicode text
+
+
+@pytest.mark.parametrize("path,raw", [
+    ("/tasks", '{"name": %s}' % SURROGATE),
+    ("/tasks", '{"name": "n", "args": [%s]}' % SURROGATE),
+    ("/tasks", '{"name": "n", "kwargs": {%s: 1}}' % SURROGATE),
+    ("/tasks", '{"name": "n", "key": %s}' % SURROGATE),
+    ("/queue", '{"url": "http://127.0.0.1:9/%s"}' % SURROGATE[1:-1]),
+    ("/queue", '{"url": "http://127.0.0.1:9/", "headers": {"X-A": %s}}' % SURROGATE),
+    ("/tasks/t1/ack", '{"attempt": 1, "result": [%s]}' % SURROGATE),
+])
+def test_json_with_a_lone_surrogate_is_400_and_nothing_is_stored(api, path, raw):
+    """Fault: a client's JSON spells a lone UTF-16 surrogate with an escape
+    (found by tests/test_http_fuzz.py). It is valid JSON but not text:
+    stored as a task's name or key it would fail every later answer that
+    shows it and every log write; packed as arguments or a result it was a
+    500. Now a 400 naming the body, and nothing is stored."""
+    status, body, _ = api.post(path, raw=raw.encode(), content_type="application/json")
+    assert_error(status, body, "invalid_field", "body")
+    assert "surrogate" in body["error"]["message"]
+    assert_still_serving(api)
+
+
+@pytest.mark.parametrize("path,raw", [
+    ("/tasks", '{"name": "n", "args": [%d]}' % 2 ** 64),
+    ("/tasks", '{"name": "n", "kwargs": {"a": [%d]}}' % -(2 ** 63 + 1)),
+    ("/tasks/t1/ack", '{"attempt": 1, "result": %d}' % 10 ** 30),
+])
+def test_json_integers_beyond_64_bits_are_400(api, path, raw):
+    """Fault: a client sends an integer msgpack cannot carry (found by
+    tests/test_http_fuzz.py): packing the task's arguments or the result
+    raised OverflowError, a 500. Now a 400 naming the body."""
+    status, body, _ = api.post(path, raw=raw.encode(), content_type="application/json")
+    assert_error(status, body, "invalid_field", "body")
+    assert "64-bit" in body["error"]["message"]
+    assert_still_serving(api)
+
+
+def test_json_integers_at_the_64_bit_bounds_are_accepted(api):
+    """The bounds themselves pass: int64's least and uint64's greatest."""
+    status, body, _ = api.post("/tasks", {"name": "n", "args": [-(2 ** 63), 2 ** 64 - 1]})
+    assert status == 202, body
+
+
 @pytest.mark.parametrize("chunk", [b"zz\r\nabc\r\n0\r\n\r\n", b"FFFFFFFFFFFFFFFFFFFF\r\n", b"3\r\nabcXY0\r\n\r\n",
                                    b"3;" + b"x" * 9000 + b"\r\n", b"0\r\nbad trailer\x01\r\n\r\n"])
 def test_chunk_500_a_bad_chunk_size_is_400(http_node, api, chunk):

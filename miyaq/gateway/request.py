@@ -10,7 +10,11 @@ into a 4xx JSON answer -- never a 500, whatever a client sends:
 * a charset Python knows but that is not a text encoding (``rot13``,
   ``base64``, ``zlib``) is refused like an unknown one;
 * JSON is nested at most ``MAX_JSON_DEPTH`` levels, has no ``NaN`` or
-  ``Infinity``, and no integer of more digits than Python converts;
+  ``Infinity``, no integer outside what a task's payload can carry (64
+  bits, msgpack's range) and no string that is not Unicode text (a lone
+  UTF-16 surrogate such as ``"\udc80"``, which JSON's escapes can spell
+  and UTF-8 cannot): nothing stored from a body can later fail to be
+  packed, written to the log or shown;
 * a body the server cannot read (a bad chunk size, a connection closed
   mid-body) is a 400 and the connection is closed (:attr:`Request.close`);
 * a query string is parsed like a form (at most ``MAX_FORM_FIELDS``).
@@ -59,35 +63,59 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def json_depth_ok(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
-    """True if ``value`` nests arrays and objects at most ``limit`` deep
-    (iterative: a deep value cannot exhaust the stack here)."""
+#: The integers a task's payload (msgpack) can carry: int64 and uint64.
+MIN_INT = -(2 ** 63)
+MAX_INT = 2 ** 64 - 1
+
+
+def json_problem(value: Any, limit: int = MAX_JSON_DEPTH) -> str:
+    """Why a parsed JSON value is refused ("" if it is not): nested more
+    than ``limit`` deep, an integer outside ``MIN_INT``..``MAX_INT``, or a
+    string (value or key) that is not Unicode text. Iterative: a deep value
+    cannot exhaust the stack here."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
+        if isinstance(item, str):
+            if not item.isascii() and not _is_text(item):
+                return "a string holds a lone UTF-16 surrogate, which is not Unicode text"
             continue
-        if depth > limit:
-            return False
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+        if isinstance(item, int) and not isinstance(item, bool):
+            if not MIN_INT <= item <= MAX_INT:
+                return "an integer is outside the 64-bit range a task's payload can carry"
+            continue
+        if isinstance(item, dict):
+            if depth > limit:
+                return f"nested deeper than {limit} levels"
+            stack.extend((key, depth) for key in item)
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            if depth > limit:
+                return f"nested deeper than {limit} levels"
+            stack.extend((child, depth + 1) for child in item)
+    return ""
+
+
+def _is_text(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
     return True
 
 
 def parse_json(text: str) -> Any:
     """JSON from a client. ValueError for bad syntax (NaN and Infinity
-    included); :class:`InvalidField` for nesting deeper than ``MAX_JSON_DEPTH``."""
+    included); :class:`InvalidField` for what :func:`json_problem` refuses."""
     try:
         value = json.loads(text, parse_constant=_no_constant)
     except RecursionError:
-        value = None
+        problem = f"nested deeper than {MAX_JSON_DEPTH} levels"
     else:
-        if json_depth_ok(value):
+        problem = json_problem(value)
+        if not problem:
             return value
-    raise InvalidField(f"the body is not valid JSON: nested deeper than {MAX_JSON_DEPTH} levels", field="body")
+    raise InvalidField(f"the body is not valid JSON: {problem}", field="body")
 
 
 class Request:
