@@ -140,6 +140,21 @@ def test_json_with_a_lone_surrogate_is_400_and_nothing_is_stored(api, path, raw)
     assert_still_serving(api)
 
 
+@pytest.mark.parametrize("content_type,raw", [
+    (FORM + "; charset=utf-7", b"url=http://127.0.0.1:9/+2D0-"),
+    (FORM + "; charset=unicode_escape", b"url=http://127.0.0.1:9/\\ud83d"),
+    ("application/json; charset=utf-7", b'{"url": "http://127.0.0.1:9/+2D0-"}'),
+])
+def test_a_charset_that_decodes_to_a_lone_surrogate_is_400(api, content_type, raw):
+    """Fault: a body in a charset that can spell a lone UTF-16 surrogate
+    (utf-7, unicode_escape), so that a form field -- here a webhook's URL --
+    would be stored holding one. A 400 naming the body, nothing stored."""
+    status, body, _ = api.post("/queue", raw=raw, content_type=content_type)
+    assert_error(status, body, "invalid_field", "body")
+    assert "surrogate" in body["error"]["message"]
+    assert_still_serving(api)
+
+
 @pytest.mark.parametrize("path,raw", [
     ("/tasks", '{"name": "n", "args": [%d]}' % 2 ** 64),
     ("/tasks", '{"name": "n", "kwargs": {"a": [%d]}}' % -(2 ** 63 + 1)),

@@ -202,10 +202,17 @@ class Request:
         return media, check_charset(params.get("charset", "utf-8"))
 
     def text(self, charset: str) -> str:
+        """The body decoded with ``charset``; it must be Unicode text: a
+        charset such as ``utf-7`` or ``unicode_escape`` can decode to a lone
+        UTF-16 surrogate, which nothing can store or show."""
         try:
-            return self.body().decode(charset)
+            text = self.body().decode(charset)
         except (UnicodeError, LookupError, ValueError):   # UnicodeError: idna and punycode's own
             raise InvalidField(f"the body is not valid {charset}", field="body") from None
+        if not text.isascii() and not _is_text(text):
+            raise InvalidField(f"the body is not valid {charset}: it decodes to a lone UTF-16 surrogate, "
+                               "which is not Unicode text", field="body")
+        return text
 
     def json(self, required: bool = True) -> Any:
         """The body as JSON. An empty body is ``{}`` unless ``required``.
