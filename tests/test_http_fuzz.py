@@ -137,36 +137,43 @@ CHARSETS = ["", "", "", "; charset=utf-8", "; charset=latin-1", "; charset=utf-7
 
 def send(node: NodeThread, method: str, path: str, body: Any, charset: str = "") -> tuple[int, Any] | None:
     """Send one request on a fresh connection and read its answer; None if
-    none came within READ_TIMEOUT (a long-poll doing as it was asked). A
-    body the gateway refuses before reading it all (413) may close the
-    connection under the send: the answer is read all the same."""
+    none came within READ_TIMEOUT (a long-poll doing as it was asked)."""
     data = b"" if body is None else json.dumps(body).encode()
     head = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
             f"Content-Length: {len(data)}\r\n"
             + (f"Content-Type: application/json{charset}\r\n" if body is not None else "") + "\r\n").encode()
+    response = exchange(node, head + data)
+    if response is None:
+        return None
+    payload = response.read()
+    if (response.getheader("Content-Type") or "").startswith("application/json"):
+        return response.status, json.loads(payload)
+    return response.status, payload
+
+
+def exchange(node: NodeThread, request: bytes) -> http.client.HTTPResponse | None:
+    """Send ``request`` on a fresh connection; its parsed answer, or None if
+    none came within READ_TIMEOUT. A request the gateway refuses before
+    reading it all (a 413, a 414) may close the connection under the send or
+    reset it after the answer: the answer is read all the same."""
     with socket.create_connection(("127.0.0.1", node.config.http_port), timeout=READ_TIMEOUT) as sock:
         try:
-            sock.sendall(head + data)
+            sock.sendall(request)
         except (BrokenPipeError, ConnectionResetError):
             pass
         received = b""
         try:
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
+            while chunk := sock.recv(65536):
                 received += chunk
         except (socket.timeout, TimeoutError):
             if not received:
                 return None
         except ConnectionResetError:
             pass
+    assert received, "the connection closed without an answer"
     response = http.client.HTTPResponse(_Replay(received))
     response.begin()
-    payload = response.read()
-    if (response.getheader("Content-Type") or "").startswith("application/json"):
-        return response.status, json.loads(payload)
-    return response.status, payload
+    return response
 
 
 class _Replay:
@@ -218,3 +225,40 @@ def test_requests_in_the_apis_shape_with_hostile_values_never_answer_500(make_ht
             assert status == 200, (path, payload)
     finally:
         api.close()
+
+
+#: The console's pages and the query parameters they read.
+CONSOLE_PAGES = ["/ui", "/ui/activity.json", "/ui/queues", "/ui/workers", "/ui/ring", "/ui/task", "/ui/tasks/{id}",
+                 "/ui/dead", "/ui/periodic", "/ui/login"]
+CONSOLE_ARGS = ["page", "since", "ref", "queue", "next", "done", "n", "of", "q"]
+
+
+def test_console_pages_and_sign_in_with_hostile_values_never_answer_500(make_http_node):
+    """Fault: crafted links to the web console (hostile query and path
+    parameters on every page) and sign-in forms with a hostile ``next``.
+    No answer is 5xx; a redirect stays on the console."""
+    node = make_http_node(webhook_allow_hosts=ALLOWED_HOOK, http_token="s3cret")
+    rng = random.Random(SEED)
+    for n in range(max(200, EXAMPLES // 4)):
+        if rng.random() < 0.3:
+            what = {"token": rng.choice(["s3cret", "wrong"]), "next": "/ui" + str(hostile(rng))[:2000]}
+            form = urllib.parse.urlencode(what, errors="surrogatepass").encode()
+            request = (b"POST /ui/login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                       b"Content-Type: application/x-www-form-urlencoded\r\n"
+                       b"Content-Length: %d\r\n\r\n" % len(form)) + form
+        else:
+            template = rng.choice(CONSOLE_PAGES)
+            what = template.replace("{id}", urllib.parse.quote(str(hostile(rng))[:300], safe="",
+                                                                errors="surrogatepass"))
+            query = {name: str(hostile(rng))[:2000] for name in CONSOLE_ARGS if rng.random() < 0.3}
+            if query:
+                what += "?" + urllib.parse.urlencode(query, errors="surrogatepass")
+            request = (f"GET {what} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                       "Authorization: Bearer s3cret\r\n\r\n").encode()
+        response = exchange(node, request)
+        assert response is not None, (n, what)
+        response.read()
+        location = response.getheader("Location")
+        assert response.status < 500, (n, what, response.status)
+        assert location is None or (location.startswith("/ui") and not location.startswith("//")), \
+            (n, what, location)

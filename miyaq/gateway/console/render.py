@@ -95,8 +95,11 @@ class Renderer:
 
     @staticmethod
     def redirect(location: str, cookie: str = "") -> Response:
-        """303 See Other to a path of this console (never another site)."""
-        if not location.startswith("/ui") or location.startswith("//"):
+        """303 See Other to a path of this console (never another site). A
+        location that is not printable ASCII (a sign-in's ``next`` holding a
+        line break or other text no header can carry) goes to ``/ui`` too."""
+        if (not location.startswith("/ui") or location.startswith("//")
+                or not (location.isascii() and location.isprintable()) or " " in location):
             location = "/ui"
         headers = [("Location", location), ("Cache-Control", "no-store"), *SECURITY_HEADERS]
         if cookie:
