@@ -198,6 +198,26 @@ def test_a_sign_in_whose_next_no_header_can_carry_goes_to_the_console(make_http_
         anon.close()
 
 
+def test_a_header_no_http_can_carry_is_a_json_500_not_gevents(make_http_node, monkeypatch, caplog):
+    """Fault: a bug lets a client's text into a response header (simulated:
+    the console's redirect without its check). The gateway answers its own
+    JSON 500 and logs the route, instead of gevent's bare 500 with a
+    traceback on stderr, and no forged header goes out."""
+    from miyaq.gateway.console.render import Renderer
+    from miyaq.gateway.request import Response
+    monkeypatch.setattr(Renderer, "redirect", staticmethod(lambda location, cookie="": Response(
+        303, b"", [("Location", location)])))
+    node = make_http_node(http_token="s3cret")
+    anon = Http(node.url)
+    try:
+        status, body, headers = post_form(anon, "/ui/login", {"token": "s3cret", "next": "/ui\r\nX-Injected: 1"}, "")
+        assert status == 500 and body["error"]["code"] == "internal", (status, body)
+        assert "x-injected" not in headers and "location" not in headers
+        assert any("no header can carry" in r.getMessage() for r in caplog.records)
+    finally:
+        anon.close()
+
+
 def test_an_expired_session_is_refused(make_http_node, monkeypatch):
     """Fault: a session cookie older than its lifetime (stolen from an old browser profile, say)."""
     node = make_http_node(http_token="s3cret")

@@ -210,6 +210,12 @@ class Gateway:
         except Exception:   # a bug must not take the node down; it is logged and answered 500
             logger.exception("HTTP %s %s failed", request.method, request.path)
             response = self._error(MiyaqError("internal error while handling the request"))
+        if not all(_header_value_ok(value) for _, value in response.headers):
+            # A bug let a client's text into a header (a line break would forge
+            # another one): gevent would refuse it with a bare 500 of its own.
+            logger.error("HTTP %s %s: a response header holds text no header can carry; answering 500",
+                         request.method, route_name)
+            response = self._error(MiyaqError("internal error while handling the request"))
         self.metrics.http_request(request.method, route_name, response.status)
         headers = response.headers + [("Content-Length", str(len(response.body)))]
         if request.close:
@@ -229,6 +235,12 @@ class Gateway:
         if status >= 500:
             logger.debug("HTTP answer %d: %s", status, err.message)
         return json_response({"error": err.to_wire()}, status, headers)
+
+
+def _header_value_ok(value: str) -> bool:
+    """Printable ASCII only: no line break to forge a header with, nothing
+    outside what every client reads."""
+    return value.isascii() and value.isprintable()
 
 
 def _is_loopback(host: str) -> bool:
