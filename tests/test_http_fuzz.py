@@ -11,6 +11,11 @@ be whole (:func:`miyaq.core.invariants.problems`) and readable: the listing
 of tasks, each listed task's status, the dead letters, the queues, the
 workers, the metrics and the status page all answer 200.
 
+Two more passes: crafted links to the web console and sign-ins with a
+hostile ``next`` (never a 5xx, a redirect never leaves the console), and
+webhook destinations answering broken HTTP (:class:`GarbageDestination`:
+every task ends done or dead, nothing stored breaks).
+
 A few hundred requests run in the suite; a long run is
 ``MIYAQ_HTTP_FUZZ_EXAMPLES=20000 MIYAQ_HTTP_FUZZ_SEED=N pytest tests/test_http_fuzz.py``.
 """
@@ -22,12 +27,13 @@ import json
 import os
 import random
 import socket
+import threading
 import urllib.parse
 from typing import Any
 
 import pytest
 
-from gateway_harness import FIXTURES, Http, NodeThread
+from gateway_harness import FIXTURES, Http, NodeThread, wait_for
 from miyaq.core import invariants
 
 http_node, api, make_http_node, make_web_worker = FIXTURES
@@ -35,7 +41,13 @@ http_node, api, make_http_node, make_web_worker = FIXTURES
 EXAMPLES = int(os.environ.get("MIYAQ_HTTP_FUZZ_EXAMPLES", "400"))
 SEED = int(os.environ.get("MIYAQ_HTTP_FUZZ_SEED", "20261204"))
 
-pytestmark = pytest.mark.timeout(max(120, EXAMPLES // 10))
+#: The webhook pass: attempts per task (max_retries 2), the longest one, and
+#: deliveries in flight; its tasks may all take every attempt to its end.
+HOOK_ATTEMPTS, HOOK_TIMEOUT, HOOK_CONCURRENCY = 3, 2.0, 16
+HOOK_TASKS = max(60, EXAMPLES // 5)
+HOOK_BUDGET = 30.0 + HOOK_TASKS * HOOK_ATTEMPTS * HOOK_TIMEOUT / HOOK_CONCURRENCY
+
+pytestmark = pytest.mark.timeout(max(120, EXAMPLES // 10) + HOOK_BUDGET)
 
 #: Webhooks may go only to a loopback port nothing listens on: no request of
 #: the fuzz leaves the machine, whatever URL it makes up.
@@ -262,3 +274,131 @@ def test_console_pages_and_sign_in_with_hostile_values_never_answer_500(make_htt
         assert response.status < 500, (n, what, response.status)
         assert location is None or (location.startswith("/ui") and not location.startswith("//")), \
             (n, what, location)
+
+
+class GarbageDestination:
+    """A webhook destination answering every request with a response from a
+    seeded generator of broken and hostile HTTP: status lines out of range
+    or malformed, Content-Length negative, huge or wrong, chunked bodies
+    with bad sizes, hostile ``Retry-After`` values (Unicode digits, huge
+    numbers, dates out of range), bodies not UTF-8, a connection closed
+    mid-answer. It reads each request's head (the body, if any, is small)."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.lock = threading.Lock()
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(64)
+        self.port = self.server.getsockname()[1]
+        self.answered = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            try:
+                while True:
+                    head = b""
+                    while b"\r\n\r\n" not in head:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            return
+                        head += chunk
+                    with self.lock:
+                        answer, close = self._garbage()
+                        self.answered += 1
+                    conn.sendall(answer)
+                    if close:
+                        return
+            except OSError:
+                return
+
+    def _garbage(self) -> tuple[bytes, bool]:
+        rng = self.rng
+        status = rng.choice([b"200", b"204", b"299", b"301", b"404", b"429", b"500", b"503", b"600", b"999",
+                             b"099", b"-1", b"2OO", b"", b"20000000000000000000"])
+        line = rng.choice([b"HTTP/1.1 %s OK\r\n", b"HTTP/1.0 %s\r\n", b"HTTP/9.9 %s x\r\n", b"%s\r\n",
+                           b"HTTP/1.1 %s \xff\xfe\r\n"]) % status
+        body = rng.choice([b"", b"ok", b"\xff\xfe\xfd", "é€".encode("utf-16"), b"\x00" * 100,
+                           b"x" * rng.choice([10, 5000, 300_000])])
+        headers = []
+        length = rng.choice(["exact", "none", "negative", "huge", "short", "long", "junk", "chunked", "badchunk"])
+        if length == "exact":
+            headers.append(b"Content-Length: %d" % len(body))
+        elif length == "negative":
+            headers.append(b"Content-Length: -5")
+        elif length == "huge":
+            headers.append(b"Content-Length: 99999999999999999999")
+        elif length == "short":
+            headers.append(b"Content-Length: %d" % max(0, len(body) - 1))
+        elif length == "long":
+            headers.append(b"Content-Length: %d" % (len(body) + 10))
+        elif length == "junk":
+            headers.append(b"Content-Length: 1e3")
+        elif length in ("chunked", "badchunk"):
+            headers.append(b"Transfer-Encoding: chunked")
+            size = b"%x" % len(body) if length == "chunked" else rng.choice([b"zz", b"-1", b"FFFFFFFFFFFFFFFFFF"])
+            body = size + b"\r\n" + body + b"\r\n0\r\n\r\n"
+        if rng.random() < 0.5:
+            headers.append(b"Retry-After: " + rng.choice(
+                ["1", "0", "\xb2", "\xb9\xb2", "9" * 400, "-3", "1.5", "Wed, 21 Oct 2015 07:28:00 GMT",
+                 "Fri, 31 Dec 9999 23:59:59 GMT", "Mon, 01 Jan 0001 00:00:00 GMT", "\xff\xff", ""]).encode("latin-1"))
+        if rng.random() < 0.2:
+            headers.append(rng.choice([b"X-A: " + b"a" * 70_000, b"Bad Header", b": empty", b"X-Null: \x00"]))
+        close = rng.random() < 0.3
+        if close:
+            headers.append(b"Connection: close")
+        answer = line + b"".join(h + b"\r\n" for h in headers) + b"\r\n" + body
+        if rng.random() < 0.1:
+            answer = answer[:rng.randrange(1, len(answer) + 1)]      # cut mid-answer
+            close = True
+        return answer, close
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_webhook_destinations_answering_garbage_end_every_task_and_break_nothing(make_http_node):
+    """Fault: webhook destinations answering with broken and hostile HTTP
+    (:class:`GarbageDestination`). Every delivery ends as an outcome the
+    task can hold (done, retried, dead-lettered); no task is left stuck,
+    what the node stored stays whole and readable, and the node still
+    serves."""
+    destination = GarbageDestination(SEED)
+    node = make_http_node(webhook_allow_hosts=f"127.0.0.1:{destination.port}", default_backoff=0.01,
+                          webhook_timeout=HOOK_TIMEOUT, webhook_concurrency=HOOK_CONCURRENCY)
+    api = Http(node.url)
+    try:
+        tasks = HOOK_TASKS
+        ids = []
+        for n in range(tasks):
+            status, answer, _ = api.post("/queue", {"url": f"http://127.0.0.1:{destination.port}/hook/{n}",
+                                                    "max_retries": HOOK_ATTEMPTS - 1, "backoff": 0.01})
+            assert status == 200, answer
+            ids.append(answer["id"])
+
+        def ended() -> bool:
+            return all(api.get("/tasks/" + task_id)[1]["task"]["state"] in ("done", "dead") for task_id in ids)
+
+        wait_for(ended, "every webhook task to end", timeout=HOOK_BUDGET)
+        engine = node.node.core.engine
+        assert node.call(lambda: invariants.problems(engine)) == []
+        for task_id in ids:
+            status, result, _ = api.get(f"/tasks/{task_id}/result")
+            assert status == 200, result
+        for path in ("/status", "/dead?limit=1000", "/metrics"):
+            assert api.get(path)[0] == 200, path
+        assert destination.answered >= tasks
+    finally:
+        api.close()
+        destination.close()

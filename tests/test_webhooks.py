@@ -10,7 +10,7 @@ import time
 from gateway_harness import FIXTURES, Http, free_port, wait_for
 
 from miyaq import Client
-from miyaq.gateway.outbound import parse_retry_after
+from miyaq.gateway.outbound import classify, parse_retry_after
 
 http_node, api, make_http_node, make_web_worker = FIXTURES   # pytest finds fixtures in module globals
 
@@ -103,6 +103,19 @@ def test_retry_after_forms():
     assert 118.0 <= parse_retry_after(date, now) <= 121.0
     assert parse_retry_after("soon", now) is None
     assert parse_retry_after(None, now) is None
+
+
+def test_a_retry_after_of_digits_that_are_not_ascii_is_ignored():
+    """Fault: a destination answers 503 with ``Retry-After: ²`` (latin-1
+    superscript two; ``str.isdigit`` says yes, ``float`` says no). It raised
+    ValueError, which the deliverer took for a request the HTTP client
+    refused: the task was dead-lettered as ``InvalidRequest`` instead of
+    retried. Now the header is ignored, as any other it cannot read."""
+    now = time.time()
+    for value in ("\xb2", "\xb9\xb2", "\u0661", "\uff17"):
+        assert parse_retry_after(value, now) is None, value
+    outcome = classify(503, "\xb2", b"busy", now)
+    assert outcome.retryable and outcome.delay is None and outcome.kind == "5xx"
 
 
 def test_404_goes_to_the_dead_letter_queue_without_retry(make_http_node, make_web_worker):

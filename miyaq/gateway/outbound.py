@@ -65,11 +65,14 @@ class Outcome:
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date)."""
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date);
+    None for anything else. Delta-seconds are ASCII digits only: ``str.isdigit``
+    also takes superscripts and other scripts' digits (``"²"``), which
+    ``float`` may refuse."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return min(float(value), WEBHOOK_MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(value)
