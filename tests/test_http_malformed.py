@@ -107,10 +107,12 @@ def test_json_nested_64_deep_is_accepted(api):
 
 
 @pytest.mark.parametrize("raw", [b'{"name": "n", "args": [NaN]}', b'{"name": "n", "args": [Infinity]}',
-                                 b'{"name": "n", "args": [' + b"9" * 5000 + b"]}"])
+                                 b'{"name": "n", "args": [' + b"9" * 5000 + b"]}",
+                                 b'{"name": "n", "args": [1e999]}', b'{"name": "n", "kwargs": {"a": -1e999}}'])
 def test_json_numbers_python_would_take_but_json_has_not_are_400(api, raw):
-    """NaN, Infinity and an integer of 5,000 digits (Python's conversion
-    limit) are refused as JSON, not stored to fail later."""
+    """NaN, Infinity, a number that overflows to it (1e999: was stored
+    as infinity) and an integer of 5,000 digits (Python's conversion limit)
+    are refused as JSON, not stored to fail later."""
     status, body, _ = api.post("/tasks", raw=raw, content_type="application/json")
     assert_error(status, body, "invalid_field", "body")
     assert_still_serving(api)

@@ -10,7 +10,7 @@ into a 4xx JSON answer -- never a 500, whatever a client sends:
 * a charset Python knows but that is not a text encoding (``rot13``,
   ``base64``, ``zlib``) is refused like an unknown one;
 * JSON is nested at most ``MAX_JSON_DEPTH`` levels, has no ``NaN`` or
-  ``Infinity``, no integer outside what a task's payload can carry (64
+  ``Infinity`` (nor a number that overflows to it), no integer outside what a task's payload can carry (64
   bits, msgpack's range) and no string that is not Unicode text (a lone
   UTF-16 surrogate such as ``"\udc80"``, which JSON's escapes can spell
   and UTF-8 cannot): nothing stored from a body can later fail to be
@@ -70,8 +70,9 @@ MAX_INT = 2 ** 64 - 1
 
 def json_problem(value: Any, limit: int = MAX_JSON_DEPTH) -> str:
     """Why a parsed JSON value is refused ("" if it is not): nested more
-    than ``limit`` deep, an integer outside ``MIN_INT``..``MAX_INT``, or a
-    string (value or key) that is not Unicode text. Iterative: a deep value
+    than ``limit`` deep, an integer outside ``MIN_INT``..``MAX_INT``, a
+    number too large for a double (``1e999``, which Python reads as
+    infinity), or a string (value or key) that is not Unicode text. Iterative: a deep value
     cannot exhaust the stack here."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
@@ -83,6 +84,10 @@ def json_problem(value: Any, limit: int = MAX_JSON_DEPTH) -> str:
         if isinstance(item, int) and not isinstance(item, bool):
             if not MIN_INT <= item <= MAX_INT:
                 return "an integer is outside the 64-bit range a task's payload can carry"
+            continue
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return "a number overflows a double (1e999 is Infinity by another name)"
             continue
         if isinstance(item, dict):
             if depth > limit:
