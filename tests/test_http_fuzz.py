@@ -225,6 +225,8 @@ def test_requests_in_the_apis_shape_with_hostile_values_never_answer_500(make_ht
                     (n, method, path, body, status, payload)
         assert answered.get(4, 0) and answered.get(2, 0), answered
 
+        api.close()          # idle through a long run: the server may have closed it
+        api = Http(node.url)
         engine = node.node.core.engine
         assert node.call(lambda: invariants.problems(engine)) == []
         status, listing, _ = api.get("/tasks?limit=1000")
