@@ -137,7 +137,7 @@ class NodeConfig(Settings):
                              choices=("on", "read-only", "off"))
     webhook_concurrency: int = _opt(16, "webhook deliveries in flight at once, per queue")
     webhook_timeout: float = _opt(30.0, "seconds one webhook attempt may take (capped by the task's timeout)")
-    webhook_pool_size: int = _opt(32, "keep-alive connections kept per webhook destination host")
+    webhook_pool_size: int = _opt(32, "connections open at once, and kept alive, per webhook destination")
     webhook_allow_hosts: str = _opt("", "comma-separated webhook destinations allowed: host, host:port or "
                                         "*.domain (empty: any host whose addresses are public)")
     webhook_allow_private: bool = _opt(False, "without webhook_allow_hosts, also deliver webhooks to loopback, "

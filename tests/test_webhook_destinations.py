@@ -19,7 +19,7 @@ from gateway_harness import FIXTURES, Http, NodeThread, wait_for
 
 import miyaq
 from miyaq.gateway.destinations import Destinations
-from miyaq.gateway.outbound import Outbound
+from miyaq.gateway.connections import Connections
 from miyaq.protocol.taskspec import task_from_wire
 
 http_node, api, make_http_node, make_web_worker = FIXTURES
@@ -209,12 +209,12 @@ def test_the_deliverer_connects_to_the_address_it_checked():
     host kept for the Host header and the TLS server name (no second lookup
     that DNS could answer differently). Nothing is connected here."""
     destinations = Destinations("", False, resolve=fake_dns({"hooks.example.test": PUBLIC}))
-    outbound = Outbound(2, 1.0, destinations)
+    connections = Connections(2, 1.0, destinations)
     try:
-        plain = outbound._client(("http", "hooks.example.test", 8080), 1.0)
-        secure = outbound._client(("https", "hooks.example.test", 443), 1.0)
+        plain = connections.destination(("http", "hooks.example.test", 8080), 1.0).take()
+        secure = connections.destination(("https", "hooks.example.test", 443), 1.0).take()
         assert plain.host == PUBLIC and secure.host == PUBLIC
         assert plain.default_headers["Host"] == "hooks.example.test:8080"
         assert secure.default_headers["Host"] == "hooks.example.test"
     finally:
-        outbound.close()
+        connections.close()

@@ -5,12 +5,13 @@ test's docstring names the fault the worker server simulates."""
 from __future__ import annotations
 
 import email.utils
+import logging
 import time
 
 from gateway_harness import FIXTURES, Http, free_port, wait_for
 
 from miyaq import Client
-from miyaq.gateway.outbound import classify, parse_retry_after
+from miyaq.gateway.outbound import Outbound, classify, parse_retry_after
 
 http_node, api, make_http_node, make_web_worker = FIXTURES   # pytest finds fixtures in module globals
 
@@ -156,6 +157,28 @@ def test_connection_refused_is_retried_then_dead(make_http_node):
         assert task["attempt"] == 2 and task["error"]["type"] == "ConnectionError"
     finally:
         api.close()
+
+
+def test_a_bug_in_delivery_fails_the_attempt_retryably_and_logs_a_few_lines_a_minute(make_http_node, monkeypatch,
+                                                                                     caplog):
+    """Fault: the deliverer itself raises (a bug: Outbound.send raises for
+    every task). No task is lost: each attempt fails retryably as
+    InternalError (here with no retries left: dead); the bug's traceback is
+    logged at most five times a minute, not once a task."""
+    def broken(self, task, timeout):
+        raise RuntimeError("a deliverer's bug")
+
+    monkeypatch.setattr(Outbound, "send", broken)
+    caplog.set_level(logging.ERROR, logger="miyaq.gateway.webhooks")
+    _, api = open_node(make_http_node)
+    try:
+        ids = [enqueue(api, f"http://127.0.0.1:{free_port()}/n{n}", max_retries=0) for n in range(12)]
+        wait_for(lambda: all(state_is(api, i, "dead") for i in ids), "every attempt to fail")
+        assert {task_of(api, i)["error"]["type"] for i in ids} == {"InternalError"}
+    finally:
+        api.close()
+    logged = [r for r in caplog.records if r.name == "miyaq.gateway.webhooks"]
+    assert len(logged) == 5 and all("failed unexpectedly" in r.getMessage() and r.exc_info for r in logged)
 
 
 def test_a_huge_answer_is_cut_and_its_connection_dropped(make_http_node, make_web_worker):

@@ -1,18 +1,12 @@
-"""One webhook attempt over a pooled keep-alive connection.
+"""One webhook attempt over a kept-alive connection.
 
-A :class:`geventhttpclient.HTTPClient` per destination (scheme, host, port)
-keeps up to ``pool_size`` connections alive; at most ``WEBHOOK_MAX_DESTINATIONS``
-are kept (least recently used closed first). After a timeout or any
-transport error the destination's pool is dropped and rebuilt on next use,
-so a half-written request never leaves a broken connection (or a lost pool
-slot) behind.
-
-When private addresses are refused (:class:`~miyaq.gateway.destinations.Destinations`),
-a pool connects to the address the check resolved and approved (the
-request's ``Host`` and, for https, the TLS server name stay the URL's host),
-and is rebuilt -- resolved and checked again -- at least every
-``RECHECK_EVERY`` seconds. A task's headers are checked again before each
-attempt (no CR, LF or other control character).
+Connections come from :class:`~miyaq.gateway.connections.Connections`: one
+delivery holds one for its whole attempt, and gives it back for the next
+only if the answer was read to its end (after a timeout, a transport error,
+an answer that is not HTTP or a body past ``WEBHOOK_RESPONSE_LIMIT`` it is
+closed, so a half-read answer never reaches another delivery). A task's
+headers are checked again before each attempt (no CR, LF or other control
+character).
 
 Outcome rules (docs/http.md, "Webhook delivery"): only 2xx is success; 429,
 5xx, timeouts and connection errors are retried (a ``Retry-After`` header,
@@ -24,7 +18,6 @@ from __future__ import annotations
 
 import email.utils
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,13 +26,13 @@ import msgpack
 
 from miyaq import __version__
 from miyaq.constants import (
-    WEBHOOK_ERROR_LIMIT, WEBHOOK_MAX_DESTINATIONS, WEBHOOK_MAX_RETRY_AFTER,
-    WEBHOOK_RESPONSE_LIMIT, WEBHOOK_RESULT_LIMIT,
+    WEBHOOK_ERROR_LIMIT, WEBHOOK_MAX_RETRY_AFTER, WEBHOOK_RESPONSE_LIMIT, WEBHOOK_RESULT_LIMIT,
 )
+from miyaq.gateway.connections import Connections, Destination
 from miyaq.gateway.destinations import Destinations
 from miyaq.gateway.errors import ForbiddenDestination
 from miyaq.protocol.headers import header_problem
-from miyaq.runtime import green, monotonic, wall
+from miyaq.runtime import green, wall
 from miyaq.runtime.http import HTTPClient, HTTPParseError
 from miyaq.store.task import Task
 
@@ -50,8 +43,6 @@ USER_AGENT = f"miyaq/{__version__}"
 # Content-Length or Transfer-Encoding would desynchronise the pooled connection.
 RESERVED_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade",
                               "te", "trailer", "expect", "proxy-connection"})
-#: Seconds a destination's pool lives before its addresses are resolved and checked again.
-RECHECK_EVERY = 60.0
 
 
 @dataclass
@@ -99,45 +90,7 @@ def classify(status: int, retry_after: str | None, body: bytes, now: float) -> O
 
 class Outbound:
     def __init__(self, pool_size: int, connect_timeout: float, destinations: Destinations) -> None:
-        self.pool_size = pool_size
-        self.connect_timeout = connect_timeout
-        self.destinations = destinations
-        self._clients: OrderedDict[tuple[str, str, int], tuple[HTTPClient, float]] = OrderedDict()
-
-    def _client(self, key: tuple[str, str, int], timeout: float) -> HTTPClient:
-        """The destination's pool; a new one is resolved and checked first
-        (ForbiddenDestination, or OSError if its host does not resolve)."""
-        pooled = self._clients.get(key)
-        if pooled is not None:
-            client, made = pooled
-            if not self.destinations.guards_private or monotonic() - made < RECHECK_EVERY:
-                self._clients.move_to_end(key)
-                return client
-            self._drop(key, client)
-        scheme, host, port = key
-        address = self.destinations.connect_address(host, port)
-        options: dict[str, Any] = {}
-        if address is not None:   # connect to the checked address; the URL's host in Host and SNI
-            default_port = 443 if scheme == "https" else 80
-            bracketed = f"[{host}]" if ":" in host else host
-            options["headers"] = {"Host": bracketed if port == default_port else f"{bracketed}:{port}"}
-            if scheme == "https":
-                options["ssl_options"] = {"server_hostname": host}
-        client = HTTPClient(address or host, port, ssl=scheme == "https", concurrency=self.pool_size,
-                            connection_timeout=min(self.connect_timeout, timeout), network_timeout=timeout,
-                            **options)
-        self._clients[key] = (client, monotonic())
-        while len(self._clients) > WEBHOOK_MAX_DESTINATIONS:
-            self._clients.popitem(last=False)[1][0].close()
-        return client
-
-    def _drop(self, key: tuple[str, str, int], client: HTTPClient | None) -> None:
-        if client is None:
-            return
-        pooled = self._clients.get(key)
-        if pooled is not None and pooled[0] is client:
-            del self._clients[key]
-        client.close()
+        self.connections = Connections(pool_size, connect_timeout, destinations)
 
     def send(self, task: Task, timeout: float) -> Outcome:
         """Make one attempt at delivering ``task``; at most ``timeout`` seconds."""
@@ -161,16 +114,21 @@ class Outbound:
                         "X-Task-Retry-Count": str(max(0, task.attempt - 1)), "User-Agent": USER_AGENT})
         timer = green.Timeout(timeout)
         timer.start()
+        destination: Destination | None = None
         client: HTTPClient | None = None
+        read_to_the_end = False
         try:
-            client = self._client(key, timeout)
+            destination = self.connections.destination(key, timeout)
+            client = destination.take()
             response = client.request(task.method, uri, body=task.body, headers=headers)
             body = bytearray()
             for chunk in response:
                 body += chunk
                 if len(body) > WEBHOOK_RESPONSE_LIMIT:
-                    self._drop(key, client)   # unread rest: that connection cannot be reused
+                    response.release()   # the unread rest: its socket is closed with the connection
                     break
+            else:
+                read_to_the_end = True
             retry_after = response.get("Retry-After")
             if isinstance(retry_after, list):
                 retry_after = retry_after[0]
@@ -180,21 +138,18 @@ class Outbound:
         except green.Timeout as exc:
             if exc is not timer:
                 raise
-            self._drop(key, client)
             return _failure("timeout", True, "Timeout", f"no complete answer within {timeout:g}s", now)
         except (OSError, HTTPParseError, RuntimeError) as exc:   # DNS failures included
-            self._drop(key, client)
             return _failure("connection", True, "ConnectionError", f"{exc.__class__.__name__}: {exc}", now)
         except ValueError as exc:   # a header, method or URL the HTTP client refuses: never deliverable
-            self._drop(key, client)
             return _failure("invalid", False, "InvalidRequest", str(exc), now)
         finally:
             timer.close()
+            if destination is not None and client is not None:
+                destination.give_back(client, read_to_the_end)
 
     def close(self) -> None:
-        for client, _ in self._clients.values():
-            client.close()
-        self._clients.clear()
+        self.connections.close()
 
 
 def _failure(kind: str, retryable: bool, type_: str, message: str, now: float) -> Outcome:

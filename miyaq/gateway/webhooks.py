@@ -29,11 +29,12 @@ from miyaq.core.listener import EngineListener
 from miyaq.gateway.destinations import Destinations
 from miyaq.gateway.metrics import NodeMetrics
 from miyaq.gateway.outbound import Outbound, Outcome
+from miyaq.logs import LogLimiter
 from miyaq.runtime import LOG, Supervisor, green, wall
 from miyaq.store.task import WEBHOOK_LANE_PREFIX, Task
 
 logger = logging.getLogger(__name__)
-
+_log = LogLimiter(logger)     # a bug met by every delivery would repeat for each: a few lines a minute
 
 
 class WebhookLane(Consumer):
@@ -111,7 +112,8 @@ class WebhookDeliverer(EngineListener):
                 outcome = self.outbound.send(task, min(self.timeout, task.timeout))
             self._report(task, attempt, outcome, started)
         except Exception:   # a bug here must not lose the task: fail the attempt, retryably
-            logger.exception("webhook delivery of task %s failed unexpectedly", task.id)
+            _log.log(logging.ERROR, "delivery bug", "webhook delivery of task %s failed unexpectedly", task.id,
+                     exc_info=True)
             self.engine.fail(task.id, attempt, {"type": "InternalError", "message": "delivery failed"},
                              True, None, wall())
         finally:
