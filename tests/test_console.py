@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import socket
+import threading
 from typing import Any
 from urllib.parse import urlencode
 
@@ -420,3 +421,37 @@ def test_a_member_that_never_answers_costs_one_timeout():
         url = f"http://127.0.0.1:{silent.getsockname()[1]}"
         answer = Peers("").call(url, "GET", "/status")
         assert isinstance(answer, str) and answer.startswith("unreachable")
+
+
+def test_a_member_that_drips_its_answer_costs_one_timeout():
+    """Fault: a member's gateway answers a byte at a time, each just inside
+    the socket's timeout, for longer than the test may run (a slowloris
+    peer, or one whose process crawls). The page's call ends at its own
+    deadline with an error text; each byte no longer buys it another
+    second."""
+    with socket.socket() as dripping:
+        dripping.bind(("127.0.0.1", 0))
+        dripping.listen(8)
+        stop = threading.Event()
+
+        def drip() -> None:
+            conn, _ = dripping.accept()
+            with conn:
+                conn.recv(65536)
+                try:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+                    for _ in range(1000):   # 200 s at most, far past the test's timeout
+                        if stop.wait(0.2):
+                            return
+                        conn.sendall(b" ")
+                except OSError:
+                    return   # the caller gave up and closed
+
+        thread = threading.Thread(target=drip, daemon=True)
+        thread.start()
+        try:
+            answer = Peers("").call(f"http://127.0.0.1:{dripping.getsockname()[1]}", "GET", "/status")
+        finally:
+            stop.set()
+            thread.join(5)
+    assert isinstance(answer, str) and answer.startswith("unreachable"), answer

@@ -3,9 +3,10 @@ gateways: their ``/status`` and ``/workers`` for the ring and workers pages,
 and ``POST /queues/<q>/pause|resume`` so that pausing a queue pauses it on
 every node (as ``miyaq queue pause`` does).
 
-Each call has a short timeout (``TIMEOUT``) and answers an error string
-instead of raising, so one member down slows a page by at most that much
-and never breaks it; reads are cached for ``CACHE_TTL`` seconds (at most
+Each call has a short deadline (``TIMEOUT``, for the whole call: a member
+that drips its answer a byte at a time gets no more) and answers an error
+string instead of raising, so one member down or crawling slows a page by
+at most that much and never breaks it; reads are cached for ``CACHE_TTL`` seconds (at most
 ``MAX_CACHED`` entries), so live-updating pages do not multiply requests.
 The node's own ``http_token`` is sent: members of one cluster share it.
 An ``https://`` member is verified against ``http_ca`` (else the system's
@@ -20,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ... import __version__
-from ...runtime import monotonic
+from ...runtime import green, monotonic
 from ...runtime.http import HTTPClient
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ class Peers:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             return f"no usable gateway address ({base!r})"
         client = None
+        deadline = green.Timeout(TIMEOUT)
+        deadline.start()
         try:
             client = HTTPClient(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
                                 ssl=parts.scheme == "https", ssl_options=self.ssl_options,
@@ -61,10 +64,16 @@ class Peers:
                 error = answer.get("error", {}) if isinstance(answer, dict) else {}
                 return f"HTTP {response.status_code}: {error.get('message', 'error')}"
             return answer if isinstance(answer, dict) else "the answer is not a JSON object"
+        except green.Timeout as exc:
+            if exc is not deadline:
+                raise
+            logger.debug("console: %s %s%s: no complete answer within %gs", method, base, path, TIMEOUT)
+            return f"unreachable (no complete answer within {TIMEOUT:g}s)"
         except Exception as exc:   # unreachable, timed out, not JSON: shown on the page, never raised
             logger.debug("console: %s %s%s failed: %r", method, base, path, exc)
             return f"unreachable ({type(exc).__name__})"
         finally:
+            deadline.close()
             if client is not None:
                 client.close()
 
