@@ -4,12 +4,15 @@ dispatcher with an injected clock first, then a real node over HTTP and the
 ``miyaq queue pause/resume`` command."""
 from __future__ import annotations
 
+import socket
 import threading
+from collections.abc import Callable
 
 import pytest
 from gateway_harness import FIXTURES, Http, wait_for
 from test_limits import pump, setup, submit
 
+from miyaq.cli import queue_cmd
 from miyaq.cli.main import main as cli_main
 from miyaq.errors import InvalidField
 from miyaq.core import limits as limits_module
@@ -107,3 +110,51 @@ def test_queue_command_pauses_and_resumes(http_node, api, capsys):
     assert cli_main(["queue", "--http", http_node.url, "resume", "mail"]) == 0
     assert "t1: mail: running" in capsys.readouterr().out
     assert api.get("/queues/mail")[1]["paused"] is False
+
+
+def _answer_once(answer: bytes) -> tuple[str, Callable[[], None]]:
+    """A loopback server that reads one request head and answers ``answer``,
+    then closes; its URL and a function that stops it."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                try:
+                    conn.recv(65536)
+                    conn.sendall(answer)
+                except OSError:
+                    pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"http://127.0.0.1:{server.getsockname()[1]}", server.close
+
+
+@pytest.mark.parametrize("answer", [
+    pytest.param(b"HTTP/1.1 2OO OK\r\n\r\n", id="broken-status-line"),
+    pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"qu", id="body-cut-short"),
+    pytest.param(b"HTTP/1.1 500 Oops\r\nContent-Length: 17\r\n\r\n{\"error\": \"boom\"}", id="error-not-a-map"),
+    pytest.param(b"HTTP/1.1 500 Oops\r\nContent-Length: 9\r\n\r\n{\"error\":", id="error-body-cut-short"),
+    pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 4002\r\n\r\n" + b" " * 4000 + b"{}", id="answer-over-the-limit"),
+])
+def test_queue_command_against_a_gateway_answering_garbage_is_a_clear_error(answer, capsys, monkeypatch):
+    """Fault: what answers at the gateway's address is not a miyaq gateway,
+    or a broken one: a status line that is not HTTP, a body cut short, an
+    error that is not a map, an answer past the most the command reads
+    (lowered here to 1,000 bytes). The command says so in one line and exits
+    with 2; no traceback."""
+    monkeypatch.setattr(queue_cmd, "MAX_ANSWER", 1000)
+    url, stop = _answer_once(answer)
+    try:
+        assert cli_main(["queue", "--http", url, "list"]) == 2
+    finally:
+        stop()
+    err = capsys.readouterr().err
+    assert err.startswith("miyaq: error: ") and err.count("\n") == 1 and "Traceback" not in err, err

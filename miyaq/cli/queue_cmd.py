@@ -17,6 +17,7 @@ lasting limits belong in the ``queue_limits`` setting (docs/http.md,
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import ssl
@@ -29,6 +30,8 @@ from ..errors import InvalidField, MiyaqError, ProtocolError, Unavailable, from_
 from .answers import reading
 
 TIMEOUT = 10.0
+#: The most of a gateway's answer read (an answer of a queue listing is far smaller).
+MAX_ANSWER = 16 * 1024 * 1024
 
 
 def _gateway_options(p: argparse.ArgumentParser, *, nested: bool = False) -> None:
@@ -90,13 +93,17 @@ def _request(args: argparse.Namespace, method: str, path: str, body: Any = None,
     request = urllib.request.Request(base + path, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT, context=_tls(args)) as resp:
-            text = resp.read()
+            text = resp.read(MAX_ANSWER + 1)
     except urllib.error.HTTPError as exc:
         try:
-            error = json.loads(exc.read())["error"]
-        except (ValueError, KeyError, TypeError):
+            error = json.loads(exc.read(MAX_ANSWER))["error"]
+            raised = from_wire(error)
+        except (ValueError, KeyError, TypeError, AttributeError, OSError, http.client.HTTPException):
             raise MiyaqError(f"{method} {path}: HTTP {exc.code}") from None
-        raise from_wire(error) from None
+        raise raised from None
+    except http.client.HTTPException as exc:   # a broken status line, headers or body: not an HTTP server
+        raise ProtocolError(f"{method} {path}: the answer from {base} is not HTTP ({exc.__class__.__name__})",
+                            source=base) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         if isinstance(reason, ssl.SSLCertVerificationError):
@@ -104,6 +111,9 @@ def _request(args: argparse.Namespace, method: str, path: str, body: Any = None,
                               f"({reason.verify_message}): pass --http-ca (or MIYAQ_HTTP_CA) with the "
                               "certificate of its CA, or its own if self-signed") from None
         raise Unavailable(f"cannot reach the node at {base}: {exc}") from None
+    if len(text) > MAX_ANSWER:
+        raise ProtocolError(f"{method} {path}: the answer from {base} is over {MAX_ANSWER // 2**20} MiB",
+                            source=base)
     try:
         return json.loads(text)
     except ValueError:
