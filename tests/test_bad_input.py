@@ -385,6 +385,37 @@ def test_worker_protocol_garbage_is_refused_whole(make_node, client_for, dealer)
     assert_still_serving(client)
 
 
+@pytest.mark.parametrize("claims", [
+    pytest.param({"host": b"\xff\xfe"}, id="host-bytes"),
+    pytest.param({"host": {"name": ["box"]}}, id="host-a-map"),
+    pytest.param({"host": "h" * 256}, id="host-too-long"),
+    pytest.param({"pid": float("nan")}, id="pid-nan"),
+    pytest.param({"pid": -1}, id="pid-negative"),
+    pytest.param({"pid": True}, id="pid-boolean"),
+    pytest.param({"concurrency": "x" * 1000}, id="concurrency-text"),
+    pytest.param({"concurrency": 0}, id="concurrency-zero"),
+    pytest.param({"pool": [1, 2]}, id="pool-a-list"),
+])
+def test_ready_whose_claims_about_the_worker_are_malformed_is_refused(make_node, client_for, dealer, claims):
+    """Fault: a buggy or hostile worker says READY with what it claims about
+    itself (host, pid, concurrency, pool: shown by ``GET /workers`` and the
+    console) in a shape JSON cannot show or out of range. Kept, host bytes
+    made every later ``GET /workers`` a 500; it is refused with
+    invalid_field, no worker is registered and nothing is declared."""
+    n = make_node()
+    client = client_for(n.endpoint)
+    before = snapshot(client)
+    sock = dealer(n.endpoint)
+    sock.send_multipart([TAG, c.READY, pack({"worker": "claims", "queues": ["q"], "capacity": 1, **claims})])
+    expect_error(sock, "invalid_field")
+    assert_counted_and_nothing_stored(client, before, "invalid_field")
+    assert client.status()["totals"]["workers"] == 0
+    honest = dealer(n.endpoint)
+    honest.send_multipart([TAG, c.READY, pack({"worker": "claims", "queues": ["q"], "capacity": 1, "pid": 7,
+                                               "host": "box", "concurrency": 1, "pool": "gevent"})])
+    assert recv(honest)[0] == c.WELCOME
+
+
 def test_done_with_a_boolean_attempt_is_refused(make_node, client_for, dealer):
     """Fault: a worker sends DONE with ``true`` as the attempt number. A
     wrong type must be refused (invalid_field) and change nothing."""

@@ -6,6 +6,7 @@ keep state (the activity ring buffer, the attempt log, previews) stay
 bounded. tests/test_console_browser.py drives the same pages in Chromium."""
 from __future__ import annotations
 
+import json
 import re
 import socket
 import threading
@@ -455,3 +456,70 @@ def test_a_member_that_drips_its_answer_costs_one_timeout():
             stop.set()
             thread.join(5)
     assert isinstance(answer, str) and answer.startswith("unreachable"), answer
+
+
+class _HostileMember:
+    """A member's gateway answering ``/status`` and ``/workers`` with the
+    JSON given (a buggy or hostile peer: every answer is 200 and JSON)."""
+
+    def __init__(self, status: Any, workers: Any) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        answers = {"/status": status, "/workers": workers}
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:   # noqa: N802 (http.server's name)
+                body = json.dumps(answers.get(self.path.split("?")[0], {})).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+GOOD_STATUS = {"totals": {"live": 1, "dead": 0, "workers": 1}}
+
+
+@pytest.mark.parametrize("status, workers, said", [
+    pytest.param({"totals": "x"}, {"workers": "abc"}, "not understood", id="not-maps"),
+    pytest.param({"totals": {"live": {"a": 1}, "dead": "<b>", "workers": -3}}, {"workers": [1, "x", None]},
+                 "not understood", id="wrong-types-inside"),
+    pytest.param({"totals": {"live": 1e300, "dead": True, "workers": 2**70}},
+                 {"workers": [{"worker": {"x": 1}, "host": 7, "pid": "p", "last_seen": "yesterday", "queues": 5,
+                               "running": [], "capacity": {}, "concurrency": -1}]}, "not understood",
+                 id="wrong-fields"),
+    pytest.param(GOOD_STATUS,
+                 {"workers": [{"worker": "w", "running": 0, "capacity": 1, "queues": ["q"], "last_seen": 1e300}]},
+                 "not understood", id="a-time-no-date-shows"),
+    pytest.param([1, 2], [3], "not a JSON object", id="not-objects"),
+])
+def test_a_member_answering_nonsense_is_shown_as_not_understood(make_http_node, status, workers, said):
+    """Fault: another member's gateway answers ``/status`` and ``/workers``
+    with JSON of the wrong shape (a buggy or hostile peer). Every console
+    page that asks it still answers 200 and says the member's answer was
+    not understood; nothing of the nonsense is shown."""
+    first = make_http_node()
+    hostile = _HostileMember(status, workers)
+    _two_member_ring(first, hostile, f"http://127.0.0.1:{free_port()}")
+    api = Http(first.url)
+    try:
+        for path in ("/ui", "/ui/ring", "/ui/workers"):
+            code, html = page(api, path)[:2]
+            assert code == 200, (path, html[-2000:])
+            if path == "/ui/workers" or status != GOOD_STATUS:   # the ring and overview show the status
+                assert said in html, path
+            assert "yesterday" not in html and "&lt;b&gt;" not in html, path
+    finally:
+        api.close()
+        hostile.close()

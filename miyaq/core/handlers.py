@@ -244,12 +244,12 @@ class ServiceHandlers:
         capacity = f.integer(body, "capacity", 1, lo=1, hi=100_000)
         credit = f.integer(body, "credit", capacity, lo=0, hi=capacity)
         schedules = schedules_from_wire(body.get("periodic"), names)
+        info = _worker_info(body)
         if self.gate.holds(SHUTTING_DOWN):
             raise ShuttingDown("node is shutting down")
         key = self._key()
         self.workers.check_id(wid, key)                    # another key's worker id: forbidden
         self.schedules.declare(schedules, wid, now, key)   # refuses (nothing kept): limits, another key's
-        info: dict[str, Any] = {k: body[k] for k in ("pid", "host", "concurrency", "pool") if k in body}
         worker = self.workers.register(identity, wid, queues, names, capacity, now, info, key)
         worker.credit = 0
         self.dispatcher.grant(worker, credit)
@@ -373,3 +373,14 @@ def _delay(value: Any) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 86400 * 30:
         return float(value)
     return None
+
+
+def _worker_info(body: dict[str, Any]) -> dict[str, Any]:
+    """What a READY says of its worker, kept for ``GET /workers`` and the
+    console: each field optional, each checked like the rest of the message
+    (a value JSON cannot show, kept, would fail every later listing)."""
+    info = {"pid": f.integer(body, "pid", None, lo=0, hi=2**31 - 1),
+            "host": f.string(body, "host", None, max_len=255),
+            "concurrency": f.integer(body, "concurrency", None, lo=1, hi=100_000),
+            "pool": f.string(body, "pool", None, max_len=32)}
+    return {k: v for k, v in info.items() if v is not None}

@@ -19,6 +19,7 @@ from ...runtime import wall
 from ...store.task import LIVE_STATES
 from .activity import Activity
 from .attempts import AttemptLog
+from .peer_answers import NOT_UNDERSTOOD, totals_of, workers_of
 from .peers import Peers
 
 if TYPE_CHECKING:
@@ -106,11 +107,14 @@ class ConsoleData:
                 status = self.peers.get(row["http"], "/status")
             else:
                 status = "no HTTP gateway"
-            if isinstance(status, dict):
-                totals = status.get("totals", {})
-                row.update(live=totals.get("live"), dead=totals.get("dead"), workers=totals.get("workers"))
-            else:
+            if isinstance(status, str):
                 row["error"] = status
+            else:
+                totals = totals_of(status)
+                if totals is None:
+                    row["error"] = NOT_UNDERSTOOD
+                else:
+                    row.update(totals)
             out.append(row)
         return out
 
@@ -123,10 +127,11 @@ class ConsoleData:
                 group["workers"] = self.gateway.core.workers.describe(limit)
             elif member["http"]:
                 answer = self.peers.get(member["http"], f"/workers?limit={limit}")
-                if isinstance(answer, dict):
-                    group["workers"] = answer.get("workers", [])[:limit]
+                workers = None if isinstance(answer, str) else workers_of(answer, limit)
+                if workers is not None:
+                    group["workers"] = workers
                 else:
-                    group["workers"], group["error"] = [], answer
+                    group["workers"], group["error"] = [], answer if isinstance(answer, str) else NOT_UNDERSTOOD
             else:
                 group["workers"], group["error"] = [], "no HTTP gateway"
             groups.append(group)
