@@ -40,8 +40,13 @@ def totals_of(answer: Any) -> dict[str, int] | None:
     totals = answer.get("totals") if isinstance(answer, dict) else None
     if not isinstance(totals, dict):
         return None
-    picked = {name: totals.get(name) for name in ("live", "dead", "workers")}
-    return picked if all(_count(n) for n in picked.values()) else None
+    picked: dict[str, int] = {}
+    for name in ("live", "dead", "workers"):
+        value: Any = totals.get(name)
+        if not _count(value):
+            return None
+        picked[name] = value
+    return picked
 
 
 def workers_of(answer: Any, limit: int) -> list[dict[str, Any]] | None:
