@@ -7,14 +7,21 @@ thread with a hub of its own, against a raw socket server in threads."""
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
+from test_http_tls import make_cert
 
+from miyaq.gateway import connections as connections_module
 from miyaq.gateway.destinations import Destinations
 from miyaq.gateway.outbound import Outbound, Outcome
 from miyaq.runtime import green
+from miyaq.runtime.http import client_context
 from miyaq.store.task import Task
 
 pytestmark = pytest.mark.timeout(60)
@@ -25,11 +32,13 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 class RawDestination:
     """A loopback HTTP destination that answers the n-th request head
     (1-based, over all connections) with ``answer(n)`` bytes, after
-    ``hold`` seconds; it counts connections, and the most open at once."""
+    ``hold`` seconds (and closes the connection after each answer if
+    ``close_after``); it counts connections, and the most open at once."""
 
-    def __init__(self, answer: Callable[[int], bytes], hold: float = 0.0) -> None:
+    def __init__(self, answer: Callable[[int], bytes], hold: float = 0.0, close_after: bool = False) -> None:
         self.answer = answer
         self.hold = hold
+        self.close_after = close_after
         self.lock = threading.Lock()
         self.requests = 0
         self.connections = 0
@@ -69,6 +78,8 @@ class RawDestination:
                         n = self.requests
                     threading.Event().wait(self.hold)
                     conn.sendall(self.answer(n))
+                    if self.close_after:
+                        return
             except OSError:
                 return
             finally:
@@ -80,9 +91,10 @@ class RawDestination:
 
 
 def deliver_all(destination: RawDestination, tasks: int, pool_size: int, timeout: float,
-                rounds: int = 1) -> list[Outcome]:
+                rounds: int = 1, pause: float = 0.0) -> list[Outcome]:
     """Deliver ``tasks`` tasks at once to ``destination``, ``rounds`` times
-    one after the other, through one Outbound; every outcome, in order."""
+    one after the other (``pause`` seconds between), through one Outbound;
+    every outcome, in order."""
     outcomes: list[Outcome] = []
     failures: list[BaseException] = []
 
@@ -93,6 +105,7 @@ def deliver_all(destination: RawDestination, tasks: int, pool_size: int, timeout
                 greenlets = [green.Greenlet.spawn(outbound.send, Task(f"t{n}", "hooks", None, b"", url=(
                     f"http://127.0.0.1:{destination.port}/hook/{n}")), timeout) for n in range(tasks)]
                 green.joinall(greenlets)
+                green.sleep(pause)
                 for greenlet in greenlets:
                     if greenlet.exception is not None:
                         failures.append(greenlet.exception)
@@ -113,19 +126,101 @@ def deliver_all(destination: RawDestination, tasks: int, pool_size: int, timeout
 
 
 def test_an_answer_with_a_status_below_200_never_hands_its_connection_to_another_delivery():
-    """Fault: the destination answers every request with status ``099``,
-    which the HTTP parser takes for an interim answer and reads past. Two
-    deliveries at once each end as a retryable timeout on a connection of
-    their own (geventhttpclient's shared pool handed the second one the
-    first one's socket: one of them failed with "file descriptor was closed
-    in another greenlet", or gevent's ConcurrentObjectUseError escaped it)."""
+    """Fault: the destination answers every request with status ``099``
+    (geventhttpclient, used before, took it for an interim answer and read
+    past it, while its shared pool handed the same socket to a second
+    delivery: "file descriptor was closed in another greenlet", or gevent's
+    ConcurrentObjectUseError). Two deliveries at once each fail retryably,
+    an answer that is not HTTP, on a connection of their own."""
     destination = RawDestination(lambda n: b"HTTP/1.1 099 OK\r\nContent-Length: 0\r\n\r\n")
     try:
-        outcomes = deliver_all(destination, tasks=2, pool_size=2, timeout=1.0)
+        outcomes = deliver_all(destination, tasks=2, pool_size=2, timeout=5.0)
     finally:
         destination.close()
-    assert [(o.kind, o.retryable) for o in outcomes] == [("timeout", True)] * 2
+    assert [(o.kind, o.retryable) for o in outcomes] == [("connection", True)] * 2
     assert destination.connections == 2
+
+
+class StreamingHeaders(RawDestination):
+    """Answers a status line, then header lines without end (up to 2 GB or
+    60 s, far more than any test waits for), never the blank line."""
+
+    def __init__(self, line: bytes) -> None:
+        super().__init__(lambda n: b"")
+        self.line = line
+        self.sent = 0
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\n")
+                started = time.monotonic()
+                while self.sent < 2 * 10**9 and time.monotonic() - started < 60:
+                    conn.sendall(self.line)
+                    self.sent += len(self.line)
+            except OSError:
+                return
+
+
+@pytest.mark.parametrize("line", [
+    pytest.param(b"X-A: " + b"a" * 8000 + b"\r\n", id="many-long-lines"),
+    pytest.param(b"X-A: a\r\n", id="many-short-lines"),
+    pytest.param(b"a" * 65536, id="one-endless-line"),
+])
+def test_a_destination_streaming_headers_without_end_is_cut_off_not_held(line):
+    """Fault: the destination answers a status line and then header lines
+    without end (geventhttpclient, used before, kept every byte until the
+    attempt's timeout: a node grew by a gigabyte in seconds). The answer is
+    refused as not HTTP once past http.client's bounds (a 64 KiB line, 100
+    header lines), retryably, long before the timeout; what the server
+    managed to send is a few of its writes, not the stream."""
+    destination = StreamingHeaders(line)
+    try:
+        [outcome] = deliver_all(destination, tasks=1, pool_size=1, timeout=30.0)
+    finally:
+        destination.close()
+    assert (outcome.kind, outcome.retryable) == ("connection", True), outcome
+    assert destination.sent < 50 * 10**6
+
+
+def test_interim_answers_are_read_past_and_their_connection_reused():
+    """The destination sends ``103 Early Hints`` before its ``200``: the
+    delivery is done with the final answer, and the next one goes over the
+    same connection."""
+    hints = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+    destination = RawDestination(lambda n: hints + OK)
+    try:
+        outcomes = deliver_all(destination, tasks=1, pool_size=1, timeout=5.0, rounds=2)
+    finally:
+        destination.close()
+    assert [o.kind for o in outcomes] == ["2xx", "2xx"]
+    assert destination.connections == 1
+
+
+def test_endless_interim_answers_are_not_http():
+    """Fault: the destination sends interim answers without end."""
+    hints = b"HTTP/1.1 102 Processing\r\n\r\n"
+    destination = RawDestination(lambda n: hints * 50)
+    try:
+        [outcome] = deliver_all(destination, tasks=1, pool_size=1, timeout=5.0)
+    finally:
+        destination.close()
+    assert (outcome.kind, outcome.retryable) == ("connection", True), outcome
+    assert "interim" in outcome.error["message"]
+
+
+def test_an_idle_connection_the_destination_closed_is_not_used():
+    """Fault: the destination closes each kept-alive connection right after
+    its answer (without saying ``Connection: close``). The next delivery does
+    not send on the closed one (which would fail it): it opens another."""
+    destination = RawDestination(lambda n: OK, close_after=True)
+    try:
+        outcomes = deliver_all(destination, tasks=1, pool_size=1, timeout=5.0, rounds=3, pause=0.2)
+    finally:
+        destination.close()
+    assert [o.kind for o in outcomes] == ["2xx"] * 3
+    assert destination.connections == 3
 
 
 def test_connections_are_reused_and_at_most_pool_size_are_open_at_once():
@@ -153,3 +248,91 @@ def test_a_connection_whose_answer_was_not_http_is_closed_not_reused():
         destination.close()
     assert [(o.kind, o.retryable) for o in outcomes] == [("connection", True), ("2xx", False)]
     assert destination.connections == 2
+
+
+class TlsDestination(RawDestination):
+    """The same over TLS, with a self-signed certificate for localhost; it
+    records the server name each client asked for and each request's head."""
+
+    def __init__(self, cert: Path, key: Path, answer: Callable[[int], bytes]) -> None:
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(str(cert), str(key))
+        self.names: list[str | None] = []
+        self.heads: list[bytes] = []
+        self.context.sni_callback = lambda sock, name, context: self.names.append(name)
+        super().__init__(answer)
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(10)
+        try:
+            secure = self.context.wrap_socket(conn, server_side=True)
+        except (OSError, ssl.SSLError):
+            conn.close()
+            return
+        with secure:
+            try:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = secure.recv(65536)
+                    if not chunk:
+                        return
+                    head += chunk
+                self.heads.append(head)
+                secure.sendall(self.answer(1))
+            except OSError:
+                return
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory) -> tuple[Path, Path]:
+    return make_cert(tmp_path_factory.mktemp("hook-cert"), "hooks")
+
+
+def deliver_one(url: str, timeout: float = 5.0) -> Outcome:
+    """One delivery to ``url`` through an Outbound, in a hub of its own."""
+    box: list[Any] = []
+
+    def run() -> None:
+        outbound = Outbound(1, 5.0, Destinations("", True))
+        try:
+            box.append(outbound.send(Task("t", "hooks", None, b"", url=url), timeout))
+        except BaseException as exc:      # reported to the test below
+            box.append(exc)
+        finally:
+            outbound.close()
+            green.destroy_hub()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(30)
+    assert len(box) == 1 and isinstance(box[0], Outcome), box
+    return box[0]
+
+
+def test_an_https_destination_is_verified_against_the_systems_certificates(cert):
+    """Fault: an https destination whose certificate no CA of this machine
+    signed (self-signed). Nothing is sent: the attempt fails retryably,
+    saying why."""
+    destination = TlsDestination(*cert, lambda n: OK)
+    try:
+        outcome = deliver_one(f"https://localhost:{destination.port}/hook")
+    finally:
+        destination.close()
+    assert (outcome.kind, outcome.retryable) == ("connection", True), outcome
+    assert "CERTIFICATE_VERIFY_FAILED" in outcome.error["message"]
+    assert destination.heads == []
+
+
+def test_an_https_delivery_names_the_urls_host_to_tls_and_in_host(cert, monkeypatch):
+    """With the destination's certificate trusted (here by the test), the
+    delivery succeeds; the TLS server name and the Host header are the
+    URL's host and port."""
+    monkeypatch.setattr(connections_module, "client_context", lambda: client_context(str(cert[0])))
+    destination = TlsDestination(*cert, lambda n: OK)
+    try:
+        outcome = deliver_one(f"https://localhost:{destination.port}/hook")
+    finally:
+        destination.close()
+    assert outcome.kind == "2xx", outcome
+    assert destination.names == ["localhost"]
+    assert f"\r\nHost: localhost:{destination.port}\r\n".encode() in destination.heads[0]

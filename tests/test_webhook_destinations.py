@@ -213,8 +213,10 @@ def test_the_deliverer_connects_to_the_address_it_checked():
     try:
         plain = connections.destination(("http", "hooks.example.test", 8080), 1.0).take()
         secure = connections.destination(("https", "hooks.example.test", 443), 1.0).take()
-        assert plain.host == PUBLIC and secure.host == PUBLIC
-        assert plain.default_headers["Host"] == "hooks.example.test:8080"
-        assert secure.default_headers["Host"] == "hooks.example.test"
+        assert plain.address == PUBLIC and secure.address == PUBLIC
+        # the Host header and, for https, the TLS server name come from the host, not the address
+        assert (plain.host, plain.port, secure.host, secure.port) == ("hooks.example.test", 8080,
+                                                                      "hooks.example.test", 443)
+        assert secure.default_port == 443 and getattr(secure, "context", None) is not None
     finally:
         connections.close()

@@ -33,7 +33,7 @@ from miyaq.gateway.destinations import Destinations
 from miyaq.gateway.errors import ForbiddenDestination
 from miyaq.protocol.headers import header_problem
 from miyaq.runtime import green, wall
-from miyaq.runtime.http import HTTPClient, HTTPParseError
+from miyaq.runtime.http import HTTPConnection, HTTPException, HTTPResponse
 from miyaq.store.task import Task
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 USER_AGENT = f"miyaq/{__version__}"
 # Framing and connection headers are the HTTP client's business: a task's own
 # Content-Length or Transfer-Encoding would desynchronise the pooled connection.
+#: Interim answers (1xx but 100, which http.client skips itself) read past before the final one.
+MAX_INTERIM_ANSWERS = 8
 RESERVED_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade",
                               "te", "trailer", "expect", "proxy-connection"})
 
@@ -115,41 +117,67 @@ class Outbound:
         timer = green.Timeout(timeout)
         timer.start()
         destination: Destination | None = None
-        client: HTTPClient | None = None
+        conn: HTTPConnection | None = None
         read_to_the_end = False
         try:
             destination = self.connections.destination(key, timeout)
-            client = destination.take()
-            response = client.request(task.method, uri, body=task.body, headers=headers)
+            conn = destination.take()
+            conn.request(task.method, uri, body=task.body, headers=headers)
+            response = conn.getresponse()
+            interim = 0
+            while 102 <= response.status < 200:   # interim (103 Early Hints): the final answer follows
+                interim += 1
+                if interim > MAX_INTERIM_ANSWERS:
+                    raise HTTPException(f"more than {MAX_INTERIM_ANSWERS} interim answers")
+                response = _next_answer(response, task.method)
             body = bytearray()
-            for chunk in response:
-                body += chunk
-                if len(body) > WEBHOOK_RESPONSE_LIMIT:
-                    response.release()   # the unread rest: its socket is closed with the connection
+            while len(body) <= WEBHOOK_RESPONSE_LIMIT:
+                chunk = response.read(WEBHOOK_RESPONSE_LIMIT + 1 - len(body))
+                if not chunk:
+                    read_to_the_end = True
                     break
-            else:
-                read_to_the_end = True
-            retry_after = response.get("Retry-After")
-            if isinstance(retry_after, list):
-                retry_after = retry_after[0]
-            return classify(response.status_code, retry_after, bytes(body), wall())
+                body += chunk
+            # past the limit, the unread rest goes with the connection, closed below
+            return classify(response.status, response.getheader("Retry-After"), bytes(body), wall())
         except ForbiddenDestination as exc:   # resolves to a private address: never delivered
             return _failure("forbidden", False, "ForbiddenDestination", exc.message, now)
         except green.Timeout as exc:
             if exc is not timer:
                 raise
             return _failure("timeout", True, "Timeout", f"no complete answer within {timeout:g}s", now)
-        except (OSError, HTTPParseError, RuntimeError) as exc:   # DNS failures included
+        except (OSError, HTTPException) as exc:   # DNS failures included
             return _failure("connection", True, "ConnectionError", f"{exc.__class__.__name__}: {exc}", now)
         except ValueError as exc:   # a header, method or URL the HTTP client refuses: never deliverable
             return _failure("invalid", False, "InvalidRequest", str(exc), now)
         finally:
             timer.close()
-            if destination is not None and client is not None:
-                destination.give_back(client, read_to_the_end)
+            if destination is not None and conn is not None:
+                destination.give_back(conn, read_to_the_end)
 
     def close(self) -> None:
         self.connections.close()
+
+
+class _SameStream:
+    """Hands a new :class:`HTTPResponse` the buffered reader an interim
+    answer stopped in (what follows it on the wire is the next answer)."""
+
+    def __init__(self, reader: Any) -> None:
+        self.reader = reader
+
+    def makefile(self, mode: str) -> Any:
+        return self.reader
+
+
+def _next_answer(interim: HTTPResponse, method: str) -> HTTPResponse:
+    """The answer after ``interim`` on the same connection, its head read.
+    The reader moves to it: ``interim`` is then closed without closing the
+    reader, as the connection expects of an answer read to its end."""
+    reader = interim.fp
+    interim.fp = None   # type: ignore[assignment]   # what http.client's own close does
+    response = HTTPResponse(_SameStream(reader), method=method)   # type: ignore[arg-type]
+    response.begin()
+    return response
 
 
 def _failure(kind: str, retryable: bool, type_: str, message: str, now: float) -> Outcome:

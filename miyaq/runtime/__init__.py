@@ -10,11 +10,12 @@
   other processes read;
 - :mod:`.heap` -- the start-up heap of miyaq's own processes, frozen out of
   the cycle collector's sight;
-- :mod:`.http` -- the only module that imports geventhttpclient (the
-  gateway's outgoing HTTP).
+- :mod:`.http` -- outgoing HTTP (webhooks, the console asking other
+  members): the standard library's ``http.client`` over :mod:`.green`'s
+  sockets.
 
-Rules (docs/architecture.md): nothing outside this package imports gevent,
-``zmq.green`` or geventhttpclient; nothing calls ``gevent.spawn``; deadlines use ``monotonic()``.
+Rules (docs/architecture.md): nothing outside this package imports gevent
+or ``zmq.green``; nothing calls ``gevent.spawn``; deadlines use ``monotonic()``.
 """
 from __future__ import annotations
 

@@ -53,11 +53,15 @@ idle = gevent.idle
 #: Name resolution that waits cooperatively (the hub's resolver), with the
 #: signature of :func:`socket.getaddrinfo`.
 getaddrinfo = gevent.socket.getaddrinfo
+#: A TCP connection that waits cooperatively, with the signature of
+#: :func:`socket.create_connection`.
+create_connection = gevent.socket.create_connection
 killall = gevent.killall
 joinall = gevent.joinall
 
 __all__ = [
-    "AsyncResult", "Event", "FdWait", "call_later", "call_soon", "getaddrinfo", "Greenlet", "GreenletExit",
+    "AsyncResult", "Event", "FdWait", "call_later", "call_soon", "create_connection", "getaddrinfo", "Greenlet",
+    "GreenletExit",
     "HubInbox", "Lock", "Pool", "Queue", "QueueEmpty", "SSLContext", "Semaphore", "T", "ThreadPool", "ThreadWake",
     "Timeout",
     "WSGIHandler", "WSGIInput", "WSGIServer", "current", "destroy_hub", "hub_running", "idle", "is_patched",

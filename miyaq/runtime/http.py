@@ -1,10 +1,101 @@
-"""The hub's HTTP client: geventhttpclient, a gevent library, imported here
-so that the runtime stays the one package that owns gevent and what is
-built on it (the gateway's webhook delivery and the console's peer pages
-use it)."""
+"""Outgoing HTTP/1.1 for the hub: the standard library's ``http.client``
+over sockets that wait cooperatively (:mod:`.green`).
+
+``http.client`` bounds what a server can make its client hold: a status or
+header line of at most 64 KiB and at most 100 header lines, else
+``LineTooLong`` or ``HTTPException``; a body is read by the caller, in
+pieces it sizes. (geventhttpclient, used before, kept every header byte a
+server sent: a destination streaming headers grew a node by a gigabyte in
+seconds.)
+
+A connection goes to ``address`` when one is given -- the address a check
+resolved and approved -- while the request's ``Host`` header and, for
+https, the TLS server name and the certificate's check stay the URL's
+host. It is opened on the first request and again after the server
+closed it, never shared by two greenlets at once (the caller's rule).
+"""
 from __future__ import annotations
 
-from geventhttpclient import HTTPClient
-from geventhttpclient.response import HTTPParseError
+import http.client
+import select
+import socket
+import ssl
 
-__all__ = ["HTTPClient", "HTTPParseError"]
+from . import green
+
+#: Everything ``http.client`` raises for an answer that is not HTTP
+#: (a broken status line, a line or header count over its bounds, a body
+#: cut short); transport failures are ``OSError``.
+HTTPException = http.client.HTTPException
+HTTPResponse = http.client.HTTPResponse
+
+__all__ = ["HTTPConnection", "HTTPException", "HTTPResponse", "client_context", "connection", "dropped"]
+
+
+class HTTPConnection(http.client.HTTPConnection):
+    """A plain connection to ``address`` (else the host) for the URL's host."""
+
+    def __init__(self, host: str, port: int, *, address: str | None, timeout: float,
+                 connect_timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.address = address or host
+        self.connect_timeout = min(connect_timeout, timeout)
+
+    def _open(self) -> socket.socket:
+        sock = green.create_connection((self.address, self.port), self.connect_timeout)
+        sock.settimeout(self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def connect(self) -> None:
+        self.sock = self._open()
+
+
+class _HTTPSConnection(HTTPConnection):
+    """TLS over the same: server name and certificate checked for the URL's host."""
+
+    default_port = http.client.HTTPS_PORT
+
+    def __init__(self, host: str, port: int, *, address: str | None, timeout: float, connect_timeout: float,
+                 context: ssl.SSLContext) -> None:
+        super().__init__(host, port, address=address, timeout=timeout, connect_timeout=connect_timeout)
+        self.context = context
+
+    def connect(self) -> None:
+        self.sock = self.context.wrap_socket(self._open(), server_hostname=self.host)
+
+
+def client_context(cafile: str | None = None) -> ssl.SSLContext:
+    """A TLS client context whose sockets wait cooperatively: certificates
+    verified against ``cafile`` if given, else the system's CA certificates,
+    and the host name checked."""
+    context: ssl.SSLContext = green.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if cafile:
+        context.load_verify_locations(cafile=cafile)
+    else:
+        context.load_default_certs()
+    return context
+
+
+def connection(scheme: str, host: str, port: int, *, timeout: float, connect_timeout: float,
+               address: str | None = None, context: ssl.SSLContext | None = None) -> HTTPConnection:
+    """A connection for ``scheme://host:port`` (``https`` needs ``context``)."""
+    if scheme == "https":
+        if context is None:
+            raise ValueError("an https connection needs a TLS context")
+        return _HTTPSConnection(host, port, address=address, timeout=timeout, connect_timeout=connect_timeout,
+                                context=context)
+    return HTTPConnection(host, port, address=address, timeout=timeout, connect_timeout=connect_timeout)
+
+
+def dropped(conn: HTTPConnection) -> bool:
+    """True if an idle kept-alive connection can no longer carry a request:
+    the server closed it, or sent something nobody asked for. Asks without
+    waiting (a readable idle socket is either)."""
+    if conn.sock is None:
+        return False    # not open: the next request opens it
+    try:
+        readable, _, _ = select.select([conn.sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)

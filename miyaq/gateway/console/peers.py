@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
 from ... import __version__
 from ...runtime import green, monotonic
-from ...runtime.http import HTTPClient
+from ...runtime.http import client_context, connection
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,8 @@ MAX_ANSWER = 4 * 1024 * 1024
 
 class Peers:
     def __init__(self, token: str, ca: str = "") -> None:
-        self.ssl_options = {"ca_certs": ca} if ca else None
+        self.ca = ca
+        self._context: ssl.SSLContext | None = None
         self.headers = {"User-Agent": f"miyaq-console/{__version__}", "Accept": "application/json"}
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
@@ -45,24 +47,25 @@ class Peers:
         parts = urlsplit(base)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             return f"no usable gateway address ({base!r})"
-        client = None
+        conn = None
         deadline = green.Timeout(TIMEOUT)
         deadline.start()
         try:
-            client = HTTPClient(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
-                                ssl=parts.scheme == "https", ssl_options=self.ssl_options,
-                                connection_timeout=TIMEOUT, network_timeout=TIMEOUT, concurrency=1)
+            context = self._tls() if parts.scheme == "https" else None
+            conn = connection(parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
+                              timeout=TIMEOUT, connect_timeout=TIMEOUT, context=context)
             headers = dict(self.headers)
             body = None
             if method == "POST":
                 headers["Content-Type"] = "application/json"
                 body = b"{}"
-            response = client.request(method, path, body=body, headers=headers)
+            conn.request(method, path, body=body, headers=headers)
+            response = conn.getresponse()
             raw = response.read(MAX_ANSWER)
             answer = json.loads(raw)
-            if response.status_code >= 400:
+            if response.status >= 400:
                 error = answer.get("error", {}) if isinstance(answer, dict) else {}
-                return f"HTTP {response.status_code}: {error.get('message', 'error')}"
+                return f"HTTP {response.status}: {error.get('message', 'error')}"
             return answer if isinstance(answer, dict) else "the answer is not a JSON object"
         except green.Timeout as exc:
             if exc is not deadline:
@@ -74,8 +77,14 @@ class Peers:
             return f"unreachable ({type(exc).__name__})"
         finally:
             deadline.close()
-            if client is not None:
-                client.close()
+            if conn is not None:
+                conn.close()
+
+    def _tls(self) -> ssl.SSLContext:
+        """The TLS context for https members (``http_ca``, else the system's CAs), made on first use."""
+        if self._context is None:
+            self._context = client_context(self.ca or None)
+        return self._context
 
     def get(self, base: str, path: str) -> dict[str, Any] | str:
         """A cached GET (at most ``CACHE_TTL`` seconds old)."""
