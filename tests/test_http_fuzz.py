@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 
-from gateway_harness import FIXTURES, Http, NodeThread, wait_for
+from gateway_harness import FIXTURES, Http, NodeThread, read_head, wait_for
 from miyaq.core import invariants
 
 http_node, api, make_http_node, make_web_worker = FIXTURES
@@ -310,13 +310,7 @@ class GarbageDestination:
         with conn:
             conn.settimeout(5)
             try:
-                while True:
-                    head = b""
-                    while b"\r\n\r\n" not in head:
-                        chunk = conn.recv(65536)
-                        if not chunk:
-                            return
-                        head += chunk
+                while read_head(conn) is not None:
                     with self.lock:
                         answer, close = self._garbage()
                         self.answered += 1

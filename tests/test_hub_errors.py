@@ -5,12 +5,11 @@ Each test's docstring names the fault it simulates."""
 from __future__ import annotations
 
 import logging
-import threading
 
 import pytest
 
 from miyaq.runtime import green
-from miyaq.testing.harness import wait_for
+from miyaq.testing.harness import in_own_hub, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -18,21 +17,7 @@ pytestmark = pytest.mark.timeout(60)
 def _in_own_hub(body):
     """Run ``body()`` in a native thread with a hub of its own (destroyed
     after), so the test process's hub keeps gevent's defaults."""
-    failures = []
-
-    def run():
-        try:
-            body()
-        except BaseException as exc:      # reported to the test below
-            failures.append(exc)
-        finally:
-            green.destroy_hub()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(30)
-    assert not thread.is_alive()
-    assert not failures, failures
+    in_own_hub(body, timeout=30)
 
 
 def _boom():

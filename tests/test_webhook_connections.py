@@ -12,9 +12,9 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
+from gateway_harness import read_head
 from test_http_tls import make_cert
 
 from miyaq.gateway import connections as connections_module
@@ -23,6 +23,7 @@ from miyaq.gateway.outbound import Outbound, Outcome
 from miyaq.runtime import green
 from miyaq.runtime.http import client_context
 from miyaq.store.task import Task
+from miyaq.testing.harness import in_own_hub
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -66,13 +67,7 @@ class RawDestination:
         with conn:
             conn.settimeout(10)
             try:
-                while True:
-                    head = b""
-                    while b"\r\n\r\n" not in head:
-                        chunk = conn.recv(65536)
-                        if not chunk:
-                            return
-                        head += chunk
+                while read_head(conn) is not None:
                     with self.lock:
                         self.requests += 1
                         n = self.requests
@@ -95,34 +90,21 @@ def deliver_all(destination: RawDestination, tasks: int, pool_size: int, timeout
     """Deliver ``tasks`` tasks at once to ``destination``, ``rounds`` times
     one after the other (``pause`` seconds between), through one Outbound;
     every outcome, in order."""
-    outcomes: list[Outcome] = []
-    failures: list[BaseException] = []
-
-    def run() -> None:
+    def run() -> list[Outcome]:
         outbound = Outbound(pool_size, 5.0, Destinations("", True))
+        outcomes: list[Outcome] = []
         try:
             for _ in range(rounds):
                 greenlets = [green.Greenlet.spawn(outbound.send, Task(f"t{n}", "hooks", None, b"", url=(
                     f"http://127.0.0.1:{destination.port}/hook/{n}")), timeout) for n in range(tasks)]
-                green.joinall(greenlets)
+                green.joinall(greenlets, raise_error=True)
+                outcomes += [greenlet.value for greenlet in greenlets]
                 green.sleep(pause)
-                for greenlet in greenlets:
-                    if greenlet.exception is not None:
-                        failures.append(greenlet.exception)
-                    else:
-                        outcomes.append(greenlet.value)
-        except BaseException as exc:      # reported to the test below
-            failures.append(exc)
         finally:
             outbound.close()
-            green.destroy_hub()
+        return outcomes
 
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(45)
-    assert not thread.is_alive()
-    assert not failures, failures
-    return outcomes
+    return in_own_hub(run)
 
 
 def test_an_answer_with_a_status_below_200_never_hands_its_connection_to_another_delivery():
@@ -271,14 +253,10 @@ class TlsDestination(RawDestination):
             return
         with secure:
             try:
-                head = b""
-                while b"\r\n\r\n" not in head:
-                    chunk = secure.recv(65536)
-                    if not chunk:
-                        return
-                    head += chunk
-                self.heads.append(head)
-                secure.sendall(self.answer(1))
+                head = read_head(secure)
+                if head is not None:
+                    self.heads.append(head)
+                    secure.sendall(self.answer(1))
             except OSError:
                 return
 
@@ -290,23 +268,14 @@ def cert(tmp_path_factory) -> tuple[Path, Path]:
 
 def deliver_one(url: str, timeout: float = 5.0) -> Outcome:
     """One delivery to ``url`` through an Outbound, in a hub of its own."""
-    box: list[Any] = []
-
-    def run() -> None:
+    def run() -> Outcome:
         outbound = Outbound(1, 5.0, Destinations("", True))
         try:
-            box.append(outbound.send(Task("t", "hooks", None, b"", url=url), timeout))
-        except BaseException as exc:      # reported to the test below
-            box.append(exc)
+            return outbound.send(Task("t", "hooks", None, b"", url=url), timeout)
         finally:
             outbound.close()
-            green.destroy_hub()
 
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(30)
-    assert len(box) == 1 and isinstance(box[0], Outcome), box
-    return box[0]
+    return in_own_hub(run)
 
 
 def test_an_https_destination_is_verified_against_the_systems_certificates(cert):

@@ -46,6 +46,31 @@ def refusing_port() -> Iterator[int]:
         yield held.getsockname()[1]
 
 
+def in_own_hub(body: Callable[[], Any], timeout: float = 45.0) -> Any:
+    """Run ``body()`` in a native thread with a gevent hub of its own,
+    destroyed after, and return what it returned (re-raising what it
+    raised); the calling thread's hub keeps gevent's defaults."""
+    outcome: list[Any] = []
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(body())
+        except BaseException as exc:      # re-raised in the caller below
+            failures.append(exc)
+        finally:
+            green.destroy_hub()
+
+    thread = threading.Thread(target=run, name="own hub")
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise AssertionError(f"a body run in its own hub did not end within {timeout:g}s")
+    if failures:
+        raise failures[0]
+    return outcome[0]
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02,
              what: str = "condition") -> Any:
     """Poll ``predicate`` until it returns something truthy; Timeout after ``timeout``."""
