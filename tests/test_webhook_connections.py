@@ -32,7 +32,7 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 class RawDestination:
     """A loopback HTTP destination that answers the n-th request head
-    (1-based, over all connections) with ``answer(n)`` bytes, after
+    (1-based, over all connections; each head is kept) with ``answer(n)`` bytes, after
     ``hold`` seconds (and closes the connection after each answer if
     ``close_after``); it counts connections, and the most open at once."""
 
@@ -41,6 +41,7 @@ class RawDestination:
         self.hold = hold
         self.close_after = close_after
         self.lock = threading.Lock()
+        self.heads: list[bytes] = []
         self.requests = 0
         self.connections = 0
         self.open = 0
@@ -67,8 +68,9 @@ class RawDestination:
         with conn:
             conn.settimeout(10)
             try:
-                while read_head(conn) is not None:
+                while (head := read_head(conn)) is not None:
                     with self.lock:
+                        self.heads.append(head)
                         self.requests += 1
                         n = self.requests
                     threading.Event().wait(self.hold)
@@ -240,7 +242,6 @@ class TlsDestination(RawDestination):
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.load_cert_chain(str(cert), str(key))
         self.names: list[str | None] = []
-        self.heads: list[bytes] = []
         self.context.sni_callback = lambda sock, name, context: self.names.append(name)
         super().__init__(answer)
 
@@ -305,3 +306,16 @@ def test_an_https_delivery_names_the_urls_host_to_tls_and_in_host(cert, monkeypa
     assert outcome.kind == "2xx", outcome
     assert destination.names == ["localhost"]
     assert f"\r\nHost: localhost:{destination.port}\r\n".encode() in destination.heads[0]
+
+
+def test_a_url_with_characters_outside_ascii_is_sent_percent_encoded():
+    """A webhook URL whose path and query hold characters outside ASCII
+    (valid in a task, not on the wire) is delivered with them
+    percent-encoded as UTF-8; what was already percent-encoded stays."""
+    destination = RawDestination(lambda n: OK)
+    try:
+        outcome = deliver_one(f"http://127.0.0.1:{destination.port}/hook/café?q=ü&x=%20y")
+    finally:
+        destination.close()
+    assert outcome.kind == "2xx", outcome
+    assert destination.heads[0].startswith(b"POST /hook/caf%C3%A9?q=%C3%BC&x=%20y HTTP/1.1\r\n")

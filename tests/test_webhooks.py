@@ -8,10 +8,11 @@ import email.utils
 import logging
 import time
 
+import pytest
 from gateway_harness import FIXTURES, Http, free_port, wait_for
 
 from miyaq import Client
-from miyaq.gateway.outbound import Outbound, classify, parse_retry_after
+from miyaq.gateway.outbound import Outbound, classify, parse_retry_after, request_target
 
 http_node, api, make_http_node, make_web_worker = FIXTURES   # pytest finds fixtures in module globals
 
@@ -104,6 +105,17 @@ def test_retry_after_forms():
     assert 118.0 <= parse_retry_after(date, now) <= 121.0
     assert parse_retry_after("soon", now) is None
     assert parse_retry_after(None, now) is None
+
+
+def test_request_targets_are_what_the_wire_can_carry():
+    """Hosts in other scripts go as their IDNA name, paths and queries
+    outside ASCII percent-encoded; a host IDNA cannot name is a ValueError
+    (the delivery's InvalidURL)."""
+    assert request_target("https://bücher.example/a/café?q=ü&x=%20y") == (
+        ("https", "xn--bcher-kva.example", 443), "/a/caf%C3%A9?q=%C3%BC&x=%20y")
+    assert request_target("http://h:81") == (("http", "h", 81), "/")
+    with pytest.raises(ValueError):
+        request_target("http://" + "a" * 70 + "ü.example/")
 
 
 def test_a_retry_after_of_digits_that_are_not_ascii_is_ignored():

@@ -20,7 +20,7 @@ import email.utils
 import logging
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import msgpack
 
@@ -41,6 +41,9 @@ logger = logging.getLogger(__name__)
 USER_AGENT = f"miyaq/{__version__}"
 # Framing and connection headers are the HTTP client's business: a task's own
 # Content-Length or Transfer-Encoding would desynchronise the pooled connection.
+#: What a path and query keep as they are when the rest is percent-encoded
+#: (RFC 3986's reserved and unreserved characters, and ``%`` itself).
+URI_SAFE = "!#$%&'()*+,/:;=?@[]~-._"
 #: Interim answers (1xx but 100, which http.client skips itself) read past before the final one.
 MAX_INTERIM_ANSWERS = 8
 RESERVED_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade",
@@ -90,6 +93,22 @@ def classify(status: int, retry_after: str | None, body: bytes, now: float) -> O
     return Outcome(False, "4xx" if status >= 400 else "other", False, error=error)
 
 
+def request_target(url: str) -> tuple[tuple[str, str, int], str]:
+    """``((scheme, host, port), path?query)`` of ``url``, as they go on the
+    wire: a host in another script as its IDNA (punycode) name, characters
+    outside ASCII in the path and query percent-encoded as UTF-8 (what is
+    already percent-encoded stays). ValueError if the URL cannot be sent."""
+    parts = urlsplit(url)
+    scheme = parts.scheme
+    host = parts.hostname or ""
+    if not host.isascii():
+        host = host.encode("idna").decode("ascii")
+    uri = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+    if not uri.isascii():
+        uri = quote(uri, safe=URI_SAFE)
+    return (scheme, host, parts.port or (443 if scheme == "https" else 80)), uri
+
+
 class Outbound:
     def __init__(self, pool_size: int, connect_timeout: float, destinations: Destinations) -> None:
         self.connections = Connections(pool_size, connect_timeout, destinations)
@@ -98,14 +117,11 @@ class Outbound:
         """Make one attempt at delivering ``task``; at most ``timeout`` seconds."""
         now = wall()
         try:
-            parts = urlsplit(task.url or "")
-            scheme = parts.scheme
-            key = (scheme, parts.hostname or "", parts.port or (443 if scheme == "https" else 80))
-        except ValueError as exc:
+            key, uri = request_target(task.url or "")
+        except ValueError as exc:   # UnicodeError included
             return _failure("invalid", False, "InvalidURL", str(exc), now)
-        if scheme not in ("http", "https") or not key[1]:
+        if key[0] not in ("http", "https") or not key[1]:
             return _failure("invalid", False, "InvalidURL", f"cannot deliver to {task.url!r}", now)
-        uri = (parts.path or "/") + ("?" + parts.query if parts.query else "")
         headers = {k: v for k, v in ((task.meta or {}).get("headers") or {}).items()
                    if k.lower() not in RESERVED_HEADERS}
         for name, value in headers.items():
