@@ -138,7 +138,7 @@ class Outbound:
         try:
             destination = self.connections.destination(key, timeout)
             conn = destination.take()
-            conn.request(task.method, uri, body=task.body, headers=headers)
+            conn.request(task.method, uri, body=task.body or None, headers=headers)   # no body: no length on a GET
             response = conn.getresponse()
             interim = 0
             while 102 <= response.status < 200:   # interim (103 Early Hints): the final answer follows
