@@ -38,6 +38,7 @@ from peer_fixtures import FixedRing
 from miyaq.cluster.peer_requests import ANSWER
 from miyaq.cluster.ring_view import Member, local_member
 from miyaq.config import NodeConfig
+from miyaq.gateway.request import json_response
 from miyaq.core import invariants
 from miyaq.node.assemble import build_node
 from miyaq.protocol import commands as c
@@ -154,6 +155,8 @@ class Rig:
         assert problems == [], f"{where}: {problems[:10]} {self._describe(problems[0])}"
         command, status = self.ask(c.STATUS, {"req": 1})
         assert command == c.REPLY and isinstance(status["queues"], dict), (where, command, status)
+        # what GET /workers and GET /status answer in JSON: nothing stored may make them fail
+        json_response({"workers": node.core.workers.describe(10_000), "status": status})
         self._round_trip(where)
 
     def _describe(self, problem: str) -> dict[str, Any] | None:
