@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+from itertools import islice
 import random
 import time
 from typing import Any
@@ -155,8 +156,11 @@ class Rig:
         assert problems == [], f"{where}: {problems[:10]} {self._describe(problems[0])}"
         command, status = self.ask(c.STATUS, {"req": 1})
         assert command == c.REPLY and isinstance(status["queues"], dict), (where, command, status)
-        # what GET /workers and GET /status answer in JSON: nothing stored may make them fail
+        # what GET /workers, /status and /tasks/{id} answer in JSON: nothing stored may make them fail
         json_response({"workers": node.core.workers.describe(10_000), "status": status})
+        table = self.engine.table
+        for task_id in [*islice(table.live, 2_000), *islice(table.dead, 2_000)]:
+            json_response({"task": self.engine.info(task_id)})
         self._round_trip(where)
 
     def _describe(self, problem: str) -> dict[str, Any] | None:
