@@ -319,3 +319,28 @@ def test_a_url_with_characters_outside_ascii_is_sent_percent_encoded():
         destination.close()
     assert outcome.kind == "2xx", outcome
     assert destination.heads[0].startswith(b"POST /hook/caf%C3%A9?q=%C3%BC&x=%20y HTTP/1.1\r\n")
+
+
+def test_a_tasks_own_host_header_is_not_sent():
+    """Fault: a webhook task names its own ``Host`` (``admin.internal``),
+    which would reach another site behind the destination's address (a
+    load balancer's virtual hosts) than the one its URL names and the
+    allow-list checks. The request carries the URL's host, once."""
+    destination = RawDestination(lambda n: OK)
+    try:
+        def run() -> Outcome:
+            outbound = Outbound(1, 5.0, Destinations("", True))
+            task = Task("t", "hooks", None, b"", url=f"http://127.0.0.1:{destination.port}/hook")
+            task.meta = {"headers": {"Host": "admin.internal", "X-Kept": "yes"}}
+            try:
+                return outbound.send(task, 5.0)
+            finally:
+                outbound.close()
+
+        outcome = in_own_hub(run)
+    finally:
+        destination.close()
+    assert outcome.kind == "2xx", outcome
+    head = destination.heads[0].lower()
+    assert head.count(b"\r\nhost: ") == 1 and f"\r\nhost: 127.0.0.1:{destination.port}\r\n".encode() in head
+    assert b"\r\nx-kept: yes\r\n" in head and b"admin.internal" not in head

@@ -39,15 +39,17 @@ from miyaq.store.task import Task
 logger = logging.getLogger(__name__)
 
 USER_AGENT = f"miyaq/{__version__}"
-# Framing and connection headers are the HTTP client's business: a task's own
-# Content-Length or Transfer-Encoding would desynchronise the pooled connection.
 #: What a path and query keep as they are when the rest is percent-encoded
 #: (RFC 3986's reserved and unreserved characters, and ``%`` itself).
 URI_SAFE = "!#$%&'()*+,/:;=?@[]~-._"
 #: Interim answers (1xx but 100, which http.client skips itself) read past before the final one.
 MAX_INTERIM_ANSWERS = 8
+# Framing and connection headers are the HTTP client's business: a task's own
+# Content-Length or Transfer-Encoding would desynchronise the kept-alive connection.
+# Host is the URL's: a task's own would reach another site behind the same
+# address (a load balancer's virtual hosts) than the one the allow-list let through.
 RESERVED_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade",
-                              "te", "trailer", "expect", "proxy-connection"})
+                              "te", "trailer", "expect", "proxy-connection", "host"})
 
 
 @dataclass
