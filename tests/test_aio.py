@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 from typing import Any, Awaitable, Callable
 
 import pytest
@@ -346,3 +348,24 @@ def test_a_client_given_an_endpoint_libzmq_refuses_says_which():
     """Fault: a user passes something that is not an endpoint: a ConfigError names it."""
     with pytest.raises(miyaq.ConfigError, match=r"cannot connect to 'ipc://'"):
         miyaq.aio.Client(["tcp://127.0.0.1:1", "ipc://"])
+
+
+def test_the_asyncio_client_never_imports_gevent(node):
+    """An asyncio application that imports ``miyaq.aio``, submits a task and
+    reads its status, in an interpreter of its own, has not imported gevent
+    (the runtime's hub sockets and supervisor are imported only by what
+    uses them)."""
+    script = (
+        "import asyncio, sys, miyaq.aio\n"
+        "async def main():\n"
+        "    async with miyaq.aio.Client(sys.argv[1]) as client:\n"
+        "        handle = await client.submit('echo', [1], countdown=60, wait=True)\n"
+        "        print((await client.status(handle.id))['state'])\n"
+        "asyncio.run(asyncio.wait_for(main(), 30))\n"
+        "print(sorted(m for m in sys.modules if m == 'gevent' or m.startswith(('gevent.', 'zmq.green'))))\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(miyaq.__file__)))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-c", script, node.endpoint], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["scheduled", "[]"], done.stdout

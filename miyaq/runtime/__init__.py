@@ -19,7 +19,23 @@ or ``zmq.green``; nothing calls ``gevent.spawn``; deadlines use ``monotonic()``.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .clock import monotonic, wall
-from .supervisor import CRITICAL, LOG, RESTART, Policy, Supervisor
+
+if TYPE_CHECKING:
+    from .supervisor import CRITICAL, LOG, RESTART, Policy, Supervisor
 
 __all__ = ["CRITICAL", "LOG", "RESTART", "Policy", "Supervisor", "monotonic", "wall"]
+
+_FROM_SUPERVISOR = frozenset({"CRITICAL", "LOG", "RESTART", "Policy", "Supervisor"})
+
+
+def __getattr__(name: str) -> Any:
+    """The supervisor's names on first use: importing the runtime for its
+    clock or its plain and asyncio sockets (the asyncio client) does not
+    import gevent."""
+    if name in _FROM_SUPERVISOR:
+        from . import supervisor
+        return getattr(supervisor, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

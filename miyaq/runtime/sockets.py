@@ -17,18 +17,31 @@ two. Socket types and options are the same constants in every flavour.
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import importlib
 
 import zmq
-import zmq.green as green_zmq
 
 from ..errors import ConfigError
 from .io_threads import apply as apply_io_policy, chosen as chosen_io_policy
-from .messages import HubPoller, HubSocket
+
+if TYPE_CHECKING:
+    from .messages import HubPoller, HubSocket
 
 HWM = 100_000
+
+
+def __getattr__(name: str) -> Any:
+    """``green_zmq`` (pyzmq's gevent flavour) on first use: the plain and
+    asyncio factories, and the asyncio client with them, never import gevent
+    (the hub's sockets, :mod:`.messages`, are imported by the methods that
+    make them)."""
+    if name == "green_zmq":
+        return importlib.import_module("zmq.green")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 #: Bytes one message may carry beyond ``max_message`` (its body): the routing
 #: id, the tag and command frames, and the fields a node adds to a record it
 #: forwards to another node. It is also each frame's limit over ``max_message``
@@ -43,7 +56,7 @@ ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 FLAVOURS = {"green": "zmq.green", "plain": "zmq", "asyncio": "zmq.asyncio"}
 
 __all__ = ["CONNECTION_CLOSED", "CONNECTION_READY", "FLAVOURS", "HWM", "SocketFactory", "SocketSecurity",
-           "connect_or_refuse", "connection_events", "green_zmq", "monitor_event", "zmq"]
+           "connect_or_refuse", "connection_events", "monitor_event", "zmq"]
 
 #: The socket-monitor events miyaq watches (:meth:`SocketFactory.connection_monitor`).
 CONNECTION_CLOSED = int(zmq.EVENT_DISCONNECTED)
@@ -183,6 +196,7 @@ class SocketFactory:
         ``max_frames``: messages are read with :func:`recv_bounded`, at most
         that many frames and :attr:`frame_limit` bytes."""
         limits = (max_frames, self.frame_limit) if max_frames is not None else None
+        from .messages import HubSocket
         return HubSocket(self.router(bind, audience, plain=True, heartbeat_ms=heartbeat_ms), users, limits,
                          routed=True)
 
@@ -213,6 +227,7 @@ class SocketFactory:
         """:meth:`subscriber`'s socket as a :class:`HubSocket` (a green factory
         only), its messages read with :func:`recv_bounded`: at most
         ``max_frames`` frames and :attr:`frame_limit` bytes."""
+        from .messages import HubSocket
         return HubSocket(self.subscriber(topics, plain=True), limits=(max_frames, self.frame_limit))
 
     def dealer(self, connect: str | None = None, *, identity: bytes | None = None,
@@ -248,6 +263,7 @@ class SocketFactory:
 
     def hub_dealer(self, connect: str | None = None, **options: Any) -> HubSocket:
         """:meth:`dealer`'s socket as a :class:`HubSocket` (a green factory only)."""
+        from .messages import HubSocket
         return HubSocket(self.dealer(connect, plain=True, **options))
 
     def pair(self, *, bind: str | None = None, connect: str | None = None) -> Any:
@@ -305,6 +321,7 @@ class SocketFactory:
     def hub_poller() -> HubPoller:
         """A poller of plain sockets for one reader in the gevent hub
         (:class:`~miyaq.runtime.messages.HubPoller`)."""
+        from .messages import HubPoller
         return HubPoller()
 
     def zap_socket(self) -> Any:
