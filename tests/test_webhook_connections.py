@@ -344,3 +344,26 @@ def test_a_tasks_own_host_header_is_not_sent():
     head = destination.heads[0].lower()
     assert head.count(b"\r\nhost: ") == 1 and f"\r\nhost: 127.0.0.1:{destination.port}\r\n".encode() in head
     assert b"\r\nx-kept: yes\r\n" in head and b"admin.internal" not in head
+
+
+def test_a_kept_connection_waits_as_long_as_the_delivery_using_it_may():
+    """Fault: the destination is slow to answer the second request (1 s).
+    The connection was opened by a delivery allowed 0.5 s; the second
+    delivery, allowed 10 s, reuses it and waits its own time, not the 0.5 s
+    of the one that opened it."""
+    destination = RawDestination(lambda n: (time.sleep(1.0) if n == 2 else None) or OK)
+    try:
+        def run() -> list[Outcome]:
+            outbound = Outbound(1, 5.0, Destinations("", True))
+            url = f"http://127.0.0.1:{destination.port}/hook"
+            try:
+                return [outbound.send(Task(f"t{n}", "hooks", None, b"", url=url), timeout)
+                        for n, timeout in enumerate((0.5, 10.0))]
+            finally:
+                outbound.close()
+
+        outcomes = in_own_hub(run)
+    finally:
+        destination.close()
+    assert [o.kind for o in outcomes] == ["2xx", "2xx"], outcomes
+    assert destination.connections == 1

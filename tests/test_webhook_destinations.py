@@ -211,8 +211,8 @@ def test_the_deliverer_connects_to_the_address_it_checked():
     destinations = Destinations("", False, resolve=fake_dns({"hooks.example.test": PUBLIC}))
     connections = Connections(2, 1.0, destinations)
     try:
-        plain = connections.destination(("http", "hooks.example.test", 8080), 1.0).take()
-        secure = connections.destination(("https", "hooks.example.test", 443), 1.0).take()
+        plain = connections.destination(("http", "hooks.example.test", 8080)).take(1.0)
+        secure = connections.destination(("https", "hooks.example.test", 443)).take(1.0)
         assert plain.address == PUBLIC and secure.address == PUBLIC
         # the Host header and, for https, the TLS server name come from the host, not the address
         assert (plain.host, plain.port, secure.host, secure.port) == ("hooks.example.test", 8080,

@@ -23,9 +23,9 @@ verified against the system's CA certificates.
 """
 from __future__ import annotations
 
+import ssl
 from collections import OrderedDict
 from collections.abc import Callable
-import ssl
 
 from miyaq.constants import WEBHOOK_MAX_DESTINATIONS
 from miyaq.gateway.destinations import Destinations
@@ -42,24 +42,27 @@ class Destination:
     """One destination's connections: at most ``size`` out at once, the
     ones given back whole kept for the next delivery."""
 
-    def __init__(self, make: Callable[[], HTTPConnection], size: int, made: float) -> None:
+    def __init__(self, make: Callable[[float], HTTPConnection], size: int, made: float) -> None:
         self._make = make
         self._slots = green.Semaphore(size)
         self.idle: list[HTTPConnection] = []
         self.made = made
         self.closed = False
 
-    def take(self) -> HTTPConnection:
-        """A connection for one delivery; waits while ``size`` are out (a
-        caller's ``green.Timeout`` ends the wait)."""
+    def take(self, timeout: float) -> HTTPConnection:
+        """A connection for one delivery whose waits are each at most
+        ``timeout`` seconds (the delivery's own, not the one that opened a
+        kept connection); waits while ``size`` are out (a caller's
+        ``green.Timeout`` ends the wait)."""
         self._slots.acquire()
         try:
             while self.idle:
                 kept = self.idle.pop()
                 if not dropped(kept):
+                    kept.set_timeout(timeout)
                     return kept
                 kept.close()
-            return self._make()
+            return self._make(timeout)
         except BaseException:
             self._slots.release()
             raise
@@ -96,7 +99,7 @@ class Connections:
             self._context = client_context()
         return self._context
 
-    def destination(self, key: Key, timeout: float) -> Destination:
+    def destination(self, key: Key) -> Destination:
         """The destination of ``key``; a new one is resolved and checked first
         (ForbiddenDestination, or OSError if its host does not resolve)."""
         kept = self._kept.get(key)
@@ -110,7 +113,7 @@ class Connections:
         address = self.destinations.connect_address(host, port)
         context = self._tls() if scheme == "https" else None
 
-        def make() -> HTTPConnection:
+        def make(timeout: float) -> HTTPConnection:
             return connection(scheme, host, port, address=address, timeout=timeout,
                               connect_timeout=self.connect_timeout, context=context)
 

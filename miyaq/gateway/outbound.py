@@ -33,7 +33,7 @@ from miyaq.gateway.destinations import Destinations
 from miyaq.gateway.errors import ForbiddenDestination
 from miyaq.protocol.headers import header_problem
 from miyaq.runtime import green, wall
-from miyaq.runtime.http import HTTPConnection, HTTPException, HTTPResponse
+from miyaq.runtime.http import HTTPConnection, HTTPException, final_response
 from miyaq.store.task import Task
 
 logger = logging.getLogger(__name__)
@@ -138,16 +138,10 @@ class Outbound:
         conn: HTTPConnection | None = None
         read_to_the_end = False
         try:
-            destination = self.connections.destination(key, timeout)
-            conn = destination.take()
+            destination = self.connections.destination(key)
+            conn = destination.take(timeout)
             conn.request(task.method, uri, body=task.body or None, headers=headers)   # no body: no length on a GET
-            response = conn.getresponse()
-            interim = 0
-            while 102 <= response.status < 200:   # interim (103 Early Hints): the final answer follows
-                interim += 1
-                if interim > MAX_INTERIM_ANSWERS:
-                    raise HTTPException(f"more than {MAX_INTERIM_ANSWERS} interim answers")
-                response = _next_answer(response, task.method)
+            response = final_response(conn, task.method, MAX_INTERIM_ANSWERS)
             body = bytearray()
             while len(body) <= WEBHOOK_RESPONSE_LIMIT:
                 chunk = response.read(WEBHOOK_RESPONSE_LIMIT + 1 - len(body))
@@ -174,28 +168,6 @@ class Outbound:
 
     def close(self) -> None:
         self.connections.close()
-
-
-class _SameStream:
-    """Hands a new :class:`HTTPResponse` the buffered reader an interim
-    answer stopped in (what follows it on the wire is the next answer)."""
-
-    def __init__(self, reader: Any) -> None:
-        self.reader = reader
-
-    def makefile(self, mode: str) -> Any:
-        return self.reader
-
-
-def _next_answer(interim: HTTPResponse, method: str) -> HTTPResponse:
-    """The answer after ``interim`` on the same connection, its head read.
-    The reader moves to it: ``interim`` is then closed without closing the
-    reader, as the connection expects of an answer read to its end."""
-    reader = interim.fp
-    interim.fp = None   # type: ignore[assignment]   # what http.client's own close does
-    response = HTTPResponse(_SameStream(reader), method=method)   # type: ignore[arg-type]
-    response.begin()
-    return response
 
 
 def _failure(kind: str, retryable: bool, type_: str, message: str, now: float) -> Outcome:

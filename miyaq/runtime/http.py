@@ -20,6 +20,7 @@ import http.client
 import select
 import socket
 import ssl
+from typing import Any
 
 from . import green
 
@@ -29,7 +30,8 @@ from . import green
 HTTPException = http.client.HTTPException
 HTTPResponse = http.client.HTTPResponse
 
-__all__ = ["HTTPConnection", "HTTPException", "HTTPResponse", "client_context", "connection", "dropped"]
+__all__ = ["HTTPConnection", "HTTPException", "HTTPResponse", "client_context", "connection", "dropped",
+           "final_response"]
 
 
 class HTTPConnection(http.client.HTTPConnection):
@@ -39,11 +41,21 @@ class HTTPConnection(http.client.HTTPConnection):
                  connect_timeout: float) -> None:
         super().__init__(host, port, timeout=timeout)
         self.address = address or host
-        self.connect_timeout = min(connect_timeout, timeout)
+        self.connect_timeout = connect_timeout
+        self.wait = timeout
+
+    def set_timeout(self, timeout: float) -> None:
+        """Each wait of the next request at most ``timeout`` seconds (and
+        opening the connection at most ``connect_timeout``), the socket
+        already open included: a kept-alive connection serves requests of
+        other deadlines than the one that opened it."""
+        self.timeout = self.wait = timeout
+        if self.sock is not None:
+            self.sock.settimeout(timeout)
 
     def _open(self) -> socket.socket:
-        sock = green.create_connection((self.address, self.port), self.connect_timeout)
-        sock.settimeout(self.timeout)
+        sock = green.create_connection((self.address, self.port), min(self.connect_timeout, self.wait))
+        sock.settimeout(self.wait)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
 
@@ -94,8 +106,38 @@ def dropped(conn: HTTPConnection) -> bool:
     waiting (a readable idle socket is either)."""
     if conn.sock is None:
         return False    # not open: the next request opens it
+    poller = select.poll()   # not select(): a descriptor past 1023 is as good as any
     try:
-        readable, _, _ = select.select([conn.sock], [], [], 0)
+        poller.register(conn.sock, select.POLLIN)
+        return bool(poller.poll(0))
     except (OSError, ValueError):
         return True
-    return bool(readable)
+
+
+class _SameStream:
+    """Hands a new :class:`HTTPResponse` the buffered reader an interim
+    answer stopped in (what follows it on the wire is the next answer)."""
+
+    def __init__(self, reader: Any) -> None:
+        self.reader = reader
+
+    def makefile(self, mode: str) -> Any:
+        return self.reader
+
+
+def final_response(conn: HTTPConnection, method: str, max_interim: int) -> HTTPResponse:
+    """The answer to the request just sent on ``conn``, past at most
+    ``max_interim`` interim answers (1xx but 100, which ``http.client``
+    skips itself, and 101; ``103 Early Hints``): the final answer follows
+    them on the same connection. More is :class:`HTTPException`."""
+    response = conn.getresponse()
+    interim = 0
+    while 102 <= response.status < 200:
+        interim += 1
+        if interim > max_interim:
+            raise HTTPException(f"more than {max_interim} interim answers")
+        reader = response.fp   # moves to the next answer: the interim one is closed without closing it,
+        response.fp = None     # type: ignore[assignment]   # as http.client's own close leaves it
+        response = HTTPResponse(_SameStream(reader), method=method)   # type: ignore[arg-type]
+        response.begin()
+    return response

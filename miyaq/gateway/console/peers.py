@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from ... import __version__
 from ...runtime import green, monotonic
-from ...runtime.http import client_context, connection
+from ...runtime.http import client_context, connection, final_response
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ TIMEOUT = 1.0
 CACHE_TTL = 2.0
 MAX_CACHED = 256
 MAX_ANSWER = 4 * 1024 * 1024
+MAX_INTERIM = 8                 # interim answers (103 Early Hints) read past
 
 
 class Peers:
@@ -60,7 +61,7 @@ class Peers:
                 headers["Content-Type"] = "application/json"
                 body = b"{}"
             conn.request(method, path, body=body, headers=headers)
-            response = conn.getresponse()
+            response = final_response(conn, method, MAX_INTERIM)
             raw = response.read(MAX_ANSWER)
             answer = json.loads(raw)
             if response.status >= 400:
