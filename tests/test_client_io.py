@@ -441,8 +441,9 @@ def test_a_client_whose_own_submit_comes_back_connects_again(client_for):
         node.echo = True
         c1 = client_for(node.endpoint, submit_timeout=30)
         handle = c1.submit("echo", [1])
-        wait_for(lambda: node.pump() or len({peer for peer, _ in node.echoed}) >= 2,
-                 what="the submit sent again on a fresh connection")
+        # its first RING may loop back first (and be sent again) before the submit leaves
+        wait_for(lambda: node.pump() or len({peer for peer, command in node.echoed if command == c.SUBMIT}) >= 2,
+                 timeout=30, what="the submit sent again on a fresh connection")
         assert c.SUBMIT in {command for _, command in node.echoed}
         node.echo = False
         wait_for(lambda: node.pump() or node.batches, timeout=30, what="the submit on a connection that works")
