@@ -178,6 +178,7 @@ class NodeConfig(Settings):
     max_waiters: int = _opt(10_000, "most pending RESULT / RECEIVE long-polls")
     max_waiters_per_connection: int = _opt(1_000, "most pending RESULT / RECEIVE long-polls from one connection")
     max_waiters_per_key: int = _opt(5_000, "most pending RESULT / RECEIVE long-polls from one key (with keys)")
+    max_workers: int = _opt(10_000, "most workers registered at once; a READY from one more is answered BUSY")
     heartbeat: float = _opt(1.0, "seconds between heartbeats to workers")
     liveness: int = _opt(3, "missed heartbeats after which a worker is declared lost")
     default_timeout: float = _opt(300.0, "default lease (task timeout) in seconds")

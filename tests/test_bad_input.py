@@ -416,6 +416,51 @@ def test_ready_whose_claims_about_the_worker_are_malformed_is_refused(make_node,
     assert recv(honest)[0] == c.WELCOME
 
 
+def test_readys_from_more_workers_than_max_workers_are_refused_busy(make_node, client_for, dealer):
+    """Fault: READYs from ever more connections (a buggy fleet, or anyone who
+    reaches a node without keys), each a worker the node would keep. Past
+    ``max_workers`` a READY from a new worker is refused busy, naming the
+    limit, and nothing is registered or declared; a registered worker that
+    says READY again is still welcome, and once one goes (BYE) another
+    worker may take its place."""
+    n = make_node(max_workers=3, heartbeat=5.0)      # long liveness: raw workers need not heartbeat
+    client = client_for(n.endpoint)
+    socks = [_raw_worker(dealer, n.endpoint, f"w{i}", "q") for i in range(3)]
+    extra = dealer(n.endpoint)
+    schedule = {"name": "tick", "task": "echo", "every": 60}
+    extra.send_multipart([TAG, c.READY, pack({"worker": "w3", "queues": ["q"], "capacity": 1, "names": ["echo"],
+                                              "periodic": [schedule]})])
+    assert "max_workers" in expect_error(extra, "busy")["message"]
+    assert client.status()["totals"]["workers"] == 3
+    assert client.status()["periodic"]["schedules"] == 0
+    socks[0].send_multipart([TAG, c.READY, pack({"worker": "w0", "queues": ["q"], "capacity": 2})])
+    assert recv(socks[0])[0] == c.WELCOME
+    socks[1].send_multipart([TAG, c.BYE, pack({"worker": "w1"})])
+    extra.send_multipart([TAG, c.READY, pack({"worker": "w3", "queues": ["q"], "capacity": 1})])
+    assert recv(extra)[0] == c.WELCOME
+    assert client.status()["totals"]["workers"] == 3
+
+
+def test_a_ready_under_another_workers_id_drops_both_registrations(make_node, client_for, dealer):
+    """Fault: a connection registered as one worker says READY under the id
+    of a worker registered on another connection (a buggy or hostile
+    worker). Both old registrations are dropped: before, the connection's
+    own stayed registered by id only, never dropped, and the task leased to
+    it stayed running until its lease ran out instead of going back at once."""
+    n = make_node(heartbeat=5.0)
+    client = client_for(n.endpoint)
+    _raw_worker(dealer, n.endpoint, "first", "other")
+    second = _raw_worker(dealer, n.endpoint, "second", "rawq")
+    handle = client.submit("echo", [1], queue="rawq", timeout=600, wait=True)
+    command, body = recv(second)
+    assert command == c.DISPATCH and body["tasks"][0][0] == handle.id
+    second.send_multipart([TAG, c.READY, pack({"worker": "first", "queues": ["rawq"], "capacity": 1})])
+    assert recv(second, skip=(c.HEARTBEAT, c.DISPATCH))[0] == c.WELCOME
+    wait_for(lambda: client.status(handle.id)["attempt"] == 2, timeout=REPLY_WAIT,
+             what="the task put back at once and leased again")
+    assert client.status()["totals"]["workers"] == 1
+
+
 def test_done_with_a_boolean_attempt_is_refused(make_node, client_for, dealer):
     """Fault: a worker sends DONE with ``true`` as the attempt number. A
     wrong type must be refused (invalid_field) and change nothing."""

@@ -120,6 +120,39 @@ def test_a_message_of_many_frames_is_drained_and_refused_bad_frame(procs, client
     assert node.alive()
 
 
+def test_handler_names_listed_by_many_readys_are_not_kept(procs, client_for):
+    """Attack: 30 connections each say READY listing 10,000 handler names of
+    250 characters (2.5 MB a message, within the protocol's limits). The
+    names are informational (docs/protocol.md, READY): the node kept each
+    list for as long as its worker stayed registered, about 3 MB of RSS a
+    connection (100 connections: 45 -> 365 MiB). It now keeps none of
+    them: RSS grows by less than what a few of the messages weigh."""
+    node = procs.node()
+    client = client_for(node.endpoint)
+    client.status()
+    before = rss_mib(node.pid)
+    names = [f"handler-{'n' * 234}-{i:06d}" for i in range(10_000)]
+    ctx = zmq.Context()
+    try:
+        socks = []
+        for i in range(30):
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(node.endpoint)
+            sock.send_multipart([c.TAG, c.READY, pack({"worker": f"named-{i}", "queues": ["q"], "capacity": 1,
+                                                       "names": names})])
+            socks.append(sock)
+        for sock in socks:
+            assert sock.poll(int(WAIT * 1000)), "no answer"
+            assert sock.recv_multipart()[1] == c.WELCOME
+        assert client.status()["totals"]["workers"] == 30
+        grown = rss_mib(node.pid) - before
+    finally:
+        ctx.destroy(linger=0)
+    assert grown < 30, (before, grown)
+    assert node.alive()
+
+
 # -- bytes held: live payloads and kept results ----------------------------------------------
 
 

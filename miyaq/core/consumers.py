@@ -72,7 +72,7 @@ class WorkerConsumer(Consumer):
     kind = "worker"
 
     def __init__(self, endpoint: ServiceEndpoint, identity: bytes, wid: str, queues: list[str],
-                 names: list[str], capacity: int, last_seen: float, info: dict[str, Any],
+                 capacity: int, last_seen: float, info: dict[str, Any],
                  key: str | None = None) -> None:
         super().__init__(queues)
         self.endpoint = endpoint
@@ -80,7 +80,6 @@ class WorkerConsumer(Consumer):
         self.wid = wid
         self.key = key               # the name of the key it registered with (None without keys)
         self.principal = worker_principal(wid, key)
-        self.names = names
         self.capacity = capacity
         self.credit = capacity
         self.last_seen = last_seen   # monotonic

@@ -51,7 +51,7 @@ class Core:
         self.directory = Directory()
         self.refusals = Refusals()
         self.workers = WorkerRegistry(self.engine, self.dispatcher, self.endpoint, self.directory,
-                                      config.id, config.heartbeat, config.liveness)
+                                      config.id, config.heartbeat, config.liveness, config.max_workers)
         self.engine.listeners += [self.dispatcher, self.waiters]
 
     # -- draining ----------------------------------------------------------------

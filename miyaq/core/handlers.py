@@ -249,8 +249,9 @@ class ServiceHandlers:
             raise ShuttingDown("node is shutting down")
         key = self._key()
         self.workers.check_id(wid, key)                    # another key's worker id: forbidden
+        self.workers.check_room(identity, wid)             # max_workers registered: busy
         self.schedules.declare(schedules, wid, now, key)   # refuses (nothing kept): limits, another key's
-        worker = self.workers.register(identity, wid, queues, names, capacity, now, info, key)
+        worker = self.workers.register(identity, wid, queues, capacity, now, info, key)
         worker.credit = 0
         self.dispatcher.grant(worker, credit)
 

@@ -11,6 +11,11 @@ registered: another key's READY for it is refused ``forbidden``, and a side
 heartbeat for it counts only from that key (others are ignored and counted
 in ``foreign_heartbeats``). A dropped worker's connection is remembered
 (bounded) so its late DONE is still recognised as its own.
+
+Bounded: at most ``max_workers`` registered at once (a READY from a new
+worker past it is refused ``busy``; the worker sends it again when the node
+next asks), and a registration keeps only what the node uses -- not the
+handler names a READY lists, which may be megabytes from each connection.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from miyaq.core.directory import Directory
 from miyaq.core.dispatcher import Dispatcher
 from miyaq.core.engine import Engine
 from miyaq.core.service import ServiceEndpoint
-from miyaq.errors import Forbidden
+from miyaq.errors import Busy, Forbidden
 from miyaq.protocol import commands as c
 from miyaq.runtime import monotonic
 
@@ -33,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 class WorkerRegistry:
     def __init__(self, engine: Engine, dispatcher: Dispatcher, endpoint: ServiceEndpoint, directory: Directory,
-                 node_id: str, heartbeat: float, liveness: int) -> None:
+                 node_id: str, heartbeat: float, liveness: int, max_workers: int) -> None:
         self.engine = engine
         self.dispatcher = dispatcher
         self.endpoint = endpoint
@@ -41,23 +46,28 @@ class WorkerRegistry:
         self.node_id = node_id
         self.heartbeat = heartbeat
         self.liveness = liveness
+        self.max_workers = max_workers
         self.by_identity: dict[bytes, WorkerConsumer] = {}
         self.by_wid: dict[str, WorkerConsumer] = {}
         self.lost_total = 0
         self.foreign_heartbeats = 0
         self.dropped: OrderedDict[bytes, str | None] = OrderedDict()   # connection -> principal, of dropped workers
 
-    def register(self, identity: bytes, wid: str, queues: list[str], names: list[str],
-                 capacity: int, now: float, info: dict[str, Any], key: str | None = None) -> WorkerConsumer:
+    def register(self, identity: bytes, wid: str, queues: list[str], capacity: int, now: float,
+                 info: dict[str, Any], key: str | None = None) -> WorkerConsumer:
         """Register (or re-register) a worker; ``key``: the name of the key it
-        sent READY with. Forbidden if another key's worker holds ``wid``."""
+        sent READY with. Forbidden if another key's worker holds ``wid``,
+        busy if it would be one worker more than ``max_workers``."""
         self.check_id(wid, key)
-        old = self.by_wid.get(wid) or self.by_identity.get(identity)
-        if old is not None:
-            # A worker re-registers after it lost us (or we restarted): what it
-            # held under its old registration is treated as lost.
+        self.check_room(identity, wid)
+        # A worker re-registers after it lost us (or we restarted): what it held
+        # under its old registration is treated as lost. The worker id and the
+        # connection may each be registered already, to two different workers
+        # (a connection that says READY under another worker's id): both go,
+        # so neither is left in one index only, never dropped.
+        for old in {id(w): w for w in (self.by_wid.get(wid), self.by_identity.get(identity)) if w is not None}.values():
             self.drop(old, "worker re-registered", now)
-        worker = WorkerConsumer(self.endpoint, identity, wid, queues, names, capacity, monotonic(), info, key)
+        worker = WorkerConsumer(self.endpoint, identity, wid, queues, capacity, monotonic(), info, key)
         worker.holder_endpoints = self.directory.holder_endpoints
         self.by_identity[identity] = worker
         self.by_wid[wid] = worker
@@ -78,6 +88,13 @@ class WorkerRegistry:
         taken = self.by_wid.get(wid)
         if taken is not None and taken.key != key:
             raise Forbidden(f"worker id {wid!r} is registered by another key ({taken.key!r})")
+
+    def check_room(self, identity: bytes, wid: str) -> None:
+        """Busy if registering ``wid`` on ``identity`` would pass ``max_workers``
+        (registering again, under either, replaces a registration)."""
+        if (len(self.by_identity) >= self.max_workers and wid not in self.by_wid
+                and identity not in self.by_identity):
+            raise Busy(f"{len(self.by_identity)} workers are registered (max_workers); try again later")
 
     def seen(self, identity: bytes) -> WorkerConsumer | None:
         worker = self.by_identity.get(identity)
