@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 # Real time, not miyaq.runtime.clock: a log line's rate is a matter of the
@@ -9,16 +10,47 @@ from typing import Any
 from time import monotonic
 
 
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
 def setup_logging(level: str = "INFO") -> None:
     """Log to stderr at ``level`` (an unknown name means INFO), one line a
-    record: the ZooKeeper client's tracebacks too, except at DEBUG
-    (:class:`OneLineLibraryErrors`)."""
+    record: miyaq's own messages with their control characters escaped
+    (:class:`OneLineMessages`), the ZooKeeper client's tracebacks too, except
+    at DEBUG (:class:`OneLineLibraryErrors`)."""
     numeric = getattr(logging, level.upper(), logging.INFO)
-    logging.basicConfig(level=numeric, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stderr = logging.StreamHandler()
+    stderr.setFormatter(OneLineMessages(FORMAT))
+    logging.basicConfig(level=numeric, handlers=[stderr])
     if numeric > logging.DEBUG:
         for handler in logging.getLogger().handlers:
             if not any(isinstance(f, OneLineLibraryErrors) for f in handler.filters):
                 handler.addFilter(OneLineLibraryErrors())
+
+
+#: What could end a line, or make one look like another, where a log is
+#: read: C0 and C1 controls (the tab aside), DEL, and the Unicode line and
+#: paragraph separators.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
+
+
+class OneLineMessages(logging.Formatter):
+    """miyaq's own records (loggers ``miyaq.*``) on one line each. A message
+    may quote what came from the other side of a socket -- a worker id, a
+    node's error message, a peer's name -- and a line break in it would start
+    a line that reads as a record of its own: a forged log line. Control
+    characters in the message are escaped (``\\n``, ``\\x1b``).
+    Tracebacks keep their lines, and records of other loggers (an
+    application's handlers, in a worker) are left as they are."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        if record.name.startswith("miyaq") and _CONTROL.search(record.message):
+            record.message = _CONTROL.sub(_escaped, record.message)
+        return super().formatMessage(record)
 
 
 class OneLineLibraryErrors(logging.Filter):

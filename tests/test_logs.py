@@ -1,9 +1,15 @@
-"""miyaq.logs: the bounded rate of warnings a flood of bad input could repeat."""
+"""miyaq.logs: the bounded rate of warnings a flood of bad input could repeat, and
+records that stay one line whatever they quote."""
 from __future__ import annotations
 
 import logging
 
+import msgpack
+import zmq
+
 from miyaq import logs
+from miyaq.protocol import commands as c
+from miyaq.testing.harness import wait_for
 
 
 def test_a_flood_of_one_kind_of_warning_is_logged_at_a_bounded_rate(caplog, monkeypatch) -> None:
@@ -23,3 +29,49 @@ def test_a_flood_of_one_kind_of_warning_is_logged_at_a_bounded_rate(caplog, monk
     assert [r.getMessage() for r in caplog.records] == [
         "bad input 0", "bad input 1", "bad input 2", "another kind",
         "997 more bad line(s) were not logged in the last 60s", "bad input again"]
+
+
+FORGED = "2026-12-04 00:00:00,000 CRITICAL miyaq.node: node stopped by the operator"
+
+
+def test_a_line_break_in_a_quoted_value_cannot_forge_a_log_line() -> None:
+    """Fault: a message of miyaq's quotes a value from the other side of a
+    socket (here a worker id) holding a line break, a carriage return, a
+    terminal escape and a Unicode line separator. The record stays one line,
+    those characters escaped; an application's own multi-line message (a
+    handler's, in a worker) is left as it is."""
+    formatter = logs.OneLineMessages(logs.FORMAT)
+    record = logging.LogRecord("miyaq.core.workers", logging.INFO, __file__, 1, "worker %s registered",
+                               (f"w\n{FORGED}\r\x1b[2J\u2028end",), None)
+    line = formatter.format(record)
+    assert "\n" not in line and "\r" not in line and "\x1b" not in line and "\u2028" not in line
+    assert line.endswith(f"worker w\\n{FORGED}\\r\\x1b[2J\\u2028end registered")
+    mine = logging.LogRecord("shop.tasks", logging.INFO, __file__, 1, "order:\n%s", ("one\ntwo",), None)
+    assert formatter.format(mine).endswith("shop.tasks: order:\none\ntwo")
+
+
+def test_a_worker_id_with_a_line_break_is_logged_on_one_line_by_the_node(procs) -> None:
+    """Fault: a hostile worker says READY with an id that holds a line break
+    followed by what looks like a record of the node's own. The node logs the
+    registration on one line with the break escaped: no line of its log
+    starts with the forged record."""
+    node = procs.node()
+    ctx = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(node.endpoint)
+        sock.send_multipart([c.TAG, c.READY, msgpack.packb({"worker": f"w\n{FORGED}", "queues": ["q"]})])
+        assert sock.poll(30_000), "no answer"
+        assert sock.recv_multipart()[1] == c.WELCOME
+    finally:
+        ctx.destroy(linger=0)
+    text = wait_for(lambda: _registered_line(node.log_path), timeout=30, what="the registration logged")
+    assert f"worker w\\n{FORGED} registered" in text
+    with open(node.log_path, encoding="utf-8", errors="replace") as fh:
+        assert not any(line.startswith(FORGED) for line in fh)
+
+
+def _registered_line(path: str) -> str | None:
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        return next((line for line in fh if " registered: queues=q " in line), None)
