@@ -112,6 +112,14 @@ def test_address_not_of_this_machine_is_a_one_line_error():
     assert "192.0.2.1 is not an address of this machine" in line and "--advertise" in line
 
 
+def test_an_ipv6_host_is_a_one_line_error_naming_ipv4():
+    """Fault: --host names an IPv6 address (the ZeroMQ ports serve IPv4 only).
+    libzmq takes it for an interface name: the error said '::1' was neither
+    an address nor an interface of this machine."""
+    line = error_line(start_node("--http-port", "0", "--host", "::1"))
+    assert "::1 is an IPv6 address" in line and "IPv4 only" in line and "--host" in line
+
+
 def test_unknown_http_host_is_a_one_line_error():
     """Fault: --http-host names something that is not a name of this machine."""
     line = error_line(start_node("--http-port", str(free_port()), "--http-host", "no-such-host.invalid"))

@@ -64,6 +64,9 @@ def why(port: Port, exc: BaseException) -> str:
         return (f"cannot bind {where} ({port.what}): {port.host} is not an address of this machine; bind one of "
                 f"its addresses, or 0.0.0.0 for all ({port.host_flag}), and tell others the address they reach "
                 f"it by with --advertise")
+    if ":" in port.host and code == errno.ENODEV:
+        return (f"cannot bind {where} ({port.what}): {port.host} is an IPv6 address, and a node's ZeroMQ ports "
+                f"serve IPv4 only ({port.host_flag} takes an IPv4 address, e.g. 127.0.0.1 or 0.0.0.0)")
     if code == errno.ENODEV or isinstance(exc, socket.gaierror):
         return (f"cannot bind {where} ({port.what}): {port.host!r} is neither an address nor a network interface "
                 f"or name of this machine ({port.host_flag} takes one of those, e.g. 127.0.0.1 or 0.0.0.0)")
