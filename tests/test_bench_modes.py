@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -152,7 +153,13 @@ def test_profile_writes_one_profile_per_process(tmp_path):
     names = sorted(p.name for p in out.iterdir())
     assert names == ["miyaq-rate_300_s-node.txt", "miyaq-rate_300_s-producer.txt",
                      "miyaq-rate_300_s-worker-0.txt"]
-    assert "serve" in (out / "miyaq-rate_300_s-node.txt").read_text()
+    # Collapsed stacks ("frame (file.py:line);frame ... count"). Which frames a
+    # process shows depends on where py-spy's samples fell: on a loaded
+    # machine the node's second of work can be a handful of samples, all in
+    # the hub's loop, so no function of miyaq's is asked for by name.
+    for name in names:
+        lines = (out / name).read_text().splitlines()
+        assert lines and all(re.fullmatch(r".*\(\S+\.py:\d+\).* \d+", line) for line in lines), (name, lines[:3])
 
 
 def test_profile_without_py_spy_is_refused(monkeypatch):
