@@ -105,8 +105,8 @@ class Gateway:
         if self.console is not None:
             self.console.start()
         logger.info("HTTP gateway on %s://%s:%d (tokens: %s; webhooks to %s)", "https" if self.tls else "http",
-                    f"[{self.host}]" if ":" in self.host else self.host, self.port, self.auth.tokens.summary() if self.auth.enabled else "none, open",
-                    self.destinations.describe())
+                    f"[{self.host}]" if ":" in self.host else self.host, self.port,
+                    self.auth.tokens.summary() if self.auth.enabled else "none, open", self.destinations.describe())
         if not _is_loopback(self.host) and self.tls is None:
             logger.warning("HTTP gateway reachable beyond loopback without TLS: tokens and payloads travel in "
                            "clear text (set http_cert and http_key, docs/http.md)")
