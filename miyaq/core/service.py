@@ -29,7 +29,9 @@ from typing import Any, Callable
 from miyaq.constants import (
     SERVICE_BURST, SERVICE_BURST_WORK, SERVICE_HEARTBEAT_IVL_MS, SERVICE_HEARTBEAT_TIMEOUT_MS,
 )
-from miyaq.errors import BadFrame, BadVersion, MiyaqError, ProtocolError, TooLarge
+from miyaq.core.unread import UnreadAnswers
+from miyaq.errors import BadFrame, BadVersion, Busy, MiyaqError, ProtocolError, TooLarge
+from miyaq.logs import LogLimiter
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c
 from miyaq.runtime import wall
@@ -39,6 +41,7 @@ from miyaq.security.guard import Guard
 from miyaq.security.keystore import Identity
 
 logger = logging.getLogger(__name__)
+_log = LogLimiter(logger)
 
 VERSION_WARN_EVERY = 1000
 """A client speaking another protocol version is logged on its first message and every this many."""
@@ -56,7 +59,7 @@ class ServiceEndpoint:
         # disconnected) before it is read; a message over it gets TOO_LARGE.
         self.sock = sockets.hub_router(bind, users=guard is not None,
                                        heartbeat_ms=(SERVICE_HEARTBEAT_IVL_MS, SERVICE_HEARTBEAT_TIMEOUT_MS),
-                                       max_frames=c.FRAMES + 1)
+                                       max_frames=c.FRAMES + 1, sources=True)
         self.max_message = sockets.max_message
         self.message_limit = sockets.frame_limit
         self.handlers: dict[bytes, Handler] = {}
@@ -67,6 +70,7 @@ class ServiceEndpoint:
         self.messages = 0
         self.work = 0        # tasks handled in the current burst (handlers add to it)
         self._acks: dict[bytes, list[list[Any]]] = {}
+        self.unread = UnreadAnswers()    # large answers a connection has not read: bounded
         # With a durable log, acknowledgements wait until the log has the
         # tasks: the gate calls its argument once they are written.
         self.ack_gate: Callable[[Callable[[], None]], None] | None = None
@@ -79,8 +83,11 @@ class ServiceEndpoint:
     # -- sending -------------------------------------------------------------
     def send(self, identity: bytes, command: bytes, body: dict[str, Any]) -> bool:
         """Send without blocking; False if the peer is gone or full."""
+        return self._send(identity, command, codec.pack(body))
+
+    def _send(self, identity: bytes, command: bytes, packed: bytes) -> bool:
         try:
-            self.sock.send([identity, c.TAG, command, codec.pack(body)])
+            self.sock.send([identity, c.TAG, command, packed])
             return True
         except zmq.Again:
             return False
@@ -101,8 +108,20 @@ class ServiceEndpoint:
         return True
 
     def reply(self, identity: bytes, req: Any, body: dict[str, Any]) -> bool:
+        """Answer a request; False if it could not be sent. A large answer to
+        a connection that has not read the large answers it was sent already
+        (:mod:`miyaq.core.unread`) is not sent: the request is answered
+        ``busy`` instead."""
         body["req"] = req
-        return self.send(identity, c.REPLY, body)
+        packed = codec.pack(body)
+        if len(packed) >= self.unread.large and not self.unread.may_send(identity, len(packed)):
+            _log.warning("unread", "a connection has not read %d bytes of answers; its requests for more are "
+                         "answered busy until it does (%d so far)", self.unread.unread(identity),
+                         self.unread.refused)
+            self.error(identity, Busy(f"this connection has not read {self.unread.unread(identity)} bytes of "
+                                      "answers it was sent; read them before asking for more"), req)
+            return False
+        return self._send(identity, c.REPLY, packed)
 
     def error(self, identity: bytes, err: MiyaqError, req: Any = None) -> None:
         self.errors[err.code] += 1
@@ -166,6 +185,9 @@ class ServiceEndpoint:
             self.error(identity, err)
             return
         req = body.get("req")
+        if command in c.REQUESTS:
+            source = self.sock.source
+            self.unread.asked(identity, source[0] if source is not None else -1)
         try:
             if self.guard is not None:
                 self.caller = self.guard.service(user, command)

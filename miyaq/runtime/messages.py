@@ -109,7 +109,8 @@ class MessageRefused(Exception):
 
 
 def recv_bounded(sock: Any, max_frames: int, max_bytes: int, flags: int = 0,
-                 with_user: bool = True, routed: bool = False) -> tuple[list[bytes], str | None]:
+                 with_user: bool = True, routed: bool = False,
+                 source: list[int] | None = None) -> tuple[list[bytes], str | None]:
     """One multipart message and the User-Id its connection authenticated as
     (None without CURVE, or when ``with_user`` is false: asking costs an
     exception per message on a socket without CURVE), keeping at most
@@ -127,6 +128,10 @@ def recv_bounded(sock: Any, max_frames: int, max_bytes: int, flags: int = 0,
     read as bytes unless its User-Id is wanted: pyzmq makes a ``zmq.Frame``
     for every frame read without copying, about 3,000 instructions made and
     freed (docs/performance.md, "What a frame costs").
+
+    ``source``: a one-item list that gets the descriptor of the connection
+    the message came by (libzmq's ``ZMQ_SRCFD``, read from its second frame;
+    -1 if it has none).
 
     libzmq delivers a multipart message only once all of it has arrived, and
     bounds only each frame (``MAXMSGSIZE``): this reader bounds what the
@@ -149,9 +154,13 @@ def recv_bounded(sock: Any, max_frames: int, max_bytes: int, flags: int = 0,
     size = len(head)
     count = 1
     refused = ""
+    if source is not None:
+        source[0] = -1
     while more:
         part = recv(0, copy=False)          # the rest of the message is here already: never waits
         more = part.more
+        if source is not None and count == 1:
+            source[0] = part.get(zmq.SRCFD)
         count += 1
         size += len(part)
         if refused:
@@ -191,9 +200,12 @@ class HubSocket:
     """
 
     def __init__(self, sock: Any, users: bool = False, limits: tuple[int, int] | None = None,
-                 routed: bool = False) -> None:
+                 routed: bool = False, sources: bool = False) -> None:
         self.sock = sock
         self._routed = routed       # a ROUTER: its first frame, the routing id, always has more
+        #: With ``sources`` (and ``limits``): the descriptor of the connection
+        #: the last message read came by (:func:`recv_bounded`), else None.
+        self.source: list[int] | None = [-1] if sources else None
         self._fd = green.FdWait(sock.getsockopt(zmq.FD))
         self._share = green.FairShare()
         self._users = users
@@ -258,7 +270,7 @@ class HubSocket:
     def _take_bounded(self) -> Message:
         assert self._limits is not None
         return recv_bounded(self.sock, self._limits[0], self._limits[1], zmq.NOBLOCK, with_user=self._users,
-                            routed=self._routed)
+                            routed=self._routed, source=self.source)
 
     def bind(self, endpoint: str) -> None:
         """Listen on one more endpoint (a unix socket besides the TCP port):

@@ -190,15 +190,18 @@ class SocketFactory:
         return sock
 
     def hub_router(self, bind: str, audience: str = "service", users: bool = False,
-                   heartbeat_ms: tuple[int, int] | None = None, max_frames: int | None = None) -> HubSocket:
+                   heartbeat_ms: tuple[int, int] | None = None, max_frames: int | None = None,
+                   sources: bool = False) -> HubSocket:
         """:meth:`router`'s socket as a :class:`HubSocket` (a green factory
         only); ``users``: each message comes with its connection's User-Id;
         ``max_frames``: messages are read with :func:`recv_bounded`, at most
-        that many frames and :attr:`frame_limit` bytes."""
+        that many frames and :attr:`frame_limit` bytes; ``sources`` (with
+        ``max_frames``): the socket's ``source`` tells the descriptor of the
+        connection each message came by."""
         limits = (max_frames, self.frame_limit) if max_frames is not None else None
         from .messages import HubSocket
         return HubSocket(self.router(bind, audience, plain=True, heartbeat_ms=heartbeat_ms), users, limits,
-                         routed=True)
+                         routed=True, sources=sources)
 
     def publisher(self, bind: str, *, plain: bool = False) -> Any:
         """A bound PUB (the replication stream). It drops at its high-water mark;
