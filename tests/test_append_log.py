@@ -285,6 +285,24 @@ def test_damage_in_older_segment_skips_rest_of_it(tmp_path: Path, caplog: pytest
     log.close()
 
 
+def test_segment_replaced_by_a_directory_is_a_clear_error_and_changes_nothing(tmp_path: Path) -> None:
+    """Fault: an older segment was replaced by a directory of the same name.
+    Replay cannot read it: MiyaqError naming the file (not a bare
+    IsADirectoryError), and no other file is touched or removed."""
+    log, _ = open_log(tmp_path, fsync="never", segment_bytes=200)
+    log.append_many([{"i": i, "pad": b"p" * 30} for i in range(12)])
+    log.close()
+    second = segments(tmp_path)[1]
+    second.unlink()
+    second.mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    log = AppendLog(tmp_path, fsync="never")
+    with pytest.raises(MiyaqError, match=f"cannot open the log in data dir {tmp_path}: {second}: Is a directory"):
+        list(log.replay())
+    log.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 # -- limits ----------------------------------------------------------------------
 
 

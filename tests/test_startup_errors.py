@@ -205,6 +205,17 @@ def test_data_dir_of_a_running_node_is_a_one_line_error(procs, tmp_path):
     assert f"data dir {data} is in use by another process" in line and "its own --data-dir" in line
 
 
+@pytest.mark.parametrize("name", ["log-00000000000000000001.mq", "LOCK"])
+def test_data_dir_file_replaced_by_a_directory_is_a_one_line_error(tmp_path, name):
+    """Fault: a file of the log (a segment, the LOCK) is a directory, so the
+    node cannot open it at start-up: the error names the file, no traceback."""
+    data = tmp_path / "data"
+    (data / name).mkdir(parents=True)
+    line = error_line(start_node("--http-port", "0", "--data-dir", str(data)))
+    assert f"cannot open the log in data dir {data}" in line and str(data / name) in line
+    assert "Is a directory" in line
+
+
 def test_key_directory_without_keys_is_a_one_line_error(tmp_path):
     """Fault: --keys names a directory `miyaq keys init` never filled."""
     line = error_line(start_node("--http-port", "0", "--keys", str(tmp_path)))

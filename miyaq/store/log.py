@@ -51,6 +51,9 @@ and offset, counters ``corrupt_records`` and ``truncated_bytes``), never fatal:
   segments and snapshots left behind by a compaction that crashed before
   deleting them are deleted after replay. A crash at any point of
   compaction therefore replays to the same state.
+- A file that cannot be opened or read at all (a read-only directory, a
+  segment replaced by a directory, an I/O error) is not repaired: replay
+  raises MiyaqError naming it, and the node does not start.
 
 gevent: fsyncs run on the gevent hub's native threadpool when the calling
 thread has a hub (``offload_fsync=None``, the default), so only the calling

@@ -77,15 +77,25 @@ class Scanner:
     # -- the whole replay ---------------------------------------------------------
     def entries(self) -> Iterator[LogEntry]:
         """Lock the directory and yield every record; when exhausted, :attr:`opened`
-        says what was found and the files are repaired and fsynced."""
-        os.makedirs(self.directory, exist_ok=True)
-        self._lock()
-        snapshots, segments = self._scan()
-        chosen = self._choose_snapshot(snapshots, segments)
-        if chosen is not None:
-            yield from self._replay_snapshot(*chosen)
-        yield from self._replay_segments(segments)
-        self._finish(snapshots, segments)
+        says what was found and the files are repaired and fsynced.
+
+        A file the log cannot open, read or repair (a read-only directory, a
+        segment replaced by a directory, an I/O error) raises MiyaqError
+        naming it: damage *inside* the files is repaired, but the files
+        themselves must be usable."""
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+            self._lock()
+            snapshots, segments = self._scan()
+            chosen = self._choose_snapshot(snapshots, segments)
+            if chosen is not None:
+                yield from self._replay_snapshot(*chosen)
+            yield from self._replay_segments(segments)
+            self._finish(snapshots, segments)
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise MiyaqError(f"cannot open the log in data dir {self.directory}: {where}{exc.strerror or exc}; "
+                             "the node must be able to read and write every file in it") from exc
 
     def unlock(self) -> None:
         """Release the directory's LOCK. Idempotent."""
