@@ -76,3 +76,21 @@ def test_torn_log_tail_is_truncated_not_fatal(procs, client_for, tmp_path):
     c2 = client_for(node2.endpoint)
     assert c2.status()["totals"]["live"] == 9
     assert "truncated" in node2.log_tail().lower() or "torn" in node2.log_tail().lower()
+
+
+def test_task_over_16_MiB_under_a_raised_max_payload_is_logged_not_fatal(procs, client_for, tmp_path):
+    """Fault: --max-payload raised past 16 MiB and a task that large submitted.
+    Its log record is larger than the log's default record limit: the node
+    must log it (and survive), and a restart must bring it back whole."""
+    data = str(tmp_path / "data")
+    limits = ("--max-payload", str(24 * 1024 * 1024), "--max-message", str(32 * 1024 * 1024))
+    node = procs.node("--data-dir", data, *limits)
+    c = client_for(node.endpoint)
+    body = b"x" * (17 * 1024 * 1024)
+    big = c.submit("echo", [body], countdown=3600, wait=True)
+    small = c.submit("echo", [1], countdown=3600, wait=True)
+    assert c.status()["totals"]["live"] == 2
+    assert node.terminate(20) == 0
+    node2 = procs.node("--data-dir", data, *limits, port=node.port)
+    c2 = client_for(node2.endpoint)
+    assert {t["id"] for t in c2.tasks(limit=10)} == {big.id, small.id}

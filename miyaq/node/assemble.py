@@ -35,6 +35,7 @@ from miyaq.cluster.zk_auth import ZkAuth
 from miyaq.cluster.zk_coordinator import ZooKeeperCoordinator
 from miyaq.cluster.zmq_transport import ZmqTransport
 from miyaq.config import NodeConfig
+from miyaq.constants import LOG_RECORD_SLACK
 from miyaq.core.clockwork import Clockwork
 from miyaq.core.core import Core
 from miyaq.core.handlers import ServiceHandlers
@@ -156,7 +157,7 @@ def _open_log(config: NodeConfig, supervisor: Supervisor) -> AppendLog:
     try:
         os.makedirs(config.data_dir, exist_ok=True)
         return AppendLog(config.data_dir, fsync=config.fsync, interval_ms=config.fsync_interval_ms,
-                         supervisor=supervisor)
+                         max_record_bytes=config.max_payload + LOG_RECORD_SLACK, supervisor=supervisor)
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename and exc.filename != config.data_dir else ""
         raise ConfigError(f"cannot use data dir {config.data_dir}{where}: {exc.strerror or exc}; pass --data-dir "
