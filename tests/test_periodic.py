@@ -187,6 +187,45 @@ def test_losing_leadership_stops_firing_at_once():
     assert intake.ids == ["periodic-m-1700000030"]
 
 
+def test_clock_set_back_after_firing_ahead_keeps_the_schedule_firing():
+    """Fault: the leader's wall clock jumps a day ahead (a bad NTP step) and
+    is then set back. The tick fired while it was ahead must not stop the
+    schedule until real time reaches it: it fires again at its next tick
+    after the clock went back. A small step back (less than a period) does
+    not fire a tick twice."""
+    sched, intake = scheduler()
+    t0 = 1_700_000_000.0
+    sched._step(t0 + 1)
+    sched._step(t0 + 10.2)
+    sched._step(t0 + 86_400.5)           # a day ahead: fires only the latest tick
+    assert intake.ids == ["periodic-m-1700000010", "periodic-m-1700086400"]
+    sched._step(t0 + 12)                 # set back: nothing is due yet
+    sched._step(t0 + 20.2)
+    sched._step(t0 + 20.3)
+    assert intake.ids[2:] == ["periodic-m-1700000020"]
+    sched._step(t0 + 20.1)               # a small step back: no tick twice
+    sched._step(t0 + 29.9)
+    assert intake.ids[2:] == ["periodic-m-1700000020"]
+    sched._step(t0 + 30.1)
+    sched._step(t0 + 30.2)               # stores what was accepted
+    assert intake.ids[2:] == ["periodic-m-1700000020", "periodic-m-1700000030"]
+    assert sched.ticks.load_last("m") == 1_700_000_030_000
+
+
+def test_clock_set_back_still_forgets_undeclared_schedules():
+    """Fault: the clock jumps ahead, then is set back, and the schedule's
+    workers are gone for good. Housekeeping must not wait for real time to
+    reach the jumped-to time: the schedule is forgotten after its TTL."""
+    sched, intake = scheduler()
+    t0 = 1_700_000_000.0
+    sched._step(t0 + 1)
+    sched._step(t0 + 86_400.5)
+    sched.workers.by_wid = {}
+    sched._step(t0 + 2)
+    sched._step(t0 + 2 + sched.specs.spec_ttl + 20)
+    assert sched.specs.entries == {}
+
+
 def test_schedule_nobody_declares_is_forgotten():
     """Fault: every worker declaring a schedule is gone for good (the
     schedule was removed from the code). It stops firing after the TTL."""

@@ -168,6 +168,8 @@ class PeriodicScheduler:
                 delay = TICK_RETRY
 
     def _step(self, now: float) -> None:
+        if now < self._now:
+            self._clock_set_back(now)
         self._now = now
         self._intake.sweep()
         if self.shared is None and self._shared_source is not None:
@@ -186,6 +188,14 @@ class PeriodicScheduler:
                 self._consider(name, entry.schedule, now)
         if self.shared is not None:
             self.specs.publish(self.shared)
+
+    def _clock_set_back(self, now: float) -> None:
+        """The wall clock went back (an NTP step, an operator's fix): when to
+        look at each schedule again, and when housekeeping and the reload are
+        due, were computed from the later time -- look at them all now."""
+        logger.warning("periodic: the clock went back %.1fs; looking at every schedule again", self._now - now)
+        self.next_at.clear()
+        self._last_housekeeping = self._last_reload = 0.0
 
     def _delay(self, now: float) -> float:
         if not self.leading() or not self.next_at:
@@ -220,6 +230,15 @@ class PeriodicScheduler:
             self.last[name] = stored
         done = max(self.last[name], self.sent.get(name, -1))
         due = s.latest_tick(now)
+        if due is not None and _tick_between(s, due, done):
+            # The tick handled last is more than a period ahead of our clock: it
+            # was fired while a clock (ours, or a former leader's) ran ahead, since
+            # set back. Waiting for it would stop the schedule until real time
+            # reaches it (a day, a year): carry on from now instead.
+            logger.warning("periodic schedule %s: its last tick %s is ahead of the clock (%s); firing from the "
+                           "next tick after now", name, tick_label(done), tick_label(due))
+            self.last[name] = done = due
+            self.sent.pop(name, None)
         if due is not None and due > done:
             following = s.next_tick(done)
             if following is not None and following < due:
@@ -315,3 +334,9 @@ class PeriodicScheduler:
     def stats(self) -> dict[str, Any]:
         return {"schedules": len(self.specs), "leading": self.leading(), "epoch": self.epoch, "fired": self.fired,
                 "already_fired": self.already, "rejected": self.rejected, "missed": self.missed}
+
+
+def _tick_between(s: Schedule, earlier: int, later: int) -> bool:
+    """True when a tick of ``s`` lies strictly between ``earlier`` and ``later`` (ms)."""
+    following = s.next_tick(earlier)
+    return following is not None and following < later

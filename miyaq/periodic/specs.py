@@ -116,7 +116,7 @@ class ScheduleTable:
         for name, entry in list(self.entries.items()):
             for wid in [w for w in entry.wids if w not in connected]:
                 del entry.wids[wid]
-            if entry.wids:
+            if entry.wids or entry.seen > now:   # later than now: seen by a clock since set back
                 entry.seen = now
             elif now - entry.seen > self.spec_ttl:
                 logger.info("periodic schedule %s: no worker declared it for %.0fs; forgotten",
