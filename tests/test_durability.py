@@ -94,3 +94,23 @@ def test_task_over_16_MiB_under_a_raised_max_payload_is_logged_not_fatal(procs, 
     node2 = procs.node("--data-dir", data, *limits, port=node.port)
     c2 = client_for(node2.endpoint)
     assert {t["id"] for t in c2.tasks(limit=10)} == {big.id, small.id}
+
+
+def test_restart_with_a_lower_max_payload_keeps_logged_tasks_and_results(procs, client_for, tmp_path):
+    """Fault: the node is restarted with --max-payload lowered below tasks and
+    results it had already accepted and logged. The new limit is for new
+    submits: replay must keep those tasks and results, not drop them as bad
+    records (before, they were skipped with a warning and lost for good)."""
+    data = str(tmp_path / "data")
+    node = procs.node("--data-dir", data, "--heartbeat", "0.25")
+    c = client_for(node.endpoint)
+    procs.worker("apps.basic:app", node.endpoint, 1)
+    finished = c.submit("echo", [b"r" * 600_000], wait=True)
+    result = finished.result(20)
+    waiting = c.submit("echo", [b"x" * 600_000], countdown=3600, wait=True)
+    assert node.terminate(20) == 0
+    node2 = procs.node("--data-dir", data, "--max-payload", "500000", port=node.port)
+    c2 = client_for(node2.endpoint)
+    assert c2.status(waiting.id)["state"] == "scheduled"
+    assert c2.result(finished.id, 5) == result
+    assert "refused a record" not in node2.log_tail()

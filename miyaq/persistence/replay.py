@@ -5,12 +5,16 @@ task and tombstone formats in :mod:`miyaq.store.records`. A record can be
 whole (its checksum holds) and still wrong -- written by another version, or
 by a bug: each is checked like a record from a peer
 (:mod:`miyaq.protocol.recordspec`), and one that fails is skipped, counted
-(source ``log``) and logged, so nothing the log holds can poison the node.
+(source ``log``) and logged, so nothing the log holds can poison the node. One limit is not checked
+against today's setting: ``max_payload`` bounds new submits, and a task or
+result the node accepted under a higher one (lowered since) is kept.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+from miyaq.config import NodeConfig
 from miyaq.core.engine import Engine
 from miyaq.core.refusals import Refusals
 from miyaq.errors import InvalidField
@@ -25,7 +29,7 @@ def replay(engine: Engine, log: AppendLog, now: float, refusals: Refusals) -> di
     tasks: dict[str, Task] = {}
     stones: dict[str, dict[str, Any]] = {}
     records = 0
-    config = engine.config
+    config = _checking_config(engine.config)
     for r in log.replay():
         records += 1
         if not isinstance(r, dict):
@@ -78,3 +82,14 @@ def replay(engine: Engine, log: AppendLog, now: float, refusals: Refusals) -> di
         if engine.restore_tombstone(r, now):
             kept += 1
     return {"records": records, "tasks": len(tasks), "tombstones": kept}
+
+
+#: The largest payload a log record can hold (its frame's length is a u32).
+_LOGGED_PAYLOAD_LIMIT = 2**32 - 1
+
+
+def _checking_config(config: NodeConfig) -> NodeConfig:
+    """``config`` for checking logged records: any payload the log can hold
+    passes, since it was within the limit of the run that accepted it."""
+    return dataclasses.replace(config, max_payload=_LOGGED_PAYLOAD_LIMIT,
+                               max_bytes=max(config.max_bytes, _LOGGED_PAYLOAD_LIMIT))
