@@ -61,12 +61,6 @@ MAX_LESSEE = 512
 #: Workers dropped (silent, re-registered) whose connection is still known
 #: by who it was: its late DONE still counts for the attempts it was leased.
 MAX_DROPPED_WORKERS = 4096
-#: What a log record may hold beyond its one payload (a task's body, or a
-#: finished task's result, each at most ``max_payload``): ids, options, the
-#: error map (at most 16 strings of 16,384 characters) -- all far below this.
-#: The node's log takes records up to ``max_payload`` plus this, so no task
-#: within the node's limits makes a record its log refuses.
-LOG_RECORD_SLACK = 16 * 1024 * 1024
 
 # -- the cluster ---------------------------------------------------------------------------------
 

@@ -23,10 +23,13 @@ from miyaq.config import NodeConfig
 from miyaq.errors import Busy
 from miyaq.core.engine import Engine
 from miyaq.core.refusals import Refusals
+from miyaq.node.assemble import build_node
 from miyaq.persistence.replay import replay
+from miyaq.protocol.taskspec import task_from_wire
 from miyaq.store.log import AppendLog
+from miyaq.store.records import task_record
 from miyaq.testing.disk import SmallFilesystem, can_mount
-from miyaq.testing.harness import free_port, wait_for
+from miyaq.testing.harness import free_port, in_own_hub, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -181,3 +184,29 @@ def test_the_log_runs_under_the_nodes_supervisor(make_node, client_for, tmp_path
     c.submit("echo", [1], wait=True)
     wait_for(lambda: {"log-writer", "log-committer"} <= set(node.node.supervisor.live()),
              what="the log's greenlets under the node's supervisor")
+
+
+def test_compaction_after_max_payload_was_lowered_keeps_a_large_logged_task(tmp_path):
+    """Fault: a 20 MiB task was logged under --max-payload 24 MiB, and the node
+    restarts with the default (1 MiB), keeps it, and compacts its log (as it
+    does routinely, and to recover from a disk fault). The snapshot must take
+    the task's record: a log limit derived from today's max_payload refused
+    it, so every compaction failed (the log grew without end, and a disk
+    fault could never be recovered)."""
+    data = tmp_path / "data"
+    big = task_from_wire({"id": "big", "name": "echo", "body": b"x" * (20 * 1024 * 1024)}, 0.0,
+                         NodeConfig(max_payload=24 * 1024 * 1024))
+    log = AppendLog(data, max_record_bytes=32 * 1024 * 1024)
+    list(log.replay())
+    log.append(task_record(big))
+    log.close()
+
+    def restart_and_compact() -> bool:
+        node = build_node(NodeConfig(port=free_port(), http_port=0, node_id="small", data_dir=str(data))).start()
+        try:
+            return node.part("persistence").writer.compact()
+        finally:
+            node.stop(0)
+
+    assert in_own_hub(restart_and_compact) is True
+    assert list(data.glob("snap-*.mq")) and "big" in logged_ids(data, tmp_path)

@@ -35,7 +35,6 @@ from miyaq.cluster.zk_auth import ZkAuth
 from miyaq.cluster.zk_coordinator import ZooKeeperCoordinator
 from miyaq.cluster.zmq_transport import ZmqTransport
 from miyaq.config import NodeConfig
-from miyaq.constants import LOG_RECORD_SLACK
 from miyaq.core.clockwork import Clockwork
 from miyaq.core.core import Core
 from miyaq.core.handlers import ServiceHandlers
@@ -56,6 +55,7 @@ from miyaq.security.guard import Guard
 from miyaq.security.keystore import KeyStore
 from miyaq.security.zap import ZapHandler
 from miyaq.store.log import AppendLog
+from miyaq.store.log_format import MAX_FRAME_PAYLOAD
 
 logger = logging.getLogger(__name__)
 
@@ -153,11 +153,16 @@ def _role(config: NodeConfig, core: Core, barrier: WriteBarrier, supervisor: Sup
 
 def _open_log(config: NodeConfig, supervisor: Supervisor) -> AppendLog:
     """The log in ``data_dir`` (made if missing); ConfigError, naming the
-    directory and the reason, when it cannot be made or written."""
+    directory and the reason, when it cannot be made or written.
+
+    It takes any record its framing can hold: each one describes a task or
+    result the node accepted within its limits -- today's, or a run's that
+    allowed more (``max_payload`` lowered since) -- so a record it refused
+    would stop the writer or fail every compaction."""
     try:
         os.makedirs(config.data_dir, exist_ok=True)
         return AppendLog(config.data_dir, fsync=config.fsync, interval_ms=config.fsync_interval_ms,
-                         max_record_bytes=config.max_payload + LOG_RECORD_SLACK, supervisor=supervisor)
+                         max_record_bytes=MAX_FRAME_PAYLOAD, supervisor=supervisor)
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename and exc.filename != config.data_dir else ""
         raise ConfigError(f"cannot use data dir {config.data_dir}{where}: {exc.strerror or exc}; pass --data-dir "

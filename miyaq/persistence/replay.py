@@ -20,6 +20,7 @@ from miyaq.core.refusals import Refusals
 from miyaq.errors import InvalidField
 from miyaq.protocol.recordspec import check_change, check_stone_record, task_from_record
 from miyaq.store.log import AppendLog
+from miyaq.store.log_format import MAX_FRAME_PAYLOAD
 from miyaq.store.task import DEAD, READY, RETRYING, RUNNING, Task
 
 
@@ -84,12 +85,8 @@ def replay(engine: Engine, log: AppendLog, now: float, refusals: Refusals) -> di
     return {"records": records, "tasks": len(tasks), "tombstones": kept}
 
 
-#: The largest payload a log record can hold (its frame's length is a u32).
-_LOGGED_PAYLOAD_LIMIT = 2**32 - 1
-
-
 def _checking_config(config: NodeConfig) -> NodeConfig:
     """``config`` for checking logged records: any payload the log can hold
     passes, since it was within the limit of the run that accepted it."""
-    return dataclasses.replace(config, max_payload=_LOGGED_PAYLOAD_LIMIT,
-                               max_bytes=max(config.max_bytes, _LOGGED_PAYLOAD_LIMIT))
+    return dataclasses.replace(config, max_payload=MAX_FRAME_PAYLOAD,
+                               max_bytes=max(config.max_bytes, MAX_FRAME_PAYLOAD))

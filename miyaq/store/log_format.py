@@ -45,6 +45,8 @@ FORMAT_VERSION = 1
 MAGIC = b"MQ"
 HEADER = struct.Struct(">2sII")
 HEADER_SIZE = HEADER.size  # 10
+#: The largest payload a frame can hold (its length is a u32).
+MAX_FRAME_PAYLOAD = 2**32 - 1
 
 KIND_RECORD = 0
 KIND_SNAP_BEGIN = 1
