@@ -676,3 +676,18 @@ def test_interval_committer_runs_under_the_owners_supervisor(tmp_path: Path) -> 
     assert sup.live() == ["log-committer"]
     log.close()
     assert "log-committer" not in sup.crashes
+
+
+def test_replay_removes_only_its_own_leftover_tmp_files(tmp_path: Path) -> None:
+    """Fault: the data dir holds a snapshot a crashed compaction never
+    renamed, a probe file a writer left, and a file of the operator's whose
+    name ends in .tmp. Replay removes the first two; it removed the
+    operator's file too."""
+    log, _ = open_log(tmp_path, fsync="never")
+    log.append({"i": 1})
+    log.close()
+    (tmp_path / "snap-00000000000000000001.mq.tmp").write_bytes(b"half a snapshot")
+    (tmp_path / "probe.tmp").write_bytes(b"")
+    (tmp_path / "notes.tmp").write_text("the operator's")
+    assert reopen(tmp_path, fsync="never") == [{"i": 1}]
+    assert sorted(p.name for p in tmp_path.glob("*.tmp")) == ["notes.tmp"]

@@ -47,7 +47,8 @@ and offset, counters ``corrupt_records`` and ``truncated_bytes``), never fatal:
 - Snapshot: a snapshot that fails validation (checked fully before any of
   it is yielded) is renamed ``*.bad`` and the next older one is used; if none
   is valid, the valid prefix of the newest one is replayed.
-- ``*.tmp`` files (a compaction that crashed before its rename) are deleted;
+- ``snap-*.mq.tmp`` files (a compaction that crashed before its rename) and
+  the writer's ``probe.tmp`` are deleted (any other file is left alone);
   segments and snapshots left behind by a compaction that crashed before
   deleting them are deleted after replay. A crash at any point of
   compaction therefore replays to the same state.

@@ -56,6 +56,8 @@ _KINDS = frozenset((KIND_RECORD, KIND_SNAP_BEGIN, KIND_SNAP_RECORD, KIND_SNAP_EN
 
 SEGMENT_RE = re.compile(r"^log-(\d{20})\.mq$")
 SNAPSHOT_RE = re.compile(r"^snap-(\d{20})\.mq$")
+#: The file the writer writes to learn whether the disk takes writes again.
+PROBE_NAME = "probe.tmp"
 
 #: A whole file's content: ``bytes`` or a read-only ``mmap`` of it.
 Buffer = Union[bytes, mmap.mmap]

@@ -27,6 +27,7 @@ from miyaq.store.log_compact import SnapshotInfo
 from miyaq.store.log_files import Blocking, Segment, fsync_dir, mapped
 from miyaq.store.log_format import (
     KIND_RECORD,
+    PROBE_NAME,
     SEGMENT_RE,
     SNAPSHOT_RE,
     Buffer,
@@ -117,8 +118,9 @@ class Scanner:
         snapshots, segments = [], []
         for name in os.listdir(self.directory):
             path = os.path.join(self.directory, name)
-            if name.endswith(".tmp"):
-                logger.info("append log: removing %s left by an interrupted compaction", path)
+            if name.endswith(".tmp") and (SNAPSHOT_RE.match(name[:-4]) or name == PROBE_NAME):
+                # Its own only: a snapshot a compaction left unrenamed, the writer's probe.
+                logger.info("append log: removing %s left by an interrupted compaction or probe", path)
                 os.unlink(path)
             elif m := SEGMENT_RE.match(name):
                 segments.append((int(m.group(1)), path))

@@ -43,6 +43,7 @@ from miyaq.errors import Busy, MiyaqError, ShuttingDown
 from miyaq.runtime import green, monotonic, wall
 from miyaq.store.log import AppendLog, LogFailed, LogWriteError
 from miyaq.store.log_files import write_all
+from miyaq.store.log_format import PROBE_NAME
 
 logger = logging.getLogger("miyaq.store.log.writer")
 
@@ -232,7 +233,7 @@ class LogWriter:
         return True
 
     def _probe(self) -> None:
-        path = os.path.join(self.log.directory, "probe.tmp")   # replay deletes a leftover *.tmp
+        path = os.path.join(self.log.directory, PROBE_NAME)   # replay deletes a leftover one
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             write_all(fd, b"\0" * PROBE_BYTES)
