@@ -234,6 +234,28 @@ def test_a_handler_that_exits_fails_its_task_and_the_worker_goes_on(procs, node,
     assert "died" not in w.log_tail(200)          # no child of the processes pool died either
 
 
+@pytest.mark.parametrize("pool", POOLS)
+def test_an_exception_whose_str_raises_fails_its_task(procs, node, client, events, pool):
+    """Fault: a handler raises an exception whose ``__str__`` and
+    ``__repr__`` raise, another a BaseException whose ``__repr__`` raises.
+    Each task fails (retryable, its type named, the message saying its text
+    could not be had) and the worker runs the next task. Before, describing
+    the failure raised in turn: the runner (or the child) died, the attempt
+    was never reported -- its slot held until its lease ran out -- and two
+    such tasks left a worker of concurrency 2 taking no more work."""
+    path, env = events
+    w = _worker(procs, node, pool, 2, env)
+    _registered(client)
+    for how, kind, text in (("exc", "Undescribable", "<Undescribable: str() failed>"),
+                            ("base", "UndescribableEscape", "<UndescribableEscape: repr() failed>")):
+        with pytest.raises(miyaq.TaskFailed) as failed:
+            client.call("undescribable", [how], max_retries=0, timeout=15)
+        assert failed.value.remote_type == kind
+        assert text in failed.value.remote_message
+    assert client.call("add", [2, 3], timeout=15) == 5 and w.alive()
+    assert "died" not in w.log_tail(200)
+
+
 def test_killed_child_process_fails_its_task_and_is_replaced(procs, node, client, events):
     """Fault: kill -9 of the child process running a task (processes pool).
     The parent sees it die, reports the attempt failed (retryable, type

@@ -78,11 +78,23 @@ def failure(exc: BaseException) -> Outcome:
         return ("failed", {"type": "Retry", "message": exc.message, "retry": True, "delay": exc.delay})
     if isinstance(exc, Reject):
         return ("failed", {"type": "Reject", "message": exc.message, "retry": False})
-    message = str(exc)
+    message = _describe(exc, str)
     if not isinstance(exc, Exception):     # SystemExit, KeyboardInterrupt, another BaseException
-        message = f"the handler raised {exc!r}; a task does not stop its worker"
+        message = f"the handler raised {_describe(exc, repr)}; a task does not stop its worker"
     return ("failed", {"type": type(exc).__name__, "message": message[:ERROR_MESSAGE_BYTES], "retry": True,
                        "traceback": traceback.format_exc()[-TRACEBACK_BYTES:]})
+
+
+def _describe(exc: BaseException, how: Callable[[BaseException], str]) -> str:
+    """``str(exc)`` or ``repr(exc)``; an exception whose ``__str__`` or
+    ``__repr__`` raises is still described (by its type), as the traceback
+    module does: its task fails like any other, rather than the failure
+    escaping the pool and the attempt staying unreported until its lease
+    runs out."""
+    try:
+        return how(exc)
+    except Exception:
+        return f"<{type(exc).__name__}: {how.__name__}() failed>"
 
 
 def run_sync(fn: Callable[..., Any], body: bytes | None) -> Outcome:

@@ -228,3 +228,26 @@ async def aleave(how: str) -> None:
     """``leave`` from a coroutine."""
     await asyncio.sleep(0)
     leave(how)
+
+
+class Undescribable(Exception):
+    """An exception whose ``__str__`` and ``__repr__`` raise."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no str for you")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr for you")
+
+
+class UndescribableEscape(BaseException):
+    """A BaseException whose ``__repr__`` raises."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr for you")
+
+
+@app.task(name="undescribable")
+def undescribable(how: str) -> None:
+    """Raises an exception that cannot be turned into text."""
+    raise UndescribableEscape() if how == "base" else Undescribable()
