@@ -256,6 +256,30 @@ def test_an_exception_whose_str_raises_fails_its_task(procs, node, client, event
     assert "died" not in w.log_tail(200)
 
 
+@pytest.mark.parametrize("pool", POOLS)
+def test_a_failure_the_node_cannot_take_as_given_still_fails_its_task(procs, node, client, events, pool):
+    """Fault: handlers fail with ``Retry(b"bytes")``, ``Reject(42)``, an
+    exception whose message holds a lone surrogate (bytes decoded with
+    ``surrogateescape``), and ``Retry(delay=object())`` or a delay too large
+    for msgpack. Each task fails with its message as text (the delay
+    ignored: the backoff applies), and the worker goes on. Before, the node
+    refused a FAILED whose message was no string (that task -- and any
+    other reported with it -- stayed running until its lease ran out), and
+    one it could not pack made the result flusher fail again and again
+    until the worker stopped."""
+    path, env = events
+    w = _worker(procs, node, pool, 2, env)
+    _registered(client)
+    for how, kind, text in (("bytes", "Retry", "b'a message in bytes'"), ("int", "Reject", "42"),
+                            ("surrogate", "ValueError", "caf\\udce9"), ("object", "Retry", "later"),
+                            ("huge", "Retry", "later")):
+        with pytest.raises(miyaq.TaskFailed) as failed:
+            client.call("unsendable", [how], max_retries=0, timeout=15)
+        assert (failed.value.remote_type, failed.value.remote_message) == (kind, text)
+    assert client.call("add", [2, 3], timeout=15) == 5 and w.alive()
+    assert "died" not in w.log_tail(200)
+
+
 def test_killed_child_process_fails_its_task_and_is_replaced(procs, node, client, events):
     """Fault: kill -9 of the child process running a task (processes pool).
     The parent sees it die, reports the attempt failed (retryable, type

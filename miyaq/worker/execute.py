@@ -75,14 +75,42 @@ def failure(exc: BaseException) -> Outcome:
     if isinstance(exc, Interrupted):
         return interrupted(exc)
     if isinstance(exc, Retry):
-        return ("failed", {"type": "Retry", "message": exc.message, "retry": True, "delay": exc.delay})
+        return ("failed", {"type": "Retry", "message": _text(exc.message), "retry": True,
+                           "delay": _delay(exc.delay)})
     if isinstance(exc, Reject):
-        return ("failed", {"type": "Reject", "message": exc.message, "retry": False})
+        return ("failed", {"type": "Reject", "message": _text(exc.message), "retry": False})
     message = _describe(exc, str)
     if not isinstance(exc, Exception):     # SystemExit, KeyboardInterrupt, another BaseException
         message = f"the handler raised {_describe(exc, repr)}; a task does not stop its worker"
-    return ("failed", {"type": type(exc).__name__, "message": message[:ERROR_MESSAGE_BYTES], "retry": True,
-                       "traceback": traceback.format_exc()[-TRACEBACK_BYTES:]})
+    return ("failed", {"type": _text(type(exc).__name__), "message": _text(message), "retry": True,
+                       "traceback": _text(traceback.format_exc()[-TRACEBACK_BYTES:], TRACEBACK_BYTES)})
+
+
+def _text(value: Any, limit: int = ERROR_MESSAGE_BYTES) -> str:
+    """``value`` as an error field the node takes: a string (``Retry(b"..")``
+    and ``Reject(42)`` are stringified) of at most ``limit`` characters
+    that msgpack can send -- a lone surrogate (text decoded with
+    ``surrogateescape``, ``os.fsdecode`` of bad bytes) is escaped. Before,
+    the node refused such a FAILED (every report in its batch with it), or
+    packing it failed in the result flusher until the worker stopped."""
+    if not isinstance(value, str):
+        try:
+            value = str(value)
+        except Exception:
+            value = f"<{type(value).__name__}: str() failed>"
+    return value[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _delay(value: Any) -> float | None:
+    """A ``Retry`` delay as a float the node reads; anything else (a string,
+    an object msgpack cannot pack, an int too large for it) is None: the
+    task's backoff."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:
+            pass
+    return None
 
 
 def _describe(exc: BaseException, how: Callable[[BaseException], str]) -> str:

@@ -251,3 +251,16 @@ class UndescribableEscape(BaseException):
 def undescribable(how: str) -> None:
     """Raises an exception that cannot be turned into text."""
     raise UndescribableEscape() if how == "base" else Undescribable()
+
+
+@app.task(name="unsendable")
+def unsendable(how: str) -> None:
+    """Fails with an error a node cannot take as given: a message that is
+    not a string, one msgpack cannot encode, a delay that is no number."""
+    if how == "bytes":
+        raise miyaq.Retry(b"a message in bytes")
+    if how == "int":
+        raise miyaq.Reject(42)
+    if how == "surrogate":
+        raise ValueError(b"caf\xe9".decode("utf-8", "surrogateescape"))
+    raise miyaq.Retry("later", delay=object() if how == "object" else 10 ** 100)
