@@ -217,15 +217,19 @@ def test_thread_stuck_in_a_c_call_does_not_hold_up_shutdown(procs, node, client,
 def test_a_handler_that_exits_fails_its_task_and_the_worker_goes_on(procs, node, client, events, pool, task):
     """Fault: a handler calls ``sys.exit(3)``, another raises
     ``KeyboardInterrupt``, a third its own ``BaseException`` (code that stops
-    the process running it). Each task fails (retryable, its type and a
+    the process running it), a fourth ``greenlet.GreenletExit`` (which ends
+    a greenlet quietly). Each task fails (retryable, its type and a
     message saying the worker goes on), the same in every pool, and the
     worker runs the next task. Before, each one ended the whole worker in
     the gevent and threads pools -- its other tasks waited for their leases
-    -- and a child of the processes pool."""
+    -- and a child of the processes pool; a GreenletExit (until 2026-12-04)
+    ended the runner without a word: the task unreported until its lease
+    ran out, the worker one slot short for good."""
     path, env = events
     w = _worker(procs, node, pool, 2, env)
     _registered(client)
-    for how, kind in (("exit", "SystemExit"), ("interrupt", "KeyboardInterrupt"), ("base", "Escape")):
+    for how, kind in (("exit", "SystemExit"), ("interrupt", "KeyboardInterrupt"), ("base", "Escape"),
+                      ("greenlet", "GreenletExit")):
         with pytest.raises(miyaq.TaskFailed) as failed:
             client.call(task, [how], max_retries=0, timeout=30)
         assert failed.value.remote_type == kind

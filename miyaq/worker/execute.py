@@ -11,8 +11,11 @@ A handler that raises ``SystemExit`` (it called ``sys.exit()``),
 same way, retryable: a task does not stop its worker. Before (2026-12-03),
 such an exception ended the whole worker process in the gevent and threads
 pools -- every other task it ran lost until their leases ran out -- and a
-child of the processes pool. Only ``GreenletExit`` goes on: it is the
-worker stopping its own greenlets.
+child of the processes pool. Only ``GreenletExit`` thrown into a gevent
+pool's runner while the worker stops goes on: it is the worker killing its
+own greenlets. Raised by the handler itself, in any pool, it fails the task
+like the rest; before (2026-12-04) it ended the runner silently -- one slot
+fewer for the worker's life, the attempt unreported until its lease ran out.
 """
 from __future__ import annotations
 
@@ -125,16 +128,16 @@ def _describe(exc: BaseException, how: Callable[[BaseException], str]) -> str:
         return f"<{type(exc).__name__}: {how.__name__}() failed>"
 
 
-def run_sync(fn: Callable[..., Any], body: bytes | None) -> Outcome:
+def run_sync(fn: Callable[..., Any], body: bytes | None, killing: Callable[[], bool] | None = None) -> Outcome:
     """Call ``fn`` with the task's arguments; whatever it raises becomes an
-    outcome (an :class:`Interrupted`, ``SystemExit``, ``KeyboardInterrupt``
-    too), except ``GreenletExit``: the worker killing its own greenlets as
-    it stops."""
+    outcome (an :class:`Interrupted`, ``SystemExit``, ``KeyboardInterrupt``,
+    ``GreenletExit`` too), except a ``GreenletExit`` while ``killing()``
+    (the gevent pool's: the worker killing its own greenlets as it stops)."""
     try:
         args, kwargs = decode_args(body)
         return done(fn(*args, **kwargs))
     except BaseException as exc:
-        if _stops_the_worker(exc):
+        if killing is not None and killing() and _is_greenlet_exit(exc):
             raise
         return failure(exc)
 
@@ -149,15 +152,12 @@ async def run_async(fn: Callable[..., Any], body: bytes | None,
         return done(await fn(*args, **kwargs))
     except asyncio.CancelledError:
         return interrupted(reason() or TaskAborted)
-    except BaseException as exc:
-        if _stops_the_worker(exc):
-            raise
+    except BaseException as exc:      # no worker kills the asyncio thread: any GreenletExit is the handler's
         return failure(exc)
 
 
-def _stops_the_worker(exc: BaseException) -> bool:
-    """``GreenletExit``: the worker killing its own greenlets as it stops;
-    it must go on. Looked up only where greenlet is loaded (a processes-pool
-    child need not load it: there, nothing raises it)."""
+def _is_greenlet_exit(exc: BaseException) -> bool:
+    """Looked up only where greenlet is loaded (a processes-pool child need
+    not load it)."""
     greenlet = sys.modules.get("greenlet")
     return greenlet is not None and isinstance(exc, greenlet.GreenletExit)

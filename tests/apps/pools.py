@@ -215,11 +215,15 @@ class Escape(BaseException):
 @app.task(name="leave")
 def leave(how: str) -> None:
     """Code that would stop the process running it: ``sys.exit(3)``, a
-    ``KeyboardInterrupt`` or another ``BaseException``."""
+    ``KeyboardInterrupt``, another ``BaseException``, or the one that ends
+    a greenlet quietly (``greenlet.GreenletExit``)."""
     if how == "exit":
         sys.exit(3)
     if how == "base":
         raise Escape("out")
+    if how == "greenlet":
+        import greenlet
+        raise greenlet.GreenletExit()
     raise KeyboardInterrupt
 
 

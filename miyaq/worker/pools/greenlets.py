@@ -35,10 +35,16 @@ class GreenletPool:
         job.handle = green.current()
         token = bind(job.context(self.parts.touch))
         try:
-            return run_sync(job.fn, job.body)
+            return run_sync(job.fn, job.body, self._killing)
         finally:
             unbind(token)
             job.handle = None
+
+    def _killing(self) -> bool:
+        """A GreenletExit in a handler is the worker's, killing its runners
+        as it stops, only then (the supervisor is stopping); else the
+        handler raised it and its task fails."""
+        return self.parts.supervisor.stopping
 
     def interrupt(self, job: Job) -> None:
         # Thrown from the hub, while the runner is suspended, and only if it
