@@ -284,6 +284,23 @@ def test_a_failure_the_node_cannot_take_as_given_still_fails_its_task(procs, nod
     assert "died" not in w.log_tail(200)
 
 
+@pytest.mark.parametrize("pool", ["gevent", "threads"])
+def test_an_async_handler_that_stops_the_event_loop_does_not_end_it(procs, node, client, events, pool):
+    """Fault: an ``async def`` handler calls ``loop.stop()`` on the worker's
+    asyncio loop. The loop runs on (a warning says so): that task returns,
+    and later async and sync tasks run. Before, the loop's thread ended and
+    closed the loop: that task failed as cancelled (not retried), and each
+    later async task killed the runner that took it, unreported, until the
+    worker, its credit spent, took no work at all."""
+    path, env = events
+    w = _worker(procs, node, pool, 2, env)
+    _registered(client)
+    assert client.call("astop_loop", timeout=15) == "went on"
+    assert [client.call("aadd", [i, 1], timeout=15) for i in range(3)] == [1, 2, 3]
+    assert client.call("add", [2, 3], timeout=15) == 5 and w.alive()
+    assert "an async handler stopped the worker's asyncio loop; it runs on" in w.log_tail(200)
+
+
 def test_killed_child_process_fails_its_task_and_is_replaced(procs, node, client, events):
     """Fault: kill -9 of the child process running a task (processes pool).
     The parent sees it die, reports the attempt failed (retryable, type

@@ -7,7 +7,10 @@ asyncio task (``asyncio.CancelledError`` at its current ``await``); the
 handler may catch it to clean up, and its run ends as aborted or timed
 out. The loop's thread reaches the hub only through the worker's
 :class:`~miyaq.runtime.green.HubInbox`. In a gevent-patched worker the loop
-uses gevent's selector, which works from its own thread.
+uses gevent's selector, which works from its own thread. A handler that
+stops the loop (``loop.stop()``) does not end it: only the worker's stop
+does (before 2026-12-04 the loop thread ended, and every later async task
+killed the runner that took it, unreported, until the worker took no work).
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ class AsyncLoop:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._ready = green.Event()
         self._exited = green.Event()
+        self._stopping = False      # set (in the hub) before stop() stops the loop
 
     def start(self) -> None:
         green.start_native_thread(self._main)
@@ -49,6 +53,11 @@ class AsyncLoop:
             self.loop = loop
             self.inbox.call(self._ready.set)
             loop.run_forever()
+            while not self._stopping:
+                # A handler stopped the loop (loop.stop()): the worker's other
+                # coroutines, and every later async task, still need it.
+                logger.warning("an async handler stopped the worker's asyncio loop; it runs on")
+                loop.run_forever()
             pending = asyncio.all_tasks(loop)
             for task in pending:
                 task.cancel()
@@ -105,6 +114,7 @@ class AsyncLoop:
         """Cancel what still runs and end the loop thread (bounded wait). Never raises."""
         if self.loop is None:
             return
+        self._stopping = True
         try:
             self.loop.call_soon_threadsafe(self.loop.stop)
         except RuntimeError:    # already closed

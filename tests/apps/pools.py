@@ -268,3 +268,11 @@ def unsendable(how: str) -> None:
     if how == "surrogate":
         raise ValueError(b"caf\xe9".decode("utf-8", "surrogateescape"))
     raise miyaq.Retry("later", delay=object() if how == "object" else 10 ** 100)
+
+
+@app.task(name="astop_loop")
+async def astop_loop() -> str:
+    """Stops the event loop it runs on, then goes on awaiting."""
+    asyncio.get_running_loop().stop()
+    await asyncio.sleep(0.01)
+    return "went on"
