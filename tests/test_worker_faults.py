@@ -254,6 +254,36 @@ def test_runner_that_dies_is_restarted_and_its_task_retried(node, client, thread
     assert len(starts) == 2 and max(starts) < first_end, "both slots ran at once"
 
 
+@pytest.mark.parametrize("pool", ["gevent", "threads"])
+def test_a_pool_that_fails_to_run_a_task_has_it_retried_at_once(node, client, thread_worker, caplog, pool):
+    """Fault: the pool raises instead of running a task (the threads pool
+    cannot start a thread: ``RuntimeError: can't start new thread``). The
+    runner is logged and restarted as for any crash, and the attempt is
+    reported failed (retryable ``WorkerError``) so the node retries it at
+    once. Before, nothing was reported: the task waited for its lease (300 s
+    by default) and held a slot of the worker's credit meanwhile -- with
+    ``--prefetch 0`` and one slot, the worker took no other task."""
+    w = thread_worker(basic.app, node.endpoint, queues=["default"], concurrency=1, prefetch=0, pool=pool).worker
+    real = w.pool.run
+    calls = []
+
+    def run_once_broken(job):
+        calls.append(job.task_id)
+        if len(calls) == 1:
+            raise RuntimeError("can't start new thread")
+        return real(job)
+
+    w.pool.run = run_once_broken
+    with caplog.at_level(logging.ERROR, logger="miyaq.runtime.supervisor"):
+        handle = client.submit("add", [1, 1], backoff=0.01, timeout=300, wait=True)
+        assert handle.result(20) == 2
+    status = client.status(handle.id)
+    assert status["attempt"] == 2 and "pool failed to run this attempt" in str(status.get("error"))
+    assert w.supervisor.crashes["runner"] == 1
+    assert "can't start new thread" in caplog.text
+    assert client.call("add", [2, 3], timeout=20) == 5
+
+
 def test_link_reader_death_stops_the_worker(node, client, thread_worker, caplog):
     """Fault: the greenlet that reads a node's socket raises (a bug in message
     handling). It is critical: the worker logs it, stops, and marks itself

@@ -227,6 +227,14 @@ class Worker:
         started = monotonic()
         try:
             outcome = job.executor.run(job)
+        except Exception:
+            # The pool failed, not the handler (it could not start a thread):
+            # the runner dies and is restarted, and the node retries the task
+            # now rather than when its lease runs out.
+            self.routes.origin.pop(task_id, None)
+            self._report_lost_outcome(link, task_id, attempt, "the worker's pool failed to run this attempt "
+                                                              "(see the worker's log)")
+            raise
         finally:
             self.running.pop(task_id, None)
             self.executed += 1
@@ -282,9 +290,9 @@ class Worker:
         target = self.routes.report_link(link, task_id)
         target.report_failed(task_id, attempt, error, target is not link or self.stopping)
 
-    def _report_lost_outcome(self, link: NodeLink, task_id: str, attempt: int) -> None:
-        error = {"type": "WorkerError", "message": "the worker failed to report this attempt's outcome",
-                 "retry": True}
+    def _report_lost_outcome(self, link: NodeLink, task_id: str, attempt: int,
+                             message: str = "the worker failed to report this attempt's outcome") -> None:
+        error = {"type": "WorkerError", "message": message, "retry": True}
         try:
             link.report_failed(task_id, attempt, error)
         except Exception:
