@@ -318,6 +318,27 @@ def test_killed_child_process_fails_its_task_and_is_replaced(procs, node, client
     assert "died (exit -9) running task" in w.log_tail(200)
 
 
+def test_a_result_too_large_for_the_childs_socket_fails_at_once(procs, node, client, events):
+    """Fault: a handler of the processes pool returns a result larger than
+    a child may send its parent (16 MiB). The task fails at once
+    (``ResultTooLarge``, not retried, as a node fails a result over its
+    ``max_payload``), the child lives on and runs the next task. Before,
+    the parent's socket dropped the message with the connection, and the
+    task ran on as far as the worker knew until its timeout (300 s here)
+    stopped it as ``Timeout`` -- and was retried, to the same end."""
+    path, env = events
+    w = _worker(procs, node, "processes", 1, env)
+    _registered(client)
+    handle = client.submit("sized", [17 * 1024 * 1024], timeout=300, backoff=0.01, wait=True)
+    with pytest.raises(miyaq.TaskFailed) as failed:
+        handle.result(30)
+    assert failed.value.remote_type == "ResultTooLarge"
+    assert "exceeds the 16777216 bytes a processes-pool child can return" in failed.value.remote_message
+    assert client.status(handle.id)["attempt"] == 1
+    assert client.call("sized", [3], timeout=30) == b"xxx" and w.alive()
+    assert "died" not in w.log_tail(200)
+
+
 def test_killed_worker_parent_takes_its_children_along(procs, node, client, events, tmp_path):
     """Fault: kill -9 of a processes-pool worker (the parent). Its children
     notice within a second and exit; the node puts the task back and another

@@ -159,6 +159,12 @@ CHILD_START_TIMEOUT = 60.0
 CHILD_EXIT_WAIT = 5.0
 #: processes pool: how often a child checks that its parent is still there.
 CHILD_PARENT_CHECK = 1.0
+#: processes pool: the largest message body a child sends its parent (an
+#: OUTCOME: the handler's packed result). The parent's socket drops a larger
+#: one together with the connection, so a child fails a larger result
+#: itself (``ResultTooLarge``): a node takes at most 16 MiB in a message by
+#: default, and its ``max_payload`` (1 MiB by default) in a result.
+CHILD_MESSAGE_BYTES = 16 * 1024 * 1024
 
 # -- stopping ---------------------------------------------------------------------------
 #: How often a stopping worker checks whether its handlers have finished.

@@ -276,3 +276,9 @@ async def astop_loop() -> str:
     asyncio.get_running_loop().stop()
     await asyncio.sleep(0.01)
     return "went on"
+
+
+@app.task(name="sized")
+def sized(n: int) -> bytes:
+    """A result of ``n`` bytes."""
+    return b"x" * n

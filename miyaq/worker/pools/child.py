@@ -29,7 +29,7 @@ import msgpack
 
 from ...logs import setup_logging
 from ...runtime.sockets import SocketFactory
-from ..config import CHILD_PARENT_CHECK
+from ..config import CHILD_MESSAGE_BYTES, CHILD_PARENT_CHECK
 from ..context import TaskContext, bind, unbind
 from ..execute import Outcome, run_async, run_sync
 
@@ -45,6 +45,22 @@ def pack(kind: bytes, body: dict[str, Any]) -> list[bytes]:
 def unpack(frames: list[bytes]) -> tuple[bytes, dict[str, Any]]:
     body = msgpack.unpackb(frames[1], raw=False, strict_map_key=False) if len(frames) > 1 else {}
     return frames[0], body if isinstance(body, dict) else {}
+
+
+def outcome_frames(task_id: Any, outcome: Outcome) -> list[bytes]:
+    """The OUTCOME message for ``outcome``; a result too large for the
+    parent's socket fails instead (not retried, as a node fails a result
+    over its ``max_payload``). Before (2026-12-04) the parent's socket
+    dropped it with the connection, and the task ran on, as far as the
+    worker knew, until its timeout stopped it (``Timeout``, retried)."""
+    frames = pack(OUTCOME, {"id": task_id, "outcome": list(outcome)})
+    if len(frames[1]) > CHILD_MESSAGE_BYTES:
+        size = len(outcome[1]) if isinstance(outcome[1], bytes) else len(frames[1])
+        frames = pack(OUTCOME, {"id": task_id, "outcome": ["failed", {
+            "type": "ResultTooLarge", "retry": False,
+            "message": f"result of {size} bytes exceeds the {CHILD_MESSAGE_BYTES} bytes a processes-pool "
+                       "child can return"}]})
+    return frames
 
 
 class Child:
@@ -65,8 +81,7 @@ class Child:
             if kind == EXIT:
                 return
             if kind == RUN:
-                outcome = self.run(body)
-                self.sock.send_multipart(pack(OUTCOME, {"id": body.get("id"), "outcome": list(outcome)}))
+                self.sock.send_multipart(outcome_frames(body.get("id"), self.run(body)))
 
     def _watch_parent(self) -> None:
         """Exit at once when the parent is gone (killed with SIGKILL), even

@@ -27,7 +27,8 @@ from ...errors import ConfigError
 from ...runtime import CRITICAL, green, monotonic
 from ...runtime.sockets import SocketFactory, zmq
 from ..config import (
-    CHILD_EXIT_WAIT, CHILD_START_TIMEOUT, MAX_INBOUND_MESSAGE, MAX_RESTARTS_PER_MINUTE, PROCESS_POLL,
+    CHILD_EXIT_WAIT, CHILD_MESSAGE_BYTES, CHILD_START_TIMEOUT, MAX_INBOUND_MESSAGE, MAX_RESTARTS_PER_MINUTE,
+    PROCESS_POLL,
 )
 from ..execute import Outcome, interrupted
 from ..jobs import Job
@@ -92,7 +93,7 @@ class ProcessPool:
         self.endpoint = f"ipc://{self.dir.path}/children"
         # Sockets of its own, without the worker's CURVE: only this user can
         # reach the private directory, and a worker's key (a client's) cannot bind.
-        self.factory = SocketFactory(green=True)
+        self.factory = SocketFactory(green=True, max_message=CHILD_MESSAGE_BYTES)
         try:
             self.sock = self.factory.router(self.endpoint)
         except BaseException as exc:
