@@ -6,6 +6,8 @@ import errno
 import logging
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -325,6 +327,26 @@ def test_a_worker_whose_reader_dies_ends_even_if_stopping_fails(node, client, th
         wait_for(lambda: w._stopped.is_set(), what="the worker ended")
     assert w.crashed and w.stopping_hard
     assert "injected stop failure" in caplog.text
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_an_app_that_fails_to_import_is_a_one_line_error(processes):
+    """Fault: the application module raises while it is imported (it reads
+    an environment variable that is not set: KeyError in ``os.py``).
+    ``miyaq worker`` ends with one line naming the exception and the app's
+    line that raised, exit status 2, as for a module that is not there;
+    before, a traceback through runpy and miyaq, exit status 1 (the status
+    of a worker that crashed while running)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIYAQ_")}
+    done = subprocess.run([sys.executable, "-m", "miyaq.cli.main", "worker", "apps.broken_import:app",
+                           "--processes", processes, "--pool", "threads", "--connect", "tcp://127.0.0.1:1"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    line = done.stderr.rstrip().splitlines()[-1]
+    assert line.startswith("miyaq: error: cannot import 'apps.broken_import': KeyError: "
+                           "'MIYAQ_TEST_A_SETTING_NOBODY_SETS' (at "), line
+    assert line.endswith(f"{os.sep}apps{os.sep}broken_import.py, line 10)"), line
 
 
 def test_worker_that_reaches_no_node_says_why(thread_worker, make_node, caplog):
