@@ -212,6 +212,18 @@ def test_failed_result_send_keeps_the_batch_and_sends_it_again(node, client, thr
     assert len(link.outbox) == 0
 
 
+def test_a_large_result_never_shares_a_done_message():
+    """Fault: results of 3 MiB and 13 MiB wait in the outbox together. Each
+    leaves in a message of its own: together (16 MiB and more) they would
+    pass a node's ``max_message``, and it would refuse the DONE or drop the
+    connection. Small results still go many to a message."""
+    from miyaq.worker.outbox import _batch_size
+    mib = 1024 * 1024
+    assert _batch_size([["a", 1, b"x" * 3 * mib], ["b", 1, b"x" * 13 * mib]]) == 1
+    assert _batch_size([["b", 1, b"x" * 13 * mib], ["c", 1, b"x"]]) == 1
+    assert _batch_size([[str(i), 1, b"x" * 1000] for i in range(300)]) == 256
+
+
 def test_a_lone_result_is_sent_by_its_runner_without_waking_the_flusher(node, client, thread_worker):
     """One task at a time, each runner finds the backlog empty after its task
     and sends the result itself: the flusher greenlet is never needed."""

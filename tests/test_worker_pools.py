@@ -318,6 +318,32 @@ def test_killed_child_process_fails_its_task_and_is_replaced(procs, node, client
     assert "died (exit -9) running task" in w.log_tail(200)
 
 
+@pytest.mark.parametrize("pool", ["gevent", "threads"])
+def test_a_result_too_large_for_a_message_fails_and_drops_no_connection(procs, node, client, events, pool):
+    """Fault: a handler returns a result larger than one message to a node
+    may be (16 MiB), while another task of the same worker runs. The big
+    one fails at once (``ResultTooLarge``, not retried); the other finishes
+    in its first attempt. Before, the DONE went out whole: the node dropped
+    the connection (libzmq's MAXMSGSIZE), the worker registered again, and
+    the node counted every task it held lost -- the running one was
+    started a second time while its first attempt still ran."""
+    path, env = events
+    w = _worker(procs, node, pool, 2, env)
+    _registered(client)
+    tag = uuid.uuid4().hex
+    slow = client.submit("slow_first", [tag, 2.0], wait=True)
+    wait_for(lambda: _starts(path, tag), what="the slow task started")
+    handle = client.submit("sized", [17 * 1024 * 1024], timeout=300, wait=True)
+    with pytest.raises(miyaq.TaskFailed) as failed:
+        handle.result(30)
+    assert failed.value.remote_type == "ResultTooLarge"
+    assert "exceeds the" in failed.value.remote_message
+    assert slow.result(30) == 1
+    assert [e[3] for e in _starts(path, tag)] == [1]
+    assert client.status()["outcomes"].get("lost", 0) == 0
+    assert "closed; reconnecting" not in w.log_tail(200)
+
+
 def test_a_result_too_large_for_the_childs_socket_fails_at_once(procs, node, client, events):
     """Fault: a handler of the processes pool returns a result larger than
     a child may send its parent (16 MiB). The task fails at once
@@ -333,7 +359,7 @@ def test_a_result_too_large_for_the_childs_socket_fails_at_once(procs, node, cli
     with pytest.raises(miyaq.TaskFailed) as failed:
         handle.result(30)
     assert failed.value.remote_type == "ResultTooLarge"
-    assert "exceeds the 16777216 bytes a processes-pool child can return" in failed.value.remote_message
+    assert "exceeds the" in failed.value.remote_message
     assert client.status(handle.id)["attempt"] == 1
     assert client.call("sized", [3], timeout=30) == b"xxx" and w.alive()
     assert "died" not in w.log_tail(200)

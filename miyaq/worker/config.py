@@ -14,6 +14,7 @@ from typing import ClassVar, Mapping
 
 from ..config import Settings, _opt
 from ..errors import ConfigError
+from ..protocol.commands import DEFAULT_MAX_MESSAGE
 from .prefetch import MAX_PREFETCH_FACTOR
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -128,9 +129,17 @@ MAX_NODES = 256
 MAX_HOLDERS = 16
 
 # -- results --------------------------------------------------------------------------
-#: A DONE message carries at most this many results, or about this many bytes.
+#: A DONE message carries at most this many results, and no more than this
+#: many bytes of them (but for one larger result, which goes alone).
 RESULTS_PER_MESSAGE = 256
 RESULT_BYTES_PER_MESSAGE = 4 * 1024 * 1024
+#: The largest packed result a handler may return: its DONE must fit one
+#: message to a node (``max_message``, 16 MiB unless changed; also the most
+#: a client reads in one reply). A larger one fails its task
+#: (``ResultTooLarge``, not retried) rather than go out and have the node
+#: drop the connection -- and count every task the worker held lost. A node
+#: fails a result over its ``max_payload`` (1 MiB by default) itself.
+MAX_RESULT_BYTES = DEFAULT_MAX_MESSAGE - 64 * 1024
 #: Delays before sending results again after a failed send (the last repeats).
 RESEND_BACKOFF = (0.05, 0.2, 1.0)
 #: Bytes of a failing handler's message and traceback sent to the node.

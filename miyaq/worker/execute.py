@@ -27,7 +27,7 @@ from typing import Any, Callable
 import msgpack
 
 from ..errors import Reject, Retry
-from .config import ERROR_MESSAGE_BYTES, TRACEBACK_BYTES
+from .config import ERROR_MESSAGE_BYTES, MAX_RESULT_BYTES, TRACEBACK_BYTES
 
 #: ("done", packed result) or ("failed", error map as sent in FAILED)
 Outcome = tuple[str, Any]
@@ -66,7 +66,14 @@ def decode_args(body: bytes | None) -> tuple[list[Any], dict[str, Any]]:
 
 
 def done(value: Any) -> Outcome:
-    return ("done", msgpack.packb(value, use_bin_type=True))
+    """DONE with ``value`` packed; a result over MAX_RESULT_BYTES fails
+    instead (see there: sent, it would cost the worker its connection)."""
+    result = msgpack.packb(value, use_bin_type=True)
+    if len(result) > MAX_RESULT_BYTES:
+        return ("failed", {"type": "ResultTooLarge", "retry": False,
+                           "message": f"result of {len(result)} bytes exceeds the {MAX_RESULT_BYTES} bytes one "
+                                      "message to a node can carry"})
+    return ("done", result)
 
 
 def interrupted(exc: Interrupted | type[Interrupted]) -> Outcome:

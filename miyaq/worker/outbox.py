@@ -143,13 +143,16 @@ class Outbox:
 
 
 def _batch_size(items: list[list[Any]]) -> int:
-    """Items in the next message: at most RESULTS_PER_MESSAGE, or about
-    RESULT_BYTES_PER_MESSAGE bytes of DONE results (always at least one)."""
+    """Items in the next message: at most RESULTS_PER_MESSAGE, and at most
+    RESULT_BYTES_PER_MESSAGE bytes of DONE results unless the first alone
+    is larger (always at least one). A large result never joins others:
+    before (2026-12-04) up to 4 MiB of them and a 13 MiB one made a message
+    over the node's 16 MiB, which it refused or dropped the connection for."""
     size, n = 0, 0
     for item in items:
-        if n and (n >= RESULTS_PER_MESSAGE or size > RESULT_BYTES_PER_MESSAGE):
-            break
         result = item[2]
         size += len(result) if isinstance(result, bytes) else 0
+        if n and (n >= RESULTS_PER_MESSAGE or size > RESULT_BYTES_PER_MESSAGE):
+            break
         n += 1
     return n
