@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import time
+import uuid
 
+import msgpack
 import pytest
+import zmq
 
 import miyaq
 from apps import basic
+from miyaq.protocol import commands as c
 from miyaq.testing.harness import wait_for
 
 
@@ -47,6 +51,43 @@ def test_failure_raises_with_the_remote_type_and_goes_dead(client, worker):
     dead = client.dead("list")["tasks"]
     assert [t["id"] for t in dead] == [handle.id]
     assert "kaboom" in dead[0]["error"]["message"]
+
+
+@pytest.mark.parametrize("body,why", [
+    (b'{"args": [2, 3]}', "ExtraData"),                       # JSON, not msgpack
+    (b"\xc1", "FormatError"),                                # not msgpack at all
+    (msgpack.packb({"args": [2, 3]}), "an array and a map"),
+    (msgpack.packb([[2, 3], {}, 1]), "an array and a map"),
+    (msgpack.packb([[2], [3]]), "an array and a map"),
+    (msgpack.packb([[2], {1: 3}]), "an array and a map"),
+])
+def test_a_body_that_is_not_args_and_kwargs_fails_for_good(node, client, worker, body, why):
+    """Fault: a producer speaking the protocol itself submits a body that is
+    not msgpack ``[args, kwargs]`` (JSON, a map, three items, a map with an
+    int key). The task fails at once, not retried, as ``BadBody`` naming
+    what a body must be. Before, the handler's call raised whatever
+    unpacking met (``ValueError: not enough values to unpack``, an empty
+    ``FormatError``) and the task was retried for nothing up to its
+    ``max_retries``."""
+    task_id = uuid.uuid4().hex
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    try:
+        sock.connect(node.endpoint)
+        sock.send_multipart([c.TAG, c.SUBMIT, msgpack.packb({"tasks": [{
+            "id": task_id, "name": "add", "body": body, "max_retries": 2, "backoff": 0.01}]}, use_bin_type=True)])
+        assert sock.poll(10_000), "the node did not answer the SUBMIT"
+        _, command, reply = sock.recv_multipart()
+        assert command == c.SUBMITTED and msgpack.unpackb(reply)["results"][0][1] == "accepted"
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+    with pytest.raises(miyaq.TaskFailed) as failed:
+        client.result(task_id, timeout=20)
+    assert failed.value.remote_type == "BadBody"
+    assert "the task's body is not msgpack [args, kwargs]" in failed.value.remote_message
+    assert why in failed.value.remote_message
+    assert client.status(task_id)["attempt"] == 1
 
 
 def test_retry_then_success(client, worker):

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import msgpack
 
-from ..errors import Reject, Retry
+from ..errors import MiyaqError, Reject, Retry
 from .config import ERROR_MESSAGE_BYTES, MAX_RESULT_BYTES, TRACEBACK_BYTES
 
 #: ("done", packed result) or ("failed", error map as sent in FAILED)
@@ -58,11 +58,28 @@ class TaskTimeout(Interrupted):
     retry = True
 
 
+class BadBody(MiyaqError):
+    """The task's body is not what a handler is called with: msgpack
+    ``[args, kwargs]`` (a producer in another language that packed something
+    else). No attempt can succeed, so the task fails for good."""
+
+    code = "bad_body"
+
+
 def decode_args(body: bytes | None) -> tuple[list[Any], dict[str, Any]]:
+    """The handler's arguments from a task's body (empty: none); raises
+    :class:`BadBody` for anything but msgpack ``[array, map of strings]``."""
     if not body:
         return [], {}
-    args, kwargs = msgpack.unpackb(body, raw=False, strict_map_key=False)
-    return args, kwargs
+    try:
+        value = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    except Exception as exc:
+        why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise BadBody(f"the task's body is not msgpack [args, kwargs]: {why}") from None
+    if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], list)
+            and isinstance(value[1], dict) and all(isinstance(k, str) for k in value[1])):
+        raise BadBody("the task's body is not msgpack [args, kwargs] (an array and a map with string keys)")
+    return value[0], value[1]
 
 
 def done(value: Any) -> Outcome:
@@ -89,6 +106,8 @@ def failure(exc: BaseException) -> Outcome:
                            "delay": _delay(exc.delay)})
     if isinstance(exc, Reject):
         return ("failed", {"type": "Reject", "message": _text(exc.message), "retry": False})
+    if isinstance(exc, BadBody):
+        return ("failed", {"type": "BadBody", "message": exc.message, "retry": False})
     message = _describe(exc, str)
     if not isinstance(exc, Exception):     # SystemExit, KeyboardInterrupt, another BaseException
         message = f"the handler raised {_describe(exc, repr)}; a task does not stop its worker"
