@@ -107,7 +107,7 @@ def failure(exc: BaseException) -> Outcome:
     if isinstance(exc, Reject):
         return ("failed", {"type": "Reject", "message": _text(exc.message), "retry": False})
     if isinstance(exc, BadBody):
-        return ("failed", {"type": "BadBody", "message": exc.message, "retry": False})
+        return ("failed", {"type": "BadBody", "message": _text(exc.message), "retry": False})
     message = _describe(exc, str)
     if not isinstance(exc, Exception):     # SystemExit, KeyboardInterrupt, another BaseException
         message = f"the handler raised {_describe(exc, repr)}; a task does not stop its worker"

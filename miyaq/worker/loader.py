@@ -38,9 +38,9 @@ def _where(exc: BaseException) -> str:
     if isinstance(exc, SyntaxError):
         return ""
     frames = traceback.extract_tb(exc.__traceback__)
-    libraries = tuple({sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")})
-    own = [f for f in frames if not f.filename.startswith("<") and not f.filename.startswith(libraries)]
     if not frames:
         return ""
+    libraries = tuple({sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")})
+    own = [f for f in frames if not f.filename.startswith("<") and not f.filename.startswith(libraries)]
     frame = (own or frames)[-1]
     return f" (at {frame.filename}, line {frame.lineno})"
