@@ -361,6 +361,20 @@ def test_an_app_that_fails_to_import_is_a_one_line_error(processes):
     assert line.endswith(f"{os.sep}apps{os.sep}broken_import.py, line 10)"), line
 
 
+def test_a_worker_group_that_gives_up_on_its_dying_workers_exits_non_zero():
+    """Fault: every worker process of ``miyaq worker --processes 2`` exits
+    at once (status 3). The supervisor restarts them with a growing delay,
+    gives up after more than 10 restarts in a minute, and exits with status
+    1, so a service manager sees the failure. Before, it exited 0, as after
+    a SIGTERM that stopped it cleanly."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIYAQ_")}
+    done = subprocess.run([sys.executable, "-m", "miyaq.cli.main", "worker", "apps.dies_in_worker:app",
+                           "--processes", "2", "--pool", "threads", "--connect", "tcp://127.0.0.1:1"],
+                          capture_output=True, text=True, env=env, timeout=80)
+    assert "workers keep dying (11 restarts in a minute); giving up" in done.stderr, done.stderr[-3000:]
+    assert done.returncode == 1, done.stderr[-3000:]
+
+
 def test_worker_that_reaches_no_node_says_why(thread_worker, make_node, caplog):
     """Fault: the worker is pointed at a port where no node listens (the node
     is not started yet). Within seconds it logs, at WARNING, that it cannot

@@ -50,7 +50,9 @@ def worker_command(app_spec: str) -> list[str]:
 
 
 def run_supervised(app_spec: str, config: WorkerConfig) -> int:
-    """``miyaq worker``: one worker process here, or ``processes`` children."""
+    """``miyaq worker``: one worker process here, or ``processes`` children.
+    Exit status 1 when it gave up on children that kept dying (before
+    2026-12-04: 0, as after a clean stop, hiding it from a service manager)."""
     if config.processes == 1:
         if config.pool == "gevent" and not green.is_patched("socket"):
             # Patch in a fresh interpreter: this one imported ssl & co. already.
@@ -65,6 +67,7 @@ def run_supervised(app_spec: str, config: WorkerConfig) -> int:
     env = replace(config, processes=1).environ(os.environ)
     children: list[subprocess.Popen[bytes]] = []
     stopping = False
+    gave_up = False
     restarts: list[float] = []
 
     def on_signal(signum: int, frame: object) -> None:
@@ -85,13 +88,14 @@ def run_supervised(app_spec: str, config: WorkerConfig) -> int:
                 except subprocess.TimeoutExpired:
                     child.kill()
                     child.wait()
-            return 0
+            return 1 if gave_up else 0
         for i, child in enumerate(children):
             if child.poll() is not None:
                 now = monotonic()
                 restarts[:] = [t for t in restarts if t > now - 60] + [now]
                 if len(restarts) > MAX_RESTARTS_PER_MINUTE:
                     logger.error("workers keep dying (%d restarts in a minute); giving up", len(restarts))
+                    gave_up = True
                     on_signal(signal.SIGTERM, None)
                     break
                 logger.warning("worker process %s exited with %s; restarting", child.pid, child.returncode)
