@@ -365,6 +365,31 @@ def test_a_result_too_large_for_the_childs_socket_fails_at_once(procs, node, cli
     assert "died" not in w.log_tail(200)
 
 
+def test_a_handler_that_forks_leaves_no_copy_of_the_child_behind(procs, node, client, events):
+    """Fault: a handler of the processes pool forks and both copies return
+    (the forked one never calls ``os._exit``). The child the pool started
+    reports the task; the forked copy exits at once and the child runs the
+    next task. Before, the copy went on as a second child on the inherited
+    socket: it could report the task in the child's place, and then spun
+    on that socket at full CPU for ever, an orphan that ignores SIGTERM
+    (seen for 44 minutes after its worker had stopped)."""
+    path, env = events
+    w = _worker(procs, node, "processes", 1, env)
+    _registered(client)
+    tag = uuid.uuid4().hex
+    forked: list[int] = []
+    try:
+        assert client.call("fork_and_return", [tag], timeout=30) == "the child"
+        wait_for(lambda: forked.extend(e[2] for e in pools.read_events(path) if e[:2] == ["forked", tag]) or forked,
+                 what="the forked copy ran")
+        wait_for(lambda: not _alive(forked[0]), what="the forked copy exited")
+        assert client.call("add", [2, 3], timeout=30) == 5 and w.alive()
+    finally:
+        for pid in forked:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
 def test_killed_worker_parent_takes_its_children_along(procs, node, client, events, tmp_path):
     """Fault: kill -9 of a processes-pool worker (the parent). Its children
     notice within a second and exit; the node puts the task back and another

@@ -282,3 +282,12 @@ async def astop_loop() -> str:
 def sized(n: int) -> bytes:
     """A result of ``n`` bytes."""
     return b"x" * n
+
+
+@app.task(name="fork_and_return")
+def fork_and_return(tag: str) -> str:
+    """Forks, and both copies return (the forked one does not exit)."""
+    if os.fork() == 0:
+        record("forked", tag, os.getpid())
+        return "the forked copy"
+    return "the child"

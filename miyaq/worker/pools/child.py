@@ -69,6 +69,7 @@ class Child:
         self.app = load_app(app_spec)
         self.app.green = False          # handlers that submit use a thread-based client
         self.parent = parent
+        self.pid = os.getpid()
         self.factory = SocketFactory(green=False)
         self.sock = self.factory.dealer(endpoint, identity=identity)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -81,7 +82,13 @@ class Child:
             if kind == EXIT:
                 return
             if kind == RUN:
-                self.sock.send_multipart(outcome_frames(body.get("id"), self.run(body)))
+                outcome = self.run(body)
+                if os.getpid() != self.pid:
+                    # A handler forked and its copy returned here: only the
+                    # child the pool started reports, the copy ends now (it
+                    # has no parent watch, and its socket is the child's).
+                    os._exit(0)
+                self.sock.send_multipart(outcome_frames(body.get("id"), outcome))
 
     def _watch_parent(self) -> None:
         """Exit at once when the parent is gone (killed with SIGKILL), even
