@@ -375,6 +375,54 @@ def test_a_worker_group_that_gives_up_on_its_dying_workers_exits_non_zero():
     assert done.returncode == 1, done.stderr[-3000:]
 
 
+def test_a_worker_group_kills_workers_stuck_past_grace_all_at_one_deadline(monkeypatch):
+    """Fault: three worker processes of ``miyaq worker --processes 3`` do
+    not exit after SIGTERM (stuck past their grace). The supervisor waits
+    ``grace + CHILD_STOP_SLACK`` seconds in all, then kills every one.
+    Before, it waited that long for each in turn: the third was killed
+    only after three times the wait. Played on a fake clock (each wait
+    moves it by the wait's timeout), so nothing here is timed."""
+    from miyaq.worker import launch
+    from miyaq.worker.config import CHILD_STOP_SLACK, WorkerConfig
+
+    clock = [1000.0]
+    handlers = {}
+
+    class Stuck:
+        """A worker process that ignores SIGTERM until killed."""
+
+        def __init__(self, *args, **kwargs):
+            self.pid, self.killed, self.returncode = 4242, False, None
+
+        def poll(self):
+            if not handlers.get("sent"):
+                handlers["sent"] = True
+                handlers[signal.SIGTERM](signal.SIGTERM, None)   # SIGTERM reaches the supervisor
+            return -9 if self.killed else None
+
+        def send_signal(self, sig):
+            pass
+
+        def wait(self, timeout=None):
+            if self.killed:
+                return -9
+            clock[0] += timeout
+            raise subprocess.TimeoutExpired("worker", timeout)
+
+        def kill(self):
+            self.killed = True
+
+    monkeypatch.setattr(launch.subprocess, "Popen", Stuck)
+    monkeypatch.setattr(launch, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(launch.time, "sleep", lambda s: None)
+    monkeypatch.setattr(launch.signal, "signal", lambda sig, fn: handlers.__setitem__(sig, fn))
+    monkeypatch.setattr("miyaq.worker.loader.load_app", lambda spec: None)
+    monkeypatch.setattr("miyaq.logs.setup_logging", lambda level: None)
+    config = WorkerConfig(processes=3, grace=10.0, pool="threads")
+    assert launch.run_supervised("apps.basic:app", config) == 0
+    assert clock[0] - 1000.0 <= config.grace + CHILD_STOP_SLACK
+
+
 def test_worker_that_reaches_no_node_says_why(thread_worker, make_node, caplog):
     """Fault: the worker is pointed at a port where no node listens (the node
     is not started yet). Within seconds it logs, at WARNING, that it cannot

@@ -82,9 +82,12 @@ def run_supervised(app_spec: str, config: WorkerConfig) -> int:
     children.extend(subprocess.Popen(worker_command(app_spec), env=env) for _ in range(config.processes))
     while True:
         if stopping:
+            # One deadline for all (they got SIGTERM together), not one each
+            # in turn: the last of N stuck workers is killed after the same wait.
+            deadline = monotonic() + config.grace + CHILD_STOP_SLACK
             for child in children:
                 try:
-                    child.wait(config.grace + CHILD_STOP_SLACK)
+                    child.wait(max(0.0, deadline - monotonic()))
                 except subprocess.TimeoutExpired:
                     child.kill()
                     child.wait()
