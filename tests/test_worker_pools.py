@@ -344,6 +344,34 @@ def test_a_result_too_large_for_a_message_fails_and_drops_no_connection(procs, n
     assert "closed; reconnecting" not in w.log_tail(200)
 
 
+@pytest.mark.parametrize("pool", ["gevent", "threads"])
+def test_a_result_over_the_nodes_own_max_message_fails_and_drops_no_connection(procs, client_for, events, pool):
+    """Fault: a node runs with ``max_message`` 2 MB, below the 16 MiB a worker
+    bounds results by, and a handler returns 3 MB while another task of the
+    same worker runs. The node says its limit in WELCOME: the big result
+    fails at once (``ResultTooLarge`` naming the node's limit, not retried)
+    and the other task finishes in its first attempt. Before, the DONE went
+    out: the node dropped the connection and counted every task the worker
+    held lost."""
+    path, env = events
+    with ThreadNode(heartbeat=1.0, max_message=2_000_000) as node:
+        client = client_for(node.endpoint)
+        w = _worker(procs, node, pool, 2, env)
+        _registered(client)
+        tag = uuid.uuid4().hex
+        slow = client.submit("slow_first", [tag, 2.0], wait=True)
+        wait_for(lambda: _starts(path, tag), what="the slow task started")
+        handle = client.submit("sized", [3_000_000], timeout=300, wait=True)
+        with pytest.raises(miyaq.TaskFailed) as failed:
+            handle.result(30)
+        assert failed.value.remote_type == "ResultTooLarge"
+        assert "its max_message" in failed.value.remote_message
+        assert slow.result(30) == 1
+        assert [e[3] for e in _starts(path, tag)] == [1]
+        assert client.status()["outcomes"].get("lost", 0) == 0
+        assert "closed; reconnecting" not in w.log_tail(200)
+
+
 def test_a_result_too_large_for_the_childs_socket_fails_at_once(procs, node, client, events):
     """Fault: a handler of the processes pool returns a result larger than
     a child may send its parent (16 MiB). The task fails at once

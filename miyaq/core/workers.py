@@ -71,7 +71,8 @@ class WorkerRegistry:
         worker.holder_endpoints = self.directory.holder_endpoints
         self.by_identity[identity] = worker
         self.by_wid[wid] = worker
-        welcome: dict[str, Any] = {"node": self.node_id, "heartbeat": self.heartbeat, "liveness": self.liveness}
+        welcome: dict[str, Any] = {"node": self.node_id, "heartbeat": self.heartbeat, "liveness": self.liveness,
+                                   "max_message": self.endpoint.max_message}
         nodes = self.directory.nodes()
         if nodes is not None:
             welcome["nodes"] = nodes

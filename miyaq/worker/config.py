@@ -140,6 +140,9 @@ RESULT_BYTES_PER_MESSAGE = 4 * 1024 * 1024
 #: drop the connection -- and count every task the worker held lost. A node
 #: fails a result over its ``max_payload`` (1 MiB by default) itself.
 MAX_RESULT_BYTES = DEFAULT_MAX_MESSAGE - 64 * 1024
+#: What a DONE message holds beside its one large result: a node that says
+#: its ``max_message`` in WELCOME takes results up to that much less.
+RESULT_MESSAGE_SLACK = 64 * 1024
 #: Delays before sending results again after a failed send (the last repeats).
 RESEND_BACKOFF = (0.05, 0.2, 1.0)
 #: Bytes of a failing handler's message and traceback sent to the node.

@@ -36,8 +36,8 @@ from ..runtime import green, monotonic
 from ..runtime.messages import HubSocket
 from ..runtime.open_files import open_files_hint, room_for
 from ..runtime.sockets import CONNECTION_CLOSED, SocketFactory, monitor_event, zmq
-from .config import (FIRST_CONTACT, FIRST_CONTACT_REPEAT_MAX, LIVENESS, MAX_INBOUND_MESSAGE, NODE_HEARTBEAT_RANGE,
-                     PROBE_TIMEOUT, RECV_BURST)
+from .config import (FIRST_CONTACT, FIRST_CONTACT_REPEAT_MAX, LIVENESS, MAX_INBOUND_MESSAGE, MAX_RESULT_BYTES,
+                     NODE_HEARTBEAT_RANGE, PROBE_TIMEOUT, RECV_BURST, RESULT_MESSAGE_SLACK)
 from .outbox import Outbox
 from .prefetch import ExtraCredit, RunTimes
 
@@ -65,6 +65,8 @@ class NodeLink:
         self.answered = False       # anything from the node on the current socket
         self.heard = False          # a WELCOME from this node, ever
         self.advertised: str | None = None   # the node's endpoint in the ring (WELCOME "service")
+        # The largest result one DONE to this node may carry (WELCOME "max_message").
+        self.max_result = MAX_RESULT_BYTES
         self.lost = False           # the node went silent; its tasks may report elsewhere
         self.reconnects = 0
         self.send_errors = 0
@@ -337,6 +339,9 @@ class NodeLink:
             self.advertised = service
         if isinstance(body.get("nodes"), list):
             self.worker.discover(body["nodes"])
+        limit = body.get("max_message")
+        if type(limit) is int and 2 * RESULT_MESSAGE_SLACK <= limit <= 2**31:
+            self.max_result = min(MAX_RESULT_BYTES, limit - RESULT_MESSAGE_SLACK)
         hb = body.get("heartbeat")
         if isinstance(hb, (int, float)) and not isinstance(hb, bool) and hb == hb:     # a number, not NaN
             low, high = NODE_HEARTBEAT_RANGE
