@@ -211,6 +211,34 @@ def test_a_client_belongs_to_the_loop_that_first_used_it(node):
     run(closed)
 
 
+def test_a_client_dropped_unclosed_after_its_loop_ended_is_collected_without_hanging(node):
+    """Fault: a client never closed, dropped once its event loop ended (a
+    script's ``asyncio.run(main())`` that forgot ``close()``), or never used
+    at all. Before, the process hung for good at its next garbage
+    collection: pyzmq's context finalizer waited for the sockets of the same
+    garbage cycle, which the collector had already cut it off from. Run in
+    an interpreter of its own, bounded, so a hang fails the test."""
+    script = (
+        "import asyncio, gc, sys, miyaq.aio\n"
+        "async def main():\n"
+        "    client = miyaq.aio.Client(sys.argv[1])\n"
+        "    await client.submit('echo', [1], countdown=60, wait=True)\n"
+        "    await client.submit('echo', [2], countdown=60)\n"
+        "asyncio.run(asyncio.wait_for(main(), 30))\n"
+        "miyaq.aio.Client(sys.argv[1])\n"
+        "gc.collect()\n"
+        "print('collected')\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(miyaq.__file__)))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    try:
+        done = subprocess.run([sys.executable, "-c", script, node.endpoint], capture_output=True, text=True,
+                              timeout=30, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process hung collecting an unclosed asyncio client")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["collected"], done.stdout
+
+
 def test_task_submit_async_and_call_async(node, thread_worker):
     app = miyaq.App(node.endpoint)
 

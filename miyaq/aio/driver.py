@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from typing import Any
 
 import zmq
@@ -41,6 +42,13 @@ class AsyncDriver:
         # Each socket has a monitor: its connections closing (unacknowledged submits
         # are sent again at once) and coming up.
         self.socks, self.monitors = dial_given(self.factory, endpoints)
+        # A driver collected unclosed (its client dropped without close(), its loop
+        # gone) closes its sockets first. Left to pyzmq, the context's finalizer
+        # would wait for sockets of the same garbage cycle, whose weak references
+        # the collector has already cleared: the process hung in that collection
+        # for good. The finalizer holds the socket lists, so they stay reachable.
+        self._finalizer = weakref.finalize(self, _close_unclosed, self.factory, self.socks, self.monitors)
+        self._finalizer.atexit = False     # at exit pyzmq leaves contexts alone: nothing waits
         self.room = asyncio.Event()
         self.core = ClientCore(self, self.nodes, max_batch=max_batch, ack_timeout=ack_timeout,
                                max_message=max_message, on_resolved=self.room.set)
@@ -113,7 +121,7 @@ class AsyncDriver:
                 task.cancel()
             await asyncio.gather(*self._readers, return_exceptions=True)
         self.core.fail_all(MiyaqError("client is closed"))
-        self.factory.close()
+        self._finalizer()        # closes the sockets, once
 
     # -- calls ---------------------------------------------------------------------------
     def submit(self, p: Pending) -> None:
@@ -193,3 +201,9 @@ class AsyncDriver:
         logger.exception("miyaq asyncio client failed")
         self.closed = True
         self.core.fail_all(MiyaqError("client I/O failed; see the log"))
+
+
+def _close_unclosed(factory: SocketFactory, socks: list[Any], monitors: list[Any]) -> None:
+    """Close the sockets of a driver (``socks`` and ``monitors`` are held only
+    to keep them reachable until the context closes them)."""
+    factory.close()
