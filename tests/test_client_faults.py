@@ -1,6 +1,8 @@
 """The threaded client against real nodes that misbehave."""
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 import miyaq
@@ -38,3 +40,60 @@ def test_client_as_a_context_manager_refuses_submits_after_close(node):
         client.submit("echo", [1], wait=True)
     with pytest.raises(miyaq.MiyaqError, match="client is closed"):
         client.submit("echo", [2])
+
+
+def _ends_in_a_thread(call) -> list[BaseException]:
+    """Run ``call`` in a thread, bounded: the errors it raised (a call that never
+    ends fails the test)."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as err:    # noqa: BLE001 -- the test asserts on it
+            errors.append(err)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive(), "the call still waits on a closed client"
+    return errors
+
+
+@pytest.mark.parametrize("green", [False, True], ids=["threads", "gevent"])
+def test_requests_on_a_closed_client_fail_at_once_with_a_clear_error(node, green):
+    """Fault: status, result, receive and a handle's status asked of a client
+    already closed. Before, each was queued for an I/O loop that had ended
+    and waited its whole timeout (a ``result(timeout=None)``: an hour), then
+    raised a Timeout that did not say why. Now MiyaqError("... closed")."""
+    client = miyaq.Client(node.endpoint, request_timeout=600.0, green=green)
+    handle = client.submit("echo", [1], wait=True)
+    client.close()
+    for call in (client.status, lambda: client.result(handle.id, timeout=None), lambda: client.receive("q"),
+                 handle.status):
+        errors = _ends_in_a_thread(call) if not green else [_raised(call)]
+        assert len(errors) == 1 and isinstance(errors[0], miyaq.MiyaqError), errors
+        assert "closed" in str(errors[0])
+
+
+def _raised(call) -> BaseException:
+    with pytest.raises(miyaq.MiyaqError) as caught:
+        call()
+    return caught.value
+
+
+def test_a_submit_queued_after_the_io_loop_stopped_fails_instead_of_waiting_for_ever(node):
+    """Fault: a thread submits with ``wait=True`` while another closes the
+    client, after the I/O loop took its last calls but before the client
+    counts as closed (its ``close()`` flushes first, for up to ``timeout``).
+    Before, the submit was queued for a loop that had ended and its caller
+    waited for ever; now it fails with the error the close gives every
+    waiting call."""
+    client = miyaq.Client(node.endpoint)
+    try:
+        client.submit("echo", [1], wait=True)
+        client._io.close()                   # the loop ends; the client is not closed yet
+        errors = _ends_in_a_thread(lambda: client.submit("echo", [2], wait=True))
+        assert len(errors) == 1 and "client was closed" in str(errors[0]), errors
+    finally:
+        client.close(flush=False)

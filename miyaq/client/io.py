@@ -74,6 +74,7 @@ class IOLoop:
         os.set_blocking(self._wfd, False)
         os.set_blocking(self._rfd, False)
         self._armed = False            # the I/O context sleeps (or is about to): wake it through the pipe
+        self.stopped = False           # the loop ended: a call queued now would wait for nobody
         self.count_lock = kit.lock()
         self._handle: Any = None
 
@@ -169,6 +170,8 @@ class IOLoop:
         return self.core.next_req()
 
     def close(self, timeout: float = 1.0) -> None:
+        if self.stopped:
+            return                     # ended already (its pipe is closed: nothing to wake)
         self._armed = True
         self._put(("close",))
         if self._handle is not None:
@@ -176,7 +179,10 @@ class IOLoop:
 
     def _put(self, item: tuple[Any, ...]) -> None:
         self.inbox.append(item)
-        self._wake()
+        if self.stopped:
+            self._fail_queued()        # the loop ended (a call racing close(), or one after it)
+        else:
+            self._wake()
 
     def _wake(self) -> None:
         if self._armed:
@@ -235,10 +241,27 @@ class IOLoop:
         self.core.fail_all(MiyaqError("client I/O loop failed; see the log"))
 
     def _closed(self) -> None:
+        self.stopped = True
         self.core.fail_all(MiyaqError("the client was closed"))   # calls still waiting end now
+        self._fail_queued()
         self.factory.close()
         os.close(self._rfd)
         os.close(self._wfd)
+
+    def _fail_queued(self) -> None:
+        """Fail the calls queued for a loop that ended. A caller appends its
+        call before it looks at :attr:`stopped`, and the loop sets it before
+        it calls this: whichever comes second takes the call, never neither."""
+        error = MiyaqError("the client was closed")
+        while True:
+            try:
+                item = self.inbox.popleft()
+            except IndexError:
+                return
+            if item[0] == "submit":
+                self.core.submits.resolve(item[1], error=error)
+            elif item[0] == "request":
+                item[4].fail(error)
 
     def _drain_inbox(self) -> bool:
         inbox = self.inbox
