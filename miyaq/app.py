@@ -131,7 +131,7 @@ class App:
     def client(self) -> Client:
         key = _thread_key() if self.green else 0
         client = self._clients.get(key)
-        if client is None:
+        if client is None or client.forked:          # a forked child makes its own
             client = self._clients[key] = Client(",".join(self.endpoints), green=self.green, key=self.key,
                                                  server_key=self.server_key, **self.client_options)
         return client

@@ -1,6 +1,11 @@
 """The threaded client against real nodes that misbehave."""
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -97,3 +102,58 @@ def test_a_submit_queued_after_the_io_loop_stopped_fails_instead_of_waiting_for_
         assert len(errors) == 1 and "client was closed" in str(errors[0]), errors
     finally:
         client.close(flush=False)
+
+
+FORKED_CHILD = """
+import os, sys
+import miyaq
+client = miyaq.Client(sys.argv[1], request_timeout=600.0)
+app = miyaq.App(sys.argv[1])
+app.client.status()
+client.submit("echo", [1], wait=True)
+client.submit("echo", [2], countdown=600)        # perhaps not acknowledged yet: the parent's to flush
+pid = os.fork()
+if pid == 0:
+    for call in (client.status, lambda: client.submit("echo", [3], wait=True),
+                 lambda: client.submit("echo", [4]), client.flush,
+                 lambda: client.call("echo", [5], timeout=None)):
+        try:
+            call()
+            print("answered")
+        except miyaq.MiyaqError as err:
+            print("refused" if "fork" in str(err) else repr(err))
+    print(app.client.status()["totals"]["live"])    # an App makes a client of the child's own
+    sys.stdout.flush()
+    sys.exit(0)                                  # atexit: nothing of the parent's to flush here
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status))
+print(client.status()["totals"]["live"])        # the parent's client works on: its two tasks, none of the child's
+client.close()
+"""
+
+
+def test_a_client_used_in_a_forked_child_refuses_at_once_instead_of_hanging(node):
+    """Fault: a process forks (multiprocessing's default on Linux, a
+    pre-forking server) and the child uses the client it inherited. Its I/O
+    thread stayed with the parent and its sockets are the parent's ZeroMQ
+    context's: before, a status or ``submit(wait=True)`` in the child hung
+    for good, and the child's exit waited 10 s flushing the parent's submits
+    and logged them as failed. Now every call in the child raises a
+    MiyaqError saying to make a client there, an App makes a new one there,
+    and the parent's client is untouched. In an interpreter of its own,
+    bounded."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(miyaq.__file__)))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-c", FORKED_CHILD, node.endpoint], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=40)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a call in the forked child hung")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)        # the forked child too, had it hung
+        proc.communicate()
+    assert proc.returncode == 0, err
+    assert out.split() == ["refused"] * 5 + ["2", "child", "0", "2"], (out, err)
+    assert "unflushed" not in err

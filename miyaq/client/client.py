@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import weakref
 from time import monotonic   # miyaq.runtime.monotonic, without importing the runtime (gevent) here
 from typing import Any, Iterable
@@ -45,6 +46,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["TASK_OPTIONS", "Client", "Received", "new_id", "pack_args"]
 
 _clients: "weakref.WeakSet[Client]" = weakref.WeakSet()
+
+FORKED = ("this miyaq.Client was made before the process forked: its I/O loop and sockets stayed with the "
+          "parent process; make a new Client in the child")
 
 
 def split_endpoints(endpoints: str | Iterable[str]) -> list[str]:
@@ -98,6 +102,7 @@ class Client:
         self.nodes = self._io.nodes
         self._io.start()
         self._closed = False
+        self._forked = False           # set in a forked child (see _after_fork_in_child)
         self._unflushed = Unflushed(self.window, self.kit.lock())    # submits come from any thread
         _clients.add(self)
 
@@ -118,8 +123,7 @@ class Client:
 
     def _pending(self, wire: dict[str, Any], task_id: str | None, wait: bool) -> tuple[Pending, TaskHandle]:
         """A submit ready to hand to the I/O loop (once the window has room), and its handle."""
-        if self._closed:
-            raise MiyaqError("client is closed")
+        self._check_open()
         wire["id"] = task_id or new_id()
         future = self.kit.waiter() if wait else Future(self._io.heard_event)
         io = self._io
@@ -145,6 +149,8 @@ class Client:
     def flush(self, timeout: float | None = None) -> None:
         """Block until every submit so far is acknowledged. Raises the first
         failure (Busy, Unavailable, Timeout) if any submit could not be placed."""
+        if self._forked:
+            raise MiyaqError(FORKED)
         timeout = self.submit_timeout + 5 if timeout is None else timeout
         deadline = monotonic() + timeout
         handles, uncounted = self._unflushed.take()
@@ -161,6 +167,7 @@ class Client:
     def request(self, command: bytes, body: dict[str, Any], *, node: str | int | None = None,
                 timeout: float | None = None) -> dict[str, Any]:
         """Send one request and wait for its REPLY (raises the node's error)."""
+        self._check_open()
         timeout = self.request_timeout if timeout is None else timeout
         body["req"] = self._io.next_req()
         future = self.kit.waiter()
@@ -238,6 +245,17 @@ class Client:
         return None if task is None else Received(self, task)
 
     # -- lifecycle ---------------------------------------------------------------------
+    @property
+    def forked(self) -> bool:
+        """True in a forked child of the process that made this client: it
+        cannot be used there (every call raises MiyaqError)."""
+        return self._forked
+
+    def _check_open(self) -> None:
+        """Raise MiyaqError if the client is closed, or was inherited through a fork."""
+        if self._closed:
+            raise MiyaqError(FORKED if self._forked else "client is closed")
+
     def close(self, flush: bool = True, timeout: float = 10.0) -> None:
         if self._closed:
             return
@@ -268,6 +286,20 @@ class Received(ReceivedTask):
 
     def nack(self, error: str = "", *, retry: bool = True, delay: float | None = None) -> bool:
         return ops.run(ops.nack(self.id, self.attempt, error, retry, delay), self.client._ask)
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has its parent's clients without their I/O loops (only
+    the forking thread is copied), their sockets belonging to the parent's
+    ZeroMQ context: each is closed here, untouched (no flush, no socket, no
+    wake-up of the parent's loop through the pipe they share), and says so
+    when called."""
+    for client in list(_clients):
+        client._forked = True
+        client._closed = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @atexit.register

@@ -127,6 +127,8 @@ class TaskHandle(HandleBase):
         """Block until the node stored the task. Raises :class:`miyaq.Busy`,
         :class:`miyaq.Unavailable` or :class:`miyaq.Timeout` if it could not
         be placed before the submit deadline."""
+        if not self._accepted.done():
+            self.client._check_open()     # closed, or forked: nothing would resolve it here
         self._took(self._accepted.wait(timeout, what=f"submit of {self.id}"))
         return self
 
