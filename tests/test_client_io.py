@@ -337,6 +337,43 @@ def test_a_result_long_poll_on_a_node_that_exits_moves_to_another_node_at_once(c
             exiting.close()
 
 
+def test_a_result_long_poll_whose_only_node_restarts_waits_on_when_it_is_back(client_for):
+    """Fault: the only node exits while a result long-poll waits on it, and
+    comes back on its endpoint (a node with a data directory restarted: it
+    still holds the task). Before, the wait failed at once with Unavailable
+    ("the connection ... closed before it answered") with 60 s of its
+    timeout to go; now it asks again there once the node is back, and gets
+    the result."""
+    packed = msgpack.packb(42)
+    first = CountingNode()
+    first.silent = True
+    endpoint = first.endpoint
+    outcome: list[Any] = []
+    c1 = client_for(endpoint, request_timeout=60.0)
+
+    def wait() -> None:
+        try:
+            outcome.append(c1.result("t-1", timeout=60))
+        except miyaq.MiyaqError as err:
+            outcome.append(err)
+
+    waiting = threading.Thread(target=wait, daemon=True)
+    waiting.start()
+    back: list[CountingNode] = []
+    try:
+        wait_for(lambda: first.pump(20) or c.RESULT in first.asked, what="the long-poll")
+        first.close()                                          # exits without an answer
+        back.append(CountingNode(replies={c.RESULT: {"state": "done", "result": packed}}, bind=endpoint))
+        wait_for(lambda: back[0].pump(20) or not waiting.is_alive(), timeout=20, what="the end of the wait")
+        assert outcome == [42]
+    finally:
+        waiting.join(25)
+        for restarted in back:
+            restarted.close()
+        if not first.sock.closed:
+            first.close()
+
+
 @pytest.mark.parametrize("green", [False, True], ids=["threads", "gevent"])
 def test_acknowledgements_libzmq_drops_with_the_closed_connection_are_resent(client_for, green):
     """A node acknowledges submits and exits at once. The client's sockets

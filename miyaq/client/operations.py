@@ -18,6 +18,7 @@ import msgpack
 from ..errors import MiyaqError, NotFound, ProtocolError, Timeout, Unavailable
 from ..protocol import commands as c
 from .nodes import Nodes
+from .requests import NoAnswer
 
 LONG_POLL = 300.0
 """Longest single RESULT wait; longer waits ask again."""
@@ -114,13 +115,21 @@ def cancel(nodes: Nodes, task_id: str) -> Operation:
 def wait_result(nodes: Nodes, task_id: str, timeout: float | None, node: str | int | None,
                 request_timeout: float) -> Operation:
     """Long-poll for a task's outcome until it is final or ``timeout`` passes
-    (raw answer: state, result, error, timeout)."""
+    (raw answer: state, result, error, timeout). When no node answers because
+    each one asked went away (a restart: :class:`NoAnswer`), they are asked
+    again until ``timeout``; a node down meanwhile costs each round
+    ``CONNECT_WAIT``, so this never spins."""
     deadline = monotonic() + (RESULT_WAIT_DEFAULT if timeout is None else timeout)
     while True:
         left = max(0.0, deadline - monotonic())
         wait = min(left, LONG_POLL)
-        answer = yield from any_node(nodes, c.RESULT, {"id": task_id, "timeout": wait}, node,
-                                     timeout=wait + request_timeout)
+        try:
+            answer = yield from any_node(nodes, c.RESULT, {"id": task_id, "timeout": wait}, node,
+                                         timeout=wait + request_timeout)
+        except NoAnswer:
+            if monotonic() >= deadline:
+                raise
+            continue
         if not answer.get("timeout") or monotonic() >= deadline:
             return answer
 

@@ -8,6 +8,8 @@ fails with ``Unavailable`` (the first-contact message while no node was ever
 reached); one not answered by its deadline fails with ``Timeout``; one sent
 on a connection that then closed fails with ``Unavailable`` at once (the
 node answers on the connection a request came on: no answer can come).
+Those two, once a node was reached, are :class:`NoAnswer`: a result
+long-poll asks again (:func:`miyaq.client.operations.wait_result`).
 """
 from __future__ import annotations
 
@@ -28,6 +30,15 @@ CONNECT_WAIT = 1.5
 """Seconds a request waits for a connection to its node."""
 CONNECT_RETRY = 0.01
 """Seconds between two tries of a request whose node is not connected."""
+
+
+class NoAnswer(Unavailable):
+    """The client's own ``Unavailable`` for a request no node will answer:
+    its connection closed, or its node was not connected for
+    :data:`CONNECT_WAIT` -- after a node was reached (before, it is the
+    first-contact error). Never a node's answer (``from_wire`` makes
+    ``Unavailable``): a node that answers ``unavailable`` is not asked again
+    in a loop."""
 
 
 class RequestTable:
@@ -59,7 +70,7 @@ class RequestTable:
                 continue
             if now - since > CONNECT_WAIT:
                 waiter = self.open.pop(body["req"])[0]
-                self._resolver.fail(waiter, self.nodes.no_connection(node))
+                self._resolver.fail(waiter, self._no_connection(node))
             else:
                 self.unsent.append((node, command, body, since))
 
@@ -70,9 +81,13 @@ class RequestTable:
             del self.open[req]
             unsent = [node for node, _, body, _ in self.unsent if body["req"] == req]
             if unsent:
-                self._resolver.fail(waiter, self.nodes.no_connection(unsent[0]))
+                self._resolver.fail(waiter, self._no_connection(unsent[0]))
             else:
                 self._resolver.fail(waiter, Timeout("the node did not answer in time"))
+
+    def _no_connection(self, node: int) -> Unavailable:
+        error = self.nodes.no_connection(node)
+        return NoAnswer(error.message) if self.nodes.reached else error
 
     def next_due(self, now: float) -> float | None:
         if self.unsent:
@@ -90,7 +105,7 @@ class RequestTable:
         waiting = {body["req"] for _, _, body, _ in self.unsent}
         lost = [req for req, entry in self.open.items() if entry[2] == node and req not in waiting]
         if lost:
-            error = Unavailable(f"the connection to {self.nodes.endpoints[node]} closed before it answered")
+            error = NoAnswer(f"the connection to {self.nodes.endpoints[node]} closed before it answered")
             for req in lost:
                 self._resolver.fail(self.open.pop(req)[0], error)
         return len(lost)
