@@ -239,6 +239,33 @@ def test_a_client_dropped_unclosed_after_its_loop_ended_is_collected_without_han
     assert done.stdout.split() == ["collected"], done.stdout
 
 
+def test_a_handle_awaited_in_another_event_loop_is_refused_instead_of_waiting_for_ever():
+    """Fault: a submit not yet acknowledged when its loop ended (a node that
+    acknowledges nothing here), its handle then awaited -- or the client
+    flushed -- in another event loop. Nothing there would resolve it: before,
+    ``wait_accepted()`` waited for ever and ``flush()`` its whole timeout,
+    then blamed the submit; now both raise the error every other call from
+    a second loop raises."""
+    silent = CountingNode()
+    client = miyaq.aio.Client(silent.endpoint, ack_timeout=60.0)
+    try:
+        async def first() -> Any:
+            return await client.submit("echo", [1])
+
+        handle = run(first)
+
+        async def second() -> None:
+            with pytest.raises(miyaq.MiyaqError, match="belongs to the event loop"):
+                await handle.wait_accepted()
+            with pytest.raises(miyaq.MiyaqError, match="belongs to the event loop"):
+                await client.flush()
+
+        run(second, limit=30.0)
+    finally:
+        asyncio.run(client.close(flush=False))
+        silent.close()
+
+
 def test_task_submit_async_and_call_async(node, thread_worker):
     app = miyaq.App(node.endpoint)
 

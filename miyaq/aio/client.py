@@ -95,6 +95,7 @@ class Client:
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until every submit so far is acknowledged; raises the first
         failure, saying how many more failed."""
+        self._io.check_loop()
         timeout = self.submit_timeout + 5 if timeout is None else timeout
         deadline = monotonic() + timeout
         handles, uncounted = self._unflushed.take()
@@ -191,6 +192,8 @@ class TaskHandle(HandleBase):
     async def wait_accepted(self, timeout: float | None = None) -> "TaskHandle":
         """Wait until a node stored the task; raises Busy, Unavailable, Timeout,
         InvalidField... if it could not be placed before its deadline."""
+        if not self._accepted.done():
+            self.client._io.check_loop()
         self._took(await self._accepted.wait(timeout, what=f"submit of {self.id}"))
         return self
 

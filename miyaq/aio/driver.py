@@ -89,15 +89,19 @@ class AsyncDriver:
         """Start the readers in the running loop; refuse another loop."""
         if self.closed:
             raise MiyaqError("client is closed")
-        loop = asyncio.get_running_loop()
-        if self.loop is loop:
-            return
+        self.check_loop()
         if self.loop is not None:
-            raise MiyaqError("a miyaq.aio.Client belongs to the event loop that first used it; "
-                             "make one client per loop")
-        self.loop = loop
+            return
+        self.loop = loop = asyncio.get_running_loop()
         self._readers = [task for i in range(len(self.socks)) for task in self._readers_of(loop, i)]
         self._arm()
+
+    def check_loop(self) -> None:
+        """Refuse a call from another event loop than the one this driver
+        runs in (nothing there would ever resolve what it awaits)."""
+        if self.loop is not None and self.loop is not asyncio.get_running_loop():
+            raise MiyaqError("a miyaq.aio.Client belongs to the event loop that first used it; "
+                             "make one client per loop")
 
     def _readers_of(self, loop: asyncio.AbstractEventLoop, node: int) -> list[asyncio.Task[None]]:
         return [loop.create_task(self._read(node, self.socks[node])),
