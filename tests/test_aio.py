@@ -266,6 +266,19 @@ def test_a_handle_awaited_in_another_event_loop_is_refused_instead_of_waiting_fo
         silent.close()
 
 
+def test_a_submit_with_an_id_that_is_not_a_string_is_refused_at_once(node):
+    """Bad input: an id that is not a string. Before, the node's refusal
+    matched no submit and the caller waited its whole ``submit_timeout``;
+    now InvalidField naming ``id``, at once, nothing sent."""
+    async def main() -> None:
+        async with miyaq.aio.Client(node.endpoint, submit_timeout=600.0) as client:
+            with pytest.raises(miyaq.errors.InvalidField, match="'id' must be a string"):
+                await client.submit("echo", [1], id=5, wait=True)      # type: ignore[arg-type]
+            assert (await client.status())["totals"]["live"] == 0
+
+    run(main, limit=30.0)
+
+
 def test_task_submit_async_and_call_async(node, thread_worker):
     app = miyaq.App(node.endpoint)
 

@@ -157,3 +157,22 @@ def test_a_client_used_in_a_forked_child_refuses_at_once_instead_of_hanging(node
     assert proc.returncode == 0, err
     assert out.split() == ["refused"] * 5 + ["2", "child", "0", "2"], (out, err)
     assert "unflushed" not in err
+
+
+@pytest.mark.parametrize("bad_id", [5, b"raw-bytes", ["a"]], ids=["int", "bytes", "list"])
+def test_a_submit_with_an_id_that_is_not_a_string_is_refused_at_once(node, bad_id):
+    """Bad input: ``submit(..., id=5)``. The node refuses such an id, but its
+    refusal names an id that is not a string, which the client matched to
+    no submit: before, the caller waited its whole ``submit_timeout`` and got
+    a Timeout ("not acknowledged"). Now InvalidField naming ``id``, at once,
+    and nothing is sent; an empty id goes to the node, which refuses it."""
+    client = miyaq.Client(node.endpoint, submit_timeout=600.0)
+    try:
+        with pytest.raises(miyaq.errors.InvalidField, match="'id' must be a string") as refused:
+            client.submit("echo", [1], id=bad_id, wait=True)
+        assert refused.value.details == {"field": "id"}
+        with pytest.raises(miyaq.errors.InvalidField):
+            client.submit("echo", [1], id="", wait=True)
+        assert client.status()["totals"]["live"] == 0
+    finally:
+        client.close(flush=False)

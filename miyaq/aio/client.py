@@ -18,7 +18,7 @@ from ..client import operations as ops
 from ..client.client import split_endpoints
 from ..client.submits import Pending
 from ..client.handle import HandleBase, Unflushed, flush_error
-from ..client.wire import ReceivedTask, decode_outcome, new_id, task_wire, url_wire
+from ..client.wire import ReceivedTask, decode_outcome, submit_id, task_wire, url_wire
 from ..devstate import default_connect
 from ..errors import ConfigError, MiyaqError, Timeout
 from ..protocol import commands as c
@@ -71,7 +71,7 @@ class Client:
     async def _submit_wire(self, wire: dict[str, Any], task_id: str | None, wait: bool) -> "TaskHandle":
         io = self._io
         io.ensure_started()
-        wire["id"] = task_id or new_id()
+        wire["id"] = submit_id(task_id)
         now = monotonic()
         deadline = now + self.submit_timeout
         while io.core.in_flight >= self.window:

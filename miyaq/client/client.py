@@ -39,7 +39,7 @@ from .io import IOLoop
 from .short_path import ThreadedIOLoop
 from .kit import choose
 from .submits import Pending
-from .wire import TASK_OPTIONS, ReceivedTask, decode_outcome, new_id, pack_args, task_wire, url_wire
+from .wire import TASK_OPTIONS, ReceivedTask, decode_outcome, new_id, pack_args, submit_id, task_wire, url_wire
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class Client:
     def _pending(self, wire: dict[str, Any], task_id: str | None, wait: bool) -> tuple[Pending, TaskHandle]:
         """A submit ready to hand to the I/O loop (once the window has room), and its handle."""
         self._check_open()
-        wire["id"] = task_id or new_id()
+        wire["id"] = submit_id(task_id)
         future = self.kit.waiter() if wait else Future(self._io.heard_event)
         io = self._io
         now = monotonic()

@@ -9,7 +9,7 @@ from typing import Any, Iterable
 
 import msgpack
 
-from ..errors import ProtocolError, TaskCancelled, TaskExpired, TaskFailed, Timeout
+from ..errors import InvalidField, ProtocolError, TaskCancelled, TaskExpired, TaskFailed, Timeout
 
 TASK_OPTIONS = ("queue", "priority", "eta", "countdown", "ttl", "max_retries", "backoff",
                 "backoff_max", "timeout", "key", "replicas", "at_most_once")
@@ -40,6 +40,20 @@ def new_id() -> str:
         offset = 0
     pool["offset"] = offset + _ID_BYTES
     return pool["bytes"][offset:offset + _ID_BYTES].hex()
+
+
+def submit_id(task_id: str | None) -> str:
+    """The id a submit goes with: ``task_id``, or a new one when None. One
+    that is not a string is InvalidField here, before anything is sent: the
+    client keys its unacknowledged submits by id (a list's would break its
+    I/O loop), and the node's refusal of an int's would match no submit (the
+    caller waited for its deadline). Any string goes to the node, which
+    refuses a malformed one by name."""
+    if task_id is None:
+        return new_id()
+    if not isinstance(task_id, str):
+        raise InvalidField(f"field 'id' must be a string, not {type(task_id).__name__}", field="id")
+    return task_id
 
 
 def pack_args(args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None) -> bytes:
