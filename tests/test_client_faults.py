@@ -176,3 +176,33 @@ def test_a_submit_with_an_id_that_is_not_a_string_is_refused_at_once(node, bad_i
         assert client.status()["totals"]["live"] == 0
     finally:
         client.close(flush=False)
+
+
+UNENCODABLE = {
+    "queue": lambda c: c.submit("echo", [1], queue=object(), wait=True),
+    "eta": lambda c: c.submit("echo", [1], eta={1}, wait=True),
+    "priority": lambda c: c.submit("echo", [1], priority=2 ** 70),
+    "name": lambda c: c.submit(object(), [1]),
+    "url_body": lambda c: c.submit_url("http://example.com/hook", 5, wait=True),
+    "url_headers": lambda c: c.submit_url("http://example.com/hook", b"", headers={"X": object()}),
+}
+
+
+@pytest.mark.parametrize("what", sorted(UNENCODABLE))
+def test_a_submit_with_a_field_msgpack_cannot_encode_raises_at_once_and_loses_nothing(client_for, node, what):
+    """Bad input: a task option, name or webhook field msgpack cannot encode
+    (a set, an object, an int past 64 bits), or a webhook body that is not
+    bytes, from a client busy with other submits (so its I/O loop batches
+    them). Before, the I/O loop failed encoding the batch: the submits of
+    that batch were lost -- their callers, a ``wait=True`` one included,
+    waited for ever -- and every later call failed. Now TypeError at once,
+    nothing queued: the other submits are accepted and the client works on."""
+    client = client_for(node.endpoint, submit_timeout=600.0)
+    client.status()
+    others = [client.submit("echo", [i]) for i in range(200)]
+    with pytest.raises(TypeError):
+        UNENCODABLE[what](client)
+    client.flush(timeout=30)
+    assert all(h.accepted for h in others)
+    assert client.submit("echo", ["after"], wait=True).accepted
+    assert client._io.in_flight == 0

@@ -75,22 +75,41 @@ def options_wire(options: dict[str, Any]) -> dict[str, Any]:
     return wire
 
 
+def encodable(fields: dict[str, Any]) -> None:
+    """Raise TypeError, in the caller, if msgpack cannot encode ``fields``
+    (a set, an object, an int past 64 bits). The I/O loop encodes a batch of
+    submits at once: a field it could not encode there failed the loop and
+    lost the whole batch."""
+    try:
+        msgpack.packb(fields, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"a task field msgpack cannot encode: {exc}") from None
+
+
 def task_wire(name: str, args: Iterable[Any], kwargs: dict[str, Any] | None,
               options: dict[str, Any]) -> dict[str, Any]:
-    """A named task's SUBMIT entry, without its id."""
+    """A named task's SUBMIT entry, without its id. TypeError for a name or
+    option msgpack cannot encode (:func:`encodable`)."""
     wire = options_wire(options)
     wire["name"] = name
+    if len(wire) != 1 or type(name) is not str:    # a str name alone (no option) needs no trial
+        encodable(wire)
     wire["body"] = pack_args(args, kwargs)
     return wire
 
 
 def url_wire(url: str, body: bytes, method: str, headers: dict[str, str] | None,
              options: dict[str, Any]) -> dict[str, Any]:
-    """A webhook task's SUBMIT entry, without its id."""
+    """A webhook task's SUBMIT entry, without its id. TypeError for a body
+    that is not bytes, or a field msgpack cannot encode (:func:`encodable`)."""
+    if not isinstance(body, (bytes, bytearray)):
+        raise TypeError(f"a webhook body must be bytes, not {type(body).__name__}")
     wire = options_wire(options)
-    wire.update(url=url, body=body, method=method)
+    wire.update(url=url, method=method)
     if headers:
         wire["headers"] = headers
+    encodable(wire)
+    wire["body"] = body
     return wire
 
 
