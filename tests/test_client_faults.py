@@ -206,3 +206,29 @@ def test_a_submit_with_a_field_msgpack_cannot_encode_raises_at_once_and_loses_no
     assert all(h.accepted for h in others)
     assert client.submit("echo", ["after"], wait=True).accepted
     assert client._io.in_flight == 0
+
+
+UNENCODABLE_REQUESTS = {
+    "status": lambda c: c.status({1}),
+    "dead": lambda c: c.dead("retry", ids={"a"}),
+    "tasks": lambda c: c.tasks(limit=object()),
+    "receive": lambda c: c.receive([object()]),
+    "request": lambda c: c.request("STATUS", {}),         # a str command, not bytes
+}
+
+
+@pytest.mark.parametrize("green", [False, True], ids=["threads", "gevent"])
+@pytest.mark.parametrize("what", sorted(UNENCODABLE_REQUESTS))
+def test_a_request_with_a_field_msgpack_cannot_encode_raises_at_once_and_the_client_works_on(node, green, what):
+    """Bad input: a status, dead-letter, tasks or receive call with an argument
+    msgpack cannot encode (a set, an object). Before, the I/O loop that sent
+    it (always, for a gevent client: every handler's client in a gevent
+    worker) failed encoding it, and every later call of the client failed
+    ("the client was closed"). Now TypeError in the caller; the client works on."""
+    client = miyaq.Client(node.endpoint, request_timeout=5.0, green=green)
+    try:
+        with pytest.raises(TypeError, match="msgpack cannot encode|command must be bytes"):
+            UNENCODABLE_REQUESTS[what](client)
+        assert client.status()["totals"]["live"] == 0
+    finally:
+        client.close(flush=False)

@@ -18,7 +18,7 @@ from ..client import operations as ops
 from ..client.client import split_endpoints
 from ..client.submits import Pending
 from ..client.handle import HandleBase, Unflushed, flush_error
-from ..client.wire import ReceivedTask, decode_outcome, submit_id, task_wire, url_wire
+from ..client.wire import ReceivedTask, check_request, decode_outcome, submit_id, task_wire, url_wire
 from ..devstate import default_connect
 from ..errors import ConfigError, MiyaqError, Timeout
 from ..protocol import commands as c
@@ -111,8 +111,10 @@ class Client:
     # -- requests ----------------------------------------------------------------------
     async def request(self, command: bytes, body: dict[str, Any], *, node: str | int | None = None,
                       timeout: float | None = None) -> dict[str, Any]:
-        """Send one request and wait for its REPLY (raises the node's error)."""
+        """Send one request and wait for its REPLY (raises the node's error;
+        TypeError for a command not bytes, a body msgpack cannot encode)."""
         self._io.ensure_started()
+        check_request(command, body)
         timeout = self.request_timeout if timeout is None else timeout
         body["req"] = self._io.core.next_req()
         future = AioFuture()

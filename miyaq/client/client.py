@@ -39,7 +39,8 @@ from .io import IOLoop
 from .short_path import ThreadedIOLoop
 from .kit import choose
 from .submits import Pending
-from .wire import TASK_OPTIONS, ReceivedTask, decode_outcome, new_id, pack_args, submit_id, task_wire, url_wire
+from .wire import (TASK_OPTIONS, ReceivedTask, check_request, decode_outcome, new_id, pack_args, submit_id, task_wire,
+                   url_wire)
 
 logger = logging.getLogger(__name__)
 
@@ -166,8 +167,10 @@ class Client:
     # -- requests ----------------------------------------------------------------------
     def request(self, command: bytes, body: dict[str, Any], *, node: str | int | None = None,
                 timeout: float | None = None) -> dict[str, Any]:
-        """Send one request and wait for its REPLY (raises the node's error)."""
+        """Send one request and wait for its REPLY (raises the node's error;
+        TypeError for a command not bytes, a body msgpack cannot encode)."""
         self._check_open()
+        check_request(command, body)
         timeout = self.request_timeout if timeout is None else timeout
         body["req"] = self._io.next_req()
         future = self.kit.waiter()

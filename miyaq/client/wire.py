@@ -75,15 +75,24 @@ def options_wire(options: dict[str, Any]) -> dict[str, Any]:
     return wire
 
 
-def encodable(fields: dict[str, Any]) -> None:
+def encodable(fields: dict[str, Any], what: str = "task") -> None:
     """Raise TypeError, in the caller, if msgpack cannot encode ``fields``
-    (a set, an object, an int past 64 bits). The I/O loop encodes a batch of
-    submits at once: a field it could not encode there failed the loop and
-    lost the whole batch."""
+    (a set, an object, an int past 64 bits) of a ``what`` (task, request).
+    The I/O loop encodes what it sends (a batch of submits at once): a field
+    it could not encode there failed the loop, every later call of the client
+    failing, and lost the batch."""
     try:
         msgpack.packb(fields, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise TypeError(f"a task field msgpack cannot encode: {exc}") from None
+        raise TypeError(f"a {what} field msgpack cannot encode: {exc}") from None
+
+
+def check_request(command: bytes, body: dict[str, Any]) -> None:
+    """TypeError, in the caller, for a request the I/O loop could not send:
+    a command that is not bytes, a body msgpack cannot encode."""
+    if not isinstance(command, bytes):
+        raise TypeError(f"a request's command must be bytes (b\"STATUS\"), not {type(command).__name__}")
+    encodable(body, "request")
 
 
 def task_wire(name: str, args: Iterable[Any], kwargs: dict[str, Any] | None,
