@@ -3,7 +3,9 @@ from the harness), including the faults the threaded client survives."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from typing import Any, Awaitable, Callable
@@ -277,6 +279,48 @@ def test_a_submit_with_an_id_that_is_not_a_string_is_refused_at_once(node):
             assert (await client.status())["totals"]["live"] == 0
 
     run(main, limit=30.0)
+
+
+MADE_BEFORE_A_FORK = """
+import asyncio, os, sys
+import miyaq.aio
+client = miyaq.aio.Client(sys.argv[1])      # at import time, before the server forks its workers
+pid = os.fork()
+if pid == 0:
+    async def main():
+        handle = await client.submit("echo", [1], countdown=60, wait=True)
+        print((await client.status(handle.id))["state"])
+        await client.close()
+    asyncio.run(asyncio.wait_for(main(), 20))
+    sys.stdout.flush()
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_client_made_before_a_fork_and_first_used_in_the_child_works_there(node):
+    """Fault: the client is made at import time, as the docs allow, and the
+    process forks before using it (a pre-forking server: gunicorn --preload
+    with uvicorn workers). Its sockets were made in the parent's ZeroMQ
+    context, which does not work in a child: before, the child's first call
+    spun in the client's reader and never returned. Now a client first used
+    in a forked child opens its sockets there. In an interpreter of its
+    own, bounded."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(miyaq.__file__)))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-c", MADE_BEFORE_A_FORK, node.endpoint], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=40)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the forked child's first call hung")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)        # the forked child too, had it hung
+        proc.communicate()
+    assert proc.returncode == 0, err
+    assert out.split() == ["scheduled", "child", "0"], (out, err)
 
 
 def test_task_submit_async_and_call_async(node, thread_worker):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import weakref
 from typing import Any
 
@@ -36,19 +37,10 @@ logger = logging.getLogger(__name__)
 class AsyncDriver:
     def __init__(self, endpoints: list[str], *, max_batch: int, ack_timeout: float, max_message: int,
                  security: SocketSecurity | None = None, endpoints_source: str = "given") -> None:
-        self.factory = SocketFactory(flavour="asyncio", max_message=max_message, security=security,
-                                     io_threads=io_threads.for_client())
+        self._max_message = max_message
+        self._security = security
         self.nodes = Nodes(endpoints, source=endpoints_source, secure=security is not None)
-        # Each socket has a monitor: its connections closing (unacknowledged submits
-        # are sent again at once) and coming up.
-        self.socks, self.monitors = dial_given(self.factory, endpoints)
-        # A driver collected unclosed (its client dropped without close(), its loop
-        # gone) closes its sockets first. Left to pyzmq, the context's finalizer
-        # would wait for sockets of the same garbage cycle, whose weak references
-        # the collector has already cleared: the process hung in that collection
-        # for good. The finalizer holds the socket lists, so they stay reachable.
-        self._finalizer = weakref.finalize(self, _close_unclosed, self.factory, self.socks, self.monitors)
-        self._finalizer.atexit = False     # at exit pyzmq leaves contexts alone: nothing waits
+        self._dial()
         self.room = asyncio.Event()
         self.core = ClientCore(self, self.nodes, max_batch=max_batch, ack_timeout=ack_timeout,
                                max_message=max_message, on_resolved=self.room.set)
@@ -57,6 +49,23 @@ class AsyncDriver:
         self._timer: asyncio.TimerHandle | None = None
         self._flush_soon = False
         self.closed = False
+
+    def _dial(self) -> None:
+        """Open the context and the sockets to the given endpoints (a bad one
+        is a ConfigError here, at construction)."""
+        self._pid = os.getpid()
+        self.factory = SocketFactory(flavour="asyncio", max_message=self._max_message, security=self._security,
+                                     io_threads=io_threads.for_client())
+        # Each socket has a monitor: its connections closing (unacknowledged submits
+        # are sent again at once) and coming up.
+        self.socks, self.monitors = dial_given(self.factory, self.nodes.endpoints)
+        # A driver collected unclosed (its client dropped without close(), its loop
+        # gone) closes its sockets first. Left to pyzmq, the context's finalizer
+        # would wait for sockets of the same garbage cycle, whose weak references
+        # the collector has already cleared: the process hung in that collection
+        # for good. The finalizer holds the socket lists, so they stay reachable.
+        self._finalizer = weakref.finalize(self, _close_unclosed, self.factory, self.socks, self.monitors)
+        self._finalizer.atexit = False     # at exit pyzmq leaves contexts alone: nothing waits
 
     # -- Transport (called by the core) --------------------------------------------------
     def send(self, node: int, frames: list[bytes]) -> bool:
@@ -92,6 +101,13 @@ class AsyncDriver:
         self.check_loop()
         if self.loop is not None:
             return
+        if self._pid != os.getpid():
+            # Made before a fork, first used in the child (a client made at import
+            # time in a pre-forking server): the parent's ZeroMQ context does not
+            # work here. Its sockets are let go (pyzmq closes nothing in a child)
+            # and this process dials its own.
+            self._finalizer.detach()
+            self._dial()
         self.loop = loop = asyncio.get_running_loop()
         self._readers = [task for i in range(len(self.socks)) for task in self._readers_of(loop, i)]
         self._arm()
