@@ -10,7 +10,6 @@ since the loop is gone by then.
 """
 from __future__ import annotations
 
-import asyncio
 from contextlib import nullcontext
 from typing import Any, Iterable
 
@@ -74,14 +73,12 @@ class Client:
         wire["id"] = submit_id(task_id)
         now = monotonic()
         deadline = now + self.submit_timeout
+        woken = False
         while io.core.in_flight >= self.window:
-            io.room.clear()
             left = deadline - monotonic()
-            try:
-                await asyncio.wait_for(io.room.wait(), min(1.0, max(0.0, left)))
-            except asyncio.TimeoutError:
-                if monotonic() >= deadline:
-                    raise Timeout(f"submit window ({self.window}) stayed full for {self.submit_timeout:g}s") from None
+            woken = await io.room.wait(min(1.0, max(0.0, left)), first=woken)
+            if not woken and monotonic() >= deadline:
+                raise Timeout(f"submit window ({self.window}) stayed full for {self.submit_timeout:g}s")
             io.ensure_started()               # closed while we waited: a clear error
         future = AioFuture()
         handle = TaskHandle(wire["id"], self, future)

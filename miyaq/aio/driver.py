@@ -30,6 +30,7 @@ from ..runtime.clock import monotonic
 from ..runtime.sockets import (
     CONNECTION_CLOSED, CONNECTION_READY, SocketFactory, SocketSecurity, monitor_event, redial,
 )
+from .window import WindowRoom
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +42,9 @@ class AsyncDriver:
         self._security = security
         self.nodes = Nodes(endpoints, source=endpoints_source, secure=security is not None)
         self._dial()
-        self.room = asyncio.Event()
+        self.room = WindowRoom()
         self.core = ClientCore(self, self.nodes, max_batch=max_batch, ack_timeout=ack_timeout,
-                               max_message=max_message, on_resolved=self.room.set)
+                               max_message=max_message, on_resolved=self.room.freed)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._readers: list[asyncio.Task[None]] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -141,6 +142,7 @@ class AsyncDriver:
                 task.cancel()
             await asyncio.gather(*self._readers, return_exceptions=True)
         self.core.fail_all(MiyaqError("client is closed"))
+        self.room.wake_all()     # waiting for room: each finds the client closed
         self._finalizer()        # closes the sockets, once
 
     # -- calls ---------------------------------------------------------------------------
