@@ -3,11 +3,7 @@ from the harness), including the faults the threaded client survives."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
-import subprocess
-import sys
 from typing import Any, Awaitable, Callable
 
 import pytest
@@ -20,6 +16,7 @@ from miyaq.logs import LogLimiter
 from miyaq.protocol import commands as c
 from miyaq.security.keystore import KeyStore
 from miyaq.testing.harness import ThreadNode, free_port, refusing_port, wait_for
+from own_interpreter import run_script
 from raw_nodes import CountingNode, NodesPlayer, no_descriptor_once_for
 
 
@@ -230,15 +227,10 @@ def test_a_client_dropped_unclosed_after_its_loop_ended_is_collected_without_han
         "miyaq.aio.Client(sys.argv[1])\n"
         "gc.collect()\n"
         "print('collected')\n")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(miyaq.__file__)))
-    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    try:
-        done = subprocess.run([sys.executable, "-c", script, node.endpoint], capture_output=True, text=True,
-                              timeout=30, env=env)
-    except subprocess.TimeoutExpired:
-        pytest.fail("the process hung collecting an unclosed asyncio client")
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["collected"], done.stdout
+    code, out, err = run_script(script, node.endpoint, timeout=30,
+                                hung="the process hung collecting an unclosed asyncio client")
+    assert code == 0, err
+    assert out.split() == ["collected"], out
 
 
 def test_a_handle_awaited_in_another_event_loop_is_refused_instead_of_waiting_for_ever():
@@ -307,19 +299,9 @@ def test_a_client_made_before_a_fork_and_first_used_in_the_child_works_there(nod
     spun in the client's reader and never returned. Now a client first used
     in a forked child opens its sockets there. In an interpreter of its
     own, bounded."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(miyaq.__file__)))
-    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-c", MADE_BEFORE_A_FORK, node.endpoint], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=40)
-    except subprocess.TimeoutExpired:
-        pytest.fail("the forked child's first call hung")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)        # the forked child too, had it hung
-        proc.communicate()
-    assert proc.returncode == 0, err
+    code, out, err = run_script(MADE_BEFORE_A_FORK, node.endpoint, timeout=40,
+                                hung="the forked child's first call hung")
+    assert code == 0, err
     assert out.split() == ["scheduled", "child", "0"], (out, err)
 
 
@@ -475,9 +457,6 @@ def test_the_asyncio_client_never_imports_gevent(node):
         "        print((await client.status(handle.id))['state'])\n"
         "asyncio.run(asyncio.wait_for(main(), 30))\n"
         "print(sorted(m for m in sys.modules if m == 'gevent' or m.startswith(('gevent.', 'zmq.green'))))\n")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(miyaq.__file__)))
-    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run([sys.executable, "-c", script, node.endpoint], capture_output=True, text=True,
-                          timeout=60, env=env)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["scheduled", "[]"], done.stdout
+    code, out, err = run_script(script, node.endpoint, timeout=60, hung="the asyncio client's script hung")
+    assert code == 0, err
+    assert out.split() == ["scheduled", "[]"], out

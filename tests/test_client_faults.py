@@ -1,17 +1,13 @@
 """The threaded client against real nodes that misbehave."""
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
-import sys
 import threading
 
 import pytest
 
 import miyaq
 from miyaq.testing.harness import ThreadNode, free_port
+from own_interpreter import run_script
 
 
 def test_node_restarting_mid_pipeline_every_submit_is_accepted_by_the_new_node(client_for):
@@ -142,19 +138,8 @@ def test_a_client_used_in_a_forked_child_refuses_at_once_instead_of_hanging(node
     MiyaqError saying to make a client there, an App makes a new one there,
     and the parent's client is untouched. In an interpreter of its own,
     bounded."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(miyaq.__file__)))
-    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-c", FORKED_CHILD, node.endpoint], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=40)
-    except subprocess.TimeoutExpired:
-        pytest.fail("a call in the forked child hung")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)        # the forked child too, had it hung
-        proc.communicate()
-    assert proc.returncode == 0, err
+    code, out, err = run_script(FORKED_CHILD, node.endpoint, timeout=40, hung="a call in the forked child hung")
+    assert code == 0, err
     assert out.split() == ["refused"] * 5 + ["2", "child", "0", "2"], (out, err)
     assert "unflushed" not in err
 

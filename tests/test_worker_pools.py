@@ -327,21 +327,8 @@ def test_a_result_too_large_for_a_message_fails_and_drops_no_connection(procs, n
     the connection (libzmq's MAXMSGSIZE), the worker registered again, and
     the node counted every task it held lost -- the running one was
     started a second time while its first attempt still ran."""
-    path, env = events
-    w = _worker(procs, node, pool, 2, env)
-    _registered(client)
-    tag = uuid.uuid4().hex
-    slow = client.submit("slow_first", [tag, 2.0], wait=True)
-    wait_for(lambda: _starts(path, tag), what="the slow task started")
-    handle = client.submit("sized", [17 * 1024 * 1024], timeout=300, wait=True)
-    with pytest.raises(miyaq.TaskFailed) as failed:
-        handle.result(30)
-    assert failed.value.remote_type == "ResultTooLarge"
-    assert "exceeds the" in failed.value.remote_message
-    assert slow.result(30) == 1
-    assert [e[3] for e in _starts(path, tag)] == [1]
-    assert client.status()["outcomes"].get("lost", 0) == 0
-    assert "closed; reconnecting" not in w.log_tail(200)
+    message = _too_large_beside_a_running_task(procs, node, client, events, pool, 17 * 1024 * 1024)
+    assert "exceeds the" in message
 
 
 @pytest.mark.parametrize("pool", ["gevent", "threads"])
@@ -353,23 +340,31 @@ def test_a_result_over_the_nodes_own_max_message_fails_and_drops_no_connection(p
     and the other task finishes in its first attempt. Before, the DONE went
     out: the node dropped the connection and counted every task the worker
     held lost."""
-    path, env = events
     with ThreadNode(heartbeat=1.0, max_message=2_000_000) as node:
-        client = client_for(node.endpoint)
-        w = _worker(procs, node, pool, 2, env)
-        _registered(client)
-        tag = uuid.uuid4().hex
-        slow = client.submit("slow_first", [tag, 2.0], wait=True)
-        wait_for(lambda: _starts(path, tag), what="the slow task started")
-        handle = client.submit("sized", [3_000_000], timeout=300, wait=True)
-        with pytest.raises(miyaq.TaskFailed) as failed:
-            handle.result(30)
-        assert failed.value.remote_type == "ResultTooLarge"
-        assert "its max_message" in failed.value.remote_message
-        assert slow.result(30) == 1
-        assert [e[3] for e in _starts(path, tag)] == [1]
-        assert client.status()["outcomes"].get("lost", 0) == 0
-        assert "closed; reconnecting" not in w.log_tail(200)
+        message = _too_large_beside_a_running_task(procs, node, client_for(node.endpoint), events, pool, 3_000_000)
+        assert "its max_message" in message
+
+
+def _too_large_beside_a_running_task(procs, node, client, events, pool, size):
+    """A worker of concurrency 2 runs a slow task while a handler returns
+    ``size`` bytes: that task fails ResultTooLarge, the slow one finishes in
+    its first attempt, nothing is lost and the worker keeps its connection.
+    Returns the failure's message."""
+    path, env = events
+    w = _worker(procs, node, pool, 2, env)
+    _registered(client)
+    tag = uuid.uuid4().hex
+    slow = client.submit("slow_first", [tag, 2.0], wait=True)
+    wait_for(lambda: _starts(path, tag), what="the slow task started")
+    handle = client.submit("sized", [size], timeout=300, wait=True)
+    with pytest.raises(miyaq.TaskFailed) as failed:
+        handle.result(30)
+    assert failed.value.remote_type == "ResultTooLarge"
+    assert slow.result(30) == 1
+    assert [e[3] for e in _starts(path, tag)] == [1]
+    assert client.status()["outcomes"].get("lost", 0) == 0
+    assert "closed; reconnecting" not in w.log_tail(200)
+    return failed.value.remote_message
 
 
 def test_a_result_too_large_for_the_childs_socket_fails_at_once(procs, node, client, events):
