@@ -114,12 +114,12 @@ class ServiceEndpoint:
         ``busy`` instead."""
         body["req"] = req
         packed = codec.pack(body)
-        if len(packed) >= self.unread.large and not self.unread.may_send(identity, len(packed)):
+        if not self.unread.may_send(identity, len(packed)):
+            unread = self.unread.unread(identity)
             _log.warning("unread", "a connection has not read %d bytes of answers; its requests for more are "
-                         "answered busy until it does (%d so far)", self.unread.unread(identity),
-                         self.unread.refused)
-            self.error(identity, Busy(f"this connection has not read {self.unread.unread(identity)} bytes of "
-                                      "answers it was sent; read them before asking for more"), req)
+                         "answered busy until it does (%d so far)", unread, self.unread.refused)
+            self.error(identity, Busy(f"this connection has not read {unread} bytes of answers it was sent; "
+                                      "read them before asking for more"), req)
             return False
         return self._send(identity, c.REPLY, packed)
 

@@ -87,10 +87,16 @@ def done(value: Any) -> Outcome:
     instead (see there: sent, it would cost the worker its connection)."""
     result = msgpack.packb(value, use_bin_type=True)
     if len(result) > MAX_RESULT_BYTES:
-        return ("failed", {"type": "ResultTooLarge", "retry": False,
-                           "message": f"result of {len(result)} bytes exceeds the {MAX_RESULT_BYTES} bytes one "
-                                      "message to a node can carry"})
+        return ("failed", too_large(len(result), MAX_RESULT_BYTES, "one message to a node can carry"))
     return ("done", result)
+
+
+def too_large(size: int, limit: int, carrier: str) -> dict[str, Any]:
+    """The failure of a result of ``size`` bytes over the ``limit`` of what
+    carries it (``carrier``: "one message to a node can carry"): not retried,
+    as a node fails a result over its ``max_payload``."""
+    return {"type": "ResultTooLarge", "retry": False,
+            "message": f"result of {size} bytes exceeds the {limit} bytes {carrier}"}
 
 
 def interrupted(exc: Interrupted | type[Interrupted]) -> Outcome:

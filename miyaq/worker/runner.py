@@ -40,7 +40,7 @@ from .aio import AsyncLoop
 from .config import (
     BYE_LINGER, DRAIN_POLL, MAX_NODES, WATCHDOG_IDLE, WATCHDOG_TICK, WorkerConfig,
 )
-from .execute import Interrupted, Outcome, TaskAborted, TaskTimeout
+from .execute import Interrupted, Outcome, TaskAborted, TaskTimeout, too_large
 from .jobs import Job, well_formed
 from .link import NodeLink
 from .pools import PoolParts, make_pool
@@ -271,7 +271,9 @@ class Worker:
         try:
             kind, value = outcome
             if kind == "done" and isinstance(value, bytes) and len(value) > target.max_result:
-                kind, value = "failed", too_large_for(value, target)
+                # Over the max_message its node's WELCOME said: sent, it would cost this link.
+                kind, value = "failed", too_large(len(value), target.max_result,
+                                                  f"one message to node {target.endpoint} can carry (its max_message)")
             # No slot back: see the docstring; or this node's extra credit is being taken back.
             elsewhere = target is not link or self.stopping or link.extra.take_withhold()
             if kind == "done":
@@ -415,11 +417,3 @@ class Worker:
         logger.info("worker %s stopped after %d task(s)", self.wid, self.executed)
         self._stopped.set()
 
-
-def too_large_for(result: bytes, link: NodeLink) -> dict[str, Any]:
-    """The failure of a result larger than one DONE to ``link``'s node may
-    carry (the ``max_message`` its WELCOME said, below the worker's own
-    bound): sent, it would cost the worker its connection to that node."""
-    return {"type": "ResultTooLarge", "retry": False,
-            "message": f"result of {len(result)} bytes exceeds the {link.max_result} bytes one message to node "
-                       f"{link.endpoint} can carry (its max_message)"}

@@ -31,7 +31,7 @@ from ...logs import setup_logging
 from ...runtime.sockets import SocketFactory
 from ..config import CHILD_MESSAGE_BYTES, CHILD_PARENT_CHECK
 from ..context import TaskContext, bind, unbind
-from ..execute import Outcome, run_async, run_sync
+from ..execute import Outcome, run_async, run_sync, too_large
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +56,8 @@ def outcome_frames(task_id: Any, outcome: Outcome) -> list[bytes]:
     frames = pack(OUTCOME, {"id": task_id, "outcome": list(outcome)})
     if len(frames[1]) > CHILD_MESSAGE_BYTES:
         size = len(outcome[1]) if isinstance(outcome[1], bytes) else len(frames[1])
-        frames = pack(OUTCOME, {"id": task_id, "outcome": ["failed", {
-            "type": "ResultTooLarge", "retry": False,
-            "message": f"result of {size} bytes exceeds the {CHILD_MESSAGE_BYTES} bytes a processes-pool "
-                       "child can return"}]})
+        failed = too_large(size, CHILD_MESSAGE_BYTES, "a processes-pool child can return")
+        frames = pack(OUTCOME, {"id": task_id, "outcome": ["failed", failed]})
     return frames
 
 
