@@ -14,12 +14,13 @@ from contextlib import nullcontext
 from typing import Any, Iterable
 
 from ..client import operations as ops
+from ..client.arguments import client_options, seconds
 from ..client.client import split_endpoints
 from ..client.submits import Pending
 from ..client.handle import HandleBase, Unflushed, flush_error
 from ..client.wire import ReceivedTask, check_request, decode_outcome, submit_id, task_wire, url_wire
 from ..devstate import default_connect
-from ..errors import ConfigError, MiyaqError, Timeout
+from ..errors import MiyaqError, Timeout
 from ..protocol import commands as c
 from ..protocol.commands import DEFAULT_MAX_MESSAGE
 from ..runtime.clock import monotonic
@@ -38,8 +39,7 @@ class Client:
         if endpoints is None:
             endpoints, source = default_connect()
         self.endpoints = split_endpoints(endpoints)
-        if window < 1:
-            raise ConfigError("window must be at least 1")
+        client_options(window, submit_timeout, ack_timeout, request_timeout, max_batch)
         self.window = window
         self.submit_timeout = submit_timeout
         self.request_timeout = request_timeout
@@ -93,6 +93,7 @@ class Client:
         """Wait until every submit so far is acknowledged; raises the first
         failure, saying how many more failed."""
         self._io.check_loop()
+        timeout = seconds(timeout, "timeout", optional=True)
         timeout = self.submit_timeout + 5 if timeout is None else timeout
         deadline = monotonic() + timeout
         handles, uncounted = self._unflushed.take()
@@ -112,6 +113,7 @@ class Client:
         TypeError for a command not bytes, a body msgpack cannot encode)."""
         self._io.ensure_started()
         check_request(command, body)
+        timeout = seconds(timeout, "timeout", optional=True)
         timeout = self.request_timeout if timeout is None else timeout
         body["req"] = self._io.core.next_req()
         future = AioFuture()
@@ -134,6 +136,7 @@ class Client:
         return await self.request(c.RING, {})
 
     async def wait_result(self, task_id: str, timeout: float | None, node: str | None = None) -> dict[str, Any]:
+        timeout = seconds(timeout, "timeout", optional=True)
         return await self._run(ops.wait_result(self.nodes, task_id, timeout, node, self.request_timeout))
 
     async def result(self, task_id: str, timeout: float | None = 60.0) -> Any:
@@ -142,6 +145,7 @@ class Client:
     async def call(self, name: str, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None, *,
                    timeout: float | None = 60.0, **options: Any) -> Any:
         """Submit, wait for acceptance, then for the result (``timeout``: the wait)."""
+        timeout = seconds(timeout, "timeout", optional=True)
         handle = await self.submit(name, args, kwargs, wait=True, **options)
         return await handle.result(timeout)
 
@@ -155,6 +159,7 @@ class Client:
 
     async def receive(self, queues: Iterable[str] | str = ("default",), timeout: float = 0.0) -> "Received | None":
         """Take one ready task, waiting up to ``timeout`` seconds; None if none came."""
+        timeout = seconds(timeout, "timeout")
         task = await self._run(ops.receive(queues, timeout, self.request_timeout))
         return None if task is None else Received(self, task)
 
@@ -162,6 +167,7 @@ class Client:
     async def close(self, flush: bool = True, timeout: float = 10.0) -> None:
         if self._io.closed:
             return
+        timeout = seconds(timeout, "timeout")
         try:
             if flush and self._io.in_own_loop:
                 await self.flush(timeout)
@@ -191,6 +197,7 @@ class TaskHandle(HandleBase):
     async def wait_accepted(self, timeout: float | None = None) -> "TaskHandle":
         """Wait until a node stored the task; raises Busy, Unavailable, Timeout,
         InvalidField... if it could not be placed before its deadline."""
+        timeout = seconds(timeout, "timeout", optional=True)
         if not self._accepted.done():
             self.client._io.check_loop()
         self._took(await self._accepted.wait(timeout, what=f"submit of {self.id}"))
@@ -198,6 +205,7 @@ class TaskHandle(HandleBase):
 
     async def result(self, timeout: float | None = 60.0) -> Any:
         """The handler's return value, or the exception it stands for."""
+        timeout = seconds(timeout, "timeout", optional=True)
         await self.wait_accepted(timeout)
         answer = await self.client.wait_result(self.task_id, timeout, node=self.node)
         return decode_outcome(self.task_id, answer)

@@ -34,6 +34,7 @@ from ..protocol.commands import DEFAULT_MAX_MESSAGE
 from ..security.curve import client_curve
 from . import operations as ops
 from .futures import Future
+from .arguments import client_options, seconds
 from .handle import TaskHandle, Unflushed, flush_error
 from .io import IOLoop
 from .short_path import ThreadedIOLoop
@@ -87,8 +88,7 @@ class Client:
         if endpoints is None:
             endpoints, self.endpoints_source = default_connect()
         endpoints = split_endpoints(endpoints)
-        if window < 1:
-            raise ConfigError("window must be at least 1")
+        client_options(window, submit_timeout, ack_timeout, request_timeout, max_batch)
         self.endpoints = endpoints
         self.window = window
         self.submit_timeout = submit_timeout
@@ -152,6 +152,7 @@ class Client:
         failure (Busy, Unavailable, Timeout) if any submit could not be placed."""
         if self._forked:
             raise MiyaqError(FORKED)
+        timeout = seconds(timeout, "timeout", optional=True)
         timeout = self.submit_timeout + 5 if timeout is None else timeout
         deadline = monotonic() + timeout
         handles, uncounted = self._unflushed.take()
@@ -171,6 +172,7 @@ class Client:
         TypeError for a command not bytes, a body msgpack cannot encode)."""
         self._check_open()
         check_request(command, body)
+        timeout = seconds(timeout, "timeout", optional=True)
         timeout = self.request_timeout if timeout is None else timeout
         body["req"] = self._io.next_req()
         future = self.kit.waiter()
@@ -194,6 +196,7 @@ class Client:
 
     def wait_result(self, task_id: str, timeout: float | None, node: str | None = None) -> dict[str, Any]:
         """Long-poll for a task's outcome (raw answer: state, result, error)."""
+        timeout = seconds(timeout, "timeout", optional=True)
         return ops.run(ops.wait_result(self.nodes, task_id, timeout, node, self.request_timeout), self._ask)
 
     def result(self, task_id: str, timeout: float | None = 60.0) -> Any:
@@ -210,6 +213,7 @@ class Client:
         outcome (if the node did not store the task itself -- refused, retried
         elsewhere, a ``key`` duplicate, held by other nodes -- the result is
         asked for again the ordinary way once the task is accepted)."""
+        timeout = seconds(timeout, "timeout", optional=True)
         p, handle = self._pending(task_wire(name, args, kwargs, options), id, True)
         wait = min(ops.LONG_POLL, ops.RESULT_WAIT_DEFAULT if timeout is None else timeout)
         start = monotonic()
@@ -244,6 +248,7 @@ class Client:
         """Take one ready task: wait up to ``timeout`` seconds (0: answer at
         once). Returns None when there is none. Ack or nack what you get
         before its lease (the task's ``timeout``) runs out."""
+        timeout = seconds(timeout, "timeout")
         task = ops.run(ops.receive(queues, timeout, self.request_timeout), self._ask)
         return None if task is None else Received(self, task)
 
@@ -262,6 +267,7 @@ class Client:
     def close(self, flush: bool = True, timeout: float = 10.0) -> None:
         if self._closed:
             return
+        timeout = seconds(timeout, "timeout")
         try:
             if flush:
                 self.flush(timeout)

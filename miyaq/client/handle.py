@@ -6,6 +6,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MiyaqError
+from .arguments import seconds
 from .futures import BlockingFuture, Future, Resolvable
 from .wire import accepted_as, decode_outcome
 
@@ -127,6 +128,7 @@ class TaskHandle(HandleBase):
         """Block until the node stored the task. Raises :class:`miyaq.Busy`,
         :class:`miyaq.Unavailable` or :class:`miyaq.Timeout` if it could not
         be placed before the submit deadline."""
+        timeout = seconds(timeout, "timeout", optional=True)
         if not self._accepted.done():
             self.client._check_open()     # closed, or forked: nothing would resolve it here
         self._took(self._accepted.wait(timeout, what=f"submit of {self.id}"))
@@ -144,6 +146,7 @@ class TaskHandle(HandleBase):
         Raises :class:`miyaq.TaskFailed` (with the remote exception type and
         message), :class:`miyaq.TaskCancelled`, :class:`miyaq.TaskExpired` or
         :class:`miyaq.Timeout`."""
+        timeout = seconds(timeout, "timeout", optional=True)
         self.wait_accepted(timeout)
         answer = self.client.wait_result(self.task_id, timeout, node=self.node)
         return decode_outcome(self.task_id, answer)

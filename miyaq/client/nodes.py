@@ -58,15 +58,25 @@ class Nodes:
         return len(self.endpoints)
 
     def index(self, node: str | int | None) -> int:
-        """The index of ``node`` (an index, an endpoint, or None: the first)."""
+        """The index of ``node``: an index, an endpoint this client knows
+        (given, or found in the ring), or None: the first. Any other is an
+        error in the caller -- TypeError, or ValueError naming the endpoints
+        known -- never another node asked in its place (its answer would be
+        taken for the one named)."""
         if node is None:
             return 0
+        if isinstance(node, bool) or not isinstance(node, (int, str)):
+            raise TypeError(f"node must be an endpoint (str), an index (int) or None, "
+                            f"not {type(node).__name__}")
         if isinstance(node, int):
-            return node if 0 <= node < len(self.endpoints) else 0
-        try:
+            if 0 <= node < len(self.endpoints):
+                return node
+        elif node in self.endpoints:
             return self.endpoints.index(node)
-        except ValueError:
-            return 0
+        elif node in self.aliases:
+            return self.aliases[node]
+        known = ", ".join(self.endpoints[:5]) + (" ..." if len(self.endpoints) > 5 else "")
+        raise ValueError(f"node {node!r} is not one this client knows (it knows {known})")
 
     def order(self, first: str | int | None) -> list[int]:
         """Every node, ``first`` first: where to ask for a task one node may
