@@ -17,14 +17,17 @@ __version__ = "0.1.0"
 from .client.client import Client, Received, new_id  # noqa: E402
 from .client.handle import TaskHandle  # noqa: E402
 from .errors import (  # noqa: E402
-    Busy, ConfigError, MiyaqError, NotFound, ProtocolError, Reject, Retry, ShuttingDown,
-    TaskCancelled, TaskExpired, TaskFailed, Timeout, Unavailable,
+    BadEncoding, BadFrame, BadVersion, Busy, ConfigError, Forbidden, InvalidField, MiyaqError,
+    NotEnoughReplicas, NotFound, ProtocolError, Reject, Retry, ShuttingDown, TaskCancelled,
+    TaskExpired, TaskFailed, Timeout, TooLarge, Unavailable, UnknownCommand,
 )
 from .app import App, TaskDef  # noqa: E402
 from .worker.context import current_task  # noqa: E402
 
 __all__ = [
     "App", "TaskDef", "Client", "Received", "TaskHandle", "current_task", "new_id",
-    "MiyaqError", "Busy", "ConfigError", "NotFound", "ProtocolError", "Reject", "Retry",
-    "ShuttingDown", "TaskCancelled", "TaskExpired", "TaskFailed", "Timeout", "Unavailable",
+    "MiyaqError", "ProtocolError", "BadFrame", "BadVersion", "BadEncoding", "UnknownCommand",
+    "TooLarge", "InvalidField", "Busy", "Timeout", "NotFound", "ShuttingDown", "NotEnoughReplicas",
+    "Unavailable", "Forbidden", "ConfigError", "TaskFailed", "TaskCancelled", "TaskExpired",
+    "Retry", "Reject",
 ]

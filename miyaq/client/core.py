@@ -70,9 +70,11 @@ class ClientCore:
         self.max_message = max_message
         self.resolver = Resolver()
         self.submits = SubmitPipeline(nodes, self._send, self.resolver, max_batch=max_batch,
-                                      ack_timeout=ack_timeout, on_resolved=on_resolved)
+                                      ack_timeout=ack_timeout, on_resolved=on_resolved,
+                                      ask_limits=self._ask_limits)
         self.requests = RequestTable(nodes, self._send, self.resolver)
         self._ring_req = 0
+        self._limits_asks: dict[int, int] = {}    # req of a RING asking a node its limits -> that node
         self._looped_at: dict[int, float] = {}    # node -> when its connection was last found looped
         # Unresolved submits = submitted - submits.resolved. The threaded
         # driver's callers bump `submitted` under their own lock; only the I/O
@@ -94,7 +96,8 @@ class ClientCore:
     def no_requests(self) -> bool:
         """No request is open or waits to be sent, no discovery reply is due:
         whatever is outstanding is submits."""
-        return not self.requests.open and not self.requests.unsent and not self._ring_req
+        return (not self.requests.open and not self.requests.unsent and not self._ring_req
+                and not self._limits_asks)
 
     # -- calls --------------------------------------------------------------------------
     def submit(self, p: Pending, now: float | None = None) -> bool:
@@ -135,14 +138,32 @@ class ClientCore:
         if command == c.SUBMITTED:
             self.submits.on_submitted(node, body, now)
         elif command in (c.REPLY, c.ERROR):
-            if self._ring_req and body.get("req") == self._ring_req:
+            req = body.get("req")
+            if self._ring_req and req == self._ring_req:
                 self._ring_req = 0
-                if command == c.REPLY:
-                    via = self.nodes.endpoints[node]
-                    for endpoint in self.nodes.from_ring(body, via, dial=self.transport.connect):
-                        logger.info("miyaq client: discovered node %s", endpoint)
+            elif not (self._limits_asks and self._limits_asks.get(req) == node):
+                self.requests.on_reply(node, command, body)
                 return
-            self.requests.on_reply(node, command, body)
+            self._limits_asks.pop(req, None)
+            self._on_ring(node, body if command == c.REPLY else None, now)
+
+    def _on_ring(self, node: int, body: dict[str, Any] | None, now: float) -> None:
+        """Node ``node`` answered a RING (None: with an error): its limits, and
+        the nodes its ring names."""
+        self.nodes.learn_limits(node, None if body is None else body.get("limits"))
+        self.submits.limits_heard(now)
+        if body is not None:
+            via = self.nodes.endpoints[node]
+            for endpoint in self.nodes.from_ring(body, via, dial=self.transport.connect):
+                logger.info("miyaq client: discovered node %s", endpoint)
+
+    def _ask_limits(self, node: int) -> None:
+        """Ask node ``node`` what it takes (a RING), unless already asked."""
+        if node in self._limits_asks.values():
+            return
+        req = self.requests.next_req()
+        if self._send(node, c.RING, {"req": req}):
+            self._limits_asks[req] = node
 
     def _looped(self, node: int, now: float) -> None:
         """One of our own messages came back: the connection to node ``node``
@@ -169,6 +190,8 @@ class ClientCore:
         result then asks another node)."""
         lost = self.submits.node_lost(node, now)
         failed = self.requests.node_lost(node)
+        if self._limits_asks:       # a RING asked on that connection is not answered: ask again
+            self._limits_asks = {req: n for req, n in self._limits_asks.items() if n != node}
         if lost or failed:
             logger.info("miyaq client: the connection to %s closed with %d submit(s) unacknowledged (sent "
                         "again) and %d request(s) unanswered", self.nodes.endpoints[node], lost, failed)

@@ -9,7 +9,7 @@ no clocks -- the caller passes ``now``. A node is named by its index in
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from ..errors import Unavailable
 from ..protocol.commands import MAX_ENDPOINT_CHARS
@@ -20,6 +20,31 @@ DISCOVERY_INTERVAL = 10.0
 FIRST_DISCOVERY_GAP = 0.25
 """Soon after start the ring may still be forming: ask again after this, doubling."""
 MAX_NODES = 256
+
+
+class Limits(NamedTuple):
+    """What one node takes in a SUBMIT, from its RING reply's ``limits``: the
+    largest message body (``max_message``), the largest task payload
+    (``max_payload``) and the most tasks in one message (``max_batch``).
+    A message over ``max_message`` + 4 KiB is not answered: libzmq drops the
+    connection it came on (docs/protocol.md, "Size limits")."""
+
+    max_message: int
+    max_payload: int
+    max_batch: int
+
+
+def limits_from(value: Any) -> Limits | None:
+    """A RING reply's ``limits``, or None when it has none (a node of before
+    2026-12-04) or they make no sense (a buggy or hostile node: positive
+    integers only, a message of at least 4 KiB): the client then keeps to
+    its own bounds."""
+    if not isinstance(value, dict):
+        return None
+    numbers = [value.get(name) for name in Limits._fields]
+    if not all(type(n) is int and n >= 1 for n in numbers) or numbers[0] < 4096:
+        return None
+    return Limits(*numbers)
 
 
 class Nodes:
@@ -50,6 +75,11 @@ class Nodes:
         # accepts): not tried again, so a bad RING reply is logged once.
         self.refused: set[str] = set()
         self.placement: Placement | None = None    # from the last RING reply (None: round-robin)
+        # Each node's limits, from its RING replies (None: it answered without
+        # any, a node of before 2026-12-04); a node not asked yet is taken to have
+        # the limits last learned of any (the nodes of a cluster share them).
+        self.limits: dict[int, Limits | None] = {}
+        self._last_limits: Limits | None = None
         self._rr = itertools.count()
         self._next_discovery = 0.0
         self._discovery_gap = FIRST_DISCOVERY_GAP
@@ -163,6 +193,24 @@ class Nodes:
         index_of.update(self.aliases)
         self.placement = placement_from_ring(body, index_of, self.placement)
         return new
+
+    def learn_limits(self, node: int, value: Any) -> None:
+        """Node ``node`` answered a RING with these ``limits`` (see :func:`limits_from`)."""
+        limits = limits_from(value)
+        if limits is not None:
+            self.limits[node] = self._last_limits = limits
+        elif self.limits.get(node) is None:     # an error answer keeps limits heard before
+            self.limits[node] = None
+
+    def limits_known(self, node: int) -> bool:
+        """Whether the client has heard what node ``node`` takes: it answered
+        a RING (with limits or without), or another node said its limits."""
+        return node in self.limits or self._last_limits is not None
+
+    def limits_for(self, node: int) -> Limits | None:
+        """What node ``node`` takes in a SUBMIT, as far as the client knows
+        (None: nothing learned, or a node that says none)."""
+        return self.limits.get(node, self._last_limits)
 
     def discovery_due(self, now: float) -> bool:
         """True when a RING request should go out now (and schedules the next)."""

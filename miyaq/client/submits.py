@@ -10,7 +10,16 @@ Rules (docs/semantics.md):
 - Submits leave in the order they were made; a submit waiting for a retry is
   never overtaken by a later one (FIFO per producer).
 - Due submits go out batched, one SUBMIT per node per pass, bounded by
-  ``max_batch`` tasks and :data:`BATCH_BYTES` of payload.
+  ``max_batch`` tasks and :data:`BATCH_BYTES` of payload -- and, once a
+  node's RING reply said its limits (:class:`~.nodes.Limits`), by its
+  ``max_batch`` and half its ``max_message``; a task that node could never
+  take (a payload over its ``max_payload``, or a SUBMIT of it alone over its
+  ``max_message``) fails at once with ``InvalidField`` instead of being sent
+  (libzmq would drop the connection and the task be resent until its
+  deadline). A submit with a payload over :data:`ASK_LIMITS_ABOVE` waits,
+  with every later one, until its node's limits are known (the core asks that
+  node with a RING of its own), at most :data:`LIMITS_WAIT`: sent before, such
+  a message could end the very connection the RING reply would come by.
 - A submit not acknowledged within ``ack_timeout`` is resent with the same id
   (and ``resent: true``), on any node; BUSY, ``shutting_down``,
   ``unavailable`` and ``not_enough_replicas`` are retried with exponential
@@ -28,10 +37,12 @@ import logging
 import random
 from typing import Any, Callable, Protocol
 
-from ..errors import Busy, MiyaqError, ShuttingDown, Timeout, Unavailable, from_wire
+import msgpack
+
+from ..errors import Busy, InvalidField, MiyaqError, ShuttingDown, Timeout, Unavailable, from_wire
 from ..logs import LogLimiter
 from ..protocol import commands as c
-from .nodes import Nodes
+from .nodes import Limits, Nodes
 
 logger = logging.getLogger(__name__)
 _log = LogLimiter(logger)     # a node answering with nonsense may do so for every task: a few lines a minute
@@ -54,6 +65,21 @@ node refused it before it stored or replicated anything (full, its log not
 writable, too many submits being replicated; not coordinating, or no ring).
 A refusal with another code (``shutting_down``, ``not_enough_replicas``)
 may come after some holders stored a copy."""
+TASK_FIELDS_ROOM = 16 * 1024
+"""Bytes a task's fields but its payload and headers take in a SUBMIT at most
+(a name, a key, a queue of at most 256 characters, a URL of 2,048, small
+options): a task whose payload leaves this much room under a node's
+``max_message`` fits without being encoded to find out."""
+ASK_LIMITS_ABOVE = 64 * 1024
+"""Payload bytes above which a submit is sent to a node only once its limits
+are known: smaller ones fit in any node's message (a ``max_message`` far
+below the default 16 MiB is not a setting a node serves clients with)."""
+LIMITS_WAIT = 2.0
+"""Seconds a large submit waits for its node's limits; then it is sent as if
+the node had none (a node that does not answer a RING)."""
+LIMITS_POLL = 0.05
+"""Seconds between two looks while a large submit waits for limits (an answer
+that brings them sends it at once)."""
 TIMEOUT_SCAN = 1000
 """Most acknowledgement deadlines looked at per pass (oldest first)."""
 
@@ -106,7 +132,8 @@ class Pending:
     """One submit between ``submit()`` and its acknowledgement. ``created`` and
     ``deadline`` are on the core's clock (monotonic seconds)."""
 
-    __slots__ = ("wire", "waiter", "created", "deadline", "sent", "tries", "node", "next_try", "last_error")
+    __slots__ = ("wire", "waiter", "created", "deadline", "sent", "tries", "node", "next_try", "last_error",
+                 "held_since")
 
     def __init__(self, wire: dict[str, Any], waiter: Waiter, created: float, deadline: float) -> None:
         self.wire = wire
@@ -118,6 +145,7 @@ class Pending:
         self.node = -1
         self.next_try = 0.0
         self.last_error: MiyaqError | None = None
+        self.held_since: float | None = None    # when it first waited for its node's limits
 
     def may_be_stored(self) -> None:
         """A try may have been stored somewhere: its acknowledgement never
@@ -130,9 +158,10 @@ class Pending:
 
 class SubmitPipeline:
     def __init__(self, nodes: Nodes, send: Send, resolver: Resolver, *, max_batch: int, ack_timeout: float,
-                 on_resolved: Callable[[], None]) -> None:
+                 on_resolved: Callable[[], None], ask_limits: Callable[[int], None] = lambda node: None) -> None:
         self.nodes = nodes
         self._send = send
+        self._ask_limits = ask_limits     # ask node N for its limits (a RING); an answer calls limits_heard
         self._resolver = resolver
         self.max_batch = max_batch
         self.ack_timeout = ack_timeout
@@ -180,15 +209,65 @@ class SubmitPipeline:
             return
         due, self.waiting = waiting[:i], waiting[i:]
         by_node: dict[int, list[Pending]] = {}
-        for p in due:
+        nodes = self.nodes
+        for j, p in enumerate(due):
             if p.last_error is not None:
-                node = self.nodes.pick(p.node)       # a retry: another node when there is one
+                node = nodes.pick(p.node)       # a retry: another node when there is one
             else:
-                node = p.node if p.node >= 0 else self.nodes.home(p.wire)
+                node = p.node if p.node >= 0 else nodes.home(p.wire)
+            if (len(p.wire.get("body") or b"") > ASK_LIMITS_ABOVE and not nodes.limits_known(node)
+                    and self._hold_for_limits(p, node, now)):
+                self.waiting = due[j:] + self.waiting       # it and every later one: the order stays
+                break
             by_node.setdefault(node, []).append(p)
         for node, batch in by_node.items():
-            for chunk in chunks(batch, self.max_batch, BATCH_BYTES):
+            max_items, max_bytes = self.max_batch, BATCH_BYTES
+            limits = self.nodes.limits_for(node)
+            if limits is not None:
+                batch = self._within(node, batch, limits)
+                max_items = min(max_items, limits.max_batch)
+                max_bytes = min(max_bytes, limits.max_message // 2)
+            for chunk in chunks(batch, max_items, max_bytes):
                 self._send_chunk(node, chunk, now)
+
+    def _hold_for_limits(self, p: Pending, node: int, now: float) -> bool:
+        """Whether ``p``, large, waits for node ``node``'s limits (asked for
+        here) instead of leaving now: at most LIMITS_WAIT from its first wait."""
+        if p.held_since is None:
+            p.held_since = now
+        elif now - p.held_since >= LIMITS_WAIT:
+            return False
+        p.node = node
+        p.next_try = now + LIMITS_POLL
+        self._ask_limits(node)
+        return True
+
+    def limits_heard(self, now: float) -> None:
+        """A node said its limits (or that it has none): the submits that wait
+        for limits go now (checked against them)."""
+        for p in self.waiting:
+            if p.held_since is not None and p.next_try > now:
+                p.next_try = now
+
+    def _within(self, node: int, batch: list[Pending], limits: Limits) -> list[Pending]:
+        """The submits of ``batch`` that node ``node`` can take; each other one
+        fails at once, naming the limit it passes."""
+        fits: list[Pending] = []
+        for p in batch:
+            wire = p.wire
+            size = len(wire.get("body") or b"")
+            if size > limits.max_payload:
+                why = f"its max_payload is {limits.max_payload} bytes"
+            elif (size + TASK_FIELDS_ROOM <= limits.max_message and "headers" not in wire
+                    or len(msgpack.packb({"tasks": [wire]}, use_bin_type=True)) <= limits.max_message):
+                fits.append(p)      # (encoded to be sure only when near the limit, or with headers)
+                continue
+            else:
+                why = f"a SUBMIT of it alone would pass its max_message of {limits.max_message} bytes"
+            self.resolve(p, error=InvalidField(
+                f"task {wire.get('id')} has a payload of {size} bytes, more than "
+                f"{self.nodes.endpoints[node]} takes: {why}", field="body"))
+        return fits
 
     def _send_chunk(self, node: int, chunk: list[Pending], now: float) -> None:
         if self._send(node, c.SUBMIT, {"tasks": [p.wire for p in chunk]}):

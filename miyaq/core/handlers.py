@@ -95,6 +95,9 @@ class ServiceHandlers:
     def ring(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         info = self.role.ring_info()
         info["node"] = self.config.id      # which member answered (a client on ipc:// does not dial it again)
+        # What this node takes in a SUBMIT: a client keeps its messages and tasks within them.
+        info["limits"] = {"max_message": self.config.max_message, "max_payload": self.config.max_payload,
+                          "max_batch": self.config.max_batch}
         self.endpoint.reply(identity, body.get("req"), info)
 
     def task(self, identity: bytes, body: dict[str, Any], now: float) -> None:
