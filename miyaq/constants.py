@@ -41,6 +41,8 @@ MAX_QUEUES = 10_000
 MAX_PAUSED = 10_000
 #: The longest a RESULT or RECEIVE long-poll may wait (ZeroMQ and HTTP).
 MAX_LONG_POLL = 3600.0
+#: Most long-polls one WITHDRAW names.
+MAX_WITHDRAW = 1000
 #: How often the node checks that connections with long-polls waiting are
 #: still there (a probe each), freeing the waits of those that went away.
 WAITER_PROBE_INTERVAL = 2.0

@@ -118,7 +118,12 @@ class Client:
         body["req"] = self._io.core.next_req()
         future = AioFuture()
         self._io.request(self.nodes.index(node), command, body, future, monotonic() + timeout)
-        reply: dict[str, Any] = await future.wait(timeout + 1.0, what=command.decode().lower())
+        try:
+            reply: dict[str, Any] = await future.wait(timeout + 1.0, what=command.decode().lower())
+        except BaseException:
+            if not future.done():      # cancelled (asyncio.wait_for, a task's cancel()): nobody waits now
+                self._io.withdraw(body["req"])
+            raise
         return reply
 
     async def _run(self, op: ops.Operation) -> Any:

@@ -160,6 +160,12 @@ class AsyncDriver:
         self.core.request(node, command, body, waiter, deadline, monotonic())
         self._arm()
 
+    def withdraw(self, req: int) -> None:
+        """The caller of request ``req`` stopped waiting (see :meth:`ClientCore.withdraw`)."""
+        if not self.closed:
+            self.core.withdraw(req, monotonic())
+            self._arm()
+
     # -- the loop's side -----------------------------------------------------------------
     def _flush(self) -> None:
         self._flush_soon = False

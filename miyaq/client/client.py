@@ -177,7 +177,19 @@ class Client:
         body["req"] = self._io.next_req()
         future = self.kit.waiter()
         self._io.request(self.nodes.index(node), command, body, future, monotonic() + timeout)
-        return future.wait(timeout + 1.0, what=command.decode().lower())
+        reply: dict[str, Any] = self._wait_reply(future, body["req"], timeout + 1.0, command.decode().lower())
+        return reply
+
+    def _wait_reply(self, future: Any, req: int, timeout: float, what: str) -> Any:
+        """``future.wait``; a caller that stops waiting before it resolves
+        (its own Timeout, a gevent.Timeout, a kill, Ctrl-C) withdraws request
+        ``req`` (a long-poll the node holds for nobody otherwise)."""
+        try:
+            return future.wait(timeout, what=what)
+        except BaseException:
+            if not future.done():
+                self._io.withdraw(req)
+            raise
 
     def _ask(self, ask: ops.Ask) -> dict[str, Any]:
         return self.request(ask.command, ask.body, node=ask.node, timeout=ask.timeout)
@@ -224,7 +236,7 @@ class Client:
             return handle.wait_accepted().result(timeout)
         handle.wait_accepted()
         try:
-            outcome = answer.wait(wait + self.request_timeout + 1.0, what="result")
+            outcome = self._wait_reply(answer, body["req"], wait + self.request_timeout + 1.0, "result")
         except (NotFound, Unavailable, Timeout):
             outcome = None      # not stored here, or no answer: ask the ordinary way
         if outcome is not None and outcome.get("timeout"):

@@ -40,6 +40,11 @@ _log = LogLimiter(logger)     # a node sending garbage may send much of it: a fe
 
 MAX_POLL = 0.1
 """The longest the driver sleeps between two ``on_timer`` calls."""
+LONG_POLLS = frozenset({c.RESULT, c.RECEIVE})
+"""Requests the node holds until there is something to answer: a caller that
+stops waiting for one withdraws it (:meth:`ClientCore.withdraw`)."""
+MAX_WITHDRAWN_KEPT = 1024
+"""Withdrawn RECEIVEs remembered, to give back a task one brings anyway."""
 LOOP_RETRY = 1.0
 """Seconds between two reconnections of a connection found looped back to
 this client (:meth:`ClientCore._looped`)."""
@@ -75,6 +80,9 @@ class ClientCore:
         self.requests = RequestTable(nodes, self._send, self.resolver)
         self._ring_req = 0
         self._limits_asks: dict[int, int] = {}    # req of a RING asking a node its limits -> that node
+        # RECEIVEs withdrawn after they were sent: req -> node. A task one brings
+        # after all is given back (bounded: the oldest are forgotten).
+        self._withdrawn_receives: dict[int, int] = {}
         self._looped_at: dict[int, float] = {}    # node -> when its connection was last found looped
         # Unresolved submits = submitted - submits.resolved. The threaded
         # driver's callers bump `submitted` under their own lock; only the I/O
@@ -139,13 +147,52 @@ class ClientCore:
             self.submits.on_submitted(node, body, now)
         elif command in (c.REPLY, c.ERROR):
             req = body.get("req")
-            if self._ring_req and req == self._ring_req:
-                self._ring_req = 0
-            elif not (self._limits_asks and self._limits_asks.get(req) == node):
+            if type(req) is not int or not self._core_asked(node, req):
                 self.requests.on_reply(node, command, body)
-                return
-            self._limits_asks.pop(req, None)
-            self._on_ring(node, body if command == c.REPLY else None, now)
+            elif req in self._withdrawn_receives:
+                self._give_back(node, req, body, now)
+            else:
+                self._on_ring(node, body if command == c.REPLY else None, now)
+
+    def _core_asked(self, node: int, req: int) -> bool:
+        """Whether ``req`` is a request of the core's own to ``node``: a RING
+        (discovery, limits), or a withdrawn RECEIVE. A RING's is taken off
+        the books here."""
+        if self._ring_req and req == self._ring_req:
+            self._ring_req = 0
+            return True
+        if self._limits_asks and self._limits_asks.get(req) == node:
+            del self._limits_asks[req]
+            return True
+        return bool(self._withdrawn_receives) and self._withdrawn_receives.get(req) == node
+
+    def withdraw(self, req: int, now: float) -> None:
+        """The caller of request ``req`` stopped waiting (its call was
+        cancelled or interrupted): the request is forgotten, and if it is a
+        long-poll the node holds (RESULT, RECEIVE) the node is told to drop
+        it (WITHDRAW) -- it would otherwise hold one of the connection's
+        ``max_waiters_per_connection`` places until its timeout, and a RECEIVE
+        would lease the next task to nobody. A task such a RECEIVE brings
+        anyway (sent before the WITHDRAW arrived) is given back unstarted."""
+        sent = self.requests.abandon(req)
+        if sent is None or sent[1] not in LONG_POLLS:
+            return
+        node, command = sent
+        self._send(node, c.WITHDRAW, {"reqs": [req]})
+        if command == c.RECEIVE:
+            withdrawn = self._withdrawn_receives
+            withdrawn[req] = node
+            if len(withdrawn) > MAX_WITHDRAWN_KEPT:
+                del withdrawn[next(iter(withdrawn))]
+
+    def _give_back(self, node: int, req: int, body: dict[str, Any], now: float) -> None:
+        """The answer to a withdrawn RECEIVE came: a task it brings goes back
+        to the node (NACK ``returned``: no attempt spent), its answer unread."""
+        del self._withdrawn_receives[req]
+        task = body.get("task")
+        if isinstance(task, dict) and isinstance(task.get("id"), str) and type(task.get("attempt")) is int:
+            self.requests.start(node, c.NACK, {"req": self.requests.next_req(), "id": task["id"],
+                                               "attempt": task["attempt"], "returned": True}, None, 0.0, now)
 
     def _on_ring(self, node: int, body: dict[str, Any] | None, now: float) -> None:
         """Node ``node`` answered a RING (None: with an error): its limits, and

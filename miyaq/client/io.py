@@ -166,6 +166,10 @@ class IOLoop:
         """Send a request whose caller waits for ``waiter`` at once."""
         self._put(("request", node, command, body, waiter, deadline))
 
+    def withdraw(self, req: int) -> None:
+        """The caller of request ``req`` stopped waiting (see :meth:`ClientCore.withdraw`)."""
+        self._put(("withdraw", req))
+
     def next_req(self) -> int:
         return self.core.next_req()
 
@@ -274,6 +278,8 @@ class IOLoop:
             elif kind == "request":
                 _, node, command, body, waiter, deadline = item
                 core.request(node, command, body, waiter, deadline, monotonic())
+            elif kind == "withdraw":
+                core.withdraw(item[1], monotonic())
             elif kind == "close":
                 return True
         return False

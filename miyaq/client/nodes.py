@@ -42,9 +42,10 @@ def limits_from(value: Any) -> Limits | None:
     if not isinstance(value, dict):
         return None
     numbers = [value.get(name) for name in Limits._fields]
-    if not all(type(n) is int and n >= 1 for n in numbers) or numbers[0] < 4096:
+    ints = [n for n in numbers if type(n) is int and n >= 1]
+    if len(ints) != len(numbers) or ints[0] < 4096:
         return None
-    return Limits(*numbers)
+    return Limits(*ints)
 
 
 class Nodes:

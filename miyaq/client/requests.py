@@ -47,7 +47,7 @@ class RequestTable:
         self._send = send
         self._resolver = resolver
         self._req = itertools.count(1)
-        self.open: dict[int, tuple[Waiter, float, int]] = {}   # req -> (waiter, deadline, node)
+        self.open: dict[int, tuple[Waiter, float, int, bytes]] = {}   # req -> (waiter, deadline, node, command)
         # Waiting for a connection: (node, command, body, since).
         self.unsent: list[tuple[int, bytes, dict[str, Any], float]] = []
 
@@ -59,9 +59,21 @@ class RequestTable:
         """Send ``body`` (which carries its ``req``); ``waiter`` None: the
         reply is the core's own (discovery) and is not tracked here."""
         if waiter is not None:
-            self.open[body["req"]] = (waiter, deadline, node)
+            self.open[body["req"]] = (waiter, deadline, node, command)
         if not self._send(node, command, body) and waiter is not None:
             self.unsent.append((node, command, body, now))   # not connected (yet)
+
+    def abandon(self, req: int) -> tuple[int, bytes] | None:
+        """Forget request ``req``: its caller stopped waiting. Its node and
+        command if it was sent (the node may hold it: a long-poll to
+        withdraw), else None (not sent yet, or answered already)."""
+        entry = self.open.pop(req, None)
+        if entry is None:
+            return None
+        if any(body["req"] == req for _, _, body, _ in self.unsent):
+            self.unsent = [u for u in self.unsent if u[2]["req"] != req]
+            return None
+        return entry[2], entry[3]
 
     def retry_unsent(self, now: float) -> None:
         unsent, self.unsent = self.unsent, []
@@ -75,7 +87,7 @@ class RequestTable:
                 self.unsent.append((node, command, body, since))
 
     def check_deadlines(self, now: float) -> None:
-        for req, (waiter, deadline, _) in list(self.open.items()):
+        for req, (waiter, deadline, _, _) in list(self.open.items()):
             if deadline > now:
                 continue
             del self.open[req]
@@ -123,7 +135,7 @@ class RequestTable:
             self._resolver.fail(entry[0], from_wire(body))
 
     def fail_all(self, error: Any) -> None:
-        for waiter, _, _ in self.open.values():
+        for waiter, _, _, _ in self.open.values():
             self._resolver.fail(waiter, error)
         self.open.clear()
         self.unsent.clear()

@@ -24,11 +24,13 @@ def delivery(task: Task, holders: Callable[[Task], list[str]] | None = None) -> 
 
 
 class Origin(NamedTuple):
-    """Where a long-poll came from: its service connection (routing id) and
-    key (None: an in-process caller such as the HTTP gateway; no keys)."""
+    """Where a long-poll came from: its service connection (routing id), key
+    (None: an in-process caller such as the HTTP gateway; no keys) and the
+    request's ``req`` on that connection (what a WITHDRAW names)."""
 
     connection: bytes | None = None
     key: str | None = None
+    req: Any = None
 
 
 NOWHERE = Origin()

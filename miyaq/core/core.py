@@ -97,6 +97,6 @@ class Core:
                 "max_tasks": self.config.max_tasks, "memory": memory,
                 "ignored": {"not_leased": engine.not_leased, "foreign_heartbeats": workers.foreign_heartbeats},
                 "waiters": {"pending": self.waiters.count, "released": self.waiters.released,
-                            "probes": self.waiters.probes},
+                            "withdrawn": self.waiters.withdrawn, "probes": self.waiters.probes},
                 "dispatch": {"open": self.gate.is_open, "held": self.gate.held()},
                 "workers": workers.describe(STATUS_WORKERS)}

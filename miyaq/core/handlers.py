@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from miyaq.constants import MAX_LONG_POLL
+from miyaq.constants import MAX_LONG_POLL, MAX_WITHDRAW
 from miyaq.core.consumers import Origin, PullConsumer, WorkerConsumer, pull_principal
 from miyaq.core.core import Core
 from miyaq.core.attempts import leased_to
@@ -65,7 +65,7 @@ class ServiceHandlers:
             c.RESULT: self.result, c.TASKS: self.tasks, c.DEAD: self.dead, c.RECEIVE: self.receive,
             c.ACK: self.ack, c.NACK: self.nack, c.READY: self.ready, c.HEARTBEAT: self.heartbeat,
             c.CREDIT: self.credit, c.DONE: self.done, c.FAILED: self.failed, c.TOUCH: self.touch,
-            c.RETURN: self.give_back, c.BYE: self.bye, c.RING: self.ring,
+            c.RETURN: self.give_back, c.BYE: self.bye, c.RING: self.ring, c.WITHDRAW: self.withdraw,
         }
         self.endpoint.handlers.update(table)
 
@@ -136,7 +136,7 @@ class ServiceHandlers:
             else:
                 endpoint.reply(identity, req, body)
 
-        self.waiters.wait_result(task_id, monotonic() + timeout, answer, Origin(identity, self._key()))
+        self.waiters.wait_result(task_id, monotonic() + timeout, answer, Origin(identity, self._key(), req))
 
     def tasks(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         queue = body.get("queue")
@@ -188,7 +188,7 @@ class ServiceHandlers:
         if not self.gate.is_open:
             raise ShuttingDown(_held_message(self.gate.held()))
         consumer = PullConsumer(queues, monotonic() + timeout, answer, self._puller(identity),
-                                Origin(identity, self._key()))
+                                Origin(identity, self._key(), req))
         limits = self.dispatcher.limits
         if limits.active:
             open_lanes = limits.open(queues, now)
@@ -218,11 +218,26 @@ class ServiceHandlers:
     def nack(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         task_id = check_id(body.get("id"))
         attempt = f.integer(body, "attempt", lo=0)
+        if f.boolean(body, "returned", False):
+            # Given back unstarted (a cancelled receive): no attempt spent, ready again at once.
+            task = self.engine.table.live.get(task_id)
+            ok = (task is not None and leased_to(task, attempt, self._puller(identity))
+                  and self.engine.release(task_id, now))
+            self.endpoint.reply(identity, body.get("req"), {"ok": ok})
+            return
         error = _error(body.get("error"))
         retry = f.boolean(body, "retry", True)
         delay = f.number(body, "delay", None, hi=MAX_LONG_POLL * 24)
         ok = self.engine.fail(task_id, attempt, error, retry, delay, now, by=self._puller(identity))
         self.endpoint.reply(identity, body.get("req"), {"ok": ok})
+
+    def withdraw(self, identity: bytes, body: dict[str, Any], now: float) -> None:
+        """WITHDRAW: this connection no longer waits for these long-polls
+        (RESULT, RECEIVE); they are dropped unanswered. Not answered."""
+        reqs = body.get("reqs")
+        if not isinstance(reqs, list) or len(reqs) > MAX_WITHDRAW or any(type(r) is not int for r in reqs):
+            raise InvalidField(f"field 'reqs' must be a list of at most {MAX_WITHDRAW} integers", field="reqs")
+        self.waiters.withdraw(identity, reqs)
 
     def _key(self) -> str | None:
         """The name of the key behind the message being handled (None without keys)."""

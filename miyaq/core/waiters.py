@@ -13,7 +13,9 @@ waits (``reachable``: a REPLY without ``req``, which clients ignore; the
 service ROUTER is ``ROUTER_MANDATORY``, so a vanished connection fails the
 send) and releases the waits of those that are gone (``released``). ZMTP
 heartbeats on the service socket make a connection whose host vanished
-without closing it go away too.
+without closing it go away too. A connection that stops waiting for one of
+its long-polls (a cancelled call) says so with WITHDRAW (:meth:`Waiters.withdraw`),
+which finds the wait by the connection and the request's ``req``.
 """
 from __future__ import annotations
 
@@ -71,7 +73,10 @@ class Waiters(EngineListener):
         self.count = 0
         self.by_connection: Tally[bytes] = Tally()
         self.by_key: Tally[str] = Tally()
+        # (connection, req) -> the task a RESULT waits for, or the RECEIVE's consumer.
+        self.by_req: dict[tuple[bytes, Any], str | PullConsumer] = {}
         self.released = 0          # waits freed because their connection went away
+        self.withdrawn = 0         # waits their connection withdrew (WITHDRAW)
         self.probes = 0            # connections probed
         self._next_probe = 0.0
 
@@ -79,7 +84,7 @@ class Waiters(EngineListener):
     def _check_room(self, origin: Origin) -> None:
         if self.count >= self.max_waiters:
             raise Busy(f"{self.count} requests are already waiting (max_waiters); try again later")
-        conn, key = origin
+        conn, key, _ = origin
         if conn is not None and self.by_connection[conn] >= self.per_connection:
             raise Busy(f"this connection already has {self.per_connection} long-polls waiting "
                        "(max_waiters_per_connection); try again later")
@@ -87,17 +92,21 @@ class Waiters(EngineListener):
             raise Busy(f"key {key!r} already has {self.per_key} long-polls waiting (max_waiters_per_key); "
                        "try again later")
 
-    def _add(self, origin: Origin) -> None:
+    def _add(self, origin: Origin, waits_for: str | PullConsumer) -> None:
         self.count += 1
         if origin.connection is not None:
             self.by_connection[origin.connection] += 1
+            if origin.req is not None:
+                self.by_req[(origin.connection, origin.req)] = waits_for
         if origin.key is not None:
             self.by_key[origin.key] += 1
 
     def _remove(self, origin: Origin) -> None:
         self.count -= 1
-        conn, key = origin
+        conn, key, req = origin
         if conn is not None:
+            if req is not None:
+                self.by_req.pop((conn, req), None)
             left = self.by_connection[conn] - 1
             if left > 0:
                 self.by_connection[conn] = left
@@ -114,7 +123,7 @@ class Waiters(EngineListener):
     def wait_result(self, task_id: str, deadline: float, answer: Answer, origin: Origin = NOWHERE) -> None:
         self._check_room(origin)
         self.results.setdefault(task_id, []).append(_Wait(deadline, answer, origin))
-        self._add(origin)
+        self._add(origin, task_id)
 
     def _resolve(self, task_id: str, body: dict[str, Any]) -> None:
         waiting = self.results.pop(task_id, None)
@@ -142,8 +151,39 @@ class Waiters(EngineListener):
     def wait_pull(self, consumer: PullConsumer) -> None:
         self._check_room(consumer.origin)
         self.pulls.append(consumer)
-        self._add(consumer.origin)
+        self._add(consumer.origin, consumer)
         self.dispatcher.grant(consumer, 0)
+
+    # -- WITHDRAW --------------------------------------------------------------------
+    def withdraw(self, connection: bytes, reqs: list[int]) -> int:
+        """Drop the long-polls ``reqs`` of ``connection`` unanswered: its
+        caller stopped waiting. A RECEIVE that got its task already is not
+        a wait any more (its client gives the task back). A ``req`` that names
+        no wait of this connection (answered meanwhile, or never sent) is
+        passed over. How many were dropped. Each costs a dictionary lookup:
+        a flood of WITHDRAWs scans nothing."""
+        dropped = 0
+        for req in reqs:
+            waits_for = self.by_req.get((connection, req))
+            if waits_for is None:
+                continue
+            if isinstance(waits_for, str):
+                waiting = self.results.get(waits_for, [])
+                for i, wait in enumerate(waiting):
+                    if wait.origin.connection == connection and wait.origin.req == req:
+                        del waiting[i]
+                        if not waiting:
+                            del self.results[waits_for]
+                        self._remove(wait.origin)
+                        dropped += 1
+                        break
+            elif waits_for.credit > 0:
+                self.dispatcher.forget(waits_for)
+                self.pulls.remove(waits_for)
+                self._remove(waits_for.origin)
+                dropped += 1
+        self.withdrawn += dropped
+        return dropped
 
     # -- deadlines and departures ---------------------------------------------------------
     def sweep(self, now: float) -> None:

@@ -22,6 +22,7 @@ RECEIVE = b"RECEIVE"        # {"req", "queues", "timeout"}        -> REPLY {"tas
 ACK = b"ACK"                # {"req", "id", "attempt", "result"} -> REPLY
 NACK = b"NACK"              # {"req", "id", "attempt", "error", "retry", "delay"?} -> REPLY
 RING = b"RING"              # {"req"}                            -> REPLY {"epoch", "leader", "members"}
+WITHDRAW = b"WITHDRAW"      # {"reqs": [req, ...]}: stop waiting for these long-polls (no answer)
 
 # Worker <-> node
 READY = b"READY"            # {"worker", "queues", "names", "capacity", ...} -> WELCOME
@@ -44,7 +45,7 @@ ERROR = b"ERROR"            # {"req"?, "code", "message"}
 
 REQUESTS = frozenset({STATUS, TASK, CANCEL, RESULT, TASKS, DEAD, RECEIVE, ACK, NACK, RING})
 WORKER_COMMANDS = frozenset({READY, HEARTBEAT, CREDIT, DONE, FAILED, TOUCH, RETURN, BYE})
-NODE_COMMANDS = frozenset({SUBMIT}) | REQUESTS | WORKER_COMMANDS
+NODE_COMMANDS = frozenset({SUBMIT, WITHDRAW}) | REQUESTS | WORKER_COMMANDS
 
 # Submit result statuses
 ACCEPTED = "accepted"

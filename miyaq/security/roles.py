@@ -30,7 +30,7 @@ ROLE_NAMES = tuple(r.value for r in Role)
 #: Spellings accepted by ``miyaq keys add --role``.
 ALIASES = {"operator": Role.ADMIN, "client": Role.PRODUCER, "node": Role.PEER}
 
-PRODUCER_COMMANDS = frozenset({c.SUBMIT, c.STATUS, c.TASK, c.CANCEL, c.RESULT, c.RING})
+PRODUCER_COMMANDS = frozenset({c.SUBMIT, c.STATUS, c.TASK, c.CANCEL, c.RESULT, c.RING, c.WITHDRAW})
 WORKER_COMMANDS = PRODUCER_COMMANDS | c.WORKER_COMMANDS | frozenset({c.RECEIVE, c.ACK, c.NACK})
 ADMIN_COMMANDS = c.NODE_COMMANDS
 

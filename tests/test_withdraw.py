@@ -1,0 +1,157 @@
+"""A caller that stops waiting for a long-poll -- a cancelled asyncio
+``result()``/``receive()``, a ``gevent.Timeout`` around ``result()`` --
+withdraws it (WITHDRAW): the node drops the wait instead of holding it to
+its timeout for nobody, and a task a withdrawn RECEIVE brings anyway goes
+back unstarted (NACK ``returned``: no attempt spent).
+
+Before 2026-12-04 each cancelled wait kept one of the connection's
+``max_waiters_per_connection`` places until its own timeout (1,000
+cancelled waits and that client's result()/receive() got ``busy``), and a
+cancelled receive() leased the next task to nobody until its lease ran out."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+import miyaq
+import miyaq.aio
+from miyaq.protocol import commands as c
+from miyaq.testing.harness import wait_for
+
+from secure_harness import Speaker, submit, task
+
+
+def waiters(node) -> dict:
+    return node.node.status(time.time())["waiters"]
+
+
+def run(main, limit: float = 60.0):
+    return asyncio.run(asyncio.wait_for(main(), limit))
+
+
+def test_a_withdraw_drops_the_connections_named_waits_and_no_other(ctx, make_node):
+    """Played with raw connections: WITHDRAW names the waits by ``req``; a
+    ``req`` of another connection, or of nothing, is passed over."""
+    node = make_node()
+    one, other = Speaker(ctx, node.endpoint), Speaker(ctx, node.endpoint)
+    submit(one, task("w" * 32, eta=time.time() + 3600))
+    for req in (1, 2, 3):
+        one.send(c.RESULT, {"req": req, "id": "w" * 32, "timeout": 3600})
+    other.send(c.RESULT, {"req": 1, "id": "w" * 32, "timeout": 3600})
+    one.send(c.RECEIVE, {"req": 4, "queues": ["jobs"], "timeout": 3600})
+    wait_for(lambda: waiters(node)["pending"] == 5, timeout=10)
+    one.send(c.WITHDRAW, {"reqs": [1, 3, 4, 99]})
+    wait_for(lambda: waiters(node)["pending"] == 2, timeout=10)
+    assert waiters(node)["withdrawn"] == 3
+    submit(one, task("j" * 32, queue="jobs"))           # the withdrawn RECEIVE takes nothing
+    assert node.node.status(time.time())["queues"]["jobs"]["ready"] == 1
+    got = one.recv(0.3)                                   # a WITHDRAW is not answered (a probe may come)
+    assert got is None or (got[0] == c.REPLY and "req" not in got[1]), got
+
+
+@pytest.mark.parametrize("body", [{}, {"reqs": "1"}, {"reqs": [1, "2"]}, {"reqs": list(range(1001))}])
+def test_a_malformed_withdraw_is_refused_and_changes_nothing(ctx, make_node, body):
+    node = make_node()
+    speaker = Speaker(ctx, node.endpoint)
+    submit(speaker, task("w" * 32, eta=time.time() + 3600))
+    speaker.send(c.RESULT, {"req": 1, "id": "w" * 32, "timeout": 3600})
+    wait_for(lambda: waiters(node)["pending"] == 1, timeout=10)
+    assert "reqs" in speaker.refused(c.WITHDRAW, body, code="invalid_field")["message"]
+    assert waiters(node)["pending"] == 1
+
+
+def test_cancelled_aio_result_waits_are_withdrawn_and_never_fill_the_connections_places(make_node):
+    """Fault: 30 ``asyncio.wait_for(client.result(...), 0.01)`` against a node
+    allowing 10 long-polls a connection. Before: the eleventh got ``busy``."""
+    node = make_node(max_waiters_per_connection=10)
+
+    async def main() -> None:
+        async with miyaq.aio.Client(node.endpoint) as client:
+            held = await client.submit("echo", [1], countdown=3600, wait=True)
+            for _ in range(30):
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(client.result(held.id, timeout=600), 0.01)
+            await asyncio.sleep(0)
+            assert (await client.status(held.id))["state"] == "scheduled"
+            wait = asyncio.ensure_future(client.result(held.id, timeout=600))
+            await asyncio.sleep(0.2)
+            assert not wait.done()                        # waiting, not refused busy
+            wait.cancel()
+
+    run(main)
+    wait_for(lambda: waiters(node)["pending"] == 0, timeout=10, what="every cancelled wait withdrawn")
+    assert waiters(node)["withdrawn"] >= 30
+
+
+def test_a_cancelled_aio_receive_gives_back_the_task_it_brings_without_spending_an_attempt(make_node):
+    """Fault: a receive() cancelled while the node holds it, then a task
+    submitted. Before: the task went to the withdrawn request, running with
+    nobody holding it until its lease (``timeout``) ran out."""
+    node = make_node()
+
+    async def main() -> None:
+        async with miyaq.aio.Client(node.endpoint) as client:
+            waiting = asyncio.ensure_future(client.receive("jobs", timeout=600))
+            await asyncio.sleep(0.2)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            handle = await client.submit("job", [1], queue="jobs", timeout=3600, wait=True)
+            job = await client.receive("jobs", timeout=10)
+            assert job is not None and job.id == handle.id and job.attempt == 1
+            assert await job.ack("done") is True
+
+    run(main)
+    assert waiters(node)["withdrawn"] == 1
+
+
+def test_a_receive_answered_before_its_withdraw_arrived_is_given_back(make_node):
+    """The race: the node leased a task to the RECEIVE before the WITHDRAW
+    came. The client gives it back unstarted (NACK ``returned``): ready
+    again, attempt 1 for the next consumer."""
+    node = make_node()
+
+    async def main() -> None:
+        async with miyaq.aio.Client(node.endpoint) as client:
+            handle = await client.submit("job", [1], queue="jobs", timeout=3600, wait=True)
+            io = client._io
+            req = io.core.next_req()
+            future = miyaq.aio.client.AioFuture()
+            io.request(0, c.RECEIVE, {"req": req, "queues": ["jobs"], "timeout": 0}, future,
+                       time.monotonic() + 10)
+            io.withdraw(req)                     # withdrawn before its answer (the task) is read
+            await asyncio.sleep(0.3)
+            assert (await client.status(handle.id))["state"] == "ready"
+            job = await client.receive("jobs", timeout=10)
+            assert job is not None and job.id == handle.id and job.attempt == 1
+
+    run(main)
+
+
+def test_a_gevent_timeout_around_result_withdraws_the_wait(make_node):
+    """A gevent program (a worker's handler) bounding ``result()`` with
+    ``gevent.Timeout``: the interrupted wait is withdrawn."""
+    import gevent
+
+    from miyaq.testing.harness import in_own_hub
+
+    node = make_node(max_waiters_per_connection=5)
+
+    def body() -> str:
+        client = miyaq.Client(node.endpoint, green=True)
+        try:
+            held = client.submit("echo", [1], countdown=3600, wait=True)
+            for _ in range(12):
+                with pytest.raises(gevent.Timeout):
+                    with gevent.Timeout(0.01):
+                        client.result(held.id, timeout=600)
+            return client.status(held.id)["state"]
+        finally:
+            client.close(flush=False)
+
+    assert in_own_hub(body) == "scheduled"
+    wait_for(lambda: waiters(node)["pending"] == 0, timeout=10)
+    assert waiters(node)["withdrawn"] >= 12
+
