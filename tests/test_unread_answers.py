@@ -130,3 +130,52 @@ def _answer(sock: zmq.Socket) -> str:
         return decoded["code"]
     assert command == c.REPLY, (command, decoded)
     return "tasks" if len(decoded["tasks"]) == 10_000 else f"{len(decoded['tasks'])} tasks"
+
+
+def test_the_peer_port_holds_a_bounded_amount_for_a_connection_that_never_reads(client_for) -> None:
+    """Attack: on a keyless cluster's peer port (anyone may connect), a
+    connection asks 200 times for the first SYNC page of 1,000 tasks (about
+    1 MB each) and reads nothing. Before, each page waited in the node
+    (about 200 MB) until the connection closed; now the budget's worth is
+    sent and the rest answered busy, and once it has read what it was sent
+    it is answered again."""
+    from peer_fixtures import FakePeer, clustered_node
+
+    peer = FakePeer()
+    node = clustered_node(peer).start()
+    ctx = zmq.Context()
+    try:
+        identity, body = peer.next_request(b"SYNC")        # the node's link to the peer is up
+        peer.answer(identity, body["req"], {"tasks": [], "stones": [], "next": None})
+        client = client_for(node.endpoint)
+        for i in range(1_000):
+            client.submit("echo", [b"x" * 1_000], countdown=3600)
+        client.flush(WAIT)
+        slow = ctx.socket(zmq.DEALER)
+        slow.setsockopt(zmq.LINGER, 0)
+        slow.setsockopt(zmq.RCVHWM, 1)
+        slow.setsockopt(zmq.RCVBUF, 4096)
+        slow.connect(f"tcp://127.0.0.1:{node.config.peer}")
+        for i in range(200):
+            slow.send_multipart([c.TAG, b"SYNC", msgpack.packb({"req": i, "from": "p1", "cursor": 0})])
+        link = node.node.role.peer
+        wait_for(lambda: link.unread.refused >= 150, timeout=WAIT, what="the pages past the budget answered busy")
+        answers = [_peer_answer(slow) for _ in range(200)]
+        assert answers.count("busy") >= 150 and answers.count("page") + answers.count("busy") == 200, answers
+        slow.send_multipart([c.TAG, b"SYNC", msgpack.packb({"req": "again", "from": "p1", "cursor": 0})])
+        assert _peer_answer(slow) == "page"      # read everything: answered again
+        assert link.errors["busy"] == answers.count("busy")
+    finally:
+        ctx.destroy(linger=0)
+        node.stop()
+        peer.close()
+
+
+def _peer_answer(sock: zmq.Socket) -> str:
+    assert sock.poll(int(WAIT * 1000)), "no answer"
+    _, _, body = sock.recv_multipart()
+    decoded = msgpack.unpackb(body)
+    if "code" in decoded:
+        return decoded["code"]
+    assert len(decoded["tasks"]) >= 100, decoded.keys()
+    return "page"

@@ -20,7 +20,10 @@ Both readers bound what they keep of a message
 (:func:`~miyaq.runtime.messages.recv_bounded`): a request over the limit is
 answered ``bad_frame`` or ``too_large``, an answer over it is dropped (the
 request then ends in silence); senders split what they send to stay under
-``max_message`` (:mod:`miyaq.cluster.sizes`).
+``max_message`` (:mod:`miyaq.cluster.sizes`). A connection that asks for
+large answers (SYNC pages) and does not read them is answered ``busy`` once
+it has 32 MiB of them unread, as on the service port
+(:mod:`miyaq.core.unread`): without keys anyone may connect here.
 """
 from __future__ import annotations
 
@@ -28,10 +31,12 @@ import logging
 from collections.abc import Collection
 from typing import Any
 
-from miyaq.cluster.peer_requests import PEER_COMMANDS, PeerRequests
+from miyaq.cluster.peer_requests import ANSWER, PEER_COMMANDS, PeerRequests
 from miyaq.constants import PEER_RECONNECT_MS
-from miyaq.errors import BadFrame, ConfigError, MiyaqError, TooLarge
+from miyaq.core.unread import UnreadAnswers
+from miyaq.errors import BadFrame, Busy, ConfigError, MiyaqError, TooLarge
 from miyaq.logs import LogLimiter
+from miyaq.protocol import codec
 from miyaq.protocol.commands import FRAMES
 from miyaq.runtime import CRITICAL, Supervisor, green, monotonic
 from miyaq.runtime.messages import MessageRefused, recv_bounded, send_frames
@@ -62,7 +67,8 @@ class PeerEndpoint(PeerRequests):
         # With CURVE: other nodes only. Requests are read within FRAMES + 1 frames
         # ([identity, tag, command, body]) and the peer frame limit.
         self.router = sockets.hub_router(bind, audience="peer", users=guard is not None,
-                                         max_frames=FRAMES + 1)
+                                         max_frames=FRAMES + 1, sources=True)
+        self.unread = UnreadAnswers()    # large answers a connection has not read: bounded
         self.dealers: dict[str, Any] = {}          # node id -> DEALER
         self.endpoints: dict[str, str] = {}
         # Each DEALER's disconnect monitor -> its node id; None once retired
@@ -136,6 +142,22 @@ class PeerEndpoint(PeerRequests):
         finally:
             self._poller.recheck(sock)    # the send may have taken the edge of an answer
 
+    def _answer(self, identity: Any, req: Any, answer: dict[str, Any]) -> None:
+        """Send an answer -- or, when it is large and the asking connection has
+        not read the large answers it was sent, ``busy`` (:mod:`miyaq.core.unread`)."""
+        answer["req"] = req
+        frames = codec.encode(ANSWER, answer)
+        if not self.unread.may_send(identity, len(frames[-1])):
+            unread = self.unread.unread(identity)
+            self.errors[Busy.code] += 1
+            _log.warning("unread", "a peer connection has not read %d bytes of answers; its requests for more "
+                         "are answered busy until it does (%d so far)", unread, self.unread.refused)
+            refusal = Busy(f"this connection has not read {unread} bytes of answers it was sent; read them "
+                           "before asking for more").to_wire()
+            refusal["req"] = req
+            frames = codec.encode(ANSWER, refusal)
+        self._send_answer(identity, frames)
+
     def _send_answer(self, identity: Any, frames: list[bytes]) -> None:
         try:
             self.router.send([identity, *frames])
@@ -174,6 +196,8 @@ class PeerEndpoint(PeerRequests):
         if message is None:
             return False
         frames, user = message
+        source = self.router.source
+        self.unread.asked(frames[0], source[0] if source is not None else -1)
         self._handle_request(frames, user)
         return True
 
