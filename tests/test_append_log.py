@@ -227,6 +227,27 @@ def test_flipped_byte_mid_last_segment_keeps_cut_bytes(tmp_path: Path, caplog: p
     assert len(saved) == 1 and saved[0].read_bytes() == bytes(data[record_size:])
 
 
+def test_the_same_damage_found_again_keeps_both_copies(tmp_path: Path) -> None:
+    """Fault: the same media corruption at the same offset twice (the records
+    after it written again, and damaged again). Before 2026-12-04 the second
+    copy of the cut bytes overwrote the first."""
+    copies = []
+    for round_ in range(2):
+        log, _ = open_log(tmp_path, fsync="never")
+        log.append_many([{"i": i, "round": round_, "pad": b"p" * 40} for i in range(3)])
+        log.close()
+        seg = segments(tmp_path)[-1]
+        data = bytearray(seg.read_bytes())
+        start = len(data) // (4 if round_ else 3)     # the second record: after the first round's one
+        data[start + HEADER_SIZE + 3] ^= 0xFF
+        seg.write_bytes(bytes(data))
+        open_log(tmp_path)[0].close()
+        copies.append(bytes(data[start:]))
+    name = f"{segments(tmp_path)[-1].name}.damaged-{len(copies[0]) // 2}"
+    assert (tmp_path / name).read_bytes() == copies[0]
+    assert (tmp_path / f"{name}.1").read_bytes() == copies[1]
+
+
 def test_garbage_appended_is_truncated(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Fault: junk after the last record (zero-filled blocks, then random bytes)."""
     log, _ = open_log(tmp_path, fsync="never")
@@ -691,3 +712,14 @@ def test_replay_removes_only_its_own_leftover_tmp_files(tmp_path: Path) -> None:
     (tmp_path / "notes.tmp").write_text("the operator's")
     assert reopen(tmp_path, fsync="never") == [{"i": 1}]
     assert sorted(p.name for p in tmp_path.glob("*.tmp")) == ["notes.tmp"]
+
+
+def test_copies_kept_aside_under_one_name_are_bounded(tmp_path: Path) -> None:
+    from miyaq.store.log_files import MAX_KEPT_ASIDE, kept_aside_name
+
+    name = str(tmp_path / "seg.damaged-70")
+    made = []
+    while (path := kept_aside_name(name)) is not None:
+        Path(path).write_bytes(b"x")
+        made.append(path)
+    assert len(made) == MAX_KEPT_ASIDE and made[:2] == [name, f"{name}.1"]

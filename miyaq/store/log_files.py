@@ -20,7 +20,11 @@ from miyaq.store.log_format import Buffer
 MiB = 1024 * 1024
 T = TypeVar("T")
 
-__all__ = ["Blocking", "MiB", "Segment", "fsync_dir", "mapped", "write_all"]
+MAX_KEPT_ASIDE = 100
+"""Copies of damaged files kept under one name (``.1`` ... after the first):
+more and the newest is not kept (logged); nothing grows without end."""
+
+__all__ = ["Blocking", "MAX_KEPT_ASIDE", "MiB", "Segment", "fsync_dir", "kept_aside_name", "mapped", "write_all"]
 
 
 @dataclass(slots=True, eq=False)
@@ -50,6 +54,19 @@ def fsync_dir(directory: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def kept_aside_name(name: str) -> str | None:
+    """A path that does not exist yet for a copy kept aside as ``name`` (a
+    damaged segment's cut bytes, a damaged snapshot): ``name`` itself, else
+    ``name.1``, ``name.2``... -- a damage found again at the same place
+    never overwrites the copy of an earlier one. None once
+    :data:`MAX_KEPT_ASIDE` copies exist."""
+    for n in range(MAX_KEPT_ASIDE):
+        candidate = name if n == 0 else f"{name}.{n}"
+        if not os.path.lexists(candidate):
+            return candidate
+    return None
 
 
 def write_all(fd: int, data: bytes) -> None:

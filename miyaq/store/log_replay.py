@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 from miyaq.errors import MiyaqError
 from miyaq.store.log_compact import SnapshotInfo
-from miyaq.store.log_files import Blocking, Segment, fsync_dir, mapped
+from miyaq.store.log_files import MAX_KEPT_ASIDE, Blocking, Segment, fsync_dir, kept_aside_name, mapped
 from miyaq.store.log_format import (
     KIND_RECORD,
     PROBE_NAME,
@@ -212,11 +212,16 @@ class Scanner:
         logger.warning("append log: %s has a torn or corrupt tail at offset %d (%s); truncating %d bytes",
                        path, error.offset, error.reason, cut)
         if find_next_frame(buf, error.offset) is not None:
-            saved = f"{path}.damaged-{good_end}"
-            with open(saved, "wb") as f:
-                f.write(buf[good_end:])
-            logger.error("append log: good records follow the damage in %s (media corruption, not a torn "
-                         "write); the %d cut bytes are saved in %s", path, cut, saved)
+            saved = kept_aside_name(f"{path}.damaged-{good_end}")
+            if saved is None:
+                logger.error("append log: good records follow the damage in %s (media corruption, not a torn "
+                             "write); the %d cut bytes are NOT saved: %d copies of damage there are kept "
+                             "already", path, cut, MAX_KEPT_ASIDE)
+            else:
+                with open(saved, "wb") as f:
+                    f.write(buf[good_end:])
+                logger.error("append log: good records follow the damage in %s (media corruption, not a torn "
+                             "write); the %d cut bytes are saved in %s", path, cut, saved)
         os.truncate(path, good_end)
         self.truncated_bytes += cut
 
@@ -224,7 +229,13 @@ class Scanner:
     def _finish(self, snapshots: list[tuple[int, str]], segments: list[tuple[int, str]]) -> None:
         opened = self.opened
         for path in self._bad_snapshots:  # kept for forensics, never again in the way
-            os.replace(path, path + ".bad")
+            aside = kept_aside_name(path + ".bad")
+            if aside is None:
+                logger.error("append log: removing damaged snapshot %s: %d copies are kept already",
+                             path, MAX_KEPT_ASIDE)
+                os.unlink(path)
+            else:
+                os.replace(path, aside)
         leftovers: list[str] = []
         if self._snapshot_valid:  # never delete anything on the word of a damaged snapshot
             kept = {seg.path for seg in opened.segments}
