@@ -27,7 +27,7 @@ NAMES = ["echo", "add", "send"]
 STATES = ["scheduled", "ready", "running", "retrying", "dead", "done", "cancelled", "expired",
           "started-elsewhere", "unknown", "later", "moved", ""]
 SERVICE = [c.SUBMIT, c.STATUS, c.TASK, c.CANCEL, c.RESULT, c.TASKS, c.DEAD, c.RECEIVE, c.ACK, c.NACK, c.RING,
-           c.READY, c.HEARTBEAT, c.CREDIT, c.DONE, c.FAILED, c.TOUCH, c.RETURN, c.BYE]
+           c.WITHDRAW, c.READY, c.HEARTBEAT, c.CREDIT, c.DONE, c.FAILED, c.TOUCH, c.RETURN, c.BYE]
 
 
 def pack(obj: Any) -> bytes:
@@ -179,20 +179,23 @@ class Inputs:
         """A correct body for ``command`` (requests carry ``req``)."""
         r = self.rng
         req = r.randrange(1 << 30)
+        wait_req = r.randrange(32)       # long-polls: few numbers, so that WITHDRAWs name some
         short = r.choice([0, 0, 0.01, 0.05])
         bodies: dict[bytes, Any] = {
             c.SUBMIT: lambda: {"tasks": [self.task_wire() for _ in range(r.randrange(1, 4))]},
             c.STATUS: lambda: {"req": req},
             c.TASK: lambda: {"req": req, "id": self.known_id()},
             c.CANCEL: lambda: {"req": req, "id": self.known_id()},
-            c.RESULT: lambda: {"req": req, "id": self.known_id(), "timeout": short},
+            c.RESULT: lambda: {"req": wait_req, "id": self.known_id(), "timeout": r.choice([short, 30])},
             c.TASKS: lambda: {"req": req, "queue": r.choice(QUEUES), "state": r.choice(STATES[:5]), "limit": 5},
             c.DEAD: lambda: {"req": req, "op": r.choice(["list", "retry", "purge"]), "ids": [self.known_id()]},
-            c.RECEIVE: lambda: {"req": req, "queues": [r.choice(QUEUES)], "timeout": short},
+            c.RECEIVE: lambda: {"req": wait_req, "queues": [r.choice(QUEUES)], "timeout": r.choice([short, 30])},
             c.ACK: lambda: {"req": req, "id": self.known_id(), "attempt": r.randrange(0, 3), "result": b"ok"},
             c.NACK: lambda: {"req": req, "id": self.known_id(), "attempt": r.randrange(0, 3),
-                             "error": {"type": "E", "message": "m"}, "retry": r.random() < 0.5, "delay": 0.05},
+                             "error": {"type": "E", "message": "m"}, "retry": r.random() < 0.5, "delay": 0.05,
+                             "returned": r.random() < 0.3},
             c.RING: lambda: {"req": req},
+            c.WITHDRAW: lambda: {"reqs": [r.randrange(32) for _ in range(r.randrange(1, 4))]},
             c.READY: lambda: {"worker": f"w{r.randrange(5)}", "queues": [r.choice(QUEUES)], "names": NAMES,
                               "capacity": r.randrange(1, 4), "credit": 1, "periodic": self.schedules(),
                               "pid": r.randrange(1, 1 << 22), "host": f"box-{r.randrange(3)}",
