@@ -723,3 +723,33 @@ def test_copies_kept_aside_under_one_name_are_bounded(tmp_path: Path) -> None:
         Path(path).write_bytes(b"x")
         made.append(path)
     assert len(made) == MAX_KEPT_ASIDE and made[:2] == [name, f"{name}.1"]
+
+
+def test_a_crafted_damaged_tail_is_searched_within_a_budget(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Fault: damage in the last segment followed by 8 MiB in which every
+    12th byte starts a plausible frame header ("MQ", a 4 MiB length that
+    fits, a wrong checksum) -- what a task body can be made of. Before
+    2026-12-04 telling a torn tail from mid-file damage checksummed every
+    candidate: about 350,000 of 4 MiB each, many minutes of replay. Now the
+    search stops at its budget, and the cut bytes are kept (it cannot tell)."""
+    from miyaq.store.log_format import HEADER, MAGIC, SearchGaveUp, find_next_frame
+
+    log, _ = open_log(tmp_path, fsync="never")
+    log.append_many([{"i": i} for i in range(2)])
+    log.close()
+    seg = segments(tmp_path)[-1]
+    good = seg.stat().st_size
+    crafted = bytearray(8 * 1024 * 1024)
+    for pos in range(0, len(crafted) - 4 * 1024 * 1024, 12):
+        HEADER.pack_into(crafted, pos, MAGIC, 4 * 1024 * 1024, 0)
+    with open(seg, "ab") as f:
+        f.write(crafted)
+    with pytest.raises(SearchGaveUp):
+        find_next_frame(bytes(crafted), 0)
+    with caplog.at_level(logging.WARNING, logger="miyaq.store.log"):
+        log, replayed = open_log(tmp_path)
+    log.close()
+    assert [r["i"] for r in replayed] == [0, 1]
+    assert "good records may follow" in caplog.text
+    assert seg.stat().st_size == good
+    assert (tmp_path / f"{seg.name}.damaged-{good}").read_bytes() == bytes(crafted)

@@ -157,17 +157,44 @@ def iter_frames(buf: Buffer, offset: int = 0) -> Iterator[Frame | FrameError]:
         offset = item.end
 
 
-def find_next_frame(buf: Buffer, offset: int) -> int | None:
+SEARCH_BUDGET = 256 * 1024 * 1024
+"""Payload bytes :func:`find_next_frame` checksums at most. Any "MQ" in a
+damaged region (a task's body may hold many, crafted with lengths that fit)
+is a candidate whose payload must be checksummed: unbounded, 8 MiB of such
+candidates took minutes."""
+
+
+SEARCH_CANDIDATE_COST = 64
+"""Budget bytes each candidate costs at least (a candidate of length 0 costs
+the search its own work)."""
+
+
+class SearchGaveUp(Exception):
+    """:func:`find_next_frame` checksummed its budget without finding a good
+    frame: whether good frames follow the damage is not known."""
+
+
+def find_next_frame(buf: Buffer, offset: int, budget: int = SEARCH_BUDGET) -> int | None:
     """Offset of the first good frame strictly after ``offset``, or None.
+    Raises :class:`SearchGaveUp` once it checksummed ``budget`` payload bytes.
 
     Used to tell a torn tail (nothing good after the damage) from damage in
     the middle of a file (good frames follow)."""
     pos = offset
+    view = memoryview(buf)
+    size = len(buf)
     while True:
         pos = buf.find(MAGIC, pos + 1)
-        if pos < 0:
+        if pos < 0 or pos + HEADER_SIZE > size:
             return None
-        if isinstance(decode_at(buf, pos), Frame):
+        _, length, crc = HEADER.unpack_from(buf, pos)
+        start = pos + HEADER_SIZE
+        if start + length > size:
+            continue
+        budget -= max(length, SEARCH_CANDIDATE_COST)
+        if budget < 0:
+            raise SearchGaveUp
+        if zlib.crc32(view[start:start + length]) == crc and isinstance(decode_at(buf, pos), Frame):
             return pos
 
 

@@ -32,6 +32,7 @@ from miyaq.store.log_format import (
     SNAPSHOT_RE,
     Buffer,
     FrameError,
+    SearchGaveUp,
     find_next_frame,
     iter_frames,
     walk_snapshot,
@@ -211,17 +212,21 @@ class Scanner:
         cut = len(buf) - good_end
         logger.warning("append log: %s has a torn or corrupt tail at offset %d (%s); truncating %d bytes",
                        path, error.offset, error.reason, cut)
-        if find_next_frame(buf, error.offset) is not None:
+        try:
+            found = "good records follow" if find_next_frame(buf, error.offset) is not None else ""
+        except SearchGaveUp:      # cannot tell: keep the bytes, as if good records followed
+            found = "good records may follow"
+        if found:
             saved = kept_aside_name(f"{path}.damaged-{good_end}")
             if saved is None:
-                logger.error("append log: good records follow the damage in %s (media corruption, not a torn "
-                             "write); the %d cut bytes are NOT saved: %d copies of damage there are kept "
-                             "already", path, cut, MAX_KEPT_ASIDE)
+                logger.error("append log: %s the damage in %s (media corruption, not a torn write); the %d "
+                             "cut bytes are NOT saved: %d copies of damage there are kept already",
+                             found, path, cut, MAX_KEPT_ASIDE)
             else:
                 with open(saved, "wb") as f:
                     f.write(buf[good_end:])
-                logger.error("append log: good records follow the damage in %s (media corruption, not a torn "
-                             "write); the %d cut bytes are saved in %s", path, cut, saved)
+                logger.error("append log: %s the damage in %s (media corruption, not a torn write); the %d "
+                             "cut bytes are saved in %s", found, path, cut, saved)
         os.truncate(path, good_end)
         self.truncated_bytes += cut
 
