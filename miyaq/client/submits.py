@@ -253,21 +253,31 @@ class SubmitPipeline:
         """The submits of ``batch`` that node ``node`` can take; each other one
         fails at once, naming the limit it passes."""
         fits: list[Pending] = []
+        surely_fits = min(limits.max_payload, limits.max_message - TASK_FIELDS_ROOM)
         for p in batch:
             wire = p.wire
             size = len(wire.get("body") or b"")
-            if size > limits.max_payload:
-                why = f"its max_payload is {limits.max_payload} bytes"
-            elif (size + TASK_FIELDS_ROOM <= limits.max_message and "headers" not in wire
-                    or len(msgpack.packb({"tasks": [wire]}, use_bin_type=True)) <= limits.max_message):
-                fits.append(p)      # (encoded to be sure only when near the limit, or with headers)
+            if size <= surely_fits and "headers" not in wire:
+                fits.append(p)
                 continue
+            why = self._too_large(wire, size, limits)
+            if why is None:
+                fits.append(p)
             else:
-                why = f"a SUBMIT of it alone would pass its max_message of {limits.max_message} bytes"
-            self.resolve(p, error=InvalidField(
-                f"task {wire.get('id')} has a payload of {size} bytes, more than "
-                f"{self.nodes.endpoints[node]} takes: {why}", field="body"))
+                self.resolve(p, error=InvalidField(
+                    f"task {wire.get('id')} has a payload of {size} bytes, more than "
+                    f"{self.nodes.endpoints[node]} takes: {why}", field="body"))
         return fits
+
+    @staticmethod
+    def _too_large(wire: dict[str, Any], size: int, limits: Limits) -> str | None:
+        """Why a task near a node's limits (or with headers) cannot go to it:
+        the limit it passes, or None when it fits (encoded to be sure)."""
+        if size > limits.max_payload:
+            return f"its max_payload is {limits.max_payload} bytes"
+        if len(msgpack.packb({"tasks": [wire]}, use_bin_type=True)) > limits.max_message:
+            return f"a SUBMIT of it alone would pass its max_message of {limits.max_message} bytes"
+        return None
 
     def _send_chunk(self, node: int, chunk: list[Pending], now: float) -> None:
         if self._send(node, c.SUBMIT, {"tasks": [p.wire for p in chunk]}):
