@@ -155,3 +155,24 @@ def test_a_gevent_timeout_around_result_withdraws_the_wait(make_node):
     wait_for(lambda: waiters(node)["pending"] == 0, timeout=10)
     assert waiters(node)["withdrawn"] >= 12
 
+
+
+def test_long_polls_whose_req_is_not_an_integer_still_wait_and_are_answered(ctx, make_node):
+    """Fault (found by the fuzzer): a RECEIVE whose ``req`` is a list (any
+    msgpack value is a valid ``req``) failed the handler (``internal``): the
+    node indexed waits by an unhashable key. Only integer reqs are indexed."""
+    node = make_node()
+    speaker = Speaker(ctx, node.endpoint)
+    speaker.send(c.RECEIVE, {"req": [1, 2], "queues": ["jobs"], "timeout": 30})
+    speaker.send(c.RESULT, {"req": {"a": 1}, "id": "w" * 32, "timeout": 30})
+    got = speaker.recv()
+    assert got is not None and got[0] == c.ERROR and got[1]["code"] == "not_found", got
+    wait_for(lambda: waiters(node)["pending"] == 1, timeout=10)
+    submit(speaker, task("j" * 32, queue="jobs"))
+    while True:
+        got = speaker.recv()
+        assert got is not None, "the RECEIVE was not answered"
+        if got[0] == c.REPLY and got[1].get("req") == [1, 2]:
+            break
+    assert got[1]["task"]["id"] == "j" * 32
+    assert node.node.status(time.time())["errors"].get("internal", 0) == 0

@@ -96,7 +96,7 @@ class Waiters(EngineListener):
         self.count += 1
         if origin.connection is not None:
             self.by_connection[origin.connection] += 1
-            if origin.req is not None:
+            if type(origin.req) is int:     # what a WITHDRAW names (a req may be any msgpack value)
                 self.by_req[(origin.connection, origin.req)] = waits_for
         if origin.key is not None:
             self.by_key[origin.key] += 1
@@ -105,7 +105,7 @@ class Waiters(EngineListener):
         self.count -= 1
         conn, key, req = origin
         if conn is not None:
-            if req is not None:
+            if type(req) is int:
                 self.by_req.pop((conn, req), None)
             left = self.by_connection[conn] - 1
             if left > 0:
