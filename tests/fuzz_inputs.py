@@ -179,17 +179,17 @@ class Inputs:
         """A correct body for ``command`` (requests carry ``req``)."""
         r = self.rng
         req = r.randrange(1 << 30)
-        wait_req = r.randrange(32)       # long-polls: few numbers, so that WITHDRAWs name some
+        wait_req = r.randrange(32)       # long-polls: few numbers, so that WITHDRAWs name some waiting ones
         short = r.choice([0, 0, 0.01, 0.05])
         bodies: dict[bytes, Any] = {
             c.SUBMIT: lambda: {"tasks": [self.task_wire() for _ in range(r.randrange(1, 4))]},
             c.STATUS: lambda: {"req": req},
             c.TASK: lambda: {"req": req, "id": self.known_id()},
             c.CANCEL: lambda: {"req": req, "id": self.known_id()},
-            c.RESULT: lambda: {"req": wait_req, "id": self.known_id(), "timeout": r.choice([short, 30])},
+            c.RESULT: lambda: {"req": wait_req, "id": self.known_id(), "timeout": short},
             c.TASKS: lambda: {"req": req, "queue": r.choice(QUEUES), "state": r.choice(STATES[:5]), "limit": 5},
             c.DEAD: lambda: {"req": req, "op": r.choice(["list", "retry", "purge"]), "ids": [self.known_id()]},
-            c.RECEIVE: lambda: {"req": wait_req, "queues": [r.choice(QUEUES)], "timeout": r.choice([short, 30])},
+            c.RECEIVE: lambda: {"req": wait_req, "queues": [r.choice(QUEUES)], "timeout": short},
             c.ACK: lambda: {"req": req, "id": self.known_id(), "attempt": r.randrange(0, 3), "result": b"ok"},
             c.NACK: lambda: {"req": req, "id": self.known_id(), "attempt": r.randrange(0, 3),
                              "error": {"type": "E", "message": "m"}, "retry": r.random() < 0.5, "delay": 0.05,
