@@ -189,3 +189,12 @@ def test_a_payload_over_the_default_max_message_of_a_node_with_a_raised_max_payl
         assert client.submit("echo", [b"x" * (2 * MiB)], wait=True).accepted
         with pytest.raises(miyaq.InvalidField, match="would pass its max_message of 16777216 bytes"):
             client.submit("echo", [b"x" * (17 * MiB)], wait=True)
+
+
+def test_a_large_lone_submit_held_for_limits_does_not_count_as_sent_now():
+    """The short path's answer: a lone submit that waits for its node's limits
+    did not leave (the driver must keep a timer for it)."""
+    core, transport = make(1)
+    assert not core.submit(large("big", ASK_LIMITS_ABOVE + 1)[0], now=0.0)
+    assert [command for _, command, _ in transport.take()] == [c.RING]
+    assert core.submit(pending("small")[0], now=10.0) is False        # queued behind it

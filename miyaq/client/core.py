@@ -118,7 +118,8 @@ class ClientCore:
         if sent_now:
             assert now is not None
             self.submits.send_due(now)
-        return sent_now
+            return not self.submits.waiting     # it may wait for its node's limits (a large payload)
+        return False
 
     def next_req(self) -> int:
         return self.requests.next_req()
