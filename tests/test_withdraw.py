@@ -176,3 +176,33 @@ def test_long_polls_whose_req_is_not_an_integer_still_wait_and_are_answered(ctx,
             break
     assert got[1]["task"]["id"] == "j" * 32
     assert node.node.status(time.time())["errors"].get("internal", 0) == 0
+
+
+CTRL_C_IN_RESULT = r"""
+import _thread, sys, threading, time
+import miyaq
+
+client = miyaq.Client(sys.argv[1])
+held = client.submit("echo", [1], countdown=3600, wait=True)
+threading.Timer(0.5, _thread.interrupt_main).start()
+try:
+    client.result(held.id, timeout=600)
+    print("returned")
+except KeyboardInterrupt:
+    print("interrupted")
+time.sleep(0.5)                      # the withdraw leaves from the client's I/O thread
+client.close(flush=False)
+"""
+
+
+def test_ctrl_c_in_a_sync_result_withdraws_the_wait(make_node):
+    """Fault: Ctrl-C in a program waiting in the threaded client's
+    ``result()`` (in an interpreter of its own). The interrupted wait is
+    withdrawn; before, the node held it for the whole timeout (600 s here)."""
+    from own_interpreter import run_script
+
+    node = make_node()
+    code, out, err = run_script(CTRL_C_IN_RESULT, node.endpoint, timeout=60, hung="the program did not end")
+    assert code == 0 and out.strip() == "interrupted", (code, out, err)
+    wait_for(lambda: waiters(node)["withdrawn"] == 1, timeout=10, what="the interrupted wait withdrawn")
+    assert waiters(node)["pending"] == 0

@@ -24,8 +24,9 @@ import atexit
 import logging
 import os
 import weakref
+from contextlib import contextmanager
 from time import monotonic   # miyaq.runtime.monotonic, without importing the runtime (gevent) here
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from ..devstate import default_connect
 from ..errors import ConfigError, MiyaqError, NotFound, Timeout, Unavailable
@@ -176,16 +177,19 @@ class Client:
         timeout = self.request_timeout if timeout is None else timeout
         body["req"] = self._io.next_req()
         future = self.kit.waiter()
-        self._io.request(self.nodes.index(node), command, body, future, monotonic() + timeout)
-        reply: dict[str, Any] = self._wait_reply(future, body["req"], timeout + 1.0, command.decode().lower())
+        with self._withdrawn_if_abandoned(future, body["req"]):
+            # A leading caller reads the sockets in here until its reply comes.
+            self._io.request(self.nodes.index(node), command, body, future, monotonic() + timeout)
+            reply: dict[str, Any] = future.wait(timeout + 1.0, what=command.decode().lower())
         return reply
 
-    def _wait_reply(self, future: Any, req: int, timeout: float, what: str) -> Any:
-        """``future.wait``; a caller that stops waiting before it resolves
-        (its own Timeout, a gevent.Timeout, a kill, Ctrl-C) withdraws request
-        ``req`` (a long-poll the node holds for nobody otherwise)."""
+    @contextmanager
+    def _withdrawn_if_abandoned(self, future: Any, req: int) -> Iterator[None]:
+        """A caller that stops waiting for request ``req`` before ``future``
+        resolves (its own Timeout, a gevent.Timeout, a kill, Ctrl-C) withdraws
+        it (a long-poll the node would hold for nobody otherwise)."""
         try:
-            return future.wait(timeout, what=what)
+            yield
         except BaseException:
             if not future.done():
                 self._io.withdraw(req)
@@ -231,14 +235,15 @@ class Client:
         start = monotonic()
         answer = self.kit.waiter()
         body: dict[str, Any] = {"req": self._io.next_req(), "timeout": wait}
-        if not self._io.submit_then_ask(p, c.RESULT, body, answer, start + wait + self.request_timeout):
-            self._io.submit(p, True)
-            return handle.wait_accepted().result(timeout)
-        handle.wait_accepted()
-        try:
-            outcome = self._wait_reply(answer, body["req"], wait + self.request_timeout + 1.0, "result")
-        except (NotFound, Unavailable, Timeout):
-            outcome = None      # not stored here, or no answer: ask the ordinary way
+        with self._withdrawn_if_abandoned(answer, body["req"]):
+            if not self._io.submit_then_ask(p, c.RESULT, body, answer, start + wait + self.request_timeout):
+                self._io.submit(p, True)
+                return handle.wait_accepted().result(timeout)
+            handle.wait_accepted()
+            try:
+                outcome = answer.wait(wait + self.request_timeout + 1.0, what="result")
+            except (NotFound, Unavailable, Timeout):
+                outcome = None      # not stored here, or no answer: ask the ordinary way
         if outcome is not None and outcome.get("timeout"):
             if timeout is not None and monotonic() - start >= timeout:
                 return decode_outcome(handle.task_id, outcome)     # Timeout: still queued/running
