@@ -97,7 +97,7 @@ class Replies:
         for _, command, body in sent:
             if command == c.SUBMIT:
                 self.submitted += [t["id"] for t in body["tasks"]]
-            else:
+            elif "req" in body:                 # not a WITHDRAW (one-way)
                 self.reqs.append((command, body["req"]))
         del self.submitted[:-200], self.reqs[:-50]
 
@@ -115,6 +115,12 @@ class Replies:
             members[f"n{i}" if r.random() < 0.9 else self.inputs.junk(3)] = info
         body: dict[str, Any] = {"req": req, "epoch": r.randrange(5), "leader": "n0", "members": members,
                                 "vnodes": r.choice([160, 1, 0, -4, 10**6, "x", None]), "node": "n0"}
+        if r.random() < 0.7:        # a node's limits: sensible, tiny, or nonsense
+            body["limits"] = r.choice([
+                {"max_message": r.choice([4096, 100_000, 1 << 20, 0, "x"]),
+                 "max_payload": r.choice([1, 50_000, 1 << 20, -1, None]),
+                 "max_batch": r.choice([1, 3, 1000, True, 2.5])},
+                self.inputs.junk()])
         return self.inputs.maybe_mutate(body, 0.3)
 
     def submitted_body(self) -> dict[str, Any]:
@@ -146,7 +152,8 @@ class Replies:
             if r.random() < 0.2:
                 error[self.inputs.junk(3)] = self.inputs.junk()      # a detail named by anything
             return c.ERROR, self.inputs.maybe_mutate(error, 0.5)
-        body = {"req": req, "task": {"id": "t", "state": "done"}, "cancelled": True, "tasks": [], "ok": True,
+        body = {"req": req, "task": {"id": "t", "state": "done", "queue": "q", "attempt": r.choice([1, "1"])},
+                "cancelled": True, "tasks": [], "ok": True,
                 "state": "done", "result": pack(1), "timeout": False}
         return c.REPLY, self.inputs.maybe_mutate(body, 0.7)
 
@@ -183,6 +190,8 @@ def test_no_answer_a_node_can_send_breaks_the_client() -> None:
     core = ClientCore(transport, nodes, max_batch=16, ack_timeout=0.5, max_message=1 << 20)
     replies = Replies(rng, inputs)
     waiters: list[Waiter] = []
+    asked: dict[int, Waiter] = {}            # req -> its caller
+    withdrawn: set[Waiter] = set()           # callers that stopped waiting: never resolved, never twice
     now = 0.0
     for step in range(EXAMPLES):
         where = f"seed {SEED}, step {step}"
@@ -191,14 +200,20 @@ def test_no_answer_a_node_can_send_breaks_the_client() -> None:
             if roll < 0.15:
                 waiter = Waiter()
                 waiters.append(waiter)
-                wire = {"id": inputs.new_id(), "name": "echo", "body": b"x"}
+                wire = {"id": inputs.new_id(), "name": "echo", "body": b"x" * rng.choice([1, 1, 1, 70_000, 2_000_000])}
                 core.submit(Pending(wire, waiter, now, now + rng.choice([0.3, 2.0, 10.0])),
                             now if rng.random() < 0.5 else None)
             elif roll < 0.25:
                 waiter = Waiter()
                 waiters.append(waiter)
-                core.request(rng.randrange(len(nodes)), rng.choice(REQUESTS), {"req": core.next_req(), "id": "t"},
+                req = core.next_req()
+                asked[req] = waiter
+                core.request(rng.randrange(len(nodes)), rng.choice(REQUESTS), {"req": req, "id": "t"},
                              waiter, now + rng.choice([0.3, 2.0]), now)
+            elif roll < 0.27 and asked:             # the caller stops waiting (cancelled, interrupted)
+                req = rng.choice(list(asked)[-20:])
+                withdrawn.add(asked[req])
+                core.withdraw(req, now)
             elif roll < 0.28:
                 core.on_disconnected(rng.randrange(len(nodes)), now)
             elif roll < 0.40:
@@ -214,9 +229,11 @@ def test_no_answer_a_node_can_send_breaks_the_client() -> None:
     for _ in range(20):                       # past every deadline: all resolved
         now += 5.0
         core.on_timer(now)
-    unresolved = [w for w in waiters if not w.outcomes]
+    unresolved = [w for w in waiters if not w.outcomes and w not in withdrawn]
     assert not unresolved, f"seed {SEED}: {len(unresolved)} of {len(waiters)} callers never resolved"
     assert transport.refused, "the generator named no refused endpoint: it tests less than it says"
+    assert any(isinstance(o, MiyaqError) and "more than" in o.message for w in waiters for o in w.outcomes), \
+        "no submit was refused for a node's limits: the generator tests less than it says"
 
 
 @pytest.mark.parametrize("payload, cls, details", [
