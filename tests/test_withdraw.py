@@ -182,6 +182,9 @@ CTRL_C_IN_RESULT = r"""
 import signal, sys, threading, time
 import miyaq
 
+# A program started in the background by a shell inherits SIGINT ignored, and
+# Python then installs no KeyboardInterrupt handler: install it (a terminal's Ctrl-C).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 client = miyaq.Client(sys.argv[1])
 if sys.argv[2] == "queued":          # the I/O thread reads the reply: the caller waits in a lock
     client._io._direct = lambda *args, **kwargs: False
