@@ -598,3 +598,26 @@ def test_threads_submitting_through_one_client_lose_no_handle_to_a_pass() -> Non
     left, _ = unflushed.take()
     kept = {id(h) for h in left}
     assert [h.n for b in batches for h in b if h._accepted.state != "accepted" and id(h) not in kept] == []
+
+
+def test_a_submit_that_found_its_node_unconnected_is_retried_on_the_other_one() -> None:
+    """Fault: one of two nodes the client knows was never connected (a ring
+    member it discovered behind a firewall). Before 2026-12-04 a submit that
+    found it unconnected was given the other node as its own and the retry
+    then avoided that one -- with two nodes, the unconnected one again, at
+    every try until the deadline (``Unavailable: no connection``)."""
+    core, transport = make(2)
+    core.nodes.reached = True
+    transport.connected = {0}
+    waiters = []
+    for i in range(6):
+        p, w = pending(f"t{i}")
+        waiters.append(w)
+        core.submit(p)
+    now = 0.0
+    for _ in range(5):
+        core.on_timer(now)
+        now += 0.02
+    sent = {t["id"] for node, cmd, body in transport.take() if cmd == c.SUBMIT for t in body["tasks"]}
+    assert sent == {f"t{i}" for i in range(6)}          # every one reached node 0
+    assert not any(w.done for w in waiters)

@@ -132,7 +132,7 @@ def _answer(sock: zmq.Socket) -> str:
     return "tasks" if len(decoded["tasks"]) == 10_000 else f"{len(decoded['tasks'])} tasks"
 
 
-def test_the_peer_port_holds_a_bounded_amount_for_a_connection_that_never_reads(client_for) -> None:
+def test_the_peer_port_holds_a_bounded_amount_for_a_connection_that_never_reads() -> None:
     """Attack: on a keyless cluster's peer port (anyone may connect), a
     connection asks 200 times for the first SYNC page of 1,000 tasks (about
     1 MB each) and reads nothing. Before, each page waited in the node
@@ -147,10 +147,20 @@ def test_the_peer_port_holds_a_bounded_amount_for_a_connection_that_never_reads(
     try:
         identity, body = peer.next_request(b"SYNC")        # the node's link to the peer is up
         peer.answer(identity, body["req"], {"tasks": [], "stones": [], "next": None})
-        client = client_for(node.endpoint)
-        for i in range(1_000):
-            client.submit("echo", [b"x" * 1_000], countdown=3600)
-        client.flush(WAIT)
+        producer = ctx.socket(zmq.DEALER)      # not a Client: it would dial the fake peer's service too
+        producer.setsockopt(zmq.LINGER, 0)
+        producer.connect(node.endpoint)
+        for batch in range(10):
+            tasks = [{"id": f"t{batch}-{i}", "name": "echo", "body": b"x" * 1_000, "countdown": 3600}
+                     for i in range(100)]
+            producer.send_multipart([c.TAG, c.SUBMIT, msgpack.packb({"tasks": tasks})])
+        accepted = 0
+        while accepted < 1_000:
+            assert producer.poll(int(WAIT * 1000)), "no SUBMITTED"
+            _, command, body = producer.recv_multipart()
+            results = msgpack.unpackb(body)["results"]
+            assert command == c.SUBMITTED and all(r[1] == "accepted" for r in results), results[:3]
+            accepted += len(results)
         slow = ctx.socket(zmq.DEALER)
         slow.setsockopt(zmq.LINGER, 0)
         slow.setsockopt(zmq.RCVHWM, 1)

@@ -292,13 +292,13 @@ class SubmitPipeline:
             return
         # Not connected: try again soon, keeping the order of the batch (no
         # jitter) -- unless no node was ever reached for FIRST_CONTACT seconds.
+        # The retry picks another node than this one (send_due's pick(p.node)).
         error = Unavailable(f"no connection to {self.nodes.endpoints[node]}")
-        retry_node = self.nodes.pick(node) if len(self.nodes) > 1 else node
         for p in chunk:
             if not self.nodes.reached and (now - p.created >= FIRST_CONTACT or now >= p.deadline):
                 self.resolve(p, error=self.nodes.unreachable())
                 continue
-            p.node = retry_node
+            p.node = node
             self._retry_later(p, now, error, delay=CONNECT_RETRY)
 
     def _retry_later(self, p: Pending, now: float, error: MiyaqError, delay: float | None = None) -> None:
