@@ -148,24 +148,25 @@ class ClientCore:
             self.submits.on_submitted(node, body, now)
         elif command in (c.REPLY, c.ERROR):
             req = body.get("req")
-            if type(req) is not int or not self._core_asked(node, req):
+            if type(req) is not int:
                 self.requests.on_reply(node, command, body)
-            elif req in self._withdrawn_receives:
+            elif self._withdrawn_receives and self._withdrawn_receives.get(req) == node:
                 self._give_back(node, req, body, now)
-            else:
+            elif self._own_ring(node, req):
                 self._on_ring(node, body if command == c.REPLY else None, now)
+            else:
+                self.requests.on_reply(node, command, body)
 
-    def _core_asked(self, node: int, req: int) -> bool:
-        """Whether ``req`` is a request of the core's own to ``node``: a RING
-        (discovery, limits), or a withdrawn RECEIVE. A RING's is taken off
-        the books here."""
+    def _own_ring(self, node: int, req: int) -> bool:
+        """Whether ``req`` is a RING of the core's own to ``node`` (discovery,
+        limits); if so it is taken off the books."""
         if self._ring_req and req == self._ring_req:
             self._ring_req = 0
             return True
         if self._limits_asks and self._limits_asks.get(req) == node:
             del self._limits_asks[req]
             return True
-        return bool(self._withdrawn_receives) and self._withdrawn_receives.get(req) == node
+        return False
 
     def withdraw(self, req: int, now: float) -> None:
         """The caller of request ``req`` stopped waiting (its call was

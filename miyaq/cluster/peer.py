@@ -148,12 +148,8 @@ class PeerEndpoint(PeerRequests):
         answer["req"] = req
         frames = codec.encode(ANSWER, answer)
         if not self.unread.may_send(identity, len(frames[-1])):
-            unread = self.unread.unread(identity)
             self.errors[Busy.code] += 1
-            _log.warning("unread", "a peer connection has not read %d bytes of answers; its requests for more "
-                         "are answered busy until it does (%d so far)", unread, self.unread.refused)
-            refusal = Busy(f"this connection has not read {unread} bytes of answers it was sent; read them "
-                           "before asking for more").to_wire()
+            refusal = self.unread.refusal(identity).to_wire()
             refusal["req"] = req
             frames = codec.encode(ANSWER, refusal)
         self._send_answer(identity, frames)

@@ -30,8 +30,7 @@ from miyaq.constants import (
     SERVICE_BURST, SERVICE_BURST_WORK, SERVICE_HEARTBEAT_IVL_MS, SERVICE_HEARTBEAT_TIMEOUT_MS,
 )
 from miyaq.core.unread import UnreadAnswers
-from miyaq.errors import BadFrame, BadVersion, Busy, MiyaqError, ProtocolError, TooLarge
-from miyaq.logs import LogLimiter
+from miyaq.errors import BadFrame, BadVersion, MiyaqError, ProtocolError, TooLarge
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c
 from miyaq.runtime import wall
@@ -41,7 +40,6 @@ from miyaq.security.guard import Guard
 from miyaq.security.keystore import Identity
 
 logger = logging.getLogger(__name__)
-_log = LogLimiter(logger)
 
 VERSION_WARN_EVERY = 1000
 """A client speaking another protocol version is logged on its first message and every this many."""
@@ -115,11 +113,7 @@ class ServiceEndpoint:
         body["req"] = req
         packed = codec.pack(body)
         if not self.unread.may_send(identity, len(packed)):
-            unread = self.unread.unread(identity)
-            _log.warning("unread", "a connection has not read %d bytes of answers; its requests for more are "
-                         "answered busy until it does (%d so far)", unread, self.unread.refused)
-            self.error(identity, Busy(f"this connection has not read {unread} bytes of answers it was sent; "
-                                      "read them before asking for more"), req)
+            self.error(identity, self.unread.refusal(identity), req)
             return False
         return self._send(identity, c.REPLY, packed)
 

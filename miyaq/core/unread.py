@@ -27,10 +27,16 @@ something last (the least recent forgotten first).
 from __future__ import annotations
 
 import fcntl
+import logging
 import struct
 import termios
 from collections import OrderedDict
 from collections.abc import Callable
+
+from miyaq.errors import Busy
+from miyaq.logs import LogLimiter
+
+_log = LogLimiter(logging.getLogger(__name__))   # a client that never reads asks again and again
 
 #: An answer this large or larger counts against its connection's budget.
 LARGE_ANSWER = 64 * 1024
@@ -96,6 +102,15 @@ class UnreadAnswers:
             return False
         entry[1] += size
         return True
+
+    def refusal(self, identity: bytes) -> Busy:
+        """The ``busy`` a request of ``identity`` gets when :meth:`may_send`
+        said no (logged, a few lines a minute)."""
+        unread = self.unread(identity)
+        _log.warning("unread", "a connection has not read %d bytes of answers; its requests for more are "
+                     "answered busy until it does (%d so far)", unread, self.refused)
+        return Busy(f"this connection has not read {unread} bytes of answers it was sent; "
+                    "read them before asking for more")
 
     def unread(self, identity: bytes) -> int:
         """Bytes of large answers counted against ``identity`` (0: none, or not followed)."""
