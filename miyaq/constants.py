@@ -74,6 +74,15 @@ STREAM_HEARTBEAT = 1.0
 STREAM_SILENCE = 3.5
 #: First and longest wait between reconnects to a peer (milliseconds).
 PEER_RECONNECT_MS = (100, 2000)
+#: ZMTP heartbeats (interval, timeout in milliseconds) on a node's replication
+#: stream, its links to the other nodes and its peer port: a connection that
+#: sends nothing for the timeout after a PING -- a frozen process (SIGSTOP, a
+#: paused VM), a host gone, a reader 100,000 messages behind -- is dropped,
+#: and with it what ZeroMQ had queued for it (a count of messages, not
+#: bytes: without this a frozen peer made each node hold every stream message
+#: and request meant for it, gigabytes under load). A live process answers
+#: from libzmq's own thread, however busy its Python is.
+PEER_HEARTBEAT_MS = (1000, 5000)
 #: Submits waiting for their replicas at once; beyond, a submit is answered busy.
 MAX_PENDING_SUBMITS = 200_000
 #: Events in one replication stream message.

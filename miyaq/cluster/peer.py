@@ -24,6 +24,12 @@ request then ends in silence); senders split what they send to stay under
 large answers (SYNC pages) and does not read them is answered ``busy`` once
 it has 32 MiB of them unread, as on the service port
 (:mod:`miyaq.core.unread`): without keys anyone may connect here.
+
+Both sides send ZMTP heartbeats (``PEER_HEARTBEAT_MS``): a peer that stops
+answering them -- a frozen process, a host gone -- has its connections
+dropped, and what ZeroMQ had queued for it with them (the DEALERs are
+IMMEDIATE: nothing queues again until a handshake completes); its
+requests that have an ``on_lost`` end then, not at their timeout.
 """
 from __future__ import annotations
 
@@ -32,7 +38,7 @@ from collections.abc import Collection
 from typing import Any
 
 from miyaq.cluster.peer_requests import ANSWER, PEER_COMMANDS, PeerRequests
-from miyaq.constants import PEER_RECONNECT_MS
+from miyaq.constants import PEER_HEARTBEAT_MS, PEER_RECONNECT_MS
 from miyaq.core.unread import UnreadAnswers
 from miyaq.errors import BadFrame, Busy, ConfigError, MiyaqError, TooLarge
 from miyaq.logs import LogLimiter
@@ -59,15 +65,18 @@ class PeerEndpoint(PeerRequests):
     answers), each read by one critical greenlet."""
 
     def __init__(self, sockets: SocketFactory, supervisor: Supervisor, node_id: str, bind: str,
-                 guard: Guard | None = None) -> None:
+                 guard: Guard | None = None, heartbeat_ms: tuple[int, int] = PEER_HEARTBEAT_MS) -> None:
         # A peer's body may exceed max_message by the fields a node adds to the
         # records it forwards (a client's largest task plus its holders...).
         super().__init__(supervisor, node_id, sockets.frame_limit, guard)
         self.sockets = sockets
         # With CURVE: other nodes only. Requests are read within FRAMES + 1 frames
         # ([identity, tag, command, body]) and the peer frame limit.
+        # Heartbeats on both sides (PEER_HEARTBEAT_MS): a frozen peer's
+        # connections are dropped, with what was queued for it.
+        self.heartbeat_ms = heartbeat_ms
         self.router = sockets.hub_router(bind, audience="peer", users=guard is not None,
-                                         max_frames=FRAMES + 1, sources=True)
+                                         max_frames=FRAMES + 1, sources=True, heartbeat_ms=heartbeat_ms)
         self.unread = UnreadAnswers()    # large answers a connection has not read: bounded
         self.dealers: dict[str, Any] = {}          # node id -> DEALER
         self.endpoints: dict[str, str] = {}
@@ -108,7 +117,8 @@ class PeerEndpoint(PeerRequests):
             # IMMEDIATE: never queue for a peer that is not there.
             try:
                 sock, monitor = self.sockets.watched_dealer(endpoint, ready=False, immediate=True,
-                                                            reconnect_ms=PEER_RECONNECT_MS, bounded=True, plain=True)
+                                                            reconnect_ms=PEER_RECONNECT_MS, bounded=True, plain=True,
+                                                            heartbeat_ms=self.heartbeat_ms)
             except ConfigError as err:
                 # A member registered an endpoint libzmq refuses: it is unreachable
                 # (every request to it fails as to a node not connected); tried

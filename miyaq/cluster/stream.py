@@ -36,7 +36,7 @@ import msgpack
 
 from miyaq.cluster.peer_requests import PEER_PROTOCOL
 from miyaq.cluster.transport import Apply, AskResync
-from miyaq.constants import RESYNC_RETRY, STREAM_HEARTBEAT, STREAM_SILENCE
+from miyaq.constants import PEER_HEARTBEAT_MS, RESYNC_RETRY, STREAM_HEARTBEAT, STREAM_SILENCE
 from miyaq.logs import LogLimiter
 from miyaq.runtime import CRITICAL, Supervisor, monotonic
 from miyaq.runtime.messages import MessageRefused, send_frames
@@ -113,11 +113,18 @@ class StreamSender:
 
 
 class ZmqStreamPublisher(StreamSender):
-    """The PUB side. ``send(dest, events)`` publishes one message."""
+    """The PUB side. ``send(dest, events)`` publishes one message.
 
-    def __init__(self, sockets: SocketFactory, node_id: str, bind: str, drop_ratio: float = 0.0) -> None:
+    With ZMTP heartbeats (``heartbeat_ms``, PEER_HEARTBEAT_MS): a subscriber
+    that stops answering -- frozen, or so far behind that it stopped
+    reading -- is disconnected, and what was queued for it freed; it
+    reconnects when it can and resyncs on the gap."""
+
+    def __init__(self, sockets: SocketFactory, node_id: str, bind: str, drop_ratio: float = 0.0,
+                 heartbeat_ms: tuple[int, int] = PEER_HEARTBEAT_MS) -> None:
         super().__init__(node_id, drop_ratio)
-        self.pub = sockets.publisher(bind, plain=True)     # sends never wait: no zmq.green needed
+        # sends never wait: no zmq.green needed
+        self.pub = sockets.publisher(bind, plain=True, heartbeat_ms=heartbeat_ms)
         self._closed = False
 
     def _publish(self, dest: str, body: dict[str, Any]) -> None:

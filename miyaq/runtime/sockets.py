@@ -181,9 +181,7 @@ class SocketFactory:
         sock.setsockopt(zmq.MAXMSGSIZE, self.frame_limit)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        if heartbeat_ms is not None:
-            sock.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms[0])
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, heartbeat_ms[1])
+        self._heartbeats(sock, heartbeat_ms)
         self._common(sock, HWM, HWM)
         self._serve(sock, audience)
         sock.bind(bind)
@@ -203,11 +201,16 @@ class SocketFactory:
         return HubSocket(self.router(bind, audience, plain=True, heartbeat_ms=heartbeat_ms), users, limits,
                          routed=True, sources=sources)
 
-    def publisher(self, bind: str, *, plain: bool = False) -> Any:
+    def publisher(self, bind: str, *, plain: bool = False, heartbeat_ms: tuple[int, int] | None = None) -> Any:
         """A bound PUB (the replication stream). It drops at its high-water mark;
         streams carry sequence numbers and heartbeats so a loss is seen.
-        ``plain`` as for :meth:`router` (a PUB never blocks a sender)."""
+        ``plain`` as for :meth:`router` (a PUB never blocks a sender).
+        ``heartbeat_ms`` as for :meth:`router`: the high-water mark counts
+        messages, not bytes, so only a heartbeat bounds what a PUB holds for a
+        subscriber that stopped reading (a frozen process: its connection is
+        dropped, and with it what was queued for it)."""
         sock = self.ctx.socket(zmq.PUB, socket_class=zmq.Socket if plain else None)
+        self._heartbeats(sock, heartbeat_ms)
         self._common(sock, HWM, HWM)
         self._serve(sock, "peer")
         sock.bind(bind)
@@ -235,14 +238,16 @@ class SocketFactory:
 
     def dealer(self, connect: str | None = None, *, identity: bytes | None = None,
                immediate: bool = False, sndhwm: int = HWM, reconnect_ms: tuple[int, int] | None = None,
-               plain: bool = False, bounded: bool = False) -> Any:
+               plain: bool = False, bounded: bool = False, heartbeat_ms: tuple[int, int] | None = None) -> Any:
         """A DEALER, connected to ``connect`` if given.
 
         ``immediate`` keeps messages from queueing for a connection that is not
         up (peer requests, heartbeats: never flood a node when it returns);
         ``reconnect_ms`` is (first, most) between reconnect attempts; ``plain``
         as for :meth:`router`; ``bounded`` limits each incoming frame to
-        :attr:`frame_limit` (a node's link to its peers). An endpoint libzmq
+        :attr:`frame_limit` (a node's link to its peers); ``heartbeat_ms`` as
+        for :meth:`router` (with ``immediate``, a connection dropped for its
+        silence takes what was queued for it along). An endpoint libzmq
         refuses raises :class:`~miyaq.errors.ConfigError` (the socket closed)."""
         sock = self.ctx.socket(zmq.DEALER, socket_class=zmq.Socket if plain else None)
         if bounded:
@@ -254,6 +259,7 @@ class SocketFactory:
         if reconnect_ms is not None:
             sock.setsockopt(zmq.RECONNECT_IVL, reconnect_ms[0])
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, reconnect_ms[1])
+        self._heartbeats(sock, heartbeat_ms)
         self._common(sock, sndhwm, HWM)
         self._connect_as_client(sock)
         if connect is not None:
@@ -342,6 +348,14 @@ class SocketFactory:
     def _connect_as_client(self, sock: Any) -> None:
         if self.security is not None:
             self.security.apply_client(sock)
+
+    @staticmethod
+    def _heartbeats(sock: Any, heartbeat_ms: tuple[int, int] | None) -> None:
+        """ZMTP heartbeats (interval, timeout in ms): a PING every interval, and
+        a connection that sends nothing for the timeout after one is dropped."""
+        if heartbeat_ms is not None:
+            sock.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms[0])
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, heartbeat_ms[1])
 
     @staticmethod
     def _common(sock: Any, sndhwm: int, rcvhwm: int) -> None:
