@@ -211,3 +211,23 @@ def test_an_encrypted_key_is_refused_without_a_prompt(tmp_path, certs):
 def test_the_ring_advertises_plain_http_without_a_certificate(api, http_node):
     wait_for(lambda: api.get("/status")[1]["ring"]["http"], "the ring")
     assert api.get("/status")[1]["ring"]["http"][http_node.config.id].startswith("http://")
+
+
+def test_a_tls_long_poll_whose_client_hangs_up_is_dropped(https_node, certs):
+    """Fault: an HTTPS client abandons its ``/receive`` long-poll, closing
+    TLS properly (a close_notify record before the TCP close): the record
+    does not hide the close from the gateway, and the wait is dropped at once
+    (miyaq.gateway.hangup)."""
+    context = ssl.create_default_context(cafile=str(certs["node"][0]))
+    raw = socket.create_connection(("127.0.0.1", https_node.config.http_port), timeout=15)
+    sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
+    body = json.dumps({"queues": ["tls-hangup"], "timeout": 60}).encode()
+    sock.sendall(b"POST /receive HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 + f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    wait_for(lambda: https_node.call(lambda: https_node.node.core.waiters.count) == 1, "the long-poll to wait")
+    sock.setblocking(False)
+    with pytest.raises(ssl.SSLWantReadError):
+        sock.unwrap()           # close_notify sent; the gateway's is not waited for
+    sock.close()                # then the TCP close
+    wait_for(lambda: https_node.call(lambda: https_node.node.core.waiters.count) == 0,
+             "the abandoned long-poll dropped")

@@ -169,6 +169,15 @@ class Engine(ReplicaCopies):
         self._make_ready(task, now)
         return True
 
+    def give_back(self, task_id: str, attempt: int, by: str, now: float) -> bool:
+        """A consumer gives back, unstarted, the attempt it was leased (a
+        cancelled receive, a pull consumer that went away before it got the
+        task): :meth:`release`, if that attempt is the task's current one and
+        was leased to ``by``."""
+        task = self.table.live.get(task_id)
+        return (task is not None and task.attempt == attempt and leased_to(task, attempt, by)
+                and self.release(task_id, now))
+
     def complete(self, task_id: str, attempt: int, result: bytes | None, now: float,
                  by: str | None = None) -> bool:
         """DONE from a consumer (``by``: who reports; that attempt must have

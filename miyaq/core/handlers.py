@@ -220,9 +220,7 @@ class ServiceHandlers:
         attempt = f.integer(body, "attempt", lo=0)
         if f.boolean(body, "returned", False):
             # Given back unstarted (a cancelled receive): no attempt spent, ready again at once.
-            task = self.engine.table.live.get(task_id)
-            ok = (task is not None and leased_to(task, attempt, self._puller(identity))
-                  and self.engine.release(task_id, now))
+            ok = self.engine.give_back(task_id, attempt, self._puller(identity), now)
             self.endpoint.reply(identity, body.get("req"), {"ok": ok})
             return
         error = _error(body.get("error"))

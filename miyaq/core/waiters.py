@@ -168,22 +168,42 @@ class Waiters(EngineListener):
             if waits_for is None:
                 continue
             if isinstance(waits_for, str):
-                waiting = self.results.get(waits_for, [])
-                for i, wait in enumerate(waiting):
-                    if wait.origin.connection == connection and wait.origin.req == req:
-                        del waiting[i]
-                        if not waiting:
-                            del self.results[waits_for]
-                        self._remove(wait.origin)
-                        dropped += 1
-                        break
-            elif waits_for.credit > 0:
-                self.dispatcher.forget(waits_for)
-                self.pulls.remove(waits_for)
-                self._remove(waits_for.origin)
-                dropped += 1
+                dropped += self._drop_result(waits_for, lambda w: w.origin.connection == connection
+                                             and w.origin.req == req)
+            else:
+                dropped += self.drop_pull(waits_for)
         self.withdrawn += dropped
         return dropped
+
+    def drop_result(self, task_id: str, answer: Answer) -> bool:
+        """Drop, unanswered, the RESULT wait for ``task_id`` that ``answer``
+        would have answered (an in-process caller that stopped waiting: an
+        HTTP client that hung up). False if there is none (answered meanwhile)."""
+        return self._drop_result(task_id, lambda w: w.answer is answer)
+
+    def _drop_result(self, task_id: str, match: Callable[[_Wait], bool]) -> bool:
+        waiting = self.results.get(task_id, [])
+        for i, wait in enumerate(waiting):
+            if match(wait):
+                del waiting[i]
+                if not waiting:
+                    del self.results[task_id]
+                self._remove(wait.origin)
+                return True
+        return False
+
+    def drop_pull(self, consumer: PullConsumer) -> bool:
+        """Drop a RECEIVE wait unanswered. False if it got its task already
+        (then it is not a wait any more) or is not waiting here."""
+        if consumer.credit <= 0:
+            return False
+        try:
+            self.pulls.remove(consumer)
+        except ValueError:
+            return False      # answered at its deadline meanwhile
+        self.dispatcher.forget(consumer)
+        self._remove(consumer.origin)
+        return True
 
     # -- deadlines and departures ---------------------------------------------------------
     def sweep(self, now: float) -> None:

@@ -41,6 +41,14 @@ class RequestTimeout(MiyaqError):
     code = "request_timeout"
 
 
+class ClientClosedRequest(MiyaqError):
+    """The client closed its connection while its long-poll waited
+    (:mod:`miyaq.gateway.hangup`). Nobody reads the answer; it is counted
+    under status 499 (nginx's name for it) in ``miyaq_http_requests``."""
+
+    code = "client_closed_request"
+
+
 HTTP_STATUS: dict[str, int] = {
     # the request is wrong: fix it, do not retry it as is
     "protocol": 400, "bad_frame": 400, "bad_version": 400, "bad_encoding": 400,
@@ -51,6 +59,7 @@ HTTP_STATUS: dict[str, int] = {
     "method_not_allowed": 405,
     "request_timeout": 408,
     "too_large": 413,
+    "client_closed_request": 499,
     "unsupported_media_type": 415,
     # the node cannot take it now (MiyaqError.retryable): retry later (a Retry-After header is sent)
     "busy": 503, "shutting_down": 503, "not_enough_replicas": 503, "unavailable": 503,

@@ -6,7 +6,9 @@ seconds (a long-poll; ``POST /receive_block`` defaults to 30 s). The task is
 leased to the caller until its ``lease_end``; ``POST /tasks/{id}/ack``,
 ``/nack`` and ``/touch`` (with the ``attempt`` received) finish, fail or
 extend it. A lease that runs out puts the task back (attempt spent), so a
-caller that disappears loses nothing.
+caller that disappears loses nothing. A long-poll whose client hangs up is
+dropped at once, and a task leased to it in that instant given back
+unspent (:mod:`miyaq.gateway.hangup`).
 
 Receives go through the dispatcher like any consumer, so queue rate limits
 and concurrency caps hold for them too.
@@ -32,6 +34,8 @@ from miyaq.protocol import fields as f
 from miyaq.protocol.taskspec import check_id, check_queue
 from miyaq.runtime import green, monotonic, wall
 from miyaq.gateway import convert
+from miyaq.gateway.errors import ClientClosedRequest
+from miyaq.gateway.hangup import hung_up, wait_unless_hung_up
 from miyaq.gateway.request import Request, Response, json_response
 
 if TYPE_CHECKING:
@@ -71,19 +75,23 @@ class PullApi:
         for q in queues:
             check_queue(q, "queues")
         timeout = f.number(body, "timeout", default_timeout, hi=MAX_LONG_POLL) if blocking else 0.0
-        answer = self._take(list(queues), timeout)
+        answer = self._take(list(queues), timeout, request.connection)
         if answer is None:
             return json_response({"task": None})
         if isinstance(answer, MiyaqError):
             raise answer
         return Response(200, answer, [("Content-Type", "application/json")])
 
-    def _take(self, queues: list[str], timeout: float) -> bytes | MiyaqError | None:
+    def _take(self, queues: list[str], timeout: float, connection: Any | None = None) -> bytes | MiyaqError | None:
         """The JSON answer for one task leased to this request, None if none
-        came in time, or the error that made one be given back unleased."""
+        came in time, or the error that made one be given back unleased. A
+        long-poll whose client hangs up (:mod:`miyaq.gateway.hangup`) is
+        dropped, and a task leased to it just before is given back, no
+        attempt spent: :class:`ClientClosedRequest`."""
         dispatcher = self.dispatcher
         now = wall()
         box: green.AsyncResult = green.AsyncResult()
+        leased: list[tuple[str, int]] = []
 
         def answer(info: dict[str, Any] | None) -> bool:
             if box.ready():
@@ -97,6 +105,7 @@ class PullApi:
                 logger.exception("HTTP receive: task %s cannot be shown as JSON; left unleased", info.get("id"))
                 box.set(MiyaqError(f"task {info.get('id')} cannot be shown as JSON; it was left in its queue"))
                 return False
+            leased.append((info["id"], info["attempt"]))
             return True
 
         consumer = PullConsumer(queues, monotonic() + timeout, answer, HTTP_PULL)
@@ -109,11 +118,18 @@ class PullApi:
             dispatcher.forget(consumer)
             box.set(None)
             return None
-        result = box.wait(timeout + 1.0)   # the housekeeping sweep answers at the deadline
+        # the housekeeping sweep answers at the deadline; the margin covers its period
+        present = wait_unless_hung_up(box, timeout + 1.0, connection)
         if not box.ready():
+            self.waiters.drop_pull(consumer)
             dispatcher.forget(consumer)
             box.set(None)
-        return result
+        if leased and hung_up(connection):     # leased as it went: back to its queue as it was
+            self.engine.give_back(*leased[0], HTTP_PULL, wall())
+            present = False
+        if not present:
+            raise ClientClosedRequest("the client closed its connection while waiting to receive a task")
+        return box.value
 
     # -- finishing a received task -----------------------------------------------------
     def ack(self, request: Request) -> Response:

@@ -31,6 +31,10 @@ from miyaq.constants import MAX_FORM_FIELDS, MAX_JSON_DEPTH
 from miyaq.errors import InvalidField, MiyaqError, TooLarge
 from miyaq.gateway.errors import UnsupportedMediaType
 
+#: The environ key of the request's socket, set by the server
+#: (:mod:`miyaq.gateway.hangup` watches it while a long-poll waits).
+CONNECTION = "miyaq.connection"
+
 JSON_TYPE = "application/json"
 FORM_TYPE = "application/x-www-form-urlencoded"
 
@@ -137,6 +141,11 @@ class Request:
         self.close = False      # answer with Connection: close (the body was not read to its end)
 
     # -- headers and query ---------------------------------------------------------
+    @property
+    def connection(self) -> Any | None:
+        """The client's socket (None for a request not made over HTTP, as in unit tests)."""
+        return self.environ.get(CONNECTION)
+
     def header(self, name: str, default: str = "") -> str:
         key = name.upper().replace("-", "_")
         if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):

@@ -37,7 +37,7 @@ from miyaq.errors import ConfigError, MiyaqError
 from miyaq.gateway.destinations import Destinations
 from miyaq.gateway import tls
 from miyaq.gateway.auth import CHALLENGE, BearerAuth
-from miyaq.gateway.errors import http_status
+from miyaq.gateway.errors import ClientClosedRequest, http_status
 from miyaq.gateway.metrics import NodeMetrics
 from miyaq.gateway.request import Request, Response, json_response
 from miyaq.gateway.routes import build_router
@@ -205,6 +205,9 @@ class Gateway:
             response = route.handler(request)
             if request.method in MUTATING:
                 self.redispatch()
+        except ClientClosedRequest as err:
+            request.close = True       # nobody reads the answer: the connection ends with it
+            response = self._error(err)
         except MiyaqError as err:
             response = self._error(err)
         except Exception:   # a bug must not take the node down; it is logged and answered 500
@@ -220,7 +223,7 @@ class Gateway:
         headers = response.headers + [("Content-Length", str(len(response.body)))]
         if request.close:
             headers.append(("Connection", "close"))
-        start_response(f"{response.status} {HTTPStatus(response.status).phrase}", headers)
+        start_response(f"{response.status} {_phrase(response.status)}", headers)
         return [response.body]
 
     def _error(self, err: MiyaqError) -> Response:
@@ -235,6 +238,11 @@ class Gateway:
         if status >= 500:
             logger.debug("HTTP answer %d: %s", status, err.message)
         return json_response({"error": err.to_wire()}, status, headers)
+
+
+def _phrase(status: int) -> str:
+    """The status line's reason phrase (499 is nginx's, not in the RFCs)."""
+    return "Client Closed Request" if status == 499 else HTTPStatus(status).phrase
 
 
 def _header_value_ok(value: str) -> bool:

@@ -21,6 +21,8 @@ from miyaq.runtime import green, monotonic, wall
 from miyaq.protocol.taskspec import check_id, check_queue, task_from_wire
 from miyaq.store.task import ALL_STATES, DEAD, FINAL_STATES
 from miyaq.gateway import convert
+from miyaq.gateway.errors import ClientClosedRequest
+from miyaq.gateway.hangup import wait_unless_hung_up
 from miyaq.gateway.submit import submit_task
 from miyaq.gateway.request import Request, Response, json_response
 
@@ -91,7 +93,7 @@ class TasksApi:
         elif task_id not in engine.table.live:
             raise NotFound(f"no task {task_id}")
         elif timeout > 0:
-            answer = self._wait(task_id, timeout)
+            answer = self._wait(task_id, timeout, request.connection)
         if answer is None or answer.get("timeout"):
             state = engine.live_state(task_id)
             if state is None:       # handed off while we waited: another holder has it
@@ -99,7 +101,9 @@ class TasksApi:
             answer = {"state": state}
         return json_response(_view(task_id, answer))
 
-    def _wait(self, task_id: str, timeout: float) -> dict[str, Any] | None:
+    def _wait(self, task_id: str, timeout: float, connection: Any | None) -> dict[str, Any] | None:
+        """The task's outcome, or None if handed off meanwhile; its wait is
+        dropped if the client hangs up first (:mod:`miyaq.gateway.hangup`)."""
         box: green.AsyncResult = green.AsyncResult()
 
         def answer(body: dict[str, Any] | None) -> None:     # None: handed off meanwhile
@@ -108,7 +112,10 @@ class TasksApi:
 
         self.waiters.wait_result(task_id, monotonic() + timeout, answer)
         # the housekeeping sweep answers at the deadline; the margin covers its period
-        return box.wait(timeout + 1.0)
+        if not wait_unless_hung_up(box, timeout + 1.0, connection):
+            self.waiters.drop_result(task_id, answer)
+            raise ClientClosedRequest(f"the client closed its connection while waiting for task {task_id}")
+        return box.value if box.ready() else None
 
 
 def _view(task_id: str, answer: dict[str, Any]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from miyaq.gateway.errors import RequestTimeout
+from miyaq.gateway.request import CONNECTION
 from miyaq.runtime import green, monotonic
 from miyaq.runtime.green import WSGIHandler, WSGIInput, WSGIServer
 
@@ -189,6 +190,7 @@ class GatewayHandler(WSGIHandler):
         # pywsgi would hand over the raw socket file)
         original: Any = getattr(self, "wsgi_input")   # set by pywsgi (untyped there)
         self.wsgi_input = env["wsgi.input"] = TimedInput(original, self, self.server.limits)
+        env[CONNECTION] = self.socket     # a long-poll watches it for its client hanging up
         return env
 
     def _handle_client_error(self, ex: BaseException) -> tuple[str, bytes]:

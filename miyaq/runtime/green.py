@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import select as _select
 import signal
 from collections import deque
 from time import monotonic as _real_monotonic
@@ -25,6 +26,8 @@ import gevent.queue
 import gevent.socket
 import gevent.threadpool
 from gevent import monkey
+
+_system_poll = monkey.get_original("select", "poll")
 
 if TYPE_CHECKING:   # imported on first use at run time (see __getattr__ below)
     from gevent.pywsgi import Input as WSGIInput
@@ -66,7 +69,7 @@ __all__ = [
     "Timeout",
     "WSGIHandler", "WSGIInput", "WSGIServer", "current", "destroy_hub", "hub_running", "idle", "is_patched",
     "joinall", "killall", "log_hub_errors", "monkey_patch", "native_lock", "native_thread_ident", "on_signal",
-    "run_in_thread", "sleep",
+    "peer_closed", "run_in_thread", "sleep",
     "start_native_thread",
 ]
 
@@ -387,6 +390,19 @@ def monkey_patch() -> None:
     """Patch the standard library so blocking I/O yields to other greenlets.
     Only safe before the modules it patches are imported by application code."""
     monkey.patch_all()
+
+
+def peer_closed(fd: int) -> bool:
+    """The other end of a connected socket closed or reset it (Linux's
+    ``POLLRDHUP``, ``POLLHUP``, ``POLLERR``), asked without waiting and
+    without reading: data the peer sent before closing does not hide its
+    close, TLS records included. The system's ``poll`` even where gevent
+    patched ``select`` (its ``poll`` knows no ``POLLRDHUP``)."""
+    poller = _system_poll()
+    poller.register(fd, _select.POLLRDHUP)
+    events = poller.poll(0)
+    gone = _select.POLLRDHUP | _select.POLLHUP | _select.POLLERR | _select.POLLNVAL
+    return any(mask & gone for _, mask in events)
 
 
 def start_native_thread(fn: Callable[[], Any]) -> int:
