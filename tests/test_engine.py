@@ -388,6 +388,28 @@ def test_release_does_not_spend_an_attempt():
     check_consistent(engine)
 
 
+def test_give_back_takes_only_the_current_attempt_from_its_own_lessee():
+    """A consumer gives back unstarted the task it was leased (a cancelled
+    receive, an HTTP caller found gone): only its own, current attempt. A
+    stale give-back -- its lease ran out and the same consumer got the task
+    again -- or another consumer's changes nothing."""
+    engine = make_engine()
+    submit(engine, "g", timeout=10, max_retries=3)
+    c = FakeConsumer("c")
+    t = run(engine, ["default"], c, T0)
+    assert not engine.give_back("g", 1, "other", T0 + 1)
+    assert not engine.give_back("g", 2, "c", T0 + 1)
+    assert engine.give_back("g", 1, "c", T0 + 1)
+    assert t.state == READY and t.attempt == 0
+    run(engine, ["default"], c, T0 + 2)
+    engine.fire_due(T0 + 20)                       # attempt 1 ran out
+    assert run(engine, ["default"], c, T0 + 200).attempt == 2
+    assert not engine.give_back("g", 1, "c", T0 + 201)      # the stale one
+    assert t.state == RUNNING and t.attempt == 2
+    assert not engine.give_back("unknown", 1, "c", T0)
+    check_consistent(engine)
+
+
 def test_stale_completion_finishes_the_task_and_aborts_the_second_run():
     """Fault: a worker's lease ran out (it was slow, not dead) and the task was
     given to a second worker; then the first reports DONE. The task is done
