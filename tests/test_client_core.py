@@ -525,6 +525,7 @@ class _Handle:
     def __init__(self, n: int) -> None:
         self.n = n
         self._accepted = _Acceptance()
+        self.told = False
 
 
 def test_a_full_window_costs_each_submit_constant_pruning_work() -> None:

@@ -8,11 +8,13 @@ connection; the client sent it again on every reconnection until
 ``submit_timeout`` and then blamed the connection (``Unavailable``)."""
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
 import miyaq
+import miyaq.aio
 from miyaq.client.nodes import Limits, Nodes, limits_from
 from miyaq.client.submits import ASK_LIMITS_ABOVE, LIMITS_POLL, LIMITS_WAIT
 from miyaq.protocol import codec
@@ -198,3 +200,35 @@ def test_a_large_lone_submit_held_for_limits_does_not_count_as_sent_now():
     assert not core.submit(large("big", ASK_LIMITS_ABOVE + 1)[0], now=0.0)
     assert [command for _, command, _ in transport.take()] == [c.RING]
     assert core.submit(pending("small")[0], now=10.0) is False        # queued behind it
+
+
+def test_a_failure_a_caller_already_got_is_not_raised_again_by_flush(make_node):
+    """A submit's failure raised to a caller (``wait_accepted()``, ``result()``)
+    is the caller's, handled or not: the next ``flush()`` raises only the
+    failures nobody was told of (before: it raised the same error again,
+    so a program that handled each failure still failed at its flush)."""
+    n = make_node(max_payload=100_000)
+    with miyaq.Client(n.endpoint, submit_timeout=20) as client:
+        told = client.submit("echo", [b"x" * 200_000])
+        with pytest.raises(miyaq.InvalidField):
+            told.wait_accepted()
+        with pytest.raises(miyaq.InvalidField):
+            told.result()               # asked again: the same error, as often as asked
+        fine = client.submit("echo", [b"y"])
+        client.flush()                  # nothing untold failed
+        assert fine.accepted
+        client.submit("echo", [b"z" * 200_000])
+        with pytest.raises(miyaq.InvalidField):
+            client.flush()              # this one nobody was told of
+
+    async def main() -> None:
+        async with miyaq.aio.Client(n.endpoint, submit_timeout=20) as aio_client:
+            told = await aio_client.submit("echo", [b"x" * 200_000])
+            with pytest.raises(miyaq.InvalidField):
+                await told.wait_accepted()
+            await aio_client.submit("echo", [b"y"])
+            await aio_client.flush()
+            await aio_client.submit("echo", [b"z" * 200_000])
+            with pytest.raises(miyaq.InvalidField):
+                await aio_client.flush()
+    asyncio.run(asyncio.wait_for(main(), 60))

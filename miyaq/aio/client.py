@@ -205,7 +205,11 @@ class TaskHandle(HandleBase):
         timeout = seconds(timeout, "timeout", optional=True)
         if not self._accepted.done():
             self.client._io.check_loop()
-        self._took(await self._accepted.wait(timeout, what=f"submit of {self.id}"))
+        try:
+            self._took(await self._accepted.wait(timeout, what=f"submit of {self.id}"))
+        except MiyaqError:
+            self._failed()
+            raise
         return self
 
     async def result(self, timeout: float | None = 60.0) -> Any:

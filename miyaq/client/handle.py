@@ -18,7 +18,7 @@ class HandleBase:
     """What every client flavour's handle holds: the id, the acceptance, the
     node that accepted it and, for a ``key`` duplicate, the task holding the key."""
 
-    __slots__ = ("id", "client", "_accepted", "node", "duplicate_of")
+    __slots__ = ("id", "client", "_accepted", "node", "duplicate_of", "told")
 
     def __init__(self, task_id: str, client: Any, accepted: Resolvable) -> None:
         self.id = task_id
@@ -26,6 +26,9 @@ class HandleBase:
         self._accepted = accepted
         self.node: str | None = None
         self.duplicate_of: str | None = None
+        # The submit failed and a caller already got its error (wait_accepted,
+        # result): a flush does not raise it again.
+        self.told = False
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id}>"
@@ -37,6 +40,12 @@ class HandleBase:
 
     def _took(self, value: tuple[str, str, Any]) -> None:
         self.node, self.duplicate_of = accepted_as(self.id, value)
+
+    def _failed(self) -> None:
+        """A wait for acceptance raised: if the submit itself failed (not
+        merely the wait's own timeout), its error has reached a caller."""
+        if self._accepted.done():
+            self.told = True
 
 
 MAX_FAILURES_KEPT = 1000
@@ -86,7 +95,7 @@ class Unflushed:
         failed = 0
         for h in self._handles:
             accepted = h._accepted
-            if accepted.ok():
+            if accepted.ok() or h.told:
                 continue
             if accepted.done():
                 failed += 1
@@ -99,12 +108,12 @@ class Unflushed:
 
     def take(self) -> tuple[list[Any], int]:
         """The handles added since the last ``take`` that no pass let go (a
-        flush waits for each; accepted ones return at once), and how many
-        failed ones the passes let go."""
+        flush waits for each; accepted ones return at once), but those whose
+        failure a caller already got, and how many failed ones the passes let go."""
         with self._lock:
             handles, dropped = self._handles, self.dropped
             self._handles, self.dropped, self._prune_at = [], 0, self._window
-        return handles, dropped
+        return [h for h in handles if not h.told], dropped
 
 
 def flush_error(failures: list[MiyaqError], uncounted: int = 0) -> MiyaqError:
@@ -131,7 +140,11 @@ class TaskHandle(HandleBase):
         timeout = seconds(timeout, "timeout", optional=True)
         if not self._accepted.done():
             self.client._check_open()     # closed, or forked: nothing would resolve it here
-        self._took(self._accepted.wait(timeout, what=f"submit of {self.id}"))
+        try:
+            self._took(self._accepted.wait(timeout, what=f"submit of {self.id}"))
+        except MiyaqError:
+            self._failed()
+            raise
         return self
 
     @property
