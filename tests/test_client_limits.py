@@ -16,7 +16,7 @@ import pytest
 import miyaq
 import miyaq.aio
 from miyaq.client.nodes import Limits, Nodes, limits_from
-from miyaq.client.submits import ASK_LIMITS_ABOVE, LIMITS_POLL, LIMITS_WAIT
+from miyaq.client.sizes import ASK_LIMITS_ABOVE, LIMITS_POLL, LIMITS_WAIT
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c
 from test_client_core import make, pending, submitted

@@ -9,17 +9,17 @@ Rules (docs/semantics.md):
 
 - Submits leave in the order they were made; a submit waiting for a retry is
   never overtaken by a later one (FIFO per producer).
-- Due submits go out batched, one SUBMIT per node per pass, bounded by
-  ``max_batch`` tasks and :data:`BATCH_BYTES` of payload -- and, once a
-  node's RING reply said its limits (:class:`~.nodes.Limits`), by its
-  ``max_batch`` and half its ``max_message``; a task that node could never
-  take (a payload over its ``max_payload``, or a SUBMIT of it alone over its
-  ``max_message``) fails at once with ``InvalidField`` instead of being sent
-  (libzmq would drop the connection and the task be resent until its
-  deadline). A submit with a payload over :data:`ASK_LIMITS_ABOVE` waits,
-  with every later one, until its node's limits are known (the core asks that
-  node with a RING of its own), at most :data:`LIMITS_WAIT`: sent before, such
-  a message could end the very connection the RING reply would come by.
+- Due submits go out batched, one SUBMIT per node per pass, within the
+  sizes of :mod:`~.sizes` -- ``max_batch`` tasks and ``BATCH_BYTES`` of
+  payload, and once a node's RING reply said its limits
+  (:class:`~.nodes.Limits`), its ``max_batch`` and half its
+  ``max_message``; a task that node could never take fails at once with
+  ``InvalidField`` instead of being sent (libzmq would drop the connection
+  and the task be resent until its deadline). A submit with a payload over
+  ``ASK_LIMITS_ABOVE`` waits, with every later one, until its node's limits
+  are known (the core asks that node with a RING of its own), at most
+  ``LIMITS_WAIT``: sent before, such a message could end the very connection
+  the RING reply would come by.
 - A submit not acknowledged within ``ack_timeout`` is resent with the same id
   (and ``resent: true``), on any node; BUSY, ``shutting_down``,
   ``unavailable`` and ``not_enough_replicas`` are retried with exponential
@@ -37,12 +37,12 @@ import logging
 import random
 from typing import Any, Callable, Protocol
 
-import msgpack
-
-from ..errors import Busy, InvalidField, MiyaqError, ShuttingDown, Timeout, Unavailable, from_wire
+from ..errors import Busy, MiyaqError, ShuttingDown, Timeout, Unavailable, from_wire
 from ..logs import LogLimiter
 from ..protocol import commands as c
+from ..protocol.batching import chunks
 from .nodes import Limits, Nodes
+from .sizes import ASK_LIMITS_ABOVE, BATCH_BYTES, LIMITS_POLL, LIMITS_WAIT, payload_size, refusal
 
 logger = logging.getLogger(__name__)
 _log = LogLimiter(logger)     # a node answering with nonsense may do so for every task: a few lines a minute
@@ -50,8 +50,6 @@ _log = LogLimiter(logger)     # a node answering with nonsense may do so for eve
 # What a SUBMITTED result may say of a task (docs/protocol.md, "SUBMIT").
 SUBMIT_STATUSES = (c.ACCEPTED, c.DUPLICATE, c.REJECTED)
 
-BATCH_BYTES = 4 * 1024 * 1024
-"""Payload bytes per SUBMIT (the node's default message limit is 16 MiB)."""
 FIRST_CONTACT = 5.0
 """Seconds a submit waits for a connection while the client has never reached
 any node; then it fails at once with :meth:`Nodes.unreachable`'s message
@@ -65,21 +63,6 @@ node refused it before it stored or replicated anything (full, its log not
 writable, too many submits being replicated; not coordinating, or no ring).
 A refusal with another code (``shutting_down``, ``not_enough_replicas``)
 may come after some holders stored a copy."""
-TASK_FIELDS_ROOM = 16 * 1024
-"""Bytes a task's fields but its payload and headers take in a SUBMIT at most
-(a name, a key, a queue of at most 256 characters, a URL of 2,048, small
-options): a task whose payload leaves this much room under a node's
-``max_message`` fits without being encoded to find out."""
-ASK_LIMITS_ABOVE = 64 * 1024
-"""Payload bytes above which a submit is sent to a node only once its limits
-are known: smaller ones fit in any node's message (a ``max_message`` far
-below the default 16 MiB is not a setting a node serves clients with)."""
-LIMITS_WAIT = 2.0
-"""Seconds a large submit waits for its node's limits; then it is sent as if
-the node had none (a node that does not answer a RING)."""
-LIMITS_POLL = 0.05
-"""Seconds between two looks while a large submit waits for limits (an answer
-that brings them sends it at once)."""
 TIMEOUT_SCAN = 1000
 """Most acknowledgement deadlines looked at per pass (oldest first)."""
 
@@ -227,7 +210,7 @@ class SubmitPipeline:
                 batch = self._within(node, batch, limits)
                 max_items = min(max_items, limits.max_batch)
                 max_bytes = min(max_bytes, limits.max_message // 2)
-            for chunk in chunks(batch, max_items, max_bytes):
+            for chunk in chunks(batch, max_items, max_bytes, payload_size):
                 self._send_chunk(node, chunk, now)
 
     def _hold_for_limits(self, p: Pending, node: int, now: float) -> bool:
@@ -253,31 +236,13 @@ class SubmitPipeline:
         """The submits of ``batch`` that node ``node`` can take; each other one
         fails at once, naming the limit it passes."""
         fits: list[Pending] = []
-        surely_fits = min(limits.max_payload, limits.max_message - TASK_FIELDS_ROOM)
         for p in batch:
-            wire = p.wire
-            size = len(wire.get("body") or b"")
-            if size <= surely_fits and "headers" not in wire:
-                fits.append(p)
-                continue
-            why = self._too_large(wire, size, limits)
-            if why is None:
+            error = refusal(p.wire, limits, self.nodes.endpoints[node])
+            if error is None:
                 fits.append(p)
             else:
-                self.resolve(p, error=InvalidField(
-                    f"task {wire.get('id')} has a payload of {size} bytes, more than "
-                    f"{self.nodes.endpoints[node]} takes: {why}", field="body"))
+                self.resolve(p, error=error)
         return fits
-
-    @staticmethod
-    def _too_large(wire: dict[str, Any], size: int, limits: Limits) -> str | None:
-        """Why a task near a node's limits (or with headers) cannot go to it:
-        the limit it passes, or None when it fits (encoded to be sure)."""
-        if size > limits.max_payload:
-            return f"its max_payload is {limits.max_payload} bytes"
-        if len(msgpack.packb({"tasks": [wire]}, use_bin_type=True)) > limits.max_message:
-            return f"a SUBMIT of it alone would pass its max_message of {limits.max_message} bytes"
-        return None
 
     def _send_chunk(self, node: int, chunk: list[Pending], now: float) -> None:
         if self._send(node, c.SUBMIT, {"tasks": [p.wire for p in chunk]}):
@@ -409,24 +374,6 @@ class SubmitPipeline:
         self.pending.clear()
         self.capped.clear()
         self.waiting.clear()
-
-
-def chunks(batch: list[Pending], max_items: int, max_bytes: int) -> list[list[Pending]]:
-    """Split submits so no SUBMIT exceeds ``max_items`` tasks or about
-    ``max_bytes`` of payload (a node refuses a message over its max_message)."""
-    out: list[list[Pending]] = []
-    current: list[Pending] = []
-    size = 0
-    for p in batch:
-        body = len(p.wire.get("body") or b"") + 128
-        if current and (len(current) >= max_items or size + body > max_bytes):
-            out.append(current)
-            current, size = [], 0
-        current.append(p)
-        size += body
-    if current:
-        out.append(current)
-    return out
 
 
 def final_error(error: MiyaqError, p: Pending) -> MiyaqError:

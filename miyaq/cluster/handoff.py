@@ -21,7 +21,8 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from miyaq.cluster.peer_requests import REPLICATE
-from miyaq.cluster.sizes import chunks, record_size
+from miyaq.cluster.sizes import record_size
+from miyaq.protocol.batching import chunks
 from miyaq.constants import (
     HANDOFF_CHUNK, HANDOFF_CONFIRM_TIMEOUT, HANDOFF_LAG_RETRIES, HANDOFF_LAG_RETRY, HANDOFF_RETRY,
     HANDOFF_SLICE, HANDOFF_SWEEP,

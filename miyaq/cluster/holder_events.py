@@ -38,7 +38,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from miyaq.cluster.sizes import chunks, event_size
+from miyaq.cluster.sizes import event_size
+from miyaq.protocol.batching import chunks
 from miyaq.cluster.transport import StreamPublisher
 from miyaq.constants import EARLY_EVENT_TTL, MAX_EARLY_EVENTS, MAX_STREAM_EVENTS
 from miyaq.core.attempts import note_lessee

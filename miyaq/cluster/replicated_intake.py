@@ -42,7 +42,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from miyaq.cluster.holder_events import apply_early_event
 from miyaq.cluster.peer_requests import REPLICATE
-from miyaq.cluster.sizes import chunks, record_size
+from miyaq.cluster.sizes import record_size
+from miyaq.protocol.batching import chunks
 from miyaq.constants import CLUSTER_TICK, MAX_PENDING_SUBMITS
 from miyaq.core.handles import Ack, AckTarget
 from miyaq.errors import MiyaqError, NotEnoughReplicas, ShuttingDown, Unavailable

@@ -12,16 +12,13 @@ dictionary reads: the replication path is hot.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 #: Bytes allowed for a record's bounded fields (id 64, queue 128, URL 2048,
 #: key 256, 16 holder ids, numbers and field names).
 RECORD_ALLOWANCE = 8192
 #: Bytes allowed for an event's or a tombstone's fixed items.
 EVENT_ALLOWANCE = 512
-
-T = TypeVar("T")
 
 
 def packed_size(value: Any) -> int:
@@ -61,19 +58,3 @@ def event_size(event: list[Any]) -> int:
     if op in ("R", "D"):
         return outcome_size(None, event[-1])
     return EVENT_ALLOWANCE
-
-
-def chunks(items: Sequence[T], max_items: int, max_bytes: int, size: Callable[[T], int]) -> Iterator[list[T]]:
-    """Consecutive runs of ``items``, each at most ``max_items`` long and, by
-    ``size``, at most ``max_bytes`` (an item larger than that goes alone)."""
-    chunk: list[T] = []
-    total = 0
-    for item in items:
-        n = size(item)
-        if chunk and (len(chunk) >= max_items or total + n > max_bytes):
-            yield chunk
-            chunk, total = [], 0
-        chunk.append(item)
-        total += n
-    if chunk:
-        yield chunk

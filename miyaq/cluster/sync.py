@@ -35,7 +35,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from miyaq.cluster.peer_requests import SYNC
-from miyaq.cluster.sizes import chunks, outcome_size, record_size
+from miyaq.cluster.sizes import outcome_size, record_size
+from miyaq.protocol.batching import chunks
 from miyaq.constants import RESYNC_CHUNK, RESYNC_STONES, RESYNC_TIMEOUT
 from miyaq.core.attempts import adopt_lessees
 from miyaq.errors import InvalidField

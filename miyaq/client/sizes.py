@@ -1,0 +1,59 @@
+"""How large a SUBMIT may be: the client's own batch bounds, and a node's
+limits (:class:`~.nodes.Limits`, from its RING reply) applied to each task.
+
+Pure functions and constants; :mod:`~.submits` applies them. A task a node
+could never take -- a payload over its ``max_payload``, or a SUBMIT of it
+alone over its ``max_message`` -- is refused in the client with
+``InvalidField`` (field ``body``), naming the limit and the node: sent, it
+would make libzmq drop the connection at every try until its deadline.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from ..errors import InvalidField
+from .nodes import Limits
+
+BATCH_BYTES = 4 * 1024 * 1024
+"""Payload bytes per SUBMIT (the node's default message limit is 16 MiB)."""
+TASK_FIELDS_ROOM = 16 * 1024
+"""Bytes a task's fields but its payload and headers take in a SUBMIT at most
+(a name, a key, a queue of at most 256 characters, a URL of 2,048, small
+options): a task whose payload leaves this much room under a node's
+``max_message`` fits without being encoded to find out."""
+ASK_LIMITS_ABOVE = 64 * 1024
+"""Payload bytes above which a submit is sent to a node only once its limits
+are known: smaller ones fit in any node's message (a ``max_message`` far
+below the default 16 MiB is not a setting a node serves clients with)."""
+LIMITS_WAIT = 2.0
+"""Seconds a large submit waits for its node's limits; then it is sent as if
+the node had none (a node that does not answer a RING)."""
+LIMITS_POLL = 0.05
+"""Seconds between two looks while a large submit waits for limits (an answer
+that brings them sends it at once)."""
+ENVELOPE = 128
+"""Bytes a task adds to a SUBMIT besides its payload, as :func:`payload_size` counts."""
+
+
+def payload_size(p: Any) -> int:
+    """What a pending submit (anything with a ``wire``) counts for in a batch."""
+    return len(p.wire.get("body") or b"") + ENVELOPE
+
+
+def refusal(wire: dict[str, Any], limits: Limits, endpoint: str) -> InvalidField | None:
+    """Why the node at ``endpoint`` can never take the task ``wire``, as the
+    error its submit fails with; None when it fits. Encodes the task only
+    when its payload comes near the limits (or it carries headers)."""
+    size = len(wire.get("body") or b"")
+    if size <= min(limits.max_payload, limits.max_message - TASK_FIELDS_ROOM) and "headers" not in wire:
+        return None
+    if size > limits.max_payload:
+        why = f"its max_payload is {limits.max_payload} bytes"
+    elif len(msgpack.packb({"tasks": [wire]}, use_bin_type=True)) > limits.max_message:
+        why = f"a SUBMIT of it alone would pass its max_message of {limits.max_message} bytes"
+    else:
+        return None
+    return InvalidField(f"task {wire.get('id')} has a payload of {size} bytes, more than {endpoint} takes: {why}",
+                        field="body")
