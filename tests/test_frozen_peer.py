@@ -26,26 +26,15 @@ import pytest
 
 from miyaq.cluster.peer import PeerEndpoint
 from miyaq.cluster.stream import ZmqStreamPublisher, topic
-from miyaq.runtime import Supervisor, green
+from miyaq.runtime import Supervisor
 from miyaq.runtime.sockets import SocketFactory, connection_events
 from miyaq.testing.harness import free_port
+from test_node_lifecycle import until
 
 pytestmark = pytest.mark.timeout(90)
 
-WAIT = 30.0                     # a guard against a hang, never a timing assertion
 HEARTBEAT_MS = (100, 500)      # the tests' heartbeats: PING every 0.1 s, dropped after 0.5 s of silence
 LARGE = b"x" * 100_000
-
-
-def until(predicate: Callable[[], Any], what: str) -> Any:
-    """Run the hub until ``predicate()`` is truthy; fail naming ``what`` if it never is."""
-    with green.Timeout(WAIT, False):
-        while True:
-            value = predicate()
-            if value:
-                return value
-            green.sleep(0.01)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 class Child:
