@@ -24,11 +24,13 @@ from typing import Any
 
 import pytest
 
+import miyaq
+from miyaq.protocol import commands as c
 from miyaq.cluster.peer import PeerEndpoint
 from miyaq.cluster.stream import ZmqStreamPublisher, topic
 from miyaq.runtime import Supervisor
 from miyaq.runtime.sockets import SocketFactory, connection_events
-from miyaq.testing.harness import free_port
+from miyaq.testing.harness import free_port, wait_for
 from test_node_lifecycle import until
 
 pytestmark = pytest.mark.timeout(90)
@@ -197,3 +199,31 @@ def test_a_request_to_a_frozen_peer_ends_when_its_connection_is_dropped(children
         supervisor.kill()
         link.close()
         sockets.close()
+
+
+def test_a_client_drops_a_frozen_node_and_its_request_fails_at_once(procs, client_for, monkeypatch) -> None:
+    """Fault: the node a client talks to freezes (or its host vanishes
+    without closing the connection). The client's heartbeats go unanswered,
+    the connection is dropped, and a request waiting on it fails with
+    ``Unavailable`` then -- not with ``Timeout`` after its 30 s (before: the
+    connection stayed open until the kernel gave up, minutes). Thawed, the
+    node is used again."""
+    from miyaq.client import dialling
+    monkeypatch.setattr(dialling, "CLIENT_HEARTBEAT_MS", HEARTBEAT_MS)
+    node = procs.node()
+    client = client_for(node.endpoint, request_timeout=30)
+    assert client.status()["node"]
+    node.signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(miyaq.Unavailable):
+            client.status()
+    finally:
+        node.signal(signal.SIGCONT)
+    wait_for(lambda: _answers(client), timeout=30, what="the thawed node answering again")
+
+
+def _answers(client: miyaq.Client) -> bool:
+    try:
+        return bool(client.request(c.STATUS, {}, timeout=2)["node"])
+    except (miyaq.Unavailable, miyaq.Timeout):
+        return False

@@ -1,7 +1,8 @@
 """How both client drivers (threads and greenlets: :mod:`.io`; asyncio:
 :mod:`miyaq.aio.driver`) open their connections to nodes: each a DEALER
 with its connection monitor (:meth:`SocketFactory.watched_dealer`, the
-monitor attached before the socket connects).
+monitor attached before the socket connects), and ZMTP heartbeats
+(:data:`CLIENT_HEARTBEAT_MS`).
 
 An endpoint libzmq refuses to dial is the user's error when the user gave
 it (``ConfigError``, nothing left open) and a node's when its RING reply
@@ -29,6 +30,17 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 _log = LogLimiter(logger)     # a RING reply may name many endpoints: a few lines a minute
 
+#: ZMTP heartbeats (interval, timeout in milliseconds) on every connection to
+#: a node: a node that stops answering them -- its host gone without closing
+#: the connection (power, a cable, a partition), its process frozen -- has its
+#: connection dropped after the timeout, which the client treats as any
+#: closed connection (requests to it fail with ``Unavailable``, a result wait
+#: goes on at the next node, unacknowledged submits go elsewhere; what was
+#: queued for it is freed). Before, such a connection stayed open until the
+#: kernel gave up on it (minutes): each request to the node waited out its
+#: own timeout. A live node answers from libzmq's thread however busy it is.
+CLIENT_HEARTBEAT_MS = (2000, 10000)
+
 
 def dial_given(factory: "SocketFactory", endpoints: list[str]) -> tuple[list[Any], list[Any]]:
     """The sockets and monitors of the endpoints a user gave, in order.
@@ -37,7 +49,8 @@ def dial_given(factory: "SocketFactory", endpoints: list[str]) -> tuple[list[Any
     watched = []
     try:
         for endpoint in endpoints:
-            watched.append(factory.watched_dealer(endpoint, ready=True, immediate=True))
+            watched.append(factory.watched_dealer(endpoint, ready=True, immediate=True,
+                                                  heartbeat_ms=CLIENT_HEARTBEAT_MS))
     except ConfigError:
         factory.close()
         raise
@@ -52,7 +65,7 @@ def dial_discovered(factory: "SocketFactory", endpoint: str) -> tuple[Any, Any] 
     when libzmq refuses its endpoint; None (logged) when no socket can be
     made now (no file descriptor left): as for ``Transport.connect``."""
     try:
-        return factory.watched_dealer(endpoint, ready=True, immediate=True)
+        return factory.watched_dealer(endpoint, ready=True, immediate=True, heartbeat_ms=CLIENT_HEARTBEAT_MS)
     except ConfigError as err:
         _log.warning("refused", "miyaq client: not dialling a node the ring names: %s", err.message)
         return False
