@@ -622,3 +622,36 @@ def test_a_submit_that_found_its_node_unconnected_is_retried_on_the_other_one() 
     sent = {t["id"] for node, cmd, body in transport.take() if cmd == c.SUBMIT for t in body["tasks"]}
     assert sent == {f"t{i}" for i in range(6)}          # every one reached node 0
     assert not any(w.done for w in waiters)
+
+
+def test_a_submit_its_node_never_acknowledges_is_resent_to_another_node_each_time() -> None:
+    """Fault: a node that keeps its connection but never answers (its
+    process hung, or frozen before the heartbeats give up on it). Before
+    2026-12-04 a resend after ``ack_timeout`` picked round-robin among all
+    the nodes, the silent one included -- a third of the resends went back
+    to it, and when the resends of a pass came in a multiple of the nodes,
+    a task landed on the same node at every pass until its deadline
+    (measured: 13 of 4,410 submits failed ``Timeout ... (12 tries)`` with one
+    node of three frozen). Now each resend avoids the node that did not
+    acknowledge it."""
+    core, transport = make(3, ack_timeout=1.0)
+    core.nodes.reached = True
+    silent = 2
+    waiters = {}
+    for i in range(30):
+        p, w = pending(f"t{i}", timeout=60.0)
+        p.node = silent
+        waiters[f"t{i}"] = w
+        core.submit(p)
+    core.on_timer(0.0)
+    first = [t["id"] for node, cmd, body in transport.take() if cmd == c.SUBMIT and node == silent
+             for t in body["tasks"]]
+    assert sorted(first) == sorted(waiters)
+    now = 1.5
+    for _ in range(20):
+        core.on_timer(now)
+        for node, cmd, body in transport.take():
+            assert node != silent, f"resent to the node that never acknowledged: {[t['id'] for t in body['tasks']]}"
+            core.on_frames(node, submitted([[t["id"], "accepted", None] for t in body["tasks"]]), now)
+        now += 0.05
+    assert all(w.done and w.error is None for w in waiters.values()), {k: w.error for k, w in waiters.items()}

@@ -21,7 +21,7 @@ Rules (docs/semantics.md):
   ``LIMITS_WAIT``: sent before, such a message could end the very connection
   the RING reply would come by.
 - A submit not acknowledged within ``ack_timeout`` is resent with the same id
-  (and ``resent: true``), on any node; BUSY, ``shutting_down``,
+  (and ``resent: true``), on another node than the silent one when there is one; BUSY, ``shutting_down``,
   ``unavailable`` and ``not_enough_replicas`` are retried with exponential
   backoff and jitter, on another node when there is one -- marked
   ``resent`` only if an earlier try may have been stored
@@ -292,8 +292,7 @@ class SubmitPipeline:
             del pending[task_id]
             self.capped.pop(task_id, None)
             self.resends += 1
-            p.node = -1
-            p.may_be_stored()
+            p.may_be_stored()         # p.node stays the silent node: the resend avoids it
             self._retry_later(p, now, overdue)
         for task_id, p in list(self.capped.items()):
             if pending.get(task_id) is not p:
