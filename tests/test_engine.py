@@ -8,6 +8,7 @@ they simulate.
 """
 from __future__ import annotations
 
+import logging
 import random
 from collections import Counter
 from typing import Any
@@ -408,6 +409,22 @@ def test_give_back_takes_only_the_current_attempt_from_its_own_lessee():
     assert t.state == RUNNING and t.attempt == 2
     assert not engine.give_back("unknown", 1, "c", T0)
     check_consistent(engine)
+
+
+def test_a_thousand_leases_running_out_together_log_a_few_lines(caplog):
+    """Fault: a worker holding 1,000 tasks vanishes; their leases run out in
+    one pass. Each used to log a line (thousands of lines for one fault; a
+    frozen holder made 3,283 takeover lines the same way): now a few lines a
+    minute name examples and the rest are counted."""
+    engine = make_engine()
+    c = FakeConsumer()
+    for i in range(1000):
+        submit(engine, f"l{i}", timeout=10, max_retries=5)
+        run(engine, ["default"], c, T0)
+    with caplog.at_level(logging.INFO, logger="miyaq.core.engine"):
+        engine.fire_due(T0 + 11)
+    assert sum(engine.info(f"l{i}")["state"] in ("retrying", "ready") for i in range(1000)) == 1000
+    assert caplog.text.count("ran out (attempt 1)") <= 5, caplog.text.count("ran out (attempt 1)")
 
 
 def test_stale_completion_finishes_the_task_and_aborts_the_second_run():

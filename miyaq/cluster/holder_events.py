@@ -39,6 +39,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from miyaq.cluster.sizes import event_size
+from miyaq.logs import LogLimiter
 from miyaq.protocol.batching import chunks
 from miyaq.cluster.transport import StreamPublisher
 from miyaq.constants import EARLY_EVENT_TTL, MAX_EARLY_EVENTS, MAX_STREAM_EVENTS
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
     from miyaq.cluster.role import ClusterRole
 
 logger = logging.getLogger(__name__)
+_log = LogLimiter(logger)     # a partition can end in many duplicates at once (all counted)
 
 
 
@@ -130,7 +132,7 @@ class EventPublisher(EngineListener):
 
     def duplicate_run(self, task: Task, info: dict[str, Any]) -> None:
         self.duplicates += 1
-        logger.warning("task %s ran more than once (%s)", task.id, info)
+        _log.warning("duplicate", "task %s ran more than once (%s)", task.id, info)
 
     def hold_early(self, src: str, event: list[Any]) -> None:
         """Keep a STARTED or DEAD event for a task not held here yet (the

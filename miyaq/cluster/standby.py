@@ -61,6 +61,7 @@ from miyaq.cluster.peer_requests import QUERY
 from miyaq.constants import MAX_QUERY, QUERY_TIMEOUT
 from miyaq.core.listener import EngineListener
 from miyaq.errors import InvalidField
+from miyaq.logs import LogLimiter
 from miyaq.protocol.eventspec import check_state_answer
 from miyaq.runtime import green, wall
 from miyaq.store.task import DEAD, READY, RETRYING, RUNNING, SCHEDULED, Task
@@ -69,6 +70,9 @@ if TYPE_CHECKING:
     from miyaq.cluster.role import ClusterRole
 
 logger = logging.getLogger(__name__)
+# A frozen or lost holder can make thousands of copies take over at once: a
+# few lines a minute name examples, the rest are counted (STATUS ``takeovers``).
+_log = LogLimiter(logger)
 
 ASK_FIRST_SLICE = 4096
 """Tasks :meth:`StandbyChecker.ask_first` looks at between two chances to
@@ -283,6 +287,6 @@ class StandbyChecker(EngineListener):
 
     def _take_over(self, task: Task, now: float) -> None:
         self.takeovers += 1
-        logger.info("task %s: no other holder runs it; running the copy of rank %d here",
-                    task.id, task.rank)
+        _log.log(logging.INFO, "takeover", "task %s: no other holder runs it; running the copy of rank %d here",
+                 task.id, task.rank)
         self.role.engine.take_over(task, now)

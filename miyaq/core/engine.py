@@ -22,6 +22,7 @@ from miyaq.constants import MAX_QUEUES, TIMER_BATCH
 from miyaq.core.attempts import leased_to, note_lessee, retry_delay
 from miyaq.core.replicas import ReplicaCopies
 from miyaq.errors import Busy, InvalidField, NotFound, ShuttingDown
+from miyaq.logs import LogLimiter
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE
 from miyaq.store.table import Tombstone
 from miyaq.store.task import (
@@ -29,6 +30,9 @@ from miyaq.store.task import (
 )
 
 logger = logging.getLogger(__name__)
+# A lost worker's leases run out together, and its late reports come
+# together: a few lines a minute name examples, the rest are counted.
+_log = LogLimiter(logger)
 
 LISTED_STATES = LIVE_STATES + (DEAD,)
 """The states a task listing can find (finished tasks are tombstones, never listed)."""
@@ -194,7 +198,8 @@ class Engine(ReplicaCopies):
             if other is not None:
                 other.abort([task.id])
         elif attempt != task.attempt and task.state != DEAD:
-            logger.info("task %s finished by attempt %d after being re-queued", task_id, attempt)
+            _log.log(logging.INFO, "late finish", "task %s finished by attempt %d after being re-queued",
+                     task_id, attempt)
         self.outcomes[(task.queue, "completed")] += 1
         self._finish(task, DONE, result, now)
         return True
@@ -306,7 +311,8 @@ class Engine(ReplicaCopies):
                 if task.expires and task.expires <= now:
                     self._finish(task, EXPIRED, None, now)
             elif state == RUNNING:
-                logger.info("lease of task %s ran out (attempt %d)", task.id, task.attempt)
+                _log.log(logging.INFO, "lease ran out", "lease of task %s ran out (attempt %d)", task.id,
+                         task.attempt)
                 self.lose(task, "lease expired", now)
         if len(self.timers) > 4 * (len(self.table.live) + 1024):
             self.timers.compact()

@@ -20,6 +20,7 @@ from typing import Callable
 
 from miyaq.config import NodeConfig
 from miyaq.core.listener import EngineListener
+from miyaq.logs import LogLimiter
 from miyaq.store.ready import ReadyQueues
 from miyaq.store.table import TaskTable, Tombstone
 from miyaq.store.tally import Tally
@@ -29,6 +30,7 @@ from miyaq.store.timers import TimerHeap
 # The engine's logger: a dead-letter eviction is logged under the same name as
 # the engine's other records.
 logger = logging.getLogger("miyaq.core.engine")
+_log = LogLimiter(logger)     # a full dead-letter queue evicts one a task: a few lines a minute
 
 
 class Transitions:
@@ -111,6 +113,7 @@ class Transitions:
         evicted = self.table.kill(task)
         if evicted is not None:
             self._count(evicted.queue)[DEAD] -= 1
-            logger.warning("dead-letter queue full (%d): dropped oldest task %s", self.config.max_dead, evicted.id)
+            _log.warning("dead letters full", "dead-letter queue full (%d): dropped oldest task %s",
+                         self.config.max_dead, evicted.id)
         for listener in self.listeners:
             listener.task_dead(task)

@@ -95,7 +95,8 @@ class Routes:
         other = self._other_holder(link, holders)
         if other is None:
             return link
-        logger.info("task %s: node %s is lost; reporting to %s", task_id, link.endpoint, other.endpoint)
+        _log.log(logging.INFO, "rerouted", "task %s: node %s is lost; reporting to %s", task_id, link.endpoint,
+                 other.endpoint)
         return other
 
     def _other_holder(self, link: "NodeLink", holders: list[str]) -> "NodeLink | None":
