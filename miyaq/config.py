@@ -159,6 +159,10 @@ class NodeConfig(Settings):
     replicas: int = _opt(3, "default holders per task in a cluster (1 when standalone)")
     min_acks: int = _opt(0, "holders that must store a task before a submit returns (0: all)")
     replica_offset: float = _opt(5.0, "seconds between holder ranks' timers")
+    peer_heartbeat_timeout: float = _opt(5.0, "seconds another node may leave this node's ZMTP heartbeats on the "
+                                              "replication stream and the peer link unanswered (frozen, its host "
+                                              "gone) before its connections are dropped with what was queued for it; "
+                                              "a PING every fifth of it")
     replication_timeout: float = _opt(3.0, "seconds a submit waits for min_acks holders to store the task before "
                                            "it is refused not_enough_replicas (a resend with the same id is safe)")
     reconcile_timeout: float = _opt(15.0, "most seconds a node restarted from its log holds dispatching while it "
@@ -209,6 +213,8 @@ class NodeConfig(Settings):
             raise ConfigError("replicas, max_tasks and max_batch must be at least 1")
         if self.heartbeat <= 0 or self.liveness < 1:
             raise ConfigError("heartbeat must be > 0 and liveness >= 1")
+        if not 0.5 <= self.peer_heartbeat_timeout <= 3600:
+            raise ConfigError(f"peer_heartbeat_timeout must be 0.5..3600 seconds, not {self.peer_heartbeat_timeout}")
         self._check_binds()
         if bool(self.http_cert) != bool(self.http_key):
             raise ConfigError("http_cert and http_key go together: give both for HTTPS, or neither")

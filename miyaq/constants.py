@@ -75,7 +75,8 @@ STREAM_SILENCE = 3.5
 #: First and longest wait between reconnects to a peer (milliseconds).
 PEER_RECONNECT_MS = (100, 2000)
 #: ZMTP heartbeats (interval, timeout in milliseconds) on a node's replication
-#: stream, its links to the other nodes and its peer port: a connection that
+#: stream, its links to the other nodes and its peer port, by default (the
+#: node's ``peer_heartbeat_timeout`` sets them: a PING every fifth of it): a connection that
 #: sends nothing for the timeout after a PING -- a frozen process (SIGSTOP, a
 #: paused VM), a host gone, a reader 100,000 messages behind -- is dropped,
 #: and with it what ZeroMQ had queued for it (a count of messages, not

@@ -148,6 +148,9 @@ def test_missing_or_broken_file_is_a_config_error(tmp_path):
     ("file", "fsync", '"sometimes"'),
     ("file", "heartbeat", '"fast"'),
     ("file", "shutdown_grace", "-1.0"),
+    ("env", "peer_heartbeat_timeout", "0.1"),
+    ("flag", "peer_heartbeat_timeout", "nan"),
+    ("file", "peer_heartbeat_timeout", "7200.0"),
 ])
 def test_bad_values_are_refused_naming_the_setting(tmp_path, source, name, raw):
     """A value of the wrong type, outside the choices or negative is a

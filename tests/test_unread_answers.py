@@ -142,7 +142,9 @@ def test_the_peer_port_holds_a_bounded_amount_for_a_connection_that_never_reads(
     from peer_fixtures import FakePeer, clustered_node
 
     peer = FakePeer()
-    node = clustered_node(peer).start()
+    # The slow connection answers no heartbeat while its answers wait unread:
+    # a long timeout keeps this test about the budget, not about heartbeats.
+    node = clustered_node(peer, peer_heartbeat_timeout=600.0).start()
     ctx = zmq.Context()
     try:
         identity, body = peer.next_request(b"SYNC")        # the node's link to the peer is up

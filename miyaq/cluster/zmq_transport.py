@@ -4,6 +4,7 @@ from __future__ import annotations
 from miyaq.cluster.peer import PeerEndpoint
 from miyaq.cluster.stream import ZmqStreamPublisher, ZmqStreamSubscriber
 from miyaq.cluster.transport import Apply, AskResync
+from miyaq.constants import PEER_HEARTBEAT_MS
 from miyaq.core.binding import binding, peer_port, pub_port
 from miyaq.runtime import Supervisor
 from miyaq.runtime.sockets import SocketFactory
@@ -16,10 +17,14 @@ class ZmqTransport:
 
     ``drop_ratio`` drops that share of stream messages (fault injection for
     tests and ``miyaq chaos``: ``MIYAQ_FAULT_STREAM_DROP``); ``guard`` checks
-    each peer request's key (with keys; the sockets' factory then runs CURVE)."""
+    each peer request's key (with keys; the sockets' factory then runs CURVE);
+    ``heartbeat_timeout``: seconds the other nodes may leave the PUB's and the
+    peer sockets' ZMTP heartbeats unanswered (``peer_heartbeat_timeout``)."""
 
     def __init__(self, sockets: SocketFactory, supervisor: Supervisor, peer_bind: str, pub_bind: str,
-                 drop_ratio: float = 0.0, guard: Guard | None = None) -> None:
+                 drop_ratio: float = 0.0, guard: Guard | None = None,
+                 heartbeat_timeout: float = PEER_HEARTBEAT_MS[1] / 1000) -> None:
+        self.heartbeat_ms = (round(heartbeat_timeout * 200), round(heartbeat_timeout * 1000))
         self.guard = guard
         self.sockets = sockets
         self.supervisor = supervisor
@@ -29,11 +34,13 @@ class ZmqTransport:
 
     def peer_link(self, node_id: str) -> PeerEndpoint:
         with binding(peer_port(self.peer_bind)):
-            return PeerEndpoint(self.sockets, self.supervisor, node_id, self.peer_bind, self.guard)
+            return PeerEndpoint(self.sockets, self.supervisor, node_id, self.peer_bind, self.guard,
+                                heartbeat_ms=self.heartbeat_ms)
 
     def publisher(self, node_id: str) -> ZmqStreamPublisher:
         with binding(pub_port(self.pub_bind)):
-            return ZmqStreamPublisher(self.sockets, node_id, self.pub_bind, self.drop_ratio)
+            return ZmqStreamPublisher(self.sockets, node_id, self.pub_bind, self.drop_ratio,
+                                      heartbeat_ms=self.heartbeat_ms)
 
     def subscriber(self, node_id: str, apply: Apply, resync: AskResync) -> ZmqStreamSubscriber:
         return ZmqStreamSubscriber(self.sockets, self.supervisor, node_id, apply, resync)

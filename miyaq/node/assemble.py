@@ -145,7 +145,8 @@ def _role(config: NodeConfig, core: Core, barrier: WriteBarrier, supervisor: Sup
         return StandaloneRole(config, core.engine, core.endpoint.ack), None
     if transport is None:
         transport = ZmqTransport(sockets, supervisor, f"tcp://{config.host}:{config.peer}",
-                                 f"tcp://{config.host}:{config.pub}", stream_drop, guard)
+                                 f"tcp://{config.host}:{config.pub}", stream_drop, guard,
+                                 heartbeat_timeout=config.peer_heartbeat_timeout)
     role = ClusterRole(config, core.engine, core.gate, core.endpoint, core.directory, barrier, supervisor,
                        transport, coordinator, core.refusals)
     return role, shared
