@@ -16,6 +16,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Mapping, TypeVar
 
+from miyaq.constants import PEER_HEARTBEAT_TIMEOUT
 from miyaq.errors import ConfigError
 
 
@@ -159,10 +160,11 @@ class NodeConfig(Settings):
     replicas: int = _opt(3, "default holders per task in a cluster (1 when standalone)")
     min_acks: int = _opt(0, "holders that must store a task before a submit returns (0: all)")
     replica_offset: float = _opt(5.0, "seconds between holder ranks' timers")
-    peer_heartbeat_timeout: float = _opt(5.0, "seconds another node may leave this node's ZMTP heartbeats on the "
-                                              "replication stream and the peer link unanswered (frozen, its host "
-                                              "gone) before its connections are dropped with what was queued for it; "
-                                              "a PING every fifth of it")
+    peer_heartbeat_timeout: float = _opt(PEER_HEARTBEAT_TIMEOUT,
+                                         "seconds another node may leave this node's ZMTP heartbeats on the "
+                                         "replication stream and the peer link unanswered (frozen, its host "
+                                         "gone) before its connections are dropped with what was queued for it; "
+                                         "a PING every fifth of it")
     replication_timeout: float = _opt(3.0, "seconds a submit waits for min_acks holders to store the task before "
                                            "it is refused not_enough_replicas (a resend with the same id is safe)")
     reconcile_timeout: float = _opt(15.0, "most seconds a node restarted from its log holds dispatching while it "

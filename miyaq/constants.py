@@ -74,16 +74,17 @@ STREAM_HEARTBEAT = 1.0
 STREAM_SILENCE = 3.5
 #: First and longest wait between reconnects to a peer (milliseconds).
 PEER_RECONNECT_MS = (100, 2000)
-#: ZMTP heartbeats (interval, timeout in milliseconds) on a node's replication
-#: stream, its links to the other nodes and its peer port, by default (the
-#: node's ``peer_heartbeat_timeout`` sets them: a PING every fifth of it): a connection that
+#: Seconds of ZMTP heartbeats a node's replication stream, its links to the
+#: other nodes and its peer port wait for an answer, by default (the node's
+#: ``peer_heartbeat_timeout``; a PING every fifth of it,
+#: :func:`miyaq.runtime.sockets.heartbeat_options`): a connection that
 #: sends nothing for the timeout after a PING -- a frozen process (SIGSTOP, a
 #: paused VM), a host gone, a reader 100,000 messages behind -- is dropped,
 #: and with it what ZeroMQ had queued for it (a count of messages, not
 #: bytes: without this a frozen peer made each node hold every stream message
 #: and request meant for it, gigabytes under load). A live process answers
 #: from libzmq's own thread, however busy its Python is.
-PEER_HEARTBEAT_MS = (1000, 5000)
+PEER_HEARTBEAT_TIMEOUT = 5.0
 #: Submits waiting for their replicas at once; beyond, a submit is answered busy.
 MAX_PENDING_SUBMITS = 200_000
 #: Events in one replication stream message.

@@ -5,7 +5,7 @@ ZeroMQ queues for a connection by a count of messages (100,000), not bytes:
 before, a node held every replication message and every request meant for a
 frozen peer until that count -- 1.4 GB in eight seconds of 100 KB messages,
 measured. The stream's PUB and the peer link's sockets now send ZMTP
-heartbeats (``PEER_HEARTBEAT_MS``): a connection that stops answering them is
+heartbeats (``peer_heartbeat_timeout``): a connection that stops answering them is
 dropped, and what was queued for it with it. Each test freezes a real
 process (a plain ZeroMQ socket in an interpreter of its own) and shortens
 the heartbeats so it runs in a second.

@@ -42,13 +42,17 @@ def payload_size(p: Any) -> int:
     return len(p.wire.get("body") or b"") + ENVELOPE
 
 
+def surely_fits(limits: Limits) -> int:
+    """The payload size up to which a task without headers fits a node with
+    ``limits`` without being looked at further (once a batch, not a task)."""
+    return min(limits.max_payload, limits.max_message - TASK_FIELDS_ROOM)
+
+
 def refusal(wire: dict[str, Any], limits: Limits, endpoint: str) -> InvalidField | None:
     """Why the node at ``endpoint`` can never take the task ``wire``, as the
-    error its submit fails with; None when it fits. Encodes the task only
-    when its payload comes near the limits (or it carries headers)."""
+    error its submit fails with; None when it fits. Encodes the task to be
+    sure: for a task past :func:`surely_fits` or with headers."""
     size = len(wire.get("body") or b"")
-    if size <= min(limits.max_payload, limits.max_message - TASK_FIELDS_ROOM) and "headers" not in wire:
-        return None
     if size > limits.max_payload:
         why = f"its max_payload is {limits.max_payload} bytes"
     elif len(msgpack.packb({"tasks": [wire]}, use_bin_type=True)) > limits.max_message:

@@ -42,7 +42,7 @@ from ..logs import LogLimiter
 from ..protocol import commands as c
 from ..protocol.batching import chunks
 from .nodes import Limits, Nodes
-from .sizes import ASK_LIMITS_ABOVE, BATCH_BYTES, LIMITS_POLL, LIMITS_WAIT, payload_size, refusal
+from .sizes import ASK_LIMITS_ABOVE, BATCH_BYTES, LIMITS_POLL, LIMITS_WAIT, payload_size, refusal, surely_fits
 
 logger = logging.getLogger(__name__)
 _log = LogLimiter(logger)     # a node answering with nonsense may do so for every task: a few lines a minute
@@ -236,8 +236,13 @@ class SubmitPipeline:
         """The submits of ``batch`` that node ``node`` can take; each other one
         fails at once, naming the limit it passes."""
         fits: list[Pending] = []
+        quick = surely_fits(limits)
         for p in batch:
-            error = refusal(p.wire, limits, self.nodes.endpoints[node])
+            wire = p.wire
+            if len(wire.get("body") or b"") <= quick and "headers" not in wire:
+                fits.append(p)
+                continue
+            error = refusal(wire, limits, self.nodes.endpoints[node])
             if error is None:
                 fits.append(p)
             else:

@@ -25,7 +25,7 @@ large answers (SYNC pages) and does not read them is answered ``busy`` once
 it has 32 MiB of them unread, as on the service port
 (:mod:`miyaq.core.unread`): without keys anyone may connect here.
 
-Both sides send ZMTP heartbeats (``PEER_HEARTBEAT_MS``): a peer that stops
+Both sides send ZMTP heartbeats (the node's ``peer_heartbeat_timeout``): a peer that stops
 answering them -- a frozen process, a host gone -- has its connections
 dropped, and what ZeroMQ had queued for it with them (the DEALERs are
 IMMEDIATE: nothing queues again until a handshake completes); its
@@ -38,7 +38,7 @@ from collections.abc import Collection
 from typing import Any
 
 from miyaq.cluster.peer_requests import ANSWER, PEER_COMMANDS, PeerRequests
-from miyaq.constants import PEER_HEARTBEAT_MS, PEER_RECONNECT_MS
+from miyaq.constants import PEER_HEARTBEAT_TIMEOUT, PEER_RECONNECT_MS
 from miyaq.core.unread import UnreadAnswers
 from miyaq.errors import BadFrame, Busy, ConfigError, MiyaqError, TooLarge
 from miyaq.logs import LogLimiter
@@ -47,7 +47,7 @@ from miyaq.protocol.commands import FRAMES
 from miyaq.runtime import CRITICAL, Supervisor, green, monotonic
 from miyaq.runtime.messages import MessageRefused, recv_bounded, send_frames
 from miyaq.runtime.open_files import open_files_hint
-from miyaq.runtime.sockets import SocketFactory, connection_events, zmq
+from miyaq.runtime.sockets import SocketFactory, connection_events, heartbeat_options, zmq
 from miyaq.security.guard import Guard
 
 logger = logging.getLogger(__name__)
@@ -65,15 +65,16 @@ class PeerEndpoint(PeerRequests):
     answers), each read by one critical greenlet."""
 
     def __init__(self, sockets: SocketFactory, supervisor: Supervisor, node_id: str, bind: str,
-                 guard: Guard | None = None, heartbeat_ms: tuple[int, int] = PEER_HEARTBEAT_MS) -> None:
+                 guard: Guard | None = None,
+                 heartbeat_ms: tuple[int, int] = heartbeat_options(PEER_HEARTBEAT_TIMEOUT)) -> None:
         # A peer's body may exceed max_message by the fields a node adds to the
         # records it forwards (a client's largest task plus its holders...).
         super().__init__(supervisor, node_id, sockets.frame_limit, guard)
         self.sockets = sockets
         # With CURVE: other nodes only. Requests are read within FRAMES + 1 frames
         # ([identity, tag, command, body]) and the peer frame limit.
-        # Heartbeats on both sides (PEER_HEARTBEAT_MS): a frozen peer's
-        # connections are dropped, with what was queued for it.
+        # Heartbeats on both sides: a frozen peer's connections are dropped,
+        # with what was queued for it.
         self.heartbeat_ms = heartbeat_ms
         self.router = sockets.hub_router(bind, audience="peer", users=guard is not None,
                                          max_frames=FRAMES + 1, sources=True, heartbeat_ms=heartbeat_ms)

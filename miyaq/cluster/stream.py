@@ -36,11 +36,11 @@ import msgpack
 
 from miyaq.cluster.peer_requests import PEER_PROTOCOL
 from miyaq.cluster.transport import Apply, AskResync
-from miyaq.constants import PEER_HEARTBEAT_MS, RESYNC_RETRY, STREAM_HEARTBEAT, STREAM_SILENCE
+from miyaq.constants import PEER_HEARTBEAT_TIMEOUT, RESYNC_RETRY, STREAM_HEARTBEAT, STREAM_SILENCE
 from miyaq.logs import LogLimiter
 from miyaq.runtime import CRITICAL, Supervisor, monotonic
 from miyaq.runtime.messages import MessageRefused, send_frames
-from miyaq.runtime.sockets import SocketFactory, zmq
+from miyaq.runtime.sockets import SocketFactory, heartbeat_options, zmq
 
 logger = logging.getLogger(__name__)
 _log = LogLimiter(logger)     # a flood of bad messages: a few lines a minute
@@ -115,13 +115,13 @@ class StreamSender:
 class ZmqStreamPublisher(StreamSender):
     """The PUB side. ``send(dest, events)`` publishes one message.
 
-    With ZMTP heartbeats (``heartbeat_ms``, PEER_HEARTBEAT_MS): a subscriber
+    With ZMTP heartbeats (``heartbeat_ms``; the node's ``peer_heartbeat_timeout``): a subscriber
     that stops answering -- frozen, or so far behind that it stopped
     reading -- is disconnected, and what was queued for it freed; it
     reconnects when it can and resyncs on the gap."""
 
     def __init__(self, sockets: SocketFactory, node_id: str, bind: str, drop_ratio: float = 0.0,
-                 heartbeat_ms: tuple[int, int] = PEER_HEARTBEAT_MS) -> None:
+                 heartbeat_ms: tuple[int, int] = heartbeat_options(PEER_HEARTBEAT_TIMEOUT)) -> None:
         super().__init__(node_id, drop_ratio)
         # sends never wait: no zmq.green needed
         self.pub = sockets.publisher(bind, plain=True, heartbeat_ms=heartbeat_ms)

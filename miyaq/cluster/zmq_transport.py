@@ -4,10 +4,10 @@ from __future__ import annotations
 from miyaq.cluster.peer import PeerEndpoint
 from miyaq.cluster.stream import ZmqStreamPublisher, ZmqStreamSubscriber
 from miyaq.cluster.transport import Apply, AskResync
-from miyaq.constants import PEER_HEARTBEAT_MS
+from miyaq.constants import PEER_HEARTBEAT_TIMEOUT
 from miyaq.core.binding import binding, peer_port, pub_port
 from miyaq.runtime import Supervisor
-from miyaq.runtime.sockets import SocketFactory
+from miyaq.runtime.sockets import SocketFactory, heartbeat_options
 from miyaq.security.guard import Guard
 
 
@@ -23,8 +23,8 @@ class ZmqTransport:
 
     def __init__(self, sockets: SocketFactory, supervisor: Supervisor, peer_bind: str, pub_bind: str,
                  drop_ratio: float = 0.0, guard: Guard | None = None,
-                 heartbeat_timeout: float = PEER_HEARTBEAT_MS[1] / 1000) -> None:
-        self.heartbeat_ms = (round(heartbeat_timeout * 200), round(heartbeat_timeout * 1000))
+                 heartbeat_timeout: float = PEER_HEARTBEAT_TIMEOUT) -> None:
+        self.heartbeat_ms = heartbeat_options(heartbeat_timeout)
         self.guard = guard
         self.sockets = sockets
         self.supervisor = supervisor

@@ -56,7 +56,7 @@ ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 FLAVOURS = {"green": "zmq.green", "plain": "zmq", "asyncio": "zmq.asyncio"}
 
 __all__ = ["CONNECTION_CLOSED", "CONNECTION_READY", "FLAVOURS", "HWM", "SocketFactory", "SocketSecurity",
-           "connect_or_refuse", "connection_events", "monitor_event", "zmq"]
+           "connect_or_refuse", "connection_events", "heartbeat_options", "monitor_event", "zmq"]
 
 #: The socket-monitor events miyaq watches (:meth:`SocketFactory.connection_monitor`).
 CONNECTION_CLOSED = int(zmq.EVENT_DISCONNECTED)
@@ -125,6 +125,12 @@ class SocketSecurity(Protocol):
 
     def apply_client(self, sock: Any) -> None:
         """Options for a connecting socket, set before it connects."""
+
+
+def heartbeat_options(timeout: float) -> tuple[int, int]:
+    """The ``heartbeat_ms`` (interval, timeout in milliseconds) of a heartbeat
+    ``timeout`` in seconds: a PING every fifth of it."""
+    return round(timeout * 200), round(timeout * 1000)
 
 
 class SocketFactory:
