@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Mapping, TypeVar
 
 from miyaq.constants import PEER_HEARTBEAT_TIMEOUT
 from miyaq.errors import ConfigError
+from miyaq.runtime.endpoints import WILDCARDS, bare_host, is_ipv6_address, tcp_endpoint, url_host
 
 
 def _opt(default: Any, help: str, *, choices: tuple[str, ...] | None = None, short: str | None = None,
@@ -243,8 +244,12 @@ class NodeConfig(Settings):
             mode = -1
         if not 0 <= mode <= 0o777:
             raise ConfigError(f"bind_mode must be octal permissions such as 660 or 666, not {self.bind_mode!r}")
-        if any(ch in self.advertise for ch in "/: \t"):
-            raise ConfigError(f"advertise takes a host name or address (no scheme, no port), not {self.advertise!r}")
+        for name in ("host", "advertise", "http_host"):
+            value = getattr(self, name)
+            if any(ch in value for ch in "/ \t") or (":" in value and not is_ipv6_address(value)):
+                raise ConfigError(f"{name} takes a host name or address, IPv4 or IPv6 (no scheme, no port), "
+                                  f"not {value!r}")
+            setattr(self, name, bare_host(value))
 
     # -- derived ------------------------------------------------------------
     @property
@@ -274,17 +279,22 @@ class NodeConfig(Settings):
         (the hostname when bound to all)."""
         if self.advertise:
             return self.advertise
-        return self.host if self.host not in ("0.0.0.0", "*", "::") else socket.gethostname()
+        return self.host if self.host not in WILDCARDS else socket.gethostname()
 
     def endpoint(self, port: int) -> str:
-        return f"tcp://{self.advertised_host}:{port}"
+        """The endpoint others reach ``port`` of this node at (an IPv6 address bracketed)."""
+        return tcp_endpoint(self.advertised_host, port)
+
+    def bind_endpoint(self, port: int) -> str:
+        """The endpoint ``port`` binds to: ``host`` (an IPv6 address bracketed)."""
+        return tcp_endpoint(self.host, port)
 
     @property
     def http_url(self) -> str | None:
         """The HTTP gateway others use (https with http_cert), or None when it is off."""
         if not self.http_port:
             return None
-        return f"{'https' if self.http_cert else 'http'}://{self.advertised_host}:{self.http_port}"
+        return f"{'https' if self.http_cert else 'http'}://{url_host(self.advertised_host)}:{self.http_port}"
 
 
 def _coerce(name: str, type_: Any, raw: Any) -> Any:

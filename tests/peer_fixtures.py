@@ -33,25 +33,30 @@ def pack(obj: Any) -> bytes:
 
 
 class FixedRing(Coordinator):
-    """The local node and ``others``, epoch 1, the local node leading."""
+    """The local node and ``others``, epoch 1, led by ``leader`` (the local
+    node when None; several nodes of one ring each get a FixedRing naming
+    the same leader)."""
 
-    def __init__(self, local: Member, others: list[Member]) -> None:
+    def __init__(self, local: Member, others: list[Member], leader: str | None = None) -> None:
         super().__init__(local)
         self._members = {m.node_id: m for m in [local, *others]}
+        self._leader = leader or local.node_id
+        self._leads = self._leader == local.node_id
         self._view = RingView.empty()
         self._running = False
 
     def start(self) -> None:
         self._running = True
-        assert self.local is not None
-        self._view = RingView(epoch=1, members=dict(self._members), leader=self.local.node_id)
+        self._view = RingView(epoch=1, members=dict(self._members), leader=self._leader)
         self._deliver_view(self._view)
-        self._deliver_leadership(True, 1)
+        if self._leads:
+            self._deliver_leadership(True, 1)
 
     def stop(self) -> None:
         if self._running:
             self._running = False
-            self._deliver_leadership(False, 1)
+            if self._leads:
+                self._deliver_leadership(False, 1)
 
     @property
     def view(self) -> RingView:
@@ -59,7 +64,7 @@ class FixedRing(Coordinator):
 
     @property
     def is_leader(self) -> bool:
-        return self._running
+        return self._running and self._leads
 
     def join(self, node_id: str) -> None:
         raise ConfigError("a fixed ring does not change")

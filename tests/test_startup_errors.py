@@ -112,12 +112,17 @@ def test_address_not_of_this_machine_is_a_one_line_error():
     assert "192.0.2.1 is not an address of this machine" in line and "--advertise" in line
 
 
-def test_an_ipv6_host_is_a_one_line_error_naming_ipv4():
-    """Fault: --host names an IPv6 address (the ZeroMQ ports serve IPv4 only).
-    libzmq takes it for an interface name: the error said '::1' was neither
-    an address nor an interface of this machine."""
-    line = error_line(start_node("--http-port", "0", "--host", "::1"))
-    assert "::1 is an IPv6 address" in line and "IPv4 only" in line and "--host" in line
+def test_an_ipv6_address_not_of_this_machine_is_a_one_line_error():
+    """Fault: --host names an IPv6 address no interface of this machine has.
+    (Before IPv6 was served, libzmq took it for an interface name.)"""
+    line = error_line(start_node("--http-port", "0", "--host", "2001:db8::1", "--insecure"))
+    assert "cannot bind [2001:db8::1]:" in line and "2001:db8::1 is not an address of this machine" in line
+
+
+def test_a_host_with_a_port_is_a_one_line_error():
+    """Fault: --host given as an endpoint's host and port."""
+    line = error_line(start_node("--http-port", "0", "--host", "[::1]:7450"))
+    assert "host takes a host name or address, IPv4 or IPv6 (no scheme, no port), not '[::1]:7450'" in line
 
 
 def test_unknown_http_host_is_a_one_line_error():

@@ -17,6 +17,8 @@ from typing import NamedTuple
 
 from kazoo.hosts import collect_hosts
 
+from miyaq.runtime.endpoints import url_host
+
 NOT_SERVING = "not serving"
 UNREACHABLE = "unreachable"
 
@@ -52,7 +54,7 @@ def server_states(hosts: str, timeout: float = 1.0) -> dict[str, str]:
         else:
             modes = [line.split(":", 1)[1].strip() for line in answer.splitlines() if line.startswith("Mode:")]
             state = modes[0] if modes else NOT_SERVING
-        states[f"{host}:{port}"] = state
+        states[f"{url_host(host)}:{port}"] = state
     return states
 
 

@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from miyaq.errors import ConfigError
+from miyaq.runtime.endpoints import split_tcp, tcp_endpoint, url_host
 from miyaq.runtime.sockets import zmq
 
 logger = logging.getLogger(__name__)
@@ -45,8 +46,9 @@ class Port:
     @classmethod
     def of(cls, what: str, endpoint: str, flag: str, host_flag: str = "--host") -> Port:
         """From a ``tcp://host:port`` endpoint."""
-        host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
-        return cls(what, host.strip("[]"), int(port) if port.isdigit() else 0, flag, host_flag)
+        target = split_tcp(endpoint)
+        host, port = target if target is not None else (endpoint.removeprefix("tcp://"), 0)
+        return cls(what, host, port, flag, host_flag)
 
 
 def why(port: Port, exc: BaseException) -> str:
@@ -54,7 +56,7 @@ def why(port: Port, exc: BaseException) -> str:
     code = getattr(exc, "errno", None)
     if port.port == 0 and port.host.startswith("/"):
         return _why_unix(port, exc)
-    where = f"{port.host}:{port.port}"
+    where = f"{url_host(port.host)}:{port.port}"
     if code == errno.EADDRINUSE:
         return f"port {port.port} is in use ({port.what} on {port.host}): another process listens there; {port.flag}"
     if code == errno.EACCES:
@@ -64,9 +66,6 @@ def why(port: Port, exc: BaseException) -> str:
         return (f"cannot bind {where} ({port.what}): {port.host} is not an address of this machine; bind one of "
                 f"its addresses, or 0.0.0.0 for all ({port.host_flag}), and tell others the address they reach "
                 f"it by with --advertise")
-    if ":" in port.host and code == errno.ENODEV:
-        return (f"cannot bind {where} ({port.what}): {port.host} is an IPv6 address, and a node's ZeroMQ ports "
-                f"serve IPv4 only ({port.host_flag} takes an IPv4 address, e.g. 127.0.0.1 or 0.0.0.0)")
     if code == errno.ENODEV or isinstance(exc, socket.gaierror):
         return (f"cannot bind {where} ({port.what}): {port.host!r} is neither an address nor a network interface "
                 f"or name of this machine ({port.host_flag} takes one of those, e.g. 127.0.0.1 or 0.0.0.0)")
@@ -86,7 +85,7 @@ def binding(port: Port) -> Iterator[None]:
 
 def service_port(host: str, port: int) -> Port:
     return Port("service port", host, port, f"pass --port N (is a node running there already? `miyaq status "
-                                            f"--connect tcp://{host}:{port}`)")
+                                            f"--connect {tcp_endpoint(host, port)}`)")
 
 
 def peer_port(endpoint: str) -> Port:

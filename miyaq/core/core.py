@@ -42,7 +42,7 @@ class Core:
         self.limits = QueueLimits(self.engine, supervisor, parse_limits(config.queue_limits))
         self.dispatcher = Dispatcher(self.engine, config.max_batch, self.gate, self.limits)
         with binding(service_port(config.host, config.port)):
-            self.endpoint = ServiceEndpoint(sockets, f"tcp://{config.host}:{config.port}", guard)
+            self.endpoint = ServiceEndpoint(sockets, config.bind_endpoint(config.port), guard)
         for ipc in config.ipc_endpoints:
             with unix_socket(ipc, config.ipc_mode):
                 self.endpoint.bind(ipc)

@@ -4,7 +4,9 @@ malformed clients.
 * **Per client**: at most ``per_client`` connections from one address at
   once (``http_max_client_connections``); one more is answered 503 ``busy``
   (plain HTTP) or closed (TLS) at once, before any byte of it is read. The
-  node's pool (``http_max_connections``) bounds them all.
+  node's pool (``http_max_connections``) bounds them all. An IPv6 client
+  counts by its /64 (:func:`client_group`): one host is usually given a
+  whole /64 and may connect from any address in it.
 * **Headers**: a request's line and headers must arrive within
   ``header_timeout`` of the request's start -- for a new connection, of its
   accept (the TLS handshake included); else 408 and the connection closes.
@@ -23,6 +25,7 @@ Every refusal at this level is reported with a reason from a fixed set
 from __future__ import annotations
 
 import errno
+import ipaddress
 import json
 import logging
 import socket
@@ -279,7 +282,7 @@ class GatewayServer(WSGIServer):
         super().stop(timeout)
 
     def handle(self, sock: Any, address: Any) -> None:
-        host = str(address[0]) if isinstance(address, tuple) and address else ""
+        host = client_group(str(address[0])) if isinstance(address, tuple) and address else ""
         cap = self.limits.per_client
         if cap and self.clients.get(host, 0) >= cap:
             self.refused("client_limit")
@@ -329,6 +332,22 @@ class GatewayServer(WSGIServer):
         self.refused("tls_handshake")
         logger.debug("TLS handshake with %s failed: %s", host, reason)
         return False
+
+
+def client_group(address: str) -> str:
+    """The key a client's connections are counted under: an IPv4 address as
+    it is (an IPv4-mapped IPv6 one, from a gateway bound to ``::``, as the
+    IPv4 address it carries), an IPv6 address as its /64 network
+    (``2001:db8:1:2::/64``), loopback ``::1`` as it is."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv4Address) or ip.is_loopback:
+        return str(ip)
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((ip, 64), strict=False))
 
 
 def _close(sock: Any) -> None:

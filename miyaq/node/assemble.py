@@ -144,8 +144,8 @@ def _role(config: NodeConfig, core: Core, barrier: WriteBarrier, supervisor: Sup
     if coordinator is None:
         return StandaloneRole(config, core.engine, core.endpoint.ack), None
     if transport is None:
-        transport = ZmqTransport(sockets, supervisor, f"tcp://{config.host}:{config.peer}",
-                                 f"tcp://{config.host}:{config.pub}", stream_drop, guard,
+        transport = ZmqTransport(sockets, supervisor, config.bind_endpoint(config.peer),
+                                 config.bind_endpoint(config.pub), stream_drop, guard,
                                  heartbeat_timeout=config.peer_heartbeat_timeout)
     role = ClusterRole(config, core.engine, core.gate, core.endpoint, core.directory, barrier, supervisor,
                        transport, coordinator, core.refusals)

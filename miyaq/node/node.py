@@ -98,7 +98,7 @@ class Node:
             raise
         config = self.config
         also = "".join(f" and {ipc}" for ipc in config.ipc_endpoints)
-        logger.info("miyaq %s node %s serving on tcp://%s:%d%s", __version__, self.id, config.host, config.port, also)
+        logger.info("miyaq %s node %s serving on %s%s", __version__, self.id, config.bind_endpoint(config.port), also)
         if config.advertise:
             logger.info("node %s advertises %s (service %s)", self.id, config.advertise, config.endpoint(config.port))
         return self

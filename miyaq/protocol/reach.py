@@ -12,16 +12,9 @@ from __future__ import annotations
 import errno
 import socket
 
+from ..runtime.endpoints import split_tcp, url_host
+
 __all__ = ["explain", "unreachable"]
-
-
-def _host_port(endpoint: str) -> tuple[str, int] | None:
-    if not endpoint.startswith("tcp://"):
-        return None
-    host, sep, port = endpoint[len("tcp://"):].rpartition(":")
-    if not sep or not port.isdigit():
-        return None
-    return host.strip("[]"), int(port)
 
 
 def explain(endpoint: str, timeout: float = 1.0) -> str:
@@ -29,20 +22,21 @@ def explain(endpoint: str, timeout: float = 1.0) -> str:
     ("nothing is listening there"). Never raises."""
     if endpoint.startswith("ipc://"):
         return _explain_unix(endpoint[len("ipc://"):], timeout)
-    target = _host_port(endpoint)
+    target = split_tcp(endpoint)
     if target is None:
         return "no miyaq node answered"
     host, port = target
+    where = f"{url_host(host)}:{port}"
     try:
         with socket.create_connection((host, port), timeout=timeout):
-            return (f"{host}:{port} accepts connections but no miyaq node answered "
+            return (f"{where} accepts connections but no miyaq node answered "
                     "(is it a node's service port? the HTTP port is another one)")
     except ConnectionRefusedError:
         return "nothing is listening there"
     except socket.gaierror:
         return f"the host name {host!r} does not resolve"
     except (socket.timeout, TimeoutError):
-        return f"no answer from {host}:{port} within {timeout:g}s (host down or a firewall?)"
+        return f"no answer from {where} within {timeout:g}s (host down or a firewall?)"
     except OSError as exc:
         if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
             return f"{host} is unreachable from here ({exc.strerror})"

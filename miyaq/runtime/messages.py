@@ -14,6 +14,7 @@ from typing import Any, Sequence, overload
 import zmq
 
 from . import clock, green
+from .sockets import use_family_of
 
 _zmq_poll = zmq.backend.zmq_poll
 _POLLIN = int(zmq.POLLIN)
@@ -275,6 +276,7 @@ class HubSocket:
     def bind(self, endpoint: str) -> None:
         """Listen on one more endpoint (a unix socket besides the TCP port):
         the socket's options, CURVE included, apply to it as to the first."""
+        use_family_of(self.sock, endpoint)
         self.sock.bind(endpoint)
         self._recheck()
 
@@ -282,6 +284,7 @@ class HubSocket:
         """Connect to one more endpoint (from any greenlet of the hub); raises
         ``zmq.ZMQError`` for an endpoint libzmq refuses (nothing changed)."""
         try:
+            use_family_of(self.sock, endpoint)
             self.sock.connect(endpoint)
         finally:
             self._recheck()

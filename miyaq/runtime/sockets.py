@@ -24,6 +24,7 @@ import importlib
 import zmq
 
 from ..errors import ConfigError
+from .endpoints import wants_ipv6
 from .io_threads import apply as apply_io_policy, chosen as chosen_io_policy
 
 if TYPE_CHECKING:
@@ -56,11 +57,20 @@ ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 FLAVOURS = {"green": "zmq.green", "plain": "zmq", "asyncio": "zmq.asyncio"}
 
 __all__ = ["CONNECTION_CLOSED", "CONNECTION_READY", "FLAVOURS", "HWM", "SocketFactory", "SocketSecurity",
-           "connect_or_refuse", "connection_events", "heartbeat_options", "monitor_event", "zmq"]
+           "connect_or_refuse", "connection_events", "heartbeat_options", "monitor_event", "use_family_of", "zmq"]
 
 #: The socket-monitor events miyaq watches (:meth:`SocketFactory.connection_monitor`).
 CONNECTION_CLOSED = int(zmq.EVENT_DISCONNECTED)
 CONNECTION_READY = int(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+
+
+def use_family_of(sock: Any, endpoint: str) -> None:
+    """Set libzmq's IPv6 option of ``sock`` for the next bind or connect to
+    ``endpoint`` (:func:`miyaq.runtime.endpoints.wants_ipv6`: on for an IPv6
+    address, off for anything else). libzmq copies a socket's options at
+    each bind and connect, so one socket may reach IPv4 and IPv6 endpoints
+    (a SUB following a ring of both)."""
+    sock.setsockopt(zmq.IPV6, 1 if wants_ipv6(endpoint) else 0)
 
 
 def connect_or_refuse(sock: Any, endpoint: str) -> None:
@@ -71,6 +81,7 @@ def connect_or_refuse(sock: Any, endpoint: str) -> None:
     form is checked here: a well-formed endpoint that nothing answers
     connects in the background, as ever."""
     try:
+        use_family_of(sock, endpoint)
         sock.connect(endpoint)
     except zmq.ZMQError as err:
         reason = zmq.strerror(err.errno) if err.errno is not None else str(err)
@@ -87,6 +98,7 @@ def redial(sock: Any, endpoint: str) -> None:
         sock.disconnect(endpoint)
     except zmq.ZMQError:
         pass            # already gone
+    use_family_of(sock, endpoint)
     sock.connect(endpoint)
 
 
@@ -190,6 +202,7 @@ class SocketFactory:
         self._heartbeats(sock, heartbeat_ms)
         self._common(sock, HWM, HWM)
         self._serve(sock, audience)
+        use_family_of(sock, bind)
         sock.bind(bind)
         return sock
 
@@ -219,6 +232,7 @@ class SocketFactory:
         self._heartbeats(sock, heartbeat_ms)
         self._common(sock, HWM, HWM)
         self._serve(sock, "peer")
+        use_family_of(sock, bind)
         sock.bind(bind)
         return sock
 

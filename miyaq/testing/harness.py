@@ -25,6 +25,7 @@ from miyaq.errors import MiyaqError, Timeout
 from miyaq.node.assemble import build_node
 from miyaq.node.node import Node
 from miyaq.runtime import LOG, Supervisor, green, monotonic
+from miyaq.runtime.endpoints import WILDCARDS, tcp_endpoint
 from miyaq.testing import ports
 from miyaq.worker.runner import Worker
 
@@ -143,7 +144,9 @@ class ThreadNode:
         settings.setdefault("node_id", f"t{settings['port']}")
         settings.setdefault("shutdown_grace", 2.0)
         self.config = NodeConfig(**settings)
-        self.endpoint = f"tcp://127.0.0.1:{self.config.port}"
+        host = self.config.host
+        #: Where a client in this process reaches the node (loopback for a wildcard host).
+        self.endpoint = tcp_endpoint(host if host not in WILDCARDS else "127.0.0.1", self.config.port)
         self._hub = _HubThread(f"node-{self.config.node_id}")
         self.node: Node | None = None
 

@@ -46,7 +46,7 @@ def free_port(span: int = 1, host: str = "127.0.0.1") -> int:
             if _claim(port, span, host):
                 return port
     for _ in range(TRIES):
-        with socket.socket() as probe:
+        with _socket(host) as probe:
             probe.bind((host, 0))
             port = probe.getsockname()[1]
         if port + span <= 65536 and _claim(port, span, host):
@@ -56,12 +56,17 @@ def free_port(span: int = 1, host: str = "127.0.0.1") -> int:
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     """True if nothing holds ``port`` on ``host`` right now."""
-    with socket.socket() as s:
+    with _socket(host) as s:
         try:
             s.bind((host, port))
             return True
         except OSError:
             return False
+
+
+def _socket(host: str) -> socket.socket:
+    """A TCP socket of ``host``'s family (an IPv6 address has a colon)."""
+    return socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
 
 
 def _claim(port: int, span: int, host: str) -> bool:

@@ -37,6 +37,7 @@ from typing import Any, Sequence
 from miyaq.cluster.zk_probe import four_letter_word
 from miyaq.errors import MiyaqError, Timeout
 from miyaq.runtime.clock import monotonic
+from miyaq.runtime.endpoints import url_host
 from miyaq.testing import ports
 
 logger = logging.getLogger(__name__)
@@ -132,8 +133,8 @@ class ZooKeeperServer:
 
     @property
     def hosts(self) -> str:
-        """The kazoo connection string, ``HOST:PORT``."""
-        return f"{self.host}:{self.port}"
+        """The kazoo connection string, ``HOST:PORT`` (an IPv6 address bracketed)."""
+        return f"{url_host(self.host)}:{self.port}"
 
     @property
     def workdir(self) -> Path:
