@@ -120,7 +120,9 @@ def cluster() -> dict[str, Any]:
         with miyaq.Client(a.endpoint) as client:
             handles = [client.submit("add", (i, i), wait=True, timeout=WAIT) for i in range(20)]
             seen["results"] = [h.result(timeout=WAIT) for h in handles]
+            wait_for(lambda: len(client.nodes.endpoints) == 2, timeout=WAIT, what="the other node discovered")
             seen["dialled"] = sorted(client.nodes.endpoints)
+            seen["dialled_up"] = client.status(node=1)["accepting"]
 
             seen["both_done"] = each_sees_done([a.endpoint, b.endpoint], [h.id for h in handles])
     return seen
@@ -147,10 +149,10 @@ def zookeeper() -> dict[str, Any]:
                 seen["results"] = [h.result(timeout=WAIT) for h in handles]
 
                 seen["both_done"] = each_sees_done([n.endpoint for n in nodes], [h.id for h in handles])
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            seen["cli_ring"] = cli(["ring", "--zk", server.hosts, "--cluster", "v6", "--json"])
-        seen["ring_said"] = json.loads(out.getvalue())
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                seen["cli_ring"] = cli(["ring", "--zk", server.hosts, "--cluster", "v6", "--json"])
+            seen["ring_said"] = json.loads(out.getvalue())
     finally:
         server.stop()
     return seen

@@ -73,5 +73,5 @@ def test_bad_advertise_is_refused():
     done = subprocess.run([*MIYAQ, "node", "--port", str(free_port()), "--http-port", "0",
                            "--advertise", "tcp://10.0.0.1:7450"], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1] == ("miyaq: error: advertise takes a host name or address (no scheme, "
-                                                    "no port), not 'tcp://10.0.0.1:7450'")
+    assert done.stderr.strip().splitlines()[-1] == ("miyaq: error: advertise takes a host name or address, IPv4 or "
+                                                    "IPv6 (no scheme, no port), not 'tcp://10.0.0.1:7450'")

@@ -130,6 +130,7 @@ def test_a_ring_on_ipv6_replicates_and_streams_between_its_nodes():
     assert all(peer.startswith("tcp://[::1]:") for peer in seen["ring"])
     assert seen["results"] == [2 * i for i in range(20)]
     assert len(seen["dialled"]) == 2 and all(e.startswith("tcp://[::1]:") for e in seen["dialled"])
+    assert seen["dialled_up"] is True      # the node the client learned of, asked at its IPv6 endpoint
     assert seen["both_done"] is True
 
 
