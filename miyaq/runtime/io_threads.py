@@ -6,7 +6,7 @@ ordinary thread (``SCHED_OTHER``) the woken I/O thread may *preempt* the
 sender on its own core at once -- Linux's wake-up preemption. In a node at
 500 tasks/s the acknowledgement of a lone submit took 41 µs of wall time
 for 14 µs of CPU: the node's main thread was switched out during two sends
-in three (docs/performance.md, "The I/O thread that preempted its sender").
+in three (docs/performance-log.md, "The I/O thread that preempted its sender").
 
 ``SCHED_BATCH`` keeps the thread's share of the CPU (same weight, same
 fairness) and gives up only wake-up preemption: the sender finishes what it

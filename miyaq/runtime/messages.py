@@ -22,7 +22,7 @@ _POLLIN = int(zmq.POLLIN)
 # pyzmq's send_multipart ORs SNDMORE into the flags of every frame with Python enum
 # arithmetic and sends each frame through its keyword-checking send: 9-13 us of CPU
 # for a four-frame message, against 3-4 us for the same frames sent one by one with
-# the flags computed once as plain ints (docs/performance.md, "Sending frames"), and
+# the flags computed once as plain ints (docs/performance-log.md, "Sending frames"), and
 # through the Cython backend's send: the sugar's send only adds a Python call that
 # forwards its arguments as keywords when, as here, no routing_id or group is given.
 _backend_send = zmq.backend.Socket.send
@@ -53,7 +53,7 @@ def has_message(sock: Any) -> bool:
     descriptor. It asks through libzmq's ``zmq_poll`` with a zero timeout
     (pyzmq's Cython backend), which reads ``ZMQ_EVENTS`` in C: pyzmq's
     getsockopt first turns the option into an enum in Python, three times
-    the instructions of the rest (docs/performance.md, "Asking whether a
+    the instructions of the rest (docs/performance-log.md, "Asking whether a
     message waits"). ``zmq_poll`` adds a zero-timeout ``poll`` of the
     descriptor (0.2 µs) and lets go of the GIL for the call. The client's
     I/O loop asks through it too."""
@@ -128,7 +128,7 @@ def recv_bounded(sock: Any, max_frames: int, max_bytes: int, flags: int = 0,
     libzmq puts before every message) always has more after it, so it is
     read as bytes unless its User-Id is wanted: pyzmq makes a ``zmq.Frame``
     for every frame read without copying, about 3,000 instructions made and
-    freed (docs/performance.md, "What a frame costs").
+    freed (docs/performance-log.md, "What a frame costs").
 
     ``source``: a one-item list that gets the descriptor of the connection
     the message came by (libzmq's ``ZMQ_SRCFD``, read from its second frame;

@@ -93,7 +93,7 @@ class ExtraCredit:
         """The extra is all there may be and the tasks are still short and
         small enough for it: :meth:`adjust` would do nothing. The check a
         worker of short tasks makes after each of them, in place of working
-        out the target (docs/performance.md, "A lone task in a worker")."""
+        out the target (docs/performance-log.md, "A lone task in a worker")."""
         mean = run_times.mean
         return (self.extra == self.most and mean is not None and mean <= self._short
                 and run_times.mean_bytes <= self._small)
