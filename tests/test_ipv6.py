@@ -17,6 +17,7 @@ import pytest
 
 from miyaq.config import NodeConfig
 from miyaq.errors import ConfigError
+from miyaq.gateway.allowlist import AllowList
 from miyaq.gateway.wsgi import client_group
 from miyaq.runtime.endpoints import is_ipv6_address, split_tcp, tcp_endpoint, url_host, wants_ipv6
 
@@ -145,3 +146,14 @@ def test_nodes_join_a_zookeeper_on_ipv6_and_register_their_ipv6_endpoints():
     assert seen["cli_ring"] == 0
     members = seen["ring_said"]["members"].values()
     assert all(m["in_ring"] and m["peer"].startswith("tcp://[::1]:") for m in members) and len(members) == 2
+
+
+def test_a_webhook_allow_list_names_ipv6_hosts_as_urls_do():
+    """``webhook_allow_hosts`` entries for an IPv6 host, with and without a
+    port, match the URLs that name it (``http://[2001:db8::1]:8443/hook``)."""
+    allow = AllowList("[2001:db8::1]:8443, 2001:db8::2, [2001:db8::3], hooks.example.com:443")
+    assert allow.allows("http://[2001:db8::1]:8443/hook")
+    assert not allow.allows("http://[2001:db8::1]:9000/hook")         # another port
+    assert allow.allows("https://[2001:db8::2]/x") and allow.allows("http://[2001:db8::3]:81/x")
+    assert not allow.allows("http://[2001:db8::4]/x")
+    assert allow.allows("https://hooks.example.com/x") and not allow.allows("http://hooks.example.com/x")

@@ -2,7 +2,9 @@
 forgery (someone who can enqueue making the node call internal services).
 
 The allow-list holds ``host``, ``host:port`` or ``*.domain`` entries
-(``webhook_allow_hosts``, comma-separated, case-insensitive). Empty means
+(``webhook_allow_hosts``, comma-separated, case-insensitive); an IPv6
+address as in a URL, ``[2001:db8::1]`` or ``[2001:db8::1]:8443`` (a bare
+address without brackets is also taken). Empty means
 every destination is allowed, the default for a node serving on loopback.
 Names are compared as written in the URL, before DNS: list the names your
 workers use, and do not list names an attacker could point elsewhere.
@@ -12,6 +14,8 @@ every delivery, which also covers webhooks submitted over ZeroMQ.
 from __future__ import annotations
 
 from urllib.parse import urlsplit
+
+from miyaq.runtime.endpoints import bare_host, url_host
 
 
 class AllowList:
@@ -25,7 +29,7 @@ class AllowList:
             if entry.startswith("*."):
                 self.suffixes.append(entry[1:])
             else:
-                self.exact.add(entry)
+                self.exact.add(bare_host(entry))
 
     @property
     def enabled(self) -> bool:
@@ -42,6 +46,6 @@ class AllowList:
             return False
         if not host:
             return False
-        if host in self.exact or f"{host}:{port}" in self.exact:
+        if host in self.exact or f"{url_host(host)}:{port}" in self.exact:
             return True
         return any(host.endswith(suffix) for suffix in self.suffixes)
