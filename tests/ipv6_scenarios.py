@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import http.server
 import io
 import json
+import socket
 import sys
+import threading
 from typing import Any
 
 import miyaq
@@ -65,11 +68,33 @@ def streams_ready(endpoints: list[str]) -> None:
                      what=f"{endpoint}'s replication streams ready")
 
 
+class Hooks(http.server.BaseHTTPRequestHandler):
+    """Records each webhook it receives (its Host header and body)."""
+
+    received: list[dict[str, str]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+        Hooks.received.append({"host": self.headers.get("Host", ""), "path": self.path, "body": body})
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class IPv6Server(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
 def standalone() -> dict[str, Any]:
     """A node bound to ``::1``: a worker and a client over IPv6, its HTTP
-    gateway, and ``miyaq status``."""
+    gateway, a webhook it delivers to an IPv6 address, and ``miyaq status``."""
     http_port = free_port()
-    with ThreadNode(host="::1", http_port=http_port) as node:
+    hooks = IPv6Server(("::1", 0), Hooks)
+    threading.Thread(target=hooks.serve_forever, daemon=True).start()
+    with ThreadNode(host="::1", http_port=http_port, webhook_allow_private=True) as node:
         seen: dict[str, Any] = {"endpoint": node.endpoint}
         with ThreadWorker(app, [node.endpoint], concurrency=2), miyaq.Client(node.endpoint) as client:
             seen["call"] = client.call("add", (2, 3), timeout=WAIT)
@@ -77,12 +102,18 @@ def standalone() -> dict[str, Any]:
             seen["http_submit"] = status
             status, outcome = http_json(http_port, "GET", f"/tasks/{accepted['id']}/result?timeout={WAIT:g}")
             seen["http_result"] = [status, outcome.get("result")]
+            hook_url = f"http://[::1]:{hooks.server_address[1]}/hook"
+            seen["webhook_enqueued"] = http_json(http_port, "POST", "/queue", {"url": hook_url, "params": {"a": 1}})[0]
+            wait_for(lambda: Hooks.received, timeout=WAIT, what="the webhook delivered")
+            seen["webhook"] = Hooks.received[0]
             out = io.StringIO()
             with contextlib.redirect_stdout(out):
                 seen["cli_status"] = cli(["status", "--connect", node.endpoint])
             seen["cli_said"] = out.getvalue()
         seen["unroutable"] = explain("tcp://[2001:db8::7]:7450")
         seen["refused"] = explain(f"tcp://[::1]:{free_port()}")
+    hooks.shutdown()
+    hooks.server_close()
     return seen
 
 

@@ -113,6 +113,9 @@ def test_a_node_on_ipv6_loopback_serves_workers_clients_http_and_the_cli():
     assert seen["call"] == 5
     assert seen["http_submit"] == 202 and seen["http_result"] == [200, 9]
     assert seen["cli_status"] == 0 and "accepting True" in seen["cli_said"]
+    assert seen["webhook_enqueued"] == 200
+    assert seen["webhook"]["host"].startswith("[::1]:") and seen["webhook"]["path"] == "/hook"
+    assert json.loads(seen["webhook"]["body"]) == {"a": 1}
     # Fault: an IPv6 endpoint nothing routes to (the namespace has only loopback).
     assert seen["unroutable"] == "2001:db8::7 is unreachable from here (Network is unreachable)"
     # Fault: an IPv6 port nothing listens on.
