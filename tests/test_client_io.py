@@ -277,7 +277,10 @@ def test_submits_a_node_read_before_it_exited_are_sent_to_another_node_at_once(c
     socket closes). The client sees the connection close and sends those
     submits to the other node at once: with an ack_timeout of 60 s, only
     that can acknowledge them within this test's time. The nodes are played
-    in a thread of their own (the gevent client runs only while this one waits)."""
+    in a thread of their own (the gevent client runs only while this one waits).
+    The submits wait until the client is connected to both nodes: before, it
+    sends only to the node that is up, and the exiting one may read none (a
+    run of the suite)."""
     exiting, other = CountingNode(), CountingNode()
     read_by_exiting: list[str] = []
     problems: list[BaseException] = []
@@ -297,6 +300,11 @@ def test_submits_a_node_read_before_it_exited_are_sent_to_another_node_at_once(c
     nodes = threading.Thread(target=play_the_nodes)
     try:
         c1 = client_for([exiting.endpoint, other.endpoint], ack_timeout=60.0, submit_timeout=30.0, green=green)
+        sleep = green_runtime.sleep if green else time.sleep
+        deadline = monotonic() + 10
+        while c1.nodes.up != {0, 1}:
+            assert monotonic() < deadline, f"the client is connected to nodes {set(c1.nodes.up)}, not both"
+            sleep(0.01)
         nodes.start()
         handles = [c1.submit("echo", [i]) for i in range(4)]     # round robin over both nodes
         c1.flush(timeout=25)
