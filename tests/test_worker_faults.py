@@ -337,8 +337,11 @@ def test_a_worker_whose_reader_dies_ends_even_if_stopping_fails(node, client, th
     with caplog.at_level(logging.ERROR):
         client.submit("add", [1, 2], wait=True)
         wait_for(lambda: w._stopped.is_set(), what="the worker ended")
+        # The supervisor logs the failed stop after the stop's own finally set
+        # _stopped, in the worker's thread: wait for the line, not just the end
+        # (a CI run read the log between the two).
+        wait_for(lambda: "injected stop failure" in caplog.text, what="the failed stop logged")
     assert w.crashed and w.stopping_hard
-    assert "injected stop failure" in caplog.text
 
 
 @pytest.mark.parametrize("processes", ["1", "2"])
