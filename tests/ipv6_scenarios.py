@@ -11,6 +11,7 @@ import http.client
 import http.server
 import io
 import json
+import os
 import socket
 import sys
 import threading
@@ -189,6 +190,38 @@ def zookeeper() -> dict[str, Any]:
     return seen
 
 
+def names() -> dict[str, Any]:
+    """Host names and ``MIYAQ_IP_VERSION``, in a namespace whose /etc/hosts
+    (the test's) names ``v6only.miyaq.test`` ``::1`` and ``v4only.miyaq.test``
+    ``127.0.0.1``: a node bound to ``::1`` only is reached by the first name
+    with version 6, not with the default 4; a node bound to ``127.0.0.1`` is
+    reached by the second with either (a name without an IPv6 address falls
+    back to its IPv4 one)."""
+    seen: dict[str, Any] = {}
+
+    def answers(endpoint: str) -> Any:
+        try:
+            with miyaq.Client(endpoint, request_timeout=3.0) as client:
+                return client.status()["accepting"]
+        except miyaq.MiyaqError as err:
+            return type(err).__name__
+
+    with ThreadNode(host="::1") as v6, ThreadNode(host="127.0.0.1") as v4:
+        for version in ("4", "6"):
+            os.environ["MIYAQ_IP_VERSION"] = version
+            seen[f"v6only over {version}"] = answers(f"tcp://v6only.miyaq.test:{v6.config.port}")
+            seen[f"v4only over {version}"] = answers(f"tcp://v4only.miyaq.test:{v4.config.port}")
+        os.environ["MIYAQ_IP_VERSION"] = "5"
+        try:
+            miyaq.Client(f"tcp://v4only.miyaq.test:{v4.config.port}")
+        except miyaq.errors.ConfigError as err:
+            seen["bad version"] = str(err)
+        finally:
+            os.environ.pop("MIYAQ_IP_VERSION")
+    return seen
+
+
 if __name__ == "__main__":
-    scenarios = {"standalone": standalone, "dual_stack": dual_stack, "cluster": cluster, "zookeeper": zookeeper}
+    scenarios = {"standalone": standalone, "dual_stack": dual_stack, "cluster": cluster, "zookeeper": zookeeper,
+                 "names": names}
     print(json.dumps(scenarios[sys.argv[1]]()))

@@ -19,7 +19,7 @@ from miyaq.config import NodeConfig
 from miyaq.errors import ConfigError
 from miyaq.gateway.allowlist import AllowList
 from miyaq.gateway.wsgi import client_group
-from miyaq.runtime.endpoints import is_ipv6_address, split_tcp, tcp_endpoint, url_host, wants_ipv6
+from miyaq.runtime.endpoints import is_ipv6_address, names_version, split_tcp, tcp_endpoint, url_host, wants_ipv6
 
 TESTS = Path(__file__).resolve().parent
 
@@ -95,13 +95,19 @@ def test_an_ipv6_client_is_counted_by_its_slash_64():
 
 # -- end to end, in a namespace of their own ------------------------------------------------------------
 
-def run_scenario(name: str) -> dict:
+def run_scenario(name: str, hosts: Path | None = None) -> dict:
+    """Run scenario ``name`` in a network namespace of its own; with
+    ``hosts``, in a mount namespace too, where that file is /etc/hosts."""
     if os.geteuid() != 0:
         pytest.skip("needs root for a private network namespace (unshare --net); CI runs as root")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)])}
+    env = {k: v for k, v in os.environ.items() if k != "MIYAQ_IP_VERSION"}
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS.parent), str(TESTS)])
     command = f"ip link set lo up && exec {sys.executable} {TESTS / 'ipv6_scenarios.py'} {name}"
-    proc = subprocess.run(["unshare", "--net", "sh", "-c", command], capture_output=True, text=True,
-                          timeout=100, env=env)
+    isolate = ["unshare", "--net"]
+    if hosts is not None:
+        isolate.append("--mount")
+        command = f"mount --bind {hosts} /etc/hosts && {command}"
+    proc = subprocess.run([*isolate, "sh", "-c", command], capture_output=True, text=True, timeout=100, env=env)
     assert proc.returncode == 0, f"scenario {name} failed:\n{proc.stderr[-4000:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -160,3 +166,26 @@ def test_a_webhook_allow_list_names_ipv6_hosts_as_urls_do():
     assert allow.allows("https://[2001:db8::2]/x") and allow.allows("http://[2001:db8::3]:81/x")
     assert not allow.allows("http://[2001:db8::4]/x")
     assert allow.allows("https://hooks.example.com/x") and not allow.allows("http://hooks.example.com/x")
+
+
+def test_names_version_reads_miyaq_ip_version():
+    assert wants_ipv6("tcp://node1:7450", environ={}) is False
+    assert wants_ipv6("tcp://node1:7450", environ={"MIYAQ_IP_VERSION": "6"}) is True
+    assert wants_ipv6("tcp://10.0.0.1:7450", environ={"MIYAQ_IP_VERSION": "6"}) is False   # an IPv4 address
+    assert wants_ipv6("tcp://*:7450", environ={"MIYAQ_IP_VERSION": "6"}) is False
+    assert names_version({"MIYAQ_IP_VERSION": " "}) == "4"
+    with pytest.raises(ConfigError, match="MIYAQ_IP_VERSION must be 4 or 6"):
+        names_version({"MIYAQ_IP_VERSION": "ipv6"})
+
+
+@pytest.mark.timeout(120)
+def test_a_host_name_is_reached_over_the_ip_version_miyaq_ip_version_says(tmp_path):
+    """``MIYAQ_IP_VERSION=6``: a name is dialled at its IPv6 address, and at
+    its IPv4 one when it has none; the default 4 dials its IPv4 address."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n::1 v6only.miyaq.test\n127.0.0.1 v4only.miyaq.test\n")
+    seen = run_scenario("names", hosts)
+    assert seen["v6only over 4"] == "Unavailable"      # a name with only an IPv6 address, over IPv4
+    assert seen["v6only over 6"] is True
+    assert seen["v4only over 4"] is True and seen["v4only over 6"] is True
+    assert "MIYAQ_IP_VERSION must be 4 or 6" in seen["bad version"]

@@ -8,19 +8,30 @@ gives it, with or without brackets), :func:`split_tcp` reads one back.
 Which IP version a socket uses is the endpoint's (:func:`wants_ipv6`,
 applied by :mod:`miyaq.runtime.sockets` before each bind and connect): an
 IPv6 address, bracketed, and ``::`` (every address of both versions, where
-the host allows it) use IPv6; an IPv4 address, ``0.0.0.0``, ``*`` and a host
-name use IPv4, as they always have -- a name is reached at its IPv4 address
-(libzmq with IPv6 on would prefer a name's IPv6 address, and ``localhost``
-would then miss a node bound to ``127.0.0.1``). To reach a node over IPv6,
-give its IPv6 address (``advertise`` for the ring).
+the host allows it) use IPv6; an IPv4 address, ``0.0.0.0`` and ``*`` use
+IPv4. A host name (or an interface's) follows ``MIYAQ_IP_VERSION``
+(:func:`names_version`): ``4``, the default, reaches it at its IPv4
+address, as miyaq always has; ``6`` at its IPv6 address, or at its IPv4
+address when it has none (libzmq's ``ZMQ_IPV6``, which asks for IPv6
+addresses and IPv4-mapped ones). Not the default, because with it
+``localhost`` is ``::1`` wherever /etc/hosts says so, and misses a node
+bound to ``127.0.0.1``.
 
-Pure functions of strings: no sockets, no resolving.
+Pure functions of strings and the environment: no sockets, no resolving.
 """
 from __future__ import annotations
 
 import ipaddress
+import os
+from collections.abc import Mapping
 
-__all__ = ["bare_host", "is_ipv6_address", "split_tcp", "tcp_endpoint", "url_host", "wants_ipv6"]
+from ..errors import ConfigError
+
+__all__ = ["IP_VERSION_ENV", "bare_host", "is_ipv6_address", "names_version", "split_tcp", "tcp_endpoint",
+           "url_host", "wants_ipv6"]
+
+#: The variable that says which IP version host names are reached over.
+IP_VERSION_ENV = "MIYAQ_IP_VERSION"
 
 #: The hosts that mean "every address" when bound.
 WILDCARDS = frozenset({"*", "0.0.0.0", "::"})
@@ -75,8 +86,35 @@ def split_tcp(endpoint: str) -> tuple[str, int] | None:
     return bare_host(host), int(port)
 
 
-def wants_ipv6(endpoint: str) -> bool:
+def names_version(environ: Mapping[str, str] | None = None) -> str:
+    """``"4"`` or ``"6"``: the IP version a host name is reached over,
+    ``MIYAQ_IP_VERSION`` (``4`` when unset or empty). Raises
+    :class:`~miyaq.errors.ConfigError` for any other value."""
+    value = (os.environ if environ is None else environ).get(IP_VERSION_ENV, "").strip() or "4"
+    if value not in ("4", "6"):
+        raise ConfigError(f"{IP_VERSION_ENV} must be 4 or 6 (the IP version host names are reached over), "
+                          f"not {value!r}")
+    return value
+
+
+def wants_ipv6(endpoint: str, environ: Mapping[str, str] | None = None) -> bool:
     """Whether a socket binding or connecting ``endpoint`` needs libzmq's
-    IPv6 option: its host is an IPv6 address (``::`` included)."""
+    IPv6 option: its host is an IPv6 address (``::`` included), or a name
+    while ``MIYAQ_IP_VERSION`` is 6 (:func:`names_version`)."""
     target = split_tcp(endpoint)
-    return target is not None and is_ipv6_address(target[0])
+    if target is None:
+        return False
+    host = target[0]
+    if is_ipv6_address(host):
+        return True
+    if host in WILDCARDS or _is_ipv4_address(host):
+        return False
+    return names_version(environ) == "6"
+
+
+def _is_ipv4_address(host: str) -> bool:
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return True
