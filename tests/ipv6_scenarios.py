@@ -13,6 +13,7 @@ import io
 import json
 import os
 import socket
+import subprocess
 import sys
 import threading
 from typing import Any
@@ -28,6 +29,7 @@ from miyaq.testing.zookeeper import ZooKeeperServer
 from peer_fixtures import FixedRing
 
 WAIT = 20.0     # seconds: a guard against a hang, not a timing assertion
+V6ONLY = "fd00:6d69:7961:71::7"     # a unique local address, on the namespace's loopback only
 
 app = miyaq.App()
 
@@ -192,11 +194,14 @@ def zookeeper() -> dict[str, Any]:
 
 def names() -> dict[str, Any]:
     """Host names and ``MIYAQ_IP_VERSION``, in a namespace whose /etc/hosts
-    (the test's) names ``v6only.miyaq.test`` ``::1`` and ``v4only.miyaq.test``
-    ``127.0.0.1``: a node bound to ``::1`` only is reached by the first name
-    with version 6, not with the default 4; a node bound to ``127.0.0.1`` is
-    reached by the second with either (a name without an IPv6 address falls
-    back to its IPv4 one)."""
+    (the test's) names ``v6only.miyaq.test`` ``V6ONLY`` (an address given to
+    this namespace's loopback: not ``::1``, which glibc also answers as
+    127.0.0.1 to an IPv4 lookup) and ``v4only.miyaq.test`` ``127.0.0.1``: a
+    node bound to V6ONLY is reached by the first name with version 6, not
+    with the default 4; a node bound to ``127.0.0.1`` is reached by the
+    second with either (a name without an IPv6 address falls back to its
+    IPv4 one)."""
+    subprocess.run(["ip", "address", "add", f"{V6ONLY}/128", "dev", "lo", "nodad"], check=True, timeout=10)
     seen: dict[str, Any] = {}
 
     def answers(endpoint: str) -> Any:
@@ -206,11 +211,12 @@ def names() -> dict[str, Any]:
         except miyaq.MiyaqError as err:
             return type(err).__name__
 
-    with ThreadNode(host="::1") as v6, ThreadNode(host="127.0.0.1") as v4:
+    with ThreadNode(host=V6ONLY, insecure=True) as v6, ThreadNode(host="127.0.0.1") as v4:
         for version in ("4", "6"):
             os.environ["MIYAQ_IP_VERSION"] = version
             seen[f"v6only over {version}"] = answers(f"tcp://v6only.miyaq.test:{v6.config.port}")
             seen[f"v4only over {version}"] = answers(f"tcp://v4only.miyaq.test:{v4.config.port}")
+            seen[f"v6only explained over {version}"] = explain(f"tcp://v6only.miyaq.test:{v6.config.port}")
         os.environ["MIYAQ_IP_VERSION"] = "5"
         try:
             miyaq.Client(f"tcp://v4only.miyaq.test:{v4.config.port}")

@@ -19,6 +19,7 @@ from miyaq.config import NodeConfig
 from miyaq.errors import ConfigError
 from miyaq.gateway.allowlist import AllowList
 from miyaq.gateway.wsgi import client_group
+from ipv6_scenarios import V6ONLY
 from miyaq.runtime.endpoints import is_ipv6_address, names_version, split_tcp, tcp_endpoint, url_host, wants_ipv6
 
 TESTS = Path(__file__).resolve().parent
@@ -183,9 +184,13 @@ def test_a_host_name_is_reached_over_the_ip_version_miyaq_ip_version_says(tmp_pa
     """``MIYAQ_IP_VERSION=6``: a name is dialled at its IPv6 address, and at
     its IPv4 one when it has none; the default 4 dials its IPv4 address."""
     hosts = tmp_path / "hosts"
-    hosts.write_text("127.0.0.1 localhost\n::1 v6only.miyaq.test\n127.0.0.1 v4only.miyaq.test\n")
+    hosts.write_text(f"127.0.0.1 localhost\n{V6ONLY} v6only.miyaq.test\n127.0.0.1 v4only.miyaq.test\n")
     seen = run_scenario("names", hosts)
     assert seen["v6only over 4"] == "Unavailable"      # a name with only an IPv6 address, over IPv4
     assert seen["v6only over 6"] is True
     assert seen["v4only over 4"] is True and seen["v4only over 6"] is True
     assert "MIYAQ_IP_VERSION must be 4 or 6" in seen["bad version"]
+    # The first-contact explanation dials as libzmq does: over 4, the name has no address to dial.
+    assert seen["v6only explained over 4"] == ("the host name 'v6only.miyaq.test' has no IPv4 address (names are "
+                                               "reached over IPv4 unless MIYAQ_IP_VERSION=6)")
+    assert "accepts connections but no miyaq node answered" in seen["v6only explained over 6"]

@@ -3,16 +3,21 @@
 ZeroMQ hides connection failures (a DEALER reconnects quietly forever), so
 a worker or client that hears nothing from a node asks the operating system
 directly: one TCP connect to the endpoint (for ``ipc://``, one connect to
-the unix socket), whose result names the likely cause. :func:`explain`
-blocks for at most ``timeout`` seconds; call it from a thread
+the unix socket), whose result names the likely cause. It dials as libzmq
+would: a host name at its IPv4 address unless ``MIYAQ_IP_VERSION`` is 6
+(:mod:`miyaq.runtime.endpoints`), so a name with only an IPv6 address is
+explained as such. :func:`explain` blocks for at most ``timeout`` seconds
+(and a name's resolving); call it from a thread
 (``runtime.green.run_in_thread``) in gevent code.
 """
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 
-from ..runtime.endpoints import split_tcp, url_host
+from ..errors import ConfigError
+from ..runtime.endpoints import split_tcp, url_host, wants_ipv6
 
 __all__ = ["explain", "unreachable"]
 
@@ -28,7 +33,18 @@ def explain(endpoint: str, timeout: float = 1.0) -> str:
     host, port = target
     where = f"{url_host(host)}:{port}"
     try:
-        with socket.create_connection((host, port), timeout=timeout):
+        over_ipv4 = not wants_ipv6(endpoint) and not _is_address(host)
+    except ConfigError as err:          # MIYAQ_IP_VERSION is not 4 or 6
+        return err.message
+    if over_ipv4 and not _has_ipv4_address(host, port):
+        # libzmq, IPv6 off, dials a name at its IPv4 address only.
+        return (f"the host name {host!r} has no IPv4 address (names are reached over IPv4 unless "
+                f"MIYAQ_IP_VERSION=6)" if _has_address(host, port)
+                else f"the host name {host!r} does not resolve")
+    try:
+        address = (socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+                   if over_ipv4 else host)
+        with socket.create_connection((address, port), timeout=timeout):
             return (f"{where} accepts connections but no miyaq node answered "
                     "(is it a node's service port? the HTTP port is another one)")
     except ConnectionRefusedError:
@@ -41,6 +57,28 @@ def explain(endpoint: str, timeout: float = 1.0) -> str:
         if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
             return f"{host} is unreachable from here ({exc.strerror})"
         return f"connecting failed: {exc.strerror or exc}"
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
+def _has_ipv4_address(host: str, port: int) -> bool:
+    try:
+        return bool(socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM))
+    except (OSError, UnicodeError):
+        return False
+
+
+def _has_address(host: str, port: int) -> bool:
+    try:
+        return bool(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM))
+    except (OSError, UnicodeError):
+        return False
 
 
 def _explain_unix(path: str, timeout: float) -> str:
