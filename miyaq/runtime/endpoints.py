@@ -27,7 +27,7 @@ from collections.abc import Mapping
 
 from ..errors import ConfigError
 
-__all__ = ["IP_VERSION_ENV", "bare_host", "is_ipv6_address", "names_version", "split_tcp", "tcp_endpoint",
+__all__ = ["IP_VERSION_ENV", "WILDCARDS", "bare_host", "is_ipv6_address", "names_version", "split_tcp", "tcp_endpoint",
            "url_host", "wants_ipv6"]
 
 #: The variable that says which IP version host names are reached over.
