@@ -36,14 +36,16 @@ def explain(endpoint: str, timeout: float = 1.0) -> str:
         over_ipv4 = not wants_ipv6(endpoint) and not _is_address(host)
     except ConfigError as err:          # MIYAQ_IP_VERSION is not 4 or 6
         return err.message
-    if over_ipv4 and not _has_ipv4_address(host, port):
+    address = host
+    if over_ipv4:
         # libzmq, IPv6 off, dials a name at its IPv4 address only.
-        return (f"the host name {host!r} has no IPv4 address (names are reached over IPv4 unless "
-                f"MIYAQ_IP_VERSION=6)" if _has_address(host, port)
-                else f"the host name {host!r} does not resolve")
+        ipv4 = _addresses(host, port, socket.AF_INET)
+        if not ipv4:
+            return (f"the host name {host!r} has no IPv4 address (names are reached over IPv4 unless "
+                    f"MIYAQ_IP_VERSION=6)" if _addresses(host, port, socket.AF_UNSPEC)
+                    else f"the host name {host!r} does not resolve")
+        address = ipv4[0]
     try:
-        address = (socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
-                   if over_ipv4 else host)
         with socket.create_connection((address, port), timeout=timeout):
             return (f"{where} accepts connections but no miyaq node answered "
                     "(is it a node's service port? the HTTP port is another one)")
@@ -67,18 +69,12 @@ def _is_address(host: str) -> bool:
     return True
 
 
-def _has_ipv4_address(host: str, port: int) -> bool:
+def _addresses(host: str, port: int, family: int) -> list[str]:
+    """The addresses ``host`` resolves to in ``family``; none if it does not."""
     try:
-        return bool(socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM))
+        return [str(info[4][0]) for info in socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)]
     except (OSError, UnicodeError):
-        return False
-
-
-def _has_address(host: str, port: int) -> bool:
-    try:
-        return bool(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM))
-    except (OSError, UnicodeError):
-        return False
+        return []
 
 
 def _explain_unix(path: str, timeout: float) -> str:
