@@ -194,3 +194,14 @@ def test_a_host_name_is_reached_over_the_ip_version_miyaq_ip_version_says(tmp_pa
     assert seen["v6only explained over 4"] == ("the host name 'v6only.miyaq.test' has no IPv4 address (names are "
                                                "reached over IPv4 unless MIYAQ_IP_VERSION=6)")
     assert "accepts connections but no miyaq node answered" in seen["v6only explained over 6"]
+
+
+def test_a_bad_ip_version_stops_a_process_part_when_it_makes_its_sockets(monkeypatch):
+    """Fault: ``MIYAQ_IP_VERSION=ipv6`` in a node bound to an address. The
+    value is read only for host names, so it would first be read when the
+    ring named a member by name -- in the running node's stream reader. The
+    socket factory every part starts with refuses it at once."""
+    from miyaq.runtime.sockets import SocketFactory
+    monkeypatch.setenv("MIYAQ_IP_VERSION", "ipv6")
+    with pytest.raises(ConfigError, match="MIYAQ_IP_VERSION must be 4 or 6"):
+        SocketFactory(green=False)

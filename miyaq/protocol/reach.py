@@ -13,11 +13,10 @@ explained as such. :func:`explain` blocks for at most ``timeout`` seconds
 from __future__ import annotations
 
 import errno
-import ipaddress
 import socket
 
 from ..errors import ConfigError
-from ..runtime.endpoints import split_tcp, url_host, wants_ipv6
+from ..runtime.endpoints import is_address, split_tcp, url_host, wants_ipv6
 
 __all__ = ["explain", "unreachable"]
 
@@ -33,7 +32,7 @@ def explain(endpoint: str, timeout: float = 1.0) -> str:
     host, port = target
     where = f"{url_host(host)}:{port}"
     try:
-        over_ipv4 = not wants_ipv6(endpoint) and not _is_address(host)
+        over_ipv4 = not wants_ipv6(endpoint) and not is_address(host)
     except ConfigError as err:          # MIYAQ_IP_VERSION is not 4 or 6
         return err.message
     address = host
@@ -59,14 +58,6 @@ def explain(endpoint: str, timeout: float = 1.0) -> str:
         if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
             return f"{host} is unreachable from here ({exc.strerror})"
         return f"connecting failed: {exc.strerror or exc}"
-
-
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    return True
 
 
 def _addresses(host: str, port: int, family: int) -> list[str]:

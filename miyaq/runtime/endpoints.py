@@ -27,8 +27,8 @@ from collections.abc import Mapping
 
 from ..errors import ConfigError
 
-__all__ = ["IP_VERSION_ENV", "WILDCARDS", "bare_host", "is_ipv6_address", "names_version", "split_tcp", "tcp_endpoint",
-           "url_host", "wants_ipv6"]
+__all__ = ["IP_VERSION_ENV", "WILDCARDS", "bare_host", "is_address", "is_ipv6_address", "names_version", "split_tcp",
+           "tcp_endpoint", "url_host", "wants_ipv6"]
 
 #: The variable that says which IP version host names are reached over.
 IP_VERSION_ENV = "MIYAQ_IP_VERSION"
@@ -52,6 +52,16 @@ def is_ipv6_address(host: str) -> bool:
         return False
     try:
         ipaddress.IPv6Address(address)
+    except ValueError:
+        return False
+    return True
+
+
+def is_address(host: str) -> bool:
+    """Whether ``host`` (bracketed or not) is an IPv4 or IPv6 address, not a
+    name; an IPv6 zone (``fe80::1%eth0``) allowed."""
+    try:
+        ipaddress.ip_address(bare_host(host).split("%", 1)[0])
     except ValueError:
         return False
     return True
@@ -107,14 +117,6 @@ def wants_ipv6(endpoint: str, environ: Mapping[str, str] | None = None) -> bool:
     host = target[0]
     if is_ipv6_address(host):
         return True
-    if host in WILDCARDS or _is_ipv4_address(host):
+    if host in WILDCARDS or is_address(host):
         return False
     return names_version(environ) == "6"
-
-
-def _is_ipv4_address(host: str) -> bool:
-    try:
-        ipaddress.IPv4Address(host)
-    except ValueError:
-        return False
-    return True

@@ -24,7 +24,7 @@ import importlib
 import zmq
 
 from ..errors import ConfigError
-from .endpoints import wants_ipv6
+from .endpoints import names_version, wants_ipv6
 from .io_threads import apply as apply_io_policy, chosen as chosen_io_policy
 
 if TYPE_CHECKING:
@@ -161,7 +161,13 @@ class SocketFactory:
         """``io_threads``: how the kernel schedules the new context's I/O
         threads (:mod:`miyaq.runtime.io_threads`): ``"batch"`` or
         ``"normal"``; None reads ``MIYAQ_IO_THREADS`` (``normal`` when unset).
-        A context passed in (``ctx``) is left as it is."""
+        A context passed in (``ctx``) is left as it is.
+
+        A ``MIYAQ_IP_VERSION`` other than 4 or 6 raises
+        :class:`~miyaq.errors.ConfigError` here, when the process part
+        starts: read first at a connect, it would stop whatever part dialled
+        a host name first -- a running node's stream, when the ring named one."""
+        names_version()
         if flavour is None:
             flavour = "green" if green else "plain"
         if flavour not in FLAVOURS:

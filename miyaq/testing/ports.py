@@ -23,6 +23,7 @@ import random
 import socket
 
 from miyaq.errors import MiyaqError
+from miyaq.runtime.endpoints import is_ipv6_address
 
 LOWEST = 10_000
 """The lowest port picked (below are the well-known and registered services
@@ -65,8 +66,8 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def _socket(host: str) -> socket.socket:
-    """A TCP socket of ``host``'s family (an IPv6 address has a colon)."""
-    return socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    """A TCP socket of ``host``'s family."""
+    return socket.socket(socket.AF_INET6 if is_ipv6_address(host) else socket.AF_INET)
 
 
 def _claim(port: int, span: int, host: str) -> bool:
