@@ -220,7 +220,10 @@ def test_stale_ring_is_ignored_by_followers(make, zk_cluster_name, zk_client, ca
         assert all("ghost" not in v.members for v in recorder.views)
 
     write(6, ["f2"])
-    wait_until(lambda: all(c.view.epoch == 6 for c in followers), "the epoch-6 ring")
+    # A coordinator takes a ring as its view, then hands it to its listeners
+    # from its notices queue: wait for both (a CI run read the recorder between).
+    wait_until(lambda: all(c.view.epoch == 6 and r.views and r.views[-1].epoch == 6 for c, r in nodes),
+               "the epoch-6 ring")
     for c, recorder in nodes:
         assert set(c.view.members) == {"f2"}
         assert [v.epoch for v in recorder.views] == [5, 6]
