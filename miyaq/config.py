@@ -101,6 +101,8 @@ S = TypeVar("S", bound=Settings)
 
 #: The longest path of a unix socket (``sun_path`` less its final NUL, Linux).
 MAX_IPC_PATH = 107
+#: The largest ``max_batch`` a node takes (docs/configuration.md).
+MAX_BATCH = 10_000
 
 
 @dataclass
@@ -214,6 +216,9 @@ class NodeConfig(Settings):
                 raise ConfigError(f"{name} must be 1..65535, not {value}{derived}: pass --{name.replace('_', '-')} N")
         if self.replicas < 1 or self.max_tasks < 1 or self.max_batch < 1:
             raise ConfigError("replicas, max_tasks and max_batch must be at least 1")
+        if self.max_batch > MAX_BATCH:
+            raise ConfigError(f"max_batch must be 1..{MAX_BATCH:,}, not {self.max_batch:,} (a message of more "
+                              "tasks saves nothing, and every message is bounded in the values it holds)")
         if self.heartbeat <= 0 or self.liveness < 1:
             raise ConfigError("heartbeat must be > 0 and liveness >= 1")
         if not 0.5 <= self.peer_heartbeat_timeout <= 3600:

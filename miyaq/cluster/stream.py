@@ -38,6 +38,7 @@ from miyaq.cluster.peer_requests import PEER_PROTOCOL
 from miyaq.cluster.transport import Apply, AskResync
 from miyaq.constants import PEER_HEARTBEAT_TIMEOUT, RESYNC_RETRY, STREAM_HEARTBEAT, STREAM_SILENCE
 from miyaq.logs import LogLimiter
+from miyaq.protocol import codec
 from miyaq.runtime import CRITICAL, Supervisor, monotonic
 from miyaq.runtime.messages import MessageRefused, send_frames
 from miyaq.runtime.sockets import SocketFactory, heartbeat_options, zmq
@@ -171,7 +172,7 @@ class StreamReceiver:
         if len(frames) != 2:
             return
         try:
-            body = msgpack.unpackb(frames[1], raw=False)
+            body = codec.unpack(frames[1], strict_keys=True)
             src, inc, seq = body["src"], body["inc"], body["seq"]
             if type(src) is not str or type(inc) is not int or type(seq) is not int or seq < 0:
                 raise TypeError("src, inc, seq")

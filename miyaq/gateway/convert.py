@@ -23,6 +23,7 @@ from typing import Any
 import msgpack
 
 from miyaq.errors import InvalidField
+from miyaq.protocol import codec
 
 
 def number(raw: Any, field: str, lo: float = 0.0, hi: float = 1e12) -> float:
@@ -87,8 +88,8 @@ def result_fields(raw: bytes | None) -> dict[str, Any]:
     if raw is None:
         return {}
     try:
-        value = msgpack.unpackb(raw, raw=False)
-    except Exception:  # noqa: BLE001 - msgpack raises several unrelated types; return the bytes as they are
+        value = codec.unpack(raw, strict_keys=True)
+    except Exception:  # noqa: BLE001 - not msgpack, or past codec.MAX_VALUES: the bytes as they are
         value = raw
     if not isinstance(value, bytes) and _json_ready(value):
         return {"result": value}
@@ -99,8 +100,8 @@ def payload_fields(body: bytes) -> dict[str, Any]:
     """A named task's payload for a pull consumer: ``args``/``kwargs`` when it
     is the usual msgpack ``[args, kwargs]`` JSON can hold, else ``body_base64``."""
     try:
-        value = msgpack.unpackb(body, raw=False) if body else [[], {}]
-    except Exception:  # noqa: BLE001 - not msgpack: hand the bytes over as they are
+        value = codec.unpack(body, strict_keys=True) if body else [[], {}]
+    except Exception:  # noqa: BLE001 - not msgpack, or past codec.MAX_VALUES: the bytes as they are
         value = None
     if (isinstance(value, list) and len(value) == 2 and isinstance(value[0], list)
             and isinstance(value[1], dict) and _json_ready(value)):

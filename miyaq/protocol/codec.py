@@ -4,6 +4,15 @@ Decoding never trusts its input: anything that is not exactly
 ``[TAG, COMMAND, BODY]`` with a msgpack map body under the size limit raises
 a :class:`~miyaq.errors.ProtocolError` subclass whose code goes back to the
 sender. The task payload (``body`` inside a task) is opaque bytes here.
+
+A body is also bounded in what it decodes *to*: at most :data:`MAX_VALUES`
+values (scalars and containers together). msgpack writes an empty array in
+one byte and Python holds it in 56, so without this bound one 16 MiB body of
+empty arrays became 1.1 GB of objects and held the node's hub for three
+seconds (measured, 2026-12-04); with it, at most about 70 MB and a fifth of
+a second. No message of the protocol comes near the bound: the largest, a
+SUBMIT of ``max_batch`` (at most 10,000) tasks, holds some tens of values a
+task.
 """
 from __future__ import annotations
 
@@ -22,12 +31,56 @@ def pack(obj: Any) -> bytes:
     return _packer.pack(obj)
 
 
-def unpack(data: bytes, max_size: int) -> Any:
-    """Decode one body; the caller has already checked ``len(data) <= max_size``."""
+#: The most values one body may decode to (module docstring).
+MAX_VALUES = 1 << 20
+
+
+class _TooManyValues(Exception):
+    """Raised inside the decoder's hooks when the body passes its budget."""
+
+
+def unpack(data: bytes, max_values: int = MAX_VALUES, *, strict_keys: bool = False) -> Any:
+    """Decode one msgpack body of untrusted origin, at most ``max_values``
+    values. Raises :class:`~miyaq.errors.TooLarge` past that bound and
+    :class:`~miyaq.errors.BadEncoding` for anything that is not msgpack
+    (with ``strict_keys``, a map key that is not a string or bytes too).
+
+    Every value takes at least one byte, so a body of at most ``max_values``
+    bytes cannot pass the bound and is decoded as it is; a longer one is
+    decoded with a count of the values each finished array and map holds,
+    and no container longer than the bound is started."""
+    if len(data) <= max_values:
+        try:
+            return msgpack.unpackb(data, raw=False, strict_map_key=strict_keys)
+        except Exception as exc:  # msgpack raises several unrelated types
+            raise BadEncoding(f"body is not valid msgpack: {exc.__class__.__name__}") from None
+    left = max_values
+
+    def array_seen(value: list[Any]) -> list[Any]:
+        nonlocal left
+        left -= len(value) + 1
+        if left < 0:
+            raise _TooManyValues
+        return value
+
+    def map_seen(value: dict[Any, Any]) -> dict[Any, Any]:
+        nonlocal left
+        left -= 2 * len(value) + 1
+        if left < 0:
+            raise _TooManyValues
+        return value
+
     try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+        return msgpack.unpackb(data, raw=False, strict_map_key=strict_keys, list_hook=array_seen,
+                               object_hook=map_seen, max_array_len=max_values, max_map_len=max_values)
+    except _TooManyValues:
+        pass
+    except ValueError as exc:
+        if "exceeds max_" not in str(exc):
+            raise BadEncoding(f"body is not valid msgpack: {exc.__class__.__name__}") from None
     except Exception as exc:  # msgpack raises several unrelated types
         raise BadEncoding(f"body is not valid msgpack: {exc.__class__.__name__}") from None
+    raise TooLarge(f"body holds more than {max_values:,} values (arrays, maps and what they hold)")
 
 
 def encode(command: bytes, body: dict[str, Any]) -> list[bytes]:
@@ -46,7 +99,7 @@ def decode(frames: Sequence[bytes], known: frozenset[bytes], max_size: int) -> t
         raise UnknownCommand(f"unknown command {bytes(command)[:32]!r}")
     if len(body) > max_size:
         raise TooLarge(f"message of {len(body)} bytes exceeds the limit of {max_size}")
-    obj = unpack(body, max_size)
+    obj = unpack(body)
     if not isinstance(obj, dict):
         raise BadEncoding("body must be a msgpack map")
     return bytes(command), obj

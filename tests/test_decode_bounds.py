@@ -1,0 +1,166 @@
+"""A body is bounded in what it decodes to, not only in its bytes.
+
+Fault simulated: a client, a peer or a stranger sends a msgpack body made of
+millions of tiny values. msgpack writes an empty array in one byte and
+Python holds it in 56: one 16 MiB SUBMIT of empty arrays became 1.1 GB of
+objects in a node and held its hub for three seconds, and a connection
+sending such bodies made the node hold gigabytes (measured, 2026-12-04).
+Every body that crosses a socket into a node (its service port, its peer
+port, its replication stream) and every payload or result its HTTP gateway
+turns into JSON is now decoded with at most ``codec.MAX_VALUES`` values
+(``miyaq/protocol/codec.py``); past that the message is refused
+``too_large`` and nothing is stored.
+"""
+from __future__ import annotations
+
+import msgpack
+import pytest
+from peer_fixtures import FakePeer, PeerDealer, ServiceDealer, clustered_node
+from test_memory_limits import rss_mib
+
+from miyaq.cluster.peer_requests import REPLICATE
+from miyaq.config import MAX_BATCH, NodeConfig
+from miyaq.errors import BadEncoding, ConfigError, TooLarge
+from miyaq.gateway.convert import payload_fields, result_fields
+from miyaq.protocol import codec
+from miyaq.protocol import commands as c
+from miyaq.protocol.commands import TAG
+from miyaq.testing.harness import wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+MAX = codec.MAX_VALUES
+WAIT = 30.0
+
+
+def _array(count: int, item: bytes) -> bytes:
+    """A msgpack array header of ``count`` items, then the items."""
+    return b"\xdd" + count.to_bytes(4, "big") + item * count
+
+
+def _tasks(packed_array: bytes) -> bytes:
+    """``{"tasks": <the array>}``."""
+    return b"\x81\xa5tasks" + packed_array
+
+
+def _nested(outer: int, inner: int) -> bytes:
+    """``{"tasks": [[[], ...inner], ...outer]}``: no array long, many values."""
+    return _tasks(_array(outer, b"\xdc" + inner.to_bytes(2, "big") + b"\x90" * inner))
+
+
+SHAPES = [
+    pytest.param(_tasks(_array(16 * 1024 * 1024 - 64, b"\x90")), id="16-MiB-of-empty-arrays"),
+    pytest.param(_nested(90_000, 150), id="arrays-of-150-empty-arrays"),
+    pytest.param(_tasks(_array(3_000_000, b"\x81\xa1a\x90")), id="maps-of-an-empty-array"),
+    pytest.param(b"\xdf" + (2_000_000).to_bytes(4, "big") + b"\x01\xc0" * 2_000_000, id="a-map-of-2M-entries"),
+    pytest.param(_tasks(_array(3_000_000, b"\xcd\x01\x02")), id="3M-integers"),
+]
+
+
+@pytest.mark.parametrize("body", SHAPES)
+def test_a_body_of_millions_of_tiny_values_is_refused_too_large(body: bytes) -> None:
+    with pytest.raises(TooLarge, match=f"body holds more than {MAX:,} values"):
+        codec.unpack(body)
+
+
+def test_the_bound_counts_every_value_arrays_and_maps_included() -> None:
+    """``{"tasks": [N fixints]}`` is N + 4 values (the map, its key, the
+    array and its N items): N = MAX - 4 decodes, one more is refused. The
+    body is longer than MAX bytes, so it takes the counted path."""
+    fits = _tasks(_array(MAX - 4, b"\x01"))
+    assert len(fits) > MAX
+    assert len(codec.unpack(fits)["tasks"]) == MAX - 4
+    with pytest.raises(TooLarge):
+        codec.unpack(_tasks(_array(MAX - 3, b"\x01")))
+
+
+def test_the_largest_submit_a_node_takes_decodes_whole() -> None:
+    """A SUBMIT of ``MAX_BATCH`` tasks with every field a client sends is far
+    inside the bound (about 20 values a task)."""
+    task = {"queue": "emails", "name": "send", "body": b"\x92\x90\x80", "priority": 5, "countdown": 1.5,
+            "max_retries": 3, "timeout": 30.0, "key": "k", "headers": {"X-A": "1"}}
+    body = codec.pack({"tasks": [{**task, "id": f"t{i:031d}"} for i in range(MAX_BATCH)], "req": 1})
+    assert len(body) > MAX
+    assert len(codec.unpack(body)["tasks"]) == MAX_BATCH
+
+
+def test_strict_keys_refuses_a_map_keyed_by_an_integer() -> None:
+    assert codec.unpack(b"\x81\x01\x02") == {1: 2}
+    with pytest.raises(BadEncoding):
+        codec.unpack(b"\x81\x01\x02", strict_keys=True)
+
+
+def test_max_batch_past_its_bound_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=f"max_batch must be 1..{MAX_BATCH:,}, not {MAX_BATCH + 1:,}"):
+        NodeConfig(max_batch=MAX_BATCH + 1).validate()
+    NodeConfig(max_batch=MAX_BATCH).validate()
+
+
+def test_the_gateway_hands_a_result_past_the_bound_over_as_bytes() -> None:
+    """A result or payload of more values than the bound (a producer's or a
+    worker's; the node decodes it only to show it as JSON) is given as
+    base64, as one that is not msgpack is, instead of filling the node."""
+    many = msgpack.packb(list(range(300, 300 + MAX)))
+    assert "result_base64" in result_fields(many)
+    assert "body_base64" in payload_fields(msgpack.packb([list(range(300, 300 + MAX)), {}]))
+    assert result_fields(msgpack.packb([1, 2])) == {"result": [1, 2]}
+
+
+def test_a_node_refuses_such_a_submit_and_keeps_serving(procs, client_for) -> None:
+    """Fault: a raw connection sends one SUBMIT whose 14 MiB body is 13.5
+    million empty arrays (before: the node grew by about 1 GB while it
+    decoded them, for about a second). It is answered ``too_large`` naming
+    the bound; the node grew by far less than the objects would take, stored
+    nothing and serves the next client."""
+    node = procs.node()
+    client = client_for(node.endpoint)
+    client.status()
+    before = rss_mib(node.pid)
+    service = ServiceDealer(node.endpoint)
+    try:
+        service.sock.send_multipart([TAG, c.SUBMIT, _nested(90_000, 150)], copy=False)
+        command, body = service._reply(lambda cmd, b: cmd == c.ERROR)
+    finally:
+        service.close()
+    assert body["code"] == "too_large" and f"more than {MAX:,} values" in body["message"], body
+    assert rss_mib(node.pid) - before < 300, (before, rss_mib(node.pid))
+    status = client.status()
+    assert status["errors"]["too_large"] == 1 and status["totals"]["live"] == 0
+    handle = client.submit("echo", [1], countdown=60, wait=True)
+    assert client.status(handle.id)["state"] == "scheduled"
+
+
+@pytest.fixture
+def peer():
+    p = FakePeer()
+    yield p
+    p.close()
+
+
+def test_a_peer_request_of_too_many_values_is_refused_and_the_node_keeps_serving(peer) -> None:
+    """Fault: another member (or a stranger at a keyless peer port) sends a
+    REPLICATE of millions of empty arrays, and publishes a stream message of
+    them. The request is answered ``too_large``, the stream message dropped
+    as malformed; a good REPLICATE is then stored."""
+    node = clustered_node(peer).start()
+    dealer = PeerDealer(f"tcp://127.0.0.1:{node.config.peer}")
+    service = ServiceDealer(node.endpoint)
+    try:
+        dealer.sock.send_multipart([TAG, REPLICATE, _nested(90_000, 150)], copy=False)
+        assert dealer.sock.poll(int(WAIT * 1000)), "no answer"
+        _, _, raw = dealer.sock.recv_multipart()
+        assert msgpack.unpackb(raw)["code"] == "too_large"
+
+        subscriber = node.node.role.subscriber
+        flood = [[]] * 150
+
+        def dropped() -> bool:
+            peer.publish(node.config.node_id, [flood] * 90_000)    # the first may be lost (slow joiner)
+            return subscriber.refused >= 1
+
+        wait_for(dropped, timeout=WAIT, interval=0.5, what="the stream message dropped as malformed")
+        assert service.status()["totals"]["live"] == 0
+    finally:
+        dealer.close()
+        service.close()
+        node.stop()
