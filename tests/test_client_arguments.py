@@ -41,6 +41,8 @@ def test_good_timeouts_are_seconds_and_infinity_means_no_bound_where_none_does()
     (dict(submit_timeout=0), "submit_timeout"), (dict(ack_timeout=math.nan), "ack_timeout"),
     (dict(request_timeout=-1), "request_timeout"), (dict(request_timeout=math.inf), "request_timeout"),
     (dict(submit_timeout="30"), "submit_timeout"),
+    (dict(heartbeat_timeout=0.1), "heartbeat_timeout"), (dict(heartbeat_timeout=3601), "heartbeat_timeout"),
+    (dict(heartbeat_timeout=math.nan), "heartbeat_timeout"), (dict(heartbeat_timeout=True), "heartbeat_timeout"),
 ])
 def test_a_clients_bad_option_is_a_config_error_naming_it(options, named):
     given = dict(window=10, submit_timeout=30.0, ack_timeout=5.0, request_timeout=10.0, max_batch=512)
@@ -113,3 +115,30 @@ def test_bad_arguments_to_the_asyncio_client_fail_at_once_and_send_nothing(node)
             return (await client.status())["totals"]["live"]
 
     assert asyncio.run(asyncio.wait_for(main(), 60)) == 1
+
+
+@pytest.mark.parametrize("flavour", ["threads", "gevent", "asyncio"])
+def test_heartbeat_timeout_sets_each_connections_zmtp_heartbeats(flavour):
+    """``heartbeat_timeout`` reaches every connection of every client flavour:
+    a PING every fifth of it, the connection dropped after it (the default,
+    10 s, is what clients had before it was an option)."""
+    import asyncio
+
+    import zmq
+    endpoints = ["tcp://127.0.0.1:1", "tcp://127.0.0.1:2"]
+    if flavour == "asyncio":
+        clients: list = [miyaq.aio.Client(endpoints, heartbeat_timeout=2.5), miyaq.aio.Client(endpoints)]
+    else:
+        clients = [miyaq.Client(endpoints, heartbeat_timeout=2.5, green=flavour == "gevent"),
+                   miyaq.Client(endpoints, green=flavour == "gevent")]
+    socks = [c._io.socks for c in clients]
+    try:
+        for sockets, (ping, timeout) in zip(socks, [(500, 2500), (2000, 10000)]):
+            assert [(s.getsockopt(zmq.HEARTBEAT_IVL), s.getsockopt(zmq.HEARTBEAT_TIMEOUT)) for s in sockets] \
+                == [(ping, timeout)] * 2
+    finally:
+        for client in clients:
+            if flavour == "asyncio":
+                asyncio.run(client.close(flush=False))
+            else:
+                client.close()

@@ -201,17 +201,15 @@ def test_a_request_to_a_frozen_peer_ends_when_its_connection_is_dropped(children
         sockets.close()
 
 
-def test_a_client_drops_a_frozen_node_and_its_request_fails_at_once(procs, client_for, monkeypatch) -> None:
+def test_a_client_drops_a_frozen_node_and_its_request_fails_at_once(procs, client_for) -> None:
     """Fault: the node a client talks to freezes (or its host vanishes
-    without closing the connection). The client's heartbeats go unanswered,
-    the connection is dropped, and a request waiting on it fails with
-    ``Unavailable`` then -- not with ``Timeout`` after its 30 s (before: the
-    connection stayed open until the kernel gave up, minutes). Thawed, the
-    node is used again."""
-    from miyaq.client import dialling
-    monkeypatch.setattr(dialling, "CLIENT_HEARTBEAT_MS", HEARTBEAT_MS)
+    without closing the connection). The client's heartbeats go unanswered
+    for its ``heartbeat_timeout`` (1 s here), the connection is dropped, and
+    a request waiting on it fails with ``Unavailable`` then -- not with
+    ``Timeout`` after its 30 s (before: the connection stayed open until the
+    kernel gave up, minutes). Thawed, the node is used again."""
     node = procs.node()
-    client = client_for(node.endpoint, request_timeout=30)
+    client = client_for(node.endpoint, request_timeout=30, heartbeat_timeout=1.0)
     assert client.status()["node"]
     node.signal(signal.SIGSTOP)
     try:

@@ -34,18 +34,19 @@ class Client:
 
     def __init__(self, endpoints: str | Iterable[str] | None = None, *, window: int = 10_000,
                  submit_timeout: float = 30.0, ack_timeout: float = 5.0, request_timeout: float = 10.0,
-                 max_batch: int = 512, key: str | None = None, server_key: str | None = None) -> None:
+                 max_batch: int = 512, key: str | None = None, server_key: str | None = None,
+                 heartbeat_timeout: float = 10.0) -> None:
         source = "given"
         if endpoints is None:
             endpoints, source = default_connect()
         self.endpoints = split_endpoints(endpoints)
-        client_options(window, submit_timeout, ack_timeout, request_timeout, max_batch)
+        client_options(window, submit_timeout, ack_timeout, request_timeout, max_batch, heartbeat_timeout)
         self.window = window
         self.submit_timeout = submit_timeout
         self.request_timeout = request_timeout
         self._io = AsyncDriver(self.endpoints, max_batch=max_batch, ack_timeout=ack_timeout,
                                max_message=DEFAULT_MAX_MESSAGE, security=client_curve(key, server_key),
-                               endpoints_source=source)
+                               endpoints_source=source, heartbeat_timeout=heartbeat_timeout)
         self.nodes = self._io.nodes
         self._unflushed = Unflushed(self.window, nullcontext())    # one event loop: no lock
 

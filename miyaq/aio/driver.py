@@ -21,7 +21,7 @@ from typing import Any
 import zmq
 
 from ..client.core import ClientCore
-from ..client.dialling import dial_discovered, dial_given
+from ..client.dialling import CLIENT_HEARTBEAT_TIMEOUT, client_heartbeats, dial_discovered, dial_given
 from ..client.nodes import Nodes
 from ..client.submits import Pending, Waiter
 from ..errors import MiyaqError
@@ -37,8 +37,10 @@ logger = logging.getLogger(__name__)
 
 class AsyncDriver:
     def __init__(self, endpoints: list[str], *, max_batch: int, ack_timeout: float, max_message: int,
-                 security: SocketSecurity | None = None, endpoints_source: str = "given") -> None:
+                 security: SocketSecurity | None = None, endpoints_source: str = "given",
+                 heartbeat_timeout: float = CLIENT_HEARTBEAT_TIMEOUT) -> None:
         self._max_message = max_message
+        self._heartbeat_ms = client_heartbeats(heartbeat_timeout)
         self._security = security
         self.nodes = Nodes(endpoints, source=endpoints_source, secure=security is not None)
         self._dial()
@@ -59,7 +61,7 @@ class AsyncDriver:
                                      io_threads=io_threads.for_client())
         # Each socket has a monitor: its connections closing (unacknowledged submits
         # are sent again at once) and coming up.
-        self.socks, self.monitors = dial_given(self.factory, self.nodes.endpoints)
+        self.socks, self.monitors = dial_given(self.factory, self.nodes.endpoints, self._heartbeat_ms)
         # A driver collected unclosed (its client dropped without close(), its loop
         # gone) closes its sockets first. Left to pyzmq, the context's finalizer
         # would wait for sockets of the same garbage cycle, whose weak references
@@ -84,7 +86,7 @@ class AsyncDriver:
         redial(self.socks[node], self.nodes.endpoints[node])
 
     def connect(self, endpoint: str) -> bool | None:
-        dialled = dial_discovered(self.factory, endpoint)
+        dialled = dial_discovered(self.factory, endpoint, self._heartbeat_ms)
         if not isinstance(dialled, tuple):
             return dialled
         sock, monitor = dialled

@@ -43,10 +43,13 @@ def seconds(value: float | None, name: str, *, optional: bool = False) -> float 
 
 
 def client_options(window: int, submit_timeout: float, ack_timeout: float, request_timeout: float,
-                   max_batch: int) -> None:
+                   max_batch: int, heartbeat_timeout: float = 10.0) -> None:
     """A client's constructor options (both flavours): ConfigError naming the
     first bad one. Counts are integers of at least 1; timeouts finite numbers
-    of seconds above 0 (a zero timeout would fail every call)."""
+    of seconds above 0 (a zero timeout would fail every call);
+    ``heartbeat_timeout`` 0.5 to 3600 seconds, as a node's
+    ``peer_heartbeat_timeout`` (libzmq counts it in milliseconds, and a PING
+    goes every fifth of it)."""
     for name, count in (("window", window), ("max_batch", max_batch)):
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ConfigError(f"{name} must be an integer of at least 1, not {count!r}")
@@ -55,6 +58,9 @@ def client_options(window: int, submit_timeout: float, ack_timeout: float, reque
         if (isinstance(value, bool) or not isinstance(value, (int, float))
                 or not (0 < value < math.inf)):
             raise ConfigError(f"{name} must be a number of seconds above 0, not {value!r}")
+    if (isinstance(heartbeat_timeout, bool) or not isinstance(heartbeat_timeout, (int, float))
+            or not 0.5 <= heartbeat_timeout <= 3600):
+        raise ConfigError(f"heartbeat_timeout must be 0.5 to 3600 seconds, not {heartbeat_timeout!r}")
 
 
 __all__ = ["client_options", "seconds"]

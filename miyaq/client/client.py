@@ -82,14 +82,15 @@ class Client:
     def __init__(self, endpoints: str | Iterable[str] | None = None, *,
                  window: int = 10_000, submit_timeout: float = 30.0, ack_timeout: float = 5.0,
                  request_timeout: float = 10.0, max_batch: int = 512, green: bool | None = None,
-                 key: str | None = None, server_key: str | None = None) -> None:
+                 key: str | None = None, server_key: str | None = None,
+                 heartbeat_timeout: float = 10.0) -> None:
         # No endpoints: MIYAQ_CONNECT, else the dev cluster started in this
         # directory, else tcp://127.0.0.1:7450 (miyaq.devstate).
         self.endpoints_source = "given"
         if endpoints is None:
             endpoints, self.endpoints_source = default_connect()
         endpoints = split_endpoints(endpoints)
-        client_options(window, submit_timeout, ack_timeout, request_timeout, max_batch)
+        client_options(window, submit_timeout, ack_timeout, request_timeout, max_batch, heartbeat_timeout)
         self.endpoints = endpoints
         self.window = window
         self.submit_timeout = submit_timeout
@@ -100,7 +101,7 @@ class Client:
         loop = ThreadedIOLoop if self.kit.name == "thread" else IOLoop
         self._io = loop(self.kit, endpoints, max_batch=max_batch, ack_timeout=ack_timeout,
                         max_message=DEFAULT_MAX_MESSAGE, security=security,
-                        endpoints_source=self.endpoints_source)
+                        endpoints_source=self.endpoints_source, heartbeat_timeout=heartbeat_timeout)
         self.nodes = self._io.nodes
         self._io.start()
         self._closed = False

@@ -2,7 +2,7 @@
 :mod:`miyaq.aio.driver`) open their connections to nodes: each a DEALER
 with its connection monitor (:meth:`SocketFactory.watched_dealer`, the
 monitor attached before the socket connects), and ZMTP heartbeats
-(:data:`CLIENT_HEARTBEAT_MS`).
+(``heartbeat_timeout``, :data:`CLIENT_HEARTBEAT_TIMEOUT` by default).
 
 An endpoint libzmq refuses to dial is the user's error when the user gave
 it (``ConfigError``, nothing left open) and a node's when its RING reply
@@ -30,8 +30,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 _log = LogLimiter(logger)     # a RING reply may name many endpoints: a few lines a minute
 
-#: ZMTP heartbeats (interval, timeout in milliseconds) on every connection to
-#: a node: a node that stops answering them -- its host gone without closing
+#: Seconds of silence after which a client drops its connection to a node
+#: (the ``heartbeat_timeout`` of ``Client``; a PING every fifth of it). ZMTP
+#: heartbeats on every connection to a node: a node that stops answering them -- its host gone without closing
 #: the connection (power, a cable, a partition), its process frozen -- has its
 #: connection dropped after the timeout, which the client treats as any
 #: closed connection (requests to it fail with ``Unavailable``, a result wait
@@ -39,18 +40,27 @@ _log = LogLimiter(logger)     # a RING reply may name many endpoints: a few line
 #: queued for it is freed). Before, such a connection stayed open until the
 #: kernel gave up on it (minutes): each request to the node waited out its
 #: own timeout. A live node answers from libzmq's thread however busy it is.
-CLIENT_HEARTBEAT_MS = (2000, 10000)
+CLIENT_HEARTBEAT_TIMEOUT = 10.0
 
 
-def dial_given(factory: "SocketFactory", endpoints: list[str]) -> tuple[list[Any], list[Any]]:
-    """The sockets and monitors of the endpoints a user gave, in order.
+def client_heartbeats(timeout: float) -> tuple[int, int]:
+    """The ``heartbeat_ms`` (interval, timeout in milliseconds) of a client's
+    ``heartbeat_timeout`` in seconds."""
+    from ..runtime.sockets import heartbeat_options    # the runtime is loaded once a client dials
+    return heartbeat_options(timeout)
+
+
+def dial_given(factory: "SocketFactory", endpoints: list[str],
+               heartbeat_ms: tuple[int, int]) -> tuple[list[Any], list[Any]]:
+    """The sockets and monitors of the endpoints a user gave, in order, with
+    ZMTP heartbeats ``heartbeat_ms`` (:func:`client_heartbeats`).
     Raises ``ConfigError`` naming the first one libzmq refuses, with the
     factory closed (the sockets made before it too)."""
     watched = []
     try:
         for endpoint in endpoints:
             watched.append(factory.watched_dealer(endpoint, ready=True, immediate=True,
-                                                  heartbeat_ms=CLIENT_HEARTBEAT_MS))
+                                                  heartbeat_ms=heartbeat_ms))
     except ConfigError:
         factory.close()
         raise
@@ -60,12 +70,13 @@ def dial_given(factory: "SocketFactory", endpoints: list[str]) -> tuple[list[Any
     return [sock for sock, _ in watched], [monitor for _, monitor in watched]
 
 
-def dial_discovered(factory: "SocketFactory", endpoint: str) -> tuple[Any, Any] | bool | None:
+def dial_discovered(factory: "SocketFactory", endpoint: str,
+                    heartbeat_ms: tuple[int, int]) -> tuple[Any, Any] | bool | None:
     """The socket and monitor of a node a RING reply named; False (logged)
     when libzmq refuses its endpoint; None (logged) when no socket can be
     made now (no file descriptor left): as for ``Transport.connect``."""
     try:
-        return factory.watched_dealer(endpoint, ready=True, immediate=True, heartbeat_ms=CLIENT_HEARTBEAT_MS)
+        return factory.watched_dealer(endpoint, ready=True, immediate=True, heartbeat_ms=heartbeat_ms)
     except ConfigError as err:
         _log.warning("refused", "miyaq client: not dialling a node the ring names: %s", err.message)
         return False

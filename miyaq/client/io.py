@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import MiyaqError
 from .core import ClientCore
-from .dialling import dial_discovered, dial_given
+from .dialling import CLIENT_HEARTBEAT_TIMEOUT, client_heartbeats, dial_discovered, dial_given
 from .nodes import Nodes
 from .submits import Pending, Waiter
 
@@ -46,7 +46,7 @@ class IOLoop:
 
     def __init__(self, kit: Any, endpoints: list[str], *, max_batch: int, ack_timeout: float,
                  max_message: int, security: "SocketSecurity | None" = None,
-                 endpoints_source: str = "given") -> None:
+                 endpoints_source: str = "given", heartbeat_timeout: float = CLIENT_HEARTBEAT_TIMEOUT) -> None:
         # Imported here: importing the client must not import the runtime (gevent, and
         # through it ssl) before a worker had a chance to monkey-patch.
         from ..runtime import io_threads
@@ -64,7 +64,8 @@ class IOLoop:
         # Each socket has a monitor: its connections closing (a node that exited may
         # have read submits it never acknowledged: they are sent again at once) and
         # coming up.
-        self.socks, self.monitors = dial_given(self.factory, endpoints)
+        self.heartbeat_ms = client_heartbeats(heartbeat_timeout)
+        self.socks, self.monitors = dial_given(self.factory, endpoints, self.heartbeat_ms)
         self.room = kit.event()
         self.room.set()
         self.core = ClientCore(self, self.nodes, max_batch=max_batch, ack_timeout=ack_timeout,
@@ -87,7 +88,7 @@ class IOLoop:
         return True
 
     def connect(self, endpoint: str) -> bool | None:
-        dialled = dial_discovered(self.factory, endpoint)
+        dialled = dial_discovered(self.factory, endpoint, self.heartbeat_ms)
         if not isinstance(dialled, tuple):
             return dialled
         sock, monitor = dialled

@@ -40,6 +40,7 @@ import select
 from time import monotonic   # miyaq.runtime.monotonic, without importing the runtime (gevent) here
 from typing import TYPE_CHECKING, Any, Callable
 
+from .dialling import CLIENT_HEARTBEAT_TIMEOUT
 from .io import IOLoop
 from .submits import Pending, Waiter
 
@@ -63,9 +64,10 @@ class ThreadedIOLoop(IOLoop):
 
     def __init__(self, kit: Any, endpoints: list[str], *, max_batch: int, ack_timeout: float,
                  max_message: int, security: "SocketSecurity | None" = None,
-                 endpoints_source: str = "given") -> None:
+                 endpoints_source: str = "given", heartbeat_timeout: float = CLIENT_HEARTBEAT_TIMEOUT) -> None:
         super().__init__(kit, endpoints, max_batch=max_batch, ack_timeout=ack_timeout,
-                         max_message=max_message, security=security, endpoints_source=endpoints_source)
+                         max_message=max_message, security=security, endpoints_source=endpoints_source,
+                         heartbeat_timeout=heartbeat_timeout)
         self.lock = kit.lock()         # the core and the sockets (see the module's docstring)
         self._fds: Any = None          # the I/O thread's OS poll
         self._last_short = 0.0         # when a submit last took the short path
