@@ -29,7 +29,8 @@ from miyaq.protocol import commands as c
 from miyaq.cluster.peer import PeerEndpoint
 from miyaq.cluster.stream import ZmqStreamPublisher, topic
 from miyaq.runtime import Supervisor
-from miyaq.runtime.sockets import SocketFactory, connection_events
+from miyaq.runtime.connections import connection_events
+from miyaq.runtime.sockets import SocketFactory
 from miyaq.testing.harness import free_port, wait_for
 from test_node_lifecycle import until
 

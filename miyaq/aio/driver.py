@@ -27,9 +27,8 @@ from ..client.submits import Pending, Waiter
 from ..errors import MiyaqError
 from ..runtime import io_threads
 from ..runtime.clock import monotonic
-from ..runtime.sockets import (
-    CONNECTION_CLOSED, CONNECTION_READY, SocketFactory, SocketSecurity, monitor_event, redial,
-)
+from ..runtime.connections import CONNECTION_CLOSED, CONNECTION_READY, monitor_event, redial
+from ..runtime.sockets import SocketFactory, SocketSecurity
 from .window import WindowRoom
 
 logger = logging.getLogger(__name__)

@@ -51,7 +51,8 @@ class IOLoop:
         # through it ssl) before a worker had a chance to monkey-patch.
         from ..runtime import io_threads
         from ..runtime.messages import has_message
-        from ..runtime.sockets import SocketFactory, connection_events
+        from ..runtime.connections import connection_events
+        from ..runtime.sockets import SocketFactory
         self._has_message = has_message
         self.kit = kit
         self._connection_events = connection_events
@@ -106,7 +107,7 @@ class IOLoop:
         sockets in hand: by the I/O context or a leader). Its connection
         monitor then reports the closing, and the core sends again what was
         unacknowledged on it."""
-        from ..runtime.sockets import redial     # here: see __init__ (the runtime imports gevent)
+        from ..runtime.connections import redial     # here: see __init__ (the runtime imports gevent)
         redial(self.socks[node], self.nodes.endpoints[node])
 
     def _room_freed(self) -> None:

@@ -47,7 +47,8 @@ from miyaq.protocol.commands import FRAMES
 from miyaq.runtime import CRITICAL, Supervisor, green, monotonic
 from miyaq.runtime.messages import MessageRefused, recv_bounded, send_frames
 from miyaq.runtime.open_files import open_files_hint
-from miyaq.runtime.sockets import SocketFactory, connection_events, heartbeat_options, zmq
+from miyaq.runtime.connections import connection_events
+from miyaq.runtime.sockets import SocketFactory, heartbeat_options, zmq
 from miyaq.security.guard import Guard
 
 logger = logging.getLogger(__name__)

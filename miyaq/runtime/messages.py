@@ -14,7 +14,7 @@ from typing import Any, Sequence, overload
 import zmq
 
 from . import clock, green
-from .sockets import use_family_of
+from .connections import use_family_of
 
 _zmq_poll = zmq.backend.zmq_poll
 _POLLIN = int(zmq.POLLIN)

@@ -35,7 +35,8 @@ from ..protocol.reach import explain, unreachable
 from ..runtime import green, monotonic
 from ..runtime.messages import HubSocket
 from ..runtime.open_files import open_files_hint, room_for
-from ..runtime.sockets import CONNECTION_CLOSED, SocketFactory, monitor_event, zmq
+from ..runtime.connections import CONNECTION_CLOSED, monitor_event
+from ..runtime.sockets import SocketFactory, zmq
 from .config import (FIRST_CONTACT, FIRST_CONTACT_REPEAT_MAX, LIVENESS, MAX_INBOUND_MESSAGE, MAX_RESULT_BYTES,
                      NODE_HEARTBEAT_RANGE, PROBE_TIMEOUT, RECV_BURST, RESULT_MESSAGE_SLACK)
 from .outbox import Outbox
