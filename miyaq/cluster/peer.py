@@ -78,8 +78,7 @@ class PeerEndpoint(PeerRequests):
         # with what was queued for it.
         self.heartbeat_ms = heartbeat_ms
         self.router = sockets.hub_router(bind, audience="peer", users=guard is not None,
-                                         max_frames=FRAMES + 1, sources=True, heartbeat_ms=heartbeat_ms,
-                                         rcvhwm=sockets.inbound_hwm)
+                                         max_frames=FRAMES + 1, sources=True, heartbeat_ms=heartbeat_ms)
         self.unread = UnreadAnswers()    # large answers a connection has not read: bounded
         self.dealers: dict[str, Any] = {}          # node id -> DEALER
         self.endpoints: dict[str, str] = {}

@@ -57,7 +57,7 @@ class ServiceEndpoint:
         # disconnected) before it is read; a message over it gets TOO_LARGE.
         self.sock = sockets.hub_router(bind, users=guard is not None,
                                        heartbeat_ms=(SERVICE_HEARTBEAT_IVL_MS, SERVICE_HEARTBEAT_TIMEOUT_MS),
-                                       max_frames=c.FRAMES + 1, sources=True, rcvhwm=sockets.inbound_hwm)
+                                       max_frames=c.FRAMES + 1, sources=True)
         self.max_message = sockets.max_message
         self.message_limit = sockets.frame_limit
         self.handlers: dict[bytes, Handler] = {}

@@ -31,22 +31,17 @@ from .io_threads import apply as apply_io_policy, chosen as chosen_io_policy
 if TYPE_CHECKING:
     from .messages import HubPoller, HubSocket
 
+#: Every socket's high-water marks, a count of messages. Receiving, keep it
+#: far above what a connection ever has waiting: libzmq stops reading a
+#: connection whose queue is full, and then cannot read the peer's ZMTP
+#: heartbeats either; the heartbeat times out and the engine, torn down while
+#: its input is stopped, aborts the whole process (``Assertion failed:
+#: !_io_error`` or ``_input_stopped``, libzmq issues 3937, 4364 and 4767, open).
+#: A node's ports with 64 did so when a peer's backlog met a node thawed
+#: after a freeze (found by the chaos harness, 2026-12-05): what one
+#: connection may have waiting stays bounded by this count, not by bytes
+#: (docs/security.md).
 HWM = 100_000
-
-#: What one connection may have queued at a node's service and peer ports,
-#: read from the network and not yet by the node, in bytes. libzmq bounds a
-#: pipe by a count of messages (its high-water mark), so the count is this
-#: over the largest frame, and at least ``MIN_INBOUND_HWM``: 64 messages
-#: (1 GiB) with the default ``max_message`` of 16 MiB, 1,024 with 1 MiB.
-#: Past it libzmq stops reading that connection and TCP holds the sender
-#: back; nothing is dropped. With the 100,000 of the other sockets, one
-#: connection sending bodies slower to handle than to send held 3.5 GB in a
-#: node within seconds (measured, 2026-12-04). Fewer than 64 cost pipelined
-#: small messages: 40,000 lone SUBMITs on one connection, 2,000 in flight,
-#: went from about 67,000 a second to 58,000 with 16 and 40,000 with 4, and
-#: not measurably with 64 (docs/performance-log.md).
-INBOUND_QUEUE_BYTES = 1024 * 1024 * 1024
-MIN_INBOUND_HWM = 64
 
 
 def __getattr__(name: str) -> Any:
@@ -131,14 +126,12 @@ class SocketFactory:
         self.ctx = ctx
         self.max_message = max_message
         self.frame_limit = max_message + FRAME_SLACK
-        #: The receive high-water mark of the node's service and peer ports (``INBOUND_QUEUE_BYTES``).
-        self.inbound_hwm = max(MIN_INBOUND_HWM, min(HWM, INBOUND_QUEUE_BYTES // self.frame_limit))
         self.security = security
         self._closed = False
 
     # -- bound sockets -----------------------------------------------------------
     def router(self, bind: str, audience: str = "service", *, plain: bool = False,
-               heartbeat_ms: tuple[int, int] | None = None, rcvhwm: int = HWM) -> Any:
+               heartbeat_ms: tuple[int, int] | None = None) -> Any:
         """A bound ROUTER: the service port (``audience="service"``) or the peer
         port (``"peer"``: with CURVE, only other nodes' keys may connect).
 
@@ -149,15 +142,13 @@ class SocketFactory:
         (interval, timeout): ZMTP heartbeats, so a connection whose host
         vanished is dropped. Options are set before binding: libzmq copies a
         listener's options when it binds. ``plain``: a plain pyzmq socket even
-        from a green factory (for a :class:`HubSocket`). ``rcvhwm``: the
-        messages each connection may have waiting to be read (a node's ports:
-        :attr:`inbound_hwm`)."""
+        from a green factory (for a :class:`HubSocket`)."""
         sock = self.ctx.socket(zmq.ROUTER, socket_class=zmq.Socket if plain else None)
         sock.setsockopt(zmq.MAXMSGSIZE, self.frame_limit)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self._heartbeats(sock, heartbeat_ms)
-        self._common(sock, HWM, rcvhwm)
+        self._common(sock, HWM, HWM)
         self._serve(sock, audience)
         use_family_of(sock, bind)
         sock.bind(bind)
@@ -165,17 +156,16 @@ class SocketFactory:
 
     def hub_router(self, bind: str, audience: str = "service", users: bool = False,
                    heartbeat_ms: tuple[int, int] | None = None, max_frames: int | None = None,
-                   sources: bool = False, rcvhwm: int = HWM) -> HubSocket:
+                   sources: bool = False) -> HubSocket:
         """:meth:`router`'s socket as a :class:`HubSocket` (a green factory
         only); ``users``: each message comes with its connection's User-Id;
         ``max_frames``: messages are read with :func:`recv_bounded`, at most
         that many frames and :attr:`frame_limit` bytes; ``sources`` (with
         ``max_frames``): the socket's ``source`` tells the descriptor of the
-        connection each message came by; ``rcvhwm`` as for :meth:`router`."""
+        connection each message came by."""
         limits = (max_frames, self.frame_limit) if max_frames is not None else None
         from .messages import HubSocket
-        return HubSocket(self.router(bind, audience, plain=True, heartbeat_ms=heartbeat_ms, rcvhwm=rcvhwm),
-                         users, limits,
+        return HubSocket(self.router(bind, audience, plain=True, heartbeat_ms=heartbeat_ms), users, limits,
                          routed=True, sources=sources)
 
     def publisher(self, bind: str, *, plain: bool = False, heartbeat_ms: tuple[int, int] | None = None) -> Any:
