@@ -31,10 +31,10 @@ logger = logging.getLogger(__name__)
 _log = LogLimiter(logger)     # a RING reply may name many endpoints: a few lines a minute
 
 #: Seconds of silence after which a client drops its connection to a node
-#: (the ``heartbeat_timeout`` of ``Client``; a PING every fifth of it). ZMTP
-#: heartbeats on every connection to a node: a node that stops answering them -- its host gone without closing
-#: the connection (power, a cable, a partition), its process frozen -- has its
-#: connection dropped after the timeout, which the client treats as any
+#: (the default ``heartbeat_timeout`` of ``Client``; a ZMTP PING goes every
+#: fifth of it). A node that stops answering its PINGs -- its host gone without
+#: closing the connection (power, a cable, a partition), its process frozen
+#: -- has its connection dropped after the timeout, which the client treats as any
 #: closed connection (requests to it fail with ``Unavailable``, a result wait
 #: goes on at the next node, unacknowledged submits go elsewhere; what was
 #: queued for it is freed). Before, such a connection stayed open until the
