@@ -65,6 +65,12 @@ class TooLarge(ProtocolError):
     code = "too_large"
 
 
+class TooManyValues(TooLarge):
+    """The body decodes to more values than any message of the protocol holds
+    (:data:`miyaq.protocol.codec.MAX_VALUES`): sent by no client. The node
+    drops its connection's later messages unread (:mod:`miyaq.core.ignored`)."""
+
+
 class InvalidField(ProtocolError):
     """A field is missing, has the wrong type or an out-of-range value."""
 

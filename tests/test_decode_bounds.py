@@ -106,28 +106,50 @@ def test_the_gateway_hands_a_result_past_the_bound_over_as_bytes() -> None:
     assert result_fields(msgpack.packb([1, 2])) == {"result": [1, 2]}
 
 
-def test_a_node_refuses_such_a_submit_and_keeps_serving(procs, client_for) -> None:
+def test_a_node_refuses_such_a_submit_ignores_that_connection_and_keeps_serving(procs, client_for) -> None:
     """Fault: a raw connection sends one SUBMIT whose 14 MiB body is 13.5
     million empty arrays (before: the node grew by about 1 GB while it
-    decoded them, for about a second). It is answered ``too_large`` naming
-    the bound; the node grew by far less than the objects would take, stored
-    nothing and serves the next client."""
+    decoded them, for about a second), then a STATUS. The SUBMIT is answered
+    ``too_large`` naming the bound and saying the connection is ignored from
+    now on; the STATUS is dropped unread (counted ``ignored``); the node grew
+    by far less than the objects would take, stored nothing, and serves
+    every other connection."""
     node = procs.node()
     client = client_for(node.endpoint)
     client.status()
     before = rss_mib(node.pid)
-    service = ServiceDealer(node.endpoint)
+    hostile = ServiceDealer(node.endpoint)
     try:
-        service.sock.send_multipart([TAG, c.SUBMIT, _nested(90_000, 150)], copy=False)
-        command, body = service._reply(lambda cmd, b: cmd == c.ERROR)
+        hostile.sock.send_multipart([TAG, c.SUBMIT, _nested(90_000, 150)], copy=False)
+        command, body = hostile._reply(lambda cmd, b: cmd == c.ERROR)
+        assert body["code"] == "too_large" and f"more than {MAX:,} values" in body["message"], body
+        assert "later messages are dropped unread" in body["message"], body
+        hostile.sock.send_multipart([TAG, c.STATUS, codec.pack({"req": 7})])
+        wait_for(lambda: client.status()["errors"].get("ignored") == 1, timeout=WAIT,
+                 what="the ignored connection's STATUS dropped unread")
     finally:
-        service.close()
-    assert body["code"] == "too_large" and f"more than {MAX:,} values" in body["message"], body
+        hostile.close()
     assert rss_mib(node.pid) - before < 300, (before, rss_mib(node.pid))
     status = client.status()
     assert status["errors"]["too_large"] == 1 and status["totals"]["live"] == 0
     handle = client.submit("echo", [1], countdown=60, wait=True)
     assert client.status(handle.id)["state"] == "scheduled"
+    again = ServiceDealer(node.endpoint)     # a new connection is served
+    try:
+        assert again.status()["node"]
+    finally:
+        again.close()
+
+
+def test_connections_ignored_are_bounded_and_the_oldest_forgotten_first() -> None:
+    from miyaq.core.ignored import IgnoredConnections
+    ignored = IgnoredConnections(max_ignored=3)
+    for identity in (b"a", b"b", b"c", b"d"):
+        ignored.ignore(identity, "service", "test")
+    assert b"a" not in ignored and all(i in ignored for i in (b"b", b"c", b"d")) and len(ignored) == 3
+    ignored.ignore(b"b", "service", "test")     # marked again: the most recent
+    ignored.ignore(b"e", "service", "test")
+    assert b"c" not in ignored and b"b" in ignored
 
 
 @pytest.fixture
@@ -140,8 +162,9 @@ def peer():
 def test_a_peer_request_of_too_many_values_is_refused_and_the_node_keeps_serving(peer) -> None:
     """Fault: another member (or a stranger at a keyless peer port) sends a
     REPLICATE of millions of empty arrays, and publishes a stream message of
-    them. The request is answered ``too_large``, the stream message dropped
-    as malformed; a good REPLICATE is then stored."""
+    them. The request is answered ``too_large`` and that connection's later
+    requests are dropped unread; another connection is answered; the stream
+    message is dropped as malformed."""
     node = clustered_node(peer).start()
     dealer = PeerDealer(f"tcp://127.0.0.1:{node.config.peer}")
     service = ServiceDealer(node.endpoint)
@@ -149,7 +172,16 @@ def test_a_peer_request_of_too_many_values_is_refused_and_the_node_keeps_serving
         dealer.sock.send_multipart([TAG, REPLICATE, _nested(90_000, 150)], copy=False)
         assert dealer.sock.poll(int(WAIT * 1000)), "no answer"
         _, _, raw = dealer.sock.recv_multipart()
-        assert msgpack.unpackb(raw)["code"] == "too_large"
+        answer = msgpack.unpackb(raw)
+        assert answer["code"] == "too_large" and "later messages are dropped unread" in answer["message"]
+        peer_port = node.node.role.peer        # its later requests are dropped unread
+        dealer.sock.send_multipart([TAG, REPLICATE, codec.pack({"tasks": [], "req": 1, "from": "p1"})])
+        wait_for(lambda: peer_port.errors["ignored"] == 1, timeout=WAIT, what="the later request dropped")
+        other = PeerDealer(f"tcp://127.0.0.1:{node.config.peer}")     # another connection is answered
+        try:
+            assert other.replicate([])["ids"] == []
+        finally:
+            other.close()
 
         subscriber = node.node.role.subscriber
         flood = [[]] * 150

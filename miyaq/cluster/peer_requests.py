@@ -26,7 +26,8 @@ from collections import Counter
 from typing import Any, Callable
 
 from miyaq.cluster.transport import Body, Callback, Handler, Reply
-from miyaq.errors import BadVersion, MiyaqError, ProtocolError
+from miyaq.core import ignored
+from miyaq.errors import BadVersion, MiyaqError, ProtocolError, TooManyValues
 from miyaq.protocol import codec
 from miyaq.runtime import LOG, Supervisor, monotonic
 from miyaq.security.guard import Guard
@@ -71,6 +72,7 @@ class PeerRequests:
         self._current: tuple[Any, Any] = (b"", None)
         self._req = itertools.count(1)
         self.errors: Counter[str] = Counter()
+        self.ignored = ignored.IgnoredConnections()     # sent a body no node sends: dropped unread
         # Members a link could not be made to now (no file descriptor left):
         # the role calls ``connect`` again until it can (ClusterRole._ticker).
         self.unlinked: set[str] = set()
@@ -131,6 +133,9 @@ class PeerRequests:
         if len(frames) < 2:
             return
         identity = frames[0]
+        if identity in self.ignored:
+            self.errors["ignored"] += 1
+            return
         req: Any = None
         sender: Any = None
         try:
@@ -146,6 +151,9 @@ class PeerRequests:
             answer = self.handlers[command](sender, body)
         except MiyaqError as err:
             self.errors[err.code] += 1
+            if isinstance(err, TooManyValues):
+                self.ignored.ignore(identity, "peer", err.message)
+                err.message += ignored.WHY
             if isinstance(err, BadVersion):
                 who = sender if isinstance(sender, str) else repr(bytes(identity[:16]))
                 self.warn(who, "refused", "refused a peer's request: %s", err.message)

@@ -29,8 +29,9 @@ from typing import Any, Callable
 from miyaq.constants import (
     SERVICE_BURST, SERVICE_BURST_WORK, SERVICE_HEARTBEAT_IVL_MS, SERVICE_HEARTBEAT_TIMEOUT_MS,
 )
+from miyaq.core import ignored
 from miyaq.core.unread import UnreadAnswers
-from miyaq.errors import BadFrame, BadVersion, MiyaqError, ProtocolError, TooLarge
+from miyaq.errors import BadFrame, BadVersion, MiyaqError, ProtocolError, TooLarge, TooManyValues
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c
 from miyaq.runtime import wall
@@ -65,6 +66,7 @@ class ServiceEndpoint:
         self.caller: Identity | None = None   # the key behind the message being handled (None: no keys)
         self.after_burst: list[Callable[[float], None]] = []
         self.errors: Counter[str] = Counter()
+        self.ignored = ignored.IgnoredConnections()     # sent a body no client sends: dropped unread
         self.messages = 0
         self.work = 0        # tasks handled in the current burst (handlers add to it)
         self._acks: dict[bytes, list[list[Any]]] = {}
@@ -167,9 +169,15 @@ class ServiceEndpoint:
             self.errors["bad_frame"] += 1
             return  # no routing id: nothing to answer
         identity = frames[0]
+        if identity in self.ignored:
+            self.errors["ignored"] += 1
+            return
         try:
             command, body = codec.decode(frames[1:], c.NODE_COMMANDS, self.max_message)
         except ProtocolError as err:
+            if isinstance(err, TooManyValues):
+                self.ignored.ignore(identity, "service", err.message)
+                err.message += ignored.WHY
             if isinstance(err, BadVersion) and self.errors[err.code] % VERSION_WARN_EVERY == 0:
                 # A client of another protocol version: say so where the operator looks.
                 logger.warning("refused a client's message (%d so far): %s", self.errors[err.code] + 1,

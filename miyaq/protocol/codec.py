@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import msgpack
 
-from miyaq.errors import BadEncoding, BadFrame, BadVersion, TooLarge, UnknownCommand
+from miyaq.errors import BadEncoding, BadFrame, BadVersion, TooLarge, TooManyValues, UnknownCommand
 from miyaq.protocol.commands import FRAMES, TAG
 
 _packer = msgpack.Packer(use_bin_type=True)
@@ -41,7 +41,7 @@ class _TooManyValues(Exception):
 
 def unpack(data: bytes, max_values: int = MAX_VALUES, *, strict_keys: bool = False) -> Any:
     """Decode one msgpack body of untrusted origin, at most ``max_values``
-    values. Raises :class:`~miyaq.errors.TooLarge` past that bound and
+    values. Raises :class:`~miyaq.errors.TooManyValues` past that bound and
     :class:`~miyaq.errors.BadEncoding` for anything that is not msgpack
     (with ``strict_keys``, a map key that is not a string or bytes too).
 
@@ -80,7 +80,7 @@ def unpack(data: bytes, max_values: int = MAX_VALUES, *, strict_keys: bool = Fal
             raise BadEncoding(f"body is not valid msgpack: {exc.__class__.__name__}") from None
     except Exception as exc:  # msgpack raises several unrelated types
         raise BadEncoding(f"body is not valid msgpack: {exc.__class__.__name__}") from None
-    raise TooLarge(f"body holds more than {max_values:,} values (arrays, maps and what they hold)")
+    raise TooManyValues(f"body holds more than {max_values:,} values (arrays, maps and what they hold)")
 
 
 def encode(command: bytes, body: dict[str, Any]) -> list[bytes]:
