@@ -133,7 +133,7 @@ class PeerRequests:
         if len(frames) < 2:
             return
         identity = frames[0]
-        if identity in self.ignored:
+        if identity in self.ignored.ids:
             self.errors["ignored"] += 1
             return
         req: Any = None

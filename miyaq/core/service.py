@@ -169,7 +169,7 @@ class ServiceEndpoint:
             self.errors["bad_frame"] += 1
             return  # no routing id: nothing to answer
         identity = frames[0]
-        if identity in self.ignored:
+        if identity in self.ignored.ids:
             self.errors["ignored"] += 1
             return
         try:
