@@ -45,7 +45,8 @@ def test_good_timeouts_are_seconds_and_infinity_means_no_bound_where_none_does()
     (dict(heartbeat_timeout=math.nan), "heartbeat_timeout"), (dict(heartbeat_timeout=True), "heartbeat_timeout"),
 ])
 def test_a_clients_bad_option_is_a_config_error_naming_it(options, named):
-    given = dict(window=10, submit_timeout=30.0, ack_timeout=5.0, request_timeout=10.0, max_batch=512)
+    given = dict(window=10, submit_timeout=30.0, ack_timeout=5.0, request_timeout=10.0, max_batch=512,
+                 heartbeat_timeout=10.0)
     given.update(options)
     with pytest.raises(miyaq.ConfigError, match=f"^{named} must be"):
         client_options(**given)

@@ -15,6 +15,7 @@ from typing import Any, Iterable
 
 from ..client import operations as ops
 from ..client.arguments import client_options, seconds
+from ..client.dialling import CLIENT_HEARTBEAT_TIMEOUT
 from ..client.client import split_endpoints
 from ..client.submits import Pending
 from ..client.handle import HandleBase, Unflushed, flush_error
@@ -35,7 +36,7 @@ class Client:
     def __init__(self, endpoints: str | Iterable[str] | None = None, *, window: int = 10_000,
                  submit_timeout: float = 30.0, ack_timeout: float = 5.0, request_timeout: float = 10.0,
                  max_batch: int = 512, key: str | None = None, server_key: str | None = None,
-                 heartbeat_timeout: float = 10.0) -> None:
+                 heartbeat_timeout: float = CLIENT_HEARTBEAT_TIMEOUT) -> None:
         source = "given"
         if endpoints is None:
             endpoints, source = default_connect()

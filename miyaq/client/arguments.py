@@ -43,7 +43,7 @@ def seconds(value: float | None, name: str, *, optional: bool = False) -> float 
 
 
 def client_options(window: int, submit_timeout: float, ack_timeout: float, request_timeout: float,
-                   max_batch: int, heartbeat_timeout: float = 10.0) -> None:
+                   max_batch: int, heartbeat_timeout: float) -> None:
     """A client's constructor options (both flavours): ConfigError naming the
     first bad one. Counts are integers of at least 1; timeouts finite numbers
     of seconds above 0 (a zero timeout would fail every call);

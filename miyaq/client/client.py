@@ -36,6 +36,7 @@ from ..security.curve import client_curve
 from . import operations as ops
 from .futures import Future
 from .arguments import client_options, seconds
+from .dialling import CLIENT_HEARTBEAT_TIMEOUT
 from .handle import TaskHandle, Unflushed, flush_error
 from .io import IOLoop
 from .short_path import ThreadedIOLoop
@@ -83,7 +84,7 @@ class Client:
                  window: int = 10_000, submit_timeout: float = 30.0, ack_timeout: float = 5.0,
                  request_timeout: float = 10.0, max_batch: int = 512, green: bool | None = None,
                  key: str | None = None, server_key: str | None = None,
-                 heartbeat_timeout: float = 10.0) -> None:
+                 heartbeat_timeout: float = CLIENT_HEARTBEAT_TIMEOUT) -> None:
         # No endpoints: MIYAQ_CONNECT, else the dev cluster started in this
         # directory, else tcp://127.0.0.1:7450 (miyaq.devstate).
         self.endpoints_source = "given"

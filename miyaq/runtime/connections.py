@@ -22,7 +22,8 @@ CONNECTION_READY = int(zmq.EVENT_HANDSHAKE_SUCCEEDED)
 def use_family_of(sock: Any, endpoint: str) -> None:
     """Set libzmq's IPv6 option of ``sock`` for the next bind or connect to
     ``endpoint`` (:func:`miyaq.runtime.endpoints.wants_ipv6`: on for an IPv6
-    address, off for anything else). libzmq copies a socket's options at
+    address, and for a host name while ``MIYAQ_IP_VERSION`` is 6; off for
+    anything else). libzmq copies a socket's options at
     each bind and connect, so one socket may reach IPv4 and IPv6 endpoints
     (a SUB following a ring of both)."""
     sock.setsockopt(zmq.IPV6, 1 if wants_ipv6(endpoint) else 0)

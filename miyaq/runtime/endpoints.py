@@ -6,7 +6,7 @@ brackets (``tcp://[2001:db8::1]:7450``, ``tcp://[::1]:7450``), as in a URL.
 gives it, with or without brackets), :func:`split_tcp` reads one back.
 
 Which IP version a socket uses is the endpoint's (:func:`wants_ipv6`,
-applied by :mod:`miyaq.runtime.sockets` before each bind and connect): an
+applied by :mod:`miyaq.runtime.connections` before each bind and connect): an
 IPv6 address, bracketed, and ``::`` (every address of both versions, where
 the host allows it) use IPv6; an IPv4 address, ``0.0.0.0`` and ``*`` use
 IPv4. A host name (or an interface's) follows ``MIYAQ_IP_VERSION``
