@@ -16,7 +16,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Mapping, TypeVar
 
-from miyaq.constants import PEER_HEARTBEAT_TIMEOUT
+from miyaq.constants import MAX_BATCH, PEER_HEARTBEAT_TIMEOUT
 from miyaq.errors import ConfigError
 from miyaq.runtime.endpoints import WILDCARDS, bare_host, is_ipv6_address, tcp_endpoint, url_host
 
@@ -101,8 +101,6 @@ S = TypeVar("S", bound=Settings)
 
 #: The longest path of a unix socket (``sun_path`` less its final NUL, Linux).
 MAX_IPC_PATH = 107
-#: The largest ``max_batch`` a node takes (docs/configuration.md).
-MAX_BATCH = 10_000
 
 
 @dataclass

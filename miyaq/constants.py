@@ -85,6 +85,15 @@ PEER_RECONNECT_MS = (100, 2000)
 #: and request meant for it, gigabytes under load). A live process answers
 #: from libzmq's own thread, however busy its Python is.
 PEER_HEARTBEAT_TIMEOUT = 5.0
+
+#: The most tasks one SUBMIT may carry, whatever a node's or a client's
+#: ``max_batch`` (docs/configuration.md): every body is bounded in the values
+#: it decodes to (``miyaq.protocol.codec.MAX_VALUES``, 1,048,576), and a task
+#: with every field set and 64 webhook headers is 159 values on the wire and
+#: 176 as a node forwards it to another -- 4,096 such tasks are 651,264 and
+#: 720,896 values. A connection whose body passes the bound is ignored from
+#: then on (``miyaq.core.ignored``): no batch a client or node may send can.
+MAX_BATCH = 4096
 #: Submits waiting for their replicas at once; beyond, a submit is answered busy.
 MAX_PENDING_SUBMITS = 200_000
 #: Events in one replication stream message.

@@ -38,6 +38,7 @@ def test_good_timeouts_are_seconds_and_infinity_means_no_bound_where_none_does()
 
 @pytest.mark.parametrize("options,named", [
     (dict(window=0), "window"), (dict(window=2.5), "window"), (dict(max_batch=0), "max_batch"),
+    (dict(max_batch=4097), "max_batch"),
     (dict(submit_timeout=0), "submit_timeout"), (dict(ack_timeout=math.nan), "ack_timeout"),
     (dict(request_timeout=-1), "request_timeout"), (dict(request_timeout=math.inf), "request_timeout"),
     (dict(submit_timeout="30"), "submit_timeout"),

@@ -13,6 +13,8 @@ turns into JSON is now decoded with at most ``codec.MAX_VALUES`` values
 """
 from __future__ import annotations
 
+import time
+
 import msgpack
 import pytest
 from peer_fixtures import FakePeer, PeerDealer, ServiceDealer, clustered_node
@@ -25,6 +27,9 @@ from miyaq.gateway.convert import payload_fields, result_fields
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c
 from miyaq.protocol.commands import TAG
+from miyaq.protocol.taskspec import task_from_wire
+from miyaq.store.records import transfer_record
+from miyaq.client.wire import url_wire
 from miyaq.testing.harness import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -75,13 +80,21 @@ def test_the_bound_counts_every_value_arrays_and_maps_included() -> None:
 
 
 def test_the_largest_submit_a_node_takes_decodes_whole() -> None:
-    """A SUBMIT of ``MAX_BATCH`` tasks with every field a client sends is far
-    inside the bound (about 20 values a task)."""
-    task = {"queue": "emails", "name": "send", "body": b"\x92\x90\x80", "priority": 5, "countdown": 1.5,
-            "max_retries": 3, "timeout": 30.0, "key": "k", "headers": {"X-A": "1"}}
-    body = codec.pack({"tasks": [{**task, "id": f"t{i:031d}"} for i in range(MAX_BATCH)], "req": 1})
+    """A SUBMIT of ``MAX_BATCH`` webhook tasks with every field a client
+    sends and the most headers a task may have is inside the bound, and so
+    are the same tasks as a node forwards them to another (REPLICATE)."""
+    headers = {f"X-Header-{i}": "value" for i in range(64)}
+    wire = url_wire("https://example.com/hook", b"body", "POST", headers,
+                    dict(queue="q", priority=5, countdown=10, ttl=100, max_retries=3, backoff=1.0,
+                         backoff_max=10.0, timeout=30.0, key="k", replicas=3))
+    tasks = [{**wire, "id": f"t{i:031d}"} for i in range(MAX_BATCH)]
+    body = codec.pack({"tasks": tasks, "req": 1})
     assert len(body) > MAX
     assert len(codec.unpack(body)["tasks"]) == MAX_BATCH
+    copy = task_from_wire(tasks[0], time.time(), NodeConfig())
+    copy.holders = ("n1", "n2", "n3")
+    forwarded = codec.pack({"tasks": [transfer_record(copy)] * MAX_BATCH, "req": 1, "from": "n1"})
+    assert len(codec.unpack(forwarded)["tasks"]) == MAX_BATCH
 
 
 def test_strict_keys_refuses_a_map_keyed_by_an_integer() -> None:

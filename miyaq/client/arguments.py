@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import overload
 
+from ..constants import MAX_BATCH
 from ..errors import ConfigError
 
 
@@ -53,6 +54,8 @@ def client_options(window: int, submit_timeout: float, ack_timeout: float, reque
     for name, count in (("window", window), ("max_batch", max_batch)):
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ConfigError(f"{name} must be an integer of at least 1, not {count!r}")
+    if max_batch > MAX_BATCH:
+        raise ConfigError(f"max_batch must be an integer of at least 1 and at most {MAX_BATCH:,}, not {max_batch!r}")
     for name, value in (("submit_timeout", submit_timeout), ("ack_timeout", ack_timeout),
                         ("request_timeout", request_timeout)):
         if (isinstance(value, bool) or not isinstance(value, (int, float))

@@ -11,8 +11,8 @@ one byte and Python holds it in 56, so without this bound one 16 MiB body of
 empty arrays became 1.1 GB of objects and held the node's hub for three
 seconds (measured, 2026-12-04); with it, at most about 70 MB and a fifth of
 a second. No message of the protocol comes near the bound: the largest, a
-SUBMIT of ``max_batch`` (at most 10,000) tasks, holds some tens of values a
-task.
+SUBMIT of ``max_batch`` (at most ``miyaq.constants.MAX_BATCH``, 4,096)
+tasks, holds at most 159 values a task.
 """
 from __future__ import annotations
 
