@@ -306,6 +306,53 @@ def test_damage_in_older_segment_skips_rest_of_it(tmp_path: Path, caplog: pytest
     log.close()
 
 
+def test_damage_in_the_last_readable_segment_is_never_appended_behind(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Faults, two at once: a corrupt record in an older segment (media damage),
+    and the segment after it cut inside its first header (a power loss right
+    after a rotation), so the damaged one is the last with records. Before,
+    it took appends again: new records went behind the damage, and the next
+    replay cut them off with it -- acknowledged records lost."""
+    log, _ = open_log(tmp_path, fsync="never", segment_bytes=200)
+    log.append_many([{"i": i, "pad": b"p" * 30} for i in range(12)])
+    log.close()
+    first, second = segments(tmp_path)[:2]
+    for later in segments(tmp_path)[2:]:
+        later.unlink()
+    next_seqno = int(second.name[4:24])
+    data = bytearray(first.read_bytes())
+    record_size = len(data) // (next_seqno - 1)
+    data[record_size + HEADER_SIZE + 2] ^= 0x40  # seqno 2, in the first segment
+    first.write_bytes(bytes(data))
+    os.truncate(second, 4)
+
+    log, replayed = open_log(tmp_path, fsync="never", segment_bytes=200)
+    assert [r["i"] for r in replayed] == [0]
+    log.append_many([{"i": i} for i in (100, 101, 102)])
+    log.close()
+    assert first.read_bytes() == bytes(data)                   # nothing written behind the damage
+    with caplog.at_level(logging.WARNING, logger="miyaq.store.log"):
+        assert [r["i"] for r in reopen(tmp_path, fsync="never", segment_bytes=200)] == [0, 100, 101, 102]
+    assert f"{first} is damaged" in caplog.text
+
+
+def test_a_segment_name_without_records_does_not_move_the_seqno(tmp_path: Path) -> None:
+    """Fault: a stray file named like a segment near the end of the seqnos
+    (``log-18446744073709551613.mq``: junk, or a name another tool made),
+    holding no record. Before, its name alone set the log's last seqno: a few
+    appends later the seqnos passed what a frame holds, and the log refused
+    every write."""
+    log, _ = open_log(tmp_path, fsync="never")
+    log.append({"i": 1})
+    log.close()
+    (tmp_path / "log-18446744073709551613.mq").write_bytes(b"junk")
+    log, replayed = open_log(tmp_path, fsync="never")
+    assert [r["i"] for r in replayed] == [1]
+    assert [log.append({"i": i}) for i in (2, 3, 4, 5)] == [2, 3, 4, 5]
+    log.close()
+    assert [r["i"] for r in reopen(tmp_path)] == [1, 2, 3, 4, 5]
+
+
 def test_segment_replaced_by_a_directory_is_a_clear_error_and_changes_nothing(tmp_path: Path) -> None:
     """Fault: an older segment was replaced by a directory of the same name.
     Replay cannot read it: MiyaqError naming the file (not a bare

@@ -219,3 +219,53 @@ def test_close_during_a_fault_rewrites_the_state_if_it_can(tmp_path: Path, monke
     disk.failing = False
     again.writer.close()                          # the fault cleared: close rewrites the state
     assert replayed(tmp_path) == {"b": 2}
+
+
+def test_a_disk_that_fills_twice_in_a_row_is_ridden_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault: the disk fills, frees, and fills again at once -- the first write after
+    the recovery snapshot fails too, in the new segment it opened. Before, that
+    segment was left behind empty with the next segment's name: the next
+    append found the name taken, the writer died with the node, and the
+    shutdown acknowledged the record it never wrote."""
+    node = Node(tmp_path)
+    disk = FailingDisk(monkeypatch, str(tmp_path), ops=("write",))
+    node.put("a", 1)
+    node.writer.write_pending()
+    disk.failing = True
+    node.put("b", 2)
+    assert node.writer.write_pending() is False       # fault 1
+    disk.failing = False
+    assert node.writer.recover() is True              # snapshot; the next record goes to a new segment
+    disk.failing = True
+    node.put("c", 3)
+    assert node.writer.write_pending() is False       # fault 2: in that new segment, undone
+    disk.failing = False
+    assert node.writer.recover() is True
+    node.put("d", 4)
+    assert node.writer.write_pending() is True        # the log takes records again
+    assert node.writer.stats()["faults"] == 2 and node.acked == ["a", "b", "c", "d"]
+    node.writer.close()
+    assert replayed(tmp_path) == {"a": 1, "b": 2, "c": 3, "d": 4}
+
+
+def test_an_unforeseen_error_of_the_log_is_a_fault_not_an_acknowledgement(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Fault: the log raises something that is not a disk error while it appends
+    (a bug, a file in the way). The batch must not be taken for written: the
+    writer refuses and recovers from memory, as for a disk fault, and a close
+    meanwhile acknowledges nothing it did not write."""
+    node = Node(tmp_path)
+    real = node.log.append_many
+
+    def broken(records: Any) -> Any:
+        raise RuntimeError("something in the way")
+
+    monkeypatch.setattr(node.log, "append_many", broken)
+    node.put("a", 1)
+    with caplog.at_level(logging.ERROR, logger="miyaq.store.log_writer"):
+        assert node.writer.write_pending() is False
+    assert "refused a write" in caplog.text and not node.writer.writable and node.acked == []
+    monkeypatch.setattr(node.log, "append_many", real)
+    assert node.writer.recover() is True and node.acked == ["a"]
+    node.writer.close()
+    assert replayed(tmp_path) == {"a": 1}

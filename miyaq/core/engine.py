@@ -117,7 +117,7 @@ class Engine(ReplicaCopies):
         task.error = record.get("error")
         stone = self.table.bury(task, record.get("state", DONE), record.get("result"), finished)
         if task.key is not None:
-            self.table.keys[task.key] = task.id
+            self.table.key_finished(task.key, task.id)
         return stone is not None
 
     # -- consuming ---------------------------------------------------------------

@@ -45,7 +45,7 @@ class ReplicaCopies(Transitions):
                 ghost.error = error
                 self.table.bury(ghost, state, result, now)
                 if key is not None:
-                    self.table.keys[key] = task_id
+                    self.table.key_finished(key, task_id)
             return None
         consumer = task.consumer
         if error is not None:

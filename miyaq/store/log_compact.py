@@ -106,7 +106,7 @@ class Snapshotter:
 
     def _compact(self, records: Iterable[dict[Any, Any]]) -> int:
         seqno = self.segments.last_seqno
-        self.segments.retire_active()      # the next append starts log-<seqno+1>
+        self.segments.retire_for_snapshot()   # the next append goes to log-<seqno+1>
         final = os.path.join(self.directory, snapshot_name(seqno))
         tmp = final + ".tmp"
         try:

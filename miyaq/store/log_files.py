@@ -32,13 +32,18 @@ class Segment:
     """One ``log-*.mq`` file: its first seqno, its size, and its fd while open.
 
     ``deleted`` is set once compaction removed the file: it is never fsynced
-    again (its records are in a durable snapshot), only closed."""
+    again (its records are in a durable snapshot), only closed. ``damaged``:
+    replay found a bad record in it and kept the file whole (it was not the
+    last segment, so its tail was not cut): it never takes appends again,
+    since records written after the damage would be cut with it at the next
+    replay."""
 
     first: int
     path: str
     size: int
     fd: int = -1
     deleted: bool = False
+    damaged: bool = False
 
     def close(self) -> None:
         """Close the fd if open. Idempotent."""

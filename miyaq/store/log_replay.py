@@ -203,9 +203,10 @@ class Scanner:
                         logger.warning("append log: %s is damaged at offset %d (%s); skipping the rest of "
                                        "this segment and continuing with the next one", path, error.offset,
                                        error.reason)
-            opened.last_seqno = max(opened.last_seqno, seg_seqno - 1)
+            if seg_seqno > first:      # a file's name alone (one with no record) says nothing
+                opened.last_seqno = max(opened.last_seqno, seg_seqno - 1)
             if seg_seqno - 1 > snap_seqno or not self._snapshot_valid or error is not None:
-                opened.segments.append(Segment(first, path, size))
+                opened.segments.append(Segment(first, path, size, damaged=error is not None and not is_last))
             # else: every record is in the snapshot; _finish deletes the file
 
     def _cut_tail(self, path: str, buf: Buffer, error: FrameError, good_end: int) -> None:

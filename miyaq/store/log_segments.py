@@ -65,10 +65,11 @@ class Segments:
     # -- opening --------------------------------------------------------------
     def adopt(self, files: list[Segment], last_seqno: int) -> None:
         """Take over the segments replay found. The last one takes appends
-        again if it has room (its fd is opened here; the caller fsyncs it)."""
+        again if it has room and no damage (its fd is opened here; the caller
+        fsyncs it); otherwise the next append starts a new file."""
         self.files = list(files)
         self.last_seqno = last_seqno
-        if self.files and self.files[-1].size < self.segment_bytes:
+        if self.files and self.files[-1].size < self.segment_bytes and not self.files[-1].damaged:
             seg = self.files[-1]
             seg.fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND)
             self.active = seg
@@ -127,6 +128,17 @@ class Segments:
         self.active = seg
         self.dir_dirty = True
         return seg
+
+    def retire_for_snapshot(self) -> None:
+        """Before a snapshot of every record so far: the next append must go to
+        a segment that starts after it. An empty active segment already does
+        (it was made for the next record, whose write then failed and was
+        undone): it stays active. Retiring it would leave a file the snapshot
+        does not cover and the next segment's name taken -- after a disk that
+        filled twice, the node could not log again."""
+        if self.active is not None and self.active.size == 0:
+            return
+        self.retire_active()
 
     def retire_active(self) -> None:
         """The active segment takes no more appends; the next write starts a new file."""

@@ -195,6 +195,15 @@ class TaskTable:
             del self.keys[stone.key]
 
     # -- dedup keys -------------------------------------------------------
+    def key_finished(self, key: str, task_id: str) -> None:
+        """A tombstone made without its task passing through this table (a
+        restored one, another holder's finish of a copy never seen here)
+        holds ``key`` -- unless a live or dead task holds it: a task that
+        ended never takes a key from one that has not."""
+        holder = self.keys.get(key)
+        if holder is None or (holder not in self.live and holder not in self.dead):
+            self.keys[key] = task_id
+
     def holder_of_key(self, key: str, now: float, window: float) -> str | None:
         """The id holding ``key``: a live or dead task, or one finished less
         than ``window`` seconds ago."""
