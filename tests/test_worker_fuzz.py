@@ -25,8 +25,8 @@ from typing import Any
 
 import msgpack
 import pytest
-import zmq
 from fuzz_inputs import Inputs, pack
+from played_node import PlayedNode
 
 import miyaq
 from miyaq.protocol import codec
@@ -51,48 +51,6 @@ def answer(*args: Any, **kwargs: Any) -> int:
 @app.task(name="answer_async")
 async def answer_async(*args: Any, **kwargs: Any) -> int:
     return 42
-
-
-class PlayedNode:
-    """A ROUTER standing in for the worker's node: welcomes READY, sends a
-    HEARTBEAT at each pump (as a node does: a WELCOME of the fuzz may have
-    set the shortest heartbeat a worker follows), keeps DONE and FAILED, and
-    sends the worker whatever it is told."""
-
-    def __init__(self) -> None:
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.endpoint = f"tcp://127.0.0.1:{self.sock.bind_to_random_port('tcp://127.0.0.1')}"
-        self.link: bytes | None = None
-        self.done: dict[str, Any] = {}
-        self.failed: dict[str, Any] = {}
-
-    def pump(self, timeout_ms: int = 20) -> None:
-        if self.link is not None:
-            self.send(codec.encode(c.HEARTBEAT, {"node": "n0"}))
-        while self.sock.poll(timeout_ms):
-            frames = self.sock.recv_multipart()
-            timeout_ms = 0
-            if len(frames) != 4:
-                continue
-            peer, _tag, command, body = frames
-            data = msgpack.unpackb(body, raw=False)
-            if command == c.READY:
-                self.link = peer
-                self.send([c.TAG, c.WELCOME, pack({"node": "n0", "heartbeat": 60.0, "service": self.endpoint})])
-            elif command == c.DONE:
-                self.done.update((item[0], item[2]) for item in data["done"])
-            elif command == c.FAILED:
-                self.failed.update((item[0], item[2]) for item in data["failed"])
-
-    def send(self, frames: list[bytes]) -> None:
-        assert self.link is not None
-        self.sock.send_multipart([self.link, *frames])
-
-    def close(self) -> None:
-        self.sock.close(linger=0)
-        self.ctx.term()
 
 
 class Messages:

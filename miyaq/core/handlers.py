@@ -336,7 +336,7 @@ class ServiceHandlers:
         self._grant_for(worker, body, len(items))
 
     def touch(self, identity: bytes, body: dict[str, Any], now: float) -> None:
-        ids = f.string_list(body, "ids", max_items=10_000, max_len=64)
+        ids = f.string_list(body, "ids", max_items=c.MAX_TOUCH_IDS, max_len=64)
         self._worker(identity, now)
         by = self._reporter(identity)
         live = self.engine.table.live

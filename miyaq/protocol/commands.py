@@ -58,6 +58,9 @@ DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024
 #: ``nodes``, a delivery's holders): no node advertises a longer one (a host
 #: name is at most 253 characters).
 MAX_ENDPOINT_CHARS = 512
+#: The most task ids one TOUCH may carry: the node refuses a longer list
+#: whole, and a worker sends longer ones as several messages.
+MAX_TOUCH_IDS = 10_000
 
 NODE_REPLIES = frozenset({SUBMITTED, REPLY, ERROR})
 WORKER_INBOUND = frozenset({WELCOME, HEARTBEAT, DISPATCH, ABORT, RECONNECT, ERROR, REPLY})

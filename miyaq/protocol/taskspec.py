@@ -16,7 +16,9 @@ from miyaq.store.task import Spec, Task, spec_for
 from miyaq.protocol import fields as f
 from miyaq.protocol.headers import check_header_fields
 
-_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}\Z")     # \Z: "$" would let a trailing newline in
+MAX_ID_CHARS = 64
+"""The longest task id."""
+_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,%d}\Z" % MAX_ID_CHARS)     # \Z: "$" would let a trailing newline in
 _QUEUE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}\Z")
 METHODS = ("POST", "PUT", "PATCH", "GET", "DELETE")
 YEAR = 365 * 86400.0
@@ -24,7 +26,7 @@ YEAR = 365 * 86400.0
 
 def check_id(value: Any, field: str = "id") -> str:
     if not isinstance(value, str) or not _ID.match(value):
-        raise InvalidField(f"field {field!r} must be 1-64 characters of A-Z a-z 0-9 _ . : -", field=field)
+        raise InvalidField(f"field {field!r} must be 1-{MAX_ID_CHARS} characters of A-Z a-z 0-9 _ . : -", field=field)
     return value
 
 

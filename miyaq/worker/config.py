@@ -156,6 +156,12 @@ RECENT_REPORT_SECONDS = 10.0
 RECENT_REPORT_MAX = 10_000
 RECENT_REPORT_BYTES = 16 * 1024 * 1024
 
+#: A worker holds at most this many times its capacity a node (running and
+#: waiting, all nodes together); deliveries past it are returned unstarted.
+#: A node never sends more than the credit it was granted; the margin is for
+#: the races where its count and the worker's differ for a while.
+OVER_CAPACITY = 2
+
 # -- running handlers ---------------------------------------------------------------------
 #: How often the worker checks running tasks against their timeouts (the
 #: precision with which a handler past its timeout is stopped).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from ..protocol.taskspec import MAX_ID_CHARS
 from ..runtime import green, monotonic
 from .context import TaskContext
 from .execute import Interrupted
@@ -20,6 +21,30 @@ def well_formed(d: Any) -> bool:
     return (isinstance(d, list) and len(d) in (6, 7) and isinstance(d[0], str) and isinstance(d[1], str)
             and (d[2] is None or isinstance(d[2], str)) and isinstance(d[3], bytes)
             and type(d[4]) is int and isinstance(d[5], (int, float)) and not isinstance(d[5], bool))
+
+
+def reportable(d: Any) -> bool:
+    """A malformed delivery that still names a task id and an attempt: its
+    node waits for that attempt's outcome, so it is reported failed rather
+    than dropped (each unreported one would hold a slot of this worker's at
+    that node for good)."""
+    return (isinstance(d, list) and len(d) > 4 and isinstance(d[0], str) and 0 < len(d[0]) <= MAX_ID_CHARS
+            and type(d[4]) is int and d[4] >= 0)
+
+
+def current(running: "dict[str, Job]", job: "Job") -> bool:
+    """Is ``job`` the attempt of its task that ``running`` holds (not an
+    earlier one that was leased again while it ran)?"""
+    return running.get(job.task_id) is job
+
+
+def release(running: "dict[str, Job]", job: "Job") -> bool:
+    """Take ``job`` out of ``running`` if it is its task's current attempt;
+    False if a later attempt took its place."""
+    if running.get(job.task_id) is job:
+        del running[job.task_id]
+        return True
+    return False
 
 
 class Job:

@@ -19,10 +19,12 @@ supervisor logs it, counts it and runs the flusher again after a backoff
 (escalating to stopping the worker if sends keep failing). The
 outbox stays bounded without a limit of its own: every entry is a task this
 worker holds, and the node grants no new task until it hears of a result.
+So are the touches: a task touched again before the flush is touched once.
 """
 from __future__ import annotations
 
 import logging
+from itertools import islice
 from typing import Any, Callable
 
 from ..errors import MiyaqError
@@ -48,7 +50,7 @@ class Outbox:
         self.failed: list[list[Any]] = []
         self.done_elsewhere: list[list[Any]] = []       # tasks another node gave us: no slot back here
         self.failed_elsewhere: list[list[Any]] = []
-        self.touches: list[str] = []
+        self.touches: dict[str, None] = {}             # an ordered set: one entry per task touched
         self._pending = False          # results wait for the flusher
         self._started = False          # the flusher greenlet was spawned
         self._held = False             # a runner sends right after adding (no flusher wake-up)
@@ -68,7 +70,9 @@ class Outbox:
         self._schedule()
 
     def add_touch(self, task_id: str) -> None:
-        self.touches.append(task_id)
+        """Touching a task already waiting to be touched adds nothing: a
+        handler may touch thousands of times between two yields."""
+        self.touches[task_id] = None
         self._schedule()
 
     def hold(self) -> None:
@@ -118,13 +122,7 @@ class Outbox:
             self._send("done_elsewhere", c.DONE, {"credit": False})
         if self.failed_elsewhere:
             self._send("failed_elsewhere", c.FAILED, {"credit": False})
-        if self.touches:
-            touches, self.touches = self.touches, []
-            try:
-                self._post(c.TOUCH, {"ids": touches})
-            except BaseException:
-                self.touches[:0] = touches
-                raise
+        self._send_touches()
         self._pending = False
 
     def _send(self, name: str, command: bytes, extra: dict[str, Any]) -> None:
@@ -139,6 +137,24 @@ class Outbox:
                 self._post(command, {field: batch, **extra})
             except BaseException:
                 getattr(self, name)[:0] = batch
+                raise
+
+    def _send_touches(self) -> None:
+        """Send the touches in messages of at most MAX_TOUCH_IDS ids, the
+        most the node accepts; what a failed send did not take goes back to
+        the front. Before (2026-12-05), every touch() since the last flush
+        left in one TOUCH: over 10,000 (a handler touching per chunk of CPU
+        work) and the node refused them all, so the lease ran out and the
+        task ran again and again; the processes pool once sent 514,273 ids
+        (over 16 MiB), and the node dropped the connection."""
+        while self.touches:
+            ids = list(islice(self.touches, c.MAX_TOUCH_IDS))
+            for task_id in ids:
+                del self.touches[task_id]
+            try:
+                self._post(c.TOUCH, {"ids": ids})
+            except BaseException:
+                self.touches = {**dict.fromkeys(ids), **self.touches}
                 raise
 
 

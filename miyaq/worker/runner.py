@@ -38,10 +38,10 @@ from ..runtime.sockets import SocketFactory
 from ..security.curve import client_curve
 from .aio import AsyncLoop
 from .config import (
-    BYE_LINGER, DRAIN_POLL, MAX_NODES, WATCHDOG_IDLE, WATCHDOG_TICK, WorkerConfig,
+    BYE_LINGER, DRAIN_POLL, MAX_NODES, OVER_CAPACITY, WATCHDOG_IDLE, WATCHDOG_TICK, WorkerConfig,
 )
 from .execute import Interrupted, Outcome, TaskAborted, TaskTimeout, too_large
-from .jobs import Job, well_formed
+from .jobs import Job, current, release, reportable, well_formed
 from .link import NodeLink
 from .pools import PoolParts, make_pool
 from .prefetch import RunTimes
@@ -100,6 +100,10 @@ class Worker:
         # runners as it has tasks (no thundering herd of `concurrency` greenlets).
         self.idle: deque[Any] = deque()
         self.running: dict[str, Job] = {}
+        # Earlier attempts still running when their task was leased here again
+        # (the node's lease on them ran out): stopped, and watched until they
+        # end. At most one per runner.
+        self.superseded: list[Job] = []
         self.started = False
         self.stopping = False
         self.stopping_hard = False
@@ -115,7 +119,7 @@ class Worker:
     def busy_count(self, link: NodeLink | None = None) -> int:
         """Slots in use (for ``link``: by tasks that node gave us)."""
         if link is None:
-            return len(self.running) + len(self.backlog)
+            return len(self.running) + len(self.superseded) + len(self.backlog)
         return self.routes.running_from(link) + sum(1 for other, _ in self.backlog if other is link)
 
     # -- receiving work --------------------------------------------------------------
@@ -125,16 +129,35 @@ class Worker:
                                  "credit": False})
             return
         malformed = 0
+        over: list[str] = []
+        # What a worker holds is bounded whatever its nodes send: twice the
+        # credit it grants, for the races where a node's count and ours differ
+        # for a while (a lease run out on a handler still running here).
+        room = OVER_CAPACITY * self.capacity * len(self.links) - len(self.running) - len(self.backlog)
         for d in deliveries:
-            if well_formed(d):
-                if len(d) == 7:
-                    self.routes.note_holders(link, d[0], d[6])
-                self.backlog.append((link, d))
-            else:
+            if not well_formed(d):
                 malformed += 1
+                if reportable(d):       # its node waits for an outcome: a slot otherwise lost to it
+                    self._report_failure(link, d[0], d[4], {
+                        "type": "BadDelivery", "retry": False,
+                        "message": f"worker {self.wid} got this task in a malformed delivery"})
+                continue
+            if room <= 0:
+                over.append(d[0])
+                continue
+            room -= 1
+            if len(d) == 7:
+                self.routes.note_holders(link, d[0], d[6])
+            self.backlog.append((link, d))
         if malformed:
             _log.warning("delivery", "ignoring %d malformed deliver%s from %s", malformed,
                          "y" if malformed == 1 else "ies", link.endpoint)
+        if over:
+            # More than the credit this worker grants could ever add up to: a
+            # buggy or hostile node. Given back unstarted, never held.
+            link.send(c.RETURN, {"ids": over, "credit": False})
+            _log.warning("over capacity", "node %s sent %d task(s) beyond what this worker holds at most "
+                         "(%d x %d a node); returned them", link.endpoint, len(over), OVER_CAPACITY, self.capacity)
         self._wake(len(deliveries))
 
     def abort(self, ids: list[Any]) -> None:
@@ -220,6 +243,16 @@ class Worker:
             return
         job = Job(d, tdef.fn, tdef.is_async, link.endpoint)
         job.executor = self.aio if job.is_async and self.aio is not None else self.pool
+        earlier = self.running.get(task_id)
+        if earlier is not None:
+            # Leased here again while an earlier attempt still runs: the node's
+            # lease on that one ran out (it ran past its timeout before the
+            # watchdog looked, or the node sent the task again). Stop it, and
+            # keep it in sight (cancels, the watchdog, the drain) until it ends.
+            logger.warning("worker %s: task %s leased again (attempt %s) while attempt %s still runs here; "
+                           "stopping that one", self.wid, task_id, attempt, earlier.attempt)
+            self.superseded.append(earlier)
+            self._interrupt(earlier, TaskTimeout)
         self.running[task_id] = job
         self.routes.origin[task_id] = link
         if job.deadline < self._watch_at:
@@ -231,12 +264,14 @@ class Worker:
             # The pool failed, not the handler (it could not start a thread):
             # the runner dies and is restarted, and the node retries the task
             # now rather than when its lease runs out.
-            self.routes.origin.pop(task_id, None)
+            if current(self.running, job):
+                self.routes.origin.pop(task_id, None)
             self._report_lost_outcome(link, task_id, attempt, "the worker's pool failed to run this attempt "
                                                               "(see the worker's log)")
             raise
         finally:
-            self.running.pop(task_id, None)
+            if not release(self.running, job):
+                self.superseded.remove(job)
             self.executed += 1
         if self.adaptive:
             body = d[3]
@@ -250,7 +285,8 @@ class Worker:
             self._report_lost_outcome(link, task_id, attempt)
             raise
         finally:
-            self.routes.origin.pop(task_id, None)
+            if task_id not in self.running:     # no later attempt of it runs here
+                self.routes.origin.pop(task_id, None)
 
     def _report(self, link: NodeLink, job: Job, outcome: Outcome) -> None:
         """To the task's node, or another holder if that node is lost. With
@@ -319,7 +355,7 @@ class Worker:
         while True:
             now = monotonic()
             nearest = float("inf")
-            for job in list(self.running.values()):
+            for job in list(self.running.values()) + self.superseded:
                 if job.stop_reason is not None:
                     continue
                 if now >= job.deadline:
@@ -394,11 +430,11 @@ class Worker:
             link.send(c.RETURN, {"ids": ids, "credit": False})
         self._wake(len(self.idle))
         deadline = monotonic() + grace
-        while self.running and monotonic() < deadline:
+        while (self.running or self.superseded) and monotonic() < deadline:
             green.sleep(DRAIN_POLL)
-        if self.running:
+        if self.running or self.superseded:
             logger.warning("worker %s: %d task(s) still running after %.1fs; the node will put them back",
-                           self.wid, len(self.running), grace)
+                           self.wid, len(self.running) + len(self.superseded), grace)
         for link in self.links:
             link.flush()
             link.send(c.BYE, {"worker": self.wid})

@@ -191,8 +191,13 @@ class ProcessPool:
 
     # -- the parent's two greenlets ----------------------------------------------------------
     def _read(self) -> None:
-        """The one reader of the children's socket."""
+        """The one reader of the children's socket. A child touching in a
+        tight loop keeps it busy: it yields now and then
+        (:class:`~miyaq.runtime.green.FairShare`), or the outbox would not
+        send those touches (nor anything else) until the child stopped."""
+        share = green.FairShare()
         while True:
+            share.check()
             frames = self.sock.recv_multipart()
             if len(frames) < 2 or sum(len(f) for f in frames) > MAX_INBOUND_MESSAGE:
                 continue
