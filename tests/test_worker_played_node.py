@@ -76,6 +76,18 @@ def test_a_task_leased_again_while_an_earlier_attempt_runs_stops_that_attempt(no
     wait_for(lambda: node.pump() or {"t2", "t3"} <= set(node.done), what="two tasks run")
 
 
+def test_the_same_attempt_delivered_twice_runs_once(node, thread_worker) -> None:
+    """Fault: a buggy node sends a delivery again (same task, same attempt)
+    while it runs. The running attempt goes on; the repeat is ignored."""
+    worker = linked(node, thread_worker, concurrency=2, prefetch=0)
+    dispatch(node, delivery("t1", 1, 1000.0))
+    wait_for(lambda: node.pump() or "t1" in worker.running, what="attempt 1 running")
+    dispatch(node, delivery("t1", 1, 0.0), delivery("t2", 1, 0.0))
+    wait_for(lambda: node.pump() or "t2" in node.done, what="the next delivery run")
+    assert worker.running["t1"].attempt == 1 and not worker.superseded and node.reports == [
+        ("done", "t2", 1, node.done["t2"])]
+
+
 def test_deliveries_past_twice_the_credit_are_given_back(node, thread_worker) -> None:
     """Fault: a buggy or hostile node sends far more tasks than the credit
     the worker granted. Before, the worker kept every one (491,520 held in

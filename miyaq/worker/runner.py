@@ -244,6 +244,10 @@ class Worker:
         job = Job(d, tdef.fn, tdef.is_async, link.endpoint)
         job.executor = self.aio if job.is_async and self.aio is not None else self.pool
         earlier = self.running.get(task_id)
+        if earlier is not None and earlier.attempt >= attempt:
+            _log.warning("repeated delivery", "worker %s: task %s delivered again as attempt %s while attempt "
+                         "%s runs here; ignored", self.wid, task_id, attempt, earlier.attempt)
+            return
         if earlier is not None:
             # Leased here again while an earlier attempt still runs: the node's
             # lease on that one ran out (it ran past its timeout before the
