@@ -289,3 +289,41 @@ def test_a_started_event_heard_while_the_standby_asks_keeps_it_from_running(inpr
     assert standby_worker.times(tid) == 0 and cluster[standby].role.standby.takeovers == 0
     assert cluster[standby].due_at(tid) >= cluster[runner].task(tid).lease_end
     assert worker.runs(tid) and not cluster.crashes()
+
+
+def test_a_ttl_that_passes_while_the_task_runs_expires_no_copy(inproc):
+    """A task with a ttl starts on its runner well inside it and runs past it
+    (a long lease). A ttl never interrupts a run (docs/semantics.md). Before
+    2026-12-05 each standby copy's timer was armed at the ttl too, expired the
+    copy there and told the other holders: the runner's run was aborted and
+    its result thrown away. Now a standby copy never expires by itself."""
+    cluster = inproc(3)
+    tid = cluster.task_id()
+    holders = cluster.holders(tid)
+    runner = holders[0]
+    workers = {h: cluster.worker(h) for h in holders}
+    sub = cluster.submit(runner, tid, ttl=3, timeout=60)
+    cluster.wait_until(lambda: workers[runner].runs(tid) and sub.result, what="the runner to start the task")
+    cluster.advance(5)
+    cluster.settle(0.2)
+    assert [cluster[h].state(tid) for h in holders] == ["running", SCHEDULED, SCHEDULED]
+    assert workers[runner].aborted == []
+    assert workers[runner].complete(tid, result=b"\x01", attempt=1)
+    cluster.wait_until(lambda: all(cluster[h].state(tid) == DONE for h in holders), what="every copy done")
+
+
+def test_a_copy_that_takes_over_a_task_past_its_ttl_expires_it(inproc):
+    """Fault: the runner of a task with a ttl is stopped before it starts the
+    task (no worker there). The standby copy does not expire by itself; at its
+    offset it asks, hears nothing, takes the task over -- and then, the ttl
+    long past and the task never started, expires it rather than run it."""
+    cluster = inproc(3, replicas=2)
+    tid = cluster.task_id()
+    runner, standby = cluster.holders(tid, 2)
+    worker = cluster.worker(standby)
+    sub = cluster.submit(runner, tid, ttl=1)
+    cluster.wait_until(lambda: sub.result, what="the submit to be acknowledged")
+    cluster.stop_node(runner)
+    cluster.advance(cluster.settings["replica_offset"] + 3)
+    cluster.wait_until(lambda: cluster[standby].state(tid) == "expired", what="the copy to expire")
+    assert worker.times(tid) == 0

@@ -298,11 +298,14 @@ class Engine(ReplicaCopies):
         for task in self.timers.pop_due(now, TIMER_BATCH):
             state = task.state
             if state in (SCHEDULED, RETRYING):
-                if task.expires and task.expires <= now:
-                    self._finish(task, EXPIRED, None, now)
-                elif task.standby:
+                if task.standby:
+                    # Never expired here: the holder running the task decides
+                    # (it may have started it, and a ttl never interrupts a
+                    # run); a copy that takes over is expired then if it must.
                     for listener in self.listeners:
                         listener.task_due_elsewhere(task)
+                elif task.expires and task.expires <= now:
+                    self._finish(task, EXPIRED, None, now)
                 elif task.eta > now and state == SCHEDULED:
                     self.timers.arm(task, task.eta, now)   # woke for an expiry that moved
                 else:

@@ -89,7 +89,8 @@ class Transitions:
 
     def _schedule(self, task: Task, when: float, state: str, now: float | None = None) -> None:
         self._move(task, state)
-        self.timers.arm(task, min(when, task.expires) if task.expires else when, now)
+        # A standby copy wakes at ``when`` only: its ttl is the running holder's to apply.
+        self.timers.arm(task, min(when, task.expires) if task.expires and not task.standby else when, now)
 
     def _finish(self, task: Task, state: str, result: bytes | None, now: float) -> Tombstone:
         self.timers.cancel(task)
