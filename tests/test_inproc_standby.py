@@ -327,3 +327,47 @@ def test_a_copy_that_takes_over_a_task_past_its_ttl_expires_it(inproc):
     cluster.advance(cluster.settings["replica_offset"] + 3)
     cluster.wait_until(lambda: cluster[standby].state(tid) == "expired", what="the copy to expire")
     assert worker.times(tid) == 0
+
+
+def _ask_result(node: Any, task_id: str) -> tuple[str, dict[str, Any]]:
+    """RESULT (no wait) through ``node``'s service handlers: ("reply" | "error", body)."""
+    from miyaq.protocol import codec
+    from miyaq.protocol import commands as c
+    endpoint = node.node.core.endpoint
+    answers: list[tuple[str, dict[str, Any]]] = []
+    real_reply, real_error = endpoint.reply, endpoint.error
+    endpoint.reply = lambda identity, req, body: answers.append(("reply", body))
+    endpoint.error = lambda identity, err, req=None: answers.append(("error", err.to_wire()))
+    try:
+        endpoint.handle([b"test", *codec.encode(c.RESULT, {"id": task_id, "req": 1})], wall())
+    finally:
+        endpoint.reply, endpoint.error = real_reply, real_error
+    assert len(answers) == 1, answers
+    return answers[0]
+
+
+def test_the_other_holders_of_an_at_most_once_task_answer_its_outcome(inproc):
+    """An at-most-once task submitted through a holder that does not run it
+    (the HTTP gateway of any node, a client without the ring yet): that
+    holder's copy is dropped as "started-elsewhere" when the runner starts
+    it. Before 2026-12-05 that placeholder stayed for good: the runner's
+    finish did not replace it, and RESULT answered it as the outcome, so the
+    client's ``result()`` raised ``Timeout: task ... is still
+    started-elsewhere`` at once. Now, while the outcome is not there, RESULT
+    answers ``not_found`` (the client asks the next node), and the finish
+    replaces the placeholder."""
+    cluster = inproc(3)
+    tid = cluster.task_id()
+    holders = cluster.holders(tid)
+    runner, other = holders[0], holders[1]
+    workers = {h: cluster.worker(h) for h in holders}
+    sub = cluster.submit(other, tid, at_most_once=True)
+    cluster.wait_until(lambda: sub.result and workers[runner].runs(tid), what="the runner to start the task")
+    cluster.wait_until(lambda: cluster[other].state(tid) == STARTED_ELSEWHERE, what="the copy dropped")
+    kind, body = _ask_result(cluster[other], tid)
+    assert kind == "error" and body["code"] == "not_found" and "another of its holders" in body["message"]
+    assert workers[runner].complete(tid, result=b"\x2a", attempt=1)
+    for h in holders:
+        cluster.wait_until(lambda h=h: cluster[h].state(tid) == DONE, what=f"{h} to hear the finish")
+        kind, body = _ask_result(cluster[h], tid)
+        assert kind == "reply" and body["state"] == DONE and body["result"] == b"\x2a"

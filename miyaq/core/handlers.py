@@ -27,12 +27,21 @@ from miyaq.errors import InvalidField, MiyaqError, NotFound, ShuttingDown
 from miyaq.protocol import commands as c
 from miyaq.protocol import fields as f
 from miyaq.protocol.periodic import schedules_from_wire
+from miyaq.protocol.recordspec import STARTED_ELSEWHERE
 from miyaq.protocol.taskspec import check_id, check_queue, task_from_wire
 from miyaq.runtime import monotonic
 from miyaq.store.task import ALL_STATES
 
 logger = logging.getLogger(__name__)
 
+
+
+def _ran_elsewhere(task_id: str) -> NotFound:
+    """What RESULT answers on a holder whose copy of an at-most-once task was
+    dropped because another holder started it: not an outcome -- the
+    outcome is that holder's, and a client asks the next node (a Timeout
+    "still started-elsewhere" before 2026-12-05)."""
+    return NotFound(f"task {task_id} started on another of its holders (at most once): its outcome is there")
 
 
 class ServiceHandlers:
@@ -116,6 +125,8 @@ class ServiceHandlers:
         engine = self.engine
         stone = engine.result(task_id)
         if stone is not None:
+            if stone.state == STARTED_ELSEWHERE:
+                raise _ran_elsewhere(task_id)
             self.endpoint.reply(identity, req, outcome(stone))
             return
         task = engine.table.dead.get(task_id)
@@ -133,6 +144,8 @@ class ServiceHandlers:
             if body is None:     # handed off meanwhile: another holder has it
                 endpoint.error(identity, NotFound(f"no task {task_id} here any more (moved to other holders)"),
                                req)
+            elif body.get("state") == STARTED_ELSEWHERE:
+                endpoint.error(identity, _ran_elsewhere(task_id), req)
             else:
                 endpoint.reply(identity, req, body)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from miyaq.core.transitions import Transitions
+from miyaq.protocol.recordspec import STARTED_ELSEWHERE
 from miyaq.store.task import DEAD, READY, RETRYING, RUNNING, SCHEDULED, Task
 
 
@@ -40,8 +41,12 @@ class ReplicaCopies(Transitions):
         An unknown id still gets a tombstone, so a late copy cannot come back."""
         task = self.table.live.get(task_id) or self.table.dead.get(task_id)
         if task is None:
-            if self.table.tombstone(task_id) is None:
-                ghost = Task(task_id, "default", None, b"", key=key)
+            stone = self.table.tombstone(task_id)
+            # A copy dropped as "started elsewhere" (at most once) takes the
+            # outcome when it comes: it is what the task's status should say.
+            if stone is None or (stone.state == STARTED_ELSEWHERE and state != STARTED_ELSEWHERE):
+                ghost = Task(task_id, stone.queue if stone is not None else "default", None, b"",
+                             key=key if key is not None or stone is None else stone.key)
                 ghost.error = error
                 self.table.bury(ghost, state, result, now)
                 if key is not None:
