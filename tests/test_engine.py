@@ -411,6 +411,27 @@ def test_give_back_takes_only_the_current_attempt_from_its_own_lessee():
     check_consistent(engine)
 
 
+def test_a_consumer_that_gave_its_attempt_back_cannot_report_on_the_next_lease_of_it():
+    """Fault: consumer A gives its attempt back unstarted; B is leased the
+    same attempt number; then A's stale give-back and report arrive (a
+    duplicated or late message). Before 2026-12-05 A's lease stayed on record:
+    A released B's lease, or finished the task with its own result while B
+    ran it. Now only B may act on that attempt."""
+    engine = make_engine()
+    submit(engine, "g", timeout=10, max_retries=3)
+    a, b = FakeConsumer("a"), FakeConsumer("b")
+    run(engine, ["default"], a, T0)
+    assert engine.give_back("g", 1, "a", T0 + 1)
+    t = run(engine, ["default"], b, T0 + 2)
+    assert t.attempt == 1
+    assert not engine.give_back("g", 1, "a", T0 + 3)
+    assert not engine.complete("g", 1, b"from a", T0 + 3, by="a")
+    assert t.state == RUNNING and t.consumer is b
+    assert engine.complete("g", 1, b"from b", T0 + 4, by="b")
+    assert engine.result("g").result == b"from b"
+    check_consistent(engine)
+
+
 def test_a_thousand_leases_running_out_together_log_a_few_lines(caplog):
     """Fault: a worker holding 1,000 tasks vanishes; their leases run out in
     one pass. Each used to log a line (thousands of lines for one fault; a

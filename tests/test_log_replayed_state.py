@@ -130,3 +130,27 @@ def test_another_holders_finish_of_an_unknown_copy_leaves_a_live_tasks_key(tmp_p
     engine.finish_copy("elsewhere", DONE, None, None, T0 + 1, key="K")
     assert engine.table.tombstone("elsewhere") is not None
     assert engine.table.holder_of_key("K", T0 + 2, config.dedup_window) == live.id
+
+
+def test_dead_letters_past_max_dead_stay_dropped_after_a_restart(tmp_path: Path) -> None:
+    """Four tasks dead-lettered with ``max_dead`` 2: the two oldest dropped.
+    Before 2026-12-05 the drop was not logged: a restart brought all four
+    back, dropped two again (the newest by creation, not by death), and the
+    queue's count stayed at four for good -- STATUS and the metrics wrong,
+    and the queue never forgotten after a purge."""
+    config = NodeConfig(node_id="n", max_dead=2)
+    engine, part = durable_engine(tmp_path, config, T0)
+    consumer = Consumer()
+    for i, task_id in enumerate(["d3", "d2", "d1", "d0"]):      # created in this order, die in it
+        submit(engine, config, T0 + i, id=task_id)
+        engine.start(engine.take(["default"], T0 + i), consumer, T0 + i)
+        assert engine.fail(task_id, 1, {"type": "E", "message": "no"}, False, None, T0 + i)
+    assert list(engine.table.dead) == ["d1", "d0"]
+    part.stop()
+
+    again, part2 = durable_engine(tmp_path, config, T0 + 10)
+    assert list(again.table.dead) == ["d1", "d0"]
+    assert again.queue_counts()["default"]["dead"] == 2
+    assert again.dead_purge("default") == 2
+    assert "default" not in again.queue_counts() or again.queue_counts()["default"]["dead"] == 0
+    part2.stop()

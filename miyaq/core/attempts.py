@@ -35,6 +35,15 @@ def note_lessee(task: Task, attempt: int, principal: str | None) -> None:
         del lessees[0]
 
 
+def forget_lease(task: Task, attempt: int) -> None:
+    """``attempt`` was given back unstarted: its number is leased again next,
+    and only to whoever takes it then -- the consumer that gave it back may
+    not report on that lease."""
+    lessees = task.lessees
+    if lessees and lessees[-1][0] == attempt:
+        lessees.pop()
+
+
 def adopt_lessees(task: Task, other: Task) -> None:
     """Remember on ``task`` the leases that ``other`` -- another holder's copy
     of it, handed off or sent in a resync -- knows of and it does not (the

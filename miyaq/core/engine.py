@@ -19,7 +19,7 @@ import logging
 from typing import Any, Iterable
 
 from miyaq.constants import MAX_QUEUES, TIMER_BATCH
-from miyaq.core.attempts import leased_to, note_lessee, retry_delay
+from miyaq.core.attempts import forget_lease, leased_to, note_lessee, retry_delay
 from miyaq.core.replicas import ReplicaCopies
 from miyaq.errors import Busy, InvalidField, NotFound, ShuttingDown
 from miyaq.logs import LogLimiter
@@ -99,7 +99,9 @@ class Engine(ReplicaCopies):
         self.table.add(task)
         if state == DEAD:
             self._move(task, DEAD)
-            self.table.kill(task)
+            evicted = self.table.kill(task)
+            if evicted is not None:      # more dead letters in the log than max_dead: the oldest go
+                self._count(evicted.queue)[DEAD] -= 1
         elif state == RETRYING:
             self._schedule(task, task.eta, RETRYING, now)
         elif state == SCHEDULED and (task.eta > now or task.standby):
@@ -169,6 +171,7 @@ class Engine(ReplicaCopies):
         if task is None or task.state != RUNNING:
             return False
         self._detach(task)
+        forget_lease(task, task.attempt)
         task.attempt -= 1
         self._make_ready(task, now)
         return True

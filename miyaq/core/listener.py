@@ -41,6 +41,10 @@ class EngineListener:
     def task_purged(self, task: Task) -> None:
         """A dead task was dropped for good."""
 
+    def dead_evicted(self, task: Task) -> None:
+        """The dead-letter queue was full: its oldest task was dropped to make
+        room (this node's own bound: other holders keep theirs)."""
+
     def task_forgotten(self, task: Task) -> None:
         """This node dropped its copy: the task was handed to other holders."""
 

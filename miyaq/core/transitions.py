@@ -118,3 +118,5 @@ class Transitions:
                          self.config.max_dead, evicted.id)
         for listener in self.listeners:
             listener.task_dead(task)
+            if evicted is not None:
+                listener.dead_evicted(evicted)

@@ -126,6 +126,9 @@ class Persistence(EngineListener):
     def task_purged(self, task: Task) -> None:
         self._add({"o": "P", "id": task.id})
 
+    def dead_evicted(self, task: Task) -> None:
+        self._add({"o": "P", "id": task.id})      # else a restart brings it back past max_dead
+
     def task_forgotten(self, task: Task) -> None:
         self._add({"o": "P", "id": task.id})      # handed off: gone from here as if purged
 
