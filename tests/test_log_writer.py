@@ -248,24 +248,23 @@ def test_a_disk_that_fills_twice_in_a_row_is_ridden_out(tmp_path: Path, monkeypa
     assert replayed(tmp_path) == {"a": 1, "b": 2, "c": 3, "d": 4}
 
 
-def test_an_unforeseen_error_of_the_log_is_a_fault_not_an_acknowledgement(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    """Fault: the log raises something that is not a disk error while it appends
-    (a bug, a file in the way). The batch must not be taken for written: the
-    writer refuses and recovers from memory, as for a disk fault, and a close
-    meanwhile acknowledges nothing it did not write."""
+def test_an_unforeseen_error_of_the_log_is_never_taken_for_a_write(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault: the log raises something that is not a disk error while it
+    appends (a bug). The writer dies with it (the node stops: test_node_lifecycle),
+    and the batch is not taken for written: neither then nor by the close()
+    of the stopping node, which before 2026-12-05 acknowledged it."""
     node = Node(tmp_path)
-    real = node.log.append_many
 
     def broken(records: Any) -> Any:
-        raise RuntimeError("something in the way")
+        raise RuntimeError("a bug in the log")
 
     monkeypatch.setattr(node.log, "append_many", broken)
     node.put("a", 1)
-    with caplog.at_level(logging.ERROR, logger="miyaq.store.log_writer"):
-        assert node.writer.write_pending() is False
-    assert "refused a write" in caplog.text and not node.writer.writable and node.acked == []
-    monkeypatch.setattr(node.log, "append_many", real)
-    assert node.writer.recover() is True and node.acked == ["a"]
-    node.writer.close()
-    assert replayed(tmp_path) == {"a": 1}
+    with pytest.raises(RuntimeError):
+        node.writer.write_pending()
+    assert node.acked == [] and [r["k"] for r in node.writer.buffer] == ["a"]
+    with pytest.raises(RuntimeError):
+        node.writer.close()
+    assert node.acked == []
+    assert replayed(tmp_path) == {}

@@ -359,10 +359,11 @@ class Engine(ReplicaCopies):
         nobody reads, so they do not hold memory. Returns entries dropped."""
         dropped = 0
         for name, lane in list(self.ready.lanes.items()):
-            if lane.entries > 2 * lane.count + 1024:
-                dropped += lane.compact()
-            if lane.count == 0 and lane.entries == 0:
+            if lane.count == 0:      # every entry is stale: the lane goes, so lanes stay as few as queues
+                dropped += lane.entries
                 del self.ready.lanes[name]
+            elif lane.entries > 2 * lane.count + 1024:
+                dropped += lane.compact()
         if len(self.counts) > 100:
             forgotten = set()
             for queue, counts in list(self.counts.items()):

@@ -124,7 +124,6 @@ class QueueLimits:
         self.wake_at: float | None = None
         self.throttled: Tally[str] = Tally()   # times a queue was skipped (metrics)
         self._buckets: dict[str, _Bucket] = {}
-        self._lane_queue: dict[str, str] = {}
         self._timer: Any = None
         self._timer_at = math.inf
         for queue, limit in (limits or {}).items():
@@ -204,12 +203,11 @@ class QueueLimits:
             bucket.tokens = min(self._size(limit), bucket.tokens + (now - bucket.stamp) * limit.rate * self.share)
         bucket.stamp = now
 
-    def queue_of(self, lane: str) -> str:
-        queue = self._lane_queue.get(lane)
-        if queue is None:
-            queue = lane.removeprefix(WEBHOOK_LANE_PREFIX)
-            self._lane_queue[lane] = queue
-        return queue
+    @staticmethod
+    def queue_of(lane: str) -> str:
+        """The queue a lane belongs to (no cache: one per lane name ever seen
+        grew without bound as producers made up queue names)."""
+        return lane.removeprefix(WEBHOOK_LANE_PREFIX)
 
     def open(self, lanes: list[str], now: float) -> list[str]:
         """The lanes among ``lanes`` that hold ready work and may start one

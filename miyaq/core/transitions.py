@@ -104,6 +104,10 @@ class Transitions:
         stone = self.table.bury(task, state, result, now)
         for listener in self.listeners:
             listener.task_finished(task, stone)
+        # The payload is not needed any more, and a finished task may stay
+        # referenced a while by stale lane and timer entries (dropped lazily):
+        # it must not hold its body there, outside max_bytes.
+        task.body = b""
         return stone
 
     def _kill(self, task: Task) -> None:

@@ -156,14 +156,13 @@ class LogWriter:
             except (LogWriteError, LogFailed) as exc:
                 self._enter_fault(exc)
                 return False
-            except Exception as exc:
-                # Not a disk error, so something unforeseen: still a fault of the
-                # log, never the writer's death -- the batch is out of the buffer,
-                # and a writer that died would let the shutdown's close()
-                # acknowledge it unwritten. Recovery rewrites the state from memory.
-                logger.exception("the log refused a write it should have taken")
-                self._enter_fault(exc)
-                return False
+            except BaseException:
+                # Not a disk fault: a bug, and the writer dies with it (the node
+                # stops). The batch goes back first: it was not written, and
+                # nothing after this -- the node's close() as it stops -- may
+                # take it for written and acknowledge it (before 2026-12-05 it did).
+                self.buffer[:0] = batch
+                raise
             self.batches += 1
             self._written = max(self._written, upto)
             self._release_upto(self._written)
