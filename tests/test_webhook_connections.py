@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -166,6 +168,85 @@ def test_a_destination_streaming_headers_without_end_is_cut_off_not_held(line):
         destination.close()
     assert (outcome.kind, outcome.retryable) == ("connection", True), outcome
     assert destination.sent < 50 * 10**6
+
+
+STREAMER = """
+import socket, sys, time
+head, unit = bytes.fromhex(sys.argv[1]), bytes.fromhex(sys.argv[2])
+blob = unit * max(1, 65536 // len(unit))
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(1)
+print(srv.getsockname()[1], flush=True)
+conn, _ = srv.accept()
+conn.recv(65536)
+conn.sendall(head)
+started = time.monotonic()
+try:
+    while time.monotonic() - started < 60:
+        conn.sendall(blob)
+except OSError:
+    pass
+"""
+
+
+class Streaming:
+    """A destination in a process of its own (faster than the node reads:
+    its socket never runs dry): answers ``head``, then ``unit`` over and
+    over until the node closes the connection, or 60 s."""
+
+    def __init__(self, head: bytes, unit: bytes) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", STREAMER, head.hex(), unit.hex()],
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.port = int(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.mark.parametrize("head,unit", [
+    pytest.param(b"", b"HTTP/1.1 100 Continue\r\n\r\n", id="endless-100-continue"),
+    pytest.param(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n",
+                 b"T: tttttttttttttttttttt\r\n", id="endless-chunked-trailers"),
+])
+def test_a_destination_streaming_what_http_client_skips_is_cut_at_the_timeout(head, unit):
+    """Fault: the destination streams, without a pause, what ``http.client``
+    reads past without a bound -- ``100 Continue`` answers, or trailers after
+    a chunked body. Its socket never runs dry, so a cooperative read never
+    waited and no ``green.Timeout`` could fire: before 2026-12-05 the delivery
+    held the node's hub (HTTP, ZeroMQ, timers) for as long as the stream
+    lasted. Now the attempt ends at its timeout, retryably, and the hub's
+    other greenlets run meanwhile."""
+    destination = Streaming(head, unit)
+    ticks = [0]
+
+    def run() -> Outcome:
+        outbound = Outbound(1, 5.0, Destinations("", True))
+        done = []
+
+        def ticker() -> None:
+            while not done:
+                ticks[0] += 1
+                green.sleep(0.01)
+
+        other = green.Greenlet.spawn(ticker)
+        try:
+            return outbound.send(Task("t", "hooks", None, b"", url=f"http://127.0.0.1:{destination.port}/h"), 1.0)
+        finally:
+            done.append(True)
+            other.join()
+            outbound.close()
+
+    try:
+        outcome = in_own_hub(run)
+    finally:
+        destination.close()
+    assert (outcome.kind, outcome.retryable, outcome.error["type"]) == ("timeout", True, "Timeout"), outcome
+    assert ticks[0] > 1
 
 
 def test_interim_answers_are_read_past_and_their_connection_reused():

@@ -105,6 +105,9 @@ def test_retry_after_forms():
     assert 118.0 <= parse_retry_after(date, now) <= 121.0
     assert parse_retry_after("soon", now) is None
     assert parse_retry_after(None, now) is None
+    # Fault: a date whose zone offset is thousands of hours (OverflowError in
+    # the standard library): ignored like any unreadable value, not raised.
+    assert parse_retry_after("Mon 01 Jan 2030 00:00:00 +99999999999999", now) is None
 
 
 def test_request_targets_are_what_the_wire_can_carry():

@@ -42,10 +42,35 @@ Resolver = Callable[..., list[Any]]
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+#: NAT64 prefixes (RFC 6052's well-known one, RFC 8215's local-use one): the
+#: last 32 bits are the IPv4 address a NAT64 gateway reaches.
+NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one leads to, where the network may translate
+    it: IPv4-mapped (``::ffff:a.b.c.d``), 6to4 (``2002::/16``), NAT64, or the
+    deprecated IPv4-compatible ``::a.b.c.d``."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if int(address) >> 32 == 0 or any(address in net for net in NAT64):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
 def is_private(address: Address) -> bool:
-    """True for every address that is not a public unicast one."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """True for every address that is not a public unicast one -- an IPv6
+    address that leads to a private IPv4 one included (before 2026-12-05
+    only IPv4-mapped ones were looked into: ``[64:ff9b::a9fe:a9fe]`` reached
+    169.254.169.254 through any NAT64 gateway)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = embedded_ipv4(address)
+        if address.ipv4_mapped is not None:
+            address = address.ipv4_mapped          # judged as the IPv4 address it is
+        elif embedded is not None and is_private(embedded):
+            return True
     return not address.is_global or address.is_multicast
 
 

@@ -33,7 +33,7 @@ from miyaq.gateway.destinations import Destinations
 from miyaq.gateway.errors import ForbiddenDestination
 from miyaq.protocol.headers import header_problem
 from miyaq.runtime import green, wall
-from miyaq.runtime.http import HTTPConnection, HTTPException, final_response
+from miyaq.runtime.http import AnswerTooSlow, HTTPConnection, HTTPException, final_response
 from miyaq.store.task import Task
 
 logger = logging.getLogger(__name__)
@@ -74,11 +74,12 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
         return min(float(value), WEBHOOK_MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        if when is None:
+            return None
+        seconds = when.timestamp() - now
+    except (TypeError, ValueError, OverflowError):   # OverflowError: a zone offset of thousands of hours
         return None
-    if when is None:
-        return None
-    return max(0.0, min(WEBHOOK_MAX_RETRY_AFTER, when.timestamp() - now))
+    return max(0.0, min(WEBHOOK_MAX_RETRY_AFTER, seconds))
 
 
 def classify(status: int, retry_after: str | None, body: bytes, now: float) -> Outcome:
@@ -156,6 +157,8 @@ class Outbound:
         except green.Timeout as exc:
             if exc is not timer:
                 raise
+            return _failure("timeout", True, "Timeout", f"no complete answer within {timeout:g}s", now)
+        except AnswerTooSlow:     # its bytes kept coming, and its deadline passed meanwhile
             return _failure("timeout", True, "Timeout", f"no complete answer within {timeout:g}s", now)
         except (OSError, HTTPException) as exc:   # DNS failures included
             return _failure("connection", True, "ConnectionError", f"{exc.__class__.__name__}: {exc}", now)

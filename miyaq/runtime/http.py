@@ -13,13 +13,23 @@ resolved and approved -- while the request's ``Host`` header and, for
 https, the TLS server name and the certificate's check stay the URL's
 host. It is opened on the first request and again after the server
 closed it, never shared by two greenlets at once (the caller's rule).
+
+An answer is read through :class:`_Guarded`: each read checks the
+request's deadline (:class:`AnswerTooSlow` past it) and yields to the hub
+after ``green.HUB_SLICE`` of reading without a wait. A socket that always
+has bytes waiting never makes a cooperative read wait, so a server
+streaming endless ``100 Continue`` answers or chunked trailers (which
+``http.client`` skips without a bound) held the hub -- the whole node --
+for as long as it streamed, and no ``green.Timeout`` could fire meanwhile.
 """
 from __future__ import annotations
 
 import http.client
+import io
 import select
 import socket
 import ssl
+from time import monotonic
 from typing import Any
 
 from . import green
@@ -30,8 +40,47 @@ from . import green
 HTTPException = http.client.HTTPException
 HTTPResponse = http.client.HTTPResponse
 
-__all__ = ["HTTPConnection", "HTTPException", "HTTPResponse", "client_context", "connection", "dropped",
-           "final_response"]
+__all__ = ["AnswerTooSlow", "HTTPConnection", "HTTPException", "HTTPResponse", "client_context", "connection",
+           "dropped", "final_response"]
+
+
+class AnswerTooSlow(TimeoutError):
+    """The request's deadline passed while its answer was still being read."""
+
+
+class _Reader(io.RawIOBase):
+    """Reads ``sock`` for ``conn``: never past its deadline, never holding
+    the hub longer than a slice (module docstring)."""
+
+    def __init__(self, sock: Any, conn: "HTTPConnection") -> None:
+        super().__init__()
+        self.sock = sock
+        self.conn = conn
+        self.share = green.FairShare()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if monotonic() >= self.conn.deadline:
+            raise AnswerTooSlow(f"no complete answer within {self.conn.wait:g}s")
+        self.share.check()
+        return int(self.sock.recv_into(buffer))
+
+
+class _Guarded:
+    """A connected socket whose answers are read through a :class:`_Reader`;
+    everything else is the socket's own."""
+
+    def __init__(self, sock: Any, conn: "HTTPConnection") -> None:
+        self._sock = sock
+        self._conn = conn
+
+    def makefile(self, mode: str) -> Any:
+        return io.BufferedReader(_Reader(self._sock, self._conn))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
 
 
 class HTTPConnection(http.client.HTTPConnection):
@@ -43,6 +92,7 @@ class HTTPConnection(http.client.HTTPConnection):
         self.address = address or host
         self.connect_timeout = connect_timeout
         self.wait = timeout
+        self.deadline = monotonic() + timeout
 
     def set_timeout(self, timeout: float) -> None:
         """Each wait of the next request at most ``timeout`` seconds (and
@@ -50,6 +100,7 @@ class HTTPConnection(http.client.HTTPConnection):
         already open included: a kept-alive connection serves requests of
         other deadlines than the one that opened it."""
         self.timeout = self.wait = timeout
+        self.deadline = monotonic() + timeout
         if self.sock is not None:
             self.sock.settimeout(timeout)
 
@@ -60,7 +111,7 @@ class HTTPConnection(http.client.HTTPConnection):
         return sock
 
     def connect(self) -> None:
-        self.sock = self._open()
+        self.sock = _Guarded(self._open(), self)
 
 
 class _HTTPSConnection(HTTPConnection):
@@ -74,7 +125,7 @@ class _HTTPSConnection(HTTPConnection):
         self.context = context
 
     def connect(self) -> None:
-        self.sock = self.context.wrap_socket(self._open(), server_hostname=self.host)
+        self.sock = _Guarded(self.context.wrap_socket(self._open(), server_hostname=self.host), self)
 
 
 def client_context(cafile: str | None = None) -> ssl.SSLContext:
