@@ -251,3 +251,35 @@ def test_making_due_copies_standby_after_a_freeze_lets_the_hub_run_between_slice
     made = node.role.standby.ask_first(list(node.role.engine.table.live.values()), wall())
     assert seen and seen[0] < len(tids), "the pass held the hub until it ended"
     assert made == len(tids) and all(node.task(tid).standby for tid in tids) and not cluster.crashes()
+
+
+def test_a_task_cancelled_while_its_first_holder_restarted_does_not_run_after_it(inproc, tmp_path, monkeypatch):
+    """Fault: the first holder of a task due in a minute is stopped; the task
+    is cancelled on another holder meanwhile, and more tasks end there than a
+    resync brings back (``RESYNC_STONES``, here 10 instead of 5,000); the
+    first holder restarts from its log. Before 2026-12-05 its copy, not due
+    at the restart, kept rank 0 and ran at its eta without asking: the
+    cancelled task ran. Now it asks at its eta, hears "cancelled", and ends so."""
+    from miyaq.cluster import sync as sync_module
+    monkeypatch.setattr(sync_module, "RESYNC_STONES", 10)
+    cluster = inproc(3, data_dir=str(tmp_path), min_acks=1, fsync="never")
+    tid = cluster.task_led_by("n3")
+    holders = cluster.holders(tid)
+    sub = cluster.submit("n3", tid, countdown=60)
+    cluster.wait_until(lambda: sub.result and all(cluster[n].task(tid) for n in holders), what="every copy stored")
+    cluster.stop_node("n3", grace=0.2)
+    assert cluster["n1"].engine.cancel(tid, wall())[0]
+    cluster["n1"].wake()
+    for i in range(30):
+        cluster.submit("n1", f"other{i}")
+        cluster["n1"].engine.cancel(f"other{i}", wall())
+    cluster["n1"].wake()
+    cluster.wait_until(lambda: cluster["n2"].state(tid) == "cancelled", what="the cancel heard by n2")
+    cluster.start_node("n3")
+    cluster.wait_until(lambda: not cluster["n3"].role.reconciling and cluster["n3"].role.streams_ready(),
+                       timeout=30, what="n3 reconciled")
+    assert cluster["n3"].state(tid) == "scheduled"      # the resync did not bring the cancel back
+    workers = {n: cluster.worker(n) for n in cluster.nodes}
+    cluster.advance(62)
+    cluster.wait_until(lambda: cluster["n3"].state(tid) == "cancelled", what="n3's copy to learn the cancel")
+    assert workers["n3"].times(tid) == 0

@@ -47,8 +47,12 @@ lifted turns every copy that came due meanwhile into a standby copy
 have run and finished the task meanwhile (it heard silence from this node),
 and the finish may be one the reconcile has not brought back (it ends on a
 timeout, and a holder may take over just after it answered). Copies not due
-yet keep their rank: no other holder can have run them (a standby copy asks
-this node first, and it answers by then).
+yet keep their timers, but ask too when they come due: no other holder can
+have run them (a standby copy asks this node first, and it answers by
+then), but one may have cancelled them, and a resync brings back only the
+source's newest 5,000 ends (before 2026-12-05 such a copy of rank 0 ran at
+its eta: a far-eta task cancelled during a restart ran after it, on a busy
+cluster).
 """
 from __future__ import annotations
 
@@ -145,6 +149,10 @@ class StandbyChecker(EngineListener):
             if len(task.holders) < 2 or task.state not in (READY, SCHEDULED, RETRYING):
                 continue
             if task.state != READY and task.eta > now:
+                # Not due: nobody can have run it (a standby asks this node
+                # first), but it may have been cancelled meanwhile, and the
+                # resync brings back only the newest ends: it asks at its eta.
+                task.standby = True
                 continue
             task.standby = True
             engine.defer(task, now, SCHEDULED if task.state == READY else task.state)
