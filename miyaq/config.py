@@ -102,6 +102,11 @@ S = TypeVar("S", bound=Settings)
 #: The longest path of a unix socket (``sun_path`` less its final NUL, Linux).
 MAX_IPC_PATH = 107
 
+#: The most webhook deliveries a node may be told to keep in flight at once
+#: (``webhook_max_in_flight``): each may hold a socket, and far fewer than
+#: this fit in a usual file descriptor limit anyway.
+MAX_WEBHOOK_IN_FLIGHT = 65_536
+
 
 @dataclass
 class NodeConfig(Settings):
@@ -138,6 +143,9 @@ class NodeConfig(Settings):
     http_console: str = _opt("on", "web console at /ui: on, read-only (no operator actions) or off",
                              choices=("on", "read-only", "off"))
     webhook_concurrency: int = _opt(16, "webhook deliveries in flight at once, per queue")
+    webhook_max_in_flight: int = _opt(256, "webhook deliveries in flight at once on this node, over all queues "
+                                           "(each may hold a connection, a file descriptor); past it webhook "
+                                           f"tasks wait ready in their queues (1..{MAX_WEBHOOK_IN_FLIGHT:,})")
     webhook_timeout: float = _opt(30.0, "seconds one webhook attempt may take (capped by the task's timeout)")
     webhook_pool_size: int = _opt(32, "connections open at once, and kept alive, per webhook destination")
     webhook_allow_hosts: str = _opt("", "comma-separated webhook destinations allowed: host, host:port or "
@@ -231,6 +239,10 @@ class NodeConfig(Settings):
                               "a node must be able to hold one task")
         if self.max_result_bytes < 1:
             raise ConfigError("max_result_bytes must be at least 1")
+        if not 1 <= self.webhook_max_in_flight <= MAX_WEBHOOK_IN_FLIGHT:
+            raise ConfigError(f"webhook_max_in_flight must be 1..{MAX_WEBHOOK_IN_FLIGHT:,}, not "
+                              f"{self.webhook_max_in_flight:,} (webhook deliveries in flight at once on this "
+                              "node; each may hold a file descriptor)")
 
     def _check_binds(self) -> None:
         for endpoint in self.ipc_endpoints:

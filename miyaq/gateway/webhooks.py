@@ -1,11 +1,23 @@
 """Webhook delivery: the consumer of every ``@http/<queue>`` lane.
 
 Each webhook queue gets one :class:`WebhookLane`, a dispatcher consumer
-whose credit is ``webhook_concurrency``: the dispatcher leases it at most
-that many tasks at once, and queue limits (rate, max_concurrent) apply as
-for any consumer. Each leased task is delivered in its own supervised
-greenlet (policy LOG); the outcome is reported to the engine (``complete``,
-or ``fail`` retryable or not) and the slot is given back as credit.
+that the dispatcher leases at most ``webhook_concurrency`` tasks at once,
+and queue limits (rate, max_concurrent) apply as for any consumer. Each
+leased task is delivered in its own supervised greenlet (policy LOG); the
+outcome is reported to the engine (``complete``, or ``fail`` retryable or
+not) and the slot is given back.
+
+Over all lanes, at most ``webhook_max_in_flight`` deliveries are in flight
+(each may hold a connection: a file descriptor). A lane's credit is not
+kept as a count the dispatcher adds to and takes from: it is read when the
+dispatcher decides what to lease, as the lane's free slots capped by the
+node's (:meth:`WebhookDeliverer.room`). A task takes a node-wide slot (a
+:class:`~miyaq.runtime.green.Semaphore`) when it is leased, before its
+delivery opens or reuses a connection, and gives it back when its greenlet
+ends, however it ends (an answer, a failure, a timeout, a cancel, the node
+stopping, killed before it started). While the node is full, further tasks
+stay ready in their lanes (not leased); a lane turned away then waits its
+turn and is offered the dispatcher again, in order, when a slot frees.
 
 Constraints: ``deliver`` never blocks (it only spawns); a delivery greenlet
 never raises (a bug is logged and the attempt failed retryably); cancelling
@@ -46,11 +58,29 @@ class WebhookLane(Consumer):
         self.queue = queue
         self.deliverer = deliverer
         self.greenlets: dict[str, Any] = {}
+        # Tasks leased to this lane whose greenlet has not ended yet: each
+        # holds one of the node's slots (True) or, only if the books were
+        # ever wrong, waits for one before it connects (False).
+        self.slots: dict[str, bool] = {}
+
+    @property   # type: ignore[override]
+    def credit(self) -> int:
+        """What the dispatcher may lease to this lane now (read, never stored)."""
+        return self.deliverer.room(self)
+
+    @credit.setter
+    def credit(self, value: int) -> None:
+        """The dispatcher's own arithmetic (``credit -= taken``, ``grant``'s
+        ``+=``, ``forget``'s ``= 0``) is ignored: the lane's slots and the
+        node's say what is free."""
 
     def deliver(self, tasks: list[Task]) -> bool:
-        spawn = self.deliverer.supervisor.spawn
+        deliverer = self.deliverer
+        spawn = deliverer.supervisor.spawn
         for task in tasks:
-            self.greenlets[task.id] = spawn("webhook delivery", self.deliverer.run, self, task, policy=LOG)
+            g = self.greenlets[task.id] = spawn("webhook delivery", deliverer.run, self, task, policy=LOG)
+            # A link, not a ``finally``: it also runs for a greenlet killed before it started.
+            g.rawlink(lambda _g, task_id=task.id: deliverer.ended(self, task_id))
         return True
 
     def abort(self, ids: list[str]) -> None:
@@ -60,7 +90,7 @@ class WebhookLane(Consumer):
                 g.kill(block=False)
 
     def __repr__(self) -> str:
-        return f"<WebhookLane {self.queue} credit={self.credit} in_flight={len(self.greenlets)}>"
+        return f"<WebhookLane {self.queue} in_flight={len(self.slots)}/{self.deliverer.concurrency}>"
 
 
 class WebhookDeliverer(EngineListener):
@@ -75,6 +105,11 @@ class WebhookDeliverer(EngineListener):
         self.metrics = metrics
         self.kick = kick
         self.concurrency = config.webhook_concurrency
+        self.max_in_flight = config.webhook_max_in_flight
+        self.slots = green.Semaphore(self.max_in_flight)   # node-wide: one per delivery in flight
+        # Lanes with room of their own that the node had no slot for when the
+        # dispatcher asked, in the order they were turned away.
+        self.waiting: dict[WebhookLane, None] = {}
         self.timeout = config.webhook_timeout
         self.outbound = Outbound(config.webhook_pool_size, WEBHOOK_CONNECT_TIMEOUT, destinations)
         self.lanes: dict[str, WebhookLane] = {}
@@ -88,21 +123,88 @@ class WebhookDeliverer(EngineListener):
                 self._open(name[len(WEBHOOK_LANE_PREFIX):])
 
     def task_ready(self, task: Task) -> None:
-        if task.url is not None and task.queue not in self.lanes and not self.stopping:
+        if task.url is None or self.stopping:
+            return
+        lane = self.lanes.get(task.queue)
+        if lane is None:
             self._open(task.queue)
+        else:
+            self.dispatcher.grant(lane, 0)   # hungry again if it has room (a lane turned away waits for a slot)
 
     def _open(self, queue: str) -> None:
         lane = self.lanes[queue] = WebhookLane(self, queue)
-        self.dispatcher.grant(lane, self.concurrency)
+        self.dispatcher.grant(lane, 0)
         logger.info("webhook queue %s: delivering with %d slots", queue, self.concurrency)
 
+    def task_started(self, task: Task) -> None:
+        """A task was leased to one of the lanes: it takes a node-wide slot
+        now, before the dispatcher asks the next lane what it may take."""
+        lane = task.consumer
+        if isinstance(lane, WebhookLane) and lane.deliverer is self:
+            lane.slots[task.id] = bool(self.slots.acquire(blocking=False))
+
+    def room(self, lane: WebhookLane) -> int:
+        """How many more tasks ``lane`` may be leased now: its free slots,
+        capped by the node's. A lane with room of its own that the node
+        has none for waits its turn for a slot (see :meth:`ended`)."""
+        if self.stopping:
+            return 0
+        own = self.concurrency - len(lane.slots)
+        if own <= 0:
+            return 0          # one of its own deliveries ending grants it again
+        free = self.slots.counter
+        if free <= 0:
+            self.waiting[lane] = None
+            return 0
+        return min(own, free)
+
     def in_flight(self) -> dict[str, int]:
-        return {q: len(lane.greenlets) for q, lane in self.lanes.items()}
+        """Deliveries in flight (each holding a node-wide slot), per queue."""
+        return {q: len(lane.slots) for q, lane in self.lanes.items()}
+
+    def in_flight_total(self) -> int:
+        """Deliveries in flight on this node, over all queues (at most ``max_in_flight``)."""
+        return self.max_in_flight - self.slots.counter
+
+    def ended(self, lane: WebhookLane, task_id: str) -> None:
+        """A delivery's greenlet ended (run as its link, from the hub; never
+        blocks): its slot goes back and the lanes waiting for one, this one
+        last, are offered the dispatcher again."""
+        lane.greenlets.pop(task_id, None)
+        if lane.slots.pop(task_id, False):
+            self.slots.release()
+        if self.stopping or self.gate.holds(SHUTTING_DOWN):
+            return
+        if not self.waiting:
+            self.dispatcher.grant(lane, 0)
+        else:
+            self.waiting.pop(lane, None)
+            self.waiting[lane] = None     # its turn comes after the lanes that waited
+            self._offer_waiting()
+        self.kick()
+
+    def _offer_waiting(self) -> None:
+        """Make every waiting lane with ready tasks hungry again, in the order
+        they waited: the dispatcher leases in that order, and those it finds
+        no slot for wait again. (A lane with nothing ready leaves the line:
+        its next ready task grants it; one held back by its queue's limits
+        stays hungry, where the dispatcher wakes it.)"""
+        ready = self.engine.ready.lanes
+        waiting, self.waiting = self.waiting, {}
+        for lane in waiting:
+            entry = ready.get(WEBHOOK_LANE_PREFIX + lane.queue)
+            if entry is not None and entry.count:
+                self.dispatcher.grant(lane, 0)
 
     # -- one delivery ----------------------------------------------------------------
     def run(self, lane: WebhookLane, task: Task) -> None:
         attempt = task.attempt
         started = wall()
+        if lane.slots.get(task.id) is False:
+            # Leased without a slot: the books were wrong. Still no connection without one.
+            _log.log(logging.ERROR, "no slot", "webhook %s was leased with no delivery slot free", task.id)
+            self.slots.acquire()
+            lane.slots[task.id] = True
         try:
             if not self.allow_list.allows(task.url or ""):
                 outcome = Outcome(False, "forbidden", error={
@@ -116,11 +218,6 @@ class WebhookDeliverer(EngineListener):
                      exc_info=True)
             self.engine.fail(task.id, attempt, {"type": "InternalError", "message": "delivery failed"},
                              True, None, wall())
-        finally:
-            lane.greenlets.pop(task.id, None)
-            if not self.stopping and not self.gate.holds(SHUTTING_DOWN):
-                self.dispatcher.grant(lane, 1)
-                self.kick()
 
     def _report(self, task: Task, attempt: int, outcome: Outcome, started: float) -> None:
         now = wall()
@@ -144,6 +241,7 @@ class WebhookDeliverer(EngineListener):
         """Let deliveries in flight finish for up to ``timeout`` s, then kill them
         (their tasks run again after their lease: at-least-once)."""
         self.stopping = True
+        self.waiting.clear()
         for lane in self.lanes.values():
             self.dispatcher.forget(lane)
         in_flight = [g for lane in self.lanes.values() for g in lane.greenlets.values()]
