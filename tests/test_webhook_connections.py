@@ -249,6 +249,18 @@ def test_a_destination_streaming_what_http_client_skips_is_cut_at_the_timeout(he
     assert ticks[0] > 1
 
 
+def test_an_answer_that_closes_its_connection_is_read_whole():
+    """The destination answers ``Connection: close``: ``http.client`` closes
+    the socket before the body is read, and the body must still be read
+    from it (the answer's reader keeps the descriptor open)."""
+    destination = RawDestination(lambda n: b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello")
+    try:
+        [outcome] = deliver_all(destination, tasks=1, pool_size=1, timeout=5.0)
+    finally:
+        destination.close()
+    assert outcome.kind == "2xx" and b"hello" in (outcome.result or b""), outcome
+
+
 def test_interim_answers_are_read_past_and_their_connection_reused():
     """The destination sends ``103 Early Hints`` before its ``200``: the
     delivery is done with the final answer, and the next one goes over the

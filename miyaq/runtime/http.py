@@ -49,12 +49,15 @@ class AnswerTooSlow(TimeoutError):
 
 
 class _Reader(io.RawIOBase):
-    """Reads ``sock`` for ``conn``: never past its deadline, never holding
-    the hub longer than a slice (module docstring)."""
+    """Reads the socket's own raw file for ``conn``: never past its deadline,
+    never holding the hub longer than a slice (module docstring). The
+    socket's file, not the socket: it keeps the descriptor open while the
+    answer is read after the connection was closed (``Connection: close``:
+    ``http.client`` closes the socket before the body is read)."""
 
-    def __init__(self, sock: Any, conn: "HTTPConnection") -> None:
+    def __init__(self, raw: Any, conn: "HTTPConnection") -> None:
         super().__init__()
-        self.sock = sock
+        self.raw = raw
         self.conn = conn
         self.share = green.FairShare()
 
@@ -65,7 +68,11 @@ class _Reader(io.RawIOBase):
         if monotonic() >= self.conn.deadline:
             raise AnswerTooSlow(f"no complete answer within {self.conn.wait:g}s")
         self.share.check()
-        return int(self.sock.recv_into(buffer))
+        return int(self.raw.readinto(buffer) or 0)
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
 
 
 class _Guarded:
@@ -77,7 +84,7 @@ class _Guarded:
         self._conn = conn
 
     def makefile(self, mode: str) -> Any:
-        return io.BufferedReader(_Reader(self._sock, self._conn))
+        return io.BufferedReader(_Reader(self._sock.makefile("rb", buffering=0), self._conn))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
