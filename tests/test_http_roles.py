@@ -134,13 +134,16 @@ def test_without_a_known_token_it_is_401(clients, node):
 
 def test_the_console_is_read_only_for_every_role_but_admin(clients):
     """A producer or worker token opens the console read-only: no action
-    buttons, a 403 for a posted action; an admin token may act."""
+    buttons, a 403 for a posted action, and -- as in the JSON API -- a 403
+    for the dead-letter page (before 2026-12-05 it could list it:
+    tests/test_console_roles.py); an admin token may act."""
     admin = clients["admin"]
     make_dead(admin, "c", 1)
     for name in ("producer", "worker"):
         client = clients[name]
-        status, html, headers = page(client, "/ui/dead")
-        assert status == 200 and "read-only" in html and ">Retry</button>" not in html, name
+        assert page(client, "/ui/dead")[0] == 403, name
+        status, html, headers = page(client, "/ui/queues")
+        assert status == 200 and "read-only" in html and ">Pause</button>" not in html, name
         status, body, _ = post_form(client, "/ui/dead/retry", {"all": "1", "csrf": csrf_of(html)},
                                     cookie_of(headers))
         assert status == 403 and b"admin token" in body, (name, body)
@@ -157,14 +160,14 @@ def test_a_console_session_carries_its_role_and_ends_with_its_token(node, client
     """Signing in with a producer token gives a read-only session; removing
     that token from the file ends the session at the reload."""
     anonymous = clients["anonymous"]
-    status, _, headers = post_form(anonymous, "/ui/login", {"token": PRODUCER, "next": "/ui/dead"}, "")
+    status, _, headers = post_form(anonymous, "/ui/login", {"token": PRODUCER, "next": "/ui/queues"}, "")
     assert status == 303
     cookie = cookie_of(headers)
-    status, html, _ = page(anonymous, "/ui/dead", headers={"Cookie": cookie})
+    status, html, _ = page(anonymous, "/ui/queues", headers={"Cookie": cookie})
     assert status == 200 and "read-only" in html
     write_tokens(tokens_file, f"{ADMIN} admin\n")
     assert node.call(lambda: node.node.part("gateway").reload_tokens("test")) is True
-    assert anonymous.get("/ui/dead", headers={"Cookie": cookie})[0] == 303     # back to sign-in
+    assert anonymous.get("/ui/queues", headers={"Cookie": cookie})[0] == 303     # back to sign-in
 
 
 def test_sighup_reloads_the_tokens_file(node, clients, tokens_file):

@@ -11,9 +11,10 @@ worker < admin.
   limits and pauses, and the workers list.
 
 An endpoint missing from :data:`NEEDS` needs ``admin`` (a new endpoint is
-closed until someone decides otherwise). The web console (``/ui``) checks
-its callers itself: any valid token may look, only ``admin`` may act
-(:func:`miyaq.gateway.console.access.can_operate`).
+closed until someone decides otherwise). The web console (``/ui``) follows
+this table too: each of its pages and actions needs what the endpoint it
+stands for needs (:mod:`miyaq.gateway.console.access`; before 2026-12-05 any
+valid token could look at every page).
 """
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 :func:`install` is the gateway's one registration point: it adds the
 console's routes to the gateway's router and tells the gateway's auth that
 ``/ui`` checks its callers itself (:mod:`.access`: the same token, or a
-session signed after typing it). Pages are rendered on the server
+session signed after typing it, and on every page and action the role
+its JSON counterpart needs, :func:`.access.require`). Pages are rendered on the server
 (:mod:`.render`, templates in ``templates/``), live-update with htmx and
 draw the overview chart with uPlot (vendored in ``static/``, see
 ``static/VENDORED.md``); they read the node through :mod:`.data` and act
@@ -27,7 +28,7 @@ from ...runtime import RESTART, green, monotonic, wall
 from ..errors import http_status
 from ..request import Request, Response
 from ..router import Router
-from .access import Sessions, Viewer, can_operate
+from .access import Sessions, Viewer, can_operate, require, visible_pages
 from .activity import Activity
 from .attempts import AttemptLog
 from .data import ConsoleData
@@ -83,9 +84,14 @@ class Console:
             green.sleep(delay)
 
     # -- routes ------------------------------------------------------------------------
-    def guard(self, page: Page, *, post: bool = False) -> Callable[[Request], Response]:
-        """``page`` for callers let in; others are sent to the sign-in form.
-        Errors become an HTML page with the status the JSON API would give."""
+    def guard(self, page: Page, template: str = "", *, post: bool = False) -> Callable[[Request], Response]:
+        """``page`` for callers let in whose role may use the route
+        ``template`` (:func:`.access.require`: the role its JSON counterpart
+        needs; no ``template``, signing out: any caller let in); callers not
+        let in are sent to the sign-in form. Errors, a refused role's 403
+        among them, become an HTML page with the status the JSON API would give."""
+        method = "POST" if post else "GET"
+
         def handler(request: Request) -> Response:
             viewer = self.sessions.identify(request)
             if viewer is None:
@@ -94,6 +100,8 @@ class Console:
                                                                "gateway's token.")
                 return self.render.redirect("/ui/login?next=" + quote(_quote_path(request), safe=""))
             try:
+                if template:
+                    require(viewer, method, template)
                 return page(request, viewer)
             except MiyaqError as err:
                 return self.error_page(request, viewer, http_status(err), err.message)
@@ -111,6 +119,7 @@ class Console:
             "version": __version__, "signed_in": viewer is not None,
             "operator": viewer is not None and can_operate(viewer),
             "role": viewer.role.value if viewer is not None else "",
+            "can_see": visible_pages(viewer),
             "csrf": self.sessions.csrf_token(viewer) if viewer is not None else "",
             "token_required": self.gateway.auth.enabled, "mode": self.mode,
             "done": request.arg("done") or "", "done_n": request.arg("n") or "",
@@ -140,7 +149,7 @@ def install(gateway: Gateway, router: Router, admin: AdminApi) -> Console | None
     router.add("POST", "/ui/login", actions.login)
     router.add("POST", "/ui/logout", console.guard(actions.logout, post=True))
     for path, page in pages.routes():
-        router.add("GET", path, console.guard(page))
+        router.add("GET", path, console.guard(page, path))
     for path, action in actions.routes():
-        router.add("POST", path, console.guard(action, post=True))
+        router.add("POST", path, console.guard(action, path, post=True))
     return console

@@ -22,6 +22,14 @@ nonce, which only pages of this console show. A POST whose ``Origin`` or
 :func:`can_operate` is the one place that decides whether a caller may act
 (pause, retry, purge): the ``admin`` role, on a console that is not
 ``read-only``. Every other role sees the console read-only.
+
+:func:`require` is the one place that decides whether a caller may open a
+page or post an action at all: each console route shows the data of one
+JSON route, or calls its function (:data:`COUNTERPARTS`), and needs the
+role that route needs (:func:`miyaq.gateway.permissions.needs`, the JSON
+API's own table), so the console never shows a token what the API refuses
+it. A producer token, for instance, may not open ``/ui/dead`` because it
+may not ``GET /dead``.
 """
 from __future__ import annotations
 
@@ -35,11 +43,36 @@ from ...errors import Forbidden
 from ...runtime import wall
 from ...security.roles import Role
 from ..auth import BearerAuth, bearer_token
+from ..permissions import may, needs
 from ..request import Request
 
 SESSION_TTL = 12 * 3600.0
 CSRF_FIELD = "csrf"
 OPEN = "-"     # the fingerprint of a session opened while no token was required
+
+#: Each console route (method, template) and the JSON route whose data it
+#: shows or whose function it calls. Roles come from ``needs`` of the JSON
+#: route, never from here. A route missing from this table, or one with no
+#: JSON counterpart (it names itself), is looked up as it is: ``needs``
+#: knows no ``/ui`` path, so it needs ``admin`` (closed until someone
+#: decides otherwise, as for a new JSON endpoint).
+COUNTERPARTS: dict[tuple[str, str], tuple[str, str]] = {
+    ("GET", "/ui"): ("GET", "/status"),
+    ("GET", "/ui/activity.json"): ("GET", "/metrics"),     # the same counters as miyaq_tasks_total
+    ("GET", "/ui/queues"): ("GET", "/queues"),
+    ("GET", "/ui/workers"): ("GET", "/workers"),
+    ("GET", "/ui/ring"): ("GET", "/status"),
+    ("GET", "/ui/task"): ("GET", "/tasks/{id}"),           # by key it is a search: FIND_BY_KEY
+    ("GET", "/ui/tasks/{id}"): ("GET", "/tasks/{id}"),
+    ("GET", "/ui/dead"): ("GET", "/dead"),
+    ("GET", "/ui/periodic"): ("GET", "/ui/periodic"),      # schedules are in no JSON answer: admin
+    ("POST", "/ui/queues/{queue}/pause"): ("POST", "/queues/{queue}/pause"),
+    ("POST", "/ui/queues/{queue}/resume"): ("POST", "/queues/{queue}/resume"),
+    ("POST", "/ui/dead/retry"): ("POST", "/dead/retry"),
+    ("POST", "/ui/dead/purge"): ("POST", "/dead/purge"),
+}
+#: Finding a task by its key searches the node's tasks: a listing, as ``GET /tasks``.
+FIND_BY_KEY = ("GET", "/tasks")
 
 
 @dataclass(frozen=True)
@@ -59,6 +92,43 @@ def can_operate(viewer: Viewer) -> bool:
     or anyone when no token is set), and never on a ``read-only`` console.
     """
     return viewer.console_mode == "on" and viewer.role is Role.ADMIN
+
+
+def counterpart(method: str, template: str) -> tuple[str, str]:
+    """The JSON route a console route stands for (itself if it has none)."""
+    return COUNTERPARTS.get((method.upper(), template), (method.upper(), template))
+
+
+def allowed(viewer: Viewer, method: str, template: str) -> bool:
+    """May this caller use the console route ``method template``? Exactly
+    when its role may use the JSON counterpart (:func:`counterpart`)."""
+    return may(viewer.role, needs(*counterpart(method, template)))
+
+
+def require(viewer: Viewer, method: str, template: str) -> None:
+    """Raise :class:`Forbidden` unless :func:`allowed`; the message names the
+    role needed and the JSON route that needs it (pages show it escaped)."""
+    if allowed(viewer, method, template):
+        return
+    json_route = counterpart(method, template)
+    needed, role = needs(*json_route).value, viewer.role.value
+    what = "page" if method.upper() == "GET" else "action"
+    if json_route == (method.upper(), template):
+        why = "it has no counterpart in the JSON API"
+    else:
+        why = f"{role} tokens may not {' '.join(json_route)} in the JSON API either"
+    raise Forbidden(f"this {what} needs {_a(needed)} token, not {_a(role)} token: {why}")
+
+
+def _a(word: str) -> str:
+    return ("an " if word[:1] in "aeiou" else "a ") + word
+
+
+def visible_pages(viewer: Viewer | None) -> frozenset[str]:
+    """The console pages (GET) this caller may open: the links its pages show."""
+    if viewer is None:
+        return frozenset()
+    return frozenset(t for m, t in COUNTERPARTS if m == "GET" and allowed(viewer, m, t))
 
 
 class Sessions:

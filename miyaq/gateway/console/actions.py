@@ -2,8 +2,11 @@
 retry and purge dead letters.
 
 Every action but signing in needs a session and its CSRF token
-(:meth:`~.access.Sessions.check_post`), and every operator action asks
-:func:`~.access.can_operate` first. Actions call the same functions as the
+(:meth:`~.access.Sessions.check_post`); every operator action needs the
+role its JSON route needs (``Console.guard`` asks
+:func:`~.access.require` before the action runs: admin for all of them)
+and asks :func:`~.access.can_operate` too (a read-only console acts for
+nobody). Actions call the same functions as the
 JSON API (``AdminApi.set_paused``, ``retry_dead``, ``purge_dead``), then
 answer 303 back to the page they came from with what was done.
 """

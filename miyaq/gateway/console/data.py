@@ -138,12 +138,13 @@ class ConsoleData:
         return groups
 
     # -- tasks -------------------------------------------------------------------------
-    def find(self, ref: str) -> str | None:
-        """The id of the task ``ref`` names, by id or else by key (this node's tasks)."""
+    def find(self, ref: str, by_key: bool) -> str | None:
+        """The id of the task ``ref`` names, by id or else (if ``by_key``: a
+        search, for callers who may list tasks) by key (this node's tasks)."""
         table = self.engine.table
         if ref in table.live or ref in table.dead or table.tombstone(ref) is not None:
             return ref
-        return table.keys.get(ref)
+        return table.keys.get(ref) if by_key else None
 
     def task(self, task_id: str) -> dict[str, Any] | None:
         """A task as ``GET /tasks/{id}`` shows it, with its payload and

@@ -1,7 +1,9 @@
 """The console's pages (GET): overview, queues, workers, ring, a task, dead
 letters, periodic schedules, and the chart's data. Each reads through
 :class:`~.data.ConsoleData` and renders one template; lists are paged
-(``PAGE_SIZE`` rows, ``?page=``)."""
+(``PAGE_SIZE`` rows, ``?page=``). A page runs only for a caller whose role
+may use its JSON counterpart (``Console.guard``, :mod:`.access`), so a
+page here never checks roles itself, the search by key excepted."""
 from __future__ import annotations
 
 import math
@@ -11,8 +13,9 @@ from urllib.parse import quote
 
 from ...errors import InvalidField
 from ...protocol.taskspec import check_queue
+from ..permissions import needs
 from ..request import Request, Response
-from .access import Viewer
+from .access import FIND_BY_KEY, Viewer, allowed
 
 if TYPE_CHECKING:
     from . import Console
@@ -73,15 +76,20 @@ class Pages:
                           cluster=status.get("cluster"))
 
     def find_task(self, request: Request, viewer: Viewer) -> Response:
-        """The search box: a task id, or a key; redirects to the task's page."""
+        """The search box: a task id, or a key; redirects to the task's page.
+        By id for every caller (as ``GET /tasks/{id}``); by key only for a
+        role that may list tasks (``GET /tasks``): a producer searching a
+        key gets 403 whether or not the key exists (no oracle for other
+        tenants' keys), with the ring's holders of that id as for a 404."""
         ref = (request.arg("ref") or "").strip()
         if not ref:
             raise InvalidField("type a task id or key", field="ref")
         if len(ref) > MAX_REF:
             raise InvalidField(f"a task id or key has at most {MAX_REF} characters", field="ref")
-        task_id = self.data.find(ref)
+        by_key = allowed(viewer, *FIND_BY_KEY)
+        task_id = self.data.find(ref, by_key)
         if task_id is None:
-            return self._missing(request, viewer, ref)
+            return self._missing(request, viewer, ref, by_key)
         return self.console.render.redirect("/ui/tasks/" + quote(task_id, safe=""))
 
     def task(self, request: Request, viewer: Viewer) -> Response:
@@ -92,10 +100,14 @@ class Pages:
         return self._show(request, viewer, "task.html", task_id=task_id, view=view,
                           urls=self.data.member_urls())
 
-    def _missing(self, request: Request, viewer: Viewer, ref: str) -> Response:
+    def _missing(self, request: Request, viewer: Viewer, ref: str, by_key: bool = True) -> Response:
+        """404: no such task here; 403 when ``ref`` was not an id and the
+        caller may not search by key (the page says which role it needs)."""
         context = self.console.context(request, viewer, ref=ref, holders=self.data.holders_of(ref),
-                                       urls=self.data.member_urls())
-        return self.console.render.page("task_missing.html", context, 404, viewer.fresh_cookie)
+                                       urls=self.data.member_urls(), by_key=by_key,
+                                       key_role=needs(*FIND_BY_KEY).value)
+        status = 404 if by_key else 403
+        return self.console.render.page("task_missing.html", context, status, viewer.fresh_cookie)
 
     def dead(self, request: Request, viewer: Viewer) -> Response:
         queue = request.arg("queue") or None
