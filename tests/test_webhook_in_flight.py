@@ -130,6 +130,7 @@ def test_black_holes_over_many_queues_hold_no_more_deliveries_than_the_bound(mak
         assert sum(h.held for h in holes) == 4
         assert in_flight(node) == 4
         assert sum(status["webhooks"]["in_flight"].values()) == 4
+        assert (status["webhooks"]["in_flight_total"], status["webhooks"]["max_in_flight"]) == (4, 4)
         rows = {q: api.get(f"/queues/{q}")[1] for q in queues}
         assert sum(row["running"] for row in rows.values()) == 4, rows
         assert sum(row["ready"] for row in rows.values()) == 36, rows

@@ -45,8 +45,10 @@ class AdminApi:
         for name, row in status["queues"].items():
             row["limits"] = self.limits.describe(name)
             row["paused"] = name in self.limits.paused
-        status["webhooks"] = {"in_flight": self.gateway.deliverer.in_flight(),
-                              "concurrency": self.gateway.deliverer.concurrency}
+        deliverer = self.gateway.deliverer
+        status["webhooks"] = {"in_flight": deliverer.in_flight(), "concurrency": deliverer.concurrency,
+                              "in_flight_total": deliverer.in_flight_total(),
+                              "max_in_flight": deliverer.max_in_flight}
         return json_response(status)
 
     def _row(self, queue: str, counts: dict[str, dict[str, int]], workers: dict[str, int],
