@@ -18,7 +18,7 @@ from ..client.arguments import client_options, seconds
 from ..client.dialling import CLIENT_HEARTBEAT_TIMEOUT
 from ..client.client import split_endpoints
 from ..client.submits import Pending
-from ..client.handle import HandleBase, Unflushed, flush_error
+from ..client.handle import FlushTally, HandleBase, Unflushed
 from ..client.wire import ReceivedTask, check_request, decode_outcome, submit_id, task_wire, url_wire
 from ..devstate import default_connect
 from ..errors import MiyaqError, Timeout
@@ -93,20 +93,25 @@ class Client:
 
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until every submit so far is acknowledged; raises the first
-        failure, saying how many more failed."""
+        failure, saying how many more failed, or Timeout if some are not
+        finished within ``timeout`` (the next flush waits for those again)."""
         self._io.check_loop()
         timeout = seconds(timeout, "timeout", optional=True)
         timeout = self.submit_timeout + 5 if timeout is None else timeout
         deadline = monotonic() + timeout
         handles, uncounted = self._unflushed.take()
-        failures: list[MiyaqError] = []
-        for h in handles:
-            try:
-                await h.wait_accepted(max(0.0, deadline - monotonic()))
-            except MiyaqError as err:
-                failures.append(err)
-        if failures:
-            raise flush_error(failures, uncounted)
+        tally = FlushTally()
+        try:
+            for h in handles:
+                try:
+                    await h.wait_accepted(max(0.0, deadline - monotonic()))
+                except MiyaqError as err:
+                    tally.add(h, err)
+        finally:
+            self._unflushed.put_back(handles)     # those not seen resolved (timed out, cancelled)
+        error = tally.error(uncounted, timeout)
+        if error is not None:
+            raise error
 
     # -- requests ----------------------------------------------------------------------
     async def request(self, command: bytes, body: dict[str, Any], *, node: str | int | None = None,

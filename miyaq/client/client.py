@@ -37,7 +37,7 @@ from . import operations as ops
 from .futures import Future
 from .arguments import client_options, seconds
 from .dialling import CLIENT_HEARTBEAT_TIMEOUT
-from .handle import TaskHandle, Unflushed, flush_error
+from .handle import FlushTally, TaskHandle, Unflushed
 from .io import IOLoop
 from .short_path import ThreadedIOLoop
 from .kit import choose
@@ -152,21 +152,27 @@ class Client:
 
     def flush(self, timeout: float | None = None) -> None:
         """Block until every submit so far is acknowledged. Raises the first
-        failure (Busy, Unavailable, Timeout) if any submit could not be placed."""
+        failure (Busy, Unavailable, Timeout) if any submit could not be placed,
+        or Timeout if some are not finished within ``timeout`` (the next flush
+        waits for those again)."""
         if self._forked:
             raise MiyaqError(FORKED)
         timeout = seconds(timeout, "timeout", optional=True)
         timeout = self.submit_timeout + 5 if timeout is None else timeout
         deadline = monotonic() + timeout
         handles, uncounted = self._unflushed.take()
-        failures: list[MiyaqError] = []
-        for h in handles:
-            try:
-                h.wait_accepted(max(0.0, deadline - monotonic()))
-            except MiyaqError as err:
-                failures.append(err)
-        if failures:
-            raise flush_error(failures, uncounted)
+        tally = FlushTally()
+        try:
+            for h in handles:
+                try:
+                    h.wait_accepted(max(0.0, deadline - monotonic()))
+                except MiyaqError as err:
+                    tally.add(h, err)
+        finally:
+            self._unflushed.put_back(handles)     # those not seen resolved (timed out, interrupted)
+        error = tally.error(uncounted, timeout)
+        if error is not None:
+            raise error
 
     # -- requests ----------------------------------------------------------------------
     def request(self, command: bytes, body: dict[str, Any], *, node: str | int | None = None,

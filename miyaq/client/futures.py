@@ -10,12 +10,25 @@ when it is made and released when it resolves -- no event, no shared guard.
 """
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any, Callable
 
 from ..errors import MiyaqError, Timeout
 
 _guard = threading.Lock()   # short critical sections only; never held while waiting
+
+
+def _new_guard() -> None:
+    """A forked child gets a new guard: only the forking thread is copied,
+    so a guard another thread of the parent held at the fork (its I/O thread
+    resolving a submit) would stay locked in the child for ever, and the
+    child's first new client hang on it."""
+    global _guard
+    _guard = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_guard)
 
 
 class Resolvable:
@@ -45,6 +58,10 @@ class Resolvable:
     def ok(self) -> bool:
         """Resolved with a value (never waits)."""
         return self._done and self._error is None
+
+    def error(self) -> MiyaqError | None:
+        """The error of a future resolved with one, else None (never waits)."""
+        return self._error
 
     def result(self) -> Any:
         """The value, or raises the error, of a resolved future."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
-from ..errors import MiyaqError
+from ..errors import MiyaqError, Timeout
 from .arguments import seconds
 from .futures import BlockingFuture, Future, Resolvable
 from .wire import accepted_as, decode_outcome
@@ -115,11 +115,72 @@ class Unflushed:
             self._handles, self.dropped, self._prune_at = [], 0, self._window
         return [h for h in handles if not h.told], dropped
 
+    def put_back(self, handles: list[Any]) -> None:
+        """The handles a flush took whose outcome it did not report -- its
+        wait timed out (or was interrupted) before they resolved: the next
+        flush waits for them again (ahead of those added since). Those
+        accepted, or whose failure a caller got, are let go. Before, a flush
+        that timed out forgot them, and the next one returned at once, with
+        no error, while they later failed."""
+        back = [h for h in handles if not h.told and not h._accepted.ok()]
+        if not back:
+            return
+        with self._lock:
+            self._handles = back + self._handles
+            if len(self._handles) > self._prune_at:
+                self._prune()
+
+
+class FlushTally:
+    """What one flush's waits found: the submits that failed (their errors)
+    and those not finished when its time ran out (their handles)."""
+
+    __slots__ = ("failures", "unfinished")
+
+    def __init__(self) -> None:
+        self.failures: list[MiyaqError] = []
+        self.unfinished: list[Any] = []
+
+    def add(self, handle: Any, error: MiyaqError) -> None:
+        """``handle.wait_accepted()`` raised ``error``."""
+        accepted = handle._accepted
+        if accepted.done():
+            failure = accepted.error()
+            if failure is not None:           # else accepted just after the wait gave up
+                self.failures.append(failure)
+        elif isinstance(error, Timeout):
+            self.unfinished.append(handle)    # the flush's own timeout, not the submit's outcome
+        else:
+            self.failures.append(error)       # closed, forked...
+
+    def error(self, uncounted: int, timeout: float) -> MiyaqError | None:
+        """What the flush raises, if anything."""
+        if self.unfinished:
+            return flush_timeout(self.unfinished, self.failures, uncounted, timeout)
+        if self.failures:
+            return flush_error(self.failures, uncounted)
+        return None
+
+
+def flush_timeout(unfinished: list[Any], failures: list[MiyaqError], uncounted: int, timeout: float) -> Timeout:
+    """The Timeout of a flush that ran out of time: how many submits were not
+    finished (a later flush waits for them again) and, apart, how many
+    really failed."""
+    n = len(unfinished)
+    message = (f"{n} submit{'' if n == 1 else 's'} not finished within {timeout:g}s (the first: "
+               f"{unfinished[0].id}); a later flush() waits for {'it' if n == 1 else 'them'} again")
+    failed = len(failures) + uncounted
+    if failed:
+        message += f"; {failed} submit{'' if failed == 1 else 's'} failed"
+        if failures:
+            message += f", the first: {failures[0].message}"
+    return Timeout(message, unfinished=n, failed=failed)
+
 
 def flush_error(failures: list[MiyaqError], uncounted: int = 0) -> MiyaqError:
-    """The one error a flush raises: the first failure, saying how many more
-    failed (``uncounted``: failed submits whose handles were let go, see
-    :class:`Unflushed`)."""
+    """The one error a flush raises when every submit it waited for finished:
+    the first failure, saying how many more failed (``uncounted``: failed
+    submits whose handles were let go, see :class:`Unflushed`)."""
     first = failures[0]
     more = len(failures) - 1 + uncounted
     if more:

@@ -29,6 +29,12 @@ Rules (docs/semantics.md):
 - Until any node was reached, a submit waits at most :data:`FIRST_CONTACT`
   for a connection, then fails with the first-contact message.
 - At its deadline a submit fails with one error naming why.
+- Two submits of one id unacknowledged at once (a retry with the same id,
+  two web requests carrying the same order id) are one entry: one sent
+  while the other is unacknowledged joins it (:meth:`Pending.join`), and
+  one acknowledgement or failure resolves both, each giving back its
+  window slot. Before, the later replaced the earlier in ``pending``: the
+  earlier was never resolved and kept its window slot for good.
 """
 from __future__ import annotations
 
@@ -116,7 +122,7 @@ class Pending:
     ``deadline`` are on the core's clock (monotonic seconds)."""
 
     __slots__ = ("wire", "waiter", "created", "deadline", "sent", "tries", "node", "next_try", "last_error",
-                 "held_since")
+                 "held_since", "joined")
 
     def __init__(self, wire: dict[str, Any], waiter: Waiter, created: float, deadline: float) -> None:
         self.wire = wire
@@ -129,6 +135,20 @@ class Pending:
         self.next_try = 0.0
         self.last_error: MiyaqError | None = None
         self.held_since: float | None = None    # when it first waited for its node's limits
+        self.joined: list[Waiter] | None = None  # later submits of the same id, resolved with this one
+
+    def join(self, other: "Pending") -> None:
+        """``other``, a submit of the same id sent while this one is
+        unacknowledged, ends with this one: the same acknowledgement or
+        failure resolves its waiter (and those that had joined it)."""
+        joined = self.joined
+        if joined is None:
+            joined = self.joined = []
+        joined.append(other.waiter)
+        if other.joined:
+            joined.extend(other.joined)
+        if other.wire.get("resent"):
+            self.may_be_stored()          # a try of that id may be stored somewhere
 
     def may_be_stored(self) -> None:
         """A try may have been stored somewhere: its acknowledgement never
@@ -252,12 +272,17 @@ class SubmitPipeline:
     def _send_chunk(self, node: int, chunk: list[Pending], now: float) -> None:
         if self._send(node, c.SUBMIT, {"tasks": [p.wire for p in chunk]}):
             late = now + self.ack_timeout
+            # One dict operation a submit, as the plain store was: a submit of
+            # an id already unacknowledged joins that one instead of replacing it.
+            setdefault = self.pending.setdefault
             for p in chunk:
                 p.sent = now
                 p.tries += 1
                 p.node = node
-                self.pending[p.wire["id"]] = p
-                if p.deadline < late:
+                first = setdefault(p.wire["id"], p)
+                if first is not p:
+                    first.join(p)
+                elif p.deadline < late:
                     self.capped[p.wire["id"]] = p
             return
         # Not connected: try again soon, keeping the order of the batch (no
@@ -365,12 +390,24 @@ class SubmitPipeline:
                 self.resolve(p, value=(self.nodes.endpoints[node], status, detail))
 
     def resolve(self, p: Pending, value: Any = None, error: MiyaqError | None = None) -> None:
+        if p.joined is not None:          # later submits of the same id: each holds a window slot
+            self._resolve_joined(p, value, error)
         if error is not None:
             self._resolver.fail(p.waiter, error)
         else:
             self._resolver.set(p.waiter, value)
         self.resolved += 1
         self._on_resolved()
+
+    def _resolve_joined(self, p: Pending, value: Any, error: MiyaqError | None) -> None:
+        joined, p.joined = p.joined or [], None
+        for waiter in joined:
+            if error is not None:
+                self._resolver.fail(waiter, error)
+            else:
+                self._resolver.set(waiter, value)
+            self.resolved += 1
+            self._on_resolved()
 
     def fail_all(self, error: MiyaqError) -> None:
         for p in list(self.pending.values()) + self.waiting:
