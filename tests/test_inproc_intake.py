@@ -421,3 +421,56 @@ def test_a_copy_a_replicate_makes_ready_is_leased_before_that_burst_ends(inproc)
     cluster.wait_until(lambda: worker.runs(tid) and sub.status, what="the task leased on its rank-0 holder")
     assert moves.seen[:3] == ["ready", "leased", "burst ended"], moves.seen
     assert sub.status == ACCEPTED and not cluster.crashes()
+
+
+@pytest.mark.parametrize("min_acks", [0, 1], ids=["min-acks-all", "min-acks-1"])
+def test_one_key_submitted_through_two_nodes_at_once_runs_once(inproc, min_acks):
+    """Fault: two tasks of one key (different ids) are submitted through two
+    nodes at the same instant (two HTTP gateways). Each holder keeps the copy
+    that reached it first, so the holders disagree. Before 2026-12-05 both
+    tasks ran (with ``min_acks`` all, both were rejected and each resend was
+    answered ``duplicate`` of the other). Now the key's first holder decides:
+    the copy it refused ends cancelled as a duplicate there, the other
+    holders' copies of it learn so when they ask, and only one task runs."""
+    cluster = inproc(3, **({"min_acks": min_acks} if min_acks else {}))
+    key = "customer-42"
+    holders = cluster.holders("x", key=key)
+    workers = {n: cluster.worker(n) for n in cluster.ids}
+    a = cluster.submit(holders[0], "ida", key=key)
+    b = cluster.submit(holders[1], "idb", key=key)
+    cluster.wait_until(lambda: a.result and b.result, what="both submits answered")
+    for _ in range(40):          # past every standby copy's offset
+        cluster.advance(0.1)
+        for n in cluster.ids:
+            for t in ("ida", "idb"):
+                if workers[n].runs(t):
+                    workers[n].complete(t)
+    cluster.settle(0.2)
+    runs = {t: sum(workers[n].times(t) for n in cluster.ids) for t in ("ida", "idb")}
+    assert runs == {"ida": 1, "idb": 0}, runs
+    first = cluster[holders[0]]
+    stone = first.tombstone("idb")
+    assert stone is not None and stone.state == "cancelled" and stone.error["type"] == "Duplicate"
+    assert "held by task ida" in stone.error["message"]
+    assert not cluster.crashes()
+
+
+def test_a_keyed_duplicate_submitted_through_a_node_that_holds_no_copy_is_answered_duplicate(inproc):
+    """Four nodes, two holders a task: a task with key K is stored; a second
+    task with K is submitted through a node that is not one of K's holders.
+    Before 2026-12-05 each holder left the copy out of its REPLICATE answer
+    (the key is held) and the submit was rejected ``not_enough_replicas`` --
+    a retryable error, so a client retried it until its submit_timeout. Now
+    the key's first holder says which task holds the key, and the submit is
+    answered ``duplicate`` of it; nothing of the second task runs."""
+    cluster = inproc(4, replicas=2)
+    key = "k1"
+    holders = cluster.holders("x", key=key, replicas=2)
+    other = next(n for n in cluster.ids if n not in holders)
+    first = cluster.submit(holders[0], "ida", key=key)
+    cluster.wait_until(lambda: first.result, what="the first submit")
+    assert first.status == ACCEPTED
+    second = cluster.submit(other, "idb", key=key)
+    cluster.wait_until(lambda: second.result, what="the second submit")
+    assert second.result == ["idb", DUPLICATE, "ida"]
+    assert all(cluster[n].task("idb") is None for n in cluster.ids)

@@ -28,11 +28,13 @@ from miyaq.cluster.sizes import EVENT_ALLOWANCE, outcome_size
 from miyaq.cluster.standby import describe
 from miyaq.constants import MAX_QUERY
 from miyaq.core.attempts import adopt_lessees
+from miyaq.core.replicas import DUPLICATE_ERROR
 from miyaq.errors import InvalidField
 from miyaq.logs import LogLimiter
 from miyaq.protocol.recordspec import Outcome, check_attempt, check_error, check_outcome, task_from_record
 from miyaq.runtime import wall
-from miyaq.store.task import DEAD, READY, RETRYING, SCHEDULED, Task
+from miyaq.protocol.commands import DUPLICATE
+from miyaq.store.task import CANCELLED, DEAD, READY, RETRYING, SCHEDULED, Task
 
 if TYPE_CHECKING:
     from miyaq.cluster.role import ClusterRole
@@ -46,6 +48,9 @@ class Copies:
     def __init__(self, role: ClusterRole) -> None:
         self.role = role
         self.engine = role.engine
+        # Copies the REPLICATE being handled could not store because another
+        # task holds their key here, the key's first holder (id -> that task).
+        self.lost_keys: dict[str, str] = {}
 
     # -- peer requests --------------------------------------------------------------
     def on_replicate(self, sender: str, body: dict[str, Any]) -> dict[str, Any] | None:
@@ -55,6 +60,7 @@ class Copies:
         now = wall()
         stored: list[str] = []
         sent_dead: set[str] = set()     # stored records sent dead need no "dead" back
+        self.lost_keys = {}             # filled by install(): id -> the task that holds its key
         for r in records:
             if self.install(r, now, "handoff" if isinstance(r, dict) and "state" in r else "replicate", sender):
                 stored.append(r["id"])      # installed: checked, so a dict with a valid id
@@ -80,11 +86,34 @@ class Copies:
             answer["finished"] = finished     # the sender must not run these again
         if dead:
             answer["dead"] = dead             # nor these: dead-lettered here
+        if self.lost_keys:
+            answer["duplicates"] = self.lost_keys     # not stored: another task holds the key (first holder)
+            self.lost_keys = {}
         # A copy counts as stored once it is in this node's log, as on the
         # node that took the submit: answer only after the write.
         reply = self.role.peer.later()
         self.role.barrier.after_written(lambda: reply(answer))
         return None
+
+    def _lost_key(self, task: Task, holder: str, now: float) -> None:
+        """This node, the first holder of ``task``'s key, refused its copy:
+        another task with that key (``holder``) came first. Two submits of
+        one key through two nodes at once reach the holders in different
+        orders, and each keeps whichever came first; the first holder's order
+        decides. Its tombstone says so -- cancelled, as a duplicate -- so the
+        other holders' copies, which ask it before they run, end the same way
+        instead of running the task a second time."""
+        _log.log(logging.INFO, "lost key", "task %s: key %r is held by task %s here, the key's first holder: "
+                 "ended as a duplicate", task.id, task.key, holder)
+        error = _lost_key_error(task.key, holder)
+        with self.role.events.applying_remote():
+            self.engine.finish_copy(task.id, CANCELLED, None, error, now)
+        # The other holders drop theirs at once (and let go of the key), rather
+        # than when their standby copies ask; the sender answers its client.
+        self.role.events.forward_finished(task.id, (CANCELLED, None, error),
+                                          [h for h in task.holders if h != self.role.node_id])
+        if len(self.lost_keys) < MAX_QUERY:
+            self.lost_keys[task.id] = holder
 
     def on_query(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
         ids = body.get("ids")
@@ -257,9 +286,12 @@ class Copies:
                 # its copy ask at once: the other holders may not have theirs yet.
                 task.eta = max(task.eta, now + role.offset_for(task, minimum=1))
         try:
-            status, _ = engine.submit(task, now, copy=True)
+            status, holder = engine.submit(task, now, copy=True)
         except Exception as exc:   # Busy, ShuttingDown, too many queues: not stored
             _log.warning("copy", "could not store a copy of %s: %s", task.id, exc)
+            return False
+        if status == DUPLICATE and holder != task.id and task.rank == 0:
+            self._lost_key(task, holder, now)
             return False
         if status == "accepted" and state == DEAD:
             with role.events.applying_remote():       # the sender's news, not this node's
@@ -267,6 +299,11 @@ class Copies:
         elif status == "accepted":
             apply_early_event(role, task)    # its runner's STARTED (or DEAD) event came first
         return status == "accepted" or task.id in table.live or task.id in table.dead
+
+
+def _lost_key_error(key: str | None, holder: str) -> dict[str, Any]:
+    return {"type": DUPLICATE_ERROR, "message": f"its key {key!r} is held by task {holder}, which its first "
+                                            "holder took first", "retry": False}
 
 
 def _not_started(state: str, task: Task, record: Mapping[str, Any]) -> bool:

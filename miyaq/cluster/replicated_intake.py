@@ -49,6 +49,7 @@ from miyaq.core.handles import Ack, AckTarget
 from miyaq.errors import MiyaqError, NotEnoughReplicas, ShuttingDown, Unavailable
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE, REJECTED
 from miyaq.protocol.eventspec import confirmed_ids
+from miyaq.protocol.taskspec import is_id
 from miyaq.runtime import monotonic, wall
 from miyaq.store.records import task_record
 from miyaq.store.task import READY, SCHEDULED, Task
@@ -308,6 +309,7 @@ class ReplicatedIntake:
         if isinstance(dead, dict) and dead:
             self.role.copies.dead_known(holder, dead, sent)
         stored = confirmed_ids(answer)
+        self._lost_keys(holder, sent, answer)
         rejected = False
         for task_id in sent:
             if task_id in stored:
@@ -319,6 +321,25 @@ class ReplicatedIntake:
                 rejected = True
         if rejected:
             self.release()
+
+    def _lost_keys(self, holder: str, sent: dict[str, list[str]], answer: dict[str, Any]) -> None:
+        """The key's first holder refused a copy because another task holds
+        its key there (answer ``duplicates``: id -> that task): the submit is
+        answered ``duplicate`` of it now, as a holder that had the key would
+        have answered it. Only the first holder's word counts (the holders
+        may disagree while two submits of one key race; its order decides),
+        and only for a submit still waiting for its answer."""
+        duplicates = answer.get("duplicates")
+        if not isinstance(duplicates, dict) or not duplicates:
+            return
+        for task_id, winner in duplicates.items():
+            names = sent.get(task_id)
+            entry = self.pending.get(task_id)
+            if (entry is None or not names or names[0] != holder
+                    or not is_id(winner) or winner == task_id):
+                continue
+            del self.pending[task_id]
+            self.ack(entry.identity, [task_id, DUPLICATE, winner])
 
     def _maybe_ack(self, task_id: str, entry: _Pending) -> None:
         if entry.got >= entry.need:

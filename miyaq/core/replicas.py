@@ -19,6 +19,11 @@ from miyaq.protocol.recordspec import STARTED_ELSEWHERE
 from miyaq.store.task import DEAD, READY, RETRYING, RUNNING, SCHEDULED, Task
 
 
+#: The error ``type`` of a copy ended because another task holds its key
+#: (its key's first holder took that one first: miyaq.cluster.copies).
+DUPLICATE_ERROR = "Duplicate"
+
+
 class ReplicaCopies(Transitions):
     """The engine's operations on the copies of replicated tasks."""
 
@@ -58,6 +63,10 @@ class ReplicaCopies(Transitions):
         self._finish(task, state, result, now)   # dead tasks too: bury() takes them off the dead list
         if consumer is not None:
             consumer.abort([task.id])
+        if task.key is not None and isinstance(error, dict) and error.get("type") == DUPLICATE_ERROR:
+            # Ended because another task holds its key (cluster.copies): it
+            # must not hold that key here for the dedup window.
+            self.table.release_key(task.key, task.id)
         return task
 
     def kill_copy(self, task: Task, error: dict[str, Any] | None) -> None:

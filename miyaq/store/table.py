@@ -204,6 +204,11 @@ class TaskTable:
         if holder is None or (holder not in self.live and holder not in self.dead):
             self.keys[key] = task_id
 
+    def release_key(self, key: str, task_id: str) -> None:
+        """``task_id`` no longer holds ``key`` (if it did)."""
+        if self.keys.get(key) == task_id:
+            del self.keys[key]
+
     def holder_of_key(self, key: str, now: float, window: float) -> str | None:
         """The id holding ``key``: a live or dead task, or one finished less
         than ``window`` seconds ago."""
