@@ -69,6 +69,10 @@ def test_ticks_ids_and_cron_arithmetic():
     ({}, "exactly one"),
     ({"every": 1, "name": "x" * 41}, "1-40 characters"),
     ({"every": 1, "backoff": 2}, "unknown periodic option"),
+    # croniter draws a new random value each time it reads an R field: every
+    # tick computed would differ (a daily schedule fired 25 times in 5 days)
+    ({"cron": "R R * * *"}, "random"),
+    ({"cron": "R(0-29) * * * *"}, "random"),
 ])
 def test_bad_schedules_are_refused_when_declared(options, words):
     """Fault: a typo in a schedule. ``@app.periodic`` raises ConfigError with
@@ -287,6 +291,31 @@ def test_bad_spec_in_ready_is_refused_and_node_keeps_serving(node, client):
         ctx.term()
     status = client.status()
     assert status["periodic"]["schedules"] == 0 and status["totals"]["workers"] == 0
+
+
+def test_a_schedule_whose_arguments_exceed_max_payload_is_refused_at_ready(make_node) -> None:
+    """Fault: a worker declares a schedule whose arguments are over the node's
+    ``max_payload`` (lowered from the default). Before 2026-12-05 the READY
+    was accepted and every tick's task refused later, in the node's log
+    only, counted as a missed tick. Now the READY is refused, naming the
+    schedule and the limit, and nothing is kept."""
+    node = make_node(max_payload=1000)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(node.endpoint)
+    try:
+        body = {"worker": "w-big", "names": ["t"], "capacity": 1,
+                "periodic": [{"name": "big", "task": "t", "every": 10, "body": b"x" * 2000}]}
+        sock.send_multipart([c.TAG, c.READY, msgpack.packb(body)])
+        assert sock.poll(10_000), "no answer"
+        _tag, command, raw = sock.recv_multipart()
+        answer = msgpack.unpackb(raw)
+        assert command == c.ERROR and answer["code"] == InvalidField.code
+        assert "'big'" in answer["message"] and "max_payload (1000)" in answer["message"]
+    finally:
+        sock.close(linger=0)
+        ctx.term()
 
 
 # -- ZooKeeper storage --------------------------------------------------------------------------

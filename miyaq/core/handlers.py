@@ -273,6 +273,12 @@ class ServiceHandlers:
         capacity = f.integer(body, "capacity", 1, lo=1, hi=100_000)
         credit = f.integer(body, "credit", capacity, lo=0, hi=capacity)
         schedules = schedules_from_wire(body.get("periodic"), names)
+        for schedule in schedules:
+            if len(schedule.body) > self.config.max_payload:
+                # Every tick's task would be refused: say so now, to the worker.
+                raise InvalidField(f"periodic schedule {schedule.name!r}: its arguments ({len(schedule.body)} "
+                                   f"bytes) exceed this node's max_payload ({self.config.max_payload})",
+                                   field="periodic")
         info = _worker_info(body)
         if self.gate.holds(SHUTTING_DOWN):
             raise ShuttingDown("node is shutting down")

@@ -111,6 +111,10 @@ def check_name(value: Any) -> str:
     return value
 
 
+_RANDOM_FIELD = re.compile(r"^[Rr](\(.*\))?(/\d+)?$")
+"""A cron field element croniter fills with a random value: ``R``, ``R(0-29)``, ``R/5``."""
+
+
 def check_cron(expr: Any) -> str:
     """A 5-field cron expression (or a macro) that croniter accepts and that matches some time."""
     if not isinstance(expr, str) or not expr.strip() or len(expr) > 256:
@@ -122,6 +126,11 @@ def check_cron(expr: Any) -> str:
     elif len(expr.split()) != 5:
         raise InvalidField(f"cron expression {expr!r} must have 5 fields "
                            "(minute hour day-of-month month day-of-week)", field="cron")
+    if any(_RANDOM_FIELD.match(part) for field in expr.split() for part in field.split(",")):
+        # croniter picks a new random value each time it reads such a field:
+        # every tick computed would differ (a daily schedule fired 25 times in
+        # five days; the leaders would not agree on a tick's id).
+        raise InvalidField(f"cron expression {expr!r}: random (R) fields are not supported", field="cron")
     if not croniter.is_valid(expr):
         raise InvalidField(f"cron expression {expr!r} is not valid", field="cron")
     try:
