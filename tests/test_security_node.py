@@ -190,3 +190,26 @@ def test_keyed_worker_runs_tasks_in_the_processes_pool(keys, procs, secure_node)
         handles = [client.submit("add", [i, 1]) for i in range(6)]
         assert [h.result(30) for h in handles] == [i + 1 for i in range(6)], proc.log_tail()
     assert stats(secure_node)["ignored"]["foreign_heartbeats"] == 0, proc.log_tail()
+
+
+def test_a_revoked_key_is_sent_no_more_tasks_on_the_connections_it_holds(ctx, secure_node, keys):
+    """Fault: a worker key leaks; the attacker registers a worker with it and
+    parks a RECEIVE (up to an hour) before the operator revokes it. Before
+    2026-12-05 the revoked key's own messages were refused from the reload
+    on, but the node went on sending that connection DISPATCHes and answered
+    its parked RECEIVE with a task, payload included. Now its workers are
+    forgotten and its long-polls freed at the reload: new tasks stay ready."""
+    pusher = speaker(ctx, secure_node, keys, "worker")
+    pusher.send(c.READY, {"worker": "leaked", "queues": ["q1"], "capacity": 10})
+    got = pusher.recv()
+    assert got is not None and got[0] == c.WELCOME
+    puller = speaker(ctx, secure_node, keys, "worker")
+    puller.send(c.RECEIVE, {"req": 7, "queues": ["q2"], "timeout": 30})
+    admin = speaker(ctx, secure_node, keys, "admin")
+    wait_for(lambda: stats(secure_node)["waiters"]["pending"] == 1, what="the RECEIVE parked")
+    keys.store.revoke("worker")      # the node sees authorized/ change and reloads (in its own hub)
+    wait_for(lambda: stats(secure_node)["security"]["authorized"] == 3, what="the keys reloaded")
+    wait_for(lambda: stats(secure_node)["waiters"]["pending"] == 0, what="the parked RECEIVE freed")
+    wait_for(lambda: stats(secure_node)["totals"]["workers"] == 0, what="the worker forgotten")
+    assert submit(admin, task("a" * 32, "q1"), task("b" * 32, "q2"))[0][1] == c.ACCEPTED
+    assert [admin.ok(c.TASK, {"id": i * 32})["task"]["state"] for i in "ab"] == ["ready", "ready"]

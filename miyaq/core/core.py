@@ -11,6 +11,7 @@ never the whole node.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from miyaq.config import NodeConfig
@@ -28,6 +29,8 @@ from miyaq.runtime import Supervisor
 from miyaq.runtime.sockets import SocketFactory
 from miyaq.security.guard import Guard
 from miyaq.store.task import DEAD, READY, RETRYING, RUNNING, SCHEDULED
+
+logger = logging.getLogger(__name__)
 
 EMPTY_ROW = {SCHEDULED: 0, READY: 0, RUNNING: 0, RETRYING: 0, DEAD: 0}
 STATUS_WORKERS = 1000    # workers listed in STATUS at most
@@ -63,6 +66,19 @@ class Core:
     @property
     def draining(self) -> bool:
         return self.gate.holds(SHUTTING_DOWN)
+
+    def revoke(self, keys: set[str], now: float) -> None:
+        """The keys named ``keys`` were revoked (or changed role): their
+        connections were already refused every new message; now nothing more
+        is sent to them either. Their workers are forgotten (their tasks go
+        back at once) and their long-polls -- RECEIVE, RESULT -- freed, so a
+        RECEIVE parked before the revoke is not answered with a task an hour
+        later. Leases a pull consumer of such a key holds run out as usual."""
+        for key in keys:
+            workers = self.workers.drop_key(key, now)
+            waits = self.waiters.release_key(key)
+            if workers or waits:
+                logger.warning("key %r revoked: %d worker(s) forgotten, %d long-poll(s) freed", key, workers, waits)
 
     def running(self) -> int:
         """Tasks leased to connected workers."""

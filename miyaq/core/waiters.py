@@ -248,13 +248,23 @@ class Waiters(EngineListener):
     def release(self, connection: bytes) -> int:
         """Free every wait of a connection that went away (nothing is answered:
         nobody is there). Returns how many."""
+        freed = self._release(lambda origin: origin.connection == connection)
+        self.released += freed
+        return freed
+
+    def release_key(self, key: str) -> int:
+        """Free every wait made with ``key`` (revoked: it may not be sent a
+        task or an outcome any more; nothing is answered). Returns how many."""
+        return self._release(lambda origin: origin.key == key)
+
+    def _release(self, match: Callable[[Origin], bool]) -> int:
         freed = 0
         for task_id in list(self.results):
             waiting = self.results[task_id]
-            keep = [w for w in waiting if w.origin.connection != connection]
+            keep = [w for w in waiting if not match(w.origin)]
             if len(keep) != len(waiting):
                 for wait in waiting:
-                    if wait.origin.connection == connection:
+                    if match(wait.origin):
                         self._remove(wait.origin)
                         freed += 1
                 if keep:
@@ -263,12 +273,11 @@ class Waiters(EngineListener):
                     del self.results[task_id]
         keep_pulls = []
         for consumer in self.pulls:
-            if consumer.origin.connection == connection and consumer.credit > 0:
+            if match(consumer.origin) and consumer.credit > 0:
                 self.dispatcher.forget(consumer)
                 self._remove(consumer.origin)
                 freed += 1
             else:
                 keep_pulls.append(consumer)
         self.pulls = keep_pulls
-        self.released += freed
         return freed

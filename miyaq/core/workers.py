@@ -140,6 +140,15 @@ class WorkerRegistry:
             logger.info("worker %s %s; %d task(s) put back", worker.wid, reason, len(tasks))
         return len(tasks)
 
+    def drop_key(self, key: str, now: float) -> int:
+        """Forget every worker registered with ``key`` (revoked): their leased
+        tasks go back at once, and nothing more is dispatched to them.
+        Returns how many workers."""
+        revoked = [w for w in self.by_identity.values() if w.key == key]
+        for worker in revoked:
+            self.drop(worker, f"lost its key {key!r} (revoked)", now)
+        return len(revoked)
+
     def tick(self, now: float) -> None:
         """Send heartbeats and drop silent workers (called every heartbeat)."""
         deadline = monotonic() - self.heartbeat * self.liveness

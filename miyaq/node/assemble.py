@@ -47,7 +47,7 @@ from miyaq.node.open_files import OpenFilesWatch
 from miyaq.node.status import NodeStatus
 from miyaq.periodic.scheduler import PeriodicScheduler, SharedSource, SharedStore
 from miyaq.persistence.journal import Persistence
-from miyaq.runtime import Supervisor
+from miyaq.runtime import Supervisor, wall
 from miyaq.runtime.sockets import SocketFactory
 from miyaq.security.curve import NodeCurve
 from miyaq.security.exposure import exposure_warning
@@ -103,6 +103,8 @@ def _build(config: NodeConfig, supervisor: Supervisor, sockets: SocketFactory, c
            transport: Transport | None, stream_drop: float, zap: ZapHandler | None, warning: str | None) -> Node:
     guard = Guard(zap.identity) if zap is not None else None
     core = Core(config, sockets, supervisor, guard)
+    if zap is not None:
+        zap.on_revoked.append(lambda names: core.revoke(names, wall()))
     persistence = None
     if config.data_dir:
         persistence = Persistence(core.engine, _open_log(config, supervisor), supervisor, core.refusals, config.id)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from typing import Any, Coroutine
+from typing import Any, Callable, Coroutine
 
 from zmq.auth.base import Authenticator
 
@@ -72,6 +72,9 @@ class ZapHandler:
         self.refused = 0
         self.admitted = 0
         self.reloads: Counter[str] = Counter()
+        # Called after each reload with the names of the keys revoked (or whose
+        # role changed); in the hub, must not block.
+        self.on_revoked: list[Callable[[set[str]], None]] = []
         self._refused_since_log = 0
         self._last_log = 0.0
         self._auth = _Authenticator(self, factory.ctx)
@@ -129,7 +132,12 @@ class ZapHandler:
             return False
         added = len(set(fresh) - set(self.identities))
         removed = len(set(self.identities) - set(fresh))
+        # Names whose key went, or whose role changed: what they were let do
+        # is withdrawn from the connections they still hold (Core.revoke).
+        revoked = {old.name for public, old in self.identities.items() if fresh.get(public) != old}
         self.identities = fresh
+        for hook in self.on_revoked:
+            hook(revoked)
         self.reloads["ok"] += 1
         logger.info("keys reloaded (%s): %d authorized, %d added, %d revoked", why, len(fresh), added, removed)
         return True
