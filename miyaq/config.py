@@ -204,7 +204,8 @@ class NodeConfig(Settings):
     log_level: str = _opt("INFO", "logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     keys: str = _opt("", "key directory made by `miyaq keys init`: CURVE on every ZeroMQ port, only "
                          "authorized keys connect, each command checked against its key's role (docs/security.md)")
-    insecure: bool = _opt(False, "start although a ZeroMQ port binds a non-loopback address without --keys "
+    insecure: bool = _opt(False, "start although a ZeroMQ port binds a non-loopback address without --keys, "
+                                 "or the HTTP gateway without --http-tokens/--http-token "
                                  "(anyone who reaches it may do anything)")
 
     def __post_init__(self) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import ConfigError
 from ..security.keystore import KeyStore
 from ..security.roles import ROLE_NAMES
 
@@ -41,8 +42,15 @@ def _init(args: argparse.Namespace) -> int:
 
 def _add(args: argparse.Namespace) -> int:
     store = KeyStore(args.dir)
-    public, secret = store.add(args.name, args.role)
-    role = next(k.role for k in store.list() if k.name == args.name)
+    _, secret = store.add(args.name, args.role)
+    try:
+        role = next((k.role for k in store.list() if k.name == args.name), None)
+    except ConfigError as err:
+        raise ConfigError(f"{args.name}: made {secret}, but a node could not load {store.authorized_dir} as it "
+                          f"is: {err.message}") from None
+    if role is None:
+        raise ConfigError(f"{args.name}: made {secret}, but no key a node loads from {store.authorized_dir} is "
+                          f"named {args.name!r} (see `miyaq keys list {args.dir}`)")
     print(f"{args.name}: {secret} (hand it to its owner with {args.dir}/node.key); authorized as {role}")
     return 0
 
@@ -57,6 +65,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    KeyStore(args.dir).revoke(args.name)
+    copies = KeyStore(args.dir).revoke(args.name)
     print(f"{args.name}: revoked (moved to {args.dir}/revoked/)")
+    for other in copies:
+        print(f"{other}: revoked too (authorized/{other}.key held the same public key)")
     return 0

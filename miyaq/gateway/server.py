@@ -22,7 +22,6 @@ Every answer is JSON except ``/metrics``; every error is
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
@@ -45,6 +44,7 @@ from miyaq.gateway.tokens import WATCH_INTERVAL as TOKENS_WATCH_INTERVAL
 from miyaq.gateway.webhooks import WebhookDeliverer
 from miyaq.gateway.wsgi import ConnectionLimits, GatewayServer
 from miyaq.runtime import RESTART, Supervisor, green, wall
+from miyaq.security.exposure import gateway_host, is_loopback
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class Gateway:
         self.schedules = schedules
         self.wake = wake
         self.supervisor = supervisor
-        self.host = config.http_host or config.host
+        self.host = gateway_host(config)
         self.port = config.http_port
         self.max_body = config.http_max_body
         self.auth = BearerAuth(config.http_token, config.http_tokens)
@@ -107,10 +107,13 @@ class Gateway:
         logger.info("HTTP gateway on %s://%s:%d (tokens: %s; webhooks to %s)", "https" if self.tls else "http",
                     f"[{self.host}]" if ":" in self.host else self.host, self.port,
                     self.auth.tokens.summary() if self.auth.enabled else "none, open", self.destinations.describe())
-        if not _is_loopback(self.host) and self.tls is None:
+        # Beyond loopback without tokens, the node started only with --insecure, and
+        # build_node logged that (miyaq.security.exposure); these are the rest.
+        exposed = not is_loopback(self.host)
+        if exposed and self.tls is None:
             logger.warning("HTTP gateway reachable beyond loopback without TLS: tokens and payloads travel in "
                            "clear text (set http_cert and http_key, docs/http.md)")
-        if not _is_loopback(self.host) and self.destinations.allow_private and not self.destinations.allow_list.enabled:
+        if exposed and self.destinations.allow_private and not self.destinations.allow_list.enabled:
             logger.warning("HTTP gateway reachable beyond loopback with webhook_allow_private and no "
                            "webhook_allow_hosts: anyone who can enqueue can make this node send requests to "
                            "its own network (docs/http.md)")
@@ -249,12 +252,3 @@ def _header_value_ok(value: str) -> bool:
     """Printable ASCII only: no line break to forge a header with, nothing
     outside what every client reads."""
     return value.isascii() and value.isprintable()
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

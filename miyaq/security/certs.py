@@ -14,14 +14,17 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 
 import zmq
+from zmq.utils import z85
 
 from miyaq.errors import ConfigError
 
 _LINE = re.compile(r"^(?P<indent>\s*)(?P<name>[A-Za-z0-9_.-]+)\s*(=\s*(?P<value>.*))?$")
 MAX_CERT_BYTES = 64 * 1024
+Z85_ALPHABET = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#")
 
 
 @dataclass(frozen=True)
@@ -41,13 +44,54 @@ def _unquote(value: str) -> str:
     return value
 
 
-def read(path: str) -> Certificate:
-    """Parse a certificate file; ConfigError names the file when it is unusable."""
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _read_bounded(path: str) -> bytes:
+    """At most MAX_CERT_BYTES of a regular file. Opened without blocking (a FIFO
+    with no writer would block the whole hub) and checked with fstat on what
+    was opened (a symlink to /dev/zero is a device, not a file)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     try:
-        if os.path.getsize(path) > MAX_CERT_BYTES:
-            raise ConfigError(f"{path} is not a certificate (larger than {MAX_CERT_BYTES} bytes)")
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{path} is not a certificate ({_kind(st.st_mode)}, not a regular file)")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_CERT_BYTES:
+            chunk = os.read(fd, MAX_CERT_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > MAX_CERT_BYTES:
+        raise ConfigError(f"{path} is not a certificate (larger than {MAX_CERT_BYTES} bytes)")
+    return b"".join(chunks)
+
+
+def is_z85_key(value: str) -> bool:
+    """A CURVE key in Z85: 40 characters of the Z85 alphabet that decode to 32 bytes."""
+    if len(value) != 40 or not set(value) <= Z85_ALPHABET:
+        return False
+    try:
+        return len(z85.decode(value.encode("ascii"))) == 32
+    except Exception:  # noqa: BLE001 - a group past 2**32 fails in struct, whatever pyzmq raises
+        return False
+
+
+def read(path: str) -> Certificate:
+    """Parse a certificate file; ConfigError names the file when it is unusable
+    (unreadable, not a regular file, over MAX_CERT_BYTES, not UTF-8, or without
+    a well-formed Z85 key)."""
+    try:
+        text = _read_bounded(path).decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read the certificate {path}: {exc}") from None
     section = ""
@@ -71,9 +115,14 @@ def read(path: str) -> Certificate:
     public = keys.get("public-key", "")
     if len(public) != 40:
         raise ConfigError(f"{path} has no CURVE public key (expected 40 Z85 characters)")
+    if not is_z85_key(public):
+        raise ConfigError(f"{path} has a malformed CURVE public key (not 40 valid Z85 characters)")
     secret = keys.get("secret-key")
-    if secret is not None and len(secret) != 40:
-        raise ConfigError(f"{path} has a malformed CURVE secret key")
+    if secret is not None and not is_z85_key(secret):
+        raise ConfigError(f"{path} has a malformed CURVE secret key (not 40 valid Z85 characters)")
+    if secret is not None and zmq.curve_public(secret.encode("ascii")) != public.encode("ascii"):
+        raise ConfigError(f"{path}: its public key is not the one of its secret key (a damaged or "
+                          "hand-edited file): make a new pair")
     return Certificate(path, public.encode("ascii"), secret.encode("ascii") if secret else None, metadata)
 
 

@@ -86,6 +86,10 @@ class KeyStore:
         for path in (os.path.join(self.dir, name + ".key"), os.path.join(self.authorized_dir, name + ".key")):
             if os.path.exists(path):
                 raise ConfigError(f"a key named {name!r} exists already ({path}); revoke it or pick another name")
+        held = len(self._key_files())
+        if held >= MAX_KEYS:
+            raise ConfigError(f"{self.authorized_dir} holds {held:,} keys already, the most a node loads "
+                              f"({MAX_KEYS:,}): revoke some first (`miyaq keys revoke`)")
         public, secret = certs.create(self.dir, name, {"role": parsed.value, "name": name})
         with open(public, encoding="utf-8") as src:
             text = src.read()
@@ -95,19 +99,31 @@ class KeyStore:
         os.replace(target + ".tmp", target)
         return public, secret
 
-    def revoke(self, name: str) -> None:
-        """Take ``name`` out of ``authorized/`` (its pair moves to ``revoked/``)."""
+    def revoke(self, name: str) -> list[str]:
+        """Take ``name`` out of ``authorized/`` (its pair moves to ``revoked/``),
+        and every other certificate there holding the same public key (a copy
+        under another name would keep the key authorized). Returns the names
+        of those copies."""
         check_name(name)
         authorized = os.path.join(self.authorized_dir, name + ".key")
         if not os.path.exists(authorized):
             raise ConfigError(f"no authorized key named {name!r} in {self.authorized_dir}")
-        os.remove(authorized)
+        public = _public_or_none(authorized)
+        copies = []
+        for entry in self._key_files() if public is not None else []:
+            path = os.path.join(self.authorized_dir, entry)
+            if entry != name + ".key" and _public_or_none(path) == public:
+                copies.append(entry[:-4])
         revoked = os.path.join(self.dir, REVOKED)
         os.makedirs(revoked, exist_ok=True)
+        for other in copies:
+            os.replace(os.path.join(self.authorized_dir, other + ".key"), os.path.join(revoked, other + ".key"))
+        os.remove(authorized)
         for suffix in (".key", ".key_secret"):
             src = os.path.join(self.dir, name + suffix)
             if os.path.exists(src):
                 os.replace(src, os.path.join(revoked, name + suffix))
+        return copies
 
     def list(self) -> list[KeyInfo]:
         """Every authorized key, then every revoked one, by name."""
@@ -116,7 +132,11 @@ class KeyStore:
                if ident.name != NODE]
         revoked = os.path.join(self.dir, REVOKED)
         if os.path.isdir(revoked):
-            for entry in sorted(os.listdir(revoked)):
+            try:
+                entries = os.listdir(revoked)
+            except OSError as exc:
+                raise ConfigError(f"cannot read the key directory {revoked}: {exc.strerror or exc}") from None
+            for entry in sorted(entries):
                 if entry.endswith(".key"):
                     cert = certs.read(os.path.join(revoked, entry))
                     out.append(KeyInfo(entry[:-4], cert.metadata.get("role", "?"), cert.public.decode(), True))
@@ -137,24 +157,63 @@ class KeyStore:
             raise ConfigError(f"{path} holds no secret key")
         return cert
 
+    def node_public(self) -> tuple[bytes, str] | None:
+        """The cluster's public key and the file it came from: ``node.key_secret``
+        (the pair a node serves and dials its peers with; a node's directory
+        needs no ``node.key``), else ``node.key``; None without either."""
+        for suffix in (".key_secret", ".key"):
+            path = os.path.join(self.dir, NODE + suffix)
+            if os.path.exists(path):
+                return certs.read(path).public, path
+        return None
+
+    def _key_files(self) -> tuple[str, ...]:
+        """The ``*.key`` entries of ``authorized/``, sorted; ConfigError naming
+        the directory when it cannot be listed."""
+        directory = self.authorized_dir
+        try:
+            entries = os.listdir(directory)
+        except FileNotFoundError:
+            raise ConfigError(f"--keys {self.dir}: no authorized/ directory (make it with `miyaq keys init`)") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read the key directory {directory}: {exc.strerror or exc}") from None
+        return tuple(sorted(entry for entry in entries if entry.endswith(".key")))
+
     def authorized(self) -> dict[bytes, Identity]:
         """Public key (Z85) -> identity, for every certificate in ``authorized/``,
-        plus the cluster key itself as a peer. A certificate without a valid
-        role is skipped (and named in the error log by the caller's reload)."""
+        plus the cluster key itself as a peer. ConfigError, naming the file or
+        the directory, when one is unusable, when more than ``MAX_KEYS``
+        certificates are there, or when two hold the same public key (revoking
+        one would leave the key authorized by the other): a node does not
+        start, a reload keeps the keys already loaded."""
         out: dict[bytes, Identity] = {}
-        node_public = os.path.join(self.dir, NODE + ".key")
-        if os.path.exists(node_public):
-            out[certs.read(node_public).public] = Identity(NODE, Role.PEER)
-        directory = self.authorized_dir
-        if not os.path.isdir(directory):
+        where: dict[bytes, str] = {}
+        node = self.node_public()
+        if node is not None:
+            out[node[0]] = Identity(NODE, Role.PEER)
+            where[node[0]] = node[1]
+        if not os.path.isdir(self.authorized_dir):
             raise ConfigError(f"--keys {self.dir}: no authorized/ directory (make it with `miyaq keys init`)")
-        for entry in sorted(os.listdir(directory))[:MAX_KEYS]:
-            if not entry.endswith(".key"):
-                continue
-            cert = certs.read(os.path.join(directory, entry))
+        names = self._key_files()
+        if len(names) > MAX_KEYS:
+            raise ConfigError(f"{self.authorized_dir} holds {len(names):,} keys, more than the {MAX_KEYS:,} a node "
+                              "loads: revoke the ones no longer used (`miyaq keys revoke`)")
+        for entry in names:
+            cert = certs.read(os.path.join(self.authorized_dir, entry))
             try:
                 role = parse_role(cert.metadata.get("role", ""))
             except ValueError as exc:
                 raise ConfigError(f"{cert.path}: {exc}") from None
+            if cert.public in where:
+                raise ConfigError(f"{cert.path} and {where[cert.public]} hold the same public key: revoking one "
+                                  "would leave it authorized by the other; remove one of them")
+            where[cert.public] = cert.path
             out[cert.public] = Identity(cert.metadata.get("name", entry[:-4]), role)
         return out
+
+
+def _public_or_none(path: str) -> bytes | None:
+    try:
+        return certs.read(path).public
+    except ConfigError:
+        return None

@@ -14,7 +14,10 @@ pyzmq ships authenticators for threads and asyncio but not gevent; this one
 reuses ``zmq.auth.Authenticator``'s request handling in a supervised
 greenlet. The set is re-read by :meth:`reload` (the node calls it on SIGHUP)
 and when the ``authorized/`` directory changes (checked every
-``WATCH_INTERVAL`` seconds). A reload that fails keeps the previous set.
+``WATCH_INTERVAL`` seconds). A reload that fails -- whatever the error: an
+unreadable directory, a bad or duplicate certificate, more than ``MAX_KEYS``
+of them -- keeps the previous set, logs one line saying why and counts it
+(``reloads["failed"]`` in STATUS ``security``).
 """
 from __future__ import annotations
 
@@ -125,10 +128,12 @@ class ZapHandler:
         """Re-read ``authorized/``; keeps the previous set if it cannot."""
         try:
             fresh = self.store.authorized()
-        except MiyaqError as err:
+        except Exception as err:  # noqa: BLE001 - whatever reading the directory meets, the node keeps running
+            reason = err.message if isinstance(err, MiyaqError) else (
+                f"{type(err).__name__}: {err}" if str(err) else type(err).__name__)
             self.reloads["failed"] += 1
             logger.error("keys not reloaded (%s): %s; keeping the %d key(s) already loaded",
-                         why, err.message, len(self.identities))
+                         why, reason, len(self.identities))
             return False
         added = len(set(fresh) - set(self.identities))
         removed = len(set(self.identities) - set(fresh))
