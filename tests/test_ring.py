@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from miyaq.protocol.ring import Ring, stable_hash
+from miyaq.protocol.ring import MAX_POINTS, MAX_VNODES, MAX_WEIGHT, Ring, check_weight, stable_hash
 from miyaq.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -108,10 +108,29 @@ def test_bad_members_raise_config_error(members):
         Ring(members)
 
 
-@pytest.mark.parametrize("vnodes", [0, -5, 1.5, True])
+@pytest.mark.parametrize("vnodes", [0, -5, 1.5, True, MAX_VNODES + 1])
 def test_bad_vnodes_raise_config_error(vnodes):
     with pytest.raises(ConfigError):
         Ring(TEN, vnodes=vnodes)
+
+
+@pytest.mark.parametrize("members,vnodes", [
+    ({"a": 1, "b": MAX_WEIGHT * 2}, 160),          # one weight over the bound
+    ({"a": 1, "b": 5000}, 1),                       # the audit's 5,000 (800,160 points at 160 vnodes)
+    ({f"n{i}": 1 for i in range(500)}, 160),        # 80,000 points in all
+])
+def test_a_ring_too_large_to_build_everywhere_is_refused(members, vnodes):
+    """Fault: an operator's typo (a weight of 5,000) or a znode another tool
+    wrote. Every node and client builds the ring each time it changes, in
+    the hub: before 2026-12-05 a weight of 5,000 made 800,160 points and
+    stalled every node past its ZooKeeper session. A weight is at most
+    MAX_WEIGHT and a ring at most MAX_POINTS points (the client's bound)."""
+    with pytest.raises(ConfigError, match="at most|points"):
+        Ring(members, vnodes=vnodes)
+    with pytest.raises(ConfigError):
+        check_weight(MAX_WEIGHT * 2)
+    assert check_weight(MAX_WEIGHT) == MAX_WEIGHT
+    assert len(Ring({f"n{i}": 1 for i in range(MAX_POINTS // 160)}))
 
 
 def test_members_weights_len_contains_and_equality():

@@ -69,6 +69,25 @@ def test_credentials_given_twice_or_unreadable_are_refused(tmp_path):
         ZkAuth.from_options(None, str(tmp_path / "missing"))
 
 
+def test_a_credentials_file_that_is_no_plain_file_or_too_long_is_refused_not_cut(tmp_path):
+    """Bad input: --zk-auth-file names a FIFO (its read blocked the start for
+    good), or a file over 4,096 bytes (cut there before 2026-12-05: a wrong
+    password, found only as a Forbidden later). Both are refused, naming the
+    file. A UTF-8 byte-order mark is not part of the user name."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="FIFO"):
+        ZkAuth.from_file(str(fifo))
+    long = tmp_path / "long"
+    long.write_text("ops:" + "x" * 5000)
+    with pytest.raises(ConfigError, match="larger than 4096 bytes"):
+        ZkAuth.from_file(str(long))
+    bom = tmp_path / "bom"
+    bom.write_bytes("\ufeffops:secret\n".encode("utf-8"))
+    bom.chmod(0o600)
+    assert ZkAuth.from_file(str(bom)).user == "ops"
+
+
 def test_a_credentials_file_others_may_read_is_warned_about(tmp_path, caplog):
     path = tmp_path / "zk-auth"
     path.write_text("ops:secret")

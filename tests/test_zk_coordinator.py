@@ -306,6 +306,15 @@ def test_ring_admin_join_leave_and_weight(make, zk_server, zk_cluster_name):
             admin.set_weight("b", 0)
         with pytest.raises(ConfigError):
             admin.join("bad/id")
+        # Fault: an operator's typo. A weight past MAX_WEIGHT, or one that
+        # would give the ring more than MAX_POINTS points, is refused at once;
+        # before 2026-12-05 a weight of 5,000 was published (800,160 points)
+        # and stalled every node past its ZooKeeper session.
+        with pytest.raises(ConfigError, match="at most 1000"):
+            admin.set_weight("a", 5000)
+        with pytest.raises(ConfigError, match="points"):
+            admin.set_weight("a", 999)
+        assert admin.status()["members"]["a"]["weight"] == 1.0
     assert_epochs_increase(rec_b)
 
 

@@ -10,6 +10,7 @@ killed server, a session expired on the server). No timing assertions.
 """
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator
 
@@ -17,7 +18,7 @@ import pytest
 from kazoo.protocol.states import KazooState
 
 from miyaq.cluster.ring_view import Member
-from miyaq.cluster.zk_layout import Layout, RingRecord, with_join
+from miyaq.cluster.zk_layout import Intent, Layout, RingRecord, with_join, with_weight
 from miyaq.cluster.zk_leader import Leader
 from miyaq.cluster.zk_registry import Registry
 from miyaq.cluster.zk_session import Session, SessionEvent
@@ -356,3 +357,48 @@ def test_coordinator_greenlet_crashing_past_its_budget_stops_the_process(zk_serv
         c.stop()
         supervisor.kill()
     green.sleep(0)
+
+
+def test_a_ring_znode_that_cannot_be_decoded_does_not_send_the_epoch_back(sessions, zk_cluster_name,
+                                                                           zk_supervisor, zk_client):
+    """Fault: the ring znode holds what this version cannot decode (another
+    version's, a hand edit) at a full restart. Before 2026-12-05 the new
+    leader took the epoch for 0 and published epoch 1: epochs went backwards,
+    and the periodic ticks fenced by the old epoch stopped firing. The epoch
+    field that can still be read (8 here) is the floor; failing that, the
+    znode's version + 1."""
+    ring = Layout(zk_cluster_name).ring
+    zk_client.create(ring, b'{"epoch": 8, "members": "not a list"}', makepath=True)
+    store = ZnodeStore(zk_client, Layout(zk_cluster_name), "test", 5.0)
+    record, stat = store.read_ring()
+    assert record is None and store.epoch_floor(stat) == 8
+    a = Candidate(sessions("a"), zk_cluster_name, "a", zk_supervisor)
+    wait_until(lambda: a.leader.is_leader, "a leader")
+    (gained, epoch), = a.announced
+    assert gained and epoch > 8
+    wait_until(lambda: RingRecord.from_bytes(zk_client.get(ring)[0]).epoch > 8, "a ring past epoch 8")
+    a.leader.stop(5.0)
+    for _ in range(3):
+        zk_client.set(ring, b"\xff not json")
+    record, stat = store.read_ring()
+    assert record is None and store.epoch_floor(stat) == stat.version + 1
+
+
+def test_a_bad_entry_in_desired_costs_only_itself(zk_cluster_name, zk_client):
+    """Fault: one entry of the ``desired`` znode is bad (a weight of 0 from a
+    hand edit; a join that is not a boolean). Before 2026-12-05 the whole
+    znode was refused: the leader published nothing, and the next admin
+    change rewrote it as if empty -- every other node's wish to be in the
+    ring lost, and an empty ring published. Now a bad weight is ignored
+    (the node's default weight), an entry without a readable join is
+    skipped, and the rest stands and is kept by the next change."""
+    layout = Layout(zk_cluster_name)
+    zk_client.create(layout.desired, json.dumps({"nodes": {
+        "a": {"join": True, "weight": 2}, "b": {"join": True, "weight": 0},
+        "c": {"join": "yes"}}}).encode(), makepath=True)
+    store = ZnodeStore(zk_client, layout, "test", 5.0)
+    desired, _ = store.read_desired()
+    assert desired == {"a": Intent(True, 2.0), "b": Intent(True, None)}
+    before, after = store.update_desired(lambda d: with_weight(d, "d", 3.0))
+    assert after == {"a": Intent(True, 2.0), "b": Intent(True, None), "d": Intent(False, 3.0)}
+    assert store.read_desired()[0] == after

@@ -10,7 +10,7 @@ discover nodes, and sends each task's first try to its first holder.
 
 Only a hint, never a rule: any node coordinates any submit. With no ring
 yet, a ring of one member, a ring the client may not build (malformed, or
-over :data:`MAX_POINTS` points), a first holder the client has no
+over :data:`~miyaq.protocol.ring.MAX_POINTS` points), a first holder the client has no
 connection to (or whose connection is down), or a retry, the client picks
 the next node round-robin, as it always did. A ring that changed since the
 last RING reply (every ``DISCOVERY_INTERVAL`` seconds) sends some tasks to
@@ -25,11 +25,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import MiyaqError
-from ..protocol.ring import Ring
+from ..protocol.ring import MAX_POINTS, Ring
 
 logger = logging.getLogger(__name__)
 
-MAX_POINTS = 65_536
 """The most virtual nodes a client builds a ring of (256 members of weight
 1.6 at the default 160 a unit): a RING reply that asks for more -- a
 misconfigured or hostile node -- is not worth the client's CPU; its

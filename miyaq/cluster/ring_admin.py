@@ -29,6 +29,7 @@ from kazoo.recipe.election import Election
 from miyaq.cluster.ring_view import RingView, check_node_id, check_weight
 from miyaq.cluster.zk_auth import ZkAuth
 from miyaq.cluster.zk_layout import Layout, RingRecord, with_join, with_weight
+from miyaq.protocol.ring import check_points
 from miyaq.cluster.zk_store import ZnodeStore, close_client, connect
 from miyaq.cluster.zk_probe import diagnose
 from miyaq.errors import Timeout, Unavailable
@@ -201,6 +202,8 @@ class RingAdmin:
     def _set_weight(self, node_id: str, value: float) -> str:
         store = self._open(changing=True)
         before, _ = store.read_ring()
+        if before is not None and node_id in before.members:
+            check_points({**before.weights, node_id: value}, before.vnodes)   # refused now, not by the leader
         store.update_desired(lambda d: with_weight(d, node_id, value))
         if before is None or node_id not in before.members:
             return f"weight of {node_id} set to {value:g}; it applies when {node_id} is in the ring"

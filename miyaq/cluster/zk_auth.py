@@ -30,10 +30,13 @@ from typing import Any
 from kazoo.security import ACL, make_acl, make_digest_acl
 
 from miyaq.errors import ConfigError
+from miyaq.runtime.small_files import read_small_file
 
 logger = logging.getLogger(__name__)
 
 SCHEME = "digest"
+CREDENTIALS_BYTES = 4096
+"""The longest credentials file (``user:password`` on one line)."""
 
 
 @dataclass(frozen=True)
@@ -60,8 +63,9 @@ class ZkAuth:
         """Read ``user:password`` from ``path``; warns when others may read the file."""
         try:
             mode = os.stat(path).st_mode
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read(4096)
+            # A regular file, whole: a FIFO blocked the start for good, and a
+            # longer file was cut at 4,096 characters (a wrong password later).
+            text = read_small_file(path, CREDENTIALS_BYTES, "a ZooKeeper credentials file").decode("utf-8-sig")
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read the ZooKeeper credentials in {path}: {exc}") from None
         if mode & (stat.S_IRWXG | stat.S_IRWXO):

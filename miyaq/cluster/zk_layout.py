@@ -31,11 +31,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
-from miyaq.protocol.ring import DEFAULT_VNODES
+from miyaq.protocol.ring import DEFAULT_VNODES, check_points, check_vnodes
 from miyaq.cluster.ring_view import Member, RingView, check_node_id, check_weight
 from miyaq.errors import ConfigError
+from miyaq.logs import LogLimiter
 
 logger = logging.getLogger(__name__)
+_log = LogLimiter(logger)     # the leader reads desired every interval: a few lines a minute
 
 ROOT = "/miyaq"
 
@@ -140,9 +142,8 @@ class RingRecord:
         leader = raw.get("leader")
         if leader is not None:
             check_node_id(leader)
-        vnodes = raw.get("vnodes", DEFAULT_VNODES)
-        if isinstance(vnodes, bool) or not isinstance(vnodes, int) or vnodes < 1:
-            raise ConfigError(f"ring vnodes must be an integer >= 1, got {vnodes!r}")
+        vnodes = check_vnodes(raw.get("vnodes", DEFAULT_VNODES), "ring vnodes")
+        check_points(weights, vnodes)
         return cls(epoch, ids, weights, leader, nodes, vnodes)
 
     def to_view(self) -> RingView:
@@ -166,12 +167,29 @@ def parse_desired(data: bytes | None) -> dict[str, Intent]:
     if not isinstance(nodes, Mapping):
         raise ConfigError("desired znode must be {\"nodes\": {...}}")
     out: dict[str, Intent] = {}
+    problems: list[str] = []
     for node_id, entry in nodes.items():
-        check_node_id(node_id)
+        # One bad entry (a hand edit, another version) must not cost the
+        # others: before 2026-12-05 it made the whole znode corrupt -- the
+        # leader published nothing, and the next change rewrote it empty.
+        try:
+            check_node_id(node_id)
+        except ConfigError as err:
+            problems.append(err.message)
+            continue
         if not isinstance(entry, Mapping) or not isinstance(entry.get("join"), bool):
-            raise ConfigError(f"desired entry of {node_id!r} must be {{\"join\": bool, ...}}")
+            problems.append(f"desired entry of {node_id!r} must be {{\"join\": bool, ...}}: ignored")
+            continue
         weight = entry.get("weight")
-        out[node_id] = Intent(entry["join"], None if weight is None else check_weight(weight))
+        try:
+            checked = None if weight is None else check_weight(weight)
+        except ConfigError as err:
+            problems.append(f"desired weight of {node_id!r}: {err.message}; its default weight is used")
+            checked = None
+        out[node_id] = Intent(entry["join"], checked)
+    if problems:
+        _log.warning("desired", "desired znode: %d bad entr%s (%s)", len(problems),
+                     "y" if len(problems) == 1 else "ies", "; ".join(problems[:3]))
     return out
 
 

@@ -41,6 +41,7 @@ from kazoo.recipe.election import Election
 
 from miyaq.cluster.ring_view import Member
 from miyaq.cluster.zk_layout import Intent, RingRecord
+from miyaq.protocol.ring import check_points
 from miyaq.cluster.zk_registry import Registry
 from miyaq.cluster.zk_session import Session, SessionEvent
 from miyaq.cluster.zk_store import ZnodeStore
@@ -74,10 +75,12 @@ def target_ring(
 ) -> RingRecord:
     """The ring the desired state asks for: registered nodes that should be in, with their weights."""
     ids = tuple(sorted(k for k in registered if desired.get(k, Intent(False)).join))
+    weights = {k: desired[k].weight or registered[k].weight for k in ids}
+    check_points(weights, vnodes)     # ConfigError: not published (every node would refuse it)
     return RingRecord(
         epoch=epoch,
         members=ids,
-        weights={k: desired[k].weight or registered[k].weight for k in ids},
+        weights=weights,
         leader=leader,
         nodes={k: registered[k] for k in ids},
         vnodes=vnodes,
@@ -252,7 +255,7 @@ class Leader:
         registered = store.read_registered()
         desired, _ = store.read_desired()
         record, stat = store.read_ring()
-        current = record.epoch if record is not None else 0
+        current = record.epoch if record is not None else store.epoch_floor(stat) if stat is not None else 0
         highest = self._highest_epoch()
         target = target_ring(registered, desired, epoch=max(current, highest) + 1,
                              leader=self.node_id, vnodes=self.vnodes)

@@ -285,6 +285,25 @@ class ZnodeStore:
                 green.sleep(random.uniform(0, 0.02))
         raise Unavailable(f"could not update {self.layout.desired}: too many concurrent writers")
 
+    def epoch_floor(self, stat: Any) -> int:
+        """The least epoch the ring znode, which cannot be decoded, held: its
+        ``epoch`` field if that is still a whole number, and never less than
+        its version + 1 (every publish raised both by at least one). A new
+        term publishes past it: epochs never go backwards, whatever another
+        version or a hand edit left in the znode (before 2026-12-05 a full
+        restart on such a znode began again at epoch 1, and the periodic
+        ticks fenced by the old epoch stopped firing)."""
+        floor = stat.version + 1 if stat is not None else 0
+        try:
+            data, _ = self.call(self.zk.get_async(self.layout.ring))
+            raw = load_json(data, "ring znode")
+        except (NoNodeError, ConfigError):
+            return floor
+        epoch = raw.get("epoch") if isinstance(raw, dict) else None
+        if type(epoch) is int and epoch > floor:
+            return epoch
+        return floor
+
     def read_ring(self) -> tuple[RingRecord | None, Any]:
         """The ring record and its stat; (None, stat) when it is corrupt."""
         try:

@@ -14,13 +14,13 @@ from __future__ import annotations
 import datetime
 import os
 import re
-import stat
 from dataclasses import dataclass, field
 
 import zmq
 from zmq.utils import z85
 
 from miyaq.errors import ConfigError
+from miyaq.runtime.small_files import read_small_file
 
 _LINE = re.compile(r"^(?P<indent>\s*)(?P<name>[A-Za-z0-9_.-]+)\s*(=\s*(?P<value>.*))?$")
 MAX_CERT_BYTES = 64 * 1024
@@ -44,38 +44,6 @@ def _unquote(value: str) -> str:
     return value
 
 
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
-def _read_bounded(path: str) -> bytes:
-    """At most MAX_CERT_BYTES of a regular file. Opened without blocking (a FIFO
-    with no writer would block the whole hub) and checked with fstat on what
-    was opened (a symlink to /dev/zero is a device, not a file)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"{path} is not a certificate ({_kind(st.st_mode)}, not a regular file)")
-        chunks: list[bytes] = []
-        size = 0
-        while size <= MAX_CERT_BYTES:
-            chunk = os.read(fd, MAX_CERT_BYTES + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    finally:
-        os.close(fd)
-    if size > MAX_CERT_BYTES:
-        raise ConfigError(f"{path} is not a certificate (larger than {MAX_CERT_BYTES} bytes)")
-    return b"".join(chunks)
-
-
 def is_z85_key(value: str) -> bool:
     """A CURVE key in Z85: 40 characters of the Z85 alphabet that decode to 32 bytes."""
     if len(value) != 40 or not set(value) <= Z85_ALPHABET:
@@ -91,7 +59,7 @@ def read(path: str) -> Certificate:
     (unreadable, not a regular file, over MAX_CERT_BYTES, not UTF-8, or without
     a well-formed Z85 key)."""
     try:
-        text = _read_bounded(path).decode("utf-8")
+        text = read_small_file(path, MAX_CERT_BYTES, "a certificate").decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read the certificate {path}: {exc}") from None
     section = ""

@@ -1,0 +1,45 @@
+"""Reading a small file an operator names (a key, a credentials file) without
+trusting what it is: a regular file of at most a given size, else a clear
+error. Opened without blocking (a FIFO with no writer would block the whole
+hub) and checked with ``fstat`` on what was opened (a symlink to
+``/dev/zero`` is a device: read whole, it would fill the memory)."""
+from __future__ import annotations
+
+import os
+import stat
+
+from ..errors import ConfigError
+
+__all__ = ["read_small_file"]
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def read_small_file(path: str, limit: int, what: str) -> bytes:
+    """The bytes of the regular file ``path``, at most ``limit`` of them;
+    ``ConfigError`` naming ``path`` as ``what`` ("a certificate") if it is
+    anything else or larger. ``OSError`` when it cannot be opened or read."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{path} is not {what} ({_kind(st.st_mode)}, not a regular file)")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise ConfigError(f"{path} is not {what} (larger than {limit} bytes)")
+    return b"".join(chunks)
