@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from ..runtime import green
 from .context import bind, unbind
@@ -27,15 +27,21 @@ logger = logging.getLogger(__name__)
 
 START_WAIT = 10.0   # seconds to wait for the loop thread to be running
 STOP_WAIT = 5.0
+FLUSH_WAIT = 3.0    # of STOP_WAIT: for app.aio's unacknowledged submits, before the loop's tasks are cancelled
 
 
 class AsyncLoop:
     name = "asyncio"
 
-    def __init__(self, inbox: green.HubInbox, touch: Touch, on_exit: Callable[[], None]) -> None:
+    def __init__(self, inbox: green.HubInbox, touch: Touch, on_exit: Callable[[], None],
+                 before_exit: Callable[[], Awaitable[None]] | None = None) -> None:
         self.inbox = inbox
         self.hub_touch = touch
         self.on_exit = on_exit
+        # Awaited in the loop before its tasks are cancelled (at most
+        # FLUSH_WAIT): the app's miyaq.aio client flushes what handlers
+        # submitted with it, while its reader still runs.
+        self.before_exit = before_exit
         self.loop: asyncio.AbstractEventLoop | None = None
         self._ready = green.Event()
         self._exited = green.Event()
@@ -58,6 +64,7 @@ class AsyncLoop:
                 # coroutines, and every later async task, still need it.
                 logger.warning("an async handler stopped the worker's asyncio loop; it runs on")
                 loop.run_forever()
+            self._flush(loop)
             pending = asyncio.all_tasks(loop)
             for task in pending:
                 task.cancel()
@@ -72,6 +79,19 @@ class AsyncLoop:
                 logger.exception("cleaning up the asyncio thread failed")
             loop.close()
             self.inbox.call(self._exited.set)
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Let ``before_exit`` send what async handlers submitted (app.aio).
+        Before 2026-12-05 the loop cancelled the client's reader with the
+        other tasks, and submits still waiting for their acknowledgement (a
+        busy node, a reconnect) were dropped without a word."""
+        if self.before_exit is None:
+            return
+        try:
+            loop.run_until_complete(asyncio.wait_for(self.before_exit(), FLUSH_WAIT))
+        except Exception as exc:    # a Timeout, Busy, the node gone: said once, the worker stops anyway
+            logger.error("submits made by async handlers may be lost: flushing them at stop failed (%s: %s)",
+                         type(exc).__name__, exc)
 
     # -- running -----------------------------------------------------------------------
     def run(self, job: Job) -> Outcome:

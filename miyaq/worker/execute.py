@@ -177,13 +177,19 @@ def run_sync(fn: Callable[..., Any], body: bytes | None, killing: Callable[[], b
 async def run_async(fn: Callable[..., Any], body: bytes | None,
                     reason: Callable[[], type[Interrupted] | None]) -> Outcome:
     """Await ``fn`` with the task's arguments; never raises an Exception. A
-    cancellation of the asyncio task running this (a cancel or a timeout:
-    ``reason()`` says which) becomes that interruption's outcome."""
+    cancellation of the asyncio task running this by the worker (a cancel or
+    a timeout: ``reason()`` says which; the worker sets it before it
+    cancels) becomes that interruption's outcome. A ``CancelledError`` the
+    worker did not cause -- the handler awaited something another party
+    cancelled -- fails the attempt like any other exception (retried, with
+    its traceback): before 2026-12-05 it was taken for a cancel and the task
+    dead-lettered as "Aborted", its retries lost."""
     try:
         args, kwargs = decode_args(body)
         return done(await fn(*args, **kwargs))
-    except asyncio.CancelledError:
-        return interrupted(reason() or TaskAborted)
+    except asyncio.CancelledError as exc:
+        stop = reason()
+        return interrupted(stop) if stop is not None else failure(exc)
     except BaseException as exc:      # no worker kills the asyncio thread: any GreenletExit is the handler's
         return failure(exc)
 

@@ -91,7 +91,8 @@ class Worker:
             inbox=self.inbox, app_spec=app_spec, max_tasks_per_child=cfg.max_tasks_per_child,
             log_level=cfg.log_level))
         has_async = any(t.is_async for t in app.tasks.values())
-        self.aio = AsyncLoop(self.inbox, self.touch, app.close) if has_async and cfg.pool != "processes" else None
+        self.aio = (AsyncLoop(self.inbox, self.touch, app.close, app.aclose)
+                    if has_async and cfg.pool != "processes" else None)
         self.links = [NodeLink(self, self.factory, ep) for ep in self.endpoints]
         self.refused: set[str] = set()     # endpoints a node named that libzmq refused (bounded: MAX_NODES)
         self.routes = Routes(self.links)
