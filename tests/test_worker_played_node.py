@@ -119,3 +119,24 @@ def test_a_malformed_delivery_that_names_its_task_is_reported_failed(node, threa
              what="the reports")
     assert {r[1]: (r[2], r[3]["type"], r[3]["retry"]) for r in node.reports if r[0] == "failed"} == {
         "x1": (1, "BadDelivery", False), "x2": (3, "BadDelivery", False)}
+
+
+def test_a_worker_whose_handlers_submits_cannot_be_flushed_still_stops(node, monkeypatch) -> None:
+    """Fault: at stop, the app's client cannot flush what handlers submitted
+    (the node is full and keeps answering busy: the flush times out). Before
+    2026-12-05 that Timeout ended the stop half way: the worker never
+    stopped, and a second SIGTERM ended it with gevent's LoopExit. Now it is
+    logged and the stop goes on."""
+    from miyaq.errors import Timeout
+    from miyaq.testing.harness import ThreadWorker
+
+    def flush_fails() -> None:
+        raise Timeout("3 submits not finished within 10s")
+
+    monkeypatch.setattr(app, "close", flush_fails)
+    running = ThreadWorker(app, [node.endpoint], concurrency=1, heartbeat=0.25, grace=0.5).start()
+    try:
+        wait_for(lambda: node.pump() or node.link is not None, what="the worker's READY")
+    finally:
+        running.stop()
+    assert running.worker._stopped.is_set()

@@ -453,7 +453,13 @@ class Worker:
             link.close()
         self.pulse.stop()
         self.inbox.close()
-        self.app.close()
+        try:
+            self.app.close()       # flushes what handlers submitted (bounded): may raise Timeout, Busy...
+        except Exception as exc:
+            # Said, and the stop goes on: before 2026-12-05 it ended here, and
+            # the worker never stopped (a full node made the flush time out).
+            logger.error("worker %s: submits made by handlers may be lost: flushing them at stop failed (%s: %s)",
+                         self.wid, type(exc).__name__, exc)
         self.factory.close()
         logger.info("worker %s stopped after %d task(s)", self.wid, self.executed)
         self._stopped.set()
