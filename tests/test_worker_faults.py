@@ -107,18 +107,18 @@ def test_the_watchdog_is_woken_only_by_a_job_due_before_its_next_look(node, clie
     here). A job due later than that look runs and ends without waking it
     (one task at a time, tasks with the usual timeouts never do); a job due
     sooner wakes it, and it plans to look at that job's deadline."""
-    monkeypatch.setattr("miyaq.worker.runner.WATCHDOG_IDLE", 30.0)
+    monkeypatch.setattr("miyaq.worker.watchdog.WATCHDOG_IDLE", 30.0)
     w = thread_worker(basic.app, node.endpoint, queues=["default"], concurrency=2)
     worker = w.worker
-    wait_for(lambda: worker._watch_at - monotonic() > 20, what="the idle watchdog's next look, 30 s ahead")
-    planned = worker._watch_at
+    wait_for(lambda: worker.watchdog.next_look - monotonic() > 20, what="the idle watchdog's next look, 30 s ahead")
+    planned = worker.watchdog.next_look
     far = client.submit("sleep", [0.2], timeout=120.0, wait=True)
     assert far.result(20) == 1
-    assert worker._watch_at == planned, "a job due after the watchdog's next look woke it"
+    assert worker.watchdog.next_look == planned, "a job due after the watchdog's next look woke it"
     near = client.submit("sleep", [0.5], timeout=10.0, wait=True)
     wait_for(lambda: near.id in worker.running, what="the near job running")
     deadline = worker.running[near.id].deadline
-    wait_for(lambda: worker._watch_at == deadline, what="the watchdog planning to look at the near job's deadline")
+    wait_for(lambda: worker.watchdog.next_look == deadline, what="the watchdog planning to look at the near job's deadline")
     assert near.result(20) == 1
 
 

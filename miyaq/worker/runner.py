@@ -38,7 +38,7 @@ from ..runtime.sockets import SocketFactory
 from ..security.curve import client_curve
 from .aio import AsyncLoop
 from .config import (
-    BYE_LINGER, DRAIN_POLL, MAX_NODES, OVER_CAPACITY, WATCHDOG_IDLE, WATCHDOG_TICK, WorkerConfig,
+    BYE_LINGER, DRAIN_POLL, MAX_NODES, OVER_CAPACITY, WorkerConfig,
 )
 from .execute import Interrupted, Outcome, TaskAborted, TaskTimeout, too_large
 from .jobs import Job, current, release, reportable, well_formed
@@ -47,6 +47,7 @@ from .pools import PoolParts, make_pool
 from .prefetch import RunTimes
 from .pulse import Pulse
 from .routing import Routes
+from .watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
 _log = LogLimiter(logger)     # what a node sends may repeat (a buggy or hostile one): a few lines a minute
@@ -111,10 +112,7 @@ class Worker:
         self.crashed = False
         self.executed = 0
         self._stopped = green.Event()
-        # The watchdog sleeps until the nearest deadline of a running job, or
-        # WATCHDOG_IDLE (`_watch_at`); only a job due sooner wakes it.
-        self._watch = green.Event()
-        self._watch_at = 0.0
+        self.watchdog = Watchdog(self.wid, lambda: [*self.running.values(), *self.superseded], self._interrupt)
         self.pulse = Pulse(self.wid, self.endpoints, cfg.heartbeat, security)
 
     def busy_count(self, link: NodeLink | None = None) -> int:
@@ -260,8 +258,7 @@ class Worker:
             self._interrupt(earlier, TaskTimeout)
         self.running[task_id] = job
         self.routes.origin[task_id] = link
-        if job.deadline < self._watch_at:
-            self._watch.set()           # due before the watchdog means to look again
+        self.watchdog.started(job)
         started = monotonic()
         try:
             outcome = job.executor.run(job)
@@ -350,29 +347,6 @@ class Worker:
         job.stop_reason = reason
         job.executor.interrupt(job)
 
-    def _watchdog(self) -> None:
-        """Stop handlers that ran past their timeout (their lease) without a
-        touch. Looks again at the nearest deadline (at most every
-        WATCHDOG_TICK), and at least every WATCHDOG_IDLE, so that only a job
-        due before its next look wakes it: tasks with the usual timeouts,
-        one at a time, never do (a wake-up of the watchdog is two greenlet
-        switches per task)."""
-        while True:
-            now = monotonic()
-            nearest = float("inf")
-            for job in list(self.running.values()) + self.superseded:
-                if job.stop_reason is not None:
-                    continue
-                if now >= job.deadline:
-                    logger.warning("worker %s: task %s (%s) ran past its %gs timeout; stopping it (pool %s)",
-                                   self.wid, job.task_id, job.name, job.timeout, job.executor.name)
-                    self._interrupt(job, TaskTimeout)
-                elif job.deadline < nearest:
-                    nearest = job.deadline    # a touch only moves a deadline later
-            self._watch_at = max(min(nearest, now + WATCHDOG_IDLE), now + WATCHDOG_TICK)
-            self._watch.clear()
-            self._watch.wait(self._watch_at - now)
-
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> "Worker":
         if self.started:
@@ -386,7 +360,7 @@ class Worker:
             self._serve(link)
         for _ in range(self.concurrency):
             self.supervisor.spawn("runner", self._runner, policy=RESTART)
-        self.supervisor.spawn("watchdog", self._watchdog, policy=RESTART)
+        self.supervisor.spawn("watchdog", self.watchdog.run, policy=RESTART)
         logger.info("worker %s: queues=%s concurrency=%d pool=%s nodes=%s%s", self.wid, ",".join(self.queues),
                     self.concurrency, self.pool.name, ",".join(self.endpoints),
                     " (+asyncio loop)" if self.aio is not None else "")

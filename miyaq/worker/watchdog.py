@@ -1,0 +1,56 @@
+"""The worker's watchdog: stops handlers that run past their timeout.
+
+A job's ``deadline`` is when it started plus its timeout, moved on by each
+touch. The watchdog looks again at the nearest deadline (at most every
+``WATCHDOG_TICK``), and at least every ``WATCHDOG_IDLE``, so that only a job
+due before its next look wakes it (:meth:`Watchdog.started`): tasks with the
+usual timeouts, one at a time, never do (a wake-up of the watchdog is two
+greenlet switches per task).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+
+from ..runtime import green, monotonic
+from .config import WATCHDOG_IDLE, WATCHDOG_TICK
+from .execute import Interrupted, TaskTimeout
+from .jobs import Job
+
+logger = logging.getLogger(__name__)
+
+
+class Watchdog:
+    """``jobs()``: every job whose handler may run (earlier attempts still
+    running included); ``interrupt(job, reason)`` stops one (never blocks)."""
+
+    def __init__(self, wid: str, jobs: Callable[[], Iterable[Job]],
+                 interrupt: Callable[[Job, type[Interrupted]], None]) -> None:
+        self.wid = wid
+        self.jobs = jobs
+        self.interrupt = interrupt
+        self._wake = green.Event()
+        self.next_look = 0.0      # when it means to look again (monotonic)
+
+    def started(self, job: Job) -> None:
+        """A job started: wake the watchdog if it is due before its next look."""
+        if job.deadline < self.next_look:
+            self._wake.set()
+
+    def run(self) -> None:
+        """The loop (spawn it through the worker's supervisor)."""
+        while True:
+            now = monotonic()
+            nearest = float("inf")
+            for job in list(self.jobs()):
+                if job.stop_reason is not None:
+                    continue
+                if now >= job.deadline:
+                    logger.warning("worker %s: task %s (%s) ran past its %gs timeout; stopping it (pool %s)",
+                                   self.wid, job.task_id, job.name, job.timeout, job.executor.name)
+                    self.interrupt(job, TaskTimeout)
+                elif job.deadline < nearest:
+                    nearest = job.deadline    # a touch only moves a deadline later
+            self.next_look = max(min(nearest, now + WATCHDOG_IDLE), now + WATCHDOG_TICK)
+            self._wake.clear()
+            self._wake.wait(self.next_look - now)
