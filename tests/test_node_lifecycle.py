@@ -433,3 +433,25 @@ def test_duplicate_start_names_the_node_it_was_started_on(caplog: pytest.LogCapt
     role = SimpleNamespace(engine=engine, events=events, duplicates_seen=0, config=NodeConfig(), refusals=Refusals())
     apply_events(role, "other-node", [["S", "dup-1", 2, wall() + 30, False]])   # type: ignore[arg-type]
     assert seen == [{"also_started_on": "other-node", "attempt": 2}] and role.duplicates_seen == 1
+
+
+def test_the_service_socket_is_no_longer_read_when_the_log_closes(local_node: Callable[..., Node],
+                                                                  tmp_path: Any) -> None:
+    """Fault: a clean stop (SIGTERM) on a slow disk. The log's last fsync
+    gives the hub a turn; before 2026-12-05 the service reader still ran
+    then, and a CANCEL (a worker's DONE, a dead-letter retry) answered in
+    that window was never written: 40 of 40 cancels undone by the restart
+    in an audit's run. The core's greenlets now stop before the log closes."""
+    node = local_node(data_dir=str(tmp_path / "data"))
+    journal = node.part("persistence")
+    real_stop = journal.stop
+    live_at_close: list[list[str]] = []
+
+    def stop() -> None:
+        live_at_close.append(node.supervisor.live())
+        real_stop()
+
+    journal.stop = stop
+    node.stop(0)
+    [live] = live_at_close
+    assert not {"service reader", "timer loop", "housekeeping"} & set(live), live

@@ -118,7 +118,8 @@ def test_the_watchdog_is_woken_only_by_a_job_due_before_its_next_look(node, clie
     near = client.submit("sleep", [0.5], timeout=10.0, wait=True)
     wait_for(lambda: near.id in worker.running, what="the near job running")
     deadline = worker.running[near.id].deadline
-    wait_for(lambda: worker.watchdog.next_look == deadline, what="the watchdog planning to look at the near job's deadline")
+    wait_for(lambda: worker.watchdog.next_look == deadline,
+             what="the watchdog planning to look at the near job's deadline")
     assert near.result(20) == 1
 
 

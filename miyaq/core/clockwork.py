@@ -52,12 +52,24 @@ class Clockwork:
 
     def start(self) -> None:
         spawn = self.supervisor.spawn
-        spawn("service reader", self.core.endpoint.serve, policy=CRITICAL)
-        spawn("timer loop", self._timer_loop, policy=CRITICAL)
-        spawn("housekeeping", self._housekeeping, policy=RESTART)
+        reader, timers, housekeeping = self.GREENLETS
+        spawn(reader, self.core.endpoint.serve, policy=CRITICAL)
+        spawn(timers, self._timer_loop, policy=CRITICAL)
+        spawn(housekeeping, self._housekeeping, policy=RESTART)
+
+    #: This part's greenlets (spawned by :meth:`start`, killed by :meth:`stop`).
+    GREENLETS = ("service reader", "timer loop", "housekeeping")
 
     def stop(self) -> None:
-        """The node drains before parts stop (:meth:`Core.drain`); nothing more here."""
+        """Stop handling anything: the service socket is no longer read, timers
+        no longer fire. The node drained first (:meth:`Core.drain`); this
+        part stops before the log closes (parts stop in reverse order), so
+        nothing answered from here on can miss the log. Before 2026-12-05 the
+        reader went on until every part had stopped: a CANCEL, a worker's
+        DONE, a dead-letter retry answered during the log's last fsync was
+        acknowledged and never written, and a restart undid it."""
+        for name in self.GREENLETS:
+            self.supervisor.kill_part(name)
 
     def kill(self) -> None:
         try:

@@ -80,6 +80,7 @@ class LogWriter:
         self._waiting: deque[tuple[int, Release]] = deque()
         self._wake = green.Event()
         self._closed = False
+        self._late = False          # a record came after close (logged once)
         self._recovering = False
         self._probe_step = 0
         self._next_probe = 0.0
@@ -89,6 +90,13 @@ class LogWriter:
     def add(self, record: dict[str, Any]) -> None:
         """Buffer one record for the next batch."""
         self._added += 1
+        if self._closed:
+            # Nothing changes state once the log closed (the node's core stops
+            # first); a change that still comes is a bug, said once.
+            if not self._late:
+                self._late = True
+                logger.error("a change came after the log closed; it is not on disk: %r", record)
+            return
         if self.fault is not None and not self._recovering:
             return          # the recovery snapshot will hold this change
         self.buffer.append(record)
