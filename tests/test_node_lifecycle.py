@@ -455,3 +455,45 @@ def test_the_service_socket_is_no_longer_read_when_the_log_closes(local_node: Ca
     node.stop(0)
     [live] = live_at_close
     assert not {"service reader", "timer loop", "housekeeping"} & set(live), live
+
+
+def test_a_stop_asked_during_start_up_waits_for_the_part_at_hand(local_node: Callable[..., Node],
+                                                                 tmp_path: Any) -> None:
+    """Fault: SIGTERM while the node replays a large log at start-up (the
+    replay's fsyncs give the hub a turn). Before 2026-12-05 the stop ran
+    beside the start: it closed the log the replay still used (a traceback,
+    exit status 1), or the later parts started after "stopped". Now the stop
+    waits for the part at hand, no later part starts, and the node ends
+    stopped, cleanly."""
+    node = local_node(start=False, data_dir=str(tmp_path / "data"))
+    journal = node.part("persistence")
+    real_setup = journal.setup
+
+    def setup_interrupted() -> None:
+        node.ask_stop()                  # the signal, in the middle of the replay
+        real_setup()
+
+    journal.setup = setup_interrupted
+    started: list[str] = []
+    for part in node.parts:
+        part.start = (lambda real, name: lambda: (started.append(name), real())[1])(part.start, part.name)
+    assert node.start() is node
+    assert node.wait(0) and node.crashed is None
+    assert started == []                          # nothing started after the stop was asked
+    assert not journal.log.writable              # closed by the stop, after the replay
+
+
+def test_a_start_up_failure_after_a_stop_was_asked_is_a_stop(local_node: Callable[..., Node],
+                                                             tmp_path: Any) -> None:
+    """Fault: SIGTERM during start-up, then the start-up fails (ZooKeeper
+    unreachable, say). The operator asked for a stop and gets one: logged,
+    not raised (``miyaq node`` exits 0, not 2)."""
+    node = local_node(start=False)
+    clockwork = node.part("core")
+
+    def fails() -> None:
+        node.ask_stop()
+        raise RuntimeError("cannot reach ZooKeeper")
+
+    clockwork.setup = fails
+    assert node.start() is node and node.wait(0)

@@ -74,6 +74,8 @@ class Node:
         self.parts = parts
         self.keys = keys
         self.crashed: BaseException | None = None
+        self._starting = False
+        self._stop_asked = False     # a signal came while starting: stop once start() is done
         self._stopping = False
         self._stopped = green.Event()
         supervisor.on_fatal = self._fatal
@@ -84,18 +86,35 @@ class Node:
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> Node:
-        """Set up, then start, every part; a failure stops what started and is raised."""
+        """Set up, then start, every part; a failure stops what started and is
+        raised. A stop asked by a signal meanwhile (:meth:`ask_stop`) waits
+        for this to end, then stops the node as at any other time; a start-up
+        failure after such a request is logged, not raised (the operator
+        asked for a stop, and gets one)."""
+        self._starting = True
         try:
             for part in self.parts:
+                if self._stop_asked:
+                    break
                 part.setup()
             if not self.config.data_dir and not self.config.zk:
                 logger.warning("node %s keeps tasks in memory only (no --data-dir): "
                                "they do not survive a restart", self.id)
             for part in self.parts:
+                if self._stop_asked:
+                    break
                 part.start()
-        except BaseException:
+        except BaseException as exc:
+            self._starting = False
             self.stop(0)
+            if self._stop_asked and isinstance(exc, Exception):
+                logger.info("node %s: start-up ended by the stop asked meanwhile (%s)", self.id, exc)
+                return self
             raise
+        self._starting = False
+        if self._stop_asked:
+            self.stop()
+            return self
         config = self.config
         also = "".join(f" and {ipc}" for ipc in config.ipc_endpoints)
         logger.info("miyaq %s node %s serving on %s%s", __version__, self.id, config.bind_endpoint(config.port), also)
@@ -105,8 +124,20 @@ class Node:
 
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
-            green.on_signal(sig, lambda: self.supervisor.spawn("signal stop", self.stop, policy=LOG))
+            green.on_signal(sig, lambda: self.supervisor.spawn("signal stop", self.ask_stop, policy=LOG))
         green.on_signal(signal.SIGHUP, self.reload)
+
+    def ask_stop(self) -> None:
+        """SIGTERM, SIGINT: stop -- at once, or, during :meth:`start`, as soon
+        as the part being set up or started is done. Before 2026-12-05 the stop
+        ran beside the start: it closed the log a replay was still reading
+        (a traceback, exit status 1) or the parts started after "stopped"."""
+        if self._starting:
+            if not self._stop_asked:
+                self._stop_asked = True
+                logger.info("node %s: stop asked while starting; stopping once the part at hand is up", self.id)
+            return
+        self.stop()
 
     def reload(self) -> None:
         """SIGHUP: read the authorized keys, the HTTP tokens and the HTTPS certificate again."""
