@@ -111,3 +111,32 @@ def test_a_task_leased_to_a_caller_found_gone_is_given_back_unspent(http_node, a
     assert api.get(f"/tasks/{task_id}")[1]["task"]["state"] == "ready"
     task = api.post("/receive", {"queues": ["hg"]})[1]["task"]
     assert (task["id"], task["attempt"]) == (task_id, 1)
+
+
+def test_long_polls_waiting_when_the_node_stops_are_answered_shutting_down(make_http_node):
+    """Fault: the node is stopped (SIGTERM) while HTTP long-polls wait -- a
+    RECEIVE on an empty queue, a result of a task that has not run. Before
+    2026-12-05 the gateway's server killed them at its stop timeout and
+    gevent answered a bare ``500 Internal Server Error``; now each gets the
+    documented 503 ``shutting_down`` with ``Retry-After``, at once."""
+    node = make_http_node()
+    api = Http(node.url)
+    try:
+        task_id = submit(api, "nobody-reads", countdown=3600)
+    finally:
+        api.close()
+    receive = raw_request(node.url, "POST", "/receive", {"queues": ["empty"], "timeout": 30})
+    result = raw_request(node.url, "GET", f"/tasks/{task_id}/result?timeout=30")
+    wait_for(lambda: waiting(node) == 2, "both long-polls waiting")
+    node.stop()
+    for sock in (receive, result):
+        with sock:
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in head, answer
+        assert json.loads(body)["error"]["code"] == "shutting_down"

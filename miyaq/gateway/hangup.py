@@ -23,7 +23,7 @@ from typing import Any
 
 from miyaq.runtime import green, monotonic
 
-__all__ = ["hung_up", "wait_unless_hung_up"]
+__all__ = ["LongPolls", "hung_up", "wait_unless_hung_up"]
 
 #: Seconds between two looks at a connection that sent something while its
 #: long-poll waited (its descriptor stays readable: no watcher can tell more).
@@ -79,3 +79,29 @@ def wait_unless_hung_up(box: Any, timeout: float, connection: Any | None) -> boo
     finally:
         box.unlink(wake)
         watch.close()
+
+
+class LongPolls:
+    """The HTTP long-polls waiting now (their result boxes), so that a
+    stopping gateway answers them ``shutting_down`` (503, ``Retry-After``)
+    before its server stops: before 2026-12-05 the server killed them at its
+    stop timeout, and gevent answered a bare ``500 Internal Server Error``."""
+
+    def __init__(self) -> None:
+        self.boxes: set[Any] = set()
+
+    def add(self, box: Any) -> None:
+        self.boxes.add(box)
+
+    def discard(self, box: Any) -> None:
+        self.boxes.discard(box)
+
+    def end(self, error: BaseException) -> int:
+        """Answer every waiting long-poll with ``error``; how many."""
+        ended = 0
+        for box in list(self.boxes):
+            if not box.ready():
+                box.set(error)
+                ended += 1
+        self.boxes.clear()
+        return ended

@@ -51,6 +51,7 @@ HTTP_PULL = "http"
 
 class PullApi:
     def __init__(self, gateway: Gateway) -> None:
+        self.long_polls = gateway.long_polls
         self.engine = gateway.core.engine
         self.dispatcher = gateway.core.dispatcher
         self.waiters = gateway.core.waiters
@@ -119,7 +120,11 @@ class PullApi:
             box.set(None)
             return None
         # the housekeeping sweep answers at the deadline; the margin covers its period
-        present = wait_unless_hung_up(box, timeout + 1.0, connection)
+        self.long_polls.add(box)
+        try:
+            present = wait_unless_hung_up(box, timeout + 1.0, connection)
+        finally:
+            self.long_polls.discard(box)
         if not box.ready():
             self.waiters.drop_pull(consumer)
             dispatcher.forget(consumer)

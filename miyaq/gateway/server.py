@@ -32,11 +32,12 @@ from miyaq.constants import HTTP_STOP_TIMEOUT, LIMIT_SHARE_REFRESH
 from miyaq.core.binding import binding, http_port
 from miyaq.core.core import Core
 from miyaq.core.handles import Role, ScheduleBook, StatusReport
-from miyaq.errors import ConfigError, MiyaqError
+from miyaq.errors import ConfigError, MiyaqError, ShuttingDown
 from miyaq.gateway.destinations import Destinations
 from miyaq.gateway import tls
 from miyaq.gateway.auth import CHALLENGE, BearerAuth
 from miyaq.gateway.errors import ClientClosedRequest, http_status
+from miyaq.gateway.hangup import LongPolls
 from miyaq.gateway.metrics import NodeMetrics
 from miyaq.gateway.request import Request, Response, json_response
 from miyaq.gateway.routes import build_router
@@ -67,6 +68,7 @@ class Gateway:
         self.port = config.http_port
         self.max_body = config.http_max_body
         self.auth = BearerAuth(config.http_token, config.http_tokens)
+        self.long_polls = LongPolls()       # answered shutting_down when the gateway stops
         self.tls = tls.server_context(config.http_cert, config.http_key) if config.http_cert else None
         tls.ca_file(config.http_ca)
         self.destinations = Destinations(config.webhook_allow_hosts, config.webhook_allow_private)
@@ -127,6 +129,7 @@ class Gateway:
         self._wake.set()
         if self.console is not None:
             self.console.stop()
+        self.long_polls.end(ShuttingDown("the node is stopping; ask another node or again later"))
         if self.server is not None:
             self.server.stop(timeout=HTTP_STOP_TIMEOUT)
         config = self.config

@@ -14,7 +14,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from miyaq.constants import MAX_LONG_POLL
-from miyaq.errors import InvalidField, NotFound
+from miyaq.errors import InvalidField, MiyaqError, NotFound
 from miyaq.core.waiters import outcome
 from miyaq.protocol.commands import DUPLICATE
 from miyaq.runtime import green, monotonic, wall
@@ -111,11 +111,20 @@ class TasksApi:
                 box.set(body)
 
         self.waiters.wait_result(task_id, monotonic() + timeout, answer)
-        # the housekeeping sweep answers at the deadline; the margin covers its period
-        if not wait_unless_hung_up(box, timeout + 1.0, connection):
+        long_polls = self.gateway.long_polls
+        long_polls.add(box)
+        try:
+            # the housekeeping sweep answers at the deadline; the margin covers its period
+            if not wait_unless_hung_up(box, timeout + 1.0, connection):
+                self.waiters.drop_result(task_id, answer)
+                raise ClientClosedRequest(f"the client closed its connection while waiting for task {task_id}")
+        finally:
+            long_polls.discard(box)
+        value = box.value if box.ready() else None
+        if isinstance(value, MiyaqError):      # the node stops (LongPolls.end)
             self.waiters.drop_result(task_id, answer)
-            raise ClientClosedRequest(f"the client closed its connection while waiting for task {task_id}")
-        return box.value if box.ready() else None
+            raise value
+        return value
 
 
 def _view(task_id: str, answer: dict[str, Any]) -> dict[str, Any]:
