@@ -10,6 +10,7 @@ Nothing is read from the environment at import time.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import socket
 import tomllib
@@ -68,6 +69,9 @@ class Settings:
                     file_values = tomllib.load(fh)
             except (OSError, tomllib.TOMLDecodeError) as exc:
                 raise ConfigError(f"cannot read config file {path}: {exc}") from None
+            except UnicodeDecodeError as exc:     # TOML is UTF-8: a binary or Latin-1 file
+                raise ConfigError(f"cannot read config file {path}: it is not UTF-8 text ({exc.reason} at "
+                                  f"byte {exc.start})") from None
             known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
             unknown = set(file_values) - known
             if unknown:
@@ -86,18 +90,31 @@ class Settings:
         return cls(**values)
 
     def check_fields(self) -> None:
-        """Every choice is one of its choices, no number is negative."""
+        """Every choice is one of its choices; no number is negative, NaN or
+        infinite (NaN passes every comparison with a bound, and an infinite
+        wait never ends), nor an integer beyond :data:`MAX_SETTING_INT`."""
         for f in fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
             choices = f.metadata.get("choices")
             if choices and value not in choices:
                 raise ConfigError(f"{f.name} must be one of {', '.join(choices)}, not {value!r}")
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name} must be a finite number, not {value!r}")
+            if value < 0:
                 raise ConfigError(f"{f.name} must not be negative, not {value!r}")
+            if value > MAX_SETTING_INT:
+                raise ConfigError(f"{f.name} must be at most {MAX_SETTING_INT:,}, not {value:,}")
 
 
 S = TypeVar("S", bound=Settings)
 
+
+#: The largest integer a setting takes, either side of 0: a signed 64-bit
+#: one, as msgpack carries it (a node's STATUS reports its settings, and a
+#: larger number would fail every STATUS instead of the start).
+MAX_SETTING_INT = 2**63 - 1
 
 #: The longest path of a unix socket (``sun_path`` less its final NUL, Linux).
 MAX_IPC_PATH = 107
@@ -338,5 +355,5 @@ def _coerce(name: str, type_: Any, raw: Any) -> Any:
                 raise ValueError(raw)
             return float(raw)
         return str(raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"setting {name} expects {kind}, got {raw!r}") from None

@@ -112,7 +112,7 @@ class DevNode:
     @property
     def exit_code(self) -> int | None:
         """The process's exit code; ``None`` while it runs."""
-        return self.proc.proc.poll() if self.proc.proc is not None else None
+        return self.proc.exit_code
 
     def describe(self) -> str:
         return (f"node {self.node_id}  service {self.service}  peer tcp://{HOST}:{self.port + 1}  "
@@ -224,6 +224,8 @@ class DevCluster:
             self.workers = Proc(["worker", self.workers_app, "--processes", str(self.worker_processes),
                                  "--connect", ",".join(self.endpoints)],
                                 name="workers", env=self._key_env(), log_dir=self.log_dir).start()
+            if not self._wait_workers(self.workers):
+                return False
         if self.state_dir is not None:
             self.state_path = str(self._write_state(self.state_dir))
         return True
@@ -306,6 +308,42 @@ class DevCluster:
                               f"({last}); logs in {self.log_dir}")
             self._stop.wait(0.2)
 
+    def _wait_workers(self, workers: Proc) -> bool:
+        """Poll until every node has the workers registered (each worker
+        process registers with every node); raise if they exit first (an
+        APP that does not import, a bad option), naming their log."""
+        deadline = time.monotonic() + self.ready_timeout
+        while True:
+            if self._stop.is_set():
+                return False
+            if not workers.alive():
+                raise MiyaqError(f"the workers ({self.workers_app}) exited with code {workers.exit_code} during "
+                                 f"start; their log ({workers.log_path}) ends:\n{workers.log_tail(30)}")
+            registered = self._workers_registered()
+            if registered >= self.worker_processes:
+                return True
+            if time.monotonic() >= deadline:
+                raise Timeout(f"the workers ({self.workers_app}) had not registered with every node within "
+                              f"{self.ready_timeout:g}s ({registered} of {self.worker_processes} on the node with "
+                              f"fewest); their log: {workers.log_path}")
+            self._stop.wait(0.2)
+
+    def _workers_registered(self) -> int:
+        """Workers registered with the node that has fewest (0 if a node does not answer)."""
+        from miyaq.client.client import Client
+        fewest: int | None = None
+        for node in self.nodes:
+            client = Client(node.service, request_timeout=1.0, green=False, key=self.key,
+                            server_key=self.server_key)
+            try:
+                count = int(client.status()["totals"]["workers"])
+            except (MiyaqError, KeyError, TypeError, ValueError):
+                return 0
+            finally:
+                client.close(flush=False)
+            fewest = count if fewest is None else min(fewest, count)
+        return fewest or 0
+
     def _all_serving(self) -> bool:
         """True when every node answers STATUS on its service endpoint."""
         from miyaq.client.client import Client
@@ -326,19 +364,32 @@ class DevCluster:
         """Nodes whose process has exited."""
         return [n for n in self.nodes if not n.proc.alive()]
 
-    def wait(self, duration: float | None = None, on_exit: Callable[[DevNode], None] | None = None) -> None:
-        """Block until :meth:`request_stop` or ``duration`` seconds; report nodes that exit meanwhile."""
+    def exited(self) -> list[tuple[str, Proc]]:
+        """(name, process) of every node process and of the workers that
+        has exited: ``n2``, ``workers``."""
+        gone = [(n.node_id, n.proc) for n in self.dead_nodes()]
+        if self.workers is not None and not self.workers.alive():
+            gone.append(("workers", self.workers))
+        return gone
+
+    def wait(self, duration: float | None = None,
+             on_exit: Callable[[str, Proc], None] | None = None) -> list[str]:
+        """Block until :meth:`request_stop` or ``duration`` seconds; report
+        each node and the workers if they exit meanwhile (``on_exit(name,
+        process)``, once each). Returns the names of those that exited."""
         deadline = None if duration is None else time.monotonic() + duration
-        reported: set[str] = set()
-        while not self._stop.is_set():
-            for node in self.dead_nodes():
-                if node.node_id not in reported:
-                    reported.add(node.node_id)
+        reported: list[str] = []
+        while True:
+            for name, proc in self.exited():
+                if name not in reported:
+                    reported.append(name)
                     if on_exit is not None:
-                        on_exit(node)
+                        on_exit(name, proc)
+            if self._stop.is_set():
+                return reported
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                return
+                return reported
             self._stop.wait(1.0 if left is None else min(1.0, left))
 
     # -- stopping ---------------------------------------------------------------

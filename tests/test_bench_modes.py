@@ -47,18 +47,27 @@ def parse(*argv: str) -> argparse.Namespace:
 @pytest.mark.parametrize("argv, words", [
     (["--confirmed", "--rate", "10"], "--confirmed"),
     (["--cluster", "1"], "--cluster"),
-    (["--repeat", "0"], "--repeat"),
-    (["--idle", "-1"], "--idle"),
     (["--delayed", "10", "--baseline"], "--delayed"),
     (["--delayed", "10", "--baseline-gevent"], "--delayed"),
     (["--connect", "tcp://127.0.0.1:9", "--cluster", "3"], "--connect"),
     (["--python", "/nonexistent/python"], "not an executable"),
-    (["--prefetch", "-1"], "--prefetch"),
 ])
 def test_contradictory_or_bad_options_are_refused(argv, words):
     with pytest.raises(ConfigError) as err:
         bench_cmd.check(parse(*argv))
     assert words in err.value.message
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["--repeat", "0"], "--repeat"),
+    (["--idle", "-1"], "--idle"),
+    (["--prefetch", "-1"], "--prefetch"),
+    (["--rate", "nan"], "--rate"),
+])
+def test_numbers_out_of_range_stop_the_parser(argv, option, capsys):
+    with pytest.raises(SystemExit) as info:
+        parse(*argv)
+    assert info.value.code == 2 and f"argument {option}" in capsys.readouterr().err
 
 
 def test_good_options_pass_the_checks():

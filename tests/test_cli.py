@@ -17,6 +17,7 @@ import pytest
 from gateway_harness import WorkerServer
 from raw_nodes import CountingNode, NodesPlayer
 
+from miyaq.cli.main import main
 from miyaq.protocol import commands as c
 from miyaq.testing.harness import free_port, refusing_port, wait_for
 
@@ -253,3 +254,65 @@ def test_a_gateway_answer_of_an_unexpected_shape_is_a_clear_error(payload, expec
     assert "Traceback" not in done.stderr
     line, = done.stderr.strip().splitlines()
     assert line.startswith("miyaq: error: " + expected.format(url=server.url)), line
+
+
+@pytest.mark.parametrize("argv,option", [
+    (["submit", "add", "--priority", "100000000000000000000000"], "--priority"),
+    (["submit", "add", "--max-retries", "100000000000000000000000"], "--max-retries"),
+    (["submit", "add", "--countdown", "nan"], "--countdown"),
+    (["submit", "add", "--ttl", "inf"], "--ttl"),
+    (["submit", "add", "--wait", "--wait-timeout", "-1"], "--wait-timeout"),
+    (["tasks", "--limit", "100000000000000000000000"], "--limit"),
+    (["dead", "list", "--limit", "0"], "--limit"),
+    (["queue", "limit", "q", "--rate", "nan"], "--rate"),
+    (["ring", "weight", "n1", "nan"], "weight"),
+    (["dev-cluster", "--duration", "nan"], "--duration"),
+    (["dev-cluster", "--nodes", "0"], "--nodes"),
+    (["chaos", "--duration", "inf"], "--duration"),
+    (["bench", "--rate", "nan"], "--rate"),
+    (["bench", "--concurrency", "-5"], "--concurrency"),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else v)
+def test_a_number_no_command_can_use_is_a_usage_error_before_anything_is_sent(argv, option, capsys):
+    """Fault: a number out of every range the option has -- an integer too big
+    for msgpack, NaN, infinity, a negative wait. It stops the parser (exit
+    2) with a line naming the option, before any connection is made. Before,
+    a huge integer was a msgpack traceback, ``--wait-timeout -1`` raised
+    after the node had accepted the task, and ``--duration nan`` never
+    ended."""
+    endpoint_options = ["--connect", "tcp://127.0.0.1:9"] if argv[0] in ("submit", "tasks", "dead") else []
+    with pytest.raises(SystemExit) as info:
+        main([*argv, *endpoint_options])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}" in err, err
+    assert "Traceback" not in err
+
+
+def test_a_queue_name_goes_to_the_gateway_as_one_path_segment(capsys):
+    """A queue name holding ``?``, ``/`` or ``#`` reached the gateway as part
+    of another path or a query string (``/queues/a?b/pause``: the request
+    went to ``/queues/a``). It is percent-encoded as one segment now, and
+    the node judges the name."""
+    status = (200, {"Content-Type": "application/json"}, 0.0, b'{"node": "n1"}')
+    refused = (400, {"Content-Type": "application/json"}, 0.0,
+               b'{"error": {"code": "invalid_field", "message": "bad queue name"}}')
+    server = WorkerServer(script={1: status, 2: refused, 3: status, 4: refused})
+    try:
+        assert main(["queue", "pause", "a?b/c#d", "--http", server.url]) == 2
+        assert main(["queue", "limit", "a/../b", "--rate", "5", "--http", server.url]) == 2
+    finally:
+        server.close()
+    paths = [r.path for r in server.requests]
+    assert paths == ["/status", "/queues/a%3Fb%2Fc%23d/pause", "/status", "/queues/a%2F..%2Fb/limits"], paths
+    assert "bad queue name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("url", ["localhost", "/x", "http://[::1", "http://127.0.0.1:port", "htp://127.0.0.1:1"])
+def test_a_gateway_url_urllib_cannot_use_is_a_clear_error(url, capsys):
+    """Fault: ``--http`` is not a URL a request can go to (a bare host or
+    path, a broken IPv6 literal, a port that is not a number, an unknown
+    scheme). One line naming it, exit 2; the first three were a ValueError
+    traceback."""
+    assert main(["queue", "list", "--http", url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"miyaq: error: {url} is not a gateway URL miyaq can use"), err

@@ -18,8 +18,11 @@ import pytest
 
 import miyaq
 from miyaq.cli.main import build_parser
+from miyaq.cli.node_cmd import stream_drop
 from miyaq.config import NodeConfig
 from miyaq.errors import ConfigError
+from miyaq.protocol.commands import MAX_WORKER_CAPACITY
+from miyaq.worker.config import WorkerConfig
 
 MIYAQ = [sys.executable, "-m", "miyaq.cli.main"]
 SUBPROCESS_GUARD = 60       # seconds; against a hang, not a timing assertion
@@ -151,6 +154,11 @@ def test_missing_or_broken_file_is_a_config_error(tmp_path):
     ("env", "peer_heartbeat_timeout", "0.1"),
     ("flag", "peer_heartbeat_timeout", "nan"),
     ("file", "peer_heartbeat_timeout", "7200.0"),
+    ("flag", "heartbeat", "nan"),
+    ("env", "shutdown_grace", "inf"),
+    ("file", "shutdown_grace", "inf"),
+    ("file", "max_bytes", "100000000000000000000000"),
+    ("env", "max_tasks", "99999999999999999999999"),
 ])
 def test_bad_values_are_refused_naming_the_setting(tmp_path, source, name, raw):
     """A value of the wrong type, outside the choices or negative is a
@@ -184,6 +192,51 @@ def test_choice_flag_is_refused_by_the_parser(capsys):
         build_parser().parse_args(["node", "--fsync", "sometimes"])
     assert info.value.code == 2
     assert "--fsync" in capsys.readouterr().err
+
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path):
+    """Fault: --config names a Latin-1 or binary file. TOML is UTF-8, and
+    tomllib's UnicodeDecodeError was a traceback; it is a ConfigError naming
+    the file and the byte."""
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('cluster = "Zürich"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        NodeConfig.load({"config": str(path)}, {})
+    assert str(path) in info.value.message and "not UTF-8" in info.value.message
+
+
+@pytest.mark.parametrize("options,named", [
+    ({"concurrency": "nan"}, "concurrency"),
+    ({"heartbeat": "nan"}, "heartbeat"),
+    ({"grace": "inf"}, "grace"),
+    ({"processes": "100000"}, "processes"),
+    ({"concurrency": "100000000000000000000"}, "concurrency"),
+    ({"concurrency": "5000", "prefetch": "99000"}, "prefetch"),
+])
+def test_worker_settings_no_worker_can_run_with_are_refused(options, named):
+    """Fault: a worker told to run NaN seconds between heartbeats (its
+    heartbeat thread died on the first wait), a grace that never ends, more
+    processes or greenlets than any machine holds, or a credit past what a
+    node lets one worker hold (every READY refused). ConfigError naming the
+    setting, before the worker starts."""
+    with pytest.raises(ConfigError) as info:
+        WorkerConfig.load(options, {})
+    assert named in info.value.message
+
+
+def test_a_worker_left_to_its_default_prefetch_asks_at_most_what_a_node_grants():
+    """With the adaptive default (up to 16 x concurrency) a large
+    concurrency still asks a node for at most MAX_WORKER_CAPACITY tasks."""
+    assert WorkerConfig.load({"concurrency": "10000"}, {}).capacity == MAX_WORKER_CAPACITY
+
+
+@pytest.mark.parametrize("raw", ["x", "nan", "-0.5", "1.5"])
+def test_a_stream_drop_share_that_is_not_0_to_1_is_refused(raw):
+    """Fault: the fault-injection variable MIYAQ_FAULT_STREAM_DROP holds no
+    share (``x`` was a ValueError traceback at the node's start)."""
+    with pytest.raises(ConfigError, match="MIYAQ_FAULT_STREAM_DROP"):
+        stream_drop({"MIYAQ_FAULT_STREAM_DROP": raw})
+    assert stream_drop({"MIYAQ_FAULT_STREAM_DROP": "0.25"}) == 0.25 and stream_drop({}) == 0.0
 
 
 def test_cross_field_checks():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -309,3 +310,37 @@ def test_secure_dev_cluster_runs_keys_on_every_socket(dev_clusters, tmp_path):
     dev_clusters.seen.update(descendants(cluster.proc.pid))
     cluster.proc.send_signal(signal.SIGTERM)
     assert cluster.proc.wait(STOP_TIMEOUT) == 0, cluster.output()
+
+
+def test_workers_that_exit_at_start_fail_the_dev_cluster(dev_clusters, tmp_path):
+    """Fault: ``--workers`` names an app that does not import, so the
+    workers exit at once. The start fails (exit 2) naming the workers and
+    the end of their log, and no ``ready`` line is printed; it printed
+    ``ready`` and ran (and exited 0) with no workers at all."""
+    cluster = dev_clusters.start("--nodes", "1", "--workers", "no_such_module_here:app", "--duration", "60",
+                                 "--base-port", str(free_port()), "--log-dir", str(tmp_path / "logs"),
+                                 cwd=str(tmp_path))
+    code = cluster.proc.wait(READY_TIMEOUT)
+    output = cluster.output()
+    assert code == 2, output
+    assert "miyaq: error: the workers (no_such_module_here:app) exited with code 2 during start" in output
+    assert "cannot import 'no_such_module_here'" in output
+    assert not any(line.startswith("ready ") for line in output.splitlines()), output
+
+
+def test_a_node_that_dies_while_the_cluster_runs_makes_the_exit_status_1(dev_clusters, tmp_path):
+    """Fault: a node is killed (SIGKILL) while the dev cluster runs. The
+    cluster says so, and once stopped exits 1 naming it, so a script that
+    ran it knows the cluster did not stay whole; it exited 0."""
+    cluster = dev_clusters.start("--nodes", "1", "--base-port", str(free_port()),
+                                 "--log-dir", str(tmp_path / "logs"), cwd=str(tmp_path))
+    cluster.wait_for_line("ready ", READY_TIMEOUT)
+    node_line = next(line for line in cluster.lines if line.startswith("node n1 "))
+    pid = int(re.search(r"\(pid (\d+),", node_line).group(1))
+    os.kill(pid, signal.SIGKILL)
+    cluster.wait_for_line("node n1 exited with code -9", 30)
+    os.kill(cluster.proc.pid, signal.SIGTERM)
+    code = cluster.proc.wait(STOP_TIMEOUT)
+    output = cluster.output()
+    assert code == 1, output
+    assert "exit status 1: n1 exited while the cluster ran" in output

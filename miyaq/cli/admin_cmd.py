@@ -10,6 +10,7 @@ from ..errors import ConfigError
 from .answers import reading
 from .connect import add_client_options as _connect_option
 from .connect import client as _connected
+from . import numbers
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,17 +19,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--args", default="[]", help="JSON list of positional arguments")
     p.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments")
     p.add_argument("--queue", default=None)
-    p.add_argument("--priority", type=int, default=None, help="lower runs first")
-    p.add_argument("--countdown", type=float, default=None, help="seconds from now")
-    p.add_argument("--eta", type=float, default=None, help="unix time to run at")
-    p.add_argument("--ttl", type=float, default=None, help="expire if not started within")
+    p.add_argument("--priority", type=numbers.integer(), default=None, help="lower runs first")
+    p.add_argument("--countdown", type=numbers.seconds, default=None, help="seconds from now")
+    p.add_argument("--eta", type=numbers.real(0.0), default=None, help="unix time to run at")
+    p.add_argument("--ttl", type=numbers.positive_seconds, default=None, help="expire if not started within")
     p.add_argument("--dedup-key", default=None, metavar="KEY",
                    help="deduplication key (a second submit with it answers 'duplicate')")
-    p.add_argument("--max-retries", type=int, default=None)
-    p.add_argument("--timeout", type=float, default=None, help="lease in seconds")
+    p.add_argument("--max-retries", type=numbers.integer(0, 10_000), default=None)
+    p.add_argument("--timeout", type=numbers.positive_seconds, default=None, help="lease in seconds")
     p.add_argument("--id", default=None, help="task id (default: a new 128-bit id)")
     p.add_argument("--wait", action="store_true", help="wait for the result and print it")
-    p.add_argument("--wait-timeout", type=float, default=60.0)
+    p.add_argument("--wait-timeout", type=numbers.seconds, default=60.0)
     _connect_option(p)
     p.set_defaults(run=run_submit)
 
@@ -40,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tasks", help="list tasks")
     p.add_argument("--queue", default=None)
     p.add_argument("--state", default=None)
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--limit", type=numbers.integer(1, 10_000), default=100)
     _connect_option(p)
     p.set_defaults(run=run_tasks)
 
@@ -53,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("op", choices=("list", "retry", "purge"))
     p.add_argument("ids", nargs="*", help="task ids (retry: none means every dead task)")
     p.add_argument("--queue", default=None)
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--limit", type=numbers.integer(1, 10_000), default=100)
     _connect_option(p)
     p.set_defaults(run=run_dead)
 

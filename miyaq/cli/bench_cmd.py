@@ -7,6 +7,7 @@ import sys
 
 from ..errors import ConfigError
 from ..worker.config import POOLS
+from . import numbers
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,17 +19,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "peak RSS. --baseline runs the same workload through a bare ZeroMQ relay in the same run "
         "and prints miyaq's figures as ratios to it (docs/performance.md). Exit status: 0 when "
         "every task completed, 1 when the run finished with errors, 2 when it could not start."))
-    p.add_argument("--workers", "-w", type=int, default=2, help="worker processes [default 2]")
-    p.add_argument("--concurrency", "-c", type=int, default=64,
+    p.add_argument("--workers", "-w", type=numbers.positive, default=2, help="worker processes [default 2]")
+    p.add_argument("--concurrency", "-c", type=numbers.positive, default=64,
                    help="tasks run at once per worker process [default 64: the tasks are no-ops; "
                         "the worker's own default is 8]")
-    p.add_argument("--prefetch", type=int, default=None,
+    p.add_argument("--prefetch", type=numbers.nonnegative, default=None,
                    help="the workers' --prefetch (tasks held beyond concurrency; default: theirs, = "
                         "concurrency); the bare relay's workers grant the same credit, concurrency + "
                         "prefetch")
-    p.add_argument("--tasks", "-n", type=int, default=20_000, help="tasks to submit per phase [default 20000]")
-    p.add_argument("--payload", "-s", type=int, default=100, help="payload bytes per task [default 100]")
-    p.add_argument("--rate", "-r", type=float, default=None,
+    p.add_argument("--tasks", "-n", type=numbers.positive, default=20_000,
+                   help="tasks to submit per phase [default 20000]")
+    p.add_argument("--payload", "-s", type=numbers.nonnegative, default=100,
+                   help="payload bytes per task [default 100]")
+    p.add_argument("--rate", "-r", type=numbers.real(0.0, above=True), default=None,
                    help="submit at this many tasks per second (default: as fast as possible)")
     p.add_argument("--confirmed", action="store_true",
                    help="submit one task at a time with wait=True, then call() one at a time")
@@ -37,15 +40,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline-gevent", action="store_true",
                    help="also run the bare relay and workers waiting for messages in a gevent hub, as "
                         "miyaq's node and workers do; print ratios to it (what the runtime costs)")
-    p.add_argument("--cluster", type=int, default=0, metavar="N",
+    p.add_argument("--cluster", type=numbers.nonnegative, default=0, metavar="N",
                    help="also run a cluster of N nodes (a ZooKeeper started by the bench, replicas N, "
                         "min_acks N) and print its ratios to a single node")
-    p.add_argument("--delayed", type=int, default=0, metavar="N",
+    p.add_argument("--delayed", type=numbers.nonnegative, default=0, metavar="N",
                    help="memory mode: hold N delayed tasks; report RSS per task and the cost of "
                         "scheduling and cancelling with the table nearly empty and full")
-    p.add_argument("--idle", type=float, default=0.0, metavar="SECONDS",
+    p.add_argument("--idle", type=numbers.seconds, default=0.0, metavar="SECONDS",
                    help="first measure the CPU of the idle system for SECONDS")
-    p.add_argument("--repeat", type=int, default=1, help="run every system this many times, in turns")
+    p.add_argument("--repeat", type=numbers.positive, default=1, help="run every system this many times, in turns")
     p.add_argument("--python", default=None, metavar="PATH",
                    help="interpreter that runs miyaq's node, workers and producer (another build)")
     p.add_argument("--compare-python", default=None, metavar="PATH",
@@ -65,28 +68,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "policy (default: no log, tasks in memory)")
     p.add_argument("--pool", choices=POOLS, default=None,
                    help="the workers' execution pool (default: the worker's default, gevent)")
-    p.add_argument("--task-ms", type=float, default=None, metavar="MS",
+    p.add_argument("--task-ms", type=numbers.seconds, default=None, metavar="MS",
                    help="each task waits MS milliseconds (yielding; with --blocking: time.sleep, as "
                         "ordinary blocking code does) instead of returning at once")
     p.add_argument("--blocking", action="store_true", help="with --task-ms: block in time.sleep")
-    p.add_argument("--cpu-ms", type=float, default=None, metavar="MS",
+    p.add_argument("--cpu-ms", type=numbers.seconds, default=None, metavar="MS",
                    help="each task burns MS milliseconds of CPU time (for --pool processes)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
-    p.add_argument("--timeout", "-t", type=float, default=120.0,
+    p.add_argument("--timeout", "-t", type=numbers.positive_seconds, default=120.0,
                    help="limit for each system's phases in seconds, once its processes are up [default 120]")
     p.set_defaults(run=run)
 
 
 def check(args: argparse.Namespace) -> None:
-    """Refuse contradictory or out-of-range options (ConfigError, exit 2)."""
-    if args.workers < 1 or args.concurrency < 1 or args.tasks < 1 or args.repeat < 1:
-        raise ConfigError("--workers, --concurrency, --tasks and --repeat must be at least 1")
-    if args.prefetch is not None and args.prefetch < 0:
-        raise ConfigError("--prefetch must be >= 0")
-    if args.payload < 0 or args.timeout <= 0 or (args.rate is not None and args.rate <= 0):
-        raise ConfigError("--payload must be >= 0, --timeout and --rate > 0")
-    if args.idle < 0 or args.delayed < 0 or args.cluster < 0 or args.cluster == 1:
-        raise ConfigError("--idle and --delayed must be >= 0, --cluster at least 2")
+    """Refuse contradictory options (ConfigError, exit 2); each number's
+    own range the parser checked (:mod:`miyaq.cli.numbers`)."""
+    if args.cluster == 1:
+        raise ConfigError("--cluster must be at least 2 (0: no cluster run)")
     if args.fsync and args.connect:
         raise ConfigError("--fsync applies to the node the bench starts; not with --connect")
     if args.keys and args.connect:

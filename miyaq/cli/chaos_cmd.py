@@ -18,6 +18,8 @@ import sys
 from types import FrameType
 from typing import Any
 
+from . import numbers
+
 DEFAULT_DURATION = 60.0
 
 
@@ -28,10 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "--duration seconds while a nemesis kills, pauses and wipes nodes, then "
                                    "drain, ask the cluster for every task and report. See docs/chaos.md.")
     g = p.add_argument_group("cluster")
-    g.add_argument("--nodes", type=int, default=3, help="node processes [3]")
-    g.add_argument("--replicas", type=int, default=2, help="holders per task, N [2]")
-    g.add_argument("--workers", type=int, default=2, help="worker processes [2]")
-    g.add_argument("--concurrency", type=int, default=32, help="greenlets per worker process [32]")
+    g.add_argument("--nodes", type=numbers.positive, default=3, help="node processes [3]")
+    g.add_argument("--replicas", type=numbers.positive, default=2, help="holders per task, N [2]")
+    g.add_argument("--workers", type=numbers.nonnegative, default=2, help="worker processes [2]")
+    g.add_argument("--concurrency", type=numbers.positive, default=32, help="greenlets per worker process [32]")
     g.add_argument("--fsync", default="interval", choices=("always", "interval", "never"),
                    help="the nodes' log fsync policy [interval]")
     g.add_argument("--node-arg", action="append", default=[], metavar="ARG",
@@ -40,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="test the cluster registered in this ZooKeeper instead of starting one "
                         "(never read from MIYAQ_ZK)")
     g.add_argument("--cluster", default="chaos", help="cluster name [chaos]")
-    g.add_argument("--zk-servers", type=int, default=1, metavar="K",
+    g.add_argument("--zk-servers", type=numbers.positive, default=1, metavar="K",
                    help="the run's ZooKeeper as an ensemble of K servers; with 3 or more, the faults "
                         "zkserver, zkleader and zkquorum (and zkminority with --partitions) join the "
                         "default mix [1]")
@@ -50,14 +52,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="CURVE on every socket: keys in the run directory, one per role (admin probes, "
                         "producer, workers), nodes with --keys (not with --zk; docs/security.md)")
     g = p.add_argument_group("load")
-    g.add_argument("--duration", type=float, default=DEFAULT_DURATION, help="seconds of load and faults [60]")
-    g.add_argument("--rate", type=float, default=200.0, help="submits per second [200]")
-    g.add_argument("--task-time", type=float, default=0.05,
+    g.add_argument("--duration", type=numbers.seconds, default=DEFAULT_DURATION, help="seconds of load and faults [60]")
+    g.add_argument("--rate", type=numbers.real(0.0, above=True), default=200.0, help="submits per second [200]")
+    g.add_argument("--task-time", type=numbers.seconds, default=0.05,
                    help="mean seconds a task runs (exponential, at most 10) [0.05]")
-    g.add_argument("--reject-every", type=int, default=0, metavar="K",
+    g.add_argument("--reject-every", type=numbers.nonnegative, default=0, metavar="K",
                    help="every K-th task raises Reject when it has run: it must end dead-lettered and never "
                         "run again [0: none]")
-    g.add_argument("--submit-timeout", type=float, default=10.0,
+    g.add_argument("--submit-timeout", type=numbers.positive_seconds, default=10.0,
                    help="seconds before the client gives up on a submit [10]")
     g = p.add_argument_group("faults")
     g.add_argument("--faults", default=None, metavar="KINDS",
@@ -73,22 +75,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--fault-order", default="random", choices=("random", "cycle"),
                    help="which kind each tick tries: any, in random order, or (cycle) in rounds: only the kinds "
                         "injected fewest times so far, in --faults order [random]")
-    g.add_argument("--interval", type=float, default=10.0, help="seconds between faults [10]")
-    g.add_argument("--fault-duration", type=float, default=5.0,
+    g.add_argument("--interval", type=numbers.positive_seconds, default=10.0, help="seconds between faults [10]")
+    g.add_argument("--fault-duration", type=numbers.seconds, default=5.0,
                    help="seconds a node stays killed / ZooKeeper stopped / a partition lasts [5]")
-    g.add_argument("--pause-duration", type=float, default=8.0,
+    g.add_argument("--pause-duration", type=numbers.seconds, default=8.0,
                    help="seconds a node stays SIGSTOPped (longer than its 3 s ZooKeeper session) [8]")
     g.add_argument("--unsafe", action="store_true",
                    help="allow more than N-1 nodes down at once (and the last worker killed)")
-    g.add_argument("--recover-timeout", type=float, default=60.0,
+    g.add_argument("--recover-timeout", type=numbers.positive_seconds, default=60.0,
                    help="seconds a healed fault may take before it is reported not recovered [60]")
     g = p.add_argument_group("check and report")
-    g.add_argument("--drain-timeout", type=float, default=120.0,
+    g.add_argument("--drain-timeout", type=numbers.seconds, default=120.0,
                    help="seconds to wait after the load for accepted tasks to finish [120]")
     g.add_argument("--out", default=None, metavar="DIR",
                    help="directory for the history, logs, data, summary.json and timeline.png "
                         "[./miyaq-chaos-<time>]")
-    g.add_argument("--seed", type=int, default=None, help="random seed (the report shows the one used)")
+    g.add_argument("--seed", type=numbers.integer(0, 2**63 - 1), default=None,
+                   help="random seed (the report shows the one used)")
     g.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     g.add_argument("--check", default=None, metavar="HISTORY",
                    help="run no cluster: check and report an existing history.jsonl")

@@ -6,7 +6,10 @@ with ``ready `` (``key=value`` pairs: ``zk``, ``cluster``, ``connect``,
 to ``.miyaq-dev.json`` in the current directory (:mod:`miyaq.devstate`),
 so the commands run there afterwards find the cluster. Ctrl-C or SIGTERM stops
 workers, nodes and ZooKeeper, in that order; ``--duration S`` stops by
-itself after S seconds. ``--zk`` is never taken from the environment: a
+itself after S seconds. With ``--workers``, the ring is ready once the
+workers have registered with every node; workers that exit first fail the
+start, naming their log. The exit status is 1 when a node or the workers
+exited while the cluster ran. ``--zk`` is never taken from the environment: a
 shell with ``MIYAQ_ZK`` set must not point a throwaway cluster at a real
 ZooKeeper by accident.
 """
@@ -20,36 +23,39 @@ import sys
 from types import FrameType
 from typing import Any
 
-from ..devcluster import DevCluster, DevNode
+from ..devcluster import DevCluster
+from ..testing.harness import Proc
 from .ring_cmd import zk_auth
 from ..errors import ConfigError
 from ..testing.zk_ensemble import ZooKeeperEnsemble
+from . import numbers
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("dev-cluster", help="run ZooKeeper, N nodes and workers locally for development",
                        description="Start a ZooKeeper (unless --zk), --nodes node processes and optionally "
                                    "workers, all on 127.0.0.1; Ctrl-C stops everything.")
-    p.add_argument("--nodes", type=int, default=3, help="node processes [default 3]")
+    p.add_argument("--nodes", type=numbers.positive, default=3, help="node processes [default 3]")
     p.add_argument("--zk", default=None, metavar="HOSTS",
                    help="use this ZooKeeper instead of starting one (not read from MIYAQ_ZK)")
-    p.add_argument("--zk-servers", type=int, default=1, metavar="K",
+    p.add_argument("--zk-servers", type=numbers.positive, default=1, metavar="K",
                    help="ZooKeeper servers to start: 1, or an ensemble of 3 (or 5) [default 1]")
     p.add_argument("--zk-auth", default=None, metavar="USER:PASSWORD",
                    help="protect the cluster's znodes with ZooKeeper ACLs for these credentials "
                         "(the nodes get them by environment) [env MIYAQ_ZK_AUTH]")
     p.add_argument("--zk-auth-file", default=None, metavar="PATH",
                    help="a file holding USER:PASSWORD [env MIYAQ_ZK_AUTH_FILE]")
-    p.add_argument("--base-port", type=int, default=None,
+    p.add_argument("--base-port", type=numbers.integer(1, 65535), default=None,
                    help="first node's service port; the next nodes step by 10, skipping busy ones "
                         "[env MIYAQ_PORT; default 7450]")
     p.add_argument("--cluster", default="dev", help="cluster name [default dev]")
-    p.add_argument("--replicas", type=int, default=None, help="holders per task [default min(3, nodes)]")
+    p.add_argument("--replicas", type=numbers.positive, default=None, help="holders per task [default min(3, nodes)]")
     p.add_argument("--data-dir", default=None, metavar="DIR",
                    help="keep each node's append-only log in DIR/<node id> (default: memory only)")
     p.add_argument("--workers", default=None, metavar="APP", help="also run `miyaq worker APP` (module:app)")
-    p.add_argument("--worker-processes", type=int, default=1, metavar="K", help="worker processes [default 1]")
-    p.add_argument("--duration", type=float, default=None, metavar="S",
+    p.add_argument("--worker-processes", type=numbers.positive, default=1, metavar="K",
+                   help="worker processes [default 1]")
+    p.add_argument("--duration", type=numbers.seconds, default=None, metavar="S",
                    help="stop by itself after S seconds (default: run until Ctrl-C)")
     p.add_argument("--log-dir", default=None, metavar="DIR", help="where the logs go (default: a new temp dir)")
     p.add_argument("--secure", action="store_true",
@@ -124,17 +130,18 @@ def run(args: argparse.Namespace) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         cluster.request_stop()
 
-    def on_exit(node: DevNode) -> None:
-        print(f"node {node.node_id} exited with code {node.exit_code}; log: {node.proc.log_path}",
-              file=sys.stderr, flush=True)
+    def on_exit(name: str, proc: Proc) -> None:
+        what = name if name == "workers" else f"node {name}"
+        print(f"{what} exited with code {proc.exit_code}; log: {proc.log_path}", file=sys.stderr, flush=True)
 
+    exited: list[str] = []
     previous: dict[int, Any] = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         print(f"miyaq dev-cluster: {args.nodes} node(s), cluster {args.cluster}, logs in {cluster.log_dir}",
               flush=True)
         if cluster.start():
             print("\n".join(banner(cluster)), flush=True)
-            cluster.wait(args.duration, on_exit=on_exit)
+            exited = cluster.wait(args.duration, on_exit=on_exit)
     finally:
         for sig in previous:  # a second Ctrl-C must not cut the cleanup short
             signal.signal(sig, signal.SIG_IGN)
@@ -143,4 +150,7 @@ def run(args: argparse.Namespace) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         print(f"stopped; logs kept in {cluster.log_dir}", file=sys.stderr, flush=True)
+    if exited:     # the cluster did not run whole: a script that waited on it must know
+        print(f"exit status 1: {', '.join(exited)} exited while the cluster ran", file=sys.stderr, flush=True)
+        return 1
     return 0

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
+from typing import Mapping
 
 from miyaq.logs import setup_logging
 from miyaq.config import NodeConfig
+from miyaq.errors import ConfigError
 from miyaq.node.assemble import build_node
 from miyaq.runtime import open_files
 
@@ -23,11 +26,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def stream_drop(environ: Mapping[str, str]) -> float:
+    """The share of stream messages to drop, from :data:`STREAM_DROP_ENV`:
+    a number from 0 to 1 (unset or empty: 0)."""
+    raw = environ.get(STREAM_DROP_ENV, "").strip()
+    if not raw:
+        return 0.0
+    try:
+        share = float(raw)
+    except ValueError:
+        share = math.nan
+    if not 0.0 <= share <= 1.0:       # NaN too
+        raise ConfigError(f"{STREAM_DROP_ENV} must be a share from 0 to 1 of the replication stream's "
+                          f"messages to drop, not {raw!r}")
+    return share
+
+
 def run(args: argparse.Namespace) -> int:
     config = NodeConfig.load(vars(args))
     setup_logging(config.log_level)
     open_files.prepare_server("node")      # this is the node's own process: its limit on open files
-    node = build_node(config, stream_drop=float(os.environ.get(STREAM_DROP_ENV, "0") or 0))
+    node = build_node(config, stream_drop=stream_drop(os.environ))
     node.install_signal_handlers()
     node.serve_forever()
     return 1 if node.crashed else 0

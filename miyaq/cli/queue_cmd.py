@@ -22,12 +22,14 @@ import json
 import os
 import ssl
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 from ..errors import InvalidField, MiyaqError, ProtocolError, Unavailable, from_wire
 from .answers import reading
+from . import numbers
 
 TIMEOUT = 10.0
 #: The most of a gateway's answer read (an answer of a queue listing is far smaller).
@@ -62,9 +64,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     lim = qsub.add_parser("limit", help="set (or --clear) a queue's rate limit and concurrency cap")
     _gateway_options(lim, nested=True)
     lim.add_argument("queue")
-    lim.add_argument("--rate", type=float, default=None, help="tasks started per second, cluster-wide")
-    lim.add_argument("--burst", type=float, default=None, help="bucket size (default: max(1, rate))")
-    lim.add_argument("--max-concurrent", type=int, default=None, help="tasks running at once, cluster-wide")
+    lim.add_argument("--rate", type=numbers.real(0.0), default=None, help="tasks started per second, cluster-wide")
+    lim.add_argument("--burst", type=numbers.real(0.0), default=None, help="bucket size (default: max(1, rate))")
+    lim.add_argument("--max-concurrent", type=numbers.nonnegative, default=None,
+                     help="tasks running at once, cluster-wide")
     lim.add_argument("--clear", action="store_true", help="remove the queue's limits")
     lim.set_defaults(run=run_limit)
     for action, text in (("pause", "stop starting tasks of a queue (submits are still accepted)"),
@@ -80,6 +83,23 @@ def _base(args: argparse.Namespace) -> str:
     return (args.http or default_http()).rstrip("/")
 
 
+def _gateway_url(base: str) -> str:
+    """``base`` if it is a URL a request can go to (http or https, a host, a
+    numeric port if any); else InvalidField saying so -- urllib's own
+    ValueError ("unknown url type: 'localhost/queues'") was a traceback."""
+    try:
+        parts = urllib.parse.urlsplit(base)
+        parts.port         # noqa: B018 -- raises ValueError for a port that is not 0..65535
+    except ValueError as exc:
+        reason = str(exc)
+    else:
+        if parts.scheme in ("http", "https") and parts.hostname:
+            return base
+        reason = "it needs http:// or https:// and a host"
+    raise InvalidField(f"{base} is not a gateway URL miyaq can use ({reason}): give one as "
+                       "http://HOST:PORT or https://HOST:PORT", field="http")
+
+
 def _request(args: argparse.Namespace, method: str, path: str, body: Any = None, base: str | None = None) -> Any:
     base = base or _base(args)
     token = args.token if args.token is not None else os.environ.get("MIYAQ_HTTP_TOKEN", "")
@@ -90,7 +110,7 @@ def _request(args: argparse.Namespace, method: str, path: str, body: Any = None,
         headers["Content-Type"] = "application/json"
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(base + path, data=data, method=method, headers=headers)
+    request = urllib.request.Request(_gateway_url(base) + path, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT, context=_tls(args)) as resp:
             text = resp.read(MAX_ANSWER + 1)
@@ -166,9 +186,16 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _segment(name: str) -> str:
+    """``name`` as one segment of a URL's path: a queue named ``a/b`` or
+    ``x?y`` is sent as itself (and refused by the node if not a queue name),
+    never as another path or a query."""
+    return urllib.parse.quote(name, safe="")
+
+
 def run_limit(args: argparse.Namespace) -> int:
     """Apply to every node of the ring: each enforces its share (docs/http.md)."""
-    path = f"/queues/{args.queue}/limits"
+    path = f"/queues/{_segment(args.queue)}/limits"
     if args.clear:
         if args.rate is not None or args.burst is not None or args.max_concurrent is not None:
             raise InvalidField("--clear takes no other limit options")
@@ -194,7 +221,7 @@ def run_pause(args: argparse.Namespace) -> int:
         state = "paused" if answer["paused"] else "running"
         return f"{answer['queue']}: {state}" + ("" if answer["changed"] else " (already)")
 
-    return _on_every_node(args, "POST", f"/queues/{args.queue}/{action}", None, describe,
+    return _on_every_node(args, "POST", f"/queues/{_segment(args.queue)}/{action}", None, describe,
                           f"cannot {action} {args.queue} there")
 
 

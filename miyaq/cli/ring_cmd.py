@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..errors import MiyaqError, Unavailable
+from . import numbers
 from .connect import add_key_options
 from .connect import keys as key_options
 
@@ -44,7 +45,7 @@ def _zk_options(p: argparse.ArgumentParser, *, nested: bool = False) -> None:
                    help="the cluster's ZooKeeper credentials, if its znodes carry ACLs [env MIYAQ_ZK_AUTH]")
     p.add_argument("--zk-auth-file", default=default, metavar="PATH",
                    help="a file holding USER:PASSWORD [env MIYAQ_ZK_AUTH_FILE]")
-    p.add_argument("--timeout", type=float, default=default, metavar="S",
+    p.add_argument("--timeout", type=numbers.positive_seconds, default=default, metavar="S",
                    help="seconds to wait for ZooKeeper and for the leader to publish [default 15]")
     p.add_argument("--json", action="store_true", default=default, help="print JSON")
 
@@ -58,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     actions = p.add_subparsers(dest="ring_action", metavar="ACTION")
     w = actions.add_parser("weight", help="set a node's weight in the ring")
     w.add_argument("node", help="node id")
-    w.add_argument("weight", type=float, help="new weight (> 0; 2 takes twice the share of 1)")
+    w.add_argument("weight", type=numbers.real(0.0, above=True), help="new weight (> 0; 2 takes twice the share of 1)")
     _zk_options(w, nested=True)
     w.set_defaults(run=run_weight)
     p.set_defaults(run=run_ring)

@@ -270,7 +270,7 @@ class ServiceHandlers:
         for q in queues:
             check_queue(q)
         names = f.string_list(body, "names", [], max_items=10_000, max_len=256)
-        capacity = f.integer(body, "capacity", 1, lo=1, hi=100_000)
+        capacity = f.integer(body, "capacity", 1, lo=1, hi=c.MAX_WORKER_CAPACITY)
         credit = f.integer(body, "credit", capacity, lo=0, hi=capacity)
         schedules = schedules_from_wire(body.get("periodic"), names)
         for schedule in schedules:

@@ -53,6 +53,9 @@ DUPLICATE = "duplicate"      # detail: the id of the task that holds the key / i
 REJECTED = "rejected"        # detail: {"code", "message"}
 
 DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024
+#: The most tasks a worker may hold at once on one node (READY ``capacity``):
+#: a node refuses a READY beyond it, and a worker's settings stay within it.
+MAX_WORKER_CAPACITY = 100_000
 #: The longest endpoint a part dials because another part named it (a RING
 #: member's ``service``, a member znode's endpoints, WELCOME/HEARTBEAT
 #: ``nodes``, a delivery's holders): no node advertises a longer one (a host

@@ -223,6 +223,11 @@ class Proc:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def exit_code(self) -> int | None:
+        """The process's exit code; ``None`` while it runs (or before it starts)."""
+        return self.proc.poll() if self.proc is not None else None
+
     def signal(self, sig: int) -> None:
         if self.alive():
             os.kill(self.pid, sig)

@@ -14,7 +14,7 @@ from typing import ClassVar, Mapping
 
 from ..config import Settings, _opt
 from ..errors import ConfigError
-from ..protocol.commands import DEFAULT_MAX_MESSAGE
+from ..protocol.commands import DEFAULT_MAX_MESSAGE, MAX_WORKER_CAPACITY
 from .prefetch import MAX_PREFETCH_FACTOR
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -22,6 +22,11 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 POOLS = ("gevent", "threads", "processes")
 #: Tasks run at once per process by the gevent and threads pools unless told.
 DEFAULT_CONCURRENCY = 8
+#: Worker processes one ``miyaq worker`` may run (``--processes``).
+MAX_PROCESSES = 1024
+#: Tasks one worker process may run at once (``--concurrency``): greenlets,
+#: threads or child processes, each with its memory.
+MAX_CONCURRENCY = 10_000
 
 
 @dataclass
@@ -55,6 +60,14 @@ class WorkerConfig(Settings):
             self.concurrency = (os.cpu_count() or 1) if self.pool == "processes" else DEFAULT_CONCURRENCY
         if self.processes < 1 or self.concurrency < 1:
             raise ConfigError("processes and concurrency must be at least 1")
+        if self.processes > MAX_PROCESSES:
+            raise ConfigError(f"processes must be 1..{MAX_PROCESSES:,}, not {self.processes:,}")
+        if self.concurrency > MAX_CONCURRENCY:
+            raise ConfigError(f"concurrency must be 1..{MAX_CONCURRENCY:,} tasks per process, not "
+                              f"{self.concurrency:,}")
+        if self.base_credit > MAX_WORKER_CAPACITY:
+            raise ConfigError(f"concurrency + prefetch must be at most {MAX_WORKER_CAPACITY:,} (the most tasks a "
+                              f"node lets one worker hold), not {self.base_credit:,}")
         if self.heartbeat <= 0:
             raise ConfigError("heartbeat must be above 0")
         if self.max_tasks_per_child and self.pool != "processes":
@@ -88,10 +101,10 @@ class WorkerConfig(Settings):
     def capacity(self) -> int:
         """Most tasks held per node: the base credit with ``--prefetch``; by
         default up to MAX_PREFETCH_FACTOR × concurrency while tasks are short
-        (:mod:`miyaq.worker.prefetch`)."""
+        (:mod:`miyaq.worker.prefetch`); never over MAX_WORKER_CAPACITY."""
         if self.prefetch is not None:
             return self.base_credit
-        return max(self.base_credit, MAX_PREFETCH_FACTOR * self.slots)
+        return min(max(self.base_credit, MAX_PREFETCH_FACTOR * self.slots), MAX_WORKER_CAPACITY)
 
     @property
     def queue_list(self) -> list[str]:
