@@ -39,6 +39,8 @@ TIMER_BATCH = 5000
 MAX_QUEUES = 10_000
 #: Queues paused at once.
 MAX_PAUSED = 10_000
+#: Queues with limits (``PUT /queues/{queue}/limits``, ``queue_limits``) at once.
+MAX_LIMITED = 10_000
 #: The longest a RESULT or RECEIVE long-poll may wait (ZeroMQ and HTTP).
 MAX_LONG_POLL = 3600.0
 #: Most long-polls one WITHDRAW names.

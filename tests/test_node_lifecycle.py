@@ -497,3 +497,22 @@ def test_a_start_up_failure_after_a_stop_was_asked_is_a_stop(local_node: Callabl
 
     clockwork.setup = fails
     assert node.start() is node and node.wait(0)
+
+
+def test_a_second_stop_signal_ends_the_wait_for_running_tasks(local_node: Callable[..., Node],
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """Fault: a worker's task never ends while the node drains with an hour's
+    ``shutdown_grace``, and the operator presses Ctrl-C again. The second
+    signal ends the wait -- the node stops, saying it no longer waits for the
+    running task -- where it waited the whole grace whatever was sent."""
+    node = local_node(shutdown_grace=3600.0)
+    monkeypatch.setattr(node.core, "running", lambda: 1)      # a task that never reports
+    first = node.supervisor.spawn("signal stop", node.ask_stop)
+    until(lambda: node.core.gate.holds(SHUTTING_DOWN), "the node draining")
+    caplog.set_level(logging.WARNING, logger="miyaq.node.node")
+    node.ask_stop()                                             # the second SIGTERM
+    until(lambda: first.dead, "the stop to end")
+    assert node._stopped.is_set()
+    assert any("asked again to stop: not waiting for the 1 running task(s)" in r.getMessage()
+               for r in caplog.records)

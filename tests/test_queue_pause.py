@@ -61,6 +61,25 @@ def test_paused_queues_are_bounded(monkeypatch):
     assert set(dispatcher.limits.paused) == {"a", "b"}
 
 
+def test_limited_queues_are_bounded(monkeypatch):
+    """Fault: an admin script puts limits on more queues than the node may
+    hold (each keeps a bucket; the count had no bound). The one past the
+    bound is refused and changes nothing; changing a limited queue's limit
+    or clearing one still works."""
+    monkeypatch.setattr(limits_module, "MAX_LIMITED", 2)
+    _, dispatcher, _ = setup("", "q")
+    limits = dispatcher.limits
+    limits.set("a", Limit(rate=1.0), 0.0)
+    limits.set("b", Limit(rate=1.0), 0.0)
+    with pytest.raises(InvalidField, match="queues have limits already"):
+        limits.set("c", Limit(rate=1.0), 0.0)
+    assert set(limits.limits) == {"a", "b"} and "c" not in limits._buckets
+    limits.set("a", Limit(max_concurrent=3), 0.0)
+    assert limits.clear("b") is True
+    limits.set("c", Limit(rate=2.0), 0.0)
+    assert set(limits.limits) == {"a", "c"}
+
+
 def test_pause_over_http_keeps_submits_and_holds_receives(api):
     assert api.post("/queues/jobs/pause")[1] == {"queue": "jobs", "paused": True, "changed": True}
     status, sub, _ = api.post("/tasks", {"name": "job", "queue": "jobs"})

@@ -118,6 +118,29 @@ def test_reload_that_meets_any_error_keeps_the_keys(
     assert "MemoryError" in line and "keeping the 2 key(s)" in line
 
 
+def test_a_revoke_hook_that_fails_neither_undoes_the_reload_nor_skips_the_others(
+        store: KeyStore, handler: zap.ZapHandler, caplog: pytest.LogCaptureFixture) -> None:
+    """Fault: withdrawing a revoked key's connections fails (a bug in the core's
+    revoke). The new keys stay in force, the next hook still runs, and one
+    line says what may linger; the exception used to leave the reload
+    halfway -- uncounted, the later hooks never run -- and end the directory
+    watcher that called it."""
+    told: list[set[str]] = []
+
+    def failing(names: set[str]) -> None:
+        raise RuntimeError("core went away")
+
+    handler.on_revoked[:] = [failing, told.append]
+    store.revoke("w1")
+    caplog.set_level(logging.ERROR)
+    assert handler.reload("authorized/ changed") is True
+    assert told == [{"w1"}]
+    assert "w1" not in {identity.name for identity in handler.identities.values()}
+    assert handler.reloads["ok"] == 1
+    (line,) = _errors(caplog)
+    assert "withdrawing what w1 were let do failed" in line
+
+
 # -- 2. certificate reads are bounded and never block ---------------------------------
 
 _READ_GUARDED = """

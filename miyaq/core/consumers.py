@@ -60,6 +60,23 @@ class Consumer:
         self.credit = 0
         self.running: dict[str, Task] = {}
 
+    # -- what the dispatcher may lease it: by default its credit, counted here --------
+    def room(self) -> int:
+        """How many tasks the dispatcher may lease to this consumer now."""
+        return self.credit
+
+    def granted(self, n: int) -> None:
+        """The consumer may take ``n`` more (a CREDIT, a READY)."""
+        self.credit += n
+
+    def took(self, n: int) -> None:
+        """The dispatcher leased it ``n`` tasks."""
+        self.credit -= n
+
+    def dropped(self) -> None:
+        """The dispatcher forgot it: it takes nothing until granted again."""
+        self.credit = 0
+
     def deliver(self, tasks: list[Task]) -> bool:
         """Send leased tasks; False if they could not be sent."""
         raise NotImplementedError

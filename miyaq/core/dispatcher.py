@@ -85,14 +85,14 @@ class Dispatcher(EngineListener):
         self.pump(wall())
 
     def grant(self, consumer: Consumer, credit: int) -> None:
-        consumer.credit += credit
-        if consumer.credit > 0:
+        consumer.granted(credit)
+        if consumer.room() > 0:
             self.hungry[consumer] = None
             self.pending = True
 
     def forget(self, consumer: Consumer) -> None:
         self.hungry.pop(consumer, None)
-        consumer.credit = 0
+        consumer.dropped()
 
     def pump(self, now: float) -> int:
         """Lease ready tasks to hungry consumers; returns how many."""
@@ -116,7 +116,7 @@ class Dispatcher(EngineListener):
                 batch = batches.get(consumer)
                 if batch is None:
                     batch = batches[consumer] = []
-                n = min(consumer.credit, DISPATCH_CHUNK, self.max_batch - len(batch))
+                n = min(consumer.room(), DISPATCH_CHUNK, self.max_batch - len(batch))
                 queues = consumer.queues
                 taken = 0
                 size = sizes.get(consumer, 0)
@@ -135,11 +135,12 @@ class Dispatcher(EngineListener):
                     size += len(task.body)
                     taken += 1
                 sizes[consumer] = size
-                consumer.credit -= taken
+                consumer.took(taken)
                 total += taken
-                if consumer.credit <= 0 or len(batch) >= self.max_batch or size >= DISPATCH_BATCH_BYTES:
+                room = consumer.room()
+                if room <= 0 or len(batch) >= self.max_batch or size >= DISPATCH_BATCH_BYTES:
                     self.hungry.pop(consumer, None)
-                    if consumer.credit > 0:
+                    if room > 0:
                         self.pending = True   # batch full: continue next pump
                 elif taken == n:
                     again.append(consumer)    # took its whole chunk: there may be more

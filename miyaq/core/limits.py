@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from miyaq.constants import MAX_PAUSED, MAX_RATE
+from miyaq.constants import MAX_LIMITED, MAX_PAUSED, MAX_RATE
 from miyaq.core.engine import Engine
 from miyaq.errors import ConfigError, InvalidField
 from miyaq.runtime import LOG, Supervisor, wall
@@ -131,7 +131,13 @@ class QueueLimits:
 
     # -- configuration -----------------------------------------------------------
     def set(self, queue: str, limit: Limit, now: float) -> None:
-        """Install or change ``queue``'s limit; effective for the next pump."""
+        """Install or change ``queue``'s limit; effective for the next pump.
+        At most ``MAX_LIMITED`` queues have limits at once (InvalidField past
+        it, nothing changed): each holds a bucket, and an admin script
+        looping over queue names must not grow the node without bound."""
+        if queue not in self.limits and len(self.limits) >= MAX_LIMITED:
+            raise InvalidField(f"{MAX_LIMITED} queues have limits already; clear one first (DELETE "
+                               "/queues/{queue}/limits)", field="queue")
         self.limits[queue] = limit
         size = self._size(limit)
         bucket = self._buckets.get(queue)

@@ -63,16 +63,19 @@ class WebhookLane(Consumer):
         # ever wrong, waits for one before it connects (False).
         self.slots: dict[str, bool] = {}
 
-    @property   # type: ignore[override]
-    def credit(self) -> int:
-        """What the dispatcher may lease to this lane now (read, never stored)."""
+    # A lane counts no credit: its slots and the node's say what is free, and
+    # the dispatcher asks each time.
+    def room(self) -> int:
         return self.deliverer.room(self)
 
-    @credit.setter
-    def credit(self, value: int) -> None:
-        """The dispatcher's own arithmetic (``credit -= taken``, ``grant``'s
-        ``+=``, ``forget``'s ``= 0``) is ignored: the lane's slots and the
-        node's say what is free."""
+    def granted(self, n: int) -> None:
+        pass
+
+    def took(self, n: int) -> None:
+        pass
+
+    def dropped(self) -> None:
+        pass
 
     def deliver(self, tasks: list[Task]) -> bool:
         deliverer = self.deliverer

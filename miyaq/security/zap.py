@@ -141,11 +141,22 @@ class ZapHandler:
         # is withdrawn from the connections they still hold (Core.revoke).
         revoked = {old.name for public, old in self.identities.items() if fresh.get(public) != old}
         self.identities = fresh
-        for hook in self.on_revoked:
-            hook(revoked)
+        if revoked:
+            self._tell_revoked(revoked)
         self.reloads["ok"] += 1
         logger.info("keys reloaded (%s): %d authorized, %d added, %d revoked", why, len(fresh), added, removed)
         return True
+
+    def _tell_revoked(self, names: set[str]) -> None:
+        """Run every ``on_revoked`` hook; one that fails is logged and the
+        rest still run (the new keys are in force whatever a hook meets: no
+        new connection of a revoked key gets in)."""
+        for hook in self.on_revoked:
+            try:
+                hook(names)
+            except Exception:  # noqa: BLE001 - the reload must not die halfway (it runs in the watcher)
+                logger.exception("keys reloaded, but withdrawing what %s were let do failed; their open "
+                                 "connections may keep it until they reconnect", ", ".join(sorted(names)))
 
     def _dir_signature(self) -> tuple[Any, ...]:
         directory = self.store.authorized_dir
