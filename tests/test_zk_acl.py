@@ -26,6 +26,7 @@ from miyaq.cluster.zk_auth import ZkAuth, same_acl
 from miyaq.cluster.zk_coordinator import ZooKeeperCoordinator
 from miyaq.cluster.zk_layout import ROOT, Layout, RingRecord
 from miyaq.errors import ConfigError, Forbidden
+from miyaq.gateway.tokens import TokenTable
 from miyaq.testing.harness import NodeProc, free_port, wait_for
 from miyaq.testing.zookeeper import ZooKeeperServer
 from zk_fixtures import DEADLINE, member, wait_until
@@ -95,6 +96,30 @@ def test_a_credentials_file_others_may_read_is_warned_about(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="miyaq.cluster.zk_auth"):
         assert ZkAuth.from_file(str(path)).user == "ops"
     assert "chmod 600" in caplog.text and "secret" not in caplog.text
+
+
+@pytest.mark.parametrize("mode,group,warned", [
+    (0o440, "own", False),      # a Kubernetes secret: 0440 with the pod's fsGroup, the process's own group
+    (0o640, "other", True),     # a group bit for a group this process is not in
+    (0o604, "own", True),       # a bit for others
+    (0o600, "other", False),
+])
+def test_only_a_file_others_than_this_process_may_read_is_warned_about(tmp_path, caplog, mode, group, warned):
+    """The ZooKeeper credentials and the HTTP tokens file: a group bit for
+    the process's own group exposes nothing (the deploy manifest's read-only
+    Secret, 0440 with fsGroup, was warned about with a `chmod 600` it cannot
+    take); a group bit for another group, or any bit for others, is."""
+    gid = os.getegid() if group == "own" else max({os.getegid(), *os.getgroups()}) + 4242
+    for name, text, read in (("zk-auth", "ops:secret", ZkAuth.from_file),
+                             ("tokens", "t0k3n-" + "x" * 20 + " admin\n", lambda p: TokenTable("", p))):
+        path = tmp_path / name
+        path.write_text(text)
+        os.chown(path, -1, gid)
+        path.chmod(mode)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            read(str(path))
+        assert ("chmod 600" in caplog.text) is warned, (name, caplog.text)
 
 
 # -- against the real server ------------------------------------------------------------

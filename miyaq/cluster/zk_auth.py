@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 from dataclasses import dataclass, field
 from typing import Any
 
 from kazoo.security import ACL, make_acl, make_digest_acl
 
 from miyaq.errors import ConfigError
-from miyaq.runtime.small_files import read_small_file
+from miyaq.runtime.small_files import read_by_others, read_small_file
 
 logger = logging.getLogger(__name__)
 
@@ -62,13 +61,13 @@ class ZkAuth:
     def from_file(cls, path: str) -> ZkAuth:
         """Read ``user:password`` from ``path``; warns when others may read the file."""
         try:
-            mode = os.stat(path).st_mode
+            info = os.stat(path)
             # A regular file, whole: a FIFO blocked the start for good, and a
             # longer file was cut at 4,096 characters (a wrong password later).
             text = read_small_file(path, CREDENTIALS_BYTES, "a ZooKeeper credentials file").decode("utf-8-sig")
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read the ZooKeeper credentials in {path}: {exc}") from None
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        if read_by_others(info):
             logger.warning("%s holds ZooKeeper credentials and others may read it: chmod 600 %s", path, path)
         return cls.parse(text, f"the credentials file {path}")
 

@@ -32,6 +32,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from miyaq.errors import ConfigError
+from miyaq.runtime.small_files import read_by_others
 from miyaq.security.roles import Role, parse_role
 
 logger = logging.getLogger(__name__)
@@ -140,13 +141,13 @@ class TokenTable:
             signature = self._stat()
             with open(self.path, encoding="utf-8") as fh:
                 text = fh.read(MAX_TOKENS * (MAX_TOKEN + 32))
-            mode = os.stat(self.path).st_mode
+            info = os.stat(self.path)
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read the HTTP tokens file {self.path}: {exc}") from None
         pairs = parse_tokens(text, self.path)
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            logger.warning("HTTP tokens file %s is readable by others (mode %o): chmod 600 it",
-                           self.path, stat.S_IMODE(mode))
+        if read_by_others(info):
+            logger.warning("HTTP tokens file %s is readable by others (mode %o, group %d): chmod 600 it",
+                           self.path, stat.S_IMODE(info.st_mode), info.st_gid)
         return [Entry(self._digest(token), role) for token, role in pairs], signature
 
     def reload(self, reason: str) -> bool:

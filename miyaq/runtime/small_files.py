@@ -10,7 +10,7 @@ import stat
 
 from ..errors import ConfigError
 
-__all__ = ["read_small_file"]
+__all__ = ["read_by_others", "read_small_file"]
 
 
 def _kind(mode: int) -> str:
@@ -43,3 +43,16 @@ def read_small_file(path: str, limit: int, what: str) -> bytes:
     if size > limit:
         raise ConfigError(f"{path} is not {what} (larger than {limit} bytes)")
     return b"".join(chunks)
+
+
+def read_by_others(st: os.stat_result) -> bool:
+    """True if a file with this ``stat`` may be read by users other than this
+    process's: any bit for others, or a group bit for a group this process is
+    not in. A secret mounted by Kubernetes is ``0440`` with the pod's
+    ``fsGroup``, the node's own group: not exposed (it was warned about,
+    with advice -- ``chmod 600`` -- that a read-only mount cannot take)."""
+    if st.st_mode & stat.S_IRWXO:
+        return True
+    if st.st_mode & stat.S_IRWXG:
+        return st.st_gid not in {os.getegid(), *os.getgroups()}
+    return False
