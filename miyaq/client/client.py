@@ -109,6 +109,10 @@ class Client:
         self._forked = False           # set in a forked child (see _after_fork_in_child)
         self._unflushed = Unflushed(self.window, self.kit.lock())    # submits come from any thread
         _clients.add(self)
+        # Dropped without close(): its I/O loop ends once its submits are
+        # resolved (a thread and sockets were kept for the process's life).
+        self._abandoned = weakref.finalize(self, self._io.close_when_idle)
+        self._abandoned.atexit = False    # at exit, _flush_at_exit closes what is still referenced
 
     # -- submitting ------------------------------------------------------------------
     def submit(self, name: str, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None, *,
@@ -293,6 +297,7 @@ class Client:
         if self._closed:
             return
         timeout = seconds(timeout, "timeout")
+        self._abandoned.detach()
         try:
             if flush:
                 self.flush(timeout)
@@ -331,6 +336,7 @@ def _after_fork_in_child() -> None:
     for client in list(_clients):
         client._forked = True
         client._closed = True
+        client._abandoned.detach()    # the loop and its pipe are the parent's
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -77,6 +77,7 @@ class IOLoop:
         os.set_blocking(self._rfd, False)
         self._armed = False            # the I/O context sleeps (or is about to): wake it through the pipe
         self.stopped = False           # the loop ended: a call queued now would wait for nobody
+        self._end_when_idle = False    # its Client was dropped unclosed: end once no submit is in flight
         self.count_lock = kit.lock()
         self._handle: Any = None
 
@@ -183,6 +184,14 @@ class IOLoop:
         if self._handle is not None:
             self.kit.join(self._handle, timeout)
 
+    def close_when_idle(self) -> None:
+        """The Client was garbage-collected without :meth:`close`: end the loop
+        (its thread or greenlet, its sockets) once every submit it holds is
+        acknowledged or has failed by its own deadline -- what ``close()``
+        would have waited for, in the background. From any thread."""
+        if not self.stopped:
+            self._put(("end when idle",))
+
     def _put(self, item: tuple[Any, ...]) -> None:
         self.inbox.append(item)
         if self.stopped:
@@ -284,7 +293,9 @@ class IOLoop:
                 core.withdraw(item[1], monotonic())
             elif kind == "close":
                 return True
-        return False
+            elif kind == "end when idle":
+                self._end_when_idle = True
+        return self._end_when_idle and core.submits.idle
 
     def _read_all(self, monitors: bool = True) -> bool:
         """Read every socket until it has nothing; True if one still has more.
