@@ -436,6 +436,8 @@ def test_readys_from_more_workers_than_max_workers_are_refused_busy(make_node, c
     socks[0].send_multipart([TAG, c.READY, pack({"worker": "w0", "queues": ["q"], "capacity": 2})])
     assert recv(socks[0])[0] == c.WELCOME
     socks[1].send_multipart([TAG, c.BYE, pack({"worker": "w1"})])
+    # Another connection: its READY may overtake the BYE unless the BYE is seen first.
+    wait_for(lambda: client.status()["totals"]["workers"] == 2, what="the BYE to be handled")
     extra.send_multipart([TAG, c.READY, pack({"worker": "w3", "queues": ["q"], "capacity": 1})])
     assert recv(extra)[0] == c.WELCOME
     assert client.status()["totals"]["workers"] == 3
