@@ -58,7 +58,7 @@ def check_charset(charset: str) -> str:
         b"x".decode(charset)   # LookupError for a codec that is not a text encoding (b"" never looks)
     except UnicodeError:
         pass   # a text encoding that cannot decode "x" alone (utf-16): fine
-    except LookupError:
+    except (LookupError, ValueError):     # ValueError: a NUL in the name ("embedded null character")
         raise InvalidField(f"unknown charset {charset!r} in Content-Type", field="Content-Type") from None
     return charset
 

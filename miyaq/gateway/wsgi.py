@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from miyaq.gateway.conn_io import MAX_HEADER_BYTES, HeaderBudget, HeadersTooLarge, SendTimeout, fair_rfile, send_within
 from miyaq.gateway.errors import RequestTimeout
 from miyaq.gateway.request import CONNECTION
 from miyaq.runtime import green, monotonic
@@ -40,8 +41,10 @@ from miyaq.runtime.green import WSGIHandler, WSGIInput, WSGIServer
 
 logger = logging.getLogger(__name__)
 
-#: Reasons a connection or request is refused before the application sees it.
-REFUSALS = ("client_limit", "header_timeout", "tls_handshake", "malformed", "open_files")
+#: Reasons a connection or request is refused before the application sees it
+#: (``send_timeout``: the client took no part of an answer in time).
+REFUSALS = ("client_limit", "header_timeout", "tls_handshake", "malformed", "headers_too_large", "open_files",
+            "send_timeout")
 
 ACCEPT_PAUSE_MIN = 0.05
 """Seconds the server stops accepting when the process is out of file
@@ -69,6 +72,8 @@ MALFORMED = _raw_error("400 Bad Request", "protocol", "malformed HTTP request li
 LINE_TOO_LONG = _raw_error("414 URI Too Long", "too_large", "the request line is too long")
 HEADER_TIMEOUT = _raw_error("408 Request Timeout", "request_timeout",
                             "the request line and headers did not arrive in time")
+HEADERS_TOO_LARGE = _raw_error("431 Request Header Fields Too Large", "too_large",
+                               f"the request's headers are over {MAX_HEADER_BYTES // 1024} KiB")
 
 
 class TimedInput(WSGIInput):
@@ -112,6 +117,12 @@ class TimedInput(WSGIInput):
         handler = self._handler
         if handler.close_connection or self._chunked_input_error:
             return   # the connection closes: nothing to skip to the next request
+        if self.socket is not None and self.position == 0:
+            # "Expect: 100-continue" never answered: the client may never send
+            # the body. Reading it would send a stray "100 Continue" after the
+            # final answer (taken for the next request's go-ahead) and wait.
+            handler.close_connection = True
+            return
         left = (self.content_length or 0) - self.position
         if not self.chunked_input and left <= 0:
             return
@@ -138,6 +149,13 @@ class GatewayHandler(WSGIHandler):
     _coalesce: list[bytes] | None = None
     _header_timer: Any = None
     _served = 0
+    ignored_socket_errors = (*WSGIHandler.ignored_socket_errors, errno.ETIMEDOUT)   # SendTimeout: close quietly
+
+    def __init__(self, sock: Any, address: Any, server: GatewayServer, rfile: Any = None) -> None:
+        super().__init__(sock, address, server, rfile=fair_rfile(sock) if rfile is None else rfile)
+
+    def MessageClass(self, fp: Any, *args: Any) -> Any:  # noqa: N802 - pywsgi's name
+        return super().MessageClass(HeaderBudget(fp), *args)
 
     # -- deadlines ------------------------------------------------------------------
     def read_requestline(self) -> str:
@@ -197,7 +215,11 @@ class GatewayHandler(WSGIHandler):
         return env
 
     def _handle_client_error(self, ex: BaseException) -> tuple[str, bytes]:
-        """A request line or headers pywsgi cannot parse: 400 in the JSON shape."""
+        """A request line or headers pywsgi cannot parse: 400 in the JSON
+        shape; headers over their budget: 431."""
+        if isinstance(ex, HeadersTooLarge):
+            self.server.refused("headers_too_large")
+            return ("431", HEADERS_TOO_LARGE)
         logger.debug("malformed HTTP request from %s: %s", self.client_address, ex)
         self.server.refused("malformed")
         return ("400", MALFORMED)
@@ -214,13 +236,18 @@ class GatewayHandler(WSGIHandler):
         finally:
             pending, self._coalesce = self._coalesce, None
             if pending:
-                super()._sendall(b"".join(pending))
+                self._sendall(b"".join(pending))
 
     def _sendall(self, data: bytes) -> None:
+        """Each piece of an answer within ``body_timeout`` (conn_io.send_within)."""
         if self._coalesce is not None:
             self._coalesce.append(bytes(data))
             return
-        super()._sendall(data)
+        try:
+            send_within(super()._sendall, data, self.server.limits.body_timeout)
+        except SendTimeout:
+            self.server.refused("send_timeout")
+            raise
 
 
 class GatewayServer(WSGIServer):
