@@ -8,6 +8,7 @@ import pytest
 import miyaq
 from miyaq.testing.harness import ThreadNode, free_port
 from own_interpreter import run_script
+from raw_nodes import CountingNode
 
 
 def test_node_restarting_mid_pipeline_every_submit_is_accepted_by_the_new_node(client_for):
@@ -217,3 +218,22 @@ def test_a_request_with_a_field_msgpack_cannot_encode_raises_at_once_and_the_cli
         assert client.status()["totals"]["live"] == 0
     finally:
         client.close(flush=False)
+
+
+def test_a_task_is_not_found_only_when_every_node_said_so(node, client_for):
+    """Fault: in a cluster the node asked first does not answer (frozen,
+    overloaded) and the next, which does not hold the task, answers "not
+    found". ``status()`` raised NotFound -- an answer a caller may take as
+    "the task is gone, submit it again" while the silent node holds it. Now
+    the silent node's Timeout is raised; NotFound stays for every node
+    saying so."""
+    silent = CountingNode()           # reads every request and never answers
+    try:
+        client = client_for(f"{silent.endpoint},{node.endpoint}", request_timeout=1.0)
+        with pytest.raises(miyaq.Timeout):
+            client.status("held-by-the-silent-node", node=0)
+        alone = client_for(node.endpoint, request_timeout=1.0)
+        with pytest.raises(miyaq.NotFound):
+            alone.status("nowhere")
+    finally:
+        silent.close()

@@ -91,15 +91,23 @@ def one(command: bytes, body: dict[str, Any], node: int | None = None,
 def any_node(nodes: Nodes, command: bytes, body: dict[str, Any], first: str | int | None = None,
              timeout: float | None = None) -> Operation:
     """Ask ``first`` (or the first node); in a cluster, where that node does
-    not hold the task or does not answer, ask the others in turn."""
-    last: MiyaqError | None = None
+    not hold the task or does not answer, ask the others in turn.
+    ``NotFound`` only when every node said so: where one could not answer
+    (``Unavailable``, ``Timeout``) the task may be there, and that error is
+    raised instead -- a false "not found" invites a caller to submit the
+    task again (before 2026-12-05 the last node's answer was raised)."""
+    unanswered: MiyaqError | None = None
+    not_found: MiyaqError | None = None
     for index in nodes.order(first):
         try:
             return (yield Ask(command, dict(body), index, timeout))
-        except (NotFound, Unavailable, Timeout) as err:
-            last = err
-    assert last is not None
-    raise last
+        except NotFound as err:
+            not_found = err
+        except (Unavailable, Timeout) as err:
+            unanswered = err
+    error = unanswered or not_found
+    assert error is not None
+    raise error
 
 
 def status(nodes: Nodes, task_id: str | None, node: str | int | None) -> Operation:
