@@ -21,6 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from miyaq.errors import ConfigError
+from miyaq.runtime.small_files import read_small_file
+
 STATE_FILE = ".miyaq-dev.json"
 DEFAULT_CONNECT = "tcp://127.0.0.1:7450"
 DEFAULT_HTTP = "http://127.0.0.1:8088"
@@ -46,25 +49,42 @@ class DevState:
         return f"{self.path} (miyaq dev-cluster, pid {self.pid})"
 
 
+STATE_BYTES = 64 * 1024
+"""The largest state file read; a longer one is not miyaq's (ignored)."""
+MAX_PID = 2**22
+"""Past the highest pid Linux hands out (``pid_max`` is at most 2**22)."""
+
+
 def _alive(pid: int) -> bool:
+    """True when ``pid`` names a running process. Nonsense (0, negative, past
+    :data:`MAX_PID`) is dead: ``kill(0)`` / ``kill(-1)`` signal groups and
+    always succeed, and a huge pid raised ``OverflowError``."""
+    if not 0 < pid < MAX_PID:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    except OSError:
+        return False
     return True
 
 
 def read_state(directory: str | os.PathLike[str] | None = None) -> DevState | None:
-    """The dev cluster recorded in ``directory`` (default: the current one), if it still runs."""
+    """The dev cluster recorded in ``directory`` (default: the current one), if it still runs.
+
+    Never blocks or raises: the file is read only if it is a regular file of
+    at most :data:`STATE_BYTES` (a FIFO there hung every command before
+    2026-12-05); anything unusable counts as no dev cluster."""
     path = Path(directory or os.getcwd()) / STATE_FILE
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_small_file(str(path), STATE_BYTES, "a miyaq dev-cluster state file"))
         state = DevState(pid=int(data["pid"]), zk=str(data["zk"]), cluster=str(data["cluster"]),
                          connect=[str(e) for e in data["connect"]], http=[str(u) for u in data["http"]],
                          path=path, key=_optional(data.get("key")), server_key=_optional(data.get("server_key")))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, ConfigError):
         return None
     return state if state.connect and _alive(state.pid) else None
 
@@ -88,9 +108,9 @@ def remove_state(directory: str | os.PathLike[str], pid: int) -> None:
     """Remove the file if it is still the one ``pid`` wrote. Never raises."""
     path = Path(directory) / STATE_FILE
     try:
-        if json.loads(path.read_text()).get("pid") == pid:
+        if json.loads(read_small_file(str(path), STATE_BYTES, "a state file")).get("pid") == pid:
             path.unlink()
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, ConfigError):
         pass
 
 

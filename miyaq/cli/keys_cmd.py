@@ -65,7 +65,18 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    copies = KeyStore(args.dir).revoke(args.name)
+    """Revoke, then load ``authorized/`` as a node would: if it does not load,
+    the nodes keep the keys they hold -- the revoked one too -- so say so and
+    exit 2 (before 2026-12-05 this reported success)."""
+    store = KeyStore(args.dir)
+    copies = store.revoke(args.name)
+    try:
+        store.authorized()
+    except ConfigError as err:
+        raise ConfigError(f"{args.name}: moved to {args.dir}/revoked/, but a node cannot load "
+                          f"{store.authorized_dir} as it is: {err.message}. Running nodes keep the keys they "
+                          f"loaded, {args.name}'s included, until that is fixed (then they reload within "
+                          "seconds, or at once on SIGHUP)") from None
     print(f"{args.name}: revoked (moved to {args.dir}/revoked/)")
     for other in copies:
         print(f"{other}: revoked too (authorized/{other}.key held the same public key)")

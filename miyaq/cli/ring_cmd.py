@@ -79,13 +79,22 @@ def _admin(args: argparse.Namespace) -> Any:
     from ..cluster.ring_admin import RingAdmin
     # kazoo logs every refused connection attempt; the error below says it once.
     logging.getLogger("kazoo").setLevel(logging.CRITICAL)
-    from ..devstate import default_zk
-    zk, cluster = default_zk()
-    args.zk = getattr(args, "zk", None) or zk
-    args.cluster = getattr(args, "cluster", None) or cluster
+    args.zk, args.cluster = _where(getattr(args, "zk", None), getattr(args, "cluster", None))
     timeout = getattr(args, "timeout", None) or 15.0
     return RingAdmin(args.zk, args.cluster, connect_timeout=min(timeout, 5.0), timeout=timeout,
                      auth=zk_auth(args))
+
+
+def _where(zk: str | None, cluster: str | None) -> tuple[str, str]:
+    """The ZooKeeper hosts and cluster: as given, else from the environment or
+    the dev cluster of this directory. With both given, ``.miyaq-dev.json`` is
+    not read at all (before 2026-12-05 it always was: a FIFO there hung every
+    ring command)."""
+    if zk and cluster:
+        return zk, cluster
+    from ..devstate import default_zk
+    default_hosts, default_cluster = default_zk()
+    return zk or default_hosts, cluster or default_cluster
 
 
 def zk_auth(args: argparse.Namespace) -> Any:
@@ -152,6 +161,8 @@ def format_ring(status: Mapping[str, Any], hosts: str) -> str:
     in_ring = sum(m["in_ring"] for m in members.values())
     lines = [(f"cluster {status['cluster']}  epoch {status['epoch']}  leader {status['leader'] or '-'}  "
               f"in ring {in_ring}  (ZooKeeper {hosts})")]
+    if status.get("desired_error"):
+        lines.append(f"warning: {status['desired_error']}")
     if not members:
         lines.append(f"no node has registered in cluster {status['cluster']}")
         return "\n".join(lines)

@@ -23,16 +23,14 @@ from contextlib import contextmanager
 from typing import Any, Self
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import KazooException, NoNodeError
-from kazoo.recipe.election import Election
 
-from miyaq.cluster.ring_view import RingView, check_node_id, check_weight
+from miyaq.cluster.ring_view import Member, RingView, check_node_id, check_weight
 from miyaq.cluster.zk_auth import ZkAuth
-from miyaq.cluster.zk_layout import Layout, RingRecord, with_join, with_weight
-from miyaq.protocol.ring import check_points
-from miyaq.cluster.zk_store import ZnodeStore, close_client, connect
+from miyaq.cluster.zk_layout import Intent, Layout, RingRecord, with_join, with_weight
+from miyaq.protocol.ring import DEFAULT_VNODES, check_points
+from miyaq.cluster.zk_store import ZnodeStore, check_hosts, close_client, connect
 from miyaq.cluster.zk_probe import diagnose
-from miyaq.errors import Timeout, Unavailable
+from miyaq.errors import ConfigError, Timeout, Unavailable
 from miyaq.runtime import green, monotonic
 
 logger = logging.getLogger(__name__)
@@ -57,7 +55,7 @@ class RingAdmin:
         session_timeout: float = 10.0,
         auth: ZkAuth | None = None,
     ) -> None:
-        self._hosts = hosts
+        self._hosts = check_hosts(hosts)
         self._auth = auth
         self._layout = Layout(cluster)
         self._connect_timeout = connect_timeout
@@ -114,16 +112,21 @@ class RingAdmin:
             return self._status()
 
     def _status(self) -> dict[str, Any]:
+        """Reads only: creates no znode (before 2026-12-05 it created the
+        election path, and with credentials a digest-only ``/miyaq``). An
+        unreadable ``desired`` is reported in ``desired_error``, not raised:
+        the ring is still shown."""
         store = self._open()
         registered = store.read_registered()
-        desired, _ = store.read_desired()
+        try:
+            desired, _ = store.read_desired()
+            desired_error = None
+        except ConfigError as exc:
+            desired, desired_error = {}, store.unreadable_desired(exc.message)
         record, _ = store.read_ring()
         view = record.to_view() if record is not None else RingView.empty()
         share = view.ring.share() if view.ring is not None else {}
-        try:
-            contenders = Election(store.zk, self._layout.election).contenders()
-        except (KazooException, NoNodeError):
-            contenders = []
+        contenders = store.read_contenders()
         members: dict[str, dict[str, Any]] = {}
         for node_id in sorted(set(registered) | set(desired) | set(view.members)):
             member = view.members.get(node_id) or registered.get(node_id)
@@ -153,6 +156,7 @@ class RingAdmin:
             "contenders": contenders,
             "vnodes": view.vnodes,
             "members": members,
+            "desired_error": desired_error,
         }
 
     # Each change reads the ring *before* writing the intent: a fast leader may
@@ -168,10 +172,12 @@ class RingAdmin:
     def _join(self, node_id: str) -> str:
         store = self._open(changing=True)
         before, _ = store.read_ring()
-        store.update_desired(lambda d: with_join(d, node_id, True))
+        registered = store.read_registered()
+        store.update_desired(lambda d: self._fits(with_join(d, node_id, True), registered, before,
+                                                  f"join {node_id}"))
         if before is not None and node_id in before.members:
             return f"{node_id} is in the ring (epoch {before.epoch})"
-        if node_id not in store.read_registered():
+        if node_id not in registered:
             return f"{node_id} is not registered; it will join the ring when it starts"
         record = self._wait_for(lambda r: node_id in r.members, f"{node_id} to join the ring")
         return f"{node_id} joined the ring at epoch {record.epoch}"
@@ -202,9 +208,9 @@ class RingAdmin:
     def _set_weight(self, node_id: str, value: float) -> str:
         store = self._open(changing=True)
         before, _ = store.read_ring()
-        if before is not None and node_id in before.members:
-            check_points({**before.weights, node_id: value}, before.vnodes)   # refused now, not by the leader
-        store.update_desired(lambda d: with_weight(d, node_id, value))
+        registered = store.read_registered()
+        store.update_desired(lambda d: self._fits(with_weight(d, node_id, value), registered, before,
+                                                  f"set the weight of {node_id} to {value:g}", also=node_id))
         if before is None or node_id not in before.members:
             return f"weight of {node_id} set to {value:g}; it applies when {node_id} is in the ring"
         old = before.weights[node_id]
@@ -215,6 +221,42 @@ class RingAdmin:
         )
         return f"weight of {node_id}: {old:g} -> {value:g} at epoch {record.epoch}"
 
+    @staticmethod
+    def _fits(desired: dict[str, Intent], registered: dict[str, Member], ring: RingRecord | None,
+              action: str, also: str | None = None) -> dict[str, Intent]:
+        """``desired`` if the ring it asks for fits, else ``ConfigError`` (nothing is stored).
+
+        Counted: every node wanted in -- running or not, since it joins when
+        it starts -- and ``also`` (a node given a weight counts as if it were
+        in: a weight that can never fit is refused when set), each at its
+        desired weight, else its registered or published one, else 1. Before
+        2026-12-05 only a weight for a node in the ring was checked: a node
+        out of it could be given 1000 and joined, and the leader then refused
+        every ring (no join, leave or weight was published)."""
+        weights = {node_id: intent.weight or _known_weight(node_id, registered, ring)
+                   for node_id, intent in desired.items() if intent.join or node_id == also}
+        try:
+            check_points(weights, ring.vnodes if ring is not None else DEFAULT_VNODES)
+        except ConfigError as exc:
+            raise ConfigError(f"cannot {action}: {exc.message} (counting every node wanted in the ring)") from None
+        return desired
+
+    def _unpublished_reason(self, store: ZnodeStore) -> str:
+        """Why the leader may not have published the desired ring, as far as ZooKeeper tells."""
+        try:
+            desired, _ = store.read_desired()
+        except ConfigError as exc:
+            return store.unreadable_desired(exc.message)
+        registered = store.read_registered()
+        record, _ = store.read_ring()
+        wanted = [k for k in registered if desired.get(k, Intent(False)).join]
+        weights = {k: desired[k].weight or registered[k].weight for k in wanted}
+        try:
+            check_points(weights, record.vnodes if record is not None else DEFAULT_VNODES)
+        except ConfigError as exc:
+            return f"the leader cannot publish the ring it asks for: {exc.message}"
+        return f"is any node of cluster {self._layout.cluster} running?"
+
     def _wait_for(self, done: Callable[[RingRecord], bool], what: str) -> RingRecord:
         store = self._open()
         deadline = monotonic() + self._timeout
@@ -224,11 +266,27 @@ class RingAdmin:
             if record is not None and done(record):
                 return record
             if monotonic() >= deadline:
-                epoch = record.epoch if record is not None else 0
-                leader = record.leader if record is not None else None
-                raise Timeout(
-                    f"the leader did not publish {what} within {self._timeout:g}s "
-                    f"(ring epoch {epoch}, last leader {leader}); is any node of cluster "
-                    f"{self._layout.cluster} running?"
-                )
+                raise self._timed_out(store, record, what)
             green.sleep(0.1)
+
+    def _timed_out(self, store: ZnodeStore, record: RingRecord | None, what: str) -> Timeout:
+        epoch = record.epoch if record is not None else 0
+        leader = record.leader if record is not None else None
+        try:
+            reason = self._unpublished_reason(store)
+        except Unavailable as exc:
+            reason = exc.message
+        return Timeout(
+            f"the leader did not publish {what} within {self._timeout:g}s (ring epoch {epoch}, last leader "
+            f"{leader}): {reason}; the request stays stored in {self._layout.desired} and applies once the "
+            "leader publishes it"
+        )
+
+
+def _known_weight(node_id: str, registered: dict[str, Member], ring: RingRecord | None) -> float:
+    """A node's weight when ``desired`` sets none: its registered one, else its published one, else 1."""
+    if node_id in registered:
+        return registered[node_id].weight
+    if ring is not None and node_id in ring.weights:
+        return ring.weights[node_id]
+    return 1.0

@@ -217,7 +217,7 @@ class ZooKeeperCoordinator(Coordinator):
             store.protect()
             registry.register()
             if self._auto_join:
-                store.update_desired(lambda d: with_join(d, self._node_id, True))
+                self._auto_join_desired(store)
             registry.start()
             session.zk.DataWatch(self._layout.ring, self._on_ring)
             session.zk.DataWatch(self._layout.desired, self._on_desired)
@@ -228,6 +228,15 @@ class ZooKeeperCoordinator(Coordinator):
             raise
         logger.info("%s registered in cluster %s at %s (auto_join=%s)",
                     self._node_id, self.cluster, self._hosts, self._auto_join)
+
+    def _auto_join_desired(self, store: ZnodeStore) -> None:
+        """Want this node in the ring. An unreadable ``desired`` is rebuilt from
+        the published ring (:meth:`ZnodeStore.update_desired`); when it cannot
+        be (no ring either), the node starts out of the ring and says why."""
+        try:
+            store.update_desired(lambda d: with_join(d, self._node_id, True))
+        except ConfigError as exc:
+            logger.error("%s cannot ask to join the ring: %s", self._node_id, exc)
 
     def stop(self) -> None:
         """Abdicate, close the session (the member znode goes at once), stop greenlets."""

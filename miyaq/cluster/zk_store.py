@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from collections.abc import Callable
 from typing import Any
 
 from kazoo.client import KazooClient
+from kazoo.hosts import collect_hosts
 from kazoo.exceptions import (
     BadVersionError,
     ConnectionDropped,
@@ -57,14 +59,35 @@ from miyaq.runtime.zookeeper import kazoo_handler
 
 logger = logging.getLogger(__name__)
 
+_CONTENDER = re.compile(r"__lock__(-?\d{10})$")
+"""The name of a kazoo ``Election`` contender znode; the group is its sequence number."""
+
 TRANSIENT = (ConnectionLoss, SessionExpiredError, OperationTimeoutError, ConnectionDropped)
 """kazoo errors that mean "ZooKeeper could not answer", not "ZooKeeper said no"."""
 
 
+def check_hosts(hosts: object) -> str:
+    """``hosts`` if kazoo can parse it as a connection string (``host:port,...``
+    with ports 0..65535, an optional ``/chroot``), else ``ConfigError``
+    naming it. Every client miyaq makes is made through here: before
+    2026-12-05 a malformed ``--zk`` (``localhost:abc``, ``127.0.0.1:99999``,
+    ``,``) was a ``ValueError`` traceback from ``KazooClient``."""
+    if not isinstance(hosts, str) or not hosts.strip():
+        raise ConfigError("ZooKeeper hosts must be a non-empty string like '127.0.0.1:2181'")
+    try:
+        parsed, _ = collect_hosts(hosts)
+    except ValueError as exc:
+        raise ConfigError(f"invalid ZooKeeper hosts {hosts!r}: {exc} (expected host:port[,host:port...], "
+                          "like 127.0.0.1:2181)") from None
+    if not parsed or any(not host for host, _ in parsed):
+        raise ConfigError(f"invalid ZooKeeper hosts {hosts!r}: no host (expected host:port[,host:port...], "
+                          "like 127.0.0.1:2181)")
+    return hosts
+
+
 def check_options(hosts: object, vnodes: object, **timeouts: object) -> None:
     """``ConfigError`` unless ``hosts`` is a connection string, ``vnodes`` an int >= 1, timeouts > 0."""
-    if not isinstance(hosts, str) or not hosts:
-        raise ConfigError("ZooKeeper hosts must be a non-empty string like '127.0.0.1:2181'")
+    check_hosts(hosts)
     for name, value in timeouts.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise ConfigError(f"{name} must be a number > 0, got {value!r}")
@@ -74,7 +97,9 @@ def check_options(hosts: object, vnodes: object, **timeouts: object) -> None:
 
 def new_client(hosts: str, session_timeout: float, auth: ZkAuth | None = None) -> KazooClient:
     """A kazoo client on gevent that retries its connection forever, commands 5 times;
-    with ``auth``, it authenticates and creates znodes with ``auth``'s ACL."""
+    with ``auth``, it authenticates and creates znodes with ``auth``'s ACL.
+    ``ConfigError`` when ``hosts`` is malformed (:func:`check_hosts`)."""
+    check_hosts(hosts)
     handler = kazoo_handler()
     retry = {"max_tries": -1, "delay": 0.1, "backoff": 2, "max_delay": 1.0, "sleep_func": green.sleep}
     return KazooClient(
@@ -145,15 +170,54 @@ class ZnodeStore:
                          f"carry ACLs; give the cluster's credentials with --zk-auth or --zk-auth-file "
                          f"(MIYAQ_ZK_AUTH)", hosts=self.hosts)
 
-    def ensure_paths(self) -> None:
-        """Create ``/miyaq`` (anyone may add a cluster there), the cluster and its folders."""
+    def root_acl(self) -> list[Any] | None:
+        """The ACL ``/miyaq`` gets when miyaq creates it: with credentials, anyone
+        may read it and add a cluster, only they may do more (:mod:`zk_auth`);
+        None (the client's default, open) without."""
         acl = self.zk.default_acl
-        root_acl = [make_acl("world", "anyone", read=True, create=True), *acl] if acl else None
-        for path, path_acl in ((ROOT, root_acl), (self.layout.members, None), (self.layout.election, None)):
+        return [make_acl("world", "anyone", read=True, create=True), *acl] if acl else None
+
+    def ensure_paths(self, *folders: str) -> None:
+        """Create ``/miyaq`` (with :meth:`root_acl`: anyone may add a cluster
+        there), the cluster's znode and ``folders`` (default: ``members`` and
+        ``election``), each only if missing. Nothing else may create them: a
+        parent made by ``makepath`` gets the client's default ACL, and a
+        digest-only ``/miyaq`` shuts every other cluster out."""
+        self.ensure_base()
+        for path in folders or (self.layout.members, self.layout.election):
+            self._create_if_missing(path, None)
+
+    def ensure_base(self) -> None:
+        """Create ``/miyaq`` (with :meth:`root_acl`) and the cluster's znode if missing."""
+        self._create_if_missing(ROOT, self.root_acl())
+        self._create_if_missing(self.layout.base, None)
+
+    def _create_if_missing(self, path: str, acl: list[Any] | None) -> None:
+        try:
+            self.call(self.zk.create_async(path, b"", acl=acl))
+        except NodeExistsError:
+            pass
+
+    def read_contenders(self) -> list[str]:
+        """The election's contenders (their identifiers), first in line first,
+        read without creating anything: a missing ``election`` znode means none.
+        (kazoo's ``Election.contenders()`` creates the path, with the client's
+        default ACL: a read-only ``miyaq ring`` must leave no trace.)"""
+        try:
+            children = self.call(self.zk.get_children_async(self.layout.election))
+        except NoNodeError:
+            return []
+        ordered = sorted((m.group(1), name) for name in children
+                         if (m := _CONTENDER.search(name)) is not None)
+        pending = [self.zk.get_async(f"{self.layout.election}/{name}") for _, name in ordered]
+        out = []
+        for result in pending:
             try:
-                self.call(self.zk.create_async(path, b"", acl=path_acl, makepath=True))
-            except NodeExistsError:
-                pass
+                data, _ = self.call(result)
+            except NoNodeError:
+                continue      # that contender left meanwhile
+            out.append(data.decode("utf-8", "replace") if data else "")
+        return out
 
     def protect(self) -> int:
         """Give every znode of the cluster the client's ACL where it has another one
@@ -254,36 +318,74 @@ class ZnodeStore:
         return out
 
     def read_desired(self) -> tuple[dict[str, Intent], Any]:
+        """The operator's intent and its stat ((``{}``, None) when absent);
+        ``ConfigError`` when the znode cannot be decoded."""
+        data, stat = self._read_desired_bytes()
+        return parse_desired(data), stat
+
+    def _read_desired_bytes(self) -> tuple[bytes | None, Any]:
         try:
             data, stat = self.call(self.zk.get_async(self.layout.desired))
         except NoNodeError:
-            return {}, None
-        return parse_desired(data), stat
+            return None, None
+        return data, stat
+
+    def unreadable_desired(self, problem: str) -> str:
+        """What an operator reads about a ``desired`` znode that does not decode, and how to recover."""
+        return (f"the desired znode {self.layout.desired} is unreadable ({problem}): the leader keeps the ring "
+                f"as published; the next `miyaq join`, `miyaq leave` or `miyaq ring weight` rebuilds it from "
+                f"the published ring's members and weights (or delete the znode, then join each node)")
+
+    def _rebuilt_desired(self, problem: str) -> dict[str, Intent]:
+        """The intent an unreadable ``desired`` is rebuilt from: every member of
+        the published ring, wanted in with its published weight -- never
+        nothing (before 2026-12-05 the next change, or a node auto-joining,
+        rewrote it as ``{}`` plus itself, and the leader took every other node
+        out of the ring). ``ConfigError`` when no ring can be read either."""
+        record, _ = self.read_ring()
+        if record is None:
+            raise ConfigError(f"the desired znode {self.layout.desired} is unreadable ({problem}) and no ring "
+                              "is published to rebuild it from: fix or delete the znode, then join each node")
+        return {node_id: Intent(True, record.weights[node_id]) for node_id in record.members}
 
     def update_desired(
         self, change: Callable[[dict[str, Intent]], dict[str, Intent]]
     ) -> tuple[dict[str, Intent], dict[str, Intent]]:
-        """Compare-and-set loop on ``desired``; returns (before, after)."""
+        """Compare-and-set loop on ``desired``; returns (before, after).
+
+        An unreadable znode is rewritten from the published ring plus the
+        change (:meth:`_rebuilt_desired`), and a warning says so. A missing
+        one is created with its parents made by :meth:`ensure_base` (their
+        ACLs), never by ``makepath``."""
         for _ in range(100):
+            data, stat = self._read_desired_bytes()
+            problem = None
             try:
-                before, stat = self.read_desired()
+                before = parse_desired(data)
             except ConfigError as exc:
-                # Corrupt intent must not lock the operator out: start afresh.
-                logger.warning("overwriting corrupt %s: %s", self.layout.desired, exc)
-                before, stat = {}, self.call(self.zk.exists_async(self.layout.desired))
+                problem = exc.message
+                before = self._rebuilt_desired(problem)
             after = change(dict(before))
-            if after == before:
+            if after == before and problem is None:
                 return before, after
-            payload = dump_desired(after)
             try:
-                if stat is None:
-                    self.call(self.zk.create_async(self.layout.desired, payload, makepath=True))
-                else:
-                    self.call(self.zk.set_async(self.layout.desired, payload, version=stat.version))
-                return before, after
+                self._write_desired(dump_desired(after), stat)
             except (BadVersionError, NodeExistsError, NoNodeError):
                 green.sleep(random.uniform(0, 0.02))
+                continue
+            if problem is not None:
+                logger.warning("rewrote the unreadable %s (%s) from the published ring's %d member(s) "
+                               "and their weights, plus this change", self.layout.desired, problem, len(before))
+            return before, after
         raise Unavailable(f"could not update {self.layout.desired}: too many concurrent writers")
+
+    def _write_desired(self, payload: bytes, stat: Any) -> None:
+        """Set ``desired`` at ``stat``'s version, or create it (and its parents) when ``stat`` is None."""
+        if stat is not None:
+            self.call(self.zk.set_async(self.layout.desired, payload, version=stat.version))
+            return
+        self.ensure_base()
+        self.call(self.zk.create_async(self.layout.desired, payload))
 
     def epoch_floor(self, stat: Any) -> int:
         """The least epoch the ring znode, which cannot be decoded, held: its

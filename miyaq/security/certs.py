@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 
 import zmq
@@ -104,21 +105,61 @@ def _text(kind: str, metadata: dict[str, str], public: bytes, secret: bytes | No
     return "\n".join(lines) + "\n"
 
 
-def _write(path: str, text: str, mode: int) -> None:
-    fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+def _write(path: str, text: str, mode: int, exclusive: bool = False) -> None:
+    """Write ``path`` whole through a temporary file of a unique name in its
+    directory (two writers never share one). ``exclusive``: the file must not
+    exist yet -- it is linked in, never replaced, and ``FileExistsError``
+    refuses the second of two writers (before 2026-12-05 both went through,
+    and ``.tmp`` was one name for all: the secret one got might not be the
+    authorized key). Any other failure is ``ConfigError`` naming the path."""
+    directory, base = os.path.split(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory or ".")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        if exclusive:
+            os.link(tmp, path)
+        else:
+            os.replace(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        _remove_quietly(tmp)
 
 
-def create(directory: str, name: str, metadata: dict[str, str]) -> tuple[str, str]:
+def write_new(path: str, text: str, mode: int) -> None:
+    """Write ``path``, which must not exist yet (``FileExistsError``): see :func:`_write`."""
+    _write(path, text, mode, exclusive=True)
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def create(directory: str, name: str, metadata: dict[str, str], exclusive: bool = False) -> tuple[str, str]:
     """Write ``NAME.key`` and ``NAME.key_secret`` (mode 0600) in ``directory``,
-    both with ``metadata``. Returns their paths."""
+    both with ``metadata``. Returns their paths. ``exclusive``: neither may
+    exist (``FileExistsError``, and this call leaves nothing behind);
+    ``ConfigError`` naming the path when one cannot be written."""
     for k, v in metadata.items():
         if not _LINE.match(f"{k} = x") or any(ch in v for ch in "\"\n\r"):
             raise ConfigError(f"certificate metadata {k!r} = {v!r} cannot be written")
     public, secret = zmq.curve_keypair()
     base = os.path.join(directory, name)
-    _write(base + ".key", _text("Public", metadata, public, None), 0o644)
-    _write(base + ".key_secret", _text("**Secret**", metadata, public, secret), 0o600)
+    _write(base + ".key", _text("Public", metadata, public, None), 0o644, exclusive)
+    try:
+        _write(base + ".key_secret", _text("**Secret**", metadata, public, secret), 0o600, exclusive)
+    except BaseException:
+        if exclusive:
+            _remove_quietly(base + ".key")    # ours: the link above made it
+        raise
     return base + ".key", base + ".key_secret"

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from miyaq.errors import ConfigError
@@ -66,44 +68,59 @@ class KeyStore:
 
     # -- making keys -------------------------------------------------------------
     def init(self) -> str:
-        """Make the cluster's key pair and ``authorized/``; refuses to overwrite."""
+        """Make the cluster's key pair and ``authorized/``; refuses to overwrite.
+        ``ConfigError`` naming the path for any file-system error."""
         if os.path.exists(os.path.join(self.dir, NODE + ".key_secret")):
             raise ConfigError(f"{self.dir} already holds a cluster key (node.key_secret); "
                               "use another directory or remove it first")
-        os.makedirs(self.authorized_dir, exist_ok=True)
-        os.chmod(self.dir, 0o700)
+        with _os_errors(f"make the key directory {self.dir}"):
+            os.makedirs(self.authorized_dir, exist_ok=True)
+            os.chmod(self.dir, 0o700)
         public, _ = certs.create(self.dir, NODE, {"role": Role.PEER.value, "name": NODE})
         return public
 
     def add(self, name: str, role: str) -> tuple[str, str]:
-        """Make a key pair for ``name`` with ``role`` and authorize its public part."""
+        """Make a key pair for ``name`` with ``role`` and authorize its public part.
+
+        Every file is created exclusively (:func:`certs.create`): of two adds
+        of one name at once, one gets "exists already" and the other's secret
+        is the key authorized. A failure leaves none of this call's files."""
         check_name(name)
         try:
             parsed = parse_role(role)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         self._require_init()
-        for path in (os.path.join(self.dir, name + ".key"), os.path.join(self.authorized_dir, name + ".key")):
+        target = os.path.join(self.authorized_dir, name + ".key")
+        for path in (os.path.join(self.dir, name + ".key"), target):
             if os.path.exists(path):
-                raise ConfigError(f"a key named {name!r} exists already ({path}); revoke it or pick another name")
+                raise _exists(name, path)
         held = len(self._key_files())
         if held >= MAX_KEYS:
             raise ConfigError(f"{self.authorized_dir} holds {held:,} keys already, the most a node loads "
                               f"({MAX_KEYS:,}): revoke some first (`miyaq keys revoke`)")
-        public, secret = certs.create(self.dir, name, {"role": parsed.value, "name": name})
-        with open(public, encoding="utf-8") as src:
-            text = src.read()
-        target = os.path.join(self.authorized_dir, name + ".key")
-        with open(target + ".tmp", "w", encoding="utf-8") as dst:
-            dst.write(text)
-        os.replace(target + ".tmp", target)
+        try:
+            public, secret = certs.create(self.dir, name, {"role": parsed.value, "name": name}, exclusive=True)
+        except FileExistsError as exc:
+            raise _exists(name, exc.filename or os.path.join(self.dir, name + ".key")) from None
+        try:
+            with _os_errors(f"read {public}"), open(public, encoding="utf-8") as src:
+                text = src.read()
+            certs.write_new(target, text, 0o644)
+        except FileExistsError:
+            _remove_all(public, secret)
+            raise _exists(name, target) from None
+        except BaseException:
+            _remove_all(public, secret)
+            raise
         return public, secret
 
     def revoke(self, name: str) -> list[str]:
         """Take ``name`` out of ``authorized/`` (its pair moves to ``revoked/``),
         and every other certificate there holding the same public key (a copy
         under another name would keep the key authorized). Returns the names
-        of those copies."""
+        of those copies. ``ConfigError`` naming the path for any file-system
+        error (before 2026-12-05 a traceback)."""
         check_name(name)
         authorized = os.path.join(self.authorized_dir, name + ".key")
         if not os.path.exists(authorized):
@@ -115,14 +132,15 @@ class KeyStore:
             if entry != name + ".key" and _public_or_none(path) == public:
                 copies.append(entry[:-4])
         revoked = os.path.join(self.dir, REVOKED)
-        os.makedirs(revoked, exist_ok=True)
-        for other in copies:
-            os.replace(os.path.join(self.authorized_dir, other + ".key"), os.path.join(revoked, other + ".key"))
-        os.remove(authorized)
-        for suffix in (".key", ".key_secret"):
-            src = os.path.join(self.dir, name + suffix)
-            if os.path.exists(src):
-                os.replace(src, os.path.join(revoked, name + suffix))
+        with _os_errors(f"revoke {name!r}"):
+            os.makedirs(revoked, exist_ok=True)
+            for other in copies:
+                os.replace(os.path.join(self.authorized_dir, other + ".key"), os.path.join(revoked, other + ".key"))
+            os.remove(authorized)
+            for suffix in (".key", ".key_secret"):
+                src = os.path.join(self.dir, name + suffix)
+                if os.path.exists(src):
+                    os.replace(src, os.path.join(revoked, name + suffix))
         return copies
 
     def list(self) -> list[KeyInfo]:
@@ -210,6 +228,29 @@ class KeyStore:
             where[cert.public] = cert.path
             out[cert.public] = Identity(cert.metadata.get("name", entry[:-4]), role)
         return out
+
+
+@contextmanager
+def _os_errors(action: str) -> Iterator[None]:
+    """Turn an ``OSError`` into one ``ConfigError`` line naming the path (FileExistsError too)."""
+    try:
+        yield
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise ConfigError(f"cannot {action}: {where}{exc.strerror or exc}") from None
+
+
+def _exists(name: str, path: str) -> ConfigError:
+    return ConfigError(f"a key named {name!r} exists already ({path}); revoke it or pick another name")
+
+
+def _remove_all(*paths: str) -> None:
+    """Remove files this call made (a failed ``add`` leaves nothing); never raises."""
+    for path in paths:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
 
 
 def _public_or_none(path: str) -> bytes | None:
