@@ -281,7 +281,9 @@ def test_history_files_merge_and_torn_lines(tmp_path):
     assert activity.busy_pids() == set() and activity.finished == {"a"}
     assert merge_executions(str(tmp_path), writer) == 2
     writer.close()
-    assert [r["ev"] for r in read_history(str(tmp_path / "history.jsonl"))] == ["submit", "start", "finish"]
+    records = list(read_history(str(tmp_path / "history.jsonl")))
+    assert [r["ev"] for r in records] == ["submit", "start", "finish", "merge"]
+    assert (records[-1]["records"], records[-1]["bad_lines"]) == (2, 0)
 
 
 def test_fault_kinds_from_the_flag():

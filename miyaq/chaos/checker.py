@@ -6,7 +6,9 @@ records), so ``miyaq chaos --check HISTORY`` gives the same verdict later.
 
 Verdicts, per submitted task id:
 
-- **accepted**: an ``ack`` came back. Every accepted task must end
+- **accepted**: an ``ack`` came back -- or the history has an ``ack`` or a
+  ``final`` record for the id but no ``submit`` (its submit line was
+  damaged: judged as accepted, the stricter reading). Every accepted task must end
   ``done`` on the cluster -- or ``dead``, if its submit record says
   ``reject`` (``--reject-every``: it raises Reject once it has run; such a
   task that starts again after a finish record is counted in
@@ -18,16 +20,27 @@ Verdicts, per submitted task id:
   but that has a ``finish`` record is **forgotten**, not lost: it ran to
   the end, but its tombstone is gone (e.g. every holder's data was
   wiped), so its result, status and dedup by id are gone too — reported,
-  not a failure of the run -- when the run wiped a data dir (``wipe``).
-  With no wipe, nothing may forget a finished task within a run (tombstones
-  are kept an hour and 200,000 deep), so every forgotten task is
+  not a failure of the run -- when a data dir was wiped (``wipe``) *after*
+  the task's first finish record (before 2026-12-05: any wipe in the run).
+  Otherwise nothing may forget a finished task within a run (tombstones
+  are kept an hour and 200,000 deep), so the task is
   ``forgotten_unexplained`` and fails the run like a lost one (a dead-letter
   record lost in a handoff was found so). Without ``final`` records (a run cut
   short) an accepted task with no ``finish`` record counts as lost.
+- **done without a finish record** (``done_unverified``): any task the
+  cluster reports ``done`` (or ``dead`` when it rejects itself) with no
+  ``finish`` record from any worker. The chaos handler flushes its finish
+  record before it returns or raises Reject (:mod:`.tasks`), so the outcome
+  cannot reach a node before the record exists: the cluster claims a run
+  that no worker made. Fails the run (exit status 4; before 2026-12-05 it
+  was taken as done).
 - **failed submit**: a ``fail`` came back (or nothing did). The client was
   told it failed, but the task may have been stored anyway: the checker
   reports how many of them ran (a ``start``) and how many ended done.
-- **ran more than once**: two or more ``start`` records. ``completed_twice``:
+- **ran more than once**: two or more runs -- ``start`` records, or
+  ``finish`` records of different runs (a finish whose start record is
+  missing is a run of its own; before 2026-12-05 only starts counted).
+  ``completed_twice``:
   two or more ``finish`` records (the handler ran to the end twice);
   ``after_crash``: an earlier run never finished (its worker or node died
   under it), the re-run the design expects; ``aborted``: the last run was
@@ -35,6 +48,14 @@ Verdicts, per submitted task id:
   first. Each start after the first is put down to a fault and a rule
   by :mod:`.explain` (``classes``); a task with any start it cannot
   explain counts as ``unexplained`` and fails the run (exit status 4).
+- **malformed**: lines of the history that are not records, or records
+  failing :mod:`.schema` (wrong types, a time that is not seconds of this
+  run), and lines of the workers' files the end-of-run merge could not
+  read (its ``merge`` record) -- except a torn last line of the history (a
+  kill mid-write). Any keeps the verdict from OK (exit status 5 when
+  nothing worse was found): a damaged line may have been the record that
+  showed a loss. A file with no ``run`` record, no submit, or more
+  skipped lines than records is refused (:class:`.history.NotAHistory`).
 
 Latency, throughput and per-fault recovery come from :mod:`.metrics`.
 """
@@ -45,18 +66,26 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .explain import DuplicateReport, explain, fence_windows, fencing_violations, runs_of
+from .explain import DuplicateReport, Run, explain, fence_windows, fencing_violations, runs_of
+from .history import NotAHistory, ReadStats
 from .metrics import FaultSpan, Metrics
 
 LIVE_STATES = ("scheduled", "ready", "running", "retrying")
 GONE_STATES = ("unknown", "cancelled", "expired")
 EXAMPLES = 10
+RUN_HORIZON = 2 * 86400.0
+"""A record more than this many seconds from the ``run`` record's time is
+malformed (a clock gone wrong, or not seconds): no run lasts two days."""
+COUNT_KEYS = ("submitted", "accepted", "done", "forgotten", "forgotten_unexplained", "lost", "stuck", "dead",
+              "never_ran", "failed", "rejected", "rejected_dead", "rejected_again",
+              "failed_ran", "failed_done", "failed_held", "starts", "finishes", "dup", "dup_completed",
+              "dup_after_crash", "dup_aborted", "dup_unexplained", "fencing", "done_unverified", "malformed")
 
 
 class Trace:
     """What the history says about one task id."""
 
-    __slots__ = ("ack", "fail", "final", "finishes", "reject", "starts", "submit")
+    __slots__ = ("ack", "fail", "final", "final_t", "finishes", "reject", "starts", "submit")
 
     def __init__(self) -> None:
         self.submit: float | None = None
@@ -66,6 +95,7 @@ class Trace:
         self.starts: list[tuple[float, int, int, str | None]] = []      # (t, attempt, pid, node id)
         self.finishes: list[tuple[float, int, int, str | None]] = []
         self.final: str | None = None
+        self.final_t: float | None = None
 
 
 @dataclass
@@ -80,6 +110,9 @@ class Verdict:
     final_checked: bool
     stats: dict[str, Any] = field(default_factory=dict)
     dups: DuplicateReport = field(default_factory=DuplicateReport)
+    malformed_examples: list[str] = field(default_factory=list)
+    """Where the first skipped lines are and why (``line N: ...``)."""
+    torn_last_line: bool = False
 
     @property
     def lost(self) -> int:
@@ -92,17 +125,24 @@ class Verdict:
     def exit_code(self) -> int:
         """0 every accepted task done and every duplicate explained; 1 some
         lost; 3 none lost but some stuck; 4 none lost or stuck but some task
-        started twice with no fault to explain it, a node cut off from
-        ZooKeeper started tasks after it should have fenced itself, or a
-        ring change was accepted while ZooKeeper had no quorum."""
-        if self.counts["lost"] or self.counts["forgotten_unexplained"]:
+        started twice with no fault to explain it, a task reported done (or
+        dead-lettered after rejecting itself) with no finish record, a node
+        cut off from ZooKeeper started tasks after it should have fenced
+        itself, or a ring change was accepted while ZooKeeper had no quorum;
+        5 none of these, but the history is damaged (a line other than a
+        torn last one skipped): what it lost may have hidden any of them.
+        (2 is the command's: no history to judge.)"""
+        c = self.counts
+        if c["lost"] or c["forgotten_unexplained"]:
             return 1
-        if self.counts["stuck"]:
+        if c["stuck"]:
             return 3
-        if self.counts["dup_unexplained"] or self.counts["fencing"] or self.ring_changed_without_quorum():
+        if c["dup_unexplained"] or c["fencing"] or c["done_unverified"] or self.ring_changed_without_quorum():
             return 4
-        if self.run.get("rolling") and (self.counts["dup"] or self.counts["failed"] or self.rolling_broken()):
+        if self.run.get("rolling") and (c["dup"] or c["failed"] or self.rolling_broken()):
             return 4        # a planned restart is not a failure: no duplicate, no failed submit
+        if c["malformed"]:
+            return 5
         return 0
 
     def ring_changed_without_quorum(self) -> int:
@@ -134,14 +174,23 @@ class Verdict:
             "ring_changed_without_quorum": self.ring_changed_without_quorum(),
             "rolling_broken": bool(self.run.get("rolling")) and self.rolling_broken(),
             "faults_skipped": c["faults_skipped"],
+            "done_unverified": c["done_unverified"],
+            "malformed_lines": c["malformed"], "malformed_examples": self.malformed_examples,
+            "torn_last_line": self.torn_last_line,
             "examples": self.examples,
             **self.metrics.summary(),
             "node_stats": self.stats,
         }
 
 
-def check(records: Iterable[dict[str, Any]], bucket: float = 1.0) -> Verdict:
-    """Read every record once and judge (see the module docstring)."""
+def check(records: Iterable[dict[str, Any]], bucket: float = 1.0, read: ReadStats | None = None) -> Verdict:
+    """Read every record once and judge (see the module docstring).
+
+    ``records`` must be records that passed :func:`.schema.problem` (as
+    :func:`.history.read_history` yields them); ``read`` is that reader's
+    count of skipped lines, read once ``records`` is exhausted. Raises
+    :class:`NotAHistory` when there is nothing to judge: no ``run`` record,
+    no ``submit`` (nor ``ack``) record, or more skipped lines than records."""
     traces: dict[str, Trace] = {}
     run: dict[str, Any] = {}
     faults: dict[int, FaultSpan] = {}
@@ -149,6 +198,8 @@ def check(records: Iterable[dict[str, Any]], bucket: float = 1.0) -> Verdict:
     stats: dict[str, Any] = {}
     final_checked = False
     skipped = 0
+    implausible = 0
+    merge_bad = 0
     node_of: dict[str, str] = {}
 
     def trace(task_id: str) -> Trace:
@@ -158,7 +209,10 @@ def check(records: Iterable[dict[str, Any]], bucket: float = 1.0) -> Verdict:
         return tr
 
     for r in records:
-        ev, t = r.get("ev"), float(r.get("t", 0.0))
+        ev, t = r["ev"], float(r["t"])
+        if run and abs(t - run["t"]) > RUN_HORIZON:
+            implausible += 1        # a far-off time would stretch every per-second series over it
+            continue
         task_id = str(r.get("id"))
         if ev == "submit":
             trace(task_id).submit = t
@@ -169,9 +223,10 @@ def check(records: Iterable[dict[str, Any]], bucket: float = 1.0) -> Verdict:
             trace(task_id).fail = str(r.get("code", "error"))
         elif ev == "start" or ev == "finish":
             runs = trace(task_id).starts if ev == "start" else trace(task_id).finishes
-            runs.append((t, int(r.get("attempt", 0)), int(r.get("pid", 0)), node_of.get(str(r.get("node")))))
+            runs.append((t, r["attempt"], r["pid"], node_of.get(str(r.get("node")))))
         elif ev == "final":
             trace(task_id).final = str(r.get("state"))
+            trace(task_id).final_t = t
         elif ev == "fault":
             if r.get("phase") == "skipped":
                 skipped += 1
@@ -186,10 +241,13 @@ def check(records: Iterable[dict[str, Any]], bucket: float = 1.0) -> Verdict:
             node_of = {str(ep): str(n) for n, ep in (run.get("node_endpoints") or {}).items()}
         elif ev == "stats":
             stats = r.get("nodes") or {}
+        elif ev == "merge":
+            merge_bad += r["bad_lines"]
+    read = read if read is not None else ReadStats()
+    _refuse_if_no_history(run, traces, read)
     spans = sorted(faults.values(), key=lambda f: f.begin)
     fenced = fence_windows(spans)
-    metrics = Metrics(run.get("t", min((tr.submit for tr in traces.values() if tr.submit), default=0.0)),
-                      bucket, phases, spans)
+    metrics = Metrics(run["t"], bucket, phases, spans)
     counts: Counter[str] = Counter()
     codes: Counter[str] = Counter()
     examples: dict[str, list[str]] = {}
@@ -200,45 +258,71 @@ def check(records: Iterable[dict[str, Any]], bucket: float = 1.0) -> Verdict:
         if len(listed) < EXAMPLES:
             listed.append(task_id)
 
+    wipes = sorted(s.begin for s in spans if s.kind == "wipe")
     for task_id, tr in traces.items():
-        if tr.submit is None:
-            continue          # a run record without a submit (another producer's task?)
+        if tr.submit is None and tr.ack is None and tr.final is None:
+            continue          # starts without a submit, ack or final (another producer's task?)
         counts["submitted"] += 1
         counts["starts"] += len(tr.starts)
         counts["finishes"] += len(tr.finishes)
-        metrics.add_task(tr)
+        if tr.submit is not None:
+            metrics.add_task(tr)
+        elif tr.ack is None:
+            tr.ack = tr.final_t     # its submit and ack lines are damaged: judged as accepted
         if fenced:
             n = fencing_violations(tr.starts, fenced)
             if n:
                 counts["fencing"] += n
                 example("started_while_fenced", task_id)
-        if len(tr.starts) > 1:
-            _judge_duplicate(tr, task_id, counts, spans, example, dups)
+        task_runs = runs_of(tr.starts, tr.finishes)
+        if len(task_runs) > 1:
+            _judge_duplicate(tr, task_runs, task_id, counts, spans, example, dups)
+        if final_checked and _done_unverified(tr):
+            counts["done_unverified"] += 1      # the cluster says it ran; no worker wrote that it did
+            example("done_without_finish_record", task_id)
         if tr.ack is not None:
             counts["accepted"] += 1
-            _judge_accepted(tr, task_id, counts, final_checked, example)
+            _judge_accepted(tr, task_id, counts, final_checked, example, wipes)
         else:
             counts["failed"] += 1
             codes[tr.fail or "unanswered"] += 1
             if tr.starts:
                 counts["failed_ran"] += 1
                 example("failed_but_ran", task_id)
-            if tr.final == "done" or (not final_checked and tr.finishes):
+            if (tr.final == "done" and tr.finishes) or (not final_checked and tr.finishes):
                 counts["failed_done"] += 1
             elif tr.final in LIVE_STATES:
                 counts["failed_held"] += 1
     counts["faults_skipped"] = skipped
-    if not any(s.kind == "wipe" for s in spans):
-        counts["forgotten_unexplained"] = counts["forgotten"]    # only a wiped data dir may forget
-    for key in ("submitted", "accepted", "done", "forgotten", "forgotten_unexplained", "lost", "stuck", "dead",
-                "never_ran", "failed", "rejected", "rejected_dead", "rejected_again",
-                "failed_ran", "failed_done", "failed_held", "starts", "finishes", "dup", "dup_completed",
-                "dup_after_crash", "dup_aborted", "dup_unexplained", "fencing"):
+    counts["malformed"] = read.damaged + implausible + merge_bad
+    for key in COUNT_KEYS:
         counts.setdefault(key, 0)
-    return Verdict(run, dict(counts), dict(codes), examples, metrics, final_checked, stats, dups)
+    return Verdict(run, dict(counts), dict(codes), examples, metrics, final_checked, stats, dups,
+                   read.examples, read.torn_last)
 
 
-def _judge_accepted(tr: Trace, task_id: str, counts: Counter[str], final_checked: bool, example: Any) -> None:
+def _refuse_if_no_history(run: dict[str, Any], traces: dict[str, Trace], read: ReadStats) -> None:
+    if not run:
+        damaged = f" ({'; '.join(read.examples[:3])})" if read.examples else ""
+        raise NotAHistory(f"no valid 'run' record: not a chaos history (give the history.jsonl of a run){damaged}")
+    if not any(tr.submit is not None or tr.ack is not None for tr in traces.values()):
+        raise NotAHistory("no task was submitted in this history: nothing to judge")
+    if read.bad > read.records:
+        raise NotAHistory(f"{read.bad} of {read.bad + read.records} lines are not history records "
+                          f"({'; '.join(read.examples[:3])})")
+
+
+def _done_unverified(tr: Trace) -> bool:
+    """The cluster's final answer says the task ran to its end -- ``done``,
+    or ``dead`` for a task that rejects itself -- but no worker wrote a
+    finish record, which the chaos handler flushes before the outcome is
+    reported (:mod:`.tasks`)."""
+    ended = tr.final == "done" or (tr.final == "dead" and tr.reject)
+    return ended and not tr.finishes
+
+
+def _judge_accepted(tr: Trace, task_id: str, counts: Counter[str], final_checked: bool, example: Any,
+                    wipes: list[float]) -> None:
     if not tr.starts:
         counts["never_ran"] += 1
     if tr.reject:
@@ -248,13 +332,18 @@ def _judge_accepted(tr: Trace, task_id: str, counts: Counter[str], final_checked
             example("rejected_ran_again", task_id)
     if final_checked:
         state = tr.final or "unknown"
-        if tr.reject and state == "dead":
+        if _done_unverified(tr):
+            pass                        # counted in done_unverified, neither done nor dead
+        elif tr.reject and state == "dead":
             counts["rejected_dead"] += 1
         elif state == "done" and not tr.reject:
             counts["done"] += 1
         elif state in GONE_STATES and tr.finishes:
             counts["forgotten"] += 1    # it ran to the end; the cluster no longer remembers it
             example("forgotten", task_id)
+            if not any(w > min(tr.finishes)[0] for w in wipes):
+                counts["forgotten_unexplained"] += 1    # no data dir wiped since it finished
+                example("forgotten_unexplained", task_id)
         elif state in GONE_STATES:
             counts["lost"] += 1
             example("lost", task_id)
@@ -269,19 +358,19 @@ def _judge_accepted(tr: Trace, task_id: str, counts: Counter[str], final_checked
         example("lost", task_id)
 
 
-def _judge_duplicate(tr: Trace, task_id: str, counts: Counter[str], spans: list[FaultSpan], example: Any,
-                     report: DuplicateReport) -> None:
+def _judge_duplicate(tr: Trace, runs: list[Run], task_id: str, counts: Counter[str], spans: list[FaultSpan],
+                     example: Any, report: DuplicateReport) -> None:
+    """``runs``: the task's runs (:func:`.explain.runs_of`), two or more --
+    two starts, or two finishes even if a start record is missing."""
     counts["dup"] += 1
-    finished = {(a, pid) for _, a, pid, _ in tr.finishes}
-    starts = sorted(tr.starts)
     if len(tr.finishes) > 1:
         counts["dup_completed"] += 1
         example("completed_twice", task_id)
-    if any((a, pid) not in finished for _, a, pid, _ in starts[:-1]):
+    if any(r.end is None for r in runs[:-1]):
         counts["dup_after_crash"] += 1
-    elif (starts[-1][1], starts[-1][2]) not in finished:
+    elif runs[-1].end is None:
         counts["dup_aborted"] += 1      # a later copy was cancelled mid-run: another one finished
-    explanations = explain(runs_of(tr.starts, tr.finishes), spans)
+    explanations = explain(runs, spans)
     if report.add(explanations):
         counts["dup_unexplained"] += 1
         example("duplicate_unexplained", task_id)

@@ -17,7 +17,9 @@ explains it:
    other holders heard the task's start or finish, so a standby copy ran
    (or the node's log brought the running task back, docs/semantics.md
    case 3).
-3. ``rerun-<kind>``: the re-run was leased by a node that could not hear
+3. ``rerun-<kind>``: the earlier run was in flight at the fault or ended
+   at most ``MISSED_FINISH_HORIZON`` before it began, and
+   the re-run was leased by a node that could not hear
    the other holders, or the node that ran the task earlier could not
    answer it (``partition``, ``deaf``, ``mute``, ``lossy``, ``delay``,
    ``split``, ``zkcut``, ``zkminority``; and ``pause`` of the node that ran
@@ -41,8 +43,9 @@ node cut off from its peers but not from ZooKeeper (``partition``,
 ``deaf``, ``mute``, ``lossy``, ``delay``) stays in the ring and cannot know: the
 other holders hear silence and run their copies (docs/cluster.md,
 "Before a standby copy runs"), so every run it starts until the heal
-counts. The re-run must also come within the fault's window: from its
-begin to ``EXPLAIN_GRACE`` seconds after the cluster was whole again.
+counts. The re-run must also come within the fault's window: at or after
+its begin (no earlier: the begin is stamped before the fault acts) to
+``EXPLAIN_GRACE`` seconds after the cluster was whole again.
 
 :func:`fencing_violations` is the check of epoch fencing: a start leased
 by a node of a ``split`` minority, a ``zkcut`` node or a ``zkminority``
@@ -55,7 +58,9 @@ deadline, the deadline counts from the ensemble's return
 (:func:`fence_clock`).
 
 Anything else — a second start with no fault on the earlier run's worker
-or node, or one whose earlier run had finished well before the fault —
+or node, one whose earlier run had finished well before the fault (more
+than ``REPORT_GRACE`` for the first two rules, ``MISSED_FINISH_HORIZON``
+for the ``rerun-*`` ones), or one that started before the fault began —
 is ``unexplained``: DESIGN.md says duplicates happen only after a real
 failure, so the run fails.
 """
@@ -92,6 +97,15 @@ little after it (the DISPATCH was on its way), counts as in flight: a node
 announces a finish on its next stream flush (every 50 ms), but a loaded
 2-core machine delays that, and the workers' records, by up to a second or
 two."""
+MISSED_FINISH_HORIZON = EXPLAIN_GRACE
+"""The ``rerun-*`` rules: how long before a fault the earlier run may have
+finished. A holder that missed the finish (down or cut off when it was
+announced, e.g. restarted after a kill) runs its standby copy only once the
+copy comes due and its QUERY meets silence: within the lease and its
+offsets, which EXPLAIN_GRACE bounds. A run that finished earlier than that
+was known to every holder long before the fault (before 2026-12-05 these
+rules did not look at when the earlier run ended: a re-run minutes after a
+finish, or after a dead-letter, was put down to any partition or pause)."""
 LEASE = 30.0
 """The chaos task's lease (``miyaq.chaos.tasks.work``)."""
 
@@ -165,11 +179,21 @@ class DuplicateReport:
 
 def runs_of(starts: list[tuple[float, int, int, str | None]],
             finishes: list[tuple[float, int, int, str | None]]) -> list[Run]:
-    """Start records joined with their finish (same attempt and pid), by start time."""
+    """Start records joined with their finish (same attempt and pid), by start
+    time. A finish with no start record of its run is a run of its own,
+    started and finished at the finish's time: the handler writes its start
+    record first, so the start line was lost, and the run still happened."""
     ends: dict[tuple[int, int], float] = {}
     for t, attempt, pid, _ in finishes:
         ends.setdefault((attempt, pid), t)
-    return [Run(t, attempt, pid, node, ends.get((attempt, pid))) for t, attempt, pid, node in sorted(starts)]
+    started = {(attempt, pid) for _, attempt, pid, _ in starts}
+    runs = [Run(t, attempt, pid, node, ends.get((attempt, pid))) for t, attempt, pid, node in starts]
+    orphans: set[tuple[int, int]] = set()
+    for t, attempt, pid, node in sorted(finishes):
+        if (attempt, pid) not in started and (attempt, pid) not in orphans:
+            orphans.add((attempt, pid))
+            runs.append(Run(t, attempt, pid, node, t))
+    return sorted(runs, key=lambda r: (r.t, r.attempt, r.pid))
 
 
 def fence_clock(span: FaultSpan, spans: list[FaultSpan]) -> float:
@@ -226,8 +250,18 @@ def explain(runs: list[Run], spans: list[FaultSpan]) -> list[Explanation]:
     return out
 
 
+def missed_finish(run: Run, span: FaultSpan, spans: list[FaultSpan]) -> bool:
+    """Could a holder's standby copy still not know of ``run``'s end when
+    ``span`` began? Yes if the run was in flight at the fault, or finished
+    at most MISSED_FINISH_HORIZON before it began."""
+    return in_flight(run, span, spans) or (run.end is not None and run.end + MISSED_FINISH_HORIZON >= span.begin)
+
+
 def _explain_one(earlier: Run, again: Run, spans: list[FaultSpan]) -> Explanation:
-    window = [s for s in spans if s.begin - 1.0 <= again.t <= s.end(math.inf) + EXPLAIN_GRACE]
+    # The nemesis stamps a fault's begin before it acts (Nemesis.inject, Rolling._step) and every
+    # process reads the one wall clock, so nothing the fault caused starts before its begin: no
+    # tolerance (before 2026-12-05 a start up to 1 s before the begin was put down to the fault).
+    window = [s for s in spans if s.begin <= again.t <= s.end(math.inf) + EXPLAIN_GRACE]
     for span in window:
         if span.kind in WORKER_KINDS and span.pid is not None and int(span.pid) == earlier.pid \
                 and in_flight(earlier, span, spans):
@@ -239,11 +273,11 @@ def _explain_one(earlier: Run, again: Run, spans: list[FaultSpan]) -> Explanatio
     for span in window:
         cut_off = span.target.split("+")
         if span.kind in BLIND_KINDS + FENCED_KINDS and (again.node in cut_off or earlier.node in cut_off) \
-                and span.begin <= again.t and (span.heal is None or again.t <= span.heal + HEAL_GRACE):
+                and (span.heal is None or again.t <= span.heal + HEAL_GRACE) and missed_finish(earlier, span, spans):
             return Explanation(f"rerun-{span.kind}", span.fid, RULES["rerun"])
     for span in window:
         if span.kind in SILENT_KINDS and earlier.node in span.target.split("+") \
-                and span.begin <= again.t and (span.heal is None or again.t <= span.heal + HEAL_GRACE):
+                and (span.heal is None or again.t <= span.heal + HEAL_GRACE) and missed_finish(earlier, span, spans):
             return Explanation(f"rerun-{span.kind}", span.fid, RULES["rerun"])
     ran_for = (earlier.end if earlier.end is not None else again.t) - earlier.t
     if ran_for >= LEASE:

@@ -12,24 +12,38 @@ Constraints: :class:`HistoryWriter` is thread-safe and flushes each record
 (a run killed half-way keeps what it wrote). :class:`ExecTail` follows the
 workers' files by offset and only ever yields complete lines, so a record
 being written (or torn by SIGKILL) is never half-read. Readers skip lines
-that do not parse and count them.
+that do not parse, or fail the record schema (:mod:`.schema`), and count
+them (:class:`ReadStats`).
 """
 from __future__ import annotations
 
 import glob
+import heapq
 import json
 import logging
 import os
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import IO, Any
+
+from ..errors import ConfigError
+from .schema import problem
 
 logger = logging.getLogger(__name__)
 
 HISTORY = "history.jsonl"
 EXEC_GLOB = "exec-*.jsonl"
 READ_CHUNK = 1 << 20
+MERGE_CHUNK = 10_000
+EXAMPLES = 5
+
+
+class NotAHistory(ConfigError):
+    """The file holds no chaos history to judge (no ``run`` record, no
+    submit, or mostly lines that are no record): ``--check`` refuses it
+    (exit status 2) rather than call it OK."""
 
 
 class HistoryWriter:
@@ -126,42 +140,114 @@ class Activity:
             return set().union(*self._open.values()) if self._open else set()
 
 
-def _parse(line: bytes | str) -> dict[str, Any] | None:
+def _decode(line: bytes | str) -> tuple[dict[str, Any] | None, str | None]:
+    """A line as a record, or (None, why not); (None, None) for a blank line."""
     if not line.strip():
-        return None
+        return None, None
     try:
         record = json.loads(line)
     except ValueError:
-        return None
-    return record if isinstance(record, dict) and "ev" in record else None
+        return None, "not JSON"
+    except RecursionError:           # nested deeper than the interpreter's stack
+        return None, "nested too deep"
+    why = problem(record)
+    return (None, why) if why else (record, None)
+
+
+def _parse(line: bytes | str) -> dict[str, Any] | None:
+    return _decode(line)[0]
+
+
+def _complete_lines(path: str) -> Iterator[bytes]:
+    """The lines of ``path`` that end in a newline, one at a time (a torn
+    last line, left by a worker killed mid-write, is not one)."""
+    with open(path, "rb") as fh:
+        for line in fh:
+            if line.endswith(b"\n"):
+                yield line
+
+
+def _exec_records(path: str, bad: list[int]) -> Iterator[tuple[float, str]]:
+    """(t, encoded line) of each record of one worker file, in file order;
+    ``bad[0]`` counts the complete lines that are no record."""
+    for line in _complete_lines(path):
+        record = _parse(line)
+        if record is None:
+            bad[0] += bool(line.strip())
+            continue
+        yield float(record["t"]), json.dumps(record, separators=(",", ":")) + "\n"
 
 
 def merge_executions(directory: str, writer: HistoryWriter) -> int:
     """Append every complete record of the workers' files to the history,
-    in time order; returns how many. Call once, after the workers stopped."""
-    records: list[dict[str, Any]] = []
-    for path in sorted(glob.glob(os.path.join(directory, EXEC_GLOB))):
-        with open(path, "rb") as fh:
-            data = fh.read()
-        complete = data[:data.rfind(b"\n") + 1]
-        records += [r for r in map(_parse, complete.split(b"\n")) if r is not None]
-    records.sort(key=lambda r: r.get("t", 0.0))
-    for start in range(0, len(records), 10_000):
-        writer.write_lines([json.dumps(r, separators=(",", ":")) + "\n" for r in records[start:start + 10_000]])
-    return len(records)
+    in time order, then a ``merge`` record (how many, how many complete
+    lines were no record); returns how many. Call once, after the workers
+    stopped.
+
+    Streaming: a k-way merge of the files (:func:`heapq.merge`), so memory
+    is bounded by the number of files, not of records. Each file is in time
+    order: one worker process appends to it, stamping each record under the
+    lock it writes under (:func:`.tasks.record`). Should a file not be (the
+    wall clock stepped back), the merge stays correct as a merge: records
+    are written in the order the files give them, and the checker does not
+    depend on the order of start and finish records."""
+    bad = [0]
+    files = sorted(glob.glob(os.path.join(directory, EXEC_GLOB)))
+    merged = heapq.merge(*(_exec_records(path, bad) for path in files), key=lambda item: item[0])
+    count = 0
+    chunk: list[str] = []
+    for _, line in merged:
+        chunk.append(line)
+        if len(chunk) >= MERGE_CHUNK:
+            writer.write_lines(chunk)
+            count += len(chunk)
+            chunk = []
+    writer.write_lines(chunk)
+    count += len(chunk)
+    writer.write("merge", records=count, bad_lines=bad[0], files=len(files))
+    if bad[0]:
+        logger.warning("%s: %d line(s) of the workers' files are no record", directory, bad[0])
+    return count
 
 
-def read_history(path: str) -> Iterator[dict[str, Any]]:
-    """Every record of a history file, in file order; bad lines are skipped
-    (and logged once with their count)."""
-    bad = 0
+@dataclass
+class ReadStats:
+    """What :func:`read_history` met besides records."""
+
+    records: int = 0
+    bad: int = 0
+    """Non-blank lines skipped: not JSON, or failing :func:`.schema.problem`."""
+    torn_last: bool = False
+    """The file's last line is one of them, without its newline and not JSON:
+    what a process killed mid-write leaves. The one skipped line that is no
+    sign of damage."""
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def damaged(self) -> int:
+        """Skipped lines other than a torn last line."""
+        return self.bad - self.torn_last
+
+
+def read_history(path: str, stats: ReadStats | None = None) -> Iterator[dict[str, Any]]:
+    """Every record of a history file, in file order; bad lines are skipped,
+    counted in ``stats`` and logged once with their count."""
+    stats = stats if stats is not None else ReadStats()
+    last_bad: tuple[bytes, str | None] | None = None
     with open(path, "rb") as fh:
-        for line in fh:
-            record = _parse(line)
+        for number, line in enumerate(fh, start=1):
+            record, why = _decode(line)
             if record is None:
-                if line.strip():
-                    bad += 1
+                if why is not None:
+                    stats.bad += 1
+                    last_bad = (line, why)
+                    if len(stats.examples) < EXAMPLES:
+                        stats.examples.append(f"line {number}: {why}")
                 continue
+            last_bad = None
+            stats.records += 1
             yield record
-    if bad:
-        logger.warning("%s: skipped %d line(s) that are not history records", path, bad)
+    stats.torn_last = last_bad is not None and not last_bad[0].endswith(b"\n") and last_bad[1] == "not JSON"
+    if stats.bad:
+        logger.warning("%s: skipped %d line(s) that are not history records (%s)%s", path, stats.bad,
+                       "; ".join(stats.examples), " -- the last one torn" if stats.torn_last else "")

@@ -34,6 +34,9 @@ EXPLAIN_GRACE = 90.0
 HEALTHY_ACK_S = 1.0
 HEALTHY_SHARE = 0.9
 MIN_SUBMITS = 3
+MAX_BUCKETS = 2 * 86400
+"""Per-second series never go past this many buckets (two days), whatever the
+history says: a series is a loop over every bucket of the run's span."""
 
 
 def percentiles(values: list[float]) -> dict[str, float | int]:
@@ -117,6 +120,9 @@ class Metrics:
         self.by_phase: dict[str, tuple[list[float], list[float]]] = {}
         self.interrupted: dict[int, list[tuple[float, list[float]]]] = {}   # pid -> (start, the task's finishes)
         self.load_end = phases.get("drain", math.inf)
+        end = max(phases.values(), default=math.inf)
+        self.last_key = min(MAX_BUCKETS, int((end - t0) // bucket) + 1 if math.isfinite(end) else MAX_BUCKETS)
+        """The series end here: the run's last phase (``checked``), not the latest time any record claims."""
 
     def _b(self, t: float) -> Bucket:
         key = int((t - self.t0) // self.bucket)
@@ -171,8 +177,9 @@ class Metrics:
             window_end = min(self.spans[i + 1].begin if i + 1 < len(self.spans) else math.inf,
                              self.load_end) - HEALTHY_ACK_S
             first = int((span.begin - self.t0) // self.bucket)
-            end = min(window_end, (max(self.buckets, default=0) + 1) * self.bucket + self.t0)
+            end = min(window_end, (self._key_range()[1] + 1) * self.bucket + self.t0)
             last = math.ceil((end - self.t0) / self.bucket) - 1     # buckets that start before the window ends
+            first = max(first, self._key_range()[0])
             bad = [k for k in range(first, last + 1) if not self.healthy(k)]
             row: dict[str, Any] = {
                 "fault": span.fid, "kind": span.kind, "target": span.target,
@@ -204,7 +211,8 @@ class Metrics:
 
     def series(self) -> dict[str, list[float]]:
         """Per-bucket series for the timeline picture (x in seconds from t0)."""
-        keys = range(min(self.buckets, default=0), max(self.buckets, default=-1) + 1)
+        lo, hi = self._key_range()
+        keys = range(lo, hi + 1)
         out: dict[str, list[float]] = {k: [] for k in ("t", "submits", "acks", "fails", "finishes",
                                                         "ack_p50", "ack_p99", "done_p99")}
         for k in keys:
@@ -217,6 +225,13 @@ class Metrics:
             out["ack_p99"].append(ack.get("p99", math.nan))
             out["done_p99"].append(done.get("p99", math.nan))
         return out
+
+    def _key_range(self) -> tuple[int, int]:
+        """The buckets the series cover: those holding something, within
+        ``MAX_BUCKETS`` before the run's start and ``last_key`` after it."""
+        lo = max(min(self.buckets, default=0), -MAX_BUCKETS)
+        hi = min(max(self.buckets, default=-1), self.last_key)
+        return lo, hi
 
     def summary(self) -> dict[str, Any]:
         recover = [s.recover_s for s in self.spans if s.recover_s is not None]

@@ -85,6 +85,11 @@ def render(summary: dict[str, Any], history_path: str | None = None, picture: st
         rows.append((f"  {cls}", n, "extra starts; " + (d.get("rules", {}).get(cls) or
                                                         "NO fault or rule allows these: a bug")))
     rows.append(("executions", summary["executions"]["starts"], f"finished {summary['executions']['finishes']}"))
+    if summary.get("done_unverified"):
+        rows.append(("DONE, NEVER RAN", summary["done_unverified"],
+                     "the cluster says done (or dead after a rejection), no worker wrote a finish record (must be 0)"))
+    if summary.get("malformed_lines"):
+        rows.append(("MALFORMED LINES", summary["malformed_lines"], "lines of the history that are no valid record"))
     if summary.get("started_while_fenced"):
         rows.append(("STARTED WHILE FENCED", summary["started_while_fenced"],
                      "starts leased by a node cut off from ZooKeeper after it should have stopped (must be 0)"))
@@ -131,11 +136,15 @@ def render(summary: dict[str, Any], history_path: str | None = None, picture: st
                      f"{', '.join(summary['examples'].get('lost', [])[:3])}")
     elif summary.get("forgotten_unexplained"):
         lines.append(f"VERDICT: FAILED, {summary['forgotten_unexplained']} finished task(s) forgotten by the "
-                     f"whole cluster with no data dir wiped, e.g. "
+                     f"whole cluster with no data dir wiped since they finished, e.g. "
                      f"{', '.join(summary['examples'].get('forgotten', [])[:3])}")
     elif summary["stuck"]:
         lines.append(f"VERDICT: FAILED, nothing lost but {summary['stuck']} accepted task(s) not done after the "
                      "drain")
+    elif summary.get("done_unverified"):
+        lines.append(f"VERDICT: FAILED, {summary['done_unverified']} task(s) reported done (or dead-lettered after "
+                     "rejecting) with no finish record from any worker, e.g. "
+                     f"{', '.join(summary['examples'].get('done_without_finish_record', [])[:3])}")
     elif summary.get("started_while_fenced"):
         lines.append(f"VERDICT: FAILED, {summary['started_while_fenced']} task start(s) by a node that had lost "
                      "ZooKeeper and should have fenced itself")
@@ -145,12 +154,21 @@ def render(summary: dict[str, Any], history_path: str | None = None, picture: st
         ids = ", ".join(summary["examples"].get("duplicate_unexplained", [])[:3])
         lines.append(f"VERDICT: FAILED, nothing lost but {d['unexplained']} task(s) started more than once with "
                      f"no fault to explain it, e.g. {ids}")
-    elif run.get("rolling") and summary["exit_code"]:
+    elif run.get("rolling") and summary["exit_code"] == 4:
         lines.append(f"VERDICT: FAILED, a rolling restart must cost nothing: {d['ran_more_than_once']} task(s) "
                      f"started more than once, {f['total']} submit(s) failed"
                      + ("; a step did not complete (see the faults)" if summary.get("rolling_broken") else ""))
+    elif summary.get("malformed_lines"):
+        lines.append(f"VERDICT: NOT OK, the history is damaged: {summary['malformed_lines']} line(s) are no valid "
+                     f"record ({'; '.join(summary.get('malformed_examples', [])[:3])}); nothing else failed, but a "
+                     "damaged line may have hidden a loss")
     else:
         lines.append("VERDICT: OK, every accepted task finished")
+    if summary.get("malformed_lines") and summary.get("exit_code") != 5:
+        lines.append(f"NOTE: the history is damaged too: {summary['malformed_lines']} line(s) are no valid record "
+                     f"({'; '.join(summary.get('malformed_examples', [])[:3])})")
+    if summary.get("torn_last_line"):
+        lines.append("NOTE: the history's last line is torn (a kill mid-write) and was skipped")
     if summary.get("forgotten") and not summary.get("forgotten_unexplained"):
         lines.append(f"NOTE: {summary['forgotten']} finished task(s) are unknown to the cluster now (their "
                      "tombstones went with wiped data dirs): no status, no result, and a resubmit with the same "

@@ -35,6 +35,7 @@ from .history import (
     Activity,
     ExecTail,
     HistoryWriter,
+    ReadStats,
     merge_executions,
     read_history,
 )
@@ -279,7 +280,8 @@ class ChaosRun:
 
     # -- verdict ------------------------------------------------------------------------
     def verdict(self) -> Verdict:
-        verdict = check(read_history(self.history_path))
+        read = ReadStats()
+        verdict = check(read_history(self.history_path, read), read=read)
         summary = verdict.summary()
         summary["interrupted"] = self.interrupted
         summary["history"] = self.history_path

@@ -68,13 +68,15 @@ def node_endpoint(ctx: TaskContext) -> str | None:
 
 
 def record(event: str, ctx: TaskContext) -> None:
-    """Append one record and flush it (one line, one write)."""
+    """Append one record and flush it (one line, one write). The time is
+    taken under the lock, so each file is in time order (the end-of-run
+    merge relies on it)."""
     out = _out()
     if out is None:
         return
-    line = json.dumps({"ev": event, "t": time.time(), "id": ctx.id, "attempt": ctx.attempt,
-                       "pid": os.getpid(), "node": node_endpoint(ctx)}, separators=(",", ":"))
     with _lock:
+        line = json.dumps({"ev": event, "t": time.time(), "id": ctx.id, "attempt": ctx.attempt,
+                           "pid": os.getpid(), "node": node_endpoint(ctx)}, separators=(",", ":"))
         out.write(line + "\n")
         out.flush()
 

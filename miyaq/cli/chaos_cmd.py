@@ -4,8 +4,11 @@ task was lost (docs/chaos.md).
 Exit status: 0 every accepted task finished; 1 an accepted task was lost;
 3 nothing lost but some accepted task was not done after the drain; 4
 nothing lost or stuck, but a task started twice with no fault to explain
-it, or a node cut off from ZooKeeper kept starting tasks; 2 the run could
-not be made (bad flags, ZooKeeper missing...); 130 interrupted.
+it, a task was reported done with no worker's finish record, or a node cut
+off from ZooKeeper kept starting tasks; 5 none of these, but the history
+is damaged (a line other than a torn last one is no valid record); 2 the
+run could not be made (bad flags, ZooKeeper missing...) or ``--check`` was
+given a file that holds no history; 130 interrupted.
 With ``--json`` the one JSON summary goes to stdout and everything else
 to stderr.
 """
@@ -149,25 +152,31 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_only(args: argparse.Namespace, human: Any) -> int:
+    """``--check``: judge an existing history. The verdict is printed before
+    the picture is drawn (a picture is slow, and a verdict must not wait on
+    it); a file that holds no history raises NotAHistory (exit status 2)
+    before anything is drawn, so no picture beside it is overwritten."""
     import os
 
     from ..chaos import timeline
     from ..chaos.checker import check
-    from ..chaos.history import read_history
+    from ..chaos.history import ReadStats, read_history
     from ..chaos.report import render
     from ..errors import ConfigError
     if not os.path.isfile(args.check):
         raise ConfigError(f"no history file {args.check}")
-    verdict = check(read_history(args.check))
+    read = ReadStats()
+    verdict = check(read_history(args.check, read), read=read)
     summary = verdict.summary()
-    picture: str | None = os.path.join(os.path.dirname(os.path.abspath(args.check)), "timeline.png")
+    human.write(render(summary, args.check) + "\n")
+    _emit_json(args, summary)
+    human.flush()
+    picture = os.path.join(os.path.dirname(os.path.abspath(args.check)), "timeline.png")
     try:
-        timeline.draw(verdict.metrics, str(picture))
+        timeline.draw(verdict.metrics, picture)
+        human.write(f"timeline: {picture}\n")
     except (ConfigError, OSError, ValueError) as exc:
         human.write(f"no timeline picture: {exc}\n")
-        picture = None
-    human.write(render(summary, args.check, picture) + "\n")
-    _emit_json(args, summary)
     return verdict.exit_code()
 
 
