@@ -17,6 +17,7 @@ from __future__ import annotations
 import http.client
 import json
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -156,6 +157,32 @@ class Http:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def connect_from(node: NodeThread, source: str, opened: list[socket.socket], rcvbuf: int = 0) -> socket.socket:
+    """A raw connection to ``node``'s gateway from loopback address ``source``
+    (127.0.0.2 and up reach a node bound to 127.0.0.1, and count as another
+    client), appended to ``opened`` for the test to close. ``rcvbuf``: a
+    small receive buffer, for a client that does not read."""
+    sock = socket.socket()
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(WAIT)
+    opened.append(sock)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", node.config.http_port))
+    return sock
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything the node sends until it closes the connection."""
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
 
 
 def read_head(conn: Any) -> bytes | None:

@@ -16,7 +16,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway_harness import FIXTURES, WAIT, Http, NodeThread
+from gateway_harness import FIXTURES, WAIT, Http, read_all
+from gateway_harness import connect_from as connect
 from miyaq.testing.harness import wait_for
 
 http_node, api, make_http_node, make_web_worker = FIXTURES
@@ -30,27 +31,6 @@ def sockets() -> Iterator[list[socket.socket]]:
     yield opened
     for sock in opened:
         sock.close()
-
-
-def connect(node: NodeThread, source: str, opened: list[socket.socket], rcvbuf: int = 0) -> socket.socket:
-    sock = socket.socket()
-    if rcvbuf:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.settimeout(WAIT)
-    sock.bind((source, 0))
-    sock.connect(("127.0.0.1", node.config.http_port))
-    opened.append(sock)
-    return sock
-
-
-def read_all(sock: socket.socket) -> bytes:
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except ConnectionResetError:
-        pass
-    return data
 
 
 #: The attacker, in a process of its own: in a thread of the test process it

@@ -16,7 +16,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway_harness import FIXTURES, WAIT, Http, NodeThread
+from gateway_harness import FIXTURES, WAIT, Http, read_all
+from gateway_harness import connect_from as connect
 
 http_node, api, make_http_node, make_web_worker = FIXTURES
 
@@ -30,24 +31,6 @@ def sockets() -> Iterator[list[socket.socket]]:
     yield opened
     for sock in opened:
         sock.close()
-
-
-def connect(node: NodeThread, source: str, opened: list[socket.socket]) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", node.config.http_port), timeout=WAIT,
-                                    source_address=(source, 0))
-    opened.append(sock)
-    return sock
-
-
-def read_all(sock: socket.socket) -> bytes:
-    """Everything the node sends until it closes the connection."""
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except ConnectionResetError:
-        pass
-    return data
 
 
 def refused_count(api: Http, reason: str) -> float:
