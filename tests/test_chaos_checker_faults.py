@@ -61,6 +61,15 @@ def lines_of(records: list[dict[str, Any]]) -> list[str]:
     return [json.dumps(r, separators=(",", ":")) + "\n" for r in records]
 
 
+def lines_torn_at(records: list[dict[str, Any]], ev: str, task_id: str, keep: int) -> tuple[list[str], int]:
+    """The history's lines with the ``ev`` record of ``task_id`` cut after
+    ``keep`` characters, and that line's index."""
+    lines = lines_of(records)
+    at = next(i for i, r in enumerate(records) if r["ev"] == ev and r["id"] == task_id)
+    lines[at] = lines[at][:keep] + "\n"
+    return lines, at
+
+
 def judge(path: Path) -> Verdict:
     read = ReadStats()
     return check(read_history(str(path), read), read=read)
@@ -109,10 +118,7 @@ def test_a_torn_submit_line_does_not_hide_a_lost_task(tmp_path):
     """Fault: the submit line of a task that was then lost is torn in the
     middle of the history; its ack and final records remain. Before, the
     task vanished from the count and the run was OK."""
-    records = history(task("lost1", 50, final="unknown"))
-    lines = lines_of(records)
-    at = next(i for i, r in enumerate(records) if r["ev"] == "submit" and r["id"] == "lost1")
-    lines[at] = lines[at][:25] + "\n"
+    lines, _ = lines_torn_at(history(task("lost1", 50, final="unknown")), "submit", "lost1", 25)
     v = judge(write(tmp_path / "history.jsonl", lines))
     s = v.summary()
     assert (s["accepted"], s["lost"], s["malformed_lines"]) == (6, 1, 1)
@@ -123,10 +129,7 @@ def test_a_torn_ack_line_keeps_the_verdict_from_ok(tmp_path):
     """Fault: the ack line of a lost task is torn: the task reads as a failed
     submit (not lost), so only the damage can fail the run: exit status 5.
     Before, exit 0."""
-    records = history(task("lost1", 50, final="unknown"))
-    lines = lines_of(records)
-    at = next(i for i, r in enumerate(records) if r["ev"] == "ack" and r["id"] == "lost1")
-    lines[at] = lines[at][:30] + "\n"
+    lines, at = lines_torn_at(history(task("lost1", 50, final="unknown")), "ack", "lost1", 30)
     v = judge(write(tmp_path / "history.jsonl", lines))
     s = v.summary()
     assert (s["lost"], s["failed_submits"]["total"], s["malformed_lines"]) == (0, 1, 1)
