@@ -213,30 +213,6 @@ def test_a_copy_that_missed_the_dead_event_is_dead_lettered_by_the_handoff(inpro
     assert worker.times(tid) == 1 and not cluster.crashes()
 
 
-def test_a_copy_that_missed_the_revive_event_is_revived_by_the_resync(inproc):
-    """Fault: a dead-lettered task is retried (``miyaq dead retry``) on its
-    runner, and the V (revived) event to the other holder is lost. The gap
-    in the stream makes the other holder resync, and the resync now revives
-    its copy as a standby behind the runner's; before 2026-12-05 the copy
-    stayed dead there, so a failover of the runner lost the retry (and the
-    dead letter came back on that holder)."""
-    cluster = inproc(3, ring=OLD, replicas=2, replica_offset=3600.0)
-    tid, runner, other, worker = _running(cluster)
-    worker.fail(tid, {"type": "Reject", "message": "not yet"}, retry=False)
-    cluster.wait_until(lambda: cluster[other].state(tid) == DEAD, what="the task dead on both holders")
-    lost = cluster.net.drop("EVENTS", src=runner, dst=other, event="V")
-    assert cluster[runner].engine.dead_retry([tid], wall()) == [tid]
-    cluster[runner].wake()
-    cluster.wait_until(lambda: cluster.net.messages("EVENTS", src=runner, dst=other, event="V"),
-                       what="the V event lost")
-    lost.remove()
-    assert cluster[other].state(tid) == DEAD
-    cluster.submit(runner, cluster.task_led_by(runner))     # the next stream message shows the gap
-    cluster.wait_until(lambda: cluster[other].state(tid) == SCHEDULED, what="the copy revived by the resync")
-    copy = cluster[other].task(tid)
-    assert copy.standby and copy.attempt == 0 and not cluster.crashes()
-
-
 def test_a_dead_copy_handed_off_survives_its_new_holders_restart(inproc, tmp_path):
     """Fault: a dead-lettered task is handed off (its runner leaves the
     ring) to a new holder, the leaving node drops its copy once the new

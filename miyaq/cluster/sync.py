@@ -12,8 +12,7 @@ answer may have overtaken that REPLICATE, on another connection -- so on
 its first holder it is ready at once; one under way elsewhere becomes a
 standby copy (:meth:`~miyaq.cluster.copies.Copies.install`). Every record and tombstone of the answer
 is checked like a SUBMIT first (:mod:`miyaq.protocol.recordspec`); a bad one
-is refused, counted and skipped. A copy dead here that S holds alive was
-revived on S (its V event lost): it is revived here too, as a standby.
+is refused, counted and skipped.
 A copy S runs becomes a standby copy here whatever its rank: S took it
 over while this node was silent.
 
@@ -186,10 +185,6 @@ class Resync:
                 adopt_lessees(mine, theirs)     # a worker whose node died may report here
                 if theirs.state == DEAD and mine.state != DEAD:
                     engine.kill_copy(mine, theirs.error)
-                elif mine.state == DEAD and theirs.state != DEAD:
-                    # S revived it (a dead-letter retry) and its V event was
-                    # lost: ours comes back as a standby behind S's, as V does.
-                    engine.revive_copy(mine.id, now + role.offset_for(mine))
                 elif theirs.state == RUNNING and mine.state != RUNNING:
                     # S runs it (it took over while we were silent): whatever our
                     # rank, our copy waits past S's lease and then asks.
