@@ -89,23 +89,22 @@ class SendTimeout(TimeoutError):
         super().__init__(errno.ETIMEDOUT, f"the client took no part of the answer within {seconds:g}s")
 
 
-def send_within(sendall: Callable[[bytes], None], data: bytes, seconds: float) -> None:
-    """``sendall`` ``data`` in pieces of at most ``SEND_PIECE`` bytes, each
-    within ``seconds``; :class:`SendTimeout` (an ``OSError`` with
-    ``ETIMEDOUT``) when one is not taken in time."""
+def send_within(sock: Any, sendall: Callable[[bytes], None], data: bytes, seconds: float) -> None:
+    """``sendall`` ``data`` (through ``sock``) in pieces of at most
+    ``SEND_PIECE`` bytes, each within ``seconds``; :class:`SendTimeout` (an
+    ``OSError`` with ``ETIMEDOUT``) when one is not taken in time. The
+    socket's own timeout bounds each piece (gevent's sendall applies it to
+    the whole call), set for the send only: reads keep their own deadlines."""
     view = memoryview(data)
-    for start in range(0, max(len(view), 1), SEND_PIECE):
-        piece = data if len(view) <= SEND_PIECE else bytes(view[start:start + SEND_PIECE])
-        timer = green.Timeout(seconds)
-        timer.start()
-        try:
-            sendall(piece)
-        except green.Timeout as exc:
-            if exc is not timer:
-                raise
-            raise SendTimeout(seconds) from None
-        finally:
-            timer.close()
+    before = sock.gettimeout()
+    sock.settimeout(seconds)
+    try:
+        for start in range(0, max(len(view), 1), SEND_PIECE):
+            sendall(data if len(view) <= SEND_PIECE else bytes(view[start:start + SEND_PIECE]))
+    except TimeoutError:          # gevent's socket.timeout
+        raise SendTimeout(seconds) from None
+    finally:
+        sock.settimeout(before)
 
 
 __all__ = ["MAX_HEADER_BYTES", "SEND_PIECE", "HeaderBudget", "HeadersTooLarge", "SendTimeout", "fair_rfile",

@@ -244,7 +244,7 @@ class GatewayHandler(WSGIHandler):
             self._coalesce.append(bytes(data))
             return
         try:
-            send_within(super()._sendall, data, self.server.limits.body_timeout)
+            send_within(self.socket, super()._sendall, data, self.server.limits.body_timeout)
         except SendTimeout:
             self.server.refused("send_timeout")
             raise
