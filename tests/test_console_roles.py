@@ -20,6 +20,8 @@ import pytest
 from gateway_harness import FIXTURES, Http, NodeThread
 from test_console import EVIL, cookie_of, csrf_of, page, post_form
 
+from miyaq.runtime import wall
+
 pytestmark = pytest.mark.timeout(60)
 
 http_node, api, make_http_node, make_web_worker = FIXTURES
@@ -167,16 +169,70 @@ def test_a_producer_reads_no_other_tenants_task_through_the_console(clients, rol
     assert page(admin, "/ui/task?" + urlencode({"ref": KEY}))[2]["location"] == f"/ui/tasks/{task_id}"
 
 
-def test_a_producer_still_sees_its_own_task_by_its_id(clients):
+def test_a_producer_still_finds_its_own_task_by_its_id(clients):
     """The by-id rule of the JSON API (``GET /tasks/{id}`` is a producer's)
-    holds in the console too: the producer's own task, found by its id, shows
-    with its payload; no Retry button (operators only)."""
+    holds in the console too: the producer's own task, found by its id,
+    shows its state; no Retry button (operators only). Its payload is not
+    shown: no JSON answer gives a task's payload to a producer, and the
+    console cannot tell its own tasks from another tenant's (before
+    2026-12-05 it showed every task's payload to any token)."""
     producer = clients["producer"]
     task_id = producer.post("/tasks", {"name": "mine", "args": ["my-own-args"], "countdown": 600})[1]["id"]
     status, html, _ = page(producer, f"/ui/tasks/{task_id}")
-    assert status == 200 and "my-own-args" in html and ">Retry</button>" not in html
+    assert status == 200 and 'id="task-state">scheduled<' in html and ">Retry</button>" not in html
+    assert "my-own-args" not in html and 'id="task-internals"' in html
     status, _, headers = page(producer, "/ui/task?" + urlencode({"ref": task_id}))
     assert status == 303 and headers["location"] == f"/ui/tasks/{task_id}"
+
+
+OLD_TRACEBACK = 'Traceback (most recent call last):\n  File "billing.py", line 7\nValueError: card 4111-OLD-ATTEMPT'
+RESULT = "receipt-of-tenant-b-42"
+
+
+def failed_then_dead(node: NodeThread, admin: Http) -> str:
+    """Another tenant's task with a secret payload: its first attempt fails
+    with a traceback (kept only in the console's attempt log: the task's
+    last error is the second attempt's), its second is nacked for good."""
+    task_id = admin.post("/tasks", {"name": "bill", "queue": "tenant-b", "args": [SECRET]})[1]["id"]
+    engine = node.node.part("gateway").core.engine
+    task = admin.post("/receive", {"queues": ["tenant-b"]})[1]["task"]
+    error = {"type": "ValueError", "message": "first attempt failed", "traceback": OLD_TRACEBACK}
+    assert node.call(lambda: engine.fail(task_id, task["attempt"], error, True, 0.0, wall(), by="http"))
+    task = admin.post("/receive", {"queues": ["tenant-b"], "timeout": 10})[1]["task"]
+    assert admin.post(f"/tasks/{task_id}/nack", {"attempt": task["attempt"], "retry": False,
+                                                 "error": "second attempt failed"})[1]["ok"]
+    return task_id
+
+
+@pytest.mark.parametrize("role", ["producer", "worker", "admin"])
+def test_the_task_page_shows_what_get_tasks_id_answers_the_token(node, clients, role):
+    """Fault: /ui/tasks/{id} stands for ``GET /tasks/{id}``, which a producer
+    may use by id, but the page showed more than that endpoint answers:
+    the task's payload and every failed attempt's message and traceback. A
+    producer (or worker) token that knew another tenant's task id read
+    them. Now the page shows such a token what the JSON endpoints give it
+    -- the task's state and its last error, a finished task's result (as
+    ``GET /tasks/{id}/result``) -- and the payload and the attempt log to
+    admin tokens only."""
+    admin, client = clients["admin"], clients[role]
+    task_id = failed_then_dead(node, admin)
+    answer = client.get(f"/tasks/{task_id}")[1]
+    assert SECRET not in str(answer) and "OLD-ATTEMPT" not in str(answer)
+    assert answer["task"]["error"]["message"] == "second attempt failed"
+    status, html, _ = page(client, f"/ui/tasks/{task_id}")
+    assert status == 200 and 'id="task-state">dead<' in html and "second attempt failed" in html
+    if role == "admin":
+        assert SECRET in html and "OLD-ATTEMPT" in html and "first attempt failed" in html
+    else:
+        assert SECRET not in html and "OLD-ATTEMPT" not in html and "first attempt failed" not in html
+        assert 'id="task-internals"' in html and "admin tokens only" in html
+    # a finished task's result: every role that may GET /tasks/{id}/result sees it
+    done_id = admin.post("/tasks", {"name": "sum", "queue": "tenant-b", "args": [SECRET]})[1]["id"]
+    task = admin.post("/receive", {"queues": ["tenant-b"]})[1]["task"]
+    assert admin.post(f"/tasks/{done_id}/ack", {"attempt": task["attempt"], "result": RESULT})[1]["ok"]
+    assert client.get(f"/tasks/{done_id}/result")[1]["result"] == RESULT
+    html = page(client, f"/ui/tasks/{done_id}")[1]
+    assert RESULT in html and SECRET not in html
 
 
 @pytest.mark.parametrize("role", ["producer", "worker", "admin"])

@@ -234,13 +234,17 @@ class Request:
         Read as JSON: ``application/json`` (and ``*+json``), no Content-Type
         at all, and ``application/x-www-form-urlencoded`` when the body is
         JSON -- the type ``curl -d`` and many HTTP libraries put on any body
-        they are given. A form body that is not JSON, and every other type,
-        is 415 (docs/http.md, "Content types").
+        they are given. A form body that is not JSON, an empty one (what an
+        HTML form without fields sends: before 2026-12-05 it read as ``{}``),
+        and every other type, is 415 (docs/http.md, "Content types").
         """
         media, charset = self.media_type()
         labelled_form = media == FORM_TYPE
         if media not in (JSON_TYPE, "") and not media.endswith("+json") and not labelled_form:
             raise UnsupportedMediaType(f"expected Content-Type {JSON_TYPE}, got {media!r}")
+        if labelled_form and not self.body().strip():
+            raise UnsupportedMediaType(f"an empty {FORM_TYPE} body is what an HTML form sends: expected "
+                                       f"Content-Type {JSON_TYPE}", field="Content-Type")
         if not self.body():
             if required:
                 raise InvalidField("a JSON body is required", field="body")

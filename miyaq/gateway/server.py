@@ -16,9 +16,16 @@ The gateway is a part of the node, given what it serves: the core, the
 role (ring, intake), the node's status report and metrics, the clockwork's
 ``wake`` and the supervisor.
 
-Every answer is JSON except ``/metrics``; every error is
-``{"error": {"code", "message", "field"?}}`` with the status of
+Every answer is JSON except ``/metrics`` and the console's (``/ui``:
+HTML, with the console's security headers, errors included); every JSON
+error is ``{"error": {"code", "message", "field"?}}`` with the status of
 :data:`miyaq.gateway.errors.HTTP_STATUS`.
+
+Before any handler, every request is screened (:mod:`miyaq.gateway.origin`):
+a gateway without tokens answers only to a ``Host`` that is an IP address,
+``localhost`` or a configured name of the node (DNS rebinding); a
+state-changing request a browser sent for another site's page is refused;
+and an endpoint that takes no forms refuses what an HTML form sends.
 """
 from __future__ import annotations
 
@@ -39,6 +46,7 @@ from miyaq.gateway.auth import CHALLENGE, BearerAuth
 from miyaq.gateway.errors import ClientClosedRequest, http_status
 from miyaq.gateway.hangup import LongPolls
 from miyaq.gateway.metrics import NodeMetrics
+from miyaq.gateway.origin import HostCheck, refuse_cross_site, refuse_form_body
 from miyaq.gateway.request import Request, Response, json_response
 from miyaq.gateway.routes import build_router
 from miyaq.gateway.tokens import WATCH_INTERVAL as TOKENS_WATCH_INTERVAL
@@ -68,6 +76,7 @@ class Gateway:
         self.port = config.http_port
         self.max_body = config.http_max_body
         self.auth = BearerAuth(config.http_token, config.http_tokens)
+        self.hosts = HostCheck((config.host, config.http_host, config.advertise, config.advertised_host))
         self.long_polls = LongPolls()       # answered shutting_down when the gateway stops
         self.tls = tls.server_context(config.http_cert, config.http_key) if config.http_cert else None
         tls.ca_file(config.http_ca)
@@ -204,27 +213,32 @@ class Gateway:
         request = Request(environ, self.max_body)
         route_name = "unmatched"
         try:
+            self._screen(request)
             caller = self.auth.check(request)
             route = self.router.match(request)
             route_name = route.template
             self.auth.authorize(caller, route.role, f"{request.method} {route.template}")
+            if not self._takes_forms(route.template):
+                refuse_form_body(request, route.template)
             response = route.handler(request)
             if request.method in MUTATING:
                 self.redispatch()
         except ClientClosedRequest as err:
             request.close = True       # nobody reads the answer: the connection ends with it
-            response = self._error(err)
+            response = self._error(err, request)
         except MiyaqError as err:
-            response = self._error(err)
+            response = self._error(err, request)
         except Exception:   # a bug must not take the node down; it is logged and answered 500
             logger.exception("HTTP %s %s failed", request.method, request.path)
-            response = self._error(MiyaqError("internal error while handling the request"))
+            response = self._error(MiyaqError("internal error while handling the request"), request)
         if not all(_header_value_ok(value) for _, value in response.headers):
             # A bug let a client's text into a header (a line break would forge
             # another one): gevent would refuse it with a bare 500 of its own.
             logger.error("HTTP %s %s: a response header holds text no header can carry; answering 500",
                          request.method, route_name)
-            response = self._error(MiyaqError("internal error while handling the request"))
+            response = self._error(MiyaqError("internal error while handling the request"), request)
+        if self.console is not None and self.console.owns(request.path):
+            response = self.console.secured(response)
         self.metrics.http_request(request.method, route_name, response.status)
         headers = response.headers + [("Content-Length", str(len(response.body)))]
         if request.close:
@@ -232,7 +246,21 @@ class Gateway:
         start_response(f"{response.status} {_phrase(response.status)}", headers)
         return [response.body]
 
-    def _error(self, err: MiyaqError) -> Response:
+    def _screen(self, request: Request) -> None:
+        """Refuse (403) a request whose ``Host`` an open gateway does not
+        answer to, and a state-changing one another site's page sent
+        (:mod:`miyaq.gateway.origin`; before 2026-12-05 neither was checked
+        outside the console, and the Host nowhere)."""
+        if not self.auth.enabled:
+            self.hosts.check(request)
+        refuse_cross_site(request, self.tls is not None)
+
+    def _takes_forms(self, template: str) -> bool:
+        """Does the route read form bodies itself? The console's do (with
+        their CSRF token); of the JSON API, only ``POST /queue`` does."""
+        return self.console is not None and self.console.owns(template)
+
+    def _error(self, err: MiyaqError, request: Request | None = None) -> Response:
         status = http_status(err)
         headers: list[tuple[str, str]] = []
         if status == 401:
@@ -243,6 +271,8 @@ class Gateway:
             headers.append(("Retry-After", "1"))
         if status >= 500:
             logger.debug("HTTP answer %d: %s", status, err.message)
+        if request is not None and self.console is not None and self.console.owns(request.path):
+            return self.console.error_answer(request, err, headers)
         return json_response({"error": err.to_wire()}, status, headers)
 
 

@@ -33,7 +33,7 @@ from .activity import Activity
 from .attempts import AttemptLog
 from .data import ConsoleData
 from .peers import Peers
-from .render import Renderer, StaticFiles
+from .render import SECURITY_HEADERS, Renderer, StaticFiles
 
 if TYPE_CHECKING:
     from ..admin_api import AdminApi
@@ -56,7 +56,7 @@ class Console:
         gateway.core.engine.listeners.append(self.attempts)
         self.peers = Peers(gateway.config.http_token, gateway.config.http_ca)
         self.data: ConsoleData = ConsoleData(gateway, admin, self.activity, self.attempts, self.peers)
-        self.sessions = Sessions(gateway.auth, gateway.port, self.mode)
+        self.sessions = self._sessions()
         self.render = Renderer()
         self.static = StaticFiles()
         self._stopping = False
@@ -64,11 +64,15 @@ class Console:
     # -- lifecycle (with the gateway) ----------------------------------------------------
     def start(self) -> None:
         # the port is known now (it may have been 0 before the server bound)
-        self.sessions = Sessions(self.gateway.auth, self.gateway.port, self.mode)
+        self.sessions = self._sessions()
         self.gateway.supervisor.spawn("console sampler", self._sample_loop, policy=RESTART)
 
     def stop(self) -> None:
         self._stopping = True
+
+    def _sessions(self) -> Sessions:
+        gateway = self.gateway
+        return Sessions(gateway.auth, gateway.port, self.mode, tls=gateway.tls is not None)
 
     def _sample_loop(self) -> None:
         next_at = monotonic()
@@ -112,6 +116,42 @@ class Console:
         context.update(status=status, message=message)
         return self.render.page("error.html", context, status, viewer.fresh_cookie if viewer else "")
 
+    # -- answers the gateway makes under /ui ---------------------------------------------
+    @staticmethod
+    def owns(path: str) -> bool:
+        """Is ``path`` the console's (``/ui`` and below)?"""
+        return path == PREFIX or path.startswith(PREFIX + "/")
+
+    def error_answer(self, request: Request, err: MiyaqError, headers: list[tuple[str, str]]) -> Response:
+        """The console's error page for an error the gateway raised before or
+        around a console handler (no such page, a method a page does not
+        take, a refused Host or cross-site request, a bug), with the
+        console's headers plus ``headers`` (``Allow``, ``Retry-After``). The
+        page never repeats the path or the method the client sent."""
+        status = http_status(err)
+        message = {404: "There is no such page in this console.",
+                   405: "This page does not take that method: " + ", ".join(err.details.get("allow", [])),
+                   500: "Internal error while handling the request (the node's log says more)."
+                   }.get(status, err.message)
+        context: dict[str, Any] = {
+            "node_id": self.gateway.config.id, "path": PREFIX, "url": PREFIX, "version": __version__,
+            "signed_in": False, "operator": False, "role": "", "can_see": frozenset(), "csrf": "",
+            "token_required": self.gateway.auth.enabled, "mode": self.mode, "flash": {},
+            "status": status, "message": message}
+        response = self.render.page("error.html", context, status)
+        response.headers.extend(headers)
+        return response
+
+    @staticmethod
+    def secured(response: Response) -> Response:
+        """``response`` with every header of the console's pages it lacks
+        (CSP, X-Frame-Options, nosniff, Referrer-Policy, Cache-Control)."""
+        present = {name.lower() for name, _ in response.headers}
+        for name, value in (*SECURITY_HEADERS, ("Cache-Control", "no-store")):
+            if name.lower() not in present:
+                response.headers.append((name, value))
+        return response
+
     def context(self, request: Request, viewer: Viewer | None, **extra: Any) -> dict[str, Any]:
         """What every page's layout needs."""
         context: dict[str, Any] = {
@@ -122,8 +162,7 @@ class Console:
             "can_see": visible_pages(viewer),
             "csrf": self.sessions.csrf_token(viewer) if viewer is not None else "",
             "token_required": self.gateway.auth.enabled, "mode": self.mode,
-            "done": request.arg("done") or "", "done_n": request.arg("n") or "",
-            "done_of": request.arg("of") or "", "done_queue": request.arg("q") or "",
+            "flash": self.sessions.flash_of(request, viewer),   # shown only if this session signed it
         }
         context.update(extra)
         return context

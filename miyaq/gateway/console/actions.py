@@ -1,14 +1,19 @@
 """The console's actions (POST): sign in and out, pause and resume a queue,
 retry and purge dead letters.
 
-Every action but signing in needs a session and its CSRF token
-(:meth:`~.access.Sessions.check_post`); every operator action needs the
+Every action must come from a page of this origin (signing in included:
+before 2026-12-05 another site could sign a browser in with its own
+token), and every action but signing in needs a session and its CSRF
+token (:meth:`~.access.Sessions.check_post`). Signing out ends every
+session of its token on this node (:meth:`~.access.Sessions.sign_out`).
+Every operator action needs the
 role its JSON route needs (``Console.guard`` asks
 :func:`~.access.require` before the action runs: admin for all of them)
 and asks :func:`~.access.can_operate` too (a read-only console acts for
 nobody). Actions call the same functions as the
 JSON API (``AdminApi.set_paused``, ``retry_dead``, ``purge_dead``), then
-answer 303 back to the page they came from with what was done.
+answer 303 back to the page they came from with what was done, signed for
+the session (:meth:`~.access.Sessions.flash_query`).
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from urllib.parse import urlencode
 
 from ...errors import Forbidden, InvalidField
 from ...protocol.taskspec import check_id, check_queue
+from ..origin import refuse_cross_site
 from ..request import FORM_TYPE, Request, Response
 from .access import Viewer, can_operate
 
@@ -65,7 +71,9 @@ class Actions:
         return form
 
     def _done(self, back: str, viewer: Viewer, **what: object) -> Response:
-        return self.console.render.redirect(f"{back}?{urlencode(what)}", viewer.fresh_cookie)
+        """303 to ``back`` with the flash message ``what``, signed for this session."""
+        query = self.console.sessions.flash_query(viewer, {k: str(v) for k, v in what.items()})
+        return self.console.render.redirect(f"{back}?{urlencode(query)}", viewer.fresh_cookie)
 
     # -- signing in ------------------------------------------------------------------------
     def login_form(self, request: Request) -> Response:
@@ -74,9 +82,13 @@ class Actions:
         return console.render.page("login.html", context)
 
     def login(self, request: Request) -> Response:
+        """Start a session for a known token; a sign-in another site's page
+        sent (login CSRF: the browser would act with the attacker's token)
+        is refused with 403 like every other console POST."""
         console = self.console
+        refuse_cross_site(request, console.sessions.tls)
         form = _form(request)
-        viewer = console.sessions.sign_in(form.get("token", ""))
+        viewer = console.sessions.sign_in(request, form.get("token", ""))
         target = form.get("next", "/ui")
         if viewer is None:
             logger.info("console: a sign-in with a wrong token")   # never the token itself
@@ -85,9 +97,14 @@ class Actions:
         return console.render.redirect(target, viewer.fresh_cookie)
 
     def logout(self, request: Request, viewer: Viewer) -> Response:
+        """End every session of the viewer's token on this node (before
+        2026-12-05 only the browser forgot its cookie: a copy stayed valid
+        for its 12 hours)."""
+        sessions = self.console.sessions
         form = _form(request)
-        self.console.sessions.check_post(request, viewer, form)
-        return self.console.render.redirect("/ui/login", self.console.sessions.clear_cookie())
+        sessions.check_post(request, viewer, form)
+        sessions.sign_out(viewer)
+        return self.console.render.redirect("/ui/login", sessions.clear_cookie(request))
 
     # -- queues ----------------------------------------------------------------------------
     def pause(self, request: Request, viewer: Viewer) -> Response:

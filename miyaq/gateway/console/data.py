@@ -146,23 +146,29 @@ class ConsoleData:
             return ref
         return table.keys.get(ref) if by_key else None
 
-    def task(self, task_id: str) -> dict[str, Any] | None:
-        """A task as ``GET /tasks/{id}`` shows it, with its payload and
-        result previews, its failed attempts and its holders; None if this
-        node does not know it."""
+    def task(self, task_id: str, *, internals: bool, result: bool) -> dict[str, Any] | None:
+        """A task as ``GET /tasks/{id}`` shows it, with its holders; None if
+        this node does not know it. With ``result``, a finished task's result
+        preview (as ``GET /tasks/{id}/result``); with ``internals``, its
+        payload preview and the failed attempts this node saw (messages and
+        tracebacks, in no JSON answer). Left out, they are None: the caller
+        decides who may see them (:data:`.access.TASK_INTERNALS`)."""
         table = self.engine.table
         task = table.live.get(task_id) or table.dead.get(task_id)
         stone = table.tombstone(task_id) if task is None else None
         if task is None and stone is None:
             return None
-        view: dict[str, Any] = {"info": self.engine.info(task_id), "attempts": self.attempts.of(task_id),
+        view: dict[str, Any] = {"info": self.engine.info(task_id), "internals": internals,
+                                "attempts": self.attempts.of(task_id) if internals else None,
                                 "payload": None, "result": None}
         if task is not None:
-            view["payload"] = preview(task.body, decode=task.url is None)
+            if internals:
+                view["payload"] = preview(task.body, decode=task.url is None)
             view["holders"] = list(task.holders) or [self.node_id]
         else:
             assert stone is not None
-            view["result"] = preview(stone.result)
+            if result:
+                view["result"] = preview(stone.result)
             view["holders"] = self.holders_of(task_id, stone.key)
         return view
 

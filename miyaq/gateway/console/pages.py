@@ -15,7 +15,7 @@ from ...errors import InvalidField
 from ...protocol.taskspec import check_queue
 from ..permissions import needs
 from ..request import Request, Response
-from .access import FIND_BY_KEY, Viewer, allowed
+from .access import FIND_BY_KEY, TASK_INTERNALS, TASK_RESULT, Viewer, allowed
 
 if TYPE_CHECKING:
     from . import Console
@@ -93,8 +93,13 @@ class Pages:
         return self.console.render.redirect("/ui/tasks/" + quote(task_id, safe=""))
 
     def task(self, request: Request, viewer: Viewer) -> Response:
+        """A task by its id: what ``GET /tasks/{id}`` answers this caller;
+        the result if it may ``GET /tasks/{id}/result``; the payload and the
+        failed attempts' tracebacks for admins only (before 2026-12-05 any
+        token that may look up a task by id saw them)."""
         task_id = request.params["id"]
-        view = self.data.task(task_id) if len(task_id) <= MAX_REF else None
+        view = self.data.task(task_id, internals=allowed(viewer, *TASK_INTERNALS),
+                              result=allowed(viewer, *TASK_RESULT)) if len(task_id) <= MAX_REF else None
         if view is None:
             return self._missing(request, viewer, task_id)
         return self._show(request, viewer, "task.html", task_id=task_id, view=view,
