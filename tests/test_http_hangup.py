@@ -27,7 +27,7 @@ def raw_request(url: str, method: str, path: str, body: object = None, *, then: 
     host, port = url.split("//", 1)[1].split(":")
     sock = socket.create_connection((host, int(port)), timeout=WAIT)
     data = json.dumps(body).encode() if body is not None else b""
-    head = (f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(data)}\r\n\r\n").encode()
     sock.sendall(head + data + then)
     return sock
@@ -83,7 +83,7 @@ def test_a_long_poll_whose_client_sends_more_is_not_taken_for_gone(http_node, ap
     """A client that pipelines its next request behind a long-poll has not
     hung up: the long-poll still gets the task, then the next answer comes."""
     sock = raw_request(http_node.url, "POST", "/receive", {"queues": ["hp"], "timeout": 60},
-                       then=b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                       then=b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     try:
         wait_for(lambda: waiting(http_node) == 1, "the long-poll to wait")
         task_id = submit(api, "hp")

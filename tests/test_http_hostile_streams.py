@@ -95,11 +95,11 @@ def test_a_client_that_never_reads_its_answers_loses_its_connection(make_http_no
     counted (``send_timeout``)."""
     node = make_http_node(http_body_timeout=1.0, http_max_client_connections=1)
     hoarder = connect(node, "127.0.0.2", sockets, rcvbuf=4096)
-    hoarder.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n" * 200)
+    hoarder.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 200)
 
     def served_again() -> bool:
         sock = connect(node, "127.0.0.2", sockets)
-        sock.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        sock.sendall(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         return read_all(sock).startswith(b"HTTP/1.1 200")
 
     wait_for(served_again, timeout=WAIT, interval=0.2, what="127.0.0.2 served again")
@@ -119,7 +119,7 @@ def test_expect_100_continue_answered_without_its_body_gets_no_stray_100(make_ht
     answer is the only one, and the connection closes."""
     node = make_http_node(http_body_timeout=1.0)
     sock = connect(node, "127.0.0.2", sockets)
-    sock.sendall(b"POST /no-such-endpoint HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+    sock.sendall(b"POST /no-such-endpoint HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\n"
                  b"Content-Type: application/json\r\nContent-Length: 10\r\n\r\n")
     answer = read_all(sock)
     assert answer.startswith(b"HTTP/1.1 404"), answer
@@ -136,13 +136,14 @@ def test_request_headers_over_their_budget_are_refused_431(make_http_node, socke
     sock = connect(node, "127.0.0.2", sockets)
     big = b"".join(b"X-Big-%d: %s\r\n" % (i, b"v" * (90_000 // lines)) for i in range(lines))
     try:
-        sock.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\n" + big + b"\r\n")
+        sock.sendall(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n" + big + b"\r\n")
     except OSError:
         pass   # closed while sending: the answer is read below
     answer = read_all(sock)
     assert answer.startswith(b"HTTP/1.1 431") and b'"code":"too_large"' in answer, answer
     ok = connect(node, "127.0.0.2", sockets)
-    ok.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\nX-Small: " + b"v" * 30_000 + b"\r\nConnection: close\r\n\r\n")
+    ok.sendall(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Small: " + b"v" * 30_000
+               + b"\r\nConnection: close\r\n\r\n")
     assert read_all(ok).startswith(b"HTTP/1.1 200")
 
 

@@ -172,6 +172,18 @@ def test_an_open_gateway_refuses_other_host_names(http_node, api, host):
     assert (status, answer["error"]["code"]) == (403, "forbidden"), (host, answer)
 
 
+def test_an_open_gateway_bound_beyond_loopback_answers_any_host(make_http_node):
+    """An open gateway on all addresses (``--insecure``) answers the names it
+    is reached by -- a Kubernetes service's, a scraper's -- which are not
+    the node's to know: anyone reaching its port is admin already."""
+    node = make_http_node(http_host="0.0.0.0", insecure=True)
+    client = Http(f"http://127.0.0.1:{node.config.http_port}")
+    try:
+        assert client.get("/status", headers={"Host": "miyaq.default.svc.cluster.local:8088"})[0] == 200
+    finally:
+        client.close()
+
+
 def test_a_gateway_with_tokens_answers_any_host(make_http_node, tmp_path: Path):
     """With tokens the Host is not restricted: the rebound page has no token
     (401), a client with one is answered whatever name it used."""

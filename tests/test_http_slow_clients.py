@@ -21,7 +21,7 @@ from gateway_harness import connect_from as connect
 
 http_node, api, make_http_node, make_web_worker = FIXTURES
 
-SLOW_HEAD = b"GET /status HTTP/1.1\r\nHost: x\r\nX-Slow: "
+SLOW_HEAD = b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
 
 
 @pytest.fixture
@@ -120,7 +120,7 @@ def test_a_body_that_stops_arriving_is_answered_408_at_the_body_timeout(make_htt
     connection closes; nothing is stored."""
     node = make_http_node(http_body_timeout=0.3)
     sock = connect(node, "127.0.0.2", sockets)
-    sock.sendall(b"POST /tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    sock.sendall(b"POST /tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                  b"Content-Length: 100\r\n\r\n{\"name\": ")
     answer = read_all(sock)
     assert answer.startswith(b"HTTP/1.1 408") and b'"code":"request_timeout"' in answer, answer
@@ -137,7 +137,7 @@ def test_an_unread_body_that_stalls_does_not_hold_the_connection(make_http_node,
     connection closed, instead of waiting on the client forever."""
     node = make_http_node(http_body_timeout=0.3, http_token="secret")
     sock = connect(node, "127.0.0.2", sockets)
-    sock.sendall(b"POST /tasks HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+    sock.sendall(b"POST /tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
     answer = read_all(sock)
     assert answer.startswith(b"HTTP/1.1 401"), answer
 
@@ -147,7 +147,7 @@ def test_a_keep_alive_connection_idle_too_long_is_closed(make_http_node, sockets
     then the node closes it quietly (no answer to a request never made)."""
     node = make_http_node(http_idle_timeout=0.3)
     sock = connect(node, "127.0.0.2", sockets)
-    sock.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+    sock.sendall(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     data = read_all(sock)
     assert data.startswith(b"HTTP/1.1 200") and data.count(b"HTTP/1.1") == 1
 

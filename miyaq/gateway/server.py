@@ -77,6 +77,10 @@ class Gateway:
         self.max_body = config.http_max_body
         self.auth = BearerAuth(config.http_token, config.http_tokens)
         self.hosts = HostCheck((config.host, config.http_host, config.advertise, config.advertised_host))
+        # Only an open gateway on loopback checks the Host: one bound beyond it
+        # runs --insecure (anyone who reaches the port is admin already), and
+        # the names it is reached by (a service's DNS name) are not known here.
+        self.check_host = not self.auth.enabled and is_loopback(self.host)
         self.long_polls = LongPolls()       # answered shutting_down when the gateway stops
         self.tls = tls.server_context(config.http_cert, config.http_key) if config.http_cert else None
         tls.ca_file(config.http_ca)
@@ -247,11 +251,11 @@ class Gateway:
         return [response.body]
 
     def _screen(self, request: Request) -> None:
-        """Refuse (403) a request whose ``Host`` an open gateway does not
-        answer to, and a state-changing one another site's page sent
+        """Refuse (403) a request whose ``Host`` an open gateway on loopback
+        does not answer to, and a state-changing one another site's page sent
         (:mod:`miyaq.gateway.origin`; before 2026-12-05 neither was checked
         outside the console, and the Host nowhere)."""
-        if not self.auth.enabled:
+        if self.check_host:
             self.hosts.check(request)
         refuse_cross_site(request, self.tls is not None)
 
