@@ -246,12 +246,18 @@ def test_an_exception_whose_str_raises_fails_its_task(procs, node, client, event
     could not be had) and the worker runs the next task. Before, describing
     the failure raised in turn: the runner (or the child) died, the attempt
     was never reported -- its slot held until its lease ran out -- and two
-    such tasks left a worker of concurrency 2 taking no more work."""
+    such tasks left a worker of concurrency 2 taking no more work. And
+    (until 2026-12-05) an exception whose ``__str__`` raised ``SystemExit``
+    or ``KeyboardInterrupt`` ended the gevent and threads pools' worker
+    process, one raising ``GreenletExit`` the runner, without a word."""
     path, env = events
     w = _worker(procs, node, pool, 2, env)
     _registered(client)
     for how, kind, text in (("exc", "Undescribable", "<Undescribable: str() failed>"),
-                            ("base", "UndescribableEscape", "<UndescribableEscape: repr() failed>")):
+                            ("base", "UndescribableEscape", "<UndescribableEscape: repr() failed>"),
+                            ("exit", "ExitingStr", "<ExitingStr: str() failed>"),
+                            ("interrupt", "ExitingStr", "<ExitingStr: str() failed>"),
+                            ("greenlet", "ExitingStr", "<ExitingStr: str() failed>")):
         with pytest.raises(miyaq.TaskFailed) as failed:
             client.call("undescribable", [how], max_retries=0, timeout=15)
         assert failed.value.remote_type == kind
@@ -299,6 +305,24 @@ def test_an_async_handler_that_stops_the_event_loop_does_not_end_it(procs, node,
     assert [client.call("aadd", [i, 1], timeout=15) for i in range(3)] == [1, 2, 3]
     assert client.call("add", [2, 3], timeout=15) == 5 and w.alive()
     assert "an async handler stopped the worker's asyncio loop; it runs on" in w.log_tail(200)
+
+
+@pytest.mark.parametrize("pool", ["gevent", "threads"])
+def test_an_async_handlers_side_task_raising_system_exit_does_not_end_the_loop(procs, node, client, events, pool):
+    """Fault: an ``async def`` handler's side task raises ``SystemExit`` (or
+    ``KeyboardInterrupt``; or a callback it scheduled does), which asyncio
+    lets out of ``run_forever``. The loop runs on (logged) and every task
+    goes on. Before 2026-12-05 the loop closed: the async handlers running on
+    it were never reported and their runners blocked for good, until the
+    worker ran nothing (a later sync task on a 2-slot worker never ran)."""
+    path, env = events
+    w = _worker(procs, node, pool, 2, env)
+    _registered(client)
+    for how in ("exit", "interrupt", "callback"):
+        assert client.call("aexit_aside", [how], timeout=15) == "went on"
+    assert [client.call("aadd", [i, 1], timeout=15) for i in range(3)] == [1, 2, 3]
+    assert client.call("add", [2, 3], timeout=15) == 5 and w.alive()
+    assert "out of the worker's asyncio loop; the loop runs on" in w.log_tail(200)
 
 
 def test_killed_child_process_fails_its_task_and_is_replaced(procs, node, client, events):

@@ -58,12 +58,7 @@ class AsyncLoop:
             asyncio.set_event_loop(loop)
             self.loop = loop
             self.inbox.call(self._ready.set)
-            loop.run_forever()
-            while not self._stopping:
-                # A handler stopped the loop (loop.stop()): the worker's other
-                # coroutines, and every later async task, still need it.
-                logger.warning("an async handler stopped the worker's asyncio loop; it runs on")
-                loop.run_forever()
+            self._run_until_stopping(loop)
             self._flush(loop)
             pending = asyncio.all_tasks(loop)
             for task in pending:
@@ -79,6 +74,25 @@ class AsyncLoop:
                 logger.exception("cleaning up the asyncio thread failed")
             loop.close()
             self.inbox.call(self._exited.set)
+
+    def _run_until_stopping(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run the loop until the worker stops it. A handler that stops it
+        (``loop.stop()``), or a task or callback of one raising ``SystemExit``
+        or ``KeyboardInterrupt`` -- asyncio lets those two out of
+        ``run_forever`` -- does not end it: the worker's other coroutines, and
+        every later async task, still need it. Before 2026-12-05 such a raise
+        closed the loop: the handlers running on it were never reported and
+        their runners blocked for good, until the worker ran nothing."""
+        while True:
+            try:
+                loop.run_forever()
+            except (SystemExit, KeyboardInterrupt) as exc:
+                logger.error("a task or callback of an async handler raised %s out of the worker's asyncio "
+                             "loop; the loop runs on", type(exc).__name__)
+                continue
+            if self._stopping:
+                return
+            logger.warning("an async handler stopped the worker's asyncio loop; it runs on")
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         """Let ``before_exit`` send what async handlers submitted (app.aio).

@@ -118,7 +118,23 @@ def failure(exc: BaseException) -> Outcome:
     if not isinstance(exc, Exception):     # SystemExit, KeyboardInterrupt, another BaseException
         message = f"the handler raised {_describe(exc, repr)}; a task does not stop its worker"
     return ("failed", {"type": _text(type(exc).__name__), "message": _text(message), "retry": True,
-                       "traceback": _text(traceback.format_exc()[-TRACEBACK_BYTES:], TRACEBACK_BYTES)})
+                       "traceback": _text(_traceback(exc)[-TRACEBACK_BYTES:], TRACEBACK_BYTES)})
+
+
+def _traceback(exc: BaseException) -> str:
+    """The traceback of ``exc`` (call inside ``except``). The traceback
+    module describes the exception with ``str()`` and catches only an
+    ``Exception`` from it: one whose ``__str__`` raises ``SystemExit`` got
+    out, ended the runner and, in the gevent and threads pools, the worker
+    process (before 2026-12-05). The frames are kept whatever the message."""
+    try:
+        return traceback.format_exc()
+    except BaseException:  # noqa: BLE001 - describing a failure must never fail
+        try:
+            frames = "".join(traceback.format_tb(exc.__traceback__))
+        except BaseException:  # noqa: BLE001
+            frames = ""
+        return f"Traceback (most recent call last):\n{frames}{_describe(exc, str)}\n"
 
 
 def _text(value: Any, limit: int = ERROR_MESSAGE_BYTES) -> str:
@@ -131,7 +147,7 @@ def _text(value: Any, limit: int = ERROR_MESSAGE_BYTES) -> str:
     if not isinstance(value, str):
         try:
             value = str(value)
-        except Exception:
+        except BaseException:  # noqa: BLE001 - a __str__ raising SystemExit must not end the worker
             value = f"<{type(value).__name__}: str() failed>"
     return value[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
 
@@ -156,7 +172,7 @@ def _describe(exc: BaseException, how: Callable[[BaseException], str]) -> str:
     runs out."""
     try:
         return how(exc)
-    except Exception:
+    except BaseException:  # noqa: BLE001 - SystemExit, KeyboardInterrupt, GreenletExit from __str__ too
         return f"<{type(exc).__name__}: {how.__name__}() failed>"
 
 

@@ -251,9 +251,26 @@ class UndescribableEscape(BaseException):
         raise RuntimeError("no repr for you")
 
 
+class ExitingStr(Exception):
+    """An exception whose ``__str__`` raises ``SystemExit`` (or, with
+    ``how``, ``KeyboardInterrupt`` or ``GreenletExit``)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__(how)
+        self.how = how
+
+    def __str__(self) -> str:
+        if self.how == "greenlet":
+            import greenlet
+            raise greenlet.GreenletExit()
+        raise KeyboardInterrupt() if self.how == "interrupt" else SystemExit("from __str__")
+
+
 @app.task(name="undescribable")
 def undescribable(how: str) -> None:
     """Raises an exception that cannot be turned into text."""
+    if how in ("exit", "interrupt", "greenlet"):
+        raise ExitingStr(how)
     raise UndescribableEscape() if how == "base" else Undescribable()
 
 
@@ -275,6 +292,26 @@ async def astop_loop() -> str:
     """Stops the event loop it runs on, then goes on awaiting."""
     asyncio.get_running_loop().stop()
     await asyncio.sleep(0.01)
+    return "went on"
+
+
+async def _exit_aside(how: str) -> None:
+    raise KeyboardInterrupt() if how == "interrupt" else SystemExit("from a side task")
+
+
+@app.task(name="aexit_aside")
+async def aexit_aside(how: str) -> str:
+    """Starts a side task (or a loop callback) that raises SystemExit or
+    KeyboardInterrupt -- asyncio lets those two out of the loop -- then goes
+    on awaiting."""
+    loop = asyncio.get_running_loop()
+    if how == "callback":
+        def interrupt() -> None:
+            raise KeyboardInterrupt()
+        loop.call_soon(interrupt)
+    else:
+        loop.create_task(_exit_aside(how))
+    await asyncio.sleep(0.05)
     return "went on"
 
 
