@@ -87,6 +87,15 @@ def make_node():
 
 
 @pytest.fixture
+def sockets():
+    """Raw client sockets a test opens (appends), all closed at the end."""
+    opened: list = []
+    yield opened
+    for sock in opened:
+        sock.close()
+
+
+@pytest.fixture
 def client_for():
     clients: list[Client] = []
 

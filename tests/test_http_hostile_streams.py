@@ -9,10 +9,8 @@ node closed; the hostile loops are bounded in count and time.
 """
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 
@@ -23,14 +21,6 @@ from miyaq.testing.harness import wait_for
 http_node, api, make_http_node, make_web_worker = FIXTURES
 
 ATTACK_GUARD = 20.0     # seconds a hostile loop may run at most (the node cuts it far sooner)
-
-
-@pytest.fixture
-def sockets() -> Iterator[list[socket.socket]]:
-    opened: list[socket.socket] = []
-    yield opened
-    for sock in opened:
-        sock.close()
 
 
 #: The attacker, in a process of its own: in a thread of the test process it

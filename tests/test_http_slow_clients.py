@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import random
 import re
-import socket
 import threading
-from collections.abc import Iterator
 
-import pytest
 
 from gateway_harness import FIXTURES, WAIT, Http, read_all
 from gateway_harness import connect_from as connect
@@ -22,15 +19,6 @@ from gateway_harness import connect_from as connect
 http_node, api, make_http_node, make_web_worker = FIXTURES
 
 SLOW_HEAD = b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
-
-
-@pytest.fixture
-def sockets() -> Iterator[list[socket.socket]]:
-    """Raw client sockets, all closed at the end."""
-    opened: list[socket.socket] = []
-    yield opened
-    for sock in opened:
-        sock.close()
 
 
 def refused_count(api: Http, reason: str) -> float:

@@ -47,8 +47,7 @@ class _FairRaw(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        self.share.check()
-        return int(self.raw.readinto(buffer) or 0)
+        return int(self.share.read(self.raw.readinto, buffer) or 0)
 
     def close(self) -> None:
         self.raw.close()

@@ -49,6 +49,7 @@ OTHER_FORM_TYPES = frozenset({"multipart/form-data", "text/plain"})
 DEFAULT_PORTS = {"http": 80, "https": 443}
 LOCALHOST = "localhost"
 SHOWN = 100    # characters of a refused Host or Origin named in an error
+HOST_VERDICTS = 64    # Host values whose verdict is kept (all forgotten when full)
 
 
 def request_scheme(request: Request, tls: bool) -> str:
@@ -148,10 +149,22 @@ class HostCheck:
 
     def __init__(self, names: Iterable[str]) -> None:
         self.names = frozenset(n for n in (host_name(name) for name in names if name) if n) | {LOCALHOST}
+        self._verdicts: dict[str, bool] = {}    # Host value -> allowed: at most HOST_VERDICTS
 
     def allows(self, value: str) -> bool:
         """May a request with this ``Host`` header be answered? No header at
-        all (HTTP/1.0) may: every browser sends one."""
+        all (HTTP/1.0) may: every browser sends one. The verdicts of the
+        last few values are kept (parsing an address costs a few µs a
+        request; clients send the same few values)."""
+        verdict = self._verdicts.get(value)
+        if verdict is None:
+            verdict = self._judge(value)
+            if len(self._verdicts) >= HOST_VERDICTS:
+                self._verdicts.clear()
+            self._verdicts[value] = verdict
+        return verdict
+
+    def _judge(self, value: str) -> bool:
         if not value:
             return True
         name = host_name(value)

@@ -67,8 +67,7 @@ class _Reader(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         if monotonic() >= self.conn.deadline:
             raise AnswerTooSlow(f"no complete answer within {self.conn.wait:g}s")
-        self.share.check()
-        return int(self.raw.readinto(buffer) or 0)
+        return int(self.share.read(self.raw.readinto, buffer) or 0)
 
     def close(self) -> None:
         self.raw.close()
