@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 from miyaq.cluster.ring_admin import RingAdmin
 from miyaq.cluster.zk_auth import ZkAuth
@@ -330,33 +330,32 @@ class DevCluster:
 
     def _workers_registered(self) -> int:
         """Workers registered with the node that has fewest (0 if a node does not answer)."""
-        from miyaq.client.client import Client
-        fewest: int | None = None
-        for node in self.nodes:
-            client = Client(node.service, request_timeout=1.0, green=False, key=self.key,
-                            server_key=self.server_key)
-            try:
-                count = int(client.status()["totals"]["workers"])
-            except (MiyaqError, KeyError, TypeError, ValueError):
-                return 0
-            finally:
-                client.close(flush=False)
-            fewest = count if fewest is None else min(fewest, count)
-        return fewest or 0
+        statuses = self._statuses()
+        if not statuses:
+            return 0
+        try:
+            return min(int(status["totals"]["workers"]) for status in statuses)
+        except (KeyError, TypeError, ValueError):
+            return 0
 
     def _all_serving(self) -> bool:
         """True when every node answers STATUS on its service endpoint."""
+        return self._statuses() is not None
+
+    def _statuses(self) -> list[dict[str, Any]] | None:
+        """Every node's STATUS, asked on its service endpoint; None as soon as one does not answer."""
         from miyaq.client.client import Client
+        statuses = []
         for node in self.nodes:
             client = Client(node.service, request_timeout=1.0, green=False, key=self.key,
                             server_key=self.server_key)
             try:
-                client.status()
+                statuses.append(client.status())
             except MiyaqError:
-                return False
+                return None
             finally:
                 client.close(flush=False)
-        return True
+        return statuses
 
     # -- running ----------------------------------------------------------------
 
