@@ -10,7 +10,7 @@ import pytest
 from miyaq.cluster import handoff as handoff_module
 from miyaq.cluster.handoff import Handoff
 from miyaq.cluster.peer_requests import QUERY
-from miyaq.constants import HANDOFF_LAG_RETRY, HANDOFF_RETRY, QUERY_TIMEOUT
+from miyaq.constants import HANDOFF_CONFIRM_TIMEOUT, HANDOFF_LAG_RETRY, HANDOFF_RETRY, QUERY_TIMEOUT
 from miyaq.runtime import green, monotonic
 from miyaq.runtime import wall
 from miyaq.store.task import DEAD, DONE, SCHEDULED
@@ -502,3 +502,63 @@ def test_a_ring_change_during_a_handoff_pass_gets_a_pass_of_its_own_after_it(inp
                            what=f"{tid} on exactly its holders of the newest ring")
         assert all(cluster[n].task(tid).holders == tuple(cluster.holders(tid)) for n in cluster.holders(tid))
     assert running[:2] == [0, 1] and not cluster.crashes()
+
+
+def test_outcomes_of_tasks_that_ended_before_a_ring_change_reach_their_new_holders(inproc, monkeypatch):
+    """Fault: a node was out of the ring (stopped, its session expired)
+    while tasks were submitted and finished on the others; when it joins
+    the ring it becomes a holder of some of them, but a finished task is a
+    tombstone, not a copy, and the handoff carried only copies. Their
+    outcome lived on fewer holders than N: a chaos run (--secure, seed
+    1228670177) then wiped the one node that had 260 of them, and status
+    and result of those tasks were gone. The old holders now send each such
+    outcome to the new holders that lack it."""
+    monkeypatch.setattr("miyaq.cluster.sync.RESYNC_STONES", 5)      # the newest 5: the rest ended too long ago
+    cluster = inproc(4, ring=OLD, replicas=2)
+    tids, workers = _all_done_on_the_old_ring(cluster)
+    cluster.publish(ALL)
+    moved = [t for t in tids if "n4" in cluster.holders(t)]
+    assert moved, "some tasks must move to the joining node"
+    cluster.wait_until(lambda: all(cluster["n4"].tombstone(t) is not None for t in moved),
+                       what="the joining node keeps the outcome of every task it now holds")
+    for tid in moved:
+        stone = cluster["n4"].tombstone(tid)
+        assert (stone.state, stone.result) == (DONE, tid.encode())
+        assert cluster["n4"].task(tid) is None
+    assert sum(w.times(t) for w in workers for t in tids) == len(tids) and not cluster.crashes()
+
+
+def test_outcomes_a_new_holder_did_not_answer_for_are_sent_again(inproc, monkeypatch):
+    """Fault: every REPLICATE carrying handed-off outcomes to the joining
+    node is lost (no resync brings any: ``RESYNC_STONES`` is 0 here). The
+    senders hear nothing within HANDOFF_CONFIRM_TIMEOUT and send those
+    outcomes again at the next retry; the joining node keeps them then."""
+    monkeypatch.setattr("miyaq.cluster.sync.RESYNC_STONES", 0)
+    cluster = inproc(4, ring=OLD, replicas=2)
+    tids, _ = _all_done_on_the_old_ring(cluster)
+    lost = cluster.net.drop("REPLICATE", dst="n4", where=lambda m: "stones" in m.body)
+    cluster.publish(ALL)
+    moved = [t for t in tids if "n4" in cluster.holders(t)]
+    cluster.wait_until(lambda: lost.hits and cluster.net.quiet(), what="the outcomes sent and lost")
+    assert moved and all(cluster["n4"].tombstone(t) is None for t in moved)
+    lost.remove()
+    cluster.advance(HANDOFF_CONFIRM_TIMEOUT + HANDOFF_RETRY + 1)
+    cluster.wait_until(lambda: all(cluster["n4"].tombstone(t) is not None for t in moved),
+                       what="the outcomes sent again and kept")
+    assert not cluster.crashes()
+
+
+def _all_done_on_the_old_ring(cluster) -> tuple[list[str], list[Any]]:
+    """30 tasks submitted on OLD and run to the end there, each with its id
+    as its result: (task ids, the workers)."""
+    tids = _submit_many(cluster, 30, countdown=0)
+    workers = [cluster.worker(n) for n in OLD]
+
+    def all_done() -> bool:
+        for w in workers:
+            for tid in list(w.running):
+                w.complete(tid, result=tid.encode())
+        return all(cluster[h].tombstone(t) is not None for t in tids for h in cluster.holders(t))
+
+    cluster.wait_until(all_done, what="every task done on its holders")
+    return tids, workers

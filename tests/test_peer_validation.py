@@ -165,6 +165,26 @@ def test_poisoned_handoff_record_is_refused_and_status_keeps_working(cluster_nod
     assert_queue_still_works(service)
 
 
+def test_poisoned_handed_off_outcomes_are_refused_and_the_good_one_is_kept(cluster_node, dealer, service):
+    """Fault: a handoff's outcomes (REPLICATE ``stones``: tasks that ended
+    before a ring change made this node one of their holders) with a state
+    that is an int, a result that is text, an id that is a list, a key of
+    300 characters and a row that is no row. Each is refused under
+    ``handoff``; the good outcome of the same message is kept as a
+    tombstone with its result and key; STATUS and the queue work."""
+    answer = dealer.request(REPLICATE, {"stones": [
+        ["o-bad-state", 12345, None, None, None], ["o-bad-result", "done", "text", None, None],
+        [["not", "an", "id"], "done", None, None, None], ["o-bad-key", "done", None, None, "k" * 300],
+        "no row", ["o-good", "done", b"42", None, "key-1"]]})
+    assert answer["ids"] == []
+    assert refused(service, "handoff") == 5
+    good = service.task("o-good")
+    assert (good["state"], good.get("key")) == ("done", "key-1")
+    assert service.task("o-bad-state") is None and service.task("o-bad-key") is None
+    assert service.status()["totals"]["live"] == 0
+    assert_queue_still_works(service)
+
+
 def test_a_dead_record_whose_id_is_a_list_is_refused_while_the_node_holds_dead_letters(cluster_node, dealer,
                                                                                       service):
     """Fault (found by the node fuzz, seed 20261203): a REPLICATE whose

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from miyaq.cluster.holder_events import apply_early_event
 from miyaq.cluster.replicated_intake import is_resent
@@ -31,7 +31,9 @@ from miyaq.core.attempts import adopt_lessees
 from miyaq.core.replicas import DUPLICATE_ERROR
 from miyaq.errors import InvalidField
 from miyaq.logs import LogLimiter
-from miyaq.protocol.recordspec import Outcome, check_attempt, check_error, check_outcome, task_from_record
+from miyaq.protocol.recordspec import (
+    Outcome, check_attempt, check_error, check_outcome, check_stone, task_from_record,
+)
 from miyaq.runtime import wall
 from miyaq.protocol.commands import DUPLICATE
 from miyaq.store.task import CANCELLED, DEAD, READY, RETRYING, SCHEDULED, Task
@@ -55,9 +57,17 @@ class Copies:
     # -- peer requests --------------------------------------------------------------
     def on_replicate(self, sender: str, body: dict[str, Any]) -> dict[str, Any] | None:
         records = body.get("tasks")
-        if not isinstance(records, list):
+        stones = body.get("stones")
+        if not isinstance(records, list) and not isinstance(stones, list):
             return {"ids": []}
         now = wall()
+        if isinstance(stones, list):
+            # Outcomes a handoff carries (tasks that ended before a ring change
+            # made this node one of their holders): kept whatever this node's
+            # view of the ring -- a finished task has no copy to misplace.
+            self.keep_outcomes(sender, stones, "handoff", now)
+        if not isinstance(records, list):
+            records = []
         stored: list[str] = []
         sent_dead: set[str] = set()     # stored records sent dead need no "dead" back
         self.lost_keys = {}             # filled by install(): id -> the task that holds its key
@@ -114,6 +124,34 @@ class Copies:
                                           [h for h in task.holders if h != self.role.node_id])
         if len(self.lost_keys) < MAX_QUERY:
             self.lost_keys[task.id] = holder
+
+    def keep_outcomes(self, sender: str, stones: list[Any], source: str, now: float,
+                      held: Callable[[str, str | None], bool] | None = None) -> int:
+        """Tombstones ``sender`` sent (``[id, state, result, error, key]``, each
+        checked like a SUBMIT first; a bad one is refused, counted and
+        skipped): a copy this node holds (live or dead) finishes as the task
+        did; an id this node has no trace of is kept as a tombstone -- when
+        ``held`` (task id, key) says this node holds it, or always when there
+        is no ``held`` -- so status, result and dedup by id and key answer
+        here too and a late copy or a resubmit cannot run it again. Returns
+        how many were kept or applied."""
+        table = self.engine.table
+        kept = 0
+        with self.role.events.applying_remote():
+            for stone in stones:
+                try:
+                    task_id, state, result, error, key = check_stone(stone, self.role.config)
+                except InvalidField as err:
+                    self.role.refusals.refuse(source, sender, err)
+                    continue
+                if task_id in table.live or task_id in table.dead:
+                    self.engine.finish_copy(task_id, state, result, error, now)
+                elif table.tombstone(task_id) is None and (held is None or held(task_id, key)):
+                    self.engine.finish_copy(task_id, state, result, error, now, key=key)
+                else:
+                    continue
+                kept += 1
+        return kept
 
     def on_query(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
         ids = body.get("ids")

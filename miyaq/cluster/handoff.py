@@ -14,6 +14,18 @@ when a new holder refused them because the new ring had not reached it yet
 the task's outcome may live on fewer holders than it should: a copy it took
 later from elsewhere (a coordinator's retried REPLICATE) would not know the
 task was already finished or dead-lettered here.
+
+Outcomes move too. A task that finished before the ring change is a
+tombstone, not a copy, and its new holders may never have heard of it --
+one joining the ring, one back after its session expired. After a ring
+change each old holder of a tombstone sends it (REPLICATE ``stones``) to
+the task's new holders that were not holders before, so that status,
+result and dedup still answer when the old holders are gone (a chaos run
+wiped the one node that held 260 such outcomes). Sent in the pass that
+follows the change, to each holder in chunks, and again up to
+``OUTCOME_ATTEMPTS`` times in all to a holder that did not answer. A
+resync's tombstones (the source's newest ``RESYNC_STONES``) cover only the
+last seconds of a busy node.
 """
 from __future__ import annotations
 
@@ -21,7 +33,8 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from miyaq.cluster.peer_requests import REPLICATE
-from miyaq.cluster.sizes import record_size
+from miyaq.cluster.ring_view import RingView
+from miyaq.cluster.sizes import outcome_size, record_size
 from miyaq.protocol.batching import chunks
 from miyaq.constants import (
     HANDOFF_CHUNK, HANDOFF_CONFIRM_TIMEOUT, HANDOFF_LAG_RETRIES, HANDOFF_LAG_RETRY, HANDOFF_RETRY,
@@ -30,7 +43,7 @@ from miyaq.constants import (
 from miyaq.runtime import green, monotonic
 from miyaq.protocol.eventspec import confirmed_ids
 from miyaq.store.records import transfer_record
-from miyaq.store.table import TaskTable
+from miyaq.store.table import TaskTable, Tombstone
 from miyaq.store.task import RUNNING, Task
 
 if TYPE_CHECKING:
@@ -38,6 +51,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+OUTCOME_ATTEMPTS = 3
+"""Times a chunk of handed-off outcomes is sent to a holder that does not answer."""
+
+StoneRow = list[Any]
+"""A tombstone as it travels: ``[id, state, result, error, key]`` (the SYNC answer's form)."""
 
 
 class Handoff:
@@ -60,12 +78,22 @@ class Handoff:
         self.busy = False            # a pass or a retry is under way
         self._pass_wanted = False
         self._wake = green.Event()
+        # The ring before the change the next pass is for: its tombstones go
+        # to the holders that ring did not have (None: a sweep, or the first ring).
+        self._outcomes_before: RingView | None = None
+        # Chunks of outcomes a holder did not answer: (holder, stones, attempts made).
+        self._unanswered: list[tuple[str, list[StoneRow], int]] = []
+        self.outcomes_handed = 0
 
     # -- when ------------------------------------------------------------------------
-    def request(self) -> None:
-        """Ask for a pass over every task (the ring changed); it starts at
-        once, or once the pass under way ended."""
+    def request(self, before: RingView | None = None) -> None:
+        """Ask for a pass over every task (the ring changed from ``before``);
+        it starts at once, or once the pass under way ended. With ``before``
+        the pass hands off outcomes too; of several changes before a pass
+        starts, the oldest ring counts."""
         self._pass_wanted = True
+        if before is not None and before.members and self._outcomes_before is None:
+            self._outcomes_before = before
         self._wake.set()
 
     def tick(self, now: float, sweeping: bool) -> None:
@@ -77,7 +105,7 @@ class Handoff:
             return
         if sweeping and now - self.last_run >= HANDOFF_SWEEP:
             self._pass_wanted = True
-        if self._pass_wanted or (self.leaving and now >= self.next_retry):
+        if self._pass_wanted or ((self.leaving or self._unanswered) and now >= self.next_retry):
             self._wake.set()
 
     def serve(self) -> None:
@@ -90,7 +118,10 @@ class Handoff:
             try:
                 if self._pass_wanted:
                     self._pass_wanted = False
+                    before, self._outcomes_before = self._outcomes_before, None
                     self.run()
+                    if before is not None:
+                        self.hand_outcomes(before)
                 else:
                     self.retry(monotonic())
             finally:
@@ -157,6 +188,52 @@ class Handoff:
         self._send(outbox)
         return sent
 
+    def hand_outcomes(self, before: RingView) -> int:
+        """Send each tombstone this node held as a holder of ``before`` to
+        the task's holders now that ``before`` did not have, a slice at a
+        time (yielding between slices); returns how many tombstones were sent.
+        Tombstones keep no replica count: the node's ``replicas`` is used."""
+        role = self.role
+        me = role.node_id
+        replicas = role.config.replicas
+        was = min(replicas, len(before.members))
+        stones = list(role.engine.table.tombstones.snapshot())
+        sent = 0
+        for start in range(0, len(stones), HANDOFF_SLICE):
+            if start:
+                _let_others_run()
+            outbox: dict[str, list[StoneRow]] = {}
+            for stone in stones[start:start + HANDOFF_SLICE]:
+                routing_key = stone.key if stone.key is not None else stone.id
+                old = before.holder_ids(routing_key, was)
+                if me not in old:
+                    continue
+                targets = [h for h in role.holders(routing_key, replicas) if h not in old]
+                if targets:
+                    row = _stone_row(stone)
+                    for h in targets:
+                        outbox.setdefault(h, []).append(row)
+                    sent += 1
+            for holder, rows in outbox.items():
+                self._send_outcomes(holder, rows, 0)
+        if sent:
+            logger.info("handoff: sent the outcome of %d finished task(s) to their new holders", sent)
+        self.outcomes_handed += sent
+        return sent
+
+    def _send_outcomes(self, holder: str, rows: list[StoneRow], attempts: int) -> None:
+        for chunk in chunks(rows, HANDOFF_CHUNK, self.role.config.max_message, _stone_size):
+            self.role.peer.request(holder, REPLICATE, {"stones": chunk}, HANDOFF_CONFIRM_TIMEOUT,
+                                   self._outcomes_callback(holder, chunk, attempts + 1))
+
+    def _outcomes_callback(self, holder: str, rows: list[StoneRow],
+                           attempts: int) -> Callable[[dict[str, Any] | None], None]:
+        def answered(answer: dict[str, Any] | None) -> None:
+            if answer is None and attempts < OUTCOME_ATTEMPTS:
+                self._unanswered.append((holder, rows, attempts))
+                self.next_retry = min(self.next_retry, monotonic() + HANDOFF_RETRY)
+        return answered
+
     def _send(self, outbox: dict[str, list[dict[str, Any]]]) -> None:
         budget = self.role.config.max_message
         for holder, records in outbox.items():
@@ -211,9 +288,13 @@ class Handoff:
         """Send again what was not confirmed (a new holder that was down, or
         behind on the ring) once ``next_retry`` came, a slice at a time.
         ``now``: monotonic."""
-        if not self.leaving or now < self.next_retry:
+        if not (self.leaving or self._unanswered) or now < self.next_retry:
             return
         self.next_retry = now + HANDOFF_RETRY
+        unanswered, self._unanswered = self._unanswered, []
+        for holder, rows, attempts in unanswered:
+            if holder in self.role.view.members:
+                self._send_outcomes(holder, rows, attempts)
         leaving = list(self.leaving)
         for start in range(0, len(leaving), HANDOFF_SLICE):
             if start:
@@ -241,6 +322,14 @@ class Handoff:
 
 
 _let_others_run = green.let_others_run     # between slices (a test slows it down to deliver mid-pass)
+
+
+def _stone_row(stone: Tombstone) -> StoneRow:
+    return [stone.id, stone.state, stone.result, stone.error, stone.key]
+
+
+def _stone_size(row: StoneRow) -> int:
+    return outcome_size(row[2], row[3])
 
 
 def _still_held(table: TaskTable, task: Task) -> bool:

@@ -291,7 +291,7 @@ class ClusterRole:
             self.directory.update({m.node_id: m.service for m in members.values()})
             logger.info("ring epoch %d: %s (leader %s)", view.epoch, ", ".join(sorted(members)), view.leader)
             if set(old.members) != set(members) or old.epoch == 0 or old.ring != view.ring:
-                self.handoff.request()
+                self.handoff.request(before=old)
                 self._sweep_until = monotonic() + HANDOFF_SWEEP_AFTER_CHANGE
 
     def _follow_links(self, fresh: Collection[str] = ()) -> None:

@@ -40,7 +40,7 @@ from miyaq.protocol.batching import chunks
 from miyaq.constants import RESYNC_CHUNK, RESYNC_STONES, RESYNC_TIMEOUT
 from miyaq.core.attempts import adopt_lessees
 from miyaq.errors import InvalidField
-from miyaq.protocol.recordspec import check_stone, task_from_record
+from miyaq.protocol.recordspec import task_from_record
 from miyaq.runtime import green, monotonic, wall
 from miyaq.store.records import transfer_record
 from miyaq.store.task import DEAD, RUNNING
@@ -158,20 +158,10 @@ class Resync:
         engine = role.engine
         table = engine.table
         now = wall()
+        # A tombstone of a task we should hold but lost (e.g. restarted with an
+        # empty data dir) is kept: status, result and dedup still answer here.
+        role.copies.keep_outcomes(src, _items(answer.get("stones")), "sync", now, held=self._holds)
         with role.events.applying_remote():
-            for stone in _items(answer.get("stones")):
-                try:
-                    task_id, state, result, error, key = check_stone(stone, role.config)
-                except InvalidField as err:
-                    role.refusals.refuse("sync", src, err)
-                    continue
-                if task_id in table.live or task_id in table.dead:
-                    engine.finish_copy(task_id, state, result, error, now)
-                elif table.tombstone(task_id) is None and self._holds(task_id, key):
-                    # We should hold it but lost it (e.g. restarted with an empty
-                    # data dir): keep its outcome, so status, result and dedup by
-                    # id and key still answer and a resubmit does not run it again.
-                    engine.finish_copy(task_id, state, result, error, now, key=key)
             for record in _items(answer.get("tasks")):
                 try:
                     theirs = task_from_record(record, role.config)
