@@ -92,6 +92,53 @@ def test_a_weight_too_large_for_a_node_out_of_the_ring_is_refused(make, zk_serve
         assert "b joined" not in admin.set_weight("b", 2) and "b joined" in admin.join("b")
 
 
+def test_the_coordinators_own_join_and_weight_refuse_a_ring_too_large(make, zk_server, zk_cluster_name,
+                                                                     zk_client):
+    """Fault: the same weight of 1000 for a node out of the ring, then its
+    join, through the Python API of a running node's coordinator
+    (``ZooKeeperCoordinator.set_weight``/``join``) instead of the CLI. Before,
+    these stored what the CLI refuses, and the leader then published no
+    ring again. Now each is a ConfigError naming the change, and nothing is stored."""
+    a = make("a")
+    make("b", auto_join=False)
+    wait_until(lambda: a.is_leader and "b" in a.registered(), "a to lead and b to register")
+    desired = Layout(zk_cluster_name).desired
+    before = zk_client.get(desired)[0]
+    with pytest.raises(ConfigError, match="cannot set the weight of b to 1000: a ring of .* points"):
+        a.set_weight("b", 1000)
+    assert zk_client.get(desired)[0] == before
+    a.set_weight("b", 2)
+    a.join("b")
+    wait_until(lambda: "b" in a.view.members and a.view.members["b"].weight == 2, "b in the ring at weight 2")
+    zk_client.set(desired, json.dumps({"nodes": {"a": {"join": True, "weight": None},
+                                                 "c": {"join": False, "weight": 1000}}}).encode())
+    with pytest.raises(ConfigError, match="cannot join c: a ring of .* points"):
+        a.join("c")
+    assert json.loads(zk_client.get(desired)[0])["nodes"]["c"]["join"] is False
+
+
+def test_a_desired_ring_the_leader_cannot_build_is_logged_once_not_at_every_try(make, zk_cluster_name,
+                                                                               zk_client, caplog):
+    """Fault: a desired state no ring can be built from (left by an older
+    version). The leader tries again every reconcile interval (1 s here)
+    and said so at ERROR every time, for as long as it lasted; now once,
+    and once more when it can publish again."""
+    a = make("a")
+    make("b", auto_join=False)
+    wait_until(lambda: a.is_leader and "b" in a.registered(), "a to lead and b to register")
+    leader = a._leader
+    desired = Layout(zk_cluster_name).desired
+    with caplog.at_level("INFO", logger="miyaq.cluster.zk_leader"):
+        zk_client.set(desired, json.dumps({"nodes": {"a": {"join": True, "weight": None},
+                                                     "b": {"join": True, "weight": 1000}}}).encode())
+        wait_until(lambda: leader.refusals >= 3, "three reconciles refused")
+        zk_client.set(desired, json.dumps({"nodes": {"a": {"join": True, "weight": 2}}}).encode())
+        wait_until(lambda: a.view.members["a"].weight == 2, "the ring published again")
+    lines = [r.getMessage() for r in caplog.records if r.name == "miyaq.cluster.zk_leader"]
+    assert len([m for m in lines if "cannot reconcile the ring" in m]) == 1, lines
+    assert any("can be published again" in m for m in lines), lines
+
+
 def test_the_timeout_says_why_the_leader_did_not_publish(make, zk_server, zk_cluster_name, zk_client):
     """Fault: a desired state the leader cannot publish (left by an older
     version). The change times out saying why, and that it stays stored;

@@ -24,9 +24,9 @@ from typing import Any, Self
 
 from kazoo.client import KazooClient
 
-from miyaq.cluster.ring_view import Member, RingView, check_node_id, check_weight
+from miyaq.cluster.ring_view import RingView, check_node_id, check_weight
 from miyaq.cluster.zk_auth import ZkAuth
-from miyaq.cluster.zk_layout import Intent, Layout, RingRecord, with_join, with_weight
+from miyaq.cluster.zk_layout import Intent, Layout, RingRecord, fitting, with_join, with_weight
 from miyaq.protocol.ring import DEFAULT_VNODES, check_points
 from miyaq.cluster.zk_store import ZnodeStore, check_hosts, close_client, connect
 from miyaq.cluster.zk_probe import diagnose
@@ -173,8 +173,8 @@ class RingAdmin:
         store = self._open(changing=True)
         before, _ = store.read_ring()
         registered = store.read_registered()
-        store.update_desired(lambda d: self._fits(with_join(d, node_id, True), registered, before,
-                                                  f"join {node_id}"))
+        store.update_desired(lambda d: fitting(with_join(d, node_id, True), registered, before,
+                                                f"join {node_id}"))
         if before is not None and node_id in before.members:
             return f"{node_id} is in the ring (epoch {before.epoch})"
         if node_id not in registered:
@@ -209,8 +209,8 @@ class RingAdmin:
         store = self._open(changing=True)
         before, _ = store.read_ring()
         registered = store.read_registered()
-        store.update_desired(lambda d: self._fits(with_weight(d, node_id, value), registered, before,
-                                                  f"set the weight of {node_id} to {value:g}", also=node_id))
+        store.update_desired(lambda d: fitting(with_weight(d, node_id, value), registered, before,
+                                                f"set the weight of {node_id} to {value:g}", also=node_id))
         if before is None or node_id not in before.members:
             return f"weight of {node_id} set to {value:g}; it applies when {node_id} is in the ring"
         old = before.weights[node_id]
@@ -220,26 +220,6 @@ class RingAdmin:
             lambda r: r.weights.get(node_id) == value, f"the new weight of {node_id}"
         )
         return f"weight of {node_id}: {old:g} -> {value:g} at epoch {record.epoch}"
-
-    @staticmethod
-    def _fits(desired: dict[str, Intent], registered: dict[str, Member], ring: RingRecord | None,
-              action: str, also: str | None = None) -> dict[str, Intent]:
-        """``desired`` if the ring it asks for fits, else ``ConfigError`` (nothing is stored).
-
-        Counted: every node wanted in -- running or not, since it joins when
-        it starts -- and ``also`` (a node given a weight counts as if it were
-        in: a weight that can never fit is refused when set), each at its
-        desired weight, else its registered or published one, else 1. Before
-        2026-12-05 only a weight for a node in the ring was checked: a node
-        out of it could be given 1000 and joined, and the leader then refused
-        every ring (no join, leave or weight was published)."""
-        weights = {node_id: intent.weight or _known_weight(node_id, registered, ring)
-                   for node_id, intent in desired.items() if intent.join or node_id == also}
-        try:
-            check_points(weights, ring.vnodes if ring is not None else DEFAULT_VNODES)
-        except ConfigError as exc:
-            raise ConfigError(f"cannot {action}: {exc.message} (counting every node wanted in the ring)") from None
-        return desired
 
     def _unpublished_reason(self, store: ZnodeStore) -> str:
         """Why the leader may not have published the desired ring, as far as ZooKeeper tells."""
@@ -283,10 +263,3 @@ class RingAdmin:
         )
 
 
-def _known_weight(node_id: str, registered: dict[str, Member], ring: RingRecord | None) -> float:
-    """A node's weight when ``desired`` sets none: its registered one, else its published one, else 1."""
-    if node_id in registered:
-        return registered[node_id].weight
-    if ring is not None and node_id in ring.weights:
-        return ring.weights[node_id]
-    return 1.0

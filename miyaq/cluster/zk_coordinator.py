@@ -35,7 +35,7 @@ from miyaq.cluster.membership import Coordinator
 from miyaq.protocol.ring import DEFAULT_VNODES
 from miyaq.cluster.ring_view import Member, RingView, check_node_id, check_weight
 from miyaq.cluster.zk_auth import ZkAuth
-from miyaq.cluster.zk_layout import Layout, RingRecord, with_join, with_weight
+from miyaq.cluster.zk_layout import Intent, Layout, RingRecord, fitting, with_join, with_weight
 from miyaq.cluster.zk_leader import Leader
 from miyaq.cluster.zk_registry import Registry
 from miyaq.cluster.zk_session import Session
@@ -246,17 +246,33 @@ class ZooKeeperCoordinator(Coordinator):
         self._shutdown(graceful=True)
 
     def join(self, node_id: str) -> None:
+        """Want ``node_id`` in the ring; ``ConfigError`` (nothing stored) when
+        the ring that asks for would have too many points, as
+        ``miyaq ring join`` says."""
         check_node_id(node_id)
-        self._require_store(f"join {node_id}").update_desired(lambda d: with_join(d, node_id, True))
+        self._change_desired(f"join {node_id}", lambda d: with_join(d, node_id, True))
 
     def leave(self, node_id: str) -> None:
         check_node_id(node_id)
         self._require_store(f"leave {node_id}").update_desired(lambda d: with_join(d, node_id, False))
 
     def set_weight(self, node_id: str, weight: float) -> None:
+        """Set ``node_id``'s ring weight; ``ConfigError`` (nothing stored) when
+        the ring would have too many points, counting every node wanted in."""
         check_node_id(node_id)
         value = check_weight(weight)
-        self._require_store(f"set the weight of {node_id}").update_desired(lambda d: with_weight(d, node_id, value))
+        self._change_desired(f"set the weight of {node_id} to {value:g}",
+                             lambda d: with_weight(d, node_id, value), also=node_id)
+
+    def _change_desired(self, action: str, change: Callable[[dict[str, Intent]], dict[str, Intent]],
+                        also: str | None = None) -> None:
+        """Store ``change`` of ``desired`` if the ring it asks for fits
+        (:func:`~miyaq.cluster.zk_layout.fitting`); the leader would refuse
+        to publish one that does not, and then every later change."""
+        store = self._require_store(action)
+        ring, _ = store.read_ring()
+        registered = store.read_registered()
+        store.update_desired(lambda d: fitting(change(d), registered, ring, action, also=also))
 
     # -- lifecycle internals ----------------------------------------------------
 

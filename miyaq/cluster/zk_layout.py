@@ -217,3 +217,33 @@ def with_weight(intents: dict[str, Intent], node_id: str, weight: float) -> dict
     """``intents`` with ``node_id``'s ring weight set (it keeps its join wish)."""
     intents[node_id] = intents.get(node_id, Intent(False))._replace(weight=weight)
     return intents
+
+
+def fitting(desired: dict[str, Intent], registered: Mapping[str, Member], ring: RingRecord | None,
+            action: str, also: str | None = None) -> dict[str, Intent]:
+    """``desired`` if the ring it asks for fits, else ``ConfigError`` naming
+    ``action`` (for a change of ``desired``: nothing is stored).
+
+    Counted: every node wanted in -- running or not, since it joins when it
+    starts -- and ``also`` (a node given a weight counts as if it were in: a
+    weight that can never fit is refused when set), each at its desired
+    weight, else its registered or published one, else 1. Before 2026-12-05
+    only a weight for a node in the ring was checked: a node out of it could
+    be given 1000 and joined, and the leader then refused every ring (no
+    join, leave or weight was published)."""
+    weights = {node_id: intent.weight or _known_weight(node_id, registered, ring)
+               for node_id, intent in desired.items() if intent.join or node_id == also}
+    try:
+        check_points(weights, ring.vnodes if ring is not None else DEFAULT_VNODES)
+    except ConfigError as exc:
+        raise ConfigError(f"cannot {action}: {exc.message} (counting every node wanted in the ring)") from None
+    return desired
+
+
+def _known_weight(node_id: str, registered: Mapping[str, Member], ring: RingRecord | None) -> float:
+    """A node's weight when ``desired`` sets none: its registered one, else its published one, else 1."""
+    if node_id in registered:
+        return registered[node_id].weight
+    if ring is not None and node_id in ring.weights:
+        return ring.weights[node_id]
+    return 1.0

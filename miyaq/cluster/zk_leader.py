@@ -46,11 +46,15 @@ from miyaq.cluster.zk_registry import Registry
 from miyaq.cluster.zk_session import Session, SessionEvent
 from miyaq.cluster.zk_store import ZnodeStore
 from miyaq.errors import ConfigError, Forbidden, MiyaqError, Unavailable
-from miyaq.runtime import RESTART, Supervisor, green
+from miyaq.runtime import RESTART, Supervisor, green, monotonic
 
 logger = logging.getLogger(__name__)
 
 FORBIDDEN_RETRY = 10.0
+REFUSAL_RELOG = 300.0
+"""While the desired ring cannot be published for one reason, the leader
+says so once, then again every this many seconds (it tries every
+``reconcile_interval``); a new reason is logged at once."""
 """Seconds between attempts of an elected node whose credentials ZooKeeper refuses."""
 
 Announce = Callable[[bool, int], None]
@@ -119,6 +123,9 @@ class Leader:
         self._wake = green.Event()
         self._idle = green.Event()
         self._idle.set()
+        self.refusals = 0
+        """Reconciles that could not publish what ``desired`` asks (a ring that cannot be built)."""
+        self._refused: tuple[str, float] | None = None    # the reason last logged, and when (monotonic)
 
     @property
     def is_leader(self) -> bool:
@@ -231,13 +238,16 @@ class Leader:
                     self._wake.wait(FORBIDDEN_RETRY)
                     continue
                 except ConfigError as exc:
-                    logger.error("%s: leader cannot reconcile the ring: %s", self.node_id, exc)
+                    self._cannot_reconcile(exc.message)
                     self._wake.wait(self.reconcile_interval)
                     continue
                 except (Unavailable, KazooException) as exc:
                     logger.warning("%s: leader could not publish the ring: %s", self.node_id, exc)
                     self._wake.wait(0.5)
                     continue
+                if self._refused is not None:
+                    logger.info("%s: the desired ring can be published again (epoch %d)", self.node_id, epoch)
+                    self._refused = None
                 if not self.leading and self._running(generation) and self.session.usable:
                     if resuming and self._paused_term is not None:
                         logger.info("%s: same ZooKeeper session; resuming its term", self.node_id)
@@ -248,6 +258,18 @@ class Leader:
             self._paused_term = None
             if generation == self.session.generation:
                 self._set_leading(False)
+
+    def _cannot_reconcile(self, reason: str) -> None:
+        """Log that ``desired`` asks for a ring that cannot be built: once per
+        reason, and again every ``REFUSAL_RELOG`` seconds while it stays
+        (before, every ``reconcile_interval``: 720 lines an hour)."""
+        self.refusals += 1
+        now = monotonic()
+        if self._refused is None or self._refused[0] != reason or now - self._refused[1] >= REFUSAL_RELOG:
+            logger.error("%s: leader cannot reconcile the ring: %s (trying again every %gs; "
+                         "this is logged again in %gs while it lasts)",
+                         self.node_id, reason, self.reconcile_interval, REFUSAL_RELOG)
+            self._refused = (reason, now)
 
     def _reconcile(self, lock_path: str, new_term: bool) -> int:
         """Publish the ring the desired state asks for, if it differs (or a new term starts)."""
