@@ -6,7 +6,7 @@ from __future__ import annotations
 from miyaq.cluster import stream
 from miyaq.cluster import sync as sync_module
 from miyaq.runtime import green, wall
-from miyaq.store.task import DONE, RUNNING
+from miyaq.store.task import DEAD, DONE, RUNNING
 
 
 def _started_everywhere(cluster, tid, holders, runner):
@@ -344,3 +344,106 @@ def test_a_reconciling_node_asks_a_failed_peer_again_after_a_pause_and_counts_on
     assert asked[4:] == [("p2", asked[4][1])] and asked[4][1] > marks["p2"]
     receiver.resync_done("p2", asked[4][1], complete=True)
     assert receiver.synced_since(marks, ["p1", "p2"])
+
+
+def _dead_everywhere(inproc, **settings):
+    """A task dead-lettered by its first holder's worker (no retries left),
+    dead on every holder: (cluster, task id, holders, worker)."""
+    cluster = inproc(3, **settings)
+    tid = cluster.task_id()
+    holders = cluster.holders(tid)
+    worker = cluster.worker(holders[0])
+    cluster.submit(holders[0], tid, max_retries=0)
+    cluster.wait_until(lambda: worker.runs(tid), what="the task running")
+    worker.fail(tid, retry=False)
+    cluster.wait_until(lambda: all(cluster[h].state(tid) == DEAD for h in holders), what="dead on every holder")
+    return cluster, tid, holders, worker
+
+
+def test_a_dead_letter_retry_whose_revived_event_was_lost_is_repaired_by_the_resync(inproc):
+    """Fault: a task is dead-lettered on all three holders; its first holder
+    retries it from the dead letters (``POST /dead/retry``) and the V
+    (revived) event to one holder is lost. Before, the resync that gap asks
+    for could not tell this from a source that had not yet heard of the
+    task's death, and left the copy dead: had the first holder then died,
+    the retried task was gone. Now each copy counts its revivals (carried
+    in its record) and a dead copy whose source's copy is alive and revived
+    more often comes back, as a standby copy; the task runs once more, once."""
+    cluster, tid, holders, worker = _dead_everywhere(inproc)
+    runner, victim = holders[0], holders[1]
+    lost = cluster.net.drop("EVENTS", src=runner, dst=victim, event="V", count=1)
+    assert cluster[runner].node.core.engine.dead_retry([tid], wall()) == [tid]
+    cluster.wait_until(lambda: cluster[holders[2]].state(tid) not in (None, DEAD), what="the V event heard")
+    assert lost.hits == 1 and cluster[victim].state(tid) == DEAD
+    cluster.advance(1.0)     # the next heartbeat tells the gap
+    cluster.wait_until(lambda: cluster[victim].state(tid) not in (None, DEAD), what="the resync to revive the copy")
+    assert cluster[victim].task(tid).standby and cluster[victim].task(tid).meta["revived"] == 1
+    cluster.wait_until(lambda: worker.runs(tid), what="the retried task running on its first holder")
+    worker.complete(tid)
+    cluster.wait_until(lambda: all(cluster[h].state(tid) == DONE for h in holders), what="done on every holder")
+    assert worker.times(tid) == 2 and not cluster.crashes()
+
+
+def test_a_copy_retried_here_is_not_killed_by_a_resync_from_a_holder_that_missed_the_retry(inproc):
+    """Fault: the other way round. The first holder retries a dead task and
+    its V event to another holder is lost; then the first holder resyncs
+    (here: every source at once, as after a freeze). That holder's copy is
+    dead with fewer revivals than the first holder's: before, any dead copy
+    in a SYNC answer killed a live one, and the retry was undone -- on the
+    one holder meant to run it. Now the copy stays, and runs."""
+    cluster, tid, holders, worker = _dead_everywhere(inproc)
+    runner, victim = holders[0], holders[1]
+    cluster.net.drop("EVENTS", src=runner, dst=victim, event="V", count=1)
+    worker.stop()                 # nothing runs the retried task yet
+    cluster[runner].node.core.engine.dead_retry([tid], wall())
+    cluster.wait_until(lambda: cluster[holders[2]].state(tid) not in (None, DEAD), what="the V event heard")
+    assert cluster[victim].state(tid) == DEAD
+    resync = cluster[runner].role.resync
+    done = resync.completed
+    cluster[runner].role.subscriber.resync_all("the test asks")
+    cluster.wait_until(lambda: resync.completed >= done + 2, what="the runner's resync from both holders")
+    assert cluster[runner].state(tid) not in (None, DEAD)
+    again = cluster.worker(runner)
+    cluster.wait_until(lambda: again.runs(tid), what="the retried task running on its first holder")
+    again.complete(tid)
+    cluster.wait_until(lambda: all(cluster[h].state(tid) == DONE for h in holders), what="done on every holder")
+    assert not cluster.crashes()
+
+
+def test_a_copy_revived_by_another_holder_stays_revived_after_a_restart_from_its_log(inproc, tmp_path):
+    """Fault: a holder restarts from its log after another holder retried a
+    dead task (its V event applied here). The revival was not written to the
+    log: the restarted node replayed the copy dead, and a resync could not
+    bring it back. Now it is written (with its count) and replayed alive."""
+    cluster, tid, holders, worker = _dead_everywhere(inproc, data_dir=str(tmp_path), fsync="never")
+    runner, victim = holders[0], holders[1]
+    worker.stop()                 # nothing runs the retried task yet
+    cluster[runner].node.core.engine.dead_retry([tid], wall())
+    cluster.wait_until(lambda: all(cluster[h].state(tid) not in (None, DEAD) for h in holders),
+                       what="revived on every holder")
+    cluster.stop_node(victim)
+    back = cluster.start_node(victim)
+    assert back.state(tid) not in (None, DEAD) and back.task(tid).meta["revived"] == 1
+    assert not cluster.crashes()
+
+
+def test_a_holder_that_missed_a_keyed_tasks_copy_keeps_its_key_from_the_finished_event(inproc):
+    """Fault: one holder never got its copy of a task submitted with a
+    ``key`` (the REPLICATE to it was lost); the task runs and finishes on
+    its first holder, and the F event reaches the holder with no copy. It
+    keeps a tombstone -- which had no key (the F event carried none), so
+    that holder alone would not have known the key was taken. The F event
+    now carries the key."""
+    cluster = inproc(3)
+    tid = cluster.task_id()
+    holders = cluster.holders(tid, key="order-17")
+    runner, victim = holders[0], holders[1]
+    cluster.net.drop("REPLICATE", src=runner, dst=victim, task=tid)
+    worker = cluster.worker(runner)
+    cluster.submit(runner, tid, key="order-17")
+    cluster.wait_until(lambda: worker.runs(tid), what="the task running")
+    assert cluster[victim].task(tid) is None
+    worker.complete(tid)
+    cluster.wait_until(lambda: cluster[victim].tombstone(tid) is not None, what="the F event heard")
+    assert cluster[victim].tombstone(tid).key == "order-17"
+    assert not cluster.crashes()

@@ -243,12 +243,16 @@ def test_poisoned_stream_events_are_refused_and_the_copy_is_untouched(cluster_no
     """Fault: the peer's replication stream carries events for a task both
     hold with wrong types: a finish whose state is an int, one whose result
     is text, a retry whose eta is a string, a start whose lease end is NaN,
-    and an unknown op. Each is refused under ``stream``; the copy stays as it
-    was; STATUS and the queue work; a good finish then finishes it."""
+    an unknown op, a finish whose key is an int or 300 characters long, and
+    a revival whose count is negative or a string. Each is refused under
+    ``stream``; the copy stays as it was; STATUS and the queue work; a good
+    finish then finishes it."""
     holders = [me(cluster_node), "p1"]
     assert dealer.replicate([record("ev-1", holders)])["ids"] == ["ev-1"]
     bad = [["F", "ev-1", 12345, None, None], ["F", "ev-1", "done", "text", None],
-           ["R", "ev-1", 1, "soon", None], ["S", "ev-1", 1, float("nan"), False], ["Z", "ev-1"]]
+           ["R", "ev-1", 1, "soon", None], ["S", "ev-1", 1, float("nan"), False], ["Z", "ev-1"],
+           ["F", "ev-1", "done", None, None, 7], ["F", "ev-1", "done", None, None, "k" * 300],
+           ["V", "ev-1", -1], ["V", "ev-1", "twice"]]
 
     def published() -> bool:
         peer.publish(me(cluster_node), bad)        # the first ones may be lost (slow joiner)

@@ -36,7 +36,7 @@ from miyaq.protocol.recordspec import (
 )
 from miyaq.runtime import wall
 from miyaq.protocol.commands import DUPLICATE
-from miyaq.store.task import CANCELLED, DEAD, READY, RETRYING, SCHEDULED, Task
+from miyaq.store.task import CANCELLED, DEAD, READY, RETRYING, SCHEDULED, Task, revivals
 
 if TYPE_CHECKING:
     from miyaq.cluster.role import ClusterRole
@@ -268,13 +268,20 @@ class Copies:
             existing.holders = tuple(holders)
             existing.rank = holders.index(role.node_id)
             adopt_lessees(existing, task)     # a worker whose node died may report here
-            if task.state == DEAD and existing.state in (SCHEDULED, READY, RETRYING):
+            if (task.state == DEAD and existing.state in (SCHEDULED, READY, RETRYING)
+                    and revivals(task) >= revivals(existing)):
                 # A holder hands off a copy it dead-lettered, and ours missed the
                 # DEAD event (it went to the holders of an older ring): ours must
-                # not run the task again. A copy running here reports for itself.
+                # not run the task again. A copy running here reports for itself;
+                # one retried here since (more revivals) is newer news than the sender's.
                 with role.events.applying_remote():
                     existing.attempt = max(existing.attempt, task.attempt)
                     engine.kill_copy(existing, task.error)
+            elif existing.state == DEAD and task.state != DEAD and revivals(task) > revivals(existing):
+                # The sender retried it from the dead letters and our copy missed the V event.
+                with role.events.applying_remote():
+                    engine.revive_copy(existing.id, now + role.offset_for(existing, minimum=1),
+                                       revived=revivals(task))
             return True
         if table.tombstone(task.id) is not None:
             return True

@@ -24,11 +24,13 @@ again.
 Events (arrays): ``["S", id, attempt, lease_end, at_most_once, lessee]``
 started (``lessee``: who the attempt was leased to, so that worker may report
 it to this holder if the runner's node dies; older nodes send five elements),
-``["T", id, lease_end]`` touched, ``["F", id, state, result, error]``
+``["T", id, lease_end]`` touched, ``["F", id, state, result, error, key?]``
 finished (also forwarded by a coordinator that learnt it from a holder's
 answer to REPLICATE: :meth:`EventPublisher.forward_finished`),
 ``["R", id, attempt, eta, error]`` waiting for the next attempt (eta 0: at once),
-``["D", id, attempt, error]`` dead, ``["V", id]`` revived, ``["P", id]`` purged.
+``["D", id, attempt, error]`` dead, ``["V", id, revivals?]`` revived (how many
+times in all: :func:`~miyaq.store.task.revivals`), ``["P", id]`` purged. The
+items marked ``?`` came on 2026-12-05; older nodes neither send nor read them.
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ from miyaq.protocol.recordspec import STARTED_ELSEWHERE, Outcome
 from miyaq.runtime import monotonic, wall
 from miyaq.store.records import latest_lessee
 from miyaq.store.table import Tombstone
-from miyaq.store.task import READY, RETRYING, RUNNING, SCHEDULED, Task
+from miyaq.store.task import READY, RETRYING, RUNNING, SCHEDULED, Task, revivals
 
 if TYPE_CHECKING:
     from miyaq.cluster.role import ClusterRole
@@ -116,7 +118,10 @@ class EventPublisher(EngineListener):
         self._emit(task, ["T", task.id, task.lease_end])
 
     def task_finished(self, task: Task, stone: Tombstone) -> None:
-        self._emit(task, ["F", task.id, stone.state, stone.result, stone.error])
+        event = ["F", task.id, stone.state, stone.result, stone.error]
+        if stone.key is not None:
+            event.append(stone.key)     # a holder with no copy keeps the key's dedup too
+        self._emit(task, event)
 
     def task_retrying(self, task: Task, reason: str) -> None:
         self._emit(task, ["R", task.id, task.attempt, task.eta if task.state == RETRYING else 0.0, task.error])
@@ -125,7 +130,7 @@ class EventPublisher(EngineListener):
         self._emit(task, ["D", task.id, task.attempt, task.error])
 
     def task_revived(self, task: Task) -> None:
-        self._emit(task, ["V", task.id])
+        self._emit(task, ["V", task.id, revivals(task)])
 
     def task_purged(self, task: Task) -> None:
         self._emit(task, ["P", task.id])
@@ -173,7 +178,7 @@ def apply_events(role: ClusterRole, src: str, events: list[Any]) -> None:
                 continue
             op, task_id = ev[0], ev[1]
             if op == "F":
-                engine.finish_copy(task_id, ev[2], ev[3], ev[4], now)
+                engine.finish_copy(task_id, ev[2], ev[3], ev[4], now, key=ev[5] if len(ev) > 5 else None)
                 continue
             task = table.live.get(task_id) or table.dead.get(task_id)
             if task is None:
@@ -197,7 +202,7 @@ def apply_events(role: ClusterRole, src: str, events: list[Any]) -> None:
             elif op == "D":
                 _dead_elsewhere(role, task, ev)
             elif op == "V":
-                engine.revive_copy(task_id, now + role.offset_for(task))
+                engine.revive_copy(task_id, now + role.offset_for(task), revived=ev[2] if len(ev) > 2 else None)
             elif op == "P":
                 engine.dead_purge(None, [task_id])
 

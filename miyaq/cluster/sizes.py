@@ -54,7 +54,7 @@ def event_size(event: list[Any]) -> int:
     """A replication stream event (:mod:`miyaq.cluster.holder_events`)."""
     op = event[0]
     if op == "F":
-        return outcome_size(event[3], event[4])
+        return outcome_size(event[3], event[4]) + (len(event[5]) if len(event) > 5 and event[5] else 0)
     if op in ("R", "D"):
         return outcome_size(None, event[-1])
     return EVENT_ALLOWANCE

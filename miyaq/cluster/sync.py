@@ -43,7 +43,7 @@ from miyaq.errors import InvalidField
 from miyaq.protocol.recordspec import task_from_record
 from miyaq.runtime import green, monotonic, wall
 from miyaq.store.records import transfer_record
-from miyaq.store.task import DEAD, RUNNING
+from miyaq.store.task import DEAD, RUNNING, revivals
 
 if TYPE_CHECKING:
     from miyaq.cluster.role import ClusterRole
@@ -173,8 +173,13 @@ class Resync:
                     role.install(record, now, "sync", src)
                     continue
                 adopt_lessees(mine, theirs)     # a worker whose node died may report here
+                if mine.state == DEAD and theirs.state != DEAD and revivals(theirs) > revivals(mine):
+                    # S retried it from the dead letters since ours died, and its V
+                    # event never reached us: ours comes back as a standby copy.
+                    engine.revive_copy(mine.id, now + role.offset_for(mine, minimum=1), revived=revivals(theirs))
                 if theirs.state == DEAD and mine.state != DEAD:
-                    engine.kill_copy(mine, theirs.error)
+                    if revivals(theirs) >= revivals(mine):      # else S has not heard of our retry yet
+                        engine.kill_copy(mine, theirs.error)
                 elif theirs.state == RUNNING and mine.state != RUNNING:
                     # S runs it (it took over while we were silent): whatever our
                     # rank, our copy waits past S's lease and then asks.

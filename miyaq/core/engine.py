@@ -26,7 +26,7 @@ from miyaq.logs import LogLimiter
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE
 from miyaq.store.table import Tombstone
 from miyaq.store.task import (
-    CANCELLED, DEAD, DONE, EXPIRED, LIVE_STATES, READY, RETRYING, RUNNING, SCHEDULED, Task,
+    CANCELLED, DEAD, DONE, EXPIRED, LIVE_STATES, READY, RETRYING, RUNNING, SCHEDULED, Task, count_revival,
 )
 
 logger = logging.getLogger(__name__)
@@ -335,6 +335,7 @@ class Engine(ReplicaCopies):
             if task is None:
                 continue
             task.attempt = 0
+            count_revival(task)
             self._make_ready(task, now)
             for listener in self.listeners:
                 listener.task_revived(task)

@@ -16,7 +16,7 @@ from typing import Any
 
 from miyaq.core.transitions import Transitions
 from miyaq.protocol.recordspec import STARTED_ELSEWHERE
-from miyaq.store.task import DEAD, READY, RETRYING, RUNNING, SCHEDULED, Task
+from miyaq.store.task import DEAD, READY, RETRYING, RUNNING, SCHEDULED, Task, count_revival
 
 
 #: The error ``type`` of a copy ended because another task holds its key
@@ -90,14 +90,21 @@ class ReplicaCopies(Transitions):
         for listener in self.listeners:
             listener.task_forgotten(task)
 
-    def revive_copy(self, task_id: str, when: float) -> Task | None:
+    def revive_copy(self, task_id: str, when: float, revived: int | None = None) -> Task | None:
         """Another holder revived a dead task: this copy comes back as a
-        standby waiting until ``when`` (only the reviving holder runs it)."""
+        standby waiting until ``when`` (only the reviving holder runs it),
+        its revivals counted (:func:`~miyaq.store.task.revivals`) -- up to
+        ``revived``, the other holder's count, when known -- and written to
+        the log like a retry here (before 2026-12-05 it was not: a restart
+        brought the copy back dead)."""
         task = self.table.revive(task_id)
         if task is None:
             return None
         task.attempt = 0
         task.standby = True
+        count_revival(task, revived)
         self._move(task, SCHEDULED)
         self.timers.arm(task, when)
+        for listener in self.listeners:
+            listener.task_revived(task)
         return task

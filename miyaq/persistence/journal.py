@@ -33,7 +33,7 @@ from miyaq.store.log import AppendLog
 from miyaq.store.log_writer import LogWriter
 from miyaq.store.records import stone_record, task_record
 from miyaq.store.table import Tombstone
-from miyaq.store.task import READY, RETRYING, Task
+from miyaq.store.task import READY, RETRYING, Task, revivals
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class Persistence(EngineListener):
         self._add(stone_record(stone))
 
     def task_revived(self, task: Task) -> None:
-        self._add({"o": "V", "id": task.id})
+        self._add({"o": "V", "id": task.id, "revived": revivals(task)})
 
     def task_purged(self, task: Task) -> None:
         self._add({"o": "P", "id": task.id})

@@ -21,7 +21,7 @@ from miyaq.errors import InvalidField
 from miyaq.protocol.recordspec import check_change, check_stone_record, task_from_record
 from miyaq.store.log import AppendLog
 from miyaq.store.log_format import MAX_FRAME_PAYLOAD
-from miyaq.store.task import DEAD, READY, RETRYING, RUNNING, Task
+from miyaq.store.task import DEAD, READY, RETRYING, RUNNING, Task, count_revival
 
 
 def replay(engine: Engine, log: AppendLog, now: float, refusals: Refusals) -> dict[str, int]:
@@ -73,6 +73,7 @@ def replay(engine: Engine, log: AppendLog, now: float, refusals: Refusals) -> di
             task.attempt = r.get("attempt", task.attempt)
         elif op == "V":
             task.state, task.attempt = READY, 0
+            count_revival(task, r.get("revived"))     # the count it had then (none in logs before 2026-12-05)
         elif op == "P":
             del tasks[task_id]
             stones.pop(task_id, None)

@@ -14,7 +14,7 @@ from miyaq.errors import InvalidField
 from miyaq.protocol import fields as f
 from miyaq.protocol.recordspec import MAX_HOLDERS, STONE_STATES, check_attempt, check_error, check_outcome, check_time
 from miyaq.protocol.taskspec import check_id
-from miyaq.store.task import DEAD, LIVE_STATES
+from miyaq.store.task import DEAD, LIVE_STATES, MAX_REVIVALS
 
 #: Stream events: op -> the fewest items it has (more are ignored).
 _EVENT_LENGTH = {"S": 4, "T": 3, "F": 5, "R": 5, "D": 4, "V": 2, "P": 2}
@@ -38,6 +38,8 @@ def check_event(ev: Any, config: NodeConfig) -> None:
         check_time(ev[2], "lease_end")
     elif op == "F":
         check_outcome(ev[2], ev[3], ev[4], config)
+        if len(ev) > 5 and ev[5] is not None and (type(ev[5]) is not str or not 0 < len(ev[5]) <= 256):
+            raise InvalidField("a FINISHED event's key must be nil or 1 to 256 characters", field="key")
     elif op == "R":
         check_attempt(ev[2])
         check_time(ev[3], "eta")
@@ -45,6 +47,8 @@ def check_event(ev: Any, config: NodeConfig) -> None:
     elif op == "D":
         check_attempt(ev[2])
         check_error(ev[3])
+    elif op == "V" and len(ev) > 2:
+        f.integer({"revived": ev[2]}, "revived", lo=0, hi=MAX_REVIVALS)
 
 
 def check_state_answer(a: Any, config: NodeConfig) -> None:

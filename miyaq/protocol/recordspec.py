@@ -34,7 +34,7 @@ from miyaq.protocol.taskspec import (
 )
 from miyaq.store.records import transfer_record
 from miyaq.store.table import TaskTable, Tombstone
-from miyaq.store.task import DEAD, FINAL_STATES, LIVE_STATES, SCHEDULED, Task
+from miyaq.store.task import DEAD, FINAL_STATES, LIVE_STATES, MAX_REVIVALS, SCHEDULED, Task
 
 #: The latest time a node stores (unix seconds: the year 2286).
 MAX_TIME = 1e10
@@ -140,6 +140,8 @@ def _meta(value: Any) -> dict[str, Any] | None:
         meta["offset"] = f.number(value, "offset", lo=0.0, hi=YEAR)
     if value.get("resent") is not None:
         meta["resent"] = f.boolean(value, "resent")
+    if value.get("revived") is not None:
+        meta["revived"] = f.integer(value, "revived", lo=0, hi=MAX_REVIVALS)
     return meta or None
 
 
@@ -277,6 +279,8 @@ def check_change(r: dict[str, Any]) -> None:
         check_error(r.get("error"))
     if op == "R":
         check_time(r.get("eta", 0.0), "eta")
+    if op == "V":
+        f.integer(r, "revived", None, lo=0, hi=MAX_REVIVALS)
 
 
 # -- the invariant ------------------------------------------------------------------

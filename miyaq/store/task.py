@@ -249,3 +249,26 @@ class Task:
 
     def __repr__(self) -> str:
         return f"<Task {self.id} {self.queue}/{self.name or self.url} {self.state} attempt={self.attempt}>"
+
+
+MAX_REVIVALS = 2**31 - 1
+"""Bound of :func:`revivals` as a record may carry it."""
+
+
+def revivals(task: Task) -> int:
+    """How many times ``task`` was taken back out of the dead letters (a
+    dead-letter retry), kept in its ``meta`` (``revived``) so that it travels
+    in every record -- handoff, SYNC, the log. A holder whose copy is dead
+    while another holder's is alive with more revivals missed a retry (its
+    ``V`` event was lost); one with as many has not yet heard the task was
+    dead-lettered. Without this the two could not be told apart."""
+    meta = task.meta
+    return meta.get("revived", 0) if meta else 0
+
+
+def count_revival(task: Task, at_least: int | None = None) -> None:
+    """One more revival of ``task``, or ``at_least`` when that is more (the
+    count of the holder that revived it, which may have revived it again
+    since this copy last heard). A new ``meta``: the old one may be shared."""
+    count = min(max(revivals(task) + 1, at_least or 0), MAX_REVIVALS)
+    task.meta = {**(task.meta or {}), "revived": count}
