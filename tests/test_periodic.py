@@ -343,6 +343,51 @@ def test_zookeeper_tick_record_is_fenced_by_epoch(zk_server, zk_cluster_name):
         close_client(zk)
 
 
+def test_the_leaders_periodic_reread_of_the_specs_fetches_only_what_changed(zk_server, zk_cluster_name, caplog,
+                                                                            monkeypatch):
+    """Cost fault: the leader rereads every stored spec every SPEC_RELOAD
+    seconds; each read fetched and decoded all of them (about 87 MB at the
+    limits) and logged every corrupt znode again. Now a read asks each
+    znode's stat and fetches only specs created or changed since the last
+    read -- and still sees a change, a deletion, a new spec and a spec
+    deleted and made again with the same content."""
+    zk = connect(zk_server.hosts, 4.0, 10.0)
+    try:
+        store = ZkPeriodicStore(zk, zk_cluster_name, zk_server.hosts)
+        writer = ZkPeriodicStore(zk, zk_cluster_name, zk_server.hosts)
+        specs = {name: Declared(Schedule(name, "t", every_ms=1000), 10.0, 10.0) for name in ("a", "b", "c")}
+        for declared in specs.values():
+            writer.publish_spec(declared, 300)
+        zk.create(f"{writer.specs}/bad", b"{not json")
+        fetched: list[str] = []
+        real_get = zk.get_async
+
+        def counting_get(path, *args, **kwargs):
+            fetched.append(path.rsplit("/", 1)[-1])
+            return real_get(path, *args, **kwargs)
+
+        monkeypatch.setattr(zk, "get_async", counting_get)
+        with caplog.at_level("WARNING", logger="miyaq.cluster.periodic_store"):
+            assert store.read_specs() == specs
+            assert sorted(fetched) == ["a", "b", "bad", "c"]
+            fetched.clear()
+            assert store.read_specs() == specs and fetched == []
+        assert len([r for r in caplog.records if "bad" in r.getMessage()]) == 1
+
+        changed = Declared(Schedule("b", "t", every_ms=2000), 20.0, 20.0)
+        writer.publish_spec(changed, 300)
+        writer.forget("c")
+        writer.forget("a")
+        writer.publish_spec(specs["a"], 300)          # deleted and made again, the same content
+        writer.publish_spec(Declared(Schedule("d", "t", every_ms=1000), 30.0, 30.0), 300)
+        fetched.clear()
+        assert store.read_specs() == {"a": specs["a"], "b": changed,
+                                      "d": Declared(Schedule("d", "t", every_ms=1000), 30.0, 30.0)}
+        assert sorted(fetched) == ["a", "b", "d"]
+    finally:
+        close_client(zk)
+
+
 # -- a real cluster -----------------------------------------------------------------------------
 @pytest.fixture
 def cluster(procs, zk_server, zk_cluster_name, client_for):
