@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from miyaq.devstate import STATE_FILE
 from miyaq.testing.harness import free_port, refusing_port
 
 READY_TIMEOUT = 120.0
@@ -209,6 +210,34 @@ def test_dev_cluster_forms_a_ring_and_sigterm_stops_every_process(dev_clusters, 
         time.sleep(0.1)
     assert "stopped; logs kept in" in cluster.output()
     assert (tmp_path / "logs" / "n1.log").is_file()
+
+
+def test_a_hangup_stops_the_dev_cluster_and_everything_it_started(dev_clusters, tmp_path):
+    """Fault: the terminal running ``miyaq dev-cluster`` closes (SIGHUP).
+    ZooKeeper and the nodes run in sessions of their own, so the hangup
+    reaches dev-cluster alone: it ended at once and left them running, on
+    their ports, with its state file. Now it stops them as for Ctrl-C."""
+    cluster = dev_clusters.start("--nodes", "1", "--base-port", str(free_port()), "--cluster", "hup",
+                                 "--duration", "300", "--log-dir", str(tmp_path / "logs"), cwd=str(tmp_path))
+    cluster.wait_for_line("ready ", READY_TIMEOUT)
+    deadline = time.monotonic() + 30
+    while sorted(("QuorumPeerMain" in c, " node " in c) for c in descendants(cluster.proc.pid).values()) \
+            != [(False, True), (True, False)]:
+        if time.monotonic() >= deadline:
+            pytest.fail(f"expected a node and ZooKeeper; saw {descendants(cluster.proc.pid)}")
+        time.sleep(0.1)
+    children = descendants(cluster.proc.pid)
+    dev_clusters.seen.update(children)
+
+    cluster.proc.send_signal(signal.SIGHUP)
+    assert cluster.proc.wait(STOP_TIMEOUT) == 0, cluster.output()
+    deadline = time.monotonic() + 30
+    while left := {pid: c for pid, c in children.items() if still_running(pid, c)}:
+        if time.monotonic() >= deadline:
+            pytest.fail(f"processes left after dev-cluster stopped: {left}")
+        time.sleep(0.1)
+    assert "stopped; logs kept in" in cluster.output()
+    assert not (tmp_path / STATE_FILE).exists()
 
 
 def test_ring_command_with_unreachable_zookeeper_exits_2():

@@ -2,6 +2,8 @@
 Each test's docstring names the fault it simulates."""
 from __future__ import annotations
 
+from typing import Any
+
 import errno
 import logging
 import os
@@ -425,6 +427,67 @@ def test_a_worker_group_kills_workers_stuck_past_grace_all_at_one_deadline(monke
     config = WorkerConfig(processes=3, grace=10.0, pool="threads")
     assert launch.run_supervised("apps.basic:app", config) == 0
     assert clock[0] - 1000.0 <= config.grace + CHILD_STOP_SLACK
+
+
+@pytest.mark.parametrize("moment", ["during-the-restart-delay", "while-the-restart-starts"])
+def test_a_stop_signal_while_a_worker_process_is_restarted_stops_every_process(monkeypatch, moment):
+    """Fault: one worker process of ``miyaq worker --processes 2`` died and
+    the supervisor restarts it; SIGTERM arrives during the restart delay,
+    or while the new process is being started. Before, the supervisor
+    started the new process anyway and never told it to stop: it took new
+    tasks and was killed mid-task at the end of the grace (an audit saw
+    both). Now no process is started once the stop came, and one started
+    as it came is told to stop. Played with fake processes, nothing timed."""
+    from miyaq.worker import launch
+    from miyaq.worker.config import WorkerConfig
+
+    handlers: dict[Any, Any] = {}
+    started: list[Any] = []
+    died: list[Any] = []
+
+    class Child:
+        def __init__(self, *args, **kwargs):
+            self.pid = 5000 + len(started)
+            self.returncode = None
+            self.signals: list[int] = []
+            started.append(self)
+            if moment == "while-the-restart-starts" and len(started) == 3:
+                handlers[signal.SIGTERM](signal.SIGTERM, None)     # lands before it is in the list
+
+        def poll(self):
+            if self is started[0] and len(started) == 2 and self.returncode is None:
+                self.returncode = 1          # the first one dies once
+                died.append(self)
+            return self.returncode
+
+        def send_signal(self, sig):
+            self.signals.append(sig)
+            self.returncode = 0              # stops at once
+
+        def wait(self, timeout=None):
+            return self.returncode
+
+        def kill(self):
+            raise AssertionError("no process should outlive its grace here")
+
+    def delay(seconds):
+        if moment == "during-the-restart-delay" and died and not handlers.get("sent"):
+            handlers["sent"] = True
+            handlers[signal.SIGTERM](signal.SIGTERM, None)
+        if len(started) > 4:
+            raise AssertionError("the supervisor keeps starting processes")
+
+    monkeypatch.setattr(launch.subprocess, "Popen", Child)
+    monkeypatch.setattr(launch.time, "sleep", delay)
+    monkeypatch.setattr(launch.signal, "signal", lambda sig, fn: handlers.__setitem__(sig, fn))
+    monkeypatch.setattr("miyaq.worker.loader.load_app", lambda spec: None)
+    monkeypatch.setattr("miyaq.logs.setup_logging", lambda level: None)
+    assert launch.run_supervised("apps.basic:app", WorkerConfig(processes=2, grace=10.0, pool="threads")) == 0
+    if moment == "during-the-restart-delay":
+        assert len(started) == 2              # nothing restarted after the stop
+    else:
+        assert len(started) == 3 and started[2].signals == [signal.SIGTERM]
+    assert started[1].signals == [signal.SIGTERM]
 
 
 def test_worker_that_reaches_no_node_says_why(thread_worker, make_node, caplog):

@@ -135,7 +135,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"{what} exited with code {proc.exit_code}; log: {proc.log_path}", file=sys.stderr, flush=True)
 
     exited: list[str] = []
-    previous: dict[int, Any] = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # SIGHUP too (the terminal closed): ZooKeeper and the nodes run in
+    # sessions of their own, so a hangup reaches only this process, and
+    # before 2026-12-05 it ended it and left them all running.
+    previous: dict[int, Any] = {sig: signal.signal(sig, on_signal)
+                                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         print(f"miyaq dev-cluster: {args.nodes} node(s), cluster {args.cluster}, logs in {cluster.log_dir}",
               flush=True)

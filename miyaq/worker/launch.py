@@ -69,17 +69,38 @@ def run_supervised(app_spec: str, config: WorkerConfig) -> int:
     stopping = False
     gave_up = False
     restarts: list[float] = []
+    told: set[int] = set()      # pids sent SIGTERM
+
+    def tell_to_stop(child: subprocess.Popen[bytes]) -> None:
+        if child.poll() is None and child.pid not in told:
+            told.add(child.pid)
+            child.send_signal(signal.SIGTERM)
 
     def on_signal(signum: int, frame: object) -> None:
         nonlocal stopping
         stopping = True
         for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
+            tell_to_stop(child)
+
+    def start_child(slot: int | None) -> None:
+        """Start a worker process (in ``slot``, else a new one). One started
+        while a stop signal arrived is told to stop too: the handler may have
+        run before it was in ``children`` (before 2026-12-05 a child
+        restarted during a stop took new tasks and was killed mid-task at
+        the end of the grace)."""
+        child = subprocess.Popen(worker_command(app_spec), env=env)
+        if slot is None:
+            children.append(child)
+        else:
+            children[slot] = child
+        if stopping:
+            tell_to_stop(child)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    children.extend(subprocess.Popen(worker_command(app_spec), env=env) for _ in range(config.processes))
+    for _ in range(config.processes):
+        if not stopping:
+            start_child(None)
     while True:
         if stopping:
             # One deadline for all (they got SIGTERM together), not one each
@@ -93,6 +114,8 @@ def run_supervised(app_spec: str, config: WorkerConfig) -> int:
                     child.wait()
             return 1 if gave_up else 0
         for i, child in enumerate(children):
+            if stopping:
+                break               # the ones that exit now were told to
             if child.poll() is not None:
                 now = monotonic()
                 restarts[:] = [t for t in restarts if t > now - 60] + [now]
@@ -103,5 +126,7 @@ def run_supervised(app_spec: str, config: WorkerConfig) -> int:
                     break
                 logger.warning("worker process %s exited with %s; restarting", child.pid, child.returncode)
                 time.sleep(min(RESTART_DELAY_MAX, 0.2 * len(restarts)))
-                children[i] = subprocess.Popen(worker_command(app_spec), env=env)
+                if stopping:
+                    break           # asked to stop during the delay: nothing to restart
+                start_child(i)
         time.sleep(PROCESS_POLL)
