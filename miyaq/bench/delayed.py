@@ -28,7 +28,7 @@ from typing import Any
 
 from . import cpu
 from .fleet import Fleet
-from .procs import ProcessGroup
+from .procs import ProcessGroup, sigterm_as_exit
 from .producer import Producer
 
 DAY = 86400.0
@@ -44,6 +44,15 @@ class DelayedConfig:
 
 
 def run_delayed(cfg: DelayedConfig) -> dict[str, Any]:
+    """Run the delayed-task memory mode (module doc) and return its result.
+    Raises MiyaqError when the node or the producer cannot be brought up; a
+    SIGTERM ends it as ``SystemExit(143)`` after its processes are stopped
+    and its temporary directory removed (as :func:`~.runner.run_bench`)."""
+    with sigterm_as_exit():
+        return _run_delayed(cfg)
+
+
+def _run_delayed(cfg: DelayedConfig) -> dict[str, Any]:
     probe = max(2, min(PROBE, cfg.tasks // 10))
     deadline = time.monotonic() + cfg.timeout
     with tempfile.TemporaryDirectory(prefix="miyaq-bench-") as tmp:

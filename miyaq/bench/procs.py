@@ -5,15 +5,20 @@ the bench, which then stops the children in order) and through
 :mod:`miyaq.bench.launch` (it dies with the bench even when the bench is
 SIGKILLed). :meth:`ProcessGroup.close` sends SIGTERM, waits a bounded
 grace, then SIGKILLs; it never raises, so it is safe on every exit path.
+:func:`sigterm_as_exit` turns SIGTERM into ``SystemExit(143)`` around a run,
+so a run stopped by SIGTERM cleans up as one stopped by Ctrl-C does.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from typing import IO
 
 from . import launch
@@ -113,6 +118,24 @@ class ProcessGroup:
         others = [c for c in self.children if c not in first]
         self.stop(first, grace)
         self.stop(others, grace)
+
+
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """Turn SIGTERM into ``SystemExit(143)`` so cleanup runs (main thread only;
+    elsewhere a no-op). The previous handler comes back on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _signal(child: Child, sig: int) -> None:

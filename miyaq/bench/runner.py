@@ -29,14 +29,11 @@ touches each alike; the report shows medians and ranges.
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
@@ -44,7 +41,7 @@ from .bare_fleet import BareFleet
 from .compare import ratios, summarize
 from .fleet import Fleet
 from .measure import Phase, ProfileSpec, System, run_system
-from .procs import ProcessGroup
+from .procs import ProcessGroup, sigterm_as_exit
 from .producer import Producer
 
 START_ALLOWANCE = 60.0   # seconds a system may take to start, beyond --timeout
@@ -125,23 +122,6 @@ def systems_of(cfg: BenchConfig) -> list[tuple[str, Maker]]:
     return out
 
 
-@contextlib.contextmanager
-def _sigterm_as_exit() -> Iterator[None]:
-    """Turn SIGTERM into SystemExit so cleanup runs (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_term(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def run_bench(cfg: BenchConfig, progress_stream: TextIO | None = None) -> dict[str, Any]:
     """Run the benchmark and return its result (see :func:`_result`).
     Raises MiyaqError when a system cannot be brought up."""
@@ -149,7 +129,7 @@ def run_bench(cfg: BenchConfig, progress_stream: TextIO | None = None) -> dict[s
     runs: list[dict[str, Any]] = []
     idle: dict[str, list[dict[str, Any]]] = {}
     first: dict[str, Any] = {}
-    with _sigterm_as_exit():
+    with sigterm_as_exit():
         for repeat in range(cfg.repeat):
             for label, make in systems_of(cfg):
                 with tempfile.TemporaryDirectory(prefix="miyaq-bench-") as tmp:
