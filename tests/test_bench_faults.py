@@ -71,17 +71,21 @@ def producer_up(pid: int) -> list[int] | None:
     return kids if any("agent.py" in cmdline(k) for k in kids) else None
 
 
+def stop_pid(pid: int) -> None:
+    if alive(pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
 def stop(proc: subprocess.Popen, pids: list[int]) -> None:
     """Kill the bench (if still running) and every pid it was seen to start."""
     if proc.poll() is None:
         proc.kill()
         proc.wait()
     for pid in pids:
-        if alive(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        stop_pid(pid)
 
 
 # -- 1. SIGTERM in the delayed mode --------------------------------------------------------
@@ -104,3 +108,61 @@ def test_sigterm_in_delayed_mode_cleans_up_and_exits_143(tmp_path):
         wait_until("the children stopped", lambda: not any(alive(k) for k in kids), 20)
     finally:
         stop(proc, kids)
+
+
+# -- 2. the cluster's ZooKeeper dies with the bench -----------------------------------------
+
+ZK_HOLDER = """
+import sys, tempfile, time
+from miyaq.bench.fleet import Fleet
+from miyaq.bench.procs import ProcessGroup
+tmp = tempfile.mkdtemp(dir=sys.argv[1])
+fleet = Fleet(ProcessGroup(tmp), connect=None, workers=0, concurrency=1, queue="q", records_dir=tmp,
+              deadline=time.monotonic() + 60, nodes=2)
+fleet._start_zookeeper()
+print(fleet.zookeeper.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_the_clusters_zookeeper_dies_when_the_bench_is_killed(tmp_path):
+    """Fault: the bench is SIGKILLed while its ``--cluster`` ZooKeeper runs
+    (here a process that starts it as the bench does, then waits). The
+    ZooKeeper goes with it, as every other child does (before: a java
+    process left running)."""
+    holder = subprocess.Popen([sys.executable, "-c", ZK_HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    zk = 0
+    try:
+        assert holder.stdout is not None
+        zk = int(holder.stdout.readline())
+        assert alive(zk)
+        holder.kill()
+        holder.wait()
+        wait_until("the ZooKeeper stopped", lambda: not alive(zk), 30)
+    finally:
+        stop(holder, [zk] if zk else [])
+
+
+def test_a_second_interrupt_while_closing_still_stops_the_zookeeper(tmp_path):
+    """Fault: a second Ctrl-C while :meth:`Fleet.close` stops the nodes
+    (simulated: stopping them raises KeyboardInterrupt). The ZooKeeper is
+    stopped all the same (before: ``zookeeper.stop()`` was skipped)."""
+    from miyaq.bench.fleet import Fleet
+    from miyaq.bench.procs import ProcessGroup
+
+    procs = ProcessGroup(str(tmp_path))
+    fleet = Fleet(procs, connect=None, workers=0, concurrency=1, queue="q", records_dir=str(tmp_path),
+                  deadline=time.monotonic() + 60, nodes=2)
+    fleet._start_zookeeper()
+    zk = fleet.zookeeper.pid
+    try:
+        def interrupted(grace: float = 5.0) -> None:
+            raise KeyboardInterrupt
+        procs.close = interrupted   # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            fleet.close()
+        assert not alive(zk), "the ZooKeeper outlived an interrupted close()"
+    finally:
+        if fleet.zookeeper is not None:
+            fleet.zookeeper.kill()
+        stop_pid(zk)

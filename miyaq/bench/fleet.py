@@ -28,7 +28,7 @@ from ..security.keystore import KeyStore
 from ..testing.ports import free_port
 from . import tasks
 from .cpu import rss_bytes
-from .procs import Child, ProcessGroup
+from .procs import Child, ProcessGroup, launcher
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,9 @@ class Fleet:
 
     def _start_zookeeper(self) -> str:
         from ..testing.zookeeper import ZooKeeperServer
-        self.zookeeper = ZooKeeperServer(workdir=Path(self.procs.log_dir) / "zookeeper")
+        # Through the launch shim, as every other child: it dies with the bench
+        # even when the bench is SIGKILLed or interrupted again while closing.
+        self.zookeeper = ZooKeeperServer(workdir=Path(self.procs.log_dir) / "zookeeper", launcher=launcher())
         self.zookeeper.start()
         return str(self.zookeeper.hosts)
 
@@ -259,17 +261,23 @@ class Fleet:
         self.procs.stop(self.workers, grace)
 
     def close(self) -> None:
-        """Close the client and stop every child. Never raises."""
-        if self.client is not None:
-            try:
-                self.client.close(flush=False)
-            except Exception:   # closing must not mask the error that got us here
-                logger.exception("closing the bench client failed")
-            self.client = None
-        self.procs.close()
-        if self.zookeeper is not None:
-            try:
-                self.zookeeper.stop()
-            except Exception:
-                logger.exception("stopping the bench's ZooKeeper failed")
-            self.zookeeper = None
+        """Close the client and stop every child, the ZooKeeper last. Never
+        raises but a second KeyboardInterrupt or SystemExit (Ctrl-C, SIGTERM)
+        during it; the ZooKeeper is still stopped then (and, as every child,
+        dies with the bench through :mod:`~miyaq.bench.launch` if that is
+        interrupted too)."""
+        try:
+            if self.client is not None:
+                try:
+                    self.client.close(flush=False)
+                except Exception:   # closing must not mask the error that got us here
+                    logger.exception("closing the bench client failed")
+                self.client = None
+            self.procs.close()
+        finally:
+            if self.zookeeper is not None:
+                try:
+                    self.zookeeper.stop()
+                except Exception:
+                    logger.exception("stopping the bench's ZooKeeper failed")
+                self.zookeeper = None

@@ -77,14 +77,11 @@ class ProcessGroup:
         caller talks through (the producer agent)."""
         log_path = os.path.join(self.log_dir, f"{name}.log")
         log = open(log_path, "wb")   # noqa: SIM115 - the child writes it; closed in close_log()
-        # Run the shim by path: it needs only the standard library, and
-        # ``-m miyaq.bench.launch`` would import the whole package first.
         # The run's own directory as the working directory: ``python -m`` puts the
         # working directory first on sys.path, so a bench started inside a checkout
         # would run that checkout's miyaq with another build's interpreter
         # (--python, --compare-python) instead of the build installed there.
-        shim = [sys.executable, launch.__file__, str(os.getpid())]
-        proc = subprocess.Popen(shim + argv, stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
+        proc = subprocess.Popen(launcher() + argv, stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
                                 stdout=subprocess.PIPE if pipes else log,
                                 stderr=log if pipes else subprocess.STDOUT, env=env, start_new_session=True,
                                 cwd=self.log_dir)
@@ -118,6 +115,14 @@ class ProcessGroup:
         others = [c for c in self.children if c not in first]
         self.stop(first, grace)
         self.stop(others, grace)
+
+
+def launcher() -> list[str]:
+    """The command prefix that makes a child die with this process
+    (:mod:`miyaq.bench.launch`); every child of a run starts through it."""
+    # Run the shim by path: it needs only the standard library, and
+    # ``-m miyaq.bench.launch`` would import the whole package first.
+    return [sys.executable, launch.__file__, str(os.getpid())]
 
 
 @contextlib.contextmanager

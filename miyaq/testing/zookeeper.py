@@ -16,6 +16,9 @@ Constraints:
   the server accepts sessions).
 * ``restart`` keeps the port and the data, so clients reconnect (and keep
   their sessions if they come back within the session timeout).
+* ``launcher``: a command the server's command line is appended to, which
+  must ``exec`` it keeping the pid (``miyaq bench`` passes its
+  :mod:`miyaq.bench.launch` shim, so the server dies with the bench).
 * The server's stdout/stderr go to ``zookeeper.log`` in its directory;
   :meth:`ZooKeeperServer.log_text` returns a bounded tail of it.
 * No pytest import: the CLI uses this module too. Calls block the calling
@@ -106,6 +109,7 @@ class ZooKeeperServer:
         myid: int | None = None,
         quorum: Sequence[tuple[int, int, int, str]] = (),
         host: str = "127.0.0.1",
+        launcher: Sequence[str] = (),
     ) -> None:
         if quorum and (myid is None or myid not in {sid for sid, _, _, _ in quorum}):
             raise MiyaqError(f"an ensemble member needs its myid among the quorum's, got {myid!r}")
@@ -121,6 +125,7 @@ class ZooKeeperServer:
         self._jar_dir = Path(jar_dir)
         self._java = java
         self._heap_mb = heap_mb
+        self._launcher = list(launcher)
         self._proc: subprocess.Popen[bytes] | None = None
 
     # -- properties -------------------------------------------------------------
@@ -169,6 +174,7 @@ class ZooKeeperServer:
             self._port = free_port()
         config = self._write_config()
         command = [
+            *self._launcher,
             java,
             f"-Xmx{self._heap_mb}m",
             "-XX:+UseSerialGC",
