@@ -166,3 +166,40 @@ def test_a_second_interrupt_while_closing_still_stops_the_zookeeper(tmp_path):
         if fleet.zookeeper is not None:
             fleet.zookeeper.kill()
         stop_pid(zk)
+
+
+# -- 3. an unusable --profile directory ------------------------------------------------------
+
+def parse(*argv: str):
+    import argparse
+
+    from miyaq.cli import bench_cmd
+    parser = argparse.ArgumentParser()
+    bench_cmd.register(parser.add_subparsers())
+    return parser.parse_args(["bench", *argv])
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_a_profile_directory_that_cannot_be_made_is_refused_before_the_run(tmp_path, where):
+    """Fault: ``--profile DIR`` where DIR is an existing file, or cannot be
+    made (a file is in its path). The option check refuses it with one line
+    naming --profile (exit 2), before any process starts (before: a
+    FileExistsError/NotADirectoryError traceback once the run was up)."""
+    from miyaq.cli import bench_cmd
+    from miyaq.errors import ConfigError
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    target = afile if where == "a file" else afile / "sub"
+    with pytest.raises(ConfigError) as err:
+        bench_cmd.check(parse("--profile", str(target)))
+    assert err.value.message.startswith(f"--profile {target}: ")
+
+
+def test_bench_with_a_profile_path_that_is_a_file_exits_2_at_once(tmp_path):
+    """Fault: the same, through the command: exit 2, one error line, no traceback."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    proc = subprocess.run(bench_argv("-n", "10", "-w", "1", "--timeout", "10", "--profile", str(afile)),
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == f"miyaq: error: --profile {afile}: not a directory"

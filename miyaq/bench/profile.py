@@ -40,6 +40,20 @@ def find_py_spy() -> str:
     return path
 
 
+def prepare_directory(path: str) -> None:
+    """Make ``path`` (and its parents) unless it is a directory already; a
+    ConfigError naming ``--profile`` if it cannot be made or written in.
+    ``miyaq bench`` calls it before it starts anything."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"--profile {path}: not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--profile {path}: cannot make this directory: {exc.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"--profile {path}: cannot write in this directory")
+
+
 def _beside_python() -> str | None:
     import sys
     candidate = os.path.join(os.path.dirname(sys.executable), "py-spy")

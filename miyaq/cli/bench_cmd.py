@@ -82,7 +82,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def check(args: argparse.Namespace) -> None:
     """Refuse contradictory options (ConfigError, exit 2); each number's
-    own range the parser checked (:mod:`miyaq.cli.numbers`)."""
+    own range the parser checked (:mod:`miyaq.cli.numbers`). Runs before
+    anything starts; makes the ``--profile`` directory."""
     if args.cluster == 1:
         raise ConfigError("--cluster must be at least 2 (0: no cluster run)")
     if args.fsync and args.connect:
@@ -97,14 +98,15 @@ def check(args: argparse.Namespace) -> None:
         path = getattr(args, name)
         if path and not os.access(path, os.X_OK):
             raise ConfigError(f"--{name.replace('_', '-')} {path}: not an executable file")
-    if args.profile:
-        from ..bench.profile import find_py_spy
-        find_py_spy()
     work_of(args)
     if args.delayed and (args.baseline or args.baseline_gevent or args.cluster or args.confirmed
                          or args.rate or args.connect):
         raise ConfigError("--delayed is a mode of its own: no --baseline, --baseline-gevent, --cluster, "
                           "--confirmed, --rate or --connect")
+    if args.profile:   # last: it makes the directory
+        from ..bench.profile import find_py_spy, prepare_directory
+        find_py_spy()
+        prepare_directory(args.profile)
 
 
 def work_of(args: argparse.Namespace) -> str:
