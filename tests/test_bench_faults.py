@@ -203,3 +203,50 @@ def test_bench_with_a_profile_path_that_is_a_file_exits_2_at_once(tmp_path):
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == f"miyaq: error: --profile {afile}: not a directory"
+
+
+# -- 4. py-spy that writes nothing -------------------------------------------------------------
+
+FAKE_PY_SPY = {
+    # killed by the SIGINT that should stop it, before it could write (it had not attached yet)
+    "killed by SIGINT": "#!/bin/sh\nexec sleep 60\n",
+    # stops cleanly on SIGINT, but took no sample: an empty file
+    "no sample": ('#!/bin/sh\nwhile [ "$1" != --output ]; do shift; done\nout=$2\n'
+                  'sleep 60 </dev/null >/dev/null 2>&1 &\n'
+                  'trap \': > "$out"; kill $!; exit 0\' INT\nwait\n'),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAKE_PY_SPY))
+def test_a_profile_py_spy_did_not_write_is_an_error(tmp_path, monkeypatch, fault):
+    """Fault: the phase ends before py-spy attached (killed by its SIGINT, no
+    file) or took a sample (an empty file); an earlier run's profile of the
+    same name is in DIR. Each process without a profile is reported (before:
+    none was, and the run said "errors none")."""
+    from miyaq.bench import profile
+    fake = tmp_path / "py-spy"
+    fake.write_text(FAKE_PY_SPY[fault])
+    fake.chmod(0o755)
+    monkeypatch.setattr(profile, "find_py_spy", lambda: str(fake))
+    out = tmp_path / "prof"
+    out.mkdir()
+    (out / "miyaq-bulk-worker-0.txt").write_text("an earlier run's stack 3\n")
+    profilers = profile.Profilers(str(out), "raw", "miyaq-bulk", {"worker-0": os.getpid()}).start()
+    try:
+        time.sleep(0.3)        # the shell has set its trap
+        problems = profilers.stop()
+    finally:
+        for _, proc in profilers.procs:
+            proc.kill()
+            proc.wait()
+    assert len(problems) == 1 and problems[0].startswith("py-spy on worker-0 wrote no profile"), problems
+
+
+def test_a_failing_py_spy_is_reported_by_its_error_line_not_its_backtrace():
+    """Fault: py-spy exits 1 with a Rust backtrace after its error (a flame
+    graph of no sample); the report quotes the ``Error:`` line."""
+    from miyaq.bench.profile import _error_line
+    stderr = (b"[2026-12-05T08:17:25Z ERROR inferno::flamegraph] No stack counts found\n"
+              b"Error: Failed to write flamegraph: No stack counts found\n\nStack backtrace:\n   8: main\n")
+    assert _error_line(stderr) == "Error: Failed to write flamegraph: No stack counts found"
+    assert _error_line(b"only this\n") == "only this" and _error_line(None) == ""

@@ -7,6 +7,9 @@ them (SIGINT: py-spy then writes its file) once the phase's tasks are
 done. Files are ``DIR/<system>-<phase>-<process>.<ext>``: a flame graph
 (``.svg``), collapsed stacks (``raw``, ``.txt``: one line per stack with its
 sample count, for grep and scripts) or a speedscope profile (``.json``).
+A process whose recorder wrote no file, or an empty one (a phase too short
+for py-spy to attach or to take a sample), is an error of the phase, never
+a silent gap.
 
 py-spy samples without stopping the process (``--nonblocking``), but it
 takes CPU of its own: on a small machine the profiled run is slower than
@@ -16,6 +19,7 @@ Attaching needs ptrace rights over the processes (the same user, and
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -69,12 +73,16 @@ class Profilers:
         self.label = re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
         self.pids = pids
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.outputs: dict[str, str] = {}     # process name -> the file its recorder writes
 
     def start(self) -> "Profilers":
         exe = find_py_spy()
         os.makedirs(self.directory, exist_ok=True)
         for name, pid in self.pids.items():
             out = os.path.join(self.directory, f"{self.label}-{name}.{FORMATS[self.fmt]}")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(out)      # an earlier run's file must not pass for this one's
+            self.outputs[name] = out
             argv = [exe, "record", "--pid", str(pid), "--rate", str(RATE), "--nonblocking",
                     "--format", self.fmt, "--output", out]
             if self.fmt == "raw":
@@ -84,7 +92,10 @@ class Profilers:
         return self
 
     def stop(self) -> list[str]:
-        """Stop every recorder; returns the problems they reported. Never raises."""
+        """Stop every recorder; returns the problems, one per process without
+        a profile: a recorder that failed, or that wrote no file or an empty
+        one (stopped before it attached, or no sample: a phase too short).
+        Never raises."""
         problems: list[str] = []
         for _, proc in self.procs:
             if proc.poll() is None:
@@ -95,8 +106,20 @@ class Profilers:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 _, err = proc.communicate()
+            out = self.outputs.get(name, "")
             if proc.returncode not in (0, -signal.SIGINT):
-                text = (err or b"").decode("utf-8", "replace").strip().splitlines()
-                problems.append(f"py-spy on {name}: exit {proc.returncode}: {text[-1] if text else ''}")
+                problems.append(f"py-spy on {name}: exit {proc.returncode}: {_error_line(err)}")
+            elif not os.path.isfile(out) or os.path.getsize(out) == 0:
+                why = ("stopped before it attached" if proc.returncode == -signal.SIGINT
+                       else "it took no sample")
+                problems.append(f"py-spy on {name} wrote no profile ({why}; a phase this short cannot be "
+                                f"profiled: more --tasks)")
         self.procs = []
         return problems
+
+
+def _error_line(stderr: bytes | None) -> str:
+    """What py-spy said went wrong: its ``Error:`` line, else its last line."""
+    lines = [line.strip() for line in (stderr or b"").decode("utf-8", "replace").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("Error:")]
+    return (errors or lines or [""])[-1]
