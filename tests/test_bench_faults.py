@@ -250,3 +250,120 @@ def test_a_failing_py_spy_is_reported_by_its_error_line_not_its_backtrace():
               b"Error: Failed to write flamegraph: No stack counts found\n\nStack backtrace:\n   8: main\n")
     assert _error_line(stderr) == "Error: Failed to write flamegraph: No stack counts found"
     assert _error_line(b"only this\n") == "only this" and _error_line(None) == ""
+
+
+# -- 5. phases the timeout leaves out ----------------------------------------------------------
+
+class FakeSystem:
+    """Stands in for a Fleet: nothing to start, every task done at once."""
+
+    kind = "miyaq"
+    endpoint = "tcp://127.0.0.1:9"
+
+    def __init__(self, records_dir: str, unfinished: tuple[int, int] | None = (0, 0),
+                 exited: str | None = None) -> None:
+        self.records_dir = records_dir
+        self._unfinished = unfinished
+        self._exited = exited
+
+    def start(self) -> None:
+        pass
+
+    def peak_rss(self) -> int | None:
+        return None
+
+    def counters(self) -> dict[str, int]:
+        return {}
+
+    def pids(self) -> dict[str, int]:
+        return {"node": os.getpid()}
+
+    def unfinished(self) -> tuple[int, int]:
+        from miyaq.errors import Unavailable
+        if self._unfinished is None:
+            raise Unavailable("the node does not answer")
+        return self._unfinished
+
+    def check_children(self) -> None:
+        from miyaq.errors import MiyaqError
+        if self._exited:
+            raise MiyaqError(self._exited)
+
+    def stop_workers(self, grace: float = 5.0) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class FakeProducer:
+    """Stands in for the producer: each load takes ``takes`` seconds, then
+    every task it submitted is accepted and (unless ``runs`` is False) has
+    run: its record is written as a worker would."""
+
+    pid = os.getpid()
+
+    def __init__(self, records_dir: str, takes: float = 0.0, runs: bool = True) -> None:
+        self.records_dir = records_dir
+        self.takes = takes
+        self.runs = runs
+
+    def start(self, timeout: float) -> FakeProducer:
+        return self
+
+    def load(self, times_path: str, timeout: float, **cmd):
+        from miyaq.bench.records import RecordWriter
+        time.sleep(self.takes)
+        now = time.time()
+        n = cmd["tasks"]
+        if self.runs:
+            writer = RecordWriter(self.records_dir)
+            for i in range(n):
+                writer.write(f"{cmd['tag']}-{i}", now, now)
+            writer.close()
+        return {"submitted": n, "accepted": n, "first_submit": now, "acked_at": now, "errors": []}, [now] * n
+
+    def quit(self) -> None:
+        pass
+
+
+def run_fake(tmp_path, phases, *, timeout: float, idle: float = 0.0, takes: float = 0.0, runs: bool = True,
+             **system):
+    """run_system on a FakeSystem (``system``: its faults) and a FakeProducer."""
+    from miyaq.bench.measure import run_system
+    fake = FakeSystem(str(tmp_path), **system)
+    return run_system(fake, lambda s: FakeProducer(str(tmp_path), takes, runs),
+                      phases, payload=1, timeout=timeout, start_deadline=time.monotonic() + 30, idle=idle,
+                      progress_stream=None)
+
+
+def test_an_idle_measurement_longer_than_the_timeout_still_runs_the_phases(tmp_path):
+    """Fault: ``--idle`` at least ``--timeout`` (0.4 s idle, 0.2 s timeout).
+    The idle time does not count against the timeout (docs/performance.md):
+    the phase runs and is measured (before: no phase ran, and the run
+    reported no error)."""
+    from miyaq.bench.measure import Phase
+    done = run_fake(tmp_path, [Phase("bulk", "bulk", 5)], timeout=0.2, idle=0.4)
+    assert done.idle is not None and done.idle["seconds"] == 0.4
+    [m] = done.measurements
+    assert m["phase"] == "bulk" and m["completed"] == 5 and m["errors"] == [], m
+
+
+def test_a_phase_the_timeout_leaves_no_time_for_is_an_error(tmp_path):
+    """Fault: ``--confirmed``'s first phase takes the whole timeout (a load
+    of 0.3 s, a timeout of 0.2 s). The ``call`` phase is reported as not run,
+    with an error, so the bench exits 1 (before: it was left out silently)."""
+    from miyaq.bench.measure import Phase
+    from miyaq.bench.runner import BenchConfig, _result
+    done = run_fake(tmp_path, [Phase("confirmed", "confirmed", 5), Phase("call", "call", 5)],
+                    timeout=0.2, takes=0.3)
+    assert [m["phase"] for m in done.measurements] == ["confirmed", "call"]
+    confirmed, call = done.measurements
+    assert confirmed["completed"] == 5 and confirmed["errors"] == []
+    assert call["submitted"] == 0 and call["errors"] == ["not run: the --timeout of 0.2 s had passed "
+                                                         "before it could start"]
+    for m in done.measurements:
+        m.update(repeat=0)
+    result = _result(BenchConfig(confirmed=True), done.measurements, {}, {})
+    assert result["errors"] == ["miyaq call (run 1): not run: the --timeout of 0.2 s had passed before it "
+                                "could start"]

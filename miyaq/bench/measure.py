@@ -104,34 +104,41 @@ def run_system(system: System, producer_for: Callable[[System], Producer], phase
                payload: int, timeout: float, start_deadline: float, idle: float,
                progress_stream: TextIO | None,
                profile: ProfileSpec | None = None) -> SystemRun:
-    """Bring ``system`` up with its producer (by ``start_deadline``), run
-    ``phases`` (all of them within ``timeout`` seconds), read the records.
-    With ``profile``, each phase runs under py-spy (:mod:`miyaq.bench.profile`)."""
+    """Bring ``system`` up with its producer (by ``start_deadline``), measure
+    ``idle`` seconds of idle CPU, then run ``phases`` (all of them within
+    ``timeout`` seconds: the idle measurement is not part of it), read the
+    records. A phase the timeout left no time for is measured as not run,
+    with an error. With ``profile``, each phase runs under py-spy
+    (:mod:`miyaq.bench.profile`)."""
     system.start()
     producer = producer_for(system).start(max(1.0, start_deadline - time.monotonic()))
-    deadline = time.monotonic() + timeout
     pids = dict(system.pids(), producer=producer.pid)
     idle_result = measure_idle(pids, idle) if idle > 0 else None
-    runs: list[PhaseRun] = []
+    deadline = time.monotonic() + timeout
+    outcomes: list[PhaseRun | Phase] = []      # a bare Phase: not run
     for phase in phases:
         if time.monotonic() >= deadline:
-            break
+            outcomes.append(phase)
+            continue
         profilers = None
         if profile is not None:
             label = f"{profile.label}-{phase.name}"
             profilers = Profilers(profile.directory, profile.fmt, label, pids).start()
+        run: PhaseRun | None = None
         try:
-            runs.append(_run_phase(system, producer, pids, phase, deadline, payload, progress_stream))
+            run = _run_phase(system, producer, pids, phase, deadline, payload, progress_stream)
+            outcomes.append(run)
         finally:
             if profilers is not None:
                 problems = profilers.stop()
-                if runs:
-                    runs[-1].errors.extend(problems)
+                if run is not None:
+                    run.errors.extend(problems)
     peak = system.peak_rss()
     producer.quit()
     system.stop_workers()
     records = read_records(system.records_dir, "")
-    return SystemRun([measurement(system.kind, run, records) for run in runs], idle_result,
+    return SystemRun([measurement(system.kind, o, records) if isinstance(o, PhaseRun)
+                      else not_run(system.kind, o, timeout) for o in outcomes], idle_result,
                      system.endpoint, peak)
 
 
@@ -227,6 +234,20 @@ def measurement(kind: str, run: PhaseRun, records: Records) -> dict[str, Any]:
         "duplicates": duplicates,
         "cluster_events": run.counters or None,
         "errors": errors,
+    }
+
+
+def not_run(kind: str, phase: Phase, timeout: float) -> dict[str, Any]:
+    """The measurement of a phase the timeout left no time to start: nothing
+    submitted, no figure, one error (so the run does not pass for complete)."""
+    return {
+        "system": kind, "phase": phase.name, "mode": phase.mode, "rate": phase.rate,
+        "submitted": 0, "accepted": 0, "completed": 0,
+        "enqueue_seconds": 0.0, "enqueue_rate": None, "drain_seconds": 0.0, "drain_rate": None,
+        "latency": {"submit_to_start_ms": None, "submit_to_done_ms": None},
+        "cpu_seconds": {}, "cpu_us_per_task": None, "main_thread_cpu_us_per_task": None,
+        "wakeups_per_task": None, "duplicates": 0, "cluster_events": None,
+        "errors": [f"not run: the --timeout of {timeout:g} s had passed before it could start"],
     }
 
 

@@ -76,7 +76,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="each task burns MS milliseconds of CPU time (for --pool processes)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
     p.add_argument("--timeout", "-t", type=numbers.positive_seconds, default=120.0,
-                   help="limit for each system's phases in seconds, once its processes are up [default 120]")
+                   help="limit for each system's phases in seconds, once its processes are up and its "
+                        "--idle measured [default 120]; a phase it leaves no time for is an error")
     p.set_defaults(run=run)
 
 
