@@ -367,3 +367,31 @@ def test_a_phase_the_timeout_leaves_no_time_for_is_an_error(tmp_path):
     result = _result(BenchConfig(confirmed=True), done.measurements, {}, {})
     assert result["errors"] == ["miyaq call (run 1): not run: the --timeout of 0.2 s had passed before it "
                                 "could start"]
+
+
+# -- 6. a worker that dies mid-phase -----------------------------------------------------------
+
+def test_tasks_still_queued_when_a_worker_dies_are_unfinished_not_lost(tmp_path):
+    """Fault: the only worker is killed mid-phase (simulated: the system
+    says a child exited; the node still counts the 5 tasks as waiting, and
+    none ran). They are reported unfinished (before: "5 task(s) finished but
+    left no record", as if the node had run and lost them)."""
+    from miyaq.bench.measure import Phase
+    done = run_fake(tmp_path, [Phase("bulk", "bulk", 5)], timeout=10, runs=False,
+                    exited="worker-0 (pid 1) exited with status -9", unfinished=(5, 0))
+    [m] = done.measurements
+    assert m["completed"] == 0
+    assert m["errors"] == ["stopped waiting for completions: worker-0 (pid 1) exited with status -9",
+                           "5 task(s) still unfinished then"], m["errors"]
+
+
+def test_when_the_node_gives_no_count_the_missing_tasks_are_unknown(tmp_path):
+    """Fault: a child exited and the node does not answer STATUS either. The
+    tasks without a record are reported as unknown, not as run and lost."""
+    from miyaq.bench.measure import Phase
+    done = run_fake(tmp_path, [Phase("bulk", "bulk", 5)], timeout=10, runs=False,
+                    exited="node (pid 1) exited with status -9", unfinished=None)
+    [m] = done.measurements
+    assert m["errors"] == ["stopped waiting for completions: node (pid 1) exited with status -9",
+                           "5 accepted task(s) left no record; how many of them still waited is unknown "
+                           "(the node gave no count)"], m["errors"]

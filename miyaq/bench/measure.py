@@ -70,8 +70,8 @@ class PhaseRun:
     times: list[float]
     used: cpu.Reading
     observed_end: float
-    dead: int
-    unfinished: int
+    dead: int | None                  # None: unknown (the node did not answer)
+    unfinished: int | None            # the same
     errors: list[str] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)   # what the phase added to System.counters
 
@@ -176,23 +176,41 @@ def _run_phase(system: System, producer: Producer, pids: dict[str, int], phase: 
     return PhaseRun(phase, tag, answer, times, used, end, dead, live, errors, added)
 
 
-def _wait_drained(system: System, deadline: float, errors: list[str]) -> tuple[float, int, int]:
+def _wait_drained(system: System, deadline: float,
+                  errors: list[str]) -> tuple[float, int | None, int | None]:
     """Poll until no task is live, a child exits or the deadline passes.
-    Returns when that was seen, and the live and dead counts then."""
-    live = dead = 0
+    Returns when that was seen, and the live and dead counts then -- after
+    a child exited, as the node (or relay) still counts them; both None
+    when it does not answer: then nobody knows which tasks still wait."""
     while True:
         try:
             system.check_children()
-            live, dead = system.unfinished()
         except MiyaqError as err:
             errors.append(f"stopped waiting for completions: {err.message}")
-            return time.time(), live, dead
+            return (time.time(), *_unfinished_after_exit(system, errors))
+        try:
+            live, dead = system.unfinished()
+        except MiyaqError as err:
+            errors.append(f"stopped waiting for completions: no count of unfinished tasks: {err.message}")
+            return time.time(), None, None
         if live == 0:
             return time.time(), live, dead
         if time.monotonic() >= deadline:
             errors.append(f"timeout: {live} task(s) still unfinished")
             return time.time(), live, dead
         time.sleep(DRAIN_POLL)
+
+
+def _unfinished_after_exit(system: System, errors: list[str]) -> tuple[int | None, int | None]:
+    """What the node (or relay) still counts once a child exited: tasks that
+    wait are unfinished, not lost. (None, None) if it does not answer."""
+    try:
+        live, dead = system.unfinished()
+    except MiyaqError:
+        return None, None
+    if live:
+        errors.append(f"{live} task(s) still unfinished then")
+    return live, dead
 
 
 def measurement(kind: str, run: PhaseRun, records: Records) -> dict[str, Any]:
@@ -204,9 +222,15 @@ def measurement(kind: str, run: PhaseRun, records: Records) -> dict[str, Any]:
     errors = list(run.errors)
     if run.dead:
         errors.append(f"{run.dead} task(s) failed and were dead-lettered")
-    missing = accepted - matched.completed - run.dead - run.unfinished
-    if missing > 0:
-        errors.append(f"{missing} task(s) finished but left no record (did a worker exit uncleanly?)")
+    if run.dead is None or run.unfinished is None:
+        unseen = accepted - matched.completed
+        if unseen > 0:
+            errors.append(f"{unseen} accepted task(s) left no record; how many of them still waited is "
+                          f"unknown (the node gave no count)")
+    else:
+        missing = accepted - matched.completed - run.dead - run.unfinished
+        if missing > 0:
+            errors.append(f"{missing} task(s) finished but left no record (did a worker exit uncleanly?)")
     first = float(answer.get("first_submit", 0.0))
     enqueue_s = float(answer.get("acked_at", first)) - first if submitted else 0.0
     last_done = matched.last_done if matched.last_done is not None else run.observed_end
