@@ -395,3 +395,42 @@ def test_when_the_node_gives_no_count_the_missing_tasks_are_unknown(tmp_path):
     assert m["errors"] == ["stopped waiting for completions: node (pid 1) exited with status -9",
                            "5 accepted task(s) left no record; how many of them still waited is unknown "
                            "(the node gave no count)"], m["errors"]
+
+
+# -- 7. bad interpreters, payloads too large, messages naming deleted files ---------------------
+
+def test_a_directory_given_as_python_is_refused(tmp_path):
+    """Fault: ``--python /tmp`` -- a directory passes os.access(X_OK)."""
+    from miyaq.cli import bench_cmd
+    from miyaq.errors import ConfigError
+    with pytest.raises(ConfigError) as err:
+        bench_cmd.check(parse("--python", str(tmp_path)))
+    assert err.value.message == f"--python {tmp_path}: not an executable file"
+
+
+def no_zmq_python(tmp_path) -> str:
+    """An interpreter whose ``import zmq`` fails (a build without pyzmq)."""
+    shadow = tmp_path / "nozmq"
+    shadow.mkdir()
+    (shadow / "zmq.py").write_text("raise ImportError(\"No module named 'zmq'\")\n")
+    path = [str(shadow), *filter(None, [os.environ.get("PYTHONPATH")])]
+    script = tmp_path / "python"
+    script.write_text(f"#!/bin/sh\nPYTHONPATH='{os.pathsep.join(path)}' exec '{sys.executable}' \"$@\"\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+@pytest.mark.parametrize("fault", ["/bin/false", "a python without zmq"])
+def test_a_compare_python_that_cannot_run_the_bench_is_refused_before_the_run(tmp_path, fault):
+    """Fault: ``--compare-python`` (or ``--python``) is /bin/false, or a
+    python without pyzmq. The option check runs it first and refuses it
+    (exit 2) instead of finding out after the whole main run."""
+    from miyaq.cli import bench_cmd
+    from miyaq.errors import ConfigError
+    path = fault if fault.startswith("/") else no_zmq_python(tmp_path)
+    for option in ("--compare-python", "--python"):
+        with pytest.raises(ConfigError) as err:
+            bench_cmd.check(parse(option, path))
+        message = err.value.message
+        assert message.startswith(f"{option} {path}: cannot run the bench's processes"), message
+        assert ("exit status 1" if fault == "/bin/false" else "No module named 'zmq'") in message

@@ -16,16 +16,22 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from typing import IO
 
+from ..errors import ConfigError
 from . import launch
 
 logger = logging.getLogger(__name__)
 
 LOG_TAIL_LINES = 20
+#: What an interpreter given to the bench (--python, --compare-python) must import: the
+#: producer's Client and the modules the node and worker commands start from.
+INTERPRETER_PROBE = "import zmq, msgpack, gevent; from miyaq import Client; import miyaq.cli.main"
+PROBE_TIMEOUT = 60.0
 
 
 class Child:
@@ -115,6 +121,27 @@ class ProcessGroup:
         others = [c for c in self.children if c not in first]
         self.stop(first, grace)
         self.stop(others, grace)
+
+
+def check_interpreter(path: str, option: str) -> None:
+    """Run :data:`INTERPRETER_PROBE` with ``path``, from an empty directory as
+    the children run (see :meth:`ProcessGroup.start`); a ConfigError naming
+    ``option`` if it is no executable file or cannot import what they need.
+    Meant for before a run starts anything: it takes an interpreter's start."""
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        raise ConfigError(f"{option} {path}: not an executable file")
+    with tempfile.TemporaryDirectory(prefix="miyaq-bench-probe-") as cwd:
+        try:
+            proc = subprocess.run([path, "-c", INTERPRETER_PROBE], cwd=cwd, stdin=subprocess.DEVNULL,
+                                  capture_output=True, timeout=PROBE_TIMEOUT, check=False)
+        except subprocess.TimeoutExpired:
+            raise ConfigError(f"{option} {path}: did not import miyaq within {PROBE_TIMEOUT:g}s") from None
+        except OSError as exc:
+            raise ConfigError(f"{option} {path}: cannot run it: {exc.strerror}") from None
+    if proc.returncode != 0:
+        lines = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        why = lines[-1] if lines else f"exit status {proc.returncode}"
+        raise ConfigError(f"{option} {path}: cannot run the bench's processes ({INTERPRETER_PROBE!r}: {why})")
 
 
 def launcher() -> list[str]:

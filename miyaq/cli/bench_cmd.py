@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from ..errors import ConfigError
@@ -95,15 +94,16 @@ def check(args: argparse.Namespace) -> None:
         raise ConfigError("--confirmed submits one at a time; it takes no --rate")
     if args.connect and (args.cluster or args.python or args.compare_python):
         raise ConfigError("--cluster, --python and --compare-python start nodes; not with --connect")
-    for name in ("python", "compare_python"):
-        path = getattr(args, name)
-        if path and not os.access(path, os.X_OK):
-            raise ConfigError(f"--{name.replace('_', '-')} {path}: not an executable file")
     work_of(args)
     if args.delayed and (args.baseline or args.baseline_gevent or args.cluster or args.confirmed
                          or args.rate or args.connect):
         raise ConfigError("--delayed is a mode of its own: no --baseline, --baseline-gevent, --cluster, "
                           "--confirmed, --rate or --connect")
+    from ..bench.procs import check_interpreter
+    for name in ("python", "compare_python"):   # after the cheap checks: each starts an interpreter
+        path = getattr(args, name)
+        if path:
+            check_interpreter(path, f"--{name.replace('_', '-')}")
     if args.profile:   # last: it makes the directory
         from ..bench.profile import find_py_spy, prepare_directory
         find_py_spy()
