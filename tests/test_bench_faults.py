@@ -434,3 +434,56 @@ def test_a_compare_python_that_cannot_run_the_bench_is_refused_before_the_run(tm
         message = err.value.message
         assert message.startswith(f"{option} {path}: cannot run the bench's processes"), message
         assert ("exit status 1" if fault == "/bin/false" else "No module named 'zmq'") in message
+
+
+def test_a_payload_over_the_nodes_max_payload_is_refused_before_the_run():
+    """Fault: ``--payload 2147483647``: the producer would build 2 GiB for a
+    node that takes 1 MiB. The option check bounds it by the max_payload of
+    the node the bench starts, less what the task's encoding adds."""
+    from miyaq.cli import bench_cmd
+    from miyaq.errors import ConfigError
+    largest = 1048576 - 8       # a node's default max_payload, less msgpack's [[bin32], {}]
+    for payload in (2147483647, largest + 1):
+        with pytest.raises(ConfigError) as err:
+            bench_cmd.check(parse("--payload", str(payload)))
+        assert err.value.message.startswith(f"--payload {payload}: more than the bench's node takes "
+                                            f"(at most {largest}: its max_payload is 1048576 bytes")
+    bench_cmd.check(parse("--payload", str(largest)))
+    bench_cmd.check(parse("--payload", "2147483647", "--connect", "tcp://127.0.0.1:9"))   # asked once reached
+
+
+def test_the_largest_payload_allowed_is_one_the_node_takes():
+    """The bound is exact: a run at the largest payload the check lets
+    through completes every task (3 tasks of about 1 MiB)."""
+    import json
+
+    largest = 1048576 - 8
+    proc = subprocess.run(bench_argv("-n", "3", "-w", "1", "-c", "2", "--payload", str(largest), "--json",
+                                     "--timeout", "60"), capture_output=True, text=True, timeout=140, check=False)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["completed"] == 3 and result["errors"] == []
+
+
+def test_a_payload_over_a_given_nodes_max_payload_is_refused_before_workers_start():
+    """Fault: ``--connect`` to a node started with ``--max-payload 4096`` and
+    ``--payload 5000``. The bench asks the node its limits once it answers
+    and stops there: one line, exit 2 (before: every submit refused, exit 1,
+    after the workers and the producer had started)."""
+    from miyaq.testing.ports import free_port
+    port = free_port()
+    node = subprocess.Popen([sys.executable, "-m", "miyaq.cli.main", "node", "--port", str(port),
+                             "--http-port", "0", "--log-level", "WARNING", "--max-payload", "4096"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        endpoint = f"tcp://127.0.0.1:{port}"
+        proc = subprocess.run(bench_argv("-n", "10", "-w", "1", "--payload", "5000", "--connect", endpoint,
+                                         "--timeout", "30"),
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip() == (f"miyaq: error: --payload 5000: more than the node at {endpoint} takes "
+                                       f"(at most 4088: its max_payload is 4096 bytes, the task's encoding adds 8)")
+        assert node.poll() is None, "the bench must not stop a node it did not start"
+    finally:
+        node.terminate()
+        node.wait(10)

@@ -29,6 +29,7 @@ from ..testing.ports import free_port
 from . import tasks
 from .cpu import rss_bytes
 from .procs import Child, ProcessGroup, launcher
+from .producer import PAYLOAD_ENVELOPE, largest_payload
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class Fleet:
                  queue: str, records_dir: str, deadline: float, prefetch: int | None = None,
                  fsync: str | None = None, data_dir: str = "", python: str | None = None, nodes: int = 1,
                  node_args: tuple[str, ...] = (), keys: bool = False, pool: str | None = None,
-                 work: str = "") -> None:
+                 work: str = "", payload: int | None = None) -> None:
         self.procs = procs
         self.fsync = fsync
         self.data_dir = data_dir
@@ -61,6 +62,7 @@ class Fleet:
         self.prefetch = prefetch            # the workers' --prefetch (None: their default)
         self.pool = pool                    # the workers' --pool (None: their default)
         self.work = work                    # what each task does (miyaq.bench.tasks.ENV_WORK)
+        self.payload = payload              # --payload, checked against the nodes' max_payload
         self.queue = queue
         self.records_dir = records_dir
         self.deadline = deadline            # time.monotonic() value
@@ -92,6 +94,7 @@ class Fleet:
         self.client = Client(self.endpoint, submit_timeout=self._left(), request_timeout=2.0, key=key,
                              server_key=server_key)
         self._wait_for_nodes()
+        self._check_payload()
         env = dict(os.environ, **{tasks.ENV_CONNECT: self.endpoint, tasks.ENV_RECORDS: self.records_dir,
                                   tasks.ENV_WORK: self.work}, **self.key_env("worker"))
         options = ["--pool", self.pool] if self.pool else []
@@ -179,6 +182,23 @@ class Fleet:
                           f"(last: {last}); last lines of their logs:\n{tails}")
         raise Timeout(f"cannot reach a miyaq node at {self.endpoint}: no answer to STATUS within "
                       f"{limit:.1f}s (last: {last}). Is a node running there?")
+
+    def _check_payload(self) -> None:
+        """A ConfigError, before any worker or producer starts, if a node
+        takes no task of ``payload`` bytes (its RING reply's ``limits``; a
+        node that gives none is not checked). For the bench's own nodes
+        ``miyaq bench``'s option check has refused such a payload already;
+        this is for ``--connect``."""
+        assert self.client is not None
+        if self.payload is None:
+            return
+        for index, endpoint in enumerate(self.endpoints):
+            limits = self.client.request(b"RING", {}, node=index).get("limits")
+            max_payload = limits.get("max_payload") if isinstance(limits, dict) else None
+            if type(max_payload) is int and self.payload > largest_payload(max_payload):
+                raise ConfigError(f"--payload {self.payload}: more than the node at {endpoint} takes (at most "
+                                  f"{largest_payload(max_payload)}: its max_payload is {max_payload} bytes, the "
+                                  f"task's encoding adds {PAYLOAD_ENVELOPE})")
 
     def _node_ready(self, index: int) -> bool:
         assert self.client is not None

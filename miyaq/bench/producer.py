@@ -20,6 +20,14 @@ from . import agent
 from .procs import Child, ProcessGroup
 
 SLACK = 15.0     # seconds an answer may take beyond the command's own limit
+#: Bytes the producer's encoding adds to a payload of ``--payload`` bytes at
+#: most: a task's body is msgpack ``[[payload], {}]`` (a bin32 header of 5).
+PAYLOAD_ENVELOPE = 8
+
+
+def largest_payload(max_payload: int) -> int:
+    """The largest ``--payload`` a node with this ``max_payload`` takes."""
+    return max_payload - PAYLOAD_ENVELOPE
 
 
 class Producer:

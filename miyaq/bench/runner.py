@@ -95,7 +95,7 @@ def systems_of(cfg: BenchConfig) -> list[tuple[str, Maker]]:
             fleet = Fleet(procs, connect=cfg.connect, workers=cfg.workers, concurrency=cfg.concurrency,
                           prefetch=cfg.prefetch, queue=queue, records_dir=tmp, deadline=deadline,
                           fsync=cfg.fsync, data_dir=os.path.join(tmp, "node-data"), python=python, nodes=nodes,
-                          keys=keys, pool=cfg.pool, work=cfg.work)
+                          keys=keys, pool=cfg.pool, work=cfg.work, payload=cfg.payload)
             return fleet, lambda s: Producer(procs, python or sys.executable, "miyaq", s.endpoint, queue,
                                              env=fleet.key_env("producer"))
         return make

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from ..errors import ConfigError
@@ -29,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", "-n", type=numbers.positive, default=20_000,
                    help="tasks to submit per phase [default 20000]")
     p.add_argument("--payload", "-s", type=numbers.nonnegative, default=100,
-                   help="payload bytes per task [default 100]")
+                   help="payload bytes per task [default 100; at most the node's max_payload less 8, "
+                        "1048568 for the node the bench starts]")
     p.add_argument("--rate", "-r", type=numbers.real(0.0, above=True), default=None,
                    help="submit at this many tasks per second (default: as fast as possible)")
     p.add_argument("--confirmed", action="store_true",
@@ -99,6 +101,13 @@ def check(args: argparse.Namespace) -> None:
                          or args.rate or args.connect):
         raise ConfigError("--delayed is a mode of its own: no --baseline, --baseline-gevent, --cluster, "
                           "--confirmed, --rate or --connect")
+    if not args.connect:      # the bench's own nodes; a given one is asked once reached (bench.fleet)
+        from ..bench.producer import PAYLOAD_ENVELOPE, largest_payload
+        largest = largest_payload(default_max_payload())
+        if args.payload > largest:
+            raise ConfigError(f"--payload {args.payload}: more than the bench's node takes (at most {largest}: "
+                              f"its max_payload is {default_max_payload()} bytes, the task's encoding adds "
+                              f"{PAYLOAD_ENVELOPE})")
     from ..bench.procs import check_interpreter
     for name in ("python", "compare_python"):   # after the cheap checks: each starts an interpreter
         path = getattr(args, name)
@@ -108,6 +117,14 @@ def check(args: argparse.Namespace) -> None:
         from ..bench.profile import find_py_spy, prepare_directory
         find_py_spy()
         prepare_directory(args.profile)
+
+
+def default_max_payload() -> int:
+    """A node's ``max_payload`` unless configured (the bench starts its nodes so)."""
+    from ..config import NodeConfig
+    default = next(f.default for f in dataclasses.fields(NodeConfig) if f.name == "max_payload")
+    assert isinstance(default, int)
+    return default
 
 
 def work_of(args: argparse.Namespace) -> str:
