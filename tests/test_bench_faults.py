@@ -487,3 +487,28 @@ def test_a_payload_over_a_given_nodes_max_payload_is_refused_before_workers_star
     finally:
         node.terminate()
         node.wait(10)
+
+
+@pytest.mark.parametrize("output", ["", "Traceback: something broke"])
+def test_a_child_that_exits_is_described_by_its_output_not_by_a_deleted_log_file(tmp_path, output):
+    """Fault: the producer exits at once (its interpreter: a script that
+    prints ``output`` and fails). The message quotes its output and names
+    no file in the run's temporary directory: that is deleted before the
+    message prints (before: "last lines of /tmp/miyaq-bench-.../producer.log")."""
+    from miyaq.bench.procs import ProcessGroup
+    from miyaq.bench.producer import Producer
+    from miyaq.errors import MiyaqError
+    script = tmp_path / "python"
+    script.write_text(f"#!/bin/sh\necho '{output}' >&2\nexit 3\n" if output else "#!/bin/sh\nexit 3\n")
+    script.chmod(0o755)
+    run_dir = tmp_path / "miyaq-bench-run"
+    run_dir.mkdir()
+    procs = ProcessGroup(str(run_dir))
+    try:
+        with pytest.raises(MiyaqError) as err:
+            Producer(procs, str(script), "miyaq", "tcp://127.0.0.1:9", "q").start(30.0)
+    finally:
+        procs.close()
+    message = err.value.message
+    assert "exited with status 3; last lines of its output:\n" in message, message
+    assert message.endswith(output or "(none)") and str(run_dir) not in message, message

@@ -65,7 +65,7 @@ class BareFleet:
             except Timeout:
                 continue
         raise Timeout(f"the bare relay did not answer before the timeout; last lines of "
-                      f"{self.relay.log_path}:\n{self.relay.log_tail()}")
+                      f"its output:\n{self.relay.log_tail()}")
 
     def _wait_for_workers(self) -> None:
         assert self.probe is not None

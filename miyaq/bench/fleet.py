@@ -177,7 +177,7 @@ class Fleet:
                 last = err.message
             time.sleep(POLL)
         if self.nodes:
-            tails = "\n".join(f"--- {n.log_path}:\n{n.log_tail()}" for n in self.nodes)
+            tails = "\n".join(f"--- {n.name}:\n{n.log_tail()}" for n in self.nodes)
             raise Timeout(f"the bench's node(s) at {self.endpoint} were not ready within {limit:.1f}s "
                           f"(last: {last}); last lines of their logs:\n{tails}")
         raise Timeout(f"cannot reach a miyaq node at {self.endpoint}: no answer to STATUS within "
@@ -222,7 +222,7 @@ class Fleet:
             if seen >= self.n_workers:
                 return
             time.sleep(POLL)
-        tails = "\n".join(f"--- {w.log_path}:\n{w.log_tail()}" for w in self.workers)
+        tails = "\n".join(f"--- {w.name}:\n{w.log_tail()}" for w in self.workers)
         raise Timeout(f"only {seen} of {self.n_workers} workers registered with {self.endpoint} "
                       f"before the timeout\n{tails}")
 

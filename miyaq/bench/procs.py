@@ -5,6 +5,11 @@ the bench, which then stops the children in order) and through
 :mod:`miyaq.bench.launch` (it dies with the bench even when the bench is
 SIGKILLed). :meth:`ProcessGroup.close` sends SIGTERM, waits a bounded
 grace, then SIGKILLs; it never raises, so it is safe on every exit path.
+
+A child's output goes to a log file in the run's temporary directory,
+removed when the run ends -- before an error message about it is printed.
+So messages quote a log's last lines (:meth:`Child.log_tail`) and name the
+child, never the file.
 :func:`sigterm_as_exit` turns SIGTERM into ``SystemExit(143)`` around a run,
 so a run stopped by SIGTERM cleans up as one stopped by Ctrl-C does.
 """
@@ -57,12 +62,12 @@ class Child:
                 fh.seek(max(0, os.path.getsize(self.log_path) - 16384))
                 text = fh.read().decode("utf-8", "replace")
         except OSError as exc:
-            return f"(log {self.log_path} unreadable: {exc})"
+            return f"({self.name}'s output unreadable: {exc.strerror})"
         return "\n".join(text.splitlines()[-lines:])
 
     def describe_exit(self) -> str:
         return (f"{self.name} (pid {self.pid}) exited with status {self.proc.returncode}; "
-                f"last lines of {self.log_path}:\n{self.log_tail()}")
+                f"last lines of its output:\n{self.log_tail() or '(none)'}")
 
     def close_log(self) -> None:
         if not self._log.closed:

@@ -82,7 +82,7 @@ class Producer:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise Timeout(f"the producer did not answer within {timeout:.0f}s; "
-                              f"last lines of {self.child.log_path}:\n{self.child.log_tail()}")
+                              f"last lines of its output:\n{self.child.log_tail()}")
             ready, _, _ = select.select([fd], [], [], min(left, 1.0))
             if not ready:
                 continue
