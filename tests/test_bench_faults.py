@@ -146,7 +146,7 @@ def test_the_clusters_zookeeper_dies_when_the_bench_is_killed(tmp_path):
 def test_a_second_interrupt_while_closing_still_stops_the_zookeeper(tmp_path):
     """Fault: a second Ctrl-C while :meth:`Fleet.close` stops the nodes
     (simulated: stopping them raises KeyboardInterrupt). The ZooKeeper is
-    stopped all the same (before: ``zookeeper.stop()`` was skipped)."""
+    killed all the same (before: ``zookeeper.stop()`` was skipped)."""
     from miyaq.bench.fleet import Fleet
     from miyaq.bench.procs import ProcessGroup
 
@@ -166,6 +166,36 @@ def test_a_second_interrupt_while_closing_still_stops_the_zookeeper(tmp_path):
         if fleet.zookeeper is not None:
             fleet.zookeeper.kill()
         stop_pid(zk)
+
+
+def test_a_second_interrupt_while_stopping_the_children_kills_them(tmp_path):
+    """Fault: a second Ctrl-C while the process group waits out a child's
+    grace (simulated: the wait raises KeyboardInterrupt; the child ignores
+    SIGTERM, as a node busy shutting down seems to). What still runs is
+    SIGKILLed before the interrupt propagates: nothing waits for the
+    bench's exit to be told to stop, and a node can no longer outlive a
+    ZooKeeper it is still leaving."""
+    from miyaq.bench.procs import ProcessGroup
+    procs = ProcessGroup(str(tmp_path))
+    child = procs.start("node", [sys.executable, "-c", "import signal, sys, time; "
+                                 "signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+                                 "time.sleep(60)"])
+    try:
+        wait_until("the child ignores SIGTERM", lambda: "ready" in child.log_tail())
+        real_wait = child.proc.wait
+        calls = []
+
+        def interrupted_wait(timeout: float | None = None) -> int:
+            calls.append(timeout)
+            if len(calls) == 1:
+                raise KeyboardInterrupt
+            return real_wait(timeout)
+        child.proc.wait = interrupted_wait   # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            procs.close(grace=30)
+        assert child.proc.poll() == -signal.SIGKILL
+    finally:
+        stop_pid(child.pid)
 
 
 # -- 3. an unusable --profile directory ------------------------------------------------------

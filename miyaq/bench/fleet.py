@@ -283,9 +283,9 @@ class Fleet:
     def close(self) -> None:
         """Close the client and stop every child, the ZooKeeper last. Never
         raises but a second KeyboardInterrupt or SystemExit (Ctrl-C, SIGTERM)
-        during it; the ZooKeeper is still stopped then (and, as every child,
-        dies with the bench through :mod:`~miyaq.bench.launch` if that is
-        interrupted too)."""
+        during it: then every child, the ZooKeeper too, is SIGKILLed before
+        it propagates (and, were that interrupted as well, each dies with the
+        bench through :mod:`~miyaq.bench.launch`)."""
         try:
             if self.client is not None:
                 try:
@@ -294,10 +294,19 @@ class Fleet:
                     logger.exception("closing the bench client failed")
                 self.client = None
             self.procs.close()
-        finally:
-            if self.zookeeper is not None:
-                try:
-                    self.zookeeper.stop()
-                except Exception:
-                    logger.exception("stopping the bench's ZooKeeper failed")
-                self.zookeeper = None
+        except BaseException:
+            self._end_zookeeper(kill=True)
+            raise
+        self._end_zookeeper(kill=False)
+
+    def _end_zookeeper(self, kill: bool) -> None:
+        if self.zookeeper is None:
+            return
+        try:
+            if kill:
+                self.zookeeper.kill()
+            else:
+                self.zookeeper.stop()
+        except Exception:
+            logger.exception("stopping the bench's ZooKeeper failed")
+        self.zookeeper = None

@@ -4,7 +4,8 @@ Every child runs in its own session (a Ctrl-C at the terminal reaches only
 the bench, which then stops the children in order) and through
 :mod:`miyaq.bench.launch` (it dies with the bench even when the bench is
 SIGKILLed). :meth:`ProcessGroup.close` sends SIGTERM, waits a bounded
-grace, then SIGKILLs; it never raises, so it is safe on every exit path.
+grace, then SIGKILLs; it never raises, so it is safe on every exit path
+(but for a second interrupt during it: then it SIGKILLs at once).
 
 A child's output goes to a log file in the run's temporary directory,
 removed when the run ends -- before an error message about it is printed.
@@ -121,11 +122,29 @@ class ProcessGroup:
 
     def close(self, grace: float = 5.0) -> None:
         """Stop every child still running: the producer and the workers first
-        (they drain and say BYE), then the rest (the nodes, the relay)."""
+        (they drain and say BYE), then the rest (the nodes, the relay).
+        Interrupted itself (a second Ctrl-C, a SIGTERM: KeyboardInterrupt or
+        SystemExit), it SIGKILLs what still runs and lets that propagate:
+        whoever asked twice gets no more grace."""
         first = [c for c in self.children if c.name.startswith(("worker", "producer"))]
         others = [c for c in self.children if c not in first]
-        self.stop(first, grace)
-        self.stop(others, grace)
+        try:
+            self.stop(first, grace)
+            self.stop(others, grace)
+        except BaseException:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        """SIGKILL every child still running and reap it. Never raises."""
+        for child in self.children:
+            _signal(child, signal.SIGKILL)
+        for child in self.children:
+            try:
+                child.proc.wait(5.0)
+            except subprocess.TimeoutExpired:
+                logger.error("%s (pid %d) survived SIGKILL", child.name, child.pid)
+            child.close_log()
 
 
 def check_interpreter(path: str, option: str) -> None:
