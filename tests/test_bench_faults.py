@@ -178,7 +178,7 @@ def test_a_second_interrupt_while_stopping_the_children_kills_them(tmp_path):
     from miyaq.bench.procs import ProcessGroup
     procs = ProcessGroup(str(tmp_path))
     child = procs.start("node", [sys.executable, "-c", "import signal, sys, time; "
-                                 "signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+                                 "signal.signal(signal.SIGTERM, signal.SIG_IGN); open(sys.argv[0] + '.ready', 'w').close(); "
                                  "time.sleep(60)"])
     try:
         wait_until("the child ignores SIGTERM", lambda: "ready" in child.log_tail())
@@ -237,13 +237,17 @@ def test_bench_with_a_profile_path_that_is_a_file_exits_2_at_once(tmp_path):
 
 # -- 4. py-spy that writes nothing -------------------------------------------------------------
 
+# Fake py-spys in Python, not sh: a test run by pytest-xdist inherits SIGINT
+# ignored, and a non-interactive shell can neither trap nor restore a signal
+# ignored on entry (the sh versions were killed by the SIGKILL after the wait).
 FAKE_PY_SPY = {
     # killed by the SIGINT that should stop it, before it could write (it had not attached yet)
-    "killed by SIGINT": "#!/bin/sh\nexec sleep 60\n",
+    "killed by SIGINT": ("import signal, sys, time\nsignal.signal(signal.SIGINT, signal.SIG_DFL)\n"
+                         "open(sys.argv[0] + '.ready', 'w').close()\ntime.sleep(60)\n"),
     # stops cleanly on SIGINT, but took no sample: an empty file
-    "no sample": ('#!/bin/sh\nwhile [ "$1" != --output ]; do shift; done\nout=$2\n'
-                  'sleep 60 </dev/null >/dev/null 2>&1 &\n'
-                  'trap \': > "$out"; kill $!; exit 0\' INT\nwait\n'),
+    "no sample": ("import signal, sys, time\nout = sys.argv[sys.argv.index('--output') + 1]\n"
+                  "def stop(*_):\n    open(out, 'w').close()\n    sys.exit(0)\n"
+                  "signal.signal(signal.SIGINT, stop)\nopen(sys.argv[0] + '.ready', 'w').close()\ntime.sleep(60)\n"),
 }
 
 
@@ -255,7 +259,7 @@ def test_a_profile_py_spy_did_not_write_is_an_error(tmp_path, monkeypatch, fault
     none was, and the run said "errors none")."""
     from miyaq.bench import profile
     fake = tmp_path / "py-spy"
-    fake.write_text(FAKE_PY_SPY[fault])
+    fake.write_text(f"#!{sys.executable}\n{FAKE_PY_SPY[fault]}")
     fake.chmod(0o755)
     monkeypatch.setattr(profile, "find_py_spy", lambda: str(fake))
     out = tmp_path / "prof"
@@ -263,7 +267,9 @@ def test_a_profile_py_spy_did_not_write_is_an_error(tmp_path, monkeypatch, fault
     (out / "miyaq-bulk-worker-0.txt").write_text("an earlier run's stack 3\n")
     profilers = profile.Profilers(str(out), "raw", "miyaq-bulk", {"worker-0": os.getpid()}).start()
     try:
-        time.sleep(0.3)        # the shell has set its trap
+        deadline = time.monotonic() + 60
+        while not os.path.exists(f"{fake}.ready") and time.monotonic() < deadline:
+            time.sleep(0.02)   # until the fake has set its SIGINT handling
         problems = profilers.stop()
     finally:
         for _, proc in profilers.procs:
