@@ -178,7 +178,7 @@ def test_a_second_interrupt_while_stopping_the_children_kills_them(tmp_path):
     from miyaq.bench.procs import ProcessGroup
     procs = ProcessGroup(str(tmp_path))
     child = procs.start("node", [sys.executable, "-c", "import signal, sys, time; "
-                                 "signal.signal(signal.SIGTERM, signal.SIG_IGN); open(sys.argv[0] + '.ready', 'w').close(); "
+                                 "signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
                                  "time.sleep(60)"])
     try:
         wait_until("the child ignores SIGTERM", lambda: "ready" in child.log_tail())

@@ -194,6 +194,110 @@ def test_a_submit_with_a_field_msgpack_cannot_encode_raises_at_once_and_loses_no
     assert client._io.in_flight == 0
 
 
+UNENCODABLE_ARGS = {
+    "int-past-64-bits": lambda: ([2 ** 64], None),
+    "list-that-contains-itself": lambda: (_self_containing(), None),
+    "nested-too-deep": lambda: (_nested(2000), None),
+    "object-in-kwargs": lambda: ([], {"x": object()}),
+}
+
+
+def _self_containing() -> list:
+    loop: list = []
+    loop.append(loop)
+    return [loop]
+
+
+def _nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return [value]
+
+
+@pytest.mark.parametrize("what", sorted(UNENCODABLE_ARGS))
+def test_task_arguments_msgpack_cannot_encode_are_a_type_error_before_anything_is_sent(node, what):
+    """Bad input: task arguments msgpack cannot encode -- an int past 64
+    bits, a list that contains itself, one nested 2,000 deep. The docs
+    promise TypeError; msgpack's own OverflowError and ValueError came out
+    of ``submit()`` and ``call()`` (an audit). Nothing is sent; the client works on."""
+    client = miyaq.Client(node.endpoint, request_timeout=5.0)
+    try:
+        args, kwargs = UNENCODABLE_ARGS[what]()
+        with pytest.raises(TypeError, match="msgpack cannot encode"):
+            client.submit("echo", args, kwargs)
+        with pytest.raises(TypeError, match="msgpack cannot encode"):
+            client.call("echo", args, kwargs, timeout=5)
+        assert client.status()["totals"]["live"] == 0
+    finally:
+        client.close(flush=False)
+
+
+@pytest.mark.parametrize("green", [False, True], ids=["threads", "gevent"])
+def test_a_finite_timeout_past_what_a_thread_can_wait_is_no_bound_not_an_overflow(node, green):
+    """Bad input (an audit): ``flush``, ``request`` and a handle's
+    ``wait_accepted`` given a finite timeout past ``threading.TIMEOUT_MAX``
+    (10**10 s) raised OverflowError from the wait -- neither a MiyaqError nor
+    the documented ValueError. The docs say any number of at least 0 is
+    valid: it means no bound now, as infinity."""
+    client = miyaq.Client(node.endpoint, request_timeout=5.0, green=green)
+    try:
+        handle = client.submit("echo", [1])
+        assert handle.wait_accepted(timeout=1e10)
+        client.flush(timeout=1e10)
+        assert client.request(b"STATUS", {}, timeout=1e10)["totals"]["live"] >= 0
+    finally:
+        client.close(flush=False, timeout=1e10)
+
+
+def test_a_ctrl_c_just_after_the_short_path_took_the_clients_lock_does_not_wedge_the_client(node):
+    """Fault (an audit's stress loop wedged 3 runs in 5): a KeyboardInterrupt
+    raised in a caller just after its short path took the client's lock,
+    before the ``try`` that gives it back. The lock stayed held by nobody:
+    the I/O thread waited on it for good and every later call timed out --
+    ``call()`` waited past its own timeout. Here the interrupt is raised at
+    exactly that point; the next calls answer."""
+    client = miyaq.Client(node.endpoint, request_timeout=5.0)
+    loop = client._io
+    try:
+        client.status()
+        real = loop.lock
+
+        class InterruptedAfterAcquire:
+            """The loop's lock; the first non-blocking acquire that succeeds raises KeyboardInterrupt."""
+
+            armed = True
+
+            def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+                got = real.acquire(blocking, timeout)
+                if got and not blocking and self.armed:
+                    self.armed = False
+                    raise KeyboardInterrupt
+                return got
+
+            def release(self) -> None:
+                real.release()
+
+            def __enter__(self) -> bool:
+                return real.__enter__()
+
+            def __exit__(self, *exc) -> None:
+                real.__exit__(*exc)
+
+        lock = InterruptedAfterAcquire()
+        loop.lock = lock
+        for _ in range(50):            # until a call takes the short path (the I/O thread may hold the lock)
+            try:
+                client.status()
+            except KeyboardInterrupt:
+                break
+        assert not lock.armed, "no call took the short path"
+        assert client.status()["totals"]["live"] == 0
+        assert client.submit("echo", [1], wait=True).accepted
+    finally:
+        client.close(flush=False)
+
+
 UNENCODABLE_REQUESTS = {
     "status": lambda c: c.status({1}),
     "dead": lambda c: c.dead("retry", ids={"a"}),

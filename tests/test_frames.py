@@ -44,6 +44,35 @@ def test_a_message_arrives_whole_and_in_order(ctx):
     assert dealer.recv_multipart() == [b"one frame"]
 
 
+def test_a_ctrl_c_between_two_frames_ends_the_message_so_the_next_one_stands_alone(ctx, monkeypatch):
+    """Fault (an audit, a client interrupted with Ctrl-C in a stress loop): a
+    KeyboardInterrupt raised after a message's first frames were queued and
+    before its last. The message stayed open and the socket glued the next
+    one onto it: the node got 5 frames and dropped both. Now the interrupted
+    message is ended at once (an empty last frame: the peer refuses that one)
+    and the next arrives whole."""
+    from miyaq.runtime import messages
+    router, dealer, identity = _router_and_dealer(ctx)
+    real = messages._backend_send
+    calls = []
+
+    def interrupted_third_frame(sock, frame, flags):
+        calls.append(frame)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(sock, frame, flags)
+
+    monkeypatch.setattr(messages, "_backend_send", interrupted_third_frame)
+    with pytest.raises(KeyboardInterrupt):
+        send_frames(router, [identity, b"MQ1", b"TASK", b"cut"])
+    monkeypatch.setattr(messages, "_backend_send", real)
+    send_frames(router, [identity, b"MQ1", b"TASK", b"whole"])
+    assert dealer.poll(5000)
+    assert dealer.recv_multipart() == [b"MQ1", b""]
+    assert dealer.poll(5000)
+    assert dealer.recv_multipart() == [b"MQ1", b"TASK", b"whole"]
+
+
 def test_a_message_to_a_peer_that_is_gone_raises_and_leaves_nothing_behind(ctx):
     """Fault: a ROUTER_MANDATORY send to an unknown routing id (a client that
     went away). The first frame is refused; the next message to a peer that is

@@ -12,10 +12,16 @@ threading module's.
 from __future__ import annotations
 
 import math
+import threading
 from typing import overload
 
 from ..constants import MAX_BATCH
 from ..errors import ConfigError
+
+LONGEST_WAIT = min(1e9, threading.TIMEOUT_MAX)
+"""The longest wait in seconds (31 years): a finite timeout past it means
+"no bound" (None) where that is allowed, else this."""
+
 
 
 @overload
@@ -40,6 +46,10 @@ def seconds(value: float | None, name: str, *, optional: bool = False) -> float 
         if optional:
             return None
         raise ValueError(f"{name} must be a finite number of seconds, not {value!r}")
+    if value >= LONGEST_WAIT:
+        # Past what a thread's wait takes (threading.TIMEOUT_MAX: OverflowError):
+        # no bound, as infinity, where None is allowed; else the longest wait.
+        return None if optional else LONGEST_WAIT
     return float(value)
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import select
+import threading
 from time import monotonic   # miyaq.runtime.monotonic, without importing the runtime (gevent) here
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -68,7 +69,14 @@ class ThreadedIOLoop(IOLoop):
         super().__init__(kit, endpoints, max_batch=max_batch, ack_timeout=ack_timeout,
                          max_message=max_message, security=security, endpoints_source=endpoints_source,
                          heartbeat_timeout=heartbeat_timeout)
-        self.lock = kit.lock()         # the core and the sockets (see the module's docstring)
+        # The core and the sockets (see the module's docstring). An RLock only
+        # so that a caller can tell whether it holds it (never taken twice by
+        # one thread: :meth:`_direct` refuses while this thread holds it): a
+        # KeyboardInterrupt raised just after a plain Lock's ``acquire(False)``
+        # succeeded, before the ``try`` that releases it, left the lock held by
+        # nobody, and the I/O thread and every later call waited for good.
+        self.lock = threading.RLock()
+        self._held_here: Callable[[], bool] = getattr(self.lock, "_is_owned")
         self._fds: Any = None          # the I/O thread's OS poll
         self._last_short = 0.0         # when a submit last took the short path
         self._led = False              # the last leading caller got its reply itself
@@ -149,9 +157,11 @@ class ThreadedIOLoop(IOLoop):
         waiting or unacknowledged either, once the acknowledgements that
         arrived are read. ``lone``: a submit nobody waits for, whose
         acknowledgement may wait for the next caller to read (lazy)."""
-        if not (self._armed and self.lock.acquire(False)):
+        if not self._armed or self._held_here():
             return False
         try:
+            if not self.lock.acquire(False):
+                return False
             if not self._armed or self.inbox:
                 return False
             core = self.core
@@ -180,7 +190,8 @@ class ThreadedIOLoop(IOLoop):
                 self._wake()
             return True
         finally:
-            self.lock.release()
+            if self._held_here():     # acquired, even if interrupted right after
+                self.lock.release()
 
     def _lead(self, future: Any, until: float) -> bool:
         """Read the sockets and run the core in this thread (the lock held)

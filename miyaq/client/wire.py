@@ -57,7 +57,14 @@ def submit_id(task_id: str | None) -> str:
 
 
 def pack_args(args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None) -> bytes:
-    return msgpack.packb([list(args), kwargs or {}], use_bin_type=True)
+    """A task's arguments as its payload; TypeError for arguments msgpack
+    cannot encode -- an object, an int past 64 bits, a list that contains
+    itself or nests too deep (msgpack raises OverflowError or ValueError for
+    the last three: the documented error is TypeError)."""
+    try:
+        return msgpack.packb([list(args), kwargs or {}], use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"task arguments msgpack cannot encode: {exc}") from None
 
 
 def options_wire(options: dict[str, Any]) -> dict[str, Any]:

@@ -38,11 +38,30 @@ def send_frames(sock: Any, frames: Sequence[bytes]) -> None:
     libzmq takes a multipart message whole or not at all: room is checked
     when its first frame is sent, so ``zmq.Again`` (no room, or no such
     peer on a ``ROUTER``) can only come from the first frame, and nothing of
-    the message has been queued then. ``frames`` must not be empty."""
+    the message has been queued then. ``frames`` must not be empty.
+
+    An exception raised between two frames -- a KeyboardInterrupt in the
+    thread that sends, the only kind that can come there -- would leave the
+    message open, and the socket would glue the next message onto it: the
+    peer drops both (``expected 3 frames``). So once its first frame is
+    queued the message is always ended, with an empty last frame if need be
+    (the peer refuses that one message, counted), before the exception goes on."""
     last = len(frames) - 1
-    for i in range(last):
-        _backend_send(sock, frames[i], _MORE_NOW)
-    _backend_send(sock, frames[last], _NOW)
+    if last == 0:
+        _backend_send(sock, frames[0], _NOW)
+        return
+    _backend_send(sock, frames[0], _MORE_NOW)
+    sent = 1
+    try:
+        while sent < last:
+            _backend_send(sock, frames[sent], _MORE_NOW)
+            sent += 1
+        _backend_send(sock, frames[last], _NOW)
+        sent = last + 1
+    except BaseException:
+        if sent <= last:
+            _backend_send(sock, b"", _NOW)       # close the message: the next one stands alone
+        raise
 
 
 # -- receiving --------------------------------------------------------------------------
