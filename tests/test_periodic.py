@@ -115,6 +115,43 @@ def test_schedule_table_is_bounded_and_newest_declaration_wins():
     assert table.entries["a"].schedule == new and table.declare([new], "w3", 4.0) == []
 
 
+def test_a_schedule_changed_by_a_newer_version_stays_alive_while_the_older_versions_workers_are_connected():
+    """Fault (an audit): worker A declares ``report``, worker B a changed
+    version (a deploy), then B stops (a rollback) while A stays connected.
+    The replacement dropped A from the declarers, and an hour later the
+    schedule was forgotten though A still declared it. Now the workers of
+    every version keep it alive."""
+    table = ScheduleTable(spec_ttl=3600)
+    table.declare([Schedule("report", "t", every_ms=1000)], "worker-A", 0.0)
+    table.declare([Schedule("report", "t", every_ms=2000)], "worker-B", 10.0)
+    assert table.sweep(20.0, {"worker-A"}) == []
+    assert table.sweep(3700.0, {"worker-A"}) == [] and "report" in table.entries
+    assert table.sweep(3710.0, set()) == [] and table.sweep(7400.0, set()) == ["report"]
+
+
+@pytest.mark.parametrize("new_every_ms,tick_past,tick_next", [(4000, 12, 16), (1000, 13, 14)],
+                         ids=["another-period", "shorter"])
+def test_a_changed_schedule_starts_with_its_next_tick_as_a_new_one_does(new_every_ms, tick_past, tick_next):
+    """Fault (an audit): a schedule already firing is declared again with
+    another timing (every 4 s, or every second, where it was every 10 s).
+    Its last handled tick was the older version's, so the new version's
+    tick just past fired at once -- a daily report moved to 08:00 and
+    deployed at 08:51 ran at 08:51 -- and a shorter period counted the
+    ticks between as missed. Now a changed schedule starts with its next
+    tick, as the docs promise of a new one."""
+    sched, intake = scheduler()
+    t0 = 1_700_000_000.0
+    sched._step(t0 + 1)
+    sched._step(t0 + 10.2)
+    assert intake.ids == ["periodic-m-1700000010"]
+    sched.declare([Schedule("m", "t", every_ms=new_every_ms)], "w1", t0 + 13.5)
+    sched._step(t0 + 13.6)
+    assert intake.ids == ["periodic-m-1700000010"], f"the tick at +{tick_past} s, before the change, fired"
+    sched._step(t0 + tick_next + 0.1)
+    assert intake.ids == ["periodic-m-1700000010", f"periodic-m-{1700000000 + tick_next}"]
+    assert sched.missed == 0
+
+
 # -- the scheduler, with its clock driven by hand -----------------------------------------------
 class FakeIntake:
     """Stands for the intake: records submits, answers with ``answers`` (then accepted)."""

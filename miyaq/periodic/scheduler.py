@@ -185,7 +185,7 @@ class PeriodicScheduler:
             for name, entry in list(self.specs.entries.items()):
                 if not self.leading():
                     break
-                self._consider(name, entry.schedule, now)
+                self._consider(name, entry.schedule, entry.declared, now)
         if self.shared is not None:
             self.specs.publish(self.shared)
 
@@ -213,8 +213,13 @@ class PeriodicScheduler:
             self._reload(now)
         logger.info("periodic: firing %d schedule(s) as leader (epoch %s)", len(self.specs), self.epoch)
 
-    def _consider(self, name: str, s: Schedule, now: float) -> None:
-        """Fire the schedule's latest due tick unless it was handled or is in flight."""
+    def _consider(self, name: str, s: Schedule, declared: float, now: float) -> None:
+        """Fire the schedule's latest due tick unless it was handled or is in
+        flight, or is at or before ``declared`` (when this version of the
+        schedule was first declared: a changed schedule starts with its next
+        tick, as a new one does -- the last tick handled may be the older
+        version's, and before 2026-12-05 the new version's tick just past
+        fired at once, and a shorter period counted as missed ticks)."""
         now_ms = int(now * 1000)
         if self.next_at.get(name, 0) > now_ms:
             return
@@ -229,6 +234,10 @@ class PeriodicScheduler:
                     return
             self.last[name] = stored
         done = max(self.last[name], self.sent.get(name, -1))
+        if declared <= now:           # (a declaration from a clock since set back sets no floor)
+            floor = s.latest_tick(declared)
+            if floor is not None and floor > done:
+                done = floor
         due = s.latest_tick(now)
         if due is not None and _tick_between(s, due, done):
             # The tick handled last is more than a period ahead of our clock: it

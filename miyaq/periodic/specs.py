@@ -13,8 +13,12 @@ Rules (docs/periodic.md):
   one key owns at most ``MAX_SCHEDULES_PER_KEY`` schedules. Ownership ends
   when the schedule is forgotten. Without keys (owner None) there is no
   owner: nothing proves who a worker is, so any READY may change it;
-* ``seen`` is refreshed while a declaring worker is connected; a schedule
-  not seen for ``spec_ttl`` seconds is forgotten;
+* ``seen`` is refreshed while a declaring worker is connected -- one that
+  declared an older version of the name counts too; a schedule not seen for
+  ``spec_ttl`` seconds is forgotten;
+* a version starts with its next tick: no tick at or before the moment its
+  content was first declared (``declared``) is fired
+  (:meth:`~miyaq.periodic.scheduler.PeriodicScheduler._consider`);
 * in a cluster every node writes its declarations to ZooKeeper (new or
   changed at once, ``seen`` at most every ``SPEC_REFRESH`` s) and the
   leader merges the stored ones in (:meth:`ScheduleTable.merge`).
@@ -77,9 +81,15 @@ class ScheduleTable:
         for s in schedules:
             entry = self.entries.get(s.name)
             if entry is None or entry.schedule != s:
-                if entry is not None:
-                    logger.info("periodic schedule %s changed (declared by worker %s)", s.name, wid)
+                replaced = entry
                 entry = self.entries[s.name] = Declaration(s, now, now, owner)
+                if replaced is not None:
+                    logger.info("periodic schedule %s changed (declared by worker %s)", s.name, wid)
+                    # The workers of the older version still declare the name: they
+                    # keep it alive (before 2026-12-05 they were dropped, and a
+                    # rollback's schedule was forgotten an hour after its newer
+                    # version's workers stopped, its own still connected).
+                    entry.wids = replaced.wids
                 changed.append(s.name)
             elif entry.owner is None:
                 entry.owner = owner       # declared before keys were on: the first key claims it
