@@ -45,6 +45,9 @@ class FakeConsumer:
     def abort(self, ids: list[str]) -> None:
         self.aborted.append(list(ids))
 
+    def lease_expired(self, task: Task, now: float) -> None:
+        pass
+
     def __repr__(self) -> str:
         return f"<FakeConsumer {self.name}>"
 

@@ -44,6 +44,9 @@ class Consumer:
     def abort(self, ids: list[str]) -> None:
         pass
 
+    def lease_expired(self, task: Task, now: float) -> None:
+        pass
+
 
 def durable_engine(directory: Path, config: NodeConfig, now: float) -> tuple[Engine, Persistence]:
     engine = Engine(config)

@@ -84,6 +84,13 @@ class Consumer:
     def abort(self, ids: list[str]) -> None:
         """Best effort: ask the consumer to stop these tasks."""
 
+    def lease_expired(self, task: Task, now: float) -> None:
+        """The lease of ``task`` (leased to this consumer) ran out. A consumer
+        that runs the attempt itself (the gateway's webhook lanes) stops it
+        here and may report how it ended (a FAILED through the engine); a
+        task still running after this call is taken back as lost. Runs in
+        the engine's timer loop: it must not block, nor lease tasks."""
+
 
 class WorkerConsumer(Consumer):
     """A worker process connected to the service socket (READY/HEARTBEAT)."""

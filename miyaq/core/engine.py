@@ -317,9 +317,13 @@ class Engine(ReplicaCopies):
                 if task.expires and task.expires <= now:
                     self._finish(task, EXPIRED, None, now)
             elif state == RUNNING:
-                _log.log(logging.INFO, "lease ran out", "lease of task %s ran out (attempt %d)", task.id,
-                         task.attempt)
-                self.lose(task, "lease expired", now)
+                attempt, consumer = task.attempt, task.consumer
+                if consumer is not None:
+                    consumer.lease_expired(task, now)   # it may stop the attempt and report it (a webhook)
+                if task.state == RUNNING and task.attempt == attempt:
+                    _log.log(logging.INFO, "lease ran out", "lease of task %s ran out (attempt %d)", task.id,
+                             task.attempt)
+                    self.lose(task, "lease expired", now)
         if len(self.timers) > 4 * (len(self.table.live) + 1024):
             self.timers.compact()
         return self.timers.next_due()

@@ -14,10 +14,23 @@ dispatcher decides what to lease, as the lane's free slots capped by the
 node's (:meth:`WebhookDeliverer.room`). A task takes a node-wide slot (a
 :class:`~miyaq.runtime.green.Semaphore`) when it is leased, before its
 delivery opens or reuses a connection, and gives it back when its greenlet
-ends, however it ends (an answer, a failure, a timeout, a cancel, the node
-stopping, killed before it started). While the node is full, further tasks
-stay ready in their lanes (not leased); a lane turned away then waits its
-turn and is offered the dispatcher again, in order, when a slot frees.
+ends, however it ends (an answer, a failure, a timeout, its lease running
+out, a cancel, the node stopping, killed before it started). While the
+node is full, further tasks stay ready in their lanes (not leased); a lane
+turned away then waits its turn and is offered the dispatcher again, in
+order, when a slot frees.
+
+A lane keeps its books per attempt (task id and attempt number), not per
+task: an attempt stopped at its lease's end may take a moment to end while
+the task's next attempt is already leased to the same lane, and each holds
+its own slot until its own greenlet ends.
+
+When a delivery's lease (the task's ``timeout``) runs out while its request
+is in flight (:meth:`WebhookLane.lease_expired`), the request is abandoned
+(its greenlet killed, its connection closed) and the attempt fails as a
+``Timeout``, retried with backoff like any other timeout -- not put back at
+once as ``Lost``. A task has one request in flight at a time: a later
+attempt waits for the earlier one's greenlet to end before it connects.
 
 Constraints: ``deliver`` never blocks (it only spawns); a delivery greenlet
 never raises (a bug is logged and the attempt failed retryably); cancelling
@@ -57,11 +70,12 @@ class WebhookLane(Consumer):
         super().__init__([WEBHOOK_LANE_PREFIX + queue])
         self.queue = queue
         self.deliverer = deliverer
-        self.greenlets: dict[str, Any] = {}
-        # Tasks leased to this lane whose greenlet has not ended yet: each
-        # holds one of the node's slots (True) or, only if the books were
-        # ever wrong, waits for one before it connects (False).
-        self.slots: dict[str, bool] = {}
+        # The delivery greenlets of the attempts leased to this lane: task id -> attempt -> greenlet.
+        self.greenlets: dict[str, dict[int, Any]] = {}
+        # Attempts (task id, attempt) leased to this lane whose greenlet has
+        # not ended yet: each holds one of the node's slots (True) or, only
+        # if the books were ever wrong, waits for one before it connects (False).
+        self.slots: dict[tuple[str, int], bool] = {}
 
     # A lane counts no credit: its slots and the node's say what is free, and
     # the dispatcher asks each time.
@@ -81,16 +95,29 @@ class WebhookLane(Consumer):
         deliverer = self.deliverer
         spawn = deliverer.supervisor.spawn
         for task in tasks:
-            g = self.greenlets[task.id] = spawn("webhook delivery", deliverer.run, self, task, policy=LOG)
+            key = (task.id, task.attempt)
+            g = spawn("webhook delivery", deliverer.run, self, task, policy=LOG)
+            self.greenlets.setdefault(task.id, {})[task.attempt] = g
             # A link, not a ``finally``: it also runs for a greenlet killed before it started.
-            g.rawlink(lambda _g, task_id=task.id: deliverer.ended(self, task_id))
+            g.rawlink(lambda _g, key=key: deliverer.ended(self, key))
         return True
 
     def abort(self, ids: list[str]) -> None:
+        """Kill every delivery of these tasks (but the greenlet asking, when it is one)."""
+        me = green.current()
         for task_id in ids:
-            g = self.greenlets.get(task_id)
-            if g is not None:
-                g.kill(block=False)
+            for g in list(self.greenlets.get(task_id, {}).values()):
+                if g is not me:
+                    g.kill(block=False)
+
+    def lease_expired(self, task: Task, now: float) -> None:
+        """The lease of ``task`` ran out mid-delivery: its request is abandoned
+        (the greenlet killed; its slot comes back when it ends) and the
+        attempt failed as a Timeout."""
+        g = self.greenlets.get(task.id, {}).get(task.attempt)
+        if g is not None:
+            g.kill(block=False)
+        self.deliverer.lease_ran_out(task)
 
     def __repr__(self) -> str:
         return f"<WebhookLane {self.queue} in_flight={len(self.slots)}/{self.deliverer.concurrency}>"
@@ -144,7 +171,7 @@ class WebhookDeliverer(EngineListener):
         now, before the dispatcher asks the next lane what it may take."""
         lane = task.consumer
         if isinstance(lane, WebhookLane) and lane.deliverer is self:
-            lane.slots[task.id] = bool(self.slots.acquire(blocking=False))
+            lane.slots[(task.id, task.attempt)] = bool(self.slots.acquire(blocking=False))
 
     def room(self, lane: WebhookLane) -> int:
         """How many more tasks ``lane`` may be leased now: its free slots,
@@ -169,12 +196,17 @@ class WebhookDeliverer(EngineListener):
         """Deliveries in flight on this node, over all queues (at most ``max_in_flight``)."""
         return self.max_in_flight - self.slots.counter
 
-    def ended(self, lane: WebhookLane, task_id: str) -> None:
-        """A delivery's greenlet ended (run as its link, from the hub; never
-        blocks): its slot goes back and the lanes waiting for one, this one
-        last, are offered the dispatcher again."""
-        lane.greenlets.pop(task_id, None)
-        if lane.slots.pop(task_id, False):
+    def ended(self, lane: WebhookLane, key: tuple[str, int]) -> None:
+        """The greenlet of attempt ``key`` (task id, attempt) ended (run as its
+        link, from the hub; never blocks): its slot goes back and the lanes
+        waiting for one, this one last, are offered the dispatcher again."""
+        task_id, attempt = key
+        attempts = lane.greenlets.get(task_id)
+        if attempts is not None:
+            attempts.pop(attempt, None)
+            if not attempts:
+                del lane.greenlets[task_id]
+        if lane.slots.pop(key, False):
             self.slots.release()
         if self.stopping or self.gate.holds(SHUTTING_DOWN):
             return
@@ -202,12 +234,18 @@ class WebhookDeliverer(EngineListener):
     # -- one delivery ----------------------------------------------------------------
     def run(self, lane: WebhookLane, task: Task) -> None:
         attempt = task.attempt
-        started = wall()
-        if lane.slots.get(task.id) is False:
+        key = (task.id, attempt)
+        earlier = [g for a, g in lane.greenlets.get(task.id, {}).items() if a != attempt]
+        if earlier:
+            # An earlier attempt, stopped when its lease ran out, has not ended
+            # yet: one request per task at a time.
+            green.joinall(earlier)
+        if lane.slots.get(key) is False:
             # Leased without a slot: the books were wrong. Still no connection without one.
             _log.log(logging.ERROR, "no slot", "webhook %s was leased with no delivery slot free", task.id)
             self.slots.acquire()
-            lane.slots[task.id] = True
+            lane.slots[key] = True
+        started = wall()
         try:
             if not self.allow_list.allows(task.url or ""):
                 outcome = Outcome(False, "forbidden", error={
@@ -221,6 +259,15 @@ class WebhookDeliverer(EngineListener):
                      exc_info=True)
             self.engine.fail(task.id, attempt, {"type": "InternalError", "message": "delivery failed"},
                              True, None, wall())
+
+    def lease_ran_out(self, task: Task) -> None:
+        """The lease of a delivery in flight ran out (its lane stopped the
+        request): the attempt fails as a Timeout, retried with backoff."""
+        now = wall()
+        outcome = Outcome(False, "timeout", True, error={
+            "type": "Timeout", "failed_at": now,
+            "message": f"no complete answer within {task.timeout:g}s (the task's timeout: its lease ran out)"})
+        self._report(task, task.attempt, outcome, task.lease_end - task.timeout)
 
     def _report(self, task: Task, attempt: int, outcome: Outcome, started: float) -> None:
         now = wall()
@@ -247,7 +294,8 @@ class WebhookDeliverer(EngineListener):
         self.waiting.clear()
         for lane in self.lanes.values():
             self.dispatcher.forget(lane)
-        in_flight = [g for lane in self.lanes.values() for g in lane.greenlets.values()]
+        in_flight = [g for lane in self.lanes.values() for attempts in lane.greenlets.values()
+                     for g in attempts.values()]
         green.joinall(in_flight, timeout=timeout)
         green.killall([g for g in in_flight if not g.dead], block=True, timeout=1.0)
         self.outbound.close()

