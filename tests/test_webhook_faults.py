@@ -14,6 +14,11 @@ from collections.abc import Callable, Iterator
 import pytest
 from gateway_harness import FIXTURES, Http, NodeThread, wait_for
 
+from miyaq.gateway.destinations import Destinations
+from miyaq.gateway.outbound import Outbound, Outcome
+from miyaq.store.task import Task
+from miyaq.testing.harness import in_own_hub
+
 http_node, api, make_http_node, make_web_worker = FIXTURES   # pytest finds fixtures in module globals
 
 pytestmark = pytest.mark.timeout(60)
@@ -167,6 +172,18 @@ def in_flight(node: NodeThread) -> int:
     return node.call(lambda: node.node.part("gateway").deliverer.in_flight_total())   # type: ignore[union-attr]
 
 
+def deliver_one(task: Task, timeout: float = 5.0) -> Outcome:
+    """One attempt at ``task`` through an Outbound, in a hub of its own."""
+    def run() -> Outcome:
+        outbound = Outbound(1, 5.0, Destinations("", True))
+        try:
+            return outbound.send(task, timeout)
+        finally:
+            outbound.close()
+
+    return in_own_hub(run)
+
+
 # -- 1. a lease that runs out mid-delivery -------------------------------------------------------
 
 
@@ -206,3 +223,27 @@ def test_a_lease_that_runs_out_mid_delivery_stops_its_request_and_gives_its_slot
         wait_for(lambda: in_flight(node) == 0, "the cancelled deliveries' slots to be given back")
     finally:
         api.close()
+
+
+# -- 2. an answer cut short ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [b"200 OK", b"404 Not Found"])
+def test_an_answer_cut_short_of_its_content_length_is_a_connection_error(destinations, status):
+    """Fault: the destination promises ``Content-Length: 100``, sends 3
+    bytes and closes the connection. ``http.client``'s ``read(amt)``
+    returns ``b""`` there without ``IncompleteRead``: before the fix a 200
+    cut short was a success (result ``abc``) and a 404 a final failure. An
+    answer cut short is not HTTP: retried (``ConnectionError``)."""
+    cut = destinations(lambda head: b"HTTP/1.1 " + status + b"\r\nContent-Length: 100\r\n\r\nabc", close_after=True)
+    outcome = deliver_one(Task("cut", "hooks", None, b"", url=f"{cut.url}/cut"))
+    assert (outcome.ok, outcome.kind, outcome.retryable) == (False, "connection", True), outcome
+    assert outcome.error["type"] == "ConnectionError" and "IncompleteRead" in outcome.error["message"]
+
+
+def test_an_answer_without_a_length_that_closes_its_connection_is_whole(destinations):
+    """No fault: an answer with no Content-Length ends where its connection
+    closes; that end is its end, not a cut."""
+    whole = destinations(lambda head: b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nabc", close_after=True)
+    outcome = deliver_one(Task("whole", "hooks", None, b"", url=f"{whole.url}/whole"))
+    assert (outcome.ok, outcome.kind) == (True, "2xx"), outcome

@@ -4,9 +4,12 @@ Connections come from :class:`~miyaq.gateway.connections.Connections`: one
 delivery holds one for its whole attempt, and gives it back for the next
 only if the answer was read to its end (after a timeout, a transport error,
 an answer that is not HTTP or a body past ``WEBHOOK_RESPONSE_LIMIT`` it is
-closed, so a half-read answer never reaches another delivery). A task's
-headers are checked again before each attempt (no CR, LF or other control
-character).
+closed, so a half-read answer never reaches another delivery). An answer
+whose body ends before its ``Content-Length`` (the connection closed
+mid-answer) is not HTTP: ``http.client``'s ``read(amt)`` returns ``b""``
+there without ``IncompleteRead``, so the remaining length is checked here.
+A task's headers are checked again before each attempt (no CR, LF or other
+control character).
 
 Outcome rules (docs/http.md, "Webhook delivery"): only 2xx is success; 429,
 5xx, timeouts and connection errors are retried (a ``Retry-After`` header,
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+from http.client import IncompleteRead
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -147,6 +151,8 @@ class Outbound:
             while len(body) <= WEBHOOK_RESPONSE_LIMIT:
                 chunk = response.read(WEBHOOK_RESPONSE_LIMIT + 1 - len(body))
                 if not chunk:
+                    if response.length:   # closed before its Content-Length: http.client says nothing
+                        raise IncompleteRead(bytes(body), response.length)
                     read_to_the_end = True
                     break
                 body += chunk
