@@ -247,3 +247,47 @@ def test_an_answer_without_a_length_that_closes_its_connection_is_whole(destinat
     whole = destinations(lambda head: b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nabc", close_after=True)
     outcome = deliver_one(Task("whole", "hooks", None, b"", url=f"{whole.url}/whole"))
     assert (outcome.ok, outcome.kind) == (True, "2xx"), outcome
+
+
+# -- 3. URLs -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/a b", "http://127.0.0.1:9/a\tb", "http://127.0.0.1:9/a\x7f"])
+def test_a_url_with_a_space_or_control_character_is_refused_at_enqueue(hook_api, url):
+    """Fault: a producer enqueues a URL holding a space (or a tab, a DEL).
+    Before the fix it was stored, and every attempt failed ``InvalidURL``
+    as a transport error, retried until dead (a tab ``urlsplit`` silently
+    dropped). It is refused: 400 naming the URL."""
+    status, answer, _ = hook_api.post("/queue", {"url": url})
+    assert status == 400, answer
+    assert answer["error"]["field"] == "url"
+
+
+def test_a_stored_url_with_a_space_is_dead_lettered_at_its_first_attempt():
+    """Fault: a task stored with a space in its URL (over ZeroMQ, or before
+    the enqueue check): before the fix ``http.client.InvalidURL`` (an
+    HTTPException) was taken for a transport error and retried. It can
+    never be sent: a final failure, nothing sent."""
+    outcome = deliver_one(Task("space", "hooks", None, b"", url="http://127.0.0.1:9/a b"))
+    assert (outcome.kind, outcome.retryable, outcome.error["type"]) == ("invalid", False, "InvalidURL"), outcome
+
+
+@pytest.mark.parametrize("url, sent", [
+    ("/frag#top", "/frag?user=7"),
+    ("/emptyq?", "/emptyq?user=7"),
+    ("/amp?a=1&", "/amp?a=1&user=7"),
+    ("/query?a=1#x", "/query?a=1&user=7"),
+])
+def test_get_parameters_join_the_query_before_the_fragment(make_http_node, destinations, url, sent):
+    """Fault: a GET webhook's URL ends in a fragment, or in ``?`` or ``&``.
+    Before the fix its parameters went after the ``#`` (never sent: lost),
+    or after a second ``?`` (``??user=7``). They join the query, before
+    the fragment."""
+    dest = destinations(lambda head: OK)
+    _, api = open_node(make_http_node)
+    try:
+        task_id = enqueue(api, {"url": dest.url + url, "method": "GET", "params": {"user": "7"}})
+        wait_for(lambda: task_of(api, task_id)["state"] == "done", "the delivery")
+        assert dest.heads[0].split(b"\r\n", 1)[0] == f"GET {sent} HTTP/1.1".encode()
+    finally:
+        api.close()

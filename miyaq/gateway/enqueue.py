@@ -10,12 +10,17 @@ Two body forms (docs/http.md, "Enqueue a webhook"):
   receives ``params`` as a JSON body.
 
 For GET and DELETE the parameters go to the URL's query string instead of a
-body. The answer is ``{"status": "scheduled", "id": ...}``; a bad field is a
+body: after its query (``&``-joined; a URL ending in ``?`` or ``&`` takes
+them as they are), before its fragment. A URL with a space or another
+control character is refused (400): no HTTP request can carry it.
+
+The answer is ``{"status": "scheduled", "id": ...}``; a bad field is a
 400 naming it (``task.countdown``, ``url``, ...).
 """
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -45,6 +50,8 @@ OPTIONS: dict[str, Converter | None] = {
 }
 JSON_ONLY = ("params", "headers")
 QUERY_METHODS = ("GET", "DELETE")
+#: What no request target may hold: a space, or another control character.
+_UNSENDABLE = re.compile(r"[\x00-\x20\x7f]")
 
 
 class Enqueue:
@@ -140,7 +147,7 @@ class Enqueue:
             body = b""
             pairs = params if isinstance(params, list) else list(_flat(params))
             if pairs:
-                url = url + ("&" if urlsplit(url).query else "?") + urlencode(pairs)
+                url = with_query(url, urlencode(pairs))
         elif is_json:
             body = json.dumps(params, separators=(",", ":"), ensure_ascii=False).encode()
             headers.setdefault("Content-Type", "application/json")
@@ -154,7 +161,26 @@ class Enqueue:
         return wire
 
 
+def with_query(url: str, query: str) -> str:
+    """``url`` with ``query`` added to its query string: after the query it
+    has (``&``-joined unless it is empty or ends in ``&``), before its
+    fragment (the first ``#`` starts it, RFC 3986)."""
+    base, hash_mark, fragment = url.partition("#")
+    _, question_mark, existing = base.partition("?")
+    if not question_mark:
+        joined = base + "?" + query
+    elif not existing or existing.endswith("&"):
+        joined = base + query
+    else:
+        joined = base + "&" + query
+    return joined + hash_mark + fragment
+
+
 def _check_url(url: str, field: str) -> None:
+    found = _UNSENDABLE.search(url)
+    if found is not None:
+        raise InvalidField(f"field {field!r} holds {found.group()!r}: a URL may hold no space or other control "
+                           "character (percent-encode it: %20)", field=field)
     try:
         parts = urlsplit(url)
         port_ok = parts.port is None or parts.port > 0

@@ -11,6 +11,9 @@ there without ``IncompleteRead``, so the remaining length is checked here.
 A task's headers are checked again before each attempt (no CR, LF or other
 control character).
 
+A URL the HTTP client cannot send (a space or another control character:
+``http.client.InvalidURL``) fails the task at once, never retried.
+
 Outcome rules (docs/http.md, "Webhook delivery"): only 2xx is success; 429,
 5xx, timeouts and connection errors are retried (a ``Retry-After`` header,
 seconds or an HTTP date, sets the delay); every other status is final and
@@ -21,7 +24,8 @@ from __future__ import annotations
 
 import email.utils
 import logging
-from http.client import IncompleteRead
+import re
+from http.client import IncompleteRead, InvalidURL
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -54,6 +58,9 @@ MAX_INTERIM_ANSWERS = 8
 # address (a load balancer's virtual hosts) than the one the allow-list let through.
 RESERVED_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade",
                               "te", "trailer", "expect", "proxy-connection", "host"})
+#: What ``http.client`` refuses in a request target (and ``urlsplit`` would
+#: silently drop some of: tab, CR, LF).
+_UNSENDABLE_URL = re.compile(r"[\x00-\x20\x7f]")
 
 
 @dataclass
@@ -104,7 +111,12 @@ def request_target(url: str) -> tuple[tuple[str, str, int], str]:
     """``((scheme, host, port), path?query)`` of ``url``, as they go on the
     wire: a host in another script as its IDNA (punycode) name, characters
     outside ASCII in the path and query percent-encoded as UTF-8 (what is
-    already percent-encoded stays). ValueError if the URL cannot be sent."""
+    already percent-encoded stays). ValueError if the URL cannot be sent
+    (a space or another control character in it: ``urlsplit`` would drop
+    some of them, ``http.client`` refuses the others)."""
+    found = _UNSENDABLE_URL.search(url.partition("#")[0])   # the fragment is never sent
+    if found is not None:
+        raise ValueError(f"URL {url!r} holds {found.group()!r} (a space or another control character)")
     parts = urlsplit(url)
     scheme = parts.scheme
     host = parts.hostname or ""
@@ -166,6 +178,8 @@ class Outbound:
             return _failure("timeout", True, "Timeout", f"no complete answer within {timeout:g}s", now)
         except AnswerTooSlow:     # its bytes kept coming, and its deadline passed meanwhile
             return _failure("timeout", True, "Timeout", f"no complete answer within {timeout:g}s", now)
+        except InvalidURL as exc:   # an HTTPException, but no transport error: never deliverable
+            return _failure("invalid", False, "InvalidURL", str(exc), now)
         except (OSError, HTTPException) as exc:   # DNS failures included
             return _failure("connection", True, "ConnectionError", f"{exc.__class__.__name__}: {exc}", now)
         except ValueError as exc:   # a header, method or URL the HTTP client refuses: never deliverable
