@@ -14,8 +14,11 @@ from collections.abc import Callable, Iterator
 import pytest
 from gateway_harness import FIXTURES, Http, NodeThread, wait_for
 
+from miyaq.config import NodeConfig
 from miyaq.gateway.destinations import Destinations
 from miyaq.gateway.outbound import Outbound, Outcome
+from miyaq.protocol.recordspec import task_from_record
+from miyaq.store.records import task_record
 from miyaq.store.task import Task
 from miyaq.testing.harness import in_own_hub
 
@@ -289,5 +292,71 @@ def test_get_parameters_join_the_query_before_the_fragment(make_http_node, desti
         task_id = enqueue(api, {"url": dest.url + url, "method": "GET", "params": {"user": "7"}})
         wait_for(lambda: task_of(api, task_id)["state"] == "done", "the delivery")
         assert dest.heads[0].split(b"\r\n", 1)[0] == f"GET {sent} HTTP/1.1".encode()
+    finally:
+        api.close()
+
+
+# -- 4. headers named like the node's own ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["x-task-id", "X-TASK-QUEUE", "x-Task-Retry-Count"])
+def test_a_task_header_named_like_the_nodes_own_is_refused_at_submit(hook_api, name):
+    """Fault: a producer sets ``x-task-id: other`` (another case than the
+    node's ``X-Task-Id``). Before the fix both were sent, the producer's
+    first: a worker reading the first value took the producer's id for the
+    task's (and deduplicated on it). Refused: 400, field ``headers``."""
+    status, answer, _ = hook_api.post("/queue", {"url": "http://127.0.0.1:9/h", "headers": {name: "other"}})
+    assert status == 400, answer
+    assert answer["error"]["field"] == "headers" and name in answer["error"]["message"]
+
+
+def test_header_names_that_differ_only_in_case_are_refused_at_submit(hook_api):
+    """Fault: a producer names one header twice, in two cases: both would
+    be sent, and a worker would read one of them. Refused: 400."""
+    status, answer, _ = hook_api.post("/queue", {"url": "http://127.0.0.1:9/h",
+                                                 "headers": {"X-Tenant": "a", "x-tenant": "b"}})
+    assert status == 400 and answer["error"]["field"] == "headers", answer
+
+
+def test_a_stored_task_with_headers_a_new_one_may_not_have_is_still_read_back():
+    """Fault: the log (or another node, in a record) holds a task stored
+    before the submit checks grew: an ``x-task-id`` of its own, a value
+    outside Latin-1. Its record is still taken -- refusing it would drop the
+    task at the next start; its delivery sends the node's ``X-Task-Id`` or
+    dead-letters it (the two tests around this one)."""
+    task = Task("old", "hooks", None, b"", url="http://127.0.0.1:9/h")
+    task.meta = {"headers": {"x-task-id": "other", "X-Price": "5 \u20ac"}}
+    back = task_from_record(task_record(task), NodeConfig())
+    assert back.meta == task.meta
+
+
+def test_a_stored_task_header_named_like_the_nodes_own_is_not_sent(destinations):
+    """Fault: a task stored before the submit check (or by a peer) holds
+    ``x-task-id``, ``X-TASK-QUEUE`` and ``user-agent`` of its own. It is
+    delivered (nothing stored makes a request fail), with the node's
+    values only."""
+    dest = destinations(lambda head: OK)
+    task = Task("real-task", "hooks", None, b"", url=f"{dest.url}/hook")
+    task.meta = {"headers": {"x-task-id": "other", "X-TASK-QUEUE": "elsewhere", "user-agent": "me", "X-Kept": "1"}}
+    outcome = deliver_one(task)
+    assert outcome.ok, outcome
+    head = dest.heads[0].lower()
+    assert head.count(b"\r\nx-task-id: ") == 1 and b"\r\nx-task-id: real-task\r\n" in head
+    assert head.count(b"\r\nx-task-queue: ") == 1 and b"\r\nx-task-queue: hooks\r\n" in head
+    assert head.count(b"\r\nuser-agent: ") == 1 and b"\r\nuser-agent: miyaq/" in head
+    assert b"\r\nx-kept: 1\r\n" in head
+
+
+def test_a_tasks_own_content_type_in_another_case_replaces_the_nodes(make_http_node, destinations):
+    """Fault: a JSON enqueue with params names ``content-type: text/plain``.
+    Before the fix the node added its ``Content-Type: application/json``
+    next to it (two, the producer's first). The task's own is the one sent."""
+    dest = destinations(lambda head: OK)
+    _, api = open_node(make_http_node)
+    try:
+        task_id = enqueue(api, {"url": f"{dest.url}/ct", "params": {"a": 1}, "headers": {"content-type": "text/plain"}})
+        wait_for(lambda: task_of(api, task_id)["state"] == "done", "the delivery")
+        head = dest.heads[0].lower()
+        assert head.count(b"\r\ncontent-type: ") == 1 and b"\r\ncontent-type: text/plain\r\n" in head
     finally:
         api.close()

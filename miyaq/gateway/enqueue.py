@@ -14,6 +14,9 @@ body: after its query (``&``-joined; a URL ending in ``?`` or ``&`` takes
 them as they are), before its fragment. A URL with a space or another
 control character is refused (400): no HTTP request can carry it.
 
+The task's own ``Content-Type`` (any case) is kept; the node's (JSON or
+form) is added only when it has none.
+
 The answer is ``{"status": "scheduled", "id": ...}``; a bad field is a
 400 naming it (``task.countdown``, ``url``, ...).
 """
@@ -148,12 +151,14 @@ class Enqueue:
             pairs = params if isinstance(params, list) else list(_flat(params))
             if pairs:
                 url = with_query(url, urlencode(pairs))
-        elif is_json:
-            body = json.dumps(params, separators=(",", ":"), ensure_ascii=False).encode()
-            headers.setdefault("Content-Type", "application/json")
         else:
-            body = urlencode(params).encode()
-            headers.setdefault("Content-Type", FORM_TYPE)
+            if is_json:
+                body = json.dumps(params, separators=(",", ":"), ensure_ascii=False).encode()
+                content_type = JSON_TYPE
+            else:
+                body, content_type = urlencode(params).encode(), FORM_TYPE
+            if not any(isinstance(name, str) and name.lower() == "content-type" for name in headers):
+                headers["Content-Type"] = content_type
         wire: dict[str, Any] = {k: v for k, v in options.items() if k != "url"}
         wire.update(id=options.get("id") or uuid.uuid4().hex, url=url, method=method, body=body)
         if headers:

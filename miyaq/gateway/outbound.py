@@ -9,7 +9,10 @@ whose body ends before its ``Content-Length`` (the connection closed
 mid-answer) is not HTTP: ``http.client``'s ``read(amt)`` returns ``b""``
 there without ``IncompleteRead``, so the remaining length is checked here.
 A task's headers are checked again before each attempt (no CR, LF or other
-control character).
+control character); a task's own header named like one the node sets
+(``X-Task-*``, ``User-Agent``; any case) is not sent, and its own
+``Content-Type`` (any case) replaces none: the node adds one only at
+enqueue, when the task has none.
 
 A URL the HTTP client cannot send (a space or another control character:
 ``http.client.InvalidURL``) fails the task at once, never retried.
@@ -39,7 +42,7 @@ from miyaq.constants import (
 from miyaq.gateway.connections import Connections, Destination
 from miyaq.gateway.destinations import Destinations
 from miyaq.gateway.errors import ForbiddenDestination
-from miyaq.protocol.headers import header_problem
+from miyaq.protocol.headers import NODE_SET, header_problem
 from miyaq.runtime import green, wall
 from miyaq.runtime.http import AnswerTooSlow, HTTPConnection, HTTPException, final_response
 from miyaq.store.task import Task
@@ -58,6 +61,12 @@ MAX_INTERIM_ANSWERS = 8
 # address (a load balancer's virtual hosts) than the one the allow-list let through.
 RESERVED_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade",
                               "te", "trailer", "expect", "proxy-connection", "host"})
+#: The headers the node sets on every delivery (compared in lower case): a
+#: task's own of these names is never sent (the X-Task-* ones are refused at an
+#: HTTP submit; one in a task stored anyway is dropped) -- a worker reading
+#: the first of two ``X-Task-Id`` would take the submitter's for the task's.
+NODE_HEADERS = NODE_SET | {"user-agent"}
+_NOT_SENT = RESERVED_HEADERS | NODE_HEADERS
 #: What ``http.client`` refuses in a request target (and ``urlsplit`` would
 #: silently drop some of: tab, CR, LF).
 _UNSENDABLE_URL = re.compile(r"[\x00-\x20\x7f]")
@@ -142,7 +151,7 @@ class Outbound:
         if key[0] not in ("http", "https") or not key[1]:
             return _failure("invalid", False, "InvalidURL", f"cannot deliver to {task.url!r}", now)
         headers = {k: v for k, v in ((task.meta or {}).get("headers") or {}).items()
-                   if k.lower() not in RESERVED_HEADERS}
+                   if not isinstance(k, str) or k.lower() not in _NOT_SENT}
         for name, value in headers.items():
             problem = header_problem(name, value)
             if problem is not None:   # stored before submits were checked, or by a peer: never sent
