@@ -360,3 +360,27 @@ def test_a_tasks_own_content_type_in_another_case_replaces_the_nodes(make_http_n
         assert head.count(b"\r\ncontent-type: ") == 1 and b"\r\ncontent-type: text/plain\r\n" in head
     finally:
         api.close()
+
+
+# -- 5. header values outside Latin-1 ------------------------------------------------------------
+
+
+def test_a_header_value_outside_latin_1_is_refused_at_submit(hook_api):
+    """Fault: a producer sets ``X-Price: 5 €``. A header is sent as Latin-1,
+    which has no €: before the fix the task was accepted and dead-lettered
+    at its first attempt (InvalidRequest). Refused at submit: 400, field
+    ``headers``, naming the header."""
+    status, answer, _ = hook_api.post("/queue", {"url": "http://127.0.0.1:9/h", "headers": {"X-Price": "5 \u20ac"}})
+    assert status == 400, answer
+    assert answer["error"]["field"] == "headers" and "X-Price" in answer["error"]["message"]
+
+
+def test_a_stored_header_value_outside_latin_1_is_an_invalid_header_before_any_byte_is_sent(destinations):
+    """Fault: such a header in a task stored before the check: the task is
+    dead-lettered as ``InvalidHeader``, and nothing reaches the destination."""
+    dest = destinations(lambda head: OK)
+    task = Task("euro", "hooks", None, b"", url=f"{dest.url}/h")
+    task.meta = {"headers": {"X-Price": "5 \u20ac"}}
+    outcome = deliver_one(task)
+    assert (outcome.kind, outcome.retryable, outcome.error["type"]) == ("invalid", False, "InvalidHeader"), outcome
+    assert dest.heads == []

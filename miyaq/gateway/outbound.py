@@ -9,10 +9,11 @@ whose body ends before its ``Content-Length`` (the connection closed
 mid-answer) is not HTTP: ``http.client``'s ``read(amt)`` returns ``b""``
 there without ``IncompleteRead``, so the remaining length is checked here.
 A task's headers are checked again before each attempt (no CR, LF or other
-control character); a task's own header named like one the node sets
-(``X-Task-*``, ``User-Agent``; any case) is not sent, and its own
-``Content-Type`` (any case) replaces none: the node adds one only at
-enqueue, when the task has none.
+control character, nothing outside Latin-1: ``send_problem``; one failing is
+dead-lettered, nothing sent); a task's own header named like
+one the node sets (``X-Task-*``, ``User-Agent``; any case) is not sent, and
+its own ``Content-Type`` (any case) replaces none: the node adds one only
+at enqueue, when the task has none.
 
 A URL the HTTP client cannot send (a space or another control character:
 ``http.client.InvalidURL``) fails the task at once, never retried.
@@ -42,7 +43,7 @@ from miyaq.constants import (
 from miyaq.gateway.connections import Connections, Destination
 from miyaq.gateway.destinations import Destinations
 from miyaq.gateway.errors import ForbiddenDestination
-from miyaq.protocol.headers import NODE_SET, header_problem
+from miyaq.protocol.headers import NODE_SET, send_problem
 from miyaq.runtime import green, wall
 from miyaq.runtime.http import AnswerTooSlow, HTTPConnection, HTTPException, final_response
 from miyaq.store.task import Task
@@ -153,7 +154,7 @@ class Outbound:
         headers = {k: v for k, v in ((task.meta or {}).get("headers") or {}).items()
                    if not isinstance(k, str) or k.lower() not in _NOT_SENT}
         for name, value in headers.items():
-            problem = header_problem(name, value)
+            problem = send_problem(name, value)
             if problem is not None:   # stored before submits were checked, or by a peer: never sent
                 return _failure("invalid", False, "InvalidHeader", problem, now)
         headers.update({"X-Task-Id": task.id, "X-Task-Queue": task.queue,

@@ -13,8 +13,9 @@ that stores the task on ``min_acks`` holders before it answers — with a
 callback as the acknowledgement's destination, exactly like a ZeroMQ SUBMIT.
 
 A new task's webhook headers are checked first as a record's are not
-(:func:`~miyaq.protocol.headers.check_new_header_fields`: none named like
-the node's ``X-Task-*``, in any case; no name twice in two cases): :class:`~miyaq.errors.InvalidField`
+(:func:`~miyaq.protocol.headers.check_new_header_fields`: sendable as they
+are, Latin-1 included; none named like the node's ``X-Task-*``, in any
+case; no name twice in two cases): :class:`~miyaq.errors.InvalidField`
 naming ``headers``, a 400. Not in the task's own validation
 (:mod:`miyaq.protocol.taskspec`), which records from the log and other
 nodes pass too: a check added there would refuse tasks stored before it.

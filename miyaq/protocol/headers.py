@@ -4,20 +4,23 @@ Two levels of check:
 
 * :func:`header_problem`, what any task may hold -- at a submit over
   ZeroMQ, in a record from the log or another node (through
-  :func:`check_header_fields`), and before each delivery: a name must be an
-  HTTP token (RFC 9110: letters, digits and ``!#$%&'*+-.^_`|~``), a value
-  may hold no control character but the tab -- above all no CR or LF,
-  which would let a submitter end the header and write headers (or a
-  whole request) of its own into the node's request to the destination.
-  It does not grow: a check added here would refuse records stored before
-  it (a task dropped from the log at the next start);
-* :func:`check_new_header_fields`, at an HTTP submit, also compares names
-  as HTTP does, without regard to case: two names that differ only in
-  case are refused, and so is a name the node sets on every delivery
-  (:data:`NODE_SET`): a worker reading the first of two ``X-Task-Id``
-  would take the submitter's value for the task's id. A task stored with
-  one anyway is still delivered: the node's own value is sent, the task's
-  is not (:mod:`miyaq.gateway.outbound`).
+  :func:`check_header_fields`): a name must be an HTTP token (RFC 9110:
+  letters, digits and ``!#$%&'*+-.^_`|~``), a value may hold no control
+  character but the tab -- above all no CR or LF, which would let a
+  submitter end the header and write headers (or a whole request) of its
+  own into the node's request to the destination. It does not grow: a
+  check added here would refuse records stored before it (a task dropped
+  from the log at the next start);
+* :func:`send_problem`, what can be sent as it is: also nothing outside
+  Latin-1 (a header is sent as Latin-1 bytes: ``€`` cannot be). Checked
+  before each delivery (a task failing it is dead-lettered before any byte
+  is sent), and at an HTTP submit by :func:`check_new_header_fields`,
+  which also compares names as HTTP does, without regard to case: two
+  names that differ only in case are refused, and so is a name the node
+  sets on every delivery (:data:`NODE_SET`): a worker reading the first of
+  two ``X-Task-Id`` would take the submitter's value for the task's id. A
+  task stored with one anyway is still delivered: the node's own value is
+  sent, the task's is not (:mod:`miyaq.gateway.outbound`).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from miyaq.errors import InvalidField
 
 _NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,256}\Z")
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_NOT_LATIN_1 = re.compile(r"[^\x00-\xff]")
 MAX_VALUE = 8192
 #: Headers the node sets on every delivery (lower case); a new task may not set its own.
 NODE_SET = frozenset({"x-task-id", "x-task-queue", "x-task-retry-count"})
@@ -48,6 +52,18 @@ def header_problem(name: Any, value: Any) -> str | None:
     return None
 
 
+def send_problem(name: Any, value: Any) -> str | None:
+    """Why ``name: value`` cannot be sent as it is, or None if it can."""
+    problem = header_problem(name, value)
+    if problem is not None:
+        return problem
+    found = _NOT_LATIN_1.search(value)
+    if found is not None:
+        return (f"webhook header {name!r} has {found.group()!r} in its value: header values are sent as "
+                "Latin-1 and cannot hold it (percent-encode it, or use RFC 8187's encoding)")
+    return None
+
+
 def check_header_fields(headers: dict[str, Any], field: str = "headers") -> dict[str, Any]:
     """``headers`` if a task may hold every one (:func:`header_problem`);
     else :class:`InvalidField` naming the header."""
@@ -59,13 +75,13 @@ def check_header_fields(headers: dict[str, Any], field: str = "headers") -> dict
 
 
 def check_new_header_fields(headers: dict[str, Any], field: str = "headers") -> dict[str, Any]:
-    """``headers`` of a new task if a task may hold every one
-    (:func:`header_problem`), none is named like one the node sets
+    """``headers`` of a new task if every one can be sent as it is
+    (:func:`send_problem`), none is named like one the node sets
     (:data:`NODE_SET`) and no two names differ only in case; else
     :class:`InvalidField` naming the header."""
     seen: dict[str, str] = {}
     for name, value in headers.items():
-        problem = header_problem(name, value)
+        problem = send_problem(name, value)
         if problem is not None:
             raise InvalidField(problem, field=field)
         lower = name.lower()
