@@ -159,9 +159,19 @@ class PullApi:
         return json_response({"ok": ok})
 
     def touch(self, request: Request) -> Response:
+        """Extend the lease of the attempt named (``attempt``, the one
+        received): ``{"ok": false}`` unless that attempt is the task's
+        current one and was leased over HTTP -- as a ZeroMQ TOUCH extends
+        only the lease of the worker the latest attempt went to, and every
+        HTTP consumer is ``http``: the attempt is what tells one from the
+        next. Without ``attempt``, the latest HTTP lease (the form before
+        2026-12-05, kept for callers that send none)."""
         task_id = check_id(request.params["id"])
-        ok = self.engine.touch(task_id, wall(), by=HTTP_PULL)
+        attempt = f.integer(request.json_object(required=False), "attempt", None, lo=0)
         task = self.engine.table.live.get(task_id)
+        if attempt is not None and (task is None or task.attempt != attempt):
+            return json_response({"ok": False})   # that attempt no longer holds the task
+        ok = self.engine.touch(task_id, wall(), by=HTTP_PULL)
         answer: dict[str, Any] = {"ok": ok}
         if ok and task is not None:
             answer["lease_end"] = task.lease_end
