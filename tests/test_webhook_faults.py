@@ -384,3 +384,26 @@ def test_a_stored_header_value_outside_latin_1_is_an_invalid_header_before_any_b
     outcome = deliver_one(task)
     assert (outcome.kind, outcome.retryable, outcome.error["type"]) == ("invalid", False, "InvalidHeader"), outcome
     assert dest.heads == []
+
+
+@pytest.mark.parametrize("url, headers, field", [
+    ("http://127.0.0.1:9/a b", None, "url"),
+    ("http://127.0.0.1:9/hook", {"X-Price": "5 \u20ac"}, "headers"),
+    ("http://127.0.0.1:9/hook", {"x-task-id": "another-task"}, "headers"),
+], ids=["url-with-a-space", "header-outside-latin-1", "header-named-like-the-nodes"])
+def test_a_webhook_the_node_could_never_send_is_refused_at_a_zeromq_submit_too(node, url, headers, field):
+    """Bad input: the same webhooks as above, submitted over ZeroMQ (the
+    Python client's ``submit_url``) rather than HTTP. The HTTP gateway
+    refused them; a ZeroMQ SUBMIT stored them, and they were dead-lettered
+    at their first attempt (or sent without the task's header). Now every
+    submit refuses them, naming the field; nothing is stored."""
+    import miyaq
+    from miyaq.errors import InvalidField
+    client = miyaq.Client(node.endpoint, request_timeout=5.0)
+    try:
+        with pytest.raises(InvalidField) as info:
+            client.submit_url(url, b"{}", headers=headers, wait=True)
+        assert info.value.details.get("field") == field
+        assert client.status()["totals"]["live"] == 0
+    finally:
+        client.close(flush=False)

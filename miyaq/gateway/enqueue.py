@@ -23,7 +23,6 @@ The answer is ``{"status": "scheduled", "id": ...}``; a bad field is a
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -31,7 +30,7 @@ from urllib.parse import urlencode, urlsplit
 
 from miyaq.errors import InvalidField
 from miyaq.protocol.commands import DUPLICATE
-from miyaq.protocol.taskspec import check_queue, task_from_wire
+from miyaq.protocol.taskspec import UNSENDABLE_IN_URL, check_queue, task_from_wire
 from miyaq.gateway import convert
 from miyaq.gateway.errors import UnsupportedMediaType
 from miyaq.gateway.submit import submit_task
@@ -53,8 +52,6 @@ OPTIONS: dict[str, Converter | None] = {
 }
 JSON_ONLY = ("params", "headers")
 QUERY_METHODS = ("GET", "DELETE")
-#: What no request target may hold: a space, or another control character.
-_UNSENDABLE = re.compile(r"[\x00-\x20\x7f]")
 
 
 class Enqueue:
@@ -182,7 +179,7 @@ def with_query(url: str, query: str) -> str:
 
 
 def _check_url(url: str, field: str) -> None:
-    found = _UNSENDABLE.search(url)
+    found = UNSENDABLE_IN_URL.search(url)
     if found is not None:
         raise InvalidField(f"field {field!r} holds {found.group()!r}: a URL may hold no space or other control "
                            "character (percent-encode it: %20)", field=field)

@@ -105,6 +105,7 @@ SCHEMAS: dict[str, Any] = {
     "Received": obj(["task"], task=nullable(ref("ReceivedTask"))),
     "AckRequest": obj(["attempt"], attempt=INT, result=ANY),
     "NackRequest": obj(["attempt"], attempt=INT, error=STR, retry=BOOL, delay=NUM),
+    "TouchRequest": obj([], attempt=INT),
     "Ok": obj(["ok"], ok=BOOL, lease_end=NUM),
     "Limits": LIMITS,
     "LimitsRequest": obj([], rate=nullable(NUM), burst=nullable(NUM), max_concurrent=nullable(INT)),

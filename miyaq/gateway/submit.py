@@ -11,14 +11,6 @@ policy permitting).
 It goes through the role's intake — in a cluster, the replicating intake
 that stores the task on ``min_acks`` holders before it answers — with a
 callback as the acknowledgement's destination, exactly like a ZeroMQ SUBMIT.
-
-A new task's webhook headers are checked first as a record's are not
-(:func:`~miyaq.protocol.headers.check_new_header_fields`: sendable as they
-are, Latin-1 included; none named like the node's ``X-Task-*``, in any
-case; no name twice in two cases): :class:`~miyaq.errors.InvalidField`
-naming ``headers``, a 400. Not in the task's own validation
-(:mod:`miyaq.protocol.taskspec`), which records from the log and other
-nodes pass too: a check added there would refuse tasks stored before it.
 """
 from __future__ import annotations
 
@@ -29,7 +21,6 @@ from miyaq.constants import HTTP_ACK_WAIT
 from miyaq.core.handles import Intake
 from miyaq.errors import Timeout, from_wire
 from miyaq.protocol.commands import REJECTED
-from miyaq.protocol.headers import check_new_header_fields
 from miyaq.runtime import green
 from miyaq.store.task import Task
 
@@ -37,9 +28,6 @@ from miyaq.store.task import Task
 
 def submit_task(intake: Intake, wake: Callable[[float], None], task: Task, now: float) -> tuple[str, Any]:
     """Store ``task`` through ``intake``; ``wake(now)`` makes the node act on it at once."""
-    headers = (task.meta or {}).get("headers")
-    if headers:
-        check_new_header_fields(headers)
     answer: green.AsyncResult = green.AsyncResult()
 
     def acknowledged(results: list[list[Any]]) -> None:

@@ -14,7 +14,7 @@ from miyaq.config import NodeConfig
 from miyaq.errors import InvalidField
 from miyaq.store.task import Spec, Task, spec_for
 from miyaq.protocol import fields as f
-from miyaq.protocol.headers import check_header_fields
+from miyaq.protocol.headers import check_header_fields, check_new_header_fields
 
 MAX_ID_CHARS = 64
 """The longest task id."""
@@ -22,6 +22,9 @@ _ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,%d}\Z" % MAX_ID_CHARS)     # \Z: "$" woul
 _QUEUE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}\Z")
 METHODS = ("POST", "PUT", "PATCH", "GET", "DELETE")
 YEAR = 365 * 86400.0
+
+#: What no request target may hold: a space, or another control character.
+UNSENDABLE_IN_URL = re.compile(r"[\x00-\x20\x7f]")
 
 
 def check_id(value: Any, field: str = "id") -> str:
@@ -96,6 +99,15 @@ def _plain_spec(queue: str, name: str, config: NodeConfig) -> Spec:
 
 def _full(d: dict[str, Any], task_id: str, queue: str, body: bytes, now: float, config: NodeConfig) -> Task:
     name, url = check_target(d)
+    if url is not None:
+        # A new webhook's URL must be one a request can carry: refused here, at
+        # every submit (ZeroMQ and HTTP); not in check_target, which records
+        # from the log pass too (one stored before is dead-lettered at its
+        # first attempt, InvalidURL).
+        found = UNSENDABLE_IN_URL.search(url)
+        if found is not None:
+            raise InvalidField(f"field 'url' holds {found.group()!r}: a URL may hold no space or other control "
+                               "character (percent-encode it: %20)", field="url")
     method = f.string(d, "method", "POST", max_len=8)
     if method not in METHODS:
         method = method.upper()
@@ -109,7 +121,10 @@ def _full(d: dict[str, Any], task_id: str, queue: str, body: bytes, now: float, 
     ttl = f.number(d, "ttl", None, lo=0.001, hi=10 * YEAR)
     meta = f.mapping(d, "headers", None)
     if meta is not None:
-        meta = {"headers": check_headers(meta)}
+        # A new task's headers must also be sendable as they are (Latin-1) and
+        # not named like the node's own: checked here, for every submit (ZeroMQ
+        # and HTTP), not in check_headers, which records from the log pass too.
+        meta = {"headers": check_new_header_fields(check_headers(meta))}
     offset = f.number(d, "offset", None, lo=0.0, hi=YEAR)
     if offset is not None:
         meta = dict(meta or {}, offset=offset)
