@@ -13,6 +13,7 @@ import sys
 import time
 
 import pytest
+from process_tree import alive, children_of
 
 from miyaq.bench.records import RecordWriter, read_records
 from miyaq.bench.stats import percentile, summarize_ms
@@ -43,31 +44,6 @@ def port_closed(endpoint: str) -> bool:
     with socket.socket() as s:
         s.settimeout(1.0)
         return s.connect_ex((host, int(port))) != 0
-
-
-def children_of(pid: int) -> list[int]:
-    """Pids whose parent is ``pid`` (Linux /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == pid:
-            found.append(int(entry))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def wait_for_children(pid: int, count: int, limit: float) -> list[int]:

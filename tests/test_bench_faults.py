@@ -15,36 +15,13 @@ import sys
 import time
 
 import pytest
+from process_tree import alive, children_of
 
 pytestmark = [pytest.mark.timeout(150), pytest.mark.loads_cpu]
 
 
 def bench_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "miyaq.cli.main", "bench", *args]
-
-
-def children_of(pid: int) -> list[int]:
-    """Pids whose parent is ``pid`` (Linux /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(int(entry))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def cmdline(pid: int) -> str:

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from process_tree import descendants_of
 
 from miyaq.devstate import STATE_FILE
 from miyaq.testing.harness import free_port, refusing_port
@@ -32,26 +33,20 @@ STOP_TIMEOUT = 90.0
 
 def descendants(root: int) -> dict[int, str]:
     """Every live process under ``root`` (children, grandchildren, ...): pid -> command line."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        # The command name is in parentheses and may hold spaces; ppid follows the state.
-        fields = stat.rsplit(")", 1)[1].split()
-        parents[int(entry)] = int(fields[1])
-    found: dict[int, str] = {}
-    frontier = [root]
-    while frontier:
-        parent = frontier.pop()
-        for pid, ppid in parents.items():
-            if ppid == parent and pid not in found:
-                found[pid] = _cmdline(pid)
-                frontier.append(pid)
-    return found
+    return {pid: _cmdline(pid) for pid in descendants_of(root)}
+
+
+def stop_and_find_nothing_left(cluster: DevClusterProc, children: dict[int, str], signum: int) -> None:
+    """Send ``signum`` to dev-cluster: it must exit 0 saying it stopped, and
+    none of ``children`` (what it started) may be left running."""
+    cluster.proc.send_signal(signum)
+    assert cluster.proc.wait(STOP_TIMEOUT) == 0, cluster.output()
+    deadline = time.monotonic() + 30
+    while left := {pid: c for pid, c in children.items() if still_running(pid, c)}:
+        if time.monotonic() >= deadline:
+            pytest.fail(f"processes left after dev-cluster stopped: {left}")
+        time.sleep(0.1)
+    assert "stopped; logs kept in" in cluster.output()
 
 
 def _cmdline(pid: int) -> str:
@@ -201,14 +196,7 @@ def test_dev_cluster_forms_a_ring_and_sigterm_stops_every_process(dev_clusters, 
         time.sleep(0.1)
     dev_clusters.seen.update(children)
 
-    cluster.proc.send_signal(signal.SIGTERM)
-    assert cluster.proc.wait(STOP_TIMEOUT) == 0, cluster.output()
-    deadline = time.monotonic() + 30
-    while left := {pid: c for pid, c in children.items() if still_running(pid, c)}:
-        if time.monotonic() >= deadline:
-            pytest.fail(f"processes left after dev-cluster stopped: {left}")
-        time.sleep(0.1)
-    assert "stopped; logs kept in" in cluster.output()
+    stop_and_find_nothing_left(cluster, children, signal.SIGTERM)
     assert (tmp_path / "logs" / "n1.log").is_file()
 
 
@@ -229,14 +217,7 @@ def test_a_hangup_stops_the_dev_cluster_and_everything_it_started(dev_clusters, 
     children = descendants(cluster.proc.pid)
     dev_clusters.seen.update(children)
 
-    cluster.proc.send_signal(signal.SIGHUP)
-    assert cluster.proc.wait(STOP_TIMEOUT) == 0, cluster.output()
-    deadline = time.monotonic() + 30
-    while left := {pid: c for pid, c in children.items() if still_running(pid, c)}:
-        if time.monotonic() >= deadline:
-            pytest.fail(f"processes left after dev-cluster stopped: {left}")
-        time.sleep(0.1)
-    assert "stopped; logs kept in" in cluster.output()
+    stop_and_find_nothing_left(cluster, children, signal.SIGHUP)
     assert not (tmp_path / STATE_FILE).exists()
 
 
@@ -274,13 +255,7 @@ def test_dev_cluster_on_a_zookeeper_ensemble(dev_clusters, tmp_path):
     children = descendants(cluster.proc.pid)
     assert sum("QuorumPeerMain" in c for c in children.values()) == 3
     dev_clusters.seen.update(children)
-    cluster.proc.send_signal(signal.SIGTERM)
-    assert cluster.proc.wait(STOP_TIMEOUT) == 0, cluster.output()
-    deadline = time.monotonic() + 30
-    while left := {pid: c for pid, c in children.items() if still_running(pid, c)}:
-        if time.monotonic() >= deadline:
-            pytest.fail(f"processes left after dev-cluster stopped: {left}")
-        time.sleep(0.1)
+    stop_and_find_nothing_left(cluster, children, signal.SIGTERM)
 
 
 def test_dev_cluster_refuses_zk_servers_with_a_given_zookeeper():

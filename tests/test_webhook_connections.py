@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from loopback_server import LoopbackServer
 from gateway_harness import read_head
 from test_http_tls import make_cert
 
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.timeout(60)
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
-class RawDestination:
+class RawDestination(LoopbackServer):
     """A loopback HTTP destination that answers the n-th request head
     (1-based, over all connections; each head is kept) with ``answer(n)`` bytes, after
     ``hold`` seconds (and closes the connection after each answer if
@@ -42,29 +43,17 @@ class RawDestination:
         self.answer = answer
         self.hold = hold
         self.close_after = close_after
-        self.lock = threading.Lock()
         self.heads: list[bytes] = []
         self.requests = 0
         self.connections = 0
         self.open = 0
         self.most_open = 0
-        self.server = socket.socket()
-        self.server.bind(("127.0.0.1", 0))
-        self.server.listen(64)
-        self.port = self.server.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            with self.lock:
-                self.connections += 1
-                self.open += 1
-                self.most_open = max(self.most_open, self.open)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+    def _accepted(self, conn: socket.socket) -> None:
+        self.connections += 1
+        self.open += 1
+        self.most_open = max(self.most_open, self.open)
 
     def _serve(self, conn: socket.socket) -> None:
         with conn:
@@ -84,9 +73,6 @@ class RawDestination:
             finally:
                 with self.lock:
                     self.open -= 1
-
-    def close(self) -> None:
-        self.server.close()
 
 
 def deliver_all(destination: RawDestination, tasks: int, pool_size: int, timeout: float,

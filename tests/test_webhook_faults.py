@@ -8,11 +8,11 @@ ports the system picks; each is closed by its fixture."""
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Callable, Iterator
 
 import pytest
 from gateway_harness import FIXTURES, Http, NodeThread, wait_for
+from loopback_server import LoopbackServer
 
 from miyaq.config import NodeConfig
 from miyaq.gateway.destinations import Destinations
@@ -49,7 +49,7 @@ def _closed(conn: socket.socket) -> bool:
         return True
 
 
-class Destination:
+class Destination(LoopbackServer):
     """A loopback HTTP destination: each request head is kept (its body read
     past) and answered with ``answer(head)``'s bytes, then the
     connection closed if ``close_after``; None answers nothing and holds the
@@ -60,31 +60,11 @@ class Destination:
     def __init__(self, answer: Answer, close_after: bool = False) -> None:
         self.answer = answer
         self.close_after = close_after
-        self.lock = threading.Lock()
         self.heads: list[bytes] = []
         self.open_by_task: dict[str, list[socket.socket]] = {}
         self.overlaps = 0
         self.held = 0
-        self.conns: list[socket.socket] = []
-        self.server = socket.socket()
-        self.server.bind(("127.0.0.1", 0))
-        self.server.listen(64)
-        self.port = self.server.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            with self.lock:
-                self.conns.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        super().__init__()
 
     def _serve(self, conn: socket.socket) -> None:
         conn.settimeout(30)
@@ -124,12 +104,6 @@ class Destination:
             return
         finally:
             conn.close()
-
-    def close(self) -> None:
-        self.server.close()
-        with self.lock:
-            for conn in self.conns:
-                conn.close()
 
 
 @pytest.fixture

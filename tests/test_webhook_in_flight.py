@@ -10,6 +10,7 @@ import socket
 import threading
 
 import pytest
+from loopback_server import LoopbackServer
 from gateway_harness import FIXTURES, Http, NodeThread, read_head, wait_for
 
 from miyaq.config import NodeConfig
@@ -22,36 +23,24 @@ pytestmark = pytest.mark.timeout(60)
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
-class BlackHole:
+class BlackHole(LoopbackServer):
     """A loopback destination that accepts connections and reads requests
     but answers none until :meth:`answer` is called (then every request held,
     and every later one, gets 200). Counts connections accepted, requests
     held unanswered now, and the most ever held at once."""
 
+    backlog = 256
+
     def __init__(self, gate: threading.Event) -> None:
         self.gate = gate
-        self.lock = threading.Lock()
         self.accepted = 0
         self.requests = 0
         self.held = 0
         self.most_held = 0
-        self.conns: list[socket.socket] = []
-        self.server = socket.socket()
-        self.server.bind(("127.0.0.1", 0))
-        self.server.listen(256)
-        self.port = self.server.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            with self.lock:
-                self.accepted += 1
-                self.conns.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+    def _accepted(self, conn: socket.socket) -> None:
+        self.accepted += 1
 
     def _serve(self, conn: socket.socket) -> None:
         try:
@@ -66,12 +55,6 @@ class BlackHole:
                 conn.sendall(OK)
         except OSError:
             return
-
-    def close(self) -> None:
-        self.server.close()
-        with self.lock:
-            for conn in self.conns:
-                conn.close()
 
 
 @pytest.fixture
