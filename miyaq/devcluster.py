@@ -213,7 +213,7 @@ class DevCluster:
                 self.zookeeper = ZooKeeperEnsemble(self.zk_servers, workdir)
             else:
                 self.zookeeper = ZooKeeperServer(workdir=workdir)
-            self.zookeeper.start()
+            self.zookeeper.start(cancelled=self._stop.is_set)
         if self._stop.is_set():
             return False
         for index, port in enumerate(port_blocks(self.base_port, self.size), 1):

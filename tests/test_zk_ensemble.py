@@ -249,3 +249,26 @@ def test_ensemble_refuses_bad_sizes_and_server_indexes(tmp_path):
     assert ensemble.running() == [] and ensemble.leader() is None and ensemble.pids == [None, None, None]
     assert len({server.port for server in ensemble.servers}) == 3
     assert ensemble.hosts == ",".join(f"127.0.0.1:{server.port}" for server in ensemble.servers)
+
+
+def test_an_ensemble_asked_to_stop_while_it_starts_waits_no_longer(tmp_path, monkeypatch):
+    """Fault: ``miyaq dev-cluster --zk-servers 3`` is interrupted (Ctrl-C)
+    while its ensemble starts. The start waited for a quorum up to its
+    timeout (60 s) before dev-cluster could stop; now every wait of the
+    start ends once it is asked to stop, and what runs is stopped by the
+    caller. Counted, not timed: the start asked to stop from the beginning
+    sleeps not once between its polls."""
+    from miyaq.testing import zk_ensemble, zookeeper
+    sleeps: list[float] = []
+    monkeypatch.setattr(zk_ensemble.time, "sleep", lambda s: sleeps.append(s))
+    monkeypatch.setattr(zookeeper.time, "sleep", lambda s: sleeps.append(s))
+    ensemble = ZooKeeperEnsemble(3, tmp_path / "zk")
+    try:
+        ensemble.start(timeout=60.0, cancelled=lambda: True)
+        assert sleeps == [] and not ensemble.running()
+        stop = iter([False, False, False, True])      # asked to stop while the first server starts
+        ensemble.start(timeout=60.0, cancelled=lambda: next(stop, True))
+        assert ensemble.running() == [0] and len(sleeps) <= 3
+    finally:
+        ensemble.close()
+    assert not ensemble.running()

@@ -131,22 +131,30 @@ class ZooKeeperEnsemble:
 
     # -- lifecycle ------------------------------------------------------------------
 
-    def start(self, i: int | None = None, timeout: float = 60.0) -> ZooKeeperEnsemble:
+    def start(self, i: int | None = None, timeout: float = 60.0, *,
+              cancelled: Callable[[], bool] = lambda: False) -> ZooKeeperEnsemble:
         """Start server ``i`` again (same ports, same data), or every server that is not running.
 
         For every server: wait until all serve under one leader. For one
         server: wait until it serves if a majority runs with it, else only
-        until its process answers (it serves once a majority is back)."""
+        until its process answers (it serves once a majority is back).
+        Every wait ends early once ``cancelled()`` (``miyaq dev-cluster``
+        asked to stop: it then stops what runs); before 2026-12-05 a Ctrl-C
+        during an ensemble's start waited up to ``timeout`` for its quorum."""
         if i is not None:
             server = self._server(i)
-            server.start(timeout, wait_serving=self.size == 1)
+            server.start(timeout, wait_serving=self.size == 1, cancelled=cancelled)
             if len(self.running()) >= self.majority:
-                self._wait(server.serving, timeout, f"server {i} to serve")
+                self._wait(server.serving, timeout, f"server {i} to serve", cancelled)
             return self
         for server in self.servers:
+            if cancelled():
+                return self
             if not server.running:
-                server.start(timeout, wait_serving=self.size == 1)
-        self.wait_for_quorum(timeout, everyone=True)
+                server.start(timeout, wait_serving=self.size == 1, cancelled=cancelled)
+        self._wait(self._quorum_of_everyone, timeout, "the ensemble to elect a leader and serve", cancelled)
+        if cancelled():
+            return self
         logger.info("ZooKeeper ensemble of %d serving on %s (leader: server %s)", self.size, self.hosts,
                     self.leader())
         return self
@@ -163,15 +171,15 @@ class ZooKeeperEnsemble:
     def wait_for_quorum(self, timeout: float = 30.0, *, everyone: bool = False) -> int:
         """Wait until a leader serves (and, with ``everyone``, every running server);
         return the leader's index, or raise ``Timeout`` with the servers' log tails."""
-        def ready() -> bool:
-            if self.leader() is None:
-                return False
-            return not everyone or set(self.serving()) == set(self.running())
-
+        ready = self._quorum_of_everyone if everyone else (lambda: self.leader() is not None)
         self._wait(ready, timeout, "the ensemble to elect a leader and serve")
         leader = self.leader()
         assert leader is not None
         return leader
+
+    def _quorum_of_everyone(self) -> bool:
+        """A leader serves, and so does every running server."""
+        return self.leader() is not None and set(self.serving()) == set(self.running())
 
     def close(self) -> None:
         """Stop every server; remove the directory if this object made it. Never raises."""
@@ -204,9 +212,10 @@ class ZooKeeperEnsemble:
             raise ConfigError(f"no server {i!r} in an ensemble of {self.size} (0..{self.size - 1})")
         return self.servers[i]
 
-    def _wait(self, done: Callable[[], bool], timeout: float, what: str) -> None:
+    def _wait(self, done: Callable[[], bool], timeout: float, what: str,
+              cancelled: Callable[[], bool] = lambda: False) -> None:
         deadline = monotonic() + timeout
-        while not done():
+        while not done() and not cancelled():
             if monotonic() >= deadline:
                 raise Timeout(f"timed out after {timeout:g}s waiting for {what} "
                               f"(running {self.running()}, serving {self.serving()}); logs:\n{self.log_text(3000)}")

@@ -35,7 +35,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from miyaq.cluster.zk_probe import four_letter_word
 from miyaq.errors import MiyaqError, Timeout
@@ -161,10 +161,12 @@ class ZooKeeperServer:
 
     # -- lifecycle --------------------------------------------------------------
 
-    def start(self, timeout: float = 20.0, *, wait_serving: bool = True) -> ZooKeeperServer:
+    def start(self, timeout: float = 20.0, *, wait_serving: bool = True,
+              cancelled: Callable[[], bool] = lambda: False) -> ZooKeeperServer:
         """Start the server and wait until it serves clients (``wait_serving``)
         or only until its process answers ``imok`` (an ensemble member that
-        may have no quorum yet)."""
+        may have no quorum yet) -- or until ``cancelled()`` (asked to stop:
+        the process runs on, for :meth:`stop`)."""
         if self.running:
             return self
         java, classpath = find_installation(self._jar_dir, self._java)
@@ -207,6 +209,8 @@ class ZooKeeperServer:
                 )
             if self.serving() if wait_serving else self.ruok():
                 logger.info("ZooKeeper %s on %s", "ready" if wait_serving else "up", self.hosts)
+                return self
+            if cancelled():
                 return self
             if monotonic() >= deadline:
                 self.kill()
