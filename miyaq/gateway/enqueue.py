@@ -30,7 +30,7 @@ from urllib.parse import urlencode, urlsplit
 
 from miyaq.errors import InvalidField
 from miyaq.protocol.commands import DUPLICATE
-from miyaq.protocol.taskspec import UNSENDABLE_IN_URL, check_queue, task_from_wire
+from miyaq.protocol.taskspec import check_queue, check_sendable_url, task_from_wire
 from miyaq.gateway import convert
 from miyaq.gateway.errors import UnsupportedMediaType
 from miyaq.gateway.submit import submit_task
@@ -179,10 +179,7 @@ def with_query(url: str, query: str) -> str:
 
 
 def _check_url(url: str, field: str) -> None:
-    found = UNSENDABLE_IN_URL.search(url)
-    if found is not None:
-        raise InvalidField(f"field {field!r} holds {found.group()!r}: a URL may hold no space or other control "
-                           "character (percent-encode it: %20)", field=field)
+    check_sendable_url(url, field)
     try:
         parts = urlsplit(url)
         port_ok = parts.port is None or parts.port > 0

@@ -14,7 +14,7 @@ Two levels of check:
 * :func:`send_problem`, what can be sent as it is: also nothing outside
   Latin-1 (a header is sent as Latin-1 bytes: ``€`` cannot be). Checked
   before each delivery (a task failing it is dead-lettered before any byte
-  is sent), and at an HTTP submit by :func:`check_new_header_fields`,
+  is sent), and at every submit (ZeroMQ and HTTP: ``task_from_wire``) by :func:`check_new_header_fields`,
   which also compares names as HTTP does, without regard to case: two
   names that differ only in case are refused, and so is a name the node
   sets on every delivery (:data:`NODE_SET`): a worker reading the first of

@@ -24,7 +24,17 @@ METHODS = ("POST", "PUT", "PATCH", "GET", "DELETE")
 YEAR = 365 * 86400.0
 
 #: What no request target may hold: a space, or another control character.
-UNSENDABLE_IN_URL = re.compile(r"[\x00-\x20\x7f]")
+_UNSENDABLE_IN_URL = re.compile(r"[\x00-\x20\x7f]")
+
+
+def check_sendable_url(url: str, field: str = "url") -> str:
+    """``url`` if a request can carry it; else :class:`InvalidField` naming
+    ``field``: it holds a space or another control character."""
+    found = _UNSENDABLE_IN_URL.search(url)
+    if found is not None:
+        raise InvalidField(f"field {field!r} holds {found.group()!r}: a URL may hold no space or other control "
+                           "character (percent-encode it: %20)", field=field)
+    return url
 
 
 def check_id(value: Any, field: str = "id") -> str:
@@ -104,10 +114,7 @@ def _full(d: dict[str, Any], task_id: str, queue: str, body: bytes, now: float, 
         # every submit (ZeroMQ and HTTP); not in check_target, which records
         # from the log pass too (one stored before is dead-lettered at its
         # first attempt, InvalidURL).
-        found = UNSENDABLE_IN_URL.search(url)
-        if found is not None:
-            raise InvalidField(f"field 'url' holds {found.group()!r}: a URL may hold no space or other control "
-                               "character (percent-encode it: %20)", field="url")
+        check_sendable_url(url)
     method = f.string(d, "method", "POST", max_len=8)
     if method not in METHODS:
         method = method.upper()
