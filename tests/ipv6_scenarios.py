@@ -188,7 +188,7 @@ def zookeeper() -> dict[str, Any]:
                 seen["cli_ring"] = cli(["ring", "--zk", server.hosts, "--cluster", "v6", "--json"])
             seen["ring_said"] = json.loads(out.getvalue())
     finally:
-        server.stop()
+        server.close()   # stops it and removes the directory it made
     return seen
 
 
