@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Callable
 
 from miyaq.cluster.holder_events import apply_early_event
+from miyaq.cluster.peer_requests import clock_shift
 from miyaq.cluster.replicated_intake import is_resent
 from miyaq.cluster.sizes import EVENT_ALLOWANCE, outcome_size
 from miyaq.cluster.standby import describe
@@ -43,6 +44,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 _log = LogLimiter(logger)      # a full node refuses whole batches: a few lines a minute
+
+#: Where a copy's ``expires`` shifted to or before the epoch goes: still a
+#: deadline, long past (0.0 would mean "never expires").
+EXPIRED_AT_ONCE = 1.0
 
 
 
@@ -71,8 +76,10 @@ class Copies:
         stored: list[str] = []
         sent_dead: set[str] = set()     # stored records sent dead need no "dead" back
         self.lost_keys = {}             # filled by install(): id -> the task that holds its key
+        shift = clock_shift(body.get("clock"), now)
         for r in records:
-            if self.install(r, now, "handoff" if isinstance(r, dict) and "state" in r else "replicate", sender):
+            if self.install(r, now, "handoff" if isinstance(r, dict) and "state" in r else "replicate", sender,
+                            shift):
                 stored.append(r["id"])      # installed: checked, so a dict with a valid id
                 if r.get("state") == DEAD:
                     sent_dead.add(r["id"])
@@ -239,11 +246,17 @@ class Copies:
                 self.role.events.forward_finished(task_id, outcome, others)
         return list(checked)
 
-    def install(self, record: Any, now: float, source: str, sender: str) -> bool:
+    def install(self, record: Any, now: float, source: str, sender: str, shift: float = 0.0) -> bool:
         """Store (or update) this node's copy of a replicated or handed-off
         task, once it passed the checks a SUBMIT passes (``source`` and
         ``sender`` name where a refused one came from). Idempotent; never
-        resurrects a finished task."""
+        resurrects a finished task.
+
+        ``shift`` is how far this node's clock is ahead of the sender's
+        (:func:`~miyaq.cluster.peer_requests.clock_shift`): a new copy's
+        ``expires`` moves by it, so a ``ttl`` counts from the acceptance on
+        this node's clock too -- a copy made through a node whose clock is
+        behind does not expire unrun (nor live longer through one ahead)."""
         role = self.role
         try:
             task = task_from_record(record, role.config)
@@ -286,12 +299,14 @@ class Copies:
         if table.tombstone(task.id) is not None:
             return True
         task.holders = tuple(holders)
+        if task.expires:
+            task.expires = max(task.expires + shift, EXPIRED_AT_ONCE)
         state = task.state
         task.state = SCHEDULED
         senders_offset = role.offset_for(task)      # the rank its record came with (0 in a REPLICATE)
         task.rank = holders.index(role.node_id)
         not_started = (source == "sync" and _not_started(state, task, record)
-                       and task.created >= role.view_since + role.config.replica_offset)
+                       and task.created + shift >= role.view_since + role.config.replica_offset)
         if not_started:
             # A SYNC answer's copy of a task no holder has started, which this
             # node lacks: its REPLICATE is most likely still on its way (the

@@ -13,15 +13,18 @@ when it sees one.
 
 Frames are the service protocol's: ``[b"MQ1", COMMAND, msgpack map]``; every
 body carries ``from`` (the sender's node id) and ``proto``, the peer protocol
-version the sender speaks (``PEER_PROTOCOL``; absent means 1). A request in a
-version this node does not speak is refused with ``bad_version`` and logged,
-never guessed at; the sender logs the refusal (docs/cluster.md, "Versions").
+version the sender speaks (``PEER_PROTOCOL``; absent means 1), and every
+request and answer ``clock``, the sender's wall clock as it sent it
+(:func:`clock_shift`: a receiver moves a copy's ``expires`` onto its own
+clock). A request in a version this node does not speak is refused with
+``bad_version`` and logged, never guessed at; the sender logs the refusal (docs/cluster.md, "Versions").
 Commands: docs/cluster.md.
 """
 from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections import Counter
 from typing import Any, Callable
 
@@ -29,7 +32,7 @@ from miyaq.cluster.transport import Body, Callback, Handler, Reply
 from miyaq.core import ignored
 from miyaq.errors import BadVersion, MiyaqError, ProtocolError, TooManyValues
 from miyaq.protocol import codec
-from miyaq.runtime import LOG, Supervisor, monotonic
+from miyaq.runtime import LOG, Supervisor, monotonic, wall
 from miyaq.security.guard import Guard
 
 logger = logging.getLogger(__name__)
@@ -43,6 +46,19 @@ PEER_REPLIES = frozenset({ANSWER})
 PEER_PROTOCOL = 1
 """The peer protocol version this node speaks (peer requests and streams)."""
 WARN_EVERY = 60.0
+
+
+def clock_shift(sender_clock: Any, now: float) -> float:
+    """How far this node's wall clock (``now``) is ahead of a peer's, from the
+    ``clock`` its message carried: ``now - sender_clock``, negative when the
+    peer's clock is ahead. It also counts the message's time on the way, so
+    a deadline moved by it ends that much later, never earlier. 0.0 when the message has no usable
+    ``clock`` (a node older than 2026-12-05, or a value that is not a finite
+    number): the times it carries are then taken as they are."""
+    if type(sender_clock) is not float and type(sender_clock) is not int:
+        return 0.0
+    shift = now - sender_clock
+    return shift if math.isfinite(shift) else 0.0
 
 
 class PeerRequests:
@@ -102,6 +118,7 @@ class PeerRequests:
         body["req"] = req
         body["from"] = self.node_id
         body["proto"] = PEER_PROTOCOL
+        body["clock"] = wall()
         if not self._send_request(node_id, codec.encode(command, body)):
             self.supervisor.spawn("peer callback", callback, None, policy=LOG)
             return False
@@ -168,6 +185,7 @@ class PeerRequests:
 
     def _answer(self, identity: Any, req: Any, answer: dict[str, Any]) -> None:
         answer["req"] = req
+        answer["clock"] = wall()
         self._send_answer(identity, codec.encode(ANSWER, answer))
 
     def later(self) -> Reply:

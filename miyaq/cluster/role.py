@@ -248,8 +248,8 @@ class ClusterRole:
         task.standby = task.rank > 0
         task.eta += self.offset_for(task)
 
-    def install(self, record: Any, now: float, source: str, sender: str) -> bool:
-        return self.copies.install(record, now, source, sender)
+    def install(self, record: Any, now: float, source: str, sender: str, shift: float = 0.0) -> bool:
+        return self.copies.install(record, now, source, sender, shift)
 
 
     def streams_ready(self) -> bool:

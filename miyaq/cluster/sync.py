@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from miyaq.cluster.peer_requests import SYNC
+from miyaq.cluster.peer_requests import SYNC, clock_shift
 from miyaq.cluster.sizes import outcome_size, record_size
 from miyaq.protocol.batching import chunks
 from miyaq.constants import RESYNC_CHUNK, RESYNC_STONES, RESYNC_TIMEOUT
@@ -161,6 +161,7 @@ class Resync:
         # A tombstone of a task we should hold but lost (e.g. restarted with an
         # empty data dir) is kept: status, result and dedup still answer here.
         role.copies.keep_outcomes(src, _items(answer.get("stones")), "sync", now, held=self._holds)
+        shift = clock_shift(answer.get("clock"), now)      # S's clock against ours, for the copies it brings
         with role.events.applying_remote():
             for record in _items(answer.get("tasks")):
                 try:
@@ -170,7 +171,7 @@ class Resync:
                     continue
                 mine = table.live.get(theirs.id) or table.dead.get(theirs.id)
                 if mine is None:
-                    role.install(record, now, "sync", src)
+                    role.install(record, now, "sync", src, shift)
                     continue
                 adopt_lessees(mine, theirs)     # a worker whose node died may report here
                 if mine.state == DEAD and theirs.state != DEAD and revivals(theirs) > revivals(mine):
