@@ -16,6 +16,7 @@ from test_console import cookie_of, csrf_of, page, post_form
 from test_gateway_admin import make_dead
 from test_http_tls import make_cert
 
+from miyaq.gateway.console import access
 from miyaq.gateway.console.render import CSP
 
 pytestmark = pytest.mark.timeout(60)
@@ -89,6 +90,34 @@ def test_signing_out_ends_every_session_of_that_token_on_the_node(anon):
     assert page(anon, "/ui", headers={"Cookie": other})[0] == 200
     again = cookie_of(sign_in(anon, ADMIN)[1])
     assert page(anon, "/ui/dead", headers={"Cookie": again})[0] == 200
+
+
+def test_signing_in_again_after_a_sign_out_works_when_the_clock_was_stepped_back(anon, monkeypatch):
+    """Fault: the node's wall clock is stepped back an hour (NTP, an
+    operator) after a token signed out. Sessions were stamped with the wall
+    clock and refused if stamped at or before the sign-out, so signing in
+    again answered with a cookie the next page refused -- for an hour, every
+    browser of that token locked out; the step also ended every session
+    open before it. Now a session is stamped after its token's last
+    sign-out, and one stamped ahead of a stepped-back clock still counts;
+    a second sign-out still ends it."""
+    offset = [0.0]
+    real = access.wall
+    monkeypatch.setattr(access, "wall", lambda: real() + offset[0])
+    before = cookie_of(sign_in(anon, PRODUCER)[1])     # another token's session, open across the step
+    first = cookie_of(sign_in(anon, ADMIN)[1])
+    status, html, _ = page(anon, "/ui/dead", headers={"Cookie": first})
+    assert status == 200
+    assert post_form(anon, "/ui/logout", {"csrf": csrf_of(html)}, first)[0] == 303
+    offset[0] = -3600.0
+    assert page(anon, "/ui", headers={"Cookie": before})[0] == 200
+    again = cookie_of(sign_in(anon, ADMIN)[1])
+    status, html, out = page(anon, "/ui/dead", headers={"Cookie": again})
+    assert status == 200, (status, out.get("location"))
+    assert post_form(anon, "/ui/logout", {"csrf": csrf_of(html)}, again)[0] == 303
+    status, _, out = page(anon, "/ui/dead", headers={"Cookie": again})
+    assert status == 303 and out["location"].startswith("/ui/login")
+    assert page(anon, "/ui/dead", headers={"Cookie": cookie_of(sign_in(anon, ADMIN)[1])})[0] == 200
 
 
 # -- fault 6: Secure cookies over HTTPS -----------------------------------------------------------------

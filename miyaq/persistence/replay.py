@@ -77,7 +77,9 @@ def replay(engine: Engine, log: AppendLog, now: float, refusals: Refusals) -> di
         elif op == "P":
             del tasks[task_id]
             stones.pop(task_id, None)
-    for task in sorted(tasks.values(), key=lambda t: t.created):
+    # In the log's order, which is the order the tasks were accepted in:
+    # ``created`` is a wall-clock stamp, which a clock step back reorders.
+    for task in tasks.values():
         engine.restore(task, now)
     kept = 0
     for r in stones.values():

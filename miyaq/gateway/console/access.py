@@ -171,8 +171,13 @@ class Sessions:
         return f"Path=/ui; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}"
 
     def _issue(self, request: Request, now: float, fingerprint: str) -> tuple[str, str]:
+        """A new session cookie, stamped after its token's last sign-out even
+        when the wall clock has been stepped back since (else the fresh
+        session would look older than the sign-out and be refused until the
+        clock caught up)."""
         nonce = secrets.token_hex(16)
-        body = f"{_ms(now)}.{nonce}.{fingerprint}"
+        issued = max(_ms(now), self._not_before.get(fingerprint, -1) + 1)
+        body = f"{issued}.{nonce}.{fingerprint}"
         value = f"{body}.{self._sign(body)}"
         return nonce, f"{self.cookie}={value}; {self._attributes(request, int(SESSION_TTL))}"
 
@@ -193,7 +198,10 @@ class Sessions:
                 return None
             if not hmac.compare_digest(sig.encode(), self._sign(body).encode()):
                 return None
-            if not 0 <= _ms(now) - int(issued) <= _ms(SESSION_TTL):
+            if not -_ms(SESSION_TTL) <= _ms(now) - int(issued) <= _ms(SESSION_TTL):
+                # Past its life; or stamped ahead of the clock by more than a
+                # life (a session issued "ahead" only after a clock step back:
+                # the cookie is signed, so no one else can date it).
                 return None
             if int(issued) <= self._not_before.get(fingerprint, -1):
                 return None    # its token signed out after it was issued
@@ -233,12 +241,14 @@ class Sessions:
         """End every session of the viewer's token on this node: those issued
         until now are refused from here on. Entries older than a session's
         life are dropped, so the table holds at most one time per token that
-        signed out within ``SESSION_TTL``."""
+        signed out within ``SESSION_TTL``. With the clock stepped back since
+        the last sign-out, the mark moves past the sessions stamped after it
+        (:meth:`_issue`), never back."""
         now = _ms(wall())
         horizon = now - _ms(SESSION_TTL)
         for fingerprint in [f for f, t in self._not_before.items() if t < horizon]:
             del self._not_before[fingerprint]
-        self._not_before[viewer.fingerprint] = now
+        self._not_before[viewer.fingerprint] = max(now, self._not_before.get(viewer.fingerprint, -1) + 1)
 
     # -- CSRF ------------------------------------------------------------------------
     def csrf_token(self, viewer: Viewer) -> str:
