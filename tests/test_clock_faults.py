@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from peer_fixtures import FakePeer, PeerDealer, ServiceDealer, clustered_node
 
-from miyaq.cluster.peer_requests import SYNC, clock_shift
+from miyaq.cluster.peer_requests import CLOCK_SLACK, SYNC, clock_shift
+from miyaq.protocol.ring import Ring
 from miyaq.store.records import task_record
 from miyaq.store.task import Task
 from miyaq.testing.harness import wait_for
@@ -68,6 +69,35 @@ def test_a_copy_accepted_through_a_node_whose_clock_is_behind_keeps_its_ttl(peer
         node.stop()
 
 
+@pytest.mark.parametrize("accepting_clock", [-SKEW, SKEW], ids=["behind", "ahead"])
+def test_a_ready_task_accepted_through_a_node_whose_clock_is_off_is_ready_at_once_on_its_first_holder(
+        peer, accepting_clock):
+    """Fault: the accepting node's clock is 30 s behind or ahead of this
+    one, the task's first holder. Its REPLICATE stamps the task's ``eta``
+    (now: a task submitted ready) on its clock. Before, the copy here was
+    due 30 s early (harmless) or 30 s late: a ready task waited half a
+    minute with idle workers -- and with a ttl under 30 s it expired unrun
+    once its deadline moved onto this clock. Now every time of the record
+    moves onto this node's clock: ready at once, the deadline ``ttl`` ahead."""
+    node = clustered_node(peer).start()
+    dealer = PeerDealer(f"tcp://127.0.0.1:{node.config.peer}")
+    service = ServiceDealer(node.endpoint)
+    try:
+        me = node.config.node_id
+        ring = Ring({me: 1, "p1": 1})
+        task_id = next(f"ready-{i}" for i in range(1000) if ring.preference_list(f"ready-{i}", 2)[0] == me)
+        record = accepted_behind(task_id, [me, "p1"], clock_behind=-accepting_clock)
+        answer = dealer.request(b"REPLICATE", {"tasks": [record], "clock": time.time() + accepting_clock})
+        assert answer["ids"] == [task_id]
+        copy = service.task(task_id)
+        assert copy["state"] == "ready", copy
+        assert time.time() < copy["expires"] <= time.time() + TTL
+    finally:
+        service.close()
+        dealer.close()
+        node.stop()
+
+
 def test_a_copy_a_resync_brings_from_a_node_whose_clock_is_behind_keeps_its_ttl(peer):
     """Fault: the copy comes in a SYNC answer (the resync a node asks for
     when it subscribes to a peer's stream) from a peer whose clock is 30 s
@@ -98,6 +128,10 @@ def test_a_peer_clock_that_is_not_a_number_moves_nothing(clock):
 
 def test_the_shift_is_this_nodes_clock_less_the_senders():
     """The shift a ``clock`` gives: positive when the sender is behind,
-    negative when it is ahead (an int is a number too)."""
+    negative when it is ahead (an int is a number too); none within
+    ``CLOCK_SLACK`` (a message's time on the way, NTP's error), so nodes
+    whose clocks agree keep a copy's times exactly as sent."""
     assert clock_shift(970.0, 1_000.0) == 30.0
     assert clock_shift(1_030, 1_000.0) == -30.0
+    assert clock_shift(1_000.0 - CLOCK_SLACK / 2, 1_000.0) == 0.0
+    assert clock_shift(1_000.0 + CLOCK_SLACK / 2, 1_000.0) == 0.0

@@ -254,9 +254,7 @@ class Copies:
 
         ``shift`` is how far this node's clock is ahead of the sender's
         (:func:`~miyaq.cluster.peer_requests.clock_shift`): a new copy's
-        ``expires`` moves by it, so a ``ttl`` counts from the acceptance on
-        this node's clock too -- a copy made through a node whose clock is
-        behind does not expire unrun (nor live longer through one ahead)."""
+        times move onto this node's clock by it (:func:`onto_this_clock`)."""
         role = self.role
         try:
             task = task_from_record(record, role.config)
@@ -299,14 +297,13 @@ class Copies:
         if table.tombstone(task.id) is not None:
             return True
         task.holders = tuple(holders)
-        if task.expires:
-            task.expires = max(task.expires + shift, EXPIRED_AT_ONCE)
+        onto_this_clock(task, shift)
         state = task.state
         task.state = SCHEDULED
         senders_offset = role.offset_for(task)      # the rank its record came with (0 in a REPLICATE)
         task.rank = holders.index(role.node_id)
         not_started = (source == "sync" and _not_started(state, task, record)
-                       and task.created + shift >= role.view_since + role.config.replica_offset)
+                       and task.created >= role.view_since + role.config.replica_offset)
         if not_started:
             # A SYNC answer's copy of a task no holder has started, which this
             # node lacks: its REPLICATE is most likely still on its way (the
@@ -364,6 +361,27 @@ class Copies:
 def _lost_key_error(key: str | None, holder: str) -> dict[str, Any]:
     return {"type": DUPLICATE_ERROR, "message": f"its key {key!r} is held by task {holder}, which its first "
                                             "holder took first", "retry": False}
+
+
+def onto_this_clock(task: Task, shift: float) -> None:
+    """Move the times of a copy's record -- stamped on its sender's wall
+    clock -- onto this node's, ``shift`` seconds ahead of the sender's:
+    ``created``, ``eta``, ``expires`` and a running task's ``lease_end``.
+    So a task accepted through a node whose clock is off is due, expires
+    and is taken over when its accepting node meant, on every holder: a
+    ready task is ready at once on its first holder, not ``-shift`` late or
+    early, and a ``ttl`` is not eaten by the skew (before 2026-12-05 a task
+    with a ttl shorter than the skew expired unrun on every holder whose
+    clock was ahead of the accepting node's). ``expires`` 0.0 (never) stays
+    0.0; one moved to or before the epoch is :data:`EXPIRED_AT_ONCE`."""
+    if not shift:
+        return
+    task.created += shift
+    task.eta += shift
+    if task.expires:
+        task.expires = max(task.expires + shift, EXPIRED_AT_ONCE)
+    if task.lease_end:
+        task.lease_end += shift
 
 
 def _not_started(state: str, task: Task, record: Mapping[str, Any]) -> bool:

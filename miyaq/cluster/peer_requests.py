@@ -15,7 +15,7 @@ Frames are the service protocol's: ``[b"MQ1", COMMAND, msgpack map]``; every
 body carries ``from`` (the sender's node id) and ``proto``, the peer protocol
 version the sender speaks (``PEER_PROTOCOL``; absent means 1), and every
 request and answer ``clock``, the sender's wall clock as it sent it
-(:func:`clock_shift`: a receiver moves a copy's ``expires`` onto its own
+(:func:`clock_shift`: a receiver moves a copy's times onto its own
 clock). A request in a version this node does not speak is refused with
 ``bad_version`` and logged, never guessed at; the sender logs the refusal (docs/cluster.md, "Versions").
 Commands: docs/cluster.md.
@@ -48,17 +48,24 @@ PEER_PROTOCOL = 1
 WARN_EVERY = 60.0
 
 
+#: Clock differences smaller than this (seconds) are taken as none: a
+#: message's time on the way and NTP's error, not a skew worth moving a
+#: copy's times for (nodes whose clocks agree keep them exactly as sent).
+CLOCK_SLACK = 0.5
+
+
 def clock_shift(sender_clock: Any, now: float) -> float:
     """How far this node's wall clock (``now``) is ahead of a peer's, from the
     ``clock`` its message carried: ``now - sender_clock``, negative when the
     peer's clock is ahead. It also counts the message's time on the way, so
-    a deadline moved by it ends that much later, never earlier. 0.0 when the message has no usable
+    a deadline moved by it ends that much later, never earlier. 0.0 when it
+    is within :data:`CLOCK_SLACK` of none, or when the message has no usable
     ``clock`` (a node older than 2026-12-05, or a value that is not a finite
     number): the times it carries are then taken as they are."""
     if type(sender_clock) is not float and type(sender_clock) is not int:
         return 0.0
     shift = now - sender_clock
-    return shift if math.isfinite(shift) else 0.0
+    return shift if math.isfinite(shift) and abs(shift) >= CLOCK_SLACK else 0.0
 
 
 class PeerRequests:

@@ -61,7 +61,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Callable
 
 from miyaq.cluster.holder_events import STARTED_ELSEWHERE
-from miyaq.cluster.peer_requests import QUERY
+from miyaq.cluster.peer_requests import QUERY, clock_shift
 from miyaq.constants import MAX_QUERY, QUERY_TIMEOUT
 from miyaq.core.listener import EngineListener
 from miyaq.errors import InvalidField
@@ -209,6 +209,7 @@ class StandbyChecker(EngineListener):
         if not isinstance(states, dict):
             states = {}
         now = wall()
+        shift = clock_shift(answer.get("clock"), now) if answer is not None else 0.0
         for task_id in ids:
             check = checks.get(task_id)
             if check is None:
@@ -219,6 +220,8 @@ class StandbyChecker(EngineListener):
             if state is not None:
                 try:
                     check_state_answer(state, self.role.config)
+                    if shift and state[0] == RUNNING and len(state) > 3:
+                        state = [*state[:3], state[3] + shift, *state[4:]]    # its lease end, onto our clock
                     answers.append((holder, state))
                 except InvalidField as err:    # as if that holder had not answered
                     self.role.refusals.refuse("query", holder, err)

@@ -185,7 +185,8 @@ class Resync:
                     # S runs it (it took over while we were silent): whatever our
                     # rank, our copy waits past S's lease and then asks.
                     mine.standby = True
-                    engine.defer(mine, (theirs.lease_end or now) + role.offset_for(mine, minimum=1))
+                    lease_end = theirs.lease_end + shift if theirs.lease_end else now    # onto our clock
+                    engine.defer(mine, lease_end + role.offset_for(mine, minimum=1))
         following = answer.get("next")
         if type(following) is int and following > cursor:     # always forward: a resync ends
             self._ask(src, following, number)
