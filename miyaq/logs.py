@@ -38,6 +38,15 @@ def _escaped(match: re.Match[str]) -> str:
     return match.group().encode("unicode_escape").decode("ascii")
 
 
+def escape_controls(text: str) -> str:
+    """``text`` with its control characters (:data:`_CONTROL`) written as
+    escapes (``\\n``, ``\\x1b``, ``\\u2028``), so it cannot end a line, move
+    the cursor or otherwise command a terminal; other text (tabs included)
+    is left as it is. What log records and the CLI's tables both use on
+    values from another process."""
+    return _CONTROL.sub(_escaped, text)
+
+
 class OneLineMessages(logging.Formatter):
     """miyaq's own records (loggers ``miyaq.*``) on one line each. A message
     may quote what came from the other side of a socket -- a worker id, a
@@ -48,8 +57,8 @@ class OneLineMessages(logging.Formatter):
     application's handlers, in a worker) are left as they are."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        if record.name.startswith("miyaq") and _CONTROL.search(record.message):
-            record.message = _CONTROL.sub(_escaped, record.message)
+        if record.name.startswith("miyaq"):
+            record.message = escape_controls(record.message)
         return super().formatMessage(record)
 
 

@@ -6,7 +6,8 @@ import json
 import time
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InvalidField, MiyaqError
+from ..logs import escape_controls
 from .answers import reading
 from .connect import add_client_options as _connect_option
 from .connect import client as _connected
@@ -75,15 +76,26 @@ def _json(text: str, what: str) -> Any:
         raise ConfigError(f"{what} is not valid JSON: {exc}") from None
 
 
+def _shown(value: Any) -> str:
+    """``value`` as text for a table or a ``key: value`` line, its control
+    characters escaped (:func:`miyaq.logs.escape_controls`). Every value an
+    answer carries goes through it: a task's name, a worker's id, an error
+    message are anyone's text (a producer's, a worker's), and an escape
+    sequence or a line break printed raw would clear the operator's screen,
+    retitle the terminal or forge rows. ``--json`` prints answers as JSON,
+    whose strings escape control characters already."""
+    return escape_controls(str(value))
+
+
 def _print(obj: Any, as_json: bool) -> None:
     if as_json:
         print(json.dumps(obj, indent=2, sort_keys=True, default=str))
         return
     if isinstance(obj, dict):
         for k, v in obj.items():
-            print(f"{k}: {v}")
+            print(f"{_shown(k)}: {_shown(v)}")
     else:
-        print(obj)
+        print(_shown(obj))
 
 
 def run_submit(args: argparse.Namespace) -> int:
@@ -100,7 +112,11 @@ def run_submit(args: argparse.Namespace) -> int:
         if handle.duplicate_of:
             out["status"] = "duplicate"
         if args.wait:
-            out["result"] = handle.result(args.wait_timeout)
+            try:
+                out["result"] = handle.result(args.wait_timeout)
+            except MiyaqError as err:     # a failed task's message is its worker's text, printed by main
+                err.message = _shown(err.message)
+                raise
         _print(out, args.json)
     finally:
         client.close(flush=False)
@@ -122,10 +138,10 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def _print_node_status(status: dict[str, Any]) -> None:
-    print(f"node {status['node']}  version {status['version']}  up {status['uptime']:.0f}s  "
-          f"accepting {status['accepting']}")
+    print(f"node {_shown(status['node'])}  version {_shown(status['version'])}  up {status['uptime']:.0f}s  "
+          f"accepting {_shown(status['accepting'])}")
     totals = status["totals"]
-    print(f"live {totals['live']}  dead {totals['dead']}  workers {totals['workers']}")
+    print(_shown(f"live {totals['live']}  dead {totals['dead']}  workers {totals['workers']}"))
     memory = status.get("memory")
     if memory:
         print(f"payloads {_mib(memory['payload_bytes'])} of {_mib(memory['max_bytes'])}  "
@@ -133,22 +149,27 @@ def _print_node_status(status: dict[str, Any]) -> None:
     storage = status.get("storage")
     if storage:
         state = "ok" if storage["writable"] else f"REFUSING NEW TASKS, log not writable: {storage['error']}"
-        print(f"storage {state}  (faults {storage['faults']}, write errors {storage['write_errors']}, "
-              f"fsync errors {storage['fsync_errors']})")
+        print(_shown(f"storage {state}  (faults {storage['faults']}, write errors {storage['write_errors']}, "
+                     f"fsync errors {storage['fsync_errors']})"))
     files = status.get("open_files")
     if files and files.get("near"):
-        print(f"OPEN FILES {files['open']} of the limit of {files['limit']}: connections past it are refused; "
-              "raise the limit (docs/configuration.md, \"Open files\")")
+        print(_shown(f"OPEN FILES {files['open']} of the limit of {files['limit']}: connections past it are "
+                     "refused; raise the limit (docs/configuration.md, \"Open files\")"))
     cols = ("scheduled", "ready", "running", "retrying", "dead", "workers", "idle")
     print(f"{'queue':<24}" + "".join(f"{c:>10}" for c in cols))
     for name, row in sorted(status["queues"].items()):
-        print(f"{name:<24}" + "".join(f"{row.get(c, 0):>10}" for c in cols))
-    workers = status.get("workers") or []
+        print(f"{_shown(name):<24}" + "".join(f"{_shown(row.get(c, 0)):>10}" for c in cols))
+    if "workers" not in status:
+        if totals["workers"]:
+            print("(the workers' list is shown to admin keys only)")
+        return
+    workers = status["workers"] or []
     if workers:
         print(f"{'worker':<32}{'pool':>10}{'concurrency':>12}{'running':>9}  queues")
         for w in workers:
-            print(f"{str(w.get('worker', '?')):<32}{str(w.get('pool', '-')):>10}{w.get('concurrency', '-'):>12}"
-                  f"{w.get('running', 0):>9}  {','.join(w.get('queues') or [])}")
+            print(f"{_shown(w.get('worker', '?')):<32}{_shown(w.get('pool', '-')):>10}"
+                  f"{_shown(w.get('concurrency', '-')):>12}{_shown(w.get('running', 0)):>9}  "
+                  f"{_shown(','.join(w.get('queues') or []))}")
 
 
 def _mib(n: int) -> str:
@@ -167,8 +188,9 @@ def run_tasks(args: argparse.Namespace) -> int:
             return 0
         for t in tasks:
             when = time.strftime("%H:%M:%S", time.localtime(t["eta"]))
-            print(f"{t['id']}  {t['queue']:<12} {t['state']:<10} prio={t['priority']:<4} eta={when} "
-                  f"attempt={t['attempt']} {t.get('name') or t.get('url')}")
+            print(f"{_shown(t['id'])}  {_shown(t['queue']):<12} {_shown(t['state']):<10} "
+                  f"prio={_shown(t['priority']):<4} eta={when} attempt={_shown(t['attempt'])} "
+                  f"{_shown(t.get('name') or t.get('url'))}")
         print(f"{len(tasks)} task(s)")
     return 0
 
@@ -184,6 +206,14 @@ def run_cancel(args: argparse.Namespace) -> int:
 
 
 def run_dead(args: argparse.Namespace) -> int:
+    """``dead list``, or ``retry``/``purge`` of the ids given (ids or
+    ``--queue``, not both: a DEAD with ids ignores its queue, so ``purge ID
+    --queue qa`` purged ID in whatever queue it was)."""
+    if args.ids and args.op == "list":
+        raise InvalidField("dead list takes no task ids (--queue and --limit choose what it lists)", field="ids")
+    if args.ids and args.queue is not None:
+        raise InvalidField(f"dead {args.op}: give task ids or --queue, not both (ids name their tasks, "
+                           "whatever queue they are in)", field="queue")
     client = _client(args)
     try:
         if args.op == "list":
@@ -201,7 +231,7 @@ def run_dead(args: argparse.Namespace) -> int:
         else:
             for t in answer["tasks"]:
                 err = t.get("error") or {}
-                print(f"{t['id']}  {t['queue']:<12} attempt={t['attempt']} "
-                      f"{err.get('type', '')}: {err.get('message', '')}")
+                print(f"{_shown(t['id'])}  {_shown(t['queue']):<12} attempt={_shown(t['attempt'])} "
+                      f"{_shown(err.get('type', ''))}: {_shown(err.get('message', ''))}")
             print(f"{len(answer['tasks'])} dead task(s)")
     return 0

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import InvalidField, MiyaqError, ProtocolError, Unavailable, from_wire
+from ..logs import escape_controls
 from .answers import reading
 from . import numbers
 
@@ -182,7 +183,8 @@ def run_list(args: argparse.Namespace) -> int:
         print(f"{'QUEUE':<24}" + "".join(f"{c.upper():>10}" for c in columns) + "  LIMITS")
         for row in answer["queues"]:
             limits = _limits_text(row["limits"]) + (" (paused)" if row.get("paused") else "")
-            print(f"{row['name']:<24}" + "".join(f"{row[c]:>10}" for c in columns) + "  " + limits)
+            cells = [escape_controls(str(row[c])) for c in ("name", *columns)]
+            print(f"{cells[0]:<24}" + "".join(f"{cell:>10}" for cell in cells[1:]) + "  " + escape_controls(limits))
     return 0
 
 
@@ -233,9 +235,9 @@ def _on_every_node(args: argparse.Namespace, method: str, path: str, body: Any,
     for node, base in _gateways(args):
         if base is None:
             missed += 1
-            print(f"{node}: no HTTP gateway; {if_no_gateway}")
+            print(escape_controls(f"{node}: no HTTP gateway; {if_no_gateway}"))
             continue
         answer = _request(args, method, path, body, base=base)
         with reading(f"the gateway at {base}", raw_hint=False):
-            print(f"{node}: {describe(answer)}")
+            print(escape_controls(f"{node}: {describe(answer)}"))
     return 1 if missed else 0

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..errors import MiyaqError, Unavailable
+from ..logs import escape_controls
 from . import numbers
 from .connect import add_key_options
 from .connect import keys as key_options
@@ -156,28 +157,31 @@ def _state(m: Mapping[str, Any]) -> str:
 
 
 def format_ring(status: Mapping[str, Any], hosts: str) -> str:
-    """The human-readable table ``miyaq ring`` prints."""
+    """The human-readable table ``miyaq ring`` prints. What nodes registered
+    in ZooKeeper (ids, endpoints) is shown with its control characters
+    escaped (:func:`miyaq.logs.escape_controls`): it cannot command the
+    terminal or add lines."""
     members = status["members"]
     in_ring = sum(m["in_ring"] for m in members.values())
-    lines = [(f"cluster {status['cluster']}  epoch {status['epoch']}  leader {status['leader'] or '-'}  "
-              f"in ring {in_ring}  (ZooKeeper {hosts})")]
+    lines = [escape_controls(f"cluster {status['cluster']}  epoch {status['epoch']}  leader {status['leader'] or '-'}  "
+                             f"in ring {in_ring}  (ZooKeeper {hosts})")]
     if status.get("desired_error"):
-        lines.append(f"warning: {status['desired_error']}")
+        lines.append(escape_controls(f"warning: {status['desired_error']}"))
     if not members:
-        lines.append(f"no node has registered in cluster {status['cluster']}")
+        lines.append(escape_controls(f"no node has registered in cluster {status['cluster']}"))
         return "\n".join(lines)
     header = ("NODE", "RING", "SHARE", "WEIGHT", "TASKS", "SERVICE", "PEER", "PUB", "HTTP")
-    rows = [header]
+    rows: list[tuple[str, ...]] = [header]
     for node_id, m in members.items():
         tasks = m.get("tasks")
-        rows.append((
+        rows.append(tuple(escape_controls(cell) for cell in (
             node_id + (" *" if node_id == status["leader"] else ""),
             _state(m),
             f"{m['share'] * 100:.1f}%",
             "-" if m["weight"] is None else f"{m['weight']:g}",
             "n/a" if tasks is None else str(tasks),
             m["service"] or "-", m["peer"] or "-", m["pub"] or "-", m["http"] or "-",
-        ))
+        )))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.append("* leader")
@@ -233,9 +237,9 @@ def _change(args: argparse.Namespace, apply: Callable[[Any], str], action: str) 
         print(json.dumps({"message": message, "changes": changes, "before": before, "after": after},
                          indent=2, sort_keys=True))
         return 0
-    print(message)
+    print(escape_controls(message))
     for line in changes or ["nothing changed in the ring"]:
-        print(line)
+        print(escape_controls(line))
     return 0
 
 
