@@ -53,8 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("dead", help="the dead-letter queue: list, retry ID..., purge")
     p.add_argument("op", choices=("list", "retry", "purge"))
-    p.add_argument("ids", nargs="*", help="task ids (retry: none means every dead task)")
-    p.add_argument("--queue", default=None)
+    p.add_argument("ids", nargs="*", help="task ids (retry, purge: none means every dead task)")
+    p.add_argument("--queue", default=None, help="only this queue's dead tasks (not with ids: ids name their tasks)")
     p.add_argument("--limit", type=numbers.integer(1, 10_000), default=100)
     _connect_option(p)
     p.set_defaults(run=run_dead)
