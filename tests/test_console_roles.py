@@ -197,7 +197,8 @@ def failed_then_dead(node: NodeThread, admin: Http) -> str:
     engine = node.node.part("gateway").core.engine
     task = admin.post("/receive", {"queues": ["tenant-b"]})[1]["task"]
     error = {"type": "ValueError", "message": "first attempt failed", "traceback": OLD_TRACEBACK}
-    assert node.call(lambda: engine.fail(task_id, task["attempt"], error, True, 0.0, wall(), by="http"))
+    lessee = node.call(lambda: engine.table.live[task_id].lessees[-1][1])    # the admin token's (http:...)
+    assert node.call(lambda: engine.fail(task_id, task["attempt"], error, True, 0.0, wall(), by=lessee))
     task = admin.post("/receive", {"queues": ["tenant-b"], "timeout": 10})[1]["task"]
     assert admin.post(f"/tasks/{task_id}/nack", {"attempt": task["attempt"], "retry": False,
                                                  "error": "second attempt failed"})[1]["ok"]

@@ -13,6 +13,11 @@ unspent (:mod:`miyaq.gateway.hangup`).
 Receives go through the dispatcher like any consumer, so queue rate limits
 and concurrency caps hold for them too.
 
+Who leased a task is the caller's bearer token (:func:`principal`): ack,
+nack and touch apply only to a lease of the same token, as over ZeroMQ only
+the key that received a task reports on it. Without tokens every caller is
+one (``http``).
+
 A task is leased only once its answer is made: the JSON is built while the
 dispatcher hands the task over, and a task whose answer cannot be built is
 given back at once with no attempt spent (the dispatcher's refusal path).
@@ -34,6 +39,7 @@ from miyaq.protocol import fields as f
 from miyaq.protocol.taskspec import check_id, check_queue
 from miyaq.runtime import green, monotonic, wall
 from miyaq.gateway import convert
+from miyaq.gateway.auth import BearerAuth, bearer_token
 from miyaq.gateway.errors import ClientClosedRequest
 from miyaq.gateway.hangup import hung_up, wait_unless_hung_up
 from miyaq.gateway.request import Request, Response, json_response
@@ -44,9 +50,23 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 BLOCK_DEFAULT = 30.0
-#: Who an HTTP pull consumer is (PullConsumer's default principal): ack, nack
-#: and touch apply only to tasks leased over HTTP, never to a worker's.
+#: Who an HTTP pull consumer is on a gateway without tokens (PullConsumer's
+#: default principal): ack, nack and touch apply only to tasks leased over
+#: HTTP, never to a worker's.
 HTTP_PULL = "http"
+
+
+def principal(auth: BearerAuth, request: Request) -> str:
+    """Who an HTTP pull consumer is: ``http:`` and the keyed fingerprint of
+    its bearer token (:meth:`~miyaq.gateway.tokens.TokenTable.fingerprint`,
+    never the token), so a lease one token received is not another's to
+    finish; ``http`` on a gateway without tokens, where every caller is the
+    same. The fingerprint is keyed per process: a lease belongs to the token
+    on the node that leased it (another node, or this one restarted, does
+    not recognise it)."""
+    if not auth.enabled:
+        return HTTP_PULL
+    return f"{HTTP_PULL}:{auth.tokens.fingerprint(bearer_token(request))}"
 
 
 class PullApi:
@@ -56,6 +76,7 @@ class PullApi:
         self.dispatcher = gateway.core.dispatcher
         self.waiters = gateway.core.waiters
         self.max_payload = gateway.config.max_payload
+        self.auth = gateway.auth
 
     # -- receive -------------------------------------------------------------------
     def receive(self, request: Request) -> Response:
@@ -76,15 +97,16 @@ class PullApi:
         for q in queues:
             check_queue(q, "queues")
         timeout = f.number(body, "timeout", default_timeout, hi=MAX_LONG_POLL) if blocking else 0.0
-        answer = self._take(list(queues), timeout, request.connection)
+        answer = self._take(list(queues), timeout, principal(self.auth, request), request.connection)
         if answer is None:
             return json_response({"task": None})
         if isinstance(answer, MiyaqError):
             raise answer
         return Response(200, answer, [("Content-Type", "application/json")])
 
-    def _take(self, queues: list[str], timeout: float, connection: Any | None = None) -> bytes | MiyaqError | None:
-        """The JSON answer for one task leased to this request, None if none
+    def _take(self, queues: list[str], timeout: float, by: str,
+              connection: Any | None = None) -> bytes | MiyaqError | None:
+        """The JSON answer for one task leased to this request (as ``by``), None if none
         came in time, or the error that made one be given back unleased. A
         long-poll whose client hangs up (:mod:`miyaq.gateway.hangup`) is
         dropped, and a task leased to it just before is given back, no
@@ -109,7 +131,7 @@ class PullApi:
             leased.append((info["id"], info["attempt"]))
             return True
 
-        consumer = PullConsumer(queues, monotonic() + timeout, answer, HTTP_PULL)
+        consumer = PullConsumer(queues, monotonic() + timeout, answer, by)
         if timeout > 0:
             self.waiters.wait_pull(consumer)     # bounded by max_waiters (BUSY beyond)
         else:
@@ -130,7 +152,7 @@ class PullApi:
             dispatcher.forget(consumer)
             box.set(None)
         if leased and hung_up(connection):     # leased as it went: back to its queue as it was
-            self.engine.give_back(*leased[0], HTTP_PULL, wall())
+            self.engine.give_back(*leased[0], by, wall())
             present = False
         if not present:
             raise ClientClosedRequest("the client closed its connection while waiting to receive a task")
@@ -144,7 +166,7 @@ class PullApi:
         result = msgpack.packb(body.get("result"), use_bin_type=True)
         if len(result) > self.max_payload:
             raise TooLarge(f"result of {len(result)} bytes exceeds max_payload ({self.max_payload})")
-        ok = self.engine.complete(task_id, attempt, result, wall(), by=HTTP_PULL)
+        ok = self.engine.complete(task_id, attempt, result, wall(), by=principal(self.auth, request))
         return json_response({"ok": ok})
 
     def nack(self, request: Request) -> Response:
@@ -155,23 +177,24 @@ class PullApi:
         retry = f.boolean(body, "retry", True)
         delay = f.number(body, "delay", None, hi=MAX_LONG_POLL * 24)
         error = {"type": "Nack", "message": message}
-        ok = self.engine.fail(task_id, attempt, error, retry, delay, wall(), by=HTTP_PULL)
+        ok = self.engine.fail(task_id, attempt, error, retry, delay, wall(), by=principal(self.auth, request))
         return json_response({"ok": ok})
 
     def touch(self, request: Request) -> Response:
         """Extend the lease of the attempt named (``attempt``, the one
         received): ``{"ok": false}`` unless that attempt is the task's
-        current one and was leased over HTTP -- as a ZeroMQ TOUCH extends
-        only the lease of the worker the latest attempt went to, and every
-        HTTP consumer is ``http``: the attempt is what tells one from the
-        next. Without ``attempt``, the latest HTTP lease (the form before
-        2026-12-05, kept for callers that send none)."""
+        current one and was leased over HTTP to this caller's token -- as a
+        ZeroMQ TOUCH extends only the lease of the worker the latest attempt
+        went to; without tokens every HTTP consumer is ``http``, and the
+        attempt is what tells one from the next. Without ``attempt``, the
+        latest lease, if it is this token's (the form before 2026-12-05,
+        kept for callers that send none)."""
         task_id = check_id(request.params["id"])
         attempt = f.integer(request.json_object(required=False), "attempt", None, lo=0)
         task = self.engine.table.live.get(task_id)
         if attempt is not None and (task is None or task.attempt != attempt):
             return json_response({"ok": False})   # that attempt no longer holds the task
-        ok = self.engine.touch(task_id, wall(), by=HTTP_PULL)
+        ok = self.engine.touch(task_id, wall(), by=principal(self.auth, request))
         answer: dict[str, Any] = {"ok": ok}
         if ok and task is not None:
             answer["lease_end"] = task.lease_end
