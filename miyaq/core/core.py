@@ -28,6 +28,7 @@ from miyaq.core.workers import WorkerRegistry
 from miyaq.runtime import Supervisor
 from miyaq.runtime.sockets import SocketFactory
 from miyaq.security.guard import Guard
+from miyaq.security.roles import Role
 from miyaq.store.task import DEAD, READY, RETRYING, RUNNING, SCHEDULED
 
 logger = logging.getLogger(__name__)
@@ -88,7 +89,8 @@ class Core:
     def status(self) -> dict[str, Any]:
         """Queues, totals, bytes held against their limits, outcomes, protocol
         errors, records refused from peers and the log, and the gate, for
-        STATUS and /status."""
+        STATUS and /status; and ``workers``, the registered workers (their
+        ids, hosts, pids, queues), when :meth:`lists_workers`."""
         engine, workers = self.engine, self.workers
         counts = engine.queue_counts()
         idle = workers.idle_by_queue()
@@ -115,4 +117,20 @@ class Core:
                 "waiters": {"pending": self.waiters.count, "released": self.waiters.released,
                             "withdrawn": self.waiters.withdrawn, "probes": self.waiters.probes},
                 "dispatch": {"open": self.gate.is_open, "held": self.gate.held()},
-                "workers": workers.describe(STATUS_WORKERS)}
+                **({"workers": self.workers_list()} if self.lists_workers() else {})}
+
+    def lists_workers(self) -> bool:
+        """Whether STATUS lists the workers: for an ``admin`` key, and on a
+        node without keys (no roles: everyone sees everything). A producer's
+        or worker's key gets their number only (``totals.workers``), as a
+        producer or worker token is refused ``GET /workers`` (before
+        2026-12-05 STATUS listed them to every key). Decided by the key of
+        the service message being handled (:attr:`ServiceEndpoint.caller`);
+        the gateway decides by its token's role instead and sets the list
+        itself (:meth:`workers_list`)."""
+        caller = self.endpoint.caller
+        return caller is None or caller.role is Role.ADMIN
+
+    def workers_list(self) -> list[dict[str, Any]]:
+        """STATUS's ``workers``: the registered workers, at most STATUS_WORKERS."""
+        return self.workers.describe(STATUS_WORKERS)

@@ -18,10 +18,12 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from miyaq.core.limits import Limit
 from miyaq.errors import InvalidField
 from miyaq.gateway.openapi import build
+from miyaq.gateway.permissions import may
 from miyaq.gateway.request import Request, Response, json_response
 from miyaq.protocol import fields as f
 from miyaq.protocol.taskspec import check_queue
 from miyaq.runtime import wall
+from miyaq.security.roles import Role
 
 if TYPE_CHECKING:
     from .server import Gateway
@@ -39,8 +41,16 @@ class AdminApi:
 
     # -- status and queues ---------------------------------------------------------
     def status(self, request: Request) -> Response:
+        """The node's status; ``workers`` (the list) for an ``admin`` token
+        only, as ``GET /workers`` (everyone is admin without tokens): a
+        producer or worker token gets their number (``totals.workers``)."""
         now = wall()
         status = self.gateway.status(now)
+        caller = self.gateway.auth.caller(request)
+        if caller is not None and may(caller, Role.ADMIN):
+            status["workers"] = self.core.workers_list()
+        else:
+            status.pop("workers", None)
         status["ring"] = self.gateway.metrics.cluster.view()
         for name, row in status["queues"].items():
             row["limits"] = self.limits.describe(name)
