@@ -56,7 +56,7 @@ class Core:
         self.refusals = Refusals()
         self.workers = WorkerRegistry(self.engine, self.dispatcher, self.endpoint, self.directory,
                                       config.id, config.heartbeat, config.liveness, config.max_workers)
-        self.engine.listeners += [self.dispatcher, self.waiters]
+        self.engine.listeners += [self.dispatcher, self.waiters, self.limits]
 
     # -- draining ----------------------------------------------------------------
     def drain(self) -> None:

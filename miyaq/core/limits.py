@@ -22,6 +22,10 @@ Constraints:
 * A paused queue (:meth:`pause`) starts nothing until :meth:`resume`; its
   tasks are still accepted and wait, in order. A pause is kept apart from
   the queue's limits: clearing or changing limits leaves it paused.
+* What is kept per queue name is bounded: limits (``MAX_LIMITED``), pauses
+  (``MAX_PAUSED``), and :attr:`QueueLimits.throttled` by the queues the
+  engine keeps -- an engine listener, it drops a queue's count when the
+  engine forgets the queue (:meth:`QueueLimits.queue_forgotten`).
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ from typing import Any
 
 from miyaq.constants import MAX_LIMITED, MAX_PAUSED, MAX_RATE
 from miyaq.core.engine import Engine
+from miyaq.core.listener import EngineListener
 from miyaq.errors import ConfigError, InvalidField
 from miyaq.runtime import LOG, Supervisor, wall
 from miyaq.store.tally import Tally
@@ -110,8 +115,9 @@ class _Bucket:
         self.stamp = stamp
 
 
-class QueueLimits:
-    """Every queue limit of one node, and the buckets that enforce them."""
+class QueueLimits(EngineListener):
+    """Every queue limit of one node, and the buckets that enforce them.
+    Listens to the engine (:meth:`queue_forgotten`) once the core adds it."""
 
     def __init__(self, engine: Engine, supervisor: Supervisor, limits: dict[str, Limit] | None = None) -> None:
         self.engine = engine
@@ -122,7 +128,7 @@ class QueueLimits:
         self.nodes = 1
         self.active = False
         self.wake_at: float | None = None
-        self.throttled: Tally[str] = Tally()   # times a queue was skipped (metrics)
+        self.throttled: Tally[str] = Tally()   # times a queue was skipped (metrics); queues the engine keeps
         self._buckets: dict[str, _Bucket] = {}
         self._timer: Any = None
         self._timer_at = math.inf
@@ -177,6 +183,14 @@ class QueueLimits:
 
     def get(self, queue: str) -> Limit | None:
         return self.limits.get(queue)
+
+    def queue_forgotten(self, queue: str) -> None:
+        """The engine dropped ``queue``'s counters (it holds nothing, and the
+        node saw more than 100 queues): its throttled count goes too, and
+        with it its ``miyaq_queue_throttled_total`` series, as the queue's
+        other series do (before 2026-12-05 it stayed: one series for every
+        queue ever throttled). Its limits and pause, if any, stay."""
+        self.throttled.pop(queue, None)
 
     def set_share(self, nodes: int) -> None:
         """Cluster hook: this node enforces 1/``nodes`` of every limit."""
