@@ -127,7 +127,9 @@ class Core:
         2026-12-05 STATUS listed them to every key). Decided by the key of
         the service message being handled (:attr:`ServiceEndpoint.caller`);
         the gateway decides by its token's role instead and sets the list
-        itself (:meth:`workers_list`)."""
+        itself (:meth:`workers_list`), as must any other reader outside a
+        service message: on a node with keys, the caller is the last
+        message's key until the next one."""
         caller = self.endpoint.caller
         return caller is None or caller.role is Role.ADMIN
 
