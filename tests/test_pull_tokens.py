@@ -11,6 +11,7 @@ import pytest
 from gateway_harness import FIXTURES, Http, NodeThread
 
 from miyaq.gateway.pull_api import HTTP_PULL
+from miyaq.gateway.tokens import TokenTable
 
 http_node, api, make_http_node, make_web_worker = FIXTURES
 
@@ -70,14 +71,17 @@ def test_another_worker_token_cannot_finish_or_extend_a_lease(clients):
     assert answer["result"] == "real", answer
 
 
-def test_the_lease_is_named_by_a_fingerprint_never_the_token(node, clients):
+def test_the_lease_is_named_by_a_hash_never_the_token_and_the_same_on_every_node(node, clients):
     """What the engine records (and tells other holders) as the lessee is
-    ``http:`` and the keyed fingerprint the console names a token by; the
-    token itself appears nowhere."""
+    ``http:`` and a name of the token that every node computes alike (a
+    consumer behind a load balancer acks through another node that holds
+    the task); the token itself appears nowhere."""
     received(clients, "order-18", "h")
     gateway = node.node.part("gateway")
     lessees = node.call(lambda: list(gateway.core.engine.table.live["order-18"].lessees))
-    assert lessees == [(1, f"{HTTP_PULL}:{gateway.auth.tokens.fingerprint(FIRST)}")]
+    another_node = TokenTable("", "")      # another process: another key for its own fingerprints
+    assert lessees == [(1, f"{HTTP_PULL}:{another_node.lessee_name(FIRST)}")]
+    assert another_node.lessee_name(FIRST) != another_node.lessee_name(SECOND)
     assert FIRST not in repr(lessees)
 
 

@@ -57,16 +57,15 @@ HTTP_PULL = "http"
 
 
 def principal(auth: BearerAuth, request: Request) -> str:
-    """Who an HTTP pull consumer is: ``http:`` and the keyed fingerprint of
-    its bearer token (:meth:`~miyaq.gateway.tokens.TokenTable.fingerprint`,
-    never the token), so a lease one token received is not another's to
-    finish; ``http`` on a gateway without tokens, where every caller is the
-    same. The fingerprint is keyed per process: a lease belongs to the token
-    on the node that leased it (another node, or this one restarted, does
-    not recognise it)."""
+    """Who an HTTP pull consumer is: ``http:`` and a name of its bearer
+    token (:meth:`~miyaq.gateway.tokens.TokenTable.lessee_name`, never the
+    token), so a lease one token received is not another's to finish;
+    ``http`` on a gateway without tokens, where every caller is the same.
+    The name is the same on every node, so a consumer may ack through
+    another node that holds the task (behind a load balancer), as before."""
     if not auth.enabled:
         return HTTP_PULL
-    return f"{HTTP_PULL}:{auth.tokens.fingerprint(bearer_token(request))}"
+    return f"{HTTP_PULL}:{auth.tokens.lessee_name(bearer_token(request))}"
 
 
 class PullApi:

@@ -80,12 +80,19 @@ def parse_tokens(text: str, where: str) -> list[tuple[str, Role]]:
     return pairs
 
 
+#: The fixed salt and scrypt cost of :meth:`TokenTable.lessee_name` (the
+#: same on every node: the name must be).
+LESSEE_SALT = b"miyaq: who holds an HTTP pull lease"
+LESSEE_COST = 2 ** 13
+
+
 class TokenTable:
     """Who a bearer token is. Built once per gateway; :meth:`reload` swaps the file's entries."""
 
     def __init__(self, admin_token: str, path: str) -> None:
         self.path = path
         self._key = secrets.token_bytes(32)
+        self._lessee_names: dict[bytes, str] = {}    # digest -> lessee_name(token)
         self._admin = [Entry(self._digest(admin_token), Role.ADMIN)] if admin_token else []
         self._file: list[Entry] = []
         self._signature: tuple[int, int, int] | None = None    # of the file loaded
@@ -118,6 +125,25 @@ class TokenTable:
     def fingerprint(self, token: str) -> str:
         """A short keyed name of ``token`` (for session cookies); never the token."""
         return self._digest(token)[:12].hex()
+
+    def lessee_name(self, token: str) -> str:
+        """A short name of ``token`` that is the same on every node and across
+        restarts and reloads -- for names that travel between nodes, such as
+        who holds a lease (:func:`miyaq.gateway.pull_api.principal`): a
+        worker may ack through another node than the one it received from.
+        Never the token: a memory-hard hash (scrypt, a fixed salt), so a
+        token cannot be guessed back from it even when it is short. Costs a
+        few milliseconds once per token; kept while the token is loaded (at
+        most ``MAX_TOKENS`` and the admin token)."""
+        digest = self._digest(token)
+        name = self._lessee_names.get(digest)
+        if name is None:
+            if len(self._lessee_names) > MAX_TOKENS:
+                self._lessee_names.clear()      # tokens removed by reloads: their names go
+            name = hashlib.scrypt(token.encode("utf-8", "surrogateescape"), salt=LESSEE_SALT,
+                                  n=LESSEE_COST, r=8, p=1, dklen=9).hex()
+            self._lessee_names[digest] = name
+        return name
 
     def role_of_fingerprint(self, fingerprint: str) -> Role | None:
         """The role of the token a session was opened with, if that token is still valid."""
