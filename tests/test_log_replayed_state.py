@@ -21,12 +21,13 @@ import pytest
 from miyaq.config import NodeConfig
 from miyaq.core.engine import Engine
 from miyaq.core.refusals import Refusals
+from miyaq.persistence import journal
 from miyaq.persistence.journal import Persistence
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE
 from miyaq.protocol.taskspec import task_from_wire
 from miyaq.runtime import Supervisor
 from miyaq.store.log import AppendLog
-from miyaq.store.task import DONE, READY, Task
+from miyaq.store.task import DEAD, DONE, READY, Task
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -120,6 +121,126 @@ def test_tasks_accepted_across_a_clock_step_back_come_back_in_the_order_they_wer
     again, part2 = durable_engine(tmp_path, config, T0 + 1)
     taken = [again.take(["default"], T0 + 1) for _ in ids]
     assert [t.id for t in taken if t is not None] == ids
+    part2.stop()
+
+
+def run_and_fail(engine: Engine, now: float) -> Task:
+    """The next ready task starts and fails for good (not retryable): dead."""
+    task = engine.take(["default"], now)
+    assert task is not None
+    engine.start(task, Consumer(), now)
+    assert engine.fail(task.id, task.attempt, {"type": "Boom", "message": "no"}, False, None, now)
+    return task
+
+
+def restarted(directory: Path, config: NodeConfig, part: Persistence, stop: str,
+              now: float) -> tuple[Engine, Persistence]:
+    """Stop (cleanly, or as a kill -9 leaves the log) and start again on the log."""
+    written(part)
+    if stop == "clean":
+        part.stop()
+    else:
+        part.log.close()
+    return durable_engine(directory, config, now)
+
+
+@pytest.mark.parametrize("stop", ["clean", "kill-9"])
+def test_a_full_dead_letter_queue_drops_the_letter_that_died_first_after_a_restart_too(
+        tmp_path: Path, stop: str) -> None:
+    """Fault: with ``max_dead`` 3, d0, d1 and d2 die; d0 is retried from the
+    dead letters and dies again, so d1 died first. After a restart the
+    replay put the dead letters back by their ``created`` stamps, d0 first:
+    the next death dropped d0, the letter that died last (docs/semantics.md:
+    "the one that died first"). Now the log's order is kept: d1 goes."""
+    config = NodeConfig(node_id="n", max_dead=3)
+    engine, part = durable_engine(tmp_path, config, T0)
+    for i in range(3):
+        submit(engine, config, T0, id=f"d{i}", max_retries=0)
+    for _ in range(3):
+        run_and_fail(engine, T0)
+    assert engine.dead_retry(["d0"], T0 + 1) == ["d0"]
+    assert run_and_fail(engine, T0 + 1).id == "d0"
+    again, part2 = restarted(tmp_path, config, part, stop, T0 + 2)
+    submit(again, config, T0 + 2, id="d3", max_retries=0)
+    run_and_fail(again, T0 + 2)
+    assert list(again.table.dead) == ["d2", "d0", "d3"]
+    part2.stop()
+
+
+@pytest.mark.parametrize("stop", ["clean", "kill-9"])
+def test_dead_letters_a_restart_drops_past_a_lower_max_dead_stay_dropped(tmp_path: Path, stop: str) -> None:
+    """Fault: five dead letters with keys k0..k4; the node restarts with
+    ``max_dead`` 2 and keeps d3 and d4 -- silently, and without logging the
+    drop, so a restart with ``max_dead`` 5 brought d0..d2 back, d0 holding
+    key k0 that a new task had taken meanwhile. Now the drop is logged (a
+    warning naming them) and journaled: they stay dropped."""
+    config = NodeConfig(node_id="n", max_dead=5)
+    engine, part = durable_engine(tmp_path, config, T0)
+    for i in range(5):
+        submit(engine, config, T0, id=f"d{i}", key=f"k{i}", max_retries=0)
+    for _ in range(5):
+        run_and_fail(engine, T0)
+    lower = NodeConfig(node_id="n", max_dead=2)
+    smaller, part2 = restarted(tmp_path, lower, part, stop, T0 + 1)
+    assert list(smaller.table.dead) == ["d3", "d4"]
+    submit(smaller, lower, T0 + 1, id="new0", key="k0", countdown=3600)
+    larger, part3 = restarted(tmp_path, config, part2, stop, T0 + 2)
+    assert list(larger.table.dead) == ["d3", "d4"]
+    assert larger.table.holder_of_key("k0", T0 + 2, config.dedup_window) == "new0"
+    part3.stop()
+
+
+@pytest.mark.parametrize("stop", ["clean", "kill-9"])
+def test_a_task_running_its_last_attempt_when_the_node_restarts_is_dead_not_run_again(
+        tmp_path: Path, stop: str) -> None:
+    """Fault: a task with ``max_retries=0`` runs its one attempt (and one with
+    ``max_retries=1`` its second) when the node stops. The restart made both
+    ready and they started again -- attempts 2 and 3, past "at most
+    ``max_retries + 1`` starts". Now, as for a lease lost on a running node,
+    a task with no attempt left comes back dead-lettered as ``Lost``; one
+    with attempts left comes back ready, its attempt spent."""
+    config = NodeConfig(node_id="n")
+    engine, part = durable_engine(tmp_path, config, T0)
+    submit(engine, config, T0, id="last", max_retries=0)
+    submit(engine, config, T0, id="second", max_retries=1)
+    submit(engine, config, T0, id="spare", max_retries=3)
+    consumer = Consumer()
+    for _ in range(3):
+        engine.start(engine.take(["default"], T0), consumer, T0)
+    second = engine.table.live["second"]
+    engine.lose(second, "the worker vanished", T0)             # its first attempt lost: ready again
+    engine.start(engine.take(["default"], T0), consumer, T0)    # its second, and last
+    again, part2 = restarted(tmp_path, config, part, stop, T0 + 1)
+    for task_id in ("last", "second"):
+        info = again.info(task_id)
+        assert info["state"] == DEAD and info["error"]["type"] == "Lost", info
+        assert "last attempt" in info["error"]["message"]
+    assert again.info("spare")["state"] == READY and again.info("spare")["attempt"] == 1
+    part2.stop()
+
+
+@pytest.mark.parametrize("stop", ["clean", "kill-9"])
+def test_a_retried_task_stays_at_the_back_of_its_queue_after_a_restart(tmp_path: Path, stop: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault: r0, r1, r2 wait; r0 is taken and given back for a retry with
+    no delay, so it waits behind r1 and r2 ("Not across retries",
+    docs/semantics.md). After a restart it was first again (restored by its
+    ``created`` stamp). Now a task's place is its latest record's; delayed
+    tasks that fell due meanwhile come after, in eta order."""
+    config = NodeConfig(node_id="n")
+    engine, part = durable_engine(tmp_path, config, T0)
+    submit(engine, config, T0, id="late", countdown=30)
+    submit(engine, config, T0, id="early", countdown=20)
+    for i in range(3):
+        submit(engine, config, T0, id=f"r{i}")
+    r0 = engine.take(["default"], T0)
+    assert r0 is not None and r0.id == "r0"
+    engine.start(r0, Consumer(), T0)
+    assert engine.fail("r0", 1, {"type": "Again", "message": ""}, True, 0.0, T0)
+    monkeypatch.setattr(journal, "wall", lambda: T0 + 60)      # the restart comes a minute later
+    again, part2 = restarted(tmp_path, config, part, stop, T0 + 60)
+    order = [again.take(["default"], T0 + 60) for _ in range(5)]
+    assert [t.id for t in order if t is not None] == ["r1", "r2", "r0", "early", "late"]
     part2.stop()
 
 

@@ -85,18 +85,24 @@ class Engine(ReplicaCopies):
             self._schedule(task, task.eta, SCHEDULED, now)
         return ACCEPTED, None
 
-    def restore(self, task: Task, now: float) -> None:
+    def restore(self, task: Task, now: float) -> Task | None:
         """Install a task rebuilt from the log, in the state it was logged in.
-        A task that was running comes back ready: its worker is gone."""
+        A task that was running comes back ready, its attempt spent (its
+        worker is gone) -- or dead-lettered as ``Lost`` if it may not run
+        again: at most once, or that was its last attempt (as a lost lease
+        on a running node). Returns a dead letter dropped to make room
+        (more of them in the log than ``max_dead``: the one that died
+        first), for the caller to log and journal."""
         state = task.state
-        if state == RUNNING and task.at_most_once:
-            # It may have run: at most once means it must not run again.
+        if state == RUNNING and (task.at_most_once or task.attempt > task.max_retries):
             state = DEAD
-            task.error = {"type": "Lost", "message": "the node restarted while this at-most-once task ran"}
+            ran = "an at-most-once task" if task.at_most_once else "this task's last attempt"
+            task.error = {"type": "Lost", "message": f"the node restarted while {ran} ran"}
         task.seq = next(self._seq)
         task.state = SCHEDULED
         self._count(task.queue)[SCHEDULED] += 1
         self.table.add(task)
+        evicted = None
         if state == DEAD:
             self._move(task, DEAD)
             evicted = self.table.kill(task)
@@ -108,6 +114,7 @@ class Engine(ReplicaCopies):
             self._schedule(task, task.eta, SCHEDULED, now)
         else:
             self._make_ready(task, now)
+        return evicted
 
     def restore_tombstone(self, record: dict[str, Any], now: float) -> bool:
         """Install a finished task's tombstone unless it is already too old."""

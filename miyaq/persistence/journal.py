@@ -64,11 +64,18 @@ class Persistence(EngineListener):
         """Rebuild the engine's table from the log; then listen, and refuse new
         tasks while the log cannot be written."""
         started = monotonic()
-        counts = replay(self.engine, self.log, wall(), self.refusals)
-        logger.info("node %s replayed %d log records in %.2fs: %d live tasks, %d tombstones "
-                    "(log: %d corrupt records, %d bytes truncated)", self.node_id, counts["records"],
-                    monotonic() - started, counts["tasks"], counts["tombstones"],
+        replayed = replay(self.engine, self.log, wall(), self.refusals)
+        logger.info("node %s replayed %d log records in %.2fs: %d live and dead tasks, %d tombstones "
+                    "(log: %d corrupt records, %d bytes truncated)", self.node_id, replayed.records,
+                    monotonic() - started, replayed.tasks, replayed.tombstones,
                     self.log.corrupt_records, self.log.truncated_bytes)
+        if replayed.dropped:
+            logger.warning("node %s: the log held more dead letters than max_dead (%d): dropped the %d "
+                           "that died first (%s%s)", self.node_id, self.engine.config.max_dead,
+                           len(replayed.dropped), ", ".join(replayed.dropped[:5]),
+                           ", ..." if len(replayed.dropped) > 5 else "")
+            for task_id in replayed.dropped:     # else a restart with a larger max_dead brings them back
+                self._add({"o": "P", "id": task_id})
         self.engine.listeners.append(self)
         self.engine.admission.append(self.admit)   # a disk fault refuses new tasks
 

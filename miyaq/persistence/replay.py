@@ -21,12 +21,39 @@ from miyaq.errors import InvalidField
 from miyaq.protocol.recordspec import check_change, check_stone_record, task_from_record
 from miyaq.store.log import AppendLog
 from miyaq.store.log_format import MAX_FRAME_PAYLOAD
-from miyaq.store.task import DEAD, READY, RETRYING, RUNNING, Task, count_revival
+from miyaq.store.task import DEAD, READY, RETRYING, RUNNING, SCHEDULED, Task, count_revival
 
 
-def replay(engine: Engine, log: AppendLog, now: float, refusals: Refusals) -> dict[str, int]:
+@dataclasses.dataclass
+class Replayed:
+    """What a replay rebuilt: records read, live and dead tasks restored,
+    tombstones kept, and the dead letters dropped because the log held more
+    than ``max_dead`` (the ones that died first) -- for the caller to log
+    and journal, so a later restart with a larger ``max_dead`` does not
+    bring them back."""
+
+    records: int
+    tasks: int
+    tombstones: int
+    dropped: list[str]
+
+
+def replay(engine: Engine, log: AppendLog, now: float, refusals: Refusals) -> Replayed:
     """Rebuild the engine's table from the log. Running tasks come back ready
-    (their worker is gone; the attempt stays spent). Returns counts."""
+    (their worker is gone; the attempt stays spent), or dead-lettered if
+    they may not run again (:meth:`Engine.restore`).
+
+    Order: a task's place is that of its latest record -- the order tasks
+    were accepted, died, were retried or revived, or given back (a task
+    retried or lost goes to the back of its priority, as on a running
+    node). ``created`` is a wall-clock stamp that a clock step reorders;
+    the log's order is not. Delayed tasks that are due by now become ready
+    after those, in ``eta`` order (the ones that fell due while the node was
+    down, as they would have; one that was due and waiting before the stop
+    may move behind tasks accepted after its eta). A
+    compaction writes the live tasks in acceptance order and the dead ones
+    in the order they died: retry positions older than the log's last
+    compaction are not kept."""
     tasks: dict[str, Task] = {}
     stones: dict[str, dict[str, Any]] = {}
     records = 0
@@ -52,6 +79,7 @@ def replay(engine: Engine, log: AppendLog, now: float, refusals: Refusals) -> di
             continue
         if op == "A":
             stones.pop(task_id, None)
+            tasks.pop(task_id, None)
             tasks[task_id] = accepted
             continue
         if op == "F":
@@ -77,15 +105,24 @@ def replay(engine: Engine, log: AppendLog, now: float, refusals: Refusals) -> di
         elif op == "P":
             del tasks[task_id]
             stones.pop(task_id, None)
-    # In the log's order, which is the order the tasks were accepted in:
-    # ``created`` is a wall-clock stamp, which a clock step back reorders.
-    for task in tasks.values():
-        engine.restore(task, now)
+            continue
+        else:
+            continue        # a record of a later version: ignored, as before
+        tasks[task_id] = tasks.pop(task_id)      # its place is its latest record's
+    # Delayed tasks (an eta past their acceptance) that are due now: ready in
+    # eta order after the rest -- they became ready at their eta.
+    came_due = [t for t in tasks.values() if t.state == SCHEDULED and not t.standby and t.created < t.eta <= now]
+    due_ids = {t.id for t in came_due}
+    dropped: list[str] = []
+    for task in [t for t in tasks.values() if t.id not in due_ids] + sorted(came_due, key=lambda t: t.eta):
+        evicted = engine.restore(task, now)
+        if evicted is not None:
+            dropped.append(evicted.id)
     kept = 0
     for r in stones.values():
         if engine.restore_tombstone(r, now):
             kept += 1
-    return {"records": records, "tasks": len(tasks), "tombstones": kept}
+    return Replayed(records, len(tasks), kept, dropped)
 
 
 def _checking_config(config: NodeConfig) -> NodeConfig:
