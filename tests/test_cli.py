@@ -316,3 +316,13 @@ def test_a_gateway_url_urllib_cannot_use_is_a_clear_error(url, capsys):
     assert main(["queue", "list", "--http", url]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"miyaq: error: {url} is not a gateway URL miyaq can use"), err
+
+
+def test_python_dash_m_miyaq_is_the_command_line():
+    """Fault: ``python -m miyaq`` failed ("No module named miyaq.__main__"),
+    the usual way to run a package's command where its script is not on
+    PATH (a virtualenv not activated, ``sudo``). Now it is ``miyaq``."""
+    done = subprocess.run([sys.executable, "-m", "miyaq", "--version"], capture_output=True, text=True,
+                          timeout=GUARD)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("miyaq ")

@@ -341,3 +341,14 @@ def test_a_task_is_not_found_only_when_every_node_said_so(node, client_for):
             alone.status("nowhere")
     finally:
         silent.close()
+
+
+def test_the_clients_answers_carry_no_protocol_request_number(client):
+    """Fault: ``client.dead()``, ``status()`` and the other calls that return
+    a node's answer as a dict returned it with the protocol's own ``req``
+    number in it -- an internal of the wire, not part of the answer, that
+    callers printing or comparing answers tripped over. Now it is left out
+    (``Client.request``, the raw call, still returns the reply as it came)."""
+    assert "req" not in client.status()
+    assert "req" not in client.dead("list")
+    assert "req" not in client.ring()

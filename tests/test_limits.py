@@ -75,6 +75,19 @@ def test_parse_limits():
         Limit(max_concurrent=1.5)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("burst", [0, 0.5])
+def test_a_burst_too_small_to_hold_a_token_is_refused_while_the_rate_runs(burst):
+    """Fault: ``{"rate": 10, "burst": 0}`` was accepted and no task of the
+    queue ever started (the bucket never held a whole token) -- a queue
+    stopped for good by a limit that says it runs. Now it is refused, with
+    a hint; ``rate`` 0 with a burst still lets exactly that many start."""
+    with pytest.raises(InvalidField, match="at least 1"):
+        Limit(rate=10.0, burst=burst)
+    with pytest.raises(ConfigError):
+        parse_limits(f"q:rate=10,burst={burst}")
+    assert Limit(rate=0.0, burst=burst).bucket_size == burst
+
+
 def test_burst_without_refill_starts_exactly_burst_tasks():
     engine, dispatcher, consumer = setup("q:rate=0,burst=5", "q")
     submit(engine, "q", 10, 100.0)

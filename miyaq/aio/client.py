@@ -145,7 +145,9 @@ class Client:
         return await self._run(ops.cancel(self.nodes, task_id))
 
     async def ring(self) -> dict[str, Any]:
-        return await self.request(c.RING, {})
+        answer = await self.request(c.RING, {})
+        answer.pop("req", None)
+        return answer
 
     async def wait_result(self, task_id: str, timeout: float | None, node: str | None = None) -> dict[str, Any]:
         timeout = seconds(timeout, "timeout", optional=True)

@@ -220,7 +220,9 @@ class Client:
 
     def ring(self) -> dict[str, Any]:
         """The ring as a node sees it: epoch, leader, members with endpoints."""
-        return self.request(c.RING, {})
+        answer = self.request(c.RING, {})
+        answer.pop("req", None)
+        return answer
 
     def wait_result(self, task_id: str, timeout: float | None, node: str | None = None) -> dict[str, Any]:
         """Long-poll for a task's outcome (raw answer: state, result, error)."""

@@ -51,6 +51,7 @@ def run(op: Operation, ask: Callable[[Ask], dict[str, Any]]) -> Any:
             except MiyaqError as err:
                 step = op.throw(err)
             else:
+                reply.pop("req", None)      # the protocol's own number: not part of the answer
                 step = op.send(reply)
     except StopIteration as done:
         return done.value
@@ -66,6 +67,7 @@ async def run_async(op: Operation, ask: Callable[[Ask], Awaitable[dict[str, Any]
             except MiyaqError as err:
                 step = op.throw(err)
             else:
+                reply.pop("req", None)
                 step = op.send(reply)
     except StopIteration as done:
         return done.value

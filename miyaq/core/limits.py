@@ -66,6 +66,11 @@ class Limit:
             raise InvalidField("field 'max_concurrent' must be an integer >= 0", field="max_concurrent")
         if self.burst is not None and self.rate is None:
             raise InvalidField("field 'burst' needs a 'rate'", field="burst")
+        if self.burst is not None and self.rate and self.burst < 1:
+            # A bucket that never holds a whole token starts nothing: the queue
+            # would stop for good while its rate says it runs.
+            raise InvalidField("field 'burst' must be at least 1 when 'rate' is above 0 (use 'rate': 0, "
+                               "or pause the queue, to stop it)", field="burst")
 
     @property
     def bucket_size(self) -> float:
