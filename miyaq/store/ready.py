@@ -1,86 +1,167 @@
 """Per-queue ready structures: lower priority number first, FIFO within one.
 
-A lane keeps one deque per priority level in use and a sorted list of those
-levels, so push and pop are O(1) plus a bisect over the (few) levels. Each
-push gives the task a new ``seq`` from the node's one counter: it orders
-lanes against each other (the task that became ready first wins a tie of
-priorities) and marks the entry. Removal is lazy: an entry whose ``seq`` is
-no longer its task's, or whose task is no longer READY, is skipped when
-popped.
+A lane keeps the priority levels in use in a heap and, per level, its
+entries in push order: a level that has held one entry at a time keeps it
+alone (``singles``), one that has held more keeps a deque (``fifos``).
+Push and pop are O(1), plus O(log levels) when a level is added or
+dropped. A level that empties is dropped the next time the lane is read
+or a level is added; until then a push of its priority fills it again, so
+a queue drained as fast as it fills does not add and drop its level for
+every task, and only the first level is ever empty. So many distinct priorities (a producer
+that uses priority as a deadline, say) cost an entry and a heap slot per
+level, not a deque (760 bytes) each, and adding a level costs the same at
+any number of levels.
+
+Each push gives the task a new ``seq`` from the node's one counter: it
+orders lanes against each other (the task that became ready first wins a
+tie of priorities) and marks the entry. Removal is lazy: an entry whose
+``seq`` is no longer its task's, or whose task is no longer READY, is
+skipped when popped (and dropped by :meth:`Lane.compact`).
 """
 from __future__ import annotations
 
-import bisect
+import heapq
 import itertools
 from collections import deque
 from typing import Iterable, Iterator
 
 from .task import READY, Task
 
+Entry = tuple[int, Task]
+
+_SPENT: Entry = (-1, Task("", "", None, b""))
+"""What a level of one entry holds once that entry is popped (never live:
+its seq is not its task's): the level is empty, and dropped when next read."""
+
+
+def _live(entry: Entry) -> bool:
+    """Whether ``entry`` still stands for its task: its last push, and the task READY."""
+    return entry[0] == entry[1].seq and entry[1].state == READY
+
 
 class Lane:
-    __slots__ = ("name", "levels", "by_level", "count", "entries", "seq")
+    __slots__ = ("name", "levels", "fifos", "singles", "count", "entries", "seq")
 
     def __init__(self, name: str, seq: Iterator[int] | None = None) -> None:
         self.name = name
         self.seq = seq if seq is not None else itertools.count(1)
-        self.levels: list[int] = []
-        self.by_level: dict[int, deque[tuple[int, Task]]] = {}
+        self.levels: list[int] = []    # a heap of the priorities in use: each in fifos or in singles, once
+        self.fifos: dict[int, deque[Entry]] = {}   # levels that held two entries or more at once
+        self.singles: dict[int, Entry] = {}        # the other levels: their one entry (or _SPENT)
         self.count = 0     # live READY tasks (maintained by the engine)
-        self.entries = 0   # deque entries, stale ones included
+        self.entries = 0   # entries held, stale ones included
 
     def push(self, task: Task) -> None:
         task.seq = next(self.seq)
-        level = self.by_level.get(task.priority)
-        if level is None:
-            level = self.by_level[task.priority] = deque()
-            bisect.insort(self.levels, task.priority)
-        level.append((task.seq, task))
+        prio = task.priority
+        entry = (task.seq, task)
+        fifo = self.fifos.get(prio)
+        if fifo is not None:
+            fifo.append(entry)
+        else:
+            singles = self.singles
+            single = singles.get(prio)
+            if single is None:
+                if self.levels:
+                    self._drop_empty_first()
+                singles[prio] = entry
+                heapq.heappush(self.levels, prio)
+            elif single is _SPENT:
+                singles[prio] = entry
+            else:
+                del singles[prio]
+                self.fifos[prio] = deque((single, entry))
         self.entries += 1
 
-    def _clean_head(self) -> tuple[int, Task] | None:
-        while self.levels:
-            prio = self.levels[0]
-            level = self.by_level[prio]
-            while level:
-                seq, task = level[0]
+    def _drop_empty_first(self) -> None:
+        """Drop the first level if a pop emptied it, before a new level is
+        added (which may go before it): so only the first level is ever empty."""
+        prio = self.levels[0]
+        fifo = self.fifos.get(prio)
+        if fifo is not None:
+            if fifo:
+                return
+            del self.fifos[prio]
+        elif self.singles[prio] is _SPENT:
+            del self.singles[prio]
+        else:
+            return
+        heapq.heappop(self.levels)
+
+    def head(self) -> Task | None:
+        """The task :meth:`pop` would take, after dropping the stale entries
+        and the empty levels before it (the live-entry test inline: the hot path)."""
+        levels = self.levels
+        while levels:
+            prio = levels[0]
+            fifo = self.fifos.get(prio)
+            if fifo is not None:
+                while fifo:
+                    seq, task = fifo[0]
+                    if seq == task.seq and task.state == READY:
+                        return task
+                    fifo.popleft()
+                    self.entries -= 1
+                del self.fifos[prio]
+            else:
+                single = self.singles[prio]
+                seq, task = single
                 if seq == task.seq and task.state == READY:
-                    return level[0]
-                level.popleft()
-                self.entries -= 1
-            del self.by_level[prio]
-            self.levels.pop(0)
+                    return task
+                if single is not _SPENT:
+                    self.entries -= 1
+                del self.singles[prio]
+            heapq.heappop(levels)
+        return None
+
+    def pop(self) -> Task | None:
+        """Take the first live entry's task, dropping what :meth:`head` drops."""
+        levels = self.levels
+        while levels:
+            prio = levels[0]
+            fifo = self.fifos.get(prio)
+            if fifo is not None:
+                while fifo:
+                    seq, task = fifo.popleft()
+                    self.entries -= 1
+                    if seq == task.seq and task.state == READY:
+                        return task
+                del self.fifos[prio]
+            else:
+                single = self.singles[prio]
+                seq, task = single
+                if seq == task.seq and task.state == READY:
+                    self.singles[prio] = _SPENT
+                    self.entries -= 1
+                    return task
+                if single is not _SPENT:
+                    self.entries -= 1
+                del self.singles[prio]
+            heapq.heappop(levels)
         return None
 
     def compact(self) -> int:
-        """Rebuild the deques without stale entries; returns how many went."""
+        """Rebuild the levels without stale entries or empty levels; returns how many entries went."""
         before = self.entries
-        for prio in list(self.levels):
-            live = deque(e for e in self.by_level[prio] if e[0] == e[1].seq and e[1].state == READY)
-            if live:
-                self.by_level[prio] = live
-            else:
-                del self.by_level[prio]
-                self.levels.remove(prio)
-        self.entries = sum(len(d) for d in self.by_level.values())
+        fifos: dict[int, deque[Entry]] = {}
+        singles = {prio: entry for prio, entry in self.singles.items() if _live(entry)}
+        for prio, fifo in self.fifos.items():
+            live = deque(e for e in fifo if _live(e))
+            if len(live) > 1:
+                fifos[prio] = live
+            elif live:
+                singles[prio] = live[0]
+        self.fifos, self.singles = fifos, singles
+        self.levels = list(fifos) + list(singles)
+        heapq.heapify(self.levels)
+        self.entries = sum(len(fifo) for fifo in fifos.values()) + len(singles)
         return before - self.entries
 
     def queued(self) -> set[str]:
         """Ids of the tasks this lane would hand out (O(n): for checks, not the hot path)."""
-        return {task.id for level in self.by_level.values() for seq, task in level
-                if seq == task.seq and task.state == READY}
-
-    def head(self) -> Task | None:
-        entry = self._clean_head()
-        return entry[1] if entry else None
-
-    def pop(self) -> Task | None:
-        entry = self._clean_head()
-        if entry is None:
-            return None
-        self.by_level[self.levels[0]].popleft()
-        self.entries -= 1
-        return entry[1]
+        ids = {entry[1].id for entry in self.singles.values() if _live(entry)}
+        ids.update(entry[1].id for fifo in self.fifos.values() for entry in fifo if _live(entry))
+        return ids
 
 
 class ReadyQueues:
