@@ -6,6 +6,14 @@ idle consumers instead of filling the first one. A consumer with credit is
 "hungry"; idle capacity never waits while its queues hold ready work because
 every credit grant and every newly ready task marks the dispatcher pending.
 
+A consumer granted with ``until_idle`` (a webhook lane: one per queue, as
+many as queues) also leaves the hungry ones when a pump finds none of its
+queues holding a ready task, and its owner grants it again when one does
+(the webhook deliverer, on each ready task of the lane's queue). So a pump
+visits the consumers that may have work, not every idle lane of every
+queue ever used. (One held back only by its queue's limits has ready tasks:
+it stays, and the limits' refill timer pumps again.)
+
 Per-queue rate limits (:mod:`miyaq.core.limits`) are applied here, so they
 hold for every kind of consumer. With no limit configured the loop below
 takes its original path; with limits, a queue out of tokens or at its
@@ -50,7 +58,9 @@ class Dispatcher(EngineListener):
         self.engine = engine
         self.max_batch = max_batch
         self.gate = gate
-        self.hungry: dict[Consumer, None] = {}
+        # Consumers with room, in the order they were granted -> whether they
+        # leave when nothing of their queues is ready (``grant``'s until_idle).
+        self.hungry: dict[Consumer, bool] = {}
         self.pending = False
         # The housekeeping loop stamps this (monotonic) every 0.1 s; a pump long
         # after the last stamp means the process was frozen (SIGSTOP, swap, a VM
@@ -84,10 +94,14 @@ class Dispatcher(EngineListener):
         self.pending = True
         self.pump(wall())
 
-    def grant(self, consumer: Consumer, credit: int) -> None:
+    def grant(self, consumer: Consumer, credit: int, until_idle: bool = False) -> None:
+        """``consumer`` may take ``credit`` more; it is offered ready tasks while
+        it has room. ``until_idle``: only until a pump finds nothing ready in
+        its queues -- the caller must grant it again when a task of its queues
+        is ready (see the module's docstring)."""
         consumer.granted(credit)
         if consumer.room() > 0:
-            self.hungry[consumer] = None
+            self.hungry[consumer] = until_idle
             self.pending = True
 
     def forget(self, consumer: Consumer) -> None:
@@ -144,6 +158,8 @@ class Dispatcher(EngineListener):
                         self.pending = True   # batch full: continue next pump
                 elif taken == n:
                     again.append(consumer)    # took its whole chunk: there may be more
+                elif self.hungry.get(consumer) and not engine.ready.has_ready(queues):
+                    self.hungry.pop(consumer, None)   # idle: granted again with its queues' next ready task
             turn = again
         if total:
             self._announce()

@@ -47,6 +47,10 @@ from miyaq.store.task import DONE, Task
 #: so made-up methods cannot add series (routes are the router's templates or "unmatched").
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
+#: The results ``miyaq_webhook_deliveries_total`` names (:class:`miyaq.gateway.outbound.Outcome`'s
+#: kinds; any other is counted as "other"), so a closed queue's series can all be removed.
+WEBHOOK_RESULTS = frozenset({"2xx", "4xx", "429", "5xx", "other", "timeout", "connection", "invalid", "forbidden"})
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                    30.0, 60.0, 300.0, 900.0, 3600.0)
 
@@ -124,11 +128,11 @@ class TaskTimings(EngineListener, Collector):
         _drop(self.duplicates, queue)
 
 
-def _drop(metric: Any, queue: str) -> None:
+def _drop(metric: Any, *labels: str) -> None:
     try:
-        metric.remove(queue)
+        metric.remove(*labels)
     except KeyError:
-        pass       # never observed for this queue
+        pass       # never observed with these labels
 
 
 class NodeCollector(Collector):
@@ -291,8 +295,15 @@ class NodeMetrics:
         self.stop()
 
     def webhook_delivered(self, queue: str, result: str, seconds: float) -> None:
-        self.webhooks.labels(queue, result).inc()
+        self.webhooks.labels(queue, result if result in WEBHOOK_RESULTS else "other").inc()
         self.webhook_seconds.labels(queue).observe(seconds)
+
+    def webhook_queue_closed(self, queue: str) -> None:
+        """The webhook deliverer closed ``queue``'s lane (the engine forgot the
+        queue): its webhook series end, as its other series did."""
+        for result in WEBHOOK_RESULTS:
+            _drop(self.webhooks, queue, result)
+        _drop(self.webhook_seconds, queue)
 
     def http_request(self, method: str, route: str, status: int) -> None:
         """Count one answer. ``route`` must come from a fixed set (a route template or "unmatched")."""

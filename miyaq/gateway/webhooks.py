@@ -20,6 +20,19 @@ node is full, further tasks stay ready in their lanes (not leased); a lane
 turned away then waits its turn and is offered the dispatcher again, in
 order, when a slot frees.
 
+A lane is opened by its queue's first ready webhook task and offered the
+dispatcher while its queue has ready tasks (it leaves the dispatcher's
+hungry consumers when none is ready, and each ready task grants it again).
+It is closed -- forgotten by the deliverer and the dispatcher, its queue's
+webhook series dropped from ``/metrics`` -- when the engine forgets its
+queue (past 100 queues, an empty one: :meth:`Engine.compact_lanes
+<miyaq.core.engine.Engine.compact_lanes>`), or, if a delivery of it is
+still in flight then (a cancelled one whose greenlet has not ended yet),
+when its last delivery ends. A lane with a delivery in flight is never
+dropped, so its slots are never counted twice: a task of the queue ready
+again meanwhile is delivered by the same lane. So queue names producers
+make up hold no lanes once used.
+
 A lane keeps its books per attempt (task id and attempt number), not per
 task: an attempt stopped at its lease's end may take a moment to end while
 the task's next attempt is already leased to the same lane, and each holds
@@ -76,6 +89,13 @@ class WebhookLane(Consumer):
         # not ended yet: each holds one of the node's slots (True) or, only
         # if the books were ever wrong, waits for one before it connects (False).
         self.slots: dict[tuple[str, int], bool] = {}
+        # The engine forgot the queue while a delivery was in flight: the lane
+        # closes when its last one ends (unless a task of the queue is ready again first).
+        self.forgotten = False
+
+    def busy(self) -> bool:
+        """Whether a delivery of this lane is in flight (leased, its greenlet not ended)."""
+        return bool(self.slots or self.greenlets)
 
     # A lane counts no credit: its slots and the node's say what is free, and
     # the dispatcher asks each time.
@@ -159,12 +179,41 @@ class WebhookDeliverer(EngineListener):
         if lane is None:
             self._open(task.queue)
         else:
-            self.dispatcher.grant(lane, 0)   # hungry again if it has room (a lane turned away waits for a slot)
+            lane.forgotten = False
+            self._grant(lane)   # hungry again if it has room (a lane turned away waits for a slot)
+
+    def _grant(self, lane: WebhookLane) -> None:
+        """Offer ``lane`` the dispatcher until it finds nothing ready (its next ready task grants it again)."""
+        self.dispatcher.grant(lane, 0, until_idle=True)
 
     def _open(self, queue: str) -> None:
         lane = self.lanes[queue] = WebhookLane(self, queue)
-        self.dispatcher.grant(lane, 0)
-        logger.info("webhook queue %s: delivering with %d slots", queue, self.concurrency)
+        self._grant(lane)
+        # A few lines a minute: producers may make up a queue name per task,
+        # and a forgotten queue's lane is opened again by its next task.
+        _log.log(logging.INFO, "webhook queue", "webhook queue %s: delivering with %d slots", queue,
+                 self.concurrency)
+
+    def queue_forgotten(self, queue: str) -> None:
+        """The engine forgot ``queue`` (it holds no task): its lane closes now,
+        or when its last delivery in flight ends."""
+        lane = self.lanes.get(queue)
+        if lane is None:
+            return
+        if lane.busy():
+            lane.forgotten = True
+        else:
+            self._close(lane)
+
+    def _close(self, lane: WebhookLane) -> None:
+        """Forget ``lane`` (nothing of it in flight): the dispatcher no longer
+        offers it tasks and its queue's webhook series end. Its queue's next
+        ready webhook task opens a new one."""
+        del self.lanes[lane.queue]
+        self.waiting.pop(lane, None)
+        self.dispatcher.forget(lane)
+        if self.metrics is not None:
+            self.metrics.webhook_queue_closed(lane.queue)
 
     def task_started(self, task: Task) -> None:
         """A task was leased to one of the lanes: it takes a node-wide slot
@@ -210,11 +259,15 @@ class WebhookDeliverer(EngineListener):
             self.slots.release()
         if self.stopping or self.gate.holds(SHUTTING_DOWN):
             return
-        if not self.waiting:
-            self.dispatcher.grant(lane, 0)
-        else:
+        if lane.forgotten and not lane.busy():
+            if self.lanes.get(lane.queue) is lane:
+                self._close(lane)         # its queue was forgotten while this delivery was in flight
+        elif self.waiting:
             self.waiting.pop(lane, None)
             self.waiting[lane] = None     # its turn comes after the lanes that waited
+        elif self.engine.ready.has_ready(lane.queues):
+            self._grant(lane)
+        if self.waiting:
             self._offer_waiting()
         self.kick()
 
@@ -229,7 +282,7 @@ class WebhookDeliverer(EngineListener):
         for lane in waiting:
             entry = ready.get(WEBHOOK_LANE_PREFIX + lane.queue)
             if entry is not None and entry.count:
-                self.dispatcher.grant(lane, 0)
+                self._grant(lane)
 
     # -- one delivery ----------------------------------------------------------------
     def run(self, lane: WebhookLane, task: Task) -> None:
