@@ -10,6 +10,7 @@ Nothing is read from the environment at import time.
 from __future__ import annotations
 
 import argparse
+import datetime
 import math
 import os
 import socket
@@ -23,10 +24,13 @@ from miyaq.runtime.endpoints import WILDCARDS, bare_host, is_ipv6_address, tcp_e
 
 
 def _opt(default: Any, help: str, *, choices: tuple[str, ...] | None = None, short: str | None = None,
-         repeat: bool = False) -> Any:
+         repeat: bool = False, listed: bool = False) -> Any:
     """A setting. ``repeat``: the flag may be given more than once, the values
-    joined with commas (as the environment variable and a TOML list give them)."""
-    return field(default=default, metadata={"help": help, "choices": choices, "short": short, "repeat": repeat})
+    joined with commas (as the environment variable and a TOML list give them).
+    ``listed`` (implied by ``repeat``): a comma-separated list, which a TOML
+    file may also give as an array of strings (joined with commas)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "short": short, "repeat": repeat,
+                                            "listed": listed or repeat})
 
 
 class Settings:
@@ -81,12 +85,12 @@ class Settings:
             raw = args.get(f.name)
             if raw is None:
                 raw = environ.get("MIYAQ_" + f.name.upper())
-            if raw is None:
-                raw = file_values.get(f.name)
-            if raw is not None:
+            if raw is not None:       # text (a flag, the environment); a list: a repeated flag
                 if f.metadata.get("repeat") and isinstance(raw, list):
                     raw = ",".join(str(item) for item in raw)
                 values[f.name] = _coerce(f.name, f.type, raw)
+            elif f.name in file_values:
+                values[f.name] = _from_toml(f.name, f.type, file_values[f.name], bool(f.metadata.get("listed")))
         return cls(**values)
 
     def check_fields(self) -> None:
@@ -166,7 +170,7 @@ class NodeConfig(Settings):
     webhook_timeout: float = _opt(30.0, "seconds one webhook attempt may take (capped by the task's timeout)")
     webhook_pool_size: int = _opt(32, "connections open at once, and kept alive, per webhook destination")
     webhook_allow_hosts: str = _opt("", "comma-separated webhook destinations allowed: host, host:port or "
-                                        "*.domain (empty: any host whose addresses are public)")
+                                        "*.domain (empty: any host whose addresses are public)", listed=True)
     webhook_allow_private: bool = _opt(False, "without webhook_allow_hosts, also deliver webhooks to loopback, "
                                               "link-local and private addresses (169.254.169.254, 127.0.0.1, 10/8, "
                                               "...); off: refused")
@@ -175,7 +179,7 @@ class NodeConfig(Settings):
     data_dir: str = _opt("", "directory for the append-only log (empty: memory only)")
     fsync: str = _opt("interval", "log fsync policy", choices=("always", "interval", "never"))
     fsync_interval_ms: int = _opt(10, "group-commit interval for fsync=interval, in ms")
-    zk: str = _opt("", "ZooKeeper hosts (host:port,...); empty: standalone ring of one")
+    zk: str = _opt("", "ZooKeeper hosts (host:port,...); empty: standalone ring of one", listed=True)
     cluster: str = _opt("default", "cluster name (ZooKeeper path /miyaq/<cluster>)")
     auto_join: bool = _opt(True, "join the ring on start")
     zk_session_timeout: float = _opt(10.0, "ZooKeeper session timeout in seconds")
@@ -328,6 +332,48 @@ class NodeConfig(Settings):
         if not self.http_port:
             return None
         return f"{'https' if self.http_cert else 'http'}://{url_host(self.advertised_host)}:{self.http_port}"
+
+
+#: TOML's name of each type ``tomllib`` gives a value as.
+_TOML_TYPES = ((bool, "boolean"), (int, "integer"), (float, "float"), (str, "string"), (list, "array"),
+               (dict, "table"), (datetime.datetime, "date-time"), (datetime.date, "date"), (datetime.time, "time"))
+
+
+def _toml_type(value: Any) -> str:
+    return next((name for kind, name in _TOML_TYPES if isinstance(value, kind)), type(value).__name__)
+
+
+def _from_toml(name: str, type_: Any, raw: Any, listed: bool) -> Any:
+    """A setting's value from the config file, which must be of the setting's
+    TOML type: a boolean for a boolean setting, an integer for an integer one,
+    an integer or a float for a number, a string for a text setting (for a
+    comma-separated list, also an array of strings, joined with commas).
+    Anything else is a ConfigError naming the setting, the type given and the
+    type expected: ``str()`` of it made ``http_token = true`` the token
+    ``True`` and a list of allowed hosts the text ``['a', 'b']``."""
+    kind = type_ if isinstance(type_, str) else getattr(type_, "__name__", str(type_))
+    kind = kind.removesuffix(" | None")       # TOML has no null: a value given is of the type
+    given = _toml_type(raw)
+    if kind == "bool":
+        expected, ok = "a boolean (true or false)", given == "boolean"
+    elif kind == "int":
+        expected, ok = "an integer", given == "integer"
+    elif kind == "float":
+        expected, ok = "a number", given in ("integer", "float")
+    elif listed:
+        expected = "a string or an array of strings"
+        ok = given == "string" or (given == "array" and all(isinstance(item, str) for item in raw))
+        if ok and given == "array":
+            raw = ",".join(raw)
+    else:
+        expected, ok = "a string", given == "string"
+    if not ok:
+        shown = f"a TOML {given}"
+        if given == "array" and raw:
+            shown += " of " + " and ".join(sorted({_toml_type(item) for item in raw})) + " values"
+        # The value itself is not shown: it may be a secret (http_token, zk_auth).
+        raise ConfigError(f"setting {name} expects {expected} in the config file, got {shown}")
+    return _coerce(name, type_, raw)
 
 
 def _coerce(name: str, type_: Any, raw: Any) -> Any:
