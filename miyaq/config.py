@@ -123,6 +123,32 @@ MAX_SETTING_INT = 2**63 - 1
 #: The longest path of a unix socket (``sun_path`` less its final NUL, Linux).
 MAX_IPC_PATH = 107
 
+#: The most holders a task may have (its ``replicas``, and the node's
+#: default): a record of more is refused by every check of it
+#: (``protocol.recordspec.MAX_HOLDERS``, when the log is replayed).
+MAX_REPLICAS = 16
+
+#: Seconds in a year: the longest lease, retry delay or replica offset a
+#: task may have (``protocol.taskspec.YEAR``, checked again at replay).
+YEAR = 365 * 86400.0
+
+#: The most retries a task may have (as the SUBMIT and replay checks say).
+MAX_RETRIES = 10_000
+
+#: A bearer token of the HTTP gateway (``http_token``, and each token of the
+#: ``http_tokens`` file) is this many visible ASCII characters, at least
+#: and at most.
+MIN_HTTP_TOKEN = 16
+MAX_HTTP_TOKEN = 512
+
+#: Bytes a protocol message needs beside the one payload or result it
+#: carries: a task's other fields in its SUBMIT (the client allows them
+#: 16 KiB, ``client.sizes.TASK_FIELDS_ROOM``), the rest of a DONE beside its
+#: result (the worker allows 64 KiB, ``worker.config.RESULT_MESSAGE_SLACK``).
+#: ``max_message`` is at least ``max_payload`` plus this, so a task and a
+#: result of ``max_payload`` bytes fit a message.
+MESSAGE_ROOM = 64 * 1024
+
 #: The most webhook deliveries a node may be told to keep in flight at once
 #: (``webhook_max_in_flight``): each may hold a socket, and far fewer than
 #: this fit in a usual file descriptor limit anyway.
@@ -143,7 +169,8 @@ class NodeConfig(Settings):
     peer_port: int = _opt(0, "peer ROUTER port (0: port + 1)")
     pub_port: int = _opt(0, "replication PUB port (0: port + 2)")
     http_port: int = _opt(8088, "HTTP gateway port (0: disabled)")
-    http_token: str = _opt("", "bearer token required by the HTTP gateway, with the admin role (empty: none)")
+    http_token: str = _opt("", "bearer token required by the HTTP gateway, with the admin role: "
+                               f"{MIN_HTTP_TOKEN} to {MAX_HTTP_TOKEN} visible ASCII characters (empty: none)")
     http_tokens: str = _opt("", "file of 'TOKEN ROLE' lines (roles producer, worker, admin): bearer tokens the "
                                 "HTTP gateway accepts, re-read on SIGHUP and when it changes (empty: none)")
     http_host: str = _opt("", "address the HTTP gateway binds to (empty: same as host)")
@@ -187,7 +214,7 @@ class NodeConfig(Settings):
                             "they open (empty: no ACLs; prefer zk_auth_file or the environment: ps shows flags)")
     zk_auth_file: str = _opt("", "file holding the 'user:password' of zk_auth")
     weight: float = _opt(1.0, "this node's weight in the ring")
-    replicas: int = _opt(3, "default holders per task in a cluster (1 when standalone)")
+    replicas: int = _opt(3, f"default holders per task in a cluster (1 when standalone; 1..{MAX_REPLICAS})")
     min_acks: int = _opt(0, "holders that must store a task before a submit returns (0: all)")
     replica_offset: float = _opt(5.0, "seconds between holder ranks' timers")
     peer_heartbeat_timeout: float = _opt(PEER_HEARTBEAT_TIMEOUT,
@@ -242,8 +269,18 @@ class NodeConfig(Settings):
             if self.zk and value > 65535:      # only a clustered node binds them
                 derived = "" if getattr(self, name) else f" (port + {1 if name == 'peer_port' else 2})"
                 raise ConfigError(f"{name} must be 1..65535, not {value}{derived}: pass --{name.replace('_', '-')} N")
-        if self.replicas < 1 or self.max_tasks < 1 or self.max_batch < 1:
-            raise ConfigError("replicas, max_tasks and max_batch must be at least 1")
+        if self.max_tasks < 1 or self.max_batch < 1:
+            raise ConfigError("max_tasks and max_batch must be at least 1")
+        self._check_task_defaults()
+        for name in ("max_payload", "http_max_connections", "webhook_concurrency", "webhook_pool_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}: {_USELESS_AT_0[name]}")
+        if self.http_token and not is_http_token(self.http_token):     # the token itself is never shown
+            size = len(self.http_token)
+            why = (f"it has {size} characters" if not MIN_HTTP_TOKEN <= size <= MAX_HTTP_TOKEN
+                   else "it holds a space or a character that is not visible ASCII")
+            raise ConfigError(f"http_token must be {MIN_HTTP_TOKEN} to {MAX_HTTP_TOKEN} visible ASCII characters, "
+                              f"as a token of http_tokens: {why} (make one with: openssl rand -hex 32)")
         if self.max_batch > MAX_BATCH:
             raise ConfigError(f"max_batch must be 1..{MAX_BATCH:,}, not {self.max_batch:,} (a message of more "
                               "tasks saves nothing, and every message is bounded in the values it holds)")
@@ -265,6 +302,42 @@ class NodeConfig(Settings):
             raise ConfigError(f"webhook_max_in_flight must be 1..{MAX_WEBHOOK_IN_FLIGHT:,}, not "
                               f"{self.webhook_max_in_flight:,} (webhook deliveries in flight at once on this "
                               "node; each may hold a file descriptor)")
+
+    @classmethod
+    def load(cls, args: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> NodeConfig:
+        """:meth:`Settings.load`, then :meth:`check_message_room`: the settings
+        a node is started with (``miyaq node``: flags, environment, file)."""
+        config = super().load(args, environ)
+        config.check_message_room()
+        return config
+
+    def check_message_room(self) -> None:
+        """``max_message`` holds a task, and a result, of ``max_payload`` bytes
+        with the fields around it (:data:`MESSAGE_ROOM`); at 0 every message
+        was refused. Checked on the settings a node is started with
+        (:meth:`load`), not by :meth:`validate`: the replay of the log checks
+        logged records with a copy of the config whose ``max_payload`` is the
+        log's own limit (``miyaq.persistence.replay``), and no message."""
+        if self.max_message < self.max_payload + MESSAGE_ROOM:
+            raise ConfigError(f"max_message ({self.max_message:,}) must be at least max_payload ({self.max_payload:,}) "
+                              f"+ {MESSAGE_ROOM:,} = {self.max_payload + MESSAGE_ROOM:,} bytes: a message holds a "
+                              "task's payload, or a result, with the fields around it")
+
+    def _check_task_defaults(self) -> None:
+        """The defaults a task takes are values its own checks accept (at its
+        submit and when the log is replayed): a node that stored a task with
+        ``replicas`` 17 refused the record at its next start, and lost a task
+        it had acknowledged."""
+        if not 1 <= self.replicas <= MAX_REPLICAS:
+            raise ConfigError(f"replicas must be 1..{MAX_REPLICAS} (holders of a task), not {self.replicas}")
+        if self.default_max_retries > MAX_RETRIES:
+            raise ConfigError(f"default_max_retries must be 0..{MAX_RETRIES:,}, not {self.default_max_retries:,}")
+        if not 0.01 <= self.default_timeout <= YEAR:
+            raise ConfigError(f"default_timeout must be 0.01..{YEAR:.0f} seconds (a year), not "
+                              f"{self.default_timeout:g}")
+        for name in ("default_backoff", "default_backoff_max"):
+            if getattr(self, name) > YEAR:
+                raise ConfigError(f"{name} must be 0..{YEAR:.0f} seconds (a year), not {getattr(self, name):g}")
 
     def _check_binds(self) -> None:
         for endpoint in self.ipc_endpoints:
@@ -332,6 +405,21 @@ class NodeConfig(Settings):
         if not self.http_port:
             return None
         return f"{'https' if self.http_cert else 'http'}://{url_host(self.advertised_host)}:{self.http_port}"
+
+
+#: Why each of these settings must be at least 1 (the node would start, and be of no use).
+_USELESS_AT_0 = {
+    "max_payload": "0 refuses every task with a payload (a named task always has one) and every result",
+    "http_max_connections": "0 lets the HTTP gateway accept no connection",
+    "webhook_concurrency": "0 accepts webhooks and never delivers one",
+    "webhook_pool_size": "0 opens no connection to a webhook destination (every delivery waits out its timeout)",
+}
+
+
+def is_http_token(token: str) -> bool:
+    """``token`` is a bearer token the HTTP gateway may be given:
+    :data:`MIN_HTTP_TOKEN` to :data:`MAX_HTTP_TOKEN` visible ASCII characters."""
+    return MIN_HTTP_TOKEN <= len(token) <= MAX_HTTP_TOKEN and all(0x21 <= ord(ch) <= 0x7E for ch in token)
 
 
 #: TOML's name of each type ``tomllib`` gives a value as.

@@ -34,6 +34,7 @@ http_node, api, make_http_node, make_web_worker = FIXTURES   # pytest finds fixt
 
 PAGES = ("/ui", "/ui/queues", "/ui/workers", "/ui/ring", "/ui/dead", "/ui/periodic")
 EVIL = '<script>alert("x")</script>'
+TOKEN = "s3cret-token-0123456789"    # http_token: 16 characters or more
 
 
 def page(api: Http, path: str, **kw: Any) -> tuple[int, str, dict[str, str]]:
@@ -153,7 +154,7 @@ def test_pages_are_paged(http_node, api):
 
 # -- who may look and act -------------------------------------------------------------------------
 def test_a_token_protected_console_signs_in_with_the_token(make_http_node):
-    node = make_http_node(http_token="s3cret")
+    node = make_http_node(http_token=TOKEN)
     anon = Http(node.url)
     try:
         status, _, headers = anon.get("/ui/queues?x=1")
@@ -161,7 +162,7 @@ def test_a_token_protected_console_signs_in_with_the_token(make_http_node):
         assert anon.get("/ui/login")[0] == 200
         status, body, headers = post_form(anon, "/ui/login", {"token": "wrong", "next": "/ui"}, "")
         assert status == 401 and "set-cookie" not in headers
-        status, _, headers = post_form(anon, "/ui/login", {"token": "s3cret", "next": "/ui/dead"}, "")
+        status, _, headers = post_form(anon, "/ui/login", {"token": TOKEN, "next": "/ui/dead"}, "")
         assert status == 303 and headers["location"] == "/ui/dead"
         cookie = cookie_of(headers)
         assert "HttpOnly" in headers["set-cookie"] and "SameSite=Strict" in headers["set-cookie"]
@@ -173,8 +174,8 @@ def test_a_token_protected_console_signs_in_with_the_token(make_http_node):
         forged = f"{name}={value[:-1]}{'0' if value[-1] != '0' else '1'}"
         assert anon.get("/ui/dead", headers={"Cookie": forged})[0] == 303
         # the bearer token works as for the API; a redirect never leaves the console
-        assert page(anon, "/ui", headers={"Authorization": "Bearer s3cret"})[0] == 200
-        status, _, headers = post_form(anon, "/ui/login", {"token": "s3cret", "next": "//evil.example/"}, "")
+        assert page(anon, "/ui", headers={"Authorization": "Bearer " + TOKEN})[0] == 200
+        status, _, headers = post_form(anon, "/ui/login", {"token": TOKEN, "next": "//evil.example/"}, "")
         assert headers["location"] == "/ui"
     finally:
         anon.close()
@@ -190,10 +191,10 @@ def test_a_sign_in_whose_next_no_header_can_carry_goes_to_the_console(make_http_
     by tests/test_http_fuzz.py's console pass). Now it is a 303 to /ui, with
     no header of the attacker's; so is a ``next`` that is no URI path (a
     space, a non-ASCII letter), which went out as it was."""
-    node = make_http_node(http_token="s3cret")
+    node = make_http_node(http_token=TOKEN)
     anon = Http(node.url)
     try:
-        status, _, headers = post_form(anon, "/ui/login", {"token": "s3cret", "next": target}, "")
+        status, _, headers = post_form(anon, "/ui/login", {"token": TOKEN, "next": target}, "")
         assert status == 303 and headers["location"] == "/ui", headers
         assert "x-injected" not in headers
     finally:
@@ -211,10 +212,10 @@ def test_a_header_no_http_can_carry_is_a_console_500_not_gevents(make_http_node,
     from miyaq.gateway.request import Response
     monkeypatch.setattr(Renderer, "redirect", staticmethod(lambda location, cookie="": Response(
         303, b"", [("Location", location)])))
-    node = make_http_node(http_token="s3cret")
+    node = make_http_node(http_token=TOKEN)
     anon = Http(node.url)
     try:
-        status, body, headers = post_form(anon, "/ui/login", {"token": "s3cret", "next": "/ui\r\nX-Injected: 1"}, "")
+        status, body, headers = post_form(anon, "/ui/login", {"token": TOKEN, "next": "/ui\r\nX-Injected: 1"}, "")
         assert status == 500 and b"Internal error" in body, (status, body)
         assert headers["content-type"] == "text/html; charset=utf-8" and headers["content-security-policy"] == CSP
         assert "x-injected" not in headers and "location" not in headers
@@ -225,10 +226,10 @@ def test_a_header_no_http_can_carry_is_a_console_500_not_gevents(make_http_node,
 
 def test_an_expired_session_is_refused(make_http_node, monkeypatch):
     """Fault: a session cookie older than its lifetime (stolen from an old browser profile, say)."""
-    node = make_http_node(http_token="s3cret")
+    node = make_http_node(http_token=TOKEN)
     anon = Http(node.url)
     try:
-        headers = post_form(anon, "/ui/login", {"token": "s3cret"}, "")[2]
+        headers = post_form(anon, "/ui/login", {"token": TOKEN}, "")[2]
         cookie = cookie_of(headers)
         monkeypatch.setattr(access_module, "SESSION_TTL", -1.0)
         assert anon.get("/ui", headers={"Cookie": cookie})[0] == 303
@@ -361,11 +362,11 @@ def _two_member_ring(first: Any, second: Any, gone_url: str) -> None:
 
 def test_pause_reaches_every_member_and_the_ring_page_asks_each(make_http_node):
     """Fault: one member of the ring does not answer (its gateway is down)."""
-    first = make_http_node(http_token="tok")
-    second = make_http_node(http_token="tok", node_id="t2")
+    first = make_http_node(http_token=TOKEN)
+    second = make_http_node(http_token=TOKEN, node_id="t2")
     gone = f"http://127.0.0.1:{free_port()}"
     _two_member_ring(first, second, gone)
-    api, api2 = Http(first.url, token="tok"), Http(second.url, token="tok")
+    api, api2 = Http(first.url, token=TOKEN), Http(second.url, token=TOKEN)
     try:
         api2.post("/tasks", {"name": "job", "queue": "mail", "countdown": 600})
         ring = page(api, "/ui/ring")[1]
@@ -384,7 +385,7 @@ def test_pause_reaches_every_member_and_the_ring_page_asks_each(make_http_node):
 
 def test_a_member_with_another_token_is_reported_not_trusted(make_http_node):
     first = make_http_node()
-    second = make_http_node(http_token="other", node_id="t2")
+    second = make_http_node(http_token="another-token-0123456789", node_id="t2")
     _two_member_ring(first, second, "javascript:alert(1)")
     api = Http(first.url)
     try:

@@ -37,6 +37,7 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
 IMAGES = pathlib.Path(__file__).resolve().parent.parent / "docs" / "images"
 SCREENSHOTS = os.environ.get("MIYAQ_SCREENSHOTS") == "1"
 EVIL = '<img src=x onerror="alert(1)"><script>alert(2)</script>'
+TOKEN = "open-sesame-0123456789"    # http_token: 16 characters or more
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +200,7 @@ def test_pages_update_themselves(tab, live, api):
 
 
 def test_signing_in_with_the_token(browser, make_http_node):
-    node = make_http_node(http_token="open-sesame")
+    node = make_http_node(http_token=TOKEN)
     tab = Tab(browser, node.url)
     try:
         page = tab.open("/ui/ring")
@@ -207,7 +208,7 @@ def test_signing_in_with_the_token(browser, make_http_node):
         page.fill("input[name=token]", "wrong")
         page.click("form.login button")
         assert page.get_by_role("alert").inner_text() == "That is not the token."
-        page.fill("input[name=token]", "open-sesame")
+        page.fill("input[name=token]", TOKEN)
         page.click("form.login button")
         page.wait_for_url("**/ui/ring")
         page.click("header form.inline button")            # sign out

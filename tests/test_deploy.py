@@ -112,10 +112,17 @@ def role(argv: list[str]) -> str:
     return argv[0] if argv and argv[0] in ROLE_VARS else "other"
 
 
+#: A compose file's ``${VAR:?message}``: a value the operator must export first.
+REQUIRED = re.compile(r"^\$\{[A-Z0-9_]+:\?[^}]*\}$")
+#: What the operator exports for it (deploy/docker-compose.yml: ``openssl rand -hex 24``).
+EXPORTED = "0123456789abcdef" * 3
+
+
 def check_node_values(values: dict[str, str], where: str) -> None:
     """The node accepts these settings (types, ranges, choices) and starts
-    with them: a node bound beyond loopback has keys (issue 9's safe default)."""
-    environ = {k: v for k, v in values.items() if k in NODE_VARS}
+    with them: a node bound beyond loopback has keys (issue 9's safe default).
+    A required compose variable stands for the value its comment exports."""
+    environ = {k: EXPORTED if REQUIRED.match(v) else v for k, v in values.items() if k in NODE_VARS}
     try:
         exposure_warning(NodeConfig.load({}, environ))
     except Exception as exc:  # noqa: BLE001 - the message is the point

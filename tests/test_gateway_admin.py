@@ -9,6 +9,7 @@ from miyaq.protocol import codec
 from miyaq.protocol import commands as c
 
 http_node, api, make_http_node, make_web_worker = FIXTURES   # pytest finds fixtures in module globals
+TOKEN = "s3cret-token-0123456789"    # http_token: 16 characters or more
 
 
 def make_dead(api: Http, queue: str, n: int) -> list[str]:
@@ -96,8 +97,8 @@ def test_unknown_path_and_wrong_method(api):
 
 
 def test_bearer_token_guards_every_endpoint(make_http_node):
-    node = make_http_node(http_token="s3cret")
-    anonymous, wrong, right = Http(node.url), Http(node.url, token="guess"), Http(node.url, token="s3cret")
+    node = make_http_node(http_token=TOKEN)
+    anonymous, wrong, right = Http(node.url), Http(node.url, token="guess"), Http(node.url, token=TOKEN)
     try:
         for path in ("/status", "/metrics", "/openapi.json", "/nowhere"):
             status, body, headers = anonymous.get(path)

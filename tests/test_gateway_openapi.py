@@ -143,7 +143,7 @@ def test_every_endpoint_answers_as_documented(make_http_node, make_web_worker, d
 
 
 def test_auth_errors_match_the_document(make_http_node, doc):
-    node = make_http_node(http_token="t0ken")
+    node = make_http_node(http_token="t0ken-0123456789abcdef")
     api = Http(node.url)
     call = Checker(api, doc)
     try:

@@ -53,6 +53,7 @@ pytestmark = pytest.mark.timeout(max(120, EXAMPLES // 10) + HOOK_BUDGET)
 #: Webhooks may go only to a loopback port nothing listens on: no request of
 #: the fuzz leaves the machine, whatever URL it makes up.
 ALLOWED_HOOK = "127.0.0.1:9"
+TOKEN = "s3cret-token-0123456789"    # http_token: 16 characters or more
 #: Long-polls: a hostile timeout may make them wait; a wait is an answer.
 LONG_POLLS = ("/receive", "/receive_block", "/tasks/{id}/result")
 READ_TIMEOUT = 3.0
@@ -252,11 +253,11 @@ def test_console_pages_and_sign_in_with_hostile_values_never_answer_500(make_htt
     """Fault: crafted links to the web console (hostile query and path
     parameters on every page) and sign-in forms with a hostile ``next``.
     No answer is 5xx; a redirect stays on the console."""
-    node = make_http_node(webhook_allow_hosts=ALLOWED_HOOK, http_token="s3cret")
+    node = make_http_node(webhook_allow_hosts=ALLOWED_HOOK, http_token=TOKEN)
     rng = random.Random(SEED)
     for n in range(max(200, EXAMPLES // 4)):
         if rng.random() < 0.3:
-            what = {"token": rng.choice(["s3cret", "wrong"]), "next": "/ui" + str(hostile(rng))[:2000]}
+            what = {"token": rng.choice([TOKEN, "wrong"]), "next": "/ui" + str(hostile(rng))[:2000]}
             form = urllib.parse.urlencode(what, errors="surrogatepass").encode()
             request = (b"POST /ui/login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
                        b"Content-Type: application/x-www-form-urlencoded\r\n"
@@ -269,7 +270,7 @@ def test_console_pages_and_sign_in_with_hostile_values_never_answer_500(make_htt
             if query:
                 what += "?" + urllib.parse.urlencode(query, errors="surrogatepass")
             request = (f"GET {what} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-                       "Authorization: Bearer s3cret\r\n\r\n").encode()
+                       f"Authorization: Bearer {TOKEN}\r\n\r\n").encode()
         response = exchange(node, request)
         assert response is not None, (n, what)
         response.read()

@@ -17,6 +17,7 @@ from gateway_harness import FIXTURES, WAIT, Http, read_all
 from gateway_harness import connect_from as connect
 
 http_node, api, make_http_node, make_web_worker = FIXTURES
+TOKEN = "secret-token-0123456789"    # http_token: 16 characters or more
 
 SLOW_HEAD = b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
 
@@ -123,7 +124,7 @@ def test_an_unread_body_that_stalls_does_not_hold_the_connection(make_http_node,
     """A request refused before its body is read (401 here) is answered;
     skipping the rest of a body that stalls ends at the body timeout with the
     connection closed, instead of waiting on the client forever."""
-    node = make_http_node(http_body_timeout=0.3, http_token="secret")
+    node = make_http_node(http_body_timeout=0.3, http_token=TOKEN)
     sock = connect(node, "127.0.0.2", sockets)
     sock.sendall(b"POST /tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
     answer = read_all(sock)
@@ -147,9 +148,9 @@ def test_metric_series_growth_made_up_methods_add_no_series(make_http_node):
     from fixed sets (known verbs and "other"; route templates and
     "unmatched"), so 2,000 made-up methods, with and without the token, on
     known and unknown paths, add a handful of series."""
-    node = make_http_node(http_token="secret")
+    node = make_http_node(http_token=TOKEN)
     rng = random.Random(7)
-    authorised, anonymous = Http(node.url, token="secret"), Http(node.url)
+    authorised, anonymous = Http(node.url, token=TOKEN), Http(node.url)
     try:
         for i in range(2000):
             method = "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(8))

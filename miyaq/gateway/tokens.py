@@ -3,7 +3,8 @@
 Two sources, both optional:
 
 * ``http_token``: one token with the ``admin`` role (as it always was: with
-  only it set, its holder may do everything);
+  only it set, its holder may do everything), held to a file's token's
+  length (``NodeConfig.validate``);
 * ``http_tokens``: a file of ``token role`` lines (``#`` starts a comment,
   blank lines are skipped), roles as on the ZeroMQ ports
   (:mod:`miyaq.security.roles`: ``producer``, ``worker``, ``admin``, and
@@ -31,16 +32,22 @@ import stat
 from collections import Counter
 from dataclasses import dataclass
 
+from miyaq.config import MAX_HTTP_TOKEN, MIN_HTTP_TOKEN, is_http_token
 from miyaq.errors import ConfigError
 from miyaq.runtime.small_files import read_by_others
-from miyaq.security.roles import Role, parse_role
+from miyaq.security.roles import ALIASES, Role, parse_role
 
 logger = logging.getLogger(__name__)
 
 WATCH_INTERVAL = 2.0
-MIN_TOKEN = 16
-MAX_TOKEN = 512
+MIN_TOKEN = MIN_HTTP_TOKEN     # http_token is held to the same (miyaq.config)
+MAX_TOKEN = MAX_HTTP_TOKEN
 MAX_TOKENS = 10_000
+#: The roles a line may name (``peer`` is for nodes on the peer port), and their aliases.
+FILE_ROLES = (Role.PRODUCER, Role.WORKER, Role.ADMIN)
+_FILE_ROLE_NAMES = ", ".join(role.value for role in FILE_ROLES)
+_FILE_ALIASES = ", ".join(f"{alias} ({role.value})" for alias, role in sorted(ALIASES.items())
+                          if role in FILE_ROLES)
 
 
 @dataclass(frozen=True)
@@ -61,16 +68,18 @@ def parse_tokens(text: str, where: str) -> list[tuple[str, Role]]:
         if len(words) != 2:
             raise ConfigError(f"{where}:{number}: expected 'TOKEN ROLE'")
         token, role_name = words
-        if not MIN_TOKEN <= len(token) <= MAX_TOKEN or not all(0x21 <= ord(ch) <= 0x7E for ch in token):
+        if not is_http_token(token):
             raise ConfigError(f"{where}:{number}: a token is {MIN_TOKEN} to {MAX_TOKEN} visible ASCII "
                               "characters other than # (make one with: openssl rand -hex 32)")
         try:
             role = parse_role(role_name)
-        except ValueError as exc:
-            raise ConfigError(f"{where}:{number}: {exc}") from None
+        except ValueError:
+            raise ConfigError(f"{where}:{number}: unknown role {role_name!r}: choose one of {_FILE_ROLE_NAMES} "
+                              f"(or an alias: {_FILE_ALIASES})") from None
         if role is Role.PEER:
-            raise ConfigError(f"{where}:{number}: role peer is for nodes on the peer port; "
-                              "choose producer, worker or admin")
+            named = "" if role_name.strip().lower() == Role.PEER.value else f" ({role_name!r})"
+            raise ConfigError(f"{where}:{number}: role peer{named} is for nodes on the peer port; "
+                              f"choose one of {_FILE_ROLE_NAMES}")
         if token in seen:
             raise ConfigError(f"{where}:{number}: the same token as line {seen[token]}")
         seen[token] = number

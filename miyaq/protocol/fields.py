@@ -23,6 +23,18 @@ def _get(body: dict[str, Any], name: str, default: Any) -> Any:
     return value
 
 
+def _default_in_range(name: str, default: Any, lo: float, hi: float) -> Any:
+    """``default`` when it is None or within ``lo``..``hi``; else InvalidField.
+    A default comes from the node's settings (``replicas``, ``default_timeout``):
+    stored, a value out of range would be refused by the record's own check
+    when the log is replayed, so the task is refused now instead.
+    ``NodeConfig.validate`` keeps such settings out; this is the last guard."""
+    if default is None or lo <= default <= hi:
+        return default
+    raise InvalidField(f"field {name!r} must be between {lo:g} and {hi:g}, and this node's default ({default!r}) is "
+                       "not: give the field, or fix the node's setting", field=name)
+
+
 def string(body: dict[str, Any], name: str, default: Any = _MISSING, max_len: int = 256) -> Any:
     value = _get(body, name, default)
     if value is default and default is not _MISSING:
@@ -36,9 +48,11 @@ def string(body: dict[str, Any], name: str, default: Any = _MISSING, max_len: in
 
 def integer(body: dict[str, Any], name: str, default: Any = _MISSING,
             lo: int = -(2**31), hi: int = 2**31 - 1) -> Any:
+    """The integer ``name``, ``lo`` to ``hi``; else ``default`` (None: no
+    value), which must be in that range too (:func:`_default_in_range`)."""
     value = _get(body, name, default)
     if value is default and default is not _MISSING:
-        return value
+        return _default_in_range(name, value, lo, hi)
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidField(f"field {name!r} must be an integer, not {type(value).__name__}", field=name)
     if not lo <= value <= hi:
@@ -48,9 +62,11 @@ def integer(body: dict[str, Any], name: str, default: Any = _MISSING,
 
 def number(body: dict[str, Any], name: str, default: Any = _MISSING,
            lo: float = 0.0, hi: float = 1e12) -> Any:
+    """The number ``name``, ``lo`` to ``hi``, as a float; else ``default``
+    (None: no value), which must be in that range too (:func:`_default_in_range`)."""
     value = _get(body, name, default)
     if value is default and default is not _MISSING:
-        return value
+        return _default_in_range(name, value, lo, hi)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidField(f"field {name!r} must be a number, not {type(value).__name__}", field=name)
     value = float(value)

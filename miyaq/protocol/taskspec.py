@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from miyaq.config import NodeConfig
+# YEAR is taken from here too (recordspec): the node's settings of task defaults share the bound.
+from miyaq.config import MAX_REPLICAS, MAX_RETRIES, YEAR as YEAR, NodeConfig
 from miyaq.errors import InvalidField
 from miyaq.store.task import Spec, Task, spec_for
 from miyaq.protocol import fields as f
@@ -21,7 +22,6 @@ MAX_ID_CHARS = 64
 _ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,%d}\Z" % MAX_ID_CHARS)     # \Z: "$" would let a trailing newline in
 _QUEUE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}\Z")
 METHODS = ("POST", "PUT", "PATCH", "GET", "DELETE")
-YEAR = 365 * 86400.0
 
 #: What no request target may hold: a space, or another control character.
 _UNSENDABLE_IN_URL = re.compile(r"[\x00-\x20\x7f]")
@@ -142,12 +142,12 @@ def _full(d: dict[str, Any], task_id: str, queue: str, body: bytes, now: float, 
         priority=f.integer(d, "priority", 0),
         eta=run_at, created=now,
         expires=(now + ttl) if ttl else 0.0,
-        max_retries=f.integer(d, "max_retries", config.default_max_retries, lo=0, hi=10_000),
+        max_retries=f.integer(d, "max_retries", config.default_max_retries, lo=0, hi=MAX_RETRIES),
         backoff=f.number(d, "backoff", config.default_backoff, lo=0.0, hi=YEAR),
         backoff_max=f.number(d, "backoff_max", config.default_backoff_max, lo=0.0, hi=YEAR),
         timeout=f.number(d, "timeout", config.default_timeout, lo=0.01, hi=YEAR),
         key=f.string(d, "key", None, max_len=256),
-        replicas=f.integer(d, "replicas", config.replicas, lo=1, hi=16),
+        replicas=f.integer(d, "replicas", config.replicas, lo=1, hi=MAX_REPLICAS),
         at_most_once=f.boolean(d, "at_most_once", False),
         meta=meta,
     )
