@@ -17,12 +17,31 @@ from miyaq.gateway.permissions import needs
 
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
-ERROR_TEXT = {400: "A field is missing or malformed (the error names it)", 401: "Bearer token missing or wrong",
-              403: "The token's role may not use this endpoint (forbidden); for a webhook, a destination "
-                   "that is not allowed (forbidden_destination)", 404: "No such task or endpoint",
-              413: "Body larger than http_max_body", 415: "Unsupported Content-Type",
-              503: "Node busy or shutting down; retry after Retry-After seconds"}
-COMMON = (401, 403)
+ERROR_TEXT = {400: "A field is missing or malformed (the error names it), or the request line or headers cannot "
+                   "be parsed (protocol)",
+              401: "Bearer token missing or wrong",
+              403: "The token's role may not use this endpoint, a request another site's page sent, or a Host an "
+                   "open gateway does not answer to (forbidden); for a webhook, a destination that is not allowed "
+                   "(forbidden_destination)",
+              404: "No such task or endpoint",
+              408: "The request's line and headers, or its body, did not arrive in time (request_timeout); the "
+                   "connection is closed",
+              413: "Body larger than http_max_body (or a result over max_payload)",
+              414: "Request line longer than 8 KiB",
+              415: "A Content-Type the endpoint does not read (on all but POST /queue: what an HTML form sends)",
+              431: "Request headers over 64 KiB together",
+              503: "Node busy, too many connections from this client, or shutting down; retry after Retry-After "
+                   "seconds"}
+#: What the server may answer to any request before (or instead of) its
+#: endpoint: a malformed or oversized request line or headers, a token
+#: missing or without the role, a foreign Host or another site's request,
+#: a client too slow, too many connections from one client.
+COMMON = (400, 401, 403, 408, 414, 431, 503)
+#: What any POST, PUT or DELETE may also be answered: a body labelled as a
+#: form (read to see whether it is JSON, so bounded by http_max_body), or
+#: another type an HTML form sends (docs/http.md, "Content types").
+WITH_BODY = (413, 415)
+WITH_BODY_METHODS = ("post", "put", "delete")
 ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}, "description": "task id"}
 QUEUE = {"name": "queue", "in": "path", "required": True, "schema": {"type": "string"}}
 
@@ -38,8 +57,8 @@ def op(summary: str, ok: int, schema: str | None, *errors: int, body: Any = None
         responses[str(ok)] = {"description": "OK", "content": {ok_type: {"schema": {"type": "string"}}}}
     else:
         responses[str(ok)] = {"description": "OK", "content": {ok_type: {"schema": ref(schema)}}}
-    for code in sorted(set(errors) | set(COMMON)):
-        responses[str(code)] = {"description": ERROR_TEXT[code], "content": {JSON: {"schema": ref("Error")}}}
+    for code in sorted(errors):
+        responses[str(code)] = _error(code)
     operation: dict[str, Any] = {"summary": summary, "tags": [tag] if tag else [], "responses": responses}
     if params:
         operation["parameters"] = list(params)
@@ -109,8 +128,7 @@ def paths() -> dict[str, Any]:
                                    400, 415, body=json_body("DeadScope", False), tag=a)},
         "/metrics": {"get": op("Prometheus metrics", 200, None, ok_type="text/plain", tag=a)},
         "/openapi.json": {"get": {"summary": "This document", "tags": [a], "responses": {
-            "200": {"description": "OK", "content": {JSON: {"schema": {"type": "object"}}}},
-            "401": {"description": ERROR_TEXT[401], "content": {JSON: {"schema": ref("Error")}}}}}},
+            "200": {"description": "OK", "content": {JSON: {"schema": {"type": "object"}}}}}}},
     }
 
 
@@ -122,6 +140,26 @@ def with_roles(doc_paths: dict[str, Any]) -> dict[str, Any]:
     return doc_paths
 
 
+def with_shared_errors(doc_paths: dict[str, Any]) -> dict[str, Any]:
+    """Every operation lists the answers the server gives any request
+    (:data:`COMMON`), and every POST, PUT and DELETE those of a body
+    (:data:`WITH_BODY`), in status order: before 2026-12-05 an answer of the
+    server's own (a 415 for a form, a 403 for a foreign Host, a 503 for too
+    many connections) was missing from the operations that did not name it."""
+    for operations in doc_paths.values():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            codes = COMMON + (WITH_BODY if method in WITH_BODY_METHODS else ())
+            for code in codes:
+                responses.setdefault(str(code), _error(code))
+            operation["responses"] = dict(sorted(responses.items()))
+    return doc_paths
+
+
+def _error(code: int) -> dict[str, Any]:
+    return {"description": ERROR_TEXT[code], "content": {JSON: {"schema": ref("Error")}}}
+
+
 def build() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
@@ -130,7 +168,7 @@ def build() -> dict[str, Any]:
                                 "See docs/http.md."},
         "servers": [{"url": "http://127.0.0.1:8088"}],
         "security": [{"bearer": []}, {}],
-        "paths": with_roles(paths()),
+        "paths": with_shared_errors(with_roles(paths())),
         "components": {"schemas": SCHEMAS,
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                                       "description": "required when the node sets http_token or "
