@@ -30,14 +30,19 @@ if TYPE_CHECKING:
     from .aio import TaskHandle as AioTaskHandle
 
 SCHEDULE_OPTIONS = ("queue", "priority", "timeout", "max_retries")
+#: Keyword arguments of ``TaskDef.submit``/``call`` taken as task options
+#: rather than handler arguments: every task option but ``offset``, a common
+#: name of a handler's own parameter (paging) that went to the handler before
+#: it became an option (give it in ``@app.task`` or to ``submit_with``).
+SPLIT_OPTIONS = (frozenset(TASK_OPTIONS) - {"offset"}) | {"id", "wait"}
 
 
 class TaskDef:
     """A registered handler. Calling it runs it here; ``submit``/``call``
     send it to the queue. Keyword arguments named like a task option
-    (queue, priority, countdown, eta, ttl, key, ...) are options, the rest go
-    to the handler; use :meth:`submit_with` when a handler argument has such
-    a name."""
+    (queue, priority, countdown, eta, ttl, key, ...; not ``offset``:
+    :data:`SPLIT_OPTIONS`) are options, the rest go to the handler; use
+    :meth:`submit_with` when a handler argument has such a name."""
 
     def __init__(self, app: "App", fn: Callable[..., Any], name: str, options: dict[str, Any]) -> None:
         self.app = app
@@ -60,7 +65,7 @@ class TaskDef:
         options = dict(self.options)
         handler_kwargs = {}
         for k, v in kwargs.items():
-            if k in TASK_OPTIONS or k in ("id", "wait"):
+            if k in SPLIT_OPTIONS:
                 options[k] = v
             else:
                 handler_kwargs[k] = v
@@ -166,7 +171,7 @@ class App:
     def task(self, fn: Callable[..., Any] | None = None, *, name: str | None = None,
              **options: Any) -> Any:
         """Register a handler. Options are task defaults (queue, priority,
-        max_retries, backoff, timeout, ttl, replicas, at_most_once...)."""
+        max_retries, backoff, timeout, ttl, replicas, at_most_once, offset...)."""
         unknown = set(options) - set(TASK_OPTIONS)
         if unknown:
             raise ConfigError(f"unknown task option(s): {', '.join(sorted(unknown))}")

@@ -120,13 +120,15 @@ class Client:
         """Submit task ``name`` with ``args``/``kwargs``. Options: queue,
         priority, eta (unix time or datetime), countdown (s), ttl (s),
         max_retries, backoff, backoff_max, timeout (lease, s), key, replicas,
-        at_most_once. ``wait=True`` blocks until accepted."""
+        at_most_once, offset (s between holder ranks' timers, cluster).
+        ``wait=True`` blocks until accepted."""
         return self._submit_wire(task_wire(name, args, kwargs, options), id, wait)
 
     def submit_url(self, url: str, body: bytes = b"", *, method: str = "POST",
                    headers: dict[str, str] | None = None, id: str | None = None,
                    wait: bool = False, **options: Any) -> TaskHandle:
-        """Submit a webhook task: the node POSTs ``body`` to ``url``."""
+        """Submit a webhook task: the node POSTs ``body`` to ``url``. Options
+        as :meth:`submit`."""
         return self._submit_wire(url_wire(url, body, method, headers, options), id, wait)
 
     def _pending(self, wire: dict[str, Any], task_id: str | None, wait: bool) -> tuple[Pending, TaskHandle]:

@@ -12,7 +12,7 @@ import msgpack
 from ..errors import InvalidField, ProtocolError, TaskCancelled, TaskExpired, TaskFailed, Timeout
 
 TASK_OPTIONS = ("queue", "priority", "eta", "countdown", "ttl", "max_retries", "backoff",
-                "backoff_max", "timeout", "key", "replicas", "at_most_once")
+                "backoff_max", "timeout", "key", "replicas", "at_most_once", "offset")
 _OPTION_SET = frozenset(TASK_OPTIONS)
 
 

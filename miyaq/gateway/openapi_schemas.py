@@ -89,7 +89,9 @@ SCHEMAS: dict[str, Any] = {
     "SubmitRequest": obj(["name"], name=STR, args={"type": "array"}, kwargs={"type": "object"}, id=STR,
                          queue=STR, priority=INT, countdown=NUM, eta=TIME, ttl=NUM, max_retries=INT,
                          backoff=NUM, backoff_max=NUM, timeout=described(NUM, "the lease, in seconds"),
-                         key=STR, replicas=INT, at_most_once=BOOL),
+                         key=STR, replicas=INT, at_most_once=BOOL,
+                         offset=described(NUM, "cluster: seconds between holder ranks' timers (0 to a year; "
+                                               "default the node's replica_offset)")),
     "Submitted": obj(["id", "status", "task_id"], id=STR, status={"enum": ["accepted", "duplicate"]},
                      task_id=described(STR, "the task holding the work (another id for a duplicate key)")),
     "TaskError": TASK_ERROR,

@@ -2,7 +2,7 @@
 
 ``POST /tasks`` takes every option of :meth:`miyaq.Client.submit` (queue,
 priority, countdown/eta, ttl, max_retries, backoff, backoff_max, timeout,
-key, replicas, at_most_once) plus ``name``, ``args`` and ``kwargs``; args
+key, replicas, at_most_once, offset) plus ``name``, ``args`` and ``kwargs``; args
 and kwargs become the msgpack ``[args, kwargs]`` body Python workers expect.
 ``GET /tasks/{id}`` is a task's status, ``GET /tasks/{id}/result`` waits
 (``?timeout=`` seconds, a long-poll) for its outcome with the result decoded
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 SUBMIT_FIELDS = frozenset({
     "name", "args", "kwargs", "id", "queue", "priority", "countdown", "eta", "ttl", "max_retries",
-    "backoff", "backoff_max", "timeout", "key", "replicas", "at_most_once",
+    "backoff", "backoff_max", "timeout", "key", "replicas", "at_most_once", "offset",
 })
 
 
