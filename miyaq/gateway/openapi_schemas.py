@@ -65,7 +65,9 @@ WORKER = obj(["worker", "queues", "capacity", "credit", "running", "last_seen"],
              worker=STR, queues=STR_LIST, capacity=described(INT, "tasks it may run at once"),
              credit=described(INT, "tasks it may still be given"), running=INT,
              last_seen=described(NUM, "unix time of its last message (heartbeats included)"),
-             host=STR, pid=INT, concurrency=INT)
+             host=STR, pid=INT, concurrency=INT,
+             pool=described(STR, "where its handlers run, as its READY said: gevent, threads or processes "
+                                  "for a miyaq worker"))
 RING = obj(["epoch", "leader", "members", "is_leader"], epoch=INT, leader=nullable(STR), members=STR_LIST,
            is_leader=BOOL, http=described({"type": "object", "additionalProperties": nullable(STR)},
                                           "each member's HTTP gateway (null: off)"))

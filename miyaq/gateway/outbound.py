@@ -76,7 +76,8 @@ _UNSENDABLE_URL = re.compile(r"[\x00-\x20\x7f]")
 @dataclass
 class Outcome:
     ok: bool
-    kind: str                       # metrics label: 2xx, 4xx, 429, 5xx, timeout, connection, invalid
+    kind: str                       # metrics label: 2xx, 4xx, 429, 5xx, other (1xx, 3xx), timeout,
+                                    # connection, invalid, forbidden (docs/http.md, "Metrics")
     retryable: bool = False
     delay: float | None = None      # from Retry-After
     result: bytes | None = None
