@@ -487,3 +487,26 @@ def test_a_rerun_asked_of_the_paused_node_that_ran_it_is_explained_not_one_by_th
     s = h.checked().verdict().summary()
     assert s["duplicates"]["classes"] == {"rerun-pause": 1, "unexplained": 1}
     assert s["examples"]["duplicate_unexplained"] == ["b"]
+
+
+def test_the_faults_help_names_every_network_kind_and_the_flag_table_every_flag():
+    """Fault: ``miyaq chaos --help`` listed the --partitions kinds without
+    ``delay`` and ``duplicate`` (both in the default mix), and docs/chaos.md's
+    "Every flag" table left out ``--secure``. The help now names every
+    network kind, and the table every flag of the command."""
+    import argparse
+    from pathlib import Path
+
+    from miyaq.cli.main import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    chaos = commands.choices["chaos"]
+    faults = next(a for a in chaos._actions if "--faults" in a.option_strings)
+    assert faults.help is not None
+    for kind in KINDS_NETWORK:
+        assert kind in faults.help, kind
+    table = (Path(__file__).resolve().parent.parent / "docs" / "chaos.md").read_text().split("## Every flag")[1]
+    for action in chaos._actions:
+        for flag in action.option_strings:
+            if flag.startswith("--") and flag != "--help":
+                assert f"`{flag}" in table, flag
