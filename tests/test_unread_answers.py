@@ -1,9 +1,10 @@
 """Connections that do not read their answers (miyaq.core.unread).
 
-A request of a few bytes can have a large answer; ZeroMQ queues what a
-connection does not read by a count of messages, not bytes. A node sends a
-connection large answers only while it has read what it was sent (its
-socket found empty), up to a budget of bytes between two such looks.
+A request of a few bytes can have a large answer, and many small answers
+add up; ZeroMQ queues what a connection does not read by a count of
+messages, not bytes. A node counts every answer it sends a connection since
+its socket was last found empty, and refuses that connection's requests
+``busy`` once the count reaches a budget, until it has read what it was sent.
 """
 from __future__ import annotations
 
@@ -36,15 +37,16 @@ class Sockets:
 def test_a_connection_that_never_reads_gets_its_budget_of_large_answers_then_busy() -> None:
     """Fault: a connection asks for large answers again and again and its
     socket never empties. It is sent answers until their bytes reach the
-    budget, then refused; small answers always go."""
+    budget, then refused; a small answer to a request let in always goes."""
     sockets = Sockets()
-    unread = UnreadAnswers(budget=10 * MiB, large=64 * 1024, unsent=sockets)
+    unread = UnreadAnswers(budget=10 * MiB, large=64 * 1024, unsent=sockets, overhead=0)
     unread.asked(b"slow", 7)
     sockets.unsent[7] = 3 * MiB            # full: the peer takes nothing
     sent = [unread.may_send(b"slow", 2 * MiB) for _ in range(8)]
     assert sent == [True] * 5 + [False] * 3
-    assert unread.unread(b"slow") == 10 * MiB and unread.refused == 3
-    assert unread.may_send(b"slow", 1000)  # small: never held back
+    assert unread.unread(b"slow") == 10 * MiB
+    assert unread.may_send(b"slow", 1000)  # small: its request was let in
+    assert unread.unread(b"slow") == 10 * MiB + 1000
 
 
 def test_a_connection_that_reads_its_answers_is_never_refused() -> None:
@@ -65,7 +67,7 @@ def test_reading_what_was_sent_restores_the_budget_and_a_closed_socket_forgets_i
     whose descriptor was closed (gone) is not held to an old count; one
     that never asked by a socket (-1) is not followed; the followed are bounded."""
     sockets = Sockets()
-    unread = UnreadAnswers(budget=MiB, large=1024, max_followed=3, unsent=sockets)
+    unread = UnreadAnswers(budget=MiB, large=1024, max_followed=3, unsent=sockets, overhead=0)
     unread.asked(b"a", 3)
     sockets.unsent[3] = 500_000
     assert unread.may_send(b"a", MiB) and not unread.may_send(b"a", MiB)
@@ -191,3 +193,183 @@ def _peer_answer(sock: zmq.Socket) -> str:
         return decoded["code"]
     assert len(decoded["tasks"]) >= 100, decoded.keys()
     return "page"
+
+
+# -- every answer counts (small ones, SUBMITTED and ERROR too) -------------------------------
+
+
+def test_small_answers_count_and_a_connection_over_budget_has_its_requests_refused() -> None:
+    """Fault: a connection asks again and again for answers under 64 KiB
+    (a 60 KB RESULT) and its socket never empties. Before, such answers
+    were never counted: 8,000 of them held 458 MB in a node. Now each
+    counts, with what libzmq holds for it, and once the budget is reached
+    the connection's requests are refused until it reads."""
+    sockets = Sockets()
+    unread = UnreadAnswers(budget=MiB, large=64 * 1024, unsent=sockets, overhead=256)
+    sockets.unsent[5] = 100_000                  # the peer takes nothing
+    let_in = 0
+    for _ in range(100):
+        if unread.asked(b"hog", 5) is not True:
+            break
+        let_in += 1
+        assert unread.may_send(b"hog", 60_000)   # small: its request was let in
+    assert let_in == -(-MiB // 60_256)           # the answers that reach the budget, not one more
+    assert unread.unread(b"hog") == let_in * 60_256
+    unread.sent(b"hog", 100)                     # a SUBMITTED counts too
+    assert unread.unread(b"hog") == let_in * 60_256 + 356
+    assert unread.asked(b"hog", 5) is False      # still nothing read
+    sockets.unsent[5] = 0                        # it read everything
+    assert unread.asked(b"hog", 5) is True and unread.unread(b"hog") == 0
+
+
+def test_a_reading_connection_costs_a_counter_update_per_answer_and_a_rare_look() -> None:
+    """No fault: a client that reads its answers sends 10,000 requests with
+    small answers. It is never refused, and its socket is looked at once
+    per 64 KiB of answers, not once per answer (the hot path stays a
+    comparison and an addition)."""
+    looks = []
+
+    def unsent(fd: int) -> int:
+        looks.append(fd)
+        return 0
+
+    unread = UnreadAnswers(budget=MiB, unsent=unsent, overhead=256, look_every=64 * 1024)
+    for _ in range(10_000):
+        assert unread.asked(b"reader", 3)
+        assert unread.may_send(b"reader", 200)
+    assert unread.refused == 0
+    assert len(looks) <= 10_000 * 456 // (64 * 1024) + 1
+
+
+def test_refusals_to_a_connection_that_never_reads_stop_at_their_own_budget() -> None:
+    """Fault: a connection over budget keeps sending requests and reads
+    nothing: each refusal (an ERROR) would wait in the node like any
+    answer, up to ZeroMQ's 100,000 messages. They are counted, and past
+    their own budget no ERROR is sent until the connection reads."""
+    sockets = Sockets()
+    unread = UnreadAnswers(budget=MiB, unsent=sockets, overhead=0, refusals=10_000)
+    sockets.unsent[4] = 1
+    unread.asked(b"hog", 4)
+    assert unread.may_send(b"hog", 2 * MiB)      # one answer past the budget
+    sent = []
+    for _ in range(200):
+        assert unread.asked(b"hog", 4) is False
+        unread.refusal(b"hog")
+        sent.append(unread.may_send_error(b"hog", 100))
+    assert sent == [True] * 100 + [False] * 100
+    assert unread.refused == 200 and unread.unsent_errors == 100
+    sockets.unsent[4] = 0                        # read: answered again, refusals with it
+    assert unread.asked(b"hog", 4) and unread.may_send_error(b"hog", 100)
+
+
+def _slow_dealer(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+    """A connection that reads one message and leaves the rest to the node."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, 1)
+    sock.setsockopt(zmq.RCVBUF, 4096)
+    sock.connect(endpoint)
+    return sock
+
+
+def _small_budget(node, budget: int) -> UnreadAnswers:
+    """Give ``node``'s service port a small unread budget (before any client connects)."""
+    unread = UnreadAnswers(budget=budget)
+    node.node.core.endpoint.unread = unread
+    return unread
+
+
+def test_results_under_64_kib_never_read_are_refused_busy_past_the_budget(make_node, client_for, ctx) -> None:
+    """Fault: a connection sends 200 RESULT requests for a 60,000-byte
+    result (under the 64 KiB of a large answer) and reads nothing. Before,
+    none was counted: every answer waited in the node and none was refused
+    (8,000 held 458 MB). Now the answers reach the budget (here 1 MiB) and
+    the rest are answered busy; once the connection has read what it was
+    sent it is answered again."""
+    node = make_node()
+    unread = _small_budget(node, MiB)
+    client = client_for(node.endpoint)
+    worker = ctx.socket(zmq.DEALER)
+    worker.setsockopt(zmq.LINGER, 0)
+    worker.connect(node.endpoint)
+    producer = ctx.socket(zmq.DEALER)
+    producer.setsockopt(zmq.LINGER, 0)
+    producer.connect(node.endpoint)
+    producer.send_multipart([c.TAG, c.SUBMIT, msgpack.packb({"tasks": [{"id": "big", "name": "x"}]})])
+    assert _next(producer)[0] == c.SUBMITTED
+    worker.send_multipart([c.TAG, c.READY, msgpack.packb({"worker": "w1", "queues": ["default"], "capacity": 1})])
+    while True:
+        command, body = _next(worker)
+        if command == c.DISPATCH:
+            task = body["tasks"][0]
+            worker.send_multipart([c.TAG, c.DONE, msgpack.packb({"done": [[task[0], task[4], b"r" * 60_000]]})])
+            break
+    wait_for(lambda: client.status()["outcomes"].get("completed") == 1, timeout=WAIT, what="the task done")
+    slow = _slow_dealer(ctx, node.endpoint)
+    for i in range(200):
+        slow.send_multipart([c.TAG, c.RESULT, msgpack.packb({"req": i, "id": "big", "timeout": 0})])
+    wait_for(lambda: client.status()["errors"].get("busy", 0) >= 150, timeout=WAIT,
+             what="the RESULTs past the budget answered busy")
+    answers = [_result_answer(slow) for _ in range(200)]
+    assert answers.count("busy") >= 150 and answers.count("result") + answers.count("busy") == 200, answers
+    assert answers.count("result") <= MiB // 60_000 + 2     # the budget's worth, and one answer more
+    slow.send_multipart([c.TAG, c.RESULT, msgpack.packb({"req": "again", "id": "big", "timeout": 0})])
+    assert _result_answer(slow) == "result"      # read everything: answered again
+    assert unread.refused == answers.count("busy")
+
+
+def test_submitted_answers_never_read_are_bounded_and_the_submits_refused_busy(make_node, client_for,
+                                                                                ctx) -> None:
+    """Fault: a connection resends SUBMITs of 256 known ids (each answered
+    with a SUBMITTED of ``duplicate`` results, about 20 KB) and reads
+    nothing. Before, SUBMITTED went out past the unread check: 2,000 such
+    SUBMITs of 1,024 ids held 355 MB in a node. Now SUBMITTED counts like
+    every answer, and past the budget (here 1 MiB) the connection's SUBMITs
+    are refused whole (ERROR busy, nothing stored) until it reads."""
+    node = make_node()
+    unread = _small_budget(node, MiB)
+    client = client_for(node.endpoint)
+    ids = [f"{i:064d}" for i in range(256)]
+    producer = ctx.socket(zmq.DEALER)
+    producer.setsockopt(zmq.LINGER, 0)
+    producer.connect(node.endpoint)
+    producer.send_multipart([c.TAG, c.SUBMIT, msgpack.packb({"tasks": [{"id": t, "name": "x"} for t in ids]})])
+    assert _next(producer)[0] == c.SUBMITTED
+    slow = _slow_dealer(ctx, node.endpoint)
+    resend = msgpack.packb({"tasks": [{"id": t, "name": "x"} for t in ids]})
+    for _ in range(200):
+        slow.send_multipart([c.TAG, c.SUBMIT, resend])
+    wait_for(lambda: client.status()["errors"].get("busy", 0) >= 100, timeout=WAIT,
+             what="the SUBMITs past the budget refused busy")
+    results = busy = answered_bytes = 0
+    while results + busy * 256 < 200 * 256:      # one SUBMITTED may answer several SUBMITs
+        command, body = _next(slow)
+        if command == c.ERROR:
+            assert body["code"] == "busy" and "has not read" in body["message"], body
+            busy += 1
+        else:
+            assert command == c.SUBMITTED and {r[1] for r in body["results"]} == {"duplicate"}, body
+            results += len(body["results"])
+            answered_bytes += len(msgpack.packb(body))
+    assert busy >= 100 and results + busy * 256 == 200 * 256
+    # The budget's worth, and at most one burst's answer (2,048 tasks) more; 200 answers are 7.3 MB.
+    assert answered_bytes <= MiB + 2304 * 150, answered_bytes
+    assert unread.refused == busy == client.status()["errors"]["busy"]
+    assert client.status()["totals"]["live"] == 256      # nothing stored by a refused SUBMIT
+    slow.send_multipart([c.TAG, c.SUBMIT, resend])
+    command, body = _next(slow)
+    assert command == c.SUBMITTED and len(body["results"]) == 256     # read everything: answered again
+
+
+def _next(sock: zmq.Socket) -> tuple[bytes, dict]:
+    assert sock.poll(int(WAIT * 1000)), "no answer"
+    _, command, body = sock.recv_multipart()
+    return command, msgpack.unpackb(body)
+
+
+def _result_answer(sock: zmq.Socket) -> str:
+    command, body = _next(sock)
+    if command == c.ERROR:
+        return body["code"]
+    assert command == c.REPLY and len(body["result"]) == 60_000, (command, body.keys())
+    return "result"

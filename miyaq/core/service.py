@@ -47,6 +47,11 @@ VERSION_WARN_EVERY = 1000
 
 Handler = Callable[[bytes, dict[str, Any], float], None]
 
+#: Commands answered to their sender (REPLY, ERROR or SUBMITTED): from its
+#: first one on a connection is followed, and refused ``busy`` while it has
+#: not read its unread budget (:mod:`miyaq.core.unread`).
+ANSWERED = c.REQUESTS | {c.SUBMIT}
+
 #: What :meth:`ServiceEndpoint.reachable` sends: a REPLY without ``req``
 #: (docs/protocol.md: clients ignore it).
 PROBE = codec.pack({"probe": True})
@@ -70,7 +75,7 @@ class ServiceEndpoint:
         self.messages = 0
         self.work = 0        # tasks handled in the current burst (handlers add to it)
         self._acks: dict[bytes, list[list[Any]]] = {}
-        self.unread = UnreadAnswers()    # large answers a connection has not read: bounded
+        self.unread = UnreadAnswers()    # answers a connection has not read: bounded
         # With a durable log, acknowledgements wait until the log has the
         # tasks: the gate calls its argument once they are written.
         self.ack_gate: Callable[[Callable[[], None]], None] | None = None
@@ -108,10 +113,10 @@ class ServiceEndpoint:
         return True
 
     def reply(self, identity: bytes, req: Any, body: dict[str, Any]) -> bool:
-        """Answer a request; False if it could not be sent. A large answer to
-        a connection that has not read the large answers it was sent already
-        (:mod:`miyaq.core.unread`) is not sent: the request is answered
-        ``busy`` instead."""
+        """Answer a request; False if it could not be sent. The answer counts
+        against the connection's unread budget (:mod:`miyaq.core.unread`); a
+        large one to a connection over it is not sent: the request is
+        answered ``busy`` instead."""
         body["req"] = req
         packed = codec.pack(body)
         if not self.unread.may_send(identity, len(packed)):
@@ -120,11 +125,16 @@ class ServiceEndpoint:
         return self._send(identity, c.REPLY, packed)
 
     def error(self, identity: bytes, err: MiyaqError, req: Any = None) -> None:
+        """Answer ERROR (counted by code in STATUS ``errors``, sent or not):
+        not sent to a connection past its unread budget and the refusals
+        it may have on top (:mod:`miyaq.core.unread`)."""
         self.errors[err.code] += 1
         body = err.to_wire()
         if req is not None:
             body["req"] = req
-        self.send(identity, c.ERROR, body)
+        packed = codec.pack(body)
+        if self.unread.may_send_error(identity, len(packed)):
+            self._send(identity, c.ERROR, packed)
 
     def ack(self, identity: Any, result: list[Any]) -> None:
         """Queue one submit result; sent with the others at the end of the
@@ -159,7 +169,9 @@ class ServiceEndpoint:
                 except Exception:
                     logger.exception("in-process submit callback failed")
             else:
-                self.send(identity, c.SUBMITTED, {"results": results})
+                packed = codec.pack({"results": results})
+                self.unread.sent(identity, len(packed))
+                self._send(identity, c.SUBMITTED, packed)
 
     # -- receiving -----------------------------------------------------------
     def handle(self, frames: list[bytes], now: float, user: str | None = None) -> None:
@@ -187,9 +199,11 @@ class ServiceEndpoint:
             self.error(identity, err)
             return
         req = body.get("req")
-        if command in c.REQUESTS:
+        if command in ANSWERED:
             source = self.sock.source
-            self.unread.asked(identity, source[0] if source is not None else -1)
+            if not self.unread.asked(identity, source[0] if source is not None else -1):
+                self.error(identity, self.unread.refusal(identity), req)    # not read what it was sent
+                return
         try:
             if self.guard is not None:
                 self.caller = self.guard.service(user, command)
