@@ -59,6 +59,13 @@ MAX_RATE = 1e9
 #: that a late DONE of an earlier attempt still counts while a DONE from
 #: anyone the task was never leased to is ignored.
 LEASE_HISTORY = 4
+#: The most a failure description a node keeps (a task's ``error``: from a
+#: worker's FAILED or NACK, an HTTP fail, a webhook, a peer or the log) may
+#: hold, in UTF-8 bytes of its names and strings: a longer one is cut, the
+#: traceback first, then the message. Each retrying, dead and finished task
+#: may keep one, outside ``max_bytes``; 256 + 4,096 + 16,384 characters of
+#: 4 bytes each (what the fields allowed before 2026-12-05) held 82 KB a task.
+ERROR_BYTES = 8 * 1024
 #: The longest lessee name (a consumer's principal) another holder is told
 #: (a STARTED event, a handed-off copy); a longer one is not sent at all.
 MAX_LESSEE = 512

@@ -24,6 +24,7 @@ from miyaq.core.replicas import ReplicaCopies
 from miyaq.errors import Busy, InvalidField, NotFound, ShuttingDown
 from miyaq.logs import LogLimiter
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE
+from miyaq.protocol.recordspec import cut_error
 from miyaq.store.table import Tombstone
 from miyaq.store.task import (
     CANCELLED, DEAD, DONE, EXPIRED, LIVE_STATES, READY, RETRYING, RUNNING, SCHEDULED, Task, count_revival,
@@ -237,7 +238,7 @@ class Engine(ReplicaCopies):
         if not self._reporter_ok(task, attempt, by):
             return False
         self._detach(task)
-        task.error = error
+        task.error = cut_error(error)     # every consumer's report: ZeroMQ, HTTP pull, webhooks
         self.outcomes[(task.queue, "failed")] += 1
         self._retry_or_kill(task, retryable, delay, now, "failed", standby)
         return True

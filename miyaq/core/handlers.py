@@ -27,7 +27,7 @@ from miyaq.errors import InvalidField, MiyaqError, NotFound, ShuttingDown
 from miyaq.protocol import commands as c
 from miyaq.protocol import fields as f
 from miyaq.protocol.periodic import schedules_from_wire
-from miyaq.protocol.recordspec import STARTED_ELSEWHERE
+from miyaq.protocol.recordspec import STARTED_ELSEWHERE, cut_error
 from miyaq.protocol.taskspec import check_id, check_queue, task_from_wire
 from miyaq.runtime import monotonic
 from miyaq.store.task import ALL_STATES
@@ -390,7 +390,9 @@ def _held_message(reasons: list[str]) -> str:
 
 
 def _error(value: Any) -> dict[str, Any]:
-    """A failure description: {type, message, traceback?}, strings, bounded."""
+    """A failure description: {type, message, traceback?}, strings, bounded
+    in characters (256, 4,096, 16,384) and then, together, to ``ERROR_BYTES``
+    of UTF-8 (:func:`~miyaq.protocol.recordspec.cut_error`)."""
     if not isinstance(value, dict):
         raise InvalidField("field 'error' must be a map {type, message, traceback}", field="error")
     out: dict[str, Any] = {}
@@ -402,7 +404,7 @@ def _error(value: Any) -> dict[str, Any]:
             out[name] = v[:limit]
     out.setdefault("type", "Error")
     out.setdefault("message", "")
-    return out
+    return cut_error(out)
 
 
 def _delay(value: Any) -> float | None:

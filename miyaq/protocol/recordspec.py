@@ -13,8 +13,8 @@ from another").
 
 Records are read leniently where that is safe: a key this version does not
 know is ignored (a newer node may send more), a missing field takes its
-default. Every time a node stores is a unix timestamp between 0 and
-``MAX_TIME``.
+default, a failure description over ``ERROR_BYTES`` is cut to it. Every
+time a node stores is a unix timestamp between 0 and ``MAX_TIME``.
 
 :func:`invalid_stored` is the invariant the engine's tests and the fuzz test
 check: every task and tombstone a node holds passes these checks.
@@ -26,7 +26,7 @@ import re
 from typing import Any
 
 from miyaq.config import NodeConfig
-from miyaq.constants import MAX_LESSEE
+from miyaq.constants import ERROR_BYTES, MAX_LESSEE
 from miyaq.errors import InvalidField
 from miyaq.protocol import fields as f
 from miyaq.protocol.taskspec import (
@@ -56,6 +56,8 @@ _NODE_ID = re.compile(r"[A-Za-z0-9_.:@\-]{1,128}")     # as the ring checks them
 _is_node = f.KnownNames(_NODE_ID).valid
 _ERROR_KEYS = 16
 _ERROR_TEXT = 16384
+#: Room a cut string's mark takes (`` [... 65536 bytes cut]``).
+_CUT_MARK = 32
 
 
 def check_time(value: Any, field: str) -> float:
@@ -78,7 +80,9 @@ def check_attempt(value: Any, field: str = "attempt") -> int:
 def check_error(value: Any, field: str = "error") -> dict[str, Any] | None:
     """A failure description: nil, or a map of at most 16 names to scalars
     (strings up to 16384 characters, numbers, booleans, nil), ``type`` and
-    ``message`` strings when present."""
+    ``message`` strings when present. One over ``ERROR_BYTES`` is cut, not
+    refused (:func:`cut_error`), in place: callers that keep the record they
+    checked (the log's replay, a stream event) keep the cut one."""
     if value is None:
         return None
     if not isinstance(value, dict) or len(value) > _ERROR_KEYS:
@@ -96,7 +100,52 @@ def check_error(value: Any, field: str = "error") -> dict[str, Any] | None:
     for name in ("type", "message"):
         if name in value and not isinstance(value[name], str):
             raise InvalidField(f"field {field!r}: {name!r} must be a string", field=field)
-    return value
+    return cut_error(value)
+
+
+def error_bytes(error: dict[str, Any]) -> int:
+    """What ``ERROR_BYTES`` bounds in a failure description: the UTF-8 bytes
+    of its names and of its string values."""
+    return sum(_utf8_len(k) + (_utf8_len(v) if isinstance(v, str) else 0) for k, v in error.items())
+
+
+def cut_error(error: dict[str, Any]) -> dict[str, Any]:
+    """``error``, cut in place to at most ``ERROR_BYTES`` (:func:`error_bytes`)
+    and returned: the traceback first (its end is kept: the innermost frames
+    and the exception), then any other string, then the message (its start
+    is kept), the type last. Each string is cut on a character boundary and
+    marked ``[... N bytes cut]``; strings of at most 32 bytes are kept
+    whole. Names are at most 64 characters, 16 of them (:func:`check_error`),
+    so what is left always fits."""
+    over = error_bytes(error) - ERROR_BYTES
+    if over <= 0:
+        return error
+    others = [k for k, v in error.items() if isinstance(v, str) and k not in ("type", "message", "traceback")]
+    for name in ("traceback", *others, "message", "type"):
+        text = error.get(name)
+        if not isinstance(text, str):
+            continue
+        size = _utf8_len(text)
+        if size <= _CUT_MARK:
+            continue
+        error[name] = cut = _cut_text(text, max(size - over - _CUT_MARK, 0), keep_end=name == "traceback")
+        over -= size - _utf8_len(cut)
+        if over <= 0:
+            break
+    return error
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _cut_text(text: str, keep: int, keep_end: bool) -> str:
+    """``text`` cut to at most ``keep`` bytes of UTF-8 (its start, or its end),
+    on a character boundary, and marked."""
+    data = text.encode("utf-8", "surrogatepass")
+    kept = (data[len(data) - keep:] if keep_end else data[:keep]).decode("utf-8", "ignore")
+    cut = len(data) - len(kept.encode("utf-8"))
+    return f"[{cut} bytes cut ...] {kept}" if keep_end else f"{kept} [... {cut} bytes cut]"
 
 
 def check_result(value: Any, config: NodeConfig, field: str = "result") -> bytes | None:
@@ -300,6 +349,10 @@ def _stone_problem(stone: Tombstone, config: NodeConfig) -> str | None:
     return None
 
 
+def _kept_error_bytes(error: Any) -> int:
+    return error_bytes(error) if isinstance(error, dict) else 0
+
+
 def invalid_stored(table: TaskTable, config: NodeConfig) -> list[str]:
     """Every task and tombstone in ``table`` that would not pass validation
     (one line each; empty when the invariant holds). O(n): for tests and
@@ -307,6 +360,9 @@ def invalid_stored(table: TaskTable, config: NodeConfig) -> list[str]:
     problems: list[str] = []
     for where, tasks, states in (("live", table.live, LIVE_STATES), ("dead", table.dead, (DEAD,))):
         for task_id, task in tasks.items():
+            if (kept := _kept_error_bytes(task.error)) > ERROR_BYTES:    # first: the checks below cut it
+                problems.append(f"{where} task {task_id!r} keeps an error of {kept} bytes")
+                continue
             try:
                 task_from_record(transfer_record(task), config)
             except InvalidField as err:
@@ -315,6 +371,9 @@ def invalid_stored(table: TaskTable, config: NodeConfig) -> list[str]:
             if task_id != task.id or task.state not in states:
                 problems.append(f"{where} task {task_id!r} is {task.state!r} under id {task.id!r}")
     for stone in table.tombstones.values():
+        if (kept := _kept_error_bytes(stone.error)) > ERROR_BYTES:
+            problems.append(f"tombstone {stone.id!r} keeps an error of {kept} bytes")
+            continue
         problem = _stone_problem(stone, config)
         if problem is not None:
             problems.append(problem)
