@@ -107,10 +107,8 @@ class Core:
         memory = {"payload_bytes": table.payload_bytes, "max_bytes": self.config.max_bytes,
                   "result_bytes": table.result_bytes, "max_result_bytes": self.config.max_result_bytes,
                   "results_dropped": table.results_dropped}
-        outcomes: dict[str, int] = {}
-        for (_, outcome), n in engine.outcomes.items():
-            outcomes[outcome] = outcomes.get(outcome, 0) + n
-        return {"accepting": engine.accepting, "queues": queues, "totals": totals, "outcomes": outcomes,
+        return {"accepting": engine.accepting, "queues": queues, "totals": totals,
+                "outcomes": engine.outcome_totals(),
                 "errors": dict(self.endpoint.errors), "records_refused": self.refusals.by_source(),
                 "max_tasks": self.config.max_tasks, "memory": memory,
                 "ignored": {"not_leased": engine.not_leased, "foreign_heartbeats": workers.foreign_heartbeats},

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterable
 
+from miyaq.config import NodeConfig
 from miyaq.constants import MAX_QUEUES, TIMER_BATCH
 from miyaq.core.attempts import forget_lease, leased_to, note_lessee, retry_delay
 from miyaq.core.replicas import ReplicaCopies
@@ -26,6 +27,7 @@ from miyaq.logs import LogLimiter
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE
 from miyaq.protocol.recordspec import cut_error
 from miyaq.store.table import Tombstone
+from miyaq.store.tally import Tally
 from miyaq.store.task import (
     CANCELLED, DEAD, DONE, EXPIRED, LIVE_STATES, READY, RETRYING, RUNNING, SCHEDULED, Task, count_revival,
 )
@@ -42,6 +44,12 @@ LISTED_STATES = LIVE_STATES + (DEAD,)
 class Engine(ReplicaCopies):
     """The task state machine: ``Engine(config)``; its state is
     :class:`~miyaq.core.transitions.Transitions`'s."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        super().__init__(config)
+        # Outcome counters of queues pruned while empty (compact_lanes), so
+        # the node's totals never go back: outcome -> total.
+        self.pruned_outcomes: Tally[str] = Tally()
 
     # -- intake ------------------------------------------------------------------
     def submit(self, task: Task, now: float, copy: bool = False) -> tuple[str, Any]:
@@ -384,9 +392,11 @@ class Engine(ReplicaCopies):
                     del self.counts[queue]     # empty queue: pruned, so names stay bounded
                     forgotten.add(queue)
             if forgotten:
-                # Its outcome counters too: names a producer makes up must not pile up.
+                # Its outcome counters too: names a producer makes up must not
+                # pile up. Their counts stay in the node's totals.
+                pruned = self.pruned_outcomes
                 for key in [k for k in self.outcomes if k[0] in forgotten]:
-                    del self.outcomes[key]
+                    pruned[key[1]] += self.outcomes.pop(key)
                 for queue in forgotten:
                     for listener in self.listeners:
                         listener.queue_forgotten(queue)
@@ -427,6 +437,14 @@ class Engine(ReplicaCopies):
             counts = self.counts.get(queue)
             return 0 if counts is None else sum(counts[s] for s in states)
         return sum(c[s] for c in self.counts.values() for s in states)
+
+    def outcome_totals(self) -> dict[str, int]:
+        """Each outcome counted since start, summed over queues -- those
+        pruned since included, so no total ever goes down (STATUS ``outcomes``)."""
+        totals = dict(self.pruned_outcomes)
+        for (_, outcome), n in self.outcomes.items():
+            totals[outcome] = totals.get(outcome, 0) + n
+        return totals
 
     def queue_counts(self) -> dict[str, dict[str, int]]:
         return {q: {s: c[s] for s in (SCHEDULED, READY, RUNNING, RETRYING, DEAD)}
