@@ -30,7 +30,7 @@ from miyaq.constants import (
     SERVICE_BURST, SERVICE_BURST_WORK, SERVICE_HEARTBEAT_IVL_MS, SERVICE_HEARTBEAT_TIMEOUT_MS,
 )
 from miyaq.core import ignored
-from miyaq.core.unread import UnreadAnswers
+from miyaq.core.unread import UnreadAnswers, wire_bytes
 from miyaq.errors import BadFrame, BadVersion, MiyaqError, ProtocolError, TooLarge, TooManyValues
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c
@@ -76,6 +76,7 @@ class ServiceEndpoint:
         self.work = 0        # tasks handled in the current burst (handlers add to it)
         self._acks: dict[bytes, list[list[Any]]] = {}
         self.unread = UnreadAnswers()    # answers a connection has not read: bounded
+        self._curve = sockets.security is not None     # what a message takes on the wire (unread counts it)
         # With a durable log, acknowledgements wait until the log has the
         # tasks: the gate calls its argument once they are written.
         self.ack_gate: Callable[[Callable[[], None]], None] | None = None
@@ -87,8 +88,14 @@ class ServiceEndpoint:
 
     # -- sending -------------------------------------------------------------
     def send(self, identity: bytes, command: bytes, body: dict[str, Any]) -> bool:
-        """Send without blocking; False if the peer is gone or full."""
-        return self._send(identity, command, codec.pack(body))
+        """Send without blocking; False if the peer is gone or full. Counted
+        against the connection's unread budget if it is followed
+        (:mod:`miyaq.core.unread`: a DISPATCH to a pull consumer too), never held back."""
+        packed = codec.pack(body)
+        if self._send(identity, command, packed):
+            self.unread.sent(identity, wire_bytes(command, len(packed), self._curve))
+            return True
+        return False
 
     def _send(self, identity: bytes, command: bytes, packed: bytes) -> bool:
         try:
@@ -119,10 +126,14 @@ class ServiceEndpoint:
         answered ``busy`` instead."""
         body["req"] = req
         packed = codec.pack(body)
-        if not self.unread.may_send(identity, len(packed)):
+        size = wire_bytes(c.REPLY, len(packed), self._curve)
+        if not self.unread.may_send(identity, size):
             self.error(identity, self.unread.refusal(identity), req)
             return False
-        return self._send(identity, c.REPLY, packed)
+        if self._send(identity, c.REPLY, packed):
+            return True
+        self.unread.sent(identity, -size)      # not sent: not counted
+        return False
 
     def error(self, identity: bytes, err: MiyaqError, req: Any = None) -> None:
         """Answer ERROR (counted by code in STATUS ``errors``, sent or not):
@@ -133,8 +144,9 @@ class ServiceEndpoint:
         if req is not None:
             body["req"] = req
         packed = codec.pack(body)
-        if self.unread.may_send_error(identity, len(packed)):
-            self._send(identity, c.ERROR, packed)
+        size = wire_bytes(c.ERROR, len(packed), self._curve)
+        if self.unread.may_send_error(identity, size) and not self._send(identity, c.ERROR, packed):
+            self.unread.sent(identity, -size)      # not sent: not counted
 
     def ack(self, identity: Any, result: list[Any]) -> None:
         """Queue one submit result; sent with the others at the end of the
@@ -169,9 +181,7 @@ class ServiceEndpoint:
                 except Exception:
                     logger.exception("in-process submit callback failed")
             else:
-                packed = codec.pack({"results": results})
-                self.unread.sent(identity, len(packed))
-                self._send(identity, c.SUBMITTED, packed)
+                self.send(identity, c.SUBMITTED, {"results": results})
 
     # -- receiving -----------------------------------------------------------
     def handle(self, frames: list[bytes], now: float, user: str | None = None) -> None:

@@ -3,30 +3,41 @@
 ZeroMQ queues what a connection has not read yet, up to a count of
 messages (``HWM``, 100,000), not of bytes. A request of a few bytes can have
 a large answer -- a TASKS listing, a STATUS of thousands of queues, a
-RESULT -- and even small answers add up: 100,000 answers of 60 KB are 6 GB.
-So a connection that sends requests and never reads would grow the node by
-every answer (measured: 200 TASKS listings of 10,000 tasks held 300 MiB;
-8,000 RESULTs of 60 KB, 458 MB; 2,000 SUBMITs of 1,024 known ids, 355 MB).
+RESULT -- and small answers add up: 100,000 answers of 60 KB are 6 GB. So a
+connection that sends requests and never reads would grow the node by every
+answer (measured: 200 TASKS listings of 10,000 tasks held 300 MiB; 8,000
+RESULTs of 60 KB, 458 MB; 2,000 SUBMITs of 1,024 known ids, 355 MB).
 
 ZeroMQ does not say what waits for one connection, but the kernel says what
-waits in its socket: the bytes libzmq wrote there that the peer has not
-taken (``SIOCOUTQ``). libzmq moves a connection's messages into its socket
-whenever the socket has room, so a socket found empty means nothing of that
-connection waits in the node either.
+left it. Over TCP it counts the bytes the peer acknowledged
+(``tcpi_bytes_acked``): what the node sent a connection less that is what
+still waits for it, in libzmq or in the socket. Over a unix socket it only
+says whether bytes wait in the socket (``SIOCOUTQ``); libzmq moves a
+connection's messages into its socket whenever the socket has room, so a
+socket found empty means nothing of that connection waits in the node either.
 
-So every answer a followed connection is sent is counted -- its bytes plus
-``ANSWER_OVERHEAD`` for what libzmq holds with it -- since its socket was
-last found empty. Its socket is looked at (one ``ioctl``) before a request
-once ``LOOK_EVERY`` bytes were counted since the last look, and before every
-answer of ``LARGE_ANSWER`` bytes or more; a look that finds it empty sets
-the count back to 0. A connection whose count reached ``UNREAD_BUDGET``
-(and whose socket is not empty) is refused: its requests (SUBMIT included)
-are answered ``busy`` before they are handled, and a large answer due to it
-(a long-poll's) is replaced by ``busy``, until it has read what it was
-sent. The refusals count too: once a connection over budget was sent
-``REFUSALS_BUDGET`` bytes of ERRORs, it is sent no more until it reads. A client that reads its
-answers finds its socket empty at the next look and is never refused; the
-common case costs a counter update per answer and a comparison per request.
+So every message a followed connection is sent counts its bytes as they go
+on the wire (:func:`wire_bytes`, what TCP acknowledges) -- answers (REPLY,
+SUBMITTED, ERROR) and anything else (a DISPATCH to a pull consumer). The
+kernel is asked (one system call) before a request once ``LOOK_EVERY`` bytes
+were counted since it was last asked, and before every answer of
+``LARGE_ANSWER`` bytes or more: over TCP what the peer acknowledged since is
+taken off the count; over a unix socket one found empty sets it to 0. A
+connection whose count reached ``UNREAD_BUDGET`` is refused: its requests
+(SUBMIT included) are answered ``busy`` before they are handled, and a large
+answer due to it (a long-poll's) is replaced by ``busy``, until it has taken
+what it was sent. The refusals count too: once a connection over budget was
+sent ``REFUSALS_BUDGET`` bytes of ERRORs, it is sent none until it reads. A
+client that reads its answers is never refused, however far away (what is
+in flight is at most what TCP's window holds); the common case costs a
+counter update per message, a comparison per request and one system call per
+64 KiB.
+
+What libzmq holds for each queued message besides its bytes (about 200
+bytes) is not counted: the count has to be in the bytes TCP acknowledges,
+and ZeroMQ's count of messages bounds the rest (100,000: about 20 MB).
+Not counted either, so slightly in the connection's favour: a liveness
+probe every couple of seconds and ZMTP's heartbeats.
 
 Bounded: the connections followed are the ``MAX_FOLLOWED`` that asked
 something last (the least recent forgotten first); a connection is followed
@@ -34,8 +45,10 @@ from its first request (or SUBMIT) on.
 """
 from __future__ import annotations
 
+import _socket
 import fcntl
 import logging
+import socket
 import struct
 import termios
 from collections import OrderedDict
@@ -46,26 +59,36 @@ from miyaq.logs import LogLimiter
 
 _log = LogLimiter(logging.getLogger(__name__))   # a client that never reads asks again and again
 
-#: Before an answer this large or larger its connection's socket is looked
-#: at, and the answer replaced by ``busy`` if the connection is over budget
-#: (a smaller one is always sent: its request was let in).
+#: Before an answer this large or larger the kernel is asked what its
+#: connection took, and the answer replaced by ``busy`` if the connection is
+#: over budget (a smaller one is always sent: its request was let in).
 LARGE_ANSWER = 64 * 1024
-#: Bytes of answers a connection may have unread (one answer more than this
-#: is never refused after its socket was found empty).
+#: Bytes a connection may have been sent and not taken (one answer more
+#: than this is never refused after the kernel said it took everything).
 UNREAD_BUDGET = 32 * 1024 * 1024
-#: Counted with each answer besides its bytes: what libzmq holds for a queued
-#: message of 3 frames (measured: 150 to 220 bytes), so that 100,000 small
-#: answers count for what they hold.
-ANSWER_OVERHEAD = 256
-#: Bytes counted between two looks at a connection's socket.
+#: Bytes counted between two questions to the kernel.
 LOOK_EVERY = 64 * 1024
 #: Bytes of ERRORs (refusals) a connection over budget is sent; past them
 #: it is sent no ERROR until it reads.
 REFUSALS_BUDGET = 1024 * 1024
 #: Connections followed at once: more than a node has descriptors for.
 MAX_FOLLOWED = 65_536
+#: What CURVE adds to each frame on the wire: it travels as a MESSAGE
+#: command (the command's name, a nonce, the box's MAC and the frame's flags).
+CURVE_FRAME = 33
 
 _INT = struct.Struct("i")
+_TCP_INFO = getattr(socket, "TCP_INFO", None)       # Linux
+_BYTES_ACKED = 120          # offset of tcpi_bytes_acked (u64) in struct tcp_info, Linux 4.2 and later
+
+
+def wire_bytes(command: bytes, body: int, curve: bool = False) -> int:
+    """Bytes a message ``[MQ1, command, body of this size]`` takes on a ZMTP
+    3 connection -- what its peer acknowledges: each frame with a flags byte
+    and a size of 1 byte (up to 255) or 8, and with ``curve`` in its box."""
+    extra = CURVE_FRAME if curve else 0
+    body += extra
+    return 7 + len(command) + 2 * extra + body + (2 if body <= 255 else 9)
 
 
 def unsent_bytes(fd: int) -> int:
@@ -74,75 +97,114 @@ def unsent_bytes(fd: int) -> int:
     return int(_INT.unpack(fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0])
 
 
+def acked_bytes(fd: int) -> int | None:
+    """Bytes the peer of the TCP socket ``fd`` acknowledged since it
+    connected (``tcpi_bytes_acked``); None if ``fd`` is no TCP socket (a
+    unix socket, closed) or the kernel does not say. ``fd`` stays open and
+    unchanged (the plain ``_socket``: a patched one would watch it)."""
+    if _TCP_INFO is None:
+        return None
+    sock = _socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 256)
+    except OSError:
+        return None
+    finally:
+        sock.detach()
+    if len(info) < _BYTES_ACKED + 8:
+        return None
+    return int(struct.unpack_from("Q", info, _BYTES_ACKED)[0])
+
+
+# An entry, per routing id: [descriptor it last asked by, bytes sent and not
+# taken, the count at which the kernel is asked next, bytes of ERRORs sent
+# while over budget, what TCP said it acknowledged when last asked (-1: not TCP)].
+_FD, _UNREAD, _NEXT, _REFUSALS, _ACKED = range(5)
+
+
 class UnreadAnswers:
-    """Per connection (its routing id): the descriptor it last asked by, the
-    bytes of answers counted since its socket was last found empty, and the
-    count at which its socket is looked at next."""
+    """What each followed connection was sent and has not taken."""
 
     def __init__(self, budget: int = UNREAD_BUDGET, large: int = LARGE_ANSWER,
                  max_followed: int = MAX_FOLLOWED, unsent: Callable[[int], int] = unsent_bytes,
-                 overhead: int = ANSWER_OVERHEAD, look_every: int = LOOK_EVERY,
+                 acked: Callable[[int], int | None] = acked_bytes, look_every: int = LOOK_EVERY,
                  refusals: int = REFUSALS_BUDGET) -> None:
         self.budget = budget
         self.large = large
         self.max_followed = max_followed
         self.unsent = unsent
-        self.overhead = overhead
+        self.acked = acked
         self.look_every = min(look_every, budget)
         self.refusals = refusals
-        # id -> [descriptor, bytes unread, bytes at which to look next, bytes of ERRORs sent over budget]
         self._followed: OrderedDict[bytes, list[int]] = OrderedDict()
-        self.refused = 0       # requests and large answers refused busy
+        self.refused = 0         # requests and large answers refused busy
         self.unsent_errors = 0   # ERRORs not sent: their connection was past its budget and its refusals'
+
+    def _entry(self, fd: int) -> list[int]:
+        acked = self.acked(fd)
+        return [fd, 0, self.look_every, 0, -1 if acked is None else acked]
 
     def asked(self, identity: bytes, fd: int) -> bool:
         """``identity`` sent a request by the connection on descriptor ``fd``
         (-1: not known, and nothing is measured for it). False: that
-        connection has ``budget`` bytes of answers unread; refuse the
-        request (:meth:`refusal`) instead of handling it."""
+        connection has ``budget`` bytes it was sent and has not taken;
+        refuse the request (:meth:`refusal`) instead of handling it."""
         entry = self._followed.get(identity)
         if entry is None:
             if fd >= 0:
-                self._followed[identity] = [fd, 0, self.look_every, 0]
+                self._followed[identity] = self._entry(fd)
                 if len(self._followed) > self.max_followed:
                     self._followed.popitem(last=False)
             return True
         self._followed.move_to_end(identity)
-        if entry[0] != fd and fd >= 0:        # the same routing id on a new connection
-            entry[:] = fd, 0, self.look_every, 0
+        if entry[_FD] != fd and fd >= 0:        # the same routing id on a new connection
+            entry[:] = self._entry(fd)
             return True
-        return entry[1] < entry[2] or self._look(entry)
+        return entry[_UNREAD] < entry[_NEXT] or self._look(entry)
 
     def _look(self, entry: list[int]) -> bool:
-        """Look at the connection's socket: found empty, its count goes back
-        to 0. True if it is under budget then."""
-        try:
-            if self.unsent(entry[0]) == 0:
-                entry[1] = entry[3] = 0
-        except OSError:
-            entry[1] = entry[3] = 0     # its descriptor is closed: the connection is gone, and its queue with it
-        entry[2] = min(entry[1] + self.look_every, self.budget)
-        return entry[1] < self.budget
+        """Ask the kernel what the connection took since it was last asked,
+        and take it off. True if the connection is under budget then."""
+        if entry[_ACKED] >= 0:
+            acked = self.acked(entry[_FD])
+            if acked is None:
+                entry[_UNREAD] = 0        # its descriptor is closed: the connection is gone, and its queue with it
+            elif acked >= entry[_ACKED]:
+                entry[_UNREAD] = max(entry[_UNREAD] - (acked - entry[_ACKED]), 0)
+                entry[_ACKED] = acked
+            else:
+                entry[_ACKED] = acked     # another connection on that descriptor
+        else:
+            try:
+                if self.unsent(entry[_FD]) == 0:
+                    entry[_UNREAD] = 0
+            except OSError:
+                entry[_UNREAD] = 0        # closed: gone
+        if entry[_UNREAD] < self.budget:
+            entry[_REFUSALS] = 0
+        entry[_NEXT] = min(entry[_UNREAD] + self.look_every, self.budget)
+        return entry[_UNREAD] < self.budget
 
     def may_send(self, identity: bytes, size: int) -> bool:
         """May an answer of ``size`` bytes go to ``identity`` now? Counts it if
         so. False only for a large answer (``large`` bytes or more) to a
-        connection with ``budget`` bytes of answers unread: answer ``busy``
+        connection with ``budget`` bytes not taken: answer ``busy``
         instead."""
         entry = self._followed.get(identity)
         if entry is None:
             return True        # not followed (it never asked by a socket): nothing to measure
         if size >= self.large and not self._look(entry):
             return False
-        entry[1] += size + self.overhead
+        entry[_UNREAD] += size
         return True
 
     def sent(self, identity: bytes, size: int) -> None:
-        """An answer of ``size`` bytes that is sent whatever the count (a
-        SUBMITTED: its tasks were stored) went to ``identity``: counted."""
+        """``size`` bytes that go whatever the count (a SUBMITTED: its tasks
+        were stored; a DISPATCH) were sent to ``identity``: counted. A
+        negative ``size`` takes back what was counted and then not sent."""
         entry = self._followed.get(identity)
         if entry is not None:
-            entry[1] += size + self.overhead
+            entry[_UNREAD] += size
 
     def may_send_error(self, identity: bytes, size: int) -> bool:
         """May an ERROR of ``size`` bytes go to ``identity``? Counts it if so.
@@ -151,13 +213,12 @@ class UnreadAnswers:
         entry = self._followed.get(identity)
         if entry is None:
             return True
-        size += self.overhead
-        if entry[1] >= self.budget:
-            if entry[3] >= self.refusals:
+        if entry[_UNREAD] >= self.budget:
+            if entry[_REFUSALS] >= self.refusals:
                 self.unsent_errors += 1
                 return False
-            entry[3] += size
-        entry[1] += size
+            entry[_REFUSALS] += size
+        entry[_UNREAD] += size
         return True
 
     def refusal(self, identity: bytes) -> Busy:
@@ -165,13 +226,13 @@ class UnreadAnswers:
         :meth:`may_send` said no (counted; logged, a few lines a minute)."""
         self.refused += 1
         unread = self.unread(identity)
-        _log.warning("unread", "a connection has not read %d bytes of answers; its requests are answered busy "
+        _log.warning("unread", "a connection has not read %d bytes it was sent; its requests are answered busy "
                      "until it does (%d refused so far, %d errors not sent)", unread, self.refused,
                      self.unsent_errors)
         return Busy(f"this connection has not read {unread} bytes of answers it was sent; "
                     "read them before asking for more")
 
     def unread(self, identity: bytes) -> int:
-        """Bytes of answers counted against ``identity`` (0: none, or not followed)."""
+        """Bytes counted against ``identity``: sent and not taken (0: none, or not followed)."""
         entry = self._followed.get(identity)
-        return 0 if entry is None else entry[1]
+        return 0 if entry is None else entry[_UNREAD]
