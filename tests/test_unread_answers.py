@@ -2,9 +2,11 @@
 
 A request of a few bytes can have a large answer, and many small answers
 add up; ZeroMQ queues what a connection does not read by a count of
-messages, not bytes. A node counts every answer it sends a connection since
-its socket was last found empty, and refuses that connection's requests
-``busy`` once the count reaches a budget, until it has read what it was sent.
+messages, not bytes. A node counts what it sends a connection less what the
+kernel says it took (over TCP what its peer acknowledged; over a unix socket
+everything, once its socket is found empty), and refuses that connection's
+requests ``busy`` once the count reaches a budget, until it has read what
+it was sent.
 """
 from __future__ import annotations
 

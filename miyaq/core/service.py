@@ -47,9 +47,10 @@ VERSION_WARN_EVERY = 1000
 
 Handler = Callable[[bytes, dict[str, Any], float], None]
 
-#: Commands answered to their sender (REPLY, ERROR or SUBMITTED): from its
-#: first one on a connection is followed, and refused ``busy`` while it has
-#: not read its unread budget (:mod:`miyaq.core.unread`).
+#: Commands answered to their sender (REPLY, ERROR or SUBMITTED): from the
+#: first one on, a connection is followed, and these are refused ``busy``
+#: while it was sent its unread budget and has not taken it
+#: (:mod:`miyaq.core.unread`).
 ANSWERED = c.REQUESTS | {c.SUBMIT}
 
 #: What :meth:`ServiceEndpoint.reachable` sends: a REPLY without ``req``
