@@ -67,8 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("faults")
     g.add_argument("--faults", default=None, metavar="KINDS",
                    help="comma-separated: kill,pause,leader,worker,zk,wipe; with --partitions also partition,"
-                        "isolate,deaf,mute,zkcut,lossy,delay,duplicate,split; with --zk-servers 3 zkserver,zkleader,zkquorum "
-                        "(and zkminority with --partitions); clock (faketime), diskfull (root); 'all'; 'none' "
+                        "isolate,deaf,mute,zkcut,lossy,delay,duplicate,split; with --zk-servers 3 zkserver,"
+                        "zkleader,zkquorum (and zkminority with --partitions); clock (faketime), diskfull (root); "
+                        "'all'; 'none' "
                         "[kill,pause,leader,worker,zk,wipe; plus the network kinds with --partitions and the "
                         "ensemble's with --zk-servers 3]")
     g.add_argument("--rolling", action="store_true",
