@@ -43,6 +43,9 @@ MAX_PAUSED = 10_000
 MAX_LIMITED = 10_000
 #: The longest a RESULT or RECEIVE long-poll may wait (ZeroMQ and HTTP).
 MAX_LONG_POLL = 3600.0
+#: The longest retry delay a node takes, from a worker's FAILED (``Retry(delay)``)
+#: or a pull consumer's NACK, in seconds (30 days): a longer one is this.
+MAX_RETRY_DELAY = 30 * 86400.0
 #: Most long-polls one WITHDRAW names.
 MAX_WITHDRAW = 1000
 #: How often the node checks that connections with long-polls waiting are

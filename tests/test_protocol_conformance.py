@@ -332,3 +332,86 @@ def test_status_carries_the_documented_fields(doc):
     assert set(live) == set(page)
     for section in ("totals", "waiters", "dispatch", "periodic", "ignored"):
         assert set(live[section]) == set(page[section]), section
+
+
+def test_a_pull_consumers_touch_extends_its_lease_as_section_6_3_says(doc):
+    """Fault simulated: a pull consumer (another language's) whose task runs
+    longer than its ``timeout`` sends TOUCH, as section 6.3 says. The node
+    checked the touch against the connection's registered worker -- none --
+    so the lease never moved (``ignored.not_leased`` counted it), and the
+    task went back to ready and ran twice. Now a pull consumer touches what
+    it received; another connection's TOUCH still extends nothing."""
+    consumer, stranger = doc.dealer(), doc.dealer()
+    doc.send(consumer, b"SUBMIT", {"req": 1, "tasks": [{"id": "conf-touch", "name": "slow", "queue": "conf-touch",
+                                                        "timeout": 60}]})
+    doc.receive(consumer)
+    task = doc.request(consumer, b"RECEIVE", {"queues": ["conf-touch"]})["task"]
+    assert task["id"] == "conf-touch"
+    leased_until = task["lease_end"]
+    doc.send(stranger, b"TOUCH", {"ids": ["conf-touch"]})
+    assert next_message(doc, stranger, b"RECONNECT")
+    assert doc.request(consumer, b"TASK", {"id": "conf-touch"})["task"]["lease_end"] == leased_until
+    doc.send(consumer, b"TOUCH", {"ids": ["conf-touch"]})
+    assert next_message(doc, consumer, b"RECONNECT")      # not a worker: told so, the touch applied all the same
+    assert doc.request(consumer, b"TASK", {"id": "conf-touch"})["task"]["lease_end"] > leased_until
+    assert status(doc)["ignored"]["not_leased"] == 1      # the stranger's
+    consumer.close()
+    stranger.close()
+
+
+@pytest.mark.parametrize("command,body", [
+    (b"RETURN", {"ids": [], "credit": 0}),
+    (b"DONE", {"done": [], "credit": 0}),
+    (b"FAILED", {"failed": [], "credit": "no"}),
+    (b"HEARTBEAT", {"worker": "conf-w", "side": "no"}),
+], ids=["return-credit-0", "done-credit-0", "failed-credit-text", "heartbeat-side-text"])
+def test_boolean_fields_that_are_not_booleans_are_refused_as_section_2_says(doc, command, body):
+    """Fault simulated: a client in a language without a boolean type sends
+    0/1 or text. ``credit: 0`` was read as true (the slot given back, the
+    opposite of ``credit: false``) and ``side: "no"`` as a side heartbeat.
+    Section 2: booleans are msgpack true/false -- now anything else is
+    ERROR ``invalid_field`` naming the field."""
+    sock = register(doc, "conf-w", ["conf-bool"])
+    doc.send(sock, command, body)
+    answer = next_message(doc, sock, b"ERROR")
+    assert answer["code"] == "invalid_field" and answer["field"] in ("credit", "side"), answer
+    sock.close()
+
+
+@pytest.mark.parametrize("command", [b"READY", b"RECEIVE"])
+def test_a_bad_name_in_queues_is_refused_naming_the_field_queues(doc, command):
+    """Fault simulated: READY or RECEIVE with ``"queues": ["bad q"]``. The
+    ERROR named the field ``queue``, which these messages do not have;
+    section 4 says ``field`` is the offending field: ``queues``."""
+    sock = doc.dealer()
+    body = {"req": 5, "queues": ["bad q"]}
+    if command == b"READY":
+        body["worker"] = "conf-bad-queues"
+    doc.send(sock, command, body)
+    answer = next_message(doc, sock, b"ERROR")
+    assert answer["code"] == "invalid_field" and answer["field"] == "queues", answer
+    sock.close()
+
+
+def test_a_retry_delay_past_30_days_is_30_days_not_the_backoff(doc):
+    """Fault simulated: a handler raises ``Retry(delay=40 days)`` (or
+    ``inf``). The node ignored a delay past 30 days and retried after the
+    task's backoff -- within milliseconds for a short one. Now it is taken
+    as 30 days (section 7, FAILED), and a pull consumer's NACK takes the
+    same range (it was at most a day)."""
+    worker = register(doc, "conf-retry-w", ["conf-delay"])
+    producer = doc.dealer()
+    doc.send(producer, b"SUBMIT", {"req": 1, "tasks": [{"id": "conf-delay", "name": "later", "queue": "conf-delay",
+                                                        "backoff": 0.01}]})
+    doc.receive(producer)
+    item = next_message(doc, worker, b"DISPATCH")["tasks"][0]
+    doc.send(worker, b"FAILED", {"failed": [[item[0], item[4], {"type": "E", "message": "later",
+                                                                "retry": True, "delay": float("inf")}]]})
+    wait_for(lambda: doc.request(producer, b"TASK", {"id": "conf-delay"})["task"]["state"] == "retrying")
+    eta = doc.request(producer, b"TASK", {"id": "conf-delay"})["task"]["eta"]
+    assert eta > time.time() + 29 * 86400
+    nack = doc.request(producer, b"NACK", {"id": "conf-delay", "attempt": 1, "delay": 20 * 86400,
+                                           "error": {"type": "E", "message": "m"}})
+    assert nack["ok"] is False          # accepted as a NACK (not leased to this consumer), not refused
+    worker.close()
+    producer.close()

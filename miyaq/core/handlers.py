@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from miyaq.constants import MAX_LONG_POLL, MAX_WITHDRAW
+from miyaq.constants import MAX_LONG_POLL, MAX_RETRY_DELAY, MAX_WITHDRAW
 from miyaq.core.consumers import Origin, PullConsumer, WorkerConsumer, pull_principal
 from miyaq.core.core import Core
 from miyaq.core.attempts import leased_to
@@ -191,7 +191,7 @@ class ServiceHandlers:
         req = body.get("req")
         queues = f.string_list(body, "queues", ["default"], max_items=64)
         for q in queues:
-            check_queue(q)
+            check_queue(q, "queues")
         timeout = f.number(body, "timeout", 0.0, hi=MAX_LONG_POLL)
         endpoint = self.endpoint
 
@@ -238,7 +238,7 @@ class ServiceHandlers:
             return
         error = _error(body.get("error"))
         retry = f.boolean(body, "retry", True)
-        delay = f.number(body, "delay", None, hi=MAX_LONG_POLL * 24)
+        delay = f.number(body, "delay", None, hi=MAX_RETRY_DELAY)
         ok = self.engine.fail(task_id, attempt, error, retry, delay, now, by=self._puller(identity))
         self.endpoint.reply(identity, body.get("req"), {"ok": ok})
 
@@ -268,7 +268,7 @@ class ServiceHandlers:
         wid = f.string(body, "worker", max_len=128)
         queues = f.string_list(body, "queues", ["default"], max_items=64)
         for q in queues:
-            check_queue(q)
+            check_queue(q, "queues")
         names = f.string_list(body, "names", [], max_items=10_000, max_len=256)
         capacity = f.integer(body, "capacity", 1, lo=1, hi=c.MAX_WORKER_CAPACITY)
         credit = f.integer(body, "credit", capacity, lo=0, hi=capacity)
@@ -298,7 +298,7 @@ class ServiceHandlers:
 
     def heartbeat(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         wid = body.get("worker")
-        if isinstance(wid, str) and body.get("side"):
+        if isinstance(wid, str) and f.boolean(body, "side", False):
             self.workers.seen_wid(wid, self._key())   # the worker's heartbeat thread (same key only)
             return
         self._worker(identity, now)
@@ -312,7 +312,7 @@ class ServiceHandlers:
     def _grant_for(self, worker: WorkerConsumer | None, body: dict[str, Any], n: int) -> None:
         """The slots ``n`` reports give back, unless the message says
         ``"credit": false`` (reports on tasks another node gave the worker)."""
-        if body.get("credit", True) is not False:
+        if f.boolean(body, "credit", True):
             self._grant(worker, n)
 
     def credit(self, identity: bytes, body: dict[str, Any], now: float) -> None:
@@ -357,7 +357,13 @@ class ServiceHandlers:
     def touch(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         ids = f.string_list(body, "ids", max_items=c.MAX_TOUCH_IDS, max_len=64)
         self._worker(identity, now)
-        by = self._reporter(identity)
+        # A registered worker touches what was dispatched to it; any other
+        # connection is a pull consumer, and touches what it received (its
+        # ACK and NACK are checked the same way). Before 2026-12-05 it was
+        # "nobody": a pull consumer's TOUCH extended nothing, and a task
+        # longer than its timeout ran twice.
+        worker_principal = self.workers.principal_of(identity)
+        by = worker_principal if worker_principal is not None else self._puller(identity)
         live = self.engine.table.live
         for task_id in ids:
             task = live.get(task_id)
@@ -374,7 +380,7 @@ class ServiceHandlers:
         for task_id in ids:
             if worker is not None and task_id in worker.running:
                 self.engine.release(task_id, now)
-        if body.get("credit", True) is not False:
+        if f.boolean(body, "credit", True):
             self._grant(worker, len(ids))
 
     def bye(self, identity: bytes, body: dict[str, Any], now: float) -> None:
@@ -408,8 +414,12 @@ def _error(value: Any) -> dict[str, Any]:
 
 
 def _delay(value: Any) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 86400 * 30:
-        return float(value)
+    """A FAILED item's retry ``delay``: a number from 0 on, at most
+    :data:`MAX_RETRY_DELAY` (a longer one -- ``inf`` too -- is that: the
+    handler asked for "much later", not "at once"); anything else (negative,
+    NaN, not a number) is None, the task's backoff."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return min(float(value), MAX_RETRY_DELAY)
     return None
 
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from miyaq.constants import MAX_LONG_POLL
+from miyaq.constants import MAX_LONG_POLL, MAX_RETRY_DELAY
 from miyaq.errors import InvalidField, MiyaqError, TooLarge
 from miyaq.core.consumers import PullConsumer
 from miyaq.protocol import fields as f
@@ -174,7 +174,7 @@ class PullApi:
         attempt = f.integer(body, "attempt", lo=0)
         message = f.string(body, "error", "", max_len=4096) if body.get("error") != "" else ""
         retry = f.boolean(body, "retry", True)
-        delay = f.number(body, "delay", None, hi=MAX_LONG_POLL * 24)
+        delay = f.number(body, "delay", None, hi=MAX_RETRY_DELAY)
         error = {"type": "Nack", "message": message}
         ok = self.engine.fail(task_id, attempt, error, retry, delay, wall(), by=principal(self.auth, request))
         return json_response({"ok": ok})
