@@ -11,7 +11,12 @@ Two sources, both optional:
   the aliases ``client`` and ``operator``; ``peer`` has no meaning here).
   A token is 16 to 512 visible ASCII characters other than ``#``. The file is read again on
   SIGHUP and when it changes (checked every ``WATCH_INTERVAL`` seconds); a
-  reload that fails keeps the tokens already loaded and logs why.
+  reload that fails keeps the tokens already loaded and logs why. It is
+  read in the hub, so it is opened without blocking and must be a regular
+  file of at most ``MAX_FILE_BYTES`` (:func:`~miyaq.runtime.small_files.read_small_file`):
+  a FIFO put in its place is refused by name, never waited on. A file
+  that holds no token (only comments) is loaded but warned about: it
+  locks out every caller but ``http_token``'s.
 
 Neither set: the gateway is open and every caller acts as ``admin``.
 
@@ -34,7 +39,7 @@ from dataclasses import dataclass
 
 from miyaq.config import MAX_HTTP_TOKEN, MIN_HTTP_TOKEN, is_http_token
 from miyaq.errors import ConfigError
-from miyaq.runtime.small_files import read_by_others
+from miyaq.runtime.small_files import read_by_others, read_small_file
 from miyaq.security.roles import ALIASES, Role, parse_role
 
 logger = logging.getLogger(__name__)
@@ -48,6 +53,7 @@ FILE_ROLES = (Role.PRODUCER, Role.WORKER, Role.ADMIN)
 _FILE_ROLE_NAMES = ", ".join(role.value for role in FILE_ROLES)
 _FILE_ALIASES = ", ".join(f"{alias} ({role.value})" for alias, role in sorted(ALIASES.items())
                           if role in FILE_ROLES)
+MAX_FILE_BYTES = MAX_TOKENS * (MAX_TOKEN + 32)
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,7 @@ class TokenTable:
             self._file, self._signature = self._read()    # ConfigError: the node does not start
             self._looked_at = self._signature
             logger.info("HTTP tokens: %s", self.summary())
+            self._warn_if_empty()
 
     @property
     def enabled(self) -> bool:
@@ -174,8 +181,9 @@ class TokenTable:
     def _read(self) -> tuple[list[Entry], tuple[int, int, int]]:
         try:
             signature = self._stat()
-            with open(self.path, encoding="utf-8") as fh:
-                text = fh.read(MAX_TOKENS * (MAX_TOKEN + 32))
+            # never a plain open(): a FIFO would block the hub (HTTP and ZeroMQ alike) until
+            # written. ConfigError names what it is instead (a FIFO, a device, too large).
+            text = read_small_file(self.path, MAX_FILE_BYTES, "an HTTP tokens file").decode("utf-8")
             info = os.stat(self.path)
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read the HTTP tokens file {self.path}: {exc}") from None
@@ -184,6 +192,16 @@ class TokenTable:
             logger.warning("HTTP tokens file %s is readable by others (mode %o, group %d): chmod 600 it",
                            self.path, stat.S_IMODE(info.st_mode), info.st_gid)
         return [Entry(self._digest(token), role) for token, role in pairs], signature
+
+    def _warn_if_empty(self) -> None:
+        """A file without a single token shuts out every caller (but http_token's): say so."""
+        if self._file:
+            return
+        if self._admin:
+            logger.warning("HTTP tokens file %s holds no token: every caller but the http_token's is refused "
+                           "(401)", self.path)
+        else:
+            logger.warning("HTTP tokens file %s holds no token: every caller is refused (401)", self.path)
 
     def reload(self, reason: str) -> bool:
         """Read the file again; on failure keep the tokens loaded and log why. No file: False."""
@@ -197,6 +215,7 @@ class TokenTable:
             return False
         self.reloads["ok"] += 1
         logger.info("HTTP tokens reloaded (%s): %s", reason, self.summary())
+        self._warn_if_empty()
         return True
 
     def poll(self) -> bool:
