@@ -23,6 +23,8 @@ from __future__ import annotations
 import http.client
 import logging
 import os
+import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -30,9 +32,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from gateway_harness import FIXTURES, free_port, wait_for
+from gateway_harness import FIXTURES, NodeThread, free_port, wait_for
 
 from miyaq.errors import ConfigError
+from miyaq.gateway import tls
 from miyaq.gateway.tokens import TokenTable
 
 http_node, api, make_http_node, make_web_worker = FIXTURES
@@ -247,3 +250,128 @@ def test_a_tokens_file_without_any_token_is_warned_about(tmp_path, caplog):
                         f"HTTP tokens file {path} holds no token: every caller but the http_token's is refused "
                         "(401)"]
     assert table.role_of(PRODUCER) is None
+
+
+# -- certificate, key, CA ----------------------------------------------------------------
+@pytest.mark.parametrize("which", ["http_cert", "http_key", "http_ca"])
+def test_a_fifo_as_a_tls_file_is_refused_not_read(which, certs, tmp_path):
+    """Fault: ``http_cert``, ``http_key`` or ``http_ca`` names a FIFO: the
+    node blocked opening it (at start, or on SIGHUP in its hub). Now each is
+    refused by name, without waiting for a writer."""
+    cert, key = copies(tmp_path, certs["year"])
+    target = {"http_cert": cert, "http_key": key, "http_ca": tmp_path / "ca.pem"}[which]
+    fifo_in_place(target)
+    call = (lambda: tls.ca_file(str(target))) if which == "http_ca" else (lambda: tls.server_context(str(cert),
+                                                                                                        str(key)))
+    outcome = beside_fifo(target, call)
+    assert isinstance(outcome, ConfigError), outcome
+    assert outcome.message == f"{which} {target} is not a PEM file (a FIFO, not a regular file)"
+
+
+def served_certificate(node: NodeThread) -> bytes:
+    """The DER certificate the node's gateway presents now (not verified: compared)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", node.config.http_port), timeout=15) as raw:
+        with context.wrap_socket(raw) as sock:
+            der = sock.getpeercert(binary_form=True)
+    assert der is not None
+    return der
+
+
+def der(cert: Path) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(cert.read_text())
+
+
+def test_sighup_with_a_fifo_as_the_certificate_keeps_the_one_in_use(make_http_node, certs, tmp_path, caplog):
+    """Fault: the certificate becomes a FIFO, then SIGHUP: the reload blocked
+    the node's hub until something wrote to it. Now it fails with an ERROR
+    naming the FIFO, and the gateway serves the certificate it had."""
+    cert, key = copies(tmp_path, certs["year"])
+    node = make_http_node(http_cert=str(cert), http_key=str(key))
+    fifo_in_place(cert)
+    try:
+        with caplog.at_level(logging.INFO):
+            assert node.call(node.node.reload) is None
+        assert served_certificate(node) == der(certs["year"][0])
+    finally:
+        release(cert)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [f"HTTPS certificate not reloaded (SIGHUP), keeping the one in use: http_cert {cert} is "
+                      "not a PEM file (a FIFO, not a regular file)"]
+
+
+@pytest.mark.parametrize("which, why, dates", [
+    ("expired", "has expired", EXPIRED), ("future", "is not valid yet", NOT_YET)])
+def test_an_expired_or_not_yet_valid_certificate_is_refused(which, why, dates, certs):
+    """Fault: an expired (or not yet valid) gateway certificate was loaded
+    without a word; every client then failed its handshake. Now it is one
+    ConfigError naming the file and its dates."""
+    cert, key = certs[which]
+    with pytest.raises(ConfigError) as info:
+        tls.server_context(str(cert), str(key))
+    start, end = (f"{d[:4]}-{d[4:6]}-{d[6:8]} 00:00:00 UTC" for d in dates)
+    assert info.value.message.startswith(f"http_cert {cert} {why} (valid from {start} to {end}, now ")
+
+
+def test_a_node_with_an_expired_certificate_does_not_start(certs):
+    """Fault: ``miyaq node`` served an expired certificate. Now: exit status
+    2, one line naming the file and the dates."""
+    cert, key = certs["expired"]
+    done = subprocess.run([sys.executable, "-m", "miyaq.cli.main", "node", "--port", str(free_port()),
+                           "--http-port", str(free_port()), "--http-cert", str(cert), "--http-key", str(key)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"miyaq: error: http_cert {cert} has expired (valid from 2020-01-01 00:00:00 UTC to 2020-02-01 00:00:00 "
+        "UTC, now "), done.stderr
+
+
+def test_sighup_with_an_expired_renewal_keeps_the_valid_certificate(make_http_node, certs, tmp_path, caplog):
+    """Fault: a bad renewal (an expired certificate and its key) then SIGHUP:
+    it replaced the good certificate, and clients failed. Now the reload is
+    refused with an ERROR and the valid certificate stays in use; a valid
+    renewal is still taken."""
+    live = copies(tmp_path, certs["year"])
+    node = make_http_node(http_cert=str(live[0]), http_key=str(live[1]))
+    put(certs["expired"], live)
+    with caplog.at_level(logging.INFO):
+        node.call(node.node.reload)
+    assert served_certificate(node) == der(certs["year"][0])
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and errors[0].startswith(
+        f"HTTPS certificate not reloaded (SIGHUP), keeping the one in use: http_cert {live[0]} has expired")
+    put(certs["other"], live)
+    node.call(node.node.reload)
+    assert served_certificate(node) == der(certs["other"][0])
+
+
+def test_a_certificate_expiring_within_two_weeks_is_warned_about(certs, caplog):
+    """A certificate that expires within 14 days is loaded with a WARNING
+    saying when (at start and on each SIGHUP: both load it through
+    server_context); one valid for a year is loaded quietly."""
+    with caplog.at_level(logging.INFO, logger="miyaq.gateway.tls"):
+        tls.server_context(*map(str, certs["year"]))
+        assert caplog.records == []
+        tls.server_context(*map(str, certs["day"]))
+    [warning] = caplog.records
+    assert warning.levelno == logging.WARNING
+    assert warning.getMessage().startswith(f"http_cert {certs['day'][0]} expires in ")
+    assert "renew it and send the node SIGHUP" in warning.getMessage()
+
+
+def test_validity_dates_are_read_from_the_leaf(certs, tmp_path):
+    """``validity`` reads the first certificate of a PEM chain (the leaf
+    ``load_cert_chain`` takes), UTCTime and GeneralizedTime (years from
+    2050) alike; a file without a readable certificate gives None."""
+    chain = certs["expired"][0].read_bytes() + certs["year"][0].read_bytes()
+    start, end = tls.validity(chain) or (None, None)
+    assert (str(start), str(end)) == ("2020-01-01 00:00:00+00:00", "2020-02-01 00:00:00+00:00")
+    late = dated_cert(tmp_path, "late", "20491231000000Z", "20600101000000Z")[0]
+    start, end = tls.validity(late.read_bytes()) or (None, None)
+    assert (str(start), str(end)) == ("2049-12-31 00:00:00+00:00", "2060-01-01 00:00:00+00:00")
+    key_only = certs["year"][1].read_bytes()
+    assert tls.validity(key_only) is None
+    assert tls.validity(b"-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n") is None
