@@ -375,3 +375,20 @@ def test_validity_dates_are_read_from_the_leaf(certs, tmp_path):
     key_only = certs["year"][1].read_bytes()
     assert tls.validity(key_only) is None
     assert tls.validity(b"-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n") is None
+
+
+# -- SIGHUP without --keys ----------------------------------------------------------------
+def test_sighup_without_keys_says_what_it_reloads(make_http_node, certs, tmp_path, caplog):
+    """Fault: on a node without ``--keys`` SIGHUP logged "SIGHUP ignored (no
+    --keys)", then reloaded the tokens and the certificate all the same. Now
+    the line says what is read again and what is not."""
+    path = tmp_path / "tokens"
+    path.write_text(f"{ADMIN} admin\n")
+    os.chmod(path, 0o600)
+    cert, key = copies(tmp_path, certs["year"])
+    node = make_http_node(http_tokens=str(path), http_cert=str(cert), http_key=str(key))
+    with caplog.at_level(logging.INFO, logger="miyaq.node.node"):
+        node.call(node.node.reload)
+    lines = [r.getMessage() for r in caplog.records if r.name == "miyaq.node.node" and "SIGHUP" in r.getMessage()]
+    assert lines == [f"node {node.config.id}: SIGHUP: no authorized keys to read again (no --keys); reading the "
+                     "HTTP tokens file and the HTTPS certificate and key again"]

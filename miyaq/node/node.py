@@ -165,7 +165,12 @@ class Node:
         """Read the authorized keys again (SIGHUP). False without keys, or
         when the directory could not be read (the previous set is kept)."""
         if self.keys is None:
-            logger.info("node %s: SIGHUP ignored (no --keys)", self.id)
+            gateway = self.part("gateway")
+            files = [what for what, given in (("the HTTP tokens file", self.config.http_tokens),
+                                               ("the HTTPS certificate and key", self.config.http_cert))
+                     if given and gateway is not None]
+            logger.info("node %s: SIGHUP: no authorized keys to read again (no --keys); %s", self.id,
+                        f"reading {' and '.join(files)} again" if files else "nothing else to read again")
             return False
         return self.keys.reload("SIGHUP")
 
