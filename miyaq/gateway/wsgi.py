@@ -9,7 +9,9 @@ malformed clients.
   whole /64 and may connect from any address in it.
 * **Headers**: a request's line and headers must arrive within
   ``header_timeout`` of the request's start -- for a new connection, of its
-  accept (the TLS handshake included); else 408 and the connection closes.
+  accept: the TLS handshake and the first request's line and headers share
+  one ``header_timeout`` (:attr:`GatewayHandler.first_deadline`); else 408
+  and the connection closes (a handshake not done in time: closed).
 * **Idle**: a keep-alive connection may wait ``idle_timeout`` for its next
   request; then it is closed quietly.
 * **Body**: reading a request's body (by the handler, or discarding what it
@@ -149,6 +151,12 @@ class GatewayHandler(WSGIHandler):
     _coalesce: list[bytes] | None = None
     _header_timer: Any = None
     _served = 0
+    first_deadline: float | None = None
+    """``monotonic()`` by which the first request's line and headers must be in:
+    ``header_timeout`` after the accept, set by :meth:`GatewayServer.handle`
+    (before 2026-12-05 the first request got a whole ``header_timeout`` of its
+    own after a TLS handshake that had taken up to one already). None: a
+    whole ``header_timeout`` from the first read."""
     ignored_socket_errors = (*WSGIHandler.ignored_socket_errors, errno.ETIMEDOUT)   # SendTimeout: close quietly
 
     def __init__(self, sock: Any, address: Any, server: GatewayServer, rfile: Any = None) -> None:
@@ -162,10 +170,18 @@ class GatewayHandler(WSGIHandler):
         limits = self.server.limits
         if self._served and not self._wait_for_request(limits.idle_timeout):
             return ""   # idle too long or gone: close quietly
+        self._header_timer = green.Timeout(self.header_seconds())
         self._served += 1
-        self._header_timer = green.Timeout(limits.header_timeout)
         self._header_timer.start()
         return str(super().read_requestline())
+
+    def header_seconds(self) -> float:
+        """Seconds the next request's line and headers may take: what is left
+        of ``first_deadline`` for the first request (0 if it passed), a whole
+        ``header_timeout`` for the next ones on a keep-alive connection."""
+        if not self._served and self.first_deadline is not None:
+            return max(0.0, self.first_deadline - monotonic())
+        return float(self.server.limits.header_timeout)
 
     def _wait_for_request(self, seconds: float) -> bool:
         timer = green.Timeout(seconds)
@@ -309,6 +325,12 @@ class GatewayServer(WSGIServer):
         super().stop(timeout)
 
     def handle(self, sock: Any, address: Any) -> None:
+        """One accepted connection: the per-client cap, the TLS handshake, then
+        its requests -- the handshake and the first request's line and headers
+        within one ``header_timeout`` of now (the accept). Does what pywsgi's
+        ``WSGIServer.handle`` does (make a handler, run it) with the deadline
+        handed to the handler."""
+        deadline = monotonic() + self.limits.header_timeout
         host = client_group(str(address[0])) if isinstance(address, tuple) and address else ""
         cap = self.limits.per_client
         if cap and self.clients.get(host, 0) >= cap:
@@ -321,10 +343,12 @@ class GatewayServer(WSGIServer):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass   # not TCP (or already closed): nothing to tune
-            if self.ssl_enabled and not self._handshake(sock, host):
+            if self.ssl_enabled and not self._handshake(sock, host, deadline):
                 _close(sock)
                 return
-            super().handle(sock, address)
+            handler = self.handler_class(sock, address, self)
+            handler.first_deadline = deadline
+            handler.handle()
         finally:
             left = self.clients.pop(host, 1) - 1
             if left > 0:
@@ -342,8 +366,9 @@ class GatewayServer(WSGIServer):
                 pass
         _close(sock)
 
-    def _handshake(self, sock: Any, host: str) -> bool:
-        timer = green.Timeout(self.limits.header_timeout)
+    def _handshake(self, sock: Any, host: str, deadline: float) -> bool:
+        """The TLS handshake, done by ``deadline`` (``monotonic()``); False: failed or late."""
+        timer = green.Timeout(max(0.0, deadline - monotonic()))
         timer.start()
         try:
             sock.do_handshake()
