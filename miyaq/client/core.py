@@ -77,7 +77,7 @@ class ClientCore:
         self.submits = SubmitPipeline(nodes, self._send, self.resolver, max_batch=max_batch,
                                       ack_timeout=ack_timeout, on_resolved=on_resolved,
                                       ask_limits=self._ask_limits)
-        self.requests = RequestTable(nodes, self._send, self.resolver)
+        self.requests = RequestTable(nodes, self._send, self.resolver, on_refused=self.submits.refused)
         self._ring_req = 0
         self._limits_asks: dict[int, int] = {}    # req of a RING asking a node its limits -> that node
         # RECEIVEs withdrawn after they were sent: req -> node. A task one brings

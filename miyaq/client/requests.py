@@ -10,14 +10,24 @@ on a connection that then closed fails with ``Unavailable`` at once (the
 node answers on the connection a request came on: no answer can come).
 Those two, once a node was reached, are :class:`NoAnswer`: a result
 long-poll asks again (:func:`miyaq.client.operations.wait_result`).
+
+An ERROR without ``req`` answers a message that has none, a SUBMIT (or a
+WITHDRAW). With the code ``forbidden`` it says the node refuses this
+client's key -- revoked while connected, or of a role that may not submit
+(docs/protocol.md) -- so the client's submits (``on_refused``) and requests
+still waiting for that node fail with ``Forbidden`` at once
+(:meth:`RequestTable.refused`), as a request of its own would: before
+2026-12-05 the ERROR was only logged and ``submit(wait=True)`` waited its
+whole ``submit_timeout`` for an acknowledgement that could not come, to
+raise ``Timeout``.
 """
 from __future__ import annotations
 
 import itertools
 import logging
-from typing import Any
+from typing import Any, Callable
 
-from ..errors import Timeout, Unavailable, from_wire
+from ..errors import Forbidden, MiyaqError, Timeout, Unavailable, from_wire
 from ..logs import LogLimiter
 from ..protocol import commands as c
 from .nodes import Nodes
@@ -42,10 +52,15 @@ class NoAnswer(Unavailable):
 
 
 class RequestTable:
-    def __init__(self, nodes: Nodes, send: Send, resolver: Resolver) -> None:
+    def __init__(self, nodes: Nodes, send: Send, resolver: Resolver,
+                 on_refused: Callable[[int, MiyaqError], int] = lambda node, error: 0) -> None:
+        """``on_refused(node, error)``: node ``node`` refuses the client's key
+        (:meth:`refused`); fail the submits still waiting for its
+        acknowledgement with ``error``, and say how many."""
         self.nodes = nodes
         self._send = send
         self._resolver = resolver
+        self._on_refused = on_refused
         self._req = itertools.count(1)
         self.open: dict[int, tuple[Waiter, float, int, bytes]] = {}   # req -> (waiter, deadline, node, command)
         # Waiting for a connection: (node, command, body, since).
@@ -127,12 +142,34 @@ class RequestTable:
         entry = self.open.pop(req, None) if type(req) is int else None
         if entry is None:
             if command == c.ERROR and body.get("req") is None:
-                _log.warning("error", "node %s: %s", self.nodes.endpoints[node], body.get("message"))
+                if body.get("code") == Forbidden.code:
+                    self.refused(node, body)
+                else:
+                    _log.warning("error", "node %s: %s", self.nodes.endpoints[node], body.get("message"))
             return
         if command == c.REPLY:
             self._resolver.set(entry[0], body)
         else:
             self._resolver.fail(entry[0], from_wire(body))
+
+    def refused(self, node: int, body: dict[str, Any]) -> None:
+        """Node ``node`` answered a message without ``req`` (a SUBMIT) with
+        ERROR ``forbidden`` (``body``): it refuses this client's key, and says
+        so to no request in particular. Every submit it has not acknowledged
+        and every request sent to it fail now with that ``Forbidden`` (a
+        submit sent just before the key was revoked may have been stored all
+        the same, its acknowledgement still on the way -- as after a
+        ``Timeout``). Logged, a few lines a minute."""
+        error = from_wire(body)
+        if not isinstance(error, Forbidden):      # the code said forbidden: never anything else
+            error = Forbidden(error.message)
+        waiting = {b["req"] for _, _, b, _ in self.unsent}
+        sent = [req for req, entry in self.open.items() if entry[2] == node and req not in waiting]
+        for req in sent:
+            self._resolver.fail(self.open.pop(req)[0], error)
+        submits = self._on_refused(node, error)
+        _log.warning("forbidden", "node %s refuses this client's key: %s (%d submit(s) and %d request(s) failed "
+                     "with Forbidden)", self.nodes.endpoints[node], error.message, submits, len(sent))
 
     def fail_all(self, error: Any) -> None:
         for waiter, _, _, _ in self.open.values():

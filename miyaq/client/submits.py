@@ -351,6 +351,18 @@ class SubmitPipeline:
             self._retry_later(p, now, error)
         return len(lost)
 
+    def refused(self, node: int, error: MiyaqError) -> int:
+        """Node ``node`` refuses the client's key (ERROR ``forbidden`` to a
+        SUBMIT, :meth:`~miyaq.client.requests.RequestTable.refused`): each
+        submit sent to it and not acknowledged fails now with ``error``,
+        not resent (no node can take what this key sends). How many."""
+        refused = [task_id for task_id, p in self.pending.items() if p.node == node]
+        for task_id in refused:
+            p = self.pending.pop(task_id)
+            self.capped.pop(task_id, None)
+            self.resolve(p, error=error)
+        return len(refused)
+
     def on_submitted(self, node: int, body: dict[str, Any], now: float) -> None:
         """A SUBMITTED from ``node``: resolve, retry or fail each result.
 
