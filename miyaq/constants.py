@@ -123,8 +123,19 @@ MAX_QUERY = 10_000
 HANDOFF_CHUNK = 500
 #: A new holder has this long to confirm a handed-off chunk...
 HANDOFF_CONFIRM_TIMEOUT = 5.0
-#: ... and unconfirmed copies are sent again this often.
+#: ... and unconfirmed copies are sent again this often -- to a holder that
+#: answers. To one whose chunks time out, each resend waits twice as long as
+#: the one before, up to ``HANDOFF_RETRY_MAX``; none goes to a holder while
+#: an earlier chunk to it awaits its answer, and an answer that comes after
+#: its deadline still confirms what it lists (``LATE_ANSWER_WINDOW``).
 HANDOFF_RETRY = 5.0
+HANDOFF_RETRY_MAX = 80.0
+#: A peer request sent with a ``late`` handler (a handoff's chunk) that got
+#: no answer by its deadline still hands it an answer that comes up to this
+#: long after the deadline; at most ``MAX_LATE_ANSWERS`` such requests are
+#: remembered at once (the oldest forgotten first).
+LATE_ANSWER_WINDOW = 300.0
+MAX_LATE_ANSWERS = 4096
 #: A new holder that refused copies while its view of the ring was older
 #: than the sender's (the new ring had not reached it yet) gets them again
 #: this soon instead, at most ``HANDOFF_LAG_RETRIES`` times per ring change.

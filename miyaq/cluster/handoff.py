@@ -8,12 +8,24 @@ old holder updates its copy's holder list and rank; a copy this node no
 longer holds is dropped only once every new holder confirmed it — unless it
 is running here, in which case it stays until it finishes (its outcome is
 announced to the new holders). Copies whose confirmation does not come are
-sent again every ``HANDOFF_RETRY`` seconds -- or after ``HANDOFF_LAG_RETRY``
-when a new holder refused them because the new ring had not reached it yet
-(its REPLICATE answer names an older epoch than ours). Until it takes them,
+sent again, to the holder that did not confirm them, every
+``HANDOFF_RETRY`` seconds while it answers -- or after ``HANDOFF_LAG_RETRY``
+when it refused them because the new ring had not reached it yet (its
+REPLICATE answer names an older epoch than ours). Until it takes them,
 the task's outcome may live on fewer holders than it should: a copy it took
 later from elsewhere (a coordinator's retried REPLICATE) would not know the
 task was already finished or dead-lettered here.
+
+A holder that lets its chunks time out (``HANDOFF_CONFIRM_TIMEOUT``: down,
+or busy installing) is sent nothing while a chunk to it still awaits its
+answer, and each resend to it waits twice as long as the one before, up to
+``HANDOFF_RETRY_MAX`` (:class:`_HolderRetry`; a ring change starts the
+waits afresh). Its answer still counts when it comes after the deadline
+(``late`` of :meth:`~miyaq.cluster.transport.PeerLink.request`): it lists
+the ids the holder stored, true whenever it arrives. Before 2026-12-05, an
+answer past the 5 s deadline was dropped and every unconfirmed copy sent
+again every 5 s, without end: a new holder answering in 6 s got its whole
+share again every 5 s, and the old holders never dropped their copies.
 
 Outcomes move too. A task that finished before the ring change is a
 tombstone, not a copy, and its new holders may never have heard of it --
@@ -38,7 +50,7 @@ from miyaq.cluster.sizes import outcome_size, record_size
 from miyaq.protocol.batching import chunks
 from miyaq.constants import (
     HANDOFF_CHUNK, HANDOFF_CONFIRM_TIMEOUT, HANDOFF_LAG_RETRIES, HANDOFF_LAG_RETRY, HANDOFF_RETRY,
-    HANDOFF_SLICE, HANDOFF_SWEEP,
+    HANDOFF_RETRY_MAX, HANDOFF_SLICE, HANDOFF_SWEEP,
 )
 from miyaq.runtime import green, monotonic
 from miyaq.protocol.eventspec import confirmed_ids
@@ -56,6 +68,40 @@ OUTCOME_ATTEMPTS = 3
 
 StoneRow = list[Any]
 """A tombstone as it travels: ``[id, state, result, error, key]`` (the SYNC answer's form)."""
+
+
+class _HolderRetry:
+    """When copies a new holder has not confirmed may be sent to it again.
+
+    ``awaiting``: chunks sent to it whose answer neither came nor timed out
+    (none is sent again meanwhile). ``wait``: how long after a resend the
+    next may go, ``HANDOFF_RETRY`` while it answers, doubled at each resend
+    up to ``HANDOFF_RETRY_MAX`` while it does not. ``not_before``
+    (monotonic): no resend before then."""
+
+    __slots__ = ("awaiting", "not_before", "wait")
+
+    def __init__(self) -> None:
+        self.awaiting = 0
+        self.wait = HANDOFF_RETRY
+        self.not_before = 0.0
+
+    def due(self, now: float) -> bool:
+        return not self.awaiting and now >= self.not_before
+
+    def sent(self, now: float) -> None:
+        """Copies went to it (a pass or a resend)."""
+        self.not_before = now + self.wait
+        self.wait = min(2 * self.wait, HANDOFF_RETRY_MAX)
+
+    def silent(self, now: float) -> None:
+        """A chunk's deadline passed without its answer (or it could not be sent)."""
+        self.awaiting = max(0, self.awaiting - 1)
+        self.not_before = max(self.not_before, now + self.wait)
+
+    def heard(self) -> None:
+        """It answered: it is up, and is sent what it did not confirm at the usual pace."""
+        self.wait = HANDOFF_RETRY
 
 
 class Handoff:
@@ -84,6 +130,10 @@ class Handoff:
         # Chunks of outcomes a holder did not answer: (holder, stones, attempts made).
         self._unanswered: list[tuple[str, list[StoneRow], int]] = []
         self.outcomes_handed = 0
+        # New holders sent copies: when they may be sent what they did not confirm.
+        self.retries: dict[str, _HolderRetry] = {}
+        self._pass_sent_to: set[str] = set()     # the holders the pass under way sent copies to
+        self.late_confirmed = 0      # ids confirmed by answers that came past their deadline
 
     # -- when ------------------------------------------------------------------------
     def request(self, before: RingView | None = None) -> None:
@@ -94,6 +144,9 @@ class Handoff:
         self._pass_wanted = True
         if before is not None and before.members and self._outcomes_before is None:
             self._outcomes_before = before
+        if before is not None:
+            for retry in self.retries.values():      # a new ring: holders back or new get copies at the usual pace
+                retry.wait, retry.not_before = HANDOFF_RETRY, 0.0
         self._wake.set()
 
     def tick(self, now: float, sweeping: bool) -> None:
@@ -139,11 +192,16 @@ class Handoff:
         # which the end of the pass must keep.
         self.lag_retries = 0
         self.next_retry = float("inf")
+        self._pass_sent_to.clear()
         for start in range(0, len(tasks), HANDOFF_SLICE):
             if start:
                 _let_others_run()
             sent += self._pass_slice(tasks[start:start + HANDOFF_SLICE])
         self.last_run = monotonic()
+        for holder in self._pass_sent_to:
+            self._retry_of(holder).sent(self.last_run)
+        if not self.leaving:
+            self._forget_holders(set())
         self.next_retry = min(self.next_retry, self.last_run + HANDOFF_RETRY)
         if sent:
             logger.info("handoff: sent %d task(s) to their new holders", sent)
@@ -186,6 +244,7 @@ class Handoff:
                 # of this copy (to holders of a ring since replaced) is void.
                 self.leaving.pop(task.id, None)
         self._send(outbox)
+        self._pass_sent_to.update(outbox)
         return sent
 
     def hand_outcomes(self, before: RingView) -> int:
@@ -237,13 +296,41 @@ class Handoff:
     def _send(self, outbox: dict[str, list[dict[str, Any]]]) -> None:
         budget = self.role.config.max_message
         for holder, records in outbox.items():
+            retry = self._retry_of(holder)
             for chunk in chunks(records, HANDOFF_CHUNK, budget, record_size):
                 ids = [r["id"] for r in chunk]
+                retry.awaiting += 1
                 self.role.peer.request(holder, REPLICATE, {"tasks": chunk}, HANDOFF_CONFIRM_TIMEOUT,
-                                       self._callback(holder, ids))
+                                       self._callback(holder, ids, retry), late=self._late_callback(holder, ids))
 
-    def _callback(self, holder: str, ids: list[str]) -> Callable[[dict[str, Any] | None], None]:
-        return lambda answer: self._confirmed(holder, ids, answer)
+    def _retry_of(self, holder: str) -> _HolderRetry:
+        retry = self.retries.get(holder)
+        if retry is None:
+            retry = self.retries[holder] = _HolderRetry()
+        return retry
+
+    def _callback(self, holder: str, ids: list[str],
+                  retry: _HolderRetry) -> Callable[[dict[str, Any] | None], None]:
+        def answered(answer: dict[str, Any] | None) -> None:
+            if answer is None:
+                retry.silent(monotonic())
+                return
+            retry.awaiting = max(0, retry.awaiting - 1)
+            retry.heard()
+            self._confirmed(holder, ids, answer)
+        return answered
+
+    def _late_callback(self, holder: str, ids: list[str]) -> Callable[[dict[str, Any] | None], None]:
+        def answered_late(answer: dict[str, Any] | None) -> None:
+            if answer is None:
+                return
+            retry = self.retries.get(holder)
+            if retry is not None:
+                retry.heard()
+            before = len(self.leaving)
+            self._confirmed(holder, ids, answer)
+            self.late_confirmed += before - len(self.leaving)
+        return answered_late
 
     def _confirmed(self, holder: str, ids: list[str], answer: dict[str, Any] | None) -> None:
         if answer is None:
@@ -267,12 +354,18 @@ class Handoff:
                 task = table.live.get(task_id) or table.dead.get(task_id)
                 if task is not None and task.state != RUNNING and self.role.node_id not in task.holders:
                     self.role.engine.forget(task)
+        if not self.leaving and self.retries:
+            self._forget_holders(set())
         epoch = answer.get("epoch")
         if (type(epoch) is int and epoch < self.role.view.epoch and self.lag_retries < HANDOFF_LAG_RETRIES
                 and any(holder in self.leaving.get(task_id, ()) for task_id in ids)):
             # Refused on an older ring: it will have ours in a moment.
             self.lag_retries += 1
-            self.next_retry = min(self.next_retry, monotonic() + HANDOFF_LAG_RETRY)
+            soon = monotonic() + HANDOFF_LAG_RETRY
+            self.next_retry = min(self.next_retry, soon)
+            retry = self.retries.get(holder)
+            if retry is not None:
+                retry.not_before = min(retry.not_before, soon)
 
     def _holders_of(self, ids: list[str]) -> dict[str, tuple[str, ...]]:
         """The new holders of each task of ``ids`` this node still holds."""
@@ -286,7 +379,8 @@ class Handoff:
 
     def retry(self, now: float) -> None:
         """Send again what was not confirmed (a new holder that was down, or
-        behind on the ring) once ``next_retry`` came, a slice at a time.
+        behind on the ring) once ``next_retry`` came, a slice at a time, to
+        each holder whose resend is due (:class:`_HolderRetry`).
         ``now``: monotonic."""
         if not (self.leaving or self._unanswered) or now < self.next_retry:
             return
@@ -295,13 +389,23 @@ class Handoff:
         for holder, rows, attempts in unanswered:
             if holder in self.role.view.members:
                 self._send_outcomes(holder, rows, attempts)
+        due = {h for h, r in self.retries.items() if r.due(now)}
+        if not due and self.retries:
+            return      # every holder owed copies has some on the way, or waits its turn
+        seen: set[str] = set()
         leaving = list(self.leaving)
         for start in range(0, len(leaving), HANDOFF_SLICE):
             if start:
                 _let_others_run()
-            self._retry_slice(leaving[start:start + HANDOFF_SLICE])
+            self._retry_slice(leaving[start:start + HANDOFF_SLICE], due, seen, now)
+        for holder in due & seen:
+            self.retries[holder].sent(now)
+        self._forget_holders(seen)
 
-    def _retry_slice(self, ids: list[str]) -> None:
+    def _retry_slice(self, ids: list[str], due: set[str], seen: set[str], now: float) -> None:
+        """Send the copies of ``ids`` to each of their unconfirming holders
+        that is ``due`` (or that has no retry of its own yet: it is added to
+        ``due``); every such holder is added to ``seen``."""
         table = self.role.engine.table
         outbox: dict[str, list[dict[str, Any]]] = {}
         for task_id in ids:
@@ -312,10 +416,23 @@ class Handoff:
             if task is None or not waiting:
                 del self.leaving[task_id]
                 continue
-            record = transfer_record(task)
+            seen |= waiting
+            record = None
             for h in waiting:
+                if h not in due:
+                    if h in self.retries:
+                        continue        # not its turn
+                    due.add(h)
+                    self._retry_of(h)
+                if record is None:
+                    record = transfer_record(task)
                 outbox.setdefault(h, []).append(record)
         self._send(outbox)
+
+    def _forget_holders(self, keep: set[str]) -> None:
+        """Forget the retries of holders not in ``keep`` with nothing on the way."""
+        for holder in [h for h, r in self.retries.items() if h not in keep and not r.awaiting]:
+            del self.retries[holder]
 
     def pending(self) -> int:
         return len(self.leaving)

@@ -9,7 +9,13 @@ carry. A request that gets no answer by its deadline has its callback
 called with ``None``: silence is an answer the replica logic relies on
 ("only silence lets it run"). A request may also say what a closed
 connection means (``on_lost``): the link calls :meth:`connection_lost`
-when it sees one.
+when it sees one. And it may take an answer that comes after its deadline
+(``late``): a REPLICATE's answer lists what the receiver stored, which is
+true whenever it arrives. Such a request is remembered for
+``LATE_ANSWER_WINDOW`` past its deadline, at most ``MAX_LATE_ANSWERS`` of
+them (the oldest forgotten first); before 2026-12-05, an answer past its
+deadline was always dropped, and a new holder slower than the handoff's
+5 s deadline got every copy again every 5 s for ever.
 
 Frames are the service protocol's: ``[b"MQ1", COMMAND, msgpack map]``; every
 body carries ``from`` (the sender's node id) and ``proto``, the peer protocol
@@ -25,10 +31,11 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections import Counter
+from collections import Counter, OrderedDict
 from typing import Any, Callable
 
 from miyaq.cluster.transport import Body, Callback, Handler, Reply
+from miyaq.constants import LATE_ANSWER_WINDOW, MAX_LATE_ANSWERS
 from miyaq.core import ignored
 from miyaq.errors import BadVersion, MiyaqError, ProtocolError, TooManyValues
 from miyaq.protocol import codec
@@ -91,6 +98,9 @@ class PeerRequests:
         self.pending: dict[int, tuple[float, Callback]] = {}
         self.outstanding: dict[str, int] = {}     # node id -> requests awaiting an answer
         self._on_lost: dict[int, Callable[[], None]] = {}   # req -> what to do if the connection closes
+        self._late_handlers: dict[int, Callback] = {}     # req -> what takes its answer past the deadline
+        # Past their deadline, awaiting a late answer: req -> (when forgotten, late handler), oldest first.
+        self._late: OrderedDict[int, tuple[float, Callback]] = OrderedDict()
         self._asked: dict[int, str] = {}
         self._current: tuple[Any, Any] = (b"", None)
         self._req = itertools.count(1)
@@ -116,11 +126,15 @@ class PeerRequests:
 
     # -- sending ---------------------------------------------------------------------------
     def request(self, node_id: str, command: bytes, body: Body, timeout: float,
-                callback: Callback, on_lost: Callable[[], None] | None = None) -> bool:
+                callback: Callback, on_lost: Callable[[], None] | None = None,
+                late: Callback | None = None) -> bool:
         """Send a request; ``callback(answer)`` or ``callback(None)`` on silence.
         ``on_lost``: called instead, at once, if the connection to the node
         closes before it answered (it may have read the request and exited:
-        no answer will come); without it such a request waits its timeout."""
+        no answer will come); without it such a request waits its timeout.
+        ``late``: called with an answer (not an error) that comes after
+        ``callback(None)`` was called for silence, up to
+        ``LATE_ANSWER_WINDOW`` after the deadline (never after ``on_lost``)."""
         req = next(self._req)
         body["req"] = req
         body["from"] = self.node_id
@@ -134,6 +148,8 @@ class PeerRequests:
         self._asked[req] = node_id
         if on_lost is not None:
             self._on_lost[req] = on_lost
+        if late is not None:
+            self._late_handlers[req] = late
         return True
 
     def connection_lost(self, node_id: str) -> int:
@@ -145,6 +161,7 @@ class PeerRequests:
         for req in lost:
             on_lost = self._on_lost.pop(req)
             del self.pending[req]
+            self._late_handlers.pop(req, None)
             self._settle(req)
             try:
                 on_lost()
@@ -207,23 +224,50 @@ class PeerRequests:
         except MiyaqError as err:
             self.errors[err.code] += 1
             return
-        entry = self.pending.pop(body.get("req"), None)  # type: ignore[arg-type]
+        req = body.get("req")
+        entry = self.pending.pop(req, None)  # type: ignore[arg-type]
         if body.get("code") == BadVersion.code:
-            req = body.get("req")
             peer = self._asked.get(req, "?") if isinstance(req, int) else "?"
             self.warn(peer, "refused-us", "peer %s refused our request: %s", peer, body.get("message"))
-        self._settle(body.get("req"))
+        self._settle(req)
         if entry is not None:
+            if self._late_handlers:
+                self._late_handlers.pop(req, None)  # type: ignore[arg-type]
             self._call(entry[1], None if "code" in body else body)
+        elif self._late and isinstance(req, int):
+            late = self._late.pop(req, None)
+            if late is not None and "code" not in body:
+                self._call(late[1], body)
 
     def _expire(self, now: float) -> None:
+        if self._late:
+            self._forget_late(now)
         if not self.pending:
             return
         for req, (deadline, callback) in list(self.pending.items()):
             if deadline <= now:
                 del self.pending[req]
                 self._settle(req)
+                late = self._late_handlers.pop(req, None) if self._late_handlers else None
+                if late is not None:
+                    self._late[req] = (now + LATE_ANSWER_WINDOW, late)
+                    while len(self._late) > MAX_LATE_ANSWERS:
+                        self._late.popitem(last=False)
                 self._call(callback, None)
+
+    def _forget_late(self, now: float) -> None:
+        """Forget the requests whose late answer did not come within
+        ``LATE_ANSWER_WINDOW`` (they are in the order they expired)."""
+        late = self._late
+        while late:
+            req, (until, _) = next(iter(late.items()))
+            if until > now:
+                return
+            del late[req]
+
+    def awaiting_late(self) -> int:
+        """Requests past their deadline whose late answer is still taken."""
+        return len(self._late)
 
     def _settle(self, req: Any) -> None:
         if not isinstance(req, int):

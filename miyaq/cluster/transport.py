@@ -59,12 +59,15 @@ class PeerLink(Protocol):
         retry (it backs off, up to ``PEER_RECONNECT_MS``'s longest wait)."""
 
     def request(self, node_id: str, command: bytes, body: Body, timeout: float, callback: Callback,
-                on_lost: Callable[[], None] | None = None) -> bool:
+                on_lost: Callable[[], None] | None = None, late: Callback | None = None) -> bool:
         """Send a request; ``callback`` gets the answer, or None past ``timeout`` seconds
         (at once, in another greenlet, when it cannot be sent: then False).
         ``on_lost`` (optional) is called instead, at once, when the connection
         to the node closes before it answered (it may have read the request
-        and exited); without it that request waits its ``timeout``."""
+        and exited); without it that request waits its ``timeout``.
+        ``late`` (optional) gets an answer that comes after ``callback`` got
+        None for silence (for ``LATE_ANSWER_WINDOW``; the oldest such
+        requests are forgotten past ``MAX_LATE_ANSWERS``)."""
 
     def later(self) -> Reply:
         """Inside a handler that returns None: the function that answers the current request."""
