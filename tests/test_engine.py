@@ -23,6 +23,7 @@ from miyaq.core.engine import Engine
 from miyaq.core.listener import EngineListener
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE
 from miyaq.protocol.taskspec import task_from_wire
+from miyaq.store.table import stone_bytes
 from miyaq.store.task import (
     ALL_STATES, CANCELLED, DEAD, DONE, EXPIRED, LIVE_STATES, READY, RETRYING, RUNNING, SCHEDULED, Task,
 )
@@ -130,7 +131,7 @@ def check_consistent(engine: Engine) -> None:
     for key, task_id in table.keys.items():
         assert task_id in table.live or task_id in table.dead or task_id in table.tombstones, key
     assert table.payload_bytes == sum(len(t.body) for t in list(table.live.values()) + list(table.dead.values()))
-    assert table.result_bytes == sum(len(s.result or b"") for s in table.tombstones.values())
+    assert table.result_bytes == sum(stone_bytes(s.result, s.error) for s in table.tombstones.values())
 
 
 # -- ordering --------------------------------------------------------------------

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 from miyaq.core.engine import Engine
 from miyaq.protocol.recordspec import invalid_stored
+from miyaq.store.table import stone_bytes
 from miyaq.store.task import DEAD, LIVE_STATES, READY, RETRYING, RUNNING, SCHEDULED
 
 
@@ -72,7 +73,7 @@ def count_problems(engine: Engine) -> list[str]:
     payloads = sum(len(t.body) for t in table.live.values()) + sum(len(t.body) for t in table.dead.values())
     if table.payload_bytes != payloads:
         out.append(f"the table counts {table.payload_bytes} payload bytes, holds {payloads}")
-    results = sum(len(s.result or b"") for s in table.tombstones.values())
+    results = sum(stone_bytes(s.result, s.error) for s in table.tombstones.values())
     if table.result_bytes != results:
         out.append(f"the table counts {table.result_bytes} result bytes, keeps {results}")
     return out

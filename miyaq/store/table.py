@@ -3,13 +3,18 @@
 Everything here is bounded. Live tasks are capped by the engine (BUSY beyond
 ``max_tasks``, or ``max_bytes`` of payloads); tombstones (finished tasks with
 their outcome and result) by count, by age and, at twice
-``max_result_bytes`` of results, by bytes (the engine answers BUSY from
-``max_result_bytes`` on); dead letters by count (the oldest is dropped, and
-counted, when the cap is reached).
+``max_result_bytes`` of results and error text, by bytes (the engine
+answers BUSY from ``max_result_bytes`` on); dead letters by count (the
+oldest is dropped, and counted, when the cap is reached).
 
 The table keeps two sums as it changes: :attr:`TaskTable.payload_bytes`
 (the payloads of live and dead tasks) and :attr:`TaskTable.result_bytes`
-(the results its tombstones keep).
+(what its tombstones keep of their outcome: :func:`stone_bytes`, the
+result's bytes plus the error's text). Before 2026-12-05 only results
+counted: a tombstone made from a peer's ``F`` event or a handoff's
+outcome kept the peer's error text (up to 16 strings of 16,384
+characters) outside every byte bound -- 1,000 such events held 251 MiB
+while ``result_bytes`` said 0.
 
 Tombstones are kept as plain tuples (:class:`Tombstones`), not objects: a
 busy node remembers up to ``max_tombstones`` (200,000 by default) of them,
@@ -26,6 +31,32 @@ from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 from .task import Task
+
+
+def error_bytes(error: Any) -> int:
+    """The bytes of a task's error (a map of names to scalars,
+    :func:`miyaq.protocol.recordspec.check_error`): its names and string
+    values as UTF-8, 8 bytes per other value. 0 for None."""
+    if not error:
+        return 0
+    if not isinstance(error, dict):
+        return _text_bytes(error) if isinstance(error, str) else 8
+    size = 0
+    for name, value in error.items():
+        size += _text_bytes(name) if isinstance(name, str) else 8
+        size += _text_bytes(value) if isinstance(value, str) else 8
+    return size
+
+
+def _text_bytes(text: str) -> int:
+    # ASCII (the usual error text) is told in O(1); anything else is measured as UTF-8.
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def stone_bytes(result: bytes | None, error: Any) -> int:
+    """What a tombstone counts in :attr:`TaskTable.result_bytes`: its result's
+    bytes and its error's (:func:`error_bytes`)."""
+    return (len(result) if result else 0) + (error_bytes(error) if error else 0)
 
 
 class Tombstone(NamedTuple):
@@ -134,7 +165,7 @@ class TaskTable:
         self.dead_dropped = 0
         self.results_dropped = 0      # tombstones forgotten early for the result ceiling
         self.payload_bytes = 0        # payloads of the live and dead tasks
-        self.result_bytes = 0         # results the tombstones keep
+        self.result_bytes = 0         # results and error text the tombstones keep (stone_bytes)
 
     # -- live -------------------------------------------------------------
     def add(self, task: Task) -> None:
@@ -158,9 +189,9 @@ class TaskTable:
         stone = Tombstone.of(task, state, result, now)
         old = self.tombstones.get(task.id)
         if old is not None:
-            self.result_bytes -= len(old.result or b"")
+            self.result_bytes -= stone_bytes(old.result, old.error)
         self.tombstones.put(stone)
-        self.result_bytes += len(result or b"")
+        self.result_bytes += stone_bytes(result, stone.error)
         while len(self.tombstones) > self.max_tombstones:
             self._drop_oldest()
         ceiling = self.result_ceiling
@@ -190,7 +221,7 @@ class TaskTable:
         return dropped
 
     def _forget(self, stone: Tombstone) -> None:
-        self.result_bytes -= len(stone.result or b"")
+        self.result_bytes -= stone_bytes(stone.result, stone.error)
         if stone.key is not None and self.keys.get(stone.key) == stone.id:
             del self.keys[stone.key]
 

@@ -1,0 +1,98 @@
+"""What the cluster parts of a node keep, and for how long: each table is
+bounded, by count, bytes or time as documented, whatever its peers send.
+
+In-process clusters (miyaq.testing.inprocess): counted in the parts' own
+tables and on the in-memory wire, not by the process's memory; time passes
+on the cluster's clock (``cluster.advance``)."""
+from __future__ import annotations
+
+import pytest
+
+from miyaq.store.table import TaskTable, error_bytes, stone_bytes
+from miyaq.store.task import Task
+
+#: An error at the documented maximum: 16 names of 16,384 characters each.
+BIG_ERROR = {f"k{i:02d}": chr(ord("a") + i) * 16384 for i in range(16)}
+
+
+def _publish(cluster, src: str, dst: str, events: list[list]) -> None:
+    """``src`` publishes ``events`` to ``dst`` on its stream, as its engine would."""
+    cluster[src].role.publisher.send(dst, events)
+
+
+# -- tombstones' bytes -----------------------------------------------------------------------
+
+def test_tombstones_from_a_peers_finished_events_count_their_error_text(inproc):
+    """Fault: a peer publishes FINISHED events for ids this node does not
+    hold, each with an error at the documented maximum. Each became a
+    tombstone keeping the peer's error, counted nowhere: 1,000 of them held
+    251 MiB while ``result_bytes`` said 0, and they pushed real tombstones
+    out by count only. The error text now counts in ``result_bytes``, so the
+    same bound applies: past twice ``max_result_bytes`` the oldest
+    tombstones are forgotten."""
+    max_result_bytes = 1024 * 1024
+    cluster = inproc(2, replicas=2, max_result_bytes=max_result_bytes)
+    table = cluster["n1"].engine.table
+    for i in range(12):
+        error = {k: v[:-1] + str(i % 10) for k, v in BIG_ERROR.items()}
+        _publish(cluster, "n2", "n1", [["F", f"fin-{i}", "cancelled", None, error]])
+    cluster.wait_until(lambda: cluster.net.quiet() and table.tombstone("fin-11") is not None,
+                       what="the events applied")
+    kept = list(table.tombstones.values())
+    assert table.result_bytes == sum(stone_bytes(s.result, s.error) for s in kept) > 0
+    assert table.result_bytes <= 2 * max_result_bytes
+    assert table.results_dropped > 0 and len(kept) == 2 * max_result_bytes // error_bytes(BIG_ERROR)
+    assert not cluster.crashes()
+
+
+def _table(**limits) -> TaskTable:
+    settings = {"max_tombstones": 100, "tombstone_ttl": 60.0, "max_dead": 10, "max_result_bytes": 10_000}
+    return TaskTable(**{**settings, **limits})
+
+
+def _finish(table: TaskTable, task_id: str, result: bytes | None, error, now: float = 1000.0) -> None:
+    task = Task(task_id, "default", None, b"payload")
+    task.error = error
+    table.add(task)
+    table.bury(task, "done" if error is None else "failed", result, now)
+
+
+def _books_balance(table: TaskTable) -> int:
+    kept = sum(stone_bytes(s.result, s.error) for s in table.tombstones.values())
+    assert table.result_bytes == kept
+    return kept
+
+
+@pytest.mark.parametrize("error", [{"type": "E", "message": "m" * 300},
+                                   {"type": "É", "message": "ü" * 300, "code": 7, "retry": None}])
+def test_a_tombstones_error_counts_with_its_result_through_bury_replace_expire_and_evict(error):
+    """Fault: a tombstone's error text was outside ``result_bytes`` (only
+    results counted). It now counts, as UTF-8, and the sum stays equal to
+    what the tombstones keep as they are buried, replaced, expired by age,
+    evicted by count and forgotten at twice ``max_result_bytes``."""
+    size = error_bytes(error)
+    assert size >= 300 * (2 if "É" in error["type"] else 1)
+    table = _table()
+    _finish(table, "a", b"r" * 100, error)
+    assert _books_balance(table) == 100 + size
+    _finish(table, "a", None, None)             # replaced: the old one's bytes go
+    assert _books_balance(table) == 0
+    _finish(table, "a", b"r" * 10, error)       # replaced again
+    assert _books_balance(table) == 10 + size
+
+    _finish(table, "b", None, error, now=2000.0)
+    table.sweep(now=1000.0 + 61.0)              # "a" expired, "b" not
+    assert list(table.tombstones) == ["b"] and _books_balance(table) == size
+
+    small = _table(max_tombstones=2)
+    for i in range(5):
+        _finish(small, f"t{i}", b"x", error)
+    assert len(small.tombstones) == 2 and _books_balance(small) == 2 * (1 + size)
+
+    tight = _table(max_result_bytes=size)       # forgotten past 2 x size
+    for i in range(5):
+        _finish(tight, f"t{i}", None, error)
+    assert _books_balance(tight) <= 2 * size and tight.results_dropped == 3
+    while tight.tombstones:
+        tight.sweep(now=10_000.0)
+    assert tight.result_bytes == 0
