@@ -115,6 +115,10 @@ MAX_STREAM_EVENTS = 1000
 #: many, this long, and applied when the copy arrives.
 MAX_EARLY_EVENTS = 10_000
 EARLY_EVENT_TTL = 60.0
+#: ... and at most this many bytes of them (a DEAD event's error text counts;
+#: ``EARLY_EVENT_BYTES`` for the rest of an event).
+MAX_EARLY_EVENT_BYTES = 16 * 1024 * 1024
+EARLY_EVENT_BYTES = 256
 #: A standby copy's QUERY to the other holders waits this long; silence lets it run.
 QUERY_TIMEOUT = 1.0
 #: Task ids answered in one QUERY.

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pytest
 
+from miyaq.cluster import holder_events
+from miyaq.constants import EARLY_EVENT_BYTES, EARLY_EVENT_TTL
 from miyaq.store.table import TaskTable, error_bytes, stone_bytes
 from miyaq.store.task import Task
 
@@ -18,6 +20,79 @@ BIG_ERROR = {f"k{i:02d}": chr(ord("a") + i) * 16384 for i in range(16)}
 def _publish(cluster, src: str, dst: str, events: list[list]) -> None:
     """``src`` publishes ``events`` to ``dst`` on its stream, as its engine would."""
     cluster[src].role.publisher.send(dst, events)
+
+
+def _held_bytes(events: holder_events.EventPublisher) -> int:
+    return sum(EARLY_EVENT_BYTES + (error_bytes(ev[3]) if ev[0] == "D" else 0) for _, ev, _ in events.early.values())
+
+
+# -- early STARTED and DEAD events ----------------------------------------------------------
+
+def test_dead_events_of_at_most_once_tasks_are_not_held_where_the_copy_ended(inproc):
+    """Fault: ordinary use. At-most-once tasks start on their first holder:
+    the other holders end their copies at once (``started-elsewhere``
+    tombstones). The tasks then fail for good and the DEAD events reach
+    holders that have no copy: each was kept as an "early" event, for a
+    copy that would never come, until 10,000 newer ones pushed it out
+    (2,000 such tasks left 38.9 MiB of error text on each other holder). An
+    S or D event for an id with a tombstone here is not kept now."""
+    cluster = inproc(3, replicas=3)
+    worker = cluster.worker("n1")
+    tids = [cluster.task_led_by("n1") for _ in range(20)]
+    subs = [cluster.submit("n2", t, at_most_once=True) for t in tids]
+    cluster.wait_until(lambda: all(s.status == "accepted" for s in subs), what="every submit accepted")
+    cluster.wait_until(lambda: all(worker.runs(t) for t in tids), what="n1 runs every task")
+    error = {"type": "ValueError", "message": "bad input", "traceback": "x" * 16384}
+    for tid in tids:
+        worker.fail(tid, error, retry=True)
+
+    def dead_events_to(dst: str) -> int:
+        return sum(len(m.events("D")) for m in cluster.net.messages("EVENTS", src="n1", dst=dst)
+                   if m.fate == "delivered")
+
+    cluster.wait_until(lambda: dead_events_to("n2") == dead_events_to("n3") == len(tids) and cluster.net.quiet(),
+                       what="every DEAD event delivered")
+    for node_id in ("n2", "n3"):
+        assert {cluster[node_id].state(t) for t in tids} == {"started-elsewhere"}
+        events = cluster[node_id].role.events
+        assert len(events.early) == 0 and events.early_bytes == 0, (node_id, len(events.early))
+    assert not cluster.crashes()
+
+
+def test_early_events_are_dropped_after_their_60_s_and_bounded_in_bytes(inproc, monkeypatch):
+    """Fault: a peer publishes DEAD events for ids this node does not hold,
+    each with an error at the documented maximum (16 x 16,384 characters).
+    They were kept by count only (10,000: 2.5 GiB of such errors; 1,000 of
+    them held 251 MiB), and past their 60 s until 10,000 newer ones came: the
+    60 s was looked at only when an event was taken out. They are now kept
+    within MAX_EARLY_EVENT_BYTES (the oldest dropped first) and dropped once
+    60 s old, by the next one kept or by the ticker."""
+    budget = 1024 * 1024
+    monkeypatch.setattr(holder_events, "MAX_EARLY_EVENT_BYTES", budget)
+    cluster = inproc(2, replicas=2)
+    events = cluster["n1"].role.events
+    one = EARLY_EVENT_BYTES + error_bytes(BIG_ERROR)
+    for i in range(12):
+        _publish(cluster, "n2", "n1", [["D", f"early-{i}", 1, {k: v[:-1] + str(i % 10) for k, v in BIG_ERROR.items()}]])
+    cluster.wait_until(lambda: cluster.net.quiet() and "early-11" in events.early, what="the events applied")
+    assert events.early_bytes == _held_bytes(events) <= budget
+    assert len(events.early) == budget // one
+    assert list(events.early)[-1] == "early-11"       # the newest kept, the oldest dropped
+
+    cluster.advance(EARLY_EVENT_TTL + 2.0, step=1.0)
+    cluster.wait_until(lambda: not events.early, what="the ticker dropping the expired early events")
+    assert events.early_bytes == 0
+
+    # Expired ones go as soon as another is kept, ticker or not.
+    monkeypatch.setattr(events, "drop_expired_early", lambda now: None)       # the ticker's call does nothing
+    _publish(cluster, "n2", "n1", [["S", "s-1", 1, 0.0, False, None]])
+    cluster.wait_until(lambda: "s-1" in events.early, what="an S event kept")
+    cluster.advance(EARLY_EVENT_TTL + 2.0, step=1.0)
+    assert "s-1" in events.early
+    _publish(cluster, "n2", "n1", [["S", "s-2", 1, 0.0, False, None]])
+    cluster.wait_until(lambda: "s-2" in events.early, what="another S event kept")
+    assert list(events.early) == ["s-2"] and events.early_bytes == EARLY_EVENT_BYTES
+    assert not cluster.crashes()
 
 
 # -- tombstones' bytes -----------------------------------------------------------------------

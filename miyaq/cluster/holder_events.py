@@ -19,7 +19,17 @@ kept, bounded, and applied when the copy is installed
 (:func:`apply_early_event`): the standby then knows the lease and who holds
 it, or that the task was dead-lettered -- a copy handed off by another old
 holder before the task failed for good must not come back live and run it
-again.
+again. Kept at most ``MAX_EARLY_EVENTS`` of them, ``MAX_EARLY_EVENT_BYTES``
+in all (a DEAD event's error text counts) and ``EARLY_EVENT_TTL`` each (the
+expired are dropped as each new one is kept, and every
+``STREAM_HEARTBEAT`` by the cluster ticker); none for a task this node
+has a tombstone of, as no copy of it will be installed here (an
+at-most-once task that started elsewhere: its DEAD event, when it fails,
+finds the ``started-elsewhere`` tombstone). Before 2026-12-05 they were
+bounded by count only and kept past their 60 s until 10,000 newer ones
+came: 2,000 failing at-most-once tasks left 38.9 MiB of error text on
+each other holder for good, and a peer's 1,000 DEAD events for unknown
+ids 251 MiB.
 
 Events (arrays): ``["S", id, attempt, lease_end, at_most_once, lessee]``
 started (``lessee``: who the attempt was leased to, so that worker may report
@@ -44,7 +54,9 @@ from miyaq.cluster.sizes import event_size
 from miyaq.logs import LogLimiter
 from miyaq.protocol.batching import chunks
 from miyaq.cluster.transport import StreamPublisher
-from miyaq.constants import EARLY_EVENT_TTL, MAX_EARLY_EVENTS, MAX_STREAM_EVENTS
+from miyaq.constants import (
+    EARLY_EVENT_BYTES, EARLY_EVENT_TTL, MAX_EARLY_EVENT_BYTES, MAX_EARLY_EVENTS, MAX_STREAM_EVENTS,
+)
 from miyaq.core.attempts import note_lessee
 from miyaq.core.listener import EngineListener
 from miyaq.errors import InvalidField
@@ -52,7 +64,7 @@ from miyaq.protocol.eventspec import check_event
 from miyaq.protocol.recordspec import STARTED_ELSEWHERE, Outcome
 from miyaq.runtime import monotonic, wall
 from miyaq.store.records import latest_lessee
-from miyaq.store.table import Tombstone
+from miyaq.store.table import Tombstone, error_bytes
 from miyaq.store.task import READY, RETRYING, RUNNING, SCHEDULED, Task, revivals
 
 if TYPE_CHECKING:
@@ -72,6 +84,7 @@ class EventPublisher(EngineListener):
         self.duplicates = 0
         self._remote = 0      # > 0 while applying what another holder did
         self.early: OrderedDict[str, tuple[str, list[Any], float]] = OrderedDict()   # id -> (src, S/D event, when)
+        self.early_bytes = 0      # what the early events hold (_early_size), against MAX_EARLY_EVENT_BYTES
 
     @contextmanager
     def applying_remote(self) -> Iterator[None]:
@@ -141,15 +154,43 @@ class EventPublisher(EngineListener):
 
     def hold_early(self, src: str, event: list[Any]) -> None:
         """Keep a STARTED or DEAD event for a task not held here yet (the
-        latest per task; bounded, oldest dropped)."""
-        self.early[event[1]] = (src, event, monotonic())
-        self.early.move_to_end(event[1])
-        if len(self.early) > MAX_EARLY_EVENTS:
-            self.early.popitem(last=False)
+        latest per task). Those older than ``EARLY_EVENT_TTL`` are dropped
+        first, then the oldest while more than ``MAX_EARLY_EVENTS`` or
+        ``MAX_EARLY_EVENT_BYTES`` are kept."""
+        now = monotonic()
+        early = self.early
+        old = early.pop(event[1], None)
+        if old is not None:
+            self.early_bytes -= _early_size(old[1])
+        self._drop_expired(now)
+        early[event[1]] = (src, event, now)
+        self.early_bytes += _early_size(event)
+        while len(early) > MAX_EARLY_EVENTS or (self.early_bytes > MAX_EARLY_EVENT_BYTES and len(early) > 1):
+            self.early_bytes -= _early_size(early.popitem(last=False)[1][1])
+
+    def drop_expired_early(self, now: float) -> None:
+        """Drop the early events older than ``EARLY_EVENT_TTL`` (``now``:
+        monotonic): the cluster ticker's call; each one kept does the same."""
+        if self.early:
+            self._drop_expired(now)
+
+    def _drop_expired(self, now: float) -> None:
+        """Drop the early events older than ``EARLY_EVENT_TTL`` (they are kept
+        in the order they came: the oldest first)."""
+        early = self.early
+        while early:
+            task_id, (_, event, when) = next(iter(early.items()))
+            if now - when <= EARLY_EVENT_TTL:
+                return
+            del early[task_id]
+            self.early_bytes -= _early_size(event)
 
     def take_early(self, task_id: str) -> tuple[str, list[Any]] | None:
         found = self.early.pop(task_id, None) if self.early else None
-        if found is None or monotonic() - found[2] > EARLY_EVENT_TTL:
+        if found is None:
+            return None
+        self.early_bytes -= _early_size(found[1])
+        if monotonic() - found[2] > EARLY_EVENT_TTL:
             return None
         return found[0], found[1]
 
@@ -161,6 +202,11 @@ class EventPublisher(EngineListener):
         for dest, events in outbox.items():
             for chunk in chunks(events, MAX_STREAM_EVENTS, self.max_message, event_size):
                 send(dest, chunk)
+
+
+def _early_size(event: list[Any]) -> int:
+    """What an early event counts against ``MAX_EARLY_EVENT_BYTES``."""
+    return EARLY_EVENT_BYTES + (error_bytes(event[3]) if event[0] == "D" else 0)
 
 
 def apply_events(role: ClusterRole, src: str, events: list[Any]) -> None:
@@ -182,8 +228,10 @@ def apply_events(role: ClusterRole, src: str, events: list[Any]) -> None:
                 continue
             task = table.live.get(task_id) or table.dead.get(task_id)
             if task is None:
-                if (op == "S" and len(ev) >= 4) or op == "D":
-                    role.events.hold_early(src, ev)     # its copy is on its way (REPLICATE, handoff)
+                if ((op == "S" and len(ev) >= 4) or op == "D") and task_id not in table.tombstones:
+                    # Its copy is on its way (REPLICATE, handoff). With a tombstone
+                    # here none will be installed: nothing would take the event.
+                    role.events.hold_early(src, ev)
                 elif op == "V":
                     role.events.take_early(task_id)     # revived: an earlier D no longer holds
                 continue

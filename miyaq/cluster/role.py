@@ -329,6 +329,7 @@ class ClusterRole:
             if mono - last_beat >= STREAM_HEARTBEAT:
                 last_beat = mono
                 self.publisher.heartbeat([m for m in self.view.members if m != self.node_id])
+                self.events.drop_expired_early(mono)
                 if self._departed and min(u for _, u in self._departed.values()) <= mono:
                     self._follow_links()
             # For a minute after a ring change, sweep again: catches copies placed
