@@ -9,7 +9,9 @@ from __future__ import annotations
 import pytest
 
 from miyaq.cluster import holder_events
-from miyaq.constants import EARLY_EVENT_BYTES, EARLY_EVENT_TTL
+from miyaq.cluster import sync as sync_module
+from miyaq.cluster.peer_requests import SYNC
+from miyaq.constants import DEPARTED_GRACE, EARLY_EVENT_BYTES, EARLY_EVENT_TTL
 from miyaq.store.table import TaskTable, error_bytes, stone_bytes
 from miyaq.store.task import Task
 
@@ -171,3 +173,54 @@ def test_a_tombstones_error_counts_with_its_result_through_bury_replace_expire_a
     while tight.tombstones:
         tight.sweep(now=10_000.0)
     assert tight.result_bytes == 0
+
+
+# -- per departed node, per asker -------------------------------------------------------------
+
+def test_a_node_that_left_the_ring_for_good_leaves_no_stream_sequence_behind(inproc):
+    """Fault: nodes join under new ids and leave (containers recreated,
+    machines replaced). Everything a node kept per departed node was let go
+    after DEPARTED_GRACE, except its stream's sequence number per
+    destination (``StreamSender.seqs``): 200 join and leave rounds left 202
+    entries, never pruned. It is forgotten with the rest now."""
+    members = ["n1", "n2", "n3"]
+    cluster = inproc(members, replicas=4)
+    worker = cluster.worker("n1")
+    publisher = cluster["n1"].role.publisher
+    for i in range(3):
+        node_id = f"c{i}"
+        cluster.start_node(node_id)
+        cluster.publish(members + [node_id])
+        tid = cluster.task_led_by("n1", replicas=4)
+        sub = cluster.submit("n1", tid, replicas=4)
+        cluster.wait_until(lambda: sub.status == "accepted" and worker.runs(tid), what=f"{tid} running on n1")
+        worker.complete(tid)
+        cluster.wait_until(lambda: node_id in publisher.seqs, what=f"n1's FINISHED event published to {node_id}")
+        cluster.stop_node(node_id)
+        cluster.publish(members)
+    assert {"c0", "c1", "c2"} <= set(publisher.seqs)
+    cluster.advance(DEPARTED_GRACE + 2.0, step=1.0)
+    cluster.wait_until(lambda: set(publisher.seqs) <= {"n2", "n3"},
+                       what="the departed nodes' sequence numbers forgotten")
+    assert not cluster["n1"].role._departed
+    assert not cluster.crashes()
+
+
+def test_a_resync_snapshot_nobody_comes_back_for_is_dropped_without_another_sync(inproc, monkeypatch):
+    """Fault: a peer opens a resync (SYNC cursor 0) and never asks for the
+    rest (it died, or gave up). Its snapshot (the ids the two nodes share)
+    was dropped after SYNC_SNAPSHOT_TTL only when another SYNC came: in a
+    quiet cluster it stayed for good, though the docs say 20 s. The
+    cluster ticker drops it now."""
+    monkeypatch.setattr(sync_module, "RESYNC_CHUNK", 1)
+    cluster = inproc(3, replicas=3)
+    subs = [cluster.submit("n1", countdown=3600) for _ in range(3)]
+    cluster.wait_until(lambda: all(s.status == "accepted" for s in subs), what="every submit accepted")
+    resync = cluster["n1"].role.resync
+    answers: list = []
+    cluster["n2"].role.peer.request("n1", SYNC, {"cursor": 0}, 5.0, answers.append)
+    cluster.wait_until(lambda: answers, what="the answer to cursor 0")
+    assert answers[0]["next"] == 1 and list(resync._snapshots) == ["n2"]
+    cluster.advance(sync_module.SYNC_SNAPSHOT_TTL + 2.0, step=1.0)
+    cluster.wait_until(lambda: not resync._snapshots, what="the unused snapshot dropped")
+    assert not cluster.crashes()

@@ -303,6 +303,7 @@ class ClusterRole:
         for node_id, (_, until) in list(self._departed.items()):
             if until <= mono:
                 del self._departed[node_id]
+                self.publisher.forget(node_id)     # its stream's sequence number
         links = dict(self.view.members)
         links.update({n: m for n, (m, _) in self._departed.items()})
         self.peer.connect({n: m.peer for n, m in links.items()}, fresh)
@@ -330,6 +331,7 @@ class ClusterRole:
                 last_beat = mono
                 self.publisher.heartbeat([m for m in self.view.members if m != self.node_id])
                 self.events.drop_expired_early(mono)
+                self.resync.expire(mono)
                 if self._departed and min(u for _, u in self._departed.values()) <= mono:
                     self._follow_links()
             # For a minute after a ring change, sweep again: catches copies placed

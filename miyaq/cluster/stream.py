@@ -99,6 +99,15 @@ class StreamSender:
                 "proto": PEER_PROTOCOL}
         self._publish(dest, body)
 
+    def forget(self, dest: str) -> None:
+        """``dest`` left the ring for good (the role's ``DEPARTED_GRACE`` is
+        over): forget its sequence number. A stream to it later starts again
+        from 1; a receiver that still follows this node takes that as a gap
+        and resyncs, as it does at any restart of this node. Before
+        2026-12-05 the number of every destination ever published to was
+        kept: 200 join and leave rounds of nodes with new ids left 202."""
+        self.seqs.pop(dest, None)
+
     def heartbeat(self, dests: list[str]) -> None:
         for dest in dests:
             self._publish(dest, {"src": self.node_id, "inc": self.incarnation,

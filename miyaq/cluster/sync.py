@@ -24,7 +24,8 @@ Before, each chunk filtered the whole table again and its cursor was an
 offset into that fresh list: a task that finished between two chunks
 shifted the rest, and the next chunk skipped as many tasks as had
 finished; and a resync of a large table cost a pass over all of it per
-chunk. A snapshot unused for ``SYNC_SNAPSHOT_TTL`` is dropped, and at most
+chunk. A snapshot unused for ``SYNC_SNAPSHOT_TTL`` is dropped (looked for
+at each SYNC and every second by the cluster ticker), and at most
 ``MAX_SYNC_SNAPSHOTS`` are kept (the least recently used goes); a chunk
 asked for without one (expired, or this node restarted) is served from a
 fresh list, as before.
@@ -117,13 +118,22 @@ class Resync:
             self._snapshots.pop(sender, None)
         return answer
 
+    def expire(self, now: float) -> None:
+        """Drop the snapshots unused for ``SYNC_SNAPSHOT_TTL`` (``now``:
+        monotonic): at each SYNC served, and every second from the cluster
+        ticker. Before 2026-12-05 only a SYNC did it: a snapshot whose asker
+        never came back stayed until another peer asked for a resync."""
+        if not self._snapshots:
+            return
+        for asker, (_, used) in list(self._snapshots.items()):
+            if now - used > SYNC_SNAPSHOT_TTL:
+                del self._snapshots[asker]
+
     def _snapshot(self, sender: str, fresh: bool) -> list[str]:
         """The ids of the tasks this node shares with ``sender``: listed anew
         when ``fresh`` (its cursor 0) or when none is kept for it."""
         now = monotonic()
-        for asker, (_, used) in list(self._snapshots.items()):
-            if now - used > SYNC_SNAPSHOT_TTL:
-                del self._snapshots[asker]
+        self.expire(now)
         kept = self._snapshots.pop(sender, None)     # its own, replaced either way: not evicted below
         if kept is not None and not fresh:
             ids = kept[0]

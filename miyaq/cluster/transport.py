@@ -93,6 +93,10 @@ class StreamPublisher(Protocol):
     def heartbeat(self, dests: list[str]) -> None:
         """Tell each destination the last sequence number sent to it."""
 
+    def forget(self, dest: str) -> None:
+        """``dest`` left the ring for good: forget its sequence number (a
+        stream to it later starts again from 1, which it takes as a gap)."""
+
     def close(self) -> None:
         """Idempotent, never raises."""
 
