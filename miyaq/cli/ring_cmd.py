@@ -31,6 +31,8 @@ from .connect import keys as key_options
 from ..devstate import DEFAULT_CLUSTER, DEFAULT_ZK
 TASKS_TIMEOUT = 2.0
 """Seconds a member's service endpoint has to answer STATUS before its tasks show as n/a."""
+NOT_REGISTERED_SHOWN = 20
+"""Ids named in the line under the table that lists the nodes wanted in but not registered."""
 
 
 def _zk_options(p: argparse.ArgumentParser, *, nested: bool = False) -> None:
@@ -185,6 +187,14 @@ def format_ring(status: Mapping[str, Any], hosts: str) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.append("* leader")
+    down = status.get("not_registered") or []
+    if down:
+        shown = ", ".join(down[:NOT_REGISTERED_SHOWN]) + (
+            f" and {len(down) - NOT_REGISTERED_SHOWN} more" if len(down) > NOT_REGISTERED_SHOWN else "")
+        count = "1 node wanted in the ring is" if len(down) == 1 else f"{len(down)} nodes wanted in the ring are"
+        lines.append(escape_controls(
+            f"{count} not registered (stopped, or gone for good): {shown}; `miyaq leave NODE` forgets one "
+            "that will not come back (--json: not_registered)"))
     return "\n".join(lines)
 
 

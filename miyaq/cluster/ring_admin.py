@@ -26,7 +26,7 @@ from kazoo.client import KazooClient
 
 from miyaq.cluster.ring_view import RingView, check_node_id, check_weight
 from miyaq.cluster.zk_auth import ZkAuth
-from miyaq.cluster.zk_layout import Intent, Layout, RingRecord, fitting, with_join, with_weight
+from miyaq.cluster.zk_layout import Intent, Layout, RingRecord, fitting, not_registered, with_join, with_weight
 from miyaq.protocol.ring import DEFAULT_VNODES, check_points
 from miyaq.cluster.zk_store import ZnodeStore, check_hosts, close_client, connect
 from miyaq.cluster.zk_probe import diagnose
@@ -106,8 +106,11 @@ class RingAdmin:
         self.close()
 
     def status(self, purpose: str = "read the ring") -> dict[str, Any]:
-        """Members (registered, in ring or wanted), leader, epoch and share of the ring.
-        ``purpose`` names what the caller is doing, in an ``Unavailable`` ("cannot <purpose>: ...")."""
+        """Members (registered, in ring or wanted), leader, epoch and share of
+        the ring, and ``not_registered``: the ids ``desired`` wants in the
+        ring that are not registered now (stopped, or gone for good: ``miyaq
+        leave`` forgets one). ``purpose`` names what the caller is doing, in
+        an ``Unavailable`` ("cannot <purpose>: ...")."""
         with self._explained(purpose):
             return self._status()
 
@@ -156,6 +159,7 @@ class RingAdmin:
             "contenders": contenders,
             "vnodes": view.vnodes,
             "members": members,
+            "not_registered": not_registered(desired, registered),
             "desired_error": desired_error,
         }
 
@@ -174,7 +178,7 @@ class RingAdmin:
         before, _ = store.read_ring()
         registered = store.read_registered()
         store.update_desired(lambda d: fitting(with_join(d, node_id, True), registered, before,
-                                                f"join {node_id}"))
+                                                f"join {node_id}", also=node_id))
         if before is not None and node_id in before.members:
             return f"{node_id} is in the ring (epoch {before.epoch})"
         if node_id not in registered:

@@ -250,7 +250,7 @@ class ZooKeeperCoordinator(Coordinator):
         the ring that asks for would have too many points, as
         ``miyaq ring join`` says."""
         check_node_id(node_id)
-        self._change_desired(f"join {node_id}", lambda d: with_join(d, node_id, True))
+        self._change_desired(f"join {node_id}", lambda d: with_join(d, node_id, True), also=node_id)
 
     def leave(self, node_id: str) -> None:
         check_node_id(node_id)
@@ -258,7 +258,8 @@ class ZooKeeperCoordinator(Coordinator):
 
     def set_weight(self, node_id: str, weight: float) -> None:
         """Set ``node_id``'s ring weight; ``ConfigError`` (nothing stored) when
-        the ring would have too many points, counting every node wanted in."""
+        the ring would have too many points, counting the nodes wanted in as
+        :func:`~miyaq.cluster.zk_layout.fitting` does."""
         check_node_id(node_id)
         value = check_weight(weight)
         self._change_desired(f"set the weight of {node_id} to {value:g}",

@@ -224,20 +224,44 @@ def fitting(desired: dict[str, Intent], registered: Mapping[str, Member], ring: 
     """``desired`` if the ring it asks for fits, else ``ConfigError`` naming
     ``action`` (for a change of ``desired``: nothing is stored).
 
-    Counted: every node wanted in -- running or not, since it joins when it
-    starts -- and ``also`` (a node given a weight counts as if it were in: a
-    weight that can never fit is refused when set), each at its desired
-    weight, else its registered or published one, else 1. Before 2026-12-05
-    only a weight for a node in the ring was checked: a node out of it could
-    be given 1000 and joined, and the leader then refused every ring (no
-    join, leave or weight was published)."""
+    Counted (:func:`counted_in`): ``also`` (the node joined or given a
+    weight, as if it were in: a weight that can never fit is refused when
+    set), and every node wanted in that is registered now, or in the
+    published ring, or was given a weight of its own (running or not) --
+    each at its desired weight, else its registered or published one, else
+    1. A node wanted in that is none of these (it auto-joined under an id
+    that is gone, and stopped without ``miyaq leave``) costs nothing:
+    before, every such entry counted, and ~410 of them made every join and
+    weight fail (``miyaq ring`` lists them, :func:`not_registered`). Before
+    2026-12-05 only a weight for a node in the ring was checked: a node out
+    of it could be given 1000 and joined, and the leader then refused every
+    ring (no join, leave or weight was published)."""
     weights = {node_id: intent.weight or _known_weight(node_id, registered, ring)
-               for node_id, intent in desired.items() if intent.join or node_id == also}
+               for node_id, intent in desired.items() if counted_in(node_id, intent, registered, ring, also)}
     try:
         check_points(weights, ring.vnodes if ring is not None else DEFAULT_VNODES)
     except ConfigError as exc:
-        raise ConfigError(f"cannot {action}: {exc.message} (counting every node wanted in the ring)") from None
+        raise ConfigError(f"cannot {action}: {exc.message} (counting every node wanted in the ring that is "
+                          "registered, in the ring or given a weight)") from None
     return desired
+
+
+def counted_in(node_id: str, intent: Intent, registered: Mapping[str, Member], ring: RingRecord | None,
+               also: str | None = None) -> bool:
+    """Whether :func:`fitting` counts ``node_id`` (its ``intent``) in the ring
+    a change asks for."""
+    if node_id == also:
+        return True
+    if not intent.join:
+        return False
+    return (node_id in registered or intent.weight is not None
+            or (ring is not None and node_id in ring.members))
+
+
+def not_registered(desired: Mapping[str, Intent], registered: Mapping[str, Member]) -> list[str]:
+    """The nodes ``desired`` wants in the ring that are not registered now,
+    sorted: stopped, or gone for good (``miyaq leave NODE`` forgets one)."""
+    return sorted(node_id for node_id, intent in desired.items() if intent.join and node_id not in registered)
 
 
 def _known_weight(node_id: str, registered: Mapping[str, Member], ring: RingRecord | None) -> float:
