@@ -28,10 +28,12 @@ def setup_logging(level: str = "INFO") -> None:
                 handler.addFilter(OneLineLibraryErrors())
 
 
-#: What could end a line, or make one look like another, where a log is
-#: read: C0 and C1 controls (the tab aside), DEL, and the Unicode line and
-#: paragraph separators.
-_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+#: What could end a line, or make one look like another, where a log or a
+#: table is read: C0 and C1 controls (the tab aside), DEL, the Unicode line
+#: and paragraph separators, and the bidirectional controls (marks,
+#: embeddings, overrides, isolates): a right-to-left override in a task name
+#: shows the rest of a row in another order than it holds ("Trojan source").
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 
 
 def _escaped(match: re.Match[str]) -> str:

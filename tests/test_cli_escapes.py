@@ -193,3 +193,16 @@ def test_escape_controls_is_the_logs_escaping():
     record = logging.LogRecord("miyaq.x", logging.INFO, __file__, 1, "worker %s", (WORKER,), None)
     assert OneLineMessages("%(message)s").format(record) == "worker " + escape_controls(WORKER)
     assert escape_controls("a\tb\u2028" + ESC) == "a\tb\\u2028\\x1b"
+
+
+@pytest.mark.parametrize("mark", ["\u202e", "\u202d", "\u2066", "\u2069", "\u200f", "\u061c"])
+def test_bidirectional_controls_are_escaped_too(mark):
+    """Fault: a producer names its task ``"ok\u202egnp.exe"``; a right-to-left
+    override shows the rest of the row reversed in the operator's terminal
+    (the text reads otherwise than it is: "Trojan source"). The bidi
+    marks, embeddings, overrides and isolates are escaped like the C0/C1
+    controls, in the CLI's tables and the log."""
+    from miyaq.logs import escape_controls
+
+    escaped = escape_controls(f"ok{mark}gnp.exe")
+    assert mark not in escaped and escaped == f"ok\\u{ord(mark):04x}gnp.exe"

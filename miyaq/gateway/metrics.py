@@ -187,7 +187,7 @@ class NodeCollector(Collector):
                 ("miyaq_payload_bytes", "Payload bytes of the live and dead tasks held", engine.table.payload_bytes),
                 ("miyaq_payload_bytes_limit", "max_bytes: payload bytes held before submits are answered BUSY",
                  config.max_bytes),
-                ("miyaq_result_bytes", "Result bytes kept with finished tasks", engine.table.result_bytes),
+                ("miyaq_result_bytes", "Result and error bytes kept with finished tasks", engine.table.result_bytes),
                 ("miyaq_result_bytes_limit", "max_result_bytes: result bytes kept before submits are answered "
                  "BUSY", config.max_result_bytes)):
             yield GaugeMetricFamily(name, text, value=value)
