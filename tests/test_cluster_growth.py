@@ -12,11 +12,14 @@ from miyaq.cluster import holder_events
 from miyaq.cluster import sync as sync_module
 from miyaq.cluster.peer_requests import SYNC
 from miyaq.constants import DEPARTED_GRACE, EARLY_EVENT_BYTES, EARLY_EVENT_TTL
+from miyaq.protocol.recordspec import cut_error
 from miyaq.store.table import TaskTable, error_bytes, stone_bytes
 from miyaq.store.task import Task
 
 #: An error at the documented maximum: 16 names of 16,384 characters each.
 BIG_ERROR = {f"k{i:02d}": chr(ord("a") + i) * 16384 for i in range(16)}
+#: What a node keeps of it: cut to ERROR_BYTES where it enters.
+KEPT_BYTES = error_bytes(cut_error(dict(BIG_ERROR)))
 
 
 def _publish(cluster, src: str, dst: str, events: list[list]) -> None:
@@ -69,11 +72,11 @@ def test_early_events_are_dropped_after_their_60_s_and_bounded_in_bytes(inproc, 
     60 s was looked at only when an event was taken out. They are now kept
     within MAX_EARLY_EVENT_BYTES (the oldest dropped first) and dropped once
     60 s old, by the next one kept or by the ticker."""
-    budget = 1024 * 1024
+    one = EARLY_EVENT_BYTES + KEPT_BYTES
+    budget = 5 * one + one // 2
     monkeypatch.setattr(holder_events, "MAX_EARLY_EVENT_BYTES", budget)
     cluster = inproc(2, replicas=2)
     events = cluster["n1"].role.events
-    one = EARLY_EVENT_BYTES + error_bytes(BIG_ERROR)
     for i in range(12):
         _publish(cluster, "n2", "n1", [["D", f"early-{i}", 1, {k: v[:-1] + str(i % 10) for k, v in BIG_ERROR.items()}]])
     cluster.wait_until(lambda: cluster.net.quiet() and "early-11" in events.early, what="the events applied")
@@ -107,7 +110,7 @@ def test_tombstones_from_a_peers_finished_events_count_their_error_text(inproc):
     out by count only. The error text now counts in ``result_bytes``, so the
     same bound applies: past twice ``max_result_bytes`` the oldest
     tombstones are forgotten."""
-    max_result_bytes = 1024 * 1024
+    max_result_bytes = 2 * KEPT_BYTES + KEPT_BYTES // 2
     cluster = inproc(2, replicas=2, max_result_bytes=max_result_bytes)
     table = cluster["n1"].engine.table
     for i in range(12):
@@ -118,7 +121,7 @@ def test_tombstones_from_a_peers_finished_events_count_their_error_text(inproc):
     kept = list(table.tombstones.values())
     assert table.result_bytes == sum(stone_bytes(s.result, s.error) for s in kept) > 0
     assert table.result_bytes <= 2 * max_result_bytes
-    assert table.results_dropped > 0 and len(kept) == 2 * max_result_bytes // error_bytes(BIG_ERROR)
+    assert table.results_dropped > 0 and len(kept) == 2 * max_result_bytes // KEPT_BYTES
     assert not cluster.crashes()
 
 

@@ -33,7 +33,7 @@ from miyaq.protocol.taskspec import (
     METHODS, YEAR, check_headers, check_id, check_queue, check_target, is_id, is_queue,
 )
 from miyaq.store.records import transfer_record
-from miyaq.store.table import TaskTable, Tombstone
+from miyaq.store.table import TaskTable, Tombstone, error_bytes
 from miyaq.store.task import DEAD, FINAL_STATES, LIVE_STATES, MAX_REVIVALS, SCHEDULED, Task
 
 #: The latest time a node stores (unix seconds: the year 2286).
@@ -101,12 +101,6 @@ def check_error(value: Any, field: str = "error") -> dict[str, Any] | None:
         if name in value and not isinstance(value[name], str):
             raise InvalidField(f"field {field!r}: {name!r} must be a string", field=field)
     return cut_error(value)
-
-
-def error_bytes(error: dict[str, Any]) -> int:
-    """What ``ERROR_BYTES`` bounds in a failure description: the UTF-8 bytes
-    of its names and of its string values."""
-    return sum(_utf8_len(k) + (_utf8_len(v) if isinstance(v, str) else 0) for k, v in error.items())
 
 
 def cut_error(error: dict[str, Any]) -> dict[str, Any]:
@@ -349,10 +343,6 @@ def _stone_problem(stone: Tombstone, config: NodeConfig) -> str | None:
     return None
 
 
-def _kept_error_bytes(error: Any) -> int:
-    return error_bytes(error) if isinstance(error, dict) else 0
-
-
 def invalid_stored(table: TaskTable, config: NodeConfig) -> list[str]:
     """Every task and tombstone in ``table`` that would not pass validation
     (one line each; empty when the invariant holds). O(n): for tests and
@@ -360,7 +350,7 @@ def invalid_stored(table: TaskTable, config: NodeConfig) -> list[str]:
     problems: list[str] = []
     for where, tasks, states in (("live", table.live, LIVE_STATES), ("dead", table.dead, (DEAD,))):
         for task_id, task in tasks.items():
-            if (kept := _kept_error_bytes(task.error)) > ERROR_BYTES:    # first: the checks below cut it
+            if (kept := error_bytes(task.error)) > ERROR_BYTES:    # first: the checks below cut it
                 problems.append(f"{where} task {task_id!r} keeps an error of {kept} bytes")
                 continue
             try:
@@ -371,7 +361,7 @@ def invalid_stored(table: TaskTable, config: NodeConfig) -> list[str]:
             if task_id != task.id or task.state not in states:
                 problems.append(f"{where} task {task_id!r} is {task.state!r} under id {task.id!r}")
     for stone in table.tombstones.values():
-        if (kept := _kept_error_bytes(stone.error)) > ERROR_BYTES:
+        if (kept := error_bytes(stone.error)) > ERROR_BYTES:
             problems.append(f"tombstone {stone.id!r} keeps an error of {kept} bytes")
             continue
         problem = _stone_problem(stone, config)
