@@ -8,8 +8,10 @@ No timing assertions: waits are bounded polls; every coordinator a test
 starts is stopped at its end."""
 from __future__ import annotations
 
+import functools
+
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -19,9 +21,7 @@ from miyaq.cluster.ring_admin import RingAdmin
 from miyaq.cluster.zk_coordinator import ZooKeeperCoordinator
 from miyaq.cluster.zk_layout import Layout, RingRecord
 from miyaq.errors import ConfigError
-from miyaq.runtime import Supervisor
-from miyaq.testing.zookeeper import ZooKeeperServer
-from zk_fixtures import DEADLINE, member, wait_until
+from zk_fixtures import DEADLINE, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,23 +30,9 @@ STALE = 420
 
 
 @pytest.fixture
-def make(zk_server: ZooKeeperServer, zk_cluster_name: str,
-         zk_supervisor: Supervisor) -> Iterator[Callable[..., ZooKeeperCoordinator]]:
-    """Start coordinators of this test's cluster; all stopped at teardown."""
-    made: list[ZooKeeperCoordinator] = []
-
-    def _make(node_id: str, **options: object) -> ZooKeeperCoordinator:
-        options = {"session_timeout": 4.0, "connect_timeout": 5.0, "op_timeout": 5.0,
-                   "reconcile_interval": 1.0, **options}
-        coordinator = ZooKeeperCoordinator(zk_server.hosts, zk_cluster_name, member(node_id),
-                                           supervisor=zk_supervisor, **options)
-        made.append(coordinator)
-        coordinator.start()
-        return coordinator
-
-    yield _make
-    for coordinator in made:
-        coordinator.stop()
+def make(make_coordinator: Callable[..., ZooKeeperCoordinator]) -> Callable[..., ZooKeeperCoordinator]:
+    """Start coordinators of this test's cluster (4 s sessions); all stopped at teardown."""
+    return functools.partial(make_coordinator, session_timeout=4.0)
 
 
 def _ring(zk_client, cluster: str) -> RingRecord:

@@ -10,7 +10,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,6 @@ from miyaq.cluster.zk_coordinator import ZooKeeperCoordinator
 from miyaq.cluster.zk_layout import ROOT, Layout, RingRecord
 from miyaq.devstate import STATE_FILE, read_state
 from miyaq.errors import ConfigError, MiyaqError, Timeout
-from miyaq.runtime import Supervisor
 from miyaq.testing.zookeeper import ZooKeeperServer, free_port
 from zk_fixtures import DEADLINE, member, wait_until
 
@@ -34,23 +33,9 @@ AUTH = ZkAuth.parse("miyaq:correct-horse")
 
 
 @pytest.fixture
-def make(zk_server: ZooKeeperServer, zk_cluster_name: str,
-         zk_supervisor: Supervisor) -> Iterator[Callable[..., ZooKeeperCoordinator]]:
+def make(make_coordinator: Callable[..., ZooKeeperCoordinator]) -> Callable[..., ZooKeeperCoordinator]:
     """Start coordinators of this test's cluster; all stopped at teardown."""
-    made: list[ZooKeeperCoordinator] = []
-
-    def _make(node_id: str, **options: object) -> ZooKeeperCoordinator:
-        options = {"session_timeout": 2.0, "connect_timeout": 5.0, "op_timeout": 5.0,
-                   "reconcile_interval": 1.0, **options}
-        coordinator = ZooKeeperCoordinator(zk_server.hosts, zk_cluster_name, member(node_id),
-                                           supervisor=zk_supervisor, **options)
-        made.append(coordinator)
-        coordinator.start()
-        return coordinator
-
-    yield _make
-    for coordinator in made:
-        coordinator.stop()
+    return make_coordinator
 
 
 def published(zk_client, cluster: str) -> RingRecord:

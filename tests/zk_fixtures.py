@@ -41,6 +41,7 @@ from kazoo.client import KazooClient
 from miyaq.cluster.membership import Coordinator
 from miyaq.cluster.ring_view import Member, RingView
 from miyaq.cluster.zk_auth import ZkAuth
+from miyaq.cluster.zk_coordinator import ZooKeeperCoordinator
 from miyaq.errors import MiyaqError
 from miyaq.runtime import Supervisor, green, monotonic
 from miyaq.runtime.zookeeper import kazoo_handler
@@ -48,7 +49,7 @@ from miyaq.testing.zk_ensemble import ZooKeeperEnsemble
 from miyaq.testing.zookeeper import ZooKeeperServer
 
 __all__ = ["zk_server", "zk_ensemble_module", "zk_ensemble", "zk_cluster_name", "zk_supervisor", "zk_client",
-           "zk_clients", "pytest_runtest_makereport"]
+           "zk_clients", "make_coordinator", "pytest_runtest_makereport"]
 
 _LOG_TAIL_BYTES = 12_000
 DEADLINE = 15.0
@@ -189,6 +190,28 @@ def zk_supervisor() -> Iterator[Supervisor]:
     if crashes or fatal:
         pytest.fail(f"greenlets crashed during the test: {crashes} (fatal: {fatal}); see the log above",
                     pytrace=False)
+
+
+@pytest.fixture
+def make_coordinator(zk_server: ZooKeeperServer, zk_cluster_name: str,
+                     zk_supervisor: Supervisor) -> Iterator[Callable[..., ZooKeeperCoordinator]]:
+    """Start ZooKeeper coordinators of this test's cluster on the session's
+    server (a 2 s session unless ``session_timeout`` says otherwise); all
+    stopped at teardown."""
+    made: list[ZooKeeperCoordinator] = []
+
+    def _make(node_id: str, **options: object) -> ZooKeeperCoordinator:
+        options = {"session_timeout": 2.0, "connect_timeout": 5.0, "op_timeout": 5.0,
+                   "reconcile_interval": 1.0, **options}
+        coordinator = ZooKeeperCoordinator(zk_server.hosts, zk_cluster_name, member(node_id),
+                                           supervisor=zk_supervisor, **options)
+        made.append(coordinator)
+        coordinator.start()
+        return coordinator
+
+    yield _make
+    for coordinator in made:
+        coordinator.stop()
 
 
 @pytest.hookimpl(hookwrapper=True)

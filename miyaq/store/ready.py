@@ -115,30 +115,19 @@ class Lane:
         return None
 
     def pop(self) -> Task | None:
-        """Take the first live entry's task, dropping what :meth:`head` drops."""
-        levels = self.levels
-        while levels:
-            prio = levels[0]
-            fifo = self.fifos.get(prio)
-            if fifo is not None:
-                while fifo:
-                    seq, task = fifo.popleft()
-                    self.entries -= 1
-                    if seq == task.seq and task.state == READY:
-                        return task
-                del self.fifos[prio]
-            else:
-                single = self.singles[prio]
-                seq, task = single
-                if seq == task.seq and task.state == READY:
-                    self.singles[prio] = _SPENT
-                    self.entries -= 1
-                    return task
-                if single is not _SPENT:
-                    self.entries -= 1
-                del self.singles[prio]
-            heapq.heappop(levels)
-        return None
+        """Take the first live entry's task (:meth:`head`, which drops the
+        stale entries and empty levels before it), its entry out of its level."""
+        task = self.head()
+        if task is None:
+            return None
+        prio = self.levels[0]
+        fifo = self.fifos.get(prio)
+        if fifo is not None:
+            fifo.popleft()
+        else:
+            self.singles[prio] = _SPENT
+        self.entries -= 1
+        return task
 
     def compact(self) -> int:
         """Rebuild the levels without stale entries or empty levels; returns how many entries went."""
