@@ -525,3 +525,17 @@ def test_a_child_that_exits_is_described_by_its_output_not_by_a_deleted_log_file
     message = err.value.message
     assert "exited with status 3; last lines of its output:\n" in message, message
     assert message.endswith(output or "(none)") and str(run_dir) not in message, message
+
+
+def test_the_launch_shim_runs_a_command_named_without_its_path():
+    """Fault: ``miyaq chaos``'s ``clock`` fault restarts a node as
+    ``faketime -f +20 miyaq node ...`` through the launch shim, which
+    ``execv``ed its first word as a path: ``faketime`` was not found, the
+    skewed node never started, and the fault was a 15-second kill in every
+    chaos run since 2026-11-24 -- no node ever ran with a skewed clock. The
+    shim looks a bare name up on PATH now (``execvp``)."""
+    from miyaq.bench import launch
+
+    done = subprocess.run([sys.executable, launch.__file__, str(os.getpid()), "sh", "-c", "exit 7"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 7, done.stderr

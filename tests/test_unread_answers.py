@@ -309,6 +309,41 @@ def test_over_tcp_a_closed_connection_is_not_held_to_its_count_and_a_reused_desc
     assert unread.asked(b"a", 6) and unread.unread(b"a") == MiB - 1
 
 
+def test_the_kernel_is_asked_safely_of_a_descriptor_closed_or_taken_since() -> None:
+    """Fault: a chaos run (kill, pause, clock faults) stopped a node: the
+    peer port asked the kernel what a peer's connection had acknowledged
+    through a descriptor that connection had closed, and making the socket
+    object raised ``EBADF`` -- outside the ``try``, so the peer reader, a
+    critical greenlet, died and took the node down. A descriptor closed, or
+    taken since by a file, or a socket that is no TCP one, now says
+    nothing (None: the connection is gone), and the descriptor is never
+    closed by the asking."""
+    import os
+    import socket as _socket
+    import tempfile
+
+    listener = _socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    client = _socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    try:
+        assert isinstance(acked_bytes(server.fileno()), int)
+        client.close()
+        with tempfile.TemporaryFile() as regular:
+            assert acked_bytes(regular.fileno()) is None
+            os.fstat(regular.fileno())      # still open: asking did not close it
+        spare = os.open(os.devnull, os.O_RDONLY)
+        os.close(spare)
+        assert acked_bytes(spare) is None
+        left, right = _socket.socketpair()
+        with left, right:
+            assert acked_bytes(left.fileno()) is None
+    finally:
+        server.close()
+        listener.close()
+
+
 def test_refusals_to_a_connection_that_never_reads_stop_at_their_own_budget() -> None:
     """Fault: a connection over budget keeps sending requests and reads
     nothing: each refusal (an ERROR) would wait in the node like any

@@ -1,7 +1,8 @@
 """Exec a command that dies with its parent: ``python launch.py PPID CMD...``.
 
 The bench starts its node and workers through this shim. On Linux it sets
-``PR_SET_PDEATHSIG`` (SIGTERM) and then ``execv``s the real command, so the
+``PR_SET_PDEATHSIG`` (SIGTERM) and then ``execvp``s the real command (a bare
+name is looked up on ``PATH``), so the
 child keeps this pid and is told to stop even when the bench itself is
 killed with SIGKILL (a test timeout, the OOM killer) and never reaches its
 own cleanup. A shim instead of ``preexec_fn`` because the bench already runs
@@ -33,7 +34,7 @@ def main(argv: list[str]) -> None:
     if len(argv) < 2 or not argv[0].isdigit():
         sys.exit("usage: launch.py PARENT_PID COMMAND [ARG...]")
     die_with_parent(int(argv[0]))
-    os.execv(argv[1], argv[1:])
+    os.execvp(argv[1], argv[1:])     # a bare name (``faketime``) is looked up on PATH
 
 
 if __name__ == "__main__":

@@ -205,7 +205,11 @@ class PeerRequests:
             answer = {"code": "internal", "message": "peer handler failed"}
         if answer is None:
             return
-        self._answer(identity, req, answer)
+        try:
+            self._answer(identity, req, answer)
+        except Exception as exc:     # a bug in answering must not end the reader: the asker hears silence
+            self.supervisor.report("peer answer", exc)
+            self.errors["internal"] += 1
 
     def _answer(self, identity: Any, req: Any, answer: dict[str, Any]) -> None:
         answer["req"] = req

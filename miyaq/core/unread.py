@@ -104,7 +104,12 @@ def acked_bytes(fd: int) -> int | None:
     unchanged (the plain ``_socket``: a patched one would watch it)."""
     if _TCP_INFO is None:
         return None
-    sock = _socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
+    try:
+        # The connection may be gone: its descriptor closed (EBADF) or taken
+        # since by a file (ENOTSOCK). Making the socket object can fail so too.
+        sock = _socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
+    except OSError:
+        return None
     try:
         info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 256)
     except OSError:
