@@ -17,6 +17,7 @@ Constraints:
 """
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import shutil
@@ -46,6 +47,34 @@ PROBE_TIMEOUT = 0.5
 #: With --secure, the key each role's clients use.
 ROLE_KEYS = {"admin": "chaos-ops", "producer": "chaos-producer", "worker": "chaos-workers"}
 
+
+
+#: Where Debian's (and most distributions') libfaketime lives.
+FAKETIME_LIBRARIES = ("/usr/lib/*/faketime/libfaketime.so.1", "/usr/lib/faketime/libfaketime.so.1",
+                      "/usr/local/lib/faketime/libfaketime.so.1")
+
+
+def faketime_library() -> str | None:
+    """The libfaketime library to preload, or None (no ``clock`` fault)."""
+    for pattern in FAKETIME_LIBRARIES:
+        found = sorted(glob.glob(pattern))
+        if found:
+            return found[0]
+    return None
+
+
+def skewed_clock_env(skew: float) -> dict[str, str]:
+    """The environment that runs a node with its wall clock ``skew`` seconds
+    off: libfaketime preloaded with ``FAKETIME`` (what ``faketime -f`` sets).
+    Not the ``faketime`` command: it forks and waits for its child, so a
+    SIGTERM ended only the wrapper and left the skewed node running, and the
+    node restarted with the true time found its port taken (and before
+    2026-12-05 the launch shim could not even find the command: no node
+    ever ran skewed)."""
+    library = faketime_library()
+    if library is None:
+        raise MiyaqError("the clock fault needs libfaketime: apt-get install faketime")
+    return {"LD_PRELOAD": library, "FAKETIME": f"{skew:+g}"}
 
 class LocalCluster(ClusterNetwork):
     """ZooKeeper + nodes + workers on this machine (see the module docstring).
@@ -93,7 +122,7 @@ class LocalCluster(ClusterNetwork):
         self.capabilities = {"kill", "pause", "leader", "worker", "zk", "wipe"}
         if self.net.partitions:
             self.capabilities |= set(KINDS_NETWORK)
-        if shutil.which("faketime"):
+        if faketime_library() is not None:
             self.capabilities.add("clock")
         if disks is not None:
             self.capabilities.add("diskfull")
@@ -229,9 +258,9 @@ class LocalCluster(ClusterNetwork):
             args.append("--insecure")   # a namespace's 10.x address: reachable only from this run
         argv = miyaq_argv(*args)
         skew = self.skews.get(node_id)
-        if skew is not None:
-            argv = ["faketime", "-f", f"{skew:+g}", *argv]
-        child = Child(node_id, argv, os.path.join(self.run_dir, f"{node_id}.log"), netns=spec.netns).start()
+        env = skewed_clock_env(skew) if skew is not None else None
+        child = Child(node_id, argv, os.path.join(self.run_dir, f"{node_id}.log"), env=env,
+                      netns=spec.netns).start()
         self.procs[node_id] = child
         logger.info("node %s started (pid %s, port %d%s%s)", node_id, child.pid, spec.port,
                     ", data wiped" if wipe else "", f", clock {skew:+g}s" if skew is not None else "")
