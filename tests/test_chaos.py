@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import os
 import random
 import struct
 import subprocess
@@ -510,3 +511,26 @@ def test_the_faults_help_names_every_network_kind_and_the_flag_table_every_flag(
         for flag in action.option_strings:
             if flag.startswith("--") and flag != "--help":
                 assert f"`{flag}" in table, flag
+
+
+def test_the_clock_fault_runs_a_process_whose_wall_clock_is_skewed():
+    """Fault: the ``clock`` fault was meant to run a node 20 s ahead (then
+    behind); through the ``faketime`` command the launch shim could not find
+    it (so no node ever ran skewed), and once found, the command forked and
+    waited: the fault's SIGTERM ended the wrapper and left the skewed node
+    running. The fault now preloads libfaketime into the node itself; a
+    process started with that environment reads a clock about 20 s off
+    (the margin is the skew itself, not a timing bound)."""
+    import time
+
+    from miyaq.chaos.cluster import faketime_library, skewed_clock_env
+
+    if faketime_library() is None:
+        pytest.fail("Debian's faketime is part of the test machine (scripts/test installs it)", pytrace=False)
+    for skew in (20.0, -20.0):
+        env = {**os.environ, **skewed_clock_env(skew)}
+        before = time.time()
+        out = subprocess.run([sys.executable, "-c", "import time; print(time.time())"], env=env,
+                             capture_output=True, text=True, timeout=60)
+        seen = float(out.stdout)
+        assert abs(seen - before - skew) < 10, (skew, seen - before)
