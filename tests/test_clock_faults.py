@@ -135,3 +135,20 @@ def test_the_shift_is_this_nodes_clock_less_the_senders():
     assert clock_shift(1_030, 1_000.0) == -30.0
     assert clock_shift(1_000.0 - CLOCK_SLACK / 2, 1_000.0) == 0.0
     assert clock_shift(1_000.0 + CLOCK_SLACK / 2, 1_000.0) == 0.0
+
+
+def test_a_peer_answer_over_zeromq_carries_the_senders_clock(peer):
+    """Fault: the ZeroMQ peer link answered through its own ``_answer`` (to
+    refuse ``busy``), which left out ``clock``: only the in-memory link's
+    answers carried it, so over real sockets a SYNC answer's copies and a
+    QUERY's lease end were never moved onto the asker's clock. Every
+    answer now goes through the one place that stamps it."""
+    node = clustered_node(peer).start()
+    dealer = PeerDealer(f"tcp://127.0.0.1:{node.config.peer}")
+    try:
+        before = time.time()
+        answer = dealer.replicate([])
+        assert before - 1 <= answer["clock"] <= time.time() + 1
+    finally:
+        dealer.close()
+        node.stop()

@@ -154,17 +154,17 @@ class PeerEndpoint(PeerRequests):
         finally:
             self._poller.recheck(sock)    # the send may have taken the edge of an answer
 
-    def _answer(self, identity: Any, req: Any, answer: dict[str, Any]) -> None:
-        """Send an answer -- or, when it is large and the asking connection has
-        not read the large answers it was sent, ``busy`` (:mod:`miyaq.core.unread`)."""
-        answer["req"] = req
+    def _answer_frames(self, identity: Any, req: Any, answer: dict[str, Any]) -> list[bytes]:
+        """An answer's frames -- or, when it is large and the asking connection
+        has not read the large answers it was sent, ``busy``'s
+        (:mod:`miyaq.core.unread`)."""
         frames = codec.encode(ANSWER, answer)
         if not self.unread.may_send(identity, len(frames[-1])):
             self.errors[Busy.code] += 1
             refusal = self.unread.refusal(identity).to_wire()
             refusal["req"] = req
             frames = codec.encode(ANSWER, refusal)
-        self._send_answer(identity, frames)
+        return frames
 
     def _send_answer(self, identity: Any, frames: list[bytes]) -> None:
         try:

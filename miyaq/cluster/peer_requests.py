@@ -214,7 +214,12 @@ class PeerRequests:
     def _answer(self, identity: Any, req: Any, answer: dict[str, Any]) -> None:
         answer["req"] = req
         answer["clock"] = wall()
-        self._send_answer(identity, codec.encode(ANSWER, answer))
+        self._send_answer(identity, self._answer_frames(identity, req, answer))
+
+    def _answer_frames(self, identity: Any, req: Any, answer: dict[str, Any]) -> list[bytes]:
+        """The frames of ``answer`` (its ``req`` and ``clock`` in it); a link
+        may send other frames instead (the ZeroMQ link: ``busy``)."""
+        return codec.encode(ANSWER, answer)
 
     def later(self) -> Reply:
         """Called by a handler that answers later (it then returns None): the
