@@ -24,16 +24,39 @@ from typing import Any, Self
 
 from kazoo.client import KazooClient
 
-from miyaq.cluster.ring_view import RingView, check_node_id, check_weight
+from miyaq.cluster.ring_view import Member, RingView, check_node_id, check_weight
 from miyaq.cluster.zk_auth import ZkAuth
 from miyaq.cluster.zk_layout import Intent, Layout, RingRecord, fitting, not_registered, with_join, with_weight
-from miyaq.protocol.ring import DEFAULT_VNODES, check_points
+from miyaq.cluster.zk_leader import target_weights
+from miyaq.protocol.ring import DEFAULT_VNODES
 from miyaq.cluster.zk_store import ZnodeStore, check_hosts, close_client, connect
 from miyaq.cluster.zk_probe import diagnose
 from miyaq.errors import ConfigError, Timeout, Unavailable
 from miyaq.runtime import green, monotonic
 
 logger = logging.getLogger(__name__)
+
+Change = Callable[[dict[str, Intent]], dict[str, Intent]]
+"""A change of the ``desired`` intents (``zk_layout.with_join``, ``with_weight``)."""
+
+
+def change_desired(store: ZnodeStore, action: str, change: Change,
+                   node_id: str) -> tuple[RingRecord | None, dict[str, Member]]:
+    """Store ``change`` of ``desired`` (compare-and-set) if the ring it asks
+    for fits: the one ring-size check of every join and weight -- ``miyaq
+    join`` and ``ring weight`` (:class:`RingAdmin`), a node's
+    ``ZooKeeperCoordinator.join``/``set_weight`` and its auto-join at start.
+    ``node_id`` is the node joined or given a weight; the count is
+    :func:`~miyaq.cluster.zk_layout.fitting`'s. When it does not fit:
+    ``ConfigError`` naming ``action`` ("cannot join n3: a ring of ...
+    points is over the 65536 ..."), and nothing is stored -- the leader
+    would refuse to publish that ring, and with it every later change.
+    Returns the published ring and the registered members it was checked
+    against (read before the write)."""
+    ring, _ = store.read_ring()
+    registered = store.read_registered()
+    store.update_desired(lambda d: fitting(change(d), registered, ring, action, also=node_id))
+    return ring, registered
 
 
 class RingAdmin:
@@ -175,10 +198,8 @@ class RingAdmin:
 
     def _join(self, node_id: str) -> str:
         store = self._open(changing=True)
-        before, _ = store.read_ring()
-        registered = store.read_registered()
-        store.update_desired(lambda d: fitting(with_join(d, node_id, True), registered, before,
-                                                f"join {node_id}", also=node_id))
+        before, registered = change_desired(store, f"join {node_id}", lambda d: with_join(d, node_id, True),
+                                            node_id)
         if before is not None and node_id in before.members:
             return f"{node_id} is in the ring (epoch {before.epoch})"
         if node_id not in registered:
@@ -211,10 +232,8 @@ class RingAdmin:
 
     def _set_weight(self, node_id: str, value: float) -> str:
         store = self._open(changing=True)
-        before, _ = store.read_ring()
-        registered = store.read_registered()
-        store.update_desired(lambda d: fitting(with_weight(d, node_id, value), registered, before,
-                                                f"set the weight of {node_id} to {value:g}", also=node_id))
+        before, _ = change_desired(store, f"set the weight of {node_id} to {value:g}",
+                                   lambda d: with_weight(d, node_id, value), node_id)
         if before is None or node_id not in before.members:
             return f"weight of {node_id} set to {value:g}; it applies when {node_id} is in the ring"
         old = before.weights[node_id]
@@ -233,10 +252,8 @@ class RingAdmin:
             return store.unreadable_desired(exc.message)
         registered = store.read_registered()
         record, _ = store.read_ring()
-        wanted = [k for k in registered if desired.get(k, Intent(False)).join]
-        weights = {k: desired[k].weight or registered[k].weight for k in wanted}
         try:
-            check_points(weights, record.vnodes if record is not None else DEFAULT_VNODES)
+            target_weights(registered, desired, record.vnodes if record is not None else DEFAULT_VNODES)
         except ConfigError as exc:
             return f"the leader cannot publish the ring it asks for: {exc.message}"
         return f"is any node of cluster {self._layout.cluster} running?"

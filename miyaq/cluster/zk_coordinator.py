@@ -35,7 +35,8 @@ from miyaq.cluster.membership import Coordinator
 from miyaq.protocol.ring import DEFAULT_VNODES
 from miyaq.cluster.ring_view import Member, RingView, check_node_id, check_weight
 from miyaq.cluster.zk_auth import ZkAuth
-from miyaq.cluster.zk_layout import Intent, Layout, RingRecord, fitting, with_join, with_weight
+from miyaq.cluster.ring_admin import Change, change_desired
+from miyaq.cluster.zk_layout import Layout, RingRecord, with_join, with_weight
 from miyaq.cluster.zk_leader import Leader
 from miyaq.cluster.zk_registry import Registry
 from miyaq.cluster.zk_session import Session
@@ -250,7 +251,7 @@ class ZooKeeperCoordinator(Coordinator):
         the ring that asks for would have too many points, as
         ``miyaq ring join`` says."""
         check_node_id(node_id)
-        self._change_desired(f"join {node_id}", lambda d: with_join(d, node_id, True), also=node_id)
+        self._change_desired(f"join {node_id}", lambda d: with_join(d, node_id, True), node_id)
 
     def leave(self, node_id: str) -> None:
         check_node_id(node_id)
@@ -263,17 +264,14 @@ class ZooKeeperCoordinator(Coordinator):
         check_node_id(node_id)
         value = check_weight(weight)
         self._change_desired(f"set the weight of {node_id} to {value:g}",
-                             lambda d: with_weight(d, node_id, value), also=node_id)
+                             lambda d: with_weight(d, node_id, value), node_id)
 
-    def _change_desired(self, action: str, change: Callable[[dict[str, Intent]], dict[str, Intent]],
-                        also: str | None = None) -> None:
-        """Store ``change`` of ``desired`` if the ring it asks for fits
-        (:func:`~miyaq.cluster.zk_layout.fitting`); the leader would refuse
-        to publish one that does not, and then every later change."""
-        store = self._require_store(action)
-        ring, _ = store.read_ring()
-        registered = store.read_registered()
-        store.update_desired(lambda d: fitting(change(d), registered, ring, action, also=also))
+    def _change_desired(self, action: str, change: Change, node_id: str) -> None:
+        """Store ``change`` of ``desired`` if the ring it asks for fits, the
+        check ``miyaq join`` and ``ring weight`` make
+        (:func:`~miyaq.cluster.ring_admin.change_desired`); the leader would
+        refuse to publish one that does not, and then every later change."""
+        change_desired(self._require_store(action), action, change, node_id)
 
     # -- lifecycle internals ----------------------------------------------------
 

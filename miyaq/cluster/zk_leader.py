@@ -51,11 +51,11 @@ from miyaq.runtime import RESTART, Supervisor, green, monotonic
 logger = logging.getLogger(__name__)
 
 FORBIDDEN_RETRY = 10.0
+"""Seconds between attempts of an elected node whose credentials ZooKeeper refuses."""
 REFUSAL_RELOG = 300.0
 """While the desired ring cannot be published for one reason, the leader
 says so once, then again every this many seconds (it tries every
 ``reconcile_interval``); a new reason is logged at once."""
-"""Seconds between attempts of an elected node whose credentials ZooKeeper refuses."""
 
 Announce = Callable[[bool, int], None]
 """``announce(is_leader, epoch)``: leadership gained (with its term's epoch) or lost. Must not block."""
@@ -69,6 +69,17 @@ class _Conflict(Exception):
     """Someone else wrote the ring between our read and our write."""
 
 
+def target_weights(registered: Mapping[str, Member], desired: Mapping[str, Intent], vnodes: int) -> dict[str, float]:
+    """The members and weights of the ring the desired state asks for: each
+    registered node whose ``desired`` entry says join, at its desired
+    weight, else its registered one. ``ConfigError`` past ``MAX_POINTS``
+    at ``vnodes``: such a ring is not published (every node would refuse it)."""
+    weights = {k: desired[k].weight or member.weight for k, member in registered.items()
+               if desired.get(k, Intent(False)).join}
+    check_points(weights, vnodes)
+    return weights
+
+
 def target_ring(
     registered: Mapping[str, Member],
     desired: Mapping[str, Intent],
@@ -78,9 +89,8 @@ def target_ring(
     vnodes: int,
 ) -> RingRecord:
     """The ring the desired state asks for: registered nodes that should be in, with their weights."""
-    ids = tuple(sorted(k for k in registered if desired.get(k, Intent(False)).join))
-    weights = {k: desired[k].weight or registered[k].weight for k in ids}
-    check_points(weights, vnodes)     # ConfigError: not published (every node would refuse it)
+    weights = target_weights(registered, desired, vnodes)
+    ids = tuple(sorted(weights))
     return RingRecord(
         epoch=epoch,
         members=ids,
