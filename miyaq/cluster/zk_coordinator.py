@@ -36,7 +36,7 @@ from miyaq.protocol.ring import DEFAULT_VNODES
 from miyaq.cluster.ring_view import Member, RingView, check_node_id, check_weight
 from miyaq.cluster.zk_auth import ZkAuth
 from miyaq.cluster.ring_admin import Change, change_desired
-from miyaq.cluster.zk_layout import Layout, RingRecord, with_join, with_weight
+from miyaq.cluster.zk_layout import Intent, Layout, RingRecord, with_join, with_weight
 from miyaq.cluster.zk_leader import Leader
 from miyaq.cluster.zk_registry import Registry
 from miyaq.cluster.zk_session import Session
@@ -231,13 +231,26 @@ class ZooKeeperCoordinator(Coordinator):
                     self._node_id, self.cluster, self._hosts, self._auto_join)
 
     def _auto_join_desired(self, store: ZnodeStore) -> None:
-        """Want this node in the ring. An unreadable ``desired`` is rebuilt from
-        the published ring (:meth:`ZnodeStore.update_desired`); when it cannot
-        be (no ring either), the node starts out of the ring and says why."""
+        """Want this node in the ring, checked as :meth:`join` is
+        (:func:`~miyaq.cluster.ring_admin.change_desired`): when the ring
+        that asks for would have too many points, nothing is stored and the
+        node starts out of the ring and says why (before, the join was stored
+        unchecked, and the leader then published no ring again). An entry
+        that wants the node in already is left as it is, unchecked: this
+        start changes nothing the leader has not been asked. An unreadable
+        ``desired`` is rebuilt from the published ring
+        (:meth:`ZnodeStore.update_desired`); when it cannot be (no ring
+        either), the node starts out of the ring and says why too."""
         try:
-            store.update_desired(lambda d: with_join(d, self._node_id, True))
+            if store.read_desired()[0].get(self._node_id, Intent(False)).join:
+                return
+        except ConfigError:
+            pass        # unreadable: the change below rebuilds it
+        try:
+            change_desired(store, f"join {self._node_id}", lambda d: with_join(d, self._node_id, True),
+                           self._node_id)
         except ConfigError as exc:
-            logger.error("%s cannot ask to join the ring: %s", self._node_id, exc)
+            logger.error("%s cannot ask to join the ring, and starts out of it: %s", self._node_id, exc.message)
 
     def stop(self) -> None:
         """Abdicate, close the session (the member znode goes at once), stop greenlets."""
