@@ -355,8 +355,22 @@ class ServiceHandlers:
         self._grant_for(worker, body, len(items))
 
     def touch(self, identity: bytes, body: dict[str, Any], now: float) -> None:
+        """TOUCH: extend the leases named. With ``req`` it is a pull
+        consumer's request (added 2026-12-05): one id, optionally the
+        ``attempt`` received, answered REPLY ``{"ok", "lease_end"?}`` --
+        ``ok`` false, like ACK's, when that task or attempt is not leased to
+        the caller any more -- and never RECONNECT. Without ``req`` it is a
+        worker's, unanswered (a connection with no worker is told RECONNECT)."""
         ids = f.string_list(body, "ids", max_items=c.MAX_TOUCH_IDS, max_len=64)
-        self._worker(identity, now)
+        req = body.get("req")
+        attempt: int | None = None
+        if req is not None:
+            if len(ids) != 1:
+                raise InvalidField("a TOUCH with 'req' touches one task: field 'ids' must hold exactly one id",
+                                   field="ids")
+            attempt = f.integer(body, "attempt", None, lo=0)
+        else:
+            self._worker(identity, now)
         # A registered worker touches what was dispatched to it; any other
         # connection is a pull consumer, and touches what it received (its
         # ACK and NACK are checked the same way). Before 2026-12-05 it was
@@ -365,14 +379,22 @@ class ServiceHandlers:
         worker_principal = self.workers.principal_of(identity)
         by = worker_principal if worker_principal is not None else self._puller(identity)
         live = self.engine.table.live
+        touched = None
         for task_id in ids:
             task = live.get(task_id)
-            if task is None:
-                continue
+            if task is None or (attempt is not None and task.attempt != attempt):
+                continue    # gone, or that attempt no longer holds it (as ACK's ok: false)
             if not leased_to(task, None, by):
                 self.engine.not_leased += 1
-            elif not self.engine.touch(task_id, now):
+            elif self.engine.touch(task_id, now):
+                touched = task
+            else:
                 self.role.running_elsewhere(task_id, now)   # a standby copy: its runner's node went silent
+        if req is not None:
+            answer: dict[str, Any] = {"ok": touched is not None}
+            if touched is not None:
+                answer["lease_end"] = touched.lease_end
+            self.endpoint.reply(identity, req, answer)
 
     def give_back(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         ids = f.string_list(body, "ids", max_items=100_000, max_len=64)

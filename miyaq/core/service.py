@@ -50,7 +50,8 @@ Handler = Callable[[bytes, dict[str, Any], float], None]
 #: Commands answered to their sender (REPLY, ERROR or SUBMITTED): from the
 #: first one on, a connection is followed, and these are refused ``busy``
 #: while it was sent its unread budget and has not taken it
-#: (:mod:`miyaq.core.unread`).
+#: (:mod:`miyaq.core.unread`). A TOUCH with ``req`` (a pull consumer's) is
+#: answered too, and followed the same way.
 ANSWERED = c.REQUESTS | {c.SUBMIT}
 
 #: What :meth:`ServiceEndpoint.reachable` sends: a REPLY without ``req``
@@ -210,7 +211,7 @@ class ServiceEndpoint:
             self.error(identity, err)
             return
         req = body.get("req")
-        if command in ANSWERED:
+        if command in ANSWERED or (command == c.TOUCH and req is not None):
             source = self.sock.source
             if not self.unread.asked(identity, source[0] if source is not None else -1):
                 self.error(identity, self.unread.refusal(identity), req)    # not read what it was sent
