@@ -239,7 +239,8 @@ class TaskHandle(HandleBase):
 
 class Received(ReceivedTask):
     """A task taken by :meth:`Client.receive`: ``args``, ``kwargs``, then
-    ``await ack(result)`` or ``await nack(error, retry=True)``."""
+    ``await ack(result)`` or ``await nack(error, retry=True)``; ``await
+    touch()`` while the work runs past the task's ``timeout``."""
 
     def __init__(self, client: Client, info: dict[str, Any]) -> None:
         super().__init__(info)
@@ -247,6 +248,11 @@ class Received(ReceivedTask):
 
     async def ack(self, result: Any = None) -> bool:
         return await self.client._run(ops.ack(self.id, self.attempt, result))
+
+    async def touch(self) -> bool:
+        """Extend the lease by the task's ``timeout`` from now; False if this
+        attempt no longer holds the task (as :meth:`miyaq.Received.touch`)."""
+        return await self.client._run(ops.touch(self.id, self.attempt))
 
     async def nack(self, error: str = "", *, retry: bool = True, delay: float | None = None) -> bool:
         return await self.client._run(ops.nack(self.id, self.attempt, error, retry, delay))

@@ -280,7 +280,8 @@ class Client:
     def receive(self, queues: Iterable[str] | str = ("default",), timeout: float = 0.0) -> "Received | None":
         """Take one ready task: wait up to ``timeout`` seconds (0: answer at
         once). Returns None when there is none. Ack or nack what you get
-        before its lease (the task's ``timeout``) runs out."""
+        before its lease (the task's ``timeout``) runs out, or extend the
+        lease with ``touch()``."""
         timeout = seconds(timeout, "timeout")
         task = ops.run(ops.receive(queues, timeout, self.request_timeout), self._ask)
         return None if task is None else Received(self, task)
@@ -318,7 +319,8 @@ class Client:
 
 class Received(ReceivedTask):
     """A task taken by :meth:`Client.receive`: ``args``, ``kwargs``, then
-    ``ack(result)`` or ``nack(error, retry=True)``."""
+    ``ack(result)`` or ``nack(error, retry=True)``; ``touch()`` while the
+    work runs past the task's ``timeout``."""
 
     def __init__(self, client: Client, info: dict[str, Any]) -> None:
         super().__init__(info)
@@ -326,6 +328,14 @@ class Received(ReceivedTask):
 
     def ack(self, result: Any = None) -> bool:
         return ops.run(ops.ack(self.id, self.attempt, result), self.client._ask)
+
+    def touch(self) -> bool:
+        """Extend the lease by the task's ``timeout`` from now. False if this
+        attempt no longer holds the task (its lease ran out, it was
+        finished, cancelled or received by another): stop, the work is not
+        yours any more. Needs a node of 2026-12-05 or later (an older one
+        extends the lease but never answers: Timeout)."""
+        return ops.run(ops.touch(self.id, self.attempt), self.client._ask)
 
     def nack(self, error: str = "", *, retry: bool = True, delay: float | None = None) -> bool:
         return ops.run(ops.nack(self.id, self.attempt, error, retry, delay), self.client._ask)

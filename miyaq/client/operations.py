@@ -180,6 +180,15 @@ def ack(task_id: str, attempt: int, result: Any) -> Operation:
     return bool(field((yield from one(c.ACK, body)), c.ACK, "ok", bool))
 
 
+def touch(task_id: str, attempt: int) -> Operation:
+    """TOUCH as a request (``req``): extend the lease of ``attempt`` of the
+    task by its ``timeout`` from now. True if extended; False, as ACK's
+    ``ok``, when that attempt is not the task's current one or was not
+    received by this consumer (its lease ran out, it was finished,
+    cancelled, given to another)."""
+    return bool(field((yield from one(c.TOUCH, {"ids": [task_id], "attempt": attempt})), c.TOUCH, "ok", bool))
+
+
 def nack(task_id: str, attempt: int, error: str, retry: bool, delay: float | None) -> Operation:
     body: dict[str, Any] = {"id": task_id, "attempt": attempt, "retry": retry,
                             "error": {"type": "Nack", "message": error}}

@@ -180,7 +180,7 @@ class ReceivedTask:
     """A task taken by ``receive()``: ``id``, ``name``, ``queue``, ``attempt``,
     ``args``, ``kwargs`` (decoded from the ``[args, kwargs]`` payload; another
     shape arrives as ``args == [payload]``, ``kwargs == {}``) and ``info``
-    (the whole task map). The clients add ``ack`` and ``nack``."""
+    (the whole task map). The clients add ``ack``, ``nack`` and ``touch``."""
 
     def __init__(self, info: dict[str, Any]) -> None:
         self.info = info
