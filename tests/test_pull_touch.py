@@ -3,12 +3,11 @@ threaded and the asyncio client (a TOUCH with ``req``, docs/protocol.md
 section 6.4), True while the attempt it received holds the task and False,
 as ``ack``'s, once it does not. Each fault test's docstring names the fault.
 
-The tests that need a lease to run out use the smallest task ``timeout``
-the node accepts (0.01 s) and a bounded wait for the node to take the task
-back; the one where the consumer keeps its lease by touching needs one it
-can touch within (a couple of seconds), and waits for the wall clock to
-pass the lease it was given. Where a lease must run out once and not again,
-the node's timers are fired as if their time had come (no waiting).
+A lease runs out either for real (the smallest task ``timeout`` the node
+accepts, 0.01 s, and a bounded wait for the node to take the task back) or,
+where a lease must run out and a touched one must not, by firing the node's
+timers as if the clock said a given time: no test depends on how soon a
+consumer gets to touch.
 """
 from __future__ import annotations
 
@@ -32,9 +31,6 @@ pytestmark = pytest.mark.timeout(60)
 
 #: The smallest task timeout (lease) a node accepts: a lease that runs out at once.
 SMALLEST_TIMEOUT = 0.01
-#: A lease a consumer can touch within on a loaded machine: it touches at
-#: half of it, so a stall shorter than this by half does not fail the test.
-TOUCHABLE_TIMEOUT = 2.0
 
 
 def run(main: Callable[[], Awaitable[Any]], limit: float = 60.0) -> Any:
@@ -46,38 +42,48 @@ def endpoint_of(node: NodeThread) -> str:
     return f"tcp://127.0.0.1:{node.config.port}"
 
 
-def run_out_leases(node: NodeThread) -> None:
-    """Make every lease on the node run out now: its timers fire, in the
-    node's thread, as if 400 s had passed (the tasks' timeout is 300 s)."""
+def fire_timers_at(node: NodeThread, when: float) -> None:
+    """Fire the node's timers, in its thread, as if the wall clock said
+    ``when``: a lease that ends before then runs out, a later one does not
+    (no test waits for a real timeout)."""
     engine = node.node.core.engine   # type: ignore[union-attr]
-    node.call(lambda: engine.fire_due(time.time() + 400))
+    node.call(lambda: engine.fire_due(when))
 
 
-def test_a_pull_consumer_that_touches_keeps_its_task_past_the_timeout(node, client_for):
+def run_out_leases(node: NodeThread) -> None:
+    """Make every lease on the node run out now: its timers fire as if 400 s
+    had passed (the tasks' timeout is 300 s)."""
+    fire_timers_at(node, time.time() + 400)
+
+
+def test_a_pull_consumer_that_touches_keeps_its_task_past_the_timeout(make_http_node):
     """Fault: a Python pull consumer whose work outlasted the task's
     ``timeout`` could not extend its lease (``Received`` had ``ack`` and
     ``nack`` only): at the timeout the node took the task back and leased it
     to the next consumer, and the work ran twice. Now the consumer touches:
-    past the original timeout the task is still its attempt 1, running,
-    another consumer receives nothing, and its ack succeeds."""
-    consumer, other = client_for(node.endpoint), client_for(node.endpoint)
-    consumer.submit("render", ["film"], queue="long", timeout=TOUCHABLE_TIMEOUT, max_retries=3, wait=True)
-    job = consumer.receive("long", timeout=10)
-    assert job is not None and job.attempt == 1
-    first_end = job.info["lease_end"]
+    once the node's timers fire past the original lease end (and before
+    the touched one), the task is still its attempt 1, running, another
+    consumer receives nothing, and its ack succeeds."""
+    node = make_http_node()
+    with miyaq.Client(endpoint_of(node), submit_timeout=10.0) as consumer, \
+            miyaq.Client(endpoint_of(node), submit_timeout=10.0) as other:
+        consumer.submit("render", ["film"], queue="long", timeout=300, max_retries=3, wait=True)
+        job = consumer.receive("long", timeout=10)
+        assert job is not None and job.attempt == 1
+        first_end = job.info["lease_end"]
+        wait_for(lambda: time.time() > first_end - 300 + 0.05, what="the clock to move past the receive")
+        assert job.touch() is True
+        touched_end = consumer.status(job.id)["lease_end"]
+        assert touched_end > first_end
+        fire_timers_at(node, (first_end + touched_end) / 2)     # past the timeout the lease is still attempt 1's
 
-    wait_for(lambda: time.time() >= first_end - TOUCHABLE_TIMEOUT / 2, what="half of the lease to pass")
-    assert job.touch() is True
-    wait_for(lambda: time.time() > first_end, what="the task's timeout to pass since it was received")
-    assert job.touch() is True               # past the timeout the lease is still this attempt's
-
-    assert other.receive("long", timeout=0) is None
-    task = consumer.status(job.id)
-    assert (task["state"], task["attempt"]) == ("running", 1)
-    assert task["lease_end"] > first_end
-    assert job.ack("rendered") is True
-    assert consumer.result(job.id, timeout=10) == "rendered"
-    assert consumer.status(job.id)["attempt"] == 1    # never leased a second time
+        assert other.receive("long", timeout=0) is None
+        task = consumer.status(job.id)
+        assert (task["state"], task["attempt"], task["lease_end"]) == ("running", 1, touched_end)
+        assert job.touch() is True
+        assert job.ack("rendered") is True
+        assert consumer.result(job.id, timeout=10) == "rendered"
+        assert consumer.status(job.id)["attempt"] == 1    # never leased a second time
 
 
 def test_a_touch_after_the_lease_ran_out_is_false_and_changes_nothing(node, client_for):
@@ -209,26 +215,28 @@ def test_a_touch_request_is_answered_and_never_told_reconnect(node, ctx):
         sock.close()
 
 
-def test_asyncio_touch_keeps_the_lease_past_the_timeout_and_is_false_once_it_is_gone(node):
+def test_asyncio_touch_keeps_the_lease_past_the_timeout_and_is_false_once_it_is_gone(make_http_node):
     """Fault: as for the threaded client, ``miyaq.aio.Received`` had no
     ``touch()``: an asyncio pull consumer whose work outlasted the task's
-    timeout had it leased again and run twice. Now its touches keep the
-    task past the timeout (another consumer receives nothing, the ack
-    succeeds in attempt 1), and a touch after the lease ran out is False."""
+    timeout had it leased again and run twice. Now its touch keeps the task
+    past the timeout (the node's timers fired past the original lease end:
+    another consumer receives nothing, the ack succeeds in attempt 1), and
+    a touch after the lease ran out is False."""
+    node = make_http_node()
+    endpoint = endpoint_of(node)
 
     async def main() -> None:
-        async with miyaq.aio.Client(node.endpoint) as consumer, miyaq.aio.Client(node.endpoint) as other:
-            await consumer.submit("render", [], queue="aio-long", timeout=TOUCHABLE_TIMEOUT, max_retries=3,
-                                  wait=True)
+        async with miyaq.aio.Client(endpoint) as consumer, miyaq.aio.Client(endpoint) as other:
+            await consumer.submit("render", [], queue="aio-long", timeout=300, max_retries=3, wait=True)
             job = await consumer.receive("aio-long", timeout=10)
             assert job is not None and job.attempt == 1
             first_end = job.info["lease_end"]
-            while time.time() < first_end - TOUCHABLE_TIMEOUT / 2:
-                await asyncio.sleep(0.02)     # the wall clock, not another event, is what the test waits for
+            while time.time() <= first_end - 300 + 0.05:
+                await asyncio.sleep(0.01)     # the clock past the receive, so the touched lease ends later
             assert await job.touch() is True
-            while time.time() <= first_end:
-                await asyncio.sleep(0.02)
-            assert await job.touch() is True
+            touched_end = (await consumer.status(job.id))["lease_end"]
+            assert touched_end > first_end
+            await asyncio.to_thread(fire_timers_at, node, (first_end + touched_end) / 2)
             assert await other.receive("aio-long", timeout=0) is None
             task = await consumer.status(job.id)
             assert (task["state"], task["attempt"]) == ("running", 1)
@@ -236,14 +244,11 @@ def test_asyncio_touch_keeps_the_lease_past_the_timeout_and_is_false_once_it_is_
             assert await consumer.result(job.id, timeout=10) == "rendered"
             assert (await consumer.status(job.id))["attempt"] == 1
 
-            await consumer.submit("render", [], queue="aio-lapsed", timeout=SMALLEST_TIMEOUT, max_retries=0,
-                                  wait=True)
+            await consumer.submit("render", [], queue="aio-lapsed", timeout=300, max_retries=0, wait=True)
             lapsed = await consumer.receive("aio-lapsed", timeout=10)
             assert lapsed is not None
-            deadline = time.monotonic() + 15
-            while (await consumer.status(lapsed.id))["state"] != "dead":
-                assert time.monotonic() < deadline, "the lease did not run out"
-                await asyncio.sleep(0.02)
+            await asyncio.to_thread(run_out_leases, node)
+            assert (await consumer.status(lapsed.id))["state"] == "dead"
             assert await lapsed.touch() is False
             assert (await consumer.status(lapsed.id))["state"] == "dead"
 
