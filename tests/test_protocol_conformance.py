@@ -334,7 +334,7 @@ def test_status_carries_the_documented_fields(doc):
         assert set(live[section]) == set(page[section]), section
 
 
-def test_a_pull_consumers_touch_extends_its_lease_as_section_6_3_says(doc):
+def test_a_pull_consumers_touch_extends_its_lease_as_section_6_4_says(doc):
     """Fault simulated: a pull consumer (another language's) whose task runs
     longer than its ``timeout`` sends TOUCH, as section 6.4 says. The node
     checked the touch against the connection's registered worker -- none --
