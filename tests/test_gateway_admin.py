@@ -93,7 +93,7 @@ def test_unknown_path_and_wrong_method(api):
     status, body, headers = api.get("/queue")
     assert (status, body["error"]["code"], headers["allow"]) == (405, "method_not_allowed", "POST")
     status, body, headers = api.request("PATCH", "/tasks/abc")
-    assert (status, headers["allow"]) == (405, "DELETE, GET")
+    assert (status, headers["allow"]) == (405, "DELETE, GET, HEAD")
 
 
 def test_bearer_token_guards_every_endpoint(make_http_node):

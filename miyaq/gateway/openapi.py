@@ -4,6 +4,10 @@ The node serves it at ``GET /openapi.json``; ``docs/openapi.json`` is the
 same document written out (``python -m miyaq.gateway.openapi >
 docs/openapi.json``), and a test checks both that they match and that real
 responses of every endpoint validate against it.
+
+HEAD has no operations of its own: every GET route answers it
+(:mod:`miyaq.gateway.router`), the document's ``info.description`` says
+so, and its operations stay exactly the router's routes.
 """
 from __future__ import annotations
 
@@ -165,6 +169,8 @@ def build() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "miyaq HTTP gateway", "version": __version__,
                  "description": "Enqueue webhooks and named tasks, pull tasks, operate a miyaq node. "
+                                "Every get operation also answers HEAD (the GET's status and headers, no "
+                                "body; a long-poll does not wait), not listed as operations of its own. "
                                 "See docs/http.md."},
         "servers": [{"url": "http://127.0.0.1:8088"}],
         "security": [{"bearer": []}, {}],

@@ -21,6 +21,11 @@ HTML, with the console's security headers, errors included); every JSON
 error is ``{"error": {"code", "message", "field"?}}`` with the status of
 :data:`miyaq.gateway.errors.HTTP_STATUS`.
 
+``HEAD`` is answered on every GET route (:mod:`miyaq.gateway.router`): the
+handler runs as for a GET and the answer goes out without its body, with
+the status and headers, ``Content-Length`` included, the GET would have
+had -- errors too. A long-poll does not wait for a HEAD (docs/http.md).
+
 Before any handler, every request is screened (:mod:`miyaq.gateway.origin`):
 a gateway without tokens answers only to a ``Host`` that is an IP address,
 ``localhost`` or a configured name of the node (DNS rebinding); a
@@ -221,7 +226,7 @@ class Gateway:
             caller = self.auth.check(request)
             route = self.router.match(request)
             route_name = route.template
-            self.auth.authorize(caller, route.role, f"{request.method} {route.template}")
+            self.auth.authorize(caller, route.role, f"{route.method} {route.template}")   # a HEAD: GET's
             if not self._takes_forms(route.template):
                 refuse_form_body(request, route.template)
             response = route.handler(request)
@@ -248,6 +253,8 @@ class Gateway:
         if request.close:
             headers.append(("Connection", "close"))
         start_response(f"{response.status} {_phrase(response.status)}", headers)
+        if request.method == "HEAD":    # the GET's status and headers, its Content-Length too; no body
+            return [b""]
         return [response.body]
 
     def _screen(self, request: Request) -> None:

@@ -5,8 +5,9 @@ priority, countdown/eta, ttl, max_retries, backoff, backoff_max, timeout,
 key, replicas, at_most_once, offset) plus ``name``, ``args`` and ``kwargs``; args
 and kwargs become the msgpack ``[args, kwargs]`` body Python workers expect.
 ``GET /tasks/{id}`` is a task's status, ``GET /tasks/{id}/result`` waits
-(``?timeout=`` seconds, a long-poll) for its outcome with the result decoded
-to JSON, ``DELETE /tasks/{id}`` cancels it, ``GET /tasks`` lists tasks.
+(``?timeout=`` seconds, a long-poll; a HEAD never waits, whatever its
+``timeout``) for its outcome with the result decoded to JSON,
+``DELETE /tasks/{id}`` cancels it, ``GET /tasks`` lists tasks.
 """
 from __future__ import annotations
 
@@ -83,6 +84,8 @@ class TasksApi:
     def result(self, request: Request) -> Response:
         task_id = check_id(request.params["id"])
         timeout = request.arg_number("timeout", 0.0, 0.0, MAX_LONG_POLL)
+        if request.method == "HEAD":
+            timeout = 0.0   # a HEAD never waits: it is answered as the GET with timeout=0 would be
         engine = self.engine
         answer: dict[str, Any] | None = None
         stone = engine.result(task_id)

@@ -99,7 +99,7 @@ class Console:
         def handler(request: Request) -> Response:
             viewer = self.sessions.identify(request)
             if viewer is None:
-                if post or request.method != "GET":
+                if post or request.method not in ("GET", "HEAD"):
                     return self.error_page(request, None, 401, "Sign in first: this console needs the "
                                                                "gateway's token.")
                 return self.render.redirect("/ui/login?next=" + quote(_quote_path(request), safe=""))
