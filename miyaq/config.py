@@ -178,7 +178,7 @@ class NodeConfig(Settings):
                               "on SIGHUP)")
     http_key: str = _opt("", "PEM private key of http_cert (unencrypted; keep it chmod 600)")
     http_ca: str = _opt("", "PEM CA certificates this node trusts when it calls other members' HTTPS gateways "
-                            "(the console; empty: the system's)")
+                            "(the console; empty: the system's; re-read on SIGHUP)")
     http_max_body: int = _opt(4 * 1024 * 1024, "largest HTTP request body in bytes")
     http_max_connections: int = _opt(1024, "most HTTP connections served at once")
     http_max_client_connections: int = _opt(128, "most HTTP connections from one client address at once; more "

@@ -1,7 +1,7 @@
 """The files the HTTP gateway reads while it runs: the tokens file
 (``http_tokens``, reloaded by its watch and on SIGHUP) and the TLS
-certificate, key and CA (``http_cert``, ``http_key``, ``http_ca``, the first
-two reloaded on SIGHUP).
+certificate, key and CA (``http_cert``, ``http_key``, ``http_ca``, all three
+reloaded on SIGHUP; ``http_ca`` only since 2026-12-05).
 
 * Each is read without blocking and must be a regular file: a FIFO in its
   place is refused with one line, at start (the node does not start) and on
@@ -12,6 +12,8 @@ two reloaded on SIGHUP).
 * The gateway's certificate is refused when it is expired or not valid yet
   (at start: exit 2; on SIGHUP: the one in use is kept), and warned about
   when it expires within 14 days.
+* ``http_ca`` must hold a certificate OpenSSL loads (at start: the node
+  does not start; on SIGHUP: the CA certificates in use are kept).
 
 Certificates are made with the ``openssl`` command (installed by
 scripts/test); dated ones by ``openssl ca`` with ``-startdate``/``-enddate``.
@@ -392,3 +394,78 @@ def test_sighup_without_keys_says_what_it_reloads(make_http_node, certs, tmp_pat
     lines = [r.getMessage() for r in caplog.records if r.name == "miyaq.node.node" and "SIGHUP" in r.getMessage()]
     assert lines == [f"node {node.config.id}: SIGHUP: no authorized keys to read again (no --keys); reading the "
                      "HTTP tokens file and the HTTPS certificate and key again"]
+
+
+# -- http_ca on SIGHUP ----------------------------------------------------------------------
+def members_answer(node: NodeThread) -> dict[str, Any] | str:
+    """What the node's console gets when it asks the node's own HTTPS
+    gateway for ``/status`` as it asks other members (verified against
+    ``http_ca``): the JSON answer, or an error text."""
+    peers = node.call(lambda: node.node.part("gateway").console.peers)
+    return peers.call(f"https://127.0.0.1:{node.config.http_port}", "GET", "/status")
+
+
+def test_sighup_reloads_http_ca_and_a_bad_one_keeps_the_one_in_use(make_http_node, certs, tmp_path, caplog):
+    """Fault: ``http_ca`` was read once (at the console's first call to an
+    https member) and never again: a CA added for a member's new
+    certificate needed a restart, while the certificate, key and tokens
+    were reloaded on SIGHUP. Now SIGHUP loads it again, by the same rule as
+    the certificate: a file that does not load (not a certificate OpenSSL
+    takes, a FIFO) is refused with an ERROR and the CA certificates in use
+    stay."""
+    cert, key = copies(tmp_path, certs["year"])
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(certs["other"][0].read_bytes())         # trusts another certificate than the node's
+    node = make_http_node(http_cert=str(cert), http_key=str(key), http_ca=str(ca))
+    refused = members_answer(node)
+    assert isinstance(refused, str) and refused.startswith("unreachable"), refused
+    put((certs["year"][0],), (ca,))                        # now the node's own certificate
+    node.call(node.node.reload)
+    answer = members_answer(node)
+    assert isinstance(answer, dict) and answer["node"] == node.config.id, answer
+
+    ca.write_bytes(b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n")
+    with caplog.at_level(logging.INFO):
+        node.call(node.node.reload)
+    fifo_in_place(ca)
+    try:
+        with caplog.at_level(logging.INFO):
+            node.call(node.node.reload)
+    finally:
+        release(ca)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 2, errors
+    kept = "HTTPS CA certificates (http_ca) not reloaded (SIGHUP), keeping the ones in use: "
+    assert errors[0].startswith(f"{kept}http_ca {ca} holds no CA certificate OpenSSL can load: "), errors
+    assert errors[1] == f"{kept}http_ca {ca} is not a PEM file (a FIFO, not a regular file)"
+    answer = members_answer(node)
+    assert isinstance(answer, dict) and answer["node"] == node.config.id, answer
+
+
+def test_an_http_ca_openssl_cannot_load_is_refused_at_start(tmp_path):
+    """Fault: ``http_ca`` was only checked to be a PEM file at start; one
+    that OpenSSL could not load (a PEM block that is no certificate) was
+    accepted, and every console call to an https member then failed. Now
+    ``miyaq node`` refuses it: exit status 2, one line naming the file."""
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n")
+    with pytest.raises(ConfigError) as info:
+        tls.ca_file(str(ca))
+    assert info.value.message.startswith(f"http_ca {ca} holds no CA certificate OpenSSL can load: ")
+    done = subprocess.run([sys.executable, "-m", "miyaq.cli.main", "node", "--port", str(free_port()),
+                           "--http-port", str(free_port()), "--http-ca", str(ca)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [f"miyaq: error: {info.value.message}"], done.stderr
+
+
+def test_sighup_without_keys_names_http_ca_too(make_http_node, certs, tmp_path, caplog):
+    """SIGHUP's line on a node without ``--keys`` names ``http_ca`` among
+    the files it reads again, when the console (which uses it) is on."""
+    cert, key = copies(tmp_path, certs["year"])
+    node = make_http_node(http_cert=str(cert), http_key=str(key), http_ca=str(cert))
+    with caplog.at_level(logging.INFO, logger="miyaq.node.node"):
+        node.call(node.node.reload)
+    lines = [r.getMessage() for r in caplog.records if r.name == "miyaq.node.node" and "SIGHUP" in r.getMessage()]
+    assert lines == [f"node {node.config.id}: SIGHUP: no authorized keys to read again (no --keys); reading the "
+                     "HTTPS certificate and key and the CA certificates of http_ca again"]

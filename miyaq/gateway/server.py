@@ -182,19 +182,30 @@ class Gateway:
             self.wake(wall())
 
     def reload(self, reason: str) -> bool:
-        """SIGHUP: read ``http_tokens`` and the TLS certificate and key again;
-        whatever fails to load is kept as it was (and logged). True if all loaded."""
+        """SIGHUP: read ``http_tokens``, the TLS certificate and key, and
+        ``http_ca`` (the console's, :meth:`Peers.reload_ca`) again; each that
+        fails to load is kept as it was (and logged), the others are still
+        loaded. True if all loaded."""
         ok = self.reload_tokens(reason) if self.auth.tokens.path else True
         if self.tls is not None:
-            try:
-                self.tls = tls.server_context(self.config.http_cert, self.config.http_key)
-            except ConfigError as exc:
-                logger.error("HTTPS certificate not reloaded (%s), keeping the one in use: %s", reason, exc.message)
-                return False
-            if self.server is not None:
-                self.server.use_tls_context(self.tls)
-            logger.info("HTTPS certificate reloaded (%s) from %s", reason, self.config.http_cert)
+            ok = self.reload_certificate(reason) and ok
+        if self.console is not None:
+            ok = self.console.peers.reload_ca(reason) and ok
         return ok
+
+    def reload_certificate(self, reason: str) -> bool:
+        """Load ``http_cert`` and ``http_key`` again for connections accepted
+        from now on; the certificate in use stays if they do not load."""
+        try:
+            context = tls.server_context(self.config.http_cert, self.config.http_key)
+        except ConfigError as exc:
+            logger.error("HTTPS certificate not reloaded (%s), keeping the one in use: %s", reason, exc.message)
+            return False
+        self.tls = context
+        if self.server is not None:
+            self.server.use_tls_context(context)
+        logger.info("HTTPS certificate reloaded (%s) from %s", reason, self.config.http_cert)
+        return True
 
     def reload_tokens(self, reason: str) -> bool:
         """Read ``http_tokens`` again; the previous tokens stay if it fails."""

@@ -10,6 +10,12 @@ yet), so a node that cannot serve TLS refuses to start rather than serve
 plain HTTP. The node loads them again on SIGHUP (a renewed certificate)
 into a new context; a load that fails keeps the one in use.
 
+:func:`ca_context` loads ``http_ca`` (the CA certificates the console
+trusts when it calls other members' HTTPS gateways) into a client context
+the same way: a file that does not load stops the node at start, and on
+SIGHUP keeps the context in use (before 2026-12-05 it was read once, on
+the first call to an https member, and never again).
+
 The files are read in the hub: each is first read without blocking and
 must be a regular file of at most ``MAX_PEM_BYTES``
 (:func:`~miyaq.runtime.small_files.read_small_file`), so a FIFO in its
@@ -33,6 +39,7 @@ import ssl
 
 from miyaq.errors import ConfigError
 from miyaq.runtime import green, wall
+from miyaq.runtime.http import client_context
 from miyaq.runtime.small_files import read_small_file
 
 logger = logging.getLogger(__name__)
@@ -43,6 +50,7 @@ MAX_PEM_BYTES = 4 * 1024 * 1024
 EXPIRY_WARNING_DAYS = 14
 """A certificate loaded (at start or on SIGHUP) that expires within this many days is warned about."""
 
+_SSL_SOURCE = re.compile(r" \(_ssl\.c:\d+\)$")   # where in CPython an SSLError was raised: not the reader's
 _FIRST_CERTIFICATE = re.compile(rb"-----BEGIN (?:TRUSTED |X509 )?CERTIFICATE-----(.*?)-----END ", re.DOTALL)
 
 
@@ -189,9 +197,27 @@ def server_context(cert: str, key: str) -> ssl.SSLContext:
     return context
 
 
+def ca_context(path: str) -> ssl.SSLContext:
+    """A client context (cooperative, host names checked) that trusts the CA
+    certificates of the PEM file ``path`` (``http_ca``) and no others;
+    ConfigError naming the file if it is not a readable regular PEM file or
+    holds no certificate OpenSSL loads. Made at start and again on SIGHUP
+    (the console's :class:`~miyaq.gateway.console.peers.Peers`)."""
+    _read_pem(path, "http_ca")
+    try:
+        return client_context(path)
+    except ssl.SSLError as exc:
+        reason = getattr(exc, "reason", None) or _SSL_SOURCE.sub("", str(exc))
+        raise ConfigError(f"http_ca {path} holds no CA certificate OpenSSL can load: {reason}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read http_ca {path}: {exc.strerror or exc}") from None
+
+
 def ca_file(path: str) -> str:
-    """``path`` if it is a readable PEM file of CA certificates (a regular file,
-    read without blocking; ConfigError otherwise); "" stays ""."""
+    """``path`` if it is a readable PEM file of CA certificates that OpenSSL
+    loads (:func:`ca_context`; ConfigError otherwise); "" stays "". Before
+    2026-12-05 a file was only checked to be PEM, and one OpenSSL refused
+    failed every call to an https member instead of the node's start."""
     if path:
-        _read_pem(path, "http_ca")
+        ca_context(path)
     return path

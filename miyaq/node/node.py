@@ -17,8 +17,8 @@ gateway. Each part has the same small lifecycle (:class:`Part`).
 * SIGHUP: the authorized keys are read again (with keys,
   :meth:`miyaq.security.zap.ZapHandler.reload`): added keys connect,
   revoked ones are refused from their next message, without a restart; and
-  the gateway's HTTP tokens file (``http_tokens``) and its HTTPS certificate
-  and key likewise.
+  the gateway's HTTP tokens file (``http_tokens``), its HTTPS certificate
+  and key, and the CA certificates its console trusts (``http_ca``) likewise.
 """
 from __future__ import annotations
 
@@ -155,7 +155,7 @@ class Node:
                            self.id, self.core.running())
 
     def reload(self) -> None:
-        """SIGHUP: read the authorized keys, the HTTP tokens and the HTTPS certificate again."""
+        """SIGHUP: read the authorized keys, the HTTP tokens, the HTTPS certificate and http_ca again."""
         self.reload_keys()
         gateway = self.part("gateway")
         if gateway is not None:
@@ -166,11 +166,14 @@ class Node:
         when the directory could not be read (the previous set is kept)."""
         if self.keys is None:
             gateway = self.part("gateway")
+            console = gateway is not None and gateway.console is not None
             files = [what for what, given in (("the HTTP tokens file", self.config.http_tokens),
-                                               ("the HTTPS certificate and key", self.config.http_cert))
+                                               ("the HTTPS certificate and key", self.config.http_cert),
+                                               ("the CA certificates of http_ca", console and self.config.http_ca))
                      if given and gateway is not None]
+            listed = ", ".join(files[:-1]) + " and " + files[-1] if len(files) > 1 else "".join(files)
             logger.info("node %s: SIGHUP: no authorized keys to read again (no --keys); %s", self.id,
-                        f"reading {' and '.join(files)} again" if files else "nothing else to read again")
+                        f"reading {listed} again" if files else "nothing else to read again")
             return False
         return self.keys.reload("SIGHUP")
 

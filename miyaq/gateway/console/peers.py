@@ -11,6 +11,9 @@ at most that much and never breaks it; reads are cached for ``CACHE_TTL`` second
 The node's own ``http_token`` is sent: members of one cluster share it.
 An ``https://`` member is verified against ``http_ca`` (else the system's
 CA certificates), its certificate naming the host it advertises.
+``http_ca`` is loaded when the console is made and again on SIGHUP
+(:meth:`Peers.reload_ca`); a file that no longer loads keeps the CA
+certificates in use, with an ERROR saying why.
 Members are asked one after the other (a ring has a handful of members).
 """
 from __future__ import annotations
@@ -22,8 +25,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ... import __version__
+from ...errors import ConfigError
 from ...runtime import green, monotonic
 from ...runtime.http import client_context, connection, final_response
+from .. import tls
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +41,10 @@ MAX_INTERIM = 8                 # interim answers (103 Early Hints) read past
 
 class Peers:
     def __init__(self, token: str, ca: str = "") -> None:
+        """``ca``: the ``http_ca`` file, loaded now (ConfigError if it does not
+        load); "" trusts the system's CA certificates."""
         self.ca = ca
-        self._context: ssl.SSLContext | None = None
+        self._context: ssl.SSLContext | None = tls.ca_context(ca) if ca else None
         self.headers = {"User-Agent": f"miyaq-console/{__version__}", "Accept": "application/json"}
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
@@ -82,10 +89,29 @@ class Peers:
                 conn.close()
 
     def _tls(self) -> ssl.SSLContext:
-        """The TLS context for https members (``http_ca``, else the system's CAs), made on first use."""
+        """The TLS context for https members: ``http_ca``'s, else the system's
+        CAs (made on first use)."""
         if self._context is None:
-            self._context = client_context(self.ca or None)
+            self._context = client_context()
         return self._context
+
+    def reload_ca(self, reason: str) -> bool:
+        """Load ``http_ca`` again (SIGHUP): calls from now on trust the CA
+        certificates it holds now. A file that does not load (any fault
+        :func:`~miyaq.gateway.tls.ca_context` refuses) keeps the ones in
+        use and logs an ERROR saying why. True if loaded; also without
+        ``http_ca`` (nothing to load)."""
+        if not self.ca:
+            return True
+        try:
+            context = tls.ca_context(self.ca)
+        except ConfigError as exc:
+            logger.error("HTTPS CA certificates (http_ca) not reloaded (%s), keeping the ones in use: %s",
+                         reason, exc.message)
+            return False
+        self._context = context
+        logger.info("HTTPS CA certificates (http_ca) reloaded (%s) from %s", reason, self.ca)
+        return True
 
     def get(self, base: str, path: str) -> dict[str, Any] | str:
         """A cached GET (at most ``CACHE_TTL`` seconds old)."""
