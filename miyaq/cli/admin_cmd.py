@@ -87,6 +87,20 @@ def _shown(value: Any) -> str:
     return escape_controls(str(value))
 
 
+def _clock_time(value: Any) -> str:
+    """``value``, a unix time from an answer, as the local ``HH:MM:SS``, or
+    ``-`` when it is no time this machine can show (not a number, or out of
+    its ``localtime`` range): one odd row must not end the whole listing
+    (before 2026-12-05 an eta of 1e17, a copy moved by a peer's skewed
+    clock, ended ``miyaq tasks`` with a traceback)."""
+    if type(value) is not float and type(value) is not int:
+        return "-"
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(value))
+    except (OverflowError, OSError, ValueError):
+        return "-"
+
+
 def _print(obj: Any, as_json: bool) -> None:
     if as_json:
         print(json.dumps(obj, indent=2, sort_keys=True, default=str))
@@ -187,7 +201,7 @@ def run_tasks(args: argparse.Namespace) -> int:
             _print(tasks, True)
             return 0
         for t in tasks:
-            when = time.strftime("%H:%M:%S", time.localtime(t["eta"]))
+            when = _clock_time(t.get("eta"))
             print(f"{_shown(t['id'])}  {_shown(t['queue']):<12} {_shown(t['state']):<10} "
                   f"prio={_shown(t['priority']):<4} eta={when} attempt={_shown(t['attempt'])} "
                   f"{_shown(t.get('name') or t.get('url'))}")

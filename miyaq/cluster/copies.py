@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Callable
 
 from miyaq.cluster.holder_events import apply_early_event
-from miyaq.cluster.peer_requests import clock_shift
+from miyaq.cluster.peer_requests import EXPIRED_AT_ONCE, clock_shift, moved
 from miyaq.cluster.replicated_intake import is_resent
 from miyaq.cluster.sizes import EVENT_ALLOWANCE, outcome_size
 from miyaq.cluster.standby import describe
@@ -44,11 +44,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 _log = LogLimiter(logger)      # a full node refuses whole batches: a few lines a minute
-
-#: Where a copy's ``expires`` shifted to or before the epoch goes: still a
-#: deadline, long past (0.0 would mean "never expires").
-EXPIRED_AT_ONCE = 1.0
-
 
 
 class Copies:
@@ -373,15 +368,17 @@ def onto_this_clock(task: Task, shift: float) -> None:
     early, and a ``ttl`` is not eaten by the skew (before 2026-12-05 a task
     with a ttl shorter than the skew expired unrun on every holder whose
     clock was ahead of the accepting node's). ``expires`` 0.0 (never) stays
-    0.0; one moved to or before the epoch is :data:`EXPIRED_AT_ONCE`."""
+    0.0; one moved to or before the epoch is :data:`EXPIRED_AT_ONCE`, as is
+    a lease end. Every time stays in the range a stored time has
+    (:func:`~miyaq.cluster.peer_requests.moved`)."""
     if not shift:
         return
-    task.created += shift
-    task.eta += shift
+    task.created = moved(task.created, shift)
+    task.eta = moved(task.eta, shift)
     if task.expires:
-        task.expires = max(task.expires + shift, EXPIRED_AT_ONCE)
+        task.expires = moved(task.expires, shift, EXPIRED_AT_ONCE)
     if task.lease_end:
-        task.lease_end += shift
+        task.lease_end = moved(task.lease_end, shift, EXPIRED_AT_ONCE)
 
 
 def _not_started(state: str, task: Task, record: Mapping[str, Any]) -> bool:

@@ -61,7 +61,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Callable
 
 from miyaq.cluster.holder_events import STARTED_ELSEWHERE
-from miyaq.cluster.peer_requests import QUERY, clock_shift
+from miyaq.cluster.peer_requests import EXPIRED_AT_ONCE, QUERY, clock_shift, moved
 from miyaq.constants import MAX_QUERY, QUERY_TIMEOUT
 from miyaq.core.listener import EngineListener
 from miyaq.errors import InvalidField
@@ -221,7 +221,7 @@ class StandbyChecker(EngineListener):
                 try:
                     check_state_answer(state, self.role.config)
                     if shift and state[0] == RUNNING and len(state) > 3:
-                        state = [*state[:3], state[3] + shift, *state[4:]]    # its lease end, onto our clock
+                        state = [*state[:3], moved(state[3], shift, EXPIRED_AT_ONCE), *state[4:]]  # onto our clock
                     answers.append((holder, state))
                 except InvalidField as err:    # as if that holder had not answered
                     self.role.refusals.refuse("query", holder, err)

@@ -25,7 +25,7 @@ from miyaq.core.replicas import ReplicaCopies
 from miyaq.errors import Busy, InvalidField, NotFound, ShuttingDown
 from miyaq.logs import LogLimiter
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE
-from miyaq.protocol.recordspec import cut_error
+from miyaq.protocol.recordspec import MAX_ATTEMPT, cut_error
 from miyaq.store.table import Tombstone
 from miyaq.store.tally import Tally
 from miyaq.store.task import (
@@ -152,9 +152,14 @@ class Engine(ReplicaCopies):
             return task
 
     def start(self, task: Task, consumer: Any, now: float) -> None:
-        """Lease ``task`` (just taken) to ``consumer`` until now + timeout."""
+        """Lease ``task`` (just taken) to ``consumer`` until now + timeout. The
+        attempt count goes up by one, and stops at ``MAX_ATTEMPT`` -- only a
+        peer's record can bring a count near it (before 2026-12-05 a copy
+        sent at the largest count went past it when it ran, and the log's
+        records of that run were refused at the next start: the finished
+        task came back live)."""
         self._move(task, RUNNING)
-        task.attempt += 1
+        task.attempt = min(task.attempt + 1, MAX_ATTEMPT)
         note_lessee(task, task.attempt, consumer.principal)
         task.consumer = consumer
         task.lease_end = now + task.timeout

@@ -70,9 +70,15 @@ def check_time(value: Any, field: str) -> float:
     raise InvalidField(f"field {field!r} must be a time in unix seconds, 0 to {MAX_TIME:g}", field=field)
 
 
+#: The largest attempt count a node stores. The engine's count stops here
+#: (:meth:`miyaq.core.engine.Engine.start`): a copy a peer sent at this
+#: count and then run must still pass this check at the next replay.
+MAX_ATTEMPT = 2**31 - 1
+
+
 def check_attempt(value: Any, field: str = "attempt") -> int:
-    """An attempt count: an integer >= 0."""
-    if type(value) is not int or not 0 <= value <= 2**31 - 1:
+    """An attempt count: an integer, 0 to :data:`MAX_ATTEMPT`."""
+    if type(value) is not int or not 0 <= value <= MAX_ATTEMPT:
         raise InvalidField(f"field {field!r} must be an integer >= 0", field=field)
     return value
 

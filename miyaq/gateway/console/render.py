@@ -18,6 +18,7 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from ...errors import NotFound
+from ...protocol.recordspec import MAX_TIME
 from ...runtime import wall
 from ..request import Response
 
@@ -30,17 +31,29 @@ SECURITY_HEADERS = [("Content-Security-Policy", CSP), ("X-Content-Type-Options",
 HTML = "text/html; charset=utf-8"
 
 
-def _when(ts: float | None) -> str:
-    if not ts:
-        return "-"
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+def _moment(ts: Any) -> float | None:
+    """``ts`` if it is a time a page can print (unix seconds, above 0 and
+    up to ``MAX_TIME``), else None: a value a peer or a handler put in an
+    error map (``retry_at: "soon"``) or a time moved by a skewed clock must
+    print as ``-``, not fail the page (before 2026-12-05: a 500)."""
+    if type(ts) is not float and type(ts) is not int:
+        return None
+    return float(ts) if 0 < ts <= MAX_TIME else None
 
 
-def _ago(ts: float | None) -> str:
-    """``3.2 s ago`` / ``in 5 min`` relative to now."""
-    if not ts:
+def _when(ts: Any) -> str:
+    moment = _moment(ts)
+    if moment is None:
         return "-"
-    delta = wall() - ts
+    return datetime.fromtimestamp(moment, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _ago(ts: Any) -> str:
+    """``3.2 s ago`` / ``in 5 min`` relative to now; ``-`` for what is not a time."""
+    moment = _moment(ts)
+    if moment is None:
+        return "-"
+    delta = wall() - moment
     text = _span(abs(delta))
     return f"{text} ago" if delta >= 0 else f"in {text}"
 
