@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import logging
 import time
 
 import pytest
@@ -47,10 +48,13 @@ def stats(node) -> dict:
     return node.node.status(time.time())
 
 
-def test_stranger_without_a_key_gets_nothing(ctx, secure_node, keys):
+def test_stranger_without_a_key_gets_nothing(ctx, secure_node, keys, caplog):
     """Attack: a stranger on the network lists, receives, cancels, registers as a
     worker and reads results on the service port. Without a key (and with a key
-    of its own making) the handshake fails: no message reaches the node."""
+    of its own making) the handshake fails: no message reaches the node. The
+    refusal is logged as one on the service port (before 2026-12-05 the line
+    said the peer port, wherever the handshake came)."""
+    caplog.set_level(logging.WARNING, logger="miyaq.security.zap")
     plain = speaker(ctx, secure_node, keys, None)
     public, secret = zmq.curve_keypair()
     forged = Speaker(ctx, secure_node.endpoint, (public, secret, keys.server_public))
@@ -64,6 +68,8 @@ def test_stranger_without_a_key_gets_nothing(ctx, secure_node, keys):
     assert status["totals"]["workers"] == 0
     assert status["security"]["keys"] is True and status["security"]["handshakes_refused"] >= 1
     assert secure_node.node.core.endpoint.messages == 0     # nothing reached a handler
+    refusals = [r.getMessage() for r in caplog.records if "CURVE handshake" in r.getMessage()]
+    assert refusals and all(line.endswith("on the service port)") for line in refusals), refusals
 
 
 def test_each_role_is_refused_what_it_may_not_send(ctx, secure_node, keys):

@@ -108,9 +108,10 @@ class ZapHandler:
         self._refused_since_log += 1
         now = monotonic()
         if now - self._last_log >= LOG_EVERY:
-            logger.warning("refused %d CURVE handshake(s) from unknown keys or non-peer keys on the "
-                           "peer port (latest %s)",
-                           self._refused_since_log, bytes(public_z85).decode("ascii", "replace"))
+            logger.warning("refused %d CURVE handshake(s): keys this node does not know, or keys other "
+                           "than peers' on the peer port or stream (latest %s, on the %s)",
+                           self._refused_since_log, bytes(public_z85).decode("ascii", "replace"),
+                           "peer port or stream" if peer_only else "service port")
             self._refused_since_log = 0
             self._last_log = now
         return False
