@@ -69,6 +69,21 @@ def replicate(dealer: PeerDealer, records: list[dict[str, Any]], clock: Any) -> 
     return msgpack.unpackb(dealer.sock.recv_multipart()[2], raw=False)
 
 
+def replayed(peer: FakePeer, settings: dict[str, Any], task_id: str) -> dict[str, Any] | None:
+    """Start the node again on its log: ``task_id`` as the replay left it,
+    once the replay refused no record."""
+    node = start(peer, settings)
+    try:
+        service = ServiceDealer(node.endpoint)
+        try:
+            assert service.status()["records_refused"] == {}
+            return service.task(task_id)
+        finally:
+            service.close()
+    finally:
+        node.stop()
+
+
 def held_by(node: ThreadNode) -> list[str]:
     """The node's stored tasks that break the invariant every stored task
     keeps (read from the test's thread: the node is idle when asked)."""
@@ -111,16 +126,7 @@ def test_a_copy_moved_by_a_peers_far_off_clock_keeps_times_every_reader_and_the_
             assert admin_cmd._clock_time(stored[name])
     finally:
         node.stop()
-    again = start(peer, settings)
-    try:
-        service = ServiceDealer(again.endpoint)
-        try:
-            assert service.task("skewed") is not None, "the copy was refused by the replay"
-            assert service.status()["records_refused"] == {}
-        finally:
-            service.close()
-    finally:
-        again.stop()
+    assert replayed(peer, settings, "skewed") is not None, "the copy was refused by the replay"
 
 
 def test_a_copy_sent_at_the_largest_attempt_runs_and_its_outcome_survives_a_restart(peer, tmp_path, ctx):
@@ -169,17 +175,8 @@ def test_a_copy_sent_at_the_largest_attempt_runs_and_its_outcome_survives_a_rest
         assert held_by(node) == []
     finally:
         node.stop()
-    again = start(peer, settings)
-    try:
-        service = ServiceDealer(again.endpoint)
-        try:
-            task = service.task(task_id)
-            assert task is not None and task["state"] == "done", task
-            assert service.status()["records_refused"] == {}
-        finally:
-            service.close()
-    finally:
-        again.stop()
+    task = replayed(peer, settings, task_id)
+    assert task is not None and task["state"] == "done", task
 
 
 @pytest.mark.parametrize("value", ["soon", 1e17, -5.0, True, float("nan")])

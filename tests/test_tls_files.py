@@ -380,6 +380,14 @@ def test_validity_dates_are_read_from_the_leaf(certs, tmp_path):
 
 
 # -- SIGHUP without --keys ----------------------------------------------------------------
+
+def sighup_lines(node: NodeThread, caplog: Any) -> list[str]:
+    """What the node logs of a SIGHUP (its reload, run in the node's thread)."""
+    with caplog.at_level(logging.INFO, logger="miyaq.node.node"):
+        node.call(node.node.reload)
+    return [r.getMessage() for r in caplog.records if r.name == "miyaq.node.node" and "SIGHUP" in r.getMessage()]
+
+
 def test_sighup_without_keys_says_what_it_reloads(make_http_node, certs, tmp_path, caplog):
     """Fault: on a node without ``--keys`` SIGHUP logged "SIGHUP ignored (no
     --keys)", then reloaded the tokens and the certificate all the same. Now
@@ -389,11 +397,9 @@ def test_sighup_without_keys_says_what_it_reloads(make_http_node, certs, tmp_pat
     os.chmod(path, 0o600)
     cert, key = copies(tmp_path, certs["year"])
     node = make_http_node(http_tokens=str(path), http_cert=str(cert), http_key=str(key))
-    with caplog.at_level(logging.INFO, logger="miyaq.node.node"):
-        node.call(node.node.reload)
-    lines = [r.getMessage() for r in caplog.records if r.name == "miyaq.node.node" and "SIGHUP" in r.getMessage()]
-    assert lines == [f"node {node.config.id}: SIGHUP: no authorized keys to read again (no --keys); reading the "
-                     "HTTP tokens file and the HTTPS certificate and key again"]
+    assert sighup_lines(node, caplog) == [
+        f"node {node.config.id}: SIGHUP: no authorized keys to read again (no --keys); reading the "
+        "HTTP tokens file and the HTTPS certificate and key again"]
 
 
 # -- http_ca on SIGHUP ----------------------------------------------------------------------
@@ -464,8 +470,6 @@ def test_sighup_without_keys_names_http_ca_too(make_http_node, certs, tmp_path, 
     the files it reads again, when the console (which uses it) is on."""
     cert, key = copies(tmp_path, certs["year"])
     node = make_http_node(http_cert=str(cert), http_key=str(key), http_ca=str(cert))
-    with caplog.at_level(logging.INFO, logger="miyaq.node.node"):
-        node.call(node.node.reload)
-    lines = [r.getMessage() for r in caplog.records if r.name == "miyaq.node.node" and "SIGHUP" in r.getMessage()]
-    assert lines == [f"node {node.config.id}: SIGHUP: no authorized keys to read again (no --keys); reading the "
-                     "HTTPS certificate and key and the CA certificates of http_ca again"]
+    assert sighup_lines(node, caplog) == [
+        f"node {node.config.id}: SIGHUP: no authorized keys to read again (no --keys); reading the "
+        "HTTPS certificate and key and the CA certificates of http_ca again"]
