@@ -315,6 +315,7 @@ class FakeProducer:
     run: its record is written as a worker would."""
 
     pid = os.getpid()
+    lost = None
 
     def __init__(self, records_dir: str, takes: float = 0.0, runs: bool = True) -> None:
         self.records_dir = records_dir

@@ -201,7 +201,8 @@ class FakeDriver:
         self.fail_at = fail_at
         self.accepted = 0
 
-    def submit(self, task_id: str, body: bytes, wait: bool, countdown: float | None) -> None:
+    def submit(self, task_id: str, body: bytes, wait: bool, countdown: float | None,
+               timeout: float) -> None:
         if self.fail_at is not None and len(self.calls) == self.fail_at:
             raise MiyaqError("the node refused")
         self.calls.append(("confirmed" if wait else "submit", task_id))

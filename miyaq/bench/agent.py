@@ -13,6 +13,10 @@ one JSON command per line from stdin and answers each with one JSON line:
     per second on the monotonic clock; a submit behind schedule goes at
     once), ``confirmed`` (``submit(..., wait=True)`` one at a time) or
     ``call`` (``call()`` one at a time: submit and wait for the result).
+    The load ends by S seconds: each submit (and call) may wait only what
+    is left of them -- a node that stalls makes the submit fail with a
+    timeout in time for the bench to read the answer, not after the
+    client's own ``submit_timeout``.
     Each submit's ``time.time()``, read just before the call, is written to
     PATH as native doubles (``array('d')``). Answers with what was
     submitted and accepted, when, and the CPU seconds this process used
@@ -42,13 +46,12 @@ import time  # noqa: E402
 from array import array  # noqa: E402
 from typing import Any, Protocol  # noqa: E402
 
-DEADLINE_CHECK_EVERY = 256
-
 
 class Driver(Protocol):
     """How the agent talks to one system (miyaq's Client, or the bare relay)."""
 
-    def submit(self, task_id: str, body: bytes, wait: bool, countdown: float | None) -> None: ...
+    def submit(self, task_id: str, body: bytes, wait: bool, countdown: float | None,
+               timeout: float) -> None: ...
     def call(self, task_id: str, body: bytes, timeout: float) -> None: ...
     def flush(self, timeout: float) -> int: ...
     def cancel(self, task_id: str) -> bool: ...
@@ -75,7 +78,13 @@ class MiyaqDriver:
                     raise
                 time.sleep(0.05)
 
-    def submit(self, task_id: str, body: bytes, wait: bool, countdown: float | None) -> None:
+    def submit(self, task_id: str, body: bytes, wait: bool, countdown: float | None,
+               timeout: float) -> None:
+        """Submit, waiting at most ``timeout`` seconds for room in the window
+        and, with ``wait``, for the acknowledgement: the client's
+        ``submit_timeout`` is set to it (the public attribute each submit
+        reads; a per-call argument older builds do not have)."""
+        self.client.submit_timeout = timeout
         if countdown:
             handle = self.client.submit(self.name, (body,), id=task_id, wait=wait, queue=self.queue,
                                         countdown=countdown)
@@ -85,6 +94,7 @@ class MiyaqDriver:
             self.handles.append(handle)
 
     def call(self, task_id: str, body: bytes, timeout: float) -> None:
+        self.client.submit_timeout = timeout
         self.client.call(self.name, (body,), id=task_id, timeout=timeout, queue=self.queue)
 
     def flush(self, timeout: float) -> int:
@@ -133,14 +143,15 @@ def load(driver: Driver, cmd: dict[str, Any]) -> dict[str, Any]:
                 delay = t0 + i / rate - now
                 if delay > 0:
                     time.sleep(min(delay, deadline - now))
-            elif i % DEADLINE_CHECK_EVERY == 0 and monotonic() >= deadline:
+            left = deadline - monotonic()
+            if left <= 0:
                 break
             times.append(wall())
             if mode == "call":
-                driver.call(f"{tag}-{i}", body, max(0.1, deadline - monotonic()))
+                driver.call(f"{tag}-{i}", body, left)
                 accepted_inline += 1
             else:
-                driver.submit(f"{tag}-{i}", body, mode == "confirmed", countdown)
+                driver.submit(f"{tag}-{i}", body, mode == "confirmed", countdown, left)
                 accepted_inline += mode == "confirmed"
             submitted = i + 1
     except Exception as exc:   # a driver's error ends the load; it is reported

@@ -24,9 +24,14 @@ producer                   ``["T", id, name, body, want_result]``      ``["A", i
                                                                        if ``want_result``
 worker                     ``["W", credit]`` (ready)                   tasks, up to credit
 relay -> worker            ``["T", id, name, body]``                   ``["D", id, result]``
-anyone                     ``["S"]``                                   ``["S", received, done,
-                                                                       workers]``
+anyone                     ``["S", seq]``                              ``["S", received, done,
+                                                                       workers, seq]``
 =========================  ==========================================  ===================
+
+``seq`` is the asker's number for the request, echoed so that it can
+tell this answer from one to an earlier request it stopped waiting for
+(:class:`~miyaq.bench.bare_client.RelayProbe`); a ``["S"]`` without one is
+answered without one.
 
 ``body`` is the producer's msgpack ``[args, kwargs]``, as miyaq's client
 packs it; the worker decodes it and calls the handler, whose first line
@@ -141,7 +146,7 @@ def relay(bind: str, hub: bool = False) -> None:
                 workers.add(ident)
                 ready.extend([ident] * int(msg[1]))
             elif kind == "S":
-                send([ident, pack(["S", received, done, len(workers)])])
+                send([ident, pack(["S", received, done, len(workers), *msg[1:2]])])
             while queue and ready:
                 send([ready.popleft(), pack(queue.popleft())])
     finally:

@@ -4,7 +4,7 @@
 ``miyaq.Client``: one DEALER, one message per task, no batching. Pipelined
 submits keep at most ``window`` unacknowledged (as the client's window
 does) and read acks as they come; a confirmed submit waits for its ack; a
-call waits for the task's result. :func:`relay_stats` asks a relay how many
+call waits for the task's result. :class:`RelayProbe` asks a relay how many
 tasks it received and saw done (the bench's drain check).
 """
 from __future__ import annotations
@@ -33,16 +33,17 @@ class BareDriver:
         self._stats(connect_timeout)          # the relay answers: connected
 
     def _stats(self, timeout: float) -> list[Any]:
-        self.sock.send(self._pack(["S"]))
+        self.sock.send(self._pack(["S", 0]))
+        deadline = time.monotonic() + timeout
         while True:
-            msg = self._recv(timeout)
+            msg = self._recv(max(0.0, deadline - time.monotonic()))
             if msg[0] == "S":
                 return msg
 
     def _recv(self, timeout: float | None) -> list[Any]:
         """The next message; counts acks. Raises Timeout."""
         if timeout is not None and not self.sock.poll(max(0, int(timeout * 1000))):
-            raise Timeout(f"the relay did not answer within {timeout:g}s")
+            raise Timeout(f"the relay did not answer within {timeout:.1f}s")
         msg: list[Any] = msgpack.unpackb(self.sock.recv(), raw=False)
         if msg[0] == "A":
             self.in_flight -= 1
@@ -64,18 +65,26 @@ class BareDriver:
         self.sock.send(self._pack(["T", task_id, TASK_NAME, body, want_result]))
         self.in_flight += 1
 
-    def submit(self, task_id: str, body: bytes, wait: bool, countdown: float | None) -> None:
+    def submit(self, task_id: str, body: bytes, wait: bool, countdown: float | None,
+               timeout: float) -> None:
+        """Send one task; with ``wait``, until its ack, else while the window
+        is full, wait at most ``timeout`` seconds (raises Timeout)."""
         if countdown:
             raise MiyaqError("the bare baseline has no timers (countdown)")
         if wait:
             self._send(task_id, body, False)
-            while self.in_flight:
-                self._recv(30.0)
+            self._wait_acks(0, timeout)
             return
         self._drain()
-        while self.in_flight >= self.window:
-            self._recv(30.0)
+        if self.in_flight >= self.window:
+            self._wait_acks(self.window - 1, timeout)
         self._send(task_id, body, False)
+
+    def _wait_acks(self, most: int, timeout: float) -> None:
+        """Read messages until at most ``most`` tasks await their ack. Raises Timeout."""
+        deadline = time.monotonic() + timeout
+        while self.in_flight > most:
+            self._recv(max(0.0, deadline - time.monotonic()))
 
     def call(self, task_id: str, body: bytes, timeout: float) -> None:
         self._send(task_id, body, True)
@@ -86,9 +95,7 @@ class BareDriver:
                 return
 
     def flush(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while self.in_flight > 0:
-            self._recv(max(0.0, deadline - time.monotonic()))
+        self._wait_acks(0, timeout)
         return self.accepted
 
     def cancel(self, task_id: str) -> bool:
@@ -105,14 +112,27 @@ class RelayProbe:
         self.factory = SocketFactory(green=False, io_threads=NORMAL)
         self.sock = self.factory.dealer(endpoint)
         self._pack = msgpack.Packer(use_bin_type=True).pack
+        self._seq = 0
 
     def stats(self, timeout: float = 2.0) -> tuple[int, int, int]:
-        """(tasks received, tasks done, workers registered) so far. Raises Timeout."""
-        self.sock.send(self._pack(["S"]))
-        if not self.sock.poll(int(timeout * 1000)):
-            raise Timeout(f"the bare relay did not answer within {timeout:g}s")
-        msg = msgpack.unpackb(self.sock.recv(), raw=False)
-        return int(msg[1]), int(msg[2]), int(msg[3])
+        """(tasks received, tasks done, workers registered) as the relay
+        counted them after this request. Raises Timeout. Each request
+        carries a number the relay echoes: the answer to an earlier request
+        that timed out, arriving late, is skipped, never taken for this
+        one's (a slow relay start once made the first drain check read the
+        counts from before the phase). An answer without a number (a relay
+        of a build that echoes none) is taken as it comes."""
+        self._seq += 1
+        seq = self._seq
+        self.sock.send(self._pack(["S", seq]))
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.sock.poll(max(1, int(left * 1000))):
+                raise Timeout(f"the bare relay did not answer within {timeout:g}s")
+            msg = msgpack.unpackb(self.sock.recv(), raw=False)
+            if msg[0] == "S" and msg[4:5] in ([seq], []):   # [] : a relay that echoes no number
+                return int(msg[1]), int(msg[2]), int(msg[3])
 
     def close(self) -> None:
         self.factory.close()

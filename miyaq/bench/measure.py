@@ -108,17 +108,23 @@ def run_system(system: System, producer_for: Callable[[System], Producer], phase
     ``idle`` seconds of idle CPU, then run ``phases`` (all of them within
     ``timeout`` seconds: the idle measurement is not part of it), read the
     records. A phase the timeout left no time for is measured as not run,
-    with an error. With ``profile``, each phase runs under py-spy
-    (:mod:`miyaq.bench.profile`)."""
+    with an error. A producer that fails a phase (exits, stalls past the
+    phase's deadline and the :data:`~miyaq.bench.producer.SLACK`, or cannot
+    be written to) is that phase's error; it is killed, and the phases after
+    it are measured as not run. With ``profile``, each phase runs under
+    py-spy (:mod:`miyaq.bench.profile`)."""
     system.start()
     producer = producer_for(system).start(max(1.0, start_deadline - time.monotonic()))
     pids = dict(system.pids(), producer=producer.pid)
     idle_result = measure_idle(pids, idle) if idle > 0 else None
     deadline = time.monotonic() + timeout
-    outcomes: list[PhaseRun | Phase] = []      # a bare Phase: not run
+    outcomes: list[PhaseRun | tuple[Phase, str]] = []      # (phase, why): not run
     for phase in phases:
+        if producer.lost is not None:
+            outcomes.append((phase, "not run: the producer failed in an earlier phase"))
+            continue
         if time.monotonic() >= deadline:
-            outcomes.append(phase)
+            outcomes.append((phase, f"not run: the --timeout of {timeout:g} s had passed before it could start"))
             continue
         profilers = None
         if profile is not None:
@@ -138,7 +144,7 @@ def run_system(system: System, producer_for: Callable[[System], Producer], phase
     system.stop_workers()
     records = read_records(system.records_dir, "")
     return SystemRun([measurement(system.kind, o, records) if isinstance(o, PhaseRun)
-                      else not_run(system.kind, o, timeout) for o in outcomes], idle_result,
+                      else not_run(system.kind, *o) for o in outcomes], idle_result,
                      system.endpoint, peak)
 
 
@@ -165,6 +171,8 @@ def _run_phase(system: System, producer: Producer, pids: dict[str, int], phase: 
     try:
         answer, times = producer.load(times_path, max(0.1, deadline - time.monotonic()), mode=phase.mode,
                                       tag=tag, tasks=phase.tasks, payload=payload, rate=phase.rate)
+    except MiyaqError as err:      # exited, stalled, gone: this phase's error, not the run's end
+        answer, times = {"errors": [f"the producer failed, so nothing it submitted is counted: {err.message}"]}, []
     finally:
         if progress is not None:
             progress.stop()
@@ -261,9 +269,10 @@ def measurement(kind: str, run: PhaseRun, records: Records) -> dict[str, Any]:
     }
 
 
-def not_run(kind: str, phase: Phase, timeout: float) -> dict[str, Any]:
-    """The measurement of a phase the timeout left no time to start: nothing
-    submitted, no figure, one error (so the run does not pass for complete)."""
+def not_run(kind: str, phase: Phase, why: str) -> dict[str, Any]:
+    """The measurement of a phase that could not start (the timeout left no
+    time, the producer failed before it): nothing submitted, no figure, one
+    error, ``why`` (so the run does not pass for complete)."""
     return {
         "system": kind, "phase": phase.name, "mode": phase.mode, "rate": phase.rate,
         "submitted": 0, "accepted": 0, "completed": 0,
@@ -271,7 +280,7 @@ def not_run(kind: str, phase: Phase, timeout: float) -> dict[str, Any]:
         "latency": {"submit_to_start_ms": None, "submit_to_done_ms": None},
         "cpu_seconds": {}, "cpu_us_per_task": None, "main_thread_cpu_us_per_task": None,
         "wakeups_per_task": None, "duplicates": 0, "cluster_events": None,
-        "errors": [f"not run: the --timeout of {timeout:g} s had passed before it could start"],
+        "errors": [why],
     }
 
 

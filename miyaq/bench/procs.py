@@ -70,6 +70,14 @@ class Child:
         return (f"{self.name} (pid {self.pid}) exited with status {self.proc.returncode}; "
                 f"last lines of its output:\n{self.log_tail() or '(none)'}")
 
+    def kill(self) -> None:
+        """SIGKILL the child (stopped or not) and reap it. Never raises."""
+        _signal(self, signal.SIGKILL)
+        try:
+            self.proc.wait(5.0)
+        except subprocess.TimeoutExpired:
+            logger.error("%s (pid %d) survived SIGKILL", self.name, self.pid)
+
     def close_log(self) -> None:
         if not self._log.closed:
             self._log.close()

@@ -5,6 +5,8 @@ the bench), waits for its ``ready`` line and sends it one command at a
 time, each answer read with a deadline. A producer that exits or stays
 silent past the deadline raises :class:`~miyaq.errors.MiyaqError` naming
 its log, so a broken client shows as a message, never as a hung bench.
+It is then killed and :attr:`Producer.lost` says why: an answer it might
+still write would be taken for the next command's, so it gets none.
 """
 from __future__ import annotations
 
@@ -39,6 +41,8 @@ class Producer:
                      "--queue", queue, "--name", name]
         self.child: Child | None = None
         self._buffer = b""
+        #: Why the producer takes no more commands (it failed one); None while it is usable.
+        self.lost: str | None = None
 
     @property
     def pid(self) -> int:
@@ -53,20 +57,31 @@ class Producer:
         return self
 
     def command(self, cmd: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """Send one command and return its answer."""
+        """Send one command and return its answer, read within ``timeout`` +
+        :data:`SLACK` seconds. A producer that is gone, exits, or does not
+        answer in time raises MiyaqError, is killed, and is :attr:`lost`
+        (every later command raises at once)."""
         assert self.child is not None and self.child.proc.stdin is not None
+        if self.lost is not None:
+            raise MiyaqError(f"the producer is unusable: {self.lost}")
         try:
-            self.child.proc.stdin.write((json.dumps(cmd) + "\n").encode())
-            self.child.proc.stdin.flush()
-        except OSError as exc:
-            raise MiyaqError(f"the producer is gone ({exc}): {self.child.describe_exit()}") from None
-        return self._read(timeout + SLACK)
+            try:
+                self.child.proc.stdin.write((json.dumps(cmd) + "\n").encode())
+                self.child.proc.stdin.flush()
+            except OSError as exc:
+                self.child.kill()
+                raise MiyaqError(f"the producer is gone ({exc}): {self.child.describe_exit()}") from None
+            return self._read(timeout + SLACK)
+        except MiyaqError as err:
+            self.lost = err.message
+            self.child.kill()
+            raise
 
     def load(self, times_path: str, timeout: float, **cmd: Any) -> tuple[dict[str, Any], list[float]]:
         """A ``load`` command; returns its answer and the submit times."""
-        answer = self.command({"op": "load", "times": times_path, "seconds": timeout, **cmd}, timeout)
         times = array("d")
         try:
+            answer = self.command({"op": "load", "times": times_path, "seconds": timeout, **cmd}, timeout)
             with open(times_path, "rb") as fh:
                 times.frombytes(fh.read())
         finally:
