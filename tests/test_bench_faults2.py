@@ -1,6 +1,9 @@
 """``miyaq bench`` under the faults of a second audit: a bare relay's late
 answer taken for the next drain check, a producer that stalls or exits
-mid-phase (and a node that stalls under a producer's submit). Each test names the fault it simulates;
+mid-phase (and a node that stalls under a producer's submit), and option
+combinations that measured nothing or the wrong thing (``--connect`` with a
+baseline or ``--idle``, ``--delayed`` with options it ignores, sizes the
+started processes would refuse). Each test names the fault it simulates;
 real processes only where the fault is theirs, every one stopped. No
 timing assertions."""
 from __future__ import annotations
@@ -27,7 +30,7 @@ from miyaq.bench.measure import Phase, run_system
 from miyaq.bench.procs import ProcessGroup
 from miyaq.bench.producer import Producer
 from miyaq.cli import bench_cmd
-from miyaq.errors import Timeout
+from miyaq.errors import ConfigError, Timeout
 from miyaq.testing.ports import free_port
 
 pytestmark = [pytest.mark.timeout(150), pytest.mark.loads_cpu]
@@ -309,3 +312,48 @@ def producer_pid(bench: int) -> int | None:
         except OSError:
             continue
     return None
+
+
+# -- 4. options that measured nothing, or the wrong thing ---------------------------------------
+
+@pytest.mark.parametrize("option", [["--baseline"], ["--baseline-gevent"], ["--idle", "2"]])
+def test_connect_with_a_baseline_or_idle_is_refused(option):
+    """Fault: ``--connect`` with ``--baseline`` (or ``--baseline-gevent``,
+    ``--idle``): the given node's CPU is not read, so miyaq's total left it
+    out and compared as cheaper than the relay with its relay (0.84x where
+    miyaq cost more). Now a usage error before anything starts."""
+    with pytest.raises(ConfigError) as err:
+        bench_cmd.check(parse("--connect", "tcp://127.0.0.1:9", *option))
+    assert option[0] in err.value.message and "--connect" in err.value.message
+
+
+@pytest.mark.parametrize("option", [
+    ["--keys"], ["--repeat", "3"], ["--fsync", "always"], ["--idle", "2"], ["--workers", "4"],
+    ["--profile", "/nonexistent/profiles"], ["--concurrency", "8"], ["--tasks", "10"], ["--pool", "threads"],
+    ["--compare-python", sys.executable], ["--task-ms", "5"],
+])
+def test_delayed_refuses_the_options_it_would_ignore(option):
+    """Fault: ``--delayed`` with an option it does not use (before: silently
+    ignored, the run looked configured when it was not)."""
+    with pytest.raises(ConfigError) as err:
+        bench_cmd.check(parse("--delayed", "10", *option))
+    assert "--delayed" in err.value.message and option[0] in err.value.message
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--workers", "1025"], "--workers must be 1..1024"),
+    (["--cluster", "17"], "--cluster must be 2..16"),
+    (["--concurrency", "10001"], "concurrency must be 1..10,000"),
+    (["--concurrency", "8", "--prefetch", "200000"], "concurrency + prefetch must be at most 100,000"),
+])
+def test_sizes_the_processes_would_refuse_are_refused_before_the_run(argv, words):
+    """Fault: a size the started processes refuse (a worker's concurrency
+    cap, a cluster's MAX_REPLICAS) -- before: found out after the node (or
+    the ZooKeeper) had started, as a child that exited."""
+    with pytest.raises(ConfigError) as err:
+        bench_cmd.check(parse(*argv))
+    assert words in err.value.message
+
+
+def test_the_largest_sizes_pass_the_checks():
+    bench_cmd.check(parse("--workers", "1024", "--cluster", "16", "--concurrency", "10000"))

@@ -5,9 +5,17 @@ import argparse
 import dataclasses
 import sys
 
+from ..config import MAX_REPLICAS
 from ..errors import ConfigError
-from ..worker.config import POOLS
+from ..worker.config import MAX_PROCESSES, POOLS, WorkerConfig
 from . import numbers
+
+#: Worker processes the bench starts at most (``--workers``): the cap of one
+#: ``miyaq worker --processes``.
+MAX_WORKERS = MAX_PROCESSES
+DEFAULT_WORKERS = 2
+DEFAULT_CONCURRENCY = 64
+DEFAULT_TASKS = 20_000
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,16 +27,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "peak RSS. --baseline runs the same workload through a bare ZeroMQ relay in the same run "
         "and prints miyaq's figures as ratios to it (docs/performance.md). Exit status: 0 when "
         "every task completed, 1 when the run finished with errors, 2 when it could not start."))
-    p.add_argument("--workers", "-w", type=numbers.positive, default=2, help="worker processes [default 2]")
-    p.add_argument("--concurrency", "-c", type=numbers.positive, default=64,
-                   help="tasks run at once per worker process [default 64: the tasks are no-ops; "
-                        "the worker's own default is 8]")
+    p.add_argument("--workers", "-w", type=numbers.positive, default=DEFAULT_WORKERS,
+                   help=f"worker processes [default {DEFAULT_WORKERS}; at most {MAX_WORKERS}]")
+    p.add_argument("--concurrency", "-c", type=numbers.positive, default=DEFAULT_CONCURRENCY,
+                   help=f"tasks run at once per worker process [default {DEFAULT_CONCURRENCY}: the tasks are "
+                        f"no-ops; the worker's own default is 8; at most the worker's cap, 10000]")
     p.add_argument("--prefetch", type=numbers.nonnegative, default=None,
                    help="the workers' --prefetch (tasks held beyond concurrency; default: theirs, = "
                         "concurrency); the bare relay's workers grant the same credit, concurrency + "
                         "prefetch")
-    p.add_argument("--tasks", "-n", type=numbers.positive, default=20_000,
-                   help="tasks to submit per phase [default 20000]")
+    p.add_argument("--tasks", "-n", type=numbers.positive, default=DEFAULT_TASKS,
+                   help=f"tasks to submit per phase [default {DEFAULT_TASKS}]")
     p.add_argument("--payload", "-s", type=numbers.nonnegative, default=100,
                    help="payload bytes per task [default 100; at most the node's max_payload less 8, "
                         "1048568 for the node the bench starts]")
@@ -42,11 +51,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also run the bare relay and workers waiting for messages in a gevent hub, as "
                         "miyaq's node and workers do; print ratios to it (what the runtime costs)")
     p.add_argument("--cluster", type=numbers.nonnegative, default=0, metavar="N",
-                   help="also run a cluster of N nodes (a ZooKeeper started by the bench, replicas N, "
-                        "min_acks N) and print its ratios to a single node")
+                   help=f"also run a cluster of N nodes (a ZooKeeper started by the bench, replicas N, "
+                        f"min_acks N; N at most {MAX_REPLICAS}) and print its ratios to a single node")
     p.add_argument("--delayed", type=numbers.nonnegative, default=0, metavar="N",
                    help="memory mode: hold N delayed tasks; report RSS per task and the cost of "
-                        "scheduling and cancelling with the table nearly empty and full")
+                        "scheduling and cancelling with the table nearly empty and full (with --payload, "
+                        "--timeout, --python and --json only)")
     p.add_argument("--idle", type=numbers.seconds, default=0.0, metavar="SECONDS",
                    help="first measure the CPU of the idle system for SECONDS")
     p.add_argument("--repeat", type=numbers.positive, default=1, help="run every system this many times, in turns")
@@ -63,7 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile-format", choices=("flamegraph", "raw", "speedscope"), default="flamegraph",
                    help="py-spy output: flame graph SVG, collapsed stacks or speedscope [default flamegraph]")
     p.add_argument("--connect", default=None,
-                   help="use the node at this endpoint instead of starting one (peak RSS: n/a)")
+                   help="use the node at this endpoint instead of starting one (its CPU and peak RSS are "
+                        "not read: not with --baseline, --baseline-gevent or --idle)")
     p.add_argument("--fsync", choices=("always", "interval", "never"), default=None,
                    help="start the node with a durable log in a temporary --data-dir and this fsync "
                         "policy (default: no log, tasks in memory)")
@@ -96,11 +107,17 @@ def check(args: argparse.Namespace) -> None:
         raise ConfigError("--confirmed submits one at a time; it takes no --rate")
     if args.connect and (args.cluster or args.python or args.compare_python):
         raise ConfigError("--cluster, --python and --compare-python start nodes; not with --connect")
+    if args.connect and (args.baseline or args.baseline_gevent or args.idle):
+        raise ConfigError("--baseline, --baseline-gevent and --idle count the CPU of the node, which is not "
+                          "the bench's to read with --connect: miyaq's total would leave it out and its "
+                          "ratio to the relay would flatter miyaq; run them on the node the bench starts")
     work_of(args)
-    if args.delayed and (args.baseline or args.baseline_gevent or args.cluster or args.confirmed
-                         or args.rate or args.connect):
-        raise ConfigError("--delayed is a mode of its own: no --baseline, --baseline-gevent, --cluster, "
-                          "--confirmed, --rate or --connect")
+    if args.delayed:
+        ignored = delayed_ignores(args)
+        if ignored:
+            raise ConfigError(f"--delayed is a mode of its own (it takes --payload, --timeout, --python and "
+                              f"--json): not with {', '.join(ignored)}")
+    check_caps(args)
     if not args.connect:      # the bench's own nodes; a given one is asked once reached (bench.fleet)
         from ..bench.producer import PAYLOAD_ENVELOPE, largest_payload
         largest = largest_payload(default_max_payload())
@@ -117,6 +134,40 @@ def check(args: argparse.Namespace) -> None:
         from ..bench.profile import find_py_spy, prepare_directory
         find_py_spy()
         prepare_directory(args.profile)
+
+
+def delayed_ignores(args: argparse.Namespace) -> list[str]:
+    """The options given with ``--delayed`` that it would not use (an option
+    at its default counts as not given)."""
+    given = {
+        "--workers": args.workers != DEFAULT_WORKERS, "--concurrency": args.concurrency != DEFAULT_CONCURRENCY,
+        "--prefetch": args.prefetch is not None, "--tasks": args.tasks != DEFAULT_TASKS,
+        "--rate": args.rate is not None, "--confirmed": args.confirmed, "--baseline": args.baseline,
+        "--baseline-gevent": args.baseline_gevent, "--cluster": bool(args.cluster), "--idle": bool(args.idle),
+        "--repeat": args.repeat != 1, "--compare-python": args.compare_python is not None, "--keys": args.keys,
+        "--profile": args.profile is not None, "--connect": args.connect is not None,
+        "--fsync": args.fsync is not None, "--pool": args.pool is not None,
+        "--task-ms": args.task_ms is not None, "--cpu-ms": args.cpu_ms is not None,
+    }
+    return [option for option, present in given.items() if present]
+
+
+def check_caps(args: argparse.Namespace) -> None:
+    """ConfigError for a size the run's processes would refuse once started:
+    ``--workers`` over :data:`MAX_WORKERS`, ``--cluster`` over MAX_REPLICAS
+    (its nodes run ``--replicas N``), ``--concurrency`` (with ``--prefetch``)
+    over what a worker takes."""
+    if args.workers > MAX_WORKERS:
+        raise ConfigError(f"--workers must be 1..{MAX_WORKERS}, not {args.workers:,}")
+    if args.cluster > MAX_REPLICAS:
+        raise ConfigError(f"--cluster must be 2..{MAX_REPLICAS} (its nodes hold every task: --replicas N, "
+                          f"at most {MAX_REPLICAS}), not {args.cluster:,}")
+    try:
+        WorkerConfig(concurrency=args.concurrency, prefetch=args.prefetch, pool=args.pool or "gevent")
+    except ConfigError as err:
+        raise ConfigError(f"--concurrency {args.concurrency}"
+                          f"{'' if args.prefetch is None else f' --prefetch {args.prefetch}'}: the workers "
+                          f"would refuse it: {err.message}") from None
 
 
 def default_max_payload() -> int:
