@@ -37,7 +37,7 @@ from miyaq.protocol.recordspec import (
 )
 from miyaq.runtime import wall
 from miyaq.protocol.commands import DUPLICATE
-from miyaq.store.task import CANCELLED, DEAD, READY, RETRYING, SCHEDULED, Task, revivals
+from miyaq.store.task import CANCELLED, DEAD, READY, RETRYING, RUNNING, SCHEDULED, Task, revivals
 
 if TYPE_CHECKING:
     from miyaq.cluster.role import ClusterRole
@@ -241,6 +241,23 @@ class Copies:
                 self.role.events.forward_finished(task_id, outcome, others)
         return list(checked)
 
+    def _wait_for_runner(self, task: Task, lease_end: float) -> None:
+        """The runner's own record of ``task`` came (a node leaving the ring
+        hands off what it runs, with its lease end) after another holder's
+        copy of it, already here: this copy waits at least until that lease
+        ends, as it would had the runner's record come first (docs/cluster.md,
+        "Handoff": a copy of a task running elsewhere waits until its lease
+        ends). Before 2026-12-05 it kept the earlier record's time: a node
+        drained with ``miyaq leave`` while it ran a task had the task started
+        again by a new holder one offset later, the first run still going."""
+        role = self.role
+        until = lease_end + role.offset_for(task, minimum=1)
+        if task.timer_at is not None and task.timer_at >= until:
+            return
+        with role.events.applying_remote():
+            task.standby = True
+            role.engine.defer(task, until, SCHEDULED)
+
     def install(self, record: Any, now: float, source: str, sender: str, shift: float = 0.0) -> bool:
         """Store (or update) this node's copy of a replicated or handed-off
         task, once it passed the checks a SUBMIT passes (``source`` and
@@ -288,6 +305,8 @@ class Copies:
                 with role.events.applying_remote():
                     engine.revive_copy(existing.id, now + role.offset_for(existing, minimum=1),
                                        revived=revivals(task))
+            elif task.state == RUNNING and task.lease_end and existing.state in (SCHEDULED, READY, RETRYING):
+                self._wait_for_runner(existing, moved(task.lease_end, shift, EXPIRED_AT_ONCE))
             return True
         if table.tombstone(task.id) is not None:
             return True

@@ -294,6 +294,12 @@ class ClusterRole:
                 self.handoff.request(before=old)
                 self._sweep_until = monotonic() + HANDOFF_SWEEP_AFTER_CHANGE
 
+    def departed(self) -> list[str]:
+        """Nodes that left the ring less than ``DEPARTED_GRACE`` ago: still
+        linked to, and asked too before a standby copy takes a task over (a
+        node drained with ``miyaq leave`` runs its tasks to their end)."""
+        return list(self._departed)
+
     def _follow_links(self, fresh: Collection[str] = ()) -> None:
         """Peer links and stream subscriptions: every ring member, and for
         ``DEPARTED_GRACE`` every node that left it -- a node that left (or was

@@ -171,6 +171,7 @@ class StandbyChecker(EngineListener):
         due, self.due = self.due, []
         role = self.role
         alive = role.view.members
+        departed = role.departed()
         asks: dict[str, list[str]] = {}
         checks: Checks = {}
         now = wall()
@@ -187,7 +188,10 @@ class StandbyChecker(EngineListener):
             # Every live member, not only the holders by this node's ring: during
             # a ring change a holder of the older ring may still run the task
             # (it has not heard of the new one), and only its answer says so.
-            others = [h for h in alive if h != role.node_id]
+            # And the nodes that left the ring lately: one drained with `miyaq
+            # leave` runs its tasks to their end (before 2026-12-05 it was not
+            # asked, and its running task was taken over).
+            others = [h for h in alive if h != role.node_id] + [h for h in departed if h not in alive]
             if not others:
                 self._take_over(task, now)
                 continue
