@@ -15,6 +15,7 @@ from peer_fixtures import FakePeer, PeerDealer, clustered_node
 
 import miyaq
 from miyaq.cluster.peer_requests import QUERY
+from miyaq.store.records import transfer_record
 from miyaq.protocol import commands as c
 from miyaq.testing.harness import wait_for
 
@@ -105,3 +106,73 @@ def test_peers_that_choose_the_next_anonymous_routing_ids_do_not_abort_the_node(
     finally:
         for sock in planted:
             sock.close()
+
+
+def test_a_pull_consumers_name_that_leaves_the_node_is_not_its_routing_id(node, ctx):
+    """Fault: without keys a pull consumer was named ``pull:`` + its routing
+    id in hex, and the name went out in STARTED events and handed-off
+    records, which anyone may read on a node without keys: it told a
+    stranger where libzmq's counter of anonymous routing ids stood (the
+    next ids, connected to, aborted the node at the next ordinary
+    connection) and the id under which another connection could ack the
+    consumer's task. The name is now a keyed hash of the id."""
+    routing_id = b"\x00" + (0x1234ABCD).to_bytes(4, "big")
+    consumer = ctx.socket(zmq.DEALER)
+    consumer.setsockopt(zmq.LINGER, 0)
+    consumer.setsockopt(zmq.ROUTING_ID, routing_id)
+    consumer.connect(node.endpoint)
+    try:
+        with miyaq.Client(node.endpoint, submit_timeout=10) as client:
+            task_id = client.submit("named", [], queue="pull-name", wait=True).id
+        consumer.send_multipart([c.TAG, c.RECEIVE, msgpack.packb({"req": 1, "queues": ["pull-name"], "timeout": 10})])
+        assert consumer.poll(10_000)
+        answer = msgpack.unpackb(consumer.recv_multipart()[2], raw=False)
+        assert answer["task"]["id"] == task_id
+        assert node.node is not None
+        task = node.node.core.engine.table.live[task_id]
+        (_, principal), = task.lessees
+        sent = transfer_record(task)["lessee"][1]
+        assert principal.startswith("pull:") and sent == principal
+        assert routing_id.hex() not in principal and routing_id.hex()[2:] not in principal
+    finally:
+        consumer.close()
+
+
+def test_a_connection_that_sets_a_live_workers_routing_id_does_not_take_its_deliveries(node, ctx):
+    """Fault: a worker (another language's) sets its routing id, and a
+    second connection -- any key holder, a producer's included, or a
+    stranger on a node without keys -- connects with the same id. With
+    ``ROUTER_HANDOVER`` it took the worker's place: it received the
+    worker's deliveries and could report on its tasks. The node no longer
+    hands a connection's place over: the worker keeps its deliveries."""
+    def dealer() -> Any:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTING_ID, b"billing-worker-1")
+        sock.connect(node.endpoint)
+        return sock
+
+    worker = dealer()
+    intruder = None
+    try:
+        worker.send_multipart([c.TAG, c.READY, msgpack.packb({"worker": "billing-1", "queues": ["billing"],
+                                                              "capacity": 10})])
+        assert worker.poll(10_000), "no WELCOME"
+        assert worker.recv_multipart()[1] == c.WELCOME
+        intruder = dealer()
+        intruder.send_multipart([c.TAG, c.STATUS, msgpack.packb({"req": 7})])
+        with miyaq.Client(node.endpoint, submit_timeout=10) as client:
+            wait_for(lambda: client.status()["totals"]["workers"] == 1, what="the worker registered")
+            ids = {client.submit("charge", [i], queue="billing", wait=True).id for i in range(3)}
+        delivered: set[str] = set()
+        while delivered != ids:
+            assert worker.poll(10_000), f"the worker got {sorted(delivered)} of {sorted(ids)}"
+            _, command, body = worker.recv_multipart()
+            if command == c.DISPATCH:
+                delivered |= {t[0] for t in msgpack.unpackb(body, raw=False)["tasks"]}
+        while intruder.poll(0):
+            assert intruder.recv_multipart()[1] != c.DISPATCH, "the intruder got a delivery"
+    finally:
+        worker.close()
+        if intruder is not None:
+            intruder.close()

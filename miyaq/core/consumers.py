@@ -5,6 +5,8 @@ socket's high-water mark.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 from typing import Any, Callable, NamedTuple
 
 from miyaq.core.service import ServiceEndpoint
@@ -42,9 +44,25 @@ def worker_principal(wid: str, key: str | None) -> str:
     return f"worker:{key}/{wid}" if key is not None else f"worker:{wid}"
 
 
+#: This process's secret for naming connections (:func:`pull_principal`):
+#: a name that leaves the node says nothing of the routing id it stands for.
+_CONNECTION_NAME_KEY = os.urandom(16)
+
+
 def pull_principal(identity: bytes, key: str | None) -> str:
-    """Who a ZeroMQ pull consumer is: its key, or without keys its connection."""
-    return f"pull:{key}" if key is not None else f"pull:{identity.hex()}"
+    """Who a ZeroMQ pull consumer is: its key, or without keys its
+    connection -- named by a keyed hash of its routing id, never the id
+    itself. The name goes out in STARTED events and in handed-off records,
+    which anyone may read on a node without keys; before 2026-12-05 it was
+    the routing id in hex, and it told a stranger where libzmq's counter of
+    anonymous routing ids stood (the next ids, chosen by the stranger,
+    aborted the node: docs/security.md, "Routing ids") and the routing id
+    under which another connection could ack that consumer's task. The
+    hash is this process's: a consumer without keys reports on its own
+    connection, to the node that leased it the task."""
+    if key is not None:
+        return f"pull:{key}"
+    return "pull:" + hashlib.blake2b(identity, key=_CONNECTION_NAME_KEY, digest_size=10).hexdigest()
 
 
 class Consumer:

@@ -161,8 +161,11 @@ class SocketFactory:
         port (``"peer"``: with CURVE, only other nodes' keys may connect).
 
         ``ROUTER_MANDATORY`` so a send to a gone or full peer fails instead of
-        vanishing, ``ROUTER_HANDOVER`` so a peer that reconnects with its
-        identity takes over, linger 0 so closing never hangs, high-water marks
+        vanishing, no ``ROUTER_HANDOVER`` (a connection that sets a routing id
+        another live connection has is not served until that one closes:
+        before 2026-12-05 it took the other's place, so any key holder that
+        knew or guessed the routing id a worker had set received its
+        deliveries and could report on its tasks), linger 0 so closing never hangs, high-water marks
         well above any credit window (nothing relies on them). ``heartbeat_ms``
         (interval, timeout): ZMTP heartbeats, so a connection whose host
         vanished is dropped. Options are set before binding: libzmq copies a
@@ -172,7 +175,6 @@ class SocketFactory:
         sock = self.ctx.socket(zmq.ROUTER, socket_class=zmq.Socket if plain else None)
         sock.setsockopt(zmq.MAXMSGSIZE, self.frame_limit)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self._heartbeats(sock, heartbeat_ms)
         self._common(sock, HWM, HWM)
         self._serve(sock, audience)
