@@ -40,7 +40,7 @@ class ZmqTransport:
     def publisher(self, node_id: str) -> ZmqStreamPublisher:
         with binding(pub_port(self.pub_bind)):
             return ZmqStreamPublisher(self.sockets, node_id, self.pub_bind, self.drop_ratio,
-                                      heartbeat_ms=self.heartbeat_ms)
+                                      heartbeat_ms=self.heartbeat_ms, supervisor=self.supervisor)
 
     def subscriber(self, node_id: str, apply: Apply, resync: AskResync) -> ZmqStreamSubscriber:
         return ZmqStreamSubscriber(self.sockets, self.supervisor, node_id, apply, resync)

@@ -64,12 +64,20 @@ FRAME_SLACK = 4096
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 
+#: The largest frame the replication stream's port takes (libzmq
+#: ``MAXMSGSIZE``, which also bounds the handshake's commands): a node's SUB
+#: sends it a subscription of 18 bytes (38 more as a CURVE ``MESSAGE``), and
+#: CURVE's ``INITIATE``, with the metadata a SUB sends, takes about 300.
+SUBSCRIPTION_FRAME_LIMIT = 1024
+#: The ZAP domain of the stream's port without keys (see :meth:`SocketFactory.publisher`).
+STREAM_ZAP_DOMAIN = b"miyaq-stream"
+
 #: The pyzmq module of each flavour. ``zmq.asyncio`` is imported only when an
 #: asyncio factory is made: it imports asyncio and with it ``ssl``, which a
 #: gevent worker may import only after it has monkey-patched.
 FLAVOURS = {"green": "zmq.green", "plain": "zmq", "asyncio": "zmq.asyncio"}
 
-__all__ = ["FLAVOURS", "HWM", "SocketFactory", "SocketSecurity", "heartbeat_options", "zmq"]
+__all__ = ["FLAVOURS", "HWM", "SUBSCRIPTION_FRAME_LIMIT", "SocketFactory", "SocketSecurity", "heartbeat_options", "zmq"]
 
 class SocketSecurity(Protocol):
     """What a factory applies to every socket it makes (CURVE: miyaq.security.curve)."""
@@ -197,16 +205,32 @@ class SocketFactory:
                          routed=True, sources=sources)
 
     def publisher(self, bind: str, *, plain: bool = False, heartbeat_ms: tuple[int, int] | None = None) -> Any:
-        """A bound PUB (the replication stream). It drops at its high-water mark;
+        """A bound XPUB (the replication stream). It drops at its high-water mark;
         streams carry sequence numbers and heartbeats so a loss is seen.
         ``plain`` as for :meth:`router` (a PUB never blocks a sender).
         ``heartbeat_ms`` as for :meth:`router`: the high-water mark counts
-        messages, not bytes, so only a heartbeat bounds what a PUB holds for a
-        subscriber that stopped reading (a frozen process: its connection is
-        dropped, and with it what was queued for it)."""
-        sock = self.ctx.socket(zmq.PUB, socket_class=zmq.Socket if plain else None)
+        messages, not bytes, so a heartbeat drops a subscriber whose process
+        froze (its connection, and what was queued for it, goes).
+
+        Its subscribers send it nothing but their subscriptions, so the socket
+        takes none larger than :data:`SUBSCRIPTION_FRAME_LIMIT` bytes (a larger
+        frame drops the connection before it is kept) and hands each one to
+        its owner (``XPUB_VERBOSE``: every subscription a connection sends,
+        each with its connection's descriptor, ``ZMQ_SRCFD``), which decides
+        what a connection may subscribe to and drops one that does more
+        (:class:`miyaq.cluster.stream.ZmqStreamPublisher`). libzmq applies a
+        subscription before it hands it over: nothing on this socket limits
+        how many a connection makes, its owner must read them. Without keys
+        the socket still has a ZAP domain: libzmq then refuses ZMTP 1.0 and
+        2.0 peers, whose messages carry no descriptor (no ZAP handler is
+        asked: without one, libzmq lets a NULL connection in)."""
+        sock = self.ctx.socket(zmq.XPUB, socket_class=zmq.Socket if plain else None)
+        sock.setsockopt(zmq.XPUB_VERBOSE, 1)
+        sock.setsockopt(zmq.MAXMSGSIZE, SUBSCRIPTION_FRAME_LIMIT)
         self._heartbeats(sock, heartbeat_ms)
         self._common(sock, HWM, HWM)
+        if self.security is None:
+            sock.setsockopt(zmq.ZAP_DOMAIN, STREAM_ZAP_DOMAIN)
         self._serve(sock, "peer")
         use_family_of(sock, bind)
         sock.bind(bind)
