@@ -113,7 +113,10 @@ def test_confirmed_submits_and_calls_against_both_baselines():
         main, whole = m["main_thread_cpu_us_per_task"], m["cpu_us_per_task"]
         assert 0 < main["total"] <= whole["total"], m
     assert result["ratios"]["miyaq/baseline@gevent"]["call"]["wakeups_broker"] > 0
-    assert result["ratios"]["baseline@gevent/baseline"]["confirmed"]["main_us_workers"] > 0
+    # 40 tasks of a worker's main thread can take under one clock tick (10 ms),
+    # read as 0: the ratio is there and a number, not necessarily above 0 (a
+    # CI run read 0.0).
+    assert result["ratios"]["baseline@gevent/baseline"]["confirmed"]["main_us_workers"] >= 0
 
 
 def test_compare_python_runs_miyaq_twice_in_turns():

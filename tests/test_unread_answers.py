@@ -511,9 +511,12 @@ def test_submitted_answers_never_read_are_bounded_and_the_submits_refused_busy(m
     assert busy >= 100 and results + busy * 256 == 200 * 256
     # The budget's worth, the answer of the burst that reached it, and what the
     # connection's own side took off the node's socket (as in the test above:
-    # its pipe, its decoder, its kernel buffer); before, all 200 answers
-    # (7.3 MB) were sent.
-    assert answered_bytes <= MiB + 4 * largest, (answered_bytes, largest)
+    # its pipe, its decoder, its kernel buffer). One SUBMITTED answers a whole
+    # burst of SUBMITs (here up to ~290 KB), and on a loaded machine bursts
+    # and what the other side holds vary: a CI run saw 2.67 MB, 5.5 of the
+    # largest past the budget. Eight of them is still far from what went out
+    # before the fix: all 200 answers, 7.3 MB.
+    assert answered_bytes <= MiB + 8 * largest, (answered_bytes, largest)
     assert unread.refused == busy == client.status()["errors"]["busy"]
     assert client.status()["totals"]["live"] == 256      # nothing stored by a refused SUBMIT
     slow.send_multipart([c.TAG, c.SUBMIT, resend])
