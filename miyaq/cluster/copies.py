@@ -314,35 +314,37 @@ class Copies:
         onto_this_clock(task, shift)
         state = task.state
         task.state = SCHEDULED
-        senders_offset = role.offset_for(task)      # the rank its record came with (0 in a REPLICATE)
         task.rank = holders.index(role.node_id)
+        # ``eta`` is the task's own, as every holder sends it: this copy's
+        # extra wait is its ``copy_wait`` (Task.due), never added to ``eta``.
+        # Before 2026-12-05 each holder added its wait to ``eta`` and sent
+        # that on, and the next holder added its own again: a delayed task
+        # started an offset later at each handoff. (A record from an older
+        # node still carries its copy's wait in ``eta``: a one-time extra
+        # wait, not one per hop -- docs/cluster.md, "Handoff".)
         not_started = (source == "sync" and _not_started(state, task, record)
                        and task.created >= role.view_since + role.config.replica_offset)
-        if not_started:
-            # A SYNC answer's copy of a task no holder has started, which this
-            # node lacks: its REPLICATE is most likely still on its way (the
-            # answer came on another connection and overtook it). It is placed
-            # as that REPLICATE would place it -- ready at once on the first
-            # holder -- from its eta without the sender's offset; as a standby
-            # copy of a task under way elsewhere, it would wait an offset, and
-            # a holder after it would take the task over one to three offsets
-            # late (`miyaq bench --cluster 3` runs that started under a resync).
-            # Only for a task made an offset or more after this node took its
-            # view of the ring: one made earlier may have been placed by an
-            # older ring, whose first holder may have started it already
-            # without the sender knowing (a CI run of the rolling restart saw
-            # such a task start on two nodes 7 ms apart, the ring changing).
-            task.eta -= senders_offset
+        # A SYNC answer's copy of a task no holder has started, which this node
+        # lacks (``not_started``): its REPLICATE is most likely still on its way
+        # (the answer came on another connection and overtook it). It is placed
+        # as that REPLICATE would place it -- ready at once on the first holder;
+        # as a standby copy of a task under way elsewhere, it would wait an
+        # offset, and a holder after it would take the task over one to three
+        # offsets late (`miyaq bench --cluster 3` runs that started under a
+        # resync). Only for a task made an offset or more after this node took
+        # its view of the ring: one made earlier may have been placed by an
+        # older ring, whose first holder may have started it already without
+        # the sender knowing (a CI run of the rolling restart saw such a task
+        # start on two nodes 7 ms apart, the ring changing).
         if state == DEAD:
             # Stored as a waiting copy, then dead-lettered: both go to the log like
             # any copy's, so a restart keeps it (the sender drops its own once
             # every new holder confirmed).
             task.standby = True
-            task.eta = max(task.eta, now)
+            due = max(task.eta, now)
         elif "state" in record and not not_started:    # a handed-off copy of a task under way elsewhere
             task.standby = True
-            base = max(task.eta, task.lease_end, now)
-            task.eta = base + role.offset_for(task, minimum=1)
+            due = max(task.eta, task.lease_end, now) + role.offset_for(task, minimum=1)
         else:
             # Views that disagree (a ring change under way) can make two nodes
             # rank 0 of one task: a copy the sender placed differently waits an
@@ -351,11 +353,12 @@ class Copies:
             # Just after a freeze a REPLICATE may have waited in the socket while
             # the sender's client resent the task and another holder ran it.
             task.standby = task.rank > 0 or is_resent(task) or disagree or role.catching_up()
-            task.eta += role.offset_for(task, minimum=1 if disagree else 0)
+            due = task.eta + role.offset_for(task, minimum=1 if disagree else 0)
             if task.standby:
                 # A REPLICATE that arrives late (a link that stalled) must not make
                 # its copy ask at once: the other holders may not have theirs yet.
-                task.eta = max(task.eta, now + role.offset_for(task, minimum=1))
+                due = max(due, now + role.offset_for(task, minimum=1))
+        task.copy_wait = max(due - task.eta, 0.0)
         try:
             status, holder = engine.submit(task, now, copy=True)
         except Exception as exc:   # Busy, ShuttingDown, too many queues: not stored

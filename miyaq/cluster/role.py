@@ -243,10 +243,11 @@ class ClusterRole:
         return max(task.rank, minimum) * offset
 
     def place(self, task: Task) -> None:
-        """Set this node's rank for a new copy: rank i waits i offsets longer."""
+        """Set this node's rank for a new copy: rank i waits i offsets longer
+        (``copy_wait``; ``eta`` stays the task's own)."""
         task.rank = task.holders.index(self.node_id)
         task.standby = task.rank > 0
-        task.eta += self.offset_for(task)
+        task.copy_wait = float(self.offset_for(task))
 
     def install(self, record: Any, now: float, source: str, sender: str, shift: float = 0.0) -> bool:
         return self.copies.install(record, now, source, sender, shift)

@@ -148,7 +148,7 @@ class StandbyChecker(EngineListener):
                 share.check()
             if len(task.holders) < 2 or task.state not in (READY, SCHEDULED, RETRYING):
                 continue
-            if task.state != READY and task.eta > now:
+            if task.state != READY and (task.due if task.state == SCHEDULED else task.eta) > now:
                 # Not due: nobody can have run it (a standby asks this node
                 # first), but it may have been cancelled meanwhile, and the
                 # resync brings back only the newest ends: it asks at its eta.

@@ -88,10 +88,10 @@ class Engine(ReplicaCopies):
         self.outcomes[(task.queue, "submitted")] += 1
         for listener in self.listeners:
             listener.task_accepted(task)
-        if task.eta <= now and not task.standby:
+        if task.due <= now and not task.standby:
             self._make_ready(task, now)
         else:
-            self._schedule(task, task.eta, SCHEDULED, now)
+            self._schedule(task, task.due, SCHEDULED, now)
         return ACCEPTED, None
 
     def restore(self, task: Task, now: float) -> Task | None:
@@ -119,8 +119,8 @@ class Engine(ReplicaCopies):
                 self._count(evicted.queue)[DEAD] -= 1
         elif state == RETRYING:
             self._schedule(task, task.eta, RETRYING, now)
-        elif state == SCHEDULED and (task.eta > now or task.standby):
-            self._schedule(task, task.eta, SCHEDULED, now)
+        elif state == SCHEDULED and (task.due > now or task.standby):
+            self._schedule(task, task.due, SCHEDULED, now)
         else:
             self._make_ready(task, now)
         return evicted
@@ -330,8 +330,8 @@ class Engine(ReplicaCopies):
                         listener.task_due_elsewhere(task)
                 elif task.expires and task.expires <= now:
                     self._finish(task, EXPIRED, None, now)
-                elif task.eta > now and state == SCHEDULED:
-                    self.timers.arm(task, task.eta, now)   # woke for an expiry that moved
+                elif task.due > now and state == SCHEDULED:
+                    self.timers.arm(task, task.due, now)   # woke for an expiry that moved
                 else:
                     self._make_ready(task, now)
             elif state == READY:

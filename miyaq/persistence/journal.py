@@ -114,7 +114,7 @@ class Persistence(EngineListener):
         buffer = self.writer.buffer
         if buffer and buffer[-1]["id"] == task.id and buffer[-1]["o"] == "A":
             return   # just accepted: the A record already says so
-        if task.attempt == 0 and task.state == READY and task.created == task.eta and not task.lease_end:
+        if task.attempt == 0 and task.state == READY and task.created == task.due and not task.lease_end:
             return   # never leased, ready since it came: what its A record says
         # (a task given back unstarted is at attempt 0 again, but its log says S:
         # without this R a restart would take it for running -- an at-most-once

@@ -18,7 +18,9 @@ from miyaq.config import NodeConfig
 from miyaq.core.engine import Engine
 from miyaq.core.refusals import Refusals
 from miyaq.errors import InvalidField
+from miyaq.protocol import fields as f
 from miyaq.protocol.recordspec import check_change, check_stone_record, task_from_record
+from miyaq.protocol.taskspec import YEAR
 from miyaq.store.log import AppendLog
 from miyaq.store.log_format import MAX_FRAME_PAYLOAD
 from miyaq.store.task import DEAD, READY, RETRYING, RUNNING, SCHEDULED, Task, count_revival
@@ -70,6 +72,9 @@ def replay(engine: Engine, log: AppendLog, now: float, refusals: Refusals) -> Re
         try:
             if op == "A":
                 accepted = task_from_record(r, config)
+                # A copy's extra wait past the task's eta (none in logs before
+                # 2026-12-05: their eta was the copy's, wait included).
+                accepted.copy_wait = f.number(r, "copy_wait", 0.0, lo=0.0, hi=YEAR)
             elif op == "F":
                 check_stone_record(r, config)
             else:
@@ -111,10 +116,10 @@ def replay(engine: Engine, log: AppendLog, now: float, refusals: Refusals) -> Re
         tasks[task_id] = tasks.pop(task_id)      # its place is its latest record's
     # Delayed tasks (an eta past their acceptance) that are due now: ready in
     # eta order after the rest -- they became ready at their eta.
-    came_due = [t for t in tasks.values() if t.state == SCHEDULED and not t.standby and t.created < t.eta <= now]
+    came_due = [t for t in tasks.values() if t.state == SCHEDULED and not t.standby and t.created < t.due <= now]
     due_ids = {t.id for t in came_due}
     dropped: list[str] = []
-    for task in [t for t in tasks.values() if t.id not in due_ids] + sorted(came_due, key=lambda t: t.eta):
+    for task in [t for t in tasks.values() if t.id not in due_ids] + sorted(came_due, key=lambda t: t.due):
         evicted = engine.restore(task, now)
         if evicted is not None:
             dropped.append(evicted.id)

@@ -27,12 +27,17 @@ TASK_FIELDS = ("id", "queue", "name", "url", "method", "body", "priority", "eta"
 
 
 def task_record(task: Task) -> dict[str, Any]:
-    """The ``A`` record of ``task``: every field that is set, and its state once it moved."""
+    """The ``A`` record of ``task``: every field that is set, and its state
+    once it moved. ``eta`` is the task's own; a copy's extra wait past it,
+    when it has one, is ``copy_wait`` (:attr:`Task.due`), for the log only:
+    another holder waits its own (:func:`transfer_record` leaves it out)."""
     record: dict[str, Any] = {"o": "A"}
     for name in TASK_FIELDS:
         value = getattr(task, name)
         if value is not None and value != () and value is not False:
             record[name] = list(value) if name == "holders" else value
+    if task.copy_wait:
+        record["copy_wait"] = task.copy_wait
     if task.state != SCHEDULED or task.attempt:
         record["state"] = task.state
         record["attempt"] = task.attempt
@@ -47,6 +52,7 @@ def transfer_record(task: Task) -> dict[str, Any]:
     latest attempt was leased to (``lessee``: ``[attempt, principal]``), so
     that a worker whose node died may report that attempt to the new holder."""
     record = task_record(task)
+    record.pop("copy_wait", None)       # the receiver waits its own
     record["state"] = task.state
     record["attempt"] = task.attempt
     if task.state == RUNNING:

@@ -37,7 +37,7 @@ ALL_STATES = LIVE_STATES + (DEAD,) + FINAL_STATES
 
 SPEC_FIELDS = ("queue", "name", "url", "method", "priority", "max_retries", "backoff", "backoff_max",
                "timeout", "replicas", "at_most_once")
-EXTRA_FIELDS = ("key", "meta", "expires", "error", "rank", "holders", "standby")
+EXTRA_FIELDS = ("key", "meta", "expires", "error", "rank", "holders", "standby", "copy_wait")
 MAX_SPECS = 65_536     # interned specs kept; beyond, new ones are still correct, just not shared
 
 
@@ -96,11 +96,13 @@ class Extra:
         self.rank = 0                                 # this node's rank among the holders
         self.holders: tuple[str, ...] = ()
         self.standby = False                          # a standby copy asks the earlier holders before it runs
+        self.copy_wait = 0.0                          # this copy waits this long past eta (see Task.due)
 
     def copy(self) -> "Extra":
         other = Extra.__new__(Extra)
         other.key, other.meta, other.expires, other.error = self.key, self.meta, self.expires, self.error
         other.rank, other.holders, other.standby = self.rank, self.holders, self.standby
+        other.copy_wait = self.copy_wait
         return other
 
 
@@ -141,7 +143,7 @@ class Task:
                      "consumer", "timer_at", "extra", "queue", "name", "url", "method",
                      "priority", "max_retries", "backoff", "backoff_max", "timeout", "replicas",
                      "at_most_once", "lane", "key", "meta", "expires", "error", "rank", "holders", "standby",
-                     "lessees")
+                     "copy_wait", "lessees")
     else:
         __slots__ = ("id", "spec", "body", "eta", "created", "state", "attempt", "seq", "lease_end",
                      "consumer", "lessees", "timer_at", "extra")
@@ -203,6 +205,7 @@ class Task:
         rank: int
         holders: tuple[str, ...]
         standby: bool
+        copy_wait: float
     else:
         queue = _spec_property("queue")
         name = _spec_property("name")
@@ -223,6 +226,18 @@ class Task:
         rank = _extra_property("rank")
         holders = _extra_property("holders")
         standby = _extra_property("standby")
+        copy_wait = _extra_property("copy_wait")
+
+    @property
+    def due(self) -> float:
+        """When this copy's wait for the task's first run ends: ``eta`` -- the
+        task's own, the same on every holder, what records carry and status
+        shows -- plus ``copy_wait``, the copy's own extra wait (its rank's
+        offset, or a handed-off copy's wait past a lease; 0 on the holder
+        that runs the task). A waiting (``scheduled``) task's timer is armed
+        for it. Before 2026-12-05 a copy added its wait to ``eta`` itself,
+        and sent that on: each handoff added another offset."""
+        return self.eta + self.extra.copy_wait
 
     def header(self) -> dict[str, Any]:
         """Everything but the payload, as the protocol and the HTTP API show it."""
