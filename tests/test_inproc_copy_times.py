@@ -1,14 +1,18 @@
 """A replicated task's times as its copies move between nodes, in-process
 (miyaq.testing.inprocess): a delayed task starts at its eta -- within one
 offset -- however many ring changes moved its copies; every holder shows
-the task's own eta (docs/cluster.md, "Arming the copies" and "Handoff").
+the task's own eta; a copy that waits past its ttl wakes at its expiry
+(docs/cluster.md, "Arming the copies" and "Handoff").
 
 The clock is the cluster's own (``cluster.advance``): the tasks' minute of
 countdown is never waited for in real time.
 """
 from __future__ import annotations
 
+import pytest
+
 from miyaq.runtime import wall
+from miyaq.store.task import EXPIRED, SCHEDULED
 
 OFFSET = 5.0
 COUNTDOWN = 60.0
@@ -113,3 +117,36 @@ def test_a_waiting_copy_keeps_the_tasks_eta_and_its_own_wait_across_a_restart(in
                        what="n2 back from its log, reconciled")
     assert back.engine.info(tid)["eta"] == eta
     assert back.due_at(tid) == eta + OFFSET and back.task(tid).standby
+
+
+@pytest.mark.parametrize("ttl", [COUNTDOWN + 3, COUNTDOWN / 2])
+def test_a_task_with_a_ttl_whose_first_holder_was_drained_runs_or_expires_on_time(inproc, ttl):
+    """Fault: a task with a 60 s countdown and a ttl, on holders n1, n2
+    (offset 5 s); n1, its first holder, is drained 5 s in (it leaves the
+    ring, nothing fails). Every copy was then a standby (n2's, now first,
+    and the one handed to n3), and a standby copy never woke for its
+    expiry: with a 63 s ttl both copies waited out their offset, and the
+    task expired at +65 without ever running (it runs at +60 without the
+    drain); with a 30 s ttl it expired at +65, shown ``scheduled`` 35 s
+    past its deadline. Now the copy that became first asks at the task's
+    eta (the 63 s task runs at +60), and a standby copy also wakes at its
+    expiry, asks, and expires the task if no holder runs it (the 30 s
+    task expires at +30)."""
+    cluster = inproc(3, replicas=2, replica_offset=OFFSET, default_timeout=30.0)
+    tid = _task_held_by(cluster, ["n1", "n2"])
+    accepted = wall()
+    eta = _submitted(cluster, "n1", tid, countdown=COUNTDOWN, ttl=ttl)
+    workers = {n: cluster.worker(n) for n in cluster.nodes}
+    cluster.advance(5.0)
+    _moved_to(cluster, ["n2", "n3"], tid)
+    assert {cluster[n].state(tid) for n in ("n2", "n3")} == {SCHEDULED}
+    if ttl > COUNTDOWN:
+        started, on = _first_start(cluster, tid, workers, eta + 3 * OFFSET)
+        assert on == ["n2"] and started <= eta + 2 * STEP, f"started {started - eta:.2f} s after its eta on {on}"
+        return
+    while wall() < accepted + ttl + STEP:
+        cluster.advance(STEP)
+        cluster.settle(0.02)
+    cluster.wait_until(lambda: all(cluster[n].state(tid) == EXPIRED for n in ("n2", "n3")),
+                       what="the task expired on both holders at its ttl")
+    assert not any(w.times(tid) for w in workers.values())

@@ -344,7 +344,14 @@ class Copies:
             due = max(task.eta, now)
         elif "state" in record and not not_started:    # a handed-off copy of a task under way elsewhere
             task.standby = True
-            due = max(task.eta, task.lease_end, now) + role.offset_for(task, minimum=1)
+            if task.rank == 0 and _not_started(state, task, record):
+                # The task's first holder now, and nobody started it yet by the
+                # sender's record: it asks at the task's eta (only silence lets
+                # it run), not an offset later -- the offset is the first
+                # holder's time to announce a start, and that is this node now.
+                due = max(task.eta, now)
+            else:
+                due = max(task.eta, task.lease_end, now) + role.offset_for(task, minimum=1)
         else:
             # Views that disagree (a ring change under way) can make two nodes
             # rank 0 of one task: a copy the sender placed differently waits an

@@ -52,11 +52,11 @@ from miyaq.constants import (
     HANDOFF_CHUNK, HANDOFF_CONFIRM_TIMEOUT, HANDOFF_LAG_RETRIES, HANDOFF_LAG_RETRY, HANDOFF_RETRY,
     HANDOFF_RETRY_MAX, HANDOFF_SLICE, HANDOFF_SWEEP,
 )
-from miyaq.runtime import green, monotonic
+from miyaq.runtime import green, monotonic, wall
 from miyaq.protocol.eventspec import confirmed_ids
 from miyaq.store.records import transfer_record
 from miyaq.store.table import TaskTable, Tombstone
-from miyaq.store.task import RUNNING, Task
+from miyaq.store.task import RUNNING, SCHEDULED, Task
 
 if TYPE_CHECKING:
     from miyaq.cluster.role import ClusterRole
@@ -226,6 +226,8 @@ class Handoff:
             task.holders = tuple(new)
             if me in new:
                 task.rank = new.index(me)
+                if task.rank == 0:
+                    _ask_at_eta(role, task)
             # The first surviving holder sends; a holder that is no longer one
             # sends too, because it drops its copy only once every new holder
             # confirmed having the task (views lag during ring changes, and a
@@ -439,6 +441,25 @@ class Handoff:
 
 
 _let_others_run = green.let_others_run     # between slices (a test slows it down to deliver mid-pass)
+
+
+def _ask_at_eta(role: ClusterRole, task: Task) -> None:
+    """A ring change made this node ``task``'s first holder, and its copy is
+    a standby still waiting out its rank's offset for the task's first run,
+    which no holder started as far as this node heard (no attempt, no
+    lessee): it asks the others at the task's eta instead (only silence
+    lets it run), as the first holder of a handed-off copy does
+    (:meth:`~miyaq.cluster.copies.Copies.install`) -- the offset was the
+    earlier holder's time to announce a start. Before 2026-12-05 it kept
+    its offset: a first holder drained before a delayed task's eta left
+    every copy a standby, and the task ran an offset late, or expired
+    unrun when its ttl ended within that offset. A timer something else
+    pushed past the copy's wait (a holder's answer, its news) stands."""
+    if (task.standby and task.state == SCHEDULED and not task.attempt and not task.lessees
+            and task.timer_at is not None and task.eta < task.timer_at <= task.due):
+        due = max(task.eta, wall())
+        task.copy_wait = due - task.eta
+        role.engine.defer(task, due)
 
 
 def _stone_row(stone: Tombstone) -> StoneRow:

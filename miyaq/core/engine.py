@@ -326,6 +326,8 @@ class Engine(ReplicaCopies):
                     # Never expired here: the holder running the task decides
                     # (it may have started it, and a ttl never interrupts a
                     # run); a copy that takes over is expired then if it must.
+                    # It wakes at its expiry too (Transitions._schedule) and
+                    # asks: a copy no holder runs is expired then, not later.
                     for listener in self.listeners:
                         listener.task_due_elsewhere(task)
                 elif task.expires and task.expires <= now:

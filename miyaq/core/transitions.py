@@ -88,9 +88,22 @@ class Transitions:
             listener.task_ready(task)
 
     def _schedule(self, task: Task, when: float, state: str, now: float | None = None) -> None:
+        """Move ``task`` to ``state`` (scheduled or retrying), its timer armed
+        for ``when`` or its expiry, whichever comes first. A standby copy
+        wakes at its expiry only while no start of the task reached it
+        (attempt 0: the ttl never interrupts a run, and the runner applies
+        it) and the expiry is still ahead (``now``, or the timers' latest
+        time): it then asks the other holders like at any wake, and is
+        expired only if none runs the task. Once past, it wakes at ``when``
+        (a holder that runs it answered: it waits for it). Before 2026-12-05
+        a standby copy never woke for its expiry: a task whose every copy
+        was a standby (handed off after its first holder was drained)
+        stayed ``scheduled`` past its ttl until the copies' offsets ran out."""
         self._move(task, state)
-        # A standby copy wakes at ``when`` only: its ttl is the running holder's to apply.
-        self.timers.arm(task, min(when, task.expires) if task.expires and not task.standby else when, now)
+        expires = task.expires
+        if expires and task.standby and (task.attempt or expires <= (self.timers.now if now is None else now)):
+            expires = 0.0
+        self.timers.arm(task, min(when, expires) if expires else when, now)
 
     def _finish(self, task: Task, state: str, result: bytes | None, now: float) -> Tombstone:
         self.timers.cancel(task)
