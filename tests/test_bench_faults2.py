@@ -22,6 +22,7 @@ import msgpack
 import pytest
 import zmq
 from process_tree import children_of
+from test_bench_faults import FakeSystem, wait_until
 
 from miyaq.bench import agent
 from miyaq.bench import producer as producer_mod
@@ -34,16 +35,6 @@ from miyaq.errors import ConfigError, Timeout
 from miyaq.testing.ports import free_port
 
 pytestmark = [pytest.mark.timeout(150), pytest.mark.loads_cpu]
-
-
-def wait_until(what: str, check, limit: float = 60.0):
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not within {limit}s")
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -205,40 +196,6 @@ time.sleep(600)
 """
 
 
-class RecordingSystem:
-    """Stands in for a Fleet: nothing to start, nothing left unfinished."""
-
-    kind = "miyaq"
-    endpoint = "tcp://127.0.0.1:9"
-
-    def __init__(self, records_dir: str) -> None:
-        self.records_dir = records_dir
-
-    def start(self) -> None:
-        pass
-
-    def peak_rss(self) -> int | None:
-        return None
-
-    def counters(self) -> dict[str, int]:
-        return {}
-
-    def pids(self) -> dict[str, int]:
-        return {"node": os.getpid()}
-
-    def unfinished(self) -> tuple[int, int]:
-        return 0, 0
-
-    def check_children(self) -> None:
-        pass
-
-    def stop_workers(self, grace: float = 5.0) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 @pytest.mark.parametrize("fault, words", [("exit", "the producer exited"),
                                           ("stall", "the producer did not answer")])
 def test_a_producer_that_fails_a_phase_is_that_phases_error(tmp_path, monkeypatch, fault, words):
@@ -260,7 +217,7 @@ def test_a_producer_that_fails_a_phase_is_that_phases_error(tmp_path, monkeypatc
             made.append(p)
             return p
         try:
-            done = run_system(RecordingSystem(tmp), make, [Phase("confirmed", "confirmed", 5),
+            done = run_system(FakeSystem(tmp), make, [Phase("confirmed", "confirmed", 5),
                                                            Phase("call", "call", 5)],
                               payload=1, timeout=1.0, start_deadline=time.monotonic() + 30, idle=0.0,
                               progress_stream=None)
