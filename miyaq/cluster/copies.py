@@ -33,7 +33,7 @@ from miyaq.core.replicas import DUPLICATE_ERROR
 from miyaq.errors import InvalidField
 from miyaq.logs import LogLimiter
 from miyaq.protocol.recordspec import (
-    Outcome, check_attempt, check_error, check_outcome, check_stone, task_from_record,
+    MAX_TIME, Outcome, check_attempt, check_error, check_outcome, check_stone, task_from_record,
 )
 from miyaq.runtime import wall
 from miyaq.protocol.commands import DUPLICATE
@@ -365,7 +365,7 @@ class Copies:
                 # A REPLICATE that arrives late (a link that stalled) must not make
                 # its copy ask at once: the other holders may not have theirs yet.
                 due = max(due, now + role.offset_for(task, minimum=1))
-        task.copy_wait = max(due - task.eta, 0.0)
+        task.copy_wait = min(max(due - task.eta, 0.0), MAX_TIME)     # what the replay takes back
         try:
             status, holder = engine.submit(task, now, copy=True)
         except Exception as exc:   # Busy, ShuttingDown, too many queues: not stored

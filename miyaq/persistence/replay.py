@@ -19,8 +19,7 @@ from miyaq.core.engine import Engine
 from miyaq.core.refusals import Refusals
 from miyaq.errors import InvalidField
 from miyaq.protocol import fields as f
-from miyaq.protocol.recordspec import check_change, check_stone_record, task_from_record
-from miyaq.protocol.taskspec import YEAR
+from miyaq.protocol.recordspec import MAX_TIME, check_change, check_stone_record, task_from_record
 from miyaq.store.log import AppendLog
 from miyaq.store.log_format import MAX_FRAME_PAYLOAD
 from miyaq.store.task import DEAD, READY, RETRYING, RUNNING, SCHEDULED, Task, count_revival
@@ -73,8 +72,10 @@ def replay(engine: Engine, log: AppendLog, now: float, refusals: Refusals) -> Re
             if op == "A":
                 accepted = task_from_record(r, config)
                 # A copy's extra wait past the task's eta (none in logs before
-                # 2026-12-05: their eta was the copy's, wait included).
-                accepted.copy_wait = f.number(r, "copy_wait", 0.0, lo=0.0, hi=YEAR)
+                # 2026-12-05: their eta was the copy's, wait included). Up to
+                # MAX_TIME: a copy that came late waits from now, and a task's
+                # eta may be long past (0, moved so by a skewed peer clock).
+                accepted.copy_wait = f.number(r, "copy_wait", 0.0, lo=0.0, hi=MAX_TIME)
             elif op == "F":
                 check_stone_record(r, config)
             else:

@@ -366,6 +366,8 @@ def invalid_stored(table: TaskTable, config: NodeConfig) -> list[str]:
                 continue
             if task_id != task.id or task.state not in states:
                 problems.append(f"{where} task {task_id!r} is {task.state!r} under id {task.id!r}")
+            elif not 0.0 <= task.copy_wait <= MAX_TIME:     # logged with its A record, read back at replay
+                problems.append(f"{where} task {task_id!r} waits {task.copy_wait!r} past its eta")
     for stone in table.tombstones.values():
         if (kept := error_bytes(stone.error)) > ERROR_BYTES:
             problems.append(f"tombstone {stone.id!r} keeps an error of {kept} bytes")
