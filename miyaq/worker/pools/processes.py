@@ -210,6 +210,12 @@ class ProcessPool:
                 logger.warning("processes pool: malformed message from child %d", child.pid)
                 continue
             if kind == HELLO:
+                if child.ready:
+                    # Said hello twice (a bug in a child, or another process of
+                    # this user on its socket): it is in the idle queue already,
+                    # and twice there it would be given two tasks at once.
+                    logger.warning("processes pool: child %d said hello again; ignored", child.pid)
+                    continue
                 child.ready = True
                 self.idle.put(child)
                 if not self.all_ready and all(c.ready for c in self.children.values()):
