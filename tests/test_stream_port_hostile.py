@@ -202,3 +202,41 @@ def test_a_subscriber_that_sends_pings_and_never_reads_is_dropped(stream) -> Non
     finally:
         raw.close()
         sub.close(0)
+
+
+def test_a_descriptor_that_is_now_another_ports_connection_is_never_shut_down(stream) -> None:
+    """Fault: a stranger sends the port a bad subscription and closes its
+    connection at once; before the port reads the frame, libzmq has closed
+    that connection's descriptor and the number has gone to another
+    connection of the process -- a worker's on the service port, a peer
+    link, an HTTP caller. The frame names the number: the port shut that
+    other connection down. A descriptor whose local port is not the
+    stream's is no connection of it, and is left alone."""
+    publisher, _, _ = stream
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    other, _ = listener.accept()
+    try:
+        publisher._drop(other.fileno())      # what a stale frame naming that number led to
+        assert publisher._subscribed(other.fileno(), topic("c"))     # taken for gone: nothing kept
+        assert other.fileno() not in publisher.subscribers
+        other.sendall(b"still here")
+        client.settimeout(10)
+        assert client.recv(16) == b"still here"
+    finally:
+        for s in (client, other, listener):
+            s.close()
+
+
+def test_forgetting_a_destination_forgets_what_was_published_to_it(stream) -> None:
+    """Fault: the port counts the bytes published to each destination (what a
+    subscriber is measured against) and kept a count for every destination
+    ever published to: nodes that joined and left with new ids left one each
+    for good, where ``forget`` had let their sequence numbers go."""
+    publisher, _, _ = stream
+    for n in range(50):
+        publisher.send(f"gone-{n}", [["probe"]])
+    assert len(publisher.published) == 50
+    for n in range(50):
+        publisher.forget(f"gone-{n}")
+    assert publisher.published == {} and publisher.seqs == {}

@@ -209,6 +209,9 @@ class ZmqStreamPublisher(StreamSender):
         super().__init__(node_id, drop_ratio)
         # sends never wait: no zmq.green needed
         self.pub = sockets.publisher(bind, plain=True, heartbeat_ms=heartbeat_ms)
+        #: The port this socket listens on: a descriptor whose local port is
+        #: another is no connection of it (a closed one's number, reused).
+        self.port = int(self.pub.getsockopt(zmq.LAST_ENDPOINT).decode().rsplit(":", 1)[1])
         self.supervisor = supervisor
         self.stall_limit = heartbeat_ms[1] / 1000.0
         self.unread_budget = unread_budget
@@ -237,6 +240,13 @@ class ZmqStreamPublisher(StreamSender):
             return   # dropped at the HWM: the next heartbeat reveals the gap
         self.sent += 1
         self.published[name] = self.published.get(name, 0) + wire_size(len(data))
+
+    def forget(self, dest: str) -> None:
+        """As :meth:`StreamSender.forget`, and the count of bytes published
+        to ``dest`` (one per destination ever published to, kept for good
+        before 2026-12-05)."""
+        super().forget(dest)
+        self.published.pop(topic(dest), None)
 
     def heartbeat(self, dests: list[str]) -> None:
         super().heartbeat(dests)
@@ -275,7 +285,7 @@ class ZmqStreamPublisher(StreamSender):
                 continue
             ended = self._dropped_ends.get(fd)
             if ended is not None:
-                if _ends(fd) == ended:
+                if self._own_ends(fd) == ended:
                     continue          # the dropped connection, not ended yet
                 del self._dropped_ends[fd]  # another connection on that descriptor now
             if data[:1] == b"\x01" and _TOPIC.fullmatch(data, 1):
@@ -293,7 +303,7 @@ class ZmqStreamPublisher(StreamSender):
 
     def _subscribed(self, fd: int, name: bytes) -> bool:
         """The connection on ``fd`` subscribed to ``name``: True if it may."""
-        ends = _ends(fd)
+        ends = self._own_ends(fd)
         if ends is None:
             self.subscribers.pop(fd, None)
             return True       # gone already: libzmq forgets its subscription with it
@@ -304,10 +314,23 @@ class ZmqStreamPublisher(StreamSender):
         self.subscribers[fd] = _Subscriber(ends, name, self.published.get(name, 0), acked or 0)
         return True
 
+    def _own_ends(self, fd: int) -> tuple[Any, Any] | None:
+        """The (local, peer) addresses of the connection on descriptor
+        ``fd`` if it is one of this port's; None if ``fd`` is closed, no
+        socket, or another port's. A frame read here names the descriptor
+        its connection had; that connection may have closed since and the
+        number gone to another -- a worker's, a client's, a peer link, an
+        HTTP caller's -- which before 2026-12-05 was shut down in its place
+        (a stranger sent a bad subscription and closed at once)."""
+        ends = _ends(fd)
+        if ends is None or ends[0][1] != self.port:
+            return None
+        return ends
+
     def _drop(self, fd: int) -> None:
         """End the connection on ``fd`` (libzmq sees it end, and frees its queue)."""
         self.subscribers.pop(fd, None)
-        ends = _ends(fd)
+        ends = self._own_ends(fd)
         if ends is None:
             return
         self._dropped_ends[fd] = ends
@@ -328,7 +351,7 @@ class ZmqStreamPublisher(StreamSender):
         that took nothing for ``stall_limit`` while bytes waited, or are
         ``unread_budget`` behind."""
         for fd, sub in list(self.subscribers.items()):
-            if _ends(fd) != sub.ends:
+            if self._own_ends(fd) != sub.ends:
                 del self.subscribers[fd]      # ended (its descriptor closed, or another connection's now)
                 continue
             acked = acked_bytes(fd)
