@@ -162,9 +162,9 @@ def test_a_connection_that_subscribes_to_more_than_one_node_topic_is_dropped(str
             publisher.heartbeat(["b"])      # the role's heartbeat reads the subscriptions too
             return raw.closed()
         until(dropped, "the connection's subscriptions refused")
-        assert publisher.refused >= 1
+        assert publisher.guard.refused >= 1
         until(lambda: _legit_hears(publisher, sub), "a node's subscriber hearing the stream")
-        assert publisher.refused == 1, "the node's own subscriber was refused"
+        assert publisher.guard.refused == 1, "the node's own subscriber was refused"
     finally:
         raw.close()
         sub.close(0)
@@ -196,9 +196,9 @@ def test_a_subscriber_that_sends_pings_and_never_reads_is_dropped(stream) -> Non
             publisher.heartbeat(["b"])
             return raw.closed()
         until(dropped, "the subscriber that never reads dropped")
-        assert publisher.stalled == 1
+        assert publisher.guard.stalled == 1
         until(lambda: _legit_hears(publisher, sub), "a node's subscriber still hearing the stream")
-        assert publisher.stalled == 1, "the node's own subscriber, which reads, was dropped"
+        assert publisher.guard.stalled == 1, "the node's own subscriber, which reads, was dropped"
     finally:
         raw.close()
         sub.close(0)
@@ -217,9 +217,9 @@ def test_a_descriptor_that_is_now_another_ports_connection_is_never_shut_down(st
     client = socket.create_connection(listener.getsockname())
     other, _ = listener.accept()
     try:
-        publisher._drop(other.fileno())      # what a stale frame naming that number led to
-        assert publisher._subscribed(other.fileno(), topic("c"))     # taken for gone: nothing kept
-        assert other.fileno() not in publisher.subscribers
+        publisher.guard._drop(other.fileno())      # what a stale frame naming that number led to
+        assert publisher.guard._subscribed(other.fileno(), topic("c"))     # taken for gone: nothing kept
+        assert other.fileno() not in publisher.guard.subscribers
         other.sendall(b"still here")
         client.settimeout(10)
         assert client.recv(16) == b"still here"

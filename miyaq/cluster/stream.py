@@ -26,23 +26,23 @@ classes add a PUB and a SUB.
 """
 from __future__ import annotations
 
-import _socket
 import hashlib
 import logging
 import os
 import random
-import re
 from typing import Any
 
 import msgpack
 
 from miyaq.cluster.peer_requests import PEER_PROTOCOL
+from miyaq.cluster.stream_port import (
+    STREAM_UNREAD_BUDGET, SUBSCRIPTION_LOOK, SubscriberGuard, listening_port, wire_size,
+)
 from miyaq.cluster.transport import Apply, AskResync
-from miyaq.core.unread import acked_bytes, unsent_bytes
 from miyaq.constants import PEER_HEARTBEAT_TIMEOUT, RESYNC_RETRY, STREAM_HEARTBEAT, STREAM_SILENCE
 from miyaq.logs import LogLimiter
 from miyaq.protocol import codec
-from miyaq.runtime import CRITICAL, Supervisor, green, monotonic
+from miyaq.runtime import CRITICAL, RESTART, Supervisor, green, monotonic
 from miyaq.runtime.messages import MessageRefused, send_frames
 from miyaq.runtime.sockets import SocketFactory, heartbeat_options, zmq
 
@@ -125,62 +125,6 @@ class StreamSender:
         """Nothing to release."""
 
 
-#: A topic as :func:`topic` makes it: 16 lowercase hex digits and ``|``.
-_TOPIC = re.compile(rb"[0-9a-f]{16}\|")
-#: Bytes a subscriber may have been published and not taken (by what its
-#: TCP connection acknowledged) before it is dropped: a peer this far behind
-#: resyncs anyway once the high-water mark drops its messages.
-STREAM_UNREAD_BUDGET = 128 * 1024 * 1024
-#: How often, at most, the stream's port waits before it reads the
-#: subscriptions that came (a send may take the edge of its descriptor).
-SUBSCRIPTION_LOOK = 0.1
-#: What the ZMTP framing adds to a stream message besides its body: the
-#: topic's frame (17 bytes, a flags byte and a size byte), the body's flags
-#: byte and its size (1 byte up to 255, else 8).
-_TOPIC_WIRE = 19
-
-
-def wire_size(body: int) -> int:
-    """Bytes a stream message with a body of ``body`` bytes takes on a
-    connection without keys (with CURVE each frame takes more: the count
-    then errs in the subscriber's favour)."""
-    return _TOPIC_WIRE + body + (2 if body <= 255 else 9)
-
-
-class _Subscriber:
-    """One connection to the stream's port that subscribed (by its descriptor)."""
-
-    __slots__ = ("acked", "base_acked", "base_sent", "ends", "stalled", "topic")
-
-    def __init__(self, ends: tuple[Any, Any], topic_: bytes, sent: int, acked: int) -> None:
-        self.ends = ends              # (local, peer) address: the descriptor may be another connection's later
-        self.topic = topic_
-        self.base_sent = sent         # what was published on its topic when it was last found caught up
-        self.base_acked = acked       # what its peer had acknowledged then
-        self.acked = acked            # at the last look
-        self.stalled: float | None = None   # since when bytes wait for it and it takes none
-
-
-def _socket_of(fd: int) -> Any:
-    """The plain ``_socket`` object of descriptor ``fd`` (detach it after
-    use: the descriptor is libzmq's); raises OSError when ``fd`` is closed
-    or no socket."""
-    return _socket.socket(fileno=fd)
-
-
-def _ends(fd: int) -> tuple[Any, Any] | None:
-    try:
-        sock = _socket_of(fd)
-    except OSError:
-        return None
-    try:
-        return sock.getsockname(), sock.getpeername()
-    except OSError:
-        return None
-    finally:
-        sock.detach()
-
-
 class ZmqStreamPublisher(StreamSender):
     """The XPUB side. ``send(dest, events)`` publishes one message.
 
@@ -189,7 +133,7 @@ class ZmqStreamPublisher(StreamSender):
     connection that subscribes to anything else (a prefix, everything, a
     second topic) or sends anything else is dropped at once (``shutdown``
     of its descriptor: libzmq then ends it and forgets its subscriptions),
-    and counted in :attr:`refused`. The subscriptions are read by a greenlet
+    and counted in ``guard.refused``. The subscriptions are read by a greenlet
     of ``supervisor`` (within :data:`SUBSCRIPTION_LOOK` of their coming) and
     at each :meth:`heartbeat`.
 
@@ -198,7 +142,7 @@ class ZmqStreamPublisher(StreamSender):
     that has bytes waiting and took none for the heartbeat timeout
     (``heartbeat_ms``'s second, the node's ``peer_heartbeat_timeout``), or
     that is :data:`STREAM_UNREAD_BUDGET` bytes behind what was published on
-    its topic, is dropped and counted in :attr:`stalled`, and what was
+    its topic, is dropped and counted in ``guard.stalled``, and what was
     queued for it freed; it reconnects when it can and resyncs on the gap.
     ZMTP's heartbeat alone dropped a frozen process but not a peer that
     reads nothing and sends PINGs (any traffic resets it)."""
@@ -209,27 +153,22 @@ class ZmqStreamPublisher(StreamSender):
         super().__init__(node_id, drop_ratio)
         # sends never wait: no zmq.green needed
         self.pub = sockets.publisher(bind, plain=True, heartbeat_ms=heartbeat_ms)
-        #: The port this socket listens on: a descriptor whose local port is
-        #: another is no connection of it (a closed one's number, reused).
-        self.port = int(self.pub.getsockopt(zmq.LAST_ENDPOINT).decode().rsplit(":", 1)[1])
         self.supervisor = supervisor
-        self.stall_limit = heartbeat_ms[1] / 1000.0
-        self.unread_budget = unread_budget
         #: Wire bytes published per topic since start (:func:`wire_size`).
         self.published: dict[bytes, int] = {}
-        self.subscribers: dict[int, _Subscriber] = {}
-        #: Connections dropped, by descriptor: their addresses, until another connection has it.
-        self._dropped_ends: dict[int, tuple[Any, Any]] = {}
-        self.refused = 0      # connections dropped for what they subscribed to or sent
-        self.stalled = 0      # connections dropped for not taking what they were sent
+        #: Who may subscribe, and who takes what it is sent.
+        self.guard = SubscriberGuard(listening_port(self.pub), self.published, heartbeat_ms[1] / 1000.0,
+                                     unread_budget)
         self._fd: Any = None
         self._closed = False
 
     def start(self) -> None:
-        """Read the subscriptions as they come (with a supervisor; else only at each heartbeat)."""
+        """Read the subscriptions as they come (with a supervisor; else only
+        at each heartbeat). The loop is restarted if it fails: publishing
+        goes on without it, and each heartbeat reads them too."""
         if self.supervisor is not None:
             self._fd = green.FdWait(self.pub.getsockopt(zmq.FD))
-            self.supervisor.spawn("stream port", self._serve_subscriptions, policy=CRITICAL)
+            self.supervisor.spawn("stream port", self._serve_subscriptions, policy=RESTART)
 
     def _publish(self, dest: str, body: dict[str, Any]) -> None:
         name = topic(dest)
@@ -252,7 +191,7 @@ class ZmqStreamPublisher(StreamSender):
         super().heartbeat(dests)
         if not self._closed:
             self.read_subscriptions()
-            self.check_subscribers(monotonic())
+            self.guard.check(monotonic())
 
     # -- who may subscribe ----------------------------------------------------------------
     def _serve_subscriptions(self) -> None:
@@ -266,120 +205,9 @@ class ZmqStreamPublisher(StreamSender):
             self._fd.wait(SUBSCRIPTION_LOOK)
 
     def read_subscriptions(self) -> None:
-        """Take every subscription (and anything else) the port's connections
-        sent; drop the connections that may not have it, once all that came
-        is read (a connection's later ones are then ignored: libzmq may hand
-        over what it read from it before it saw it end)."""
-        doomed: dict[int, str] = {}
-        while True:
-            try:
-                frame = self.pub.recv(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                break
-            fd = _descriptor(frame)
-            data = frame.bytes
-            if data[:1] == b"\x00" or fd < 0 or fd in doomed:
-                # An unsubscription (or libzmq's own, as a connection ended:
-                # no descriptor; no ZMTP 1.0 or 2.0 peer gets in), or more of
-                # a connection about to be dropped: nothing to check.
-                continue
-            ended = self._dropped_ends.get(fd)
-            if ended is not None:
-                if self._own_ends(fd) == ended:
-                    continue          # the dropped connection, not ended yet
-                del self._dropped_ends[fd]  # another connection on that descriptor now
-            if data[:1] == b"\x01" and _TOPIC.fullmatch(data, 1):
-                if self._subscribed(fd, data[1:]):
-                    continue
-                doomed[fd] = "a second topic"
-            elif data[:1] == b"\x01":
-                doomed[fd] = f"a subscription of {len(data) - 1} bytes that is no node's topic"
-            else:
-                doomed[fd] = f"a message of {len(data)} bytes that is no subscription"
-        for fd, why in doomed.items():
-            self.refused += 1
-            _log.warning("refused", "stream port: a connection sent %s: dropped (%d so far)", why, self.refused)
-            self._drop(fd)
-
-    def _subscribed(self, fd: int, name: bytes) -> bool:
-        """The connection on ``fd`` subscribed to ``name``: True if it may."""
-        ends = self._own_ends(fd)
-        if ends is None:
-            self.subscribers.pop(fd, None)
-            return True       # gone already: libzmq forgets its subscription with it
-        known = self.subscribers.get(fd)
-        if known is not None and known.ends == ends:
-            return known.topic == name      # the same subscription again changes nothing
-        acked = acked_bytes(fd)
-        self.subscribers[fd] = _Subscriber(ends, name, self.published.get(name, 0), acked or 0)
-        return True
-
-    def _own_ends(self, fd: int) -> tuple[Any, Any] | None:
-        """The (local, peer) addresses of the connection on descriptor
-        ``fd`` if it is one of this port's; None if ``fd`` is closed, no
-        socket, or another port's. A frame read here names the descriptor
-        its connection had; that connection may have closed since and the
-        number gone to another -- a worker's, a client's, a peer link, an
-        HTTP caller's -- which before 2026-12-05 was shut down in its place
-        (a stranger sent a bad subscription and closed at once)."""
-        ends = _ends(fd)
-        if ends is None or ends[0][1] != self.port:
-            return None
-        return ends
-
-    def _drop(self, fd: int) -> None:
-        """End the connection on ``fd`` (libzmq sees it end, and frees its queue)."""
-        self.subscribers.pop(fd, None)
-        ends = self._own_ends(fd)
-        if ends is None:
-            return
-        self._dropped_ends[fd] = ends
-        try:
-            sock = _socket_of(fd)
-        except OSError:
-            return
-        try:
-            sock.shutdown(_socket.SHUT_RDWR)
-        except OSError:
-            pass
-        finally:
-            sock.detach()
-
-    # -- who takes what it is sent ----------------------------------------------------------
-    def check_subscribers(self, now: float) -> None:
-        """Ask the kernel what each subscribed connection took; drop those
-        that took nothing for ``stall_limit`` while bytes waited, or are
-        ``unread_budget`` behind."""
-        for fd, sub in list(self.subscribers.items()):
-            if self._own_ends(fd) != sub.ends:
-                del self.subscribers[fd]      # ended (its descriptor closed, or another connection's now)
-                continue
-            acked = acked_bytes(fd)
-            try:
-                waiting = unsent_bytes(fd)
-            except OSError:
-                waiting = 0
-            published = self.published.get(sub.topic, 0)
-            if acked is None:
-                continue
-            if waiting == 0:
-                # Its socket is empty, so libzmq holds nothing for it either: caught up.
-                sub.base_sent, sub.base_acked, sub.acked, sub.stalled = published, acked, acked, None
-                continue
-            if acked != sub.acked:
-                sub.acked, sub.stalled = acked, None
-            elif sub.stalled is None:
-                sub.stalled = now
-            unread = (published - sub.base_sent) - (acked - sub.base_acked)
-            if sub.stalled is not None and now - sub.stalled >= self.stall_limit:
-                why = f"took nothing for {now - sub.stalled:.1f} s"
-            elif unread >= self.unread_budget:
-                why = f"is {unread} bytes behind"
-            else:
-                continue
-            self.stalled += 1
-            _log.warning("stalled", "stream port: a subscriber %s: dropped (%d so far)", why, self.stalled)
-            self._drop(fd)
+        """Read what the port's connections sent and drop those that may not
+        have it (:meth:`SubscriberGuard.read`)."""
+        self.guard.read(self.pub)
 
     def close(self) -> None:
         if not self._closed:
@@ -388,14 +216,6 @@ class ZmqStreamPublisher(StreamSender):
                 self._fd.wake()
                 self._fd.close()
             self.pub.close(linger=0)
-
-
-def _descriptor(frame: Any) -> int:
-    """The descriptor of the connection ``frame`` came by, -1 if it says none."""
-    try:
-        return int(frame.get(zmq.SRCFD))
-    except zmq.ZMQError:
-        return -1
 
 
 class StreamReceiver:

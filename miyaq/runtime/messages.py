@@ -128,7 +128,7 @@ class MessageRefused(Exception):
         self.reason = reason
 
 
-def _source_fd(part: Any) -> int:
+def source_fd(part: Any) -> int:
     """The descriptor of the connection ``part`` came by, or -1 when libzmq
     cannot tell: a message of a ZMTP 1.0 or 2.0 connection carries no
     metadata, and asking raises EINVAL. Before 2026-12-05 that escaped and
@@ -193,7 +193,7 @@ def recv_bounded(sock: Any, max_frames: int, max_bytes: int, flags: int = 0,
         part = recv(0, copy=False)          # the rest of the message is here already: never waits
         more = part.more
         if source is not None and count == 1:
-            source[0] = _source_fd(part)
+            source[0] = source_fd(part)
         count += 1
         size += len(part)
         if refused:
