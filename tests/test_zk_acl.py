@@ -12,7 +12,7 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from kazoo.client import KazooClient
@@ -132,20 +132,10 @@ def clients(zk_server: ZooKeeperServer, zk_clients: Callable[..., KazooClient]) 
 
 
 @pytest.fixture
-def coordinators(zk_server, zk_cluster_name, zk_supervisor) -> Iterator[Callable[..., ZooKeeperCoordinator]]:
-    made: list[ZooKeeperCoordinator] = []
-
-    def start(node_id: str, auth: ZkAuth | None = AUTH) -> ZooKeeperCoordinator:
-        c = ZooKeeperCoordinator(zk_server.hosts, zk_cluster_name, member(node_id), supervisor=zk_supervisor,
-                                 auth=auth, session_timeout=2.0, connect_timeout=5.0, op_timeout=5.0,
-                                 reconcile_interval=1.0)
-        made.append(c)
-        c.start()
-        return c
-
-    yield start
-    for c in made:
-        c.stop()
+def coordinators(make_coordinator: Callable[..., ZooKeeperCoordinator]) -> Callable[..., ZooKeeperCoordinator]:
+    """Coordinators of this test's cluster, with the cluster's credentials
+    unless ``auth`` says otherwise (``make_coordinator``: stopped at teardown)."""
+    return lambda node_id, auth=AUTH: make_coordinator(node_id, auth=auth)
 
 
 def test_a_stranger_can_neither_read_nor_write_a_protected_cluster(coordinators, clients, zk_cluster_name):
