@@ -326,3 +326,17 @@ def test_python_dash_m_miyaq_is_the_command_line():
                           timeout=GUARD)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("miyaq ")
+
+
+def test_a_ctrl_c_while_the_commands_load_ends_quietly_with_130(monkeypatch, capsys):
+    """Fault: a Ctrl-C in the first half second of any command -- while its
+    modules were imported and the parser built -- printed Python's
+    KeyboardInterrupt traceback instead of ending as a Ctrl-C later does."""
+    import miyaq.cli.main as cli_main
+
+    def interrupted_import(name: str):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("importlib.import_module", interrupted_import)
+    assert cli_main.main(["status"]) == 130
+    assert capsys.readouterr().err == ""

@@ -80,3 +80,38 @@ def test_a_start_whose_entry_wants_it_in_already_is_not_refused(
     wait_until(lambda: set(a.view.members) == {"a", "c"}, "c in the ring")
     assert zk_client.get(desired)[0] == before
     assert not [r for r in caplog.records if r.name == COORDINATOR_LOG], caplog.text
+
+
+def test_a_node_restarted_with_a_weight_too_large_for_the_ring_is_refused_at_start(
+        make_coordinator: Callable[..., ZooKeeperCoordinator], zk_server, zk_cluster_name, zk_client,
+        zk_supervisor):
+    """Fault: a node in the ring (wanted in at no weight of its own) is
+    restarted with ``--weight 1000``. Its start changes nothing in
+    ``desired``, so no check ran, but its registration alone asked the
+    leader for a ring of 160,160 points: the leader published no ring
+    again, and every join, leave and weight of every node was refused
+    from then on. Now the start is refused, saying why, and registers
+    nothing; the cluster goes on taking changes."""
+    from miyaq.errors import ConfigError
+
+    a = make_coordinator("a")
+    wait_until(lambda: a.is_leader and "a" in a.view.members, "a to lead a ring of a")
+    c = make_coordinator("c")
+    wait_until(lambda: set(a.view.members) == {"a", "c"}, "c in the ring")
+    c.stop()
+    wait_until(lambda: "c" not in a.registered(), "c's member znode gone")
+    desired = Layout(zk_cluster_name).desired
+    before = zk_client.get(desired)[0]
+    heavy = heavy_node(zk_server, zk_cluster_name, zk_supervisor, "c", 1000)
+    try:
+        with pytest.raises(ConfigError, match="c cannot register with weight 1000: the ring it is wanted in "
+                                              "would be too large .a ring of 160160 points"):
+            heavy.start()
+    finally:
+        heavy.stop()
+    assert zk_client.get(desired)[0] == before
+    assert "c" not in a.registered()
+    a.set_weight("a", 2)
+    wait_until(lambda: a.view.members["a"].weight == 2, "a's new weight published")
+    again = make_coordinator("c")
+    wait_until(lambda: set(a.view.members) == {"a", "c"} and "c" in again.view.members, "c back in the ring")

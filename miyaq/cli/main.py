@@ -31,10 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    run: Callable[[argparse.Namespace], int] = args.run
+    """Run one command; its exit status. A Ctrl-C at any point after this
+    module is imported -- while the commands' modules load, too -- ends with
+    130 and no traceback."""
     try:
+        args = build_parser().parse_args(argv)
+        run: Callable[[argparse.Namespace], int] = args.run
         return run(args) or 0
     except MiyaqError as err:
         print(f"miyaq: error: {err.message}", file=sys.stderr)

@@ -59,6 +59,41 @@ def change_desired(store: ZnodeStore, action: str, change: Change,
     return ring, registered
 
 
+def check_registration(store: ZnodeStore, member: Member, vnodes: int) -> None:
+    """``ConfigError`` when registering ``member`` would make the ring the
+    leader builds too large: its ``desired`` entry wants it in at no weight
+    of its own, so its registered weight counts, and a node restarted with a
+    larger ``--weight`` (1000 where it had 1) asked the leader for a ring
+    past the point limit -- which the leader refuses to publish, and with it
+    every later join, leave and weight of every node. Counted as the leader
+    counts (:func:`~miyaq.cluster.zk_leader.target_weights`: registered
+    nodes wanted in). A ring that is too large without this node is not
+    this start's doing and does not refuse it; nor does an unreadable
+    ``desired`` (the auto-join rebuilds it)."""
+    try:
+        desired, _ = store.read_desired()
+    except ConfigError:
+        return
+    intent = desired.get(member.node_id)
+    if intent is None or not intent.join or intent.weight is not None:
+        return
+    ring, _ = store.read_ring()
+    if ring is not None:
+        vnodes = ring.vnodes
+    registered = store.read_registered()
+    registered.pop(member.node_id, None)
+    try:
+        target_weights(registered, desired, vnodes)
+    except ConfigError:
+        return
+    try:
+        target_weights({**registered, member.node_id: member}, desired, vnodes)
+    except ConfigError as exc:
+        raise ConfigError(f"{member.node_id} cannot register with weight {member.weight:g}: the ring it is "
+                          f"wanted in would be too large ({exc.message}); start it with a smaller --weight, "
+                          "or take it out first (miyaq leave)") from None
+
+
 class RingAdmin:
     """Inspect and change a cluster's ring from the CLI (no node needed).
 

@@ -35,7 +35,7 @@ from miyaq.cluster.membership import Coordinator
 from miyaq.protocol.ring import DEFAULT_VNODES
 from miyaq.cluster.ring_view import Member, RingView, check_node_id, check_weight
 from miyaq.cluster.zk_auth import ZkAuth
-from miyaq.cluster.ring_admin import Change, change_desired
+from miyaq.cluster.ring_admin import Change, change_desired, check_registration
 from miyaq.cluster.zk_layout import Intent, Layout, RingRecord, with_join, with_weight
 from miyaq.cluster.zk_leader import Leader
 from miyaq.cluster.zk_registry import Registry
@@ -216,6 +216,7 @@ class ZooKeeperCoordinator(Coordinator):
             self._supervisor.spawn(f"{self._part}:notifier", self._notifier, policy=RESTART)
             store.ensure_paths()
             store.protect()
+            check_registration(store, self._member, self._vnodes)
             registry.register()
             if self._auto_join:
                 self._auto_join_desired(store)
