@@ -34,7 +34,8 @@ def _paths(store: KeyStore, name: str = "app") -> tuple[str, str]:
     return os.path.join(store.dir, f"{name}.key_secret"), os.path.join(store.dir, "node.key")
 
 
-NO_ANSWER = "is the node's public key right (--server-key), and is this key authorized?"
+WRONG_NODE_KEY = ("closed the connection during the key handshake: the node's public key given to this client "
+                  "(--server-key) is most likely not that node's")
 
 
 def test_client_with_keys_talks_curve_and_is_identified_by_its_key(store, server):
@@ -73,7 +74,9 @@ def test_wrong_server_key_fails_at_first_contact_naming_the_keys(store, server, 
     """Fault: the client has another cluster's public key. The CURVE handshake
     never completes; the request fails within the connect wait (not at its
     10 s timeout) and a submit after the first-contact wait (not at its
-    600 s deadline), both saying which keys to check."""
+    600 s deadline), both saying which key is wrong (the node closes a
+    handshake it cannot decrypt without a word; before 2026-12-05 the
+    error listed the possible causes instead)."""
     other = KeyStore(str(tmp_path / "other"))
     other.init()
     key, _ = _paths(store)
@@ -82,8 +85,8 @@ def test_wrong_server_key_fails_at_first_contact_naming_the_keys(store, server, 
     try:
         with pytest.raises(miyaq.Unavailable) as failure:
             client.status()
-        assert f"no answer from {server.endpoint}: {NO_ANSWER}" in str(failure.value)
-        with pytest.raises(miyaq.Unavailable, match="is this key authorized"):
+        assert f"cannot reach any node: {server.endpoint} {WRONG_NODE_KEY}" in str(failure.value)
+        with pytest.raises(miyaq.Unavailable, match="is most likely not that node's"):
             client.submit("echo", [1], wait=True)
     finally:
         client.close(flush=False)
@@ -91,14 +94,18 @@ def test_wrong_server_key_fails_at_first_contact_naming_the_keys(store, server, 
 
 
 def test_revoked_key_is_refused_with_the_same_message(store, server):
-    """Fault: the client's key was revoked (and the node reloaded its keys)."""
+    """Fault: the client's key was revoked (and the node reloaded its keys):
+    the error says the node refused this key (before 2026-12-05 it listed
+    the possible causes: a wrong node key, an unknown key, no node)."""
     store.revoke("app")
     server.reload()
     key, server_key = _paths(store)
     key = os.path.join(store.dir, "revoked", "app.key_secret")
     with miyaq.Client(server.endpoint, key=key, server_key=server_key, request_timeout=3.0) as client:
-        with pytest.raises(miyaq.Unavailable, match="is this key authorized"):
+        with pytest.raises(miyaq.Unavailable) as failure:
             client.status()
+    assert f"cannot reach any node: {server.endpoint} refused this client's key: the node does not know it" in \
+        str(failure.value)
     assert server.users == []
 
 
@@ -135,7 +142,7 @@ def test_cli_with_a_wrong_server_key_is_one_clear_error(store, server, tmp_path)
     done = _cli("status", "--connect", server.endpoint, "--key", key, "--server-key",
                 os.path.join(other.dir, "node.key"))
     assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr.startswith(f"miyaq: error: cannot reach any node: no answer from {server.endpoint}: {NO_ANSWER}")
+    assert done.stderr.startswith(f"miyaq: error: cannot reach any node: {server.endpoint} {WRONG_NODE_KEY}")
 
 
 def test_cli_submit_key_is_the_certificate_and_the_dedup_key_has_its_own_option():

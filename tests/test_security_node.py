@@ -219,3 +219,54 @@ def test_a_revoked_key_is_sent_no_more_tasks_on_the_connections_it_holds(ctx, se
     wait_for(lambda: stats(secure_node)["totals"]["workers"] == 0, what="the worker forgotten")
     assert submit(admin, task("a" * 32, "q1"), task("b" * 32, "q2"))[0][1] == c.ACCEPTED
     assert [admin.ok(c.TASK, {"id": i * 32})["task"]["state"] for i in "ab"] == ["ready", "ready"]
+
+
+def test_a_client_without_keys_is_told_the_node_needs_keys(secure_node):
+    """Fault: a client without keys (no --key/--server-key) to a node with
+    ``--keys``. The handshake fails at once (keys on one side only), and
+    the error said "nothing is listening on ... -- is a node running?",
+    sending the user to look for a node that runs. It now says the node
+    needs keys and which options give them."""
+    client = miyaq.Client(secure_node.endpoint, request_timeout=5.0)
+    try:
+        with pytest.raises(miyaq.Unavailable) as failure:
+            client.status()
+    finally:
+        client.close(flush=False)
+    assert (f"cannot reach any node: {secure_node.endpoint} needs keys (the node runs with --keys): pass --key "
+            "and --server-key") in str(failure.value)
+
+
+def test_a_client_with_keys_is_told_the_node_does_not_use_them(make_node, keys):
+    """Fault: a client given keys connects to a node without ``--keys``:
+    the error listed a wrong node key, an unknown key or no node as the
+    possible causes. It now says the node does not use keys."""
+    plain = make_node()
+    client = miyaq.Client(plain.endpoint, key=keys.secret("producer"), server_key=keys.server_key,
+                          request_timeout=5.0)
+    try:
+        with pytest.raises(miyaq.Unavailable) as failure:
+            client.status()
+    finally:
+        client.close(flush=False)
+    assert f"cannot reach any node: {plain.endpoint} does not use keys" in str(failure.value)
+
+
+@pytest.mark.parametrize("fault", ["no key", "unknown key", "wrong node key"])
+def test_a_worker_whose_handshake_fails_logs_why(fault, keys, procs, secure_node, tmp_path):
+    """Fault: a worker started without its key, with a key the node does
+    not know, or with another cluster's node key. It retried in silence
+    (nothing in its log said why no task came). It now logs, a few times a
+    minute, why the node would not take it and what to change."""
+    other = make_keys(str(tmp_path / "other"))
+    options = {"no key": [],
+               "unknown key": ["--key", other.secret("worker"), "--server-key", keys.server_key],
+               "wrong node key": ["--key", keys.secret("worker"), "--server-key", other.server_key]}[fault]
+    expected = {"no key": "needs keys (the node runs with --keys)",
+                "unknown key": "refused this worker's key: the node does not know it",
+                "wrong node key": "closed the connection during the key handshake: the node's public key given "
+                                  "to this worker (--server-key) is most likely not that node's"}[fault]
+    worker = procs.worker("apps.basic:app", secure_node.endpoint, 1, *options)
+    wait_for(lambda: expected in worker.log_tail(200), timeout=30)
+    assert f"cannot connect to node {secure_node.endpoint}: {secure_node.endpoint} {expected}" in worker.log_tail(200)
+    assert stats(secure_node)["totals"]["workers"] == 0

@@ -318,7 +318,9 @@ class IOLoop:
         never takes their descriptor's edge."""
         if not self._has_message(monitor):
             return
-        closed, connected = self._connection_events(monitor)
+        closed, connected, failure = self._connection_events(monitor)
+        if failure is not None:
+            self.nodes.handshake_failed(node, failure)
         if connected is not None:
             self.nodes.mark(node, connected)
         if closed:

@@ -75,6 +75,9 @@ class Nodes:
         # Ring endpoints the transport refused to dial (not an endpoint libzmq
         # accepts): not tried again, so a bad RING reply is logged once.
         self.refused: set[str] = set()
+        # Why the last handshake with a node failed, for nodes not up since
+        # (``handshake_failed``; replaced whole, read by callers' threads).
+        self.failures: dict[int, str] = {}
         self.placement: Placement | None = None    # from the last RING reply (None: round-robin)
         # Each node's limits, from its RING replies (None: it answered without
         # any, a node of before 2026-12-04); a node not asked yet is taken to have
@@ -120,9 +123,18 @@ class Nodes:
             order = [i for i in order if i not in down] + [i for i in order if i in down]
         return order
 
+    def handshake_failed(self, node: int, failure: str) -> None:
+        """The last handshake with ``node`` failed for ``failure``
+        (:func:`~miyaq.runtime.connections.handshake_failure`): the
+        first-contact error says so until a connection to it is up."""
+        if self.failures.get(node) != failure:
+            self.failures = {**self.failures, node: failure}
+
     def mark(self, node: int, connected: bool) -> None:
         """What the connection to ``node`` did last: closed, or up (again)."""
         if connected:
+            if node in self.failures:
+                self.failures = {k: v for k, v in self.failures.items() if k != node}
             if node in self.down:
                 self.down = self.down - {node}
             if node not in self.up:
@@ -224,9 +236,17 @@ class Nodes:
     # -- first contact ------------------------------------------------------------------
     def unreachable(self) -> Unavailable:
         """The first-contact error: no node was ever reached. Names the
-        endpoints and where they came from; with keys, the likely causes."""
+        endpoints and where they came from; a handshake that failed, why
+        (a key refused, keys on one side only, a wrong node key); else,
+        with keys, the likely causes."""
         shown = ", ".join(self.endpoints[:3]) + (" ..." if len(self.endpoints) > 3 else "")
         source = "" if self.source == "given" else f" ({self.source})"
+        failures = self.failures
+        if failures:
+            from ..runtime.connections import explain_handshake    # loaded with the client's I/O
+            node = min(failures)
+            return Unavailable(f"cannot reach any node{source}: "
+                               f"{explain_handshake(failures[node], self.endpoints[node], self.secure)}")
         if self.secure:
             return Unavailable(f"cannot reach any node: no answer from {shown}{source}: is the node's public "
                                f"key right (--server-key), and is this key authorized? (Or is no node "

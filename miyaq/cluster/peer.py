@@ -274,10 +274,15 @@ class PeerEndpoint(PeerRequests):
         """A DEALER's monitor has events: if its connection closed, end the
         requests to that node that say what to do then."""
         try:
-            closed, _ = connection_events(monitor)
+            closed, _, failure = connection_events(monitor)
         except zmq.ZMQError:
             return    # retired by connect() meanwhile
         node_id = self._watching.get(monitor)
+        if failure is not None and node_id is not None:
+            _log.warning("handshake",
+                         "peer link: the handshake with member %s (%s) failed (%s): do the nodes share one "
+                         "cluster key (the same keys directory's node.key_secret)?",
+                         node_id, self.endpoints.get(node_id), failure)
         if closed and node_id is not None:
             ended = self.connection_lost(node_id)
             if ended:

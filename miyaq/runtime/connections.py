@@ -4,19 +4,72 @@ connection monitor's events. :mod:`.sockets` makes the sockets.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import zmq
 
 from ..errors import ConfigError
 from .endpoints import wants_ipv6
 
-__all__ = ["CONNECTION_CLOSED", "CONNECTION_READY", "connect_or_refuse", "connection_events", "monitor_event",
-           "redial", "use_family_of"]
+__all__ = ["CONNECTION_CLOSED", "CONNECTION_READY", "HANDSHAKE_FAILED", "ConnectionEvents", "connect_or_refuse",
+           "connection_events", "explain_handshake", "handshake_failure", "monitor_event", "redial", "use_family_of"]
 
 #: The socket-monitor events miyaq watches (:meth:`SocketFactory.connection_monitor`).
 CONNECTION_CLOSED = int(zmq.EVENT_DISCONNECTED)
 CONNECTION_READY = int(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+HANDSHAKE_FAILED = int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                       | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+"""The three events of a handshake that failed; :func:`handshake_failure` says which way."""
+
+#: Why a handshake failed, as :func:`handshake_failure` names it (what the
+#: connecting side sees; checked against libzmq 4.3 with pyzmq's own CURVE
+#: authenticator):
+KEY_REFUSED = "key refused"
+"""The other side's ZAP handler refused our key (unknown to it, or revoked)."""
+MECHANISM_MISMATCH = "mechanism mismatch"
+"""One side uses CURVE and the other does not (keys on one side only)."""
+CLOSED_IN_HANDSHAKE = "closed in the handshake"
+"""The other side closed the connection mid-handshake without a word: what a
+CURVE server does with a HELLO it cannot decrypt -- we were given another
+public key than its own."""
+PROTOCOL_ERROR = "protocol error"
+"""Any other ZMTP error in the handshake (not a ZeroMQ peer, a cryptographic
+error seen on our side)."""
+
+_MECHANISM_MISMATCH_CODE = 0x11000002     # ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+
+
+def explain_handshake(failure: str, endpoint: str, secure: bool, who: str = "this client") -> str:
+    """What to do about a handshake with ``endpoint`` that failed for
+    ``failure`` (:func:`handshake_failure`), said to whoever connects
+    (``who``: "this client", "this worker"; ``secure``: whether it has
+    keys). The flags named are the client's and worker's (``--key``,
+    ``--server-key`` and their ``MIYAQ_`` variables)."""
+    if failure == KEY_REFUSED:
+        return (f"{endpoint} refused {who}'s key: the node does not know it (not among its authorized keys, "
+                f"or revoked; `miyaq keys list` where its keys are)")
+    if failure == MECHANISM_MISMATCH:
+        if secure:
+            return (f"{endpoint} does not use keys: connect without --key and --server-key (MIYAQ_KEY, "
+                    f"MIYAQ_SERVER_KEY), or start that node with --keys")
+        return (f"{endpoint} needs keys (the node runs with --keys): pass --key and --server-key (MIYAQ_KEY, "
+                f"MIYAQ_SERVER_KEY; docs/security.md)")
+    if failure == CLOSED_IN_HANDSHAKE and secure:
+        return (f"{endpoint} closed the connection during the key handshake: the node's public key given to "
+                f"{who} (--server-key) is most likely not that node's")
+    return f"the handshake with {endpoint} failed ({failure}): is a miyaq node listening there?"
+
+
+class ConnectionEvents(NamedTuple):
+    """What :func:`connection_events` read from a connection monitor."""
+
+    closed: int
+    """How many connections closed."""
+    connected: bool | None
+    """Whether the last event left the socket connected (True), closed
+    (False), or there was no such event (None)."""
+    failure: str | None
+    """Why the last handshake that failed did (:func:`handshake_failure`), or None."""
 
 
 def use_family_of(sock: Any, endpoint: str) -> None:
@@ -64,20 +117,38 @@ def monitor_event(frames: list[bytes]) -> int:
     return int.from_bytes(frames[0][:2], "little") if frames and len(frames[0]) >= 2 else 0
 
 
-def connection_events(monitor: Any) -> tuple[int, bool | None]:
+def handshake_failure(frames: list[bytes]) -> str | None:
+    """Why a handshake failed, for a monitor message of one of the
+    :data:`HANDSHAKE_FAILED` events (:data:`KEY_REFUSED`,
+    :data:`MECHANISM_MISMATCH`, :data:`CLOSED_IN_HANDSHAKE`,
+    :data:`PROTOCOL_ERROR`); None for any other message."""
+    event = monitor_event(frames)
+    if not event & HANDSHAKE_FAILED:
+        return None
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return KEY_REFUSED
+    if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+        return CLOSED_IN_HANDSHAKE
+    value = int.from_bytes(frames[0][2:6], "little")
+    return MECHANISM_MISMATCH if value == _MECHANISM_MISMATCH_CODE else PROTOCOL_ERROR
+
+
+def connection_events(monitor: Any) -> ConnectionEvents:
     """Read every event waiting on a :meth:`SocketFactory.connection_monitor`
-    without blocking: how many connections closed, and whether the last
-    event left the socket connected (True), closed (False) or there was
-    none (None)."""
+    without blocking."""
     closed = 0
     state: bool | None = None
+    failure: str | None = None
     while True:
         try:
-            event = monitor_event(monitor.recv_multipart(zmq.NOBLOCK))
+            frames = monitor.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:
-            return closed, state
+            return ConnectionEvents(closed, state, failure)
+        event = monitor_event(frames)
         if event == CONNECTION_CLOSED:
             closed += 1
             state = False
         elif event == CONNECTION_READY:
             state = True
+        elif event & HANDSHAKE_FAILED:
+            failure = handshake_failure(frames)

@@ -26,7 +26,7 @@ import os
 import zmq
 
 from ..errors import ConfigError
-from .connections import CONNECTION_CLOSED, CONNECTION_READY, connect_or_refuse, use_family_of
+from .connections import CONNECTION_CLOSED, CONNECTION_READY, HANDSHAKE_FAILED, connect_or_refuse, use_family_of
 from .endpoints import names_version
 from .io_threads import apply as apply_io_policy, chosen as chosen_io_policy
 
@@ -308,15 +308,16 @@ class SocketFactory:
 
     def connection_monitor(self, sock: Any, *, ready: bool = False) -> Any:
         """A PAIR that receives a message each time a connection of ``sock``
-        closes, and with ``ready`` each time one is ready for messages
-        (libzmq's socket monitor: ``ZMQ_EVENT_DISCONNECTED``,
+        closes or fails its handshake, and with ``ready`` each time one is
+        ready for messages (libzmq's socket monitor: ``ZMQ_EVENT_DISCONNECTED``,
+        the three ``ZMQ_EVENT_HANDSHAKE_FAILED_*``,
         ``ZMQ_EVENT_HANDSHAKE_SUCCEEDED``; nothing per message). It is of
         this factory's flavour and closed with it; read it with
         :func:`connection_events`.
 
         Attach it before ``sock`` connects (:meth:`watched_dealer`): libzmq
         reports an event only to a monitor that exists when it happens."""
-        return sock.get_monitor_socket(CONNECTION_CLOSED | (CONNECTION_READY if ready else 0))
+        return sock.get_monitor_socket(CONNECTION_CLOSED | HANDSHAKE_FAILED | (CONNECTION_READY if ready else 0))
 
     def watched_dealer(self, connect: str, *, ready: bool, **options: Any) -> tuple[Any, Any]:
         """A DEALER connected to ``connect`` (``options`` as for :meth:`dealer`)

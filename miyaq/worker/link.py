@@ -35,7 +35,9 @@ from ..protocol.reach import explain, unreachable
 from ..runtime import green, monotonic
 from ..runtime.messages import HubSocket
 from ..runtime.open_files import open_files_hint, room_for
-from ..runtime.connections import CONNECTION_CLOSED, monitor_event
+from ..runtime.connections import (
+    CONNECTION_CLOSED, HANDSHAKE_FAILED, explain_handshake, handshake_failure, monitor_event,
+)
 from ..runtime.sockets import SocketFactory, zmq
 from .config import (FIRST_CONTACT, FIRST_CONTACT_REPEAT_MAX, LIVENESS, MAX_INBOUND_MESSAGE, MAX_RESULT_BYTES,
                      NODE_HEARTBEAT_RANGE, PROBE_TIMEOUT, RECV_BURST, RESULT_MESSAGE_SLACK)
@@ -266,8 +268,17 @@ class NodeLink:
                 if self.worker.stopping_hard or monitor is not self.monitor:
                     continue
                 raise
-            if monitor is self.monitor and monitor_event(frames) == CONNECTION_CLOSED:
+            if monitor is not self.monitor:
+                continue
+            event = monitor_event(frames)
+            if event == CONNECTION_CLOSED:
                 self._connection_closed()
+            elif event & HANDSHAKE_FAILED:
+                failure = handshake_failure(frames)
+                if failure is not None:
+                    _log.warning("handshake", "cannot connect to node %s: %s", self.endpoint,
+                                 explain_handshake(failure, self.endpoint, self.factory.security is not None,
+                                                   "this worker"))
 
     def _connection_closed(self) -> None:
         if self.worker.stopping_hard or not self.answered:
