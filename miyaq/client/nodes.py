@@ -126,9 +126,15 @@ class Nodes:
     def handshake_failed(self, node: int, failure: str) -> None:
         """The last handshake with ``node`` failed for ``failure``
         (:func:`~miyaq.runtime.connections.handshake_failure`): the
-        first-contact error says so until a connection to it is up."""
-        if self.failures.get(node) != failure:
-            self.failures = {**self.failures, node: failure}
+        first-contact error says so until a connection to it is up. A
+        vague reason (the node closed the connection) does not replace a
+        specific one seen before: which of the two a retry sees is a race
+        of the greetings."""
+        from ..runtime.connections import SPECIFIC_FAILURES     # loaded with the client's I/O
+        known = self.failures.get(node)
+        if known == failure or (known in SPECIFIC_FAILURES and failure not in SPECIFIC_FAILURES):
+            return
+        self.failures = {**self.failures, node: failure}
 
     def mark(self, node: int, connected: bool) -> None:
         """What the connection to ``node`` did last: closed, or up (again)."""

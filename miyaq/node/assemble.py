@@ -53,6 +53,7 @@ from miyaq.security.curve import NodeCurve
 from miyaq.security.exposure import exposure_warning
 from miyaq.security.guard import Guard
 from miyaq.security.keystore import KeyStore
+from miyaq.security.handshakes import HandshakeFailures
 from miyaq.security.zap import ZapHandler
 from miyaq.store.log import AppendLog
 from miyaq.store.log_format import MAX_FRAME_PAYLOAD
@@ -87,12 +88,15 @@ def build_node(config: NodeConfig, *, coordinator: Coordinator | None = None, tr
     sockets = sockets or SocketFactory(green=True, max_message=config.max_message)
     if curve is not None:
         sockets.security = curve
+    sockets.watch_handshakes()     # before any socket binds: every failed handshake is counted
     try:
         zap = None
         if store is not None:
             zap = ZapHandler(store, supervisor, sockets)
             zap.start()            # before any socket binds: no handshake goes unchecked
-        return _build(config, supervisor, sockets, coordinator, transport, stream_drop, zap, warning)
+        handshakes = HandshakeFailures(sockets, supervisor)
+        handshakes.start()
+        return _build(config, supervisor, sockets, coordinator, transport, stream_drop, zap, warning, handshakes)
     except BaseException:
         supervisor.kill()
         sockets.close()
@@ -100,7 +104,8 @@ def build_node(config: NodeConfig, *, coordinator: Coordinator | None = None, tr
 
 
 def _build(config: NodeConfig, supervisor: Supervisor, sockets: SocketFactory, coordinator: Coordinator | None,
-           transport: Transport | None, stream_drop: float, zap: ZapHandler | None, warning: str | None) -> Node:
+           transport: Transport | None, stream_drop: float, zap: ZapHandler | None, warning: str | None,
+           handshakes: HandshakeFailures) -> Node:
     guard = Guard(zap.identity) if zap is not None else None
     core = Core(config, sockets, supervisor, guard)
     if zap is not None:
@@ -115,7 +120,7 @@ def _build(config: NodeConfig, supervisor: Supervisor, sockets: SocketFactory, c
         core.dispatcher.announce = role.flush   # other holders hear who runs a task before its worker has it
         periodic = PeriodicScheduler(config, core.engine, core.workers, role, supervisor, shared=shared)
         open_files = OpenFilesWatch(config.id, supervisor)
-        status = NodeStatus(config, core, role, periodic, persistence, open_files, zap, warning)
+        status = NodeStatus(config, core, role, periodic, persistence, open_files, zap, warning, handshakes)
         ServiceHandlers(core, role, periodic, status, webhooks=bool(config.http_port)).install()
         clockwork = Clockwork(core, role, supervisor)
         # Start order: the log is replayed before the role decides to reconcile;

@@ -15,13 +15,14 @@ from miyaq.core.handles import Role, StorageHealth
 from miyaq.node.open_files import OpenFilesWatch
 from miyaq.periodic.scheduler import PeriodicScheduler
 from miyaq.runtime import monotonic
+from miyaq.security.handshakes import HandshakeFailures
 from miyaq.security.zap import ZapHandler
 
 
 class NodeStatus:
     def __init__(self, config: NodeConfig, core: Core, role: Role, periodic: PeriodicScheduler,
                  storage: StorageHealth | None, open_files: OpenFilesWatch, keys: ZapHandler | None = None,
-                 warning: str | None = None) -> None:
+                 warning: str | None = None, handshakes: HandshakeFailures | None = None) -> None:
         self.node_id = config.id
         self.core = core
         self.role = role
@@ -30,6 +31,7 @@ class NodeStatus:
         self.open_files = open_files
         self.keys = keys
         self.warning = warning
+        self.handshakes = handshakes
         self.started = monotonic()
 
     def __call__(self, now: float) -> dict[str, Any]:
@@ -46,12 +48,17 @@ class NodeStatus:
     def security(self) -> dict[str, Any]:
         """``keys``: CURVE on or off; with keys, ``authorized`` (how many keys),
         ``roles``, ``handshakes_refused``/``handshakes_admitted`` and ``reloads``;
-        ``warning`` when the node runs exposed (``--insecure``)."""
+        ``handshakes_failed`` (keys or not): ``{port: {reason: count}}`` of
+        the handshakes that failed before any key was checked
+        (:mod:`miyaq.security.handshakes`); ``warning`` when the node runs
+        exposed (``--insecure``)."""
         section: dict[str, Any] = {"keys": self.keys is not None}
         if self.keys is not None:
             zap = self.keys.stats()
             zap["authorized"] = zap.pop("keys")
             section.update(zap)
+        if self.handshakes is not None:
+            section["handshakes_failed"] = self.handshakes.stats()
         if self.warning:
             section["warning"] = self.warning
         return section

@@ -11,8 +11,10 @@ import zmq
 from ..errors import ConfigError
 from .endpoints import wants_ipv6
 
-__all__ = ["CONNECTION_CLOSED", "CONNECTION_READY", "HANDSHAKE_FAILED", "ConnectionEvents", "connect_or_refuse",
-           "connection_events", "explain_handshake", "handshake_failure", "monitor_event", "redial", "use_family_of"]
+__all__ = ["CONNECTION_CLOSED", "CONNECTION_READY", "FAILED_BEFORE_ZAP", "HANDSHAKE_FAILED", "SPECIFIC_FAILURES",
+           "ConnectionEvents",
+           "connect_or_refuse", "connection_events", "explain_handshake", "handshake_failure", "monitor_event",
+           "redial", "use_family_of"]
 
 #: The socket-monitor events miyaq watches (:meth:`SocketFactory.connection_monitor`).
 CONNECTION_CLOSED = int(zmq.EVENT_DISCONNECTED)
@@ -20,6 +22,8 @@ CONNECTION_READY = int(zmq.EVENT_HANDSHAKE_SUCCEEDED)
 HANDSHAKE_FAILED = int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                        | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 """The three events of a handshake that failed; :func:`handshake_failure` says which way."""
+FAILED_BEFORE_ZAP = int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+"""Those of them a ZAP handler never hears of (its refusals are ``..._AUTH``)."""
 
 #: Why a handshake failed, as :func:`handshake_failure` names it (what the
 #: connecting side sees; checked against libzmq 4.3 with pyzmq's own CURVE
@@ -32,10 +36,14 @@ CLOSED_IN_HANDSHAKE = "closed in the handshake"
 """The other side closed the connection mid-handshake without a word: what a
 CURVE server does with a HELLO it cannot decrypt -- we were given another
 public key than its own."""
+CRYPTOGRAPHIC_ERROR = "cryptographic error"
+"""A CURVE message that did not decrypt: on a node, a client or worker given
+another node key than this node's (``--server-key``)."""
 PROTOCOL_ERROR = "protocol error"
 """Any other ZMTP error in the handshake (not a ZeroMQ peer, a cryptographic
 error seen on our side)."""
 
+_CRYPTOGRAPHIC_CODE = 0x11000001          # ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC
 _MECHANISM_MISMATCH_CODE = 0x11000002     # ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
 
 
@@ -48,16 +56,27 @@ def explain_handshake(failure: str, endpoint: str, secure: bool, who: str = "thi
     if failure == KEY_REFUSED:
         return (f"{endpoint} refused {who}'s key: the node does not know it (not among its authorized keys, "
                 f"or revoked; `miyaq keys list` where its keys are)")
+    pass_keys = "pass --key and --server-key (MIYAQ_KEY, MIYAQ_SERVER_KEY; docs/security.md)"
     if failure == MECHANISM_MISMATCH:
         if secure:
             return (f"{endpoint} does not use keys: connect without --key and --server-key (MIYAQ_KEY, "
                     f"MIYAQ_SERVER_KEY), or start that node with --keys")
-        return (f"{endpoint} needs keys (the node runs with --keys): pass --key and --server-key (MIYAQ_KEY, "
-                f"MIYAQ_SERVER_KEY; docs/security.md)")
-    if failure == CLOSED_IN_HANDSHAKE and secure:
+        return f"{endpoint} needs keys (the node runs with --keys): {pass_keys}"
+    # A node closes a connection whose mechanism is not its own at the greeting,
+    # without a word: the connecting side sees a mismatch only if it read the
+    # node's greeting first, else this.
+    if failure in (CLOSED_IN_HANDSHAKE, CRYPTOGRAPHIC_ERROR) and secure:
         return (f"{endpoint} closed the connection during the key handshake: the node's public key given to "
-                f"{who} (--server-key) is most likely not that node's")
+                f"{who} (--server-key) is most likely not that node's, or the node does not use keys")
+    if failure == CLOSED_IN_HANDSHAKE:
+        return (f"{endpoint} closed the connection during the handshake, as a node with --keys does to a "
+                f"connection without keys: {pass_keys}")
     return f"the handshake with {endpoint} failed ({failure}): is a miyaq node listening there?"
+
+
+SPECIFIC_FAILURES = (KEY_REFUSED, MECHANISM_MISMATCH, CRYPTOGRAPHIC_ERROR)
+"""Reasons that say more than :data:`CLOSED_IN_HANDSHAKE` and :data:`PROTOCOL_ERROR`:
+one seen is not replaced by a vaguer one of a later attempt."""
 
 
 class ConnectionEvents(NamedTuple):
@@ -121,7 +140,8 @@ def handshake_failure(frames: list[bytes]) -> str | None:
     """Why a handshake failed, for a monitor message of one of the
     :data:`HANDSHAKE_FAILED` events (:data:`KEY_REFUSED`,
     :data:`MECHANISM_MISMATCH`, :data:`CLOSED_IN_HANDSHAKE`,
-    :data:`PROTOCOL_ERROR`); None for any other message."""
+    :data:`CRYPTOGRAPHIC_ERROR`, :data:`PROTOCOL_ERROR`); None for any
+    other message."""
     event = monitor_event(frames)
     if not event & HANDSHAKE_FAILED:
         return None
@@ -130,7 +150,9 @@ def handshake_failure(frames: list[bytes]) -> str | None:
     if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
         return CLOSED_IN_HANDSHAKE
     value = int.from_bytes(frames[0][2:6], "little")
-    return MECHANISM_MISMATCH if value == _MECHANISM_MISMATCH_CODE else PROTOCOL_ERROR
+    if value == _MECHANISM_MISMATCH_CODE:
+        return MECHANISM_MISMATCH
+    return CRYPTOGRAPHIC_ERROR if value == _CRYPTOGRAPHIC_CODE else PROTOCOL_ERROR
 
 
 def connection_events(monitor: Any) -> ConnectionEvents:

@@ -21,12 +21,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import ctypes
 import importlib
+import itertools
 import os
 
 import zmq
 
 from ..errors import ConfigError
-from .connections import CONNECTION_CLOSED, CONNECTION_READY, HANDSHAKE_FAILED, connect_or_refuse, use_family_of
+from .connections import (
+    CONNECTION_CLOSED, CONNECTION_READY, FAILED_BEFORE_ZAP, HANDSHAKE_FAILED, connect_or_refuse, use_family_of,
+)
 from .endpoints import names_version
 from .io_threads import apply as apply_io_policy, chosen as chosen_io_policy
 
@@ -76,6 +79,9 @@ STREAM_ZAP_DOMAIN = b"miyaq-stream"
 #: asyncio factory is made: it imports asyncio and with it ``ssl``, which a
 #: gevent worker may import only after it has monkey-patched.
 FLAVOURS = {"green": "zmq.green", "plain": "zmq", "asyncio": "zmq.asyncio"}
+
+_monitor_numbers = itertools.count(1)
+"""Numbers the inproc addresses of handshake monitors (one per bound socket)."""
 
 __all__ = ["FLAVOURS", "HWM", "SUBSCRIPTION_FRAME_LIMIT", "SocketFactory", "SocketSecurity", "heartbeat_options", "zmq"]
 
@@ -160,7 +166,36 @@ class SocketFactory:
         self.max_message = max_message
         self.frame_limit = max_message + FRAME_SLACK
         self.security = security
+        #: ``(port, monitor)`` of every bound socket made since
+        #: :meth:`watch_handshakes`: a plain PAIR that receives the handshakes
+        #: that failed on that port before any ZAP handler was asked
+        #: (:mod:`miyaq.security.handshakes` reads them). None: not watched.
+        self.handshake_monitors: list[tuple[str, Any]] | None = None
         self._closed = False
+
+    def watch_handshakes(self) -> None:
+        """From now on, give every bound socket (:meth:`router`,
+        :meth:`publisher`) a monitor of the handshakes that fail on it
+        before a ZAP handler is asked -- keys on one side only, a client
+        with another node key, a peer that is not ZeroMQ -- in
+        :attr:`handshake_monitors` (refusals of the ZAP handler itself are
+        its own count). One monitor message per failed connection, nothing
+        per message; libzmq drops events past the monitor's high-water mark
+        rather than queue them without bound."""
+        if self.handshake_monitors is None:
+            self.handshake_monitors = []
+
+    def _watch(self, sock: Any, port: str) -> None:
+        """Attach ``sock``'s handshake monitor (before it binds: libzmq reports
+        an event only to a monitor that exists when it happens)."""
+        if self.handshake_monitors is None:
+            return
+        address = f"inproc://miyaq-handshakes-{next(_monitor_numbers)}"
+        sock.monitor(address, FAILED_BEFORE_ZAP)
+        monitor = self.ctx.socket(zmq.PAIR, socket_class=zmq.Socket)
+        monitor.setsockopt(zmq.LINGER, 0)
+        monitor.connect(address)
+        self.handshake_monitors.append((port, monitor))
 
     # -- bound sockets -----------------------------------------------------------
     def router(self, bind: str, audience: str = "service", *, plain: bool = False,
@@ -186,6 +221,7 @@ class SocketFactory:
         self._heartbeats(sock, heartbeat_ms)
         self._common(sock, HWM, HWM)
         self._serve(sock, audience)
+        self._watch(sock, audience)
         use_family_of(sock, bind)
         sock.bind(bind)
         return sock
@@ -232,6 +268,7 @@ class SocketFactory:
         if self.security is None:
             sock.setsockopt(zmq.ZAP_DOMAIN, STREAM_ZAP_DOMAIN)
         self._serve(sock, "peer")
+        self._watch(sock, "stream")
         use_family_of(sock, bind)
         sock.bind(bind)
         return sock

@@ -1,0 +1,112 @@
+"""Handshakes that failed on a node's bound ports before its ZAP handler was
+asked: counted by port and reason for STATUS (``security.handshakes_failed``)
+and logged at most every :data:`LOG_EVERY` seconds.
+
+A ZAP handler (:mod:`miyaq.security.zap`) counts the keys it refuses. What
+fails before it is asked never reached it: a client or worker without keys
+to a node with ``--keys`` (or with keys to one without), one given another
+node key than this node's, something that is not a ZeroMQ peer. Before
+2026-12-05 none of these was counted or logged, so an operator whose
+clients could not connect saw nothing on the node.
+
+Constraints: the counts are a fixed set (three ports × five reasons); the
+monitors are the socket factory's
+(:meth:`~miyaq.runtime.sockets.SocketFactory.watch_handshakes`), one plain
+PAIR per bound socket, read by one greenlet; libzmq drops events past a
+monitor's high-water mark, so a flood of bad handshakes costs the node a
+bounded queue and a count, never memory without bound.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+import zmq
+
+from miyaq.runtime import RESTART, Supervisor, monotonic
+from miyaq.runtime.connections import (
+    CLOSED_IN_HANDSHAKE, CRYPTOGRAPHIC_ERROR, MECHANISM_MISMATCH, handshake_failure,
+)
+from miyaq.runtime.messages import HubPoller
+from miyaq.runtime.sockets import SocketFactory
+
+logger = logging.getLogger(__name__)
+
+LOG_EVERY = 60.0
+"""Seconds between two warnings about failed handshakes (the count in between is in the next)."""
+POLL_MS = 1000
+"""How long the reader waits before it looks for monitors of sockets bound since."""
+READ_BURST = 1000
+"""Most events read from one monitor before the others get their turn."""
+
+#: What each reason most likely is, seen from the node.
+LIKELY: dict[str, str] = {
+    MECHANISM_MISMATCH: "keys on one side only: a client, worker or node without keys while this node has "
+                        "--keys, or with keys while it has none",
+    CRYPTOGRAPHIC_ERROR: "a client, worker or node given another node key (--server-key) than this node's",
+    CLOSED_IN_HANDSHAKE: "connections closed in the middle of their handshake",
+}
+
+
+class HandshakeFailures:
+    """Counts, by port and reason, the handshakes that failed on the bound
+    sockets of ``factory`` (those made after its ``watch_handshakes()``)."""
+
+    def __init__(self, factory: SocketFactory, supervisor: Supervisor) -> None:
+        self.factory = factory
+        self.supervisor = supervisor
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self._poller = HubPoller()
+        self._ports: dict[Any, str] = {}
+        self._since_log = 0
+        self._last_log = -LOG_EVERY
+        self._latest = ("", "")
+
+    def start(self) -> None:
+        self.supervisor.spawn("handshakes", self._serve, policy=RESTART)
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """``{port: {reason: count}}`` of the ports with a failed handshake."""
+        section: dict[str, dict[str, int]] = {}
+        for (port, reason), count in sorted(self.counts.items()):
+            section.setdefault(port, {})[reason] = count
+        return section
+
+    def _serve(self) -> None:
+        while True:
+            self._adopt()
+            for monitor, _ in self._poller.poll(POLL_MS):
+                self._read(monitor)
+            self._log_due()
+
+    def _adopt(self) -> None:
+        """Watch the monitors of sockets bound since the last look."""
+        for port, monitor in self.factory.handshake_monitors or ():
+            if monitor not in self._ports:
+                self._ports[monitor] = port
+                self._poller.register(monitor)
+
+    def _read(self, monitor: Any) -> None:
+        port = self._ports[monitor]
+        for _ in range(READ_BURST):
+            try:
+                frames = monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            reason = handshake_failure(frames)
+            if reason is not None:
+                self.counts[(port, reason)] += 1
+                self._since_log += 1
+                self._latest = (port, reason)
+
+    def _log_due(self) -> None:
+        now = monotonic()
+        if not self._since_log or now - self._last_log < LOG_EVERY:
+            return
+        port, reason = self._latest
+        logger.warning("%d handshake(s) failed before any key was checked (latest on the %s port: %s%s)",
+                       self._since_log, port, reason,
+                       f" -- likely {LIKELY[reason]}" if reason in LIKELY else "")
+        self._since_log = 0
+        self._last_log = now
