@@ -167,6 +167,8 @@ class ReplicatedIntake:
             try:
                 status, detail = self.engine.submit(task, now)
             except MiyaqError as err:
+                # Full here, or a failing disk: the endpoint's ack counts the
+                # refusal by code (STATUS errors), as every rejected result.
                 self.ack(identity, [task.id, REJECTED, err.to_wire()])
                 return
             if status == DUPLICATE and detail != task.id:

@@ -93,7 +93,6 @@ class ServiceHandlers:
                                        field="url")
             except MiyaqError as err:
                 task_id = wire.get("id") if isinstance(wire, dict) else None
-                self.endpoint.errors[err.code] += 1
                 ack(identity, [task_id if isinstance(task_id, str) else "", c.REJECTED, err.to_wire()])
                 continue
             intake.submit(task, now, identity)

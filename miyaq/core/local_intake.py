@@ -19,7 +19,6 @@ class LocalIntake:
     def __init__(self, engine: Engine, ack: Ack) -> None:
         self.engine = engine
         self.ack = ack
-        self.errors = 0
 
     def flush(self) -> None:
         """Nothing to send: the task is stored here only."""
@@ -32,7 +31,8 @@ class LocalIntake:
         try:
             status, detail = self.engine.submit(task, now)
         except MiyaqError as err:
-            self.errors += 1
+            # Full (max_tasks, max_bytes, max_result_bytes) or a failing disk:
+            # the endpoint's ack counts the refusal by code (STATUS errors).
             self.ack(identity, [task.id, REJECTED, err.to_wire()])
             return
         self.ack(identity, [task.id, status, detail])

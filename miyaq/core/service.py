@@ -153,7 +153,16 @@ class ServiceEndpoint:
     def ack(self, identity: Any, result: list[Any]) -> None:
         """Queue one submit result; sent with the others at the end of the
         burst. ``identity`` is a routing id, or a callable (an in-process
-        submitter such as the HTTP gateway) that receives the result list."""
+        submitter such as the HTTP gateway) that receives the result list.
+        A result ``rejected`` to a ZeroMQ submitter is counted by its code in
+        ``errors`` (STATUS ``errors``, ``miyaq_protocol_errors_total``):
+        invalid tasks and tasks the node would not take (``busy``,
+        ``shutting_down``, ``not_enough_replicas`` ...); an in-process
+        submitter's (the HTTP gateway counts its own answers) is not."""
+        if result[1] == c.REJECTED and not callable(identity):
+            detail = result[2] if len(result) > 2 else None
+            code = detail.get("code") if isinstance(detail, dict) else None
+            self.errors[code if isinstance(code, str) else "rejected"] += 1
         acks = self._acks.get(identity)
         if acks is None:
             acks = self._acks[identity] = []
