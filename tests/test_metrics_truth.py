@@ -16,7 +16,9 @@ from gateway_harness import FIXTURES
 
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c
+from miyaq.protocol.recordspec import STARTED_ELSEWHERE
 from miyaq.runtime import wall
+from miyaq.store.task import DONE
 
 http_node, api, make_http_node, make_web_worker = FIXTURES   # pytest finds fixtures in module globals
 
@@ -73,5 +75,40 @@ def test_a_clustered_node_counts_the_submits_its_engine_refuses(inproc):
     cluster.wait_until(lambda: over_http.status is not None, what="the gateway's submit answered")
     assert over_http.error_code == "busy"
     assert dict(endpoint.errors) == {"busy": 1}
+
+
+# -- outcomes in a cluster ------------------------------------------------------------------------
+def test_every_holder_counts_an_at_most_once_tasks_done_and_no_placeholder(inproc):
+    """Fault: the holders that did not run an at-most-once task counted the
+    placeholder they keep when it starts (outcome ``started-elsewhere``,
+    which no document lists) and never counted the task's ``done`` when the
+    runner's outcome replaced it: per node ``done`` read [1, 0, 0] where an
+    ordinary task reads [1, 1, 1]."""
+    cluster = inproc(3)
+    amo, ordinary = cluster.task_id(), cluster.task_id()
+    holders = cluster.holders(amo)
+    workers = {h: cluster.worker(h) for h in cluster.nodes}
+    cluster.submit(holders[1], amo, at_most_once=True)
+    runner = cluster.wait_until(lambda: next((h for h, w in workers.items() if w.runs(amo)), None),
+                                what="a holder to start the at-most-once task")
+    others = [h for h in holders if h != runner]
+    cluster.wait_until(lambda: all(cluster[h].state(amo) == STARTED_ELSEWHERE for h in others),
+                       what="the other holders to drop their copies")
+    assert all("started-elsewhere" not in cluster[h].engine.outcome_totals() for h in holders)
+    workers[runner].complete(amo)
+    cluster.wait_until(lambda: all(cluster[h].state(amo) == DONE for h in holders), what="done on every holder")
+
+    cluster.submit(holders[0], ordinary)
+    ran = cluster.wait_until(lambda: next((h for h, w in workers.items() if w.runs(ordinary)), None),
+                             what="the ordinary task to start")
+    workers[ran].complete(ordinary)
+    cluster.wait_until(lambda: all(cluster[h].state(ordinary) == DONE for h in cluster.holders(ordinary)),
+                       what="the ordinary task done on every holder")
+    totals = {h: cluster[h].engine.outcome_totals() for h in holders}
+    assert [totals[h].get("done") for h in holders] == [2, 2, 2], totals
+    assert all(set(t) <= {"submitted", "started", "completed", "done"} for t in totals.values()), totals
+    assert sum(t.get("started", 0) for t in totals.values()) == 2
+    assert sum(t.get("completed", 0) for t in totals.values()) == 2
+    assert not cluster.crashes()
 
 

@@ -48,12 +48,18 @@ class ReplicaCopies(Transitions):
         if task is None:
             stone = self.table.tombstone(task_id)
             # A copy dropped as "started elsewhere" (at most once) takes the
-            # outcome when it comes: it is what the task's status should say.
-            if stone is None or (stone.state == STARTED_ELSEWHERE and state != STARTED_ELSEWHERE):
+            # outcome when it comes: it is what the task's status should say,
+            # and it is counted here as every holder counts a task's end (the
+            # placeholder was not: see _finish). A ghost of an unknown id is not.
+            replaces = stone is not None and stone.state == STARTED_ELSEWHERE and state != STARTED_ELSEWHERE
+            if stone is None or replaces:
                 ghost = Task(task_id, stone.queue if stone is not None else "default", None, b"",
                              key=key if key is not None or stone is None else stone.key)
                 ghost.error = error
                 self.table.bury(ghost, state, result, now)
+                if replaces:
+                    self._count(ghost.queue)      # a queue pruned meanwhile is known again, prunable again
+                    self.outcomes[(ghost.queue, state)] += 1
                 if key is not None:
                     self.table.key_finished(key, task_id)
             return None

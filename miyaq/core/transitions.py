@@ -21,6 +21,7 @@ from typing import Callable
 from miyaq.config import NodeConfig
 from miyaq.core.listener import EngineListener
 from miyaq.logs import LogLimiter
+from miyaq.protocol.recordspec import STARTED_ELSEWHERE
 from miyaq.store.ready import ReadyQueues
 from miyaq.store.table import TaskTable, Tombstone
 from miyaq.store.tally import Tally
@@ -113,7 +114,11 @@ class Transitions:
         if task.state == READY:
             self.ready.lane(task.lane).count -= 1
         task.state = state
-        self.outcomes[(task.queue, state)] += 1
+        if state != STARTED_ELSEWHERE:
+            # The placeholder of an at-most-once task another holder runs is
+            # no outcome: the runner's end replaces it, and is counted then
+            # (ReplicaCopies.finish_copy).
+            self.outcomes[(task.queue, state)] += 1
         stone = self.table.bury(task, state, result, now)
         for listener in self.listeners:
             listener.task_finished(task, stone)
