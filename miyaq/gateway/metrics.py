@@ -41,7 +41,7 @@ from miyaq.core.listener import EngineListener
 from miyaq.gateway.histograms import QueueHistogram
 from miyaq.runtime import Supervisor, monotonic, wall
 from miyaq.store.table import Tombstone
-from miyaq.store.task import DONE, Task
+from miyaq.store.task import DONE, Task, revivals
 
 #: The HTTP methods ``miyaq_http_requests_total`` names; any other is counted as "other",
 #: so made-up methods cannot add series (routes are the router's templates or "unmatched").
@@ -75,10 +75,31 @@ class ClusterGauges:
 
 
 class TaskTimings(EngineListener, Collector):
-    """Latency histograms per queue: how late tasks start (first attempt,
-    against their eta), how long a successful run takes, and submit to done.
-    Observed inline in the engine (:class:`~miyaq.gateway.histograms.QueueHistogram`:
-    a bisect, no lock), collected when ``/metrics`` is scraped."""
+    """Latency histograms per queue: how late tasks start (their first
+    lease, against their eta), how long a successful run takes, and submit
+    to done. Observed inline in the engine
+    (:class:`~miyaq.gateway.histograms.QueueHistogram`: a bisect, no lock),
+    collected when ``/metrics`` is scraped.
+
+    What it keeps per task, all bounded: the start of each running task's
+    attempt; for up to ``MAX_KEPT`` tasks whose attempt ended without a DONE
+    (its lease ran out, its worker was lost, it failed) that attempt's start,
+    so a late DONE of it, taken while a later attempt runs, is measured from
+    its own start (the engine's ``duplicate_run`` names the attempt it
+    reports, just before the task finishes); and up to ``MAX_KEPT`` tasks
+    given back unstarted after their first lease (a worker's RETURN at its
+    stop), whose start delay was observed already. Past a bound the oldest
+    entry goes: at worst one task's run is not observed, or its start delay
+    is observed twice.
+
+    The start delay is observed once per task: at its first lease (a task
+    given back unstarted and leased again, or retried from the dead letters,
+    is not observed again). A successful run is observed when the attempt
+    that reported DONE is known and its start was seen here: not for a DONE
+    taken while the task waits for its next attempt, nor for one that
+    finishes a dead letter (which attempt it reports is not known then)."""
+
+    MAX_KEPT = 10_000
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.delay = QueueHistogram("miyaq_task_start_delay_seconds", "Time from a task's eta to its first start",
@@ -88,38 +109,81 @@ class TaskTimings(EngineListener, Collector):
         self.total = QueueHistogram("miyaq_task_latency_seconds", "Time from submit to done", LATENCY_BUCKETS)
         self.duplicates = Counter("miyaq_duplicate_runs", "Tasks seen running more than once",
                                   ["queue"], registry=registry)
-        self._started: dict[str, float] = {}
+        self._started: dict[str, tuple[int, float]] = {}    # running task -> (its attempt, its start)
+        self._ended: dict[str, tuple[int, float]] = {}      # last attempt that ended without DONE -> its start
+        self._released: dict[str, bool] = {}                # given back after its first lease: delay observed
+        self._reporting: tuple[str, int] | None = None      # (task, attempt) of a DONE while another runs
         registry.register(self)
 
     def collect(self) -> Iterator[Metric]:
         for histogram in (self.delay, self.run, self.total):
             yield histogram.family()
 
+    def _keep(self, kept: dict[str, Any], task_id: str, value: Any) -> None:
+        """``kept[task_id] = value``, the oldest entry dropped past ``MAX_KEPT``."""
+        kept.pop(task_id, None)
+        if len(kept) >= self.MAX_KEPT:
+            del kept[next(iter(kept))]
+        kept[task_id] = value
+
+    def _forget(self, task_id: str) -> None:
+        self._started.pop(task_id, None)
+        if self._ended:
+            self._ended.pop(task_id, None)
+        if self._released:
+            self._released.pop(task_id, None)
+
     def task_started(self, task: Task) -> None:
         now = wall()
-        self._started[task.id] = now
-        if task.attempt == 1:
+        self._started[task.id] = (task.attempt, now)
+        if task.attempt == 1 and not revivals(task):
+            if self._released and self._released.pop(task.id, False):
+                return         # its first lease was observed, then given back unstarted
             self.delay.observe(task.queue, max(0.0, now - task.eta))
 
     def task_ready(self, task: Task) -> None:
-        self._started.pop(task.id, None)     # released unstarted
+        started = self._started.pop(task.id, None)
+        if started is None:
+            return
+        if task.attempt < started[0]:
+            # Released unstarted (the attempt was given back): nothing ran.
+            if task.attempt == 0:
+                self._keep(self._released, task.id, True)
+        else:
+            self._keep(self._ended, task.id, started)    # lost or failed, retried at once
 
     def task_retrying(self, task: Task, reason: str) -> None:
-        self._started.pop(task.id, None)
+        started = self._started.pop(task.id, None)
+        if started is not None:
+            self._keep(self._ended, task.id, started)
 
     def task_dead(self, task: Task) -> None:
-        self._started.pop(task.id, None)
+        self._forget(task.id)
+
+    def task_forgotten(self, task: Task) -> None:
+        self._forget(task.id)
 
     def task_finished(self, task: Task, stone: Tombstone) -> None:
         started = self._started.pop(task.id, None)
+        ended = self._ended.pop(task.id, None) if self._ended else None
+        if self._released:
+            self._released.pop(task.id, None)
+        reporting, self._reporting = self._reporting, None
         if stone.state == DONE:
             now = stone.finished
+            if reporting is not None and reporting[0] == task.id:
+                # An earlier attempt's DONE while a later one ran: that attempt's own start, if seen.
+                started = ended if ended is not None and ended[0] == reporting[1] else None
             if started is not None:
-                self.run.observe(task.queue, max(0.0, now - started))
+                self.run.observe(task.queue, max(0.0, now - started[1]))
             self.total.observe(task.queue, max(0.0, now - task.created))
 
     def duplicate_run(self, task: Task, info: dict[str, Any]) -> None:
         self.duplicates.labels(task.queue).inc()
+        attempt = info.get("attempt")
+        if "running" in info and isinstance(attempt, int):
+            # engine.complete: the DONE of ``attempt`` finishes the task next, while another attempt runs.
+            self._reporting = (task.id, attempt)
 
     def queue_forgotten(self, queue: str) -> None:
         """The queue's series go with it (queue names are the producers': bounded only by use)."""
