@@ -24,6 +24,7 @@ from miyaq.gateway.metrics import TaskTimings
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c
 from miyaq.protocol.recordspec import STARTED_ELSEWHERE
+from miyaq.protocol.taskspec import task_from_wire
 from miyaq.runtime import wall
 from miyaq.store.task import DONE, Task
 
@@ -245,3 +246,32 @@ def test_what_the_timings_keep_per_task_is_bounded(monkeypatch):
     assert list(timed.timings._ended) == ["l6", "l7", "l8", "l9"]
 
 
+# -- the console's chart --------------------------------------------------------------------------
+def test_the_consoles_chart_keeps_counting_when_empty_queues_are_pruned(make_http_node):
+    """Fault: past 100 queues the engine forgets the empty ones and moves
+    their outcome counts into its pruned totals; the console's chart summed
+    only the per-queue counters, so the second it forgot 150 finished
+    queues showed 0 submits while 10 had come in (the sum fell by 150)."""
+    node = make_http_node()
+
+    def scenario() -> list[float]:
+        activity, engine = node.node.part("gateway").console.activity, node.node.core.engine
+        now = wall()
+        rates = []
+        activity.sample(now)
+        for i in range(150):
+            task = task_from_wire({"id": f"m{i}", "name": "job", "queue": f"made-up-{i}"}, now, node.config)
+            engine.submit(task, now)
+            engine.cancel(task.id, now)
+        activity.sample(now + 1.0)
+        rates.append(activity.latest()["submitted"])
+        engine.compact_lanes()
+        assert len(engine.counts) <= 1 and engine.pruned_outcomes["submitted"] >= 150
+        for i in range(10):
+            engine.submit(task_from_wire({"id": f"s{i}", "name": "job", "queue": "steady", "countdown": 600},
+                                         now, node.config), now)
+        activity.sample(now + 2.0)
+        rates.append(activity.latest()["submitted"])
+        return rates
+
+    assert node.call(scenario) == [150.0, 10.0]

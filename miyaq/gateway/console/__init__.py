@@ -51,7 +51,8 @@ class Console:
         self.gateway = gateway
         self.admin: AdminApi = admin
         self.mode = gateway.config.http_console
-        self.activity = Activity(gateway.core.engine.outcomes)
+        engine = gateway.core.engine
+        self.activity = Activity(engine.outcomes, pruned=engine.pruned_outcomes)
         self.attempts = AttemptLog(wall)
         gateway.core.engine.listeners.append(self.attempts)
         self.peers = Peers(gateway.config.http_token, gateway.config.http_ca)

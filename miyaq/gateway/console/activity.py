@@ -3,12 +3,14 @@ rates on its queues page.
 
 :class:`Activity` reads the engine's outcome counters (``submitted``,
 ``started``, ``completed``, ``failed``, ``lost``: the same numbers as
-``miyaq_tasks_total``) when :meth:`Activity.sample` is called, once a
-second, and keeps the differences in a ring buffer: ``history`` samples
-(600: ten minutes) of four rates, and every ``QUEUE_EVERY`` samples a copy
-of the per-queue totals (``QUEUE_SNAPSHOTS`` of them) for per-queue rates
-over the last minute. Memory is bounded by those sizes and by the number
-of queues the engine keeps (it prunes empty ones).
+``miyaq_tasks_total``), with what the counters of the queues the engine
+pruned counted (the node's totals, which never go back), when
+:meth:`Activity.sample` is called, once a second, and keeps the
+differences in a ring buffer: ``history`` samples (600: ten minutes) of
+four rates, and every ``QUEUE_EVERY`` samples a copy of the per-queue
+totals (``QUEUE_SNAPSHOTS`` of them) for per-queue rates over the last
+minute. Memory is bounded by those sizes and by the number of queues the
+engine keeps (it prunes empty ones).
 
 Constraints: no I/O, never blocks; ``sample`` is O(queues × outcomes) and
 costs nothing on the task path (the engine counts anyway).
@@ -30,8 +32,17 @@ MAX_GAP = 5.0          # seconds: a longer gap between samples (a frozen process
 
 
 class Activity:
-    def __init__(self, outcomes: Mapping[tuple[str, str], int], history: int = HISTORY) -> None:
+    """``outcomes``: the engine's counters per (queue, outcome); ``pruned``:
+    what the counters of the queues it pruned counted (outcome -> total), so
+    the sums never go back when an empty queue is forgotten (the totals of
+    :meth:`~miyaq.core.engine.Engine.outcome_totals`). Before 2026-12-05 only
+    ``outcomes`` was read: the second a node forgot empty queues showed no
+    activity at all (their counts had left the sum)."""
+
+    def __init__(self, outcomes: Mapping[tuple[str, str], int], history: int = HISTORY,
+                 pruned: Mapping[str, int] | None = None) -> None:
         self.outcomes = outcomes
+        self.pruned: Mapping[str, int] = pruned if pruned is not None else {}
         self.samples: deque[tuple[float, tuple[float, ...]]] = deque(maxlen=history)
         self._totals: tuple[int, ...] | None = None
         self._at = 0.0
@@ -42,6 +53,10 @@ class Activity:
         sums = dict.fromkeys(SERIES, 0)
         owner = {source: name for name, sources in SOURCES.items() for source in sources}
         for (_, outcome), n in list(self.outcomes.items()):
+            name = owner.get(outcome)
+            if name is not None:
+                sums[name] += n
+        for outcome, n in list(self.pruned.items()):
             name = owner.get(outcome)
             if name is not None:
                 sums[name] += n
