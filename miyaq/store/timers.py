@@ -20,8 +20,11 @@ and skipped when they surface, so cancelling never searches (O(1)).
 :meth:`next_due` answers the earliest time armed into the heap or a bucket
 (early only when that timer was cancelled: the caller then finds nothing
 due and asks again). A bucket is emptied before that time, never after, so
-no timer fires late. Times are wall-clock seconds, like the engine's
-``now``.
+no timer fires late -- unless a bucket holds more than a few calls' worth
+(``4 * limit`` a call of :meth:`pop_due`) or the caller comes late: then
+the due timers fire over several calls, still in time order (no heap
+entry fires while a bucket holds an earlier timer). Times are wall-clock
+seconds, like the engine's ``now``.
 """
 from __future__ import annotations
 
@@ -95,7 +98,14 @@ class TimerHeap:
 
     def _bring_near(self, now: float, limit: int) -> None:
         """Re-arm the tasks of buckets that start within NEAR of ``now``
-        (about ``limit`` tasks a call; the rest stay for the next one)."""
+        (about ``limit`` tasks a call; the rest stay for the next one).
+
+        A bucket's tasks are taken from the end of its list, so a call costs
+        what it moves, not what the bucket holds (before 2026-12-05, each call
+        copied the rest of the list: a burst of n timers in one bucket cost
+        O(n**2 / limit)). A bucket partly moved keeps its recorded earliest
+        time (``_mins``) until it is empty: :meth:`pop_due` fires nothing
+        from the heap at or after it meanwhile."""
         starts = self._starts
         moved = 0
         if starts and starts[0][0] - NEAR <= now:
@@ -105,21 +115,30 @@ class TimerHeap:
             start, shift = key
             end = start + (1 << shift)
             tasks = self._buckets[key]
-            take, rest = tasks[:limit - moved], tasks[limit - moved:]
-            if rest:
-                self._buckets[key] = rest
-            else:
+            count = min(len(tasks), limit - moved)
+            take = tasks[len(tasks) - count:]
+            del tasks[len(tasks) - count:]
+            if not tasks:
                 heapq.heappop(starts)
                 del self._buckets[key]
                 del self._mins[key]
-            self._far -= len(take)
-            moved += len(take)
-            seen: set[int] = set()     # a task armed twice into this bucket moves once
+            self._far -= count
+            moved += count
+            seen: set[int] = set()     # a task armed twice into this bucket moves once (per call)
             for task in take:
                 when = task.timer_at
                 if when is not None and start <= when < end and id(task) not in seen:
                     seen.add(id(task))
                     self.arm(task, when, now)
+
+    def _held_min(self) -> float | None:
+        """The earliest time armed into a bucket that still holds tasks (a
+        lower bound of what the buckets hold: it stays while the task that
+        set it is cancelled, moved or taken out of a bucket still moving)."""
+        mins, min_heap = self._mins, self._min_heap
+        while min_heap and mins.get(min_heap[0][1]) != min_heap[0][0]:
+            heapq.heappop(min_heap)
+        return min_heap[0][0] if min_heap else None
 
     def next_due(self) -> float | None:
         """When the earliest timer fires, or None. Exact unless the earliest
@@ -129,18 +148,27 @@ class TimerHeap:
         while heap and heap[0][2].timer_at is not heap[0][0]:
             heapq.heappop(heap)
         due = heap[0][0] if heap else None
-        mins, min_heap = self._mins, self._min_heap
-        while min_heap and mins.get(min_heap[0][1]) != min_heap[0][0]:
-            heapq.heappop(min_heap)
-        if min_heap:
-            far = min_heap[0][0]
+        far = self._held_min()
+        if far is not None:
             due = far if due is None else min(due, far)
         return due
 
     def pop_due(self, now: float, limit: int) -> Iterator[Task]:
-        """Yield up to ``limit`` tasks whose timer is due, disarming each."""
+        """Yield up to ``limit`` tasks whose timer is due, disarming each, in
+        time order (ties in ``seq`` order) across calls.
+
+        The heap is in time order, the buckets are not (a bucket's list is in
+        arming order): so no heap entry fires at or after the earliest time a
+        bucket still holds (:meth:`_held_min`); that bucket is due or nearly,
+        and it is moved, ``4 * limit`` tasks a call, until it is empty.
+        Before 2026-12-05, a loop that ran late with a bucket of more than
+        ``4 * limit`` timers fired the moved part before the rest: tasks
+        became ready up to a bucket's width out of eta order. A call that
+        only moves fires nothing, and :meth:`next_due` is then at or before
+        ``now``: the caller calls again (after letting others run)."""
         self.now = now
         self._bring_near(now, 4 * limit)
+        held = self._held_min()
         heap = self._heap
         n = 0
         while heap and n < limit:
@@ -148,7 +176,7 @@ class TimerHeap:
             if task.timer_at is not when:
                 heapq.heappop(heap)
                 continue
-            if when > now:
+            if when > now or (held is not None and when >= held):
                 return
             heapq.heappop(heap)
             task.timer_at = None

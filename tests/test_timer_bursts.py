@@ -1,0 +1,112 @@
+"""Bursts of due timers: many delayed tasks due at once (or a timer loop that
+runs late) must neither hold the node -- its readers, heartbeats and
+housekeeping run between two passes of the timer loop, and a worker whose
+heartbeats waited unread meanwhile is not declared lost -- nor make tasks
+ready out of eta order (docs/semantics.md, "Ordering" and "Bursts of due
+timers").
+
+The per-pass bound (``TIMER_BATCH``) is made small here, so a burst of a
+few hundred tasks takes many passes."""
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from miyaq.config import NodeConfig
+from miyaq.core import engine as engine_module
+from miyaq.core.engine import Engine
+from miyaq.node.assemble import build_node
+from miyaq.node.node import Node
+from miyaq.store.task import Task
+from miyaq.store.timers import TimerHeap
+from miyaq.testing.harness import free_port
+
+T0 = 1_700_000_000.0
+WAIT = 10.0   # a guard against a hang, never a timing assertion
+
+
+@pytest.fixture
+def small_batches(monkeypatch: pytest.MonkeyPatch) -> int:
+    """A pass of the timer loop fires 10 timers (and moves 40 out of buckets)."""
+    monkeypatch.setattr(engine_module, "TIMER_BATCH", 10)
+    return 10
+
+
+@pytest.fixture
+def local_node() -> Iterator[Callable[..., Node]]:
+    """Factory: a standalone node built by build_node, in this thread's hub
+    (started by the test); every one is stopped at the end."""
+    nodes: list[Node] = []
+
+    def make(**settings: Any) -> Node:
+        settings.setdefault("port", free_port())
+        settings.setdefault("node_id", f"n{settings['port']}")
+        node = build_node(NodeConfig(http_port=0, shutdown_grace=0.0, heartbeat=0.25, **settings))
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        node.stop(0)
+
+
+# -- eta order when the loop runs late -------------------------------------------------------------
+def test_a_late_timer_loop_makes_tasks_ready_in_eta_order(small_batches: int) -> None:
+    """Fault: 600 tasks with etas spread over 10 s, a hundred seconds ahead
+    (coarse buckets of 8 s, each of more than 4 × TIMER_BATCH timers); the
+    timer loop wakes half a second after the last eta. Before, a pass moved
+    only part of a bucket toward the heap (in arming order, not time order)
+    and fired the due part at once: tasks became ready after tasks with a
+    later eta, by up to a bucket's width. docs/semantics.md promises eta
+    order for scheduled tasks."""
+    engine = Engine(NodeConfig())
+    rng = random.Random(1)
+    etas = [T0 + 100 + rng.random() * 10 for _ in range(600)]
+    for i, eta in enumerate(etas):
+        engine.submit(Task(f"t{i}", "q", "job", b"", eta=eta, created=T0), T0)
+    now = max(etas) + 0.5                       # the loop runs this late
+    passes = 0
+    while (due := engine.fire_due(now)) is not None and due <= now:
+        passes += 1
+        assert passes < 1000, "the timers never all fired"
+    order = []
+    while (task := engine.take(["q"], now)) is not None:
+        order.append(task.eta)
+    assert len(order) == len(etas)
+    assert order == sorted(order), "tasks became ready out of eta order"
+
+
+def test_timers_of_a_huge_bucket_fire_in_time_order_across_calls() -> None:
+    """Fault: one far bucket of 500 timers, and 50 timers in the heap
+    interleaved with them in time; the caller comes late (all due) and takes
+    7 a call. Before, each call fired the part of the bucket moved so far
+    along with the heap's timers, while earlier timers still waited in the
+    bucket."""
+    timers = TimerHeap()
+    rng = random.Random(3)
+    when_of: dict[str, float] = {}
+
+    def arm(name: str, seq: int, now: float) -> None:
+        task = Task(name, "q", "job", b"")
+        task.seq = seq
+        when_of[name] = T0 + 1000 + rng.random()
+        timers.arm(task, when_of[name], now)
+
+    for i in range(50):                         # armed a second before they are due: the heap
+        arm(f"near{i}", 1000 + i, T0 + 999)
+    for i in range(500):                        # armed long before: one coarse bucket
+        arm(f"far{i}", i + 1, T0)
+    assert len(timers._heap) == 50 and timers._far == 500
+    late = T0 + 1002.0
+    fired: list[str] = []
+    calls = 0
+    while (due := timers.next_due()) is not None and due <= late:
+        fired += [task.id for task in timers.pop_due(late, 7)]
+        calls += 1
+        assert calls < 1000, "the timers never all fired"
+    assert sorted(fired) == sorted(when_of)
+    times = [when_of[name] for name in fired]
+    assert times == sorted(times), "timers fired out of time order"
