@@ -30,7 +30,9 @@ SERVICE_BURST_WORK = 2048
 DISPATCH_CHUNK = 64
 #: Payload bytes in one DISPATCH (workers refuse messages over 64 MiB).
 DISPATCH_BATCH_BYTES = 8 * 1024 * 1024
-#: Timers fired by one pass of the timer loop (the rest wait for the next pass).
+#: Timers fired by one pass of the timer loop (the rest wait for the next pass, which
+#: comes after the node's other greenlets ran: readers, heartbeats, housekeeping).
+#: A pass also moves up to 4 x this many timers out of the coarse buckets (store/timers.py).
 TIMER_BATCH = 5000
 
 # -- the core: bounds ----------------------------------------------------------------------------

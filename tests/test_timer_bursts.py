@@ -20,7 +20,8 @@ from miyaq.core import engine as engine_module
 from miyaq.core.engine import Engine
 from miyaq.node.assemble import build_node
 from miyaq.node.node import Node
-from miyaq.store.task import Task
+from miyaq.runtime import green, wall
+from miyaq.store.task import READY, Task
 from miyaq.store.timers import TimerHeap
 from miyaq.testing.harness import free_port
 
@@ -51,6 +52,37 @@ def local_node() -> Iterator[Callable[..., Node]]:
     yield make
     for node in nodes:
         node.stop(0)
+
+
+# -- the timer loop lets the node run between its passes ---------------------------------------------
+def test_a_burst_of_due_tasks_lets_other_greenlets_run_between_passes(small_batches: int,
+                                                                       local_node: Callable[..., Node]) -> None:
+    """Fault: 200 delayed tasks fall due at once, 10 a pass. Before, the timer
+    loop ran its passes back to back without yielding: nothing else in the
+    node (the service socket's reader, heartbeats, STATUS, housekeeping) ran
+    until the whole burst was done -- at scale, seconds. Now another
+    greenlet (this test's) runs between two passes: it sees the burst half
+    done."""
+    node = local_node()
+    engine = node.core.engine
+    now = wall()
+    tasks = [Task(f"b{i}", "burst", "job", b"", created=now - 3600, eta=now - 1) for i in range(200)]
+    for task in tasks:
+        # Accepted an hour ago, due a second ago: in a coarse bucket, all due
+        # at the timer loop's first pass.
+        engine.submit(task, now - 3600)
+    assert not any(t.state == READY for t in tasks)
+    seen: list[int] = []     # how many were ready each time this greenlet ran
+    node.start()
+    with green.Timeout(WAIT, False):
+        while True:
+            ready = sum(t.state == READY for t in tasks)
+            seen.append(ready)
+            if ready == len(tasks):
+                break
+            green.let_others_run()
+    assert seen[-1] == len(tasks), "the burst never ended"
+    assert any(0 < n < len(tasks) for n in seen), f"nothing ran between the burst's passes: saw {sorted(set(seen))}"
 
 
 # -- eta order when the loop runs late -------------------------------------------------------------

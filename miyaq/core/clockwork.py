@@ -2,7 +2,9 @@
 
 * the service socket's reader (:meth:`ServiceEndpoint.serve`) -- critical;
 * the timer loop: fires due timers (etas, leases, expiries) and dispatches --
-  critical: a node whose timers stopped would hold tasks forever;
+  critical: a node whose timers stopped would hold tasks forever. A pass
+  fires at most ``TIMER_BATCH`` timers; while more are due it lets the
+  other greenlets run (one hub iteration, I/O included) before the next;
 * housekeeping, every ``HOUSEKEEPING_INTERVAL``: long-poll deadlines, worker
   heartbeats and liveness, tombstone sweeps, freeze detection -- restarted
   if it dies.
@@ -113,6 +115,13 @@ class Clockwork:
             delay = min(max(0.0, self._timer_at - wall()), 1.0)
             if delay > 0:
                 self._timer_wake.wait(delay)
+            else:
+                # More are due (a pass fires at most TIMER_BATCH): the readers,
+                # heartbeats and housekeeping run before the next pass. Before
+                # 2026-12-05 the passes ran back to back: 600,000 tasks due at
+                # once held the node for seconds, past a worker's liveness and
+                # past STALL (a cluster node took itself for frozen).
+                green.let_others_run()
 
     def _housekeeping(self) -> None:
         core = self.core
