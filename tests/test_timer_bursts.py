@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from miyaq.config import NodeConfig
 from miyaq.core import engine as engine_module
+from miyaq.core import workers as workers_module
 from miyaq.core.engine import Engine
+from miyaq.core.workers import WorkerRegistry
 from miyaq.node.assemble import build_node
 from miyaq.node.node import Node
+from miyaq.protocol import commands as c
 from miyaq.runtime import green, wall
 from miyaq.store.task import READY, Task
 from miyaq.store.timers import TimerHeap
@@ -83,6 +87,81 @@ def test_a_burst_of_due_tasks_lets_other_greenlets_run_between_passes(small_batc
             green.let_others_run()
     assert seen[-1] == len(tasks), "the burst never ended"
     assert any(0 < n < len(tasks) for n in seen), f"nothing ran between the burst's passes: saw {sorted(set(seen))}"
+
+
+# -- a node's own stall does not lose its workers -------------------------------------------------
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def registry(monkeypatch: pytest.MonkeyPatch, heartbeat: float, liveness: int) -> tuple[WorkerRegistry, FakeClock,
+                                                                                        list[tuple[bytes, str]]]:
+    """A registry with a fake monotonic clock and fake sockets; the list
+    collects (identity, command) of what it sends."""
+    clock = FakeClock()
+    monkeypatch.setattr(workers_module, "monotonic", clock)
+    sent: list[tuple[bytes, str]] = []
+    endpoint = SimpleNamespace(max_message=1 << 20, send=lambda identity, cmd, body: sent.append((identity, cmd)))
+    dispatcher = SimpleNamespace(grant=lambda worker, n: None, forget=lambda worker: None)
+    directory = SimpleNamespace(nodes=lambda: None, service_of=lambda node_id: None, holder_endpoints=None)
+    workers = WorkerRegistry(Engine(NodeConfig()), dispatcher, endpoint, directory,  # type: ignore[arg-type]
+                             "n1", heartbeat, liveness, max_workers=10)
+    return workers, clock, sent
+
+
+def test_a_worker_whose_heartbeats_waited_during_a_node_stall_is_not_lost(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault: the node itself stalls for 5 s (a burst of work, a freeze) with
+    heartbeat 0.3 × liveness 3; the worker's heartbeats wait unread in the
+    socket. Before, the first housekeeping tick after the stall ran before
+    the reader got to them and declared the healthy worker lost (its tasks
+    put back, attempts spent). Now it has ``liveness`` more ticks to be
+    read; a worker that really went silent before the stall is still
+    dropped, ``liveness`` ticks after it."""
+    workers, clock, sent = registry(monkeypatch, heartbeat=0.3, liveness=3)
+    healthy = workers.register(b"h", "healthy", ["q"], 1, wall(), {})
+    dead = workers.register(b"d", "dead", ["q"], 1, wall(), {})
+    for _ in range(5):                          # on time: both heard every heartbeat
+        clock.now += 0.3
+        workers.seen(b"h")
+        workers.seen(b"d")
+        workers.tick(wall())
+    # "dead" dies; the node stalls 5 s, then housekeeping ticks before the reader reads.
+    clock.now += 5.0
+    workers.tick(wall())
+    assert workers.by_wid.get("healthy") is healthy, "a healthy worker was lost to the node's own stall"
+    assert workers.lost_total == 0 and (b"h", c.HEARTBEAT) in sent[-2:]
+    ticks_to_drop = 0
+    while workers.by_wid.get("dead") is dead:
+        clock.now += 0.3
+        workers.seen(b"h")                      # the reader reads its queued and new heartbeats
+        workers.tick(wall())
+        ticks_to_drop += 1
+        assert ticks_to_drop <= 3, "a worker silent since before the stall was never dropped"
+    assert ticks_to_drop == 3 and workers.lost_total == 1
+    assert workers.by_wid.get("healthy") is healthy
+
+
+def test_a_silent_worker_on_a_node_on_time_is_lost_after_heartbeat_times_liveness(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a stall, liveness works as before: a worker heard last at a
+    tick is dropped at the first tick past ``heartbeat × liveness`` (ticks
+    one heartbeat apart), not earlier."""
+    workers, clock, _ = registry(monkeypatch, heartbeat=0.5, liveness=2)
+    worker = workers.register(b"w", "w", ["q"], 1, wall(), {})
+    for _ in range(4):
+        clock.now += 0.5
+        workers.seen(b"w")
+        workers.tick(wall())
+    last_heard = clock.now
+    while workers.by_wid.get("w") is worker:
+        clock.now += 0.5
+        workers.tick(wall())
+        assert clock.now - last_heard <= 2.0, "a silent worker was kept"
+    assert clock.now - last_heard > 0.5 * 2 and workers.lost_total == 1
 
 
 # -- eta order when the loop runs late -------------------------------------------------------------

@@ -1,10 +1,14 @@
 """The registry of connected workers: registration, heartbeats, liveness.
 
 A worker is known by its routing identity and its worker id. A worker not
-heard from for ``heartbeat × liveness`` seconds is lost: every task leased
-to it is put back at once (the attempt is spent), not after the lease.
-Liveness is measured on the monotonic clock (a stepped wall clock neither
-drops nor keeps a worker).
+heard from for ``heartbeat × liveness`` seconds, and through the node's last
+``liveness`` heartbeat ticks, is lost: every task leased to it is put back
+at once (the attempt is spent), not after the lease. Liveness is measured on
+the monotonic clock (a stepped wall clock neither drops nor keeps a worker).
+Counting ticks too keeps the node's own stall (a burst of work, a freeze, a
+swap-in) from dropping healthy workers: the heartbeats they sent meanwhile
+wait unread in the socket, and after a late tick every worker has
+``liveness`` more ticks -- about one liveness period -- to be heard.
 
 With keys, a worker id belongs to the key that registered it while it is
 registered: another key's READY for it is refused ``forbidden``, and a side
@@ -20,7 +24,7 @@ handler names a READY lists, which may be megabytes from each connection.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any
 
 from miyaq.constants import MAX_DROPPED_WORKERS
@@ -52,6 +56,7 @@ class WorkerRegistry:
         self.lost_total = 0
         self.foreign_heartbeats = 0
         self.dropped: OrderedDict[bytes, str | None] = OrderedDict()   # connection -> principal, of dropped workers
+        self._ticks: deque[float] = deque(maxlen=liveness + 1)   # when the last liveness + 1 ticks ran (monotonic)
 
     def register(self, identity: bytes, wid: str, queues: list[str], capacity: int, now: float,
                  info: dict[str, Any], key: str | None = None) -> WorkerConsumer:
@@ -150,8 +155,26 @@ class WorkerRegistry:
         return len(revoked)
 
     def tick(self, now: float) -> None:
-        """Send heartbeats and drop silent workers (called every heartbeat)."""
-        deadline = monotonic() - self.heartbeat * self.liveness
+        """Send heartbeats and drop silent workers (called every heartbeat).
+
+        A worker is dropped when nothing came from it for ``heartbeat ×
+        liveness`` seconds *and* since the tick ``liveness`` ticks before
+        this one (so never before ``liveness + 1`` ticks have run). Ticks
+        run at least a heartbeat apart: on time, a silent worker is dropped
+        at most one tick later than by the seconds alone. After a stall of
+        the node -- this tick came late, the service socket was not read
+        meanwhile -- a worker whose heartbeats wait unread is not lost: it
+        has ``liveness`` more ticks (about one liveness period) to be read.
+        Before 2026-12-05 the seconds alone decided, and a burst of due
+        timers that held the node past ``heartbeat × liveness`` had healthy,
+        busy workers declared lost and their tasks put back."""
+        mono = monotonic()
+        ticks = self._ticks
+        ticks.append(mono)
+        if len(ticks) <= self.liveness:
+            deadline = float("-inf")        # not yet liveness ticks since the node started
+        else:
+            deadline = min(mono - self.heartbeat * self.liveness, ticks[0])
         beat: dict[str, Any] = {"node": self.node_id}
         nodes = self.directory.nodes()
         if nodes is not None:
