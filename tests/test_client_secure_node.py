@@ -62,21 +62,26 @@ def test_asyncio_client_with_keys(secure_node, keys):
 
 def test_wrong_server_key_against_a_node_fails_at_first_contact(secure_node, keys, tmp_path):
     """Fault: the client has another cluster's public key: no answer, and the
-    error says which keys to check (the node counts a refused handshake)."""
+    error says the node key is most likely wrong (the node counts the failed
+    handshake: STATUS security.handshakes_failed)."""
     other = KeyStore(str(tmp_path / "other"))
     other.init()
     client = miyaq.Client(secure_node.endpoint, key=keys.secret("producer"),
                           server_key=os.path.join(other.dir, "node.key"), submit_timeout=600.0)
     try:
-        with pytest.raises(miyaq.Unavailable, match=r"is the node's public key right \(--server-key\)"):
+        with pytest.raises(miyaq.Unavailable, match=r"the node's public key given to this client \(--server-key\) "
+                                                    r"is most likely not that node's"):
             client.submit("echo", [1], wait=True)
     finally:
         client.close(flush=False)
+    failed = secure_node.node.status(0)["security"]["handshakes_failed"]
+    assert failed["service"]["cryptographic error"] >= 1, failed
 
 
 def test_a_client_without_keys_gets_no_answer_from_a_node_with_keys(secure_node):
     """Fault: the client was given no keys at all. The node admits no plain
-    connection; the client says nothing is listening, within seconds."""
+    connection; the client says the node needs keys (or closed the
+    handshake, as such a node does), within seconds."""
     with miyaq.Client(secure_node.endpoint, request_timeout=3.0) as client:
         with pytest.raises(miyaq.Unavailable, match="cannot reach any node"):
             client.status()
@@ -85,7 +90,7 @@ def test_a_client_without_keys_gets_no_answer_from_a_node_with_keys(secure_node)
 def test_a_revoked_key_is_refused_at_its_next_connection(secure_node, keys):
     """Fault: the operator revoked the client's key while the node runs (the
     node re-reads authorized/ when it changes). A client connecting with it
-    then gets the first-contact message naming the keys."""
+    then gets the first-contact message saying the node refused its key."""
     def authorized() -> int:
         return int(secure_node.node.status(0)["security"]["authorized"])
 
@@ -99,7 +104,7 @@ def test_a_revoked_key_is_refused_at_its_next_connection(secure_node, keys):
     wait_for(lambda: authorized() == before, what="the key revoked")
     secret = os.path.join(keys.dir, "revoked", "temp.key_secret")
     with miyaq.Client(secure_node.endpoint, key=secret, server_key=keys.server_key, request_timeout=3.0) as client:
-        with pytest.raises(miyaq.Unavailable, match="is this key authorized"):
+        with pytest.raises(miyaq.Unavailable, match="refused this client's key: the node does not know it"):
             client.status()
 
 

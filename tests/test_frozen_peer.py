@@ -88,7 +88,7 @@ def children() -> Iterator[list[Child]]:
 
 def _closed_or_ready(monitor: Any, want: str) -> Callable[[], bool]:
     def seen() -> bool:
-        closed, ready = connection_events(monitor)
+        closed, ready, _ = connection_events(monitor)
         return bool(closed if want == "closed" else ready)
     return seen
 
