@@ -187,7 +187,7 @@ def test_failed_compaction_is_retried_later_and_does_not_refuse(tmp_path: Path,
     node.writer.write_pending()
     real_compact = node.log.compact
 
-    def full(records: Any) -> int:
+    def full(records: Any, between: Any = None) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(node.log, "compact", full)

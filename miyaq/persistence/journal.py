@@ -21,6 +21,7 @@ tombstones as ``F`` records. The ``A`` and ``F`` formats are
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import Any, Callable, Iterator
 
@@ -153,11 +154,18 @@ class Persistence(EngineListener):
         self.writer.compact()
 
     def snapshot(self) -> Iterator[dict[str, Any]]:
-        table = self.engine.table
-        for task in list(table.live.values()) + list(table.dead.values()):
-            yield task_record(task)
-        for stone in table.tombstones.snapshot():
-            yield stone_record(stone)
+        """The records of the state as it is *now* (the ``A`` records of the live
+        and dead tasks, then the ``F`` records of the tombstones), for a
+        compaction that yields to other greenlets while it writes them.
+
+        The table is copied when this is called, without yielding
+        (:meth:`~miyaq.store.table.TaskTable.snapshot`: O(n), about 0.4 µs a
+        task); the records are built from the copy as they are read, so a
+        change made meanwhile does not show in them: it is in the records
+        buffered after the snapshot's seqno, and replays once. Not a generator
+        function: a generator's body would copy at its first read, not here."""
+        tasks, stones = self.engine.table.snapshot()
+        return itertools.chain(map(task_record, tasks), map(stone_record, stones))
 
     def close(self) -> None:
         self.writer.close()

@@ -65,7 +65,9 @@ own when none is given); in a program that never runs the hub, records
 become durable on ``wait_durable``, ``flush`` or ``close``. In ``always``
 mode ``append`` may yield to other greenlets while its fsync runs
 (concurrent appends share one fsync); in the other modes it never yields.
-Writes (and ``compact``'s snapshot encoding) run inline.
+Writes run inline; ``compact`` encodes and writes its snapshot in slices
+and yields to the hub between them (at most ``green.HUB_SLICE``, 20 ms, of
+encoding at a time), so its records must be a copy that does not change.
 
 Failures (each logged and counted in :meth:`AppendLog.stats`):
 
@@ -95,7 +97,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Self
 
 from miyaq.errors import ConfigError, MiyaqError
@@ -276,18 +278,24 @@ class AppendLog:
         """True when the records or bytes since the snapshot passed their thresholds."""
         return self._snapshotter.should_compact()
 
-    def compact(self, snapshot_records: Iterable[dict[Any, Any]]) -> int:
+    def compact(self, snapshot_records: Iterable[dict[Any, Any]],
+                between: Callable[[], None] | None = None) -> int:
         """Replace everything logged so far by ``snapshot_records`` (the live state as of
         :attr:`last_seqno`); returns the snapshot's seqno. On a failed log this is
         the recovery: the state is rewritten from memory and appends resume.
 
-        The iterable is consumed without yielding to other greenlets, so a
-        generator over the live table sees the state at :attr:`last_seqno`
-        (the event loop is blocked while it is encoded and written; the
-        fsyncs are offloaded). Appends made meanwhile go to a new segment and
-        survive. On error nothing changes but the active segment is rolled."""
+        ``snapshot_records`` must be the state at :attr:`last_seqno` and must
+        not change as it is read: other greenlets run while it is encoded and
+        written (the compaction yields to the hub between slices of at most
+        ``green.HUB_SLICE``; the fsyncs are offloaded), so pass a copy taken
+        before the call (:meth:`miyaq.store.table.TaskTable.snapshot`), never a
+        generator over live state. Appends made meanwhile go to a new segment
+        and survive. On error nothing changes but the active segment is
+        rolled; a :meth:`close` meanwhile stops it (MiyaqError). ``between``
+        runs after each yield, in the compacting greenlet: the owner appends
+        what it buffered meanwhile (:mod:`miyaq.store.log_compact`)."""
         self._check_open()
-        return self._snapshotter.compact(snapshot_records)
+        return self._snapshotter.compact(snapshot_records, between)
 
     # -- introspection and shutdown ------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -320,6 +328,7 @@ class AppendLog:
             return
         was_ready = self._state == "ready"
         self._state = "closed"
+        self._snapshotter.close()     # a compaction in progress stops at its next slice
         try:
             if was_ready and self._committer.failed is None:
                 self._committer.sync()

@@ -10,21 +10,36 @@ A snapshot is also how a *failed* log recovers: it is written from the
 owner's memory, not from the files whose writeback failed, and once it is
 durable the failed segments are deleted and appends resume after it.
 
-Constraints: the records are encoded without yielding to other greenlets,
-so a generator over the live table sees one consistent state; only the
-fsyncs are offloaded. One compaction at a time.
+Other greenlets run while a snapshot is written: the records are encoded
+and written in slices, and after each slice that took ``green.HUB_SLICE``
+(20 ms) the compaction yields to the hub for one loop iteration (when the
+caller runs in a greenlet of a live hub; without one it never yields). The
+fsyncs run on the hub's thread pool. So the records handed in must not
+change as they are read: they are a copy taken before the call (the node's
+is :meth:`miyaq.store.table.TaskTable.snapshot`), never a generator over
+live state. Appends made meanwhile (the owner's ``between`` hook runs after
+each yield to write what it buffered) go to a new segment
+(``log-<seqno+1>``) and survive the compaction; the snapshot holds exactly
+the records up to its seqno, so replay (snapshot, then the segments after
+it) applies each record once. A log that fails (an fsync) while a snapshot
+is written after such appends stays failed: the snapshot cannot vouch for
+them.
+
+Constraints: one compaction at a time; :meth:`Snapshotter.close` (the log
+closing) stops one in progress at its next slice, before it deletes
+anything (replay then finishes or discards it, as after a crash).
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from miyaq.errors import MiyaqError
-from miyaq.runtime import wall
+from miyaq.runtime import green, wall
 from miyaq.store.log_commit import Committer
 from miyaq.store.log_files import Blocking, MiB, fsync_dir, write_all
 from miyaq.store.log_format import (
@@ -71,6 +86,7 @@ class Snapshotter:
         self.compactions = 0
         self.errors = 0
         self._running = False
+        self._closed = False
 
     def adopt(self, info: SnapshotInfo) -> None:
         """The snapshot replay used."""
@@ -85,41 +101,60 @@ class Snapshotter:
         """True when the records or bytes since the snapshot passed their thresholds."""
         return self.records_since >= self.after_records or self.segments.total_bytes() >= self.after_bytes
 
-    def compact(self, records: Iterable[dict[Any, Any]]) -> int:
+    def close(self) -> None:
+        """The log is closing: a compaction in progress stops at its next slice
+        (MiyaqError), and none starts again."""
+        self._closed = True
+
+    def compact(self, records: Iterable[dict[Any, Any]], between: Callable[[], None] | None = None) -> int:
         """Replace everything logged so far by ``records`` (the live state as of the
         last seqno); returns the snapshot's seqno.
 
-        The iterable is consumed without yielding. Appends made meanwhile (while
-        an fsync is offloaded) go to a new segment and survive. On error nothing
-        changes but the active segment is rolled, and the error propagates
-        (``errors`` counts it). Works on a failed log too: that is its recovery."""
+        The iterable is read while other greenlets run (see the module
+        docstring): it must not change meanwhile. Appends made meanwhile go
+        to a new segment and survive. On error nothing changes but the active
+        segment is rolled, and the error propagates (``errors`` counts it).
+        Works on a failed log too: that is its recovery.
+
+        ``between`` runs after each yield (the owner appends what it buffered
+        meanwhile); what it raises stops the compaction like any error."""
         if self._running:
             raise MiyaqError("append log: a compaction is already running")
         self._running = True
         try:
-            return self._compact(records)
+            return self._compact(records, between)
         except BaseException:
             self.errors += 1
             raise
         finally:
             self._running = False
 
-    def _compact(self, records: Iterable[dict[Any, Any]]) -> int:
+    def _compact(self, records: Iterable[dict[Any, Any]], between: Callable[[], None] | None) -> int:
         seqno = self.segments.last_seqno
+        failed_before = self.committer.failed
         self.segments.retire_for_snapshot()   # the next append goes to log-<seqno+1>
         final = os.path.join(self.directory, snapshot_name(seqno))
         tmp = final + ".tmp"
         try:
-            size = self._write(tmp, seqno, records)
+            size = self._write(tmp, seqno, records, between)
+            self._check_open()
             os.replace(tmp, final)
             self.blocking(fsync_dir, self.directory)
+            self._check_open()    # closed meanwhile: keep the segments (replay deletes them)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
         old = self.current.path
         self.current = SnapshotInfo(seqno, final, size)
-        self.committer.recovered(seqno)    # the snapshot holds every record up to seqno
+        failed = self.committer.failed
+        if failed is not None and failed is not failed_before and self.segments.last_seqno > seqno:
+            # The log failed while the snapshot was written, and records after it were
+            # appended meanwhile: their writeback may be lost, so the failure stays
+            # (the owner rewrites the state again); only what the snapshot holds is durable.
+            self.committer.mark_durable(seqno)
+        else:
+            self.committer.recovered(seqno)    # the snapshot holds every record up to seqno
         covered = self.segments.remove_covered(seqno)
         if old is not None and old != final:
             os.unlink(old)
@@ -128,12 +163,23 @@ class Snapshotter:
                     self.directory, len(covered), final, size)
         return seqno
 
-    def _write(self, path: str, seqno: int, records: Iterable[dict[Any, Any]]) -> int:
+    def _check_open(self) -> None:
+        if self._closed:
+            raise MiyaqError(f"append log {self.directory} closed during a compaction")
+
+    def _write(self, path: str, seqno: int, records: Iterable[dict[Any, Any]],
+               between: Callable[[], None] | None) -> int:
+        share = green.FairShare() if green.hub_running() else None   # no hub: no one else to run
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             chunk = [encode(KIND_SNAP_BEGIN, seqno, {"format": 1, "created": wall()})]
             pending = count = total = 0
             for record in records:
+                if share is not None and share.due():
+                    share.check()         # one loop iteration for the others
+                    self._check_open()
+                    if between is not None:
+                        between()
                 data = encode_record(KIND_SNAP_RECORD, seqno, record, self.max_record_bytes)
                 chunk.append(data)
                 count += 1

@@ -25,12 +25,14 @@ tuples: docs/performance.md, "Garbage collection").
 """
 from __future__ import annotations
 
+import gc
 import itertools
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
+from operator import attrgetter
 from typing import Any, NamedTuple
 
-from .task import Task
+from .task import EXTRA_FIELDS, Extra, Task
 
 
 def error_bytes(error: Any) -> int:
@@ -95,6 +97,31 @@ def _as_stone(row: tuple[Any, ...]) -> Tombstone:
 
 
 _tuple_new: Any = tuple.__new__
+
+_TASK_COPY = attrgetter("id", "spec", "body", "eta", "created", "state", "attempt",
+                        *(f"extra.{name}" for name in EXTRA_FIELDS))
+"""A task's state as one tuple, read in C: every field its ``A`` record holds
+(the :class:`~miyaq.store.task.Spec` is never changed once made, so a
+reference is a copy; the :class:`~miyaq.store.task.Extra` is changed in
+place, so its fields are copied)."""
+
+
+def _task_from_copy(row: tuple[Any, ...]) -> Task:
+    """A detached task (in no table, never leased) holding a :data:`_TASK_COPY` row."""
+    task = Task.of(row[0], row[1], row[2], row[3], row[4])
+    task.state, task.attempt = row[5], row[6]
+    extra = task.extra = Extra()
+    for name, value in zip(EXTRA_FIELDS, row[7:]):
+        setattr(extra, name, value)
+    return task
+
+
+class TableSnapshot(NamedTuple):
+    """The table's tasks and tombstones as they were when it was taken
+    (:meth:`TaskTable.snapshot`), read lazily: later changes to the table do not show."""
+
+    tasks: Iterator[Task]            # copies of the live tasks, then of the dead ones
+    tombstones: Iterator[Tombstone]  # oldest first
 
 
 class Tombstones(Mapping[str, Tombstone]):
@@ -183,6 +210,26 @@ class TaskTable:
 
     def get(self, task_id: str) -> Task | None:
         return self.live.get(task_id)
+
+    def snapshot(self) -> TableSnapshot:
+        """Every live and dead task and every tombstone as they are now, for a
+        writer that yields to other greenlets as it goes (log compaction).
+
+        Taken at once, without yielding: a tuple of each task's fields, read in
+        C (about 0.4 µs a task, against about 4 µs to build and encode its
+        record; the cycle collector paused meanwhile), and a list of the
+        tombstones' rows (already immutable). The
+        task copies are made as the iterator is read; they are detached (no
+        lease, no timer, in no table) and hold what an ``A`` record holds."""
+        collecting = gc.isenabled()
+        gc.disable()    # else it walks the heap every few thousand tuples: 4-5 times the copy's time
+        try:
+            rows = list(map(_TASK_COPY, itertools.chain(self.live.values(), self.dead.values())))
+            stones = self.tombstones.snapshot()
+        finally:
+            if collecting:
+                gc.enable()
+        return TableSnapshot(map(_task_from_copy, rows), stones)
 
     # -- tombstones -------------------------------------------------------
     def bury(self, task: Task, state: str, result: bytes | None, now: float) -> Tombstone:
