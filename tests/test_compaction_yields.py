@@ -31,6 +31,7 @@ from miyaq.store.log import AppendLog
 from miyaq.store.log_writer import LogWriter
 from miyaq.store.records import stone_record, task_record
 from miyaq.store.task import CANCELLED, DONE, Task
+from test_log_replayed_state import Consumer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -165,21 +166,6 @@ def test_changes_made_during_a_compaction_are_acknowledged_meanwhile_and_replay_
     replayed: dict[str, int] = {}
     apply(replayed, (e.record for e in entries))
     assert replayed == final
-
-
-class Consumer:
-    """A pull consumer as the engine sees one: a principal and its leases."""
-
-    principal = "consumer"
-
-    def __init__(self) -> None:
-        self.running: dict[str, Task] = {}
-
-    def abort(self, ids: list[str]) -> None:
-        pass
-
-    def lease_expired(self, task: Task, now: float) -> None:
-        pass
 
 
 def durable_engine(directory: Path, config: NodeConfig) -> tuple[Engine, Persistence]:

@@ -221,22 +221,28 @@ def test_a_revoked_key_is_sent_no_more_tasks_on_the_connections_it_holds(ctx, se
     assert [admin.ok(c.TASK, {"id": i * 32})["task"]["state"] for i in "ab"] == ["ready", "ready"]
 
 
+def _first_contact_error(endpoint: str, **options: str) -> str:
+    """The message of the ``Unavailable`` a client with ``options`` gets from its first STATUS."""
+    client = miyaq.Client(endpoint, request_timeout=5.0, **options)
+    try:
+        with pytest.raises(miyaq.Unavailable) as failure:
+            client.status()
+    finally:
+        client.close(flush=False)
+    return str(failure.value)
+
+
 def test_a_client_without_keys_is_told_the_node_needs_keys(secure_node):
     """Fault: a client without keys (no --key/--server-key) to a node with
     ``--keys``. The handshake fails at once (keys on one side only), and
     the error said "nothing is listening on ... -- is a node running?",
     sending the user to look for a node that runs. It now says the node
     needs keys and which options give them."""
-    client = miyaq.Client(secure_node.endpoint, request_timeout=5.0)
-    try:
-        with pytest.raises(miyaq.Unavailable) as failure:
-            client.status()
-    finally:
-        client.close(flush=False)
+    error = _first_contact_error(secure_node.endpoint)
     # The node closes at the greeting, so the client may or may not read its
     # greeting (the mechanism) first: both errors say what to pass.
-    assert f"cannot reach any node: {secure_node.endpoint} " in str(failure.value)
-    assert "pass --key and --server-key (MIYAQ_KEY, MIYAQ_SERVER_KEY; docs/security.md)" in str(failure.value)
+    assert f"cannot reach any node: {secure_node.endpoint} " in error
+    assert "pass --key and --server-key (MIYAQ_KEY, MIYAQ_SERVER_KEY; docs/security.md)" in error
 
 
 def test_a_client_with_keys_is_told_the_node_does_not_use_them(make_node, keys):
@@ -244,15 +250,9 @@ def test_a_client_with_keys_is_told_the_node_does_not_use_them(make_node, keys):
     the error listed a wrong node key, an unknown key or no node as the
     possible causes. It now says the node does not use keys."""
     plain = make_node()
-    client = miyaq.Client(plain.endpoint, key=keys.secret("producer"), server_key=keys.server_key,
-                          request_timeout=5.0)
-    try:
-        with pytest.raises(miyaq.Unavailable) as failure:
-            client.status()
-    finally:
-        client.close(flush=False)
-    assert f"cannot reach any node: {plain.endpoint} " in str(failure.value)
-    assert "does not use keys" in str(failure.value)
+    error = _first_contact_error(plain.endpoint, key=keys.secret("producer"), server_key=keys.server_key)
+    assert f"cannot reach any node: {plain.endpoint} " in error
+    assert "does not use keys" in error
 
 
 @pytest.mark.parametrize("fault", ["no key", "unknown key", "wrong node key"])
