@@ -95,6 +95,12 @@ class Consumer:
         """The dispatcher forgot it: it takes nothing until granted again."""
         self.credit = 0
 
+    def free_slots(self, room: int) -> int:
+        """Of ``room`` tasks it may be leased now, how many would start at
+        once; the rest would wait in its backlog (a worker's prefetch). By
+        default all of them: the consumer holds no backlog."""
+        return room
+
     def deliver(self, tasks: list[Task]) -> bool:
         """Send leased tasks; False if they could not be sent."""
         raise NotImplementedError
@@ -126,9 +132,17 @@ class WorkerConsumer(Consumer):
         self.principal = worker_principal(wid, key)
         self.capacity = capacity
         self.credit = capacity
+        # Tasks it runs at once: its READY's concurrency (what it holds beyond
+        # is its prefetch); without one, all of its capacity counts.
+        self.slots = min(info.get("concurrency") or capacity, capacity)
         self.last_seen = last_seen   # monotonic
         self.info = info
         self.holder_endpoints: Callable[[Task], list[str]] | None = None
+
+    def free_slots(self, room: int) -> int:
+        """Its slots not taken by the tasks this node leased it and has not
+        heard the end of (tasks other nodes gave it are not counted)."""
+        return min(room, self.slots - len(self.running))
 
     def deliver(self, tasks: list[Task]) -> bool:
         holders = self.holder_endpoints

@@ -1,18 +1,41 @@
 """Matches ready tasks with consumers that have credit.
 
 ``pump()`` runs after each burst of messages and after timers fire; it hands
-out tasks in rounds of at most ``DISPATCH_CHUNK`` per consumer so a burst spreads over
-idle consumers instead of filling the first one. A consumer with credit is
-"hungry"; idle capacity never waits while its queues hold ready work because
-every credit grant and every newly ready task marks the dispatcher pending.
+out tasks in rounds of at most ``DISPATCH_CHUNK`` per consumer so a burst
+spreads over the consumers instead of filling the first one. A consumer with
+credit is "hungry"; idle capacity never waits while its queues hold ready
+work because every credit grant and every newly ready task marks the
+dispatcher pending.
+
+Who gets a task: first every consumer's free execution slots, then the
+backlogs. A worker holds more tasks than it runs at once (its prefetch:
+``Consumer.free_slots`` tells how many of its room start at once -- for a
+worker its READY's ``concurrency`` less the tasks this node leased it and has
+not heard the end of); the pump's first passes lease only what starts at
+once, and only once every hungry consumer's free slots are taken (or found
+nothing to take) do later passes fill backlogs. Within a pass the consumer served least recently comes
+first: a consumer that took tasks goes after the others. So a lone task goes
+to an idle worker, not into the backlog (nor onto a busy slot) of the worker
+that registered first. (Only this node's leases count: a worker connected to
+several nodes may run tasks another node gave it.)
+
+A consumer whose queues hold nothing ready leaves the pumps: the pump that
+finds nothing for it parks it under its queues (``parked_by_lane``, by ready
+lane), and a task entering one of those lanes (``task_ready``) makes every
+consumer parked on it hungry again. So a pump visits the consumers that may
+have work, not every idle worker or RECEIVE of every queue; a ready task
+costs one look per consumer parked on its queue. Credit granted to a parked
+consumer leaves it parked (nothing of its queues is ready); ``forget`` takes
+it out of the index. A consumer held back only by its queue's limits has
+ready tasks: it stays hungry, and the limits' refill timer pumps again. One
+whose batch is full (``max_batch``, ``DISPATCH_BATCH_BYTES``) with room left
+stays hungry and is served on by the next pump.
 
 A consumer granted with ``until_idle`` (a webhook lane: one per queue, as
-many as queues) also leaves the hungry ones when a pump finds none of its
-queues holding a ready task, and its owner grants it again when one does
-(the webhook deliverer, on each ready task of the lane's queue). So a pump
-visits the consumers that may have work, not every idle lane of every
-queue ever used. (One held back only by its queue's limits has ready tasks:
-it stays, and the limits' refill timer pumps again.)
+many as queues) is not parked but leaves the hungry ones when a pump finds
+none of its queues holding a ready task, and its owner grants it again when
+one does (the webhook deliverer, on each ready task of the lane's queue, or
+when a node-wide slot frees).
 
 Per-queue rate limits (:mod:`miyaq.core.limits`) are applied here, so they
 hold for every kind of consumer. With no limit configured the loop below
@@ -58,9 +81,15 @@ class Dispatcher(EngineListener):
         self.engine = engine
         self.max_batch = max_batch
         self.gate = gate
-        # Consumers with room, in the order they were granted -> whether they
-        # leave when nothing of their queues is ready (``grant``'s until_idle).
+        # Consumers with room that may find work, the one served least
+        # recently first -> whether they leave when nothing of their queues is
+        # ready (``grant``'s until_idle) instead of being parked.
         self.hungry: dict[Consumer, bool] = {}
+        # Consumers with room whose queues held nothing ready when a pump last
+        # visited them (the one served least recently first), and the same by
+        # ready lane: a task entering a lane wakes the consumers parked on it.
+        self.parked: dict[Consumer, None] = {}
+        self.parked_by_lane: dict[str, dict[Consumer, None]] = {}
         self.pending = False
         # The housekeeping loop stamps this (monotonic) every 0.1 s; a pump long
         # after the last stamp means the process was frozen (SIGSTOP, swap, a VM
@@ -75,6 +104,12 @@ class Dispatcher(EngineListener):
 
     def task_ready(self, task: Task) -> None:
         self.pending = True
+        if self.parked_by_lane:
+            woken = self.parked_by_lane.pop(task.lane, None)
+            if woken:
+                for consumer in woken:
+                    self._unpark(consumer)
+                    self.hungry[consumer] = False
 
     # A task of a queue with a concurrency cap stopped running: room for another.
     def task_finished(self, task: Task, stone: Tombstone) -> None:
@@ -98,15 +133,42 @@ class Dispatcher(EngineListener):
         """``consumer`` may take ``credit`` more; it is offered ready tasks while
         it has room. ``until_idle``: only until a pump finds nothing ready in
         its queues -- the caller must grant it again when a task of its queues
-        is ready (see the module's docstring)."""
+        is ready (see the module's docstring). A parked consumer stays parked
+        (nothing of its queues is ready; the next ready task wakes it)."""
         consumer.granted(credit)
+        if consumer in self.parked and not until_idle:
+            return
         if consumer.room() > 0:
+            self._unpark(consumer)
             self.hungry[consumer] = until_idle
             self.pending = True
 
     def forget(self, consumer: Consumer) -> None:
         self.hungry.pop(consumer, None)
+        self._unpark(consumer)
         consumer.dropped()
+
+    def _park(self, consumer: Consumer) -> None:
+        """Wait, out of the pumps, for a task to enter one of the consumer's lanes."""
+        self.parked[consumer] = None
+        by_lane = self.parked_by_lane
+        for lane in consumer.queues:
+            waiting = by_lane.get(lane)
+            if waiting is None:
+                waiting = by_lane[lane] = {}
+            waiting[consumer] = None
+
+    def _unpark(self, consumer: Consumer) -> None:
+        if consumer not in self.parked:
+            return
+        del self.parked[consumer]
+        by_lane = self.parked_by_lane
+        for lane in consumer.queues:
+            waiting = by_lane.get(lane)
+            if waiting is not None:
+                waiting.pop(consumer, None)
+                if not waiting:
+                    del by_lane[lane]
 
     def pump(self, now: float) -> int:
         """Lease ready tasks to hungry consumers; returns how many."""
@@ -117,13 +179,21 @@ class Dispatcher(EngineListener):
         self.pending = False
         engine = self.engine
         limits = self.limits if self.limits.active else None
+        hungry = self.hungry
         batches: dict[Consumer, list[Task]] = {}
         sizes: dict[Consumer, int] = {}
+        served_idle: list[Consumer] = []   # took tasks, then found no more: parked after the others
         total = 0
-        # Round-robin passes, DISPATCH_CHUNK tasks each. A consumer that found
-        # nothing to take leaves the passes: takes only remove tasks and
-        # acquiring a limit only closes lanes, so it would find nothing later.
-        turn = list(self.hungry)
+        # Round-robin passes, DISPATCH_CHUNK tasks each. First only what starts
+        # at once (each consumer's free slots); a consumer with none left waits
+        # in `backlogs` for the passes that fill backlogs (a worker's prefetch).
+        # A consumer that found nothing (more) to take leaves the passes: takes
+        # only remove tasks and acquiring a limit only closes lanes, so it
+        # would find nothing later. Unless its queues' limits held it back
+        # (their ready tasks stay), nothing of its queues is ready: it is
+        # parked, or leaves if until_idle.
+        turn = list(hungry)
+        backlogs: list[Consumer] | None = []
         while turn:
             again = []
             for consumer in turn:
@@ -131,6 +201,12 @@ class Dispatcher(EngineListener):
                 if batch is None:
                     batch = batches[consumer] = []
                 n = min(consumer.room(), DISPATCH_CHUNK, self.max_batch - len(batch))
+                if backlogs is not None and n > 0:
+                    free = consumer.free_slots(n)
+                    if free <= 0:
+                        backlogs.append(consumer)
+                        continue
+                    n = free
                 queues = consumer.queues
                 taken = 0
                 size = sizes.get(consumer, 0)
@@ -151,20 +227,34 @@ class Dispatcher(EngineListener):
                 sizes[consumer] = size
                 consumer.took(taken)
                 total += taken
-                room = consumer.room()
-                if room <= 0 or len(batch) >= self.max_batch or size >= DISPATCH_BATCH_BYTES:
-                    self.hungry.pop(consumer, None)
-                    if room > 0:
-                        self.pending = True   # batch full: continue next pump
+                if consumer.room() <= 0:
+                    hungry.pop(consumer, None)
+                elif len(batch) >= self.max_batch or size >= DISPATCH_BATCH_BYTES:
+                    self.pending = True       # batch full: it stays hungry, the next pump goes on
                 elif taken == n:
                     again.append(consumer)    # took its whole chunk: there may be more
-                elif self.hungry.get(consumer) and not engine.ready.has_ready(queues):
-                    self.hungry.pop(consumer, None)   # idle: granted again with its queues' next ready task
+                elif limits is not None and engine.ready.has_ready(queues):
+                    pass                      # held back by its queues' limits: stays hungry
+                elif batch:
+                    served_idle.append(consumer)
+                elif not hungry.pop(consumer, True):
+                    self._park(consumer)      # a task entering one of its lanes wakes it
             turn = again
+            if not turn and backlogs is not None:
+                turn, backlogs = backlogs, None
+        # Whoever took tasks goes after the others, hungry or parked: the next
+        # lone task goes to another consumer with a free slot.
+        for consumer in served_idle:
+            if not hungry.pop(consumer, True):
+                self._park(consumer)
         if total:
             self._announce()
         for consumer, batch in batches.items():
-            if batch and not consumer.deliver(batch):
+            if not batch:
+                continue
+            if consumer in hungry:
+                hungry[consumer] = hungry.pop(consumer)
+            if not consumer.deliver(batch):
                 logger.warning("could not deliver %d tasks to %r; putting them back", len(batch), consumer)
                 for task in batch:
                     engine.release(task.id, now)
