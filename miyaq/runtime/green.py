@@ -14,6 +14,7 @@ import logging
 import select as _select
 import signal
 from collections import deque
+from collections.abc import Iterator
 from time import monotonic as _real_monotonic
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
@@ -69,7 +70,7 @@ __all__ = [
     "Timeout",
     "WSGIHandler", "WSGIInput", "WSGIServer", "current", "destroy_hub", "hub_running", "idle", "is_patched",
     "joinall", "killall", "log_hub_errors", "monkey_patch", "native_lock", "native_thread_ident", "on_signal",
-    "peer_closed", "run_in_thread", "sleep",
+    "peer_closed", "run_in_thread", "sleep", "slices",
     "start_native_thread",
 ]
 
@@ -114,6 +115,33 @@ WAITED_READ = 0.0002
 for its peer: the other greenlets ran meanwhile (:meth:`FairShare.read`)."""
 
 
+def slices(items: list[T], *, first: int, fewest: int, most: int,
+           pause: Callable[[], None] | None = None) -> Iterator[list[T]]:
+    """``items`` a slice at a time, calling ``pause`` (default:
+    :func:`let_others_run`) between slices. Each slice is sized so that
+    working through it takes about ``HUB_SLICE`` of real time, from how long
+    the one before took (measured from the slice's yield to the caller's
+    next request): between ``fewest`` and ``most`` items, ``first`` (at most
+    ``most``) to begin with. Real time, not CPU: on a host whose cores other
+    processes share, the slices are smaller, and the hub is held about as
+    long as anywhere else. For a loop over a snapshot of the node's state
+    (a handoff pass) that must not hold the hub for long."""
+    wait = pause if pause is not None else let_others_run
+    share = FairShare()
+    size = min(first, most)
+    start = 0
+    while start < len(items):
+        if start:
+            wait()
+            share.waited()
+        chunk = items[start:start + size]
+        yield chunk
+        start += len(chunk)
+        spent = share.spent()
+        wanted = most if spent <= 0 else int(len(chunk) * HUB_SLICE / spent)
+        size = max(min(fewest, most), min(most, wanted))
+
+
 def let_others_run() -> None:
     """Yield to the hub for one loop iteration, I/O included (``sleep(0)``
     may resume this greenlet before the loop polls)."""
@@ -146,6 +174,10 @@ class FairShare:
     def due(self) -> bool:
         """The loop has had its slice: end the burst (its next :meth:`check` yields)."""
         return _real_monotonic() - self._since >= HUB_SLICE
+
+    def spent(self) -> float:
+        """Seconds (real time) since the loop last waited or yielded."""
+        return _real_monotonic() - self._since
 
     def check(self) -> None:
         if self.due():
