@@ -20,9 +20,21 @@ still waiting for that node fail with ``Forbidden`` at once
 2026-12-05 the ERROR was only logged and ``submit(wait=True)`` waited its
 whole ``submit_timeout`` for an acknowledgement that could not come, to
 raise ``Timeout``.
+
+Deadlines are kept in a heap beside ``open`` (:attr:`RequestTable.deadlines`),
+so the earliest one is read at the head (:meth:`RequestTable.next_due`, which
+the asyncio driver asks after every message, submit and request) and a timer
+pass touches only the requests that are due (:meth:`RequestTable.check_deadlines`).
+An answered or withdrawn request leaves its entry behind, passed over when it
+comes to the head; the heap is rebuilt from ``open`` when such entries
+outnumber the live ones, so it stays within about twice the open requests.
+Before 2026-12-06 both walked every open request: with 10,000 result
+long-polls open an asyncio client spent about 250 µs of CPU per message,
+and 10% of a core doing nothing.
 """
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
 from typing import Any, Callable
@@ -40,6 +52,9 @@ CONNECT_WAIT = 1.5
 """Seconds a request waits for a connection to its node."""
 CONNECT_RETRY = 0.01
 """Seconds between two tries of a request whose node is not connected."""
+STALE_SLACK = 64
+"""Entries of answered requests the deadline heap may hold beyond as many as
+the open requests before it is rebuilt (a small table is never rebuilt)."""
 
 
 class NoAnswer(Unavailable):
@@ -63,6 +78,10 @@ class RequestTable:
         self._on_refused = on_refused
         self._req = itertools.count(1)
         self.open: dict[int, tuple[Waiter, float, int, bytes]] = {}   # req -> (waiter, deadline, node, command)
+        # (deadline, req) of every open request, a heap; an entry whose req is no
+        # longer in `open` (answered, withdrawn, failed) is passed over at the head.
+        # A req is never reused, so an entry whose req is open is that request's.
+        self.deadlines: list[tuple[float, int]] = []
         # Waiting for a connection: (node, command, body, since).
         self.unsent: list[tuple[int, bytes, dict[str, Any], float]] = []
 
@@ -75,6 +94,8 @@ class RequestTable:
         reply is the core's own (discovery) and is not tracked here."""
         if waiter is not None:
             self.open[body["req"]] = (waiter, deadline, node, command)
+            heapq.heappush(self.deadlines, (deadline, body["req"]))
+            self._bound()
         if not self._send(node, command, body) and waiter is not None:
             self.unsent.append((node, command, body, now))   # not connected (yet)
 
@@ -102,10 +123,14 @@ class RequestTable:
                 self.unsent.append((node, command, body, since))
 
     def check_deadlines(self, now: float) -> None:
-        for req, (waiter, deadline, _, _) in list(self.open.items()):
-            if deadline > now:
-                continue
-            del self.open[req]
+        """Fail the requests whose deadline passed: only those are looked at
+        (they are at the head of the heap)."""
+        while self.deadlines and self.deadlines[0][0] <= now:
+            req = heapq.heappop(self.deadlines)[1]
+            entry = self.open.pop(req, None)
+            if entry is None:
+                continue            # answered or withdrawn meanwhile
+            waiter = entry[0]
             unsent = [node for node, _, body, _ in self.unsent if body["req"] == req]
             if unsent:
                 self._resolver.fail(waiter, self._no_connection(unsent[0]))
@@ -117,11 +142,27 @@ class RequestTable:
         return NoAnswer(error.message) if self.nodes.reached else error
 
     def next_due(self, now: float) -> float | None:
+        """When :meth:`check_deadlines` (or a retry of an unsent request) is
+        next due; None: nothing is open. Amortised O(log n): entries of
+        requests no longer open are dropped from the head."""
         if self.unsent:
             return now + CONNECT_RETRY
-        if self.open:
-            return min(entry[1] for entry in self.open.values())
-        return None
+        open_, deadlines = self.open, self.deadlines
+        if not open_:
+            deadlines.clear()
+            return None
+        self._bound()
+        while deadlines[0][1] not in open_:
+            heapq.heappop(deadlines)
+        return deadlines[0][0]
+
+    def _bound(self) -> None:
+        """Rebuild the heap from ``open`` when entries of requests no longer
+        open outnumber the open ones (O(n), after at least n of them left:
+        amortised O(1) a request)."""
+        if len(self.deadlines) > 2 * len(self.open) + STALE_SLACK:
+            self.deadlines = [(entry[1], req) for req, entry in self.open.items()]
+            heapq.heapify(self.deadlines)
 
     def node_lost(self, node: int) -> int:
         """The connection to ``node`` closed: the requests sent on it fail
@@ -175,4 +216,5 @@ class RequestTable:
         for waiter, _, _, _ in self.open.values():
             self._resolver.fail(waiter, error)
         self.open.clear()
+        self.deadlines.clear()
         self.unsent.clear()
