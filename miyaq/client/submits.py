@@ -35,9 +35,21 @@ Rules (docs/semantics.md):
   one acknowledgement or failure resolves both, each giving back its
   window slot. Before, the later replaced the earlier in ``pending``: the
   earlier was never resolved and kept its window slot for good.
+
+A sent submit whose deadline comes before its acknowledgement is overdue
+(every one, when ``submit_timeout`` is at most ``ack_timeout``) is *capped*:
+it fails at its deadline. The capped are a heap by deadline
+(:attr:`SubmitPipeline.capped`), so :meth:`SubmitPipeline.next_due` reads its
+head and :meth:`SubmitPipeline.check_acks` pops only those due; one
+acknowledged (or sent again, or failed) meanwhile leaves its entry behind, passed
+over when it comes to the head, and the heap is rebuilt when such entries
+outnumber the unacknowledged submits. Before 2026-12-06 both walked every
+capped submit: with ``submit_timeout=4`` and a window of 10,000 an asyncio
+producer spent 71 µs of CPU a submit instead of 8.
 """
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
 import random
@@ -70,7 +82,10 @@ writable, too many submits being replicated; not coordinating, or no ring).
 A refusal with another code (``shutting_down``, ``not_enough_replicas``)
 may come after some holders stored a copy."""
 TIMEOUT_SCAN = 1000
-"""Most acknowledgement deadlines looked at per pass (oldest first)."""
+"""Most overdue acknowledgements handled per pass (oldest first)."""
+STALE_SLACK = 64
+"""Entries of submits no longer capped the capped heap may hold beyond as
+many as the unacknowledged submits before it is rebuilt."""
 
 Send = Callable[[int, bytes, dict[str, Any]], bool]
 
@@ -122,7 +137,7 @@ class Pending:
     ``deadline`` are on the core's clock (monotonic seconds)."""
 
     __slots__ = ("wire", "waiter", "created", "deadline", "sent", "tries", "node", "next_try", "last_error",
-                 "held_since", "joined")
+                 "held_since", "joined", "in_capped")
 
     def __init__(self, wire: dict[str, Any], waiter: Waiter, created: float, deadline: float) -> None:
         self.wire = wire
@@ -136,6 +151,7 @@ class Pending:
         self.last_error: MiyaqError | None = None
         self.held_since: float | None = None    # when it first waited for its node's limits
         self.joined: list[Waiter] | None = None  # later submits of the same id, resolved with this one
+        self.in_capped = False     # it has an entry in SubmitPipeline.capped (live or not)
 
     def join(self, other: "Pending") -> None:
         """``other``, a submit of the same id sent while this one is
@@ -171,8 +187,14 @@ class SubmitPipeline:
         self._on_resolved = on_resolved
         self.pending: dict[str, Pending] = {}     # sent, awaiting ack, oldest first
         # Sent, and their deadline comes before their ack_timeout: they fail at
-        # the deadline, not at the last try's ack_timeout (few: tries near the end).
-        self.capped: dict[str, Pending] = {}
+        # the deadline, not at the last try's ack_timeout (few: tries near the end;
+        # all, with a submit_timeout at most ack_timeout). A heap of (deadline,
+        # sequence, submit); an entry is live while its submit is the one
+        # unacknowledged under its id (pending[id] is it), else passed over. A
+        # submit's deadline never changes, and one capped once is capped at every
+        # later try: one entry a submit (Pending.in_capped).
+        self.capped: list[tuple[float, int, Pending]] = []
+        self._capped_seq = itertools.count()
         self.waiting: list[Pending] = []          # to (re)send when next_try passes, in order
         self.resolved = 0
         self.resends = 0
@@ -190,12 +212,43 @@ class SubmitPipeline:
     def next_due(self) -> float | None:
         """When the next waiting submit may leave, or a sent one reaches its
         deadline before its acknowledgement is overdue (None: neither). Only
-        the due prefix of ``waiting`` leaves, so its first one decides."""
+        the due prefix of ``waiting`` leaves, so its first one decides; of
+        the capped, the head of the heap (amortised O(log n): entries no
+        longer live are dropped from the head)."""
         due = self.waiting[0].next_try if self.waiting else None
-        if self.capped:
-            soonest = min(p.deadline for p in self.capped.values())
-            due = soonest if due is None else min(due, soonest)
+        capped = self.capped
+        if capped:
+            self._bound()
+            capped = self.capped
+            pending = self.pending
+            while capped and not self._live(capped[0][2], pending):
+                heapq.heappop(capped)[2].in_capped = False
+            if capped:
+                soonest = capped[0][0]
+                due = soonest if due is None or soonest < due else due
         return due
+
+    @staticmethod
+    def _live(p: Pending, pending: dict[str, Pending]) -> bool:
+        """Whether ``p``'s entry in the capped heap stands: ``p`` is the
+        submit unacknowledged under its id."""
+        return pending.get(p.wire["id"]) is p
+
+    def _bound(self) -> None:
+        """Rebuild the capped heap when entries no longer live outnumber the
+        unacknowledged submits (O(n), after at least n entries went stale:
+        amortised O(1) a submit)."""
+        capped, pending = self.capped, self.pending
+        if len(capped) <= 2 * len(pending) + STALE_SLACK:
+            return
+        kept = []
+        for entry in capped:
+            if self._live(entry[2], pending):
+                kept.append(entry)
+            else:
+                entry[2].in_capped = False
+        heapq.heapify(kept)
+        self.capped = kept
 
     # -- sending ---------------------------------------------------------------------
     def send_due(self, now: float) -> None:
@@ -282,8 +335,10 @@ class SubmitPipeline:
                 first = setdefault(p.wire["id"], p)
                 if first is not p:
                     first.join(p)
-                elif p.deadline < late:
-                    self.capped[p.wire["id"]] = p
+                elif p.deadline < late and not p.in_capped:
+                    p.in_capped = True
+                    heapq.heappush(self.capped, (p.deadline, next(self._capped_seq), p))
+            self._bound()
             return
         # Not connected: try again soon, keeping the order of the batch (no
         # jitter) -- unless no node was ever reached for FIRST_CONTACT seconds.
@@ -312,24 +367,39 @@ class SubmitPipeline:
         fail those whose deadline passed while their last try waits."""
         pending = self.pending
         if not pending:
+            self._drop_capped()
             return
         cutoff = now - self.ack_timeout
-        overdue = Timeout(f"no acknowledgement within {self.ack_timeout:g}s")
-        for task_id in list(itertools.islice(pending, TIMEOUT_SCAN)):
-            p = pending[task_id]
-            if p.sent > cutoff:
+        # pending is in the order of sending: the overdue are a prefix (at most
+        # TIMEOUT_SCAN of them a pass), and the first one not overdue ends the look.
+        late: list[str] = []
+        for task_id, p in pending.items():
+            if p.sent > cutoff or len(late) >= TIMEOUT_SCAN:
                 break
-            del pending[task_id]
-            self.capped.pop(task_id, None)
-            self.resends += 1
-            p.may_be_stored()         # p.node stays the silent node: the resend avoids it
-            self._retry_later(p, now, overdue)
-        for task_id, p in list(self.capped.items()):
-            if pending.get(task_id) is not p:
-                del self.capped[task_id]        # acknowledged meanwhile
-            elif p.deadline <= now:
-                del self.capped[task_id], pending[task_id]
-                self.resolve(p, error=final_error(p.last_error or overdue, p))
+            late.append(task_id)
+        if late:
+            overdue = self._overdue()
+            for task_id in late:
+                p = pending.pop(task_id)
+                self.resends += 1
+                p.may_be_stored()         # p.node stays the silent node: the resend avoids it
+                self._retry_later(p, now, overdue)
+        while self.capped and self.capped[0][0] <= now:
+            p = heapq.heappop(self.capped)[2]
+            p.in_capped = False
+            if not self._live(p, pending):
+                continue                  # acknowledged, sent again or failed meanwhile
+            del pending[p.wire["id"]]
+            self.resolve(p, error=final_error(p.last_error or self._overdue(), p))
+
+    def _overdue(self) -> Timeout:
+        return Timeout(f"no acknowledgement within {self.ack_timeout:g}s")
+
+    def _drop_capped(self) -> None:
+        """Nothing is unacknowledged: every capped entry is stale."""
+        for entry in self.capped:
+            entry[2].in_capped = False
+        self.capped.clear()
 
     def node_lost(self, node: int, now: float) -> int:
         """The connection to ``node`` closed (the node exited or restarted):
@@ -345,7 +415,6 @@ class SubmitPipeline:
                             "the submit")
         for task_id in lost:
             p = self.pending.pop(task_id)
-            self.capped.pop(task_id, None)
             self.resends += 1
             p.may_be_stored()
             self._retry_later(p, now, error)
@@ -359,7 +428,6 @@ class SubmitPipeline:
         refused = [task_id for task_id, p in self.pending.items() if p.node == node]
         for task_id in refused:
             p = self.pending.pop(task_id)
-            self.capped.pop(task_id, None)
             self.resolve(p, error=error)
         return len(refused)
 
@@ -385,8 +453,6 @@ class SubmitPipeline:
                              self.nodes.endpoints[node], status)
                 continue
             p = self.pending.pop(task_id, None) if isinstance(task_id, str) else None
-            if p is not None and self.capped:
-                self.capped.pop(task_id, None)
             if p is None:
                 continue   # a late ack for a resend that was already acknowledged
             if status == c.REJECTED:
@@ -425,7 +491,7 @@ class SubmitPipeline:
         for p in list(self.pending.values()) + self.waiting:
             self.resolve(p, error=error)
         self.pending.clear()
-        self.capped.clear()
+        self._drop_capped()
         self.waiting.clear()
 
 
