@@ -11,14 +11,24 @@ result long-polls open, about 250 µs of CPU a message and 10% of a core idle.
 """
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from typing import Any, Callable
 
 import pytest
 
+import miyaq
+import miyaq.aio
+from apps import basic
+from miyaq.client import operations as ops
 from miyaq.client import requests
-from miyaq.errors import Timeout
+from miyaq.client.nodes import Nodes
+from miyaq.client.wire import decode_outcome
+from miyaq.errors import Busy, Timeout
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c
+from miyaq.testing.harness import wait_for
 from test_client_core import make, pending, submitted
 
 
@@ -212,3 +222,153 @@ def test_capped_submits_fail_at_their_deadline_in_order_touching_only_those_due(
     assert work < 60, work
     assert core.submits.next_due() == pytest.approx(4.002)
 
+
+def test_a_result_wait_refused_busy_is_asked_again_until_its_timeout(monkeypatch) -> None:
+    """Fault: the node holds as many long-polls of this connection as it takes
+    and answers ``busy``. wait_result asks again after a back-off (50 ms
+    doubling to 1 s, jittered) until the caller's timeout; the last ask
+    waits 0 s (never refused) and the caller gets the usual Timeout naming
+    the task. Before, the Busy reached the caller at once."""
+    clock = [0.0]
+    monkeypatch.setattr(ops, "monotonic", lambda: clock[0])
+    asked: list[float] = []
+    paused: list[float] = []
+
+    def ask(step: ops.Ask) -> dict[str, Any]:
+        asked.append(step.body["timeout"])
+        if step.body["timeout"] > 0:
+            raise Busy("this connection already has 1000 long-polls waiting (max_waiters_per_connection)")
+        return {"state": "ready", "timeout": True}
+
+    def pause(seconds: float) -> None:
+        paused.append(seconds)
+        clock[0] += seconds
+
+    answer = ops.run(ops.wait_result(Nodes(["a"]), "t" * 32, 5.0, None, 10.0), ask, pause)
+    assert answer == {"state": "ready", "timeout": True}
+    assert asked[0] == 5.0 and asked[-1] == 0.0 and all(t > 0 for t in asked[:-1])
+    assert sum(paused) == pytest.approx(5.0)
+    assert 0.025 <= paused[0] <= 0.05 and max(paused) <= 1.0
+    assert paused[4] > paused[0]                  # doubling
+    with pytest.raises(Timeout, match=f"task {'t' * 32} is still ready"):
+        decode_outcome("t" * 32, answer)
+
+    def frees_up(step: ops.Ask) -> dict[str, Any]:
+        if len(asked) < 3:
+            asked.append(step.body["timeout"])
+            raise Busy("full")
+        return {"state": "done", "result": None}
+
+    asked.clear()
+    clock[0] = 0.0
+    assert ops.run(ops.wait_result(Nodes(["a"]), "t" * 32, 5.0, None, 10.0), frees_up, pause)["state"] == "done"
+
+
+LIMIT = 5
+WAITS = 12
+
+
+def spy_refusals(client: Any, refused: set[str], asynchronous: bool) -> None:
+    """Record the task ids whose RESULT a node refused ``busy`` (the client's
+    own request path)."""
+    request = client.request
+
+    def note(body: dict[str, Any], err: Exception) -> None:
+        if isinstance(err, Busy):
+            refused.add(body.get("id"))
+
+    if asynchronous:
+        async def spy(command: bytes, body: dict[str, Any], **kw: Any) -> dict[str, Any]:
+            try:
+                return await request(command, body, **kw)
+            except Exception as err:
+                note(body, err)
+                raise
+    else:
+        def spy(command: bytes, body: dict[str, Any], **kw: Any) -> dict[str, Any]:  # type: ignore[misc]
+            try:
+                return request(command, body, **kw)
+            except Exception as err:
+                note(body, err)
+                raise
+    client.request = spy
+
+
+async def until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def parked(node: Any) -> int:
+    return node.node.status(time.time())["waiters"]["pending"]
+
+
+@pytest.mark.parametrize("how", ["result", "call"])
+def test_more_aio_waits_than_a_connection_may_park_all_get_their_result(make_node, thread_worker, how):
+    """Fault: a node allowing 5 long-polls a connection and 12 concurrent
+    ``await handle.result()`` (or ``await client.call()``) on one asyncio
+    client, the tasks stored and not run yet. Before, 7 raised ``Busy``
+    (a call() whose task was stored: a caller retrying it ran it twice);
+    now they wait on, and all 12 get their result once a worker runs them."""
+    node = make_node(max_waiters_per_connection=LIMIT)
+
+    async def main() -> list[Any]:
+        async with miyaq.aio.Client(node.endpoint) as client:
+            refused: set[str] = set()
+            spy_refusals(client, refused, asynchronous=True)
+            ended: list[Any] = []
+
+            async def one(i: int) -> Any:
+                try:
+                    if how == "call":
+                        return await client.call("add", [i, i], timeout=60)
+                    return await handles[i].result(timeout=60)
+                except miyaq.MiyaqError as err:
+                    ended.append(err)
+                    return err
+
+            handles = [] if how == "call" else [await client.submit("add", [i, i], wait=True) for i in range(WAITS)]
+            waits = asyncio.gather(*(one(i) for i in range(WAITS)))
+            await until(lambda: parked(node) == LIMIT and len(refused) + len(ended) >= WAITS - LIMIT,
+                        "the connection's long-polls parked and the others refused")
+            thread_worker(basic.app, node.endpoint, queues=["default"], concurrency=4)
+            return await waits
+
+    assert asyncio.run(asyncio.wait_for(main(), 90)) == [2 * i for i in range(WAITS)]
+
+
+@pytest.mark.parametrize("how", ["result", "call"])
+def test_more_threaded_waits_than_a_connection_may_park_all_get_their_result(make_node, thread_worker,
+                                                                              client_for, how):
+    """Fault: as the asyncio case, with 12 threads of one miyaq.Client each
+    waiting in ``result()`` (or ``call()``). Before, 7 raised ``Busy``."""
+    node = make_node(max_waiters_per_connection=LIMIT)
+    client = client_for(node.endpoint)
+    refused: set[str] = set()
+    spy_refusals(client, refused, asynchronous=False)
+    handles = [] if how == "call" else [client.submit("add", [i, i], wait=True) for i in range(WAITS)]
+    out: list[Any] = [None] * WAITS
+    ended: list[int] = []
+
+    def one(i: int) -> None:
+        try:
+            if how == "call":
+                out[i] = client.call("add", [i, i], timeout=60)
+            else:
+                out[i] = handles[i].result(timeout=60)
+        except miyaq.MiyaqError as err:
+            out[i] = err
+            ended.append(i)
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(WAITS)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: parked(node) == LIMIT and len(refused) + len(ended) >= WAITS - LIMIT, timeout=30,
+             what="the connection's long-polls parked and the others refused")
+    thread_worker(basic.app, node.endpoint, queues=["default"], concurrency=4)
+    for t in threads:
+        t.join(90)
+    assert out == [2 * i for i in range(WAITS)]

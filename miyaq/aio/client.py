@@ -10,6 +10,7 @@ since the loop is gone by then.
 """
 from __future__ import annotations
 
+import asyncio
 from contextlib import nullcontext
 from typing import Any, Iterable
 
@@ -135,7 +136,7 @@ class Client:
 
     async def _run(self, op: ops.Operation) -> Any:
         return await ops.run_async(op, lambda ask: self.request(ask.command, ask.body, node=ask.node,
-                                                                timeout=ask.timeout))
+                                                                timeout=ask.timeout), asyncio.sleep)
 
     async def status(self, task_id: str | None = None, *, node: str | int | None = None) -> dict[str, Any]:
         """A task's status (id given) or the node's."""

@@ -29,7 +29,7 @@ from time import monotonic   # miyaq.runtime.monotonic, without importing the ru
 from typing import Any, Iterable, Iterator
 
 from ..devstate import default_connect
-from ..errors import ConfigError, MiyaqError, NotFound, Timeout, Unavailable
+from ..errors import Busy, ConfigError, MiyaqError, NotFound, Timeout, Unavailable
 from ..protocol import commands as c
 from ..protocol.commands import DEFAULT_MAX_MESSAGE
 from ..security.curve import client_curve
@@ -212,6 +212,10 @@ class Client:
     def _ask(self, ask: ops.Ask) -> dict[str, Any]:
         return self.request(ask.command, ask.body, node=ask.node, timeout=ask.timeout)
 
+    def _pause(self, seconds: float) -> None:
+        """Sleep the way this client's callers do (a thread, or a greenlet)."""
+        self.kit.event().wait(seconds)
+
     def status(self, task_id: str | None = None, *, node: str | int | None = None) -> dict[str, Any]:
         """A task's status (id given) or the node's (queues, workers, totals)."""
         return ops.run(ops.status(self.nodes, task_id, node), self._ask)
@@ -229,7 +233,8 @@ class Client:
     def wait_result(self, task_id: str, timeout: float | None, node: str | None = None) -> dict[str, Any]:
         """Long-poll for a task's outcome (raw answer: state, result, error)."""
         timeout = seconds(timeout, "timeout", optional=True)
-        return ops.run(ops.wait_result(self.nodes, task_id, timeout, node, self.request_timeout), self._ask)
+        return ops.run(ops.wait_result(self.nodes, task_id, timeout, node, self.request_timeout), self._ask,
+                       self._pause)
 
     def result(self, task_id: str, timeout: float | None = 60.0) -> Any:
         return decode_outcome(task_id, self.wait_result(task_id, timeout))
@@ -258,8 +263,11 @@ class Client:
             handle.wait_accepted()
             try:
                 outcome = answer.wait(wait + self.request_timeout + 1.0, what="result")
-            except (NotFound, Unavailable, Timeout):
-                outcome = None      # not stored here, or no answer: ask the ordinary way
+            except (NotFound, Unavailable, Timeout, Busy):
+                # Not stored here, no answer, or the node holds as many long-polls
+                # as it takes (busy: the task is stored): ask the ordinary way,
+                # which waits on (wait_result asks again after a busy).
+                outcome = None
         if outcome is not None and outcome.get("timeout"):
             if timeout is not None and monotonic() - start >= timeout:
                 return decode_outcome(handle.task_id, outcome)     # Timeout: still queued/running

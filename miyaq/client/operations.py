@@ -5,17 +5,21 @@ to that node, wait this long), receives the REPLY body (or has the node's
 error thrown into it) and finally returns its answer. The threaded client
 runs one with :func:`run` (blocking on each ask), the asyncio client with
 ``await``-ing each ask (``miyaq.aio``) -- so the rules (which node to ask
-next, how a long-poll is repeated) live here only.
+next, how a long-poll is repeated) live here only. An operation may also
+yield a :class:`Pause` (a back-off): the runner sleeps that long, the way its
+client sleeps, and sends it an empty answer.
 """
 from __future__ import annotations
 
+import random
+import time
 from dataclasses import dataclass
 from time import monotonic   # miyaq.runtime.monotonic, without importing the runtime (gevent) here
 from typing import Any, Awaitable, Callable, Generator, Iterable
 
 import msgpack
 
-from ..errors import MiyaqError, NotFound, ProtocolError, Timeout, Unavailable
+from ..errors import Busy, MiyaqError, NotFound, ProtocolError, Timeout, Unavailable
 from ..protocol import commands as c
 from .nodes import Nodes
 from .requests import NoAnswer
@@ -24,6 +28,11 @@ LONG_POLL = 300.0
 """Longest single RESULT wait; longer waits ask again."""
 RESULT_WAIT_DEFAULT = 3600.0
 """``timeout=None`` waits this long for a result."""
+BUSY_FIRST = 0.05
+"""Seconds before a RESULT long-poll refused ``busy`` is asked again (then
+doubled each time, up to :data:`BUSY_MOST`, jittered)."""
+BUSY_MOST = 1.0
+"""The longest back-off between two RESULT long-polls refused ``busy``."""
 
 
 @dataclass
@@ -38,14 +47,27 @@ class Ask:
     timeout: float | None = None
 
 
-Operation = Generator[Ask, dict[str, Any], Any]
+@dataclass
+class Pause:
+    """Wait ``seconds`` before the operation goes on (a back-off); the
+    operation is then sent an empty answer."""
+
+    seconds: float
 
 
-def run(op: Operation, ask: Callable[[Ask], dict[str, Any]]) -> Any:
-    """Run ``op`` to its answer, doing each of its asks with ``ask`` (blocking)."""
+Operation = Generator["Ask | Pause", dict[str, Any], Any]
+
+
+def run(op: Operation, ask: Callable[[Ask], dict[str, Any]], pause: Callable[[float], Any] = time.sleep) -> Any:
+    """Run ``op`` to its answer, doing each of its asks with ``ask`` and each
+    of its pauses with ``pause`` (both blocking)."""
     try:
         step = next(op)
         while True:
+            if isinstance(step, Pause):
+                pause(step.seconds)
+                step = op.send({})
+                continue
             try:
                 reply = ask(step)
             except MiyaqError as err:
@@ -57,11 +79,17 @@ def run(op: Operation, ask: Callable[[Ask], dict[str, Any]]) -> Any:
         return done.value
 
 
-async def run_async(op: Operation, ask: Callable[[Ask], Awaitable[dict[str, Any]]]) -> Any:
-    """Run ``op`` to its answer, awaiting each of its asks (the asyncio client)."""
+async def run_async(op: Operation, ask: Callable[[Ask], Awaitable[dict[str, Any]]],
+                    pause: Callable[[float], Awaitable[Any]]) -> Any:
+    """Run ``op`` to its answer, awaiting each of its asks with ``ask`` and
+    each of its pauses with ``pause`` (``asyncio.sleep``: the asyncio client)."""
     try:
         step = next(op)
         while True:
+            if isinstance(step, Pause):
+                await pause(step.seconds)
+                step = op.send({})
+                continue
             try:
                 reply = await ask(step)
             except MiyaqError as err:
@@ -128,8 +156,22 @@ def wait_result(nodes: Nodes, task_id: str, timeout: float | None, node: str | i
     (raw answer: state, result, error, timeout). When no node answers because
     each one asked went away (a restart: :class:`NoAnswer`), they are asked
     again until ``timeout``; a node down meanwhile costs each round
-    ``CONNECT_WAIT``, so this never spins."""
+    ``CONNECT_WAIT``, so this never spins.
+
+    A long-poll the node refuses ``busy`` -- it holds as many as it takes
+    (``max_waiters``; ``max_waiters_per_connection`` of this client's
+    connection, 1,000 by default; ``max_waiters_per_key``) -- is asked again
+    after a back-off (:data:`BUSY_FIRST` doubling to :data:`BUSY_MOST`,
+    jittered) until ``timeout``: the task is stored, and waiting for it is
+    what the caller asked. At ``timeout`` the last ask waits 0 s, which a
+    node answers at once without holding it: the outcome if there is one,
+    else the usual ``Timeout`` naming the task and its state. Before
+    2026-12-06 the ``Busy`` reached the caller of ``result()`` -- and of
+    ``call()``, whose task was stored all the same, while the error table
+    said a ``Busy`` from ``call()`` meant nothing was stored: a caller that
+    submitted again ran the task twice."""
     deadline = monotonic() + (RESULT_WAIT_DEFAULT if timeout is None else timeout)
+    refusals = 0
     while True:
         left = max(0.0, deadline - monotonic())
         wait = min(left, LONG_POLL)
@@ -139,6 +181,13 @@ def wait_result(nodes: Nodes, task_id: str, timeout: float | None, node: str | i
         except NoAnswer:
             if monotonic() >= deadline:
                 raise
+            continue
+        except Busy:
+            if wait <= 0:
+                raise   # the last ask, at the deadline (a node refuses a 0 s wait only when not read)
+            backoff = min(BUSY_MOST, BUSY_FIRST * 2 ** min(refusals, 8)) * (0.5 + random.random() / 2)
+            refusals += 1
+            yield Pause(min(backoff, max(0.0, deadline - monotonic())))
             continue
         if not answer.get("timeout") or monotonic() >= deadline:
             return answer
