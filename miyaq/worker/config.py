@@ -117,8 +117,23 @@ class WorkerConfig(Settings):
 
 # -- the node link ------------------------------------------------------------------
 #: Node heartbeats (the interval comes in WELCOME) missed before the worker
-#: reconnects and registers again.
+#: counts its node slow (it logs it once, and prefers another holder of a
+#: task to report to). It does not reconnect for that alone: a node whose
+#: connection stays up is alive, and may only be stalled (docs/protocol.md, 7.2).
 LIVENESS = 3
+#: A node silent for ``HUNG_NODE_LIVENESS × heartbeat × LIVENESS`` seconds
+#: (30 s at the default heartbeat) while its connection stays up -- its
+#: libzmq answers ZeroMQ's heartbeats, its Python never answers the worker --
+#: is taken for hung: the worker opens a fresh socket and registers again.
+HUNG_NODE_LIVENESS = 10
+#: Seconds of ZMTP heartbeats on a worker's connection to a node (a PING every
+#: fifth of it; :func:`miyaq.runtime.sockets.heartbeat_options`): a node that
+#: answers none for this long after a PING -- its process frozen (SIGSTOP, a
+#: paused VM) or its host gone -- has its connection dropped, and the
+#: connection monitor has the worker register again. A node that is alive
+#: answers from libzmq's own thread, however busy its Python is. As a
+#: client's default ``heartbeat_timeout``.
+NODE_CONNECTION_TIMEOUT = 10.0
 #: The node's heartbeat interval a worker follows, in seconds: a WELCOME's
 #: ``heartbeat`` outside this range (a buggy or hostile node's) is brought
 #: into it -- below it the worker would reconnect in a loop, above it never

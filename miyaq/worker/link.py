@@ -6,16 +6,27 @@ descriptor only when nothing can be read, with a timer for the heartbeat
 check, and drains bursts without waiting); results go through an
 :class:`~miyaq.worker.outbox.Outbox` and leave from any greenlet. Until the node
 first answers, the link says every few seconds, at WARNING, why it cannot
-reach it (nothing listening, a name that does not resolve...). If a node it
-has heard falls silent for ``heartbeat × LIVENESS`` or answers RECONNECT,
-the link opens a fresh socket and registers again (the node may have
-restarted); tasks still running report on the new socket.
+reach it (nothing listening, a name that does not resolve...). A node that
+answers RECONNECT is sent READY again.
+
+A node that falls silent while its connection stays up is alive -- its
+libzmq answers the ZMTP heartbeats the link's socket sends
+(:data:`~miyaq.worker.config.NODE_CONNECTION_TIMEOUT`) -- and only
+stalled (a burst of work, swapping): after ``heartbeat × LIVENESS`` the link
+says so once and keeps waiting, beating and reporting on the same socket,
+and the node reads it all when it runs again (it drops no worker for its
+own stall: docs/semantics.md). Before 2026-12-05 the link reopened its
+socket then: the results queued on the old one were dropped with it, and
+its READY had the node put back every task the worker held, which then ran
+twice. Only a node silent for ``HUNG_NODE_LIVENESS`` times that long (30 s
+by default) is taken for hung: a fresh socket registers again.
 
 A second greenlet reads the socket's connection monitor (libzmq's, one
 message per connection closed, nothing per message). When a connection the
-node had answered on closes -- the node exited or was killed, or the
-network dropped it -- the node is **lost** at once, as silence would make
-it ``heartbeat × LIVENESS`` later: the worker tells the tasks' other holders
+node had answered on closes -- the node exited or was killed, the network
+dropped it, or it answered no ZMTP heartbeat for
+``NODE_CONNECTION_TIMEOUT`` (its process frozen, its host gone) -- the node
+is **lost** at once: the worker tells the tasks' other holders
 (:meth:`~miyaq.worker.routing.Routes.link_lost`) and the link opens a fresh
 socket. A connection that never got an answer is left to ZeroMQ's own
 reconnecting (and to the diagnosis above), so a node that refuses the
@@ -38,9 +49,10 @@ from ..runtime.open_files import open_files_hint, room_for
 from ..runtime.connections import (
     CONNECTION_CLOSED, HANDSHAKE_FAILED, explain_handshake, handshake_failure, monitor_event,
 )
-from ..runtime.sockets import SocketFactory, zmq
-from .config import (FIRST_CONTACT, FIRST_CONTACT_REPEAT_MAX, LIVENESS, MAX_INBOUND_MESSAGE, MAX_RESULT_BYTES,
-                     NODE_HEARTBEAT_RANGE, PROBE_TIMEOUT, RECV_BURST, RESULT_MESSAGE_SLACK)
+from ..runtime.sockets import SocketFactory, heartbeat_options, zmq
+from .config import (FIRST_CONTACT, FIRST_CONTACT_REPEAT_MAX, HUNG_NODE_LIVENESS, LIVENESS, MAX_INBOUND_MESSAGE,
+                     MAX_RESULT_BYTES, NODE_CONNECTION_TIMEOUT, NODE_HEARTBEAT_RANGE, PROBE_TIMEOUT, RECV_BURST,
+                     RESULT_MESSAGE_SLACK)
 from .outbox import Outbox
 from .prefetch import ExtraCredit, RunTimes
 
@@ -70,7 +82,8 @@ class NodeLink:
         self.advertised: str | None = None   # the node's endpoint in the ring (WELCOME "service")
         # The largest result one DONE to this node may carry (WELCOME "max_message").
         self.max_result = MAX_RESULT_BYTES
-        self.lost = False           # the node went silent; its tasks may report elsewhere
+        self.lost = False           # the node's connection closed (or it hung); its tasks may report elsewhere
+        self.slow = False           # silent past heartbeat × liveness on a connection still up (said once)
         self.reconnects = 0
         self.send_errors = 0
         self._opened_at = monotonic()
@@ -88,6 +101,7 @@ class NodeLink:
         later (:meth:`serve`). True if the socket is open."""
         self.close()
         self.answered = False
+        self.slow = False
         self.last_heard = self._opened_at = monotonic()
         self._next_diagnosis = self._opened_at + FIRST_CONTACT
         try:
@@ -95,7 +109,8 @@ class NodeLink:
                 # Asked first: a socket libzmq fails to make halfway leaves a
                 # half-built object whose finalizer prints a traceback.
                 raise zmq.ZMQError(errno.EMFILE)
-            sock, self.monitor = self.factory.watched_dealer(self.endpoint, ready=False, plain=True)
+            sock, self.monitor = self.factory.watched_dealer(
+                self.endpoint, ready=False, plain=True, heartbeat_ms=heartbeat_options(NODE_CONNECTION_TIMEOUT))
         except zmq.ZMQError as exc:
             self.open_error = str(exc)
             _log.warning("open", "worker %s cannot open a socket to node %s: %s%s; trying again every %gs",
@@ -106,7 +121,9 @@ class NodeLink:
         return True
 
     def silent(self) -> bool:
-        """The node has not been heard from for heartbeat × liveness."""
+        """The node is lost, or has not been heard from for heartbeat ×
+        liveness (it may only be stalled: another holder is better to report
+        to, but the link keeps it)."""
         return self.lost or monotonic() - self.last_heard > self.heartbeat * self.liveness
 
     # -- sending ---------------------------------------------------------------------
@@ -181,7 +198,8 @@ class NodeLink:
     # -- the reader ------------------------------------------------------------------
     def serve(self) -> None:
         """Read the node until the worker stops; heartbeat every interval;
-        reconnect when a node that answered goes silent."""
+        reconnect when a node that answered stays silent long enough to be
+        taken for hung (a closed connection is the watcher's: :meth:`watch`)."""
         self.register()
         last_beat = monotonic()
         while not self.worker.stopping_hard:
@@ -222,11 +240,16 @@ class NodeLink:
                     # again (the READY queued on the socket leaves when it is
                     # there), not the 1 ms floor of a beat that is overdue.
                     last_beat = now
-            elif now - self.last_heard > self.heartbeat * self.liveness:
+            elif now - self.last_heard > self.heartbeat * self.liveness * HUNG_NODE_LIVENESS:
                 self._reconnect(now)
-            elif now - last_beat >= self.heartbeat:
-                last_beat = now
-                self.send(c.HEARTBEAT, {"worker": self.worker.wid})
+            else:
+                if not self.slow and now - self.last_heard > self.heartbeat * self.liveness:
+                    self._slowed(now)
+                if now - last_beat >= self.heartbeat:
+                    # Beats go on while the node is slow: it reads them when it
+                    # runs again, and finds this worker alive.
+                    last_beat = now
+                    self.send(c.HEARTBEAT, {"worker": self.worker.wid})
 
     def _diagnose(self, now: float) -> None:
         """Nothing heard since the socket opened: say why, at growing
@@ -239,8 +262,18 @@ class NodeLink:
         logger.warning("%s (no answer for %.0fs; still trying)", unreachable(self.endpoint, why), waited)
         self._next_diagnosis = now + min(FIRST_CONTACT_REPEAT_MAX, max(FIRST_CONTACT, 2 * waited))
 
+    def _slowed(self, now: float) -> None:
+        """Silent past heartbeat × liveness, its connection still up: the node
+        is alive and stalled. Said once; the link keeps its socket, its
+        registration and what it queued (see the module's docstring)."""
+        self.slow = True
+        logger.warning("node %s silent for %.1fs, its connection still up: waiting for it (a node silent for "
+                       "%.0fs is taken for hung and registered with again)", self.endpoint,
+                       now - self.last_heard, self.heartbeat * self.liveness * HUNG_NODE_LIVENESS)
+
     def _reconnect(self, now: float) -> None:
-        logger.warning("node %s silent for %.1fs; reconnecting", self.endpoint, now - self.last_heard)
+        logger.warning("node %s silent for %.1fs although its connection is up: taking it for hung; "
+                       "reconnecting", self.endpoint, now - self.last_heard)
         self._lose()
 
     def _lose(self) -> None:
@@ -299,6 +332,9 @@ class NodeLink:
             _log.warning("malformed", "malformed message from node %s: %s", self.endpoint, err.message)
             return
         self.last_heard = monotonic()
+        if self.slow:
+            self.slow = False
+            logger.info("node %s answers again", self.endpoint)
         self.lost = False
         self.answered = True
         if command == c.DISPATCH:

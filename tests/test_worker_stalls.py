@@ -1,0 +1,235 @@
+"""What a worker does when its node is slow, when tasks wait in its backlog,
+when a backlogged task is cancelled, and when tasks end together. A raw
+ROUTER plays the node (tests/played_node.py), in this process or, to be
+frozen, in an interpreter of its own; a real
+:class:`~miyaq.worker.runner.Worker` runs in a thread. No timing is
+asserted: waits are bounded guards (``wait_for``), and silence is counted
+in the worker's own heartbeats."""
+from __future__ import annotations
+
+from typing import Any
+
+import gevent.event
+import msgpack
+import pytest
+from fuzz_inputs import pack
+from played_node import PlayedNode
+from test_frozen_peer import Child
+
+import miyaq
+from miyaq.protocol import codec
+from miyaq.protocol import commands as c
+from miyaq.runtime import green
+from miyaq.testing.harness import wait_for
+
+pytestmark = pytest.mark.timeout(90)
+
+app = miyaq.App()
+GATES: dict[str, Any] = {}       # name -> gevent Event, made in the worker's hub by the first handler to wait
+
+
+def gate(name: str) -> Any:
+    if name not in GATES:
+        GATES[name] = gevent.event.Event()
+    return GATES[name]
+
+
+@app.task(name="nap")
+def nap(seconds: float) -> float:
+    green.sleep(seconds)
+    return seconds
+
+
+@app.task(name="wait_gate")
+def wait_gate(name: str) -> str:
+    gate(name).wait(60)
+    return name
+
+
+@app.task(name="open_gate")
+def open_gate(name: str) -> str:
+    gate(name).set()
+    return name
+
+
+def delivery(task_id: str, name: str, arg: Any, timeout: float = 30.0, attempt: int = 1) -> list[Any]:
+    return [task_id, "default", name, pack([[arg], {}]), attempt, timeout]
+
+
+class StallingNode(PlayedNode):
+    """A played node that welcomes with ``heartbeat``, counts what it reads
+    (READYs, each worker message by command, touched ids) and can stop
+    answering (``answering = False``: it reads on, but sends nothing, as a
+    node whose process runs but whose loop is held up)."""
+
+    def __init__(self, heartbeat: float) -> None:
+        super().__init__()
+        self.heartbeat = heartbeat
+        self.answering = True
+        self.readies: list[bytes] = []              # the connection of each READY
+        self.counts: dict[bytes, int] = {}          # command -> messages read
+        self.touched: list[str] = []
+        self.done_from: dict[str, bytes] = {}       # task id -> the connection its DONE came on
+
+    def pump(self, timeout_ms: int = 20) -> None:
+        if self.link is not None and self.answering:
+            self.send(codec.encode(c.HEARTBEAT, {"node": "n0"}))
+        while self.sock.poll(timeout_ms):
+            frames = self.sock.recv_multipart()
+            timeout_ms = 0
+            if len(frames) != 4:
+                continue
+            peer, _tag, command, body = frames
+            data = msgpack.unpackb(body, raw=False)
+            self.counts[command] = self.counts.get(command, 0) + 1
+            if command == c.READY:
+                self.readies.append(peer)
+                if self.answering:
+                    self.welcome(peer)
+            elif command == c.DONE:
+                self.done.update((item[0], item[2]) for item in data["done"])
+                self.done_from.update((item[0], peer) for item in data["done"])
+                self.reports.extend(("done", item[0], item[1], item[2]) for item in data["done"])
+            elif command == c.FAILED:
+                self.failed.update((item[0], item[2]) for item in data["failed"])
+                self.reports.extend(("failed", item[0], item[1], item[2]) for item in data["failed"])
+            elif command == c.TOUCH:
+                self.touched.extend(data["ids"])
+            elif command == c.RETURN:
+                self.returned.append(data)
+
+    def welcome(self, peer: bytes) -> None:
+        self.link = peer
+        self.send([c.TAG, c.WELCOME, pack({"node": "n0", "heartbeat": self.heartbeat, "service": self.endpoint})])
+
+
+@pytest.fixture
+def children() -> Any:
+    started: list[Child] = []
+    yield started
+    for child in started:
+        child.kill()
+
+
+@pytest.fixture
+def stalling():
+    made: list[StallingNode] = []
+
+    def make(heartbeat: float = 60.0) -> StallingNode:
+        node = StallingNode(heartbeat)
+        made.append(node)
+        return node
+
+    yield make
+    for node in made:
+        node.close()
+
+
+def linked(node: StallingNode, thread_worker: Any, **options: Any) -> Any:
+    worker = thread_worker(app, node.endpoint, **options).worker
+    wait_for(lambda: node.pump() or (node.link is not None and worker.links[0].heard), what="the worker registered")
+    return worker
+
+
+def dispatch(node: StallingNode, *deliveries: list[Any]) -> None:
+    node.send([c.TAG, c.DISPATCH, pack({"tasks": list(deliveries)})])
+
+
+# -- a node that is slow, frozen or hung --------------------------------------------------
+
+
+def test_a_node_silent_with_its_connection_up_keeps_the_worker_registered(stalling, thread_worker,
+                                                                             monkeypatch) -> None:
+    """Fault: the node's loop is held up (a burst of work, a pause) for
+    longer than heartbeat × liveness while its process -- and so its
+    ZeroMQ connection -- is alive. Before, the worker took the silence for
+    a lost node: it closed its socket (dropping the results queued on it)
+    and sent READY on a new one, and the node, reading that READY, put back
+    every task the worker held, which then ran twice (200 of 200 for a node
+    paused 3.6 s). Now it says the node is slow and keeps its registration:
+    no READY again, its heartbeats and the DONE of a task that ended
+    meanwhile go on the same connection, and the node answering again ends
+    it. (The bound for a hung node is taken out of the way here.)"""
+    monkeypatch.setattr("miyaq.worker.link.HUNG_NODE_LIVENESS", 10_000, raising=False)
+    node = stalling(heartbeat=0.05)          # silent past 0.15 s: 3 of the worker's beats
+    worker = linked(node, thread_worker, concurrency=2, prefetch=0)
+    link = worker.links[0]
+    dispatch(node, delivery("t1", "nap", 0.3))
+    wait_for(lambda: node.pump() or "t1" in worker.running, what="t1 running")
+    node.answering = False
+    beats = node.counts.get(c.HEARTBEAT, 0)
+    # Ten of the worker's heartbeats: over three times the silence it used to reconnect after.
+    wait_for(lambda: node.pump() or len(node.readies) > 1
+             or (node.counts.get(c.HEARTBEAT, 0) - beats >= 10 and "t1" in node.done),
+             what="ten heartbeats and t1's DONE while the node says nothing")
+    assert len(node.readies) == 1, "the worker registered again with a node that was only slow"
+    assert node.done_from["t1"] == node.readies[0], "t1's DONE left on another connection"
+    assert link.reconnects == 0 and link.slow and not link.lost
+    node.answering = True
+    wait_for(lambda: node.pump() or not link.slow, what="the node heard again")
+    dispatch(node, delivery("t2", "nap", 0.0))
+    wait_for(lambda: node.pump() or "t2" in node.done, what="t2 run on the same registration")
+    assert len(node.readies) == 1
+
+
+def test_a_node_that_stays_silent_with_its_connection_up_is_taken_for_hung(stalling, thread_worker,
+                                                                          monkeypatch) -> None:
+    """Fault: the node's process lives (its ZeroMQ thread answers) but its
+    loop never answers again (hung). The worker waits HUNG_NODE_LIVENESS ×
+    heartbeat × liveness (2 × 0.15 s here), then opens a new socket and
+    registers again."""
+    monkeypatch.setattr("miyaq.worker.link.HUNG_NODE_LIVENESS", 2)
+    node = stalling(heartbeat=0.05)
+    worker = linked(node, thread_worker, concurrency=1, prefetch=0)
+    node.answering = False
+    wait_for(lambda: node.pump() or len(node.readies) > 1, what="a READY on a new connection")
+    assert node.readies[0] != node.readies[1]
+    assert worker.links[0].reconnects == 1
+    node.answering = True
+    node.welcome(node.readies[-1])
+    dispatch(node, delivery("t1", "nap", 0.0))
+    wait_for(lambda: node.pump() or "t1" in node.done, what="t1 run on the new registration")
+
+
+FROZEN_NODE = """
+    import time, msgpack, zmq
+    sock = zmq.Context().socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    print(port, flush=True)
+    peers = []
+    while True:
+        if sock.poll(50):
+            peer, tag, command, body = sock.recv_multipart()
+            if command == b"READY":
+                peers.append(peer)
+                print("ready", len(peers), flush=True)
+                sock.send_multipart([peer, tag, b"WELCOME", msgpack.packb({"node": "n0", "heartbeat": 0.05})])
+        for peer in peers[-1:]:
+            sock.send_multipart([peer, b"MQ1", b"HEARTBEAT", msgpack.packb({"node": "n0"})])
+"""
+
+
+def test_a_frozen_node_loses_its_connection_and_the_worker_registers_again(children, thread_worker,
+                                                                          monkeypatch) -> None:
+    """Fault: the node's process is frozen (SIGSTOP, a paused VM): its
+    ZeroMQ thread stops too and answers none of the worker's ZMTP
+    heartbeats, so the connection is dropped (after 0.5 s here) and the
+    worker registers again on a new one, which the node reads once it
+    thaws. The bound for a hung node is out of the way: only the
+    connection's closing can do it."""
+    monkeypatch.setattr("miyaq.worker.link.NODE_CONNECTION_TIMEOUT", 0.5)
+    monkeypatch.setattr("miyaq.worker.link.HUNG_NODE_LIVENESS", 10_000)
+    child = Child(FROZEN_NODE)
+    children.append(child)
+    endpoint = f"tcp://127.0.0.1:{child.line()}"
+    worker = thread_worker(app, endpoint, concurrency=1, prefetch=0).worker
+    assert child.line() == "ready 1"
+    link = worker.links[0]
+    wait_for(lambda: link.heard, what="the worker welcomed")
+    child.freeze()
+    try:
+        wait_for(lambda: link.reconnects >= 1, what="the frozen node's connection dropped")
+    finally:
+        child.thaw()
+    assert child.line() == "ready 2"
