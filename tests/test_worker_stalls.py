@@ -7,6 +7,7 @@ asserted: waits are bounded guards (``wait_for``), and silence is counted
 in the worker's own heartbeats."""
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 import gevent.event
@@ -233,3 +234,62 @@ def test_a_frozen_node_loses_its_connection_and_the_worker_registers_again(child
     finally:
         child.thaw()
     assert child.line() == "ready 2"
+
+
+# -- the backlog ------------------------------------------------------------------------------
+
+
+def test_a_task_that_waited_in_the_backlog_is_touched_as_it_starts(stalling, thread_worker) -> None:
+    """Fault: a prefetched task waits in the worker's backlog while the
+    node's lease on it runs (from when the node sent it), and the worker
+    counted the task's timeout from its start. A task of 0.7 s with a 1 s
+    timeout that waited 0.7 s behind another ran on after the node's lease
+    ended, and the node ran it again (8 tasks on a worker of concurrency 4:
+    12 runs). Now a task that waited over a quarter of its timeout is
+    touched as it starts (the node's lease runs a whole timeout from then,
+    as the worker's own deadline); one that did not wait is not."""
+    node = stalling()
+    worker = linked(node, thread_worker, concurrency=1, prefetch=1)
+    dispatch(node, delivery("first", "nap", 0.5, timeout=30.0), delivery("behind", "nap", 0.0, timeout=1.0))
+    wait_for(lambda: node.pump() or {"first", "behind"} <= set(node.done), what="both tasks run")
+    assert "behind" in node.touched, "the task that waited 0.5 s of its 1 s lease was not touched as it started"
+    assert "first" not in node.touched
+    assert worker.busy_count() == 0
+
+
+def test_cancelling_a_task_in_a_large_backlog_reads_no_other_delivery(stalling, thread_worker,
+                                                                     monkeypatch) -> None:
+    """Fault: an ABORT for a task waiting in the backlog searched the backlog
+    from its start and deleted from its middle: 2 ms a cancel with 60,000
+    waiting, and 0.98 s of the worker's loop held for 2,000 cancels. Now the
+    backlog is indexed by task id and a cancelled entry is skipped when a
+    runner reaches it. Counted, not timed: the deliveries the abort steps
+    over in the backlog's deque."""
+    stepped = [0]
+
+    class CountingDeque(deque):                 # type: ignore[type-arg]
+        def __iter__(self):                     # type: ignore[no-untyped-def]
+            for item in super().__iter__():
+                stepped[0] += 1
+                yield item
+
+    monkeypatch.setattr("miyaq.worker.runner.deque", CountingDeque)
+    monkeypatch.setattr("miyaq.worker.jobs.deque", CountingDeque, raising=False)
+    node = stalling()
+    waiting = 2000
+    worker = linked(node, thread_worker, concurrency=1, prefetch=waiting)
+    dispatch(node, delivery("blocker", "wait_gate", "abort"),
+             *(delivery(f"t{i}", "nap", 0.0) for i in range(waiting)))
+    wait_for(lambda: node.pump() or ("blocker" in worker.running and len(worker.backlog) == waiting),
+             what="one task running and 2,000 waiting")
+    stepped[0] = 0
+    node.send([c.TAG, c.ABORT, pack({"ids": [f"t{waiting - 1}"]})])
+    wait_for(lambda: node.pump() or f"t{waiting - 1}" in node.failed, what="the cancelled task reported")
+    assert node.failed[f"t{waiting - 1}"]["type"] == "Aborted"
+    assert stepped[0] <= 1, f"one cancel stepped over {stepped[0]} waiting deliveries"
+    assert len(worker.backlog) == waiting - 1
+    node.send([c.TAG, c.ABORT, pack({"ids": ["blocker"]})])
+    wait_for(lambda: node.pump() or len(node.done) == waiting - 1, what="the rest run in order")
+    assert f"t{waiting - 1}" not in node.done
+    assert [r[1] for r in node.reports if r[0] == "done" and r[1].startswith("t")] == \
+        [f"t{i}" for i in range(waiting - 1)]

@@ -1,7 +1,8 @@
 """One worker process: ``concurrency`` runner greenlets taking tasks leased by
 one or more nodes and running them in the worker's pool.
 
-Runners are long-lived and take deliveries from a local deque, so a batch of
+Runners are long-lived and take deliveries from a local backlog
+(:class:`~miyaq.worker.jobs.Backlog`), so a batch of
 quick handlers runs without a greenlet spawn per task. A runner hands each
 task to the pool (:mod:`miyaq.worker.pools`: greenlets, threads or child
 processes; ``async def`` handlers to the worker's asyncio loop) and waits
@@ -41,7 +42,7 @@ from .config import (
     BYE_LINGER, DRAIN_POLL, MAX_NODES, OVER_CAPACITY, WorkerConfig,
 )
 from .execute import Interrupted, Outcome, TaskAborted, TaskTimeout, too_large
-from .jobs import Job, current, release, reportable, well_formed
+from .jobs import Backlog, Job, current, release, reportable, well_formed
 from .link import NodeLink
 from .pools import PoolParts, make_pool
 from .prefetch import RunTimes
@@ -97,7 +98,7 @@ class Worker:
         self.links = [NodeLink(self, self.factory, ep) for ep in self.endpoints]
         self.refused: set[str] = set()     # endpoints a node named that libzmq refused (bounded: MAX_NODES)
         self.routes = Routes(self.links)
-        self.backlog: deque[tuple[NodeLink, list[Any]]] = deque()
+        self.backlog = Backlog()
         # Idle runners wait on their own event; new work wakes only as many
         # runners as it has tasks (no thundering herd of `concurrency` greenlets).
         self.idle: deque[Any] = deque()
@@ -119,7 +120,7 @@ class Worker:
         """Slots in use (for ``link``: by tasks that node gave us)."""
         if link is None:
             return len(self.running) + len(self.superseded) + len(self.backlog)
-        return self.routes.running_from(link) + sum(1 for other, _ in self.backlog if other is link)
+        return self.routes.running_from(link) + sum(1 for waiting in self.backlog if waiting.link is link)
 
     # -- receiving work --------------------------------------------------------------
     def accept(self, link: NodeLink, deliveries: list[Any]) -> None:
@@ -129,6 +130,7 @@ class Worker:
             return
         malformed = 0
         over: list[str] = []
+        received = monotonic()
         # What a worker holds is bounded whatever its nodes send: twice the
         # credit it grants, for the races where a node's count and ours differ
         # for a while (a lease run out on a handler still running here).
@@ -147,7 +149,7 @@ class Worker:
             room -= 1
             if len(d) == 7:
                 self.routes.note_holders(link, d[0], d[6])
-            self.backlog.append((link, d))
+            self.backlog.append(link, d, received)
         if malformed:
             _log.warning("delivery", "ignoring %d malformed deliver%s from %s", malformed,
                          "y" if malformed == 1 else "ies", link.endpoint)
@@ -165,12 +167,11 @@ class Worker:
             if job is not None:
                 self._interrupt(job, TaskAborted)
                 continue
-            for i, (link, d) in enumerate(self.backlog):
-                if d[0] == task_id:
-                    del self.backlog[i]
-                    self._report_failure(link, task_id, d[4], {"type": "Aborted", "message": "cancelled",
-                                                               "retry": False})
-                    break
+            dropped = self.backlog.drop(task_id)
+            if dropped is not None:
+                link, d = dropped
+                self._report_failure(link, task_id, d[4], {"type": "Aborted", "message": "cancelled",
+                                                           "retry": False})
 
     def touch(self, task_id: str) -> None:
         """A handler touched its task (in the hub): its timeout starts again,
@@ -221,9 +222,11 @@ class Worker:
         ready = green.Event()
         while True:
             try:
-                while backlog and not self.stopping:
-                    link, d = backlog.popleft()
-                    self._execute(link, d)
+                while not self.stopping:
+                    waiting = backlog.popleft()
+                    if waiting is None:
+                        break
+                    self._execute(*waiting)
                 if self.stopping:
                     return
                 ready.clear()
@@ -232,7 +235,11 @@ class Worker:
             except Interrupted:
                 logger.warning("worker %s: an interruption reached a runner between tasks; ignored", self.wid)
 
-    def _execute(self, link: NodeLink, d: list[Any]) -> None:
+    def _execute(self, link: NodeLink, d: list[Any], received: float) -> None:
+        """Run one delivery, received at ``received``. One that waited in the
+        backlog over a quarter of its timeout is touched as it starts (the
+        node's lease and the watchdog's deadline both run from then);
+        otherwise both still run from its receipt (docs/protocol.md, 7.3)."""
         task_id, name, attempt = d[0], d[2], d[4]
         tdef = self.app.tasks.get(name)
         if tdef is None:
@@ -240,7 +247,7 @@ class Worker:
                 "type": "UnknownTask", "retry": True,
                 "message": f"no handler named {name!r} in worker {self.wid}"})
             return
-        job = Job(d, tdef.fn, tdef.is_async, link.endpoint)
+        job = Job(d, tdef.fn, tdef.is_async, link.endpoint, received)
         job.executor = self.aio if job.is_async and self.aio is not None else self.pool
         earlier = self.running.get(task_id)
         if earlier is not None and earlier.attempt >= attempt:
@@ -258,8 +265,12 @@ class Worker:
             self._interrupt(earlier, TaskTimeout)
         self.running[task_id] = job
         self.routes.origin[task_id] = link
-        self.watchdog.started(job)
         started = monotonic()
+        if job.waited_long(received, started):
+            # The node's lease ran on while it waited here: counted again from
+            # now, at the node (the TOUCH) and here (the deadline).
+            self.touch(task_id)
+        self.watchdog.started(job)
         try:
             outcome = job.executor.run(job)
         except Exception:
@@ -401,8 +412,8 @@ class Worker:
         self.stopping = True
         grace = self.grace if grace is None else grace
         returned: dict[NodeLink, list[str]] = {}
-        while self.backlog:
-            link, d = self.backlog.popleft()
+        while (waiting := self.backlog.popleft()) is not None:
+            link, d, _ = waiting
             returned.setdefault(link, []).append(d[0])
             self.routes.holders.pop(d[0], None)
         for link, ids in returned.items():
