@@ -293,3 +293,28 @@ def test_cancelling_a_task_in_a_large_backlog_reads_no_other_delivery(stalling, 
     assert f"t{waiting - 1}" not in node.done
     assert [r[1] for r in node.reports if r[0] == "done" and r[1].startswith("t")] == \
         [f"t{i}" for i in range(waiting - 1)]
+
+
+# -- results that leave together ------------------------------------------------------------
+
+
+def test_tasks_that_end_together_share_a_done(stalling, thread_worker) -> None:
+    """Fault: 1,000 tasks of a gevent worker ending at the same instant sent
+    1,000 DONE messages of one result each: with an empty backlog each
+    runner sent its own result at once, and runners woken together report
+    one after another without yielding. Now only the first runner of a pass
+    of the hub sends at once (a lone task's result still leaves without
+    waiting), and the rest leave together: 40 tasks released by one event,
+    and the one that released them, make two DONE messages."""
+    node = stalling()
+    together = 40
+    worker = linked(node, thread_worker, concurrency=together + 1, prefetch=0)
+    dispatch(node, *(delivery(f"t{i}", "wait_gate", "together") for i in range(together)))
+    wait_for(lambda: node.pump() or len(worker.running) == together, what="40 tasks waiting at the gate")
+    dones = node.counts.get(c.DONE, 0)
+    dispatch(node, delivery("opener", "open_gate", "together"))
+    wait_for(lambda: node.pump() or len(node.done) == together + 1, what="every task reported")
+    assert node.counts.get(c.DONE, 0) - dones <= 2, \
+        f"{node.counts.get(c.DONE, 0) - dones} DONE messages for {together + 1} tasks that ended together"
+    dispatch(node, delivery("lone", "nap", 0.0))
+    wait_for(lambda: node.pump() or "lone" in node.done, what="a lone task's result sent")

@@ -5,7 +5,8 @@ greenlet spawned per flush), sends what has piled up meanwhile, in bounded
 messages. A runner that reports a result with nothing left to run sends the
 outbox itself instead (:meth:`Outbox.hold`, :meth:`Outbox.send_now`): a lone
 task's result leaves without a switch to the flusher, and the results of a
-burst, queued while the backlog lasted, still leave together.
+burst, queued while the backlog lasted or reported in the same pass of the
+hub as another runner's (tasks that ended together), still leave together.
 
 Reports on tasks another node gave this worker (its node was lost: see
 :mod:`miyaq.worker.routing`) wait in lists of their own and leave in

@@ -107,6 +107,10 @@ class Worker:
         # (the node's lease on them ran out): stopped, and watched until they
         # end. At most one per runner.
         self.superseded: list[Job] = []
+        # A runner sent its result itself in this pass of the hub: the runners
+        # that report after it in the same pass (tasks that ended together)
+        # leave theirs to the flusher, which sends them together.
+        self._sent_this_pass = False
         self.started = False
         self.stopping = False
         self.stopping_hard = False
@@ -304,8 +308,12 @@ class Worker:
     def _report(self, link: NodeLink, job: Job, outcome: Outcome) -> None:
         """To the task's node, or another holder if that node is lost. With
         nothing left in the backlog this runner sends the results itself (a
-        lone task's result without waking the flusher); otherwise the flusher
-        sends them together once the runners yield.
+        lone task's result without waking the flusher), unless another runner
+        did so in this pass of the hub: tasks that ended at the same instant
+        report one after another without yielding, and the flusher sends all
+        but the first together once they have. Otherwise too the flusher
+        sends them together once the runners yield. (Before 2026-12-05 each
+        of a thousand tasks ending together sent a DONE of its own.)
 
         A report gives its node a slot back (credit) unless another node gave
         the task, or this worker is stopping: a slot given back then would
@@ -315,7 +323,10 @@ class Worker:
         holders = routes.holders.get(job.task_id)
         target = routes.report_link(link, job.task_id)
         last = not self.backlog
-        if last:
+        alone = last and not self._sent_this_pass
+        if alone:
+            self._sent_this_pass = True
+            green.call_soon(self._pass_over)
             target.outbox.hold()
         try:
             kind, value = outcome
@@ -332,10 +343,15 @@ class Worker:
                 target.report_failed(job.task_id, job.attempt, value, elsewhere)
                 routes.sent_report(target, job.task_id, job.attempt, holders, error=value)
         finally:
-            if last:
+            if alone:
                 target.outbox.send_now()
         if self.adaptive and target is link and not self.stopping:
             link.grant_extra(self.run_times, last)
+
+    def _pass_over(self) -> None:
+        """The hub's pass ended (called from the hub): the next runner that
+        reports with an empty backlog sends at once again."""
+        self._sent_this_pass = False
 
     def _report_failure(self, link: NodeLink, task_id: str, attempt: int, error: dict[str, Any]) -> None:
         """A delivery that never ran (aborted in the backlog, no handler for
