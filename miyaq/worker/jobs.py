@@ -22,18 +22,6 @@ touched as it starts: its node's lease, counted from when the node sent it,
 starts again then (docs/protocol.md, 7.3)."""
 
 
-class Waiting:
-    """A delivery in the backlog: from ``link``'s node, received at
-    ``received`` (monotonic); ``d`` is None once it was aborted."""
-
-    __slots__ = ("link", "d", "received")
-
-    def __init__(self, link: "NodeLink", d: list[Any], received: float) -> None:
-        self.link = link
-        self.d: list[Any] | None = d
-        self.received = received
-
-
 class Backlog:
     """Deliveries waiting for a runner, oldest first, found by task id too.
 
@@ -45,13 +33,17 @@ class Backlog:
     backlog. ``len()`` counts the deliveries still waiting. The index keeps
     one entry per task id, the latest: a task delivered again while an
     earlier delivery of it waits (a buggy node) has only the latest found
-    by :meth:`drop`."""
+    by :meth:`drop`.
+
+    Each entry is a list ``[link, delivery, received]`` (when the worker got
+    it, monotonic), its delivery None once aborted: a list rather than an
+    object of its own, as every task passes through here."""
 
     __slots__ = ("_entries", "_by_id", "_live")
 
     def __init__(self) -> None:
-        self._entries: deque[Waiting] = deque()
-        self._by_id: dict[str, Waiting] = {}
+        self._entries: deque[list[Any]] = deque()
+        self._by_id: dict[str, list[Any]] = {}
         self._live = 0
 
     def __len__(self) -> int:
@@ -60,14 +52,14 @@ class Backlog:
     def __bool__(self) -> bool:
         return self._live > 0
 
-    def __iter__(self) -> Iterator[Waiting]:
-        """The deliveries still waiting, oldest first."""
-        return (w for w in self._entries if w.d is not None)
+    def links(self) -> "Iterator[NodeLink]":
+        """The node of each delivery still waiting, oldest first."""
+        return (entry[0] for entry in self._entries if entry[1] is not None)
 
     def append(self, link: "NodeLink", d: list[Any], received: float) -> None:
-        waiting = Waiting(link, d, received)
-        self._entries.append(waiting)
-        self._by_id[d[0]] = waiting
+        entry = [link, d, received]
+        self._entries.append(entry)
+        self._by_id[d[0]] = entry
         self._live += 1
 
     def popleft(self) -> "tuple[NodeLink, list[Any], float] | None":
@@ -75,27 +67,27 @@ class Backlog:
         when it was received; None if none waits."""
         entries = self._entries
         while entries:
-            waiting = entries.popleft()
-            d = waiting.d
+            entry = entries.popleft()
+            link, d, received = entry
             if d is None:
                 continue        # aborted meanwhile
-            if self._by_id.get(d[0]) is waiting:
+            if self._by_id.get(d[0]) is entry:
                 del self._by_id[d[0]]
             self._live -= 1
-            return waiting.link, d, waiting.received
+            return link, d, received
         return None
 
     def drop(self, task_id: str) -> "tuple[NodeLink, list[Any]] | None":
         """Take the delivery of ``task_id`` out (it was cancelled): its link
         and delivery, or None if none of it waits."""
-        waiting = self._by_id.pop(task_id, None)
-        if waiting is None or waiting.d is None:
+        entry = self._by_id.pop(task_id, None)
+        if entry is None or entry[1] is None:
             return None
-        d, waiting.d = waiting.d, None
+        d, entry[1] = entry[1], None
         self._live -= 1
         if not self._live:
             self._entries.clear()       # nothing but aborted entries left
-        return waiting.link, d
+        return entry[0], d
 
 
 def well_formed(d: Any) -> bool:
@@ -136,15 +128,16 @@ class Job:
     """``deadline`` (monotonic) is when the watchdog stops the handler:
     ``received`` (when the worker got the delivery; now if not given) +
     timeout -- the node's lease runs from when it sent the task --, moved on
-    by each touch (a task that waited long in the backlog is touched as it
-    starts: :data:`BACKLOG_TOUCH_SHARE`). ``stop_reason`` is set once,
-    by the first of a cancel or a timeout. ``handle`` is the pool's: the
+    by each touch. A task that starts after ``touch_after`` waited long in
+    the backlog (:data:`BACKLOG_TOUCH_SHARE` of its timeout) and is touched
+    as it starts. ``stop_reason`` is set once, by the first of a cancel or a
+    timeout. ``handle`` is the pool's: the
     greenlet, thread ident, asyncio task or child process running it, None
     while nothing does. ``lock`` guards ``handle`` where a native thread
     clears it."""
 
     __slots__ = ("task_id", "name", "queue", "attempt", "timeout", "body", "fn", "is_async", "node",
-                 "deadline", "stop_reason", "handle", "lock", "executor")
+                 "deadline", "touch_after", "stop_reason", "handle", "lock", "executor")
 
     def __init__(self, d: list[Any], fn: Callable[..., Any], is_async: bool,
                  node: str | None = None, received: float | None = None) -> None:
@@ -153,7 +146,13 @@ class Job:
         self.is_async = is_async            # an ``async def`` handler (TaskDef.is_async)
         self.node = node                    # the endpoint of the node that leased it
         start = monotonic() if received is None else received
-        self.deadline = start + self.timeout if self.timeout and self.timeout > 0 else float("inf")
+        timeout = self.timeout
+        if timeout and timeout > 0:
+            self.deadline = start + timeout
+            # Started later than this, it waited long: touched as it starts.
+            self.touch_after = start + BACKLOG_TOUCH_SHARE * timeout
+        else:
+            self.deadline = self.touch_after = float("inf")
         self.stop_reason: type[Interrupted] | None = None
         self.handle: Any = None
         self.lock = green.native_lock()
@@ -166,12 +165,6 @@ class Job:
         """A touch: the timeout starts again from now."""
         if self.timeout and self.timeout > 0:
             self.deadline = monotonic() + self.timeout
-
-    def waited_long(self, received: float, now: float) -> bool:
-        """It waited since ``received`` more than BACKLOG_TOUCH_SHARE of its
-        timeout (none: never)."""
-        timeout = self.timeout
-        return bool(timeout) and timeout > 0 and now - received > BACKLOG_TOUCH_SHARE * timeout
 
     #: The handler starts now (a pool that waited for a free child).
     started = touched

@@ -124,7 +124,7 @@ class Worker:
         """Slots in use (for ``link``: by tasks that node gave us)."""
         if link is None:
             return len(self.running) + len(self.superseded) + len(self.backlog)
-        return self.routes.running_from(link) + sum(1 for waiting in self.backlog if waiting.link is link)
+        return self.routes.running_from(link) + sum(1 for other in self.backlog.links() if other is link)
 
     # -- receiving work --------------------------------------------------------------
     def accept(self, link: NodeLink, deliveries: list[Any]) -> None:
@@ -270,7 +270,7 @@ class Worker:
         self.running[task_id] = job
         self.routes.origin[task_id] = link
         started = monotonic()
-        if job.waited_long(received, started):
+        if started > job.touch_after:
             # The node's lease ran on while it waited here: counted again from
             # now, at the node (the TOUCH) and here (the deadline).
             self.touch(task_id)
