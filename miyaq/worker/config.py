@@ -131,9 +131,10 @@ HUNG_NODE_LIVENESS = 10
 #: answers none for this long after a PING -- its process frozen (SIGSTOP, a
 #: paused VM) or its host gone -- has its connection dropped, and the
 #: connection monitor has the worker register again. A node that is alive
-#: answers from libzmq's own thread, however busy its Python is. As a
-#: client's default ``heartbeat_timeout``.
-NODE_CONNECTION_TIMEOUT = 10.0
+#: answers from libzmq's own thread, however busy its Python is, so this is
+#: short: a frozen node is left about as soon as a silent one was before
+#: 2026-12-05 (3 s), and well within ``RECENT_REPORT_SECONDS``.
+NODE_CONNECTION_TIMEOUT = 5.0
 #: The node's heartbeat interval a worker follows, in seconds: a WELCOME's
 #: ``heartbeat`` outside this range (a buggy or hostile node's) is brought
 #: into it -- below it the worker would reconnect in a loop, above it never
@@ -180,7 +181,9 @@ TRACEBACK_BYTES = 16384
 #: other holders, in case the node they went to dies before it tells those
 #: holders (:class:`~miyaq.worker.routing.Routes`): for this many seconds, at
 #: most this many, holding at most this many bytes of results and errors.
-RECENT_REPORT_SECONDS = 10.0
+#: Twice ``NODE_CONNECTION_TIMEOUT`` and more: what was sent to a node that
+#: froze is still kept when its connection is dropped.
+RECENT_REPORT_SECONDS = 15.0
 RECENT_REPORT_MAX = 10_000
 RECENT_REPORT_BYTES = 16 * 1024 * 1024
 
