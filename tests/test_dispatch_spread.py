@@ -1,7 +1,7 @@
 """Who the dispatcher hands a ready task to, and whom a pump visits.
 
-A task goes first to a consumer with a free execution slot (the consumer
-served least recently first); a worker's backlog (its prefetch) is filled
+A task goes first to a consumer with a free execution slot (the one with
+the most free slots first, then the one made first); a worker's backlog (its prefetch) is filled
 only when no consumer has a free slot. A consumer whose queues hold nothing
 ready is parked under its queues, out of the pumps, until a task enters one
 of them. (miyaq/core/dispatcher.py, the module's docstring.)
@@ -90,6 +90,34 @@ def count_takes(engine: Engine) -> list[int]:
 
 
 # -- 1. a lone task goes to a free slot, not to the first worker's backlog ----------------------
+
+def test_lone_tasks_on_idle_workers_keep_going_to_the_same_one_and_overlapping_ones_spread():
+    """Fault: a build that rotated the workers (the one served last went to
+    the back) sent a stream of lone tasks to the two idle workers in turn:
+    each worker's caches were colder for each task, a fifth more worker CPU
+    a task at 500 lone tasks a second (``miyaq bench --rate 500``). Between
+    workers with as many free slots, the one made first takes the task;
+    one running more has fewer free slots, so overlapping tasks spread."""
+    engine, dispatcher, _ = build()
+    a = Backlogged("a", ["q"], slots=4, credit=8)
+    b = Backlogged("b", ["q"], slots=4, credit=8)
+    dispatcher.grant(b, 0)           # granted first, made second: the order of making decides
+    dispatcher.grant(a, 0)
+    a.order, b.order = 1, 2
+    for _ in range(5):
+        task_id = submit(engine)
+        dispatcher.pump(NOW)
+        done_by = a if task_id in a.got else b
+        assert engine.complete(task_id, 1, b"", NOW, by=done_by.principal)      # done before the next
+        dispatcher.grant(done_by, 1)
+    assert (len(a.got), len(b.got)) == (5, 0)
+    overlapping = []
+    for _ in range(3):               # each still running when the next comes
+        overlapping.append(submit(engine))
+        dispatcher.pump(NOW)
+    first, second, third = overlapping
+    assert first in a.got and second in b.got and third in a.got, (a.got, b.got)
+
 
 def test_a_lone_task_goes_to_an_idle_worker_not_into_the_busy_one_s_backlog():
     """Fault: the pump offered tasks to consumers in the order they were granted

@@ -6,6 +6,7 @@ socket's high-water mark.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from typing import Any, Callable, NamedTuple
 
@@ -65,6 +66,10 @@ def pull_principal(identity: bytes, key: str | None) -> str:
     return "pull:" + hashlib.blake2b(identity, key=_CONNECTION_NAME_KEY, digest_size=10).hexdigest()
 
 
+_made = itertools.count()
+"""Numbers consumers in the order they are made (:attr:`Consumer.order`)."""
+
+
 class Consumer:
     """Base of every consumer. ``running`` holds the tasks leased to it;
     ``principal`` says who it acts for: the engine records it with each lease,
@@ -77,6 +82,9 @@ class Consumer:
         self.queues = queues
         self.credit = 0
         self.running: dict[str, Task] = {}
+        # Made earlier, smaller: the dispatcher's tie-break between consumers
+        # with as many free slots (the same one takes lone tasks).
+        self.order = next(_made)
 
     # -- what the dispatcher may lease it: by default its credit, counted here --------
     def room(self) -> int:
