@@ -17,7 +17,7 @@ two. Socket types and options are the same constants in every flavour.
 from __future__ import annotations
 
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import ctypes
 import importlib
@@ -171,6 +171,9 @@ class SocketFactory:
         #: that failed on that port before any ZAP handler was asked
         #: (:mod:`miyaq.security.handshakes` reads them). None: not watched.
         self.handshake_monitors: list[tuple[str, Any]] | None = None
+        #: Called with ``(port, monitor)`` for each handshake monitor made from
+        #: now on (its reader adopts it without polling for new ones).
+        self.on_handshake_monitor: Callable[[str, Any], None] | None = None
         self._closed = False
 
     def watch_handshakes(self) -> None:
@@ -196,6 +199,8 @@ class SocketFactory:
         monitor.setsockopt(zmq.LINGER, 0)
         monitor.connect(address)
         self.handshake_monitors.append((port, monitor))
+        if self.on_handshake_monitor is not None:
+            self.on_handshake_monitor(port, monitor)
 
     # -- bound sockets -----------------------------------------------------------
     def router(self, bind: str, audience: str = "service", *, plain: bool = False,

@@ -34,9 +34,8 @@ from miyaq.runtime.sockets import SocketFactory
 logger = logging.getLogger(__name__)
 
 LOG_EVERY = 60.0
-"""Seconds between two warnings about failed handshakes (the count in between is in the next)."""
-POLL_MS = 1000
-"""How long the reader waits before it looks for monitors of sockets bound since."""
+"""Seconds between two warnings about failed handshakes (the count in
+between is in the next, logged with the next failure after the minute)."""
 READ_BURST = 1000
 """Most events read from one monitor before the others get their turn."""
 
@@ -64,6 +63,9 @@ class HandshakeFailures:
         self._latest = ("", "")
 
     def start(self) -> None:
+        for port, monitor in self.factory.handshake_monitors or ():
+            self._adopt(port, monitor)
+        self.factory.on_handshake_monitor = self._adopt     # sockets bound later (a waiting poll wakes)
         self.supervisor.spawn("handshakes", self._serve, policy=RESTART)
 
     def stats(self) -> dict[str, dict[str, int]]:
@@ -74,18 +76,17 @@ class HandshakeFailures:
         return section
 
     def _serve(self) -> None:
+        """Waits without a timeout: an idle node pays nothing for this reader."""
         while True:
-            self._adopt()
-            for monitor, _ in self._poller.poll(POLL_MS):
+            for monitor, _ in self._poller.poll(None):
                 self._read(monitor)
             self._log_due()
 
-    def _adopt(self) -> None:
-        """Watch the monitors of sockets bound since the last look."""
-        for port, monitor in self.factory.handshake_monitors or ():
-            if monitor not in self._ports:
-                self._ports[monitor] = port
-                self._poller.register(monitor)
+    def _adopt(self, port: str, monitor: Any) -> None:
+        """Watch one more socket's monitor."""
+        if monitor not in self._ports:
+            self._ports[monitor] = port
+            self._poller.register(monitor)
 
     def _read(self, monitor: Any) -> None:
         port = self._ports[monitor]
