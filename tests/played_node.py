@@ -29,8 +29,13 @@ class PlayedNode:
         self.reports: list[tuple[str, str, int, Any]] = []   # ("done" | "failed", id, attempt, result | error)
         self.returned: list[dict[str, Any]] = []             # RETURN bodies
 
+    heartbeat = 60.0
+    """The heartbeat its WELCOME names."""
+    answering = True
+    """False: it reads on but sends nothing (no HEARTBEAT, no WELCOME)."""
+
     def pump(self, timeout_ms: int = 20) -> None:
-        if self.link is not None:
+        if self.link is not None and self.answering:
             self.send(codec.encode(c.HEARTBEAT, {"node": "n0"}))
         while self.sock.poll(timeout_ms):
             frames = self.sock.recv_multipart()
@@ -38,18 +43,25 @@ class PlayedNode:
             if len(frames) != 4:
                 continue
             peer, _tag, command, body = frames
-            data = msgpack.unpackb(body, raw=False)
-            if command == c.READY:
-                self.link = peer
-                self.send([c.TAG, c.WELCOME, pack({"node": "n0", "heartbeat": 60.0, "service": self.endpoint})])
-            elif command == c.DONE:
-                self.done.update((item[0], item[2]) for item in data["done"])
-                self.reports.extend(("done", item[0], item[1], item[2]) for item in data["done"])
-            elif command == c.FAILED:
-                self.failed.update((item[0], item[2]) for item in data["failed"])
-                self.reports.extend(("failed", item[0], item[1], item[2]) for item in data["failed"])
-            elif command == c.RETURN:
-                self.returned.append(data)
+            self.read(peer, command, msgpack.unpackb(body, raw=False))
+
+    def read(self, peer: bytes, command: bytes, data: Any) -> None:
+        """One worker message (a subclass may look at it first)."""
+        if command == c.READY:
+            if self.answering:
+                self.welcome(peer)
+        elif command == c.DONE:
+            self.done.update((item[0], item[2]) for item in data["done"])
+            self.reports.extend(("done", item[0], item[1], item[2]) for item in data["done"])
+        elif command == c.FAILED:
+            self.failed.update((item[0], item[2]) for item in data["failed"])
+            self.reports.extend(("failed", item[0], item[1], item[2]) for item in data["failed"])
+        elif command == c.RETURN:
+            self.returned.append(data)
+
+    def welcome(self, peer: bytes) -> None:
+        self.link = peer
+        self.send([c.TAG, c.WELCOME, pack({"node": "n0", "heartbeat": self.heartbeat, "service": self.endpoint})])
 
     def send(self, frames: list[bytes]) -> None:
         assert self.link is not None

@@ -11,14 +11,12 @@ from collections import deque
 from typing import Any
 
 import gevent.event
-import msgpack
 import pytest
 from fuzz_inputs import pack
 from played_node import PlayedNode
 from test_frozen_peer import Child
 
 import miyaq
-from miyaq.protocol import codec
 from miyaq.protocol import commands as c
 from miyaq.runtime import green
 from miyaq.testing.harness import wait_for
@@ -72,36 +70,15 @@ class StallingNode(PlayedNode):
         self.touched: list[str] = []
         self.done_from: dict[str, bytes] = {}       # task id -> the connection its DONE came on
 
-    def pump(self, timeout_ms: int = 20) -> None:
-        if self.link is not None and self.answering:
-            self.send(codec.encode(c.HEARTBEAT, {"node": "n0"}))
-        while self.sock.poll(timeout_ms):
-            frames = self.sock.recv_multipart()
-            timeout_ms = 0
-            if len(frames) != 4:
-                continue
-            peer, _tag, command, body = frames
-            data = msgpack.unpackb(body, raw=False)
-            self.counts[command] = self.counts.get(command, 0) + 1
-            if command == c.READY:
-                self.readies.append(peer)
-                if self.answering:
-                    self.welcome(peer)
-            elif command == c.DONE:
-                self.done.update((item[0], item[2]) for item in data["done"])
-                self.done_from.update((item[0], peer) for item in data["done"])
-                self.reports.extend(("done", item[0], item[1], item[2]) for item in data["done"])
-            elif command == c.FAILED:
-                self.failed.update((item[0], item[2]) for item in data["failed"])
-                self.reports.extend(("failed", item[0], item[1], item[2]) for item in data["failed"])
-            elif command == c.TOUCH:
-                self.touched.extend(data["ids"])
-            elif command == c.RETURN:
-                self.returned.append(data)
-
-    def welcome(self, peer: bytes) -> None:
-        self.link = peer
-        self.send([c.TAG, c.WELCOME, pack({"node": "n0", "heartbeat": self.heartbeat, "service": self.endpoint})])
+    def read(self, peer: bytes, command: bytes, data: Any) -> None:
+        self.counts[command] = self.counts.get(command, 0) + 1
+        if command == c.READY:
+            self.readies.append(peer)
+        elif command == c.DONE:
+            self.done_from.update((item[0], peer) for item in data["done"])
+        elif command == c.TOUCH:
+            self.touched.extend(data["ids"])
+        super().read(peer, command, data)
 
 
 @pytest.fixture
