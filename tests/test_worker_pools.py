@@ -540,3 +540,20 @@ def test_a_tmpdir_too_long_for_the_pools_socket_is_a_clear_error(tmp_path):
     assert "the processes pool cannot listen for its children in" in proc.stderr
     assert "set TMPDIR to a shorter directory" in proc.stderr
     assert os.listdir(long_dir) == []
+
+
+def test_a_task_waiting_for_a_child_keeps_its_lease(node, procs):
+    """Fault: a task handed to a processes-pool worker while its children
+    were still starting (or being replaced) waited for one while the node's
+    lease ran on; only the worker's own deadline was moved when a child
+    came. An at-most-once task of timeout 1 s, that runs 0.3 s, queued
+    before a worker whose children take 2 s to start, was dead-lettered
+    ``Lost`` at the node. Waiting for a child now touches the task every
+    quarter of its timeout: it runs once and is done."""
+    with miyaq.Client(node.endpoint) as client:
+        handle = client.submit("nap", [0.3], timeout=1.0, at_most_once=True, wait=True)
+        procs.worker("apps.slow_children:app", node.endpoint, 1, "--pool", "processes", "--prefetch", "0",
+                     env={"MIYAQ_TEST_CHILD_START": "2.0"})
+        assert handle.result(timeout=60) == "rested"
+        status = client.status(handle.id)
+    assert status["state"] == "done" and status["attempt"] == 1, status

@@ -162,9 +162,9 @@ class Job:
         return TaskContext(self.task_id, self.name, self.queue, self.attempt, self.timeout, touch, self.node)
 
     def touched(self) -> None:
-        """A touch: the timeout starts again from now."""
+        """A touch: the timeout starts again from now (and so does the wait
+        after which a task not started yet is touched again)."""
         if self.timeout and self.timeout > 0:
-            self.deadline = monotonic() + self.timeout
-
-    #: The handler starts now (a pool that waited for a free child).
-    started = touched
+            now = monotonic()
+            self.deadline = now + self.timeout
+            self.touch_after = now + BACKLOG_TOUCH_SHARE * self.timeout
