@@ -557,3 +557,54 @@ def test_a_task_waiting_for_a_child_keeps_its_lease(node, procs):
         assert handle.result(timeout=60) == "rested"
         status = client.status(handle.id)
     assert status["state"] == "done" and status["attempt"] == 1, status
+
+
+def test_stopping_the_processes_pool_kills_a_busy_child_at_once(monkeypatch):
+    """Fault: at a worker's stop (after its grace, its running tasks given
+    back with BYE) the pool sent EXIT to every child and waited up to 5 s
+    for each to exit -- a child running a handler cannot read EXIT, so its
+    handler ran on for 5 s beside the task's next attempt, and with
+    ``--processes N`` the supervisor (grace + 5 s) SIGKILLed the worker
+    before it ended cleanly. A busy child is now killed at once; the stop
+    waits only for idle children, which exit on EXIT."""
+    from miyaq.worker.pools import processes
+
+    class Proc:
+        def __init__(self) -> None:
+            self.code: int | None = None
+            self.pid = 4242
+
+        def poll(self) -> int | None:
+            return self.code
+
+        def kill(self) -> None:
+            self.code = -9
+
+        def wait(self, timeout: float) -> int | None:
+            return self.code
+
+    busy, idle = processes.ChildProcess(b"busy", Proc()), processes.ChildProcess(b"idle", Proc())
+    busy.job = object()
+
+    class Sock:
+        def send_multipart(self, frames) -> None:
+            if frames[0] == b"idle":
+                idle.proc.code = 0          # an idle child exits on EXIT
+            else:
+                raise AssertionError(f"EXIT sent to {frames[0]!r}, a child running a handler")
+
+    class Closed:
+        def close(self) -> None:
+            pass
+
+        remove = close
+
+    pool = processes.ProcessPool.__new__(processes.ProcessPool)
+    pool.children = {b"busy": busy, b"idle": idle}
+    pool.retired = []
+    pool.sock, pool.factory, pool.dir = Sock(), Closed(), Closed()
+    waits: list[float] = []
+    monkeypatch.setattr(processes.green, "sleep", lambda seconds: waits.append(seconds))
+    pool.stop()
+    assert busy.proc.code == -9 and idle.proc.code == 0
+    assert waits == []              # nothing left to wait for: no 5 s spent on the busy child

@@ -289,10 +289,20 @@ class ProcessPool:
                                "does the app import in a fresh interpreter? (see the log above)")
 
     def stop(self) -> None:
-        """Tell idle children to exit, kill the rest after a short wait. Never raises."""
+        """Kill the children still running a handler at once (the worker has
+        given their tasks back to the node: run on, they would run beside
+        the task's next attempt), tell the idle ones to exit and kill what is
+        left after a short wait. Never raises. Before 2026-12-05 a busy child
+        was waited for like an idle one, ``CHILD_EXIT_WAIT`` (5 s), though it
+        could not read EXIT: its handler ran on after its task was put back,
+        and with ``--processes N`` the supervisor, whose patience is the
+        grace plus the same 5 s, killed the worker before it ended cleanly."""
         self.stopping = True
         try:
             for child in list(self.children.values()):
+                if child.job is not None:
+                    child.kill()
+                    continue
                 try:
                     self.sock.send_multipart([child.identity, *pack(EXIT, {})])
                 except zmq.ZMQError:
