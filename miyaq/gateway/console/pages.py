@@ -33,6 +33,11 @@ def _pager(page: int, total: int) -> dict[str, int]:
     return {"page": page, "pages": max(1, math.ceil(total / PAGE_SIZE)), "total": total}
 
 
+def _busiest_first(row: dict[str, Any]) -> tuple[int, str]:
+    held = sum(row.get(state) or 0 for state in ("scheduled", "ready", "running", "retrying", "dead"))
+    return (-held, row["name"])
+
+
 class Pages:
     def __init__(self, console: Console) -> None:
         self.console = console
@@ -59,8 +64,16 @@ class Pages:
         return self.console.render.json(self.data.activity.series(since))
 
     def queues(self, request: Request, viewer: Viewer) -> Response:
-        return self._show(request, viewer, "queues.html", queues=self.data.queues(),
-                          members=len(self.data.member_urls()))
+        """The queues, busiest first (tasks held, then name), ``PAGE_SIZE`` a
+        page: the page is re-fetched every few seconds, and rendering every
+        queue of a node with 10,000 took the hub 0.3-0.5 s each time (the
+        render, not the counting, was nine tenths of it)."""
+        page = _page(request)
+        rows = self.data.queues()
+        rows.sort(key=_busiest_first)
+        shown = rows[(page - 1) * PAGE_SIZE:page * PAGE_SIZE]
+        return self._show(request, viewer, "queues.html", queues=shown, members=len(self.data.member_urls()),
+                          pager=_pager(page, len(rows)))
 
     def workers(self, request: Request, viewer: Viewer) -> Response:
         page = _page(request)
