@@ -71,7 +71,7 @@ class ConsoleData:
         status = self.gateway.status(wall())
         status["ring"] = self.gateway.metrics.cluster.view()
         by_state = dict.fromkeys(LIVE_STATES, 0)
-        for counts in self.engine.queue_counts().values():
+        for counts in status["queues"].values():      # the per-queue rows just built: not counted again
             for state in LIVE_STATES:
                 by_state[state] += counts.get(state, 0)
         status["live_by_state"] = by_state
@@ -86,7 +86,7 @@ class ConsoleData:
         return rows
 
     # -- the ring ----------------------------------------------------------------------
-    def members(self) -> list[dict[str, Any]]:
+    def members(self, own: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Every ring member: share, weight, gateway, and from its ``/status``
         the tasks it holds and its workers (``error`` when it did not answer)."""
         info = self.role.ring_info()
@@ -102,7 +102,7 @@ class ConsoleData:
                                    "lag_messages": lag[node_id][1] if node_id in lag else None}
             status: dict[str, Any] | str
             if row["self"]:
-                status = self.gateway.status(wall())
+                status = own if own is not None else self.gateway.status(wall())
             elif row["http"]:
                 status = self.peers.get(row["http"], "/status")
             else:
