@@ -380,3 +380,30 @@ def test_confirm_view_answers_from_a_round_trip_to_zookeeper(make, zk_server):
         assert ask(node.view.epoch) == [False]
     wait_until(lambda: not node.session_lost() and agreed(coordinators, {"n0", "n1"}), "the node back in the ring")
     wait_until(lambda: ask(node.view.epoch) == [True], "the new session's ring confirmed")
+
+
+@pytest.mark.parametrize("change", ["leave", "join", "set_weight"])
+def test_a_connection_lost_during_a_ring_change_is_refused_as_one_lost_before(make, change, monkeypatch):
+    """Fault: the ZooKeeper session was usable when a ring change was asked,
+    then the connection went (a server stopped, the ensemble lost its
+    quorum) during the write: the caller got "ZooKeeper at ...:
+    ConnectionLoss", where a change asked a moment later gets "ring changes
+    are refused until it is back" (a CI run of the quorum-loss test caught
+    the race). The same words now, saying the change may or may not have
+    been stored and is safe to ask again."""
+    a, _ = make("a")
+    wait_until(lambda: a.is_leader and "a" in a.view.members, "a to lead")
+    store = a._store
+    assert store is not None
+
+    def lost(*args, **kwargs):
+        raise Unavailable(f"ZooKeeper at {store.hosts}: ConnectionLoss", hosts=store.hosts)
+    monkeypatch.setattr(store, "update_desired", lost)
+    with pytest.raises(Unavailable, match="cannot .*: ZooKeeper at .*: ConnectionLoss .*may or may not have been "
+                                          "stored.*ring changes are refused until it is back"):
+        if change == "leave":
+            a.leave("b")
+        elif change == "join":
+            a.join("b")
+        else:
+            a.set_weight("a", 2.0)

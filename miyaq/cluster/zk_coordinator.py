@@ -26,7 +26,8 @@ listeners run in order in one notifier greenlet. kazoo runs with
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from kazoo.client import KazooClient
@@ -269,7 +270,10 @@ class ZooKeeperCoordinator(Coordinator):
 
     def leave(self, node_id: str) -> None:
         check_node_id(node_id)
-        self._require_store(f"leave {node_id}").update_desired(lambda d: with_join(d, node_id, False))
+        action = f"leave {node_id}"
+        store = self._require_store(action)
+        with self._refused_if_lost(action):
+            store.update_desired(lambda d: with_join(d, node_id, False))
 
     def set_weight(self, node_id: str, weight: float) -> None:
         """Set ``node_id``'s ring weight; ``ConfigError`` (nothing stored) when
@@ -285,7 +289,24 @@ class ZooKeeperCoordinator(Coordinator):
         check ``miyaq join`` and ``ring weight`` make
         (:func:`~miyaq.cluster.ring_admin.change_desired`); the leader would
         refuse to publish one that does not, and then every later change."""
-        change_desired(self._require_store(action), action, change, node_id)
+        store = self._require_store(action)
+        with self._refused_if_lost(action):
+            change_desired(store, action, change, node_id)
+
+    @contextmanager
+    def _refused_if_lost(self, action: str) -> Iterator[None]:
+        """A connection lost during the change (``Unavailable`` from the store:
+        the session was usable when asked, then a server went, or the
+        ensemble lost its quorum) is refused as a change asked while the
+        connection is down is. Whether the write reached ZooKeeper before
+        the loss is not known: joins, leaves and weights set a value, so
+        asking again once it is back is safe."""
+        try:
+            yield
+        except Unavailable as exc:
+            raise Unavailable(f"cannot {action}: {exc.message} (the connection to ZooKeeper was lost during "
+                              f"the change, which may or may not have been stored: ask again once it is back); "
+                              f"ring changes are refused until it is back", hosts=self._hosts) from None
 
     # -- lifecycle internals ----------------------------------------------------
 
