@@ -3,7 +3,7 @@ message, submit or timer pass costs does not grow with how many are open, and
 more result waits than a node holds for one connection all get their result.
 
 The work is counted, not timed: deadlines are :class:`CountedTime`, a float
-that counts how often it is compared. Before 2026-12-06 the core's
+that counts how often it is compared. Before 2026-12-05 the core's
 ``next_due`` (asked by the asyncio driver after every message, submit,
 request and cancel) took the ``min`` of every open request's deadline and of
 every capped submit's, and each timer pass walked them all: with 10,000

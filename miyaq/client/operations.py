@@ -166,7 +166,7 @@ def wait_result(nodes: Nodes, task_id: str, timeout: float | None, node: str | i
     what the caller asked. At ``timeout`` the last ask waits 0 s, which a
     node answers at once without holding it: the outcome if there is one,
     else the usual ``Timeout`` naming the task and its state. Before
-    2026-12-06 the ``Busy`` reached the caller of ``result()`` -- and of
+    2026-12-05 the ``Busy`` reached the caller of ``result()`` -- and of
     ``call()``, whose task was stored all the same, while the error table
     said a ``Busy`` from ``call()`` meant nothing was stored: a caller that
     submitted again ran the task twice."""

@@ -28,7 +28,7 @@ pass touches only the requests that are due (:meth:`RequestTable.check_deadlines
 An answered or withdrawn request leaves its entry behind, passed over when it
 comes to the head; the heap is rebuilt from ``open`` when such entries
 outnumber the live ones, so it stays within about twice the open requests.
-Before 2026-12-06 both walked every open request: with 10,000 result
+Before 2026-12-05 both walked every open request: with 10,000 result
 long-polls open an asyncio client spent about 250 µs of CPU per message,
 and 10% of a core doing nothing.
 """

@@ -43,7 +43,7 @@ it fails at its deadline. The capped are a heap by deadline
 head and :meth:`SubmitPipeline.check_acks` pops only those due; one
 acknowledged (or sent again, or failed) meanwhile leaves its entry behind, passed
 over when it comes to the head, and the heap is rebuilt when such entries
-outnumber the unacknowledged submits. Before 2026-12-06 both walked every
+outnumber the unacknowledged submits. Before 2026-12-05 both walked every
 capped submit: with ``submit_timeout=4`` and a window of 10,000 an asyncio
 producer spent 71 µs of CPU a submit instead of 8.
 """

@@ -47,7 +47,7 @@ from ..runtime import green, monotonic
 from ..runtime.messages import HubSocket
 from ..runtime.open_files import open_files_hint, room_for
 from ..runtime.connections import (
-    CONNECTION_CLOSED, HANDSHAKE_FAILED, explain_handshake, handshake_failure, monitor_event,
+    CONNECTION_CLOSED, explain_handshake, handshake_failure, monitor_event,
 )
 from ..runtime.sockets import SocketFactory, heartbeat_options, zmq
 from .config import (FIRST_CONTACT, FIRST_CONTACT_REPEAT_MAX, HUNG_NODE_LIVENESS, LIVENESS, MAX_INBOUND_MESSAGE,
@@ -303,11 +303,10 @@ class NodeLink:
                 raise
             if monitor is not self.monitor:
                 continue
-            event = monitor_event(frames)
-            if event == CONNECTION_CLOSED:
+            if monitor_event(frames) == CONNECTION_CLOSED:
                 self._connection_closed()
-            elif event & HANDSHAKE_FAILED:
-                failure = handshake_failure(frames)
+            else:
+                failure = handshake_failure(frames)     # None for any other event
                 if failure is not None:
                     _log.warning("handshake", "cannot connect to node %s: %s", self.endpoint,
                                  explain_handshake(failure, self.endpoint, self.factory.security is not None,
