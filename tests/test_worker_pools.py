@@ -21,7 +21,8 @@ import miyaq
 
 from apps import pools
 from miyaq.errors import TaskCancelled
-from miyaq.testing.harness import ThreadNode, wait_for
+from miyaq.runtime import green
+from miyaq.testing.harness import ThreadNode, ThreadWorker, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -543,20 +544,71 @@ def test_a_tmpdir_too_long_for_the_pools_socket_is_a_clear_error(tmp_path):
 
 
 def test_a_task_waiting_for_a_child_keeps_its_lease(node, procs):
-    """Fault: a task handed to a processes-pool worker while its children
-    were still starting (or being replaced) waited for one while the node's
-    lease ran on; only the worker's own deadline was moved when a child
-    came. An at-most-once task of timeout 1 s, that runs 0.3 s, queued
-    before a worker whose children take 2 s to start, was dead-lettered
-    ``Lost`` at the node. Waiting for a child now touches the task every
-    quarter of its timeout: it runs once and is done."""
+    """Fault: a task handed to a processes-pool worker while a child was
+    being replaced (here after ``--max-tasks-per-child 1``; before
+    2026-12-05 also while the children first started) waited for one while
+    the node's lease ran on; only the worker's own deadline was moved when
+    a child came. An at-most-once task of timeout 1 s, that runs 0.3 s,
+    waiting for a child that takes 2 s to start, was dead-lettered ``Lost``
+    at the node. Waiting for a child now touches the task every quarter of
+    its timeout: it runs once and is done."""
+    procs.worker("apps.slow_children:app", node.endpoint, 1, "--pool", "processes", "--prefetch", "0",
+                 "--max-tasks-per-child", "1", env={"MIYAQ_TEST_CHILD_START": "2.0"})
     with miyaq.Client(node.endpoint) as client:
-        handle = client.submit("nap", [0.3], timeout=1.0, at_most_once=True, wait=True)
-        procs.worker("apps.slow_children:app", node.endpoint, 1, "--pool", "processes", "--prefetch", "0",
-                     env={"MIYAQ_TEST_CHILD_START": "2.0"})
-        assert handle.result(timeout=60) == "rested"
-        status = client.status(handle.id)
-    assert status["state"] == "done" and status["attempt"] == 1, status
+        first = client.submit("nap", [0.3], timeout=1.0, at_most_once=True, wait=True)
+        second = client.submit("nap", [0.3], timeout=1.0, at_most_once=True, wait=True)
+        # The first child's task retires it: the second waits for its replacement.
+        assert first.result(timeout=60) == second.result(timeout=60) == "rested"
+        states = [client.status(h.id) for h in (first, second)]
+    assert all(s["state"] == "done" and s["attempt"] == 1 for s in states), states
+
+
+def test_a_processes_pool_worker_registers_once_its_children_have_started(node, procs):
+    """Fault: a processes-pool worker registered its full capacity with its
+    node as it started, while its children were still importing the app
+    (0.2 s of a core each, seconds for many): the node leased it tasks that
+    waited there for a child while another worker sat idle. It now
+    registers once every child has said hello (or after
+    ``POOL_READY_WAIT``); meanwhile its tasks go to the workers that can
+    run them."""
+    slow = procs.worker("apps.slow_children:app", node.endpoint, 2, "--pool", "processes", "--prefetch", "0",
+                        env={"MIYAQ_TEST_CHILD_START": "60"})
+    wait_for(lambda: "queues=default concurrency=2 pool=processes" in slow.log_tail(400),
+             what="the slow worker's start")
+    with miyaq.Client(node.endpoint) as client:
+        procs.worker("apps.slow_children:app", node.endpoint, 2, "--prefetch", "0")
+        wait_for(lambda: any(w["pool"] == "gevent" for w in client.status()["workers"]),
+                 what="the gevent worker registered")
+        assert [w["pool"] for w in client.status()["workers"]] == ["gevent"]
+        handles = [client.submit("nap", [0], wait=True) for _ in range(4)]
+        assert [h.result(timeout=30) for h in handles] == ["rested"] * 4
+    assert "registering with the nodes anyway" not in slow.log_tail(400)
+
+
+def test_a_pool_never_ready_registers_anyway_after_its_wait(node, monkeypatch, caplog):
+    """Fault: a pool that never gets ready (a processes-pool child hanging in
+    its import) would keep its worker from registering at all. Past
+    ``POOL_READY_WAIT`` the worker registers anyway, says so, and its tasks
+    run as the pool can."""
+    from miyaq.worker import runner
+    from miyaq.worker.pools.greenlets import GreenletPool
+
+    class NeverReady(GreenletPool):
+        def ready(self, timeout: float) -> bool:
+            green.sleep(timeout)
+            return False
+
+    monkeypatch.setattr(runner, "POOL_READY_WAIT", 0.2)
+    monkeypatch.setattr(runner, "make_pool", lambda name, parts: NeverReady(parts))
+    app = miyaq.App(node.endpoint)
+
+    @app.task(name="double")
+    def double(x: int) -> int:
+        return 2 * x
+
+    with ThreadWorker(app, [node.endpoint], concurrency=2), miyaq.Client(node.endpoint) as client:
+        assert client.call("double", [21], timeout=30) == 42
+    assert "pool is not ready after 0s; registering with the nodes anyway" in caplog.text
 
 
 def test_stopping_the_processes_pool_kills_a_busy_child_at_once(monkeypatch):

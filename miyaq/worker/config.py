@@ -204,6 +204,10 @@ WATCHDOG_IDLE = 1.0
 #: processes pool: seconds a new child may take to import the app and say
 #: hello before it is killed and started again.
 CHILD_START_TIMEOUT = 60.0
+#: Seconds a worker waits for its pool to be ready (every child of the
+#: processes pool started) before it registers with its nodes anyway,
+#: offering capacity that is not there yet (said at WARNING).
+POOL_READY_WAIT = 10.0
 #: processes pool: seconds a retired child may take to exit before it is killed.
 CHILD_EXIT_WAIT = 5.0
 #: processes pool: how often a child checks that its parent is still there.

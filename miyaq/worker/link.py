@@ -199,7 +199,11 @@ class NodeLink:
     def serve(self) -> None:
         """Read the node until the worker stops; heartbeat every interval;
         reconnect when a node that answered stays silent long enough to be
-        taken for hung (a closed connection is the watcher's: :meth:`watch`)."""
+        taken for hung (a closed connection is the watcher's: :meth:`watch`).
+        The first contact's clock starts here, not when the socket opened:
+        a worker registers only once its pool is ready."""
+        self.last_heard = self._opened_at = monotonic()
+        self._next_diagnosis = self._opened_at + FIRST_CONTACT
         self.register()
         last_beat = monotonic()
         while not self.worker.stopping_hard:

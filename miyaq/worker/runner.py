@@ -39,7 +39,7 @@ from ..runtime.sockets import SocketFactory
 from ..security.curve import client_curve
 from .aio import AsyncLoop
 from .config import (
-    BYE_LINGER, DRAIN_POLL, MAX_NODES, OVER_CAPACITY, WorkerConfig,
+    BYE_LINGER, DRAIN_POLL, MAX_NODES, OVER_CAPACITY, POOL_READY_WAIT, WorkerConfig,
 )
 from .execute import Interrupted, Outcome, TaskAborted, TaskTimeout, too_large
 from .jobs import Backlog, Job, current, release, reportable, well_formed
@@ -383,8 +383,10 @@ class Worker:
         self.pool.start()
         if self.aio is not None:
             self.aio.start()
-        for link in self.links:
-            self._serve(link)
+        if self.pool.ready(0):
+            self._serve_links()
+        else:
+            self.supervisor.spawn("register when the pool is ready", self._serve_links_when_ready, policy=CRITICAL)
         for _ in range(self.concurrency):
             self.supervisor.spawn("runner", self._runner, policy=RESTART)
         self.supervisor.spawn("watchdog", self.watchdog.run, policy=RESTART)
@@ -392,6 +394,21 @@ class Worker:
                     self.concurrency, self.pool.name, ",".join(self.endpoints),
                     " (+asyncio loop)" if self.aio is not None else "")
         return self
+
+    def _serve_links_when_ready(self) -> None:
+        """Register with the nodes once the pool can run ``concurrency``
+        handlers (the processes pool's children have started): capacity
+        offered earlier would have the nodes lease tasks here to wait while
+        other workers idle. A pool not ready within ``POOL_READY_WAIT``
+        registers anyway (its tasks wait for it, their leases kept)."""
+        if not self.pool.ready(POOL_READY_WAIT):
+            logger.warning("worker %s: the %s pool is not ready after %.0fs; registering with the nodes anyway",
+                           self.wid, self.pool.name, POOL_READY_WAIT)
+        self._serve_links()
+
+    def _serve_links(self) -> None:
+        for link in self.links:
+            self._serve(link)
 
     def _serve(self, link: NodeLink) -> None:
         """Start ``link``'s reader (critical: the worker cannot run without it)

@@ -32,6 +32,12 @@ class Pool(Protocol):
     def start(self) -> None:
         """Get ready to run (threads, children); called once, in the hub."""
 
+    def ready(self, timeout: float) -> bool:
+        """Wait (cooperatively, at most ``timeout`` seconds) until the pool can
+        run ``concurrency`` handlers at once; True if it can. The worker
+        registers with its nodes -- offers its capacity -- only then, or
+        after :data:`~miyaq.worker.config.POOL_READY_WAIT`."""
+
     def run(self, job: Job) -> Outcome:
         """Run ``job``'s handler; called in a runner greenlet, which it blocks
         cooperatively until the handler ended or was stopped. Never raises

@@ -109,7 +109,7 @@ class ProcessPool:
         self.generation = 0
         self.deaths: list[float] = []
         self.stopping = False
-        self.all_ready = False      # every child said hello once (logged)
+        self.all_ready = green.Event()     # every child said hello once (logged)
 
     # -- children -----------------------------------------------------------------------
     def start(self) -> None:
@@ -119,6 +119,15 @@ class ProcessPool:
         for _ in range(self.parts.concurrency):
             self._start_child()
         logger.info("processes pool: starting %d child process(es)", self.parts.concurrency)
+
+    def ready(self, timeout: float) -> bool:
+        """Wait until every child has said hello once (later replacements are
+        not waited for: a task waiting for one keeps its lease, see
+        :meth:`_free_child`). Before 2026-12-05 (evening) the worker registered its full
+        capacity as its children began to import the app: the node leased it
+        tasks that waited there -- 0.2 s of a core a child, seconds for many
+        -- while other workers sat idle."""
+        return bool(self.all_ready.wait(timeout))
 
     def _start_child(self) -> ChildProcess:
         self.generation += 1
@@ -236,8 +245,8 @@ class ProcessPool:
                     continue
                 child.ready = True
                 self.idle.put(child)
-                if not self.all_ready and all(c.ready for c in self.children.values()):
-                    self.all_ready = True
+                if not self.all_ready.is_set() and all(c.ready for c in self.children.values()):
+                    self.all_ready.set()
                     logger.info("processes pool: %d child process(es) ready", len(self.children))
             elif kind == OUTCOME:
                 outcome = body.get("outcome")

@@ -43,6 +43,9 @@ class ThreadsPool:
     def start(self) -> None:
         pass
 
+    def ready(self, timeout: float) -> bool:
+        return True
+
     def run(self, job: Job) -> Outcome:
         outcome: Outcome = self.threads.spawn(self._call, job).get()
         return outcome
