@@ -253,6 +253,37 @@ def test_housekeeping_death_is_counted_and_restarted(local_node: Callable[..., N
     assert 'miyaq_greenlet_crashes_total{name="housekeeping"} 1.0' in text
 
 
+def test_a_scrape_of_many_queues_lets_the_node_serve_meanwhile(local_node: Callable[..., Node]) -> None:
+    """Fault: ``/metrics`` read the node's state and wrote the whole text in
+    one go in the node's hub: at 10,000 queues a scrape held every client,
+    worker and peer 0.3 s. The text is now written in a thread while the
+    hub runs on (and the reading yields every few ms): a greenlet that only
+    yields gets turns during the scrape, and the scrape is whole."""
+    node = local_node(http_port=free_port())
+    queues = 2_000
+    for i in range(queues):
+        node.core.engine.submit(task(f"t{i}", queue=f"q{i}"), wall())
+    turns = 0
+
+    def other_work() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            green.sleep(0)
+
+    other = green.Greenlet.spawn(other_work)
+    try:
+        green.sleep(0)
+        before = turns
+        text = node.part("metrics").render().decode()
+        during = turns - before
+    finally:
+        other.kill()
+    assert during > 0
+    assert sum(line.startswith('miyaq_queue_tasks{queue="q') and 'state="ready"' in line
+               for line in text.splitlines()) == queues
+
+
 def test_failing_rate_limit_refill_is_logged_and_counted(local_node: Callable[..., Node],
                                                          caplog: pytest.LogCaptureFixture) -> None:
     """Fault: the dispatch a rate-limit refill timer triggers raises. The

@@ -13,7 +13,7 @@ scraped, so the exposition (names, ``le`` labels, ``_bucket``, ``_count``,
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
@@ -51,10 +51,13 @@ class QueueHistogram:
         """Drop the queue's series (a queue the engine forgot)."""
         self._series.pop(queue, None)
 
-    def family(self) -> HistogramMetricFamily:
-        """The histogram as prometheus_client exposes it (cumulative buckets)."""
+    def family(self, between: Callable[[], None] = lambda: None) -> HistogramMetricFamily:
+        """The histogram as prometheus_client exposes it (cumulative buckets).
+        ``between`` is called after each queue (it may yield to the hub: the
+        queues are copied first)."""
         family = HistogramMetricFamily(self.name, self.documentation, labels=["queue"])
-        for queue, series in self._series.items():
+        for queue, series in list(self._series.items()):
+            between()
             running = 0
             buckets = []
             for label, count in zip(self._labels, series.counts):

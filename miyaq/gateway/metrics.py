@@ -39,7 +39,7 @@ from miyaq.core.core import Core
 from miyaq.core.handles import Role, StorageHealth
 from miyaq.core.listener import EngineListener
 from miyaq.gateway.histograms import QueueHistogram
-from miyaq.runtime import Supervisor, monotonic, wall
+from miyaq.runtime import Supervisor, green, monotonic, wall
 from miyaq.store.table import Tombstone
 from miyaq.store.task import DONE, Task, revivals
 
@@ -116,8 +116,9 @@ class TaskTimings(EngineListener, Collector):
         registry.register(self)
 
     def collect(self) -> Iterator[Metric]:
+        share = green.FairShare()
         for histogram in (self.delay, self.run, self.total):
-            yield histogram.family()
+            yield histogram.family(share.check)
 
     def _keep(self, kept: dict[str, Any], task_id: str, value: Any) -> None:
         """``kept[task_id] = value``, the oldest entry dropped past ``MAX_KEPT``."""
@@ -221,20 +222,25 @@ class NodeCollector(Collector):
         outcomes = CounterMetricFamily("miyaq_tasks", "Tasks by queue and outcome (submitted, completed, "
                                        "failed, retried, lost, done, dead, cancelled, expired)",
                                        labels=["queue", "outcome"])
+        share = green.FairShare()     # a series per queue: thousands of queues, tens of ms
         for (queue, outcome), n in sorted(engine.outcomes.items()):
+            share.check()
             outcomes.add_metric([queue, outcome], n)
         yield outcomes
         depth = GaugeMetricFamily("miyaq_queue_tasks", "Tasks held per queue and state", labels=["queue", "state"])
         for queue, states in sorted(engine.queue_counts().items()):
+            share.check()
             for state, n in states.items():
                 depth.add_metric([queue, state], n)
         yield depth
         workers = GaugeMetricFamily("miyaq_queue_workers", "Workers serving each queue", labels=["queue"])
         for queue, n in sorted(core.workers.workers_by_queue().items()):
+            share.check()
             workers.add_metric([queue], n)
         yield workers
         idle = GaugeMetricFamily("miyaq_queue_idle_slots", "Free worker slots per queue", labels=["queue"])
         for queue, n in sorted(core.workers.idle_by_queue().items()):
+            share.check()
             idle.add_metric([queue], n)
         yield idle
         yield GaugeMetricFamily("miyaq_workers", "Connected workers", value=len(core.workers.by_identity))
@@ -271,6 +277,7 @@ class NodeCollector(Collector):
         throttled = CounterMetricFamily("miyaq_queue_throttled", "Times a queue was held back by its limits",
                                         labels=["queue"])
         for queue, n in sorted(core.limits.throttled.items()):
+            share.check()
             throttled.add_metric([queue], n)
         yield throttled
         crashes = CounterMetricFamily("miyaq_greenlet_crashes", "Greenlets that died with an exception, and "
@@ -378,5 +385,22 @@ class NodeMetrics:
         self.http_refusals.labels(reason).inc()
 
     def render(self) -> bytes:
-        """The Prometheus text exposition format."""
-        return generate_latest(self.registry)
+        """The Prometheus text exposition format. The families are read in
+        the hub (the node's state is the hub's alone), yielding to it every
+        ``HUB_SLICE`` of the per-queue loops; the text is written in a thread
+        of the hub's pool, from those families only, while the hub runs on.
+        Before 2026-12-05 both ran in one go in the hub: at 10,000 queues a
+        scrape held the node 0.3 s (0.1 s reading, 0.2 s writing 60,000
+        lines), and every client, worker and peer waited."""
+        families = list(self.registry.collect())
+        return green.run_in_thread(generate_latest, _Collected(families))
+
+
+class _Collected:
+    """Families already read, as ``generate_latest`` takes a registry."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
