@@ -16,6 +16,7 @@ memory per task (docs/semantics.md, "Capacity"), and it is kept small:
 """
 from __future__ import annotations
 
+import weakref
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
@@ -38,13 +39,13 @@ ALL_STATES = LIVE_STATES + (DEAD,) + FINAL_STATES
 SPEC_FIELDS = ("queue", "name", "url", "method", "priority", "max_retries", "backoff", "backoff_max",
                "timeout", "replicas", "at_most_once")
 EXTRA_FIELDS = ("key", "meta", "expires", "error", "rank", "holders", "standby", "copy_wait")
-MAX_SPECS = 65_536     # interned specs kept; beyond, new ones are still correct, just not shared
+MAX_SPECS = 65_536     # interned specs in use at once; beyond, new ones are still correct, just not shared
 
 
 class Spec:
     """What a kind of task shares; never changed once made (see :func:`spec_for`)."""
 
-    __slots__ = SPEC_FIELDS + ("lane",)
+    __slots__ = SPEC_FIELDS + ("lane", "__weakref__")
 
     def __init__(self, queue: str, name: str | None, url: str | None, method: str, priority: int,
                  max_retries: int, backoff: float, backoff_max: float, timeout: float, replicas: int,
@@ -70,11 +71,17 @@ class Spec:
                 self.backoff_max, self.timeout, self.replicas, self.at_most_once)
 
 
-_specs: dict[tuple[Any, ...], Spec] = {}
+_specs: "weakref.WeakValueDictionary[tuple[Any, ...], Spec]" = weakref.WeakValueDictionary()
 
 
 def spec_for(*values: Any) -> Spec:
-    """The interned :class:`Spec` of these field values (in SPEC_FIELDS order)."""
+    """The interned :class:`Spec` of these field values (in SPEC_FIELDS order).
+
+    A spec is kept for as long as a task uses it (a weak reference): queue
+    names, handler names and webhook URLs that producers make up, each used
+    once, leave nothing behind. Before 2026-12-05 every kind of task ever
+    seen was kept, up to ``MAX_SPECS``: 2.7 KB for each webhook URL of 2 KB,
+    up to 175 MB a node for good."""
     spec = _specs.get(values)
     if spec is None:
         spec = Spec(*values)
