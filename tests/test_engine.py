@@ -1007,6 +1007,33 @@ def test_finished_tasks_hold_no_payload_where_they_are_still_referenced():
     check_consistent(engine)
 
 
+def test_dead_letters_dropped_for_good_hold_no_payload_where_they_are_still_referenced():
+    """Fault: a dead letter purged (DEAD purge) or evicted at ``max_dead``
+    was taken out of ``payload_bytes`` but kept its body: the lease timer of
+    its failed attempt, dropped lazily (up to its timeout, or until the
+    heap is compacted), still referenced it -- 300 purged tasks of 1 MiB held
+    299 MB with ``payload_bytes`` 0. Dropped for good, a dead letter lets go
+    of its payload, as a finished task does; so does a copy handed off."""
+    engine = make_engine(max_dead=2, max_bytes=2 << 30)
+    body = b"x" * (1 << 20)
+    consumer = FakeConsumer()
+    kept: list[Task] = []
+    for i in range(6):
+        engine.submit(Task(f"d{i}", "default", "echo", body, max_retries=0, timeout=3600), T0)
+        kept.append(run(engine, ["default"], consumer, T0))
+        engine.fail(f"d{i}", 1, {"type": "E", "message": "no"}, False, None, T0)
+    assert list(engine.table.dead) == ["d4", "d5"]      # d0..d3 evicted
+    assert engine.dead_purge(None, ["d4"]) == 1
+    assert [len(t.body) for t in kept] == [0, 0, 0, 0, 0, len(body)]
+    assert engine.table.payload_bytes == len(body)
+    # A copy handed off to another holder (forgotten here) likewise; its timer stays, stale.
+    engine.submit(Task("moved", "default", "echo", body, eta=T0 + 3600), T0)
+    moved = engine.table.live["moved"]
+    engine.forget(moved)
+    assert moved.body == b"" and engine.table.payload_bytes == len(body)
+    check_consistent(engine)
+
+
 def test_counters_of_queues_made_up_by_producers_do_not_pile_up():
     """Bounded memory: producers use 1,000 queue names once each (a task
     submitted and finished in each). Once a node has seen more than 100

@@ -117,6 +117,7 @@ class Engine(ReplicaCopies):
             evicted = self.table.kill(task)
             if evicted is not None:      # more dead letters in the log than max_dead: the oldest go
                 self._count(evicted.queue)[DEAD] -= 1
+                evicted.body = b""
         elif state == RETRYING:
             self._schedule(task, task.eta, RETRYING, now)
         elif state == SCHEDULED and (task.due > now or task.standby):
@@ -379,6 +380,10 @@ class Engine(ReplicaCopies):
             self._count(task.queue)[DEAD] -= 1
             for listener in self.listeners:
                 listener.task_purged(task)
+            # Gone for good: a stale lease-timer entry (dropped lazily) may
+            # still refer to the task, and must not hold its payload there,
+            # outside max_bytes, as a finished task's must not (_finish).
+            task.body = b""
             n += 1
         return n
 

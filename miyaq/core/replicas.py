@@ -95,6 +95,7 @@ class ReplicaCopies(Transitions):
             del self.table.keys[task.key]
         for listener in self.listeners:
             listener.task_forgotten(task)
+        task.body = b""     # handed off: a stale timer or lane entry must not hold it (see _finish)
 
     def revive_copy(self, task_id: str, when: float, revived: int | None = None) -> Task | None:
         """Another holder revived a dead task: this copy comes back as a

@@ -142,3 +142,5 @@ class Transitions:
             listener.task_dead(task)
             if evicted is not None:
                 listener.dead_evicted(evicted)
+        if evicted is not None:
+            evicted.body = b""      # dropped for good: a stale timer entry must not hold it (see _finish)
