@@ -300,6 +300,46 @@ def test_connections_are_reused_and_at_most_pool_size_are_open_at_once():
     assert destination.connections == 2
 
 
+@pytest.mark.parametrize("close_after, keep", [(False, 0.3), (True, 3600.0)],
+                         ids=["idle-past-the-keep", "closed-by-the-destination"])
+def test_idle_connections_are_closed_once_unused_or_closed_by_the_destination(monkeypatch, close_after, keep):
+    """Fault: a burst of deliveries left its kept-alive connections open for
+    good once it was over -- until the destination was used again or pushed
+    out by 256 newer ones, up to 256 × ``webhook_pool_size`` descriptors,
+    most already closed by the other end (an audit: 2,048 in CLOSE_WAIT 30 s
+    after a burst to 64 destinations). A sweep closes those unused past
+    ``IDLE_KEEP`` and those the destination closed, and stops once none is
+    kept."""
+    monkeypatch.setattr(connections_module, "IDLE_KEEP", keep)
+    monkeypatch.setattr(connections_module, "IDLE_SWEEP", 0.05)
+    destination = RawDestination(lambda n: OK, hold=0.05, close_after=close_after)
+
+    def idle(outbound: Outbound) -> int:
+        return sum(len(d.idle) for d in outbound.connections._kept.values())
+
+    def run() -> tuple[list[str], int, int, int]:
+        outbound = Outbound(4, 5.0, Destinations("", True))
+        try:
+            greenlets = [green.Greenlet.spawn(outbound.send, Task(f"t{n}", "hooks", None, b"", url=(
+                f"http://127.0.0.1:{destination.port}/hook/{n}")), 5.0) for n in range(4)]
+            green.joinall(greenlets, raise_error=True)
+            kept = idle(outbound)
+            for _ in range(100):        # at most 5 s, the outbound still open
+                if idle(outbound) == 0 and destination.open == 0:
+                    break
+                green.sleep(0.05)
+            return [g.value.kind for g in greenlets], kept, idle(outbound), destination.open
+        finally:
+            outbound.close()
+
+    try:
+        kinds, kept, left, still_open = in_own_hub(run)
+    finally:
+        destination.close()
+    assert kinds == ["2xx"] * 4 and kept == 4
+    assert left == 0 and still_open == 0
+
+
 def test_a_connection_whose_answer_was_not_http_is_closed_not_reused():
     """Fault: the destination answers the first request with a status line
     that is not HTTP (``HTTP/1.1 2OO``). That delivery fails retryably and

@@ -58,7 +58,8 @@ class AdminApi:
         deliverer = self.gateway.deliverer
         status["webhooks"] = {"in_flight": deliverer.in_flight(), "concurrency": deliverer.concurrency,
                               "in_flight_total": deliverer.in_flight_total(),
-                              "max_in_flight": deliverer.max_in_flight}
+                              "max_in_flight": deliverer.max_in_flight,
+                              "idle_connections": deliverer.outbound.connections.idle_connections()}
         return json_response(status)
 
     def _row(self, queue: str, counts: dict[str, dict[str, int]], workers: dict[str, int],
