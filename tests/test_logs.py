@@ -3,6 +3,7 @@ records that stay one line whatever they quote."""
 from __future__ import annotations
 
 import logging
+import time
 
 import msgpack
 import zmq
@@ -75,3 +76,32 @@ def test_a_worker_id_with_a_line_break_is_logged_on_one_line_by_the_node(procs) 
 def _registered_line(path: str) -> str | None:
     with open(path, encoding="utf-8", errors="replace") as fh:
         return next((line for line in fh if " registered: queues=q " in line), None)
+
+
+def test_workers_registering_in_a_loop_are_logged_at_a_bounded_rate(procs) -> None:
+    """Fault: a client registering as a worker in a loop (or a worker
+    crash-looping) had the node write a line for each registration and each
+    loss without a bound -- 1,000 flaps wrote 2,000 lines in half a second.
+    Workers coming and going are logged one by one up to
+    ``WORKER_LINES_PER_MINUTE`` lines a minute of each kind, then counted."""
+    from miyaq.core.workers import WORKER_LINES_PER_MINUTE
+
+    node = procs.node()
+    ctx = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(node.endpoint)
+        for i in range(3 * WORKER_LINES_PER_MINUTE):
+            sock.send_multipart([c.TAG, c.READY, msgpack.packb({"worker": f"flap-{i}", "queues": ["q"]})])
+        sock.send_multipart([c.TAG, c.STATUS, msgpack.packb({"req": 1})])    # read after every READY
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert sock.poll(30_000), "no answer"
+            if sock.recv_multipart()[1] == c.REPLY:
+                break
+    finally:
+        ctx.destroy(linger=0)
+    with open(node.log_path, encoding="utf-8", errors="replace") as fh:
+        registered = sum(" registered: queues=q " in line for line in fh)
+    assert registered == WORKER_LINES_PER_MINUTE

@@ -34,10 +34,17 @@ from miyaq.core.dispatcher import Dispatcher
 from miyaq.core.engine import Engine
 from miyaq.core.service import ServiceEndpoint
 from miyaq.errors import Busy, Forbidden
+from miyaq.logs import LogLimiter
 from miyaq.protocol import commands as c
 from miyaq.runtime import monotonic
 
 logger = logging.getLogger(__name__)
+#: Workers coming and going are logged one by one -- up to this many lines a
+#: minute of each kind (a fleet starting), past which they are counted and
+#: the count told with the next line (a worker crash-looping, or a client
+#: registering in a loop, wrote thousands of lines a second before 2026-12-05).
+WORKER_LINES_PER_MINUTE = 100
+_log = LogLimiter(logger, burst=WORKER_LINES_PER_MINUTE)
 
 
 class WorkerRegistry:
@@ -86,7 +93,8 @@ class WorkerRegistry:
             welcome["service"] = service
         self.endpoint.send(identity, c.WELCOME, welcome)
         self.dispatcher.grant(worker, 0)
-        logger.info("worker %s registered: queues=%s capacity=%d", wid, ",".join(queues), capacity)
+        _log.log(logging.INFO, "worker registered", "worker %s registered: queues=%s capacity=%d",
+                 wid, ",".join(queues), capacity)
         return worker
 
     def check_id(self, wid: str, key: str | None) -> None:
@@ -142,7 +150,8 @@ class WorkerRegistry:
         for task in tasks:
             self.engine.lose(task, f"worker {worker.wid} {reason}", now)
         if tasks or reason != "said goodbye":
-            logger.info("worker %s %s; %d task(s) put back", worker.wid, reason, len(tasks))
+            _log.log(logging.INFO, "worker gone", "worker %s %s; %d task(s) put back", worker.wid, reason,
+                     len(tasks))
         return len(tasks)
 
     def drop_key(self, key: str, now: float) -> int:
