@@ -19,7 +19,7 @@ from miyaq.cli.main import main
 from miyaq.cli.ring_cmd import format_ring
 from miyaq.cluster.ring_admin import RingAdmin
 from miyaq.cluster.zk_coordinator import ZooKeeperCoordinator
-from miyaq.cluster.zk_layout import Layout, RingRecord
+from miyaq.cluster.zk_layout import MAX_DESIRED, Layout, RingRecord
 from miyaq.errors import ConfigError
 from zk_fixtures import DEADLINE, wait_until
 
@@ -110,3 +110,28 @@ def test_a_weight_given_to_a_node_that_is_not_running_still_counts(make, zk_serv
             admin.join("c")            # not registered: it counts as the node joined, at weight 1
         assert zk_client.get(desired)[0] == before
         assert admin.status()["not_registered"] == ["big"]
+
+
+def test_the_desired_znode_forgets_the_oldest_nodes_gone_for_good_past_its_cap(make, zk_server, zk_cluster_name,
+                                                                               zk_client):
+    """Fault: every node that auto-joined under an id that never comes back
+    (a container's ``<hostname>-<port>``, recreated at each deploy) kept its
+    ``desired`` entry for good: about 25,000 of them would fill the znode
+    past ZooKeeper's 1 MB, and every join, leave, weight and auto-join at
+    start would fail. Past ``MAX_DESIRED`` entries a change forgets the
+    oldest of them; nodes registered, in the ring, given a weight, or
+    being joined stay."""
+    a = make("a")
+    wait_until(lambda: a.is_leader and "a" in _ring(zk_client, zk_cluster_name).members, "a ring of a")
+    desired = Layout(zk_cluster_name).desired
+    nodes = json.loads(zk_client.get(desired)[0])["nodes"]
+    gone = [f"gone-{i}" for i in range(MAX_DESIRED + 50)]
+    nodes.update({node_id: {"join": True, "weight": None} for node_id in gone})
+    nodes["planned"] = {"join": True, "weight": 2}       # an operator's: not running yet
+    zk_client.set(desired, json.dumps({"nodes": nodes}).encode())
+    with RingAdmin(zk_server.hosts, zk_cluster_name, timeout=DEADLINE) as admin:
+        admin.join("newcomer")          # not running: it stays wanted in
+    after = json.loads(zk_client.get(desired)[0])["nodes"]
+    assert len(after) == MAX_DESIRED
+    assert {"a", "planned", "newcomer"} <= set(after)
+    assert [n for n in gone if n not in after] == gone[:len(gone) + 3 - MAX_DESIRED]   # the oldest went

@@ -26,7 +26,7 @@ from kazoo.client import KazooClient
 
 from miyaq.cluster.ring_view import Member, RingView, check_node_id, check_weight
 from miyaq.cluster.zk_auth import ZkAuth
-from miyaq.cluster.zk_layout import Intent, Layout, RingRecord, fitting, not_registered, with_join, with_weight
+from miyaq.cluster.zk_layout import Intent, Layout, RingRecord, fitting, not_registered, pruned, with_join, with_weight
 from miyaq.cluster.zk_leader import target_weights
 from miyaq.protocol.ring import DEFAULT_VNODES
 from miyaq.cluster.zk_store import ZnodeStore, check_hosts, close_client, connect
@@ -55,7 +55,8 @@ def change_desired(store: ZnodeStore, action: str, change: Change,
     against (read before the write)."""
     ring, _ = store.read_ring()
     registered = store.read_registered()
-    store.update_desired(lambda d: fitting(change(d), registered, ring, action, also=node_id))
+    store.update_desired(lambda d: fitting(pruned(change(d), registered, ring, also=node_id), registered, ring,
+                                           action, also=node_id))
     return ring, registered
 
 

@@ -246,6 +246,34 @@ def fitting(desired: dict[str, Intent], registered: Mapping[str, Member], ring: 
     return desired
 
 
+MAX_DESIRED = 4_096
+"""Entries ``desired`` keeps before it forgets those of nodes gone for good
+(:func:`pruned`): at about 40 bytes an entry, far below ZooKeeper's 1 MB
+znode limit (``jute.maxbuffer``), past which every join, leave and weight
+-- and every node's auto-join at start -- would fail."""
+
+
+def pruned(desired: dict[str, Intent], registered: Mapping[str, Member], ring: RingRecord | None,
+           also: str | None = None, keep: int = MAX_DESIRED) -> dict[str, Intent]:
+    """``desired`` with at most ``keep`` entries where it can: past that, the
+    oldest entries (the znode keeps the order they were first written) of
+    nodes wanted in at no weight of their own that are neither registered
+    nor in the published ring nor ``also`` -- nodes that auto-joined under an
+    id that is gone (a container's ``<hostname>-<port>``) and stopped
+    without ``miyaq leave`` -- are forgotten; one that starts again joins
+    like any new node. Entries with a weight (an operator's) stay. Before
+    2026-12-05 every such entry stayed: about 25,000 recreated containers
+    would have filled the znode."""
+    excess = len(desired) - keep
+    if excess <= 0:
+        return desired
+    gone = [node_id for node_id, intent in desired.items()
+            if intent.join and intent.weight is None and not counted_in(node_id, intent, registered, ring, also)]
+    for node_id in gone[:excess]:
+        del desired[node_id]
+    return desired
+
+
 def counted_in(node_id: str, intent: Intent, registered: Mapping[str, Member], ring: RingRecord | None,
                also: str | None = None) -> bool:
     """Whether :func:`fitting` counts ``node_id`` (its ``intent``) in the ring
