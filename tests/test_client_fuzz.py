@@ -47,15 +47,21 @@ pytestmark = pytest.mark.timeout(120)
 
 
 class Transport:
-    """The core's transport: every connection up; ``connect`` refuses what libzmq would."""
+    """The core's transport: every connection up; ``connect`` refuses what
+    libzmq would and, as the drivers do, opens the new connection at the
+    index :attr:`Nodes.next_slot` names; ``disconnect`` closes one (a node
+    that left the ring)."""
 
-    def __init__(self, connections: int) -> None:
-        self.connections = connections
+    def __init__(self, nodes: Nodes) -> None:
+        self.nodes = nodes
+        self.open = set(range(len(nodes.endpoints)))     # the indexes with a connection
         self.sent: list[tuple[int, bytes, dict[str, Any]]] = []
         self.refused: list[str] = []
 
     def send(self, node: int, frames: list[bytes]) -> bool:
-        assert 0 <= node < self.connections, f"sent to connection {node} of {self.connections}"
+        if node not in self.open:
+            assert node in self.nodes.retired, f"sent to connection {node} of {sorted(self.open)}"
+            return False            # closed (a caller's request raced its node's retirement)
         self.sent.append((node, frames[1], msgpack.unpackb(frames[2], raw=False)))
         return True
 
@@ -63,11 +69,16 @@ class Transport:
         if not DIALABLE.fullmatch(endpoint):
             self.refused.append(endpoint)
             return False
-        self.connections += 1
+        assert self.nodes.next_slot not in self.open, "dialled over an open connection"
+        self.open.add(self.nodes.next_slot)
         return True
 
+    def disconnect(self, node: int) -> None:
+        assert node >= self.nodes.given, "closed a connection the user gave"
+        self.open.remove(node)
+
     def reconnect(self, node: int) -> None:
-        assert 0 <= node < self.connections
+        assert node in self.open
 
 
 class Waiter:
@@ -185,8 +196,8 @@ def test_no_answer_a_node_can_send_breaks_the_client() -> None:
     rng = random.Random(SEED)
     inputs = Inputs(rng, "n0", "p1", 0.0)
     seeds = [f"tcp://127.0.0.1:{7450 + i}" for i in range(3)]
-    transport = Transport(len(seeds))
     nodes = Nodes(list(seeds))
+    transport = Transport(nodes)
     core = ClientCore(transport, nodes, max_batch=16, ack_timeout=0.5, max_message=1 << 20)
     replies = Replies(rng, inputs)
     waiters: list[Waiter] = []
@@ -215,17 +226,18 @@ def test_no_answer_a_node_can_send_breaks_the_client() -> None:
                 withdrawn.add(asked[req])
                 core.withdraw(req, now)
             elif roll < 0.28:
-                core.on_disconnected(rng.randrange(len(nodes)), now)
+                core.on_disconnected(rng.choice(sorted(transport.open)), now)     # only an open one closes
             elif roll < 0.40:
                 now += rng.choice([0.01, 0.1, 0.6, 3.0])
                 core.on_timer(now)
             else:
-                core.on_frames(rng.randrange(len(nodes)), replies.message(), now)
+                core.on_frames(rng.choice(sorted(transport.open)), replies.message(), now)   # on an open one
         except Exception as exc:
             raise AssertionError(f"{where}: the core raised {exc!r}") from exc
         replies.note(transport.sent)
         transport.sent.clear()
-        assert transport.connections == len(nodes.endpoints) <= MAX_NODES, where
+        assert transport.open == set(range(len(nodes.endpoints))) - nodes.retired, where
+        assert len(nodes.endpoints) <= MAX_NODES, where
     for _ in range(20):                       # past every deadline: all resolved
         now += 5.0
         core.on_timer(now)

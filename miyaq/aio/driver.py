@@ -21,7 +21,7 @@ from typing import Any
 import zmq
 
 from ..client.core import ClientCore
-from ..client.dialling import CLIENT_HEARTBEAT_TIMEOUT, client_heartbeats, dial_discovered, dial_given
+from ..client.dialling import CLIENT_HEARTBEAT_TIMEOUT, client_heartbeats, dial_discovered, dial_given, hang_up
 from ..client.nodes import Nodes
 from ..client.submits import Pending, Waiter
 from ..errors import MiyaqError
@@ -47,7 +47,7 @@ class AsyncDriver:
         self.core = ClientCore(self, self.nodes, max_batch=max_batch, ack_timeout=ack_timeout,
                                max_message=max_message, on_resolved=self.room.freed)
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._readers: list[asyncio.Task[None]] = []
+        self._readers: dict[int, list[asyncio.Task[None]]] = {}     # node index -> its reader and watcher
         self._timer: asyncio.TimerHandle | None = None
         self._flush_soon = False
         self.closed = False
@@ -59,7 +59,11 @@ class AsyncDriver:
         self.factory = SocketFactory(flavour="asyncio", max_message=self._max_message, security=self._security,
                                      io_threads=io_threads.for_client())
         # Each socket has a monitor: its connections closing (unacknowledged submits
-        # are sent again at once) and coming up.
+        # are sent again at once) and coming up. By node index; None where a node
+        # that left the ring was retired (:meth:`disconnect`) and no endpoint
+        # learned since reuses its index.
+        self.socks: list[Any]
+        self.monitors: list[Any]
         self.socks, self.monitors = dial_given(self.factory, self.nodes.endpoints, self._heartbeat_ms)
         # A driver collected unclosed (its client dropped without close(), its loop
         # gone) closes its sockets first. Left to pyzmq, the context's finalizer
@@ -71,8 +75,11 @@ class AsyncDriver:
 
     # -- Transport (called by the core) --------------------------------------------------
     def send(self, node: int, frames: list[bytes]) -> bool:
+        sock = self.socks[node]
+        if sock is None:
+            return False        # retired (its node left the ring): not connected
         # With DONTWAIT a zmq.asyncio send is tried at once and returns a finished future.
-        sent = self.socks[node].send_multipart(frames, zmq.DONTWAIT)
+        sent = sock.send_multipart(frames, zmq.DONTWAIT)
         error = sent.exception()
         if isinstance(error, zmq.Again):
             return False
@@ -82,18 +89,36 @@ class AsyncDriver:
 
     def reconnect(self, node: int) -> None:
         """Drop node ``node``'s connection and connect again (it looped back)."""
-        redial(self.socks[node], self.nodes.endpoints[node])
+        if self.socks[node] is not None:
+            redial(self.socks[node], self.nodes.endpoints[node])
 
     def connect(self, endpoint: str) -> bool | None:
         dialled = dial_discovered(self.factory, endpoint, self._heartbeat_ms)
         if not isinstance(dialled, tuple):
             return dialled
         sock, monitor = dialled
-        self.socks.append(sock)
-        self.monitors.append(monitor)
+        node = self.nodes.next_slot        # a retired index is reused, else the list grows
+        if node < len(self.socks):
+            self.socks[node], self.monitors[node] = sock, monitor
+        else:
+            self.socks.append(sock)
+            self.monitors.append(monitor)
         if self.loop is not None:
-            self._readers += self._readers_of(self.loop, len(self.socks) - 1)
+            self._readers[node] = self._readers_of(self.loop, node)
         return True
+
+    def disconnect(self, node: int) -> None:
+        """Close node ``node``'s connection for good (its node left the ring):
+        its reader and watcher are cancelled (one of them may be the caller:
+        it stops at its next turn, seeing its socket gone), and its slot
+        holds None until an endpoint learned later reuses it."""
+        sock, monitor = self.socks[node], self.monitors[node]
+        if sock is None:
+            return
+        self.socks[node] = self.monitors[node] = None
+        for task in self._readers.pop(node, ()):
+            task.cancel()
+        hang_up(sock, monitor)
 
     # -- lifecycle -------------------------------------------------------------------------
     def ensure_started(self) -> None:
@@ -111,7 +136,7 @@ class AsyncDriver:
             self._finalizer.detach()
             self._dial()
         self.loop = loop = asyncio.get_running_loop()
-        self._readers = [task for i in range(len(self.socks)) for task in self._readers_of(loop, i)]
+        self._readers = {i: self._readers_of(loop, i) for i, sock in enumerate(self.socks) if sock is not None}
         self._arm()
 
     def check_loop(self) -> None:
@@ -139,9 +164,10 @@ class AsyncDriver:
         if self.in_own_loop:
             if self._timer is not None:
                 self._timer.cancel()
-            for task in self._readers:
+            readers = [task for tasks in self._readers.values() for task in tasks]
+            for task in readers:
                 task.cancel()
-            await asyncio.gather(*self._readers, return_exceptions=True)
+            await asyncio.gather(*readers, return_exceptions=True)
         self.core.fail_all(MiyaqError("client is closed"))
         self.room.wake_all()     # waiting for room: each finds the client closed
         self._finalizer()        # closes the sockets, once
@@ -203,6 +229,8 @@ class AsyncDriver:
                 frames = await sock.recv_multipart()
                 core.on_frames(node, frames, monotonic())
                 self._arm()
+                if self.socks[node] is not sock:
+                    return          # its node left the ring, and this reply closed it
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -215,6 +243,8 @@ class AsyncDriver:
         try:
             while True:
                 event = monitor_event(await monitor.recv_multipart())
+                if self.monitors[node] is not monitor:
+                    return          # closed: its node left the ring
                 if event == CONNECTION_READY:
                     self.nodes.mark(node, True)
                 elif event == CONNECTION_CLOSED:

@@ -13,8 +13,11 @@ and the clock, and feeds it:
 
 The core emits frames through ``Transport.send`` (which answers at once
 whether the node took them: the client's sockets set ``IMMEDIATE``, so a
-send to a node that is not connected fails instead of queueing) and asks for
-new connections through ``Transport.connect`` (nodes learnt from the ring).
+send to a node that is not connected fails instead of queueing), asks for
+new connections through ``Transport.connect`` (nodes learnt from the ring)
+and closes those of nodes that left the ring through
+``Transport.disconnect`` (:mod:`.nodes`: a learned node no RING reply named
+for ``DEPARTED_GRACE`` seconds, once nothing is in flight on it).
 It resolves each call's waiter with ``set``/``fail``. Every method runs in
 the driver's one I/O context (thread, greenlet or event loop) -- or in a
 caller that holds that context's lock while the I/O context is idle, which
@@ -66,6 +69,12 @@ class Transport(Protocol):
     def reconnect(self, node: int) -> None:
         """Drop node ``node``'s connection and connect to its endpoint again."""
 
+    def disconnect(self, node: int) -> None:
+        """Close node ``node``'s connection for good: its node left the ring
+        and nothing is in flight on it (:meth:`Nodes.from_ring` retires its
+        index). Nothing is sent on that index again until :meth:`connect`
+        opens the next endpoint learned there."""
+
 
 class ClientCore:
     def __init__(self, transport: Transport, nodes: Nodes, *, max_batch: int, ack_timeout: float,
@@ -79,6 +88,7 @@ class ClientCore:
                                       ask_limits=self._ask_limits)
         self.requests = RequestTable(nodes, self._send, self.resolver, on_refused=self.submits.refused)
         self._ring_req = 0
+        self._ring_node = -1      # the node the discovery RING _ring_req went to
         self._limits_asks: dict[int, int] = {}    # req of a RING asking a node its limits -> that node
         # RECEIVEs withdrawn after they were sent: req -> node. A task one brings
         # after all is given back (bounded: the oldest are forgotten).
@@ -203,8 +213,41 @@ class ClientCore:
         self.submits.limits_heard(now)
         if body is not None:
             via = self.nodes.endpoints[node]
-            for endpoint in self.nodes.from_ring(body, via, dial=self.transport.connect):
+            for endpoint in self.nodes.from_ring(body, via, dial=self.transport.connect, now=now,
+                                                 release=self._release):
                 logger.info("miyaq client: discovered node %s", endpoint)
+
+    def _release(self, departed: list[int]) -> list[int]:
+        """Learned nodes no RING reply named for ``DEPARTED_GRACE``: close the
+        connections of those with nothing in flight -- no submit unacknowledged
+        or waiting to go there, no request open or waiting to be sent, no RING
+        of the core's own unanswered -- and forget what the core kept of them.
+        The ones closed (:meth:`Nodes.from_ring` retires their indexes); the
+        others are looked at again at the next RING reply."""
+        busy = self._busy_nodes()
+        released = []
+        for node in departed:
+            if node in busy:
+                continue
+            logger.info("miyaq client: closing the connection to %s: it left the ring (no RING reply "
+                        "has named it for the grace)", self.nodes.endpoints[node])
+            self.transport.disconnect(node)
+            self._looped_at.pop(node, None)
+            if node in self._withdrawn_receives.values():
+                self._withdrawn_receives = {req: n for req, n in self._withdrawn_receives.items() if n != node}
+            released.append(node)
+        return released
+
+    def _busy_nodes(self) -> set[int]:
+        """The nodes something is in flight on (see :meth:`_release`)."""
+        busy = {p.node for p in self.submits.pending.values()}
+        busy.update(p.node for p in self.submits.waiting)
+        busy.update(entry[2] for entry in self.requests.open.values())
+        busy.update(node for node, _, _, _ in self.requests.unsent)
+        busy.update(self._limits_asks.values())
+        if self._ring_req:
+            busy.add(self._ring_node)
+        return busy
 
     def _ask_limits(self, node: int) -> None:
         """Ask node ``node`` what it takes (a RING), unless already asked."""
@@ -241,6 +284,8 @@ class ClientCore:
         failed = self.requests.node_lost(node)
         if self._limits_asks:       # a RING asked on that connection is not answered: ask again
             self._limits_asks = {req: n for req, n in self._limits_asks.items() if n != node}
+        if self._ring_req and self._ring_node == node:
+            self._ring_req = 0          # nor is the discovery's: the next discovery asks again
         if lost or failed:
             logger.info("miyaq client: the connection to %s closed with %d submit(s) unacknowledged (sent "
                         "again) and %d request(s) unanswered", self.nodes.endpoints[node], lost, failed)
@@ -256,7 +301,8 @@ class ClientCore:
             self.requests.check_deadlines(now)
         if self.nodes.discovery_due(now):
             self._ring_req = self.requests.next_req()
-            if not self._send(self.nodes.pick(), c.RING, {"req": self._ring_req}):
+            self._ring_node = self.nodes.pick_to_ask()      # a node that can answer, when there is one
+            if not self._send(self._ring_node, c.RING, {"req": self._ring_req}):
                 self._ring_req = 0      # not connected: the next discovery asks again
 
     def next_timer(self, now: float) -> float:

@@ -86,6 +86,17 @@ def dial_discovered(factory: "SocketFactory", endpoint: str,
         return None
 
 
+def hang_up(sock: Any, monitor: Any) -> None:
+    """Close a node's socket and its connection monitor for good (a node
+    that left the ring: ``Transport.disconnect``). Never raises."""
+    try:
+        sock.disable_monitor()
+    except ZMQError:
+        pass
+    monitor.close(0)
+    sock.close(0)
+
+
 def _hint(exc: BaseException) -> str:
     from ..runtime.open_files import open_files_hint     # the runtime is loaded once a client exists
     return open_files_hint(exc)

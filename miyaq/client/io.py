@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import MiyaqError
 from .core import ClientCore
-from .dialling import CLIENT_HEARTBEAT_TIMEOUT, client_heartbeats, dial_discovered, dial_given
+from .dialling import CLIENT_HEARTBEAT_TIMEOUT, client_heartbeats, dial_discovered, dial_given, hang_up
 from .nodes import Nodes
 from .submits import Pending, Waiter
 
@@ -66,7 +66,12 @@ class IOLoop:
         # have read submits it never acknowledged: they are sent again at once) and
         # coming up.
         self.heartbeat_ms = client_heartbeats(heartbeat_timeout)
+        # By node index; None where a node that left the ring was retired
+        # (:meth:`disconnect`) and no endpoint learned since reuses its index.
+        self.socks: list[Any]
+        self.monitors: list[Any]
         self.socks, self.monitors = dial_given(self.factory, endpoints, self.heartbeat_ms)
+        self._poller: Any = None       # the greenlet loop's poller, once it runs
         self.room = kit.event()
         self.room.set()
         self.core = ClientCore(self, self.nodes, max_batch=max_batch, ack_timeout=ack_timeout,
@@ -83,8 +88,11 @@ class IOLoop:
 
     # -- Transport (called by the core, by whoever holds the lock) ------------------------
     def send(self, node: int, frames: list[bytes]) -> bool:
+        sock = self.socks[node]
+        if sock is None:
+            return False          # retired (its node left the ring): not connected
         try:
-            self._send(self.socks[node], frames)
+            self._send(sock, frames)
         except self.zmq.Again:
             return False
         return True
@@ -94,14 +102,37 @@ class IOLoop:
         if not isinstance(dialled, tuple):
             return dialled
         sock, monitor = dialled
-        self.socks.append(sock)
-        self.monitors.append(monitor)
+        node = self.nodes.next_slot        # a retired index is reused, else the list grows
+        if node < len(self.socks):
+            self.socks[node], self.monitors[node] = sock, monitor
+        else:
+            self.socks.append(sock)
+            self.monitors.append(monitor)
         self._watch(sock, monitor)
         return True
 
+    def disconnect(self, node: int) -> None:
+        """Close node ``node``'s connection for good (its node left the ring):
+        its slot holds None until an endpoint learned later reuses it."""
+        sock, monitor = self.socks[node], self.monitors[node]
+        if sock is None:
+            return
+        self.socks[node] = self.monitors[node] = None
+        self._unwatch(sock, monitor)
+        hang_up(sock, monitor)
+
     def _watch(self, sock: Any, monitor: Any) -> None:
-        """A socket and its monitor were added (the polling loop registers
-        them itself on its next turn)."""
+        """A socket and its monitor were added: the loop's poller (once it
+        runs; the loop and the core share one greenlet) watches them."""
+        if self._poller is not None:
+            self._poller.register(sock, self.zmq.POLLIN)
+            self._poller.register(monitor, self.zmq.POLLIN)
+
+    def _unwatch(self, sock: Any, monitor: Any) -> None:
+        """A socket and its monitor are about to close: no poll watches them."""
+        if self._poller is not None:
+            self._poller.unregister(sock)
+            self._poller.unregister(monitor)
 
     def reconnect(self, node: int) -> None:
         """Drop node ``node``'s connection and connect again (called with the
@@ -109,7 +140,8 @@ class IOLoop:
         monitor then reports the closing, and the core sends again what was
         unacknowledged on it."""
         from ..runtime.connections import redial     # here: see __init__ (the runtime imports gevent)
-        redial(self.socks[node], self.nodes.endpoints[node])
+        if self.socks[node] is not None:
+            redial(self.socks[node], self.nodes.endpoints[node])
 
     def _room_freed(self) -> None:
         """A submit was resolved: wake a caller waiting for room in the window.
@@ -211,9 +243,10 @@ class IOLoop:
     def _run(self) -> None:
         """A greenlet: sleeps in the flavour's poller; callers always queue."""
         zmq = self.zmq
-        poller = self.factory.poller()
+        poller = self._poller = self.factory.poller()
         for sock in self.socks + self.monitors:
-            poller.register(sock, zmq.POLLIN)
+            if sock is not None:
+                poller.register(sock, zmq.POLLIN)
         poller.register(self._rfd, zmq.POLLIN)
         core = self.core
         try:
@@ -228,18 +261,17 @@ class IOLoop:
                     timeout_ms = 0
                 else:
                     timeout_ms = int(core.next_timer(now) * 1000)
-                known = len(self.socks)
                 events = dict(poller.poll(timeout_ms))
                 self._armed = False
                 self._drain_pipe()
+                # A socket dialled meanwhile (the ring named a node) is not in
+                # `events`; one closed meanwhile (its node left) is None.
                 for i, sock in enumerate(self.socks):
-                    if sock in events:
+                    if sock is not None and sock in events:
                         self._read(i, sock)
-                for i, monitor in enumerate(self.monitors[:known]):
-                    if monitor in events:
+                for i, monitor in enumerate(self.monitors):
+                    if monitor is not None and monitor in events:
                         self._read_monitor(i, monitor)
-                for sock in self.socks[known:] + self.monitors[known:]:
-                    poller.register(sock, zmq.POLLIN)
         except Exception:
             self._crashed()
         finally:
@@ -305,10 +337,12 @@ class IOLoop:
         the reading thread touches a monitor)."""
         more = False
         for i, sock in enumerate(self.socks):
-            more = self._read(i, sock) or more
+            if sock is not None:
+                more = self._read(i, sock) or more
         if monitors:
             for i, monitor in enumerate(self.monitors):
-                self._read_monitor(i, monitor)
+                if monitor is not None:
+                    self._read_monitor(i, monitor)
         return more
 
     def _read_monitor(self, node: int, monitor: Any) -> None:
@@ -342,4 +376,6 @@ class IOLoop:
             except again:
                 return False
             core.on_frames(node, frames, monotonic())
+            if self.socks[node] is not sock:
+                return False      # its node left the ring, and this reply closed it
         return True

@@ -4,13 +4,31 @@ discovery, and what to say when none was ever reached.
 
 Part of the client's sans-I/O core (:mod:`miyaq.client.core`): no sockets,
 no clocks -- the caller passes ``now``. A node is named by its index in
-:attr:`Nodes.endpoints`; indexes never change (nodes are only added).
+:attr:`Nodes.endpoints`, and the index of a node stays its own for as long
+as the client uses that node: the down and up sets, the limits, the
+placement, the aliases, the submits and requests in flight and the driver's
+connections are all kept by index.
+
+Nodes move: a member restarted in a new container, or replaced in a rolling
+upgrade, comes back at another address. An endpoint learned from a RING
+reply (never one the user gave) that no RING reply has named for
+:data:`DEPARTED_GRACE` seconds, and on which nothing is in flight, is
+*retired* (:meth:`Nodes.from_ring`): the driver closes its connection and
+its index joins :attr:`Nodes.retired`. The list is never shifted -- every
+index other parts hold stays right -- and the next endpoint learned takes
+the lowest retired index (:attr:`Nodes.next_slot`; the driver dials it
+there) before the list grows. :data:`MAX_NODES` bounds the endpoints in use,
+so a new member is learned once departed ones are retired. A retired index
+keeps its old endpoint in :attr:`Nodes.endpoints` (for the messages of a
+request that raced the retirement) until it is reused, but is never picked,
+ordered, placed or found by its endpoint.
 """
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
 
+from .. import constants
 from ..errors import Unavailable
 from ..protocol.commands import MAX_ENDPOINT_CHARS
 from .placement import Placement, placement_from_ring
@@ -20,6 +38,13 @@ DISCOVERY_INTERVAL = 10.0
 FIRST_DISCOVERY_GAP = 0.25
 """Soon after start the ring may still be forming: ask again after this, doubling."""
 MAX_NODES = 256
+"""Most node endpoints a client uses at once (given and learned; retired
+ones do not count)."""
+DEPARTED_GRACE = constants.DEPARTED_GRACE
+"""Seconds an endpoint learned from the ring may go unnamed by every RING
+reply before the client retires it (once nothing is in flight on it): the
+grace the cluster keeps a departed member for (60 s). A member away for
+less -- a restart at the same address -- keeps its connection."""
 
 
 class Limits(NamedTuple):
@@ -84,7 +109,15 @@ class Nodes:
         # the limits last learned of any (the nodes of a cluster share them).
         self.limits: dict[int, Limits | None] = {}
         self._last_limits: Limits | None = None
+        # The endpoints the user gave: indexes below this are never retired.
+        self.given = len(self.endpoints)
+        # Indexes of learned endpoints retired (their node left the ring), free for
+        # the next endpoint learned (replaced whole, read by callers' threads).
+        self.retired: frozenset[int] = frozenset()
+        # Learned index -> when a RING reply last named it (:data:`DEPARTED_GRACE`).
+        self._named: dict[int, float] = {}
         self._rr = itertools.count()
+        self._ask_rr = itertools.count()
         self._next_discovery = 0.0
         self._discovery_gap = FIRST_DISCOVERY_GAP
 
@@ -105,19 +138,45 @@ class Nodes:
         if isinstance(node, int):
             if 0 <= node < len(self.endpoints):
                 return node
-        elif node in self.endpoints:
-            return self.endpoints.index(node)
-        elif node in self.aliases:
-            return self.aliases[node]
-        known = ", ".join(self.endpoints[:5]) + (" ..." if len(self.endpoints) > 5 else "")
+        else:
+            found = self._find(node)
+            if found >= 0:
+                return found
+        in_use = self.in_use()
+        known = ", ".join(in_use[:5]) + (" ..." if len(in_use) > 5 else "")
         raise ValueError(f"node {node!r} is not one this client knows (it knows {known})")
+
+    def knows(self, endpoint: str) -> bool:
+        """Whether ``endpoint`` is one this client uses (given, or learned
+        and not retired; or a ring endpoint aliased to one)."""
+        return self._find(endpoint) >= 0
+
+    def _find(self, endpoint: str) -> int:
+        retired = self.retired
+        for i, known in enumerate(self.endpoints):
+            if known == endpoint and i not in retired:
+                return i
+        return self.aliases.get(endpoint, -1)
+
+    def in_use(self) -> list[str]:
+        """The endpoints the client uses, by index (retired ones left out)."""
+        retired = self.retired
+        return [e for i, e in enumerate(self.endpoints) if i not in retired]
+
+    @property
+    def next_slot(self) -> int:
+        """The index the next endpoint learned takes: the lowest retired one,
+        else the next one (the driver's :meth:`Transport.connect` dials it there)."""
+        retired = self.retired
+        return min(retired) if retired else len(self.endpoints)
 
     def order(self, first: str | int | None) -> list[int]:
         """Every node, ``first`` first: where to ask for a task one node may
         not hold. Nodes whose connection closed and is not up again come
         last (a request to one waits for its connection first)."""
         start = self.index(first)
-        order = [start] + [i for i in range(len(self.endpoints)) if i != start]
+        retired = self.retired
+        order = [start] + [i for i in range(len(self.endpoints)) if i != start and i not in retired]
         down = self.down
         if down:
             order = [i for i in order if i not in down] + [i for i in order if i in down]
@@ -152,12 +211,38 @@ class Nodes:
                 self.up = self.up - {node}
 
     def pick(self, avoid: int = -1) -> int:
-        """The next node round-robin, not ``avoid`` when there is another."""
+        """The next node round-robin, not ``avoid`` when there is another;
+        never a retired index."""
         n = len(self.endpoints)
-        i = next(self._rr) % n
-        if n > 1 and i == avoid:
+        retired = self.retired
+        i = self._unretired(next(self._rr) % n, retired)
+        if n - len(retired) > 1 and i == avoid:
+            i = self._unretired((i + 1) % n, retired)
+        return i
+
+    def _unretired(self, i: int, retired: frozenset[int]) -> int:
+        """``i``, or the first index after it (wrapping) that is not retired
+        (the given ones never are)."""
+        n = len(self.endpoints)
+        while i in retired:
             i = (i + 1) % n
         return i
+
+    def pick_to_ask(self) -> int:
+        """The node the next discovery RING goes to, round-robin among the
+        nodes whose connection is up; when none is, among those whose
+        connection is not down; else any (never a retired index). A node
+        whose connection closed cannot answer: asked in its turn, as
+        before 2026-12-05, a client whose learned nodes had all moved spent
+        most of its discoveries on dead endpoints."""
+        retired = self.retired
+        candidates = sorted(self.up - retired)
+        if not candidates:
+            down = self.down
+            candidates = [i for i in range(len(self.endpoints)) if i not in down and i not in retired]
+        if not candidates:
+            return self.pick()
+        return candidates[next(self._ask_rr) % len(candidates)]
 
     def home(self, wire: dict[str, Any]) -> int:
         """The node a new submit goes to: its task's first holder on the ring
@@ -174,20 +259,29 @@ class Nodes:
         return self.pick(node)
 
     def from_ring(self, body: dict[str, Any], via: str | None = None,
-                  dial: Callable[[str], bool | None] = lambda endpoint: True) -> list[str]:
+                  dial: Callable[[str], bool | None] = lambda endpoint: True, *, now: float | None = None,
+                  release: Callable[[list[int]], Iterable[int]] = lambda departed: ()) -> list[str]:
         """The new service endpoints a RING reply names, and the placement it
         describes. Each new endpoint is handed to ``dial`` (the driver
-        connects it; the new connection's index is the next one) and added
-        only if that returned True: an endpoint the transport refuses (a
-        buggy or hostile node's reply; the transport logs it) is remembered
-        in :attr:`refused` and never offered again (one it could not dial now,
+        connects it at index :attr:`next_slot`) and added only if that
+        returned True: an endpoint the transport refuses (a buggy or hostile
+        node's reply; the transport logs it) is remembered in
+        :attr:`refused` and never offered again (one it could not dial now,
         ``dial`` returning None, is offered again by the next reply), and the
-        indexes of endpoints and connections stay aligned. ``via``: the endpoint the reply came
-        from; when it is a unix socket (``ipc://``), the answering member
-        (``node``) is already reached there and its TCP endpoint is not
-        dialled as well."""
+        indexes of endpoints and connections stay aligned. ``via``: the
+        endpoint the reply came from; when it is a unix socket (``ipc://``),
+        the answering member (``node``) is already reached there and its TCP
+        endpoint is not dialled as well.
+
+        ``now`` (the caller's clock): when the reply came. Every learned
+        node it names is marked seen then; the learned nodes no reply has
+        named for :data:`DEPARTED_GRACE` seconds are handed to ``release``
+        (before any new endpoint is dialled), which closes the connections of
+        those with nothing in flight and returns their indexes: they are
+        retired (:attr:`retired`), and a new endpoint of this reply may take
+        one at once. Without ``now``, nothing is retired."""
         members = body.get("members")
-        new: list[str] = []
+        services: list[str] = []
         if isinstance(members, dict):
             for node_id, info in members.items():
                 service = info.get("service") if isinstance(info, dict) else None
@@ -195,23 +289,70 @@ class Nodes:
                     continue
                 if via is not None and via.startswith("ipc://") and node_id == body.get("node"):
                     self.aliases[service] = self.index(via)
-                if service in self.aliases or service in self.refused or service in self.endpoints:
-                    continue
-                if len(self.endpoints) >= MAX_NODES:
-                    continue        # known ones may still be aliased above; no new one
-                dialled = dial(service)
-                if dialled is None:
-                    continue        # not now (no file descriptor left): the next RING reply offers it again
-                if not dialled:
-                    if len(self.refused) < MAX_NODES:
-                        self.refused.add(service)
-                    continue
+                services.append(service)
+        if now is not None:
+            self._retire_departed(services, now, release)
+        retired = self.retired
+        index_of = {endpoint: i for i, endpoint in enumerate(self.endpoints) if i not in retired}
+        new: list[str] = []
+        for service in services:
+            if service in self.aliases or service in self.refused or service in index_of:
+                continue
+            slot = self.next_slot
+            if slot >= MAX_NODES:
+                continue        # known ones may still be aliased above; no new one
+            dialled = dial(service)
+            if dialled is None:
+                continue        # not now (no file descriptor left): the next RING reply offers it again
+            if not dialled:
+                if len(self.refused) < MAX_NODES:
+                    self.refused.add(service)
+                continue
+            if slot < len(self.endpoints):
+                self.endpoints[slot] = service
+                self.retired = self.retired - {slot}
+            else:
                 self.endpoints.append(service)
-                new.append(service)
-        index_of = {endpoint: i for i, endpoint in enumerate(self.endpoints)}
+            if now is not None:
+                self._named[slot] = now
+            index_of[service] = slot
+            new.append(service)
         index_of.update(self.aliases)
         self.placement = placement_from_ring(body, index_of, self.placement)
         return new
+
+    def _retire_departed(self, services: list[str], now: float,
+                         release: Callable[[list[int]], Iterable[int]]) -> None:
+        """Mark the learned nodes ``services`` names as seen at ``now``; retire
+        those unnamed for :data:`DEPARTED_GRACE` that ``release`` let go."""
+        named = self._named
+        retired = self.retired
+        index_of = {endpoint: i for i, endpoint in enumerate(self.endpoints) if i not in retired}
+        index_of.update(self.aliases)
+        for service in services:
+            node = index_of.get(service, -1)
+            if node >= self.given:
+                named[node] = now
+        departed = [i for i in range(self.given, len(self.endpoints))
+                    if i not in retired and now - named.setdefault(i, now) >= DEPARTED_GRACE]
+        if departed:
+            for node in release(departed):
+                self._retire(node)
+
+    def _retire(self, node: int) -> None:
+        """Forget learned node ``node`` (its connection is closed): its index
+        is free for the next endpoint learned."""
+        self.retired = self.retired | {node}
+        self._named.pop(node, None)
+        self.limits.pop(node, None)
+        if node in self.down:
+            self.down = self.down - {node}
+        if node in self.up:
+            self.up = self.up - {node}
+        if node in self.failures:
+            self.failures = {k: v for k, v in self.failures.items() if k != node}
+        for alias in [alias for alias, i in self.aliases.items() if i == node]:
+            del self.aliases[alias]
 
     def learn_limits(self, node: int, value: Any) -> None:
         """Node ``node`` answered a RING with these ``limits`` (see :func:`limits_from`)."""

@@ -129,6 +129,8 @@ def any_node(nodes: Nodes, command: bytes, body: dict[str, Any], first: str | in
     unanswered: MiyaqError | None = None
     not_found: MiyaqError | None = None
     for index in nodes.order(first):
+        if index in nodes.retired:
+            continue            # its node left the ring since the order was made
         try:
             return (yield Ask(command, dict(body), index, timeout))
         except NotFound as err:
@@ -169,8 +171,15 @@ def wait_result(nodes: Nodes, task_id: str, timeout: float | None, node: str | i
     2026-12-05 the ``Busy`` reached the caller of ``result()`` -- and of
     ``call()``, whose task was stored all the same, while the error table
     said a ``Busy`` from ``call()`` meant nothing was stored: a caller that
-    submitted again ran the task twice."""
+    submitted again ran the task twice.
+
+    ``node`` (the node that accepted the task: asked first) may be an
+    endpoint the client no longer knows -- its node left the ring and the
+    client retired it (:mod:`.nodes`): every node is then asked in turn,
+    instead of ``ValueError``."""
     deadline = monotonic() + (RESULT_WAIT_DEFAULT if timeout is None else timeout)
+    if isinstance(node, str) and not nodes.knows(node):
+        node = None
     refusals = 0
     while True:
         left = max(0.0, deadline - monotonic())

@@ -98,6 +98,20 @@ class ThreadedIOLoop(IOLoop):
         if self._deaf_fds is not None:
             self._deaf_fds.register(monitor.getsockopt(self.zmq.FD), select.POLLIN)
 
+    def _unwatch(self, sock: Any, monitor: Any) -> None:
+        # Under the lock (the core retires a node): no poll of the I/O thread or
+        # of a leading caller runs now. Its descriptors go before the sockets close.
+        sock_fd, monitor_fd = sock.getsockopt(self.zmq.FD), monitor.getsockopt(self.zmq.FD)
+        for fds, gone in ((self._fds, (sock_fd, monitor_fd)), (self._lead_fds, (sock_fd, monitor_fd)),
+                          (self._deaf_fds, (monitor_fd,))):
+            if fds is not None:
+                for fd in gone:
+                    try:
+                        fds.unregister(fd)
+                    except KeyError:
+                        pass
+        self._monitor_fds.discard(monitor_fd)
+
     def _submit_directly(self, p: Pending, waits: bool) -> bool:
         # Unacknowledged submits, or a stream of them: queue it, to be batched.
         # Acknowledgements left unread (lazy) do not count: the caller reads them first.
@@ -202,9 +216,11 @@ class ThreadedIOLoop(IOLoop):
         if fds is None:
             fds = self._lead_fds = select.poll()
             for sock in self.socks + self.monitors:
-                fds.register(sock.getsockopt(self.zmq.FD), select.POLLIN)
+                if sock is not None:
+                    fds.register(sock.getsockopt(self.zmq.FD), select.POLLIN)
             fds.register(self._rfd, select.POLLIN)
-            self._monitor_fds = {monitor.getsockopt(self.zmq.FD) for monitor in self.monitors}
+            self._monitor_fds = {monitor.getsockopt(self.zmq.FD) for monitor in self.monitors
+                                 if monitor is not None}
         rfd = self._rfd
         monitor_fds = self._monitor_fds
         # The monitors are read only when the poll says one has something: a
@@ -237,7 +253,7 @@ class ThreadedIOLoop(IOLoop):
     def _readable(self) -> bool:
         """A socket has a message (threads only: plain pyzmq sockets)."""
         for sock in self.socks:
-            if self._has_message(sock):
+            if sock is not None and self._has_message(sock):
                 return True
         return False
 
@@ -246,7 +262,8 @@ class ThreadedIOLoop(IOLoop):
         """A native thread: sleeps in an OS poll, uses the sockets under the lock."""
         fds = self._fds = select.poll()
         for sock in self.socks + self.monitors:
-            fds.register(sock.getsockopt(self.zmq.FD), select.POLLIN)
+            if sock is not None:
+                fds.register(sock.getsockopt(self.zmq.FD), select.POLLIN)
         fds.register(self._rfd, select.POLLIN)
         # Deaf, it still hears the monitors: a connection that closed while
         # nothing was outstanding must not be taken, later, for one that closed
@@ -254,7 +271,8 @@ class ThreadedIOLoop(IOLoop):
         pipe = self._deaf_fds = select.poll()
         pipe.register(self._rfd, select.POLLIN)
         for monitor in self.monitors:
-            pipe.register(monitor.getsockopt(self.zmq.FD), select.POLLIN)
+            if monitor is not None:
+                pipe.register(monitor.getsockopt(self.zmq.FD), select.POLLIN)
         core = self.core
         resolver = core.resolver
         try:
