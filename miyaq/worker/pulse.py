@@ -7,6 +7,12 @@ The thread has its own plain-pyzmq DEALER per node (from a non-green
 with that id. It never touches the worker's greenlet sockets. It is a real
 OS thread even when gevent has patched ``threading``; it sleeps in a ZeroMQ
 poll on an inproc socket, which is also how :meth:`Pulse.stop` wakes it.
+
+The nodes it beats to follow the worker's links: :meth:`Pulse.add` and
+:meth:`Pulse.remove` (called in the hub) each assign a new list, which the
+thread reads at its next beat, opening a socket for a node added and
+closing the one of a node removed (its sockets are its own: only the
+thread touches them).
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ class Pulse:
         self.endpoints = list(endpoints)
         self.interval = interval
         self.beats = 0
+        self.sockets = 0        # the thread's sockets to nodes (set by the thread; for tests and status)
         # With keys, the same key as the worker's link: the node counts a side
         # heartbeat only from the key that registered the worker.
         self.factory = SocketFactory(green=False, security=security)
@@ -45,8 +52,14 @@ class Pulse:
         green.start_native_thread(self._run)
 
     def add(self, endpoint: str) -> None:
-        """Beat to one more node (list.append is atomic; the thread picks it up)."""
-        self.endpoints.append(endpoint)
+        """Beat to one more node. A new list is assigned, never one the
+        thread reads changed in place: it picks it up at its next beat."""
+        self.endpoints = [*self.endpoints, endpoint]
+
+    def remove(self, endpoint: str) -> None:
+        """Beat no more to ``endpoint`` (its socket is closed by the thread,
+        at its next beat). As :meth:`add`: a new list is assigned."""
+        self.endpoints = [e for e in self.endpoints if e != endpoint]
 
     def stop(self) -> None:
         """Wake the thread, wait (cooperatively, bounded) for it to close its
@@ -67,16 +80,18 @@ class Pulse:
 
     def _run(self) -> None:
         control = self.factory.pair(bind=self._control)
-        socks: list[zmq.Socket] = []
+        socks: dict[str, zmq.Socket] = {}
+        followed: list[str] | None = None      # the list of endpoints ``socks`` was made for
         frames = codec.encode(c.HEARTBEAT, {"worker": self.wid, "side": True})
         interval_ms = max(1, int(self.interval * 1000))
         try:
             while not control.poll(interval_ms):
-                while len(socks) < len(self.endpoints):
-                    # immediate: never queue beats for a node that is not there
-                    socks.append(self.factory.dealer(self.endpoints[len(socks)], immediate=True,
-                                                     sndhwm=PULSE_SNDHWM))
-                for sock in socks:
+                endpoints = self.endpoints      # one read: add() and remove() assign a new list
+                if endpoints is not followed:
+                    self._follow(socks, endpoints)
+                    followed = endpoints
+                    self.sockets = len(socks)
+                for sock in socks.values():
                     try:
                         sock.send_multipart(frames, zmq.NOBLOCK)
                     except zmq.Again:
@@ -86,8 +101,19 @@ class Pulse:
             logger.exception("worker %s: the heartbeat thread failed; a handler that holds the CPU may now "
                              "get this worker declared lost", self.wid)
         finally:
-            for sock in socks:
+            for sock in socks.values():
                 sock.close(linger=0)
             control.close(linger=0)
             if self._wake is not None:
                 self._wake.wake()
+
+    def _follow(self, socks: dict[str, zmq.Socket], endpoints: list[str]) -> None:
+        """In the thread: a socket for each of ``endpoints`` and no other
+        (a node's endpoint named twice gets one)."""
+        wanted = set(endpoints)
+        for endpoint in [e for e in socks if e not in wanted]:
+            socks.pop(endpoint).close(linger=0)
+        for endpoint in endpoints:
+            if endpoint not in socks:
+                # immediate: never queue beats for a node that is not there
+                socks[endpoint] = self.factory.dealer(endpoint, immediate=True, sndhwm=PULSE_SNDHWM)
