@@ -150,8 +150,24 @@ PROBE_TIMEOUT = 1.0
 MAX_INBOUND_MESSAGE = 64 * 1024 * 1024
 #: Messages read in one burst before the reader yields to other greenlets.
 RECV_BURST = 256
-#: Most nodes a worker connects to (the ring's members, as they are discovered).
+#: Most nodes a worker connects to (the ring's members, as they are
+#: discovered). A link to a node that left the ring is retired after
+#: ``DEPARTED_NODE_GRACE``, so this bounds the links to current members,
+#: not to every address a node ever had.
 MAX_NODES = 256
+#: A node the ring no longer names -- no ``nodes`` list heard from any node
+#: (WELCOME, HEARTBEAT) named its endpoint for this long -- is no longer
+#: linked to, once nothing of it is left here (no task it gave still
+#: running or waiting, no result or touch for it unsent): its socket and
+#: greenlets are closed and its side heartbeats stop. The same 60 s as the
+#: cluster's ``DEPARTED_GRACE`` (a node that left the ring is still
+#: listened to that long). An endpoint given to the worker (``--connect``,
+#: ``endpoints``) is never retired, nor the worker's last link.
+DEPARTED_NODE_GRACE = 60.0
+#: How often, at most, the worker looks for links to retire (on a ``nodes``
+#: list heard): the check walks what it holds, so not at every heartbeat of
+#: every node.
+DEPARTED_NODE_CHECK = 1.0
 #: A DISPATCH item's holders: at most this many endpoints (a task has at
 #: most 16 holders), each of at most ``protocol.commands.MAX_ENDPOINT_CHARS``
 #: characters; others are ignored.

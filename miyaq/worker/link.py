@@ -31,19 +31,24 @@ is **lost** at once: the worker tells the tasks' other holders
 socket. A connection that never got an answer is left to ZeroMQ's own
 reconnecting (and to the diagnosis above), so a node that refuses the
 handshake does not make the link churn sockets.
+
+A link to a node that left the ring is **retired** by the worker
+(:meth:`NodeLink.retire`, :meth:`~miyaq.worker.runner.Worker.discover`):
+its socket and monitor are closed and its greenlets end; it never opens
+another socket.
 """
 from __future__ import annotations
 
 import errno
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import MiyaqError, Unavailable, UnknownCommand
 from ..logs import LogLimiter
 from ..protocol import codec
 from ..protocol import commands as c
 from ..protocol.reach import explain, unreachable
-from ..runtime import green, monotonic
+from ..runtime import Policy, green, monotonic
 from ..runtime.messages import HubSocket
 from ..runtime.open_files import open_files_hint, room_for
 from ..runtime.connections import (
@@ -89,7 +94,12 @@ class NodeLink:
         self._opened_at = monotonic()
         self._next_diagnosis = 0.0
         self.open_error: str | None = None    # why the last socket could not be opened (None: it was)
-        self.outbox = Outbox(self.post, worker.supervisor.spawn, f"flush {endpoint}")
+        # The ring's lists (WELCOME, HEARTBEAT ``nodes``): since when they no
+        # longer name this node (None: the last one heard did). The worker's.
+        self.absent_since: float | None = None
+        self.retired = False        # the node left the ring: this link is closed for good (retire)
+        self._parts: set[Any] = set()     # this link's greenlets now running (reader, watcher, flusher)
+        self.outbox = Outbox(self.post, self.spawn, f"flush {endpoint}")
         self.extra = ExtraCredit(worker.concurrency, worker.base_credit, worker.capacity)
         self._open()
 
@@ -98,8 +108,11 @@ class NodeLink:
         make one -- the process is out of file descriptors (its handlers hold
         them?) -- then the link has no socket: it is logged, sends fail as
         to a node that is not there, and the reader tries again a heartbeat
-        later (:meth:`serve`). True if the socket is open."""
+        later (:meth:`serve`). True if the socket is open; a retired link
+        opens none."""
         self.close()
+        if self.retired:
+            return False
         self.answered = False
         self.slow = False
         self.last_heard = self._opened_at = monotonic()
@@ -119,6 +132,33 @@ class NodeLink:
         self.sock = HubSocket(sock)
         self.open_error = None
         return True
+
+    def spawn(self, name: str, fn: Callable[[], Any], policy: Policy) -> Any:
+        """Start one of this link's greenlets under the worker's supervisor
+        (its restarts too are this link's): :meth:`retire` ends them."""
+        return self.worker.supervisor.spawn(name, self._run_part, fn, policy=policy)
+
+    def _run_part(self, fn: Callable[[], Any]) -> None:
+        if self.retired:
+            return      # a restart due after the link was retired
+        me = green.current()
+        self._parts.add(me)
+        try:
+            fn()
+        finally:
+            self._parts.discard(me)
+
+    def retire(self) -> None:
+        """The node left the ring and nothing of it is held here: close the
+        socket and its monitor (a reader or watcher waiting on them wakes and
+        ends) and end this link's other greenlets -- not the caller, which
+        may be this link's own reader (the list that retired it came on it):
+        it ends once it has handled that message. The link never opens a
+        socket again."""
+        self.retired = True
+        self.close()
+        me = green.current()
+        green.killall([g for g in self._parts if g is not me], block=False)
 
     def silent(self) -> bool:
         """The node is lost, or has not been heard from for heartbeat ×
@@ -206,7 +246,7 @@ class NodeLink:
         self._next_diagnosis = self._opened_at + FIRST_CONTACT
         self.register()
         last_beat = monotonic()
-        while not self.worker.stopping_hard:
+        while not self.worker.stopping_hard and not self.retired:
             sock = self.sock
             if sock is None:
                 # No socket could be opened (out of file descriptors): try again
@@ -233,7 +273,7 @@ class NodeLink:
                 if self.worker.stopping_hard:
                     return
                 if sock is not self.sock:
-                    continue        # the connection closed and the watcher opened a fresh socket
+                    continue        # the connection closed and the watcher opened a fresh socket (or retired)
                 raise
             now = monotonic()
             if not self.answered:
@@ -292,9 +332,10 @@ class NodeLink:
     # -- the connection watcher ---------------------------------------------------------
     def watch(self) -> None:
         """Read the current socket's connection monitor until the worker
-        stops. A monitor closed under it (the socket was replaced) is left
-        for the new one; any other error raises, for the supervisor."""
-        while not self.worker.stopping_hard:
+        stops or the link is retired. A monitor closed under it (the socket
+        was replaced) is left for the new one; any other error raises, for
+        the supervisor."""
+        while not self.worker.stopping_hard and not self.retired:
             monitor = self.monitor
             if monitor is None:
                 green.sleep(self.heartbeat)    # no socket open now: the reader opens one
@@ -325,7 +366,9 @@ class NodeLink:
     def _handle(self, frames: list[bytes]) -> None:
         """Act on one message. Only a well-formed one counts as hearing from
         the node: a socket that reads garbage, or its own READY, is not
-        talking to a node."""
+        talking to a node. A retired link acts on nothing more."""
+        if self.retired:
+            return
         try:
             command, body = codec.decode(frames, c.WORKER_INBOUND, MAX_INBOUND_MESSAGE)
         except MiyaqError as err:
