@@ -53,3 +53,43 @@ def test_a_task_handed_off_ends_its_waits_at_once():
     assert waiters.count == 0
     waiters.sweep(7200.0)
     assert box == [None]
+
+
+def test_a_long_poll_is_answered_at_its_deadline_not_at_the_next_housekeeping_pass(monkeypatch):
+    """Fault: a long-poll's deadline was only looked at by the node's
+    housekeeping, every 0.1 s: ``call(timeout=0.01)`` took 101 ms and
+    ``result(timeout=0.2)`` up to 304 ms. A long-poll due before the next
+    pass now wakes housekeeping at its deadline -- shown with passes 30 s
+    apart: RESULT and RECEIVE waits of 50 ms are answered (within the
+    test's bound of 10 s, far below the pass)."""
+    import msgpack
+    import zmq
+
+    import miyaq
+    from miyaq.core import clockwork
+    from miyaq.protocol import commands as c
+    from miyaq.testing.harness import ThreadNode
+
+    monkeypatch.setattr(clockwork, "HOUSEKEEPING_INTERVAL", 30.0)
+    with ThreadNode() as node, miyaq.Client(node.endpoint) as client:
+        task_id = client.submit("nobody", queue="empty", wait=True).id
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.connect(node.endpoint)
+            answers = []
+            for req, (command, body) in enumerate([(c.RESULT, {"id": task_id, "timeout": 0.05}),
+                                                   (c.RECEIVE, {"queues": ["other"], "timeout": 0.05}),
+                                                   (c.RESULT, {"id": task_id, "timeout": 0.05})], 1):
+                sock.send_multipart([c.TAG, command, msgpack.packb({**body, "req": req})])
+                while True:
+                    assert sock.poll(10_000), f"request {req} not answered at its deadline"
+                    reply = msgpack.unpackb(sock.recv_multipart()[2])
+                    if reply.get("req") == req:
+                        answers.append(reply)
+                        break           # (the node's liveness probes of parked waits pass by)
+        finally:
+            ctx.destroy(linger=0)
+    assert [a.get("timeout") for a in answers[::2]] == [True, True]
+    assert answers[1].get("task") is None

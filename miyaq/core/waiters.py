@@ -114,6 +114,9 @@ class Waiters(EngineListener):
         # (deadline, sequence, long-poll): a heap; entries of ended long-polls are passed over.
         self.deadlines: list[tuple[float, int, _Parked]] = []
         self._sequence = itertools.count()
+        # Told the deadline of every long-poll parked (the node's housekeeping
+        # wakes for one due before its next pass); must not block.
+        self.on_earliest: Callable[[float], None] | None = None
         self.released = 0          # waits freed because their connection went away
         self.withdrawn = 0         # waits their connection withdrew (WITHDRAW)
         self.probes = 0            # connections probed
@@ -143,6 +146,13 @@ class Waiters(EngineListener):
         if key is not None:
             self.by_key[key] += 1
         heapq.heappush(self.deadlines, (parked.deadline, next(self._sequence), parked))
+        if self.on_earliest is not None:
+            self.on_earliest(parked.deadline)
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline of the heap (monotonic; it may be a long-poll
+        that ended otherwise: a sweep then finds nothing due), or None."""
+        return self.deadlines[0][0] if self.deadlines else None
 
     def _remove(self, parked: _Parked) -> None:
         """Forget the bookkeeping of a long-poll already taken out of
