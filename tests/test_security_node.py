@@ -329,3 +329,19 @@ def test_a_keyed_client_to_a_node_without_keys_is_counted_there_too(ctx, make_no
     finally:
         sock.close()
     assert stats(plain)["security"]["keys"] is False
+
+
+def test_a_handshake_closed_by_a_node_that_stopped_is_not_blamed_on_keys_alone():
+    """Fault: a node killed while a worker's connection was in its handshake
+    (a node restarted under its workers: an audit's run) had the worker
+    warn only that the node wants keys -- for a cluster without any. A
+    handshake closed without a word names a node stopping just then too;
+    the other causes keep their own words."""
+    from miyaq.runtime.connections import (
+        CLOSED_IN_HANDSHAKE, CRYPTOGRAPHIC_ERROR, explain_handshake,
+    )
+
+    for secure in (False, True):
+        assert "stopped just then" in explain_handshake(CLOSED_IN_HANDSHAKE, "tcp://n1:7450", secure)
+    assert "--keys" in explain_handshake(CLOSED_IN_HANDSHAKE, "tcp://n1:7450", False)
+    assert "just then" not in explain_handshake(CRYPTOGRAPHIC_ERROR, "tcp://n1:7450", True)

@@ -65,12 +65,19 @@ def explain_handshake(failure: str, endpoint: str, secure: bool, who: str = "thi
     # A node closes a connection whose mechanism is not its own at the greeting,
     # without a word: the connecting side sees a mismatch only if it read the
     # node's greeting first, else this.
-    if failure in (CLOSED_IN_HANDSHAKE, CRYPTOGRAPHIC_ERROR) and secure:
+    # A node that stops (is killed) while a connection is in its handshake
+    # closes it the same way: said too, as a node restarted under a worker
+    # or client is common and a key problem repeats at every attempt.
+    if failure == CRYPTOGRAPHIC_ERROR and secure:
         return (f"{endpoint} closed the connection during the key handshake: the node's public key given to "
                 f"{who} (--server-key) is most likely not that node's, or the node does not use keys")
+    if failure == CLOSED_IN_HANDSHAKE and secure:
+        return (f"{endpoint} closed the connection during the key handshake: the node's public key given to "
+                f"{who} (--server-key) is most likely not that node's, or the node does not use keys (or "
+                f"the node stopped just then)")
     if failure == CLOSED_IN_HANDSHAKE:
         return (f"{endpoint} closed the connection during the handshake, as a node with --keys does to a "
-                f"connection without keys: {pass_keys}")
+                f"connection without keys ({pass_keys}), or as a node that stopped just then does")
     return f"the handshake with {endpoint} failed ({failure}): is a miyaq node listening there?"
 
 
