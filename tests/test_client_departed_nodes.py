@@ -105,6 +105,17 @@ def client_core(given: int = 1) -> tuple[ClientCore, Nodes, Transport]:
     return ClientCore(transport, nodes, max_batch=64, ack_timeout=5.0, max_message=1 << 20), nodes, transport
 
 
+def three_nodes_up(up: set[int]) -> tuple[ClientCore, Nodes, Transport]:
+    """A core of three given nodes (discovering), those of ``up`` connected, the others down."""
+    nodes = Nodes([GIVEN, member(7001), member(7002)])
+    transport = Transport(nodes)
+    core = ClientCore(transport, nodes, max_batch=64, ack_timeout=5.0, max_message=1 << 20)
+    for node in range(3):
+        nodes.mark(node, node in up)
+    transport.up = set(up)
+    return core, nodes, transport
+
+
 def answer_ring(core: ClientCore, node: int, body: dict[str, Any], now: float) -> None:
     """Node ``node`` answers a RING (the core's limits ask: the reply it reads as its own)."""
     core._ask_limits(node)
@@ -122,13 +133,7 @@ def test_discovery_asks_a_node_whose_connection_is_up() -> None:
     closed: the nodes moved); discovery asked them in their turn, round-robin,
     and two rounds in three reached nobody. Every round now asks the one
     node that is up."""
-    nodes = Nodes([GIVEN, member(7001), member(7002)])
-    transport = Transport(nodes)
-    core = ClientCore(transport, nodes, max_batch=64, ack_timeout=5.0, max_message=1 << 20)
-    nodes.mark(0, False)
-    nodes.mark(1, False)
-    nodes.mark(2, True)
-    transport.up = {2}
+    core, nodes, transport = three_nodes_up({2})
     now = 0.0
     for _ in range(6):
         core.on_timer(now)
@@ -138,13 +143,7 @@ def test_discovery_asks_a_node_whose_connection_is_up() -> None:
 
 def test_discovery_spreads_over_the_nodes_that_are_up() -> None:
     """Fault: as above, with two nodes up: both are asked in turn, the down one never."""
-    nodes = Nodes([GIVEN, member(7001), member(7002)])
-    transport = Transport(nodes)
-    core = ClientCore(transport, nodes, max_batch=64, ack_timeout=5.0, max_message=1 << 20)
-    nodes.mark(0, True)
-    nodes.mark(1, False)
-    nodes.mark(2, True)
-    transport.up = {0, 2}
+    core, nodes, transport = three_nodes_up({0, 2})
     now = 0.0
     for _ in range(4):
         core.on_timer(now)

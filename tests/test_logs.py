@@ -59,9 +59,7 @@ def test_a_worker_id_with_a_line_break_is_logged_on_one_line_by_the_node(procs) 
     node = procs.node()
     ctx = zmq.Context()
     try:
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(node.endpoint)
+        sock = _dealer(ctx, node.endpoint)
         sock.send_multipart([c.TAG, c.READY, msgpack.packb({"worker": f"w\n{FORGED}", "queues": ["q"]})])
         assert sock.poll(30_000), "no answer"
         assert sock.recv_multipart()[1] == c.WELCOME
@@ -89,9 +87,7 @@ def test_workers_registering_in_a_loop_are_logged_at_a_bounded_rate(procs) -> No
     node = procs.node()
     ctx = zmq.Context()
     try:
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(node.endpoint)
+        sock = _dealer(ctx, node.endpoint)
         for i in range(3 * WORKER_LINES_PER_MINUTE):
             sock.send_multipart([c.TAG, c.READY, msgpack.packb({"worker": f"flap-{i}", "queues": ["q"]})])
         sock.send_multipart([c.TAG, c.STATUS, msgpack.packb({"req": 1})])    # read after every READY
@@ -105,3 +101,11 @@ def test_workers_registering_in_a_loop_are_logged_at_a_bounded_rate(procs) -> No
     with open(node.log_path, encoding="utf-8", errors="replace") as fh:
         registered = sum(" registered: queues=q " in line for line in fh)
     assert registered == WORKER_LINES_PER_MINUTE
+
+
+def _dealer(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+    """A raw DEALER to a node (a hostile or buggy peer's), closed with ``ctx``."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    return sock

@@ -21,7 +21,9 @@ from typing import Any
 import zmq
 
 from ..client.core import ClientCore
-from ..client.dialling import CLIENT_HEARTBEAT_TIMEOUT, client_heartbeats, dial_discovered, dial_given, hang_up
+from ..client.dialling import (
+    CLIENT_HEARTBEAT_TIMEOUT, client_heartbeats, dial_discovered, dial_given, hang_up, place,
+)
 from ..client.nodes import Nodes
 from ..client.submits import Pending, Waiter
 from ..errors import MiyaqError
@@ -97,12 +99,8 @@ class AsyncDriver:
         if not isinstance(dialled, tuple):
             return dialled
         sock, monitor = dialled
-        node = self.nodes.next_slot        # a retired index is reused, else the list grows
-        if node < len(self.socks):
-            self.socks[node], self.monitors[node] = sock, monitor
-        else:
-            self.socks.append(sock)
-            self.monitors.append(monitor)
+        node = self.nodes.next_slot
+        place(self.socks, self.monitors, node, sock, monitor)
         if self.loop is not None:
             self._readers[node] = self._readers_of(self.loop, node)
         return True

@@ -86,6 +86,17 @@ def dial_discovered(factory: "SocketFactory", endpoint: str,
         return None
 
 
+def place(socks: list[Any], monitors: list[Any], node: int, sock: Any, monitor: Any) -> None:
+    """Put a node's new socket and its monitor at index ``node`` of a
+    driver's lists: a retired index is reused (:attr:`Nodes.next_slot`), else
+    the lists grow by one."""
+    if node < len(socks):
+        socks[node], monitors[node] = sock, monitor
+    else:
+        socks.append(sock)
+        monitors.append(monitor)
+
+
 def hang_up(sock: Any, monitor: Any) -> None:
     """Close a node's socket and its connection monitor for good (a node
     that left the ring: ``Transport.disconnect``). Never raises."""

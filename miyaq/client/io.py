@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import MiyaqError
 from .core import ClientCore
-from .dialling import CLIENT_HEARTBEAT_TIMEOUT, client_heartbeats, dial_discovered, dial_given, hang_up
+from .dialling import CLIENT_HEARTBEAT_TIMEOUT, client_heartbeats, dial_discovered, dial_given, hang_up, place
 from .nodes import Nodes
 from .submits import Pending, Waiter
 
@@ -102,12 +102,8 @@ class IOLoop:
         if not isinstance(dialled, tuple):
             return dialled
         sock, monitor = dialled
-        node = self.nodes.next_slot        # a retired index is reused, else the list grows
-        if node < len(self.socks):
-            self.socks[node], self.monitors[node] = sock, monitor
-        else:
-            self.socks.append(sock)
-            self.monitors.append(monitor)
+        node = self.nodes.next_slot
+        place(self.socks, self.monitors, node, sock, monitor)
         self._watch(sock, monitor)
         return True
 
