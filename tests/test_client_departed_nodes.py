@@ -257,6 +257,25 @@ def test_a_result_wait_on_a_retired_node_asks_the_others() -> None:
     assert done.value.value == {"state": "done", "result": b""}
 
 
+def test_a_result_wait_whose_node_is_retired_while_another_holds_it_asks_on() -> None:
+    """Fault: the node that accepted a task closed its connection during a
+    ``result()``; the wait moved on to another node, which held the
+    long-poll, and meanwhile the first was retired (it left the ring). When
+    that long-poll ended without an outcome, the next round asked the
+    retired node first by its endpoint: ``ValueError`` ("not one this client
+    knows") instead of the result (an audit's run; a rolling upgrade under a
+    long ``call()``). Each round now checks the node is still known."""
+    core, nodes, transport = client_core()
+    answer_ring(core, 0, ring(7001, 7002), 0.0)
+    op = ops.wait_result(nodes, "t1", 60.0, member(7001), 5.0)
+    first = next(op)
+    assert isinstance(first, ops.Ask) and first.node == 1
+    answer_ring(core, 0, ring(7002), DEPARTED_GRACE)      # node 1 left the ring meanwhile
+    assert nodes.retired == {1}
+    again = op.send({"state": "ready", "timeout": True})  # that round ended without an outcome
+    assert isinstance(again, ops.Ask) and again.node != 1 and again.command == c.RESULT
+
+
 # -- real clients -----------------------------------------------------------------------------
 
 class MovingCluster:

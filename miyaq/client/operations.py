@@ -175,13 +175,15 @@ def wait_result(nodes: Nodes, task_id: str, timeout: float | None, node: str | i
 
     ``node`` (the node that accepted the task: asked first) may be an
     endpoint the client no longer knows -- its node left the ring and the
-    client retired it (:mod:`.nodes`): every node is then asked in turn,
-    instead of ``ValueError``."""
+    client retired it (:mod:`.nodes`), before the wait or during it (while
+    another node held the long-poll: before 2026-12-05 the next round then
+    raised ``ValueError``): every node is then asked in turn, instead of
+    ``ValueError``."""
     deadline = monotonic() + (RESULT_WAIT_DEFAULT if timeout is None else timeout)
-    if isinstance(node, str) and not nodes.knows(node):
-        node = None
     refusals = 0
     while True:
+        if isinstance(node, str) and not nodes.knows(node):
+            node = None     # asked at every round: the node may be retired while one waits elsewhere
         left = max(0.0, deadline - monotonic())
         wait = min(left, LONG_POLL)
         try:

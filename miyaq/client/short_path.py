@@ -99,8 +99,10 @@ class ThreadedIOLoop(IOLoop):
             self._deaf_fds.register(monitor.getsockopt(self.zmq.FD), select.POLLIN)
 
     def _unwatch(self, sock: Any, monitor: Any) -> None:
-        # Under the lock (the core retires a node): no poll of the I/O thread or
-        # of a leading caller runs now. Its descriptors go before the sockets close.
+        # Under the lock (the core retires a node): no leading caller polls now;
+        # the I/O thread may (it sleeps in its poll without the lock). The
+        # descriptors go before the sockets close: a poll that still watches one
+        # wakes on it closing (POLLNVAL), reads nothing, and polls again without it.
         sock_fd, monitor_fd = sock.getsockopt(self.zmq.FD), monitor.getsockopt(self.zmq.FD)
         for fds, gone in ((self._fds, (sock_fd, monitor_fd)), (self._lead_fds, (sock_fd, monitor_fd)),
                           (self._deaf_fds, (monitor_fd,))):
