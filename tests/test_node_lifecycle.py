@@ -284,6 +284,79 @@ def test_a_scrape_of_many_queues_lets_the_node_serve_meanwhile(local_node: Calla
                for line in text.splitlines()) == queues
 
 
+def test_reviving_and_purging_a_whole_dead_letter_queue_lets_the_node_serve_meanwhile(
+        local_node: Callable[..., Node], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault: ``DEAD retry`` or ``purge`` without ids -- over ZeroMQ or HTTP
+    -- revived or dropped the whole dead-letter queue in one go in the
+    node's hub: 100,000 dead letters held every client, worker and peer
+    about 0.5 s. They now yield to the hub every ``HUB_SLICE`` as they go
+    (set to 0 here: at every task): another greenlet gets turns during
+    each, and every dead letter is revived or dropped."""
+    from miyaq.gateway.admin_api import AdminApi
+    from miyaq.protocol import codec
+    from miyaq.protocol import commands as c
+
+    monkeypatch.setattr(green, "HUB_SLICE", 0.0)
+    node = local_node(http_port=free_port())
+    engine = node.core.engine
+    consumer = Collector(["h", "p", "z", "y"])
+
+    def make_dead(prefix: str, n: int) -> None:
+        for i in range(n):
+            t = task(f"{prefix}{i}", queue=prefix)      # a queue each: revived ones are not taken here
+            t.max_retries = 0
+            now = wall()
+            engine.submit(t, now)
+            engine.start(engine.take([prefix], now), consumer, now)
+            engine.fail(t.id, 1, {"type": "E", "message": "no"}, False, None, now)
+
+    turns = 0
+    during: list[int] = []
+
+    def other_work() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            green.sleep(0)
+
+    def measured(name: str) -> None:
+        real = getattr(engine, name)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            before = turns
+            try:
+                return real(*args, **kwargs)
+            finally:
+                during.append(turns - before)
+        monkeypatch.setattr(engine, name, wrapper)
+
+    measured("dead_retry")
+    measured("dead_purge")
+    other = green.Greenlet.spawn(other_work)
+    sockets = SocketFactory()
+    try:
+        admin = AdminApi(node.part("gateway"))
+        make_dead("h", 50)
+        assert len(admin.retry_dead(None, None)) == 50               # HTTP's POST /dead/retry
+        make_dead("p", 50)
+        assert admin.purge_dead(None, None) == 50                    # POST /dead/purge
+        dealer = sockets.dealer(f"tcp://127.0.0.1:{node.config.port}")
+        make_dead("z", 50)
+        dealer.send_multipart(codec.encode(c.DEAD, {"req": 1, "op": "retry"}))
+        _, reply = codec.decode(dealer.recv_multipart(), {c.REPLY}, 1 << 20)
+        assert len(reply["retried"]) == 50
+        make_dead("y", 50)
+        dealer.send_multipart(codec.encode(c.DEAD, {"req": 2, "op": "purge"}))
+        _, reply = codec.decode(dealer.recv_multipart(), {c.REPLY}, 1 << 20)
+        assert reply["purged"] == 50
+        dealer.close(0)
+    finally:
+        other.kill()
+        sockets.close()
+    assert len(during) == 4 and all(n > 0 for n in during), during
+    assert not engine.table.dead
+
+
 def test_failing_rate_limit_refill_is_logged_and_counted(local_node: Callable[..., Node],
                                                          caplog: pytest.LogCaptureFixture) -> None:
     """Fault: the dispatch a rate-limit refill timer triggers raises. The

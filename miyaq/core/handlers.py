@@ -29,7 +29,7 @@ from miyaq.protocol import fields as f
 from miyaq.protocol.periodic import schedules_from_wire
 from miyaq.protocol.recordspec import STARTED_ELSEWHERE, cut_error
 from miyaq.protocol.taskspec import check_id, check_queue, task_from_wire
-from miyaq.runtime import monotonic
+from miyaq.runtime import green, monotonic
 from miyaq.store.task import ALL_STATES
 
 logger = logging.getLogger(__name__)
@@ -172,10 +172,14 @@ class ServiceHandlers:
             self.endpoint.reply(identity, req, {"tasks": self.engine.dead_list(queue, limit)})
         elif op == "retry":
             ids = self._ids(body, queue)
-            self.endpoint.reply(identity, req, {"retried": self.engine.dead_retry(ids, now)})
+            # Yields to the hub every HUB_SLICE: timers, housekeeping, peers and
+            # HTTP go on meanwhile (this socket's next messages wait for it).
+            retried = self.engine.dead_retry(ids, now, green.FairShare().check)
+            self.endpoint.reply(identity, req, {"retried": retried})
         elif op == "purge":
             ids = f.string_list(body, "ids", None, max_items=10_000, max_len=64)
-            self.endpoint.reply(identity, req, {"purged": self.engine.dead_purge(queue, ids)})
+            purged = self.engine.dead_purge(queue, ids, green.FairShare().check)
+            self.endpoint.reply(identity, req, {"purged": purged})
         else:
             raise InvalidField("field 'op' must be list, retry or purge", field="op")
 

@@ -22,7 +22,7 @@ from miyaq.gateway.permissions import may
 from miyaq.gateway.request import Request, Response, json_response
 from miyaq.protocol import fields as f
 from miyaq.protocol.taskspec import check_queue
-from miyaq.runtime import wall
+from miyaq.runtime import green, wall
 from miyaq.security.roles import Role
 
 if TYPE_CHECKING:
@@ -161,13 +161,13 @@ class AdminApi:
         """Put dead tasks back (``ids``, or every one of ``queue``, or all); the ids retried."""
         if ids is None:
             ids = [t.id for t in self.engine.table.iter_dead(queue)]
-        retried = self.engine.dead_retry(ids, wall())
+        retried = self.engine.dead_retry(ids, wall(), green.FairShare().check)    # yields to the hub as it goes
         self.gateway.redispatch()
         return retried
 
     def purge_dead(self, queue: str | None, ids: list[str] | None) -> int:
         """Drop dead tasks for good (same scopes as :meth:`retry_dead`); how many."""
-        return self.engine.dead_purge(queue, ids)
+        return self.engine.dead_purge(queue, ids, green.FairShare().check)
 
     def dead_retry(self, request: Request) -> Response:
         queue, ids = self._scope(request.json_object(required=False))
