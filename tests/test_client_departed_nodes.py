@@ -28,7 +28,7 @@ from miyaq.client.core import ClientCore
 from miyaq.client.nodes import Nodes
 from miyaq.constants import DEPARTED_GRACE     # the client retires departed nodes after the cluster's grace
 from miyaq.client.submits import Pending
-from miyaq.errors import MiyaqError
+from miyaq.errors import MiyaqError, Unavailable
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c
 from miyaq.runtime import green as green_runtime
@@ -168,10 +168,12 @@ def test_a_member_gone_from_the_ring_for_the_grace_is_retired_and_its_index_reus
     assert nodes.in_use() == [GIVEN, member(7001), member(7002)] and transport.closed == []
     answer_ring(core, 2, ring(7002, 7003, given=False), DEPARTED_GRACE - 1)
     assert transport.closed == []
-    # The grace passed: 7001 is closed, 7003 takes its index; 7002 (named) and the
-    # given endpoint (named by no reply since 10 s) stay.
+    # The grace passed: 7001 is closed and its index retired; 7002 (named) and the
+    # given endpoint (named by no reply since 10 s) stay. The index is reused
+    # only REUSE_AFTER later: 7003 takes it then.
     answer_ring(core, 2, ring(7002, 7003, given=False), DEPARTED_GRACE + 11)
-    assert transport.closed == [member(7001)]
+    assert transport.closed == [member(7001)] and nodes.retired == {1}
+    answer_ring(core, 2, ring(7002, 7003, given=False), DEPARTED_GRACE + 11 + nodes_module.REUSE_AFTER)
     assert nodes.endpoints == [GIVEN, member(7003), member(7002)] and not nodes.retired
     assert transport.open == {0: GIVEN, 1: member(7003), 2: member(7002)}
     assert nodes.index(member(7003)) == 1
@@ -274,6 +276,50 @@ def test_a_result_wait_whose_node_is_retired_while_another_holds_it_asks_on() ->
     assert nodes.retired == {1}
     again = op.send({"state": "ready", "timeout": True})  # that round ended without an outcome
     assert isinstance(again, ops.Ask) and again.node != 1 and again.command == c.RESULT
+
+
+def test_a_request_naming_a_node_retired_before_it_was_sent_is_not_answered_by_another(monkeypatch) -> None:
+    """Fault: a caller turned ``node=`` into its index in its own thread;
+    before its request reached the core, a RING reply retired that node and
+    gave its index to a new member at once -- the request went to the new
+    member, whose answer was read as the named node's (a review audit: 4 of
+    1,000 ``status(node=...)`` calls). A retired index is reused only
+    ``REUSE_AFTER`` later, and a request that finds its index retired fails
+    ``Unavailable``."""
+    monkeypatch.setattr(nodes_module, "MAX_NODES", 3)
+    core, nodes, transport = client_core()
+    answer_ring(core, 0, ring(7001, 7002), 0.0)
+    named = nodes.index(member(7001))           # in the caller's thread
+    answer_ring(core, 0, ring(7002, 7003), DEPARTED_GRACE + 1)     # 7001 left; 7003 is new
+    waiter = Waiter()
+    core.request(named, c.STATUS, {"req": core.next_req()}, waiter, DEPARTED_GRACE + 60, DEPARTED_GRACE + 1)
+    assert not [s for s in transport.sent if s[1] == c.STATUS]      # sent to nobody, least of all 7003
+    assert isinstance(waiter.outcome, Unavailable) and "left the ring" in waiter.outcome.message
+
+
+def test_a_node_reached_on_a_unix_socket_keeps_only_its_current_tcp_name() -> None:
+    """Fault: a client given a node's unix socket took every TCP endpoint
+    that node ever named as its own for good; the node moved its TCP service
+    and a new member came up at the old address: the client never dialled
+    the new member, and a request naming it went to the old node over the
+    socket (a review audit). A node reached on a unix socket keeps one
+    alias, its current TCP endpoint."""
+    local = "ipc:///tmp/miyaq-test-a.sock"
+    nodes = Nodes([local], discover=False)
+    dialled: list[str] = []
+
+    def dial(endpoint: str) -> bool:
+        dialled.append(endpoint)
+        return True
+
+    first = {"node": "a", "epoch": 1, "vnodes": 16, "members": {"a": {"service": member(7001), "weight": 1}}}
+    nodes.from_ring(first, local, dial, now=0.0)
+    assert nodes.aliases == {member(7001): 0} and dialled == []
+    moved = {"node": "a", "epoch": 2, "vnodes": 16,
+             "members": {"a": {"service": member(7002), "weight": 1}, "b": {"service": member(7001), "weight": 1}}}
+    assert nodes.from_ring(moved, local, dial, now=1.0) == [member(7001)]
+    assert nodes.aliases == {member(7002): 0}
+    assert nodes.index(member(7001)) == 1 and nodes.index(member(7002)) == 0
 
 
 # -- real clients -----------------------------------------------------------------------------

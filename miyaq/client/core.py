@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Protocol
 
-from ..errors import MiyaqError, UnknownCommand
+from ..errors import MiyaqError, Unavailable, UnknownCommand
 from ..logs import LogLimiter
 from ..protocol import codec
 from ..protocol import commands as c
@@ -140,6 +140,12 @@ class ClientCore:
         before it leave first, so a status or cancel right after ``submit()``
         finds the task."""
         self.submits.send_due(now)
+        if node in self.nodes.retired:
+            # Named in the caller's thread just before its node left the ring
+            # (the index is not reused for REUSE_AFTER: no other node answers).
+            self.resolver.fail(waiter, Unavailable(f"node {self.nodes.endpoints[node]} left the ring; this "
+                                                   "client no longer connects to it"))
+            return
         self.requests.start(node, command, body, waiter, deadline, now)
 
     # -- events -------------------------------------------------------------------------

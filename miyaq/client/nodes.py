@@ -40,6 +40,14 @@ FIRST_DISCOVERY_GAP = 0.25
 MAX_NODES = 256
 """Most node endpoints a client uses at once (given and learned; retired
 ones do not count)."""
+REUSE_AFTER = 5.0
+"""Seconds a retired index stays unused. A caller that named the node (an
+endpoint turned into its index in the caller's thread) and whose request
+reaches the core only after the retirement finds the index retired -- and
+fails ``Unavailable`` -- rather than taken by another node, whose answer
+would be read as the one named (before 2026-12-05 an index could be reused
+by the same RING reply that retired it: a review found 4 of 1,000
+``status(node=...)`` calls answered by another node)."""
 DEPARTED_GRACE = constants.DEPARTED_GRACE
 """Seconds an endpoint learned from the ring may go unnamed by every RING
 reply before the client retires it (once nothing is in flight on it): the
@@ -116,6 +124,9 @@ class Nodes:
         self.retired: frozenset[int] = frozenset()
         # Learned index -> when a RING reply last named it (:data:`DEPARTED_GRACE`).
         self._named: dict[int, float] = {}
+        # Retired index -> when (the caller's clock): reused REUSE_AFTER later.
+        self._retired_at: dict[int, float] = {}
+        self._now = float("inf")     # the clock of the RING reply being read (next_slot)
         self._rr = itertools.count()
         self._ask_rr = itertools.count()
         self._next_discovery = 0.0
@@ -165,10 +176,14 @@ class Nodes:
 
     @property
     def next_slot(self) -> int:
-        """The index the next endpoint learned takes: the lowest retired one,
-        else the next one (the driver's :meth:`Transport.connect` dials it there)."""
-        retired = self.retired
-        return min(retired) if retired else len(self.endpoints)
+        """The index the endpoint being learned takes (the driver's
+        :meth:`Transport.connect` dials it there): the lowest index retired
+        at least :data:`REUSE_AFTER` seconds before, else the next one."""
+        return self._free_slot(self._now)
+
+    def _free_slot(self, now: float) -> int:
+        ready = [i for i in self.retired if now - self._retired_at.get(i, 0.0) >= REUSE_AFTER]
+        return min(ready) if ready else len(self.endpoints)
 
     def order(self, first: str | int | None) -> list[int]:
         """Every node, ``first`` first: where to ask for a task one node may
@@ -288,8 +303,10 @@ class Nodes:
                 if not isinstance(service, str) or len(service) > MAX_ENDPOINT_CHARS:
                     continue
                 if via is not None and via.startswith("ipc://") and node_id == body.get("node"):
-                    self.aliases[service] = self.index(via)
+                    self._alias(service, self.index(via))
                 services.append(service)
+        # A reply without ``now`` retires nothing, and may reuse any retired index.
+        self._now = now if now is not None else float("inf")
         if now is not None:
             self._retire_departed(services, now, release)
         retired = self.retired
@@ -298,7 +315,7 @@ class Nodes:
         for service in services:
             if service in self.aliases or service in self.refused or service in index_of:
                 continue
-            slot = self.next_slot
+            slot = self._free_slot(self._now)
             if slot >= MAX_NODES:
                 continue        # known ones may still be aliased above; no new one
             dialled = dial(service)
@@ -321,6 +338,17 @@ class Nodes:
         self.placement = placement_from_ring(body, index_of, self.placement)
         return new
 
+    def _alias(self, service: str, node: int) -> None:
+        """``service`` (a member's TCP endpoint) is node ``node``, reached on
+        a unix socket: its one alias. One it had before goes -- its service
+        moved, and another member may be there now (before 2026-12-05 the
+        old name stayed an alias of this node for good: a new member at that
+        address was never dialled, and asked by its endpoint, this node
+        answered in its place)."""
+        for old in [alias for alias, i in self.aliases.items() if i == node and alias != service]:
+            del self.aliases[old]
+        self.aliases[service] = node
+
     def _retire_departed(self, services: list[str], now: float,
                          release: Callable[[list[int]], Iterable[int]]) -> None:
         """Mark the learned nodes ``services`` names as seen at ``now``; retire
@@ -337,12 +365,13 @@ class Nodes:
                     if i not in retired and now - named.setdefault(i, now) >= DEPARTED_GRACE]
         if departed:
             for node in release(departed):
-                self._retire(node)
+                self._retire(node, now)
 
-    def _retire(self, node: int) -> None:
+    def _retire(self, node: int, now: float) -> None:
         """Forget learned node ``node`` (its connection is closed): its index
-        is free for the next endpoint learned."""
+        is free for an endpoint learned :data:`REUSE_AFTER` seconds on."""
         self.retired = self.retired | {node}
+        self._retired_at[node] = now
         self._named.pop(node, None)
         self.limits.pop(node, None)
         if node in self.down:
