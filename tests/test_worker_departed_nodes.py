@@ -16,7 +16,7 @@ from fuzz_inputs import pack
 from played_node import PlayedNode
 
 import miyaq
-import miyaq.worker.runner as runner
+import miyaq.worker.ring as ring
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c
 from miyaq.runtime import green
@@ -85,8 +85,8 @@ def nowhere():
 @pytest.fixture
 def grace(monkeypatch):
     """Set the departed-node grace (seconds); every list heard checks for links to retire."""
-    monkeypatch.setattr(runner, "DEPARTED_NODE_CHECK", 0.0, raising=False)
-    return lambda seconds: monkeypatch.setattr(runner, "DEPARTED_NODE_GRACE", seconds, raising=False)
+    monkeypatch.setattr(ring, "DEPARTED_NODE_CHECK", 0.0)
+    return lambda seconds: monkeypatch.setattr(ring, "DEPARTED_NODE_GRACE", seconds)
 
 
 def linked_worker(node: RingNode, thread_worker: Any, endpoints: list[str], **options: Any) -> Any:
@@ -168,7 +168,7 @@ def test_new_nodes_are_linked_past_max_nodes_once_old_ones_departed(played, nowh
     (an audit's run, the limit lowered to 6). Now the old addresses are
     retired, and each new node is linked and registered with."""
     grace(0.0)
-    monkeypatch.setattr(runner, "MAX_NODES", 3)
+    monkeypatch.setattr(ring, "MAX_NODES", 3)
     a = played()
     worker = linked_worker(a, thread_worker, [a.endpoint])
     for _ in range(4):

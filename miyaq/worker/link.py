@@ -33,7 +33,7 @@ reconnecting (and to the diagnosis above), so a node that refuses the
 handshake does not make the link churn sockets.
 
 A link to a node that left the ring is **retired** by the worker
-(:meth:`NodeLink.retire`, :meth:`~miyaq.worker.runner.Worker.discover`):
+(:meth:`NodeLink.retire`, :mod:`~miyaq.worker.ring`):
 its socket and monitor are closed and its greenlets end; it never opens
 another socket.
 """
@@ -393,7 +393,7 @@ class NodeLink:
             self._welcome(body)
         elif command == c.HEARTBEAT:
             if isinstance(body.get("nodes"), list):
-                self.worker.discover(body["nodes"])
+                self.worker.ring.follow(body["nodes"])
         elif command == c.ABORT:
             ids = body.get("ids")
             if isinstance(ids, list):
@@ -432,7 +432,7 @@ class NodeLink:
         if isinstance(service, str) and len(service) <= c.MAX_ENDPOINT_CHARS:
             self.advertised = service
         if isinstance(body.get("nodes"), list):
-            self.worker.discover(body["nodes"])
+            self.worker.ring.follow(body["nodes"])
         limit = body.get("max_message")
         if type(limit) is int and 2 * RESULT_MESSAGE_SLACK <= limit <= 2**31:
             self.max_result = min(MAX_RESULT_BYTES, limit - RESULT_MESSAGE_SLACK)

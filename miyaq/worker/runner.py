@@ -39,8 +39,7 @@ from ..runtime.sockets import SocketFactory
 from ..security.curve import client_curve
 from .aio import AsyncLoop
 from .config import (
-    BYE_LINGER, DEPARTED_NODE_CHECK, DEPARTED_NODE_GRACE, DRAIN_POLL, MAX_NODES, OVER_CAPACITY, POOL_READY_WAIT,
-    WorkerConfig,
+    BYE_LINGER, DRAIN_POLL, OVER_CAPACITY, POOL_READY_WAIT, WorkerConfig,
 )
 from .execute import Interrupted, Outcome, TaskAborted, TaskTimeout, too_large
 from .jobs import Backlog, Job, current, release, reportable, well_formed
@@ -48,6 +47,7 @@ from .link import NodeLink
 from .pools import PoolParts, make_pool
 from .prefetch import RunTimes
 from .pulse import Pulse
+from .ring import RingFollower
 from .routing import Routes
 from .watchdog import Watchdog
 
@@ -97,8 +97,7 @@ class Worker:
         self.aio = (AsyncLoop(self.inbox, self.touch, app.close, app.aclose)
                     if has_async and cfg.pool != "processes" else None)
         self.links = [NodeLink(self, self.factory, ep) for ep in self.endpoints]
-        self.refused: set[str] = set()     # endpoints a node named that libzmq refused (bounded: MAX_NODES)
-        self._next_departed_check = 0.0    # monotonic: when discover() may next look for links to retire
+        self.ring = RingFollower(self)     # links to the nodes the ring names, retired once they left it
         self.routes = Routes(self.links)
         self.backlog = Backlog()
         # Idle runners wait on their own event; new work wakes only as many
@@ -189,82 +188,6 @@ class Worker:
         link = self.routes.origin.get(task_id)
         if link is not None:
             self.routes.report_link(link, task_id, keep=True).touch(task_id)
-
-    def discover(self, endpoints: list[Any]) -> None:
-        """Follow the ring (the ``nodes`` list of a WELCOME or HEARTBEAT):
-        connect to every node it names, up to MAX_NODES links, and retire
-        the links to nodes it has no longer named for DEPARTED_NODE_GRACE
-        (:meth:`_retire_departed`)."""
-        if self.stopping:
-            return
-        now = monotonic()
-        named = {ep for ep in endpoints if isinstance(ep, str)}
-        for link in self.links:
-            if link.endpoint in named or link.advertised in named:
-                link.absent_since = None
-            elif link.absent_since is None:
-                link.absent_since = now
-        if now >= self._next_departed_check:
-            self._next_departed_check = now + DEPARTED_NODE_CHECK
-            self._retire_departed(now)
-        known = {link.endpoint for link in self.links} | {link.advertised for link in self.links if link.advertised}
-        for ep in endpoints:
-            if (isinstance(ep, str) and ep.startswith("tcp://") and len(ep) <= c.MAX_ENDPOINT_CHARS
-                    and ep not in known and ep not in self.refused):
-                if len(self.links) >= MAX_NODES:
-                    _log.warning("max nodes", "worker %s: not linking to node %s: linked to %d nodes already, the "
-                                 "most a worker links to (MAX_NODES)", self.wid, ep, MAX_NODES)
-                    break
-                try:
-                    link = NodeLink(self, self.factory, ep)
-                except ConfigError as err:
-                    # A node named an endpoint libzmq refuses (a buggy or hostile
-                    # one): logged once, never tried again.
-                    if len(self.refused) < MAX_NODES:
-                        self.refused.add(ep)
-                    _log.warning("refused", "worker %s: not dialling a node the ring names: %s", self.wid,
-                                 err.message)
-                    continue
-                self.links.append(link)
-                known.add(ep)       # a list that names it twice links it once
-                self.pulse.add(ep)
-                self._serve(link)
-                logger.info("worker %s: discovered node %s", self.wid, ep)
-
-    def _retire_departed(self, now: float) -> None:
-        """Retire every link whose node no list has named for
-        DEPARTED_NODE_GRACE and that holds nothing (:meth:`_held_links`):
-        a node that came back at a new address (a container's new IP, a
-        rolling upgrade) leaves no link behind to retry its old one for
-        ever, nor one that takes the place of a current member under
-        MAX_NODES. Never an endpoint the worker was given (``--connect``),
-        never its last link. A link still holding something is looked at
-        again at a later list."""
-        departed = [(link, now - link.absent_since) for link in self.links
-                    if link.absent_since is not None and now - link.absent_since >= DEPARTED_NODE_GRACE
-                    and link.endpoint not in self.endpoints]
-        if not departed:
-            return
-        held = self._held_links()
-        for link, absent in departed:
-            if id(link) in held or len(self.links) <= 1:
-                continue
-            self.links.remove(link)     # in place: Routes shares the list
-            self.pulse.remove(link.endpoint)
-            link.retire()
-            logger.info("worker %s: node %s is no longer in the ring (no list of its members has named it for "
-                        "%.0fs): no longer linked to it", self.wid, link.endpoint, absent)
-
-    def _held_links(self) -> set[int]:
-        """The ids of the links something here still needs: a task their
-        node gave runs (an earlier attempt still stopping too) or waits in
-        the backlog, or a result or touch waits in their outbox."""
-        held = {id(link) for link in self.routes.origin.values()}
-        held.update(id(link) for link in self.backlog.links())
-        held.update(id(link) for link in self.links if len(link.outbox))
-        superseded = {job.node for job in self.superseded}
-        held.update(id(link) for link in self.links if link.endpoint in superseded)
-        return held
 
     def link_lost(self, link: NodeLink) -> None:
         self.routes.link_lost(link)
@@ -463,9 +386,9 @@ class Worker:
 
     def _serve_links(self) -> None:
         for link in self.links:
-            self._serve(link)
+            self.serve(link)
 
-    def _serve(self, link: NodeLink) -> None:
+    def serve(self, link: NodeLink) -> None:
         """Start ``link``'s reader (critical: the worker cannot run without it)
         and its connection watcher (restarted if it dies)."""
         link.spawn(f"link {link.endpoint}", link.serve, policy=CRITICAL)
