@@ -109,3 +109,36 @@ def _dealer(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(endpoint)
     return sock
+
+
+def test_a_flood_of_task_timeouts_is_logged_at_a_bounded_rate(caplog) -> None:
+    """Fault: a worker whose tasks all ran past their timeout (a slow
+    dependency, a timeout set too short) logged a warning for each one
+    stopped, without a bound -- at the rate of its tasks. One by one up to
+    ``TIMEOUT_LINES_PER_MINUTE`` lines a minute now, the rest counted; every
+    task is still stopped."""
+    from types import SimpleNamespace
+
+    from miyaq.runtime import green
+    from miyaq.worker import watchdog as watchdog_module
+
+    jobs = [SimpleNamespace(task_id=f"t{i}", name="job", timeout=1.0, deadline=0.0, stop_reason=None,
+                            executor=SimpleNamespace(name="gevent"))
+            for i in range(3 * watchdog_module.TIMEOUT_LINES_PER_MINUTE)]
+
+    def interrupt(job, reason) -> None:
+        job.stop_reason = reason
+
+    watchdog = watchdog_module.Watchdog("w1", lambda: jobs, interrupt)
+    with caplog.at_level(logging.WARNING, logger="miyaq.worker.watchdog"):
+        loop = green.Greenlet.spawn(watchdog.run)
+        try:
+            for _ in range(1000):       # the loop's first pass stops every job past its deadline
+                if all(job.stop_reason is not None for job in jobs):
+                    break
+                green.sleep(0.01)
+        finally:
+            loop.kill()
+    assert all(job.stop_reason is not None for job in jobs)
+    lines = [r for r in caplog.records if "ran past its 1s timeout" in r.getMessage()]
+    assert len(lines) == watchdog_module.TIMEOUT_LINES_PER_MINUTE

@@ -12,12 +12,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 
+from ..logs import LogLimiter
 from ..runtime import green, monotonic
 from .config import WATCHDOG_IDLE, WATCHDOG_TICK
 from .execute import Interrupted, TaskTimeout
 from .jobs import Job
 
 logger = logging.getLogger(__name__)
+#: Tasks stopped at their timeout are logged one by one up to this many lines
+#: a minute, then counted (each is also a FAILED ``TaskTimeout`` at the node,
+#: in its metrics); before 2026-12-05 a flood of timeouts logged a line each.
+TIMEOUT_LINES_PER_MINUTE = 100
+_log = LogLimiter(logger, burst=TIMEOUT_LINES_PER_MINUTE)
 
 
 class Watchdog:
@@ -46,8 +52,8 @@ class Watchdog:
                 if job.stop_reason is not None:
                     continue
                 if now >= job.deadline:
-                    logger.warning("worker %s: task %s (%s) ran past its %gs timeout; stopping it (pool %s)",
-                                   self.wid, job.task_id, job.name, job.timeout, job.executor.name)
+                    _log.warning("timeout", "worker %s: task %s (%s) ran past its %gs timeout; stopping it "
+                                 "(pool %s)", self.wid, job.task_id, job.name, job.timeout, job.executor.name)
                     self.interrupt(job, TaskTimeout)
                 elif job.deadline < nearest:
                     nearest = job.deadline    # a touch only moves a deadline later
