@@ -6,7 +6,7 @@ from __future__ import annotations
 from miyaq.cluster import stream
 from miyaq.cluster import sync as sync_module
 from miyaq.runtime import green, wall
-from miyaq.store.task import DEAD, DONE, RUNNING
+from miyaq.store.task import DEAD, DONE, RUNNING, SCHEDULED
 
 
 def _started_everywhere(cluster, tid, holders, runner):
@@ -374,7 +374,11 @@ def test_a_dead_letter_retry_whose_revived_event_was_lost_is_repaired_by_the_res
     lost = cluster.net.drop("EVENTS", src=runner, dst=victim, event="V", count=1)
     assert cluster[runner].node.core.engine.dead_retry([tid], wall()) == [tid]
     cluster.wait_until(lambda: cluster[holders[2]].state(tid) not in (None, DEAD), what="the V event heard")
-    assert lost.hits == 1 and cluster[victim].state(tid) == DEAD
+    # The victim's copy stays dead until a resync: the next heartbeat's, which
+    # the test brings (advance), or -- on a machine so loaded that the wait
+    # above took a second of real time -- one that came first (before, CI
+    # failed on that: the copy was already revived when the test looked).
+    assert lost.hits == 1 and cluster[victim].state(tid) in (DEAD, SCHEDULED)
     cluster.advance(1.0)     # the next heartbeat tells the gap
     cluster.wait_until(lambda: cluster[victim].state(tid) not in (None, DEAD), what="the resync to revive the copy")
     assert cluster[victim].task(tid).standby and cluster[victim].task(tid).meta["revived"] == 1
@@ -397,7 +401,9 @@ def test_a_copy_retried_here_is_not_killed_by_a_resync_from_a_holder_that_missed
     worker.stop()                 # nothing runs the retried task yet
     cluster[runner].node.core.engine.dead_retry([tid], wall())
     cluster.wait_until(lambda: cluster[holders[2]].state(tid) not in (None, DEAD), what="the V event heard")
-    assert cluster[victim].state(tid) == DEAD
+    # Dead there unless a resync of its own, brought by a second of real time on
+    # a loaded machine, revived it first (the outcome below is the same).
+    assert cluster[victim].state(tid) in (DEAD, SCHEDULED)
     resync = cluster[runner].role.resync
     done = resync.completed
     cluster[runner].role.subscriber.resync_all("the test asks")
