@@ -353,7 +353,9 @@ def _dead_everywhere(inproc, **settings):
     tid = cluster.task_id()
     holders = cluster.holders(tid)
     worker = cluster.worker(holders[0])
-    cluster.submit(holders[0], tid, max_retries=0)
+    # A long lease: a retried attempt the test's worker holds must not run out
+    # (the in-process default is 2 s of real time) on a loaded machine.
+    cluster.submit(holders[0], tid, max_retries=0, timeout=120.0)
     cluster.wait_until(lambda: worker.runs(tid), what="the task running")
     worker.fail(tid, retry=False)
     cluster.wait_until(lambda: all(cluster[h].state(tid) == DEAD for h in holders), what="dead on every holder")
