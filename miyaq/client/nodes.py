@@ -15,11 +15,11 @@ reply (never one the user gave) that no RING reply has named for
 :data:`DEPARTED_GRACE` seconds, and on which nothing is in flight, is
 *retired* (:meth:`Nodes.from_ring`): the driver closes its connection and
 its index joins :attr:`Nodes.retired`. The list is never shifted -- every
-index other parts hold stays right -- and the next endpoint learned takes
-the lowest retired index (:attr:`Nodes.next_slot`; the driver dials it
-there) before the list grows. :data:`MAX_NODES` bounds the endpoints in use,
-so a new member is learned once departed ones are retired. A retired index
-keeps its old endpoint in :attr:`Nodes.endpoints` (for the messages of a
+index other parts hold stays right -- and an endpoint learned
+:data:`REUSE_AFTER` seconds or more later takes the lowest retired index
+(:attr:`Nodes.next_slot`; the driver dials it there) before the list grows.
+:data:`MAX_NODES` bounds the endpoints in use, so a new member is learned
+once departed ones are retired. A retired index keeps its old endpoint in :attr:`Nodes.endpoints` (for the messages of a
 request that raced the retirement) until it is reused, but is never picked,
 ordered, placed or found by its endpoint.
 """
@@ -126,7 +126,9 @@ class Nodes:
         self._named: dict[int, float] = {}
         # Retired index -> when (the caller's clock): reused REUSE_AFTER later.
         self._retired_at: dict[int, float] = {}
-        self._now = float("inf")     # the clock of the RING reply being read (next_slot)
+        # The index the endpoint being dialled takes (set by from_ring before it
+        # hands the endpoint to ``dial``: the driver's connect opens it there).
+        self.next_slot = len(self.endpoints)
         self._rr = itertools.count()
         self._ask_rr = itertools.count()
         self._next_discovery = 0.0
@@ -174,14 +176,9 @@ class Nodes:
         retired = self.retired
         return [e for i, e in enumerate(self.endpoints) if i not in retired]
 
-    @property
-    def next_slot(self) -> int:
-        """The index the endpoint being learned takes (the driver's
-        :meth:`Transport.connect` dials it there): the lowest index retired
-        at least :data:`REUSE_AFTER` seconds before, else the next one."""
-        return self._free_slot(self._now)
-
     def _free_slot(self, now: float) -> int:
+        """The lowest index retired at least :data:`REUSE_AFTER` seconds
+        before ``now``, else the next one."""
         ready = [i for i in self.retired if now - self._retired_at.get(i, 0.0) >= REUSE_AFTER]
         return min(ready) if ready else len(self.endpoints)
 
@@ -293,8 +290,9 @@ class Nodes:
         named for :data:`DEPARTED_GRACE` seconds are handed to ``release``
         (before any new endpoint is dialled), which closes the connections of
         those with nothing in flight and returns their indexes: they are
-        retired (:attr:`retired`), and a new endpoint of this reply may take
-        one at once. Without ``now``, nothing is retired."""
+        retired (:attr:`retired`), and a new endpoint takes one only
+        :data:`REUSE_AFTER` seconds later. Without ``now``, nothing is
+        retired."""
         members = body.get("members")
         services: list[str] = []
         if isinstance(members, dict):
@@ -305,17 +303,15 @@ class Nodes:
                 if via is not None and via.startswith("ipc://") and node_id == body.get("node"):
                     self._alias(service, self.index(via))
                 services.append(service)
-        # A reply without ``now`` retires nothing, and may reuse any retired index.
-        self._now = now if now is not None else float("inf")
         if now is not None:
             self._retire_departed(services, now, release)
-        retired = self.retired
-        index_of = {endpoint: i for i, endpoint in enumerate(self.endpoints) if i not in retired}
+        index_of = self._in_use()
         new: list[str] = []
         for service in services:
             if service in self.aliases or service in self.refused or service in index_of:
                 continue
-            slot = self._free_slot(self._now)
+            # A reply without ``now`` retires nothing, and may reuse any retired index.
+            slot = self.next_slot = self._free_slot(now if now is not None else float("inf"))
             if slot >= MAX_NODES:
                 continue        # known ones may still be aliased above; no new one
             dialled = dial(service)
@@ -328,6 +324,7 @@ class Nodes:
             if slot < len(self.endpoints):
                 self.endpoints[slot] = service
                 self.retired = self.retired - {slot}
+                del self._retired_at[slot]
             else:
                 self.endpoints.append(service)
             if now is not None:
@@ -337,6 +334,11 @@ class Nodes:
         index_of.update(self.aliases)
         self.placement = placement_from_ring(body, index_of, self.placement)
         return new
+
+    def _in_use(self) -> dict[str, int]:
+        """Endpoint -> index of every endpoint in use (retired ones left out)."""
+        retired = self.retired
+        return {endpoint: i for i, endpoint in enumerate(self.endpoints) if i not in retired}
 
     def _alias(self, service: str, node: int) -> None:
         """``service`` (a member's TCP endpoint) is node ``node``, reached on
@@ -355,7 +357,7 @@ class Nodes:
         those unnamed for :data:`DEPARTED_GRACE` that ``release`` let go."""
         named = self._named
         retired = self.retired
-        index_of = {endpoint: i for i, endpoint in enumerate(self.endpoints) if i not in retired}
+        index_of = self._in_use()
         index_of.update(self.aliases)
         for service in services:
             node = index_of.get(service, -1)
