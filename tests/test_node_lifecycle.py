@@ -302,13 +302,7 @@ def test_reviving_and_purging_a_whole_dead_letter_queue_lets_the_node_serve_mean
     consumer = Collector(["h", "p", "z", "y"])
 
     def make_dead(prefix: str, n: int) -> None:
-        for i in range(n):
-            t = task(f"{prefix}{i}", queue=prefix)      # a queue each: revived ones are not taken here
-            t.max_retries = 0
-            now = wall()
-            engine.submit(t, now)
-            engine.start(engine.take([prefix], now), consumer, now)
-            engine.fail(t.id, 1, {"type": "E", "message": "no"}, False, None, now)
+        make_dead_letters(engine, consumer, prefix, n)
 
     turns = 0
     during: list[int] = []
@@ -355,6 +349,114 @@ def test_reviving_and_purging_a_whole_dead_letter_queue_lets_the_node_serve_mean
         sockets.close()
     assert len(during) == 4 and all(n > 0 for n in during), during
     assert not engine.table.dead
+
+
+def make_dead_letters(engine: Any, consumer: Consumer, queue: str, n: int) -> None:
+    """``n`` dead letters in ``queue`` (a queue of their own: revived ones are not taken)."""
+    for i in range(n):
+        t = task(f"{queue}{i}", queue=queue)
+        t.max_retries = 0
+        now = wall()
+        engine.submit(t, now)
+        engine.start(engine.take([queue], now), consumer, now)
+        engine.fail(t.id, 1, {"type": "E", "message": "no"}, False, None, now)
+
+
+def test_a_dead_letter_operation_over_zeromq_lets_the_socket_s_other_messages_through(
+        local_node: Callable[..., Node], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault: a ``DEAD retry`` or ``purge`` of a whole dead-letter queue over
+    ZeroMQ ran in the service socket's reader, so every other client's and
+    worker's message waited for it (0.4 s at ``max_dead``'s 100,000). It
+    now runs in a greenlet of its own: a STATUS sent by another client just
+    after a DEAD operation on 2,000 dead letters -- a yield at each
+    (``HUB_SLICE`` 0) -- is answered first, and both are answered."""
+    from miyaq.protocol import codec
+    from miyaq.protocol import commands as c
+
+    monkeypatch.setattr(green, "HUB_SLICE", 0.0)
+    node = local_node()
+    engine = node.core.engine
+    consumer = Collector(["r", "p"])
+    sockets = SocketFactory()
+    endpoint = f"tcp://127.0.0.1:{node.config.port}"
+    admin, other = sockets.dealer(endpoint), sockets.dealer(endpoint)
+
+    def answered_in_order(op: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+        order: list[str] = []
+        replies: dict[str, Any] = {}
+
+        def read(name: str, sock: Any) -> None:
+            _, replies[name] = codec.decode(sock.recv_multipart(), {c.REPLY}, 1 << 20)
+            order.append(name)
+
+        readers = [green.Greenlet.spawn(read, "dead", admin), green.Greenlet.spawn(read, "status", other)]
+        admin.send_multipart(codec.encode(c.DEAD, {"req": 1, **op}))
+        other.send_multipart(codec.encode(c.STATUS, {"req": 2}))
+        green.joinall(readers, timeout=30)
+        return order, replies
+
+    try:
+        make_dead_letters(engine, consumer, "r", 2_000)
+        order, replies = answered_in_order({"op": "retry", "queue": "r"})
+        assert order == ["status", "dead"]
+        assert len(replies["dead"]["retried"]) == 2_000
+        make_dead_letters(engine, consumer, "p", 2_000)
+        order, replies = answered_in_order({"op": "purge", "queue": "p"})
+        assert order == ["status", "dead"]
+        assert replies["dead"]["purged"] == 2_000
+    finally:
+        admin.close(0)
+        other.close(0)
+        sockets.close()
+    assert not engine.table.dead
+
+
+def test_dead_letter_operations_at_once_are_bounded_and_a_failing_one_is_answered(
+        local_node: Callable[..., Node], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Faults: a client sends DEAD operations in a loop without waiting for
+    their replies; and one of them fails inside the node. At most
+    ``BACKGROUND_OPS`` (2) run at once: the third waits for a place, and the
+    service socket's reader with it -- a STATUS sent after the three is
+    answered once one of the first two is done, and before the third. An
+    operation that raises is logged and answered with an ERROR, not left
+    without a reply, and the node serves on."""
+    from miyaq.core.handlers import BACKGROUND_OPS
+    from miyaq.protocol import codec
+    from miyaq.protocol import commands as c
+
+    assert BACKGROUND_OPS == 2
+    monkeypatch.setattr(green, "HUB_SLICE", 0.0)
+    node = local_node()
+    engine = node.core.engine
+    queues = ["a", "b", "d"]
+    consumer = Collector(queues)
+    for q in queues:
+        make_dead_letters(engine, consumer, q, 1_000)
+    sockets = SocketFactory()
+    dealer = sockets.dealer(f"tcp://127.0.0.1:{node.config.port}")
+    try:
+        for req, q in enumerate(queues, 1):
+            dealer.send_multipart(codec.encode(c.DEAD, {"req": req, "op": "retry", "queue": q}))
+        dealer.send_multipart(codec.encode(c.STATUS, {"req": 4}))
+        order = []
+        for _ in range(4):
+            command, body = codec.decode(dealer.recv_multipart(), {c.REPLY}, 1 << 20)
+            order.append(body["req"])
+        assert order[-1] == 3 and order.index(4) > min(order.index(1), order.index(2)), order
+
+        def broken(*args: Any) -> list[str]:
+            raise RuntimeError("injected fault in dead_retry")
+
+        monkeypatch.setattr(engine, "dead_retry", broken)
+        dealer.send_multipart(codec.encode(c.DEAD, {"req": 5, "op": "retry"}))
+        command, body = codec.decode(dealer.recv_multipart(), {c.ERROR}, 1 << 20)
+        assert body["req"] == 5 and "internal error" in body["message"]
+        dealer.send_multipart(codec.encode(c.STATUS, {"req": 6}))
+        command, body = codec.decode(dealer.recv_multipart(), {c.REPLY}, 1 << 20)
+        assert body["req"] == 6 and "queues" in body
+    finally:
+        dealer.close(0)
+        sockets.close()
 
 
 def test_failing_rate_limit_refill_is_logged_and_counted(local_node: Callable[..., Node],

@@ -14,7 +14,7 @@ With keys, the key of the message being handled is ``endpoint.caller``.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from miyaq.constants import MAX_LONG_POLL, MAX_RETRY_DELAY, MAX_WITHDRAW
 from miyaq.core.consumers import Origin, PullConsumer, WorkerConsumer, pull_principal
@@ -29,11 +29,14 @@ from miyaq.protocol import fields as f
 from miyaq.protocol.periodic import schedules_from_wire
 from miyaq.protocol.recordspec import STARTED_ELSEWHERE, cut_error
 from miyaq.protocol.taskspec import check_id, check_queue, task_from_wire
-from miyaq.runtime import green, monotonic
+from miyaq.runtime import LOG, Supervisor, green, monotonic
 from miyaq.store.task import ALL_STATES
 
 logger = logging.getLogger(__name__)
 
+#: DEAD retries and purges run at once, each in a greenlet of its own
+#: (:meth:`ServiceHandlers._in_background`); one more waits for a place.
+BACKGROUND_OPS = 2
 
 
 def _ran_elsewhere(task_id: str) -> NotFound:
@@ -54,7 +57,7 @@ class ServiceHandlers:
     """
 
     def __init__(self, core: Core, role: Role, schedules: ScheduleSink, status: StatusReport,
-                 webhooks: bool) -> None:
+                 webhooks: bool, supervisor: Supervisor) -> None:
         self.config = core.config
         self.engine = core.engine
         self.endpoint = core.endpoint
@@ -67,6 +70,7 @@ class ServiceHandlers:
         self.report = status
         self.webhooks = webhooks
         self.max_batch = core.config.max_batch
+        self.background = supervisor.pool("dead-letter operation", BACKGROUND_OPS, LOG)
 
     def install(self) -> None:
         table = {
@@ -172,16 +176,33 @@ class ServiceHandlers:
             self.endpoint.reply(identity, req, {"tasks": self.engine.dead_list(queue, limit)})
         elif op == "retry":
             ids = self._ids(body, queue)
-            # Yields to the hub every HUB_SLICE: timers, housekeeping, peers and
-            # HTTP go on meanwhile (this socket's next messages wait for it).
-            retried = self.engine.dead_retry(ids, now, green.FairShare().check)
-            self.endpoint.reply(identity, req, {"retried": retried})
+            self._in_background(identity, req, lambda between: {"retried": self.engine.dead_retry(ids, now, between)})
         elif op == "purge":
             ids = f.string_list(body, "ids", None, max_items=10_000, max_len=64)
-            purged = self.engine.dead_purge(queue, ids, green.FairShare().check)
-            self.endpoint.reply(identity, req, {"purged": purged})
+            self._in_background(identity, req, lambda between: {"purged": self.engine.dead_purge(queue, ids, between)})
         else:
             raise InvalidField("field 'op' must be list, retry or purge", field="op")
+
+    def _in_background(self, identity: bytes, req: Any, work: Callable[[Callable[[], None]], dict[str, Any]]) -> None:
+        """Run a DEAD retry or purge -- up to a whole dead-letter queue,
+        ``max_dead`` tasks, 0.4 s -- in a greenlet of its own that yields to
+        the hub every ``HUB_SLICE`` (``work`` is given the check to call
+        between tasks), and reply when it is done: the service socket's
+        other messages are read meanwhile. At most ``BACKGROUND_OPS`` run at
+        once; another one waits for a place, and the reader with it (so a
+        client sending them in a loop is held, not queued without bound)."""
+        endpoint = self.endpoint
+
+        def run() -> None:
+            try:
+                endpoint.reply(identity, req, work(green.FairShare().check))
+            except MiyaqError as err:
+                endpoint.error(identity, err, req)
+            except Exception:  # a bug must not go unanswered (the pool logs nothing it is not told)
+                logger.exception("DEAD operation failed")
+                endpoint.error(identity, MiyaqError("internal error while handling the request"), req)
+
+        self.background.spawn(run)
 
     def _ids(self, body: dict[str, Any], queue: str | None) -> list[str]:
         ids = f.string_list(body, "ids", None, max_items=10_000, max_len=64)

@@ -121,7 +121,8 @@ def _build(config: NodeConfig, supervisor: Supervisor, sockets: SocketFactory, c
         periodic = PeriodicScheduler(config, core.engine, core.workers, role, supervisor, shared=shared)
         open_files = OpenFilesWatch(config.id, supervisor)
         status = NodeStatus(config, core, role, periodic, persistence, open_files, zap, warning, handshakes)
-        ServiceHandlers(core, role, periodic, status, webhooks=bool(config.http_port)).install()
+        ServiceHandlers(core, role, periodic, status, webhooks=bool(config.http_port),
+                        supervisor=supervisor).install()
         clockwork = Clockwork(core, role, supervisor)
         # Start order: the log is replayed before the role decides to reconcile;
         # periodic listens for leadership before the role starts campaigning.
