@@ -93,6 +93,24 @@ def test_pause_over_http_keeps_submits_and_holds_receives(api):
     assert got is not None and got["id"] == sub["id"]
 
 
+def test_a_queue_paused_over_http_shows_paused_to_a_zeromq_client(http_node, api):
+    """Fault: an operator pauses a queue over HTTP (or the console) and a
+    Python program watching STATUS over ZeroMQ cannot tell: its queue rows
+    had no ``paused`` and no ``limits`` (only ``GET /status`` added them).
+    Both doors now show the same rows."""
+    import miyaq
+
+    api.post("/queues/jobs/pause")
+    api.request("PUT", "/queues/jobs/limits", {"max_concurrent": 3})
+    api.post("/tasks", {"name": "job", "queue": "jobs"})
+    with miyaq.Client(f"tcp://127.0.0.1:{http_node.config.port}") as client:
+        row = client.status()["queues"]["jobs"]
+        assert row["paused"] is True and row["limits"]["max_concurrent"] == 3
+        assert row == api.get("/status")[1]["queues"]["jobs"]
+        api.post("/queues/jobs/resume")
+        assert client.status()["queues"]["jobs"]["paused"] is False
+
+
 def test_pause_of_a_bad_queue_name_changes_nothing(api):
     status, answer, _ = api.post("/queues/bad@name/pause")
     assert status == 400 and answer["error"]["code"] == "invalid_field"

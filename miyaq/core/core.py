@@ -89,9 +89,11 @@ class Core:
     def status(self) -> dict[str, Any]:
         """Queues, totals, bytes held against their limits, outcomes, protocol
         errors, records refused from peers and the log, and the gate, for
-        STATUS and /status; and ``workers``, the registered workers (their
-        ids, hosts, pids, queues), when :meth:`lists_workers`."""
-        engine, workers = self.engine, self.workers
+        STATUS and /status (a queue's row with its ``limits`` and whether
+        it is ``paused``, through either door since 2026-12-05); and
+        ``workers``, the registered workers (their ids, hosts, pids,
+        queues), when :meth:`lists_workers`."""
+        engine, workers, limits = self.engine, self.workers, self.limits
         counts = engine.queue_counts()
         idle = workers.idle_by_queue()
         per_queue = workers.workers_by_queue()
@@ -100,6 +102,8 @@ class Core:
             row = dict(counts.get(q, EMPTY_ROW))
             row["workers"] = per_queue.get(q, 0)
             row["idle"] = idle.get(q, 0)
+            row["limits"] = limits.describe(q)
+            row["paused"] = q in limits.paused
             queues[q] = row
         table = engine.table
         totals = {"live": len(table.live), "dead": len(table.dead),

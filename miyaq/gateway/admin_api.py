@@ -52,9 +52,6 @@ class AdminApi:
         else:
             status.pop("workers", None)
         status["ring"] = self.gateway.metrics.cluster.view()
-        for name, row in status["queues"].items():
-            row["limits"] = self.limits.describe(name)
-            row["paused"] = name in self.limits.paused
         deliverer = self.gateway.deliverer
         status["webhooks"] = {"in_flight": deliverer.in_flight(), "concurrency": deliverer.concurrency,
                               "in_flight_total": deliverer.in_flight_total(),
