@@ -99,7 +99,7 @@ class Core:
         per_queue = workers.workers_by_queue()
         queues = {}
         for q in sorted(set(counts) | set(idle)):
-            row = dict(counts.get(q, EMPTY_ROW))
+            row: dict[str, Any] = dict(counts.get(q, EMPTY_ROW))
             row["workers"] = per_queue.get(q, 0)
             row["idle"] = idle.get(q, 0)
             row["limits"] = limits.describe(q)
