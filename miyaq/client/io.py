@@ -244,34 +244,47 @@ class IOLoop:
             if sock is not None:
                 poller.register(sock, zmq.POLLIN)
         poller.register(self._rfd, zmq.POLLIN)
-        core = self.core
         try:
             while True:
-                if self._drain_inbox():
-                    break
-                now = monotonic()
-                core.on_timer(now)
-                self._armed = True
-                if self.inbox:
-                    self._armed = False
-                    timeout_ms = 0
-                else:
-                    timeout_ms = int(core.next_timer(now) * 1000)
-                events = dict(poller.poll(timeout_ms))
-                self._armed = False
-                self._drain_pipe()
-                # A socket dialled meanwhile (the ring named a node) is not in
-                # `events`; one closed meanwhile (its node left) is None.
-                for i, sock in enumerate(self.socks):
-                    if sock is not None and sock in events:
-                        self._read(i, sock)
-                for i, monitor in enumerate(self.monitors):
-                    if monitor is not None and monitor in events:
-                        self._read_monitor(i, monitor)
+                try:
+                    if self._turn(poller):
+                        break
+                except (KeyboardInterrupt, SystemExit) as exc:
+                    # A signal landed in this greenlet (gevent: it runs in the
+                    # main thread). The turn it cut short is lost as a fault
+                    # is: its requests time out, its submits are sent again.
+                    self.kit.interrupted(exc)
         except Exception:
             self._crashed()
         finally:
             self._closed()
+
+    def _turn(self, poller: Any) -> bool:
+        """One turn of the loop: the calls queued, the timers due, a wait in
+        the poller, then what arrived. True: the loop is to end."""
+        core = self.core
+        if self._drain_inbox():
+            return True
+        now = monotonic()
+        core.on_timer(now)
+        self._armed = True
+        if self.inbox:
+            self._armed = False
+            timeout_ms = 0
+        else:
+            timeout_ms = int(core.next_timer(now) * 1000)
+        events = dict(poller.poll(timeout_ms))
+        self._armed = False
+        self._drain_pipe()
+        # A socket dialled meanwhile (the ring named a node) is not in
+        # `events`; one closed meanwhile (its node left) is None.
+        for i, sock in enumerate(self.socks):
+            if sock is not None and sock in events:
+                self._read(i, sock)
+        for i, monitor in enumerate(self.monitors):
+            if monitor is not None and monitor in events:
+                self._read_monitor(i, monitor)
+        return False
 
     def _drain_pipe(self) -> None:
         try:

@@ -57,6 +57,13 @@ class ThreadKit:
     def join(handle: Any, timeout: float) -> None:
         handle.join(timeout)
 
+    @staticmethod
+    def interrupted(exc: BaseException) -> None:
+        """The I/O loop got ``exc`` (``KeyboardInterrupt``, ``SystemExit``):
+        never from a signal in a thread of its own (Python raises those in
+        the main thread), so it ends the loop."""
+        raise exc
+
 
 class GeventKit:
     """Greenlets and ``zmq.green``, from the runtime. The I/O loop greenlet is
@@ -74,6 +81,7 @@ class GeventKit:
         self._lock = green.Lock
         self._supervisor = Supervisor("client")
         self._policy = LOG
+        self._green = green
 
     def spawn(self, fn: Callable[[], Any], name: str) -> Any:
         return self._supervisor.spawn(name, fn, policy=self._policy)
@@ -100,6 +108,15 @@ class GeventKit:
     @staticmethod
     def join(handle: Any, timeout: float) -> None:
         handle.join(timeout)
+
+    def interrupted(self, exc: BaseException) -> None:
+        """The I/O loop greenlet got ``exc`` (``KeyboardInterrupt``,
+        ``SystemExit``): a signal that landed in it because it was running
+        when the signal came. It is meant for the program: raised in the main
+        greenlet instead, and the loop goes on, so a ``close()`` in the
+        program's handler still flushes the unacknowledged submits (before
+        2026-12-05 the loop ended and they were lost)."""
+        self._green.raise_in_main(exc)
 
 
 def choose(green: bool | None) -> ThreadKit | GeventKit:

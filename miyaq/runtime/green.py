@@ -70,7 +70,7 @@ __all__ = [
     "Timeout",
     "WSGIHandler", "WSGIInput", "WSGIServer", "current", "destroy_hub", "hub_running", "idle", "is_patched",
     "joinall", "killall", "log_hub_errors", "monkey_patch", "native_lock", "native_thread_ident", "on_signal",
-    "peer_closed", "run_in_thread", "sleep", "slices",
+    "peer_closed", "raise_in_main", "run_in_thread", "sleep", "slices",
     "start_native_thread",
 ]
 
@@ -206,6 +206,17 @@ def call_soon(fn: Callable[..., Any], *args: Any) -> None:
     greenlet is suspended (so ``fn`` sees a consistent state and may throw
     into one). ``fn`` must not block or raise."""
     gevent.get_hub().loop.run_callback(fn, *args)
+
+
+def raise_in_main(exc: BaseException) -> None:
+    """Raise ``exc`` -- a ``KeyboardInterrupt`` or ``SystemExit`` that landed
+    in a greenlet which must go on -- in the main greenlet instead, from the
+    hub at its next loop iteration (as gevent does with one raised in the
+    hub). Python raises a signal's exception in whatever greenlet of the
+    main thread runs at that moment: a Ctrl-C meant for the program must not
+    end a library's loop that happened to be running."""
+    hub = gevent.get_hub()
+    hub.loop.run_callback(hub.parent.throw, exc)
 
 
 def call_later(seconds: float, fn: Callable[[], Any]) -> Any:
