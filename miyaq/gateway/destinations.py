@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from miyaq.gateway.allowlist import AllowList
-from miyaq.errors import InvalidField
+from miyaq.protocol.urls import check_host_name
 from miyaq.gateway.errors import ForbiddenDestination
 from miyaq.runtime import green, monotonic
 
@@ -82,23 +82,6 @@ def _literal(host: str) -> Address | None:
         return None
 
 
-def _check_host_name(url: str, field: str) -> None:
-    """InvalidField naming ``field`` if the host of ``url`` is no host name: an
-    empty label (``a..b``), one over 63 characters, or one IDNA cannot
-    encode. Such a host can never be resolved, and resolving it raised
-    ``UnicodeError`` out of the enqueue check: a 500 and a traceback."""
-    try:
-        host = urlsplit(url).hostname or ""
-    except ValueError:
-        return      # not a URL: the URL check names it
-    if not host or _literal(host) is not None:
-        return
-    try:
-        host.encode("idna")
-    except UnicodeError as exc:
-        raise InvalidField(f"the host of {url!r} is not a valid host name ({exc})", field=field) from None
-
-
 class Destinations:
     def __init__(self, allow_hosts: str, allow_private: bool, resolve: Resolver = green.getaddrinfo) -> None:
         self.allow_list = AllowList(allow_hosts)
@@ -120,7 +103,7 @@ class Destinations:
     def check(self, url: str, field: str = "url") -> None:
         """Raise :class:`ForbiddenDestination` (naming ``field``) if ``url`` may not be a webhook,
         :class:`InvalidField` if its host cannot be a host name at all."""
-        _check_host_name(url, field)
+        check_host_name(url, field)     # also checked at every submit (check_new_url)
         if self.allow_list.enabled:
             if not self.allow_list.allows(url):
                 raise ForbiddenDestination(f"webhook host of {url!r} is not in webhook_allow_hosts", field=field)

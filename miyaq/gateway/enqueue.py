@@ -26,11 +26,12 @@ import json
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from miyaq.errors import InvalidField
 from miyaq.protocol.commands import DUPLICATE
-from miyaq.protocol.taskspec import check_queue, check_sendable_url, task_from_wire
+from miyaq.protocol.taskspec import check_queue, task_from_wire
+from miyaq.protocol.urls import check_new_url
 from miyaq.gateway import convert
 from miyaq.gateway.errors import UnsupportedMediaType
 from miyaq.gateway.submit import submit_task
@@ -139,7 +140,7 @@ class Enqueue:
         url = options.get("url")
         if not url:
             raise InvalidField(f"field {prefix + 'url'!r} is required", field=prefix + "url")
-        _check_url(url, prefix + "url")
+        check_new_url(url, prefix + "url")     # as task_from_wire will, named as the client wrote it
         self.gateway.destinations.check(url, prefix + "url")
         method = str(options.get("method", "POST")).upper()
         headers: dict[str, str] = dict(options.pop("headers", None) or {})
@@ -176,19 +177,6 @@ def with_query(url: str, query: str) -> str:
     else:
         joined = base + "&" + query
     return joined + hash_mark + fragment
-
-
-def _check_url(url: str, field: str) -> None:
-    check_sendable_url(url, field)
-    try:
-        parts = urlsplit(url)
-        port_ok = parts.port is None or parts.port > 0
-    except ValueError:
-        port_ok = False
-        parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
-        raise InvalidField(f"field {field!r} must be an absolute http:// or https:// URL with a host",
-                           field=field)
 
 
 def _flat(params: dict[str, Any]) -> list[tuple[str, str]]:

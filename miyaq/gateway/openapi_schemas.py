@@ -16,6 +16,9 @@ INT = {"type": "integer"}
 BOOL = {"type": "boolean"}
 ANY: dict[str, Any] = {}
 STR_LIST = {"type": "array", "items": STR}
+WEBHOOK_URL = {"type": "string", "maxLength": 2048,
+               "description": "http:// or https:// with a host, a port from 1 to 65535 if one is named, and no "
+                              "space or other control character (the same check as a ZeroMQ SUBMIT's)"}
 
 
 def ref(name: str) -> dict[str, Any]:
@@ -78,11 +81,11 @@ SCHEMAS: dict[str, Any] = {
                                       field=described(STR, "the request field at fault"),
                                       allow=STR_LIST)),
     "EnqueueForm": described({"type": "object", "required": ["task.url"], "properties": {
-        "task.url": STR, "task.countdown": STR, "task.eta": STR, "task.method": STR, "task.queue": STR,
+        "task.url": WEBHOOK_URL, "task.countdown": STR, "task.eta": STR, "task.method": STR, "task.queue": STR,
         "task.id": STR, "task.priority": STR, "task.ttl": STR, "task.max_retries": STR,
         "task.timeout": STR, "task.backoff": STR, "task.key": STR},
         "additionalProperties": STR}, "every field not starting with task. is a parameter for the worker"),
-    "EnqueueJson": obj(["url"], url=STR, params={"type": "object"},
+    "EnqueueJson": obj(["url"], url=WEBHOOK_URL, params={"type": "object"},
                        countdown=NUM, eta=TIME, method={"type": "string", "enum": ["POST", "PUT", "PATCH",
                                                                                   "GET", "DELETE"]},
                        queue=STR, id=STR, priority=INT, ttl=NUM, max_retries=INT, timeout=NUM, backoff=NUM,

@@ -124,19 +124,23 @@ def request_target(url: str) -> tuple[tuple[str, str, int], str]:
     outside ASCII in the path and query percent-encoded as UTF-8 (what is
     already percent-encoded stays). ValueError if the URL cannot be sent
     (a space or another control character in it: ``urlsplit`` would drop
-    some of them, ``http.client`` refuses the others)."""
+    some of them, ``http.client`` refuses the others; a port that is not a
+    number, over 65535, or 0)."""
     found = _UNSENDABLE_URL.search(url.partition("#")[0])   # the fragment is never sent
     if found is not None:
         raise ValueError(f"URL {url!r} holds {found.group()!r} (a space or another control character)")
     parts = urlsplit(url)
     scheme = parts.scheme
     host = parts.hostname or ""
+    port = parts.port       # ValueError: not a number, or over 65535
+    if port == 0:           # no server listens there (before 2026-12-05 it was sent to port 80)
+        raise ValueError(f"URL {url!r} names port 0")
     if not host.isascii():
         host = host.encode("idna").decode("ascii")
     uri = (parts.path or "/") + ("?" + parts.query if parts.query else "")
     if not uri.isascii():
         uri = quote(uri, safe=URI_SAFE)
-    return (scheme, host, parts.port or (443 if scheme == "https" else 80)), uri
+    return (scheme, host, port if port is not None else 443 if scheme == "https" else 80), uri
 
 
 class Outbound:

@@ -16,26 +16,13 @@ from miyaq.errors import InvalidField
 from miyaq.store.task import Spec, Task, spec_for
 from miyaq.protocol import fields as f
 from miyaq.protocol.headers import check_header_fields, check_new_header_fields
+from miyaq.protocol.urls import check_new_url
 
 MAX_ID_CHARS = 64
 """The longest task id."""
 _ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,%d}\Z" % MAX_ID_CHARS)     # \Z: "$" would let a trailing newline in
 _QUEUE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}\Z")
 METHODS = ("POST", "PUT", "PATCH", "GET", "DELETE")
-
-#: What no request target may hold: a space, or another control character.
-_UNSENDABLE_IN_URL = re.compile(r"[\x00-\x20\x7f]")
-
-
-def check_sendable_url(url: str, field: str = "url") -> str:
-    """``url`` if a request can carry it; else :class:`InvalidField` naming
-    ``field``: it holds a space or another control character."""
-    found = _UNSENDABLE_IN_URL.search(url)
-    if found is not None:
-        raise InvalidField(f"field {field!r} holds {found.group()!r}: a URL may hold no space or other control "
-                           "character (percent-encode it: %20)", field=field)
-    return url
-
 
 def check_id(value: Any, field: str = "id") -> str:
     if not isinstance(value, str) or not _ID.match(value):
@@ -64,7 +51,10 @@ def check_headers(value: Any) -> dict[str, str]:
 
 
 def check_target(d: dict[str, Any]) -> tuple[str | None, str | None]:
-    """``(name, url)``: exactly one of a handler name or a webhook URL."""
+    """``(name, url)``: exactly one of a handler name or a webhook URL. Only
+    the URL's ``http://``/``https://`` prefix is checked here: stored records
+    pass this too; a new submit's URL is checked whole by
+    :func:`~miyaq.protocol.urls.check_new_url`."""
     name = f.string(d, "name", None, max_len=256)
     url = f.string(d, "url", None, max_len=2048)
     if (name is None) == (url is None):
@@ -110,11 +100,12 @@ def _plain_spec(queue: str, name: str, config: NodeConfig) -> Spec:
 def _full(d: dict[str, Any], task_id: str, queue: str, body: bytes, now: float, config: NodeConfig) -> Task:
     name, url = check_target(d)
     if url is not None:
-        # A new webhook's URL must be one a request can carry: refused here, at
-        # every submit (ZeroMQ and HTTP); not in check_target, which records
-        # from the log pass too (one stored before is dead-lettered at its
-        # first attempt, InvalidURL).
-        check_sendable_url(url)
+        # A new webhook's URL must be one a request can be sent to (a host, a
+        # port from 1 to 65535, no space or control character): refused here,
+        # at every submit (ZeroMQ and HTTP); not in check_target, which records
+        # from the log and from peers pass too (one stored before is
+        # dead-lettered at its first attempt, InvalidURL: miyaq.protocol.urls).
+        check_new_url(url)
     method = f.string(d, "method", "POST", max_len=8)
     if method not in METHODS:
         method = method.upper()
