@@ -141,3 +141,79 @@ def test_a_logged_webhook_with_a_url_a_new_submit_may_not_have_comes_back_after_
         assert info is not None and info["url"] == "http://127.0.0.1:0/x", info
     finally:
         part2.stop()
+
+
+# -- 2. ack, nack and touch refuse unknown fields; nack takes returned ------------------------------
+
+
+def submitted_and_received(api: Http, queue: str) -> dict:
+    """A task submitted over HTTP to ``queue`` and received (leased) over HTTP."""
+    status, answer, _ = api.post("/tasks", {"name": "job", "queue": queue})
+    assert status == 202, answer
+    task = api.post("/receive", {"queues": [queue]})[1]["task"]
+    assert task is not None and task["id"] == answer["id"]
+    return task
+
+
+@pytest.mark.parametrize("action, body, field", [
+    ("touch", {"bogus": 1}, "bogus"),
+    ("nack", {"retyr": False, "message": "x"}, "message"),
+    ("nack", {"retyr": False}, "retyr"),
+    ("ack", {"reslt": 5}, "reslt"),
+])
+def test_ack_nack_and_touch_refuse_a_field_they_do_not_know(api, action, body, field):
+    """Fault: ``POST /tasks/{id}/ack``, ``/nack`` and ``/touch`` dropped
+    keys they did not know: a nack with ``retyr: false`` (a typo) retried
+    the task instead of dead-lettering it, and lost its ``message``; an ack
+    with ``reslt`` finished the task with a null result. OpenAPI says the
+    bodies are closed. Now a 400 ``invalid_field`` naming the first unknown
+    key, and the lease is as it was."""
+    task = submitted_and_received(api, "strict-" + action)
+    status, answer, _ = api.post(f"/tasks/{task['id']}/{action}", {"attempt": task["attempt"], **body})
+    assert status == 400, answer
+    assert (answer["error"]["code"], answer["error"]["field"]) == ("invalid_field", field), answer
+    after = api.get(f"/tasks/{task['id']}")[1]["task"]
+    assert (after["state"], after["attempt"], after["lease_end"]) == ("running", task["attempt"], task["lease_end"])
+
+
+def test_a_nack_returned_gives_the_task_back_unstarted_as_over_zeromq(api):
+    """Fault: ZeroMQ NACK ``returned: true`` gives a task back unstarted
+    (no attempt spent, ready at once); over HTTP ``returned`` was ignored
+    and the nack spent the attempt (a retry with backoff, the attempt
+    counted towards ``max_retries``). Now it means the same over HTTP."""
+    task = submitted_and_received(api, "given-back")
+    status, answer, _ = api.post(f"/tasks/{task['id']}/nack", {"attempt": task["attempt"], "returned": True})
+    assert (status, answer) == (200, {"ok": True})
+    after = api.get(f"/tasks/{task['id']}")[1]["task"]
+    assert after["state"] == "ready" and "error" not in after, after
+    again = api.post("/receive", {"queues": ["given-back"]})[1]["task"]
+    assert (again["id"], again["attempt"]) == (task["id"], task["attempt"])
+    # a stale attempt, or one given back already, is ok: false as over ZeroMQ
+    assert api.post(f"/tasks/{task['id']}/nack", {"attempt": task["attempt"] + 1, "returned": True})[1] == {"ok": False}
+
+
+# -- 3. a nack's error text is cut, as over ZeroMQ --------------------------------------------------
+
+
+def test_a_nack_error_over_4096_characters_is_cut_not_refused(api):
+    """Fault: a nack whose ``error`` held 5,000 characters was a 400 over
+    HTTP (ZeroMQ NACK cuts the message at 4,096: docs/protocol.md 6.3); the
+    consumer's failure report was lost, and the task came back only when
+    its lease ran out, as lost. Now it is cut to 4,096 characters and the
+    failure applies."""
+    task = submitted_and_received(api, "long-error")
+    status, answer, _ = api.post(f"/tasks/{task['id']}/nack",
+                                 {"attempt": task["attempt"], "error": "e" * 5000, "delay": 1000})
+    assert (status, answer) == (200, {"ok": True})
+    after = api.get(f"/tasks/{task['id']}")[1]["task"]
+    assert after["state"] == "retrying", after
+    assert (after["error"]["type"], after["error"]["message"]) == ("Nack", "e" * 4096)
+
+
+def test_a_nack_error_that_is_not_a_string_is_refused(api):
+    """Bad input: ``error`` a number. Refused (400, field ``error``), the
+    lease as it was."""
+    task = submitted_and_received(api, "bad-error")
+    status, answer, _ = api.post(f"/tasks/{task['id']}/nack", {"attempt": task["attempt"], "error": 5})
+    assert (status, answer["error"]["field"]) == (400, "error"), answer
+    assert api.get(f"/tasks/{task['id']}")[1]["task"]["state"] == "running"

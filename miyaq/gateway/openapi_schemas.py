@@ -111,7 +111,12 @@ SCHEMAS: dict[str, Any] = {
                                                 kwargs={"type": "object"}, body_base64=STR)]},
     "Received": obj(["task"], task=nullable(ref("ReceivedTask"))),
     "AckRequest": obj(["attempt"], attempt=INT, result=ANY),
-    "NackRequest": obj(["attempt"], attempt=INT, error=STR, retry=BOOL, delay=NUM),
+    "NackRequest": obj(["attempt"], attempt=INT,
+                       error=described(STR, "the failure's message; cut to 4096 characters, as a ZeroMQ NACK's"),
+                       retry=described(BOOL, "false: dead-lettered at once (default true)"),
+                       delay=described(NUM, "seconds before the retry, 0 to 2592000 (replaces the backoff)"),
+                       returned=described(BOOL, "true: given back unstarted, no attempt spent, ready at once "
+                                                "(error, retry and delay are then not read)")),
     "TouchRequest": obj([], attempt=INT),
     "Ok": obj(["ok"], ok=BOOL, lease_end=NUM),
     "Limits": LIMITS,

@@ -36,6 +36,7 @@ from miyaq.constants import MAX_LONG_POLL, MAX_RETRY_DELAY
 from miyaq.errors import InvalidField, MiyaqError, TooLarge
 from miyaq.core.consumers import PullConsumer
 from miyaq.protocol import fields as f
+from miyaq.protocol.recordspec import cut_error
 from miyaq.protocol.taskspec import check_id, check_queue
 from miyaq.runtime import green, monotonic, wall
 from miyaq.gateway import convert
@@ -50,6 +51,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 BLOCK_DEFAULT = 30.0
+#: The fields each request's JSON body may hold (any other is a 400).
+RECEIVE_FIELDS = frozenset({"queues", "timeout"})
+ACK_FIELDS = frozenset({"attempt", "result"})
+NACK_FIELDS = frozenset({"attempt", "error", "retry", "delay", "returned"})
+TOUCH_FIELDS = frozenset({"attempt"})
+#: A nack's ``error`` is cut to this many characters, as a ZeroMQ NACK's
+#: ``message`` is (docs/protocol.md 6.3), and then, with its type, to
+#: ``ERROR_BYTES`` of UTF-8 (:func:`~miyaq.protocol.recordspec.cut_error`).
+NACK_MESSAGE_CHARS = 4096
 #: Who an HTTP pull consumer is on a gateway without tokens (PullConsumer's
 #: default principal): ack, nack and touch apply only to tasks leased over
 #: HTTP, never to a worker's.
@@ -88,10 +98,7 @@ class PullApi:
         return self._receive(request, BLOCK_DEFAULT)
 
     def _receive(self, request: Request, default_timeout: float, blocking: bool = True) -> Response:
-        body = request.json_object(required=False)
-        unknown = sorted(set(body) - {"queues", "timeout"})
-        if unknown:
-            raise InvalidField(f"unknown field {unknown[0]!r}", field=unknown[0])
+        body = _fields(request, RECEIVE_FIELDS)
         queues = f.string_list(body, "queues", ["default"], max_items=64)
         for q in queues:
             check_queue(q, "queues")
@@ -160,7 +167,7 @@ class PullApi:
     # -- finishing a received task -----------------------------------------------------
     def ack(self, request: Request) -> Response:
         task_id = check_id(request.params["id"])
-        body = request.json_object(required=False)
+        body = _fields(request, ACK_FIELDS)
         attempt = f.integer(body, "attempt", lo=0)
         result = msgpack.packb(body.get("result"), use_bin_type=True)
         if len(result) > self.max_payload:
@@ -169,14 +176,26 @@ class PullApi:
         return json_response({"ok": ok})
 
     def nack(self, request: Request) -> Response:
+        """Fail the attempt named: retried (``retry``, default true; after
+        ``delay`` seconds or the task's backoff) or dead-lettered, with
+        ``error`` (a string, cut to :data:`NACK_MESSAGE_CHARS` characters as
+        a ZeroMQ NACK's message is) as its message. ``returned: true`` gives
+        it back unstarted instead, as a ZeroMQ NACK ``returned``: no attempt
+        spent, ready again at once; ``error``, ``retry`` and ``delay`` are
+        then not read."""
         task_id = check_id(request.params["id"])
-        body = request.json_object(required=False)
+        body = _fields(request, NACK_FIELDS)
         attempt = f.integer(body, "attempt", lo=0)
-        message = f.string(body, "error", "", max_len=4096) if body.get("error") != "" else ""
+        by = principal(self.auth, request)
+        if f.boolean(body, "returned", False):
+            return json_response({"ok": self.engine.give_back(task_id, attempt, by, wall())})
+        text = body.get("error")
+        if text is not None and not isinstance(text, str):
+            raise InvalidField(f"field 'error' must be a string, not {type(text).__name__}", field="error")
         retry = f.boolean(body, "retry", True)
         delay = f.number(body, "delay", None, hi=MAX_RETRY_DELAY)
-        error = {"type": "Nack", "message": message}
-        ok = self.engine.fail(task_id, attempt, error, retry, delay, wall(), by=principal(self.auth, request))
+        error = cut_error({"type": "Nack", "message": (text or "")[:NACK_MESSAGE_CHARS]})
+        ok = self.engine.fail(task_id, attempt, error, retry, delay, wall(), by=by)
         return json_response({"ok": ok})
 
     def touch(self, request: Request) -> Response:
@@ -189,7 +208,7 @@ class PullApi:
         latest lease, if it is this token's (the form before 2026-12-05,
         kept for callers that send none)."""
         task_id = check_id(request.params["id"])
-        attempt = f.integer(request.json_object(required=False), "attempt", None, lo=0)
+        attempt = f.integer(_fields(request, TOUCH_FIELDS), "attempt", None, lo=0)
         task = self.engine.table.live.get(task_id)
         if attempt is not None and (task is None or task.attempt != attempt):
             return json_response({"ok": False})   # that attempt no longer holds the task
@@ -198,6 +217,19 @@ class PullApi:
         if ok and task is not None:
             answer["lease_end"] = task.lease_end
         return json_response(answer)
+
+
+def _fields(request: Request, known: frozenset[str]) -> dict[str, Any]:
+    """The request's JSON object (none: ``{}``); a key not in ``known`` is
+    refused (400 ``invalid_field`` naming it), so a misspelt ``retry`` or
+    ``result`` is not silently dropped (before 2026-12-05 it was: a nack
+    meant to dead-letter retried, an ack stored a null result)."""
+    body = request.json_object(required=False)
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise InvalidField(f"unknown field {unknown[0]!r}; this request takes {', '.join(sorted(known))}",
+                           field=unknown[0])
+    return body
 
 
 def _task_answer(info: dict[str, Any]) -> bytes:
