@@ -8,6 +8,7 @@ loopback ports the system picks; each is stopped by its fixture.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -217,3 +218,41 @@ def test_a_nack_error_that_is_not_a_string_is_refused(api):
     status, answer, _ = api.post(f"/tasks/{task['id']}/nack", {"attempt": task["attempt"], "error": 5})
     assert (status, answer["error"]["field"]) == (400, "error"), answer
     assert api.get(f"/tasks/{task['id']}")[1]["task"]["state"] == "running"
+
+
+# -- 4. POST /queue's JSON body takes numbers as JSON numbers --------------------------------------
+
+
+@pytest.fixture
+def hook_api(make_http_node) -> Iterator[Http]:
+    """A client of a node that may deliver to loopback (its webhooks are never due here)."""
+    client = Http(make_http_node(webhook_allow_private=True).url)
+    yield client
+    client.close()
+
+
+@pytest.mark.parametrize("field, value", [
+    ("countdown", "50"), ("priority", "3"), ("max_retries", " 2"), ("ttl", "100"), ("timeout", "5"),
+    ("backoff", "1"),
+])
+def test_a_json_enqueue_refuses_a_number_given_as_a_string(hook_api, field, value):
+    """Fault: ``POST /queue`` with a JSON body took ``"countdown": "50"``,
+    ``"priority": "3"``, ``"max_retries": " 2"`` (the form body's string
+    parsing, reused), while ``POST /tasks`` and a ZeroMQ SUBMIT refuse them
+    ("must be a number, not str") and OpenAPI says number or integer. Now
+    refused the same way; nothing is stored."""
+    status, answer, _ = hook_api.post("/queue", {"url": "http://127.0.0.1:9/x", "id": "strings", field: value})
+    assert status == 400, answer
+    assert answer["error"]["field"] == field and "not str" in answer["error"]["message"], answer
+    assert hook_api.get("/tasks/strings")[0] == 404
+
+
+def test_a_form_enqueue_still_parses_its_numbers_and_a_json_eta_may_be_iso(hook_api):
+    """A form body is all strings: its numbers are still parsed. A JSON
+    ``eta`` may be an ISO 8601 string, as for ``POST /tasks``."""
+    status, answer, _ = hook_api.post("/queue", raw=b"task.url=http://127.0.0.1:9/x&task.countdown=50&task.priority=3",
+                                 content_type="application/x-www-form-urlencoded")
+    assert status == 200, answer
+    assert hook_api.get(f"/tasks/{answer['id']}")[1]["task"]["priority"] == 3
+    status, answer, _ = hook_api.post("/queue", {"url": "http://127.0.0.1:9/x", "eta": "2030-01-02T03:04:05Z"})
+    assert status == 200, answer

@@ -7,7 +7,9 @@ Two body forms (docs/http.md, "Enqueue a webhook"):
   and the other ``task.*`` options below; every other field is a parameter
   and the worker receives them form-encoded, in the order given;
 * JSON ``{"url", "params", "countdown", "eta", "method", ...}``: the worker
-  receives ``params`` as a JSON body.
+  receives ``params`` as a JSON body. Numbers are JSON numbers (``"50"``
+  is refused, as by ``POST /tasks``); ``eta`` may also be an ISO 8601
+  string.
 
 For GET and DELETE the parameters go to the URL's query string instead of a
 body: after its query (``&``-joined; a URL ending in ``?`` or ``&`` takes
@@ -120,6 +122,11 @@ class Enqueue:
                 if not isinstance(value, str):
                     raise InvalidField(f"field {name!r} must be a string", field=name)
                 options[name] = value
+            elif isinstance(value, str) and convert_fn is not convert.timestamp:
+                # JSON has numbers: "50" is refused, as POST /tasks and a ZeroMQ
+                # SUBMIT refuse it (the form body's strings are parsed above).
+                kind = "an integer" if convert_fn is convert.integer else "a number"
+                raise InvalidField(f"field {name!r} must be {kind}, not str", field=name)
             else:
                 options[name] = convert_fn(value, name)
         params = body.get("params", {})
