@@ -256,3 +256,37 @@ def test_a_form_enqueue_still_parses_its_numbers_and_a_json_eta_may_be_iso(hook_
     assert hook_api.get(f"/tasks/{answer['id']}")[1]["task"]["priority"] == 3
     status, answer, _ = hook_api.post("/queue", {"url": "http://127.0.0.1:9/x", "eta": "2030-01-02T03:04:05Z"})
     assert status == 200, answer
+
+
+# -- 5. integer query parameters and an empty state ------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/tasks?limit=1.5", "/dead?limit=1.5", "/workers?limit=1.5", "/tasks?limit=1e2",
+                                  "/tasks?limit=1_0", "/dead?limit=%201"])
+def test_an_integer_query_parameter_refuses_a_fraction(api, path):
+    """Fault: ``GET /tasks?limit=1.5`` (and ``/dead``, ``/workers``) was
+    read as ``int(1.5)`` = 1 and answered 200 with one row; ZeroMQ says
+    "must be an integer" and OpenAPI says integer. Now a 400
+    ``invalid_field`` naming ``limit``."""
+    status, answer, _ = api.get(path)
+    assert (status, answer["error"]["code"], answer["error"]["field"]) == (400, "invalid_field", "limit"), answer
+
+
+def test_an_integer_query_parameter_still_takes_integers(api):
+    """The integer reader takes what it took that was an integer: digits,
+    a sign, an empty value (the default); out of range is still a 400."""
+    for path in ("/tasks?limit=5", "/tasks?limit=%2B5", "/tasks?limit=", "/dead?limit=10000", "/workers?limit=1"):
+        assert api.get(path)[0] == 200, path
+    for path in ("/tasks?limit=0", "/tasks?limit=10001", "/tasks?limit=-1", "/tasks?limit=abc"):
+        assert api.get(path)[0] == 400, path
+
+
+def test_an_empty_state_filter_is_refused_not_every_state(api):
+    """Fault: ``GET /tasks?state=`` (empty) listed every state, where a
+    ZeroMQ TASKS with ``state: ""`` is refused. Now a 400 naming
+    ``state``; a state that exists still filters."""
+    api.post("/tasks", {"name": "job", "queue": "listed", "countdown": 1000})
+    status, answer, _ = api.get("/tasks?state=")
+    assert (status, answer["error"]["field"]) == (400, "state"), answer
+    status, answer, _ = api.get("/tasks?state=scheduled")
+    assert status == 200 and [t["state"] for t in answer["tasks"]] == ["scheduled"], answer

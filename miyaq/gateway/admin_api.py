@@ -89,7 +89,7 @@ class AdminApi:
         return json_response(self.queue_rows(check_queue(request.params["queue"]))[0])
 
     def workers(self, request: Request) -> Response:
-        limit = int(request.arg_number("limit", 1000, 1, 10_000))
+        limit = request.arg_integer("limit", 1000, 1, 10_000)
         return json_response({"node": self.gateway.config.id, "workers": self.core.workers.describe(limit)})
 
     # -- pause -----------------------------------------------------------------------
@@ -151,7 +151,7 @@ class AdminApi:
         queue = request.arg("queue") or None
         if queue is not None:
             check_queue(queue)
-        limit = int(request.arg_number("limit", 100, 1, 10_000))
+        limit = request.arg_integer("limit", 100, 1, 10_000)
         return json_response({"tasks": self.engine.dead_list(queue, limit)})
 
     def retry_dead(self, queue: str | None, ids: list[str] | None) -> list[str]:

@@ -18,6 +18,7 @@ from typing import Any
 from miyaq import __version__
 from miyaq.gateway.openapi_schemas import SCHEMAS, ref
 from miyaq.gateway.permissions import needs
+from miyaq.store.task import ALL_STATES
 
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
@@ -78,7 +79,13 @@ def json_body(schema: str, required: bool = True) -> dict[str, Any]:
 ENQUEUE_BODY = {"required": True, "content": {FORM: {"schema": ref("EnqueueForm")},
                                               JSON: {"schema": ref("EnqueueJson")}}}
 TIMEOUT = _query("timeout", {"type": "number", "minimum": 0}, "seconds to wait for the outcome (long-poll)")
-LIMIT = _query("limit", {"type": "integer", "minimum": 1}, "most items returned (default 100)")
+def _limit(default: int) -> dict[str, Any]:
+    return _query("limit", {"type": "integer", "minimum": 1, "maximum": 10_000},
+                  f"most items returned (default {default}); an integer (1.5 is a 400)")
+
+
+LIMIT = _limit(100)
+STATE_Q = _query("state", {"type": "string", "enum": list(ALL_STATES)}, "only this state (empty is a 400)")
 QUEUE_Q = _query("queue", {"type": "string"}, "only this queue")
 
 
@@ -93,7 +100,7 @@ def paths() -> dict[str, Any]:
             "post": op("Submit a named task for Python workers", 202, "Submitted", 400, 413, 415, 503,
                        body=json_body("SubmitRequest"), tag=t),
             "get": op("List live and dead tasks", 200, "TaskList", 400,
-                      params=(QUEUE_Q, _query("state", {"type": "string"}, "only this state"), LIMIT), tag=t)},
+                      params=(QUEUE_Q, STATE_Q, LIMIT), tag=t)},
         "/tasks/{id}": {
             "get": op("Status of a task", 200, "TaskEnvelope", 400, 404, params=(ID,), tag=t),
             "delete": op("Cancel a task", 200, "Cancelled", 400, 404, params=(ID,), tag=t)},
@@ -123,7 +130,7 @@ def paths() -> dict[str, Any]:
                                              "Paused", 400, params=(QUEUE,), tag=a)},
         "/queues/{queue}/resume": {"post": op("Resume a paused queue on this node", 200, "Paused", 400,
                                               params=(QUEUE,), tag=a)},
-        "/workers": {"get": op("Workers connected to this node", 200, "Workers", 400, params=(LIMIT,), tag=a)},
+        "/workers": {"get": op("Workers connected to this node", 200, "Workers", 400, params=(_limit(1000),), tag=a)},
         "/dead": {"get": op("Tasks in the dead-letter queue", 200, "TaskList", 400, params=(QUEUE_Q, LIMIT),
                             tag=a)},
         "/dead/retry": {"post": op("Put dead tasks back in their queues (all, by queue or by ids)", 200,

@@ -75,10 +75,10 @@ class TasksApi:
         queue = request.arg("queue") or None
         if queue is not None:
             check_queue(queue)
-        state = request.arg("state") or None
+        state = request.arg("state")    # empty: refused, as a ZeroMQ TASKS with state "" (not "any state")
         if state is not None and state not in ALL_STATES:
             raise InvalidField(f"query parameter 'state' must be one of {', '.join(ALL_STATES)}", field="state")
-        limit = int(request.arg_number("limit", 100, 1, 10_000))
+        limit = request.arg_integer("limit", 100, 1, 10_000)
         return json_response({"tasks": self.engine.list_tasks(queue, state, limit)})
 
     def result(self, request: Request) -> Response:

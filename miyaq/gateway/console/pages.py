@@ -26,7 +26,7 @@ MAX_REF = 256
 
 
 def _page(request: Request) -> int:
-    return int(request.arg_number("page", 1, 1, MAX_PAGE))
+    return request.arg_integer("page", 1, 1, MAX_PAGE)
 
 
 def _pager(page: int, total: int) -> dict[str, int]:
