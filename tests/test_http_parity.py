@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 from gateway_harness import FIXTURES, Http, NodeThread
@@ -290,3 +291,21 @@ def test_an_empty_state_filter_is_refused_not_every_state(api):
     assert (status, answer["error"]["field"]) == (400, "state"), answer
     status, answer, _ = api.get("/tasks?state=scheduled")
     assert status == 200 and [t["state"] for t in answer["tasks"]] == ["scheduled"], answer
+
+
+# -- 6. the console finds a key as it was given --------------------------------------------------
+
+
+def test_the_console_search_finds_a_key_with_spaces_at_its_ends(api):
+    """Fault: both doors take the key ``" spaced "``, and the console's
+    search stripped what was typed: ``/ui/task?ref=%20spaced%20`` was a
+    404. It looks the search up as typed first, then stripped (an id
+    pasted with a space still found)."""
+    spaced = api.post("/tasks", {"name": "job", "key": " spaced ", "countdown": 600})[1]["id"]
+    plain = api.post("/tasks", {"name": "job", "key": "spaced", "countdown": 600})[1]["id"]
+    assert spaced != plain
+    for ref, task_id in ((" spaced ", spaced), ("spaced", plain), (f" {plain} ", plain), ("  spaced", plain)):
+        status, _, headers = api.get("/ui/task?" + urlencode({"ref": ref}))
+        assert (status, headers.get("location")) == (303, f"/ui/tasks/{task_id}"), ref
+    assert api.get("/ui/task?" + urlencode({"ref": "   "}))[0] == 404
+    assert api.get("/ui/task?" + urlencode({"ref": ""}))[0] == 400

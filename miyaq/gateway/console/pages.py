@@ -93,17 +93,23 @@ class Pages:
         By id for every caller (as ``GET /tasks/{id}``); by key only for a
         role that may list tasks (``GET /tasks``): a producer searching a
         key gets 403 whether or not the key exists (no oracle for other
-        tenants' keys), with the ring's holders of that id as for a 404."""
-        ref = (request.arg("ref") or "").strip()
-        if not ref:
-            raise InvalidField("type a task id or key", field="ref")
-        if len(ref) > MAX_REF:
-            raise InvalidField(f"a task id or key has at most {MAX_REF} characters", field="ref")
+        tenants' keys), with the ring's holders of that id as for a 404.
+
+        What was typed is looked up as it is first -- a key may start or
+        end with spaces, as both doors take it (before 2026-12-05 the
+        search stripped them, and could not find such a key) -- then
+        without its leading and trailing spaces (a pasted id)."""
+        typed = request.arg("ref") or ""
+        refs = [r for r in dict.fromkeys((typed, typed.strip())) if r and len(r) <= MAX_REF]
+        if not refs:
+            raise InvalidField("type a task id or key" if not typed.strip() else
+                               f"a task id or key has at most {MAX_REF} characters", field="ref")
         by_key = allowed(viewer, *FIND_BY_KEY)
-        task_id = self.data.find(ref, by_key)
-        if task_id is None:
-            return self._missing(request, viewer, ref, by_key)
-        return self.console.render.redirect("/ui/tasks/" + quote(task_id, safe=""))
+        for ref in refs:
+            task_id = self.data.find(ref, by_key)
+            if task_id is not None:
+                return self.console.render.redirect("/ui/tasks/" + quote(task_id, safe=""))
+        return self._missing(request, viewer, refs[-1], by_key)
 
     def task(self, request: Request, viewer: Viewer) -> Response:
         """A task by its id: what ``GET /tasks/{id}`` answers this caller;
