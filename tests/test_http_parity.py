@@ -8,23 +8,31 @@ loopback ports the system picks; each is stopped by its fixture.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 from urllib.parse import urlencode
 
+import msgpack
 import pytest
 from gateway_harness import FIXTURES, Http, NodeThread
 from test_log_replayed_state import T0, durable_engine, written
 
 import miyaq
 from miyaq.config import NodeConfig
-from miyaq.errors import InvalidField
+from miyaq.errors import InvalidField, MiyaqError
 from miyaq.gateway.destinations import Destinations
+from miyaq.gateway.errors import http_status
 from miyaq.gateway.outbound import Outbound, Outcome, request_target
+from miyaq.gateway.request import Request
+from miyaq.gateway.tasks_api import TasksApi
 from miyaq.protocol.commands import ACCEPTED
-from miyaq.protocol.recordspec import task_from_record
+from miyaq.protocol.recordspec import STARTED_ELSEWHERE, task_from_record
+from miyaq.runtime import green
 from miyaq.store.records import task_record, transfer_record
-from miyaq.store.task import Task
+from miyaq.store.task import DONE, Task
 from miyaq.testing.harness import in_own_hub
 
 http_node, api, make_http_node, make_web_worker = FIXTURES   # pytest finds fixtures in module globals
@@ -309,3 +317,69 @@ def test_the_console_search_finds_a_key_with_spaces_at_its_ends(api):
         assert (status, headers.get("location")) == (303, f"/ui/tasks/{task_id}"), ref
     assert api.get("/ui/task?" + urlencode({"ref": "   "}))[0] == 404
     assert api.get("/ui/task?" + urlencode({"ref": ""}))[0] == 400
+
+
+# -- 7. a result asked of a holder whose at-most-once copy was dropped ------------------------------
+
+
+def http_result(node: Any, task_id: str, timeout: float = 0.0) -> tuple[int, dict[str, Any]]:
+    """``GET /tasks/{id}/result?timeout=`` through ``node``'s gateway code
+    (:class:`~miyaq.gateway.tasks_api.TasksApi`), in the cluster's hub:
+    (status, JSON answer). The in-process nodes run no HTTP server; the
+    handler needs only the node's core and settings."""
+    gateway = SimpleNamespace(config=node.config, core=node.node.core, long_polls=set())
+    request = Request({"REQUEST_METHOD": "GET", "QUERY_STRING": urlencode({"timeout": timeout})}, 1 << 20)
+    request.params["id"] = task_id
+    try:
+        response = TasksApi(gateway).result(request)  # type: ignore[arg-type]
+    except MiyaqError as err:
+        return http_status(err), {"error": err.to_wire()}
+    return response.status, json.loads(response.body)
+
+
+def test_http_result_on_a_holder_whose_at_most_once_copy_started_elsewhere_is_not_found(inproc):
+    """Fault: an at-most-once task's copy on a holder that does not run it
+    is dropped as "started-elsewhere" when the runner starts it. ZeroMQ
+    RESULT asked of that holder answers ``not_found`` (the outcome is on
+    the runner: a client asks the next node); ``GET /tasks/{id}/result``
+    answered 200 ``{"state": "started-elsewhere", "done": false}``, which
+    reads as a task still pending here. Now a 404 with RESULT's message;
+    once the runner's finish arrives, the outcome, as over ZeroMQ."""
+    cluster = inproc(3)
+    tid = cluster.task_id()
+    holders = cluster.holders(tid)
+    runner, other = holders[0], holders[1]
+    workers = {h: cluster.worker(h) for h in holders}
+    sub = cluster.submit(other, tid, at_most_once=True)
+    cluster.wait_until(lambda: sub.result and workers[runner].runs(tid), what="the runner to start the task")
+    cluster.wait_until(lambda: cluster[other].state(tid) == STARTED_ELSEWHERE, what="the copy dropped")
+    status, answer = http_result(cluster[other], tid)
+    assert status == 404 and answer["error"]["code"] == "not_found", answer
+    assert "another of its holders" in answer["error"]["message"], answer
+    assert workers[runner].complete(tid, result=msgpack.packb(42), attempt=1)
+    cluster.wait_until(lambda: cluster[other].state(tid) == DONE, what="the holder to hear the finish")
+    assert http_result(cluster[other], tid) == (200, {"id": tid, "state": DONE, "done": True, "result": 42})
+
+
+def test_a_waiting_http_result_whose_copy_is_dropped_as_started_elsewhere_is_not_found(inproc):
+    """Fault: the same, for a result that waits (``?timeout=``) while the
+    holder's copy is still there: when the runner's STARTED event drops
+    it, the wait was answered 200 ``started-elsewhere``, ``done: false``.
+    Now 404, as a waiting ZeroMQ RESULT is answered."""
+    cluster = inproc(3)
+    tid = cluster.task_id()
+    holders = cluster.holders(tid)
+    runner, other = holders[0], holders[1]
+    workers = {h: cluster.worker(h) for h in holders}
+    started = cluster.net.hold("EVENTS", src=runner, dst=other, event="S")
+    sub = cluster.submit(other, tid, at_most_once=True)
+    cluster.wait_until(lambda: sub.result and workers[runner].runs(tid), what="the runner to start the task")
+    waiters = cluster[other].node.core.waiters
+    before = waiters.count
+    asked = green.Greenlet.spawn(http_result, cluster[other], tid, 30.0)
+    cluster.wait_until(lambda: waiters.count > before, what="the result to wait")
+    assert started.release()
+    cluster.wait_until(asked.ready, what="the wait to be answered")
+    status, answer = asked.get()
+    assert status == 404 and "another of its holders" in answer["error"]["message"], answer
+    assert cluster[other].state(tid) == STARTED_ELSEWHERE

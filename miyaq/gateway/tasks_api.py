@@ -8,6 +8,11 @@ and kwargs become the msgpack ``[args, kwargs]`` body Python workers expect.
 (``?timeout=`` seconds, a long-poll; a HEAD never waits, whatever its
 ``timeout``) for its outcome with the result decoded to JSON,
 ``DELETE /tasks/{id}`` cancels it, ``GET /tasks`` lists tasks.
+
+A result asked of a holder whose copy of an at-most-once task was dropped
+because another holder started it is a 404, as ZeroMQ RESULT's
+``not_found``: the outcome is on that holder (before 2026-12-05 it was a
+200 ``{"state": "started-elsewhere", "done": false}``).
 """
 from __future__ import annotations
 
@@ -16,8 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 from miyaq.constants import MAX_LONG_POLL
 from miyaq.errors import InvalidField, MiyaqError, NotFound
+from miyaq.core.handlers import _ran_elsewhere as ran_elsewhere   # RESULT's answer, word for word
 from miyaq.core.waiters import outcome
 from miyaq.protocol.commands import DUPLICATE
+from miyaq.protocol.recordspec import STARTED_ELSEWHERE
 from miyaq.runtime import green, monotonic, wall
 from miyaq.protocol.taskspec import check_id, check_queue, task_from_wire
 from miyaq.store.task import ALL_STATES, DEAD, FINAL_STATES
@@ -90,6 +97,8 @@ class TasksApi:
         answer: dict[str, Any] | None = None
         stone = engine.result(task_id)
         if stone is not None:
+            if stone.state == STARTED_ELSEWHERE:
+                raise ran_elsewhere(task_id)
             answer = outcome(stone)
         elif task_id in engine.table.dead:
             answer = outcome(engine.table.dead[task_id])
@@ -97,6 +106,8 @@ class TasksApi:
             raise NotFound(f"no task {task_id}")
         elif timeout > 0:
             answer = self._wait(task_id, timeout, request.connection)
+            if answer is not None and answer.get("state") == STARTED_ELSEWHERE:
+                raise ran_elsewhere(task_id)
         if answer is None or answer.get("timeout"):
             state = engine.live_state(task_id)
             if state is None:       # handed off while we waited: another holder has it
