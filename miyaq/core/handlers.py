@@ -22,12 +22,12 @@ from miyaq.core.core import Core
 from miyaq.core.attempts import leased_to
 from miyaq.core.gate import SHUTTING_DOWN
 from miyaq.core.handles import Role, ScheduleSink, StatusReport
-from miyaq.core.waiters import outcome
+from miyaq.core.waiters import outcome, ran_elsewhere
 from miyaq.errors import InvalidField, MiyaqError, NotFound, ShuttingDown
 from miyaq.protocol import commands as c
 from miyaq.protocol import fields as f
 from miyaq.protocol.periodic import schedules_from_wire
-from miyaq.protocol.recordspec import STARTED_ELSEWHERE, cut_error
+from miyaq.protocol.recordspec import STARTED_ELSEWHERE, failure_from_wire
 from miyaq.protocol.taskspec import check_id, check_queue, task_from_wire
 from miyaq.runtime import LOG, Supervisor, green, monotonic
 from miyaq.store.task import ALL_STATES
@@ -37,14 +37,6 @@ logger = logging.getLogger(__name__)
 #: DEAD retries and purges run at once, each in a greenlet of its own
 #: (:meth:`ServiceHandlers._in_background`); one more waits for a place.
 BACKGROUND_OPS = 2
-
-
-def _ran_elsewhere(task_id: str) -> NotFound:
-    """What RESULT answers on a holder whose copy of an at-most-once task was
-    dropped because another holder started it: not an outcome -- the
-    outcome is that holder's, and a client asks the next node (a Timeout
-    "still started-elsewhere" before 2026-12-05)."""
-    return NotFound(f"task {task_id} started on another of its holders (at most once): its outcome is there")
 
 
 class ServiceHandlers:
@@ -129,7 +121,7 @@ class ServiceHandlers:
         stone = engine.result(task_id)
         if stone is not None:
             if stone.state == STARTED_ELSEWHERE:
-                raise _ran_elsewhere(task_id)
+                raise ran_elsewhere(task_id)
             self.endpoint.reply(identity, req, outcome(stone))
             return
         task = engine.table.dead.get(task_id)
@@ -148,7 +140,7 @@ class ServiceHandlers:
                 endpoint.error(identity, NotFound(f"no task {task_id} here any more (moved to other holders)"),
                                req)
             elif body.get("state") == STARTED_ELSEWHERE:
-                endpoint.error(identity, _ran_elsewhere(task_id), req)
+                endpoint.error(identity, ran_elsewhere(task_id), req)
             else:
                 endpoint.reply(identity, req, body)
 
@@ -260,7 +252,7 @@ class ServiceHandlers:
             ok = self.engine.give_back(task_id, attempt, self._puller(identity), now)
             self.endpoint.reply(identity, body.get("req"), {"ok": ok})
             return
-        error = _error(body.get("error"))
+        error = failure_from_wire(body.get("error"))
         retry = f.boolean(body, "retry", True)
         delay = f.number(body, "delay", None, hi=MAX_RETRY_DELAY)
         ok = self.engine.fail(task_id, attempt, error, retry, delay, now, by=self._puller(identity))
@@ -370,7 +362,7 @@ class ServiceHandlers:
             if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
                     and type(item[1]) is int and isinstance(item[2], dict)):
                 raise InvalidField("each 'failed' item must be [id, attempt, error-map]", field="failed")
-            checked.append((item[0], item[1], _error(item[2]), item[2].get("retry", True) is not False,
+            checked.append((item[0], item[1], failure_from_wire(item[2]), item[2].get("retry", True) is not False,
                             _delay(item[2].get("delay"))))
         worker = self._worker(identity, now)
         by = self._reporter(identity)
@@ -439,24 +431,6 @@ def _held_message(reasons: list[str]) -> str:
     if SHUTTING_DOWN in reasons:
         return "node is shutting down and leases no new tasks"
     return f"node leases no new tasks while {' and '.join(reasons)}; try again shortly"
-
-
-def _error(value: Any) -> dict[str, Any]:
-    """A failure description: {type, message, traceback?}, strings, bounded
-    in characters (256, 4,096, 16,384) and then, together, to ``ERROR_BYTES``
-    of UTF-8 (:func:`~miyaq.protocol.recordspec.cut_error`)."""
-    if not isinstance(value, dict):
-        raise InvalidField("field 'error' must be a map {type, message, traceback}", field="error")
-    out: dict[str, Any] = {}
-    for name, limit in (("type", 256), ("message", 4096), ("traceback", 16384)):
-        v = value.get(name)
-        if v is not None:
-            if not isinstance(v, str):
-                raise InvalidField(f"error field {name!r} must be a string", field="error")
-            out[name] = v[:limit]
-    out.setdefault("type", "Error")
-    out.setdefault("message", "")
-    return cut_error(out)
 
 
 def _delay(value: Any) -> float | None:

@@ -41,7 +41,7 @@ from miyaq import constants
 from miyaq.core.consumers import NOWHERE, Origin, PullConsumer
 from miyaq.core.dispatcher import Dispatcher
 from miyaq.core.listener import EngineListener
-from miyaq.errors import Busy
+from miyaq.errors import Busy, NotFound
 from miyaq.store.table import Tombstone
 from miyaq.store.tally import Tally
 from miyaq.store.task import Task
@@ -73,6 +73,15 @@ class _Wait:
 
 _Parked = _Wait | PullConsumer
 """A long-poll: a RESULT wait or a RECEIVE's consumer (each has ``deadline`` and ``origin``)."""
+
+
+def ran_elsewhere(task_id: str) -> NotFound:
+    """What a RESULT (ZeroMQ or ``GET /tasks/{id}/result``) answers on a
+    holder whose copy of an at-most-once task was dropped because another
+    holder started it: not an outcome -- the outcome is that holder's, and
+    a client asks the next node (a Timeout "still started-elsewhere" over
+    ZeroMQ, a 200 ``started-elsewhere`` over HTTP, before 2026-12-05)."""
+    return NotFound(f"task {task_id} started on another of its holders (at most once): its outcome is there")
 
 
 def outcome(stone_or_task: Tombstone | Task) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from miyaq.constants import MAX_LONG_POLL, MAX_RETRY_DELAY
 from miyaq.errors import InvalidField, MiyaqError, TooLarge
 from miyaq.core.consumers import PullConsumer
 from miyaq.protocol import fields as f
-from miyaq.protocol.recordspec import cut_error
+from miyaq.protocol.recordspec import failure_from_wire
 from miyaq.protocol.taskspec import check_id, check_queue
 from miyaq.runtime import green, monotonic, wall
 from miyaq.gateway import convert
@@ -56,10 +56,6 @@ RECEIVE_FIELDS = frozenset({"queues", "timeout"})
 ACK_FIELDS = frozenset({"attempt", "result"})
 NACK_FIELDS = frozenset({"attempt", "error", "retry", "delay", "returned"})
 TOUCH_FIELDS = frozenset({"attempt"})
-#: A nack's ``error`` is cut to this many characters, as a ZeroMQ NACK's
-#: ``message`` is (docs/protocol.md 6.3), and then, with its type, to
-#: ``ERROR_BYTES`` of UTF-8 (:func:`~miyaq.protocol.recordspec.cut_error`).
-NACK_MESSAGE_CHARS = 4096
 #: Who an HTTP pull consumer is on a gateway without tokens (PullConsumer's
 #: default principal): ack, nack and touch apply only to tasks leased over
 #: HTTP, never to a worker's.
@@ -178,8 +174,8 @@ class PullApi:
     def nack(self, request: Request) -> Response:
         """Fail the attempt named: retried (``retry``, default true; after
         ``delay`` seconds or the task's backoff) or dead-lettered, with
-        ``error`` (a string, cut to :data:`NACK_MESSAGE_CHARS` characters as
-        a ZeroMQ NACK's message is) as its message. ``returned: true`` gives
+        ``error`` (a string, cut as a ZeroMQ NACK's message is:
+        :func:`~miyaq.protocol.recordspec.failure_from_wire`) as its message. ``returned: true`` gives
         it back unstarted instead, as a ZeroMQ NACK ``returned``: no attempt
         spent, ready again at once; ``error``, ``retry`` and ``delay`` are
         then not read."""
@@ -194,7 +190,7 @@ class PullApi:
             raise InvalidField(f"field 'error' must be a string, not {type(text).__name__}", field="error")
         retry = f.boolean(body, "retry", True)
         delay = f.number(body, "delay", None, hi=MAX_RETRY_DELAY)
-        error = cut_error({"type": "Nack", "message": (text or "")[:NACK_MESSAGE_CHARS]})
+        error = failure_from_wire({"type": "Nack", "message": text or ""})   # cut as a ZeroMQ NACK's
         ok = self.engine.fail(task_id, attempt, error, retry, delay, wall(), by=by)
         return json_response({"ok": ok})
 

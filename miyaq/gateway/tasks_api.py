@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from miyaq.constants import MAX_LONG_POLL
 from miyaq.errors import InvalidField, MiyaqError, NotFound
-from miyaq.core.handlers import _ran_elsewhere as ran_elsewhere   # RESULT's answer, word for word
-from miyaq.core.waiters import outcome
+from miyaq.core.waiters import outcome, ran_elsewhere
 from miyaq.protocol.commands import DUPLICATE
 from miyaq.protocol.recordspec import STARTED_ELSEWHERE
 from miyaq.runtime import green, monotonic, wall

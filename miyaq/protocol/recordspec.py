@@ -135,6 +135,31 @@ def cut_error(error: dict[str, Any]) -> dict[str, Any]:
     return error
 
 
+#: The most characters a reported failure's fields keep (longer ones are cut,
+#: then the whole to ``ERROR_BYTES``: :func:`cut_error`).
+FAILURE_CHARS = (("type", 256), ("message", 4096), ("traceback", 16384))
+
+
+def failure_from_wire(value: Any) -> dict[str, Any]:
+    """A failure a consumer reports (FAILED, NACK, an HTTP nack):
+    ``{type, message, traceback?}``, strings, each cut to its
+    :data:`FAILURE_CHARS` and then, together, to ``ERROR_BYTES`` of UTF-8
+    (:func:`cut_error`); :class:`InvalidField` (field ``error``) if it is
+    not a map of strings."""
+    if not isinstance(value, dict):
+        raise InvalidField("field 'error' must be a map {type, message, traceback}", field="error")
+    out: dict[str, Any] = {}
+    for name, limit in FAILURE_CHARS:
+        v = value.get(name)
+        if v is not None:
+            if not isinstance(v, str):
+                raise InvalidField(f"error field {name!r} must be a string", field="error")
+            out[name] = v[:limit]
+    out.setdefault("type", "Error")
+    out.setdefault("message", "")
+    return cut_error(out)
+
+
 def _utf8_len(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
