@@ -21,7 +21,7 @@ from miyaq.cluster.ring_admin import RingAdmin
 from miyaq.cluster.zk_coordinator import ZooKeeperCoordinator
 from miyaq.cluster.zk_layout import Layout, RingRecord
 from miyaq.errors import ConfigError, Unavailable
-from miyaq.runtime import Supervisor
+from miyaq.runtime import Supervisor, green
 from miyaq.testing.zookeeper import ZooKeeperServer, expire_session, free_port
 from zk_fixtures import DEADLINE, Recorder, agreed, assert_epochs_increase, leaders, member, wait_until
 
@@ -265,6 +265,31 @@ def test_leader_pauses_while_suspended_and_resumes_its_term(zk_supervisor):
                 assert rec.views[-1].epoch == epoch     # no new ring: nobody resyncs for a blip
         finally:
             for c, _ in nodes.values():
+                c.stop()
+
+
+def test_a_leader_stopped_while_zookeeper_is_out_of_reach_does_not_wait_its_op_timeout(zk_supervisor):
+    """Fault: ZooKeeper is down (a whole-cluster shutdown, maintenance) when
+    a node that leads is stopped. The stop waited the whole ``op_timeout``
+    for the election znode to be released -- which cannot happen without a
+    connection (it goes with the session) -- 10 s of a pod's stop budget
+    with the defaults. Here op_timeout is 300 s: the stop ends long before."""
+    with ZooKeeperServer() as server:
+        c = ZooKeeperCoordinator(server.hosts, "stop-unreachable", member("a"), supervisor=zk_supervisor,
+                                 session_timeout=30.0, connect_timeout=5.0, op_timeout=300.0,
+                                 reconcile_interval=1.0)
+        recorder = Recorder(c)
+        stopper = None
+        try:
+            c.start()
+            wait_until(lambda: c.is_leader, "a to lead")
+            server.kill()
+            wait_until(lambda: recorder.leadership and recorder.leadership[-1][0] is False, "the leader to pause")
+            stopper = green.Greenlet.spawn(c.stop)
+            wait_until(lambda: stopper.dead, "the stop to end", timeout=30)
+            assert stopper.successful()
+        finally:
+            if stopper is None or not stopper.dead:
                 c.stop()
 
 
