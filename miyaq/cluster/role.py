@@ -168,6 +168,20 @@ class ClusterRole:
         again (restarted from its log, resumed from a freeze, fence lifted)."""
         return self.reconcile.active
 
+    def not_ready(self) -> str:
+        """Why this node would not serve its part of the ring now (one word,
+        ``""`` when it would): ``fenced`` while cut off from ZooKeeper,
+        ``not_in_ring`` until the ring it holds lists it (joining after a
+        start, or taken out with ``miyaq leave``), ``reconciling`` until it
+        fetched its peers' state again. Read by ``GET /readyz``."""
+        if self.fence.up or self.fenced():
+            return "fenced"
+        if self.node_id not in self.view.members:
+            return "not_in_ring"
+        if self.reconciling:
+            return "reconciling"
+        return ""
+
     # -- fencing ----------------------------------------------------------------------
     def fenced(self) -> bool:
         """True while this node must not start tasks (see :mod:`miyaq.cluster.fence`)."""

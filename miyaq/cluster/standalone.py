@@ -82,6 +82,11 @@ class StandaloneRole:
     def replication_lag(self, now: float) -> dict[str, tuple[float, int]]:
         return {}
 
+    def not_ready(self) -> str:
+        """Always ready: the ring of one holds this node from :meth:`start`,
+        and there is no peer to reconcile with."""
+        return ""
+
     def stats(self) -> None:
         """A standalone node has no cluster section in its status."""
         return None

@@ -91,6 +91,14 @@ class Role(Protocol):
     def stats(self) -> dict[str, Any] | None:
         """The ``cluster`` section of status (None for a standalone node)."""
 
+    def not_ready(self) -> str:
+        """Why this node would not serve its part of the ring now, as one
+        word (``""`` when it would): ``not_in_ring`` (its current ring
+        does not list it: joining, or left), ``fenced`` (cut off from the
+        coordination service), ``reconciling`` (fetching its peers' state
+        after a restart, a freeze or a fence). For the gateway's
+        ``GET /readyz``; a standalone node is always ready here."""
+
 
 class WriteBarrier(Protocol):
     """The durability step before an acknowledgement (the append-only log)."""

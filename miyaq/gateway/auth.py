@@ -5,7 +5,9 @@ every request must carry ``Authorization: Bearer <token>``; without one,
 or with a token the node does not know, it is a 401 with
 ``WWW-Authenticate: Bearer``. A known token acts with its role; an endpoint
 its role may not use is a 403 ``forbidden`` (:mod:`~miyaq.gateway.permissions`).
-With neither set every caller acts as ``admin``.
+With neither set every caller acts as ``admin``. The open paths of
+:data:`~miyaq.gateway.permissions.OPEN` (the health probes) are never
+checked: they answer every caller, with or without a token.
 
 A path prefix may be delegated (:meth:`BearerAuth.delegate`) to a part that
 checks callers itself with :meth:`BearerAuth.caller` and
@@ -21,7 +23,7 @@ import secrets
 
 from miyaq.errors import Forbidden
 from miyaq.gateway.errors import Unauthorized
-from miyaq.gateway.permissions import may
+from miyaq.gateway.permissions import is_open, may
 from miyaq.gateway.request import Request
 from miyaq.gateway.tokens import TokenTable
 from miyaq.security.roles import Role
@@ -67,9 +69,12 @@ class BearerAuth:
         return hmac.new(self._secret, purpose.encode(), hashlib.sha256).digest()
 
     def check(self, request: Request) -> Role | None:
-        """The caller's role; None for a delegated path (its handlers check).
-        Raises :class:`Unauthorized` without a known token."""
+        """The caller's role; None for an open path (the health probes: no
+        token needed) or a delegated one (its handlers check). Raises
+        :class:`Unauthorized` without a known token."""
         path = request.path
+        if is_open(path):
+            return None
         if any(path == p or path.startswith(p + "/") for p in self._delegated):
             return None
         role = self.caller(request)

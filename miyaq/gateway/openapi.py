@@ -8,6 +8,9 @@ responses of every endpoint validate against it.
 HEAD has no operations of its own: every GET route answers it
 (:mod:`miyaq.gateway.router`), the document's ``info.description`` says
 so, and its operations stay exactly the router's routes.
+
+The health probes (``/livez``, ``/readyz``) need no token: their
+operations have ``security: []``, ``x-miyaq-role: none`` and no 401.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from typing import Any
 
 from miyaq import __version__
 from miyaq.gateway.openapi_schemas import SCHEMAS, ref
-from miyaq.gateway.permissions import needs
+from miyaq.gateway.permissions import is_open, needs
 from miyaq.store.task import ALL_STATES
 
 JSON = "application/json"
@@ -140,14 +143,32 @@ def paths() -> dict[str, Any]:
         "/metrics": {"get": op("Prometheus metrics", 200, None, ok_type="text/plain", tag=a)},
         "/openapi.json": {"get": {"summary": "This document", "tags": [a], "responses": {
             "200": {"description": "OK", "content": {JSON: {"schema": {"type": "object"}}}}}}},
+        "/livez": {"get": _probe("Liveness probe (no token needed): the node's event loop answers",
+                                 ("live",), ("stalled",))},
+        "/readyz": {"get": _probe("Readiness probe (no token needed): the node would serve now (started, not "
+                                  "draining, in its ring, reconciled)", ("ready",),
+                                  ("draining", "not_accepting", "not_in_ring", "fenced", "reconciling", "held"))},
     }
+
+
+def _probe(summary: str, ok: tuple[str, ...], not_ok: tuple[str, ...]) -> dict[str, Any]:
+    """A health probe's operation: 200 with its ok word; 503 with a reason
+    word (or the server's own 503 error: too many connections, say)."""
+    def status(words: tuple[str, ...]) -> dict[str, Any]:
+        return {"type": "object", "required": ["status"], "additionalProperties": False,
+                "properties": {"status": {"type": "string", "enum": list(words)}}}
+    return {"summary": summary, "tags": ["health"], "security": [], "responses": {
+        "200": {"description": "OK", "content": {JSON: {"schema": status(ok)}}},
+        "503": {"description": "Not now: the status names why (or " + ERROR_TEXT[503][0].lower()
+                               + ERROR_TEXT[503][1:] + ")",
+                "content": {JSON: {"schema": {"oneOf": [status(not_ok), ref("Error")]}}}}}}
 
 
 def with_roles(doc_paths: dict[str, Any]) -> dict[str, Any]:
     """Each operation names the role it needs (``x-miyaq-role``, docs/http.md "Tokens and roles")."""
     for path, operations in doc_paths.items():
         for method, operation in operations.items():
-            operation["x-miyaq-role"] = needs(method, path).value
+            operation["x-miyaq-role"] = "none" if is_open(path) else needs(method, path).value
     return doc_paths
 
 
@@ -157,11 +178,13 @@ def with_shared_errors(doc_paths: dict[str, Any]) -> dict[str, Any]:
     (:data:`WITH_BODY`), in status order: before 2026-12-05 an answer of the
     server's own (a 415 for a form, a 403 for a foreign Host, a 503 for too
     many connections) was missing from the operations that did not name it."""
-    for operations in doc_paths.values():
+    for path, operations in doc_paths.items():
         for method, operation in operations.items():
             responses = operation["responses"]
             codes = COMMON + (WITH_BODY if method in WITH_BODY_METHODS else ())
             for code in codes:
+                if code == 401 and is_open(path):
+                    continue         # no token is asked for
                 responses.setdefault(str(code), _error(code))
             operation["responses"] = dict(sorted(responses.items()))
     return doc_paths

@@ -11,7 +11,14 @@ worker < admin.
   limits and pauses, and the workers list.
 
 An endpoint missing from :data:`NEEDS` needs ``admin`` (a new endpoint is
-closed until someone decides otherwise). The web console (``/ui``) follows
+closed until someone decides otherwise), unless its path is in
+:data:`OPEN`: the health probes ``GET /livez`` and ``GET /readyz``
+(:mod:`miyaq.gateway.health`) answer without a token, also when tokens
+are set, so that an orchestrator's probe (the kubelet, a compose
+healthcheck) needs no secret in its manifest. They answer one status word
+and nothing else; no other path may be added to the set without the same
+care (before 2026-12-05 every endpoint needed a token, and a probe could
+only be a TCP connect). The web console (``/ui``) follows
 this table too: each of its pages and actions needs what the endpoint it
 stands for needs (:mod:`miyaq.gateway.console.access`; before 2026-12-05 any
 valid token could look at every page).
@@ -36,6 +43,16 @@ NEEDS: dict[tuple[str, str], Role] = {
     ("POST", "/queues/{queue}/pause"): A, ("POST", "/queues/{queue}/resume"): A, ("GET", "/workers"): A,
     ("GET", "/dead"): A, ("POST", "/dead/retry"): A, ("POST", "/dead/purge"): A,
 }
+
+
+#: Paths answered without a token, whatever the node's tokens: the health
+#: probes, which reveal one status word (docs/http.md, "Health probes").
+OPEN: frozenset[str] = frozenset({"/livez", "/readyz"})
+
+
+def is_open(path: str) -> bool:
+    """True for a path any caller may use without a token (:data:`OPEN`)."""
+    return path in OPEN
 
 
 def needs(method: str, template: str) -> Role:

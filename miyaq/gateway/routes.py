@@ -1,6 +1,7 @@
 """Every endpoint of the gateway, in one table (docs/http.md and
 docs/openapi.json describe the same list; a test keeps them in step), each
-with the role it needs (:mod:`miyaq.gateway.permissions`), and
+with the role it needs (:mod:`miyaq.gateway.permissions`; None for the
+health probes, which need no token: ``permissions.OPEN``), and
 the web console's pages under ``/ui`` (docs/console.md), added by
 :func:`miyaq.gateway.console.install`."""
 from __future__ import annotations
@@ -10,7 +11,8 @@ from typing import TYPE_CHECKING
 from miyaq.gateway.admin_api import AdminApi
 from miyaq.gateway.console import Console, install
 from miyaq.gateway.enqueue import Enqueue
-from miyaq.gateway.permissions import needs
+from miyaq.gateway.health import Health
+from miyaq.gateway.permissions import is_open, needs
 from miyaq.gateway.pull_api import PullApi
 from miyaq.gateway.router import Router
 from miyaq.gateway.tasks_api import TasksApi
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
 
 def build_router(gateway: Gateway) -> tuple[Router, Console | None]:
     enqueue, tasks, pull, admin = Enqueue(gateway), TasksApi(gateway), PullApi(gateway), AdminApi(gateway)
+    health = Health(gateway.core, gateway.role)
     router = Router()
     for method, path, handler in (
         # miyamoto-compatible webhook enqueue
@@ -54,6 +57,9 @@ def build_router(gateway: Gateway) -> tuple[Router, Console | None]:
         ("POST", "/dead/purge", admin.dead_purge),
         ("GET", "/metrics", admin.metrics),
         ("GET", "/openapi.json", admin.openapi),
+        # health probes for orchestrators: no token needed (permissions.OPEN)
+        ("GET", "/livez", health.livez),
+        ("GET", "/readyz", health.readyz),
     ):
-        router.add(method, path, handler, needs(method, path))
+        router.add(method, path, handler, None if is_open(path) else needs(method, path))
     return router, install(gateway, router, admin)
