@@ -25,6 +25,7 @@ import yaml
 import miyaq.cli.ring_cmd
 from miyaq.cli.main import build_parser
 from miyaq.config import NodeConfig
+from miyaq.gateway.permissions import is_open
 from miyaq.security.exposure import exposure_warning
 from miyaq.worker.config import WorkerConfig
 
@@ -276,7 +277,7 @@ def test_k8s_manifest_parses_and_runs_real_commands():
 
 
 def test_k8s_statefulset_identity_discovery_and_readiness():
-    """Catches: node ids that change on restart, a missing headless Service, a probe on the wrong port."""
+    """Catches: node ids that change on restart, a missing headless Service, the log off its volume."""
     objects = k8s_objects()
     (sts,) = [o for (kind, _), o in objects.items() if kind == "StatefulSet"]
     service = objects[("Service", sts["spec"]["serviceName"])]
@@ -287,9 +288,6 @@ def test_k8s_statefulset_identity_discovery_and_readiness():
     assert env["MIYAQ_NODE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     config = next(o for (kind, _), o in objects.items() if kind == "ConfigMap")
     assert config["data"]["MIYAQ_ZK"], "the ZooKeeper connection string comes from the environment"
-    ports = {p["name"]: p["containerPort"] for p in node["ports"]}
-    probe = node["readinessProbe"]["tcpSocket"]["port"]
-    assert ports.get(probe, probe) == int(config["data"]["MIYAQ_PORT"]), "readiness must probe the service port"
     mounts = {m["name"]: m["mountPath"] for m in node["volumeMounts"]}
     claims = {c["metadata"]["name"] for c in sts["spec"]["volumeClaimTemplates"]}
     assert config["data"]["MIYAQ_DATA_DIR"] in {mounts[c] for c in claims}, "the log must live on the volume"
@@ -385,3 +383,206 @@ def test_k8s_mounts_the_keys_from_secrets():
             for var in ("MIYAQ_KEY", "MIYAQ_SERVER_KEY"):
                 mount = mounts[os.path.dirname(env[var])]
                 assert "secret" in volumes[mount["name"]], f"{name}: {var} does not come from a Secret"
+
+
+# -- health probes, memory, pod security (the deployment audit) -----------------
+
+#: What a node's RSS costs, measured by the audit: 1 GiB of 60 KB payloads
+#: took 1.2 GiB, 1,000,000 tasks of 1,000 bytes 1.56 GiB (deploy/README.md, "Memory").
+RSS_BASE = 100 * 2**20
+RSS_PER_PAYLOAD_BYTE = 1.1
+RSS_PER_TASK = 500
+
+
+def node_rss_bound(values: dict[str, str]) -> float:
+    """The most memory a node holds before it refuses submits, by the
+    README's rule, for these settings (defaults for the ones not given)."""
+    config = NodeConfig.load({}, {k: v for k, v in values.items() if k in NODE_VARS})
+    return (RSS_BASE + RSS_PER_PAYLOAD_BYTE * (config.max_bytes + config.max_result_bytes)
+            + RSS_PER_TASK * config.max_tasks)
+
+
+def quantity(text: str) -> float:
+    """Bytes of a Kubernetes memory quantity (``2Gi``, ``512Mi``)."""
+    m = re.fullmatch(r"(\d+)(Ki|Mi|Gi|Ti)?", str(text))
+    assert m, text
+    return int(m.group(1)) * {None: 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}[m.group(2)]
+
+
+def test_k8s_probes_ask_the_node_whether_it_is_live_and_in_the_ring():
+    """Fault: readiness and liveness were TCP connects to the service port,
+    bound before the log's replay: a restarted node was Ready long before it
+    was back in the ring (a rolling update stopped the next node meanwhile,
+    leaving tasks on one holder of three), a frozen node passed, and every
+    probe counted as a failed ZeroMQ handshake. Now readiness asks
+    ``GET /readyz`` and liveness ``GET /livez`` on the HTTP port -- paths
+    open without a token -- behind a startup probe with minutes for the
+    replay, with the scheme the gateway serves, and the StatefulSet waits
+    ``minReadySeconds`` and updates one pod at a time."""
+    objects = k8s_objects()
+    config = next(o for (kind, _), o in objects.items() if kind == "ConfigMap")["data"]
+    (sts,) = [o for (kind, _), o in objects.items() if kind == "StatefulSet"]
+    (node,) = containers(sts)
+    ports = {p["name"]: p["containerPort"] for p in node["ports"]}
+    scheme = "HTTPS" if config.get("MIYAQ_HTTP_CERT") else "HTTP"
+    for kind, path in (("startupProbe", "/livez"), ("livenessProbe", "/livez"), ("readinessProbe", "/readyz")):
+        probe = node[kind]
+        assert set(probe) & {"tcpSocket", "exec", "grpc"} == set(), f"{kind}: probe the health endpoints"
+        get = probe["httpGet"]
+        assert get["path"] == path and is_open(path), kind
+        assert ports.get(get["port"], get["port"]) == int(config["MIYAQ_HTTP_PORT"]), f"{kind}: not the HTTP port"
+        assert get.get("scheme", "HTTP") == scheme, f"{kind}: the gateway serves {scheme}"
+        assert "httpHeaders" not in get, f"{kind}: the probes need no token"
+    startup = node["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300, "allow minutes for the log's replay"
+    assert "initialDelaySeconds" not in node["livenessProbe"], "the startup probe covers the start"
+    assert sts["spec"].get("minReadySeconds", 0) > 0
+    strategy = sts["spec"].get("updateStrategy", {})
+    assert strategy.get("type", "RollingUpdate") == "RollingUpdate"
+    assert strategy.get("rollingUpdate", {}).get("maxUnavailable", 1) == 1, "one node at a time"
+
+
+def test_compose_nodes_are_healthy_once_ready_and_workers_wait_for_them():
+    """Fault: the compose nodes had no healthcheck and the workers started
+    with the containers, before any node was in the ring. Now each node's
+    healthcheck asks its own ``GET /readyz`` (no token), with a start
+    period for the replay, and the workers wait until every node is healthy."""
+    services = compose_services()
+    nodes = {k: s for k, s in services.items()
+             if str(s.get("image", "")).startswith("miyaq") and role([str(a) for a in s.get("command", [])]) == "node"}
+    assert len(nodes) == 3
+    for name, service in nodes.items():
+        test = " ".join(service["healthcheck"]["test"])
+        port = service["environment"]["MIYAQ_HTTP_PORT"]
+        assert f"http://127.0.0.1:{port}/readyz" in test, f"compose {name}: healthcheck {test}"
+        assert duration(service["healthcheck"]["start_period"]) >= 60, f"compose {name}: allow for the replay"
+    worker = services["worker"]
+    assert worker["depends_on"] == {n: {"condition": "service_healthy"} for n in nodes}
+
+
+def test_k8s_node_memory_fits_its_limit():
+    """Fault: the default limits (max_bytes 1 GiB, max_result_bytes 256 MiB,
+    max_tasks 1,000,000) let a node grow to about 2 GiB, the container's
+    limit: the OOM killer ended it before it refused a submit. Now the
+    ConfigMap's settings keep the node within 80 % of its memory limit."""
+    objects = k8s_objects()
+    config = next(o for (kind, _), o in objects.items() if kind == "ConfigMap")["data"]
+    (sts,) = [o for (kind, _), o in objects.items() if kind == "StatefulSet"]
+    (node,) = containers(sts)
+    limit = quantity(node["resources"]["limits"]["memory"])
+    assert node_rss_bound(config) <= 0.8 * limit, (
+        f"a node may hold {node_rss_bound(config) / 2**30:.2f} GiB, its limit is {limit / 2**30:.2f} GiB")
+    assert node_rss_bound({}) > 0.8 * limit, "the rule no longer needs MIYAQ_MAX_BYTES here: say so in the README"
+
+
+def test_k8s_pods_meet_the_restricted_pod_security_standard():
+    """Fault: the pods ran with privilege escalation allowed, every default
+    capability and no seccomp profile, so a namespace enforcing the
+    restricted Pod Security Standard refused them. Now each pod and
+    container sets what that standard asks, and a read-only root file
+    system with /tmp on an emptyDir (the processes pool's socket directory)."""
+    for (kind, name), obj in k8s_objects().items():
+        if kind not in ("StatefulSet", "Deployment"):
+            continue
+        pod = obj["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for container in pod["containers"]:
+            security = container["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False, name
+            assert security["capabilities"]["drop"] == ["ALL"], name
+            assert security["readOnlyRootFilesystem"] is True, name
+            (tmp,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+            assert "emptyDir" in volumes[tmp["name"]], f"{name}: /tmp must be writable"
+
+
+# -- the build context ------------------------------------------------------------
+
+DOCKERIGNORE = DEPLOY / "Dockerfile.dockerignore"
+#: What ``pip install`` reads from the context (setup.cfg's ``file:`` references are checked too).
+INSTALL_NEEDS = {"miyaq", "setup.cfg", "pyproject.toml", "README.md"}
+#: What an operator following deploy/README.md makes in the repository root, and other secrets.
+SECRETS_IN_ROOT = ["keys/node.key_secret", "keys/ops.key_secret", "keys/authorized/ops.key", "http-tokens",
+                   "data/00000000.log", "miyaq-data/00000001.log", ".env", "deploy/.env", ".git/config",
+                   ".venv/bin/python", "tests/test_deploy.py", "miyaq/__pycache__/config.cpython-311.pyc"]
+
+
+def docker_patterns(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
+def _docker_regex(pattern: str) -> re.Pattern[str]:
+    """Docker's .dockerignore pattern (moby/patternmatcher): ``**`` any
+    directories, ``*`` and ``?`` within one path element."""
+    text = re.escape(pattern.strip("/")).replace(r"\*\*/", "(?:.*/)?").replace(r"\*\*", ".*")
+    return re.compile("^" + text.replace(r"\*", "[^/]*").replace(r"\?", "[^/]") + "$")
+
+
+def in_context(relative: str, patterns: list[str]) -> bool:
+    """Whether Docker sends ``relative`` in the build context: the last
+    pattern that matches it or one of its parent directories decides, and a
+    ``!`` pattern lets it in again."""
+    parts = relative.split("/")
+    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    excluded = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        regex = _docker_regex(pattern[1:] if negate else pattern)
+        if any(regex.match(p) for p in prefixes):
+            excluded = not negate
+    return not excluded
+
+
+def test_dockerignore_admits_only_what_the_install_needs():
+    """Fault: the dockerignore listed a few caches to leave out, so
+    following deploy/README.md from the repository root put keys/ (with
+    every ``*.key_secret``), http-tokens and a data directory in the build
+    context, and ``COPY . /src`` put them in a layer of the image. Now it is
+    an allow-list: ``*`` first, then only ``!`` lines for what the install
+    reads, and of the repository and those secrets only the package,
+    setup.cfg, pyproject.toml and README.md reach the builder."""
+    patterns = docker_patterns(DOCKERIGNORE)
+    assert patterns[0] == "*", "start by leaving everything out"
+    admitted = {p[1:] for p in patterns if p.startswith("!")}
+    assert admitted <= INSTALL_NEEDS, f"admits more than the install needs: {sorted(admitted - INSTALL_NEEDS)}"
+    setup = configparser.ConfigParser()
+    setup.read(DEPLOY.parent / "setup.cfg")
+    read_by_setup = {v.split("file:", 1)[1].strip() for section in setup.sections()
+                     for v in setup[section].values() if v.strip().startswith("file:")}
+    assert read_by_setup <= admitted, f"setup.cfg reads {sorted(read_by_setup - admitted)}, left out"
+    root = DEPLOY.parent
+    files = [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()
+             and not {".git", ".venv", ".mypy_cache", ".ruff_cache"} & set(p.relative_to(root).parts)]
+    context = {f for f in files + SECRETS_IN_ROOT if in_context(f, patterns)}
+    outside = sorted(f for f in context if f.split("/")[0] not in INSTALL_NEEDS or "__pycache__" in f)
+    assert not outside, f"in the build context: {outside[:20]}"
+    assert {"setup.cfg", "README.md", "miyaq/__init__.py"} <= context
+
+
+def dockerfile_stages(text: str) -> list[list[str]]:
+    """The Dockerfile's instructions (continuation lines joined), stage by stage."""
+    joined = re.sub(r"\\\n", " ", text)
+    stages: list[list[str]] = [[]]
+    for line in joined.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.upper().startswith("FROM "):
+            stages.append([])
+        stages[-1].append(line)
+    return stages[1:]
+
+
+def test_dockerfile_final_stage_copies_nothing_from_the_context():
+    """Fault: ``COPY . /src`` in the image's only stage, then ``rm -rf
+    /src`` in a later layer: the COPY layer kept the whole build context in
+    the image's history. Now the package is installed in a build stage and
+    the image copies only what was installed (``COPY --from=``)."""
+    stages = dockerfile_stages((DEPLOY / "Dockerfile").read_text())
+    assert len(stages) >= 2, "install in a build stage"
+    for line in stages[-1]:
+        if re.match(r"(COPY|ADD)\b", line, re.IGNORECASE):
+            assert "--from=" in line, f"the image's stage copies from the build context: {line}"
+        assert not re.search(r"--mount=type=bind(?![^ ]*,from=)", line), line
+    assert any(re.match(r"COPY --from=\S+ /install /usr/local$", line) for line in stages[-1])
