@@ -260,6 +260,36 @@ def test_a_handle_awaited_in_another_event_loop_is_refused_instead_of_waiting_fo
         silent.close()
 
 
+def test_a_close_from_another_event_loop_says_it_dropped_the_unacknowledged_submits():
+    """Fault: submits not yet acknowledged when their loop ended (a node that
+    acknowledges nothing here), then ``close()`` -- flush by default -- from
+    another event loop, which can wait for nothing. It closed and returned
+    as if every submit had been flushed: they were dropped without a word.
+    Now it closes and raises MiyaqError saying how many; ``close(flush=False)``
+    drops them quietly, as asked."""
+    silent = CountingNode()
+    loud, quiet = (miyaq.aio.Client(silent.endpoint, ack_timeout=60.0) for _ in range(2))
+    try:
+        async def first() -> None:
+            for client in (loud, quiet):
+                for i in range(3):
+                    await client.submit("echo", [i])
+
+        run(first)
+
+        async def second() -> None:
+            with pytest.raises(miyaq.MiyaqError, match="3 submits not acknowledged to it were dropped"):
+                await loud.close()
+            await loud.close()              # closed: nothing more to say
+            await quiet.close(flush=False)
+
+        run(second, limit=30.0)
+    finally:
+        asyncio.run(loud.close(flush=False))
+        asyncio.run(quiet.close(flush=False))
+        silent.close()
+
+
 def test_a_submit_with_an_id_that_is_not_a_string_is_refused_at_once(node):
     """Bad input: an id that is not a string. Before, the node's refusal
     matched no submit and the caller waited its whole ``submit_timeout``;

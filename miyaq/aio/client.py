@@ -180,14 +180,31 @@ class Client:
 
     # -- lifecycle ---------------------------------------------------------------------
     async def close(self, flush: bool = True, timeout: float = 10.0) -> None:
+        """With ``flush``, wait up to ``timeout`` for every submit so far to
+        be acknowledged (raising as :meth:`flush` does); then stop the I/O
+        and close the sockets. Idempotent. From another event loop than the
+        client's (its own may be closed already) nothing can be waited for:
+        it closes, and with ``flush`` raises :class:`MiyaqError` saying how
+        many submits it never read an acknowledgement of (before 2026-12-05
+        they were dropped without a word); ``close(flush=False)`` drops them
+        knowingly."""
         if self._io.closed:
             return
         timeout = seconds(timeout, "timeout")
+        own_loop = self._io.in_own_loop
         try:
-            if flush and self._io.in_own_loop:
+            if flush and own_loop:
                 await self.flush(timeout)
         finally:
             await self._io.close()
+        if flush and not own_loop:
+            handles, uncounted = self._unflushed.take()
+            unread = sum(1 for h in handles if not h._accepted.ok()) + uncounted
+            if unread:
+                raise MiyaqError(f"close() from another event loop than the client's cannot wait for its submits: "
+                                 f"{unread} submit{'' if unread == 1 else 's'} not acknowledged to it were dropped "
+                                 "(a node may or may not have stored them); close the client in its own loop, or "
+                                 "call close(flush=False) to drop them knowingly")
 
     async def __aenter__(self) -> "Client":
         return self
