@@ -55,7 +55,7 @@ from miyaq.gateway.origin import HostCheck, refuse_cross_site, refuse_form_body
 from miyaq.gateway.request import Request, Response, json_response
 from miyaq.gateway.routes import build_router
 from miyaq.gateway.tokens import WATCH_INTERVAL as TOKENS_WATCH_INTERVAL
-from miyaq.gateway.webhooks import WebhookDeliverer
+from miyaq.gateway.webhooks import StopHurry, WebhookDeliverer
 from miyaq.gateway.wsgi import ConnectionLimits, GatewayServer
 from miyaq.runtime import RESTART, Supervisor, green, wall
 from miyaq.security.exposure import gateway_host, is_loopback
@@ -69,8 +69,12 @@ class Gateway:
     name = "gateway"
 
     def __init__(self, config: NodeConfig, core: Core, role: Role, status: StatusReport, schedules: ScheduleBook,
-                 metrics: NodeMetrics, wake: Callable[[float], None], supervisor: Supervisor) -> None:
+                 metrics: NodeMetrics, wake: Callable[[float], None], supervisor: Supervisor,
+                 hurry: StopHurry | None = None) -> None:
+        """``hurry``: the node's, set when it is asked again to stop; the wait
+        for webhook deliveries in flight at :meth:`stop` then ends at once."""
         self.config = config
+        self.hurry = hurry
         self.core = core
         self.role = role
         self.status = status
@@ -140,7 +144,8 @@ class Gateway:
 
     def stop(self) -> None:
         """Stop serving; let webhook deliveries in flight finish for up to
-        min(webhook_timeout, shutdown_grace) seconds. Idempotent."""
+        min(webhook_timeout, shutdown_grace) seconds, or until the node is
+        hurried (a second signal). Idempotent."""
         if self._stopping:
             return
         self._stopping = True
@@ -151,7 +156,7 @@ class Gateway:
         if self.server is not None:
             self.server.stop(timeout=HTTP_STOP_TIMEOUT)
         config = self.config
-        self.deliverer.stop(min(config.webhook_timeout, config.shutdown_grace))
+        self.deliverer.stop(min(config.webhook_timeout, config.shutdown_grace), self.hurry)
 
     def kill(self) -> None:
         """Close the HTTP port and drop deliveries at once. Never raises."""

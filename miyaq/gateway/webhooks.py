@@ -54,10 +54,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from miyaq.config import NodeConfig
-from miyaq.constants import WEBHOOK_CONNECT_TIMEOUT
+from miyaq.constants import DRAIN_POLL, WEBHOOK_CONNECT_TIMEOUT
 from miyaq.core.consumers import Consumer
 from miyaq.core.dispatcher import Dispatcher
 from miyaq.core.attempts import retry_delay
@@ -68,11 +68,20 @@ from miyaq.gateway.destinations import Destinations
 from miyaq.gateway.metrics import NodeMetrics
 from miyaq.gateway.outbound import Outbound, Outcome
 from miyaq.logs import LogLimiter
-from miyaq.runtime import LOG, Supervisor, green, wall
+from miyaq.runtime import LOG, Supervisor, green, monotonic, wall
 from miyaq.store.task import WEBHOOK_LANE_PREFIX, Task
 
 logger = logging.getLogger(__name__)
 _log = LogLimiter(logger)     # a bug met by every delivery would repeat for each: a few lines a minute
+
+
+class StopHurry(Protocol):
+    """Set when the node is asked again to stop (a second SIGTERM or SIGINT):
+    a wait of its stop that ``shutdown_grace`` bounds ends at once. Only read
+    here (the node sets it)."""
+
+    def is_set(self) -> bool: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
 
 
 class WebhookLane(Consumer):
@@ -340,15 +349,28 @@ class WebhookDeliverer(EngineListener):
         self.engine.fail(task.id, attempt, error, outcome.retryable, delay, now)
 
     # -- lifecycle ---------------------------------------------------------------------
-    def stop(self, timeout: float) -> None:
-        """Let deliveries in flight finish for up to ``timeout`` s, then kill them
-        (their tasks run again after their lease: at-least-once)."""
+    def stop(self, timeout: float, hurry: StopHurry | None = None) -> None:
+        """Let deliveries in flight finish for up to ``timeout`` s -- less if
+        ``hurry`` is set meanwhile or already: then no longer -- and kill the
+        rest (their tasks run again after their lease: at-least-once). Before
+        2026-12-05 a second signal to the node did not cut this wait short."""
         self.stopping = True
         self.waiting.clear()
         for lane in self.lanes.values():
             self.dispatcher.forget(lane)
         in_flight = [g for lane in self.lanes.values() for attempts in lane.greenlets.values()
                      for g in attempts.values()]
-        green.joinall(in_flight, timeout=timeout)
-        green.killall([g for g in in_flight if not g.dead], block=True, timeout=1.0)
+        deadline = monotonic() + timeout
+        while (pending := [g for g in in_flight if not g.dead]) and not (hurry is not None and hurry.is_set()):
+            left = deadline - monotonic()
+            if left <= 0:
+                break
+            if hurry is None:
+                green.joinall(pending, timeout=left)
+            else:
+                hurry.wait(min(left, DRAIN_POLL))
+        if pending:
+            logger.info("webhooks: %d delivery(ies) in flight cut short by the stop; their tasks run again "
+                        "after their lease", len(pending))
+        green.killall(pending, block=True, timeout=1.0)
         self.outbound.close()

@@ -47,7 +47,7 @@ from miyaq.node.open_files import OpenFilesWatch
 from miyaq.node.status import NodeStatus
 from miyaq.periodic.scheduler import PeriodicScheduler, SharedSource, SharedStore
 from miyaq.persistence.journal import Persistence
-from miyaq.runtime import Supervisor, wall
+from miyaq.runtime import Supervisor, green, wall
 from miyaq.runtime.sockets import SocketFactory
 from miyaq.security.curve import NodeCurve
 from miyaq.security.exposure import exposure_warning
@@ -128,15 +128,17 @@ def _build(config: NodeConfig, supervisor: Supervisor, sockets: SocketFactory, c
         # periodic listens for leadership before the role starts campaigning.
         parts: list[Part] = [persistence] if persistence is not None else []
         parts += [clockwork, periodic, role, open_files]
+        hurry = green.Event()      # a second stop signal: the node's waits and the gateway's end at once
         if config.http_port:
             metrics = NodeMetrics(config.id, core, role, supervisor, persistence)
-            parts += [metrics, Gateway(config, core, role, status, periodic, metrics, clockwork.wake, supervisor)]
+            parts += [metrics, Gateway(config, core, role, status, periodic, metrics, clockwork.wake, supervisor,
+                                       hurry)]
     except BaseException:
         if persistence is not None:
             persistence.kill()   # the log is open: release it (and its lock) before the sockets go
         raise
     return Node(config, supervisor=supervisor, sockets=sockets, core=core, clockwork=clockwork,
-                role=role, status=status, parts=parts, keys=zap)
+                role=role, status=status, parts=parts, keys=zap, hurry=hurry)
 
 
 def _role(config: NodeConfig, core: Core, barrier: WriteBarrier, supervisor: Supervisor, sockets: SocketFactory,

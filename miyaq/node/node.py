@@ -10,7 +10,9 @@ gateway. Each part has the same small lifecycle (:class:`Part`).
   the role decides whether to reconcile), then every part's ``start``.
 * :meth:`Node.stop` (SIGTERM, SIGINT, or a critical greenlet that died):
   stop accepting submits and leasing tasks, wait up to ``shutdown_grace``
-  for running tasks to report, then every part's ``stop`` in reverse order,
+  for running tasks to report, then every part's ``stop`` in reverse order
+  (the gateway's waits up to ``shutdown_grace`` for webhook deliveries in
+  flight; a second SIGTERM or SIGINT ends both waits at once),
   the supervisor's greenlets killed, every part's ``kill`` in reverse order
   and the sockets closed. A part that fails to stop is logged and the rest
   still stop; the node always ends stopped.
@@ -62,7 +64,10 @@ class Part(Protocol):
 class Node:
     def __init__(self, config: NodeConfig, *, supervisor: Supervisor, sockets: SocketFactory, core: Core,
                  clockwork: Clockwork, role: Role, status: NodeStatus, parts: list[Part],
-                 keys: ZapHandler | None = None) -> None:
+                 keys: ZapHandler | None = None, hurry: green.Event | None = None) -> None:
+        """``hurry``: set by a second SIGTERM or SIGINT while stopping; the
+        composition root gives the same event to the parts whose stop waits
+        up to ``shutdown_grace`` (the gateway's webhooks), so that wait ends too."""
         self.config = config
         self.id = config.id
         self.supervisor = supervisor
@@ -77,7 +82,9 @@ class Node:
         self._starting = False
         self._stop_asked = False     # a signal came while starting: stop once start() is done
         self._stopping = False
-        self._hurry = green.Event()  # a second signal while draining: wait no longer for running tasks
+        # A second signal while stopping: wait no longer for running tasks,
+        # nor for webhook deliveries in flight.
+        self._hurry = hurry if hurry is not None else green.Event()
         self._stopped = green.Event()
         supervisor.on_fatal = self._fatal
 
@@ -144,15 +151,16 @@ class Node:
         self.stop()
 
     def _hurry_stop(self) -> None:
-        """A second SIGTERM or Ctrl-C while the node waits for running tasks
-        (``shutdown_grace``): wait no longer. Their leases run out as after
-        any stop; each runs again (a replica, or this node after a restart
-        with ``--data-dir``). Before 2026-12-05 the node waited the whole
-        grace whatever was sent."""
+        """A second SIGTERM or Ctrl-C while the node stops: wait no longer --
+        for running tasks (``shutdown_grace``) nor, after them, for webhook
+        deliveries in flight. Their leases run out as after any stop; each
+        runs again (a replica, or this node after a restart with
+        ``--data-dir``). Before 2026-12-05 the node waited the whole grace
+        whatever was sent, and then (that fixed) still the deliveries'."""
         if not self._hurry.is_set():
             self._hurry.set()
-            logger.warning("node %s: asked again to stop: not waiting for the %d running task(s) any longer",
-                           self.id, self.core.running())
+            logger.warning("node %s: asked again to stop: not waiting for the %d running task(s) nor for webhook "
+                           "deliveries in flight any longer", self.id, self.core.running())
 
     def reload(self) -> None:
         """SIGHUP: read the authorized keys, the HTTP tokens, the HTTPS certificate and http_ca again."""
