@@ -8,6 +8,14 @@ check -- the next Python bytecode it runs (CPython's asynchronous
 exception, as Dramatiq's time limits use): a thread inside one long C call
 (``time.sleep(60)``, a socket read without a timeout) sees it only when
 that call returns.
+
+Python cannot kill a thread. When the worker stops, a handler thread still
+running at the end of ``--grace`` (or at a second stop signal) is not
+waited for: the worker says BYE (its node puts the task back, attempt
+spent), tells its idle threads to end and exits; the handler thread is
+abandoned and ends with the process (``miyaq worker`` does not join it). In
+a program that runs a ``Worker`` itself, such a thread runs on until its
+handler returns or the program exits.
 """
 from __future__ import annotations
 
@@ -22,7 +30,7 @@ from .base import PoolParts
 
 logger = logging.getLogger(__name__)
 
-STOP_WAIT = 2.0     # seconds stop() waits for idle threads to end
+STOP_WAIT = 2.0     # seconds stop() waits for idle threads to end, when no handler runs
 
 
 def raise_in_thread(ident: int, exc_type: type[BaseException]) -> bool:
@@ -39,6 +47,8 @@ class ThreadsPool:
     def __init__(self, parts: PoolParts) -> None:
         self.parts = parts
         self.threads = green.ThreadPool(parts.concurrency)
+        self._count_lock = green.native_lock()
+        self.in_handlers = 0      # threads inside a handler now (counted in the threads themselves)
 
     def start(self) -> None:
         pass
@@ -55,6 +65,15 @@ class ThreadsPool:
 
     def _call(self, job: Job) -> Outcome:
         """In a pool thread."""
+        with self._count_lock:
+            self.in_handlers += 1
+        try:
+            return self._call_counted(job)
+        finally:
+            with self._count_lock:
+                self.in_handlers -= 1
+
+    def _call_counted(self, job: Job) -> Outcome:
         try:
             with job.lock:
                 job.handle = green.native_thread_ident()
@@ -79,10 +98,19 @@ class ThreadsPool:
                 raise_in_thread(ident, reason)
 
     def stop(self) -> None:
-        """End the idle threads (bounded wait); a thread still inside a
-        handler cannot be ended and goes with the process."""
+        """End the idle threads: wait for them (at most ``STOP_WAIT``) only
+        when no thread is inside a handler; otherwise tell them to end and
+        wait for none. A thread still inside a handler cannot be ended (its
+        task is given back by the worker's BYE) and goes with the process.
+        Before 2026-12-05 the stop waited ``STOP_WAIT`` for such a thread
+        after the whole grace: the worker exited 2 s past its ``--grace``."""
+        with self._count_lock:
+            busy = self.in_handlers
+        if busy:
+            logger.warning("threads pool: %d handler thread(s) still running are abandoned (a thread cannot be "
+                           "killed); they end with the process", busy)
         try:
-            with green.Timeout(STOP_WAIT, False):
-                self.threads.kill()
+            with green.Timeout(0 if busy else STOP_WAIT, False):
+                self.threads.kill()     # asks each idle thread to end, then waits for every thread
         except Exception:
             logger.exception("stopping the handler threads failed")
