@@ -9,6 +9,7 @@ here once so a reader finds every number the worker runs by in one place.
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass, fields
 from typing import ClassVar, Mapping
 
@@ -240,6 +241,12 @@ CHILD_MESSAGE_BYTES = 16 * 1024 * 1024
 DRAIN_POLL = 0.05
 #: Time for the last BYE to leave before the sockets close.
 BYE_LINGER = 0.05
+#: ``--processes N``: what the supervisor sends its worker processes when it
+#: is asked again to stop (a second SIGTERM, SIGINT or SIGHUP): end the wait
+#: for running handlers at once. Not SIGTERM: a ``kill -TERM -PGID`` reaches
+#: every process of the group and the supervisor, which passes it on, so a
+#: worker process of the group gets SIGTERM twice for one request.
+HURRY_SIGNAL = signal.SIGUSR1
 
 # -- processes ----------------------------------------------------------------------------
 #: ``--processes N``: a child that dies is restarted; more than this many

@@ -4,8 +4,12 @@
 in a fresh interpreter that patches first: :mod:`miyaq.worker.main`). More
 starts that many ``python -m miyaq.worker.main`` children (spawned, never
 forked from a gevent process), restarts a child that dies with a growing
-delay (at most ``MAX_RESTARTS_PER_MINUTE``), and passes SIGTERM/SIGINT on,
-waiting for the children to drain.
+delay (at most ``MAX_RESTARTS_PER_MINUTE``), and passes a stop on, waiting
+for the children to drain: its first SIGTERM, SIGINT or SIGHUP as SIGTERM,
+a second as :data:`~miyaq.worker.config.HURRY_SIGNAL` (end the wait for
+running handlers at once). The children are told they are supervised
+(``--supervised``): they ignore SIGINT and SIGHUP, which a terminal sends
+the whole process group, and take the stop from the supervisor alone.
 """
 from __future__ import annotations
 
@@ -18,14 +22,17 @@ import time
 from dataclasses import replace
 
 from ..runtime import green, heap, monotonic
-from .config import CHILD_STOP_SLACK, MAX_RESTARTS_PER_MINUTE, PROCESS_POLL, RESTART_DELAY_MAX, WorkerConfig
+from .config import (
+    CHILD_STOP_SLACK, HURRY_SIGNAL, MAX_RESTARTS_PER_MINUTE, PROCESS_POLL, RESTART_DELAY_MAX, WorkerConfig,
+)
 
 logger = logging.getLogger(__name__)
 
 
-def run_one(app_spec: str, config: WorkerConfig) -> int:
-    """Run one worker in this process until SIGTERM/SIGINT. Exit status 1
-    if a critical part of the worker died."""
+def run_one(app_spec: str, config: WorkerConfig, supervised: bool = False) -> int:
+    """Run one worker in this process until SIGTERM, SIGINT or SIGHUP (only
+    SIGTERM and :data:`HURRY_SIGNAL` when ``supervised``: a process of
+    ``--processes N``). Exit status 1 if a critical part of the worker died."""
     from ..logs import setup_logging
     setup_logging(config.log_level)
     from .loader import load_app
@@ -38,28 +45,29 @@ def run_one(app_spec: str, config: WorkerConfig) -> int:
     os.environ.update(environ)
     app = load_app(app_spec)
     worker = Worker(app, config, app_spec=app_spec)
-    worker.install_signal_handlers()
+    worker.install_signal_handlers(supervised)
     green.log_hub_errors()          # not gevent's stderr: the log, bounded
     heap.freeze_startup_heap()      # the app and everything it imports are loaded: miyaq.runtime.heap
     worker.run()
     return 1 if worker.crashed else 0
 
 
-def worker_command(app_spec: str) -> list[str]:
-    return [sys.executable, "-m", "miyaq.worker.main", app_spec]
+def worker_command(app_spec: str, supervised: bool = False) -> list[str]:
+    return [sys.executable, "-m", "miyaq.worker.main", *(["--supervised"] if supervised else []), app_spec]
 
 
-def run_supervised(app_spec: str, config: WorkerConfig) -> int:
+def run_supervised(app_spec: str, config: WorkerConfig, supervised: bool = False) -> int:
     """``miyaq worker``: one worker process here, or ``processes`` children.
     Exit status 1 when it gave up on children that kept dying (before
-    2026-12-04: 0, as after a clean stop, hiding it from a service manager)."""
-    if config.processes == 1:
+    2026-12-04: 0, as after a clean stop, hiding it from a service manager).
+    ``supervised``: this is one of those children (:func:`run_one`)."""
+    if config.processes == 1 or supervised:
         if config.pool == "gevent" and not green.is_patched("socket"):
             # Patch in a fresh interpreter: this one imported ssl & co. already.
             sys.stdout.flush()
             sys.stderr.flush()
-            os.execve(sys.executable, worker_command(app_spec), config.environ(os.environ))
-        return run_one(app_spec, config)
+            os.execve(sys.executable, worker_command(app_spec, supervised), config.environ(os.environ))
+        return run_one(app_spec, config, supervised)
     from ..logs import setup_logging
     setup_logging(config.log_level)
     from .loader import load_app
@@ -69,15 +77,26 @@ def run_supervised(app_spec: str, config: WorkerConfig) -> int:
     stopping = False
     gave_up = False
     restarts: list[float] = []
+    hurried = False
     told: set[int] = set()      # pids sent SIGTERM
+    hurried_pids: set[int] = set()      # pids sent HURRY_SIGNAL
 
     def tell_to_stop(child: subprocess.Popen[bytes]) -> None:
         if child.poll() is None and child.pid not in told:
             told.add(child.pid)
             child.send_signal(signal.SIGTERM)
+        if hurried and child.poll() is None and child.pid not in hurried_pids:
+            hurried_pids.add(child.pid)
+            child.send_signal(HURRY_SIGNAL)
 
     def on_signal(signum: int, frame: object) -> None:
-        nonlocal stopping
+        """SIGTERM, SIGINT, SIGHUP: tell every child to stop; once stopping,
+        a second one tells them to wait no longer for running handlers."""
+        nonlocal stopping, hurried
+        if stopping and not hurried and frame is not None:
+            hurried = True
+            logger.warning("worker processes: asked again to stop: telling them not to wait for running tasks "
+                           "any longer")
         stopping = True
         for child in children:
             tell_to_stop(child)
@@ -88,7 +107,7 @@ def run_supervised(app_spec: str, config: WorkerConfig) -> int:
         run before it was in ``children`` (before 2026-12-05 a child
         restarted during a stop took new tasks and was killed mid-task at
         the end of the grace)."""
-        child = subprocess.Popen(worker_command(app_spec), env=env)
+        child = subprocess.Popen(worker_command(app_spec, supervised=True), env=env)
         if slot is None:
             children.append(child)
         else:
@@ -96,8 +115,8 @@ def run_supervised(app_spec: str, config: WorkerConfig) -> int:
         if stopping:
             tell_to_stop(child)
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     for _ in range(config.processes):
         if not stopping:
             start_child(None)

@@ -1,4 +1,4 @@
-"""``python -m miyaq.worker.main APP``: one worker process, settings from ``MIYAQ_*``.
+"""``python -m miyaq.worker.main [--supervised] APP``: one worker process, settings from ``MIYAQ_*``.
 
 What ``miyaq worker`` runs for each worker process. With the gevent pool
 (the default) its first act is gevent's ``patch_all``, before the app -- or
@@ -9,27 +9,41 @@ than patching late, and ``--processes N`` starts N of these.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from ..runtime.green import monkey_patch
 
 
 def main(argv: list[str]) -> int:
-    """Exit status as ``miyaq worker``'s: 0, 1 if the worker crashed, 2 for bad settings."""
+    """Exit status as ``miyaq worker``'s: 0, 1 if the worker crashed, 2 for
+    bad settings. ``--supervised`` before the app: a worker process of
+    ``miyaq worker --processes N``, which takes its stop from that
+    supervisor alone (:meth:`miyaq.worker.runner.Worker.install_signal_handlers`)."""
     from ..errors import MiyaqError
     from .config import WorkerConfig
     from .launch import run_supervised
+    supervised = argv[:1] == ["--supervised"]
+    if supervised:
+        argv = argv[1:]
     if len(argv) != 1:
-        print("usage: python -m miyaq.worker.main MODULE:APP  (settings from MIYAQ_* variables)", file=sys.stderr)
+        print("usage: python -m miyaq.worker.main [--supervised] MODULE:APP  (settings from MIYAQ_* variables)",
+              file=sys.stderr)
         return 2
     try:
-        return run_supervised(argv[0], WorkerConfig.load({}))
+        return run_supervised(argv[0], WorkerConfig.load({}), supervised=supervised)
     except MiyaqError as err:
         print(f"miyaq: error: {err.message}", file=sys.stderr)
         return 2
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--supervised"]:
+        # A terminal's Ctrl-C or hangup reaches the whole process group; the
+        # supervisor passes the stop on. Ignored from the start (the worker's
+        # handlers say so again once installed).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if os.environ.get("MIYAQ_POOL", "gevent").strip() in ("", "gevent"):
         monkey_patch()
     sys.exit(main(sys.argv[1:]))

@@ -10,8 +10,10 @@ for its outcome. The worker grants each node credit
 (``concurrency + prefetch``, and by default more while tasks are short:
 :mod:`miyaq.worker.prefetch`); it never holds more than its capacity per node. A
 watchdog stops a handler that runs past its task's timeout without a touch;
-an ABORT stops a cancelled one. SIGTERM: stop taking work, give back tasks
-not yet started, let running ones finish up to ``grace`` seconds, say BYE.
+an ABORT stops a cancelled one. SIGTERM, SIGINT or SIGHUP: stop taking
+work, give back tasks not yet started, let running ones finish up to
+``grace`` seconds, say BYE; a second such signal ends that wait at once
+(:meth:`Worker.install_signal_handlers`).
 
 Every greenlet is spawned through the worker's
 :class:`~miyaq.runtime.Supervisor`: a link reader that dies is ``CRITICAL``
@@ -39,7 +41,7 @@ from ..runtime.sockets import SocketFactory
 from ..security.curve import client_curve
 from .aio import AsyncLoop
 from .config import (
-    BYE_LINGER, DRAIN_POLL, OVER_CAPACITY, POOL_READY_WAIT, WorkerConfig,
+    BYE_LINGER, DRAIN_POLL, HURRY_SIGNAL, OVER_CAPACITY, POOL_READY_WAIT, WorkerConfig,
 )
 from .execute import Interrupted, Outcome, TaskAborted, TaskTimeout, too_large
 from .jobs import Backlog, Job, current, release, reportable, well_formed
@@ -118,6 +120,7 @@ class Worker:
         self.crashed = False
         self.executed = 0
         self._stopped = green.Event()
+        self._hurry = green.Event()     # asked again to stop: wait no longer for running handlers
         self.watchdog = Watchdog(self.wid, lambda: [*self.running.values(), *self.superseded], self._interrupt)
         self.pulse = Pulse(self.wid, self.endpoints, cfg.heartbeat, security)
 
@@ -407,9 +410,48 @@ class Worker:
                 self.stopping_hard = True
                 self._stopped.set()
 
-    def install_signal_handlers(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            green.on_signal(sig, lambda: self.supervisor.spawn("stop", self.stop))
+    def install_signal_handlers(self, supervised: bool = False) -> None:
+        """SIGTERM, SIGINT and SIGHUP (the terminal closed) stop the worker
+        (:meth:`ask_stop`); a second one ends the wait for running handlers.
+        ``supervised`` (a process of ``miyaq worker --processes N``): SIGINT
+        and SIGHUP, which a terminal sends the whole process group, are
+        ignored -- the supervisor gets them too and passes the stop on as
+        SIGTERM, so one Ctrl-C is not counted twice; SIGTERM stops (a repeat
+        is the same request: ``kill -TERM -PGID`` reaches this process and its
+        supervisor, which passes it on) and :data:`HURRY_SIGNAL`, which the
+        supervisor sends on its second signal, ends the wait. Before
+        2026-12-05 SIGHUP killed the worker outright (its running tasks stayed
+        running at the node until its heartbeats were missed) and a second
+        signal was ignored (the whole grace was waited)."""
+        def spawn(fn: Any) -> Any:
+            return lambda: self.supervisor.spawn("stop", fn)
+        if supervised:
+            for sig in (signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)
+            green.on_signal(signal.SIGTERM, spawn(self.stop))
+            green.on_signal(HURRY_SIGNAL, spawn(self.hurry))
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            green.on_signal(sig, spawn(self.ask_stop))
+
+    def ask_stop(self) -> None:
+        """A stop signal: stop -- or, if stopping already, wait no longer (:meth:`hurry`)."""
+        if self.stopping:
+            self.hurry()
+            return
+        self.stop()
+
+    def hurry(self) -> None:
+        """Asked again to stop: end the wait for running handlers at once
+        -- BYE (their nodes put their tasks back, attempt spent), the pool
+        stopped as at the end of the grace -- and exit. Stops first if the
+        worker was not stopping."""
+        if not self._hurry.is_set():
+            self._hurry.set()
+            if self.stopping:
+                logger.warning("worker %s: asked again to stop: not waiting for the %d running task(s) any longer",
+                               self.wid, len(self.running) + len(self.superseded))
+        self.stop()
 
     def run(self) -> None:
         self.start()
@@ -430,10 +472,15 @@ class Worker:
         for link, ids in returned.items():
             link.send(c.RETURN, {"ids": ids, "credit": False})
         self._wake(len(self.idle))
+        logger.info("worker %s stopping: %d running task(s), %d given back unstarted, grace %.1fs", self.wid,
+                    len(self.running) + len(self.superseded), sum(len(ids) for ids in returned.values()), grace)
         deadline = monotonic() + grace
-        while (self.running or self.superseded) and monotonic() < deadline:
-            green.sleep(DRAIN_POLL)
-        if self.running or self.superseded:
+        while (self.running or self.superseded) and not self._hurry.is_set():
+            left = deadline - monotonic()
+            if left <= 0:
+                break
+            self._hurry.wait(min(DRAIN_POLL, left))
+        if (self.running or self.superseded) and not self._hurry.is_set():
             logger.warning("worker %s: %d task(s) still running after %.1fs; the node will put them back",
                            self.wid, len(self.running) + len(self.superseded), grace)
         for link in self.links:

@@ -9,9 +9,10 @@ handler runs in the main thread; a daemon thread watches the parent):
 - parent → child: ``RUN {id, name, queue, attempt, timeout, body, node}``, ``EXIT``;
 - child → parent: ``HELLO {pid}``, ``TOUCH {id}``, ``OUTCOME {id, outcome}``.
 
-SIGINT and SIGTERM are ignored: a Ctrl-C or a service manager's SIGTERM to
-the whole process group reaches the parent, which drains and then ends its
-children itself. A child whose parent disappeared exits within
+SIGINT, SIGTERM and SIGHUP are ignored: a Ctrl-C, a closed terminal or a
+service manager's SIGTERM to the whole process group reaches the parent,
+which drains and then ends its children itself (before 2026-12-05 a SIGHUP
+killed each child mid-task before its parent could drain). A child whose parent disappeared exits within
 ``CHILD_PARENT_CHECK`` seconds, whatever it was running.
 """
 from __future__ import annotations
@@ -156,8 +157,8 @@ class Child:
 
 def main(argv: list[str]) -> int:
     endpoint, identity, app_spec, parent, log_level = argv
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     setup_logging(log_level)
     child = Child(endpoint, identity.encode(), app_spec, int(parent))
     try:
