@@ -89,17 +89,21 @@ def run_supervised(app_spec: str, config: WorkerConfig, supervised: bool = False
             hurried_pids.add(child.pid)
             child.send_signal(HURRY_SIGNAL)
 
-    def on_signal(signum: int, frame: object) -> None:
-        """SIGTERM, SIGINT, SIGHUP: tell every child to stop; once stopping,
-        a second one tells them to wait no longer for running handlers."""
-        nonlocal stopping, hurried
-        if stopping and not hurried and frame is not None:
-            hurried = True
-            logger.warning("worker processes: asked again to stop: telling them not to wait for running tasks "
-                           "any longer")
+    def stop_all() -> None:
+        nonlocal stopping
         stopping = True
         for child in children:
             tell_to_stop(child)
+
+    def on_signal(signum: int, frame: object) -> None:
+        """SIGTERM, SIGINT, SIGHUP: tell every child to stop; once stopping,
+        a second one tells them to wait no longer for running handlers."""
+        nonlocal hurried
+        if stopping and not hurried:
+            hurried = True
+            logger.warning("worker processes: asked again to stop: telling them not to wait for running tasks "
+                           "any longer")
+        stop_all()
 
     def start_child(slot: int | None) -> None:
         """Start a worker process (in ``slot``, else a new one). One started
@@ -141,7 +145,7 @@ def run_supervised(app_spec: str, config: WorkerConfig, supervised: bool = False
                 if len(restarts) > MAX_RESTARTS_PER_MINUTE:
                     logger.error("workers keep dying (%d restarts in a minute); giving up", len(restarts))
                     gave_up = True
-                    on_signal(signal.SIGTERM, None)
+                    stop_all()
                     break
                 logger.warning("worker process %s exited with %s; restarting", child.pid, child.returncode)
                 time.sleep(min(RESTART_DELAY_MAX, 0.2 * len(restarts)))
