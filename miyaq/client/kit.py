@@ -84,7 +84,12 @@ class GeventKit:
         self._green = green
 
     def spawn(self, fn: Callable[[], Any], name: str) -> Any:
-        return self._supervisor.spawn(name, fn, policy=self._policy)
+        """The I/O loop's greenlet, kept out of Ctrl-C's way: Python would
+        raise the interrupt in it, halfway through a turn, whenever it runs
+        when the signal comes (:func:`~miyaq.runtime.green.shield_from_ctrl_c`)."""
+        greenlet = self._supervisor.spawn(name, fn, policy=self._policy)
+        self._green.shield_from_ctrl_c(greenlet)
+        return greenlet
 
     def event(self) -> Any:
         return self._event()
@@ -111,11 +116,13 @@ class GeventKit:
 
     def interrupted(self, exc: BaseException) -> None:
         """The I/O loop greenlet got ``exc`` (``KeyboardInterrupt``,
-        ``SystemExit``): a signal that landed in it because it was running
-        when the signal came. It is meant for the program: raised in the main
-        greenlet instead, and the loop goes on, so a ``close()`` in the
-        program's handler still flushes the unacknowledged submits (before
-        2026-12-05 the loop ended and they were lost)."""
+        ``SystemExit``): raised by a signal handler of the program's own
+        (Ctrl-C's is kept out: :meth:`spawn`) that ran in it because it was
+        running when the signal came. It is meant for the program: raised in
+        the main greenlet instead, and the loop goes on, so a ``close()`` in
+        the program's handler still flushes the unacknowledged submits
+        (before 2026-12-05 the loop ended and they were lost); what the
+        interrupted turn was doing may be lost."""
         self._green.raise_in_main(exc)
 
 
