@@ -192,25 +192,39 @@ class Client:
             return
         timeout = seconds(timeout, "timeout")
         own_loop = self._io.in_own_loop
+        unanswered = refused = 0
+        if flush and not own_loop:      # counted before closing fails the unanswered ones
+            handles, uncounted = self._unflushed.take()
+            unanswered = sum(1 for h in handles if not h._accepted.done())
+            refused = sum(1 for h in handles if h._accepted.done() and not h._accepted.ok()) + uncounted
         try:
             if flush and own_loop:
                 await self.flush(timeout)
         finally:
             await self._io.close()
-        if flush and not own_loop:
-            handles, uncounted = self._unflushed.take()
-            unread = sum(1 for h in handles if not h._accepted.ok()) + uncounted
-            if unread:
-                raise MiyaqError(f"close() from another event loop than the client's cannot wait for its submits: "
-                                 f"{unread} submit{'' if unread == 1 else 's'} not acknowledged to it were dropped "
-                                 "(a node may or may not have stored them); close the client in its own loop, or "
-                                 "call close(flush=False) to drop them knowingly")
+        if unanswered or refused:
+            raise MiyaqError(_closed_elsewhere(unanswered, refused))
 
     async def __aenter__(self) -> "Client":
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.close(flush=exc[0] is None)
+
+
+def _closed_elsewhere(unanswered: int, refused: int) -> str:
+    """What ``close()`` from another event loop says of the submits a flush
+    would have reported."""
+    def submits(n: int) -> str:
+        return f"{n} submit{'' if n == 1 else 's'}"
+    said = []
+    if unanswered:
+        said.append(f"{submits(unanswered)} never answered {'was' if unanswered == 1 else 'were'} dropped (a node may "
+                    "or may not have stored them)")
+    if refused:
+        said.append(f"{submits(refused)} failed (refused, or out of time) without anyone being told")
+    return ("close() from another event loop than the client's cannot wait for its submits: " + "; ".join(said)
+            + "; close the client in its own loop, or call close(flush=False) to drop them knowingly")
 
 
 class TaskHandle(HandleBase):

@@ -186,8 +186,11 @@ class Request:
         when it is absent or empty. Only digits, with an optional sign: a
         fraction (``1.5``), an exponent or ``1_000`` is a 400 naming it, as
         a ZeroMQ request's integer field is refused (before 2026-12-05
-        ``?limit=1.5`` read as 1)."""
+        ``?limit=1.5`` read as 1). Spaces around it are dropped, as before:
+        in a query a literal ``+`` is a space, so ``?limit=+5`` is ``" 5"``."""
         raw = self.arg(name)
+        if raw is not None:
+            raw = raw.strip(" ")
         if raw is None or raw == "":
             return default
         if not _INTEGER.fullmatch(raw):
