@@ -30,13 +30,14 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Protocol
 
-from ..errors import MiyaqError, Unavailable, UnknownCommand
+from ..errors import InvalidField, MiyaqError, Unavailable, UnknownCommand
 from ..logs import LogLimiter
 from ..protocol import codec
 from ..protocol import commands as c
 from .nodes import Nodes
 from .requests import RequestTable
-from .submits import Pending, Resolver, SubmitPipeline, Waiter
+from .submits import Pending, Resolver, SubmitPipeline, Unencodable, Waiter
+from .wire import unsendable
 
 logger = logging.getLogger(__name__)
 _log = LogLimiter(logger)     # a node sending garbage may send much of it: a few lines a minute
@@ -328,7 +329,37 @@ class ClientCore:
 
     # -- sending ------------------------------------------------------------------------
     def _send(self, node: int, command: bytes, body: dict[str, Any]) -> bool:
-        if not self.transport.send(node, codec.encode(command, body)):
+        """Encode and send one message; False when node ``node`` is not
+        connected. A message msgpack cannot encode never ends the I/O loop
+        (:meth:`_unencodable`): the callers check what they hand the client
+        (:mod:`.wire`), so one that gets here is a value changed after the
+        call returned, or a check missing -- before 2026-12-05 a lone
+        surrogate in any string field got here, and the loop died of it,
+        every submit in flight failing with it."""
+        try:
+            frames = codec.encode(command, body)
+        except (TypeError, ValueError, OverflowError) as exc:     # UnicodeEncodeError is a ValueError
+            return self._unencodable(command, body, exc)
+        if not self.transport.send(node, frames):
             return False   # IMMEDIATE: not connected to that node
         self.nodes.reached = True
+        return True
+
+    def _unencodable(self, command: bytes, body: dict[str, Any], exc: Exception) -> bool:
+        """A message msgpack could not encode: only its own calls fail. A
+        SUBMIT raises :class:`Unencodable` to the submit pipeline, which fails
+        the submits that cannot be encoded and sends the others; a request's
+        caller fails with ``InvalidField`` naming the field, and the request
+        is forgotten (True: nothing is to be sent again)."""
+        if command == c.SUBMIT:
+            raise Unencodable(str(exc))
+        found = unsendable(body)
+        name, why = found if found is not None else ("body", str(exc))
+        error = InvalidField(f"the {command.decode(errors='replace')} request was not sent: field {name!r} is a "
+                             f"value msgpack cannot encode ({why})", field=name)
+        _log.warning("unencodable", "miyaq client: %s", error.message)
+        req = body.get("req")
+        entry = self.requests.open.pop(req, None) if type(req) is int else None
+        if entry is not None:
+            self.resolver.fail(entry[0], error)
         return True

@@ -55,12 +55,13 @@ import logging
 import random
 from typing import Any, Callable, Protocol
 
-from ..errors import Busy, MiyaqError, ShuttingDown, Timeout, Unavailable, from_wire
+from ..errors import Busy, InvalidField, MiyaqError, ShuttingDown, Timeout, Unavailable, from_wire
 from ..logs import LogLimiter
 from ..protocol import commands as c
 from ..protocol.batching import chunks
 from .nodes import Limits, Nodes
 from .sizes import ASK_LIMITS_ABOVE, BATCH_BYTES, LIMITS_POLL, LIMITS_WAIT, payload_size, refusal, surely_fits
+from .wire import unsendable
 
 logger = logging.getLogger(__name__)
 _log = LogLimiter(logger)     # a node answering with nonsense may do so for every task: a few lines a minute
@@ -88,6 +89,12 @@ STALE_SLACK = 64
 many as the unacknowledged submits before it is rebuilt."""
 
 Send = Callable[[int, bytes, dict[str, Any]], bool]
+
+
+class Unencodable(Exception):
+    """A SUBMIT could not be encoded (raised by the core's send): the
+    pipeline fails the submits of it that cannot be, and sends the others
+    (:meth:`SubmitPipeline._send_chunk`)."""
 
 
 class Waiter(Protocol):
@@ -323,7 +330,14 @@ class SubmitPipeline:
         return fits
 
     def _send_chunk(self, node: int, chunk: list[Pending], now: float) -> None:
-        if self._send(node, c.SUBMIT, {"tasks": [p.wire for p in chunk]}):
+        try:
+            sent = self._send(node, c.SUBMIT, {"tasks": [p.wire for p in chunk]})
+        except Unencodable as exc:
+            sendable = self._drop_unencodable(chunk, str(exc))
+            if sendable:
+                self._send_chunk(node, sendable, now)
+            return
+        if sent:
             late = now + self.ack_timeout
             # One dict operation a submit, as the plain store was: a submit of
             # an id already unacknowledged joins that one instead of replacing it.
@@ -350,6 +364,33 @@ class SubmitPipeline:
                 continue
             p.node = node
             self._retry_later(p, now, error, delay=CONNECT_RETRY)
+
+    def _drop_unencodable(self, chunk: list[Pending], why: str) -> list[Pending]:
+        """The submits of ``chunk`` msgpack can encode; each other one fails
+        now with ``InvalidField`` naming its field (caught in the caller
+        before 2026-12-05 only when it was not a string: see
+        :meth:`~miyaq.client.core.ClientCore._send`). None of them when none
+        is found at fault (``why``: the encoder's error): the chunk is not
+        tried again."""
+        sendable: list[Pending] = []
+        for p in chunk:
+            found = unsendable(p.wire)
+            if found is None:
+                sendable.append(p)
+                continue
+            name, reason = found
+            error = InvalidField(f"task {p.wire.get('id')!r} was not sent: field {name!r} is a value msgpack "
+                                 f"cannot encode ({reason})", field=name)
+            _log.warning("unencodable", "miyaq client: %s", error.message)
+            self.resolve(p, error=error)
+        if len(sendable) == len(chunk):
+            error = InvalidField(f"a batch of {len(chunk)} submit(s) was not sent: msgpack cannot encode it "
+                                 f"({why})", field="tasks")
+            _log.warning("unencodable", "miyaq client: %s", error.message)
+            for p in chunk:
+                self.resolve(p, error=error)
+            return []
+        return sendable
 
     def _retry_later(self, p: Pending, now: float, error: MiyaqError, delay: float | None = None) -> None:
         p.last_error = error

@@ -47,13 +47,38 @@ def submit_id(task_id: str | None) -> str:
     that is not a string is InvalidField here, before anything is sent: the
     client keys its unacknowledged submits by id (a list's would break its
     I/O loop), and the node's refusal of an int's would match no submit (the
-    caller waited for its deadline). Any string goes to the node, which
-    refuses a malformed one by name."""
+    caller waited for its deadline). A string UTF-8 cannot encode (a lone
+    surrogate) is TypeError (:func:`check_text`). Any other string goes to
+    the node, which refuses a malformed one by name."""
     if task_id is None:
         return new_id()
     if not isinstance(task_id, str):
         raise InvalidField(f"field 'id' must be a string, not {type(task_id).__name__}", field="id")
+    if not task_id.isascii():
+        check_text(task_id, "id")
     return task_id
+
+
+def check_text(value: str, field: str, what: str = "task") -> None:
+    """TypeError naming ``field`` (of a ``what``: task, request) if ``value``
+    has a character UTF-8 cannot encode: a lone surrogate, what
+    ``os.fsdecode()`` and ``errors="surrogateescape"`` make of bytes that are
+    not UTF-8 (a file name, an environment variable). msgpack would fail on
+    it where the client encodes the message -- in its I/O loop, for a
+    submit sent in a batch. The message shows the character escaped
+    (``\\udce9``), so printing it never fails in turn. An ASCII string
+    passes at once (``str.isascii`` reads a flag: about 30 ns)."""
+    if value.isascii():
+        return
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise TypeError(f"{what} field {field!r} is a string msgpack cannot encode: "
+                        f"{value[exc.start:exc.end]!r} at position {exc.start} {_SURROGATE}") from None
+
+
+_SURROGATE = ("is a lone surrogate (as os.fsdecode() or errors='surrogateescape' make of bytes that are not "
+              "UTF-8); decode the bytes with their real encoding, or with errors='replace'")
 
 
 def pack_args(args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None) -> bytes:
@@ -82,36 +107,64 @@ def options_wire(options: dict[str, Any]) -> dict[str, Any]:
     return wire
 
 
-#: Field values msgpack always encodes (an int: within 64 bits).
-_PLAIN = frozenset({str, float, bool, bytes, type(None)})
+#: Field values msgpack always encodes (an int: within 64 bits; a str: when
+#: UTF-8 can encode it, :func:`check_text`).
+_PLAIN = frozenset({float, bool, bytes, type(None)})
 
 
 def encodable(fields: dict[str, Any], what: str = "task") -> None:
-    """Raise TypeError, in the caller, if msgpack cannot encode ``fields``
-    (a set, an object, an int past 64 bits) of a ``what`` (task, request).
-    The I/O loop encodes what it sends (a batch of submits at once): a field
-    it could not encode there failed the loop, every later call of the client
+    """Raise TypeError naming the field, in the caller, if msgpack cannot
+    encode a field of ``fields`` (a set, an object, an int past 64 bits, a
+    string with a lone surrogate) of a ``what`` (task, request). The I/O
+    loop encodes what it sends (a batch of submits at once): a field it
+    could not encode there failed the loop, every later call of the client
     failing, and lost the batch. Fields of plain values (a task's usual
-    options) are looked at, not encoded: a trial encode cost a submit about
-    a tenth of its CPU in bulk."""
-    for value in fields.values():
+    options, ASCII strings) are looked at, not encoded: a trial encode cost
+    a submit about a tenth of its CPU in bulk. Keys are checked as values
+    are (a request's body may come from the caller)."""
+    for name, value in fields.items():
         kind = type(value)
-        if kind not in _PLAIN and not (kind is int and -(2**63) <= value < 2**64):
-            break
-    else:
-        return
+        if kind is str:
+            if not value.isascii():
+                check_text(value, str(name), what)
+        elif kind not in _PLAIN and not (kind is int and -(2**63) <= value < 2**64):
+            _trial(value, name, what)
+        if type(name) is not str or not name.isascii():
+            _trial(name, name, what)
+
+
+def _trial(value: Any, name: Any, what: str) -> None:
+    """Encode ``value`` (field ``name``) once: TypeError naming the field if msgpack cannot."""
     try:
-        msgpack.packb(fields, use_bin_type=True)
+        msgpack.packb(value, use_bin_type=True)
+    except UnicodeEncodeError as exc:
+        raise TypeError(f"{what} field {name!r} is a value msgpack cannot encode: a string in it holds "
+                        f"{exc.object[exc.start:exc.end]!r}, which {_SURROGATE}") from None
     except (TypeError, ValueError, OverflowError) as exc:
-        raise TypeError(f"a {what} field msgpack cannot encode: {exc}") from None
+        raise TypeError(f"{what} field {name!r} is a value msgpack cannot encode: {exc}") from None
 
 
 def check_request(command: bytes, body: dict[str, Any]) -> None:
     """TypeError, in the caller, for a request the I/O loop could not send:
-    a command that is not bytes, a body msgpack cannot encode."""
+    a command that is not bytes, a body that is not a dict, or one msgpack
+    cannot encode (:func:`encodable`)."""
     if not isinstance(command, bytes):
         raise TypeError(f"a request's command must be bytes (b\"STATUS\"), not {type(command).__name__}")
+    if not isinstance(body, dict):
+        raise TypeError(f"a request's body must be a dict, not {type(body).__name__}")
     encodable(body, "request")
+
+
+def unsendable(fields: dict[str, Any]) -> tuple[str, str] | None:
+    """The first field of ``fields`` msgpack cannot encode and why, or None:
+    what the I/O loop says of a message that reached it unencodable
+    (:meth:`miyaq.client.core.ClientCore._send`), slow and thorough."""
+    for name, value in fields.items():
+        try:
+            msgpack.packb({name: value}, use_bin_type=True)
+        except (TypeError, ValueError, OverflowError) as exc:
+            return str(name), str(exc)
+    return None
 
 
 def task_wire(name: str, args: Iterable[Any], kwargs: dict[str, Any] | None,
@@ -120,7 +173,7 @@ def task_wire(name: str, args: Iterable[Any], kwargs: dict[str, Any] | None,
     option msgpack cannot encode (:func:`encodable`)."""
     wire = options_wire(options)
     wire["name"] = name
-    if len(wire) != 1 or type(name) is not str:    # a str name alone (no option) needs no trial
+    if len(wire) != 1 or type(name) is not str or not name.isascii():    # an ASCII name alone: nothing to check
         encodable(wire)
     wire["body"] = pack_args(args, kwargs)
     return wire
