@@ -220,3 +220,50 @@ def test_the_asyncio_loop_survives_a_message_it_cannot_encode(node, unchecked):
             assert (await client.status())["totals"]["live"] == 200
 
     run(main)
+
+
+# -- results -------------------------------------------------------------------------------
+
+def _recursive() -> list:
+    loop: list = []
+    loop.append(loop)
+    return loop
+
+
+BAD_RESULTS = {
+    "int-past-64-bits": lambda: 10 ** 30,
+    "list-that-contains-itself": _recursive,
+    "lone-surrogate": lambda: BAD,
+    "set": lambda: {1, 2},
+}
+
+
+@pytest.mark.parametrize("what", sorted(BAD_RESULTS))
+def test_ack_with_a_result_msgpack_cannot_encode_is_a_type_error_and_the_task_is_still_held(node, client_for, what):
+    """Bad input: ``Received.ack(result)`` let msgpack's own errors out --
+    OverflowError, ValueError, UnicodeEncodeError, TypeError 'can not
+    serialize' -- where the docs promise TypeError (``nack`` and ``submit``
+    wrap them). Now TypeError naming the result; nothing sent, the task
+    still held: a good ack after it succeeds."""
+    client = client_for(node.endpoint)
+    client.submit("echo", [1], queue="jobs", wait=True)
+    job = client.receive("jobs", timeout=5)
+    assert job is not None
+    with pytest.raises(TypeError, match="^a result msgpack cannot encode"):
+        job.ack(BAD_RESULTS[what]())
+    assert job.ack("fine") is True
+
+
+def test_the_asyncio_ack_with_a_result_msgpack_cannot_encode_is_a_type_error(node):
+    """Bad input: as above, for ``miyaq.aio``'s ``Received.ack``."""
+    async def main() -> None:
+        async with miyaq.aio.Client(node.endpoint) as client:
+            await client.submit("echo", [1], queue="jobs", wait=True)
+            job = await client.receive("jobs", timeout=5)
+            assert job is not None
+            for make in BAD_RESULTS.values():
+                with pytest.raises(TypeError, match="^a result msgpack cannot encode"):
+                    await job.ack(make())
+            assert await job.ack("fine") is True
+
+    run(main)

@@ -236,7 +236,15 @@ def receive(queues: Iterable[str] | str, timeout: float, request_timeout: float)
 
 
 def ack(task_id: str, attempt: int, result: Any) -> Operation:
-    body = {"id": task_id, "attempt": attempt, "result": msgpack.packb(result, use_bin_type=True)}
+    """ACK with ``result``; TypeError, nothing sent, for a result msgpack
+    cannot encode -- an object, a set, an int past 64 bits, a list that
+    contains itself, a string with a lone surrogate (msgpack's own
+    OverflowError, ValueError, UnicodeEncodeError came out before 2026-12-05)."""
+    try:
+        packed = msgpack.packb(result, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"a result msgpack cannot encode: {exc}") from None
+    body = {"id": task_id, "attempt": attempt, "result": packed}
     return bool(field((yield from one(c.ACK, body)), c.ACK, "ok", bool))
 
 
