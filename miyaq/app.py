@@ -19,7 +19,7 @@ import inspect
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from .client.client import TASK_OPTIONS, Client, pack_args
+from .client.client import TASK_OPTIONS, Client, endpoint_list, pack_args
 from .client.handle import TaskHandle
 from .devstate import default_connect
 from .errors import ConfigError, InvalidField
@@ -111,8 +111,7 @@ class App:
         self.server_key = server_key
         self._endpoints: list[str] | None = None
         if endpoints is not None:
-            given = [endpoints] if isinstance(endpoints, str) else list(endpoints)
-            self._endpoints = [e.strip() for part in given for e in part.split(",") if e.strip()]
+            self._endpoints = endpoint_list(endpoints)      # ConfigError for a bad type, as Client(...)
         self.client_options = client_options
         self.tasks: dict[str, TaskDef] = {}
         self.schedules: dict[str, dict[str, Any]] = {}   # periodic specs, sent in READY

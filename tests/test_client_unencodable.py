@@ -267,3 +267,49 @@ def test_the_asyncio_ack_with_a_result_msgpack_cannot_encode_is_a_type_error(nod
             assert await job.ack("fine") is True
 
     run(main)
+
+
+# -- endpoints -----------------------------------------------------------------------------
+
+BAD_ENDPOINTS = {
+    "list-of-ints": [1, 2],
+    "bytes": b"tcp://127.0.0.1:7450",
+    "set-of-ints": {1, 2},
+    "int": 5,
+    "list-holding-none": ["tcp://127.0.0.1:7450", None],
+}
+
+
+@pytest.mark.parametrize("what", sorted(BAD_ENDPOINTS))
+def test_endpoints_of_the_wrong_type_are_a_config_error_for_every_constructor(what):
+    """Bad input: ``Client([1, 2])``, ``Client(b"tcp://...")``, ``Client({1, 2})``
+    raised AttributeError ('int' object has no attribute 'startswith'),
+    ``App([1, 2])`` AttributeError ('split'), ``Client(5)`` TypeError (not
+    iterable). Now ConfigError saying what endpoints must be, from
+    ``miyaq.Client``, ``miyaq.App`` and ``miyaq.aio.Client`` alike."""
+    endpoints = BAD_ENDPOINTS[what]
+    for make in (miyaq.Client, miyaq.App, miyaq.aio.Client):
+        with pytest.raises(miyaq.ConfigError, match="^endpoints must be a string or a list of strings, not "):
+            make(endpoints)
+
+
+def test_an_endpoint_with_a_lone_surrogate_is_a_config_error():
+    """Bad input: ``Client("tcp://caf\\udce9:7450")`` (an endpoint read from
+    a file) raised UnicodeEncodeError naming nothing. Now ConfigError naming
+    the endpoint (escaped)."""
+    for make in (miyaq.Client, miyaq.App, miyaq.aio.Client):
+        with pytest.raises(miyaq.ConfigError, match=r"endpoint 'tcp://caf\\udce9:7450' holds a lone surrogate"):
+            make(f"tcp://{BAD}:7450")
+
+
+def test_endpoints_given_as_strings_still_split_on_commas():
+    """The accepted forms stay -- a comma-separated string, a list of strings,
+    any iterable of them -- and a list's strings may now hold several,
+    comma-separated, as ``App``'s always could (``Client(["a,b"])`` dialled
+    one endpoint ``"a,b"`` before)."""
+    assert client_module.split_endpoints(" tcp://a:1, tcp://b:2 ") == ["tcp://a:1", "tcp://b:2"]
+    assert client_module.split_endpoints(["tcp://a:1", "tcp://b:2,tcp://c:3"]) == [
+        "tcp://a:1", "tcp://b:2", "tcp://c:3"]
+    assert client_module.split_endpoints(e for e in ("tcp://a:1",)) == ["tcp://a:1"]
+    with pytest.raises(miyaq.ConfigError, match="at least one node endpoint"):
+        client_module.split_endpoints([])

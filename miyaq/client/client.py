@@ -55,12 +55,45 @@ FORKED = ("this miyaq.Client was made before the process forked: its I/O loop an
           "parent process; make a new Client in the child")
 
 
-def split_endpoints(endpoints: str | Iterable[str]) -> list[str]:
-    """Endpoints as a list (a string may hold several, comma-separated);
-    none at all is a ConfigError."""
+def endpoint_list(endpoints: Any) -> list[str]:
+    """``endpoints`` -- a string (several comma-separated) or an iterable of
+    such strings -- as a list of endpoints, maybe empty. Anything else (an
+    int, bytes, a list holding a non-string) or an endpoint with a character
+    UTF-8 cannot encode (a lone surrogate) is a ConfigError naming it
+    (before 2026-12-05: AttributeError or TypeError from deep inside)."""
     if isinstance(endpoints, str):
-        endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
-    endpoints = list(endpoints)
+        given: list[Any] = [endpoints]
+    else:
+        try:
+            given = list(endpoints)
+        except TypeError:           # not iterable
+            given = [endpoints]
+        if isinstance(endpoints, (bytes, bytearray)) or not all(isinstance(e, str) for e in given):
+            raise ConfigError(f"endpoints must be a string or a list of strings, not {_described(endpoints)}")
+    for endpoint in given:
+        if not endpoint.isascii():
+            try:
+                endpoint.encode()
+            except UnicodeEncodeError:
+                raise ConfigError(f"endpoint {endpoint!r} holds a lone surrogate, which UTF-8 cannot encode (as "
+                                  "os.fsdecode() or errors='surrogateescape' make of bytes that are not UTF-8)"
+                                  ) from None
+    return [e.strip() for part in given for e in part.split(",") if e.strip()]
+
+
+def _described(endpoints: Any) -> str:
+    """What was given as endpoints, for an error: its type, and for an
+    iterable the types it holds."""
+    kind = type(endpoints).__name__
+    if isinstance(endpoints, (list, tuple, set, frozenset)):
+        inner = sorted({type(e).__name__ for e in endpoints if not isinstance(e, str)})
+        return f"a {kind} holding {', '.join(inner)}"
+    return kind
+
+
+def split_endpoints(endpoints: Any) -> list[str]:
+    """Endpoints as a list (:func:`endpoint_list`); none at all is a ConfigError."""
+    endpoints = endpoint_list(endpoints)
     if not endpoints:
         raise ConfigError("a Client needs at least one node endpoint")
     return endpoints
