@@ -112,7 +112,7 @@ def options_wire(options: dict[str, Any]) -> dict[str, Any]:
 _PLAIN = frozenset({float, bool, bytes, type(None)})
 
 
-def encodable(fields: dict[str, Any], what: str = "task") -> None:
+def encodable(fields: dict[str, Any], what: str = "task", keys: bool = False) -> None:
     """Raise TypeError naming the field, in the caller, if msgpack cannot
     encode a field of ``fields`` (a set, an object, an int past 64 bits, a
     string with a lone surrogate) of a ``what`` (task, request). The I/O
@@ -120,8 +120,9 @@ def encodable(fields: dict[str, Any], what: str = "task") -> None:
     could not encode there failed the loop, every later call of the client
     failing, and lost the batch. Fields of plain values (a task's usual
     options, ASCII strings) are looked at, not encoded: a trial encode cost
-    a submit about a tenth of its CPU in bulk. Keys are checked as values
-    are (a request's body may come from the caller)."""
+    a submit about a tenth of its CPU in bulk. With ``keys`` the keys are
+    checked too (a request's body may come from the caller; a task's keys
+    are option names, checked by :func:`options_wire`)."""
     for name, value in fields.items():
         kind = type(value)
         if kind is str:
@@ -129,7 +130,7 @@ def encodable(fields: dict[str, Any], what: str = "task") -> None:
                 check_text(value, str(name), what)
         elif kind not in _PLAIN and not (kind is int and -(2**63) <= value < 2**64):
             _trial(value, name, what)
-        if type(name) is not str or not name.isascii():
+        if keys and (type(name) is not str or not name.isascii()):
             _trial(name, name, what)
 
 
@@ -152,7 +153,7 @@ def check_request(command: bytes, body: dict[str, Any]) -> None:
         raise TypeError(f"a request's command must be bytes (b\"STATUS\"), not {type(command).__name__}")
     if not isinstance(body, dict):
         raise TypeError(f"a request's body must be a dict, not {type(body).__name__}")
-    encodable(body, "request")
+    encodable(body, "request", keys=True)
 
 
 def unsendable(fields: dict[str, Any]) -> tuple[str, str] | None:
