@@ -367,11 +367,10 @@ class SubmitPipeline:
 
     def _drop_unencodable(self, chunk: list[Pending], why: str) -> list[Pending]:
         """The submits of ``chunk`` msgpack can encode; each other one fails
-        now with ``InvalidField`` naming its field (caught in the caller
-        before 2026-12-05 only when it was not a string: see
-        :meth:`~miyaq.client.core.ClientCore._send`). None of them when none
-        is found at fault (``why``: the encoder's error): the chunk is not
-        tried again."""
+        now with ``InvalidField`` naming its field (the caller's checks let
+        it through: :meth:`~miyaq.client.core.ClientCore._send`). None of
+        them when none is found at fault (``why``: the encoder's error): every
+        one fails, and the chunk is not tried again."""
         sendable: list[Pending] = []
         for p in chunk:
             found = unsendable(p.wire)
