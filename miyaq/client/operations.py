@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Callable, Generator, Iterable
 
 import msgpack
 
-from ..errors import Busy, MiyaqError, NotFound, ProtocolError, Timeout, Unavailable
+from ..errors import Busy, MiyaqError, NotFound, ProtocolError, ShuttingDown, Timeout, Unavailable
 from ..protocol import commands as c
 from .nodes import Nodes
 from .requests import NoAnswer
@@ -33,6 +33,9 @@ BUSY_FIRST = 0.05
 doubled each time, up to :data:`BUSY_MOST`, jittered)."""
 BUSY_MOST = 1.0
 """The longest back-off between two RESULT long-polls refused ``busy``."""
+SHUTTING_DOWN_PAUSE = 1.0
+"""Seconds before a RESULT long-poll every node asked answered
+``shutting_down`` is asked again (an HTTP 503's ``Retry-After: 1``)."""
 
 
 @dataclass
@@ -123,8 +126,8 @@ def any_node(nodes: Nodes, command: bytes, body: dict[str, Any], first: str | in
     """Ask ``first`` (or the first node); in a cluster, where that node does
     not hold the task or does not answer, ask the others in turn.
     ``NotFound`` only when every node said so: where one could not answer
-    (``Unavailable``, ``Timeout``) the task may be there, and that error is
-    raised instead -- a false "not found" invites a caller to submit the
+    (``Unavailable``, ``Timeout``, ``ShuttingDown``: a stopping node) the
+    task may be there, and that error is raised instead -- a false "not found" invites a caller to submit the
     task again (before 2026-12-05 the last node's answer was raised)."""
     unanswered: MiyaqError | None = None
     not_found: MiyaqError | None = None
@@ -135,7 +138,7 @@ def any_node(nodes: Nodes, command: bytes, body: dict[str, Any], first: str | in
             return (yield Ask(command, dict(body), index, timeout))
         except NotFound as err:
             not_found = err
-        except (Unavailable, Timeout) as err:
+        except (Unavailable, Timeout, ShuttingDown) as err:
             unanswered = err
     error = unanswered or not_found
     assert error is not None
@@ -158,7 +161,12 @@ def wait_result(nodes: Nodes, task_id: str, timeout: float | None, node: str | i
     (raw answer: state, result, error, timeout). When no node answers because
     each one asked went away (a restart: :class:`NoAnswer`), they are asked
     again until ``timeout``; a node down meanwhile costs each round
-    ``CONNECT_WAIT``, so this never spins.
+    ``CONNECT_WAIT``, so this never spins. A node that stops answers the
+    wait ``shutting_down`` (at once, or when its ``shutdown_grace`` ends
+    if the task runs there): the other nodes are asked, and when each one
+    asked answered so, they are asked again after
+    :data:`SHUTTING_DOWN_PAUSE`, until ``timeout`` (before 2026-12-05 the
+    stopping node closed the connection under the wait, a ``NoAnswer``).
 
     A long-poll the node refuses ``busy`` -- it holds as many as it takes
     (``max_waiters``; ``max_waiters_per_connection`` of this client's
@@ -189,9 +197,11 @@ def wait_result(nodes: Nodes, task_id: str, timeout: float | None, node: str | i
         try:
             answer = yield from any_node(nodes, c.RESULT, {"id": task_id, "timeout": wait}, node,
                                          timeout=wait + request_timeout)
-        except NoAnswer:
+        except (NoAnswer, ShuttingDown) as err:
             if monotonic() >= deadline:
                 raise
+            if isinstance(err, ShuttingDown):    # every node asked is stopping: ask again in a moment
+                yield Pause(min(SHUTTING_DOWN_PAUSE, max(0.0, deadline - monotonic())))
             continue
         except Busy:
             if wait <= 0:

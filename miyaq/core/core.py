@@ -16,6 +16,7 @@ from typing import Any
 
 from miyaq.config import NodeConfig
 from miyaq.core.binding import binding, service_port, unix_socket
+from miyaq.core.consumers import Consumer, PullConsumer
 from miyaq.core.directory import Directory
 from miyaq.core.dispatcher import Dispatcher
 from miyaq.core.engine import Engine
@@ -35,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 EMPTY_ROW = {SCHEDULED: 0, READY: 0, RUNNING: 0, RETRYING: 0, DEAD: 0}
 STATUS_WORKERS = 1000    # workers listed in STATUS at most
+#: What a long-poll refused while the node stops is told (ZeroMQ ERROR, HTTP 503).
+DRAINING = "the node is shutting down: ask another node or again later"
 
 
 class Core:
@@ -57,12 +60,31 @@ class Core:
         self.workers = WorkerRegistry(self.engine, self.dispatcher, self.endpoint, self.directory,
                                       config.id, config.heartbeat, config.liveness, config.max_workers)
         self.engine.listeners += [self.dispatcher, self.waiters, self.limits]
+        self._pull_lessees: list[Consumer] = []    # noted at the drain
 
     # -- draining ----------------------------------------------------------------
-    def drain(self) -> None:
-        """Shutting down: accept no new task, lease none, register no worker."""
-        self.engine.accepting = False
+    def drain(self) -> int:
+        """Shutting down: accept no new task, lease none, register no worker;
+        answer ``shutting_down`` at once to every parked RECEIVE and to every
+        RESULT wait whose task is not running (nothing is leased now: its
+        outcome cannot come here), and refuse such long-polls from now on
+        (:meth:`Waiters.stop`). A RESULT wait for a running task is kept:
+        the task may end within the grace. The tasks leased to pull
+        consumers are noted, so that :meth:`running` counts them through
+        the grace (one look at every live task). How many long-polls were
+        answered."""
+        engine = self.engine
+        engine.accepting = False
         self.gate.close(SHUTTING_DOWN)
+        self._pull_lessees = [task.consumer for task in engine.table.live.values()
+                              if task.state == RUNNING and isinstance(task.consumer, PullConsumer)]
+        return self.waiters.stop(DRAINING, keep=lambda task_id: engine.live_state(task_id) == RUNNING)
+
+    def drained(self) -> int:
+        """The grace is over (or the node stops without one): answer
+        ``shutting_down`` to every long-poll left -- the RESULT waits of the
+        tasks still running -- before the sockets close. How many."""
+        return self.waiters.stop(DRAINING)
 
     @property
     def draining(self) -> bool:
@@ -82,8 +104,20 @@ class Core:
                 logger.warning("key %r revoked: %d worker(s) forgotten, %d long-poll(s) freed", key, workers, waits)
 
     def running(self) -> int:
+        """Tasks leased to connected workers and, once the node drains, to
+        pull consumers (RECEIVE, over ZeroMQ or HTTP): both may still
+        report them (DONE, FAILED; ACK, NACK)."""
+        return self.running_on_workers() + self.leased_to_pulls()
+
+    def running_on_workers(self) -> int:
         """Tasks leased to connected workers."""
         return sum(len(w.running) for w in self.workers.by_identity.values())
+
+    def leased_to_pulls(self) -> int:
+        """Tasks leased to pull consumers and not yet reported, counted from
+        the drain on (0 before :meth:`drain`): the drain leases none, so
+        only those noted then can be."""
+        return sum(len(consumer.running) for consumer in self._pull_lessees)
 
     # -- views -------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -144,7 +144,10 @@ class ServiceHandlers:
             else:
                 endpoint.reply(identity, req, body)
 
-        self.waiters.wait_result(task_id, monotonic() + timeout, answer, Origin(identity, self._key(), req))
+        def refuse(err: MiyaqError) -> None:     # the node stops (shutting_down)
+            endpoint.error(identity, err, req)
+
+        self.waiters.wait_result(task_id, monotonic() + timeout, answer, Origin(identity, self._key(), req), refuse)
 
     def tasks(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         queue = body.get("queue")
@@ -235,7 +238,7 @@ class ServiceHandlers:
         if timeout <= 0:
             answer(None)
             return
-        self.waiters.wait_pull(consumer)
+        self.waiters.wait_pull(consumer, lambda err: endpoint.error(identity, err, req))   # the node stops
 
     def ack(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         task_id = check_id(body.get("id"))

@@ -30,18 +30,34 @@ it never holds much more than twice what is parked. Before 2026-12-05 one
 WITHDRAW of 1,000 reqs scanned, per req, the wait list of the task (10,000
 RESULT waits on one task: 605 ms) or every RECEIVE (77 ms), and each tick
 walked every RESULT wait (2 ms a tick at 10,000).
+
+When the node stops (:meth:`Waiters.stop`, at the start of its drain and
+again when its ``shutdown_grace`` ends) every parked RECEIVE is answered
+``shutting_down`` at once, and so is every RESULT wait whose task is not
+running: nothing is leased while the node drains, so its outcome cannot
+come here. A RESULT wait for a running task is kept through the grace: the
+task may end meanwhile (its worker reports), and the wait gets its outcome.
+It is answered ``shutting_down`` as soon as its task stops running without
+an outcome (retried, given back), and at the end of the grace at the
+latest, before the sockets close. A new long-poll is refused the same way
+from the drain on. Each long-poll is answered so through the ``refuse`` its
+door gave when it parked (an ERROR over ZeroMQ, a 503 over HTTP); before
+2026-12-05 nothing was answered at the drain: the HTTP ones got their 503
+only when the grace ended, and the ZeroMQ ones never got an answer (their
+connections closed under them).
 """
 from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 from typing import Any, Callable, Iterator
 
 from miyaq import constants
 from miyaq.core.consumers import NOWHERE, Origin, PullConsumer
 from miyaq.core.dispatcher import Dispatcher
 from miyaq.core.listener import EngineListener
-from miyaq.errors import Busy, NotFound
+from miyaq.errors import Busy, MiyaqError, NotFound, ShuttingDown
 from miyaq.store.table import Tombstone
 from miyaq.store.tally import Tally
 from miyaq.store.task import Task
@@ -51,7 +67,13 @@ Answer = Callable[[dict[str, Any] | None], Any]
 longer holds the task (handed off to other holders): the caller answers
 ``not_found``, as a new RESULT here would be."""
 
-__all__ = ["NOWHERE", "Origin", "Waiters", "outcome"]
+Refuse = Callable[[MiyaqError], Any]
+"""Answers a long-poll with an error instead (``shutting_down`` when the
+node stops): an ERROR over ZeroMQ, an error response over HTTP."""
+
+__all__ = ["NOWHERE", "Origin", "Refuse", "Waiters", "outcome"]
+
+logger = logging.getLogger(__name__)
 
 #: Heap entries of ended long-polls allowed beyond the parked ones before the
 #: deadline heap is rebuilt (so a few parked long-polls never rebuild it often).
@@ -62,13 +84,19 @@ class _Wait:
     """One RESULT wait. Hashed and compared by identity: two waits alike
     (the same caller asking twice) are two waits."""
 
-    __slots__ = ("task_id", "deadline", "answer", "origin")
+    __slots__ = ("task_id", "deadline", "answer", "origin", "refuse")
 
-    def __init__(self, task_id: str, deadline: float, answer: Answer, origin: Origin) -> None:
+    def __init__(self, task_id: str, deadline: float, answer: Answer, origin: Origin,
+                 refuse: Refuse | None) -> None:
         self.task_id = task_id
         self.deadline = deadline
         self.answer = answer
         self.origin = origin
+        self.refuse = refuse
+
+
+def _never(task_id: str) -> bool:
+    return False
 
 
 _Parked = _Wait | PullConsumer
@@ -110,7 +138,8 @@ class Waiters(EngineListener):
         self.reachable = reachable
         # Insertion-ordered (dicts used as ordered sets): answered oldest first, removed in O(1).
         self.results: dict[str, dict[_Wait, None]] = {}
-        self.pulls: dict[PullConsumer, None] = {}
+        # Each parked RECEIVE's consumer -> how to refuse it (None: it is dropped unanswered).
+        self.pulls: dict[PullConsumer, Refuse | None] = {}
         self.count = 0
         # connection -> its parked long-polls (their number is its share of per_connection)
         self.by_connection: dict[bytes, dict[_Parked, None]] = {}
@@ -130,6 +159,10 @@ class Waiters(EngineListener):
         self.withdrawn = 0         # waits their connection withdrew (WITHDRAW)
         self.probes = 0            # connections probed
         self._next_probe = 0.0
+        # The node stops (stop): why new long-polls are refused, and which
+        # tasks' RESULT waits are still kept (those whose outcome may yet come).
+        self.stopping: str | None = None
+        self._keeps: Callable[[str], bool] = _never
 
     # -- bounds ----------------------------------------------------------------------
     def _check_room(self, origin: Origin) -> None:
@@ -200,9 +233,18 @@ class Waiters(EngineListener):
         heapq.heapify(self.deadlines)
 
     # -- RESULT --------------------------------------------------------------------
-    def wait_result(self, task_id: str, deadline: float, answer: Answer, origin: Origin = NOWHERE) -> None:
+    def wait_result(self, task_id: str, deadline: float, answer: Answer, origin: Origin = NOWHERE,
+                    refuse: Refuse | None = None) -> None:
+        """Park a RESULT wait, answered through ``answer`` (its outcome, at
+        its deadline the task's state, None if handed off) or, when the node
+        stops, through ``refuse`` (``shutting_down``; without one the wait is
+        then dropped unanswered: an in-process caller that watches the node
+        itself). Raises ``Busy`` past a bound, ``ShuttingDown`` while the
+        node stops unless the task is running (:meth:`stop`)."""
+        if self.stopping is not None and not self._keeps(task_id):
+            raise ShuttingDown(self.stopping)
         self._check_room(origin)
-        wait = _Wait(task_id, deadline, answer, origin)
+        wait = _Wait(task_id, deadline, answer, origin, refuse)
         self.results.setdefault(task_id, {})[wait] = None
         self._add(wait)
 
@@ -220,6 +262,14 @@ class Waiters(EngineListener):
     def task_dead(self, task: Task) -> None:
         if self.results:
             self._resolve(task.id, outcome(task))
+
+    def task_ready(self, task: Task) -> None:
+        if self.stopping is not None and self.results:
+            self._refuse_unkept(task.id)
+
+    def task_retrying(self, task: Task, reason: str) -> None:
+        if self.stopping is not None and self.results:
+            self._refuse_unkept(task.id)
 
     def task_forgotten(self, task: Task) -> None:
         """Handed off: this node will never see the outcome; tell the waits at once."""
@@ -240,9 +290,15 @@ class Waiters(EngineListener):
         return True
 
     # -- RECEIVE -------------------------------------------------------------------
-    def wait_pull(self, consumer: PullConsumer) -> None:
+    def wait_pull(self, consumer: PullConsumer, refuse: Refuse | None = None) -> None:
+        """Park a RECEIVE: answered through the consumer (a task, or None at
+        its deadline) or, when the node stops, through ``refuse``
+        (``shutting_down``; without one it is dropped unanswered). Raises
+        ``Busy`` past a bound, ``ShuttingDown`` while the node stops."""
+        if self.stopping is not None:
+            raise ShuttingDown(self.stopping)
         self._check_room(consumer.origin)
-        self.pulls[consumer] = None
+        self.pulls[consumer] = refuse
         self._add(consumer)
         self.dispatcher.grant(consumer, 0)
 
@@ -300,6 +356,42 @@ class Waiters(EngineListener):
         self.dispatcher.forget(consumer)
         self._remove(consumer)
         return True
+
+    # -- the node stops ------------------------------------------------------------------
+    def stop(self, message: str, keep: Callable[[str], bool] | None = None) -> int:
+        """The node stops: answer ``shutting_down`` (``message``) at once to
+        every parked RECEIVE and to every RESULT wait whose task ``keep``
+        does not name (by id: the running tasks, whose outcome may still
+        come); from now on, refuse so every new long-poll but a RESULT wait
+        for a task ``keep`` names, and answer a kept wait so as soon as its
+        task is ready or retrying again (no outcome came). Called when the
+        drain starts (``keep``: the task runs) and when the grace ends
+        (no ``keep``: every wait left is answered). How many were answered.
+        Looks at every parked long-poll once."""
+        self.stopping = message
+        self._keeps = keep or _never
+        answered = 0
+        for task_id in list(self.results):
+            answered += self._refuse_unkept(task_id)
+        for consumer, refuse in list(self.pulls.items()):
+            del self.pulls[consumer]
+            self._remove(consumer)
+            if consumer.credit > 0:       # (one that got its task left at task_started)
+                self.dispatcher.forget(consumer)
+                answered += _refuse(refuse, message)
+        return answered
+
+    def _refuse_unkept(self, task_id: str) -> int:
+        """While the node stops: answer ``shutting_down`` to the RESULT waits
+        of ``task_id`` unless the task is one still kept. How many."""
+        if self._keeps(task_id):
+            return 0
+        waiting = self.results.pop(task_id, None)
+        answered = 0
+        for wait in waiting or ():
+            self._remove(wait)
+            answered += _refuse(wait.refuse, self.stopping or "")
+        return answered
 
     # -- deadlines and departures ---------------------------------------------------------
     def sweep(self, now: float) -> None:
@@ -364,3 +456,17 @@ class Waiters(EngineListener):
                     self.dispatcher.forget(parked)
                     freed += 1
         return freed
+
+
+def _refuse(refuse: Refuse | None, message: str) -> int:
+    """Answer a long-poll ``shutting_down`` through its ``refuse`` (nothing
+    without one); 1 if answered. A failing answer is logged, never raised:
+    the node's stop goes on."""
+    if refuse is None:
+        return 0
+    try:
+        refuse(ShuttingDown(message))
+    except Exception:
+        logger.exception("answering a long-poll shutting_down failed")
+        return 0
+    return 1

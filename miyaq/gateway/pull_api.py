@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from miyaq.constants import MAX_LONG_POLL, MAX_RETRY_DELAY
-from miyaq.errors import InvalidField, MiyaqError, TooLarge
+from miyaq.errors import InvalidField, MiyaqError, ShuttingDown, TooLarge
 from miyaq.core.consumers import PullConsumer
 from miyaq.protocol import fields as f
 from miyaq.protocol.recordspec import failure_from_wire
@@ -77,6 +77,7 @@ def principal(auth: BearerAuth, request: Request) -> str:
 class PullApi:
     def __init__(self, gateway: Gateway) -> None:
         self.long_polls = gateway.long_polls
+        self.core = gateway.core
         self.engine = gateway.core.engine
         self.dispatcher = gateway.core.dispatcher
         self.waiters = gateway.core.waiters
@@ -133,9 +134,15 @@ class PullApi:
             leased.append((info["id"], info["attempt"]))
             return True
 
+        def refuse(err: MiyaqError) -> None:     # the node stops: 503 shutting_down at once
+            if not box.ready():
+                box.set(err)
+
+        if self.core.draining:       # as a ZeroMQ RECEIVE, whatever its timeout
+            raise ShuttingDown("node is shutting down and leases no new tasks")
         consumer = PullConsumer(queues, monotonic() + timeout, answer, by)
         if timeout > 0:
-            self.waiters.wait_pull(consumer)     # bounded by max_waiters (BUSY beyond)
+            self.waiters.wait_pull(consumer, refuse)     # bounded by max_waiters (BUSY beyond)
         else:
             dispatcher.grant(consumer, 0)
         dispatcher.pump(now)

@@ -123,7 +123,11 @@ class TasksApi:
             if not box.ready():
                 box.set(body)
 
-        self.waiters.wait_result(task_id, monotonic() + timeout, answer)
+        def refuse(err: MiyaqError) -> None:     # the node stops (shutting_down): raised below
+            if not box.ready():
+                box.set(err)
+
+        self.waiters.wait_result(task_id, monotonic() + timeout, answer, refuse=refuse)
         long_polls = self.gateway.long_polls
         long_polls.add(box)
         try:
@@ -134,7 +138,7 @@ class TasksApi:
         finally:
             long_polls.discard(box)
         value = box.value if box.ready() else None
-        if isinstance(value, MiyaqError):      # the node stops (LongPolls.end)
+        if isinstance(value, MiyaqError):      # the node stops (Waiters.stop, LongPolls.end)
             self.waiters.drop_result(task_id, answer)
             raise value
         return value

@@ -42,6 +42,9 @@ from miyaq.security.zap import ZapHandler
 
 logger = logging.getLogger(__name__)
 
+#: Seconds the stop waits after answering long-polls ``shutting_down``, so
+#: those answers leave before the sockets close with linger 0.
+ANSWER_LINGER = 0.05
 
 
 class Part(Protocol):
@@ -226,13 +229,25 @@ class Node:
             self._stopped.set()
 
     def _drain(self, grace: float) -> None:
-        """Nothing new is accepted or leased; wait for running tasks to report."""
+        """Nothing new is accepted or leased, and the long-polls that cannot
+        be answered otherwise now are answered ``shutting_down``; wait for
+        running tasks -- on workers, and leased to pull consumers -- to
+        report; then answer ``shutting_down`` to the RESULT waits left (of
+        tasks still running) and give those answers a moment to leave
+        before the sockets close (linger 0)."""
         core = self.core
-        core.drain()
-        logger.info("node %s stopping: %d running task(s), grace %.1fs", self.id, core.running(), grace)
+        answered = core.drain()
+        logger.info("node %s stopping: %d running task(s) (%d on workers, %d leased to pull consumers), "
+                    "%d long-poll(s) answered shutting_down, grace %.1fs", self.id, core.running(),
+                    core.running_on_workers(), core.leased_to_pulls(), answered, grace)
         deadline = monotonic() + grace
         while monotonic() < deadline and core.running() and not self._hurry.is_set():
             self._hurry.wait(DRAIN_POLL)
+        left = core.drained()
+        if left:
+            logger.info("node %s: %d result wait(s) answered shutting_down (their tasks still run)", self.id, left)
+        if answered or left:
+            green.sleep(ANSWER_LINGER)
 
     def _guarded(self, name: str, step: str, fn: Any) -> None:
         try:
