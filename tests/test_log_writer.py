@@ -199,6 +199,36 @@ def test_failed_compaction_is_retried_later_and_does_not_refuse(tmp_path: Path,
     node.writer.close()
 
 
+def test_a_compaction_stopped_by_the_node_s_stop_is_no_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """Fault: the node stops (its log closes) while a compaction writes its
+    snapshot. The compaction stops, which loses nothing -- but it was logged
+    as a WARNING "log compaction failed ... the log keeps growing, next try
+    in 30s", on a clean stop. Now it is an INFO saying it stopped with the
+    node, and the log replays to the state it held."""
+    monkeypatch.setattr(green, "HUB_SLICE", 0.0)      # the compaction yields after every record
+    node = Node(tmp_path)
+    for i in range(5):
+        node.put(f"k{i}", i)
+    node.writer.write_pending()
+    halfway = green.Event()
+    closer = green.Greenlet.spawn(lambda: (halfway.wait(), node.writer.close()))
+
+    def snapshot() -> Iterator[dict[str, Any]]:
+        for i, (k, v) in enumerate(list(node.state.items()) * 10):
+            if i == 10:
+                halfway.set()
+            yield {"k": k, "v": v}
+
+    node.writer.snapshot = snapshot
+    with caplog.at_level(logging.INFO, logger="miyaq.store"):
+        assert node.writer.compact() is False
+    closer.get()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert "log compaction stopped with the node" in caplog.text
+    assert replayed(tmp_path) == {f"k{i}": i for i in range(5)}
+
+
 def test_close_during_a_fault_rewrites_the_state_if_it_can(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                            caplog: pytest.LogCaptureFixture) -> None:
     """Fault: the node stops while its disk is still failing, then once it works again."""

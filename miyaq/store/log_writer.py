@@ -214,6 +214,10 @@ class LogWriter:
             if self.fault is not None:
                 logger.info("log compaction stopped by the disk fault (%s)", exc)
                 return False
+            if self._closed:    # the node stops: a clean stop, not a failure (before 2026-12-05 a WARNING)
+                logger.info("log compaction stopped with the node (its log closed meanwhile); nothing is "
+                            "lost: the log it would have replaced is replayed at the next start")
+                return False
             logger.warning("log compaction failed (%s); the log keeps growing, next try in %.0fs",
                            exc, COMPACT_RETRY)
             return False
