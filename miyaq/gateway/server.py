@@ -90,7 +90,8 @@ class Gateway:
         # runs --insecure (anyone who reaches the port is admin already), and
         # the names it is reached by (a service's DNS name) are not known here.
         self.check_host = not self.auth.enabled and is_loopback(self.host)
-        self.long_polls = LongPolls()       # answered shutting_down when the gateway stops
+        # Answered shutting_down when the drain starts (Waiters.stop); any left, when the gateway stops.
+        self.long_polls = LongPolls()
         self.tls = tls.server_context(config.http_cert, config.http_key) if config.http_cert else None
         tls.ca_file(config.http_ca)
         self.destinations = Destinations(config.webhook_allow_hosts, config.webhook_allow_private)
