@@ -272,3 +272,39 @@ def test_a_node_stopped_at_once_still_answers_its_long_polls(drain_node: NodeThr
         assert command == c.ERROR and body["req"] == 1 and body["code"] == "shutting_down"
     finally:
         poller.close(0)
+
+
+def test_a_result_wait_a_stopping_node_refuses_goes_on_at_the_next_node_or_a_second_later() -> None:
+    """Fault: with the node now answering a RESULT wait ``shutting_down``
+    when it stops (it closed the connection before: a ``NoAnswer``, which
+    the client's wait_result rides out), the Python client raised that
+    ``ShuttingDown`` from ``result()`` at once -- without asking the other
+    nodes, which hold copies. Now the other nodes are asked in the same
+    round, and when every node answered so, all again after
+    ``SHUTTING_DOWN_PAUSE`` (no spin), until the wait's timeout."""
+    from miyaq.client import operations as ops
+    from miyaq.client.nodes import Nodes
+    from miyaq.errors import ShuttingDown
+
+    asked: list[int | None] = []
+    paused: list[float] = []
+
+    def a_stops_b_answers(step: ops.Ask) -> dict[str, Any]:
+        asked.append(step.node)
+        if step.node == 0:
+            raise ShuttingDown("the node is shutting down")
+        return {"state": "done", "result": None}
+
+    answer = ops.run(ops.wait_result(Nodes(["a", "b"]), "t1", 60.0, 0, 10.0), a_stops_b_answers, paused.append)
+    assert answer["state"] == "done" and asked == [0, 1] and paused == []
+
+    def both_stop_then_one_is_back(step: ops.Ask) -> dict[str, Any]:
+        asked.append(step.node)
+        if len(asked) <= 2:
+            raise ShuttingDown("the node is shutting down")
+        return {"state": "done", "result": None}
+
+    asked.clear()
+    answer = ops.run(ops.wait_result(Nodes(["a", "b"]), "t1", 60.0, 0, 10.0), both_stop_then_one_is_back,
+                     paused.append)
+    assert answer["state"] == "done" and asked == [0, 1, 0] and paused == [ops.SHUTTING_DOWN_PAUSE]
