@@ -109,9 +109,15 @@ class ServiceHandlers:
         self.endpoint.reply(identity, body.get("req"), {"task": self.engine.info(task_id)})
 
     def cancel(self, identity: bytes, body: dict[str, Any], now: float) -> None:
+        """CANCEL: ``cancelled: true`` is answered once the log has the
+        cancellation (a restart cannot undo it); ``false`` at once. Refused
+        ``busy`` (``storage``), nothing changed, while the log cannot be
+        written; a task not held here is ``not_found`` as ever (a client asks
+        the other members then)."""
         task_id = check_id(body.get("id"))
+        self._check_writable(task_id)
         cancelled, state = self.engine.cancel(task_id, now)
-        self.endpoint.reply(identity, body.get("req"), {"cancelled": cancelled, "state": state})
+        self.endpoint.reply_stored(identity, body.get("req"), {"cancelled": cancelled, "state": state}, cancelled)
 
     def result(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         req = body.get("req")
@@ -170,10 +176,12 @@ class ServiceHandlers:
             limit = f.integer(body, "limit", 100, lo=1, hi=10_000)
             self.endpoint.reply(identity, req, {"tasks": self.engine.dead_list(queue, limit)})
         elif op == "retry":
+            self.endpoint.check_writable()
             ids = self._ids(body, queue)
             self._in_background(identity, req, lambda between: {"retried": self.engine.dead_retry(ids, now, between)})
         elif op == "purge":
             ids = f.string_list(body, "ids", None, max_items=10_000, max_len=64)
+            self.endpoint.check_writable()
             self._in_background(identity, req, lambda between: {"purged": self.engine.dead_purge(queue, ids, between)})
         else:
             raise InvalidField("field 'op' must be list, retry or purge", field="op")
@@ -182,7 +190,8 @@ class ServiceHandlers:
         """Run a DEAD retry or purge -- up to a whole dead-letter queue,
         ``max_dead`` tasks, 0.4 s -- in a greenlet of its own that yields to
         the hub every ``HUB_SLICE`` (``work`` is given the check to call
-        between tasks), and reply when it is done: the service socket's
+        between tasks), and reply when it is done and the log has what it
+        changed (:meth:`ServiceEndpoint.reply_stored`): the service socket's
         other messages are read meanwhile. At most ``BACKGROUND_OPS`` run at
         once; another one waits for a place, and the reader with it (so a
         client sending them in a loop is held, not queued without bound)."""
@@ -190,7 +199,7 @@ class ServiceHandlers:
 
         def run() -> None:
             try:
-                endpoint.reply(identity, req, work(green.FairShare().check))
+                endpoint.reply_stored(identity, req, work(green.FairShare().check), True)
             except MiyaqError as err:
                 endpoint.error(identity, err, req)
             except Exception:  # a bug must not go unanswered (the pool logs nothing it is not told)
@@ -244,22 +253,34 @@ class ServiceHandlers:
         task_id = check_id(body.get("id"))
         attempt = f.integer(body, "attempt", lo=0)
         result = f.binary(body, "result", None, max_len=self.config.max_payload)
+        self._check_writable(task_id)
         ok = self.engine.complete(task_id, attempt, result, now, by=self._puller(identity))
-        self.endpoint.reply(identity, body.get("req"), {"ok": ok})
+        self.endpoint.reply_stored(identity, body.get("req"), {"ok": ok}, ok)
 
     def nack(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         task_id = check_id(body.get("id"))
         attempt = f.integer(body, "attempt", lo=0)
         if f.boolean(body, "returned", False):
             # Given back unstarted (a cancelled receive): no attempt spent, ready again at once.
+            self._check_writable(task_id)
             ok = self.engine.give_back(task_id, attempt, self._puller(identity), now)
-            self.endpoint.reply(identity, body.get("req"), {"ok": ok})
+            self.endpoint.reply_stored(identity, body.get("req"), {"ok": ok}, ok)
             return
         error = failure_from_wire(body.get("error"))
         retry = f.boolean(body, "retry", True)
         delay = f.number(body, "delay", None, hi=MAX_RETRY_DELAY)
+        self._check_writable(task_id)
         ok = self.engine.fail(task_id, attempt, error, retry, delay, now, by=self._puller(identity))
-        self.endpoint.reply(identity, body.get("req"), {"ok": ok})
+        self.endpoint.reply_stored(identity, body.get("req"), {"ok": ok}, ok)
+
+    def _check_writable(self, task_id: str) -> None:
+        """Before a CANCEL, ACK or NACK changes a task held here (live or
+        dead): refused ``busy`` (``storage``) while the log cannot be written
+        (:meth:`ServiceEndpoint.check_writable`). A task not held here changes
+        nothing, and is answered as before (``not_found``, ``ok: false``)."""
+        table = self.engine.table
+        if task_id in table.live or task_id in table.dead:
+            self.endpoint.check_writable()
 
     def withdraw(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         """WITHDRAW: this connection no longer waits for these long-polls

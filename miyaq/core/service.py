@@ -31,10 +31,10 @@ from miyaq.constants import (
 )
 from miyaq.core import ignored
 from miyaq.core.unread import UnreadAnswers, wire_bytes
-from miyaq.errors import BadFrame, BadVersion, MiyaqError, ProtocolError, TooLarge, TooManyValues
+from miyaq.errors import BadFrame, BadVersion, MiyaqError, ProtocolError, Timeout, TooLarge, TooManyValues
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c
-from miyaq.runtime import wall
+from miyaq.runtime import green, wall
 from miyaq.runtime.messages import MessageRefused
 from miyaq.runtime.sockets import SocketFactory, zmq
 from miyaq.security.guard import Guard
@@ -80,8 +80,12 @@ class ServiceEndpoint:
         self.unread = UnreadAnswers()    # answers a connection has not read: bounded
         self._curve = sockets.security is not None     # what a message takes on the wire (unread counts it)
         # With a durable log, acknowledgements wait until the log has the
-        # tasks: the gate calls its argument once they are written.
+        # tasks: the gate calls its argument once they are written. So do the
+        # answers to requests that change stored state (reply_stored,
+        # wait_stored); log_admit refuses such a request while the log cannot
+        # be written (Persistence.admit: Busy "storage").
         self.ack_gate: Callable[[Callable[[], None]], None] | None = None
+        self.log_admit: Callable[[], None] | None = None
         self._closed = False
 
     def bind(self, endpoint: str) -> None:
@@ -183,6 +187,57 @@ class ServiceEndpoint:
         stored = {i: rs for i, rs in stored.items() if rs}
         if stored:
             self.ack_gate(lambda: self._release(stored))
+
+    # -- answers that promise a stored change ---------------------------------------------
+    def check_writable(self) -> None:
+        """Refuse a request that would change stored state (a CANCEL, ACK,
+        NACK or DEAD retry or purge of a task held here) while the log
+        cannot be written, before it changes anything: :class:`~miyaq.errors.Busy`
+        ``reason="storage"`` (retryable), as a submit is refused then
+        (:class:`~miyaq.errors.ShuttingDown` once the log closed). Nothing
+        to check without a data dir."""
+        if self.log_admit is not None:
+            self.log_admit()
+
+    def after_stored(self, release: Callable[[], None]) -> None:
+        """Run ``release`` once every record buffered so far is in the log
+        as the fsync mode promises (the gate of SUBMITTED: the writer runs
+        one batch of releases per write, no fsync of their own); at once
+        without a data dir. Never blocks."""
+        if self.ack_gate is None:
+            release()
+        else:
+            self.ack_gate(release)
+
+    def reply_stored(self, identity: bytes, req: Any, body: dict[str, Any], changed: bool) -> None:
+        """Answer a request whose answer promises a change of stored state
+        (``cancelled: true``, ``ok: true``, dead tasks retried or purged)
+        only once the log has the records it wrote (:meth:`after_stored`),
+        so a kill -9 cannot undo what was answered. An answer that promises
+        no change (``changed`` False) goes at once. A held answer is dropped,
+        as a SUBMITTED is, if the writer holds too many (a long disk fault)."""
+        if not changed:
+            self.reply(identity, req, body)
+            return
+
+        def release() -> None:
+            self.reply(identity, req, body)
+
+        self.after_stored(release)
+
+    def wait_stored(self, timeout: float, what: str) -> None:
+        """Block the calling greenlet -- an HTTP request's, never the reader's --
+        until the log has every record buffered so far (:meth:`after_stored`);
+        :class:`~miyaq.errors.Timeout` after ``timeout`` seconds (a slow or
+        failing disk), naming ``what`` was done: it is made in memory, and
+        on disk once the log is written again."""
+        if self.ack_gate is None:
+            return
+        written = green.Event()
+        self.ack_gate(written.set)
+        if not written.wait(timeout):
+            raise Timeout(f"{what}, but the node's log did not take it within {timeout:g}s (a slow or failing "
+                          "disk): a restart before the log is written again may undo it")
 
     def _release(self, acks: dict[Any, list[list[Any]]]) -> None:
         for identity, results in acks.items():

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from miyaq.constants import HTTP_ACK_WAIT
 from miyaq.core.limits import Limit
 from miyaq.errors import InvalidField
 from miyaq.gateway.openapi import build
@@ -155,16 +156,28 @@ class AdminApi:
         return json_response({"tasks": self.engine.dead_list(queue, limit)})
 
     def retry_dead(self, queue: str | None, ids: list[str] | None) -> list[str]:
-        """Put dead tasks back (``ids``, or every one of ``queue``, or all); the ids retried."""
+        """Put dead tasks back (``ids``, or every one of ``queue``, or all); the ids retried,
+        once the node's log has them (as a ZeroMQ DEAD retry's answer). Refused
+        ``busy`` (``storage``), nothing changed, while the log cannot be written."""
+        endpoint = self.core.endpoint
+        endpoint.check_writable()
         if ids is None:
             ids = [t.id for t in self.engine.table.iter_dead(queue)]
         retried = self.engine.dead_retry(ids, wall(), green.FairShare().check)    # yields to the hub as it goes
         self.gateway.redispatch()
+        if retried:
+            endpoint.wait_stored(HTTP_ACK_WAIT, f"{len(retried)} dead tasks are retried")
         return retried
 
     def purge_dead(self, queue: str | None, ids: list[str] | None) -> int:
-        """Drop dead tasks for good (same scopes as :meth:`retry_dead`); how many."""
-        return self.engine.dead_purge(queue, ids, green.FairShare().check)
+        """Drop dead tasks for good (same scopes as :meth:`retry_dead`); how many,
+        once the node's log has it (refused as :meth:`retry_dead` is)."""
+        endpoint = self.core.endpoint
+        endpoint.check_writable()
+        purged = self.engine.dead_purge(queue, ids, green.FairShare().check)
+        if purged:
+            endpoint.wait_stored(HTTP_ACK_WAIT, f"{purged} dead tasks are purged")
+        return purged
 
     def dead_retry(self, request: Request) -> Response:
         queue, ids = self._scope(request.json_object(required=False))

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from miyaq.constants import MAX_LONG_POLL, MAX_RETRY_DELAY
+from miyaq.constants import HTTP_ACK_WAIT, MAX_LONG_POLL, MAX_RETRY_DELAY
 from miyaq.errors import InvalidField, MiyaqError, ShuttingDown, TooLarge
 from miyaq.core.consumers import PullConsumer
 from miyaq.protocol import fields as f
@@ -79,6 +79,7 @@ class PullApi:
         self.long_polls = gateway.long_polls
         self.core = gateway.core
         self.engine = gateway.core.engine
+        self.endpoint = gateway.core.endpoint
         self.dispatcher = gateway.core.dispatcher
         self.waiters = gateway.core.waiters
         self.max_payload = gateway.config.max_payload
@@ -169,13 +170,21 @@ class PullApi:
 
     # -- finishing a received task -----------------------------------------------------
     def ack(self, request: Request) -> Response:
+        """Finish the attempt named with ``result``. ``ok: true`` is answered
+        once the node's log has it (as a ZeroMQ ACK's: a restart cannot undo
+        it; a 504 ``timeout`` if the log does not take it within
+        ``HTTP_ACK_WAIT``); ``ok: false`` at once. Refused 503 ``busy``
+        (``storage``), nothing changed, while the log cannot be written."""
         task_id = check_id(request.params["id"])
         body = _fields(request, ACK_FIELDS)
         attempt = f.integer(body, "attempt", lo=0)
         result = msgpack.packb(body.get("result"), use_bin_type=True)
         if len(result) > self.max_payload:
             raise TooLarge(f"result of {len(result)} bytes exceeds max_payload ({self.max_payload})")
+        self._check_writable(task_id)
         ok = self.engine.complete(task_id, attempt, result, wall(), by=principal(self.auth, request))
+        if ok:
+            self.endpoint.wait_stored(HTTP_ACK_WAIT, f"task {task_id} is acknowledged")
         return json_response({"ok": ok})
 
     def nack(self, request: Request) -> Response:
@@ -185,21 +194,33 @@ class PullApi:
         :func:`~miyaq.protocol.recordspec.failure_from_wire`) as its message. ``returned: true`` gives
         it back unstarted instead, as a ZeroMQ NACK ``returned``: no attempt
         spent, ready again at once; ``error``, ``retry`` and ``delay`` are
-        then not read."""
+        then not read. ``ok: true`` waits for the log, as an ack's."""
         task_id = check_id(request.params["id"])
         body = _fields(request, NACK_FIELDS)
         attempt = f.integer(body, "attempt", lo=0)
         by = principal(self.auth, request)
         if f.boolean(body, "returned", False):
-            return json_response({"ok": self.engine.give_back(task_id, attempt, by, wall())})
-        text = body.get("error")
-        if text is not None and not isinstance(text, str):
-            raise InvalidField(f"field 'error' must be a string, not {type(text).__name__}", field="error")
-        retry = f.boolean(body, "retry", True)
-        delay = f.number(body, "delay", None, hi=MAX_RETRY_DELAY)
-        error = failure_from_wire({"type": "Nack", "message": text or ""})   # cut as a ZeroMQ NACK's
-        ok = self.engine.fail(task_id, attempt, error, retry, delay, wall(), by=by)
+            self._check_writable(task_id)
+            ok = self.engine.give_back(task_id, attempt, by, wall())
+        else:
+            text = body.get("error")
+            if text is not None and not isinstance(text, str):
+                raise InvalidField(f"field 'error' must be a string, not {type(text).__name__}", field="error")
+            retry = f.boolean(body, "retry", True)
+            delay = f.number(body, "delay", None, hi=MAX_RETRY_DELAY)
+            error = failure_from_wire({"type": "Nack", "message": text or ""})   # cut as a ZeroMQ NACK's
+            self._check_writable(task_id)
+            ok = self.engine.fail(task_id, attempt, error, retry, delay, wall(), by=by)
+        if ok:
+            self.endpoint.wait_stored(HTTP_ACK_WAIT, f"task {task_id} is nacked")
         return json_response({"ok": ok})
+
+    def _check_writable(self, task_id: str) -> None:
+        """Before an ack or nack changes a task held here: 503 ``busy``
+        (``storage``), nothing changed, while the log cannot be written."""
+        table = self.engine.table
+        if task_id in table.live or task_id in table.dead:
+            self.endpoint.check_writable()
 
     def touch(self, request: Request) -> Response:
         """Extend the lease of the attempt named (``attempt``, the one

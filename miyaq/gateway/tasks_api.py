@@ -19,7 +19,7 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from miyaq.constants import MAX_LONG_POLL
+from miyaq.constants import HTTP_ACK_WAIT, MAX_LONG_POLL
 from miyaq.errors import InvalidField, MiyaqError, NotFound
 from miyaq.core.waiters import outcome, ran_elsewhere
 from miyaq.protocol.commands import DUPLICATE
@@ -47,6 +47,7 @@ class TasksApi:
         self.gateway = gateway
         self.config = gateway.config
         self.engine = gateway.core.engine
+        self.endpoint = gateway.core.endpoint
         self.waiters = gateway.core.waiters
 
     def submit(self, request: Request) -> Response:
@@ -73,8 +74,17 @@ class TasksApi:
         return json_response({"task": self.engine.info(check_id(request.params["id"]))})
 
     def cancel(self, request: Request) -> Response:
+        """``cancelled: true`` is answered once the node's log has the
+        cancellation, as a ZeroMQ CANCEL's (a 504 ``timeout`` if it does not
+        within ``HTTP_ACK_WAIT``: made, not yet on disk); refused 503
+        ``busy`` (``storage``), nothing changed, while the log cannot be written."""
         task_id = check_id(request.params["id"])
+        table = self.engine.table
+        if task_id in table.live or task_id in table.dead:
+            self.endpoint.check_writable()
         cancelled, state = self.engine.cancel(task_id, wall())
+        if cancelled:
+            self.endpoint.wait_stored(HTTP_ACK_WAIT, f"task {task_id} is cancelled")
         return json_response({"id": task_id, "cancelled": cancelled, "state": state})
 
     def list(self, request: Request) -> Response:

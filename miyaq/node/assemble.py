@@ -113,7 +113,8 @@ def _build(config: NodeConfig, supervisor: Supervisor, sockets: SocketFactory, c
     persistence = None
     if config.data_dir:
         persistence = Persistence(core.engine, _open_log(config, supervisor), supervisor, core.refusals, config.id)
-        core.endpoint.ack_gate = persistence.after_written
+        core.endpoint.ack_gate = persistence.after_written   # SUBMITTED, and answers that promise a change
+        core.endpoint.log_admit = persistence.admit          # such requests are refused while the disk fails
     try:
         role, shared = _role(config, core, persistence or Immediate(), supervisor, sockets, coordinator, transport,
                              stream_drop, guard)
