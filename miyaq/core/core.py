@@ -103,6 +103,17 @@ class Core:
             if workers or waits:
                 logger.warning("key %r revoked: %d worker(s) forgotten, %d long-poll(s) freed", key, workers, waits)
 
+    def check_writable(self, task_id: str) -> None:
+        """Before a CANCEL, ACK or NACK (either door) changes task
+        ``task_id``: refused ``busy`` (``storage``), nothing changed, while
+        the log cannot be written, if this node holds the task (live or
+        dead; :meth:`ServiceEndpoint.check_writable`). A task not held here
+        changes nothing, and is answered as ever (``not_found``, ``ok:
+        false``: a cluster client asks the other members)."""
+        table = self.engine.table
+        if task_id in table.live or task_id in table.dead:
+            self.endpoint.check_writable()
+
     def running(self) -> int:
         """Tasks leased to connected workers and, once the node drains, to
         pull consumers (RECEIVE, over ZeroMQ or HTTP): both may still

@@ -62,6 +62,7 @@ class ServiceHandlers:
         self.report = status
         self.webhooks = webhooks
         self.max_batch = core.config.max_batch
+        self.check_writable = core.check_writable
         self.background = supervisor.pool("dead-letter operation", BACKGROUND_OPS, LOG)
 
     def install(self) -> None:
@@ -115,7 +116,7 @@ class ServiceHandlers:
         written; a task not held here is ``not_found`` as ever (a client asks
         the other members then)."""
         task_id = check_id(body.get("id"))
-        self._check_writable(task_id)
+        self.check_writable(task_id)
         cancelled, state = self.engine.cancel(task_id, now)
         self.endpoint.reply_stored(identity, body.get("req"), {"cancelled": cancelled, "state": state}, cancelled)
 
@@ -253,7 +254,7 @@ class ServiceHandlers:
         task_id = check_id(body.get("id"))
         attempt = f.integer(body, "attempt", lo=0)
         result = f.binary(body, "result", None, max_len=self.config.max_payload)
-        self._check_writable(task_id)
+        self.check_writable(task_id)
         ok = self.engine.complete(task_id, attempt, result, now, by=self._puller(identity))
         self.endpoint.reply_stored(identity, body.get("req"), {"ok": ok}, ok)
 
@@ -262,25 +263,16 @@ class ServiceHandlers:
         attempt = f.integer(body, "attempt", lo=0)
         if f.boolean(body, "returned", False):
             # Given back unstarted (a cancelled receive): no attempt spent, ready again at once.
-            self._check_writable(task_id)
+            self.check_writable(task_id)
             ok = self.engine.give_back(task_id, attempt, self._puller(identity), now)
             self.endpoint.reply_stored(identity, body.get("req"), {"ok": ok}, ok)
             return
         error = failure_from_wire(body.get("error"))
         retry = f.boolean(body, "retry", True)
         delay = f.number(body, "delay", None, hi=MAX_RETRY_DELAY)
-        self._check_writable(task_id)
+        self.check_writable(task_id)
         ok = self.engine.fail(task_id, attempt, error, retry, delay, now, by=self._puller(identity))
         self.endpoint.reply_stored(identity, body.get("req"), {"ok": ok}, ok)
-
-    def _check_writable(self, task_id: str) -> None:
-        """Before a CANCEL, ACK or NACK changes a task held here (live or
-        dead): refused ``busy`` (``storage``) while the log cannot be written
-        (:meth:`ServiceEndpoint.check_writable`). A task not held here changes
-        nothing, and is answered as before (``not_found``, ``ok: false``)."""
-        table = self.engine.table
-        if task_id in table.live or task_id in table.dead:
-            self.endpoint.check_writable()
 
     def withdraw(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         """WITHDRAW: this connection no longer waits for these long-polls

@@ -181,7 +181,7 @@ class PullApi:
         result = msgpack.packb(body.get("result"), use_bin_type=True)
         if len(result) > self.max_payload:
             raise TooLarge(f"result of {len(result)} bytes exceeds max_payload ({self.max_payload})")
-        self._check_writable(task_id)
+        self.core.check_writable(task_id)
         ok = self.engine.complete(task_id, attempt, result, wall(), by=principal(self.auth, request))
         if ok:
             self.endpoint.wait_stored(HTTP_ACK_WAIT, f"task {task_id} is acknowledged")
@@ -200,7 +200,7 @@ class PullApi:
         attempt = f.integer(body, "attempt", lo=0)
         by = principal(self.auth, request)
         if f.boolean(body, "returned", False):
-            self._check_writable(task_id)
+            self.core.check_writable(task_id)
             ok = self.engine.give_back(task_id, attempt, by, wall())
         else:
             text = body.get("error")
@@ -209,18 +209,11 @@ class PullApi:
             retry = f.boolean(body, "retry", True)
             delay = f.number(body, "delay", None, hi=MAX_RETRY_DELAY)
             error = failure_from_wire({"type": "Nack", "message": text or ""})   # cut as a ZeroMQ NACK's
-            self._check_writable(task_id)
+            self.core.check_writable(task_id)
             ok = self.engine.fail(task_id, attempt, error, retry, delay, wall(), by=by)
         if ok:
             self.endpoint.wait_stored(HTTP_ACK_WAIT, f"task {task_id} is nacked")
         return json_response({"ok": ok})
-
-    def _check_writable(self, task_id: str) -> None:
-        """Before an ack or nack changes a task held here: 503 ``busy``
-        (``storage``), nothing changed, while the log cannot be written."""
-        table = self.engine.table
-        if task_id in table.live or task_id in table.dead:
-            self.endpoint.check_writable()
 
     def touch(self, request: Request) -> Response:
         """Extend the lease of the attempt named (``attempt``, the one

@@ -79,9 +79,7 @@ class TasksApi:
         within ``HTTP_ACK_WAIT``: made, not yet on disk); refused 503
         ``busy`` (``storage``), nothing changed, while the log cannot be written."""
         task_id = check_id(request.params["id"])
-        table = self.engine.table
-        if task_id in table.live or task_id in table.dead:
-            self.endpoint.check_writable()
+        self.gateway.core.check_writable(task_id)
         cancelled, state = self.engine.cancel(task_id, wall())
         if cancelled:
             self.endpoint.wait_stored(HTTP_ACK_WAIT, f"task {task_id} is cancelled")
