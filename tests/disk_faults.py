@@ -34,8 +34,13 @@ class FailingDisk:
         return call
 
     def _ours(self, fd: int) -> bool:
-        try:
-            path = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            return False
-        return path == self.directory or path.startswith(self.directory + os.sep)
+        return opened_under(fd, self.directory)
+
+
+def opened_under(fd: int, directory: str) -> bool:
+    """Whether descriptor ``fd`` is a file in ``directory`` (or the directory itself)."""
+    try:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return False
+    return path == directory or path.startswith(directory + os.sep)

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 import msgpack
 import pytest
 import zmq
-from disk_faults import FailingDisk
+from disk_faults import FailingDisk, opened_under
 from gateway_harness import Http
 
 from miyaq.client.client import Client
@@ -77,11 +77,7 @@ class HeldFsync:
         monkeypatch.setattr(os, "fsync", fsync)
 
     def _ours(self, fd: int) -> bool:
-        try:
-            path = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            return False
-        return path == self.directory or path.startswith(self.directory + os.sep)
+        return opened_under(fd, self.directory)
 
     def hold(self) -> None:
         self.open.clear()

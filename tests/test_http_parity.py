@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 import msgpack
 import pytest
 from gateway_harness import FIXTURES, Http, NodeThread
+from test_inproc_standby import at_most_once_started_elsewhere
 from test_log_replayed_state import T0, durable_engine, written
 
 import miyaq
@@ -350,13 +351,7 @@ def test_http_result_on_a_holder_whose_at_most_once_copy_started_elsewhere_is_no
     reads as a task still pending here. Now a 404 with RESULT's message;
     once the runner's finish arrives, the outcome, as over ZeroMQ."""
     cluster = inproc(3)
-    tid = cluster.task_id()
-    holders = cluster.holders(tid)
-    runner, other = holders[0], holders[1]
-    workers = {h: cluster.worker(h) for h in holders}
-    sub = cluster.submit(other, tid, at_most_once=True)
-    cluster.wait_until(lambda: sub.result and workers[runner].runs(tid), what="the runner to start the task")
-    cluster.wait_until(lambda: cluster[other].state(tid) == STARTED_ELSEWHERE, what="the copy dropped")
+    tid, runner, other, workers = at_most_once_started_elsewhere(cluster)
     status, answer = http_result(cluster[other], tid)
     assert status == 404 and answer["error"]["code"] == "not_found", answer
     assert "another of its holders" in answer["error"]["message"], answer

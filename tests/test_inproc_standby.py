@@ -346,6 +346,20 @@ def _ask_result(node: Any, task_id: str) -> tuple[str, dict[str, Any]]:
     return answers[0]
 
 
+def at_most_once_started_elsewhere(cluster: Any) -> tuple[str, str, str, dict[str, Any]]:
+    """An at-most-once task submitted through a holder that does not run it,
+    started by its runner, and that holder's copy dropped as
+    "started-elsewhere": ``(task id, runner, that holder, workers by holder)``."""
+    tid = cluster.task_id()
+    holders = cluster.holders(tid)
+    runner, other = holders[0], holders[1]
+    workers = {h: cluster.worker(h) for h in holders}
+    sub = cluster.submit(other, tid, at_most_once=True)
+    cluster.wait_until(lambda: sub.result and workers[runner].runs(tid), what="the runner to start the task")
+    cluster.wait_until(lambda: cluster[other].state(tid) == STARTED_ELSEWHERE, what="the copy dropped")
+    return tid, runner, other, workers
+
+
 def test_the_other_holders_of_an_at_most_once_task_answer_its_outcome(inproc):
     """An at-most-once task submitted through a holder that does not run it
     (the HTTP gateway of any node, a client without the ring yet): that
@@ -357,17 +371,11 @@ def test_the_other_holders_of_an_at_most_once_task_answer_its_outcome(inproc):
     answers ``not_found`` (the client asks the next node), and the finish
     replaces the placeholder."""
     cluster = inproc(3)
-    tid = cluster.task_id()
-    holders = cluster.holders(tid)
-    runner, other = holders[0], holders[1]
-    workers = {h: cluster.worker(h) for h in holders}
-    sub = cluster.submit(other, tid, at_most_once=True)
-    cluster.wait_until(lambda: sub.result and workers[runner].runs(tid), what="the runner to start the task")
-    cluster.wait_until(lambda: cluster[other].state(tid) == STARTED_ELSEWHERE, what="the copy dropped")
+    tid, runner, other, workers = at_most_once_started_elsewhere(cluster)
     kind, body = _ask_result(cluster[other], tid)
     assert kind == "error" and body["code"] == "not_found" and "another of its holders" in body["message"]
     assert workers[runner].complete(tid, result=b"\x2a", attempt=1)
-    for h in holders:
+    for h in workers:
         cluster.wait_until(lambda h=h: cluster[h].state(tid) == DONE, what=f"{h} to hear the finish")
         kind, body = _ask_result(cluster[h], tid)
         assert kind == "reply" and body["state"] == DONE and body["result"] == b"\x2a"

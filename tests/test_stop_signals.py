@@ -20,13 +20,14 @@ import pytest
 from apps import pools
 from gateway_harness import FIXTURES, Http, read_head, wait_for
 from loopback_server import LoopbackServer
+import test_worker_pools as pool_fixtures
 
 from miyaq.core.gate import SHUTTING_DOWN
 from miyaq.runtime import Supervisor, green
-from miyaq.testing.harness import ThreadNode
 from miyaq.worker.pools.base import PoolParts
 
 http_node, api, make_http_node, make_web_worker = FIXTURES   # pytest finds fixtures in module globals
+node, events = pool_fixtures.node, pool_fixtures.events       # the pool tests' node and event file
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -95,18 +96,6 @@ def test_a_second_stop_signal_ends_the_wait_for_webhooks_in_flight(make_http_nod
 POOLS = ["gevent", "threads", "processes"]
 
 
-@pytest.fixture
-def node():
-    """A node in this process with a relaxed heartbeat (a loaded machine must
-    not get a worker declared lost)."""
-    with ThreadNode(heartbeat=1.0) as n:
-        yield n
-
-
-@pytest.fixture
-def events(tmp_path):
-    path = str(tmp_path / "events.jsonl")
-    return path, {"MIYAQ_TEST_EVENTS": path}
 
 
 def _worker(procs, node, pool, *extra, env):
