@@ -382,6 +382,33 @@ def test_a_ctrl_c_just_after_the_gevent_clients_io_greenlet_sent_a_batch_loses_n
         assert counter.status()["queues"]["ctrl-c-batch"]["ready"] == 500
 
 
+def test_every_gevent_client_of_a_program_is_shielded_from_ctrl_c_and_python_s_handler_comes_back(node):
+    """Fault (a review audit): the Ctrl-C shield compared the SIGINT handler
+    with a bound method read anew, never the same object: its handler was
+    never put back when the first gevent client closed, and every later
+    client -- a short-lived one for a health check, then the main one --
+    took it for a handler of the program's own and went unshielded. Here
+    two clients one after the other: each is shielded while it lives, and
+    Python's own handler is back after each."""
+    import signal
+
+    from miyaq.runtime import green
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)    # Python's own, as a program has
+    shield = green._ctrl_c_shield
+    try:
+        for _ in range(2):
+            client = miyaq.Client(node.endpoint, green=True)
+            client.status()
+            assert client._io._handle in shield.shielded
+            assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler    # the shield's
+            client.close()
+            green.sleep(0)              # the loop's end is linked: the shield hears it
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 UNENCODABLE_REQUESTS = {
     "status": lambda c: c.status({1}),
     "dead": lambda c: c.dead("retry", ids={"a"}),

@@ -237,15 +237,20 @@ class _CtrlCShield:
     def __init__(self) -> None:
         self.shielded: set[Any] = set()
         self.installed = False
+        # One object, compared by identity with what signal.getsignal returns
+        # (each read of a method makes a new bound method: an ``is`` test on
+        # ``self._handle`` never held, so the handler was never put back and
+        # every later client went unshielded, before 2026-12-05's review).
+        self.handler = self._handle
 
     def add(self, greenlet: Any) -> None:
         import threading
         if threading.current_thread() is not threading.main_thread():
             return              # signals land in the main thread only: nothing to keep out here
         if not self.installed:
-            if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            if signal.getsignal(signal.SIGINT) not in (signal.default_int_handler, self.handler):
                 return          # the program's own handler: not ours to wrap
-            signal.signal(signal.SIGINT, self._handler)
+            signal.signal(signal.SIGINT, self.handler)
             self.installed = True
         self.shielded.add(greenlet)
         greenlet.rawlink(self._ended)
@@ -254,10 +259,10 @@ class _CtrlCShield:
         self.shielded.discard(greenlet)
         if not self.shielded and self.installed:
             self.installed = False
-            if signal.getsignal(signal.SIGINT) is self._handler:
+            if signal.getsignal(signal.SIGINT) is self.handler:
                 signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    def _handler(self, signum: int, frame: Any) -> None:
+    def _handle(self, signum: int, frame: Any) -> None:
         if gevent.getcurrent() in self.shielded:
             raise_in_main(KeyboardInterrupt())
             return
