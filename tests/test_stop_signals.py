@@ -209,6 +209,59 @@ def test_a_terminal_signal_to_a_supervised_group_drains_once(procs, node, client
     assert "asked again" not in w.log_tail(400)
 
 
+def test_a_handlers_subprocess_can_be_interrupted_under_a_supervisor_and_a_processes_pool(procs, node, client,
+                                                                                            events):
+    """Fault (a review audit): under ``miyaq worker -p 2`` (and in a
+    processes pool's children) SIGINT, SIGHUP -- and in the children
+    SIGTERM -- were set to SIG_IGN, which every program a handler starts
+    inherits: an ffmpeg or a Python the handler ran could never be
+    interrupted with SIGINT or ended by SIGHUP. They are now disregarded by
+    a handler that does nothing, which a started program does not inherit."""
+    path, env = events
+    _worker(procs, node, "processes", "--processes", "2", env=env)
+    wait_for(lambda: client.status()["totals"]["workers"] == 2, "two worker processes registered")
+    ignored = client.call("ignored_in_subprocess", timeout=30)
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        assert not ignored & (1 << (sig - 1)), f"{sig.name} ignored in the handler's subprocess: {ignored:#x}"
+
+
+def _gone(pid: int) -> bool:
+    """The process ``pid`` exited (or is a zombie nobody reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return any(line.startswith("State:") and "Z" in line.split()[1] for line in status)
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize("how", ["SIGUSR1", "SIGKILL"])
+def test_the_processes_of_a_supervisor_that_is_gone_or_hurried_stop(procs, node, client, events, how):
+    """Faults (a review audit): the supervisor of ``miyaq worker -p 2`` is
+    sent SIGUSR1 -- the signal it sends its processes to end their wait --
+    or is SIGKILLed. SIGUSR1's default action killed it; either way its
+    worker processes ran on for good, registered and taking tasks, and they
+    disregard a terminal's SIGINT and SIGHUP. Now SIGUSR1 to the supervisor
+    stops everything and ends the wait (exit 0), and a worker process whose
+    supervisor is gone stops by itself."""
+    path, env = events
+    w = _worker(procs, node, "threads", "--processes", "2", env=env)
+    wait_for(lambda: client.status()["totals"]["workers"] == 2, "two worker processes registered")
+    pids = [wk["pid"] for wk in client.status()["workers"]]
+    try:
+        if how == "SIGUSR1":
+            w.signal(signal.SIGUSR1)
+            assert _exit_code(w) == 0
+        else:
+            w.signal(signal.SIGKILL)
+            w.proc.wait(STOP_WAIT)
+        wait_for(lambda: all(_gone(pid) for pid in pids), "the worker processes to exit", timeout=STOP_WAIT)
+        wait_for(lambda: client.status()["totals"]["workers"] == 0, "no worker registered")
+    finally:
+        for pid in pids:             # none left running, whatever happened (the procs fixture knows the supervisor)
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
 def test_the_threads_pool_waits_for_no_thread_stuck_in_a_handler(monkeypatch, caplog):
     """Fault: a handler thread that never returns when the worker stops.
     Python cannot kill a thread; before 2026-12-05 the threads pool's stop

@@ -229,6 +229,9 @@ POOL_READY_WAIT = 10.0
 CHILD_EXIT_WAIT = 5.0
 #: processes pool: how often a child checks that its parent is still there.
 CHILD_PARENT_CHECK = 1.0
+#: Seconds between a supervised worker process's looks at whether its
+#: supervisor is still its parent (:meth:`~miyaq.worker.runner.Worker.install_signal_handlers`).
+SUPERVISOR_CHECK = 1.0
 #: processes pool: the largest message body a child sends its parent (an
 #: OUTCOME: the handler's packed result). The parent's socket drops a larger
 #: one together with the connection, so a child fails a larger result

@@ -119,8 +119,18 @@ def run_supervised(app_spec: str, config: WorkerConfig, supervised: bool = False
         if stopping:
             tell_to_stop(child)
 
+    def on_hurry(signum: int, frame: object) -> None:
+        """:data:`HURRY_SIGNAL` sent to the supervisor itself (the pid an
+        operator knows): stop, and wait no longer for running handlers, as
+        a second stop signal does (before 2026-12-05's review its default
+        action killed the supervisor and left its processes running)."""
+        nonlocal hurried
+        hurried = True
+        stop_all()
+
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
+    signal.signal(HURRY_SIGNAL, on_hurry)
     for _ in range(config.processes):
         if not stopping:
             start_child(None)

@@ -13,6 +13,7 @@ import signal
 import sys
 
 from ..runtime.green import monkey_patch
+from .signals import disregard
 
 
 def main(argv: list[str]) -> int:
@@ -40,10 +41,9 @@ def main(argv: list[str]) -> int:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--supervised"]:
         # A terminal's Ctrl-C or hangup reaches the whole process group; the
-        # supervisor passes the stop on. Ignored from the start (the worker's
-        # handlers say so again once installed).
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        # supervisor passes the stop on. Disregarded from the start (the
+        # worker's handlers say so again once installed).
+        disregard(signal.SIGINT, signal.SIGHUP)
     if os.environ.get("MIYAQ_POOL", "gevent").strip() in ("", "gevent"):
         monkey_patch()
     sys.exit(main(sys.argv[1:]))

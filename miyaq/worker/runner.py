@@ -36,12 +36,12 @@ from ..app import App
 from ..errors import ConfigError
 from ..logs import LogLimiter
 from ..protocol import commands as c
-from ..runtime import CRITICAL, RESTART, Supervisor, green, monotonic
+from ..runtime import CRITICAL, LOG, RESTART, Supervisor, green, monotonic
 from ..runtime.sockets import SocketFactory
 from ..security.curve import client_curve
 from .aio import AsyncLoop
 from .config import (
-    BYE_LINGER, DRAIN_POLL, HURRY_SIGNAL, OVER_CAPACITY, POOL_READY_WAIT, WorkerConfig,
+    BYE_LINGER, DRAIN_POLL, HURRY_SIGNAL, OVER_CAPACITY, POOL_READY_WAIT, SUPERVISOR_CHECK, WorkerConfig,
 )
 from .execute import Interrupted, Outcome, TaskAborted, TaskTimeout, too_large
 from .jobs import Backlog, Job, current, release, reportable, well_formed
@@ -51,6 +51,7 @@ from .prefetch import RunTimes
 from .pulse import Pulse
 from .ring import RingFollower
 from .routing import Routes
+from .signals import disregard
 from .watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
@@ -426,13 +427,24 @@ class Worker:
         def spawn(fn: Any) -> Any:
             return lambda: self.supervisor.spawn("stop", fn)
         if supervised:
-            for sig in (signal.SIGINT, signal.SIGHUP):
-                signal.signal(sig, signal.SIG_IGN)
+            disregard(signal.SIGINT, signal.SIGHUP)     # not SIG_IGN: a handler's subprocess would inherit it
             green.on_signal(signal.SIGTERM, spawn(self.stop))
             green.on_signal(HURRY_SIGNAL, spawn(self.hurry))
+            self.supervisor.spawn("supervisor watch", self._watch_supervisor, os.getppid(), policy=LOG)
             return
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             green.on_signal(sig, spawn(self.ask_stop))
+
+    def _watch_supervisor(self, supervisor_pid: int) -> None:
+        """A process of ``--processes N`` whose supervisor is gone (SIGKILL,
+        a crash) stops as on SIGTERM: nobody is left to stop or restart it,
+        and it disregards the SIGINT and SIGHUP a terminal sends (before
+        2026-12-05's review it ran on, taking tasks, for good)."""
+        while os.getppid() == supervisor_pid:
+            green.sleep(SUPERVISOR_CHECK)
+        logger.warning("worker %s: its supervisor (pid %d) is gone; stopping", self.wid, supervisor_pid)
+        if not self.stopping:
+            self.stop()
 
     def ask_stop(self) -> None:
         """A stop signal: stop -- or, if stopping already, wait no longer (:meth:`hurry`)."""

@@ -150,6 +150,17 @@ def pid() -> int:
     return os.getpid()
 
 
+@app.task(name="ignored_in_subprocess")
+def ignored_in_subprocess() -> int:
+    """The mask of signals a subprocess this handler starts ignores
+    (``SigIgn`` of its ``/proc/self/status``)."""
+    import subprocess
+    out = subprocess.run([sys.executable, "-c", "print(open('/proc/self/status').read())"],
+                         capture_output=True, text=True, check=True).stdout
+    line = next(row for row in out.splitlines() if row.startswith("SigIgn:"))
+    return int(line.split()[1], 16)
+
+
 @app.task(name="where")
 def where() -> str | None:
     """The node that leased this task, as the handler sees it."""

@@ -33,6 +33,7 @@ from ...runtime.sockets import SocketFactory
 from ..config import CHILD_MESSAGE_BYTES, CHILD_PARENT_CHECK
 from ..context import TaskContext, bind, unbind
 from ..execute import Outcome, run_async, run_sync, too_large
+from ..signals import disregard
 
 logger = logging.getLogger(__name__)
 
@@ -95,16 +96,20 @@ class TouchRelay:
 class Child:
     def __init__(self, endpoint: str, identity: bytes, app_spec: str, parent: int) -> None:
         from ..loader import load_app
-        self.app = load_app(app_spec)
-        self.app.green = False          # handlers that submit use a thread-based client
         self.parent = parent
         self.pid = os.getpid()
+        # Watched from the start: an app that takes long to import (or never
+        # finishes) must not outlive a parent killed meanwhile (it ran on for
+        # the whole import before 2026-12-05's review: its signals are the
+        # pool's, disregarded here).
+        threading.Thread(target=self._watch_parent, name="parent-watch", daemon=True).start()
+        self.app = load_app(app_spec)
+        self.app.green = False          # handlers that submit use a thread-based client
         self.factory = SocketFactory(green=False)
         self.sock = self.factory.dealer(endpoint, identity=identity)
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def serve(self) -> None:
-        threading.Thread(target=self._watch_parent, name="parent-watch", daemon=True).start()
         self.sock.send_multipart(pack(HELLO, {"pid": os.getpid()}))
         while True:
             kind, body = unpack(self.sock.recv_multipart())
@@ -157,8 +162,7 @@ class Child:
 
 def main(argv: list[str]) -> int:
     endpoint, identity, app_spec, parent, log_level = argv
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
+    disregard(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)     # the pool's to act on; not SIG_IGN (inherited)
     setup_logging(log_level)
     child = Child(endpoint, identity.encode(), app_spec, int(parent))
     try:
