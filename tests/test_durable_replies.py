@@ -37,7 +37,7 @@ from miyaq.client.client import Client
 from miyaq.config import NodeConfig
 from miyaq.core.engine import Engine
 from miyaq.core.refusals import Refusals
-from miyaq.errors import Busy
+from miyaq.errors import Busy, Timeout
 from miyaq.persistence.replay import replay
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c
@@ -273,6 +273,24 @@ def test_a_zeromq_answer_that_promises_a_change_waits_for_the_log(durable: Durab
     assert answer is not None and answer[0] == c.REPLY and answer[1]["req"] == asked, answer
     assert {k: answer[1][k] for k in expected} == expected
     assert kept(durable.logged()), "answered, but a kill -9 now would undo it"
+
+
+def test_a_cancel_whose_answer_waits_past_the_clients_timeout_says_it_may_be_made(durable: Durable) -> None:
+    """Fault (a review audit): the log writer is held past the client's
+    ``request_timeout`` when it cancels a task. The node cancels it and
+    holds the answer for the log; the client raised the bare "the node did
+    not answer in time", and a second ``cancel()`` found it done (False):
+    it read as a cancel that failed. The Timeout now says it may have been
+    made."""
+    client = Client(durable.node.endpoint, request_timeout=1.0)
+    try:
+        task_id = durable.scheduled()
+        durable.writer_busy()
+        with pytest.raises(Timeout, match="may have been made"):
+            client.cancel(task_id)
+    finally:
+        durable.fsync.release()
+        client.close(flush=False)
 
 
 def test_a_zeromq_answer_that_promises_nothing_does_not_wait(durable: Durable) -> None:

@@ -66,6 +66,23 @@ class NoAnswer(Unavailable):
     in a loop."""
 
 
+#: Requests whose answer waits for the node's log (docs/durability.md): a
+#: timeout of one does not mean the change was not made.
+_STORED_ANSWERS = {c.CANCEL: "cancel", c.ACK: "ack", c.NACK: "nack", c.DEAD: "dead-letter operation"}
+
+
+def _unanswered(command: bytes) -> Timeout:
+    """The error of a request the node did not answer in time. A CANCEL,
+    ACK, NACK or DEAD is answered once the node's log has its change: the
+    change may be made, its answer held by a slow or failing disk -- said,
+    since asking again then finds it done (``False``)."""
+    what = _STORED_ANSWERS.get(command)
+    if what is None:
+        return Timeout("the node did not answer in time")
+    return Timeout(f"the node did not answer the {what} in time; it may have been made all the same (the answer "
+                   "waits until the node's log has it: a slow or failing disk), so asking again may find it done")
+
+
 class RequestTable:
     def __init__(self, nodes: Nodes, send: Send, resolver: Resolver,
                  on_refused: Callable[[int, MiyaqError], int] = lambda node, error: 0) -> None:
@@ -135,7 +152,7 @@ class RequestTable:
             if unsent:
                 self._resolver.fail(waiter, self._no_connection(unsent[0]))
             else:
-                self._resolver.fail(waiter, Timeout("the node did not answer in time"))
+                self._resolver.fail(waiter, _unanswered(entry[3]))
 
     def _no_connection(self, node: int) -> Unavailable:
         error = self.nodes.no_connection(node)
