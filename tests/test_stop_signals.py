@@ -91,6 +91,24 @@ def test_a_second_stop_signal_ends_the_wait_for_webhooks_in_flight(make_http_nod
     assert not node.thread.is_alive(), "the node still waits for its webhooks after a second signal"
 
 
+def test_a_node_stopped_without_grace_does_not_wait_for_webhooks_in_flight(make_http_node, never_answers) -> None:
+    """Fault: a node stopped with no grace -- a critical greenlet died, a
+    start that failed -- while webhooks are in flight to a destination that
+    never answers. Its stop still waited for them up to min(webhook_timeout,
+    shutdown_grace) (a review's observation); now no grace means no wait."""
+    node = make_http_node(shutdown_grace=LONG_GRACE, webhook_timeout=LONG_GRACE, webhook_allow_private=True)
+    http = Http(node.url)
+    for n in range(2):
+        status, answer, _ = http.post("/queue/hooks", {"url": f"http://127.0.0.1:{never_answers.port}/hook/{n}"})
+        assert status == 200, answer
+    wait_for(lambda: never_answers.held == 2, "two deliveries in flight")
+    inner = node.node
+    assert inner is not None
+    node.call(lambda: inner.supervisor.spawn("stop now", inner.stop, 0))
+    node.thread.join(STOP_WAIT)
+    assert not node.thread.is_alive(), "the node stopped without grace still waits for its webhooks"
+
+
 # -- workers ---------------------------------------------------------------------------------
 
 POOLS = ["gevent", "threads", "processes"]

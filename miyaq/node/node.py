@@ -207,11 +207,16 @@ class Node:
         self.stop(0)
 
     def stop(self, grace: float | None = None) -> None:
-        """Drain and stop. Idempotent; never raises; the node ends stopped."""
+        """Drain and stop. Idempotent; never raises; the node ends stopped.
+        ``grace`` 0 (a crash, a failed start) waits for nothing: neither
+        running tasks nor webhook deliveries in flight (those waited up to
+        min(webhook_timeout, shutdown_grace) before 2026-12-05's review)."""
         if self._stopping:
             self._stopped.wait()
             return
         self._stopping = True
+        if grace is not None and grace <= 0:
+            self._hurry.set()
         try:
             self._drain(self.config.shutdown_grace if grace is None else grace)
             for part in reversed(self.parts):
