@@ -113,6 +113,16 @@ def deliver_one(task: Task) -> Outcome:
     return in_own_hub(run)
 
 
+def test_an_ipv6_zone_written_as_a_url_writes_it_reaches_the_resolver_as_a_zone():
+    """Fault (a review's observation): ``http://[fe80::1%25eth0]/`` -- an IPv6
+    zone as RFC 6874 writes it in a URL -- was taken at submit, and its
+    delivery gave the resolver ``fe80::1%25eth0``, which it cannot resolve
+    (the raw form ``[fe80::1%eth0]`` worked). Both now reach it as a zone."""
+    for url in ("http://[fe80::1%25eth0]:8080/x", "http://[fe80::1%eth0]:8080/x"):
+        assert request_target(url) == (("http", "fe80::1%eth0", 8080), "/x"), url
+    assert request_target("http://[::1]/%25")[0] == ("http", "::1", 80)     # a path's %25 is left alone
+
+
 def test_a_stored_webhook_to_port_0_is_an_invalid_url_at_delivery_not_a_request_to_port_80():
     """Fault: a task stored with ``http://127.0.0.1:0/x`` (over ZeroMQ
     before the fix, or by an older node) was sent to port 80 -- ``port or

@@ -135,6 +135,11 @@ def request_target(url: str) -> tuple[tuple[str, str, int], str]:
     port = parts.port       # ValueError: not a number, or over 65535
     if port == 0:           # no server listens there (before 2026-12-05 it was sent to port 80)
         raise ValueError(f"URL {url!r} names port 0")
+    if ":" in host and "%25" in host:
+        # An IPv6 zone as RFC 6874 writes it in a URL (``[fe80::1%25eth0]``):
+        # ``%`` for the resolver, as the raw form ``[fe80::1%eth0]`` has it
+        # (before 2026-12-05's review getaddrinfo was given ``%25eth0``).
+        host = host.replace("%25", "%", 1)
     if not host.isascii():
         host = host.encode("idna").decode("ascii")
     uri = (parts.path or "/") + ("?" + parts.query if parts.query else "")
