@@ -540,3 +540,33 @@ def test_the_launch_shim_runs_a_command_named_without_its_path():
     done = subprocess.run([sys.executable, launch.__file__, str(os.getpid()), "sh", "-c", "exit 7"],
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 7, done.stderr
+
+
+def test_the_bench_reads_its_producer_on_a_descriptor_past_1023():
+    """Fault (seen in CI: five bench tests failed with "filedescriptor out
+    of range in select()"): the bench read its producer's output with
+    ``select()``, which refuses a descriptor past 1023 -- any process with
+    many files open (a test worker late in the suite, a program running the
+    bench among others). It now polls."""
+    import resource
+    import select
+
+    from miyaq.bench.producer import _readable
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    high = 1500
+    if hard != resource.RLIM_INFINITY and hard <= high:
+        pytest.fail(f"this machine's open-files limit ({hard}) is below {high}: the test cannot run")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, high + 1), hard))
+    read_end, write_end = os.pipe()
+    try:
+        os.dup2(read_end, high)
+        with pytest.raises(ValueError, match="out of range"):
+            select.select([high], [], [], 0)            # what the bench used: the fault
+        assert not _readable(high, 0.0)
+        os.write(write_end, b"x\n")
+        assert _readable(high, 1.0)
+    finally:
+        for fd in (read_end, write_end, high):
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -98,8 +98,9 @@ class Producer:
             if left <= 0:
                 raise Timeout(f"the producer did not answer within {timeout:.0f}s; "
                               f"last lines of its output:\n{self.child.log_tail()}")
-            ready, _, _ = select.select([fd], [], [], min(left, 1.0))
-            if not ready:
+            # poll, not select: select() refuses a descriptor past 1023 (a
+            # bench run in a process with many files open failed so).
+            if not _readable(fd, min(left, 1.0)):
                 continue
             chunk = os.read(fd, 65536)
             if not chunk:
@@ -121,3 +122,10 @@ class Producer:
             self.child.proc.wait(10.0)
         except Exception:   # the process group's close() kills it anyway
             pass
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    """Whether ``fd`` has something to read (or is at its end) within ``timeout`` seconds."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
