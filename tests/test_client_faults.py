@@ -395,7 +395,9 @@ def test_every_gevent_client_of_a_program_is_shielded_from_ctrl_c_and_python_s_h
     from miyaq.runtime import green
 
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)    # Python's own, as a program has
-    shield = green._ctrl_c_shield
+    from miyaq.runtime import interrupts
+
+    shield = interrupts._ctrl_c_shield
     try:
         for _ in range(2):
             client = miyaq.Client(node.endpoint, green=True)

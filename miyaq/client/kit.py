@@ -75,6 +75,7 @@ class GeventKit:
 
     def __init__(self) -> None:
         from ..runtime import LOG, Supervisor, green
+        from ..runtime.interrupts import shield_from_ctrl_c
         from ..runtime.sockets import green_zmq
         self.zmq: ModuleType = green_zmq
         self._event = green.Event
@@ -82,13 +83,14 @@ class GeventKit:
         self._supervisor = Supervisor("client")
         self._policy = LOG
         self._green = green
+        self._shield = shield_from_ctrl_c
 
     def spawn(self, fn: Callable[[], Any], name: str) -> Any:
         """The I/O loop's greenlet, kept out of Ctrl-C's way: Python would
         raise the interrupt in it, halfway through a turn, whenever it runs
-        when the signal comes (:func:`~miyaq.runtime.green.shield_from_ctrl_c`)."""
+        when the signal comes (:func:`~miyaq.runtime.interrupts.shield_from_ctrl_c`)."""
         greenlet = self._supervisor.spawn(name, fn, policy=self._policy)
-        self._green.shield_from_ctrl_c(greenlet)
+        self._shield(greenlet)
         return greenlet
 
     def event(self) -> Any:

@@ -68,7 +68,7 @@ class NoAnswer(Unavailable):
 
 #: Requests whose answer waits for the node's log (docs/durability.md): a
 #: timeout of one does not mean the change was not made.
-_STORED_ANSWERS = {c.CANCEL: "cancel", c.ACK: "ack", c.NACK: "nack", c.DEAD: "dead-letter operation"}
+_STORED_ANSWERS = {c.CANCEL: "cancel", c.ACK: "ack", c.NACK: "nack", c.DEAD: "dead-letter retry or purge"}
 
 
 def _unanswered(command: bytes) -> Timeout:

@@ -12,7 +12,9 @@
   the cycle collector's sight;
 - :mod:`.http` -- outgoing HTTP (webhooks, the console asking other
   members): the standard library's ``http.client`` over :mod:`.green`'s
-  sockets.
+  sockets;
+- :mod:`.interrupts` -- Ctrl-C kept out of greenlets that must not be cut
+  short (the gevent client's I/O loop), through :mod:`.green`.
 
 Rules (docs/architecture.md): nothing outside this package imports gevent
 or ``zmq.green``; nothing calls ``gevent.spawn``; deadlines use ``monotonic()``.
