@@ -111,6 +111,19 @@ def test_a_queue_paused_over_http_shows_paused_to_a_zeromq_client(http_node, api
         assert client.status()["queues"]["jobs"]["paused"] is False
 
 
+def test_miyaq_status_marks_a_paused_queues_row(http_node, api, capsys):
+    """An operator who paused a queue and forgot reads ``miyaq status``: its
+    table had no sign of the pause (only ``miyaq queue list`` showed it), so a
+    queue with ready tasks, idle workers and nothing starting looked stuck.
+    The paused queue's row ends in PAUSED; the others do not."""
+    api.post("/tasks", {"name": "job", "queue": "jobs"})
+    api.post("/tasks", {"name": "job", "queue": "other"})
+    api.post("/queues/jobs/pause")
+    assert cli_main(["status", "--connect", f"tcp://127.0.0.1:{http_node.config.port}"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert rows["jobs"].endswith("  PAUSED") and "PAUSED" not in rows["other"]
+
+
 def test_pause_of_a_bad_queue_name_changes_nothing(api):
     status, answer, _ = api.post("/queues/bad@name/pause")
     assert status == 400 and answer["error"]["code"] == "invalid_field"

@@ -172,7 +172,8 @@ def _print_node_status(status: dict[str, Any]) -> None:
     cols = ("scheduled", "ready", "running", "retrying", "dead", "workers", "idle")
     print(f"{'queue':<24}" + "".join(f"{c:>10}" for c in cols))
     for name, row in sorted(status["queues"].items()):
-        print(f"{_shown(name):<24}" + "".join(f"{_shown(row.get(c, 0)):>10}" for c in cols))
+        paused = "  PAUSED" if row.get("paused") else ""     # dispatch stopped here: `miyaq queue resume`
+        print(f"{_shown(name):<24}" + "".join(f"{_shown(row.get(c, 0)):>10}" for c in cols) + paused)
     if "workers" not in status:
         if totals["workers"]:
             print("(the workers' list is shown to admin keys only)")
