@@ -14,7 +14,8 @@ from miyaq.client import submits
 from miyaq.client.core import ClientCore
 from miyaq.client.handle import MAX_FAILURES_KEPT, Unflushed, flush_error
 from miyaq.client.nodes import Nodes
-from miyaq.client.submits import FIRST_CONTACT, Pending
+from miyaq.client.pending import Pending
+from miyaq.client.submits import FIRST_CONTACT
 from miyaq.errors import Busy, InvalidField, MiyaqError, NotFound, Timeout, Unavailable
 from miyaq.logs import LogLimiter
 from miyaq.protocol import codec

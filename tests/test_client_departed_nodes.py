@@ -27,7 +27,7 @@ from miyaq.client import operations as ops
 from miyaq.client.core import ClientCore
 from miyaq.client.nodes import Nodes
 from miyaq.constants import DEPARTED_GRACE     # the client retires departed nodes after the cluster's grace
-from miyaq.client.submits import Pending
+from miyaq.client.pending import Pending
 from miyaq.errors import MiyaqError, Unavailable
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c

@@ -33,7 +33,7 @@ from fuzz_inputs import Inputs, pack
 
 from miyaq.client.core import ClientCore
 from miyaq.client.nodes import MAX_NODES, Nodes
-from miyaq.client.submits import Pending
+from miyaq.client.pending import Pending
 from miyaq.errors import MiyaqError
 from miyaq.protocol import commands as c
 

@@ -12,7 +12,7 @@ import msgpack
 from miyaq.client.core import ClientCore
 from miyaq.client.nodes import Nodes
 from miyaq.client.placement import MAX_POINTS
-from miyaq.client.submits import Pending
+from miyaq.client.pending import Pending
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c
 from miyaq.protocol.ring import DEFAULT_VNODES, Ring

@@ -29,7 +29,7 @@ import miyaq.aio
 from miyaq.client import futures
 from miyaq.client.core import ClientCore
 from miyaq.client.nodes import Nodes
-from miyaq.client.submits import Pending
+from miyaq.client.pending import Pending
 from miyaq.errors import Busy, MiyaqError, Timeout
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c

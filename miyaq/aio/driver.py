@@ -25,7 +25,8 @@ from ..client.dialling import (
     CLIENT_HEARTBEAT_TIMEOUT, client_heartbeats, dial_discovered, dial_given, hang_up, place,
 )
 from ..client.nodes import Nodes
-from ..client.submits import Pending, Waiter
+from ..client.pending import Pending
+from ..client.resolver import Waiter
 from ..errors import MiyaqError
 from ..runtime import io_threads
 from ..runtime.clock import monotonic

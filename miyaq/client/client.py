@@ -41,7 +41,7 @@ from .handle import FlushTally, TaskHandle, Unflushed
 from .io import IOLoop
 from .short_path import ThreadedIOLoop
 from .kit import choose
-from .submits import Pending
+from .pending import Pending
 from .wire import (TASK_OPTIONS, ReceivedTask, check_request, decode_outcome, new_id, pack_args, submit_id, task_wire,
                    url_wire)
 

@@ -5,7 +5,7 @@ asyncio clients share.
 threads and greenlets, ``miyaq.aio.driver`` for asyncio) owns the sockets
 and the clock, and feeds it:
 
-- calls: :meth:`submit` (a :class:`~miyaq.client.submits.Pending`),
+- calls: :meth:`submit` (a :class:`~miyaq.client.pending.Pending`),
   :meth:`request`;
 - incoming messages: :meth:`on_frames` (node index, frames);
 - time: :meth:`on_timer` at the latest at the time :meth:`next_timer`
@@ -36,7 +36,9 @@ from ..protocol import codec
 from ..protocol import commands as c
 from .nodes import Nodes
 from .requests import RequestTable
-from .submits import Pending, Resolver, SubmitPipeline, Unencodable, Waiter
+from .pending import Pending
+from .resolver import Resolver, Waiter
+from .submits import SubmitPipeline, Unencodable
 from .wire import unsendable
 
 logger = logging.getLogger(__name__)

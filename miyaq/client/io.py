@@ -30,7 +30,8 @@ from ..errors import MiyaqError
 from .core import ClientCore
 from .dialling import CLIENT_HEARTBEAT_TIMEOUT, client_heartbeats, dial_discovered, dial_given, hang_up, place
 from .nodes import Nodes
-from .submits import Pending, Waiter
+from .pending import Pending
+from .resolver import Waiter
 
 if TYPE_CHECKING:
     from ..runtime.sockets import SocketSecurity

@@ -43,7 +43,7 @@ from ..errors import Forbidden, MiyaqError, Timeout, Unavailable, from_wire
 from ..logs import LogLimiter
 from ..protocol import commands as c
 from .nodes import Nodes
-from .submits import Resolver, Send, Waiter
+from .resolver import Resolver, Send, Waiter
 
 logger = logging.getLogger(__name__)
 _log = LogLimiter(logger)     # a node's errors for no request may repeat: a few lines a minute

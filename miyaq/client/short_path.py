@@ -43,7 +43,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .dialling import CLIENT_HEARTBEAT_TIMEOUT
 from .io import IOLoop
-from .submits import Pending, Waiter
+from .pending import Pending
+from .resolver import Waiter
 
 if TYPE_CHECKING:
     from ..runtime.sockets import SocketSecurity

@@ -53,13 +53,15 @@ import heapq
 import itertools
 import logging
 import random
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
-from ..errors import Busy, InvalidField, MiyaqError, ShuttingDown, Timeout, Unavailable, from_wire
+from ..errors import InvalidField, MiyaqError, Timeout, Unavailable, from_wire
 from ..logs import LogLimiter
 from ..protocol import commands as c
 from ..protocol.batching import chunks
 from .nodes import Limits, Nodes
+from .pending import Pending, final_error
+from .resolver import Resolver, Send
 from .sizes import ASK_LIMITS_ABOVE, BATCH_BYTES, LIMITS_POLL, LIMITS_WAIT, payload_size, refusal, surely_fits
 from .wire import unsendable
 
@@ -88,98 +90,10 @@ STALE_SLACK = 64
 """Entries of submits no longer capped the capped heap may hold beyond as
 many as the unacknowledged submits before it is rebuilt."""
 
-Send = Callable[[int, bytes, dict[str, Any]], bool]
-
-
 class Unencodable(Exception):
     """A SUBMIT could not be encoded (raised by the core's send): the
     pipeline fails the submits of it that cannot be, and sends the others
     (:meth:`SubmitPipeline._send_chunk`)."""
-
-
-class Waiter(Protocol):
-    """What a submit or a request resolves: a future of the driver's kind."""
-
-    def set(self, value: Any) -> None: ...
-
-    def fail(self, error: MiyaqError) -> None: ...
-
-
-class Resolver:
-    """Resolves waiters: at once, or -- while ``deferring`` -- later, when the
-    driver calls :meth:`run`. The threaded driver defers while it holds its
-    lock, so a caller woken by its reply finds the lock free (and the short
-    path open) instead of racing the I/O thread for it."""
-
-    __slots__ = ("deferring", "_ready")
-
-    def __init__(self) -> None:
-        self.deferring = False
-        self._ready: list[tuple[Waiter, Any, MiyaqError | None]] = []
-
-    def set(self, waiter: Waiter, value: Any) -> None:
-        if self.deferring:
-            self._ready.append((waiter, value, None))
-        else:
-            waiter.set(value)
-
-    def fail(self, waiter: Waiter, error: MiyaqError) -> None:
-        if self.deferring:
-            self._ready.append((waiter, None, error))
-        else:
-            waiter.fail(error)
-
-    def run(self) -> None:
-        """Resolve what was deferred (in the order it was resolved)."""
-        ready, self._ready = self._ready, []
-        for waiter, value, error in ready:
-            if error is None:
-                waiter.set(value)
-            else:
-                waiter.fail(error)
-
-
-class Pending:
-    """One submit between ``submit()`` and its acknowledgement. ``created`` and
-    ``deadline`` are on the core's clock (monotonic seconds)."""
-
-    __slots__ = ("wire", "waiter", "created", "deadline", "sent", "tries", "node", "next_try", "last_error",
-                 "held_since", "joined", "in_capped")
-
-    def __init__(self, wire: dict[str, Any], waiter: Waiter, created: float, deadline: float) -> None:
-        self.wire = wire
-        self.waiter = waiter
-        self.created = created
-        self.deadline = deadline
-        self.sent = 0.0
-        self.tries = 0
-        self.node = -1
-        self.next_try = 0.0
-        self.last_error: MiyaqError | None = None
-        self.held_since: float | None = None    # when it first waited for its node's limits
-        self.joined: list[Waiter] | None = None  # later submits of the same id, resolved with this one
-        self.in_capped = False     # it has an entry in SubmitPipeline.capped (live or not)
-
-    def join(self, other: "Pending") -> None:
-        """``other``, a submit of the same id sent while this one is
-        unacknowledged, ends with this one: the same acknowledgement or
-        failure resolves its waiter (and those that had joined it)."""
-        joined = self.joined
-        if joined is None:
-            joined = self.joined = []
-        joined.append(other.waiter)
-        if other.joined:
-            joined.extend(other.joined)
-        if other.wire.get("resent"):
-            self.may_be_stored()          # a try of that id may be stored somewhere
-
-    def may_be_stored(self) -> None:
-        """A try may have been stored somewhere: its acknowledgement never
-        came, its connection closed, or a node refused it after copies were
-        made (:data:`NOTHING_STORED` says which refusals are not). Every
-        later try is marked ``resent``: in a cluster each copy of a resent
-        task asks the other holders before it runs."""
-        self.wire["resent"] = True
 
 
 class SubmitPipeline:
@@ -533,16 +447,3 @@ class SubmitPipeline:
         self.pending.clear()
         self._drop_capped()
         self.waiting.clear()
-
-
-def final_error(error: MiyaqError, p: Pending) -> MiyaqError:
-    """The one error a caller sees when a submit's deadline passed."""
-    task_id = p.wire.get("id")
-    if error.code == Busy.code:   # full; a reason says of what (storage: unable to write its log; bytes, results)
-        why = error.message if error.details.get("reason") else "every node tried was full"
-        return Busy(f"task {task_id} not accepted before its deadline: {why}", **error.details)
-    if error.code == ShuttingDown.code:
-        return Unavailable(f"task {task_id} not accepted before its deadline: the nodes are shutting down")
-    if isinstance(error, Timeout):
-        return Timeout(f"task {task_id} not acknowledged before its deadline ({p.tries} tries)")
-    return Unavailable(f"task {task_id} not accepted before its deadline: {error.message}")

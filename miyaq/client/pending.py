@@ -1,0 +1,67 @@
+"""One submit between ``submit()`` and its acknowledgement
+(:class:`Pending`), and the one error its caller sees when its deadline
+passed (:func:`final_error`). Part of the client's sans-I/O core
+(:mod:`miyaq.client.core`); the submit pipeline (:mod:`~.submits`) keeps
+them."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import Busy, MiyaqError, ShuttingDown, Timeout, Unavailable
+from .resolver import Waiter
+
+
+class Pending:
+    """One submit between ``submit()`` and its acknowledgement. ``created`` and
+    ``deadline`` are on the core's clock (monotonic seconds)."""
+
+    __slots__ = ("wire", "waiter", "created", "deadline", "sent", "tries", "node", "next_try", "last_error",
+                 "held_since", "joined", "in_capped")
+
+    def __init__(self, wire: dict[str, Any], waiter: Waiter, created: float, deadline: float) -> None:
+        self.wire = wire
+        self.waiter = waiter
+        self.created = created
+        self.deadline = deadline
+        self.sent = 0.0
+        self.tries = 0
+        self.node = -1
+        self.next_try = 0.0
+        self.last_error: MiyaqError | None = None
+        self.held_since: float | None = None    # when it first waited for its node's limits
+        self.joined: list[Waiter] | None = None  # later submits of the same id, resolved with this one
+        self.in_capped = False     # it has an entry in SubmitPipeline.capped (live or not)
+
+    def join(self, other: "Pending") -> None:
+        """``other``, a submit of the same id sent while this one is
+        unacknowledged, ends with this one: the same acknowledgement or
+        failure resolves its waiter (and those that had joined it)."""
+        joined = self.joined
+        if joined is None:
+            joined = self.joined = []
+        joined.append(other.waiter)
+        if other.joined:
+            joined.extend(other.joined)
+        if other.wire.get("resent"):
+            self.may_be_stored()          # a try of that id may be stored somewhere
+
+    def may_be_stored(self) -> None:
+        """A try may have been stored somewhere: its acknowledgement never
+        came, its connection closed, or a node refused it after copies were
+        made (:data:`~.submits.NOTHING_STORED` says which refusals are not). Every
+        later try is marked ``resent``: in a cluster each copy of a resent
+        task asks the other holders before it runs."""
+        self.wire["resent"] = True
+
+
+def final_error(error: MiyaqError, p: Pending) -> MiyaqError:
+    """The one error a caller sees when a submit's deadline passed."""
+    task_id = p.wire.get("id")
+    if error.code == Busy.code:   # full; a reason says of what (storage: unable to write its log; bytes, results)
+        why = error.message if error.details.get("reason") else "every node tried was full"
+        return Busy(f"task {task_id} not accepted before its deadline: {why}", **error.details)
+    if error.code == ShuttingDown.code:
+        return Unavailable(f"task {task_id} not accepted before its deadline: the nodes are shutting down")
+    if isinstance(error, Timeout):
+        return Timeout(f"task {task_id} not acknowledged before its deadline ({p.tries} tries)")
+    return Unavailable(f"task {task_id} not accepted before its deadline: {error.message}")
