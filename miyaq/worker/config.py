@@ -230,7 +230,7 @@ CHILD_EXIT_WAIT = 5.0
 #: processes pool: how often a child checks that its parent is still there.
 CHILD_PARENT_CHECK = 1.0
 #: Seconds between a supervised worker process's looks at whether its
-#: supervisor is still its parent (:meth:`~miyaq.worker.runner.Worker.install_signal_handlers`).
+#: supervisor is still its parent (:func:`~miyaq.worker.signals.stop_on_signals`).
 SUPERVISOR_CHECK = 1.0
 #: processes pool: the largest message body a child sends its parent (an
 #: OUTCOME: the handler's packed result). The parent's socket drops a larger

@@ -37,6 +37,7 @@ def run_one(app_spec: str, config: WorkerConfig, supervised: bool = False) -> in
     setup_logging(config.log_level)
     from .loader import load_app
     from .runner import Worker
+    from .signals import stop_on_signals
     # The worker's settings as MIYAQ_* variables, as in a child it starts:
     # an App() that reads MIYAQ_CONNECT submits to the worker's nodes.
     environ = config.environ(os.environ)
@@ -45,7 +46,7 @@ def run_one(app_spec: str, config: WorkerConfig, supervised: bool = False) -> in
     os.environ.update(environ)
     app = load_app(app_spec)
     worker = Worker(app, config, app_spec=app_spec)
-    worker.install_signal_handlers(supervised)
+    stop_on_signals(worker, supervised)
     green.log_hub_errors()          # not gevent's stderr: the log, bounded
     heap.freeze_startup_heap()      # the app and everything it imports are loaded: miyaq.runtime.heap
     worker.run()

@@ -20,7 +20,7 @@ def main(argv: list[str]) -> int:
     """Exit status as ``miyaq worker``'s: 0, 1 if the worker crashed, 2 for
     bad settings. ``--supervised`` before the app: a worker process of
     ``miyaq worker --processes N``, which takes its stop from that
-    supervisor alone (:meth:`miyaq.worker.runner.Worker.install_signal_handlers`)."""
+    supervisor alone (:func:`miyaq.worker.signals.stop_on_signals`)."""
     from ..errors import MiyaqError
     from .config import WorkerConfig
     from .launch import run_supervised

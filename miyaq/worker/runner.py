@@ -13,7 +13,7 @@ watchdog stops a handler that runs past its task's timeout without a touch;
 an ABORT stops a cancelled one. SIGTERM, SIGINT or SIGHUP: stop taking
 work, give back tasks not yet started, let running ones finish up to
 ``grace`` seconds, say BYE; a second such signal ends that wait at once
-(:meth:`Worker.install_signal_handlers`).
+(:func:`miyaq.worker.signals.stop_on_signals`).
 
 Every greenlet is spawned through the worker's
 :class:`~miyaq.runtime.Supervisor`: a link reader that dies is ``CRITICAL``
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import uuid
 from collections import deque
@@ -36,12 +35,12 @@ from ..app import App
 from ..errors import ConfigError
 from ..logs import LogLimiter
 from ..protocol import commands as c
-from ..runtime import CRITICAL, LOG, RESTART, Supervisor, green, monotonic
+from ..runtime import CRITICAL, RESTART, Supervisor, green, monotonic
 from ..runtime.sockets import SocketFactory
 from ..security.curve import client_curve
 from .aio import AsyncLoop
 from .config import (
-    BYE_LINGER, DRAIN_POLL, HURRY_SIGNAL, OVER_CAPACITY, POOL_READY_WAIT, SUPERVISOR_CHECK, WorkerConfig,
+    BYE_LINGER, DRAIN_POLL, OVER_CAPACITY, POOL_READY_WAIT, WorkerConfig,
 )
 from .execute import Interrupted, Outcome, TaskAborted, TaskTimeout, too_large
 from .jobs import Backlog, Job, current, release, reportable, well_formed
@@ -51,7 +50,6 @@ from .prefetch import RunTimes
 from .pulse import Pulse
 from .ring import RingFollower
 from .routing import Routes
-from .signals import disregard
 from .watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
@@ -411,41 +409,7 @@ class Worker:
                 self.stopping_hard = True
                 self._stopped.set()
 
-    def install_signal_handlers(self, supervised: bool = False) -> None:
-        """SIGTERM, SIGINT and SIGHUP (the terminal closed) stop the worker
-        (:meth:`ask_stop`); a second one ends the wait for running handlers.
-        ``supervised`` (a process of ``miyaq worker --processes N``): SIGINT
-        and SIGHUP, which a terminal sends the whole process group, are
-        ignored -- the supervisor gets them too and passes the stop on as
-        SIGTERM, so one Ctrl-C is not counted twice; SIGTERM stops (a repeat
-        is the same request: ``kill -TERM -PGID`` reaches this process and its
-        supervisor, which passes it on) and :data:`HURRY_SIGNAL`, which the
-        supervisor sends on its second signal, ends the wait. Before
-        2026-12-05 SIGHUP killed the worker outright (its running tasks stayed
-        running at the node until its heartbeats were missed) and a second
-        signal was ignored (the whole grace was waited)."""
-        def spawn(fn: Any) -> Any:
-            return lambda: self.supervisor.spawn("stop", fn)
-        if supervised:
-            disregard(signal.SIGINT, signal.SIGHUP)     # not SIG_IGN: a handler's subprocess would inherit it
-            green.on_signal(signal.SIGTERM, spawn(self.stop))
-            green.on_signal(HURRY_SIGNAL, spawn(self.hurry))
-            self.supervisor.spawn("supervisor watch", self._watch_supervisor, os.getppid(), policy=LOG)
-            return
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            green.on_signal(sig, spawn(self.ask_stop))
-
-    def _watch_supervisor(self, supervisor_pid: int) -> None:
-        """A process of ``--processes N`` whose supervisor is gone (SIGKILL,
-        a crash) stops as on SIGTERM: nobody is left to stop or restart it,
-        and it disregards the SIGINT and SIGHUP a terminal sends (before
-        2026-12-05's review it ran on, taking tasks, for good)."""
-        while os.getppid() == supervisor_pid:
-            green.sleep(SUPERVISOR_CHECK)
-        logger.warning("worker %s: its supervisor (pid %d) is gone; stopping", self.wid, supervisor_pid)
-        if not self.stopping:
-            self.stop()
-
+    # -- stopping (miyaq.worker.signals maps the signals to these) ----------------------
     def ask_stop(self) -> None:
         """A stop signal: stop -- or, if stopping already, wait no longer (:meth:`hurry`)."""
         if self.stopping:

@@ -1,4 +1,10 @@
-"""Signals a worker process takes from someone else: disregarded, not ignored.
+"""The signals a worker process acts on, and those it leaves to someone else.
+
+:func:`stop_on_signals` maps SIGTERM, SIGINT and SIGHUP (or, in a process of
+``miyaq worker --processes N``, SIGTERM and the supervisor's
+:data:`~miyaq.worker.config.HURRY_SIGNAL`) to the worker's stop.
+
+Signals taken from someone else are disregarded, not ignored.
 
 A worker process of ``miyaq worker --processes N`` leaves SIGINT and SIGHUP
 to its supervisor (a terminal sends them the whole process group), and a
@@ -11,8 +17,29 @@ process executes, so :func:`disregard` installs one instead.
 """
 from __future__ import annotations
 
+import logging
+import os
 import signal
-from typing import Any
+from typing import Any, Callable, Protocol
+
+from ..runtime import LOG, Supervisor, green
+from .config import HURRY_SIGNAL, SUPERVISOR_CHECK
+
+logger = logging.getLogger(__name__)
+
+
+class Stoppable(Protocol):
+    """What the signals stop: a :class:`~miyaq.worker.runner.Worker`."""
+
+    wid: str
+    stopping: bool
+    supervisor: Supervisor
+
+    def ask_stop(self) -> None: ...
+
+    def hurry(self) -> None: ...
+
+    def stop(self, grace: float | None = None) -> None: ...
 
 
 def _disregarded(signum: int, frame: Any) -> None:
@@ -24,3 +51,42 @@ def disregard(*signums: int) -> None:
     programs it starts (unlike ``SIG_IGN``). From the main thread."""
     for signum in signums:
         signal.signal(signum, _disregarded)
+
+
+def stop_on_signals(worker: Stoppable, supervised: bool = False) -> None:
+    """SIGTERM, SIGINT and SIGHUP (the terminal closed) stop the worker
+    (:meth:`~Stoppable.ask_stop`); a second one ends the wait for running
+    handlers. ``supervised`` (a process of ``miyaq worker --processes N``):
+    SIGINT and SIGHUP, which a terminal sends the whole process group, are
+    disregarded -- the supervisor gets them too and passes the stop on as
+    SIGTERM, so one Ctrl-C is not counted twice; SIGTERM stops (a repeat is
+    the same request: ``kill -TERM -PGID`` reaches this process and its
+    supervisor, which passes it on) and :data:`HURRY_SIGNAL`, which the
+    supervisor sends on its second signal, ends the wait; and the process
+    stops when its supervisor is gone (:func:`_watch_supervisor`). Before
+    2026-12-05 SIGHUP killed the worker outright (its running tasks stayed
+    running at the node until its heartbeats were missed) and a second
+    signal was ignored (the whole grace was waited). From the main thread,
+    before the worker runs."""
+    def spawn(fn: Callable[[], None]) -> Callable[[], None]:
+        return lambda: worker.supervisor.spawn("stop", fn)
+    if supervised:
+        disregard(signal.SIGINT, signal.SIGHUP)     # not SIG_IGN: a handler's subprocess would inherit it
+        green.on_signal(signal.SIGTERM, spawn(worker.stop))
+        green.on_signal(HURRY_SIGNAL, spawn(worker.hurry))
+        worker.supervisor.spawn("supervisor watch", _watch_supervisor, worker, os.getppid(), policy=LOG)
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        green.on_signal(sig, spawn(worker.ask_stop))
+
+
+def _watch_supervisor(worker: Stoppable, supervisor_pid: int) -> None:
+    """A process of ``--processes N`` whose supervisor is gone (SIGKILL, a
+    crash) stops as on SIGTERM: nobody is left to stop or restart it, and it
+    disregards the SIGINT and SIGHUP a terminal sends (before 2026-12-05's
+    review it ran on, taking tasks, for good)."""
+    while os.getppid() == supervisor_pid:
+        green.sleep(SUPERVISOR_CHECK)
+    logger.warning("worker %s: its supervisor (pid %d) is gone; stopping", worker.wid, supervisor_pid)
+    if not worker.stopping:
+        worker.stop()
