@@ -13,7 +13,7 @@ import pytest
 from miyaq.errors import MiyaqError
 from miyaq.store.log_commit import Committer
 from miyaq.store.log_compact import SnapshotInfo, Snapshotter
-from miyaq.store.log_format import KIND_RECORD, encode, snapshot_name
+from miyaq.store.log_format import KIND_RECORD, KIND_SNAP_BEGIN, KIND_SNAP_END, KIND_SNAP_RECORD, encode, snapshot_name
 from miyaq.store.log_replay import Scanner
 from miyaq.store.log_segments import Segments
 
@@ -152,3 +152,27 @@ def test_scanner_holds_the_lock_until_unlocked(tmp_path: Path) -> None:
     first.unlock()
     first.unlock()
     scan(tmp_path)
+
+
+def test_a_snapshot_in_another_log_format_is_refused_and_nothing_is_changed(parts: Parts, tmp_path: Path) -> None:
+    """Fault: a node rolled back to this version after a newer one compacted
+    its log in a format of its own. The snapshot's header names that format:
+    the replay refuses the data dir with an error naming it, and neither
+    reads the snapshot as this version's (records misread) nor takes it for
+    damage (renamed ``.bad``, the segments it covers deleted). The refused
+    replay releases the directory's LOCK: the second open below, in the same
+    process, found it held before."""
+    parts.write(12)
+    parts.snap.compact([{"k": 1}])
+    parts.write(2)
+    snapshot = tmp_path / snapshot_name(12)
+    frames = [encode(KIND_SNAP_BEGIN, 12, {"format": 2, "created": 0.0}),
+              encode(KIND_SNAP_RECORD, 12, {"k": 1}), encode(KIND_SNAP_END, 12, {"records": 1})]
+    snapshot.write_bytes(b"".join(frames))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != "LOCK"}
+    with pytest.raises(MiyaqError, match="is in log format 2, and this miyaq reads format 1 only"):
+        scan(tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != "LOCK"} == before
+    snapshot.write_bytes(b"".join([encode(KIND_SNAP_BEGIN, 12, {"format": 1, "created": 0.0}), *frames[1:]]))
+    _, entries = scan(tmp_path)                       # its own format: read as before
+    assert [e.record for e in entries][:1] == [{"k": 1}]

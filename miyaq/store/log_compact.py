@@ -43,6 +43,7 @@ from miyaq.runtime import green, wall
 from miyaq.store.log_commit import Committer
 from miyaq.store.log_files import Blocking, MiB, fsync_dir, write_all
 from miyaq.store.log_format import (
+    FORMAT_VERSION,
     KIND_SNAP_BEGIN,
     KIND_SNAP_END,
     KIND_SNAP_RECORD,
@@ -172,7 +173,7 @@ class Snapshotter:
         share = green.FairShare() if green.hub_running() else None   # no hub: no one else to run
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            chunk = [encode(KIND_SNAP_BEGIN, seqno, {"format": 1, "created": wall()})]
+            chunk = [encode(KIND_SNAP_BEGIN, seqno, {"format": FORMAT_VERSION, "created": wall()})]
             pending = count = total = 0
             for record in records:
                 if share is not None and share.due():

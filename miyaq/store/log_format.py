@@ -42,6 +42,9 @@ from miyaq.errors import MiyaqError
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+"""The format a snapshot's header frame names (``{"format": 1}``). A log
+whose snapshot names another was written by another miyaq: the replay
+refuses it (:func:`snapshot_format`), it does not read it as this one."""
 MAGIC = b"MQ"
 HEADER = struct.Struct(">2sII")
 HEADER_SIZE = HEADER.size  # 10
@@ -206,6 +209,15 @@ def segment_name(first_seqno: int) -> str:
 def snapshot_name(seqno: int) -> str:
     """File name of the snapshot covering records up to ``seqno``."""
     return f"snap-{seqno:020d}.mq"
+
+
+def snapshot_format(buf: Buffer) -> Any:
+    """The ``format`` a snapshot's header frame names, or None when its first
+    frame is not a readable header (damage: :func:`walk_snapshot` says what)."""
+    first = decode_at(buf, 0) if len(buf) else None
+    if not isinstance(first, Frame) or first.kind != KIND_SNAP_BEGIN or not isinstance(first.body, dict):
+        return None
+    return first.body.get("format")
 
 
 def walk_snapshot(buf: Buffer, seqno: int) -> Iterator[Frame | FrameError]:

@@ -26,6 +26,7 @@ from miyaq.errors import MiyaqError
 from miyaq.store.log_compact import SnapshotInfo
 from miyaq.store.log_files import MAX_KEPT_ASIDE, Blocking, Segment, fsync_dir, kept_aside_name, mapped
 from miyaq.store.log_format import (
+    FORMAT_VERSION,
     KIND_RECORD,
     PROBE_NAME,
     SEGMENT_RE,
@@ -35,6 +36,7 @@ from miyaq.store.log_format import (
     SearchGaveUp,
     find_next_frame,
     iter_frames,
+    snapshot_format,
     walk_snapshot,
 )
 
@@ -84,7 +86,8 @@ class Scanner:
         A file the log cannot open, read or repair (a read-only directory, a
         segment replaced by a directory, an I/O error) raises MiyaqError
         naming it: damage *inside* the files is repaired, but the files
-        themselves must be usable."""
+        themselves must be usable. A replay that raises (or is abandoned)
+        releases the LOCK: the directory is not left locked to this process."""
         try:
             os.makedirs(self.directory, exist_ok=True)
             self._lock()
@@ -95,9 +98,13 @@ class Scanner:
             yield from self._replay_segments(segments)
             self._finish(snapshots, segments)
         except OSError as exc:
+            self.unlock()
             where = f"{exc.filename}: " if exc.filename else ""
             raise MiyaqError(f"cannot open the log in data dir {self.directory}: {where}{exc.strerror or exc}; "
                              "the node must be able to read and write every file in it") from exc
+        except BaseException:
+            self.unlock()
+            raise
 
     def unlock(self) -> None:
         """Release the directory's LOCK. Idempotent."""
@@ -137,6 +144,13 @@ class Scanner:
         newest one, replayed up to its damage. Damaged ones are renamed ``*.bad`` after replay."""
         for seqno, path in reversed(snapshots):
             with mapped(path) as buf:
+                written_in = snapshot_format(buf)
+                if written_in is not None and written_in != FORMAT_VERSION:
+                    # Not damage: another miyaq's log (a rollback after an upgrade). Read as
+                    # this one's it could be misread, renamed .bad, its segments deleted.
+                    raise MiyaqError(f"cannot open the log in data dir {self.directory}: snapshot {path} is in log "
+                                     f"format {written_in!r}, and this miyaq reads format {FORMAT_VERSION} only: "
+                                     "start the version that wrote it (nothing was changed)")
                 error = next((i for i in walk_snapshot(buf, seqno) if isinstance(i, FrameError)), None)
             if error is None:
                 return seqno, path, True
