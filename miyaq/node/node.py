@@ -8,11 +8,12 @@ gateway. Each part has the same small lifecycle (:class:`Part`).
 
 * :meth:`Node.start`: every part's ``setup`` in order (the log is replayed,
   the role decides whether to reconcile), then every part's ``start``.
-* :meth:`Node.stop` (SIGTERM, SIGINT, or a critical greenlet that died):
-  stop accepting submits and leasing tasks, wait up to ``shutdown_grace``
-  for running tasks to report, then every part's ``stop`` in reverse order
-  (the gateway's waits up to ``shutdown_grace`` for webhook deliveries in
-  flight; a second SIGTERM or SIGINT ends both waits at once),
+* :meth:`Node.stop` (SIGTERM, SIGINT): stop accepting submits and leasing
+  tasks, wait up to ``shutdown_grace`` for running tasks to report, then
+  every part's ``stop`` in reverse order (the gateway's waits up to
+  ``min(webhook_timeout, shutdown_grace)`` for webhook deliveries in
+  flight; a second SIGTERM or SIGINT ends both waits at once; a critical
+  greenlet that died, or a failed start, stops with grace 0: no wait),
   the supervisor's greenlets killed, every part's ``kill`` in reverse order
   and the sockets closed. A part that fails to stop is logged and the rest
   still stop; the node always ends stopped.
