@@ -196,10 +196,6 @@ class DevCluster:
         """Ask a running :meth:`start` or :meth:`wait` to return; safe from a signal handler."""
         self._stop.set()
 
-    @property
-    def stop_requested(self) -> bool:
-        return self._stop.is_set()
-
     # -- starting ---------------------------------------------------------------
 
     def start(self) -> bool:

@@ -256,7 +256,8 @@ class AsyncDriver:
             self._crash()
 
     def _crash(self) -> None:
-        logger.exception("miyaq asyncio client failed")
+        logger.exception("miyaq asyncio client failed (a bug: please report this traceback); this AsyncClient can "
+                         "no longer be used: its unfinished calls failed, make a new one")
         self.closed = True
         self.core.fail_all(MiyaqError("client I/O failed; see the log"))
 

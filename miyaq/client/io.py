@@ -294,7 +294,8 @@ class IOLoop:
             pass
 
     def _crashed(self) -> None:
-        logger.exception("miyaq client I/O loop failed")
+        logger.exception("miyaq client I/O loop failed (a bug: please report this traceback); this Client can no "
+                         "longer be used: its unfinished calls failed, make a new Client")
         self.core.fail_all(MiyaqError("client I/O loop failed; see the log"))
 
     def _closed(self) -> None:

@@ -19,7 +19,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 
-from miyaq.cluster.ring_view import Member, RingView, check_node_id, check_weight
+from miyaq.cluster.ring_view import Member, RingView, check_node_id
+from miyaq.protocol.ring import check_weight
 from miyaq.errors import ConfigError, Timeout
 from miyaq.runtime import green, monotonic
 
@@ -131,10 +132,6 @@ class Coordinator(abc.ABC):
         began; leader actions should be fenced with it. ``fn`` must not block.
         """
         self._leader_listeners.append(fn)
-
-    def remove_leader_listener(self, fn: LeaderListener) -> None:
-        if fn in self._leader_listeners:
-            self._leader_listeners.remove(fn)
 
     def wait_for_view(
         self, predicate: Callable[[RingView], bool], timeout: float = 10.0

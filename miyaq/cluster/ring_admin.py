@@ -24,7 +24,8 @@ from typing import Any, Self
 
 from kazoo.client import KazooClient
 
-from miyaq.cluster.ring_view import Member, RingView, check_node_id, check_weight
+from miyaq.cluster.ring_view import Member, RingView, check_node_id
+from miyaq.protocol.ring import check_weight
 from miyaq.cluster.zk_auth import ZkAuth
 from miyaq.cluster.zk_layout import Intent, Layout, RingRecord, fitting, not_registered, pruned, with_join, with_weight
 from miyaq.cluster.zk_leader import target_weights

@@ -1,7 +1,7 @@
 """A node's part in a cluster: membership, the peer link, the replication
 streams, replicated submits, standby checks, handoff, resync and reconcile.
 
-The clustered :class:`~miyaq.core.handles.Role`. It is given, by the
+The clustered :class:`~miyaq.core.handles.NodeRole`. It is given, by the
 composition root (:func:`miyaq.node.assemble.build_node`): the core pieces it
 works on (engine, gate, acknowledgements, the directory of members, the
 count of refused peer records), the

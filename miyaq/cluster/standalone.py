@@ -1,7 +1,7 @@
 """The role of a node without ZooKeeper: a ring of one that is its own leader.
 
 Built on :class:`~miyaq.cluster.membership.StandaloneCoordinator`, it answers
-the same :class:`~miyaq.core.handles.Role` questions a clustered node does:
+the same :class:`~miyaq.core.handles.NodeRole` questions a clustered node does:
 the ring (epoch 1, this node its only member and leader), leadership (held
 from start to stop, so periodic schedules fire here), and an intake that
 stores a task here only (:class:`~miyaq.core.local_intake.LocalIntake`).

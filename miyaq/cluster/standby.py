@@ -60,7 +60,7 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Callable
 
-from miyaq.cluster.holder_events import STARTED_ELSEWHERE
+from miyaq.protocol.recordspec import STARTED_ELSEWHERE
 from miyaq.cluster.peer_requests import EXPIRED_AT_ONCE, QUERY, clock_shift, moved
 from miyaq.constants import MAX_QUERY, QUERY_TIMEOUT
 from miyaq.core.listener import EngineListener

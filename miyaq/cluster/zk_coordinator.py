@@ -34,7 +34,8 @@ from kazoo.client import KazooClient
 
 from miyaq.cluster.membership import Coordinator
 from miyaq.protocol.ring import DEFAULT_VNODES
-from miyaq.cluster.ring_view import Member, RingView, check_node_id, check_weight
+from miyaq.cluster.ring_view import Member, RingView, check_node_id
+from miyaq.protocol.ring import check_weight
 from miyaq.cluster.zk_auth import ZkAuth
 from miyaq.cluster.ring_admin import Change, change_desired, check_registration
 from miyaq.cluster.zk_layout import Intent, Layout, RingRecord, with_join, with_weight

@@ -32,7 +32,8 @@ from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 from miyaq.protocol.ring import DEFAULT_VNODES, check_points, check_vnodes
-from miyaq.cluster.ring_view import Member, RingView, check_node_id, check_weight
+from miyaq.cluster.ring_view import Member, RingView, check_node_id
+from miyaq.protocol.ring import check_weight
 from miyaq.errors import ConfigError
 from miyaq.logs import LogLimiter
 

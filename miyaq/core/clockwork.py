@@ -25,7 +25,7 @@ import logging
 from miyaq.constants import HOUSEKEEPING_INTERVAL, STALL
 from miyaq.constants import TOMBSTONE_SWEEP
 from miyaq.core.core import Core
-from miyaq.core.handles import Role
+from miyaq.core.handles import NodeRole
 from miyaq.runtime import CRITICAL, RESTART, Supervisor, green, monotonic, wall
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 class Clockwork:
     name = "core"
 
-    def __init__(self, core: Core, role: Role, supervisor: Supervisor) -> None:
+    def __init__(self, core: Core, role: NodeRole, supervisor: Supervisor) -> None:
         self.core = core
         self.role = role
         self.supervisor = supervisor

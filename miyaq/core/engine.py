@@ -7,7 +7,7 @@ Every method runs in the node's event loop; none blocks.
 
 States and transitions are drawn in docs/protocol.md ("Task states").
 
-The engine is three modules, one job each: :class:`Engine` here (intake,
+The engine is four modules, one job each: :class:`Engine` here (intake,
 consuming, control, timers, dead letters, views), built on the state and the
 state moves of :mod:`miyaq.core.transitions` and on the operations on
 replicated copies of :mod:`miyaq.core.replicas`. Who may report on a task,

@@ -2,7 +2,8 @@
 
 One method per command; each validates its body with
 :mod:`miyaq.protocol.fields` before touching state, so a bad request is
-refused whole. Requests that expect an answer carry ``req`` and get a REPLY
+refused whole (a SUBMIT per task: each task of a batch is accepted or
+rejected on its own). Requests that expect an answer carry ``req`` and get a REPLY
 or an ERROR with the same ``req``.
 
 Reports (DONE, FAILED, TOUCH, ACK, NACK) apply only to tasks leased to the
@@ -21,7 +22,7 @@ from miyaq.core.consumers import Origin, PullConsumer, WorkerConsumer, pull_prin
 from miyaq.core.core import Core
 from miyaq.core.attempts import leased_to
 from miyaq.core.gate import SHUTTING_DOWN
-from miyaq.core.handles import Role, ScheduleSink, StatusReport
+from miyaq.core.handles import NodeRole, ScheduleSink, StatusReport
 from miyaq.core.waiters import outcome, ran_elsewhere
 from miyaq.errors import InvalidField, MiyaqError, NotFound, ShuttingDown
 from miyaq.protocol import commands as c
@@ -48,7 +49,7 @@ class ServiceHandlers:
     delivers webhook tasks), so such tasks are refused at submit.
     """
 
-    def __init__(self, core: Core, role: Role, schedules: ScheduleSink, status: StatusReport,
+    def __init__(self, core: Core, role: NodeRole, schedules: ScheduleSink, status: StatusReport,
                  webhooks: bool, supervisor: Supervisor) -> None:
         self.config = core.config
         self.engine = core.engine
@@ -179,15 +180,18 @@ class ServiceHandlers:
         elif op == "retry":
             self.endpoint.check_writable()
             ids = self._ids(body, queue)
-            self._in_background(identity, req, lambda between: {"retried": self.engine.dead_retry(ids, now, between)})
+            self._in_background(identity, req, "retry",
+                            lambda between: {"retried": self.engine.dead_retry(ids, now, between)})
         elif op == "purge":
             ids = f.string_list(body, "ids", None, max_items=10_000, max_len=64)
             self.endpoint.check_writable()
-            self._in_background(identity, req, lambda between: {"purged": self.engine.dead_purge(queue, ids, between)})
+            self._in_background(identity, req, "purge",
+                                lambda between: {"purged": self.engine.dead_purge(queue, ids, between)})
         else:
             raise InvalidField("field 'op' must be list, retry or purge", field="op")
 
-    def _in_background(self, identity: bytes, req: Any, work: Callable[[Callable[[], None]], dict[str, Any]]) -> None:
+    def _in_background(self, identity: bytes, req: Any, op: str,
+                       work: Callable[[Callable[[], None]], dict[str, Any]]) -> None:
         """Run a DEAD retry or purge -- up to a whole dead-letter queue,
         ``max_dead`` tasks, 0.4 s -- in a greenlet of its own that yields to
         the hub every ``HUB_SLICE`` (``work`` is given the check to call
@@ -204,7 +208,9 @@ class ServiceHandlers:
             except MiyaqError as err:
                 endpoint.error(identity, err, req)
             except Exception:  # a bug must not go unanswered (the pool logs nothing it is not told)
-                logger.exception("DEAD operation failed")
+                logger.exception("DEAD %s failed (a bug: please report this traceback); dead letters it reached "
+                                 "before the failure may be %s already: `miyaq dead list` shows what is left", op,
+                                 "retried" if op == "retry" else "purged")
                 endpoint.error(identity, MiyaqError("internal error while handling the request"), req)
 
         self.background.spawn(run)

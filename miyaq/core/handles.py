@@ -3,7 +3,7 @@
 The core (engine, dispatcher, service socket, handlers, loops) imports no
 part; what it needs from one is declared here as a :class:`typing.Protocol`
 and handed in by the composition root (:func:`miyaq.node.assemble.build_node`).
-Every node has a :class:`Role` -- standalone (:mod:`miyaq.cluster.standalone`)
+Every node has a :class:`NodeRole` -- standalone (:mod:`miyaq.cluster.standalone`)
 or clustered (:mod:`miyaq.cluster.role`) -- with the same interface, so the
 core never asks which one it has.
 
@@ -39,7 +39,7 @@ class Intake(Protocol):
         are queued with the node's acks: the caller flushes them)."""
 
 
-class Role(Protocol):
+class NodeRole(Protocol):
     """A node's place in its ring: what the core and the parts may ask of it."""
 
     @property

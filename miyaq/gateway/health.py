@@ -13,7 +13,7 @@ any request).
 * ``/readyz``: the node would serve now: started (the gateway is served
   only once every part has started, the log's replay included), not
   draining (``draining``: SIGTERM), accepting submits (``not_accepting``),
-  and its role ready (:meth:`miyaq.core.handles.Role.not_ready`: in a
+  and its role ready (:meth:`miyaq.core.handles.NodeRole.not_ready`: in a
   cluster, a member of the ring it holds -- ``not_in_ring`` -- not cut off
   from ZooKeeper -- ``fenced`` -- and done reconciling with its peers --
   ``reconciling``); any other reason holding dispatch is ``held``.
@@ -28,7 +28,7 @@ from __future__ import annotations
 from miyaq.constants import STALL
 from miyaq.core.core import Core
 from miyaq.core.gate import FENCED, RECONCILING, SHUTTING_DOWN
-from miyaq.core.handles import Role
+from miyaq.core.handles import NodeRole
 from miyaq.gateway.request import Request, Response, json_response
 from miyaq.runtime import monotonic
 
@@ -39,7 +39,7 @@ NO_STORE = [("Cache-Control", "no-store")]
 
 
 class Health:
-    def __init__(self, core: Core, role: Role) -> None:
+    def __init__(self, core: Core, role: NodeRole) -> None:
         self.core = core
         self.role = role
 

@@ -36,7 +36,7 @@ from prometheus_client.registry import Collector
 
 from miyaq import __version__
 from miyaq.core.core import Core
-from miyaq.core.handles import Role, StorageHealth
+from miyaq.core.handles import NodeRole, StorageHealth
 from miyaq.core.listener import EngineListener
 from miyaq.gateway.histograms import QueueHistogram
 from miyaq.runtime import Supervisor, green, monotonic, wall
@@ -61,7 +61,7 @@ class ClusterGauges:
     limit`` uses it to reach every node), and replication lag per peer
     (seconds since the peer's stream was heard, requests to it unanswered)."""
 
-    def __init__(self, role: Role) -> None:
+    def __init__(self, role: NodeRole) -> None:
         self.role = role
 
     def view(self) -> dict[str, Any]:
@@ -326,7 +326,7 @@ class NodeMetrics:
 
     name = "metrics"
 
-    def __init__(self, node_id: str, core: Core, role: Role, supervisor: Supervisor,
+    def __init__(self, node_id: str, core: Core, role: NodeRole, supervisor: Supervisor,
                  storage: StorageHealth | None = None) -> None:
         self.engine = core.engine
         self.registry = CollectorRegistry(auto_describe=True)

@@ -43,7 +43,7 @@ from miyaq.config import NodeConfig
 from miyaq.constants import HTTP_STOP_TIMEOUT, LIMIT_SHARE_REFRESH
 from miyaq.core.binding import binding, http_port
 from miyaq.core.core import Core
-from miyaq.core.handles import Role, ScheduleBook, StatusReport
+from miyaq.core.handles import NodeRole, ScheduleBook, StatusReport
 from miyaq.errors import ConfigError, MiyaqError, ShuttingDown
 from miyaq.gateway.destinations import Destinations
 from miyaq.gateway import tls
@@ -68,7 +68,7 @@ MUTATING = frozenset({"POST", "PUT", "DELETE"})
 class Gateway:
     name = "gateway"
 
-    def __init__(self, config: NodeConfig, core: Core, role: Role, status: StatusReport, schedules: ScheduleBook,
+    def __init__(self, config: NodeConfig, core: Core, role: NodeRole, status: StatusReport, schedules: ScheduleBook,
                  metrics: NodeMetrics, wake: Callable[[float], None], supervisor: Supervisor,
                  hurry: StopHurry | None = None) -> None:
         """``hurry``: the node's, set when it is asked again to stop; the wait

@@ -35,7 +35,7 @@ from miyaq.constants import DRAIN_POLL
 from miyaq.core.binding import remove_unix_sockets
 from miyaq.core.clockwork import Clockwork
 from miyaq.core.core import Core
-from miyaq.core.handles import Role
+from miyaq.core.handles import NodeRole
 from miyaq.node.status import NodeStatus
 from miyaq.runtime import LOG, Supervisor, green, heap, monotonic
 from miyaq.runtime.sockets import SocketFactory
@@ -67,7 +67,7 @@ class Part(Protocol):
 
 class Node:
     def __init__(self, config: NodeConfig, *, supervisor: Supervisor, sockets: SocketFactory, core: Core,
-                 clockwork: Clockwork, role: Role, status: NodeStatus, parts: list[Part],
+                 clockwork: Clockwork, role: NodeRole, status: NodeStatus, parts: list[Part],
                  keys: ZapHandler | None = None, hurry: green.Event | None = None) -> None:
         """``hurry``: set by a second SIGTERM or SIGINT while stopping; the
         composition root gives the same event to the parts whose stop waits

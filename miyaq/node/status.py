@@ -11,7 +11,7 @@ from typing import Any
 from miyaq import __version__
 from miyaq.config import NodeConfig
 from miyaq.core.core import Core
-from miyaq.core.handles import Role, StorageHealth
+from miyaq.core.handles import NodeRole, StorageHealth
 from miyaq.node.open_files import OpenFilesWatch
 from miyaq.periodic.scheduler import PeriodicScheduler
 from miyaq.runtime import monotonic
@@ -20,7 +20,7 @@ from miyaq.security.zap import ZapHandler
 
 
 class NodeStatus:
-    def __init__(self, config: NodeConfig, core: Core, role: Role, periodic: PeriodicScheduler,
+    def __init__(self, config: NodeConfig, core: Core, role: NodeRole, periodic: PeriodicScheduler,
                  storage: StorageHealth | None, open_files: OpenFilesWatch, keys: ZapHandler | None = None,
                  warning: str | None = None, handshakes: HandshakeFailures | None = None) -> None:
         self.node_id = config.id

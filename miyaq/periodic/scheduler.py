@@ -41,10 +41,11 @@ from typing import Any, Protocol
 from miyaq.config import NodeConfig
 from miyaq.constants import NO_NEXT_TICK_MS, SCHEDULER_WAKE, SPEC_HOUSEKEEPING, SPEC_RELOAD, TICK_RETRY
 from miyaq.core.engine import Engine
-from miyaq.core.handles import Intake, Role
+from miyaq.core.handles import Intake, NodeRole
 from miyaq.core.workers import WorkerRegistry
 from miyaq.errors import MiyaqError
-from miyaq.periodic.specs import SPEC_TTL, ScheduleTable, SpecPublisher
+from miyaq.constants import SPEC_TTL
+from miyaq.periodic.specs import ScheduleTable, SpecPublisher
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE
 from miyaq.protocol.periodic import MAX_SCHEDULES, Declared, KnownSchedule, Schedule, tick_label
 from miyaq.protocol.taskspec import task_from_wire
@@ -97,7 +98,7 @@ class PeriodicScheduler:
 
     name = "periodic"
 
-    def __init__(self, config: NodeConfig, engine: Engine, workers: WorkerRegistry, role: Role,
+    def __init__(self, config: NodeConfig, engine: Engine, workers: WorkerRegistry, role: NodeRole,
                  supervisor: Supervisor, *, shared: SharedSource | None = None,
                  spec_ttl: float = SPEC_TTL, max_schedules: int = MAX_SCHEDULES) -> None:
         self.config = config

@@ -20,13 +20,12 @@ import socket
 from miyaq.config import NodeConfig
 from miyaq.errors import ConfigError
 
-RESOLVE_TIMEOUT = 2.0
-
-
 def is_loopback(host: str) -> bool:
     """True if ``host`` names only loopback addresses (``127.0.0.0/8``, ``::1``,
     a name that resolves to nothing else). Wildcards (``0.0.0.0``, ``*``,
-    ``::``) and names that do not resolve are not loopback."""
+    ``::``) and names that do not resolve are not loopback. A name is
+    resolved with the system's resolver, unbounded in time as the bind that
+    follows is: a node's start waits for it."""
     host = host.strip().strip("[]")
     if host in ("", "*"):
         return False

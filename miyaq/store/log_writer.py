@@ -185,7 +185,9 @@ class LogWriter:
             try:
                 release()
             except Exception:
-                logger.exception("a release after the log write failed")
+                logger.exception("a release after the log write failed (a bug: please report this traceback); the "
+                                 "answer it was to send for records now written may not have gone: a client "
+                                 "resends, an HTTP caller sees a timeout")
 
     # -- compaction -------------------------------------------------------------------------------
     def compact(self) -> bool:

@@ -50,7 +50,6 @@ ANSWER = "ANSWER"
 EVENTS = "EVENTS"
 HEARTBEAT = "HEARTBEAT"
 KINDS = (*REQUESTS, ANSWER, EVENTS, HEARTBEAT)
-ACTIONS = ("drop", "hold", "delay", "duplicate", "reorder", "cut")
 #: How often (real seconds) the network expires requests, releases delayed
 #: messages and checks for silent streams.
 TICK = 0.02

@@ -27,7 +27,8 @@ from collections.abc import Callable, Collection
 from dataclasses import replace
 
 from miyaq.cluster.membership import Coordinator
-from miyaq.cluster.ring_view import Member, RingView, check_weight
+from miyaq.cluster.ring_view import Member, RingView
+from miyaq.protocol.ring import check_weight
 from miyaq.errors import ConfigError, Unavailable
 from miyaq.runtime import monotonic
 

@@ -126,9 +126,6 @@ class ZooKeeperEnsemble:
                 return i
         return None
 
-    def has_quorum(self) -> bool:
-        return self.leader() is not None
-
     # -- lifecycle ------------------------------------------------------------------
 
     def start(self, i: int | None = None, timeout: float = 60.0, *,

@@ -189,8 +189,6 @@ MAX_RESULT_BYTES = DEFAULT_MAX_MESSAGE - 64 * 1024
 #: What a DONE message holds beside its one large result: a node that says
 #: its ``max_message`` in WELCOME takes results up to that much less.
 RESULT_MESSAGE_SLACK = 64 * 1024
-#: Delays before sending results again after a failed send (the last repeats).
-RESEND_BACKOFF = (0.05, 0.2, 1.0)
 #: Bytes of a failing handler's message and traceback sent to the node.
 ERROR_MESSAGE_BYTES = 4096
 TRACEBACK_BYTES = 16384

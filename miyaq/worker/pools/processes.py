@@ -294,7 +294,7 @@ class ProcessPool:
         now = monotonic()
         self.deaths = [t for t in self.deaths if t > now - 60] + [now]
         if len(self.deaths) > MAX_RESTARTS_PER_MINUTE:
-            raise RuntimeError(f"{len(self.deaths)} child processes died within a minute; "
+            raise ConfigError(f"{len(self.deaths)} child processes died within a minute; "
                                "does the app import in a fresh interpreter? (see the log above)")
 
     def stop(self) -> None:
