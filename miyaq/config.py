@@ -1,124 +1,24 @@
-"""Node settings (and the :class:`Settings` base the worker's share), declared
-once: name, type, default, help.
-
-Each setting can come from (highest first) a command-line flag
-(``--max-tasks``), an environment variable (``MIYAQ_MAX_TASKS``), a TOML
-config file (``max_tasks = 1000``, given by ``--config`` or ``MIYAQ_CONFIG``)
-or its default. ``miyaq node --help`` and docs/configuration.md list them.
+"""Node settings (:class:`NodeConfig`), declared once as
+:class:`~miyaq.settings.Settings` (name, type, default, help; from a flag,
+the environment, a TOML file or the default), and the bounds they are
+checked against. ``miyaq node --help`` and docs/configuration.md list them.
 Nothing is read from the environment at import time.
 """
 from __future__ import annotations
 
-import argparse
-import datetime
-import math
 import os
 import socket
-import tomllib
-from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Mapping, TypeVar
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 from miyaq.constants import MAX_BATCH, PEER_HEARTBEAT_TIMEOUT
 from miyaq.errors import ConfigError
+from miyaq.settings import Settings, setting
 from miyaq.runtime.endpoints import WILDCARDS, bare_host, is_ipv6_address, tcp_endpoint, url_host
 
 
-def _opt(default: Any, help: str, *, choices: tuple[str, ...] | None = None, short: str | None = None,
-         repeat: bool = False, listed: bool = False) -> Any:
-    """A setting. ``repeat``: the flag may be given more than once, the values
-    joined with commas (as the environment variable and a TOML list give them).
-    ``listed`` (implied by ``repeat``): a comma-separated list, which a TOML
-    file may also give as an array of strings (joined with commas)."""
-    return field(default=default, metadata={"help": help, "choices": choices, "short": short, "repeat": repeat,
-                                            "listed": listed or repeat})
 
 
-class Settings:
-    """Settings declared once as dataclass fields made with :func:`_opt`:
-    one flag per field (``--max-tasks``), one environment variable
-    (``MIYAQ_MAX_TASKS``) and, when ``config_file`` is true, a TOML file.
-    Subclasses are dataclasses; ``load`` merges flags > environment > file >
-    defaults and builds the instance (whose ``__post_init__`` validates)."""
-
-    config_file: ClassVar[bool] = True
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """One flag per setting; defaults are resolved later by :meth:`load`."""
-        if cls.config_file:
-            parser.add_argument("--config", default=None, help="TOML file of settings [env MIYAQ_CONFIG]")
-        for f in fields(cls):  # type: ignore[arg-type]
-            flags = ["--" + f.name.replace("_", "-")] + ([f.metadata["short"]] if f.metadata.get("short") else [])
-            env = "MIYAQ_" + f.name.upper()
-            text = f"{f.metadata['help']} [default {f.default!r}; env {env}]"
-            if f.type in ("bool", bool):
-                parser.add_argument(*flags, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
-                                    help=text)
-            elif f.metadata.get("repeat"):
-                parser.add_argument(*flags, dest=f.name, default=None, help=text, action="append")
-            else:
-                parser.add_argument(*flags, dest=f.name, default=None, help=text,
-                                    choices=f.metadata.get("choices"))
-
-    @classmethod
-    def load(cls: type[S], args: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> S:
-        """Merge flags > environment > config file > defaults."""
-        args = dict(args or {})
-        environ = os.environ if environ is None else environ
-        file_values: dict[str, Any] = {}
-        path = (args.get("config") or environ.get("MIYAQ_CONFIG")) if cls.config_file else None
-        if path:
-            try:
-                with open(path, "rb") as fh:
-                    file_values = tomllib.load(fh)
-            except (OSError, tomllib.TOMLDecodeError) as exc:
-                raise ConfigError(f"cannot read config file {path}: {exc}") from None
-            except UnicodeDecodeError as exc:     # TOML is UTF-8: a binary or Latin-1 file
-                raise ConfigError(f"cannot read config file {path}: it is not UTF-8 text ({exc.reason} at "
-                                  f"byte {exc.start})") from None
-            known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-            unknown = set(file_values) - known
-            if unknown:
-                raise ConfigError(f"unknown settings in {path}: {', '.join(sorted(unknown))}")
-        values: dict[str, Any] = {}
-        for f in fields(cls):  # type: ignore[arg-type]
-            raw = args.get(f.name)
-            if raw is None:
-                raw = environ.get("MIYAQ_" + f.name.upper())
-            if raw is not None:       # text (a flag, the environment); a list: a repeated flag
-                if f.metadata.get("repeat") and isinstance(raw, list):
-                    raw = ",".join(str(item) for item in raw)
-                values[f.name] = _coerce(f.name, f.type, raw)
-            elif f.name in file_values:
-                values[f.name] = _from_toml(f.name, f.type, file_values[f.name], bool(f.metadata.get("listed")))
-        return cls(**values)
-
-    def check_fields(self) -> None:
-        """Every choice is one of its choices; no number is negative, NaN or
-        infinite (NaN passes every comparison with a bound, and an infinite
-        wait never ends), nor an integer beyond :data:`MAX_SETTING_INT`."""
-        for f in fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            choices = f.metadata.get("choices")
-            if choices and value not in choices:
-                raise ConfigError(f"{f.name} must be one of {', '.join(choices)}, not {value!r}")
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                continue
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"{f.name} must be a finite number, not {value!r}")
-            if value < 0:
-                raise ConfigError(f"{f.name} must not be negative, not {value!r}")
-            if value > MAX_SETTING_INT:
-                raise ConfigError(f"{f.name} must be at most {MAX_SETTING_INT:,}, not {value:,}")
-
-
-S = TypeVar("S", bound=Settings)
-
-
-#: The largest integer a setting takes, either side of 0: a signed 64-bit
-#: one, as msgpack carries it (a node's STATUS reports its settings, and a
-#: larger number would fail every STATUS instead of the start).
-MAX_SETTING_INT = 2**63 - 1
 
 #: The longest path of a unix socket (``sun_path`` less its final NUL, Linux).
 MAX_IPC_PATH = 107
@@ -157,102 +57,102 @@ MAX_WEBHOOK_IN_FLIGHT = 65_536
 
 @dataclass
 class NodeConfig(Settings):
-    host: str = _opt("127.0.0.1", "address to bind every port to (loopback unless told otherwise)")
-    port: int = _opt(7450, "service port: producers and workers connect here")
-    bind: str = _opt("", "also serve producers, workers and pull consumers on this unix socket, "
+    host: str = setting("127.0.0.1", "address to bind every port to (loopback unless told otherwise)")
+    port: int = setting(7450, "service port: producers and workers connect here")
+    bind: str = setting("", "also serve producers, workers and pull consumers on this unix socket, "
                          "ipc:///run/miyaq/node.sock (repeat the flag, or separate with commas, for more)",
                      repeat=True)
-    bind_mode: str = _opt("660", "permissions (octal) of the unix socket files of bind: 660 lets the node's user "
+    bind_mode: str = setting("660", "permissions (octal) of the unix socket files of bind: 660 lets the node's user "
                                  "and group connect, 666 everyone on the host")
-    advertise: str = _opt("", "host (name or address) other nodes, clients and workers use to reach this node, "
+    advertise: str = setting("", "host (name or address) other nodes, clients and workers use to reach this node, "
                               "in the ring and in discovery (empty: host, or the hostname when host is 0.0.0.0)")
-    peer_port: int = _opt(0, "peer ROUTER port (0: port + 1)")
-    pub_port: int = _opt(0, "replication PUB port (0: port + 2)")
-    http_port: int = _opt(8088, "HTTP gateway port (0: disabled)")
-    http_token: str = _opt("", "bearer token required by the HTTP gateway, with the admin role: "
+    peer_port: int = setting(0, "peer ROUTER port (0: port + 1)")
+    pub_port: int = setting(0, "replication PUB port (0: port + 2)")
+    http_port: int = setting(8088, "HTTP gateway port (0: disabled)")
+    http_token: str = setting("", "bearer token required by the HTTP gateway, with the admin role: "
                                f"{MIN_HTTP_TOKEN} to {MAX_HTTP_TOKEN} visible ASCII characters (empty: none)")
-    http_tokens: str = _opt("", "file of 'TOKEN ROLE' lines (roles producer, worker, admin): bearer tokens the "
+    http_tokens: str = setting("", "file of 'TOKEN ROLE' lines (roles producer, worker, admin): bearer tokens the "
                                 "HTTP gateway accepts, re-read on SIGHUP and when it changes (empty: none)")
-    http_host: str = _opt("", "address the HTTP gateway binds to (empty: same as host)")
-    http_cert: str = _opt("", "PEM certificate chain: the HTTP gateway serves HTTPS only (with http_key; re-read "
+    http_host: str = setting("", "address the HTTP gateway binds to (empty: same as host)")
+    http_cert: str = setting("", "PEM certificate chain: the HTTP gateway serves HTTPS only (with http_key; re-read "
                               "on SIGHUP)")
-    http_key: str = _opt("", "PEM private key of http_cert (unencrypted; keep it chmod 600)")
-    http_ca: str = _opt("", "PEM CA certificates this node trusts when it calls other members' HTTPS gateways "
+    http_key: str = setting("", "PEM private key of http_cert (unencrypted; keep it chmod 600)")
+    http_ca: str = setting("", "PEM CA certificates this node trusts when it calls other members' HTTPS gateways "
                             "(the console; empty: the system's; re-read on SIGHUP)")
-    http_max_body: int = _opt(4 * 1024 * 1024, "largest HTTP request body in bytes")
-    http_max_connections: int = _opt(1024, "most HTTP connections served at once")
-    http_max_client_connections: int = _opt(128, "most HTTP connections from one client address at once; more "
+    http_max_body: int = setting(4 * 1024 * 1024, "largest HTTP request body in bytes")
+    http_max_connections: int = setting(1024, "most HTTP connections served at once")
+    http_max_client_connections: int = setting(128, "most HTTP connections from one client address at once; more "
                                                  "are answered 503 (0: no cap; raise it behind a proxy)")
-    http_header_timeout: float = _opt(10.0, "seconds an HTTP client has to send a request's line and headers "
+    http_header_timeout: float = setting(10.0, "seconds an HTTP client has to send a request's line and headers "
                                             "(and its TLS handshake); then 408 and the connection closes")
-    http_body_timeout: float = _opt(30.0, "seconds an HTTP client has to send a request's body; then 408 and "
+    http_body_timeout: float = setting(30.0, "seconds an HTTP client has to send a request's body; then 408 and "
                                           "the connection closes")
-    http_idle_timeout: float = _opt(60.0, "seconds a keep-alive HTTP connection may wait for its next request")
-    http_console: str = _opt("on", "web console at /ui: on, read-only (no operator actions) or off",
+    http_idle_timeout: float = setting(60.0, "seconds a keep-alive HTTP connection may wait for its next request")
+    http_console: str = setting("on", "web console at /ui: on, read-only (no operator actions) or off",
                              choices=("on", "read-only", "off"))
-    webhook_concurrency: int = _opt(16, "webhook deliveries in flight at once, per queue")
-    webhook_max_in_flight: int = _opt(256, "webhook deliveries in flight at once on this node, over all queues "
+    webhook_concurrency: int = setting(16, "webhook deliveries in flight at once, per queue")
+    webhook_max_in_flight: int = setting(256, "webhook deliveries in flight at once on this node, over all queues "
                                            "(each may hold a connection, a file descriptor); past it webhook "
                                            f"tasks wait ready in their queues (1..{MAX_WEBHOOK_IN_FLIGHT:,})")
-    webhook_timeout: float = _opt(30.0, "seconds one webhook attempt may take (capped by the task's timeout)")
-    webhook_pool_size: int = _opt(32, "connections open at once, and kept alive, per webhook destination")
-    webhook_allow_hosts: str = _opt("", "comma-separated webhook destinations allowed: host, host:port or "
+    webhook_timeout: float = setting(30.0, "seconds one webhook attempt may take (capped by the task's timeout)")
+    webhook_pool_size: int = setting(32, "connections open at once, and kept alive, per webhook destination")
+    webhook_allow_hosts: str = setting("", "comma-separated webhook destinations allowed: host, host:port or "
                                         "*.domain (empty: any host whose addresses are public)", listed=True)
-    webhook_allow_private: bool = _opt(False, "without webhook_allow_hosts, also deliver webhooks to loopback, "
+    webhook_allow_private: bool = setting(False, "without webhook_allow_hosts, also deliver webhooks to loopback, "
                                               "link-local and private addresses (169.254.169.254, 127.0.0.1, 10/8, "
                                               "...); off: refused")
-    queue_limits: str = _opt("", "per-queue limits, 'QUEUE:rate=R,burst=B,max_concurrent=N;...' (cluster-wide)")
-    node_id: str = _opt("", "this node's id in the ring (default: <hostname>-<port>)")
-    data_dir: str = _opt("", "directory for the append-only log (empty: memory only)")
-    fsync: str = _opt("interval", "log fsync policy", choices=("always", "interval", "never"))
-    fsync_interval_ms: int = _opt(10, "group-commit interval for fsync=interval, in ms")
-    zk: str = _opt("", "ZooKeeper hosts (host:port,...); empty: standalone ring of one", listed=True)
-    cluster: str = _opt("default", "cluster name (ZooKeeper path /miyaq/<cluster>)")
-    auto_join: bool = _opt(True, "join the ring on start")
-    zk_session_timeout: float = _opt(10.0, "ZooKeeper session timeout in seconds")
-    zk_auth: str = _opt("", "ZooKeeper digest credentials 'user:password': the cluster's znodes get ACLs only "
+    queue_limits: str = setting("", "per-queue limits, 'QUEUE:rate=R,burst=B,max_concurrent=N;...' (cluster-wide)")
+    node_id: str = setting("", "this node's id in the ring (default: <hostname>-<port>)")
+    data_dir: str = setting("", "directory for the append-only log (empty: memory only)")
+    fsync: str = setting("interval", "log fsync policy", choices=("always", "interval", "never"))
+    fsync_interval_ms: int = setting(10, "group-commit interval for fsync=interval, in ms")
+    zk: str = setting("", "ZooKeeper hosts (host:port,...); empty: standalone ring of one", listed=True)
+    cluster: str = setting("default", "cluster name (ZooKeeper path /miyaq/<cluster>)")
+    auto_join: bool = setting(True, "join the ring on start")
+    zk_session_timeout: float = setting(10.0, "ZooKeeper session timeout in seconds")
+    zk_auth: str = setting("", "ZooKeeper digest credentials 'user:password': the cluster's znodes get ACLs only "
                             "they open (empty: no ACLs; prefer zk_auth_file or the environment: ps shows flags)")
-    zk_auth_file: str = _opt("", "file holding the 'user:password' of zk_auth")
-    weight: float = _opt(1.0, "this node's weight in the ring")
-    replicas: int = _opt(3, f"default holders per task in a cluster (1 when standalone; 1..{MAX_REPLICAS})")
-    min_acks: int = _opt(0, "holders that must store a task before a submit returns (0: all)")
-    replica_offset: float = _opt(5.0, "seconds between holder ranks' timers")
-    peer_heartbeat_timeout: float = _opt(PEER_HEARTBEAT_TIMEOUT,
+    zk_auth_file: str = setting("", "file holding the 'user:password' of zk_auth")
+    weight: float = setting(1.0, "this node's weight in the ring")
+    replicas: int = setting(3, f"default holders per task in a cluster (1 when standalone; 1..{MAX_REPLICAS})")
+    min_acks: int = setting(0, "holders that must store a task before a submit returns (0: all)")
+    replica_offset: float = setting(5.0, "seconds between holder ranks' timers")
+    peer_heartbeat_timeout: float = setting(PEER_HEARTBEAT_TIMEOUT,
                                          "seconds another node may leave this node's ZMTP heartbeats on the "
                                          "replication stream and the peer link unanswered (frozen, its host "
                                          "gone) before its connections are dropped with what was queued for it; "
                                          "a PING every fifth of it")
-    replication_timeout: float = _opt(3.0, "seconds a submit waits for min_acks holders to store the task before "
+    replication_timeout: float = setting(3.0, "seconds a submit waits for min_acks holders to store the task before "
                                            "it is refused not_enough_replicas (a resend with the same id is safe)")
-    reconcile_timeout: float = _opt(15.0, "most seconds a node restarted from its log holds dispatching while it "
+    reconcile_timeout: float = setting(15.0, "most seconds a node restarted from its log holds dispatching while it "
                                           "reconciles with the other holders")
-    max_tasks: int = _opt(1_000_000, "live tasks this node holds before it answers BUSY")
-    max_payload: int = _opt(1024 * 1024, "largest task payload in bytes")
-    max_bytes: int = _opt(1024 * 1024 * 1024, "payload bytes of the tasks this node holds (live and dead-letter) "
+    max_tasks: int = setting(1_000_000, "live tasks this node holds before it answers BUSY")
+    max_payload: int = setting(1024 * 1024, "largest task payload in bytes")
+    max_bytes: int = setting(1024 * 1024 * 1024, "payload bytes of the tasks this node holds (live and dead-letter) "
                                              "before it answers BUSY")
-    max_result_bytes: int = _opt(256 * 1024 * 1024, "result bytes of finished tasks kept before new submits are "
+    max_result_bytes: int = setting(256 * 1024 * 1024, "result bytes of finished tasks kept before new submits are "
                                                     "answered BUSY (at twice this, the oldest are forgotten)")
-    max_message: int = _opt(16 * 1024 * 1024, "largest protocol message in bytes")
-    max_batch: int = _opt(1024, "most tasks in one SUBMIT or DISPATCH message")
-    result_ttl: float = _opt(3600.0, "seconds a finished task's result and tombstone are kept")
-    dedup_window: float = _opt(3600.0, "seconds a finished task's key still deduplicates")
-    max_tombstones: int = _opt(200_000, "most finished tasks remembered (oldest dropped first)")
-    max_dead: int = _opt(100_000, "most tasks in the dead-letter queue (oldest dropped first)")
-    max_waiters: int = _opt(10_000, "most pending RESULT / RECEIVE long-polls")
-    max_waiters_per_connection: int = _opt(1_000, "most pending RESULT / RECEIVE long-polls from one connection")
-    max_waiters_per_key: int = _opt(5_000, "most pending RESULT / RECEIVE long-polls from one key (with keys)")
-    max_workers: int = _opt(10_000, "most workers registered at once; a READY from one more is answered BUSY")
-    heartbeat: float = _opt(1.0, "seconds between heartbeats to workers")
-    liveness: int = _opt(3, "missed heartbeats after which a worker is declared lost")
-    default_timeout: float = _opt(300.0, "default lease (task timeout) in seconds")
-    default_max_retries: int = _opt(3, "default retries before dead-lettering")
-    default_backoff: float = _opt(1.0, "default first retry delay in seconds (doubles each attempt)")
-    default_backoff_max: float = _opt(300.0, "default cap on the retry delay in seconds")
-    shutdown_grace: float = _opt(30.0, "seconds SIGTERM waits for running tasks")
-    log_level: str = _opt("INFO", "logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    keys: str = _opt("", "key directory made by `miyaq keys init`: CURVE on every ZeroMQ port, only "
+    max_message: int = setting(16 * 1024 * 1024, "largest protocol message in bytes")
+    max_batch: int = setting(1024, "most tasks in one SUBMIT or DISPATCH message")
+    result_ttl: float = setting(3600.0, "seconds a finished task's result and tombstone are kept")
+    dedup_window: float = setting(3600.0, "seconds a finished task's key still deduplicates")
+    max_tombstones: int = setting(200_000, "most finished tasks remembered (oldest dropped first)")
+    max_dead: int = setting(100_000, "most tasks in the dead-letter queue (oldest dropped first)")
+    max_waiters: int = setting(10_000, "most pending RESULT / RECEIVE long-polls")
+    max_waiters_per_connection: int = setting(1_000, "most pending RESULT / RECEIVE long-polls from one connection")
+    max_waiters_per_key: int = setting(5_000, "most pending RESULT / RECEIVE long-polls from one key (with keys)")
+    max_workers: int = setting(10_000, "most workers registered at once; a READY from one more is answered BUSY")
+    heartbeat: float = setting(1.0, "seconds between heartbeats to workers")
+    liveness: int = setting(3, "missed heartbeats after which a worker is declared lost")
+    default_timeout: float = setting(300.0, "default lease (task timeout) in seconds")
+    default_max_retries: int = setting(3, "default retries before dead-lettering")
+    default_backoff: float = setting(1.0, "default first retry delay in seconds (doubles each attempt)")
+    default_backoff_max: float = setting(300.0, "default cap on the retry delay in seconds")
+    shutdown_grace: float = setting(30.0, "seconds SIGTERM waits for running tasks")
+    log_level: str = setting("INFO", "logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    keys: str = setting("", "key directory made by `miyaq keys init`: CURVE on every ZeroMQ port, only "
                          "authorized keys connect, each command checked against its key's role (docs/security.md)")
-    insecure: bool = _opt(False, "start although a ZeroMQ port binds a non-loopback address without --keys, "
+    insecure: bool = setting(False, "start although a ZeroMQ port binds a non-loopback address without --keys, "
                                  "or the HTTP gateway without --http-tokens/--http-token "
                                  "(anyone who reaches it may do anything)")
 
@@ -420,74 +320,3 @@ def is_http_token(token: str) -> bool:
     """``token`` is a bearer token the HTTP gateway may be given:
     :data:`MIN_HTTP_TOKEN` to :data:`MAX_HTTP_TOKEN` visible ASCII characters."""
     return MIN_HTTP_TOKEN <= len(token) <= MAX_HTTP_TOKEN and all(0x21 <= ord(ch) <= 0x7E for ch in token)
-
-
-#: TOML's name of each type ``tomllib`` gives a value as.
-_TOML_TYPES = ((bool, "boolean"), (int, "integer"), (float, "float"), (str, "string"), (list, "array"),
-               (dict, "table"), (datetime.datetime, "date-time"), (datetime.date, "date"), (datetime.time, "time"))
-
-
-def _toml_type(value: Any) -> str:
-    return next((name for kind, name in _TOML_TYPES if isinstance(value, kind)), type(value).__name__)
-
-
-def _from_toml(name: str, type_: Any, raw: Any, listed: bool) -> Any:
-    """A setting's value from the config file, which must be of the setting's
-    TOML type: a boolean for a boolean setting, an integer for an integer one,
-    an integer or a float for a number, a string for a text setting (for a
-    comma-separated list, also an array of strings, joined with commas).
-    Anything else is a ConfigError naming the setting, the type given and the
-    type expected: ``str()`` of it made ``http_token = true`` the token
-    ``True`` and a list of allowed hosts the text ``['a', 'b']``."""
-    kind = type_ if isinstance(type_, str) else getattr(type_, "__name__", str(type_))
-    kind = kind.removesuffix(" | None")       # TOML has no null: a value given is of the type
-    given = _toml_type(raw)
-    if kind == "bool":
-        expected, ok = "a boolean (true or false)", given == "boolean"
-    elif kind == "int":
-        expected, ok = "an integer", given == "integer"
-    elif kind == "float":
-        expected, ok = "a number", given in ("integer", "float")
-    elif listed:
-        expected = "a string or an array of strings"
-        ok = given == "string" or (given == "array" and all(isinstance(item, str) for item in raw))
-        if ok and given == "array":
-            raw = ",".join(raw)
-    else:
-        expected, ok = "a string", given == "string"
-    if not ok:
-        shown = f"a TOML {given}"
-        if given == "array" and raw:
-            shown += " of " + " and ".join(sorted({_toml_type(item) for item in raw})) + " values"
-        # The value itself is not shown: it may be a secret (http_token, zk_auth).
-        raise ConfigError(f"setting {name} expects {expected} in the config file, got {shown}")
-    return _coerce(name, type_, raw)
-
-
-def _coerce(name: str, type_: Any, raw: Any) -> Any:
-    kind = type_ if isinstance(type_, str) else getattr(type_, "__name__", str(type_))
-    if kind.endswith(" | None"):      # optional: empty or "none" means unset
-        if isinstance(raw, str) and raw.strip().lower() in ("", "none"):
-            return None
-        kind = kind[:-len(" | None")]
-    try:
-        if kind == "bool":
-            if isinstance(raw, bool):
-                return raw
-            text = str(raw).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        if kind == "int":
-            if isinstance(raw, bool) or isinstance(raw, float):
-                raise ValueError(raw)       # TOML gave the wrong type: refuse, never round
-            return int(raw)
-        if kind == "float":
-            if isinstance(raw, bool):
-                raise ValueError(raw)
-            return float(raw)
-        return str(raw)
-    except (TypeError, ValueError, OverflowError):
-        raise ConfigError(f"setting {name} expects {kind}, got {raw!r}") from None

@@ -13,7 +13,7 @@ import signal
 from dataclasses import dataclass, fields
 from typing import ClassVar, Mapping
 
-from ..config import Settings, _opt
+from ..settings import Settings, setting
 from ..errors import ConfigError
 from ..protocol.commands import DEFAULT_MAX_MESSAGE, MAX_WORKER_CAPACITY
 from .prefetch import MAX_PREFETCH_FACTOR
@@ -36,24 +36,24 @@ class WorkerConfig(Settings):
 
     config_file: ClassVar[bool] = False
 
-    processes: int = _opt(1, "worker processes (1: this process; more are spawned and restarted when they die)",
+    processes: int = setting(1, "worker processes (1: this process; more are spawned and restarted when they die)",
                           short="-p")
-    concurrency: int | None = _opt(None, "tasks run at once per process (default: 8; with --pool processes: "
+    concurrency: int | None = setting(None, "tasks run at once per process (default: 8; with --pool processes: "
                                          "the number of CPUs)", short="-c")
-    pool: str = _opt("gevent", "how handlers run: gevent (greenlets, the standard library patched so blocking "
+    pool: str = setting("gevent", "how handlers run: gevent (greenlets, the standard library patched so blocking "
                                "I/O yields), threads (a pool of --concurrency threads) or processes (--concurrency "
                                "child processes, for CPU-bound handlers)", choices=POOLS)
-    max_tasks_per_child: int = _opt(0, "processes pool: replace a child after this many tasks (0: never)")
-    prefetch: int | None = _opt(None, "tasks held beyond concurrency (default: concurrency, and more while "
+    max_tasks_per_child: int = setting(0, "processes pool: replace a child after this many tasks (0: never)")
+    prefetch: int | None = setting(None, "tasks held beyond concurrency (default: concurrency, and more while "
                                       "tasks are short: about 5 ms of work, up to 16 x concurrency in all)")
-    queues: str = _opt("", "comma-separated queues (default: every queue the app's tasks name)", short="-Q")
-    connect: str = _opt("", "comma-separated node endpoints (default: the App's)")
-    heartbeat: float = _opt(1.0, "seconds between the worker's side-channel heartbeats")
-    grace: float = _opt(30.0, "seconds SIGTERM waits for running tasks")
-    log_level: str = _opt("INFO", "logging level", choices=LOG_LEVELS)
-    key: str = _opt("", "this worker's secret certificate (NAME.key_secret from `miyaq keys add ... --role "
+    queues: str = setting("", "comma-separated queues (default: every queue the app's tasks name)", short="-Q")
+    connect: str = setting("", "comma-separated node endpoints (default: the App's)")
+    heartbeat: float = setting(1.0, "seconds between the worker's side-channel heartbeats")
+    grace: float = setting(30.0, "seconds SIGTERM waits for running tasks")
+    log_level: str = setting("INFO", "logging level", choices=LOG_LEVELS)
+    key: str = setting("", "this worker's secret certificate (NAME.key_secret from `miyaq keys add ... --role "
                         "worker`); with --server-key every socket runs CURVE (default: the App's)")
-    server_key: str = _opt("", "the nodes' public certificate (node.key from `miyaq keys init`; default: the App's)")
+    server_key: str = setting("", "the nodes' public certificate (node.key from `miyaq keys init`; default: the App's)")
 
     def __post_init__(self) -> None:
         self.check_fields()
