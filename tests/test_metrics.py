@@ -9,7 +9,7 @@ from gateway_harness import FIXTURES, Http, wait_for
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from miyaq.gateway.metrics import TaskTimings
+from miyaq.gateway.task_timings import TaskTimings
 from miyaq.store.table import Tombstone
 from miyaq.store.task import Task
 

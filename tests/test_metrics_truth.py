@@ -5,7 +5,7 @@ start-delay and run histograms observe the attempt they name, and the
 console's chart does not drop when the node forgets empty queues.
 
 The histogram tests drive an :class:`~miyaq.core.engine.Engine` with
-explicit times and a :class:`~miyaq.gateway.metrics.TaskTimings` listener
+explicit times and a :class:`~miyaq.gateway.task_timings.TaskTimings` listener
 whose clock the test sets; the cluster tests use the in-process cluster
 (:mod:`miyaq.testing.inprocess`)."""
 from __future__ import annotations
@@ -19,8 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from miyaq.config import NodeConfig
 from miyaq.core.engine import Engine
-from miyaq.gateway import metrics as metrics_module
-from miyaq.gateway.metrics import TaskTimings
+from miyaq.gateway import task_timings as timings_module
+from miyaq.gateway.task_timings import TaskTimings
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c
 from miyaq.protocol.recordspec import STARTED_ELSEWHERE
@@ -53,7 +53,7 @@ class Timed:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.now = T0
-        monkeypatch.setattr(metrics_module, "wall", lambda: self.now)
+        monkeypatch.setattr(timings_module, "wall", lambda: self.now)
         self.engine = Engine(NodeConfig())
         self.registry = CollectorRegistry()
         self.timings = TaskTimings(self.registry)
