@@ -145,7 +145,7 @@ def test_queue_histograms_expose_what_prometheus_clients_own_histogram_would():
     from prometheus_client import Histogram
 
     from miyaq.gateway.histograms import QueueHistogram
-    from miyaq.gateway.metrics import LATENCY_BUCKETS
+    from miyaq.gateway.task_timings import LATENCY_BUCKETS
 
     ours, theirs = CollectorRegistry(), CollectorRegistry()
     fast = QueueHistogram("lat_seconds", "doc", LATENCY_BUCKETS)
