@@ -15,7 +15,8 @@ import pytest
 
 import miyaq
 import miyaq.aio
-from miyaq.client.nodes import Limits, Nodes, limits_from
+from miyaq.client.nodes import Nodes
+from miyaq.client.sizes import Limits, limits_from
 from miyaq.client.sizes import ASK_LIMITS_ABOVE, LIMITS_POLL, LIMITS_WAIT
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c

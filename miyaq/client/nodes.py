@@ -26,12 +26,13 @@ ordered, placed or found by its endpoint.
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Callable, Iterable
 
 from .. import constants
 from ..errors import Unavailable
 from ..protocol.commands import MAX_ENDPOINT_CHARS
 from .placement import Placement, placement_from_ring
+from .sizes import Limits, limits_from
 
 DISCOVERY_INTERVAL = 10.0
 """Seconds between two RING requests once the ring is known."""
@@ -53,32 +54,6 @@ DEPARTED_GRACE = constants.DEPARTED_GRACE
 reply before the client retires it (once nothing is in flight on it): the
 grace the cluster keeps a departed member for (60 s). A member away for
 less -- a restart at the same address -- keeps its connection."""
-
-
-class Limits(NamedTuple):
-    """What one node takes in a SUBMIT, from its RING reply's ``limits``: the
-    largest message body (``max_message``), the largest task payload
-    (``max_payload``) and the most tasks in one message (``max_batch``).
-    A message over ``max_message`` + 4 KiB is not answered: libzmq drops the
-    connection it came on (docs/protocol.md, "Size limits")."""
-
-    max_message: int
-    max_payload: int
-    max_batch: int
-
-
-def limits_from(value: Any) -> Limits | None:
-    """A RING reply's ``limits``, or None when it has none (a node of before
-    2026-12-04) or they make no sense (a buggy or hostile node: positive
-    integers only, a message of at least 4 KiB): the client then keeps to
-    its own bounds."""
-    if not isinstance(value, dict):
-        return None
-    numbers = [value.get(name) for name in Limits._fields]
-    ints = [n for n in numbers if type(n) is int and n >= 1]
-    if len(ints) != len(numbers) or ints[0] < 4096:
-        return None
-    return Limits(*ints)
 
 
 class Nodes:

@@ -1,5 +1,5 @@
 """How large a SUBMIT may be: the client's own batch bounds, and a node's
-limits (:class:`~.nodes.Limits`, from its RING reply) applied to each task.
+limits (:class:`Limits`, from its RING reply) applied to each task.
 
 Pure functions and constants; :mod:`~.submits` applies them. A task a node
 could never take -- a payload over its ``max_payload``, or a SUBMIT of it
@@ -9,12 +9,37 @@ would make libzmq drop the connection at every try until its deadline.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
 from ..errors import InvalidField
-from .nodes import Limits
+
+class Limits(NamedTuple):
+    """What one node takes in a SUBMIT, from its RING reply's ``limits``: the
+    largest message body (``max_message``), the largest task payload
+    (``max_payload``) and the most tasks in one message (``max_batch``).
+    A message over ``max_message`` + 4 KiB is not answered: libzmq drops the
+    connection it came on (docs/protocol.md, "Size limits")."""
+
+    max_message: int
+    max_payload: int
+    max_batch: int
+
+
+def limits_from(value: Any) -> Limits | None:
+    """A RING reply's ``limits``, or None when it has none (a node of before
+    2026-12-04) or they make no sense (a buggy or hostile node: positive
+    integers only, a message of at least 4 KiB): the client then keeps to
+    its own bounds."""
+    if not isinstance(value, dict):
+        return None
+    numbers = [value.get(name) for name in Limits._fields]
+    ints = [n for n in numbers if type(n) is int and n >= 1]
+    if len(ints) != len(numbers) or ints[0] < 4096:
+        return None
+    return Limits(*ints)
+
 
 BATCH_BYTES = 4 * 1024 * 1024
 """Payload bytes per SUBMIT (the node's default message limit is 16 MiB)."""

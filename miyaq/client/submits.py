@@ -12,7 +12,7 @@ Rules (docs/semantics.md):
 - Due submits go out batched, one SUBMIT per node per pass, within the
   sizes of :mod:`~.sizes` -- ``max_batch`` tasks and ``BATCH_BYTES`` of
   payload, and once a node's RING reply said its limits
-  (:class:`~.nodes.Limits`), its ``max_batch`` and half its
+  (:class:`~.sizes.Limits`), its ``max_batch`` and half its
   ``max_message``; a task that node could never take fails at once with
   ``InvalidField`` instead of being sent (libzmq would drop the connection
   and the task be resent until its deadline). A submit with a payload over
@@ -59,10 +59,10 @@ from ..errors import InvalidField, MiyaqError, Timeout, Unavailable, from_wire
 from ..logs import LogLimiter
 from ..protocol import commands as c
 from ..protocol.batching import chunks
-from .nodes import Limits, Nodes
+from .nodes import Nodes
 from .pending import Pending, final_error
 from .resolver import Resolver, Send
-from .sizes import ASK_LIMITS_ABOVE, BATCH_BYTES, LIMITS_POLL, LIMITS_WAIT, payload_size, refusal, surely_fits
+from .sizes import ASK_LIMITS_ABOVE, BATCH_BYTES, LIMITS_POLL, LIMITS_WAIT, Limits, payload_size, refusal, surely_fits
 from .wire import unsendable
 
 logger = logging.getLogger(__name__)
