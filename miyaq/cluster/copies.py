@@ -1,20 +1,12 @@
-"""This node's copies of replicated tasks: storing one another holder sent,
-and answering the peer requests about them.
+"""This node's copies of replicated tasks: the peer requests about them.
 
-* REPLICATE (a submit's copy, or a handed-off task): :meth:`Copies.install`
-  each record that passes the checks a SUBMIT passes
+* REPLICATE (a submit's copy, or a handed-off task): install
+  (:meth:`miyaq.cluster.install.CopyInstaller.install`) each record that passes the checks a SUBMIT passes
   (:mod:`miyaq.protocol.recordspec`; a refused one is counted and logged with
   its sender, never stored), answer with the ids stored -- once they are in this node's
   log, as on the node that took the submit -- and with the outcome of those
   this node already saw finish (the sender must not run them again);
 * QUERY (a standby copy asking before it runs): how this node holds each id.
-
-A copy is placed by this node's own view of the ring, which may be older or
-newer than the sender's: a node that is not a holder there refuses it (the
-sender keeps its copy and asks again later). Installing is idempotent and
-never brings back a finished task; a dead-lettered copy handed off to a
-node whose copy waits there dead-letters it (the DEAD event may have gone to
-the holders of an older ring).
 """
 from __future__ import annotations
 
@@ -22,22 +14,18 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Callable
 
-from miyaq.cluster.holder_events import apply_early_event
-from miyaq.cluster.peer_requests import EXPIRED_AT_ONCE, clock_shift, moved
-from miyaq.cluster.replicated_intake import is_resent
+from miyaq.cluster.install import CopyInstaller
+from miyaq.cluster.peer_requests import clock_shift
 from miyaq.cluster.sizes import EVENT_ALLOWANCE, outcome_size
 from miyaq.cluster.standby import describe
 from miyaq.constants import MAX_QUERY
-from miyaq.core.attempts import adopt_lessees
-from miyaq.core.replicas import DUPLICATE_ERROR
 from miyaq.errors import InvalidField
 from miyaq.logs import LogLimiter
 from miyaq.protocol.recordspec import (
-    MAX_TIME, Outcome, check_attempt, check_error, check_outcome, check_stone, task_from_record,
+    Outcome, check_attempt, check_error, check_outcome, check_stone,
 )
 from miyaq.runtime import wall
-from miyaq.protocol.commands import DUPLICATE
-from miyaq.store.task import CANCELLED, DEAD, READY, RETRYING, RUNNING, SCHEDULED, Task, revivals
+from miyaq.store.task import DEAD, READY, RETRYING, SCHEDULED
 
 if TYPE_CHECKING:
     from miyaq.cluster.role import ClusterRole
@@ -50,9 +38,7 @@ class Copies:
     def __init__(self, role: ClusterRole) -> None:
         self.role = role
         self.engine = role.engine
-        # Copies the REPLICATE being handled could not store because another
-        # task holds their key here, the key's first holder (id -> that task).
-        self.lost_keys: dict[str, str] = {}
+        self.installer = CopyInstaller(role)
 
     # -- peer requests --------------------------------------------------------------
     def on_replicate(self, sender: str, body: dict[str, Any]) -> dict[str, Any] | None:
@@ -70,11 +56,11 @@ class Copies:
             records = []
         stored: list[str] = []
         sent_dead: set[str] = set()     # stored records sent dead need no "dead" back
-        self.lost_keys = {}             # filled by install(): id -> the task that holds its key
+        lost_keys = self.installer.lost_keys = {}     # filled by install(): id -> the task that holds its key
         shift = clock_shift(body.get("clock"), now)
         for r in records:
-            if self.install(r, now, "handoff" if isinstance(r, dict) and "state" in r else "replicate", sender,
-                            shift):
+            source = "handoff" if isinstance(r, dict) and "state" in r else "replicate"
+            if self.installer.install(r, now, source, sender, shift):
                 stored.append(r["id"])      # installed: checked, so a dict with a valid id
                 if r.get("state") == DEAD:
                     sent_dead.add(r["id"])
@@ -98,34 +84,14 @@ class Copies:
             answer["finished"] = finished     # the sender must not run these again
         if dead:
             answer["dead"] = dead             # nor these: dead-lettered here
-        if self.lost_keys:
-            answer["duplicates"] = self.lost_keys     # not stored: another task holds the key (first holder)
-            self.lost_keys = {}
+        if lost_keys:
+            answer["duplicates"] = lost_keys     # not stored: another task holds the key (first holder)
+            self.installer.lost_keys = {}
         # A copy counts as stored once it is in this node's log, as on the
         # node that took the submit: answer only after the write.
         reply = self.role.peer.later()
         self.role.barrier.after_written(lambda: reply(answer))
         return None
-
-    def _lost_key(self, task: Task, holder: str, now: float) -> None:
-        """This node, the first holder of ``task``'s key, refused its copy:
-        another task with that key (``holder``) came first. Two submits of
-        one key through two nodes at once reach the holders in different
-        orders, and each keeps whichever came first; the first holder's order
-        decides. Its tombstone says so -- cancelled, as a duplicate -- so the
-        other holders' copies, which ask it before they run, end the same way
-        instead of running the task a second time."""
-        _log.log(logging.INFO, "lost key", "task %s: key %r is held by task %s here, the key's first holder: "
-                 "ended as a duplicate", task.id, task.key, holder)
-        error = _lost_key_error(task.key, holder)
-        with self.role.events.applying_remote():
-            self.engine.finish_copy(task.id, CANCELLED, None, error, now)
-        # The other holders drop theirs at once (and let go of the key), rather
-        # than when their standby copies ask; the sender answers its client.
-        self.role.events.forward_finished(task.id, (CANCELLED, None, error),
-                                          [h for h in task.holders if h != self.role.node_id])
-        if len(self.lost_keys) < MAX_QUERY:
-            self.lost_keys[task.id] = holder
 
     def keep_outcomes(self, sender: str, stones: list[Any], source: str, now: float,
                       held: Callable[[str, str | None], bool] | None = None) -> int:
@@ -240,177 +206,3 @@ class Copies:
             if others:
                 self.role.events.forward_finished(task_id, outcome, others)
         return list(checked)
-
-    def _wait_for_runner(self, task: Task, lease_end: float) -> None:
-        """The runner's own record of ``task`` came (a node leaving the ring
-        hands off what it runs, with its lease end) after another holder's
-        copy of it, already here: this copy waits at least until that lease
-        ends, as it would had the runner's record come first (docs/cluster.md,
-        "Handoff": a copy of a task running elsewhere waits until its lease
-        ends). Before 2026-12-05 it kept the earlier record's time: a node
-        drained with ``miyaq leave`` while it ran a task had the task started
-        again by a new holder one offset later, the first run still going."""
-        role = self.role
-        until = lease_end + role.offset_for(task, minimum=1)
-        if task.timer_at is not None and task.timer_at >= until:
-            return
-        with role.events.applying_remote():
-            task.standby = True
-            role.engine.defer(task, until, SCHEDULED)
-
-    def install(self, record: Any, now: float, source: str, sender: str, shift: float = 0.0) -> bool:
-        """Store (or update) this node's copy of a replicated or handed-off
-        task, once it passed the checks a SUBMIT passes (``source`` and
-        ``sender`` name where a refused one came from). Idempotent; never
-        resurrects a finished task.
-
-        ``shift`` is how far this node's clock is ahead of the sender's
-        (:func:`~miyaq.cluster.peer_requests.clock_shift`): a new copy's
-        times move onto this node's clock by it (:func:`onto_this_clock`)."""
-        role = self.role
-        try:
-            task = task_from_record(record, role.config)
-            if not task.holders:
-                raise InvalidField("a copy's record must list its holders", field="holders")
-        except InvalidField as err:
-            role.refusals.refuse(source, sender, err)
-            return False
-        holders = senders = list(task.holders)
-        if role.view.members:
-            # The sender's view of the ring may be older or newer than ours:
-            # place the copy by our own view, and refuse it if we are not a
-            # holder there (the sender keeps its copy and asks again later).
-            replicas = task.replicas if "replicas" in record else len(holders)
-            holders = role.holders(task.key if task.key is not None else task.id, replicas)
-        if role.node_id not in holders:
-            return False
-        engine = self.engine
-        table = engine.table
-        existing = table.live.get(task.id) or table.dead.get(task.id)
-        if existing is not None:
-            existing.holders = tuple(holders)
-            existing.rank = holders.index(role.node_id)
-            adopt_lessees(existing, task)     # a worker whose node died may report here
-            if (task.state == DEAD and existing.state in (SCHEDULED, READY, RETRYING)
-                    and revivals(task) >= revivals(existing)):
-                # A holder hands off a copy it dead-lettered, and ours missed the
-                # DEAD event (it went to the holders of an older ring): ours must
-                # not run the task again. A copy running here reports for itself;
-                # one retried here since (more revivals) is newer news than the sender's.
-                with role.events.applying_remote():
-                    existing.attempt = max(existing.attempt, task.attempt)
-                    engine.kill_copy(existing, task.error)
-            elif existing.state == DEAD and task.state != DEAD and revivals(task) > revivals(existing):
-                # The sender retried it from the dead letters and our copy missed the V event.
-                with role.events.applying_remote():
-                    engine.revive_copy(existing.id, now + role.offset_for(existing, minimum=1),
-                                       revived=revivals(task))
-            elif task.state == RUNNING and task.lease_end and existing.state in (SCHEDULED, READY, RETRYING):
-                self._wait_for_runner(existing, moved(task.lease_end, shift, EXPIRED_AT_ONCE))
-            return True
-        if table.tombstone(task.id) is not None:
-            return True
-        task.holders = tuple(holders)
-        onto_this_clock(task, shift)
-        state = task.state
-        task.state = SCHEDULED
-        task.rank = holders.index(role.node_id)
-        # ``eta`` is the task's own, as every holder sends it: this copy's
-        # extra wait is its ``copy_wait`` (Task.due), never added to ``eta``.
-        # Before 2026-12-05 each holder added its wait to ``eta`` and sent
-        # that on, and the next holder added its own again: a delayed task
-        # started an offset later at each handoff. (A record from an older
-        # node still carries its copy's wait in ``eta``: a one-time extra
-        # wait, not one per hop -- docs/cluster.md, "Handoff".)
-        not_started = (source == "sync" and _not_started(state, task, record)
-                       and task.created >= role.view_since + role.config.replica_offset)
-        # A SYNC answer's copy of a task no holder has started, which this node
-        # lacks (``not_started``): its REPLICATE is most likely still on its way
-        # (the answer came on another connection and overtook it). It is placed
-        # as that REPLICATE would place it -- ready at once on the first holder;
-        # as a standby copy of a task under way elsewhere, it would wait an
-        # offset, and a holder after it would take the task over one to three
-        # offsets late (`miyaq bench --cluster 3` runs that started under a
-        # resync). Only for a task made an offset or more after this node took
-        # its view of the ring: one made earlier may have been placed by an
-        # older ring, whose first holder may have started it already without
-        # the sender knowing (a CI run of the rolling restart saw such a task
-        # start on two nodes 7 ms apart, the ring changing).
-        if state == DEAD:
-            # Stored as a waiting copy, then dead-lettered: both go to the log like
-            # any copy's, so a restart keeps it (the sender drops its own once
-            # every new holder confirmed).
-            task.standby = True
-            due = max(task.eta, now)
-        elif "state" in record and not not_started:    # a handed-off copy of a task under way elsewhere
-            task.standby = True
-            if task.rank == 0 and _not_started(state, task, record):
-                # The task's first holder now, and nobody started it yet by the
-                # sender's record: it asks at the task's eta (only silence lets
-                # it run), not an offset later -- the offset is the first
-                # holder's time to announce a start, and that is this node now.
-                due = max(task.eta, now)
-            else:
-                due = max(task.eta, task.lease_end, now) + role.offset_for(task, minimum=1)
-        else:
-            # Views that disagree (a ring change under way) can make two nodes
-            # rank 0 of one task: a copy the sender placed differently waits an
-            # offset (the views converge, handoff re-ranks it) and asks first.
-            disagree = senders != holders
-            # Just after a freeze a REPLICATE may have waited in the socket while
-            # the sender's client resent the task and another holder ran it.
-            task.standby = task.rank > 0 or is_resent(task) or disagree or role.catching_up()
-            due = task.eta + role.offset_for(task, minimum=1 if disagree else 0)
-            if task.standby:
-                # A REPLICATE that arrives late (a link that stalled) must not make
-                # its copy ask at once: the other holders may not have theirs yet.
-                due = max(due, now + role.offset_for(task, minimum=1))
-        task.copy_wait = min(max(due - task.eta, 0.0), MAX_TIME)     # what the replay takes back
-        try:
-            status, holder = engine.submit(task, now, copy=True)
-        except Exception as exc:   # Busy, ShuttingDown, too many queues: not stored
-            _log.warning("copy", "could not store a copy of %s: %s", task.id, exc)
-            return False
-        if status == DUPLICATE and holder != task.id and task.rank == 0:
-            self._lost_key(task, holder, now)
-            return False
-        if status == "accepted" and state == DEAD:
-            with role.events.applying_remote():       # the sender's news, not this node's
-                engine.kill_copy(task, task.error)
-        elif status == "accepted":
-            apply_early_event(role, task)    # its runner's STARTED (or DEAD) event came first
-        return status == "accepted" or task.id in table.live or task.id in table.dead
-
-
-def _lost_key_error(key: str | None, holder: str) -> dict[str, Any]:
-    return {"type": DUPLICATE_ERROR, "message": f"its key {key!r} is held by task {holder}, which its first "
-                                            "holder took first", "retry": False}
-
-
-def onto_this_clock(task: Task, shift: float) -> None:
-    """Move the times of a copy's record -- stamped on its sender's wall
-    clock -- onto this node's, ``shift`` seconds ahead of the sender's:
-    ``created``, ``eta``, ``expires`` and a running task's ``lease_end``.
-    So a task accepted through a node whose clock is off is due, expires
-    and is taken over when its accepting node meant, on every holder: a
-    ready task is ready at once on its first holder, not ``-shift`` late or
-    early, and a ``ttl`` is not eaten by the skew (before 2026-12-05 a task
-    with a ttl shorter than the skew expired unrun on every holder whose
-    clock was ahead of the accepting node's). ``expires`` 0.0 (never) stays
-    0.0; one moved to or before the epoch is :data:`EXPIRED_AT_ONCE`, as is
-    a lease end. Every time stays in the range a stored time has
-    (:func:`~miyaq.cluster.peer_requests.moved`)."""
-    if not shift:
-        return
-    task.created = moved(task.created, shift)
-    task.eta = moved(task.eta, shift)
-    if task.expires:
-        task.expires = moved(task.expires, shift, EXPIRED_AT_ONCE)
-    if task.lease_end:
-        task.lease_end = moved(task.lease_end, shift, EXPIRED_AT_ONCE)
-
-
-def _not_started(state: str, task: Task, record: Mapping[str, Any]) -> bool:
-    """True if a transferred copy's record says no holder started its task
-    (as far as its sender knows): waiting or ready, no attempt, no lease."""
-    return state in (SCHEDULED, READY) and not task.attempt and "lessee" not in record and "lease_end" not in record

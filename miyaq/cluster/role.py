@@ -264,7 +264,7 @@ class ClusterRole:
         task.copy_wait = float(self.offset_for(task))
 
     def install(self, record: Any, now: float, source: str, sender: str, shift: float = 0.0) -> bool:
-        return self.copies.install(record, now, source, sender, shift)
+        return self.copies.installer.install(record, now, source, sender, shift)
 
 
     def streams_ready(self) -> bool:
