@@ -15,6 +15,7 @@ import logging
 from typing import Any
 
 from miyaq.config import NodeConfig
+from miyaq.core.view_lane import ViewLane
 from miyaq.core.binding import binding, service_port, unix_socket
 from miyaq.core.consumers import Consumer, PullConsumer
 from miyaq.core.directory import Directory
@@ -60,6 +61,7 @@ class Core:
         self.workers = WorkerRegistry(self.engine, self.dispatcher, self.endpoint, self.directory,
                                       config.id, config.heartbeat, config.liveness, config.max_workers)
         self.engine.listeners += [self.dispatcher, self.waiters, self.limits]
+        self.views = ViewLane()      # STATUS and the gateway's views of every queue: a bounded share of the loop
         self._pull_lessees: list[Consumer] = []    # noted at the drain
 
     # -- draining ----------------------------------------------------------------
@@ -164,6 +166,7 @@ class Core:
                 "waiters": {"pending": self.waiters.count, "released": self.waiters.released,
                             "withdrawn": self.waiters.withdrawn, "probes": self.waiters.probes},
                 "dispatch": {"open": self.gate.is_open, "held": self.gate.held()},
+                "views": self.views.stats(),
                 **({"workers": self.workers_list()} if self.lists_workers() else {})}
 
     def lists_workers(self) -> bool:

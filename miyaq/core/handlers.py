@@ -30,7 +30,7 @@ from miyaq.protocol import fields as f
 from miyaq.protocol.periodic import schedules_from_wire
 from miyaq.protocol.recordspec import STARTED_ELSEWHERE, failure_from_wire
 from miyaq.protocol.taskspec import check_id, check_queue, task_from_wire
-from miyaq.runtime import LOG, Supervisor, green, monotonic
+from miyaq.runtime import LOG, Supervisor, green, monotonic, wall
 from miyaq.store.task import ALL_STATES
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,10 @@ class ServiceHandlers:
         self.max_batch = core.config.max_batch
         self.check_writable = core.check_writable
         self.background = supervisor.pool("dead-letter operation", BACKGROUND_OPS, LOG)
+        self.supervisor = supervisor
+        self.views = core.views
+        self.lists_workers = core.lists_workers
+        self.workers_list = core.workers_list
 
     def install(self) -> None:
         table = {
@@ -96,7 +100,26 @@ class ServiceHandlers:
             intake.submit(task, now, identity)
 
     def status(self, identity: bytes, body: dict[str, Any], now: float) -> None:
-        self.endpoint.reply(identity, body.get("req"), self.report(now))
+        """STATUS in its turn (:mod:`miyaq.core.view_lane`): at once when its
+        turn has come, else from a greenlet of its own once it has (the
+        reader goes on); refused ``busy`` when too many wait."""
+        req = body.get("req")
+        wait = self.views.turn()
+        if wait <= 0:
+            self.endpoint.reply(identity, req, self.views.timed(lambda: self.report(now)))
+            return
+        lists_workers = self.lists_workers()      # by this message's key: another is handled by then
+
+        def in_its_turn() -> None:
+            self.views.wait(wait)
+            status = self.views.timed(lambda: self.report(wall()))
+            if lists_workers:
+                status["workers"] = self.workers_list()
+            else:
+                status.pop("workers", None)
+            self.endpoint.reply(identity, req, status)
+
+        self.supervisor.spawn("status in its turn", in_its_turn, policy=LOG)
 
     def ring(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         info = self.role.ring_info()

@@ -44,7 +44,11 @@ class AdminApi:
     def status(self, request: Request) -> Response:
         """The node's status; ``workers`` (the list) for an ``admin`` token
         only, as ``GET /workers`` (everyone is admin without tokens): a
-        producer or worker token gets their number (``totals.workers``)."""
+        producer or worker token gets their number (``totals.workers``).
+        Built and encoded in its turn (:mod:`miyaq.core.view_lane`)."""
+        return self.core.views.run(lambda: self._status(request))
+
+    def _status(self, request: Request) -> Response:
         now = wall()
         status = self.gateway.status(now)
         caller = self.gateway.auth.caller(request)
@@ -84,7 +88,8 @@ class AdminApi:
         return [self._row(q, counts, workers, idle, in_flight) for q in names]
 
     def queues(self, request: Request) -> Response:
-        return json_response({"queues": self.queue_rows()})
+        """Every queue's row, built and encoded in its turn (:mod:`miyaq.core.view_lane`)."""
+        return self.core.views.run(lambda: json_response({"queues": self.queue_rows()}))
 
     def queue(self, request: Request) -> Response:
         return json_response(self.queue_rows(check_queue(request.params["queue"]))[0])

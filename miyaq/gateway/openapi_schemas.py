@@ -134,6 +134,11 @@ SCHEMAS: dict[str, Any] = {
                   queues={"type": "object", "additionalProperties": STATUS_QUEUE},
                   totals=COUNTS, outcomes=COUNTS, errors=COUNTS, ring=ref("Ring"),
                   records_refused=described(COUNTS, "records from other nodes or the log refused, by source"),
+                  views=described(obj(["last_seconds", "waiting", "refused"], last_seconds=NUM, waiting=INT,
+                                      refused=INT),
+                                  "the views of every queue (this one, GET /queues, STATUS, the console) take "
+                                  "turns, at most 10% of the node's time: the last one's time, how many wait "
+                                  "for their turn, how many were refused busy"),
                   memory=obj(["payload_bytes", "max_bytes", "result_bytes", "max_result_bytes"],
                              payload_bytes=INT, max_bytes=INT, result_bytes=INT, max_result_bytes=INT,
                              results_dropped=INT),

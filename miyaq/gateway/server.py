@@ -35,6 +35,7 @@ and an endpoint that takes no forms refuses what an HTML form sends.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
@@ -296,7 +297,9 @@ class Gateway:
         elif status == 405:
             headers.append(("Allow", ", ".join(err.details.get("allow", []))))
         elif err.retryable:
-            headers.append(("Retry-After", "1"))
+            after = err.details.get("retry_after")      # seconds the node asked for (a view's turn), else 1
+            seconds = math.ceil(after) if isinstance(after, (int, float)) and 1 <= after <= 3600 else 1
+            headers.append(("Retry-After", str(seconds)))
         if status >= 500:
             logger.debug("HTTP answer %d: %s", status, err.message)
         if request is not None and self.console is not None and self.console.owns(request.path):

@@ -1,0 +1,152 @@
+"""Views of every queue take a bounded share of the node's loop
+(:mod:`miyaq.core.view_lane`): the lane's turns with an injected clock, then
+a real node's STATUS and ``GET /status`` asked before their turn -- answered
+in it, or refused ``busy`` with how long to wait, never building a view
+every time a caller asks.
+
+Fault simulated throughout: a caller (a producer's key or token may) asks
+for the node's status back to back on a node with thousands of queues,
+where each view holds the loop for tens of milliseconds (the overload audit
+of 2026-12-06: the task path's p99 went from 7 to 82 ms at 20 a second)."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from gateway_harness import FIXTURES, wait_for
+
+import miyaq
+from miyaq.core import view_lane
+from miyaq.core.view_lane import MAX_VIEWS_WAITING, ViewLane
+from miyaq.errors import Busy
+from miyaq.protocol import commands as c
+from miyaq.runtime import monotonic
+from miyaq.security.keystore import Identity
+from miyaq.security.roles import Role
+
+http_node, api, make_http_node, make_web_worker = FIXTURES   # pytest finds fixtures in module globals
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def build_taking(clock: Clock, seconds: float) -> Any:
+    def build() -> str:
+        clock.now += seconds
+        return "view"
+    return build
+
+
+def test_a_view_in_its_turn_runs_at_once_and_spaces_the_next_by_its_cost():
+    clock = Clock()
+    lane = ViewLane(clock, share=0.1)
+    assert lane.turn() == 0.0
+    assert lane.timed(build_taking(clock, 0.04)) == "view"     # 100.00 -> 100.04
+    # The next turn is 0.4 s after this view started: at most 10% of the loop.
+    assert lane.turn() == pytest.approx(0.36)
+    assert lane.waiting == 1
+    lane.waiting -= 1                          # (the wait itself is not taken here)
+    clock.now = 200.0                          # long after: no wait, and a cheap view spaces little
+    assert lane.turn() == 0.0
+    lane.timed(build_taking(clock, 0.0001))
+    assert lane.turn() == pytest.approx(0.0009)
+
+
+def test_turns_asked_together_queue_one_behind_another():
+    """A batch of STATUS read in one pass each takes its own turn: the
+    second waits one spacing, the third two."""
+    clock = Clock()
+    lane = ViewLane(clock, share=0.5)
+    lane.timed(build_taking(clock, 0.1))       # spacing 0.2 s from 100.0
+    waits = [lane.turn() for _ in range(3)]
+    assert waits == [pytest.approx(0.1), pytest.approx(0.3), pytest.approx(0.5)]
+    assert lane.waiting == 3
+
+
+def test_too_many_waiting_or_too_long_a_wait_is_refused_and_reserves_nothing(monkeypatch):
+    clock = Clock()
+    lane = ViewLane(clock, share=0.1)
+    lane.timed(build_taking(clock, 0.01))      # spacing 0.1 s
+    for _ in range(MAX_VIEWS_WAITING):
+        lane.turn()
+    reserved = lane._next_turn
+    with pytest.raises(Busy, match="asked too often") as refused:
+        lane.turn()
+    assert refused.value.details["reason"] == "views" and refused.value.details["retry_after"] > 0
+    assert lane._next_turn == reserved and lane.waiting == MAX_VIEWS_WAITING and lane.refused == 1
+    monkeypatch.setattr(view_lane, "MAX_VIEWS_WAITING", 10_000)
+    monkeypatch.setattr(view_lane, "MAX_VIEW_WAIT", 1.0)
+    while lane._next_turn - clock.now <= 1.0:
+        lane.turn()
+    with pytest.raises(Busy):
+        lane.turn()
+
+
+def test_a_zeromq_status_asked_before_its_turn_is_answered_in_it(http_node):
+    """The service socket's reader does not wait for the turn: the STATUS is
+    answered from a greenlet of its own once it comes, and submits sent
+    meanwhile are acknowledged before it."""
+    lane = http_node.node.core.views
+    with miyaq.Client(f"tcp://127.0.0.1:{http_node.config.port}") as client:
+        client.submit("job", queue="jobs", wait=True)
+        http_node.call(lambda: setattr(lane, "_next_turn", monotonic() + 1.0))
+        status = client.status()
+        assert status["queues"]["jobs"]["ready"] == 1 and status["views"]["refused"] == 0
+        assert http_node.call(lambda: lane.waiting) == 0
+
+
+def test_a_zeromq_status_past_the_longest_wait_is_refused_busy(http_node):
+    lane = http_node.node.core.views
+    with miyaq.Client(f"tcp://127.0.0.1:{http_node.config.port}") as client:
+        http_node.call(lambda: setattr(lane, "_next_turn", monotonic() + 60.0))
+        with pytest.raises(Busy, match="asked too often.*ask again in"):
+            client.status()
+        assert http_node.call(lambda: (lane.refused, lane.waiting)) == (1, 0)
+        http_node.call(lambda: setattr(lane, "_next_turn", 0.0))
+        assert client.status()["views"]["refused"] == 1
+
+
+def test_an_http_status_past_the_longest_wait_is_503_with_retry_after(http_node, api):
+    lane = http_node.node.core.views
+    http_node.call(lambda: setattr(lane, "_next_turn", monotonic() + 60.0))
+    for path in ("/status", "/queues"):
+        status, answer, headers = api.get(path)
+        assert status == 503 and answer["error"]["code"] == "busy" and answer["error"]["reason"] == "views"
+        assert 55 <= int(headers["retry-after"]) <= 60
+    http_node.call(lambda: setattr(lane, "_next_turn", 0.0))
+    assert api.get("/status")[0] == 200
+
+
+def test_a_status_answered_in_its_turn_shows_workers_by_the_key_that_asked(http_node):
+    """On a node with keys a STATUS lists the workers to an admin key only,
+    decided by the key of the message being handled. One answered later, in
+    its turn, is decided by the key that sent it -- not by whichever
+    message is handled when its turn comes."""
+    core = http_node.node.core
+    endpoint, lane = core.endpoint, core.views
+    replies: list[tuple[bytes, Any, dict]] = []
+    original = endpoint.reply
+
+    def ask() -> None:
+        endpoint.reply = lambda identity, req, body: replies.append((identity, req, body))
+        lane._next_turn = monotonic() + 0.2
+        endpoint.caller = Identity("reader", Role.PRODUCER)
+        endpoint.handlers[c.STATUS](b"\x00producer", {"req": 1}, 0.0)
+        endpoint.caller = Identity("ops", Role.ADMIN)        # the next message's key
+
+    def restore() -> None:
+        endpoint.reply = original
+        endpoint.caller = None
+
+    try:
+        http_node.call(ask)
+        wait_for(lambda: replies, "the STATUS answered in its turn")
+        identity, req, body = replies[0]
+        assert (identity, req) == (b"\x00producer", 1) and "workers" not in body and "totals" in body
+    finally:
+        http_node.call(restore)
