@@ -26,7 +26,8 @@ from miyaq.errors import MiyaqError
 from miyaq.persistence.journal import Persistence
 from miyaq.protocol.commands import ACCEPTED
 from miyaq.protocol.taskspec import task_from_wire
-from miyaq.runtime import Supervisor, green
+from miyaq.runtime import fairness
+from miyaq.runtime import Supervisor
 from miyaq.store.log import AppendLog
 from miyaq.store.log_writer import LogWriter
 from miyaq.store.records import stone_record, task_record
@@ -40,7 +41,7 @@ T0 = time.time()     # read at import: tests here stay far inside result_ttl of 
 
 @pytest.fixture(autouse=True)
 def yield_after_every_record(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(green, "HUB_SLICE", 0.0)
+    monkeypatch.setattr(fairness, "HUB_SLICE", 0.0)
     gevent.get_hub()     # a compaction yields only in a thread with a hub: the first test must not run without
 
 

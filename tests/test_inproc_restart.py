@@ -10,7 +10,7 @@ import gevent
 from miyaq.cluster import standby as standby_module
 from miyaq.constants import FROZEN_RESYNC_TIMEOUT, RESYNC_TIMEOUT
 from miyaq.core.gate import RECONCILING
-from miyaq.runtime import green as green_module
+from miyaq.runtime import fairness
 from miyaq.runtime import wall
 from miyaq.store.task import DONE
 
@@ -238,7 +238,7 @@ def test_making_due_copies_standby_after_a_freeze_lets_the_hub_run_between_slice
     is under way (before, only after it ended), and every copy is made a
     standby copy all the same."""
     monkeypatch.setattr(standby_module, "ASK_FIRST_SLICE", 1)
-    monkeypatch.setattr(green_module, "HUB_SLICE", 0.0)
+    monkeypatch.setattr(fairness, "HUB_SLICE", 0.0)
     cluster = inproc(2, replicas=2, default_timeout=60.0)
     node = cluster["n1"]
     tids = [cluster.task_led_by("n1") for _ in range(5)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from miyaq.cluster import stream
 from miyaq.cluster import sync as sync_module
+from miyaq.runtime import fairness
 from miyaq.runtime import green, wall
 from miyaq.store.task import DEAD, DONE, RUNNING, SCHEDULED
 
@@ -181,7 +182,7 @@ def test_listing_a_large_resync_snapshot_lets_the_node_serve_meanwhile(inproc, m
     between slices of SNAPSHOT_SLICE tasks once its share of the hub is
     used up (here: at every slice, HUB_SLICE 0), and its answer is the same."""
     monkeypatch.setattr(sync_module, "SNAPSHOT_SLICE", 2)
-    monkeypatch.setattr(green, "HUB_SLICE", 0.0)
+    monkeypatch.setattr(fairness, "HUB_SLICE", 0.0)
     cluster = inproc(3, replicas=2)
     tids = [t for t in (cluster.task_id() for _ in range(3000)) if sorted(cluster.holders(t)) == ["n1", "n2"]][:7]
     subs = [cluster.submit("n1", t, countdown=300) for t in tids]

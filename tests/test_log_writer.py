@@ -15,6 +15,7 @@ import pytest
 from disk_faults import FailingDisk
 
 from miyaq.errors import Busy
+from miyaq.runtime import fairness
 from miyaq.runtime import LOG, Supervisor, green
 from miyaq.store.log import AppendLog
 from miyaq.store.log_writer import LogWriter
@@ -206,7 +207,7 @@ def test_a_compaction_stopped_by_the_node_s_stop_is_no_warning(tmp_path: Path, m
     as a WARNING "log compaction failed ... the log keeps growing, next try
     in 30s", on a clean stop. Now it is an INFO saying it stopped with the
     node, and the log replays to the state it held."""
-    monkeypatch.setattr(green, "HUB_SLICE", 0.0)      # the compaction yields after every record
+    monkeypatch.setattr(fairness, "HUB_SLICE", 0.0)      # the compaction yields after every record
     node = Node(tmp_path)
     for i in range(5):
         node.put(f"k{i}", i)

@@ -33,6 +33,7 @@ from miyaq.errors import ShuttingDown
 from miyaq.node.assemble import build_node
 from miyaq.node.node import Node
 from miyaq.protocol.commands import ACCEPTED
+from miyaq.runtime import fairness
 from miyaq.runtime import Supervisor, green, wall
 from miyaq.runtime.sockets import SocketFactory, zmq
 from miyaq.store.task import RUNNING, Task
@@ -296,7 +297,7 @@ def test_reviving_and_purging_a_whole_dead_letter_queue_lets_the_node_serve_mean
     from miyaq.protocol import codec
     from miyaq.protocol import commands as c
 
-    monkeypatch.setattr(green, "HUB_SLICE", 0.0)
+    monkeypatch.setattr(fairness, "HUB_SLICE", 0.0)
     node = local_node(http_port=free_port())
     engine = node.core.engine
     consumer = Collector(["h", "p", "z", "y"])
@@ -373,7 +374,7 @@ def test_a_dead_letter_operation_over_zeromq_lets_the_socket_s_other_messages_th
     from miyaq.protocol import codec
     from miyaq.protocol import commands as c
 
-    monkeypatch.setattr(green, "HUB_SLICE", 0.0)
+    monkeypatch.setattr(fairness, "HUB_SLICE", 0.0)
     node = local_node()
     engine = node.core.engine
     consumer = Collector(["r", "p"])
@@ -425,7 +426,7 @@ def test_dead_letter_operations_at_once_are_bounded_and_a_failing_one_is_answere
     from miyaq.protocol import commands as c
 
     assert BACKGROUND_OPS == 2
-    monkeypatch.setattr(green, "HUB_SLICE", 0.0)
+    monkeypatch.setattr(fairness, "HUB_SLICE", 0.0)
     node = local_node()
     engine = node.core.engine
     queues = ["a", "b", "d"]

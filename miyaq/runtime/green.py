@@ -1,4 +1,5 @@
-"""The one module that imports gevent.
+"""The runtime's face over gevent (with its parts :mod:`~.fairness` and
+:mod:`~.waits`, whose names it gives too).
 
 Everything else in miyaq takes its concurrency primitives from here (the way
 kazoo takes them from its handler object): events, queues, locks, timeouts,
@@ -13,9 +14,6 @@ import importlib
 import logging
 import select as _select
 import signal
-from collections import deque
-from collections.abc import Iterator
-from time import monotonic as _real_monotonic
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import gevent
@@ -27,6 +25,9 @@ import gevent.queue
 import gevent.socket
 import gevent.threadpool
 from gevent import monkey
+
+from .fairness import HUB_SLICE, WAITED_READ, FairShare, let_others_run, slices
+from .waits import FdSet, FdWait, HubInbox, ThreadWake
 
 _system_poll = monkey.get_original("select", "poll")
 
@@ -64,6 +65,7 @@ killall = gevent.killall
 joinall = gevent.joinall
 
 __all__ = [
+    "HUB_SLICE", "WAITED_READ", "FairShare", "FdSet", "let_others_run",
     "AsyncResult", "Event", "FdWait", "call_later", "call_soon", "create_connection", "getaddrinfo", "Greenlet",
     "GreenletExit",
     "HubInbox", "Lock", "Pool", "Queue", "QueueEmpty", "SSLContext", "Semaphore", "T", "ThreadPool", "ThreadWake",
@@ -105,100 +107,6 @@ def hub_running() -> bool:
         return True
     hub = get_hub_if_exists()
     return hub is not None and gevent.getcurrent() is not hub
-
-
-HUB_SLICE = 0.02
-"""The longest (seconds) a reader loop kept busy by its socket runs before
-it yields to the hub (:class:`FairShare`)."""
-WAITED_READ = 0.0002
-"""A socket read that took this long (seconds, real time) waited in the hub
-for its peer: the other greenlets ran meanwhile (:meth:`FairShare.read`)."""
-
-
-def slices(items: list[T], *, first: int, fewest: int, most: int,
-           pause: Callable[[], None] | None = None) -> Iterator[list[T]]:
-    """``items`` a slice at a time, calling ``pause`` (default:
-    :func:`let_others_run`) between slices. Each slice is sized so that
-    working through it takes about ``HUB_SLICE`` of real time, from how long
-    the one before took (measured from the slice's yield to the caller's
-    next request): between ``fewest`` and ``most`` items, ``first`` (at most
-    ``most``) to begin with. Real time, not CPU: on a host whose cores other
-    processes share, the slices are smaller, and the hub is held about as
-    long as anywhere else. For a loop over a snapshot of the node's state
-    (a handoff pass) that must not hold the hub for long."""
-    wait = pause if pause is not None else let_others_run
-    share = FairShare()
-    size = min(first, most)
-    start = 0
-    while start < len(items):
-        if start:
-            wait()
-            share.waited()
-        chunk = items[start:start + size]
-        yield chunk
-        start += len(chunk)
-        spent = share.spent()
-        wanted = most if spent <= 0 else int(len(chunk) * HUB_SLICE / spent)
-        size = max(min(fewest, most), min(most, wanted))
-
-
-def let_others_run() -> None:
-    """Yield to the hub for one loop iteration, I/O included (``sleep(0)``
-    may resume this greenlet before the loop polls)."""
-    gevent.sleep(0.0001)
-
-
-class FairShare:
-    """Keeps one reader loop from holding the hub while its socket never
-    runs dry: :meth:`check`, between two bursts, yields for one loop
-    iteration once the loop has run ``HUB_SLICE`` seconds (real time) since
-    it last waited or yielded; :meth:`due` tells a burst to end early when
-    that time is up; :meth:`waited` says it just waited (and so let the
-    others run). A loop that waits between bursts never yields more than
-    that.
-
-    Without it, a node under a steady flood -- a REPLICATE stream, a
-    producer's submits, a worker's results -- read burst after burst on one
-    socket and left every other greenlet waiting: the other sockets'
-    readers, the timers, and the housekeeping whose silence past ``STALL``
-    means a frozen process (docs/architecture.md, "Runtime rules")."""
-
-    __slots__ = ("_since",)
-
-    def __init__(self) -> None:
-        self._since = _real_monotonic()
-
-    def waited(self) -> None:
-        self._since = _real_monotonic()
-
-    def due(self) -> bool:
-        """The loop has had its slice: end the burst (its next :meth:`check` yields)."""
-        return _real_monotonic() - self._since >= HUB_SLICE
-
-    def spent(self) -> float:
-        """Seconds (real time) since the loop last waited or yielded."""
-        return _real_monotonic() - self._since
-
-    def check(self) -> None:
-        if self.due():
-            let_others_run()
-            self._since = _real_monotonic()
-
-    def read(self, read: Callable[[Any], T], arg: Any) -> T:
-        """``read(arg)``, a socket read, after a :meth:`check`. A read that
-        took ``WAITED_READ`` or longer waited for its peer in the hub (the
-        others ran meanwhile) and counts as a wait: a connection that waits
-        for its client between requests then never yields on top of it (a
-        yield costs a loop iteration, about a millisecond: 3% of a
-        sequential HTTP client's time, before 2026-12-05)."""
-        self.check()
-        start = _real_monotonic()
-        try:
-            return read(arg)
-        finally:
-            now = _real_monotonic()
-            if now - start >= WAITED_READ:
-                self._since = now
 
 
 def call_soon(fn: Callable[..., Any], *args: Any) -> None:
@@ -287,147 +195,6 @@ def destroy_hub() -> None:
     """Destroy this thread's hub and its event loop: the last step of a native
     thread that ran a hub of its own (a node in a thread, in tests)."""
     gevent.get_hub().destroy(destroy_loop=True)
-
-
-class ThreadWake:
-    """Calls ``callback()`` in this hub when any thread calls :meth:`wake`.
-
-    gevent's async watcher is the one thread-safe way into a hub. Create it
-    in the hub's thread; ``wake()`` may be called from any thread, any number
-    of times (calls coalesce). ``close()`` in the hub's thread.
-    """
-
-    def __init__(self, callback: Callable[[], Any]) -> None:
-        self._watcher = gevent.get_hub().loop.async_()
-        self._watcher.start(callback)
-
-    def wake(self) -> None:
-        self._watcher.send()
-
-    def close(self) -> None:
-        self._watcher.stop()
-        self._watcher.close()
-
-
-class _Parking:
-    """One greenlet parked on io watchers until one fires, :meth:`wake` is
-    called, or a timeout passes (what :class:`FdWait` and :class:`FdSet` share)."""
-
-    def __init__(self) -> None:
-        self._loop = gevent.get_hub().loop
-        self._waiter: Any = None
-
-    @property
-    def waiting(self) -> bool:
-        return self._waiter is not None
-
-    def _park(self, watchers: Any, timeout: float | None) -> bool:
-        waiter = self._waiter = gevent.hub.Waiter()
-        for watcher in watchers:
-            watcher.start(waiter.switch, True)
-        timer = None
-        if timeout is not None:
-            timer = self._loop.timer(max(0.0, timeout))
-            timer.start(waiter.switch, False)
-        try:
-            return bool(waiter.get())
-        finally:
-            self._waiter = None
-            for watcher in watchers:
-                watcher.stop()
-            if timer is not None:
-                timer.close()
-
-    def wake(self) -> None:
-        """End the current wait (if any) as if a descriptor were readable."""
-        waiter = self._waiter
-        if waiter is not None:
-            self._loop.run_callback(waiter.switch, True)
-
-
-class FdWait(_Parking):
-    """Parks the calling greenlet until a file descriptor is readable.
-
-    Cheaper than ``gevent.socket.wait_read`` or a ``Timeout`` per wait: the
-    io watcher is made once, a wait costs a ``Waiter`` and, only with a
-    timeout, a timer. One greenlet waits at a time. :meth:`wake` (from any
-    greenlet of this hub, never from another thread) ends a wait early.
-    Level-triggered: a descriptor that stays readable wakes every wait at
-    once, so the caller must consume what made it readable.
-    """
-
-    def __init__(self, fd: int) -> None:
-        super().__init__()
-        self._io = (self._loop.io(fd, 1),)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """True when the descriptor became readable (or :meth:`wake` was
-        called), False when ``timeout`` seconds passed first."""
-        return self._park(self._io, timeout)
-
-    def close(self) -> None:
-        self._io[0].close()
-
-
-class FdSet(_Parking):
-    """Parks the calling greenlet until any of several descriptors is
-    readable, :meth:`wake` is called, or a timeout passes: :class:`FdWait`
-    for a set. One io watcher per descriptor, made when it is added and
-    started only while a greenlet waits, so a wait makes no watcher and no
-    ``epoll_ctl`` call (``zmq.green``'s poller made one of each per socket
-    per wait). One greenlet waits at a time; add and discard from the hub's
-    thread, and a descriptor added during a wait joins the next one (wake
-    the waiter to start it sooner)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._watchers: dict[Any, Any] = {}
-
-    def add(self, key: Any, fd: int) -> None:
-        self._watchers[key] = self._loop.io(fd, 1)
-
-    def discard(self, key: Any) -> None:
-        watcher = self._watchers.pop(key, None)
-        if watcher is not None:
-            watcher.stop()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """True when a descriptor became readable (or :meth:`wake` was
-        called), False when ``timeout`` seconds passed first."""
-        return self._park(list(self._watchers.values()), timeout)
-
-
-class HubInbox:
-    """Runs in this hub the calls any thread hands to :meth:`call`, in order.
-
-    A deque and a :class:`ThreadWake`: other threads never touch the hub's
-    objects themselves. Calls run as hub callbacks, so they must not block
-    (set an event, an :class:`AsyncResult`, append to a list). One that
-    raises is logged and the others still run. Create and close it in the
-    hub's thread.
-    """
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._calls: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
-        self._wake = ThreadWake(self._drain)
-
-    def call(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._calls.append((fn, args))
-        self._wake.wake()
-
-    def _drain(self) -> None:
-        calls = self._calls
-        while calls:
-            fn, args = calls.popleft()
-            try:
-                fn(*args)
-            except Exception:
-                logger.exception("%s: a call from another thread failed", self.name)
-
-    def close(self) -> None:
-        self._drain()
-        self._wake.close()
 
 
 _native_allocate_lock: Callable[[], Any] | None = None
