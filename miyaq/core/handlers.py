@@ -105,21 +105,25 @@ class ServiceHandlers:
         reader goes on); refused ``busy`` when too many wait."""
         req = body.get("req")
         wait = self.views.turn()
-        if wait <= 0:
-            self.endpoint.reply(identity, req, self.views.timed(lambda: self.report(now)))
+        if wait <= 0:      # built and encoded in the measured time
+            self.views.timed(lambda: self.endpoint.reply(identity, req, self.report(now)))
             return
         lists_workers = self.lists_workers()      # by this message's key: another is handled by then
 
         def in_its_turn() -> None:
             self.views.wait(wait)
-            status = self.views.timed(lambda: self.report(wall()))
-            if lists_workers:
-                status["workers"] = self.workers_list()
-            else:
-                status.pop("workers", None)
-            self.endpoint.reply(identity, req, status)
+            self.views.timed(lambda: self.endpoint.reply(identity, req, self._status_for(lists_workers)))
 
         self.supervisor.spawn("status in its turn", in_its_turn, policy=LOG)
+
+    def _status_for(self, lists_workers: bool) -> dict[str, Any]:
+        """STATUS as a key that may (or may not) list the workers sees it."""
+        status = self.report(wall())
+        if lists_workers:
+            status["workers"] = self.workers_list()
+        else:
+            status.pop("workers", None)
+        return status
 
     def ring(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         info = self.role.ring_info()
