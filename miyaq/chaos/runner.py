@@ -21,7 +21,7 @@ import logging
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 from .. import __version__
@@ -299,5 +299,3 @@ class ChaosRun:
         return verdict
 
 
-def config_dict(config: ChaosConfig) -> dict[str, Any]:
-    return asdict(config)

@@ -1,5 +1,5 @@
-"""``miyaq``: the command line. Each subcommand lives in its own module and
-registers itself here."""
+"""``miyaq``: the command line. Each group of subcommands lives in a
+module of its own and registers itself here."""
 from __future__ import annotations
 
 import argparse

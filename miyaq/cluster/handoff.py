@@ -131,7 +131,6 @@ class Handoff:
         self._outcomes_before: RingView | None = None
         # Chunks of outcomes a holder did not answer: (holder, stones, attempts made).
         self._unanswered: list[tuple[str, list[StoneRow], int]] = []
-        self.outcomes_handed = 0
         # New holders sent copies: when they may be sent what they did not confirm.
         self.retries: dict[str, _HolderRetry] = {}
         self._pass_sent_to: set[str] = set()     # the holders the pass under way sent copies to
@@ -277,7 +276,6 @@ class Handoff:
                 self._send_outcomes(holder, rows, 0)
         if sent:
             logger.info("handoff: sent the outcome of %d finished task(s) to their new holders", sent)
-        self.outcomes_handed += sent
         return sent
 
     def _send_outcomes(self, holder: str, rows: list[StoneRow], attempts: int) -> None:
@@ -403,7 +401,8 @@ class Handoff:
     def _retry_slice(self, ids: list[str], due: set[str], seen: set[str], now: float) -> None:
         """Send the copies of ``ids`` to each of their unconfirming holders
         that is ``due`` (or that has no retry of its own yet: it is added to
-        ``due``); every such holder is added to ``seen``."""
+        ``due``); every holder still waiting for a copy of ``ids`` is added
+        to ``seen``, due or not."""
         table = self.role.engine.table
         outbox: dict[str, list[dict[str, Any]]] = {}
         for task_id in ids:
@@ -445,7 +444,7 @@ def _ask_at_eta(role: ClusterRole, task: Task) -> None:
     which no holder started as far as this node heard (no attempt, no
     lessee): it asks the others at the task's eta instead (only silence
     lets it run), as the first holder of a handed-off copy does
-    (:meth:`~miyaq.cluster.copies.Copies.install`) -- the offset was the
+    (:meth:`~miyaq.cluster.install.CopyInstaller.install`) -- the offset was the
     earlier holder's time to announce a start. Before 2026-12-05 it kept
     its offset: a first holder drained before a delayed task's eta left
     every copy a standby, and the task ran an offset late, or expired

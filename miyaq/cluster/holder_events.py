@@ -279,7 +279,6 @@ def _started_elsewhere(role: ClusterRole, src: str, task: Task, ev: list[Any], n
     attempt, lease_end, at_most_once = ev[2], ev[3], ev[4] if len(ev) > 4 else False
     if task.state == RUNNING:
         role.events.duplicate_run(task, {"also_started_on": src, "attempt": attempt})
-        role.duplicates_seen += 1
         return
     if at_most_once:
         engine.finish_copy(task.id, STARTED_ELSEWHERE, None, None, now)

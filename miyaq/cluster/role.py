@@ -68,7 +68,6 @@ class ClusterRole:
         #: When this node took its current view (its wall clock; 0: never).
         self.view_since = 0.0
         self.min_acks = config.min_acks
-        self.duplicates_seen = 0
         self.peer = transport.peer_link(self.node_id)
         self.publisher = transport.publisher(self.node_id)
         self.resync = Resync(self)
@@ -121,7 +120,7 @@ class ClusterRole:
             except Exception:
                 logger.exception("closing the cluster transport failed")
 
-    # -- the Role interface -------------------------------------------------------------
+    # -- the NodeRole interface -------------------------------------------------------------
     @property
     def is_leader(self) -> bool:
         return bool(self.coordinator.is_leader)

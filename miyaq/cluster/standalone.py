@@ -44,7 +44,7 @@ class StandaloneRole:
     def kill(self) -> None:
         """Nothing to release."""
 
-    # -- the Role interface -------------------------------------------------------------
+    # -- the NodeRole interface -------------------------------------------------------------
     @property
     def is_leader(self) -> bool:
         return self.coordinator.is_leader

@@ -6,9 +6,9 @@ The ZeroMQ :class:`~miyaq.cluster.transport.StreamPublisher` and
 The source publishes each destination's events under a fixed-width topic
 (``topic(dest)``: 16 hex digits of blake2b + ``|``, so one node's topic is
 never a prefix of another's), numbered by a per-destination sequence and
-stamped with the source's incarnation (a random number drawn at start: the
-stream "epoch"). Every ``STREAM_HEARTBEAT`` seconds it also publishes, per
-destination, a heartbeat carrying the last sequence number sent.
+stamped with the source's incarnation (a random number drawn at start).
+Every ``STREAM_HEARTBEAT`` seconds it also publishes, per destination, a
+heartbeat carrying the last sequence number sent.
 
 A receiver tracks (incarnation, last sequence, last heard) per source. A gap,
 a heartbeat announcing messages it never got, a silent stream or a new
@@ -16,8 +16,10 @@ incarnation make it ask for a resync over the peer link (the Clone pattern,
 zguide ch. 5): PUB/SUB drops silently at the high-water mark and loses the
 first messages after a connect, so the stream alone is never trusted.
 
-Frames: ``[topic, msgpack {"src", "inc", "seq", "epoch", "ev": [event...]}]``;
-a heartbeat has no ``ev`` and ``"hb": true``.
+Frames: ``[topic, msgpack {"src", "inc", "seq", "epoch", "proto", "ev":
+[event...]}]`` (``epoch``: the ring's, as the source saw it; ``proto``: its
+peer protocol); a heartbeat has no ``ev``, and has ``"hb": true`` and
+``"zk"`` (whether the source has ZooKeeper).
 
 :class:`StreamSender` and :class:`StreamReceiver` are the halves that know
 no socket (numbering, and watching the numbers), so the in-memory transport

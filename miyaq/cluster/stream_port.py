@@ -27,7 +27,7 @@ from miyaq.logs import LogLimiter
 from miyaq.runtime.messages import source_fd
 from miyaq.runtime.sockets import zmq
 
-logger = logging.getLogger("miyaq.cluster.stream")
+logger = logging.getLogger("miyaq.cluster.stream")     # the stream's logger on purpose: one name to filter
 _log = LogLimiter(logger)     # a flood of bad subscriptions: a few lines a minute
 
 #: A topic as :func:`miyaq.cluster.stream.topic` makes it: 16 lowercase hex digits and ``|``.

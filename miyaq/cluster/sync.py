@@ -10,7 +10,7 @@ are finished or dead-lettered here. A task it lacks that no holder has
 started (by S's record) is placed as its REPLICATE would place it -- the
 answer may have overtaken that REPLICATE, on another connection -- so on
 its first holder it is ready at once; one under way elsewhere becomes a
-standby copy (:meth:`~miyaq.cluster.copies.Copies.install`). Every record and tombstone of the answer
+standby copy (:meth:`~miyaq.cluster.install.CopyInstaller.install`). Every record and tombstone of the answer
 is checked like a SUBMIT first (:mod:`miyaq.protocol.recordspec`); a bad one
 is refused, counted and skipped.
 A copy S runs becomes a standby copy here whatever its rank: S took it

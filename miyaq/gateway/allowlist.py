@@ -4,8 +4,9 @@ forgery (someone who can enqueue making the node call internal services).
 The allow-list holds ``host``, ``host:port`` or ``*.domain`` entries
 (``webhook_allow_hosts``, comma-separated, case-insensitive); an IPv6
 address as in a URL, ``[2001:db8::1]`` or ``[2001:db8::1]:8443`` (a bare
-address without brackets is also taken). Empty means
-every destination is allowed, the default for a node serving on loopback.
+address without brackets is also taken). Empty: this list allows every
+host, and :class:`~miyaq.gateway.destinations.Destinations` then refuses
+private addresses unless ``webhook_allow_private``.
 Names are compared as written in the URL, before DNS: list the names your
 workers use, and do not list names an attacker could point elsewhere.
 It is checked when a webhook is enqueued over HTTP (403) and again before

@@ -1,6 +1,6 @@
 """Prometheus metrics of one node (``GET /metrics``).
 
-Two sources, one per-node :class:`~prometheus_client.CollectorRegistry`
+Its sources share one per-node :class:`~prometheus_client.CollectorRegistry`
 (never the global one, so several nodes can live in one process):
 
 * :class:`~miyaq.gateway.task_timings.TaskTimings`, an engine listener, observes latency histograms as
