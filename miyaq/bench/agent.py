@@ -195,10 +195,11 @@ def make_driver(args: argparse.Namespace) -> Driver:
 
 
 def main(argv: list[str]) -> int:
+    from miyaq.bench import TASK_NAME
     parser = argparse.ArgumentParser(prog="agent.py")
     parser.add_argument("--system", choices=("miyaq", "bare"), default="miyaq")
     parser.add_argument("--connect", required=True)
-    parser.add_argument("--name", default="miyaq.bench.noop")
+    parser.add_argument("--name", default=TASK_NAME)
     parser.add_argument("--queue", default="default")
     args = parser.parse_args(argv)
     out = sys.stdout

@@ -17,9 +17,9 @@ import msgpack
 from ..errors import MiyaqError, Timeout
 from ..runtime.io_threads import NORMAL
 from ..runtime.sockets import SocketFactory, zmq
+from . import TASK_NAME
 
 WINDOW = 10_000
-TASK_NAME = "miyaq.bench.noop"
 
 
 class BareDriver:

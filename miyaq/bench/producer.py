@@ -18,7 +18,7 @@ from array import array
 from typing import Any
 
 from ..errors import MiyaqError, Timeout
-from . import agent
+from . import TASK_NAME, agent
 from .procs import Child, ProcessGroup
 
 SLACK = 15.0     # seconds an answer may take beyond the command's own limit
@@ -34,7 +34,7 @@ def largest_payload(max_payload: int) -> int:
 
 class Producer:
     def __init__(self, procs: ProcessGroup, python: str, system: str, connect: str, queue: str,
-                 name: str = "miyaq.bench.noop", env: dict[str, str] | None = None) -> None:
+                 name: str = TASK_NAME, env: dict[str, str] | None = None) -> None:
         self.procs = procs
         self.env = dict(os.environ, **env) if env else None    # with --keys: MIYAQ_KEY/MIYAQ_SERVER_KEY
         self.argv = [python, agent.__file__, "--system", system, "--connect", connect,

@@ -28,12 +28,12 @@ from typing import Any, Callable
 from ..app import App
 from ..runtime import green
 from ..worker.context import current_task
+from . import TASK_NAME
 from .records import RecordWriter
 
 ENV_CONNECT = "MIYAQ_BENCH_CONNECT"
 ENV_RECORDS = "MIYAQ_BENCH_RECORDS"
 ENV_WORK = "MIYAQ_BENCH_WORK"
-TASK_NAME = "miyaq.bench.noop"
 
 app = App(os.environ.get(ENV_CONNECT, "tcp://127.0.0.1:7450"))
 

@@ -9,7 +9,7 @@ from typing import Callable
 from .. import __version__
 from ..errors import MiyaqError
 
-COMMAND_MODULES = ("node_cmd", "worker_cmd", "admin_cmd", "bench_cmd", "queue_cmd", "ring_cmd",
+COMMAND_MODULES = ("node_cmd", "worker_cmd", "tasks_cmd", "bench_cmd", "queue_cmd", "ring_cmd",
                    "dev_cluster_cmd", "chaos_cmd", "keys_cmd")
 
 
