@@ -51,10 +51,21 @@ def test_a_view_in_its_turn_runs_at_once_and_spaces_the_next_by_its_cost():
     assert lane.turn() == pytest.approx(0.36)
     assert lane.waiting == 1
     lane.waiting -= 1                          # (the wait itself is not taken here)
-    clock.now = 200.0                          # long after: no wait, and a cheap view spaces little
+    clock.now = 200.0                          # long after: no wait, and a cheap view spaces none
     assert lane.turn() == 0.0
     lane.timed(build_taking(clock, 0.0001))
-    assert lane.turn() == pytest.approx(0.0009)
+    assert lane.turn() == 0.0
+
+
+def test_views_under_free_view_are_never_spaced_however_many_come_together():
+    """A node with few queues: 1,000 STATUS read in one pass (a monitoring
+    fleet, a fuzz) are all answered at once, none refused."""
+    clock = Clock()
+    lane = ViewLane(clock, share=0.1)
+    for _ in range(1000):
+        assert lane.turn() == 0.0
+        lane.timed(build_taking(clock, 0.0015))
+    assert (lane.waiting, lane.refused) == (0, 0)
 
 
 def test_turns_asked_together_queue_one_behind_another():

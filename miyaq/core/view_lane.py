@@ -10,9 +10,9 @@ to 82 ms (2026-12-06's overload audit).
 :class:`ViewLane` spaces such views so that, whoever asks and however
 often, they take at most :data:`VIEW_SHARE` of the loop's time: after a
 view that took ``t`` seconds the next one starts ``t / VIEW_SHARE`` after
-this one started, no sooner. A view whose turn has come runs at once, so
-a node with few queues (a view of well under a millisecond) answers as
-before; one asked before its turn waits for it -- an HTTP request in its
+this one started, no sooner -- unless ``t`` is under :data:`FREE_VIEW`,
+so a node with few queues (a view of well under a millisecond) answers
+every STATUS at once, as before, however many come together; one asked before its turn waits for it -- an HTTP request in its
 own greenlet, a STATUS in a greenlet of its own (the service socket's
 reader never waits). At most :data:`MAX_VIEWS_WAITING` wait at once, and
 none is made to wait longer than :data:`MAX_VIEW_WAIT`: past either the
@@ -30,6 +30,9 @@ T = TypeVar("T")
 
 VIEW_SHARE = 0.1
 """The most of the loop's time views listing every queue take together."""
+FREE_VIEW = 0.002
+"""A view that took less (seconds) spaces no other: a node with few queues
+answers every STATUS at once, however many come together."""
 MAX_VIEWS_WAITING = 32
 """Views waiting for their turn at once, at most; another is refused ``busy``."""
 MAX_VIEW_WAIT = 5.0
@@ -61,7 +64,7 @@ class ViewLane:
             raise Busy(f"the node's status is asked too often: its views of every queue take {self._cost:.3f}s "
                        f"each and at most {VIEW_SHARE:.0%} of its time; ask again in {wait:.1f}s",
                        reason="views", retry_after=round(wait, 1))
-        self._next_turn = self._reserved = start + self._cost * self._stretch   # as long as the last view took
+        self._next_turn = self._reserved = start + self._spacing(self._cost)   # as long as the last view took
         if wait > 0:
             self.waiting += 1     # from now: a batch of requests read at once counts every one
         return wait
@@ -77,8 +80,12 @@ class ViewLane:
             return build()
         finally:
             self._cost = max(0.0, self._clock() - started)
-            spaced = started + self._cost * self._stretch
+            spaced = started + self._spacing(self._cost)
             self._next_turn = spaced if self._next_turn == self._reserved else max(self._next_turn, spaced)
+
+    def _spacing(self, cost: float) -> float:
+        """How long after a view of ``cost`` seconds began the next may begin."""
+        return cost * self._stretch if cost >= FREE_VIEW else 0.0
 
     def wait(self, seconds: float) -> None:
         """Wait the ``seconds`` :meth:`turn` gave, in a greenlet that may wait;
