@@ -371,6 +371,63 @@ def test_segment_replaced_by_a_directory_is_a_clear_error_and_changes_nothing(tm
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
+def test_a_last_segment_this_user_may_not_write_is_a_clear_error(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault: the last segment is readable but not writable by the node's
+    user (owned by root, mode 644, after a restore run as root). Replay reads
+    it, then cannot open it to append: one MiyaqError naming the file and
+    the reason, as for any other file of the log (before 2026-12-06 a
+    PermissionError traceback and exit status 1). Simulated: the suite may
+    run as root, whom no mode refuses."""
+    log, _ = open_log(tmp_path, fsync="never")
+    log.append_many([{"i": 1}])
+    log.close()
+    last = str(segments(tmp_path)[-1])
+    real_open = os.open
+
+    def refuse_writing(path: Any, flags: int, *args: Any) -> int:
+        if str(path) == last and flags & os.O_WRONLY:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", refuse_writing)
+    log = AppendLog(tmp_path, fsync="never")
+    with pytest.raises(MiyaqError, match=f"cannot open the log in data dir {tmp_path}: {last}: Permission denied; "
+                                         "the node must be able to read and write every file in it"):
+        list(log.replay())
+    log.close()
+
+
+def test_a_data_dir_that_takes_no_new_file_is_refused_at_start(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault: the data directory is not writable by the node's user, though
+    its files are (the directory owned by root, 755). Before 2026-12-06 the
+    node started and took submits until its first segment roll (64 MiB),
+    then refused every one for good ("cannot create .../log-....mq"). Now
+    the replay makes and removes a file first: one MiyaqError naming it,
+    nothing else changed. Simulated as above."""
+    log, _ = open_log(tmp_path, fsync="never")
+    log.append_many([{"i": 1}])
+    log.close()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    real_open = os.open
+
+    def no_new_files(path: Any, flags: int, *args: Any) -> int:
+        if flags & os.O_CREAT and not os.path.exists(path):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", no_new_files)
+    log = AppendLog(tmp_path, fsync="never")
+    with pytest.raises(MiyaqError, match=f"cannot open the log in data dir {tmp_path}: {tmp_path}/probe.tmp: "
+                                         "Permission denied"):
+        list(log.replay())
+    log.close()
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert reopen(tmp_path, fsync="never") == [{"i": 1}]
+
+
 # -- limits ----------------------------------------------------------------------
 
 

@@ -12,9 +12,10 @@ often, they take at most :data:`VIEW_SHARE` of the loop's time: after a
 view that took ``t`` seconds the next one starts ``t / VIEW_SHARE`` after
 this one started, no sooner -- unless ``t`` is under :data:`FREE_VIEW`,
 so a node with few queues (a view of well under a millisecond) answers
-every STATUS at once, as before, however many come together; one asked before its turn waits for it -- an HTTP request in its
-own greenlet, a STATUS in a greenlet of its own (the service socket's
-reader never waits). At most :data:`MAX_VIEWS_WAITING` wait at once, and
+every STATUS at once, as before, however many come together. One asked
+before its turn waits for it -- an HTTP request in its own greenlet, a
+STATUS in a greenlet of its own (the service socket's reader never
+waits). At most :data:`MAX_VIEWS_WAITING` wait at once, and
 none is made to wait longer than :data:`MAX_VIEW_WAIT`: past either the
 request is refused ``busy`` (reason ``views``; 503 with ``Retry-After``
 over HTTP) and nothing is reserved for it.

@@ -106,7 +106,7 @@ from miyaq.store.log_commit import FSYNC_MODES, Committer, DurableCallback, LogF
 from miyaq.store.log_compact import Snapshotter
 from miyaq.store.log_files import Blocking, MiB, fsync_dir
 from miyaq.store.log_format import KIND_RECORD, encode_record
-from miyaq.store.log_replay import LogEntry, Scanner
+from miyaq.store.log_replay import LogEntry, Scanner, unusable
 from miyaq.store.log_segments import LogWriteError, Segments
 
 __all__ = ["FSYNC_MODES", "AppendLog", "DurableCallback", "LogEntry", "LogFailed", "LogWriteError"]
@@ -170,11 +170,14 @@ class AppendLog:
         self._state = "replaying"
         yield from self._scanner.entries()
         opened = self._scanner.opened
-        self._segments.adopt(opened.segments, opened.last_seqno)
-        self._snapshotter.adopt(opened.snapshot)
-        if self._segments.active is not None:  # a killed process may have left it in the page cache only
-            self._blocking(os.fsync, self._segments.active.fd)
-        self._blocking(fsync_dir, self.directory)
+        try:
+            self._segments.adopt(opened.segments, opened.last_seqno)   # opens the last segment to append
+            self._snapshotter.adopt(opened.snapshot)
+            if self._segments.active is not None:  # a killed process may have left it in the page cache only
+                self._blocking(os.fsync, self._segments.active.fd)
+            self._blocking(fsync_dir, self.directory)
+        except OSError as exc:     # its last segment readable, not writable: one line, not a traceback
+            raise unusable(self.directory, exc) from exc
         self._committer.start(self._supervisor, opened.last_seqno)
         self._state = "ready"
 

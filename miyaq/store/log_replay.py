@@ -65,6 +65,14 @@ class Opened:
     records_after_snapshot: int = 0
 
 
+def unusable(directory: str, exc: OSError) -> MiyaqError:
+    """The one error of a log whose *files* cannot be used (opened, read,
+    written, made): it names the file and the reason; the node does not start."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    return MiyaqError(f"cannot open the log in data dir {directory}: {where}{exc.strerror or exc}; "
+                      "the node must be able to read and write every file in it, and make new ones")
+
+
 class Scanner:
     """Replay and repair of one log directory (once)."""
 
@@ -91,6 +99,7 @@ class Scanner:
         try:
             os.makedirs(self.directory, exist_ok=True)
             self._lock()
+            self._check_writable()
             snapshots, segments = self._scan()
             chosen = self._choose_snapshot(snapshots, segments)
             if chosen is not None:
@@ -99,9 +108,7 @@ class Scanner:
             self._finish(snapshots, segments)
         except OSError as exc:
             self.unlock()
-            where = f"{exc.filename}: " if exc.filename else ""
-            raise MiyaqError(f"cannot open the log in data dir {self.directory}: {where}{exc.strerror or exc}; "
-                             "the node must be able to read and write every file in it") from exc
+            raise unusable(self.directory, exc) from exc
         except BaseException:
             self.unlock()
             raise
@@ -121,6 +128,17 @@ class Scanner:
             raise MiyaqError(f"data dir {self.directory} is in use by another process (it holds its LOCK file): "
                              "is a node already running with it? Give each node its own --data-dir") from None
         self._lock_fd = fd
+
+    def _check_writable(self) -> None:
+        """The directory takes new files: a segment is made at every roll
+        (64 MiB), so a directory the node may not write (its files writable,
+        the directory not) fails now, naming it, not at the first roll hours
+        later -- before 2026-12-06's audit it did then, and the node refused
+        every submit from that moment on. A file made and removed at once
+        (the writer's probe: replay removes one a crash left)."""
+        path = os.path.join(self.directory, PROBE_NAME)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+        os.unlink(path)
 
     def _scan(self) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
         snapshots, segments = [], []
