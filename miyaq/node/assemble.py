@@ -42,6 +42,7 @@ from miyaq.core.handles import Immediate, WriteBarrier
 from miyaq.errors import ConfigError
 from miyaq.gateway.metrics import NodeMetrics
 from miyaq.gateway.server import Gateway
+from miyaq.node.data_dir import check_cluster, record_cluster
 from miyaq.node.node import Node, Part
 from miyaq.node.open_files import OpenFilesWatch
 from miyaq.node.status import NodeStatus
@@ -112,7 +113,8 @@ def _build(config: NodeConfig, supervisor: Supervisor, sockets: SocketFactory, c
         zap.on_revoked.append(lambda names: core.revoke(names, wall()))
     persistence = None
     if config.data_dir:
-        persistence = Persistence(core.engine, _open_log(config, supervisor), supervisor, core.refusals, config.id)
+        persistence = Persistence(core.engine, _open_log(config, supervisor), supervisor, core.refusals, config.id,
+                                  on_replayed=lambda: record_cluster(config))
         core.endpoint.ack_gate = persistence.after_written   # SUBMITTED, and answers that promise a change
         core.endpoint.log_admit = persistence.admit          # such requests are refused while the disk fails
     try:
@@ -171,6 +173,7 @@ def _open_log(config: NodeConfig, supervisor: Supervisor) -> AppendLog:
     result the node accepted within its limits -- today's, or a run's that
     allowed more (``max_payload`` lowered since) -- so a record it refused
     would stop the writer or fail every compaction."""
+    check_cluster(config)      # a data dir of another cluster: its copies would run in both
     try:
         os.makedirs(config.data_dir, exist_ok=True)
         return AppendLog(config.data_dir, fsync=config.fsync, interval_ms=config.fsync_interval_ms,

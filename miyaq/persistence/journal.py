@@ -50,12 +50,13 @@ class Persistence(EngineListener):
     name = "persistence"
 
     def __init__(self, engine: Engine, log: AppendLog, supervisor: Supervisor, refusals: Refusals,
-                 node_id: str = "") -> None:
+                 node_id: str = "", on_replayed: Callable[[], None] | None = None) -> None:
         self.engine = engine
         self.refusals = refusals      # records of the log that fail validation at replay
         self.log = log
         self.supervisor = supervisor
         self.node_id = node_id
+        self.on_replayed = on_replayed     # called once the log is open and replayed (its LOCK held)
         # Batches, acknowledgement gating and disk faults (refuse, serve, recover): miyaq/store/log_writer.py
         self.writer = LogWriter(log, self.snapshot)
         self._killed = False
@@ -66,6 +67,8 @@ class Persistence(EngineListener):
         tasks while the log cannot be written."""
         started = monotonic()
         replayed = replay(self.engine, self.log, wall(), self.refusals)
+        if self.on_replayed is not None:
+            self.on_replayed()
         logger.info("node %s replayed %d log records in %.2fs: %d live and dead tasks, %d tombstones "
                     "(log: %d corrupt records, %d bytes truncated)", self.node_id, replayed.records,
                     monotonic() - started, replayed.tasks, replayed.tombstones,
