@@ -27,17 +27,8 @@ answer past the 5 s deadline was dropped and every unconfirmed copy sent
 again every 5 s, without end: a new holder answering in 6 s got its whole
 share again every 5 s, and the old holders never dropped their copies.
 
-Outcomes move too. A task that finished before the ring change is a
-tombstone, not a copy, and its new holders may never have heard of it --
-one joining the ring, one back after its session expired. After a ring
-change each old holder of a tombstone sends it (REPLICATE ``stones``) to
-the task's new holders that were not holders before, so that status,
-result and dedup still answer when the old holders are gone (a chaos run
-wiped the one node that held 260 such outcomes). Sent in the pass that
-follows the change, to each holder in chunks, and again up to
-``OUTCOME_ATTEMPTS`` times in all to a holder that did not answer. A
-resync's tombstones (the source's newest ``RESYNC_STONES``) cover only the
-last seconds of a busy node.
+Outcomes move too, after the pass that follows a ring change:
+:mod:`miyaq.cluster.outcome_handoff`.
 """
 from __future__ import annotations
 
@@ -45,9 +36,10 @@ import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
+from miyaq.cluster.outcome_handoff import OutcomeHandoff
 from miyaq.cluster.peer_requests import REPLICATE
 from miyaq.cluster.ring_view import RingView
-from miyaq.cluster.sizes import outcome_size, record_size
+from miyaq.cluster.sizes import record_size
 from miyaq.protocol.batching import chunks
 from miyaq.constants import (
     HANDOFF_CHUNK, HANDOFF_CONFIRM_TIMEOUT, HANDOFF_LAG_RETRIES, HANDOFF_LAG_RETRY, HANDOFF_RETRY,
@@ -56,20 +48,13 @@ from miyaq.constants import (
 from miyaq.runtime import green, monotonic, wall
 from miyaq.protocol.eventspec import confirmed_ids
 from miyaq.store.records import transfer_record
-from miyaq.store.table import TaskTable, Tombstone
+from miyaq.store.table import TaskTable
 from miyaq.store.task import RUNNING, SCHEDULED, Task
 
 if TYPE_CHECKING:
     from miyaq.cluster.role import ClusterRole
 
 logger = logging.getLogger(__name__)
-
-OUTCOME_ATTEMPTS = 3
-"""Times a chunk of handed-off outcomes is sent to a holder that does not answer."""
-
-StoneRow = list[Any]
-"""A tombstone as it travels: ``[id, state, result, error, key]`` (the SYNC answer's form)."""
-
 
 class _HolderRetry:
     """When copies a new holder has not confirmed may be sent to it again.
@@ -129,8 +114,7 @@ class Handoff:
         # The ring before the change the next pass is for: its tombstones go
         # to the holders that ring did not have (None: a sweep, or the first ring).
         self._outcomes_before: RingView | None = None
-        # Chunks of outcomes a holder did not answer: (holder, stones, attempts made).
-        self._unanswered: list[tuple[str, list[StoneRow], int]] = []
+        self.outcomes = OutcomeHandoff(role, lambda items: _slices(items), self._outcomes_unanswered)
         # New holders sent copies: when they may be sent what they did not confirm.
         self.retries: dict[str, _HolderRetry] = {}
         self._pass_sent_to: set[str] = set()     # the holders the pass under way sent copies to
@@ -159,7 +143,7 @@ class Handoff:
             return
         if sweeping and now - self.last_run >= HANDOFF_SWEEP:
             self._pass_wanted = True
-        if self._pass_wanted or ((self.leaving or self._unanswered) and now >= self.next_retry):
+        if self._pass_wanted or ((self.leaving or self.outcomes.unanswered) and now >= self.next_retry):
             self._wake.set()
 
     def serve(self) -> None:
@@ -175,7 +159,7 @@ class Handoff:
                     before, self._outcomes_before = self._outcomes_before, None
                     self.run()
                     if before is not None:
-                        self.hand_outcomes(before)
+                        self.outcomes.hand(before)
                 else:
                     self.retry(monotonic())
             finally:
@@ -248,49 +232,6 @@ class Handoff:
         self._pass_sent_to.update(outbox)
         return sent
 
-    def hand_outcomes(self, before: RingView) -> int:
-        """Send each tombstone this node held as a holder of ``before`` to
-        the task's holders now that ``before`` did not have, a slice at a
-        time (yielding between slices); returns how many tombstones were sent.
-        Tombstones keep no replica count: the node's ``replicas`` is used."""
-        role = self.role
-        me = role.node_id
-        replicas = role.config.replicas
-        was = min(replicas, len(before.members))
-        stones = list(role.engine.table.tombstones.snapshot())
-        sent = 0
-        for chunk in _slices(stones):
-            outbox: dict[str, list[StoneRow]] = {}
-            for stone in chunk:
-                routing_key = stone.key if stone.key is not None else stone.id
-                old = before.holder_ids(routing_key, was)
-                if me not in old:
-                    continue
-                targets = [h for h in role.holders(routing_key, replicas) if h not in old]
-                if targets:
-                    row = _stone_row(stone)
-                    for h in targets:
-                        outbox.setdefault(h, []).append(row)
-                    sent += 1
-            for holder, rows in outbox.items():
-                self._send_outcomes(holder, rows, 0)
-        if sent:
-            logger.info("handoff: sent the outcome of %d finished task(s) to their new holders", sent)
-        return sent
-
-    def _send_outcomes(self, holder: str, rows: list[StoneRow], attempts: int) -> None:
-        for chunk in chunks(rows, HANDOFF_CHUNK, self.role.config.max_message, _stone_size):
-            self.role.peer.request(holder, REPLICATE, {"stones": chunk}, HANDOFF_CONFIRM_TIMEOUT,
-                                   self._outcomes_callback(holder, chunk, attempts + 1))
-
-    def _outcomes_callback(self, holder: str, rows: list[StoneRow],
-                           attempts: int) -> Callable[[dict[str, Any] | None], None]:
-        def answered(answer: dict[str, Any] | None) -> None:
-            if answer is None and attempts < OUTCOME_ATTEMPTS:
-                self._unanswered.append((holder, rows, attempts))
-                self.next_retry = min(self.next_retry, monotonic() + HANDOFF_RETRY)
-        return answered
-
     def _send(self, outbox: dict[str, list[dict[str, Any]]]) -> None:
         budget = self.role.config.max_message
         for holder, records in outbox.items():
@@ -300,6 +241,10 @@ class Handoff:
                 retry.awaiting += 1
                 self.role.peer.request(holder, REPLICATE, {"tasks": chunk}, HANDOFF_CONFIRM_TIMEOUT,
                                        self._callback(holder, ids, retry), late=self._late_callback(holder, ids))
+
+    def _outcomes_unanswered(self) -> None:
+        """A chunk of outcomes went unanswered: it is sent again at the next retry."""
+        self.next_retry = min(self.next_retry, monotonic() + HANDOFF_RETRY)
 
     def _retry_of(self, holder: str) -> _HolderRetry:
         retry = self.retries.get(holder)
@@ -380,13 +325,10 @@ class Handoff:
         behind on the ring) once ``next_retry`` came, a slice at a time, to
         each holder whose resend is due (:class:`_HolderRetry`).
         ``now``: monotonic."""
-        if not (self.leaving or self._unanswered) or now < self.next_retry:
+        if not (self.leaving or self.outcomes.unanswered) or now < self.next_retry:
             return
         self.next_retry = now + HANDOFF_RETRY
-        unanswered, self._unanswered = self._unanswered, []
-        for holder, rows, attempts in unanswered:
-            if holder in self.role.view.members:
-                self._send_outcomes(holder, rows, attempts)
+        self.outcomes.resend()
         due = {h for h, r in self.retries.items() if r.due(now)}
         if not due and self.retries:
             return      # every holder owed copies has some on the way, or waits its turn
@@ -455,14 +397,6 @@ def _ask_at_eta(role: ClusterRole, task: Task) -> None:
         due = max(task.eta, wall())
         task.copy_wait = due - task.eta
         role.engine.defer(task, due)
-
-
-def _stone_row(stone: Tombstone) -> StoneRow:
-    return [stone.id, stone.state, stone.result, stone.error, stone.key]
-
-
-def _stone_size(row: StoneRow) -> int:
-    return outcome_size(row[2], row[3])
 
 
 def _still_held(table: TaskTable, task: Task) -> bool:
