@@ -23,12 +23,26 @@ Outcome rules (docs/http.md, "Webhook delivery"): only 2xx is success; 429,
 seconds or an HTTP date, sets the delay); every other status is final and
 the task goes to the dead-letter queue. :meth:`Outbound.send` never raises
 for a delivery failure; it returns an :class:`Outcome`.
+
+A shortage of the node's own is no failure of the destination: with no
+file descriptor left in the process or the system (EMFILE, ENFILE) --
+where the connection is opened (its address resolved, its socket made
+and connected) or later -- or no socket buffers or kernel memory while the
+connection is opened (ENOBUFS, ENOMEM), :meth:`Outbound.send` raises
+:class:`LocalShortage`: nothing reached the destination, and the caller
+gives the task back without spending an attempt (before 2026-12-06 each
+such attempt failed as a ``ConnectionError``, and a node out of
+descriptors dead-lettered every webhook task in a second, its destination
+never asked).
 """
 from __future__ import annotations
 
 import email.utils
+import errno
 import logging
 import re
+import socket
+import ssl
 from http.client import IncompleteRead, InvalidURL
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,6 +85,31 @@ _NOT_SENT = RESERVED_HEADERS | NODE_HEADERS
 #: What ``http.client`` refuses in a request target (and ``urlsplit`` would
 #: silently drop some of: tab, CR, LF).
 _UNSENDABLE_URL = re.compile(r"[\x00-\x20\x7f]")
+#: Errors that say the node itself has no file descriptor left, whenever they come.
+OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
+#: Errors that say the node itself is short of something while it opens a
+#: connection: descriptors, socket buffers, kernel memory.
+SHORT_WHILE_OPENING = OUT_OF_DESCRIPTORS | {errno.ENOBUFS, errno.ENOMEM}
+
+
+class LocalShortage(Exception):
+    """The node itself could not make the attempt (``cause``: the OSError
+    that said so): nothing reached the destination, so nothing is charged
+    to it."""
+
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(f"{cause.__class__.__name__}: {cause}")
+        self.cause = cause
+
+
+def local_shortage(exc: OSError, opening: bool) -> bool:
+    """Whether ``exc`` says the node itself is short of descriptors (or,
+    while ``opening`` a connection, of socket buffers or memory) -- not
+    that the destination failed. A resolver's or TLS error's number is
+    its library's own code, no errno: never a shortage here."""
+    if isinstance(exc, (socket.gaierror, socket.herror, ssl.SSLError)):
+        return False
+    return exc.errno in (SHORT_WHILE_OPENING if opening else OUT_OF_DESCRIPTORS)
 
 
 @dataclass
@@ -153,7 +192,9 @@ class Outbound:
         self.connections = Connections(pool_size, connect_timeout, destinations)
 
     def send(self, task: Task, timeout: float) -> Outcome:
-        """Make one attempt at delivering ``task``; at most ``timeout`` seconds."""
+        """Make one attempt at delivering ``task``; at most ``timeout`` seconds.
+        Raises :class:`LocalShortage` when the node itself has no descriptor
+        (or buffers, memory) for it: no attempt was made."""
         now = wall()
         try:
             key, uri = request_target(task.url or "")
@@ -174,9 +215,13 @@ class Outbound:
         destination: Destination | None = None
         conn: HTTPConnection | None = None
         read_to_the_end = False
+        opening = True      # resolving, making and connecting the socket: a shortage there is the node's
         try:
             destination = self.connections.destination(key)
             conn = destination.take(timeout)
+            if conn.sock is None:
+                conn.connect()   # here, not inside request(): its errors are told apart
+            opening = False
             conn.request(task.method, uri, body=task.body or None, headers=headers)   # no body: no length on a GET
             response = final_response(conn, task.method, MAX_INTERIM_ANSWERS)
             body = bytearray()
@@ -200,7 +245,11 @@ class Outbound:
             return _failure("timeout", True, "Timeout", f"no complete answer within {timeout:g}s", now)
         except InvalidURL as exc:   # an HTTPException, but no transport error: never deliverable
             return _failure("invalid", False, "InvalidURL", str(exc), now)
-        except (OSError, HTTPException) as exc:   # DNS failures included
+        except OSError as exc:   # DNS failures included
+            if local_shortage(exc, opening):
+                raise LocalShortage(exc) from exc
+            return _failure("connection", True, "ConnectionError", f"{exc.__class__.__name__}: {exc}", now)
+        except HTTPException as exc:
             return _failure("connection", True, "ConnectionError", f"{exc.__class__.__name__}: {exc}", now)
         except ValueError as exc:   # a header, method or URL the HTTP client refuses: never deliverable
             return _failure("invalid", False, "InvalidRequest", str(exc), now)

@@ -45,6 +45,21 @@ is in flight (:meth:`WebhookLane.lease_expired`), the request is abandoned
 once as ``Lost``. A task has one request in flight at a time: a later
 attempt waits for the earlier one's greenlet to end before it connects.
 
+When the node itself cannot make an attempt -- no file descriptor left
+for the connection (EMFILE, ENFILE), or no socket buffers or memory to
+open it: :class:`~miyaq.gateway.outbound.LocalShortage` -- the destination
+is not to blame: the task is given back unstarted (``Engine.give_back``,
+as a worker's RETURN: no attempt spent, ready again at once), and the
+deliverer leases no task to any lane for a pause (``SHORTAGE_PAUSE_MIN``,
+doubling at each shortage met after a pause up to ``SHORTAGE_PAUSE_MAX``;
+back to the least once an attempt begun since gets past it). Its lanes
+wait as when the node's slots are all taken, and are offered the
+dispatcher again when the pause ends. A pause starting is logged at
+most once a minute (a warning naming the limit on open files), and so is
+the end of a shortage, with how many attempts were given back. Before 2026-12-06 each such
+attempt failed as a ``ConnectionError``: a node out of descriptors
+dead-lettered every webhook task in a second, its destination never asked.
+
 Constraints: ``deliver`` never blocks (it only spawns); a delivery greenlet
 never raises (a bug is logged and the attempt failed retryably); cancelling
 a task mid-delivery kills its greenlet (best effort: the request may already
@@ -66,13 +81,31 @@ from miyaq.core.gate import SHUTTING_DOWN, Gate
 from miyaq.core.listener import EngineListener
 from miyaq.gateway.destinations import Destinations
 from miyaq.gateway.metrics import NodeMetrics
-from miyaq.gateway.outbound import Outbound, Outcome
+from miyaq.gateway.outbound import OUT_OF_DESCRIPTORS, LocalShortage, Outbound, Outcome
 from miyaq.logs import LogLimiter
 from miyaq.runtime import LOG, Supervisor, green, monotonic, wall
+from miyaq.runtime.open_files import open_count, soft_limit
 from miyaq.store.task import WEBHOOK_LANE_PREFIX, Task
 
 logger = logging.getLogger(__name__)
 _log = LogLimiter(logger)     # a bug met by every delivery would repeat for each: a few lines a minute
+
+#: Seconds no webhook task is leased after the node met a shortage of its
+#: own (no descriptor left): the first pause of a shortage ...
+SHORTAGE_PAUSE_MIN = 0.1
+#: ... doubling, while it lasts, up to this.
+SHORTAGE_PAUSE_MAX = 5.0
+
+
+def _shortage_hint(cause: OSError) -> str:
+    """What an operator can do about a shortage of the node's own (``cause``)."""
+    if cause.errno in OUT_OF_DESCRIPTORS:
+        count, limit = open_count(), soft_limit()
+        held = (f"{count} files open of its limit of {limit}" if count is not None and limit is not None
+                else "at its limit on open files")
+        return (f"{held}; raise the limit (ulimit -n, systemd's LimitNOFILE, docker's --ulimit nofile: "
+                "docs/configuration.md, \"Open files\")")
+    return "the system is short of socket buffers or memory"
 
 
 class StopHurry(Protocol):
@@ -173,6 +206,15 @@ class WebhookDeliverer(EngineListener):
         self.outbound = Outbound(config.webhook_pool_size, WEBHOOK_CONNECT_TIMEOUT, destinations)
         self.lanes: dict[str, WebhookLane] = {}
         self.stopping = False
+        # A shortage of the node's own (no descriptor left): the timer that
+        # ends the pause (None: not paused), the next pause, how many
+        # shortages were met (an attempt begun at another count may not end
+        # the backoff) and the attempts given back since the last recovery.
+        self.resume_timer: Any = None
+        self.next_pause = SHORTAGE_PAUSE_MIN
+        self.shortages = 0
+        self.given_back = 0
+        self.shortage_log = LogLimiter(logger, burst=1)   # once a minute per node and kind, however many
 
     # -- lanes -----------------------------------------------------------------------
     def start(self) -> None:
@@ -241,7 +283,7 @@ class WebhookDeliverer(EngineListener):
         if own <= 0:
             return 0          # one of its own deliveries ending grants it again
         free = self.slots.counter
-        if free <= 0:
+        if free <= 0 or self.resume_timer is not None:   # no slot, or paused for a shortage of the node's
             self.waiting[lane] = None
             return 0
         return min(own, free)
@@ -308,6 +350,7 @@ class WebhookDeliverer(EngineListener):
             self.slots.acquire()
             lane.slots[key] = True
         started = wall()
+        shortages = self.shortages
         try:
             if not self.allow_list.allows(task.url or ""):
                 outcome = Outcome(False, "forbidden", error={
@@ -315,12 +358,53 @@ class WebhookDeliverer(EngineListener):
                     "message": f"host of {task.url!r} is not in webhook_allow_hosts"})
             else:
                 outcome = self.outbound.send(task, min(self.timeout, task.timeout))
+            if (shortages == self.shortages and self.next_pause > SHORTAGE_PAUSE_MIN
+                    and outcome.kind not in ("forbidden", "invalid")):   # those never open a connection
+                self._recovered()
             self._report(task, attempt, outcome, started)
+        except LocalShortage as shortage:
+            self._give_back_for_own_shortage(lane, task, attempt, shortage)
         except Exception:   # a bug here must not lose the task: fail the attempt, retryably
             _log.log(logging.ERROR, "delivery bug", "webhook delivery of task %s failed unexpectedly", task.id,
                      exc_info=True)
             self.engine.fail(task.id, attempt, {"type": "InternalError", "message": "delivery failed"},
                              True, None, wall())
+
+    def _give_back_for_own_shortage(self, lane: WebhookLane, task: Task, attempt: int, shortage: LocalShortage) -> None:
+        """The node itself could not make attempt ``attempt`` of ``task`` (no
+        descriptor left): the task is given back, no attempt spent, and --
+        unless a pause already runs -- no task is leased for the next pause,
+        logged once a minute. The pause starts before the task is ready
+        again, so it is not leased at once."""
+        if self.resume_timer is None and not self.stopping:
+            pause, self.next_pause = self.next_pause, min(SHORTAGE_PAUSE_MAX, 2 * self.next_pause)
+            self.shortages += 1
+            self.resume_timer = green.call_later(pause, self._pause_over)
+            self.shortage_log.log(
+                logging.WARNING, "shortage",
+                "webhooks: this node cannot open a connection (%s: %s): no attempt is spent, the task waits "
+                "ready, and no webhook task is leased for %gs (doubling up to %gs while it lasts)",
+                shortage, _shortage_hint(shortage.cause), pause, SHORTAGE_PAUSE_MAX)
+        self.given_back += 1
+        self.engine.give_back(task.id, attempt, lane.principal, wall())
+
+    def _pause_over(self) -> None:
+        """A shortage's pause ended (a hub callback: never blocks): the lanes
+        that waited are offered the dispatcher again."""
+        self.resume_timer = None
+        if self.stopping or self.gate.holds(SHUTTING_DOWN):
+            return
+        if self.waiting:
+            self._offer_waiting()
+            self.kick()
+
+    def _recovered(self) -> None:
+        """An attempt begun since the last shortage got past it: the next
+        shortage pauses the least again."""
+        self.next_pause = SHORTAGE_PAUSE_MIN
+        self.shortage_log.log(logging.INFO, "recovered", "webhooks: connections open again; %d attempt(s) had "
+                              "been given back for want of the node's own resources, none spent", self.given_back)
+        self.given_back = 0
 
     def lease_ran_out(self, task: Task) -> None:
         """The lease of a delivery in flight ran out (its lane stopped the
@@ -356,6 +440,9 @@ class WebhookDeliverer(EngineListener):
         2026-12-05 a second signal to the node did not cut this wait short."""
         self.stopping = True
         self.waiting.clear()
+        if self.resume_timer is not None:
+            self.resume_timer.close()
+            self.resume_timer = None
         for lane in self.lanes.values():
             self.dispatcher.forget(lane)
         in_flight = [g for lane in self.lanes.values() for attempts in lane.greenlets.values()
