@@ -199,8 +199,9 @@ class NodeLink:
         body = {"worker": w.wid, "queues": w.queues, "names": sorted(w.app.tasks),
                 "capacity": w.capacity, "pid": w.pid, "host": w.host, "concurrency": w.concurrency,
                 "pool": w.config.pool,
-                # after a reconnect, slots held by running tasks are not free
-                "credit": max(0, w.base_credit - held)}
+                # after a reconnect, slots held by running tasks are not free; nor
+                # those whose runner retired (its pool could not start a thread)
+                "credit": max(0, w.base_credit - w.slots_lost - held)}
         if w.app.schedules:
             body["periodic"] = list(w.app.schedules.values())   # docs/periodic.md
         self.send(c.READY, body)
