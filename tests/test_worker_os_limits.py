@@ -1,20 +1,25 @@
 """A worker at its process's limits: a threads pool that cannot start a
-thread. A raw ROUTER plays the node (tests/played_node.py); a real
-:class:`~miyaq.worker.runner.Worker` runs in a thread. No timing is
-asserted: waits are bounded guards (``wait_for``)."""
+thread, a heartbeat thread out of file descriptors. A raw ROUTER plays the
+node (tests/played_node.py); a real :class:`~miyaq.worker.runner.Worker`
+runs in a thread. No timing is asserted: waits are bounded guards
+(``wait_for``)."""
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 from typing import Any
 
 import gevent.threadpool
+import msgpack
 import pytest
+import zmq
 from fuzz_inputs import pack
 from played_node import PlayedNode
 
 import miyaq
 from miyaq.protocol import commands as c
+from miyaq.worker.pulse import Pulse
 from miyaq.testing.harness import wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -95,3 +100,48 @@ def test_a_thread_that_cannot_start_gives_the_task_back_unstarted(node, thread_w
     assert "Traceback" not in caplog.text and not worker.running and not worker.backlog
     assert len(started) == 2, "one thread started, one refused, none tried since"
 
+
+def test_the_heartbeat_thread_outlives_a_socket_it_cannot_open(monkeypatch, caplog) -> None:
+    """Fault: the worker's heartbeat thread cannot make its socket to a node
+    (``ZMQError: Too many open files``: a handler holds every descriptor
+    for a moment). Before, the thread logged that it failed and ended for
+    good: from then on a handler that holds the CPU got the worker declared
+    lost. Now the node is skipped for that beat, said once, and its socket
+    made at a later beat: the node hears the side heartbeats."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    endpoint = f"tcp://127.0.0.1:{router.bind_to_random_port('tcp://127.0.0.1')}"
+    pulse = Pulse("w-pulse", [endpoint], 0.02)
+    real_dealer = pulse.factory.dealer
+    tries: list[str] = []
+
+    def out_of_files_twice(connect: str, **options: Any) -> Any:
+        tries.append(connect)
+        if len(tries) <= 2:
+            raise zmq.ZMQError(errno.EMFILE)
+        return real_dealer(connect, **options)
+
+    monkeypatch.setattr(pulse.factory, "dealer", out_of_files_twice)
+    heard: list[Any] = []
+
+    def side_beat_heard() -> bool:
+        while router.poll(0):
+            frames = router.recv_multipart()
+            body = msgpack.unpackb(frames[-1], raw=False)
+            heard.append((frames[-2], body))
+        return any(command == c.HEARTBEAT and body == {"worker": "w-pulse", "side": True}
+                   for command, body in heard)
+
+    with caplog.at_level(logging.WARNING, logger="miyaq.worker.pulse"):
+        pulse.start()
+        try:
+            wait_for(side_beat_heard, what="a side heartbeat at the node")
+            assert pulse.sockets == 1 and len(tries) == 3
+        finally:
+            pulse.stop()
+            router.close(linger=0)
+            ctx.term()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len([m for m in lines if "cannot open a socket to node" in m]) == 1, lines
+    assert not any("heartbeat thread failed" in m for m in lines), lines
