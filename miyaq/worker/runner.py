@@ -196,6 +196,21 @@ class Worker:
         if link is not None:
             self.routes.report_link(link, task_id, keep=True).touch(task_id)
 
+    def forget_unstarted(self, link: NodeLink) -> None:
+        """``link``'s node does not know this worker any more (RECONNECT): it
+        put back the tasks it had leased here, and leases them anew (maybe
+        to another worker, which may have run them already). The ones not
+        started are dropped unreported; the running ones run on and report
+        (a DONE still counts: docs/protocol.md, 7.11). Before 2026-12-06 a
+        worker frozen past its liveness started them once it ran again."""
+        ids = self.backlog.drop_link(link)
+        for task_id in ids:
+            self.routes.holders.pop(task_id, None)
+        if ids:
+            logger.warning("worker %s: node %s no longer leases the %d task(s) it sent here not yet started "
+                           "(it took this worker for lost, or restarted): dropped, not run", self.wid,
+                           link.endpoint, len(ids))
+
     def link_lost(self, link: NodeLink) -> None:
         self.routes.link_lost(link)
 
