@@ -77,6 +77,24 @@ class Backlog:
             return link, d, received
         return None
 
+    def drop_link(self, link: "NodeLink") -> list[str]:
+        """Take out every delivery ``link``'s node sent that still waits (it
+        no longer leases them here): their task ids, oldest first. Walks the
+        whole backlog: for a rare event (a RECONNECT), not per task."""
+        ids: list[str] = []
+        for entry in self._entries:
+            d = entry[1]
+            if d is None or entry[0] is not link:
+                continue
+            ids.append(d[0])
+            entry[1] = None
+            if self._by_id.get(d[0]) is entry:
+                del self._by_id[d[0]]
+        self._live -= len(ids)
+        if not self._live:
+            self._entries.clear()
+        return ids
+
     def drop(self, task_id: str) -> "tuple[NodeLink, list[Any]] | None":
         """Take the delivery of ``task_id`` out (it was cancelled): its link
         and delivery, or None if none of it waits."""

@@ -4,7 +4,9 @@
 in a fresh interpreter that patches first: :mod:`miyaq.worker.main`). More
 starts that many ``python -m miyaq.worker.main`` children (spawned, never
 forked from a gevent process), restarts a child that dies with a growing
-delay (at most ``MAX_RESTARTS_PER_MINUTE``), and passes a stop on, waiting
+delay (at most ``MAX_RESTARTS_PER_MINUTE``) -- a child that cannot be
+started (the limit on processes: ``ulimit -u``) is logged and counts as
+such a restart --, and passes a stop on, waiting
 for the children to drain: its first SIGTERM, SIGINT or SIGHUP as SIGTERM,
 a second as :data:`~miyaq.worker.config.HURRY_SIGNAL` (end the wait for
 running handlers at once). The children are told they are supervised
@@ -74,7 +76,7 @@ def run_supervised(app_spec: str, config: WorkerConfig, supervised: bool = False
     from .loader import load_app
     load_app(app_spec)   # fail fast, in the parent, on a bad module:attribute
     env = replace(config, processes=1).environ(os.environ)
-    children: list[subprocess.Popen[bytes]] = []
+    children: list[subprocess.Popen[bytes] | None] = []     # None: a slot whose process could not start
     stopping = False
     gave_up = False
     restarts: list[float] = []
@@ -94,7 +96,8 @@ def run_supervised(app_spec: str, config: WorkerConfig, supervised: bool = False
         nonlocal stopping
         stopping = True
         for child in children:
-            tell_to_stop(child)
+            if child is not None:
+                tell_to_stop(child)
 
     def on_signal(signum: int, frame: object) -> None:
         """SIGTERM, SIGINT, SIGHUP: tell every child to stop; once stopping,
@@ -111,13 +114,22 @@ def run_supervised(app_spec: str, config: WorkerConfig, supervised: bool = False
         while a stop signal arrived is told to stop too: the handler may have
         run before it was in ``children`` (before 2026-12-05 a child
         restarted during a stop took new tasks and was killed mid-task at
-        the end of the grace)."""
-        child = subprocess.Popen(worker_command(app_spec, supervised=True), env=env)
+        the end of the grace). One that cannot be started (the system
+        refuses a process: ``ulimit -u``) leaves the slot empty, logged; the
+        loop starts it again as it restarts a process that died (before
+        2026-12-06 the supervisor exited 1 with a traceback)."""
+        child: subprocess.Popen[bytes] | None
+        try:
+            child = subprocess.Popen(worker_command(app_spec, supervised=True), env=env)
+        except OSError as exc:
+            logger.error("cannot start a worker process: %s (the limit on processes, ulimit -u?); trying again "
+                         "as for a worker process that exits", exc)
+            child = None
         if slot is None:
             children.append(child)
         else:
             children[slot] = child
-        if stopping:
+        if stopping and child is not None:
             tell_to_stop(child)
 
     def on_hurry(signum: int, frame: object) -> None:
@@ -141,6 +153,8 @@ def run_supervised(app_spec: str, config: WorkerConfig, supervised: bool = False
             # in turn: the last of N stuck workers is killed after the same wait.
             deadline = monotonic() + config.grace + CHILD_STOP_SLACK
             for child in children:
+                if child is None:
+                    continue
                 try:
                     child.wait(max(0.0, deadline - monotonic()))
                 except subprocess.TimeoutExpired:
@@ -150,15 +164,17 @@ def run_supervised(app_spec: str, config: WorkerConfig, supervised: bool = False
         for i, child in enumerate(children):
             if stopping:
                 break               # the ones that exit now were told to
-            if child.poll() is not None:
+            if child is None or child.poll() is not None:
                 now = monotonic()
                 restarts[:] = [t for t in restarts if t > now - 60] + [now]
                 if len(restarts) > MAX_RESTARTS_PER_MINUTE:
-                    logger.error("workers keep dying (%d restarts in a minute); giving up", len(restarts))
+                    logger.error("workers keep dying or cannot start (%d restarts in a minute); giving up",
+                                 len(restarts))
                     gave_up = True
                     stop_all()
                     break
-                logger.warning("worker process %s exited with %s; restarting", child.pid, child.returncode)
+                if child is not None:
+                    logger.warning("worker process %s exited with %s; restarting", child.pid, child.returncode)
                 time.sleep(min(RESTART_DELAY_MAX, 0.2 * len(restarts)))
                 if stopping:
                     break           # asked to stop during the delay: nothing to restart

@@ -7,7 +7,8 @@ check, and drains bursts without waiting); results go through an
 :class:`~miyaq.worker.outbox.Outbox` and leave from any greenlet. Until the node
 first answers, the link says every few seconds, at WARNING, why it cannot
 reach it (nothing listening, a name that does not resolve...). A node that
-answers RECONNECT is sent READY again.
+answers RECONNECT is sent READY again, once the tasks it had sent here that
+have not started are dropped (it leases them anew).
 
 A node that falls silent while its connection stays up is alive -- its
 libzmq answers the ZMTP heartbeats the link's socket sends
@@ -199,8 +200,9 @@ class NodeLink:
         body = {"worker": w.wid, "queues": w.queues, "names": sorted(w.app.tasks),
                 "capacity": w.capacity, "pid": w.pid, "host": w.host, "concurrency": w.concurrency,
                 "pool": w.config.pool,
-                # after a reconnect, slots held by running tasks are not free
-                "credit": max(0, w.base_credit - held)}
+                # after a reconnect, slots held by running tasks are not free; nor
+                # those whose runner retired (its pool could not start a thread)
+                "credit": max(0, w.base_credit - w.slots_lost - held)}
         if w.app.schedules:
             body["periodic"] = list(w.app.schedules.values())   # docs/periodic.md
         self.send(c.READY, body)
@@ -402,6 +404,7 @@ class NodeLink:
             if self.worker.stopping:
                 return      # it said BYE (or is about to): registering again would take new tasks
             logger.info("node %s does not know this worker; registering again", self.endpoint)
+            self.worker.forget_unstarted(self)     # no longer leased here: the node sends them again
             self.register()
         elif command == c.ERROR:
             _log.warning("error", "node %s: %s: %s", self.endpoint, body.get("code"), body.get("message"))

@@ -12,20 +12,32 @@ The nodes it beats to follow the worker's links: :meth:`Pulse.add` and
 :meth:`Pulse.remove` (called in the hub) each assign a new list, which the
 thread reads at its next beat, opening a socket for a node added and
 closing the one of a node removed (its sockets are its own: only the
-thread touches them).
+thread touches them). A socket that cannot be made -- the process is out
+of file descriptors (its handlers hold them?) -- is logged (a line a
+minute) and tried again at the next beat; the thread beats on to the
+nodes it has sockets for (before 2026-12-06 one such failure ended the
+thread for good).
 """
 from __future__ import annotations
 
+import errno
 import logging
 import uuid
 
+from ..logs import LogLimiter
 from ..protocol import codec
 from ..protocol import commands as c
 from ..runtime import green
+from ..runtime.open_files import open_files_hint, room_for
 from ..runtime.sockets import SocketFactory, SocketSecurity, zmq
 from .config import PULSE_SNDHWM
 
 logger = logging.getLogger(__name__)
+_log = LogLimiter(logger, burst=1)     # a socket that cannot be made, tried again each beat: a line a minute
+
+SOCKET_FILES = 4
+"""File descriptors a heartbeat socket may need at once (its mailbox, the
+TCP connection, libzmq's own), with room to spare."""
 
 STOP_WAIT = 2.0     # seconds stop() waits for the thread to close its sockets
 
@@ -88,8 +100,8 @@ class Pulse:
             while not control.poll(interval_ms):
                 endpoints = self.endpoints      # one read: add() and remove() assign a new list
                 if endpoints is not followed:
-                    self._follow(socks, endpoints)
-                    followed = endpoints
+                    if self._follow(socks, endpoints):
+                        followed = endpoints    # else the missing sockets are tried again next beat
                     self.sockets = len(socks)
                 for sock in socks.values():
                     try:
@@ -107,13 +119,26 @@ class Pulse:
             if self._wake is not None:
                 self._wake.wake()
 
-    def _follow(self, socks: dict[str, zmq.Socket], endpoints: list[str]) -> None:
+    def _follow(self, socks: dict[str, zmq.Socket], endpoints: list[str]) -> bool:
         """In the thread: a socket for each of ``endpoints`` and no other
-        (a node's endpoint named twice gets one)."""
+        (a node's endpoint named twice gets one). False if some could not be
+        made (logged): the caller tries again at the next beat."""
         wanted = set(endpoints)
         for endpoint in [e for e in socks if e not in wanted]:
             socks.pop(endpoint).close(linger=0)
+        complete = True
         for endpoint in endpoints:
             if endpoint not in socks:
-                # immediate: never queue beats for a node that is not there
-                socks[endpoint] = self.factory.dealer(endpoint, immediate=True, sndhwm=PULSE_SNDHWM)
+                try:
+                    if not room_for(SOCKET_FILES):
+                        # Asked first: a socket libzmq fails to make halfway leaves a
+                        # half-built object whose finalizer prints a traceback.
+                        raise zmq.ZMQError(errno.EMFILE)
+                    # immediate: never queue beats for a node that is not there
+                    socks[endpoint] = self.factory.dealer(endpoint, immediate=True, sndhwm=PULSE_SNDHWM)
+                except zmq.ZMQError as exc:
+                    complete = False
+                    _log.warning("socket", "worker %s: the heartbeat thread cannot open a socket to node %s: %s%s; "
+                                 "trying again every %gs (meanwhile a handler that holds the CPU may get this "
+                                 "worker declared lost)", self.wid, endpoint, exc, open_files_hint(exc), self.interval)
+        return complete

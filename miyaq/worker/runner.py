@@ -46,6 +46,7 @@ from .execute import Interrupted, Outcome, TaskAborted, TaskTimeout, too_large
 from .jobs import Backlog, Job, current, release, reportable, well_formed
 from .link import NodeLink
 from .pools import PoolParts, make_pool
+from .pools.base import PoolShortage
 from .prefetch import RunTimes
 from .pulse import Pulse
 from .ring import RingFollower
@@ -54,6 +55,7 @@ from .watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
 _log = LogLimiter(logger)     # what a node sends may repeat (a buggy or hostile one): a few lines a minute
+_shortage_log = LogLimiter(logger, burst=1)     # a pool short of threads: one line a minute, the rest counted
 
 
 class Worker:
@@ -76,6 +78,9 @@ class Worker:
         app.green = cfg.pool == "gevent"     # handlers that submit: a client of their own kind
         self.queues = cfg.queue_list or app.queues()
         self.concurrency = cfg.slots
+        # Runners retired because the pool could not run one more handler
+        # (PoolShortage): each gave its task back without its slot.
+        self.slots_lost = 0
         self.capacity = cfg.capacity
         self.base_credit = cfg.base_credit
         self.run_times = RunTimes()
@@ -191,6 +196,21 @@ class Worker:
         if link is not None:
             self.routes.report_link(link, task_id, keep=True).touch(task_id)
 
+    def forget_unstarted(self, link: NodeLink) -> None:
+        """``link``'s node does not know this worker any more (RECONNECT): it
+        put back the tasks it had leased here, and leases them anew (maybe
+        to another worker, which may have run them already). The ones not
+        started are dropped unreported; the running ones run on and report
+        (a DONE still counts: docs/protocol.md, 7.11). Before 2026-12-06 a
+        worker frozen past its liveness started them once it ran again."""
+        ids = self.backlog.drop_link(link)
+        for task_id in ids:
+            self.routes.holders.pop(task_id, None)
+        if ids:
+            logger.warning("worker %s: node %s no longer leases the %d task(s) it sent here not yet started "
+                           "(it took this worker for lost, or restarted): dropped, not run", self.wid,
+                           link.endpoint, len(ids))
+
     def link_lost(self, link: NodeLink) -> None:
         self.routes.link_lost(link)
 
@@ -210,7 +230,8 @@ class Worker:
                     waiting = backlog.popleft()
                     if waiting is None:
                         break
-                    self._execute(*waiting)
+                    if not self._execute(*waiting):
+                        return      # retired: the pool has no room for this runner's handlers
                 if self.stopping:
                     return
                 ready.clear()
@@ -219,25 +240,27 @@ class Worker:
             except Interrupted:
                 logger.warning("worker %s: an interruption reached a runner between tasks; ignored", self.wid)
 
-    def _execute(self, link: NodeLink, d: list[Any], received: float) -> None:
+    def _execute(self, link: NodeLink, d: list[Any], received: float) -> bool:
         """Run one delivery, received at ``received``. One that waited in the
         backlog over a quarter of its timeout is touched as it starts (the
         node's lease and the watchdog's deadline both run from then);
-        otherwise both still run from its receipt (docs/protocol.md, 7.3)."""
+        otherwise both still run from its receipt (docs/protocol.md, 7.3).
+        False if the pool could not run it (:class:`PoolShortage`): it was
+        given back unstarted, and the runner retires (unless it is the last)."""
         task_id, name, attempt = d[0], d[2], d[4]
         tdef = self.app.tasks.get(name)
         if tdef is None:
             self._report_failure(link, task_id, attempt, {
                 "type": "UnknownTask", "retry": True,
                 "message": f"no handler named {name!r} in worker {self.wid}"})
-            return
+            return True
         job = Job(d, tdef.fn, tdef.is_async, link.endpoint, received)
         job.executor = self.aio if job.is_async and self.aio is not None else self.pool
         earlier = self.running.get(task_id)
         if earlier is not None and earlier.attempt >= attempt:
             _log.warning("repeated delivery", "worker %s: task %s delivered again as attempt %s while attempt "
                          "%s runs here; ignored", self.wid, task_id, attempt, earlier.attempt)
-            return
+            return True
         if earlier is not None:
             # Leased here again while an earlier attempt still runs: the node's
             # lease on that one ran out (it ran past its timeout before the
@@ -255,12 +278,15 @@ class Worker:
             # now, at the node (the TOUCH) and here (the deadline).
             self.touch(task_id)
         self.watchdog.started(job)
+        shortage: PoolShortage | None = None
         try:
             outcome = job.executor.run(job)
+        except PoolShortage as exc:
+            shortage = exc      # nothing started: given back below, once out of the books
         except Exception:
-            # The pool failed, not the handler (it could not start a thread):
-            # the runner dies and is restarted, and the node retries the task
-            # now rather than when its lease runs out.
+            # The pool failed, not the handler (a bug): the runner dies and is
+            # restarted, and the node retries the task now rather than when
+            # its lease runs out.
             if current(self.running, job):
                 self.routes.origin.pop(task_id, None)
             self._report_lost_outcome(link, task_id, attempt, "the worker's pool failed to run this attempt "
@@ -269,7 +295,10 @@ class Worker:
         finally:
             if not release(self.running, job):
                 self.superseded.remove(job)
-            self.executed += 1
+            if shortage is None:
+                self.executed += 1
+        if shortage is not None:
+            return self._give_back_unstarted(link, job, shortage)
         if self.adaptive:
             body = d[3]
             self.run_times.add(monotonic() - started, len(body) if isinstance(body, (bytes, str)) else 0)
@@ -284,6 +313,28 @@ class Worker:
         finally:
             if task_id not in self.running:     # no later attempt of it runs here
                 self.routes.origin.pop(task_id, None)
+        return True
+
+    def _give_back_unstarted(self, link: NodeLink, job: Job, shortage: PoolShortage) -> bool:
+        """The pool could not run ``job`` (no thread could be started: a
+        limit of the process's, not a bug): give it back to its node
+        unstarted -- no attempt spent -- without its slot, as the runner
+        that took it retires, unless it is the last one (docs/semantics.md,
+        "Failure modes"). Said once a minute, however many runners retire
+        together. False: the runner retires."""
+        task_id = job.task_id
+        if task_id not in self.running:     # no other attempt of it runs here
+            self.routes.origin.pop(task_id, None)
+            self.routes.holders.pop(task_id, None)
+        link.send(c.RETURN, {"ids": [task_id], "credit": False})
+        retires = self.concurrency - self.slots_lost > 1
+        if retires:
+            self.slots_lost += 1
+        _shortage_log.warning("pool shortage", "worker %s: %s. Tasks past them are given back to their node "
+                              "unstarted (no attempt spent), each with a handler slot: %d of %d slot(s) left. "
+                              "Raise the limit or lower --concurrency, and restart the worker to have them back",
+                              self.wid, shortage, self.concurrency - self.slots_lost, self.concurrency)
+        return not retires
 
     def _report(self, link: NodeLink, job: Job, outcome: Outcome) -> None:
         """To the task's node, or another holder if that node is lost. With

@@ -10,6 +10,14 @@ from ..execute import Outcome
 from ..jobs import Job
 
 
+class PoolShortage(Exception):
+    """The pool cannot run one more handler now: the process is at a limit
+    (threads, memory), which is no fault of the task's. Raised by
+    :meth:`Pool.run` before the handler started and before anything was
+    queued for it: the worker gives the task back unstarted (no attempt
+    spent) and runs on with the handler slots it has."""
+
+
 @dataclass
 class PoolParts:
     """The narrow handles a pool gets from its worker."""
@@ -41,7 +49,9 @@ class Pool(Protocol):
     def run(self, job: Job) -> Outcome:
         """Run ``job``'s handler; called in a runner greenlet, which it blocks
         cooperatively until the handler ended or was stopped. Never raises
-        for anything the handler does."""
+        for anything the handler does; raises :class:`PoolShortage`, the
+        handler not started, when the pool cannot get what one more handler
+        needs (the threads pool: a thread)."""
 
     def interrupt(self, job: Job) -> None:
         """Stop ``job``'s handler for ``job.stop_reason``, as this pool can

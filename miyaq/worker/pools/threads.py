@@ -26,7 +26,7 @@ from ...runtime import green
 from ..context import bind, unbind
 from ..execute import Interrupted, Outcome, interrupted, run_sync
 from ..jobs import Job
-from .base import PoolParts
+from .base import PoolParts, PoolShortage
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,10 @@ class ThreadsPool:
         self.threads = green.ThreadPool(parts.concurrency)
         self._count_lock = green.native_lock()
         self.in_handlers = 0      # threads inside a handler now (counted in the threads themselves)
+        self.in_pool = 0          # tasks handed to the threads and not returned yet (counted in the hub)
+        #: Why the pool runs fewer threads than ``concurrency`` (one could not
+        #: be started); None while it may start them all.
+        self.shortage: str | None = None
 
     def start(self) -> None:
         pass
@@ -57,8 +61,52 @@ class ThreadsPool:
         return True
 
     def run(self, job: Job) -> Outcome:
-        outcome: Outcome = self.threads.spawn(self._call, job).get()
+        self._thread_for_one_more()
+        self.in_pool += 1
+        try:
+            outcome: Outcome = self.threads.spawn(self._call, job).get()
+        finally:
+            self.in_pool -= 1
         return outcome
+
+    def _thread_for_one_more(self) -> None:
+        """Have a thread free for one more task, starting one if every thread
+        is busy; raise :class:`PoolShortage`, nothing queued, if none can be
+        started: the process is at its limit on threads or memory. The pool
+        then keeps the threads it has (``shortage`` says why): a task past
+        them raises :class:`PoolShortage` too, so the worker runs as many
+        handlers at once as it has threads.
+
+        The thread is started here, not by gevent's ``spawn``: that one
+        queues the task first and starts a thread after, and when the start
+        fails it raises with the task left in its queue, to be run by the
+        next thread that is free (before 2026-12-06 the worker reported each
+        such task failed -- an attempt spent for each task in hand --, the
+        runners crashed, and the supervisor stopped the worker). Called in
+        the hub, which alone queues tasks."""
+        threads = self.threads
+        # A thread that has handed its result back may not have marked its
+        # task finished yet: a thread is wanted for the larger of the counts.
+        wanted = max(self.in_pool, len(threads)) + 1
+        if threads.size >= wanted:
+            return
+        if self.shortage is not None:
+            if self.in_pool < threads.size:
+                return      # a thread is free, or about to be
+            raise PoolShortage(self.shortage)
+        if wanted > threads.maxsize:
+            return      # every slot busy: ``spawn`` waits for a thread (one task a runner: never)
+        try:
+            threads.size = wanted
+        except (RuntimeError, MemoryError) as exc:      # "can't start new thread"
+            started = threads.size
+            why = (f"the threads pool cannot start thread {started + 1} of {threads.maxsize} (--concurrency) "
+                   f"({type(exc).__name__}: {exc}): the process is at its limit on threads or memory (ulimit -u, "
+                   f"ulimit -v: each thread reserves its stack); it runs on with the {started} it has")
+            if started:     # kept (none at all: the next task tries again)
+                self.shortage = why
+                threads.maxsize = started       # gevent's spawn starts no more threads either
+            raise PoolShortage(why) from exc
 
     def _touch(self, task_id: str) -> None:
         self.parts.inbox.call(self.parts.touch, task_id)
