@@ -377,7 +377,7 @@ def test_a_worker_group_that_gives_up_on_its_dying_workers_exits_non_zero():
     done = subprocess.run([sys.executable, "-m", "miyaq.cli.main", "worker", "apps.dies_in_worker:app",
                            "--processes", "2", "--pool", "threads", "--connect", "tcp://127.0.0.1:1"],
                           capture_output=True, text=True, env=env, timeout=80)
-    assert "workers keep dying (11 restarts in a minute); giving up" in done.stderr, done.stderr[-3000:]
+    assert "workers keep dying or cannot start (11 restarts in a minute); giving up" in done.stderr, done.stderr[-3000:]
     assert done.returncode == 1, done.stderr[-3000:]
 
 
