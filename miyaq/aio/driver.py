@@ -22,13 +22,13 @@ import zmq
 
 from ..client.core import ClientCore
 from ..client.dialling import (
-    CLIENT_HEARTBEAT_TIMEOUT, client_heartbeats, dial_discovered, dial_given, hang_up, place,
+    CLIENT_HEARTBEAT_TIMEOUT, PROBE_AFTER, ReachProbes, client_heartbeats, dial_discovered, dial_given, hang_up,
+    open_factory, place,
 )
 from ..client.nodes import Nodes
 from ..client.pending import Pending
 from ..client.resolver import Waiter
 from ..errors import MiyaqError
-from ..runtime import io_threads
 from ..runtime.clock import monotonic
 from ..runtime.connections import CONNECTION_CLOSED, CONNECTION_READY, monitor_event, redial
 from ..runtime.sockets import SocketFactory, SocketSecurity
@@ -45,6 +45,10 @@ class AsyncDriver:
         self._heartbeat_ms = client_heartbeats(heartbeat_timeout)
         self._security = security
         self.nodes = Nodes(endpoints, source=endpoints_source, secure=security is not None)
+        # Why no node answers, for the first-contact message: probed in threads of
+        # their own (the event loop never waits), from PROBE_AFTER on (see send).
+        self._probes = ReachProbes(None)
+        self.nodes.explain = self._probes.reason
         self._dial()
         self.room = WindowRoom()
         self.core = ClientCore(self, self.nodes, max_batch=max_batch, ack_timeout=ack_timeout,
@@ -59,8 +63,10 @@ class AsyncDriver:
         """Open the context and the sockets to the given endpoints (a bad one
         is a ConfigError here, at construction)."""
         self._pid = os.getpid()
-        self.factory = SocketFactory(flavour="asyncio", max_message=self._max_message, security=self._security,
-                                     io_threads=io_threads.for_client())
+        self._dialled_at = monotonic()
+        # Room for the context and these sockets first: see miyaq.client.dialling.
+        self.factory = open_factory("asyncio", self.nodes.endpoints, max_message=self._max_message,
+                                    security=self._security)
         # Each socket has a monitor: its connections closing (unacknowledged submits
         # are sent again at once) and coming up. By node index; None where a node
         # that left the ring was retired (:meth:`disconnect`) and no endpoint
@@ -85,6 +91,9 @@ class AsyncDriver:
         sent = sock.send_multipart(frames, zmq.DONTWAIT)
         error = sent.exception()
         if isinstance(error, zmq.Again):
+            if not self.nodes.reached and monotonic() - self._dialled_at >= PROBE_AFTER and not self.nodes.secure:
+                # No node reached yet: find out why in time for the first-contact message.
+                self._probes.start(self.nodes.endpoints[node])
             return False
         if error is not None:
             raise error

@@ -24,11 +24,14 @@ import logging
 import os
 from collections import deque
 from time import monotonic   # miyaq.runtime.monotonic, without importing the runtime (gevent) here
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import MiyaqError
 from .core import ClientCore
-from .dialling import CLIENT_HEARTBEAT_TIMEOUT, client_heartbeats, dial_discovered, dial_given, hang_up, place
+from .dialling import (
+    CLIENT_HEARTBEAT_TIMEOUT, ReachProbes, client_heartbeats, dial_discovered, dial_given, hang_up, open_factory,
+    out_of_files, place,
+)
 from .nodes import Nodes
 from .pending import Pending
 from .resolver import Waiter
@@ -50,19 +53,18 @@ class IOLoop:
                  endpoints_source: str = "given", heartbeat_timeout: float = CLIENT_HEARTBEAT_TIMEOUT) -> None:
         # Imported here: importing the client must not import the runtime (gevent, and
         # through it ssl) before a worker had a chance to monkey-patch.
-        from ..runtime import io_threads
         from ..runtime.messages import has_message
         from ..runtime.connections import connection_events
-        from ..runtime.sockets import SocketFactory
         self._has_message = has_message
         self.kit = kit
         self._connection_events = connection_events
         self.zmq = kit.zmq
         self._send = kit.send
         self._recv = kit.recv
-        self.factory = SocketFactory(flavour=kit.flavour, max_message=max_message, security=security,
-                                     io_threads=io_threads.for_client())
+        # Room for the context, these sockets and the wake-up pipe first: see miyaq.client.dialling.
+        self.factory = open_factory(kit.flavour, endpoints, max_message=max_message, security=security)
         self.nodes = Nodes(endpoints, source=endpoints_source, secure=security is not None)
+        self.nodes.explain = ReachProbes(self._wait_for_probe).reason
         # Each socket has a monitor: its connections closing (a node that exited may
         # have read submits it never acknowledged: they are sent again at once) and
         # coming up.
@@ -78,7 +80,11 @@ class IOLoop:
         self.core = ClientCore(self, self.nodes, max_batch=max_batch, ack_timeout=ack_timeout,
                                max_message=max_message, on_resolved=self._room_freed)
         self.inbox: deque[tuple[Any, ...]] = deque()
-        self._rfd, self._wfd = os.pipe()
+        try:
+            self._rfd, self._wfd = os.pipe()
+        except OSError as exc:         # another thread took the files counted free: nothing is left open
+            self.factory.close()
+            raise out_of_files(endpoints, exc) from None
         os.set_blocking(self._wfd, False)
         os.set_blocking(self._rfd, False)
         self._armed = False            # the I/O context sleeps (or is about to): wake it through the pipe
@@ -86,6 +92,14 @@ class IOLoop:
         self._end_when_idle = False    # its Client was dropped unclosed: end once no submit is in flight
         self.count_lock = kit.lock()
         self._handle: Any = None
+
+    @staticmethod
+    def _wait_for_probe(probe: Callable[[str, float], str], endpoint: str, timeout: float) -> str:
+        """Run a first-contact probe (:class:`ReachProbes`) in the hub's
+        thread pool: only the I/O greenlet, in which the core fails the call,
+        waits for it (callers only queue their calls to it)."""
+        from ..runtime.green import run_in_thread
+        return run_in_thread(probe, endpoint, timeout)
 
     # -- Transport (called by the core, by whoever holds the lock) ------------------------
     def send(self, node: int, frames: list[bytes]) -> bool:

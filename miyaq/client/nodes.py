@@ -56,6 +56,16 @@ grace the cluster keeps a departed member for (60 s). A member away for
 less -- a restart at the same address -- keeps its connection."""
 
 
+#: :func:`miyaq.protocol.reach.explain`'s phrase for a refused connection:
+#: the first-contact message says it in its own words.
+NOTHING_LISTENING = "nothing is listening there"
+
+
+def _not_known(endpoint: str) -> str | None:
+    """No reason known why ``endpoint`` does not answer (no probe)."""
+    return None
+
+
 class Nodes:
     """Endpoints, round-robin choice, discovery schedule and first contact.
 
@@ -108,6 +118,11 @@ class Nodes:
         self._ask_rr = itertools.count()
         self._next_discovery = 0.0
         self._discovery_gap = FIRST_DISCOVERY_GAP
+        #: Why an endpoint does not answer, for the first-contact message: a
+        #: phrase of :func:`miyaq.protocol.reach.explain` the driver's probe
+        #: found (:class:`miyaq.client.dialling.ReachProbes`), None when not
+        #: known. Called only where a call fails for want of any node.
+        self.explain: Callable[[str], str | None] = _not_known
 
     def __len__(self) -> int:
         return len(self.endpoints)
@@ -391,7 +406,11 @@ class Nodes:
         """The first-contact error: no node was ever reached. Names the
         endpoints and where they came from; a handshake that failed, why
         (a key refused, keys on one side only, a wrong node key); else,
-        with keys, the likely causes."""
+        with keys, the likely causes; else, for the first of the three
+        endpoints shown that :attr:`explain` finds taking connections
+        without answering, unresolved or unreachable, what it found; else
+        that nothing is listening. Called where a call fails (it may wait
+        for a probe: :attr:`explain`)."""
         shown = ", ".join(self.endpoints[:3]) + (" ..." if len(self.endpoints) > 3 else "")
         source = "" if self.source == "given" else f" ({self.source})"
         failures = self.failures
@@ -404,6 +423,14 @@ class Nodes:
             return Unavailable(f"cannot reach any node: no answer from {shown}{source}: is the node's public "
                                f"key right (--server-key), and is this key authorized? (Or is no node "
                                f"running there?)")
+        for endpoint in self.endpoints[:3]:
+            why = self.explain(endpoint)
+            if why is not None and why != NOTHING_LISTENING:
+                # A port that takes connections and never answers: not a node's, or a
+                # node that cannot take them (at its limit of open files, stalled).
+                return Unavailable(f"cannot reach any node{source}: {endpoint}: {why} -- if a node runs there, "
+                                   f"its log says why it does not answer (at its limit of open files?); check "
+                                   f"with `miyaq status --connect {endpoint}`")
         return Unavailable(f"cannot reach any node: nothing is listening on {shown}{source} -- is a node "
                            f"running? Start one with `miyaq node`, or check with "
                            f"`miyaq status --connect {self.endpoints[0]}`")

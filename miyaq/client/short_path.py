@@ -89,6 +89,12 @@ class ThreadedIOLoop(IOLoop):
         self._lead_fds: Any = None     # a leading caller's OS poll
         self._monitor_fds: set[int] = set()   # the monitors' descriptors in it
 
+    @staticmethod
+    def _wait_for_probe(probe: Callable[[str, float], str], endpoint: str, timeout: float) -> str:
+        """Run a first-contact probe in this thread (the I/O thread, or a
+        leading caller): where a call fails for want of any node."""
+        return probe(endpoint, timeout)
+
     def _watch(self, sock: Any, monitor: Any) -> None:
         for fds in (self._fds, self._lead_fds):
             if fds is not None:
