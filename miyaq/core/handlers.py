@@ -1,4 +1,6 @@
-"""What the node does with each command on the service socket.
+"""What the node does with each command on the service socket: a
+producer's and a pull consumer's here (:class:`ServiceHandlers`, which
+installs the whole table), a worker's in :mod:`miyaq.core.worker_commands`.
 
 One method per command; each validates its body with
 :mod:`miyaq.protocol.fields` before touching state, so a bad request is
@@ -18,16 +20,15 @@ import logging
 from typing import Any, Callable
 
 from miyaq.constants import MAX_LONG_POLL, MAX_RETRY_DELAY, MAX_WITHDRAW
-from miyaq.core.consumers import Origin, PullConsumer, WorkerConsumer, pull_principal
+from miyaq.core.consumers import Origin, PullConsumer, pull_principal
 from miyaq.core.core import Core
-from miyaq.core.attempts import leased_to
 from miyaq.core.gate import SHUTTING_DOWN
 from miyaq.core.handles import NodeRole, ScheduleSink, StatusReport
 from miyaq.core.waiters import outcome, ran_elsewhere
+from miyaq.core.worker_commands import WorkerCommands
 from miyaq.errors import InvalidField, MiyaqError, NotFound, ShuttingDown
 from miyaq.protocol import commands as c
 from miyaq.protocol import fields as f
-from miyaq.protocol.periodic import schedules_from_wire
 from miyaq.protocol.recordspec import STARTED_ELSEWHERE, failure_from_wire
 from miyaq.protocol.taskspec import check_id, check_queue, task_from_wire
 from miyaq.runtime import LOG, Supervisor, green, monotonic, wall
@@ -65,6 +66,7 @@ class ServiceHandlers:
         self.max_batch = core.config.max_batch
         self.check_writable = core.check_writable
         self.background = supervisor.pool("dead-letter operation", BACKGROUND_OPS, LOG)
+        self.worker_commands = WorkerCommands(core, role, schedules)
         self.supervisor = supervisor
         self.views = core.views
         self.lists_workers = core.lists_workers
@@ -74,9 +76,8 @@ class ServiceHandlers:
         table = {
             c.SUBMIT: self.submit, c.STATUS: self.status, c.TASK: self.task, c.CANCEL: self.cancel,
             c.RESULT: self.result, c.TASKS: self.tasks, c.DEAD: self.dead, c.RECEIVE: self.receive,
-            c.ACK: self.ack, c.NACK: self.nack, c.READY: self.ready, c.HEARTBEAT: self.heartbeat,
-            c.CREDIT: self.credit, c.DONE: self.done, c.FAILED: self.failed, c.TOUCH: self.touch,
-            c.RETURN: self.give_back, c.BYE: self.bye, c.RING: self.ring, c.WITHDRAW: self.withdraw,
+            c.ACK: self.ack, c.NACK: self.nack, c.RING: self.ring, c.WITHDRAW: self.withdraw,
+            **self.worker_commands.table(),
         }
         self.endpoint.handlers.update(table)
 
@@ -182,7 +183,8 @@ class ServiceHandlers:
         def refuse(err: MiyaqError) -> None:     # the node stops (shutting_down)
             endpoint.error(identity, err, req)
 
-        self.waiters.wait_result(task_id, monotonic() + timeout, answer, Origin(identity, self._key(), req), refuse)
+        origin = Origin(identity, self.endpoint.caller_name(), req)
+        self.waiters.wait_result(task_id, monotonic() + timeout, answer, origin, refuse)
 
     def tasks(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         queue = body.get("queue")
@@ -263,7 +265,7 @@ class ServiceHandlers:
         if not self.gate.is_open:
             raise ShuttingDown(_held_message(self.gate.held()))
         consumer = PullConsumer(queues, monotonic() + timeout, answer, self._puller(identity),
-                                Origin(identity, self._key(), req))
+                                Origin(identity, self.endpoint.caller_name(), req))
         limits = self.dispatcher.limits
         if limits.active:
             open_lanes = limits.open(queues, now)
@@ -315,189 +317,11 @@ class ServiceHandlers:
             raise InvalidField(f"field 'reqs' must be a list of at most {MAX_WITHDRAW} integers", field="reqs")
         self.waiters.withdraw(identity, reqs)
 
-    def _key(self) -> str | None:
-        """The name of the key behind the message being handled (None without keys)."""
-        caller = self.endpoint.caller
-        return caller.name if caller is not None else None
-
     def _puller(self, identity: bytes) -> str:
-        return pull_principal(identity, self._key())
-
-    def _reporter(self, identity: bytes) -> str:
-        """Who reports on this connection: its worker (a connection that never
-        registered is nobody, and may report on nothing)."""
-        return self.workers.principal_of(identity) or "nobody"
-
-    # -- workers -----------------------------------------------------------------------
-    def ready(self, identity: bytes, body: dict[str, Any], now: float) -> None:
-        wid = f.string(body, "worker", max_len=128)
-        queues = f.string_list(body, "queues", ["default"], max_items=64)
-        for q in queues:
-            check_queue(q, "queues")
-        names = f.string_list(body, "names", [], max_items=10_000, max_len=256)
-        capacity = f.integer(body, "capacity", 1, lo=1, hi=c.MAX_WORKER_CAPACITY)
-        credit = f.integer(body, "credit", capacity, lo=0, hi=capacity)
-        schedules = schedules_from_wire(body.get("periodic"), names)
-        for schedule in schedules:
-            if len(schedule.body) > self.config.max_payload:
-                # Every tick's task would be refused: say so now, to the worker.
-                raise InvalidField(f"periodic schedule {schedule.name!r}: its arguments ({len(schedule.body)} "
-                                   f"bytes) exceed this node's max_payload ({self.config.max_payload})",
-                                   field="periodic")
-        info = _worker_info(body)
-        if self.gate.holds(SHUTTING_DOWN):
-            raise ShuttingDown("node is shutting down")
-        key = self._key()
-        self.workers.check_id(wid, key)                    # another key's worker id: forbidden
-        self.workers.check_room(identity, wid)             # max_workers registered: busy
-        self.schedules.declare(schedules, wid, now, key)   # refuses (nothing kept): limits, another key's
-        worker = self.workers.register(identity, wid, queues, capacity, now, info, key)
-        worker.credit = 0
-        self.dispatcher.grant(worker, credit)
-
-    def _worker(self, identity: bytes, now: float) -> WorkerConsumer | None:
-        worker = self.workers.seen(identity)
-        if worker is None:
-            self.endpoint.send(identity, c.RECONNECT, {"reason": "unknown worker; send READY"})
-        return worker
-
-    def heartbeat(self, identity: bytes, body: dict[str, Any], now: float) -> None:
-        wid = body.get("worker")
-        if isinstance(wid, str) and f.boolean(body, "side", False):
-            self.workers.seen_wid(wid, self._key())   # the worker's heartbeat thread (same key only)
-            return
-        self._worker(identity, now)
-
-    def _grant(self, worker: WorkerConsumer | None, n: int) -> None:
-        """Credit is the worker's: each finished or returned task frees one of
-        its slots. Capped at its capacity so a confused worker cannot inflate it."""
-        if worker is not None and n > 0:
-            self.dispatcher.grant(worker, min(n, worker.capacity - worker.credit))
-
-    def _grant_for(self, worker: WorkerConsumer | None, body: dict[str, Any], n: int) -> None:
-        """The slots ``n`` reports give back, unless the message says
-        ``"credit": false`` (reports on tasks another node gave the worker)."""
-        if f.boolean(body, "credit", True):
-            self._grant(worker, n)
-
-    def credit(self, identity: bytes, body: dict[str, Any], now: float) -> None:
-        n = f.integer(body, "n", lo=1, hi=100_000)
-        self._grant(self._worker(identity, now), n)
-
-    def done(self, identity: bytes, body: dict[str, Any], now: float) -> None:
-        items = f.items(body, "done", self.max_batch * 4)
-        for item in items:
-            if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
-                    and type(item[1]) is int and (item[2] is None or isinstance(item[2], bytes))):
-                raise InvalidField("each 'done' item must be [id, attempt, result-bytes-or-nil]", field="done")
-        worker = self._worker(identity, now)
-        by = self._reporter(identity)
-        self.endpoint.work += len(items)
-        complete = self.engine.complete
-        limit = self.config.max_payload
-        for task_id, attempt, result in items:
-            if result is not None and len(result) > limit:
-                self.engine.fail(task_id, attempt, {"type": "ResultTooLarge", "message":
-                                 f"result of {len(result)} bytes exceeds max_payload {limit}"}, False, None, now,
-                                 by=by)
-                continue
-            complete(task_id, attempt, result, now, by=by)
-        self._grant_for(worker, body, len(items))
-
-    def failed(self, identity: bytes, body: dict[str, Any], now: float) -> None:
-        items = f.items(body, "failed", self.max_batch * 4)
-        checked = []
-        for item in items:
-            if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
-                    and type(item[1]) is int and isinstance(item[2], dict)):
-                raise InvalidField("each 'failed' item must be [id, attempt, error-map]", field="failed")
-            checked.append((item[0], item[1], failure_from_wire(item[2]), item[2].get("retry", True) is not False,
-                            _delay(item[2].get("delay"))))
-        worker = self._worker(identity, now)
-        by = self._reporter(identity)
-        for task_id, attempt, error, retry, delay in checked:
-            self.engine.fail(task_id, attempt, error, retry, delay, now, by=by)
-        self._grant_for(worker, body, len(items))
-
-    def touch(self, identity: bytes, body: dict[str, Any], now: float) -> None:
-        """TOUCH: extend the leases named. With ``req`` it is a pull
-        consumer's request (added 2026-12-05): one id, optionally the
-        ``attempt`` received, answered REPLY ``{"ok", "lease_end"?}`` --
-        ``ok`` false, like ACK's, when that task or attempt is not leased to
-        the caller any more -- and never RECONNECT. Without ``req`` it is a
-        worker's, unanswered (a connection with no worker is told RECONNECT)."""
-        ids = f.string_list(body, "ids", max_items=c.MAX_TOUCH_IDS, max_len=64)
-        req = body.get("req")
-        attempt: int | None = None
-        if req is not None:
-            if len(ids) != 1:
-                raise InvalidField("a TOUCH with 'req' touches one task: field 'ids' must hold exactly one id",
-                                   field="ids")
-            attempt = f.integer(body, "attempt", None, lo=0)
-        else:
-            self._worker(identity, now)
-        # A registered worker touches what was dispatched to it; any other
-        # connection is a pull consumer, and touches what it received (its
-        # ACK and NACK are checked the same way). Before 2026-12-05 it was
-        # "nobody": a pull consumer's TOUCH extended nothing, and a task
-        # longer than its timeout ran twice.
-        worker_principal = self.workers.principal_of(identity)
-        by = worker_principal if worker_principal is not None else self._puller(identity)
-        live = self.engine.table.live
-        touched = None
-        for task_id in ids:
-            task = live.get(task_id)
-            if task is None or (attempt is not None and task.attempt != attempt):
-                continue    # gone, or that attempt no longer holds it (as ACK's ok: false)
-            if not leased_to(task, None, by):
-                self.engine.not_leased += 1
-            elif self.engine.touch(task_id, now):
-                touched = task
-            else:
-                self.role.running_elsewhere(task_id, now)   # a standby copy: its runner's node went silent
-        if req is not None:
-            answer: dict[str, Any] = {"ok": touched is not None}
-            if touched is not None:
-                answer["lease_end"] = touched.lease_end
-            self.endpoint.reply(identity, req, answer)
-
-    def give_back(self, identity: bytes, body: dict[str, Any], now: float) -> None:
-        ids = f.string_list(body, "ids", max_items=100_000, max_len=64)
-        worker = self._worker(identity, now)
-        for task_id in ids:
-            if worker is not None and task_id in worker.running:
-                self.engine.release(task_id, now)
-        if f.boolean(body, "credit", True):
-            self._grant(worker, len(ids))
-
-    def bye(self, identity: bytes, body: dict[str, Any], now: float) -> None:
-        worker = self.workers.by_identity.get(identity)
-        if worker is not None:
-            self.workers.drop(worker, "said goodbye", now)
+        return pull_principal(identity, self.endpoint.caller_name())
 
 
 def _held_message(reasons: list[str]) -> str:
     if SHUTTING_DOWN in reasons:
         return "node is shutting down and leases no new tasks"
     return f"node leases no new tasks while {' and '.join(reasons)}; try again shortly"
-
-
-def _delay(value: Any) -> float | None:
-    """A FAILED item's retry ``delay``: a number from 0 on, at most
-    :data:`MAX_RETRY_DELAY` (a longer one -- ``inf`` too -- is that: the
-    handler asked for "much later", not "at once"); anything else (negative,
-    NaN, not a number) is None, the task's backoff."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-        return min(float(value), MAX_RETRY_DELAY)
-    return None
-
-
-def _worker_info(body: dict[str, Any]) -> dict[str, Any]:
-    """What a READY says of its worker, kept for ``GET /workers`` and the
-    console: each field optional, each checked like the rest of the message
-    (a value JSON cannot show, kept, would fail every later listing)."""
-    info = {"pid": f.integer(body, "pid", None, lo=0, hi=2**31 - 1),
-            "host": f.string(body, "host", None, max_len=255),
-            "concurrency": f.integer(body, "concurrency", None, lo=1, hi=100_000),
-            "pool": f.string(body, "pool", None, max_len=32)}
-    return {k: v for k, v in info.items() if v is not None}

@@ -88,6 +88,11 @@ class ServiceEndpoint:
         self.log_admit: Callable[[], None] | None = None
         self._closed = False
 
+    def caller_name(self) -> str | None:
+        """The name of the key behind the message being handled (None without keys)."""
+        caller = self.caller
+        return caller.name if caller is not None else None
+
     def bind(self, endpoint: str) -> None:
         """Also serve on ``endpoint`` (a unix socket): same socket, same handlers, same keys."""
         self.sock.bind(endpoint)
