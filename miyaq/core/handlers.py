@@ -105,15 +105,16 @@ class ServiceHandlers:
         turn has come, else from a greenlet of its own once it has (the
         reader goes on); refused ``busy`` when too many wait."""
         req = body.get("req")
-        wait = self.views.turn()
-        if wait <= 0:      # built and encoded in the measured time
-            self.views.timed(lambda: self.endpoint.reply(identity, req, self.report(now)))
+        caller = self.endpoint.caller
+        turn = self.views.turn(caller.role.value if caller is not None else "open")
+        if turn.wait <= 0:      # built and encoded in the measured time
+            self.views.timed(lambda: self.endpoint.reply(identity, req, self.report(now)), turn)
             return
         lists_workers = self.lists_workers()      # by this message's key: another is handled by then
 
         def in_its_turn() -> None:
-            self.views.wait(wait)
-            self.views.timed(lambda: self.endpoint.reply(identity, req, self._status_for(lists_workers)))
+            self.views.wait(turn)
+            self.views.timed(lambda: self.endpoint.reply(identity, req, self._status_for(lists_workers)), turn)
 
         self.supervisor.spawn("status in its turn", in_its_turn, policy=LOG)
 

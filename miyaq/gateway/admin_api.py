@@ -46,7 +46,7 @@ class AdminApi:
         only, as ``GET /workers`` (everyone is admin without tokens): a
         producer or worker token gets their number (``totals.workers``).
         Built and encoded in its turn (:mod:`miyaq.core.view_lane`)."""
-        return self.core.views.run(lambda: self._status(request))
+        return self.core.views.run(lambda: self._status(request), self._role_of(request))
 
     def _status(self, request: Request) -> Response:
         now = wall()
@@ -89,7 +89,12 @@ class AdminApi:
 
     def queues(self, request: Request) -> Response:
         """Every queue's row, built and encoded in its turn (:mod:`miyaq.core.view_lane`)."""
-        return self.core.views.run(lambda: json_response({"queues": self.queue_rows()}))
+        return self.core.views.run(lambda: json_response({"queues": self.queue_rows()}), self._role_of(request))
+
+    def _role_of(self, request: Request) -> str:
+        """Whose turn a view is (:mod:`miyaq.core.view_lane`): the token's role ("open" without tokens)."""
+        role = self.gateway.auth.caller(request)
+        return role.value if role is not None else "open"
 
     def queue(self, request: Request) -> Response:
         return json_response(self.queue_rows(check_queue(request.params["queue"]))[0])

@@ -69,7 +69,7 @@ class ConsoleData:
     def status(self) -> dict[str, Any]:
         """``GET /status`` of this node, with live tasks summed by state
         (built in its turn: :mod:`miyaq.core.view_lane`)."""
-        status = self.gateway.core.views.run(lambda: self.gateway.status(wall()))
+        status = self._own_status()
         status["ring"] = self.gateway.metrics.cluster.view()
         by_state = dict.fromkeys(LIVE_STATES, 0)
         for counts in status["queues"].values():      # the per-queue rows just built: not counted again
@@ -78,10 +78,14 @@ class ConsoleData:
         status["live_by_state"] = by_state
         return status
 
+    def _own_status(self) -> dict[str, Any]:
+        """This node's ``GET /status``, built in its turn (:mod:`miyaq.core.view_lane`)."""
+        return self.gateway.core.views.run(lambda: self.gateway.status(wall()), "console")
+
     def queues(self) -> list[dict[str, Any]]:
         """``GET /queues`` rows with submitted and completed per second over the last minute."""
         rates = self.activity.queue_rates()
-        rows = self.gateway.core.views.run(self.admin.queue_rows)
+        rows = self.gateway.core.views.run(self.admin.queue_rows, "console")
         for row in rows:
             row["submit_rate"], row["done_rate"] = rates.get(row["name"], (0.0, 0.0))
         return rows
@@ -103,7 +107,7 @@ class ConsoleData:
                                    "lag_messages": lag[node_id][1] if node_id in lag else None}
             status: dict[str, Any] | str
             if row["self"]:
-                status = own if own is not None else self.gateway.core.views.run(lambda: self.gateway.status(wall()))
+                status = own if own is not None else self._own_status()
             elif row["http"]:
                 status = self.peers.get(row["http"], "/status")
             else:
