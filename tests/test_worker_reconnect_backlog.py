@@ -78,3 +78,23 @@ def test_a_reconnect_drops_the_unstarted_tasks_of_that_node(node, thread_worker)
     wait_for(lambda: node.pump() or "t4" in node.done, what="t4 run")
     assert [r[1] for r in node.reports] == ["t1", "t4"], node.reports
     assert not node.returned
+
+
+def test_reconnects_sent_before_the_workers_ready_arrived_register_it_once(node, thread_worker) -> None:
+    """Fault: a worker thawed after its node took it for lost sends several
+    messages (results, heartbeats) before it reads anything; the node
+    answers each with RECONNECT. Heeding every one, the worker sent READY
+    again and again, and each READY made the node drop the registration
+    before it and count the tasks it had just leased there as lost (an
+    attempt each). The RECONNECTs that came before the WELCOME of the READY
+    they caused are ignored: one READY, one registration."""
+    thread_worker(app, node.endpoint, concurrency=1)
+    wait_for(lambda: node.pump() or len(node.readies) == 1, what="the worker's READY")
+    for _ in range(3):
+        node.send([c.TAG, c.RECONNECT, pack({"reason": "unknown worker; send READY"})])
+    wait_for(lambda: node.pump() or len(node.readies) >= 2, what="READY again")
+    dispatch(node, delivery("t1", 0.0))     # it reads on past the RECONNECTs: t1 runs
+    wait_for(lambda: node.pump() or "t1" in node.done, what="t1 run")
+    assert len(node.readies) == 2, node.readies
+    node.send([c.TAG, c.RECONNECT, pack({"reason": "unknown worker; send READY"})])   # after the WELCOME: heeded
+    wait_for(lambda: node.pump() or len(node.readies) == 3, what="READY for a RECONNECT after the WELCOME")

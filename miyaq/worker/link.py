@@ -82,6 +82,9 @@ class NodeLink:
         self.monitor: Any = None    # the current socket's connection monitor (a green PAIR)
         self.heartbeat = worker.config.heartbeat
         self.liveness = LIVENESS
+        # Monotonic time until which a RECONNECT answers a message sent before
+        # our last READY (None: no READY awaits its WELCOME): see _on_reconnect.
+        self.welcome_due: float | None = None
         self.last_heard = monotonic()
         self.answered = False       # anything from the node on the current socket
         self.heard = False          # a WELCOME from this node, ever
@@ -206,6 +209,7 @@ class NodeLink:
         if w.app.schedules:
             body["periodic"] = list(w.app.schedules.values())   # docs/periodic.md
         self.send(c.READY, body)
+        self.welcome_due = monotonic() + max(1.0, self.heartbeat * self.liveness)
         self.extra.registered(held)
 
     def grant_extra(self, run_times: RunTimes, backlog_dry: bool) -> None:
@@ -401,12 +405,9 @@ class NodeLink:
             if isinstance(ids, list):
                 self.worker.abort([i for i in ids if isinstance(i, str)])
         elif command == c.RECONNECT:
-            if self.worker.stopping:
-                return      # it said BYE (or is about to): registering again would take new tasks
-            logger.info("node %s does not know this worker; registering again", self.endpoint)
-            self.worker.forget_unstarted(self)     # no longer leased here: the node sends them again
-            self.register()
+            self._on_reconnect()
         elif command == c.ERROR:
+            self.welcome_due = None     # a READY refused gets no WELCOME: a later RECONNECT is heeded
             _log.warning("error", "node %s: %s: %s", self.endpoint, body.get("code"), body.get("message"))
 
     def _talking_to_itself(self) -> None:
@@ -427,7 +428,27 @@ class NodeLink:
         self._open()
         self.register()
 
+    def _on_reconnect(self) -> None:
+        """The node does not know this worker: drop what it sent that has not
+        started (it leases those anew) and register again -- unless a READY
+        already awaits its WELCOME: the node answers every message of an
+        unknown connection with RECONNECT, so a worker that sent several
+        (results, heartbeats) while it was taken for lost gets several, all
+        sent before our READY reached the node. Heeding each, it registered
+        again and again, and each READY made the node drop the registration
+        before it and count the tasks it had just leased there as lost (an
+        attempt each; review of 2026-12-06)."""
+        if self.worker.stopping:
+            return      # it said BYE (or is about to): registering again would take new tasks
+        if self.welcome_due is not None and monotonic() < self.welcome_due:
+            logger.debug("node %s: a RECONNECT sent before our READY reached it; ignored", self.endpoint)
+            return
+        logger.info("node %s does not know this worker; registering again", self.endpoint)
+        self.worker.forget_unstarted(self)     # no longer leased here: the node sends them again
+        self.register()
+
     def _welcome(self, body: dict[str, Any]) -> None:
+        self.welcome_due = None
         if not self.heard or self.reconnects:
             logger.info("worker %s: registered with node %s", self.worker.wid, self.endpoint)
         self.heard = True
