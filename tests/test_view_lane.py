@@ -226,3 +226,18 @@ def test_a_status_answered_in_its_turn_shows_workers_by_the_key_that_asked(http_
         assert (identity, req) == (b"\x00producer", 1) and "workers" not in body and "totals" in body
     finally:
         http_node.call(restore)
+
+
+def test_the_consoles_workers_page_builds_no_view_of_every_queue(http_node, api):
+    """Fault (the review of 2026-12-06): /ui/workers built this node's whole
+    status (and asked every member's /status) for the ring's member list it
+    shows, though the page lists only workers: at 10,000 queues it waited
+    its turn among the views and could be refused busy. It takes no turn."""
+    from test_console import page
+
+    lane = http_node.node.core.views
+    before = http_node.call(lambda: lane._turns)
+    assert page(api, "/ui/workers")[0] == 200
+    assert http_node.call(lambda: lane._turns) == before
+    page(api, "/ui")
+    assert http_node.call(lambda: lane._turns) > before        # the overview does (its counts)

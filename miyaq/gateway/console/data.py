@@ -91,9 +91,10 @@ class ConsoleData:
         return rows
 
     # -- the ring ----------------------------------------------------------------------
-    def members(self, own: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Every ring member: share, weight, gateway, and from its ``/status``
-        the tasks it holds and its workers (``error`` when it did not answer)."""
+    def members(self, own: dict[str, Any] | None = None, counts: bool = True) -> list[dict[str, Any]]:
+        """Every ring member: share, weight, gateway, and -- with ``counts`` --
+        from its ``/status`` the tasks it holds and its workers (``error``
+        when it did not answer)."""
         info = self.role.ring_info()
         leader = info.get("leader")
         lag = self.gateway.role.replication_lag(wall())
@@ -106,6 +107,9 @@ class ConsoleData:
                                    "lag_seconds": lag[node_id][0] if node_id in lag else None,
                                    "lag_messages": lag[node_id][1] if node_id in lag else None}
             status: dict[str, Any] | str
+            if not counts:
+                out.append(row)
+                continue
             if row["self"]:
                 status = own if own is not None else self._own_status()
             elif row["http"]:
@@ -126,7 +130,7 @@ class ConsoleData:
     def workers(self, limit: int) -> list[dict[str, Any]]:
         """Per member: ``{"node", "workers": [...], "error"?}`` (``GET /workers`` of each)."""
         groups = []
-        for member in self.members():
+        for member in self.members(counts=False):     # not each member's /status: a view of every queue
             group: dict[str, Any] = {"node": member["node"], "self": member["self"], "http": member["http"]}
             if member["self"]:
                 group["workers"] = self.gateway.core.workers.describe(limit)
