@@ -42,13 +42,14 @@ from .aio import AsyncLoop
 from .config import (
     BYE_LINGER, DRAIN_POLL, OVER_CAPACITY, POOL_READY_WAIT, WorkerConfig,
 )
-from .execute import Interrupted, Outcome, TaskAborted, TaskTimeout, too_large
+from .execute import Interrupted, TaskAborted, TaskTimeout
 from .jobs import Backlog, Job, current, release, reportable, well_formed
 from .link import NodeLink
 from .pools import PoolParts, make_pool
 from .pools.base import PoolShortage
 from .prefetch import RunTimes
 from .pulse import Pulse
+from .reports import Reports
 from .ring import RingFollower
 from .routing import Routes
 from .watchdog import Watchdog
@@ -114,10 +115,7 @@ class Worker:
         # (the node's lease on them ran out): stopped, and watched until they
         # end. At most one per runner.
         self.superseded: list[Job] = []
-        # A runner sent its result itself in this pass of the hub: the runners
-        # that report after it in the same pass (tasks that ended together)
-        # leave theirs to the flusher, which sends them together.
-        self._sent_this_pass = False
+        self.reports = Reports(self)
         self.started = False
         self.stopping = False
         self.stopping_hard = False
@@ -151,7 +149,7 @@ class Worker:
             if not well_formed(d):
                 malformed += 1
                 if reportable(d):       # its node waits for an outcome: a slot otherwise lost to it
-                    self._report_failure(link, d[0], d[4], {
+                    self.reports.failure(link, d[0], d[4], {
                         "type": "BadDelivery", "retry": False,
                         "message": f"worker {self.wid} got this task in a malformed delivery"})
                 continue
@@ -182,7 +180,7 @@ class Worker:
             dropped = self.backlog.drop(task_id)
             if dropped is not None:
                 link, d = dropped
-                self._report_failure(link, task_id, d[4], {"type": "Aborted", "message": "cancelled",
+                self.reports.failure(link, task_id, d[4], {"type": "Aborted", "message": "cancelled",
                                                            "retry": False})
 
     def touch(self, task_id: str) -> None:
@@ -250,7 +248,7 @@ class Worker:
         task_id, name, attempt = d[0], d[2], d[4]
         tdef = self.app.tasks.get(name)
         if tdef is None:
-            self._report_failure(link, task_id, attempt, {
+            self.reports.failure(link, task_id, attempt, {
                 "type": "UnknownTask", "retry": True,
                 "message": f"no handler named {name!r} in worker {self.wid}"})
             return True
@@ -289,7 +287,7 @@ class Worker:
             # its lease runs out.
             if current(self.running, job):
                 self.routes.origin.pop(task_id, None)
-            self._report_lost_outcome(link, task_id, attempt, "the worker's pool failed to run this attempt "
+            self.reports.lost_outcome(link, task_id, attempt, "the worker's pool failed to run this attempt "
                                                               "(see the worker's log)")
             raise
         finally:
@@ -303,12 +301,12 @@ class Worker:
             body = d[3]
             self.run_times.add(monotonic() - started, len(body) if isinstance(body, (bytes, str)) else 0)
         try:
-            self._report(link, job, outcome)
+            self.reports.outcome(link, job, outcome)
         except Exception:
             # The runner dies (its supervisor logs, counts and restarts it);
             # first try once more to tell the node, so the task is retried
             # now rather than when its lease runs out.
-            self._report_lost_outcome(link, task_id, attempt)
+            self.reports.lost_outcome(link, task_id, attempt)
             raise
         finally:
             if task_id not in self.running:     # no later attempt of it runs here
@@ -335,69 +333,6 @@ class Worker:
                               "Raise the limit or lower --concurrency, and restart the worker to have them back",
                               self.wid, shortage, self.concurrency - self.slots_lost, self.concurrency)
         return not retires
-
-    def _report(self, link: NodeLink, job: Job, outcome: Outcome) -> None:
-        """To the task's node, or another holder if that node is lost. With
-        nothing left in the backlog this runner sends the results itself (a
-        lone task's result without waking the flusher), unless another runner
-        did so in this pass of the hub: tasks that ended at the same instant
-        report one after another without yielding, and the flusher sends all
-        but the first together once they have. Otherwise too the flusher
-        sends them together once the runners yield. (Before 2026-12-05 each
-        of a thousand tasks ending together sent a DONE of its own.)
-
-        A report gives its node a slot back (credit) unless another node gave
-        the task, or this worker is stopping: a slot given back then would
-        have the node lease a task the worker only returns, and the BYE that
-        follows would count that attempt as spent."""
-        routes = self.routes
-        holders = routes.holders.get(job.task_id)
-        target = routes.report_link(link, job.task_id)
-        last = not self.backlog
-        alone = last and not self._sent_this_pass
-        if alone:
-            self._sent_this_pass = True
-            green.call_soon(self._pass_over)
-            target.outbox.hold()
-        try:
-            kind, value = outcome
-            if kind == "done" and isinstance(value, bytes) and len(value) > target.max_result:
-                # Over the max_message its node's WELCOME said: sent, it would cost this link.
-                kind, value = "failed", too_large(len(value), target.max_result,
-                                                  f"one message to node {target.endpoint} can carry (its max_message)")
-            # No slot back: see the docstring; or this node's extra credit is being taken back.
-            elsewhere = target is not link or self.stopping or link.extra.take_withhold()
-            if kind == "done":
-                target.report_done(job.task_id, job.attempt, value, elsewhere)
-                routes.sent_report(target, job.task_id, job.attempt, holders, result=value)
-            else:
-                target.report_failed(job.task_id, job.attempt, value, elsewhere)
-                routes.sent_report(target, job.task_id, job.attempt, holders, error=value)
-        finally:
-            if alone:
-                target.outbox.send_now()
-        if self.adaptive and target is link and not self.stopping:
-            link.grant_extra(self.run_times, last)
-
-    def _pass_over(self) -> None:
-        """The hub's pass ended (called from the hub): the next runner that
-        reports with an empty backlog sends at once again."""
-        self._sent_this_pass = False
-
-    def _report_failure(self, link: NodeLink, task_id: str, attempt: int, error: dict[str, Any]) -> None:
-        """A delivery that never ran (aborted in the backlog, no handler for
-        it) fails: reported like any outcome, its holders forgotten."""
-        target = self.routes.report_link(link, task_id)
-        target.report_failed(task_id, attempt, error, target is not link or self.stopping)
-
-    def _report_lost_outcome(self, link: NodeLink, task_id: str, attempt: int,
-                             message: str = "the worker failed to report this attempt's outcome") -> None:
-        error = {"type": "WorkerError", "message": message, "retry": True}
-        try:
-            link.report_failed(task_id, attempt, error)
-        except Exception:
-            logger.exception("worker %s: task %s: its outcome is lost; the node retries it when its lease "
-                             "runs out", self.wid, task_id)
 
     def _interrupt(self, job: Job, reason: type[Interrupted]) -> None:
         if job.stop_reason is not None:
