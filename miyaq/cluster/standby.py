@@ -165,8 +165,9 @@ class StandbyChecker(EngineListener):
         self.due.extend(parked.values())
 
     def flush(self) -> None:
-        """Ask about every copy that came due (one QUERY per holder)."""
-        if not self.due:
+        """Ask about every copy that came due (one QUERY per holder). Nothing
+        once the node stops (:attr:`ClusterRole.stopped`): its log closes next."""
+        if not self.due or self.role.stopped:
             return
         due, self.due = self.due, []
         role = self.role
@@ -208,6 +209,8 @@ class StandbyChecker(EngineListener):
         return lambda answer: self._answered(holder, ids, answer, checks)
 
     def _answered(self, holder: str, ids: list[str], answer: dict[str, Any] | None, checks: Checks) -> None:
+        if self.role.stopped:
+            return      # the node stops: its log closes next, and it runs nothing more
         states = answer.get("states") if answer is not None else None
         answered = isinstance(states, dict)
         if not isinstance(states, dict):

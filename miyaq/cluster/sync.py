@@ -73,8 +73,10 @@ class Resync:
 
     def start(self, src: str, number: int = 0) -> None:
         """Fetch ``src``'s state (all of it, in chunks); ``number`` is the
-        subscriber's, handed back when the resync ends."""
-        self._ask(src, 0, number)
+        subscriber's, handed back when the resync ends. Nothing once the
+        node stops: its log closes next."""
+        if not self.role.stopped:
+            self._ask(src, 0, number)
 
     def _ask(self, src: str, cursor: int, number: int) -> None:
         self.role.peer.request(src, SYNC, {"cursor": cursor}, RESYNC_TIMEOUT,
@@ -162,6 +164,8 @@ class Resync:
 
     def _apply(self, src: str, answer: dict[str, Any] | None, cursor: int, number: int) -> None:
         role = self.role
+        if role.stopped:
+            return          # the node stops: its log closes next
         if answer is None:
             role.subscriber.resync_done(src, number, complete=False)    # asked again when the stream stays suspect
             return
