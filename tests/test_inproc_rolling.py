@@ -35,7 +35,7 @@ def test_a_restarted_first_holder_starts_a_delayed_task_at_its_eta(inproc, tmp_p
     (the other holders' copies are handed off and re-ranked), it starts
     again and rejoins. Every copy of the task is then a standby copy (the
     restarted node's asks first; the others by rank, and one of them asks at
-    the eta: it was the first holder while n3 was away). Before 2026-12-05
+    the eta: it was the first holder while n3 was away). Before 2026-12-06
     standby copies went by node id alone: at the eta n3's copy waited for
     the standby copy of a smaller node id, which waited too, and the task
     started one or two offsets late on another holder (a rolling restart: a
@@ -69,7 +69,7 @@ def test_a_restarted_first_holder_starts_a_delayed_task_at_its_eta(inproc, tmp_p
 def test_between_standby_copies_the_lower_rank_goes_first_once_settled(inproc):
     """The order between two standby copies that ask each other: the lower
     rank, then the smaller node id, each as reported; by node id alone
-    towards a node older than 2026-12-05 (its answer has 4 items: it orders
+    towards a node older than 2026-12-06 (its answer has 4 items: it orders
     so too). Fault: a copy's rank changes (a ring change) after it reported
     another in an answer: the asker may have compared that one, so for
     RANK_SETTLE seconds every standby copy goes first, and it waits."""
@@ -100,7 +100,7 @@ def test_a_stopping_node_takes_no_peer_writes_once_its_log_closed(inproc, tmp_pa
     """Fault (about one restart in nine at 300 tasks a second): a node stops;
     its role left the ring, its log closed, but its peer link and streams
     stay open until the parts are killed. A finish (an F event) and a
-    REPLICATE reach it in that window. Before 2026-12-05 it applied the
+    REPLICATE reach it in that window. Before 2026-12-06 it applied the
     event -- "a change came after the log closed; it is not on disk" (an
     error) -- and tried to store the copy ("could not store a copy ...: its
     log is closed"), whose answer then waited for a write that never came.

@@ -116,7 +116,7 @@ class ClusterRole:
         stored (:meth:`_refuse_replicate`), the other holders' stream events
         are not applied, no resync is asked or applied, standby copies ask
         and run nothing, and the ticker and the ring view loop do nothing.
-        Before 2026-12-05 all of these went on until the links closed, after
+        Before 2026-12-06 all of these went on until the links closed, after
         the log: a change then logged "a change came after the log closed"
         (an error) and a copy sent then "could not store a copy", about one
         stop in nine at 300 submits a second."""

@@ -27,7 +27,7 @@ task answers ``unknown``, which lets the copy run). Per task:
 - a holder that holds it ready or running, or holds a standby copy that
   goes first (:meth:`StandbyChecker.goes_first`: the lower rank, then the
   smaller node id, each as its holder reports it; by node id alone towards
-  a node older than 2026-12-05) → push this copy's timer out by one offset
+  a node older than 2026-12-06) → push this copy's timer out by one offset
   and ask again then;
 - a holder that answered but left the id out (its answer was full) → ask
   again after one offset;
@@ -48,7 +48,7 @@ id), but a copy whose own rank changed since it answered could compare
 another pair than the one its peer compared. So a copy that reported
 another rank than its own within ``RANK_SETTLE`` seconds lets every
 standby copy go first (it waits an offset and asks again). Before
-2026-12-05 standby copies went by node id alone: after a planned restart
+2026-12-06 standby copies went by node id alone: after a planned restart
 of a task's first holder every copy of a delayed task not yet due was a
 standby copy (:meth:`StandbyChecker.ask_first`, and the handoffs of the
 ring's two changes), and at the eta the first and second holders waited
@@ -107,7 +107,7 @@ MAX_UNKNOWN_WAITING = 100_000
 #: An id a holder left out of its answer (it was full): asked again later.
 LATER = "later"
 RANK_ORDER = 1
-"""The fifth item of a live copy's QUERY state (since 2026-12-05): its
+"""The fifth item of a live copy's QUERY state (since 2026-12-06): its
 node orders standby copies by rank, then node id. Without it (an older
 node) both sides order them by node id alone."""
 RANK_SETTLE = 10 * QUERY_TIMEOUT
@@ -205,7 +205,7 @@ class StandbyChecker(EngineListener):
         """Whether ``holder``'s standby copy (its QUERY ``answer``) goes
         before this node's standby copy ``task``: the lower rank, then the
         smaller node id -- by node id alone when the holder's node is older
-        than 2026-12-05 (its answer has no ``RANK_ORDER``: it orders so too).
+        than 2026-12-06 (its answer has no ``RANK_ORDER``: it orders so too).
         Every standby copy goes first while this copy's rank is not settled
         (:meth:`rank_settled`)."""
         if not (len(answer) > 4 and type(answer[4]) is int and answer[4] == RANK_ORDER):
