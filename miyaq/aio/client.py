@@ -125,12 +125,17 @@ class Client:
         timeout = self.request_timeout if timeout is None else timeout
         body["req"] = self._io.core.next_req()
         future = AioFuture()
-        self._io.request(self.nodes.index(node), command, body, future, monotonic() + timeout)
+        index = self.nodes.index(node)
+        self._io.request(index, command, body, future, monotonic() + timeout)
         try:
             reply: dict[str, Any] = await future.wait(timeout + 1.0, what=command.decode().lower())
         except BaseException:
-            if not future.done():      # cancelled (asyncio.wait_for, a task's cancel()): nobody waits now
+            # Cancelled (asyncio.wait_for, asyncio.timeout, a task's cancel()): nobody waits now.
+            if not future.done():
                 self._io.withdraw(body["req"])
+            elif command == c.RECEIVE and future.ok():
+                # Answered in the pass the cancel came in: the task it brings is nobody's.
+                self._io.give_back(index, future.result().get("task"))
             raise
         return reply
 

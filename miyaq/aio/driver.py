@@ -201,6 +201,13 @@ class AsyncDriver:
             self.core.withdraw(req, monotonic())
             self._arm()
 
+    def give_back(self, node: int, task: Any) -> None:
+        """A task node ``node`` leased to a RECEIVE whose caller was cancelled
+        as its answer came: back to the node unstarted (see :meth:`ClientCore.give_back`)."""
+        if not self.closed:
+            self.core.give_back(node, task, monotonic())
+            self._arm()
+
     # -- the loop's side -----------------------------------------------------------------
     def _flush(self) -> None:
         self._flush_soon = False

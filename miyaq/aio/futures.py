@@ -28,13 +28,19 @@ class AioFuture(Resolvable):
 
     async def wait(self, timeout: float | None, what: str = "request") -> Any:
         """The value, once resolved; Timeout after ``timeout`` seconds (None: no limit).
-        Cancelling the waiting coroutine does not cancel the call."""
+        Cancelling the waiting coroutine does not cancel the call, and its
+        ``CancelledError`` is always raised, also when the future was resolved
+        in the same pass of the loop (the caller then decides what becomes of
+        the value: a RECEIVE's task is given back). Before 2026-12-06 Python
+        3.11's ``asyncio.wait_for`` returned the value then, swallowing the
+        cancel: a consumer loop told to stop went on consuming."""
         if not self._done:
             if self._future is None:
                 self._future = asyncio.get_running_loop().create_future()
             try:
-                await asyncio.wait_for(asyncio.shield(self._future), timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(self._future)
+            except TimeoutError:
                 if not self._done:
                     raise Timeout(f"{what} did not complete within {timeout:g}s") from None
         return self.result()

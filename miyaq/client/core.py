@@ -208,9 +208,16 @@ class ClientCore:
 
     def _give_back(self, node: int, req: int, body: dict[str, Any], now: float) -> None:
         """The answer to a withdrawn RECEIVE came: a task it brings goes back
-        to the node (NACK ``returned``: no attempt spent), its answer unread."""
+        to the node (:meth:`give_back`)."""
         del self._withdrawn_receives[req]
-        task = body.get("task")
+        self.give_back(node, body.get("task"), now)
+
+    def give_back(self, node: int, task: Any, now: float) -> None:
+        """``task``, the map a RECEIVE answer of node ``node`` brings, is
+        taken by nobody (its RECEIVE withdrawn, or its caller cancelled as the
+        answer came): back to the node unstarted (NACK ``returned``: no
+        attempt spent), its answer unread. Anything but a task map (None: no
+        task came) is passed over."""
         if isinstance(task, dict) and isinstance(task.get("id"), str) and type(task.get("attempt")) is int:
             self.requests.start(node, c.NACK, {"req": self.requests.next_req(), "id": task["id"],
                                                "attempt": task["attempt"], "returned": True}, None, 0.0, now)
