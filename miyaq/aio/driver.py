@@ -9,6 +9,12 @@ a lone submit from an idle client leaves at once. Sockets are
 of the asyncio flavour, with the client's CURVE keys when it has them.
 
 The driver starts on first use and belongs to the event loop it started in.
+Its readers and watchers hold it only weakly, its timer only while no
+submit is unresolved (:meth:`AsyncDriver._arm`): a client dropped without
+``close()`` while its loop runs delivers its submits, then is collected,
+and its finalizer stops its readers and closes its sockets in that loop
+(before 2026-12-06 they held it for as long as the loop ran: 9
+descriptors, 2 libzmq threads and 2 tasks kept for each client dropped).
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import asyncio
 import logging
 import os
 import weakref
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 
@@ -49,13 +55,15 @@ class AsyncDriver:
         # their own (the event loop never waits), from PROBE_AFTER on (see send).
         self._probes = ReachProbes(None)
         self.nodes.explain = self._probes.reason
+        self.loop: asyncio.AbstractEventLoop | None = None
+        # node index -> its reader and watcher; the finalizer holds this dict too
+        self._readers: dict[int, list[asyncio.Task[None]]] = {}
         self._dial()
         self.room = WindowRoom()
         self.core = ClientCore(self, self.nodes, max_batch=max_batch, ack_timeout=ack_timeout,
                                max_message=max_message, on_resolved=self.room.freed)
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._readers: dict[int, list[asyncio.Task[None]]] = {}     # node index -> its reader and watcher
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_holds = False     # the timer holds the driver (submits unresolved: see _arm)
         self._flush_soon = False
         self.closed = False
 
@@ -74,12 +82,21 @@ class AsyncDriver:
         self.socks: list[Any]
         self.monitors: list[Any]
         self.socks, self.monitors = dial_given(self.factory, self.nodes.endpoints, self._heartbeat_ms)
-        # A driver collected unclosed (its client dropped without close(), its loop
-        # gone) closes its sockets first. Left to pyzmq, the context's finalizer
-        # would wait for sockets of the same garbage cycle, whose weak references
-        # the collector has already cleared: the process hung in that collection
-        # for good. The finalizer holds the socket lists, so they stay reachable.
-        self._finalizer = weakref.finalize(self, _close_unclosed, self.factory, self.socks, self.monitors)
+        self._finalize_unclosed()
+
+    def _finalize_unclosed(self) -> None:
+        """(Re)make the finalizer of a driver collected unclosed (its client
+        dropped without close()): see :func:`_close_unclosed`. Made again
+        once the driver knows its loop and readers."""
+        # Left to pyzmq, the context's finalizer would wait for sockets of the same
+        # garbage cycle, whose weak references the collector has already cleared: the
+        # process hung in that collection for good. The finalizer holds the socket
+        # lists, so they stay reachable, and the readers, to stop them.
+        previous = getattr(self, "_finalizer", None)
+        if previous is not None:
+            previous.detach()
+        self._finalizer = weakref.finalize(self, _close_unclosed, self.factory, self.socks, self.monitors,
+                                           self._readers, self.loop)
         self._finalizer.atexit = False     # at exit pyzmq leaves contexts alone: nothing waits
 
     # -- Transport (called by the core) --------------------------------------------------
@@ -144,7 +161,8 @@ class AsyncDriver:
             self._finalizer.detach()
             self._dial()
         self.loop = loop = asyncio.get_running_loop()
-        self._readers = {i: self._readers_of(loop, i) for i, sock in enumerate(self.socks) if sock is not None}
+        self._readers.update({i: self._readers_of(loop, i) for i, sock in enumerate(self.socks) if sock is not None})
+        self._finalize_unclosed()     # now with the loop and the readers to stop there
         self._arm()
 
     def check_loop(self) -> None:
@@ -155,8 +173,10 @@ class AsyncDriver:
                              "make one client per loop")
 
     def _readers_of(self, loop: asyncio.AbstractEventLoop, node: int) -> list[asyncio.Task[None]]:
-        return [loop.create_task(self._read(node, self.socks[node])),
-                loop.create_task(self._watch(node, self.monitors[node]))]
+        """Node ``node``'s reader and watcher: each holds the driver weakly."""
+        me = weakref.ref(self)
+        return [loop.create_task(_pump(me, AsyncDriver._on_reply, node, self.socks[node])),
+                loop.create_task(_pump(me, AsyncDriver._on_event, node, self.monitors[node]))]
 
     @property
     def in_own_loop(self) -> bool:
@@ -178,7 +198,8 @@ class AsyncDriver:
             await asyncio.gather(*readers, return_exceptions=True)
         self.core.fail_all(MiyaqError("client is closed"))
         self.room.wake_all()     # waiting for room: each finds the client closed
-        self._finalizer()        # closes the sockets, once
+        if self._finalizer.detach() is not None:
+            self.factory.close()     # the sockets, now and once
 
     # -- calls ---------------------------------------------------------------------------
     def submit(self, p: Pending) -> None:
@@ -227,49 +248,47 @@ class AsyncDriver:
         self._arm()
 
     def _arm(self) -> None:
-        """Make sure ``on_timer`` runs when the core next needs it."""
+        """Make sure ``on_timer`` runs when the core next needs it. While
+        submits are unresolved the timer holds the driver, so a client
+        dropped without close() still delivers them (as the threaded client
+        does: acknowledged, or failed by their ``submit_timeout``); otherwise
+        it holds the driver weakly, and a dropped client is collected."""
         assert self.loop is not None
         delay = self.core.next_timer(monotonic())
         when = self.loop.time() + delay
+        holds = self.core.in_flight > 0
         if self._timer is not None:
-            if self._timer.when() <= when:
+            if self._timer.when() <= when and (self._timer_holds or not holds):
                 return
             self._timer.cancel()
-        self._timer = self.loop.call_at(when, self._on_timer)
+        if holds:
+            self._timer = self.loop.call_at(when, self._on_timer)
+        else:
+            self._timer = self.loop.call_at(when, _timer_fired, weakref.ref(self))
+        self._timer_holds = holds
 
-    async def _read(self, node: int, sock: Any) -> None:
-        core = self.core
-        try:
-            while True:
-                frames = await sock.recv_multipart()
-                core.on_frames(node, frames, monotonic())
-                self._arm()
-                if self.socks[node] is not sock:
-                    return          # its node left the ring, and this reply closed it
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            self._crash()
+    def _on_reply(self, node: int, sock: Any, frames: list[bytes]) -> bool:
+        """One message from node ``node``; False once ``sock`` is no longer its
+        socket (its node left the ring, and this reply closed it)."""
+        self.core.on_frames(node, frames, monotonic())
+        self._arm()
+        return self.socks[node] is sock
 
-    async def _watch(self, node: int, monitor: Any) -> None:
+    def _on_event(self, node: int, monitor: Any, frames: list[bytes]) -> bool:
         """Node ``node``'s connection events: a closed one resends its
         unacknowledged submits and fails its open requests, and the node is
-        asked last until it is up again."""
-        try:
-            while True:
-                event = monitor_event(await monitor.recv_multipart())
-                if self.monitors[node] is not monitor:
-                    return          # closed: its node left the ring
-                if event == CONNECTION_READY:
-                    self.nodes.mark(node, True)
-                elif event == CONNECTION_CLOSED:
-                    self.nodes.mark(node, False)
-                    self.core.on_disconnected(node, monotonic())
-                    self._arm()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            self._crash()
+        asked last until it is up again. False once ``monitor`` is closed
+        (its node left the ring)."""
+        event = monitor_event(frames)
+        if self.monitors[node] is not monitor:
+            return False
+        if event == CONNECTION_READY:
+            self.nodes.mark(node, True)
+        elif event == CONNECTION_CLOSED:
+            self.nodes.mark(node, False)
+            self.core.on_disconnected(node, monotonic())
+            self._arm()
+        return True
 
     def _crash(self) -> None:
         logger.exception("miyaq asyncio client failed (a bug: please report this traceback); this AsyncClient can "
@@ -278,7 +297,63 @@ class AsyncDriver:
         self.core.fail_all(MiyaqError("client I/O failed; see the log"))
 
 
-def _close_unclosed(factory: SocketFactory, socks: list[Any], monitors: list[Any]) -> None:
-    """Close the sockets of a driver (``socks`` and ``monitors`` are held only
-    to keep them reachable until the context closes them)."""
+_Handler = Callable[[AsyncDriver, int, Any, list[bytes]], bool]
+"""A driver's method taking one message of node ``node``'s socket or
+monitor; False: stop reading it."""
+
+
+async def _pump(driver: "weakref.ref[AsyncDriver]", handle: _Handler, node: int, sock: Any) -> None:
+    """Read ``sock`` (node ``node``'s socket or monitor) and hand each message
+    to ``handle`` of the driver, until it says stop or the driver is gone.
+    The driver is held only while a message is handled: a reader waiting for
+    the next one keeps nothing alive (see :func:`_close_unclosed`)."""
+    try:
+        while True:
+            frames = await sock.recv_multipart()
+            if not _handed(driver, handle, node, sock, frames):
+                return
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        alive = driver()
+        if alive is not None:
+            alive._crash()
+
+
+def _handed(driver: "weakref.ref[AsyncDriver]", handle: _Handler, node: int, sock: Any, frames: list[bytes]) -> bool:
+    """``handle`` the message if the driver lives (a function of its own, so
+    that no reference to the driver outlives the call in the reader's frame)."""
+    alive = driver()
+    return alive is not None and handle(alive, node, sock, frames)
+
+
+def _timer_fired(driver: "weakref.ref[AsyncDriver]") -> None:
+    alive = driver()
+    if alive is not None:
+        alive._on_timer()
+
+
+def _close_unclosed(factory: SocketFactory, socks: list[Any], monitors: list[Any],
+                    readers: dict[int, list["asyncio.Task[None]"]], loop: asyncio.AbstractEventLoop | None) -> None:
+    """The finalizer of a driver collected unclosed (``socks`` and
+    ``monitors`` are held only to keep them reachable until the context
+    closes them). While its event loop runs, its readers are stopped and its
+    sockets closed in that loop, at its next pass (a collection may run in
+    any thread, and in the middle of anything); otherwise -- never started,
+    its loop stopped or closed -- the sockets are closed now."""
+    if loop is not None and loop.is_running():
+        try:
+            loop.call_soon_threadsafe(_stop_unclosed, factory, socks, monitors, readers)
+            return
+        except RuntimeError:        # closed since
+            pass
+    factory.close()
+
+
+def _stop_unclosed(factory: SocketFactory, socks: list[Any], monitors: list[Any],
+                   readers: dict[int, list["asyncio.Task[None]"]]) -> None:
+    """In the loop of a driver collected unclosed: cancel its readers and close its sockets."""
+    for tasks in readers.values():
+        for task in tasks:
+            task.cancel()
     factory.close()

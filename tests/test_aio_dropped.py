@@ -1,0 +1,105 @@
+"""miyaq.aio: a client dropped without close() while its event loop runs is
+collected -- once the submits it holds are delivered -- and its tasks,
+sockets and libzmq threads go with it."""
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import weakref
+from typing import Any, Awaitable, Callable
+
+import miyaq.aio
+from miyaq.testing.harness import ThreadNode, free_port
+
+
+def run(main: Callable[[], Awaitable[Any]], limit: float = 60.0) -> Any:
+    """Run a coroutine in a fresh event loop, bounded so a hang fails the test."""
+    return asyncio.run(asyncio.wait_for(main(), limit))
+
+
+async def until(predicate: Callable[[], Any], what: str, limit: float = 15.0) -> None:
+    """Wait (in the loop, bounded) until ``predicate()`` holds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def counts() -> tuple[int, int, int]:
+    """This process's open file descriptors and OS threads (libzmq's
+    included), and the running loop's tasks."""
+    return len(os.listdir("/proc/self/fd")), len(os.listdir("/proc/self/task")), len(asyncio.all_tasks())
+
+
+def test_clients_dropped_unclosed_while_their_loop_runs_are_stopped_and_closed(node):
+    """Fault: ``miyaq.aio.Client`` made per request in a running application
+    and dropped without ``close()``. Before, its reader and watcher tasks
+    held it for as long as the loop ran: each dropped client kept 9 file
+    descriptors, 2 libzmq threads and 2 tasks for good. Now each is
+    collected, its tasks stop and its sockets and context close in its loop."""
+    async def main() -> None:
+        async def use(client: miyaq.aio.Client, i: int) -> weakref.ref[Any]:
+            await client.submit("job", [i], queue="dropped", wait=True)
+            await client.status()
+            return weakref.ref(client._io)
+
+        async with miyaq.aio.Client(node.endpoint) as first:     # what a first client opens once
+            await use(first, -1)
+        before = counts()
+        drivers = [await use(miyaq.aio.Client(node.endpoint), i) for i in range(8)]
+        assert counts()[2] > before[2]           # their readers run
+        for driver in drivers:
+            await collected(driver)
+        await until(lambda: counts()[2] == before[2], "every dropped client's tasks stopped")
+        await until(lambda: counts()[1] <= before[1], "every dropped client's libzmq threads ended")
+        await until(lambda: counts()[0] <= before[0], "every dropped client's descriptors closed")
+
+    run(main)
+
+
+
+async def collected(driver: weakref.ref[Any], limit: float = 15.0) -> None:
+    """Wait (bounded) until the driver is collected, collecting garbage at
+    every pass of the loop."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while driver() is not None and loop.time() < deadline:
+        gc.collect()
+        await asyncio.sleep(0)
+    assert driver() is None, "the dropped client was never collected"
+
+
+def test_a_client_dropped_before_its_node_came_up_delivers_its_submits_then_is_collected():
+    """Fault: a client dropped without ``close()`` right after submitting, its
+    node not up yet (the submits wait in the client), garbage collected at
+    every pass of the loop. Its submits are delivered once the node comes
+    up, as a dropped threaded client's are: a driver collected as soon as
+    only its readers referred to it would close its sockets with them
+    unsent. Then it is collected (before, never while the loop ran)."""
+    port = free_port()
+    ids = [f"dropped-{i:024d}" for i in range(10)]
+    nodes: list[ThreadNode] = []
+
+    async def main() -> None:
+        client = miyaq.aio.Client(f"tcp://127.0.0.1:{port}")
+        for i, task_id in enumerate(ids):
+            await client.submit("job", [i], queue="dropped", id=task_id)
+        driver = weakref.ref(client._io)
+        del client
+        for _ in range(10):
+            gc.collect()
+            await asyncio.sleep(0)
+        nodes.append(await asyncio.get_running_loop().run_in_executor(
+            None, lambda: ThreadNode(port=port, heartbeat=0.25).start()))
+        await collected(driver)
+        async with miyaq.aio.Client(nodes[0].endpoint) as checker:
+            assert [(await checker.status(task_id))["state"] for task_id in ids] == ["ready"] * len(ids)
+
+    try:
+        run(main)
+    finally:
+        for n in nodes:
+            n.stop()
