@@ -130,6 +130,49 @@ def test_a_receive_answered_before_its_withdraw_arrived_is_given_back(make_node)
     run(main)
 
 
+@pytest.mark.parametrize("green", [False, True])
+def test_a_receive_interrupted_as_its_answer_came_gives_the_task_back(make_node, monkeypatch, green):
+    """Fault (review of 2026-12-06): an interrupt (Ctrl-C, a gevent.Timeout)
+    that lands in a threaded or gevent client's receive() just as its answer
+    resolved the wait: nothing was withdrawn (the wait was done) and the
+    task it brought was leased to nobody until its lease ran out, an
+    attempt spent. Now it goes back unstarted, attempt 1 for the next
+    consumer. The interrupt is made to land right after the wait returned."""
+    from miyaq.client import futures
+    from miyaq.testing.harness import in_own_hub
+
+    node = make_node()
+    kind = futures.Future if green else futures.BlockingFuture
+    real_wait = kind.wait
+    interrupt = {"armed": False}
+
+    def wait_then_interrupted(self, *args, **kwargs):
+        value = real_wait(self, *args, **kwargs)
+        if interrupt["armed"] and isinstance(value, dict) and value.get("task"):
+            interrupt["armed"] = False
+            raise KeyboardInterrupt("landed as the answer came")
+        return value
+
+    monkeypatch.setattr(kind, "wait", wait_then_interrupted)
+
+    def body() -> tuple[str, int]:
+        client = miyaq.Client(node.endpoint, green=green)
+        try:
+            held = client.submit("job", [1], queue="jobs", timeout=3600, wait=True)
+            interrupt["armed"] = True
+            with pytest.raises(KeyboardInterrupt):
+                client.receive("jobs", timeout=10)
+            wait_for(lambda: client.status(held.id)["state"] == "ready", what="the task given back")
+            job = client.receive("jobs", timeout=10)
+            assert job is not None and job.id == held.id
+            return job.id, job.attempt
+        finally:
+            client.close(flush=False)
+
+    task_id, attempt = in_own_hub(body) if green else body()
+    assert attempt == 1
+
+
 def test_a_gevent_timeout_around_result_withdraws_the_wait(make_node):
     """A gevent program (a worker's handler) bounding ``result()`` with
     ``gevent.Timeout``: the interrupted wait is withdrawn."""

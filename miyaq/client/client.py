@@ -224,22 +224,30 @@ class Client:
         timeout = self.request_timeout if timeout is None else timeout
         body["req"] = self._io.next_req()
         future = self.kit.waiter()
-        with self._withdrawn_if_abandoned(future, body["req"]):
+        index = self.nodes.index(node)
+        with self._withdrawn_if_abandoned(future, body["req"], command, index):
             # A leading caller reads the sockets in here until its reply comes.
-            self._io.request(self.nodes.index(node), command, body, future, monotonic() + timeout)
+            self._io.request(index, command, body, future, monotonic() + timeout)
             reply: dict[str, Any] = future.wait(timeout + 1.0, what=command.decode().lower())
         return reply
 
     @contextmanager
-    def _withdrawn_if_abandoned(self, future: Any, req: int) -> Iterator[None]:
+    def _withdrawn_if_abandoned(self, future: Any, req: int, command: bytes = b"",
+                                node: int = -1) -> Iterator[None]:
         """A caller that stops waiting for request ``req`` before ``future``
         resolves (its own Timeout, a gevent.Timeout, a kill, Ctrl-C) withdraws
-        it (a long-poll the node would hold for nobody otherwise)."""
+        it (a long-poll the node would hold for nobody otherwise). One that
+        stops just as a RECEIVE's answer came gives the task it brings back
+        to ``node`` unstarted, no attempt spent (before 2026-12-06 it was
+        leased to nobody until its lease ran out: an attempt spent)."""
         try:
             yield
         except BaseException:
             if not future.done():
                 self._io.withdraw(req)
+            elif command == c.RECEIVE and node >= 0 and future.ok():
+                answer = future.result()
+                self._io.give_back(node, answer.get("task") if isinstance(answer, dict) else None)
             raise
 
     def _ask(self, ask: ops.Ask) -> dict[str, Any]:

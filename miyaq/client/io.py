@@ -216,6 +216,11 @@ class IOLoop:
         """The caller of request ``req`` stopped waiting (see :meth:`ClientCore.withdraw`)."""
         self._put(("withdraw", req))
 
+    def give_back(self, node: int, task: Any) -> None:
+        """A RECEIVE's caller stopped waiting as its answer came: the task it
+        brings goes back to ``node`` unstarted (see :meth:`ClientCore.give_back`)."""
+        self._put(("give back", node, task))
+
     def next_req(self) -> int:
         return self.core.next_req()
 
@@ -348,6 +353,8 @@ class IOLoop:
                 core.request(node, command, body, waiter, deadline, monotonic())
             elif kind == "withdraw":
                 core.withdraw(item[1], monotonic())
+            elif kind == "give back":
+                core.give_back(item[1], item[2], monotonic())
             elif kind == "close":
                 return True
             elif kind == "end when idle":
