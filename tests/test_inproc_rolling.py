@@ -1,99 +1,13 @@
 """A planned restart of one node (the Runbook's rolling restart, one step),
-in-process (miyaq.testing.inprocess): the first holder of a delayed task
-that restarts from its log before the task is due still starts it at its
-eta; and a node that stops takes no writes from its peers once its role
-stopped -- its log closes next."""
+in-process (miyaq.testing.inprocess): a node that stops takes no writes
+from its peers once its role stopped -- its log closes next."""
 from __future__ import annotations
 
 import logging
 
 import gevent
 
-from miyaq.cluster import standby as standby_module
-from miyaq.runtime import green, wall
-
-OFFSET = 5.0
-
-
-def _restart_through_a_ring_without_it(cluster, node_id: str, others: list[str]):
-    """Stop ``node_id`` as SIGTERM does, let the ring go on without it (its
-    registration is gone), start it again from its log and put it back in the
-    ring, as the Runbook's rolling restart does; wait until it reconciled."""
-    cluster.stop_node(node_id, grace=0.2)
-    cluster.publish(others)
-    back = cluster.start_node(node_id)
-    cluster.publish(sorted([*others, node_id]))
-    cluster.wait_until(lambda: not back.role.reconciling and back.role.streams_ready(), timeout=30,
-                       what=f"{node_id} reconciled")
-    return back
-
-
-def test_a_restarted_first_holder_starts_a_delayed_task_at_its_eta(inproc, tmp_path):
-    """Fault: the first holder of a task due in 30 s (n3: both other
-    holders have smaller node ids) is restarted from its log before the task
-    is due, as a rolling restart does: stopped, the ring goes on without it
-    (the other holders' copies are handed off and re-ranked), it starts
-    again and rejoins. Every copy of the task is then a standby copy (the
-    restarted node's asks first; the others by rank, and one of them asks at
-    the eta: it was the first holder while n3 was away). Before 2026-12-06
-    standby copies went by node id alone: at the eta n3's copy waited for
-    the standby copy of a smaller node id, which waited too, and the task
-    started one or two offsets late on another holder (a rolling restart: a
-    third of 300 delayed tasks 10 s late). Now the lower rank goes first: it
-    starts on n3 at its eta (by the injected clock), and on no other node."""
-    cluster = inproc(3, data_dir=str(tmp_path), fsync="always", replica_offset=OFFSET, default_timeout=60.0)
-    tid = cluster.task_led_by("n3")
-    holders = cluster.holders(tid)
-    sub = cluster.submit("n1", tid, countdown=30)
-    cluster.wait_until(lambda: sub.status == "accepted" and all(cluster[n].task(tid) for n in holders),
-                       what="every copy stored")
-    eta = cluster["n1"].task(tid).eta
-
-    back = _restart_through_a_ring_without_it(cluster, "n3", ["n1", "n2"])
-    cluster.wait_until(lambda: back.task(tid) is not None and back.task(tid).rank == 0, what="n3's copy, rank 0")
-    assert all(cluster[n].task(tid).standby for n in holders), "every copy is a standby copy: the case at hand"
-
-    workers = {n: cluster.worker(n) for n in cluster.nodes}
-    deferrals = back.role.standby.deferrals
-    cluster.advance(eta - wall() + 0.1)            # just past the eta, well within one offset
-    cluster.wait_until(lambda: any(w.runs(tid) for w in workers.values())
-                       or back.role.standby.deferrals > deferrals, what="the task to start or n3's copy to wait")
-    assert workers["n3"].runs(tid), "the first holder did not start the task at its eta"
-
-    cluster.advance(3 * OFFSET)                    # the other copies ask, hear it runs, and wait
-    assert workers["n3"].times(tid) == 1
-    assert workers["n1"].times(tid) == 0 and workers["n2"].times(tid) == 0
-    assert not cluster.crashes()
-
-
-def test_between_standby_copies_the_lower_rank_goes_first_once_settled(inproc):
-    """The order between two standby copies that ask each other: the lower
-    rank, then the smaller node id, each as reported; by node id alone
-    towards a node older than 2026-12-06 (its answer has 4 items: it orders
-    so too). Fault: a copy's rank changes (a ring change) after it reported
-    another in an answer: the asker may have compared that one, so for
-    RANK_SETTLE seconds every standby copy goes first, and it waits."""
-    cluster = inproc(3, replica_offset=OFFSET)
-    tid = cluster.task_led_by("n3")
-    sub = cluster.submit("n3", tid, countdown=30)
-    cluster.wait_until(lambda: sub.status == "accepted" and all(cluster[n].task(tid) for n in cluster.nodes),
-                       what="every copy stored")
-    node = cluster["n3"]
-    copy = node.task(tid)
-    copy.standby = True                            # as after a restart: the first holder's copy asks first
-    checker = node.role.standby
-    standby_n1 = ["scheduled", True, 2, copy.eta, standby_module.RANK_ORDER]
-    assert not checker.goes_first(copy, "n1", standby_n1)
-    assert checker.goes_first(copy, "n1", standby_n1[:4])         # an older node: by node id
-    assert not checker.goes_first(copy, "n4", standby_n1[:4])
-    assert checker.goes_first(copy, "n1", ["scheduled", True, 0, copy.eta, standby_module.RANK_ORDER])
-
-    assert standby_module.describe(node.role, tid)[2:3] == [0]    # reported: rank 0
-    copy.rank = 1                                                  # re-ranked since
-    assert checker.goes_first(copy, "n4", ["scheduled", True, 2, copy.eta, standby_module.RANK_ORDER])
-    cluster.advance(standby_module.RANK_SETTLE)
-    assert not checker.goes_first(copy, "n4", ["scheduled", True, 2, copy.eta, standby_module.RANK_ORDER])
-    assert not cluster.crashes()
+from miyaq.runtime import green
 
 
 def test_a_stopping_node_takes_no_peer_writes_once_its_log_closed(inproc, tmp_path, caplog, monkeypatch):

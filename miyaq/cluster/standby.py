@@ -24,36 +24,20 @@ task answers ``unknown``, which lets the copy run). Per task:
 - a holder ranked before this copy that does not know the task yet (it
   just joined the ring or came back, and the handoff that brings it its
   copy is on its way) → wait one offset, at most ``UNKNOWN_WAITS`` times;
-- a holder that holds it ready or running, or holds a standby copy that
-  goes first (:meth:`StandbyChecker.goes_first`: the lower rank, then the
-  smaller node id, each as its holder reports it; by node id alone towards
-  a node older than 2026-12-06) → push this copy's timer out by one offset
-  and ask again then;
+- a holder that holds it ready or running, or holds a standby copy and has
+  a smaller node id (ranks are not compared: they come from views of the
+  ring that may disagree during a change, and two standby copies asking
+  each other at once must not both run) → push this copy's timer out by
+  one offset and ask again then;
 - a holder that answered but left the id out (its answer was full) → ask
   again after one offset;
-- otherwise (every other holder silent, unaware of it, or a standby that
-  goes after this one) → take over: the copy becomes ready here, and its start
+- otherwise (every other holder silent, unaware of it, or a standby with a
+  larger node id) → take over: the copy becomes ready here, and its start
   is announced to the others like any start -- unless another holder's
   news re-armed the copy while it asked (a STARTED or TOUCH event, a
   resync): that timer stands, whatever the answers.
 
 Only silence lets a copy run; that is what keeps duplicates to real failures.
-
-Two standby copies that ask each other at once must never both run: each
-compares the rank the other reported with the rank it reported itself
-(the same two pairs, whichever side compares), so exactly one goes first.
-Ranks come from views of the ring that may disagree, or change, during a
-ring change: a disagreement is harmless (equal ranks fall back to the node
-id), but a copy whose own rank changed since it answered could compare
-another pair than the one its peer compared. So a copy that reported
-another rank than its own within ``RANK_SETTLE`` seconds lets every
-standby copy go first (it waits an offset and asks again). Before
-2026-12-06 standby copies went by node id alone: after a planned restart
-of a task's first holder every copy of a delayed task not yet due was a
-standby copy (:meth:`StandbyChecker.ask_first`, and the handoffs of the
-ring's two changes), and at the eta the first and second holders waited
-for the third's copy of a smaller node id, armed two offsets later -- a
-rolling restart started a third of the delayed tasks 2 x offset late.
 An answer that fails its checks (:mod:`miyaq.protocol.recordspec`) counts as
 silence from that holder, and is counted and logged as a refused record.
 
@@ -63,13 +47,12 @@ lifted turns every copy that came due meanwhile into a standby copy
 have run and finished the task meanwhile (it heard silence from this node),
 and the finish may be one the reconcile has not brought back (it ends on a
 timeout, and a holder may take over just after it answered). Copies not due
-yet keep their timers and ranks, but ask too when they come due (the
-first holder's copy then goes before the other standby copies, by its
-rank): no other holder can have run them (a standby copy asks this node
-first, and it answers by then), but one may have cancelled them, and a
-resync brings back only the source's newest 5,000 ends (before 2026-12-05
-such a copy of rank 0 ran at its eta: a far-eta task cancelled during a
-restart ran after it, on a busy cluster).
+yet keep their timers, but ask too when they come due: no other holder can
+have run them (a standby copy asks this node first, and it answers by
+then), but one may have cancelled them, and a resync brings back only the
+source's newest 5,000 ends (before 2026-12-05 such a copy of rank 0 ran at
+its eta: a far-eta task cancelled during a restart ran after it, on a busy
+cluster).
 """
 from __future__ import annotations
 
@@ -84,7 +67,7 @@ from miyaq.core.listener import EngineListener
 from miyaq.errors import InvalidField
 from miyaq.logs import LogLimiter
 from miyaq.protocol.eventspec import check_state_answer
-from miyaq.runtime import green, monotonic, wall
+from miyaq.runtime import green, wall
 from miyaq.store.task import DEAD, READY, RETRYING, RUNNING, SCHEDULED, Task
 
 if TYPE_CHECKING:
@@ -106,32 +89,14 @@ know the task yet (handoffs are retried every few seconds)."""
 MAX_UNKNOWN_WAITING = 100_000
 #: An id a holder left out of its answer (it was full): asked again later.
 LATER = "later"
-RANK_ORDER = 1
-"""The fifth item of a live copy's QUERY state (since 2026-12-06): its
-node orders standby copies by rank, then node id. Without it (an older
-node) both sides order them by node id alone."""
-RANK_SETTLE = 10 * QUERY_TIMEOUT
-"""Seconds a copy's rank must have stayed as it reported it before it may
-go before a standby copy of a higher rank: a peer asking at once may have
-compared the rank it reported before (an answer is at most about two
-QUERY_TIMEOUTs older than the decision that reads it; the rest is margin
-for a busy hub)."""
-MAX_REPORTED = 100_000
-"""Standby copies whose reported rank is remembered: past it, the reports
-older than ``RANK_SETTLE`` are forgotten (all of them, if that frees too
-little: a flood of takeovers; those copies then count as settled)."""
 
 
 def describe(role: ClusterRole, task_id: str) -> list[Any]:
-    """How this node holds ``task_id`` (the QUERY answer for one id). The
-    rank a standby copy reports is remembered (:meth:`StandbyChecker.reported`)."""
+    """How this node holds ``task_id`` (the QUERY answer for one id)."""
     table = role.engine.table
     task = table.live.get(task_id)
     if task is not None:
-        if task.standby:
-            role.standby.reported(task)
-        return [task.state, task.standby, task.rank, task.lease_end if task.state == RUNNING else task.eta,
-                RANK_ORDER]
+        return [task.state, task.standby, task.rank, task.lease_end if task.state == RUNNING else task.eta]
     if task_id in table.dead:
         return [DEAD]
     stone = table.tombstone(task_id)
@@ -154,9 +119,6 @@ class StandbyChecker(EngineListener):
         self.takeovers = 0
         self.deferrals = 0
         self._unknown_waits: dict[str, int] = {}     # task id -> waits for an earlier holder that lacks it
-        # Standby copies' ranks as reported in QUERY answers: task id -> (the rank
-        # reported last, when (monotonic), until when another rank was reported too).
-        self._reported: dict[str, tuple[int, float, float]] = {}
 
     def task_due_elsewhere(self, task: Task) -> None:
         self.due.append(task)
@@ -166,53 +128,6 @@ class StandbyChecker(EngineListener):
         (each QUERY ends, answered or silent, within QUERY_TIMEOUT), or
         parked until the node's reconcile ends."""
         return self.asking | {t.id for t in self.due} | set(self.parked)
-
-    def reported(self, task: Task) -> None:
-        """A QUERY answer reports ``task``'s rank (a standby copy's)."""
-        mono = monotonic()
-        last = self._reported.get(task.id)
-        mixed = 0.0
-        if last is not None:
-            rank, when, mixed = last
-            if rank != task.rank and mono - when < RANK_SETTLE:
-                mixed = mono + RANK_SETTLE
-        elif len(self._reported) >= MAX_REPORTED:
-            self._forget_reports(mono)
-        self._reported[task.id] = (task.rank, mono, mixed)
-
-    def _forget_reports(self, mono: float) -> None:
-        """Drop the reports that no longer matter (older than RANK_SETTLE);
-        all of them if that frees too little (the copies then count as
-        settled: an answer that old is read by no decision)."""
-        stale = [i for i, (_, when, mixed) in self._reported.items()
-                 if mono - when >= RANK_SETTLE and mixed <= mono]
-        for task_id in stale:
-            del self._reported[task_id]
-        if len(self._reported) >= MAX_REPORTED:
-            self._reported.clear()
-
-    def rank_settled(self, task: Task) -> bool:
-        """No QUERY answer reported another rank for ``task`` than it has now
-        within ``RANK_SETTLE`` seconds."""
-        last = self._reported.get(task.id)
-        if last is None:
-            return True
-        rank, when, mixed = last
-        mono = monotonic()
-        return mixed <= mono and (rank == task.rank or mono - when >= RANK_SETTLE)
-
-    def goes_first(self, task: Task, holder: str, answer: list[Any]) -> bool:
-        """Whether ``holder``'s standby copy (its QUERY ``answer``) goes
-        before this node's standby copy ``task``: the lower rank, then the
-        smaller node id -- by node id alone when the holder's node is older
-        than 2026-12-06 (its answer has no ``RANK_ORDER``: it orders so too).
-        Every standby copy goes first while this copy's rank is not settled
-        (:meth:`rank_settled`)."""
-        if not (len(answer) > 4 and type(answer[4]) is int and answer[4] == RANK_ORDER):
-            return holder < self.role.node_id
-        if not self.rank_settled(task):
-            return True
-        return (answer[2], holder) < (task.rank, self.role.node_id)
 
     def ask_first(self, tasks: Iterable[Task], now: float) -> int:
         """After a gap in what this node heard (restarted from its log, frozen,
@@ -373,9 +288,9 @@ class StandbyChecker(EngineListener):
         for holder, a in answers:
             state = a[0]
             active = state in (READY, RUNNING, LATER) or (state in (SCHEDULED, RETRYING) and not a[1])
-            # Between two standby copies the lower rank goes first, then the
-            # smaller node id (never both: see the module's docstring).
-            first_standby = state in (SCHEDULED, RETRYING) and a[1] and self.goes_first(task, holder, a)
+            # Between two standby copies the smaller node id goes first, whatever
+            # their ranks: ranks come from views of the ring that may disagree.
+            first_standby = state in (SCHEDULED, RETRYING) and a[1] and holder < role.node_id
             if active or first_standby:
                 later = max(now, a[3] if state == RUNNING and len(a) > 3 else now)
                 until = later if until is None else max(until, later)
