@@ -1,13 +1,60 @@
 """A planned restart of one node (the Runbook's rolling restart, one step),
-in-process (miyaq.testing.inprocess): a node that stops takes no writes
-from its peers once its role stopped -- its log closes next."""
+in-process (miyaq.testing.inprocess): a delayed task whose first holder
+restarted from its log before it was due runs once; and a node that stops
+takes no writes from its peers once its role stopped -- its log closes
+next."""
 from __future__ import annotations
 
 import logging
 
 import gevent
 
-from miyaq.runtime import green
+from miyaq.runtime import green, wall
+
+OFFSET = 5.0
+
+
+def _restart_through_a_ring_without_it(cluster, node_id: str, others: list[str]):
+    """Stop ``node_id`` as SIGTERM does, let the ring go on without it (its
+    registration is gone), start it again from its log and put it back in the
+    ring, as the Runbook's rolling restart does; wait until it reconciled."""
+    cluster.stop_node(node_id, grace=0.2)
+    cluster.publish(others)
+    back = cluster.start_node(node_id)
+    cluster.publish(sorted([*others, node_id]))
+    cluster.wait_until(lambda: not back.role.reconciling and back.role.streams_ready(), timeout=30,
+                       what=f"{node_id} reconciled")
+    return back
+
+
+def test_a_delayed_task_whose_first_holder_restarted_starts_once_at_its_eta_in_process(inproc, tmp_path):
+    """The first holder of a task due in 30 s (n3: both other holders have
+    smaller node ids) is restarted from its log before the task is due, as
+    a rolling restart does: stopped, the ring goes on without it, it starts
+    again and rejoins; every copy of the task is then a standby copy. A
+    guard: in-process the task starts at its eta, on exactly one node. (The
+    rolling-restart audit saw real node processes start a third of such
+    tasks two offsets late -- docs/durability.md; that timing does not
+    reproduce in-process, where the ring's two changes land otherwise.)"""
+    cluster = inproc(3, data_dir=str(tmp_path), fsync="always", replica_offset=OFFSET, default_timeout=60.0)
+    tid = cluster.task_led_by("n3")
+    holders = cluster.holders(tid)
+    sub = cluster.submit("n1", tid, countdown=30)
+    cluster.wait_until(lambda: sub.status == "accepted" and all(cluster[n].task(tid) for n in holders),
+                       what="every copy stored")
+    eta = cluster["n1"].task(tid).eta
+
+    back = _restart_through_a_ring_without_it(cluster, "n3", ["n1", "n2"])
+    cluster.wait_until(lambda: back.task(tid) is not None and back.task(tid).rank == 0, what="n3's copy, rank 0")
+    assert all(cluster[n].task(tid).standby for n in holders), "every copy is a standby copy: the case at hand"
+
+    workers = {n: cluster.worker(n) for n in cluster.nodes}
+    cluster.advance(eta - wall() + 0.1)            # just past the eta, well within one offset
+    cluster.wait_until(lambda: any(w.runs(tid) for w in workers.values()), timeout=15,
+                       what="the task to start without the clock moving on")
+    cluster.advance(3 * OFFSET)                    # the other copies ask, hear it runs, and wait
+    assert sum(workers[n].times(tid) for n in cluster.nodes) == 1
+    assert not cluster.crashes()
 
 
 def test_a_stopping_node_takes_no_peer_writes_once_its_log_closed(inproc, tmp_path, caplog, monkeypatch):
