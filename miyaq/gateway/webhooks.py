@@ -81,10 +81,10 @@ from miyaq.core.gate import SHUTTING_DOWN, Gate
 from miyaq.core.listener import EngineListener
 from miyaq.gateway.destinations import Destinations
 from miyaq.gateway.metrics import NodeMetrics
-from miyaq.gateway.outbound import OUT_OF_DESCRIPTORS, LocalShortage, Outbound, Outcome
+from miyaq.gateway.outbound import LocalShortage, Outbound, Outcome
 from miyaq.logs import LogLimiter
 from miyaq.runtime import LOG, Supervisor, green, monotonic, wall
-from miyaq.runtime.open_files import open_count, soft_limit
+from miyaq.runtime.open_files import open_files_hint
 from miyaq.store.task import WEBHOOK_LANE_PREFIX, Task
 
 logger = logging.getLogger(__name__)
@@ -99,12 +99,9 @@ SHORTAGE_PAUSE_MAX = 5.0
 
 def _shortage_hint(cause: OSError) -> str:
     """What an operator can do about a shortage of the node's own (``cause``)."""
-    if cause.errno in OUT_OF_DESCRIPTORS:
-        count, limit = open_count(), soft_limit()
-        held = (f"{count} files open of its limit of {limit}" if count is not None and limit is not None
-                else "at its limit on open files")
-        return (f"{held}; raise the limit (ulimit -n, systemd's LimitNOFILE, docker's --ulimit nofile: "
-                "docs/configuration.md, \"Open files\")")
+    hint = open_files_hint(cause).strip()      # the count against the limit, for EMFILE and ENFILE
+    if hint:
+        return f'{hint}; docs/configuration.md, "Open files"'
     return "the system is short of socket buffers or memory"
 
 

@@ -19,6 +19,7 @@ import os
 from miyaq.config import NodeConfig
 from miyaq.errors import ConfigError
 from miyaq.runtime.small_files import read_small_file
+from miyaq.store.log_files import fsync_dir
 
 CLUSTER_FILE = "CLUSTER"
 """The name of the file that names a data dir's cluster (one line)."""
@@ -77,10 +78,6 @@ def record_cluster(config: NodeConfig) -> None:
         finally:
             os.close(fd)
         os.replace(temporary, path)
-        directory = os.open(config.data_dir, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        fsync_dir(config.data_dir)
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
