@@ -44,7 +44,7 @@ def build_taking(clock: Clock, seconds: float) -> Any:
 
 def test_a_view_in_its_turn_runs_at_once_and_spaces_the_next_by_its_cost():
     clock = Clock()
-    lane = ViewLane(clock, share=0.1)
+    lane = ViewLane(clock, share=0.1, cost_clock=clock)
     first = lane.turn()
     assert first.wait == 0.0
     assert lane.timed(build_taking(clock, 0.04), first) == "view"     # 100.00 -> 100.04
@@ -65,7 +65,7 @@ def test_views_under_free_view_are_never_spaced_however_many_come_together():
     """A node with few queues: 1,000 STATUS read in one pass (a monitoring
     fleet, a fuzz) are all answered at once, none refused."""
     clock = Clock()
-    lane = ViewLane(clock, share=0.1)
+    lane = ViewLane(clock, share=0.1, cost_clock=clock)
     for _ in range(1000):
         turn = lane.turn()
         assert turn.wait == 0.0
@@ -77,7 +77,7 @@ def test_turns_asked_together_queue_one_behind_another():
     """A batch of STATUS read in one pass each takes its own turn: the
     second waits one spacing, the third two."""
     clock = Clock()
-    lane = ViewLane(clock, share=0.5)
+    lane = ViewLane(clock, share=0.5, cost_clock=clock)
     lane.timed(build_taking(clock, 0.1))       # spacing 0.2 s from 100.0
     waits = [lane.turn().wait for _ in range(3)]
     assert waits == [pytest.approx(0.1), pytest.approx(0.3), pytest.approx(0.5)]
@@ -90,7 +90,7 @@ def share_of_the_loop(callers: int, seconds: float = 60.0, view: float = 0.02) -
     lane with an injected clock: each caller's wait is an event in time
     order, each view takes ``view`` seconds of the loop."""
     clock = Clock()
-    lane = ViewLane(clock, share=0.1)
+    lane = ViewLane(clock, share=0.1, cost_clock=clock)
     start = clock.now
     events = [(start, k, None) for k in range(callers)]       # (when, caller, its turn or None)
     busy = 0.0
@@ -134,7 +134,7 @@ def test_one_roles_callers_cannot_fill_the_lane_for_another_role():
     of the time. One role's callers hold at most MAX_WAITING_PER_ROLE of
     the places; another role's next call gets one."""
     clock = Clock()
-    lane = ViewLane(clock, share=0.1)
+    lane = ViewLane(clock, share=0.1, cost_clock=clock)
     lane.timed(build_taking(clock, 0.01))     # spacing 0.1 s
     for _ in range(MAX_WAITING_PER_ROLE):
         lane.turn("producer")
@@ -145,7 +145,7 @@ def test_one_roles_callers_cannot_fill_the_lane_for_another_role():
 
 def test_too_many_waiting_or_too_long_a_wait_is_refused_and_reserves_nothing(monkeypatch):
     clock = Clock()
-    lane = ViewLane(clock, share=0.1)
+    lane = ViewLane(clock, share=0.1, cost_clock=clock)
     lane.timed(build_taking(clock, 0.01))      # spacing 0.1 s
     for k in range(MAX_VIEWS_WAITING):
         lane.turn(f"role-{k}")
