@@ -6,6 +6,7 @@ next."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import gevent
 
@@ -112,3 +113,82 @@ def test_a_stopping_node_takes_no_peer_writes_once_its_log_closed(inproc, tmp_pa
     stored = [r for r in caplog.records if "could not store a copy" in r.getMessage()]
     assert not errors and not stored, [r.getMessage() for r in errors + stored]
     assert not cluster.crashes()
+
+
+OFFSET = 5.0
+
+
+def _standby_copy(eta_ago: float, timer_in: float) -> Any:
+    """A standby copy of a task whose eta was ``eta_ago`` seconds ago,
+    its timer ``timer_in`` seconds from now."""
+    from miyaq.store.task import SCHEDULED, Task
+
+    now = wall()
+    task = Task("t1", "q", "job", b"", created=now - 60, eta=now - eta_ago)
+    task.state, task.standby, task.timer_at = SCHEDULED, True, now + timer_in
+    task.copy_wait = max(0.0, eta_ago + timer_in)      # its timer is its rank's wait
+    return task
+
+
+def _checker_holding(task: Any, view_since: float = 0.0) -> tuple[Any, list[Any]]:
+    from types import SimpleNamespace
+
+    from miyaq.cluster.standby import StandbyChecker
+
+    deferred: list[Any] = []
+    engine = SimpleNamespace(table=SimpleNamespace(live={task.id: task}),
+                             defer=lambda t, when: deferred.append((t.id, when)))
+    role = SimpleNamespace(engine=engine, view_since=view_since, replica_offset=lambda task: OFFSET)
+    return StandbyChecker(role), deferred     # type: ignore[arg-type]
+
+
+def test_a_standby_copy_asked_about_after_its_eta_asks_at_once_instead_of_at_its_later_timer():
+    """Fault (the rolling-restart audit, real node processes): after a
+    planned restart of a task's first holder every copy of a delayed task
+    could be a standby copy; standby copies go by node id, so at the eta
+    the copies that asked waited for the copy of the smallest id, whose own
+    timer came up to two offsets later: a restart of one node started 48 of
+    300 delayed tasks 10 s late (52 with 4 at 15 s in this session's rerun;
+    a full rolling restart a third of them). A standby copy another holder
+    asks about once its eta passed now asks and decides at once (asking is
+    always safe: only silence, or standby copies of larger ids, lets a copy
+    run); the same runs then started all 300 on time, none twice. Not a
+    copy before its eta, nor one already due, started (an attempt, a
+    lessee), waiting for an earlier holder that lacks the task, whose timer
+    was pushed out past its own wait, or of a task that came due within an
+    offset of the node's view of the ring (an older ring's first holder may
+    have started it unannounced)."""
+    task = _standby_copy(eta_ago=1.0, timer_in=9.0)
+    checker, deferred = _checker_holding(task)
+    checker.asked_about("t1")
+    assert len(deferred) == 1 and deferred[0][1] <= wall() and task.copy_wait >= 1.0
+
+    for change in ({"eta_ago": -5.0, "timer_in": 9.0}, {"eta_ago": 1.0, "timer_in": -0.5}):
+        task = _standby_copy(**change)
+        checker, deferred = _checker_holding(task)
+        checker.asked_about("t1")
+        assert deferred == [], change
+    for attribute, value in (("attempt", 1), ("lessees", [(1, "w")]), ("standby", False)):
+        task = _standby_copy(eta_ago=1.0, timer_in=9.0)
+        setattr(task, attribute, value)
+        checker, deferred = _checker_holding(task)
+        checker.asked_about("t1")
+        assert deferred == [], attribute
+    task = _standby_copy(eta_ago=1.0, timer_in=9.0)
+    checker, deferred = _checker_holding(task)
+    checker._unknown_waits["t1"] = 1
+    checker.asked_about("t1")
+    checker.asked_about("nobody-holds-it")
+    assert deferred == []
+    # Due within an offset of this node's view of the ring: an older ring's
+    # first holder may have started it unannounced; its copies keep their waits.
+    task = _standby_copy(eta_ago=1.0, timer_in=9.0)
+    checker, deferred = _checker_holding(task, view_since=task.eta - OFFSET / 2)
+    checker.asked_about("t1")
+    assert deferred == []
+    # A timer an answer or news pushed out past the copy's own wait (a holder runs it) stands.
+    task = _standby_copy(eta_ago=1.0, timer_in=9.0)
+    task.copy_wait = 2.0
+    checker, deferred = _checker_holding(task)
+    checker.asked_about("t1")
+    assert deferred == []

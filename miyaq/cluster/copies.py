@@ -132,6 +132,7 @@ class Copies:
         for i in ids[:MAX_QUERY]:
             if isinstance(i, str) and i not in states:
                 state = describe(self.role, i)
+                self.role.standby.asked_about(i)
                 room -= outcome_size(state[1], state[2]) if len(state) == 3 else EVENT_ALLOWANCE
                 if room < 0:
                     break

@@ -277,10 +277,15 @@ class ClusterRole:
         return self.holders(task.key if task.key is not None else task.id, task.replicas)
 
     def offset_for(self, task: Task, minimum: int = 0) -> float:
-        offset = self.config.replica_offset
+        """This node's copy's wait past the task's eta: its rank (at least
+        ``minimum``) times the task's replica offset."""
+        return max(task.rank, minimum) * self.replica_offset(task)
+
+    def replica_offset(self, task: Task) -> float:
+        """The task's replica offset: its own (``meta["offset"]``) or the node's."""
         if task.meta and isinstance(task.meta.get("offset"), (int, float)):
-            offset = float(task.meta["offset"])
-        return max(task.rank, minimum) * offset
+            return float(task.meta["offset"])
+        return self.config.replica_offset
 
     def place(self, task: Task) -> None:
         """Set this node's rank for a new copy: rank i waits i offsets longer
