@@ -166,3 +166,25 @@ def test_a_cancelled_submit_wait_is_still_sent_and_stored(node):
             assert status.get("state") == "ready", status
 
     run(main)
+
+
+def test_flush_waits_for_a_submit_whose_wait_was_cancelled_and_raises_its_failure(make_node):
+    """Fault: a ``submit(wait=True)`` is cancelled while the node is full,
+    and the submit then fails at its deadline (busy). flush() waits for it
+    like any other submit and raises the failure. Before, flush() did not
+    know the submit: it returned at once and the task was lost unsaid."""
+    n = make_node(max_tasks=1)
+
+    async def main() -> None:
+        async with miyaq.aio.Client(n.endpoint, submit_timeout=0.5) as client:
+            await client.submit("job", [0], wait=True)
+            submitting = asyncio.ensure_future(client.submit("job", [1], id="c" * 32, wait=True))
+            await asyncio.sleep(0)
+            submitting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await submitting
+            with pytest.raises(miyaq.Busy, match="full"):
+                await client.flush()
+            await client.flush()      # told once: the next flush has nothing left to raise
+
+    run(main)

@@ -465,3 +465,25 @@ def test_the_clients_answers_carry_no_protocol_request_number(client):
     assert "req" not in client.status()
     assert "req" not in client.dead("list")
     assert "req" not in client.ring()
+
+
+def test_flush_waits_for_a_submit_whose_wait_was_interrupted_and_raises_its_failure(make_node):
+    """Fault: a gevent program stops waiting for a ``submit(wait=True)`` (a
+    ``gevent.Timeout`` around it) while the node is full; the submit then
+    fails at its deadline (busy). flush() waits for it like any other submit
+    and raises the failure. Before, flush() did not know the submit: it
+    returned at once and the task was lost unsaid."""
+    import gevent
+
+    node = make_node(max_tasks=1)
+    client = miyaq.Client(node.endpoint, green=True, submit_timeout=0.5)
+    try:
+        client.submit("echo", [0], wait=True)
+        with pytest.raises(gevent.Timeout):
+            with gevent.Timeout(0.05):     # well within the 0.5 s the full node keeps it waiting
+                client.submit("echo", [1], id="i" * 32, wait=True)
+        with pytest.raises(miyaq.Busy, match="full"):
+            client.flush()
+        client.flush()      # told once: the next flush has nothing left to raise
+    finally:
+        client.close(flush=False)

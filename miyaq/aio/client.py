@@ -87,7 +87,14 @@ class Client:
         handle = TaskHandle(wire["id"], self, future)
         io.submit(Pending(wire, future, now, deadline))
         if wait:
-            await handle.wait_accepted()
+            try:
+                await handle.wait_accepted()
+            except MiyaqError:
+                raise
+            except BaseException:
+                # The wait was cancelled, not the submit: flush() and close() wait for it.
+                self._unflushed.add(handle)
+                raise
         else:
             self._unflushed.add(handle)
         return handle

@@ -184,7 +184,15 @@ class Client:
         p, handle = self._pending(wire, task_id, wait)
         self._io.submit(p, wait)
         if wait:
-            handle.wait_accepted()
+            try:
+                handle.wait_accepted()
+            except MiyaqError:
+                raise
+            except BaseException:
+                # The wait was interrupted (a gevent.Timeout, a killed greenlet,
+                # Ctrl-C), not the submit: flush() and close() wait for it.
+                self._unflushed.add(handle)
+                raise
         else:
             self._unflushed.add(handle)
         return handle
