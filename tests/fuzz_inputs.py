@@ -16,7 +16,7 @@ from typing import Any
 import msgpack
 
 from miyaq.cluster.peer_requests import QUERY, REPLICATE, SYNC
-from miyaq.cluster.stream import topic
+from miyaq.cluster.stream_numbering import topic
 from miyaq.config import NodeConfig
 from miyaq.protocol import commands as c
 from miyaq.protocol.taskspec import task_from_wire

@@ -19,7 +19,7 @@ import zmq
 from miyaq.cluster.membership import Coordinator
 from miyaq.cluster.peer_requests import ANSWER, REPLICATE
 from miyaq.cluster.ring_view import Member, RingView, local_member
-from miyaq.cluster.stream import topic
+from miyaq.cluster.stream_numbering import topic
 from miyaq.config import NodeConfig
 from miyaq.errors import ConfigError
 from miyaq.protocol.commands import ERROR, REPLY, STATUS, SUBMIT, SUBMITTED, TAG, TASK

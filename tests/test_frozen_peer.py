@@ -27,7 +27,8 @@ import pytest
 import miyaq
 from miyaq.protocol import commands as c
 from miyaq.cluster.peer import PeerEndpoint
-from miyaq.cluster.stream import ZmqStreamPublisher, topic
+from miyaq.cluster.stream import ZmqStreamPublisher
+from miyaq.cluster.stream_numbering import topic
 from miyaq.runtime import Supervisor
 from miyaq.runtime.connections import connection_events
 from miyaq.runtime.sockets import SocketFactory

@@ -3,7 +3,7 @@ lost stream message is found by the sequence numbers or the heartbeats, and
 repaired by a resync (SYNC) from its source."""
 from __future__ import annotations
 
-from miyaq.cluster import stream
+from miyaq.cluster import stream_numbering
 from miyaq.cluster import sync as sync_module
 from miyaq.runtime import fairness
 from miyaq.runtime import green, wall
@@ -325,9 +325,9 @@ def test_a_reconciling_node_asks_a_failed_peer_again_after_a_pause_and_counts_on
     peer that is not connected fails at once: asking at every tick would
     send a SYNC twenty times a second); a completed one satisfies its mark."""
     clock = [100.0]
-    monkeypatch.setattr(stream, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(stream_numbering, "monotonic", lambda: clock[0])
     asked: list[tuple[str, int]] = []
-    receiver = stream.StreamReceiver("me", lambda src, events: None, lambda src, n: asked.append((src, n)))
+    receiver = stream_numbering.StreamReceiver("me", lambda src, events: None, lambda src, n: asked.append((src, n)))
     receiver._follow("p1")
     receiver._follow("p2")
     first_p1 = asked[0][1]
@@ -340,7 +340,7 @@ def test_a_reconciling_node_asks_a_failed_peer_again_after_a_pause_and_counts_on
     receiver.resync_done("p2", marks["p2"], complete=False)      # failed at once (not connected)
     receiver.resync_unsynced(marks, ["p1", "p2"], "test: retry")
     assert len(asked) == 4                                       # not yet: it failed just now
-    clock[0] += stream.RESYNC_RETRY
+    clock[0] += stream_numbering.RESYNC_RETRY
     receiver.resync_unsynced(marks, ["p1", "p2"], "test: retry")
     assert asked[4:] == [("p2", asked[4][1])] and asked[4][1] > marks["p2"]
     receiver.resync_done("p2", asked[4][1], complete=True)

@@ -23,7 +23,7 @@ import pytest
 from peer_fixtures import FakePeer, PeerDealer, ServiceDealer, clustered_node
 
 from miyaq.cluster.peer_requests import REPLICATE, SYNC
-from miyaq.cluster.stream import topic
+from miyaq.cluster.stream_numbering import topic
 from miyaq.config import NodeConfig
 from miyaq.protocol.commands import TAG
 from miyaq.protocol.recordspec import task_from_record

@@ -17,7 +17,8 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
-from miyaq.cluster.stream import ZmqStreamPublisher, topic
+from miyaq.cluster.stream import ZmqStreamPublisher
+from miyaq.cluster.stream_numbering import topic
 from miyaq.runtime.sockets import SocketFactory
 from miyaq.testing.harness import free_port
 from test_node_lifecycle import until

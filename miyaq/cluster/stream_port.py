@@ -30,7 +30,7 @@ from miyaq.runtime.sockets import zmq
 logger = logging.getLogger("miyaq.cluster.stream")     # the stream's logger on purpose: one name to filter
 _log = LogLimiter(logger)     # a flood of bad subscriptions: a few lines a minute
 
-#: A topic as :func:`miyaq.cluster.stream.topic` makes it: 16 lowercase hex digits and ``|``.
+#: A topic as :func:`miyaq.cluster.stream_numbering.topic` makes it: 16 lowercase hex digits and ``|``.
 _TOPIC = re.compile(rb"[0-9a-f]{16}\|")
 #: Bytes a subscriber may have been published and not taken (by what its
 #: TCP connection acknowledged) before it is dropped: a peer this far behind

@@ -1,0 +1,275 @@
+"""A replication stream's numbering, and the watch on it: the halves of
+a stream that know no socket (:class:`StreamSender`, :class:`StreamReceiver`),
+so the ZeroMQ streams (:mod:`miyaq.cluster.stream`) and the in-memory
+transport of :mod:`miyaq.testing.memtransport` run the same code.
+
+The source publishes each destination's events under a fixed-width topic
+(``topic(dest)``: 16 hex digits of blake2b + ``|``, so one node's topic is
+never a prefix of another's), numbered by a per-destination sequence and
+stamped with the source's incarnation (a random number drawn at start).
+Every ``STREAM_HEARTBEAT`` seconds it also publishes, per destination, a
+heartbeat carrying the last sequence number sent.
+
+A receiver tracks (incarnation, last sequence, last heard) per source. A gap,
+a heartbeat announcing messages it never got, a silent stream or a new
+incarnation make it ask for a resync over the peer link (the Clone pattern,
+zguide ch. 5): PUB/SUB drops silently at the high-water mark and loses the
+first messages after a connect, so the stream alone is never trusted. At
+most one resync per source is under way; the receiver numbers them and says
+which completed (:meth:`StreamReceiver.synced_since`).
+
+Frames: ``[topic, msgpack {"src", "inc", "seq", "epoch", "proto", "ev":
+[event...]}]`` (``epoch``: the ring's, as the source saw it; ``proto``: its
+peer protocol); a heartbeat has no ``ev``, and has ``"hb": true`` and
+``"zk"`` (whether the source has ZooKeeper).
+
+Constraints: nothing here blocks or touches a socket; a subclass sends one
+body (:meth:`StreamSender._publish`) and hands each message that came to
+:meth:`StreamReceiver._handle`.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+from typing import Any
+
+from miyaq.cluster.peer_requests import PEER_PROTOCOL
+from miyaq.cluster.transport import Apply, AskResync
+from miyaq.constants import RESYNC_RETRY, STREAM_SILENCE
+from miyaq.logs import LogLimiter
+from miyaq.protocol import codec
+from miyaq.runtime import monotonic
+
+logger = logging.getLogger("miyaq.cluster.stream")     # the stream's logger on purpose: one name to filter
+_log = LogLimiter(logger)     # a flood of bad messages: a few lines a minute
+
+
+def topic(node_id: str) -> bytes:
+    return hashlib.blake2b(node_id.encode(), digest_size=8).hexdigest().encode() + b"|"
+
+
+class _Source:
+    __slots__ = ("again", "current", "ended", "heard", "inc", "last", "seq", "synced", "syncing", "zk_since")
+
+    def __init__(self) -> None:
+        self.inc = 0
+        self.seq = 0
+        self.heard = monotonic()      # reset when a silence is acted on
+        self.last = 0.0               # when a message of this stream last arrived
+        self.zk_since: float | None = 0.0   # since when its heartbeats say it has ZooKeeper (None: it has not)
+        self.syncing = False
+        self.current = 0              # the number of the resync asked last (only its end counts)
+        self.synced = 0               # the number of the last resync that completed
+        self.ended = 0.0              # when the last resync ended (monotonic; 0: none yet)
+        # Why to resync again once the one under way ends: a gap seen meanwhile
+        # (its answer may have been made before the lost message was sent).
+        self.again: str | None = None
+
+
+
+class StreamSender:
+    """The publishing side without its socket: numbers each destination's
+    messages and stamps them; :meth:`_publish` (a subclass's) sends one body."""
+
+    def __init__(self, node_id: str, drop_ratio: float = 0.0) -> None:
+        self.node_id = node_id
+        self.incarnation = random.getrandbits(62) or 1
+        self.seqs: dict[str, int] = {}
+        self.epoch = 0
+        self.zk_ok = True     # announced in heartbeats: peers fence themselves by it
+        # Fault injection for tests and `miyaq chaos`: drop this share of messages.
+        self.drop_ratio = drop_ratio
+        self._rng = random.Random(os.getpid())
+        self.dropped = 0
+        self.sent = 0
+
+    def start(self) -> None:
+        """Nothing to start: publishing needs no greenlet."""
+
+    def send(self, dest: str, events: list[list[Any]]) -> None:
+        seq = self.seqs.get(dest, 0) + 1
+        self.seqs[dest] = seq
+        if self.drop_ratio and self._rng.random() < self.drop_ratio:
+            self.dropped += 1
+            return
+        body = {"src": self.node_id, "inc": self.incarnation, "seq": seq, "epoch": self.epoch, "ev": events,
+                "proto": PEER_PROTOCOL}
+        self._publish(dest, body)
+
+    def forget(self, dest: str) -> None:
+        """``dest`` left the ring for good (the role's ``DEPARTED_GRACE`` is
+        over): forget its sequence number. A stream to it later starts again
+        from 1; a receiver that still follows this node takes that as a gap
+        and resyncs, as it does at any restart of this node. Before
+        2026-12-05 the number of every destination ever published to was
+        kept: 200 join and leave rounds of nodes with new ids left 202."""
+        self.seqs.pop(dest, None)
+
+    def heartbeat(self, dests: list[str]) -> None:
+        for dest in dests:
+            self._publish(dest, {"src": self.node_id, "inc": self.incarnation,
+                                 "seq": self.seqs.get(dest, 0), "epoch": self.epoch, "hb": True,
+                                 "zk": self.zk_ok, "proto": PEER_PROTOCOL})
+
+    def _publish(self, dest: str, body: dict[str, Any]) -> None:
+        """Send one message to ``dest`` without blocking (it may be lost)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class StreamReceiver:
+    """The receiving side without its socket: per source, the incarnation,
+    the last sequence and when it was last heard. A subclass hands each
+    message to :meth:`_handle`, calls :meth:`_check_silence` at least every
+    ``STREAM_HEARTBEAT``, and follows the ring with :meth:`_follow` /
+    :meth:`_unfollow`."""
+
+    def __init__(self, node_id: str, apply: Apply, resync: AskResync) -> None:
+        self.node_id = node_id
+        self.sources: dict[str, _Source] = {}
+        self.apply = apply
+        self.resync = resync
+        self.gaps = 0
+        self.foreign = 0      # messages dropped: a peer protocol this node does not speak
+        self.refused = 0      # messages dropped: over the limit, or not a stream message
+        self.resyncs = 0
+
+    def _follow(self, src: str) -> None:
+        # A new subscription misses what was sent before it joined
+        # (slow joiner): start with a resync.
+        self.sources[src] = _Source()
+        self._ask_resync(src, "new subscription")
+
+    def _unfollow(self, src: str) -> None:
+        self.sources.pop(src, None)
+
+    def _handle(self, frames: list[bytes]) -> None:
+        """One message as it came off the wire: ``[topic, msgpack body]``."""
+        if len(frames) != 2:
+            return
+        try:
+            body = codec.unpack(frames[1], strict_keys=True)
+            src, inc, seq = body["src"], body["inc"], body["seq"]
+            if type(src) is not str or type(inc) is not int or type(seq) is not int or seq < 0:
+                raise TypeError("src, inc, seq")
+        except Exception:
+            self.refused += 1
+            _log.warning("malformed", "malformed replication message dropped")
+            return
+        source = self.sources.get(src)
+        if source is None:
+            return
+        proto = body.get("proto", 1)
+        if isinstance(proto, bool) or not isinstance(proto, int) or not 1 <= proto <= PEER_PROTOCOL:
+            # A newer node's stream is never half-applied: to this node it stays silent.
+            self.foreign += 1
+            if self.foreign == 1 or self.foreign % 10_000 == 0:
+                logger.error("stream from %s is in peer protocol %r; this node speaks 1 to %d: its messages "
+                             "are dropped (%d so far); upgrade this node", src, proto, PEER_PROTOCOL, self.foreign)
+            return
+        source.heard = source.last = monotonic()
+        if body.get("hb"):
+            if body.get("zk") is False:
+                source.zk_since = None
+            elif source.zk_since is None:
+                source.zk_since = source.last
+        if inc != source.inc:
+            source.inc = inc
+            source.seq = seq if body.get("hb") else seq - 1
+            self._ask_resync(src, "new incarnation")
+            if body.get("hb"):
+                return
+        if body.get("hb"):
+            if seq > source.seq:
+                self.gaps += 1
+                got, source.seq = source.seq, seq
+                self._ask_resync(src, f"heartbeat says {seq}, got up to {got}")
+            return
+        if seq != source.seq + 1:
+            self.gaps += 1
+            self._ask_resync(src, f"gap: expected {source.seq + 1}, got {seq}")
+        source.seq = seq
+        self.apply(src, body.get("ev") or [])
+
+    def _check_silence(self, now: float) -> None:
+        for src, source in self.sources.items():
+            if now - source.heard > STREAM_SILENCE and not source.syncing:
+                source.heard = now
+                self._ask_resync(src, "silent stream")
+
+    def _ask_resync(self, src: str, why: str) -> None:
+        """Resync from ``src``; if one is under way, once it ends (its answer
+        may have been made before what this one is for was lost)."""
+        source = self.sources.get(src)
+        if source is None:
+            return
+        if source.syncing:
+            source.again = source.again or why
+            return
+        source.syncing = True
+        self.resyncs += 1
+        source.current = self.resyncs      # numbered across sources: a source followed anew counts up from there
+        logger.info("stream from %s: %s; resyncing", src, why)
+        self.resync(src, source.current)
+
+    def resync_all(self, why: str) -> dict[str, int]:
+        """Ask every source for its state again (this node missed time), at
+        once: a resync under way supersedes none of what it asks, so it is
+        superseded (its end no longer counts, :meth:`resync_done`). Returns
+        each source's new resync number: :meth:`synced_since` says when all
+        of them completed."""
+        for src, source in self.sources.items():
+            source.syncing = False
+            source.again = None
+            self._ask_resync(src, why)
+        return {src: source.current for src, source in self.sources.items()}
+
+    def resync_done(self, src: str, number: int, complete: bool) -> None:
+        """Resync ``number`` from ``src`` ended (``complete``: applied to its
+        end; else failed: the stream stays suspect and is asked again when it
+        shows a gap or goes silent). A gap seen while it ran starts the next
+        one at once. The end of a resync a later one superseded changes
+        nothing: the later one is still under way."""
+        source = self.sources.get(src)
+        if source is not None and number == source.current:
+            source.syncing = False
+            source.ended = monotonic()
+            if complete:
+                source.synced = number
+            again, source.again = source.again, None
+            if again is not None:
+                self._ask_resync(src, f"{again} (during the last resync)")
+
+    def resync_unsynced(self, marks: dict[str, int], sources: list[str], why: str) -> None:
+        """Ask again each of ``sources`` whose resync since its mark failed
+        (none under way, none completed) ``RESYNC_RETRY`` ago or more."""
+        now = monotonic()
+        for src in sources:
+            source = self.sources.get(src)
+            if (source is not None and not source.syncing and source.synced < marks.get(src, 1)
+                    and now - source.ended >= RESYNC_RETRY):
+                self._ask_resync(src, why)
+
+    def synced_since(self, marks: dict[str, int], sources: list[str]) -> bool:
+        """Every one of ``sources`` completed a resync numbered at least its
+        mark since (a source without a mark: any resync)."""
+        for src in sources:
+            source = self.sources.get(src)
+            if source is None or source.synced < marks.get(src, 1):
+                return False
+        return True
+
+    def caught_up(self, src: str) -> bool:
+        source = self.sources.get(src)
+        return source is not None and bool(source.inc) and not source.syncing
+
+    def last_heard(self) -> dict[str, float]:
+        return {src: source.heard for src, source in self.sources.items()}
+
+    def heard_from(self, within: float) -> dict[str, float | None]:
+        now = monotonic()
+        return {src: source.zk_since for src, source in self.sources.items() if now - source.last <= within}
