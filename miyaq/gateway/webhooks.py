@@ -45,20 +45,11 @@ is in flight (:meth:`WebhookLane.lease_expired`), the request is abandoned
 once as ``Lost``. A task has one request in flight at a time: a later
 attempt waits for the earlier one's greenlet to end before it connects.
 
-When the node itself cannot make an attempt -- no file descriptor left
-for the connection (EMFILE, ENFILE), or no socket buffers or memory to
-open it: :class:`~miyaq.gateway.outbound.LocalShortage` -- the destination
-is not to blame: the task is given back unstarted (``Engine.give_back``,
-as a worker's RETURN: no attempt spent, ready again at once), and the
-deliverer leases no task to any lane for a pause (``SHORTAGE_PAUSE_MIN``,
-doubling at each shortage met after a pause up to ``SHORTAGE_PAUSE_MAX``;
-back to the least once an attempt begun since gets past it). Its lanes
-wait as when the node's slots are all taken, and are offered the
-dispatcher again when the pause ends. A pause starting is logged at
-most once a minute (a warning naming the limit on open files), and so is
-the end of a shortage, with how many attempts were given back. Before 2026-12-06 each such
-attempt failed as a ``ConnectionError``: a node out of descriptors
-dead-lettered every webhook task in a second, its destination never asked.
+When the node itself cannot make an attempt (no file descriptor left:
+:class:`~miyaq.gateway.outbound.LocalShortage`) the task is given back
+unstarted, no attempt spent, and no task is leased to any lane for a pause
+(:class:`~miyaq.gateway.webhook_shortage.ShortagePause`); its lanes wait
+as when the node's slots are all taken.
 
 Constraints: ``deliver`` never blocks (it only spawns); a delivery greenlet
 never raises (a bug is logged and the attempt failed retryably); cancelling
@@ -82,27 +73,13 @@ from miyaq.core.listener import EngineListener
 from miyaq.gateway.destinations import Destinations
 from miyaq.gateway.metrics import NodeMetrics
 from miyaq.gateway.outbound import LocalShortage, Outbound, Outcome
+from miyaq.gateway.webhook_shortage import ShortagePause
 from miyaq.logs import LogLimiter
 from miyaq.runtime import LOG, Supervisor, green, monotonic, wall
-from miyaq.runtime.open_files import open_files_hint
 from miyaq.store.task import WEBHOOK_LANE_PREFIX, Task
 
 logger = logging.getLogger(__name__)
 _log = LogLimiter(logger)     # a bug met by every delivery would repeat for each: a few lines a minute
-
-#: Seconds no webhook task is leased after the node met a shortage of its
-#: own (no descriptor left): the first pause of a shortage ...
-SHORTAGE_PAUSE_MIN = 0.1
-#: ... doubling, while it lasts, up to this.
-SHORTAGE_PAUSE_MAX = 5.0
-
-
-def _shortage_hint(cause: OSError) -> str:
-    """What an operator can do about a shortage of the node's own (``cause``)."""
-    hint = open_files_hint(cause).strip()      # the count against the limit, for EMFILE and ENFILE
-    if hint:
-        return f'{hint}; docs/configuration.md, "Open files"'
-    return "the system is short of socket buffers or memory"
 
 
 class StopHurry(Protocol):
@@ -203,15 +180,8 @@ class WebhookDeliverer(EngineListener):
         self.outbound = Outbound(config.webhook_pool_size, WEBHOOK_CONNECT_TIMEOUT, destinations)
         self.lanes: dict[str, WebhookLane] = {}
         self.stopping = False
-        # A shortage of the node's own (no descriptor left): the timer that
-        # ends the pause (None: not paused), the next pause, how many
-        # shortages were met (an attempt begun at another count may not end
-        # the backoff) and the attempts given back since the last recovery.
-        self.resume_timer: Any = None
-        self.next_pause = SHORTAGE_PAUSE_MIN
-        self.shortages = 0
-        self.given_back = 0
-        self.shortage_log = LogLimiter(logger, burst=1)   # once a minute per node and kind, however many
+        # A shortage of the node's own (no descriptor left): no task is leased while it pauses.
+        self.shortage_pause = ShortagePause(self._pause_over)
 
     # -- lanes -----------------------------------------------------------------------
     def start(self) -> None:
@@ -280,7 +250,7 @@ class WebhookDeliverer(EngineListener):
         if own <= 0:
             return 0          # one of its own deliveries ending grants it again
         free = self.slots.counter
-        if free <= 0 or self.resume_timer is not None:   # no slot, or paused for a shortage of the node's
+        if free <= 0 or self.shortage_pause.paused():   # no slot, or paused for a shortage of the node's
             self.waiting[lane] = None
             return 0
         return min(own, free)
@@ -347,7 +317,7 @@ class WebhookDeliverer(EngineListener):
             self.slots.acquire()
             lane.slots[key] = True
         started = wall()
-        shortages = self.shortages
+        mark = self.shortage_pause.mark()
         try:
             if not self.allow_list.allows(task.url or ""):
                 outcome = Outcome(False, "forbidden", error={
@@ -355,9 +325,8 @@ class WebhookDeliverer(EngineListener):
                     "message": f"host of {task.url!r} is not in webhook_allow_hosts"})
             else:
                 outcome = self.outbound.send(task, min(self.timeout, task.timeout))
-            if (shortages == self.shortages and self.next_pause > SHORTAGE_PAUSE_MIN
-                    and outcome.kind not in ("forbidden", "invalid")):   # those never open a connection
-                self._recovered()
+            if outcome.kind not in ("forbidden", "invalid"):   # those never open a connection
+                self.shortage_pause.got_past(mark)
             self._report(task, attempt, outcome, started)
         except LocalShortage as shortage:
             self._give_back_for_own_shortage(lane, task, attempt, shortage)
@@ -370,38 +339,20 @@ class WebhookDeliverer(EngineListener):
     def _give_back_for_own_shortage(self, lane: WebhookLane, task: Task, attempt: int, shortage: LocalShortage) -> None:
         """The node itself could not make attempt ``attempt`` of ``task`` (no
         descriptor left): the task is given back, no attempt spent, and --
-        unless a pause already runs -- no task is leased for the next pause,
-        logged once a minute. The pause starts before the task is ready
-        again, so it is not leased at once."""
-        if self.resume_timer is None and not self.stopping:
-            pause, self.next_pause = self.next_pause, min(SHORTAGE_PAUSE_MAX, 2 * self.next_pause)
-            self.shortages += 1
-            self.resume_timer = green.call_later(pause, self._pause_over)
-            self.shortage_log.log(
-                logging.WARNING, "shortage",
-                "webhooks: this node cannot open a connection (%s: %s): no attempt is spent, the task waits "
-                "ready, and no webhook task is leased for %gs (doubling up to %gs while it lasts)",
-                shortage, _shortage_hint(shortage.cause), pause, SHORTAGE_PAUSE_MAX)
-        self.given_back += 1
+        unless a pause already runs -- no task is leased for the next pause
+        (:meth:`ShortagePause.met`). The pause starts before the task is
+        ready again, so it is not leased at once."""
+        self.shortage_pause.met(shortage, may_pause=not self.stopping)
         self.engine.give_back(task.id, attempt, lane.principal, wall())
 
     def _pause_over(self) -> None:
         """A shortage's pause ended (a hub callback: never blocks): the lanes
         that waited are offered the dispatcher again."""
-        self.resume_timer = None
         if self.stopping or self.gate.holds(SHUTTING_DOWN):
             return
         if self.waiting:
             self._offer_waiting()
             self.kick()
-
-    def _recovered(self) -> None:
-        """An attempt begun since the last shortage got past it: the next
-        shortage pauses the least again."""
-        self.next_pause = SHORTAGE_PAUSE_MIN
-        self.shortage_log.log(logging.INFO, "recovered", "webhooks: connections open again; %d attempt(s) had "
-                              "been given back for want of the node's own resources, none spent", self.given_back)
-        self.given_back = 0
 
     def lease_ran_out(self, task: Task) -> None:
         """The lease of a delivery in flight ran out (its lane stopped the
@@ -437,9 +388,7 @@ class WebhookDeliverer(EngineListener):
         2026-12-05 a second signal to the node did not cut this wait short."""
         self.stopping = True
         self.waiting.clear()
-        if self.resume_timer is not None:
-            self.resume_timer.close()
-            self.resume_timer = None
+        self.shortage_pause.close()
         for lane in self.lanes.values():
             self.dispatcher.forget(lane)
         in_flight = [g for lane in self.lanes.values() for attempts in lane.greenlets.values()
