@@ -35,7 +35,9 @@ from miyaq.store.task import DEAD, READY, RETRYING, RUNNING, SCHEDULED
 
 logger = logging.getLogger(__name__)
 
-EMPTY_ROW = {SCHEDULED: 0, READY: 0, RUNNING: 0, RETRYING: 0, DEAD: 0}
+ROW_STATES = (SCHEDULED, READY, RUNNING, RETRYING, DEAD)
+"""The task counts of a queue's row in STATUS and /status (as ``Engine.queue_counts``)."""
+EMPTY_ROW = dict.fromkeys(ROW_STATES, 0)
 STATUS_WORKERS = 1000    # workers listed in STATUS at most
 #: What a long-poll refused while the node stops is told (ZeroMQ ERROR, HTTP 503).
 DRAINING = "the node is shutting down: ask another node or again later"
@@ -139,19 +141,25 @@ class Core:
         STATUS and /status (a queue's row with its ``limits`` and whether
         it is ``paused``, through either door since 2026-12-05); and
         ``workers``, the registered workers (their ids, hosts, pids,
-        queues), when :meth:`lists_workers`."""
+        queues), when :meth:`lists_workers`.
+
+        Built in its view's slices (:meth:`ViewLane.slices`): each queue's
+        row is read at once, two rows maybe a few slices apart; the
+        workers per queue as the view began, the totals as it ended."""
         engine, workers, limits = self.engine, self.workers, self.limits
-        counts = engine.queue_counts()
         idle = workers.idle_by_queue()
         per_queue = workers.workers_by_queue()
+        counts = engine.counts
         queues = {}
-        for q in sorted(set(counts) | set(idle)):
-            row: dict[str, Any] = dict(counts.get(q, EMPTY_ROW))
-            row["workers"] = per_queue.get(q, 0)
-            row["idle"] = idle.get(q, 0)
-            row["limits"] = limits.describe(q)
-            row["paused"] = q in limits.paused
-            queues[q] = row
+        for names in self.views.slices(sorted(set(counts) | set(idle))):    # the others run between slices
+            for q in names:
+                states = counts.get(q)
+                row: dict[str, Any] = dict(EMPTY_ROW) if states is None else {s: states[s] for s in ROW_STATES}
+                row["workers"] = per_queue.get(q, 0)
+                row["idle"] = idle.get(q, 0)
+                row["limits"] = limits.describe(q)
+                row["paused"] = q in limits.paused
+                queues[q] = row
         table = engine.table
         totals = {"live": len(table.live), "dead": len(table.dead),
                   "tombstones": len(table.tombstones), "workers": len(workers.by_identity)}

@@ -24,6 +24,7 @@ from miyaq.core.consumers import Origin, PullConsumer, pull_principal
 from miyaq.core.core import Core
 from miyaq.core.gate import SHUTTING_DOWN
 from miyaq.core.handles import NodeRole, ScheduleSink, StatusReport
+from miyaq.core.view_rows import FIRST_ROWS, msgpack_in_slices
 from miyaq.core.waiters import outcome, ran_elsewhere
 from miyaq.core.worker_commands import WorkerCommands
 from miyaq.errors import InvalidField, MiyaqError, NotFound, ShuttingDown
@@ -102,19 +103,30 @@ class ServiceHandlers:
 
     def status(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         """STATUS in its turn (:mod:`miyaq.core.view_lane`): at once when its
-        turn has come, else from a greenlet of its own once it has (the
-        reader goes on); refused ``busy`` when too many wait."""
+        turn has come and the node has at most ``FIRST_ROWS`` queues (one
+        slice: :mod:`miyaq.core.view_rows`); else from a greenlet of its own,
+        once its turn has come, built and packed in slices between which the
+        loop's others run (the reader goes on meanwhile). Refused ``busy``
+        when too many wait."""
         req = body.get("req")
         caller = self.endpoint.caller
         turn = self.views.turn(caller.role.value if caller is not None else "open")
-        if turn.wait <= 0:      # built and encoded in the measured time
+        if turn.wait <= 0 and len(self.engine.counts) <= FIRST_ROWS:      # built and encoded in the measured time
             self.views.timed(lambda: self.endpoint.reply(identity, req, self.report(now)), turn)
             return
         lists_workers = self.lists_workers()      # by this message's key: another is handled by then
 
+        def answer() -> None:
+            status = self._status_for(lists_workers)
+            if len(status["queues"]) <= FIRST_ROWS:      # one slice: packed at once
+                self.endpoint.reply(identity, req, status)
+                return
+            status["req"] = req
+            self.endpoint.reply_packed(identity, req, msgpack_in_slices(status, self.views.slices))
+
         def in_its_turn() -> None:
             self.views.wait(turn)
-            self.views.timed(lambda: self.endpoint.reply(identity, req, self._status_for(lists_workers)), turn)
+            self.views.timed(answer, turn, sliced=True)
 
         self.supervisor.spawn("status in its turn", in_its_turn, policy=LOG)
 

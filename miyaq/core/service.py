@@ -136,7 +136,11 @@ class ServiceEndpoint:
         large one to a connection over it is not sent: the request is
         answered ``busy`` instead."""
         body["req"] = req
-        packed = codec.pack(body)
+        return self.reply_packed(identity, req, codec.pack(body))
+
+    def reply_packed(self, identity: bytes, req: Any, packed: bytes) -> bool:
+        """:meth:`reply` with its body packed already (``req`` in it: a view
+        packed a slice at a time, :mod:`miyaq.core.view_rows`)."""
         size = wire_bytes(c.REPLY, len(packed), self._curve)
         if not self.unread.may_send(identity, size):
             self.error(identity, self.unread.refusal(identity), req)

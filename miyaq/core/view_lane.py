@@ -20,13 +20,22 @@ waits). At most :data:`MAX_VIEWS_WAITING` wait at once
 wait longer than :data:`MAX_VIEW_WAIT`: past either the request is
 refused ``busy`` (reason ``views``; 503 with ``Retry-After`` over HTTP)
 and nothing is reserved for it.
+
+The lane bounds how often views run; how long one holds the loop is
+bounded by building and encoding its rows a slice at a time
+(:mod:`miyaq.core.view_rows`): a view built with ``sliced`` (in a greenlet
+that may wait: an HTTP request's, a STATUS's own) lets the loop's other
+greenlets run between two slices (:meth:`ViewLane.slices`), and is charged
+its slices' time only, not theirs.
 """
 from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Callable, NamedTuple, TypeVar
+from collections.abc import Iterator, Sequence
+from typing import Any, Callable, NamedTuple, TypeVar
 
+from miyaq.core.view_rows import at_once, in_slices
 from miyaq.errors import Busy
 from miyaq.runtime import green, monotonic
 
@@ -58,6 +67,16 @@ class Turn(NamedTuple):
     role: str
 
 
+class _Building:
+    """A sliced view being built: ``others``, the time the loop's other
+    greenlets took between its slices (not the view's)."""
+
+    __slots__ = ("others",)
+
+    def __init__(self) -> None:
+        self.others = 0.0
+
+
 class ViewLane:
     """Turns for the views that list every queue (module docstring), taken
     in order. One per node; every method runs in the node's loop."""
@@ -65,10 +84,12 @@ class ViewLane:
     def __init__(self, clock: Callable[[], float] = monotonic, share: float = VIEW_SHARE,
                  cost_clock: Callable[[], float] = time.thread_time) -> None:
         self._clock = clock
-        # A view's cost is the CPU time of the loop's thread it took (it never
-        # yields), not wall time: on a loaded host a few hundred queues' view
-        # took over FREE_VIEW of wall time, and a burst of STATUS was refused.
+        # A view's cost is the CPU time of the loop's thread it took (less what
+        # the others took between its slices), not wall time: on a loaded host
+        # a few hundred queues' view took over FREE_VIEW of wall time, and a
+        # burst of STATUS was refused.
         self._cost_clock = cost_clock
+        self._building: dict[Any, _Building] = {}   # greenlet building a sliced view -> its slices so far
         self._stretch = 1.0 / share       # a view of t seconds holds the lane t * stretch
         self._cost = 0.0                  # the last view's time: what a turn taken now reserves
         self._next_turn = 0.0             # the earliest start of the next turn taken
@@ -76,6 +97,7 @@ class ViewLane:
         self._waiting_by: Counter[str] = Counter()
         self.waiting = 0
         self.refused = 0
+        self.pauses = 0                   # times a sliced view let the others run, since start
 
     def turn(self, role: str = "open") -> Turn:
         """Take the next turn for a caller of ``role``. Busy (and no turn
@@ -98,7 +120,7 @@ class ViewLane:
             self._waiting_by[role] += 1
         return Turn(wait, self._turns, role)
 
-    def timed(self, build: Callable[[], T], turn: Turn | None = None) -> T:
+    def timed(self, build: Callable[[], T], turn: Turn | None = None, *, sliced: bool = False) -> T:
         """``build()`` in ``turn``, its time measured: the turns after it are
         spaced by it. When ``turn`` is the last taken, the next is spaced by
         this view's own time rather than the one reserved for it (the last
@@ -107,15 +129,50 @@ class ViewLane:
         never comes sooner than they (before 2026-12-06's review it could:
         a waiter's view ended, the next turn came back to its own spacing,
         and a new caller was given the place a waiter held -- 40 callers
-        asking together got 76% of the loop)."""
+        asking together got 76% of the loop).
+
+        With ``sliced`` -- only in a greenlet that may wait, never the
+        service socket's reader -- :meth:`slices` lets the loop's others run
+        between two slices of the view, and their time (what the loop's
+        thread spent meanwhile) is not the view's."""
+        builder = green.current() if sliced else None
+        if builder is not None:
+            self._building[builder] = _Building()
         started, spent = self._clock(), self._cost_clock()
         try:
             return build()
         finally:
-            self._cost = max(0.0, self._cost_clock() - spent)
+            building = self._building.pop(builder, None) if builder is not None else None
+            others = building.others if building is not None else 0.0
+            self._cost = max(0.0, self._cost_clock() - spent - others)
             spaced = started + self._spacing(self._cost)
             last = turn is not None and turn.number == self._turns
             self._next_turn = spaced if last else max(self._next_turn, spaced)
+
+    @property
+    def building(self) -> int:
+        """Sliced views being built now (each between two of its slices, but one)."""
+        return len(self._building)
+
+    def slices(self, items: Sequence[T]) -> Iterator[Sequence[T]]:
+        """``items`` a slice at a time (:func:`miyaq.core.view_rows.in_slices`)
+        when this greenlet builds a view with ``sliced`` (:meth:`timed`),
+        letting the loop's others run between two slices; else at once (a
+        view built outside the lane, or where nothing may wait)."""
+        building = self._building.get(green.current())
+        if building is None:
+            return at_once(items)
+        return in_slices(items, lambda: self._let_others_run(building))
+
+    def _let_others_run(self, building: _Building) -> None:
+        """Between two slices of the view this greenlet builds: one loop
+        iteration for the others, their time kept out of the view's cost."""
+        before = self._cost_clock()
+        try:
+            green.let_others_run()
+        finally:
+            building.others += self._cost_clock() - before
+            self.pauses += 1
 
     def _spacing(self, cost: float) -> float:
         """How long after a view of ``cost`` seconds began the next may begin."""
@@ -136,10 +193,11 @@ class ViewLane:
 
     def run(self, build: Callable[[], T], role: str = "open") -> T:
         """``build()`` in its turn, waiting for it in this greenlet (an HTTP
-        request's). Busy when refused a turn (:meth:`turn`)."""
+        request's), and built in slices (:meth:`slices`). Busy when refused
+        a turn (:meth:`turn`)."""
         turn = self.turn(role)
         self.wait(turn)
-        return self.timed(build, turn)
+        return self.timed(build, turn, sliced=True)
 
     def stats(self) -> dict[str, float | int]:
         return {"last_seconds": self._cost, "waiting": self.waiting, "refused": self.refused}

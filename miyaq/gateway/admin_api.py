@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from miyaq.constants import HTTP_ACK_WAIT
 from miyaq.core.limits import Limit
+from miyaq.core.view_rows import json_in_slices
 from miyaq.errors import InvalidField
 from miyaq.gateway.openapi import build
 from miyaq.gateway.permissions import may
@@ -45,7 +46,8 @@ class AdminApi:
         """The node's status; ``workers`` (the list) for an ``admin`` token
         only, as ``GET /workers`` (everyone is admin without tokens): a
         producer or worker token gets their number (``totals.workers``).
-        Built and encoded in its turn (:mod:`miyaq.core.view_lane`)."""
+        Built and encoded in its turn (:mod:`miyaq.core.view_lane`), a
+        slice of queues at a time (:mod:`miyaq.core.view_rows`)."""
         return self.core.views.run(lambda: self._status(request), self._role_of(request))
 
     def _status(self, request: Request) -> Response:
@@ -62,34 +64,40 @@ class AdminApi:
                               "in_flight_total": deliverer.in_flight_total(),
                               "max_in_flight": deliverer.max_in_flight,
                               "idle_connections": deliverer.outbound.connections.idle_connections()}
-        return json_response(status)
-
-    def _row(self, queue: str, counts: dict[str, dict[str, int]], workers: dict[str, int],
-             idle: dict[str, int], in_flight: dict[str, int]) -> dict[str, Any]:
-        row: dict[str, Any] = {"name": queue}
-        states = counts.get(queue, {})
-        for state in STATES:
-            row[state] = states.get(state, 0)
-        row["workers"] = workers.get(queue, 0)
-        row["idle"] = idle.get(queue, 0)
-        row["webhooks_in_flight"] = in_flight.get(queue, 0)
-        row["limits"] = self.limits.describe(queue)
-        row["paused"] = queue in self.limits.paused
-        return row
+        return _json_view(json_in_slices(status, self.core.views.slices))
 
     def queue_rows(self, only: str | None = None) -> list[dict[str, Any]]:
-        """Every queue's row as ``GET /queues`` shows it (or only ``only``'s)."""
-        counts = self.engine.queue_counts()
+        """Every queue's row as ``GET /queues`` shows it (or only ``only``'s),
+        in the view's slices (:meth:`ViewLane.slices`): each row read at
+        once, two rows maybe a few slices apart; the workers per queue and
+        the webhooks in flight as the view began."""
+        counts = self.engine.counts
         workers = self.core.workers.workers_by_queue()
         idle = self.core.workers.idle_by_queue()
         in_flight = self.gateway.deliverer.in_flight()
-        names = [only] if only else sorted(set(counts) | set(workers) | set(self.limits.limits)
-                                           | set(self.limits.paused))
-        return [self._row(q, counts, workers, idle, in_flight) for q in names]
+        limits = self.limits
+        names = [only] if only else sorted(set(counts) | set(workers) | set(limits.limits) | set(limits.paused))
+        rows = []
+        for chunk in self.core.views.slices(names):     # the loop's others run between slices
+            for queue in chunk:
+                row: dict[str, Any] = {"name": queue}
+                states = counts.get(queue)
+                for state in STATES:
+                    row[state] = states[state] if states is not None else 0
+                row["workers"] = workers.get(queue, 0)
+                row["idle"] = idle.get(queue, 0)
+                row["webhooks_in_flight"] = in_flight.get(queue, 0)
+                row["limits"] = limits.describe(queue)
+                row["paused"] = queue in limits.paused
+                rows.append(row)
+        return rows
 
     def queues(self, request: Request) -> Response:
-        """Every queue's row, built and encoded in its turn (:mod:`miyaq.core.view_lane`)."""
-        return self.core.views.run(lambda: json_response({"queues": self.queue_rows()}), self._role_of(request))
+        """Every queue's row, built and encoded in its turn (:mod:`miyaq.core.view_lane`),
+        a slice of queues at a time (:mod:`miyaq.core.view_rows`)."""
+        return self.core.views.run(lambda: _json_view(json_in_slices({"queues": self.queue_rows()},
+                                                                      self.core.views.slices)),
+                                   self._role_of(request))
 
     def _role_of(self, request: Request) -> str:
         """Whose turn a view is (:mod:`miyaq.core.view_lane`): the token's role ("open" without tokens)."""
@@ -205,3 +213,8 @@ class AdminApi:
         if self._openapi is None:
             self._openapi = json.dumps(build(), indent=1).encode()
         return Response(200, self._openapi, [("Content-Type", "application/json")])
+
+
+def _json_view(body: bytes) -> Response:
+    """A view written by :func:`~miyaq.core.view_rows.json_in_slices` (as ``json_response`` writes it)."""
+    return Response(200, body, [("Content-Type", "application/json")])
