@@ -21,7 +21,7 @@ for the same value.
 
 A view so taken is a snapshot over a few milliseconds, not one instant:
 each queue's row is read at once (its counts add up), but two rows may be
-read a few slices apart (docs/observability.md).
+read a few slices apart (docs/http.md, "Metrics").
 """
 from __future__ import annotations
 
