@@ -58,6 +58,41 @@ def test_a_delayed_task_whose_first_holder_restarted_starts_once_at_its_eta_in_p
     assert not cluster.crashes()
 
 
+def test_a_delayed_task_whose_smallest_id_holder_is_last_starts_at_its_eta_after_its_first_holder_restarted(
+        inproc, tmp_path):
+    """Fault (the rolling-restart audit, real node processes: a restart of
+    one node started 52 of 300 delayed tasks 10-15 s late): after a planned
+    restart of a task's first holder every copy is a standby copy, and
+    standby copies go by node id -- here the smallest, n1, is the task's
+    last holder, its timer two offsets past the eta. The copies that ask at
+    the eta wait for n1's; n1's copy, asked about, now asks and decides at
+    once: the task starts without the clock going past its eta (before, only
+    at n1's own timer, eta + 2 offsets), on exactly one node. (The review
+    audit's scenario, /tmp/audit-review9/r1_allstandby.py.)"""
+    cluster = inproc(3, data_dir=str(tmp_path), fsync="always", replica_offset=OFFSET, default_timeout=60.0)
+    tid = next(t for t in (cluster.task_led_by("n3") for _ in range(500)) if cluster.holders(t)[-1] == "n1")
+    holders = cluster.holders(tid)
+    sub = cluster.submit("n1", tid, countdown=30)
+    cluster.wait_until(lambda: sub.status == "accepted" and all(cluster[n].task(tid) for n in holders),
+                       what="every copy stored")
+    eta = cluster["n1"].task(tid).eta
+
+    back = _restart_through_a_ring_without_it(cluster, "n3", ["n1", "n2"])
+    cluster.wait_until(lambda: back.task(tid) is not None and back.task(tid).rank == 0, what="n3's copy, rank 0")
+    assert all(cluster[n].task(tid).standby for n in holders), "every copy is a standby copy: the case at hand"
+    n1_timer = cluster["n1"].task(tid).timer_at
+    assert n1_timer >= eta + 2 * OFFSET - 0.5, "n1's own timer: two offsets late"
+
+    workers = {n: cluster.worker(n) for n in cluster.nodes}
+    cluster.advance(eta - wall() + 0.1)            # just past the eta, well within one offset
+    cluster.wait_until(lambda: any(w.runs(tid) for w in workers.values()), timeout=15,
+                       what="the task to start without the clock moving on to n1's timer")
+    assert wall() < n1_timer, "started only at n1's own timer, two offsets late"
+    cluster.advance(3 * OFFSET)                    # n1's own timer passes: it asks, hears it runs, waits
+    assert sum(workers[n].times(tid) for n in cluster.nodes) == 1
+    assert not cluster.crashes()
+
+
 def test_a_stopping_node_takes_no_peer_writes_once_its_log_closed(inproc, tmp_path, caplog, monkeypatch):
     """Fault (about one restart in nine at 300 tasks a second): a node stops;
     its role left the ring, its log closed, but its peer link and streams
