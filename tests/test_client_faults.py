@@ -487,3 +487,55 @@ def test_flush_waits_for_a_submit_whose_wait_was_interrupted_and_raises_its_fail
         client.flush()      # told once: the next flush has nothing left to raise
     finally:
         client.close(flush=False)
+
+
+@pytest.mark.parametrize("how", ["submit", "call"])
+def test_flush_waits_for_a_waited_submit_or_call_interrupted_by_ctrl_c_on_the_threaded_client(make_node, how):
+    """Fault (a review audit): Ctrl-C lands while a threaded client's
+    ``submit(wait=True)`` reads the sockets itself (the short path of an
+    idle client) or while ``call()`` waits for the acknowledgement, the
+    node full; the submit then fails at its deadline (busy). flush() waits
+    for it and raises the failure. Before, neither was known to flush(): it
+    returned at once and the task was lost unsaid."""
+    import signal
+    import threading
+
+    node = make_node(max_tasks=1)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    client = miyaq.Client(node.endpoint, green=False, submit_timeout=2.0)
+    ctrl_c = threading.Timer(0.1, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
+    try:
+        client.submit("echo", [0], wait=True)
+        ctrl_c.start()
+        with pytest.raises(KeyboardInterrupt):
+            if how == "call":
+                client.call("echo", [1], id="c" * 32)
+            else:
+                client.submit("echo", [1], id="s" * 32, wait=True)
+        with pytest.raises(miyaq.Busy, match="full"):
+            client.flush()
+        client.flush()      # told once
+    finally:
+        ctrl_c.cancel()
+        signal.signal(signal.SIGINT, previous)
+        client.close(flush=False)
+
+
+def test_flush_waits_for_a_call_whose_wait_was_interrupted_and_raises_its_failure(make_node):
+    """Fault (a review audit): a gevent program wraps ``call()`` in a
+    ``gevent.Timeout`` while the node is full; the submit then fails at its
+    deadline (busy). flush() waits for it and raises the failure. Before,
+    ``call()``'s submit was unknown to flush(): the task was lost unsaid."""
+    import gevent
+
+    node = make_node(max_tasks=1)
+    client = miyaq.Client(node.endpoint, green=True, submit_timeout=0.5)
+    try:
+        client.submit("echo", [0], wait=True)
+        with pytest.raises(gevent.Timeout):
+            with gevent.Timeout(0.05):     # well within the 0.5 s the full node keeps it waiting
+                client.call("echo", [1], id="g" * 32)
+        with pytest.raises(miyaq.Busy, match="full"):
+            client.flush()
+    finally:
+        client.close(flush=False)

@@ -85,18 +85,13 @@ class Client:
             io.ensure_started()               # closed while we waited: a clear error
         future = AioFuture()
         handle = TaskHandle(wire["id"], self, future)
+        # flush() and close() wait for every submit, a waited one too (its
+        # wait may be cancelled); one accepted, or whose failure its caller
+        # was told, is let go at once.
+        self._unflushed.add(handle)
         io.submit(Pending(wire, future, now, deadline))
         if wait:
-            try:
-                await handle.wait_accepted()
-            except MiyaqError:
-                raise
-            except BaseException:
-                # The wait was cancelled, not the submit: flush() and close() wait for it.
-                self._unflushed.add(handle)
-                raise
-        else:
-            self._unflushed.add(handle)
+            await handle.wait_accepted()
         return handle
 
     async def flush(self, timeout: float | None = None) -> None:

@@ -182,19 +182,14 @@ class Client:
 
     def _submit_wire(self, wire: dict[str, Any], task_id: str | None, wait: bool) -> TaskHandle:
         p, handle = self._pending(wire, task_id, wait)
+        # flush() and close() wait for every submit, a waited one too: its wait
+        # may be interrupted (a gevent.Timeout, a killed greenlet, Ctrl-C, also
+        # on the short path, where the caller reads the sockets); one accepted,
+        # or whose failure its caller was told, is let go at once.
+        self._unflushed.add(handle)
         self._io.submit(p, wait)
         if wait:
-            try:
-                handle.wait_accepted()
-            except MiyaqError:
-                raise
-            except BaseException:
-                # The wait was interrupted (a gevent.Timeout, a killed greenlet,
-                # Ctrl-C), not the submit: flush() and close() wait for it.
-                self._unflushed.add(handle)
-                raise
-        else:
-            self._unflushed.add(handle)
+            handle.wait_accepted()
         return handle
 
     def flush(self, timeout: float | None = None) -> None:
@@ -301,6 +296,7 @@ class Client:
         asked for again the ordinary way once the task is accepted)."""
         timeout = seconds(timeout, "timeout", optional=True)
         p, handle = self._pending(task_wire(name, args, kwargs, options), id, True)
+        self._unflushed.add(handle)      # as a submit's: flush() waits for it if this call is interrupted
         wait = min(ops.LONG_POLL, ops.RESULT_WAIT_DEFAULT if timeout is None else timeout)
         start = monotonic()
         answer = self.kit.waiter()
