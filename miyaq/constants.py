@@ -28,8 +28,21 @@ SERVICE_BURST = 512
 SERVICE_BURST_WORK = 2048
 #: Tasks leased to one consumer per round of a pump, so a burst spreads over idle consumers.
 DISPATCH_CHUNK = 64
-#: Payload bytes in one DISPATCH (workers refuse messages over 64 MiB).
+#: Payload bytes one pump leases to one consumer: past it the consumer stays
+#: hungry and the next pump goes on.
 DISPATCH_BATCH_BYTES = 8 * 1024 * 1024
+#: Payload bytes in one DISPATCH message: what a pump leased a worker is sent
+#: as several messages of at most this much (a larger task goes alone). A
+#: worker's connection to a node is dropped when no whole message arrives
+#: for its ``node_timeout`` (5 s by default: libzmq's wait for an answer to
+#: a ZMTP heartbeat ends only when a whole message part arrives), so a message
+#: must cross the slowest worker link well within it: 64 KiB take 0.5 s at
+#: 1 Mbit/s, 1.6 s with three nodes sending at once. One message of a whole
+#: batch -- 8 x 100 KB from each of three nodes, 19 s at 1 Mbit/s -- had a
+#: worker on such a link drop its connections again and again and never
+#: run a task (before 2026-12-06). Small tasks are unaffected: 64 KiB are
+#: 650 tasks of 100 bytes (a DISPATCH holds at most the node's ``max_batch``).
+DISPATCH_MESSAGE_BYTES = 64 * 1024
 #: Timers fired by one pass of the timer loop (the rest wait for the next pass, which
 #: comes after the node's other greenlets ran: readers, heartbeats, housekeeping).
 #: A pass also moves up to 4 x this many timers out of the coarse buckets (store/timers.py).

@@ -34,7 +34,12 @@ consumer leaves it parked (nothing of its queues is ready); ``forget`` takes
 it out of the index. A consumer held back only by its queue's limits has
 ready tasks: it stays hungry, and the limits' refill timer pumps again. One
 whose batch is full (``max_batch``, ``DISPATCH_BATCH_BYTES``) with room left
-stays hungry and is served on by the next pump.
+stays hungry and is served on by the next pump. A batch goes out as DISPATCH
+messages of at most ``DISPATCH_MESSAGE_BYTES`` of payloads each (a larger
+task alone: :func:`message_parts`), so that each crosses a slow worker link
+within the worker's connection timeout; a batch of small tasks is one
+message. A message that cannot be sent puts back its tasks and the later
+messages' (the earlier ones are on their way) and the consumer is forgotten.
 
 A consumer granted with ``until_idle`` (a webhook lane: one per queue, as
 many as queues) is not parked but leaves the hungry ones when a pump finds
@@ -66,7 +71,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from miyaq.constants import DISPATCH_BATCH_BYTES, DISPATCH_CHUNK
+from miyaq.constants import DISPATCH_BATCH_BYTES, DISPATCH_CHUNK, DISPATCH_MESSAGE_BYTES
 from miyaq.core.consumers import Consumer
 from miyaq.core.engine import Engine
 from miyaq.core.gate import Gate
@@ -259,11 +264,15 @@ class Dispatcher(EngineListener):
         for consumer, batch in batches.items():
             if not batch:
                 continue
-            if not consumer.deliver(batch):
-                logger.warning("could not deliver %d tasks to %r; putting them back", len(batch), consumer)
-                for task in batch:
-                    engine.release(task.id, now)
-                self.forget(consumer)
+            parts = [batch] if sizes.get(consumer, 0) <= DISPATCH_MESSAGE_BYTES else message_parts(batch)
+            for sent, part in enumerate(parts):
+                if not consumer.deliver(part):
+                    unsent = [task for later in parts[sent:] for task in later]
+                    logger.warning("could not deliver %d tasks to %r; putting them back", len(unsent), consumer)
+                    for task in unsent:
+                        engine.release(task.id, now)
+                    self.forget(consumer)
+                    break
         if limits is not None and limits.wake_at is not None:
             limits.arm_wake(self._refilled, now)
         return total
@@ -277,6 +286,26 @@ class Dispatcher(EngineListener):
             self.announce()
         except Exception:
             logger.exception("could not announce leases before dispatching them")
+
+
+def message_parts(batch: list[Task]) -> list[list[Task]]:
+    """``batch`` cut, in order, into the tasks of one DISPATCH message each:
+    at most DISPATCH_MESSAGE_BYTES of payloads together, a larger task alone
+    (see the constant: a message must cross a slow worker link well within
+    the worker's connection timeout)."""
+    parts: list[list[Task]] = []
+    part: list[Task] = []
+    size = 0
+    for task in batch:
+        n = len(task.body)
+        if part and size + n > DISPATCH_MESSAGE_BYTES:
+            parts.append(part)
+            part, size = [], 0
+        part.append(task)
+        size += n
+    if part:
+        parts.append(part)
+    return parts
 
 
 def _nothing_to_announce() -> None:
