@@ -196,12 +196,11 @@ def test_a_frozen_node_loses_its_connection_and_the_worker_registers_again(child
     worker registers again on a new one, which the node reads once it
     thaws. The bound for a hung node is out of the way: only the
     connection's closing can do it."""
-    monkeypatch.setattr("miyaq.worker.link.NODE_CONNECTION_TIMEOUT", 0.5)
     monkeypatch.setattr("miyaq.worker.link.HUNG_NODE_LIVENESS", 10_000)
     child = Child(FROZEN_NODE)
     children.append(child)
     endpoint = f"tcp://127.0.0.1:{child.line()}"
-    worker = thread_worker(app, endpoint, concurrency=1, prefetch=0).worker
+    worker = thread_worker(app, endpoint, concurrency=1, prefetch=0, node_timeout=0.5).worker
     assert child.line() == "ready 1"
     link = worker.links[0]
     wait_for(lambda: link.heard, what="the worker welcomed")

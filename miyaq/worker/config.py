@@ -49,6 +49,11 @@ class WorkerConfig(Settings):
     queues: str = setting("", "comma-separated queues (default: every queue the app's tasks name)", short="-Q")
     connect: str = setting("", "comma-separated node endpoints (default: the App's)")
     heartbeat: float = setting(1.0, "seconds between the worker's side-channel heartbeats")
+    node_timeout: float = setting(5.0, "seconds a node may leave the ZMTP heartbeats on the worker's connection to "
+                                    "it unanswered (its process frozen, its host gone) before the connection is "
+                                    "dropped, its tasks given back and the worker registers again (a PING every "
+                                    "fifth of it); must exceed the time the largest message -- one task's "
+                                    "payload, or a DISPATCH of 64 KiB -- takes on the worker's link")
     grace: float = setting(30.0, "seconds SIGTERM waits for running tasks")
     log_level: str = setting("INFO", "logging level", choices=LOG_LEVELS)
     key: str = setting("", "this worker's secret certificate (NAME.key_secret from `miyaq keys add ... --role "
@@ -71,6 +76,9 @@ class WorkerConfig(Settings):
                               f"node lets one worker hold), not {self.base_credit:,}")
         if self.heartbeat <= 0:
             raise ConfigError("heartbeat must be above 0")
+        low, high = NODE_TIMEOUT_RANGE
+        if not low <= self.node_timeout <= high:
+            raise ConfigError(f"node_timeout must be {low:g}..{high:g} seconds, not {self.node_timeout:g}")
         if self.max_tasks_per_child and self.pool != "processes":
             raise ConfigError("max_tasks_per_child applies to the processes pool only (--pool processes)")
 
@@ -108,6 +116,14 @@ class WorkerConfig(Settings):
         return min(max(self.base_credit, MAX_PREFETCH_FACTOR * self.slots), MAX_WORKER_CAPACITY)
 
     @property
+    def recent_report_seconds(self) -> float:
+        """How long reports sent to a node are kept, in case it was frozen
+        (:mod:`miyaq.worker.routing`): RECENT_REPORT_SECONDS, or three times
+        ``node_timeout`` when that is longer -- its connection is dropped up to
+        ``node_timeout`` after the node froze."""
+        return max(RECENT_REPORT_SECONDS, 3 * self.node_timeout)
+
+    @property
     def queue_list(self) -> list[str]:
         return [q for q in self.queues.split(",") if q]
 
@@ -127,15 +143,21 @@ LIVENESS = 3
 #: libzmq answers ZeroMQ's heartbeats, its Python never answers the worker --
 #: is taken for hung: the worker opens a fresh socket and registers again.
 HUNG_NODE_LIVENESS = 10
-#: Seconds of ZMTP heartbeats on a worker's connection to a node (a PING every
-#: fifth of it; :func:`miyaq.runtime.sockets.heartbeat_options`): a node that
-#: answers none for this long after a PING -- its process frozen (SIGSTOP, a
-#: paused VM) or its host gone -- has its connection dropped, and the
-#: connection monitor has the worker register again. A node that is alive
-#: answers from libzmq's own thread, however busy its Python is, so this is
-#: short: a frozen node is left about as soon as a silent one was before
-#: 2026-12-05 (3 s), and well within ``RECENT_REPORT_SECONDS``.
-NODE_CONNECTION_TIMEOUT = 5.0
+#: ``node_timeout`` (``--node-timeout``, 5 s by default): seconds of ZMTP
+#: heartbeats on a worker's connection to a node (a PING every fifth of it;
+#: :func:`miyaq.runtime.sockets.heartbeat_options`): a node that answers none
+#: for this long after a PING -- its process frozen (SIGSTOP, a paused VM) or
+#: its host gone -- has its connection dropped, and the connection monitor
+#: has the worker register again. A node that is alive answers from libzmq's
+#: own thread, however busy its Python is, so the default is short: a frozen
+#: node is left about as soon as a silent one was before 2026-12-05 (3 s).
+#: But libzmq hears the answer only once the message in front of it has
+#: arrived, so on a slow link the timeout must exceed the time the largest
+#: message takes (a task's payload, or a DISPATCH of
+#: ``miyaq.constants.DISPATCH_MESSAGE_BYTES``): a link slower than that has
+#: its connection dropped, and its tasks given back, again and again. It was
+#: a constant before 2026-12-06. The range it may be set in:
+NODE_TIMEOUT_RANGE = (0.5, 3600.0)
 #: The node's heartbeat interval a worker follows, in seconds: a WELCOME's
 #: ``heartbeat`` outside this range (a buggy or hostile node's) is brought
 #: into it -- below it the worker would reconnect in a loop, above it never
@@ -147,7 +169,9 @@ FIRST_CONTACT = 2.0
 FIRST_CONTACT_REPEAT_MAX = 60.0
 #: Seconds a TCP probe of an unreachable endpoint may take.
 PROBE_TIMEOUT = 1.0
-#: Largest message accepted from a node (a DISPATCH batch), in bytes.
+#: Largest message accepted from a node, in bytes: a DISPATCH holds at most
+#: 64 KiB of payloads (``miyaq.constants.DISPATCH_MESSAGE_BYTES``), or one
+#: larger task (up to the node's ``max_payload``), so this is room to spare.
 MAX_INBOUND_MESSAGE = 64 * 1024 * 1024
 #: Messages read in one burst before the reader yields to other greenlets.
 RECV_BURST = 256
@@ -196,7 +220,8 @@ TRACEBACK_BYTES = 16384
 #: other holders, in case the node they went to dies before it tells those
 #: holders (:class:`~miyaq.worker.routing.Routes`): for this many seconds, at
 #: most this many, holding at most this many bytes of results and errors.
-#: Twice ``NODE_CONNECTION_TIMEOUT`` and more: what was sent to a node that
+#: Three times the default ``node_timeout`` (and three times a longer one:
+#: :attr:`WorkerConfig.recent_report_seconds`): what was sent to a node that
 #: froze is still kept when its connection is dropped.
 RECENT_REPORT_SECONDS = 15.0
 RECENT_REPORT_MAX = 10_000

@@ -11,8 +11,8 @@ answers RECONNECT is sent READY again, once the tasks it had sent here that
 have not started are dropped (it leases them anew).
 
 A node that falls silent while its connection stays up is alive -- its
-libzmq answers the ZMTP heartbeats the link's socket sends
-(:data:`~miyaq.worker.config.NODE_CONNECTION_TIMEOUT`) -- and only
+libzmq answers the ZMTP heartbeats the link's socket sends (the worker's
+``node_timeout``, :data:`~miyaq.worker.config.NODE_TIMEOUT_RANGE`) -- and only
 stalled (a burst of work, swapping): after ``heartbeat × LIVENESS`` the link
 says so once and keeps waiting, beating and reporting on the same socket,
 and the node reads it all when it runs again (it drops no worker for its
@@ -25,8 +25,10 @@ by default) is taken for hung: a fresh socket registers again.
 A second greenlet reads the socket's connection monitor (libzmq's, one
 message per connection closed, nothing per message). When a connection the
 node had answered on closes -- the node exited or was killed, the network
-dropped it, or it answered no ZMTP heartbeat for
-``NODE_CONNECTION_TIMEOUT`` (its process frozen, its host gone) -- the node
+dropped it, or it answered no ZMTP heartbeat for ``node_timeout`` (its
+process frozen, its host gone; or a message from it took longer to arrive:
+libzmq hears the answer behind it, so a link too slow for the timeout has
+its connection dropped again and again, docs/configuration.md) -- the node
 is **lost** at once: the worker tells the tasks' other holders
 (:meth:`~miyaq.worker.routing.Routes.link_lost`) and the link opens a fresh
 socket. A connection that never got an answer is left to ZeroMQ's own
@@ -57,7 +59,7 @@ from ..runtime.connections import (
 )
 from ..runtime.sockets import SocketFactory, heartbeat_options, zmq
 from .config import (FIRST_CONTACT, FIRST_CONTACT_REPEAT_MAX, HUNG_NODE_LIVENESS, LIVENESS, MAX_INBOUND_MESSAGE,
-                     MAX_RESULT_BYTES, NODE_CONNECTION_TIMEOUT, NODE_HEARTBEAT_RANGE, PROBE_TIMEOUT, RECV_BURST,
+                     MAX_RESULT_BYTES, NODE_HEARTBEAT_RANGE, PROBE_TIMEOUT, RECV_BURST,
                      RESULT_MESSAGE_SLACK)
 from .outbox import Outbox
 from .prefetch import ExtraCredit, RunTimes
@@ -81,6 +83,7 @@ class NodeLink:
         self.sock: Any = None
         self.monitor: Any = None    # the current socket's connection monitor (a green PAIR)
         self.heartbeat = worker.config.heartbeat
+        self.node_timeout = worker.config.node_timeout    # the ZMTP heartbeats' timeout on its socket
         self.liveness = LIVENESS
         # Monotonic time until which a RECONNECT answers a message sent before
         # our last READY (None: no READY awaits its WELCOME): see _on_reconnect.
@@ -127,7 +130,7 @@ class NodeLink:
                 # half-built object whose finalizer prints a traceback.
                 raise zmq.ZMQError(errno.EMFILE)
             sock, self.monitor = self.factory.watched_dealer(
-                self.endpoint, ready=False, plain=True, heartbeat_ms=heartbeat_options(NODE_CONNECTION_TIMEOUT))
+                self.endpoint, ready=False, plain=True, heartbeat_ms=heartbeat_options(self.node_timeout))
         except zmq.ZMQError as exc:
             self.open_error = str(exc)
             _log.warning("open", "worker %s cannot open a socket to node %s: %s%s; trying again every %gs",

@@ -6,9 +6,9 @@ A node that dies may take with it the reports (DONE, FAILED) it received
 last, before it told the task's other holders; a standby copy there would
 then run the task again -- also one whose handler said not to retry it. So
 the worker keeps each report on a task with other holders for a while after
-sending it (:data:`~miyaq.worker.config.RECENT_REPORT_SECONDS`, bounded in
-count and bytes) and, when the node it went to is lost, sends it again to
-another live holder. A holder that already knows the outcome (a tombstone,
+sending it (:data:`~miyaq.worker.config.RECENT_REPORT_SECONDS`, longer with
+a long ``node_timeout``; bounded in count and bytes) and, when the node it
+went to is lost, sends it again to another live holder. A holder that already knows the outcome (a tombstone,
 a dead letter, a retry of its own) ignores it; one whose standby copy was
 leased to this worker (it heard the STARTED event) applies it: a DONE
 finishes the task, a FAILED dead-letters it or waits out the retry's
@@ -64,8 +64,9 @@ class Routes:
     reported; ``recent``: the reports sent lately on tasks with holders,
     oldest first."""
 
-    def __init__(self, links: list["NodeLink"]) -> None:
+    def __init__(self, links: list["NodeLink"], keep_seconds: float = RECENT_REPORT_SECONDS) -> None:
         self.links = links          # the worker's list, shared: links discovered later count
+        self.keep_seconds = keep_seconds    # how long a sent report is kept (WorkerConfig.recent_report_seconds)
         self.origin: dict[str, "NodeLink"] = {}
         self.holders: dict[str, list[str]] = {}
         self.recent: deque[SentReport] = deque()
@@ -121,9 +122,9 @@ class Routes:
 
     def _forget_old(self, now: float) -> None:
         """Keep at most RECENT_REPORT_MAX reports and RECENT_REPORT_BYTES of
-        results and errors, none older than RECENT_REPORT_SECONDS."""
+        results and errors, none older than ``keep_seconds``."""
         recent = self.recent
-        oldest = now - RECENT_REPORT_SECONDS
+        oldest = now - self.keep_seconds
         while recent and (len(recent) > RECENT_REPORT_MAX or self.recent_bytes > RECENT_REPORT_BYTES
                           or recent[0].at < oldest):
             self.recent_bytes -= recent.popleft().size

@@ -105,7 +105,7 @@ class Worker:
                     if has_async and cfg.pool != "processes" else None)
         self.links = [NodeLink(self, self.factory, ep) for ep in self.endpoints]
         self.ring = RingFollower(self)     # links to the nodes the ring names, retired once they left it
-        self.routes = Routes(self.links)
+        self.routes = Routes(self.links, cfg.recent_report_seconds)
         self.backlog = Backlog()
         # Idle runners wait on their own event; new work wakes only as many
         # runners as it has tasks (no thundering herd of `concurrency` greenlets).
