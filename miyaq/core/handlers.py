@@ -103,15 +103,15 @@ class ServiceHandlers:
 
     def status(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         """STATUS in its turn (:mod:`miyaq.core.view_lane`): at once when its
-        turn has come and the node has at most ``FIRST_ROWS`` queues (one
-        slice: :mod:`miyaq.core.view_rows`); else from a greenlet of its own,
-        once its turn has come, built and packed in slices between which the
-        loop's others run (the reader goes on meanwhile). Refused ``busy``
-        when too many wait."""
+        turn has come and the view has at most ``FIRST_ROWS`` rows (one
+        slice: :mod:`miyaq.core.view_rows`, :meth:`views_fit_one_slice`);
+        else from a greenlet of its own, once its turn has come, built and
+        packed in slices between which the loop's others run (the reader
+        goes on meanwhile). Refused ``busy`` when too many wait."""
         req = body.get("req")
         caller = self.endpoint.caller
         turn = self.views.turn(caller.role.value if caller is not None else "open")
-        if turn.wait <= 0 and len(self.engine.counts) <= FIRST_ROWS:      # built and encoded in the measured time
+        if turn.now and self.views_fit_one_slice():      # built and encoded in the measured time
             self.views.timed(lambda: self.endpoint.reply(identity, req, self.report(now)), turn)
             return
         lists_workers = self.lists_workers()      # by this message's key: another is handled by then
@@ -129,6 +129,17 @@ class ServiceHandlers:
             self.views.timed(answer, turn, sliced=True)
 
         self.supervisor.spawn("status in its turn", in_its_turn, policy=LOG)
+
+    def views_fit_one_slice(self) -> bool:
+        """Whether a view of every queue has at most ``FIRST_ROWS`` rows --
+        the queues with tasks and those workers take from, counted once per
+        worker (an upper bound, cheap): built in one go, never sliced."""
+        rows = len(self.engine.counts)
+        for worker in self.workers.by_identity.values():
+            rows += len(worker.queues)
+            if rows > FIRST_ROWS:
+                return False
+        return rows <= FIRST_ROWS
 
     def _status_for(self, lists_workers: bool) -> dict[str, Any]:
         """STATUS as a key that may (or may not) list the workers sees it."""
