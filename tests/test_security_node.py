@@ -345,3 +345,20 @@ def test_a_handshake_closed_by_a_node_that_stopped_is_not_blamed_on_keys_alone()
         assert "stopped just then" in explain_handshake(CLOSED_IN_HANDSHAKE, "tcp://n1:7450", secure)
     assert "--keys" in explain_handshake(CLOSED_IN_HANDSHAKE, "tcp://n1:7450", False)
     assert "just then" not in explain_handshake(CRYPTOGRAPHIC_ERROR, "tcp://n1:7450", True)
+
+
+def test_a_worker_whose_handshake_fails_keeps_saying_why_not_that_no_node_runs(keys, procs, secure_node):
+    """Fault (an operator-security audit): a worker without keys against a
+    node with ``--keys`` logged the right reason for a moment, then -- the
+    handshake warning held back by its once-a-minute limit -- its
+    first-contact diagnosis, a bare TCP connect that finds the port open,
+    said "accepts connections but no miyaq node answered ... is a node
+    running?" every few seconds. The diagnosis now repeats the handshake's
+    reason while handshakes fail."""
+    worker = procs.worker("apps.basic:app", secure_node.endpoint, 1)
+    wait_for(lambda: "(no answer for" in worker.log_tail(200), timeout=30)
+    log = worker.log_tail(200)
+    diagnosis = [line for line in log.splitlines() if "(no answer for" in line]
+    assert all("pass --key and --server-key" in line or "closed the connection during the handshake" in line
+               for line in diagnosis), diagnosis
+    assert "is a node running?" not in log

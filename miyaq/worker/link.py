@@ -100,6 +100,8 @@ class NodeLink:
         self.send_errors = 0
         self._opened_at = monotonic()
         self._next_diagnosis = 0.0
+        # Why the node refused this worker's last handshake (explain_handshake), and when.
+        self._handshake_refused: tuple[float, str] | None = None
         self.open_error: str | None = None    # why the last socket could not be opened (None: it was)
         # The ring's lists (WELCOME, HEARTBEAT ``nodes``): since when they no
         # longer name this node (None: the last one heard did). The worker's.
@@ -309,10 +311,17 @@ class NodeLink:
         intervals. The socket stays: ZeroMQ reconnects by itself, and the
         READY queued on it leaves when the node is there."""
         waited = now - self._opened_at
-        why = green.run_in_thread(explain, self.endpoint, PROBE_TIMEOUT)
-        if self.answered:       # the answer came while we probed
-            return
-        logger.warning("%s (no answer for %.0fs; still trying)", unreachable(self.endpoint, why), waited)
+        refused = self._handshake_refused
+        if refused is not None and refused[0] >= self._opened_at:
+            # A handshake failed since the socket opened: that is why, not what a
+            # bare TCP connect finds (a node that accepts connections).
+            logger.warning("cannot connect to node %s: %s (no answer for %.0fs; still trying)",
+                           self.endpoint, refused[1], waited)
+        else:
+            why = green.run_in_thread(explain, self.endpoint, PROBE_TIMEOUT)
+            if self.answered:       # the answer came while we probed
+                return
+            logger.warning("%s (no answer for %.0fs; still trying)", unreachable(self.endpoint, why), waited)
         self._next_diagnosis = now + min(FIRST_CONTACT_REPEAT_MAX, max(FIRST_CONTACT, 2 * waited))
 
     def _slowed(self, now: float) -> None:
@@ -362,9 +371,9 @@ class NodeLink:
             else:
                 failure = handshake_failure(frames)     # None for any other event
                 if failure is not None:
-                    _log.warning("handshake", "cannot connect to node %s: %s", self.endpoint,
-                                 explain_handshake(failure, self.endpoint, self.factory.security is not None,
-                                                   "this worker"))
+                    why = explain_handshake(failure, self.endpoint, self.factory.security is not None, "this worker")
+                    self._handshake_refused = (monotonic(), why)      # what _diagnose says from now on
+                    _log.warning("handshake", "cannot connect to node %s: %s", self.endpoint, why)
 
     def _connection_closed(self) -> None:
         if self.worker.stopping_hard or not self.answered:
