@@ -40,7 +40,7 @@ import ssl
 from miyaq.errors import ConfigError
 from miyaq.runtime import green, wall
 from miyaq.runtime.http import client_context
-from miyaq.runtime.small_files import read_small_file
+from miyaq.runtime.small_files import read_small_file, warn_if_read_by_others
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +169,9 @@ def server_context(cert: str, key: str) -> ssl.SSLContext:
     """A server context for ``cert`` (PEM chain) and ``key`` (PEM private key);
     ConfigError if unusable, or if the certificate is expired or not valid yet
     by the wall clock. Once loaded, a certificate that expires within
-    ``EXPIRY_WARNING_DAYS`` (or whose dates cannot be read) is warned about."""
+    ``EXPIRY_WARNING_DAYS`` (or whose dates cannot be read) is warned about,
+    and so is a ``key`` others may read (at start and at each SIGHUP's load,
+    as the HTTP tokens file is)."""
     chain = _read_pem(cert, "http_cert")
     _read_pem(key, "http_key")
     dates = validity(chain)
@@ -194,6 +196,7 @@ def server_context(cert: str, key: str) -> ssl.SSLContext:
     except OSError as exc:
         raise ConfigError(f"cannot load http_cert {cert} with http_key {key}: {exc}") from None
     _warn_if_expiring(cert, dates, now)
+    warn_if_read_by_others(key, "http_key", logger)     # a key that did not load: its error alone
     return context
 
 

@@ -5,12 +5,13 @@ hub) and checked with ``fstat`` on what was opened (a symlink to
 ``/dev/zero`` is a device: read whole, it would fill the memory)."""
 from __future__ import annotations
 
+import logging
 import os
 import stat
 
 from ..errors import ConfigError
 
-__all__ = ["read_by_others", "read_small_file"]
+__all__ = ["own_group", "read_by_others", "read_small_file", "warn_if_read_by_others"]
 
 
 def _kind(mode: int) -> str:
@@ -54,5 +55,26 @@ def read_by_others(st: os.stat_result) -> bool:
     if st.st_mode & stat.S_IRWXO:
         return True
     if st.st_mode & stat.S_IRWXG:
-        return st.st_gid not in {os.getegid(), *os.getgroups()}
+        return not own_group(st)
     return False
+
+
+def own_group(st: os.stat_result) -> bool:
+    """True if the group of a file with this ``stat`` is one this process is in."""
+    return st.st_gid in {os.getegid(), *os.getgroups()}
+
+
+def warn_if_read_by_others(path: str, what: str, logger: logging.Logger) -> bool:
+    """Log a warning on ``logger`` when others may read the secret file
+    ``path`` (:func:`read_by_others`), naming it as ``what`` ("secret key
+    file", "http_key"), with its mode, its group and the fix; True if so. A
+    file that cannot be stat'ed is not warned about: its read says why."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return False
+    if not read_by_others(info):
+        return False
+    logger.warning("%s %s is readable by others (mode %o, group %d): chmod 600 it",
+                   what, path, stat.S_IMODE(info.st_mode), info.st_gid)
+    return True

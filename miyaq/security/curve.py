@@ -9,6 +9,7 @@ and the node's public key.
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -17,8 +18,11 @@ import zmq
 
 from miyaq.devstate import default_keys
 from miyaq.errors import ConfigError
+from miyaq.runtime.small_files import warn_if_read_by_others
 
 from . import certs
+
+logger = logging.getLogger(__name__)
 
 #: ZAP domain per audience: the node's ZAP handler admits any authorized key
 #: on the service port and only peer keys on the peer port and the stream.
@@ -82,5 +86,17 @@ def client_curve(key_path: str | None, server_key_path: str | None) -> ClientCur
     own = certs.read(key_path)
     if own.secret is None:
         raise ConfigError(f"{key_path} holds no secret key: pass NAME.key_secret, not NAME.key")
+    _warn_once_if_read_by_others(key_path)
     server = certs.read(server_key_path)
     return ClientCurve(own.public, own.secret, server.public)
+
+
+_warned: set[str] = set()
+
+
+def _warn_once_if_read_by_others(path: str) -> None:
+    """Warn when others may read the secret key file ``path``: once a
+    process, at a worker's start or a client's first, not at each of a
+    program's clients."""
+    if path not in _warned and warn_if_read_by_others(path, "secret key file", logger):
+        _warned.add(path)

@@ -12,19 +12,31 @@ Layout (every file a czmq certificate, see :mod:`.certs`)::
 
 A node needs ``node.key_secret`` and ``authorized/``; a client needs its own
 ``NAME.key_secret`` and the node's public ``node.key``.
+
+Modes, whatever the umask: DIR, ``authorized/`` and ``revoked/`` are made
+0700 (before 2026-12-06 only DIR was: under ``umask 000`` any local user
+could put an admin's certificate in ``authorized/``), every ``*.key_secret``
+0600, public certificates 0644. A node warns at start when its
+``node.key_secret`` is readable by others, or DIR or ``authorized/``
+writable by others; modes it did not make are the operator's, never changed.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from miyaq.errors import ConfigError
+from miyaq.runtime.small_files import own_group, warn_if_read_by_others
 
 from . import certs
 from .roles import Role, parse_role
+
+logger = logging.getLogger(__name__)
 
 NODE = "node"
 AUTHORIZED = "authorized"
@@ -74,8 +86,9 @@ class KeyStore:
             raise ConfigError(f"{self.dir} already holds a cluster key (node.key_secret); "
                               "use another directory or remove it first")
         with _os_errors(f"make the key directory {self.dir}"):
-            os.makedirs(self.authorized_dir, exist_ok=True)
+            os.makedirs(self.dir, mode=0o700, exist_ok=True)
             os.chmod(self.dir, 0o700)
+            make_private_dir(self.authorized_dir)
         public, _ = certs.create(self.dir, NODE, {"role": Role.PEER.value, "name": NODE})
         return public
 
@@ -133,7 +146,7 @@ class KeyStore:
                 copies.append(entry[:-4])
         revoked = os.path.join(self.dir, REVOKED)
         with _os_errors(f"revoke {name!r}"):
-            os.makedirs(revoked, exist_ok=True)
+            make_private_dir(revoked)
             for other in copies:
                 os.replace(os.path.join(self.authorized_dir, other + ".key"), os.path.join(revoked, other + ".key"))
             os.remove(authorized)
@@ -173,7 +186,24 @@ class KeyStore:
         cert = certs.read(path)
         if cert.secret is None:
             raise ConfigError(f"{path} holds no secret key")
+        warn_if_read_by_others(path, "secret key file", logger)
+        self._warn_if_others_may_write()
         return cert
+
+    def _warn_if_others_may_write(self) -> None:
+        """Warn when users other than this process's may write the key
+        directory or ``authorized/`` (any bit for others, or a group bit for
+        a group this process is not in): they could put a certificate of
+        their own -- an admin's -- in ``authorized/``."""
+        for directory in (self.dir, self.authorized_dir):
+            try:
+                info = os.stat(directory)
+            except OSError:
+                continue     # authorized() names what is wrong with it
+            if info.st_mode & stat.S_IWOTH or (info.st_mode & stat.S_IWGRP and not own_group(info)):
+                logger.warning("key directory %s is writable by others (mode %o, group %d): anyone who may write "
+                               "it may authorize a key of their own; chmod 700 it",
+                               directory, stat.S_IMODE(info.st_mode), info.st_gid)
 
     def node_public(self) -> tuple[bytes, str] | None:
         """The cluster's public key and the file it came from: ``node.key_secret``
@@ -228,6 +258,20 @@ class KeyStore:
             where[cert.public] = cert.path
             out[cert.public] = Identity(cert.metadata.get("name", entry[:-4]), role)
         return out
+
+
+def make_private_dir(path: str) -> None:
+    """Make the directory ``path`` (its parent must exist) owner-only, 0700
+    whatever the umask: created with that mode, so never more open even for
+    an instant, and set to it exactly. A directory that exists is left as
+    it is; ``FileExistsError`` naming ``path`` when something else is there."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        if os.path.isdir(path):
+            return
+        raise
+    os.chmod(path, 0o700)
 
 
 @contextmanager
