@@ -260,7 +260,7 @@ class DevCluster:
                 "--replicas", str(self.replicas)]
         if self.data_dir:
             path = os.path.join(self.data_dir, node_id)
-            os.makedirs(path, exist_ok=True)
+            os.makedirs(path, mode=0o700, exist_ok=True)   # as a node makes its own: owner only
             args += ["--data-dir", path]
         if self.key_dir:
             args += ["--keys", self.key_dir]

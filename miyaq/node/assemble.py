@@ -42,7 +42,7 @@ from miyaq.core.handles import Immediate, WriteBarrier
 from miyaq.errors import ConfigError
 from miyaq.gateway.metrics import NodeMetrics
 from miyaq.gateway.server import Gateway
-from miyaq.node.data_dir import check_cluster, record_cluster
+from miyaq.node.data_dir import check_cluster, prepare_data_dir, record_cluster
 from miyaq.node.node import Node, Part
 from miyaq.node.open_files import OpenFilesWatch
 from miyaq.node.status import NodeStatus
@@ -166,7 +166,7 @@ def _role(config: NodeConfig, core: Core, barrier: WriteBarrier, supervisor: Sup
 
 
 def _open_log(config: NodeConfig, supervisor: Supervisor) -> AppendLog:
-    """The log in ``data_dir`` (made if missing); ConfigError, naming the
+    """The log in ``data_dir`` (made 0700 if missing); ConfigError, naming the
     directory and the reason, when it cannot be made or written.
 
     It takes any record its framing can hold: each one describes a task or
@@ -175,7 +175,7 @@ def _open_log(config: NodeConfig, supervisor: Supervisor) -> AppendLog:
     would stop the writer or fail every compaction."""
     check_cluster(config)      # a data dir of another cluster: its copies would run in both
     try:
-        os.makedirs(config.data_dir, exist_ok=True)
+        prepare_data_dir(config.data_dir)      # made 0700; one that exists: a warning if others may read it
         return AppendLog(config.data_dir, fsync=config.fsync, interval_ms=config.fsync_interval_ms,
                          max_record_bytes=MAX_FRAME_PAYLOAD, supervisor=supervisor)
     except OSError as exc:

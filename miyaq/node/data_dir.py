@@ -1,4 +1,14 @@
-"""Which cluster a data dir belongs to: a clustered node's log holds copies
+"""A node's data dir: made owner-only (:func:`prepare_data_dir`), and which cluster
+it belongs to.
+
+Every task's payload is in the log's files, so a data dir the node makes
+is 0700 whatever the umask, and its log's segments and snapshots 0600
+(before 2026-12-06 they had the umask's modes: under ``umask 022`` every
+local user could read every payload). A data dir that exists is the
+operator's (a mount point, a volume a group shares): its mode is left as
+it is, with a warning at start when others may read or write it.
+
+Which cluster a data dir belongs to: a clustered node's log holds copies
 of tasks the other holders of its cluster hold too.
 
 Started with another cluster's data dir -- a typo in ``MIYAQ_CLUSTER``
@@ -14,16 +24,41 @@ cluster: its tasks are held nowhere else.
 """
 from __future__ import annotations
 
+import logging
 import os
+import stat
 
 from miyaq.config import NodeConfig
 from miyaq.errors import ConfigError
-from miyaq.runtime.small_files import read_small_file
+from miyaq.runtime.small_files import read_by_others, read_small_file
 from miyaq.store.log_files import fsync_dir
+
+logger = logging.getLogger(__name__)
 
 CLUSTER_FILE = "CLUSTER"
 """The name of the file that names a data dir's cluster (one line)."""
 MAX_CLUSTER_FILE = 4096
+
+
+def prepare_data_dir(data_dir: str) -> None:
+    """Make ``data_dir`` 0700 (its missing parents with the umask's modes),
+    or, if it exists, warn when users other than this process's may read or
+    write it: any bit for others, or a group bit for a group this process
+    is not in (:func:`~miyaq.runtime.small_files.read_by_others`). An
+    existing one's mode is never changed. ``OSError`` when it cannot be
+    made; something there that is not a directory is left for the log to
+    refuse by name."""
+    parent = os.path.dirname(os.path.abspath(data_dir))
+    os.makedirs(parent, exist_ok=True)
+    try:
+        os.mkdir(data_dir, 0o700)
+    except FileExistsError:
+        info = os.stat(data_dir)
+        if stat.S_ISDIR(info.st_mode) and read_by_others(info):
+            logger.warning("data dir %s is open to others (mode %o, group %d): every task's payload is in its "
+                           "files; chmod 700 it", data_dir, stat.S_IMODE(info.st_mode), info.st_gid)
+        return
+    os.chmod(data_dir, 0o700)      # exactly: a umask may have taken the owner's bits too
 
 
 def cluster_of(data_dir: str) -> str | None:

@@ -171,7 +171,7 @@ class Snapshotter:
     def _write(self, path: str, seqno: int, records: Iterable[dict[Any, Any]],
                between: Callable[[], None] | None) -> int:
         share = green.FairShare() if green.hub_running() else None   # no hub: no one else to run
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)   # payloads: owner only
         try:
             chunk = [encode(KIND_SNAP_BEGIN, seqno, {"format": FORMAT_VERSION, "created": wall()})]
             pending = count = total = 0

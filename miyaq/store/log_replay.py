@@ -256,8 +256,8 @@ class Scanner:
                              "cut bytes are NOT saved: %d copies of damage there are kept already",
                              found, path, cut, MAX_KEPT_ASIDE)
             else:
-                with open(saved, "wb") as f:
-                    f.write(buf[good_end:])
+                with open(os.open(saved, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+                    f.write(buf[good_end:])     # payloads: owner only, as the segment was
                 logger.error("append log: %s the damage in %s (media corruption, not a torn write); the %d "
                              "cut bytes are saved in %s", found, path, cut, saved)
         os.truncate(path, good_end)

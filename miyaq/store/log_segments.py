@@ -117,7 +117,7 @@ class Segments:
             self.retire_active()
         path = os.path.join(self.directory, segment_name(first))
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)   # payloads: owner only
         except FileExistsError:
             raise MiyaqError(f"append log segment {path} already exists; refusing to overwrite it") from None
         except OSError as exc:
