@@ -17,11 +17,16 @@ def setup_logging(level: str = "INFO") -> None:
     """Log to stderr at ``level`` (an unknown name means INFO), one line a
     record: miyaq's own messages with their control characters escaped
     (:class:`OneLineMessages`), the ZooKeeper client's tracebacks too, except
-    at DEBUG (:class:`OneLineLibraryErrors`)."""
+    at DEBUG (:class:`OneLineLibraryErrors`); the ZooKeeper password never
+    (:class:`ZooKeeperCredentials`)."""
     numeric = getattr(logging, level.upper(), logging.INFO)
     stderr = logging.StreamHandler()
     stderr.setFormatter(OneLineMessages(FORMAT))
     logging.basicConfig(level=numeric, handlers=[stderr])
+    redact_zookeeper_credentials()
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, ZooKeeperCredentials) for f in handler.filters):
+            handler.addFilter(ZooKeeperCredentials())     # a record of another kazoo logger too
     if numeric > logging.DEBUG:
         for handler in logging.getLogger().handlers:
             if not any(isinstance(f, OneLineLibraryErrors) for f in handler.filters):
@@ -85,6 +90,64 @@ class OneLineLibraryErrors(logging.Filter):
             record.exc_info = None
             record.exc_text = None
         return True
+
+
+#: The loggers kazoo writes its requests with: its client's (each request at
+#: DEBUG, the credentials' ``Auth`` one too) and its connection's.
+KAZOO_LOGGERS = ("kazoo.client", "kazoo.protocol.connection")
+
+#: ``auth='user:password'`` as kazoo's ``Auth`` request prints itself (a
+#: namedtuple's repr: single quotes, or double ones around a value that
+#: holds a single quote; backslash escapes inside).
+_AUTH_VALUE = re.compile(r"""\bauth=(?:'(?P<single>(?:[^'\\]|\\.)*)'|"(?P<double>(?:[^"\\]|\\.)*)")""")
+REDACTED = "<redacted>"
+
+
+def _redacted_auth(match: re.Match[str]) -> str:
+    """``auth='user:<redacted>'``: the user stays (which identity a node
+    presents is what an operator checks), the password goes."""
+    value = match.group("single") if match.group("single") is not None else match.group("double")
+    user, colon, _ = value.partition(":")
+    return f"auth='{user}:{REDACTED}'" if colon else f"auth='{REDACTED}'"
+
+
+class ZooKeeperCredentials(logging.Filter):
+    """The ZooKeeper password out of kazoo's records: at DEBUG its client
+    logs every request it sends, the credentials with them on each
+    (re)connect -- ``Sending request(xid=-4): Auth(auth_type=0,
+    scheme='digest', auth='miyaq:PASSWORD')`` -- and docs/configuration.md
+    sends operators to ``--log-level DEBUG`` to see what ZooKeeper does.
+    The ``auth='user:password'`` value becomes ``auth='user:<redacted>'``
+    (a value without a colon: ``auth='<redacted>'``); the rest of
+    the record, and every other record, is left as it is (it is what an
+    operator debugging ZooKeeper reads). Before 2026-12-06 the password
+    was written in clear."""
+
+    PREFIX = "kazoo"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.PREFIX):
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:       # a filter must not raise into the library's logging call
+            message = str(record.msg)
+        if "auth=" in message:
+            redacted = _AUTH_VALUE.sub(_redacted_auth, message)
+            if redacted != message:
+                record.msg = redacted
+                record.args = None
+        return True
+
+
+def redact_zookeeper_credentials() -> None:
+    """Put :class:`ZooKeeperCredentials` on kazoo's loggers
+    (:data:`KAZOO_LOGGERS`), once: every handler -- the node's stderr, an
+    application's own -- gets their records without the password."""
+    for name in KAZOO_LOGGERS:
+        target = logging.getLogger(name)
+        if not any(isinstance(f, ZooKeeperCredentials) for f in target.filters):
+            target.addFilter(ZooKeeperCredentials())
 
 
 class LogLimiter:
