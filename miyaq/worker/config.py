@@ -200,9 +200,14 @@ MAX_HOLDERS = 16
 
 # -- results --------------------------------------------------------------------------
 #: A DONE message carries at most this many results, and no more than this
-#: many bytes of them (but for one larger result, which goes alone).
+#: many bytes of them (but for one larger result, which goes alone): as a
+#: node's DISPATCH (``DISPATCH_MESSAGE_BYTES``), small enough to cross a slow
+#: link well within the node's wait for a whole message (a ZMTP heartbeat
+#: answered, 30 s). Before 2026-12-06 a DONE carried up to 4 MiB of results:
+#: 34 s on a 1 Mbit/s link, and the node dropped the worker's connection.
+#: 256 results of 100 bytes still go as one message.
 RESULTS_PER_MESSAGE = 256
-RESULT_BYTES_PER_MESSAGE = 4 * 1024 * 1024
+RESULT_BYTES_PER_MESSAGE = 64 * 1024
 #: The largest packed result a handler may return: its DONE must fit one
 #: message to a node (``max_message``, 16 MiB unless changed; also the most
 #: a client reads in one reply). A larger one fails its task
