@@ -24,6 +24,7 @@ from test_log_replayed_state import T0, durable_engine, written
 import miyaq
 from miyaq.config import NodeConfig
 from miyaq.errors import InvalidField, MiyaqError
+from miyaq.gateway.auth import BearerAuth
 from miyaq.gateway.destinations import Destinations
 from miyaq.gateway.errors import http_status
 from miyaq.gateway.outbound import Outbound, Outcome, request_target
@@ -341,8 +342,8 @@ def http_result(node: Any, task_id: str, timeout: float = 0.0) -> tuple[int, dic
     """``GET /tasks/{id}/result?timeout=`` through ``node``'s gateway code
     (:class:`~miyaq.gateway.tasks_api.TasksApi`), in the cluster's hub:
     (status, JSON answer). The in-process nodes run no HTTP server; the
-    handler needs only the node's core and settings."""
-    gateway = SimpleNamespace(config=node.config, core=node.node.core, long_polls=set())
+    handler needs only the node's core, settings and (open) tokens."""
+    gateway = SimpleNamespace(config=node.config, core=node.node.core, long_polls=set(), auth=BearerAuth(""))
     request = Request({"REQUEST_METHOD": "GET", "QUERY_STRING": urlencode({"timeout": timeout})}, 1 << 20)
     request.params["id"] = task_id
     try:

@@ -433,40 +433,55 @@ class Waiters(EngineListener):
         self.released += freed
         return freed
 
-    def release_key(self, key: str) -> int:
+    def release_key(self, key: str, refusal: MiyaqError | None = None, keep_results: bool = False) -> int:
         """Free every wait made with ``key`` (revoked: it may not be sent a
         task or an outcome any more; nothing is answered). Returns how many.
-        Looks at every parked long-poll (a revocation is rare)."""
-        return self._release([parked for parked in self._every() if parked.origin.key == key])
+        Looks at every parked long-poll (a revocation is rare).
+        ``refusal``: each freed wait is answered it through its ``refuse``
+        instead (an HTTP request, still open: 401 or 403, as a fresh request
+        with that token). ``keep_results``: the RESULT waits stay (a token
+        whose new role may still ask for results, not receive)."""
+        victims = [parked for parked in self._every()
+                   if parked.origin.key == key and not (keep_results and isinstance(parked, _Wait))]
+        return self._release(victims, refusal)
 
     def _every(self) -> Iterator[_Parked]:
         for waiting in self.results.values():
             yield from waiting
         yield from self.pulls
 
-    def _release(self, victims: list[_Parked]) -> int:
+    def _release(self, victims: list[_Parked], refusal: MiyaqError | None = None) -> int:
         freed = 0
         for parked in victims:
             if isinstance(parked, _Wait):
-                freed += self._take_wait(parked)
+                if not self._take_wait(parked):
+                    continue
+                refuse = parked.refuse
             elif parked in self.pulls:
-                del self.pulls[parked]
+                refuse = self.pulls.pop(parked)
                 self._remove(parked)
-                if parked.credit > 0:
-                    self.dispatcher.forget(parked)
-                    freed += 1
+                if parked.credit <= 0:      # (one that got its task left at task_started)
+                    continue
+                self.dispatcher.forget(parked)
+            else:
+                continue
+            freed += 1
+            if refusal is not None:
+                _refuse(refuse, refusal)
         return freed
 
 
-def _refuse(refuse: Refuse | None, message: str) -> int:
-    """Answer a long-poll ``shutting_down`` through its ``refuse`` (nothing
-    without one); 1 if answered. A failing answer is logged, never raised:
-    the node's stop goes on."""
+def _refuse(refuse: Refuse | None, reason: str | MiyaqError) -> int:
+    """Answer a long-poll through its ``refuse`` (nothing without one):
+    ``shutting_down`` (``reason``, a message) or the error ``reason``; 1 if
+    answered. A failing answer is logged, never raised: the node's stop
+    (or a revocation) goes on."""
     if refuse is None:
         return 0
+    error = ShuttingDown(reason) if isinstance(reason, str) else reason
     try:
-        refuse(ShuttingDown(message))
+        refuse(error)
     except Exception:
-        logger.exception("answering a long-poll shutting_down failed")
+        logger.exception("answering a long-poll %s failed", error.code)
         return 0
     return 1

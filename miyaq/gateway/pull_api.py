@@ -34,7 +34,7 @@ import msgpack
 
 from miyaq.constants import HTTP_ACK_WAIT, MAX_LONG_POLL, MAX_RETRY_DELAY
 from miyaq.errors import InvalidField, MiyaqError, ShuttingDown, TooLarge
-from miyaq.core.consumers import PullConsumer
+from miyaq.core.consumers import NOWHERE, PullConsumer
 from miyaq.protocol import fields as f
 from miyaq.protocol.recordspec import failure_from_wire
 from miyaq.protocol.taskspec import check_id, check_queue
@@ -44,6 +44,8 @@ from miyaq.gateway.auth import BearerAuth, bearer_token
 from miyaq.gateway.errors import ClientClosedRequest
 from miyaq.gateway.hangup import hung_up, wait_unless_hung_up
 from miyaq.gateway.request import Request, Response, json_response
+from miyaq.gateway.tokens import TokenCheck
+from miyaq.security.roles import Role
 
 if TYPE_CHECKING:
     from .server import Gateway
@@ -101,20 +103,32 @@ class PullApi:
         for q in queues:
             check_queue(q, "queues")
         timeout = f.number(body, "timeout", default_timeout, hi=MAX_LONG_POLL) if blocking else 0.0
-        answer = self._take(list(queues), timeout, principal(self.auth, request), request.connection)
+        answer = self._take(list(queues), timeout, principal(self.auth, request), request.connection,
+                            self._token_check(request))
         if answer is None:
             return json_response({"task": None})
         if isinstance(answer, MiyaqError):
             raise answer
         return Response(200, answer, [("Content-Type", "application/json")])
 
+    def _token_check(self, request: Request) -> TokenCheck:
+        """Where this request's long-poll is parked in the waiters (its
+        token's :meth:`~miyaq.gateway.tokens.TokenTable.wait_key`: a reload
+        that removes the token or takes its worker role ends it, 401 or
+        403) and how it looks at its token again when it ends."""
+        return TokenCheck(self.auth.tokens, bearer_token(request), Role.WORKER, "receive tasks")
+
     def _take(self, queues: list[str], timeout: float, by: str,
-              connection: Any | None = None) -> bytes | MiyaqError | None:
+              connection: Any | None = None, token: TokenCheck | None = None) -> bytes | MiyaqError | None:
         """The JSON answer for one task leased to this request (as ``by``), None if none
         came in time, or the error that made one be given back unleased. A
         long-poll whose client hangs up (:mod:`miyaq.gateway.hangup`) is
         dropped, and a task leased to it just before is given back, no
-        attempt spent: :class:`ClientClosedRequest`."""
+        attempt spent: :class:`ClientClosedRequest`. So is one whose
+        ``token`` was removed, or lost the worker role, while it waited: it
+        is answered 401 or 403 (:func:`~miyaq.gateway.tokens.parked_refusal`),
+        whether the reload's hook ended it (Gateway.tokens_revoked: nothing
+        was leased) or a task was leased to it in the instant before."""
         dispatcher = self.dispatcher
         now = wall()
         box: green.AsyncResult = green.AsyncResult()
@@ -141,7 +155,7 @@ class PullApi:
 
         if self.core.draining:       # as a ZeroMQ RECEIVE, whatever its timeout
             raise ShuttingDown("node is shutting down and leases no new tasks")
-        consumer = PullConsumer(queues, monotonic() + timeout, answer, by)
+        consumer = PullConsumer(queues, monotonic() + timeout, answer, by, token.origin if token else NOWHERE)
         if timeout > 0:
             self.waiters.wait_pull(consumer, refuse)     # bounded by max_waiters (BUSY beyond)
         else:
@@ -166,6 +180,11 @@ class PullApi:
             present = False
         if not present:
             raise ClientClosedRequest("the client closed its connection while waiting to receive a task")
+        refusal = token.refusal() if token is not None else None
+        if refusal is not None:
+            if leased:       # leased in the instant before the reload: back to its queue as it was
+                self.engine.give_back(*leased[0], by, wall())
+            return refusal
         return box.value
 
     # -- finishing a received task -----------------------------------------------------

@@ -55,11 +55,12 @@ from miyaq.gateway.metrics import NodeMetrics
 from miyaq.gateway.origin import HostCheck, refuse_cross_site, refuse_form_body
 from miyaq.gateway.request import Request, Response, json_response
 from miyaq.gateway.routes import build_router
-from miyaq.gateway.tokens import WATCH_INTERVAL as TOKENS_WATCH_INTERVAL
+from miyaq.gateway.tokens import WATCH_INTERVAL as TOKENS_WATCH_INTERVAL, parked_refusal
 from miyaq.gateway.webhooks import StopHurry, WebhookDeliverer
 from miyaq.gateway.wsgi import ConnectionLimits, GatewayServer
 from miyaq.runtime import RESTART, Supervisor, green, wall
 from miyaq.security.exposure import gateway_host, is_loopback
+from miyaq.security.roles import Role
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class Gateway:
         self.port = config.http_port
         self.max_body = config.http_max_body
         self.auth = BearerAuth(config.http_token, config.http_tokens)
+        self.auth.tokens.on_revoked.append(self.tokens_revoked)
         self.hosts = HostCheck((config.host, config.http_host, config.advertise, config.advertised_host))
         # Only an open gateway on loopback checks the Host: one bound beyond it
         # runs --insecure (anyone who reaches the port is admin already), and
@@ -217,6 +219,27 @@ class Gateway:
     def reload_tokens(self, reason: str) -> bool:
         """Read ``http_tokens`` again; the previous tokens stay if it fails."""
         return self.auth.tokens.reload(reason)
+
+    def tokens_revoked(self, changed: dict[str, Role | None]) -> None:
+        """A reload removed tokens or changed their roles (``changed``: each
+        token's :meth:`~miyaq.gateway.tokens.TokenTable.wait_key` and its role
+        now, None if removed). Their long-polls parked before it end now,
+        through the waiters' release that a revoked ZeroMQ key's take
+        (:meth:`Waiters.release_key`, as ``Core.revoke``): a removed token's
+        RECEIVE and RESULT waits answered 401, and the RECEIVEs of a token
+        that may no longer receive tasks 403 -- as a fresh request with the
+        token would be -- and nothing is leased to them any more. A task
+        leased to one in the instant before is given back unspent when its
+        request ends (:class:`~miyaq.gateway.tokens.TokenCheck`). Leases a
+        token holds run out as usual. In the hub; never blocks."""
+        waiters = self.core.waiters
+        ended = 0
+        for key, role in changed.items():
+            refusal = parked_refusal(role, Role.WORKER, "receive tasks")
+            if refusal is not None:     # removed (every wait ends), or no longer a worker (its RECEIVEs end)
+                ended += waiters.release_key(key, refusal, keep_results=role is not None)
+        if ended:
+            logger.warning("HTTP tokens removed or changed: %d long-poll(s) they parked ended (401/403)", ended)
 
     def _watch_tokens(self) -> None:
         """Reload ``http_tokens`` when the file changes."""

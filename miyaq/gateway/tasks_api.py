@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from miyaq.constants import HTTP_ACK_WAIT, MAX_LONG_POLL
 from miyaq.errors import InvalidField, MiyaqError, NotFound
-from miyaq.core.waiters import outcome, ran_elsewhere
+from miyaq.core.waiters import NOWHERE, outcome, ran_elsewhere
 from miyaq.protocol.commands import DUPLICATE
 from miyaq.protocol.recordspec import STARTED_ELSEWHERE
 from miyaq.runtime import green, monotonic, wall
@@ -31,7 +31,10 @@ from miyaq.gateway import convert
 from miyaq.gateway.errors import ClientClosedRequest
 from miyaq.gateway.hangup import wait_unless_hung_up
 from miyaq.gateway.submit import submit_task
+from miyaq.gateway.auth import bearer_token
 from miyaq.gateway.request import Request, Response, json_response
+from miyaq.gateway.tokens import TokenCheck
+from miyaq.security.roles import Role
 
 if TYPE_CHECKING:
     from .server import Gateway
@@ -112,7 +115,8 @@ class TasksApi:
         elif task_id not in engine.table.live:
             raise NotFound(f"no task {task_id}")
         elif timeout > 0:
-            answer = self._wait(task_id, timeout, request.connection)
+            token = TokenCheck(self.gateway.auth.tokens, bearer_token(request), Role.PRODUCER, "wait for results")
+            answer = self._wait(task_id, timeout, request.connection, token)
             if answer is not None and answer.get("state") == STARTED_ELSEWHERE:
                 raise ran_elsewhere(task_id)
         if answer is None or answer.get("timeout"):
@@ -122,9 +126,14 @@ class TasksApi:
             answer = {"state": state}
         return json_response(_view(task_id, answer))
 
-    def _wait(self, task_id: str, timeout: float, connection: Any | None) -> dict[str, Any] | None:
+    def _wait(self, task_id: str, timeout: float, connection: Any | None,
+              token: TokenCheck | None = None) -> dict[str, Any] | None:
         """The task's outcome, or None if handed off meanwhile; its wait is
-        dropped if the client hangs up first (:mod:`miyaq.gateway.hangup`)."""
+        dropped if the client hangs up first (:mod:`miyaq.gateway.hangup`).
+        A wait whose ``token`` a reload removed meanwhile is answered 401
+        (:class:`~miyaq.gateway.tokens.TokenCheck`), not with the outcome:
+        the reload's hook ends it at once (Gateway.tokens_revoked), and an
+        outcome that came in the instant before is not shown."""
         box: green.AsyncResult = green.AsyncResult()
 
         def answer(body: dict[str, Any] | None) -> None:     # None: handed off meanwhile
@@ -135,7 +144,7 @@ class TasksApi:
             if not box.ready():
                 box.set(err)
 
-        self.waiters.wait_result(task_id, monotonic() + timeout, answer, refuse=refuse)
+        self.waiters.wait_result(task_id, monotonic() + timeout, answer, token.origin if token else NOWHERE, refuse)
         long_polls = self.gateway.long_polls
         long_polls.add(box)
         try:
@@ -146,7 +155,9 @@ class TasksApi:
         finally:
             long_polls.discard(box)
         value = box.value if box.ready() else None
-        if isinstance(value, MiyaqError):      # the node stops (Waiters.stop, LongPolls.end)
+        if not isinstance(value, MiyaqError) and token is not None:
+            value = token.refusal() or value
+        if isinstance(value, MiyaqError):      # the node stops (Waiters.stop, LongPolls.end); a revoked token
             self.waiters.drop_result(task_id, answer)
             raise value
         return value

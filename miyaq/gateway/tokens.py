@@ -25,6 +25,17 @@ the table holds an HMAC of each under a per-process key; a caller's token
 is compared with every entry in constant time (no early exit), and
 :meth:`TokenTable.fingerprint` gives a short, keyed name for a token that
 console sessions carry so that removing a token ends its sessions.
+
+A reload that removes a token, or changes its role, tells every
+``on_revoked`` hook (:meth:`TokenTable.reload`) which tokens -- by
+:meth:`TokenTable.wait_key`, never the token -- now have which role (None:
+gone). The gateway ends their parked long-polls with it (each answered 401
+or 403, as a fresh request with that token would be: ``Gateway.tokens_revoked``),
+as a revoked ZeroMQ key's are (``ZapHandler.on_revoked``, ``Core.revoke``).
+Before 2026-12-06 a ``POST /receive`` parked before the reload was still
+answered with the next task, leased to a token whose ack could no longer
+come, and a parked ``GET /tasks/{id}/result`` with the outcome, for up to
+``MAX_LONG_POLL`` after the token was removed.
 """
 from __future__ import annotations
 
@@ -35,10 +46,14 @@ import os
 import secrets
 import stat
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from miyaq.core.consumers import NOWHERE, Origin
 from miyaq.config import MAX_HTTP_TOKEN, MIN_HTTP_TOKEN, is_http_token
-from miyaq.errors import ConfigError
+from miyaq.errors import ConfigError, Forbidden, MiyaqError
+from miyaq.gateway.errors import Unauthorized
+from miyaq.gateway.permissions import may
 from miyaq.runtime.small_files import read_by_others, read_small_file
 from miyaq.security.roles import ALIASES, Role, parse_role
 
@@ -54,12 +69,33 @@ _FILE_ROLE_NAMES = ", ".join(role.value for role in FILE_ROLES)
 _FILE_ALIASES = ", ".join(f"{alias} ({role.value})" for alias, role in sorted(ALIASES.items())
                           if role in FILE_ROLES)
 MAX_FILE_BYTES = MAX_TOKENS * (MAX_TOKEN + 32)
+#: What a token's long-polls are parked under in the node's waiters
+#: (``Origin.key``; a ZeroMQ key's name never holds a colon).
+WAIT_KEY_PREFIX = "http:"
+
+RevokedHook = Callable[[dict[str, Role | None]], None]
+"""Told, after a reload, the tokens removed or whose role changed: each
+token's :meth:`TokenTable.wait_key` and its role now (None: removed)."""
 
 
 @dataclass(frozen=True)
 class Entry:
     digest: bytes
     role: Role
+
+
+def parked_refusal(role: Role | None, needed: Role, what: str) -> MiyaqError | None:
+    """What a long-poll parked with a token is answered once a reload gave
+    that token ``role`` (None: removed): 401 ``unauthorized`` or 403
+    ``forbidden``, as a fresh request with it would be; None while ``role``
+    may still do ``what``, which needs ``needed``."""
+    if role is None:
+        return Unauthorized("this request's bearer token was removed while it waited (the tokens file was "
+                            "reloaded)")
+    if not may(role, needed):
+        return Forbidden(f"a {role.value} token may not {what}: it needs the {needed.value} role (its role "
+                         "changed while this request waited)")
+    return None
 
 
 def parse_tokens(text: str, where: str) -> list[tuple[str, Role]]:
@@ -101,6 +137,10 @@ LESSEE_SALT = b"miyaq: who holds an HTTP pull lease"
 LESSEE_COST = 2 ** 13
 
 
+def _wait_key(digest: bytes) -> str:
+    return WAIT_KEY_PREFIX + digest[:12].hex()      # the fingerprint's: a prefix of a keyed hash
+
+
 class TokenTable:
     """Who a bearer token is. Built once per gateway; :meth:`reload` swaps the file's entries."""
 
@@ -113,6 +153,12 @@ class TokenTable:
         self._signature: tuple[int, int, int] | None = None    # of the file loaded
         self._looked_at: tuple[int, int, int] | None = None    # of the file last seen by poll()
         self.reloads: Counter[str] = Counter()
+        #: One more at each reload that loaded the file (a long-poll that
+        #: parked before it looks at its token again: pull_api, tasks_api).
+        self.generation = 0
+        #: Run, in the hub, after each reload that removed tokens or changed a
+        #: role (:data:`RevokedHook`); each must not block.
+        self.on_revoked: list[RevokedHook] = []
         if path:
             self._file, self._signature = self._read()    # ConfigError: the node does not start
             self._looked_at = self._signature
@@ -142,6 +188,14 @@ class TokenTable:
         """A short keyed name of ``token`` (for session cookies); never the token."""
         return self._digest(token)[:12].hex()
 
+    def wait_key(self, token: str) -> str:
+        """What the long-polls of ``token`` are parked under in the node's
+        waiters (``Origin.key``): ``http:`` and its :meth:`fingerprint` --
+        never the token; the same for a token across reloads, and this
+        process's only (as the waits are). A reload that removes the token
+        or changes its role names it to ``on_revoked``."""
+        return _wait_key(self._digest(token))
+
     def lessee_name(self, token: str) -> str:
         """A short name of ``token`` that is the same on every node and across
         restarts and reloads -- for names that travel between nodes, such as
@@ -168,6 +222,13 @@ class TokenTable:
             if hmac.compare_digest(entry.digest[:12].hex(), fingerprint) and found is None:
                 found = entry.role
         return found
+
+    def _roles(self) -> dict[bytes, Role]:
+        """Each token's role, by digest: the first entry's, as :meth:`role_of` finds it."""
+        roles: dict[bytes, Role] = {}
+        for entry in self._admin + self._file:
+            roles.setdefault(entry.digest, entry.role)
+        return roles
 
     def summary(self) -> str:
         counts = Counter(e.role.value for e in self._admin + self._file)
@@ -204,19 +265,38 @@ class TokenTable:
             logger.warning("HTTP tokens file %s holds no token: every caller is refused (401)", self.path)
 
     def reload(self, reason: str) -> bool:
-        """Read the file again; on failure keep the tokens loaded and log why. No file: False."""
+        """Read the file again; on failure keep the tokens loaded and log why.
+        No file: False. The tokens removed, and those whose role changed,
+        are then told to every ``on_revoked`` hook (:data:`RevokedHook`); a
+        hook that fails is logged, the others still run (the new tokens are
+        in force whatever a hook meets: every new request is checked with them)."""
         if not self.path:
             return False
+        before = self._roles()
         try:
             self._file, self._signature = self._read()
         except ConfigError as exc:
             self.reloads["failed"] += 1
             logger.error("HTTP tokens not reloaded (%s), keeping the previous ones: %s", reason, exc.message)
             return False
+        self.generation += 1
         self.reloads["ok"] += 1
         logger.info("HTTP tokens reloaded (%s): %s", reason, self.summary())
         self._warn_if_empty()
+        after = self._roles()
+        changed = {_wait_key(digest): after.get(digest)
+                   for digest, role in before.items() if after.get(digest) is not role}
+        if changed:
+            self._tell_revoked(changed)
         return True
+
+    def _tell_revoked(self, changed: dict[str, Role | None]) -> None:
+        for hook in self.on_revoked:
+            try:
+                hook(changed)
+            except Exception:   # noqa: BLE001 - the reload is done; the watcher must not die of a hook
+                logger.exception("HTTP tokens reloaded, but ending the long-polls of the %d token(s) removed or "
+                                 "changed failed; they end at their deadline", len(changed))
 
     def poll(self) -> bool:
         """Reload if the file changed since it was last looked at (one attempt
@@ -231,3 +311,30 @@ class TokenTable:
             return False
         self._looked_at = seen
         return self.reload("the file changed")
+
+
+class TokenCheck:
+    """The token of a long-poll (``GET /tasks/{id}/result``, ``POST
+    /receive``) that needs ``needed`` to do ``what``: where it is parked in
+    the node's waiters (:attr:`origin`: under the token's
+    :meth:`~TokenTable.wait_key`, so a reload's ``on_revoked`` hook finds
+    it; nowhere on a gateway without tokens), and, when it ends, whether a
+    reload meanwhile took from the token what it waited for
+    (:meth:`refusal`: it may have been answered in the instant before the
+    reload)."""
+
+    def __init__(self, table: TokenTable, token: str, needed: Role, what: str) -> None:
+        self.table = table
+        self.token = token
+        self.needed = needed
+        self.what = what
+        self.generation = table.generation
+        self.origin: Origin = Origin(None, table.wait_key(token), None) if table.enabled else NOWHERE
+
+    def refusal(self) -> MiyaqError | None:
+        """None unless a reload since the long-poll parked removed its token
+        or took the role it needs: then the 401 or 403 a fresh request with
+        it would get (:func:`parked_refusal`). Costs nothing without a reload."""
+        if self.generation == self.table.generation or not self.table.enabled:
+            return None
+        return parked_refusal(self.table.role_of(self.token), self.needed, self.what)
