@@ -75,6 +75,7 @@ from miyaq.gateway.metrics import NodeMetrics
 from miyaq.gateway.outbound import LocalShortage, Outbound, Outcome
 from miyaq.gateway.webhook_shortage import ShortagePause
 from miyaq.logs import LogLimiter
+from miyaq.protocol.urls import url_for_logs
 from miyaq.runtime import LOG, Supervisor, green, monotonic, wall
 from miyaq.store.task import WEBHOOK_LANE_PREFIX, Task
 
@@ -377,7 +378,8 @@ class WebhookDeliverer(EngineListener):
             if delay is None:
                 delay = retry_delay(task)   # the engine's backoff, computed here to report retry_at
             error["retry_at"] = now + delay
-        logger.debug("webhook %s attempt %d to %s: %s", task.id, attempt, task.url, error.get("message"))
+        logger.debug("webhook %s attempt %d to %s: %s", task.id, attempt, url_for_logs(task.url or ""),
+                     error.get("message"))
         self.engine.fail(task.id, attempt, error, outcome.retryable, delay, now)
 
     # -- lifecycle ---------------------------------------------------------------------

@@ -16,6 +16,13 @@ Two checks, for two kinds of URL:
   ``InvalidURL`` without sending anything (:mod:`miyaq.gateway.outbound`).
   A stored record never makes a request fail.
 
+A new URL may not hold credentials (``user:password@``,
+:func:`check_no_userinfo`): the node never sent them (no ``Authorization``
+header reached the destination) yet stored, showed and logged them with the
+task; credentials go in the task's ``headers``. A stored task's URL that
+holds them is still taken and delivered as before, without them. Log lines
+name a URL by :func:`url_for_logs`: never its credentials or query.
+
 Nothing here resolves a name: whether a host may be reached (private
 addresses, ``webhook_allow_hosts``) is the gateway's question
 (:mod:`miyaq.gateway.destinations`).
@@ -24,7 +31,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, quote, urlsplit, urlunsplit
 
 from miyaq.errors import InvalidField
 
@@ -84,16 +91,50 @@ def _parts(url: str) -> SplitResult | None:
     return parts
 
 
+def check_no_userinfo(parts: SplitResult, field: str = "url") -> None:
+    """:class:`InvalidField` naming ``field`` if the URL holds credentials
+    (``user:password@host``, or any ``@`` before its host). The node never
+    sends them -- no ``Authorization`` header would reach the destination --
+    and it keeps and shows a task's URL as written (``GET /tasks/{id}``, the
+    console, ``miyaq status``): before 2026-12-06 such a URL was taken, its
+    password stored and shown to whoever could read the task, and the
+    request went out without it. The error never repeats the URL."""
+    if "@" in parts.netloc:
+        raise InvalidField(f"field {field!r} holds credentials (user:password@ before the host): the node does "
+                           "not send them, and would store and show them with the task; put them in the "
+                           "task's headers instead, e.g. 'Authorization': 'Basic <base64 of user:password>' "
+                           "or 'Bearer <token>'", field=field)
+
+
 def check_new_url(url: str, field: str = "url") -> str:
     """``url`` if a new webhook task may have it: no space or other control
     character (:func:`check_sendable_url`), ``http`` or ``https`` with a host
-    that is a host name or an IP literal (:func:`check_host_name`), and a
-    port from 1 to 65535 if it names one. Else :class:`InvalidField` naming
+    that is a host name or an IP literal (:func:`check_host_name`), a port
+    from 1 to 65535 if it names one, and no credentials
+    (:func:`check_no_userinfo`). Else :class:`InvalidField` naming
     ``field``. For new submits only, never for a stored record (see the
     module's docstring)."""
     check_sendable_url(url, field)
-    if _parts(url) is None:
+    parts = _parts(url)
+    if parts is None:
         raise InvalidField(f"field {field!r} must be an absolute http:// or https:// URL with a host "
                            "(and a port from 1 to 65535, if it names one)", field=field)
+    check_no_userinfo(parts, field)
     check_host_name(url, field)
     return url
+
+
+def url_for_logs(url: str) -> str:
+    """``url`` as a log line may name it: ``scheme://host[:port]/path``,
+    never its credentials (``user:password@``), query (an ``api_key=``) or
+    fragment; a space or control character in the path (a URL an older
+    node stored) percent-encoded. Never raises."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        return "(a URL that does not parse)"
+    if ":" in host:
+        host = f"[{host}]"
+    path = _UNSENDABLE_IN_URL.sub(lambda found: quote(found.group()), parts.path)
+    return urlunsplit((parts.scheme, host if port is None else f"{host}:{port}", path, "", ""))
