@@ -18,7 +18,9 @@ from typing import Any
 import pytest
 from gateway_harness import FIXTURES, Http, NodeThread, wait_for
 
+from miyaq.gateway.tokens import TokenTable
 from miyaq.runtime import wall
+from miyaq.security.roles import Role
 from miyaq.store.task import Task
 
 http_node, api, make_http_node, make_web_worker = FIXTURES
@@ -203,3 +205,27 @@ def test_long_polls_of_tokens_a_reload_keeps_go_on(node, admin, tokens_file):
         assert status == 200 and answer["task"]["id"] == task_id, answer
     finally:
         receive.close()
+
+
+def test_a_reload_names_the_tokens_it_removed_or_changed_never_the_tokens(tmp_path):
+    """What the ``on_revoked`` hooks are told: each token removed (None) or
+    whose role changed, by its wait key, never the token; a token unchanged,
+    or the ``http_token`` (admin whatever the file says), is not named; a
+    reload that fails tells nothing; a failing hook does not stop the next."""
+    path = tmp_path / "http-tokens"
+    stays, goes, lowered, raised = (f"{name}-token-0123456789abcdef" for name in ("stays", "goes", "lowered", "raised"))
+    write_tokens(path, f"{stays} worker\n{goes} worker\n{lowered} admin\n{raised} producer\n{ADMIN} producer\n")
+    table = TokenTable(ADMIN, str(path))
+    told: list[dict[str, Role | None]] = []
+
+    def failing(changed: dict[str, Role | None]) -> None:
+        raise RuntimeError("a hook's bug")
+
+    table.on_revoked += [failing, told.append]
+    write_tokens(path, f"{stays} worker\n{lowered} producer\n{raised} worker\n")
+    assert table.reload("test") is True
+    assert told == [{table.wait_key(goes): None, table.wait_key(lowered): Role.PRODUCER,
+                     table.wait_key(raised): Role.WORKER}]
+    assert not any(token in key for key in told[0] for token in (stays, goes, lowered, raised))
+    write_tokens(path, f"{stays} superuser\n")
+    assert table.reload("test") is False and len(told) == 1

@@ -235,6 +235,8 @@ class Gateway:
         waiters = self.core.waiters
         ended = 0
         for key, role in changed.items():
+            if key not in waiters.by_key:       # nothing parked (release_key looks at every long-poll)
+                continue
             refusal = parked_refusal(role, Role.WORKER, "receive tasks")
             if refusal is not None:     # removed (every wait ends), or no longer a worker (its RECEIVEs end)
                 ended += waiters.release_key(key, refusal, keep_results=role is not None)
