@@ -14,7 +14,9 @@ keep their own state and can be tested alone:
 
 This module owns the lifecycle (start, stop) and the views: a ring is adopted
 only if its epoch is higher than the one held. A node started with
-``auto_join=True`` writes ``join: true`` for itself once, at start.
+``auto_join=True`` writes ``join: true`` for itself once, at start. A node
+whose cluster key is not that of the live members refuses to start before
+it registers (:mod:`~miyaq.cluster.zk_keys`).
 
 Every greenlet is spawned through the :class:`~miyaq.runtime.Supervisor`
 the owner hands in, named ``zk-<node id>:...`` and restarted if it crashes
@@ -38,7 +40,8 @@ from miyaq.cluster.ring_view import Member, RingView, check_node_id
 from miyaq.protocol.ring import check_weight
 from miyaq.cluster.zk_auth import ZkAuth
 from miyaq.cluster.ring_admin import Change, change_desired, check_registration
-from miyaq.cluster.zk_layout import Intent, Layout, RingRecord, with_join, with_weight
+from miyaq.cluster.zk_keys import check_after_register, check_before_register
+from miyaq.cluster.zk_layout import NO_CLUSTER_KEY, Intent, Layout, RingRecord, with_join, with_weight
 from miyaq.cluster.zk_leader import Leader
 from miyaq.cluster.zk_registry import Registry
 from miyaq.cluster.zk_session import Session
@@ -60,7 +63,12 @@ class ZooKeeperCoordinator(Coordinator):
     ``supervisor`` spawns the coordinator's greenlets (the node's own).
     ``auth`` (digest credentials) protects the cluster's znodes with ACLs
     (:mod:`miyaq.cluster.zk_auth`): znodes made before are given them at start.
-    ``auto_join`` records "join" for ``local`` at start. ``leader_eligible=False``
+    ``cluster_key`` is the fingerprint of the node's cluster key
+    (:func:`miyaq.security.curve.key_fingerprint`; ``"none"`` without keys),
+    published in its member znode and compared at start with the live
+    members' (:mod:`miyaq.cluster.zk_keys`: another one refuses the start,
+    ``ConfigError``); None publishes and compares nothing (as a build before
+    2026-12-06). ``auto_join`` records "join" for ``local`` at start. ``leader_eligible=False``
     makes a node that never campaigns (it still registers and follows).
     ``connect_timeout`` bounds ``start``; ``session_timeout`` is asked of the
     server (which clamps it to 2-20 tickTimes); ``op_timeout`` bounds each
@@ -76,6 +84,7 @@ class ZooKeeperCoordinator(Coordinator):
         *,
         supervisor: Supervisor,
         auth: ZkAuth | None = None,
+        cluster_key: str | None = NO_CLUSTER_KEY,
         auto_join: bool = True,
         leader_eligible: bool = True,
         connect_timeout: float = 10.0,
@@ -97,6 +106,7 @@ class ZooKeeperCoordinator(Coordinator):
         self._layout = Layout(cluster)
         self._supervisor = supervisor
         self._auth = auth
+        self._cluster_key = cluster_key
         self._part = f"zk-{local.node_id}"
         self._auto_join = auto_join
         self._eligible = leader_eligible
@@ -189,7 +199,9 @@ class ZooKeeperCoordinator(Coordinator):
         return self._registry.registered() if self._registry is not None else {}
 
     def start(self) -> None:
-        """Connect, register, watch and campaign; ``Unavailable`` if ZooKeeper cannot be reached."""
+        """Connect, register, watch and campaign; ``Unavailable`` if ZooKeeper
+        cannot be reached, ``ConfigError`` (nothing registered) if a live
+        member uses another cluster key (:mod:`~miyaq.cluster.zk_keys`)."""
         if self._started:
             return
         if self._closing:
@@ -204,8 +216,9 @@ class ZooKeeperCoordinator(Coordinator):
         self._started = True
         self._session = session
         store = self._store = ZnodeStore(session.zk, self._layout, self._hosts, self._op_timeout)
+        wait = 2 * self._session_timeout + 2
         registry = self._registry = Registry(session, store, self._member, self._supervisor, part=self._part,
-                                             wait=2 * self._session_timeout + 2)
+                                             wait=wait, cluster_key=self._cluster_key)
         leader = self._leader = Leader(
             session, store, registry, self._supervisor, part=self._part, node_id=self._node_id,
             vnodes=self._vnodes, reconcile_interval=self._reconcile_interval,
@@ -218,8 +231,12 @@ class ZooKeeperCoordinator(Coordinator):
             self._supervisor.spawn(f"{self._part}:notifier", self._notifier, policy=RESTART)
             store.ensure_paths()
             store.protect()
+            if self._cluster_key is not None:
+                check_before_register(store, self._node_id, self._cluster_key, wait)
             check_registration(store, self._member, self._vnodes)
             registry.register()
+            if self._cluster_key is not None:
+                check_after_register(store, self._node_id, self._cluster_key)
             if self._auto_join:
                 self._auto_join_desired(store)
             registry.start()

@@ -3,8 +3,12 @@
 Layout under ``/miyaq/<cluster>/``:
 
 ``members/<node_id>``
-    Ephemeral; the :class:`~miyaq.cluster.ring_view.Member` as JSON. It
-    vanishes when the node's session ends (clean stop, crash, expiry).
+    Ephemeral; the :class:`~miyaq.cluster.ring_view.Member` as JSON, and
+    (since 2026-12-06) ``"cluster_key"``: the fingerprint of the node's
+    cluster key (:data:`CLUSTER_KEY_FIELD`; ``"none"`` for a node without
+    keys), which a starting node compares with its own
+    (:mod:`miyaq.cluster.zk_keys`). It vanishes when the node's session
+    ends (clean stop, crash, expiry).
 ``desired``
     Persistent; the operator's intent, JSON
     ``{"nodes": {node_id: {"join": bool, "weight": float | null}}}``.
@@ -41,6 +45,10 @@ logger = logging.getLogger(__name__)
 _log = LogLimiter(logger)     # the leader reads desired every interval: a few lines a minute
 
 ROOT = "/miyaq"
+CLUSTER_KEY_FIELD = "cluster_key"
+"""The field of a member znode that holds the fingerprint of the node's cluster key."""
+NO_CLUSTER_KEY = "none"
+"""The fingerprint a node without keys publishes."""
 
 
 def check_cluster_name(cluster: object) -> str:
@@ -300,3 +308,21 @@ def _known_weight(node_id: str, registered: Mapping[str, Member], ring: RingReco
     if ring is not None and node_id in ring.weights:
         return ring.weights[node_id]
     return 1.0
+
+
+class PublishedKey(NamedTuple):
+    """What a member znode says of its node's cluster key."""
+
+    fingerprint: str | None
+    """The fingerprint it published; None from a build that publishes none (before 2026-12-06)."""
+    created: int
+    """The znode's ``czxid``: a member registered before another has a smaller one."""
+
+
+def other_cluster_keys(own: str, published: Mapping[str, PublishedKey], node_id: str) -> dict[str, str]:
+    """The members of ``published`` (but ``node_id``, whose entry is a
+    previous run's of this node) that published a cluster key fingerprint
+    other than ``own``: ``{member: fingerprint}``. A member that published
+    none (an older build) is not compared: it is not counted either way."""
+    return {member: key.fingerprint for member, key in published.items()
+            if member != node_id and key.fingerprint is not None and key.fingerprint != own}

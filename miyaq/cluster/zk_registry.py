@@ -37,13 +37,16 @@ class Registry:
 
     ``wait`` bounds how long :meth:`register` waits for a previous
     incarnation's znode to expire before it calls the id taken.
+    ``cluster_key`` is the fingerprint of the node's cluster key, written in
+    its znode (:mod:`miyaq.cluster.zk_keys`; None: none written).
     """
 
     def __init__(self, session: Session, store: ZnodeStore, member: Member, supervisor: Supervisor,
-                 *, part: str, wait: float) -> None:
+                 *, part: str, wait: float, cluster_key: str | None = None) -> None:
         self.session = session
         self.store = store
         self.member = member
+        self.cluster_key = cluster_key
         self.supervisor = supervisor
         self.part = part
         self.wait = wait
@@ -71,7 +74,7 @@ class Registry:
     def register(self) -> None:
         """Create our member znode in this session (blocking; ``ConfigError`` if the id is taken)."""
         generation = self.session.generation
-        self.store.register(self.member, wait=self.wait)
+        self.store.register(self.member, wait=self.wait, cluster_key=self.cluster_key)
         self.registered_in = generation
         self._changed()
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kazoo.client import KazooClient
@@ -44,9 +44,11 @@ from kazoo.security import make_acl
 from miyaq.cluster.ring_view import Member
 from miyaq.cluster.zk_auth import ZkAuth, same_acl
 from miyaq.cluster.zk_layout import (
+    CLUSTER_KEY_FIELD,
     ROOT,
     Intent,
     Layout,
+    PublishedKey,
     RingRecord,
     dump_desired,
     dump_json,
@@ -250,15 +252,20 @@ class ZnodeStore:
                            changed, self.layout.cluster)
         return changed
 
-    def register(self, member: Member, wait: float) -> None:
-        """Create ``member``'s ephemeral znode for this session.
+    def register(self, member: Member, wait: float, cluster_key: str | None = None) -> None:
+        """Create ``member``'s ephemeral znode for this session, with the
+        fingerprint of its cluster key (``cluster_key``, :data:`CLUSTER_KEY_FIELD`;
+        None: none written, as a build before 2026-12-06 wrote none).
 
         A znode left by a previous incarnation (a session the server has not
         expired yet) is waited out for up to ``wait`` seconds; after that the
         id is taken to belong to another live node and ``ConfigError`` says so.
         """
         path = self.layout.member(member.node_id)
-        payload = dump_json(member.to_dict())
+        record = member.to_dict()
+        if cluster_key is not None:
+            record[CLUSTER_KEY_FIELD] = cluster_key
+        payload = dump_json(record)
         deadline = monotonic() + wait
         warned = False
         while True:
@@ -290,24 +297,10 @@ class ZnodeStore:
 
     def read_registered(self) -> dict[str, Member]:
         """Every registered member; znodes that do not decode are logged and skipped."""
-        try:
-            children = self.call(self.zk.get_children_async(self.layout.members))
-        except NoNodeError:
-            return {}
-        pending = []
-        for name in children:
-            try:
-                pending.append((name, self.zk.get_async(self.layout.member(name))))
-            except ConfigError:
-                logger.warning("ignoring znode %s/%s: not a node id", self.layout.members, name)
         out: dict[str, Member] = {}
-        for name, result in pending:
+        for name, raw, _ in self._read_members():
             try:
-                data, _ = self.call(result)
-            except NoNodeError:
-                continue
-            try:
-                member = Member.from_dict(load_json(data, f"member znode {name}"))
+                member = Member.from_dict(raw)
             except ConfigError as exc:
                 logger.warning("ignoring member znode %s: %s", name, exc)
                 continue
@@ -315,6 +308,45 @@ class ZnodeStore:
                 logger.warning("ignoring member znode %s: it describes %s", name, member.node_id)
                 continue
             out[name] = member
+        return out
+
+    def read_cluster_keys(self) -> dict[str, PublishedKey]:
+        """The cluster key fingerprint each registered member published
+        (None: a member of a build that publishes none, or a value that is
+        not a string), and when its znode was made (its ``czxid``: the
+        order of registrations). Znodes that do not decode are skipped
+        (:meth:`read_registered` logs them)."""
+        out: dict[str, PublishedKey] = {}
+        for name, raw, stat in self._read_members():
+            if not isinstance(raw, Mapping):
+                continue
+            fingerprint = raw.get(CLUSTER_KEY_FIELD)
+            out[name] = PublishedKey(fingerprint if isinstance(fingerprint, str) else None, stat.czxid)
+        return out
+
+    def _read_members(self) -> list[tuple[str, Any, Any]]:
+        """(name, decoded JSON, stat) of every member znode that reads as
+        JSON; those gone meanwhile are skipped, the others logged and skipped."""
+        try:
+            children = self.call(self.zk.get_children_async(self.layout.members))
+        except NoNodeError:
+            return []
+        pending = []
+        for name in children:
+            try:
+                pending.append((name, self.zk.get_async(self.layout.member(name))))
+            except ConfigError:
+                logger.warning("ignoring znode %s/%s: not a node id", self.layout.members, name)
+        out: list[tuple[str, Any, Any]] = []
+        for name, result in pending:
+            try:
+                data, stat = self.call(result)
+            except NoNodeError:
+                continue
+            try:
+                out.append((name, load_json(data, f"member znode {name}"), stat))
+            except ConfigError as exc:
+                logger.warning("ignoring member znode %s: %s", name, exc)
         return out
 
     def read_desired(self) -> tuple[dict[str, Intent], Any]:

@@ -33,6 +33,7 @@ from miyaq.cluster.standalone import StandaloneRole
 from miyaq.cluster.transport import Transport
 from miyaq.cluster.zk_auth import ZkAuth
 from miyaq.cluster.zk_coordinator import ZooKeeperCoordinator
+from miyaq.cluster.zk_layout import NO_CLUSTER_KEY
 from miyaq.cluster.zmq_transport import ZmqTransport
 from miyaq.config import NodeConfig
 from miyaq.core.clockwork import Clockwork
@@ -50,7 +51,7 @@ from miyaq.periodic.scheduler import PeriodicScheduler, SharedSource, SharedStor
 from miyaq.persistence.journal import Persistence
 from miyaq.runtime import Supervisor, green, wall
 from miyaq.runtime.sockets import SocketFactory
-from miyaq.security.curve import NodeCurve
+from miyaq.security.curve import NodeCurve, key_fingerprint
 from miyaq.security.exposure import exposure_warning
 from miyaq.security.guard import Guard
 from miyaq.security.keystore import KeyStore
@@ -82,9 +83,11 @@ def build_node(config: NodeConfig, *, coordinator: Coordinator | None = None, tr
         logger.warning("%s", warning)
     store = KeyStore(config.keys) if config.keys else None
     curve = None
+    cluster_key = NO_CLUSTER_KEY
     if store is not None:
         cert = store.node_secret()
         curve = NodeCurve(cert.public, cert.secret or b"")
+        cluster_key = key_fingerprint(cert.public)
     supervisor = Supervisor(f"node {config.id}")
     sockets = sockets or SocketFactory(green=True, max_message=config.max_message)
     if curve is not None:
@@ -97,7 +100,8 @@ def build_node(config: NodeConfig, *, coordinator: Coordinator | None = None, tr
             zap.start()            # before any socket binds: no handshake goes unchecked
         handshakes = HandshakeFailures(sockets, supervisor)
         handshakes.start()
-        return _build(config, supervisor, sockets, coordinator, transport, stream_drop, zap, warning, handshakes)
+        return _build(config, supervisor, sockets, coordinator, transport, stream_drop, zap, warning, handshakes,
+                      cluster_key)
     except BaseException:
         supervisor.kill()
         sockets.close()
@@ -106,7 +110,7 @@ def build_node(config: NodeConfig, *, coordinator: Coordinator | None = None, tr
 
 def _build(config: NodeConfig, supervisor: Supervisor, sockets: SocketFactory, coordinator: Coordinator | None,
            transport: Transport | None, stream_drop: float, zap: ZapHandler | None, warning: str | None,
-           handshakes: HandshakeFailures) -> Node:
+           handshakes: HandshakeFailures, cluster_key: str) -> Node:
     guard = Guard(zap.identity) if zap is not None else None
     core = Core(config, sockets, supervisor, guard)
     if zap is not None:
@@ -119,7 +123,7 @@ def _build(config: NodeConfig, supervisor: Supervisor, sockets: SocketFactory, c
         core.endpoint.log_admit = persistence.admit          # such requests are refused while the disk fails
     try:
         role, shared = _role(config, core, persistence or Immediate(), supervisor, sockets, coordinator, transport,
-                             stream_drop, guard)
+                             stream_drop, guard, cluster_key)
         core.dispatcher.announce = role.flush   # other holders hear who runs a task before its worker has it
         periodic = PeriodicScheduler(config, core.engine, core.workers, role, supervisor, shared=shared)
         open_files = OpenFilesWatch(config.id, supervisor)
@@ -146,12 +150,17 @@ def _build(config: NodeConfig, supervisor: Supervisor, sockets: SocketFactory, c
 
 def _role(config: NodeConfig, core: Core, barrier: WriteBarrier, supervisor: Supervisor, sockets: SocketFactory,
           coordinator: Coordinator | None, transport: Transport | None,
-          stream_drop: float, guard: Guard | None) -> tuple[StandaloneRole | ClusterRole, SharedSource | None]:
-    """The node's role, and where periodic schedules share their state (None: memory)."""
+          stream_drop: float, guard: Guard | None,
+          cluster_key: str) -> tuple[StandaloneRole | ClusterRole, SharedSource | None]:
+    """The node's role, and where periodic schedules share their state
+    (None: memory). A ZooKeeper coordinator publishes ``cluster_key`` (the
+    fingerprint of the node's cluster key) and starts only among members
+    of the same one (:mod:`miyaq.cluster.zk_keys`)."""
     shared: SharedSource | None = None
     if coordinator is None and config.zk:
         zk = ZooKeeperCoordinator(config.zk, config.cluster, local_member(config), supervisor=supervisor,
-                                  auto_join=config.auto_join, session_timeout=config.zk_session_timeout,
+                                  cluster_key=cluster_key, auto_join=config.auto_join,
+                                  session_timeout=config.zk_session_timeout,
                                   auth=ZkAuth.from_options(config.zk_auth, config.zk_auth_file))
         coordinator, shared = zk, _zk_periodic_store(zk)
     if coordinator is None:

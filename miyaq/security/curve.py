@@ -9,12 +9,14 @@ and the node's public key.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import zmq
+from zmq.utils import z85
 
 from miyaq.devstate import default_keys
 from miyaq.errors import ConfigError
@@ -27,6 +29,18 @@ logger = logging.getLogger(__name__)
 #: ZAP domain per audience: the node's ZAP handler admits any authorized key
 #: on the service port and only peer keys on the peer port and the stream.
 ZAP_DOMAINS = {"service": "miyaq", "peer": "miyaq-peer"}
+
+FINGERPRINT_CHARS = 16
+"""Hex digits of a key fingerprint (64 bits: enough to tell two keys apart, not to stand for one)."""
+
+
+def key_fingerprint(public: bytes) -> str:
+    """A short name of a public key (Z85, as :func:`certs.read` gives it):
+    the first :data:`FINGERPRINT_CHARS` hex digits of the SHA-256 of its 32
+    bytes. Safe to show and publish: it is made from the public key only,
+    never the secret. A node publishes its cluster key's in ZooKeeper
+    (:mod:`miyaq.cluster.zk_keys`)."""
+    return hashlib.sha256(z85.decode(public)).hexdigest()[:FINGERPRINT_CHARS]
 
 
 @dataclass(frozen=True)
