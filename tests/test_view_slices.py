@@ -152,6 +152,35 @@ def test_views_asked_together_while_one_is_built_in_slices_are_built_one_at_a_ti
     first.join(30)
 
 
+def test_a_view_granted_at_once_to_a_greenlet_not_yet_running_puts_the_next_turns_behind_it():
+    """Fault (a review audit: 60 STATUS pipelined on one connection to a
+    node of 5,000 queues right after start were all answered, back to back,
+    none refused): the reader takes each STATUS's turn and spawns its build;
+    the first turn was granted at once, but its greenlet had not begun the
+    view when the next STATUS was read, so nothing was being built: every
+    turn of the pass was granted at once, none waited, none was refused. A
+    view expected (:meth:`ViewLane.expect`) puts later turns behind it as a
+    view being built does; its end -- when it begins, or in a ``finally``
+    for a greenlet killed before -- lets them go."""
+    lane = ViewLane(share=0.1)
+    first = lane.turn("open")
+    assert first.now
+    expected = lane.expect()
+    behind = [lane.turn("open") for _ in range(8)]
+    assert all(t.behind for t in behind) and lane.waiting == 8
+    with pytest.raises(miyaq.Busy):          # the ninth of one role's: refused, as behind a view being built
+        lane.turn("open")
+    expected()                               # its greenlet was killed before it began
+    expected()                               # idempotent
+    done = [green.Greenlet.spawn(lane.wait, t) for t in behind]
+    green.joinall(done, timeout=10)
+    assert all(g.successful() for g in done) and lane.waiting == 0
+    # Begun: the expectation ends as the view's building begins (no gap between the two).
+    again = lane.expect()
+    built = lane.timed(lambda: lane.building, lane.turn("open"), sliced=True, expected=again)
+    assert built == 1 and lane.building == 0 and not lane.turn("open").behind
+
+
 def fill(node: Any, queues: int) -> None:
     """One scheduled task in each of ``queues`` queues (in the node's loop)."""
     engine, config, now = node.core.engine, node.config, wall()

@@ -124,9 +124,16 @@ class ServiceHandlers:
             status["req"] = req
             self.endpoint.reply_packed(identity, req, msgpack_in_slices(status, self.views.slices))
 
+        # Granted at once: later turns wait behind it until its greenlet begins it.
+        expected = self.views.expect() if turn.now else None
+
         def in_its_turn() -> None:
-            self.views.wait(turn)
-            self.views.timed(answer, turn, sliced=True)
+            try:
+                self.views.wait(turn)
+                self.views.timed(answer, turn, sliced=True, expected=expected)
+            finally:
+                if expected is not None:
+                    expected()      # killed before it began
 
         self.supervisor.spawn("status in its turn", in_its_turn, policy=LOG)
 

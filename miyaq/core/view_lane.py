@@ -99,8 +99,9 @@ class ViewLane:
         # burst of STATUS was refused.
         self._cost_clock = cost_clock
         self._building: dict[Any, _Building] = {}   # greenlet building a sliced view -> its slices so far
-        self._built = green.Event()       # set while no sliced view is being built
+        self._built = green.Event()       # set while no sliced view is being built, nor expected
         self._built.set()
+        self._expected = 0                # sliced views granted at once whose greenlet has not begun them
         self._free_at = 0.0               # the spacing of the last sliced view built ends
         self._stretch = 1.0 / share       # a view of t seconds holds the lane t * stretch
         self._cost = 0.0                  # the last view's time: what a turn taken now reserves
@@ -119,7 +120,7 @@ class ViewLane:
         now = self._clock()
         start = max(now, self._next_turn)
         wait = start - now
-        behind = bool(self._building)      # its cost not known yet: the turn waits for its end
+        behind = self._busy()      # its cost not known yet: the turn waits for its end
         waits = wait > 0 or behind
         if waits and (self.waiting >= MAX_VIEWS_WAITING or self._waiting_by[role] >= MAX_WAITING_PER_ROLE
                       or wait > MAX_VIEW_WAIT):
@@ -134,7 +135,33 @@ class ViewLane:
             self._waiting_by[role] += 1
         return Turn(wait, self._turns, role, behind)
 
-    def timed(self, build: Callable[[], T], turn: Turn | None = None, *, sliced: bool = False) -> T:
+    def expect(self) -> Callable[[], None]:
+        """A sliced view granted at once (:attr:`Turn.now`) that a greenlet
+        of its own is about to build (a STATUS: the reader spawns it):
+        until it begins, turns taken are ``behind`` it, as behind a view
+        being built -- else a burst read in one pass would all be granted
+        at once. Returns the function that ends the expectation (given to
+        :meth:`timed`; idempotent: call it in a ``finally`` too, for a
+        greenlet killed before it began)."""
+        self._expected += 1
+        self._built.clear()
+        ended = False
+
+        def end() -> None:
+            nonlocal ended
+            if not ended:
+                ended = True
+                self._expected -= 1
+                if not self._busy():
+                    self._built.set()
+        return end
+
+    def _busy(self) -> bool:
+        """A sliced view is being built, or expected (:meth:`expect`)."""
+        return bool(self._building) or self._expected > 0
+
+    def timed(self, build: Callable[[], T], turn: Turn | None = None, *, sliced: bool = False,
+              expected: Callable[[], None] | None = None) -> T:
         """``build()`` in ``turn``, its time measured: the turns after it are
         spaced by it. When ``turn`` is the last taken, the next is spaced by
         this view's own time rather than the one reserved for it (the last
@@ -148,10 +175,13 @@ class ViewLane:
         With ``sliced`` -- only in a greenlet that may wait, never the
         service socket's reader -- :meth:`slices` lets the loop's others run
         between two slices of the view, and their time (what the loop's
-        thread spent meanwhile) is not the view's."""
+        thread spent meanwhile) is not the view's. ``expected``: the end of
+        this view's expectation (:meth:`expect`), ended as it begins."""
         builder = green.current() if sliced else None
+        if expected is not None:
+            expected()
         if builder is not None:
-            while self._building:      # one at a time (see wait); a turn given at once may find one
+            while self._busy():      # one at a time (see wait); a turn given at once may find one
                 self._built.wait()
             self._building[builder] = _Building()
             self._built.clear()
@@ -167,7 +197,7 @@ class ViewLane:
             self._next_turn = spaced if last else max(self._next_turn, spaced)
             if building is not None:
                 self._free_at = max(self._free_at, spaced)
-                if not self._building:
+                if not self._busy():
                     self._built.set()
 
     @property
@@ -214,8 +244,8 @@ class ViewLane:
         try:
             if turn.wait > 0:
                 green.sleep(turn.wait)
-            while self._building or self._free_at > self._clock():
-                if self._building:
+            while self._busy() or self._free_at > self._clock():
+                if self._busy():
                     self._built.wait()
                 else:
                     green.sleep(self._free_at - self._clock())
