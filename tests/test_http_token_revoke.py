@@ -229,3 +229,40 @@ def test_a_reload_names_the_tokens_it_removed_or_changed_never_the_tokens(tmp_pa
     assert not any(token in key for key in told[0] for token in (stays, goes, lowered, raised))
     write_tokens(path, f"{stays} superuser\n")
     assert table.reload("test") is False and len(told) == 1
+
+
+def test_a_reload_that_removes_many_tokens_looks_through_the_parked_long_polls_once():
+    """Fault (a review audit: a reload that removed 5,000 tokens holding
+    10,000 long-polls held the node's loop 2 s): each removed token's waits
+    were released by a pass over every parked long-poll, a pass a token.
+    One pass now releases them all, each answered as its token's change
+    says."""
+    import time
+    import types
+
+    from miyaq.core.consumers import Origin
+    from miyaq.core.waiters import Waiters
+    from miyaq.gateway.server import Gateway
+    from miyaq.gateway.tokens import _wait_key
+
+    waiters = Waiters(dispatcher=None, max_waiters=10_000, per_key=5_000)    # type: ignore[arg-type]
+    keys = [_wait_key(os.urandom(32)) for _ in range(200)]
+    answered: list[Any] = []
+    for i, key in enumerate(keys):
+        for j in range(3):
+            waiters.wait_result(f"task-{i}-{j}", time.monotonic() + 3600, answered.append, Origin(None, key, None),
+                                refuse=answered.append)
+    passes = 0
+    every = waiters._every
+
+    def counted() -> Any:
+        nonlocal passes
+        passes += 1
+        return every()
+
+    waiters._every = counted    # type: ignore[method-assign]
+    gateway = types.SimpleNamespace(core=types.SimpleNamespace(waiters=waiters))
+    Gateway.tokens_revoked(gateway, {key: None for key in keys})     # type: ignore[arg-type]  (every token removed)
+    assert passes == 1
+    assert waiters.count == 0 and len(answered) == 600
+    assert all(getattr(a, "code", None) == "unauthorized" for a in answered), {type(a).__name__ for a in answered}

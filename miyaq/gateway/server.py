@@ -45,6 +45,7 @@ from miyaq.constants import HTTP_STOP_TIMEOUT, LIMIT_SHARE_REFRESH
 from miyaq.core.binding import binding, http_port
 from miyaq.core.core import Core
 from miyaq.core.handles import NodeRole, ScheduleBook, StatusReport
+from miyaq.core.waiters import Revoked
 from miyaq.errors import ConfigError, MiyaqError, ShuttingDown
 from miyaq.gateway.destinations import Destinations
 from miyaq.gateway import tls
@@ -233,13 +234,14 @@ class Gateway:
         request ends (:class:`~miyaq.gateway.tokens.TokenCheck`). Leases a
         token holds run out as usual. In the hub; never blocks."""
         waiters = self.core.waiters
-        ended = 0
+        revoked = {}
         for key, role in changed.items():
-            if key not in waiters.by_key:       # nothing parked (release_key looks at every long-poll)
+            if key not in waiters.by_key:       # nothing parked
                 continue
             refusal = parked_refusal(role, Role.WORKER, "receive tasks")
             if refusal is not None:     # removed (every wait ends), or no longer a worker (its RECEIVEs end)
-                ended += waiters.release_key(key, refusal, keep_results=role is not None)
+                revoked[key] = Revoked(refusal, keep_results=role is not None)
+        ended = waiters.release_keys(revoked) if revoked else 0     # one pass, however many tokens
         if ended:
             logger.warning("HTTP tokens removed or changed: %d long-poll(s) they parked ended (401/403)", ended)
 
