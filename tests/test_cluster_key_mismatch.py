@@ -172,6 +172,25 @@ def test_member_of_an_older_build_is_not_compared(make_coordinator, zk_client, z
     assert other_cluster_keys("1111aaaa1111aaaa", published, "x") == {}
 
 
+@pytest.mark.parametrize("stray", ["not a member", "another node's member", "persistent member"])
+def test_a_stray_znode_under_members_refuses_no_node(make_coordinator, zk_client, zk_cluster_name, stray):
+    """Fault (a review audit): a child of ``members/`` the ring does not
+    take for a member -- not a Member, one that describes another node, or
+    a persistent znode no session owns (an operator's leftover, anyone's on
+    a ZooKeeper without auth) -- published another fingerprint: every node
+    of the cluster, same key or not, refused to start, for good. Only the
+    ephemeral znodes of valid members are compared now."""
+    layout = Layout(zk_cluster_name)
+    body = {"not a member": {"cluster_key": "ffffffffffffffff"},
+            "another node's member": {**member("n9").to_dict(), "cluster_key": "ffffffffffffffff"},
+            "persistent member": {**member("ghost").to_dict(), "cluster_key": "ffffffffffffffff"}}[stray]
+    zk_client.create(layout.member("ghost"), dump_json(body), ephemeral=stray != "persistent member",
+                     makepath=True)
+    node = make_coordinator("a", cluster_key="1111aaaa1111aaaa")
+    wait_until(lambda: "a" in node.view.members, "the node in the ring")
+    assert "ghost" not in ZnodeStore(zk_client, layout, "test", 5.0).read_cluster_keys()
+
+
 def test_comparison_skips_older_members_and_the_node_itself():
     """Fault: the comparison counted a member of an older build (no
     fingerprint) as another key, or this node's own previous registration

@@ -314,11 +314,21 @@ class ZnodeStore:
         """The cluster key fingerprint each registered member published
         (None: a member of a build that publishes none, or a value that is
         not a string), and when its znode was made (its ``czxid``: the
-        order of registrations). Znodes that do not decode are skipped
-        (:meth:`read_registered` logs them)."""
+        order of registrations). Only the znodes :meth:`read_registered`
+        takes for members (which logs the others), and only ephemeral
+        ones: a live session's. Before 2026-12-06's review any child of
+        ``members/`` that read as JSON counted, so one persistent stray
+        znode -- an operator's leftover, or anyone's on a ZooKeeper without
+        auth -- made every node refuse to start, same key or not, for good."""
         out: dict[str, PublishedKey] = {}
         for name, raw, stat in self._read_members():
-            if not isinstance(raw, Mapping):
+            if not isinstance(raw, Mapping) or not stat.ephemeralOwner:
+                continue
+            try:
+                member = Member.from_dict(raw)
+            except ConfigError:
+                continue
+            if member.node_id != name:
                 continue
             fingerprint = raw.get(CLUSTER_KEY_FIELD)
             out[name] = PublishedKey(fingerprint if isinstance(fingerprint, str) else None, stat.czxid)
