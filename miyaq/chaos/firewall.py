@@ -80,9 +80,12 @@ def drop_to(addr: str) -> tuple[str, tuple[str, ...]]:
 
 
 def to_queue(queue: int) -> tuple[str, tuple[str, ...]]:
-    """OUTPUT: every packet but loopback to netfilter queue ``queue``
-    (let through when no process is bound to it)."""
-    return "OUTPUT", ("!", "-o", "lo", "-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass")
+    """INPUT: every packet this node receives but loopback's to netfilter
+    queue ``queue`` (let through when no process is bound to it). Where
+    packets arrive, not where they leave: one held at OUTPUT stays charged
+    to its TCP socket, which then has about two packets on the way at once
+    (:mod:`.netdelay`)."""
+    return "INPUT", ("!", "-i", "lo", "-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass")
 
 
 def duplicate_to(addr: str, probability: float) -> tuple[str, tuple[str, ...]]:

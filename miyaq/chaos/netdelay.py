@@ -4,11 +4,26 @@
 node's network namespace (``ip netns exec``, started by the chaos run) and
 binds netfilter queue ``Q`` there (nfnetlink_queue, spoken directly over a
 netlink socket: no library needed). The ``delay`` fault then sends every
-packet the node sends (``iptables -j NFQUEUE --queue-num Q
---queue-bypass``) to this process, which holds each one for ``delay`` ±
-``jitter`` seconds (uniform) and lets it go (``NF_ACCEPT``). Packets are
-released in the order their time comes, not the order they came: a jitter
-larger than the gap between two packets reorders them, as netem's does.
+packet the node receives (``iptables -A INPUT ! -i lo -j NFQUEUE
+--queue-num Q --queue-bypass``, :func:`miyaq.chaos.firewall.to_queue`) to
+this process, which holds each one for ``delay`` ± ``jitter`` seconds
+(uniform) and lets it go (``NF_ACCEPT``). Packets are released in the order
+their time comes, not the order they came: a jitter larger than the gap
+between two packets reorders them, as netem's does.
+
+Queue packets where they arrive (INPUT or PREROUTING), not where they
+leave (OUTPUT, POSTROUTING). A packet held on the sending side still
+belongs to its TCP socket, and TCP Small Queues let a connection have
+only about two packets in its host's queues at once (a real NIC sends
+them in microseconds; netem orphans the packets it delays for this very
+reason): a hold of ``delay`` then makes a link of about 4-5 KB per
+``delay``, whatever the congestion window -- 36 KB/s at 100 ms, 100 KB/s
+at 50 ms, 450 KB/s at 10 ms, measured with cubic and bbr alike -- not a
+link of that round trip. A replicated burst of 2,000 submits then took 3-4 s at 100 ms, and
+hundreds were refused at ``replication_timeout`` (2026-12-06, thirty-first
+session; docs/performance-log.md). Queued at INPUT the same link moves
+300 KB in 0.52 s (TCP's slow start) instead of 2.8 s. The process says so
+on stderr, once, when it is handed packets from the sending side.
 
 Bounded: the kernel queues at most ``MAX_QUEUED`` packets for this process
 and lets the others through undelayed (fail-open), so the heap never holds
@@ -43,6 +58,15 @@ CMD_BIND = 1
 COPY_META = 1
 FLAG_FAIL_OPEN = 1
 PACKET_HDR = 1
+LOCAL_OUT, POST_ROUTING = 3, 4
+SENDING_HOOKS = frozenset({LOCAL_OUT, POST_ROUTING})
+"""Netfilter hooks on the sending side: a packet queued there is still
+charged to its socket (see the module docstring)."""
+SENDING_SIDE_WARNING = (
+    "netdelay: packets are queued where they leave this host (OUTPUT or POSTROUTING): each one held stays "
+    "charged to its TCP socket, and TCP Small Queues let a connection have about two packets held at once -- "
+    "the link becomes one of about 5 KB per hold, not one of this delay. Queue them where they arrive: "
+    "iptables -A INPUT ! -i lo -j NFQUEUE ...\n")
 VERDICT_HDR = 2
 NF_ACCEPT = 1
 MAX_QUEUED = 4096
@@ -61,7 +85,13 @@ def _message(kind: int, queue: int, attrs: list[bytes], flags: int = NLM_F_REQUE
 
 def packet_ids(data: bytes) -> list[int]:
     """The packet ids of every queued-packet message in one netlink read."""
-    ids = []
+    return [packet for packet, _ in queued_packets(data)]
+
+
+def queued_packets(data: bytes) -> list[tuple[int, int]]:
+    """``(packet id, netfilter hook)`` of every queued-packet message in one
+    netlink read (a torn or foreign message is skipped)."""
+    ids: list[tuple[int, int]] = []
     offset = 0
     while offset + 16 <= len(data):
         length, kind = struct.unpack_from("IH", data, offset)
@@ -74,7 +104,9 @@ def packet_ids(data: bytes) -> list[int]:
                 if attr_len < 4:
                     break
                 if attr_kind & 0x7FFF == PACKET_HDR and attr_len >= 8:
-                    ids.append(struct.unpack_from(">I", data, attr + 4)[0])
+                    # nfqnl_msg_packet_hdr: packet id (be32), hw_protocol (be16), hook (u8)
+                    hook = data[attr + 10] if attr_len >= 11 else -1
+                    ids.append((struct.unpack_from(">I", data, attr + 4)[0], hook))
                 attr += (attr_len + 3) & ~3
         offset += (length + 3) & ~3
     return ids
@@ -89,6 +121,7 @@ class DelayQueue:
         self.jitter = jitter
         self.rng = rng or random.Random()
         self.held: list[tuple[float, int]] = []      # (release time, packet id), a heap
+        self.warned = False                          # SENDING_SIDE_WARNING said
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
         self.sock.bind((0, 0))
@@ -126,7 +159,11 @@ class DelayQueue:
         except OSError:        # ENOBUFS: notifications lost; those packets pass when the queue unbinds
             return
         now = time.monotonic()
-        for packet in packet_ids(data):
+        for packet, hook in queued_packets(data):
+            if hook in SENDING_HOOKS and not self.warned:
+                self.warned = True
+                sys.stderr.write(SENDING_SIDE_WARNING)
+                sys.stderr.flush()
             hold = max(0.0, self.delay + self.rng.uniform(-self.jitter, self.jitter))
             heapq.heappush(self.held, (now + hold, packet))
 

@@ -16,10 +16,11 @@ reach every node unless the fault says otherwise.
   nothing accepted on either side may be lost when the split heals.
 - ``lossy``: every packet in and out of the node (peers, ZooKeeper,
   clients, workers) is dropped with probability ``LOSS``.
-- ``delay``: every packet the node sends is held ``DELAY`` ± ``JITTER``
+- ``delay``: every packet the node receives is held ``DELAY`` ± ``JITTER``
   seconds (uniform) by a user-space queue (:mod:`.netdelay`, netfilter's
   NFQUEUE): a slow link whose jitter reorders packets, as ``tc netem delay
-  100ms 80ms`` makes, on kernels without ``netem``.
+  100ms 80ms`` makes, on kernels without ``netem``. Held where they arrive:
+  held where they leave, they would throttle the sender's TCP (:mod:`.netdelay`).
 - ``duplicate``: ``DUPLICATE`` of the packets the node sends go out twice
   (iptables' ``TEE`` target to the same destination).
 
@@ -111,7 +112,7 @@ class Lossy(_Filtered):
 
 class Delay(FaultKind):
     name = "delay"
-    help = f"every packet a node sends held {DELAY * 1000:g} ms ± {JITTER * 1000:g} ms (reordering them)"
+    help = f"every packet a node receives held {DELAY * 1000:g} ms ± {JITTER * 1000:g} ms (reordering them)"
 
     def __init__(self) -> None:
         self._count = itertools.count(1)
