@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from miyaq.cluster.install import CopyInstaller
 from miyaq.cluster.peer_requests import clock_shift
-from miyaq.cluster.sizes import EVENT_ALLOWANCE, outcome_size
+from miyaq.cluster.sizes import EVENT_ALLOWANCE, PEER_MESSAGE_BYTES, outcome_size
 from miyaq.cluster.standby import describe
 from miyaq.constants import MAX_QUERY
 from miyaq.errors import InvalidField
@@ -67,18 +67,26 @@ class Copies:
         table = self.engine.table
         finished = {}
         dead = {}
-        room = self.role.config.max_message // 2
+        # Past half the answer's room -- of max_message, and of PEER_MESSAGE_BYTES
+        # of results and errors (the first goes whatever its size) -- a result
+        # is left out (the state alone stops a second run); the holders that
+        # have it keep it.
+        room, results = self.role.config.max_message // 2, PEER_MESSAGE_BYTES // 2
         for task_id in stored:
             stone = table.tombstone(task_id)
             if stone is not None and task_id not in table.live:
-                room -= outcome_size(stone.result, stone.error)
-                # Past half the answer's room a result is left out (the state
-                # alone stops a second run); the holders that have it keep it.
-                finished[task_id] = [stone.state, stone.result if room >= 0 else None, stone.error]
+                first = results == PEER_MESSAGE_BYTES // 2
+                size = outcome_size(stone.result, stone.error)
+                room, results = room - size, results - (size - EVENT_ALLOWANCE)
+                fits = room >= 0 and (results >= 0 or first)
+                finished[task_id] = [stone.state, stone.result if fits else None, stone.error]
             elif task_id in table.dead and task_id not in sent_dead:
                 task = table.dead[task_id]
-                room -= outcome_size(None, task.error)
-                dead[task_id] = [task.attempt, task.error if room >= 0 else None]
+                first = results == PEER_MESSAGE_BYTES // 2
+                size = outcome_size(None, task.error)
+                room, results = room - size, results - (size - EVENT_ALLOWANCE)
+                fits = room >= 0 and (results >= 0 or first)
+                dead[task_id] = [task.attempt, task.error if fits else None]
         answer: dict[str, Any] = {"ids": stored, "epoch": self.role.view.epoch}   # a refusal on an older ring
         if finished:
             answer["finished"] = finished     # the sender must not run these again
@@ -125,16 +133,18 @@ class Copies:
         ids = body.get("ids")
         if not isinstance(ids, list):
             return {"states": {}}
-        # Ids past MAX_QUERY or past max_message of answer are left out: the
-        # asker asks about those again later.
+        # Ids past MAX_QUERY, past max_message of answer or past
+        # PEER_MESSAGE_BYTES of results are left out: the asker asks about
+        # those again later.
         states: dict[str, list[Any]] = {}
-        room = self.role.config.max_message
+        room, results = self.role.config.max_message, PEER_MESSAGE_BYTES
         for i in ids[:MAX_QUERY]:
             if isinstance(i, str) and i not in states:
                 state = describe(self.role, i)
                 self.role.standby.asked_about(i)
-                room -= outcome_size(state[1], state[2]) if len(state) == 3 else EVENT_ALLOWANCE
-                if room < 0:
+                size = outcome_size(state[1], state[2]) if len(state) == 3 else EVENT_ALLOWANCE
+                room, results = room - size, results - (size - EVENT_ALLOWANCE)
+                if room < 0 or (results < 0 and states):
                     break
                 states[i] = state
         return {"states": states}

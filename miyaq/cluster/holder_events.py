@@ -50,9 +50,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from miyaq.cluster.sizes import event_size
+from miyaq.cluster.sizes import event_payload, event_size, peer_chunks
 from miyaq.logs import LogLimiter
-from miyaq.protocol.batching import chunks
 from miyaq.cluster.transport import StreamPublisher
 from miyaq.constants import (
     EARLY_EVENT_BYTES, EARLY_EVENT_TTL, MAX_EARLY_EVENT_BYTES, MAX_EARLY_EVENTS, MAX_STREAM_EVENTS,
@@ -200,7 +199,7 @@ class EventPublisher(EngineListener):
         outbox, self.outbox = self.outbox, {}
         send = self.stream.send
         for dest, events in outbox.items():
-            for chunk in chunks(events, MAX_STREAM_EVENTS, self.max_message, event_size):
+            for chunk in peer_chunks(events, MAX_STREAM_EVENTS, self.max_message, event_size, event_payload):
                 send(dest, chunk)
 
 

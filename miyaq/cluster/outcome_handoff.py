@@ -20,9 +20,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from miyaq.cluster.peer_requests import REPLICATE
 from miyaq.cluster.ring_view import RingView
-from miyaq.cluster.sizes import outcome_size
+from miyaq.cluster.sizes import EVENT_ALLOWANCE, outcome_size, peer_chunks
 from miyaq.constants import HANDOFF_CHUNK, HANDOFF_CONFIRM_TIMEOUT
-from miyaq.protocol.batching import chunks
 from miyaq.store.table import Tombstone
 
 if TYPE_CHECKING:
@@ -88,7 +87,7 @@ class OutcomeHandoff:
                 self._send(holder, rows, attempts)
 
     def _send(self, holder: str, rows: list[StoneRow], attempts: int) -> None:
-        for chunk in chunks(rows, HANDOFF_CHUNK, self.role.config.max_message, _stone_size):
+        for chunk in peer_chunks(rows, HANDOFF_CHUNK, self.role.config.max_message, _stone_size, _stone_payload):
             self.role.peer.request(holder, REPLICATE, {"stones": chunk}, HANDOFF_CONFIRM_TIMEOUT,
                                    self._callback(holder, chunk, attempts + 1))
 
@@ -107,3 +106,7 @@ def _stone_row(stone: Tombstone) -> StoneRow:
 
 def _stone_size(row: StoneRow) -> int:
     return outcome_size(row[2], row[3])
+
+
+def _stone_payload(row: StoneRow) -> int:
+    return _stone_size(row) - EVENT_ALLOWANCE

@@ -42,8 +42,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from miyaq.cluster.holder_events import apply_early_event
 from miyaq.cluster.peer_requests import REPLICATE
-from miyaq.cluster.sizes import record_size
-from miyaq.protocol.batching import chunks
+from miyaq.cluster.sizes import peer_chunks, record_payload, record_size
 from miyaq.constants import CLUSTER_TICK, MAX_PENDING_SUBMITS
 from miyaq.core.handles import Ack, AckTarget
 from miyaq.errors import MiyaqError, NotEnoughReplicas, ShuttingDown, Unavailable
@@ -194,8 +193,9 @@ class ReplicatedIntake:
 
     def flush(self) -> None:
         """Send the burst's REPLICATE batches (one request per holder, split
-        to stay under ``max_message``), and once a tick the copies that could
-        not be sent, for the submits still waiting for them."""
+        to stay under ``max_message`` and ``PEER_MESSAGE_BYTES`` of payloads:
+        :func:`~miyaq.cluster.sizes.peer_chunks`), and once a tick the
+        copies that could not be sent, for the submits still waiting for them."""
         if self.unsent and monotonic() >= self._unsent_due:
             self._send_unsent()
         if not self.outbox:
@@ -247,7 +247,8 @@ class ReplicatedIntake:
         """REPLICATE ``copies`` to ``holder``; those that could not be sent
         (no connection: the first chunk refused, and every one after it)."""
         done = 0
-        for chunk in chunks(copies, len(copies), self.role.config.max_message, lambda c: record_size(c[1])):
+        for chunk in peer_chunks(copies, len(copies), self.role.config.max_message, lambda c: record_size(c[1]),
+                                 lambda c: record_payload(c[1])):
             records = [record for _, record in chunk]
             sent = {r["id"]: r["holders"] for r in records}
             # Not sent: its callback gets None, as silence does (the deadline decides).

@@ -9,16 +9,39 @@ and result bytes, the error and extras measured when present, and a fixed
 allowance (:data:`RECORD_ALLOWANCE`) for the bounded fields (id, queue, name
 or URL, key, holders, numbers). The estimate of a record costs a few
 dictionary reads: the replication path is hot.
+
+Each message also carries at most :data:`PEER_MESSAGE_BYTES` of the bytes
+that vary with what it carries -- payloads, results, errors, a record's
+meta -- (:func:`peer_chunks`): a message must arrive whole within the
+waits of the peer link, and ``max_message`` (16 MiB by default) takes
+longer than 5 s on a link under 27 Mbit/s.
 """
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from miyaq.protocol.batching import chunks
+
+T = TypeVar("T")
 
 #: Bytes allowed for a record's bounded fields (id 64, queue 128, URL 2048,
 #: key 256, 16 holder ids, numbers and field names).
 RECORD_ALLOWANCE = 8192
 #: Bytes allowed for an event's or a tombstone's fixed items.
 EVENT_ALLOWANCE = 512
+#: Most bytes of payloads, results, errors and metas one message between
+#: nodes carries (one item larger than that goes alone). Every such message
+#: must arrive whole within the peer link's waits -- 5 s for a SYNC answer
+#: (``RESYNC_TIMEOUT``) or a handoff's confirmation
+#: (``HANDOFF_CONFIRM_TIMEOUT``), ``replication_timeout`` for a submit's
+#: copies, ``peer_heartbeat_timeout`` for any message (libzmq hears the
+#: heartbeat's answer only behind it, and drops the connection past it).
+#: Before 2026-12-06 only ``max_message`` bounded them: a message of 16 MiB
+#: takes longer than 5 s on a link under 27 Mbit/s, and was sent again and
+#: again; 1 MiB takes 5 s at 1.7 Mbit/s. Small tasks are not affected: their
+#: fixed fields are not counted (``max_message`` and the counts bound those).
+PEER_MESSAGE_BYTES = 1 << 20
 
 
 def packed_size(value: Any) -> int:
@@ -45,9 +68,29 @@ def record_size(record: dict[str, Any]) -> int:
     return size
 
 
+def record_payload(record: dict[str, Any]) -> int:
+    """The bytes of a task record that vary with its task (payload, meta,
+    error), as :func:`record_size` counts them."""
+    return record_size(record) - RECORD_ALLOWANCE
+
+
+def peer_chunks(items: Sequence[T], max_items: int, max_message: int, size: Callable[[T], int],
+                payload: Callable[[T], int], budget: int = PEER_MESSAGE_BYTES) -> Iterator[list[T]]:
+    """Consecutive runs of ``items`` for messages between nodes: each at most
+    ``max_items`` long, at most ``max_message`` bytes by ``size`` and at most
+    ``budget`` bytes by ``payload`` (an item larger than either goes alone)."""
+    for part in chunks(items, max_items, max_message, size):
+        yield from chunks(part, len(part), budget, payload)
+
+
 def outcome_size(result: bytes | None, error: dict[str, Any] | None) -> int:
     """A finished task's outcome (a tombstone, an ``F`` event, a QUERY answer)."""
     return EVENT_ALLOWANCE + (len(result) if result else 0) + (packed_size(error) if error else 0)
+
+
+def event_payload(event: list[Any]) -> int:
+    """The bytes of a stream event that vary with it (a result, an error)."""
+    return event_size(event) - EVENT_ALLOWANCE
 
 
 def event_size(event: list[Any]) -> int:

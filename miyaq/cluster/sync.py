@@ -2,8 +2,9 @@
 
 When a replication stream from node S shows a gap, goes silent, or comes
 from a new incarnation of S, this node asks S for the state of every task
-they both hold (SYNC, in chunks of at most ``RESYNC_CHUNK`` tasks and
-``max_message`` bytes, with a cursor) plus S's newest tombstones, and
+they both hold (SYNC, in chunks of at most ``RESYNC_CHUNK`` tasks,
+``max_message`` bytes and ``PEER_MESSAGE_BYTES`` of payloads and results,
+with a cursor) plus S's newest tombstones, and
 reconciles its copies: tasks it lacks are installed, copies
 S runs are pushed out past S's lease, and tasks S finished or dead-lettered
 are finished or dead-lettered here. A task it lacks that no holder has
@@ -36,8 +37,9 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from miyaq.cluster.peer_requests import SYNC, clock_shift
-from miyaq.cluster.sizes import outcome_size, record_size
-from miyaq.protocol.batching import chunks
+from miyaq.cluster.sizes import (
+    EVENT_ALLOWANCE, PEER_MESSAGE_BYTES, outcome_size, peer_chunks, record_payload, record_size,
+)
 from miyaq.constants import RESYNC_CHUNK, RESYNC_STONES, RESYNC_TIMEOUT
 from miyaq.core.attempts import adopt_lessees
 from miyaq.errors import InvalidField
@@ -92,19 +94,23 @@ class Resync:
             cursor = 0
         table = self.role.engine.table
         budget = self.role.config.max_message
+        payloads = PEER_MESSAGE_BYTES      # of results and payloads (sizes.peer_chunks)
         answer: dict[str, Any] = {}
         if cursor == 0:
             # The newest tombstones, as many as half the message holds.
             stones: list[list[Any]] = []
-            room = budget // 2
+            room, results = budget // 2, payloads // 2
             for s in table.tombstones.newest(RESYNC_STONES):
-                room -= outcome_size(s.result, s.error)
-                if room < 0:
+                size = outcome_size(s.result, s.error)
+                room -= size
+                results -= size - EVENT_ALLOWANCE
+                if room < 0 or (results < 0 and stones):
                     break
                 stones.append([s.id, s.state, s.result, s.error, s.key])
             stones.reverse()
             answer["stones"] = stones
             budget -= budget // 2
+            payloads -= payloads // 2
         ids = self._snapshot(sender, cursor == 0)
         end = min(len(ids), cursor + RESYNC_CHUNK)
         picked: list[tuple[int, dict[str, Any]]] = []      # (position in the snapshot, record)
@@ -112,7 +118,8 @@ class Resync:
             task = table.live.get(ids[i]) or table.dead.get(ids[i])
             if task is not None and sender in task.holders:     # else finished or handed away since
                 picked.append((i, transfer_record(task)))
-        first = next(chunks([r for _, r in picked], RESYNC_CHUNK, budget, record_size), [])
+        first = next(peer_chunks([r for _, r in picked], RESYNC_CHUNK, budget, record_size, record_payload,
+                                 payloads), [])
         following = picked[len(first) - 1][0] + 1 if len(first) < len(picked) else end
         answer["tasks"] = first
         answer["next"] = following if following < len(ids) else None
