@@ -69,7 +69,8 @@ def assert_clean(s: dict, kinds: list[str]) -> None:
     assert rejected["dead"] == rejected["accepted"], "every task that rejected itself is dead-lettered"
     assert injected(s) == set(kinds), "every kind at least once"
     assert s["duplicates"]["unexplained"] == 0 and s["started_while_fenced"] == 0
-    assert all(not f["unrecovered"] and not f.get("errors") for f in s["faults"]), s["faults"]
+    failed = [f for f in s["faults"] if f["unrecovered"] or f.get("errors")]
+    assert not failed, "faults not recovered, or with errors:\n" + "\n".join(json.dumps(f) for f in failed)
 
 
 @pytest.mark.timeout(300)
