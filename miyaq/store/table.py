@@ -22,6 +22,12 @@ and CPython's cycle collector stops tracking a tuple of strings, numbers and
 bytes, where it walks every instance of a class at each full collection
 with the hub stopped (80-90 ms for 200,000 of them, against 17-26 ms as
 tuples: docs/performance.md, "Garbage collection").
+
+Tasks are out of the collector's sight too once they wait or a lease of
+them ends (miyaq.store.task says when, why that is safe, and when a task
+is back in sight: while it has a consumer); the dead letters from
+:meth:`TaskTable.kill` on. The table's dict of live tasks is a
+:class:`LiveTasks`, frozen with a node's start-up heap.
 """
 from __future__ import annotations
 
@@ -32,7 +38,7 @@ from collections.abc import Iterator, Mapping
 from operator import attrgetter
 from typing import Any, NamedTuple
 
-from .task import EXTRA_FIELDS, Extra, Task
+from .task import EXTRA_FIELDS, Extra, Task, out_of_sight
 
 
 def error_bytes(error: Any) -> int:
@@ -179,10 +185,22 @@ class Tombstones(Mapping[str, Tombstone]):
         self._rows.popitem(last=False)
 
 
+class LiveTasks(dict[str, Task]):
+    """Live tasks by id: a plain dict in all but its type, which CPython
+    tracks from the moment it is made. A plain dict is untracked while it
+    holds no container and tracked from its first task on: in a node started
+    empty that is after the start-up freeze (:mod:`miyaq.runtime.heap`), so
+    a full collection walked its million entries every time (30-35 ms with
+    the tasks themselves untracked). Tracked from the start, the table made
+    during start-up is frozen with the rest of it, and walked never."""
+
+    __slots__ = ()
+
+
 class TaskTable:
     def __init__(self, max_tombstones: int, tombstone_ttl: float, max_dead: int,
                  max_result_bytes: int | None = None) -> None:
-        self.live: dict[str, Task] = {}
+        self.live: dict[str, Task] = LiveTasks()         # frozen with the start-up heap (LiveTasks)
         self.keys: dict[str, str] = {}                      # key -> task id (live or tombstone)
         self.tombstones = Tombstones()
         self.dead: OrderedDict[str, Task] = OrderedDict()
@@ -305,8 +323,10 @@ class TaskTable:
 
     # -- dead letters -----------------------------------------------------
     def kill(self, task: Task) -> Task | None:
-        """Move a task to the dead-letter queue; returns a task evicted to make room."""
+        """Move a task to the dead-letter queue, out of the cycle collector's
+        sight (it waits: miyaq.store.task); returns a task evicted to make room."""
         self.live.pop(task.id, None)
+        out_of_sight(task)
         self.dead[task.id] = task
         if len(self.dead) > self.max_dead:
             evicted = self.dead.popitem(last=False)[1]

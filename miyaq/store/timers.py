@@ -15,7 +15,14 @@ and skipped when they surface, so cancelling never searches (O(1)).
   a 64-byte heap entry: delayed tasks are what a node holds most of. A
   bucket comes ``NEAR`` seconds before its start: each task whose timer still
   falls in it is armed again, into the near heap or a finer bucket, so a
-  timer moves at most about log2(delay) times before it fires.
+  timer moves at most about log2(delay) times before it fires. A task
+  armed into a bucket waits: it is taken out of the cycle collector's
+  sight (:func:`miyaq.store.task.out_of_sight`, unless it runs: a lease's
+  timer), and so is the bucket's list (it holds only tasks, which never
+  refer to it: :func:`miyaq.runtime.heap.untrack`), so a full collection
+  walks neither a million delayed tasks nor their references. The near
+  heap's entries stay tracked: the timers due within ``NEAR``, a few
+  seconds' worth.
 
 :meth:`next_due` answers the earliest time armed into the heap or a bucket
 (early only when that timer was cancelled: the caller then finds nothing
@@ -32,7 +39,9 @@ import heapq
 import time
 from typing import Iterator
 
-from .task import Task
+from miyaq.runtime.heap import untrack
+
+from .task import Task, out_of_sight
 
 NEAR = 2.0            # seconds: timers due sooner go straight into the heap
 MIN_WIDTH_LOG2 = 1    # the finest bucket is 2 s wide
@@ -69,11 +78,13 @@ class TimerHeap:
             existing = self._buckets.get(key)
             if existing is None:
                 bucket = self._buckets[key] = []
+                untrack(bucket)
                 heapq.heappush(self._starts, key)
             else:
                 bucket = existing
             self._last = (key[0], key[0] + (1 << key[1]), key, bucket)
         bucket.append(task)
+        out_of_sight(task)
         self._far += 1
         if when < self._mins.get(key, when + 1.0):
             self._mins[key] = when
@@ -217,6 +228,7 @@ class TimerHeap:
                     if when < mins.get(key, end):
                         mins[key] = when
             if live:
+                untrack(live)
                 buckets[key] = live
         self._buckets, self._mins = buckets, mins
         self._last = None
