@@ -151,3 +151,13 @@ def test_vnodes_scale_with_weight():
     assert Ring({"a": 1}, vnodes=10).points == 10
     assert Ring({"a": 1, "b": 2.5}, vnodes=10).points == 35
     assert Ring({"tiny": 0.0001}, vnodes=10).points == 1
+
+
+def test_a_weight_past_a_floats_range_is_a_config_error_not_an_overflow():
+    """Fault (a review audit): a member znode whose weight is an integer of
+    401 digits made ``float()`` raise OverflowError, which the readers of
+    member znodes do not catch (they skip a ConfigError): every node's start
+    failed for as long as that znode stayed. It is a ConfigError naming the
+    weight, shortened."""
+    with pytest.raises(ConfigError, match=r"weight must be finite, > 0 and at most .*, got 1{40}\.\.\.$"):
+        check_weight(int("1" * 401))

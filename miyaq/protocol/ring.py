@@ -62,9 +62,13 @@ def check_weight(weight: object, name: str = "weight") -> float:
     MAX_WEIGHT, else raise ``ConfigError`` naming it ``name``."""
     if isinstance(weight, bool) or not isinstance(weight, (int, float)):
         raise ConfigError(f"{name} must be a number, got {weight!r}")
-    value = float(weight)
+    try:
+        value = float(weight)
+    except OverflowError:       # an int past a float's range: a member znode of 401 digits stopped every start
+        value = math.inf
     if not math.isfinite(value) or value <= 0 or value > MAX_WEIGHT:
-        raise ConfigError(f"{name} must be finite, > 0 and at most {MAX_WEIGHT:g}, got {weight!r}")
+        shown = repr(weight) if len(repr(weight)) <= 40 else repr(weight)[:40] + "..."
+        raise ConfigError(f"{name} must be finite, > 0 and at most {MAX_WEIGHT:g}, got {shown}")
     return value
 
 
