@@ -18,6 +18,15 @@ malformed clients.
   did not read) takes at most ``body_timeout``; then 408 and the connection
   closes. A body the handler left unread is discarded only up to
   ``max_body`` bytes; beyond that the connection closes instead.
+* **Lingering close**: a connection that closes with part of a request's
+  body still coming (a body refused as too large, one not skipped) is
+  half-closed after the answer and what the client still sends is read and
+  thrown away -- for at most ``LINGER_SECONDS`` and ``LINGER_BODIES`` times
+  ``max_body`` bytes -- until the client closes (:meth:`GatewayHandler.linger`).
+  Closed at once with those bytes unread, the kernel answered the client's
+  next segment with a reset that destroyed the answer already sent: a client
+  that sends its whole body before reading (Python's ``http.client``) saw
+  ``ConnectionResetError`` instead of its 413.
 * **Malformed**: a request line or headers the server cannot parse get a 400
   in the gateway's JSON error shape, and the connection closes.
 
@@ -52,6 +61,17 @@ ACCEPT_PAUSE_MIN = 0.05
 """Seconds the server stops accepting when the process is out of file
 descriptors; doubled at every failed accept, up to ``ACCEPT_PAUSE_MAX``."""
 ACCEPT_PAUSE_MAX = 1.0
+
+LINGER_SECONDS = 5.0
+"""Seconds at most a connection closing with a body still coming reads and
+throws away what its client sends after the answer (the lingering close;
+nginx's default is 30 s, Apache's 2 s): time for a client on a slow link to
+finish sending a body of a few MiB and read its answer, and the most a
+client trickling a refused body adds to its connection's time."""
+LINGER_BODIES = 2
+"""A lingering close reads and throws away at most this many times
+``max_body`` bytes (8 MiB with the default 4 MiB ``http_max_body``); a
+client still sending after that is cut off (and likely sees a reset)."""
 
 
 @dataclass(frozen=True)
@@ -115,21 +135,34 @@ class TimedInput(WSGIInput):
     def readline(self, size: int | None = None) -> bytes:
         return self._timed(super().readline, size)
 
+    def body_unfinished(self) -> bool:
+        """Is part of the body still to come from the client? False once it
+        was read to its end, and after a read that failed (a body timeout, a
+        malformed chunk, the client gone): nothing more is worth waiting for."""
+        if self._chunked_input_error:
+            return False
+        if self.chunked_input:
+            return bool(self.chunk_length != 0)
+        return self.position < (self.content_length or 0)
+
     def _discard(self) -> None:
         handler = self._handler
-        if handler.close_connection or self._chunked_input_error:
+        if self._chunked_input_error:
+            return   # the connection closes: nothing to skip to the next request
+        if handler.close_connection:
+            handler.linger_wanted = self.body_unfinished()
             return   # the connection closes: nothing to skip to the next request
         if self.socket is not None and self.position == 0:
             # "Expect: 100-continue" never answered: the client may never send
             # the body. Reading it would send a stray "100 Continue" after the
             # final answer (taken for the next request's go-ahead) and wait.
-            handler.close_connection = True
+            handler.close_connection = handler.linger_wanted = True
             return
         left = (self.content_length or 0) - self.position
         if not self.chunked_input and left <= 0:
             return
         if left > self._max_discard:
-            handler.close_connection = True
+            handler.close_connection = handler.linger_wanted = True
             return
         skipped = 0
         try:
@@ -138,6 +171,7 @@ class TimedInput(WSGIInput):
                 if not data:
                     return
                 skipped += len(data)
+            handler.linger_wanted = True     # over max_discard: still coming
         except (RequestTimeout, OSError, ValueError):
             pass
         handler.close_connection = True
@@ -151,6 +185,10 @@ class GatewayHandler(WSGIHandler):
     _coalesce: list[bytes] | None = None
     _header_timer: Any = None
     _served = 0
+    linger_wanted = False
+    """Set when the connection is to close with part of a request's body
+    still coming: :meth:`linger` reads it away after the answer."""
+    _answer_failed = False
     first_deadline: float | None = None
     """``monotonic()`` by which the first request's line and headers must be in:
     ``header_timeout`` after the accept, set by :meth:`GatewayServer.handle`
@@ -224,7 +262,42 @@ class GatewayHandler(WSGIHandler):
         if isinstance(result, tuple) and result[0] == "414":
             self.server.refused("malformed")
             return ("414", LINE_TOO_LONG)
+        if result is None and self.linger_wanted and not self._answer_failed:
+            self.linger()
         return result
+
+    def linger(self) -> None:
+        """The lingering close (as nginx's and Apache's), run in the
+        connection's own greenlet before pywsgi closes the socket: half-close
+        it (the client sees the answer end), then read and throw away what
+        the client still sends until it closes, for at most
+        ``LINGER_SECONDS`` and ``LINGER_BODIES`` x ``max_body`` bytes. A
+        socket closed with bytes unread is answered with a reset, which
+        destroys the answer the client has not read yet."""
+        self.linger_wanted = False
+        sock = self.socket
+        if sock is None:
+            return
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return   # gone already
+        budget = LINGER_BODIES * self.server.limits.max_body
+        timer = green.Timeout(LINGER_SECONDS)
+        timer.start()
+        try:
+            while budget > 0:
+                data = self.rfile.read1(min(65536, budget))
+                if not data:
+                    return   # the client closed: nothing will be reset
+                budget -= len(data)
+        except green.Timeout as exc:
+            if exc is not timer:
+                raise
+        except (OSError, ValueError):   # reset, or the file closed
+            pass
+        finally:
+            timer.close()
 
     def get_environ(self) -> dict[str, Any]:
         env: dict[str, Any] = super().get_environ()
@@ -267,6 +340,7 @@ class GatewayHandler(WSGIHandler):
         try:
             send_within(self.socket, super()._sendall, data, self.server.limits.body_timeout)
         except SendTimeout:
+            self._answer_failed = True     # no lingering for a client that does not read
             self.server.refused("send_timeout")
             raise
 
