@@ -178,3 +178,19 @@ def inproc(request):
         if failed:
             sys.stderr.write(f"\n----- in-process cluster -----\n{cluster.describe()}\n")
         cluster.close()
+
+
+@pytest.fixture
+def umask_000():
+    """The most permissive umask a program may start with (put back after the test)."""
+    from file_modes import umask
+    with umask(0o000):
+        yield
+
+
+@pytest.fixture
+def umask_022():
+    """The usual umask: files 0644 and directories 0755 unless made otherwise (put back after)."""
+    from file_modes import umask
+    with umask(0o022):
+        yield

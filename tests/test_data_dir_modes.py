@@ -7,12 +7,10 @@ Fault tests say in their docstring which fault they simulate."""
 from __future__ import annotations
 
 import logging
-import os
-import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from file_modes import mode
 
 from miyaq.client.client import Client
 from miyaq.store.log_commit import Committer
@@ -20,30 +18,6 @@ from miyaq.store.log_compact import Snapshotter
 from miyaq.store.log_format import KIND_RECORD, encode, snapshot_name
 from miyaq.store.log_segments import Segments
 from miyaq.testing.harness import ThreadNode
-
-
-def mode(path: str | Path) -> int:
-    return stat.S_IMODE(os.stat(path).st_mode)
-
-
-@pytest.fixture
-def umask_000() -> Iterator[None]:
-    """The most permissive umask a program may start with; the previous one is put back."""
-    previous = os.umask(0o000)
-    try:
-        yield
-    finally:
-        os.umask(previous)
-
-
-@pytest.fixture
-def umask_022() -> Iterator[None]:
-    """The usual umask: files 0644 and directories 0755 unless made otherwise."""
-    previous = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(previous)
 
 
 # -- the data dir ---------------------------------------------------------------------------------

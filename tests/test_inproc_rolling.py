@@ -28,6 +28,21 @@ def _restart_through_a_ring_without_it(cluster, node_id: str, others: list[str])
     return back
 
 
+def _every_copy_standby_after_its_first_holder_restarted(cluster, tid: str) -> float:
+    """Submit ``tid`` (its first holder n3) due in 30 s, restart n3 through a
+    ring without it, and check every copy is then a standby copy (the case
+    at hand); the task's eta."""
+    holders = cluster.holders(tid)
+    sub = cluster.submit("n1", tid, countdown=30)
+    cluster.wait_until(lambda: sub.status == "accepted" and all(cluster[n].task(tid) for n in holders),
+                       what="every copy stored")
+    eta: float = cluster["n1"].task(tid).eta
+    back = _restart_through_a_ring_without_it(cluster, "n3", ["n1", "n2"])
+    cluster.wait_until(lambda: back.task(tid) is not None and back.task(tid).rank == 0, what="n3's copy, rank 0")
+    assert all(cluster[n].task(tid).standby for n in holders), "every copy is a standby copy: the case at hand"
+    return eta
+
+
 def test_a_delayed_task_whose_first_holder_restarted_starts_once_at_its_eta_in_process(inproc, tmp_path):
     """The first holder of a task due in 30 s (n3: both other holders have
     smaller node ids) is restarted from its log before the task is due, as
@@ -39,15 +54,7 @@ def test_a_delayed_task_whose_first_holder_restarted_starts_once_at_its_eta_in_p
     reproduce in-process, where the ring's two changes land otherwise.)"""
     cluster = inproc(3, data_dir=str(tmp_path), fsync="always", replica_offset=OFFSET, default_timeout=60.0)
     tid = cluster.task_led_by("n3")
-    holders = cluster.holders(tid)
-    sub = cluster.submit("n1", tid, countdown=30)
-    cluster.wait_until(lambda: sub.status == "accepted" and all(cluster[n].task(tid) for n in holders),
-                       what="every copy stored")
-    eta = cluster["n1"].task(tid).eta
-
-    back = _restart_through_a_ring_without_it(cluster, "n3", ["n1", "n2"])
-    cluster.wait_until(lambda: back.task(tid) is not None and back.task(tid).rank == 0, what="n3's copy, rank 0")
-    assert all(cluster[n].task(tid).standby for n in holders), "every copy is a standby copy: the case at hand"
+    eta = _every_copy_standby_after_its_first_holder_restarted(cluster, tid)
 
     workers = {n: cluster.worker(n) for n in cluster.nodes}
     cluster.advance(eta - wall() + 0.1)            # just past the eta, well within one offset
@@ -71,15 +78,7 @@ def test_a_delayed_task_whose_smallest_id_holder_is_last_starts_at_its_eta_after
     audit's scenario, /tmp/audit-review9/r1_allstandby.py.)"""
     cluster = inproc(3, data_dir=str(tmp_path), fsync="always", replica_offset=OFFSET, default_timeout=60.0)
     tid = next(t for t in (cluster.task_led_by("n3") for _ in range(500)) if cluster.holders(t)[-1] == "n1")
-    holders = cluster.holders(tid)
-    sub = cluster.submit("n1", tid, countdown=30)
-    cluster.wait_until(lambda: sub.status == "accepted" and all(cluster[n].task(tid) for n in holders),
-                       what="every copy stored")
-    eta = cluster["n1"].task(tid).eta
-
-    back = _restart_through_a_ring_without_it(cluster, "n3", ["n1", "n2"])
-    cluster.wait_until(lambda: back.task(tid) is not None and back.task(tid).rank == 0, what="n3's copy, rank 0")
-    assert all(cluster[n].task(tid).standby for n in holders), "every copy is a standby copy: the case at hand"
+    eta = _every_copy_standby_after_its_first_holder_restarted(cluster, tid)
     n1_timer = cluster["n1"].task(tid).timer_at
     assert n1_timer >= eta + 2 * OFFSET - 0.5, "n1's own timer: two offsets late"
 

@@ -9,31 +9,16 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from file_modes import mode
 
 from miyaq.cli.main import main
 from miyaq.gateway import tls
 from miyaq.security import curve
 from miyaq.security.keystore import KeyStore
-
-
-def mode(path: str | Path) -> int:
-    return stat.S_IMODE(os.stat(path).st_mode)
-
-
-@pytest.fixture
-def umask_000() -> Iterator[None]:
-    """The most permissive umask a program may start with; the previous one is put back."""
-    previous = os.umask(0o000)
-    try:
-        yield
-    finally:
-        os.umask(previous)
 
 
 # -- the key directory ----------------------------------------------------------------------------
