@@ -30,6 +30,17 @@ at each SYNC and every second by the cluster ticker), and at most
 ``MAX_SYNC_SNAPSHOTS`` are kept (the least recently used goes); a chunk
 asked for without one (expired, or this node restarted) is served from a
 fresh list, as before.
+
+The snapshot also holds the ids of the ``RESYNC_STONES`` newest tombstones
+as of cursor 0; each answer carries the next of them, as many as fit half
+the message and half of ``PEER_MESSAGE_BYTES`` of results, and the tasks
+the rest; past the tasks' positions come pages of tombstones only (cursor
+``len(ids)`` + the tombstones sent or skipped, at least one a page), so the
+cursor always grows (the asker requires it) and an asker of an older build,
+which applies the stones of every answer, gets them all. A tombstone gone
+since the snapshot is skipped. Before 2026-12-06 they came on cursor 0
+only, as many as half the message held: a node restarted empty got back 7
+of 20 outcomes of 1 MiB and took the resends of the others for new tasks.
 """
 from __future__ import annotations
 
@@ -38,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from miyaq.cluster.peer_requests import SYNC, clock_shift
 from miyaq.cluster.sizes import (
-    PEER_MESSAGE_BYTES, outcome_size, peer_chunks, record_payload, record_size,
+    EVENT_ALLOWANCE, PEER_MESSAGE_BYTES, outcome_size, peer_chunks, record_payload, record_size,
 )
 from miyaq.constants import RESYNC_CHUNK, RESYNC_STONES, RESYNC_TIMEOUT
 from miyaq.core.attempts import adopt_lessees
@@ -70,8 +81,7 @@ class Resync:
     def __init__(self, role: ClusterRole) -> None:
         self.role = role
         self.completed = 0
-        # asker -> (ids of the tasks shared with it at its cursor 0, monotonic time last used)
-        self._snapshots: dict[str, tuple[list[str], float]] = {}
+        self._snapshots: dict[str, _Snapshot] = {}       # asker -> what its cursor 0 saw
 
     def start(self, src: str, number: int = 0) -> None:
         """Fetch ``src``'s state (all of it, in chunks); ``number`` is the
@@ -94,39 +104,68 @@ class Resync:
             cursor = 0
         table = self.role.engine.table
         budget = self.role.config.max_message
-        payloads = PEER_MESSAGE_BYTES      # of results and payloads (sizes.peer_chunks)
-        answer: dict[str, Any] = {}
-        if cursor == 0:
-            # The newest tombstones, as many as half the message holds -- not
-            # bounded by PEER_MESSAGE_BYTES: they have no cursor of their own,
-            # so what this page leaves out is never sent (with the budget, a
-            # node restarted empty got 1 of 12 outcomes of 300 KB back, and
-            # took their ids' resends for new tasks: 2026-12-06's review).
-            stones: list[list[Any]] = []
-            room = budget // 2
-            for s in table.tombstones.newest(RESYNC_STONES):
-                room -= outcome_size(s.result, s.error)
-                if room < 0:
-                    break
-                stones.append([s.id, s.state, s.result, s.error, s.key])
-            stones.reverse()
-            answer["stones"] = stones
-            budget -= budget // 2
-        ids = self._snapshot(sender, cursor == 0)
-        end = min(len(ids), cursor + RESYNC_CHUNK)
-        picked: list[tuple[int, dict[str, Any]]] = []      # (position in the snapshot, record)
-        for i in range(cursor, end):
-            task = table.live.get(ids[i]) or table.dead.get(ids[i])
-            if task is not None and sender in task.holders:     # else finished or handed away since
-                picked.append((i, transfer_record(task)))
-        first = next(peer_chunks([r for _, r in picked], RESYNC_CHUNK, budget, record_size, record_payload,
-                                 payloads), [])
-        following = picked[len(first) - 1][0] + 1 if len(first) < len(picked) else end
+        snapshot = self._snapshot(sender, cursor == 0)
+        ids = snapshot.ids
+        tasks_left = cursor < len(ids)
+        stones, stones_end, size, payload = self._stones(snapshot, cursor, budget, alone=not tasks_left)
+        answer: dict[str, Any] = {"stones": stones}
+        following = len(ids)
+        first: list[dict[str, Any]] = []
+        if tasks_left:
+            end = min(len(ids), cursor + RESYNC_CHUNK)
+            picked: list[tuple[int, dict[str, Any]]] = []      # (position in the snapshot, record)
+            for i in range(cursor, end):
+                task = table.live.get(ids[i]) or table.dead.get(ids[i])
+                if task is not None and sender in task.holders:     # else finished or handed away since
+                    picked.append((i, transfer_record(task)))
+            first = next(peer_chunks([r for _, r in picked], RESYNC_CHUNK, budget - size, record_size,
+                                     record_payload, PEER_MESSAGE_BYTES - payload), [])
+            following = picked[len(first) - 1][0] + 1 if len(first) < len(picked) else end
         answer["tasks"] = first
-        answer["next"] = following if following < len(ids) else None
+        if following < len(ids):
+            answer["next"] = following
+        elif stones_end < len(snapshot.stones):
+            # Past the tasks' positions: pages of tombstones only, each
+            # carrying at least one, so the cursor still grows.
+            answer["next"] = len(ids) + stones_end
+        else:
+            answer["next"] = None
         if answer["next"] is None:
             self._snapshots.pop(sender, None)
+        else:
+            snapshot.stones_at[answer["next"]] = stones_end
         return answer
+
+    def _stones(self, snapshot: _Snapshot, cursor: int, budget: int,
+                alone: bool) -> tuple[list[list[Any]], int, int, int]:
+        """The tombstones of the answer at ``cursor``: from where the page
+        before it stopped in the snapshot's list, as many as fit half of
+        ``budget`` (``max_message``) and half of ``PEER_MESSAGE_BYTES`` of
+        results -- at least one when ``alone`` (a page of tombstones only,
+        past the tasks), so the cursor grows. A tombstone gone since the
+        snapshot is skipped. Returns them (oldest of the page first), the
+        position the next page starts from, and their size and bytes of
+        results and errors."""
+        start = snapshot.stones_at.get(cursor)
+        if start is None:       # no snapshot kept (expired, or this node restarted): none
+            return [], len(snapshot.stones), 0, 0
+        table = self.role.engine.table
+        room, results = budget // 2, PEER_MESSAGE_BYTES // 2
+        size = payload = 0
+        stones: list[list[Any]] = []
+        position = start
+        while position < len(snapshot.stones):
+            stone = table.tombstone(snapshot.stones[position])
+            if stone is not None:
+                weight = outcome_size(stone.result, stone.error)
+                carried = weight - EVENT_ALLOWANCE
+                if (size + weight > room or payload + carried > results) and (stones or not alone):
+                    break
+                size, payload = size + weight, payload + carried
+                stones.append([stone.id, stone.state, stone.result, stone.error, stone.key])
+            position += 1
+        stones.reverse()
+        return stones, position, size, payload
 
     def expire(self, now: float) -> None:
         """Drop the snapshots unused for ``SYNC_SNAPSHOT_TTL`` (``now``:
@@ -135,24 +174,31 @@ class Resync:
         never came back stayed until another peer asked for a resync."""
         if not self._snapshots:
             return
-        for asker, (_, used) in list(self._snapshots.items()):
-            if now - used > SYNC_SNAPSHOT_TTL:
+        for asker, snapshot in list(self._snapshots.items()):
+            if now - snapshot.used > SYNC_SNAPSHOT_TTL:
                 del self._snapshots[asker]
 
-    def _snapshot(self, sender: str, fresh: bool) -> list[str]:
+    def _snapshot(self, sender: str, fresh: bool) -> _Snapshot:
         """The ids of the tasks this node shares with ``sender``: listed anew
-        when ``fresh`` (its cursor 0) or when none is kept for it."""
+        when ``fresh`` (its cursor 0) or when none is kept for it; with the
+        ids of the ``RESYNC_STONES`` newest tombstones when ``fresh`` (a
+        snapshot listed anew past cursor 0 has none: the pages that would
+        have carried them are lost with the snapshot)."""
         now = monotonic()
         self.expire(now)
         kept = self._snapshots.pop(sender, None)     # its own, replaced either way: not evicted below
         if kept is not None and not fresh:
-            ids = kept[0]
+            snapshot = kept
         else:
-            ids = self._shared_with(sender)
+            snapshot = _Snapshot(self._shared_with(sender))
+            if fresh:
+                snapshot.stones = [s.id for s in self.role.engine.table.tombstones.newest(RESYNC_STONES)]
+                snapshot.stones_at[0] = 0
             while len(self._snapshots) >= MAX_SYNC_SNAPSHOTS:
-                del self._snapshots[min(self._snapshots, key=lambda a: self._snapshots[a][1])]
-        self._snapshots[sender] = (ids, now)
-        return ids
+                del self._snapshots[min(self._snapshots, key=lambda a: self._snapshots[a].used)]
+        snapshot.used = now
+        self._snapshots[sender] = snapshot
+        return snapshot
 
     def _shared_with(self, sender: str) -> list[str]:
         """The ids of the tasks this node shares with ``sender``, the table
@@ -215,6 +261,20 @@ class Resync:
         else:
             self.completed += 1
             role.subscriber.resync_done(src, number, complete=True)
+
+
+class _Snapshot:
+    """What a resync's cursor 0 saw: ``ids``, the tasks shared with the
+    asker (a cursor below ``len(ids)`` is a position in it); ``stones``, the
+    ids of the newest tombstones, newest first; ``stones_at``, for each
+    cursor handed out, where in ``stones`` its answer starts."""
+    __slots__ = ("ids", "stones", "stones_at", "used")
+
+    def __init__(self, ids: list[str]) -> None:
+        self.ids = ids
+        self.stones: list[str] = []
+        self.stones_at: dict[int, int] = {}
+        self.used = 0.0          # monotonic time last used
 
 
 def _items(value: Any) -> list[Any]:
