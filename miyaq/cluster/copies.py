@@ -67,17 +67,20 @@ class Copies:
         table = self.engine.table
         finished = {}
         dead = {}
+        left_out: list[str] = []
         # Past half the answer's room a result is left out (the state alone
-        # stops a second run); the holders that have it keep it. Not bounded
-        # by PEER_MESSAGE_BYTES: the asker cannot tell a result left out from
-        # none, and stores and forwards the outcome without it (with the
-        # budget, 10 of 12 resent tasks of 300 KB results ended done with no
-        # result on the node that took the resend: 2026-12-06's review).
+        # stops a second run) and its id listed in "results_left_out": the
+        # asker's standby copy asks the holders for it (QUERY) rather than
+        # finish without it. Not bounded by PEER_MESSAGE_BYTES: an asker of
+        # an older build cannot tell a result left out from none, and stores
+        # and forwards the outcome without it.
         room = self.role.config.max_message // 2
         for task_id in stored:
             stone = table.tombstone(task_id)
             if stone is not None and task_id not in table.live:
                 room -= outcome_size(stone.result, stone.error)
+                if room < 0 and stone.result is not None:
+                    left_out.append(task_id)
                 finished[task_id] = [stone.state, stone.result if room >= 0 else None, stone.error]
             elif task_id in table.dead and task_id not in sent_dead:
                 task = table.dead[task_id]
@@ -86,6 +89,8 @@ class Copies:
         answer: dict[str, Any] = {"ids": stored, "epoch": self.role.view.epoch}   # a refusal on an older ring
         if finished:
             answer["finished"] = finished     # the sender must not run these again
+        if left_out:
+            answer["results_left_out"] = left_out     # finished with a result this answer had no room for
         if dead:
             answer["dead"] = dead             # nor these: dead-lettered here
         if lost_keys:
@@ -180,7 +185,8 @@ class Copies:
                 self.role.events.forward_dead(task_id, attempt, error, others)
         return list(checked)
 
-    def finish_known(self, sender: str, finished: dict[Any, Any], holders: Mapping[str, Sequence[str]]) -> list[str]:
+    def finish_known(self, sender: str, finished: dict[Any, Any], holders: Mapping[str, Sequence[str]],
+                     left_out: Any = None) -> list[str]:
         """``sender`` answered our REPLICATE (a submit's copies, or a handoff)
         of the ids in ``holders`` (id -> the task's holders) saying it already
         finished these tasks: finish our copies the same way -- a tombstone,
@@ -190,9 +196,18 @@ class Copies:
         before that node had a copy, and the copy runs if the finisher is
         silent when it asks. Returns the ids whose outcome passed the checks
         (a bad one is refused and counted; an id we did not ask about is
-        ignored)."""
+        ignored).
+
+        ``left_out`` (the answer's ``results_left_out``) names the ids whose
+        result the answer had no room for: a standby copy of one of those
+        (a client's resend is one) is neither finished nor announced -- it
+        asks the holders before it runs, and a QUERY answer carries the
+        result; any other copy finishes without the result, as the answer
+        said (it must not run again), and a debug line says so."""
         now = wall()
         config = self.role.config
+        missing = set(left_out) if isinstance(left_out, list) else set()
+        table = self.engine.table
         checked: dict[str, Outcome] = {}
         with self.role.events.applying_remote():
             for task_id, outcome in finished.items():
@@ -205,7 +220,14 @@ class Copies:
                 except InvalidField as err:
                     self.role.refusals.refuse("answer", sender, err)
                     continue
-                if task_id in self.engine.table.live:
+                if task_id in missing and checked[task_id][1] is None:
+                    task = table.live.get(task_id)
+                    if task is not None and task.standby:
+                        del checked[task_id]        # it asks, and the answer brings the result
+                        continue
+                    logger.debug("task %s finished on %s with a result its answer left out: our copy "
+                                 "ends without it", task_id, sender)
+                if task_id in table.live:
                     self.engine.finish_copy(task_id, *checked[task_id], now)
         me = self.role.node_id
         for task_id, outcome in checked.items():

@@ -307,7 +307,7 @@ class ReplicatedIntake:
         if isinstance(finished, dict) and finished:
             # A resend of a task that ran while another holder was down; done
             # even when the submit was already answered.
-            self.role.copies.finish_known(holder, finished, sent)
+            self.role.copies.finish_known(holder, finished, sent, answer.get("results_left_out"))
         dead = answer.get("dead")
         if isinstance(dead, dict) and dead:
             self.role.copies.dead_known(holder, dead, sent)
