@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from miyaq.cluster import sync as sync_module
 from miyaq.cluster.sizes import PEER_MESSAGE_BYTES
 from miyaq.protocol.taskspec import task_from_wire
 from miyaq.runtime import wall
@@ -173,3 +174,110 @@ def test_a_node_restarted_empty_gets_back_every_outcome_of_large_results_and_tak
     assert {s.status for s in resends} == {"duplicate"}
     assert all(cluster[h].tombstone(t).result == bytes(TASK_BYTES) for h in cluster.ids for t in ids)
     assert all(worker.times(t) == 1 for t in ids) and not cluster.crashes()
+
+
+MIB = 1 << 20
+MANY = 20             # 20 MiB of results: more than a SYNC answer's half of max_message (16 MiB)
+
+
+def _finish_on_n1(cluster, count: int, size: int) -> tuple[Any, list[str]]:
+    """``count`` tasks led by n1, run there once by the worker returned and
+    finished with results of ``size`` bytes."""
+    worker = cluster.worker("n1")
+    ids = [cluster.task_led_by("n1") for _ in range(count)]
+    for task_id in ids:
+        cluster.submit("n1", task_id)
+    cluster.wait_until(lambda: all(worker.times(t) == 1 for t in ids), what="every task leased on n1")
+    for task_id in ids:
+        assert worker.complete(task_id, bytes(size))
+    cluster.wait_until(lambda: all(cluster[h].state(t) == DONE for h in ("n2", "n3") for t in ids),
+                       timeout=30, what="the other holders to hear every end")
+    return worker, ids
+
+
+def _every_result_everywhere(cluster, ids: list[str], size: int) -> bool:
+    return all(cluster[h].tombstone(t) is not None and cluster[h].tombstone(t).result == bytes(size)
+               for h in cluster.ids for t in ids)
+
+
+def test_a_node_restarted_empty_gets_back_every_outcome_of_1_mib_results_and_takes_resends_as_duplicates(inproc):
+    """Fault (an audit of sizes at the limits): 20 tasks finished with
+    results of 1 MiB (max_payload); n3 restarted with an empty data dir got
+    back 7 of the 20 tombstones -- the SYNC answer carried as many as half
+    of max_message holds, on its first page only, with no cursor for the
+    rest. The client's resends of the 20 ids to n3 were then 13 new tasks,
+    and 6 of them ended done with no result (a REPLICATE answer left the
+    result out past half its room, and n3 took that for none). The
+    tombstones are now paged: every outcome comes back with its result,
+    every resend is a duplicate, and no node holds a result None."""
+    cluster = inproc(3, replicas=3)
+    worker, ids = _finish_on_n1(cluster, MANY, MIB)
+    cluster.stop_node("n3")
+    back = cluster.start_node("n3")
+    cluster.wait_until(lambda: all(back.tombstone(t) is not None for t in ids), timeout=30,
+                       what="every outcome back on n3 from the resyncs")
+    assert all(back.tombstone(t).result == bytes(MIB) for t in ids)
+    with _one_burst(back, "wake"):
+        resends = [cluster.submit("n3", t) for t in ids]
+    cluster.wait_until(lambda: all(s.status for s in resends), what="the resends answered")
+    assert {s.status for s in resends} == {"duplicate"}
+    assert _every_result_everywhere(cluster, ids, MIB)
+    assert all(worker.times(t) == 1 for t in ids) and not cluster.crashes()
+
+
+def test_a_resent_copy_told_finished_without_its_result_asks_for_it_rather_than_end_without_it(inproc, monkeypatch):
+    """Fault (an audit of sizes at the limits): a node that did not get the
+    outcomes back (here: its resyncs bring back 2 tombstones) took a burst
+    of resends of 20 tasks finished with results of 1 MiB as new tasks; the
+    REPLICATE answers said them finished but left out every result past
+    half of max_message, and the node could not tell a result left out from
+    none: 6 of 20 ended done with result None there, and it told the other
+    holders so. An answer now names the results it left out
+    (``results_left_out``); the resent copy (a standby copy) is not finished
+    on it but asks the holders, whose QUERY answers carry the result: every
+    node ends with every result, and none runs again."""
+    monkeypatch.setattr(sync_module, "RESYNC_STONES", 2)
+    cluster = inproc(3, replicas=3)
+    worker, ids = _finish_on_n1(cluster, MANY, MIB)
+    cluster.stop_node("n3")
+    back = cluster.start_node("n3")
+    cluster.wait_until(lambda: back.role.resync.completed >= 2, timeout=30, what="n3's resyncs")
+    with _one_burst(back, "wake"):
+        resends = [cluster.submit("n3", t) for t in ids]
+    cluster.wait_until(lambda: all(s.status for s in resends), timeout=30, what="the resends answered")
+    finished = [m.body["finished"] for m in cluster.net.messages("ANSWER", dst="n3") if m.body.get("finished")]
+    assert max(map(len, finished)) > MANY // 2, "the burst must leave results out: more than half 16 MiB"
+    cluster.wait_until(lambda: _every_result_everywhere(cluster, ids, MIB), timeout=30,
+                       what="every result on every node")
+    assert all(worker.times(t) == 1 for t in ids) and not cluster.crashes()
+
+
+def test_sync_answers_page_the_tombstones_each_once_with_a_growing_cursor(inproc, monkeypatch):
+    """Fault: a SYNC answer carried tombstones on its first page only, with
+    no cursor of their own: what did not fit half the message was never
+    sent. They now come from the snapshot taken at cursor 0 in pages (beside
+    the tasks, then alone past the tasks' positions): the cursor grows
+    strictly, every tombstone comes exactly once, and one gone since the
+    snapshot is skipped."""
+    monkeypatch.setattr(sync_module, "RESYNC_CHUNK", 1)
+    cluster = inproc(3, replicas=3)
+    _, finished = _finish_on_n1(cluster, 6, 400_000)    # one a page: half the 1 MiB budget holds one
+    waiting = [cluster.submit("n1", countdown=3600) for _ in range(3)]
+    cluster.wait_until(lambda: all(s.status == "accepted" for s in waiting), what="the waiting tasks stored")
+    resync = cluster["n1"].role.resync
+    cursor: int | None = 0
+    cursors, stones, tasks = [], [], []
+    while cursor is not None:
+        answer = resync.serve("n3", {"cursor": cursor})
+        cursors.append(cursor)
+        stones += [s[0] for s in answer["stones"]]
+        tasks += [r["id"] for r in answer["tasks"]]
+        if cursor == 0:
+            gone = cluster["n1"].role.engine.table.tombstones.pop_oldest().id     # dropped after the snapshot
+            assert gone in finished and gone not in stones
+        cursor = answer["next"]
+        assert cursor is None or cursor > cursors[-1]
+    assert len(cursors) == len(stones) == 5 and cursors[-1] > 3      # one a page; past the tasks, stones alone
+    assert sorted(stones) == sorted(set(finished) - {gone})
+    assert set(tasks) == {s.task_id for s in waiting} and len(tasks) == 3
+    assert not resync._snapshots and not cluster.crashes()
