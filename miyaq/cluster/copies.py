@@ -206,7 +206,7 @@ class Copies:
         said (it must not run again), and a debug line says so."""
         now = wall()
         config = self.role.config
-        missing = set(left_out) if isinstance(left_out, list) else set()
+        missing = {i for i in left_out if isinstance(i, str)} if isinstance(left_out, list) else set()  # untrusted
         table = self.engine.table
         checked: dict[str, Outcome] = {}
         with self.role.events.applying_remote():
