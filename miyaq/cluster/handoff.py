@@ -280,7 +280,8 @@ class Handoff:
         finished = answer.get("finished")
         if isinstance(finished, dict) and finished:
             # This node missed the end (it was down, or its stream was).
-            for task_id in self.role.copies.finish_known(holder, finished, self._holders_of(ids)):
+            for task_id in self.role.copies.finish_known(holder, finished, self._holders_of(ids),
+                                                         answer.get("results_left_out")):
                 self.leaving.pop(task_id, None)     # over: nothing more to hand off
         dead = answer.get("dead")
         if isinstance(dead, dict) and dead:
