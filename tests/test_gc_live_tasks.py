@@ -9,13 +9,16 @@ import types
 import weakref
 from typing import Any
 
+import pytest
+
 from miyaq.config import NodeConfig
 from miyaq.core.engine import Engine
 from miyaq.protocol.commands import ACCEPTED
 from miyaq.protocol.taskspec import task_from_wire
 from miyaq.runtime import heap
+from miyaq.store import table as table_module
 from miyaq.store.table import TaskTable
-from miyaq.store.task import NO_EXTRA, RETRYING, RUNNING, Task
+from miyaq.store.task import NO_EXTRA, RETRYING, RUNNING, Collector, Task
 from miyaq.store.timers import TimerHeap
 
 T0 = 1_700_000_000.0
@@ -35,6 +38,13 @@ class Consumer:
 
     def lease_expired(self, task: Task, now: float) -> None:
         pass
+
+
+@pytest.fixture(autouse=True)
+def untracking(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As in a node holding many tasks (a node's housekeeping turns it on
+    and off: :meth:`TaskTable.mind_the_collector`); put back after."""
+    monkeypatch.setattr(Collector, "untracking", True)
 
 
 def _submit(engine: Engine, task_id: str, **wire: Any) -> Task:
@@ -156,3 +166,28 @@ def test_the_store_keeps_its_containers_of_tasks_out_of_sight():
     for atomic in (3, "text", b"bytes", None):     # nothing to do for what is never tracked
         heap.untrack(atomic)
         heap.track(atomic)
+
+
+def test_a_node_holding_few_tasks_leaves_them_to_the_collector(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Untracking costs a few C calls a task (about 0.7 µs of the node's 13
+    in bulk: 0.92 times the drain of the build before it): a node holding
+    fewer than half of ``UNTRACK_FROM`` live tasks leaves a finished or
+    delayed task tracked (a full collection over them is short), one holding
+    ``UNTRACK_FROM`` or more takes them out of sight, and between the two it
+    keeps doing what it did."""
+    monkeypatch.setattr(table_module, "UNTRACK_FROM", 4)
+    engine = Engine(NodeConfig())
+    table = engine.table
+    assert table.mind_the_collector() is False
+    first = _submit(engine, "t0", countdown=3600)
+    assert gc.is_tracked(first)
+    for i in range(1, 4):
+        _submit(engine, f"t{i}", countdown=3600)
+    assert table.mind_the_collector() is True
+    later = _submit(engine, "t4", countdown=3600)
+    assert not gc.is_tracked(later)
+    for i in range(3):
+        engine.cancel(f"t{i}", T0)
+    assert len(table.live) == 2 and table.mind_the_collector() is True      # between: unchanged
+    engine.cancel("t3", T0)
+    assert table.mind_the_collector() is False

@@ -170,6 +170,7 @@ class Clockwork:
             if mono - last_sweep >= TOMBSTONE_SWEEP:
                 last_sweep = mono
                 core.engine.table.sweep(now)
+                core.engine.table.mind_the_collector()
                 core.engine.compact_lanes()
             core.dispatcher.pump(now)
             self.role.flush()
