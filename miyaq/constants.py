@@ -134,8 +134,13 @@ EARLY_EVENT_TTL = 60.0
 #: ``EARLY_EVENT_BYTES`` for the rest of an event).
 MAX_EARLY_EVENT_BYTES = 16 * 1024 * 1024
 EARLY_EVENT_BYTES = 256
-#: A standby copy's QUERY to the other holders waits this long; silence lets it run.
+#: A standby copy's QUERY to the other holders waits at least this long;
+#: silence lets it run. It waits longer for a holder whose answers lately
+#: took longer (miyaq.cluster.answer_times): twice the slowest of the last
+#: ``ANSWER_TIMES_WINDOW`` seconds, at most ``QUERY_PATIENCE_MAX``.
 QUERY_TIMEOUT = 1.0
+QUERY_PATIENCE_MAX = 15.0
+ANSWER_TIMES_WINDOW = 60.0
 #: Task ids answered in one QUERY.
 MAX_QUERY = 10_000
 #: Tasks in one handoff REPLICATE request.

@@ -33,6 +33,7 @@ import logging
 from collections import Counter, OrderedDict
 from typing import Any, Callable
 
+from miyaq.cluster.answer_times import AnswerTimes
 from miyaq.cluster.transport import Body, Callback, Handler, Reply
 from miyaq.constants import LATE_ANSWER_WINDOW, MAX_LATE_ANSWERS
 from miyaq.core import ignored
@@ -122,6 +123,7 @@ class PeerRequests:
         # Past their deadline, awaiting a late answer: req -> (when forgotten, late handler), oldest first.
         self._late: OrderedDict[int, tuple[float, Callback]] = OrderedDict()
         self._asked: dict[int, str] = {}
+        self.answer_times = AnswerTimes()     # how long each peer lately took to answer (a QUERY's patience)
         self._current: tuple[Any, Any] = (b"", None)
         self._req = itertools.count(1)
         self.errors: Counter[str] = Counter()
@@ -163,7 +165,9 @@ class PeerRequests:
         if not self._send_request(node_id, codec.encode(command, body)):
             self.supervisor.spawn("peer callback", callback, None, policy=LOG)
             return False
-        self.pending[req] = (monotonic() + timeout, callback)
+        now = monotonic()
+        self.pending[req] = (now + timeout, callback)
+        self.answer_times.sent(req, node_id, now)
         self.outstanding[node_id] = self.outstanding.get(node_id, 0) + 1
         self._asked[req] = node_id
         if on_lost is not None:
@@ -254,6 +258,7 @@ class PeerRequests:
             self.errors[err.code] += 1
             return
         req = body.get("req")
+        self.answer_times.answered(req, monotonic())       # in time or late: how slow this peer is now
         entry = self.pending.pop(req, None)  # type: ignore[arg-type]
         if body.get("code") == BadVersion.code:
             peer = self._asked.get(req, "?") if isinstance(req, int) else "?"

@@ -67,7 +67,7 @@ from miyaq.core.listener import EngineListener
 from miyaq.errors import InvalidField
 from miyaq.logs import LogLimiter
 from miyaq.protocol.eventspec import check_state_answer
-from miyaq.runtime import green, wall
+from miyaq.runtime import green, monotonic, wall
 from miyaq.store.task import DEAD, READY, RETRYING, RUNNING, SCHEDULED, Task
 
 if TYPE_CHECKING:
@@ -240,7 +240,10 @@ class StandbyChecker(EngineListener):
         for holder, ids in asks.items():
             for start in range(0, len(ids), MAX_QUERY):
                 chunk = ids[start:start + MAX_QUERY]
-                role.peer.request(holder, QUERY, {"ids": chunk}, QUERY_TIMEOUT, self._callback(holder, chunk, checks))
+                # Waits longer for a holder that lately answered slowly (a narrow link:
+                # miyaq.cluster.answer_times): its slowness is not silence.
+                wait = role.peer.answer_times.patience(holder, QUERY_TIMEOUT, monotonic())
+                role.peer.request(holder, QUERY, {"ids": chunk}, wait, self._callback(holder, chunk, checks))
 
     def _callback(self, holder: str, ids: list[str], checks: Checks) -> Callable[[dict[str, Any] | None], None]:
         return lambda answer: self._answered(holder, ids, answer, checks)

@@ -26,6 +26,8 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
+from miyaq.cluster.answer_times import AnswerTimes
+
 Body = dict[str, Any]
 #: Called once per request: with the answer, or with None (silence or an error answer).
 Callback = Callable[[Body | None], None]
@@ -45,6 +47,8 @@ class PeerLink(Protocol):
     unlinked: set[str]
     #: Run after each burst of requests or answers (the role flushes what they produced).
     after_burst: list[Callable[[], None]]
+    #: How long each peer lately took to answer (what a QUERY waits: miyaq.cluster.answer_times).
+    answer_times: AnswerTimes
 
     def start(self) -> None:
         """Begin reading requests and answers."""
