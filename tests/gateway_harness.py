@@ -159,6 +159,48 @@ class Http:
         self.conn.close()
 
 
+def write_tokens(path: Any, text: str) -> None:
+    """Write an ``http_tokens`` file (owner-only, as the node wants it)."""
+    import os
+
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+
+
+class RequestInThread:
+    """One HTTP request in a thread of its own (a long-poll the test lets
+    wait): its status, JSON and headers by :meth:`answer`, waited for at
+    most ``answer_within`` seconds (a guard against a hang, not a measure).
+    ``token``: sent as a bearer token. :meth:`close` ends its connection."""
+
+    def __init__(self, node: "NodeThread", method: str, path: str, body: Any = None, *,
+                 token: str | None = None, answer_within: float = 20.0) -> None:
+        self.result: tuple[int, Any, dict[str, str]] | None = None
+        self.answer_within = answer_within
+        self.conn = http.client.HTTPConnection("127.0.0.1", node.config.http_port, timeout=answer_within + 40)
+        headers = {"Content-Type": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+
+        def run() -> None:
+            data = json.dumps(body).encode() if body is not None else None
+            self.conn.request(method, path, body=data, headers=headers)
+            resp = self.conn.getresponse()
+            self.result = resp.status, json.loads(resp.read()), {k.lower(): v for k, v in resp.getheaders()}
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def answer(self) -> tuple[int, Any, dict[str, str]]:
+        self.thread.join(self.answer_within)
+        assert self.result is not None, f"no HTTP answer within {self.answer_within} s"
+        return self.result
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 def connect_from(node: NodeThread, source: str, opened: list[socket.socket], rcvbuf: int = 0) -> socket.socket:
     """A raw connection to ``node``'s gateway from loopback address ``source``
     (127.0.0.2 and up reach a node bound to 127.0.0.1, and count as another

@@ -467,12 +467,14 @@ def test_the_clients_answers_carry_no_protocol_request_number(client):
     assert "req" not in client.ring()
 
 
-def test_flush_waits_for_a_submit_whose_wait_was_interrupted_and_raises_its_failure(make_node):
-    """Fault: a gevent program stops waiting for a ``submit(wait=True)`` (a
-    ``gevent.Timeout`` around it) while the node is full; the submit then
-    fails at its deadline (busy). flush() waits for it like any other submit
-    and raises the failure. Before, flush() did not know the submit: it
-    returned at once and the task was lost unsaid."""
+@pytest.mark.parametrize("how", ["submit", "call"])
+def test_flush_waits_for_a_submit_or_call_whose_wait_was_interrupted_and_raises_its_failure(make_node, how):
+    """Fault: a gevent program stops waiting for a ``submit(wait=True)`` or a
+    ``call()`` (a ``gevent.Timeout`` around it) while the node is full; the
+    submit then fails at its deadline (busy). flush() waits for it like any
+    other submit and raises the failure. Before, flush() did not know the
+    submit (``call()``'s, a review audit found, not even after the first
+    fix): it returned at once and the task was lost unsaid."""
     import gevent
 
     node = make_node(max_tasks=1)
@@ -481,7 +483,10 @@ def test_flush_waits_for_a_submit_whose_wait_was_interrupted_and_raises_its_fail
         client.submit("echo", [0], wait=True)
         with pytest.raises(gevent.Timeout):
             with gevent.Timeout(0.05):     # well within the 0.5 s the full node keeps it waiting
-                client.submit("echo", [1], id="i" * 32, wait=True)
+                if how == "call":
+                    client.call("echo", [1], id="g" * 32)
+                else:
+                    client.submit("echo", [1], id="i" * 32, wait=True)
         with pytest.raises(miyaq.Busy, match="full"):
             client.flush()
         client.flush()      # told once: the next flush has nothing left to raise
@@ -518,24 +523,4 @@ def test_flush_waits_for_a_waited_submit_or_call_interrupted_by_ctrl_c_on_the_th
     finally:
         ctrl_c.cancel()
         signal.signal(signal.SIGINT, previous)
-        client.close(flush=False)
-
-
-def test_flush_waits_for_a_call_whose_wait_was_interrupted_and_raises_its_failure(make_node):
-    """Fault (a review audit): a gevent program wraps ``call()`` in a
-    ``gevent.Timeout`` while the node is full; the submit then fails at its
-    deadline (busy). flush() waits for it and raises the failure. Before,
-    ``call()``'s submit was unknown to flush(): the task was lost unsaid."""
-    import gevent
-
-    node = make_node(max_tasks=1)
-    client = miyaq.Client(node.endpoint, green=True, submit_timeout=0.5)
-    try:
-        client.submit("echo", [0], wait=True)
-        with pytest.raises(gevent.Timeout):
-            with gevent.Timeout(0.05):     # well within the 0.5 s the full node keeps it waiting
-                client.call("echo", [1], id="g" * 32)
-        with pytest.raises(miyaq.Busy, match="full"):
-            client.flush()
-    finally:
         client.close(flush=False)

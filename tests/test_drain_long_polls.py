@@ -10,9 +10,6 @@ test measures a time.
 """
 from __future__ import annotations
 
-import http.client
-import json
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +17,7 @@ import msgpack
 import pytest
 import zmq
 
-from gateway_harness import NodeThread, wait_for
+from gateway_harness import NodeThread, RequestInThread, wait_for
 from miyaq.client.client import Client
 from miyaq.protocol import commands as c
 from miyaq.protocol.commands import TAG
@@ -83,27 +80,9 @@ def answers(sock: zmq.Socket, count: int) -> dict[int, tuple[bytes, dict[str, An
     return got
 
 
-class HttpLongPoll:
-    """One HTTP request in a thread of its own: its status, JSON and headers."""
-
-    def __init__(self, node: NodeThread, method: str, path: str, body: Any = None) -> None:
-        self.result: tuple[int, Any, dict[str, str]] | None = None
-        conn = http.client.HTTPConnection("127.0.0.1", node.config.http_port, timeout=GRACE + 30)
-
-        def run() -> None:
-            data = json.dumps(body).encode() if body is not None else None
-            conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
-            resp = conn.getresponse()
-            self.result = resp.status, json.loads(resp.read()), {k.lower(): v for k, v in resp.getheaders()}
-            conn.close()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-
-    def answer(self) -> tuple[int, Any, dict[str, str]]:
-        self.thread.join(ANSWER)
-        assert self.result is not None, f"no HTTP answer within {ANSWER} s"
-        return self.result
+def HttpLongPoll(node: NodeThread, method: str, path: str, body: Any = None) -> RequestInThread:
+    """One HTTP request in a thread of its own."""
+    return RequestInThread(node, method, path, body, answer_within=ANSWER)
 
 
 def shutting_down(http_answer: tuple[int, Any, dict[str, str]]) -> bool:

@@ -10,6 +10,7 @@ import weakref
 from typing import Any
 
 import pytest
+from engine_doubles import LeasingConsumer
 
 from miyaq.config import NodeConfig
 from miyaq.core.engine import Engine
@@ -25,19 +26,8 @@ T0 = 1_700_000_000.0
 DAY = 86_400.0
 
 
-class Consumer:
-    """A worker as the engine sees it: it keeps the tasks leased to it."""
-
-    principal = "w1"
-
-    def __init__(self) -> None:
-        self.running: dict[str, Task] = {}
-
-    def abort(self, ids: list[str]) -> None:
-        pass
-
-    def lease_expired(self, task: Task, now: float) -> None:
-        pass
+def Consumer() -> LeasingConsumer:
+    return LeasingConsumer("w1")
 
 
 @pytest.fixture(autouse=True)

@@ -6,14 +6,13 @@ when it changes; tokens never appear in the logs."""
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway_harness import FIXTURES, Http, NodeThread, free_port, wait_for
+from gateway_harness import FIXTURES, Http, NodeThread, free_port, wait_for, write_tokens
 from test_console import cookie_of, csrf_of, page, post_form
 from test_gateway_admin import make_dead
 
@@ -27,11 +26,6 @@ PRODUCER = "producer-token-0123456789abcdef"
 WORKER = "worker-token-0123456789abcdef"
 OLD_ADMIN = "the-http-token-of-old-0123456789"
 SECRETS = (ADMIN, PRODUCER, WORKER, OLD_ADMIN)
-
-
-def write_tokens(path: Path, text: str) -> None:
-    path.write_text(text)
-    os.chmod(path, 0o600)
 
 
 @pytest.fixture

@@ -7,16 +7,13 @@ in a thread of its own, waited for with a guard far below its timeout; no
 test measures a time."""
 from __future__ import annotations
 
-import http.client
-import json
 import os
-import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway_harness import FIXTURES, Http, NodeThread, wait_for
+from gateway_harness import FIXTURES, Http, NodeThread, RequestInThread, wait_for, write_tokens
 
 from miyaq.gateway.tokens import TokenTable
 from miyaq.runtime import wall
@@ -30,11 +27,6 @@ PRODUCER = "producer-token-to-revoke-0123456789"
 ADMIN = "admin-token-that-stays-0123456789"
 LONG = 3600          # a long-poll's timeout: the test never waits for it
 ANSWER = 20.0        # how long an answer is waited for (a guard against a hang, not a measure)
-
-
-def write_tokens(path: Path, text: str) -> None:
-    path.write_text(text)
-    os.chmod(path, 0o600)
 
 
 @pytest.fixture
@@ -56,31 +48,9 @@ def admin(node: NodeThread):
     client.close()
 
 
-class LongPoll:
-    """One HTTP request with ``token`` in a thread of its own: its status, JSON and headers."""
-
-    def __init__(self, node: NodeThread, token: str, method: str, path: str, body: Any = None) -> None:
-        self.result: tuple[int, Any, dict[str, str]] | None = None
-        self.conn = http.client.HTTPConnection("127.0.0.1", node.config.http_port, timeout=ANSWER + 30)
-
-        def run() -> None:
-            data = json.dumps(body).encode() if body is not None else None
-            self.conn.request(method, path, body=data, headers={"Content-Type": "application/json",
-                                                               "Authorization": f"Bearer {token}"})
-            resp = self.conn.getresponse()
-            self.result = resp.status, json.loads(resp.read()), {k.lower(): v for k, v in resp.getheaders()}
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-
-    def answer(self) -> tuple[int, Any, dict[str, str]]:
-        self.thread.join(ANSWER)
-        assert self.result is not None, f"no HTTP answer within {ANSWER} s"
-        return self.result
-
-    def close(self) -> None:
-        self.conn.close()
-        self.thread.join(ANSWER)
+def LongPoll(node: NodeThread, token: str, method: str, path: str, body: Any = None) -> RequestInThread:
+    """One HTTP request with ``token`` in a thread of its own."""
+    return RequestInThread(node, method, path, body, token=token, answer_within=ANSWER)
 
 
 def parked(node: NodeThread) -> int:

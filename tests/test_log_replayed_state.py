@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from engine_doubles import LeasingConsumer
 
 from miyaq.config import NodeConfig
 from miyaq.core.engine import Engine
@@ -34,19 +35,8 @@ pytestmark = pytest.mark.timeout(60)
 T0 = time.time()     # read at import: tests here stay far inside result_ttl of it
 
 
-class Consumer:
-    """A pull consumer as the engine sees one: a principal and its leases."""
-
-    principal = "consumer"
-
-    def __init__(self) -> None:
-        self.running: dict[str, Task] = {}
-
-    def abort(self, ids: list[str]) -> None:
-        pass
-
-    def lease_expired(self, task: Task, now: float) -> None:
-        pass
+def Consumer() -> LeasingConsumer:
+    return LeasingConsumer("consumer")
 
 
 def durable_engine(directory: Path, config: NodeConfig, now: float) -> tuple[Engine, Persistence]:

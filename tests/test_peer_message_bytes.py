@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
+
 from miyaq.cluster import sync as sync_module
 from miyaq.cluster.sizes import PEER_MESSAGE_BYTES
 from miyaq.protocol.taskspec import task_from_wire
@@ -143,39 +145,6 @@ def test_large_results_go_to_the_other_holders_and_to_a_new_holder_in_messages_o
     assert stones and max(len(m.frames[-1]) for m in stones) <= MOST
 
 
-def test_a_node_restarted_empty_gets_back_every_outcome_of_large_results_and_takes_resends_as_duplicates(inproc):
-    """Fault (a review audit of the budget): the SYNC answer's tombstones --
-    sent in its first page only, with no cursor of their own -- were cut at
-    half the 1 MiB budget, so a node restarted empty got back 1 of 12
-    outcomes of 300 KB; the client's resends of those ids to it were taken
-    for new tasks, and the REPLICATE answers, cut at the budget too, said
-    "finished" without the result: 10 of the 12 ended done with no result
-    there (a RESULT answered ``{'state': 'done'}``), passed on to the other
-    holders. Both are bounded by ``max_message`` only again: every outcome
-    comes back with its result, and every resend is a duplicate."""
-    cluster = inproc(3, replicas=3)
-    worker = cluster.worker("n1")
-    ids = [cluster.task_led_by("n1") for _ in range(LARGE)]
-    for task_id in ids:
-        cluster.submit("n1", task_id)
-    cluster.wait_until(lambda: all(worker.times(t) == 1 for t in ids), what="every task leased on n1")
-    for task_id in ids:
-        assert worker.complete(task_id, bytes(TASK_BYTES))
-    cluster.wait_until(lambda: all(cluster[h].state(t) == DONE for h in ("n2", "n3") for t in ids),
-                       what="the other holders to hear every end")
-    cluster.stop_node("n3")
-    back = cluster.start_node("n3")
-    cluster.wait_until(lambda: all(back.tombstone(t) is not None for t in ids), timeout=30,
-                       what="every outcome back on n3 from the resyncs")
-    assert all(back.tombstone(t).result == bytes(TASK_BYTES) for t in ids)
-    with _one_burst(back, "wake"):
-        resends = [cluster.submit("n3", t) for t in ids]
-    cluster.wait_until(lambda: all(s.status for s in resends), what="the resends answered")
-    assert {s.status for s in resends} == {"duplicate"}
-    assert all(cluster[h].tombstone(t).result == bytes(TASK_BYTES) for h in cluster.ids for t in ids)
-    assert all(worker.times(t) == 1 for t in ids) and not cluster.crashes()
-
-
 MIB = 1 << 20
 MANY = 20             # 20 MiB of results: more than a SYNC answer's half of max_message (16 MiB)
 
@@ -200,28 +169,31 @@ def _every_result_everywhere(cluster, ids: list[str], size: int) -> bool:
                for h in cluster.ids for t in ids)
 
 
-def test_a_node_restarted_empty_gets_back_every_outcome_of_1_mib_results_and_takes_resends_as_duplicates(inproc):
-    """Fault (an audit of sizes at the limits): 20 tasks finished with
-    results of 1 MiB (max_payload); n3 restarted with an empty data dir got
-    back 7 of the 20 tombstones -- the SYNC answer carried as many as half
-    of max_message holds, on its first page only, with no cursor for the
-    rest. The client's resends of the 20 ids to n3 were then 13 new tasks,
-    and 6 of them ended done with no result (a REPLICATE answer left the
-    result out past half its room, and n3 took that for none). The
+@pytest.mark.parametrize("count, size", [(LARGE, TASK_BYTES), (MANY, MIB)], ids=["12x300KB", "20x1MiB"])
+def test_a_node_restarted_empty_gets_back_every_outcome_of_large_results_and_takes_resends_as_duplicates(
+        inproc, count, size):
+    """Faults: (12 x 300 KB, a review audit of the 1 MiB budget) the SYNC
+    answer's tombstones, cut at half the budget, brought 1 of 12 outcomes
+    back to a node restarted empty, and the REPLICATE answers to its
+    resends, cut too, said "finished" without the results: 10 of 12 ended
+    done with no result there; (20 x 1 MiB, an audit of sizes at the
+    limits) even bounded by max_message only, the tombstones -- on the
+    first page only, with no cursor for the rest -- brought back 7 of 20,
+    the resends were 13 new tasks, and 6 ended done with no result. The
     tombstones are now paged: every outcome comes back with its result,
     every resend is a duplicate, and no node holds a result None."""
     cluster = inproc(3, replicas=3)
-    worker, ids = _finish_on_n1(cluster, MANY, MIB)
+    worker, ids = _finish_on_n1(cluster, count, size)
     cluster.stop_node("n3")
     back = cluster.start_node("n3")
     cluster.wait_until(lambda: all(back.tombstone(t) is not None for t in ids), timeout=30,
                        what="every outcome back on n3 from the resyncs")
-    assert all(back.tombstone(t).result == bytes(MIB) for t in ids)
+    assert all(back.tombstone(t).result == bytes(size) for t in ids)
     with _one_burst(back, "wake"):
         resends = [cluster.submit("n3", t) for t in ids]
     cluster.wait_until(lambda: all(s.status for s in resends), what="the resends answered")
     assert {s.status for s in resends} == {"duplicate"}
-    assert _every_result_everywhere(cluster, ids, MIB)
+    assert _every_result_everywhere(cluster, ids, size)
     assert all(worker.times(t) == 1 for t in ids) and not cluster.crashes()
 
 
