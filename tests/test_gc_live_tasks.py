@@ -102,6 +102,30 @@ def test_a_full_collection_walks_no_live_task():
         gc.unfreeze()
 
 
+def test_a_backlog_of_ready_tasks_is_walked_by_no_full_collection():
+    """Fault: a backlog of ready tasks never leased (no worker for their
+    queue) stayed in the collector's sight, each task and its lane's entry:
+    a million of them were two million objects a full collection walked
+    with the hub stopped. They are out of its sight now, and so are the
+    lanes' queues of entries; leased, a task is back in it."""
+    engine = Engine(NodeConfig(max_tasks=10_000))     # made before the freeze, as a node's is
+    gc.collect()
+    gc.freeze()
+    try:
+        for i in range(2_000):
+            _submit(engine, f"b{i}", queue="backlog", priority=i % 3)
+        gc.collect()
+        tasks = list(engine.table.live.values())
+        assert len(tasks) == 2_000 and [task.id for task in tasks if gc.is_tracked(task)] == []
+        assert _holders_walked(tasks) == []
+        leased = engine.take(["backlog"], T0)
+        assert leased is not None
+        engine.start(leased, Consumer(), T0)
+        assert gc.is_tracked(leased)
+    finally:
+        gc.unfreeze()
+
+
 def test_a_cycle_through_a_leased_task_is_still_collected():
     """A leased task and its consumer refer to each other; dropped together
     (a node discarded mid-run, as tests do) the cycle is freed: a task with

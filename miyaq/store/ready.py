@@ -25,7 +25,9 @@ import itertools
 from collections import deque
 from typing import Iterable, Iterator
 
-from .task import READY, Task
+from miyaq.runtime.heap import untrack
+
+from .task import READY, Collector, Task, out_of_sight
 
 Entry = tuple[int, Task]
 
@@ -55,6 +57,12 @@ class Lane:
         task.seq = next(self.seq)
         prio = task.priority
         entry = (task.seq, task)
+        if Collector.untracking:
+            # A backlog of a million ready tasks, never leased, was a million
+            # tasks and entries a full collection walked: out of its sight
+            # with the node's other tasks (miyaq.store.task, "Collector").
+            out_of_sight(task)
+            untrack(entry)
         fifo = self.fifos.get(prio)
         if fifo is not None:
             fifo.append(entry)
@@ -70,7 +78,9 @@ class Lane:
                 singles[prio] = entry
             else:
                 del singles[prio]
-                self.fifos[prio] = deque((single, entry))
+                fifo = self.fifos[prio] = deque((single, entry))
+                if Collector.untracking:
+                    untrack(fifo)       # holds entries of tasks only: no cycle through it
         self.entries += 1
 
     def _drop_empty_first(self) -> None:
