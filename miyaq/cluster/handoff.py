@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 from miyaq.cluster.outcome_handoff import OutcomeHandoff
 from miyaq.cluster.peer_requests import REPLICATE
 from miyaq.cluster.ring_view import RingView
-from miyaq.cluster.sizes import peer_chunks, record_payload, record_size
+from miyaq.cluster.sizes import RECORD_ALLOWANCE, peer_chunks, record_size
 from miyaq.constants import (
     HANDOFF_CHUNK, HANDOFF_CONFIRM_TIMEOUT, HANDOFF_LAG_RETRIES, HANDOFF_LAG_RETRY, HANDOFF_RETRY,
     HANDOFF_RETRY_MAX, HANDOFF_SLICE, HANDOFF_SWEEP,
@@ -235,7 +235,7 @@ class Handoff:
         budget = self.role.config.max_message
         for holder, records in outbox.items():
             retry = self._retry_of(holder)
-            for chunk in peer_chunks(records, HANDOFF_CHUNK, budget, record_size, record_payload):
+            for chunk in peer_chunks(records, HANDOFF_CHUNK, budget, record_size, RECORD_ALLOWANCE):
                 ids = [r["id"] for r in chunk]
                 retry.awaiting += 1
                 self.role.peer.request(holder, REPLICATE, {"tasks": chunk}, HANDOFF_CONFIRM_TIMEOUT,

@@ -50,7 +50,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from miyaq.cluster.sizes import event_payload, event_size, peer_chunks
+from miyaq.cluster.sizes import EVENT_ALLOWANCE, event_size, peer_chunks
 from miyaq.logs import LogLimiter
 from miyaq.cluster.transport import StreamPublisher
 from miyaq.constants import (
@@ -199,7 +199,7 @@ class EventPublisher(EngineListener):
         outbox, self.outbox = self.outbox, {}
         send = self.stream.send
         for dest, events in outbox.items():
-            for chunk in peer_chunks(events, MAX_STREAM_EVENTS, self.max_message, event_size, event_payload):
+            for chunk in peer_chunks(events, MAX_STREAM_EVENTS, self.max_message, event_size, EVENT_ALLOWANCE):
                 send(dest, chunk)
 
 

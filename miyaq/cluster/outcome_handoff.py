@@ -87,7 +87,7 @@ class OutcomeHandoff:
                 self._send(holder, rows, attempts)
 
     def _send(self, holder: str, rows: list[StoneRow], attempts: int) -> None:
-        for chunk in peer_chunks(rows, HANDOFF_CHUNK, self.role.config.max_message, _stone_size, _stone_payload):
+        for chunk in peer_chunks(rows, HANDOFF_CHUNK, self.role.config.max_message, _stone_size, EVENT_ALLOWANCE):
             self.role.peer.request(holder, REPLICATE, {"stones": chunk}, HANDOFF_CONFIRM_TIMEOUT,
                                    self._callback(holder, chunk, attempts + 1))
 
@@ -106,7 +106,3 @@ def _stone_row(stone: Tombstone) -> StoneRow:
 
 def _stone_size(row: StoneRow) -> int:
     return outcome_size(row[2], row[3])
-
-
-def _stone_payload(row: StoneRow) -> int:
-    return _stone_size(row) - EVENT_ALLOWANCE

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from miyaq.cluster.holder_events import apply_early_event
 from miyaq.cluster.peer_requests import REPLICATE
-from miyaq.cluster.sizes import peer_chunks, record_payload, record_size
+from miyaq.cluster.sizes import RECORD_ALLOWANCE, peer_chunks, record_size
 from miyaq.constants import CLUSTER_TICK, MAX_PENDING_SUBMITS
 from miyaq.core.handles import Ack, AckTarget
 from miyaq.errors import MiyaqError, NotEnoughReplicas, ShuttingDown, Unavailable
@@ -248,7 +248,7 @@ class ReplicatedIntake:
         (no connection: the first chunk refused, and every one after it)."""
         done = 0
         for chunk in peer_chunks(copies, len(copies), self.role.config.max_message, lambda c: record_size(c[1]),
-                                 lambda c: record_payload(c[1])):
+                                 RECORD_ALLOWANCE):
             records = [record for _, record in chunk]
             sent = {r["id"]: r["holders"] for r in records}
             # Not sent: its callback gets None, as silence does (the deadline decides).

@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from miyaq.protocol.batching import chunks
 
 T = TypeVar("T")
 
@@ -68,29 +67,31 @@ def record_size(record: dict[str, Any]) -> int:
     return size
 
 
-def record_payload(record: dict[str, Any]) -> int:
-    """The bytes of a task record that vary with its task (payload, meta,
-    error), as :func:`record_size` counts them."""
-    return record_size(record) - RECORD_ALLOWANCE
-
-
 def peer_chunks(items: Sequence[T], max_items: int, max_message: int, size: Callable[[T], int],
-                payload: Callable[[T], int], budget: int = PEER_MESSAGE_BYTES) -> Iterator[list[T]]:
+                allowance: int, budget: int = PEER_MESSAGE_BYTES) -> Iterator[list[T]]:
     """Consecutive runs of ``items`` for messages between nodes: each at most
     ``max_items`` long, at most ``max_message`` bytes by ``size`` and at most
-    ``budget`` bytes by ``payload`` (an item larger than either goes alone)."""
-    for part in chunks(items, max_items, max_message, size):
-        yield from chunks(part, len(part), budget, payload)
+    ``budget`` bytes of what varies with the items -- ``size`` less the
+    ``allowance`` every item of that kind is counted for its fixed fields
+    (:data:`RECORD_ALLOWANCE`, :data:`EVENT_ALLOWANCE`) -- an item larger
+    than either going alone. One pass; ``size`` is asked once an item."""
+    chunk: list[T] = []
+    total = varying = 0
+    for item in items:
+        n = size(item)
+        if chunk and (len(chunk) >= max_items or total + n > max_message or varying + n - allowance > budget):
+            yield chunk
+            chunk, total, varying = [], 0, 0
+        chunk.append(item)
+        total += n
+        varying += n - allowance
+    if chunk:
+        yield chunk
 
 
 def outcome_size(result: bytes | None, error: dict[str, Any] | None) -> int:
     """A finished task's outcome (a tombstone, an ``F`` event, a QUERY answer)."""
     return EVENT_ALLOWANCE + (len(result) if result else 0) + (packed_size(error) if error else 0)
-
-
-def event_payload(event: list[Any]) -> int:
-    """The bytes of a stream event that vary with it (a result, an error)."""
-    return event_size(event) - EVENT_ALLOWANCE
 
 
 def event_size(event: list[Any]) -> int:

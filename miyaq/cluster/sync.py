@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from miyaq.cluster.peer_requests import SYNC, clock_shift
 from miyaq.cluster.sizes import (
-    EVENT_ALLOWANCE, PEER_MESSAGE_BYTES, outcome_size, peer_chunks, record_payload, record_size,
+    EVENT_ALLOWANCE, PEER_MESSAGE_BYTES, outcome_size, peer_chunks, RECORD_ALLOWANCE, record_size,
 )
 from miyaq.constants import RESYNC_CHUNK, RESYNC_STONES, RESYNC_TIMEOUT
 from miyaq.core.attempts import adopt_lessees
@@ -119,7 +119,7 @@ class Resync:
                 if task is not None and sender in task.holders:     # else finished or handed away since
                     picked.append((i, transfer_record(task)))
             first = next(peer_chunks([r for _, r in picked], RESYNC_CHUNK, budget - size, record_size,
-                                     record_payload, PEER_MESSAGE_BYTES - payload), [])
+                                     RECORD_ALLOWANCE, PEER_MESSAGE_BYTES - payload), [])
             following = picked[len(first) - 1][0] + 1 if len(first) < len(picked) else end
         answer["tasks"] = first
         if following < len(ids):

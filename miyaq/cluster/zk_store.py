@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import random
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from kazoo.client import KazooClient
@@ -297,18 +297,7 @@ class ZnodeStore:
 
     def read_registered(self) -> dict[str, Member]:
         """Every registered member; znodes that do not decode are logged and skipped."""
-        out: dict[str, Member] = {}
-        for name, raw, _ in self._read_members():
-            try:
-                member = Member.from_dict(raw)
-            except ConfigError as exc:
-                logger.warning("ignoring member znode %s: %s", name, exc)
-                continue
-            if member.node_id != name:
-                logger.warning("ignoring member znode %s: it describes %s", name, member.node_id)
-                continue
-            out[name] = member
-        return out
+        return {name: member for name, member, _, _ in self._valid_members(log=True)}
 
     def read_cluster_keys(self) -> dict[str, PublishedKey]:
         """The cluster key fingerprint each registered member published
@@ -321,17 +310,29 @@ class ZnodeStore:
         znode -- an operator's leftover, or anyone's on a ZooKeeper without
         auth -- made every node refuse to start, same key or not, for good."""
         out: dict[str, PublishedKey] = {}
+        for name, _, raw, stat in self._valid_members(log=False):
+            if stat.ephemeralOwner:
+                fingerprint = raw.get(CLUSTER_KEY_FIELD)
+                out[name] = PublishedKey(fingerprint if isinstance(fingerprint, str) else None, stat.czxid)
+        return out
+
+    def _valid_members(self, log: bool) -> list[tuple[str, Member, Any, Any]]:
+        """(name, member, decoded JSON, stat) of every member znode that
+        describes a valid member of its own name; the others are skipped
+        (and logged with ``log``)."""
+        out = []
         for name, raw, stat in self._read_members():
-            if not isinstance(raw, Mapping) or not stat.ephemeralOwner:
-                continue
             try:
                 member = Member.from_dict(raw)
-            except ConfigError:
+            except ConfigError as exc:
+                if log:
+                    logger.warning("ignoring member znode %s: %s", name, exc)
                 continue
             if member.node_id != name:
+                if log:
+                    logger.warning("ignoring member znode %s: it describes %s", name, member.node_id)
                 continue
-            fingerprint = raw.get(CLUSTER_KEY_FIELD)
-            out[name] = PublishedKey(fingerprint if isinstance(fingerprint, str) else None, stat.czxid)
+            out.append((name, member, raw, stat))
         return out
 
     def _read_members(self) -> list[tuple[str, Any, Any]]:
