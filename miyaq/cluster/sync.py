@@ -64,8 +64,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-
-
 SYNC_SNAPSHOT_TTL = 4 * RESYNC_TIMEOUT
 """A resync's snapshot unused this long (seconds) is dropped: its asker gave up."""
 MAX_SYNC_SNAPSHOTS = 64

@@ -144,7 +144,7 @@ class ViewLane:
         :meth:`timed`; idempotent: call it in a ``finally`` too, for a
         greenlet killed before it began)."""
         self._expected += 1
-        self._built.clear()
+        self._note_busy()
         ended = False
 
         def end() -> None:
@@ -152,13 +152,19 @@ class ViewLane:
             if not ended:
                 ended = True
                 self._expected -= 1
-                if not self._busy():
-                    self._built.set()
+                self._note_busy()
         return end
 
     def _busy(self) -> bool:
         """A sliced view is being built, or expected (:meth:`expect`)."""
         return bool(self._building) or self._expected > 0
+
+    def _note_busy(self) -> None:
+        """``_built`` follows :meth:`_busy` (set when neither): call after each change of either."""
+        if self._busy():
+            self._built.clear()
+        else:
+            self._built.set()
 
     def timed(self, build: Callable[[], T], turn: Turn | None = None, *, sliced: bool = False,
               expected: Callable[[], None] | None = None) -> T:
@@ -184,7 +190,7 @@ class ViewLane:
             while self._busy():      # one at a time (see wait); a turn given at once may find one
                 self._built.wait()
             self._building[builder] = _Building()
-            self._built.clear()
+            self._note_busy()
         started, spent = self._clock(), self._cost_clock()
         try:
             return build()
@@ -197,8 +203,7 @@ class ViewLane:
             self._next_turn = spaced if last else max(self._next_turn, spaced)
             if building is not None:
                 self._free_at = max(self._free_at, spaced)
-                if not self._busy():
-                    self._built.set()
+                self._note_busy()
 
     @property
     def building(self) -> int:

@@ -226,7 +226,7 @@ class Gateway:
         token's :meth:`~miyaq.gateway.tokens.TokenTable.wait_key` and its role
         now, None if removed). Their long-polls parked before it end now,
         through the waiters' release that a revoked ZeroMQ key's take
-        (:meth:`Waiters.release_key`, as ``Core.revoke``): a removed token's
+        (:meth:`Waiters.release_keys`, one pass for them all; ``Core.revoke`` uses ``release_key``): a removed token's
         RECEIVE and RESULT waits answered 401, and the RECEIVEs of a token
         that may no longer receive tasks 403 -- as a fresh request with the
         token would be -- and nothing is leased to them any more. A task
