@@ -25,7 +25,7 @@ from miyaq.core.core import Core
 from miyaq.core.gate import SHUTTING_DOWN
 from miyaq.core.handles import NodeRole, ScheduleSink, StatusReport
 from miyaq.core.view_rows import FIRST_ROWS, msgpack_in_slices
-from miyaq.core.waiters import outcome, ran_elsewhere
+from miyaq.core.result_answers import outcome, ran_elsewhere
 from miyaq.core.worker_commands import WorkerCommands
 from miyaq.errors import InvalidField, MiyaqError, NotFound, ShuttingDown
 from miyaq.protocol import commands as c

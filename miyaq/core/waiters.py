@@ -57,7 +57,8 @@ from miyaq import constants
 from miyaq.core.consumers import NOWHERE, Origin, PullConsumer
 from miyaq.core.dispatcher import Dispatcher
 from miyaq.core.listener import EngineListener
-from miyaq.errors import Busy, MiyaqError, NotFound, ShuttingDown
+from miyaq.core.result_answers import outcome
+from miyaq.errors import Busy, MiyaqError, ShuttingDown
 from miyaq.store.table import Tombstone
 from miyaq.store.tally import Tally
 from miyaq.store.task import Task
@@ -71,7 +72,7 @@ Refuse = Callable[[MiyaqError], Any]
 """Answers a long-poll with an error instead (``shutting_down`` when the
 node stops): an ERROR over ZeroMQ, an error response over HTTP."""
 
-__all__ = ["NOWHERE", "Origin", "Refuse", "Waiters", "outcome"]
+__all__ = ["NOWHERE", "Origin", "Refuse", "Waiters"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,27 +102,6 @@ def _never(task_id: str) -> bool:
 
 _Parked = _Wait | PullConsumer
 """A long-poll: a RESULT wait or a RECEIVE's consumer (each has ``deadline`` and ``origin``)."""
-
-
-def ran_elsewhere(task_id: str) -> NotFound:
-    """What a RESULT (ZeroMQ or ``GET /tasks/{id}/result``) answers on a
-    holder whose copy of an at-most-once task was dropped because another
-    holder started it: not an outcome -- the outcome is that holder's, and
-    a client asks the next node (a Timeout "still started-elsewhere" over
-    ZeroMQ, a 200 ``started-elsewhere`` over HTTP, before 2026-12-05)."""
-    return NotFound(f"task {task_id} started on another of its holders (at most once): its outcome is there")
-
-
-def outcome(stone_or_task: Tombstone | Task) -> dict[str, Any]:
-    """How RESULT reports a task that ended (or is dead)."""
-    if isinstance(stone_or_task, Tombstone):
-        body: dict[str, Any] = {"state": stone_or_task.state}
-        if stone_or_task.result is not None:
-            body["result"] = stone_or_task.result
-        if stone_or_task.error is not None:
-            body["error"] = stone_or_task.error
-        return body
-    return {"state": stone_or_task.state, "error": stone_or_task.error}
 
 
 class Waiters(EngineListener):

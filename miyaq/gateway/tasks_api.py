@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from miyaq.constants import HTTP_ACK_WAIT, MAX_LONG_POLL
 from miyaq.errors import InvalidField, MiyaqError, NotFound
-from miyaq.core.waiters import NOWHERE, outcome, ran_elsewhere
+from miyaq.core.result_answers import outcome, ran_elsewhere
+from miyaq.core.waiters import NOWHERE
 from miyaq.protocol.commands import DUPLICATE
 from miyaq.protocol.recordspec import STARTED_ELSEWHERE
 from miyaq.runtime import green, monotonic, wall

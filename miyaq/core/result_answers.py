@@ -1,0 +1,44 @@
+"""What a RESULT answers about a task this node holds or held: the body of
+a task that ended (or is dead), and the refusal of a copy dropped because
+another holder started it. One shape for every door -- a ZeroMQ RESULT
+(:mod:`miyaq.core.handlers`), ``GET /tasks/{id}/result``
+(:mod:`miyaq.gateway.tasks_api`) and a RESULT long-poll answered when its
+task ends (:class:`miyaq.core.waiters.Waiters`) -- so the three never
+differ in what they report.
+
+Constraints: pure functions of what they are given (no lookup, no I/O);
+a tombstone's ``result`` and ``error`` appear only when it has one; a copy
+of an at-most-once task dropped because another holder started it has no
+outcome here: it is ``not_found`` naming that, and the client asks the
+next node.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from miyaq.errors import NotFound
+from miyaq.store.table import Tombstone
+from miyaq.store.task import Task
+
+__all__ = ["outcome", "ran_elsewhere"]
+
+
+def ran_elsewhere(task_id: str) -> NotFound:
+    """What a RESULT (ZeroMQ or ``GET /tasks/{id}/result``) answers on a
+    holder whose copy of an at-most-once task was dropped because another
+    holder started it: not an outcome -- the outcome is that holder's, and
+    a client asks the next node (a Timeout "still started-elsewhere" over
+    ZeroMQ, a 200 ``started-elsewhere`` over HTTP, before 2026-12-05)."""
+    return NotFound(f"task {task_id} started on another of its holders (at most once): its outcome is there")
+
+
+def outcome(stone_or_task: Tombstone | Task) -> dict[str, Any]:
+    """How RESULT reports a task that ended (or is dead)."""
+    if isinstance(stone_or_task, Tombstone):
+        body: dict[str, Any] = {"state": stone_or_task.state}
+        if stone_or_task.result is not None:
+            body["result"] = stone_or_task.result
+        if stone_or_task.error is not None:
+            body["error"] = stone_or_task.error
+        return body
+    return {"state": stone_or_task.state, "error": stone_or_task.error}
