@@ -21,7 +21,7 @@ from cluster_harness import Cluster
 
 import miyaq
 from miyaq.cluster.periodic_store import ZkPeriodicStore
-from miyaq.cluster.zk_store import close_client, connect
+from miyaq.cluster.zk_client import close_client, connect
 from miyaq.config import NodeConfig
 from miyaq.errors import ConfigError, InvalidField
 from miyaq.periodic.scheduler import PeriodicScheduler

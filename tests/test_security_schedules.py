@@ -11,7 +11,7 @@ import msgpack
 import pytest
 
 from miyaq.cluster.periodic_store import ZkPeriodicStore
-from miyaq.cluster.zk_store import close_client, connect
+from miyaq.cluster.zk_client import close_client, connect
 from miyaq.errors import Forbidden, InvalidField
 from miyaq.periodic.specs import ScheduleTable
 from miyaq.protocol import commands as c

@@ -30,7 +30,8 @@ from miyaq.cluster.zk_auth import ZkAuth
 from miyaq.cluster.zk_layout import Intent, Layout, RingRecord, fitting, not_registered, pruned, with_join, with_weight
 from miyaq.cluster.zk_leader import target_weights
 from miyaq.protocol.ring import DEFAULT_VNODES
-from miyaq.cluster.zk_store import ZnodeStore, check_hosts, close_client, connect
+from miyaq.cluster.zk_client import check_hosts, close_client, connect
+from miyaq.cluster.zk_store import ZnodeStore
 from miyaq.cluster.zk_probe import diagnose
 from miyaq.errors import ConfigError, Timeout, Unavailable
 from miyaq.runtime import green, monotonic

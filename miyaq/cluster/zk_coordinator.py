@@ -45,7 +45,8 @@ from miyaq.cluster.zk_layout import NO_CLUSTER_KEY, Intent, Layout, RingRecord, 
 from miyaq.cluster.zk_leader import Leader
 from miyaq.cluster.zk_registry import Registry
 from miyaq.cluster.zk_session import Session
-from miyaq.cluster.zk_store import ZnodeStore, check_options
+from miyaq.cluster.zk_client import check_options
+from miyaq.cluster.zk_store import ZnodeStore
 from miyaq.errors import ConfigError, Unavailable
 from miyaq.runtime import RESTART, Supervisor, green, monotonic
 

@@ -28,7 +28,7 @@ from kazoo.client import KazooClient
 from kazoo.protocol.states import KazooState
 
 from miyaq.cluster.zk_auth import ZkAuth
-from miyaq.cluster.zk_store import close_client, connect
+from miyaq.cluster.zk_client import close_client, connect
 from miyaq.runtime import monotonic
 
 logger = logging.getLogger(__name__)
