@@ -8,10 +8,8 @@ order), with its output in ``<log_dir>/<name>.log``.
 
 Constraints:
 
-* Node ``nI`` uses the first block of ports at or after ``base_port``
-  (stepping by 10) whose service, peer (+1), pub (+2) and HTTP (+8) ports
-  are all free; busy blocks are skipped, never shared. Ports in TIME-WAIT
-  count as free, so a restarted dev cluster gets the same ports.
+* Node ``nI`` listens on the ``I``-th free block of ports at or after
+  ``base_port`` (:mod:`miyaq.devports`).
 * ``secure``: a key directory is made in ``<log_dir>/keys`` (the cluster key
   and one admin key, ``dev``); the nodes run with ``--keys``, the workers
   and the readiness checks with the ``dev`` key, and the state file
@@ -35,7 +33,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -47,6 +44,7 @@ from typing import Any, Self
 
 from miyaq.cluster.ring_admin import RingAdmin
 from miyaq.cluster.zk_auth import ZkAuth
+from miyaq.devports import HOST, HTTP_OFFSET, port_blocks
 from miyaq.devstate import remove_state, write_state
 from miyaq.errors import ConfigError, MiyaqError, Timeout, Unavailable
 from miyaq.security.keystore import KeyStore
@@ -55,43 +53,6 @@ from miyaq.testing.zk_ensemble import ZooKeeperEnsemble
 from miyaq.testing.zookeeper import ZooKeeperServer
 
 logger = logging.getLogger(__name__)
-
-HOST = "127.0.0.1"
-PORT_STEP = 10
-HTTP_OFFSET = 8
-"""A node's HTTP port is its service port + 8 (inside its block of 10)."""
-
-
-def port_free(port: int, host: str = HOST) -> bool:
-    """True when a TCP listener could bind ``host:port`` right now.
-
-    With ``SO_REUSEADDR``, as ZeroMQ and the HTTP gateway bind: a port left
-    in TIME-WAIT by a previous run counts as free, one with a listener not."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def port_blocks(base_port: int, count: int, taken: set[int] | None = None) -> list[int]:
-    """Service ports for ``count`` nodes from ``base_port`` by steps of 10, skipping busy blocks."""
-    if not 0 < base_port < 65536 - PORT_STEP:
-        raise ConfigError(f"base port must be 1..{65535 - PORT_STEP}, not {base_port}")
-    taken = taken or set()
-    found: list[int] = []
-    port = base_port
-    while len(found) < count:
-        if port + HTTP_OFFSET > 65535:
-            raise ConfigError(f"no {count} free port blocks at or after {base_port}")
-        block = (port, port + 1, port + 2, port + HTTP_OFFSET)
-        if not taken.intersection(block) and all(port_free(p) for p in block):
-            found.append(port)
-        port += PORT_STEP
-    return found
-
 
 @dataclass
 class DevNode:
