@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import random
 import re
-import socket
+
+from miyaq.devports import port_free
 
 DOC_PORT_RANGES: tuple[tuple[int, int], ...] = (
     (7450, 50),    # nodes: service, peer (+1), pub (+2); dev-cluster nodes step by 10, HTTP at +8
@@ -25,17 +26,6 @@ DOC_PORT_RANGES: tuple[tuple[int, int], ...] = (
 
 _PORT_TOKEN = re.compile(r"(?<![\w.])(\d{4})(?![\w])")
 _FIRST_BASE, _LAST_BASE = 20000, 32000   # below Linux's ephemeral range (32768-60999)
-
-
-def port_free(port: int) -> bool:
-    """True when a listener could bind 127.0.0.1:``port`` now (TIME-WAIT does not count as busy)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _free_block(count: int, taken: set[int], rng: random.Random) -> int:
