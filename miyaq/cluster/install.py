@@ -94,6 +94,9 @@ class CopyInstaller:
                 self._wait_for_runner(existing, moved(task.lease_end, shift, EXPIRED_AT_ONCE))
             return True
         if table.tombstone(task.id) is not None:
+            # Over already: not stored. If this node heard the end first (no
+            # copy then), the copy is counted now, as a stored one would be.
+            engine.count_late_copy(task)
             return True
         task.holders = tuple(holders)
         onto_this_clock(task, shift)
