@@ -26,6 +26,9 @@ Constraints:
   (``MAX_PAUSED``), and :attr:`QueueLimits.throttled` by the queues the
   engine keeps -- an engine listener, it drops a queue's count when the
   engine forgets the queue (:meth:`QueueLimits.queue_forgotten`).
+* :attr:`QueueLimits.throttled` counts hold-backs, not dispatcher passes: a
+  queue its limits hold back is counted once, and again only after a task
+  of it started or became ready (docs/http.md, "Metrics").
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ from miyaq.core.listener import EngineListener
 from miyaq.errors import ConfigError, InvalidField
 from miyaq.runtime import LOG, Supervisor, wall
 from miyaq.store.tally import Tally
-from miyaq.store.task import RUNNING, WEBHOOK_LANE_PREFIX
+from miyaq.store.task import RUNNING, WEBHOOK_LANE_PREFIX, Task
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +136,10 @@ class QueueLimits(EngineListener):
         self.nodes = 1
         self.active = False
         self.wake_at: float | None = None
-        self.throttled: Tally[str] = Tally()   # times a queue was skipped (metrics); queues the engine keeps
+        self.throttled: Tally[str] = Tally()   # times a queue was held back (metrics); queues the engine keeps
+        # Queues held back since a task of theirs last started or became ready,
+        # already counted in ``throttled`` (at most the limited queues: cleared with their limits).
+        self._held: set[str] = set()
         self._buckets: dict[str, _Bucket] = {}
         self._timer: Any = None
         self._timer_at = math.inf
@@ -163,6 +169,7 @@ class QueueLimits(EngineListener):
     def clear(self, queue: str) -> bool:
         removed = self.limits.pop(queue, None) is not None
         self._buckets.pop(queue, None)
+        self._held.discard(queue)
         self.active = bool(self.limits or self.paused)
         return removed
 
@@ -196,6 +203,14 @@ class QueueLimits(EngineListener):
         other series do (before 2026-12-05 it stayed: one series for every
         queue ever throttled). Its limits and pause, if any, stay."""
         self.throttled.pop(queue, None)
+        self._held.discard(queue)
+
+    def task_ready(self, task: Task) -> None:
+        """A task of ``task.queue`` entered its ready lane: if its limits
+        hold the queue back, that is a new hold-back, counted when the
+        dispatcher next finds it (:meth:`_hold_back`)."""
+        if self._held:
+            self._held.discard(task.queue)
 
     def set_share(self, nodes: int) -> None:
         """Cluster hook: this node enforces 1/``nodes`` of every limit."""
@@ -255,13 +270,13 @@ class QueueLimits(EngineListener):
                 cap = math.ceil(limit.max_concurrent * self.share) if limit.max_concurrent else 0
                 counts = self.engine.counts.get(queue)
                 if counts is not None and counts[RUNNING] >= cap:
-                    self.throttled[queue] += 1
+                    self._hold_back(queue)
                     continue   # a task of this queue ending marks the dispatcher pending
             if limit.rate is not None:
                 bucket = self._buckets[queue]
                 self._refill(queue, limit, bucket, now)
                 if bucket.tokens < 1.0:
-                    self.throttled[queue] += 1
+                    self._hold_back(queue)
                     rate = limit.rate * self.share
                     if rate > 0 and self._size(limit) >= 1.0:
                         at = now + (1.0 - bucket.tokens) / rate
@@ -271,8 +286,22 @@ class QueueLimits(EngineListener):
             out.append(lane_name)
         return out
 
+    def _hold_back(self, queue: str) -> None:
+        """The dispatcher, with a consumer free to take a task of ``queue``,
+        found the queue at its rate or ``max_concurrent`` limit: counted in
+        :attr:`throttled` once, not again until a task of the queue starts
+        (:meth:`acquire`) or becomes ready (:meth:`task_ready`). Before
+        2026-12-06 every check counted -- each take of each consumer in each
+        pump: a queue held back gained nothing while the node was idle and
+        403 while another, unlimited queue ran 400 tasks."""
+        if queue not in self._held:
+            self._held.add(queue)
+            self.throttled[queue] += 1
+
     def acquire(self, queue: str) -> None:
-        """Spend one token of ``queue`` (a task of it was just started)."""
+        """Spend one token of ``queue`` (a task of it was just started); a
+        hold-back of it from now on is a new one."""
+        self._held.discard(queue)
         limit = self.limits.get(queue)
         if limit is not None and limit.rate is not None:
             self._buckets[queue].tokens -= 1.0
