@@ -76,8 +76,12 @@ class Engine(ReplicaCopies):
             raise Busy(f"node holds {table.payload_bytes} bytes of task payloads; max_bytes is "
                        f"{self.config.max_bytes}", reason="bytes")
         if table.result_bytes >= self.config.max_result_bytes:
+            # Results go with their tombstones: the longer of result_ttl and
+            # dedup_window after their task ended (docs/semantics.md).
+            keep = max(self.config.result_ttl, self.config.dedup_window)
             raise Busy(f"node keeps {table.result_bytes} bytes of results; max_result_bytes is "
-                       f"{self.config.max_result_bytes} (freed as result_ttl passes)", reason="results")
+                       f"{self.config.max_result_bytes} (freed as finished tasks are forgotten, {keep:g} s after "
+                       "they ended: the longer of result_ttl and dedup_window)", reason="results")
         if task.queue not in self.counts and len(self.counts) >= MAX_QUEUES:
             raise InvalidField(f"this node already has {MAX_QUEUES} queues; no new queue {task.queue!r}",
                                field="queue")
