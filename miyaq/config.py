@@ -134,7 +134,8 @@ class NodeConfig(Settings):
                                                     "answered BUSY (at twice this, the oldest are forgotten)")
     max_message: int = setting(16 * 1024 * 1024, "largest protocol message in bytes")
     max_batch: int = setting(1024, "most tasks in one SUBMIT or DISPATCH message")
-    result_ttl: float = setting(3600.0, "seconds a finished task's result and tombstone are kept")
+    result_ttl: float = setting(3600.0, "seconds a finished task's result and tombstone are kept, at "
+                                            "least: both stay max(result_ttl, dedup_window)")
     dedup_window: float = setting(3600.0, "seconds a finished task's key still deduplicates")
     max_tombstones: int = setting(200_000, "most finished tasks remembered (oldest dropped first)")
     max_dead: int = setting(100_000, "most tasks in the dead-letter queue (oldest dropped first)")

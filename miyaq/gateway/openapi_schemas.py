@@ -58,7 +58,9 @@ LIMITS = obj(["rate", "burst", "max_concurrent", "node_share"],
 QUEUE_ROW = obj(["name", "scheduled", "ready", "running", "retrying", "dead", "workers", "idle",
                  "webhooks_in_flight", "limits"],
                 name=STR, scheduled=INT, ready=INT, running=INT, retrying=INT, dead=INT,
-                workers=INT, idle=described(INT, "free worker slots"), webhooks_in_flight=INT,
+                workers=INT, webhooks_in_flight=INT,
+                idle=described(INT, "free capacity of the queue's workers: tasks they would still take (running "
+                                    "and prefetched) less those leased to them; not idle handlers"),
                 limits=nullable(ref("Limits")),
                 paused=described(BOOL, "no task of the queue starts on this node (POST .../resume)"))
 STATUS_QUEUE = obj(["scheduled", "ready", "running", "retrying", "dead", "workers", "idle"], closed=False,
