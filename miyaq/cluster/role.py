@@ -256,12 +256,20 @@ class ClusterRole:
         self.peer.after_burst.append(hook)
 
     def replication_lag(self, now: float) -> dict[str, tuple[float, int]]:
-        """Per peer: seconds since its stream was last heard (heartbeats come
-        every second), and our requests to it still unanswered."""
+        """Per other member of this node's ring: seconds since a message of
+        its stream last arrived (heartbeats come every second; one never
+        heard: since it is followed), and our requests to it still
+        unanswered. It grows for as long as the peer stays silent. A node
+        that left the ring is not listed, although its stream is still
+        followed for ``DEPARTED_GRACE``: its series end when it leaves.
+        (Before 2026-12-06 this read the silence check's clock, reset every
+        ``STREAM_SILENCE``, so a silent peer's lag never passed ~6 s; and it
+        listed a departed node for a minute.)"""
         mono = monotonic()
+        members = self.view.members
         unanswered = self.peer.unanswered()
         return {src: (max(0.0, mono - heard), unanswered.get(src, 0))
-                for src, heard in self.subscriber.last_heard().items()}
+                for src, heard in self.subscriber.last_heard().items() if src in members and src != self.node_id}
 
     def stats(self) -> dict[str, Any]:
         return {"epoch": self.view.epoch, "leader": self.view.leader, "is_leader": self.is_leader,
