@@ -71,3 +71,92 @@ def test_a_peer_that_left_the_ring_has_no_lag_series(inproc):
     assert "n3" in cluster["n1"].node.role.subscriber.sources     # still followed: DEPARTED_GRACE
     assert set(lag_series(scrape(cluster, "n1"))) == {"n2"}
     assert set(cluster["n1"].node.role.replication_lag(0.0)) == {"n2"}
+
+
+# -- duplicate runs --------------------------------------------------------------------------------
+def duplicates_by_node(cluster: InProcessCluster, metrics: dict[str, NodeMetrics]) -> dict[str, tuple[int, int]]:
+    """Per node: (``miyaq_duplicate_runs_total`` summed over queues, STATUS ``cluster.duplicates``)."""
+    out = {}
+    for node_id, m in metrics.items():
+        total = sum(s.value for family in m.registry.collect() for s in family.samples
+                    if s.name == "miyaq_duplicate_runs_total")
+        out[node_id] = (int(total), cluster[node_id].node.role.stats()["duplicates"])
+    return out
+
+
+def two_holders_run_it(cluster: InProcessCluster, hold_runners_start: bool) -> tuple[str, list[str], dict[str, Any]]:
+    """A task of two holders: the runner's STARTED event (and heartbeats, and answers to QUERY) do
+    not reach the other holders, so a standby copy hears silence and runs
+    the task too. With ``hold_runners_start`` the runner's STARTED events
+    are held, not lost, and delivered once a standby runs it: each of the
+    two then hears of the other's run while its own goes on."""
+    tid = cluster.task_id()
+    holders = cluster.holders(tid, 2)
+    runner, standbys = holders[0], holders[1:]
+    if hold_runners_start:
+        held = cluster.net.hold("EVENTS", src=runner, event="S")
+    else:
+        cluster.net.drop("EVENTS", src=runner, event="S")
+    cluster.net.drop("HEARTBEAT", src=runner)
+    cluster.net.drop("ANSWER", src=runner, answering="QUERY")
+    workers = {h: cluster.worker(h) for h in holders}
+    cluster.submit(runner, tid, replicas=2)
+    cluster.wait_until(lambda: workers[runner].runs(tid), what="the runner to start the task")
+    cluster.advance(3 * cluster.settings["replica_offset"])
+    cluster.wait_until(lambda: any(workers[h].runs(tid) for h in standbys), timeout=30,
+                       what="a standby to run it too")
+    if hold_runners_start:
+        held.release()
+    cluster.settle(0.3)
+    return tid, holders, workers
+
+
+def started_metrics(cluster: InProcessCluster) -> dict[str, NodeMetrics]:
+    out = {}
+    for node_id, handle in cluster.nodes.items():
+        node = handle.node
+        out[node_id] = NodeMetrics(node_id, node.core, node.role, node.supervisor)
+        out[node_id].start()
+    return out
+
+
+def test_a_task_run_on_two_holders_is_counted_once_in_the_metrics(inproc):
+    """Fault: a holder that heard another holder's STARTED event while its
+    own run of the task went on counted it in STATUS ``cluster.duplicates``
+    only: ``miyaq_duplicate_runs_total`` (fed by the engine's listeners)
+    read 0 on every node although the task ran on two. It must read 1 in
+    the cluster, on the node whose STATUS says 1."""
+    cluster = inproc(3, default_timeout=30.0)     # no lease runs out: the runner runs one attempt
+    metrics = started_metrics(cluster)
+    tid, holders, workers = two_holders_run_it(cluster, hold_runners_start=False)
+    assert sum(workers[h].times(tid) for h in holders) == 2, {h: w.delivered for h, w in workers.items()}
+    counts = duplicates_by_node(cluster, metrics)
+    assert sum(m for m, _ in counts.values()) == 1, counts
+    assert all(m == s for m, s in counts.values()), counts
+    assert counts[holders[0]] == (1, 1), counts       # the runner heard of the standby's run
+
+
+def test_a_duplicate_run_both_holders_hear_of_is_counted_once(inproc):
+    """Fault: when each of two holders heard of the other's run while its
+    own went on (the runner's STARTED event came late), each counted it:
+    STATUS ``cluster.duplicates`` summed over the nodes read 2 for one
+    duplicate run. The holder ranked first counts it, the other only logs it."""
+    cluster = inproc(3, default_timeout=30.0)     # no lease runs out: the runner runs one attempt
+    metrics = started_metrics(cluster)
+    tid, holders, workers = two_holders_run_it(cluster, hold_runners_start=True)
+    assert sum(workers[h].times(tid) for h in holders) == 2, {h: w.delivered for h, w in workers.items()}
+    counts = duplicates_by_node(cluster, metrics)
+    assert sum(s for _, s in counts.values()) == 1, counts
+    assert sum(m for m, _ in counts.values()) == 1, counts
+    assert counts[holders[0]] == (1, 1), counts
+
+
+def test_which_holder_counts_a_duplicate_run():
+    """Both holders compute the same answer: the one ranked first among the
+    task's holders, a node no longer listed after them, and the id on a tie."""
+    from miyaq.cluster.holder_events import counts_duplicate
+    holders = ["n2", "n3", "n1"]
+    assert counts_duplicate("n2", "n1", holders) and not counts_duplicate("n1", "n2", holders)
+    assert counts_duplicate("n3", "n1", holders) and not counts_duplicate("n1", "n3", holders)
+    assert counts_duplicate("n1", "n9", holders) and not counts_duplicate("n9", "n1", holders)
+    assert counts_duplicate("n8", "n9", holders) and not counts_duplicate("n9", "n8", holders)

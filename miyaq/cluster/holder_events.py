@@ -273,11 +273,43 @@ def _dead_elsewhere(role: ClusterRole, task: Task, ev: list[Any]) -> None:
     role.engine.kill_copy(task, ev[3])
 
 
+def counts_duplicate(me: str, other: str, holders: list[str]) -> bool:
+    """Whether this node (``me``) counts a run of a task on holder ``other``
+    that it heard of while its own run of the task goes on: the one of the
+    two ranked first in the task's ``holders`` does (a node not listed ranks
+    after those listed; a tie, the node id that sorts first). Both compute
+    it from the same list, so when each hears of the other's run (they
+    started within the time an event takes between them) only one counts;
+    when one alone hears (the other's STARTED was lost, or it came before
+    the other started, which then took over on silence) it is, but for a
+    lost event as well, the runner ranked first, which counts."""
+    def rank(node_id: str) -> tuple[int, str]:
+        return (holders.index(node_id) if node_id in holders else len(holders)), node_id
+    return rank(me) < rank(other)
+
+
+def _running_twice(role: ClusterRole, src: str, task: Task, attempt: Any) -> None:
+    """Another holder started ``task`` while it runs here: a duplicate run.
+    Counted once in the cluster (:func:`counts_duplicate`): here, by every
+    engine listener (STATUS ``cluster.duplicates``, and
+    ``miyaq_duplicate_runs_total`` when the node has metrics), as the engine
+    counts an attempt's DONE taken while another attempt runs; else only
+    logged. Before 2026-12-06 it was counted in STATUS alone, by each holder
+    that heard of the other run: never in ``/metrics``, and twice when both
+    did."""
+    info = {"also_started_on": src, "attempt": attempt}
+    if counts_duplicate(role.node_id, src, task.holders):
+        for listener in role.engine.listeners:
+            listener.duplicate_run(task, info)
+    else:
+        _log.warning("duplicate", "task %s ran more than once (%s); counted by %s", task.id, info, src)
+
+
 def _started_elsewhere(role: ClusterRole, src: str, task: Task, ev: list[Any], now: float) -> None:
     engine = role.engine
     attempt, lease_end, at_most_once = ev[2], ev[3], ev[4] if len(ev) > 4 else False
     if task.state == RUNNING:
-        role.events.duplicate_run(task, {"also_started_on": src, "attempt": attempt})
+        _running_twice(role, src, task, attempt)
         return
     if at_most_once:
         engine.finish_copy(task.id, STARTED_ELSEWHERE, None, None, now)
