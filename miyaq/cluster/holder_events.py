@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -273,7 +273,7 @@ def _dead_elsewhere(role: ClusterRole, task: Task, ev: list[Any]) -> None:
     role.engine.kill_copy(task, ev[3])
 
 
-def counts_duplicate(me: str, other: str, holders: list[str]) -> bool:
+def counts_duplicate(me: str, other: str, holders: Sequence[str]) -> bool:
     """Whether this node (``me``) counts a run of a task on holder ``other``
     that it heard of while its own run of the task goes on: the one of the
     two ranked first in the task's ``holders`` does (a node not listed ranks
