@@ -9,12 +9,21 @@ are read from a :class:`~miyaq.gateway.metrics.NodeMetrics` made for it
 (an in-process node has no HTTP gateway), as ``GET /metrics`` reads them."""
 from __future__ import annotations
 
+import pathlib
 from typing import Any
 
+from gateway_harness import FIXTURES, Http
 from prometheus_client.parser import text_string_to_metric_families
 
+from miyaq.cluster.holder_events import counts_duplicate
 from miyaq.gateway.metrics import NodeMetrics
 from miyaq.testing.inprocess import InProcessCluster
+
+http_node, api, make_http_node, make_web_worker = FIXTURES   # pytest finds fixtures in module globals
+
+#: STATUS ``cluster``'s counters: each is ``miyaq_cluster_<key>_total`` in /metrics.
+COUNTERS = ("takeovers", "deferrals", "duplicates", "stream_gaps", "resyncs", "stream_dropped", "submits_rejected",
+            "handed_off")
 
 
 def scrape(cluster: InProcessCluster, node_id: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -154,9 +163,61 @@ def test_a_duplicate_run_both_holders_hear_of_is_counted_once(inproc):
 def test_which_holder_counts_a_duplicate_run():
     """Both holders compute the same answer: the one ranked first among the
     task's holders, a node no longer listed after them, and the id on a tie."""
-    from miyaq.cluster.holder_events import counts_duplicate
     holders = ["n2", "n3", "n1"]
     assert counts_duplicate("n2", "n1", holders) and not counts_duplicate("n1", "n2", holders)
     assert counts_duplicate("n3", "n1", holders) and not counts_duplicate("n1", "n3", holders)
     assert counts_duplicate("n1", "n9", holders) and not counts_duplicate("n9", "n1", holders)
     assert counts_duplicate("n8", "n9", holders) and not counts_duplicate("n9", "n8", holders)
+
+
+# -- the role's counters ---------------------------------------------------------------------------
+def test_the_cluster_counters_of_status_are_in_the_metrics(inproc):
+    """Fault: STATUS ``cluster`` counted takeovers, deferrals, duplicates,
+    stream gaps, resyncs, dropped stream messages, rejected submits and
+    handed-off copies, and docs/configuration.md said they were "in STATUS
+    and the metrics", but ``/metrics`` had none of them. Each is
+    ``miyaq_cluster_<key>_total`` and reads what STATUS reads; a standby
+    that took a task over counts it in both."""
+    cluster = inproc(3, default_timeout=30.0)
+    metrics = started_metrics(cluster)
+    tid, holders, workers = two_holders_run_it(cluster, hold_runners_start=False)
+    for node_id, m in metrics.items():
+        samples = {s.name: s.value for family in m.registry.collect() for s in family.samples}
+        stats = cluster[node_id].node.role.stats()
+        for key in COUNTERS:
+            assert samples[f"miyaq_cluster_{key}_total"] == stats[key], (node_id, key, samples, stats)
+    standby = holders[1]
+    assert scrape(cluster, standby)[("miyaq_cluster_takeovers_total", ())] >= 1
+    assert scrape(cluster, holders[0])[("miyaq_cluster_duplicates_total", ())] == 1
+
+
+def test_a_standalone_node_has_no_cluster_counters(make_http_node):
+    """A standalone node's status has no cluster section: nor has its
+    ``/metrics`` any ``miyaq_cluster_`` series (nothing of a cluster to count)."""
+    node = make_http_node()
+    api = Http(node.url)
+    try:
+        status, text, _ = api.get("/metrics")
+        assert status == 200
+        names = [s.name for family in text_string_to_metric_families(text.decode()) for s in family.samples]
+        assert "miyaq_ring_epoch" in names
+        assert not [n for n in names if n.startswith("miyaq_cluster_")]
+    finally:
+        api.close()
+
+
+def test_every_cluster_counter_and_status_field_is_documented():
+    """docs/http.md's metrics table names every ``miyaq_cluster_*_total``,
+    and docs/protocol.md every field of STATUS ``cluster``."""
+    from miyaq.gateway.metrics import CLUSTER_COUNTERS
+    assert tuple(key for key, _ in CLUSTER_COUNTERS) == COUNTERS
+    docs = pathlib.Path(__file__).resolve().parent.parent / "docs"
+    http, protocol = (docs / "http.md").read_text(), (docs / "protocol.md").read_text()
+    for key in COUNTERS:
+        assert f"`miyaq_cluster_{key}_total`" in http, key
+    fields = ("epoch", "leader", "is_leader", "takeovers", "deferrals", "duplicates", "stream_gaps", "resyncs",
+              "stream_dropped", "submits_rejected", "handed_off", "running_here", "streams_ready", "zookeeper")
+    start = protocol.index("- `cluster`: nil on a standalone node")
+    section = protocol[start:protocol.index("- `storage`:", start)]
+    for field in fields:
+        assert f"`{field}`" in section, field

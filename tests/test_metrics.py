@@ -94,7 +94,8 @@ def test_ring_gauges_come_from_the_role(make_http_node):
                 value(samples, "miyaq_is_leader")) == (1, 1, 1)
         members = {m: {"service": f"tcp://127.0.0.1:{i}", "http": None} for i, m in enumerate(["t1", "t2", "t3"])}
         clustered = SimpleNamespace(ring_info=lambda: {"epoch": 7, "leader": "t2", "members": members},
-                                    is_leader=False, replication_lag=lambda now: {"t2": (0.25, 12)})
+                                    is_leader=False, replication_lag=lambda now: {"t2": (0.25, 12)},
+                                    stats=lambda: None)
         gauges = node.call(lambda: node.node.part("metrics").cluster)
         node.call(lambda: setattr(gauges, "role", clustered))
         samples = scrape(api)

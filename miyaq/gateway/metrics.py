@@ -16,9 +16,11 @@ process's CPU, memory and open files (``process_open_fds`` against
 ``process_max_fds``: a node at its limit refuses connections,
 :mod:`miyaq.node.open_files`).
 
-Ring gauges and replication lag come from :class:`ClusterGauges`, which
-asks the node's role at scrape time (a standalone node: epoch 1, its own
-leader, no peers). Greenlet crashes come from the node's supervisor
+Ring gauges, replication lag and the role's counters
+(``miyaq_cluster_<key>_total``, :data:`CLUSTER_COUNTERS`: STATUS
+``cluster``) come from :class:`ClusterGauges`, which asks the node's role
+at scrape time (a standalone node: epoch 1, its own leader, no peers, no
+cluster counters). Greenlet crashes come from the node's supervisor
 (``miyaq_greenlet_crashes_total{name}``: names are fixed in the code, so the
 label set is bounded). ``GET /status`` reads the same objects.
 
@@ -48,6 +50,26 @@ HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTI
 #: kinds; any other is counted as "other"), so a closed queue's series can all be removed.
 WEBHOOK_RESULTS = frozenset({"2xx", "4xx", "429", "5xx", "other", "timeout", "connection", "invalid", "forbidden"})
 
+#: The role's counters (STATUS ``cluster``), each exported as ``miyaq_cluster_<key>_total``
+#: by :class:`NodeCollector` (read when scraped; none on a standalone node). docs/http.md says
+#: what each counts.
+CLUSTER_COUNTERS: tuple[tuple[str, str], ...] = (
+    ("takeovers", "Standby copies that asked the other holders, heard nobody run the task and ran it here"),
+    ("deferrals", "Times a standby copy waited an offset instead of running: another holder runs or holds "
+                  "the task, or this node may not run it now"),
+    ("duplicates", "Duplicate runs counted here (miyaq_duplicate_runs_total summed over the queues, kept "
+                   "when a queue is forgotten)"),
+    ("stream_gaps", "Messages found missing from the other nodes' replication streams (each asks a resync)"),
+    ("resyncs", "Resyncs this node asked of other nodes (a gap, a silent stream, a new subscription or "
+                "incarnation, a restart, a freeze)"),
+    ("stream_dropped", "Replication stream messages dropped on purpose (fault injection: "
+                       "MIYAQ_FAULT_STREAM_DROP)"),
+    ("submits_rejected", "Submits this node coordinated and rejected before enough holders stored them "
+                         "(not_enough_replicas; shutting_down at its stop)"),
+    ("handed_off", "Task copies sent to their new holders after ring changes (handoff)"),
+)
+
+
 class ClusterGauges:
     """Ring facts for ``/metrics`` and ``/status``, read from the role when asked:
     epoch, leader, members (with each member's HTTP gateway: ``miyaq queue
@@ -65,6 +87,14 @@ class ClusterGauges:
 
     def replication_lag(self) -> dict[str, tuple[float, int]]:
         return self.role.replication_lag(wall())
+
+    def counters(self) -> dict[str, int] | None:
+        """The role's counters of :data:`CLUSTER_COUNTERS` (None on a
+        standalone node, whose status has no cluster section)."""
+        stats = self.role.stats()
+        if stats is None:
+            return None
+        return {key: int(stats[key]) for key, _ in CLUSTER_COUNTERS}
 
 
 class NodeCollector(Collector):
@@ -186,6 +216,10 @@ class NodeCollector(Collector):
         for peer, (_, n) in lags:
             lag_n.add_metric([peer], n)
         yield lag_n
+        counters = c.counters()
+        if counters is not None:
+            for key, text in CLUSTER_COUNTERS:
+                yield CounterMetricFamily(f"miyaq_cluster_{key}", text, value=counters[key])
 
 
 class NodeMetrics:
