@@ -277,12 +277,13 @@ def counts_duplicate(me: str, other: str, holders: Sequence[str]) -> bool:
     """Whether this node (``me``) counts a run of a task on holder ``other``
     that it heard of while its own run of the task goes on: the one of the
     two ranked first in the task's ``holders`` does (a node not listed ranks
-    after those listed; a tie, the node id that sorts first). Both compute
-    it from the same list, so when each hears of the other's run (they
-    started within the time an event takes between them) only one counts;
-    when one alone hears (the other's STARTED was lost, or it came before
-    the other started, which then took over on silence) it is, but for a
-    lost event as well, the runner ranked first, which counts."""
+    after those listed; on a tie, the node id that sorts first). Both
+    compute it from the same list, so when each hears of the other's run
+    (each started before the other's STARTED event came) only one counts.
+    When one alone hears, it is most often the first-ranked (the runner,
+    whose STARTED the standby that took over never got): the duplicate is
+    missed only when the second-ranked alone hears, i.e. the first-ranked
+    started after it and never got its STARTED event."""
     def rank(node_id: str) -> tuple[int, str]:
         return (holders.index(node_id) if node_id in holders else len(holders)), node_id
     return rank(me) < rank(other)
