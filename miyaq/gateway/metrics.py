@@ -135,7 +135,9 @@ class NodeCollector(Collector):
             share.check()
             workers.add_metric([queue], n)
         yield workers
-        idle = GaugeMetricFamily("miyaq_queue_idle_slots", "Free worker slots per queue", labels=["queue"])
+        idle = GaugeMetricFamily("miyaq_queue_idle_slots",
+                                 "Free capacity of the workers per queue: tasks they would still take "
+                                 "(running and prefetched) less those leased to them", labels=["queue"])
         for queue, n in sorted(core.workers.idle_by_queue().items()):
             share.check()
             idle.add_metric([queue], n)
