@@ -82,6 +82,25 @@ def test_a_peer_that_left_the_ring_has_no_lag_series(inproc):
     assert set(cluster["n1"].node.role.replication_lag(0.0)) == {"n2"}
 
 
+def test_a_node_outside_the_ring_reports_no_replication_lag(inproc):
+    """Fault: a running node taken out of the ring (or never in it:
+    ``--no-auto-join``, refused) still follows the members' streams, which
+    publish nothing to it; reading when each was last heard, its lag for
+    every member grew for as long as it stayed out (5.4, 32.0, 74.5 s
+    after 5, 30 and 70 s), an alert firing on a spare node (review,
+    2026-12-06). Outside the ring it lists no one; back in, every member again."""
+    cluster = inproc(3)
+    cluster.publish(["n1", "n2"])
+    for _ in range(3):
+        cluster.advance(10.0)
+        assert cluster["n3"].node.role.replication_lag(0.0) == {}
+        assert lag_series(scrape(cluster, "n3")) == {}
+    assert set(lag_series(scrape(cluster, "n1"))) == {"n2"}
+    cluster.publish(["n1", "n2", "n3"])
+    cluster.wait_until(lambda: set(cluster["n3"].node.role.replication_lag(0.0)) == {"n1", "n2"},
+                       what="n3 back in the ring")
+
+
 # -- duplicate runs --------------------------------------------------------------------------------
 def duplicates_by_node(cluster: InProcessCluster, metrics: dict[str, NodeMetrics]) -> dict[str, tuple[int, int]]:
     """Per node: (``miyaq_duplicate_runs_total`` summed over queues, STATUS ``cluster.duplicates``)."""

@@ -114,3 +114,41 @@ def test_the_ends_heard_before_their_copies_are_remembered_up_to_a_bound(monkeyp
     assert not engine.count_late_copy(copy_of("e0"))
     assert engine.count_late_copy(copy_of("e4"))
     assert counted(engine) == {"submitted": 1, "done": 1}
+
+
+@pytest.mark.parametrize("forgotten_by", ["max_tombstones", "sweep"])
+def test_a_copy_stored_after_its_ghost_was_forgotten_is_not_counted_again_when_it_comes_once_more(forgotten_by):
+    """Fault: the end was heard first (a ghost, its id kept as not counted),
+    then the ghost was forgotten (``max_tombstones`` pushed it out, or the
+    ttl sweep) before the copy came; the copy was stored and counted as any
+    copy, but its id stayed among the uncounted, so the same copy coming
+    once more (a resent REPLICATE, a handoff) found the real tombstone and
+    counted ``submitted`` and ``done`` a second time (review, 2026-12-06)."""
+    engine = Engine(NodeConfig(max_tombstones=2) if forgotten_by == "max_tombstones" else NodeConfig())
+    engine.finish_copy("t", DONE, b"ok", None, T0)
+    if forgotten_by == "max_tombstones":
+        engine.finish_copy("x1", DONE, None, None, T0)
+        engine.finish_copy("x2", DONE, None, None, T0)
+    else:
+        engine.table.sweep(T0 + 10 * 3600)
+    assert engine.table.tombstone("t") is None
+    assert engine.submit(copy_of("t"), T0 + 1, copy=True)[0] == "accepted"
+    assert "t" not in engine.uncounted
+    engine.finish_copy("t", DONE, b"ok", None, T0 + 2)
+    assert not engine.count_late_copy(copy_of("t"))
+    assert counted(engine) == {"submitted": 1, "done": 1}
+
+
+def test_an_at_most_once_copy_stored_after_its_ghost_was_forgotten_counts_the_runners_end():
+    """Fault: as above, with an at-most-once task: the copy stored after its
+    placeholder's ghost was forgotten never counted the runner's ``done``
+    (the end that replaced its placeholder skipped every id kept as not
+    counted): ``{'submitted': 1}`` only."""
+    engine = Engine(NodeConfig(max_tombstones=2))
+    engine.finish_copy("a", STARTED_ELSEWHERE, None, None, T0)
+    engine.finish_copy("x1", DONE, None, None, T0)
+    engine.finish_copy("x2", DONE, None, None, T0)
+    assert engine.submit(copy_of("a"), T0 + 1, copy=True)[0] == "accepted"
+    engine.finish_copy("a", STARTED_ELSEWHERE, None, None, T0 + 1)     # its runner started it
+    engine.finish_copy("a", DONE, b"ok", None, T0 + 2)                 # and finished it
+    assert counted(engine) == {"submitted": 1, "done": 1}

@@ -261,12 +261,16 @@ class ClusterRole:
         heard: since it is followed), and our requests to it still
         unanswered. It grows for as long as the peer stays silent. A node
         that left the ring is not listed, although its stream is still
-        followed for ``DEPARTED_GRACE``: its series end when it leaves.
+        followed for ``DEPARTED_GRACE``: its series end when it leaves. A
+        node outside the ring (``--no-auto-join``, taken out, refused) lists
+        no one: nothing is replicated to it, and its lags would only grow.
         (Before 2026-12-06 this read the silence check's clock, reset every
         ``STREAM_SILENCE``, so a silent peer's lag never passed ~6 s; and it
         listed a departed node for a minute.)"""
-        mono = monotonic()
         members = self.view.members
+        if self.node_id not in members:
+            return {}      # not in the ring: no member replicates to this node
+        mono = monotonic()
         unanswered = self.peer.unanswered()
         return {src: (max(0.0, mono - heard), unanswered.get(src, 0))
                 for src, heard in self.subscriber.last_heard().items() if src in members and src != self.node_id}

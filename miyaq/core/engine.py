@@ -90,6 +90,10 @@ class Engine(ReplicaCopies):
         self._count(task.queue)[SCHEDULED] += 1
         table.add(task)
         self.outcomes[(task.queue, "submitted")] += 1
+        if copy and self.uncounted:
+            # Counted here: an end heard before this copy (its ghost since
+            # forgotten) must not count it again if the copy comes once more.
+            self.uncounted.pop(task.id, None)
         for listener in self.listeners:
             listener.task_accepted(task)
         if task.due <= now and not task.standby:
