@@ -1,10 +1,13 @@
 """The peer link over ZeroMQ: node-to-node requests on sockets.
 
 The ZeroMQ :class:`~miyaq.cluster.transport.PeerLink`. Each node binds a
-ROUTER on its peer port (requests from other nodes) and keeps one DEALER per
-other member (its requests, and their answers), each DEALER watched by a
-disconnect monitor (a closed connection ends the requests that say what it
-means: :meth:`~miyaq.cluster.peer_requests.PeerRequests.connection_lost`).
+ROUTER on its peer port (requests from other nodes) and keeps two DEALERs
+per other member (its requests, and their answers): ``bulk`` for copies and
+resyncs, ``control`` for QUERY, so a standby copy's question never waits
+behind megabytes of copies (:mod:`miyaq.cluster.peer_channels`). Each
+DEALER is watched by a disconnect monitor (a closed connection ends the
+requests sent on it that say what it means:
+:meth:`~miyaq.cluster.peer_requests.PeerRequests.connection_lost`).
 One greenlet reads the ROUTER, one reads every DEALER and monitor through a
 poller (both critical: a node that stops reading its peers stops the
 process). Numbering, answers, deadlines and versions are
@@ -37,8 +40,9 @@ import logging
 from collections.abc import Collection
 from typing import Any
 
-from miyaq.cluster.peer_requests import ANSWER, PEER_COMMANDS, PeerRequests
-from miyaq.constants import PEER_HEARTBEAT_TIMEOUT, PEER_RECONNECT_MS
+from miyaq.cluster.peer_channels import CHANNELS, MemberChannels, open_channels
+from miyaq.cluster.peer_requests import ANSWER, BULK, CONTROL, PEER_COMMANDS, PeerRequests
+from miyaq.constants import PEER_HEARTBEAT_TIMEOUT
 from miyaq.core.unread import UnreadAnswers
 from miyaq.errors import BadFrame, Busy, ConfigError, MiyaqError, TooLarge
 from miyaq.logs import LogLimiter
@@ -62,8 +66,9 @@ not a loop."""
 
 class PeerEndpoint(PeerRequests):
     """The peer link over ZeroMQ: a ROUTER bound on ``bind`` (requests from
-    the others) and one DEALER per other member (requests to them, and their
-    answers), each read by one critical greenlet."""
+    the others) and two DEALERs per other member, bulk and control
+    (requests to them, and their answers), each side read by one critical
+    greenlet."""
 
     def __init__(self, sockets: SocketFactory, supervisor: Supervisor, node_id: str, bind: str,
                  guard: Guard | None = None,
@@ -80,12 +85,10 @@ class PeerEndpoint(PeerRequests):
         self.router = sockets.hub_router(bind, audience="peer", users=guard is not None,
                                          max_frames=FRAMES + 1, sources=True, heartbeat_ms=heartbeat_ms)
         self.unread = UnreadAnswers()    # large answers a connection has not read: bounded
-        self.dealers: dict[str, Any] = {}          # node id -> DEALER
-        self.endpoints: dict[str, str] = {}
-        # Each DEALER's disconnect monitor -> its node id; None once retired
-        # (its DEALER's closing says nothing about the node's new link).
-        self._monitors: dict[str, Any] = {}        # node id -> monitor
-        self._watching: dict[Any, str | None] = {}
+        self.links: dict[str, MemberChannels] = {}     # node id -> its endpoint, DEALERs and monitors
+        # Each DEALER's disconnect monitor -> (its node id, channel); None once
+        # retired (its DEALER's closing says nothing about the node's new link).
+        self._watching: dict[Any, tuple[str, str] | None] = {}
         self._retired: list[Any] = []
         self._poller = sockets.hub_poller()
         self._looped_at: dict[str, float] = {}      # node id -> when its DEALER was last made anew for a loop
@@ -94,33 +97,46 @@ class PeerEndpoint(PeerRequests):
         self.supervisor.spawn("peer requests", self.serve_requests, policy=CRITICAL)
         self.supervisor.spawn("peer answers", self.serve_answers, policy=CRITICAL)
 
+    @property
+    def dealers(self) -> dict[str, Any]:
+        """Node id -> its bulk DEALER (a new dict)."""
+        return {node_id: link.dealers[BULK] for node_id, link in self.links.items()}
+
+    @property
+    def controls(self) -> dict[str, Any]:
+        """Node id -> its control DEALER (a new dict)."""
+        return {node_id: link.dealers[CONTROL] for node_id, link in self.links.items()}
+
+    @property
+    def endpoints(self) -> dict[str, str]:
+        """Node id -> the peer endpoint its DEALERs connect to (a new dict)."""
+        return {node_id: link.endpoint for node_id, link in self.links.items()}
+
     # -- membership ------------------------------------------------------------------
     def connect(self, members: dict[str, str], fresh: Collection[str] = ()) -> None:
-        """Keep one DEALER per member id -> peer endpoint (others are closed).
-        The nodes in ``fresh`` get a new DEALER even at the same endpoint: it
-        connects at once, where the old one, which lost its connection when
-        the node went down, retries on a backoff of up to
-        ``PEER_RECONNECT_MS[1]`` -- and with IMMEDIATE, every request to the
-        node fails until it does."""
-        for node_id in list(self.dealers):
-            if node_id not in members or members[node_id] != self.endpoints.get(node_id) or node_id in fresh:
-                # The answer reader may be polling it: it closes retired sockets itself.
-                self._retired.append(self.dealers.pop(node_id))
-                self.endpoints.pop(node_id, None)
-                monitor = self._monitors.pop(node_id)
-                self._watching[monitor] = None
-                self._retired.append(monitor)
+        """Keep two DEALERs (bulk and control) per member id -> peer endpoint
+        (others are closed). The nodes in ``fresh`` get new DEALERs even at
+        the same endpoint: they connect at once, where the old ones, which
+        lost their connection when the node went down, retry on a backoff
+        of up to ``PEER_RECONNECT_MS[1]`` -- and with IMMEDIATE, every
+        request to the node fails until they do."""
+        for node_id in list(self.links):
+            if node_id not in members or members[node_id] != self.links[node_id].endpoint or node_id in fresh:
+                # The answer reader may be polling them: it closes retired sockets itself.
+                link = self.links.pop(node_id)
+                self._retired.extend(link.dealers.values())
+                for monitor in link.monitors.values():
+                    self._watching[monitor] = None
+                    self._retired.append(monitor)
         for node_id in [n for n in self._looped_at if n not in members]:
             del self._looped_at[node_id]
         self.unlinked.clear()
         for node_id, endpoint in members.items():
-            if node_id == self.node_id or node_id in self.dealers:
+            if node_id == self.node_id or node_id in self.links:
                 continue
             # IMMEDIATE: never queue for a peer that is not there.
             try:
-                sock, monitor = self.sockets.watched_dealer(endpoint, ready=False, immediate=True,
-                                                            reconnect_ms=PEER_RECONNECT_MS, bounded=True, plain=True,
-                                                            heartbeat_ms=self.heartbeat_ms)
+                link = open_channels(self.sockets, endpoint, self.heartbeat_ms)
             except ConfigError as err:
                 # A member registered an endpoint libzmq refuses: it is unreachable
                 # (every request to it fails as to a node not connected); tried
@@ -134,18 +150,27 @@ class PeerEndpoint(PeerRequests):
                 _log.warning("no socket", "peer link: no socket to member %s now: %s%s; trying again",
                              node_id, exc, open_files_hint(exc))
                 continue
-            self.dealers[node_id] = sock
-            self.endpoints[node_id] = endpoint
-            self._poller.register(sock, zmq.POLLIN)
-            self._monitors[node_id] = monitor
-            self._watching[monitor] = node_id
-            self._poller.register(monitor, zmq.POLLIN)
+            self.links[node_id] = link
+            for channel in CHANNELS:
+                self._poller.register(link.dealers[channel], zmq.POLLIN)
+                monitor = link.monitors[channel]
+                self._watching[monitor] = (node_id, channel)
+                self._poller.register(monitor, zmq.POLLIN)
 
     # -- the wire ----------------------------------------------------------------------------
     def _send_request(self, node_id: str, frames: list[bytes]) -> bool:
-        sock = self.dealers.get(node_id)
-        if sock is None:
+        return self._send_on(node_id, BULK, frames)
+
+    def _send_control(self, node_id: str, frames: list[bytes]) -> bool:
+        return self._send_on(node_id, CONTROL, frames)
+
+    def _send_on(self, node_id: str, channel: str, frames: list[bytes]) -> bool:
+        """Send a request's frames on ``node_id``'s DEALER of ``channel``; False
+        if there is none now or it cannot take them (IMMEDIATE: not connected)."""
+        link = self.links.get(node_id)
+        if link is None:
             return False
+        sock = link.dealers[channel]
         try:
             send_frames(sock, frames)
             return True
@@ -213,7 +238,7 @@ class PeerEndpoint(PeerRequests):
         """Read every DEALER; expire requests that got no answer."""
         share = green.FairShare()
         while not self._closed:
-            if self.dealers or self._retired:
+            if self.links or self._retired:
                 events = dict(self._poller.poll(100))
             else:
                 events = {}
@@ -257,8 +282,9 @@ class PeerEndpoint(PeerRequests):
         nothing listened there as ZeroMQ retried). ZeroMQ would keep that
         connection for ever, and the peer, once up, would never hear from
         this node on it: make the DEALER anew, at most every LOOP_RETRY
-        seconds. Its requests end in silence, as with a peer that is down."""
-        node_id = next((n for n, s in self.dealers.items() if s is sock), None)
+        seconds. Its requests end in silence, as with a peer that is down.
+        Either channel's loop makes both DEALERs anew."""
+        node_id = next((n for n, link in self.links.items() if link.channel_of(sock) is not None), None)
         if node_id is None:
             return      # retired meanwhile
         now = monotonic()
@@ -268,35 +294,41 @@ class PeerEndpoint(PeerRequests):
         logger.warning("the connection to peer %s (%s) came back to this node (its own request arrived: a "
                        "TCP self-connect while nothing listened there); connecting again",
                        node_id, self.endpoints.get(node_id))
-        self.connect(dict(self.endpoints), fresh={node_id})
+        self.connect(self.endpoints, fresh={node_id})
 
     def _watch(self, monitor: Any) -> None:
         """A DEALER's monitor has events: if its connection closed, end the
-        requests to that node that say what to do then."""
+        requests sent on it that say what to do then."""
         try:
             closed, _, failure = connection_events(monitor)
         except zmq.ZMQError:
             return    # retired by connect() meanwhile
-        node_id = self._watching.get(monitor)
-        if failure is not None and node_id is not None:
+        watched = self._watching.get(monitor)
+        if watched is None:
+            return
+        node_id, channel = watched
+        if failure is not None:
             _log.warning("handshake",
                          "peer link: the handshake with member %s (%s) failed (%s): do the nodes share one "
                          "cluster key (the same keys directory's node.key_secret)?",
                          node_id, self.endpoints.get(node_id), failure)
-        if closed and node_id is not None:
-            ended = self.connection_lost(node_id)
+        if closed:
+            ended = self.connection_lost(node_id, channel)
             if ended:
-                logger.info("the connection to peer %s closed with %d request(s) unanswered", node_id, ended)
+                logger.info("the %s connection to peer %s closed with %d request(s) unanswered",
+                            channel, node_id, ended)
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         try:
-            for sock in list(self.dealers.values()) + list(self._monitors.values()) + self._retired:
+            for link in self.links.values():
+                for sock in link.sockets():
+                    sock.close(linger=0)
+            for sock in self._retired:
                 sock.close(linger=0)
-            self.dealers.clear()
-            self._monitors.clear()
+            self.links.clear()
             self._watching.clear()
             self._retired.clear()
             self.router.close(linger=0)

@@ -53,6 +53,15 @@ PEER_COMMANDS = frozenset({REPLICATE, QUERY, SYNC})
 PEER_REPLIES = frozenset({ANSWER})
 PEER_PROTOCOL = 1
 """The peer protocol version this node speaks (peer requests and streams)."""
+
+BULK = "bulk"
+"""The channel of copies and resyncs: every command not in :data:`CONTROL_COMMANDS`."""
+CONTROL = "control"
+"""The channel of small requests that must not wait behind copies (:mod:`miyaq.cluster.peer_channels`)."""
+CONTROL_COMMANDS = frozenset({QUERY})
+"""The commands a link sends on its control channel (:meth:`PeerRequests._send_control`):
+a standby copy's QUERY waited behind megabytes of REPLICATE copies on a
+narrow link and its answer came after the asker's patience."""
 WARN_EVERY = 60.0
 
 
@@ -104,7 +113,9 @@ class PeerRequests:
     ``identity`` names; they hand what arrives to :meth:`_handle_request`
     (``[identity, *frames]``) and :meth:`_handle_answer`, call
     :meth:`_expire` now and then, and run :attr:`after_burst` after each
-    burst. Every request is decoded and checked exactly as it would be off
+    burst. A link with a channel of its own for :data:`CONTROL_COMMANDS`
+    (the ZeroMQ link) sends them with :meth:`_send_control`; by default
+    they go as every other request. Every request is decoded and checked exactly as it would be off
     a socket (:func:`miyaq.protocol.codec.decode`, ``max_message``, the peer
     protocol version), and by ``guard`` when there is one (the key it came
     with must be a peer's)."""
@@ -118,7 +129,8 @@ class PeerRequests:
         self.after_burst: list[Callable[[], None]] = []
         self.pending: dict[int, tuple[float, Callback]] = {}
         self.outstanding: dict[str, int] = {}     # node id -> requests awaiting an answer
-        self._on_lost: dict[int, Callable[[], None]] = {}   # req -> what to do if the connection closes
+        # req -> (its channel, what to do if that channel's connection closes)
+        self._on_lost: dict[int, tuple[str, Callable[[], None]]] = {}
         self._late_handlers: dict[int, Callback] = {}     # req -> what takes its answer past the deadline
         # Past their deadline, awaiting a late answer: req -> (when forgotten, late handler), oldest first.
         self._late: OrderedDict[int, tuple[float, Callback]] = OrderedDict()
@@ -142,6 +154,12 @@ class PeerRequests:
         """Send a request's frames to ``node_id`` without blocking; False if it cannot go."""
         raise NotImplementedError
 
+    def _send_control(self, node_id: str, frames: list[bytes]) -> bool:
+        """Send a request of :data:`CONTROL_COMMANDS` to ``node_id`` without
+        blocking, on the link's control channel; False if it cannot go.
+        Here, as any other request (:meth:`_send_request`)."""
+        return self._send_request(node_id, frames)
+
     def _send_answer(self, identity: Any, frames: list[bytes]) -> None:
         """Send an answer's frames to the asker ``identity``; a lost answer is silence."""
         raise NotImplementedError
@@ -156,13 +174,18 @@ class PeerRequests:
         no answer will come); without it such a request waits its timeout.
         ``late``: called with an answer (not an error) that comes after
         ``callback(None)`` was called for silence, up to
-        ``LATE_ANSWER_WINDOW`` after the deadline (never after ``on_lost``)."""
+        ``LATE_ANSWER_WINDOW`` after the deadline (never after ``on_lost``).
+        The channel is chosen here, by ``command``: :data:`CONTROL_COMMANDS`
+        go with :meth:`_send_control`, the others with :meth:`_send_request`;
+        ``on_lost`` is about the connection of that channel."""
         req = next(self._req)
         body["req"] = req
         body["from"] = self.node_id
         body["proto"] = PEER_PROTOCOL
         body["clock"] = wall()
-        if not self._send_request(node_id, codec.encode(command, body)):
+        control = command in CONTROL_COMMANDS
+        send = self._send_control if control else self._send_request
+        if not send(node_id, codec.encode(command, body)):
             self.supervisor.spawn("peer callback", callback, None, policy=LOG)
             return False
         now = monotonic()
@@ -171,19 +194,22 @@ class PeerRequests:
         self.outstanding[node_id] = self.outstanding.get(node_id, 0) + 1
         self._asked[req] = node_id
         if on_lost is not None:
-            self._on_lost[req] = on_lost
+            self._on_lost[req] = (CONTROL if control else BULK, on_lost)
         if late is not None:
             self._late_handlers[req] = late
         return True
 
-    def connection_lost(self, node_id: str) -> int:
-        """The connection to ``node_id`` closed: the requests it has not
-        answered that have an ``on_lost`` end now (the others keep waiting
-        for their timeout: an answer may still come on a new connection).
-        How many ended."""
-        lost = [req for req, asked in self._asked.items() if asked == node_id and req in self._on_lost]
+    def connection_lost(self, node_id: str, channel: str | None = None) -> int:
+        """The connection to ``node_id`` of ``channel`` (:data:`BULK` or
+        :data:`CONTROL`; None: every channel) closed: the requests sent on
+        it that it has not answered and that have an ``on_lost`` end now --
+        their answer could only have come back on it (the others keep
+        waiting for their timeout: an answer may still come on a new
+        connection). How many ended."""
+        lost = [req for req, asked in self._asked.items() if asked == node_id and req in self._on_lost
+                and (channel is None or self._on_lost[req][0] == channel)]
         for req in lost:
-            on_lost = self._on_lost.pop(req)
+            _, on_lost = self._on_lost.pop(req)
             del self.pending[req]
             self._late_handlers.pop(req, None)
             self._settle(req)

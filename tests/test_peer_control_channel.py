@@ -1,0 +1,272 @@
+"""A QUERY has a connection of its own to each peer (the control channel).
+
+Fault (network audit, 2026-12-05): on a narrow link between nodes, a
+standby copy's QUERY ("did you run this task?") waited in the one DEALER's
+pipe and TCP buffers behind megabytes of REPLICATE copies; its answer came
+after the asker's patience, which took the silence for a dead holder and
+ran the task a second time with no failure at all. Now the peer link keeps
+two DEALERs per member (:mod:`miyaq.cluster.peer_channels`): copies and
+resyncs on ``bulk``, QUERY on ``control``.
+
+The peer here is a raw ROUTER the test reads when it chooses, so a backlog
+of copies can wait unread. Nothing is timed: only the order messages
+arrive in, and what ends which request.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import msgpack
+import pytest
+import zmq as plain_zmq
+
+from miyaq.cluster.peer import PeerEndpoint
+from miyaq.cluster import peer_requests
+from miyaq.cluster.peer_requests import ANSWER, QUERY, REPLICATE, SYNC, PeerRequests
+from miyaq.protocol.commands import TAG
+from miyaq.runtime import Supervisor, green
+from miyaq.runtime.sockets import SocketFactory, zmq
+from miyaq.testing.harness import free_port
+
+pytestmark = pytest.mark.timeout(60)
+
+WAIT = 15.0          # a guard against a hang, not a timing assertion
+COPIES = 20
+COPY_BYTES = 512 * 1024
+
+
+def until(predicate: Callable[[], Any], what: str) -> Any:
+    """Run the hub until ``predicate()`` is truthy; fail naming ``what`` if it never is."""
+    with green.Timeout(WAIT, False):
+        while True:
+            value = predicate()
+            if value:
+                return value
+            green.sleep(0.01)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+class RawPeer:
+    """Member p1's peer ROUTER, read only when the test says (a peer busy
+    elsewhere, or at the far end of a narrow link): what it read is kept in
+    order as (routing id, command, body)."""
+
+    def __init__(self) -> None:
+        self.ctx = plain_zmq.Context()
+        self.sock = self.ctx.socket(plain_zmq.ROUTER)
+        self.sock.setsockopt(plain_zmq.LINGER, 0)
+        self.endpoint = f"tcp://127.0.0.1:{self.sock.bind_to_random_port('tcp://127.0.0.1')}"
+        self.read: list[tuple[bytes, bytes, dict[str, Any]]] = []
+
+    def read_one(self) -> bool:
+        """Read the next message if one is there."""
+        if not self.sock.poll(0):
+            return False
+        identity, _, command, body = self.sock.recv_multipart()
+        self.read.append((identity, command, msgpack.unpackb(body, raw=False)))
+        return True
+
+    def read_until(self, command: bytes) -> tuple[bytes, dict[str, Any]]:
+        """Read (in the hub) until a ``command`` arrives; its routing id and body."""
+        def found() -> tuple[bytes, dict[str, Any]] | None:
+            while self.read_one():
+                if self.read[-1][1] == command:
+                    return self.read[-1][0], self.read[-1][2]
+            return None
+        return until(found, f"a {command!r} at the peer")
+
+    def read_both(self) -> None:
+        """Read (in the hub) until a QUERY and a REPLICATE have arrived, in either order."""
+        until(lambda: self.read_one() and {QUERY, REPLICATE} <= {c for _, c, _ in self.read},
+              "a QUERY and a REPLICATE at the peer")
+
+    def answer(self, identity: bytes, req: int, body: dict[str, Any]) -> None:
+        self.sock.send_multipart([identity, TAG, ANSWER, msgpack.packb({**body, "req": req, "from": "p1"})])
+
+    def close(self) -> None:
+        self.ctx.destroy(linger=0)
+
+
+@pytest.fixture
+def link() -> Iterator[tuple[PeerEndpoint, RawPeer]]:
+    """Node "me"'s peer link, started, connected to a raw peer p1 with both
+    its connections up (a QUERY and a REPLICATE went, and were read)."""
+    supervisor = Supervisor("peer test", on_fatal=lambda name, exc: pytest.fail(f"{name} died"))
+    sockets = SocketFactory()
+    me = PeerEndpoint(sockets, supervisor, "me", f"tcp://127.0.0.1:{free_port()}")
+    peer = RawPeer()
+    try:
+        me.start()
+        me.connect({"p1": peer.endpoint})
+        # IMMEDIATE: a request goes only once its connection is up.
+        until(lambda: me.request("p1", QUERY, {"ids": []}, WAIT, lambda answer: None), "the QUERY's connection")
+        until(lambda: me.request("p1", REPLICATE, {"tasks": []}, WAIT, lambda answer: None), "the copies' connection")
+        peer.read_both()
+        peer.read.clear()
+        yield me, peer
+    finally:
+        supervisor.kill()
+        me.close()
+        sockets.close()
+        peer.close()
+
+
+def send_backlog(me: PeerEndpoint, answers: list[Any]) -> None:
+    """COPIES REPLICATEs of COPY_BYTES each, all sent (the peer reads none yet)."""
+    for n in range(COPIES):
+        assert me.request("p1", REPLICATE, {"tasks": [], "n": n, "pad": b"x" * COPY_BYTES}, 60.0, answers.append)
+
+
+def test_a_query_sent_after_a_backlog_of_copies_reaches_the_peer_before_them(link) -> None:
+    """Fault: 20 copies of 512 KiB are on their way to a peer that has not
+    read them (a burst on a narrow link), then a standby copy asks the peer
+    a QUERY. On one DEALER the QUERY arrived after all 20; on its own
+    connection it is among the first messages the peer reads."""
+    me, peer = link
+    send_backlog(me, [])
+    assert me.request("p1", QUERY, {"ids": ["t1"]}, 60.0, lambda answer: None)
+    green.sleep(0.3)        # both connections deliver what they can; the peer reads nothing yet
+    peer.read_until(QUERY)
+    order = [command for _, command, _ in peer.read]
+    assert order.index(QUERY) < 3, f"the QUERY was message {order.index(QUERY) + 1} of {len(order)} read"
+    until(lambda: peer.read_one() and len(peer.read) == COPIES + 1, "the rest of the copies")
+    assert sorted(body["n"] for _, command, body in peer.read if command == REPLICATE) == list(range(COPIES))
+
+
+def test_a_query_is_answered_on_its_own_connection_while_copies_wait_unread(link) -> None:
+    """The peer answers the QUERY by the routing id it came from: its
+    control connection, not the copies'. The answer reaches the asker while
+    every copy is still unanswered, most of them unread."""
+    me, peer = link
+    copies: list[Any] = []
+    answers: list[Any] = []
+    send_backlog(me, copies)
+    assert me.request("p1", QUERY, {"ids": ["t1"]}, 60.0, answers.append)
+    identity, body = peer.read_until(QUERY)
+    copy_connections = {i for i, command, _ in peer.read if command == REPLICATE}
+    assert identity not in copy_connections
+    peer.answer(identity, body["req"], {"states": {"t1": ["done"]}})
+    answer = until(lambda: answers, "the QUERY's answer")[0]
+    assert answer["states"] == {"t1": ["done"]}
+    assert copies == [] and me.unanswered() == {"p1": COPIES + 2}   # the copies, and the fixture's two probes
+    assert len(peer.read) < COPIES
+
+
+def test_each_connection_that_closes_ends_the_requests_sent_on_it_that_have_an_on_lost(link, caplog) -> None:
+    """The peer reads a QUERY and a REPLICATE, both with an ``on_lost``, and
+    its process exits (both its connections close) before it answers:
+    both end at once -- the control connection's monitor ends the QUERY,
+    the bulk one's the copy -- not at their 60 s timeout."""
+    me, peer = link
+    lost: list[bytes] = []
+    answers: list[Any] = []
+    with caplog.at_level(logging.INFO, logger="miyaq.cluster.peer"):
+        assert me.request("p1", QUERY, {"ids": ["t1"]}, 60.0, answers.append, lambda: lost.append(QUERY))
+        assert me.request("p1", REPLICATE, {"tasks": []}, 60.0, answers.append, lambda: lost.append(REPLICATE))
+        peer.read_both()
+        peer.close()
+        until(lambda: len(lost) == 2, "both requests to end")
+    assert sorted(lost) == [QUERY, REPLICATE] and answers == []
+    assert "the control connection to peer p1 closed with 1 request(s) unanswered" in caplog.text
+    assert "the bulk connection to peer p1 closed with 1 request(s) unanswered" in caplog.text
+
+
+def test_a_closed_connection_ends_only_the_requests_of_its_own_channel() -> None:
+    """A request's answer comes back on the connection it went on: when only
+    one of the two connections to a node closes (its heartbeats timed out,
+    say), the requests on the other may still be answered and keep waiting."""
+    BULK, CONTROL = peer_requests.BULK, peer_requests.CONTROL
+    sent: list[str] = []
+
+    class Link(PeerRequests):
+        def _send_request(self, node_id: str, frames: list[bytes]) -> bool:
+            sent.append(BULK)
+            return True
+
+        def _send_control(self, node_id: str, frames: list[bytes]) -> bool:
+            sent.append(CONTROL)
+            return True
+
+    link = Link(Supervisor("peer test"), "me", 1 << 20)
+    lost: list[bytes] = []
+    for command in (QUERY, REPLICATE, SYNC):
+        link.request("p1", command, {}, 60.0, lambda answer: None, lambda c=command: lost.append(c))
+    assert sent == [CONTROL, BULK, BULK]
+    assert link.connection_lost("p1", CONTROL) == 1 and lost == [QUERY]
+    assert link.unanswered() == {"p1": 2}
+    assert link.connection_lost("p1", BULK) == 2 and lost == [QUERY, REPLICATE, SYNC]
+    assert link.unanswered() == {}
+
+
+def test_a_link_without_a_control_channel_sends_everything_as_before() -> None:
+    """A link that knows one channel (the in-memory transport) only has
+    ``_send_request``: a QUERY goes there, and ``connection_lost`` with no
+    channel ends every request with an ``on_lost``."""
+    sent: list[bytes] = []
+
+    class Link(PeerRequests):
+        def _send_request(self, node_id: str, frames: list[bytes]) -> bool:
+            sent.append(frames[1])
+            return True
+
+    link = Link(Supervisor("peer test"), "me", 1 << 20)
+    lost: list[bytes] = []
+    link.request("p1", QUERY, {}, 60.0, lambda answer: None, lambda: lost.append(QUERY))
+    link.request("p1", REPLICATE, {}, 60.0, lambda answer: None, lambda: lost.append(REPLICATE))
+    assert sent == [QUERY, REPLICATE]
+    assert link.connection_lost("p1") == 2 and lost == [QUERY, REPLICATE]
+
+
+def test_both_connections_are_closed_when_retired_and_when_the_link_closes(link) -> None:
+    """Each member has two DEALERs and two monitors, all distinct; a member
+    gone from the ring has all four closed by the reader, and closing the
+    link closes those of the members left."""
+    me, peer = link
+    first = me.links["p1"].sockets()
+    assert len(first) == 4 and len({id(s) for s in first}) == 4
+    assert me.dealers["p1"] is not me.controls["p1"]
+    me.connect({})
+    assert me.links == {} and me.dealers == {} and me.endpoints == {}
+    until(lambda: all(s.closed for s in first), "the retired sockets to close")
+    me.connect({"p1": peer.endpoint})
+    second = me.links["p1"].sockets()
+    me.close()
+    assert all(s.closed for s in second) and me.links == {}
+
+
+def test_a_link_whose_second_dealer_cannot_be_made_is_left_unmade_and_made_later(monkeypatch, caplog) -> None:
+    """Fault: the process runs out of file descriptors between the two
+    DEALERs of a member. The one made is closed (a member has both channels
+    or none), the member is left for the role to link again, and once
+    descriptors are free the link has both."""
+    real = SocketFactory.watched_dealer
+    made: list[Any] = []
+    calls = [0]
+
+    def second_fails(self: SocketFactory, connect: str, **options: Any) -> tuple[Any, Any]:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise zmq.ZMQError(errno.EMFILE)
+        pair = real(self, connect, **options)
+        made.extend(pair)
+        return pair
+
+    monkeypatch.setattr(SocketFactory, "watched_dealer", second_fails)
+    supervisor = Supervisor("peer test")
+    sockets = SocketFactory()
+    me = PeerEndpoint(sockets, supervisor, "me", f"tcp://127.0.0.1:{free_port()}")
+    try:
+        with caplog.at_level(logging.WARNING):
+            me.connect({"p1": f"tcp://127.0.0.1:{free_port()}"})
+        assert me.unlinked == {"p1"} and me.links == {}
+        assert len(made) == 2 and all(s.closed for s in made)
+        assert "peer link: no socket to member p1 now" in caplog.text
+        me.connect({"p1": f"tcp://127.0.0.1:{free_port()}"})
+        assert me.unlinked == set() and sorted(me.links["p1"].dealers) == [peer_requests.BULK,
+                                                                           peer_requests.CONTROL]
+    finally:
+        me.close()
+        sockets.close()
