@@ -199,6 +199,8 @@ def test_a_closed_connection_ends_only_the_requests_of_its_own_channel() -> None
     assert link.unanswered() == {"p1": 2}
     assert link.connection_lost("p1", BULK) == 2 and lost == [QUERY, REPLICATE, SYNC]
     assert link.unanswered() == {}
+    with pytest.raises(ValueError, match="no peer channel 'bulky'"):
+        link.connection_lost("p1", "bulky")
 
 
 def test_a_link_without_a_control_channel_sends_everything_as_before() -> None:

@@ -115,8 +115,9 @@ class PeerRequests:
     :meth:`_expire` now and then, and run :attr:`after_burst` after each
     burst. A link with a channel of its own for :data:`CONTROL_COMMANDS`
     (the ZeroMQ link) sends them with :meth:`_send_control`; by default
-    they go as every other request. Every request is decoded and checked exactly as it would be off
-    a socket (:func:`miyaq.protocol.codec.decode`, ``max_message``, the peer
+    they go as every other request. Every request is decoded and checked
+    exactly as it would be off a socket
+    (:func:`miyaq.protocol.codec.decode`, ``max_message``, the peer
     protocol version), and by ``guard`` when there is one (the key it came
     with must be a peer's)."""
 
@@ -205,7 +206,9 @@ class PeerRequests:
         it that it has not answered and that have an ``on_lost`` end now --
         their answer could only have come back on it (the others keep
         waiting for their timeout: an answer may still come on a new
-        connection). How many ended."""
+        connection). How many ended. Any other ``channel`` raises ValueError."""
+        if channel is not None and channel not in (BULK, CONTROL):
+            raise ValueError(f"no peer channel {channel!r} (one of {BULK!r}, {CONTROL!r})")
         lost = [req for req, asked in self._asked.items() if asked == node_id and req in self._on_lost
                 and (channel is None or self._on_lost[req][0] == channel)]
         for req in lost:
