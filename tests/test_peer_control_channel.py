@@ -272,3 +272,15 @@ def test_a_link_whose_second_dealer_cannot_be_made_is_left_unmade_and_made_later
     finally:
         me.close()
         sockets.close()
+
+
+def test_both_dealers_of_a_member_are_made_alike(link) -> None:
+    """The control DEALER has every option the bulk one has: IMMEDIATE,
+    the reconnect backoff, ZMTP heartbeats, the peer frame limit."""
+    me, _ = link
+    options = (zmq.IMMEDIATE, zmq.RECONNECT_IVL, zmq.RECONNECT_IVL_MAX, zmq.HEARTBEAT_IVL, zmq.HEARTBEAT_TIMEOUT,
+               zmq.MAXMSGSIZE, zmq.LINGER, zmq.SNDHWM, zmq.RCVHWM)
+    bulk, control = me.dealers["p1"], me.controls["p1"]
+    assert [bulk.getsockopt(o) for o in options] == [control.getsockopt(o) for o in options]
+    assert control.getsockopt(zmq.IMMEDIATE) == 1 and control.getsockopt(zmq.HEARTBEAT_IVL) > 0
+    assert control.getsockopt(zmq.MAXMSGSIZE) == me.sockets.frame_limit
