@@ -5,11 +5,13 @@ slowness for silence.
 A standby copy runs only if the holders it asks are silent
 (docs/cluster.md, "Before a standby copy runs"); silence is a QUERY
 unanswered after ``QUERY_TIMEOUT`` (1 s). On a narrow link between nodes
-(2-5 Mbit/s, tasks of a few hundred KB) a QUERY's answer waits behind
-megabytes of copies on the same connection and comes seconds later: the
+(2-5 Mbit/s, tasks of a few hundred KB) a QUERY's answer waited behind
+megabytes of copies on the same connection and came seconds later: the
 network audit of 2026-12-06 saw 19 of 30 tasks taken over by a standby
 copy with no failure at all, and tasks run two or three times after a
-clean ``miyaq leave``. So a QUERY to a holder waits at least
+clean ``miyaq leave``. A QUERY now has a connection of its own
+(:mod:`miyaq.cluster.peer_channels`), but its packets still share the
+link, and its queue, with the copies'. So a QUERY to a holder waits at least
 ``QUERY_TIMEOUT`` and at least twice the slowest answer that holder gave
 to any request of this node in the last ``ANSWER_TIMES_WINDOW`` seconds --
 late ones included -- and at most ``QUERY_PATIENCE_MAX`` (a holder that is

@@ -67,8 +67,10 @@ class PeerLink(Protocol):
         """Send a request; ``callback`` gets the answer, or None past ``timeout`` seconds
         (at once, in another greenlet, when it cannot be sent: then False).
         ``on_lost`` (optional) is called instead, at once, when the connection
-        to the node closes before it answered (it may have read the request
-        and exited); without it that request waits its ``timeout``.
+        the request went on closes before it answered (the node may have read
+        the request and exited; a link with several connections to a node --
+        the ZeroMQ link's bulk and control -- ends only the requests sent on
+        the one that closed); without it that request waits its ``timeout``.
         ``late`` (optional) gets an answer that comes after ``callback`` got
         None for silence (for ``LATE_ANSWER_WINDOW``; the oldest such
         requests are forgotten past ``MAX_LATE_ANSWERS``)."""
