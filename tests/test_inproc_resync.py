@@ -456,3 +456,33 @@ def test_a_holder_that_missed_a_keyed_tasks_copy_keeps_its_key_from_the_finished
     cluster.wait_until(lambda: cluster[victim].tombstone(tid) is not None, what="the F event heard")
     assert cluster[victim].tombstone(tid).key == "order-17"
     assert not cluster.crashes()
+
+
+def test_a_node_outside_the_ring_asks_no_resync_of_the_silent_streams_it_follows(inproc):
+    """Fault: a running node outside the ring (taken out, ``--no-auto-join``,
+    refused) follows the members' streams, but the members heartbeat to the
+    ring's members only: every stream went silent, and it asked each member
+    for a resync every ``STREAM_SILENCE`` -- 21 in 35 s, each a pass over
+    that member's tasks for none (review, 2026-12-06). Out of the ring it
+    asks none; back in, its silence check counts from then and a member
+    that really goes silent is resynced again."""
+    cluster = inproc(3)
+    cluster.publish(["n1", "n2"])
+    cluster.settle(0.2)
+    sub = cluster["n3"].role.subscriber
+    resyncs = sub.resyncs
+    syncs = len(cluster.net.messages("SYNC", src="n3"))
+    for _ in range(7):
+        cluster.advance(5.0)
+    assert sub.resyncs == resyncs
+    assert len(cluster.net.messages("SYNC", src="n3")) == syncs
+    cluster.publish(["n1", "n2", "n3"])
+    cluster.settle(0.2)
+    back = sub.resyncs
+    cluster.advance(2.0)
+    assert sub.resyncs == back      # heard within STREAM_SILENCE of its return
+    cluster.net.cut("n1", direction="out")
+    cluster.advance(5.0)
+    cluster.wait_until(lambda: sub.resyncs > back, what="n3 to resync the silent n1")
+    cluster.net.heal("n1")
+    assert not cluster.crashes()

@@ -338,6 +338,7 @@ class ClusterRole:
                 self.view_since = wall()
             self.publisher.epoch = view.epoch
             members = view.members
+            self.subscriber.expect_heartbeats(self.node_id in members)
             mono = monotonic()
             for node_id, member in old.members.items():
                 if node_id not in members and node_id != self.node_id:

@@ -142,6 +142,22 @@ class StreamReceiver:
         self.foreign = 0      # messages dropped: a peer protocol this node does not speak
         self.refused = 0      # messages dropped: over the limit, or not a stream message
         self.resyncs = 0
+        # Does a silent stream mean loss? Not while this node is outside the
+        # ring: the members heartbeat to the ring's members only.
+        self.heartbeats_expected = True
+
+    def expect_heartbeats(self, expected: bool) -> None:
+        """Whether the sources heartbeat to this node (it is in their ring).
+        While they do not, a silent stream is asked for no resync: before
+        2026-12-06 a node outside the ring (``--no-auto-join``, taken out,
+        refused) asked every member for one every ``STREAM_SILENCE`` (21 in
+        35 s), each a pass over that member's tasks for none. Back in the
+        ring, silence counts from then."""
+        if expected and not self.heartbeats_expected:
+            now = monotonic()
+            for source in self.sources.values():
+                source.heard = now
+        self.heartbeats_expected = expected
 
     def _follow(self, src: str) -> None:
         # A new subscription misses what was sent before it joined
@@ -201,6 +217,8 @@ class StreamReceiver:
         self.apply(src, body.get("ev") or [])
 
     def _check_silence(self, now: float) -> None:
+        if not self.heartbeats_expected:
+            return
         for src, source in self.sources.items():
             if now - source.heard > STREAM_SILENCE and not source.syncing:
                 source.heard = now

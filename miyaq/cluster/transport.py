@@ -139,6 +139,10 @@ class StreamSubscriber(Protocol):
     def caught_up(self, src: str) -> bool:
         """``src``'s stream was heard and is not being resynced."""
 
+    def expect_heartbeats(self, expected: bool) -> None:
+        """Whether the sources heartbeat to this node (it is in the ring):
+        while not, a silent stream asks for no resync."""
+
     def last_heard(self) -> dict[str, float]:
         """Per source: when its stream was last heard (monotonic)."""
 
