@@ -633,11 +633,12 @@ def test_duplicate_start_names_the_node_it_was_started_on(caplog: pytest.LogCapt
     (not the task's)."""
     running = task("dup-1")
     running.state = RUNNING
+    running.holders = ("me", "other-node")      # this node ranks first of the two: it counts the duplicate
     seen: list[dict[str, Any]] = []
     events = EventPublisher("me", SimpleNamespace(send=lambda dest, evs: None), 1 << 24)   # type: ignore[arg-type]
     events.duplicate_run = lambda t, info: seen.append(info)   # type: ignore[method-assign]
-    engine = SimpleNamespace(table=SimpleNamespace(live={"dup-1": running}, dead={}))
-    role = SimpleNamespace(engine=engine, events=events, config=NodeConfig(), refusals=Refusals())
+    engine = SimpleNamespace(table=SimpleNamespace(live={"dup-1": running}, dead={}), listeners=[events])
+    role = SimpleNamespace(node_id="me", engine=engine, events=events, config=NodeConfig(), refusals=Refusals())
     apply_events(role, "other-node", [["S", "dup-1", 2, wall() + 30, False]])   # type: ignore[arg-type]
     assert seen == [{"also_started_on": "other-node", "attempt": 2}]
 
