@@ -601,8 +601,8 @@ def test_a_peer_link_that_reads_its_own_request_connects_again(monkeypatch: pyte
     ZeroMQ retried), so it reads its own QUERY. It used to drop that as a
     malformed answer and keep the looped connection for ever: the peer, once
     up, never heard from this node on it. Now its own request makes the node
-    replace that DEALER, at most once per LOOP_RETRY (an hour here: the
-    second echo changes nothing)."""
+    replace that DEALER (the control one, which QUERY goes on), at most
+    once per LOOP_RETRY (an hour here: the second echo changes nothing)."""
     monkeypatch.setattr(peer_module, "LOOP_RETRY", 3600.0)
     supervisor = Supervisor("peer test", on_fatal=lambda name, exc: pytest.fail(f"{name} died"))
     sockets = SocketFactory()
@@ -611,14 +611,14 @@ def test_a_peer_link_that_reads_its_own_request_connects_again(monkeypatch: pyte
     try:
         me.start()
         me.connect({"echo": echo.endpoint})
-        first = me.dealers["echo"]
+        first = me.controls["echo"]
         until(lambda: me.request("echo", b"QUERY", {"ids": []}, 0.5, lambda answer: None), "the link to connect")
-        until(lambda: echo.pump() or me.dealers["echo"] is not first, "a new DEALER after the echo")
-        second = me.dealers["echo"]
+        until(lambda: echo.pump() or me.controls["echo"] is not first, "a new DEALER after the echo")
+        second = me.controls["echo"]
         until(lambda: me.request("echo", b"QUERY", {"ids": []}, 0.5, lambda answer: None), "the new link to connect")
         until(lambda: echo.pump() or len(set(echo.connections)) == 2, "the new DEALER's request")
         until(lambda: echo.pump() or not me.pending, "the echoed requests to end in silence")
-        assert me.dealers["echo"] is second, "a second loop within LOOP_RETRY must not make another DEALER"
+        assert me.controls["echo"] is second, "a second loop within LOOP_RETRY must not make another DEALER"
     finally:
         supervisor.kill()
         me.close()

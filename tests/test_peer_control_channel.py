@@ -284,3 +284,32 @@ def test_both_dealers_of_a_member_are_made_alike(link) -> None:
     assert [bulk.getsockopt(o) for o in options] == [control.getsockopt(o) for o in options]
     assert control.getsockopt(zmq.IMMEDIATE) == 1 and control.getsockopt(zmq.HEARTBEAT_IVL) > 0
     assert control.getsockopt(zmq.MAXMSGSIZE) == me.sockets.frame_limit
+
+
+def test_a_loop_on_one_channel_remakes_that_channel_alone(link, monkeypatch) -> None:
+    """Fault: the control connection loops back to this node (its own QUERY
+    comes back to it: a TCP self-connect) while the copies' connection is
+    healthy, a REPLICATE in flight on it, and another member waits to be
+    linked (no socket for it at the last try). Before, the loop made both
+    DEALERs anew: the REPLICATE's answer, sent on the old copies'
+    connection, was never read (its callback got silence at its deadline,
+    its ``on_lost`` never ran), and the waiting member was dropped from
+    the ones the role links again. Now only the looped DEALER is made anew."""
+    me, peer = link
+    bulk_before, control_before = me.dealers["p1"], me.controls["p1"]
+    me.unlinked.add("p2")      # as connect() leaves a member it had no socket for
+    answers: list[Any] = []
+    assert me.request("p1", REPLICATE, {"tasks": []}, 60.0, answers.append, on_lost=lambda: answers.append("lost"))
+    rep_identity, rep_body = peer.read_until(REPLICATE)
+    assert me.request("p1", QUERY, {"ids": ["t"]}, 60.0, lambda answer: None)
+    q_identity, q_body = peer.read_until(QUERY)
+    # The control DEALER reads a request, its own: a loop.
+    peer.sock.send_multipart([q_identity, TAG, QUERY, msgpack.packb(q_body)])
+    until(lambda: me.controls["p1"] is not control_before, "the control DEALER made anew")
+    assert me.dealers["p1"] is bulk_before
+    assert me.unlinked == {"p2"}
+    peer.answer(rep_identity, rep_body["req"], {"ids": []})
+    got = until(lambda: answers, "the REPLICATE's answer")
+    assert got[0] not in ("lost", None) and got[0]["ids"] == [], got
+    until(lambda: me.request("p1", QUERY, {"ids": []}, WAIT, lambda answer: None), "the new control connection")
+    peer.read_until(QUERY)

@@ -40,7 +40,7 @@ import logging
 from collections.abc import Collection
 from typing import Any
 
-from miyaq.cluster.peer_channels import CHANNELS, MemberChannels, open_channels
+from miyaq.cluster.peer_channels import CHANNELS, MemberChannels, open_channel, open_channels
 from miyaq.cluster.peer_requests import ANSWER, BULK, CONTROL, PEER_COMMANDS, PeerRequests
 from miyaq.constants import PEER_HEARTBEAT_TIMEOUT
 from miyaq.core.unread import UnreadAnswers
@@ -281,20 +281,38 @@ class PeerEndpoint(PeerRequests):
         (a TCP self-connect: the peer's port is in the ephemeral range and
         nothing listened there as ZeroMQ retried). ZeroMQ would keep that
         connection for ever, and the peer, once up, would never hear from
-        this node on it: make the DEALER anew, at most every LOOP_RETRY
-        seconds. Its requests end in silence, as with a peer that is down.
-        Either channel's loop makes both DEALERs anew."""
-        node_id = next((n for n, link in self.links.items() if link.channel_of(sock) is not None), None)
-        if node_id is None:
+        this node on it: make that channel's DEALER anew, at most every
+        LOOP_RETRY seconds per peer. Its requests end in silence, as with a
+        peer that is down; the other channel is left alone, and so are its
+        requests and the members not linked yet (before 2026-12-06 a loop
+        on one channel made both anew, the other's requests ending in
+        silence although answered, and dropped the members waiting to be
+        linked until the next ring change)."""
+        found = next(((n, link, channel) for n, link in self.links.items()
+                      if (channel := link.channel_of(sock)) is not None), None)
+        if found is None:
             return      # retired meanwhile
+        node_id, link, channel = found
         now = monotonic()
         if now - self._looped_at.get(node_id, -LOOP_RETRY) < LOOP_RETRY:
             return
         self._looped_at[node_id] = now
-        logger.warning("the connection to peer %s (%s) came back to this node (its own request arrived: a "
+        logger.warning("the %s connection to peer %s (%s) came back to this node (its own request arrived: a "
                        "TCP self-connect while nothing listened there); connecting again",
-                       node_id, self.endpoints.get(node_id))
-        self.connect(self.endpoints, fresh={node_id})
+                       channel, node_id, link.endpoint)
+        try:
+            new_sock, monitor = open_channel(self.sockets, link.endpoint, self.heartbeat_ms)
+        except (ConfigError, zmq.ZMQError) as exc:
+            _log.warning("no socket", "peer link: no socket to member %s now: %s; trying again at its next loop",
+                         node_id, exc)
+            return
+        old_monitor = link.monitors[channel]
+        self._watching[old_monitor] = None
+        self._retired.extend((link.dealers[channel], old_monitor))      # closed by the answer reader
+        link.dealers[channel], link.monitors[channel] = new_sock, monitor
+        self._poller.register(new_sock, zmq.POLLIN)
+        self._watching[monitor] = (node_id, channel)
+        self._poller.register(monitor, zmq.POLLIN)
 
     def _watch(self, monitor: Any) -> None:
         """A DEALER's monitor has events: if its connection closed, end the

@@ -69,11 +69,7 @@ def open_channels(factory: SocketFactory, endpoint: str, heartbeat_ms: tuple[int
     monitors: dict[str, Any] = {}
     try:
         for channel in CHANNELS:
-            sock, monitor = factory.watched_dealer(endpoint, ready=False, immediate=True,
-                                                   reconnect_ms=PEER_RECONNECT_MS, bounded=True, plain=True,
-                                                   heartbeat_ms=heartbeat_ms)
-            dealers[channel] = sock
-            monitors[channel] = monitor
+            dealers[channel], monitors[channel] = open_channel(factory, endpoint, heartbeat_ms)
     except BaseException:
         for channel, sock in dealers.items():
             sock.disable_monitor()
@@ -81,3 +77,12 @@ def open_channels(factory: SocketFactory, endpoint: str, heartbeat_ms: tuple[int
             sock.close(linger=0)
         raise
     return MemberChannels(endpoint, dealers, monitors)
+
+
+def open_channel(factory: SocketFactory, endpoint: str, heartbeat_ms: tuple[int, int] | None) -> tuple[Any, Any]:
+    """One channel's DEALER to ``endpoint`` and its disconnect monitor, made
+    as :func:`open_channels` makes each (it raises what that raises, with
+    both sockets closed): for a channel made anew alone (its connection
+    looped back to this node)."""
+    return factory.watched_dealer(endpoint, ready=False, immediate=True, reconnect_ms=PEER_RECONNECT_MS,
+                                  bounded=True, plain=True, heartbeat_ms=heartbeat_ms)

@@ -358,8 +358,17 @@ class SocketFactory:
         :func:`connection_events`.
 
         Attach it before ``sock`` connects (:meth:`watched_dealer`): libzmq
-        reports an event only to a monitor that exists when it happens."""
-        return sock.get_monitor_socket(CONNECTION_CLOSED | HANDSHAKE_FAILED | (CONNECTION_READY if ready else 0))
+        reports an event only to a monitor that exists when it happens.
+
+        Each monitor has an address of its own. pyzmq's default,
+        ``inproc://monitor.s-<FD>``, is the socket's file descriptor: a
+        socket closed just before frees its descriptor before libzmq frees
+        its monitor's address, and a new socket given that descriptor failed
+        with ``EADDRINUSE`` (2026-12-06: 19 of 300 peer links remade at once,
+        218 of 300 with 40 at a time, each then "no socket to member now"
+        until the role relinked it a second later)."""
+        events = CONNECTION_CLOSED | HANDSHAKE_FAILED | (CONNECTION_READY if ready else 0)
+        return sock.get_monitor_socket(events, addr=f"inproc://miyaq-monitor-{next(_monitor_numbers)}")
 
     def watched_dealer(self, connect: str, *, ready: bool, **options: Any) -> tuple[Any, Any]:
         """A DEALER connected to ``connect`` (``options`` as for :meth:`dealer`)
