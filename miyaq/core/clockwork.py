@@ -27,6 +27,7 @@ from miyaq.constants import TOMBSTONE_SWEEP
 from miyaq.core.core import Core
 from miyaq.core.handles import NodeRole
 from miyaq.runtime import CRITICAL, RESTART, Supervisor, green, monotonic, wall
+from miyaq.runtime.heap import AllocatorTrim
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,9 @@ class Clockwork:
         self._timer_at = 0.0
         self._housekeeping_wake = green.Event()
         self._housekeeping_at = 0.0       # monotonic: the next planned housekeeping pass
+        # Gives the memory back once the store let go of a lot (swept
+        # tombstones, a drained burst): miyaq.runtime.heap.
+        self.allocator = AllocatorTrim()
         core.waiters.on_earliest = self.waiter_due
         core.endpoint.after_burst.append(self.after_burst)
         # Work from other nodes is acted on in the same way, at once: a copy a
@@ -171,6 +175,7 @@ class Clockwork:
                 last_sweep = mono
                 core.engine.table.sweep(now)
                 core.engine.table.mind_the_collector()
+                self.allocator.observe(core.engine.table.approximate_bytes(), mono)
                 core.engine.compact_lanes()
             core.dispatcher.pump(now)
             self.role.flush()
