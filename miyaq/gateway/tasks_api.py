@@ -13,6 +13,15 @@ A result asked of a holder whose copy of an at-most-once task was dropped
 because another holder started it is a 404, as ZeroMQ RESULT's
 ``not_found``: the outcome is on that holder (before 2026-12-05 it was a
 200 ``{"state": "started-elsewhere", "done": false}``).
+
+A task this node does not know, asked (status, result, cancel) of a node
+that is not one of the holders the ring gives its id -- a member that
+coordinated a submit it holds no copy of, a node outside the ring (``miyaq
+leave``) -- is a 404 ``not_found`` that says so and names the holders'
+HTTP URLs, also as the field ``holders`` (:meth:`TasksApi.not_held`); the
+gateway does not ask them itself. On a holder the 404 is as it was: no
+``holders``. Before 2026-12-06 every one was a bare "no task": an HTTP
+client had no way to find the task.
 """
 from __future__ import annotations
 
@@ -75,7 +84,34 @@ class TasksApi:
         return json_response({"id": task.id, "status": status, "task_id": holder}, 202)
 
     def status(self, request: Request) -> Response:
-        return json_response({"task": self.engine.info(check_id(request.params["id"]))})
+        task_id = check_id(request.params["id"])
+        try:
+            return json_response({"task": self.engine.info(task_id)})
+        except NotFound as err:
+            raise self.not_held(task_id, err.message) from None
+
+    def not_held(self, task_id: str, message: str) -> NotFound:
+        """The 404 for ``task_id``, unknown here: as it was (``message``) on
+        a node the ring makes one of its holders; else ``message`` saying
+        this node is not one of them (or is outside the ring) and naming the
+        holders' HTTP URLs, which are also its field ``holders`` (``[]``
+        when none has an HTTP gateway, or the ring is empty).
+
+        Constraints: the holders are those of the task's id with the node's
+        ``replicas``, by this node's view of the ring: a task submitted with
+        a ``key`` is placed by its key, and one with its own ``replicas`` on
+        more or fewer nodes; the client then asks the other members. Reads
+        the ring only, no I/O."""
+        role = self.gateway.role
+        node_id = self.config.id
+        members: dict[str, Any] = role.ring_info()["members"]
+        holders = role.holders(task_id, self.config.replicas) if members else []
+        if node_id in members and node_id in holders:
+            return NotFound(message)
+        urls = [members[h]["http"] for h in holders if h in members and members[h].get("http")]
+        where = "is outside the ring" if node_id not in members else "is not one of its holders"
+        ask = f"ask {', '.join(urls)}" if urls else "no holder has an HTTP gateway the ring knows"
+        return NotFound(f"{message}: node {node_id} {where}; {ask}", holders=urls)
 
     def cancel(self, request: Request) -> Response:
         """``cancelled: true`` is answered once the node's log has the
@@ -84,7 +120,10 @@ class TasksApi:
         ``busy`` (``storage``), nothing changed, while the log cannot be written."""
         task_id = check_id(request.params["id"])
         self.gateway.core.check_writable(task_id)
-        cancelled, state = self.engine.cancel(task_id, wall())
+        try:
+            cancelled, state = self.engine.cancel(task_id, wall())
+        except NotFound as err:
+            raise self.not_held(task_id, err.message) from None
         if cancelled:
             self.endpoint.wait_stored(HTTP_ACK_WAIT, f"task {task_id} is cancelled")
         return json_response({"id": task_id, "cancelled": cancelled, "state": state})
@@ -114,7 +153,7 @@ class TasksApi:
         elif task_id in engine.table.dead:
             answer = outcome(engine.table.dead[task_id])
         elif task_id not in engine.table.live:
-            raise NotFound(f"no task {task_id}")
+            raise self.not_held(task_id, f"no task {task_id}")
         elif timeout > 0:
             token = TokenCheck(self.gateway.auth.tokens, bearer_token(request), Role.PRODUCER, "wait for results")
             answer = self._wait(task_id, timeout, request.connection, token)
@@ -123,7 +162,7 @@ class TasksApi:
         if answer is None or answer.get("timeout"):
             state = engine.live_state(task_id)
             if state is None:       # handed off while we waited: another holder has it
-                raise NotFound(f"no task {task_id} here any more (moved to other holders)")
+                raise self.not_held(task_id, f"no task {task_id} here any more (moved to other holders)")
             answer = {"state": state}
         return json_response(_view(task_id, answer))
 
