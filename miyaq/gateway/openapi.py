@@ -45,6 +45,10 @@ ERROR_TEXT = {400: "A field is missing or malformed (the error names it), or the
 #: missing or without the role, a foreign Host or another site's request,
 #: a client too slow, too many connections from one client.
 COMMON = (400, 401, 403, 408, 414, 431, 503)
+#: The 404 of an operation on one task (GET, DELETE /tasks/{id}, its result).
+TASK_404 = ("No such task here. In a cluster, a node that is not one of the task's holders (or is outside the "
+            "ring) says so and lists the holders' HTTP URLs in error.holders: ask them (docs/http.md, \"A "
+            "task's holders in a cluster\")")
 #: What any POST, PUT or DELETE may also be answered: a body labelled as a
 #: form (read to see whether it is JSON, so bounded by http_max_body), or
 #: another type an HTML form sends (docs/http.md, "Content types").
@@ -72,6 +76,13 @@ def op(summary: str, ok: int, schema: str | None, *errors: int, body: Any = None
         operation["parameters"] = list(params)
     if body is not None:
         operation["requestBody"] = body
+    return operation
+
+
+def on_one_task(operation: dict[str, Any]) -> dict[str, Any]:
+    """``operation`` (on ``/tasks/{id}``, one task's) with its 404 saying
+    that a node not holding the task names its holders (``error.holders``)."""
+    operation["responses"]["404"] = {**operation["responses"]["404"], "description": TASK_404}
     return operation
 
 
@@ -105,10 +116,10 @@ def paths() -> dict[str, Any]:
             "get": op("List live and dead tasks", 200, "TaskList", 400,
                       params=(QUEUE_Q, STATE_Q, LIMIT), tag=t)},
         "/tasks/{id}": {
-            "get": op("Status of a task", 200, "TaskEnvelope", 400, 404, params=(ID,), tag=t),
-            "delete": op("Cancel a task", 200, "Cancelled", 400, 404, params=(ID,), tag=t)},
-        "/tasks/{id}/result": {"get": op("Outcome of a task, waiting up to ?timeout= seconds", 200, "Result",
-                                         400, 404, 503, params=(ID, TIMEOUT), tag=t)},
+            "get": on_one_task(op("Status of a task", 200, "TaskEnvelope", 400, 404, params=(ID,), tag=t)),
+            "delete": on_one_task(op("Cancel a task", 200, "Cancelled", 400, 404, params=(ID,), tag=t))},
+        "/tasks/{id}/result": {"get": on_one_task(op("Outcome of a task, waiting up to ?timeout= seconds", 200,
+                                                     "Result", 400, 404, 503, params=(ID, TIMEOUT), tag=t))},
         "/receive": {"post": op("Take one ready task (timeout 0: at once)", 200, "Received", 400, 415, 503,
                                 body=json_body("ReceiveRequest", False), tag=p)},
         "/receive_block": {"post": op("Take one ready task, waiting (default 30 s)", 200, "Received",

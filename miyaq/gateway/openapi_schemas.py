@@ -81,7 +81,9 @@ COUNTS = {"type": "object", "additionalProperties": INT}
 SCHEMAS: dict[str, Any] = {
     "Error": obj(["error"], error=obj(["code", "message"], closed=False, code=STR, message=STR,
                                       field=described(STR, "the request field at fault"),
-                                      allow=STR_LIST)),
+                                      allow=STR_LIST,
+                                      holders=described(STR_LIST, "a 404 of a node that does not hold the "
+                                                                  "task: its holders' HTTP URLs, to ask"))),
     "EnqueueForm": described({"type": "object", "required": ["task.url"], "properties": {
         "task.url": WEBHOOK_URL, "task.countdown": STR, "task.eta": STR, "task.method": STR, "task.queue": STR,
         "task.id": STR, "task.priority": STR, "task.ttl": STR, "task.max_retries": STR,
