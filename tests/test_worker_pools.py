@@ -637,6 +637,7 @@ def test_stopping_the_processes_pool_kills_a_busy_child_at_once(monkeypatch):
 
     busy, idle = processes.ChildProcess(b"busy", Proc()), processes.ChildProcess(b"idle", Proc())
     busy.job = object()
+    busy.ready = idle.ready = True      # both said hello (one that never did is killed at once too)
 
     class Sock:
         def send_multipart(self, frames) -> None:

@@ -46,7 +46,7 @@ from .execute import Interrupted, TaskAborted, TaskTimeout
 from .jobs import Backlog, Job, current, release, reportable, well_formed
 from .link import NodeLink
 from .pools import PoolParts, make_pool
-from .pools.base import PoolShortage
+from .pools.base import NotStarted, PoolShortage
 from .prefetch import RunTimes
 from .pulse import Pulse
 from .reports import Reports
@@ -115,6 +115,8 @@ class Worker:
         # (the node's lease on them ran out): stopped, and watched until they
         # end. At most one per runner.
         self.superseded: list[Job] = []
+        # Jobs the pool took back unstarted as the worker stopped, given back to their nodes by stop().
+        self.given_back: set[Job] = set()
         self.reports = Reports(self)
         self.started = False
         self.stopping = False
@@ -277,10 +279,13 @@ class Worker:
             self.touch(task_id)
         self.watchdog.started(job)
         shortage: PoolShortage | None = None
+        withdrawn = False
         try:
             outcome = job.executor.run(job)
         except PoolShortage as exc:
             shortage = exc      # nothing started: given back below, once out of the books
+        except NotStarted:
+            withdrawn = True    # the worker stops: taken back before it started (given back below)
         except Exception:
             # The pool failed, not the handler (a bug): the runner dies and is
             # restarted, and the node retries the task now rather than when
@@ -293,10 +298,13 @@ class Worker:
         finally:
             if not release(self.running, job):
                 self.superseded.remove(job)
-            if shortage is None:
+            if shortage is None and not withdrawn:
                 self.executed += 1
         if shortage is not None:
             return self._give_back_unstarted(link, job, shortage)
+        if withdrawn:
+            self._withdrawn(link, job)
+            return True
         if self.adaptive:
             body = d[3]
             self.run_times.add(monotonic() - started, len(body) if isinstance(body, (bytes, str)) else 0)
@@ -333,6 +341,18 @@ class Worker:
                               "Raise the limit or lower --concurrency, and restart the worker to have them back",
                               self.wid, shortage, self.concurrency - self.slots_lost, self.concurrency)
         return not retires
+
+    def _withdrawn(self, link: NodeLink, job: Job) -> None:
+        """``job`` was taken back by the pool as the worker stops, its handler
+        not started: out of the books. :meth:`stop` gave it back to its node
+        already (with the backlog); one whose run began after that is given
+        back here."""
+        task_id = job.task_id
+        if task_id not in self.running:     # no other attempt of it runs here
+            self.routes.origin.pop(task_id, None)
+            self.routes.holders.pop(task_id, None)
+        if job not in self.given_back and task_id not in self.running:
+            link.send(c.RETURN, {"ids": [task_id], "credit": False})
 
     def _interrupt(self, job: Job, reason: type[Interrupted]) -> None:
         if job.stop_reason is not None:
@@ -431,11 +451,20 @@ class Worker:
             link, d, _ = waiting
             returned.setdefault(link, []).append(d[0])
             self.routes.holders.pop(d[0], None)
+        # Jobs the pool holds unstarted (the processes pool's, waiting for a
+        # child) go back like the backlog: no attempt spent, and not waited
+        # for (before 2026-12-06 they counted as running: see ProcessPool.withdraw).
+        for job in self.pool.withdraw():
+            origin = self.routes.origin.get(job.task_id)
+            self.given_back.add(job)
+            if origin is not None and current(self.running, job):
+                returned.setdefault(origin, []).append(job.task_id)
         for link, ids in returned.items():
             link.send(c.RETURN, {"ids": ids, "credit": False})
         self._wake(len(self.idle))
         logger.info("worker %s stopping: %d running task(s), %d given back unstarted, grace %.1fs", self.wid,
-                    len(self.running) + len(self.superseded), sum(len(ids) for ids in returned.values()), grace)
+                    len(self.running) + len(self.superseded) - len(self.given_back),
+                    sum(len(ids) for ids in returned.values()), grace)
         deadline = monotonic() + grace
         while (self.running or self.superseded) and not self._hurry.is_set():
             left = deadline - monotonic()

@@ -18,6 +18,12 @@ class PoolShortage(Exception):
     spent) and runs on with the handler slots it has."""
 
 
+class NotStarted(Exception):
+    """The worker is stopping and the pool took ``job`` back before its
+    handler started (:meth:`Pool.withdraw`): raised by :meth:`Pool.run`. The
+    worker gives the task back to its node unstarted (no attempt spent)."""
+
+
 @dataclass
 class PoolParts:
     """The narrow handles a pool gets from its worker."""
@@ -52,6 +58,14 @@ class Pool(Protocol):
         for anything the handler does; raises :class:`PoolShortage`, the
         handler not started, when the pool cannot get what one more handler
         needs (the threads pool: a thread)."""
+
+    def withdraw(self) -> list[Job]:
+        """The worker is stopping: start no more handlers. The jobs whose
+        ``run`` call waits for room (none of them started: the processes
+        pool's, waiting for a child) are taken back -- those calls raise
+        :class:`NotStarted` -- and returned, for the worker to give back
+        unstarted; a later ``run`` call raises it at once. Pools that never
+        make a job wait return an empty list. Must not block."""
 
     def interrupt(self, job: Job) -> None:
         """Stop ``job``'s handler for ``job.stop_reason``, as this pool can

@@ -49,6 +49,9 @@ class GreenletPool:
         handler raised it and its task fails."""
         return self.parts.supervisor.stopping
 
+    def withdraw(self) -> list[Job]:
+        return []       # a runner's handler starts at once: none waits here
+
     def interrupt(self, job: Job) -> None:
         # Thrown from the hub, while the runner is suspended, and only if it
         # still runs this job: it never lands in the runner's next task.

@@ -32,7 +32,7 @@ from ..config import (
 )
 from ..execute import Outcome, interrupted
 from ..jobs import Job
-from .base import PoolParts
+from .base import NotStarted, PoolParts
 from .child import EXIT, HELLO, OUTCOME, RUN, TOUCH, pack, unpack
 from .private_dir import PrivateDir
 
@@ -109,6 +109,10 @@ class ProcessPool:
         self.generation = 0
         self.deaths: list[float] = []
         self.stopping = False
+        # Jobs whose run call waits for an idle child (none started), and
+        # those taken back from them as the worker stops (withdraw).
+        self.waiting: list[Job] = []
+        self.withdrawn: set[Job] | None = None
         self.all_ready = green.Event()     # every child said hello once (logged)
 
     # -- children -----------------------------------------------------------------------
@@ -149,7 +153,7 @@ class ProcessPool:
             self._start_child()
 
     # -- running ------------------------------------------------------------------------
-    def _free_child(self, job: Job) -> ChildProcess:
+    def _free_child(self, job: Job) -> ChildProcess | None:
         """The next idle child. While ``job`` waits for one -- children being
         started (at the worker's start) or replaced (after a timeout, a
         crash, ``--max-tasks-per-child``) -- it is touched each time it has
@@ -159,22 +163,55 @@ class ProcessPool:
         the worker's deadline was moved when a child came: tasks that ran
         well within their timeout were lost at the node (at-most-once ones
         dead-lettered), 31 of 32 queued at the start of a worker of 32
-        children in an audit's run."""
-        while True:
-            wait = job.touch_after - monotonic()
-            try:
-                child: ChildProcess = self.idle.get(timeout=max(0.0, wait)) if wait != float("inf") \
-                    else self.idle.get()
-            except green.QueueEmpty:
-                self.parts.touch(job.task_id)
-                continue
-            if child.identity in self.children:     # not replaced while it waited in the queue
-                return child
+        children in an audit's run. Once the worker stops (:meth:`withdraw`)
+        raises :class:`NotStarted`, or returns None for a job stopped
+        (cancelled, timed out) while it waited."""
+        self.waiting.append(job)
+        try:
+            while True:
+                if self.withdrawn is not None:
+                    if job.stop_reason is not None and job not in self.withdrawn:
+                        return None     # cancelled or timed out meanwhile: ends as such, with no child
+                    raise NotStarted(job.task_id)
+                wait = job.touch_after - monotonic()
+                try:
+                    child: ChildProcess | None = self.idle.get(timeout=max(0.0, wait)) \
+                        if wait != float("inf") else self.idle.get()
+                except green.QueueEmpty:
+                    self.parts.touch(job.task_id)
+                    continue
+                if child is None:       # woken by withdraw
+                    continue
+                if self.withdrawn is not None:
+                    self.idle.put(child)
+                    continue
+                if child.identity in self.children:     # not replaced while it waited in the queue
+                    return child
+        finally:
+            self.waiting.remove(job)
+
+    def withdraw(self) -> list[Job]:
+        """The worker stops: the jobs waiting for a child are taken back, none
+        of them started (their run calls raise :class:`NotStarted`, and so do
+        later ones). Before 2026-12-06 they were counted as running: the stop
+        waited the whole grace for them (for children still importing the
+        app), then its BYE had the node put them back with an attempt spent
+        -- an at-most-once task dead-lettered without ever running."""
+        if self.withdrawn is None:
+            self.withdrawn = set()
+        taken = [job for job in self.waiting if job not in self.withdrawn and job.stop_reason is None]
+        self.withdrawn.update(taken)
+        for _ in self.waiting:
+            self.idle.put(None)     # wakes one waiter each
+        return taken
+
     def run(self, job: Job) -> Outcome:
         child = self._free_child(job)
         if job.stop_reason is not None:                 # cancelled, or timed out, waiting for a child
-            self.idle.put(child)
+            if child is not None:
+                self.idle.put(child)
             return interrupted(job.stop_reason)
+        assert child is not None        # None only for a job stopped meanwhile
         child.job, child.outcome = job, green.AsyncResult()
         job.handle = child
         try:
@@ -300,8 +337,11 @@ class ProcessPool:
     def stop(self) -> None:
         """Kill the children still running a handler at once (the worker has
         given their tasks back to the node: run on, they would run beside
-        the task's next attempt), tell the idle ones to exit and kill what is
-        left after a short wait. Never raises. Before 2026-12-05 a busy child
+        the task's next attempt), and those that never said hello (still
+        importing the app: they could not read EXIT; before 2026-12-06 the
+        stop waited ``CHILD_EXIT_WAIT`` for them, and a worker whose children
+        import slowly exited past grace + 5 s), tell the idle ones to exit
+        and kill what is left after a short wait. Never raises. Before 2026-12-05 a busy child
         was waited for like an idle one, ``CHILD_EXIT_WAIT`` (5 s), though it
         could not read EXIT: its handler ran on after its task was put back,
         and with ``--processes N`` the supervisor, whose patience is the
@@ -309,7 +349,7 @@ class ProcessPool:
         self.stopping = True
         try:
             for child in list(self.children.values()):
-                if child.job is not None:
+                if child.job is not None or not child.ready:
                     child.kill()
                     continue
                 try:

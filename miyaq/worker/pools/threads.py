@@ -138,6 +138,9 @@ class ThreadsPool:
             # set just as the handler returned: it was told to stop, so it stopped
             return interrupted(exc)
 
+    def withdraw(self) -> list[Job]:
+        return []       # a runner's handler starts at once: none waits here
+
     def interrupt(self, job: Job) -> None:
         reason = job.stop_reason
         with job.lock:
