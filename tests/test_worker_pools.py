@@ -370,6 +370,26 @@ def test_a_result_over_the_nodes_own_max_message_fails_and_drops_no_connection(p
         assert "its max_message" in message
 
 
+@pytest.mark.parametrize("pool", POOLS)
+def test_a_result_msgpack_cannot_pack_fails_at_once(procs, node, client, events, pool):
+    """Fault: a handler (sync, and ``async def``) returns a set, which
+    msgpack cannot pack. Before 2026-12-06 its task failed with a retryable
+    ``TypeError`` (can not serialize 'set' object): 4 attempts by default,
+    the handler's side effects run each time. It now fails at once, not
+    retried (``ResultNotSerializable``, naming the type), in every pool."""
+    path, env = events
+    w = _worker(procs, node, pool, 1, env)
+    _registered(client)
+    for name in ("unpackable_result", "aunpackable_result"):
+        tag = uuid.uuid4().hex
+        with pytest.raises(miyaq.TaskFailed) as failed:
+            client.call(name, [tag], max_retries=3, timeout=15)
+        assert failed.value.remote_type == "ResultNotSerializable"
+        assert "type set" in failed.value.remote_message and "'set'" in failed.value.remote_message
+        assert [e[3] for e in _starts(path, tag)] == [1]
+    assert client.call("add", [2, 3], timeout=15) == 5 and w.alive()
+
+
 def _too_large_beside_a_running_task(procs, node, client, events, pool, size):
     """A worker of concurrency 2 runs a slow task while a handler returns
     ``size`` bytes: that task fails ResultTooLarge, the slow one finishes in

@@ -84,8 +84,12 @@ def decode_args(body: bytes | None) -> tuple[list[Any], dict[str, Any]]:
 
 def done(value: Any) -> Outcome:
     """DONE with ``value`` packed; a result over MAX_RESULT_BYTES fails
-    instead (see there: sent, it would cost the worker its connection)."""
-    result = msgpack.packb(value, use_bin_type=True)
+    instead (see there: sent, it would cost the worker its connection), and
+    so does one msgpack cannot pack (:func:`unpackable`)."""
+    try:
+        result = msgpack.packb(value, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        return ("failed", unpackable(value, exc))
     if len(result) > MAX_RESULT_BYTES:
         return ("failed", too_large(len(result), MAX_RESULT_BYTES, "one message to a node can carry"))
     return ("done", result)
@@ -97,6 +101,19 @@ def too_large(size: int, limit: int, carrier: str) -> dict[str, Any]:
     as a node fails a result over its ``max_payload``."""
     return {"type": "ResultTooLarge", "retry": False,
             "message": f"result of {size} bytes exceeds the {limit} bytes {carrier}"}
+
+
+def unpackable(value: Any, exc: BaseException) -> dict[str, Any]:
+    """The failure of a result msgpack cannot pack (``exc``: what packing
+    raised, naming the type at fault -- a set, an object of the app's, an
+    int over 64 bits, nesting too deep): not retried, as another attempt
+    would return the same after running the handler's side effects again.
+    Before 2026-12-06 it was a retryable ``TypeError``: 4 attempts by
+    default, each running the handler again."""
+    return {"type": "ResultNotSerializable", "retry": False,
+            "message": _text(f"the handler's result, of type {type(value).__name__}, is not something msgpack can pack "
+                             f"({_describe(exc, str)}); a result is made of None, bool, int (64 bits), float, "
+                             "str, bytes, list, tuple and dict with such keys")}
 
 
 def interrupted(exc: Interrupted | type[Interrupted]) -> Outcome:

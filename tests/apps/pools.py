@@ -332,6 +332,19 @@ def sized(n: int) -> bytes:
     return b"x" * n
 
 
+@app.task(name="unpackable_result")
+def unpackable_result(tag: str) -> set[int]:
+    """Records its attempt and returns a set, which msgpack cannot pack."""
+    record("start", tag, os.getpid(), miyaq.current_task().attempt)
+    return {1, 2}
+
+
+@app.task(name="aunpackable_result")
+async def aunpackable_result(tag: str) -> set[int]:
+    record("start", tag, os.getpid(), miyaq.current_task().attempt)
+    return {1, 2}
+
+
 @app.task(name="fork_and_return")
 def fork_and_return(tag: str) -> str:
     """Forks, and both copies return (the forked one does not exit)."""
