@@ -17,12 +17,24 @@ of file descriptors (its handlers hold them?) -- is logged (a line a
 minute) and tried again at the next beat; the thread beats on to the
 nodes it has sockets for (before 2026-12-06 one such failure ended the
 thread for good).
+
+The thread also watches the hub: :meth:`Pulse.tick` (a greenlet of the
+worker's, every :data:`~miyaq.worker.config.HUB_TICK`) marks that it ran.
+One that has not run for :data:`~miyaq.worker.config.HUB_STALL_WARN`
+seconds is held by a handler that never yields (CPU work in the gevent
+pool): the thread says so at WARNING, once for each such stall, naming the
+tasks running, and again at INFO once the hub runs. It beats on meanwhile
+-- the worker stays registered -- and stops nothing (before 2026-12-06
+nothing was logged: such a worker held its tasks and ignored SIGTERM
+without a word).
 """
 from __future__ import annotations
 
 import errno
 import logging
+import time
 import uuid
+from typing import Callable
 
 from ..logs import LogLimiter
 from ..protocol import codec
@@ -30,7 +42,7 @@ from ..protocol import commands as c
 from ..runtime import green
 from ..runtime.open_files import open_files_hint, room_for
 from ..runtime.sockets import SocketFactory, SocketSecurity, zmq
-from .config import PULSE_SNDHWM
+from .config import HUB_STALL_WARN, HUB_TICK, PULSE_SNDHWM
 
 logger = logging.getLogger(__name__)
 _log = LogLimiter(logger, burst=1)     # a socket that cannot be made, tried again each beat: a line a minute
@@ -43,9 +55,18 @@ STOP_WAIT = 2.0     # seconds stop() waits for the thread to close its sockets
 
 
 class Pulse:
+    """``running()`` names the tasks running (for the stalled-hub warning):
+    called in the thread while the hub is held, it must only read."""
+
     def __init__(self, wid: str, endpoints: list[str], interval: float,
-                 security: SocketSecurity | None = None) -> None:
+                 security: SocketSecurity | None = None, running: Callable[[], list[str]] | None = None) -> None:
         self.wid = wid
+        self.running = running
+        # When the hub last ran (real time: a test's clock.advance is no stall); set by tick(),
+        # None while no tick() runs (not started, or ended as the worker stops): not watched.
+        self.hub_seen: float | None = None
+        self.stalled_since: float | None = None     # the hub's last run, while a stall was reported
+        self._last_look = time.monotonic()         # the thread's own last look
         self.endpoints = list(endpoints)
         self.interval = interval
         self.beats = 0
@@ -62,6 +83,16 @@ class Pulse:
         self._wake = green.ThreadWake(self._exited.set)
         self._started = True
         green.start_native_thread(self._run)
+
+    def tick(self) -> None:
+        """In the hub, for ever (a greenlet of the worker's): mark that the
+        hub runs, every :data:`HUB_TICK` seconds."""
+        try:
+            while True:
+                self.hub_seen = time.monotonic()
+                green.sleep(HUB_TICK)
+        finally:
+            self.hub_seen = None
 
     def add(self, endpoint: str) -> None:
         """Beat to one more node. A new list is assigned, never one the
@@ -109,6 +140,7 @@ class Pulse:
                     except zmq.Again:
                         pass
                 self.beats += 1
+                self._watch_hub()
         except Exception:
             logger.exception("worker %s: the heartbeat thread failed; a handler that holds the CPU may now "
                              "get this worker declared lost", self.wid)
@@ -118,6 +150,36 @@ class Pulse:
             control.close(linger=0)
             if self._wake is not None:
                 self._wake.wake()
+
+    def _watch_hub(self) -> None:
+        """In the thread, at each beat: warn once if the hub has not run for
+        :data:`HUB_STALL_WARN` seconds, and say when it runs again. Not after
+        a pause of the thread's own (SIGSTOP, a VM paused: the whole process
+        stood still, the hub's tick is late with no handler to blame)."""
+        seen = self.hub_seen
+        now = time.monotonic()
+        paused = now - self._last_look > self.interval + HUB_STALL_WARN     # the whole process stood still
+        self._last_look = now
+        if seen is None or paused:
+            return
+        stalled = now - seen
+        if self.stalled_since is not None:
+            if seen != self.stalled_since:
+                logger.info("worker %s: the hub runs again, after %.0fs held by a handler", self.wid,
+                            seen - self.stalled_since)
+                self.stalled_since = None
+            return
+        if stalled <= HUB_STALL_WARN + HUB_TICK:
+            return
+        self.stalled_since = seen
+        try:
+            running = ", ".join(self.running()) if self.running is not None else ""
+        except Exception:   # noqa: BLE001 - the hub may change what it reads as it resumes
+            running = ""
+        logger.warning("worker %s: its hub has not run for %.0fs: a handler holds it without yielding (CPU "
+                       "work in the gevent pool?; running: %s). Heartbeats go on, but no other handler, "
+                       "result, cancel, timeout or stop signal is handled until it yields; run such code in "
+                       "the threads or processes pool", self.wid, stalled, running or "none known")
 
     def _follow(self, socks: dict[str, zmq.Socket], endpoints: list[str]) -> bool:
         """In the thread: a socket for each of ``endpoints`` and no other

@@ -126,7 +126,12 @@ class Worker:
         self._stopped = green.Event()
         self._hurry = green.Event()     # asked again to stop: wait no longer for running handlers
         self.watchdog = Watchdog(self.wid, lambda: [*self.running.values(), *self.superseded], self._interrupt)
-        self.pulse = Pulse(self.wid, self.endpoints, cfg.heartbeat, security)
+        self.pulse = Pulse(self.wid, self.endpoints, cfg.heartbeat, security, running=self._running_names)
+
+    def _running_names(self) -> list[str]:
+        """``task-id (name)`` of each task running: read by the heartbeat
+        thread while a handler holds the hub (it only reads)."""
+        return [f"{job.task_id} ({job.name})" for job in list(self.running.values())]
 
     def busy_count(self, link: NodeLink | None = None) -> int:
         """Slots in use (for ``link``: by tasks that node gave us)."""
@@ -376,6 +381,7 @@ class Worker:
         for _ in range(self.concurrency):
             self.supervisor.spawn("runner", self._runner, policy=RESTART)
         self.supervisor.spawn("watchdog", self.watchdog.run, policy=RESTART)
+        self.supervisor.spawn("hub tick", self.pulse.tick, policy=RESTART)
         logger.info("worker %s: queues=%s concurrency=%d pool=%s nodes=%s%s", self.wid, ",".join(self.queues),
                     self.concurrency, self.pool.name, ",".join(self.endpoints),
                     " (+asyncio loop)" if self.aio is not None else "")
