@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from hub_waits import until
 from miyaq.cluster.holder_events import EventPublisher, apply_events
 from miyaq.cluster.membership import StandaloneCoordinator
 from miyaq.cluster import peer as peer_module
@@ -39,18 +40,8 @@ from miyaq.runtime.sockets import SocketFactory, zmq
 from miyaq.store.task import RUNNING, Task
 from miyaq.testing.harness import free_port
 
+
 WAIT = 10.0   # a guard against a hang, never a timing assertion
-
-
-def until(predicate: Callable[[], Any], what: str) -> Any:
-    """Run the hub until ``predicate()`` is truthy; fail naming ``what`` if it never is."""
-    with green.Timeout(WAIT, False):
-        while True:
-            value = predicate()
-            if value:
-                return value
-            green.sleep(0.01)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 @pytest.fixture

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import msgpack
 import pytest
 import zmq as plain_zmq
 
+from hub_waits import until
 from miyaq.cluster.peer import PeerEndpoint
 from miyaq.cluster import peer_requests
 from miyaq.cluster.peer_requests import ANSWER, QUERY, REPLICATE, SYNC, PeerRequests
@@ -31,22 +32,12 @@ from miyaq.runtime import Supervisor, green
 from miyaq.runtime.sockets import SocketFactory, zmq
 from miyaq.testing.harness import free_port
 
+
 pytestmark = pytest.mark.timeout(60)
 
 WAIT = 15.0          # a guard against a hang, not a timing assertion
 COPIES = 20
 COPY_BYTES = 512 * 1024
-
-
-def until(predicate: Callable[[], Any], what: str) -> Any:
-    """Run the hub until ``predicate()`` is truthy; fail naming ``what`` if it never is."""
-    with green.Timeout(WAIT, False):
-        while True:
-            value = predicate()
-            if value:
-                return value
-            green.sleep(0.01)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 class RawPeer:
