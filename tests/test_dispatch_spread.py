@@ -317,3 +317,12 @@ def test_a_consumer_whose_batch_is_full_with_room_left_gets_the_rest_at_the_next
     assert dispatcher.pump(NOW) == 2
     assert dispatcher.pump(NOW) == 1
     assert worker.got == ids
+
+
+def test_a_consumer_is_named_in_a_log_line_by_what_it_is_not_its_address():
+    """Fault: the dispatcher's "could not deliver N tasks to %r" named a
+    worker ``<miyaq.core.consumers.WorkerConsumer object at 0x7f...>`` (a
+    soak audit's log): nothing an operator could find the worker by."""
+    worker = WorkerConsumer(None, b"A", "w1", ["emails", "q"], 8, 0.0, {})  # type: ignore[arg-type]
+    assert repr(worker) == "worker w1 (queues emails, q)"
+    assert repr(Consumer(["q"])) == "consumer (queues q)"

@@ -86,6 +86,10 @@ class Consumer:
         # with as many free slots (the same one takes lone tasks).
         self.order = next(_made)
 
+    def __repr__(self) -> str:
+        """As a log line names it (``%r``): its kind and queues, never an address."""
+        return f"{self.kind} (queues {', '.join(self.queues)})"
+
     # -- what the dispatcher may lease it: by default its credit, counted here --------
     def room(self) -> int:
         """How many tasks the dispatcher may lease to this consumer now."""
@@ -159,6 +163,10 @@ class WorkerConsumer(Consumer):
     def abort(self, ids: list[str]) -> None:
         self.endpoint.send(self.identity, c.ABORT, {"ids": ids})
 
+    def __repr__(self) -> str:
+        """As a log line names it: ``worker w1 (queues a, b)``."""
+        return f"worker {self.wid} (queues {', '.join(self.queues)})"
+
     def describe(self) -> dict[str, Any]:
         return {"worker": self.wid, "queues": self.queues, "capacity": self.capacity,
                 "credit": self.credit, "running": len(self.running), "last_seen": self._last_seen_wall(), **self.info}
@@ -184,6 +192,10 @@ class PullConsumer(Consumer):
         self.credit = 1
         self.deadline = deadline
         self.answer = answer
+
+    def __repr__(self) -> str:
+        """As a log line names it: ``pull consumer http (queues a)``."""
+        return f"pull consumer {self.principal} (queues {', '.join(self.queues)})"
 
     def deliver(self, tasks: list[Task]) -> bool:
         task = tasks[0]
