@@ -326,10 +326,11 @@ class PeerEndpoint(PeerRequests):
             return
         node_id, channel = watched
         if failure is not None:
+            link = self.links.get(node_id)
             _log.warning("handshake",
                          "peer link: the handshake with member %s (%s) failed (%s): do the nodes share one "
                          "cluster key (the same keys directory's node.key_secret)?",
-                         node_id, self.endpoints.get(node_id), failure)
+                         node_id, link.endpoint if link is not None else None, failure)
         if closed:
             ended = self.connection_lost(node_id, channel)
             if ended:
