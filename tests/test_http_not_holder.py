@@ -130,3 +130,64 @@ def test_holders_without_an_http_gateway_are_not_named(ring):
     assert status == 404
     assert body["error"]["holders"] == []
     assert "no holder has an HTTP gateway the ring knows" in body["error"]["message"]
+
+
+def keyed_task_not_on(cluster: InProcessCluster, node_id: str) -> tuple[str, str]:
+    """An id and a key whose holders both leave out ``node_id``, and differ
+    (so asking by the id alone names the wrong nodes)."""
+    for n in range(10_000):
+        key = f"customer-{n}"
+        if node_id in cluster.holders("x", key=key):
+            continue
+        tid = cluster.task_id()
+        if node_id not in cluster.holders(tid) and cluster.holders(tid) != cluster.holders("x", key=key):
+            return tid, key
+    raise AssertionError("no such key in 10,000")
+
+
+def test_a_keyed_task_asked_with_its_key_names_the_keys_holders(ring):
+    """Fault: a task submitted with a ``key`` is placed by the key, so the
+    holders a non-holder named from the id alone were other nodes' (the
+    client followed them and found nothing). With ``?key=`` (and
+    ``?replicas=`` for a task with replicas of its own) they are the task's."""
+    cluster, ports = ring
+    tid, key = keyed_task_not_on(cluster, "n1")
+    key_holders = cluster.holders(tid, key=key)
+    status, body = call(ports["n1"], "POST", "/tasks", {"id": tid, "name": "job", "countdown": 600, "key": key})
+    assert status == 202 and body["status"] == "accepted", body
+    cluster.wait_until(lambda: all(cluster[h].state(tid) == "scheduled" for h in key_holders), what="both copies")
+
+    for method, path in (("GET", f"/tasks/{tid}/result?key={key}"), ("GET", f"/tasks/{tid}?key={key}"),
+                         ("DELETE", f"/tasks/{tid}?key={key}&replicas=2")):
+        status, body = call(ports["n1"], method, path)
+        assert status == 404, (method, path, body)
+        assert body["error"]["holders"] == urls(ports, key_holders), (method, path, body)
+
+    # without the key the id's holders are named: not the task's (documented)
+    status, body = call(ports["n1"], "GET", f"/tasks/{tid}")
+    assert body["error"]["holders"] == urls(ports, cluster.holders(tid)) != urls(ports, key_holders)
+
+    # a holder by the key answers with the task, the key given or not
+    status, body = call(ports[key_holders[0]], "GET", f"/tasks/{tid}?key={key}")
+    assert status == 200 and body["task"]["state"] == "scheduled", body
+
+    # with ``replicas``: the holders of that many
+    status, body = call(ports["n1"], "GET", f"/tasks/{tid}?key={key}&replicas=1")
+    assert body["error"]["holders"] == urls(ports, key_holders[:1])
+
+
+@pytest.mark.parametrize("query, field", [("key=", "key"), ("key=" + "k" * 257, "key"),
+                                          ("replicas=0", "replicas"), ("replicas=17", "replicas"),
+                                          ("replicas=two", "replicas")])
+def test_a_bad_key_or_replicas_parameter_is_refused_and_changes_nothing(ring, query, field):
+    """Bad input: a ``key`` or ``replicas`` query parameter out of bounds is
+    a 400 naming it, on a holder too, and a DELETE so refused cancels nothing."""
+    cluster, ports = ring
+    tid = cluster.task_led_by("n2")
+    status, body = call(ports["n2"], "POST", "/tasks", {"id": tid, "name": "job", "countdown": 600})
+    assert status == 202, body
+    for method in ("GET", "DELETE"):
+        status, body = call(ports["n2"], method, f"/tasks/{tid}?{query}")
+        assert status == 400, (method, query, body)
+        assert body["error"]["field"] == field, body
+    assert cluster["n2"].state(tid) == "scheduled"

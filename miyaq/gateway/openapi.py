@@ -19,8 +19,10 @@ import sys
 from typing import Any
 
 from miyaq import __version__
+from miyaq.config import MAX_REPLICAS
 from miyaq.gateway.openapi_schemas import SCHEMAS, ref
 from miyaq.gateway.permissions import is_open, needs
+from miyaq.protocol.taskspec import MAX_KEY
 from miyaq.store.task import ALL_STATES
 
 JSON = "application/json"
@@ -93,6 +95,11 @@ def json_body(schema: str, required: bool = True) -> dict[str, Any]:
 ENQUEUE_BODY = {"required": True, "content": {FORM: {"schema": ref("EnqueueForm")},
                                               JSON: {"schema": ref("EnqueueJson")}}}
 TIMEOUT = _query("timeout", {"type": "number", "minimum": 0}, "seconds to wait for the outcome (long-poll)")
+#: How the ring placed the task, for the holders a 404 names (a task submitted with a key or replicas of its own).
+PLACEMENT = (_query("key", {"type": "string", "minLength": 1, "maxLength": MAX_KEY},
+                    "the task's key, if it was submitted with one: the holders named on a 404 are the key's"),
+             _query("replicas", {"type": "integer", "minimum": 1, "maximum": MAX_REPLICAS},
+                    "the task's replicas, if it was submitted with its own (default: the node's)"))
 def _limit(default: int) -> dict[str, Any]:
     return _query("limit", {"type": "integer", "minimum": 1, "maximum": 10_000},
                   f"most items returned (default {default}); an integer (1.5 is a 400)")
@@ -116,10 +123,12 @@ def paths() -> dict[str, Any]:
             "get": op("List live and dead tasks", 200, "TaskList", 400,
                       params=(QUEUE_Q, STATE_Q, LIMIT), tag=t)},
         "/tasks/{id}": {
-            "get": on_one_task(op("Status of a task", 200, "TaskEnvelope", 400, 404, params=(ID,), tag=t)),
-            "delete": on_one_task(op("Cancel a task", 200, "Cancelled", 400, 404, params=(ID,), tag=t))},
+            "get": on_one_task(op("Status of a task", 200, "TaskEnvelope", 400, 404, params=(ID, *PLACEMENT),
+                                  tag=t)),
+            "delete": on_one_task(op("Cancel a task", 200, "Cancelled", 400, 404, params=(ID, *PLACEMENT), tag=t))},
         "/tasks/{id}/result": {"get": on_one_task(op("Outcome of a task, waiting up to ?timeout= seconds", 200,
-                                                     "Result", 400, 404, 503, params=(ID, TIMEOUT), tag=t))},
+                                                     "Result", 400, 404, 503, params=(ID, TIMEOUT, *PLACEMENT),
+                                                     tag=t))},
         "/receive": {"post": op("Take one ready task (timeout 0: at once)", 200, "Received", 400, 415, 503,
                                 body=json_body("ReceiveRequest", False), tag=p)},
         "/receive_block": {"post": op("Take one ready task, waiting (default 30 s)", 200, "Received",

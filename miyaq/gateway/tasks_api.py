@@ -21,13 +21,17 @@ leave``) -- is a 404 ``not_found`` that says so and names the holders'
 HTTP URLs, also as the field ``holders`` (:meth:`TasksApi.not_held`); the
 gateway does not ask them itself. On a holder the 404 is as it was: no
 ``holders``. Before 2026-12-06 every one was a bare "no task": an HTTP
-client had no way to find the task.
+client had no way to find the task. A task submitted with a ``key`` (or a
+``replicas`` of its own) is placed by those: the caller passes them as
+query parameters (``?key=...&replicas=...``) for the holders named to be
+the task's.
 """
 from __future__ import annotations
 
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from miyaq.config import MAX_REPLICAS
 from miyaq.constants import HTTP_ACK_WAIT, MAX_LONG_POLL
 from miyaq.errors import InvalidField, MiyaqError, NotFound
 from miyaq.core.result_answers import outcome, ran_elsewhere
@@ -35,7 +39,7 @@ from miyaq.core.waiters import NOWHERE
 from miyaq.protocol.commands import DUPLICATE
 from miyaq.protocol.recordspec import STARTED_ELSEWHERE
 from miyaq.runtime import green, monotonic, wall
-from miyaq.protocol.taskspec import check_id, check_queue, task_from_wire
+from miyaq.protocol.taskspec import MAX_KEY, check_id, check_queue, task_from_wire
 from miyaq.store.task import ALL_STATES, DEAD, FINAL_STATES
 from miyaq.gateway import convert
 from miyaq.gateway.errors import ClientClosedRequest
@@ -85,27 +89,43 @@ class TasksApi:
 
     def status(self, request: Request) -> Response:
         task_id = check_id(request.params["id"])
+        placement = self.placement(request, task_id)
         try:
             return json_response({"task": self.engine.info(task_id)})
         except NotFound as err:
-            raise self.not_held(task_id, err.message) from None
+            raise self.not_held(placement, err.message) from None
 
-    def not_held(self, task_id: str, message: str) -> NotFound:
-        """The 404 for ``task_id``, unknown here: as it was (``message``) on
-        a node the ring makes one of its holders; else ``message`` saying
-        this node is not one of them (or is outside the ring) and naming the
-        holders' HTTP URLs, which are also its field ``holders`` (``[]``
-        when none has an HTTP gateway, or the ring is empty).
+    def placement(self, request: Request, task_id: str) -> tuple[str, int]:
+        """What the ring places the task by: its ``key`` query parameter
+        (1 to 256 characters, as a submit's ``key``) or else its id, and
+        its ``replicas`` parameter (1 to ``MAX_REPLICAS``) or else the
+        node's. Read, and refused with a 400 naming the parameter, before
+        the request does anything."""
+        key = request.arg("key")
+        if key is not None and not 0 < len(key) <= MAX_KEY:
+            raise InvalidField(f"query parameter 'key' must have 1 to {MAX_KEY} characters", field="key")
+        replicas = request.arg_integer("replicas", self.config.replicas, 1, MAX_REPLICAS)
+        return (key if key is not None else task_id), replicas
 
-        Constraints: the holders are those of the task's id with the node's
-        ``replicas``, by this node's view of the ring: a task submitted with
-        a ``key`` is placed by its key, and one with its own ``replicas`` on
-        more or fewer nodes; the client then asks the other members. Reads
+    def not_held(self, placement: tuple[str, int], message: str) -> NotFound:
+        """The 404 for a task unknown here, placed by ``placement`` (its
+        routing key -- its ``key``, else its id -- and its ``replicas``,
+        :meth:`placement`): as it was (``message``) on a node the ring makes
+        one of its holders; else ``message`` saying this node is not one of
+        them (or is outside the ring) and naming the holders' HTTP URLs,
+        which are also its field ``holders`` (``[]`` when none has an HTTP
+        gateway, or the ring is empty).
+
+        Constraints: the holders are by this node's view of the ring, and
+        by what the caller said of the task: a task submitted with a ``key``
+        or its own ``replicas`` asked without them is placed by its id and
+        the node's ``replicas``, so the holders named may not be its. Reads
         the ring only, no I/O."""
         role = self.gateway.role
         node_id = self.config.id
+        routing_key, replicas = placement
         members: dict[str, Any] = role.ring_info()["members"]
-        holders = role.holders(task_id, self.config.replicas) if members else []
+        holders = role.holders(routing_key, replicas) if members else []
         if node_id in members and node_id in holders:
             return NotFound(message)
         urls = [members[h]["http"] for h in holders if h in members and members[h].get("http")]
@@ -119,11 +139,12 @@ class TasksApi:
         within ``HTTP_ACK_WAIT``: made, not yet on disk); refused 503
         ``busy`` (``storage``), nothing changed, while the log cannot be written."""
         task_id = check_id(request.params["id"])
+        placement = self.placement(request, task_id)
         self.gateway.core.check_writable(task_id)
         try:
             cancelled, state = self.engine.cancel(task_id, wall())
         except NotFound as err:
-            raise self.not_held(task_id, err.message) from None
+            raise self.not_held(placement, err.message) from None
         if cancelled:
             self.endpoint.wait_stored(HTTP_ACK_WAIT, f"task {task_id} is cancelled")
         return json_response({"id": task_id, "cancelled": cancelled, "state": state})
@@ -140,6 +161,7 @@ class TasksApi:
 
     def result(self, request: Request) -> Response:
         task_id = check_id(request.params["id"])
+        placement = self.placement(request, task_id)
         timeout = request.arg_number("timeout", 0.0, 0.0, MAX_LONG_POLL)
         if request.method == "HEAD":
             timeout = 0.0   # a HEAD never waits: it is answered as the GET with timeout=0 would be
@@ -153,7 +175,7 @@ class TasksApi:
         elif task_id in engine.table.dead:
             answer = outcome(engine.table.dead[task_id])
         elif task_id not in engine.table.live:
-            raise self.not_held(task_id, f"no task {task_id}")
+            raise self.not_held(placement, f"no task {task_id}")
         elif timeout > 0:
             token = TokenCheck(self.gateway.auth.tokens, bearer_token(request), Role.PRODUCER, "wait for results")
             answer = self._wait(task_id, timeout, request.connection, token)
@@ -162,7 +184,7 @@ class TasksApi:
         if answer is None or answer.get("timeout"):
             state = engine.live_state(task_id)
             if state is None:       # handed off while we waited: another holder has it
-                raise self.not_held(task_id, f"no task {task_id} here any more (moved to other holders)")
+                raise self.not_held(placement, f"no task {task_id} here any more (moved to other holders)")
             answer = {"state": state}
         return json_response(_view(task_id, answer))
 

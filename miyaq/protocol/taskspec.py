@@ -20,6 +20,8 @@ from miyaq.protocol.urls import check_new_url
 
 MAX_ID_CHARS = 64
 """The longest task id."""
+MAX_KEY = 256
+"""The longest ``key`` (characters), which the ring places a keyed task by."""
 _ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,%d}\Z" % MAX_ID_CHARS)     # \Z: "$" would let a trailing newline in
 _QUEUE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}\Z")
 METHODS = ("POST", "PUT", "PATCH", "GET", "DELETE")
@@ -137,7 +139,7 @@ def _full(d: dict[str, Any], task_id: str, queue: str, body: bytes, now: float, 
         backoff=f.number(d, "backoff", config.default_backoff, lo=0.0, hi=YEAR),
         backoff_max=f.number(d, "backoff_max", config.default_backoff_max, lo=0.0, hi=YEAR),
         timeout=f.number(d, "timeout", config.default_timeout, lo=0.01, hi=YEAR),
-        key=f.string(d, "key", None, max_len=256),
+        key=f.string(d, "key", None, max_len=MAX_KEY),
         replicas=f.integer(d, "replicas", config.replicas, lo=1, hi=MAX_REPLICAS),
         at_most_once=f.boolean(d, "at_most_once", False),
         meta=meta,
