@@ -12,7 +12,7 @@ from miyaq.cluster import holder_events
 from miyaq.cluster import sync as sync_module
 from miyaq.cluster.peer_requests import SYNC
 from miyaq.constants import DEPARTED_GRACE, EARLY_EVENT_BYTES, EARLY_EVENT_TTL
-from miyaq.protocol.recordspec import cut_error
+from miyaq.protocol.failurespec import cut_error
 from miyaq.store.table import TaskTable, error_bytes, stone_bytes
 from miyaq.store.task import Task
 

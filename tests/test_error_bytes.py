@@ -20,11 +20,11 @@ from miyaq.constants import ERROR_BYTES
 from miyaq.core.engine import Engine
 from miyaq.protocol import commands as c
 from miyaq.protocol.eventspec import check_event
-from miyaq.protocol.recordspec import (
-    check_change, check_stone, cut_error, error_bytes, invalid_stored, task_from_record,
-)
+from miyaq.protocol.failurespec import cut_error
+from miyaq.protocol.recordspec import check_change, check_stone, invalid_stored, task_from_record
 from miyaq.protocol.taskspec import task_from_wire
 from miyaq.store.records import transfer_record
+from miyaq.store.table import error_bytes
 from miyaq.store.task import DEAD, RETRYING
 from miyaq.testing.harness import wait_for
 

@@ -36,7 +36,7 @@ from miyaq.constants import HTTP_ACK_WAIT, MAX_LONG_POLL, MAX_RETRY_DELAY
 from miyaq.errors import InvalidField, MiyaqError, ShuttingDown, TooLarge
 from miyaq.core.consumers import NOWHERE, PullConsumer
 from miyaq.protocol import fields as f
-from miyaq.protocol.recordspec import failure_from_wire
+from miyaq.protocol.failurespec import failure_from_wire
 from miyaq.protocol.taskspec import check_id, check_queue
 from miyaq.runtime import green, monotonic, wall
 from miyaq.gateway import convert
@@ -210,7 +210,7 @@ class PullApi:
         """Fail the attempt named: retried (``retry``, default true; after
         ``delay`` seconds or the task's backoff) or dead-lettered, with
         ``error`` (a string, cut as a ZeroMQ NACK's message is:
-        :func:`~miyaq.protocol.recordspec.failure_from_wire`) as its message. ``returned: true`` gives
+        :func:`~miyaq.protocol.failurespec.failure_from_wire`) as its message. ``returned: true`` gives
         it back unstarted instead, as a ZeroMQ NACK ``returned``: no attempt
         spent, ready again at once; ``error``, ``retry`` and ``delay`` are
         then not read. ``ok: true`` waits for the log, as an ack's."""

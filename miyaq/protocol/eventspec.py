@@ -12,7 +12,8 @@ from miyaq.config import NodeConfig
 from miyaq.constants import MAX_LESSEE
 from miyaq.errors import InvalidField
 from miyaq.protocol import fields as f
-from miyaq.protocol.recordspec import MAX_HOLDERS, STONE_STATES, check_attempt, check_error, check_outcome, check_time
+from miyaq.protocol.failurespec import check_error
+from miyaq.protocol.recordspec import MAX_HOLDERS, STONE_STATES, check_attempt, check_outcome, check_time
 from miyaq.protocol.taskspec import check_id
 from miyaq.store.task import DEAD, LIVE_STATES, MAX_REVIVALS
 

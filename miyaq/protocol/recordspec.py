@@ -13,15 +13,16 @@ from another").
 
 Records are read leniently where that is safe: a key this version does not
 know is ignored (a newer node may send more), a missing field takes its
-default, a failure description over ``ERROR_BYTES`` is cut to it. Every
-time a node stores is a unix timestamp between 0 and ``MAX_TIME``.
+default, a failure description over ``ERROR_BYTES`` is cut to it
+(:mod:`miyaq.protocol.failurespec`, which checks and cuts every failure
+description). Every time a node stores is a unix timestamp between 0 and
+``MAX_TIME``.
 
 :func:`invalid_stored` is the invariant the engine's tests and the fuzz test
 check: every task and tombstone a node holds passes these checks.
 """
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
@@ -29,6 +30,9 @@ from miyaq.config import NodeConfig
 from miyaq.constants import ERROR_BYTES, MAX_LESSEE
 from miyaq.errors import InvalidField
 from miyaq.protocol import fields as f
+from miyaq.protocol.failurespec import check_error
+# Re-exported: the core (engine, handlers, worker commands) imports them from here.
+from miyaq.protocol.failurespec import cut_error as cut_error, failure_from_wire as failure_from_wire
 from miyaq.protocol.taskspec import (
     METHODS, YEAR, check_headers, check_id, check_queue, check_target, is_id, is_queue,
 )
@@ -54,10 +58,6 @@ FIELDS = frozenset({
 Outcome = tuple[str, bytes | None, dict[str, Any] | None]
 _NODE_ID = re.compile(r"[A-Za-z0-9_.:@\-]{1,128}")     # as the ring checks them (cluster/ring_view.py)
 _is_node = f.KnownNames(_NODE_ID).valid
-_ERROR_KEYS = 16
-_ERROR_TEXT = 16384
-#: Room a cut string's mark takes (`` [... 65536 bytes cut]``).
-_CUT_MARK = 32
 
 
 def check_time(value: Any, field: str) -> float:
@@ -81,96 +81,6 @@ def check_attempt(value: Any, field: str = "attempt") -> int:
     if type(value) is not int or not 0 <= value <= MAX_ATTEMPT:
         raise InvalidField(f"field {field!r} must be an integer >= 0", field=field)
     return value
-
-
-def check_error(value: Any, field: str = "error") -> dict[str, Any] | None:
-    """A failure description: nil, or a map of at most 16 names to scalars
-    (strings up to 16384 characters, numbers, booleans, nil), ``type`` and
-    ``message`` strings when present. One over ``ERROR_BYTES`` is cut, not
-    refused (:func:`cut_error`), in place: callers that keep the record they
-    checked (the log's replay, a stream event) keep the cut one."""
-    if value is None:
-        return None
-    if not isinstance(value, dict) or len(value) > _ERROR_KEYS:
-        raise InvalidField(f"field {field!r} must be a map of at most {_ERROR_KEYS} entries", field=field)
-    for k, v in value.items():
-        if not isinstance(k, str) or len(k) > 64:
-            raise InvalidField(f"field {field!r} must have names of at most 64 characters", field=field)
-        if v is None or isinstance(v, (bool, int)):
-            continue
-        if isinstance(v, str):
-            if len(v) > _ERROR_TEXT:
-                raise InvalidField(f"field {field!r} holds a string over {_ERROR_TEXT} characters", field=field)
-        elif not (isinstance(v, float) and math.isfinite(v)):
-            raise InvalidField(f"field {field!r} may hold only strings, numbers, booleans and nil", field=field)
-    for name in ("type", "message"):
-        if name in value and not isinstance(value[name], str):
-            raise InvalidField(f"field {field!r}: {name!r} must be a string", field=field)
-    return cut_error(value)
-
-
-def cut_error(error: dict[str, Any]) -> dict[str, Any]:
-    """``error``, cut in place to at most ``ERROR_BYTES`` (:func:`error_bytes`)
-    and returned: the traceback first (its end is kept: the innermost frames
-    and the exception), then any other string, then the message (its start
-    is kept), the type last. Each string is cut on a character boundary and
-    marked ``[... N bytes cut]``; strings of at most 32 bytes are kept
-    whole. Names are at most 64 characters, 16 of them (:func:`check_error`),
-    so what is left always fits."""
-    over = error_bytes(error) - ERROR_BYTES
-    if over <= 0:
-        return error
-    others = [k for k, v in error.items() if isinstance(v, str) and k not in ("type", "message", "traceback")]
-    for name in ("traceback", *others, "message", "type"):
-        text = error.get(name)
-        if not isinstance(text, str):
-            continue
-        size = _utf8_len(text)
-        if size <= _CUT_MARK:
-            continue
-        error[name] = cut = _cut_text(text, max(size - over - _CUT_MARK, 0), keep_end=name == "traceback")
-        over -= size - _utf8_len(cut)
-        if over <= 0:
-            break
-    return error
-
-
-#: The most characters a reported failure's fields keep (longer ones are cut,
-#: then the whole to ``ERROR_BYTES``: :func:`cut_error`).
-FAILURE_CHARS = (("type", 256), ("message", 4096), ("traceback", 16384))
-
-
-def failure_from_wire(value: Any) -> dict[str, Any]:
-    """A failure a consumer reports (FAILED, NACK, an HTTP nack):
-    ``{type, message, traceback?}``, strings, each cut to its
-    :data:`FAILURE_CHARS` and then, together, to ``ERROR_BYTES`` of UTF-8
-    (:func:`cut_error`); :class:`InvalidField` (field ``error``) if it is
-    not a map of strings."""
-    if not isinstance(value, dict):
-        raise InvalidField("field 'error' must be a map {type, message, traceback}", field="error")
-    out: dict[str, Any] = {}
-    for name, limit in FAILURE_CHARS:
-        v = value.get(name)
-        if v is not None:
-            if not isinstance(v, str):
-                raise InvalidField(f"error field {name!r} must be a string", field="error")
-            out[name] = v[:limit]
-    out.setdefault("type", "Error")
-    out.setdefault("message", "")
-    return cut_error(out)
-
-
-def _utf8_len(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
-
-
-def _cut_text(text: str, keep: int, keep_end: bool) -> str:
-    """``text`` cut to at most ``keep`` bytes of UTF-8 (its start, or its end),
-    on a character boundary, and marked."""
-    data = text.encode("utf-8", "surrogatepass")
-    kept = (data[len(data) - keep:] if keep_end else data[:keep]).decode("utf-8", "ignore")
-    cut = len(data) - len(kept.encode("utf-8"))
-    return f"[{cut} bytes cut ...] {kept}" if keep_end else f"{kept} [... {cut} bytes cut]"
 
 
 def check_result(value: Any, config: NodeConfig, field: str = "result") -> bytes | None:
@@ -328,9 +238,14 @@ def check_stone(stone: Any, config: NodeConfig) -> tuple[str, str, bytes | None,
     task_id = check_id(stone[0])
     state, result, error = check_outcome(stone[1], stone[2], stone[3], config)
     key = stone[4] if len(stone) > 4 else None
+    _check_stone_key(key)
+    return task_id, state, result, error, key
+
+
+def _check_stone_key(key: Any) -> None:
+    """A tombstone's routing key: nil, or 1 to 256 characters."""
     if key is not None and (type(key) is not str or not 0 < len(key) <= 256):
         raise InvalidField("field 'key' must have 1 to 256 characters", field="key")
-    return task_id, state, result, error, key
 
 
 def check_stone_record(r: dict[str, Any], config: NodeConfig) -> None:
@@ -367,8 +282,7 @@ def _stone_problem(stone: Tombstone, config: NodeConfig) -> str | None:
         check_outcome(stone.state, stone.result, stone.error, config)
         check_time(stone.finished, "at")
         check_attempt(stone.attempt)
-        if stone.key is not None and (type(stone.key) is not str or not 0 < len(stone.key) <= 256):
-            raise InvalidField("field 'key' must have 1 to 256 characters", field="key")
+        _check_stone_key(stone.key)
     except InvalidField as err:
         return f"tombstone {stone.id!r}: {err.message}"
     return None

@@ -43,10 +43,10 @@ from .task import EXTRA_FIELDS, Collector, Extra, Task, out_of_sight
 
 def error_bytes(error: Any) -> int:
     """The bytes of a task's error (a map of names to scalars,
-    :func:`miyaq.protocol.recordspec.check_error`): its names and string
+    :func:`miyaq.protocol.failurespec.check_error`): its names and string
     values as UTF-8, 8 bytes per other value. 0 for None. What a tombstone
     counts in ``result_bytes``, and what ``ERROR_BYTES`` bounds where an
-    error enters (:func:`miyaq.protocol.recordspec.cut_error`)."""
+    error enters (:func:`miyaq.protocol.failurespec.cut_error`)."""
     if not error:
         return 0
     if not isinstance(error, dict):
