@@ -10,7 +10,9 @@ keep their own state and can be tested alone:
 * :class:`~miyaq.cluster.zk_leader.Leader`: the election, the fenced ring
   writes, abdication on SUSPENDED and LOST;
 * :class:`~miyaq.cluster.zk_store.ZnodeStore` and
-  :mod:`~miyaq.cluster.zk_layout`: znode reads and writes, and their JSON.
+  :mod:`~miyaq.cluster.zk_layout`: znode reads and writes, and their JSON;
+* :class:`~miyaq.cluster.zk_ring_changes.RingChanges`: the ring changes
+  the node asks for (join, leave, weight; its auto-join at start).
 
 This module owns the lifecycle (start, stop) and the views: a ring is adopted
 only if its epoch is higher than the one held. A node started with
@@ -28,22 +30,21 @@ listeners run in order in one notifier greenlet. kazoo runs with
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from kazoo.client import KazooClient
 
 from miyaq.cluster.membership import Coordinator
 from miyaq.protocol.ring import DEFAULT_VNODES
-from miyaq.cluster.ring_view import Member, RingView, check_node_id
-from miyaq.protocol.ring import check_weight
+from miyaq.cluster.ring_view import Member, RingView
 from miyaq.cluster.zk_auth import ZkAuth
-from miyaq.cluster.ring_admin import Change, change_desired, check_registration
+from miyaq.cluster.ring_admin import check_registration
 from miyaq.cluster.zk_keys import check_after_register, check_before_register
-from miyaq.cluster.zk_layout import NO_CLUSTER_KEY, Intent, Layout, RingRecord, with_join, with_weight
+from miyaq.cluster.zk_layout import NO_CLUSTER_KEY, Layout, RingRecord
 from miyaq.cluster.zk_leader import Leader
 from miyaq.cluster.zk_registry import Registry
+from miyaq.cluster.zk_ring_changes import RingChanges
 from miyaq.cluster.zk_session import Session
 from miyaq.cluster.zk_client import check_options
 from miyaq.cluster.zk_store import ZnodeStore
@@ -127,6 +128,7 @@ class ZooKeeperCoordinator(Coordinator):
         self._highest_epoch = 0
         self._notices: green.Queue = green.Queue()
         self._notifier_done = green.Event()
+        self._changes = RingChanges(local.node_id, hosts, self._running)
 
     # -- public interface -------------------------------------------------------
 
@@ -239,7 +241,7 @@ class ZooKeeperCoordinator(Coordinator):
             if self._cluster_key is not None:
                 check_after_register(store, self._node_id, self._cluster_key)
             if self._auto_join:
-                self._auto_join_desired(store)
+                self._changes.auto_join(store)
             registry.start()
             session.zk.DataWatch(self._layout.ring, self._on_ring)
             session.zk.DataWatch(self._layout.desired, self._on_desired)
@@ -251,28 +253,6 @@ class ZooKeeperCoordinator(Coordinator):
         logger.info("%s registered in cluster %s at %s (auto_join=%s)",
                     self._node_id, self.cluster, self._hosts, self._auto_join)
 
-    def _auto_join_desired(self, store: ZnodeStore) -> None:
-        """Want this node in the ring, checked as :meth:`join` is
-        (:func:`~miyaq.cluster.ring_admin.change_desired`): when the ring
-        that asks for would have too many points, nothing is stored and the
-        node starts out of the ring and says why (before, the join was stored
-        unchecked, and the leader then published no ring again). An entry
-        that wants the node in already is left as it is, unchecked: this
-        start changes nothing the leader has not been asked. An unreadable
-        ``desired`` is rebuilt from the published ring
-        (:meth:`ZnodeStore.update_desired`); when it cannot be (no ring
-        either), the node starts out of the ring and says why too."""
-        try:
-            if store.read_desired()[0].get(self._node_id, Intent(False)).join:
-                return
-        except ConfigError:
-            pass        # unreadable: the change below rebuilds it
-        try:
-            change_desired(store, f"join {self._node_id}", lambda d: with_join(d, self._node_id, True),
-                           self._node_id)
-        except ConfigError as exc:
-            logger.error("%s cannot ask to join the ring, and starts out of it: %s", self._node_id, exc.message)
-
     def stop(self) -> None:
         """Abdicate, close the session (the member znode goes at once), stop greenlets."""
         if not self._started or self._closing:
@@ -281,63 +261,29 @@ class ZooKeeperCoordinator(Coordinator):
         self._shutdown(graceful=True)
 
     def join(self, node_id: str) -> None:
-        """Want ``node_id`` in the ring; ``ConfigError`` (nothing stored) when
-        the ring that asks for would have too many points, as
-        ``miyaq ring join`` says."""
-        check_node_id(node_id)
-        self._change_desired(f"join {node_id}", lambda d: with_join(d, node_id, True), node_id)
+        """Want ``node_id`` in the ring (:meth:`RingChanges.join
+        <miyaq.cluster.zk_ring_changes.RingChanges.join>`: ``ConfigError``,
+        nothing stored, when that ring would have too many points)."""
+        self._changes.join(node_id)
 
     def leave(self, node_id: str) -> None:
-        check_node_id(node_id)
-        action = f"leave {node_id}"
-        store = self._require_store(action)
-        with self._refused_if_lost(action):
-            store.update_desired(lambda d: with_join(d, node_id, False))
+        """Want ``node_id`` out of the ring (:meth:`RingChanges.leave
+        <miyaq.cluster.zk_ring_changes.RingChanges.leave>`)."""
+        self._changes.leave(node_id)
 
     def set_weight(self, node_id: str, weight: float) -> None:
-        """Set ``node_id``'s ring weight; ``ConfigError`` (nothing stored) when
-        the ring would have too many points, counting the nodes wanted in as
-        :func:`~miyaq.cluster.zk_layout.fitting` does."""
-        check_node_id(node_id)
-        value = check_weight(weight)
-        self._change_desired(f"set the weight of {node_id} to {value:g}",
-                             lambda d: with_weight(d, node_id, value), node_id)
-
-    def _change_desired(self, action: str, change: Change, node_id: str) -> None:
-        """Store ``change`` of ``desired`` if the ring it asks for fits, the
-        check ``miyaq join`` and ``ring weight`` make
-        (:func:`~miyaq.cluster.ring_admin.change_desired`); the leader would
-        refuse to publish one that does not, and then every later change."""
-        store = self._require_store(action)
-        with self._refused_if_lost(action):
-            change_desired(store, action, change, node_id)
-
-    @contextmanager
-    def _refused_if_lost(self, action: str) -> Iterator[None]:
-        """A connection lost during the change (``Unavailable`` from the store:
-        the session was usable when asked, then a server went, or the
-        ensemble lost its quorum) is refused as a change asked while the
-        connection is down is. Whether the write reached ZooKeeper before
-        the loss is not known: joins, leaves and weights set a value, so
-        asking again once it is back is safe."""
-        try:
-            yield
-        except Unavailable as exc:
-            raise Unavailable(f"cannot {action}: {exc.message} (the connection to ZooKeeper was lost during "
-                              f"the change, which may or may not have been stored: ask again once it is back); "
-                              f"ring changes are refused until it is back", hosts=self._hosts) from None
+        """Set ``node_id``'s ring weight (:meth:`RingChanges.set_weight
+        <miyaq.cluster.zk_ring_changes.RingChanges.set_weight>`: ``ConfigError``,
+        nothing stored, when the ring would have too many points)."""
+        self._changes.set_weight(node_id, weight)
 
     # -- lifecycle internals ----------------------------------------------------
 
-    def _require_store(self, action: str) -> ZnodeStore:
-        """The store for a change; refused at once while the session is not usable."""
+    def _running(self) -> tuple[ZnodeStore, Session] | None:
+        """The store and the session ring changes use; None before the start and once stopping."""
         if self._store is None or self._session is None or self._closing:
-            raise ConfigError(f"cannot {action}: the coordinator is not running")
-        if not self._session.usable:
-            raise Unavailable(f"cannot {action}: the connection to ZooKeeper at {self._hosts} is "
-                              f"{self._session.state} (a server is down, or the ensemble lost its quorum); "
-                              f"ring changes are refused until it is back", hosts=self._hosts)
-        return self._store
+            return None
+        return self._store, self._session
 
     def _shutdown(self, graceful: bool) -> None:
         self._closing = True
