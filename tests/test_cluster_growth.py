@@ -205,7 +205,7 @@ def test_a_node_that_left_the_ring_for_good_leaves_no_stream_sequence_behind(inp
     cluster.advance(DEPARTED_GRACE + 2.0, step=1.0)
     cluster.wait_until(lambda: set(publisher.seqs) <= {"n2", "n3"},
                        what="the departed nodes' sequence numbers forgotten")
-    assert not cluster["n1"].role._departed
+    assert not cluster["n1"].role.departed()
     assert not cluster.crashes()
 
 

@@ -9,12 +9,14 @@ write barrier of the log, the node's supervisor, a
 :class:`~miyaq.cluster.transport.Transport` for its peer link and streams,
 and a :class:`~miyaq.cluster.membership.Coordinator` (ZooKeeper in
 production). Everything here runs in the node's event loop; the
-coordinator's view listener only schedules work.
+coordinator's view listener only schedules work: the ring view loop adopts
+each view and follows the ring's members
+(:mod:`miyaq.cluster.ring_follower`).
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import Any
 
 from miyaq.cluster.copies import Copies
@@ -25,26 +27,23 @@ from miyaq.cluster.membership import Coordinator, LeaderListener
 from miyaq.cluster.peer_requests import QUERY, REPLICATE, SYNC
 from miyaq.cluster.reconcile import Reconcile
 from miyaq.cluster.replicated_intake import ReplicatedIntake
-from miyaq.cluster.ring_view import Member, RingView
+from miyaq.cluster.ring_follower import RingFollower
+from miyaq.cluster.ring_view import RingView
 from miyaq.cluster.standby import StandbyChecker
 from miyaq.cluster.sync import Resync
 from miyaq.cluster.transport import Transport
 from miyaq.config import NodeConfig
-from miyaq.constants import (
-    CLUSTER_TICK, DEPARTED_GRACE, HANDOFF_SWEEP_AFTER_CHANGE, RELINK_INTERVAL, STALL,
-    STREAM_HEARTBEAT, SUSPECT_AFTER_FREEZE,
-)
+from miyaq.constants import CLUSTER_TICK, RELINK_INTERVAL, STALL, STREAM_HEARTBEAT, SUSPECT_AFTER_FREEZE
 from miyaq.core.directory import Directory
 from miyaq.core.engine import Engine
 from miyaq.core.gate import FENCED, Gate
 from miyaq.core.refusals import Refusals
 from miyaq.core.handles import Ack, WriteBarrier
 from miyaq.core.service import ServiceEndpoint
-from miyaq.runtime import CRITICAL, RESTART, Supervisor, green, monotonic, wall
+from miyaq.runtime import CRITICAL, RESTART, Supervisor, green, monotonic
 from miyaq.store.task import RUNNING, Task
 
 logger = logging.getLogger(__name__)
-
 
 
 class ClusterRole:
@@ -85,12 +84,9 @@ class ClusterRole:
                                    SYNC: self.resync.serve})
         self._flush_acks = endpoint.flush_acks
         self.reconcile = Reconcile(self)
-        self._view_changed = green.Event()
-        self._pending_view: RingView | None = None
-        self._sweep_until = 0.0
+        self.ring_follower = RingFollower(self)
         self._suspect_until = 0.0
         self._ticked = 0.0       # the ticker's last round: long ago means the process was frozen
-        self._departed: dict[str, tuple[Member, float]] = {}   # left the ring: (member, followed until)
 
     # -- lifecycle ------------------------------------------------------------------
     def setup(self) -> None:
@@ -101,9 +97,9 @@ class ClusterRole:
         self.publisher.start()
         self.subscriber.start()
         self.supervisor.spawn("cluster ticker", self._ticker, policy=RESTART)
-        self.supervisor.spawn("ring view loop", self._view_loop, policy=CRITICAL)
+        self.supervisor.spawn("ring view loop", self.ring_follower.serve, policy=CRITICAL)
         self.supervisor.spawn("handoff", self.handoff.serve, policy=RESTART)
-        self.coordinator.add_listener(self._on_view)
+        self.coordinator.add_listener(self.ring_follower.on_view)
         self.coordinator.start()
 
     def stop(self) -> None:
@@ -309,70 +305,14 @@ class ClusterRole:
     def install(self, record: Any, now: float, source: str, sender: str, shift: float = 0.0) -> bool:
         return self.copies.installer.install(record, now, source, sender, shift)
 
-
     def streams_ready(self) -> bool:
         """Every member's stream has been heard and none is resyncing."""
         return all(self.subscriber.caught_up(m) for m in self.view.members if m != self.node_id)
 
-    # -- ring -------------------------------------------------------------------------
-    def _on_view(self, view: RingView) -> None:
-        """Coordinator listener: must not block; the view loop does the work.
-        A view older than one still waiting for the loop is ignored here, as
-        the loop ignores one older than the ring it holds."""
-        pending = self._pending_view
-        if pending is not None and view.epoch < pending.epoch:
-            logger.info("ring epoch %d ignored: epoch %d is newer", view.epoch, pending.epoch)
-            return
-        self._pending_view = view
-        self._view_changed.set()
-
-    def _view_loop(self) -> None:
-        while True:
-            self._view_changed.wait()
-            self._view_changed.clear()
-            view = self._pending_view
-            if view is None or view.epoch < self.view.epoch or self.stopped:
-                continue
-            old, self.view = self.view, view
-            if view.epoch != old.epoch:
-                self.view_since = wall()
-            self.publisher.epoch = view.epoch
-            members = view.members
-            self.subscriber.expect_heartbeats(self.node_id in members)
-            mono = monotonic()
-            for node_id, member in old.members.items():
-                if node_id not in members and node_id != self.node_id:
-                    self._departed[node_id] = (member, mono + DEPARTED_GRACE)
-            # Back in the ring (restarted): our link to it lost its connection
-            # and may wait seconds before it retries; make it anew.
-            returned = [n for n in members if self._departed.pop(n, None) is not None]
-            self._follow_links(fresh=returned)
-            self.directory.update({m.node_id: m.service for m in members.values()})
-            logger.info("ring epoch %d: %s (leader %s)", view.epoch, ", ".join(sorted(members)), view.leader)
-            if set(old.members) != set(members) or old.epoch == 0 or old.ring != view.ring:
-                self.handoff.request(before=old)
-                self._sweep_until = monotonic() + HANDOFF_SWEEP_AFTER_CHANGE
-
     def departed(self) -> list[str]:
-        """Nodes that left the ring less than ``DEPARTED_GRACE`` ago: still
-        linked to, and asked too before a standby copy takes a task over (a
-        node drained with ``miyaq leave`` runs its tasks to their end)."""
-        return list(self._departed)
-
-    def _follow_links(self, fresh: Collection[str] = ()) -> None:
-        """Peer links and stream subscriptions: every ring member, and for
-        ``DEPARTED_GRACE`` every node that left it -- a node that left (or was
-        dropped) still announces how the tasks it ran ended. ``fresh``: members
-        back in the ring, linked to anew (:meth:`PeerLink.connect`)."""
-        mono = monotonic()
-        for node_id, (_, until) in list(self._departed.items()):
-            if until <= mono:
-                del self._departed[node_id]
-                self.publisher.forget(node_id)     # its stream's sequence number
-        links = dict(self.view.members)
-        links.update({n: m for n, (m, _) in self._departed.items()})
-        self.peer.connect({n: m.peer for n, m in links.items()}, fresh)
-        self.subscriber.connect({n: m.pub for n, m in links.items()})
+        """Nodes that left the ring less than ``DEPARTED_GRACE`` ago
+        (:meth:`RingFollower.departed <miyaq.cluster.ring_follower.RingFollower.departed>`)."""
+        return self.ring_follower.departed()
 
     # -- periodic ---------------------------------------------------------------------
     def _ticker(self) -> None:
@@ -393,17 +333,16 @@ class ClusterRole:
             self.reconcile.tick(mono)
             if self.peer.unlinked and mono - last_relink >= RELINK_INTERVAL:
                 last_relink = mono
-                self._follow_links()      # a link that could not be made (no file descriptor left)
+                self.ring_follower.follow_links()      # a link that could not be made (no file descriptor left)
             if mono - last_beat >= STREAM_HEARTBEAT:
                 last_beat = mono
                 self.publisher.heartbeat([m for m in self.view.members if m != self.node_id])
                 self.events.drop_expired_early(mono)
                 self.resync.expire(mono)
-                if self._departed and min(u for _, u in self._departed.values()) <= mono:
-                    self._follow_links()
+                self.ring_follower.forget_departed(mono)
             # For a minute after a ring change, sweep again: catches copies placed
             # by a view that changed meanwhile (cost: one pass over the tasks).
-            self.handoff.tick(mono, sweeping=mono < self._sweep_until)
+            self.handoff.tick(mono, sweeping=self.ring_follower.sweeping(mono))
 
     def others(self) -> list[str]:
         """The other members of this node's ring."""
