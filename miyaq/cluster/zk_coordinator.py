@@ -125,7 +125,6 @@ class ZooKeeperCoordinator(Coordinator):
         self._started = False
         self._closing = False
         self._view = RingView.empty()
-        self._highest_epoch = 0
         self._notices: green.Queue = green.Queue()
         self._notifier_done = green.Event()
         self._changes = RingChanges(local.node_id, hosts, self._running)
@@ -225,7 +224,7 @@ class ZooKeeperCoordinator(Coordinator):
         leader = self._leader = Leader(
             session, store, registry, self._supervisor, part=self._part, node_id=self._node_id,
             vnodes=self._vnodes, reconcile_interval=self._reconcile_interval,
-            announce=self._announce_leadership, accept=self._accept, highest_epoch=lambda: self._highest_epoch,
+            announce=self._announce_leadership, accept=self._accept, highest_epoch=lambda: self._view.epoch,
         )
         session.subscribe(registry.on_session)
         session.subscribe(leader.on_session)
@@ -346,8 +345,7 @@ class ZooKeeperCoordinator(Coordinator):
         except ConfigError as exc:
             logger.warning("%s: ignoring invalid ring epoch %d: %s", self._node_id, record.epoch, exc)
             return False
-        self._view = view
-        self._highest_epoch = max(self._highest_epoch, record.epoch)
+        self._view = view     # its epoch is the highest this node has seen: only a newer one is adopted
         self._view_changed.set()
         self._notices.put((self._deliver_view, (view,)))
         return True
