@@ -117,7 +117,7 @@ class Handoff:
         # New holders sent copies: when they may be sent what they did not confirm.
         self.retries: dict[str, _HolderRetry] = {}
         self._pass_sent_to: set[str] = set()     # the holders the pass under way sent copies to
-        self.late_confirmed = 0      # ids confirmed by answers that came past their deadline
+        self.late_confirmed = 0      # tasks whose handoff an answer past its deadline completed
 
     # -- when ------------------------------------------------------------------------
     def request(self, before: RingView | None = None) -> None:
@@ -274,9 +274,8 @@ class Handoff:
             self.late_confirmed += before - len(self.leaving)
         return answered_late
 
-    def _confirmed(self, holder: str, ids: list[str], answer: dict[str, Any] | None) -> None:
-        if answer is None:
-            return
+    def _confirmed(self, holder: str, ids: list[str], answer: dict[str, Any]) -> None:
+        """``holder``'s answer to a chunk of ``ids``, in time or late."""
         finished = answer.get("finished")
         if isinstance(finished, dict) and finished:
             # This node missed the end (it was down, or its stream was).
@@ -374,6 +373,7 @@ class Handoff:
             del self.retries[holder]
 
     def pending(self) -> int:
+        """Tasks whose new holders have not all confirmed their copy yet."""
         return len(self.leaving)
 
 
