@@ -224,7 +224,7 @@ def _full(r: dict[str, Any], config: NodeConfig) -> Task:
 def check_lessee(value: Any) -> tuple[int, str]:
     """A transfer record's ``lessee``: ``[attempt, principal]``."""
     if (not isinstance(value, (list, tuple)) or len(value) != 2
-            or type(value[0]) is not int or not 0 <= value[0] <= 2**31 - 1
+            or type(value[0]) is not int or not 0 <= value[0] <= MAX_ATTEMPT
             or type(value[1]) is not str or not 0 < len(value[1]) <= MAX_LESSEE):
         raise InvalidField(f"field 'lessee' must be [attempt >= 0, name of 1 to {MAX_LESSEE} characters]",
                            field="lessee")
