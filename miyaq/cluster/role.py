@@ -47,8 +47,13 @@ logger = logging.getLogger(__name__)
 
 
 class ClusterRole:
-    name = "role"
-    freeze_sensitive = True
+    """The clustered :class:`~miyaq.core.handles.NodeRole`: places each task
+    on its holders, answers the core's questions (holders, readiness,
+    whether to coordinate or dispatch now) and runs the cluster's loops as
+    parts of the node (module doc)."""
+
+    name = "role"               # the part's name in the node's supervisor and logs
+    freeze_sensitive = True     # a frozen process hears from the other holders before it dispatches again
 
     def __init__(self, config: NodeConfig, engine: Engine, gate: Gate, endpoint: ServiceEndpoint,
                  directory: Directory, barrier: WriteBarrier, supervisor: Supervisor,
