@@ -15,91 +15,28 @@
 """
 from __future__ import annotations
 
-import inspect
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, ParamSpec, TypeVar, overload
 
 from .client.client import TASK_OPTIONS, Client, endpoint_list, pack_args
-from .client.handle import TaskHandle
 from .config import MAX_REPLICAS, MAX_RETRIES, YEAR
 from .devstate import default_connect
 from .errors import ConfigError, InvalidField
 from .protocol import fields as f
 from .protocol.periodic import schedule_from_wire
 from .protocol.taskspec import check_queue
+from .taskdef import SPLIT_OPTIONS, TaskDef, TaskOptions
 
 if TYPE_CHECKING:
+    from typing import Unpack
+
     from .aio import Client as AioClient
-    from .aio import TaskHandle as AioTaskHandle
+
+__all__ = ["App", "SPLIT_OPTIONS", "TaskDef", "TaskOptions", "check_task_options"]
 
 SCHEDULE_OPTIONS = ("queue", "priority", "timeout", "max_retries")
-#: Keyword arguments of ``TaskDef.submit``/``call`` taken as task options
-#: rather than handler arguments: every task option but ``offset``, a common
-#: name of a handler's own parameter (paging) that went to the handler before
-#: it became an option (give it in ``@app.task`` or to ``submit_with``).
-SPLIT_OPTIONS = (frozenset(TASK_OPTIONS) - {"offset"}) | {"id", "wait"}
-
-
-class TaskDef:
-    """A registered handler. Calling it runs it here; ``submit``/``call``
-    send it to the queue. Keyword arguments named like a task option
-    (queue, priority, countdown, eta, ttl, key, ...; not ``offset``:
-    :data:`SPLIT_OPTIONS`) are options, the rest go to the handler; use
-    :meth:`submit_with` when a handler argument has such a name."""
-
-    def __init__(self, app: "App", fn: Callable[..., Any], name: str, options: dict[str, Any]) -> None:
-        self.app = app
-        self.fn = fn
-        #: An ``async def`` handler (a worker runs it on its asyncio loop);
-        #: decided once here, not for every task a worker runs.
-        self.is_async = inspect.iscoroutinefunction(fn)
-        self.name = name
-        self.options = options
-        self.__doc__ = fn.__doc__
-        self.__wrapped__ = fn
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.fn(*args, **kwargs)
-
-    def __repr__(self) -> str:
-        return f"<TaskDef {self.name} queue={self.options.get('queue', 'default')}>"
-
-    def _split(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        options = dict(self.options)
-        handler_kwargs = {}
-        for k, v in kwargs.items():
-            if k in SPLIT_OPTIONS:
-                options[k] = v
-            else:
-                handler_kwargs[k] = v
-        return options, handler_kwargs
-
-    def submit(self, *args: Any, **kwargs: Any) -> TaskHandle:
-        options, handler_kwargs = self._split(kwargs)
-        return self.app.client.submit(self.name, args, handler_kwargs, **options)
-
-    def submit_with(self, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None,
-                    **options: Any) -> TaskHandle:
-        merged = {**self.options, **options}
-        return self.app.client.submit(self.name, args, kwargs, **merged)
-
-    async def submit_async(self, *args: Any, **kwargs: Any) -> "AioTaskHandle":
-        """:meth:`submit` from asyncio code, through the app's ``miyaq.aio`` client."""
-        options, handler_kwargs = self._split(kwargs)
-        return await self.app.aio.submit(self.name, args, handler_kwargs, **options)
-
-    async def call_async(self, *args: Any, timeout: float | None = 60.0, **kwargs: Any) -> Any:
-        """:meth:`call` from asyncio code: submit, wait for acceptance, then for the result."""
-        options, handler_kwargs = self._split(kwargs)
-        options["wait"] = True
-        handle = await self.app.aio.submit(self.name, args, handler_kwargs, **options)
-        return await handle.result(timeout)
-
-    def call(self, *args: Any, timeout: float | None = 60.0, **kwargs: Any) -> Any:
-        """Submit and wait for the result (:meth:`miyaq.Client.call`)."""
-        options, handler_kwargs = self._split(kwargs)
-        options.pop("wait", None)
-        return self.app.client.call(self.name, args, handler_kwargs, timeout=timeout, **options)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class App:
@@ -116,7 +53,7 @@ class App:
         if endpoints is not None:
             self._endpoints = endpoint_list(endpoints)      # ConfigError for a bad type, as Client(...)
         self.client_options = client_options
-        self.tasks: dict[str, TaskDef] = {}
+        self.tasks: dict[str, TaskDef[..., Any]] = {}
         self.schedules: dict[str, dict[str, Any]] = {}   # periodic specs, sent in READY
         # One client, or with green=True one per OS thread: a gevent client
         # belongs to its thread's hub (a worker's hub and its asyncio thread).
@@ -170,9 +107,18 @@ class App:
         if client is not None:
             await client.close()
 
+    @overload
+    def task(self, fn: Callable[P, R], *, name: str | None = None,
+             **options: Unpack[TaskOptions]) -> TaskDef[P, R]: ...
+    @overload
+    def task(self, fn: None = None, *, name: str | None = None,
+             **options: Unpack[TaskOptions]) -> Callable[[Callable[P, R]], TaskDef[P, R]]: ...
+
     def task(self, fn: Callable[..., Any] | None = None, *, name: str | None = None,
              **options: Any) -> Any:
-        """Register a handler. Options are task defaults (queue, priority,
+        """Register a handler; a type checker sees the :class:`TaskDef` keep
+        its parameters and return type (``TaskDef[P, R]``), and the options'
+        names and types (:class:`TaskOptions`). Options are task defaults (queue, priority,
         max_retries, backoff, timeout, ttl, replicas, at_most_once, offset...).
         ConfigError naming the task and the option, here, for an unknown
         option, a value the node would refuse (:func:`check_task_options`),
@@ -181,7 +127,7 @@ class App:
         if unknown:
             raise ConfigError(f"unknown task option(s): {', '.join(sorted(unknown))}")
 
-        def register(fn: Callable[..., Any]) -> TaskDef:
+        def register(fn: Callable[..., Any]) -> TaskDef[..., Any]:
             if not callable(fn):
                 raise ConfigError(f"app.task registers a function, not {type(fn).__name__} (a name goes as "
                                   "name=...)")
@@ -194,6 +140,15 @@ class App:
             return tdef
 
         return register(fn) if fn is not None else register
+
+    @overload
+    def periodic(self, fn: Callable[P, R], *, every: float | None = None, cron: str | None = None,
+                 name: str | None = None, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None,
+                 **options: Any) -> TaskDef[P, R]: ...
+    @overload
+    def periodic(self, fn: None = None, *, every: float | None = None, cron: str | None = None,
+                 name: str | None = None, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None,
+                 **options: Any) -> Callable[[Callable[P, R]], TaskDef[P, R]]: ...
 
     def periodic(self, fn: Callable[..., Any] | None = None, *, every: float | None = None,
                  cron: str | None = None, name: str | None = None, args: Iterable[Any] = (),
@@ -212,7 +167,7 @@ class App:
             raise ConfigError(f"unknown periodic option(s): {', '.join(sorted(unknown))} "
                               f"(allowed: {', '.join(SCHEDULE_OPTIONS)})")
 
-        def register(fn: Callable[..., Any]) -> TaskDef:
+        def register(fn: Callable[..., Any]) -> TaskDef[..., Any]:
             existing = fn if isinstance(fn, TaskDef) else None
             task_name = existing.name if existing else name or f"{fn.__module__}.{fn.__qualname__}"
             merged = {**(existing.options if existing else {}), **options}

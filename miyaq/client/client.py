@@ -375,6 +375,10 @@ class Received(ReceivedTask):
     ``ack(result)`` or ``nack(error, retry=True)``; ``touch()`` while the
     work runs past the task's ``timeout``."""
 
+    #: The handler's positional and keyword arguments, as msgpack decoded them.
+    args: list[Any]
+    kwargs: dict[str, Any]
+
     def __init__(self, client: Client, info: dict[str, Any]) -> None:
         super().__init__(info)
         self.client = client

@@ -1,0 +1,320 @@
+"""``TaskDef``: what ``@app.task`` returns -- a handler, typed as it was declared.
+
+``TaskDef[P, R]`` is generic like ``Callable[P, R]``: ``P`` the handler's
+parameters, ``R`` what it returns (a coroutine for an ``async def``
+handler). A user's type checker so sees ``add(2, 3)`` as the handler's call,
+checks the arguments of ``add.submit(2, 3)`` and ``add.call(2, 3)`` against
+the handler's parameters, and types ``add.call(...)`` and
+``await add.call_async(...)`` as its return value (for an ``async def``
+handler, what its coroutine returns). The typing is only in the overloads
+below: one checks the handler's arguments when no task option is given
+(PEP 612 allows no keyword parameter next to ``P.kwargs``); each of the
+others takes one task option by name (its type checked) and the handler's
+arguments unchecked. Keyword arguments named like a handler parameter *and*
+a task option go to the option at run time, whatever the checker says
+(:meth:`TaskDef.submit_with` keeps them apart). docs/python-api.md, "Type
+checking".
+"""
+from __future__ import annotations
+
+import inspect
+from datetime import datetime
+from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Generic, Iterable, ParamSpec, Protocol, TypedDict, TypeVar,
+                    overload)
+
+from .client.client import TASK_OPTIONS, Client
+from .client.handle import TaskHandle
+
+if TYPE_CHECKING:
+    from .aio import Client as AioClient
+    from .aio import TaskHandle as AioTaskHandle
+
+#: Keyword arguments of ``TaskDef.submit``/``call`` taken as task options
+#: rather than handler arguments: every task option but ``offset``, a common
+#: name of a handler's own parameter (paging) that went to the handler before
+#: it became an option (give it in ``@app.task`` or to ``submit_with``).
+SPLIT_OPTIONS = (frozenset(TASK_OPTIONS) - {"offset"}) | {"id", "wait"}
+
+
+class TaskOptions(TypedDict, total=False):
+    """The task options ``@app.task(...)`` takes, for a type checker (None:
+    the node's default); their meanings and ranges are in
+    docs/python-api.md ("Submitting") and :func:`miyaq.app.check_task_options`."""
+
+    queue: str | None
+    priority: int | None
+    eta: float | datetime | None
+    countdown: float | None
+    ttl: float | None
+    max_retries: int | None
+    backoff: float | None
+    backoff_max: float | None
+    timeout: float | None
+    key: str | None
+    replicas: int | None
+    at_most_once: bool | None
+    offset: float | None
+
+
+class TaskApp(Protocol):
+    """What a :class:`TaskDef` uses of the :class:`miyaq.App` that registered
+    it (``tdef.app``): its clients. A protocol, so this module need not
+    import ``miyaq.app`` (which imports it)."""
+
+    @property
+    def client(self) -> Client: ...
+
+    @property
+    def aio(self) -> AioClient: ...
+
+    def close(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+P = ParamSpec("P")
+#: The handler's return type (covariant: a ``TaskDef[P, int]`` is a ``TaskDef[P, object]``).
+R = TypeVar("R", covariant=True)
+T = TypeVar("T")
+
+
+class TaskDef(Generic[P, R]):
+    """A registered handler. Calling it runs it here; ``submit``/``call``
+    send it to the queue. Keyword arguments named like a task option
+    (queue, priority, countdown, eta, ttl, key, ...; not ``offset``:
+    :data:`SPLIT_OPTIONS`) are options, the rest go to the handler; use
+    :meth:`submit_with` when a handler argument has such a name."""
+
+    def __init__(self, app: TaskApp, fn: Callable[P, R], name: str, options: dict[str, Any]) -> None:
+        self.app: TaskApp = app
+        self.fn: Callable[P, R] = fn
+        #: An ``async def`` handler (a worker runs it on its asyncio loop);
+        #: decided once here, not for every task a worker runs.
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.name = name
+        self.options = options
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<TaskDef {self.name} queue={self.options.get('queue', 'default')}>"
+
+    def _split(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        options = dict(self.options)
+        handler_kwargs = {}
+        for k, v in kwargs.items():
+            if k in SPLIT_OPTIONS:
+                options[k] = v
+            else:
+                handler_kwargs[k] = v
+        return options, handler_kwargs
+
+    @overload
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle: ...
+    @overload
+    def submit(self, *a: Any, queue: str | None, **kw: Any) -> TaskHandle: ...
+    @overload
+    def submit(self, *a: Any, priority: int | None, **kw: Any) -> TaskHandle: ...
+    @overload
+    def submit(self, *a: Any, eta: float | datetime | None, **kw: Any) -> TaskHandle: ...
+    @overload
+    def submit(self, *a: Any, countdown: float | None, **kw: Any) -> TaskHandle: ...
+    @overload
+    def submit(self, *a: Any, ttl: float | None, **kw: Any) -> TaskHandle: ...
+    @overload
+    def submit(self, *a: Any, max_retries: int | None, **kw: Any) -> TaskHandle: ...
+    @overload
+    def submit(self, *a: Any, backoff: float | None, **kw: Any) -> TaskHandle: ...
+    @overload
+    def submit(self, *a: Any, backoff_max: float | None, **kw: Any) -> TaskHandle: ...
+    @overload
+    def submit(self, *a: Any, timeout: float | None, **kw: Any) -> TaskHandle: ...
+    @overload
+    def submit(self, *a: Any, key: str | None, **kw: Any) -> TaskHandle: ...
+    @overload
+    def submit(self, *a: Any, replicas: int | None, **kw: Any) -> TaskHandle: ...
+    @overload
+    def submit(self, *a: Any, at_most_once: bool | None, **kw: Any) -> TaskHandle: ...
+    @overload
+    def submit(self, *a: Any, id: str | None, **kw: Any) -> TaskHandle: ...
+    @overload
+    def submit(self, *a: Any, wait: bool, **kw: Any) -> TaskHandle: ...
+    def submit(self, *args: Any, **kwargs: Any) -> TaskHandle:
+        options, handler_kwargs = self._split(kwargs)
+        return self.app.client.submit(self.name, args, handler_kwargs, **options)
+
+    def submit_with(self, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None,
+                    **options: Any) -> TaskHandle:
+        merged = {**self.options, **options}
+        return self.app.client.submit(self.name, args, kwargs, **merged)
+
+    @overload
+    async def submit_async(self, *args: P.args, **kwargs: P.kwargs) -> AioTaskHandle: ...
+    @overload
+    async def submit_async(self, *a: Any, queue: str | None, **kw: Any) -> AioTaskHandle: ...
+    @overload
+    async def submit_async(self, *a: Any, priority: int | None, **kw: Any) -> AioTaskHandle: ...
+    @overload
+    async def submit_async(self, *a: Any, eta: float | datetime | None, **kw: Any) -> AioTaskHandle: ...
+    @overload
+    async def submit_async(self, *a: Any, countdown: float | None, **kw: Any) -> AioTaskHandle: ...
+    @overload
+    async def submit_async(self, *a: Any, ttl: float | None, **kw: Any) -> AioTaskHandle: ...
+    @overload
+    async def submit_async(self, *a: Any, max_retries: int | None, **kw: Any) -> AioTaskHandle: ...
+    @overload
+    async def submit_async(self, *a: Any, backoff: float | None, **kw: Any) -> AioTaskHandle: ...
+    @overload
+    async def submit_async(self, *a: Any, backoff_max: float | None, **kw: Any) -> AioTaskHandle: ...
+    @overload
+    async def submit_async(self, *a: Any, timeout: float | None, **kw: Any) -> AioTaskHandle: ...
+    @overload
+    async def submit_async(self, *a: Any, key: str | None, **kw: Any) -> AioTaskHandle: ...
+    @overload
+    async def submit_async(self, *a: Any, replicas: int | None, **kw: Any) -> AioTaskHandle: ...
+    @overload
+    async def submit_async(self, *a: Any, at_most_once: bool | None, **kw: Any) -> AioTaskHandle: ...
+    @overload
+    async def submit_async(self, *a: Any, id: str | None, **kw: Any) -> AioTaskHandle: ...
+    @overload
+    async def submit_async(self, *a: Any, wait: bool, **kw: Any) -> AioTaskHandle: ...
+    async def submit_async(self, *args: Any, **kwargs: Any) -> AioTaskHandle:
+        """:meth:`submit` from asyncio code, through the app's ``miyaq.aio`` client."""
+        options, handler_kwargs = self._split(kwargs)
+        return await self.app.aio.submit(self.name, args, handler_kwargs, **options)
+
+    @overload
+    async def call_async(self: TaskDef[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T: ...
+    @overload
+    async def call_async(self: TaskDef[P, T], *args: P.args, **kwargs: P.kwargs) -> T: ...
+    @overload
+    async def call_async(self: TaskDef[..., Awaitable[T]], *a: Any, timeout: float | None, **kw: Any) -> T: ...
+    @overload
+    async def call_async(self: TaskDef[..., T], *a: Any, timeout: float | None, **kw: Any) -> T: ...
+    @overload
+    async def call_async(self: TaskDef[..., Awaitable[T]], *a: Any, queue: str | None, **kw: Any) -> T: ...
+    @overload
+    async def call_async(self: TaskDef[..., T], *a: Any, queue: str | None, **kw: Any) -> T: ...
+    @overload
+    async def call_async(self: TaskDef[..., Awaitable[T]], *a: Any, priority: int | None, **kw: Any) -> T: ...
+    @overload
+    async def call_async(self: TaskDef[..., T], *a: Any, priority: int | None, **kw: Any) -> T: ...
+    @overload
+    async def call_async(self: TaskDef[..., Awaitable[T]], *a: Any, eta: float | datetime | None, **kw: Any) -> T: ...
+    @overload
+    async def call_async(self: TaskDef[..., T], *a: Any, eta: float | datetime | None, **kw: Any) -> T: ...
+    @overload
+    async def call_async(self: TaskDef[..., Awaitable[T]], *a: Any, countdown: float | None, **kw: Any) -> T: ...
+    @overload
+    async def call_async(self: TaskDef[..., T], *a: Any, countdown: float | None, **kw: Any) -> T: ...
+    @overload
+    async def call_async(self: TaskDef[..., Awaitable[T]], *a: Any, ttl: float | None, **kw: Any) -> T: ...
+    @overload
+    async def call_async(self: TaskDef[..., T], *a: Any, ttl: float | None, **kw: Any) -> T: ...
+    @overload
+    async def call_async(self: TaskDef[..., Awaitable[T]], *a: Any, max_retries: int | None, **kw: Any) -> T: ...
+    @overload
+    async def call_async(self: TaskDef[..., T], *a: Any, max_retries: int | None, **kw: Any) -> T: ...
+    @overload
+    async def call_async(self: TaskDef[..., Awaitable[T]], *a: Any, backoff: float | None, **kw: Any) -> T: ...
+    @overload
+    async def call_async(self: TaskDef[..., T], *a: Any, backoff: float | None, **kw: Any) -> T: ...
+    @overload
+    async def call_async(self: TaskDef[..., Awaitable[T]], *a: Any, backoff_max: float | None, **kw: Any) -> T: ...
+    @overload
+    async def call_async(self: TaskDef[..., T], *a: Any, backoff_max: float | None, **kw: Any) -> T: ...
+    @overload
+    async def call_async(self: TaskDef[..., Awaitable[T]], *a: Any, key: str | None, **kw: Any) -> T: ...
+    @overload
+    async def call_async(self: TaskDef[..., T], *a: Any, key: str | None, **kw: Any) -> T: ...
+    @overload
+    async def call_async(self: TaskDef[..., Awaitable[T]], *a: Any, replicas: int | None, **kw: Any) -> T: ...
+    @overload
+    async def call_async(self: TaskDef[..., T], *a: Any, replicas: int | None, **kw: Any) -> T: ...
+    @overload
+    async def call_async(self: TaskDef[..., Awaitable[T]], *a: Any, at_most_once: bool | None, **kw: Any) -> T: ...
+    @overload
+    async def call_async(self: TaskDef[..., T], *a: Any, at_most_once: bool | None, **kw: Any) -> T: ...
+    @overload
+    async def call_async(self: TaskDef[..., Awaitable[T]], *a: Any, id: str | None, **kw: Any) -> T: ...
+    @overload
+    async def call_async(self: TaskDef[..., T], *a: Any, id: str | None, **kw: Any) -> T: ...
+    @overload
+    async def call_async(self: TaskDef[..., Awaitable[T]], *a: Any, wait: bool, **kw: Any) -> T: ...
+    @overload
+    async def call_async(self: TaskDef[..., T], *a: Any, wait: bool, **kw: Any) -> T: ...
+    async def call_async(self, *args: Any, timeout: Any = 60.0, **kwargs: Any) -> Any:
+        """:meth:`call` from asyncio code: submit, wait for acceptance, then for the result."""
+        options, handler_kwargs = self._split(kwargs)
+        options["wait"] = True
+        handle = await self.app.aio.submit(self.name, args, handler_kwargs, **options)
+        return await handle.result(timeout)
+
+    @overload
+    def call(self: TaskDef[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T: ...
+    @overload
+    def call(self: TaskDef[P, T], *args: P.args, **kwargs: P.kwargs) -> T: ...
+    @overload
+    def call(self: TaskDef[..., Awaitable[T]], *a: Any, timeout: float | None, **kw: Any) -> T: ...
+    @overload
+    def call(self: TaskDef[..., T], *a: Any, timeout: float | None, **kw: Any) -> T: ...
+    @overload
+    def call(self: TaskDef[..., Awaitable[T]], *a: Any, queue: str | None, **kw: Any) -> T: ...
+    @overload
+    def call(self: TaskDef[..., T], *a: Any, queue: str | None, **kw: Any) -> T: ...
+    @overload
+    def call(self: TaskDef[..., Awaitable[T]], *a: Any, priority: int | None, **kw: Any) -> T: ...
+    @overload
+    def call(self: TaskDef[..., T], *a: Any, priority: int | None, **kw: Any) -> T: ...
+    @overload
+    def call(self: TaskDef[..., Awaitable[T]], *a: Any, eta: float | datetime | None, **kw: Any) -> T: ...
+    @overload
+    def call(self: TaskDef[..., T], *a: Any, eta: float | datetime | None, **kw: Any) -> T: ...
+    @overload
+    def call(self: TaskDef[..., Awaitable[T]], *a: Any, countdown: float | None, **kw: Any) -> T: ...
+    @overload
+    def call(self: TaskDef[..., T], *a: Any, countdown: float | None, **kw: Any) -> T: ...
+    @overload
+    def call(self: TaskDef[..., Awaitable[T]], *a: Any, ttl: float | None, **kw: Any) -> T: ...
+    @overload
+    def call(self: TaskDef[..., T], *a: Any, ttl: float | None, **kw: Any) -> T: ...
+    @overload
+    def call(self: TaskDef[..., Awaitable[T]], *a: Any, max_retries: int | None, **kw: Any) -> T: ...
+    @overload
+    def call(self: TaskDef[..., T], *a: Any, max_retries: int | None, **kw: Any) -> T: ...
+    @overload
+    def call(self: TaskDef[..., Awaitable[T]], *a: Any, backoff: float | None, **kw: Any) -> T: ...
+    @overload
+    def call(self: TaskDef[..., T], *a: Any, backoff: float | None, **kw: Any) -> T: ...
+    @overload
+    def call(self: TaskDef[..., Awaitable[T]], *a: Any, backoff_max: float | None, **kw: Any) -> T: ...
+    @overload
+    def call(self: TaskDef[..., T], *a: Any, backoff_max: float | None, **kw: Any) -> T: ...
+    @overload
+    def call(self: TaskDef[..., Awaitable[T]], *a: Any, key: str | None, **kw: Any) -> T: ...
+    @overload
+    def call(self: TaskDef[..., T], *a: Any, key: str | None, **kw: Any) -> T: ...
+    @overload
+    def call(self: TaskDef[..., Awaitable[T]], *a: Any, replicas: int | None, **kw: Any) -> T: ...
+    @overload
+    def call(self: TaskDef[..., T], *a: Any, replicas: int | None, **kw: Any) -> T: ...
+    @overload
+    def call(self: TaskDef[..., Awaitable[T]], *a: Any, at_most_once: bool | None, **kw: Any) -> T: ...
+    @overload
+    def call(self: TaskDef[..., T], *a: Any, at_most_once: bool | None, **kw: Any) -> T: ...
+    @overload
+    def call(self: TaskDef[..., Awaitable[T]], *a: Any, id: str | None, **kw: Any) -> T: ...
+    @overload
+    def call(self: TaskDef[..., T], *a: Any, id: str | None, **kw: Any) -> T: ...
+    @overload
+    def call(self: TaskDef[..., Awaitable[T]], *a: Any, wait: bool, **kw: Any) -> T: ...
+    @overload
+    def call(self: TaskDef[..., T], *a: Any, wait: bool, **kw: Any) -> T: ...
+    def call(self, *args: Any, timeout: Any = 60.0, **kwargs: Any) -> Any:
+        """Submit and wait for the result (:meth:`miyaq.Client.call`)."""
+        options, handler_kwargs = self._split(kwargs)
+        options.pop("wait", None)
+        return self.app.client.call(self.name, args, handler_kwargs, timeout=timeout, **options)

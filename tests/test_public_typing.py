@@ -1,0 +1,153 @@
+"""The public API as a user's type checker sees it (docs/python-api.md, "Type checking").
+
+miyaq ships a PEP 561 ``py.typed`` marker: without it (before 2026-12-06) a
+user's mypy treated ``import miyaq`` as untyped and saw ``Any`` everywhere,
+and ``@app.task`` returned ``Any`` even to a checker that read the source, so
+no wrong call of a handler was caught. These tests run mypy (its API, a cache
+in a tmp dir) on a small user program against the package as the suite
+imports it, asserting that correct uses pass and that each named wrong use
+fails with the expected error.
+"""
+from __future__ import annotations
+
+import configparser
+import os
+from pathlib import Path
+
+import pytest
+
+import miyaq
+
+api = pytest.importorskip("mypy.api")
+
+ROOT = Path(miyaq.__file__).resolve().parent.parent
+
+USER_TASKS = '''
+import miyaq
+
+app = miyaq.App("tcp://127.0.0.1:7450")
+
+
+@app.task(name="add")
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@app.task(name="greet", queue="q", max_retries=2)
+def greet(name: str, *, punct: str = "!") -> str:
+    return name + punct
+
+
+@app.task
+async def fetch(host: str) -> str:
+    return host
+'''
+
+GOOD = '''
+import miyaq
+import miyaq.aio
+from tasks import add, app, fetch, greet
+
+n: int = add(2, 3)
+s: str = greet.call("ann", punct="?")
+m: int = add.call(2, 3, timeout=5)
+h: miyaq.TaskHandle = add.submit(2, 3)
+h2: miyaq.TaskHandle = add.submit(2, 3, countdown=60, key="k", queue="q")
+h3: miyaq.TaskHandle = add.submit_with((2, 3), None, queue="q")
+td: miyaq.TaskDef[[int, int], int] = add
+reveal_type(add)
+reveal_type(fetch.call("x"))
+ctx = miyaq.current_task()
+attempt: int = ctx.attempt if ctx is not None else 0
+with miyaq.Client() as client:
+    job = client.receive("jobs")
+    if job is not None:
+        first: list[object] = job.args
+        done: bool = job.ack(first)
+
+
+async def main() -> None:
+    fetched: str = await fetch.call_async("x")
+    total: int = await add.call_async(1, 2, timeout=1)
+    ah: miyaq.aio.TaskHandle = await add.submit_async(1, 2, wait=True)
+    await app.aclose()
+'''
+
+#: Each wrong use, the fault it simulates, and the message mypy must give.
+BAD = [
+    ('add("2", 3)', "a handler called here with a str for an int",
+     'Argument 1 to "__call__" of "TaskDef" has incompatible type "str"; expected "int"'),
+    ('add.submit("2", 3)', "submit with a str for an int",
+     'No overload variant of "submit" of "TaskDef" matches argument types "str", "int"'),
+    ("add.call(1)", "call with an argument missing",
+     'No overload variant of "call" of "TaskDef" matches argument type "int"'),
+    ("x: str = add.call(1, 2)", "a result used as the wrong type",
+     'Incompatible types in assignment (expression has type "int", variable has type "str")'),
+    ('greet.submit("ann", punc="?")', "a misspelt keyword of the handler",
+     'No overload variant of "submit" of "TaskDef" matches argument types "str", "str"'),
+    ('add.submit(1, 2, countdown="5")', "a task option of the wrong type",
+     'No overload variant of "submit" of "TaskDef" matches argument types "int", "int", "str"'),
+    ("app.task(queue=1)", "a decorator option of the wrong type",
+     'No overload variant of "task" of "App" matches argument type "int"'),
+    ("app.task(retries=3)", "a misspelt decorator option",
+     'Unexpected keyword argument "retries" for overloaded function "task" of "App"; did you mean "max_retries"?'),
+    ("y: int = fetch.call(\"x\").upper()", "an async handler's result used as the wrong type",
+     'Incompatible types in assignment (expression has type "str", variable has type "int")'),
+]
+
+
+BAD_PROGRAM = "from tasks import add, app, fetch, greet\n" + "".join(f"{line}\n" for line, _, _ in BAD)
+
+
+@pytest.fixture(scope="module")
+def checked(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
+    """mypy --strict, once, on ``good.py`` and ``bad.py`` (beside the user's
+    ``tasks.py``), importing miyaq from this checkout (MYPYPATH first, as
+    PYTHONPATH puts it first for the suite): each file's output lines."""
+    tmp = tmp_path_factory.mktemp("typing")
+    (tmp / "tasks.py").write_text(USER_TASKS)
+    (tmp / "good.py").write_text(GOOD)
+    (tmp / "bad.py").write_text(BAD_PROGRAM)
+    cwd, mypypath = os.getcwd(), os.environ.get("MYPYPATH")
+    os.environ["MYPYPATH"] = str(ROOT)
+    os.chdir(tmp)
+    try:
+        stdout, stderr, _ = api.run([
+            "--strict", "--no-error-summary", "--show-error-codes", "--hide-error-context",
+            "--cache-dir", str(tmp / ".mypy_cache"), "--python-version", "3.11",
+            "--config-file", "", "good.py", "bad.py"])
+    finally:
+        os.chdir(cwd)
+        if mypypath is None:
+            del os.environ["MYPYPATH"]
+        else:
+            os.environ["MYPYPATH"] = mypypath
+    lines = (stdout + stderr).splitlines()
+    return {name: [line for line in lines if line.startswith(f"{name}:")] for name in ("good.py", "bad.py", "tasks.py")}
+
+
+def test_the_package_ships_a_py_typed_marker() -> None:
+    """Without the marker a user's mypy reads an installed miyaq as untyped
+    ("missing library stubs or py.typed marker"): it must be in the package
+    and in the files setup.cfg installs."""
+    assert (ROOT / "miyaq" / "py.typed").is_file()
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    assert "py.typed" in cfg["options.package_data"].get("miyaq", "").replace(",", " ").split()
+
+
+def test_correct_uses_type_check(checked: dict[str, list[str]]) -> None:
+    """The documented uses pass --strict, and ``@app.task`` keeps the
+    handler's signature and, for ``call()``, its (awaited) return type."""
+    out = "\n".join(checked["good.py"] + checked["tasks.py"])
+    assert [line for line in checked["good.py"] + checked["tasks.py"] if ": error:" in line] == [], out
+    assert 'good.py:13: note: Revealed type is "miyaq.taskdef.TaskDef[[a: int, b: int], int]"' in out, out
+    assert 'good.py:14: note: Revealed type is "str"' in out, out
+
+
+@pytest.mark.parametrize("number, line, fault, message", [(i, *b) for i, b in enumerate(BAD, start=2)],
+                         ids=[b[1] for b in BAD])
+def test_wrong_uses_fail(checked: dict[str, list[str]], number: int, line: str, fault: str, message: str) -> None:
+    """Each wrong use is an error on its own line, with mypy's message."""
+    errors = [e for e in checked["bad.py"] if e.startswith(f"bad.py:{number}: error:")]
+    assert any(message in e for e in errors), f"{fault}: {line!r}\n" + "\n".join(checked["bad.py"])
