@@ -22,10 +22,10 @@ from .errors import (  # noqa: E402
     TaskExpired, TaskFailed, Timeout, TooLarge, Unavailable, UnknownCommand,
 )
 from .app import App, TaskDef  # noqa: E402
-from .worker.context import current_task  # noqa: E402
+from .worker.context import TaskContext, current_task  # noqa: E402
 
 __all__ = [
-    "App", "TaskDef", "Client", "Received", "TaskHandle", "current_task", "new_id",
+    "App", "TaskDef", "Client", "Received", "TaskHandle", "TaskContext", "current_task", "new_id",
     "MiyaqError", "ProtocolError", "BadFrame", "BadVersion", "BadEncoding", "UnknownCommand",
     "TooLarge", "InvalidField", "Busy", "Timeout", "NotFound", "ShuttingDown", "NotEnoughReplicas",
     "Unavailable", "Forbidden", "ConfigError", "TaskFailed", "TaskCancelled", "TaskExpired",

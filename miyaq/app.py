@@ -25,14 +25,14 @@ from .errors import ConfigError, InvalidField
 from .protocol import fields as f
 from .protocol.periodic import schedule_from_wire
 from .protocol.taskspec import check_queue
-from .taskdef import SPLIT_OPTIONS, TaskDef, TaskOptions
+from .taskdef import SPLIT_OPTIONS, SubmitOptions, TaskDef, TaskOptions
 
 if TYPE_CHECKING:
     from typing import Unpack
 
     from .aio import Client as AioClient
 
-__all__ = ["App", "SPLIT_OPTIONS", "TaskDef", "TaskOptions", "check_task_options"]
+__all__ = ["App", "SPLIT_OPTIONS", "SubmitOptions", "TaskDef", "TaskOptions", "check_task_options"]
 
 SCHEDULE_OPTIONS = ("queue", "priority", "timeout", "max_retries")
 P = ParamSpec("P")

@@ -19,15 +19,19 @@ from __future__ import annotations
 
 import inspect
 from datetime import datetime
-from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Generic, Iterable, ParamSpec, Protocol, TypedDict, TypeVar,
+from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Generic, Iterable, ParamSpec, Protocol, TypeVar,
                     overload)
 
-from .client.client import TASK_OPTIONS, Client
+from .client.client import TASK_OPTIONS, Client, TaskOptions
 from .client.handle import TaskHandle
 
 if TYPE_CHECKING:
+    from typing import Unpack
+
     from .aio import Client as AioClient
     from .aio import TaskHandle as AioTaskHandle
+
+__all__ = ["SPLIT_OPTIONS", "SubmitOptions", "TaskApp", "TaskDef", "TaskOptions"]
 
 #: Keyword arguments of ``TaskDef.submit``/``call`` taken as task options
 #: rather than handler arguments: every task option but ``offset``, a common
@@ -36,24 +40,12 @@ if TYPE_CHECKING:
 SPLIT_OPTIONS = (frozenset(TASK_OPTIONS) - {"offset"}) | {"id", "wait"}
 
 
-class TaskOptions(TypedDict, total=False):
-    """The task options ``@app.task(...)`` takes, for a type checker (None:
-    the node's default); their meanings and ranges are in
-    docs/python-api.md ("Submitting") and :func:`miyaq.app.check_task_options`."""
+class SubmitOptions(TaskOptions, total=False):
+    """The keyword arguments of :meth:`TaskDef.submit_with`: the task
+    options, ``id`` and ``wait`` (as :meth:`miyaq.Client.submit`'s)."""
 
-    queue: str | None
-    priority: int | None
-    eta: float | datetime | None
-    countdown: float | None
-    ttl: float | None
-    max_retries: int | None
-    backoff: float | None
-    backoff_max: float | None
-    timeout: float | None
-    key: str | None
-    replicas: int | None
-    at_most_once: bool | None
-    offset: float | None
+    id: str | None
+    wait: bool
 
 
 class TaskApp(Protocol):
@@ -147,7 +139,7 @@ class TaskDef(Generic[P, R]):
         return self.app.client.submit(self.name, args, handler_kwargs, **options)
 
     def submit_with(self, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None,
-                    **options: Any) -> TaskHandle:
+                    **options: Unpack[SubmitOptions]) -> TaskHandle:
         merged = {**self.options, **options}
         return self.app.client.submit(self.name, args, kwargs, **merged)
 

@@ -57,8 +57,10 @@ h3: miyaq.TaskHandle = add.submit_with((2, 3), None, queue="q")
 td: miyaq.TaskDef[[int, int], int] = add
 reveal_type(add)
 reveal_type(fetch.call("x"))
-ctx = miyaq.current_task()
+ctx: miyaq.TaskContext | None = miyaq.current_task()
 attempt: int = ctx.attempt if ctx is not None else 0
+h4 = miyaq.Client().submit("add", [1, 2], countdown=1.5, eta=None, at_most_once=True, key="k", wait=False)
+v: object = miyaq.Client().call("add", [1, 2], timeout=3, queue="q", id=miyaq.new_id())
 with miyaq.Client() as client:
     job = client.receive("jobs")
     if job is not None:
@@ -93,10 +95,18 @@ BAD = [
      'Unexpected keyword argument "retries" for overloaded function "task" of "App"; did you mean "max_retries"?'),
     ("y: int = fetch.call(\"x\").upper()", "an async handler's result used as the wrong type",
      'Incompatible types in assignment (expression has type "str", variable has type "int")'),
+    ('miyaq.Client().submit("add", [1], countdwon=5)', "a misspelt option of Client.submit",
+     'Unexpected keyword argument "countdwon" for "submit" of "Client"; did you mean "countdown"?'),
+    ('miyaq.Client().submit("add", [1], queue=1)', "an option of the wrong type in Client.submit",
+     'Argument "queue" to "submit" of "Client" has incompatible type "int"; expected "str | None"'),
+    ('add.submit_with((1, 2), queue=["a"])', "an option of the wrong type in submit_with",
+     'Argument "queue" to "submit_with" of "TaskDef" has incompatible type "list[str]"; expected "str | None"'),
+    ("def step(ctx: miyaq.TaskContext) -> str: return ctx.attempt", "a TaskContext field used as the wrong type",
+     'Incompatible return value type (got "int", expected "str")'),
 ]
 
 
-BAD_PROGRAM = "from tasks import add, app, fetch, greet\n" + "".join(f"{line}\n" for line, _, _ in BAD)
+BAD_PROGRAM = "import miyaq\nfrom tasks import add, app, fetch, greet\n" + "".join(f"{line}\n" for line, _, _ in BAD)
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +155,7 @@ def test_correct_uses_type_check(checked: dict[str, list[str]]) -> None:
     assert 'good.py:14: note: Revealed type is "str"' in out, out
 
 
-@pytest.mark.parametrize("number, line, fault, message", [(i, *b) for i, b in enumerate(BAD, start=2)],
+@pytest.mark.parametrize("number, line, fault, message", [(i, *b) for i, b in enumerate(BAD, start=3)],
                          ids=[b[1] for b in BAD])
 def test_wrong_uses_fail(checked: dict[str, list[str]], number: int, line: str, fault: str, message: str) -> None:
     """Each wrong use is an error on its own line, with mypy's message."""

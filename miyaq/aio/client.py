@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import nullcontext
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from ..client import operations as ops
 from ..client.arguments import client_options, seconds
 from ..client.dialling import CLIENT_HEARTBEAT_TIMEOUT
-from ..client.client import split_endpoints
+from ..client.client import CallOptions, TaskOptions, split_endpoints
 from ..client.pending import Pending
 from ..client.handle import FlushTally, HandleBase, Unflushed
 from ..client.wire import ReceivedTask, check_request, decode_outcome, submit_id, task_wire, url_wire
@@ -29,6 +29,9 @@ from ..runtime.clock import monotonic
 from ..security.curve import client_curve
 from .driver import AsyncDriver
 from .futures import AioFuture
+
+if TYPE_CHECKING:
+    from typing import Unpack
 
 
 class Client:
@@ -58,17 +61,17 @@ class Client:
 
     # -- submitting ------------------------------------------------------------------
     async def submit(self, name: str, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None, *,
-                     id: str | None = None, wait: bool = False, **options: Any) -> "TaskHandle":
+                     id: str | None = None, wait: bool = False, **options: Unpack[TaskOptions]) -> "TaskHandle":
         """Submit task ``name``; returns its handle once the window has room
         (and, with ``wait=True``, once a node accepted it). Options as
         :meth:`miyaq.Client.submit`."""
-        return await self._submit_wire(task_wire(name, args, kwargs, options), id, wait)
+        return await self._submit_wire(task_wire(name, args, kwargs, options), id, wait)  # type: ignore[arg-type]
 
     async def submit_url(self, url: str, body: bytes = b"", *, method: str = "POST",
                          headers: dict[str, str] | None = None, id: str | None = None,
-                         wait: bool = False, **options: Any) -> "TaskHandle":
+                         wait: bool = False, **options: Unpack[TaskOptions]) -> "TaskHandle":
         """Submit a webhook task: the node sends ``body`` to ``url``."""
-        return await self._submit_wire(url_wire(url, body, method, headers, options), id, wait)
+        return await self._submit_wire(url_wire(url, body, method, headers, options), id, wait)  # type: ignore[arg-type]
 
     async def _submit_wire(self, wire: dict[str, Any], task_id: str | None, wait: bool) -> "TaskHandle":
         io = self._io
@@ -165,7 +168,7 @@ class Client:
         return decode_outcome(task_id, await self.wait_result(task_id, timeout))
 
     async def call(self, name: str, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None, *,
-                   timeout: float | None = 60.0, **options: Any) -> Any:
+                   timeout: float | None = 60.0, **options: Unpack[CallOptions]) -> Any:
         """Submit, wait for acceptance, then for the result (``timeout``: the wait)."""
         timeout = seconds(timeout, "timeout", optional=True)
         handle = await self.submit(name, args, kwargs, wait=True, **options)

@@ -26,7 +26,8 @@ import os
 import weakref
 from contextlib import contextmanager
 from time import monotonic   # miyaq.runtime.monotonic, without importing the runtime (gevent) here
-from typing import Any, Iterable, Iterator
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, TypedDict
 
 from ..devstate import default_connect
 from ..errors import Busy, ConfigError, MiyaqError, NotFound, Timeout, Unavailable
@@ -45,9 +46,41 @@ from .pending import Pending
 from .wire import (TASK_OPTIONS, ReceivedTask, check_request, decode_outcome, new_id, pack_args, submit_id, task_wire,
                    url_wire)
 
+if TYPE_CHECKING:
+    from typing import Unpack
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["TASK_OPTIONS", "Client", "Received", "new_id", "pack_args"]
+__all__ = ["TASK_OPTIONS", "CallOptions", "Client", "Received", "TaskOptions", "new_id", "pack_args"]
+
+
+class CallOptions(TypedDict, total=False):
+    """The task options but ``timeout`` -- the keyword arguments of
+    :meth:`Client.call`, whose own ``timeout`` is the wait for the result --
+    for a type checker: a misspelt option or a value of the wrong type is
+    its error, not only a TypeError or an InvalidField at run time. None
+    leaves an option out (the node's default). Meanings and ranges:
+    docs/python-api.md, "Submitting"."""
+
+    queue: str | None
+    priority: int | None
+    eta: float | datetime | None
+    countdown: float | None
+    ttl: float | None
+    max_retries: int | None
+    backoff: float | None
+    backoff_max: float | None
+    key: str | None
+    replicas: int | None
+    at_most_once: bool | None
+    offset: float | None
+
+
+class TaskOptions(CallOptions, total=False):
+    """Every task option (:data:`TASK_OPTIONS`): the keyword arguments of
+    :meth:`Client.submit` and ``@app.task(...)``; ``timeout`` is the lease."""
+
+    timeout: float | None
 
 _clients: "weakref.WeakSet[Client]" = weakref.WeakSet()
 
@@ -149,20 +182,20 @@ class Client:
 
     # -- submitting ------------------------------------------------------------------
     def submit(self, name: str, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None, *,
-               id: str | None = None, wait: bool = False, **options: Any) -> TaskHandle:
+               id: str | None = None, wait: bool = False, **options: Unpack[TaskOptions]) -> TaskHandle:
         """Submit task ``name`` with ``args``/``kwargs``. Options: queue,
         priority, eta (unix time or datetime), countdown (s), ttl (s),
         max_retries, backoff, backoff_max, timeout (lease, s), key, replicas,
         at_most_once, offset (s between holder ranks' timers, cluster).
         ``wait=True`` blocks until accepted."""
-        return self._submit_wire(task_wire(name, args, kwargs, options), id, wait)
+        return self._submit_wire(task_wire(name, args, kwargs, options), id, wait)  # type: ignore[arg-type]
 
     def submit_url(self, url: str, body: bytes = b"", *, method: str = "POST",
                    headers: dict[str, str] | None = None, id: str | None = None,
-                   wait: bool = False, **options: Any) -> TaskHandle:
+                   wait: bool = False, **options: Unpack[TaskOptions]) -> TaskHandle:
         """Submit a webhook task: the node POSTs ``body`` to ``url``. Options
         as :meth:`submit`."""
-        return self._submit_wire(url_wire(url, body, method, headers, options), id, wait)
+        return self._submit_wire(url_wire(url, body, method, headers, options), id, wait)  # type: ignore[arg-type]
 
     def _pending(self, wire: dict[str, Any], task_id: str | None, wait: bool) -> tuple[Pending, TaskHandle]:
         """A submit ready to hand to the I/O loop (once the window has room), and its handle."""
@@ -284,7 +317,7 @@ class Client:
         return decode_outcome(task_id, self.wait_result(task_id, timeout))
 
     def call(self, name: str, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None, *,
-             id: str | None = None, timeout: float | None = 60.0, **options: Any) -> Any:
+             id: str | None = None, timeout: float | None = 60.0, **options: Unpack[CallOptions]) -> Any:
         """Submit and wait for the result (``timeout``: the wait for the
         result, in seconds; None: an hour).
 
@@ -295,7 +328,7 @@ class Client:
         elsewhere, a ``key`` duplicate, held by other nodes -- the result is
         asked for again the ordinary way once the task is accepted)."""
         timeout = seconds(timeout, "timeout", optional=True)
-        p, handle = self._pending(task_wire(name, args, kwargs, options), id, True)
+        p, handle = self._pending(task_wire(name, args, kwargs, options), id, True)  # type: ignore[arg-type]
         self._unflushed.add(handle)      # as a submit's: flush() waits for it if this call is interrupted
         wait = min(ops.LONG_POLL, ops.RESULT_WAIT_DEFAULT if timeout is None else timeout)
         start = monotonic()

@@ -13,6 +13,12 @@ _current: contextvars.ContextVar["TaskContext | None"] = contextvars.ContextVar(
 
 
 class TaskContext:
+    """The running task, as :func:`current_task` returns it to its handler
+    (exported as ``miyaq.TaskContext`` so a helper can be annotated with it):
+    ``id``, ``name``, ``queue``, ``attempt`` (1 for the first start),
+    ``retries``, ``timeout`` (the lease, s), ``node``, and :meth:`touch`.
+    The worker makes it; user code only reads it."""
+
     __slots__ = ("id", "name", "queue", "attempt", "timeout", "node", "_touch")
 
     def __init__(self, id: str, name: str, queue: str, attempt: int, timeout: float,
