@@ -112,14 +112,15 @@ BAD_PROGRAM = "import miyaq\nfrom tasks import add, app, fetch, greet\n" + "".jo
 @pytest.fixture(scope="module")
 def checked(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
     """mypy --strict, once, on ``good.py`` and ``bad.py`` (beside the user's
-    ``tasks.py``), importing miyaq from this checkout (MYPYPATH first, as
-    PYTHONPATH puts it first for the suite): each file's output lines."""
+    ``tasks.py``): each file's output lines. mypy finds miyaq where this
+    process imports it from (PYTHONPATH, or site-packages), as it finds an
+    installed package: there only a ``py.typed`` marker makes it read the
+    annotations (without, ``missing library stubs or py.typed marker``)."""
     tmp = tmp_path_factory.mktemp("typing")
     (tmp / "tasks.py").write_text(USER_TASKS)
     (tmp / "good.py").write_text(GOOD)
     (tmp / "bad.py").write_text(BAD_PROGRAM)
-    cwd, mypypath = os.getcwd(), os.environ.get("MYPYPATH")
-    os.environ["MYPYPATH"] = str(ROOT)
+    cwd = os.getcwd()
     os.chdir(tmp)
     try:
         stdout, stderr, _ = api.run([
@@ -128,10 +129,6 @@ def checked(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
             "--config-file", "", "good.py", "bad.py"])
     finally:
         os.chdir(cwd)
-        if mypypath is None:
-            del os.environ["MYPYPATH"]
-        else:
-            os.environ["MYPYPATH"] = mypypath
     lines = (stdout + stderr).splitlines()
     return {name: [line for line in lines if line.startswith(f"{name}:")] for name in ("good.py", "bad.py", "tasks.py")}
 
@@ -150,6 +147,7 @@ def test_correct_uses_type_check(checked: dict[str, list[str]]) -> None:
     """The documented uses pass --strict, and ``@app.task`` keeps the
     handler's signature and, for ``call()``, its (awaited) return type."""
     out = "\n".join(checked["good.py"] + checked["tasks.py"])
+    assert "py.typed marker" not in out, out
     assert [line for line in checked["good.py"] + checked["tasks.py"] if ": error:" in line] == [], out
     assert 'good.py:13: note: Revealed type is "miyaq.taskdef.TaskDef[[a: int, b: int], int]"' in out, out
     assert 'good.py:14: note: Revealed type is "str"' in out, out
