@@ -18,7 +18,7 @@ from __future__ import annotations
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterable, ParamSpec, TypeVar, overload
 
-from .client.client import TASK_OPTIONS, Client, endpoint_list, pack_args
+from .client.client import TASK_OPTIONS, Client, ClientOptions, endpoint_list, pack_args
 from .config import MAX_REPLICAS, MAX_RETRIES, YEAR
 from .devstate import default_connect
 from .errors import ConfigError, InvalidField
@@ -46,7 +46,7 @@ class App:
     certificates of both clients; other ``client_options`` go to them too."""
 
     def __init__(self, endpoints: str | Iterable[str] | None = None, *, key: str | None = None,
-                 server_key: str | None = None, **client_options: Any) -> None:
+                 server_key: str | None = None, **client_options: Unpack[ClientOptions]) -> None:
         self.key = key
         self.server_key = server_key
         self._endpoints: list[str] | None = None
@@ -92,7 +92,7 @@ class App:
         client = self._aio.get(loop)
         if client is None or client.closed:
             from .aio import Client as Aio
-            options = {k: v for k, v in self.client_options.items() if k != "green"}
+            options: dict[str, Any] = {k: v for k, v in self.client_options.items() if k != "green"}
             client = self._aio[loop] = Aio(",".join(self.endpoints), key=self.key, server_key=self.server_key,
                                            **options)
         return client

@@ -25,7 +25,7 @@ ROOT = Path(miyaq.__file__).resolve().parent.parent
 USER_TASKS = '''
 import miyaq
 
-app = miyaq.App("tcp://127.0.0.1:7450")
+app = miyaq.App("tcp://127.0.0.1:7450", window=100, submit_timeout=5.0)
 
 
 @app.task(name="add")
@@ -101,6 +101,10 @@ BAD = [
      'Argument "queue" to "submit" of "Client" has incompatible type "int"; expected "str | None"'),
     ('add.submit_with((1, 2), queue=["a"])', "an option of the wrong type in submit_with",
      'Argument "queue" to "submit_with" of "TaskDef" has incompatible type "list[str]"; expected "str | None"'),
+    ("miyaq.App(windw=100)", "a misspelt client option of App, a TypeError only at its first submit",
+     'Unexpected keyword argument "windw" for "App"; did you mean "window"?'),
+    ("miyaq.App(green=True)", "App(green=...), a TypeError at its first submit (the app decides green)",
+     'Unexpected keyword argument "green" for "App"'),
     ("def step(ctx: miyaq.TaskContext) -> str: return ctx.attempt", "a TaskContext field used as the wrong type",
      'Incompatible return value type (got "int", expected "str")'),
 ]

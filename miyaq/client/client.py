@@ -51,7 +51,22 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TASK_OPTIONS", "CallOptions", "Client", "Received", "TaskOptions", "new_id", "pack_args"]
+__all__ = ["TASK_OPTIONS", "CallOptions", "Client", "ClientOptions", "Received", "TaskOptions", "new_id", "pack_args"]
+
+
+class ClientOptions(TypedDict, total=False):
+    """The tuning keywords of :class:`Client` and ``miyaq.aio.Client``
+    (docs/configuration.md), for a type checker: what ``miyaq.App(...)``
+    passes on to the clients it makes (a misspelt one is a TypeError only
+    then, at the app's first submit). ``green`` is not one: the app decides
+    it (``App.green``)."""
+
+    window: int
+    submit_timeout: float
+    ack_timeout: float
+    request_timeout: float
+    max_batch: int
+    heartbeat_timeout: float
 
 
 class CallOptions(TypedDict, total=False):
