@@ -22,7 +22,8 @@ from datetime import datetime
 from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Generic, Iterable, ParamSpec, Protocol, TypeVar,
                     overload)
 
-from .client.client import TASK_OPTIONS, Client, TaskOptions
+from .client.client import TASK_OPTIONS, Client
+from .client.options import TaskOptions
 from .client.handle import TaskHandle
 
 if TYPE_CHECKING:

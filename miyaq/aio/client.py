@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Iterable
 from ..client import operations as ops
 from ..client.arguments import client_options, seconds
 from ..client.dialling import CLIENT_HEARTBEAT_TIMEOUT
-from ..client.client import CallOptions, TaskOptions, split_endpoints
+from ..client.client import split_endpoints
+from ..client.options import CallOptions, TaskOptions
 from ..client.pending import Pending
 from ..client.handle import FlushTally, HandleBase, Unflushed
 from ..client.wire import ReceivedTask, check_request, decode_outcome, submit_id, task_wire, url_wire

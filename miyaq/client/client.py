@@ -26,8 +26,7 @@ import os
 import weakref
 from contextlib import contextmanager
 from time import monotonic   # miyaq.runtime.monotonic, without importing the runtime (gevent) here
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, TypedDict
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from ..devstate import default_connect
 from ..errors import Busy, ConfigError, MiyaqError, NotFound, Timeout, Unavailable
@@ -42,6 +41,7 @@ from .handle import FlushTally, TaskHandle, Unflushed
 from .io import IOLoop
 from .short_path import ThreadedIOLoop
 from .kit import choose
+from .options import CallOptions, ClientOptions, TaskOptions
 from .pending import Pending
 from .wire import (TASK_OPTIONS, ReceivedTask, check_request, decode_outcome, new_id, pack_args, submit_id, task_wire,
                    url_wire)
@@ -53,49 +53,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["TASK_OPTIONS", "CallOptions", "Client", "ClientOptions", "Received", "TaskOptions", "new_id", "pack_args"]
 
-
-class ClientOptions(TypedDict, total=False):
-    """The tuning keywords of :class:`Client` and ``miyaq.aio.Client``
-    (docs/configuration.md), for a type checker: what ``miyaq.App(...)``
-    passes on to the clients it makes (a misspelt one is a TypeError only
-    then, at the app's first submit). ``green`` is not one: the app decides
-    it (``App.green``)."""
-
-    window: int
-    submit_timeout: float
-    ack_timeout: float
-    request_timeout: float
-    max_batch: int
-    heartbeat_timeout: float
-
-
-class CallOptions(TypedDict, total=False):
-    """The task options but ``timeout`` -- the keyword arguments of
-    :meth:`Client.call`, whose own ``timeout`` is the wait for the result --
-    for a type checker: a misspelt option or a value of the wrong type is
-    its error, not only a TypeError or an InvalidField at run time. None
-    leaves an option out (the node's default). Meanings and ranges:
-    docs/python-api.md, "Submitting"."""
-
-    queue: str | None
-    priority: int | None
-    eta: float | datetime | None
-    countdown: float | None
-    ttl: float | None
-    max_retries: int | None
-    backoff: float | None
-    backoff_max: float | None
-    key: str | None
-    replicas: int | None
-    at_most_once: bool | None
-    offset: float | None
-
-
-class TaskOptions(CallOptions, total=False):
-    """Every task option (:data:`TASK_OPTIONS`): the keyword arguments of
-    :meth:`Client.submit` and ``@app.task(...)``; ``timeout`` is the lease."""
-
-    timeout: float | None
 
 _clients: "weakref.WeakSet[Client]" = weakref.WeakSet()
 
