@@ -66,13 +66,13 @@ class Client:
         """Submit task ``name``; returns its handle once the window has room
         (and, with ``wait=True``, once a node accepted it). Options as
         :meth:`miyaq.Client.submit`."""
-        return await self._submit_wire(task_wire(name, args, kwargs, options), id, wait)  # type: ignore[arg-type]
+        return await self._submit_wire(task_wire(name, args, kwargs, options), id, wait)
 
     async def submit_url(self, url: str, body: bytes = b"", *, method: str = "POST",
                          headers: dict[str, str] | None = None, id: str | None = None,
                          wait: bool = False, **options: Unpack[TaskOptions]) -> "TaskHandle":
         """Submit a webhook task: the node sends ``body`` to ``url``."""
-        return await self._submit_wire(url_wire(url, body, method, headers, options), id, wait)  # type: ignore[arg-type]
+        return await self._submit_wire(url_wire(url, body, method, headers, options), id, wait)
 
     async def _submit_wire(self, wire: dict[str, Any], task_id: str | None, wait: bool) -> "TaskHandle":
         io = self._io

@@ -160,14 +160,14 @@ class Client:
         max_retries, backoff, backoff_max, timeout (lease, s), key, replicas,
         at_most_once, offset (s between holder ranks' timers, cluster).
         ``wait=True`` blocks until accepted."""
-        return self._submit_wire(task_wire(name, args, kwargs, options), id, wait)  # type: ignore[arg-type]
+        return self._submit_wire(task_wire(name, args, kwargs, options), id, wait)
 
     def submit_url(self, url: str, body: bytes = b"", *, method: str = "POST",
                    headers: dict[str, str] | None = None, id: str | None = None,
                    wait: bool = False, **options: Unpack[TaskOptions]) -> TaskHandle:
         """Submit a webhook task: the node POSTs ``body`` to ``url``. Options
         as :meth:`submit`."""
-        return self._submit_wire(url_wire(url, body, method, headers, options), id, wait)  # type: ignore[arg-type]
+        return self._submit_wire(url_wire(url, body, method, headers, options), id, wait)
 
     def _pending(self, wire: dict[str, Any], task_id: str | None, wait: bool) -> tuple[Pending, TaskHandle]:
         """A submit ready to hand to the I/O loop (once the window has room), and its handle."""
@@ -300,7 +300,7 @@ class Client:
         elsewhere, a ``key`` duplicate, held by other nodes -- the result is
         asked for again the ordinary way once the task is accepted)."""
         timeout = seconds(timeout, "timeout", optional=True)
-        p, handle = self._pending(task_wire(name, args, kwargs, options), id, True)  # type: ignore[arg-type]
+        p, handle = self._pending(task_wire(name, args, kwargs, options), id, True)
         self._unflushed.add(handle)      # as a submit's: flush() waits for it if this call is interrupted
         wait = min(ops.LONG_POLL, ops.RESULT_WAIT_DEFAULT if timeout is None else timeout)
         start = monotonic()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import msgpack
 
@@ -92,7 +92,7 @@ def pack_args(args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None) ->
         raise TypeError(f"task arguments msgpack cannot encode: {exc}") from None
 
 
-def options_wire(options: dict[str, Any]) -> dict[str, Any]:
+def options_wire(options: Mapping[str, Any]) -> dict[str, Any]:
     """Task options as SUBMIT fields: None left out, a datetime ``eta`` as unix
     time. An unknown option raises TypeError (like an unknown keyword)."""
     if not options:
@@ -169,7 +169,7 @@ def unsendable(fields: dict[str, Any]) -> tuple[str, str] | None:
 
 
 def task_wire(name: str, args: Iterable[Any], kwargs: dict[str, Any] | None,
-              options: dict[str, Any]) -> dict[str, Any]:
+              options: Mapping[str, Any]) -> dict[str, Any]:
     """A named task's SUBMIT entry, without its id. TypeError for a name or
     option msgpack cannot encode (:func:`encodable`)."""
     wire = options_wire(options)
@@ -181,7 +181,7 @@ def task_wire(name: str, args: Iterable[Any], kwargs: dict[str, Any] | None,
 
 
 def url_wire(url: str, body: bytes, method: str, headers: dict[str, str] | None,
-             options: dict[str, Any]) -> dict[str, Any]:
+             options: Mapping[str, Any]) -> dict[str, Any]:
     """A webhook task's SUBMIT entry, without its id. TypeError for a body
     that is not bytes, or a field msgpack cannot encode (:func:`encodable`)."""
     if not isinstance(body, (bytes, bytearray)):
