@@ -48,6 +48,13 @@ class App:
 
     def __init__(self, endpoints: str | Iterable[str] | None = None, *, key: str | None = None,
                  server_key: str | None = None, **client_options: Unpack[ClientOptions]) -> None:
+        unknown = client_options.keys() - ClientOptions.__optional_keys__
+        if "green" in unknown:
+            raise ConfigError("App(green=...) is not an option: an app makes a gevent client where the gevent "
+                              "worker runs it (App.green) and a threaded one elsewhere, as Client(green=None) does")
+        if unknown:
+            raise ConfigError(f"unknown client option(s) for App: {', '.join(sorted(unknown))} (options: "
+                              f"{', '.join(sorted(ClientOptions.__optional_keys__))})")
         self.key = key
         self.server_key = server_key
         self._endpoints: list[str] | None = None
@@ -93,9 +100,8 @@ class App:
         client = self._aio.get(loop)
         if client is None or client.closed:
             from .aio import Client as Aio
-            options: dict[str, Any] = {k: v for k, v in self.client_options.items() if k != "green"}
             client = self._aio[loop] = Aio(",".join(self.endpoints), key=self.key, server_key=self.server_key,
-                                           **options)
+                                           **self.client_options)
         return client
 
     async def aclose(self) -> None:

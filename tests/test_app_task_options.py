@@ -107,3 +107,26 @@ def test_miyaq_worker_on_an_app_with_a_bad_queue_fails_with_one_clear_line(tmp_p
     assert code != 0
     assert "Traceback" not in stderr
     assert "@app.task 'm': option 'queue' must be 1-128 characters" in stderr
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(green=True), "App(green=...) is not an option"),
+    (dict(windw=100), "unknown client option(s) for App: windw (options: ack_timeout"),
+])
+def test_an_app_refuses_a_client_option_it_cannot_pass_on_at_once(options, message):
+    """Bad input: ``App(green=True)`` (the app passes ``green`` itself) or a
+    misspelt client option was a TypeError only at the app's first use of
+    its client -- the first submit, often inside a request handler. Now
+    ``App(...)`` refuses it with a ConfigError naming it."""
+    with pytest.raises(miyaq.ConfigError) as raised:
+        miyaq.App("tcp://127.0.0.1:1", **options)
+    assert message in str(raised.value)
+
+
+def test_an_apps_client_options_reach_its_clients():
+    app = miyaq.App("tcp://127.0.0.1:1", window=7, request_timeout=3.0)
+    client = app.client
+    try:
+        assert client.window == 7
+    finally:
+        app.close()
