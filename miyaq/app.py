@@ -18,7 +18,8 @@ from __future__ import annotations
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterable, ParamSpec, TypeVar, overload
 
-from .client.client import TASK_OPTIONS, Client, endpoint_list, pack_args
+from .client.arguments import endpoint_list
+from .client.client import TASK_OPTIONS, Client, pack_args
 from .client.options import ClientOptions
 from .config import MAX_REPLICAS, MAX_RETRIES, YEAR
 from .devstate import default_connect

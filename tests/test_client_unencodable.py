@@ -14,6 +14,7 @@ import pytest
 import miyaq
 import miyaq.aio
 from miyaq.client import client as client_module
+from miyaq.client.arguments import split_endpoints
 from miyaq.client import wire
 from miyaq.aio import client as aio_client_module
 
@@ -307,9 +308,9 @@ def test_endpoints_given_as_strings_still_split_on_commas():
     any iterable of them -- and a list's strings may now hold several,
     comma-separated, as ``App``'s always could (``Client(["a,b"])`` dialled
     one endpoint ``"a,b"`` before)."""
-    assert client_module.split_endpoints(" tcp://a:1, tcp://b:2 ") == ["tcp://a:1", "tcp://b:2"]
-    assert client_module.split_endpoints(["tcp://a:1", "tcp://b:2,tcp://c:3"]) == [
+    assert split_endpoints(" tcp://a:1, tcp://b:2 ") == ["tcp://a:1", "tcp://b:2"]
+    assert split_endpoints(["tcp://a:1", "tcp://b:2,tcp://c:3"]) == [
         "tcp://a:1", "tcp://b:2", "tcp://c:3"]
-    assert client_module.split_endpoints(e for e in ("tcp://a:1",)) == ["tcp://a:1"]
+    assert split_endpoints(e for e in ("tcp://a:1",)) == ["tcp://a:1"]
     with pytest.raises(miyaq.ConfigError, match="at least one node endpoint"):
-        client_module.split_endpoints([])
+        split_endpoints([])

@@ -15,9 +15,8 @@ from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, Iterable
 
 from ..client import operations as ops
-from ..client.arguments import client_options, seconds
+from ..client.arguments import client_options, seconds, split_endpoints
 from ..client.dialling import CLIENT_HEARTBEAT_TIMEOUT
-from ..client.client import split_endpoints
 from ..client.options import CallOptions, TaskOptions
 from ..client.pending import Pending
 from ..client.handle import FlushTally, HandleBase, Unflushed

@@ -1,19 +1,20 @@
 """Checks of a caller's arguments that never reach a node: how long to wait,
-and the client's own options.
+the client's own options, and the endpoints it is given.
 
 A bad argument fails in the caller before anything is sent or queued: a
 ``TypeError`` for a value of the wrong type, a ``ValueError`` for one out of
 range (a negative or NaN timeout), each naming the argument; a client's
-constructor raises :class:`miyaq.ConfigError` for its options. Without these
-checks a NaN timeout made ``result()`` wait for ever (every comparison with
-a NaN deadline is false) and a negative one surfaced as a message of the
+constructor raises :class:`miyaq.ConfigError` for its options and its
+endpoints (``App(...)`` too, for its endpoints). Without these checks a NaN
+timeout made ``result()`` wait for ever (every comparison with a NaN
+deadline is false) and a negative one surfaced as a message of the
 threading module's.
 """
 from __future__ import annotations
 
 import math
 import threading
-from typing import overload
+from typing import Any, overload
 
 from ..constants import MAX_BATCH
 from ..errors import ConfigError
@@ -76,4 +77,48 @@ def client_options(window: int, submit_timeout: float, ack_timeout: float, reque
         raise ConfigError(f"heartbeat_timeout must be 0.5 to 3600 seconds, not {heartbeat_timeout!r}")
 
 
-__all__ = ["client_options", "seconds"]
+def endpoint_list(endpoints: Any) -> list[str]:
+    """``endpoints`` -- a string (several comma-separated) or an iterable of
+    such strings -- as a list of endpoints, maybe empty. Anything else (an
+    int, bytes, a list holding a non-string) or an endpoint with a character
+    UTF-8 cannot encode (a lone surrogate) is a ConfigError naming it
+    (before 2026-12-05: AttributeError or TypeError from deep inside)."""
+    if isinstance(endpoints, str):
+        given: list[Any] = [endpoints]
+    else:
+        try:
+            given = list(endpoints)
+        except TypeError:           # not iterable
+            given = [endpoints]
+        if isinstance(endpoints, (bytes, bytearray)) or not all(isinstance(e, str) for e in given):
+            raise ConfigError(f"endpoints must be a string or a list of strings, not {_described(endpoints)}")
+    for endpoint in given:
+        if not endpoint.isascii():
+            try:
+                endpoint.encode()
+            except UnicodeEncodeError:
+                raise ConfigError(f"endpoint {endpoint!r} holds a lone surrogate, which UTF-8 cannot encode (as "
+                                  "os.fsdecode() or errors='surrogateescape' make of bytes that are not UTF-8)"
+                                  ) from None
+    return [e.strip() for part in given for e in part.split(",") if e.strip()]
+
+
+def _described(endpoints: Any) -> str:
+    """What was given as endpoints, for an error: its type, and for an
+    iterable the types it holds."""
+    kind = type(endpoints).__name__
+    if isinstance(endpoints, (list, tuple, set, frozenset)):
+        inner = sorted({type(e).__name__ for e in endpoints if not isinstance(e, str)})
+        return f"a {kind} holding {', '.join(inner)}"
+    return kind
+
+
+def split_endpoints(endpoints: Any) -> list[str]:
+    """Endpoints as a list (:func:`endpoint_list`); none at all is a ConfigError."""
+    endpoints = endpoint_list(endpoints)
+    if not endpoints:
+        raise ConfigError("a Client needs at least one node endpoint")
+    return endpoints
+
+
+__all__ = ["client_options", "endpoint_list", "seconds", "split_endpoints"]

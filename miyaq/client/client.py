@@ -29,13 +29,13 @@ from time import monotonic   # miyaq.runtime.monotonic, without importing the ru
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from ..devstate import default_connect
-from ..errors import Busy, ConfigError, MiyaqError, NotFound, Timeout, Unavailable
+from ..errors import Busy, MiyaqError, NotFound, Timeout, Unavailable
 from ..protocol import commands as c
 from ..protocol.commands import DEFAULT_MAX_MESSAGE
 from ..security.curve import client_curve
 from . import operations as ops
 from .futures import Future
-from .arguments import client_options, seconds
+from .arguments import client_options, seconds, split_endpoints
 from .dialling import CLIENT_HEARTBEAT_TIMEOUT
 from .handle import FlushTally, TaskHandle, Unflushed
 from .io import IOLoop
@@ -58,50 +58,6 @@ _clients: "weakref.WeakSet[Client]" = weakref.WeakSet()
 
 FORKED = ("this miyaq.Client was made before the process forked: its I/O loop and sockets stayed with the "
           "parent process; make a new Client in the child")
-
-
-def endpoint_list(endpoints: Any) -> list[str]:
-    """``endpoints`` -- a string (several comma-separated) or an iterable of
-    such strings -- as a list of endpoints, maybe empty. Anything else (an
-    int, bytes, a list holding a non-string) or an endpoint with a character
-    UTF-8 cannot encode (a lone surrogate) is a ConfigError naming it
-    (before 2026-12-05: AttributeError or TypeError from deep inside)."""
-    if isinstance(endpoints, str):
-        given: list[Any] = [endpoints]
-    else:
-        try:
-            given = list(endpoints)
-        except TypeError:           # not iterable
-            given = [endpoints]
-        if isinstance(endpoints, (bytes, bytearray)) or not all(isinstance(e, str) for e in given):
-            raise ConfigError(f"endpoints must be a string or a list of strings, not {_described(endpoints)}")
-    for endpoint in given:
-        if not endpoint.isascii():
-            try:
-                endpoint.encode()
-            except UnicodeEncodeError:
-                raise ConfigError(f"endpoint {endpoint!r} holds a lone surrogate, which UTF-8 cannot encode (as "
-                                  "os.fsdecode() or errors='surrogateescape' make of bytes that are not UTF-8)"
-                                  ) from None
-    return [e.strip() for part in given for e in part.split(",") if e.strip()]
-
-
-def _described(endpoints: Any) -> str:
-    """What was given as endpoints, for an error: its type, and for an
-    iterable the types it holds."""
-    kind = type(endpoints).__name__
-    if isinstance(endpoints, (list, tuple, set, frozenset)):
-        inner = sorted({type(e).__name__ for e in endpoints if not isinstance(e, str)})
-        return f"a {kind} holding {', '.join(inner)}"
-    return kind
-
-
-def split_endpoints(endpoints: Any) -> list[str]:
-    """Endpoints as a list (:func:`endpoint_list`); none at all is a ConfigError."""
-    endpoints = endpoint_list(endpoints)
-    if not endpoints:
-        raise ConfigError("a Client needs at least one node endpoint")
-    return endpoints
 
 
 class Client:
