@@ -1,6 +1,7 @@
 """The nodes a client knows: their endpoints, which one to use next (a new
 submit's first holder on the ring when known: :mod:`.placement`), ring
-discovery, and what to say when none was ever reached.
+discovery, and what first contact found (whether any node was reached, why
+a handshake failed: what :mod:`.first_contact` says when none was).
 
 Part of the client's sans-I/O core (:mod:`miyaq.client.core`): no sockets,
 no clocks -- the caller passes ``now``. A node is named by its index in
@@ -29,7 +30,6 @@ import itertools
 from typing import Any, Callable, Iterable
 
 from .. import constants
-from ..errors import Unavailable
 from ..protocol.commands import MAX_ENDPOINT_CHARS
 from .placement import Placement, placement_from_ring
 from .sizes import Limits, limits_from
@@ -56,22 +56,19 @@ grace the cluster keeps a departed member for (60 s). A member away for
 less -- a restart at the same address -- keeps its connection."""
 
 
-#: :func:`miyaq.protocol.reach.explain`'s phrase for a refused connection:
-#: the first-contact message says it in its own words.
-NOTHING_LISTENING = "nothing is listening there"
-
-
 def _not_known(endpoint: str) -> str | None:
     """No reason known why ``endpoint`` does not answer (no probe)."""
     return None
 
 
 class Nodes:
-    """Endpoints, round-robin choice, discovery schedule and first contact.
+    """Endpoints, round-robin choice, discovery schedule and what first
+    contact found.
 
     ``source`` says where the endpoints came from (``"given"``, or e.g.
     ``"MIYAQ_CONNECT"``), for messages. ``secure`` (CURVE keys in use) changes
-    the first-contact message: a handshake refused looks like silence.
+    the first-contact message (:mod:`.first_contact`): a handshake refused
+    looks like silence.
     """
 
     def __init__(self, endpoints: list[str], *, source: str = "given", secure: bool = False,
@@ -118,10 +115,11 @@ class Nodes:
         self._ask_rr = itertools.count()
         self._next_discovery = 0.0
         self._discovery_gap = FIRST_DISCOVERY_GAP
-        #: Why an endpoint does not answer, for the first-contact message: a
-        #: phrase of :func:`miyaq.protocol.reach.explain` the driver's probe
-        #: found (:class:`miyaq.client.dialling.ReachProbes`), None when not
-        #: known. Called only where a call fails for want of any node.
+        #: Why an endpoint does not answer, for the first-contact message
+        #: (:func:`~miyaq.client.first_contact.unreachable`): a phrase of
+        #: :func:`miyaq.protocol.reach.explain` the driver's probe found
+        #: (:class:`miyaq.client.dialling.ReachProbes`), None when not known.
+        #: Called only where a call fails for want of any node.
         self.explain: Callable[[str], str | None] = _not_known
 
     def __len__(self) -> int:
@@ -400,43 +398,3 @@ class Nodes:
         self._discovery_gap = min(DISCOVERY_INTERVAL, self._discovery_gap * 2)
         self._next_discovery = now + self._discovery_gap
         return True
-
-    # -- first contact ------------------------------------------------------------------
-    def unreachable(self) -> Unavailable:
-        """The first-contact error: no node was ever reached. Names the
-        endpoints and where they came from; a handshake that failed, why
-        (a key refused, keys on one side only, a wrong node key); else,
-        with keys, the likely causes; else, for the first of the three
-        endpoints shown that :attr:`explain` finds taking connections
-        without answering, unresolved or unreachable, what it found; else
-        that nothing is listening. Called where a call fails (it may wait
-        for a probe: :attr:`explain`)."""
-        shown = ", ".join(self.endpoints[:3]) + (" ..." if len(self.endpoints) > 3 else "")
-        source = "" if self.source == "given" else f" ({self.source})"
-        failures = self.failures
-        if failures:
-            from ..runtime.connections import explain_handshake    # loaded with the client's I/O
-            node = min(failures)
-            return Unavailable(f"cannot reach any node{source}: "
-                               f"{explain_handshake(failures[node], self.endpoints[node], self.secure)}")
-        if self.secure:
-            return Unavailable(f"cannot reach any node: no answer from {shown}{source}: is the node's public "
-                               f"key right (--server-key), and is this key authorized? (Or is no node "
-                               f"running there?)")
-        for endpoint in self.endpoints[:3]:
-            why = self.explain(endpoint)
-            if why is not None and why != NOTHING_LISTENING:
-                # A port that takes connections and never answers: not a node's, or a
-                # node that cannot take them (at its limit of open files, stalled).
-                return Unavailable(f"cannot reach any node{source}: {endpoint}: {why} -- if a node runs there, "
-                                   f"its log says why it does not answer (at its limit of open files?); check "
-                                   f"with `miyaq status --connect {endpoint}`")
-        return Unavailable(f"cannot reach any node: nothing is listening on {shown}{source} -- is a node "
-                           f"running? Start one with `miyaq node`, or check with "
-                           f"`miyaq status --connect {self.endpoints[0]}`")
-
-    def no_connection(self, node: int) -> Unavailable:
-        """A node we cannot send to: the first-contact message until any node answered."""
-        if not self.reached:
-            return self.unreachable()
-        return Unavailable(f"no connection to {self.endpoints[node]}")

@@ -42,6 +42,7 @@ from typing import Any, Callable
 from ..errors import Forbidden, MiyaqError, Timeout, Unavailable, from_wire
 from ..logs import LogLimiter
 from ..protocol import commands as c
+from .first_contact import no_connection
 from .nodes import Nodes
 from .resolver import Resolver, Send, Waiter
 
@@ -155,7 +156,7 @@ class RequestTable:
                 self._resolver.fail(waiter, _unanswered(entry[3]))
 
     def _no_connection(self, node: int) -> Unavailable:
-        error = self.nodes.no_connection(node)
+        error = no_connection(self.nodes, node)
         return NoAnswer(error.message) if self.nodes.reached else error
 
     def next_due(self, now: float) -> float | None:

@@ -59,6 +59,7 @@ from ..errors import InvalidField, MiyaqError, Timeout, Unavailable, from_wire
 from ..logs import LogLimiter
 from ..protocol import commands as c
 from ..protocol.batching import chunks
+from .first_contact import unreachable
 from .nodes import Nodes
 from .pending import Pending, final_error
 from .resolver import Resolver, Send
@@ -73,9 +74,10 @@ SUBMIT_STATUSES = (c.ACCEPTED, c.DUPLICATE, c.REJECTED)
 
 FIRST_CONTACT = 5.0
 """Seconds a submit waits for a connection while the client has never reached
-any node; then it fails at once with :meth:`Nodes.unreachable`'s message
-instead of retrying until ``submit_timeout``. Once any node has been reached,
-an unreachable node is retried (elsewhere, with backoff) until the deadline."""
+any node; then it fails at once with the message of
+:func:`~.first_contact.unreachable` instead of retrying until
+``submit_timeout``. Once any node has been reached, an unreachable node is
+retried (elsewhere, with backoff) until the deadline."""
 CONNECT_RETRY = 0.01
 """Seconds before a submit that found its node unconnected tries again."""
 NOTHING_STORED = frozenset({"busy", "unavailable"})
@@ -274,7 +276,7 @@ class SubmitPipeline:
         error = Unavailable(f"no connection to {self.nodes.endpoints[node]}")
         for p in chunk:
             if not self.nodes.reached and (now - p.created >= FIRST_CONTACT or now >= p.deadline):
-                self.resolve(p, error=self.nodes.unreachable())
+                self.resolve(p, error=unreachable(self.nodes))
                 continue
             p.node = node
             self._retry_later(p, now, error, delay=CONNECT_RETRY)
