@@ -293,7 +293,7 @@ class Nodes:
                 services.append(service)
         if now is not None:
             self._retire_departed(services, now, release)
-        index_of = self._in_use()
+        index_of = self._indexes_in_use()
         new: list[str] = []
         for service in services:
             if service in self.aliases or service in self.refused or service in index_of:
@@ -323,7 +323,7 @@ class Nodes:
         self.placement = placement_from_ring(body, index_of, self.placement)
         return new
 
-    def _in_use(self) -> dict[str, int]:
+    def _indexes_in_use(self) -> dict[str, int]:
         """Endpoint -> index of every endpoint in use (retired ones left out)."""
         retired = self.retired
         return {endpoint: i for i, endpoint in enumerate(self.endpoints) if i not in retired}
@@ -345,7 +345,7 @@ class Nodes:
         those unnamed for :data:`DEPARTED_GRACE` that ``release`` let go."""
         named = self._named
         retired = self.retired
-        index_of = self._in_use()
+        index_of = self._indexes_in_use()
         index_of.update(self.aliases)
         for service in services:
             node = index_of.get(service, -1)
@@ -374,7 +374,8 @@ class Nodes:
             del self.aliases[alias]
 
     def learn_limits(self, node: int, value: Any) -> None:
-        """Node ``node`` answered a RING with these ``limits`` (see :func:`limits_from`)."""
+        """Node ``node`` answered a RING whose ``limits`` field is ``value``
+        (see :func:`limits_from`; None: an answer without any, or an error)."""
         limits = limits_from(value)
         if limits is not None:
             self.limits[node] = self._last_limits = limits

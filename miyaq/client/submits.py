@@ -99,6 +99,12 @@ class Unencodable(Exception):
 
 
 class SubmitPipeline:
+    """The submits of one :class:`~miyaq.client.core.ClientCore`, from
+    queued to resolved (the module's docstring). Called only by whoever
+    holds the core (its I/O context, or a caller on the short path). A
+    submit is resolved through ``resolver``, and ``on_resolved`` is called
+    for each one (a slot of the window is free)."""
+
     def __init__(self, nodes: Nodes, send: Send, resolver: Resolver, *, max_batch: int, ack_timeout: float,
                  on_resolved: Callable[[], None], ask_limits: Callable[[int], None] = lambda node: None) -> None:
         self.nodes = nodes
