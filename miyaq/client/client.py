@@ -242,6 +242,10 @@ class Client:
                        self._pause)
 
     def result(self, task_id: str, timeout: float | None = 60.0) -> Any:
+        """The task's decoded return value, waiting up to ``timeout`` seconds
+        (None: an hour). Raises TaskFailed (dead-lettered), TaskCancelled,
+        TaskExpired, Timeout (not finished yet) or NotFound (unknown or
+        forgotten id)."""
         return decode_outcome(task_id, self.wait_result(task_id, timeout))
 
     def call(self, name: str, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None, *,
@@ -284,10 +288,15 @@ class Client:
         return decode_outcome(handle.task_id, outcome)
 
     def tasks(self, queue: str | None = None, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Live and dead tasks' headers, at most ``limit`` (1 to 10,000), of
+        ``queue`` and in ``state`` if given."""
         return ops.run(ops.tasks(queue, state, limit), self._ask)
 
     def dead(self, op: str = "list", queue: str | None = None, ids: list[str] | None = None,
              limit: int = 100) -> dict[str, Any]:
+        """The dead-letter queue: ``op`` "list" (``{"tasks": [...]}``),
+        "retry" (``{"retried": [ids]}``: ``ids``, else all of ``queue`` or
+        of every queue) or "purge" (``{"purged": n}``)."""
         return ops.run(ops.dead(op, queue, ids, limit), self._ask)
 
     # -- pull consumers ----------------------------------------------------------------
@@ -313,6 +322,9 @@ class Client:
             raise MiyaqError(FORKED if self._forked else "client is closed")
 
     def close(self, flush: bool = True, timeout: float = 10.0) -> None:
+        """Flush (unless ``flush`` is False, up to ``timeout`` seconds) and
+        stop the I/O loop; idempotent. Calls still waiting in other threads,
+        and every later call, raise MiyaqError at once."""
         if self._closed:
             return
         timeout = seconds(timeout, "timeout")
@@ -345,6 +357,9 @@ class Received(ReceivedTask):
         self.client = client
 
     def ack(self, result: Any = None) -> bool:
+        """Done, with ``result`` (msgpack-encoded: TypeError, nothing sent,
+        if it cannot be) as the task's result. False if this attempt no
+        longer holds the task (cancelled, expired, finished, its lease ran out)."""
         return ops.run(ops.ack(self.id, self.attempt, result), self.client._ask)
 
     def touch(self) -> bool:
@@ -356,6 +371,9 @@ class Received(ReceivedTask):
         return ops.run(ops.touch(self.id, self.attempt), self.client._ask)
 
     def nack(self, error: str = "", *, retry: bool = True, delay: float | None = None) -> bool:
+        """Failed with ``error``: retried after ``delay`` seconds (else the
+        task's backoff), or dead-lettered with ``retry=False``. False if this
+        attempt was already given up on."""
         return ops.run(ops.nack(self.id, self.attempt, error, retry, delay), self.client._ask)
 
 
