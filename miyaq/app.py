@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Iterable, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Callable, Iterable, ParamSpec, TypeVar, Unpack, overload
 
 from .client.arguments import endpoint_list
 from .client.client import TASK_OPTIONS, Client, pack_args
@@ -30,8 +30,6 @@ from .protocol.taskspec import check_queue
 from .taskdef import SPLIT_OPTIONS, SubmitOptions, TaskDef, TaskOptions
 
 if TYPE_CHECKING:
-    from typing import Unpack
-
     from .aio import Client as AioClient
 
 __all__ = ["App", "SPLIT_OPTIONS", "SubmitOptions", "TaskDef", "TaskOptions", "check_task_options"]

@@ -20,15 +20,13 @@ from __future__ import annotations
 import inspect
 from datetime import datetime
 from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Generic, Iterable, ParamSpec, Protocol, TypeVar,
-                    overload)
+                    Unpack, overload)
 
 from .client.client import TASK_OPTIONS, Client
 from .client.options import TaskOptions
 from .client.handle import TaskHandle
 
 if TYPE_CHECKING:
-    from typing import Unpack
-
     from .aio import Client as AioClient
     from .aio import TaskHandle as AioTaskHandle
 

@@ -44,6 +44,8 @@ def test_call_status_cancel_tasks_and_errors(node, thread_worker):
     async def main() -> None:
         async with miyaq.aio.Client(node.endpoint) as client:
             assert await client.call("add", [2, 3], timeout=30) == 5
+            assert await client.call("add", [1, 1], id="aio-call-1", timeout=30) == 2   # an id of the caller's
+            assert (await client.status("aio-call-1"))["state"] == "done"
             later = await client.submit("echo", ["x"], countdown=600, wait=True)
             assert (await later.status())["state"] == "scheduled"
             assert [t["id"] for t in await client.tasks(state="scheduled")] == [later.id]

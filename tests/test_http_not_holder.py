@@ -191,3 +191,37 @@ def test_a_bad_key_or_replicas_parameter_is_refused_and_changes_nothing(ring, qu
         assert status == 400, (method, query, body)
         assert body["error"]["field"] == field, body
     assert cluster["n2"].state(tid) == "scheduled"
+
+
+def raw_get(port: int, target: bytes) -> tuple[int, Any]:
+    """A GET whose request target is sent as these bytes, unencoded (as
+    curl sends a literal ``?key=clé``)."""
+    sock = gevent.socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    finally:
+        sock.close()
+    head, _, answer = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(answer) if answer else None
+
+
+def test_a_key_sent_as_raw_utf8_names_the_same_holders_as_percent_encoded(ring):
+    """Fault: a query with raw bytes outside ASCII reached the handler as
+    Latin-1 (the WSGI convention), so ``?key=clé`` sent unencoded was read
+    as ``clÃ©`` and the holders named were another key's (or the node took
+    itself for a holder and said only "no task"). Raw UTF-8 now reads as
+    the UTF-8 it is; bytes that are not UTF-8 are a 400."""
+    from urllib.parse import quote
+    cluster, ports = ring
+    tid = cluster.task_id()
+    key = next(k for k in (f"clé-{n}-☃" for n in range(10_000)) if "n1" not in cluster.holders(tid, key=k))
+    holders = urls(ports, cluster.holders(tid, key=key))
+    status, encoded = call(ports["n1"], "GET", f"/tasks/{tid}?key={quote(key)}")
+    assert status == 404 and encoded["error"]["holders"] == holders, encoded
+    status, body = raw_get(ports["n1"], f"/tasks/{tid}?key={key}".encode())
+    assert status == 404 and body["error"]["holders"] == holders, body
+    status, body = raw_get(ports["n1"], f"/tasks/{tid}?key=".encode() + b"cl\xe9")   # Latin-1, not UTF-8
+    assert status == 400 and body["error"]["field"] == "query", body

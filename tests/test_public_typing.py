@@ -72,6 +72,8 @@ async def main() -> None:
     fetched: str = await fetch.call_async("x")
     total: int = await add.call_async(1, 2, timeout=1)
     ah: miyaq.aio.TaskHandle = await add.submit_async(1, 2, wait=True)
+    async with miyaq.aio.Client() as aio:
+        r: object = await aio.call("add", [1, 2], id=miyaq.new_id(), timeout=3, queue="q")
     await app.aclose()
 '''
 
@@ -163,3 +165,21 @@ def test_wrong_uses_fail(checked: dict[str, list[str]], number: int, line: str, 
     """Each wrong use is an error on its own line, with mypy's message."""
     errors = [e for e in checked["bad.py"] if e.startswith(f"bad.py:{number}: error:")]
     assert any(message in e for e in errors), f"{fault}: {line!r}\n" + "\n".join(checked["bad.py"])
+
+
+def test_the_public_signatures_resolve_at_run_time():
+    """Fault: ``Unpack`` was imported for the type checker only, so
+    ``typing.get_type_hints`` -- what pydantic's ``validate_call``,
+    typeguard and Sphinx call -- raised NameError on the public methods
+    that take ``**options``."""
+    import typing
+
+    import miyaq.aio
+
+    for method in (miyaq.Client.submit, miyaq.Client.submit_url, miyaq.Client.call, miyaq.aio.Client.submit,
+                   miyaq.aio.Client.call, miyaq.App.__init__, miyaq.TaskDef.submit_with):
+        # (TaskDef.submit_async names miyaq.aio's handle for the checker only, as
+        # before: importing miyaq.aio with miyaq would load asyncio before a gevent
+        # worker patches the standard library.)
+        hints = typing.get_type_hints(method, include_extras=True)
+        assert "return" in hints or method is miyaq.App.__init__, method

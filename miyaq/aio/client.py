@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable, Unpack
 
 from ..client import operations as ops
 from ..client.arguments import client_options, seconds, split_endpoints
@@ -29,9 +29,6 @@ from ..runtime.clock import monotonic
 from ..security.curve import client_curve
 from .driver import AsyncDriver
 from .futures import AioFuture
-
-if TYPE_CHECKING:
-    from typing import Unpack
 
 
 class Client:
@@ -168,10 +165,11 @@ class Client:
         return decode_outcome(task_id, await self.wait_result(task_id, timeout))
 
     async def call(self, name: str, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None, *,
-                   timeout: float | None = 60.0, **options: Unpack[CallOptions]) -> Any:
-        """Submit, wait for acceptance, then for the result (``timeout``: the wait)."""
+                   id: str | None = None, timeout: float | None = 60.0, **options: Unpack[CallOptions]) -> Any:
+        """Submit, wait for acceptance, then for the result (``timeout``: the
+        wait; ``id``: the task's id, else a new one)."""
         timeout = seconds(timeout, "timeout", optional=True)
-        handle = await self.submit(name, args, kwargs, wait=True, **options)
+        handle = await self.submit(name, args, kwargs, id=id, wait=True, **options)
         return await handle.result(timeout)
 
     async def tasks(self, queue: str | None = None, state: str | None = None,

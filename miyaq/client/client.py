@@ -26,7 +26,7 @@ import os
 import weakref
 from contextlib import contextmanager
 from time import monotonic   # miyaq.runtime.monotonic, without importing the runtime (gevent) here
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Unpack
 
 from ..devstate import default_connect
 from ..errors import Busy, MiyaqError, NotFound, Timeout, Unavailable
@@ -45,9 +45,6 @@ from .options import CallOptions, ClientOptions, TaskOptions
 from .pending import Pending
 from .wire import (TASK_OPTIONS, ReceivedTask, check_request, decode_outcome, new_id, pack_args, submit_id, task_wire,
                    url_wire)
-
-if TYPE_CHECKING:
-    from typing import Unpack
 
 logger = logging.getLogger(__name__)
 

@@ -157,10 +157,22 @@ class Request:
 
     @property
     def query(self) -> dict[str, list[str]]:
+        """The query's parameters, percent-decoded as UTF-8. A query sent
+        with raw bytes outside ASCII (curl sends a literal ``?key=clé`` so)
+        is read as the UTF-8 it is -- the server hands it over as Latin-1,
+        as WSGI says -- and one that is not UTF-8 is a 400: before
+        2026-12-06 such a key was read garbled and named another key's
+        holders."""
         if self._query is None:
+            raw = self.environ.get("QUERY_STRING", "")
+            if not raw.isascii():
+                try:
+                    raw = raw.encode("latin-1").decode("utf-8")
+                except (UnicodeEncodeError, UnicodeDecodeError):
+                    raise InvalidField("the query string is not UTF-8: percent-encode it as UTF-8 (é as %C3%A9)",
+                                       field="query") from None
             try:
-                self._query = parse_qs(self.environ.get("QUERY_STRING", ""), keep_blank_values=True,
-                                       max_num_fields=MAX_FORM_FIELDS)
+                self._query = parse_qs(raw, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
             except ValueError as exc:   # too many fields
                 raise InvalidField(f"the query string is malformed: {exc}", field="query") from None
         return self._query
