@@ -18,12 +18,14 @@ def setup_logging(level: str = "INFO") -> None:
     record: miyaq's own messages with their control characters escaped
     (:class:`OneLineMessages`), the ZooKeeper client's tracebacks too, except
     at DEBUG (:class:`OneLineLibraryErrors`); the ZooKeeper password never
-    (:class:`ZooKeeperCredentials`)."""
+    (:class:`ZooKeeperCredentials`); the ZooKeeper client's reconnect lines
+    at a bounded rate (:class:`ZooKeeperReconnects`)."""
     numeric = getattr(logging, level.upper(), logging.INFO)
     stderr = logging.StreamHandler()
     stderr.setFormatter(OneLineMessages(FORMAT))
     logging.basicConfig(level=numeric, handlers=[stderr])
     redact_zookeeper_credentials()
+    quiet_zookeeper_reconnects()
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, ZooKeeperCredentials) for f in handler.filters):
             handler.addFilter(ZooKeeperCredentials())     # a record of another kazoo logger too
@@ -148,6 +150,64 @@ def redact_zookeeper_credentials() -> None:
         target = logging.getLogger(name)
         if not any(isinstance(f, ZooKeeperCredentials) for f in target.filters):
             target.addFilter(ZooKeeperCredentials())
+
+
+#: The lines kazoo's connection loop writes for each try while no ZooKeeper
+#: server answers (its format strings, kazoo 2.x): two a try, about one try a
+#: second for as long as the outage lasts.
+KAZOO_RECONNECT_LINES = ("Connecting to %s(%s):%s, use_ssl: %r", "Connection dropped: %s",
+                         "Connection time-out: %s")
+
+
+class ZooKeeperReconnects(logging.Filter):
+    """kazoo's reconnect lines (:data:`KAZOO_RECONNECT_LINES`) at most
+    ``burst`` of each per ``per`` seconds; the ones held back are counted,
+    and the count is told on the next one let through ("(N more like it in
+    the last 60s)"). A node that lost ZooKeeper for an hour wrote about
+    7,200 of them before 2026-12-06 (a ZooKeeper outage of 27 s: 54 lines a
+    node), burying miyaq's own lines -- "ZooKeeper connection suspended",
+    "resumed", "session lost" -- which are never held back, nor is any
+    other kazoo line. At DEBUG (``--log-level DEBUG``) every line passes."""
+
+    PREFIX = "kazoo"
+
+    def __init__(self, burst: int = 2, per: float = 60.0) -> None:
+        super().__init__()
+        self.burst = burst
+        self.per = per
+        self._windows: dict[str, list[float]] = {}   # format string -> [window start, let through, held back]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg not in KAZOO_RECONNECT_LINES or not record.name.startswith(self.PREFIX):
+            return True
+        if logging.getLogger(record.name).getEffectiveLevel() <= logging.DEBUG:
+            return True
+        now = monotonic()
+        window = self._windows.get(record.msg)
+        if window is None or now - window[0] >= self.per:
+            held = int(window[2]) if window is not None else 0
+            window = self._windows[record.msg] = [now, 0.0, 0.0]
+            if held:
+                try:
+                    message = record.getMessage()
+                except Exception:       # a filter must not raise into the library's logging call
+                    message = str(record.msg)
+                record.msg = f"{message} ({held} more like it in the last {self.per:.0f}s)"
+                record.args = None
+        if window[1] >= self.burst:
+            window[2] += 1
+            return False
+        window[1] += 1
+        return True
+
+
+def quiet_zookeeper_reconnects() -> None:
+    """Put :class:`ZooKeeperReconnects` on kazoo's loggers
+    (:data:`KAZOO_LOGGERS`), once."""
+    for name in KAZOO_LOGGERS:
+        target = logging.getLogger(name)
+        if not any(isinstance(f, ZooKeeperReconnects) for f in target.filters):
+            target.addFilter(ZooKeeperReconnects())
 
 
 class LogLimiter:

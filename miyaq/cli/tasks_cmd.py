@@ -155,7 +155,12 @@ def _print_node_status(status: dict[str, Any]) -> None:
     print(f"node {_shown(status['node'])}  version {_shown(status['version'])}  up {status['uptime']:.0f}s  "
           f"accepting {_shown(status['accepting'])}")
     totals = status["totals"]
-    print(_shown(f"live {totals['live']}  dead {totals['dead']}  workers {totals['workers']}"))
+    bound = status.get("max_tasks")
+    live = f"live {totals['live']}" + (f" of {bound}" if bound else "")
+    print(_shown(f"{live}  dead {totals['dead']}  workers {totals['workers']}"))
+    if bound and totals["live"] >= bound:
+        print(_shown(f"FULL: {totals['live']} live tasks, max_tasks {bound}: new tasks are refused busy until "
+                     "workers finish some (or raise max_tasks)"))
     memory = status.get("memory")
     if memory:
         print(f"payloads {_mib(memory['payload_bytes'])} of {_mib(memory['max_bytes'])}  "

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any, Callable, Iterable
+from urllib.parse import urlsplit
 
 from miyaq.config import NodeConfig
 from miyaq.constants import MAX_QUEUES, TIMER_BATCH
@@ -37,8 +38,21 @@ logger = logging.getLogger(__name__)
 # together: a few lines a minute name examples, the rest are counted.
 _log = LogLimiter(logger)
 
+#: Characters of a dead task's error message on its log line (the whole of it is
+#: in ``miyaq dead list`` and ``miyaq status ID``).
+DEAD_LINE_MESSAGE = 200
+
 LISTED_STATES = LIVE_STATES + (DEAD,)
 """The states a task listing can find (finished tasks are tombstones, never listed)."""
+
+
+def _what(task: Task) -> str:
+    """A task's handler, or its webhook's destination without path and query
+    (a URL may carry a token in its query: a log is read more widely)."""
+    if task.url is None:
+        return str(task.name)
+    parts = urlsplit(task.url)
+    return f"webhook to {parts.scheme}://{parts.netloc}"
 
 
 class Engine(ReplicaCopies):
@@ -288,6 +302,13 @@ class Engine(ReplicaCopies):
                 listener.task_retrying(task, reason)
         else:
             self._kill(task)
+            # The node that ran out the task's attempts says so (its other holders
+            # only apply the outcome): nothing else tells an operator that a task
+            # is in the dead-letter queue until someone lists it.
+            error = task.error or {}
+            _log.log(logging.WARNING, "dead letter", "task %s (%s) in queue %s dead-lettered after %d attempt(s): "
+                     "%s: %s (`miyaq dead list`, `miyaq dead retry ID`)", task.id, _what(task), task.queue,
+                     task.attempt, error.get("type", "?"), str(error.get("message", ""))[:DEAD_LINE_MESSAGE])
 
     # -- control -----------------------------------------------------------------
     def cancel(self, task_id: str, now: float) -> tuple[bool, str]:

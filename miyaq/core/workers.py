@@ -78,7 +78,7 @@ class WorkerRegistry:
         # (a connection that says READY under another worker's id): both go,
         # so neither is left in one index only, never dropped.
         for old in {id(w): w for w in (self.by_wid.get(wid), self.by_identity.get(identity)) if w is not None}.values():
-            self.drop(old, "worker re-registered", now)
+            self.drop(old, "registered again", now)
         worker = WorkerConsumer(self.endpoint, identity, wid, queues, capacity, monotonic(), info, key)
         worker.holder_endpoints = self.directory.holder_endpoints
         self.by_identity[identity] = worker
@@ -147,11 +147,16 @@ class WorkerRegistry:
             del self.by_wid[worker.wid]
         self.dispatcher.forget(worker)
         tasks = list(worker.running.values())
+        named = _some_tasks(tasks)      # before lose(): a task put back is detached from the worker
         for task in tasks:
             self.engine.lose(task, f"worker {worker.wid} {reason}", now)
-        if tasks or reason != "said goodbye":
-            _log.log(logging.INFO, "worker gone", "worker %s %s; %d task(s) put back", worker.wid, reason,
-                     len(tasks))
+        if tasks:
+            # An attempt spent on every task it held: a handler that kills its
+            # process (a poison task) shows here first, so the line names them.
+            _log.log(logging.WARNING, "worker gone", "worker %s %s; %d task(s) it was running put back "
+                     "(attempt spent): %s", worker.wid, reason, len(tasks), named)
+        elif reason != "said goodbye":
+            _log.log(logging.INFO, "worker gone", "worker %s %s; it was running no task", worker.wid, reason)
         return len(tasks)
 
     def drop_key(self, key: str, now: float) -> int:
@@ -215,3 +220,16 @@ class WorkerRegistry:
             for q in worker.queues:
                 counts[q] = counts.get(q, 0) + 1
         return counts
+
+
+#: Tasks named in the line that says a worker went with tasks (the rest counted).
+NAMED_TASKS = 5
+
+
+def _some_tasks(tasks: list[Any]) -> str:
+    """The first :data:`NAMED_TASKS` tasks as ``id (handler or URL, attempt N)``,
+    and how many more: what an operator needs to find a task that kills its
+    worker (``miyaq status ID``)."""
+    shown = ", ".join(f"{t.id} ({t.name or t.url}, attempt {t.attempt})" for t in tasks[:NAMED_TASKS])
+    more = len(tasks) - NAMED_TASKS
+    return shown + (f" and {more} more" if more > 0 else "")

@@ -44,7 +44,9 @@ LIKELY: dict[str, str] = {
     MECHANISM_MISMATCH: "keys on one side only: a client, worker or node without keys while this node has "
                         "--keys, or with keys while it has none",
     CRYPTOGRAPHIC_ERROR: "a client, worker or node given another node key (--server-key) than this node's",
-    CLOSED_IN_HANDSHAKE: "connections closed in the middle of their handshake",
+    CLOSED_IN_HANDSHAKE: "something that is not a ZeroMQ peer (an HTTP client, a port scanner, a load "
+                         "balancer's TCP check: wrong port?), or peers that closed or stopped in the middle of "
+                         "their handshake",
 }
 
 

@@ -1,0 +1,122 @@
+"""What an operator paged at night sees first (docs/operations.md): the log
+line or the status line an incident shows, with the ids needed to act on
+it. Each test's docstring names the incident it stages."""
+from __future__ import annotations
+
+import logging
+import socket
+
+import pytest
+
+from apps import basic
+from miyaq.cli.tasks_cmd import _print_node_status
+from miyaq.store.task import Task
+from miyaq.testing.harness import wait_for
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def _warnings(caplog: pytest.LogCaptureFixture, logger: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == logger and r.levelno == logging.WARNING]
+
+
+def test_a_task_that_kills_its_worker_is_named_in_a_warning_and_its_dead_letter_too(make_node, procs, client_for,
+                                                                                     caplog):
+    """Incident: a poison task -- its handler kills the worker process
+    (here kill -9 of the worker while it runs the task, as ``os._exit`` in
+    the handler does). The node said only "worker W went silent; 1 task(s)
+    put back", at INFO, naming no task, and nothing when the task reached
+    the dead-letter queue. Now a WARNING names the task (id, handler,
+    attempt), and another its dead-lettering."""
+    node = make_node(liveness=3)
+    client = client_for(node.endpoint)
+    victim = procs.worker("apps.basic:app", node.endpoint, 1, "--prefetch", "0")
+    caplog.set_level(logging.INFO)
+    handle = client.submit("sleep", [60], id="poison-1", max_retries=0, wait=True)
+    wait_for(lambda: client.status(handle.id)["state"] == "running", timeout=30, what="the task running")
+    victim.kill()
+    wait_for(lambda: client.status(handle.id)["state"] == "dead", timeout=30, what="the task dead-lettered")
+    gone = _warnings(caplog, "miyaq.core.workers")
+    assert any("went silent" in m and "poison-1 (sleep, attempt 1)" in m for m in gone), gone
+    dead = _warnings(caplog, "miyaq.core.engine")
+    assert any("poison-1 (sleep) in queue default dead-lettered after 1 attempt(s): Lost" in m for m in dead), dead
+
+
+def test_a_handler_that_fails_every_time_is_named_when_it_is_dead_lettered(node, client, thread_worker, caplog):
+    """Incident: a handler that raises on every attempt. Its task reached
+    the dead-letter queue without a line in the node's log: the operator
+    learned of it only by listing dead letters. Now a WARNING names it, its
+    attempts and its error."""
+    thread_worker(basic.app, node.endpoint, queues=["default"], concurrency=1)
+    caplog.set_level(logging.INFO)
+    handle = client.submit("boom", id="boom-1", max_retries=2, backoff=0.01, wait=True)
+    wait_for(lambda: client.status(handle.id)["state"] == "dead", timeout=30, what="the task dead-lettered")
+    wait_for(lambda: _warnings(caplog, "miyaq.core.engine"), timeout=10, what="the warning")
+    dead = _warnings(caplog, "miyaq.core.engine")
+    assert any("boom-1 (boom) in queue default dead-lettered after 3 attempt(s)" in m and "kaboom" in m
+               for m in dead), dead
+
+
+def test_a_dead_webhook_is_named_by_its_destination_without_its_path_and_query() -> None:
+    """A webhook URL may carry a token in its query: the dead-letter line
+    names the destination's scheme and host only."""
+    from miyaq.core.engine import _what      # here: the other tests run against code without it
+
+    hook = Task("h1", "hooks", None, b"", url="https://hooks.example.com:8443/in?token=s3cret")
+    assert _what(hook) == "webhook to https://hooks.example.com:8443"
+    assert _what(Task("t1", "default", "add", b"")) == "add"
+
+
+def test_garbage_on_the_service_port_is_named_as_a_likely_stranger(make_node, caplog):
+    """Incident: something that is not a ZeroMQ peer -- an HTTP request sent
+    to the service port -- connects. The node's warning read "closed in the
+    handshake -- likely connections closed in the middle of their
+    handshake", which says nothing the first half did not. Now it names
+    what it most likely is."""
+    node = make_node()
+    caplog.set_level(logging.WARNING, logger="miyaq.security.handshakes")
+    with socket.create_connection(("127.0.0.1", node.config.port), timeout=5) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.recv(64)       # libzmq's greeting; then it closes on the bad one
+    wait_for(lambda: _warnings(caplog, "miyaq.security.handshakes"), timeout=20, what="the handshake warning")
+    warning = _warnings(caplog, "miyaq.security.handshakes")[0]
+    assert "service port" in warning and "not a ZeroMQ peer (an HTTP client" in warning, warning
+
+
+def _record(msg: str, *args: object) -> logging.LogRecord:
+    return logging.LogRecord("kazoo.client", logging.WARNING, __file__, 1, msg, args, None)
+
+
+def test_zookeeper_reconnect_lines_are_bounded_and_counted() -> None:
+    """Incident: ZooKeeper stopped for 27 s under a cluster of three. kazoo
+    wrote "Connecting to ..." and "Connection dropped: ..." about once a
+    second on every node (54 lines a node; 7,200 an hour): miyaq's own
+    "ZooKeeper connection suspended" drowned in them. Now two of each a
+    minute pass; the next one let through says how many were held back;
+    other kazoo lines always pass."""
+    from miyaq.logs import ZooKeeperReconnects      # here: the other tests run against code without it
+
+    quiet = ZooKeeperReconnects(burst=2, per=60.0)
+    dropped = [quiet.filter(_record("Connection dropped: %s", "refused")) for _ in range(10)]
+    assert dropped == [True, True] + [False] * 8
+    assert quiet.filter(_record("Connecting to %s(%s):%s, use_ssl: %r", "zk", "127.0.0.1", 2181, False))
+    assert quiet.filter(_record("Session has expired"))
+    quiet._windows["Connection dropped: %s"][0] -= 60.0      # a minute later
+    later = _record("Connection dropped: %s", "refused")
+    assert quiet.filter(later)
+    assert later.getMessage() == "Connection dropped: refused (8 more like it in the last 60s)"
+
+
+def test_status_says_when_the_node_is_full(make_node, client_for, capsys):
+    """Incident: workers gone, producers submitting: the node fills up to
+    ``max_tasks`` and refuses every new task ``busy``, while ``miyaq
+    status`` said "accepting True  live 2" and nothing of the bound. Now it
+    shows the bound and says the node is full."""
+    node = make_node(max_tasks=2)
+    client = client_for(node.endpoint, submit_timeout=1.0)
+    for i in range(2):
+        client.submit("add", [i, 1], countdown=600, wait=True)
+    _print_node_status(client.status())
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith("live 2 of 2 "), out
+    assert out[2].startswith("FULL: 2 live tasks, max_tasks 2: new tasks are refused busy"), out
