@@ -147,16 +147,17 @@ class WorkerRegistry:
             del self.by_wid[worker.wid]
         self.dispatcher.forget(worker)
         tasks = list(worker.running.values())
-        named = _some_tasks(tasks)      # before lose(): a task put back is detached from the worker
-        for task in tasks:
-            self.engine.lose(task, f"worker {worker.wid} {reason}", now)
         if tasks:
             # An attempt spent on every task it held: a handler that kills its
-            # process (a poison task) shows here first, so the line names them.
-            _log.log(logging.WARNING, "worker gone", "worker %s %s; %d task(s) it was running put back "
-                     "(attempt spent): %s", worker.wid, reason, len(tasks), named)
+            # process (a poison task) shows here first, so the line names them
+            # (before lose(), which may dead-letter one and log that too).
+            _log.log(logging.WARNING, "worker gone", "worker %s %s; %d task(s) it was running lost an attempt "
+                     "(put back, or dead-lettered after their last): %s", worker.wid, reason, len(tasks),
+                     _some_tasks(tasks))
         elif reason != "said goodbye":
             _log.log(logging.INFO, "worker gone", "worker %s %s; it was running no task", worker.wid, reason)
+        for task in tasks:
+            self.engine.lose(task, f"worker {worker.wid} {reason}", now)
         return len(tasks)
 
     def drop_key(self, key: str, now: float) -> int:
