@@ -9,11 +9,25 @@ import socket
 import pytest
 
 from apps import basic
+from miyaq import Busy
 from miyaq.cli.tasks_cmd import _print_node_status
 from miyaq.store.task import Task
 from miyaq.testing.harness import wait_for
 
 pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture(autouse=True)
+def fresh_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lines' rate limits are the modules' own: other tests in this
+    process may have spent this minute's lines of a kind."""
+    from miyaq.core import engine, workers
+    from miyaq.logs import LogLimiter
+
+    for module, name in ((engine, "_log"), (engine, "_full"), (workers, "_log")):
+        limiter = getattr(module, name, None)
+        if limiter is not None:
+            monkeypatch.setattr(module, name, LogLimiter(limiter.logger, burst=limiter.burst, per=limiter.per))
 
 
 def _warnings(caplog: pytest.LogCaptureFixture, logger: str) -> list[str]:
@@ -107,15 +121,21 @@ def test_zookeeper_reconnect_lines_are_bounded_and_counted() -> None:
     assert later.getMessage() == "Connection dropped: refused (8 more like it in the last 60s)"
 
 
-def test_status_says_when_the_node_is_full(make_node, client_for, capsys):
+def test_a_full_node_says_so_in_its_log_and_its_status(make_node, client_for, capsys, caplog):
     """Incident: workers gone, producers submitting: the node fills up to
-    ``max_tasks`` and refuses every new task ``busy``, while ``miyaq
-    status`` said "accepting True  live 2" and nothing of the bound. Now it
-    shows the bound and says the node is full."""
+    ``max_tasks`` and refuses every new task ``busy`` -- without a line in
+    its log, while ``miyaq status`` said "accepting True  live 2" and
+    nothing of the bound. Now a warning says so (once a minute, with the
+    count), and the status shows the bound and says the node is full."""
     node = make_node(max_tasks=2)
     client = client_for(node.endpoint, submit_timeout=1.0)
     for i in range(2):
         client.submit("add", [i, 1], countdown=600, wait=True)
+    caplog.set_level(logging.WARNING, logger="miyaq.core.engine")
+    with pytest.raises(Busy):
+        client.submit("add", [9, 1], wait=True)
+    full = _warnings(caplog, "miyaq.core.engine")
+    assert any("refusing new tasks busy: the node holds 2 live tasks, its max_tasks" in m for m in full), full
     _print_node_status(client.status())
     out = capsys.readouterr().out.splitlines()
     assert out[1].startswith("live 2 of 2 "), out

@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 # A lost worker's leases run out together, and its late reports come
 # together: a few lines a minute name examples, the rest are counted.
 _log = LogLimiter(logger)
+# A full node refuses every submit, and clients retry each: one line a
+# minute says so, with the count of the refusals it stands for.
+_full = LogLimiter(logger, burst=1)
 
 #: Characters of a dead task's error message on its log line (the whole of it is
 #: in ``miyaq dead list`` and ``miyaq status ID``).
@@ -85,8 +88,13 @@ class Engine(ReplicaCopies):
         if not (self.accepting or copy):
             raise ShuttingDown("node is shutting down and accepts no new tasks")
         if len(table.live) >= self.config.max_tasks:
-            raise Busy(f"node holds {len(table.live)} tasks, its limit")
+            _full.warning("full", "refusing new tasks busy: the node holds %d live tasks, its max_tasks "
+                          "(are workers taking them? `miyaq status`)", len(table.live))
+            raise Busy(f"node holds {len(table.live)} live tasks, its max_tasks: it takes new ones as "
+                       "workers finish some")
         if table.payload_bytes + len(task.body) > self.config.max_bytes:
+            _full.warning("full bytes", "refusing new tasks busy: the node holds %d bytes of task payloads, "
+                          "max_bytes %d", table.payload_bytes, self.config.max_bytes)
             raise Busy(f"node holds {table.payload_bytes} bytes of task payloads; max_bytes is "
                        f"{self.config.max_bytes}", reason="bytes")
         if table.result_bytes >= self.config.max_result_bytes:
