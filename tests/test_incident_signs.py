@@ -140,3 +140,33 @@ def test_a_full_node_says_so_in_its_log_and_its_status(make_node, client_for, ca
     out = capsys.readouterr().out.splitlines()
     assert out[1].startswith("live 2 of 2 "), out
     assert out[2].startswith("FULL: 2 live tasks, max_tasks 2: new tasks are refused busy"), out
+
+
+def test_messages_of_a_client_that_is_not_a_miyaq_client_are_logged(make_node, caplog):
+    """Incident: a client that is not a miyaq client -- a REQ socket (an
+    empty frame in front), a body that is not msgpack, an unknown command.
+    Each was answered with an ERROR (a REQ socket drops it and waits for
+    ever) and counted, but only another protocol version was logged. Now
+    the first of each code is a warning, with the code (and every
+    thousandth after)."""
+    import zmq
+
+    from miyaq.protocol import commands as c
+
+    node = make_node()
+    caplog.set_level(logging.WARNING, logger="miyaq.core.service")
+    ctx = zmq.Context()
+    try:
+        for frames in ([b"", c.TAG, c.STATUS, b"\x80"], [c.TAG, c.STATUS, b"\xc1"], [c.TAG, b"FROB", b"\x80"]):
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVTIMEO, 10_000)
+            sock.connect(node.endpoint)
+            sock.send_multipart(frames)
+            assert sock.recv_multipart()[1] == b"ERROR"
+            sock.close()
+    finally:
+        ctx.destroy(linger=0)
+    refused = _warnings(caplog, "miyaq.core.service")
+    for code in ("bad_frame", "bad_encoding", "unknown_command"):
+        assert any(f"(1 so far, code {code})" in m for m in refused), (code, refused)

@@ -31,7 +31,7 @@ from miyaq.constants import (
 )
 from miyaq.core import ignored
 from miyaq.core.unread import UnreadAnswers, wire_bytes
-from miyaq.errors import BadFrame, BadVersion, MiyaqError, ProtocolError, Timeout, TooLarge, TooManyValues
+from miyaq.errors import BadFrame, MiyaqError, ProtocolError, Timeout, TooLarge, TooManyValues
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c
 from miyaq.runtime import green, wall
@@ -43,7 +43,9 @@ from miyaq.security.keystore import Identity
 logger = logging.getLogger(__name__)
 
 VERSION_WARN_EVERY = 1000
-"""A client speaking another protocol version is logged on its first message and every this many."""
+"""A message refused before it is read (another protocol version, frames,
+encoding, an unknown command, too large) is logged on the first of its
+code and every this many."""
 
 Handler = Callable[[bytes, dict[str, Any], float], None]
 
@@ -275,10 +277,12 @@ class ServiceEndpoint:
             if isinstance(err, TooManyValues):
                 self.ignored.ignore(identity, "service", err.message)
                 err.message += ignored.WHY
-            if isinstance(err, BadVersion) and self.errors[err.code] % VERSION_WARN_EVERY == 0:
-                # A client of another protocol version: say so where the operator looks.
-                logger.warning("refused a client's message (%d so far): %s", self.errors[err.code] + 1,
-                               err.message)
+            if self.errors[err.code] % VERSION_WARN_EVERY == 0:
+                # A client of another protocol version, or one that is not a
+                # miyaq client (a REQ socket, another encoding): say so where
+                # the operator looks -- its own error reply may never be read.
+                logger.warning("refused a client's message (%d so far, code %s): %s", self.errors[err.code] + 1,
+                               err.code, err.message)
             else:
                 logger.debug("bad message from %r: %s", identity, err.message)
             self.error(identity, err)
@@ -307,7 +311,11 @@ class ServiceEndpoint:
             err = BadFrame(f"expected {c.FRAMES} frames [tag, command, body], got {refused.frames - 1}")
         else:
             err = TooLarge(f"message of {refused.size} bytes exceeds the limit of {self.message_limit}")
-        logger.debug("refused a message from %r: %s", refused.head, err.message)
+        if self.errors[err.code] % VERSION_WARN_EVERY == 0:
+            logger.warning("refused a client's message (%d so far, code %s): %s", self.errors[err.code] + 1,
+                           err.code, err.message)
+        else:
+            logger.debug("refused a message from %r: %s", refused.head, err.message)
         self.error(refused.head, err)
 
     def serve(self) -> None:
