@@ -170,3 +170,25 @@ def test_messages_of_a_client_that_is_not_a_miyaq_client_are_logged(make_node, c
     refused = _warnings(caplog, "miyaq.core.service")
     for code in ("bad_frame", "bad_encoding", "unknown_command"):
         assert any(f"(1 so far, code {code})" in m for m in refused), (code, refused)
+
+
+def test_status_into_a_pipe_whose_reader_went_away_ends_without_a_traceback(make_node):
+    """Incident: an operator runs ``miyaq status | head -3``; ``head``
+    exits after three lines and the command ended with a BrokenPipeError
+    traceback on the terminal, below the lines asked for. Now it ends with
+    141 (128 + SIGPIPE), as other commands do, and says nothing."""
+    import os
+    import subprocess
+    import sys
+
+    node = make_node()
+    read, write = os.pipe()
+    os.close(read)          # the reader is gone before the command writes a line
+    try:
+        proc = subprocess.run([sys.executable, "-m", "miyaq", "status", "--connect", node.endpoint],
+                              stdout=write, stderr=subprocess.PIPE, timeout=60,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    finally:
+        os.close(write)
+    assert b"Traceback" not in proc.stderr and b"BrokenPipeError" not in proc.stderr, proc.stderr.decode()
+    assert proc.returncode == 141, (proc.returncode, proc.stderr.decode())

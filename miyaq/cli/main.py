@@ -3,6 +3,7 @@ module of its own and registers itself here."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable
 
@@ -33,16 +34,28 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; its exit status. A Ctrl-C at any point after this
     module is imported -- while the commands' modules load, too -- ends with
-    130 and no traceback."""
+    130 and no traceback; output to a pipe whose reader went away, with 141
+    and no traceback."""
     try:
         args = build_parser().parse_args(argv)
         run: Callable[[argparse.Namespace], int] = args.run
-        return run(args) or 0
+        code = run(args) or 0
+        sys.stdout.flush()      # here, where a closed pipe is caught, not at the interpreter's exit
+        return code
     except MiyaqError as err:
         print(f"miyaq: error: {err.message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader of the output went away (`miyaq status | head -3`): as
+        # other commands do, end without a traceback (141: 128 + SIGPIPE).
+        # What is still buffered goes nowhere, not to a second error at exit.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 141
 
 
 if __name__ == "__main__":
