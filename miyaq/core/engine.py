@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 from typing import Any, Callable, Iterable
-from urllib.parse import urlsplit
 
 from miyaq.config import NodeConfig
 from miyaq.constants import MAX_QUEUES, TIMER_BATCH
@@ -31,6 +30,7 @@ from miyaq.store.table import Tombstone
 from miyaq.store.tally import Tally
 from miyaq.store.task import (
     CANCELLED, DEAD, DONE, EXPIRED, LIVE_STATES, READY, RETRYING, RUNNING, SCHEDULED, Task, count_revival,
+    handler_label,
 )
 
 logger = logging.getLogger(__name__)
@@ -47,15 +47,6 @@ DEAD_LINE_MESSAGE = 200
 
 LISTED_STATES = LIVE_STATES + (DEAD,)
 """The states a task listing can find (finished tasks are tombstones, never listed)."""
-
-
-def _what(task: Task) -> str:
-    """A task's handler, or its webhook's destination without path and query
-    (a URL may carry a token in its query: a log is read more widely)."""
-    if task.url is None:
-        return str(task.name)
-    parts = urlsplit(task.url)
-    return f"webhook to {parts.scheme}://{parts.netloc}"
 
 
 class Engine(ReplicaCopies):
@@ -315,7 +306,7 @@ class Engine(ReplicaCopies):
             # is in the dead-letter queue until someone lists it.
             error = task.error or {}
             _log.log(logging.WARNING, "dead letter", "task %s (%s) in queue %s dead-lettered after %d attempt(s): "
-                     "%s: %s (`miyaq dead list`, `miyaq dead retry ID`)", task.id, _what(task), task.queue,
+                     "%s: %s (`miyaq dead list`, `miyaq dead retry ID`)", task.id, handler_label(task), task.queue,
                      task.attempt, error.get("type", "?"), str(error.get("message", ""))[:DEAD_LINE_MESSAGE])
 
     # -- control -----------------------------------------------------------------

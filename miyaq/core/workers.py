@@ -37,6 +37,7 @@ from miyaq.errors import Busy, Forbidden
 from miyaq.logs import LogLimiter
 from miyaq.protocol import commands as c
 from miyaq.runtime import monotonic
+from miyaq.store.task import Task, handler_label
 
 logger = logging.getLogger(__name__)
 #: Workers coming and going are logged one by one -- up to this many lines a
@@ -227,10 +228,10 @@ class WorkerRegistry:
 NAMED_TASKS = 5
 
 
-def _some_tasks(tasks: list[Any]) -> str:
+def _some_tasks(tasks: list[Task]) -> str:
     """The first :data:`NAMED_TASKS` tasks as ``id (handler or URL, attempt N)``,
     and how many more: what an operator needs to find a task that kills its
     worker (``miyaq status ID``)."""
-    shown = ", ".join(f"{t.id} ({t.name or t.url}, attempt {t.attempt})" for t in tasks[:NAMED_TASKS])
+    shown = ", ".join(f"{t.id} ({handler_label(t)}, attempt {t.attempt})" for t in tasks[:NAMED_TASKS])
     more = len(tasks) - NAMED_TASKS
     return shown + (f" and {more} more" if more > 0 else "")

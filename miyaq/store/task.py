@@ -40,6 +40,7 @@ import gc
 import weakref
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from miyaq.runtime.heap import track, untrack
 
@@ -377,3 +378,13 @@ def count_revival(task: Task, at_least: int | None = None) -> None:
     since this copy last heard). A new ``meta``: the old one may be shared."""
     count = min(max(revivals(task) + 1, at_least or 0), MAX_REVIVALS)
     task.meta = {**(task.meta or {}), "revived": count}
+
+
+def handler_label(task: Task) -> str:
+    """For a log line: the task's handler, or its webhook's destination
+    without path and query (a URL may carry a token in its query, and a
+    log is read more widely than the task)."""
+    if task.url is None:
+        return str(task.name)
+    parts = urlsplit(task.url)
+    return f"webhook to {parts.scheme}://{parts.netloc}"
