@@ -79,9 +79,15 @@ class RingFollower:
             members = view.members
             role.subscriber.expect_heartbeats(role.node_id in members)
             mono = monotonic()
-            for node_id, member in old.members.items():
-                if node_id not in members and node_id != role.node_id:
-                    self._departed[node_id] = (member, mono + DEPARTED_GRACE)
+            left = [n for n in old.members if n not in members and n != role.node_id]
+            for node_id in left:
+                self._departed[node_id] = (old.members[node_id], mono + DEPARTED_GRACE)
+            if left and old.epoch:
+                # The first sign of a lost member where an operator looks (the
+                # ring line below is INFO): which, and what follows.
+                logger.warning("ring epoch %d: %s left the ring (stopped, killed, frozen or cut off from ZooKeeper "
+                               "past its session timeout, or taken out with `miyaq leave`); its tasks' copies move "
+                               "to the other members", view.epoch, ", ".join(sorted(left)))
             # Back in the ring (restarted): our link to it lost its connection
             # and may wait seconds before it retries; make it anew.
             returned = [n for n in members if self._departed.pop(n, None) is not None]
