@@ -109,6 +109,30 @@ def test_ring_gauges_come_from_the_role(make_http_node):
         api.close()
 
 
+def test_the_task_limit_and_the_zookeeper_session_are_gauges(make_http_node):
+    """An operator could not alert on a node nearly full (no series held
+    ``max_tasks``) nor on a lost ZooKeeper session (STATUS only); the
+    oncall audit. Now ``miyaq_live_tasks_limit`` always, and on a clustered
+    node ``miyaq_zookeeper_connected`` (1 connected, else 0)."""
+    from miyaq.gateway.metrics import CLUSTER_COUNTERS
+
+    node = make_http_node(max_tasks=123)
+    api = Http(node.url)
+    try:
+        samples = scrape(api)
+        assert value(samples, "miyaq_live_tasks_limit") == 123
+        assert value(samples, "miyaq_zookeeper_connected") is None       # standalone: no session
+        gauges = node.call(lambda: node.node.part("metrics").cluster)
+        for state, expected in (("suspended", 0), ("lost", 0), ("connected", 1)):
+            stats = dict.fromkeys((key for key, _ in CLUSTER_COUNTERS), 0) | {"zookeeper": state}
+            clustered = SimpleNamespace(ring_info=gauges.role.ring_info, is_leader=False,
+                                        replication_lag=lambda now: {}, stats=lambda stats=stats: stats)
+            node.call(lambda clustered=clustered: setattr(gauges, "role", clustered))
+            assert value(scrape(api), "miyaq_zookeeper_connected") == expected, state
+    finally:
+        api.close()
+
+
 def test_limits_throttling_is_exposed(make_http_node):
     node = make_http_node(queue_limits="th:rate=0,burst=1")
     api = Http(node.url)

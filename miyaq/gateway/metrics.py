@@ -88,6 +88,13 @@ class ClusterGauges:
     def replication_lag(self) -> dict[str, tuple[float, int]]:
         return self.role.replication_lag(wall())
 
+    def zookeeper(self) -> str | None:
+        """The node's session state with its membership store (``connected``,
+        ``suspended``, ``lost``, ``connecting``, ``closed``); None on a
+        standalone node."""
+        stats = self.role.stats()
+        return None if stats is None else str(stats["zookeeper"])
+
     def counters(self) -> dict[str, int] | None:
         """The role's counters of :data:`CLUSTER_COUNTERS` (None on a
         standalone node, whose status has no cluster section)."""
@@ -146,6 +153,8 @@ class NodeCollector(Collector):
         yield CounterMetricFamily("miyaq_workers_lost", "Workers declared lost (silent)",
                                   value=core.workers.lost_total)
         yield GaugeMetricFamily("miyaq_live_tasks", "Unfinished tasks held", value=len(engine.table.live))
+        yield GaugeMetricFamily("miyaq_live_tasks_limit", "max_tasks: unfinished tasks held before submits are "
+                                "answered BUSY", value=core.config.max_tasks)
         yield GaugeMetricFamily("miyaq_dead_letter_tasks", "Tasks in the dead-letter queue",
                                 value=len(engine.table.dead))
         yield CounterMetricFamily("miyaq_dead_letter_dropped", "Dead letters dropped at the cap",
@@ -218,6 +227,11 @@ class NodeCollector(Collector):
         for peer, (_, n) in lags:
             lag_n.add_metric([peer], n)
         yield lag_n
+        zookeeper = c.zookeeper()
+        if zookeeper is not None:
+            yield GaugeMetricFamily("miyaq_zookeeper_connected", "1 while the node's ZooKeeper session is "
+                                    "connected; 0 while suspended, lost or connecting (STATUS cluster.zookeeper)",
+                                    value=int(zookeeper == "connected"))
         counters = c.counters()
         if counters is not None:
             for key, text in CLUSTER_COUNTERS:
