@@ -152,7 +152,9 @@ def test_a_retry_is_marked_resent_once_an_earlier_try_may_have_been_stored(first
 
 
 def test_busy_until_the_deadline_raises_one_busy_error() -> None:
-    """Fault: every node stays full past submit_timeout: one Busy naming the task."""
+    """Fault: every node stays full past submit_timeout: one Busy naming the
+    task, and what the last node said (before 2026-12-06 not: an operator
+    could not tell max_tasks from another refusal)."""
     core, transport = make(1)
     p, w = pending("t1", timeout=1.0)
     core.submit(p)
@@ -160,11 +162,13 @@ def test_busy_until_the_deadline_raises_one_busy_error() -> None:
     while not w.done and now < 5:
         core.on_timer(now)
         for node, _, body in transport.take():
-            core.on_frames(node, submitted([[t["id"], "rejected", {"code": "busy", "message": "full"}]
+            core.on_frames(node, submitted([[t["id"], "rejected", {"code": "busy", "message": "node holds 5 "
+                                                                    "live tasks, its max_tasks"}]
                                             for t in body["tasks"]]), now)
         now += 0.05
     assert isinstance(w.error, Busy)
-    assert "t1 not accepted before its deadline: every node tried was full" in str(w.error)
+    assert ("t1 not accepted before its deadline: every node tried was full (the last: node holds 5 live tasks, "
+            "its max_tasks)") in str(w.error)
 
 
 def test_node_restarting_mid_pipeline_gets_unacknowledged_submits_again_with_the_same_ids() -> None:

@@ -58,7 +58,7 @@ def final_error(error: MiyaqError, p: Pending) -> MiyaqError:
     """The one error a caller sees when a submit's deadline passed."""
     task_id = p.wire.get("id")
     if error.code == Busy.code:   # full; a reason says of what (storage: unable to write its log; bytes, results)
-        why = error.message if error.details.get("reason") else "every node tried was full"
+        why = error.message if error.details.get("reason") else f"every node tried was full (the last: {error.message})"
         return Busy(f"task {task_id} not accepted before its deadline: {why}", **error.details)
     if error.code == ShuttingDown.code:
         return Unavailable(f"task {task_id} not accepted before its deadline: the nodes are shutting down")
