@@ -101,6 +101,21 @@ def test_each_role_is_refused_what_it_may_not_send(ctx, secure_node, keys):
     assert stats(secure_node)["errors"]["forbidden"] == 7
 
 
+def test_a_key_refused_for_its_role_is_named_in_the_nodes_log(ctx, secure_node, keys, caplog):
+    """Fault: a worker started with a producer's key. It logs each refusal,
+    but the node logged nothing (the oncall audit): an operator looking at
+    the node saw no worker and no reason. Now the node warns, naming the
+    key, its role and the command, a few lines a minute."""
+    producer = speaker(ctx, secure_node, keys, "producer")
+    with caplog.at_level(logging.WARNING, logger="miyaq.core.service"):
+        for _ in range(3):
+            producer.send(c.READY, {"worker": "p", "queues": ["default"]})
+            got = producer.recv()
+            assert got is not None and got[1]["code"] == "forbidden"
+    lines = [r.getMessage() for r in caplog.records if r.name == "miyaq.core.service"]
+    assert lines and all("key 'producer' has role producer, which may not send READY" in line for line in lines)
+
+
 def test_keys_added_and_revoked_with_sighup_take_effect_without_a_restart(ctx, keys, tmp_path):
     """Fault: a worker's key leaks. The operator revokes it and adds a new one
     while the node runs, then sends SIGHUP: the old key is refused from its

@@ -31,7 +31,8 @@ from miyaq.constants import (
 )
 from miyaq.core import ignored
 from miyaq.core.unread import UnreadAnswers, wire_bytes
-from miyaq.errors import BadFrame, MiyaqError, ProtocolError, Timeout, TooLarge, TooManyValues
+from miyaq.errors import BadFrame, Forbidden, MiyaqError, ProtocolError, Timeout, TooLarge, TooManyValues
+from miyaq.logs import LogLimiter
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c
 from miyaq.runtime import green, wall
@@ -75,6 +76,7 @@ class ServiceEndpoint:
         self.caller: Identity | None = None   # the key behind the message being handled (None: no keys)
         self.after_burst: list[Callable[[float], None]] = []
         self.errors: Counter[str] = Counter()
+        self._refusals = LogLimiter(logger)   # requests refused for their key's role: a few lines a minute
         self.ignored = ignored.IgnoredConnections()     # sent a body no client sends: dropped unread
         self.messages = 0
         self.work = 0        # tasks handled in the current burst (handlers add to it)
@@ -298,6 +300,11 @@ class ServiceEndpoint:
                 self.caller = self.guard.service(user, command)
             self.handlers[command](identity, body, now)
         except MiyaqError as err:
+            if isinstance(err, Forbidden):
+                # A key of the wrong role (a worker given a producer's key) is
+                # refused every message and may never show it to anyone: the
+                # node says so too, at a bounded rate.
+                self._refusals.warning("forbidden", "refused a request: %s", err.message)
             self.error(identity, err, req)
         except Exception:  # a bug must not take the node down; it is logged and answered
             logger.exception("handler for %s failed", command)
