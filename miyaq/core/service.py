@@ -5,8 +5,12 @@ One greenlet reads it. It reads a burst of messages without blocking,
 handles each, then flushes what the burst produced (batched SUBMITTED
 replies) and runs the dispatcher once, so per-message work stays small and
 replies leave in batches under load; a lone message is answered in the same
-pass. A bad message gets an ERROR reply with a code, is counted, and changes
-nothing. The socket is a :class:`~miyaq.runtime.messages.HubSocket`: it waits
+pass. A connection's first SUBMIT of a burst is acknowledged as soon as it
+is handled, its later ones at the burst's end
+(:meth:`ServiceEndpoint.ack_early`): a quiet producer read early in a burst
+of another's batches does not wait for the rest of them, and a connection
+gets at most two SUBMITTED a burst. A bad message gets an ERROR reply with a
+code, is counted, and changes nothing. The socket is a :class:`~miyaq.runtime.messages.HubSocket`: it waits
 on the hub only when nothing can be read, and sends never block.
 
 With keys (a :class:`~miyaq.security.guard.Guard`), every message's User-Id
@@ -81,6 +85,7 @@ class ServiceEndpoint:
         self.messages = 0
         self.work = 0        # tasks handled in the current burst (handlers add to it)
         self._acks: dict[bytes, list[list[Any]]] = {}
+        self._acked_early: set[bytes] = set()   # connections whose first SUBMIT of this burst was answered
         self.unread = UnreadAnswers()    # answers a connection has not read: bounded
         self._curve = sockets.security is not None     # what a message takes on the wire (unread counts it)
         # With a durable log, acknowledgements wait until the log has the
@@ -186,9 +191,31 @@ class ServiceEndpoint:
         acks.append(result)
 
     def flush_acks(self) -> None:
+        """Send (through the log's gate, with a data dir) every result
+        :meth:`ack` queued; the burst is over."""
+        self._acked_early.clear()
         if not self._acks:
             return
         acks, self._acks = self._acks, {}
+        self._send_acks(acks)
+
+    def ack_early(self, identity: bytes) -> None:
+        """Send now what ``identity``'s SUBMIT just handled queued, if it is
+        the connection's first SUBMIT of this burst: the rest of the burst
+        -- other connections' batches, up to ``SERVICE_BURST_WORK`` tasks --
+        is not work this one's answer needs to wait for. Its later SUBMITs
+        of the burst are answered at the burst's end, so a connection
+        that sends many gets at most two SUBMITTED a burst instead of one.
+        (In a cluster a task's acknowledgement waits for its replicas and
+        is not queued yet: nothing is sent then.)"""
+        if identity in self._acked_early:
+            return
+        self._acked_early.add(identity)
+        acks = self._acks.pop(identity, None)
+        if acks:
+            self._send_acks({identity: acks})
+
+    def _send_acks(self, acks: dict[Any, list[list[Any]]]) -> None:
         if self.ack_gate is None:
             self._release(acks)
             return
@@ -309,6 +336,8 @@ class ServiceEndpoint:
         except Exception:  # a bug must not take the node down; it is logged and answered
             logger.exception("handler for %s failed", command)
             self.error(identity, MiyaqError("internal error while handling the request"), req)
+        if command == c.SUBMIT:
+            self.ack_early(identity)
 
     def refuse(self, refused: MessageRefused) -> None:
         """Answer a message the reader drained without keeping (too many frames or bytes)."""
