@@ -25,7 +25,8 @@ from miyaq.core.replicas import ReplicaCopies
 from miyaq.errors import Busy, InvalidField, NotFound, ShuttingDown
 from miyaq.logs import LogLimiter
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE
-from miyaq.protocol.recordspec import MAX_ATTEMPT, cut_error
+from miyaq.protocol.failurespec import cut_error
+from miyaq.protocol.recordspec import MAX_ATTEMPT
 from miyaq.store.table import Tombstone
 from miyaq.store.tally import Tally
 from miyaq.store.task import (

@@ -30,7 +30,8 @@ from miyaq.core.worker_commands import WorkerCommands
 from miyaq.errors import InvalidField, MiyaqError, NotFound, ShuttingDown
 from miyaq.protocol import commands as c
 from miyaq.protocol import fields as f
-from miyaq.protocol.recordspec import STARTED_ELSEWHERE, failure_from_wire
+from miyaq.protocol.failurespec import failure_from_wire
+from miyaq.protocol.recordspec import STARTED_ELSEWHERE
 from miyaq.protocol.taskspec import check_id, check_queue, task_from_wire
 from miyaq.runtime import LOG, Supervisor, green, monotonic, wall
 from miyaq.store.task import ALL_STATES

@@ -26,7 +26,7 @@ from miyaq.errors import InvalidField, ShuttingDown
 from miyaq.protocol import commands as c
 from miyaq.protocol import fields as f
 from miyaq.protocol.periodic import schedules_from_wire
-from miyaq.protocol.recordspec import failure_from_wire
+from miyaq.protocol.failurespec import failure_from_wire
 from miyaq.protocol.taskspec import check_queue
 
 

@@ -31,8 +31,6 @@ from miyaq.constants import ERROR_BYTES, MAX_LESSEE
 from miyaq.errors import InvalidField
 from miyaq.protocol import fields as f
 from miyaq.protocol.failurespec import check_error
-# Re-exported: the core (engine, handlers, worker commands) imports them from here.
-from miyaq.protocol.failurespec import cut_error as cut_error, failure_from_wire as failure_from_wire
 from miyaq.protocol.taskspec import (
     METHODS, YEAR, check_headers, check_id, check_queue, check_target, is_id, is_queue,
 )
