@@ -83,12 +83,7 @@ class OneLineLibraryErrors(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and record.name.startswith(self.PREFIX):
             exc = record.exc_info[1]
-            try:
-                message = record.getMessage()
-            except Exception:       # a filter must not raise into the library's logging call
-                message = str(record.msg)
-            record.msg = f"{message} ({type(exc).__name__}: {exc})"
-            record.args = None
+            _append(record, f"{type(exc).__name__}: {exc}")
             record.exc_info = None
             record.exc_text = None
         return True
@@ -188,12 +183,7 @@ class ZooKeeperReconnects(logging.Filter):
             held = int(window[2]) if window is not None else 0
             window = self._windows[record.msg] = [now, 0.0, 0.0]
             if held:
-                try:
-                    message = record.getMessage()
-                except Exception:       # a filter must not raise into the library's logging call
-                    message = str(record.msg)
-                record.msg = f"{message} ({held} more like it in the last {self.per:.0f}s)"
-                record.args = None
+                _append(record, f"{held} more like it in the last {self.per:.0f}s")
         if window[1] >= self.burst:
             window[2] += 1
             return False
@@ -208,6 +198,19 @@ def quiet_zookeeper_reconnects() -> None:
         target = logging.getLogger(name)
         if not any(isinstance(f, ZooKeeperReconnects) for f in target.filters):
             target.addFilter(ZooKeeperReconnects())
+
+
+def _append(record: logging.LogRecord, note: str) -> None:
+    """Make ``record``'s message its formatted text and `` (note)`` (a
+    filter's addition to a library's line); a message whose arguments do
+    not format is taken as written: a filter must not raise into the
+    library's logging call."""
+    try:
+        message = record.getMessage()
+    except Exception:
+        message = str(record.msg)
+    record.msg = f"{message} ({note})"
+    record.args = None
 
 
 class LogLimiter:

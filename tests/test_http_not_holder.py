@@ -28,10 +28,15 @@ def call(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]
     """One request to a gateway in this hub (gevent sockets: the in-process
     nodes run while this waits). Returns (status, decoded JSON body or None)."""
     data = json.dumps(body).encode() if body is not None else b""
+    return exchange(port, f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: "
+                          f"application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
+
+
+def exchange(port: int, request: bytes) -> tuple[int, Any]:
+    """Send ``request`` as these bytes, read the answer to its end: (status, decoded JSON body or None)."""
     sock = gevent.socket.create_connection(("127.0.0.1", port), timeout=10)
     try:
-        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-                     f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
+        sock.sendall(request)
         raw = b""
         while chunk := sock.recv(65536):
             raw += chunk
@@ -196,16 +201,7 @@ def test_a_bad_key_or_replicas_parameter_is_refused_and_changes_nothing(ring, qu
 def raw_get(port: int, target: bytes) -> tuple[int, Any]:
     """A GET whose request target is sent as these bytes, unencoded (as
     curl sends a literal ``?key=clé``)."""
-    sock = gevent.socket.create_connection(("127.0.0.1", port), timeout=10)
-    try:
-        sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        raw = b""
-        while chunk := sock.recv(65536):
-            raw += chunk
-    finally:
-        sock.close()
-    head, _, answer = raw.partition(b"\r\n\r\n")
-    return int(head.split()[1]), json.loads(answer) if answer else None
+    return exchange(port, b"GET " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
 
 
 def test_a_key_sent_as_raw_utf8_names_the_same_holders_as_percent_encoded(ring):
