@@ -35,6 +35,13 @@ class DocSession:
         venv_bin = os.path.dirname(sys.executable)
         env = {k: v for k, v in os.environ.items() if not k.startswith("MIYAQ_")}
         env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
+        # miyaq's directory on the path, where an installed package would be:
+        # the test environment's editable install reaches it through an import
+        # hook that tools reading site-packages (a reader's `python -m mypy`)
+        # do not follow. The same files either way.
+        import miyaq
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(miyaq.__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         env.update(self.ports.environment())
         # What the page's commands make in the temporary directory (a dev
         # cluster's kept logs) goes with the page's directory.
