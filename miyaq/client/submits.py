@@ -88,6 +88,12 @@ A refusal with another code (``shutting_down``, ``not_enough_replicas``)
 may come after some holders stored a copy."""
 TIMEOUT_SCAN = 1000
 """Most overdue acknowledgements handled per pass (oldest first)."""
+RETRY_BASE = 0.01
+"""Seconds before a refused or unacknowledged submit's first retry; each
+later try waits twice as long (up to ``2 ** RETRY_DOUBLINGS`` times), at
+most ``RETRY_MAX``, and every wait is jittered to 50-100% of itself."""
+RETRY_DOUBLINGS = 8
+RETRY_MAX = 2.0
 STALE_SLACK = 64
 """Entries of submits no longer capped the capped heap may hold beyond as
 many as the unacknowledged submits before it is rebuilt."""
@@ -319,7 +325,7 @@ class SubmitPipeline:
             self.resolve(p, error=final_error(error, p))
             return
         if delay is None:
-            delay = min(2.0, 0.01 * (2 ** min(p.tries, 8))) * (0.5 + random.random() / 2)
+            delay = min(RETRY_MAX, RETRY_BASE * (2 ** min(p.tries, RETRY_DOUBLINGS))) * (0.5 + random.random() / 2)
         p.next_try = min(now + delay, p.deadline)
         self.waiting.append(p)
 
@@ -340,7 +346,7 @@ class SubmitPipeline:
                 break
             late.append(task_id)
         if late:
-            overdue = self._overdue()
+            overdue = self._no_ack_error()
             for task_id in late:
                 p = pending.pop(task_id)
                 self.resends += 1
@@ -352,9 +358,10 @@ class SubmitPipeline:
             if not self._live(p, pending):
                 continue                  # acknowledged, sent again or failed meanwhile
             del pending[p.wire["id"]]
-            self.resolve(p, error=final_error(p.last_error or self._overdue(), p))
+            self.resolve(p, error=final_error(p.last_error or self._no_ack_error(), p))
 
-    def _overdue(self) -> Timeout:
+    def _no_ack_error(self) -> Timeout:
+        """The error of a try whose acknowledgement did not come within ``ack_timeout``."""
         return Timeout(f"no acknowledgement within {self.ack_timeout:g}s")
 
     def _drop_capped(self) -> None:
