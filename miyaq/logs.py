@@ -234,7 +234,11 @@ class LogLimiter:
     def log(self, level: int, kind: str, message: str, *args: Any, exc_info: Any = None) -> bool:
         """Log ``message % args`` at ``level`` (with ``exc_info``, as
         :meth:`logging.Logger.log` takes it) unless ``kind`` is over its rate;
-        True if it was logged."""
+        True if it was logged. A line the logger's level hides is neither
+        logged nor counted against the rate: it must not use up the lines
+        of a kind shown at another level."""
+        if not self.logger.isEnabledFor(level):
+            return False
         now = monotonic()
         window = self._windows.get(kind)
         if window is None or now - window[0] >= self.per:

@@ -82,6 +82,27 @@ def test_a_dead_webhook_is_named_by_its_destination_without_its_path_and_query()
     assert handler_label(hook) == "webhook to https://hooks.example.com:8443"
     assert handler_label(Task("t1", "default", "add", b"")) == "add"
     assert "s3cret" not in _some_tasks([hook]) and "hooks.example.com" in _some_tasks([hook])
+    # a URL with credentials (refused since 2026-12-05, but an older log's or a peer's copy may hold one)
+    stored = Task("h2", "hooks", None, b"", url="https://alice:pa55@hooks.example.com:8443/in")
+    assert handler_label(stored) == "webhook to https://hooks.example.com:8443"
+    assert handler_label(Task("h3", "hooks", None, b"", url="http://[::1]:8080/x")) == "webhook to http://[::1]:8080"
+
+
+def test_lines_a_logger_hides_do_not_use_up_the_rate_of_lines_it_shows(caplog) -> None:
+    """Fault (review16): 100 idle workers lost at INFO on a node run at
+    ``--log-level WARNING`` used up the "worker gone" line budget (a hidden
+    line was counted), so the WARNING of the busy worker lost next -- the
+    sign of a poison task -- was dropped. Hidden lines are not counted
+    now, and the two lines are kinds of their own."""
+    from miyaq.logs import LogLimiter
+
+    logger = logging.getLogger("miyaq.test.limiter")
+    limiter = LogLimiter(logger, burst=3)
+    with caplog.at_level(logging.WARNING, logger="miyaq.test.limiter"):
+        for n in range(100):
+            limiter.log(logging.INFO, "gone", "idle %d", n)
+        assert limiter.log(logging.WARNING, "gone", "busy one") is True
+    assert [r.getMessage() for r in caplog.records if r.name == "miyaq.test.limiter"] == ["busy one"]
 
 
 def test_garbage_on_the_service_port_is_named_as_a_likely_stranger(make_node, caplog):

@@ -152,11 +152,11 @@ class WorkerRegistry:
             # An attempt spent on every task it held: a handler that kills its
             # process (a poison task) shows here first, so the line names them
             # (before lose(), which may dead-letter one and log that too).
-            _log.log(logging.WARNING, "worker gone", "worker %s %s; %d task(s) it was running lost an attempt "
+            _log.log(logging.WARNING, "busy worker gone", "worker %s %s; %d task(s) it was running lost an attempt "
                      "(put back, or dead-lettered after their last): %s", worker.wid, reason, len(tasks),
                      _some_tasks(tasks))
         elif reason != "said goodbye":
-            _log.log(logging.INFO, "worker gone", "worker %s %s; it was running no task", worker.wid, reason)
+            _log.log(logging.INFO, "idle worker gone", "worker %s %s; it was running no task", worker.wid, reason)
         for task in tasks:
             self.engine.lose(task, f"worker {worker.wid} {reason}", now)
         return len(tasks)

@@ -382,9 +382,16 @@ def count_revival(task: Task, at_least: int | None = None) -> None:
 
 def handler_label(task: Task) -> str:
     """For a log line: the task's handler, or its webhook's destination
-    without path and query (a URL may carry a token in its query, and a
-    log is read more widely than the task)."""
+    without credentials, path and query (a URL may carry a token in its
+    query, and a log is read more widely than the task)."""
     if task.url is None:
         return str(task.name)
     parts = urlsplit(task.url)
-    return f"webhook to {parts.scheme}://{parts.netloc}"
+    host = parts.hostname or "?"      # never the credentials a URL stored before 2026-12-05 may hold
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    return f"webhook to {parts.scheme}://{host}{port}"
