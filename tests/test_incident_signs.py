@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 
 import pytest
 
@@ -171,8 +172,7 @@ def test_messages_of_a_client_that_is_not_a_miyaq_client_are_logged(make_node, c
     empty frame in front), a body that is not msgpack, an unknown command.
     Each was answered with an ERROR (a REQ socket drops it and waits for
     ever) and counted, but only another protocol version was logged. Now
-    the first of each code is a warning, with the code (and every
-    thousandth after)."""
+    the first of each code is a warning, with the code (five a minute)."""
     import zmq
 
     from miyaq.protocol import commands as c
@@ -194,6 +194,36 @@ def test_messages_of_a_client_that_is_not_a_miyaq_client_are_logged(make_node, c
     refused = _warnings(caplog, "miyaq.core.service")
     for code in ("bad_frame", "bad_encoding", "unknown_command"):
         assert any(f"(1 so far, code {code})" in m for m in refused), (code, refused)
+
+
+def test_a_flood_of_bad_messages_is_logged_a_few_lines_a_minute(make_node, caplog):
+    """Fault (review16): one connection sending malformed messages as fast
+    as it could made 55 WARNING lines a second (the first and every
+    thousandth of each code: a bound that grew with the sender's rate).
+    Now five lines a minute for a code, the rest counted in STATUS."""
+    import zmq
+
+    from miyaq.protocol import commands as c
+
+    node = make_node()
+    caplog.set_level(logging.WARNING, logger="miyaq.core.service")
+    ctx = zmq.Context()
+    sent = 8000        # before: the first and every thousandth, 8 lines
+    try:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVTIMEO, 10_000)
+        sock.connect(node.endpoint)
+        for _ in range(sent):
+            sock.send_multipart([c.TAG, c.STATUS, b"\xc1"])
+        for _ in range(sent):
+            assert sock.recv_multipart()[1] == b"ERROR"
+        sock.close()
+    finally:
+        ctx.destroy(linger=0)
+    assert node.node.status(time.time())["errors"]["bad_encoding"] == sent
+    lines = [m for m in _warnings(caplog, "miyaq.core.service") if "code bad_encoding" in m]
+    assert 1 <= len(lines) <= 5, lines
 
 
 def test_status_into_a_pipe_whose_reader_went_away_ends_without_a_traceback(make_node):

@@ -48,11 +48,6 @@ from miyaq.security.keystore import Identity
 
 logger = logging.getLogger(__name__)
 
-VERSION_WARN_EVERY = 1000
-"""A message refused before it is read (another protocol version, frames,
-encoding, an unknown command, too large) is logged on the first of its
-code and every this many."""
-
 Handler = Callable[[bytes, dict[str, Any], float], None]
 
 #: Commands answered to their sender (REPLY, ERROR or SUBMITTED): from the
@@ -307,14 +302,10 @@ class ServiceEndpoint:
             if isinstance(err, TooManyValues):
                 self.ignored.ignore(identity, "service", err.message)
                 err.message += ignored.WHY
-            if self.errors[err.code] % VERSION_WARN_EVERY == 0:
-                # A client of another protocol version, or one that is not a
-                # miyaq client (a REQ socket, another encoding): say so where
-                # the operator looks -- its own error reply may never be read.
-                logger.warning("refused a client's message (%d so far, code %s): %s", self.errors[err.code] + 1,
-                               err.code, err.message)
-            else:
-                logger.debug("bad message from %r: %s", identity, err.message)
+            # A client of another protocol version, or one that is not a miyaq
+            # client (a REQ socket, another encoding): say so where the
+            # operator looks -- its own error reply may never be read.
+            self._refused_unread(err, identity)
             self.error(identity, err)
             return
         req = body.get("req")
@@ -348,12 +339,18 @@ class ServiceEndpoint:
             err = BadFrame(f"expected {c.FRAMES} frames [tag, command, body], got {refused.frames - 1}")
         else:
             err = TooLarge(f"message of {refused.size} bytes exceeds the limit of {self.message_limit}")
-        if self.errors[err.code] % VERSION_WARN_EVERY == 0:
-            logger.warning("refused a client's message (%d so far, code %s): %s", self.errors[err.code] + 1,
-                           err.code, err.message)
-        else:
-            logger.debug("refused a message from %r: %s", refused.head, err.message)
+        self._refused_unread(err, refused.head)
         self.error(refused.head, err)
+
+    def _refused_unread(self, err: ProtocolError, identity: Any) -> None:
+        """Log a message refused before it was read: a WARNING, at most
+        five a minute for each code, the rest counted and told with the
+        next (and all of them in STATUS ``errors``); DEBUG for those held
+        back. Before 2026-12-06 only ``bad_version`` was logged, on the first
+        and every thousandth; that bound grew with the sender's rate."""
+        if not self._refusals.warning(f"refused {err.code}", "refused a client's message (%d so far, code %s): %s",
+                                      self.errors[err.code] + 1, err.code, err.message):
+            logger.debug("refused a message from %r: %s", identity, err.message)
 
     def serve(self) -> None:
         """The reader loop; returns when the socket is closed."""
