@@ -246,3 +246,24 @@ def test_status_into_a_pipe_whose_reader_went_away_ends_without_a_traceback(make
         os.close(write)
     assert b"Traceback" not in proc.stderr and b"BrokenPipeError" not in proc.stderr, proc.stderr.decode()
     assert proc.returncode == 141, (proc.returncode, proc.stderr.decode())
+
+
+def test_output_to_a_full_disk_is_one_line_not_a_traceback(make_node):
+    """Fault (review16): ``miyaq status > /dev/full`` (the output's disk
+    full) ended with a dozen-line OSError traceback. Now one line saying
+    the output could not be written, and status 1."""
+    import os
+    import subprocess
+    import sys
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    node = make_node()
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "miyaq", "status", "--connect", node.endpoint],
+                              stdout=full, stderr=subprocess.PIPE, timeout=60,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    stderr = proc.stderr.decode()
+    assert "Traceback" not in stderr, stderr
+    assert proc.returncode == 1 and "miyaq: error: cannot write the output: No space left on device" in stderr, \
+        (proc.returncode, stderr)

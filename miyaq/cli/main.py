@@ -3,6 +3,7 @@ module of its own and registers itself here."""
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from typing import Callable
@@ -35,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; its exit status. A Ctrl-C at any point after this
     module is imported -- while the commands' modules load, too -- ends with
     130 and no traceback; output to a pipe whose reader went away, with 141
-    and no traceback."""
+    and no traceback; output to a full disk (or one that fails), with 1 and
+    one line saying so."""
     try:
         args = build_parser().parse_args(argv)
         run: Callable[[argparse.Namespace], int] = args.run
@@ -50,12 +52,29 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         # The reader of the output went away (`miyaq status | head -3`): as
         # other commands do, end without a traceback (141: 128 + SIGPIPE).
-        # What is still buffered goes nowhere, not to a second error at exit.
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError, AttributeError):
-            pass
+        _drop_buffered_output()
         return 141
+    except OSError as exc:
+        if exc.errno not in UNWRITABLE or exc.filename is not None:
+            raise
+        # The output's file cannot take it (`miyaq dead list > /dev/full`, a
+        # full disk): before 2026-12-06 a traceback of a dozen lines.
+        _drop_buffered_output()
+        print(f"miyaq: error: cannot write the output: {exc.strerror}", file=sys.stderr)
+        return 1
+
+
+#: What writing the output fails with when its file cannot take it.
+UNWRITABLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+
+
+def _drop_buffered_output() -> None:
+    """What is still buffered for the output goes nowhere, not to a second
+    error when the interpreter flushes it at exit."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":
