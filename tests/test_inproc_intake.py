@@ -474,3 +474,50 @@ def test_a_keyed_duplicate_submitted_through_a_node_that_holds_no_copy_is_answer
     cluster.wait_until(lambda: second.result, what="the second submit")
     assert second.result == ["idb", DUPLICATE, "ida"]
     assert all(cluster[n].task("idb") is None for n in cluster.ids)
+
+
+@pytest.mark.parametrize("coordinator_holds", [False, True], ids=["coordinator-not-a-holder", "coordinator-rank-0"])
+def test_a_second_submit_of_an_id_waiting_for_its_replicas_is_answered_with_the_first(inproc, coordinator_holds):
+    """Fault (review16): the same id submitted again while its first submit
+    waits for its replicas (a client's resend, or two clients) took the
+    first one's place among the submits waiting: the first submitter was
+    never answered (in a 3-node cluster, 527 of 527 ids sent twice got one
+    answer) and its client waited out ack_timeout and sent it again. Now
+    both are answered, with the same answer, once the replicas confirm."""
+    cluster = inproc(3, replicas=2)
+    tid = cluster.task_id()
+    holders = cluster.holders(tid)
+    coordinator = holders[0] if coordinator_holds else next(n for n in cluster.ids if n not in holders)
+    replica = next(h for h in holders if h != coordinator)
+    held = cluster.net.hold("ANSWER", src=replica, dst=coordinator, answering="REPLICATE")
+    first = cluster.submit(coordinator, tid)
+    cluster.wait_until(lambda: held.held, what="the replica's answer held")
+    second = cluster.submit(coordinator, tid)
+    cluster.settle()
+    assert not first.answers and not second.answers       # both wait for the replica
+    held.release()
+    cluster.wait_until(lambda: first.status and second.status, what="both answers")
+    cluster.settle()
+    assert [a[1] for a in first.answers] == [ACCEPTED] and [a[1] for a in second.answers] == [ACCEPTED]
+    assert not cluster[coordinator].role.intake.pending and not cluster.crashes()
+
+
+def test_submits_of_one_waiting_id_are_bounded(inproc):
+    """Bounded: past MAX_JOINED submits of one id waiting for its replicas,
+    the next is answered ``busy`` at once (the client tries again later)."""
+    from miyaq.cluster.replicated_intake import MAX_JOINED
+
+    cluster = inproc(3, replicas=2)
+    tid = cluster.task_id()
+    coordinator, replica = cluster.holders(tid)
+    held = cluster.net.hold("ANSWER", src=replica, dst=coordinator, answering="REPLICATE")
+    first = cluster.submit(coordinator, tid)
+    cluster.wait_until(lambda: held.held, what="the replica's answer held")
+    joined = [cluster.submit(coordinator, tid) for _ in range(MAX_JOINED)]
+    extra = cluster.submit(coordinator, tid)
+    cluster.wait_until(lambda: extra.status, what="the extra submit's answer")
+    assert extra.answers[0][1] == REJECTED and extra.answers[0][2]["code"] == "busy"
+    assert not first.answers and not any(j.answers for j in joined)
+    held.release()
+    cluster.wait_until(lambda: first.status and all(j.status for j in joined), what="every joined answer")
+    assert {a[1] for j in [first, *joined] for a in j.answers} == {ACCEPTED}

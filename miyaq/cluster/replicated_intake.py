@@ -81,18 +81,23 @@ def late_copy(record: dict[str, Any]) -> dict[str, Any]:
 UNSENT_PROBE = 64
 """Copies that could not be sent to a holder are tried again this many first:
 while it stays unreachable, a tick costs one small request, whatever waits."""
+MAX_JOINED = 64
+"""Most submits of one id answered with the first one while it waits for its
+replicas (a client resending it, or several clients); past it, ``busy``."""
 
 
 class _Pending:
     """A submit being replicated to the other holders ``asked``: ``stored``
     names those that confirmed it (each counts once, however many answers
     say so), ``failed`` those that answered without it; ``mine`` is 1 when
-    this node, a holder, stored it."""
+    this node, a holder, stored it. ``joined``: the submitters of the same
+    id that came while it waited (at most ``MAX_JOINED``), answered with it."""
 
-    __slots__ = ("identity", "need", "mine", "asked", "stored", "failed", "deadline", "detail", "status")
+    __slots__ = ("identity", "joined", "need", "mine", "asked", "stored", "failed", "deadline", "detail", "status")
 
     def __init__(self, identity: AckTarget, need: int, asked: list[str], deadline: float) -> None:
         self.identity = identity
+        self.joined: list[AckTarget] | None = None
         self.need = need
         self.mine = 0
         self.asked = asked
@@ -141,6 +146,15 @@ class ReplicatedIntake:
             # Draining to stop: it may exit before the holders answer. Nothing is stored here.
             self.ack(identity, [task.id, REJECTED,
                                 ShuttingDown("node is shutting down; submit to another node").to_wire()])
+            return
+        waiting = self.pending.get(task.id)
+        if waiting is not None:
+            # The same id again while its first submit waits for its replicas
+            # (a client's resend, or two clients): it ends with that one, with
+            # the same answer. Before 2026-12-06 it took the first one's
+            # place, and the first submitter was never answered (its client
+            # waited out ack_timeout and sent it again).
+            self._join(waiting, task.id, identity)
             return
         why = role.not_coordinating()
         if why:
@@ -240,7 +254,7 @@ class ReplicatedIntake:
         if not entry.mine or task_id in self.engine.table.live:
             return False
         del self.pending[task_id]
-        self.ack(entry.identity, [task_id, entry.status, entry.detail])
+        self._answer(entry, [task_id, entry.status, entry.detail])
         return True
 
     def _send(self, holder: str, copies: list[Outgoing]) -> list[Outgoing]:
@@ -342,12 +356,32 @@ class ReplicatedIntake:
                     or not is_id(winner) or winner == task_id):
                 continue
             del self.pending[task_id]
-            self.ack(entry.identity, [task_id, DUPLICATE, winner])
+            self._answer(entry, [task_id, DUPLICATE, winner])
 
     def _maybe_ack(self, task_id: str, entry: _Pending) -> None:
         if entry.got >= entry.need:
             del self.pending[task_id]
-            self.ack(entry.identity, [task_id, entry.status, entry.detail])
+            self._answer(entry, [task_id, entry.status, entry.detail])
+
+    def _join(self, entry: _Pending, task_id: str, identity: AckTarget) -> None:
+        """Answer ``identity``'s submit of ``task_id`` with ``entry``'s; past
+        ``MAX_JOINED`` submitters of one id, ``busy`` at once (the client
+        tries again later)."""
+        joined = entry.joined
+        if joined is None:
+            joined = entry.joined = []
+        if len(joined) >= MAX_JOINED:
+            self.ack(identity, [task_id, REJECTED, {"code": "busy", "message": f"task {task_id} is being "
+                                                    "replicated for as many submits of it as the node takes"}])
+            return
+        joined.append(identity)
+
+    def _answer(self, entry: _Pending, result: list[Any]) -> None:
+        """Queue ``result`` for the submitter of ``entry`` and for those of the same id that joined it."""
+        self.ack(entry.identity, result)
+        if entry.joined:
+            for identity in entry.joined:
+                self.ack(identity, list(result))
 
     def sweep(self) -> int:
         """Reject the submits whose replication_timeout passed; how many (their
@@ -379,7 +413,7 @@ class ReplicatedIntake:
                 error: type[MiyaqError] = NotEnoughReplicas) -> None:
         del self.pending[task_id]
         self.rejected += 1
-        self.ack(entry.identity, [task_id, REJECTED, error(message).to_wire()])
+        self._answer(entry, [task_id, REJECTED, error(message).to_wire()])
         self._demote(task_id)
 
     def _demote(self, task_id: str) -> None:
