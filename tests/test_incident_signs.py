@@ -167,6 +167,21 @@ def test_a_full_node_says_so_in_its_log_and_its_status(make_node, client_for, ca
     assert out[2].startswith("FULL: 2 live tasks, max_tasks 2: new tasks are refused busy"), out
 
 
+def test_a_node_full_of_results_says_so_in_its_log(make_node, client_for, thread_worker, caplog):
+    """Incident (review16): a node refusing new tasks busy because the
+    results it keeps reached ``max_result_bytes`` wrote no line (the
+    ``max_tasks`` and ``max_bytes`` refusals do). Now a warning says so."""
+    node = make_node(max_result_bytes=1000)
+    client = client_for(node.endpoint, submit_timeout=1.0)
+    thread_worker(basic.app, node.endpoint, queues=["default"], concurrency=1)
+    assert client.submit("echo", ["x" * 2000], wait=True).result(30)
+    caplog.set_level(logging.WARNING, logger="miyaq.core.engine")
+    with pytest.raises(Busy):
+        client.submit("add", [9, 1], wait=True)
+    full = _warnings(caplog, "miyaq.core.engine")
+    assert any("refusing new tasks busy: the node keeps" in m and "max_result_bytes 1000" in m for m in full), full
+
+
 def test_messages_of_a_client_that_is_not_a_miyaq_client_are_logged(make_node, caplog):
     """Incident: a client that is not a miyaq client -- a REQ socket (an
     empty frame in front), a body that is not msgpack, an unknown command.

@@ -93,6 +93,9 @@ class Engine(ReplicaCopies):
             # Results go with their tombstones: the longer of result_ttl and
             # dedup_window after their task ended (docs/semantics.md).
             keep = max(self.config.result_ttl, self.config.dedup_window)
+            _full.warning("full results", "refusing new tasks busy: the node keeps %d bytes of results, "
+                          "max_result_bytes %d (freed %g s after their tasks ended)", table.result_bytes,
+                          self.config.max_result_bytes, keep)
             raise Busy(f"node keeps {table.result_bytes} bytes of results; max_result_bytes is "
                        f"{self.config.max_result_bytes} (freed as finished tasks are forgotten, {keep:g} s after "
                        "they ended: the longer of result_ttl and dedup_window)", reason="results")
