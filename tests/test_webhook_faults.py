@@ -381,3 +381,14 @@ def test_a_webhook_the_node_could_never_send_is_refused_at_a_zeromq_submit_too(n
         assert client.status()["totals"]["live"] == 0
     finally:
         client.close(flush=False)
+
+
+def test_a_stored_url_without_a_host_fails_without_its_credentials_or_query():
+    """Fault (review16): a task stored by an older node with a URL that has
+    no host failed ``InvalidURL: cannot deliver to '<the whole URL>'`` --
+    its query's token too -- and the dead-letter line logs that error.
+    The error now names the URL as log lines do (no credentials, no query)."""
+    outcome = deliver_one(Task("nohost", "hooks", None, b"", url="ftp://user:pw@files.example/x?token=s3cret"))
+    assert (outcome.kind, outcome.retryable, outcome.error["type"]) == ("invalid", False, "InvalidURL"), outcome
+    message = outcome.error["message"]
+    assert "s3cret" not in message and "pw@" not in message and "files.example/x" in message, message

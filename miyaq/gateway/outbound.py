@@ -58,6 +58,7 @@ from miyaq.gateway.connections import Connections, Destination
 from miyaq.gateway.destinations import Destinations
 from miyaq.gateway.errors import ForbiddenDestination
 from miyaq.protocol.headers import NODE_SET, send_problem
+from miyaq.protocol.urls import url_for_logs
 from miyaq.runtime import green, wall
 from miyaq.runtime.http import AnswerTooSlow, HTTPConnection, HTTPException, final_response
 from miyaq.store.task import Task
@@ -201,7 +202,8 @@ class Outbound:
         except ValueError as exc:   # UnicodeError included
             return _failure("invalid", False, "InvalidURL", str(exc), now)
         if key[0] not in ("http", "https") or not key[1]:
-            return _failure("invalid", False, "InvalidURL", f"cannot deliver to {task.url!r}", now)
+            return _failure("invalid", False, "InvalidURL", f"cannot deliver to {url_for_logs(task.url or '')!r}: "
+                            "not an http:// or https:// URL with a host", now)
         headers = {k: v for k, v in ((task.meta or {}).get("headers") or {}).items()
                    if not isinstance(k, str) or k.lower() not in _NOT_SENT}
         for name, value in headers.items():
