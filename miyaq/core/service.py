@@ -5,11 +5,11 @@ One greenlet reads it. It reads a burst of messages without blocking,
 handles each, then flushes what the burst produced (batched SUBMITTED
 replies) and runs the dispatcher once, so per-message work stays small and
 replies leave in batches under load; a lone message is answered in the same
-pass. A connection's first SUBMIT of a burst is acknowledged as soon as it
-is handled, its later ones at the burst's end
-(:meth:`ServiceEndpoint.ack_early`): a quiet producer read early in a burst
-of another's batches does not wait for the rest of them, and a connection
-gets at most two SUBMITTED a burst. A bad message gets an ERROR reply with a
+pass. A connection's first SUBMIT of a burst is acknowledged before the
+reader reads on once the burst has done ``EARLY_ACK_WORK`` tasks, its later
+ones at the burst's end (:meth:`ServiceEndpoint.ack_early`): a quiet
+producer read early in a burst of another's batches does not wait for the
+rest of them, and a connection gets at most two SUBMITTED a burst. A bad message gets an ERROR reply with a
 code, is counted, and changes nothing. The socket is a
 :class:`~miyaq.runtime.messages.HubSocket`: it waits on the hub only when
 nothing can be read, and sends never block.
@@ -48,6 +48,11 @@ from miyaq.security.keystore import Identity
 
 logger = logging.getLogger(__name__)
 
+EARLY_ACK_WORK = 64
+"""Tasks of work a burst has done before it answers the first SUBMIT of
+each connection early (:meth:`ServiceEndpoint.send_early`); a burst that
+stays lighter answers at its end."""
+
 Handler = Callable[[bytes, dict[str, Any], float], None]
 
 #: Commands answered to their sender (REPLY, ERROR or SUBMITTED): from the
@@ -82,6 +87,7 @@ class ServiceEndpoint:
         self.work = 0        # tasks handled in the current burst (handlers add to it)
         self._acks: dict[bytes, list[list[Any]]] = {}
         self._acked_early: set[bytes] = set()   # connections whose first SUBMIT of this burst was answered
+        self._early: list[bytes] = []           # of those, the ones whose answer is still to send
         self.unread = UnreadAnswers()    # answers a connection has not read: bounded
         self._curve = sockets.security is not None     # what a message takes on the wire (unread counts it)
         # With a durable log, acknowledgements wait until the log has the
@@ -190,26 +196,40 @@ class ServiceEndpoint:
         """Send (through the log's gate, with a data dir) every result
         :meth:`ack` queued; the burst is over."""
         self._acked_early.clear()
+        self._early.clear()
         if not self._acks:
             return
         acks, self._acks = self._acks, {}
         self._send_acks(acks)
 
     def ack_early(self, identity: bytes) -> None:
-        """Send now what ``identity``'s SUBMIT just handled queued, if it is
-        the connection's first SUBMIT of this burst: the rest of the burst
-        -- other connections' batches, up to ``SERVICE_BURST_WORK`` tasks --
-        is not work this one's answer needs to wait for. Its later SUBMITs
-        of the burst are answered at the burst's end, so a connection
-        that sends many gets at most two SUBMITTED a burst instead of one.
-        (In a cluster a task's acknowledgement waits for its replicas and
-        is not queued yet: nothing is sent then.)"""
-        if identity in self._acked_early:
-            return
-        self._acked_early.add(identity)
-        acks = self._acks.pop(identity, None)
-        if acks:
-            self._send_acks({identity: acks})
+        """Mark ``identity``'s SUBMIT just handled to be answered before the
+        burst reads on, if it is the connection's first SUBMIT of this
+        burst (:meth:`send_early`): the rest of the burst -- other
+        connections' batches, up to ``SERVICE_BURST_WORK`` tasks -- is not
+        work this one's answer needs to wait for. Its later SUBMITs of the
+        burst are answered at the burst's end, so a connection that sends
+        many gets at most two SUBMITTED a burst instead of one. (In a
+        cluster a task's acknowledgement waits for its replicas and is not
+        queued yet: nothing is sent then.)"""
+        if identity not in self._acked_early:
+            self._acked_early.add(identity)
+            self._early.append(identity)
+
+    def send_early(self) -> None:
+        """Send the answers :meth:`ack_early` marked: the reader calls it
+        before it handles another message of a burst that has done
+        ``EARLY_ACK_WORK`` tasks of work already. A burst lighter than that
+        (a lone SUBMIT, the next one and a worker's DONE: one task at a
+        time) answers at its end, as before: answering the first SUBMIT
+        before reading on cost a confirmed submit 15-20% more node CPU
+        and about as much of its rate (a node wake-up more every six tasks),
+        measured in turns, both orders."""
+        for identity in self._early:
+            acks = self._acks.pop(identity, None)
+            if acks:
+                self._send_acks({identity: acks})
+        self._early.clear()
 
     def _send_acks(self, acks: dict[Any, list[list[Any]]]) -> None:
         if self.ack_gate is None:
@@ -375,6 +395,8 @@ class ServiceEndpoint:
                         continue
                     if more is None:
                         break
+                    if self._early and self.work >= EARLY_ACK_WORK:
+                        self.send_early()
                     self.handle(more[0], now, more[1])
             except zmq.ZMQError:
                 if self._closed:
