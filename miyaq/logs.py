@@ -168,27 +168,18 @@ class ZooKeeperReconnects(logging.Filter):
 
     def __init__(self, burst: int = 2, per: float = 60.0) -> None:
         super().__init__()
-        self.burst = burst
-        self.per = per
-        self._windows: dict[str, list[float]] = {}   # format string -> [window start, let through, held back]
+        self._rate = RateWindows(burst, per)     # by format string
+        self._windows = self._rate.windows
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.msg not in KAZOO_RECONNECT_LINES or not record.name.startswith(self.PREFIX):
             return True
         if logging.getLogger(record.name).getEffectiveLevel() <= logging.DEBUG:
             return True
-        now = monotonic()
-        window = self._windows.get(record.msg)
-        if window is None or now - window[0] >= self.per:
-            held = int(window[2]) if window is not None else 0
-            window = self._windows[record.msg] = [now, 0.0, 0.0]
-            if held:
-                _append(record, f"{held} more like it in the last {self.per:.0f}s")
-        if window[1] >= self.burst:
-            window[2] += 1
-            return False
-        window[1] += 1
-        return True
+        admitted, held = self._rate.admit(record.msg)
+        if admitted and held:
+            _append(record, f"{held} more like it in the last {self._rate.per:.0f}s")
+        return admitted
 
 
 def quiet_zookeeper_reconnects() -> None:
@@ -213,6 +204,35 @@ def _append(record: logging.LogRecord, note: str) -> None:
     record.args = None
 
 
+class RateWindows:
+    """At most ``burst`` events per ``per`` seconds for each key, in fixed
+    windows that start with a key's first event after the last one ended;
+    what goes over is counted, and the count is handed to the first event
+    of the next window, to be told. The keys are the caller's constants
+    (kinds of line, format strings), so they are bounded."""
+
+    def __init__(self, burst: int, per: float) -> None:
+        self.burst = burst
+        self.per = per
+        self.windows: dict[str, list[float]] = {}    # key -> [window start, let through, held back]
+
+    def admit(self, key: str) -> tuple[bool, int]:
+        """Whether this event of ``key`` goes through, and how many the
+        window that just ended held back (0 but for the first event of a
+        new window)."""
+        now = monotonic()
+        window = self.windows.get(key)
+        held = 0
+        if window is None or now - window[0] >= self.per:
+            held = int(window[2]) if window is not None else 0
+            window = self.windows[key] = [now, 0.0, 0.0]
+        if window[1] >= self.burst:
+            window[2] += 1
+            return False, held
+        window[1] += 1
+        return True, held
+
+
 class LogLimiter:
     """Log lines a flood could repeat (a bad record from a peer, a refused
     message) at a bounded rate: at most ``burst`` lines per ``per`` seconds
@@ -222,9 +242,15 @@ class LogLimiter:
 
     def __init__(self, logger: logging.Logger, burst: int = 5, per: float = 60.0) -> None:
         self.logger = logger
-        self.burst = burst
-        self.per = per
-        self._windows: dict[str, list[float]] = {}     # kind -> [window start, lines in it, suppressed]
+        self._rate = RateWindows(burst, per)     # by kind
+
+    @property
+    def burst(self) -> int:
+        return self._rate.burst
+
+    @property
+    def per(self) -> float:
+        return self._rate.per
 
     def warning(self, kind: str, message: str, *args: Any) -> bool:
         """Log ``message % args`` at WARNING unless ``kind`` is over its rate;
@@ -239,17 +265,10 @@ class LogLimiter:
         of a kind shown at another level."""
         if not self.logger.isEnabledFor(level):
             return False
-        now = monotonic()
-        window = self._windows.get(kind)
-        if window is None or now - window[0] >= self.per:
-            suppressed = int(window[2]) if window is not None else 0
-            window = self._windows[kind] = [now, 0.0, 0.0]
-            if suppressed:
-                self.logger.log(level, "%d more %s line(s) were not logged in the last %.0fs",
-                                suppressed, kind, self.per)
-        if window[1] >= self.burst:
-            window[2] += 1
-            return False
-        window[1] += 1
-        self.logger.log(level, message, *args, exc_info=exc_info)
-        return True
+        admitted, suppressed = self._rate.admit(kind)
+        if suppressed:
+            self.logger.log(level, "%d more %s line(s) were not logged in the last %.0fs",
+                            suppressed, kind, self.per)
+        if admitted:
+            self.logger.log(level, message, *args, exc_info=exc_info)
+        return admitted
