@@ -88,20 +88,12 @@ class ClusterGauges:
     def replication_lag(self) -> dict[str, tuple[float, int]]:
         return self.role.replication_lag(wall())
 
-    def zookeeper(self) -> str | None:
-        """The node's session state with its membership store (``connected``,
-        ``suspended``, ``lost``, ``connecting``, ``closed``); None on a
-        standalone node."""
-        stats = self.role.stats()
-        return None if stats is None else str(stats["zookeeper"])
-
-    def counters(self) -> dict[str, int] | None:
-        """The role's counters of :data:`CLUSTER_COUNTERS` (None on a
-        standalone node, whose status has no cluster section)."""
-        stats = self.role.stats()
-        if stats is None:
-            return None
-        return {key: int(stats[key]) for key, _ in CLUSTER_COUNTERS}
+    def stats(self) -> dict[str, Any] | None:
+        """The role's STATUS ``cluster`` section, read once a scrape: the
+        counters of :data:`CLUSTER_COUNTERS` and the session state with the
+        membership store (``zookeeper``: ``connected``, ``suspended``,
+        ``lost``, ``connecting``, ``closed``); None on a standalone node."""
+        return self.role.stats()
 
 
 class NodeCollector(Collector):
@@ -227,15 +219,13 @@ class NodeCollector(Collector):
         for peer, (_, n) in lags:
             lag_n.add_metric([peer], n)
         yield lag_n
-        zookeeper = c.zookeeper()
-        if zookeeper is not None:
+        stats = c.stats()
+        if stats is not None:
             yield GaugeMetricFamily("miyaq_zookeeper_connected", "1 while the node's ZooKeeper session is "
                                     "connected; 0 while suspended, lost or connecting (STATUS cluster.zookeeper)",
-                                    value=int(zookeeper == "connected"))
-        counters = c.counters()
-        if counters is not None:
+                                    value=int(stats["zookeeper"] == "connected"))
             for key, text in CLUSTER_COUNTERS:
-                yield CounterMetricFamily(f"miyaq_cluster_{key}", text, value=counters[key])
+                yield CounterMetricFamily(f"miyaq_cluster_{key}", text, value=int(stats[key]))
 
 
 class NodeMetrics:
