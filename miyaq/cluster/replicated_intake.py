@@ -45,7 +45,7 @@ from miyaq.cluster.peer_requests import REPLICATE
 from miyaq.cluster.sizes import RECORD_ALLOWANCE, peer_chunks, record_size
 from miyaq.constants import CLUSTER_TICK, MAX_PENDING_SUBMITS
 from miyaq.core.handles import Ack, AckTarget
-from miyaq.errors import MiyaqError, NotEnoughReplicas, ShuttingDown, Unavailable
+from miyaq.errors import Busy, MiyaqError, NotEnoughReplicas, ShuttingDown, Unavailable
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE, REJECTED
 from miyaq.protocol.eventspec import confirmed_ids
 from miyaq.protocol.taskspec import is_id
@@ -371,8 +371,8 @@ class ReplicatedIntake:
         if joined is None:
             joined = entry.joined = []
         if len(joined) >= MAX_JOINED:
-            self.ack(identity, [task_id, REJECTED, {"code": "busy", "message": f"task {task_id} is being "
-                                                    "replicated for as many submits of it as the node takes"}])
+            self.ack(identity, [task_id, REJECTED, Busy(f"task {task_id} is being replicated for as many "
+                                                        "submits of it as the node takes").to_wire()])
             return
         joined.append(identity)
 

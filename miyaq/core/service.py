@@ -9,10 +9,10 @@ pass. A connection's first SUBMIT of a burst is acknowledged before the
 reader reads on once the burst has done ``EARLY_ACK_WORK`` tasks, its later
 ones at the burst's end (:meth:`ServiceEndpoint.ack_early`): a quiet
 producer read early in a burst of another's batches does not wait for the
-rest of them, and a connection gets at most two SUBMITTED a burst. A bad message gets an ERROR reply with a
-code, is counted, and changes nothing. The socket is a
-:class:`~miyaq.runtime.messages.HubSocket`: it waits on the hub only when
-nothing can be read, and sends never block.
+rest of them, and a connection gets at most two SUBMITTED a burst. A bad
+message gets an ERROR reply with a code, is counted, and changes nothing.
+The socket is a :class:`~miyaq.runtime.messages.HubSocket`: it waits on the
+hub only when nothing can be read, and sends never block.
 
 With keys (a :class:`~miyaq.security.guard.Guard`), every message's User-Id
 is looked up and its role checked before any handler runs (``forbidden``
