@@ -63,6 +63,22 @@ class TaskApp(Protocol):
     async def aclose(self) -> None: ...
 
 
+def runs_async(fn: Callable[..., Any]) -> bool:
+    """Whether calling ``fn`` makes a coroutine for the worker's asyncio
+    loop to run: an ``async def`` (as a ``functools.partial`` too), one
+    under ``@staticmethod`` (which ``inspect.iscoroutinefunction`` does not
+    see through), or an object whose ``__call__`` is an ``async def``. Taken
+    for a sync handler, its coroutine was the task's result: never run, the
+    task failed on a result msgpack cannot pack."""
+    if isinstance(fn, staticmethod):
+        fn = fn.__func__
+    if inspect.iscoroutinefunction(fn):
+        return True
+    if inspect.isroutine(fn) or inspect.isclass(fn):
+        return False
+    return inspect.iscoroutinefunction(getattr(type(fn), "__call__", None))
+
+
 P = ParamSpec("P")
 #: The handler's return type (covariant: a ``TaskDef[P, int]`` is a ``TaskDef[P, object]``).
 R = TypeVar("R", covariant=True)
@@ -81,7 +97,7 @@ class TaskDef(Generic[P, R]):
         self.fn: Callable[P, R] = fn
         #: An ``async def`` handler (a worker runs it on its asyncio loop);
         #: decided once here, not for every task a worker runs.
-        self.is_async = inspect.iscoroutinefunction(fn)
+        self.is_async = runs_async(fn)
         self.name = name
         self.options = options
         self.__doc__ = fn.__doc__
