@@ -486,3 +486,34 @@ def test_a_node_outside_the_ring_asks_no_resync_of_the_silent_streams_it_follows
     cluster.wait_until(lambda: sub.resyncs > back, what="n3 to resync the silent n1")
     cluster.net.heal("n1")
     assert not cluster.crashes()
+
+
+def test_survivors_ask_a_killed_member_for_no_resync_while_they_still_follow_it(inproc, monkeypatch):
+    """Fault: a member is killed; the ring drops it, and the survivors still
+    follow it for ``DEPARTED_GRACE`` (a node that left alive still says how
+    its tasks ended). Its stream is silent, and each survivor asked it for a
+    resync every ``STREAM_SILENCE`` for the whole grace -- each waiting
+    ``RESYNC_TIMEOUT`` for no answer. Now a departed member's silence asks
+    for none; one back in the ring is asked again when it goes silent."""
+    cluster = inproc(3)
+    cluster.stop_node("n3")
+    cluster.publish(["n1", "n2"])
+    cluster.settle(0.2)
+    asked: list[str] = []
+    sub = cluster["n1"].role.subscriber
+    resync = sub.resync
+    monkeypatch.setattr(sub, "resync", lambda src, number: (asked.append(src), resync(src, number)))
+    for _ in range(8):
+        cluster.advance(5.0)      # 40 s, within DEPARTED_GRACE
+    assert "n3" in cluster["n1"].role.ring_follower.departed()
+    assert "n3" not in asked
+    cluster.start_node("n3")
+    cluster.publish(["n1", "n2", "n3"])
+    cluster.settle(0.2)
+    assert not cluster["n1"].role.ring_follower.departed()
+    asked.clear()
+    cluster.net.cut("n3", direction="out")
+    cluster.advance(5.0)
+    cluster.wait_until(lambda: "n3" in asked, what="n1 to resync the silent n3, back in the ring")
+    cluster.net.heal("n3")
+    assert not cluster.crashes()

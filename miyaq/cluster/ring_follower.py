@@ -129,3 +129,4 @@ class RingFollower:
         links.update({n: m for n, (m, _) in self._departed.items()})
         role.peer.connect({n: m.peer for n, m in links.items()}, fresh)
         role.subscriber.connect({n: m.pub for n, m in links.items()})
+        role.subscriber.set_departed(frozenset(self._departed))

@@ -145,6 +145,8 @@ class StreamReceiver:
         # Does a silent stream mean loss? Not while this node is outside the
         # ring: the members heartbeat to the ring's members only.
         self.heartbeats_expected = True
+        # Sources that left the ring, followed for DEPARTED_GRACE: their silence asks for no resync.
+        self.departed: frozenset[str] = frozenset()
 
     def expect_heartbeats(self, expected: bool) -> None:
         """Whether the sources heartbeat to this node (it is in their ring).
@@ -158,6 +160,22 @@ class StreamReceiver:
             for source in self.sources.values():
                 source.heard = now
         self.heartbeats_expected = expected
+
+    def set_departed(self, departed: frozenset[str]) -> None:
+        """The sources that left the ring (followed for ``DEPARTED_GRACE``
+        to hear how the tasks they ran ended). Their silence asks for no
+        resync: a node that left alive still heartbeats to this one (a gap
+        or a new incarnation still asks for one), so silence means it is
+        dead or frozen, and a resync would wait ``RESYNC_TIMEOUT`` for no
+        answer. Before 2026-12-06 every survivor asked a killed member for
+        one every ``STREAM_SILENCE`` for the whole grace. A source back in
+        the ring counts its silence from then."""
+        now = monotonic()
+        for src in self.departed - departed:
+            source = self.sources.get(src)
+            if source is not None:
+                source.heard = now
+        self.departed = departed
 
     def _follow(self, src: str) -> None:
         # A new subscription misses what was sent before it joined
@@ -219,8 +237,9 @@ class StreamReceiver:
     def _check_silence(self, now: float) -> None:
         if not self.heartbeats_expected:
             return
+        departed = self.departed
         for src, source in self.sources.items():
-            if now - source.heard > STREAM_SILENCE and not source.syncing:
+            if now - source.heard > STREAM_SILENCE and not source.syncing and src not in departed:
                 source.heard = now
                 self._ask_resync(src, "silent stream")
 

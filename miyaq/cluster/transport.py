@@ -143,6 +143,10 @@ class StreamSubscriber(Protocol):
         """Whether the sources heartbeat to this node (it is in the ring):
         while not, a silent stream asks for no resync."""
 
+    def set_departed(self, departed: frozenset[str]) -> None:
+        """The sources that left the ring, still followed: their silence
+        asks for no resync."""
+
     def last_heard(self) -> dict[str, float]:
         """Per source: when its stream was last heard (monotonic)."""
 
