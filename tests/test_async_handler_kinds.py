@@ -67,3 +67,26 @@ def test_an_async_def_under_staticmethod_runs_on_the_asyncio_loop(app):
 def test_each_kind_of_handler_is_told_async_or_not(app, fn, is_async):
     tdef = app.task(fn, name=f"kind.{id(fn)}")
     assert tdef.is_async is is_async
+
+
+def test_a_sync_handler_that_returns_a_coroutine_fails_saying_so(recwarn):
+    """Fault: a plain ``def`` returns a coroutine (a wrapper hiding an
+    ``async def``): the worker runs it as a sync handler. Its task fails at
+    once (``ResultNotSerializable``, not retried) saying the coroutine was
+    never run and how to declare the handler; the coroutine is closed, so
+    no "never awaited" warning follows it into the worker's log."""
+    import gc
+
+    import msgpack
+
+    from miyaq.worker.execute import run_sync
+
+    def wrapper(x: int):
+        return plain_async(x)
+
+    kind, error = run_sync(wrapper, msgpack.packb([[1], {}]))
+    gc.collect()
+    assert kind == "failed" and error["type"] == "ResultNotSerializable" and error["retry"] is False
+    assert "returned a coroutine, which was never run" in error["message"]
+    assert "async def" in error["message"]
+    assert not [w for w in recwarn.list if "never awaited" in str(w.message)]

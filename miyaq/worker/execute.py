@@ -20,6 +20,7 @@ fewer for the worker's life, the attempt unreported until its lease ran out.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import sys
 import traceback
 from typing import Any, Callable
@@ -109,7 +110,15 @@ def unpackable(value: Any, exc: BaseException) -> dict[str, Any]:
     int over 64 bits, nesting too deep): not retried, as another attempt
     would return the same after running the handler's side effects again.
     Before 2026-12-06 it was a retryable ``TypeError``: 4 attempts by
-    default, each running the handler again."""
+    default, each running the handler again. A coroutine (a handler taken
+    for a sync one that made one: :func:`miyaq.taskdef.runs_async`) is
+    closed, so Python warns of none never awaited, and the message says so."""
+    if inspect.iscoroutine(value):
+        value.close()
+        return {"type": "ResultNotSerializable", "retry": False,
+                "message": "the handler returned a coroutine, which was never run: it was taken for a sync handler "
+                           "(a def that returns a coroutine, or a wrapper that hides an async def); declare it with "
+                           "async def, and a worker runs it on its asyncio loop"}
     return {"type": "ResultNotSerializable", "retry": False,
             "message": _text(f"the handler's result, of type {type(value).__name__}, is not something msgpack can pack "
                              f"({_describe(exc, str)}); a result is made of None, bool, int (64 bits), float, "
