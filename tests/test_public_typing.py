@@ -75,6 +75,21 @@ async def main() -> None:
     async with miyaq.aio.Client() as aio:
         r: object = await aio.call("add", [1, 2], id=miyaq.new_id(), timeout=3, queue="q")
     await app.aclose()
+    added: int = await (await add.submit_async(1, 2)).result()
+    got: str = await (await (await fetch.submit_async("x", queue="q")).wait_accepted()).result(timeout=1)
+
+
+summed: int = add.submit(2, 3).result(timeout=5)
+fetched_later: str = fetch.submit("x", countdown=1).result()
+reveal_type(add.submit(2, 3))
+reveal_type(fetch.submit_with(("x",), queue="q").wait_accepted().result())
+untyped: miyaq.TaskHandle = miyaq.Client().submit("add", [1, 2])
+anything: str = untyped.result()
+widened: miyaq.TaskHandle[object] = add.submit(2, 3)
+
+
+def bare(h: miyaq.TaskHandle, ah: miyaq.aio.TaskHandle) -> miyaq.TaskHandle:
+    return h
 '''
 
 #: Each wrong use, the fault it simulates, and the message mypy must give.
@@ -109,6 +124,19 @@ BAD = [
      'Unexpected keyword argument "green" for "App"'),
     ("def step(ctx: miyaq.TaskContext) -> str: return ctx.attempt", "a TaskContext field used as the wrong type",
      'Incompatible return value type (got "int", expected "str")'),
+    ("r1: str = add.submit(1, 2).result()", "a submitted task's result used as the wrong type",
+     'Incompatible types in assignment (expression has type "int", variable has type "str")'),
+    ('r2: int = fetch.submit("x", countdown=1).result()', "an async handler's result, with a task option",
+     'Incompatible types in assignment (expression has type "str", variable has type "int")'),
+    ('r3: str = add.submit_with((1, 2), queue="q").wait_accepted().result()', "submit_with's result",
+     'Incompatible types in assignment (expression has type "int", variable has type "str")'),
+    ("async def r4() -> str: return await (await add.submit_async(1, 2)).result()", "a miyaq.aio handle's result",
+     'Incompatible return value type (got "int", expected "str")'),
+    ('async def r5() -> int: return await (await fetch.submit_async("x", wait=True)).result()',
+     "an async handler's result through a miyaq.aio handle",
+     'Incompatible return value type (got "str", expected "int")'),
+    ("r6: miyaq.TaskHandle[str] = add.submit(1, 2)", "a handle kept as one of another result type",
+     'Incompatible types in assignment (expression has type "TaskHandle[int]", variable has type "TaskHandle[str]")'),
 ]
 
 
@@ -159,6 +187,20 @@ def test_correct_uses_type_check(checked: dict[str, list[str]]) -> None:
     assert 'good.py:14: note: Revealed type is "str"' in out, out
 
 
+def test_a_handle_is_typed_by_its_handlers_result(checked: dict[str, list[str]]) -> None:
+    """``tdef.submit()`` gives a ``TaskHandle[R]`` (for an ``async def``
+    handler, what its coroutine returns), so ``result()`` is typed; a bare
+    ``TaskHandle`` -- ``Client.submit``'s, or an annotation -- stays valid
+    under --strict (its parameter defaults to ``Any``, PEP 696). Before,
+    handles were not generic and ``result()`` was ``Any``."""
+    out = "\n".join(checked["good.py"])
+    assert [line for line in checked["good.py"] if ": error:" in line] == [], out
+    lines = GOOD.splitlines()
+    handle = lines.index("reveal_type(add.submit(2, 3))") + 1
+    assert f'good.py:{handle}: note: Revealed type is "miyaq.client.handle.TaskHandle[int]"' in out, out
+    assert f'good.py:{handle + 1}: note: Revealed type is "str"' in out, out
+
+
 @pytest.mark.parametrize("number, line, fault, message", [(i, *b) for i, b in enumerate(BAD, start=3)],
                          ids=[b[1] for b in BAD])
 def test_wrong_uses_fail(checked: dict[str, list[str]], number: int, line: str, fault: str, message: str) -> None:
@@ -177,9 +219,49 @@ def test_the_public_signatures_resolve_at_run_time():
     import miyaq.aio
 
     for method in (miyaq.Client.submit, miyaq.Client.submit_url, miyaq.Client.call, miyaq.aio.Client.submit,
-                   miyaq.aio.Client.call, miyaq.App.__init__, miyaq.TaskDef.submit_with):
+                   miyaq.aio.Client.call, miyaq.App.__init__, miyaq.TaskDef.submit_with, miyaq.TaskDef.submit,
+                   miyaq.TaskHandle.result, miyaq.TaskHandle.wait_accepted, miyaq.aio.TaskHandle.result,
+                   miyaq.aio.TaskHandle.wait_accepted):
         # (TaskDef.submit_async names miyaq.aio's handle for the checker only, as
         # before: importing miyaq.aio with miyaq would load asyncio before a gevent
         # worker patches the standard library.)
         hints = typing.get_type_hints(method, include_extras=True)
         assert "return" in hints or method is miyaq.App.__init__, method
+    for name in ("submit", "submit_with", "call", "call_async"):
+        # The overloads too (typing.get_overloads; Sphinx shows them): their
+        # self-type aliases exist at run time. submit_async's name miyaq.aio's
+        # handle, for the checker only (above).
+        overloads = typing.get_overloads(getattr(miyaq.TaskDef, name))
+        assert overloads, name
+        for overload in overloads:
+            assert "return" in typing.get_type_hints(overload), (name, overload)
+
+
+def test_handles_are_generic_at_run_time_at_no_cost() -> None:
+    """``TaskHandle[int]`` is a valid annotation at run time too (typing
+    evaluates it), and being generic gives a handle no ``__dict__`` nor a
+    ``__new__``/``__init__`` of ``Generic``'s: one is made as before."""
+    import typing
+
+    import miyaq.aio
+
+    for cls in (miyaq.TaskHandle, miyaq.aio.TaskHandle):
+        assert typing.get_origin(cls[int]) is cls and typing.get_args(cls[int]) == (int,)
+        assert cls.__new__ is object.__new__
+        assert cls.__init__ is miyaq.client.handle.HandleBase.__init__
+        assert not hasattr(cls("t1", None, None), "__dict__")
+
+
+def test_typing_extensions_is_not_needed_at_run_time() -> None:
+    """Only a checker reads the PEP 696 ``TypeVar(default=...)`` (from
+    ``typing_extensions``, whose stubs mypy and pyright ship): miyaq must
+    import where it is not installed (it is not among its requirements)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['typing_extensions'] = None\n"
+            "import miyaq, miyaq.aio, miyaq.taskdef\n"
+            "assert miyaq.TaskHandle[int] is not None and miyaq.aio.TaskHandle[str] is not None\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

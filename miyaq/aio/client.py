@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import nullcontext
-from typing import Any, Iterable, Unpack
+from typing import Any, Generic, Iterable, Unpack
 
 from ..client import operations as ops
 from ..client.arguments import client_options, seconds, split_endpoints
 from ..client.dialling import CLIENT_HEARTBEAT_TIMEOUT
 from ..client.options import CallOptions, TaskOptions
 from ..client.pending import Pending
-from ..client.handle import FlushTally, HandleBase, Unflushed
+from ..client.handle import FlushTally, HandleBase, ResultT, Unflushed
 from ..client.wire import ReceivedTask, check_request, decode_outcome, submit_id, task_wire, url_wire
 from ..devstate import default_connect
 from ..errors import MiyaqError, Timeout
@@ -235,9 +235,10 @@ def _closed_elsewhere(unanswered: int, refused: int) -> str:
             + "; close the client in its own loop, or call close(flush=False) to drop them knowingly")
 
 
-class TaskHandle(HandleBase):
+class TaskHandle(HandleBase, Generic[ResultT]):
     """One submitted task: ``id``, ``node``, ``duplicate_of``, ``accepted``,
-    and coroutines ``wait_accepted()``, ``result()``, ``status()``, ``cancel()``."""
+    and coroutines ``wait_accepted()``, ``result()``, ``status()``, ``cancel()``.
+    Generic in what its handler returns, as :class:`miyaq.TaskHandle`."""
 
     __slots__ = ()
     client: Client
@@ -248,7 +249,7 @@ class TaskHandle(HandleBase):
         """``duplicate_of or id``: final once ``wait_accepted()`` returned."""
         return self.duplicate_of or self.id
 
-    async def wait_accepted(self, timeout: float | None = None) -> "TaskHandle":
+    async def wait_accepted(self, timeout: float | None = None) -> "TaskHandle[ResultT]":
         """Wait until a node stored the task; raises Busy, Unavailable, Timeout,
         InvalidField... if it could not be placed before its deadline."""
         timeout = seconds(timeout, "timeout", optional=True)
@@ -261,7 +262,7 @@ class TaskHandle(HandleBase):
             raise
         return self
 
-    async def result(self, timeout: float | None = 60.0) -> Any:
+    async def result(self, timeout: float | None = 60.0) -> ResultT:
         """The handler's return value, or the exception it stands for."""
         timeout = seconds(timeout, "timeout", optional=True)
         await self.wait_accepted(timeout)

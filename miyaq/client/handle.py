@@ -3,7 +3,7 @@ and its result."""
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic
 
 from ..errors import MiyaqError, Timeout
 from .arguments import seconds
@@ -11,7 +11,20 @@ from .futures import BlockingFuture, Future, Resolvable
 from .wire import accepted_as, decode_outcome
 
 if TYPE_CHECKING:
+    from typing_extensions import TypeVar
+
     from .client import Client
+
+    #: What a task's handler returns, as its handle's ``result()`` gives it
+    #: back; ``Any`` when not known (a handle from ``Client.submit``, a bare
+    #: ``TaskHandle`` annotation): a PEP 696 default, so ``mypy --strict``
+    #: asks for no type parameter. Only a checker reads ``typing_extensions``
+    #: (its stubs ship with mypy and pyright); at run time a plain TypeVar.
+    ResultT = TypeVar("ResultT", covariant=True, default=Any)
+else:
+    from typing import TypeVar
+
+    ResultT = TypeVar("ResultT", covariant=True)
 
 
 class HandleBase:
@@ -189,12 +202,18 @@ def flush_error(failures: list[MiyaqError], uncounted: int = 0) -> MiyaqError:
     return first
 
 
-class TaskHandle(HandleBase):
+class TaskHandle(HandleBase, Generic[ResultT]):
+    """One submitted task (docs/python-api.md, "TaskHandle"). Generic in what
+    its handler returns: ``TaskDef.submit`` gives a ``TaskHandle[int]`` for a
+    handler returning ``int``, ``Client.submit`` a ``TaskHandle`` (of
+    ``Any``). That costs nothing at run time: ``Generic`` adds no ``__new__``
+    nor ``__init__`` and no ``__dict__`` (its ``__slots__`` are empty)."""
+
     __slots__ = ()
     client: "Client"
     _accepted: "Future | BlockingFuture"
 
-    def wait_accepted(self, timeout: float | None = None) -> "TaskHandle":
+    def wait_accepted(self, timeout: float | None = None) -> "TaskHandle[ResultT]":
         """Block until the node stored the task. Raises :class:`miyaq.Busy`,
         :class:`miyaq.Unavailable` or :class:`miyaq.Timeout` if it could not
         be placed before the submit deadline."""
@@ -215,7 +234,7 @@ class TaskHandle(HandleBase):
         self.wait_accepted(self.client.submit_timeout)
         return self.duplicate_of or self.id
 
-    def result(self, timeout: float | None = 60.0) -> Any:
+    def result(self, timeout: float | None = 60.0) -> ResultT:
         """Wait for the task to finish and return the handler's return value.
         Raises :class:`miyaq.TaskFailed` (with the remote exception type and
         message), :class:`miyaq.TaskCancelled`, :class:`miyaq.TaskExpired` or
