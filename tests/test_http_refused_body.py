@@ -105,7 +105,7 @@ def test_a_client_trickling_a_refused_body_is_cut_off_after_the_linger(make_http
     once (the half-close), and the connection, with its slot of the
     per-client cap, ends after the lingering close's bound
     (LINGER_SECONDS, shortened here) although the client never stops."""
-    monkeypatch.setattr("miyaq.gateway.wsgi.LINGER_SECONDS", 0.5)
+    monkeypatch.setattr("miyaq.gateway.request_body.LINGER_SECONDS", 0.5)
     node = make_http_node(http_max_client_connections=1)
     sock = connect(node, "127.0.0.2", sockets)
     sock.sendall(b"POST /tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
