@@ -6,7 +6,7 @@ descriptor only when nothing can be read, with a timer for the heartbeat
 check, and drains bursts without waiting); results go through an
 :class:`~miyaq.worker.outbox.Outbox` and leave from any greenlet. Until the node
 first answers, the link says every few seconds, at WARNING, why it cannot
-reach it (nothing listening, a name that does not resolve...). A node that
+reach it (:mod:`~miyaq.worker.link_watch`). A node that
 answers RECONNECT is sent READY again, once the tasks it had sent here that
 have not started are dropped (it leases them anew).
 
@@ -22,18 +22,10 @@ its READY had the node put back every task the worker held, which then ran
 twice. Only a node silent for ``HUNG_NODE_LIVENESS`` times that long (30 s
 by default) is taken for hung: a fresh socket registers again.
 
-A second greenlet reads the socket's connection monitor (libzmq's, one
-message per connection closed, nothing per message). When a connection the
-node had answered on closes -- the node exited or was killed, the network
-dropped it, or it answered no ZMTP heartbeat for ``node_timeout`` (its
-process frozen, its host gone; or a message from it took longer to arrive:
-libzmq hears the answer behind it, so a link too slow for the timeout has
-its connection dropped again and again, docs/configuration.md) -- the node
-is **lost** at once: the worker tells the tasks' other holders
-(:meth:`~miyaq.worker.routing.Routes.link_lost`) and the link opens a fresh
-socket. A connection that never got an answer is left to ZeroMQ's own
-reconnecting (and to the diagnosis above), so a node that refuses the
-handshake does not make the link churn sockets.
+A second greenlet reads the socket's connection monitor
+(:class:`~miyaq.worker.link_watch.LinkWatch`): a connection the node had
+answered on that closes has the node **lost** at once -- the worker tells
+the tasks' other holders and the link opens a fresh socket (:meth:`NodeLink.lose`).
 
 A link to a node that left the ring is **retired** by the worker
 (:meth:`NodeLink.retire`, :mod:`~miyaq.worker.ring`):
@@ -50,17 +42,13 @@ from ..errors import MiyaqError, Unavailable, UnknownCommand
 from ..logs import LogLimiter
 from ..protocol import codec
 from ..protocol import commands as c
-from ..protocol.reach import explain, unreachable
 from ..runtime import Policy, green, monotonic
 from ..runtime.messages import HubSocket
 from ..runtime.open_files import open_files_hint, room_for
-from ..runtime.connections import (
-    CONNECTION_CLOSED, explain_handshake, handshake_failure, monitor_event,
-)
 from ..runtime.sockets import SocketFactory, heartbeat_options, zmq
-from .config import (FIRST_CONTACT, FIRST_CONTACT_REPEAT_MAX, HUNG_NODE_LIVENESS, LIVENESS, MAX_INBOUND_MESSAGE,
-                     MAX_RESULT_BYTES, NODE_HEARTBEAT_RANGE, PROBE_TIMEOUT, RECV_BURST,
-                     RESULT_MESSAGE_SLACK)
+from .config import (HUNG_NODE_LIVENESS, LIVENESS, MAX_INBOUND_MESSAGE, MAX_RESULT_BYTES, NODE_HEARTBEAT_RANGE,
+                     RECV_BURST, RESULT_MESSAGE_SLACK)
+from .link_watch import LinkWatch
 from .outbox import Outbox
 from .prefetch import ExtraCredit, RunTimes
 
@@ -98,10 +86,7 @@ class NodeLink:
         self.slow = False           # silent past heartbeat × liveness on a connection still up (said once)
         self.reconnects = 0
         self.send_errors = 0
-        self._opened_at = monotonic()
-        self._next_diagnosis = 0.0
-        # Why the node refused this worker's last handshake (explain_handshake), and when.
-        self._handshake_refused: tuple[float, str] | None = None
+        self.watch = LinkWatch(self)    # its connection monitor's reader, and the first contact's diagnosis
         self.open_error: str | None = None    # why the last socket could not be opened (None: it was)
         # The ring's lists (WELCOME, HEARTBEAT ``nodes``): since when they no
         # longer name this node (None: the last one heard did). The worker's.
@@ -124,8 +109,8 @@ class NodeLink:
             return False
         self.answered = False
         self.slow = False
-        self.last_heard = self._opened_at = monotonic()
-        self._next_diagnosis = self._opened_at + FIRST_CONTACT
+        self.last_heard = monotonic()
+        self.watch.opened(self.last_heard)
         try:
             if not room_for(SOCKET_FILES):
                 # Asked first: a socket libzmq fails to make halfway leaves a
@@ -250,11 +235,12 @@ class NodeLink:
     def serve(self) -> None:
         """Read the node until the worker stops; heartbeat every interval;
         reconnect when a node that answered stays silent long enough to be
-        taken for hung (a closed connection is the watcher's: :meth:`watch`).
+        taken for hung (a closed connection is the watcher's:
+        :meth:`LinkWatch.run <miyaq.worker.link_watch.LinkWatch.run>`).
         The first contact's clock starts here, not when the socket opened:
         a worker registers only once its pool is ready."""
-        self.last_heard = self._opened_at = monotonic()
-        self._next_diagnosis = self._opened_at + FIRST_CONTACT
+        self.last_heard = monotonic()
+        self.watch.opened(self.last_heard)
         self.register()
         last_beat = monotonic()
         while not self.worker.stopping_hard and not self.retired:
@@ -288,8 +274,8 @@ class NodeLink:
                 raise
             now = monotonic()
             if not self.answered:
-                if now >= self._next_diagnosis:
-                    self._diagnose(now)
+                if now >= self.watch.next_diagnosis:
+                    self.watch.diagnose(now)
                 if now - last_beat >= self.heartbeat:
                     # Nothing to beat for until the node answers: wait a heartbeat
                     # again (the READY queued on the socket leaves when it is
@@ -306,24 +292,6 @@ class NodeLink:
                     last_beat = now
                     self.send(c.HEARTBEAT, {"worker": self.worker.wid})
 
-    def _diagnose(self, now: float) -> None:
-        """Nothing heard since the socket opened: say why, at growing
-        intervals. The socket stays: ZeroMQ reconnects by itself, and the
-        READY queued on it leaves when the node is there."""
-        waited = now - self._opened_at
-        refused = self._handshake_refused
-        if refused is not None and refused[0] >= self._opened_at:
-            # A handshake failed since the socket opened: that is why, not what a
-            # bare TCP connect finds (a node that accepts connections).
-            logger.warning("cannot connect to node %s: %s (no answer for %.0fs; still trying)",
-                           self.endpoint, refused[1], waited)
-        else:
-            why = green.run_in_thread(explain, self.endpoint, PROBE_TIMEOUT)
-            if self.answered:       # the answer came while we probed
-                return
-            logger.warning("%s (no answer for %.0fs; still trying)", unreachable(self.endpoint, why), waited)
-        self._next_diagnosis = now + min(FIRST_CONTACT_REPEAT_MAX, max(FIRST_CONTACT, 2 * waited))
-
     def _slowed(self, now: float) -> None:
         """Silent past heartbeat × liveness, its connection still up: the node
         is alive and stalled. Said once; the link keeps its socket, its
@@ -336,9 +304,9 @@ class NodeLink:
     def _reconnect(self, now: float) -> None:
         logger.warning("node %s silent for %.1fs although its connection is up: taking it for hung; "
                        "reconnecting", self.endpoint, now - self.last_heard)
-        self._lose()
+        self.lose()
 
-    def _lose(self) -> None:
+    def lose(self) -> None:
         """The node is lost: its tasks' other holders hear of them, and a
         fresh socket registers again (the node may come back)."""
         self.reconnects += 1
@@ -346,40 +314,6 @@ class NodeLink:
         self.worker.link_lost(self)
         self._open()
         self.register()
-
-    # -- the connection watcher ---------------------------------------------------------
-    def watch(self) -> None:
-        """Read the current socket's connection monitor until the worker
-        stops or the link is retired. A monitor closed under it (the socket
-        was replaced) is left for the new one; any other error raises, for
-        the supervisor."""
-        while not self.worker.stopping_hard and not self.retired:
-            monitor = self.monitor
-            if monitor is None:
-                green.sleep(self.heartbeat)    # no socket open now: the reader opens one
-                continue
-            try:
-                frames = monitor.recv_multipart()
-            except zmq.ZMQError:
-                if self.worker.stopping_hard or monitor is not self.monitor:
-                    continue
-                raise
-            if monitor is not self.monitor:
-                continue
-            if monitor_event(frames) == CONNECTION_CLOSED:
-                self._connection_closed()
-            else:
-                failure = handshake_failure(frames)     # None for any other event
-                if failure is not None:
-                    why = explain_handshake(failure, self.endpoint, self.factory.security is not None, "this worker")
-                    self._handshake_refused = (monotonic(), why)      # what _diagnose says from now on
-                    _log.warning("handshake", "cannot connect to node %s: %s", self.endpoint, why)
-
-    def _connection_closed(self) -> None:
-        if self.worker.stopping_hard or not self.answered:
-            return      # closing, or never answered here: ZeroMQ reconnects by itself
-        logger.warning("connection to node %s closed; reconnecting", self.endpoint)
-        self._lose()
 
     def _handle(self, frames: list[bytes]) -> None:
         """Act on one message. Only a well-formed one counts as hearing from

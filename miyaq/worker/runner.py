@@ -406,7 +406,7 @@ class Worker:
         """Start ``link``'s reader (critical: the worker cannot run without it)
         and its connection watcher (restarted if it dies)."""
         link.spawn(f"link {link.endpoint}", link.serve, policy=CRITICAL)
-        link.spawn(f"watch {link.endpoint}", link.watch, policy=RESTART)
+        link.spawn(f"watch {link.endpoint}", link.watch.run, policy=RESTART)
 
     def _fatal(self, name: str, exc: BaseException) -> None:
         """A critical greenlet died: stop, and whatever stopping meets, end

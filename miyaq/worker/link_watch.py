@@ -1,0 +1,121 @@
+"""What a worker's link to a node (:class:`~miyaq.worker.link.NodeLink`)
+learns of its connection below the protocol, and says about it
+(:class:`LinkWatch`, one per link).
+
+Until the node first answers on a socket, the link says every few seconds,
+at WARNING, why it cannot reach it (nothing listening, a name that does not
+resolve, the handshake refused...): the link's reader calls
+:meth:`LinkWatch.diagnose` once :attr:`LinkWatch.next_diagnosis` is past.
+
+A second greenlet of the link (:meth:`LinkWatch.run`) reads the socket's
+connection monitor (libzmq's, one message per connection closed, nothing
+per message). When a connection the node had answered on closes -- the
+node exited or was killed, the network dropped it, or it answered no ZMTP
+heartbeat for ``node_timeout`` (its process frozen, its host gone; or a
+message from it took longer to arrive: libzmq hears the answer behind it,
+so a link too slow for the timeout has its connection dropped again and
+again, docs/configuration.md) -- the node is **lost** at once: the worker
+tells the tasks' other holders (:meth:`~miyaq.worker.routing.Routes.link_lost`)
+and the link opens a fresh socket (:meth:`~miyaq.worker.link.NodeLink.lose`).
+A connection that never got an answer is left to ZeroMQ's own reconnecting
+(and to the diagnosis above), so a node that refuses the handshake does not
+make the link churn sockets; the refusal is what the diagnosis says from
+then on.
+
+Nothing here runs per message: the monitor carries connection events only,
+and the reader asks for a diagnosis only while its node has not answered.
+Its lines are the link's (logger ``miyaq.worker.link``).
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from ..logs import LogLimiter
+from ..protocol.reach import explain, unreachable
+from ..runtime import green, monotonic
+from ..runtime.connections import (
+    CONNECTION_CLOSED, explain_handshake, handshake_failure, monitor_event,
+)
+from ..runtime.sockets import zmq
+from .config import FIRST_CONTACT, FIRST_CONTACT_REPEAT_MAX, PROBE_TIMEOUT
+
+if TYPE_CHECKING:
+    from .link import NodeLink
+
+logger = logging.getLogger("miyaq.worker.link")     # the link's lines: one logger to follow it
+_log = LogLimiter(logger)     # what a node sends may repeat (a buggy or hostile one): a few lines a minute
+
+
+class LinkWatch:
+    """The connection of one :class:`~miyaq.worker.link.NodeLink`: its
+    monitor's reader and the first contact's diagnosis. Runs in the
+    worker's hub."""
+
+    def __init__(self, link: NodeLink) -> None:
+        self.link = link
+        self.opened_at = monotonic()    # when the first contact's clock started (:meth:`opened`)
+        self.next_diagnosis = 0.0       # monotonic time of the next diagnosis, while the node has not answered
+        # Why the node refused this worker's last handshake (explain_handshake), and when.
+        self._handshake_refused: tuple[float, str] | None = None
+
+    def opened(self, now: float) -> None:
+        """The first contact's clock starts again at ``now`` (a fresh socket,
+        or the reader's start): the first diagnosis is ``FIRST_CONTACT``
+        later."""
+        self.opened_at = now
+        self.next_diagnosis = now + FIRST_CONTACT
+
+    def diagnose(self, now: float) -> None:
+        """Nothing heard since the socket opened: say why, at growing
+        intervals. The socket stays: ZeroMQ reconnects by itself, and the
+        READY queued on it leaves when the node is there."""
+        link = self.link
+        waited = now - self.opened_at
+        refused = self._handshake_refused
+        if refused is not None and refused[0] >= self.opened_at:
+            # A handshake failed since the socket opened: that is why, not what a
+            # bare TCP connect finds (a node that accepts connections).
+            logger.warning("cannot connect to node %s: %s (no answer for %.0fs; still trying)",
+                           link.endpoint, refused[1], waited)
+        else:
+            why = green.run_in_thread(explain, link.endpoint, PROBE_TIMEOUT)
+            if link.answered:       # the answer came while we probed
+                return
+            logger.warning("%s (no answer for %.0fs; still trying)", unreachable(link.endpoint, why), waited)
+        self.next_diagnosis = now + min(FIRST_CONTACT_REPEAT_MAX, max(FIRST_CONTACT, 2 * waited))
+
+    def run(self) -> None:
+        """Read the current socket's connection monitor until the worker
+        stops or the link is retired. A monitor closed under it (the socket
+        was replaced) is left for the new one; any other error raises, for
+        the supervisor."""
+        link = self.link
+        while not link.worker.stopping_hard and not link.retired:
+            monitor = link.monitor
+            if monitor is None:
+                green.sleep(link.heartbeat)    # no socket open now: the reader opens one
+                continue
+            try:
+                frames = monitor.recv_multipart()
+            except zmq.ZMQError:
+                if link.worker.stopping_hard or monitor is not link.monitor:
+                    continue
+                raise
+            if monitor is not link.monitor:
+                continue
+            if monitor_event(frames) == CONNECTION_CLOSED:
+                self._connection_closed()
+            else:
+                failure = handshake_failure(frames)     # None for any other event
+                if failure is not None:
+                    why = explain_handshake(failure, link.endpoint, link.factory.security is not None, "this worker")
+                    self._handshake_refused = (monotonic(), why)      # what diagnose says from now on
+                    _log.warning("handshake", "cannot connect to node %s: %s", link.endpoint, why)
+
+    def _connection_closed(self) -> None:
+        link = self.link
+        if link.worker.stopping_hard or not link.answered:
+            return      # closing, or never answered here: ZeroMQ reconnects by itself
+        logger.warning("connection to node %s closed; reconnecting", link.endpoint)
+        link.lose()
