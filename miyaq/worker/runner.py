@@ -334,9 +334,7 @@ class Worker:
         "Failure modes"). Said once a minute, however many runners retire
         together. False: the runner retires."""
         task_id = job.task_id
-        if task_id not in self.running:     # no other attempt of it runs here
-            self.routes.origin.pop(task_id, None)
-            self.routes.holders.pop(task_id, None)
+        self._unroute(task_id)
         link.send(c.RETURN, {"ids": [task_id], "credit": False})
         retires = self.concurrency - self.slots_lost > 1
         if retires:
@@ -353,11 +351,16 @@ class Worker:
         already (with the backlog); one whose run began after that is given
         back here."""
         task_id = job.task_id
-        if task_id not in self.running:     # no other attempt of it runs here
-            self.routes.origin.pop(task_id, None)
-            self.routes.holders.pop(task_id, None)
+        self._unroute(task_id)
         if job not in self.given_back and task_id not in self.running:
             link.send(c.RETURN, {"ids": [task_id], "credit": False})
+
+    def _unroute(self, task_id: str) -> None:
+        """An attempt of ``task_id`` given back unstarted: forget its node and
+        its other holders, unless another attempt of it runs here."""
+        if task_id not in self.running:
+            self.routes.origin.pop(task_id, None)
+            self.routes.holders.pop(task_id, None)
 
     def _interrupt(self, job: Job, reason: type[Interrupted]) -> None:
         if job.stop_reason is not None:
