@@ -335,10 +335,10 @@ class Worker:
         together. False: the runner retires."""
         task_id = job.task_id
         self._unroute(task_id)
-        link.send(c.RETURN, {"ids": [task_id], "credit": False})
         retires = self.concurrency - self.slots_lost > 1
         if retires:
-            self.slots_lost += 1
+            self.slots_lost += 1      # before the RETURN: what its node then sees, the count says
+        link.send(c.RETURN, {"ids": [task_id], "credit": False})
         _shortage_log.warning("pool shortage", "worker %s: %s. Tasks past them are given back to their node "
                               "unstarted (no attempt spent), each with a handler slot: %d of %d slot(s) left. "
                               "Raise the limit or lower --concurrency, and restart the worker to have them back",
