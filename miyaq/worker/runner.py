@@ -17,9 +17,10 @@ work, give back tasks not yet started, let running ones finish up to
 
 Every greenlet is spawned through the worker's
 :class:`~miyaq.runtime.Supervisor`: a link reader that dies is ``CRITICAL``
-(the worker stops and its process exits non-zero), a runner, the watchdog or
-a result flusher that dies is logged, counted and restarted, so the worker
-never runs with fewer slots than the credit it grants.
+(the worker stops and its process exits non-zero), a runner, the watchdog,
+the hub tick, a link's connection watcher or a result flusher that dies is
+logged, counted and restarted, so the worker never runs with fewer slots
+than the credit it grants.
 """
 from __future__ import annotations
 
