@@ -14,7 +14,7 @@ from typing import Any, Sequence, overload
 import zmq
 
 from . import clock, green
-from .connections import use_family_of
+from .connections import peer_of_fd, use_family_of
 
 _zmq_poll = zmq.backend.zmq_poll
 _POLLIN = int(zmq.POLLIN)
@@ -247,6 +247,14 @@ class HubSocket:
             self._take = self._take_bounded
         else:
             self._take = self._take_with_user if users else self._take_plain
+
+    def peer_address(self) -> str:
+        """The address the last message read came from (``"ip:port"``,
+        :func:`~miyaq.runtime.connections.peer_of_fd`), for a line about a
+        refused message: asked on that path only, right after the read, it
+        costs the messages nothing. ``"address unknown"`` without
+        ``sources`` or once the connection has closed."""
+        return peer_of_fd(self.source[0] if self.source is not None else -1)
 
     def readable(self) -> bool:
         """A message can be received now (:func:`has_message`)."""
