@@ -80,6 +80,7 @@ class ZapHandler:
         self.on_revoked: list[Callable[[set[str]], None]] = []
         self._refused_since_log = 0
         self._last_log = 0.0
+        self._address = ""      # the IP the ZAP request being answered names (libzmq gives no port)
         self._auth = _Authenticator(self, factory.ctx)
         self._signature = self._dir_signature()
 
@@ -95,11 +96,17 @@ class ZapHandler:
         sock = self._auth.zap_socket
         while True:
             frames = sock.recv_multipart()
+            # [version, request id, domain, address, routing id, mechanism, key]:
+            # the address is the connecting side's IP, without its port.
+            self._address = frames[3].decode("ascii", "replace")[:64] if len(frames) > 3 else ""
             _run_sync(self._auth.handle_zap_message(frames))
 
     # -- decisions -------------------------------------------------------------------
     def admit(self, public_z85: bytes, peer_only: bool = False) -> bool:
-        """May this key connect? On the peer port and stream, only peer keys may."""
+        """May this key connect? On the peer port and stream, only peer keys may.
+        A refusal is logged at most every ``LOG_EVERY`` seconds with the key
+        and the IP address its ZAP request named (libzmq's ZAP requests
+        carry no port)."""
         ident = self.identities.get(bytes(public_z85))
         if ident is not None and (not peer_only or ident.role is Role.PEER):
             self.admitted += 1
@@ -109,8 +116,9 @@ class ZapHandler:
         now = monotonic()
         if now - self._last_log >= LOG_EVERY:
             logger.warning("refused %d CURVE handshake(s): keys this node does not know, or keys other "
-                           "than peers' on the peer port or stream (latest %s, on the %s)",
+                           "than peers' on the peer port or stream (latest %s from %s, on the %s)",
                            self._refused_since_log, bytes(public_z85).decode("ascii", "replace"),
+                           self._address or "an address libzmq did not give",
                            "peer port or stream" if peer_only else "service port")
             self._refused_since_log = 0
             self._last_log = now
