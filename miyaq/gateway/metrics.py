@@ -41,6 +41,9 @@ from miyaq.core.core import Core
 from miyaq.core.handles import NodeRole, StorageHealth
 from miyaq.gateway.task_timings import LATENCY_BUCKETS, TaskTimings, drop_series
 from miyaq.runtime import Supervisor, green, monotonic, wall
+from miyaq.security.handshakes import REASONS, HandshakeFailures
+from miyaq.security.zap import ZapHandler
+from miyaq.store.task import RUNNING
 
 #: The HTTP methods ``miyaq_http_requests_total`` names; any other is counted as "other",
 #: so made-up methods cannot add series (routes are the router's templates or "unmatched").
@@ -100,12 +103,16 @@ class NodeCollector(Collector):
     """Reads the node's own counters at scrape time."""
 
     def __init__(self, node_id: str, core: Core, cluster: ClusterGauges, supervisor: Supervisor,
-                 storage: StorageHealth | None) -> None:
+                 storage: StorageHealth | None, timings: TaskTimings | None = None,
+                 handshakes: HandshakeFailures | None = None, keys: ZapHandler | None = None) -> None:
         self.node_id = node_id
         self.core = core
         self.cluster = cluster
         self.supervisor = supervisor
         self.storage = storage
+        self.timings = timings
+        self.handshakes = handshakes
+        self.keys = keys
         self.started = monotonic()
 
     def collect(self) -> Iterator[Metric]:
@@ -185,8 +192,49 @@ class NodeCollector(Collector):
         for name, n in sorted(self.supervisor.crashes.items()):
             crashes.add_metric([name], n)
         yield crashes
+        yield from self._running()
+        yield from self._handshakes()
         yield from self._storage()
         yield from self._cluster()
+
+    def _running(self) -> Iterator[Metric]:
+        """The age of the oldest task leased to a worker (0 with none):
+        a handler that hangs, or a worker that holds a task and does not
+        run it, shows as a gauge that climbs (docs/operations.md, "A
+        handler hangs"). Read from the timings' starts, oldest first, so a
+        scrape costs one look at the first entry, whatever the number of
+        running tasks (:meth:`TaskTimings.oldest_running`)."""
+        if self.timings is None:
+            return
+        live = self.core.engine.table.live
+
+        def running(task_id: str, attempt: int) -> bool:
+            task = live.get(task_id)
+            return task is not None and task.state == RUNNING and task.attempt == attempt
+
+        oldest = self.timings.oldest_running(running)
+        yield GaugeMetricFamily("miyaq_oldest_running_task_seconds", "Seconds since the oldest task leased to "
+                                "a worker started its attempt (0 when none runs)",
+                                value=0.0 if oldest is None else max(0.0, wall() - oldest))
+
+    def _handshakes(self) -> Iterator[Metric]:
+        """Handshakes that failed on the node's ports, before any key was
+        checked (by port and reason: a series for each of the ports watched,
+        zero until one fails), and, with keys, those whose key the node
+        refused (STATUS ``security``)."""
+        if self.handshakes is not None:
+            failed = CounterMetricFamily("miyaq_handshakes_failed", "Connections whose ZeroMQ handshake failed "
+                                         "before any key was checked, by port and reason (no keys on one side, "
+                                         "another node key, not a ZeroMQ peer)", labels=["port", "reason"])
+            counts = self.handshakes.counts
+            for port in self.handshakes.ports():
+                for reason in REASONS:
+                    failed.add_metric([port, reason], counts.get((port, reason), 0))
+            yield failed
+        if self.keys is not None:
+            yield CounterMetricFamily("miyaq_handshakes_refused", "CURVE handshakes whose key the node refused "
+                                      "(unknown, revoked, or not a peer's on the peer port or stream)",
+                                      value=self.keys.refused)
 
     def _storage(self) -> Iterator[Metric]:
         """The log's health (docs/durability.md, "A full or failing disk"); none without --data-dir."""
@@ -234,7 +282,8 @@ class NodeMetrics:
     name = "metrics"
 
     def __init__(self, node_id: str, core: Core, role: NodeRole, supervisor: Supervisor,
-                 storage: StorageHealth | None = None) -> None:
+                 storage: StorageHealth | None = None, handshakes: HandshakeFailures | None = None,
+                 keys: ZapHandler | None = None) -> None:
         self.engine = core.engine
         self.registry = CollectorRegistry(auto_describe=True)
         self.cluster = ClusterGauges(role)
@@ -252,7 +301,8 @@ class NodeMetrics:
                                 ["queue", "result"], registry=self.registry)
         self.webhook_seconds = Histogram("miyaq_webhook_request_seconds", "Duration of webhook attempts",
                                          ["queue"], registry=self.registry, buckets=LATENCY_BUCKETS)
-        self.registry.register(NodeCollector(node_id, core, self.cluster, supervisor, storage))
+        self.registry.register(NodeCollector(node_id, core, self.cluster, supervisor, storage, self.timings,
+                                             handshakes, keys))
         # The process's own: CPU, memory, and open files against their limit
         # (process_open_fds, process_max_fds; miyaq.node.open_files says it in the log).
         ProcessCollector(registry=self.registry)

@@ -4,7 +4,7 @@ the engine as tasks start and finish: a dict operation and a bisect a task
 of the node's metrics (:mod:`miyaq.gateway.metrics`)."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
@@ -47,6 +47,8 @@ class TaskTimings(EngineListener, Collector):
     finishes a dead letter (which attempt it reports is not known then)."""
 
     MAX_KEPT = 10_000
+    #: Most entries :meth:`oldest_running` drops in one call.
+    MAX_STALE = 1_000
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.delay = QueueHistogram("miyaq_task_start_delay_seconds", "Time from a task's eta to its first start",
@@ -81,9 +83,31 @@ class TaskTimings(EngineListener, Collector):
         if self._released:
             self._released.pop(task_id, None)
 
+    def oldest_running(self, running: Callable[[str, int], bool]) -> float | None:
+        """The start (wall clock) of the oldest attempt that still runs, or
+        None when none does. ``_started`` is in start order, so that is its
+        first entry whose attempt ``running(task_id, attempt)`` confirms; an
+        entry it denies (an attempt that ended by a way no hook here saw) is
+        dropped, so it is never asked twice nor kept for ever. A call drops
+        at most ``MAX_STALE`` and then answers with the next entry's start:
+        its cost is bounded whatever the number of running tasks, one entry
+        looked at in the usual case."""
+        started = self._started
+        for _ in range(self.MAX_STALE):
+            if not started:
+                return None
+            task_id = next(iter(started))
+            attempt, start = started[task_id]
+            if running(task_id, attempt):
+                return start
+            del started[task_id]
+        return started[next(iter(started))][1] if started else None
+
     def task_started(self, task: Task) -> None:
         now = wall()
-        self._started[task.id] = (task.attempt, now)
+        started = self._started
+        started.pop(task.id, None)      # a new start goes last: the dict stays in start order (oldest_running)
+        started[task.id] = (task.attempt, now)
         if task.attempt == 1 and not revivals(task):
             if self._released and self._released.pop(task.id, False):
                 return         # its first lease was observed, then given back unstarted

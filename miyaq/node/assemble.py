@@ -137,7 +137,7 @@ def _build(config: NodeConfig, supervisor: Supervisor, sockets: SocketFactory, c
         parts += [clockwork, periodic, role, open_files]
         hurry = green.Event()      # a second stop signal: the node's waits and the gateway's end at once
         if config.http_port:
-            metrics = NodeMetrics(config.id, core, role, supervisor, persistence)
+            metrics = NodeMetrics(config.id, core, role, supervisor, persistence, handshakes, zap)
             parts += [metrics, Gateway(config, core, role, status, periodic, metrics, clockwork.wake, supervisor,
                                        hurry)]
     except BaseException:

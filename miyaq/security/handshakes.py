@@ -26,7 +26,7 @@ import zmq
 
 from miyaq.runtime import RESTART, Supervisor, monotonic
 from miyaq.runtime.connections import (
-    CLOSED_IN_HANDSHAKE, CRYPTOGRAPHIC_ERROR, MECHANISM_MISMATCH, handshake_failure,
+    CLOSED_IN_HANDSHAKE, CRYPTOGRAPHIC_ERROR, MECHANISM_MISMATCH, PROTOCOL_ERROR, handshake_failure,
 )
 from miyaq.runtime.messages import HubPoller
 from miyaq.runtime.sockets import SocketFactory
@@ -38,6 +38,11 @@ LOG_EVERY = 60.0
 between is in the next, logged with the next failure after the minute)."""
 READ_BURST = 1000
 """Most events read from one monitor before the others get their turn."""
+
+REASONS = (MECHANISM_MISMATCH, CRYPTOGRAPHIC_ERROR, CLOSED_IN_HANDSHAKE, PROTOCOL_ERROR)
+"""Every reason a handshake watched here fails for (a key refused is the
+ZAP handler's count): ``/metrics`` has a series of each for each port, zero
+until one fails, so a rate sees the first."""
 
 #: What each reason most likely is, seen from the node.
 LIKELY: dict[str, str] = {
@@ -76,6 +81,10 @@ class HandshakeFailures:
         for (port, reason), count in sorted(self.counts.items()):
             section.setdefault(port, {})[reason] = count
         return section
+
+    def ports(self) -> list[str]:
+        """The ports watched (``service``; ``peer`` and ``stream`` in a cluster)."""
+        return sorted(set(self._ports.values()))
 
     def _serve(self) -> None:
         """Waits without a timeout: an idle node pays nothing for this reader."""
