@@ -16,6 +16,12 @@ process's CPU, memory and open files (``process_open_fds`` against
 ``process_max_fds``: a node at its limit refuses connections,
 :mod:`miyaq.node.open_files`).
 
+The security parts' counts are read when scraped too: handshakes that
+failed before any key was checked (:class:`~miyaq.security.handshakes.HandshakeFailures`,
+by port and reason) and keys the ZAP handler refused. The age of the oldest
+running task is read from :class:`~miyaq.gateway.task_timings.TaskTimings`'
+starts, kept in start order (one entry looked at a scrape).
+
 Ring gauges, replication lag and the role's counters
 (``miyaq_cluster_<key>_total``, :data:`CLUSTER_COUNTERS`: STATUS
 ``cluster``) come from :class:`ClusterGauges`, which asks the node's role
