@@ -343,7 +343,8 @@ class ServiceEndpoint:
                 # A key of the wrong role (a worker given a producer's key) is
                 # refused every message and may never show it to anyone: the
                 # node says so too, at a bounded rate.
-                self._refusals.warning("forbidden", "refused a request: %s", err.message)
+                self._refusals.warning("forbidden", "refused a request from %s: %s", self.sock.peer_address(),
+                                       err.message)
             self.error(identity, err, req)
         except Exception:  # a bug must not take the node down; it is logged and answered
             logger.exception("handler for %s failed", command)
@@ -367,9 +368,14 @@ class ServiceEndpoint:
         five a minute for each code, the rest counted and told with the
         next (and all of them in STATUS ``errors``); DEBUG for those held
         back. Before 2026-12-06 only ``bad_version`` was logged, on the first
-        and every thousandth; that bound grew with the sender's rate."""
-        if not self._refusals.warning(f"refused {err.code}", "refused a client's message (%d so far, code %s): %s",
-                                      self.errors[err.code] + 1, err.code, err.message):
+        and every thousandth; that bound grew with the sender's rate. The
+        line names the connection's address (``ip:port``: asked of the
+        socket on this path only, :meth:`HubSocket.peer_address`); before
+        2026-12-06, later, it did not, and the operator could not tell
+        which machine sent it."""
+        if not self._refusals.warning(f"refused {err.code}", "refused a client's message from %s (%d so far, "
+                                      "code %s): %s", self.sock.peer_address(), self.errors[err.code] + 1,
+                                      err.code, err.message):
             logger.debug("refused a message from %r: %s", identity, err.message)
 
     def serve(self) -> None:
