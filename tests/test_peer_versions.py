@@ -49,6 +49,8 @@ def test_a_peer_announcing_a_newer_protocol_is_refused_with_a_logged_error(clust
     assert f"peer protocol {newer}" in answer["message"] and "n9" in answer["message"]
     assert "states" not in answer
     wait_for(lambda: "refused a peer's request" in node.log_tail(400), what="the refusal in the node's log")
+    line = next(x for x in node.log_tail(400).splitlines() if "refused a peer's request" in x)
+    assert "ERROR" in line and "(node n9; 1 so far, code bad_version)" in line and "from 127.0.0.1:" in line, line
     answer = ask(peer_socket, {"from": "n9", "req": 8, "proto": PEER_PROTOCOL, "ids": ["t1"]})
     assert isinstance(answer.pop("clock"), float)      # every answer carries its sender's clock
     assert answer == {"req": 8, "states": {"t1": ["unknown"]}}
@@ -63,3 +65,29 @@ def test_a_malformed_peer_protocol_version_is_refused(cluster, peer_socket):
     for req, proto in enumerate(["2", 0, True, None, 2.0], start=1):
         answer = ask(peer_socket, {"from": "n9", "req": req, "proto": proto, "ids": ["t1"]})
         assert answer["code"] == "bad_version", proto
+
+
+@pytest.mark.parametrize("frames, code", [
+    ([b"MQ1", QUERY, b"\xc1"], "bad_encoding"),              # a body that is not msgpack
+    ([b"MQ1", b"HELLO?", b"\x80"], "unknown_command"),
+    ([b"MQ1", QUERY, b"\x80", b"", b"more"], "bad_frame"),    # more frames than a peer request has
+])
+def test_a_malformed_peer_request_is_logged_with_its_address(cluster, frames, code):
+    """Fault: something that is not a miyaq node (a port scanner, a client
+    pointed at the peer port, a buggy build) sends the peer port a message no
+    node sends. It was answered and counted, never logged: an operator had
+    no sign of it, nor of where it came from. The node logs it naming the
+    connection's address, a few lines a minute for each code."""
+    from test_operator_signs import RawDealer
+
+    cluster.start(1)
+    node = cluster.nodes["n0"]
+    raw = RawDealer(node.port + 1)
+    try:
+        raw.send(frames)
+        wait_for(lambda: f"code {code})" in node.log_tail(400), what="the refusal in the node's log")
+    finally:
+        raw.close()
+    line = next(x for x in node.log_tail(400).splitlines() if f"code {code})" in x)
+    assert f"refused a peer's request from {raw.address} (no node id; 1 so far, code {code})" in line, line
+    assert "WARNING" in line

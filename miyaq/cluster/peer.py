@@ -213,6 +213,9 @@ class PeerEndpoint(PeerRequests):
             for hook in self.after_burst:
                 hook()
 
+    def source_address(self) -> str:
+        return self.router.peer_address()
+
     def _read_request(self, wait: bool) -> bool:
         """Handle the next request (waiting for one if ``wait``); False if none was there."""
         try:
@@ -224,6 +227,7 @@ class PeerEndpoint(PeerRequests):
             else:
                 err = TooLarge(f"message of {refused.size} bytes exceeds the limit of {self.max_message}")
             self.errors[err.code] += 1
+            self.refused(err, None)
             self._answer(refused.head, None, err.to_wire())
             return True
         if message is None:

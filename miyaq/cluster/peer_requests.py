@@ -37,7 +37,8 @@ from miyaq.cluster.answer_times import AnswerTimes
 from miyaq.cluster.transport import Body, Callback, Handler, Reply
 from miyaq.constants import LATE_ANSWER_WINDOW, MAX_LATE_ANSWERS
 from miyaq.core import ignored
-from miyaq.errors import BadVersion, MiyaqError, ProtocolError, TooManyValues
+from miyaq.errors import BadVersion, Forbidden, MiyaqError, ProtocolError, TooManyValues
+from miyaq.logs import LogLimiter
 from miyaq.protocol import codec
 from miyaq.protocol.recordspec import MAX_TIME
 from miyaq.runtime import LOG, Supervisor, monotonic, wall
@@ -145,7 +146,28 @@ class PeerRequests:
         # the role calls ``connect`` again until it can (ClusterRole._ticker).
         self.unlinked: set[str] = set()
         self._warned: dict[tuple[str, str], float] = {}    # (peer, what) -> when last logged
+        self._refusals = LogLimiter(logger)     # requests refused at the edge: five lines a minute a code
         self._closed = False
+
+    def source_address(self) -> str:
+        """Where the request being handled came from (``ip:port``), for a
+        line about a refused one; asked on that path only. A transport that
+        cannot tell says so."""
+        return "address unknown"
+
+    def refused(self, err: MiyaqError, sender: Any) -> None:
+        """Log a request refused at the edge (not a peer protocol's, or a
+        key that is not a peer's), naming the connection's address and the
+        node id it claimed: five lines a minute for each code, the rest
+        counted with the next (all of them in STATUS ``peer`` errors);
+        another protocol version at ERROR, the rest at WARNING. Before
+        2026-12-06 only another protocol version was logged (once a minute
+        per node id claimed, which a stranger chooses); the rest were
+        counted only."""
+        claimed = f"node {sender[:256]}" if isinstance(sender, str) else "no node id"
+        level = logging.ERROR if isinstance(err, BadVersion) else logging.WARNING   # an upgrade gone wrong
+        self._refusals.log(level, f"refused {err.code}", "refused a peer's request from %s (%s; %d so far, code %s): "
+                           "%s", self.source_address(), claimed, self.errors[err.code], err.code, err.message)
 
     def unanswered(self) -> dict[str, int]:
         return dict(self.outstanding)
@@ -248,9 +270,8 @@ class PeerRequests:
             if isinstance(err, TooManyValues):
                 self.ignored.ignore(identity, "peer", err.message)
                 err.message += ignored.WHY
-            if isinstance(err, BadVersion):
-                who = sender if isinstance(sender, str) else repr(bytes(identity[:16]))
-                self.warn(who, "refused", "refused a peer's request: %s", err.message)
+            if isinstance(err, (ProtocolError, Forbidden)):
+                self.refused(err, sender)
             answer = err.to_wire()
         except Exception as exc:
             self.supervisor.report("peer handler", exc)
