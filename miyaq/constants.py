@@ -26,6 +26,16 @@ DRAIN_POLL = 0.05
 SERVICE_BURST = 512
 #: ... or tasks handled (a SUBMIT may carry hundreds), whichever comes first.
 SERVICE_BURST_WORK = 2048
+#: A SUBMIT of at most this many tasks, its connection's first of a burst, is
+#: a lone one: each of its tasks that wakes an idle consumer is leased to it
+#: before the reader reads on once the burst has done ``EARLY_ACK_WORK``
+#: tasks of work (:meth:`miyaq.core.dispatcher.Dispatcher.dispatch_lone`),
+#: not at the burst's end. A ``call()`` is one task.
+LONE_SUBMIT_TASKS = 8
+#: Lone tasks noted in one burst at most (the rest wait for its end): each
+#: is leased and sent on its own, so this bounds what a burst of many quiet
+#: connections costs beyond its one batched dispatch.
+LONE_TASKS_PER_BURST = 16
 #: Tasks leased to one consumer per round of a pump, so a burst spreads over idle consumers.
 DISPATCH_CHUNK = 64
 #: Payload bytes one pump leases to one consumer: past it the consumer stays

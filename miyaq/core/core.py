@@ -56,6 +56,7 @@ class Core:
         for ipc in config.ipc_endpoints:
             with unix_socket(ipc, config.ipc_mode):
                 self.endpoint.bind(ipc)
+        self.endpoint.dispatch_early = self.dispatcher.dispatch_lone     # a lone task before its burst's end
         self.waiters = Waiters(self.dispatcher, config.max_waiters, config.max_waiters_per_connection,
                                config.max_waiters_per_key, self.endpoint.reachable, self.engine.live_state)
         self.directory = Directory()

@@ -57,6 +57,17 @@ dispatcher pending.
 Nothing is leased while the :class:`~miyaq.core.gate.Gate` is closed (the
 node drains, or reconciles with other holders).
 
+A lone task need not wait for its burst's end (:meth:`Dispatcher.dispatch_lone`):
+a task of a small SUBMIT (``LONE_SUBMIT_TASKS``, its connection's first of
+the burst) that woke consumers parked on its lane is noted, and the service
+reader, once the burst has done ``EARLY_ACK_WORK`` tasks of work, has it
+leased before it reads on -- to the woken consumer the pump would pick (most
+free slots, then the one made first) whose free slot it starts on, and only
+if it is that consumer's next task by priority and readiness, so the order
+of docs/semantics.md holds. The rest of the burst (another connection's
+batches) is dispatched at its end as before, batched; at most
+``LONE_TASKS_PER_BURST`` tasks a burst go this way.
+
 Between leasing a pump's tasks and sending them, the dispatcher calls
 ``announce`` (set by the composition root: the role's ``flush``). In a
 cluster that publishes the STARTED events of those leases -- who runs each
@@ -71,7 +82,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from miyaq.constants import DISPATCH_BATCH_BYTES, DISPATCH_CHUNK, DISPATCH_MESSAGE_BYTES
+from miyaq.constants import DISPATCH_BATCH_BYTES, DISPATCH_CHUNK, DISPATCH_MESSAGE_BYTES, LONE_TASKS_PER_BURST
 from miyaq.core.consumers import Consumer
 from miyaq.core.engine import Engine
 from miyaq.core.gate import Gate
@@ -79,8 +90,9 @@ from miyaq.core.limits import QueueLimits
 from miyaq.core.listener import EngineListener
 from miyaq.constants import STALL
 from miyaq.runtime import monotonic, wall
+from miyaq.store.ready import ReadyQueues
 from miyaq.store.table import Tombstone
-from miyaq.store.task import Task
+from miyaq.store.task import READY, Task
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +119,10 @@ class Dispatcher(EngineListener):
         self.alive_at = 0.0
         self.limits = limits
         self.announce: Callable[[], None] = _nothing_to_announce
+        # The last task that woke parked consumers, and them (``task_ready``);
+        # the lone tasks of this burst noted from it (``note_lone``).
+        self._woke: tuple[Task, dict[Consumer, None]] | None = None
+        self.lone: list[tuple[Task, dict[Consumer, None]]] = []
         gate.on_open(self._reopened)
 
     def _reopened(self) -> None:
@@ -117,6 +133,7 @@ class Dispatcher(EngineListener):
         if self.parked_by_lane:
             woken = self.parked_by_lane.pop(task.lane, None)
             if woken:
+                self._woke = (task, woken)
                 for consumer in woken:
                     self._unpark(consumer)
                     self.hungry[consumer] = False
@@ -180,8 +197,79 @@ class Dispatcher(EngineListener):
                 if not waiting:
                     del by_lane[lane]
 
+    def note_lone(self, task: Task) -> None:
+        """``task``, just submitted, is of a lone SUBMIT: if it woke consumers
+        parked on its lane, :meth:`dispatch_lone` may lease it before the
+        burst's end (at most ``LONE_TASKS_PER_BURST`` a burst; the pump
+        forgets them)."""
+        woke, self._woke = self._woke, None
+        if woke is not None and woke[0] is task and len(self.lone) < LONE_TASKS_PER_BURST:
+            self.lone.append(woke)
+
+    def dispatch_lone(self, now: float) -> int:
+        """Lease and send, each on its own, the lone tasks noted since the
+        last pump, where one of the consumers they woke has a free slot and
+        nothing of its lanes comes before the task (priority, then the order
+        they became ready); returns how many. A task not leased here waits
+        for the pump at the burst's end, as every other one does."""
+        lone = self.lone
+        if not lone:
+            return 0
+        self.lone = []
+        if not self.gate.is_open or (self.alive_at and monotonic() - self.alive_at > STALL):
+            return 0
+        leased: list[tuple[Consumer, Task]] = []
+        for task, woken in lone:
+            if task.state != READY or (task.expires and task.expires <= now):
+                continue        # taken already, or expired: the pump's to find
+            consumer = self._lone_taker(task, woken, now)
+            if consumer is None:
+                continue
+            taken = self.engine.take([task.lane], now)      # its lane's head: the task itself
+            if taken is None:
+                continue
+            task = taken
+            if self.limits.active:
+                self.limits.acquire(task.queue)
+            self.engine.start(task, consumer, now)
+            consumer.took(1)
+            if consumer.room() <= 0:
+                self.hungry.pop(consumer, None)
+            leased.append((consumer, task))
+        if not leased:
+            return 0
+        self._announce()
+        for consumer, task in leased:
+            if not consumer.deliver([task]):
+                logger.warning("could not deliver a task to %r; putting it back", consumer)
+                self.engine.release(task.id, now)
+                self.forget(consumer)
+        return len(leased)
+
+    def _lone_taker(self, task: Task, woken: dict[Consumer, None], now: float) -> Consumer | None:
+        """Of the consumers ``task`` woke, the one a pump's free-slot pass
+        would give it: still hungry, a free slot, the most of them (then the
+        one made first), ``task`` the next of its lanes (open ones, with
+        limits); None if there is none."""
+        hungry = self.hungry
+        takers = [c for c in woken if c in hungry and c.room() > 0 and c.free_slots(1) > 0]
+        if not takers:
+            return None
+        if len(takers) > 1:
+            takers.sort(key=_most_free_first)
+        for consumer in takers:
+            lanes: list[str] = consumer.queues
+            if self.limits.active:
+                lanes = self.limits.open(lanes, now)
+            if task.lane in lanes and _head_of(self.engine.ready, lanes) is task:
+                return consumer
+        return None
+
     def pump(self, now: float) -> int:
         """Lease ready tasks to hungry consumers; returns how many."""
+        if self.lone or self._woke is not None:
+            self.lone.clear()        # every ready task is this pump's now
+            self._woke = None
         if not self.pending or not self.hungry or not self.gate.is_open:
             return 0
         if self.alive_at and monotonic() - self.alive_at > STALL:
@@ -306,6 +394,20 @@ def message_parts(batch: list[Task]) -> list[list[Task]]:
     if part:
         parts.append(part)
     return parts
+
+
+def _head_of(ready: ReadyQueues, lanes: list[str]) -> Task | None:
+    """The task ``ready.pop(lanes)`` would take, left in its lane: lowest
+    (priority, seq) of the lanes' heads."""
+    best: Task | None = None
+    for name in lanes:
+        lane = ready.lanes.get(name)
+        if lane is None or not lane.count:
+            continue
+        task = lane.head()
+        if task is not None and (best is None or (task.priority, task.seq) < (best.priority, best.seq)):
+            best = task
+    return best
 
 
 def _nothing_to_announce() -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from miyaq.constants import MAX_LONG_POLL, MAX_RETRY_DELAY, MAX_WITHDRAW
+from miyaq.constants import LONE_SUBMIT_TASKS, MAX_LONG_POLL, MAX_RETRY_DELAY, MAX_WITHDRAW
 from miyaq.core.consumers import Origin, PullConsumer, pull_principal
 from miyaq.core.core import Core
 from miyaq.core.gate import SHUTTING_DOWN
@@ -89,6 +89,9 @@ class ServiceHandlers:
         intake = self.role.intake
         ack = self.endpoint.ack
         self.endpoint.work += len(tasks)
+        # A small SUBMIT, its connection's first of the burst: its tasks may
+        # be leased before the burst's end (Dispatcher.dispatch_lone).
+        lone = len(tasks) <= LONE_SUBMIT_TASKS and self.endpoint.first_submit(identity)
         for wire in tasks:
             try:
                 task = task_from_wire(wire, now, self.config)
@@ -101,6 +104,8 @@ class ServiceHandlers:
                 ack(identity, [task_id if isinstance(task_id, str) else "", c.REJECTED, err.to_wire()])
                 continue
             intake.submit(task, now, identity)
+            if lone:
+                self.dispatcher.note_lone(task)
 
     def status(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         """STATUS in its turn (:mod:`miyaq.core.view_lane`): at once when its

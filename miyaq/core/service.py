@@ -9,7 +9,10 @@ pass. A connection's first SUBMIT of a burst is acknowledged before the
 reader reads on once the burst has done ``EARLY_ACK_WORK`` tasks, its later
 ones at the burst's end (:meth:`ServiceEndpoint.ack_early`): a quiet
 producer read early in a burst of another's batches does not wait for the
-rest of them, and a connection gets at most two SUBMITTED a burst. A bad
+rest of them, and a connection gets at most two SUBMITTED a burst. At the
+same moment the tasks of such a SUBMIT that is small (a ``call()``) are
+leased to an idle consumer (:attr:`ServiceEndpoint.dispatch_early`: the
+dispatcher's ``dispatch_lone``), not at the burst's end. A bad
 message gets an ERROR reply with a code, is counted, and changes nothing.
 The socket is a :class:`~miyaq.runtime.messages.HubSocket`: it waits on the
 hub only when nothing can be read, and sends never block.
@@ -50,8 +53,9 @@ logger = logging.getLogger(__name__)
 
 EARLY_ACK_WORK = 64
 """Tasks of work a burst has done before it answers the first SUBMIT of
-each connection early (:meth:`ServiceEndpoint.send_early`); a burst that
-stays lighter answers at its end."""
+each connection early (:meth:`ServiceEndpoint.send_early`) and leases the
+lone tasks handled so far (:attr:`ServiceEndpoint.dispatch_early`); a
+burst that stays lighter answers and dispatches at its end."""
 
 Handler = Callable[[bytes, dict[str, Any], float], None]
 
@@ -80,6 +84,9 @@ class ServiceEndpoint:
         self.guard = guard
         self.caller: Identity | None = None   # the key behind the message being handled (None: no keys)
         self.after_burst: list[Callable[[float], None]] = []
+        # Run with the early answers, before the burst reads on (the
+        # dispatcher's dispatch_lone: the lone tasks handled so far).
+        self.dispatch_early: Callable[[float], object] = _nothing_early
         self.errors: Counter[str] = Counter()
         self._refusals = LogLimiter(logger)   # requests refused for their key's role: a few lines a minute
         self.ignored = ignored.IgnoredConnections()     # sent a body no client sends: dropped unread
@@ -201,6 +208,10 @@ class ServiceEndpoint:
             return
         acks, self._acks = self._acks, {}
         self._send_acks(acks)
+
+    def first_submit(self, identity: bytes) -> bool:
+        """Is the SUBMIT being handled ``identity``'s first of this burst?"""
+        return identity not in self._acked_early
 
     def ack_early(self, identity: bytes) -> None:
         """Mark ``identity``'s SUBMIT just handled to be answered before the
@@ -403,6 +414,7 @@ class ServiceEndpoint:
                         break
                     if self._early and self.work >= EARLY_ACK_WORK:
                         self.send_early()
+                        self.dispatch_early(now)
                     self.handle(more[0], now, more[1])
             except zmq.ZMQError:
                 if self._closed:
@@ -415,3 +427,7 @@ class ServiceEndpoint:
     def close(self) -> None:
         self._closed = True
         self.sock.close(linger=0)
+
+
+def _nothing_early(now: float) -> None:
+    """No dispatcher (an endpoint in a unit test): nothing to lease early."""
