@@ -239,3 +239,16 @@ def test_lone_tasks_noted_in_a_burst_are_bounded():
         submit(engine, dispatcher, f"t{i}", f"q{i}")
     assert dispatcher.dispatch_lone(NOW) == LONE_TASKS_PER_BURST
     assert dispatcher.pump(NOW) == 4
+
+
+def test_a_lone_task_of_a_paused_queue_stays_ready():
+    """Limits hold for the early path as for the pump: a paused queue's
+    lone task wakes its idle worker but is not leased until resumed."""
+    engine, dispatcher = build()
+    worker = Kept(["quiet"], slots=8, credit=8)
+    parked(dispatcher, worker)
+    dispatcher.limits.pause("quiet", NOW)
+    submit(engine, dispatcher, "lone", "quiet")
+    assert dispatcher.dispatch_lone(NOW) == 0 and worker.messages == []
+    dispatcher.limits.resume("quiet")
+    assert dispatcher.pump(NOW) == 1 and worker.messages == [["lone"]]
