@@ -22,7 +22,7 @@ from gateway_harness import NodeThread
 
 from miyaq.config import NodeConfig
 from miyaq.constants import LONE_TASKS_PER_BURST, SERVICE_BURST_WORK
-from miyaq.core.consumers import Consumer
+from miyaq.core.consumers import Consumer, PullConsumer
 from miyaq.core.dispatcher import Dispatcher
 from miyaq.core.engine import Engine
 from miyaq.core.gate import Gate
@@ -252,3 +252,14 @@ def test_a_lone_task_of_a_paused_queue_stays_ready():
     assert dispatcher.dispatch_lone(NOW) == 0 and worker.messages == []
     dispatcher.limits.resume("quiet")
     assert dispatcher.pump(NOW) == 1 and worker.messages == [["lone"]]
+
+
+def test_a_lone_task_answers_a_waiting_receive_early():
+    """A blocking RECEIVE parked on the queue is woken, and answered, the same way."""
+    engine, dispatcher = build()
+    answers: list[dict] = []
+    receive = PullConsumer(["quiet"], NOW + 30, lambda info: answers.append(info) is None)
+    parked(dispatcher, receive)
+    submit(engine, dispatcher, "lone", "quiet")
+    assert dispatcher.dispatch_lone(NOW) == 1
+    assert [a["id"] for a in answers] == ["lone"]
