@@ -121,12 +121,17 @@ class ClientCore:
                 and not self._limits_asks)
 
     # -- calls --------------------------------------------------------------------------
-    def submit(self, p: Pending, now: float | None = None) -> bool:
+    def submit(self, p: Pending, now: float | None = None, beside: int = 0) -> bool:
         """Queue a submit. With ``now``: send it at once if the client is idle
-        -- nothing waiting to be sent, nothing unacknowledged -- the short
-        path for a lone submit (a burst after it takes the batched path).
-        True if it left now."""
-        sent_now = now is not None and self.submits.idle
+        -- nothing waiting to be sent, at most ``beside`` unacknowledged (0:
+        none) -- the short path for a lone submit (a burst after it takes the
+        batched path). True if it left now. ``beside`` is for a driver that
+        tells a lone submit from a burst by itself (the threaded client's
+        callers, by the time since the last one): a submit then leaves at once
+        while a few earlier ones wait for their acknowledgement, instead of
+        waking the I/O context to send it alone all the same."""
+        submits = self.submits
+        sent_now = now is not None and not submits.waiting and len(submits.pending) <= beside
         self.submits.add(p)
         if sent_now:
             assert now is not None

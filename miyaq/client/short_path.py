@@ -53,6 +53,12 @@ SHORT_PATH_GAP = 0.001
 """A submit nobody waits for takes the short path only this long (seconds)
 after the last one that did: faster than that, submits are a stream, and the
 I/O thread's batches cost less than a message each."""
+LONE_UNACKED = 8
+"""A lone submit (one that takes the short path: :data:`SHORT_PATH_GAP` after
+the last) leaves from the caller's thread while at most this many earlier
+ones wait for their acknowledgement and none waits to be sent. A node slow to
+answer (a loaded machine) would otherwise turn such a submit into a wake-up
+of the I/O thread, which sends it alone all the same."""
 LAZY_ACK_WAIT = 0.02
 """Longest a lone submit's acknowledgement waits unread (seconds) when no
 other submit comes to read it in passing: how late ``accepted`` turns true,
@@ -145,7 +151,7 @@ class ThreadedIOLoop(IOLoop):
             core = self.core
             with self.count_lock:
                 core.submitted += 1
-            core.submit(p, now)
+            core.submit(p, now, LONE_UNACKED)
             body["id"] = p.wire["id"]
             core.request(p.node, command, body, waiter, deadline, now)
 
@@ -153,7 +159,7 @@ class ThreadedIOLoop(IOLoop):
                 and self._direct(both, waiter, deadline, when_idle=True))
 
     def _submit_now(self, p: Pending, now: float) -> None:
-        if not self.core.submit(p, now):
+        if not self.core.submit(p, now, LONE_UNACKED):
             self._wake()          # queued behind unacknowledged submits: the I/O thread batches it
 
     def heard_event(self) -> Any:
@@ -177,9 +183,11 @@ class ThreadedIOLoop(IOLoop):
         ``lead``: the caller's future (it waits at once): read the sockets
         here until it resolves (see the module's docstring), at most until
         ``until`` (monotonic seconds). ``when_idle``: only if no submit is
-        waiting or unacknowledged either, once the acknowledgements that
-        arrived are read. ``lone``: a submit nobody waits for, whose
-        acknowledgement may wait for the next caller to read (lazy)."""
+        waiting and at most :data:`LONE_UNACKED` are unacknowledged, once the
+        acknowledgements that arrived are read (read after the call when
+        that bound holds before: the call leaves first). ``lone``: a submit
+        nobody waits for, whose acknowledgement may wait for the next caller
+        to read (lazy)."""
         if not self._armed or self._held_here():
             return False
         try:
@@ -188,23 +196,33 @@ class ThreadedIOLoop(IOLoop):
             if not self._armed or self.inbox:
                 return False
             core = self.core
-            if when_idle and not core.submits.idle:
-                self._read_all()          # acknowledgements left for us to read in passing
-                if not core.submits.idle:
+            submits = core.submits
+            # Acknowledgements left for us to read in passing (the monitors are the
+            # I/O thread's: its poll, deaf or not, watches their descriptors). Read
+            # before the call only when they decide whether it may go; else after
+            # it (a leader reads them as it waits), so that the call leaves first.
+            read_after = when_idle and lead is None and not submits.idle
+            if when_idle and (submits.waiting or len(submits.pending) > LONE_UNACKED):
+                self._read_all(monitors=False)
+                if submits.waiting or len(submits.pending) > LONE_UNACKED:
                     return False
+                read_after = False
             now = monotonic()
             call(now)
             if lead is not None:
                 self._led = self._lead(lead, until)
             else:
                 self._led = False
+                if read_after:
+                    self._read_all(monitors=False)
             if lone:
                 self._lazy_acks = True
                 self._last_short = now
                 # A deaf I/O thread reads this acknowledgement when its sleep ends; wake
-                # it only if that is later than the bound (it sleeps after a confirmed call).
+                # it only if that is later than the bound (it sleeps after a confirmed
+                # call), or if a refusal just read left a submit to send again later.
                 if self._deaf:
-                    if not core.quiet and self._deaf_until > now + LAZY_ACK_WAIT:
+                    if submits.waiting or (not core.quiet and self._deaf_until > now + LAZY_ACK_WAIT):
                         self._wake()
                     return True
             # Wake the I/O thread if a message waits (we may have taken the edge of
@@ -267,6 +285,33 @@ class ThreadedIOLoop(IOLoop):
         return False
 
     # -- the loop -------------------------------------------------------------------------
+    def _sleep_on(self) -> int | None:
+        """How long (ms) the I/O thread, deaf after lone submits and woken by
+        its own timeout, may sleep on without a pass: a caller submitted since
+        it fell asleep (and read what had arrived before it sent), so the
+        acknowledgements left unread are due :data:`LAZY_ACK_WAIT` after that
+        caller, and no timer of the core is due before. At a steady rate of
+        lone submits the deaf sleep ends every :data:`LAZY_ACK_WAIT` and finds
+        nothing to do: a pass then (the lock, the timers, every socket read)
+        cost as much CPU as a submit. None: a pass is due, or a caller holds
+        the lock."""
+        if not self.lock.acquire(False):
+            return None
+        try:
+            core = self.core
+            now = monotonic()
+            lazy_for = self._last_short + LAZY_ACK_WAIT - now
+            if lazy_for <= 0 or not self._armed or self._hear or self.inbox or not core.no_requests:
+                return None
+            timer = core.next_timer(now)
+            if timer <= 0:
+                return None
+            rest = math.ceil(min(lazy_for, timer) * 1000)
+            self._deaf_until = now + rest / 1000
+            return rest
+        finally:
+            self.lock.release()
+
     def _run(self) -> None:
         """A native thread: sleeps in an OS poll, uses the sockets under the lock."""
         fds = self._fds = select.poll()
@@ -314,7 +359,13 @@ class ThreadedIOLoop(IOLoop):
                 # Wake the callers whose replies came only now, with the lock free: the
                 # next call of a caller that waits at once takes the short path.
                 resolver.run()
-                if any(fd == self._rfd for fd, _ in (pipe if deaf else fds).poll(timeout_ms)):
+                events = (pipe if deaf else fds).poll(timeout_ms)
+                while deaf and lazy and not events:     # its own timeout: lone submits may go on
+                    rest = self._sleep_on()
+                    if rest is None:
+                        break
+                    events = pipe.poll(rest)
+                if any(fd == self._rfd for fd, _ in events):
                     self._drain_pipe()
         except Exception:
             self._crashed()
