@@ -10,6 +10,7 @@ from typing import Any
 
 from miyaq.client import core as client_core
 from miyaq.client import short_path
+from miyaq.protocol import codec
 from miyaq.protocol import commands as c
 from miyaq.runtime.clock import monotonic
 from miyaq.testing.harness import wait_for
@@ -126,6 +127,36 @@ def test_a_lone_submit_leaves_before_the_acknowledgement_before_it_is_read(clien
         wait_for(lambda: node.pump(10) or node.batches, what="the second submit read")
         node.ack_all()
         client.flush(timeout=10)
+    finally:
+        node.close()
+
+
+def test_a_refusal_read_in_passing_is_retried_at_once(client_for, monkeypatch):
+    """Fault it guards against: the caller of a lone submit reads, after its
+    own submit left, a BUSY answer to the one before; the I/O thread slept
+    on timers set before that retry existed, so the refused submit would
+    wait for the I/O thread's next pass (here a minute) instead of its
+    backoff (tens of milliseconds)."""
+    _long_lazy_wait(monkeypatch)
+    node = CountingNode()
+    try:
+        client = client_for(node.endpoint)
+        _answered_once(client, node)
+        io = client._io
+        first = client.submit("echo", [1])
+        wait_for(lambda: node.pump(10) or node.batches, what="the first submit read")
+        peer, ids = node.batches.pop()
+        node.sock.send_multipart([peer, *codec.encode(c.SUBMITTED, {"results": [
+            [ids[0], "rejected", {"code": "busy", "message": "full"}]]})])
+        wait_for(lambda: _ack_waiting(io) and io._armed and io._deaf, what="the refusal in, unread")
+        time.sleep(2 * short_path.SHORT_PATH_GAP)
+        second = client.submit("echo", [2])           # reads the refusal after it left
+        assert io.core.submits.busy_replies == 1
+        wait_for(lambda: node.pump(10) or len(node.batches) == 2, timeout=5, what="the refused submit sent again")
+        assert sorted(i for _, batch in node.batches for i in batch) == sorted([first.id, second.id])
+        node.ack_all()
+        client.flush(timeout=10)
+        assert first.accepted and second.accepted
     finally:
         node.close()
 

@@ -10,8 +10,9 @@ lock guards the core and the sockets; whoever holds it may use them. The
 ``ZMQ_FD`` descriptors are edge-triggered (any operation on a socket may
 consume the signal of a message that arrived), so after using a socket the
 caller looks at ``ZMQ_EVENTS`` and wakes the I/O thread when a message waits.
-A busy client (the I/O thread holds the lock, or submits are unacknowledged)
-takes the queued path, where submits are batched.
+A busy client (the I/O thread holds the lock, a submit waits to be sent, more
+than :data:`LONE_UNACKED` are unacknowledged, or submits come faster than
+:data:`SHORT_PATH_GAP` apart) takes the queued path, where submits are batched.
 
 A caller that waits at once (``submit(wait=True)``, a request, and so
 ``call()``) does not hand the reading back either: still holding the lock,
@@ -27,9 +28,11 @@ without waiting (a lone ``submit()``) wakes it to listen.
 A lone submit's acknowledgement is read *in passing*: after such a submit
 left from the caller's thread, the I/O thread sleeps deaf for at most
 :data:`LAZY_ACK_WAIT`, and the next caller on the short path reads what
-arrived before it sends. At a steady rate of lone submits (a web handler
+arrived after it sent. At a steady rate of lone submits (a web handler
 submitting a job per request) the acknowledgements then cost no wake-up of
-the I/O thread; the last one is read when that sleep ends. A caller that
+the I/O thread; the last one is read when that sleep ends. While callers keep
+coming, the I/O thread woken by that bound only looks whether one came since
+it fell asleep and sleeps on (:meth:`ThreadedIOLoop._sleep_on`). A caller that
 waits on a submit it did not wait for at once (``flush()``,
 ``wait_accepted()``) wakes the I/O thread to listen (:meth:`ThreadedIOLoop.heard_event`).
 """
@@ -218,11 +221,15 @@ class ThreadedIOLoop(IOLoop):
             if lone:
                 self._lazy_acks = True
                 self._last_short = now
+                if submits.waiting:
+                    # A refusal read in passing left a submit to send again later: the
+                    # I/O thread times its retry (its sleep was set before it existed).
+                    self._wake()
+                    return True
                 # A deaf I/O thread reads this acknowledgement when its sleep ends; wake
-                # it only if that is later than the bound (it sleeps after a confirmed
-                # call), or if a refusal just read left a submit to send again later.
+                # it only if that is later than the bound (it sleeps after a confirmed call).
                 if self._deaf:
-                    if submits.waiting or (not core.quiet and self._deaf_until > now + LAZY_ACK_WAIT):
+                    if not core.quiet and self._deaf_until > now + LAZY_ACK_WAIT:
                         self._wake()
                     return True
             # Wake the I/O thread if a message waits (we may have taken the edge of
