@@ -295,9 +295,10 @@ class ThreadedIOLoop(IOLoop):
     def _sleep_on(self) -> int | None:
         """How long (ms) the I/O thread, deaf after lone submits and woken by
         its own timeout, may sleep on without a pass: a caller submitted since
-        it fell asleep (and read what had arrived before it sent), so the
-        acknowledgements left unread are due :data:`LAZY_ACK_WAIT` after that
-        caller, and no timer of the core is due before. At a steady rate of
+        it fell asleep (and read what had arrived by then, just after its own
+        submit left), so the acknowledgements left unread are due
+        :data:`LAZY_ACK_WAIT` after that caller, and no timer of the core is
+        due before. At a steady rate of
         lone submits the deaf sleep ends every :data:`LAZY_ACK_WAIT` and finds
         nothing to do: a pass then (the lock, the timers, every socket read)
         cost as much CPU as a submit. None: a pass is due, or a caller holds
