@@ -56,6 +56,12 @@ def escape_controls(text: str) -> str:
     return _CONTROL.sub(_escaped, text)
 
 
+def clipped(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters (and ``...``): for what a
+    stranger chose (a node id, a value) in a line or message of ours."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class OneLineMessages(logging.Formatter):
     """miyaq's own records (loggers ``miyaq.*``) on one line each. A message
     may quote what came from the other side of a socket -- a worker id, a

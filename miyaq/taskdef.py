@@ -20,6 +20,7 @@ says (:meth:`TaskDef.submit_with` keeps them apart). docs/python-api.md,
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from datetime import datetime
 from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Generic, Iterable, ParamSpec, Protocol, TypeAlias,
@@ -68,13 +69,14 @@ class TaskApp(Protocol):
 
 def runs_async(fn: Callable[..., Any]) -> bool:
     """Whether calling ``fn`` makes a coroutine for the worker's asyncio
-    loop to run: an ``async def`` (as a ``functools.partial`` too), one
-    under ``@staticmethod`` (which ``inspect.iscoroutinefunction`` does not
-    see through), or an object whose ``__call__`` is an ``async def``. Taken
+    loop to run: an ``async def``, one under ``@staticmethod`` (which
+    ``inspect.iscoroutinefunction`` does not see through), or an object
+    whose ``__call__`` is an ``async def`` -- each as a ``functools.partial``
+    too. Taken
     for a sync handler, its coroutine was the task's result: never run, the
     task failed on a result msgpack cannot pack."""
-    if isinstance(fn, staticmethod):
-        fn = fn.__func__
+    while isinstance(fn, (staticmethod, functools.partial)):
+        fn = fn.__func__ if isinstance(fn, staticmethod) else fn.func
     if inspect.iscoroutinefunction(fn):
         return True
     if inspect.isroutine(fn) or inspect.isclass(fn):

@@ -58,12 +58,13 @@ def test_an_async_def_under_staticmethod_runs_on_the_asyncio_loop(app):
     (plain_async, True),
     (functools.partial(plain_async, 1), True),
     (AsyncCallable(), True),
+    (functools.partial(AsyncCallable(), 1), True),
     (plain_sync, False),
     (functools.partial(plain_sync, 1), False),
     (SyncCallable(), False),
     (AsyncCallable, False),      # the class: calling it makes an instance
-], ids=["async-def", "partial-of-async", "object-with-async-call", "def", "partial-of-def",
-        "object-with-sync-call", "a-class"])
+], ids=["async-def", "partial-of-async", "object-with-async-call", "partial-of-object-with-async-call", "def",
+        "partial-of-def", "object-with-sync-call", "a-class"])
 def test_each_kind_of_handler_is_told_async_or_not(app, fn, is_async):
     tdef = app.task(fn, name=f"kind.{id(fn)}")
     assert tdef.is_async is is_async

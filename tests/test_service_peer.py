@@ -1,5 +1,5 @@
 """The node's lines about a refused message on its service port name the
-connection's address (ip:port), so an operator can tell which machine sent it."""
+connection's IP address, so an operator can tell which machine sent it."""
 from __future__ import annotations
 
 import logging
@@ -38,7 +38,7 @@ def test_a_refused_message_is_logged_with_its_address(make_node, caplog, frames,
     finally:
         peer.close()
     line = _lines(caplog, f"code {code}")[0]
-    assert f"refused a client's message from {peer.address} (1 so far, code {code})" in line, line
+    assert f"refused a client's message from 127.0.0.1 (1 so far, code {code})" in line, line
 
 
 def test_a_key_refused_for_its_role_is_logged_with_its_address(make_node, tmp_path, caplog):
@@ -60,5 +60,5 @@ def test_a_key_refused_for_its_role_is_logged_with_its_address(make_node, tmp_pa
         sock.close()
         ctx.term()
     line = _lines(caplog, "refused a request")[0]
-    assert line.startswith("refused a request from 127.0.0.1:"), line
+    assert line.startswith("refused a request from 127.0.0.1: key"), line
     assert "role producer" in line, line

@@ -213,8 +213,8 @@ class PeerEndpoint(PeerRequests):
             for hook in self.after_burst:
                 hook()
 
-    def source_address(self) -> str:
-        return self.router.peer_address()
+    def source_address(self) -> object:
+        return self.router.sender_address()
 
     def _read_request(self, wait: bool) -> bool:
         """Handle the next request (waiting for one if ``wait``); False if none was there."""
@@ -234,7 +234,7 @@ class PeerEndpoint(PeerRequests):
             return False
         frames, user = message
         source = self.router.source
-        self.unread.asked(frames[0], source[0] if source is not None else -1)
+        self.unread.asked(frames[0], source.fd if source is not None else -1)
         self._handle_request(frames, user)
         return True
 

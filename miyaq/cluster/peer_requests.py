@@ -38,7 +38,7 @@ from miyaq.cluster.transport import Body, Callback, Handler, Reply
 from miyaq.constants import LATE_ANSWER_WINDOW, MAX_LATE_ANSWERS
 from miyaq.core import ignored
 from miyaq.errors import BadVersion, Forbidden, MiyaqError, ProtocolError, TooManyValues
-from miyaq.logs import LogLimiter
+from miyaq.logs import LogLimiter, clipped
 from miyaq.protocol import codec
 from miyaq.protocol.recordspec import MAX_TIME
 from miyaq.runtime import LOG, Supervisor, monotonic, wall
@@ -149,11 +149,12 @@ class PeerRequests:
         self._refusals = LogLimiter(logger)     # requests refused at the edge: five lines a minute a code
         self._closed = False
 
-    def source_address(self) -> str:
-        """Where the request being handled came from (``ip:port``), for a
-        line about a refused one; asked on that path only. A transport that
-        cannot tell says so."""
-        return "address unknown"
+    def source_address(self) -> object:
+        """Where the request being handled came from, for a line about a
+        refused one: an object whose ``str`` is its IP address, read when
+        the line is written (:class:`~miyaq.runtime.messages.SenderAddress`).
+        A transport that cannot tell says so."""
+        return "an address this transport does not give"
 
     def refused(self, err: MiyaqError, sender: Any) -> None:
         """Log a request refused at the edge (not a peer protocol's, or a
@@ -164,10 +165,11 @@ class PeerRequests:
         2026-12-06 only another protocol version was logged (once a minute
         per node id claimed, which a stranger chooses); the rest were
         counted only."""
-        claimed = f"node {sender[:256]}" if isinstance(sender, str) else "no node id"
+        claimed = f"node {clipped(sender, 64)}" if isinstance(sender, str) else "no node id"
         level = logging.ERROR if isinstance(err, BadVersion) else logging.WARNING   # an upgrade gone wrong
         self._refusals.log(level, f"refused {err.code}", "refused a peer's request from %s (%s; %d so far, code %s): "
-                           "%s", self.source_address(), claimed, self.errors[err.code], err.code, err.message)
+                           "%s", self.source_address(), claimed, self.errors[err.code], err.code,
+                           clipped(err.message, 500))
 
     def unanswered(self) -> dict[str, int]:
         return dict(self.outstanding)
@@ -386,5 +388,7 @@ class PeerRequests:
 def check_version(proto: Any, sender: str, me: str) -> None:
     """Raise ``BadVersion`` unless ``proto`` is a peer protocol this node speaks."""
     if isinstance(proto, bool) or not isinstance(proto, int) or not 1 <= proto <= PEER_PROTOCOL:
-        raise BadVersion(f"peer {sender} speaks peer protocol {proto!r}; node {me} speaks 1 to {PEER_PROTOCOL}: "
+        shown = clipped(repr(proto), 32) if isinstance(proto, (int, float, str, bytes)) else f"a {type(proto).__name__}"
+        raise BadVersion(f"peer {clipped(sender, 64)} speaks peer protocol {shown}; node {me} "
+                         f"speaks 1 to {PEER_PROTOCOL}: "
                          "upgrade every node to one version before using what the new one adds")

@@ -342,7 +342,7 @@ class ServiceEndpoint:
         req = body.get("req")
         if command in ANSWERED or (command == c.TOUCH and req is not None):
             source = self.sock.source
-            if not self.unread.asked(identity, source[0] if source is not None else -1):
+            if not self.unread.asked(identity, source.fd if source is not None else -1):
                 self.error(identity, self.unread.refusal(identity), req)    # not read what it was sent
                 return
         try:
@@ -354,7 +354,7 @@ class ServiceEndpoint:
                 # A key of the wrong role (a worker given a producer's key) is
                 # refused every message and may never show it to anyone: the
                 # node says so too, at a bounded rate.
-                self._refusals.warning("forbidden", "refused a request from %s: %s", self.sock.peer_address(),
+                self._refusals.warning("forbidden", "refused a request from %s: %s", self.sock.sender_address(),
                                        err.message)
             self.error(identity, err, req)
         except Exception:  # a bug must not take the node down; it is logged and answered
@@ -380,12 +380,12 @@ class ServiceEndpoint:
         next (and all of them in STATUS ``errors``); DEBUG for those held
         back. Before 2026-12-06 only ``bad_version`` was logged, on the first
         and every thousandth; that bound grew with the sender's rate. The
-        line names the connection's address (``ip:port``: asked of the
-        socket on this path only, :meth:`HubSocket.peer_address`); before
+        line names the sender's IP address (the message's own metadata, read
+        only for a line written: :meth:`HubSocket.sender_address`); before
         2026-12-06, later, it did not, and the operator could not tell
         which machine sent it."""
         if not self._refusals.warning(f"refused {err.code}", "refused a client's message from %s (%d so far, "
-                                      "code %s): %s", self.sock.peer_address(), self.errors[err.code] + 1,
+                                      "code %s): %s", self.sock.sender_address(), self.errors[err.code] + 1,
                                       err.code, err.message):
             logger.debug("refused a message from %r: %s", identity, err.message)
 

@@ -4,7 +4,6 @@ connection monitor's events. :mod:`.sockets` makes the sockets.
 """
 from __future__ import annotations
 
-import socket
 from typing import Any, NamedTuple
 
 import zmq
@@ -15,7 +14,7 @@ from .endpoints import wants_ipv6
 __all__ = ["CONNECTION_CLOSED", "CONNECTION_READY", "FAILED_BEFORE_ZAP", "HANDSHAKE_FAILED", "SPECIFIC_FAILURES",
            "ConnectionEvents",
            "connect_or_refuse", "connection_events", "explain_handshake", "handshake_failure", "monitor_event",
-           "peer_of_fd", "redial", "use_family_of"]
+           "redial", "use_family_of"]
 
 #: The socket-monitor events miyaq watches (:meth:`SocketFactory.connection_monitor`).
 CONNECTION_CLOSED = int(zmq.EVENT_DISCONNECTED)
@@ -136,38 +135,6 @@ def redial(sock: Any, endpoint: str) -> None:
         pass            # already gone
     use_family_of(sock, endpoint)
     sock.connect(endpoint)
-
-
-def peer_of_fd(fd: int) -> str:
-    """The address of the other end of the connection on descriptor ``fd``
-    (libzmq's ``ZMQ_SRCFD`` of a message just read): ``"192.0.2.7:51234"``,
-    ``"[2001:db8::1]:51234"``, ``"a unix socket"`` for an ipc connection, or
-    ``"address unknown"`` when ``fd`` is -1 or no longer a connected socket
-    (the peer closed it, and libzmq with it, before the address was read).
-
-    One ``getpeername`` system call, for the error paths only (a refused
-    message, not every message). The descriptor is borrowed, never closed.
-    libzmq's ``Peer-Address`` metadata of a frame has the IP without the
-    port; the monitor's events name the socket's own endpoint, not the
-    peer's (libzmq 4.3.5 without its DRAFT API: docs/operations.md)."""
-    if fd < 0:
-        return "address unknown"
-    try:
-        sock = socket.socket(fileno=fd)
-    except OSError:
-        return "address unknown"
-    try:
-        family = sock.family
-        peer = sock.getpeername()
-    except OSError:
-        return "address unknown"
-    finally:
-        sock.detach()       # the descriptor is libzmq's: never closed here
-    if family == socket.AF_INET6 and isinstance(peer, tuple):
-        return f"[{peer[0]}]:{peer[1]}"
-    if family == socket.AF_INET and isinstance(peer, tuple):
-        return f"{peer[0]}:{peer[1]}"
-    return "a unix socket"
 
 
 def monitor_event(frames: list[bytes]) -> int:
