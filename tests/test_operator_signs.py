@@ -284,3 +284,20 @@ def test_the_oldest_running_start_is_read_in_start_order_and_drops_stale_entries
     assert list(timings._started) == ["a"]
     assert timings.oldest_running(lambda task_id, attempt: False) is None
     assert timings._started == {}
+
+
+def test_a_scrape_drops_at_most_max_stale_entries():
+    """Bad state no hook saw, at scale: 1,500 entries whose attempts no
+    longer run before a running one. A read drops at most ``MAX_STALE`` of
+    them (its cost bounded: one pass, never a walk from the start per entry
+    dropped) and answers the next entry's start; the next read finishes the
+    job and finds the running task."""
+    timings = TaskTimings(__import__("prometheus_client").CollectorRegistry())
+    for i in range(1_500):
+        timings._started[f"gone{i}"] = (1, float(i))
+    timings._started["live"] = (1, 5_000.0)
+    running = lambda task_id, attempt: task_id == "live"    # noqa: E731
+    assert timings.oldest_running(running) == float(TaskTimings.MAX_STALE)
+    assert len(timings._started) == 501
+    assert timings.oldest_running(running) == 5_000.0
+    assert list(timings._started) == ["live"]

@@ -93,15 +93,19 @@ class TaskTimings(EngineListener, Collector):
         its cost is bounded whatever the number of running tasks, one entry
         looked at in the usual case."""
         started = self._started
-        for _ in range(self.MAX_STALE):
-            if not started:
-                return None
-            task_id = next(iter(started))
-            attempt, start = started[task_id]
-            if running(task_id, attempt):
-                return start
+        stale: list[str] = []
+        oldest: float | None = None
+        # One pass of one iterator: a fresh one per entry dropped would walk
+        # again the slots the dict keeps for what finished before (74 ms for
+        # 1,000 stale entries behind 99,000 finished, review 2026-12-06).
+        for task_id, (attempt, start) in started.items():
+            if len(stale) >= self.MAX_STALE or running(task_id, attempt):
+                oldest = start
+                break
+            stale.append(task_id)
+        for task_id in stale:
             del started[task_id]
-        return started[next(iter(started))][1] if started else None
+        return oldest
 
     def task_started(self, task: Task) -> None:
         now = wall()
