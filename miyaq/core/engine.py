@@ -7,11 +7,12 @@ Every method runs in the node's event loop; none blocks.
 
 States and transitions are drawn in docs/protocol.md ("Task states").
 
-The engine is four modules, one job each: :class:`Engine` here (intake,
-consuming, control, timers, dead letters, views), built on the state and the
-state moves of :mod:`miyaq.core.transitions` and on the operations on
-replicated copies of :mod:`miyaq.core.replicas`. Who may report on a task,
-and the backoff between attempts: :mod:`miyaq.core.attempts`.
+The engine is five modules, one job each: :class:`Engine` here (intake,
+consuming, control, timers, dead letters), built on the state and the
+state moves of :mod:`miyaq.core.transitions`, on the operations on
+replicated copies of :mod:`miyaq.core.replicas` and on the read-only views
+of :mod:`miyaq.core.task_views` (INFO, RESULT, LIST, the counts). Who may
+report on a task, and the backoff between attempts: :mod:`miyaq.core.attempts`.
 """
 from __future__ import annotations
 
@@ -22,15 +23,15 @@ from miyaq.config import NodeConfig
 from miyaq.constants import MAX_QUEUES, TIMER_BATCH
 from miyaq.core.attempts import forget_lease, leased_to, note_lessee, retry_delay
 from miyaq.core.replicas import ReplicaCopies
+from miyaq.core.task_views import TaskViews
 from miyaq.errors import Busy, InvalidField, NotFound, ShuttingDown
 from miyaq.logs import LogLimiter
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE
 from miyaq.protocol.failurespec import cut_error
 from miyaq.protocol.recordspec import MAX_ATTEMPT
-from miyaq.store.table import Tombstone
 from miyaq.store.tally import Tally
 from miyaq.store.task import (
-    CANCELLED, DEAD, DONE, EXPIRED, LIVE_STATES, READY, RETRYING, RUNNING, SCHEDULED, Task, count_revival,
+    CANCELLED, DEAD, DONE, EXPIRED, READY, RETRYING, RUNNING, SCHEDULED, Task, count_revival,
     handler_label,
 )
 
@@ -46,13 +47,11 @@ _full = LogLimiter(logger, burst=1)
 #: in ``miyaq dead list`` and ``miyaq status ID``).
 DEAD_LINE_MESSAGE = 200
 
-LISTED_STATES = LIVE_STATES + (DEAD,)
-"""The states a task listing can find (finished tasks are tombstones, never listed)."""
 
-
-class Engine(ReplicaCopies):
+class Engine(ReplicaCopies, TaskViews):
     """The task state machine: ``Engine(config)``; its state is
-    :class:`~miyaq.core.transitions.Transitions`'s."""
+    :class:`~miyaq.core.transitions.Transitions`'s, its views
+    :class:`~miyaq.core.task_views.TaskViews`'s."""
 
     def __init__(self, config: NodeConfig) -> None:
         super().__init__(config)
@@ -330,25 +329,6 @@ class Engine(ReplicaCopies):
             consumer.abort([task.id])
         return True, previous
 
-    def info(self, task_id: str) -> dict[str, Any]:
-        task = self.table.live.get(task_id) or self.table.dead.get(task_id)
-        if task is not None:
-            return task.header()
-        stone = self.table.tombstone(task_id)
-        if stone is None:
-            raise NotFound(f"no task {task_id}")
-        return stone.info()
-
-    def live_state(self, task_id: str) -> str | None:
-        """The state of a live task held here (scheduled, ready, running,
-        retrying), or None."""
-        task = self.table.live.get(task_id)
-        return task.state if task is not None else None
-
-    def result(self, task_id: str) -> Tombstone | None:
-        """The tombstone of a finished task, or None while it is live/dead."""
-        return self.table.tombstone(task_id)
-
     # -- time --------------------------------------------------------------------
     def fire_due(self, now: float) -> float | None:
         """Act on every due timer (bounded per call); return the next due time."""
@@ -385,8 +365,6 @@ class Engine(ReplicaCopies):
         return self.timers.next_due()
 
     # -- dead letters ------------------------------------------------------------
-    def dead_list(self, queue: str | None, limit: int) -> list[dict[str, Any]]:
-        return [task.header() for task, _ in zip(self.table.iter_dead(queue), range(limit))]
 
     def dead_retry(self, ids: Iterable[str], now: float, between: Callable[[], None] = lambda: None) -> list[str]:
         """Revive the dead tasks of ``ids`` (others are skipped); the ids
@@ -456,41 +434,6 @@ class Engine(ReplicaCopies):
         return dropped
 
     # -- views -------------------------------------------------------------------
-    def list_tasks(self, queue: str | None, state: str | None, limit: int) -> list[dict[str, Any]]:
-        """Up to ``limit`` live tasks, then dead ones, of ``queue`` in ``state``
-        (None: any). Walks only what can match, and no further than the last
-        match: the counts per queue and state say how many there are (none:
-        no walk at all, as for a finished state, which is never listed), a
-        dead state is looked for among the dead only and a live one among the
-        live. So a listing that matches little does not walk the whole table
-        while the node's other work waits."""
-        wanted = min(limit, self._matching(queue, state))
-        out: list[dict[str, Any]] = []
-        if wanted <= 0:
-            return out
-        sources: list[Iterable[Task]] = []
-        if state != DEAD:
-            sources.append(self.table.live.values())
-        if state is None or state == DEAD:
-            sources.append(self.table.dead.values())
-        for source in sources:
-            for task in source:
-                if (queue is None or task.queue == queue) and (state is None or task.state == state):
-                    out.append(task.header())
-                    if len(out) >= wanted:
-                        return out
-        return out
-
-    def _matching(self, queue: str | None, state: str | None) -> int:
-        """Live and dead tasks of ``queue`` in ``state`` (None: any), by the counts."""
-        if state is not None and state not in LISTED_STATES:
-            return 0
-        states = LISTED_STATES if state is None else (state,)
-        if queue is not None:
-            counts = self.counts.get(queue)
-            return 0 if counts is None else sum(counts[s] for s in states)
-        return sum(c[s] for c in self.counts.values() for s in states)
-
     def outcome_totals(self) -> dict[str, int]:
         """Each outcome counted since start, summed over queues -- those
         pruned since included, so no total ever goes down (STATUS ``outcomes``)."""
@@ -498,7 +441,3 @@ class Engine(ReplicaCopies):
         for (_, outcome), n in self.outcomes.items():
             totals[outcome] = totals.get(outcome, 0) + n
         return totals
-
-    def queue_counts(self) -> dict[str, dict[str, int]]:
-        return {q: {s: c[s] for s in (SCHEDULED, READY, RUNNING, RETRYING, DEAD)}
-                for q, c in self.counts.items()}

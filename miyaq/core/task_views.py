@@ -1,0 +1,91 @@
+"""What the node tells about its tasks: the engine's read-only views.
+
+:class:`TaskViews` answers INFO, RESULT and LIST, the dead-letter listing and
+the per-queue counts from the engine's state (:mod:`miyaq.core.transitions`);
+:class:`~miyaq.core.engine.Engine` inherits it. Nothing here changes a task
+or a count. A listing is bounded by its ``limit`` and walks only what can
+match (:meth:`TaskViews.list_tasks`), so a view never holds the node's event
+loop for a walk of the whole table. No I/O; none blocks.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from miyaq.core.transitions import Transitions
+from miyaq.errors import NotFound
+from miyaq.store.table import Tombstone
+from miyaq.store.task import DEAD, LIVE_STATES, READY, RETRYING, RUNNING, SCHEDULED, Task
+
+LISTED_STATES = LIVE_STATES + (DEAD,)
+"""The states a task listing can find (finished tasks are tombstones, never listed)."""
+
+
+class TaskViews(Transitions):
+    """The engine's read-only views (a base of :class:`~miyaq.core.engine.Engine`)."""
+
+    # -- one task ---------------------------------------------------------------
+    def info(self, task_id: str) -> dict[str, Any]:
+        """A live or dead task's header, else its tombstone's; ``NotFound``
+        if the node knows no such task (never heard of, or forgotten)."""
+        task = self.table.live.get(task_id) or self.table.dead.get(task_id)
+        if task is not None:
+            return task.header()
+        stone = self.table.tombstone(task_id)
+        if stone is None:
+            raise NotFound(f"no task {task_id}")
+        return stone.info()
+
+    def live_state(self, task_id: str) -> str | None:
+        """The state of a live task held here (scheduled, ready, running,
+        retrying), or None."""
+        task = self.table.live.get(task_id)
+        return task.state if task is not None else None
+
+    def result(self, task_id: str) -> Tombstone | None:
+        """The tombstone of a finished task, or None while it is live/dead."""
+        return self.table.tombstone(task_id)
+
+    # -- listings ---------------------------------------------------------------
+    def dead_list(self, queue: str | None, limit: int) -> list[dict[str, Any]]:
+        """The headers of up to ``limit`` dead tasks of ``queue`` (None: all)."""
+        return [task.header() for task, _ in zip(self.table.iter_dead(queue), range(limit))]
+
+    def list_tasks(self, queue: str | None, state: str | None, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` live tasks, then dead ones, of ``queue`` in ``state``
+        (None: any). Walks only what can match, and no further than the last
+        match: the counts per queue and state say how many there are (none:
+        no walk at all, as for a finished state, which is never listed), a
+        dead state is looked for among the dead only and a live one among the
+        live. So a listing that matches little does not walk the whole table
+        while the node's other work waits."""
+        wanted = min(limit, self._matching(queue, state))
+        out: list[dict[str, Any]] = []
+        if wanted <= 0:
+            return out
+        sources: list[Iterable[Task]] = []
+        if state != DEAD:
+            sources.append(self.table.live.values())
+        if state is None or state == DEAD:
+            sources.append(self.table.dead.values())
+        for source in sources:
+            for task in source:
+                if (queue is None or task.queue == queue) and (state is None or task.state == state):
+                    out.append(task.header())
+                    if len(out) >= wanted:
+                        return out
+        return out
+
+    def _matching(self, queue: str | None, state: str | None) -> int:
+        """Live and dead tasks of ``queue`` in ``state`` (None: any), by the counts."""
+        if state is not None and state not in LISTED_STATES:
+            return 0
+        states = LISTED_STATES if state is None else (state,)
+        if queue is not None:
+            counts = self.counts.get(queue)
+            return 0 if counts is None else sum(counts[s] for s in states)
+        return sum(c[s] for c in self.counts.values() for s in states)
+
+    def queue_counts(self) -> dict[str, dict[str, int]]:
+        """Each queue's live and dead tasks by state (STATUS ``queues``)."""
+        return {q: {s: c[s] for s in (SCHEDULED, READY, RUNNING, RETRYING, DEAD)}
+                for q, c in self.counts.items()}
