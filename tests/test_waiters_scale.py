@@ -182,7 +182,7 @@ def test_the_deadline_heap_stays_bounded_when_long_polls_end_before_their_deadli
     without a bound the node's memory grows with every round. Entries of
     ended long-polls never outnumber the parked by more than a margin, and
     the parked are still answered at their deadline."""
-    from miyaq.core.waiters import COMPACT_SLACK
+    from miyaq.core.parked_polls import COMPACT_SLACK
 
     engine, _, waiters = setup()
     submit(engine, "held", countdown=3600)

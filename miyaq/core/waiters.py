@@ -1,35 +1,21 @@
 """Long-polls: RESULT requests waiting for a task to end, and blocking
 RECEIVE requests waiting for a task to be ready. Both are answered at their
 deadline by :meth:`Waiters.sweep`. Deadlines are on the monotonic clock
-(:func:`miyaq.runtime.monotonic`).
+(:func:`miyaq.runtime.monotonic`). Where they are kept, the three bounds on
+them (``max_waiters``, ``per_connection``, ``per_key``: past one a request
+is answered ``busy``) and how each is found in constant time:
+:mod:`miyaq.core.parked_polls`.
 
-Bounded three ways, so nobody can take every slot: ``max_waiters`` in all,
-``per_connection`` from one service connection and ``per_key`` from one key
-(with keys); past a bound the request is answered ``busy``. Each wait
-remembers where it came from (:class:`Origin`). A wait whose connection went
-away is freed, not kept to its deadline (up to an hour): every
-``WAITER_PROBE_INTERVAL`` seconds the node probes each connection that has
-waits (``reachable``: a REPLY without ``req``, which clients ignore; the
-service ROUTER is ``ROUTER_MANDATORY``, so a vanished connection fails the
-send) and releases the waits of those that are gone (``released``). ZMTP
-heartbeats on the service socket make a connection whose host vanished
-without closing it go away too. A connection that stops waiting for one of
-its long-polls (a cancelled call) says so with WITHDRAW (:meth:`Waiters.withdraw`),
-which finds the wait by the connection and the request's ``req``.
-
-Every long-poll is found in constant time, however many are parked: by
-``(connection, req)`` (WITHDRAW), by the answer an in-process caller gave
-(:meth:`Waiters.drop_result`), by its connection (:meth:`Waiters.release`);
-each task's waits and the RECEIVEs are insertion-ordered dicts (answered
-oldest first, removed without a scan). Deadlines are kept in a heap, so the
-housekeeping tick (every 0.1 s) looks only at the long-polls that are due;
-a heap entry of a long-poll that ended otherwise (answered, withdrawn,
-released) is passed over when it comes up, and the heap is rebuilt from the
-parked ones when such entries outnumber them (``COMPACT_SLACK`` spare), so
-it never holds much more than twice what is parked. Before 2026-12-05 one
-WITHDRAW of 1,000 reqs scanned, per req, the wait list of the task (10,000
-RESULT waits on one task: 605 ms) or every RECEIVE (77 ms), and each tick
-walked every RESULT wait (2 ms a tick at 10,000).
+A wait whose connection went away is freed, not kept to its deadline (up to
+an hour): every ``WAITER_PROBE_INTERVAL`` seconds the node probes each
+connection that has waits (``reachable``: a REPLY without ``req``, which
+clients ignore; the service ROUTER is ``ROUTER_MANDATORY``, so a vanished
+connection fails the send) and releases the waits of those that are gone
+(``released``). ZMTP heartbeats on the service socket make a connection
+whose host vanished without closing it go away too. A connection that stops
+waiting for one of its long-polls (a cancelled call) says so with WITHDRAW
+(:meth:`Waiters.withdraw`), which finds the wait by the connection and the
+request's ``req``.
 
 When the node stops (:meth:`Waiters.stop`, at the start of its drain and
 again when its ``shutdown_grace`` ends) every parked RECEIVE is answered
@@ -49,92 +35,41 @@ connections closed under them).
 from __future__ import annotations
 
 import heapq
-import itertools
 import logging
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from miyaq import constants
 from miyaq.core.consumers import NOWHERE, Origin, PullConsumer
 from miyaq.core.dispatcher import Dispatcher
 from miyaq.core.listener import EngineListener
+from miyaq.core.parked_polls import Answer, Parked, ParkedPolls, Refuse, ResultWait
 from miyaq.core.result_answers import outcome
-from miyaq.errors import Busy, MiyaqError, ShuttingDown
+from miyaq.errors import MiyaqError, ShuttingDown
 from miyaq.store.table import Tombstone
-from miyaq.store.tally import Tally
 from miyaq.store.task import Task
-
-Answer = Callable[[dict[str, Any] | None], Any]
-"""Answers a RESULT wait: with the reply body, or None when this node no
-longer holds the task (handed off to other holders): the caller answers
-``not_found``, as a new RESULT here would be."""
-
-Refuse = Callable[[MiyaqError], Any]
-"""Answers a long-poll with an error instead (``shutting_down`` when the
-node stops): an ERROR over ZeroMQ, an error response over HTTP."""
 
 __all__ = ["NOWHERE", "Origin", "Refuse", "Waiters"]
 
 logger = logging.getLogger(__name__)
-
-#: Heap entries of ended long-polls allowed beyond the parked ones before the
-#: deadline heap is rebuilt (so a few parked long-polls never rebuild it often).
-COMPACT_SLACK = 64
-
-
-class _Wait:
-    """One RESULT wait. Hashed and compared by identity: two waits alike
-    (the same caller asking twice) are two waits."""
-
-    __slots__ = ("task_id", "deadline", "answer", "origin", "refuse")
-
-    def __init__(self, task_id: str, deadline: float, answer: Answer, origin: Origin,
-                 refuse: Refuse | None) -> None:
-        self.task_id = task_id
-        self.deadline = deadline
-        self.answer = answer
-        self.origin = origin
-        self.refuse = refuse
 
 
 def _never(task_id: str) -> bool:
     return False
 
 
-_Parked = _Wait | PullConsumer
-"""A long-poll: a RESULT wait or a RECEIVE's consumer (each has ``deadline`` and ``origin``)."""
+class Waiters(ParkedPolls, EngineListener):
+    """The node's long-polls: parks them, answers them (an outcome, a ready
+    task, a deadline, the node's stop) and frees those nobody waits for."""
 
-
-class Waiters(EngineListener):
     def __init__(self, dispatcher: Dispatcher, max_waiters: int, per_connection: int | None = None,
                  per_key: int | None = None, reachable: Callable[[bytes], bool] | None = None,
                  live_state: Callable[[str], str | None] | None = None) -> None:
+        super().__init__(max_waiters, per_connection, per_key)
         self.dispatcher = dispatcher
         # A RESULT wait that ends without an outcome reports the task's state
         # then (scheduled, ready, running, retrying): None if no longer held.
         self.live_state = live_state or (lambda task_id: None)
-        self.max_waiters = max_waiters
-        self.per_connection = per_connection or max_waiters
-        self.per_key = per_key or max_waiters
         self.reachable = reachable
-        # Insertion-ordered (dicts used as ordered sets): answered oldest first, removed in O(1).
-        self.results: dict[str, dict[_Wait, None]] = {}
-        # Each parked RECEIVE's consumer -> how to refuse it (None: it is dropped unanswered).
-        self.pulls: dict[PullConsumer, Refuse | None] = {}
-        self.count = 0
-        # connection -> its parked long-polls (their number is its share of per_connection)
-        self.by_connection: dict[bytes, dict[_Parked, None]] = {}
-        self.by_key: Tally[str] = Tally()
-        # (connection, req) -> the RESULT wait or the RECEIVE's consumer (what a WITHDRAW names).
-        self.by_req: dict[tuple[bytes, Any], _Parked] = {}
-        # id(answer) -> the in-process RESULT wait it answers (drop_result); the wait
-        # holds its answer, so the id stays that answer's while the entry is here.
-        self.by_answer: dict[int, _Wait] = {}
-        # (deadline, sequence, long-poll): a heap; entries of ended long-polls are passed over.
-        self.deadlines: list[tuple[float, int, _Parked]] = []
-        self._sequence = itertools.count()
-        # Told the deadline of every long-poll parked (the node's housekeeping
-        # wakes for one due before its next pass); must not block.
-        self.on_earliest: Callable[[float], None] | None = None
         self.released = 0          # waits freed because their connection went away
         self.withdrawn = 0         # waits their connection withdrew (WITHDRAW)
         self.probes = 0            # connections probed
@@ -143,74 +78,6 @@ class Waiters(EngineListener):
         # tasks' RESULT waits are still kept (those whose outcome may yet come).
         self.stopping: str | None = None
         self._keeps: Callable[[str], bool] = _never
-
-    # -- bounds ----------------------------------------------------------------------
-    def _check_room(self, origin: Origin) -> None:
-        if self.count >= self.max_waiters:
-            raise Busy(f"{self.count} requests are already waiting (max_waiters); try again later")
-        conn, key, _ = origin
-        if conn is not None and len(self.by_connection.get(conn, ())) >= self.per_connection:
-            raise Busy(f"this connection already has {self.per_connection} long-polls waiting "
-                       "(max_waiters_per_connection); try again later")
-        if key is not None and self.by_key[key] >= self.per_key:
-            raise Busy(f"key {key!r} already has {self.per_key} long-polls waiting (max_waiters_per_key); "
-                       "try again later")
-
-    def _add(self, parked: _Parked) -> None:
-        self.count += 1
-        conn, key, req = parked.origin
-        if conn is not None:
-            self.by_connection.setdefault(conn, {})[parked] = None
-            if type(req) is int:     # what a WITHDRAW names (a req may be any msgpack value)
-                self.by_req[(conn, req)] = parked
-        elif isinstance(parked, _Wait):
-            self.by_answer.setdefault(id(parked.answer), parked)
-        if key is not None:
-            self.by_key[key] += 1
-        heapq.heappush(self.deadlines, (parked.deadline, next(self._sequence), parked))
-        if self.on_earliest is not None:
-            self.on_earliest(parked.deadline)
-
-    def next_deadline(self) -> float | None:
-        """The earliest deadline of the heap (monotonic; it may be a long-poll
-        that ended otherwise: a sweep then finds nothing due), or None."""
-        return self.deadlines[0][0] if self.deadlines else None
-
-    def _remove(self, parked: _Parked) -> None:
-        """Forget the bookkeeping of a long-poll already taken out of
-        ``results``/``pulls`` (its heap entry stays, passed over when due)."""
-        self.count -= 1
-        conn, key, req = parked.origin
-        if conn is not None:
-            if type(req) is int and self.by_req.get((conn, req)) is parked:
-                del self.by_req[(conn, req)]
-            mine = self.by_connection.get(conn)
-            if mine is not None:
-                mine.pop(parked, None)
-                if not mine:
-                    del self.by_connection[conn]
-        elif isinstance(parked, _Wait) and self.by_answer.get(id(parked.answer)) is parked:
-            del self.by_answer[id(parked.answer)]
-        if key is not None:
-            left = self.by_key[key] - 1
-            if left > 0:
-                self.by_key[key] = left
-            else:
-                del self.by_key[key]
-        if len(self.deadlines) > 2 * self.count + COMPACT_SLACK:
-            self._compact()
-
-    def _parked(self, parked: _Parked) -> bool:
-        """Whether a long-poll is still parked (not answered, withdrawn or released)."""
-        if isinstance(parked, _Wait):
-            return parked in self.results.get(parked.task_id, ())
-        return parked in self.pulls
-
-    def _compact(self) -> None:
-        """Drop the heap entries of long-polls that ended (in place: a sweep
-        may hold the list). O(parked); run when they outnumber the parked."""
-        self.deadlines[:] = [entry for entry in self.deadlines if self._parked(entry[2])]
-        heapq.heapify(self.deadlines)
 
     # -- RESULT --------------------------------------------------------------------
     def wait_result(self, task_id: str, deadline: float, answer: Answer, origin: Origin = NOWHERE,
@@ -224,7 +91,7 @@ class Waiters(EngineListener):
         if self.stopping is not None and not self._keeps(task_id):
             raise ShuttingDown(self.stopping)
         self._check_room(origin)
-        wait = _Wait(task_id, deadline, answer, origin, refuse)
+        wait = ResultWait(task_id, deadline, answer, origin, refuse)
         self.results.setdefault(task_id, {})[wait] = None
         self._add(wait)
 
@@ -257,17 +124,6 @@ class Waiters(EngineListener):
         for wait in waiting or ():
             self._remove(wait)
             wait.answer(None)
-
-    def _take_wait(self, wait: _Wait) -> bool:
-        """Take a RESULT wait out of its task's waits (False if it is not there)."""
-        waiting = self.results.get(wait.task_id)
-        if waiting is None or wait not in waiting:
-            return False
-        del waiting[wait]
-        if not waiting:
-            del self.results[wait.task_id]
-        self._remove(wait)
-        return True
 
     # -- RECEIVE -------------------------------------------------------------------
     def wait_pull(self, consumer: PullConsumer, refuse: Refuse | None = None) -> None:
@@ -306,7 +162,7 @@ class Waiters(EngineListener):
             parked = self.by_req.get((connection, req))
             if parked is None:
                 continue
-            if isinstance(parked, _Wait):
+            if isinstance(parked, ResultWait):
                 dropped += self._take_wait(parked)
             else:
                 dropped += self.drop_pull(parked)
@@ -385,7 +241,7 @@ class Waiters(EngineListener):
             _, _, parked = heapq.heappop(heap)
             if parked.deadline > now:     # its deadline moved on: due later
                 heapq.heappush(heap, (parked.deadline, next(self._sequence), parked))
-            elif isinstance(parked, _Wait):
+            elif isinstance(parked, ResultWait):
                 if self._take_wait(parked):
                     task_id = parked.task_id
                     if task_id not in states:
@@ -427,26 +283,21 @@ class Waiters(EngineListener):
         parked long-poll (a revocation is rare), however many keys -- a
         reload that removed 5,000 tokens holding 10,000 long-polls took 2 s
         of the loop with a pass a key (2026-12-06's review)."""
-        victims: list[tuple[_Parked, MiyaqError | None]] = []
+        victims: list[tuple[Parked, MiyaqError | None]] = []
         for parked in self._every():
             key = parked.origin.key
             how = revoked.get(key) if key is not None else None     # None: no key, never revoked
-            if how is not None and not (how.keep_results and isinstance(parked, _Wait)):
+            if how is not None and not (how.keep_results and isinstance(parked, ResultWait)):
                 victims.append((parked, how.refusal))
         freed = 0
         for parked, refusal in victims:
             freed += self._release([parked], refusal)
         return freed
 
-    def _every(self) -> Iterator[_Parked]:
-        for waiting in self.results.values():
-            yield from waiting
-        yield from self.pulls
-
-    def _release(self, victims: list[_Parked], refusal: MiyaqError | None = None) -> int:
+    def _release(self, victims: list[Parked], refusal: MiyaqError | None = None) -> int:
         freed = 0
         for parked in victims:
-            if isinstance(parked, _Wait):
+            if isinstance(parked, ResultWait):
                 if not self._take_wait(parked):
                     continue
                 refuse = parked.refuse
