@@ -82,13 +82,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from miyaq.constants import DISPATCH_BATCH_BYTES, DISPATCH_CHUNK, DISPATCH_MESSAGE_BYTES, LONE_TASKS_PER_BURST
+from miyaq.constants import (
+    DISPATCH_BATCH_BYTES, DISPATCH_CHUNK, DISPATCH_MESSAGE_BYTES, LONE_TASKS_PER_BURST, STALL,
+)
 from miyaq.core.consumers import Consumer
 from miyaq.core.engine import Engine
 from miyaq.core.gate import Gate
 from miyaq.core.limits import QueueLimits
 from miyaq.core.listener import EngineListener
-from miyaq.constants import STALL
 from miyaq.runtime import monotonic, wall
 from miyaq.store.ready import ReadyQueues
 from miyaq.store.table import Tombstone
@@ -97,8 +98,10 @@ from miyaq.store.task import READY, Task
 logger = logging.getLogger(__name__)
 
 
-
 class Dispatcher(EngineListener):
+    """Leases the engine's ready tasks to the consumers with credit (see the
+    module's docstring); listens to the engine for tasks that become ready."""
+
     def __init__(self, engine: Engine, max_batch: int, gate: Gate, limits: QueueLimits) -> None:
         self.engine = engine
         self.max_batch = max_batch
@@ -108,8 +111,8 @@ class Dispatcher(EngineListener):
         # being parked. A pump orders them (see the module's docstring).
         self.hungry: dict[Consumer, bool] = {}
         # Consumers with room whose queues held nothing ready when a pump last
-        # visited them, and the same by
-        # ready lane: a task entering a lane wakes the consumers parked on it.
+        # visited them, and the same by ready lane: a task entering a lane
+        # wakes the consumers parked on it.
         self.parked: dict[Consumer, None] = {}
         self.parked_by_lane: dict[str, dict[Consumer, None]] = {}
         self.pending = False
