@@ -53,7 +53,7 @@ class ServiceAnswers:
     def __init__(self, sock: HubSocket, curve: bool) -> None:
         self.sock = sock
         self.errors: Counter[str] = Counter()
-        self._acks: dict[bytes, list[list[Any]]] = {}
+        self._acks: dict[Any, list[list[Any]]] = {}    # a routing id or an in-process submitter -> its results
         self._acked_early: set[bytes] = set()   # connections whose first SUBMIT of this burst was answered
         self._early: list[bytes] = []           # of those, the ones whose answer is still to send
         self.unread = UnreadAnswers()    # answers a connection has not read: bounded
@@ -195,16 +195,28 @@ class ServiceAnswers:
 
     def _send_acks(self, acks: dict[Any, list[list[Any]]]) -> None:
         if self.ack_gate is None:
-            self._release(acks)
+            self._deliver_acks(acks)
             return
         # A refusal promises nothing, so it never waits for the log: a node
         # whose disk is full still answers "busy" at once.
         refused = {i: [r for r in rs if r[1] == c.REJECTED] for i, rs in acks.items()}
-        self._release({i: rs for i, rs in refused.items() if rs})
+        self._deliver_acks({i: rs for i, rs in refused.items() if rs})
         stored = {i: [r for r in rs if r[1] != c.REJECTED] for i, rs in acks.items()}
         stored = {i: rs for i, rs in stored.items() if rs}
         if stored:
-            self.ack_gate(lambda: self._release(stored))
+            self.ack_gate(lambda: self._deliver_acks(stored))
+
+    def _deliver_acks(self, acks: dict[Any, list[list[Any]]]) -> None:
+        """Hand each submitter its results: a SUBMITTED to a connection, a
+        call to an in-process submitter (a failing one is logged)."""
+        for identity, results in acks.items():
+            if callable(identity):
+                try:
+                    identity(results)
+                except Exception:
+                    logger.exception("in-process submit callback failed")
+            else:
+                self.send(identity, c.SUBMITTED, {"results": results})
 
     # -- answers that promise a stored change ---------------------------------------------
     def check_writable(self) -> None:
@@ -256,13 +268,3 @@ class ServiceAnswers:
         if not written.wait(timeout):
             raise Timeout(f"{what}, but the node's log did not take it within {timeout:g}s (a slow or failing "
                           "disk): a restart before the log is written again may undo it")
-
-    def _release(self, acks: dict[Any, list[list[Any]]]) -> None:
-        for identity, results in acks.items():
-            if callable(identity):
-                try:
-                    identity(results)
-                except Exception:
-                    logger.exception("in-process submit callback failed")
-            else:
-                self.send(identity, c.SUBMITTED, {"results": results})
