@@ -14,7 +14,7 @@ from typing import Any, Iterable
 from miyaq.core.transitions import Transitions
 from miyaq.errors import NotFound
 from miyaq.store.table import Tombstone
-from miyaq.store.task import DEAD, LIVE_STATES, READY, RETRYING, RUNNING, SCHEDULED, Task
+from miyaq.store.task import DEAD, LIVE_STATES, Task
 
 LISTED_STATES = LIVE_STATES + (DEAD,)
 """The states a task listing can find (finished tasks are tombstones, never listed)."""
@@ -87,5 +87,5 @@ class TaskViews(Transitions):
 
     def queue_counts(self) -> dict[str, dict[str, int]]:
         """Each queue's live and dead tasks by state (STATUS ``queues``)."""
-        return {q: {s: c[s] for s in (SCHEDULED, READY, RUNNING, RETRYING, DEAD)}
+        return {q: {s: c[s] for s in LISTED_STATES}
                 for q, c in self.counts.items()}
