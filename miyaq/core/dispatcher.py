@@ -91,7 +91,6 @@ from miyaq.core.gate import Gate
 from miyaq.core.limits import QueueLimits
 from miyaq.core.listener import EngineListener
 from miyaq.runtime import monotonic, wall
-from miyaq.store.ready import ReadyQueues
 from miyaq.store.table import Tombstone
 from miyaq.store.task import READY, Task
 
@@ -264,7 +263,7 @@ class Dispatcher(EngineListener):
             lanes: list[str] = consumer.queues
             if self.limits.active:
                 lanes = self.limits.open(lanes, now)
-            if task.lane in lanes and _head_of(self.engine.ready, lanes) is task:
+            if task.lane in lanes and self.engine.ready.peek(lanes) is task:
                 return consumer
         return None
 
@@ -397,20 +396,6 @@ def message_parts(batch: list[Task]) -> list[list[Task]]:
     if part:
         parts.append(part)
     return parts
-
-
-def _head_of(ready: ReadyQueues, lanes: list[str]) -> Task | None:
-    """The task ``ready.pop(lanes)`` would take, left in its lane: lowest
-    (priority, seq) of the lanes' heads."""
-    best: Task | None = None
-    for name in lanes:
-        lane = ready.lanes.get(name)
-        if lane is None or not lane.count:
-            continue
-        task = lane.head()
-        if task is not None and (best is None or (task.priority, task.seq) < (best.priority, best.seq)):
-            best = task
-    return best
 
 
 def _nothing_to_announce() -> None:
