@@ -443,3 +443,30 @@ def test_a_failing_log_refuses_cancels_acks_and_nacks_and_changes_nothing(
     table = durable.logged()
     assert stone_state(table, scheduled) == "cancelled"
     assert stone_state(table, zmq_task) == stone_state(table, http_task) == "done"
+
+
+def test_an_at_most_once_task_is_sent_only_once_its_start_is_logged(durable: Durable) -> None:
+    """Fault (review18, older than it): a task with ``at_most_once`` was
+    leased and sent to its consumer while its start record waited for the
+    log. A node killed -9 then came back with it *ready* -- its attempt
+    unspent -- and ran it again: 128 at-most-once tasks ran twice in one
+    round of kill -9s. Its DISPATCH (here a RECEIVE's answer) now waits for
+    the write, so a kill at any moment either keeps it unsent and ready, or
+    sent and dead on restart (docs/semantics.md, "at_most_once"). A task
+    without the option is sent at once, the log held or not."""
+    plain = durable.client.submit("echo", [1], queue="plain", wait=True).id
+    once = durable.client.submit("echo", [1], queue="once", at_most_once=True, wait=True).id
+    durable.writer_busy()
+    task = durable.ask(c.RECEIVE, {"queues": ["plain"]})["task"]       # not held: no at-most-once start
+    assert task["id"] == plain
+    asked = durable.send(c.RECEIVE, {"queues": ["once"]})
+    wait_for(lambda: durable.node.node.core.engine.table.live[once].state == "running", timeout=WAIT,
+             what="the at-most-once task leased")
+    early = durable.recv(NOT_YET)
+    assert early is None, f"sent before its start was logged: {early}"
+    assert durable.logged().live[once].state == "ready"     # a kill -9 now: ready, and never sent
+    durable.fsync.release()
+    answer = durable.recv()
+    assert answer is not None and answer[1]["req"] == asked and answer[1]["task"]["id"] == once, answer
+    restarted = durable.logged()
+    assert once not in restarted.live and restarted.dead[once].state == "dead"    # sent: dead on restart, never ready

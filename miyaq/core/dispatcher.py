@@ -88,11 +88,12 @@ from miyaq.constants import (
 from miyaq.core.consumers import Consumer
 from miyaq.core.engine import Engine
 from miyaq.core.gate import Gate
+from miyaq.core.handles import StartBarrier
 from miyaq.core.limits import QueueLimits
 from miyaq.core.listener import EngineListener
 from miyaq.runtime import monotonic, wall
 from miyaq.store.table import Tombstone
-from miyaq.store.task import READY, Task
+from miyaq.store.task import READY, RUNNING, Task
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +126,9 @@ class Dispatcher(EngineListener):
         # the lone tasks of this burst noted from it (``note_lone``).
         self._woke: tuple[Task, dict[Consumer, None]] | None = None
         self.lone: list[tuple[Task, dict[Consumer, None]]] = []
+        # The log, on a node with one (set by the composition root): a
+        # DISPATCH of an at-most-once task waits for its start record (send_leased).
+        self.start_barrier: StartBarrier | None = None
         gate.on_open(self._reopened)
 
     def _reopened(self) -> None:
@@ -241,11 +245,10 @@ class Dispatcher(EngineListener):
         if not leased:
             return 0
         self._announce()
+        batches: dict[Consumer, list[Task]] = {}
         for consumer, task in leased:
-            if not consumer.deliver([task]):
-                logger.warning("could not deliver a task to %r; putting it back", consumer)
-                self.engine.release(task.id, now)
-                self.forget(consumer)
+            batches.setdefault(consumer, []).append(task)
+        self.send_leased(batches, now)
         return len(leased)
 
     def _lone_taker(self, task: Task, woken: dict[Consumer, None], now: float) -> Consumer | None:
@@ -351,7 +354,45 @@ class Dispatcher(EngineListener):
                 self._park(consumer)
         if total:
             self._announce()
+            self.send_leased(batches, now, sizes)
+        if limits is not None and limits.wake_at is not None:
+            limits.arm_wake(self._refilled, now)
+        return total
+
+    def send_leased(self, batches: dict[Consumer, list[Task]], now: float,
+                    sizes: dict[Consumer, int] | None = None) -> None:
+        """Send the leases just made (``sizes``: each batch's payload bytes,
+        when known; a RECEIVE answered at once leases and sends its task
+        here too): at once, or, when an at-most-once task started among
+        them, once the log has its start (:attr:`start_barrier`). Sent
+        before, a node killed before that write brought the task back ready
+        on restart, and it ran a second time (review, 2026-12-06: 128 such
+        tasks in one round of kill -9s). The wait is one log write (10 ms at
+        most with ``--fsync interval``), paid by the batches of a pump that
+        leased an at-most-once task, not by the others."""
+        sizes = sizes or {}
+        barrier = self.start_barrier
+        if barrier is not None and barrier.at_most_once_started():
+            barrier.after_written(lambda: self._deliver(batches, sizes, wall(), held=True))
+        else:
+            self._deliver(batches, sizes, now)
+
+    def _deliver(self, batches: dict[Consumer, list[Task]], sizes: dict[Consumer, int], now: float,
+                 held: bool = False) -> None:
+        """DISPATCH each batch to its consumer (in parts of at most
+        ``DISPATCH_MESSAGE_BYTES``); what cannot be delivered goes back, and
+        the consumer is forgotten. ``held``: sent after the log's write, so
+        a task no longer leased to the consumer by then (cancelled, or taken
+        back with a lost worker and leased again) is not sent, and its
+        credit goes back to the consumer."""
+        engine = self.engine
         for consumer, batch in batches.items():
+            if held:
+                still = [task for task in batch if task.state == RUNNING and task.consumer is consumer]
+                if len(still) < len(batch):
+                    consumer.granted(len(batch) - len(still))
+                    self.pending = True
+                batch = still
             if not batch:
                 continue
             parts = [batch] if sizes.get(consumer, 0) <= DISPATCH_MESSAGE_BYTES else message_parts(batch)
@@ -363,9 +404,6 @@ class Dispatcher(EngineListener):
                         engine.release(task.id, now)
                     self.forget(consumer)
                     break
-        if limits is not None and limits.wake_at is not None:
-            limits.arm_wake(self._refilled, now)
-        return total
 
     def _announce(self) -> None:
         """Tell the other holders about the leases just made. A failure is

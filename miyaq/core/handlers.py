@@ -314,8 +314,7 @@ class ServiceHandlers:
         if task is not None:
             self.engine.start(task, consumer, now)
             consumer.credit = 0
-            if not consumer.deliver([task]):
-                self.engine.release(task.id, now)
+            self.dispatcher.send_leased({consumer: [task]}, now)     # an at-most-once one once its start is logged
             return
         if timeout <= 0:
             answer(None)

@@ -107,6 +107,18 @@ class WriteBarrier(Protocol):
         """Call ``release()`` once every record buffered so far is written."""
 
 
+class StartBarrier(Protocol):
+    """The log as the dispatcher sees it: a DISPATCH of an at-most-once task
+    waits until its start is written (docs/semantics.md, "at_most_once")."""
+
+    def at_most_once_started(self) -> bool:
+        """Whether an at-most-once task started since the last call (its
+        start record buffered, not yet written); clears it."""
+
+    def after_written(self, release: Callable[[], None]) -> None:
+        """Call ``release()`` once every record buffered so far is written."""
+
+
 class StorageHealth(Protocol):
     """How the node's durable log is doing (status ``storage`` and /metrics)."""
 

@@ -161,7 +161,9 @@ class PullApi:
         else:
             dispatcher.grant(consumer, 0)
         dispatcher.pump(now)
-        if timeout <= 0 and not box.ready():
+        if timeout <= 0 and not box.ready() and not consumer.running:
+            # (a task leased and not answered yet is an at-most-once one whose
+            # DISPATCH waits for the log's write of its start: wait for it)
             dispatcher.forget(consumer)
             box.set(None)
             return None

@@ -121,6 +121,7 @@ def _build(config: NodeConfig, supervisor: Supervisor, sockets: SocketFactory, c
                                   on_replayed=lambda: record_cluster(config))
         core.endpoint.ack_gate = persistence.after_written   # SUBMITTED, and answers that promise a change
         core.endpoint.log_admit = persistence.admit          # such requests are refused while the disk fails
+        core.dispatcher.start_barrier = persistence          # an at-most-once task leaves once its start is logged
     try:
         role, shared = _role(config, core, persistence or Immediate(), supervisor, sockets, coordinator, transport,
                              stream_drop, guard, cluster_key)

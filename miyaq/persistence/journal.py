@@ -60,6 +60,7 @@ class Persistence(EngineListener):
         # Batches, acknowledgement gating and disk faults (refuse, serve, recover): miyaq/store/log_writer.py
         self.writer = LogWriter(log, self.snapshot)
         self._killed = False
+        self._at_most_once_started = False    # an at-most-once start buffered since the dispatcher last asked
 
     # -- lifecycle ----------------------------------------------------------------
     def setup(self) -> None:
@@ -109,6 +110,16 @@ class Persistence(EngineListener):
 
     def task_started(self, task: Task) -> None:
         self._add({"o": "S", "id": task.id, "attempt": task.attempt})
+        if task.at_most_once:
+            self._at_most_once_started = True
+
+    def at_most_once_started(self) -> bool:
+        """Whether an at-most-once task started since the last call: the
+        dispatcher then sends its DISPATCH once the start is written
+        (:meth:`after_written`). Sent before, a node killed before the write
+        brought the task back ready, and it ran again."""
+        started, self._at_most_once_started = self._at_most_once_started, False
+        return started
 
     def task_retrying(self, task: Task, reason: str) -> None:
         self._add({"o": "R", "id": task.id, "attempt": task.attempt, "error": task.error,
