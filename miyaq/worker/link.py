@@ -117,7 +117,7 @@ class NodeLink:
                 # half-built object whose finalizer prints a traceback.
                 raise zmq.ZMQError(errno.EMFILE)
             sock, self.monitor = self.factory.watched_dealer(
-                self.endpoint, ready=False, plain=True, heartbeat_ms=heartbeat_options(self.node_timeout))
+                self.endpoint, ready=True, plain=True, heartbeat_ms=heartbeat_options(self.node_timeout))
         except zmq.ZMQError as exc:
             self.open_error = str(exc)
             _log.warning("open", "worker %s cannot open a socket to node %s: %s%s; trying again every %gs",

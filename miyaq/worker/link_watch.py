@@ -20,7 +20,12 @@ and the link opens a fresh socket (:meth:`~miyaq.worker.link.NodeLink.lose`).
 A connection that never got an answer is left to ZeroMQ's own reconnecting
 (and to the diagnosis above), so a node that refuses the handshake does not
 make the link churn sockets; the refusal is what the diagnosis says from
-then on.
+then on. But one whose handshake succeeded took the READY queued on the
+socket with it: the link queues another for the next connection. Before
+2026-12-06 a node killed after it read the READY and before it answered
+(or anything else listening on its port that reads and closes) left the
+worker unregistered for ever with the node restarted on that port (review,
+2026-12-06: 518 acknowledged tasks of its queue never ran).
 
 Nothing here runs per message: the monitor carries connection events only,
 and the reader asks for a diagnosis only while its node has not answered.
@@ -35,7 +40,7 @@ from ..logs import LogLimiter
 from ..protocol.reach import explain, unreachable
 from ..runtime import green, monotonic
 from ..runtime.connections import (
-    CONNECTION_CLOSED, explain_handshake, handshake_failure, monitor_event,
+    CONNECTION_CLOSED, CONNECTION_READY, explain_handshake, handshake_failure, monitor_event,
 )
 from ..runtime.sockets import zmq
 from .config import FIRST_CONTACT, FIRST_CONTACT_REPEAT_MAX, PROBE_TIMEOUT
@@ -58,6 +63,8 @@ class LinkWatch:
         self.next_diagnosis = 0.0       # monotonic time of the next diagnosis, while the node has not answered
         # Why the node refused this worker's last handshake (explain_handshake), and when.
         self._handshake_refused: tuple[float, str] | None = None
+        # A connection's handshake succeeded since the last one closed: the READY left on it.
+        self._connected = False
 
     def opened(self, now: float) -> None:
         """The first contact's clock starts again at ``now`` (a fresh socket,
@@ -104,8 +111,11 @@ class LinkWatch:
                 raise
             if monitor is not link.monitor:
                 continue
-            if monitor_event(frames) == CONNECTION_CLOSED:
+            event = monitor_event(frames)
+            if event == CONNECTION_CLOSED:
                 self._connection_closed()
+            elif event == CONNECTION_READY:
+                self._connected = True
             else:
                 failure = handshake_failure(frames)     # None for any other event
                 if failure is not None:
@@ -115,7 +125,16 @@ class LinkWatch:
 
     def _connection_closed(self) -> None:
         link = self.link
-        if link.worker.stopping_hard or not link.answered:
-            return      # closing, or never answered here: ZeroMQ reconnects by itself
+        connected, self._connected = self._connected, False
+        if link.worker.stopping_hard:
+            return
+        if not link.answered:
+            # ZeroMQ reconnects by itself. A READY that left on the connection is
+            # gone with it: queue another for the next one (see the module's docstring).
+            if connected and link.sock is not None:
+                logger.info("connection to node %s closed before it answered this worker's READY; READY again "
+                            "when it is back", link.endpoint)
+                link.register()
+            return
         logger.warning("connection to node %s closed; reconnecting", link.endpoint)
         link.lose()
