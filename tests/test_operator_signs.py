@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import zmq
 from gateway_harness import FIXTURES, Http, wait_for as wait_until
-from prometheus_client.parser import text_string_to_metric_families
 from secure_harness import make_keys
+from test_metrics import scrape, value
 
 from miyaq.gateway.task_timings import TaskTimings
 from miyaq.runtime.messages import MessageRefused, SenderAddress
@@ -68,20 +68,6 @@ class RawDealer:
 
     def close(self) -> None:
         self.sock.close()
-
-
-def scrape(api: Http) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    status, text, _ = api.get("/metrics")
-    assert status == 200
-    samples = {}
-    for family in text_string_to_metric_families(text.decode()):
-        for s in family.samples:
-            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return samples
-
-
-def value(samples: dict, name: str, **labels: str) -> float | None:
-    return samples.get((name, tuple(sorted(labels.items()))))
 
 
 # -- the address of a refused message --------------------------------------------------
