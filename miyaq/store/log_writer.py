@@ -18,7 +18,9 @@ the *refusing* state instead of stopping the node:
   are not buffered meanwhile (memory stays bounded): the recovery rewrites
   the whole state;
 - releases wait (at most ``max_held``; past that the oldest is dropped --
-  an acknowledgement never sent only makes its sender resend);
+  an acknowledgement never sent only makes its sender resend; an
+  at-most-once task's held DISPATCH (:meth:`~miyaq.core.dispatcher.Dispatcher.send_leased`)
+  is never sent, and the task ends ``Lost`` at its lease's end, unrun);
 - a probe (write and fsync a small file) runs with backoff, from
   ``PROBE_BACKOFF[0]`` to ``PROBE_BACKOFF[-1]`` seconds apart; once it
   succeeds the state is rewritten from memory as a snapshot
