@@ -1,4 +1,4 @@
-"""The hub-driven plain socket (:class:`miyaq.runtime.messages.HubSocket`) and
+"""The hub-driven plain socket (:class:`miyaq.runtime.hub_socket.HubSocket`) and
 the descriptor waiter under it (:class:`miyaq.runtime.green.FdWait`): a
 reader greenlet parks only while nothing can be read, wakes for messages,
 for a send from another greenlet that consumed ZeroMQ's signal, on its

@@ -39,7 +39,7 @@ reads the clock (the bench's "start"), exactly like miyaq's no-op.
 
 With ``--hub`` (``miyaq bench --baseline-gevent``) the relay and the
 worker run the same loop, but wait for each message in the gevent hub on a
-:class:`~miyaq.runtime.messages.HubSocket`, as miyaq's node and workers
+:class:`~miyaq.runtime.hub_socket.HubSocket`, as miyaq's node and workers
 do, instead of blocking in ZeroMQ: the difference between the two
 baselines is what the runtime costs before miyaq's own code runs.
 """
@@ -58,7 +58,7 @@ import msgpack
 
 from ..runtime import green
 from ..runtime.io_threads import NORMAL
-from ..runtime.messages import HubSocket
+from ..runtime.hub_socket import HubSocket
 from ..runtime.sockets import SocketFactory
 from .records import RecordWriter
 

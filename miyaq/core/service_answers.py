@@ -33,7 +33,7 @@ from miyaq.errors import MiyaqError, Timeout
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c
 from miyaq.runtime import green
-from miyaq.runtime.messages import HubSocket
+from miyaq.runtime.hub_socket import HubSocket
 from miyaq.runtime.sockets import zmq
 
 # The service's logger: a failing in-process submitter is logged under the

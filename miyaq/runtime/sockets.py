@@ -34,7 +34,7 @@ from .endpoints import names_version
 from .io_threads import apply as apply_io_policy, chosen as chosen_io_policy
 
 if TYPE_CHECKING:
-    from .messages import HubPoller, HubSocket
+    from .hub_socket import HubPoller, HubSocket
 
 #: Every socket's high-water marks, a count of messages. Receiving, keep it
 #: far above what a connection ever has waiting: libzmq stops reading a
@@ -52,7 +52,7 @@ HWM = 100_000
 def __getattr__(name: str) -> Any:
     """``green_zmq`` (pyzmq's gevent flavour) on first use: the plain and
     asyncio factories, and the asyncio client with them, never import gevent
-    (the hub's sockets, :mod:`.messages`, are imported by the methods that
+    (the hub's sockets, :mod:`.hub_socket`, are imported by the methods that
     make them)."""
     if name == "green_zmq":
         return importlib.import_module("zmq.green")
@@ -241,7 +241,7 @@ class SocketFactory:
         ``max_frames``): the socket's ``source`` tells the descriptor of the
         connection each message came by."""
         limits = (max_frames, self.frame_limit) if max_frames is not None else None
-        from .messages import HubSocket
+        from .hub_socket import HubSocket
         return HubSocket(self.router(bind, audience, plain=True, heartbeat_ms=heartbeat_ms), users, limits,
                          routed=True, sources=sources)
 
@@ -295,7 +295,7 @@ class SocketFactory:
         """:meth:`subscriber`'s socket as a :class:`HubSocket` (a green factory
         only), its messages read with :func:`recv_bounded`: at most
         ``max_frames`` frames and :attr:`frame_limit` bytes."""
-        from .messages import HubSocket
+        from .hub_socket import HubSocket
         return HubSocket(self.subscriber(topics, plain=True), limits=(max_frames, self.frame_limit))
 
     def dealer(self, connect: str | None = None, *, identity: bytes | None = None,
@@ -334,7 +334,7 @@ class SocketFactory:
 
     def hub_dealer(self, connect: str | None = None, **options: Any) -> HubSocket:
         """:meth:`dealer`'s socket as a :class:`HubSocket` (a green factory only)."""
-        from .messages import HubSocket
+        from .hub_socket import HubSocket
         return HubSocket(self.dealer(connect, plain=True, **options))
 
     def pair(self, *, bind: str | None = None, connect: str | None = None) -> Any:
@@ -401,8 +401,8 @@ class SocketFactory:
     @staticmethod
     def hub_poller() -> HubPoller:
         """A poller of plain sockets for one reader in the gevent hub
-        (:class:`~miyaq.runtime.messages.HubPoller`)."""
-        from .messages import HubPoller
+        (:class:`~miyaq.runtime.hub_socket.HubPoller`)."""
+        from .hub_socket import HubPoller
         return HubPoller()
 
     def zap_socket(self) -> Any:

@@ -28,7 +28,7 @@ from miyaq.runtime import RESTART, Supervisor, monotonic
 from miyaq.runtime.connections import (
     CLOSED_IN_HANDSHAKE, CRYPTOGRAPHIC_ERROR, MECHANISM_MISMATCH, PROTOCOL_ERROR, handshake_failure,
 )
-from miyaq.runtime.messages import HubPoller
+from miyaq.runtime.hub_socket import HubPoller
 from miyaq.runtime.sockets import SocketFactory
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """A worker's connection to one node: READY, credit, heartbeats, results.
 
 One greenlet reads the link's DEALER, a
-:class:`~miyaq.runtime.messages.HubSocket` (it waits on the socket's
+:class:`~miyaq.runtime.hub_socket.HubSocket` (it waits on the socket's
 descriptor only when nothing can be read, with a timer for the heartbeat
 check, and drains bursts without waiting); results go through an
 :class:`~miyaq.worker.outbox.Outbox` and leave from any greenlet. Until the node
@@ -43,7 +43,7 @@ from ..logs import LogLimiter
 from ..protocol import codec
 from ..protocol import commands as c
 from ..runtime import Policy, green, monotonic
-from ..runtime.messages import HubSocket
+from ..runtime.hub_socket import HubSocket
 from ..runtime.open_files import open_files_hint, room_for
 from ..runtime.sockets import SocketFactory, heartbeat_options, zmq
 from .config import (HUNG_NODE_LIVENESS, LIVENESS, MAX_INBOUND_MESSAGE, MAX_RESULT_BYTES, NODE_HEARTBEAT_RANGE,
