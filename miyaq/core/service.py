@@ -15,7 +15,7 @@ same moment the tasks of such a SUBMIT that is small (a ``call()``) are
 leased to an idle consumer (:attr:`ServiceEndpoint.dispatch_early`: the
 dispatcher's ``dispatch_lone``), not at the burst's end. A bad
 message gets an ERROR reply with a code, is counted, and changes nothing.
-The socket is a :class:`~miyaq.runtime.messages.HubSocket`: it waits on the
+The socket is a :class:`~miyaq.runtime.hub_socket.HubSocket`: it waits on the
 hub only when nothing can be read, and sends never block. What is sent
 back, the SUBMITTED batches and the answers that wait for the log:
 :mod:`miyaq.core.service_answers`.
