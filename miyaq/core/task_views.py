@@ -6,34 +6,75 @@ the per-queue counts from the engine's state (:mod:`miyaq.core.transitions`);
 or a count. A listing is bounded by its ``limit`` and walks only what can
 match (:meth:`TaskViews.list_tasks`), so a view never holds the node's event
 loop for a walk of the whole table. No I/O; none blocks.
+
+A running task's header gains when its current attempt was leased
+(``started``, unix time) and how long ago (``running_seconds``), read from
+:class:`RunStarts` -- the starts the node's metrics keep already, in start
+order, for ``miyaq_oldest_running_task_seconds``
+(:class:`miyaq.gateway.task_timings.TaskTimings`) -- so a task costs no
+memory and no CPU more for it; only a view that shows a running task looks
+one up. A node without them (no HTTP port: no metrics) shows neither.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Protocol
 
 from miyaq.core.transitions import Transitions
 from miyaq.errors import NotFound
+from miyaq.runtime import wall
 from miyaq.store.table import Tombstone
-from miyaq.store.task import DEAD, LIVE_STATES, Task
+from miyaq.store.task import DEAD, LIVE_STATES, RUNNING, Task
 
 LISTED_STATES = LIVE_STATES + (DEAD,)
 """The states a task listing can find (finished tasks are tombstones, never listed)."""
 
 
+class RunStarts(Protocol):
+    """Where the starts of running attempts are kept (the node's metrics
+    hand theirs in, :class:`miyaq.gateway.task_timings.TaskTimings`)."""
+
+    def start_of(self, task_id: str, attempt: int) -> float | None:
+        """When ``attempt`` of ``task_id`` was leased (wall clock), or None
+        when that attempt's start is not kept."""
+
+
 class TaskViews(Transitions):
     """The engine's read-only views (a base of :class:`~miyaq.core.engine.Engine`)."""
+
+    #: The starts of running attempts, set by the node's metrics while they
+    #: run (None: not kept, so no view shows a start).
+    run_starts: RunStarts | None = None
 
     # -- one task ---------------------------------------------------------------
     def info(self, task_id: str) -> dict[str, Any]:
         """A live or dead task's header, else its tombstone's; ``NotFound``
-        if the node knows no such task (never heard of, or forgotten)."""
+        if the node knows no such task (never heard of, or forgotten). A
+        running task's has ``started`` and ``running_seconds`` when its
+        attempt's start is kept (:meth:`task_header`)."""
         task = self.table.live.get(task_id) or self.table.dead.get(task_id)
         if task is not None:
-            return task.header()
+            return self.task_header(task)
         stone = self.table.tombstone(task_id)
         if stone is None:
             raise NotFound(f"no task {task_id}")
         return stone.info()
+
+    def task_header(self, task: Task) -> dict[str, Any]:
+        """``task.header()``; a running task's with, when its current
+        attempt's start is kept, ``started`` (the wall-clock time that
+        attempt was leased: a worker's prefetched task counts from when it
+        was sent) and ``running_seconds`` (since then, to the millisecond).
+        Not the first attempt's start, nor the time the handler was called;
+        a standby copy in a cluster (its task runs on another holder, this
+        copy waits, ``scheduled``) knows no start."""
+        info = task.header()
+        starts = self.run_starts
+        if starts is not None and task.state == RUNNING:
+            started = starts.start_of(task.id, task.attempt)
+            if started is not None:
+                info["started"] = started
+                info["running_seconds"] = round(max(0.0, wall() - started), 3)
+        return info
 
     def live_state(self, task_id: str) -> str | None:
         """The state of a live task held here (scheduled, ready, running,
@@ -70,7 +111,7 @@ class TaskViews(Transitions):
         for source in sources:
             for task in source:
                 if (queue is None or task.queue == queue) and (state is None or task.state == state):
-                    out.append(task.header())
+                    out.append(self.task_header(task))
                     if len(out) >= wanted:
                         return out
         return out

@@ -31,7 +31,8 @@ cluster counters). Greenlet crashes come from the node's supervisor
 label set is bounded). ``GET /status`` reads the same objects.
 
 :class:`NodeMetrics` is a part of the node: ``start`` hooks the timings into
-the engine, ``stop`` unhooks them.
+the engine (their starts also give a running task's ``started`` in its
+info: :mod:`miyaq.core.task_views`), ``stop`` unhooks them.
 """
 from __future__ import annotations
 
@@ -318,12 +319,16 @@ class NodeMetrics:
         """Nothing to prepare."""
 
     def start(self) -> None:
+        """Hook the timings into the engine; their starts date running tasks in their info."""
         if self.timings not in self.engine.listeners:
             self.engine.listeners.append(self.timings)
+        self.engine.run_starts = self.timings
 
     def stop(self) -> None:
         if self.timings in self.engine.listeners:
             self.engine.listeners.remove(self.timings)
+        if self.engine.run_starts is self.timings:
+            self.engine.run_starts = None     # no longer kept up to date
 
     def kill(self) -> None:
         self.stop()

@@ -1,7 +1,9 @@
 """Latency histograms per queue (:class:`TaskTimings`), observed inline in
 the engine as tasks start and finish: a dict operation and a bisect a task
 (:mod:`miyaq.gateway.histograms`), read when ``/metrics`` is scraped. Part
-of the node's metrics (:mod:`miyaq.gateway.metrics`)."""
+of the node's metrics (:mod:`miyaq.gateway.metrics`). The starts it keeps
+of running attempts also date a running task in its info
+(:meth:`TaskTimings.start_of`)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -106,6 +108,14 @@ class TaskTimings(EngineListener, Collector):
         for task_id in stale:
             del started[task_id]
         return oldest
+
+    def start_of(self, task_id: str, attempt: int) -> float | None:
+        """When ``attempt`` of ``task_id`` was leased (wall clock), if that
+        is the attempt whose start is kept for it, else None: a task's
+        ``started`` in its info (:class:`miyaq.core.task_views.RunStarts`),
+        one dict lookup when a view asks, nothing on the task's path."""
+        kept = self._started.get(task_id)
+        return kept[1] if kept is not None and kept[0] == attempt else None
 
     def task_started(self, task: Task) -> None:
         now = wall()
