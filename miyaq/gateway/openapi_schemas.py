@@ -50,7 +50,10 @@ TASK_ERROR = obj(["type", "message"], closed=False, type=STR, message=STR, trace
 TASK = obj(["id", "queue", "state"], closed=False,
            id=STR, queue=STR, state={"type": "string", "enum": list(ALL_STATES)}, priority=INT,
            eta=NUM, created=NUM, attempt=INT, max_retries=INT, timeout=NUM, name=STR, url=STR, key=STR,
-           expires=NUM, lease_end=NUM, finished=NUM, error=ref("TaskError"), holders=STR_LIST)
+           expires=NUM, lease_end=NUM, finished=NUM, error=ref("TaskError"), holders=STR_LIST,
+           started=described(NUM, "running: unix time its current attempt was leased (not on a node "
+                             "without metrics, nor on a standby copy)"),
+           running_seconds=described(NUM, "running: seconds since started"))
 LIMITS = obj(["rate", "burst", "max_concurrent", "node_share"],
              rate=nullable(NUM), burst=nullable(NUM), max_concurrent=nullable(INT),
              node_share=described(NUM, "fraction of the cluster-wide limit this node enforces"),
