@@ -174,6 +174,8 @@ def _print_node_status(status: dict[str, Any]) -> None:
     if files and files.get("near"):
         print(_shown(f"OPEN FILES {files['open']} of the limit of {files['limit']}: connections past it are "
                      "refused; raise the limit (docs/configuration.md, \"Open files\")"))
+    for line in _handshake_lines(status.get("security") or {}):
+        print(line)
     cols = ("scheduled", "ready", "running", "retrying", "dead", "workers", "idle")
     print(f"{'queue':<24}" + "".join(f"{c:>10}" for c in cols))
     for name, row in sorted(status["queues"].items()):
@@ -190,6 +192,24 @@ def _print_node_status(status: dict[str, Any]) -> None:
             print(f"{_shown(w.get('worker', '?')):<32}{_shown(w.get('pool', '-')):>10}"
                   f"{_shown(w.get('concurrency', '-')):>12}{_shown(w.get('running', 0)):>9}  "
                   f"{_shown(','.join(w.get('queues') or []))}")
+
+
+def _handshake_lines(security: dict[str, Any]) -> list[str]:
+    """The handshakes that failed before any key was checked (by port and
+    reason) and those whose key was refused (with keys), when there were
+    any since the node started: a client, worker or node with a wrong key
+    or none, or something that is not a ZeroMQ peer (docs/operations.md).
+    None when all counts are 0."""
+    lines = []
+    failed = security.get("handshakes_failed") or {}
+    ports = [f"{port}: " + ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items()))
+             for port, reasons in sorted(failed.items()) if any(reasons.values())]
+    if ports:
+        lines.append(_shown("handshakes failed before any key was checked  " + "; ".join(ports)))
+    refused = security.get("handshakes_refused") or 0
+    if refused:
+        lines.append(_shown(f"handshakes refused (key unknown, revoked or not a peer's)  {refused}"))
+    return lines
 
 
 def _mib(n: int) -> str:
