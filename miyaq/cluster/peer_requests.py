@@ -49,8 +49,9 @@ logger = logging.getLogger(__name__)
 REPLICATE = b"REPLICATE"     # {"tasks": [record...]}          -> answer {"ids": [...]}
 QUERY = b"QUERY"             # {"ids": [...]}                  -> answer {"states": {id: [state, ...]}}
 SYNC = b"SYNC"               # {"cursor": n}                   -> answer {"tasks": [...], "stones": [...], "next"}
+CANCEL = b"CANCEL"           # {"id": id}                      -> answer {"cancelled", "state", "held"?} or {"busy"}
 ANSWER = b"ANSWER"           # {"req", ...}
-PEER_COMMANDS = frozenset({REPLICATE, QUERY, SYNC})
+PEER_COMMANDS = frozenset({REPLICATE, QUERY, SYNC, CANCEL})
 PEER_REPLIES = frozenset({ANSWER})
 PEER_PROTOCOL = 1
 """The peer protocol version this node speaks (peer requests and streams)."""
@@ -59,10 +60,12 @@ BULK = "bulk"
 """The channel of copies and resyncs: every command not in :data:`CONTROL_COMMANDS`."""
 CONTROL = "control"
 """The channel of small requests that must not wait behind copies (:mod:`miyaq.cluster.peer_channels`)."""
-CONTROL_COMMANDS = frozenset({QUERY})
+CONTROL_COMMANDS = frozenset({QUERY, CANCEL})
 """The commands a link sends on its control channel (:meth:`PeerRequests._send_control`):
 a standby copy's QUERY waited behind megabytes of REPLICATE copies on a
-narrow link and its answer came after the asker's patience."""
+narrow link and its answer came after the asker's patience; a CANCEL
+forwarded to a task's first holder (:mod:`miyaq.cluster.first_holder_cancel`)
+is as small and as waited for."""
 WARN_EVERY = 60.0
 
 

@@ -21,10 +21,11 @@ from typing import Any
 
 from miyaq.cluster.copies import Copies
 from miyaq.cluster.fence import Fence
+from miyaq.cluster.first_holder_cancel import FirstHolderCancel
 from miyaq.cluster.handoff import Handoff
 from miyaq.cluster.holder_events import EventPublisher, apply_events
 from miyaq.cluster.membership import Coordinator, LeaderListener
-from miyaq.cluster.peer_requests import QUERY, REPLICATE, SYNC
+from miyaq.cluster.peer_requests import CANCEL, QUERY, REPLICATE, SYNC
 from miyaq.cluster.reconcile import Reconcile
 from miyaq.cluster.replicated_intake import ReplicatedIntake
 from miyaq.cluster.ring_follower import RingFollower
@@ -40,6 +41,7 @@ from miyaq.core.gate import FENCED, Gate
 from miyaq.core.refusals import Refusals
 from miyaq.core.handles import Ack, WriteBarrier
 from miyaq.core.service import ServiceEndpoint
+from miyaq.errors import MiyaqError
 from miyaq.runtime import CRITICAL, RESTART, Supervisor, green, monotonic
 from miyaq.store.task import RUNNING, Task
 
@@ -84,9 +86,10 @@ class ClusterRole:
         self.standby = StandbyChecker(self)
         self.intake = ReplicatedIntake(self, endpoint.ack, endpoint.flush_acks)
         self.handoff = Handoff(self)
+        self.cancels = FirstHolderCancel(self)
         engine.listeners += [self.events, self.standby]
         self.peer.handlers.update({REPLICATE: self.copies.on_replicate, QUERY: self.copies.on_query,
-                                   SYNC: self.resync.serve})
+                                   SYNC: self.resync.serve, CANCEL: self.cancels.serve})
         self._flush_acks = endpoint.flush_acks
         self.reconcile = Reconcile(self)
         self.ring_follower = RingFollower(self)
@@ -172,6 +175,11 @@ class ClusterRole:
         return {"epoch": view.epoch, "leader": view.leader, "vnodes": view.vnodes,
                 "members": {m.node_id: {"service": m.service, "http": m.http, "weight": m.weight,
                                         "share": share.get(m.node_id, 0.0)} for m in view.members.values()}}
+
+    def cancel(self, task_id: str, now: float, answer: Callable[[dict[str, Any] | MiyaqError], None]) -> None:
+        """Cancel ``task_id`` as its first holder answers it
+        (:class:`~miyaq.cluster.first_holder_cancel.FirstHolderCancel`)."""
+        self.cancels.cancel(task_id, now, answer)
 
     def running_elsewhere(self, task_id: str, now: float) -> None:
         """A worker says a task is still running although the node that gave

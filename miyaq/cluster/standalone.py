@@ -19,6 +19,7 @@ from miyaq.config import NodeConfig
 from miyaq.core.engine import Engine
 from miyaq.core.handles import Ack
 from miyaq.core.local_intake import LocalIntake
+from miyaq.errors import MiyaqError
 
 
 class StandaloneRole:
@@ -66,6 +67,11 @@ class StandaloneRole:
         return {"epoch": StandaloneCoordinator.EPOCH, "leader": me.node_id, "vnodes": 0,
                 "members": {me.node_id: {"service": me.service, "share": 1.0, "weight": me.weight,
                                          "http": me.http}}}
+
+    def cancel(self, task_id: str, now: float, answer: Callable[[dict[str, Any] | MiyaqError], None]) -> None:
+        """The only holder: cancelled here, answered at once (``NotFound`` raised for an unknown task)."""
+        cancelled, state = self.engine.cancel(task_id, now)
+        answer({"cancelled": cancelled, "state": state})
 
     def running_elsewhere(self, task_id: str, now: float) -> None:
         """No other node holds a copy: a worker's TOUCH for an unknown task is ignored."""

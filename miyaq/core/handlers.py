@@ -180,11 +180,22 @@ class ServiceHandlers:
         cancellation (a restart cannot undo it); ``false`` at once. Refused
         ``busy`` (``storage``), nothing changed, while the log cannot be
         written; a task not held here is ``not_found`` as ever (a client asks
-        the other members then)."""
+        the other members then). In a cluster a holder that is not the
+        task's first answers with the first holder's answer, or from its
+        own copy, marked ``unconfirmed``, when that one does not answer
+        (:meth:`NodeRole.cancel <miyaq.core.handles.NodeRole.cancel>`):
+        the REPLY may then come after those to later requests."""
         task_id = check_id(body.get("id"))
         self.check_writable(task_id)
-        cancelled, state = self.engine.cancel(task_id, now)
-        self.endpoint.reply_stored(identity, body.get("req"), {"cancelled": cancelled, "state": state}, cancelled)
+        req = body.get("req")
+
+        def answer(result: dict[str, Any] | MiyaqError) -> None:
+            if isinstance(result, MiyaqError):
+                self.endpoint.error(identity, result, req)
+            else:
+                self.endpoint.reply_stored(identity, req, result, result["cancelled"])
+
+        self.role.cancel(task_id, now, answer)
 
     def result(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         req = body.get("req")

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from miyaq.errors import MiyaqError
 from miyaq.protocol.periodic import KnownSchedule, Schedule
 from miyaq.store.task import Task
 
@@ -69,6 +70,15 @@ class NodeRole(Protocol):
 
     def holders(self, routing_key: str, replicas: int) -> list[str]:
         """The node ids the ring places ``routing_key`` on (up to ``replicas``)."""
+
+    def cancel(self, task_id: str, now: float, answer: Callable[[dict[str, Any] | MiyaqError], None]) -> None:
+        """Cancel ``task_id`` (CANCEL at either door) and call ``answer``
+        once -- at once, or when the task's first holder answered, in a
+        cluster (docs/semantics.md, "Cancel") -- with the REPLY's fields
+        (``cancelled``, ``state``, and ``unconfirmed: true`` when only this
+        node's copy could answer) or the error to answer. Raises
+        ``NotFound`` at once, nothing changed, for a task not known here.
+        The caller waits for the log before it answers ``cancelled: true``."""
 
     def running_elsewhere(self, task_id: str, now: float) -> None:
         """A worker still runs ``task_id`` although the node that gave it went silent."""

@@ -110,7 +110,9 @@ SCHEMAS: dict[str, Any] = {
     "Task": TASK,
     "TaskEnvelope": obj(["task"], task=ref("Task")),
     "TaskList": obj(["tasks"], tasks={"type": "array", "items": ref("Task")}),
-    "Cancelled": obj(["id", "cancelled", "state"], id=STR, cancelled=BOOL, state=STR),
+    "Cancelled": obj(["id", "cancelled", "state"], id=STR, cancelled=BOOL, state=STR,
+                     unconfirmed=described(BOOL, "cluster: the task's first holder did not answer; this node's "
+                                                 "copy did, and the task may run there until the cancel reaches it")),
     "Result": obj(["id", "state", "done"], id=STR, state=STR, done=BOOL, result=ANY,
                   result_base64=described(STR, "raw msgpack result JSON cannot hold"), error=ref("TaskError")),
     "ReceiveRequest": obj([], queues=STR_LIST, timeout=described(NUM, "seconds to wait; 0 answers at once")),

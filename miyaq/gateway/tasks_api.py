@@ -32,8 +32,8 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from miyaq.config import MAX_REPLICAS
-from miyaq.constants import HTTP_ACK_WAIT, MAX_LONG_POLL
-from miyaq.errors import InvalidField, MiyaqError, NotFound
+from miyaq.constants import HTTP_ACK_WAIT, MAX_LONG_POLL, QUERY_PATIENCE_MAX
+from miyaq.errors import InvalidField, MiyaqError, NotFound, Timeout
 from miyaq.core.result_answers import outcome, ran_elsewhere
 from miyaq.core.waiters import NOWHERE
 from miyaq.protocol.commands import DUPLICATE
@@ -52,6 +52,12 @@ from miyaq.security.roles import Role
 
 if TYPE_CHECKING:
     from .server import Gateway
+
+CANCEL_WAIT = QUERY_PATIENCE_MAX + 5.0
+"""Seconds ``DELETE /tasks/{id}`` waits for the node's answer at most: a
+holder that is not the task's first asks the first holder, and answers
+from its own copy when that one is silent past its patience (at most
+``QUERY_PATIENCE_MAX``), so this is only a backstop."""
 
 SUBMIT_FIELDS = frozenset({
     "name", "args", "kwargs", "id", "queue", "priority", "countdown", "eta", "ttl", "max_retries",
@@ -137,17 +143,30 @@ class TasksApi:
         """``cancelled: true`` is answered once the node's log has the
         cancellation, as a ZeroMQ CANCEL's (a 504 ``timeout`` if it does not
         within ``HTTP_ACK_WAIT``: made, not yet on disk); refused 503
-        ``busy`` (``storage``), nothing changed, while the log cannot be written."""
+        ``busy`` (``storage``), nothing changed, while the log cannot be written.
+        In a cluster, on a holder that is not the task's first, the answer
+        is the first holder's (``unconfirmed: true`` when only this node's
+        copy could answer: docs/semantics.md, "Cancel"), waited for at most
+        :data:`CANCEL_WAIT` seconds (the role's own wait ends first)."""
         task_id = check_id(request.params["id"])
         placement = self.placement(request, task_id)
         self.gateway.core.check_writable(task_id)
+        box: green.AsyncResult = green.AsyncResult()
         try:
-            cancelled, state = self.engine.cancel(task_id, wall())
+            self.gateway.role.cancel(task_id, wall(), box.set)
         except NotFound as err:
             raise self.not_held(placement, err.message) from None
-        if cancelled:
+        try:
+            result = box.get(timeout=CANCEL_WAIT)
+        except green.Timeout:
+            raise Timeout(f"task {task_id}: no answer to the cancel within {CANCEL_WAIT:g}s") from None
+        if isinstance(result, MiyaqError):
+            if isinstance(result, NotFound):
+                raise self.not_held(placement, result.message)
+            raise result
+        if result["cancelled"]:
             self.endpoint.wait_stored(HTTP_ACK_WAIT, f"task {task_id} is cancelled")
-        return json_response({"id": task_id, "cancelled": cancelled, "state": state})
+        return json_response({"id": task_id, **result})
 
     def list(self, request: Request) -> Response:
         queue = request.arg("queue") or None

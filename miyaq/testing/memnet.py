@@ -11,7 +11,7 @@ again on arrival by the same code; it is delivered in order per
 body, fate) for assertions.
 
 A test acts on messages on purpose with rules, each matching a kind
-(``REPLICATE``, ``QUERY``, ``SYNC``, ``ANSWER``, ``EVENTS``, ``HEARTBEAT``),
+(``REPLICATE``, ``QUERY``, ``SYNC``, ``CANCEL``, ``ANSWER``, ``EVENTS``, ``HEARTBEAT``),
 a source, a destination, a task id, a stream event (``"S"``, ``"F"`` ...)
 or the command an answer answers, for ``count`` messages or until removed:
 
@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 PEER = "peer"
 STREAM = "stream"
-REQUESTS = ("REPLICATE", "QUERY", "SYNC")
+REQUESTS = ("REPLICATE", "QUERY", "SYNC", "CANCEL")
 ANSWER = "ANSWER"
 EVENTS = "EVENTS"
 HEARTBEAT = "HEARTBEAT"
@@ -85,6 +85,8 @@ class Message:
         ids: set[str] = set()
         for key in ("ids",):
             ids.update(i for i in body.get(key) or () if isinstance(i, str))
+        if isinstance(body.get("id"), str):       # a forwarded CANCEL
+            ids.add(body["id"])
         for record in body.get("tasks") or ():
             if isinstance(record, dict) and isinstance(record.get("id"), str):
                 ids.add(record["id"])

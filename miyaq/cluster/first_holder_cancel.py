@@ -1,0 +1,260 @@
+"""A CANCEL asked of a holder that is not the task's first: answered with
+the first holder's answer (:class:`FirstHolderCancel`).
+
+The first holder runs the task; the others hold standby copies, which know
+of a start only from its ``S`` event, and never of a run that ended a
+moment ago. Before 2026-12-06 a CANCEL at a standby holder cancelled its
+copy and answered from it -- ``cancelled: true, state: scheduled`` -- while
+the first holder ran the task (its worker then got ABORT from the ``F``
+event), or had just finished it ``done``: the caller was told the task
+would not run, and its holders ended split, ``done`` on the first and
+``cancelled`` on the one asked (33 of 500 tasks of 0 s, SUBMIT then CANCEL
+at once, three nodes: /tmp/cancel3/repro.py of that session).
+
+Now a node whose copy is not the running one asks the task's first holder
+(by its own view of the ring) to cancel it, over the peer link's control
+channel (``CANCEL {"id"}``), and answers with its answer; the first holder
+tells every holder (its ``F`` event), and the asking node finishes its own
+copy at once, so a ``status`` there right after the answer agrees. A
+first holder that has no copy yet (the asker's REPLICATE, or a handoff,
+is still on its way) keeps the cancel as a tombstone, so that copy is not
+stored when it comes, and says so (``held: false``); the asker then
+cancels its own copy, and its ``F`` event tells the others.
+
+When the first holder does not answer within its patience (at least
+``FORWARD_TIMEOUT``; longer for a peer whose answers lately took longer,
+:mod:`miyaq.cluster.answer_times`), its connection closes, it refuses
+(a node of an older build answers ``unknown_command``; a stopping node
+``shutting_down``), or its answer fails the checks, the node cancels its
+own copy and answers from it, marked ``unconfirmed: true``: the task may
+be running, or have finished, on its first holder, which cancels it when
+the ``F`` event reaches it. At most ``MAX_FORWARDED`` cancels wait for an
+answer at once; more are answered so at once. A first holder that cannot
+write its log answers ``busy`` (``storage``), and so does the asker:
+nothing changed.
+
+A node cancels on its own, as before, when it is the first holder by its
+view, when the task runs here (a standby copy that took over), and when
+the task is over here (a tombstone: it ended the same way on every
+holder), but for an at-most-once task's ``started-elsewhere`` placeholder,
+which is asked about too.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Callable
+
+from miyaq.cluster.peer_requests import CANCEL
+from miyaq.constants import QUERY_TIMEOUT
+from miyaq.errors import Busy, InvalidField, MiyaqError, NotFound, ShuttingDown
+from miyaq.logs import LogLimiter
+from miyaq.protocol.recordspec import STARTED_ELSEWHERE
+from miyaq.protocol.taskspec import check_id
+from miyaq.runtime import monotonic, wall
+from miyaq.store.task import ALL_STATES, CANCELLED, RUNNING, SCHEDULED
+
+if TYPE_CHECKING:
+    from miyaq.cluster.role import ClusterRole
+
+logger = logging.getLogger(__name__)
+_log = LogLimiter(logger)
+
+FORWARD_TIMEOUT = QUERY_TIMEOUT
+"""Seconds a forwarded CANCEL waits for the first holder at least (its
+patience, as a QUERY's: :meth:`AnswerTimes.patience
+<miyaq.cluster.answer_times.AnswerTimes.patience>`)."""
+MAX_FORWARDED = 1024
+"""Forwarded CANCELs awaiting their answer at once, at most; one more is
+answered from this node's copy (``unconfirmed``)."""
+ANSWER_STATES = frozenset((*ALL_STATES, STARTED_ELSEWHERE))
+"""The states a first holder's answer may name."""
+
+
+class FirstHolderCancel:
+    """Cancels asked of this node (:meth:`cancel`) and of it by its peers (:meth:`serve`)."""
+
+    def __init__(self, role: ClusterRole) -> None:
+        self.role = role
+        self.engine = role.engine
+        self.waiting = 0          # forwarded cancels awaiting an answer
+        self.forwarded = 0        # forwarded, ever
+        self.unconfirmed = 0      # answered from this node's copy because the first holder did not
+
+    # -- asked here ----------------------------------------------------------------------------
+    def cancel(self, task_id: str, now: float, answer: Callable[[dict[str, Any] | MiyaqError], None]) -> None:
+        """Cancel ``task_id`` and call ``answer`` once with the REPLY's
+        fields (``cancelled``, ``state``, ``unconfirmed`` when only this
+        node's copy answered) or the error to answer -- at once, or when
+        the task's first holder answered (module doc). Raises ``NotFound``
+        at once, nothing changed, for a task this node does not know."""
+        first = self.first_holder(task_id)
+        if first is None:
+            answer(self._here(task_id, now))
+            return
+        if self.waiting >= MAX_FORWARDED:
+            answer(self._unconfirmed(task_id, now))
+            return
+        self.waiting += 1
+        self.forwarded += 1
+        settled = False
+
+        def answered(body: dict[str, Any] | None) -> None:
+            nonlocal settled
+            if settled:
+                return
+            settled = True
+            self.waiting -= 1
+            answer(self._answered(first, task_id, body))
+
+        peer = self.role.peer
+        wait = peer.answer_times.patience(first, FORWARD_TIMEOUT, monotonic())
+        peer.request(first, CANCEL, {"id": task_id}, wait, answered, on_lost=lambda: answered(None))
+
+    def first_holder(self, task_id: str) -> str | None:
+        """The node to ask, by this node's view of the ring: the first
+        holder of the task, or None when this node answers on its own (it is
+        the first holder, the task runs here, or it is over here and not a
+        ``started-elsewhere`` placeholder). ``NotFound`` for a task unknown here."""
+        table = self.engine.table
+        task = table.live.get(task_id) or table.dead.get(task_id)
+        if task is not None:
+            if task.state == RUNNING:
+                return None
+            routing_key, replicas = (task.key if task.key is not None else task.id), task.replicas
+        else:
+            stone = table.tombstone(task_id)
+            if stone is None:
+                raise NotFound(f"no task {task_id}")
+            if stone.state != STARTED_ELSEWHERE:
+                return None
+            routing_key, replicas = (stone.key if stone.key is not None else task_id), 1
+        holders = self.role.holders(routing_key, max(replicas, 1))
+        if not holders or holders[0] == self.role.node_id:
+            return None
+        return holders[0]
+
+    def _here(self, task_id: str, now: float) -> dict[str, Any]:
+        cancelled, state = self.engine.cancel(task_id, now)
+        return {"cancelled": cancelled, "state": state}
+
+    def _unconfirmed(self, task_id: str, now: float) -> dict[str, Any] | MiyaqError:
+        """This node's own cancel, marked as not the first holder's answer."""
+        self.unconfirmed += 1
+        try:
+            body = self._here(task_id, now)
+        except MiyaqError as err:      # handed off meanwhile: not here any more
+            return err
+        body["unconfirmed"] = True
+        return body
+
+    def _answered(self, first: str, task_id: str, body: dict[str, Any] | None) -> dict[str, Any] | MiyaqError:
+        """What to answer once the first holder answered ``body`` (None: silence).
+        A node that began to stop meanwhile changes nothing more here (its
+        log closes next): the first holder's answer is passed on, and what
+        this node would have to change itself is answered ``shutting_down``
+        (a client asks another node)."""
+        now = wall()
+        if body is None:
+            return self._own(task_id, now)
+        try:
+            cancelled, state, held, busy = check_answer(body)
+        except InvalidField as err:
+            self.role.refusals.refuse("answer", first, err)
+            return self._own(task_id, now)
+        if busy:
+            return Busy(f"task {task_id}'s first holder, node {first}, cannot write its log now: nothing changed",
+                        reason="storage")
+        if not held:
+            return self._stopping() or self._kept_ahead(task_id, now)
+        if cancelled and not self.role.stopped:
+            self._finish_here(task_id, now)
+        return {"cancelled": cancelled, "state": state}
+
+    def _own(self, task_id: str, now: float) -> dict[str, Any] | MiyaqError:
+        """The first holder did not answer: this node's own cancel, unconfirmed."""
+        return self._stopping() or self._unconfirmed(task_id, now)
+
+    def _stopping(self) -> ShuttingDown | None:
+        if self.role.stopped:
+            return ShuttingDown(f"node {self.role.node_id} is stopping")
+        return None
+
+    def _kept_ahead(self, task_id: str, now: float) -> dict[str, Any] | MiyaqError:
+        """The first holder had no copy yet and keeps this cancel (a
+        tombstone): this node's copy is cancelled and answers, and its F
+        event tells the other holders. The copy may be over already, ended
+        by that very tombstone (this node coordinated the submit, and the
+        first holder's answer to its REPLICATE said ``cancelled`` first):
+        this call's cancel all the same, never ``cancelled: false``."""
+        table = self.engine.table
+        if task_id in table.live or task_id in table.dead:
+            return self._here(task_id, now)
+        stone = table.tombstone(task_id)
+        if stone is None:
+            return NotFound(f"no task {task_id} here any more (moved to other holders)")
+        if stone.state == CANCELLED:
+            return {"cancelled": True, "state": SCHEDULED}
+        if stone.state == STARTED_ELSEWHERE:      # on a node that is not its first holder: a ring change
+            return self._unconfirmed(task_id, now)
+        return {"cancelled": False, "state": stone.state}
+
+    def _finish_here(self, task_id: str, now: float) -> None:
+        """The first holder cancelled the task (and tells every holder): this
+        node's copy ends so now, not when its F event comes."""
+        table = self.engine.table
+        stone = table.tombstone(task_id)
+        held = task_id in table.live or task_id in table.dead
+        if held or (stone is not None and stone.state == STARTED_ELSEWHERE):
+            with self.role.events.applying_remote():
+                self.engine.finish_copy(task_id, CANCELLED, None, None, now)
+
+    # -- asked by a peer -------------------------------------------------------------------------
+    def serve(self, sender: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """A peer's ``CANCEL {"id"}``: this node, the task's first holder by
+        the peer's view, cancels it as a CANCEL of its own would, and
+        answers ``{"cancelled", "state"}`` once its log has the
+        cancellation; ``{"busy": "storage"}`` while the log cannot be
+        written (nothing changed). A task it does not know yet is kept as
+        cancelled (a tombstone: the copy on its way is not stored) and
+        answered ``held: false``. A bad id is refused (``invalid_field``)."""
+        task_id = check_id(body.get("id"))
+        role = self.role
+        if role.stopped:
+            raise ShuttingDown(f"node {role.node_id} is stopping")
+        table = self.engine.table
+        now = wall()
+        if task_id in table.live or task_id in table.dead:
+            try:
+                role.endpoint.check_writable()
+            except Busy:
+                return {"busy": "storage"}
+            cancelled, state = self.engine.cancel(task_id, now)
+            answer: dict[str, Any] = {"cancelled": cancelled, "state": state}
+        elif (stone := table.tombstone(task_id)) is not None:
+            return {"cancelled": False, "state": stone.state}
+        else:
+            with role.events.applying_remote():      # the asker tells the others
+                self.engine.finish_copy(task_id, CANCELLED, None, None, now)
+            _log.log(logging.DEBUG, "cancel ahead", "task %s: cancelled by %.64s before its copy came here",
+                     task_id, sender)
+            return {"cancelled": True, "state": SCHEDULED, "held": False}
+        if cancelled:
+            reply = role.peer.later()
+            role.endpoint.after_stored(lambda: reply(answer))
+            return None
+        return answer
+
+
+def check_answer(body: dict[str, Any]) -> tuple[bool, str, bool, bool]:
+    """A first holder's answer to CANCEL, checked: ``(cancelled, state,
+    held, busy)``. ``InvalidField`` for one that is not
+    ``{"cancelled": bool, "state": a task state, "held"?: bool}`` or
+    ``{"busy": "storage"}``."""
+    if body.get("busy") == "storage":
+        return False, "", True, True
+    cancelled, state, held = body.get("cancelled"), body.get("state"), body.get("held", True)
+    if type(cancelled) is not bool or type(held) is not bool:
+        raise InvalidField("a CANCEL answer's 'cancelled' and 'held' must be booleans", field="answer")
+    if not isinstance(state, str) or state not in ANSWER_STATES:
+        raise InvalidField("a CANCEL answer's 'state' must be a task state", field="answer")
+    return cancelled, state, held, False
