@@ -17,12 +17,15 @@ import msgpack
 import pytest
 import zmq.green as zmq
 
+from miyaq.client import operations as ops
+from miyaq.client.nodes import Nodes
 from miyaq.errors import InvalidField
 from miyaq.protocol import commands as c
 from miyaq.runtime import green
 from miyaq.store.task import CANCELLED, DONE, RUNNING
 from miyaq.testing import ports
 from miyaq.testing.inprocess import InProcessCluster
+from test_client_placement import discovered, first_holders
 
 
 class _Connection:
@@ -257,3 +260,19 @@ def test_a_peers_cancel_is_checked_like_a_clients(inproc):
     assert check_answer({"cancelled": True, "state": "running"}) == (True, "running", True, False)
     assert check_answer({"busy": "storage"})[3] is True
 
+
+def test_the_python_client_asks_the_tasks_first_holder_first():
+    """A client that knows the ring sends a cancel to the task's first
+    holder first (by its id), saving the hop a holder that is not the first
+    makes; without a ring, to its first node as before. Driven through the
+    client's sans-I/O core (as tests/test_client_placement.py)."""
+    core, _ = discovered()
+    ids = [f"task-{i}" for i in range(30)]
+    expected = first_holders(ids)
+    asked = {}
+    for tid in ids:
+        ask = next(ops.cancel(core.nodes, tid))
+        assert ask.command == c.CANCEL and ask.body == {"id": tid}
+        asked[tid] = ask.node
+    assert asked == expected and len(set(asked.values())) > 1
+    assert next(ops.cancel(Nodes(["tcp://127.0.0.1:7450", "tcp://127.0.0.1:7451"]), "t")).node == 0

@@ -152,7 +152,18 @@ def status(nodes: Nodes, task_id: str | None, node: str | int | None) -> Operati
 
 
 def cancel(nodes: Nodes, task_id: str) -> Operation:
-    return bool(field((yield from any_node(nodes, c.CANCEL, {"id": task_id})), c.CANCEL, "cancelled", bool))
+    """CANCEL, asked first of the node the client's ring makes the task's
+    first holder (by its id: a task submitted with a ``key`` is placed by
+    that, which the client does not know here), then of the others in turn
+    (:func:`any_node`). Any holder answers as the first holder would: one
+    that is not asks it (docs/semantics.md, "Cancel"); asking it first
+    saves that hop. Before 2026-12-06 the client asked its first node,
+    whatever the task."""
+    placement = nodes.placement
+    home = placement.home(task_id) if placement is not None else -1
+    first = home if home >= 0 and home not in nodes.retired else None
+    answer = yield from any_node(nodes, c.CANCEL, {"id": task_id}, first)
+    return bool(field(answer, c.CANCEL, "cancelled", bool))
 
 
 def wait_result(nodes: Nodes, task_id: str, timeout: float | None, node: str | int | None,
