@@ -150,6 +150,28 @@ def test_a_silent_first_holder_leaves_the_answer_to_the_copy_marked_unconfirmed(
     assert not cluster.crashes()
 
 
+def test_a_first_holder_of_an_older_build_refuses_and_the_copy_answers_unconfirmed(inproc, monkeypatch):
+    """Fault: the first holder is of a build before the peer CANCEL: it
+    refuses the command (``unknown_command``, as any peer request it does
+    not know, in an answer without ``req``: it did not read the body). The
+    holder asked hears silence, and once the first holder's patience ran
+    out answers from its own copy, ``unconfirmed: true``; its F event still
+    cancels the task there."""
+    cluster = inproc(3)
+    tid, first, holders, worker = _running_on_its_first_holder(cluster)
+    standby = holders[1]
+    from miyaq.cluster import peer_requests
+    monkeypatch.setattr(peer_requests, "PEER_COMMANDS", peer_requests.PEER_COMMANDS - {peer_requests.CANCEL})
+
+    answer = _cancel(cluster, standby, tid)
+
+    assert answer == {"cancelled": True, "state": "scheduled", "unconfirmed": True}, answer
+    refusals = cluster.net.messages("ANSWER", src=first, dst=standby, where=lambda m: "code" in m.body)
+    assert [m.body["code"] for m in refusals] == ["unknown_command"]
+    cluster.wait_until(lambda: all(cluster[h].state(tid) == CANCELLED for h in holders), what="cancelled everywhere")
+    assert worker.aborted == [tid] and not cluster.crashes()
+
+
 @pytest.mark.parametrize("replicate_first", [False, True], ids=["cancel-answered-first", "replicate-answered-first"])
 def test_a_first_holder_without_its_copy_yet_keeps_the_cancel(inproc, replicate_first):
     """Fault: the task is submitted through a standby holder and CANCELled

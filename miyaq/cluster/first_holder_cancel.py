@@ -24,8 +24,9 @@ cancels its own copy, and its ``F`` event tells the others.
 When the first holder does not answer within its patience (at least
 ``FORWARD_TIMEOUT``; longer for a peer whose answers lately took longer,
 :mod:`miyaq.cluster.answer_times`), its connection closes, it refuses
-(a node of an older build answers ``unknown_command``; a stopping node
-``shutting_down``), or its answer fails the checks, the node cancels its
+(a stopping node answers ``shutting_down``; a node of an older build
+refuses the command with an answer that carries no ``req``, so it is
+silence), or its answer fails the checks, the node cancels its
 own copy and answers from it, marked ``unconfirmed: true``: the task may
 be running, or have finished, on its first holder, which cancels it when
 the ``F`` event reaches it. At most ``MAX_FORWARDED`` cancels wait for an
