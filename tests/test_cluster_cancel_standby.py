@@ -85,14 +85,16 @@ def _running_on_its_first_holder(cluster: Any) -> tuple[str, str, list[str], Any
     return tid, first, holders, worker
 
 
-def test_a_cancel_at_a_standby_holder_while_the_first_holder_runs_the_task_says_running(inproc):
+@pytest.mark.parametrize("data_dir", [False, True], ids=["memory", "data-dir"])
+def test_a_cancel_at_a_standby_holder_while_the_first_holder_runs_the_task_says_running(inproc, tmp_path, data_dir):
     """Fault: a CANCEL reaches a holder whose copy is a standby while the
     first holder runs the task. Before, that holder cancelled its copy and
     answered ``state: scheduled`` (the task would not run: false). Now it
     asks the first holder, which cancels the running task (its worker gets
     ABORT) and answers ``running``; every holder ends cancelled, and a
-    ``status`` at the holder asked says so as soon as it answered."""
-    cluster = inproc(3)
+    ``status`` at the holder asked says so as soon as it answered. The
+    same with a data directory, where both answers wait for a log write."""
+    cluster = inproc(3, data_dir=str(tmp_path)) if data_dir else inproc(3)
     tid, first, holders, worker = _running_on_its_first_holder(cluster)
     standby = holders[1]
 
