@@ -8,8 +8,8 @@ copy and answered from it -- ``cancelled: true, state: scheduled`` -- while
 the first holder ran the task (its worker then got ABORT from the ``F``
 event), or had just finished it ``done``: the caller was told the task
 would not run, and its holders ended split, ``done`` on the first and
-``cancelled`` on the one asked (33 of 500 tasks of 0 s, SUBMIT then CANCEL
-at once, three nodes: /tmp/cancel3/repro.py of that session).
+``cancelled`` on the one asked (33 to 135 of 500 tasks of 0 s, SUBMIT then
+CANCEL at once, three nodes: docs/cluster.md, "Cancelling at any holder").
 
 Now a node whose copy is not the running one asks the task's first holder
 (by its own view of the ring) to cancel it, over the peer link's control
