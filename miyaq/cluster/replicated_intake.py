@@ -385,17 +385,27 @@ class ReplicatedIntake:
 
     def sweep(self) -> int:
         """Reject the submits whose replication_timeout passed; how many (their
-        answers are queued with the node's other acks: the caller flushes)."""
-        if not self.pending:
+        answers are queued with the node's other acks: the caller flushes).
+
+        ``pending`` is in the order the submits came, each given the same
+        ``timeout`` on the monotonic clock: so in deadline order, and the
+        sweep stops at the first submit not yet due. It costs what it
+        rejects, not what waits (before 2026-12-06 every tick walked every
+        pending submit: 1.9% of a node's CPU in ``miyaq bench --cluster 3``,
+        thousands of submits waiting for their replicas in a burst)."""
+        pending = self.pending
+        if not pending:
             return 0
         now = monotonic()
-        swept = 0
-        for task_id, entry in list(self.pending.items()):
-            if entry.deadline <= now:
-                swept += 1
-                self._reject(task_id, entry, f"task {task_id} stored on {entry.got} of the {entry.need} "
-                                             f"holders needed within {self.timeout:g}s; resubmit with the same id")
-        return swept
+        due: list[tuple[str, _Pending]] = []
+        for task_id, entry in pending.items():
+            if entry.deadline > now:
+                break
+            due.append((task_id, entry))
+        for task_id, entry in due:
+            self._reject(task_id, entry, f"task {task_id} stored on {entry.got} of the {entry.need} "
+                                         f"holders needed within {self.timeout:g}s; resubmit with the same id")
+        return len(due)
 
     def refuse_all(self) -> int:
         """The node stops: refuse every submit it still coordinates
