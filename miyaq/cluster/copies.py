@@ -75,9 +75,12 @@ class Copies:
         # an older build cannot tell a result left out from none, and stores
         # and forwards the outcome without it.
         room = self.role.config.max_message // 2
+        live = table.live
         for task_id in stored:
+            if task_id in live:
+                continue        # the common case: a copy stored, waiting (no tombstone to look up)
             stone = table.tombstone(task_id)
-            if stone is not None and task_id not in table.live:
+            if stone is not None:
                 room -= outcome_size(stone.result, stone.error)
                 if room < 0 and stone.result is not None:
                     left_out.append(task_id)

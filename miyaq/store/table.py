@@ -168,9 +168,16 @@ class Tombstones(Mapping[str, Tombstone]):
 
     def put(self, stone: Tombstone) -> None:
         """Keep ``stone`` as the newest (replacing one of the same id)."""
+        self.put_row(tuple(stone))    # a plain tuple: the collector untracks it
+
+    def put_row(self, row: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """Keep the tombstone ``row`` (a plain tuple of :class:`Tombstone`'s
+        fields) as the newest; the row it replaces (same id), if any. One
+        lookup of the id: a task's end, on every holder, comes here."""
         rows = self._rows
-        rows[stone.id] = tuple(stone)    # a plain tuple: the collector untracks it
-        rows.move_to_end(stone.id)
+        old = rows.pop(row[0], None)
+        rows[row[0]] = row
+        return old
 
     def oldest(self) -> Tombstone | None:
         for row in self._rows.values():
@@ -265,12 +272,13 @@ class TaskTable:
     def bury(self, task: Task, state: str, result: bytes | None, now: float) -> Tombstone:
         """Replace a live or dead task (or nothing: a ghost) by its tombstone."""
         self.remove(task)
-        stone = Tombstone.of(task, state, result, now)
-        old = self.tombstones.get(task.id)
+        error = task.error
+        row = (task.id, task.queue, state, result, error, now, task.key, task.attempt)
+        old = self.tombstones.put_row(row)
         if old is not None:
-            self.result_bytes -= stone_bytes(old.result, old.error)
-        self.tombstones.put(stone)
-        self.result_bytes += stone_bytes(result, stone.error)
+            self.result_bytes -= stone_bytes(old[3], old[4])     # its result and error
+        if result or error:
+            self.result_bytes += stone_bytes(result, error)
         while len(self.tombstones) > self.max_tombstones:
             self._drop_oldest()
         ceiling = self.result_ceiling
@@ -278,7 +286,7 @@ class TaskTable:
             while self.result_bytes > ceiling and len(self.tombstones) > 1:
                 self._drop_oldest()
                 self.results_dropped += 1
-        return stone
+        return _as_stone(row)
 
     def _drop_oldest(self) -> None:
         self._forget(self.tombstones.pop_oldest())
