@@ -561,3 +561,64 @@ def test_a_sweep_reads_only_the_submits_that_are_due(inproc):
     assert all(a[0][2]["code"] == "not_enough_replicas" for a in answers.values())
     assert len(intake.pending) == 997 and next(iter(intake.pending)) == "w3"
     intake.pending.clear()
+
+
+class _CountedRecord(dict):
+    """A copy's record that counts how often its id is read."""
+    reads = 0
+
+    def __getitem__(self, name):
+        if name == "id":
+            _CountedRecord.reads += 1
+        return super().__getitem__(name)
+
+
+def test_a_tick_reads_a_bounded_share_of_the_copies_waiting_for_an_unreachable_holder(inproc):
+    """Fault (cost, 2026-12-06): while a holder stays unreachable, every
+    cluster tick (50 ms) read every copy waiting for it -- 257 ms of CPU a
+    tick with 100,000 waiting, the coordinator's loop kept busy by a holder
+    that went down under load. A tick now reads the probe and at most
+    UNSENT_SCAN more, in turns; what it has to do still gets done within a
+    few ticks: a copy whose submit was answered is dropped, and the submit
+    of a task that is over here is acknowledged (not sent), wherever its
+    copy waits in the list."""
+    from miyaq.cluster.late_copies import UNSENT_PROBE, UNSENT_SCAN
+    from miyaq.cluster.replicated_intake import _Pending
+    from miyaq.runtime import monotonic
+
+    cluster = inproc(3)
+    cluster.stop_node("n3")
+    intake = cluster["n1"].role.intake
+    n = 5 * UNSENT_SCAN
+    answers: dict[str, list] = {}
+    copies = []
+    deadline = monotonic() + 3600.0
+    for i in range(n):
+        task_id = f"w{i}"
+        entry = _Pending(lambda results, t=task_id: answers.setdefault(t, results), 3, ["n2", "n3"], deadline)
+        entry.stored.add("n2")
+        copies.append((entry, _CountedRecord(o="A", id=task_id, name="job", holders=["n1", "n2", "n3"],
+                                             meta={"resent": True})))
+        intake.pending[task_id] = entry
+    over = f"w{n - 10}"             # stored here (mine) and not live here any more: over here
+    intake.pending[over].mine = 1
+    answered = [f"w{i}" for i in range(0, n, 997)]       # answered meanwhile: their copies are not wanted
+    for task_id in answered:
+        del intake.pending[task_id]
+    intake.unsent = {"n3": copies}
+
+    def tick() -> None:
+        intake._unsent_due = 0.0
+        intake.flush()
+
+    _CountedRecord.reads = 0
+    tick()
+    # the probe read, and read again as it is sent; the scan; the answered ones read on the way
+    assert _CountedRecord.reads <= 2 * UNSENT_PROBE + UNSENT_SCAN + len(answered), _CountedRecord.reads
+    for _ in range(n // UNSENT_SCAN + 1):
+        tick()
+    waiting = {record["id"] for _, record in intake.unsent["n3"]}
+    assert over in answers and answers[over][0][1] == ACCEPTED and over not in waiting
+    assert not waiting & set(answered) and len(waiting) == n - len(answered) - 1
+    intake.pending.clear()
+    intake.unsent = {}

@@ -41,9 +41,10 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from miyaq.cluster.holder_events import apply_early_event
+from miyaq.cluster.late_copies import LateCopies
 from miyaq.cluster.peer_requests import REPLICATE
 from miyaq.cluster.sizes import RECORD_ALLOWANCE, peer_chunks, record_size
-from miyaq.constants import CLUSTER_TICK, MAX_PENDING_SUBMITS
+from miyaq.constants import MAX_PENDING_SUBMITS
 from miyaq.core.handles import Ack, AckTarget
 from miyaq.errors import Busy, MiyaqError, NotEnoughReplicas, ShuttingDown, Unavailable
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE, REJECTED
@@ -66,21 +67,6 @@ def is_resent(task: Task) -> bool:
     return bool(task.meta and task.meta.get("resent"))
 
 
-def late_copy(record: dict[str, Any]) -> dict[str, Any]:
-    """A copy for a holder its first try could not reach, marked ``resent``
-    (the record is shared by the task's holders: this is a new one). The
-    holder may come back after the task's other holders gave up on it and
-    a standby copy of theirs ran the task, so its copy must ask them before
-    it runs, whatever its rank -- as every copy of a resent submit does."""
-    meta = record.get("meta") or {}
-    if meta.get("resent"):
-        return record
-    return dict(record, meta={**meta, "resent": True})
-
-
-UNSENT_PROBE = 64
-"""Copies that could not be sent to a holder are tried again this many first:
-while it stays unreachable, a tick costs one small request, whatever waits."""
 MAX_JOINED = 64
 """Most submits of one id answered with the first one while it waits for its
 replicas (a client resending it, or several clients); past it, ``busy``."""
@@ -121,7 +107,7 @@ Outgoing = tuple[_Pending, dict[str, Any]]
 """A copy to send: the submit it is for, and its record."""
 
 
-class ReplicatedIntake:
+class ReplicatedIntake(LateCopies):
     """``ack`` queues an answer; ``release`` sends the queued answers (called
     after answers given outside a burst of peer answers, whose end sends them)."""
 
@@ -133,8 +119,7 @@ class ReplicatedIntake:
         self.timeout = role.config.replication_timeout
         self.pending: dict[str, _Pending] = {}
         self.outbox: dict[str, list[Outgoing]] = {}
-        self.unsent: dict[str, list[Outgoing]] = {}    # holder -> copies it could not be sent (no connection)
-        self._unsent_due = 0.0
+        LateCopies.__init__(self)
         self.rejected = 0
 
     def submit(self, task: Task, now: float, identity: AckTarget) -> None:
@@ -218,45 +203,6 @@ class ReplicatedIntake:
         for holder, copies in outbox.items():
             self._keep(holder, self._send(holder, copies))
 
-    def _send_unsent(self) -> None:
-        """Try each holder again with its first ``UNSENT_PROBE`` copies still
-        wanted (whose submit waits for them); if they go, with the rest. Only
-        wanted copies are kept: at most one per submit waiting, per holder.
-        A copy of a task that is over here is not sent (:meth:`_over_here`)."""
-        unsent, self.unsent = self.unsent, {}
-        acknowledged = False
-        for holder, copies in unsent.items():
-            wanted: list[Outgoing] = []
-            for entry, record in copies:
-                if self.pending.get(record["id"]) is not entry:
-                    continue
-                if self._over_here(record["id"], entry):
-                    acknowledged = True
-                    continue
-                wanted.append((entry, record))
-            if not wanted:
-                continue
-            if self._send(holder, wanted[:UNSENT_PROBE]):
-                self._keep(holder, wanted)    # still no connection: next tick
-            else:
-                self._keep(holder, self._send(holder, wanted[UNSENT_PROBE:]))
-        if acknowledged:
-            self.release()
-
-    def _over_here(self, task_id: str, entry: _Pending) -> bool:
-        """True, and the submit acknowledged, if this node stored the task
-        and it is no longer live here: its standby copy ran it while the
-        holders still missing were out of reach, or it was dead-lettered,
-        cancelled or handed off. Such a task is no longer one to store: its
-        record, sent now, would be a live copy of a task that is over, and
-        that copy would run if this node were silent when it asks. The
-        client is told the task was accepted (it was stored, and it ran)."""
-        if not entry.mine or task_id in self.engine.table.live:
-            return False
-        del self.pending[task_id]
-        self._answer(entry, [task_id, entry.status, entry.detail])
-        return True
-
     def _send(self, holder: str, copies: list[Outgoing]) -> list[Outgoing]:
         """REPLICATE ``copies`` to ``holder``; those that could not be sent
         (no connection: the first chunk refused, and every one after it)."""
@@ -271,13 +217,6 @@ class ReplicatedIntake:
                 return copies[done:]
             done += len(chunk)
         return []
-
-    def _keep(self, holder: str, copies: list[Outgoing]) -> None:
-        """Send ``copies`` at the next tick, each marked as a late copy."""
-        if copies:
-            if not self.unsent:
-                self._unsent_due = monotonic() + CLUSTER_TICK
-            self.unsent.setdefault(holder, []).extend((entry, late_copy(record)) for entry, record in copies)
 
     def _callback(self, holder: str, sent: dict[str, list[str]]) -> Callable[[dict[str, Any] | None], None]:
         return lambda answer: self._replicated(holder, sent, answer)
