@@ -130,6 +130,8 @@ class EventPublisher(EngineListener):
         self._emit(task, ["T", task.id, task.lease_end])
 
     def task_finished(self, task: Task, stone: Tombstone) -> None:
+        if self._remote:
+            return      # another holder's end (its F event, most often): nothing to build
         event = ["F", task.id, stone.state, stone.result, stone.error]
         if stone.key is not None:
             event.append(stone.key)     # a holder with no copy keeps the key's dedup too
