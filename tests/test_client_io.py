@@ -382,6 +382,62 @@ def test_a_result_long_poll_whose_only_node_restarts_waits_on_when_it_is_back(cl
             first.close()
 
 
+def test_a_long_poll_asked_again_as_its_connection_closes_is_not_lost_with_the_closing_pipe(client_for):
+    """Fault: libzmq reports a connection's closing (the monitor's
+    DISCONNECTED) before its I/O thread has taken that connection's pipe off
+    the socket; a message sent in between is taken (``IMMEDIATE`` still sees
+    the pipe) and dropped with it, and no event says so. Simulated here:
+    every message sent to the node after its closing was reported and
+    before a new connection completed its handshake is taken and dropped.
+    The result long-poll whose only node restarts is asked again as soon as
+    the closing is reported; before, that ask went where libzmq dropped it
+    and the wait hung until the request's deadline (its 60 s wait plus the
+    60 s request_timeout) -- on a loaded host the test above failed so, 6
+    runs in 200. Now nothing is sent to the node until the new connection is
+    up, and the node back on the endpoint answers the wait."""
+    packed = msgpack.packb(42)
+    first = CountingNode()
+    first.silent = True
+    endpoint = first.endpoint
+    outcome: list[Any] = []
+    c1 = client_for(endpoint, request_timeout=60.0)
+    io = c1._io
+    send = io.send
+    dropped: list[bytes] = []
+
+    def closing_pipe(node: int, frames: list[bytes]) -> bool:
+        if node in io.nodes.down:            # closed, and no connection up since
+            dropped.append(frames[1])
+            return True                      # libzmq took it, into the pipe it drops
+        return send(node, frames)
+
+    io.send = closing_pipe                   # the core sends through its transport
+
+    def wait() -> None:
+        try:
+            outcome.append(c1.result("t-1", timeout=60))
+        except miyaq.MiyaqError as err:
+            outcome.append(err)
+
+    waiting = threading.Thread(target=wait, daemon=True)
+    waiting.start()
+    back: list[CountingNode] = []
+    try:
+        wait_for(lambda: first.pump(20) or c.RESULT in first.asked, what="the long-poll")
+        first.close()                                          # exits without an answer
+        back.append(CountingNode(replies={c.RESULT: {"state": "done", "result": packed}}, bind=endpoint))
+        wait_for(lambda: back[0].pump(20) or not waiting.is_alive(), timeout=20, what="the end of the wait")
+        assert outcome == [42]
+        assert dropped == [], f"sent where libzmq drops it: {dropped}"
+    finally:
+        io.send = send
+        for restarted in back:
+            restarted.close()
+        waiting.join(5)
+        if not first.sock.closed:
+            first.close()
+
+
 @pytest.mark.parametrize("green", [False, True], ids=["threads", "gevent"])
 def test_acknowledgements_libzmq_drops_with_the_closed_connection_are_resent(client_for, green):
     """A node acknowledges submits and exits at once. The client's sockets
