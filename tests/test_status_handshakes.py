@@ -48,6 +48,21 @@ def test_failed_and_refused_handshakes_have_a_line_each_and_none_while_all_are_z
     assert _status_lines({"keys": False}, capsys) == []      # a node before 2026-12-06: no such field
 
 
+def test_an_answer_of_thousands_of_ports_and_reasons_makes_a_short_line(capsys):
+    """Fault: a hostile or broken node answers STATUS with 20,000 ports of
+    failed handshakes (an audit: one line of 249 KB). The line shows the
+    first eight ports, each with its first eight reasons, and how many
+    more."""
+    reasons = {f"reason {i:02d}": 1 for i in range(20)}
+    failed = {f"port{i:05d}": dict(reasons) for i in range(20_000)}
+    lines = _status_lines({"keys": True, "handshakes_failed": failed}, capsys)
+    assert len(lines) == 1
+    line = lines[0]
+    assert line.count("port") == 8 and line.endswith("; and 19992 more")
+    assert line.count("reason") == 8 * 8 and line.count(", and 12 more") == 8
+    assert len(line) < 2_000
+
+
 def test_a_count_of_the_wrong_shape_is_a_clear_error(capsys):
     """An answer from something else than a miyaq node: one line, exit 2, no traceback."""
     with NodesPlayer([CountingNode({c.STATUS: {**BASE, "security": {"handshakes_failed": {"service": 3}}}})],

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from ..errors import ConfigError, InvalidField, MiyaqError
@@ -202,14 +203,27 @@ def _handshake_lines(security: dict[str, Any]) -> list[str]:
     None when all counts are 0."""
     lines = []
     failed = security.get("handshakes_failed") or {}
-    ports = [f"{port}: " + ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items()))
+    ports = [f"{port}: " + _at_most(f"{reason} {count}" for reason, count in sorted(reasons.items()) if count)
              for port, reasons in sorted(failed.items()) if any(reasons.values())]
     if ports:
-        lines.append(_shown("handshakes failed before any key was checked  " + "; ".join(ports)))
+        lines.append(_shown("handshakes failed before any key was checked  " + _at_most(ports, "; ")))
     refused = security.get("handshakes_refused") or 0
     if refused:
         lines.append(_shown(f"handshakes refused (key unknown, revoked or not a peer's)  {refused}"))
     return lines
+
+
+SHOWN_PARTS = 8
+"""Ports, and reasons a port, a handshake line shows at most: a node has
+two ports and a handful of reasons; an answer with thousands (a hostile or
+broken node) made one line of 249 KB."""
+
+
+def _at_most(parts: Iterable[str], sep: str = ", ") -> str:
+    """The first :data:`SHOWN_PARTS` of ``parts`` joined, and how many more."""
+    items = list(parts)
+    more = len(items) - SHOWN_PARTS
+    return sep.join(items[:SHOWN_PARTS]) + (f"{sep}and {more} more" if more > 0 else "")
 
 
 def _mib(n: int) -> str:
