@@ -24,7 +24,9 @@ from miyaq.errors import InvalidField
 from miyaq.logs import LogLimiter
 from miyaq.protocol.commands import DUPLICATE
 from miyaq.protocol.recordspec import MAX_TIME, task_from_record
-from miyaq.store.task import CANCELLED, DEAD, READY, RETRYING, RUNNING, SCHEDULED, Task, revivals
+from miyaq.store.task import (
+    CANCELLED, DEAD, NO_EXTRA, READY, RETRYING, RUNNING, SCHEDULED, Task, revivals,
+)
 
 if TYPE_CHECKING:
     from miyaq.cluster.role import ClusterRole
@@ -98,11 +100,16 @@ class CopyInstaller:
             # copy then), the copy is counted now, as a stored one would be.
             engine.count_late_copy(task)
             return True
-        task.holders = tuple(holders)
+        # A copy lists its holders (checked above): its extras are its own,
+        # written directly rather than through the task's properties.
+        extra = task.extra
+        if extra is NO_EXTRA:
+            extra = task.extra = NO_EXTRA.copy()
+        extra.holders = tuple(holders)
         onto_this_clock(task, shift)
         state = task.state
         task.state = SCHEDULED
-        task.rank = holders.index(role.node_id)
+        rank = extra.rank = holders.index(role.node_id)
         # ``eta`` is the task's own, as every holder sends it: this copy's
         # extra wait is its ``copy_wait`` (Task.due), never added to ``eta``.
         # Before 2026-12-05 each holder added its wait to ``eta`` and sent
@@ -124,22 +131,25 @@ class CopyInstaller:
         # older ring, whose first holder may have started it already without
         # the sender knowing (a CI run of the rolling restart saw such a task
         # start on two nodes 7 ms apart, the ring changing).
+        # This copy's wait past eta is its rank (at least 1 for a standby
+        # copy) times the task's offset (ClusterRole.offset_for, read once).
+        offset = role.replica_offset(task)
         if state == DEAD:
             # Stored as a waiting copy, then dead-lettered: both go to the log like
             # any copy's, so a restart keeps it (the sender drops its own once
             # every new holder confirmed).
-            task.standby = True
+            extra.standby = True
             due = max(task.eta, now)
         elif "state" in record and not not_started:    # a handed-off copy of a task under way elsewhere
-            task.standby = True
-            if task.rank == 0 and _not_started(state, task, record):
+            extra.standby = True
+            if rank == 0 and _not_started(state, task, record):
                 # The task's first holder now, and nobody started it yet by the
                 # sender's record: it asks at the task's eta (only silence lets
                 # it run), not an offset later -- the offset is the first
                 # holder's time to announce a start, and that is this node now.
                 due = max(task.eta, now)
             else:
-                due = max(task.eta, task.lease_end, now) + role.offset_for(task, minimum=1)
+                due = max(task.eta, task.lease_end, now) + max(rank, 1) * offset
         else:
             # Views that disagree (a ring change under way) can make two nodes
             # rank 0 of one task: a copy the sender placed differently waits an
@@ -147,13 +157,13 @@ class CopyInstaller:
             disagree = senders != holders
             # Just after a freeze a REPLICATE may have waited in the socket while
             # the sender's client resent the task and another holder ran it.
-            task.standby = task.rank > 0 or is_resent(task) or disagree or role.catching_up()
-            due = task.eta + role.offset_for(task, minimum=1 if disagree else 0)
-            if task.standby:
+            standby = extra.standby = rank > 0 or is_resent(task) or disagree or role.catching_up()
+            due = task.eta + max(rank, 1 if disagree else 0) * offset
+            if standby:
                 # A REPLICATE that arrives late (a link that stalled) must not make
                 # its copy ask at once: the other holders may not have theirs yet.
-                due = max(due, now + role.offset_for(task, minimum=1))
-        task.copy_wait = min(max(due - task.eta, 0.0), MAX_TIME)     # what the replay takes back
+                due = max(due, now + max(rank, 1) * offset)
+        extra.copy_wait = min(max(due - task.eta, 0.0), MAX_TIME)     # what the replay takes back
         try:
             status, holder = engine.submit(task, now, copy=True)
         except Exception as exc:   # Busy, ShuttingDown, too many queues: not stored
