@@ -27,12 +27,19 @@ class _Str(str):
 
 
 def _record(**fields: Any) -> dict[str, Any]:
+    """A submit's copy as its sender lays it out (no rank), then ``fields``
+    (a field it has keeps its place: the layout stays a submit's)."""
     record: dict[str, Any] = {"o": "A", "id": "t1", "queue": "default", "name": "noop", "method": "POST",
                               "body": b"x", "priority": 0, "eta": NOW, "created": NOW, "expires": 0.0,
                               "max_retries": 3, "backoff": 1.0, "backoff_max": 300.0, "timeout": 300.0,
-                              "replicas": 3, "rank": 0, "holders": ["n1", "n2", "n3"]}
+                              "replicas": 3, "holders": ["n1", "n2", "n3"]}
     record.update(fields)
     return record
+
+
+def test_a_submits_copy_is_read_in_its_layout():
+    assert tuple(_record()) == rs._SUBMIT_LAYOUT
+    assert tuple(_record(eta=NOW + 1.0)) == rs._SUBMIT_LAYOUT
 
 
 @pytest.mark.parametrize("fields,field", [
@@ -43,18 +50,25 @@ def _record(**fields: Any) -> dict[str, Any]:
     ({"eta": float("nan")}, "eta"), ({"created": -1.0}, "created"), ({"expires": 1e300}, "expires"),
     ({"eta": True}, "eta"), ({"priority": True}, "priority"), ({"backoff": 1}, None),
     ({"timeout": 0.001}, "timeout"), ({"rank": 16}, "rank"), ({"key": ""}, "key"),
+    ({"method": "PUT"}, None), ({"method": 5}, "method"), ({"id": "a b"}, "id"), ({"queue": ""}, "queue"),
+    ({"name": 7}, "name"), ({"body": "text"}, "body"), ({"replicas": 0}, "replicas"),
+    ({"max_retries": -1}, "max_retries"), ({"holders": "n1"}, "holders"),
 ])
-def test_a_bad_record_is_refused_after_good_ones(fields, field):
+@pytest.mark.parametrize("ranked", [False, True], ids=["submit layout", "with rank"])
+def test_a_bad_record_is_refused_after_good_ones(fields, field, ranked):
     """Good records first (their holders are then known), then one with a
-    single field wrong: the fast path builds no task from it, and the full
-    path refuses it naming that field -- or, for a number the full path
-    reads leniently (an int backoff), builds the task the full path builds."""
+    single field wrong, in a submit's layout (read by one unpacking) or with
+    a rank (read field by field): the fast path builds no task from it, and
+    the full path refuses it naming that field -- or, for what the full path
+    accepts (an int backoff, a method other than POST), builds the task."""
+    extra = {"rank": 1} if ranked else {}
     for i in range(3):
-        assert rs._fast(_record(id=f"good{i}"), CONFIG) is not None
-    bad = _record(**fields)
+        assert rs._fast(_record(id=f"good{i}", **extra), CONFIG) is not None
+    bad = _record(**extra)
+    bad.update(fields)
     assert rs._fast(bad, CONFIG) is None
     if field is None:
-        assert rs.task_from_record(bad, CONFIG).backoff == 1.0
+        assert rs.task_from_record(bad, CONFIG).id == "t1"
         return
     with pytest.raises(InvalidField) as info:
         rs.task_from_record(bad, CONFIG)
