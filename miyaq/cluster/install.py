@@ -95,7 +95,7 @@ class CopyInstaller:
             elif task.state == RUNNING and task.lease_end and existing.state in (SCHEDULED, READY, RETRYING):
                 self._wait_for_runner(existing, moved(task.lease_end, shift, EXPIRED_AT_ONCE))
             return True
-        if table.tombstone(task.id) is not None:
+        if task.id in table.tombstones:     # (no Tombstone built only to be dropped)
             # Over already: not stored. If this node heard the end first (no
             # copy then), the copy is counted now, as a stored one would be.
             engine.count_late_copy(task)
