@@ -98,14 +98,18 @@ class Engine(ReplicaCopies, TaskViews):
             raise Busy(f"node keeps {table.result_bytes} bytes of results; max_result_bytes is "
                        f"{self.config.max_result_bytes} (freed as finished tasks are forgotten, {keep:g} s after "
                        "they ended: the longer of result_ttl and dedup_window)", reason="results")
-        if task.queue not in self.counts and len(self.counts) >= MAX_QUEUES:
-            raise InvalidField(f"this node already has {MAX_QUEUES} queues; no new queue {task.queue!r}",
-                               field="queue")
+        queue = task.queue
+        counts = self.counts.get(queue)
+        if counts is None:
+            if len(self.counts) >= MAX_QUEUES:
+                raise InvalidField(f"this node already has {MAX_QUEUES} queues; no new queue {queue!r}",
+                                   field="queue")
+            counts = self._count(queue)
         task.seq = next(self._seq)
         task.state = SCHEDULED
-        self._count(task.queue)[SCHEDULED] += 1
+        counts[SCHEDULED] += 1
         table.add(task)
-        self.outcomes[(task.queue, "submitted")] += 1
+        self.outcomes[(queue, "submitted")] += 1
         if copy and self.uncounted:
             # Counted here: an end heard before this copy (its ghost since
             # forgotten) must not count it again if the copy comes once more.

@@ -100,7 +100,8 @@ class Transitions:
         a standby copy never woke for its expiry: a task whose every copy
         was a standby (handed off after its first holder was drained)
         stayed ``scheduled`` past its ttl until the copies' offsets ran out."""
-        self._move(task, state)
+        if task.state != state:     # a new task is counted scheduled already (Engine.submit)
+            self._move(task, state)
         expires = task.expires
         if expires and task.standby and (task.attempt or expires <= (self.timers.now if now is None else now)):
             expires = 0.0
