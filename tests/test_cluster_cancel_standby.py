@@ -219,6 +219,46 @@ def test_a_first_holder_without_its_copy_yet_keeps_the_cancel(inproc, replicate_
     assert not cluster.crashes()
 
 
+@pytest.mark.parametrize("asker", ["key-in-cancel", "keyless-cancel"])
+def test_a_cancel_ahead_of_a_keyed_copy_keeps_the_key_at_its_first_holder(inproc, asker):
+    """Fault: a keyed task is submitted through its key's second holder and
+    CANCELled there at once, its REPLICATE to the key's first holder still
+    on its way (held); a second task of the same key then comes to the
+    first holder within the dedup window. Before, the first holder kept the
+    cancel as a tombstone without the key (the peer CANCEL carried only the
+    id) and nothing gave it the key later: the second task was stored there
+    (here answered ``rejected``, the other holders refusing it; run in 89-98
+    of 100 on a three-node cluster of processes). A cancelled task holds
+    its key (semantics.md), so now it is refused as a duplicate and never
+    runs. ``keyless-cancel``: the CANCEL of a node whose build sent no key
+    (served here directly); the copy, when it comes, gives the key."""
+    cluster = inproc(3, min_acks=2)
+    key = "key-1"
+    holders = cluster.holders("x", key=key)
+    first, standby = holders[0], holders[1]
+    tid = cluster.task_id()
+    worker = cluster.worker(first)
+    held = cluster.net.hold("REPLICATE", src=standby, dst=first)
+    sub = cluster.submit(standby, tid, key=key, countdown=30)
+    cluster.wait_until(lambda: sub.status, what="the submit's answer")
+    if asker == "key-in-cancel":
+        assert _cancel(cluster, standby, tid) == {"cancelled": True, "state": "scheduled"}
+    else:
+        assert cluster[first].role.cancels.serve(standby, {"id": tid})["held"] is False
+    held.release()
+    cluster.wait_until(lambda: all(cluster[h].state(tid) == CANCELLED for h in holders), what="cancelled everywhere")
+
+    again = cluster.submit(first, cluster.task_id(), key=key)
+    cluster.wait_until(lambda: again.status, what="the second submit's answer")
+    cluster.settle(0.3)
+
+    assert again.status == "duplicate" and again.result[2] == tid, again.result
+    assert worker.times(again.task_id) == 0 and not cluster.crashes()
+    assert cluster[first].tombstone(tid).key == key
+    if asker == "key-in-cancel":
+        assert [m.body.get("key") for m in cluster.net.messages("CANCEL", src=standby, dst=first)] == [key]
+
+
 def _http_delete(port: int, path: str) -> tuple[int, dict[str, Any]]:
     """A DELETE to the gateway on ``port`` from the test's hub: status and JSON body."""
     sock = green.create_connection(("127.0.0.1", port), timeout=10)

@@ -49,10 +49,11 @@ from miyaq.cluster.peer_requests import CANCEL
 from miyaq.constants import QUERY_TIMEOUT
 from miyaq.errors import Busy, InvalidField, MiyaqError, NotFound, ShuttingDown
 from miyaq.logs import LogLimiter
+from miyaq.protocol import fields as f
 from miyaq.protocol.recordspec import STARTED_ELSEWHERE
-from miyaq.protocol.taskspec import check_id
+from miyaq.protocol.taskspec import MAX_KEY, check_id
 from miyaq.runtime import monotonic, wall
-from miyaq.store.task import ALL_STATES, CANCELLED, RUNNING, SCHEDULED
+from miyaq.store.task import ALL_STATES, CANCELLED, RUNNING, SCHEDULED, Task
 
 if TYPE_CHECKING:
     from miyaq.cluster.role import ClusterRole
@@ -88,10 +89,11 @@ class FirstHolderCancel:
         node's copy answered) or the error to answer -- at once, or when
         the task's first holder answered (module doc). Raises ``NotFound``
         at once, nothing changed, for a task this node does not know."""
-        first = self.first_holder(task_id)
-        if first is None:
+        target = self.target(task_id)
+        if target is None:
             answer(self._here(task_id, now))
             return
+        first, key = target
         if self.waiting >= MAX_FORWARDED:
             answer(self._unconfirmed(task_id, now))
             return
@@ -109,30 +111,32 @@ class FirstHolderCancel:
 
         peer = self.role.peer
         wait = peer.answer_times.patience(first, FORWARD_TIMEOUT, monotonic())
-        peer.request(first, CANCEL, {"id": task_id}, wait, answered, on_lost=lambda: answered(None))
+        request: dict[str, Any] = {"id": task_id} if key is None else {"id": task_id, "key": key}
+        peer.request(first, CANCEL, request, wait, answered, on_lost=lambda: answered(None))
 
-    def first_holder(self, task_id: str) -> str | None:
-        """The node to ask, by this node's view of the ring: the first
-        holder of the task, or None when this node answers on its own (it is
-        the first holder, the task runs here, or it is over here and not a
-        ``started-elsewhere`` placeholder). ``NotFound`` for a task unknown here."""
+    def target(self, task_id: str) -> tuple[str, str | None] | None:
+        """The node to ask, by this node's view of the ring, and the task's
+        key (None: it has none): the first holder of the task, or None when
+        this node answers on its own (it is the first holder, the task runs
+        here, or it is over here and not a ``started-elsewhere``
+        placeholder). ``NotFound`` for a task unknown here."""
         table = self.engine.table
         task = table.live.get(task_id) or table.dead.get(task_id)
         if task is not None:
             if task.state == RUNNING:
                 return None
-            routing_key, replicas = (task.key if task.key is not None else task.id), task.replicas
+            key, replicas = task.key, task.replicas
         else:
             stone = table.tombstone(task_id)
             if stone is None:
                 raise NotFound(f"no task {task_id}")
             if stone.state != STARTED_ELSEWHERE:
                 return None
-            routing_key, replicas = (stone.key if stone.key is not None else task_id), 1
-        holders = self.role.holders(routing_key, max(replicas, 1))
+            key, replicas = stone.key, 1
+        holders = self.role.holders(key if key is not None else task_id, max(replicas, 1))
         if not holders or holders[0] == self.role.node_id:
             return None
-        return holders[0]
+        return holders[0], key
 
     def _here(self, task_id: str, now: float) -> dict[str, Any]:
         cancelled, state = self.engine.cancel(task_id, now)
@@ -211,14 +215,17 @@ class FirstHolderCancel:
 
     # -- asked by a peer -------------------------------------------------------------------------
     def serve(self, sender: str, body: dict[str, Any]) -> dict[str, Any] | None:
-        """A peer's ``CANCEL {"id"}``: this node, the task's first holder by
-        the peer's view, cancels it as a CANCEL of its own would, and
-        answers ``{"cancelled", "state"}`` once its log has the
+        """A peer's ``CANCEL {"id", "key"?}``: this node, the task's first
+        holder by the peer's view, cancels it as a CANCEL of its own would,
+        and answers ``{"cancelled", "state"}`` once its log has the
         cancellation; ``{"busy": "storage"}`` while the log cannot be
         written (nothing changed). A task it does not know yet is kept as
-        cancelled (a tombstone: the copy on its way is not stored) and
-        answered ``held: false``. A bad id is refused (``invalid_field``)."""
+        cancelled (a tombstone holding ``key``, the task's, for the dedup
+        window, as a cancelled task does: the copy on its way is not stored)
+        and answered ``held: false``. A bad id or key is refused
+        (``invalid_field``), as a SUBMIT's is."""
         task_id = check_id(body.get("id"))
+        key = f.string(body, "key", None, max_len=MAX_KEY)
         role = self.role
         if role.stopped:
             raise ShuttingDown(f"node {role.node_id} is stopping")
@@ -232,10 +239,12 @@ class FirstHolderCancel:
             cancelled, state = self.engine.cancel(task_id, now)
             answer: dict[str, Any] = {"cancelled": cancelled, "state": state}
         elif (stone := table.tombstone(task_id)) is not None:
+            if key is not None:
+                stone_takes_key(self.engine, task_id, key)
             return {"cancelled": False, "state": stone.state}
         else:
             with role.events.applying_remote():      # the asker tells the others
-                self.engine.finish_copy(task_id, CANCELLED, None, None, now)
+                self.engine.finish_copy(task_id, CANCELLED, None, None, now, key=key)
             _log.log(logging.DEBUG, "cancel ahead", "task %s: cancelled by %.64s before its copy came here",
                      task_id, sender)
             return {"cancelled": True, "state": SCHEDULED, "held": False}
@@ -244,6 +253,22 @@ class FirstHolderCancel:
             role.endpoint.after_stored(lambda: reply(answer))
             return None
         return answer
+
+
+def stone_takes_key(engine: Any, task_id: str, key: str) -> None:
+    """``task_id``'s tombstone, made without its key (a cancel that came
+    before its copy, from a node of a build whose CANCEL carried no key),
+    holds ``key`` from now on, for what is left of the dedup window as the
+    task's own end would: unless another task holds the key here (a live or
+    dead one, or one that ended since). Nothing for a tombstone that has a key."""
+    table = engine.table
+    stone = table.tombstone(task_id)
+    if stone is None or stone.key is not None or table.keys.get(key) is not None:
+        return
+    ghost = Task(task_id, stone.queue, None, b"", key=key)
+    ghost.error, ghost.attempt = stone.error, stone.attempt
+    table.bury(ghost, stone.state, stone.result, stone.finished)
+    table.key_finished(key, task_id)
 
 
 def check_answer(body: dict[str, Any]) -> tuple[bool, str, bool, bool]:

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from miyaq.cluster.first_holder_cancel import stone_takes_key
 from miyaq.cluster.holder_events import apply_early_event
 from miyaq.cluster.peer_requests import EXPIRED_AT_ONCE, moved
 from miyaq.cluster.replicated_intake import is_resent
@@ -97,7 +98,11 @@ class CopyInstaller:
             return True
         if task.id in table.tombstones:     # (no Tombstone built only to be dropped)
             # Over already: not stored. If this node heard the end first (no
-            # copy then), the copy is counted now, as a stored one would be.
+            # copy then), the copy is counted now, as a stored one would be;
+            # a tombstone made without the key (a cancel ahead of the copy
+            # from a node whose CANCEL carried none) takes the copy's.
+            if task.key is not None:
+                stone_takes_key(engine, task.id, task.key)
             engine.count_late_copy(task)
             return True
         # A copy lists its holders (checked above): its extras are its own,
