@@ -259,6 +259,69 @@ def test_a_cancel_ahead_of_a_keyed_copy_keeps_the_key_at_its_first_holder(inproc
         assert [m.body.get("key") for m in cluster.net.messages("CANCEL", src=standby, dst=first)] == [key]
 
 
+def _first_holder_after_a_join(cluster: Any) -> tuple[str, str, str]:
+    """A task id whose first holder is n4 once it joins n1-n3, and whose
+    second holder now (neither its first nor n4) is a holder then too:
+    (id, its first holder now, that holder)."""
+    joined = cluster.script.view(["n1", "n2", "n3", "n4"])
+    for _ in range(1000):
+        tid = cluster.task_id()
+        now, then = cluster.holders(tid), [m.node_id for m in joined.holders(tid, 3)]
+        if then[0] == "n4" and now[1] in then:
+            return tid, now[0], now[1]
+    raise AssertionError("no such task id")
+
+
+@pytest.mark.parametrize("at_n4,ends", [("no-copy", "running"), ("no-copy", "finishes-after"),
+                                        ("standby-copy", "running")])
+def test_a_new_first_holder_without_the_handoff_yet_leaves_the_answer_unconfirmed(inproc, at_n4, ends):
+    """Fault: a node (n4) joins and becomes the first holder of a task that
+    runs on its old first holder; the handoff to n4 is on its way (held)
+    when a CANCEL reaches another holder, which has the new ring and asks
+    n4. n4 has no copy and answers ``held: false``. Before, the holder
+    asked took that for the first holder's word and answered ``cancelled:
+    true, state: scheduled`` (200 of 200 on four processes) while the old
+    first holder ran the task -- and, when it finished first
+    (``finishes-after``), a confirmed cancel with that holder ending
+    ``done``. A task made before the holder asked took its view of the
+    ring may be running where it was placed: the answer is ``unconfirmed``.
+    ``standby-copy``: n4's resync gave it a standby copy meanwhile; it
+    cancelled that and answered from it (``scheduled``), taken for the
+    first holder's word before too; now it says its copy was a standby one."""
+    cluster = inproc(4, ring=["n1", "n2", "n3"], replicas=3)
+    tid, first, standby = _first_holder_after_a_join(cluster)
+    worker = cluster.worker(first)
+    cluster.submit(first, tid)
+    cluster.wait_until(lambda: worker.runs(tid), what="the first holder to run the task")
+    cluster.wait_until(lambda: cluster[standby].task(tid) is not None and cluster[standby].task(tid).attempt == 1,
+                       what="the standby copy to hear the task started")
+    handoff = cluster.net.hold("REPLICATE", dst="n4")
+    resync = cluster.net.hold("ANSWER", dst="n4", answering="SYNC") if at_n4 == "no-copy" else None
+    told = cluster.net.hold("EVENTS", dst=first, event="F") if ends == "finishes-after" else None
+    cluster.publish(["n1", "n2", "n3", "n4"])
+    cluster.wait_until(lambda: cluster[standby].role.view.epoch == cluster["n4"].role.view.epoch,
+                       what="the new ring at the holder asked and at n4")
+    if at_n4 == "standby-copy":
+        cluster.wait_until(lambda: cluster["n4"].task(tid) is not None, what="n4's resync to give it a copy")
+    else:
+        cluster.settle(0.3)
+        assert cluster["n4"].task(tid) is None
+
+    answer = _cancel(cluster, standby, tid)
+
+    assert [m.dst for m in cluster.net.messages("CANCEL", src=standby)] == ["n4"]
+    assert answer == {"cancelled": True, "state": "scheduled", "unconfirmed": True}, answer
+    if told is not None:
+        assert worker.complete(tid, b"42")
+        cluster.settle(0.3)
+        told.release()
+    handoff.release()
+    if resync is not None:
+        resync.release()
+    cluster.settle(1.0)
+    assert not cluster.crashes()
+
+
 def _http_delete(port: int, path: str) -> tuple[int, dict[str, Any]]:
     """A DELETE to the gateway on ``port`` from the test's hub: status and JSON body."""
     sock = green.create_connection(("127.0.0.1", port), timeout=10)
@@ -314,14 +377,16 @@ def test_a_peers_cancel_is_checked_like_a_clients(inproc):
             raise AssertionError(f"{bad!r} was taken")
     assert not cluster["n1"].engine.table.tombstones
     for bad in ({}, {"cancelled": "yes", "state": "done"}, {"cancelled": True, "state": "gone"},
-                {"cancelled": True, "state": "done", "held": 1}, {"busy": "disk"}):
+                {"cancelled": True, "state": "done", "held": 1}, {"busy": "disk"},
+                {"cancelled": True, "state": "done", "standby": "yes"}):
         try:
             check_answer(bad)
         except InvalidField:
             pass
         else:
             raise AssertionError(f"{bad!r} was taken")
-    assert check_answer({"cancelled": True, "state": "running"}) == (True, "running", True, False)
+    assert check_answer({"cancelled": True, "state": "running"}) == (True, "running", True, False, False)
+    assert check_answer({"cancelled": True, "state": "scheduled", "standby": True})[4] is True
     assert check_answer({"busy": "storage"})[3] is True
 
 

@@ -19,7 +19,12 @@ copy at once, so a ``status`` there right after the answer agrees. A
 first holder that has no copy yet (the asker's REPLICATE, or a handoff,
 is still on its way) keeps the cancel as a tombstone, so that copy is not
 stored when it comes, and says so (``held: false``); the asker then
-cancels its own copy, and its ``F`` event tells the others.
+cancels its own copy, and its ``F`` event tells the others. That is the
+first holder's word only for a task made since the asker took its view
+of the ring; for an older one (a ring change: the node asked may be a new
+first holder whose handoff is on its way) the asker answers
+``unconfirmed``, and so it does when the node asked cancelled a standby
+copy (``standby: true``), which did not run the task.
 
 When the first holder does not answer within its patience (at least
 ``FORWARD_TIMEOUT``; longer for a peer whose answers lately took longer,
@@ -53,7 +58,7 @@ from miyaq.protocol import fields as f
 from miyaq.protocol.recordspec import STARTED_ELSEWHERE
 from miyaq.protocol.taskspec import MAX_KEY, check_id
 from miyaq.runtime import monotonic, wall
-from miyaq.store.task import ALL_STATES, CANCELLED, RUNNING, SCHEDULED, Task
+from miyaq.store.task import ALL_STATES, CANCELLED, READY, RETRYING, RUNNING, SCHEDULED, Task
 
 if TYPE_CHECKING:
     from miyaq.cluster.role import ClusterRole
@@ -162,7 +167,7 @@ class FirstHolderCancel:
         if body is None:
             return self._own(task_id, now)
         try:
-            cancelled, state, held, busy = check_answer(body)
+            cancelled, state, held, busy, standby = check_answer(body)
         except InvalidField as err:
             self.role.refusals.refuse("answer", first, err)
             return self._own(task_id, now)
@@ -171,6 +176,8 @@ class FirstHolderCancel:
                         reason="storage")
         if not held:
             return self._stopping() or self._kept_ahead(task_id, now)
+        if standby:      # its copy did not run: the task may run where it was placed
+            return self._own(task_id, now)
         if cancelled and not self.role.stopped:
             self._finish_here(task_id, now)
         return {"cancelled": cancelled, "state": state}
@@ -187,12 +194,23 @@ class FirstHolderCancel:
     def _kept_ahead(self, task_id: str, now: float) -> dict[str, Any] | MiyaqError:
         """The first holder had no copy yet and keeps this cancel (a
         tombstone): this node's copy is cancelled and answers, and its F
-        event tells the other holders. The copy may be over already, ended
+        event tells the other holders. That answer is the first holder's
+        only for a task made since this node took its view of the ring (so
+        placed by it, the REPLICATE on its way): for an older one the ring
+        changed since, the node asked may be a new first holder whose
+        handoff is on its way while the old one runs the task, and the
+        answer is ``unconfirmed``. The copy may be over already, ended
         by that very tombstone (this node coordinated the submit, and the
         first holder's answer to its REPLICATE said ``cancelled`` first):
         this call's cancel all the same, never ``cancelled: false``."""
         table = self.engine.table
-        if task_id in table.live or task_id in table.dead:
+        task = table.live.get(task_id) or table.dead.get(task_id)
+        if task is not None:
+            if task.created < self.role.view_since:
+                # Made before this node took its view of the ring: the node
+                # asked may be a new first holder whose handoff is on its way,
+                # while the one the task was placed with runs it.
+                return self._unconfirmed(task_id, now)
             return self._here(task_id, now)
         stone = table.tombstone(task_id)
         if stone is None:
@@ -219,7 +237,9 @@ class FirstHolderCancel:
         holder by the peer's view, cancels it as a CANCEL of its own would,
         and answers ``{"cancelled", "state"}`` once its log has the
         cancellation; ``{"busy": "storage"}`` while the log cannot be
-        written (nothing changed). A task it does not know yet is kept as
+        written (nothing changed); ``standby: true`` too when its copy was
+        a standby one (a ring change: the first holder the task was placed
+        with may run it). A task it does not know yet is kept as
         cancelled (a tombstone holding ``key``, the task's, for the dedup
         window, as a cancelled task does: the copy on its way is not stored)
         and answered ``held: false``. A bad id or key is refused
@@ -231,13 +251,17 @@ class FirstHolderCancel:
             raise ShuttingDown(f"node {role.node_id} is stopping")
         table = self.engine.table
         now = wall()
-        if task_id in table.live or task_id in table.dead:
+        task = table.live.get(task_id) or table.dead.get(task_id)
+        if task is not None:
             try:
                 role.endpoint.check_writable()
             except Busy:
                 return {"busy": "storage"}
+            standby = task.standby and task.state in (SCHEDULED, READY, RETRYING)
             cancelled, state = self.engine.cancel(task_id, now)
             answer: dict[str, Any] = {"cancelled": cancelled, "state": state}
+            if standby:
+                answer["standby"] = True
         elif (stone := table.tombstone(task_id)) is not None:
             if key is not None:
                 stone_takes_key(self.engine, task_id, key)
@@ -271,16 +295,17 @@ def stone_takes_key(engine: Any, task_id: str, key: str) -> None:
     table.key_finished(key, task_id)
 
 
-def check_answer(body: dict[str, Any]) -> tuple[bool, str, bool, bool]:
+def check_answer(body: dict[str, Any]) -> tuple[bool, str, bool, bool, bool]:
     """A first holder's answer to CANCEL, checked: ``(cancelled, state,
-    held, busy)``. ``InvalidField`` for one that is not
-    ``{"cancelled": bool, "state": a task state, "held"?: bool}`` or
-    ``{"busy": "storage"}``."""
+    held, busy, standby)``. ``InvalidField`` for one that is not
+    ``{"cancelled": bool, "state": a task state, "held"?: bool,
+    "standby"?: bool}`` or ``{"busy": "storage"}``."""
     if body.get("busy") == "storage":
-        return False, "", True, True
-    cancelled, state, held = body.get("cancelled"), body.get("state"), body.get("held", True)
-    if type(cancelled) is not bool or type(held) is not bool:
-        raise InvalidField("a CANCEL answer's 'cancelled' and 'held' must be booleans", field="answer")
+        return False, "", True, True, False
+    cancelled, state = body.get("cancelled"), body.get("state")
+    held, standby = body.get("held", True), body.get("standby", False)
+    if type(cancelled) is not bool or type(held) is not bool or type(standby) is not bool:
+        raise InvalidField("a CANCEL answer's 'cancelled', 'held' and 'standby' must be booleans", field="answer")
     if not isinstance(state, str) or state not in ANSWER_STATES:
         raise InvalidField("a CANCEL answer's 'state' must be a task state", field="answer")
-    return cancelled, state, held, False
+    return cancelled, state, held, False, standby
