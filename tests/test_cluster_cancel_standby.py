@@ -390,6 +390,29 @@ def test_a_peers_cancel_is_checked_like_a_clients(inproc):
     assert check_answer({"busy": "storage"})[3] is True
 
 
+def test_a_cancel_from_a_stranger_or_ahead_of_a_task_held_elsewhere_is_refused(inproc):
+    """Fault: peer CANCELs from a sender that is not a ring member (anything
+    that reaches the peer port without ``--secure``), and a member's cancel
+    ahead of a task this node would not hold. Before, each was served: a
+    flood of 5,000 random ids made 5,000 cancelled tombstones (a later
+    SUBMIT of such an id answered ``duplicate`` and never ran; at
+    ``max_tombstones`` real results pushed out). Now both are refused
+    ``forbidden`` and change nothing; a member's cancel ahead of a task
+    this node holds is kept, as before."""
+    from miyaq.errors import Forbidden
+    cluster = inproc(4, replicas=2)
+    role = cluster["n1"].role
+    table = cluster["n1"].engine.table
+    mine = next(t for t in (f"t-{i}" for i in range(1000)) if "n1" in cluster.holders(t, 2))
+    elsewhere = next(t for t in (f"t-{i}" for i in range(1000)) if "n1" not in cluster.holders(t, 2))
+    for sender, body in (("evil", {"id": mine}), ("evil", {"id": mine, "key": "k"}), ("n2", {"id": elsewhere})):
+        with pytest.raises(Forbidden):
+            role.cancels.serve(sender, body)
+    assert not table.tombstones and table.tombstone(mine) is None
+    assert role.cancels.serve("n2", {"id": mine}) == {"cancelled": True, "state": "scheduled", "held": False}
+    assert table.tombstone(mine).state == CANCELLED
+
+
 def test_the_python_client_asks_its_first_node_not_the_tasks_first_holder():
     """Fault: the task's first holder is frozen (SIGSTOP). A client that
     asked it first waited its whole ``request_timeout`` (10 s) before it

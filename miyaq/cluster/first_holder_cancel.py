@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from miyaq.cluster.peer_requests import CANCEL
 from miyaq.constants import QUERY_TIMEOUT
-from miyaq.errors import Busy, InvalidField, MiyaqError, NotFound, ShuttingDown
+from miyaq.errors import Busy, Forbidden, InvalidField, MiyaqError, NotFound, ShuttingDown
 from miyaq.logs import LogLimiter
 from miyaq.protocol import fields as f
 from miyaq.protocol.recordspec import STARTED_ELSEWHERE
@@ -242,13 +242,21 @@ class FirstHolderCancel:
         with may run it). A task it does not know yet is kept as
         cancelled (a tombstone holding ``key``, the task's, for the dedup
         window, as a cancelled task does: the copy on its way is not stored)
-        and answered ``held: false``. A bad id or key is refused
-        (``invalid_field``), as a SUBMIT's is."""
+        and answered ``held: false`` -- but only when this node is among
+        the task's holders (``config.replicas`` of them) by its own view of
+        the ring. A bad id or key is refused (``invalid_field``), as a
+        SUBMIT's is; a sender that is not a ring member by this node's view,
+        and a cancel ahead of a task this node would not hold, are refused
+        ``forbidden`` (nothing changed; the asker answers from its copy,
+        ``unconfirmed``)."""
         task_id = check_id(body.get("id"))
         key = f.string(body, "key", None, max_len=MAX_KEY)
         role = self.role
         if role.stopped:
             raise ShuttingDown(f"node {role.node_id} is stopping")
+        if sender not in role.view.members:
+            raise Forbidden(f"node {sender[:64]!r} is not a member of the ring as node {role.node_id} sees it: "
+                            "it may not cancel here")
         table = self.engine.table
         now = wall()
         task = table.live.get(task_id) or table.dead.get(task_id)
@@ -267,6 +275,9 @@ class FirstHolderCancel:
                 stone_takes_key(self.engine, task_id, key)
             return {"cancelled": False, "state": stone.state}
         else:
+            if role.node_id not in role.holders(key if key is not None else task_id, max(role.config.replicas, 1)):
+                raise Forbidden(f"node {role.node_id} is not a holder of task {task_id} by its view of the ring: "
+                                "it keeps no cancel of a task it does not know")
             with role.events.applying_remote():      # the asker tells the others
                 self.engine.finish_copy(task_id, CANCELLED, None, None, now, key=key)
             _log.log(logging.DEBUG, "cancel ahead", "task %s: cancelled by %.64s before its copy came here",
