@@ -188,6 +188,10 @@ def test_a_first_holder_without_its_copy_yet_keeps_the_cancel(inproc, replicate_
     false`` (a three-node run saw 218 of 500 so before this case was
     handled)."""
     cluster = inproc(3, min_acks=2)
+    # A task made within a replica offset (0.5 s here) of the asker's view
+    # of the ring is answered ``unconfirmed`` (a ring change may be under
+    # way); these tasks come later, as after a ring that has been still.
+    cluster.settle(0.6)
     tid = cluster.task_id()
     holders = cluster.holders(tid)
     first, standby = holders[0], holders[1]
@@ -233,6 +237,10 @@ def test_a_cancel_ahead_of_a_keyed_copy_keeps_the_key_at_its_first_holder(inproc
     runs. ``keyless-cancel``: the CANCEL of a node whose build sent no key
     (served here directly); the copy, when it comes, gives the key."""
     cluster = inproc(3, min_acks=2)
+    # A task made within a replica offset (0.5 s here) of the asker's view
+    # of the ring is answered ``unconfirmed`` (a ring change may be under
+    # way); these tasks come later, as after a ring that has been still.
+    cluster.settle(0.6)
     key = "key-1"
     holders = cluster.holders("x", key=key)
     first, standby = holders[0], holders[1]
@@ -411,6 +419,75 @@ def test_a_cancel_from_a_stranger_or_ahead_of_a_task_held_elsewhere_is_refused(i
     assert not table.tombstones and table.tombstone(mine) is None
     assert role.cancels.serve("n2", {"id": mine}) == {"cancelled": True, "state": "scheduled", "held": False}
     assert table.tombstone(mine).state == CANCELLED
+
+
+def test_a_task_placed_by_the_old_ring_just_after_the_asker_took_the_new_one_is_answered_unconfirmed(inproc):
+    """Fault (an audit, review20): a node joins; every node but the task's
+    old first holder has taken the new ring when that node accepts the
+    task, places it by the old ring and runs it. A CANCEL at a standby
+    holder goes to the new first holder, which has no copy (``held:
+    false``); the task was made 5 ms after the asker took its view, so the
+    asker answered a confirmed ``cancelled: true`` while the old first holder
+    ran the task to ``done`` (split holders). A task made within a replica
+    offset of the asker's view is answered ``unconfirmed``, as CopyInstaller
+    asks the same question."""
+    cluster = inproc(4, ring=["n1", "n2", "n3"], replicas=3)
+    joined = cluster.script.view(["n1", "n2", "n3", "n4"])
+    for _ in range(5000):
+        tid = cluster.task_id()
+        now, then = cluster.holders(tid), [m.node_id for m in joined.holders(tid, 3)]
+        if then[0] == "n4" and now[1] in then:
+            break
+    else:
+        raise AssertionError("no task id placed first on n4 by the new ring")
+    first, standby = now[0], now[1]
+    handoff = cluster.net.hold("REPLICATE", dst="n4")
+    cluster.publish(["n1", "n2", "n3", "n4"], withhold=[first])       # the old first holder hears last
+    cluster.wait_until(lambda: cluster[standby].role.view.epoch == cluster["n4"].role.view.epoch
+                       and cluster[standby].role.view.epoch != cluster[first].role.view.epoch, what="split views")
+    worker = cluster.worker(first)
+    cluster.submit(first, tid)         # placed by the old ring
+    cluster.wait_until(lambda: worker.runs(tid), what="the old first holder to run it")
+    cluster.wait_until(lambda: cluster[standby].task(tid) is not None, what="the standby copy")
+    assert cluster[standby].task(tid).created >= cluster[standby].role.view_since     # the edge the fix covers
+    told = cluster.net.hold("EVENTS", dst=first, event="F")
+    answer = _cancel(cluster, standby, tid)
+    assert worker.complete(tid, b"42")
+    cluster.settle(0.5)
+    told.release()
+    handoff.release()
+    assert answer.get("unconfirmed") is True, answer
+
+
+def test_a_peers_cancel_gives_no_key_to_a_tombstone_it_did_not_keep_ahead(inproc):
+    """Fault (an audit, review20): a peer CANCEL naming a finished unkeyed
+    task and a key K made that task's tombstone hold K: a new task of key K
+    was then answered ``duplicate`` of the unrelated finished one, on every
+    holder, and never ran (for the dedup window). Only the tombstone of a
+    cancel this node kept ahead of its copy without a key takes one (a
+    CANCEL from a build that sent none)."""
+    cluster = inproc(3, replicas=3)
+    tid = cluster.task_id()
+    first = cluster.holders(tid)[0]
+    worker = cluster.worker(first)
+    cluster.submit(first, tid)
+    cluster.wait_until(lambda: worker.runs(tid), what="the task to run")
+    assert worker.complete(tid, b"42")
+    cluster.wait_until(lambda: all(cluster[n].role.engine.table.tombstone(tid) is not None for n in cluster.nodes),
+                       what="done on every holder")
+    for node_id in cluster.nodes:
+        sender = next(n for n in cluster.nodes if n != node_id)
+        assert cluster[node_id].role.cancels.serve(sender, {"id": tid, "key": "grafted"}) == \
+            {"cancelled": False, "state": DONE}
+        table = cluster[node_id].role.engine.table
+        assert table.tombstone(tid).key is None and table.keys.get("grafted") is None
+    # a cancel kept ahead without a key still takes the copy's key when it comes
+    ahead = next(t for t in (f"ahead-{i}" for i in range(1000)) if cluster.holders(t)[0] == first)
+    cancels = cluster[first].role.cancels
+    other = next(n for n in cluster.nodes if n != first)
+    assert cancels.serve(other, {"id": ahead})["held"] is False
+    cancels.take_key(ahead, "kept")
+    assert cluster[first].role.engine.table.tombstone(ahead).key == "kept"
 
 
 def test_the_python_client_asks_its_first_node_not_the_tasks_first_holder():

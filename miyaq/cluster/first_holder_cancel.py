@@ -48,6 +48,7 @@ which is asked about too.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Callable
 
 from miyaq.cluster.peer_requests import CANCEL
@@ -75,6 +76,10 @@ MAX_FORWARDED = 1024
 answered from this node's copy (``unconfirmed``)."""
 ANSWER_STATES = frozenset((*ALL_STATES, STARTED_ELSEWHERE))
 """The states a first holder's answer may name."""
+MAX_KEYLESS_AHEAD = 10_000
+"""Cancels kept ahead of their copy without a key (an asker of a build
+whose CANCEL carried none) remembered at once, at most: only their
+tombstones may take a key later (:meth:`FirstHolderCancel.take_key`)."""
 
 
 class FirstHolderCancel:
@@ -86,6 +91,9 @@ class FirstHolderCancel:
         self.waiting = 0          # forwarded cancels awaiting an answer
         self.forwarded = 0        # forwarded, ever
         self.unconfirmed = 0      # answered from this node's copy because the first holder did not
+        #: Ids of cancels kept ahead of their copy without a key, oldest first
+        #: (at most MAX_KEYLESS_AHEAD): the only tombstones a key may be given later.
+        self.keyless_ahead: OrderedDict[str, None] = OrderedDict()
 
     # -- asked here ----------------------------------------------------------------------------
     def cancel(self, task_id: str, now: float, answer: Callable[[dict[str, Any] | MiyaqError], None]) -> None:
@@ -206,10 +214,12 @@ class FirstHolderCancel:
         table = self.engine.table
         task = table.live.get(task_id) or table.dead.get(task_id)
         if task is not None:
-            if task.created < self.role.view_since:
-                # Made before this node took its view of the ring: the node
-                # asked may be a new first holder whose handoff is on its way,
-                # while the one the task was placed with runs it.
+            if task.created < self.role.view_since + self.role.config.replica_offset:
+                # Made before this node took its view of the ring, or within an
+                # offset of it (as CopyInstaller asks: another node may have
+                # taken the new view later and placed the task by the old
+                # one): the node asked may be a new first holder whose handoff
+                # is on its way, while the one the task was placed with runs it.
                 return self._unconfirmed(task_id, now)
             return self._here(task_id, now)
         stone = table.tombstone(task_id)
@@ -272,7 +282,7 @@ class FirstHolderCancel:
                 answer["standby"] = True
         elif (stone := table.tombstone(task_id)) is not None:
             if key is not None:
-                stone_takes_key(self.engine, task_id, key)
+                self.take_key(task_id, key)
             return {"cancelled": False, "state": stone.state}
         else:
             if role.node_id not in role.holders(key if key is not None else task_id, max(role.config.replicas, 1)):
@@ -280,6 +290,11 @@ class FirstHolderCancel:
                                 "it keeps no cancel of a task it does not know")
             with role.events.applying_remote():      # the asker tells the others
                 self.engine.finish_copy(task_id, CANCELLED, None, None, now, key=key)
+            if key is None:
+                ahead = self.keyless_ahead
+                ahead[task_id] = None
+                if len(ahead) > MAX_KEYLESS_AHEAD:
+                    ahead.popitem(last=False)
             _log.log(logging.DEBUG, "cancel ahead", "task %s: cancelled by %.64s before its copy came here",
                      task_id, sender)
             return {"cancelled": True, "state": SCHEDULED, "held": False}
@@ -290,15 +305,29 @@ class FirstHolderCancel:
         return answer
 
 
+    def take_key(self, task_id: str, key: str) -> None:
+        """The tombstone of a cancel kept here ahead of its copy without a
+        key (:attr:`keyless_ahead`) takes ``key`` -- the copy's, or a later
+        CANCEL's (:func:`stone_takes_key`). Any other tombstone is left as it
+        is: before 2026-12-06 any keyless one took any key a CANCEL named,
+        so a peer could make a finished task's tombstone hold an unrelated
+        key, and a new task of that key was answered ``duplicate`` of it
+        and never ran (an audit)."""
+        if task_id in self.keyless_ahead:
+            del self.keyless_ahead[task_id]
+            stone_takes_key(self.engine, task_id, key)
+
+
 def stone_takes_key(engine: Any, task_id: str, key: str) -> None:
-    """``task_id``'s tombstone, made without its key (a cancel that came
-    before its copy, from a node of a build whose CANCEL carried no key),
+    """``task_id``'s tombstone, made without its key by a cancel that came
+    before its copy (from a node of a build whose CANCEL carried no key),
     holds ``key`` from now on, for what is left of the dedup window as the
     task's own end would: unless another task holds the key here (a live or
-    dead one, or one that ended since). Nothing for a tombstone that has a key."""
+    dead one, or one that ended since). Nothing for a tombstone that has a
+    key or is not ``cancelled``. Called through :meth:`FirstHolderCancel.take_key`."""
     table = engine.table
     stone = table.tombstone(task_id)
-    if stone is None or stone.key is not None or table.keys.get(key) is not None:
+    if stone is None or stone.key is not None or stone.state != CANCELLED or table.keys.get(key) is not None:
         return
     ghost = Task(task_id, stone.queue, None, b"", key=key)
     ghost.error, ghost.attempt = stone.error, stone.attempt

@@ -14,7 +14,6 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from miyaq.cluster.first_holder_cancel import stone_takes_key
 from miyaq.cluster.holder_events import apply_early_event
 from miyaq.cluster.peer_requests import EXPIRED_AT_ONCE, moved
 from miyaq.cluster.replicated_intake import is_resent
@@ -102,7 +101,7 @@ class CopyInstaller:
             # a tombstone made without the key (a cancel ahead of the copy
             # from a node whose CANCEL carried none) takes the copy's.
             if task.key is not None:
-                stone_takes_key(engine, task.id, task.key)
+                role.cancels.take_key(task.id, task.key)
             engine.count_late_copy(task)
             return True
         # A copy lists its holders (checked above): its extras are its own,
