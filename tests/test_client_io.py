@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -345,19 +346,18 @@ def test_a_result_long_poll_on_a_node_that_exits_moves_to_another_node_at_once(c
             exiting.close()
 
 
-def test_a_result_long_poll_whose_only_node_restarts_waits_on_when_it_is_back(client_for):
-    """Fault: the only node exits while a result long-poll waits on it, and
-    comes back on its endpoint (a node with a data directory restarted: it
-    still holds the task). Before, the wait failed at once with Unavailable
-    ("the connection ... closed before it answered") with 60 s of its
-    timeout to go; now it asks again there once the node is back, and gets
-    the result."""
+def _long_poll_across_a_restart(client_for: Any, on_client: Callable[[Any], None] | None = None) -> list[Any]:
+    """A result long-poll (``request_timeout`` 60 s) whose only node exits
+    without answering and comes back on its endpoint holding the result
+    (42): what ``result()`` gave. ``on_client`` sees the client first."""
     packed = msgpack.packb(42)
     first = CountingNode()
     first.silent = True
     endpoint = first.endpoint
     outcome: list[Any] = []
     c1 = client_for(endpoint, request_timeout=60.0)
+    if on_client is not None:
+        on_client(c1)
 
     def wait() -> None:
         try:
@@ -373,13 +373,23 @@ def test_a_result_long_poll_whose_only_node_restarts_waits_on_when_it_is_back(cl
         first.close()                                          # exits without an answer
         back.append(CountingNode(replies={c.RESULT: {"state": "done", "result": packed}}, bind=endpoint))
         wait_for(lambda: back[0].pump(20) or not waiting.is_alive(), timeout=20, what="the end of the wait")
-        assert outcome == [42]
+        return outcome
     finally:
         waiting.join(25)
         for restarted in back:
             restarted.close()
         if not first.sock.closed:
             first.close()
+
+
+def test_a_result_long_poll_whose_only_node_restarts_waits_on_when_it_is_back(client_for):
+    """Fault: the only node exits while a result long-poll waits on it, and
+    comes back on its endpoint (a node with a data directory restarted: it
+    still holds the task). Before, the wait failed at once with Unavailable
+    ("the connection ... closed before it answered") with 60 s of its
+    timeout to go; now it asks again there once the node is back, and gets
+    the result."""
+    assert _long_poll_across_a_restart(client_for) == [42]
 
 
 def test_a_long_poll_asked_again_as_its_connection_closes_is_not_lost_with_the_closing_pipe(client_for):
@@ -395,47 +405,22 @@ def test_a_long_poll_asked_again_as_its_connection_closes_is_not_lost_with_the_c
     60 s request_timeout) -- on a loaded host the test above failed so, 6
     runs in 200. Now nothing is sent to the node until the new connection is
     up, and the node back on the endpoint answers the wait."""
-    packed = msgpack.packb(42)
-    first = CountingNode()
-    first.silent = True
-    endpoint = first.endpoint
-    outcome: list[Any] = []
-    c1 = client_for(endpoint, request_timeout=60.0)
-    io = c1._io
-    send = io.send
     dropped: list[bytes] = []
 
-    def closing_pipe(node: int, frames: list[bytes]) -> bool:
-        if node in io.nodes.down:            # closed, and no connection up since
-            dropped.append(frames[1])
-            return True                      # libzmq took it, into the pipe it drops
-        return send(node, frames)
+    def drop_into_the_closing_pipe(client: Any) -> None:
+        io = client._io
+        send = io.send
 
-    io.send = closing_pipe                   # the core sends through its transport
+        def closing_pipe(node: int, frames: list[bytes]) -> bool:
+            if node in io.nodes.down:            # closed, and no connection up since
+                dropped.append(frames[1])
+                return True                      # libzmq took it, into the pipe it drops
+            return send(node, frames)
 
-    def wait() -> None:
-        try:
-            outcome.append(c1.result("t-1", timeout=60))
-        except miyaq.MiyaqError as err:
-            outcome.append(err)
+        io.send = closing_pipe                   # the core sends through its transport
 
-    waiting = threading.Thread(target=wait, daemon=True)
-    waiting.start()
-    back: list[CountingNode] = []
-    try:
-        wait_for(lambda: first.pump(20) or c.RESULT in first.asked, what="the long-poll")
-        first.close()                                          # exits without an answer
-        back.append(CountingNode(replies={c.RESULT: {"state": "done", "result": packed}}, bind=endpoint))
-        wait_for(lambda: back[0].pump(20) or not waiting.is_alive(), timeout=20, what="the end of the wait")
-        assert outcome == [42]
-        assert dropped == [], f"sent where libzmq drops it: {dropped}"
-    finally:
-        io.send = send
-        for restarted in back:
-            restarted.close()
-        waiting.join(5)
-        if not first.sock.closed:
-            first.close()
+    assert _long_poll_across_a_restart(client_for, drop_into_the_closing_pipe) == [42]
+    assert dropped == [], f"sent where libzmq drops it: {dropped}"
 
 
 @pytest.mark.parametrize("green", [False, True], ids=["threads", "gevent"])

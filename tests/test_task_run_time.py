@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 import pytest
+from engine_doubles import LeasingConsumer
 from gateway_harness import FIXTURES, Http
 from prometheus_client import CollectorRegistry
 
@@ -35,20 +36,6 @@ http_node, api, make_http_node, make_web_worker = FIXTURES   # pytest finds fixt
 pytestmark = pytest.mark.timeout(60)
 
 T0 = 1_700_000_000.0
-
-
-class Consumer:
-    """A consumer as the engine sees one (it aborts nothing)."""
-
-    def __init__(self, principal: str = "c") -> None:
-        self.principal = principal
-        self.running: dict[str, Task] = {}
-
-    def abort(self, ids: list[str]) -> None:
-        pass
-
-    def lease_expired(self, task: Task, now: float) -> None:
-        pass
 
 
 class Clock:
@@ -74,7 +61,7 @@ def _submit(engine: Engine, task_id: str, **wire: Any) -> None:
     assert engine.submit(task, T0) == (ACCEPTED, None)
 
 
-def _lease(engine: Engine, consumer: Consumer, now: float) -> Task:
+def _lease(engine: Engine, consumer: LeasingConsumer, now: float) -> Task:
     task = engine.take(["default"], now)
     assert task is not None
     engine.start(task, consumer, now)
@@ -92,7 +79,7 @@ def test_a_running_task_says_when_its_attempt_was_leased(monkeypatch):
     engine = _engine()
     _submit(engine, "t", timeout=600)
     assert _since(engine, "t") == (None, None)                 # ready: not running, no start
-    _lease(engine, Consumer(), T0)
+    _lease(engine, LeasingConsumer("c"), T0)
     clock.now = T0 + 42.25
     assert _since(engine, "t") == (T0, 42.25)
     listed = engine.list_tasks(None, RUNNING, 10)
@@ -107,13 +94,13 @@ def test_a_retried_task_counts_from_its_new_attempt(monkeypatch):
     clock = Clock(monkeypatch)
     engine = _engine()
     _submit(engine, "r", backoff=0.0, max_retries=3)
-    _lease(engine, Consumer(), T0)
+    _lease(engine, LeasingConsumer("c"), T0)
     clock.now = T0 + 5
     assert engine.fail("r", 1, {"type": "E", "message": "boom"}, True, 10.0, clock.now)
     assert engine.info("r")["state"] == RETRYING and _since(engine, "r") == (None, None)
     engine.fire_due(T0 + 15)
     clock.now = T0 + 15
-    task = _lease(engine, Consumer(), clock.now)
+    task = _lease(engine, LeasingConsumer("c"), clock.now)
     clock.now = T0 + 16
     assert task.attempt == 2 and _since(engine, "r") == (T0 + 15, 1.0)
 
@@ -125,7 +112,7 @@ def test_a_task_given_back_and_leased_again_counts_from_the_new_lease(monkeypatc
     clock = Clock(monkeypatch)
     engine = _engine()
     _submit(engine, "g")
-    consumer = Consumer()
+    consumer = LeasingConsumer("c")
     _lease(engine, consumer, T0)
     assert engine.give_back("g", 1, "c", T0 + 3)
     assert engine.info("g")["state"] == READY and _since(engine, "g") == (None, None)
@@ -143,15 +130,15 @@ def test_a_task_lost_with_its_worker_counts_from_its_next_lease(monkeypatch):
     engine = _engine()
     _submit(engine, "lost", timeout=600)
     _submit(engine, "expired", timeout=10)
-    lost = _lease(engine, Consumer("w1"), T0)
-    _lease(engine, Consumer("w1"), T0)
+    lost = _lease(engine, LeasingConsumer("w1"), T0)
+    _lease(engine, LeasingConsumer("w1"), T0)
     clock.now = T0 + 10
     engine.lose(lost, "worker lost", clock.now)
     engine.fire_due(clock.now)                                 # "expired"'s lease ran out
     for task_id in ("lost", "expired"):
         assert engine.info(task_id)["state"] != RUNNING and _since(engine, task_id) == (None, None)
     clock.now = T0 + 20
-    again = [_lease(engine, Consumer("w2"), clock.now), _lease(engine, Consumer("w2"), clock.now)]
+    again = [_lease(engine, LeasingConsumer("w2"), clock.now), _lease(engine, LeasingConsumer("w2"), clock.now)]
     clock.now = T0 + 21
     assert sorted(t.attempt for t in again) == [2, 2]
     assert _since(engine, "lost") == _since(engine, "expired") == (T0 + 20, 1.0)
