@@ -63,10 +63,18 @@ def ctx():
     context.destroy(linger=0)
 
 
+# The thread nodes' shutdown_grace: how long a node's stop waits for the
+# tasks still running on its workers. A test's raw worker holding a lease
+# never reports it, so with the harness's 2 s every such test's teardown
+# waited 2 s for nothing (22 tests of the 65 files using these fixtures,
+# 40 s of their run). A test about the grace itself passes its own.
+TEST_GRACE = 0.2
+
+
 @pytest.fixture
 def node():
     """A standalone node in a thread of the test process."""
-    with ThreadNode(heartbeat=0.25) as n:
+    with ThreadNode(heartbeat=0.25, shutdown_grace=TEST_GRACE) as n:
         yield n
 
 
@@ -77,6 +85,7 @@ def make_node():
 
     def make(**settings) -> ThreadNode:
         settings.setdefault("heartbeat", 0.25)
+        settings.setdefault("shutdown_grace", TEST_GRACE)
         n = ThreadNode(**settings).start()
         nodes.append(n)
         return n
