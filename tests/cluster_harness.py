@@ -18,18 +18,23 @@ class Cluster:
         self.nodes: dict[str, NodeProc] = {}
         self.clients: dict[str, miyaq.Client] = {}
 
-    def start_node(self, node_id: str, *extra: str, port: int | None = None, env: dict | None = None) -> NodeProc:
+    def start_node(self, node_id: str, *extra: str, port: int | None = None, env: dict | None = None,
+                   wait: bool = True) -> NodeProc:
+        """Start ``node_id``; with ``wait`` (the default) return once it answers."""
         args = ["--zk", self.zk, "--cluster", self.name, "--node-id", node_id, "--heartbeat", "0.25",
                 "--zk-session-timeout", "2", "--replica-offset", "1", *extra]
-        proc = self.procs.node(*args, port=port or free_port(), env=env)
+        proc = self.procs.node(*args, port=port or free_port(), env=env, wait=wait)
         # NodeProc names the node n<port>; the last --node-id wins.
         self.nodes[node_id] = proc
         self.clients[node_id] = self.client_for(proc.endpoint, submit_timeout=20.0)
         return proc
 
     def start(self, k: int, *extra: str, env: dict | None = None) -> "Cluster":
-        for i in range(k):
-            self.start_node(f"n{i}", *extra, env=env)
+        """``k`` nodes n0.. started together (each process's start-up, a
+        second or more, overlaps the others'), then their ring and streams."""
+        started = [self.start_node(f"n{i}", *extra, env=env, wait=False) for i in range(k)]
+        for proc in started:
+            proc.wait_ready()
         self.wait_ring(set(self.nodes))
         self.wait_streams()
         return self

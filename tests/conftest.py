@@ -150,10 +150,13 @@ def procs(request, tmp_path):
     logs = str(tmp_path)
 
     class Factory:
-        def node(self, *extra: str, port: int | None = None, env=None) -> NodeProc:
+        def node(self, *extra: str, port: int | None = None, env=None, wait: bool = True) -> NodeProc:
+            """A node process, once it answers; with ``wait=False`` as soon as
+            it is started (the caller calls ``wait_ready``: nodes started
+            together become ready together, as ``miyaq dev-cluster``'s do)."""
             p = NodeProc(port=port, extra=list(extra), env=env, log_dir=logs).start()
             started.append(p)
-            return p.wait_ready()
+            return p.wait_ready() if wait else p
 
         def worker(self, app: str, endpoint: str, concurrency: int = 4, *extra: str, env=None) -> WorkerProc:
             p = WorkerProc(app, [endpoint], concurrency=concurrency, extra=list(extra), env=env,

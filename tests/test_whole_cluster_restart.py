@@ -36,10 +36,13 @@ def own_zk(tmp_path):
         server.close()
 
 
-def _start_nodes(cluster: Cluster, data: dict[str, str], ports: dict[str, int]) -> None:
-    for node_id in NODES:
-        cluster.start_node(node_id, "--replicas", "2", "--data-dir", data[node_id], "--fsync", "always",
-                           port=ports[node_id])
+def _start_nodes(cluster: Cluster, data: dict[str, str], ports: dict[str, int], one_by_one: bool = False) -> None:
+    """Every node, started together (their start-ups overlap), or each once
+    the one before answers: the restart keeps that order, the one written."""
+    started = [cluster.start_node(node_id, "--replicas", "2", "--data-dir", data[node_id], "--fsync", "always",
+                                  port=ports[node_id], wait=one_by_one) for node_id in NODES]
+    for proc in started:
+        proc.wait_ready()
     cluster.wait_ring(set(NODES), timeout=60)
     cluster.wait_streams()
 
@@ -75,7 +78,7 @@ def test_whole_cluster_stop_and_start_keeps_every_accepted_task(procs, own_zk, z
         client.close(flush=False)
     cluster.nodes.clear()
     cluster.clients.clear()
-    _start_nodes(cluster, data, ports)
+    _start_nodes(cluster, data, ports, one_by_one=True)
 
     c2 = client_for(",".join(cluster.endpoints()))   # status asks every node it knows
     states: dict[str, str] = {}
