@@ -193,6 +193,17 @@ def inproc(request):
 
 
 @pytest.fixture
+def short_first_contact(monkeypatch):
+    """A client gives up on a node it never reached after 2 s instead of
+    ``FIRST_CONTACT``'s 5 s, for tests of what the first-contact error says
+    (tests/test_client_core.py checks the 5 s itself, on a fake clock). Not
+    shorter: ``miyaq.aio.Client`` probes the endpoint only once a call has
+    waited 0.5 s, and the message names what the probe found."""
+    from miyaq.client import submits
+    monkeypatch.setattr(submits, "FIRST_CONTACT", 2.0)
+
+
+@pytest.fixture
 def umask_000():
     """The most permissive umask a program may start with (put back after the test)."""
     from file_modes import umask

@@ -116,7 +116,7 @@ def test_busy_past_the_deadline_raises_busy(make_node):
     run(main)
 
 
-def test_unreachable_node_fails_at_first_contact():
+def test_unreachable_node_fails_at_first_contact(short_first_contact):
     """Fault: nothing listens on the endpoint. A request fails after the
     connect wait and a submit after the first-contact wait, both naming it."""
     with refusing_port() as port:

@@ -54,7 +54,7 @@ def test_a_request_handler_submits_and_another_reads_the_result(node, thread_wor
         assert http.get("/result/nope").status_code == 404
 
 
-def test_a_web_app_whose_node_is_down_answers_with_the_first_contact_error():
+def test_a_web_app_whose_node_is_down_answers_with_the_first_contact_error(short_first_contact):
     """Fault: the node behind the web app is not running: the handler's submit
     fails at first contact (seconds, not its deadline) with the endpoint named."""
     from miyaq.testing.harness import refusing_port

@@ -26,7 +26,7 @@ def nothing_listening() -> Iterator[str]:
         yield f"tcp://127.0.0.1:{port}"
 
 
-def test_call_with_no_node_raises_at_once_naming_the_endpoint(nothing_listening):
+def test_call_with_no_node_raises_at_once_naming_the_endpoint(nothing_listening, short_first_contact):
     """Fault: nothing listens on the client's endpoint. `call()` must say so
     within seconds, not wait out its 600 s submit deadline (the test's own
     timeout would catch a hang)."""
@@ -55,7 +55,7 @@ def test_result_with_no_node_raises_the_same_message(nothing_listening):
             client.result("some-task", timeout=30)
 
 
-def test_the_message_says_where_the_endpoint_came_from(monkeypatch, tmp_path, nothing_listening):
+def test_the_message_says_where_the_endpoint_came_from(monkeypatch, tmp_path, nothing_listening, short_first_contact):
     """Fault: MIYAQ_CONNECT points at a node that is not running."""
     endpoint = nothing_listening
     monkeypatch.setenv("MIYAQ_CONNECT", endpoint)
