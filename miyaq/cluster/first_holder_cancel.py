@@ -185,7 +185,7 @@ class FirstHolderCancel:
         if not held:
             return self._stopping() or self._kept_ahead(task_id, now)
         if standby:      # its copy did not run: the task may run where it was placed
-            return self._own(task_id, now)
+            return self._stopping() or self._after_a_standby(task_id, state, now)
         if cancelled and not self.role.stopped:
             self._finish_here(task_id, now)
         return {"cancelled": cancelled, "state": state}
@@ -193,6 +193,20 @@ class FirstHolderCancel:
     def _own(self, task_id: str, now: float) -> dict[str, Any] | MiyaqError:
         """The first holder did not answer: this node's own cancel, unconfirmed."""
         return self._stopping() or self._unconfirmed(task_id, now)
+
+    def _after_a_standby(self, task_id: str, state: str, now: float) -> dict[str, Any] | MiyaqError:
+        """The node asked cancelled a standby copy of its own (``state``, its
+        copy's): this node cancels its copy, unconfirmed. That node's F event
+        may have ended this copy already (it travels the stream, the answer
+        the peer link): this call's cancel all the same, not ``cancelled:
+        false`` (a full suite run once answered so)."""
+        table = self.engine.table
+        if task_id not in table.live and task_id not in table.dead:
+            stone = table.tombstone(task_id)
+            if stone is not None and stone.state == CANCELLED:
+                self.unconfirmed += 1
+                return {"cancelled": True, "state": state, "unconfirmed": True}
+        return self._unconfirmed(task_id, now)
 
     def _stopping(self) -> ShuttingDown | None:
         if self.role.stopped:
