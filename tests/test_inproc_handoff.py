@@ -303,6 +303,62 @@ def test_copies_refused_on_an_older_ring_are_sent_again_soon_not_after_the_full_
     assert not cluster.crashes()
 
 
+@pytest.mark.parametrize("slice_size", [None, 3])
+def test_copies_that_could_not_be_sent_to_a_joining_node_go_again_soon_not_after_a_timeout(inproc, monkeypatch,
+                                                                                           slice_size):
+    """Fault: the handoff pass that follows a node's joining sends before
+    the old nodes' links to it are connected (their DEALERs are IMMEDIATE:
+    until the handshake ends, a few ms after the ring change, a send fails
+    at once). Every chunk to it fails to go. Once the links are up the
+    copies land at the next quick retry (HANDOFF_LAG_RETRY), within a
+    second. Before, a chunk that could not go counted as one that timed
+    out: the next try waited the doubled 10 s, and a sweep pass at +10 s
+    pushed it to +15 s (tests/test_whole_cluster_restart.py waited 15 s
+    for "handed off by n0" in 4 of 6 runs). With slices of 3 tasks the
+    failed sends' callbacks run while the pass is still under way: the
+    pass must not push the quick retry back."""
+    if slice_size is not None:
+        monkeypatch.setattr(handoff_module, "HANDOFF_SLICE", slice_size)
+        monkeypatch.setattr(handoff_module, "_let_others_run", lambda: green.sleep(0.02))
+    cluster = inproc(4, ring=OLD, replicas=2)
+    tids = _submit_many(cluster, 30)
+    unlinked = {"n4"}
+    failed: dict[str, int] = {}
+    for node_id in OLD:
+        link = cluster[node_id].role.peer
+        send = link._send_request
+
+        def not_connected_yet(dst: str, frames: list[bytes], send=send, src=node_id) -> bool:
+            if dst in unlinked:
+                failed[src] = failed.get(src, 0) + 1
+                return False
+            return send(dst, frames)
+        monkeypatch.setattr(link, "_send_request", not_connected_yet)
+    epoch = cluster.publish(ALL)
+    moved = [t for t in tids if "n4" in cluster.holders(t)]
+    assert moved, "some tasks must move to the joining node"
+    cluster.wait_until(lambda: cluster.settled(epoch), what="every node on the new ring")
+    senders = {n for n in OLD if any("n4" in cluster[n].role.handoff.leaving.get(t, ()) for t in moved)}
+    assert senders, "some old node must hand tasks to the joining node"
+    cluster.wait_until(lambda: all(n in failed and not cluster[n].role.handoff.busy for n in senders),
+                       what="every sender's pass over, its sends to the joining node failed")
+    cluster.settle(0.1)
+    for node_id in senders:
+        retry = cluster[node_id].role.handoff.retries["n4"]
+        # Nothing on the way, and a send that could not go did not double the wait.
+        assert not retry.awaiting and retry.wait == HANDOFF_RETRY, node_id
+    assert not cluster.net.messages("REPLICATE", dst="n4")
+
+    unlinked.clear()        # the links are up
+    cluster.advance(HANDOFF_LAG_RETRY)
+    for tid in moved:
+        cluster.wait_until(lambda tid=tid: _copies(cluster, tid) == sorted(cluster.holders(tid)), timeout=3,
+                           what=f"{tid} on exactly its new holders within a quick retry")
+    cluster.wait_until(lambda: all(cluster[n].role.handoff.pending() == 0 for n in ALL), timeout=3,
+                       what="every sender's handoff confirmed")
+    assert not cluster.crashes()
+
+
 def test_a_resent_submit_stored_by_a_node_that_heard_the_dead_event_first_is_dead_there(inproc):
     """Fault: a task is dead-lettered on its runner while the ring change
     that made another node its second holder has not reached that node: the

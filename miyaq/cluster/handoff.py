@@ -11,13 +11,15 @@ announced to the new holders). Copies whose confirmation does not come are
 sent again, to the holder that did not confirm them, every
 ``HANDOFF_RETRY`` seconds while it answers -- or after ``HANDOFF_LAG_RETRY``
 when it refused them because the new ring had not reached it yet (its
-REPLICATE answer names an older epoch than ours). Until it takes them,
+REPLICATE answer names an older epoch than ours), or when they could not be
+sent at all (no connection to it yet: a node that just joined, linked by
+the ring change that starts the pass; :meth:`Handoff._soon`). Until it takes them,
 the task's outcome may live on fewer holders than it should: a copy it took
 later from elsewhere (a coordinator's retried REPLICATE) would not know the
 task was already finished or dead-lettered here.
 
 A holder that lets its chunks time out (``HANDOFF_CONFIRM_TIMEOUT``: down,
-or busy installing) is sent nothing while a chunk to it still awaits its
+or busy installing), or stays unreachable past those quick tries, is sent nothing while a chunk to it still awaits its
 answer, and each resend to it waits twice as long as the one before, up to
 ``HANDOFF_RETRY_MAX`` (:class:`_HolderRetry`; a ring change starts the
 waits afresh). Its answer still counts when it comes after the deadline
@@ -26,6 +28,11 @@ the ids the holder stored, true whenever it arrives. Before 2026-12-05, an
 answer past the 5 s deadline was dropped and every unconfirmed copy sent
 again every 5 s, without end: a new holder answering in 6 s got its whole
 share again every 5 s, and the old holders never dropped their copies.
+Before 2026-12-06 a chunk that could not be sent counted as one that timed
+out: the pass that follows a node's joining sends before the link to it is
+made (its DEALER is IMMEDIATE: nothing queues until the handshake ends, a
+few ms), and its copies went again only 10 to 15 s later (the doubled
+wait, and a sweep pass pushing the retry), the old holders keeping theirs.
 
 Outcomes move too, after the pass that follows a ring change:
 :mod:`miyaq.cluster.outcome_handoff`.
@@ -62,13 +69,14 @@ class _HolderRetry:
     (none is sent again meanwhile). ``wait``: how long after a resend the
     next may go, ``HANDOFF_RETRY`` while it answers, doubled at each resend
     up to ``HANDOFF_RETRY_MAX`` while it does not. ``not_before``
-    (monotonic): no resend before then."""
+    (monotonic): no resend before then. ``wait_before``: ``wait`` before the
+    last send doubled it (a send that could not go does not count)."""
 
-    __slots__ = ("awaiting", "not_before", "wait")
+    __slots__ = ("awaiting", "not_before", "wait", "wait_before")
 
     def __init__(self) -> None:
         self.awaiting = 0
-        self.wait = HANDOFF_RETRY
+        self.wait = self.wait_before = HANDOFF_RETRY
         self.not_before = 0.0
 
     def due(self, now: float) -> bool:
@@ -77,7 +85,15 @@ class _HolderRetry:
     def sent(self, now: float) -> None:
         """Copies went to it (a pass or a resend)."""
         self.not_before = now + self.wait
+        self.wait_before = self.wait
         self.wait = min(2 * self.wait, HANDOFF_RETRY_MAX)
+
+    def unsent(self) -> None:
+        """A chunk could not be sent (no connection now): nothing is on the
+        way, and the send does not double the wait (the caller plans a quick
+        retry: :meth:`Handoff._soon`)."""
+        self.awaiting = max(0, self.awaiting - 1)
+        self.wait = self.wait_before
 
     def silent(self, now: float) -> None:
         """A chunk's deadline passed without its answer (or it could not be sent)."""
@@ -180,8 +196,6 @@ class Handoff:
         for chunk in _slices(tasks):
             sent += self._pass_slice(chunk)
         self.last_run = monotonic()
-        for holder in self._pass_sent_to:
-            self._retry_of(holder).sent(self.last_run)
         if not self.leaving:
             self._forget_holders(set())
         self.next_retry = min(self.next_retry, self.last_run + HANDOFF_RETRY)
@@ -227,8 +241,14 @@ class Handoff:
                 # A holder again while another holder sends: an earlier handoff
                 # of this copy (to holders of a ring since replaced) is void.
                 self.leaving.pop(task.id, None)
+        now = monotonic()
+        for holder in outbox:
+            if holder not in self._pass_sent_to:
+                # At its first send of the pass, not at the pass's end: a quick
+                # retry an answer (or a send that failed) asks for meanwhile stands.
+                self._pass_sent_to.add(holder)
+                self._retry_of(holder).sent(now)
         self._send(outbox)
-        self._pass_sent_to.update(outbox)
         return sent
 
     def _send(self, outbox: dict[str, list[dict[str, Any]]]) -> None:
@@ -238,8 +258,11 @@ class Handoff:
             for chunk in peer_chunks(records, HANDOFF_CHUNK, budget, record_size, RECORD_ALLOWANCE):
                 ids = [r["id"] for r in chunk]
                 retry.awaiting += 1
-                self.role.peer.request(holder, REPLICATE, {"tasks": chunk}, HANDOFF_CONFIRM_TIMEOUT,
-                                       self._callback(holder, ids, retry), late=self._late_callback(holder, ids))
+                unsent: list[bool] = []     # the link spawns the callback of a request it could not send
+                if not self.role.peer.request(holder, REPLICATE, {"tasks": chunk}, HANDOFF_CONFIRM_TIMEOUT,
+                                              self._callback(holder, ids, retry, unsent),
+                                              late=self._late_callback(holder, ids)):
+                    unsent.append(True)
 
     def _outcomes_unanswered(self) -> None:
         """A chunk of outcomes went unanswered: it is sent again at the next retry."""
@@ -251,11 +274,17 @@ class Handoff:
             retry = self.retries[holder] = _HolderRetry()
         return retry
 
-    def _callback(self, holder: str, ids: list[str],
-                  retry: _HolderRetry) -> Callable[[dict[str, Any] | None], None]:
+    def _callback(self, holder: str, ids: list[str], retry: _HolderRetry,
+                  unsent: list[bool]) -> Callable[[dict[str, Any] | None], None]:
+        """The callback of a chunk of ``ids`` sent to ``holder``; ``unsent``
+        is non-empty if the chunk could not be sent (set before the link
+        calls the callback)."""
         def answered(answer: dict[str, Any] | None) -> None:
             if answer is None:
-                retry.silent(monotonic())
+                if unsent and self._soon(holder):
+                    retry.unsent()
+                else:
+                    retry.silent(monotonic())
                 return
             retry.awaiting = max(0, retry.awaiting - 1)
             retry.heard()
@@ -299,15 +328,28 @@ class Handoff:
         if not self.leaving and self.retries:
             self._forget_holders(set())
         epoch = answer.get("epoch")
-        if (type(epoch) is int and epoch < self.role.view.epoch and self.lag_retries < HANDOFF_LAG_RETRIES
+        if (type(epoch) is int and epoch < self.role.view.epoch
                 and any(holder in self.leaving.get(task_id, ()) for task_id in ids)):
-            # Refused on an older ring: it will have ours in a moment.
+            self._soon(holder)      # refused on an older ring: it will have ours in a moment
+
+    def _soon(self, holder: str) -> bool:
+        """Send ``holder`` what it has not confirmed again after
+        ``HANDOFF_LAG_RETRY``, not ``HANDOFF_RETRY``: it refused copies on an
+        older ring, or they could not be sent (no connection to it yet) --
+        both last a moment after a ring change. At most
+        ``HANDOFF_LAG_RETRIES`` such retries per pass (the chunks of one
+        retry count once); False, and nothing changed, once they are used
+        up (a holder still unreachable then is taken for one that is down)."""
+        if self.lag_retries >= HANDOFF_LAG_RETRIES:
+            return False
+        soon = monotonic() + HANDOFF_LAG_RETRY
+        if soon < self.next_retry:
             self.lag_retries += 1
-            soon = monotonic() + HANDOFF_LAG_RETRY
-            self.next_retry = min(self.next_retry, soon)
-            retry = self.retries.get(holder)
-            if retry is not None:
-                retry.not_before = min(retry.not_before, soon)
+            self.next_retry = soon
+        retry = self.retries.get(holder)
+        if retry is not None:
+            retry.not_before = min(retry.not_before, soon)
+        return True
 
     def _holders_of(self, ids: list[str]) -> dict[str, tuple[str, ...]]:
         """The new holders of each task of ``ids`` this node still holds."""
@@ -332,18 +374,18 @@ class Handoff:
         if not due and self.retries:
             return      # every holder owed copies has some on the way, or waits its turn
         seen: set[str] = set()
+        resent: set[str] = set()
         leaving = list(self.leaving)
         for chunk in _slices(leaving):
-            self._retry_slice(chunk, due, seen, now)
-        for holder in due & seen:
-            self.retries[holder].sent(now)
+            self._retry_slice(chunk, due, seen, resent, now)
         self._forget_holders(seen)
 
-    def _retry_slice(self, ids: list[str], due: set[str], seen: set[str], now: float) -> None:
+    def _retry_slice(self, ids: list[str], due: set[str], seen: set[str], resent: set[str], now: float) -> None:
         """Send the copies of ``ids`` to each of their unconfirming holders
         that is ``due`` (or that has no retry of its own yet: it is added to
         ``due``); every holder still waiting for a copy of ``ids`` is added
-        to ``seen``, due or not."""
+        to ``seen``, due or not, and every holder sent copies to ``resent``
+        (its next resend is planned at its first, :meth:`_HolderRetry.sent`)."""
         table = self.role.engine.table
         outbox: dict[str, list[dict[str, Any]]] = {}
         for task_id in ids:
@@ -365,6 +407,10 @@ class Handoff:
                 if record is None:
                     record = transfer_record(task)
                 outbox.setdefault(h, []).append(record)
+        for holder in outbox:
+            if holder not in resent:
+                resent.add(holder)
+                self.retries[holder].sent(now)
         self._send(outbox)
 
     def _forget_holders(self, keep: set[str]) -> None:
