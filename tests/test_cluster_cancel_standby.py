@@ -150,6 +150,14 @@ def test_a_silent_first_holder_leaves_the_answer_to_the_copy_marked_unconfirmed(
     cluster.wait_until(lambda: all(cluster[h].state(tid) == CANCELLED for h in holders), what="cancelled everywhere")
     assert worker.aborted == [tid] and cluster[standby].role.cancels.unconfirmed == 1
     assert not cluster.crashes()
+    # An operator sees it: STATUS cluster and /metrics (miyaq_cluster_cancels_*_total).
+    from test_cluster_metrics import scrape
+    stats = cluster[standby].node.role.stats()
+    assert (stats["cancels_forwarded"], stats["cancels_unconfirmed"]) == (1, 1)
+    samples = scrape(cluster, standby)
+    assert samples[("miyaq_cluster_cancels_forwarded_total", ())] == 1
+    assert samples[("miyaq_cluster_cancels_unconfirmed_total", ())] == 1
+    assert cluster[first].node.role.stats()["cancels_unconfirmed"] == 0
 
 
 def test_a_first_holder_of_an_older_build_refuses_and_the_copy_answers_unconfirmed(inproc, monkeypatch):

@@ -23,7 +23,7 @@ http_node, api, make_http_node, make_web_worker = FIXTURES   # pytest finds fixt
 
 #: STATUS ``cluster``'s counters: each is ``miyaq_cluster_<key>_total`` in /metrics.
 COUNTERS = ("takeovers", "deferrals", "duplicates", "stream_gaps", "resyncs", "stream_dropped", "submits_rejected",
-            "handed_off")
+            "handed_off", "cancels_forwarded", "cancels_unconfirmed")
 
 
 def scrape(cluster: InProcessCluster, node_id: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -235,7 +235,8 @@ def test_every_cluster_counter_and_status_field_is_documented():
     for key in COUNTERS:
         assert f"`miyaq_cluster_{key}_total`" in http, key
     fields = ("epoch", "leader", "is_leader", "takeovers", "deferrals", "duplicates", "stream_gaps", "resyncs",
-              "stream_dropped", "submits_rejected", "handed_off", "running_here", "streams_ready", "zookeeper")
+              "stream_dropped", "submits_rejected", "handed_off", "cancels_forwarded", "cancels_unconfirmed",
+              "running_here", "streams_ready", "zookeeper")
     start = protocol.index("- `cluster`: nil on a standalone node")
     section = protocol[start:protocol.index("- `storage`:", start)]
     for field in fields:

@@ -77,6 +77,9 @@ CLUSTER_COUNTERS: tuple[tuple[str, str], ...] = (
     ("submits_rejected", "Submits this node coordinated and rejected before enough holders stored them "
                          "(not_enough_replicas; shutting_down at its stop)"),
     ("handed_off", "Task copies sent to their new holders after ring changes (handoff)"),
+    ("cancels_forwarded", "CANCELs this node asked the task's first holder to answer (it is not the first holder)"),
+    ("cancels_unconfirmed", "CANCELs this node answered from its own copy, unconfirmed: the first holder was silent "
+                            "or refused, or a ring change or a standby copy left its answer in doubt"),
 )
 
 
