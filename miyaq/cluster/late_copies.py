@@ -12,6 +12,7 @@ whatever waits.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Callable
 
 from miyaq.constants import CLUSTER_TICK
@@ -92,13 +93,8 @@ class LateCopies:
                 copies[:0] = probe
                 self._keep_late(holder, copies)
                 continue
-            sendable: list[Outgoing] = []
-            for copy in copies:
-                wanted = self._wanted(copy)
-                if wanted:
-                    sendable.append(copy)
-                elif wanted is None:
-                    acknowledged = True
+            sendable, over = self._still_wanted(copies)
+            acknowledged |= over
             self._keep_late(holder, self._send(holder, sendable))
         if acknowledged:
             self.release()
@@ -113,20 +109,26 @@ class LateCopies:
             return False
         return None if self._over_here(task_id, entry) else True
 
+    def _still_wanted(self, copies: Iterable[Outgoing]) -> tuple[list[Outgoing], bool]:
+        """The copies of ``copies`` still wanted (:meth:`_wanted`), and True
+        if a submit was acknowledged meanwhile (its task over here)."""
+        kept: list[Outgoing] = []
+        acknowledged = False
+        for copy in copies:
+            wanted = self._wanted(copy)
+            if wanted:
+                kept.append(copy)
+            elif wanted is None:
+                acknowledged = True
+        return kept, acknowledged
+
     def _scan(self, holder: str, copies: list[Outgoing], start: int) -> bool:
         """Drop from ``copies`` (in place) those no longer wanted among the
         ``UNSENT_SCAN`` from ``start`` (from 0 past the end) and remember
         where the next tick goes on; True if a submit was acknowledged."""
         if start >= len(copies):
             start = 0
-        acknowledged = False
-        kept: list[Outgoing] = []
-        for copy in copies[start:start + UNSENT_SCAN]:
-            wanted = self._wanted(copy)
-            if wanted:
-                kept.append(copy)
-            elif wanted is None:
-                acknowledged = True
+        kept, acknowledged = self._still_wanted(copies[start:start + UNSENT_SCAN])
         copies[start:start + UNSENT_SCAN] = kept
         self._scan_at[holder] = start + len(kept)
         return acknowledged
