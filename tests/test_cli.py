@@ -344,3 +344,49 @@ def test_a_ctrl_c_while_the_commands_load_ends_quietly_with_130(monkeypatch, cap
     monkeypatch.setattr("importlib.import_module", interrupted_import)
     assert cli_main.main(["status"]) == 130
     assert capsys.readouterr().err == ""
+
+
+#: What the command line loads only for the command that needs it: the
+#: node's parts, the dev cluster's, the client's and the worker's.
+HEAVY_MODULES = ("miyaq.node.assemble", "miyaq.devcluster", "miyaq.client.client", "miyaq.app",
+                 "miyaq.worker.runner", "miyaq.gateway.server", "miyaq.cluster.role", "gevent")
+
+
+def test_the_parser_loads_no_command_s_machinery():
+    """Fault: every start of ``miyaq`` -- ``--help``, ``status``, ``keys`` --
+    imported the node, the dev cluster, the client and the worker (0.45 s of
+    CPU before anything was done; 0.10 s now): the command modules and the
+    package's ``__init__`` imported them at their top. Built in a fresh
+    interpreter, the parser leaves them unloaded."""
+    probe = ("import sys\n"
+             "from miyaq.cli.main import build_parser\n"
+             "build_parser().parse_args(['status'])\n"
+             f"print(' '.join(m for m in {HEAVY_MODULES!r} if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=GUARD)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == []
+
+
+def test_every_public_name_of_the_package_is_there_on_first_use():
+    """The package's names are imported on first use (PEP 562): each of
+    ``__all__`` resolves to the object its module defines, ``from miyaq
+    import *`` brings them all, and a name it does not have is an
+    AttributeError, as before."""
+    probe = ("import miyaq\n"
+             "from miyaq.client.client import Client\n"
+             "from miyaq.errors import TaskFailed\n"
+             "from miyaq.worker.context import current_task\n"
+             "assert miyaq.Client is Client and miyaq.TaskFailed is TaskFailed\n"
+             "assert miyaq.current_task is current_task\n"
+             "assert all(hasattr(miyaq, name) for name in miyaq.__all__)\n"
+             "assert set(miyaq.__all__) <= set(dir(miyaq))\n"
+             "namespace = {}\n"
+             "exec('from miyaq import *', namespace)\n"
+             "assert set(miyaq.__all__) <= set(namespace)\n"
+             "try:\n"
+             "    miyaq.NoSuchName\n"
+             "except AttributeError as exc:\n"
+             "    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=GUARD)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "module 'miyaq' has no attribute 'NoSuchName'"

@@ -21,14 +21,15 @@ import os
 import signal
 import sys
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..devcluster import DevCluster
-from ..testing.harness import Proc
 from .ring_cmd import zk_auth
 from ..errors import ConfigError
-from ..testing.zk_ensemble import ZooKeeperEnsemble
 from . import numbers
+
+if TYPE_CHECKING:
+    from ..devcluster import DevCluster
+    from ..testing.harness import Proc
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,6 +70,7 @@ def banner(cluster: DevCluster) -> list[str]:
     """What ``miyaq dev-cluster`` prints once the ring is whole."""
     connect = ",".join(cluster.endpoints)
     zk = cluster.zk_hosts
+    from ..testing.zk_ensemble import ZooKeeperEnsemble
     lines = []
     if isinstance(cluster.zookeeper, ZooKeeperEnsemble):
         lines += [f"ZooKeeper server {i} {server.hosts}  (pid {server.pid}, log {server.log_path})"
@@ -117,6 +119,9 @@ def _base_port(given: int | None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    # The cluster's machinery is imported here, not with the command line
+    # (``miyaq --help`` and the other commands do not load it).
+    from ..devcluster import DevCluster
     from ..logs import setup_logging
     setup_logging("WARNING")
     logging.getLogger("kazoo").setLevel(logging.CRITICAL)  # connection retries are not news here
