@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from miyaq.cluster import handoff
+from miyaq.cluster import handoff_slices as handoff
 from miyaq.runtime import green
 
 pytestmark = pytest.mark.timeout(60)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from miyaq.cluster import handoff as handoff_module
+from miyaq.cluster import handoff_slices as handoff_module
 from miyaq.cluster.handoff import Handoff
 from miyaq.cluster.peer_requests import QUERY
 from miyaq.constants import HANDOFF_CONFIRM_TIMEOUT, HANDOFF_LAG_RETRY, HANDOFF_RETRY, QUERY_TIMEOUT

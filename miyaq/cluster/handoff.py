@@ -18,21 +18,14 @@ the task's outcome may live on fewer holders than it should: a copy it took
 later from elsewhere (a coordinator's retried REPLICATE) would not know the
 task was already finished or dead-lettered here.
 
-A holder that lets its chunks time out (``HANDOFF_CONFIRM_TIMEOUT``: down,
-or busy installing), or stays unreachable past those quick tries, is sent nothing while a chunk to it still awaits its
-answer, and each resend to it waits twice as long as the one before, up to
-``HANDOFF_RETRY_MAX`` (:class:`_HolderRetry`; a ring change starts the
-waits afresh). Its answer still counts when it comes after the deadline
-(``late`` of :meth:`~miyaq.cluster.transport.PeerLink.request`): it lists
-the ids the holder stored, true whenever it arrives. Before 2026-12-05, an
-answer past the 5 s deadline was dropped and every unconfirmed copy sent
-again every 5 s, without end: a new holder answering in 6 s got its whole
-share again every 5 s, and the old holders never dropped their copies.
-Before 2026-12-06 a chunk that could not be sent counted as one that timed
-out: the pass that follows a node's joining sends before the link to it is
-made (its DEALER is IMMEDIATE: nothing queues until the handshake ends, a
-few ms), and its copies went again only 10 to 15 s later (the doubled
-wait, and a sweep pass pushing the retry), the old holders keeping theirs.
+A holder that lets its chunks time out (``HANDOFF_CONFIRM_TIMEOUT``), or
+stays unreachable past those quick tries, is sent nothing while a chunk to
+it still awaits its answer, and its resends wait longer each time, up to
+``HANDOFF_RETRY_MAX``; an answer past the deadline still counts
+(:mod:`miyaq.cluster.holder_retry`, which says why).
+
+The pass and the resends work in slices, yielding to the hub between them
+(:mod:`miyaq.cluster.handoff_slices`).
 
 Outcomes move too, after the pass that follows a ring change:
 :mod:`miyaq.cluster.outcome_handoff`.
@@ -40,16 +33,16 @@ Outcomes move too, after the pass that follows a ring change:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable
 
+from miyaq.cluster.handoff_slices import _slices
+from miyaq.cluster.holder_retry import HolderRetry
 from miyaq.cluster.outcome_handoff import OutcomeHandoff
 from miyaq.cluster.peer_requests import REPLICATE
 from miyaq.cluster.ring_view import RingView
 from miyaq.cluster.sizes import RECORD_ALLOWANCE, peer_chunks, record_size
 from miyaq.constants import (
-    HANDOFF_CHUNK, HANDOFF_CONFIRM_TIMEOUT, HANDOFF_LAG_RETRIES, HANDOFF_LAG_RETRY, HANDOFF_RETRY,
-    HANDOFF_RETRY_MAX, HANDOFF_SLICE, HANDOFF_SWEEP,
+    HANDOFF_CHUNK, HANDOFF_CONFIRM_TIMEOUT, HANDOFF_LAG_RETRIES, HANDOFF_LAG_RETRY, HANDOFF_RETRY, HANDOFF_SWEEP,
 )
 from miyaq.runtime import green, monotonic, wall
 from miyaq.protocol.eventspec import confirmed_ids
@@ -61,49 +54,6 @@ if TYPE_CHECKING:
     from miyaq.cluster.role import ClusterRole
 
 logger = logging.getLogger(__name__)
-
-class _HolderRetry:
-    """When copies a new holder has not confirmed may be sent to it again.
-
-    ``awaiting``: chunks sent to it whose answer neither came nor timed out
-    (none is sent again meanwhile). ``wait``: how long after a resend the
-    next may go, ``HANDOFF_RETRY`` while it answers, doubled at each resend
-    up to ``HANDOFF_RETRY_MAX`` while it does not. ``not_before``
-    (monotonic): no resend before then. ``wait_before``: ``wait`` before the
-    last send doubled it (a send that could not go does not count)."""
-
-    __slots__ = ("awaiting", "not_before", "wait", "wait_before")
-
-    def __init__(self) -> None:
-        self.awaiting = 0
-        self.wait = self.wait_before = HANDOFF_RETRY
-        self.not_before = 0.0
-
-    def due(self, now: float) -> bool:
-        return not self.awaiting and now >= self.not_before
-
-    def sent(self, now: float) -> None:
-        """Copies went to it (a pass or a resend)."""
-        self.not_before = now + self.wait
-        self.wait_before = self.wait
-        self.wait = min(2 * self.wait, HANDOFF_RETRY_MAX)
-
-    def unsent(self) -> None:
-        """A chunk could not be sent (no connection now): nothing is on the
-        way, and the send does not double the wait (the caller plans a quick
-        retry: :meth:`Handoff._soon`)."""
-        self.awaiting = max(0, self.awaiting - 1)
-        self.wait = self.wait_before
-
-    def silent(self, now: float) -> None:
-        """A chunk's deadline passed without its answer (or it could not be sent)."""
-        self.awaiting = max(0, self.awaiting - 1)
-        self.not_before = max(self.not_before, now + self.wait)
-
-    def heard(self) -> None:
-        """It answered: it is up, and is sent what it did not confirm at the usual pace."""
-        self.wait = HANDOFF_RETRY
-
 
 class Handoff:
     """Runs in its own greenlet (:meth:`serve`): a ring change asks for a
@@ -131,7 +81,7 @@ class Handoff:
         self._outcomes_before: RingView | None = None
         self.outcomes = OutcomeHandoff(role, lambda items: _slices(items), self._outcomes_unanswered)
         # New holders sent copies: when they may be sent what they did not confirm.
-        self.retries: dict[str, _HolderRetry] = {}
+        self.retries: dict[str, HolderRetry] = {}
         self._pass_sent_to: set[str] = set()     # the holders the pass under way sent copies to
         self.late_confirmed = 0      # tasks whose handoff an answer past its deadline completed
 
@@ -268,13 +218,13 @@ class Handoff:
         """A chunk of outcomes went unanswered: it is sent again at the next retry."""
         self.next_retry = min(self.next_retry, monotonic() + HANDOFF_RETRY)
 
-    def _retry_of(self, holder: str) -> _HolderRetry:
+    def _retry_of(self, holder: str) -> HolderRetry:
         retry = self.retries.get(holder)
         if retry is None:
-            retry = self.retries[holder] = _HolderRetry()
+            retry = self.retries[holder] = HolderRetry()
         return retry
 
-    def _callback(self, holder: str, ids: list[str], retry: _HolderRetry,
+    def _callback(self, holder: str, ids: list[str], retry: HolderRetry,
                   unsent: list[bool]) -> Callable[[dict[str, Any] | None], None]:
         """The callback of a chunk of ``ids`` sent to ``holder``; ``unsent``
         is non-empty if the chunk could not be sent (set before the link
@@ -364,7 +314,7 @@ class Handoff:
     def retry(self, now: float) -> None:
         """Send again what was not confirmed (a new holder that was down, or
         behind on the ring) once ``next_retry`` came, a slice at a time, to
-        each holder whose resend is due (:class:`_HolderRetry`).
+        each holder whose resend is due (:class:`HolderRetry`).
         ``now``: monotonic."""
         if not (self.leaving or self.outcomes.unanswered) or now < self.next_retry:
             return
@@ -385,7 +335,7 @@ class Handoff:
         that is ``due`` (or that has no retry of its own yet: it is added to
         ``due``); every holder still waiting for a copy of ``ids`` is added
         to ``seen``, due or not, and every holder sent copies to ``resent``
-        (its next resend is planned at its first, :meth:`_HolderRetry.sent`)."""
+        (its next resend is planned at its first, :meth:`HolderRetry.sent`)."""
         table = self.role.engine.table
         outbox: dict[str, list[dict[str, Any]]] = {}
         for task_id in ids:
@@ -423,9 +373,6 @@ class Handoff:
         return len(self.leaving)
 
 
-_let_others_run = green.let_others_run     # between slices (a test slows it down to deliver mid-pass)
-
-
 def _ask_at_eta(role: ClusterRole, task: Task) -> None:
     """A ring change made this node ``task``'s first holder, and its copy is
     a standby still waiting out its rank's offset for the task's first run,
@@ -449,23 +396,3 @@ def _still_held(table: TaskTable, task: Task) -> bool:
     """``task`` is still this node's copy (live or dead), not finished,
     dropped or replaced by another copy of the same id."""
     return table.live.get(task.id) is task or table.dead.get(task.id) is task
-
-FIRST_SLICE = 256
-"""Items in the first slice of a pass, a resend or an outcomes' handoff; the
-later slices are sized by how long the one before took (:func:`_slices`)."""
-FEWEST_IN_A_SLICE = 32
-"""However slow the host, a slice takes at least this many items (so a pass ends)."""
-
-T = TypeVar("T")
-
-
-def _slices(items: list[T]) -> Iterator[list[T]]:
-    """``items`` in slices of about ``green.HUB_SLICE`` of real time each
-    (:func:`miyaq.runtime.green.slices`: between ``FEWEST_IN_A_SLICE`` and
-    ``HANDOFF_SLICE`` items, ``FIRST_SLICE`` first), yielding to the hub
-    between them. Before 2026-12-05 every slice was ``HANDOFF_SLICE``
-    (2,000) tasks: 46 ms of CPU at most, but 0.17-0.37 s of real time on a
-    loaded host, and with the peer answers read between slices one hub
-    iteration took up to 0.87 s, near a standby's 1 s QUERY deadline."""
-    return green.slices(items, first=FIRST_SLICE, fewest=FEWEST_IN_A_SLICE, most=HANDOFF_SLICE,
-                        pause=lambda: _let_others_run())
