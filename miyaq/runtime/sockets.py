@@ -5,7 +5,8 @@ replication PUB and SUB, the peer DEALERs, the worker's link and heartbeat
 DEALERs, the client's DEALERs -- comes from a :class:`SocketFactory`, so each
 kind's options (high-water marks, ``ROUTER_MANDATORY``, linger, size limits,
 reconnect intervals) are written once, and security (CURVE) can be applied in
-one place.
+one place. What watches the sockets' connections and handshakes (libzmq's
+socket monitors) is the factory's base, :mod:`.socket_monitors`.
 
 A factory wraps one context of one *flavour*: ``"green"`` (``zmq.green``, for
 code running in the gevent hub), ``"plain"`` (pyzmq, for native threads: the
@@ -21,17 +22,15 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import ctypes
 import importlib
-import itertools
 import os
 
 import zmq
 
 from ..errors import ConfigError
-from .connections import (
-    CONNECTION_CLOSED, CONNECTION_READY, FAILED_BEFORE_ZAP, HANDSHAKE_FAILED, connect_or_refuse, use_family_of,
-)
+from .connections import connect_or_refuse, use_family_of
 from .endpoints import names_version
 from .io_threads import apply as apply_io_policy, chosen as chosen_io_policy
+from .socket_monitors import SocketMonitors
 
 if TYPE_CHECKING:
     from .hub_socket import HubPoller, HubSocket
@@ -80,9 +79,6 @@ STREAM_ZAP_DOMAIN = b"miyaq-stream"
 #: gevent worker may import only after it has monkey-patched.
 FLAVOURS = {"green": "zmq.green", "plain": "zmq", "asyncio": "zmq.asyncio"}
 
-_monitor_numbers = itertools.count(1)
-"""Numbers the inproc addresses of handshake monitors (one per bound socket)."""
-
 __all__ = ["FLAVOURS", "HWM", "SUBSCRIPTION_FRAME_LIMIT", "SocketFactory", "SocketSecurity", "heartbeat_options", "zmq"]
 
 class SocketSecurity(Protocol):
@@ -126,7 +122,7 @@ def unpredictable_routing_ids() -> None:
         pass
 
 
-class SocketFactory:
+class SocketFactory(SocketMonitors):
     """Makes and closes the sockets of one process part.
 
     ``max_message`` is the size limit of one message's body in bytes;
@@ -175,32 +171,6 @@ class SocketFactory:
         #: now on (its reader adopts it without polling for new ones).
         self.on_handshake_monitor: Callable[[str, Any], None] | None = None
         self._closed = False
-
-    def watch_handshakes(self) -> None:
-        """From now on, give every bound socket (:meth:`router`,
-        :meth:`publisher`) a monitor of the handshakes that fail on it
-        before a ZAP handler is asked -- keys on one side only, a client
-        with another node key, a peer that is not ZeroMQ -- in
-        :attr:`handshake_monitors` (refusals of the ZAP handler itself are
-        its own count). One monitor message per failed connection, nothing
-        per message; libzmq drops events past the monitor's high-water mark
-        rather than queue them without bound."""
-        if self.handshake_monitors is None:
-            self.handshake_monitors = []
-
-    def _watch(self, sock: Any, port: str) -> None:
-        """Attach ``sock``'s handshake monitor (before it binds: libzmq reports
-        an event only to a monitor that exists when it happens)."""
-        if self.handshake_monitors is None:
-            return
-        address = f"inproc://miyaq-handshakes-{next(_monitor_numbers)}"
-        sock.monitor(address, FAILED_BEFORE_ZAP)
-        monitor = self.ctx.socket(zmq.PAIR, socket_class=zmq.Socket)
-        monitor.setsockopt(zmq.LINGER, 0)
-        monitor.connect(address)
-        self.handshake_monitors.append((port, monitor))
-        if self.on_handshake_monitor is not None:
-            self.on_handshake_monitor(port, monitor)
 
     # -- bound sockets -----------------------------------------------------------
     def router(self, bind: str, audience: str = "service", *, plain: bool = False,
@@ -347,52 +317,6 @@ class SocketFactory:
         if connect is not None:
             sock.connect(connect)
         return sock
-
-    def connection_monitor(self, sock: Any, *, ready: bool = False) -> Any:
-        """A PAIR that receives a message each time a connection of ``sock``
-        closes or fails its handshake, and with ``ready`` each time one is
-        ready for messages (libzmq's socket monitor: ``ZMQ_EVENT_DISCONNECTED``,
-        the three ``ZMQ_EVENT_HANDSHAKE_FAILED_*``,
-        ``ZMQ_EVENT_HANDSHAKE_SUCCEEDED``; nothing per message). It is of
-        this factory's flavour and closed with it; read it with
-        :func:`connection_events`.
-
-        Attach it before ``sock`` connects (:meth:`watched_dealer`): libzmq
-        reports an event only to a monitor that exists when it happens.
-
-        Each monitor has an address of its own. pyzmq's default,
-        ``inproc://monitor.s-<FD>``, is the socket's file descriptor: a
-        socket closed just before frees its descriptor before libzmq frees
-        its monitor's address, and a new socket given that descriptor failed
-        with ``EADDRINUSE`` (2026-12-06: 19 of 300 peer links remade at once,
-        218 of 300 with 40 at a time, each then "no socket to member now"
-        until the role relinked it a second later)."""
-        events = CONNECTION_CLOSED | HANDSHAKE_FAILED | (CONNECTION_READY if ready else 0)
-        return sock.get_monitor_socket(events, addr=f"inproc://miyaq-monitor-{next(_monitor_numbers)}")
-
-    def watched_dealer(self, connect: str, *, ready: bool, **options: Any) -> tuple[Any, Any]:
-        """A DEALER connected to ``connect`` (``options`` as for :meth:`dealer`)
-        and its :meth:`connection_monitor` (``ready`` as there), the monitor
-        attached *before* the socket connects: libzmq reports an event only
-        to a monitor that exists when it happens, and on loopback the
-        handshake can be over before the next line runs.
-
-        An endpoint libzmq refuses raises :class:`~miyaq.errors.ConfigError`
-        (:func:`connect_or_refuse`) with both sockets closed."""
-        sock = self.dealer(**options)
-        try:
-            monitor = self.connection_monitor(sock, ready=ready)
-        except zmq.ZMQError:
-            sock.close(0)        # out of file descriptors, say: nothing is left open
-            raise
-        try:
-            connect_or_refuse(sock, connect)
-        except ConfigError:
-            sock.disable_monitor()
-            monitor.close(0)
-            sock.close(0)
-            raise
-        return sock, monitor
 
     def poller(self) -> Any:
         """A poller of this factory's flavour (green, plain or asyncio)."""
