@@ -59,7 +59,7 @@ from miyaq.protocol import fields as f
 from miyaq.protocol.recordspec import STARTED_ELSEWHERE
 from miyaq.protocol.taskspec import MAX_KEY, check_id
 from miyaq.runtime import monotonic, wall
-from miyaq.store.task import ALL_STATES, CANCELLED, READY, RETRYING, RUNNING, SCHEDULED, Task
+from miyaq.store.task import ALL_STATES, CANCELLED, READY, RETRYING, RUNNING, SCHEDULED
 
 if TYPE_CHECKING:
     from miyaq.cluster.role import ClusterRole
@@ -76,10 +76,6 @@ MAX_FORWARDED = 1024
 answered from this node's copy (``unconfirmed``)."""
 ANSWER_STATES = frozenset((*ALL_STATES, STARTED_ELSEWHERE))
 """The states a first holder's answer may name."""
-MAX_KEYLESS_AHEAD = 10_000
-"""Cancels kept ahead of their copy without a key (an asker of a build
-whose CANCEL carried none) remembered at once, at most: only their
-tombstones may take a key later (:meth:`FirstHolderCancel.take_key`)."""
 
 
 class FirstHolderCancel:
@@ -91,9 +87,13 @@ class FirstHolderCancel:
         self.waiting = 0          # forwarded cancels awaiting an answer
         self.forwarded = 0        # forwarded, ever
         self.unconfirmed = 0      # answered from this node's copy because the first holder did not
-        #: Ids of cancels kept ahead of their copy without a key, oldest first
-        #: (at most MAX_KEYLESS_AHEAD): the only tombstones a key may be given later.
-        self.keyless_ahead: OrderedDict[str, None] = OrderedDict()
+
+    @property
+    def keyless_ahead(self) -> OrderedDict[str, None]:
+        """Ids of cancels kept ahead of their copy without a key, oldest first
+        (at most ``MAX_KEYLESS_AHEAD``, :mod:`miyaq.core.cancels_ahead`): the
+        only tombstones a key may be given later."""
+        return self.engine.cancels_ahead.keyless
 
     # -- asked here ----------------------------------------------------------------------------
     def cancel(self, task_id: str, now: float, answer: Callable[[dict[str, Any] | MiyaqError], None]) -> None:
@@ -302,51 +302,48 @@ class FirstHolderCancel:
             if role.node_id not in role.holders(key if key is not None else task_id, max(role.config.replicas, 1)):
                 raise Forbidden(f"node {role.node_id} is not a holder of task {task_id} by its view of the ring: "
                                 "it keeps no cancel of a task it does not know")
+            try:
+                role.endpoint.check_writable()
+            except Busy:
+                return {"busy": "storage"}
             with role.events.applying_remote():      # the asker tells the others
-                self.engine.finish_copy(task_id, CANCELLED, None, None, now, key=key)
-            if key is None:
-                ahead = self.keyless_ahead
-                ahead[task_id] = None
-                if len(ahead) > MAX_KEYLESS_AHEAD:
-                    ahead.popitem(last=False)
+                self.engine.cancels_ahead.keep(task_id, key, now)     # logged as any cancel
             _log.log(logging.DEBUG, "cancel ahead", "task %s: cancelled by %.64s before its copy came here",
                      task_id, sender)
-            return {"cancelled": True, "state": SCHEDULED, "held": False}
+            return self._when_stored({"cancelled": True, "state": SCHEDULED, "held": False})
         if cancelled:
-            reply = role.peer.later()
-            role.endpoint.after_stored(lambda: reply(answer))
-            return None
+            return self._when_stored(answer)
         return answer
 
+    def _when_stored(self, answer: dict[str, Any]) -> dict[str, Any] | None:
+        """``answer`` to the peer's request once this node's log has every
+        record buffered so far (as the fsync mode promises): returned, when
+        it has them already (no log), else sent later (None returned)."""
+        reply: Callable[[dict[str, Any]], None] | None = None
+        stored = False
+
+        def release() -> None:
+            nonlocal stored
+            stored = True
+            if reply is not None:
+                reply(answer)
+
+        self.role.endpoint.after_stored(release)
+        if stored:
+            return answer
+        reply = self.role.peer.later()
+        return None
 
     def take_key(self, task_id: str, key: str) -> None:
         """The tombstone of a cancel kept here ahead of its copy without a
         key (:attr:`keyless_ahead`) takes ``key`` -- the copy's, or a later
-        CANCEL's (:func:`stone_takes_key`). Any other tombstone is left as it
-        is: before 2026-12-06 any keyless one took any key a CANCEL named,
-        so a peer could make a finished task's tombstone hold an unrelated
-        key, and a new task of that key was answered ``duplicate`` of it
-        and never ran (an audit)."""
-        if task_id in self.keyless_ahead:
-            del self.keyless_ahead[task_id]
-            stone_takes_key(self.engine, task_id, key)
-
-
-def stone_takes_key(engine: Any, task_id: str, key: str) -> None:
-    """``task_id``'s tombstone, made without its key by a cancel that came
-    before its copy (from a node of a build whose CANCEL carried no key),
-    holds ``key`` from now on, for what is left of the dedup window as the
-    task's own end would: unless another task holds the key here (a live or
-    dead one, or one that ended since). Nothing for a tombstone that has a
-    key or is not ``cancelled``. Called through :meth:`FirstHolderCancel.take_key`."""
-    table = engine.table
-    stone = table.tombstone(task_id)
-    if stone is None or stone.key is not None or stone.state != CANCELLED or table.keys.get(key) is not None:
-        return
-    ghost = Task(task_id, stone.queue, None, b"", key=key)
-    ghost.error, ghost.attempt = stone.error, stone.attempt
-    table.bury(ghost, stone.state, stone.result, stone.finished)
-    table.key_finished(key, task_id)
+        CANCEL's -- unless another task holds it here, and the log has it
+        (:meth:`CancelsAhead.take_key <miyaq.core.cancels_ahead.CancelsAhead.take_key>`).
+        Any other tombstone is left as it is: before 2026-12-06 any keyless
+        one took any key a CANCEL named, so a peer could make a finished
+        task's tombstone hold an unrelated key, and a new task of that key
+        was answered ``duplicate`` of it and never ran (an audit)."""
+        self.engine.cancels_ahead.take_key(task_id, key)
 
 
 def check_answer(body: dict[str, Any]) -> tuple[bool, str, bool, bool, bool]:

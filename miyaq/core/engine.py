@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable
 from miyaq.config import NodeConfig
 from miyaq.constants import MAX_QUEUES, TIMER_BATCH
 from miyaq.core.attempts import forget_lease, leased_to, note_lessee, retry_delay
+from miyaq.core.cancels_ahead import CancelsAhead
 from miyaq.core.replicas import ReplicaCopies
 from miyaq.core.task_views import TaskViews
 from miyaq.errors import Busy, InvalidField, NotFound, ShuttingDown
@@ -58,6 +59,8 @@ class Engine(ReplicaCopies, TaskViews):
         # Outcome counters of queues pruned while empty (compact_lanes), so
         # the node's totals never go back: outcome -> total.
         self.pruned_outcomes: Tally[str] = Tally()
+        # Cancels kept ahead of their copies (a first holder asked before the copy came).
+        self.cancels_ahead = CancelsAhead(self)
 
     # -- intake ------------------------------------------------------------------
     def submit(self, task: Task, now: float, copy: bool = False) -> tuple[str, Any]:
@@ -155,7 +158,8 @@ class Engine(ReplicaCopies, TaskViews):
         return evicted
 
     def restore_tombstone(self, record: dict[str, Any], now: float) -> bool:
-        """Install a finished task's tombstone unless it is already too old."""
+        """Install a finished task's tombstone unless it is already too old
+        (a cancel kept ahead of its copy too: :mod:`miyaq.core.cancels_ahead`)."""
         finished = record.get("at", now)
         if finished + self.table.tombstone_ttl <= now:
             return False
@@ -165,6 +169,7 @@ class Engine(ReplicaCopies, TaskViews):
         stone = self.table.bury(task, record.get("state", DONE), record.get("result"), finished)
         if task.key is not None:
             self.table.key_finished(task.key, task.id)
+        self.cancels_ahead.restored(record, stone)     # one kept ahead of its copy without a key
         return stone is not None
 
     # -- consuming ---------------------------------------------------------------

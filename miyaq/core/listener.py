@@ -35,6 +35,11 @@ class EngineListener:
     def task_finished(self, task: Task, stone: Tombstone) -> None:
         """A task ended: done, cancelled or expired (``stone.state``)."""
 
+    def tombstone_kept(self, stone: Tombstone, takes_key: bool) -> None:
+        """A tombstone was made, or took a key, for a task this node holds no
+        copy of: a cancel kept ahead of its copy (:mod:`miyaq.core.cancels_ahead`).
+        ``takes_key``: it has no key and may take its copy's later."""
+
     def task_revived(self, task: Task) -> None:
         """A dead task was put back in its queue."""
 

@@ -15,8 +15,11 @@ Records are small maps, ``{"o": op, ...}``:
 ``A`` accepted (the whole task), ``S`` started, ``R`` back to waiting
 (retry/lost/released: eta, attempt, error), ``D`` dead, ``F`` finished
 (done/cancelled/expired, with the result), ``V`` revived, ``P`` purged.
-Compaction writes the live state as ``A`` records (with state) and recent
-tombstones as ``F`` records. The ``A`` and ``F`` formats are
+A cancel kept ahead of its task's copy (:mod:`miyaq.core.cancels_ahead`)
+is an ``F`` record too, marked ``"ahead": true`` when it has no key and may
+take its copy's. Compaction writes the live state as ``A`` records (with
+state) and recent tombstones as ``F`` records (the mark kept while the
+node remembers it). The ``A`` and ``F`` formats are
 :mod:`miyaq.store.records`, shared with replication.
 """
 from __future__ import annotations
@@ -25,6 +28,7 @@ import itertools
 import logging
 from typing import Any, Callable, Iterator
 
+from miyaq.core.cancels_ahead import AHEAD
 from miyaq.core.engine import Engine
 from miyaq.core.listener import EngineListener
 from miyaq.core.refusals import Refusals
@@ -142,6 +146,11 @@ class Persistence(EngineListener):
     def task_finished(self, task: Task, stone: Tombstone) -> None:
         self._add(stone_record(stone))
 
+    def tombstone_kept(self, stone: Tombstone, takes_key: bool) -> None:
+        # a cancel kept ahead of its copy: an F record as any end's, marked
+        # when it may take its copy's key later (miyaq.core.cancels_ahead)
+        self._add(_marked(stone_record(stone)) if takes_key else stone_record(stone))
+
     def task_revived(self, task: Task) -> None:
         self._add({"o": "V", "id": task.id, "revived": revivals(task)})
 
@@ -169,7 +178,8 @@ class Persistence(EngineListener):
 
     def snapshot(self) -> Iterator[dict[str, Any]]:
         """The records of the state as it is *now* (the ``A`` records of the live
-        and dead tasks, then the ``F`` records of the tombstones), for a
+        and dead tasks, then the ``F`` records of the tombstones, those of
+        cancels kept ahead of their copy without a key marked ``ahead``), for a
         compaction that yields to other greenlets while it writes them.
 
         The table is copied when this is called, without yielding
@@ -179,7 +189,9 @@ class Persistence(EngineListener):
         buffered after the snapshot's seqno, and replays once. Not a generator
         function: a generator's body would copy at its first read, not here."""
         tasks, stones = self.engine.table.snapshot()
-        return itertools.chain(map(task_record, tasks), map(stone_record, stones))
+        ahead = self.engine.cancels_ahead.marked()
+        return itertools.chain(map(task_record, tasks),
+                               (_marked(stone_record(s)) if s.id in ahead else stone_record(s) for s in stones))
 
     def close(self) -> None:
         self.writer.close()
@@ -187,3 +199,10 @@ class Persistence(EngineListener):
     def stats(self) -> dict[str, Any]:
         """The log's health: status ``storage`` and /metrics."""
         return self.writer.stats()
+
+
+def _marked(record: dict[str, Any]) -> dict[str, Any]:
+    """An ``F`` record marked as a cancel kept ahead of its copy without a
+    key, which may take the copy's key later (:mod:`miyaq.core.cancels_ahead`)."""
+    record[AHEAD] = True
+    return record

@@ -1,0 +1,115 @@
+"""Cancels kept ahead of their copy: the tombstone a task's first holder
+keeps when a peer's CANCEL reaches it before the task's copy does (the
+asker's REPLICATE, or a handoff, still on its way; docs/cluster.md,
+"Cancelling at any holder").
+
+The tombstone says ``cancelled`` and holds the task's key when the CANCEL
+carried one, so the copy is not stored when it comes and the key stays
+taken for the dedup window, as a cancel of the copy would. It is told to
+the engine's listeners (:meth:`EngineListener.tombstone_kept
+<miyaq.core.listener.EngineListener.tombstone_kept>`), so the node's log
+holds it as it holds any other end (an ``F`` record) and a restart keeps
+it: before 2026-12-06 it was in memory only, and a first holder restarted
+before the copy came stored the copy and ran the task the caller had been
+told was cancelled.
+
+A tombstone kept without a key (the asker is of a build whose CANCEL
+carried none) is the only kind that may take a key later, the copy's
+(:meth:`CancelsAhead.take_key`): such ids are remembered here, at most
+``MAX_KEYLESS_AHEAD``, the oldest forgotten first, and their records are
+marked ``"ahead": true`` (in the log and in a compaction's snapshot while
+they are remembered), so a replay remembers them again
+(:meth:`CancelsAhead.restored`). A build without this module reads the
+marked record as an ordinary cancelled tombstone.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from miyaq.store.table import Tombstone
+from miyaq.store.task import CANCELLED, Task
+
+if TYPE_CHECKING:
+    from miyaq.core.engine import Engine
+
+MAX_KEYLESS_AHEAD = 10_000
+"""Cancels kept ahead of their copy without a key remembered at once, at
+most: only their tombstones may take a key later."""
+AHEAD = "ahead"
+"""The field of an ``F`` record that marks a tombstone kept ahead of its copy
+without a key (``True``; absent otherwise)."""
+
+
+class CancelsAhead:
+    """The cancels an engine keeps ahead of their copies (module doc)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        #: Ids of the tombstones kept ahead without a key, oldest first (at
+        #: most MAX_KEYLESS_AHEAD): the only ones a key may be given later.
+        self.keyless: OrderedDict[str, None] = OrderedDict()
+
+    def keep(self, task_id: str, key: str | None, now: float) -> Tombstone | None:
+        """Keep a cancel of ``task_id``, which this node does not know (no
+        live or dead task, no tombstone), as a ``cancelled`` tombstone
+        holding ``key`` (None: the task has none, or the asker did not
+        say), and tell the listeners (the log writes it). Returns the
+        tombstone, or None when the table keeps none (``max_tombstones``
+        0). ``ValueError``, nothing changed, for a task this node knows."""
+        engine = self.engine
+        table = engine.table
+        if task_id in table.live or task_id in table.dead or task_id in table.tombstones:
+            raise ValueError(f"task {task_id} is known here: a cancel is kept ahead only of a copy not come yet")
+        engine.finish_copy(task_id, CANCELLED, None, None, now, key=key)
+        stone = table.tombstone(task_id)
+        if stone is None:
+            return None
+        if key is None:
+            self._remember(task_id)
+        for listener in engine.listeners:
+            listener.tombstone_kept(stone, key is None)
+        return stone
+
+    def take_key(self, task_id: str, key: str) -> bool:
+        """The tombstone of a cancel kept here without a key (:attr:`keyless`)
+        takes ``key`` -- its copy's, or a later CANCEL's -- for what is left
+        of the dedup window, as the task's own end would, unless another
+        task holds the key here (live, dead, or ended since); the new
+        tombstone is told to the listeners (the log writes it). Any other
+        tombstone is left as it is (docs/cluster.md: a peer could otherwise
+        make a finished task's tombstone hold an unrelated key). Returns
+        whether the tombstone took the key."""
+        if task_id not in self.keyless:
+            return False
+        del self.keyless[task_id]
+        table = self.engine.table
+        stone = table.tombstone(task_id)
+        if stone is None or stone.key is not None or stone.state != CANCELLED or table.keys.get(key) is not None:
+            return False
+        ghost = Task(task_id, stone.queue, None, b"", key=key)
+        ghost.error, ghost.attempt = stone.error, stone.attempt
+        kept = table.bury(ghost, stone.state, stone.result, stone.finished)
+        table.key_finished(key, task_id)
+        for listener in self.engine.listeners:
+            listener.tombstone_kept(kept, False)
+        return True
+
+    def restored(self, record: dict[str, Any], stone: Tombstone) -> None:
+        """``stone`` was rebuilt from the log's ``record``: remembered again
+        if the record marks a cancel kept ahead without a key (``ahead``)
+        and the tombstone still has none and says ``cancelled``."""
+        if record.get(AHEAD) is True and stone.key is None and stone.state == CANCELLED:
+            self._remember(stone.id)
+
+    def marked(self) -> frozenset[str]:
+        """The ids whose records carry the ``ahead`` mark now: a copy, for a
+        compaction's snapshot that is read while the node goes on."""
+        return frozenset(self.keyless)
+
+    def _remember(self, task_id: str) -> None:
+        keyless = self.keyless
+        keyless[task_id] = None
+        keyless.move_to_end(task_id)
+        while len(keyless) > MAX_KEYLESS_AHEAD:
+            keyless.popitem(last=False)
