@@ -18,7 +18,8 @@ tells every holder (its ``F`` event), and the asking node finishes its own
 copy at once, so a ``status`` there right after the answer agrees. A
 first holder that has no copy yet (the asker's REPLICATE, or a handoff,
 is still on its way) keeps the cancel as a tombstone, so that copy is not
-stored when it comes, and says so (``held: false``); the asker then
+stored when it comes, and says so (``held: false``) once its log has the
+tombstone (:mod:`miyaq.core.cancels_ahead`: a restart keeps it); the asker then
 cancels its own copy, and its ``F`` event tells the others. That is the
 first holder's word only for a task made since the asker took its view
 of the ring; for an older one (a ring change: the node asked may be a new
@@ -266,7 +267,8 @@ class FirstHolderCancel:
         with may run it). A task it does not know yet is kept as
         cancelled (a tombstone holding ``key``, the task's, for the dedup
         window, as a cancelled task does: the copy on its way is not stored)
-        and answered ``held: false`` -- but only when this node is among
+        and answered ``held: false`` once its log has the tombstone
+        (``busy`` while it cannot be written, nothing kept) -- but only when this node is among
         the task's holders (``config.replicas`` of them) by its own view of
         the ring. A bad id or key is refused (``invalid_field``), as a
         SUBMIT's is; a sender that is not a ring member by this node's view,
