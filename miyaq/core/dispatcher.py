@@ -299,42 +299,60 @@ class Dispatcher(EngineListener):
         if len(turn) > 1:
             turn.sort(key=_most_free_first)
         backlogs: list[Consumer] | None = []
+        max_batch = self.max_batch
+        # Queues a take found empty in this pump: a consumer of only those
+        # finds nothing there either (a pump takes tasks, it makes none
+        # ready) and is not made to look again (without limits).
+        drained: set[str] = set()
         while turn:
             again = []
             for consumer in turn:
-                batch = batches.get(consumer)
-                if batch is None:
-                    batch = batches[consumer] = []
-                n = min(consumer.room(), DISPATCH_CHUNK, self.max_batch - len(batch))
+                queues = consumer.queues
+                batch = batches.get(consumer)     # made when it takes its first task
+                if limits is None and drained and drained.issuperset(queues):
+                    # What a take finding nothing leads to below (a consumer
+                    # visited with a batch came back for more: not full).
+                    if consumer.room() <= 0:
+                        hungry.pop(consumer, None)
+                    elif batch:
+                        served_idle.append(consumer)
+                    elif not hungry.pop(consumer, True):
+                        self._park(consumer)
+                    continue
+                n = min(consumer.room(), DISPATCH_CHUNK, max_batch - len(batch) if batch else max_batch)
                 if backlogs is not None and n > 0:
                     free = consumer.free_slots(n)
                     if free <= 0:
                         backlogs.append(consumer)
                         continue
                     n = free
-                queues = consumer.queues
                 taken = 0
-                size = sizes.get(consumer, 0)
+                size = sizes.get(consumer, 0) if batch else 0
                 while taken < n and size < DISPATCH_BATCH_BYTES:
                     if limits is None:
                         task = engine.take(queues, now)
+                        if task is None:
+                            drained.update(queues)
+                            break
                     else:
                         open_lanes = limits.open(queues, now)
                         task = engine.take(open_lanes, now) if open_lanes else None
-                        if task is not None:
-                            limits.acquire(task.queue)
-                    if task is None:
-                        break
+                        if task is None:
+                            break
+                        limits.acquire(task.queue)
                     engine.start(task, consumer, now)
+                    if batch is None:
+                        batch = batches[consumer] = []
                     batch.append(task)
                     size += len(task.body)
                     taken += 1
-                sizes[consumer] = size
-                consumer.took(taken)
-                total += taken
+                if taken:
+                    sizes[consumer] = size
+                    consumer.took(taken)
+                    total += taken
                 if consumer.room() <= 0:
                     hungry.pop(consumer, None)
-                elif len(batch) >= self.max_batch or size >= DISPATCH_BATCH_BYTES:
+                elif batch and (len(batch) >= max_batch or size >= DISPATCH_BATCH_BYTES):
                     self.pending = True       # batch full: it stays hungry, the next pump goes on
                 elif taken == n:
                     again.append(consumer)    # took its whole chunk: there may be more
