@@ -29,7 +29,10 @@ finds nothing for it parks it under its queues (``parked_by_lane``, by ready
 lane), and a task entering one of those lanes (``task_ready``) makes every
 consumer parked on it hungry again. So a pump visits the consumers that may
 have work, not every idle worker or RECEIVE of every queue; a ready task
-costs one look per consumer parked on its queue. Credit granted to a parked
+wakes every consumer parked on its queue, and a pump looks in a queue
+once more after the last task is taken, not once per woken consumer (a
+pump takes tasks and makes none ready: the other idle workers a lone
+task woke are parked again without a look). Credit granted to a parked
 consumer leaves it parked (nothing of its queues is ready); ``forget`` takes
 it out of the index. A consumer held back only by its queue's limits has
 ready tasks: it stays hungry, and the limits' refill timer pumps again. One
