@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 import sysconfig
@@ -12,22 +13,47 @@ from ..errors import ConfigError
 
 
 def load_app(spec: str) -> App:
-    """Import ``module:attribute`` (or ``module``, attribute ``app``)."""
+    """Import ``module:attribute`` (or ``module``, attribute ``app``).
+    Raises :class:`ConfigError` with one line saying what is wrong and, where
+    it can tell, what to type instead: a module that is not found (looked for
+    from the current directory), ``module.app`` written for ``module:app``,
+    an attribute the module does not have or that is not a ``miyaq.App``
+    (naming the module's Apps)."""
     module_name, _, attr = spec.partition(":")
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())     # `miyaq worker tasks:app` from the app's directory
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"cannot import {module_name!r}: {exc}") from None
+        raise ConfigError(f"cannot import {module_name!r}: {exc}{_import_hint(spec, module_name, exc)}") from None
     except Exception as exc:
         # The module itself failed (a missing setting, a syntax error): the
         # same one-line error, naming where, not a traceback through miyaq.
         raise ConfigError(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}{_where(exc)}") from None
-    obj = getattr(module, attr or "app", None)
+    attr = attr or "app"
+    obj = getattr(module, attr, None)
     if not isinstance(obj, App):
-        raise ConfigError(f"{spec!r} is not a miyaq.App")
+        apps = sorted(name for name, value in vars(module).items() if isinstance(value, App))
+        what = (f"module {module_name!r} has no {attr!r}" if obj is None
+                else f"{module_name}:{attr} is a {type(obj).__name__}, not a miyaq.App")
+        found = (f"; its miyaq.App: {', '.join(f'{module_name}:{name}' for name in apps[:5])}" if apps
+                 else "; the module defines no miyaq.App (app = miyaq.App(...))")
+        raise ConfigError(f"{spec!r}: {what}{found}")
     return obj
+
+
+def _import_hint(spec: str, module_name: str, exc: ImportError) -> str:
+    """What to try when ``module_name`` cannot be imported: ``tasks.app``
+    written for ``tasks:app``, or a module not found from here."""
+    if ":" not in spec and "." in module_name:
+        parent, _, last = module_name.rpartition(".")
+        if importlib.util.find_spec(parent) is not None and isinstance(exc, ModuleNotFoundError) \
+                and exc.name == module_name:
+            return f" (the App is named after a colon: did you mean '{parent}:{last}'?)"
+    if isinstance(exc, ModuleNotFoundError) and exc.name == module_name.partition(".")[0]:
+        return (f" (looked for from {os.getcwd()} and the Python path: run the worker from the directory "
+                f"that holds it, or add that directory to PYTHONPATH)")
+    return ""
 
 
 def _where(exc: BaseException) -> str:
