@@ -196,6 +196,27 @@ class App:
         """Every queue a registered task names (default included if used)."""
         return sorted({t.options.get("queue", "default") for t in self.tasks.values()}) or ["default"]
 
+    def unknown_task(self, name: Any, where: str) -> str:
+        """The message of the ``UnknownTask`` failure a worker (``where``:
+        "worker ID", "this worker's child") reports for a task ``name`` this
+        app has no handler for: what the app has instead, most likely the
+        one meant -- a task of a script run as ``__main__`` is named
+        ``__main__.<function>`` there and ``<module>.<function>`` in the
+        worker. At most five names, so a large app keeps it one line."""
+        text = f"no handler named {name!r} in {where}"
+        last = str(name).rpartition(".")[2]
+        alike = sorted(n for n in self.tasks if n.rpartition(".")[2] == last)
+        if alike:
+            text += f"; its app has {', '.join(repr(n) for n in alike[:5])}"
+            if str(name).startswith("__main__."):
+                text += (" (a task of a script run as __main__ is named __main__.<function> there: give "
+                         "@app.task a name=, or import the task from its module)")
+            return text
+        known = sorted(self.tasks)
+        more = f" and {len(known) - 5} more" if len(known) > 5 else ""
+        return text + (f"; its app's tasks: {', '.join(repr(n) for n in known[:5])}{more}" if known
+                       else "; its app has no tasks")
+
     def close(self) -> None:
         """Flush and close the app's client (with ``green``: the calling
         thread's; each thread closes its own)."""

@@ -258,7 +258,7 @@ class Worker:
         if tdef is None:
             self.reports.failure(link, task_id, attempt, {
                 "type": "UnknownTask", "retry": True,
-                "message": f"no handler named {name!r} in worker {self.wid}"})
+                "message": self.app.unknown_task(name, f"worker {self.wid}")})
             return True
         job = Job(d, tdef.fn, tdef.is_async, link.endpoint, received)
         job.executor = self.aio if job.is_async and self.aio is not None else self.pool

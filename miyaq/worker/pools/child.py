@@ -140,7 +140,7 @@ class Child:
         tdef = self.app.tasks.get(str(task.get("name")))
         if tdef is None:
             return ("failed", {"type": "UnknownTask", "retry": True,
-                               "message": f"no handler named {task.get('name')!r} in this worker's child"})
+                               "message": self.app.unknown_task(task.get("name"), "this worker's child")})
         touch = TouchRelay(self._send_touch, task["timeout"])
         token = bind(TaskContext(task["id"], task["name"], task["queue"], task["attempt"], task["timeout"],
                                  touch, task.get("node")))
