@@ -54,7 +54,7 @@ class Settings:
         for f in fields(cls):  # type: ignore[arg-type]
             flags = ["--" + f.name.replace("_", "-")] + ([f.metadata["short"]] if f.metadata.get("short") else [])
             env = "MIYAQ_" + f.name.upper()
-            text = f"{f.metadata['help']} [default {f.default!r}; env {env}]"
+            text = f"{f.metadata['help']} [{_default_text(f.default, f.metadata['help'])}env {env}]"
             if f.type in ("bool", bool):
                 parser.add_argument(*flags, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
                                     help=text)
@@ -188,3 +188,15 @@ def _coerce(name: str, type_: Any, raw: Any) -> Any:
         return str(raw)
     except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"setting {name} expects {kind}, got {raw!r}") from None
+
+
+def _default_text(default: Any, help_text: str) -> str:
+    """A setting's default as ``--help`` shows it: nothing where the help
+    says it (``--concurrency``: "default: 8; with --pool processes ...") or
+    it is None (decided later), "empty" for an empty string (the help says
+    what empty means: ``--data-dir``'s "(empty: memory only)"), else its
+    repr. Before 2026-12-06 ``[default None]`` and ``[default '']``
+    contradicted the help's own "default: ..."."""
+    if default is None or "default:" in help_text:
+        return ""
+    return "default empty; " if default == "" else f"default {default!r}; "

@@ -227,7 +227,17 @@ def decode_outcome(task_id: str, answer: dict[str, Any]) -> Any:
         raise TaskCancelled(f"task {task_id} was cancelled")
     if state == "expired":
         raise TaskExpired(f"task {task_id} expired before it started")
-    raise Timeout(f"task {task_id} is still {state}")
+    raise Timeout(f"task {task_id} is still {state}{STILL.get(str(state), '').format(id=task_id)}")
+
+
+STILL = {
+    "ready": (": no worker of its queue took it in time (none running for that queue, or all busy: "
+              "`miyaq status` lists each queue's workers and idle slots)"),
+    "retrying": ": its attempts failed so far (`miyaq status {id}` shows the last error)",
+    "scheduled": ": its countdown or eta has not come",
+}
+"""What a result wait that ran out in each state most likely means (its
+Timeout's message, after "task ID is still STATE")."""
 
 
 class ReceivedTask:

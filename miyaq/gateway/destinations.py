@@ -38,6 +38,9 @@ from miyaq.runtime import green, monotonic
 DNS_TIMEOUT = 2.0
 DNS_CACHE_TTL = 30.0
 DNS_CACHE_SIZE = 1024
+PRIVATE_OFF = ("webhook_allow_private is off: start the node with --webhook-allow-private, or name the host in "
+               "--webhook-allow-hosts")
+"""Why a private destination is refused, and what lets it through (docs/http.md, "Webhook destinations")."""
 
 Resolver = Callable[..., list[Any]]
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -156,7 +159,7 @@ class Destinations:
             addresses = [literal]
         else:
             if host == "localhost" or host.endswith(".localhost"):
-                raise ForbiddenDestination(f"{host} is this machine (webhook_allow_private is off)")
+                raise ForbiddenDestination(f"{host} is this machine ({PRIVATE_OFF})")
             timer = green.Timeout(DNS_TIMEOUT, OSError(f"resolving {host} took over {DNS_TIMEOUT:g}s"))
             timer.start()
             try:
@@ -169,6 +172,5 @@ class Destinations:
         private = [str(a) for a in addresses if is_private(a)]
         if private:
             named = host if literal is not None else f"{host} ({', '.join(private[:3])})"
-            raise ForbiddenDestination(f"{named} is a loopback, link-local or private address "
-                                       "(webhook_allow_private is off)")
+            raise ForbiddenDestination(f"{named} is a loopback, link-local or private address ({PRIVATE_OFF})")
         return addresses

@@ -103,4 +103,5 @@ class Router:
         if allowed:
             raise MethodNotAllowed(f"{_as_get(request.method)} is not allowed on {path}",
                                    allow=allowed_methods(allowed))
-        raise NotFound(f"no endpoint {path}; see GET /openapi.json")
+        raise NotFound(f"no endpoint {path}; GET /openapi.json lists them (the web console is /ui, unless "
+                       f"http_console is off)")

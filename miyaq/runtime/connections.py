@@ -77,7 +77,8 @@ def explain_handshake(failure: str, endpoint: str, secure: bool, who: str = "thi
                 f"the node stopped just then)")
     if failure == CLOSED_IN_HANDSHAKE:
         return (f"{endpoint} closed the connection during the handshake, as a node with --keys does to a "
-                f"connection without keys ({pass_keys}), or as a node that stopped just then does")
+                f"connection without keys ({pass_keys}), as a node that stopped just then does, or as "
+                f"something that is not a miyaq node's service port does (its HTTP port?)")
     return f"the handshake with {endpoint} failed ({failure}): is a miyaq node listening there?"
 
 

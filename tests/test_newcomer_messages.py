@@ -1,0 +1,51 @@
+"""Messages a newcomer meets in the first hour that said the cause but not
+what to do (the newcomer audit of 2026-12-06): each test names the mistake."""
+from __future__ import annotations
+
+import pytest
+
+from gateway_harness import FIXTURES
+
+from miyaq.errors import Timeout
+from miyaq.runtime.connections import CLOSED_IN_HANDSHAKE, explain_handshake
+
+http_node, api, make_http_node, make_web_worker = FIXTURES
+
+
+def test_a_webhook_to_this_machine_names_the_flag_that_allows_it(api):
+    """Mistake: a webhook to a receiver on localhost, the node started as
+    the quickstart starts it. Before: "... localhost is this machine
+    (webhook_allow_private is off)", the setting's TOML name alone."""
+    status, body, _ = api.post("/queue", {"url": "http://localhost:9099/hook"})
+    assert (status, body["error"]["code"]) == (403, "forbidden_destination"), body
+    assert "start the node with --webhook-allow-private, or name the host in --webhook-allow-hosts" \
+        in body["error"]["message"], body
+
+
+def test_the_gateway_s_root_points_to_the_console_and_the_endpoints(api):
+    """Mistake: http://127.0.0.1:8088/ opened in a browser. Before: "no
+    endpoint /; see GET /openapi.json", nothing about the console."""
+    status, body, _ = api.get("/")
+    assert status == 404, body
+    assert body["error"]["message"] == ("no endpoint /; GET /openapi.json lists them (the web console is /ui, "
+                                        "unless http_console is off)"), body
+
+
+def test_a_handshake_closed_without_keys_names_a_port_that_is_not_a_node_s():
+    """Mistake: ``miyaq worker --connect tcp://127.0.0.1:8088`` (the HTTP
+    port). After its first-contact hint the worker's every later warning
+    blamed keys alone ("as a node with --keys does ... pass --key and
+    --server-key"), for a standalone node without keys."""
+    text = explain_handshake(CLOSED_IN_HANDSHAKE, "tcp://127.0.0.1:8088", False)
+    assert "not a miyaq node's service port does (its HTTP port?)" in text, text
+    assert "--keys" in text and "stopped just then" in text, text
+
+
+def test_a_result_wait_on_a_task_no_worker_takes_says_so(node, client):
+    """Mistake: the worker not started, or started for other queues: a
+    ``call()`` ran out with "task ... is still ready" and nothing more."""
+    with pytest.raises(Timeout) as err:
+        client.call("nobody.runs.this", [1], queue="no-worker-here", timeout=0.5)
+    assert str(err.value).endswith(" is still ready: no worker of its queue took it in time (none running for "
+                                   "that queue, or all busy: `miyaq status` lists each queue's workers and idle "
+                                   "slots)"), err.value
