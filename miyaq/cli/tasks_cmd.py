@@ -145,11 +145,45 @@ def run_status(args: argparse.Namespace) -> int:
     finally:
         client.close(flush=False)
     with reading(_node(args), raw_hint=not args.json):
-        if args.json or args.id:
-            _print(status, args.json)
+        if args.json:
+            _print(status, True)
+        elif args.id:
+            _print_task(status)
         else:
             _print_node_status(status)
     return 0
+
+
+TASK_TIMES = frozenset({"eta", "created", "finished", "expires", "lease_end", "started"})
+"""The fields of a TASK answer that are unix times (docs/protocol.md, 5.3)."""
+
+
+def _print_task(task: dict[str, Any]) -> None:
+    """``miyaq status ID``: one ``key: value`` line per field, a time also as
+    the local date and time after its unix value, the last error as ``type:
+    message`` with its traceback, if any, below it, indented. Before
+    2026-12-06 times were bare unix numbers and the error a Python dict on
+    one line, its traceback's line breaks printed as ``\\n``."""
+    for key, value in task.items():
+        if key in TASK_TIMES and type(value) in (int, float):
+            print(f"{_shown(key)}: {_shown(value)} ({_local_time(value)})")
+        elif key == "error" and isinstance(value, dict):
+            print(f"error: {_shown(value.get('type', ''))}: {_shown(value.get('message', ''))}")
+            trace = value.get("traceback")
+            if trace:
+                print("traceback:")
+                for line in str(trace).rstrip("\n").split("\n"):
+                    print(f"  {_shown(line)}")
+        else:
+            print(f"{_shown(key)}: {_shown(value)}")
+
+
+def _local_time(value: float) -> str:
+    """A unix time as the local ``YYYY-MM-DD HH:MM:SS``, or ``-`` out of range."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+    except (OverflowError, OSError, ValueError):
+        return "-"
 
 
 def _print_node_status(status: dict[str, Any]) -> None:

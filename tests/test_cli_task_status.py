@@ -1,0 +1,61 @@
+"""``miyaq status ID`` as a person reads it: times as dates, the last
+error as ``type: message`` and its traceback line by line (the newcomer
+audit of 2026-12-06). ``--json`` is the answer as it came."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import time
+
+import miyaq
+from miyaq.cli.main import main
+from miyaq.cli.tasks_cmd import _print_task
+
+ESC = "\x1b"
+
+
+def failing_app() -> miyaq.App:
+    app = miyaq.App("tcp://127.0.0.1:1")
+
+    @app.task(name="boom")
+    def boom(why):
+        raise ValueError(why)
+
+    return app
+
+
+def test_a_dead_task_shows_its_error_and_traceback_on_lines_of_their_own(node, client, thread_worker, capsys):
+    """Fault: a handler raises; the newcomer asks ``miyaq status ID`` why.
+    Before: ``eta: 1796581333.286655`` and ``error: {'type': 'ValueError',
+    'message': 'bad', 'traceback': 'Traceback (most recent call last):\\n
+    File ...'}`` on one line. Now the time has its date after it, the error
+    reads ``ValueError: bad``, and the traceback follows, indented, one line
+    each -- its escapes still escaped (a handler's message is anyone's)."""
+    thread_worker(failing_app(), node.endpoint)
+    handle = client.submit("boom", [f"bad{ESC}[2J"], max_retries=0, wait=True)
+    try:
+        handle.result(timeout=20)
+    except miyaq.TaskFailed:
+        pass
+    assert main(["status", handle.task_id, "--connect", node.endpoint]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    created = next(line for line in lines if line.startswith("created: "))
+    stamp = float(created.split()[1])
+    assert created == f"created: {stamp!r} ({time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(stamp))})", lines
+    assert "error: ValueError: bad\\x1b[2J" in lines, lines
+    trace = lines[lines.index("traceback:") + 1:]
+    assert trace[0] == "  Traceback (most recent call last):" and trace[-1] == "  ValueError: bad\\x1b[2J", trace
+    assert all(line.startswith("  ") for line in trace) and any("raise ValueError(why)" in t for t in trace), trace
+    assert main(["status", handle.task_id, "--connect", node.endpoint, "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["error"]["type"] == "ValueError" and answer["created"] == stamp
+
+
+def test_a_time_no_clock_can_show_is_a_dash():
+    """Not a fault of the user's: a copy moved by a peer's skewed clock can
+    carry an eta of 1e17; the line shows the number and ``-``."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        _print_task({"id": "t1", "eta": 1e17, "state": "scheduled"})
+    assert out.getvalue().splitlines() == ["id: t1", "eta: 1e+17 (-)", "state: scheduled"]
