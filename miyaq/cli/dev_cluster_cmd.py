@@ -98,14 +98,30 @@ def banner(cluster: DevCluster) -> list[str]:
                   f"  shell    export MIYAQ_KEY={cluster.key} MIYAQ_SERVER_KEY={cluster.server_key}",
                   f'  python   miyaq.Client("{connect}", key="{cluster.key}", server_key="{cluster.server_key}")']
     if cluster.state_path:
-        lines.append(f"in this directory `miyaq status`, `miyaq ring`, `miyaq worker yourmodule:app` and "
-                     f"miyaq.App() / miyaq.Client() without endpoints use this cluster ({cluster.state_path})")
+        lines.append(f"in this directory `miyaq status`, `miyaq ring`, and miyaq.App() / miyaq.Client() without "
+                     f"endpoints (so `miyaq worker yourmodule:app` for such an App) use this cluster "
+                     f"({cluster.state_path})")
+    lines += _moved_from(cluster)
     lines += [
         "Ctrl-C stops everything.",
         f"ready zk={zk} cluster={cluster.cluster} connect={connect} logs={cluster.log_dir}"
         + (f" keys={cluster.key_dir}" if cluster.key_dir else ""),
     ]
     return lines
+
+
+def _moved_from(cluster: DevCluster) -> list[str]:
+    """A warning when the first node is not at the base port: something
+    else listens there (most often the standalone node of the quickstart),
+    and code that names that port -- an ``App("tcp://127.0.0.1:7450")`` --
+    reaches it, not this cluster."""
+    from ..devports import HOST
+    if not cluster.nodes or cluster.nodes[0].port == cluster.base_port:
+        return []
+    busy = f"tcp://{HOST}:{cluster.base_port}"
+    return [f"note: {busy} was in use (a node already running? `miyaq status --connect {busy}`), so the nodes "
+            f"took other ports: code that names {busy} (an App or Client given it) reaches that, not this "
+            f"cluster; stop it first, or give no endpoints"]
 
 
 def _base_port(given: int | None) -> int:
