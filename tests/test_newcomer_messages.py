@@ -6,8 +6,10 @@ import pytest
 
 from gateway_harness import FIXTURES
 
+import miyaq
 from miyaq.errors import Timeout
 from miyaq.runtime.connections import CLOSED_IN_HANDSHAKE, explain_handshake
+from miyaq.worker.execute import too_large
 
 http_node, api, make_http_node, make_web_worker = FIXTURES
 
@@ -49,3 +51,33 @@ def test_a_result_wait_on_a_task_no_worker_takes_says_so(node, client):
     assert str(err.value).endswith(" is still ready: no worker of its queue took it in time (none running for "
                                    "that queue, or all busy: `miyaq status` lists each queue's workers and idle "
                                    "slots)"), err.value
+
+
+def big_result_app():
+    app = miyaq.App("tcp://127.0.0.1:1")
+
+    @app.task(name="big")
+    def big(n):
+        return "x" * n
+
+    return app
+
+
+def test_a_result_over_max_payload_says_what_to_do(node, client, thread_worker):
+    """Mistake: a handler returns 2 MB (a report, an image) to a node that
+    takes 1 MiB. Before: "result of 2000005 bytes exceeds max_payload
+    1048576", the limit's name alone."""
+    thread_worker(big_result_app(), node.endpoint)
+    with pytest.raises(miyaq.TaskFailed) as err:
+        client.call("big", [2_000_000], timeout=20)
+    assert err.value.remote_type == "ResultTooLarge"
+    assert err.value.remote_message == ("result of 2000005 bytes exceeds max_payload 1048576 (the node's "
+                                        "--max-payload; keep large data elsewhere and return where it is)")
+
+
+def test_a_result_no_message_can_carry_says_what_to_do():
+    """Mistake: a result past what one message carries, refused by the
+    worker itself before it is sent: the same remedy."""
+    assert too_large(20_000_005, 16_711_680, "one message to a node can carry")["message"].endswith(
+        "exceeds the 16711680 bytes one message to a node can carry (keep large data elsewhere and return where "
+        "it is)")

@@ -125,7 +125,8 @@ class WorkerCommands:
         for task_id, attempt, result in items:
             if result is not None and len(result) > limit:
                 self.engine.fail(task_id, attempt, {"type": "ResultTooLarge", "message":
-                                 f"result of {len(result)} bytes exceeds max_payload {limit}"}, False, None, now,
+                                 f"result of {len(result)} bytes exceeds max_payload {limit} (the node's "
+                                 f"--max-payload; keep large data elsewhere and return where it is)"}, False, None, now,
                                  by=by)
                 continue
             complete(task_id, attempt, result, now, by=by)

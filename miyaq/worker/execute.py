@@ -101,7 +101,8 @@ def too_large(size: int, limit: int, carrier: str) -> dict[str, Any]:
     carries it (``carrier``: "one message to a node can carry"): not retried,
     as a node fails a result over its ``max_payload``."""
     return {"type": "ResultTooLarge", "retry": False,
-            "message": f"result of {size} bytes exceeds the {limit} bytes {carrier}"}
+            "message": f"result of {size} bytes exceeds the {limit} bytes {carrier} (keep large data elsewhere "
+                       f"and return where it is)"}
 
 
 def unpackable(value: Any, exc: BaseException) -> dict[str, Any]:
