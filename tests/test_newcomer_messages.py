@@ -2,11 +2,14 @@
 what to do (the newcomer audit of 2026-12-06): each test names the mistake."""
 from __future__ import annotations
 
+import datetime
+
 import pytest
 
 from gateway_harness import FIXTURES
 
 import miyaq
+from miyaq.client.wire import pack_args
 from miyaq.errors import Timeout
 from miyaq.runtime.connections import CLOSED_IN_HANDSHAKE, explain_handshake
 from miyaq.worker.execute import too_large
@@ -81,3 +84,17 @@ def test_a_result_no_message_can_carry_says_what_to_do():
     assert too_large(20_000_005, 16_711_680, "one message to a node can carry")["message"].endswith(
         "exceeds the 16711680 bytes one message to a node can carry (keep large data elsewhere and return where "
         "it is)")
+
+
+@pytest.mark.parametrize("value", [datetime.datetime(2026, 12, 6), {1, 2}, object()],
+                         ids=["datetime", "set", "object"])
+def test_arguments_msgpack_cannot_encode_say_what_to_pass(value):
+    """Mistake: a datetime, a set or an object of the app's passed to a
+    task. Before: "task arguments msgpack cannot encode: can not serialize
+    'datetime.datetime' object", nothing about what to pass instead."""
+    with pytest.raises(TypeError) as err:
+        pack_args([value])
+    text = str(err.value)
+    assert text.startswith("task arguments msgpack cannot encode: can not serialize "), text
+    assert text.endswith("; pass plain data -- None, bool, int (64 bits), float, str, bytes, lists and dicts of "
+                         "them: a datetime as .isoformat() or .timestamp(), a set as a list, an object by its id"), text

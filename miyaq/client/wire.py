@@ -89,7 +89,13 @@ def pack_args(args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None) ->
     try:
         return msgpack.packb([list(args), kwargs or {}], use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise TypeError(f"task arguments msgpack cannot encode: {exc}") from None
+        raise TypeError(f"task arguments msgpack cannot encode: {exc}{ARGS_HINT}") from None
+
+
+ARGS_HINT = ("; pass plain data -- None, bool, int (64 bits), float, str, bytes, lists and dicts of them: a "
+             "datetime as .isoformat() or .timestamp(), a set as a list, an object by its id")
+"""What a task's arguments may be, said when they cannot be encoded
+(docs/python-api.md, "Arguments, results and msgpack")."""
 
 
 def options_wire(options: Mapping[str, Any]) -> dict[str, Any]:
