@@ -45,10 +45,13 @@ def load_app(spec: str) -> App:
 def _import_hint(spec: str, module_name: str, exc: ImportError) -> str:
     """What to try when ``module_name`` cannot be imported: ``tasks.app``
     written for ``tasks:app``, or a module not found from here."""
-    if ":" not in spec and "." in module_name:
+    if ":" not in spec and "." in module_name and isinstance(exc, ModuleNotFoundError) and exc.name == module_name:
         parent, _, last = module_name.rpartition(".")
-        if importlib.util.find_spec(parent) is not None and isinstance(exc, ModuleNotFoundError) \
-                and exc.name == module_name:
+        try:
+            found = importlib.util.find_spec(parent) is not None
+        except (ImportError, ValueError):
+            found = False
+        if found:
             return f" (the App is named after a colon: did you mean '{parent}:{last}'?)"
     if isinstance(exc, ModuleNotFoundError) and exc.name == module_name.partition(".")[0]:
         return (f" (looked for from {os.getcwd()} and the Python path: run the worker from the directory "
