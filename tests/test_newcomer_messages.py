@@ -3,6 +3,8 @@ what to do (the newcomer audit of 2026-12-06): each test names the mistake."""
 from __future__ import annotations
 
 import datetime
+import logging
+import time
 
 import pytest
 
@@ -98,3 +100,31 @@ def test_arguments_msgpack_cannot_encode_say_what_to_pass(value):
     assert text.startswith("task arguments msgpack cannot encode: can not serialize "), text
     assert text.endswith("; pass plain data -- None, bool, int (64 bits), float, str, bytes, lists and dicts of "
                          "them: a datetime as .isoformat() or .timestamp(), a set as a list, an object by its id"), text
+
+
+def sleeping_app():
+    app = miyaq.App("tcp://127.0.0.1:1")
+
+    @app.task(name="nap")
+    def nap(seconds):
+        time.sleep(seconds)
+        return seconds
+
+    return app
+
+
+def test_a_worker_stopping_with_running_tasks_says_how_to_stop_at_once(node, client, thread_worker, caplog):
+    """Mistake: Ctrl-C on a worker whose handler runs for minutes; the
+    worker waits up to its grace (30 s by default) and said only "stopping:
+    1 running task(s) ... grace 30.0s", not that a second Ctrl-C ends the
+    wait."""
+    worker = thread_worker(sleeping_app(), node.endpoint, pool="threads")
+    handle = client.submit("nap", [0.5], wait=True)
+    deadline = time.monotonic() + 20
+    while client.status(handle.task_id)["state"] != "running" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with caplog.at_level(logging.INFO, logger="miyaq.worker.runner"):
+        worker.stop()
+    line = next(r.getMessage() for r in caplog.records if " stopping: " in r.getMessage())
+    assert line.endswith(" stopping: 1 running task(s), 0 given back unstarted, grace 2.0s (a second Ctrl-C or "
+                         "SIGTERM stops at once: the running tasks go back to the node, attempt spent)"), line

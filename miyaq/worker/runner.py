@@ -57,6 +57,8 @@ from .watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
 _log = LogLimiter(logger)     # what a node sends may repeat (a buggy or hostile one): a few lines a minute
+STOP_AGAIN = " (a second Ctrl-C or SIGTERM stops at once: the running tasks go back to the node, attempt spent)"
+"""Said when a stop waits for running handlers (docs/configuration.md, ``--grace``)."""
 _shortage_log = LogLimiter(logger, burst=1)     # a pool short of threads: one line a minute, the rest counted
 
 
@@ -472,9 +474,9 @@ class Worker:
         for link, ids in returned.items():
             link.send(c.RETURN, {"ids": ids, "credit": False})
         self._wake(len(self.idle))
-        logger.info("worker %s stopping: %d running task(s), %d given back unstarted, grace %.1fs", self.wid,
-                    len(self.running) + len(self.superseded) - len(self.given_back),
-                    sum(len(ids) for ids in returned.values()), grace)
+        running = len(self.running) + len(self.superseded) - len(self.given_back)
+        logger.info("worker %s stopping: %d running task(s), %d given back unstarted, grace %.1fs%s", self.wid,
+                    running, sum(len(ids) for ids in returned.values()), grace, STOP_AGAIN if running > 0 else "")
         deadline = monotonic() + grace
         while (self.running or self.superseded) and not self._hurry.is_set():
             left = deadline - monotonic()
