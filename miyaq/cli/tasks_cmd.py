@@ -20,18 +20,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name", help="the handler's registered name")
     p.add_argument("--args", default="[]", help="JSON list of positional arguments")
     p.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments")
-    p.add_argument("--queue", default=None)
+    p.add_argument("--queue", default=None, help="the queue it waits in (default: default)")
     p.add_argument("--priority", type=numbers.integer(), default=None, help="lower runs first")
     p.add_argument("--countdown", type=numbers.seconds, default=None, help="seconds from now")
     p.add_argument("--eta", type=numbers.real(0.0), default=None, help="unix time to run at")
     p.add_argument("--ttl", type=numbers.positive_seconds, default=None, help="expire if not started within")
     p.add_argument("--dedup-key", default=None, metavar="KEY",
                    help="deduplication key (a second submit with it answers 'duplicate')")
-    p.add_argument("--max-retries", type=numbers.integer(0, 10_000), default=None)
+    p.add_argument("--max-retries", type=numbers.integer(0, 10_000), default=None,
+                   help="retries after the first attempt (default: the node's --default-max-retries, 3)")
     p.add_argument("--timeout", type=numbers.positive_seconds, default=None, help="lease in seconds")
     p.add_argument("--id", default=None, help="task id (default: a new 128-bit id)")
     p.add_argument("--wait", action="store_true", help="wait for the result and print it")
-    p.add_argument("--wait-timeout", type=numbers.seconds, default=60.0)
+    p.add_argument("--wait-timeout", type=numbers.seconds, default=60.0,
+                   help="with --wait, seconds to wait for the result [default 60]")
     _connect_option(p)
     p.set_defaults(run=run_submit)
 
@@ -41,22 +43,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_status)
 
     p = sub.add_parser("tasks", help="list tasks")
-    p.add_argument("--queue", default=None)
-    p.add_argument("--state", default=None)
-    p.add_argument("--limit", type=numbers.integer(1, 10_000), default=100)
+    p.add_argument("--queue", default=None, help="only this queue's tasks")
+    p.add_argument("--state", default=None,
+                   help="only tasks in this state: scheduled, ready, running, retrying or dead (finished tasks "
+                        "are not listed: `miyaq status ID`)")
+    p.add_argument("--limit", type=numbers.integer(1, 10_000), default=100, help="most tasks listed [default 100]")
     _connect_option(p)
     p.set_defaults(run=run_tasks)
 
     p = sub.add_parser("cancel", help="cancel a task")
-    p.add_argument("id")
+    p.add_argument("id", help="the task's id (exit status 1 when it was not cancelled: it had finished)")
     _connect_option(p)
     p.set_defaults(run=run_cancel)
 
     p = sub.add_parser("dead", help="the dead-letter queue: list, retry ID..., purge")
-    p.add_argument("op", choices=("list", "retry", "purge"))
+    p.add_argument("op", choices=("list", "retry", "purge"),
+                   help="list them; retry: put them back, attempts reset; purge: delete them")
     p.add_argument("ids", nargs="*", help="task ids (retry, purge: none means every dead task)")
     p.add_argument("--queue", default=None, help="only this queue's dead tasks (not with ids: ids name their tasks)")
-    p.add_argument("--limit", type=numbers.integer(1, 10_000), default=100)
+    p.add_argument("--limit", type=numbers.integer(1, 10_000), default=100,
+                   help="list: most tasks listed [default 100]")
     _connect_option(p)
     p.set_defaults(run=run_dead)
 
