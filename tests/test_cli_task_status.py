@@ -59,3 +59,21 @@ def test_a_time_no_clock_can_show_is_a_dash():
     with contextlib.redirect_stdout(out):
         _print_task({"id": "t1", "eta": 1e17, "state": "scheduled"})
     assert out.getvalue().splitlines() == ["id: t1", "eta: 1e+17 (-)", "state: scheduled"]
+
+
+def test_dead_retry_lists_what_it_put_back_and_says_which_ids_it_did_not(node, client, thread_worker, capsys):
+    """Mistake: ``miyaq dead retry`` with a mistyped id. Before: ``retried:
+    ['…']`` (a Python list) and ``retried: []`` for an id that is no dead
+    task, nothing saying the id matched nothing."""
+    thread_worker(failing_app(), node.endpoint)
+    handle = client.submit("boom", ["bad"], max_retries=0, wait=True)
+    try:
+        handle.result(timeout=20)
+    except miyaq.TaskFailed:
+        pass
+    assert main(["dead", "retry", handle.task_id, "no-such-dead-task", "--connect", node.endpoint]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "retried 1 dead task(s)", f"  {handle.task_id}",
+        "1 of the ids given is no dead task here (`miyaq dead list`)"]
+    assert main(["dead", "purge", "--queue", "nothing-dead-here", "--connect", node.endpoint]) == 0
+    assert capsys.readouterr().out.splitlines() == ["purged 0 dead task(s)"]

@@ -319,7 +319,15 @@ def run_dead(args: argparse.Namespace) -> int:
     with reading(_node(args), raw_hint=not args.json):
         if args.op != "list":
             done = "retried" if args.op == "retry" else "purged"
-            _print({done: answer[done]}, args.json)
+            if args.json:
+                _print({done: answer[done]}, True)
+            elif type(answer[done]) is int:       # purge answers a count
+                print(f"{done} {answer[done]} dead task(s)")
+            else:
+                ids = list(answer[done])
+                missed = len(set(args.ids) - {str(i) for i in ids})
+                print(f"{done} {len(ids)} dead task(s)" + "".join(f"\n  {_shown(i)}" for i in ids)
+                      + (f"\n{missed} of the ids given is no dead task here (`miyaq dead list`)" if missed else ""))
         elif args.json:
             _print(answer["tasks"], True)
         else:
