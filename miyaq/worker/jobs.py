@@ -6,7 +6,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..protocol.taskspec import MAX_ID_CHARS
-from ..runtime import green, monotonic
+from ..runtime import monotonic
 from .context import TaskContext
 from .execute import Interrupted
 
@@ -152,7 +152,9 @@ class Job:
     timeout. ``handle`` is the pool's: the
     greenlet, thread ident, asyncio task or child process running it, None
     while nothing does. ``lock`` guards ``handle`` where a native thread
-    clears it."""
+    clears it: made by the threads pool, the one pool that needs it (None
+    elsewhere: a lock made and dropped for every task cost the other pools
+    an allocation each)."""
 
     __slots__ = ("task_id", "name", "queue", "attempt", "timeout", "body", "fn", "is_async", "node",
                  "deadline", "touch_after", "stop_reason", "handle", "lock", "executor")
@@ -173,7 +175,7 @@ class Job:
             self.deadline = self.touch_after = float("inf")
         self.stop_reason: type[Interrupted] | None = None
         self.handle: Any = None
-        self.lock = green.native_lock()
+        self.lock: Any = None
         self.executor: Any = None
 
     def context(self, touch: Touch) -> TaskContext:

@@ -242,22 +242,24 @@ class NodeLink:
         self.last_heard = monotonic()
         self.watch.opened(self.last_heard)
         self.register()
-        last_beat = monotonic()
+        last_beat = now = monotonic()
         while not self.worker.stopping_hard and not self.retired:
             sock = self.sock
             if sock is None:
                 # No socket could be opened (out of file descriptors): try again
                 # a heartbeat later, and register on the socket that opens.
                 green.sleep(self.heartbeat)
+                now = monotonic()
                 if not self.worker.stopping_hard and self.sock is None and self._open():
                     self.register()
-                    last_beat = monotonic()
+                    last_beat = now
                 continue
             try:
                 # The wait is bounded for the heartbeat check: until the next beat
                 # is due, so no two beats are more than `heartbeat` apart
-                # (docs/protocol.md, 7.2).
-                due = last_beat + self.heartbeat - monotonic()
+                # (docs/protocol.md, 7.2). ``now`` was read at the end of the
+                # last pass, which did nothing since that waits.
+                due = last_beat + self.heartbeat - now
                 message = sock.recv(min(self.heartbeat, max(due, 0.001)))
                 if message is not None:
                     self._handle(message[0])
@@ -270,6 +272,7 @@ class NodeLink:
                 if self.worker.stopping_hard:
                     return
                 if sock is not self.sock:
+                    now = monotonic()
                     continue        # the connection closed and the watcher opened a fresh socket (or retired)
                 raise
             now = monotonic()

@@ -45,8 +45,9 @@ class Reports:
         follows would count that attempt as spent."""
         worker = self.worker
         routes = worker.routes
-        holders = routes.holders.get(job.task_id)
-        target = routes.report_link(link, job.task_id)
+        task_id = job.task_id
+        holders = routes.holders.pop(task_id, None)     # forgotten once reported (Routes.report_link)
+        target = link if not link.lost or not holders else routes.reroute(link, task_id, holders)
         last = not worker.backlog
         alone = last and not self._sent_this_pass
         if alone:
@@ -62,11 +63,13 @@ class Reports:
             # No slot back: see the docstring; or this node's extra credit is being taken back.
             elsewhere = target is not link or worker.stopping or link.extra.take_withhold()
             if kind == "done":
-                target.report_done(job.task_id, job.attempt, value, elsewhere)
-                routes.sent_report(target, job.task_id, job.attempt, holders, result=value)
+                target.report_done(task_id, job.attempt, value, elsewhere)
+                if holders is not None:
+                    routes.sent_report(target, task_id, job.attempt, holders, result=value)
             else:
-                target.report_failed(job.task_id, job.attempt, value, elsewhere)
-                routes.sent_report(target, job.task_id, job.attempt, holders, error=value)
+                target.report_failed(task_id, job.attempt, value, elsewhere)
+                if holders is not None:
+                    routes.sent_report(target, task_id, job.attempt, holders, error=value)
         finally:
             if alone:
                 target.outbox.send_now()

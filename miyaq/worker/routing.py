@@ -93,6 +93,11 @@ class Routes:
         holders = self.holders.get(task_id) if keep else self.holders.pop(task_id, None)
         if not link.lost or not holders:
             return link
+        return self.reroute(link, task_id, holders)
+
+    def reroute(self, link: "NodeLink", task_id: str, holders: list[str]) -> "NodeLink":
+        """Where to report ``task_id`` (whose ``holders`` the caller took),
+        ``link``'s node being lost: another live holder, else ``link``."""
         other = self._other_holder(link, holders)
         if other is None:
             return link

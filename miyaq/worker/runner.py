@@ -44,7 +44,7 @@ from .config import (
     BYE_LINGER, DRAIN_POLL, OVER_CAPACITY, POOL_READY_WAIT, WorkerConfig,
 )
 from .execute import Interrupted, TaskAborted, TaskTimeout
-from .jobs import Backlog, Job, current, release, reportable, well_formed
+from .jobs import Backlog, Job, current, reportable, well_formed
 from .link import NodeLink
 from .pools import PoolParts, make_pool
 from .pools.base import NotStarted, PoolShortage
@@ -304,7 +304,10 @@ class Worker:
                                                               "(see the worker's log)")
             raise
         finally:
-            if not release(self.running, job):
+            running = self.running
+            if running.get(task_id) is job:      # release(), inline: on every task's path
+                del running[task_id]
+            else:
                 self.superseded.remove(job)
             if shortage is None and not withdrawn:
                 self.executed += 1

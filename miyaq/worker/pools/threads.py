@@ -61,6 +61,8 @@ class ThreadsPool:
         return True
 
     def run(self, job: Job) -> Outcome:
+        # Before anything can yield: interrupt() and the pool thread take it.
+        job.lock = green.native_lock()
         self._thread_for_one_more()
         self.in_pool += 1
         try:
