@@ -173,8 +173,6 @@ PROBE_TIMEOUT = 1.0
 #: 64 KiB of payloads (``miyaq.constants.DISPATCH_MESSAGE_BYTES``), or one
 #: larger task (up to the node's ``max_payload``), so this is room to spare.
 MAX_INBOUND_MESSAGE = 64 * 1024 * 1024
-#: Messages read in one burst before the reader yields to other greenlets.
-RECV_BURST = 256
 #: Most nodes a worker connects to (the ring's members, as they are
 #: discovered). A link to a node that left the ring is retired after
 #: ``DEPARTED_NODE_GRACE``, so this bounds the links to current members,

@@ -47,7 +47,7 @@ from ..runtime.hub_socket import HubSocket
 from ..runtime.open_files import open_files_hint, room_for
 from ..runtime.sockets import SocketFactory, heartbeat_options, zmq
 from .config import (HUNG_NODE_LIVENESS, LIVENESS, MAX_INBOUND_MESSAGE, MAX_RESULT_BYTES, NODE_HEARTBEAT_RANGE,
-                     RECV_BURST, RESULT_MESSAGE_SLACK)
+                     RESULT_MESSAGE_SLACK)
 from .link_watch import LinkWatch
 from .outbox import Outbox
 from .prefetch import ExtraCredit, RunTimes
@@ -260,14 +260,15 @@ class NodeLink:
                 # (docs/protocol.md, 7.2). ``now`` was read at the end of the
                 # last pass, which did nothing since that waits.
                 due = last_beat + self.heartbeat - now
+                # One message a pass: the next pass's recv asks whether another
+                # waits (and reads it without waiting) -- the one ask of a lone
+                # message's wake-up; a burst yields when its HubSocket's fair
+                # share is spent. (Before 2026-12-06 a pass read up to 256
+                # messages with recv_nowait, whose last ask, finding none, the
+                # next recv made again.)
                 message = sock.recv(min(self.heartbeat, max(due, 0.001)))
                 if message is not None:
                     self._handle(message[0])
-                    for _ in range(RECV_BURST):
-                        message = sock.recv_nowait()
-                        if message is None:
-                            break
-                        self._handle(message[0])
             except zmq.ZMQError:
                 if self.worker.stopping_hard:
                     return
