@@ -311,7 +311,7 @@ def test_link_reader_death_stops_the_worker(node, client, thread_worker, caplog)
     w = thread_worker(basic.app, node.endpoint, queues=["default"], concurrency=1).worker
     wait_for(lambda: client.status()["totals"]["workers"] == 1, what="worker registered")
 
-    def broken_accept(link, deliveries):
+    def broken_accept(link, deliveries, received=None):
         raise RuntimeError("injected reader failure")
 
     w.accept = broken_accept
@@ -332,7 +332,7 @@ def test_a_worker_whose_reader_dies_ends_even_if_stopping_fails(node, client, th
     w = thread_worker(basic.app, node.endpoint, queues=["default"], concurrency=1).worker
     wait_for(lambda: client.status()["totals"]["workers"] == 1, what="worker registered")
 
-    def broken_accept(link, deliveries):
+    def broken_accept(link, deliveries, received=None):
         raise RuntimeError("injected reader failure")
 
     def broken_flush():

@@ -78,7 +78,7 @@ def decode_args(body: bytes | None) -> tuple[list[Any], dict[str, Any]]:
         why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         raise BadBody(f"the task's body is not msgpack [args, kwargs]: {why}") from None
     if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], list)
-            and isinstance(value[1], dict) and all(isinstance(k, str) for k in value[1])):
+            and isinstance(value[1], dict) and (not value[1] or all(isinstance(k, str) for k in value[1]))):
         raise BadBody("the task's body is not msgpack [args, kwargs] (an array and a map with string keys)")
     return value[0], value[1]
 

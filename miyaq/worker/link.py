@@ -342,7 +342,7 @@ class NodeLink:
         if command == c.DISPATCH:
             tasks = body.get("tasks")
             if isinstance(tasks, list):
-                self.worker.accept(self, tasks)
+                self.worker.accept(self, tasks, self.last_heard)     # read just now
             else:
                 _log.warning("malformed", "node %s: ignoring a DISPATCH whose tasks are not a list", self.endpoint)
         elif command == c.WELCOME:

@@ -143,14 +143,18 @@ class Worker:
         return self.routes.running_from(link) + sum(1 for other in self.backlog.links() if other is link)
 
     # -- receiving work --------------------------------------------------------------
-    def accept(self, link: NodeLink, deliveries: list[Any]) -> None:
+    def accept(self, link: NodeLink, deliveries: list[Any], received: float | None = None) -> None:
+        """Take a DISPATCH's ``deliveries`` from ``link``'s node, read at
+        ``received`` (monotonic; now if not given): checked one by one, each
+        well-formed one to the backlog, the rest reported or given back."""
         if self.stopping:
             link.send(c.RETURN, {"ids": [d[0] for d in deliveries if isinstance(d, list) and d],
                                  "credit": False})
             return
         malformed = 0
         over: list[str] = []
-        received = monotonic()
+        if received is None:
+            received = monotonic()
         # What a worker holds is bounded whatever its nodes send: twice the
         # credit it grants, for the races where a node's count and ours differ
         # for a while (a lease run out on a handler still running here).
@@ -265,11 +269,11 @@ class Worker:
         job = Job(d, tdef.fn, tdef.is_async, link.endpoint, received)
         job.executor = self.aio if job.is_async and self.aio is not None else self.pool
         earlier = self.running.get(task_id)
-        if earlier is not None and earlier.attempt >= attempt:
-            _log.warning("repeated delivery", "worker %s: task %s delivered again as attempt %s while attempt "
-                         "%s runs here; ignored", self.wid, task_id, attempt, earlier.attempt)
-            return True
         if earlier is not None:
+            if earlier.attempt >= attempt:
+                _log.warning("repeated delivery", "worker %s: task %s delivered again as attempt %s while attempt "
+                             "%s runs here; ignored", self.wid, task_id, attempt, earlier.attempt)
+                return True
             # Leased here again while an earlier attempt still runs: the node's
             # lease on that one ran out (it ran past its timeout before the
             # watchdog looked, or the node sent the task again). Stop it, and
@@ -317,8 +321,7 @@ class Worker:
             self._withdrawn(link, job)
             return True
         if self.adaptive:
-            body = d[3]
-            self.run_times.add(monotonic() - started, len(body) if isinstance(body, (bytes, str)) else 0)
+            self.run_times.add(monotonic() - started, len(d[3]))     # bytes: well_formed checked it
         try:
             self.reports.outcome(link, job, outcome)
         except Exception:
