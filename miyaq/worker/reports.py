@@ -51,8 +51,12 @@ class Reports:
         last = not worker.backlog
         alone = last and not self._sent_this_pass
         if alone:
-            self._sent_this_pass = True
-            green.call_soon(self._pass_over)
+            if worker.running or worker.superseded:
+                # Others run, and may end in this same pass: theirs go to the
+                # flusher. With none running (a lone task's case) no runner
+                # can, and the pass needs no mark (nor a hub callback a task).
+                self._sent_this_pass = True
+                green.call_soon(self._pass_over)
             target.outbox.hold()
         try:
             kind, value = outcome
