@@ -164,7 +164,18 @@ class Handoff:
             if not _still_held(role.engine.table, task):
                 continue        # finished, dropped or replaced while the pass yielded
             new = role.holders_for(task)
-            if not new or tuple(new) == task.holders:
+            if not new:
+                continue
+            if tuple(new) == task.holders:
+                waiting = self.leaving.get(task.id)
+                if waiting and me in new and not waiting.issubset(new):
+                    # A peer's handoff reached this holder before this pass and
+                    # stored the new holders (CopyInstaller.install): the entry
+                    # the ring before made stops waiting for non-holders. Before
+                    # 2026-12-06 a joiner taken out again got copies for ever.
+                    waiting.intersection_update(new)
+                    if not waiting:
+                        del self.leaving[task.id]
                 continue
             old = task.holders or (me,)
             survivors = [h for h in old if h in alive or h == me]

@@ -1,0 +1,86 @@
+"""Handoff to a joining node that never becomes reachable (in the ring, its
+link never up): how often the old holders try it, and what they do once a
+ring change takes it out again (in-process cluster, miyaq.testing.inprocess;
+time on the cluster's clock, tries counted at the senders' links)."""
+from __future__ import annotations
+
+from collections import Counter
+
+from miyaq.cluster.peer_requests import REPLICATE
+
+OLD = ["n1", "n2", "n3"]
+JOINED = ["n1", "n2", "n3", "n4", "n5"]
+UNREACHABLE = "n4"
+
+
+def _submit_many(cluster, count: int) -> list[str]:
+    subs = [cluster.submit(OLD[i % 3], countdown=3600) for i in range(count)]
+    cluster.wait_until(lambda: all(s.status == "accepted" for s in subs), what="every submit accepted")
+    return [s.task_id for s in subs]
+
+
+def _count_tries(cluster, monkeypatch) -> Counter[str]:
+    """Sender -> REPLICATEs it tried to send to the unreachable node (none goes)."""
+    tries: Counter[str] = Counter()
+    for node_id in OLD:
+        link = cluster[node_id].role.peer
+        send = link._send_request
+
+        def counted(dst: str, frames: list[bytes], send=send, src=node_id) -> bool:
+            if dst == UNREACHABLE and frames[1] == REPLICATE:
+                tries[src] += 1
+            return send(dst, frames)
+        monkeypatch.setattr(link, "_send_request", counted)
+    return tries
+
+
+def _join_unreachable(cluster) -> tuple[int, dict[str, object]]:
+    """n4 and n5 join the ring; n4 runs but no link to it ever comes up:
+    (the new epoch, n4's endpoint to attach it later)."""
+    endpoint = cluster.net.nodes[UNREACHABLE]
+    cluster.net.detach(UNREACHABLE)
+    view = cluster.script.publish(JOINED)
+    cluster.wait_until(lambda: all(h.role.view.epoch == view.epoch for h in cluster.nodes.values()),
+                       what="every node on the ring with the joiners")
+    return view.epoch, endpoint
+
+
+def _waiting_for(cluster, node_id: str) -> dict[str, int]:
+    """Old node -> its handoff entries still waiting for ``node_id``."""
+    return {n: sum(1 for w in cluster[n].role.handoff.leaving.values() if node_id in w) for n in OLD}
+
+
+def _run(cluster, seconds: float) -> None:
+    cluster.advance(seconds, step=0.5)
+    cluster.settle(0.01)
+
+
+def test_a_joiner_taken_out_of_the_ring_is_no_longer_waited_for_nor_sent_copies(inproc, monkeypatch):
+    """Fault: a joining node never becomes reachable, and 2 s later a ring
+    change takes it out again. A peer's handoff of a task can reach an old
+    holder before that holder's own pass does, and store the new ring's
+    holders on its copy; the pass then found the holders unchanged and
+    left the entry that waited for the departed node: the copies were sent
+    to it for ever, every ~81 s (29 of 600 tasks, on all three old
+    holders). Now no entry waits for a node that is no longer a holder,
+    and nothing is tried to it after it left."""
+    cluster = inproc(5, ring=OLD, replicas=2)
+    tids = _submit_many(cluster, 600)
+    tries = _count_tries(cluster, monkeypatch)
+    _join_unreachable(cluster)
+    _run(cluster, 2.0)
+    assert sum(_waiting_for(cluster, UNREACHABLE).values()), "the old holders must wait for the joiner"
+
+    view = cluster.script.publish(OLD + ["n5"])
+    cluster.wait_until(lambda: all(h.role.view.epoch == view.epoch for h in cluster.nodes.values()),
+                       what="every node on the ring without the unreachable joiner")
+    cluster.wait_until(lambda: not any(cluster[n].role.handoff.busy for n in OLD), what="the passes over")
+    before = sum(tries.values())
+    for _ in range(12):         # two minutes: past the sweeps and several of the old resends
+        _run(cluster, 10.0)
+    assert _waiting_for(cluster, UNREACHABLE) == {n: 0 for n in OLD}
+    assert sum(tries.values()) == before, tries
+    for tid in tids:
+        assert all(cluster[h].task(tid) is not None for h in cluster.holders(tid)), tid
+    assert {n: cluster[n].role.handoff.pending() for n in OLD} == {n: 0 for n in OLD}
+    assert not cluster.crashes()
