@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections import Counter
 
 from miyaq.cluster.peer_requests import REPLICATE
+from miyaq.constants import HANDOFF_CONFIRM_TIMEOUT, HANDOFF_LAG_RETRIES, HANDOFF_RETRY, HANDOFF_RETRY_MAX
+from miyaq.runtime import monotonic
 
 OLD = ["n1", "n2", "n3"]
 JOINED = ["n1", "n2", "n3", "n4", "n5"]
@@ -50,8 +52,8 @@ def _waiting_for(cluster, node_id: str) -> dict[str, int]:
     return {n: sum(1 for w in cluster[n].role.handoff.leaving.values() if node_id in w) for n in OLD}
 
 
-def _run(cluster, seconds: float) -> None:
-    cluster.advance(seconds, step=0.5)
+def _run(cluster, seconds: float, step: float = 1.0) -> None:
+    cluster.advance(seconds, step=step)
     cluster.settle(0.01)
 
 
@@ -83,4 +85,65 @@ def test_a_joiner_taken_out_of_the_ring_is_no_longer_waited_for_nor_sent_copies(
     for tid in tids:
         assert all(cluster[h].task(tid) is not None for h in cluster.holders(tid)), tid
     assert {n: cluster[n].role.handoff.pending() for n in OLD} == {n: 0 for n in OLD}
+    assert not cluster.crashes()
+
+
+def test_the_quick_retries_to_an_unreachable_joiner_are_used_once_per_ring_change(inproc, monkeypatch):
+    """Fault: a joining node never becomes reachable. The HANDOFF_LAG_RETRIES
+    quick retries (a link not up yet) were started afresh by every pass, the
+    sweeps of the minute after the change too: each old holder tried it in
+    bursts of about seven (35 tries in 600 s instead of 11; each retry
+    rebuilds the record of every copy waiting for it). Now they are used
+    once for the ring change, then the resends back off; once the joiner
+    comes up it gets every copy, and the other joiner got its copies at once."""
+    cluster = inproc(5, ring=OLD, replicas=2)
+    tids = _submit_many(cluster, 150)
+    tries = _count_tries(cluster, monkeypatch)
+    _, endpoint = _join_unreachable(cluster)
+    to_unreachable = [t for t in tids if UNREACHABLE in cluster.holders(t)]
+    to_reachable = [t for t in tids if "n5" in cluster.holders(t)]
+    assert to_unreachable and to_reachable
+    seconds = 120
+    for _ in range(seconds // 10):
+        _run(cluster, 10.0)
+    assert all(cluster["n5"].task(t) is not None for t in to_reachable)
+    senders = {n for n in OLD if tries[n]}
+    assert senders, "some old node must hand tasks to the unreachable joiner"
+    # The pass's send, the quick retries, then resends ever further apart
+    # (each try fails at once: none waits for a timeout): 10 in 120 s; 28 before.
+    most = 1 + HANDOFF_LAG_RETRIES + 5
+    assert all(tries[n] <= most for n in senders), (tries, most)
+
+    cluster.net.attach(UNREACHABLE, endpoint)
+    _run(cluster, HANDOFF_RETRY_MAX + HANDOFF_CONFIRM_TIMEOUT + HANDOFF_RETRY)
+    cluster.wait_until(lambda: all(cluster[UNREACHABLE].task(t) is not None for t in to_unreachable),
+                       what="every copy on the joiner once it is reachable")
+    cluster.wait_until(lambda: all(cluster[n].role.handoff.pending() == 0 for n in OLD),
+                       what="every handoff confirmed")
+    assert not cluster.crashes()
+
+
+def test_a_sweep_pass_does_not_push_back_a_planned_resend(inproc, monkeypatch):
+    """Fault: a sweep pass (every HANDOFF_SWEEP in the minute after a ring
+    change) planned the next resend HANDOFF_RETRY after its own end,
+    whatever had been planned before: a resend due at the sweep, or a
+    second before it, waited 5 s more. Now a resend planned before the
+    pass stands."""
+    cluster = inproc(5, ring=OLD, replicas=2)
+    _submit_many(cluster, 60)
+    _count_tries(cluster, monkeypatch)
+    _join_unreachable(cluster)
+    _run(cluster, 4.0)      # past the quick retries
+    handoff = next(cluster[n].role.handoff for n in OLD if cluster[n].role.handoff.pending())
+    for _ in range(10):     # a moment with a resend planned, not yet due, and no pass or resend under way
+        if not handoff.busy and monotonic() < handoff.next_retry < monotonic() + HANDOFF_RETRY:
+            break
+        _run(cluster, 0.5, step=0.5)
+    planned = handoff.next_retry
+    assert not handoff.busy and monotonic() < planned < monotonic() + HANDOFF_RETRY
+    last_run = handoff.last_run
+    handoff.request()           # a sweep pass (no ring change)
+    cluster.wait_until(lambda: handoff.last_run > last_run or handoff.next_retry < planned, what="the sweep pass")
+    cluster.wait_until(lambda: not handoff.busy, what="the sweep pass over")
+    assert handoff.next_retry <= planned, (handoff.next_retry, planned, monotonic())
     assert not cluster.crashes()

@@ -95,6 +95,7 @@ class Handoff:
         if before is not None and before.members and self._outcomes_before is None:
             self._outcomes_before = before
         if before is not None:
+            self.lag_retries = 0        # the quick retries are per ring change, not per pass (sweeps too)
             for retry in self.retries.values():      # a new ring: holders back or new get copies at the usual pace
                 retry.wait, retry.not_before = HANDOFF_RETRY, 0.0
         self._wake.set()
@@ -139,8 +140,9 @@ class Handoff:
         sent = 0
         # Answers to the first slices may come back while later ones are sent:
         # a refusal on an older ring asks for a quick retry (``_confirmed``),
-        # which the end of the pass must keep.
-        self.lag_retries = 0
+        # which the end of the pass must keep; so must a retry planned before
+        # the pass (a sweep pass falling on a due retry does not push it back).
+        planned = self.next_retry if (self.leaving or self.outcomes.unanswered) else float("inf")
         self.next_retry = float("inf")
         self._pass_sent_to.clear()
         for chunk in _slices(tasks):
@@ -148,7 +150,7 @@ class Handoff:
         self.last_run = monotonic()
         if not self.leaving:
             self._forget_holders(set())
-        self.next_retry = min(self.next_retry, self.last_run + HANDOFF_RETRY)
+        self.next_retry = min(self.next_retry, planned, self.last_run + HANDOFF_RETRY)
         if sent:
             logger.info("handoff: sent %d task(s) to their new holders", sent)
         self.handed += sent
@@ -298,9 +300,11 @@ class Handoff:
         ``HANDOFF_LAG_RETRY``, not ``HANDOFF_RETRY``: it refused copies on an
         older ring, or they could not be sent (no connection to it yet) --
         both last a moment after a ring change. At most
-        ``HANDOFF_LAG_RETRIES`` such retries per pass (the chunks of one
-        retry count once); False, and nothing changed, once they are used
-        up (a holder still unreachable then is taken for one that is down)."""
+        ``HANDOFF_LAG_RETRIES`` such retries per ring change (the chunks of
+        one retry count once; a sweep pass starts no new ones); False, and
+        nothing changed, once they are used up (a holder still unreachable
+        then is taken for one that is down; :mod:`~miyaq.cluster.holder_retry`
+        says what this was before)."""
         if self.lag_retries >= HANDOFF_LAG_RETRIES:
             return False
         soon = monotonic() + HANDOFF_LAG_RETRY

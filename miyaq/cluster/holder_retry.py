@@ -18,6 +18,13 @@ out: the pass that follows a node's joining sends before the link to it is
 made (its DEALER is IMMEDIATE: nothing queues until the handshake ends, a
 few ms), and its copies went again only 10 to 15 s later (the doubled
 wait, and a sweep pass pushing the retry), the old holders keeping theirs.
+Until later on 2026-12-06 every handoff pass started the quick tries afresh,
+the sweeps of the minute after a ring change too: a joiner never reachable
+was tried in bursts of seven, 35 times in 600 s (11 before the quick tries;
+each try rebuilds the record of every copy waiting for it), and a sweep pass
+falling on a due resend still pushed it back by ``HANDOFF_RETRY``. The quick
+tries are now counted per ring change, and a pass keeps the resend planned
+before it.
 """
 from __future__ import annotations
 
