@@ -71,7 +71,8 @@ class Handoff:
         self.leaving: dict[str, set[str]] = {}    # task id -> new holders yet to confirm
         self.last_run = 0.0
         self.next_retry = 0.0        # monotonic: when unconfirmed copies are sent again
-        self.lag_retries = 0         # quick retries used since the last ring change
+        self.lag_retries = 0         # quick retries used since the last ring change's pass started
+        self._ring_changed = False   # a pass was asked for a ring change, and has not started yet
         self.handed = 0
         self.busy = False            # a pass or a retry is under way
         self._pass_wanted = False
@@ -95,7 +96,7 @@ class Handoff:
         if before is not None and before.members and self._outcomes_before is None:
             self._outcomes_before = before
         if before is not None:
-            self.lag_retries = 0        # the quick retries are per ring change, not per pass (sweeps too)
+            self._ring_changed = True   # its pass (not a sweep's) starts the quick retries afresh
             for retry in self.retries.values():      # a new ring: holders back or new get copies at the usual pace
                 retry.wait, retry.not_before = HANDOFF_RETRY, 0.0
         self._wake.set()
@@ -143,6 +144,9 @@ class Handoff:
         # which the end of the pass must keep; so must a retry planned before
         # the pass (a sweep pass falling on a due retry does not push it back).
         planned = self.next_retry if (self.leaving or self.outcomes.unanswered) else float("inf")
+        if self._ring_changed:      # the quick retries are per ring change, not per pass
+            self._ring_changed = False
+            self.lag_retries = 0
         self.next_retry = float("inf")
         self._pass_sent_to.clear()
         for chunk in _slices(tasks):
