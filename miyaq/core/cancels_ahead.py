@@ -24,6 +24,7 @@ marked record as an ordinary cancelled tombstone.
 """
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +46,11 @@ class CancelsAhead:
     """The cancels an engine keeps ahead of their copies (module doc)."""
 
     def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+        # A weak reference: the engine holds this object, and a cycle through
+        # the engine would outlive its last reference until a collection --
+        # and the tasks its table holds in containers the collector does not
+        # see (miyaq.store.task) until a second one.
+        self.engine: Engine = weakref.proxy(engine)
         #: Ids of the tombstones kept ahead without a key, oldest first (at
         #: most MAX_KEYLESS_AHEAD): the only ones a key may be given later.
         self.keyless: OrderedDict[str, None] = OrderedDict()
