@@ -305,8 +305,13 @@ class InProcessCluster:
     def advance(self, seconds: float, step: float = STALL * 0.8) -> None:
         """Let ``seconds`` pass on the process's clocks at once: in jumps of at
         most ``step`` (shorter than a freeze, ``STALL``), each followed by one
-        pass of every node's housekeeping (so none takes the jump for a freeze)
-        and a look at its timers."""
+        pass of every node's housekeeping and of its cluster ticker (so none
+        takes the jump for a freeze) and a look at its timers. Housekeeping
+        is woken for that pass, its planned one now due by the clock: left
+        to its next wake-up in real time (``HOUSEKEEPING_INTERVAL``), each
+        jump waited up to 0.1 s for it (a test advancing five minutes a
+        second at a time waited 30 s); the ticker's pass comes within
+        ``CLUSTER_TICK`` (0.05 s) of real time."""
         step = min(step, STALL * 0.8)
         left = seconds
         while left > 0:
@@ -316,5 +321,8 @@ class InProcessCluster:
             after = monotonic()
             for handle in self.nodes.values():
                 handle.node.clockwork.recheck_timers()
-            self.wait_until(lambda: all(h.node.core.dispatcher.alive_at >= after for h in self.nodes.values()),
+                handle.node.clockwork._housekeeping_wake.set()
+            self.wait_until(lambda: all(h.node.core.dispatcher.alive_at >= after
+                                        and (h.role._ticked >= after or h.role.stopped)
+                                        for h in self.nodes.values()),
                             timeout=10 * HOUSEKEEPING_INTERVAL + 5, what="every node's housekeeping after a jump")
