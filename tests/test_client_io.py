@@ -525,7 +525,9 @@ def test_a_client_whose_own_submit_comes_back_connects_again(client_for):
     node = CountingNode()
     try:
         node.echo = True
-        c1 = client_for(node.endpoint, submit_timeout=30)
+        # Unacknowledged, the submit is sent again after ack_timeout (5 s by
+        # default, twice in this test): 1 s, what it goes on is the point.
+        c1 = client_for(node.endpoint, submit_timeout=30, ack_timeout=1.0)
         handle = c1.submit("echo", [1])
         # its first RING may loop back first (and be sent again) before the submit leaves
         wait_for(lambda: node.pump() or len({peer for peer, command in node.echoed if command == c.SUBMIT}) >= 2,
