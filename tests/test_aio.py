@@ -418,7 +418,9 @@ def test_a_connection_that_loops_back_to_the_client_is_made_again():
     node.echo = True
 
     async def main() -> bool:
-        async with miyaq.aio.Client(node.endpoint, submit_timeout=30.0) as client:
+        # Unacknowledged, the submit is sent again after ack_timeout (5 s by
+        # default): 1 s, what it goes on is the point.
+        async with miyaq.aio.Client(node.endpoint, submit_timeout=30.0, ack_timeout=1.0) as client:
             handle = await client.submit("echo", [1])
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, lambda: wait_for(
