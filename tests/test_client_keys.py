@@ -70,7 +70,7 @@ def test_app_passes_its_keys_to_its_client(store, server):
         app.close()
 
 
-def test_wrong_server_key_fails_at_first_contact_naming_the_keys(store, server, tmp_path):
+def test_wrong_server_key_fails_at_first_contact_naming_the_keys(store, server, tmp_path, short_first_contact):
     """Fault: the client has another cluster's public key. The CURVE handshake
     never completes; the request fails within the connect wait (not at its
     10 s timeout) and a submit after the first-contact wait (not at its

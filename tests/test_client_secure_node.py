@@ -60,7 +60,7 @@ def test_asyncio_client_with_keys(secure_node, keys):
     assert asyncio.run(asyncio.wait_for(main(), 30)) == "scheduled"
 
 
-def test_wrong_server_key_against_a_node_fails_at_first_contact(secure_node, keys, tmp_path):
+def test_wrong_server_key_against_a_node_fails_at_first_contact(secure_node, keys, tmp_path, short_first_contact):
     """Fault: the client has another cluster's public key: no answer, and the
     error says the node key is most likely wrong (the node counts the failed
     handshake: STATUS security.handshakes_failed)."""
