@@ -217,3 +217,15 @@ def umask_022():
     from file_modes import umask
     with umask(0o022):
         yield
+
+
+@pytest.fixture
+def quick_key_watch(monkeypatch):
+    """A thread node looks for changes in its keys' ``authorized/`` every
+    50 ms instead of ``zap.WATCH_INTERVAL``'s 2 s, for tests that add or
+    revoke a key while it runs and wait for the reload (the interval is not
+    their point; tests/test_security_keys.py tests the watch). Request it
+    before the fixture that makes the node: the watch reads the interval at
+    each of its waits, and one begun before would still last 2 s."""
+    from miyaq.security import zap
+    monkeypatch.setattr(zap, "WATCH_INTERVAL", 0.05)

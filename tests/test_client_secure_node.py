@@ -87,7 +87,7 @@ def test_a_client_without_keys_gets_no_answer_from_a_node_with_keys(secure_node)
             client.status()
 
 
-def test_a_revoked_key_is_refused_at_its_next_connection(secure_node, keys):
+def test_a_revoked_key_is_refused_at_its_next_connection(quick_key_watch, secure_node, keys):
     """Fault: the operator revoked the client's key while the node runs (the
     node re-reads authorized/ when it changes). A client connecting with it
     then gets the first-contact message saying the node refused its key."""

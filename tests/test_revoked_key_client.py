@@ -90,7 +90,7 @@ def _revoke(node, keys: Keys, name: str) -> None:
     wait_for(lambda: node.node.status(0.0)["security"]["authorized"] == 3, timeout=30)
 
 
-def test_submit_wait_raises_forbidden_once_the_key_is_revoked(make_node, keys):
+def test_submit_wait_raises_forbidden_once_the_key_is_revoked(quick_key_watch, make_node, keys):
     """Fault: a producer's key is revoked while its client is connected.
     ``status()`` raised ``Forbidden`` at once, but ``submit(wait=True)``
     waited its whole ``submit_timeout`` and raised ``Timeout``; now it raises
@@ -109,7 +109,7 @@ def test_submit_wait_raises_forbidden_once_the_key_is_revoked(make_node, keys):
         client.close(flush=False)
 
 
-def test_the_asyncio_client_raises_forbidden_too(make_node, keys):
+def test_the_asyncio_client_raises_forbidden_too(quick_key_watch, make_node, keys):
     """Fault: as above, with ``miyaq.aio.Client``: its ``await submit(wait=True)``
     waited ``submit_timeout`` and raised ``Timeout``."""
     node = make_node(keys=keys.dir)

@@ -213,7 +213,7 @@ def test_keyed_worker_runs_tasks_in_the_processes_pool(keys, procs, secure_node)
     assert stats(secure_node)["ignored"]["foreign_heartbeats"] == 0, proc.log_tail()
 
 
-def test_a_revoked_key_is_sent_no_more_tasks_on_the_connections_it_holds(ctx, secure_node, keys):
+def test_a_revoked_key_is_sent_no_more_tasks_on_the_connections_it_holds(quick_key_watch, ctx, secure_node, keys):
     """Fault: a worker key leaks; the attacker registers a worker with it and
     parks a RECEIVE (up to an hour) before the operator revokes it. Before
     2026-12-05 the revoked key's own messages were refused from the reload
