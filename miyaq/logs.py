@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import Any, Mapping
 
 # Real time, not miyaq.runtime.clock: a log line's rate is a matter of the
 # reader's seconds, and the clients use LogLimiter without importing the runtime.
@@ -263,9 +263,10 @@ class LogLimiter:
         True if it was logged."""
         return self.log(logging.WARNING, kind, message, *args)
 
-    def log(self, level: int, kind: str, message: str, *args: Any, exc_info: Any = None) -> bool:
-        """Log ``message % args`` at ``level`` (with ``exc_info``, as
-        :meth:`logging.Logger.log` takes it) unless ``kind`` is over its rate;
+    def log(self, level: int, kind: str, message: str, *args: Any, exc_info: Any = None,
+            extra: Mapping[str, object] | None = None) -> bool:
+        """Log ``message % args`` at ``level`` (with ``exc_info`` and
+        ``extra``, as :meth:`logging.Logger.log` takes them) unless ``kind`` is over its rate;
         True if it was logged. A line the logger's level hides is neither
         logged nor counted against the rate: it must not use up the lines
         of a kind shown at another level."""
@@ -276,5 +277,5 @@ class LogLimiter:
             self.logger.log(level, "%d more %s line(s) were not logged in the last %.0fs",
                             suppressed, kind, self.per)
         if admitted:
-            self.logger.log(level, message, *args, exc_info=exc_info)
+            self.logger.log(level, message, *args, exc_info=exc_info, extra=extra)
         return admitted

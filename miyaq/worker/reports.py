@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..runtime import green
 from .execute import Outcome, too_large
+from .failures import log_outcome
 from .jobs import Job
 from .link import NodeLink
 
@@ -74,6 +75,7 @@ class Reports:
                 target.report_failed(task_id, job.attempt, value, elsewhere)
                 if holders is not None:
                     routes.sent_report(target, task_id, job.attempt, holders, error=value)
+                log_outcome(worker.wid, job, value)
         finally:
             if alone:
                 target.outbox.send_now()
