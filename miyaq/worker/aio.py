@@ -11,14 +11,19 @@ uses gevent's selector, which works from its own thread. A handler that
 stops the loop (``loop.stop()``) does not end it: only the worker's stop
 does (before 2026-12-04 the loop thread ended, and every later async task
 killed the runner that took it, unreported, until the worker took no work).
+The loop marks each ``HUB_TICK`` that it turned (:attr:`AsyncLoop.seen`), for
+the heartbeat thread to tell a handler that blocks it
+(:mod:`miyaq.worker.loop_watch`).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, Awaitable, Callable
 
 from ..runtime import green
+from .config import HUB_TICK
 from .context import bind, unbind
 from .execute import Interrupted, Outcome, interrupted, run_async
 from .jobs import Job, Touch
@@ -46,6 +51,10 @@ class AsyncLoop:
         self._ready = green.Event()
         self._exited = green.Event()
         self._stopping = False      # set (in the hub) before stop() stops the loop
+        # When the loop last turned (time.monotonic(), real time), marked every
+        # HUB_TICK by a timer of its own; None while it does not run. Read by
+        # the heartbeat thread (miyaq.worker.loop_watch).
+        self.seen: float | None = None
 
     def start(self) -> None:
         green.start_native_thread(self._main)
@@ -58,6 +67,7 @@ class AsyncLoop:
             asyncio.set_event_loop(loop)
             self.loop = loop
             self.inbox.call(self._ready.set)
+            loop.call_soon(self._tick)
             self._run_until_stopping(loop)
             self._flush(loop)
             pending = asyncio.all_tasks(loop)
@@ -68,12 +78,21 @@ class AsyncLoop:
         except Exception:
             logger.exception("the asyncio loop of the worker failed")
         finally:
+            self.seen = None
             try:
                 self.on_exit()      # in this thread: what handlers opened here (the app's client)
             except Exception:
                 logger.exception("cleaning up the asyncio thread failed")
             loop.close()
             self.inbox.call(self._exited.set)
+
+    def _tick(self) -> None:
+        """On the loop, every ``HUB_TICK`` until the worker stops it: it turned."""
+        if self._stopping or self.loop is None:
+            self.seen = None
+            return
+        self.seen = time.monotonic()
+        self.loop.call_later(HUB_TICK, self._tick)
 
     def _run_until_stopping(self, loop: asyncio.AbstractEventLoop) -> None:
         """Run the loop until the worker stops it. A handler that stops it
@@ -149,6 +168,7 @@ class AsyncLoop:
         if self.loop is None:
             return
         self._stopping = True
+        self.seen = None       # its last handlers may block it as it stops: no stall to tell
         try:
             self.loop.call_soon_threadsafe(self.loop.stop)
         except RuntimeError:    # already closed

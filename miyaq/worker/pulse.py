@@ -27,6 +27,8 @@ tasks running, and again at INFO once the hub runs. It beats on meanwhile
 -- the worker stays registered -- and stops nothing (before 2026-12-06
 nothing was logged: such a worker held its tasks and ignored SIGTERM
 without a word).
+It watches the worker's asyncio loop the same way, when it has one
+(:attr:`Pulse.loop_watch`, :mod:`miyaq.worker.loop_watch`).
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ from ..runtime import green
 from ..runtime.open_files import open_files_hint, room_for
 from ..runtime.sockets import SocketFactory, SocketSecurity, zmq
 from .config import HUB_STALL_WARN, HUB_TICK, PULSE_SNDHWM
+from .loop_watch import LoopWatch
 
 logger = logging.getLogger(__name__)
 _log = LogLimiter(logger, burst=1)     # a socket that cannot be made, tried again each beat: a line a minute
@@ -67,6 +70,8 @@ class Pulse:
         self.hub_seen: float | None = None
         self.stalled_since: float | None = None     # the hub's last run, while a stall was reported
         self._last_look = time.monotonic()         # the thread's own last look
+        # The worker's asyncio loop, looked at with the hub (set before start(); None: no loop).
+        self.loop_watch: LoopWatch | None = None
         self.endpoints = list(endpoints)
         self.interval = interval
         self.beats = 0
@@ -160,6 +165,8 @@ class Pulse:
         now = time.monotonic()
         paused = now - self._last_look > self.interval + HUB_STALL_WARN     # the whole process stood still
         self._last_look = now
+        if self.loop_watch is not None and not paused:
+            self.loop_watch.look(now)
         if seen is None or paused:
             return
         stalled = now - seen

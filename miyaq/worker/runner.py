@@ -46,6 +46,7 @@ from .config import (
 from .execute import Interrupted, TaskAborted, TaskTimeout
 from .jobs import Backlog, Job, current, reportable, well_formed
 from .link import NodeLink
+from .loop_watch import LoopWatch
 from .pools import PoolParts, make_pool
 from .pools.base import NotStarted, PoolShortage
 from .prefetch import RunTimes
@@ -130,6 +131,8 @@ class Worker:
         self._hurry = green.Event()     # asked again to stop: wait no longer for running handlers
         self.watchdog = Watchdog(self.wid, lambda: [*self.running.values(), *self.superseded], self._interrupt)
         self.pulse = Pulse(self.wid, self.endpoints, cfg.heartbeat, security, running=self._running_names)
+        if self.aio is not None:
+            self.pulse.loop_watch = LoopWatch(self.wid, self.aio, lambda: self.running.values())
 
     def _running_names(self) -> list[str]:
         """``task-id (name)`` of each task running: read by the heartbeat
