@@ -38,7 +38,7 @@ import errno
 import logging
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..errors import MiyaqError, Unavailable, UnknownCommand
+from ..errors import BadFrame, MiyaqError, Unavailable, UnknownCommand
 from ..logs import LogLimiter
 from ..protocol import codec
 from ..protocol import commands as c
@@ -330,6 +330,10 @@ class NodeLink:
         except MiyaqError as err:
             if isinstance(err, UnknownCommand) and frames[1] == c.READY:
                 self._talking_to_itself()
+                return
+            if isinstance(err, BadFrame) and not self.answered:
+                # Not even a miyaq message's frames, and never one on this socket: not a node (its HTTP port?)
+                self.watch.not_a_node(frames, monotonic())
                 return
             _log.warning("malformed", "malformed message from node %s: %s", self.endpoint, err.message)
             return

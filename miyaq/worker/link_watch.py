@@ -27,8 +27,21 @@ socket with it: the link queues another for the next connection. Before
 worker unregistered for ever with the node restarted on that port (review,
 2026-12-06: 518 acknowledged tasks of its queue never ran).
 
+A peer that never sent a miyaq message on the socket and sends bytes that
+are none -- something else listening on the port, most often a node's HTTP
+port: libzmq takes its HTTP answer for a message of an old ZeroMQ peer --
+is named for what it is (:meth:`LinkWatch.not_a_node`): said at once the
+first time, at WARNING, quoting the start of what it sent; from then on the
+diagnosis says it at its growing intervals, and the handshake failure that
+comes with each of its answers (it closes the connection) is not said
+apart. Before 2026-12-06 the diagnosis's right hint ("the HTTP port?") gave
+way, after the HTTP server's first answer (10 s: its request timeout), to
+``malformed message from node ...: expected 3 frames, got 1`` and a
+handshake line guessing at keys, each every 10 s.
+
 Nothing here runs per message: the monitor carries connection events only,
-and the reader asks for a diagnosis only while its node has not answered.
+the reader asks for a diagnosis only while its node has not answered, and
+a message that is no miyaq one is looked at only before it has.
 Its lines are the link's (logger ``miyaq.worker.link``).
 """
 from __future__ import annotations
@@ -44,6 +57,12 @@ from ..runtime.connections import (
 )
 from ..runtime.sockets import zmq
 from .config import FIRST_CONTACT, FIRST_CONTACT_REPEAT_MAX, PROBE_TIMEOUT
+
+#: A handshake failure this soon after a peer sent bytes that are no miyaq
+#: message is that peer closing its connection (seconds).
+SAME_PEER = 1.0
+#: Bytes of what such a peer sent quoted in the line that names it.
+QUOTED_BYTES = 48
 
 if TYPE_CHECKING:
     from .link import NodeLink
@@ -65,6 +84,8 @@ class LinkWatch:
         self._handshake_refused: tuple[float, str] | None = None
         # A connection's handshake succeeded since the last one closed: the READY left on it.
         self._connected = False
+        # What answered sends bytes that are no miyaq message: when it last did, and what to say of it.
+        self._not_a_node: tuple[float, str] | None = None
 
     def opened(self, now: float) -> None:
         """The first contact's clock starts again at ``now`` (a fresh socket,
@@ -72,6 +93,23 @@ class LinkWatch:
         later."""
         self.opened_at = now
         self.next_diagnosis = now + FIRST_CONTACT
+        self._not_a_node = None
+
+    def not_a_node(self, frames: list[bytes], now: float) -> None:
+        """What answered on the socket, before any miyaq message, sent
+        ``frames`` that are no miyaq message (read at ``now``): it is not a
+        node. Said at once the first time since the socket opened, then by
+        the diagnosis (:meth:`diagnose`)."""
+        link = self.link
+        first = self._not_a_node is None
+        start = frames[0] if frames else b""
+        quoted = repr(start[:QUOTED_BYTES]) + ("..." if len(start) > QUOTED_BYTES else "")
+        why = (f"what answers there is not a miyaq node: what it sent is no miyaq message (part of it: "
+               f"{quoted}) -- its HTTP port? A worker connects to a node's service port (`miyaq node "
+               f"--port`, 7450 by default), not its --http-port")
+        self._not_a_node = (now, why)
+        if first:
+            _log.warning("not a node", "cannot connect to node %s: %s; still trying", link.endpoint, why)
 
     def diagnose(self, now: float) -> None:
         """Nothing heard since the socket opened: say why, at growing
@@ -80,7 +118,10 @@ class LinkWatch:
         link = self.link
         waited = now - self.opened_at
         refused = self._handshake_refused
-        if refused is not None and refused[0] >= self.opened_at:
+        if self._not_a_node is not None:
+            logger.warning("cannot connect to node %s: %s (no answer for %.0fs; still trying)", link.endpoint,
+                           self._not_a_node[1], waited)
+        elif refused is not None and refused[0] >= self.opened_at:
             # A handshake failed since the socket opened: that is why, not what a
             # bare TCP connect finds (a node that accepts connections).
             logger.warning("cannot connect to node %s: %s (no answer for %.0fs; still trying)",
@@ -118,6 +159,9 @@ class LinkWatch:
                 self._connected = True
             else:
                 failure = handshake_failure(frames)     # None for any other event
+                peer = self._not_a_node
+                if failure is not None and peer is not None and monotonic() - peer[0] < SAME_PEER:
+                    continue    # that peer closing its connection after its answer: named already
                 if failure is not None:
                     why = explain_handshake(failure, link.endpoint, link.factory.security is not None, "this worker")
                     self._handshake_refused = (monotonic(), why)      # what diagnose says from now on

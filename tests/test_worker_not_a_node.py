@@ -1,0 +1,105 @@
+"""A worker pointed at something that is not a miyaq node -- a node's HTTP
+port -- says so, and keeps saying so (miyaq/worker/link_watch.py). A plain
+TCP server in this process plays the HTTP server: it answers whatever
+comes with an HTTP error and closes, at once (a node's HTTP port does so
+after its 10 s request timeout). No timing is asserted: waits are bounded
+guards."""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from typing import Any
+
+import pytest
+
+import miyaq
+from miyaq.testing.harness import wait_for
+from miyaq.worker import link_watch
+
+pytestmark = pytest.mark.timeout(60)
+
+app = miyaq.App()
+
+
+@app.task(name="add")
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+ANSWER = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: 63\r\n"
+          b"Connection: close\r\n\r\n" + b'{"error":{"code":"bad_request","message":"not an HTTP request"}}')
+
+
+class HttpLike:
+    """Answers each connection with :data:`ANSWER` once it has read
+    something, then closes it; at most ``limit`` connections."""
+
+    def __init__(self, limit: int = 200) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.server.settimeout(0.2)
+        self.port = self.server.getsockname()[1]
+        self.limit = limit
+        self.served = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and self.served < self.limit:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(2.0)
+                try:
+                    conn.recv(64)
+                    conn.sendall(ANSWER)
+                except OSError:
+                    pass
+            self.served += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.server.close()
+
+
+@pytest.fixture
+def http_like() -> Any:
+    peer = HttpLike()
+    yield peer
+    peer.close()
+
+
+def test_a_worker_pointed_at_an_http_port_keeps_naming_it_not_a_node(http_like, thread_worker, caplog,
+                                                                     monkeypatch) -> None:
+    """Fault: the worker's endpoint is a node's HTTP port. Before 2026-12-06
+    the first diagnosis hinted at the HTTP port, then each answer of the
+    HTTP server was logged as ``malformed message from node ...: expected 3
+    frames, got 1`` with a handshake line guessing at keys, and the hint
+    was not said again. Now the peer is named not a miyaq node (its HTTP
+    port?) once at once, quoting what it sent, and the diagnosis says the
+    same from then on; nothing about malformed messages or keys, and the
+    lines stay few however often it answers."""
+    monkeypatch.setattr(link_watch, "FIRST_CONTACT", 0.5)
+    monkeypatch.setattr(link_watch, "FIRST_CONTACT_REPEAT_MAX", 1.0)
+    endpoint = f"tcp://127.0.0.1:{http_like.port}"
+    records = caplog.records
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in list(records) if r.name.startswith("miyaq.worker")
+                and r.levelno >= logging.WARNING]
+
+    with caplog.at_level(logging.INFO):
+        thread_worker(app, endpoint)
+        wait_for(lambda: http_like.served >= 5, timeout=30, what="five answers of the HTTP-like peer")
+        wait_for(lambda: sum("not a miyaq node" in line for line in said()) >= 3, timeout=30,
+                 what="the diagnosis saying it again")
+    lines = said()
+    named = [line for line in lines if "not a miyaq node" in line]
+    assert "what it sent is no miyaq message (part of it: b'" in named[0] and "its HTTP port?" in named[0], named[0]
+    assert f"cannot connect to node {endpoint}: what answers there is not a miyaq node" in named[0]
+    assert not [line for line in lines if "malformed" in line or "--keys" in line], lines
+    assert len(lines) <= 4 + len(named), lines       # the two first diagnoses, before it answered, at most
