@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import threading
 import time
 
 import pytest
@@ -102,11 +103,13 @@ def test_arguments_msgpack_cannot_encode_say_what_to_pass(value):
                          "them: a datetime as .isoformat() or .timestamp(), a set as a list, an object by its id"), text
 
 
-def sleeping_app():
+def sleeping_app(started: threading.Event | None = None):
     app = miyaq.App("tcp://127.0.0.1:1")
 
     @app.task(name="nap")
     def nap(seconds):
+        if started is not None:
+            started.set()
         time.sleep(seconds)
         return seconds
 
@@ -118,11 +121,12 @@ def test_a_worker_stopping_with_running_tasks_says_how_to_stop_at_once(node, cli
     worker waits up to its grace (30 s by default) and said only "stopping:
     1 running task(s) ... grace 30.0s", not that a second Ctrl-C ends the
     wait."""
-    worker = thread_worker(sleeping_app(), node.endpoint, pool="threads")
-    handle = client.submit("nap", [0.5], wait=True)
-    deadline = time.monotonic() + 20
-    while client.status(handle.task_id)["state"] != "running" and time.monotonic() < deadline:
-        time.sleep(0.02)
+    started = threading.Event()
+    worker = thread_worker(sleeping_app(started), node.endpoint, pool="threads")
+    client.submit("nap", [1.5], wait=True)      # still running when the stop comes, on a slow host too
+    # the handler itself, not the node's "running" (leased: the worker may
+    # not have started it yet, and a stop then gives it back unstarted)
+    assert started.wait(20)
     with caplog.at_level(logging.INFO, logger="miyaq.worker.runner"):
         worker.stop()
     line = next(r.getMessage() for r in caplog.records if " stopping: " in r.getMessage())

@@ -168,7 +168,8 @@ def test_every_view_of_a_running_task_says_since_when(make_http_node, make_node,
         endpoint = ["--connect", f"tcp://127.0.0.1:{node.config.port}"]
         assert main(["status", "hang-1", *endpoint]) == 0
         lines = capsys.readouterr().out.splitlines()
-        assert f"started: {task['started']}" in lines
+        # a time as its unix value and the local date and time (e11ed5f)
+        assert any(line.startswith(f"started: {task['started']} (") for line in lines), lines
         assert any(line.startswith("running_seconds: ") for line in lines), lines
         assert main(["status", "hang-1", "--json", *endpoint]) == 0
         assert json.loads(capsys.readouterr().out)["started"] == task["started"]
