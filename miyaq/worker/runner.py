@@ -21,6 +21,10 @@ Every greenlet is spawned through the worker's
 the hub tick, a link's connection watcher or a result flusher that dies is
 logged, counted and restarted, so the worker never runs with fewer slots
 than the credit it grants.
+
+This module holds the worker's parts and its runners; what it takes from
+its nodes is its base :class:`~miyaq.worker.intake.Intake`'s, its stop its
+base :class:`~miyaq.worker.stopping.Stopping`'s.
 """
 from __future__ import annotations
 
@@ -40,11 +44,10 @@ from ..runtime import CRITICAL, RESTART, Supervisor, green, monotonic
 from ..runtime.sockets import SocketFactory
 from ..security.curve import client_curve
 from .aio import AsyncLoop
-from .config import (
-    BYE_LINGER, DRAIN_POLL, OVER_CAPACITY, POOL_READY_WAIT, WorkerConfig,
-)
-from .execute import Interrupted, TaskAborted, TaskTimeout
-from .jobs import Backlog, Job, current, reportable, well_formed
+from .config import POOL_READY_WAIT, WorkerConfig
+from .execute import Interrupted, TaskTimeout
+from .intake import Intake
+from .jobs import Backlog, Job, current
 from .link import NodeLink
 from .loop_watch import LoopWatch
 from .pools import PoolParts, make_pool
@@ -54,16 +57,15 @@ from .pulse import Pulse
 from .reports import Reports
 from .ring import RingFollower
 from .routing import Routes
+from .stopping import Stopping
 from .watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
 _log = LogLimiter(logger)     # what a node sends may repeat (a buggy or hostile one): a few lines a minute
-STOP_AGAIN = " (a second Ctrl-C or SIGTERM stops at once: the running tasks go back to the node, attempt spent)"
-"""Said when a stop waits for running handlers (docs/configuration.md, ``--grace``)."""
 _shortage_log = LogLimiter(logger, burst=1)     # a pool short of threads: one line a minute, the rest counted
 
 
-class Worker:
+class Worker(Intake, Stopping):
     """``Worker(app, config)``; keyword settings override the config's
     (``Worker(app, endpoints=[...], concurrency=4)``, as the tests do).
     ``app_spec`` (``module:attribute``) is needed by the processes pool,
@@ -145,61 +147,7 @@ class Worker:
             return len(self.running) + len(self.superseded) + len(self.backlog)
         return self.routes.running_from(link) + sum(1 for other in self.backlog.links() if other is link)
 
-    # -- receiving work --------------------------------------------------------------
-    def accept(self, link: NodeLink, deliveries: list[Any], received: float | None = None) -> None:
-        """Take a DISPATCH's ``deliveries`` from ``link``'s node, read at
-        ``received`` (monotonic; now if not given): checked one by one, each
-        well-formed one to the backlog, the rest reported or given back."""
-        if self.stopping:
-            link.send(c.RETURN, {"ids": [d[0] for d in deliveries if isinstance(d, list) and d],
-                                 "credit": False})
-            return
-        malformed = 0
-        over: list[str] = []
-        if received is None:
-            received = monotonic()
-        # What a worker holds is bounded whatever its nodes send: twice the
-        # credit it grants, for the races where a node's count and ours differ
-        # for a while (a lease run out on a handler still running here).
-        room = OVER_CAPACITY * self.capacity * len(self.links) - len(self.running) - len(self.backlog)
-        for d in deliveries:
-            if not well_formed(d):
-                malformed += 1
-                if reportable(d):       # its node waits for an outcome: a slot otherwise lost to it
-                    self.reports.failure(link, d[0], d[4], {
-                        "type": "BadDelivery", "retry": False,
-                        "message": f"worker {self.wid} got this task in a malformed delivery"})
-                continue
-            if room <= 0:
-                over.append(d[0])
-                continue
-            room -= 1
-            if len(d) == 7:
-                self.routes.note_holders(link, d[0], d[6])
-            self.backlog.append(link, d, received)
-        if malformed:
-            _log.warning("delivery", "ignoring %d malformed deliver%s from %s", malformed,
-                         "y" if malformed == 1 else "ies", link.endpoint)
-        if over:
-            # More than the credit this worker grants could ever add up to: a
-            # buggy or hostile node. Given back unstarted, never held.
-            link.send(c.RETURN, {"ids": over, "credit": False})
-            _log.warning("over capacity", "node %s sent %d task(s) beyond what this worker holds at most "
-                         "(%d x %d a node); returned them", link.endpoint, len(over), OVER_CAPACITY, self.capacity)
-        self._wake(len(deliveries))
-
-    def abort(self, ids: list[Any]) -> None:
-        for task_id in ids:
-            job = self.running.get(task_id)
-            if job is not None:
-                self._interrupt(job, TaskAborted)
-                continue
-            dropped = self.backlog.drop(task_id)
-            if dropped is not None:
-                link, d = dropped
-                self.reports.failure(link, task_id, d[4], {"type": "Aborted", "message": "cancelled",
-                                                           "retry": False})
-
+    # -- running it --------------------------------------------------------------------
     def touch(self, task_id: str) -> None:
         """A handler touched its task (in the hub): its timeout starts again,
         and the node extends the lease -- or, its node lost, another holder
@@ -210,31 +158,6 @@ class Worker:
         link = self.routes.origin.get(task_id)
         if link is not None:
             self.routes.report_link(link, task_id, keep=True).touch(task_id)
-
-    def forget_unstarted(self, link: NodeLink) -> None:
-        """``link``'s node does not know this worker any more (RECONNECT): it
-        put back the tasks it had leased here, and leases them anew (maybe
-        to another worker, which may have run them already). The ones not
-        started are dropped unreported; the running ones run on and report
-        (a DONE still counts: docs/protocol.md, 7.11). Before 2026-12-06 a
-        worker frozen past its liveness started them once it ran again."""
-        ids = self.backlog.drop_link(link)
-        for task_id in ids:
-            self.routes.holders.pop(task_id, None)
-        if ids:
-            logger.warning("worker %s: node %s no longer leases the %d task(s) it sent here not yet started "
-                           "(it took this worker for lost, or restarted): dropped, not run", self.wid,
-                           link.endpoint, len(ids))
-
-    def link_lost(self, link: NodeLink) -> None:
-        self.routes.link_lost(link)
-
-    # -- running it --------------------------------------------------------------------
-    def _wake(self, n: int) -> None:
-        idle = self.idle
-        while n > 0 and idle:
-            idle.popleft().set()
-            n -= 1
 
     def _runner(self) -> None:
         backlog = self.backlog
@@ -402,6 +325,10 @@ class Worker:
                     " (+asyncio loop)" if self.aio is not None else "")
         return self
 
+    def run(self) -> None:
+        self.start()
+        self._stopped.wait()
+
     def _serve_links_when_ready(self) -> None:
         """Register with the nodes once the pool can run ``concurrency``
         handlers (the processes pool's children have started): capacity
@@ -435,87 +362,3 @@ class Worker:
             if not self._stopped.is_set():
                 self.stopping_hard = True
                 self._stopped.set()
-
-    # -- stopping (miyaq.worker.signals maps the signals to these) ----------------------
-    def ask_stop(self) -> None:
-        """A stop signal: stop -- or, if stopping already, wait no longer (:meth:`hurry`)."""
-        if self.stopping:
-            self.hurry()
-            return
-        self.stop()
-
-    def hurry(self) -> None:
-        """Asked again to stop: end the wait for running handlers at once
-        -- BYE (their nodes put their tasks back, attempt spent), the pool
-        stopped as at the end of the grace -- and exit. Stops first if the
-        worker was not stopping."""
-        if not self._hurry.is_set():
-            self._hurry.set()
-            if self.stopping:
-                logger.warning("worker %s: asked again to stop: not waiting for the %d running task(s) any longer",
-                               self.wid, len(self.running) + len(self.superseded))
-        self.stop()
-
-    def run(self) -> None:
-        self.start()
-        self._stopped.wait()
-
-    def stop(self, grace: float | None = None) -> None:
-        """Return unstarted tasks, let running ones finish, say BYE. Idempotent."""
-        if self.stopping:
-            self._stopped.wait()
-            return
-        self.stopping = True
-        grace = self.grace if grace is None else grace
-        returned: dict[NodeLink, list[str]] = {}
-        while (waiting := self.backlog.popleft()) is not None:
-            link, d, _ = waiting
-            returned.setdefault(link, []).append(d[0])
-            self.routes.holders.pop(d[0], None)
-        # Jobs the pool holds unstarted (the processes pool's, waiting for a
-        # child) go back like the backlog: no attempt spent, and not waited
-        # for (before 2026-12-06 they counted as running: see ProcessPool.withdraw).
-        for job in self.pool.withdraw():
-            origin = self.routes.origin.get(job.task_id)
-            self.given_back.add(job)
-            if origin is not None and current(self.running, job):
-                returned.setdefault(origin, []).append(job.task_id)
-        for link, ids in returned.items():
-            link.send(c.RETURN, {"ids": ids, "credit": False})
-        self._wake(len(self.idle))
-        running = len(self.running) + len(self.superseded) - len(self.given_back)
-        logger.info("worker %s stopping: %d running task(s), %d given back unstarted, grace %.1fs%s", self.wid,
-                    running, sum(len(ids) for ids in returned.values()), grace, STOP_AGAIN if running > 0 else "")
-        deadline = monotonic() + grace
-        while (self.running or self.superseded) and not self._hurry.is_set():
-            left = deadline - monotonic()
-            if left <= 0:
-                break
-            self._hurry.wait(min(DRAIN_POLL, left))
-        if (self.running or self.superseded) and not self._hurry.is_set():
-            logger.warning("worker %s: %d task(s) still running after %.1fs; the node will put them back",
-                           self.wid, len(self.running) + len(self.superseded), grace)
-        for link in self.links:
-            link.flush()
-            link.send(c.BYE, {"worker": self.wid})
-        green.sleep(BYE_LINGER)   # let the BYE leave before the sockets close
-        self.stopping_hard = True
-        self.supervisor.kill()
-        self.pool.stop()
-        if self.aio is not None:
-            self.aio.stop()
-        for link in self.links:
-            link.close()
-        self.pulse.stop()
-        self.inbox.close()
-        try:
-            self.app.close()       # flushes what handlers submitted (bounded): may raise Timeout, Busy...
-        except Exception as exc:
-            # Said, and the stop goes on: before 2026-12-05 it ended here, and
-            # the worker never stopped (a full node made the flush time out).
-            logger.error("worker %s: submits made by handlers may be lost: flushing them at stop failed (%s: %s)",
-                         self.wid, type(exc).__name__, exc)
-        self.factory.close()
-        logger.info("worker %s stopped after %d task(s)", self.wid, self.executed)
-        self._stopped.set()
-
