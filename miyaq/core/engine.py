@@ -7,22 +7,24 @@ Every method runs in the node's event loop; none blocks.
 
 States and transitions are drawn in docs/protocol.md ("Task states").
 
-The engine is five modules, one job each: :class:`Engine` here (intake,
-consuming, control, timers, dead letters), built on the state and the
+The engine is six modules, one job each: :class:`Engine` here (intake,
+consuming, control, timers, housekeeping), built on the state and the
 state moves of :mod:`miyaq.core.transitions`, on the operations on
-replicated copies of :mod:`miyaq.core.replicas` and on the read-only views
-of :mod:`miyaq.core.task_views` (INFO, RESULT, LIST, the counts). Who may
+replicated copies of :mod:`miyaq.core.replicas`, on the read-only views
+of :mod:`miyaq.core.task_views` (INFO, RESULT, LIST, the counts) and on
+the revival and purge of dead letters of :mod:`miyaq.core.dead_letters`. Who may
 report on a task, and the backoff between attempts: :mod:`miyaq.core.attempts`.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from miyaq.config import NodeConfig
 from miyaq.constants import MAX_QUEUES, TIMER_BATCH
 from miyaq.core.attempts import forget_lease, leased_to, note_lessee, retry_delay
 from miyaq.core.cancels_ahead import CancelsAhead
+from miyaq.core.dead_letters import DeadLetters
 from miyaq.core.replicas import ReplicaCopies
 from miyaq.core.task_views import TaskViews
 from miyaq.errors import Busy, InvalidField, NotFound, ShuttingDown
@@ -32,8 +34,7 @@ from miyaq.protocol.failurespec import cut_error
 from miyaq.protocol.recordspec import MAX_ATTEMPT
 from miyaq.store.tally import Tally
 from miyaq.store.task import (
-    CANCELLED, DEAD, DONE, EXPIRED, READY, RETRYING, RUNNING, SCHEDULED, Task, count_revival,
-    handler_label,
+    CANCELLED, DEAD, DONE, EXPIRED, READY, RETRYING, RUNNING, SCHEDULED, Task, handler_label,
 )
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ _full = LogLimiter(logger, burst=1)
 DEAD_LINE_MESSAGE = 200
 
 
-class Engine(ReplicaCopies, TaskViews):
+class Engine(ReplicaCopies, TaskViews, DeadLetters):
     """The task state machine: ``Engine(config)``; its state is
     :class:`~miyaq.core.transitions.Transitions`'s, its views
     :class:`~miyaq.core.task_views.TaskViews`'s."""
@@ -373,48 +374,7 @@ class Engine(ReplicaCopies, TaskViews):
             self.timers.compact()
         return self.timers.next_due()
 
-    # -- dead letters ------------------------------------------------------------
-
-    def dead_retry(self, ids: Iterable[str], now: float, between: Callable[[], None] = lambda: None) -> list[str]:
-        """Revive the dead tasks of ``ids`` (others are skipped); the ids
-        revived. ``between`` is called before each (it may yield to the hub:
-        a task purged or revived meanwhile is skipped), so reviving a whole
-        dead-letter queue -- 100,000 tasks, 0.4 s -- does not hold the node."""
-        revived = []
-        for task_id in ids:
-            between()
-            task = self.table.revive(task_id)
-            if task is None:
-                continue
-            task.attempt = 0
-            count_revival(task)
-            self._make_ready(task, now)
-            for listener in self.listeners:
-                listener.task_revived(task)
-            revived.append(task_id)
-        return revived
-
-    def dead_purge(self, queue: str | None, ids: Iterable[str] | None = None,
-                   between: Callable[[], None] = lambda: None) -> int:
-        """Drop dead tasks for good (``ids``, or every one of ``queue``, or
-        all); how many. ``between`` as for :meth:`dead_retry`."""
-        victims = list(ids) if ids is not None else [t.id for t in self.table.iter_dead(queue)]
-        n = 0
-        for task_id in victims:
-            between()
-            task = self.table.purge(task_id)
-            if task is None:
-                continue
-            self._count(task.queue)[DEAD] -= 1
-            for listener in self.listeners:
-                listener.task_purged(task)
-            # Gone for good: a stale lease-timer entry (dropped lazily) may
-            # still refer to the task, and must not hold its payload there,
-            # outside max_bytes, as a finished task's must not (_finish).
-            task.body = b""
-            n += 1
-        return n
-
+    # -- housekeeping ------------------------------------------------------------
     def compact_lanes(self) -> int:
         """Drop stale entries (cancelled, expired, moved tasks) from lanes
         nobody reads, so they do not hold memory. Returns entries dropped."""

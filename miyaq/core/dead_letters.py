@@ -1,0 +1,60 @@
+"""The dead letters' two operations (:class:`DeadLetters`, a base of
+:class:`~miyaq.core.engine.Engine`): a dead task revived -- its attempts
+counted from zero, ready at once -- or purged for good (``miyaq dead
+retry``, ``miyaq dead purge``, and their HTTP routes). Both take a
+``between`` the caller may yield to the hub in, so a whole dead-letter
+queue does not hold the node. Built on the moves of
+:mod:`miyaq.core.transitions`. No I/O.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+from miyaq.core.transitions import Transitions
+from miyaq.store.task import DEAD, count_revival
+
+__all__ = ["DeadLetters"]
+
+
+class DeadLetters(Transitions):
+    """The engine's operations on its dead letters."""
+
+    def dead_retry(self, ids: Iterable[str], now: float, between: Callable[[], None] = lambda: None) -> list[str]:
+        """Revive the dead tasks of ``ids`` (others are skipped); the ids
+        revived. ``between`` is called before each (it may yield to the hub:
+        a task purged or revived meanwhile is skipped), so reviving a whole
+        dead-letter queue -- 100,000 tasks, 0.4 s -- does not hold the node."""
+        revived = []
+        for task_id in ids:
+            between()
+            task = self.table.revive(task_id)
+            if task is None:
+                continue
+            task.attempt = 0
+            count_revival(task)
+            self._make_ready(task, now)
+            for listener in self.listeners:
+                listener.task_revived(task)
+            revived.append(task_id)
+        return revived
+
+    def dead_purge(self, queue: str | None, ids: Iterable[str] | None = None,
+                   between: Callable[[], None] = lambda: None) -> int:
+        """Drop dead tasks for good (``ids``, or every one of ``queue``, or
+        all); how many. ``between`` as for :meth:`dead_retry`."""
+        victims = list(ids) if ids is not None else [t.id for t in self.table.iter_dead(queue)]
+        n = 0
+        for task_id in victims:
+            between()
+            task = self.table.purge(task_id)
+            if task is None:
+                continue
+            self._count(task.queue)[DEAD] -= 1
+            for listener in self.listeners:
+                listener.task_purged(task)
+            # Gone for good: a stale lease-timer entry (dropped lazily) may
+            # still refer to the task, and must not hold its payload there,
+            # outside max_bytes, as a finished task's must not (_finish).
+            task.body = b""
+            n += 1
+        return n
