@@ -12,7 +12,8 @@ import zmq
 from miyaq.config import NodeConfig
 from miyaq.constants import DISPATCH_MESSAGE_BYTES
 from miyaq.core.consumers import Consumer
-from miyaq.core.dispatcher import Dispatcher, message_parts
+from miyaq.core.delivery import message_parts
+from miyaq.core.dispatcher import Dispatcher
 from miyaq.core.engine import Engine
 from miyaq.core.gate import Gate
 from miyaq.core.limits import QueueLimits, parse_limits

@@ -39,10 +39,12 @@ ready tasks: it stays hungry, and the limits' refill timer pumps again. One
 whose batch is full (``max_batch``, ``DISPATCH_BATCH_BYTES``) with room left
 stays hungry and is served on by the next pump. A batch goes out as DISPATCH
 messages of at most ``DISPATCH_MESSAGE_BYTES`` of payloads each (a larger
-task alone: :func:`message_parts`), so that each crosses a slow worker link
-within the worker's connection timeout; a batch of small tasks is one
-message. A message that cannot be sent puts back its tasks and the later
-messages' (the earlier ones are on their way) and the consumer is forgotten.
+task alone: :func:`~miyaq.core.delivery.message_parts`), so that each
+crosses a slow worker link within the worker's connection timeout; a batch
+of small tasks is one message. A message that cannot be sent puts back its
+tasks and the later messages' (the earlier ones are on their way) and the
+consumer is forgotten. Sending what a pump leased is
+:class:`~miyaq.core.delivery.LeaseDelivery`'s, the dispatcher's base.
 
 A consumer granted with ``until_idle`` (a webhook lane: one per queue, as
 many as queues) is not parked but leaves the hungry ones when a pump finds
@@ -86,9 +88,10 @@ import logging
 from collections.abc import Callable
 
 from miyaq.constants import (
-    DISPATCH_BATCH_BYTES, DISPATCH_CHUNK, DISPATCH_MESSAGE_BYTES, LONE_TASKS_PER_BURST, STALL,
+    DISPATCH_BATCH_BYTES, DISPATCH_CHUNK, LONE_TASKS_PER_BURST, STALL,
 )
 from miyaq.core.consumers import Consumer
+from miyaq.core.delivery import LeaseDelivery
 from miyaq.core.engine import Engine
 from miyaq.core.gate import Gate
 from miyaq.core.handles import StartBarrier
@@ -96,12 +99,12 @@ from miyaq.core.limits import QueueLimits
 from miyaq.core.listener import EngineListener
 from miyaq.runtime import monotonic, wall
 from miyaq.store.table import Tombstone
-from miyaq.store.task import READY, RUNNING, Task
+from miyaq.store.task import READY, Task
 
 logger = logging.getLogger(__name__)
 
 
-class Dispatcher(EngineListener):
+class Dispatcher(EngineListener, LeaseDelivery):
     """Leases the engine's ready tasks to the consumers with credit (see the
     module's docstring); listens to the engine for tasks that become ready."""
 
@@ -380,52 +383,6 @@ class Dispatcher(EngineListener):
             limits.arm_wake(self._refilled, now)
         return total
 
-    def send_leased(self, batches: dict[Consumer, list[Task]], now: float,
-                    sizes: dict[Consumer, int] | None = None) -> None:
-        """Send the leases just made (``sizes``: each batch's payload bytes,
-        when known; a RECEIVE answered at once leases and sends its task
-        here too): at once, or, when an at-most-once task started among
-        them, once the log has its start (:attr:`start_barrier`). Sent
-        before, a node killed before that write brought the task back ready
-        on restart, and it ran a second time (review, 2026-12-06: 128 such
-        tasks in one round of kill -9s). The wait is one log write (10 ms at
-        most with ``--fsync interval``), paid by the batches of a pump that
-        leased an at-most-once task, not by the others."""
-        sizes = sizes or {}
-        barrier = self.start_barrier
-        if barrier is not None and barrier.at_most_once_started():
-            barrier.after_written(lambda: self._deliver(batches, sizes, wall(), held=True))
-        else:
-            self._deliver(batches, sizes, now)
-
-    def _deliver(self, batches: dict[Consumer, list[Task]], sizes: dict[Consumer, int], now: float,
-                 held: bool = False) -> None:
-        """DISPATCH each batch to its consumer (in parts of at most
-        ``DISPATCH_MESSAGE_BYTES``); what cannot be delivered goes back, and
-        the consumer is forgotten. ``held``: sent after the log's write, so
-        a task no longer leased to the consumer by then (cancelled, or taken
-        back with a lost worker and leased again) is not sent, and its
-        credit goes back to the consumer."""
-        engine = self.engine
-        for consumer, batch in batches.items():
-            if held:
-                still = [task for task in batch if task.state == RUNNING and task.consumer is consumer]
-                if len(still) < len(batch):
-                    consumer.granted(len(batch) - len(still))
-                    self.pending = True
-                batch = still
-            if not batch:
-                continue
-            parts = [batch] if sizes.get(consumer, 0) <= DISPATCH_MESSAGE_BYTES else message_parts(batch)
-            for sent, part in enumerate(parts):
-                if not consumer.deliver(part):
-                    unsent = [task for later in parts[sent:] for task in later]
-                    logger.warning("could not deliver %d tasks to %r; putting them back", len(unsent), consumer)
-                    for task in unsent:
-                        engine.release(task.id, now)
-                    self.forget(consumer)
-                    break
-
     def _announce(self) -> None:
         """Tell the other holders about the leases just made. A failure is
         logged and does not keep the tasks from their workers: what it did
@@ -435,26 +392,6 @@ class Dispatcher(EngineListener):
             self.announce()
         except Exception:
             logger.exception("could not announce leases before dispatching them")
-
-
-def message_parts(batch: list[Task]) -> list[list[Task]]:
-    """``batch`` cut, in order, into the tasks of one DISPATCH message each:
-    at most DISPATCH_MESSAGE_BYTES of payloads together, a larger task alone
-    (see the constant: a message must cross a slow worker link well within
-    the worker's connection timeout)."""
-    parts: list[list[Task]] = []
-    part: list[Task] = []
-    size = 0
-    for task in batch:
-        n = len(task.body)
-        if part and size + n > DISPATCH_MESSAGE_BYTES:
-            parts.append(part)
-            part, size = [], 0
-        part.append(task)
-        size += n
-    if part:
-        parts.append(part)
-    return parts
 
 
 def _nothing_to_announce() -> None:
