@@ -24,8 +24,9 @@ it still awaits its answer, and its resends wait longer each time, up to
 ``HANDOFF_RETRY_MAX``; an answer past the deadline still counts
 (:mod:`miyaq.cluster.holder_retry`, which says why).
 
-The pass and the resends work in slices, yielding to the hub between them
-(:mod:`miyaq.cluster.handoff_slices`).
+The resends are :mod:`miyaq.cluster.handoff_resends`'s (the base of
+:class:`Handoff`). The pass and the resends work in slices, yielding to the
+hub between them (:mod:`miyaq.cluster.handoff_slices`).
 
 Outcomes move too, after the pass that follows a ring change:
 :mod:`miyaq.cluster.outcome_handoff`.
@@ -35,6 +36,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Callable
 
+from miyaq.cluster.handoff_resends import HandoffResends
 from miyaq.cluster.handoff_slices import _slices
 from miyaq.cluster.holder_retry import HolderRetry
 from miyaq.cluster.outcome_handoff import OutcomeHandoff
@@ -55,7 +57,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-class Handoff:
+class Handoff(HandoffResends):
     """Runs in its own greenlet (:meth:`serve`): a ring change asks for a
     pass (:meth:`request`), the cluster ticker for sweeps and retries
     (:meth:`tick`). A pass or a retry works through its tasks in slices of
@@ -235,12 +237,6 @@ class Handoff:
         """A chunk of outcomes went unanswered: it is sent again at the next retry."""
         self.next_retry = min(self.next_retry, monotonic() + HANDOFF_RETRY)
 
-    def _retry_of(self, holder: str) -> HolderRetry:
-        retry = self.retries.get(holder)
-        if retry is None:
-            retry = self.retries[holder] = HolderRetry()
-        return retry
-
     def _callback(self, holder: str, ids: list[str], retry: HolderRetry,
                   unsent: list[bool]) -> Callable[[dict[str, Any] | None], None]:
         """The callback of a chunk of ``ids`` sent to ``holder``; ``unsent``
@@ -329,63 +325,6 @@ class Handoff:
             if task is not None:
                 holders[task_id] = task.holders
         return holders
-
-    def retry(self, now: float) -> None:
-        """Send again what was not confirmed (a new holder that was down, or
-        behind on the ring) once ``next_retry`` came, a slice at a time, to
-        each holder whose resend is due (:class:`HolderRetry`).
-        ``now``: monotonic."""
-        if not (self.leaving or self.outcomes.unanswered) or now < self.next_retry:
-            return
-        self.next_retry = now + HANDOFF_RETRY
-        self.outcomes.resend()
-        due = {h for h, r in self.retries.items() if r.due(now)}
-        if not due and self.retries:
-            return      # every holder owed copies has some on the way, or waits its turn
-        seen: set[str] = set()
-        resent: set[str] = set()
-        leaving = list(self.leaving)
-        for chunk in _slices(leaving):
-            self._retry_slice(chunk, due, seen, resent, now)
-        self._forget_holders(seen)
-
-    def _retry_slice(self, ids: list[str], due: set[str], seen: set[str], resent: set[str], now: float) -> None:
-        """Send the copies of ``ids`` to each of their unconfirming holders
-        that is ``due`` (or that has no retry of its own yet: it is added to
-        ``due``); every holder still waiting for a copy of ``ids`` is added
-        to ``seen``, due or not, and every holder sent copies to ``resent``
-        (its next resend is planned at its first, :meth:`HolderRetry.sent`)."""
-        table = self.role.engine.table
-        outbox: dict[str, list[dict[str, Any]]] = {}
-        for task_id in ids:
-            waiting = self.leaving.get(task_id)
-            if waiting is None:
-                continue        # confirmed while the retry yielded
-            task = table.live.get(task_id) or table.dead.get(task_id)
-            if task is None or not waiting:
-                del self.leaving[task_id]
-                continue
-            seen |= waiting
-            record = None
-            for h in waiting:
-                if h not in due:
-                    if h in self.retries:
-                        continue        # not its turn
-                    due.add(h)
-                    self._retry_of(h)
-                if record is None:
-                    record = transfer_record(task)
-                outbox.setdefault(h, []).append(record)
-        for holder in outbox:
-            if holder not in resent:
-                resent.add(holder)
-                self.retries[holder].sent(now)
-        self._send(outbox)
-
-    def _forget_holders(self, keep: set[str]) -> None:
-        """Forget the retries of holders not in ``keep`` with nothing on the way."""
-        for holder in [h for h, r in self.retries.items() if h not in keep and not r.awaiting]:
-            del self.retries[holder]
 
     def pending(self) -> int:
         """Tasks whose new holders have not all confirmed their copy yet."""
