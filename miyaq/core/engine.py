@@ -7,13 +7,15 @@ Every method runs in the node's event loop; none blocks.
 
 States and transitions are drawn in docs/protocol.md ("Task states").
 
-The engine is six modules, one job each: :class:`Engine` here (intake,
+The engine is seven modules, one job each: :class:`Engine` here (intake,
 consuming, control, timers, housekeeping), built on the state and the
 state moves of :mod:`miyaq.core.transitions`, on the operations on
 replicated copies of :mod:`miyaq.core.replicas`, on the read-only views
-of :mod:`miyaq.core.task_views` (INFO, RESULT, LIST, the counts) and on
-the revival and purge of dead letters of :mod:`miyaq.core.dead_letters`. Who may
-report on a task, and the backoff between attempts: :mod:`miyaq.core.attempts`.
+of :mod:`miyaq.core.task_views` (INFO, RESULT, LIST, the counts), on
+the revival and purge of dead letters of :mod:`miyaq.core.dead_letters`
+and on what the log's replay installs at start, :mod:`miyaq.core.restore`.
+Who may report on a task, and the backoff between attempts:
+:mod:`miyaq.core.attempts`.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from miyaq.core.attempts import forget_lease, leased_to, note_lessee, retry_dela
 from miyaq.core.cancels_ahead import CancelsAhead
 from miyaq.core.dead_letters import DeadLetters
 from miyaq.core.replicas import ReplicaCopies
+from miyaq.core.restore import Restore
 from miyaq.core.task_views import TaskViews
 from miyaq.errors import Busy, InvalidField, NotFound, ShuttingDown
 from miyaq.logs import LogLimiter
@@ -50,7 +53,7 @@ _full = LogLimiter(logger, burst=1)
 DEAD_LINE_MESSAGE = 200
 
 
-class Engine(ReplicaCopies, TaskViews, DeadLetters):
+class Engine(ReplicaCopies, TaskViews, DeadLetters, Restore):
     """The task state machine: ``Engine(config)``; its state is
     :class:`~miyaq.core.transitions.Transitions`'s, its views
     :class:`~miyaq.core.task_views.TaskViews`'s."""
@@ -125,53 +128,6 @@ class Engine(ReplicaCopies, TaskViews, DeadLetters):
         else:
             self._schedule(task, task.due, SCHEDULED, now)
         return ACCEPTED, None
-
-    def restore(self, task: Task, now: float) -> Task | None:
-        """Install a task rebuilt from the log, in the state it was logged in.
-        A task that was running comes back ready, its attempt spent (its
-        worker is gone) -- or dead-lettered as ``Lost`` if it may not run
-        again: at most once, or that was its last attempt (as a lost lease
-        on a running node). Returns a dead letter dropped to make room
-        (more of them in the log than ``max_dead``: the one that died
-        first), for the caller to log and journal."""
-        state = task.state
-        if state == RUNNING and (task.at_most_once or task.attempt > task.max_retries):
-            state = DEAD
-            ran = "an at-most-once task" if task.at_most_once else "this task's last attempt"
-            task.error = {"type": "Lost", "message": f"the node restarted while {ran} ran"}
-        task.seq = next(self._seq)
-        task.state = SCHEDULED
-        self._count(task.queue)[SCHEDULED] += 1
-        self.table.add(task)
-        evicted = None
-        if state == DEAD:
-            self._move(task, DEAD)
-            evicted = self.table.kill(task)
-            if evicted is not None:      # more dead letters in the log than max_dead: the oldest go
-                self._count(evicted.queue)[DEAD] -= 1
-                evicted.body = b""
-        elif state == RETRYING:
-            self._schedule(task, task.eta, RETRYING, now)
-        elif state == SCHEDULED and (task.due > now or task.standby):
-            self._schedule(task, task.due, SCHEDULED, now)
-        else:
-            self._make_ready(task, now)
-        return evicted
-
-    def restore_tombstone(self, record: dict[str, Any], now: float) -> bool:
-        """Install a finished task's tombstone unless it is already too old
-        (a cancel kept ahead of its copy too: :mod:`miyaq.core.cancels_ahead`)."""
-        finished = record.get("at", now)
-        if finished + self.table.tombstone_ttl <= now:
-            return False
-        task = Task(record["id"], record.get("queue", "default"), None, b"", key=record.get("key"))
-        task.attempt = record.get("attempt", 0)
-        task.error = record.get("error")
-        stone = self.table.bury(task, record.get("state", DONE), record.get("result"), finished)
-        if task.key is not None:
-            self.table.key_finished(task.key, task.id)
-        self.cancels_ahead.restored(record, stone)     # one kept ahead of its copy without a key
-        return stone is not None
 
     # -- consuming ---------------------------------------------------------------
     def take(self, queues: Iterable[str], now: float) -> Task | None:
