@@ -20,6 +20,14 @@ from miyaq.runtime.endpoints import WILDCARDS, bare_host, is_ipv6_address, tcp_e
 
 
 
+#: Seconds a node waits at most for a ZooKeeper server to answer at start
+#: (``zk_connect_timeout``): at least a tenth of a second (a server has to
+#: answer a TCP connect and a session request in it), at most an hour (a
+#: typo in ``--zk`` would hold the start that long; a server still starting
+#: is up well within it).
+MIN_ZK_CONNECT_TIMEOUT = 0.1
+MAX_ZK_CONNECT_TIMEOUT = 3600.0
+
 #: The longest path of a unix socket (``sun_path`` less its final NUL, Linux).
 MAX_IPC_PATH = 107
 
@@ -110,6 +118,10 @@ class NodeConfig(Settings):
     cluster: str = setting("default", "cluster name (ZooKeeper path /miyaq/<cluster>)")
     auto_join: bool = setting(True, "join the ring on start")
     zk_session_timeout: float = setting(10.0, "ZooKeeper session timeout in seconds")
+    zk_connect_timeout: float = setting(10.0, "seconds a node waits at start for a ZooKeeper server of zk to "
+                                           "answer before it stops with an error ("
+                                           f"{MIN_ZK_CONNECT_TIMEOUT:g}..{MAX_ZK_CONNECT_TIMEOUT:g}; once "
+                                           "connected it reconnects without end)")
     zk_auth: str = setting("", "ZooKeeper digest credentials 'user:password': the cluster's znodes get ACLs only "
                             "they open (empty: no ACLs; prefer zk_auth_file or the environment: ps shows flags)")
     zk_auth_file: str = setting("", "file holding the 'user:password' of zk_auth")
@@ -187,6 +199,7 @@ class NodeConfig(Settings):
                               "tasks saves nothing, and every message is bounded in the values it holds)")
         if self.heartbeat <= 0 or self.liveness < 1:
             raise ConfigError("heartbeat must be > 0 and liveness >= 1")
+        check_zk_connect_timeout(self.zk_connect_timeout)
         if not 0.5 <= self.peer_heartbeat_timeout <= 3600:
             raise ConfigError(f"peer_heartbeat_timeout must be 0.5..3600 seconds, not {self.peer_heartbeat_timeout}")
         self._check_binds()
@@ -315,6 +328,18 @@ _USELESS_AT_0 = {
     "webhook_concurrency": "0 accepts webhooks and never delivers one",
     "webhook_pool_size": "0 opens no connection to a webhook destination (every delivery waits out its timeout)",
 }
+
+
+def check_zk_connect_timeout(value: float) -> float:
+    """``value`` as a float if it is a ``zk_connect_timeout`` a node may have:
+    :data:`MIN_ZK_CONNECT_TIMEOUT` to :data:`MAX_ZK_CONNECT_TIMEOUT` seconds
+    (NaN, infinite, 0 and negative refused), else ``ConfigError`` naming the
+    setting. ``miyaq dev-cluster`` checks its ``--zk-connect-timeout`` here."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not MIN_ZK_CONNECT_TIMEOUT <= value <= MAX_ZK_CONNECT_TIMEOUT:     # NaN fails both bounds
+        raise ConfigError(f"zk_connect_timeout must be {MIN_ZK_CONNECT_TIMEOUT:g}..{MAX_ZK_CONNECT_TIMEOUT:g} "
+                          f"seconds (the wait for ZooKeeper at start), not {value!r}")
+    return float(value)
 
 
 def is_http_token(token: str) -> bool:

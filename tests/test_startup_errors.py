@@ -140,11 +140,14 @@ def test_port_out_of_range_is_a_one_line_error():
 
 
 def test_unreachable_zookeeper_is_a_one_line_error():
-    """Fault: --zk names a ZooKeeper that is not running (nothing listens there)."""
+    """Fault: --zk names a ZooKeeper that is not running (nothing listens there).
+    The node waits --zk-connect-timeout (2 s here; 10 s by default), and the
+    line names the setting."""
     with refusing_port() as port:
         zk = f"127.0.0.1:{port}"
-        line = error_line(start_node("--http-port", "0", "--zk", zk))
-    assert f"cannot reach ZooKeeper at {zk}" in line and "--zk" in line and "MIYAQ_ZK" in line
+        line = error_line(start_node("--http-port", "0", "--zk", zk, "--zk-connect-timeout", "2"))
+    assert f"cannot reach ZooKeeper at {zk} within 2s (--zk-connect-timeout)" in line
+    assert "--zk" in line and "MIYAQ_ZK" in line
 
 
 @pytest.fixture
@@ -189,9 +192,9 @@ def test_a_zookeeper_port_where_something_else_answers_is_a_one_line_error(not_z
     tracebacks stay out of the log: each attempt is one line, naming the
     exception, and the start ends with the one error line."""
     zk = f"127.0.0.1:{not_zookeeper}"
-    done = start_node("--http-port", "0", "--zk", zk)
+    done = start_node("--http-port", "0", "--zk", zk, "--zk-connect-timeout", "2")
     line = error_line(done)
-    assert f"cannot reach ZooKeeper at {zk}" in line
+    assert f"cannot reach ZooKeeper at {zk} within 2s (--zk-connect-timeout)" in line
     assert "invalid server response" in done.stderr      # kazoo's attempts were made and logged
     assert "Exception raised during deserialization" in done.stderr and "(error: " in done.stderr
 

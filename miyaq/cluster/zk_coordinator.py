@@ -72,8 +72,10 @@ class ZooKeeperCoordinator(Coordinator):
     ``ConfigError``); None publishes and compares nothing (as a build before
     2026-12-06). ``auto_join`` records "join" for ``local`` at start. ``leader_eligible=False``
     makes a node that never campaigns (it still registers and follows).
-    ``connect_timeout`` bounds ``start``; ``session_timeout`` is asked of the
-    server (which clamps it to 2-20 tickTimes); ``op_timeout`` bounds each
+    ``connect_timeout`` bounds the first connection, in ``start`` (the
+    node's ``zk_connect_timeout``; later the client reconnects without
+    end); ``session_timeout`` is asked of the server (which clamps it to
+    2-20 tickTimes); ``op_timeout`` bounds each
     znode operation; the leader re-checks the desired state every
     ``reconcile_interval`` seconds besides reacting to watches.
     """
@@ -212,7 +214,8 @@ class ZooKeeperCoordinator(Coordinator):
             session = Session.open(self._hosts, self._node_id, session_timeout=self._session_timeout,
                                    connect_timeout=self._connect_timeout, auth=self._auth)
         except Unavailable as exc:
-            raise Unavailable(f"{exc.message}: is ZooKeeper running there? Start it, or pass --zk (MIYAQ_ZK) "
+            raise Unavailable(f"{exc.message} (--zk-connect-timeout): is ZooKeeper running there? Start it (one "
+                              "still starting may need a longer --zk-connect-timeout), or pass --zk (MIYAQ_ZK) "
                               "the host:port list of a running ensemble (without --zk the node runs "
                               "standalone)", **exc.details) from None
         self._started = True

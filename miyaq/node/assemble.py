@@ -162,6 +162,7 @@ def _role(config: NodeConfig, core: Core, barrier: WriteBarrier, supervisor: Sup
         zk = ZooKeeperCoordinator(config.zk, config.cluster, local_member(config), supervisor=supervisor,
                                   cluster_key=cluster_key, auto_join=config.auto_join,
                                   session_timeout=config.zk_session_timeout,
+                                  connect_timeout=config.zk_connect_timeout,
                                   auth=ZkAuth.from_options(config.zk_auth, config.zk_auth_file))
         coordinator, shared = zk, _zk_periodic_store(zk)
     if coordinator is None:
