@@ -10,6 +10,10 @@ Constraints:
 
 * Node ``nI`` listens on the ``I``-th free block of ports at or after
   ``base_port`` (:mod:`miyaq.devports`).
+* Each node gets ``zk_connect_timeout`` as its ``--zk-connect-timeout``,
+  and the wait for the ring connects to ZooKeeper within it too (a
+  ZooKeeper given with ``zk`` that is not there fails the start in that
+  long, not in 10 s).
 * ``secure``: a key directory is made in ``<log_dir>/keys`` (the cluster key
   and one admin key, ``dev``); the nodes run with ``--keys``, the workers
   and the readiness checks with the ``dev`` key, and the state file
@@ -44,6 +48,7 @@ from typing import Any, Self
 
 from miyaq.cluster.ring_admin import RingAdmin
 from miyaq.cluster.zk_auth import ZkAuth
+from miyaq.config import check_zk_connect_timeout
 from miyaq.devports import HOST, HTTP_OFFSET, port_blocks
 from miyaq.devstate import remove_state, write_state
 from miyaq.errors import ConfigError, MiyaqError, Timeout, Unavailable
@@ -92,6 +97,7 @@ class DevCluster:
         zk: str | None = None,
         zk_servers: int = 1,
         zk_auth: ZkAuth | None = None,
+        zk_connect_timeout: float = 10.0,
         base_port: int = 7450,
         cluster: str = "dev",
         replicas: int | None = None,
@@ -118,6 +124,7 @@ class DevCluster:
         self.zk_given = zk
         self.zk_servers = zk_servers
         self.zk_auth = zk_auth
+        self.zk_connect_timeout = check_zk_connect_timeout(zk_connect_timeout)
         self.base_port = base_port
         self.cluster = cluster
         self.replicas = replicas if replicas is not None else min(3, nodes)
@@ -218,7 +225,7 @@ class DevCluster:
     def _start_node(self, node_id: str, port: int) -> DevNode:
         args = ["node", "--zk", self.zk_hosts, "--cluster", self.cluster, "--node-id", node_id,
                 "--host", HOST, "--port", str(port), "--http-port", str(port + HTTP_OFFSET),
-                "--replicas", str(self.replicas)]
+                "--replicas", str(self.replicas), "--zk-connect-timeout", repr(self.zk_connect_timeout)]
         if self.data_dir:
             path = os.path.join(self.data_dir, node_id)
             os.makedirs(path, mode=0o700, exist_ok=True)   # as a node makes its own: owner only
@@ -233,7 +240,8 @@ class DevCluster:
 
     def _wait_ready(self) -> bool:
         wanted = {n.node_id for n in self.nodes}
-        admin = RingAdmin(self.zk_hosts, self.cluster, connect_timeout=10.0, timeout=10.0, auth=self.zk_auth)
+        admin = RingAdmin(self.zk_hosts, self.cluster, connect_timeout=self.zk_connect_timeout, timeout=10.0,
+                          auth=self.zk_auth)
         try:
             return self._poll_ring(admin, wanted)
         except Unavailable as exc:

@@ -5,10 +5,12 @@ and a node started beside a ZooKeeper still starting could not wait longer.
 It is a setting from each layer, checked to 0.1..3600 seconds."""
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
 
+from miyaq.cli.dev_cluster_cmd import _zk_connect_timeout
 from miyaq.config import MAX_ZK_CONNECT_TIMEOUT, MIN_ZK_CONNECT_TIMEOUT, NodeConfig, check_zk_connect_timeout
 from miyaq.errors import ConfigError
 
@@ -57,3 +59,21 @@ def test_the_check_refuses_outside_the_bounds_and_says_them(value):
 
 def test_the_check_gives_a_value_in_range_as_a_float():
     assert check_zk_connect_timeout(2) == 2.0 and isinstance(check_zk_connect_timeout(2), float)
+
+
+@pytest.mark.parametrize("flag,env,expected", [(None, None, 10.0), (None, "2", 2.0), (3.0, "2", 3.0)])
+def test_the_dev_cluster_takes_the_flag_then_the_environment_as_its_nodes_do(monkeypatch, flag, env, expected):
+    """``miyaq dev-cluster`` hands its nodes one value as their flag and waits
+    for the ring as long: theirs would come from this environment anyway."""
+    if env is None:
+        monkeypatch.delenv("MIYAQ_ZK_CONNECT_TIMEOUT", raising=False)
+    else:
+        monkeypatch.setenv("MIYAQ_ZK_CONNECT_TIMEOUT", env)
+    assert _zk_connect_timeout(argparse.Namespace(zk_connect_timeout=flag)) == expected
+
+
+@pytest.mark.parametrize("env", ["ten", "0", "nan"])
+def test_the_dev_cluster_refuses_a_bad_value_in_the_environment(monkeypatch, env):
+    monkeypatch.setenv("MIYAQ_ZK_CONNECT_TIMEOUT", env)
+    with pytest.raises(ConfigError, match="ZK_CONNECT_TIMEOUT"):
+        _zk_connect_timeout(argparse.Namespace(zk_connect_timeout=None))

@@ -232,14 +232,28 @@ def test_ring_command_with_unreachable_zookeeper_exits_2():
 
 
 def test_dev_cluster_with_unreachable_zookeeper_fails_cleanly(dev_clusters, tmp_path):
-    """Fault: --zk names a ZooKeeper that is not there; the nodes cannot register."""
+    """Fault: --zk names a ZooKeeper that is not there; the nodes cannot register.
+    --zk-connect-timeout bounds the wait, of the nodes and of the dev cluster
+    itself (2 s here; before 2026-12-06 a fixed 10 s)."""
     with refusing_port() as port:
-        cluster = dev_clusters.start("--nodes", "1", "--zk", f"127.0.0.1:{port}",
+        cluster = dev_clusters.start("--nodes", "1", "--zk", f"127.0.0.1:{port}", "--zk-connect-timeout", "2",
                                      "--base-port", str(free_port()), "--log-dir", str(tmp_path / "logs"))
         code = cluster.proc.wait(STOP_TIMEOUT)
     output = cluster.output()
     assert code == 2, output
     assert "miyaq: error:" in output and "stopped; logs kept in" in output
+    assert f"cannot reach ZooKeeper at 127.0.0.1:{port} within 2s" in output
+    node_log = (tmp_path / "logs" / "n1.log").read_text()
+    assert "within 2s (--zk-connect-timeout)" in node_log     # the node got it too
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "3601"])
+def test_dev_cluster_refuses_a_zk_connect_timeout_out_of_range(value):
+    """Bad input: --zk-connect-timeout 0 (or NaN, or past an hour) is a usage
+    error before anything starts."""
+    answer = run_miyaq("dev-cluster", "--zk", "127.0.0.1:1", "--zk-connect-timeout", value)
+    assert answer.returncode == 2 and "--zk-connect-timeout" in answer.stderr
+    assert "Traceback" not in answer.stderr
 
 
 def test_dev_cluster_on_a_zookeeper_ensemble(dev_clusters, tmp_path):

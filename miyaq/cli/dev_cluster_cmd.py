@@ -24,6 +24,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from .ring_cmd import zk_auth
+from ..config import MAX_ZK_CONNECT_TIMEOUT, MIN_ZK_CONNECT_TIMEOUT, check_zk_connect_timeout
 from ..errors import ConfigError
 from . import numbers
 
@@ -39,6 +40,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nodes", type=numbers.positive, default=3, help="node processes [default 3]")
     p.add_argument("--zk", default=None, metavar="HOSTS",
                    help="use this ZooKeeper instead of starting one (not read from MIYAQ_ZK)")
+    p.add_argument("--zk-connect-timeout", type=numbers.real(MIN_ZK_CONNECT_TIMEOUT, MAX_ZK_CONNECT_TIMEOUT),
+                   default=None, metavar="S",
+                   help="seconds each node, and this command, waits for ZooKeeper to answer at start "
+                        f"({MIN_ZK_CONNECT_TIMEOUT:g}..{MAX_ZK_CONNECT_TIMEOUT:g}) [env MIYAQ_ZK_CONNECT_TIMEOUT; "
+                        "default 10]")
     p.add_argument("--zk-servers", type=numbers.positive, default=1, metavar="K",
                    help="ZooKeeper servers to start: 1, or an ensemble of 3 (or 5) [default 1]")
     p.add_argument("--zk-auth", default=None, metavar="USER:PASSWORD",
@@ -134,6 +140,20 @@ def _base_port(given: int | None) -> int:
         raise ConfigError(f"MIYAQ_PORT must be a port number, not {raw!r}") from None
 
 
+def _zk_connect_timeout(args: argparse.Namespace) -> float:
+    """``--zk-connect-timeout``, else ``MIYAQ_ZK_CONNECT_TIMEOUT`` (which the
+    nodes would read anyway: they inherit this environment), else 10 s; the
+    nodes get it as their flag, so they and the wait for the ring agree."""
+    if args.zk_connect_timeout is not None:
+        return float(args.zk_connect_timeout)
+    raw = os.environ.get("MIYAQ_ZK_CONNECT_TIMEOUT") or "10"
+    try:
+        return check_zk_connect_timeout(float(raw))
+    except (ValueError, ConfigError):
+        raise ConfigError(f"MIYAQ_ZK_CONNECT_TIMEOUT must be {MIN_ZK_CONNECT_TIMEOUT:g}..{MAX_ZK_CONNECT_TIMEOUT:g} "
+                          f"seconds, not {raw!r}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     # The cluster's machinery is imported here, not with the command line
     # (``miyaq --help`` and the other commands do not load it).
@@ -142,7 +162,8 @@ def run(args: argparse.Namespace) -> int:
     setup_logging("WARNING")
     logging.getLogger("kazoo").setLevel(logging.CRITICAL)  # connection retries are not news here
     cluster = DevCluster(
-        args.nodes, zk=args.zk, zk_servers=args.zk_servers, zk_auth=zk_auth(args), base_port=_base_port(args.base_port),
+        args.nodes, zk=args.zk, zk_servers=args.zk_servers, zk_connect_timeout=_zk_connect_timeout(args),
+        zk_auth=zk_auth(args), base_port=_base_port(args.base_port),
         cluster=args.cluster, replicas=args.replicas, data_dir=args.data_dir, workers=args.workers,
         worker_processes=args.worker_processes, log_dir=args.log_dir, state_dir=os.getcwd(),
         secure=args.secure,
