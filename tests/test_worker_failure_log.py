@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from miyaq.errors import TaskFailed
-from miyaq.logs import LogLimiter
+from miyaq.logs import LogLimiter, OneLineMessages
 from miyaq.testing.harness import ThreadNode, wait_for
 from miyaq.worker import failures
 from miyaq.worker.jobs import Job
@@ -61,7 +61,7 @@ def test_a_handler_that_raises_is_logged_with_its_traceback(procs, node, client,
         assert f"task {handle.id} ({name}) attempt {attempt} on queue default failed: ValueError: " \
                f"handler failed on purpose {tag}" in head, head
     assert "Traceback (most recent call last):" in log
-    assert "in _explode" in log and f"\nValueError: handler failed on purpose {tag}" in log
+    assert "in _explode" in log and f"\n    ValueError: handler failed on purpose {tag}" in log
 
 
 def test_retry_and_reject_are_logged_at_info_without_a_traceback(procs, node, client):
@@ -126,4 +126,22 @@ def test_a_traceback_cannot_forge_a_line_with_control_characters(caplog):
         failures.log_outcome("w1", _job("forge", "f1"), error)
     (record,) = [r for r in caplog.records if r.name == "miyaq.worker.tasks"]
     assert record.levelno == logging.ERROR and "failed for good" in record.getMessage()
-    assert record.exc_text == "Traceback (most recent call last):\nValueError: a\\rb\\x1b[2J"
+    assert record.exc_text == "    Traceback (most recent call last):\n    ValueError: a\\rb\\x1b[2J"
+
+
+def test_a_traceback_cannot_start_a_line_that_reads_as_a_record(caplog):
+    """Fault: an exception message holding a line break and text shaped as
+    a log record (``ValueError("ok\\n2026-12-06 19:00:00,000 ERROR
+    miyaq.node: FORGED")``, from a task's arguments): the traceback kept its
+    lines, and that one stood at the margin of the worker's log, a record
+    of its own to the reader (review22). Every traceback line is indented."""
+    forged = "2026-12-06 19:00:00,000 ERROR miyaq.node: FORGED LINE"
+    error = {"type": "ValueError", "message": f"ok\n{forged}", "retry": True,
+             "traceback": f"Traceback (most recent call last):\n  File \"t.py\", line 1, in h\nValueError: ok\n{forged}\n"}
+    with caplog.at_level(logging.INFO, logger="miyaq.worker.tasks"):
+        failures.log_outcome("w1", _job("forge", "f2"), error)
+    (record,) = [r for r in caplog.records if r.name == "miyaq.worker.tasks"]
+    text = OneLineMessages("%(asctime)s %(levelname)s %(name)s: %(message)s").format(record)   # the worker's
+    lines = text.split("\n")
+    assert all(line.startswith(failures.TRACEBACK_INDENT) for line in lines[1:]), lines
+    assert f"{failures.TRACEBACK_INDENT}{forged}" in lines

@@ -44,20 +44,27 @@ _log = LogLimiter(logger, burst=LINES_PER_MINUTE)
 
 #: The ``extra`` key a record's traceback text travels in to :class:`TracebackText`.
 TRACEBACK_KEY = "miyaq_traceback"
+#: What every line of a logged traceback starts with: none starts at the margin.
+TRACEBACK_INDENT = "    "
 
 
 class TracebackText(logging.Filter):
     """Put the traceback text a record carries (the attempt's error, as
     formatted where the handler ran: a child process's too) where every
-    formatter prints a traceback, after the message on lines of its own.
-    Its control characters other than the line breaks are escaped, as in
-    miyaq's messages (docs/configuration.md, "Every process: what goes to
-    the log")."""
+    formatter prints a traceback, after the message on lines of its own,
+    each indented by :data:`TRACEBACK_INDENT`. Its control characters
+    other than the line breaks are escaped, as in miyaq's messages
+    (docs/configuration.md, "Every process: what goes to the log"). The
+    indent is what keeps a line of the exception's message -- text a
+    producer may have sent, ``ValueError("ok\\n2026-12-06 ... ERROR ...")``
+    -- from starting at the margin, where it would read as a record of its
+    own (review22: such a line stood at column 0 of the worker's log)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.__dict__.pop(TRACEBACK_KEY, None)
         if isinstance(text, str) and text:
-            record.exc_text = "\n".join(escape_controls(line) for line in text.rstrip("\n").split("\n"))
+            record.exc_text = "\n".join(TRACEBACK_INDENT + escape_controls(line)
+                                         for line in text.rstrip("\n").split("\n"))
         return True
 
 
