@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from time import monotonic as _real_monotonic
 from typing import Any, Callable
 
 import gevent
@@ -36,62 +37,125 @@ class ThreadWake:
 
 class _Parking:
     """One greenlet parked on io watchers until one fires, :meth:`wake` is
-    called, or a timeout passes (what :class:`FdWait` and :class:`FdSet` share)."""
+    called, or a timeout passes (what :class:`FdWait` and :class:`FdSet` share).
+
+    The parked greenlet itself is what the watchers' callbacks switch to (no
+    ``gevent.hub.Waiter`` made a wait: about 500 instructions of a lone
+    message's wake-up); each wait has a turn, so a :meth:`wake` meant for
+    one wait never ends a later one."""
 
     def __init__(self) -> None:
-        self._loop = gevent.get_hub().loop
-        self._waiter: Any = None
+        self._hub = gevent.get_hub()
+        self._loop = self._hub.loop
+        self._parked: Any = None    # the greenlet waiting now
+        self._turn = 0              # counts the waits: a wake() names the one it ends
 
     @property
     def waiting(self) -> bool:
-        return self._waiter is not None
+        return self._parked is not None
 
-    def _park(self, watchers: Any, timeout: float | None) -> bool:
-        waiter = self._waiter = gevent.hub.Waiter()
+    def _fire(self, value: bool) -> None:
+        """A watcher's callback, in the hub: end the wait with ``value``."""
+        parked = self._parked
+        if parked is not None:
+            self._parked = None
+            parked.switch(value)
+
+    def _ready(self) -> None:
+        self._fire(True)
+
+    def _fire_turn(self, turn: int) -> None:
+        if turn == self._turn:
+            self._fire(True)
+
+    def _park(self, watchers: Any) -> bool:
+        """Start ``watchers`` and park until one fires, :meth:`wake` is
+        called, or a timer the caller started with :meth:`_fire` fires
+        (True, True, or its value). A kill thrown into the greenlet ends the
+        wait as it would a ``Waiter``'s; the watchers are stopped either way."""
+        if self._parked is not None:
+            raise RuntimeError("another greenlet already waits here")
+        ready = self._ready
         for watcher in watchers:
-            watcher.start(waiter.switch, True)
-        timer = None
-        if timeout is not None:
-            timer = self._loop.timer(max(0.0, timeout))
-            timer.start(waiter.switch, False)
+            watcher.start(ready)
+        self._turn += 1
+        self._parked = gevent.getcurrent()
         try:
-            return bool(waiter.get())
+            return bool(self._hub.switch())
         finally:
-            self._waiter = None
+            self._parked = None
             for watcher in watchers:
                 watcher.stop()
-            if timer is not None:
-                timer.close()
 
     def wake(self) -> None:
         """End the current wait (if any) as if a descriptor were readable."""
-        waiter = self._waiter
-        if waiter is not None:
-            self._loop.run_callback(waiter.switch, True)
+        if self._parked is not None:
+            self._loop.run_callback(self._fire_turn, self._turn)
+
+
+# A wait's timer is armed this much (seconds) before the wait's end, so the
+# waits that follow toward the same end (a reader bounded by its next
+# heartbeat) find it armed early enough and keep it: see FdWait.
+_ARMED_EARLY = 0.001
 
 
 class FdWait(_Parking):
     """Parks the calling greenlet until a file descriptor is readable.
 
     Cheaper than ``gevent.socket.wait_read`` or a ``Timeout`` per wait: the
-    io watcher is made once, a wait costs a ``Waiter`` and, only with a
-    timeout, a timer. One greenlet waits at a time. :meth:`wake` (from any
-    greenlet of this hub, never from another thread) ends a wait early.
-    Level-triggered: a descriptor that stays readable wakes every wait at
-    once, so the caller must consume what made it readable.
+    io watcher is made once and a wait makes nothing. A timed wait keeps the
+    timer of the wait before it when that one is still armed to fire no
+    later than this wait's end (a reader whose waits are all bounded by its
+    next heartbeat arms one timer a heartbeat, not one a message: about
+    3,000 instructions of a lone message's wake-up); such a
+    timer may end a wait early, never late: the caller looks at its clock
+    and waits again, as it must after any wake-up. One greenlet waits at a
+    time. :meth:`wake` (from any greenlet of this hub, never from another
+    thread) ends a wait early. Level-triggered: a descriptor that stays
+    readable wakes every wait at once, so the caller must consume what made
+    it readable. :meth:`close` when done (it stops the timer too).
     """
 
     def __init__(self, fd: int) -> None:
         super().__init__()
-        self._io = (self._loop.io(fd, 1),)
+        self._io = self._loop.io(fd, 1)
+        self._watchers = (self._io,)
+        self._timer: Any = None     # the armed timer, kept across waits (unreferenced: the io watcher holds the loop)
+        self._due = 0.0             # the latest it fires (time.monotonic)
+        self._timed = False         # the current wait has a timeout (the timer ends no other)
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self._timed:
+            self._fire(False)
 
     def wait(self, timeout: float | None = None) -> bool:
         """True when the descriptor became readable (or :meth:`wake` was
-        called), False when ``timeout`` seconds passed first."""
-        return self._park(self._io, timeout)
+        called), False when ``timeout`` seconds passed first (or sooner:
+        see the class)."""
+        if timeout is None:
+            self._timed = False
+        else:
+            self._timed = True
+            due = _real_monotonic() + timeout
+            if self._timer is None or self._due > due:
+                self._arm(timeout, due)
+        return self._park(self._watchers)
+
+    def _arm(self, timeout: float, due: float) -> None:
+        if self._timer is not None:
+            self._timer.close()
+        after = timeout - _ARMED_EARLY if timeout > 2 * _ARMED_EARLY else max(0.0, timeout)
+        timer = self._timer = self._loop.timer(after, ref=False)
+        timer.start(self._expire)
+        # libev counts from the loop's clock of its last iteration, never later than now.
+        self._due = due - (timeout - after)
 
     def close(self) -> None:
-        self._io[0].close()
+        if self._timer is not None:
+            self._timer.close()
+            self._timer = None
+        self._io.close()
 
 
 class FdSet(_Parking):
@@ -119,7 +183,16 @@ class FdSet(_Parking):
     def wait(self, timeout: float | None = None) -> bool:
         """True when a descriptor became readable (or :meth:`wake` was
         called), False when ``timeout`` seconds passed first."""
-        return self._park(list(self._watchers.values()), timeout)
+        timer = None
+        if timeout is not None:
+            # A timer of this wait's own, holding the loop: a set may have no descriptor.
+            timer = self._loop.timer(max(0.0, timeout))
+            timer.start(self._fire, False)
+        try:
+            return self._park(list(self._watchers.values()))
+        finally:
+            if timer is not None:
+                timer.close()
 
 
 class HubInbox:
