@@ -83,12 +83,13 @@ class HubSocket:
         Raises ``zmq.ZMQError`` when the socket is closed, and, made with
         ``limits`` (frames, bytes), :class:`MessageRefused` for a message
         over them (read to its end and not kept: :func:`recv_bounded`)."""
-        if self.readable():
+        sock = self.sock
+        if _zmq_poll([(sock, _POLLIN)], 0):          # has_message, without its call
             self._share.check()     # kept busy: yield now and then (green.FairShare)
             return self._take()
         deadline = None if timeout is None else clock.monotonic() + timeout
+        left = timeout         # the first wait's: the clock was just read
         while True:
-            left = None if deadline is None else deadline - clock.monotonic()
             if left is not None and left <= 0:
                 return None
             woken = self._fd.wait(left)
@@ -99,8 +100,10 @@ class HubSocket:
                     return self._take()
                 except zmq.Again:
                     pass    # a wake-up for something else: look again
-            if self.readable():
+            if _zmq_poll([(sock, _POLLIN)], 0):
                 return self._take()
+            if deadline is not None:
+                left = deadline - clock.monotonic()
 
     def turn_over(self) -> bool:
         """This socket's reader has run a whole ``green.HUB_SLICE`` without
@@ -109,7 +112,7 @@ class HubSocket:
 
     def recv_nowait(self) -> Message | None:
         """A message (as :meth:`recv`) if one is there now, else None."""
-        if not self.readable():
+        if not _zmq_poll([(self.sock, _POLLIN)], 0):     # has_message, without its call
             return None
         return self._take()
 
@@ -151,7 +154,7 @@ class HubSocket:
         """After an operation from another greenlet: it may have taken the
         descriptor's edge of a message that came meanwhile, so wake a waiting
         reader if one can be read."""
-        if self._fd.waiting and self.readable():
+        if self._fd.waiting and _zmq_poll([(self.sock, _POLLIN)], 0):
             self._fd.wake()
 
     def send(self, frames: list[bytes]) -> None:
