@@ -27,7 +27,7 @@ import gevent.threadpool
 from gevent import monkey
 
 from .fairness import HUB_SLICE, WAITED_READ, FairShare, let_others_run, slices
-from .waits import FdSet, FdWait, HubInbox, ThreadWake
+from .waits import FdSet, FdWait, HubInbox, ThreadWake, Wakeup
 
 _system_poll = monkey.get_original("select", "poll")
 
@@ -69,7 +69,7 @@ __all__ = [
     "AsyncResult", "Event", "FdWait", "call_later", "call_soon", "create_connection", "getaddrinfo", "Greenlet",
     "GreenletExit",
     "HubInbox", "Lock", "Pool", "Queue", "QueueEmpty", "SSLContext", "Semaphore", "T", "ThreadPool", "ThreadWake",
-    "Timeout",
+    "Timeout", "Wakeup",
     "WSGIHandler", "WSGIInput", "WSGIServer", "current", "destroy_hub", "hub_running", "idle", "is_patched",
     "joinall", "killall", "log_hub_errors", "monkey_patch", "native_lock", "native_thread_ident", "on_signal",
     "peer_closed", "raise_in_main", "run_in_thread", "sleep", "slices",

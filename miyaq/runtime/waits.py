@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from collections import deque
 from time import monotonic as _real_monotonic
 from typing import Any, Callable
@@ -47,6 +48,7 @@ class _Parking:
     def __init__(self) -> None:
         self._hub = gevent.get_hub()
         self._loop = self._hub.loop
+        self._set_ones = _ready_in(self._hub)     # the hub's Wakeups set: one may run at once (see _park)
         self._parked: Any = None    # the greenlet waiting now
         self._turn = 0              # counts the waits: a wake() names the one it ends
 
@@ -81,6 +83,9 @@ class _Parking:
         self._turn += 1
         self._parked = gevent.getcurrent()
         try:
+            set_ones = self._set_ones
+            if set_ones.pending and self._parked is not self._hub:
+                return bool(set_ones.hand_off(self._hub))
             return bool(self._hub.switch())
         finally:
             self._parked = None
@@ -193,6 +198,105 @@ class FdSet(_Parking):
         finally:
             if timer is not None:
                 timer.close()
+
+
+class _Ready:
+    """One hub's wakeups (:class:`Wakeup`) set while their greenlet
+    waited, in the order they were set: their greenlets run from a hub
+    callback, or sooner, when a greenlet parks in :class:`FdWait` or
+    :class:`FdSet` (it switches to the first of them instead of to the hub:
+    :meth:`hand_off`)."""
+
+    __slots__ = ("pending", "_loop", "_callback")
+
+    def __init__(self, loop: Any) -> None:
+        self.pending: deque[Wakeup] = deque()
+        self._loop = loop
+        self._callback: Any = None
+
+    def add(self, wakeup: Wakeup) -> None:
+        self.pending.append(wakeup)
+        if self._callback is None:
+            self._callback = self._loop.run_callback(self._run)
+
+    def _run(self) -> None:
+        """The hub's callback: switch to each greenlet set and still waiting."""
+        self._callback = None
+        pending = self.pending
+        while pending:
+            parked = pending.popleft()._parked
+            if parked is not None:
+                parked.switch()
+
+    def hand_off(self, hub: Any) -> Any:
+        """From a greenlet about to park (its watchers started): switch to
+        the first greenlet set and still waiting, instead of to the hub; the
+        others run from the hub's callback. Returns what this greenlet is
+        switched back with."""
+        pending = self.pending
+        while pending:
+            parked = pending.popleft()._parked
+            if parked is not None:
+                if not pending and self._callback is not None:
+                    self._callback.stop()
+                    self._callback = None
+                return parked.switch()
+        return hub.switch()
+
+
+_readies: weakref.WeakKeyDictionary[Any, _Ready] = weakref.WeakKeyDictionary()
+
+
+def _ready_in(hub: Any) -> _Ready:
+    ready = _readies.get(hub)
+    if ready is None:
+        ready = _readies[hub] = _Ready(hub.loop)
+    return ready
+
+
+class Wakeup:
+    """An event one greenlet waits for and others set: ``green.Event`` for a
+    single waiter (a worker's idle runner), at a fraction of its cost.
+
+    :meth:`wait` returns once :meth:`set` was called (at once if it was,
+    until :meth:`clear`); a set while its greenlet waits makes it runnable,
+    and it runs when the setter next waits in the hub -- at once if the
+    setter parks in :class:`FdWait` or :class:`FdSet` (a socket's reader:
+    it switches to the woken greenlet instead of to the hub, saving a hub
+    callback), else from a hub callback, in the order of the sets. One
+    greenlet waits at a time; from this hub's greenlets only (a thread
+    uses :class:`ThreadWake`). A wait has no timeout."""
+
+    __slots__ = ("_ready", "_flag", "_parked", "_hub")
+
+    def __init__(self) -> None:
+        self._hub = gevent.get_hub()
+        self._ready = _ready_in(self._hub)
+        self._flag = False
+        self._parked: Any = None
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def clear(self) -> None:
+        self._flag = False
+
+    def set(self) -> None:
+        if self._flag:
+            return
+        self._flag = True
+        if self._parked is not None:
+            self._ready.add(self)
+
+    def wait(self) -> None:
+        while not self._flag:
+            if self._parked is not None:
+                raise RuntimeError("another greenlet already waits for this wakeup")
+            self._parked = gevent.getcurrent()
+            try:
+                self._hub.switch()
+            finally:
+                self._parked = None
 
 
 class HubInbox:
