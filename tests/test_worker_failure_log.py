@@ -137,7 +137,8 @@ def test_a_traceback_cannot_start_a_line_that_reads_as_a_record(caplog):
     of its own to the reader (review22). Every traceback line is indented."""
     forged = "2026-12-06 19:00:00,000 ERROR miyaq.node: FORGED LINE"
     error = {"type": "ValueError", "message": f"ok\n{forged}", "retry": True,
-             "traceback": f"Traceback (most recent call last):\n  File \"t.py\", line 1, in h\nValueError: ok\n{forged}\n"}
+             "traceback": ("Traceback (most recent call last):\n  File \"t.py\", line 1, in h\n"
+                           f"ValueError: ok\n{forged}\n")}
     with caplog.at_level(logging.INFO, logger="miyaq.worker.tasks"):
         failures.log_outcome("w1", _job("forge", "f2"), error)
     (record,) = [r for r in caplog.records if r.name == "miyaq.worker.tasks"]

@@ -161,7 +161,7 @@ class Worker(Intake, Stopping):
 
     def _runner(self) -> None:
         backlog = self.backlog
-        ready = green.Event()
+        ready = green.Wakeup()      # one waiter, set by the intake and the stop: cheaper than an Event
         while True:
             try:
                 while not self.stopping:
