@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Callable
 
+from miyaq.cluster.handoff_held import HeldCopies
 from miyaq.cluster.handoff_resends import HandoffResends
 from miyaq.cluster.handoff_slices import _slices
 from miyaq.cluster.holder_retry import HolderRetry
@@ -87,6 +88,9 @@ class Handoff(HandoffResends):
         self.retries: dict[str, HolderRetry] = {}
         self._pass_sent_to: set[str] = set()     # the holders the pass under way sent copies to
         self.late_confirmed = 0      # tasks whose handoff an answer past its deadline completed
+        # Copies confirmed by holders on a newer ring than this node's view:
+        # kept until a pass on that ring decides (handoff_held).
+        self.held = HeldCopies()
 
     # -- when ------------------------------------------------------------------------
     def request(self, before: RingView | None = None) -> None:
@@ -110,6 +114,8 @@ class Handoff(HandoffResends):
         Nothing while a pass or a retry is under way."""
         if self.busy:
             return
+        if self.held:
+            self._drop_held(self.held.expired(now), "its view of the ring did not reach the confirming holder's")
         if sweeping and now - self.last_run >= HANDOFF_SWEEP:
             self._pass_wanted = True
         if self._pass_wanted or ((self.leaving or self.outcomes.unanswered) and now >= self.next_retry):
@@ -151,8 +157,11 @@ class Handoff(HandoffResends):
             self.lag_retries = 0
         self.next_retry = float("inf")
         self._pass_sent_to.clear()
+        epoch = self.role.view.epoch
         for chunk in _slices(tasks):
             sent += self._pass_slice(chunk)
+        if self.held:
+            self._drop_held(self.held.reached(epoch), None)
         self.last_run = monotonic()
         if not self.leaving:
             self._forget_holders(set())
@@ -286,7 +295,7 @@ class Handoff(HandoffResends):
             if not waiting:
                 del self.leaving[task_id]
                 task = table.live.get(task_id) or table.dead.get(task_id)
-                if task is not None and task.state != RUNNING and self.role.node_id not in task.holders:
+                if task is not None and self._not_a_holder(task, answer):
                     self.role.engine.forget(task)
         if not self.leaving and self.retries:
             self._forget_holders(set())
@@ -294,6 +303,41 @@ class Handoff(HandoffResends):
         if (type(epoch) is int and epoch < self.role.view.epoch
                 and any(holder in self.leaving.get(task_id, ()) for task_id in ids)):
             self._soon(holder)      # refused on an older ring: it will have ours in a moment
+
+    def _not_a_holder(self, task: Task, answer: dict[str, Any]) -> bool:
+        """Every new holder confirmed ``task`` (the last with ``answer``):
+        True if this node may drop its copy -- it does not run it, and is a
+        holder neither by its copy's holders nor by its view of the ring now
+        (a pass under way may not have placed the copy yet). A confirmation
+        from a ring newer than this node's view keeps the copy
+        (:class:`HeldCopies`) until a pass on that ring decides: there this
+        node may be a holder again, which the confirming holder's copy
+        already says, so no one would send it the copy back."""
+        me = self.role.node_id
+        if task.state == RUNNING or me in task.holders or me in self.role.holders_for(task):
+            return False
+        epoch = answer.get("epoch")
+        if type(epoch) is int and epoch > self.role.view.epoch and self.held.hold(task.id, epoch, monotonic()):
+            return False
+        return True
+
+    def _drop_held(self, ids: list[str], why: str | None) -> None:
+        """The held copies of ``ids`` a pass on their ring placed (``why``
+        None), or that waited too long (``why`` says so): each is dropped if
+        this node is still no holder of it and it is not handed off again
+        (then its new holders' confirmations decide)."""
+        table = self.role.engine.table
+        dropped = 0
+        for task_id in ids:
+            task = table.live.get(task_id) or table.dead.get(task_id)
+            if (task is None or task.state == RUNNING or task_id in self.leaving
+                    or self.role.node_id in task.holders):
+                continue
+            self.role.engine.forget(task)
+            dropped += 1
+        if dropped and why is not None:
+            logger.warning("handoff: dropped %d copy(ies) every new holder confirmed on a newer ring: %s",
+                           dropped, why)
 
     def _soon(self, holder: str) -> bool:
         """Send ``holder`` what it has not confirmed again after

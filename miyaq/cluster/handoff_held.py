@@ -1,0 +1,78 @@
+"""Copies an old holder keeps after every new holder confirmed them, because
+a confirmation came from a ring newer than this node's view:
+:class:`HeldCopies`, kept by :class:`~miyaq.cluster.handoff.Handoff`.
+
+A node back in the ring may see a ring without itself (epoch 2) while the
+others already have the one that includes it again (epoch 3). Its pass then
+hands every copy to the others, which store it placed by *their* ring --
+this node among the holders -- and answer "stored" with their epoch, 3. Had
+it dropped its copies on that answer, by its own lagging view, the others
+would find nothing to send it (their copies already list it) and its resync
+would be refused while its view still lagged: the tasks would live on one
+holder fewer than the ring says (docs/cluster.md, "Handoff"). So such a copy
+stays until this node's view reaches the answer's epoch and the pass it runs
+then decides (a holder there keeps it), or for ``HELD_COPY_TTL`` at most --
+a view that never catches up -- and for at most ``MAX_HELD_COPIES`` tasks;
+past either it is dropped, as it was before 2026-12-06.
+"""
+from __future__ import annotations
+
+__all__ = ["HELD_COPY_TTL", "MAX_HELD_COPIES", "HeldCopies"]
+
+#: How long a copy waits for this node's view to reach the epoch of the
+#: confirmation that would have dropped it (seconds, monotonic).
+HELD_COPY_TTL = 60.0
+#: Copies held so at once; past this a confirmation drops the copy at once.
+MAX_HELD_COPIES = 100_000
+
+
+class HeldCopies:
+    """Task ids kept past their confirmation, each with the newest epoch a
+    confirmation of it named and when it stops waiting for it (monotonic).
+    Bounded: ``MAX_HELD_COPIES`` ids, each ``HELD_COPY_TTL`` at most."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, tuple[int, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._held
+
+    def hold(self, task_id: str, epoch: int, now: float) -> bool:
+        """Keep ``task_id``'s copy until this node's view reaches ``epoch``
+        (or ``HELD_COPY_TTL`` from its first hold, ``now``: monotonic).
+        False, and nothing kept, when ``MAX_HELD_COPIES`` are held already."""
+        held = self._held.get(task_id)
+        if held is not None:
+            self._held[task_id] = (max(held[0], epoch), held[1])
+            return True
+        if len(self._held) >= MAX_HELD_COPIES:
+            return False
+        self._held[task_id] = (epoch, now + HELD_COPY_TTL)
+        return True
+
+    def reached(self, epoch: int) -> list[str]:
+        """Forget and return the ids whose epoch is ``epoch`` or older: a pass
+        on a view of ``epoch`` placed them."""
+        done = [task_id for task_id, (wanted, _) in self._held.items() if wanted <= epoch]
+        for task_id in done:
+            del self._held[task_id]
+        return done
+
+    def expired(self, now: float) -> list[str]:
+        """Forget and return the ids that waited ``HELD_COPY_TTL`` (``now``:
+        monotonic) without this node's view catching up."""
+        done = []
+        for task_id, (_, until) in self._held.items():     # in the order first held: of their deadlines
+            if until > now:
+                break
+            done.append(task_id)
+        for task_id in done:
+            del self._held[task_id]
+        return done
+
+    def drop(self, task_id: str) -> None:
+        """Stop holding ``task_id`` (it ended, or is handed off again)."""
+        self._held.pop(task_id, None)
