@@ -7,7 +7,9 @@ idempotent), and so does every old holder that is not a new holder. Every
 old holder updates its copy's holder list and rank; a copy this node no
 longer holds is dropped only once every new holder confirmed it — unless it
 is running here, in which case it stays until it finishes (its outcome is
-announced to the new holders). Copies whose confirmation does not come are
+announced to the new holders), or unless a confirmation came from a ring
+newer than this node's view: it stays until a pass on that ring decides
+(:mod:`miyaq.cluster.handoff_held`). Copies whose confirmation does not come are
 sent again, to the holder that did not confirm them, every
 ``HANDOFF_RETRY`` seconds while it answers -- or after ``HANDOFF_LAG_RETRY``
 when it refused them because the new ring had not reached it yet (its
@@ -36,7 +38,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Callable
 
-from miyaq.cluster.handoff_held import HeldCopies
+from miyaq.cluster.handoff_held import HeldCopies, HoldingCopies
 from miyaq.cluster.handoff_resends import HandoffResends
 from miyaq.cluster.handoff_slices import _slices
 from miyaq.cluster.holder_retry import HolderRetry
@@ -51,14 +53,14 @@ from miyaq.runtime import green, monotonic, wall
 from miyaq.protocol.eventspec import confirmed_ids
 from miyaq.store.records import transfer_record
 from miyaq.store.table import TaskTable
-from miyaq.store.task import RUNNING, SCHEDULED, Task
+from miyaq.store.task import SCHEDULED, Task
 
 if TYPE_CHECKING:
     from miyaq.cluster.role import ClusterRole
 
 logger = logging.getLogger(__name__)
 
-class Handoff(HandoffResends):
+class Handoff(HandoffResends, HoldingCopies):
     """Runs in its own greenlet (:meth:`serve`): a ring change asks for a
     pass (:meth:`request`), the cluster ticker for sweeps and retries
     (:meth:`tick`). A pass or a retry works through its tasks in slices of
@@ -303,41 +305,6 @@ class Handoff(HandoffResends):
         if (type(epoch) is int and epoch < self.role.view.epoch
                 and any(holder in self.leaving.get(task_id, ()) for task_id in ids)):
             self._soon(holder)      # refused on an older ring: it will have ours in a moment
-
-    def _not_a_holder(self, task: Task, answer: dict[str, Any]) -> bool:
-        """Every new holder confirmed ``task`` (the last with ``answer``):
-        True if this node may drop its copy -- it does not run it, and is a
-        holder neither by its copy's holders nor by its view of the ring now
-        (a pass under way may not have placed the copy yet). A confirmation
-        from a ring newer than this node's view keeps the copy
-        (:class:`HeldCopies`) until a pass on that ring decides: there this
-        node may be a holder again, which the confirming holder's copy
-        already says, so no one would send it the copy back."""
-        me = self.role.node_id
-        if task.state == RUNNING or me in task.holders or me in self.role.holders_for(task):
-            return False
-        epoch = answer.get("epoch")
-        if type(epoch) is int and epoch > self.role.view.epoch and self.held.hold(task.id, epoch, monotonic()):
-            return False
-        return True
-
-    def _drop_held(self, ids: list[str], why: str | None) -> None:
-        """The held copies of ``ids`` a pass on their ring placed (``why``
-        None), or that waited too long (``why`` says so): each is dropped if
-        this node is still no holder of it and it is not handed off again
-        (then its new holders' confirmations decide)."""
-        table = self.role.engine.table
-        dropped = 0
-        for task_id in ids:
-            task = table.live.get(task_id) or table.dead.get(task_id)
-            if (task is None or task.state == RUNNING or task_id in self.leaving
-                    or self.role.node_id in task.holders):
-                continue
-            self.role.engine.forget(task)
-            dropped += 1
-        if dropped and why is not None:
-            logger.warning("handoff: dropped %d copy(ies) every new holder confirmed on a newer ring: %s",
-                           dropped, why)
 
     def _soon(self, holder: str) -> bool:
         """Send ``holder`` what it has not confirmed again after

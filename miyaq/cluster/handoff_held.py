@@ -17,7 +17,18 @@ past either it is dropped, as it was before 2026-12-06.
 """
 from __future__ import annotations
 
-__all__ = ["HELD_COPY_TTL", "MAX_HELD_COPIES", "HeldCopies"]
+import logging
+from typing import TYPE_CHECKING, Any
+
+from miyaq.runtime import monotonic
+from miyaq.store.task import RUNNING, Task
+
+if TYPE_CHECKING:
+    from miyaq.cluster.role import ClusterRole
+
+__all__ = ["HELD_COPY_TTL", "MAX_HELD_COPIES", "HeldCopies", "HoldingCopies"]
+
+logger = logging.getLogger("miyaq.cluster.handoff")     # the handoff's lines, on its logger
 
 #: How long a copy waits for this node's view to reach the epoch of the
 #: confirmation that would have dropped it (seconds, monotonic).
@@ -76,3 +87,48 @@ class HeldCopies:
     def drop(self, task_id: str) -> None:
         """Stop holding ``task_id`` (it ended, or is handed off again)."""
         self._held.pop(task_id, None)
+
+
+class HoldingCopies:
+    """What a :class:`~miyaq.cluster.handoff.Handoff` (of which this is a
+    base) decides about a copy every new holder confirmed: drop it, or hold
+    it (:class:`HeldCopies`). The handoff sets the attributes below."""
+
+    role: ClusterRole
+    leaving: dict[str, set[str]]
+    held: HeldCopies
+
+    def _not_a_holder(self, task: Task, answer: dict[str, Any]) -> bool:
+        """Every new holder confirmed ``task`` (the last with ``answer``):
+        True if this node may drop its copy -- it does not run it, and is a
+        holder neither by its copy's holders nor by its view of the ring now
+        (a pass under way may not have placed the copy yet). A confirmation
+        from a ring newer than this node's view keeps the copy
+        (:class:`HeldCopies`) until a pass on that ring decides: there this
+        node may be a holder again, which the confirming holder's copy
+        already says, so no one would send it the copy back."""
+        me = self.role.node_id
+        if task.state == RUNNING or me in task.holders or me in self.role.holders_for(task):
+            return False
+        epoch = answer.get("epoch")
+        if type(epoch) is int and epoch > self.role.view.epoch and self.held.hold(task.id, epoch, monotonic()):
+            return False
+        return True
+
+    def _drop_held(self, ids: list[str], why: str | None) -> None:
+        """The held copies of ``ids`` a pass on their ring placed (``why``
+        None), or that waited too long (``why`` says so): each is dropped if
+        this node is still no holder of it and it is not handed off again
+        (then its new holders' confirmations decide)."""
+        table = self.role.engine.table
+        dropped = 0
+        for task_id in ids:
+            task = table.live.get(task_id) or table.dead.get(task_id)
+            if (task is None or task.state == RUNNING or task_id in self.leaving
+                    or self.role.node_id in task.holders):
+                continue
+            self.role.engine.forget(task)
+            dropped += 1
+        if dropped and why is not None:
+            logger.warning("handoff: dropped %d copy(ies) every new holder confirmed on a newer ring: %s",
+                           dropped, why)
