@@ -114,3 +114,18 @@ def test_a_confirmation_without_an_epoch_drops_the_copy_as_before(answer):
     assert not handoff.held
     assert not handoff._not_a_holder(task, {"ids": ["t"], "epoch": 3})
     assert "t" in handoff.held
+
+
+def test_a_copy_this_nodes_view_makes_it_a_holder_of_is_kept_though_its_holders_say_otherwise():
+    """Fault: a pass on this node's new view has not placed a copy yet (its
+    holders are still the older ring's, without this node) when the last
+    confirmation of an earlier handoff of it comes, on the same epoch: by
+    its view this node is a holder, so the copy is kept (and nothing held)."""
+    handoff = Handoff.__new__(Handoff)
+    handoff.held = HeldCopies()
+    handoff.role = SimpleNamespace(node_id="n1", view=SimpleNamespace(epoch=3),
+                                   holders_for=lambda task: ["n1", "n2", "n3"])
+    task = Task("t", "default", "x", b"", replicas=3)
+    task.holders = ("n2", "n3")
+    assert not handoff._not_a_holder(task, {"ids": ["t"], "epoch": 3})
+    assert not handoff.held
