@@ -30,6 +30,34 @@ if TYPE_CHECKING:
 logger = logging.getLogger("miyaq.worker.aio")
 
 
+class StallWatch:
+    """One stall at a time of a loop another thread watches (the gevent hub,
+    :mod:`miyaq.worker.pulse`; the asyncio loop, :class:`LoopWatch`): from
+    the time the loop last turned (``seen``) and the clock (``now``, both
+    ``time.monotonic()``), whether to warn -- once a stall, past ``after``
+    seconds -- and whether to say it turns again."""
+
+    __slots__ = ("since",)
+
+    def __init__(self) -> None:
+        self.since: float | None = None     # the loop's last turn, while a stall was reported
+
+    def look(self, seen: float, now: float, after: float) -> tuple[bool, float] | None:
+        """``(True, seconds stalled)`` when a stall is to be warned of,
+        ``(False, seconds it held)`` when a reported stall has ended, else None."""
+        since = self.since
+        if since is not None:
+            if seen == since:
+                return None
+            self.since = None
+            return False, seen - since
+        stalled = now - seen
+        if stalled <= after:
+            return None
+        self.since = seen
+        return True, stalled
+
+
 class LoopWatch:
     """``jobs()``: the worker's running jobs (read from the heartbeat thread
     while the hub may run: it must only read)."""
@@ -38,7 +66,7 @@ class LoopWatch:
         self.wid = wid
         self.aio = aio
         self.jobs = jobs
-        self.stalled_since: float | None = None     # the loop's last turn, while a stall was reported
+        self.stall = StallWatch()
 
     def look(self, now: float) -> None:
         """In the heartbeat thread, at a beat (``now``: ``time.monotonic()``):
@@ -46,23 +74,20 @@ class LoopWatch:
         and say when it turns again. Never raises."""
         seen = self.aio.seen
         if seen is None:        # not running (not started yet, or stopping): not watched
-            self.stalled_since = None
+            self.stall.since = None
             return
-        if self.stalled_since is not None:
-            if seen != self.stalled_since:
-                logger.info("worker %s: its asyncio loop runs again, after %.0fs held by a handler", self.wid,
-                            seen - self.stalled_since)
-                self.stalled_since = None
+        said = self.stall.look(seen, now, HUB_STALL_WARN + HUB_TICK)
+        if said is None:
             return
-        stalled = now - seen
-        if stalled <= HUB_STALL_WARN + HUB_TICK:
+        stalled, seconds = said
+        if not stalled:
+            logger.info("worker %s: its asyncio loop runs again, after %.0fs held by a handler", self.wid, seconds)
             return
-        self.stalled_since = seen
         logger.warning("worker %s: its asyncio loop has not run for %.0fs: an async def handler blocks it (a "
                        "blocking call -- time.sleep, a blocking client, CPU work -- not awaited?; running: %s). No "
                        "other async handler runs, nor a cancel or timeout of one, until it returns; await the "
                        "asyncio form (asyncio.sleep, an async client) or run the call with asyncio.to_thread",
-                       self.wid, stalled, self._culprits() or "none known")
+                       self.wid, seconds, self._culprits() or "none known")
 
     def _culprits(self) -> str:
         """The task whose handler the loop is in, else the async tasks running."""

@@ -45,7 +45,7 @@ from ..runtime import green
 from ..runtime.open_files import open_files_hint, room_for
 from ..runtime.sockets import SocketFactory, SocketSecurity, zmq
 from .config import HUB_STALL_WARN, HUB_TICK, PULSE_SNDHWM
-from .loop_watch import LoopWatch
+from .loop_watch import LoopWatch, StallWatch
 
 logger = logging.getLogger(__name__)
 _log = LogLimiter(logger, burst=1)     # a socket that cannot be made, tried again each beat: a line a minute
@@ -68,7 +68,7 @@ class Pulse:
         # When the hub last ran (real time: a test's clock.advance is no stall); set by tick(),
         # None while no tick() runs (not started, or ended as the worker stops): not watched.
         self.hub_seen: float | None = None
-        self.stalled_since: float | None = None     # the hub's last run, while a stall was reported
+        self.stall = StallWatch()       # the hub's
         self._last_look = time.monotonic()         # the thread's own last look
         # The worker's asyncio loop, looked at with the hub (set before start(); None: no loop).
         self.loop_watch: LoopWatch | None = None
@@ -169,16 +169,13 @@ class Pulse:
             self.loop_watch.look(now)
         if seen is None or paused:
             return
-        stalled = now - seen
-        if self.stalled_since is not None:
-            if seen != self.stalled_since:
-                logger.info("worker %s: the hub runs again, after %.0fs held by a handler", self.wid,
-                            seen - self.stalled_since)
-                self.stalled_since = None
+        said = self.stall.look(seen, now, HUB_STALL_WARN + HUB_TICK)
+        if said is None:
             return
-        if stalled <= HUB_STALL_WARN + HUB_TICK:
+        stalled, seconds = said
+        if not stalled:
+            logger.info("worker %s: the hub runs again, after %.0fs held by a handler", self.wid, seconds)
             return
-        self.stalled_since = seen
         try:
             running = ", ".join(self.running()) if self.running is not None else ""
         except Exception:   # noqa: BLE001 - the hub may change what it reads as it resumes
@@ -186,7 +183,7 @@ class Pulse:
         logger.warning("worker %s: its hub has not run for %.0fs: a handler holds it without yielding (CPU "
                        "work in the gevent pool?; running: %s). Heartbeats go on, but no other handler, "
                        "result, cancel, timeout or stop signal is handled until it yields; run such code in "
-                       "the threads or processes pool", self.wid, stalled, running or "none known")
+                       "the threads or processes pool", self.wid, seconds, running or "none known")
 
     def _follow(self, socks: dict[str, zmq.Socket], endpoints: list[str]) -> bool:
         """In the thread: a socket for each of ``endpoints`` and no other
