@@ -20,7 +20,8 @@ from miyaq.core.dispatcher import Dispatcher
 from miyaq.core.engine import Engine
 from miyaq.core.gate import Gate
 from miyaq.core.limits import QueueLimits, parse_limits
-from miyaq.gateway.webhooks import WebhookDeliverer, WebhookLane
+from miyaq.gateway.webhook_lane import WebhookLane
+from miyaq.gateway.webhooks import WebhookDeliverer
 from miyaq.runtime import Supervisor, wall
 from miyaq.store.task import Task
 

@@ -1,6 +1,7 @@
 """Webhook delivery: the consumer of every ``@http/<queue>`` lane.
 
-Each webhook queue gets one :class:`WebhookLane`, a dispatcher consumer
+Each webhook queue gets one :class:`~miyaq.gateway.webhook_lane.WebhookLane`
+(its module keeps the books of a lane's deliveries), a dispatcher consumer
 that the dispatcher leases at most ``webhook_concurrency`` tasks at once,
 and queue limits (rate, max_concurrent) apply as for any consumer. Each
 leased task is delivered in its own supervised greenlet (policy LOG); the
@@ -33,11 +34,6 @@ dropped, so its slots are never counted twice: a task of the queue ready
 again meanwhile is delivered by the same lane. So queue names producers
 make up hold no lanes once used.
 
-A lane keeps its books per attempt (task id and attempt number), not per
-task: an attempt stopped at its lease's end may take a moment to end while
-the task's next attempt is already leased to the same lane, and each holds
-its own slot until its own greenlet ends.
-
 When a delivery's lease (the task's ``timeout``) runs out while its request
 is in flight (:meth:`WebhookLane.lease_expired`), the request is abandoned
 (its greenlet killed, its connection closed) and the attempt fails as a
@@ -64,7 +60,6 @@ from typing import Any, Protocol
 
 from miyaq.config import NodeConfig
 from miyaq.constants import DRAIN_POLL, WEBHOOK_CONNECT_TIMEOUT
-from miyaq.core.consumers import Consumer
 from miyaq.core.dispatcher import Dispatcher
 from miyaq.core.attempts import retry_delay
 from miyaq.core.engine import Engine
@@ -73,10 +68,11 @@ from miyaq.core.listener import EngineListener
 from miyaq.gateway.destinations import Destinations
 from miyaq.gateway.metrics import NodeMetrics
 from miyaq.gateway.outbound import LocalShortage, Outbound, Outcome
+from miyaq.gateway.webhook_lane import WebhookLane
 from miyaq.gateway.webhook_shortage import ShortagePause
 from miyaq.logs import LogLimiter
 from miyaq.protocol.urls import url_for_logs
-from miyaq.runtime import LOG, Supervisor, green, monotonic, wall
+from miyaq.runtime import Supervisor, green, monotonic, wall
 from miyaq.store.task import WEBHOOK_LANE_PREFIX, Task
 
 logger = logging.getLogger(__name__)
@@ -90,74 +86,6 @@ class StopHurry(Protocol):
 
     def is_set(self) -> bool: ...
     def wait(self, timeout: float | None = None) -> bool: ...
-
-
-class WebhookLane(Consumer):
-    kind = "webhook"
-    principal = "webhook"
-
-    def __init__(self, deliverer: WebhookDeliverer, queue: str) -> None:
-        super().__init__([WEBHOOK_LANE_PREFIX + queue])
-        self.queue = queue
-        self.deliverer = deliverer
-        # The delivery greenlets of the attempts leased to this lane: task id -> attempt -> greenlet.
-        self.greenlets: dict[str, dict[int, Any]] = {}
-        # Attempts (task id, attempt) leased to this lane whose greenlet has
-        # not ended yet: each holds one of the node's slots (True) or, only
-        # if the books were ever wrong, waits for one before it connects (False).
-        self.slots: dict[tuple[str, int], bool] = {}
-        # The engine forgot the queue while a delivery was in flight: the lane
-        # closes when its last one ends (unless a task of the queue is ready again first).
-        self.forgotten = False
-
-    def busy(self) -> bool:
-        """Whether a delivery of this lane is in flight (leased, its greenlet not ended)."""
-        return bool(self.slots or self.greenlets)
-
-    # A lane counts no credit: its slots and the node's say what is free, and
-    # the dispatcher asks each time.
-    def room(self) -> int:
-        return self.deliverer.room(self)
-
-    def granted(self, n: int) -> None:
-        pass
-
-    def took(self, n: int) -> None:
-        pass
-
-    def dropped(self) -> None:
-        pass
-
-    def deliver(self, tasks: list[Task]) -> bool:
-        deliverer = self.deliverer
-        spawn = deliverer.supervisor.spawn
-        for task in tasks:
-            key = (task.id, task.attempt)
-            g = spawn("webhook delivery", deliverer.run, self, task, policy=LOG)
-            self.greenlets.setdefault(task.id, {})[task.attempt] = g
-            # A link, not a ``finally``: it also runs for a greenlet killed before it started.
-            g.rawlink(lambda _g, key=key: deliverer.ended(self, key))
-        return True
-
-    def abort(self, ids: list[str]) -> None:
-        """Kill every delivery of these tasks (but the greenlet asking, when it is one)."""
-        me = green.current()
-        for task_id in ids:
-            for g in list(self.greenlets.get(task_id, {}).values()):
-                if g is not me:
-                    g.kill(block=False)
-
-    def lease_expired(self, task: Task, now: float) -> None:
-        """The lease of ``task`` ran out mid-delivery: its request is abandoned
-        (the greenlet killed; its slot comes back when it ends) and the
-        attempt failed as a Timeout."""
-        g = self.greenlets.get(task.id, {}).get(task.attempt)
-        if g is not None:
-            g.kill(block=False)
-        self.deliverer.lease_ran_out(task)
-
-    def __repr__(self) -> str:
-        return f"<WebhookLane {self.queue} in_flight={len(self.slots)}/{self.deliverer.concurrency}>"
 
 
 class WebhookDeliverer(EngineListener):
