@@ -26,6 +26,8 @@ Constraints:
   ring with a leader and answers STATUS, or raises ``MiyaqError`` (a node
   that exited, or ``Timeout``) -- or returns ``False`` early when
   :meth:`DevCluster.request_stop` was called (safe from a signal handler).
+  Those waits are :mod:`miyaq.devready`'s (the cluster's base); a node
+  process is a :class:`~miyaq.devnode.DevNode`.
 * :meth:`DevCluster.stop` never raises and is idempotent: workers, then
   nodes (SIGTERM, then SIGKILL of the process group after ``stop_timeout``),
   then the ZooKeeper it started. Logs are kept.
@@ -42,16 +44,16 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
 
-from miyaq.cluster.ring_admin import RingAdmin
 from miyaq.cluster.zk_auth import ZkAuth
 from miyaq.config import check_zk_connect_timeout
+from miyaq.devnode import DevNode
 from miyaq.devports import HOST, HTTP_OFFSET, port_blocks
+from miyaq.devready import ReadyWaits
 from miyaq.devstate import remove_state, write_state
-from miyaq.errors import ConfigError, MiyaqError, Timeout, Unavailable
+from miyaq.errors import ConfigError, MiyaqError
 from miyaq.security.keystore import KeyStore
 from miyaq.testing.harness import Proc
 from miyaq.testing.zk_ensemble import ZooKeeperEnsemble
@@ -59,34 +61,8 @@ from miyaq.testing.zookeeper import ZooKeeperServer
 
 logger = logging.getLogger(__name__)
 
-@dataclass
-class DevNode:
-    """One node process of the dev cluster."""
 
-    node_id: str
-    port: int
-    proc: Proc
-
-    @property
-    def http_port(self) -> int:
-        return self.port + HTTP_OFFSET
-
-    @property
-    def service(self) -> str:
-        return f"tcp://{HOST}:{self.port}"
-
-    @property
-    def exit_code(self) -> int | None:
-        """The process's exit code; ``None`` while it runs."""
-        return self.proc.exit_code
-
-    def describe(self) -> str:
-        return (f"node {self.node_id}  service {self.service}  peer tcp://{HOST}:{self.port + 1}  "
-                f"pub tcp://{HOST}:{self.port + 2}  http http://{HOST}:{self.http_port}  "
-                f"(pid {self.proc.pid}, log {self.proc.log_path})")
-
-
-class DevCluster:
+class DevCluster(ReadyWaits):
     """ZooKeeper (unless ``zk`` is given: one server, or an ensemble of ``zk_servers``),
     ``nodes`` node processes and optional workers."""
 
@@ -237,90 +213,6 @@ class DevCluster:
         proc = Proc(args, name=node_id, env=env, log_dir=self.log_dir).start()
         logger.info("dev cluster: started %s on port %d (pid %d)", node_id, port, proc.pid)
         return DevNode(node_id, port, proc)
-
-    def _wait_ready(self) -> bool:
-        wanted = {n.node_id for n in self.nodes}
-        admin = RingAdmin(self.zk_hosts, self.cluster, connect_timeout=self.zk_connect_timeout, timeout=10.0,
-                          auth=self.zk_auth)
-        try:
-            return self._poll_ring(admin, wanted)
-        except Unavailable as exc:
-            raise Unavailable(f"{exc.message}; the nodes cannot form a ring without it "
-                              f"(logs in {self.log_dir})", hosts=self.zk_hosts) from None
-        finally:
-            admin.close()
-
-    def _poll_ring(self, admin: RingAdmin, wanted: set[str]) -> bool:
-        """Poll until ``wanted`` are all in the ring with one of them leading and every node serving."""
-        deadline = time.monotonic() + self.ready_timeout
-        last = "no ring yet"
-        while True:
-            if self._stop.is_set():
-                return False
-            dead = self.dead_nodes()
-            if dead:
-                node = dead[0]
-                raise MiyaqError(f"node {node.node_id} exited with code {node.exit_code} "
-                                 f"during start; its log ({node.proc.log_path}) ends:\n"
-                                 f"{node.proc.log_tail(30)}")
-            status = admin.status()
-            in_ring = {k for k, m in status["members"].items() if m["in_ring"]}
-            last = f"epoch {status['epoch']}, in ring {sorted(in_ring)}, leader {status['leader']}"
-            if wanted <= in_ring and status["leader"] in wanted and self._all_serving():
-                return True
-            if time.monotonic() >= deadline:
-                raise Timeout(f"the dev cluster was not ready within {self.ready_timeout:g}s "
-                              f"({last}); logs in {self.log_dir}")
-            self._stop.wait(0.2)
-
-    def _wait_workers(self, workers: Proc) -> bool:
-        """Poll until every node has the workers registered (each worker
-        process registers with every node); raise if they exit first (an
-        APP that does not import, a bad option), naming their log."""
-        deadline = time.monotonic() + self.ready_timeout
-        while True:
-            if self._stop.is_set():
-                return False
-            if not workers.alive():
-                raise MiyaqError(f"the workers ({self.workers_app}) exited with code {workers.exit_code} during "
-                                 f"start; their log ({workers.log_path}) ends:\n{workers.log_tail(30)}")
-            registered = self._workers_registered()
-            if registered >= self.worker_processes:
-                return True
-            if time.monotonic() >= deadline:
-                raise Timeout(f"the workers ({self.workers_app}) had not registered with every node within "
-                              f"{self.ready_timeout:g}s ({registered} of {self.worker_processes} on the node with "
-                              f"fewest); their log: {workers.log_path}")
-            self._stop.wait(0.2)
-
-    def _workers_registered(self) -> int:
-        """Workers registered with the node that has fewest (0 if a node does not answer)."""
-        statuses = self._statuses()
-        if not statuses:
-            return 0
-        try:
-            return min(int(status["totals"]["workers"]) for status in statuses)
-        except (KeyError, TypeError, ValueError):
-            return 0
-
-    def _all_serving(self) -> bool:
-        """True when every node answers STATUS on its service endpoint."""
-        return self._statuses() is not None
-
-    def _statuses(self) -> list[dict[str, Any]] | None:
-        """Every node's STATUS, asked on its service endpoint; None as soon as one does not answer."""
-        from miyaq.client.client import Client
-        statuses = []
-        for node in self.nodes:
-            client = Client(node.service, request_timeout=1.0, green=False, key=self.key,
-                            server_key=self.server_key)
-            try:
-                statuses.append(client.status())
-            except MiyaqError:
-                return None
-            finally:
-                client.close(flush=False)
-        return statuses
 
     # -- running ----------------------------------------------------------------
 

@@ -1,0 +1,40 @@
+"""One node process of a dev cluster (``miyaq dev-cluster``):
+:class:`DevNode`, its id, its block of ports (:mod:`miyaq.devports`) and the
+endpoints on them, and its process. :class:`~miyaq.devcluster.DevCluster`
+starts and stops the processes; this only describes one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from miyaq.devports import HOST, HTTP_OFFSET
+from miyaq.testing.harness import Proc
+
+__all__ = ["DevNode"]
+
+
+@dataclass
+class DevNode:
+    """One node process of the dev cluster."""
+
+    node_id: str
+    port: int
+    proc: Proc
+
+    @property
+    def http_port(self) -> int:
+        return self.port + HTTP_OFFSET
+
+    @property
+    def service(self) -> str:
+        return f"tcp://{HOST}:{self.port}"
+
+    @property
+    def exit_code(self) -> int | None:
+        """The process's exit code; ``None`` while it runs."""
+        return self.proc.exit_code
+
+    def describe(self) -> str:
+        return (f"node {self.node_id}  service {self.service}  peer tcp://{HOST}:{self.port + 1}  "
+                f"pub tcp://{HOST}:{self.port + 2}  http http://{HOST}:{self.http_port}  "
+                f"(pid {self.proc.pid}, log {self.proc.log_path})")
