@@ -22,6 +22,7 @@ import zmq
 
 import miyaq
 import miyaq.aio
+from miyaq.client import learned_nodes
 from miyaq.client import nodes as nodes_module
 from miyaq.client import operations as ops
 from miyaq.client.core import ClientCore
@@ -159,7 +160,7 @@ def test_a_member_gone_from_the_ring_for_the_grace_is_retired_and_its_index_reus
     endpoints. Now a learned endpoint no RING reply named for
     ``DEPARTED_GRACE`` seconds is closed and its index given to the next
     new member; the given endpoint stays whatever the ring says."""
-    monkeypatch.setattr(nodes_module, "MAX_NODES", 3)
+    monkeypatch.setattr(learned_nodes, "MAX_NODES", 3)
     core, nodes, transport = client_core()
     answer_ring(core, 0, ring(7001, 7002), 0.0)
     assert nodes.in_use() == [GIVEN, member(7001), member(7002)]
@@ -173,7 +174,7 @@ def test_a_member_gone_from_the_ring_for_the_grace_is_retired_and_its_index_reus
     # only REUSE_AFTER later: 7003 takes it then.
     answer_ring(core, 2, ring(7002, 7003, given=False), DEPARTED_GRACE + 11)
     assert transport.closed == [member(7001)] and nodes.retired == {1}
-    answer_ring(core, 2, ring(7002, 7003, given=False), DEPARTED_GRACE + 11 + nodes_module.REUSE_AFTER)
+    answer_ring(core, 2, ring(7002, 7003, given=False), DEPARTED_GRACE + 11 + learned_nodes.REUSE_AFTER)
     assert nodes.endpoints == [GIVEN, member(7003), member(7002)] and not nodes.retired
     assert transport.open == {0: GIVEN, 1: member(7003), 2: member(7002)}
     assert nodes.index(member(7003)) == 1
@@ -286,7 +287,7 @@ def test_a_request_naming_a_node_retired_before_it_was_sent_is_not_answered_by_a
     1,000 ``status(node=...)`` calls). A retired index is reused only
     ``REUSE_AFTER`` later, and a request that finds its index retired fails
     ``Unavailable``."""
-    monkeypatch.setattr(nodes_module, "MAX_NODES", 3)
+    monkeypatch.setattr(learned_nodes, "MAX_NODES", 3)
     core, nodes, transport = client_core()
     answer_ring(core, 0, ring(7001, 7002), 0.0)
     named = nodes.index(member(7001))           # in the caller's thread
@@ -377,9 +378,9 @@ def quick_discovery(monkeypatch: Any) -> None:
     each test waited 5 s for it)."""
     monkeypatch.setattr(nodes_module, "DISCOVERY_INTERVAL", 0.05)
     monkeypatch.setattr(nodes_module, "FIRST_DISCOVERY_GAP", 0.05)
-    monkeypatch.setattr(nodes_module, "DEPARTED_GRACE", 0.3)
-    monkeypatch.setattr(nodes_module, "MAX_NODES", 3)
-    monkeypatch.setattr(nodes_module, "REUSE_AFTER", 0.5)
+    monkeypatch.setattr(learned_nodes, "DEPARTED_GRACE", 0.3)
+    monkeypatch.setattr(learned_nodes, "MAX_NODES", 3)
+    monkeypatch.setattr(learned_nodes, "REUSE_AFTER", 0.5)
 
 
 def sleeping_until(sleep: Any) -> Any:

@@ -32,7 +32,8 @@ import pytest
 from fuzz_inputs import Inputs, pack
 
 from miyaq.client.core import ClientCore
-from miyaq.client.nodes import MAX_NODES, Nodes
+from miyaq.client.learned_nodes import MAX_NODES
+from miyaq.client.nodes import Nodes
 from miyaq.client.pending import Pending
 from miyaq.errors import MiyaqError
 from miyaq.protocol import commands as c
