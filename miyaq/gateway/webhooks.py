@@ -34,12 +34,14 @@ dropped, so its slots are never counted twice: a task of the queue ready
 again meanwhile is delivered by the same lane. So queue names producers
 make up hold no lanes once used.
 
-When a delivery's lease (the task's ``timeout``) runs out while its request
-is in flight (:meth:`WebhookLane.lease_expired`), the request is abandoned
-(its greenlet killed, its connection closed) and the attempt fails as a
-``Timeout``, retried with backoff like any other timeout -- not put back at
-once as ``Lost``. A task has one request in flight at a time: a later
-attempt waits for the earlier one's greenlet to end before it connects.
+When a delivery's lease (the task's ``timeout``) runs out while its
+request is in flight
+(:meth:`~miyaq.gateway.webhook_lane.WebhookLane.lease_expired`), the
+request is abandoned (its greenlet killed, its connection closed) and the
+attempt fails as a ``Timeout``, retried with backoff like any other timeout
+-- not put back at once as ``Lost``. A task has one request in flight at
+a time: a later attempt waits for the earlier one's greenlet to end before
+it connects.
 
 When the node itself cannot make an attempt (no file descriptor left:
 :class:`~miyaq.gateway.outbound.LocalShortage`) the task is given back
