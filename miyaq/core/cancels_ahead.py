@@ -13,6 +13,29 @@ it: before 2026-12-06 it was in memory only, and a first holder restarted
 before the copy came stored the copy and ran the task the caller had been
 told was cancelled.
 
+These tombstones are bounded apart from those of finished tasks
+(:attr:`TaskTable.ahead <miyaq.store.table.TaskTable.ahead>`, at most
+``max_ahead``: ``max_tombstones``, up to 20,000), so they never push a
+finished task's tombstone out -- its result, its dedup key. Before
+2026-12-06 they shared ``max_tombstones``: a peer (without ``--secure``,
+anyone who claims to be a member; with it, a buggy member) that sent
+CANCELs of ids nobody had pushed out every finished task's tombstone,
+and a second submit of a finished task's key ran it again. Once the
+bound is reached, a new cancel ahead is refused (``Busy``, nothing kept):
+the asker answers from its own copy, ``unconfirmed``, as for a first
+holder that did not answer. The kept ones stay: each was answered
+``cancelled`` to a caller, and dropping one whose copy is still on its
+way would let the task run. The refusals are counted
+(:attr:`CancelsAhead.refused`) and logged at most once a minute, with
+the count.
+
+Their records are marked ``"kept_ahead": true`` (:data:`KEPT_AHEAD`, in
+the log and in a compaction's snapshot while the table counts them), so a
+replay counts them apart again. A log of a build before the mark holds
+it on none; such a record replays as a finished task's tombstone, but
+for one marked ``"ahead"`` (below), which is one kept ahead. A build
+before the mark ignores the field.
+
 A tombstone kept without a key (the asker is of a build whose CANCEL
 carried none) is the only kind that may take a key later, the copy's
 (:meth:`CancelsAhead.take_key`): such ids are remembered here, at most
@@ -24,10 +47,13 @@ marked record as an ordinary cancelled tombstone.
 """
 from __future__ import annotations
 
+import logging
 import weakref
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
+from miyaq.errors import Busy
+from miyaq.logs import LogLimiter
 from miyaq.store.table import Tombstone
 from miyaq.store.task import CANCELLED, Task
 
@@ -40,6 +66,13 @@ most: only their tombstones may take a key later."""
 AHEAD = "ahead"
 """The field of an ``F`` record that marks a tombstone kept ahead of its copy
 without a key (``True``; absent otherwise)."""
+KEPT_AHEAD = "kept_ahead"
+"""The field of an ``F`` record that marks a tombstone kept ahead of its
+copy, with a key or without (``True``; absent otherwise): counted apart
+from ``max_tombstones`` (since 2026-12-06, a later build than ``ahead``)."""
+
+logger = logging.getLogger(__name__)
+_log = LogLimiter(logger, burst=1, per=60.0)    # a flood of refusals: one line a minute, with the count
 
 
 class CancelsAhead:
@@ -54,22 +87,36 @@ class CancelsAhead:
         #: Ids of the tombstones kept ahead without a key, oldest first (at
         #: most MAX_KEYLESS_AHEAD): the only ones a key may be given later.
         self.keyless: OrderedDict[str, None] = OrderedDict()
+        #: Cancels ahead refused because the table held ``max_ahead`` of them.
+        self.refused = 0
 
-    def keep(self, task_id: str, key: str | None, now: float) -> Tombstone | None:
+    def keep(self, task_id: str, key: str | None, now: float) -> Tombstone:
         """Keep a cancel of ``task_id``, which this node does not know (no
         live or dead task, no tombstone), as a ``cancelled`` tombstone
         holding ``key`` (None: the task has none, or the asker did not
-        say), and tell the listeners (the log writes it). Returns the
-        tombstone, or None when the table keeps none (``max_tombstones``
-        0). ``ValueError``, nothing changed, for a task this node knows."""
+        say), counted apart from the finished tasks' (module doc), and
+        tell the listeners (the log writes it). Returns the tombstone.
+        ``ValueError``, nothing changed, for a task this node knows;
+        ``Busy`` (``reason: "cancels_ahead"``), nothing changed, when the
+        table holds ``max_ahead`` of them already (counted, logged at a
+        bounded rate)."""
         engine = self.engine
         table = engine.table
         if task_id in table.live or task_id in table.dead or task_id in table.tombstones:
             raise ValueError(f"task {task_id} is known here: a cancel is kept ahead only of a copy not come yet")
+        if len(table.ahead) >= table.max_ahead:
+            self.refused += 1
+            _log.warning("full", "%d cancel(s) ahead of their copy refused so far: %d are kept, the most "
+                         "(max_tombstones, up to 20,000); the askers answer unconfirmed. A peer that cancels "
+                         "tasks that never come here?", self.refused, len(table.ahead))
+            raise Busy(f"{len(table.ahead)} cancels ahead of their copy are kept here, the most: "
+                       f"task {task_id}'s is not", reason="cancels_ahead")
+        table.hold_ahead(task_id)        # first: its tombstone does not push a finished task's out
         engine.finish_copy(task_id, CANCELLED, None, None, now, key=key)
         stone = table.tombstone(task_id)
-        if stone is None:
-            return None
+        if stone is None:                # (finish_copy always makes one for an unknown id)
+            table.release_ahead(task_id)
+            raise ValueError(f"task {task_id}: no tombstone was made")
         if key is None:
             self._remember(task_id)
         for listener in engine.listeners:
@@ -89,6 +136,8 @@ class CancelsAhead:
             return False
         del self.keyless[task_id]
         table = self.engine.table
+        if task_id not in table.ahead:      # forgotten (age, pushed out) and made again since
+            return False
         stone = table.tombstone(task_id)
         if stone is None or stone.key is not None or stone.state != CANCELLED or table.keys.get(key) is not None:
             return False
@@ -100,6 +149,16 @@ class CancelsAhead:
             listener.tombstone_kept(kept, False)
         return True
 
+    def restoring(self, record: dict[str, Any]) -> None:
+        """The log's ``record``, an ``F`` record, is about to be replayed: its
+        tombstone is counted among the cancels kept ahead if the record
+        says it is one (:data:`KEPT_AHEAD`, or :data:`AHEAD` from a build
+        before that mark). All of them, past ``max_ahead`` too (a lower
+        ``max_tombstones`` since): each was answered ``cancelled``; new ones
+        are refused until they are fewer."""
+        if record.get(KEPT_AHEAD) is True or record.get(AHEAD) is True:
+            self.engine.table.hold_ahead(record["id"])
+
     def restored(self, record: dict[str, Any], stone: Tombstone) -> None:
         """``stone`` was rebuilt from the log's ``record``: remembered again
         if the record marks a cancel kept ahead without a key (``ahead``)
@@ -107,10 +166,11 @@ class CancelsAhead:
         if record.get(AHEAD) is True and stone.key is None and stone.state == CANCELLED:
             self._remember(stone.id)
 
-    def marked(self) -> frozenset[str]:
-        """The ids whose records carry the ``ahead`` mark now: a copy, for a
-        compaction's snapshot that is read while the node goes on."""
-        return frozenset(self.keyless)
+    def marked(self) -> tuple[frozenset[str], frozenset[str]]:
+        """The ids whose records carry the ``ahead`` mark now, and those
+        that carry the ``kept_ahead`` mark: copies, for a compaction's
+        snapshot that is read while the node goes on."""
+        return frozenset(self.keyless), frozenset(self.engine.table.ahead)
 
     def _remember(self, task_id: str) -> None:
         keyless = self.keyless

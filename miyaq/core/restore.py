@@ -67,6 +67,7 @@ class Restore(Transitions):
         task = Task(record["id"], record.get("queue", "default"), None, b"", key=record.get("key"))
         task.attempt = record.get("attempt", 0)
         task.error = record.get("error")
+        self.cancels_ahead.restoring(record)      # one kept ahead of its copy: counted apart, before bury
         stone = self.table.bury(task, record.get("state", DONE), record.get("result"), finished)
         if task.key is not None:
             self.table.key_finished(task.key, task.id)

@@ -16,10 +16,11 @@ Records are small maps, ``{"o": op, ...}``:
 (retry/lost/released: eta, attempt, error), ``D`` dead, ``F`` finished
 (done/cancelled/expired, with the result), ``V`` revived, ``P`` purged.
 A cancel kept ahead of its task's copy (:mod:`miyaq.core.cancels_ahead`)
-is an ``F`` record too, marked ``"ahead": true`` when it has no key and may
+is an ``F`` record too, marked ``"kept_ahead": true`` (counted apart from
+``max_tombstones``), and ``"ahead": true`` when it has no key and may
 take its copy's. Compaction writes the live state as ``A`` records (with
-state) and recent tombstones as ``F`` records (the mark kept while the
-node remembers it). The ``A`` and ``F`` formats are
+state) and recent tombstones as ``F`` records (the marks kept while the
+node counts or remembers them). The ``A`` and ``F`` formats are
 :mod:`miyaq.store.records`, shared with replication.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ import itertools
 import logging
 from typing import Any, Callable, Iterator
 
-from miyaq.core.cancels_ahead import AHEAD
+from miyaq.core.cancels_ahead import AHEAD, KEPT_AHEAD
 from miyaq.core.engine import Engine
 from miyaq.core.listener import EngineListener
 from miyaq.core.refusals import Refusals
@@ -148,8 +149,11 @@ class Persistence(EngineListener):
 
     def tombstone_kept(self, stone: Tombstone, takes_key: bool) -> None:
         # a cancel kept ahead of its copy: an F record as any end's, marked
-        # when it may take its copy's key later (miyaq.core.cancels_ahead)
-        self._add(_marked(stone_record(stone)) if takes_key else stone_record(stone))
+        # so (counted apart), and when it may take its copy's key later
+        # (miyaq.core.cancels_ahead)
+        record = stone_record(stone)
+        record[KEPT_AHEAD] = True
+        self._add(_marked(record) if takes_key else record)
 
     def task_revived(self, task: Task) -> None:
         self._add({"o": "V", "id": task.id, "revived": revivals(task)})
@@ -179,7 +183,8 @@ class Persistence(EngineListener):
     def snapshot(self) -> Iterator[dict[str, Any]]:
         """The records of the state as it is *now* (the ``A`` records of the live
         and dead tasks, then the ``F`` records of the tombstones, those of
-        cancels kept ahead of their copy without a key marked ``ahead``), for a
+        cancels kept ahead of their copy marked ``kept_ahead``, and
+        ``ahead`` too when they may take a key), for a
         compaction that yields to other greenlets while it writes them.
 
         The table is copied when this is called, without yielding
@@ -189,9 +194,11 @@ class Persistence(EngineListener):
         buffered after the snapshot's seqno, and replays once. Not a generator
         function: a generator's body would copy at its first read, not here."""
         tasks, stones = self.engine.table.snapshot()
-        ahead = self.engine.cancels_ahead.marked()
-        return itertools.chain(map(task_record, tasks),
-                               (_marked(stone_record(s)) if s.id in ahead else stone_record(s) for s in stones))
+        ahead, kept = self.engine.cancels_ahead.marked()
+        records: Iterator[dict[str, Any]] = map(stone_record, stones)
+        if kept:
+            records = (_kept(r, r["id"] in ahead) if r["id"] in kept else r for r in records)
+        return itertools.chain(map(task_record, tasks), records)
 
     def close(self) -> None:
         self.writer.close()
@@ -199,6 +206,13 @@ class Persistence(EngineListener):
     def stats(self) -> dict[str, Any]:
         """The log's health: status ``storage`` and /metrics."""
         return self.writer.stats()
+
+
+def _kept(record: dict[str, Any], takes_key: bool) -> dict[str, Any]:
+    """An ``F`` record marked as a cancel kept ahead of its copy (counted
+    apart), and ``takes_key`` (:func:`_marked`) when it may take a key."""
+    record[KEPT_AHEAD] = True
+    return _marked(record) if takes_key else record
 
 
 def _marked(record: dict[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,13 @@ Everything here is bounded. Live tasks are capped by the engine (BUSY beyond
 their outcome and result) by count, by age and, at twice
 ``max_result_bytes`` of results and error text, by bytes (the engine
 answers BUSY from ``max_result_bytes`` on); dead letters by count (the
-oldest is dropped, and counted, when the cap is reached).
+oldest is dropped, and counted, when the cap is reached). The tombstones
+of cancels kept ahead of their copy (:mod:`miyaq.core.cancels_ahead`) are
+counted apart (:attr:`TaskTable.ahead`, at most :attr:`TaskTable.max_ahead`),
+so they never push a finished task's out: ``max_tombstones`` bounds the
+others. Before 2026-12-06 they shared that bound, and a peer's CANCELs of
+ids nobody had pushed every finished task's tombstone out (its result,
+its dedup key).
 
 The table keeps two sums as it changes: :attr:`TaskTable.payload_bytes`
 (the payloads of live and dead tasks) and :attr:`TaskTable.result_bytes`
@@ -43,6 +49,11 @@ from .task import EXTRA_FIELDS, Collector, Extra, Task, out_of_sight
 
 __all__ = ["TaskTable", "Tombstone", "Tombstones", "error_bytes", "stone_bytes", "LiveTasks", "TableSnapshot"]
 
+
+MAX_AHEAD = 20_000
+"""Tombstones of cancels kept ahead of their copy a table keeps at most
+(fewer when ``max_tombstones`` is lower: as many), beside ``max_tombstones``
+others: :attr:`TaskTable.max_ahead`."""
 
 UNTRACK_FROM = 50_000
 """Live tasks from which a node takes tasks out of the cycle collector's
@@ -101,7 +112,11 @@ class TaskTable:
         self.keys: dict[str, str] = {}                      # key -> task id (live or tombstone)
         self.tombstones = Tombstones()
         self.dead: OrderedDict[str, Task] = OrderedDict()
-        self.max_tombstones = max_tombstones
+        #: Ids of the tombstones of cancels kept ahead of their copy
+        #: (:meth:`hold_ahead`), oldest first: not counted in ``max_tombstones``.
+        self.ahead: dict[str, None] = {}
+        self.max_ahead = min(max_tombstones, MAX_AHEAD)    # the caller refuses more (miyaq.core.cancels_ahead)
+        self.max_tombstones = max_tombstones     # sets _stone_cap too
         self.tombstone_ttl = tombstone_ttl
         self.max_dead = max_dead
         # Past this many bytes of results, the oldest tombstones are forgotten.
@@ -110,6 +125,17 @@ class TaskTable:
         self.results_dropped = 0      # tombstones forgotten early for the result ceiling
         self.payload_bytes = 0        # payloads of the live and dead tasks
         self.result_bytes = 0         # results and error text the tombstones keep (stone_bytes)
+
+    @property
+    def max_tombstones(self) -> int:
+        """Tombstones kept at most, the oldest dropped first, besides those
+        of cancels kept ahead (:attr:`ahead`)."""
+        return self._max_tombstones
+
+    @max_tombstones.setter
+    def max_tombstones(self, value: int) -> None:
+        self._max_tombstones = value
+        self._stone_cap = value + len(self.ahead)     # what bury compares with: one read a finish
 
     # -- live -------------------------------------------------------------
     def add(self, task: Task) -> None:
@@ -157,7 +183,7 @@ class TaskTable:
             self.result_bytes -= stone_bytes(old[3], old[4])     # its result and error
         if result or error:
             self.result_bytes += stone_bytes(result, error)
-        while len(self.tombstones) > self.max_tombstones:
+        while len(self.tombstones) > self._stone_cap:
             self._drop_oldest()
         ceiling = self.result_ceiling
         if ceiling is not None and self.result_bytes > ceiling:
@@ -168,6 +194,23 @@ class TaskTable:
 
     def _drop_oldest(self) -> None:
         self._forget(self.tombstones.pop_oldest())
+
+    def hold_ahead(self, task_id: str) -> None:
+        """Count the tombstone of ``task_id``, about to be made (:meth:`bury`:
+        call this first, else bury makes room by dropping another) or just
+        rebuilt, among the cancels kept ahead of their copy, apart from
+        ``max_tombstones``. The caller keeps them within :attr:`max_ahead`;
+        one leaves the count with its tombstone (age, or pushed out as the
+        oldest of all by the others), never replaced by a task's end here
+        (its copy is not stored while it lives)."""
+        if task_id not in self.ahead:
+            self.ahead[task_id] = None
+            self._stone_cap += 1
+
+    def release_ahead(self, task_id: str) -> None:
+        """``task_id`` no longer counts among the cancels kept ahead (if it did)."""
+        if self.ahead.pop(task_id, 0) is None:
+            self._stone_cap -= 1
 
     def tombstone(self, task_id: str) -> Tombstone | None:
         return self.tombstones.get(task_id)
@@ -210,6 +253,8 @@ class TaskTable:
         self.result_bytes -= stone_bytes(stone.result, stone.error)
         if stone.key is not None and self.keys.get(stone.key) == stone.id:
             del self.keys[stone.key]
+        if self.ahead:      # (no lookup while none is kept)
+            self.release_ahead(stone.id)
 
     # -- dedup keys -------------------------------------------------------
     def key_finished(self, key: str, task_id: str) -> None:
