@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 from miyaq.errors import Busy
 from miyaq.logs import LogLimiter
-from miyaq.store.table import Tombstone
+from miyaq.store.table import MAX_AHEAD, Tombstone
 from miyaq.store.task import CANCELLED, Task
 
 if TYPE_CHECKING:
@@ -107,10 +107,10 @@ class CancelsAhead:
         if len(table.ahead) >= table.max_ahead:
             self.refused += 1
             _log.warning("full", "%d cancel(s) ahead of their copy refused so far: %d are kept, the most "
-                         "(max_tombstones, up to 20,000); the askers answer unconfirmed. A peer that cancels "
-                         "tasks that never come here?", self.refused, len(table.ahead))
-            raise Busy(f"{len(table.ahead)} cancels ahead of their copy are kept here, the most: "
-                       f"task {task_id}'s is not", reason="cancels_ahead")
+                         "(max_tombstones, up to %d); the askers answer unconfirmed. A peer that cancels "
+                         "tasks that never come here?", self.refused, len(table.ahead), MAX_AHEAD)
+            raise Busy(f"{len(table.ahead)} cancels ahead of their copy are kept here, the most it keeps: "
+                       f"the cancel of task {task_id} is not kept", reason="cancels_ahead")
         table.hold_ahead(task_id)        # first: its tombstone does not push a finished task's out
         engine.finish_copy(task_id, CANCELLED, None, None, now, key=key)
         stone = table.tombstone(task_id)

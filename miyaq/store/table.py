@@ -115,7 +115,8 @@ class TaskTable:
         #: Ids of the tombstones of cancels kept ahead of their copy
         #: (:meth:`hold_ahead`), oldest first: not counted in ``max_tombstones``.
         self.ahead: dict[str, None] = {}
-        self.max_ahead = min(max_tombstones, MAX_AHEAD)    # the caller refuses more (miyaq.core.cancels_ahead)
+        # As many as max_tombstones when made, up to MAX_AHEAD; the caller refuses more (miyaq.core.cancels_ahead).
+        self.max_ahead = min(max_tombstones, MAX_AHEAD)
         self.max_tombstones = max_tombstones     # sets _stone_cap too
         self.tombstone_ttl = tombstone_ttl
         self.max_dead = max_dead
