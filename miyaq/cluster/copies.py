@@ -14,6 +14,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Callable
 
+from miyaq.cluster.ends_ahead import finish_unknown
 from miyaq.cluster.install import CopyInstaller
 from miyaq.cluster.peer_requests import clock_shift
 from miyaq.cluster.sizes import EVENT_ALLOWANCE, PEER_MESSAGE_BYTES, outcome_size
@@ -76,9 +77,12 @@ class Copies:
         # and forwards the outcome without it.
         room = self.role.config.max_message // 2
         live = table.live
+        ends_ahead = table.ends_ahead
         for task_id in stored:
             if task_id in live:
                 continue        # the common case: a copy stored, waiting (no tombstone to look up)
+            if ends_ahead and task_id in ends_ahead:
+                table.release_end_ahead(task_id)    # its copy came: a finished task's tombstone now
             stone = table.tombstone(task_id)
             if stone is not None:
                 room -= outcome_size(stone.result, stone.error)
@@ -113,8 +117,10 @@ class Copies:
         did; an id this node has no trace of is kept as a tombstone -- when
         ``held`` (task id, key) says this node holds it, or always when there
         is no ``held`` -- so status, result and dedup by id and key answer
-        here too and a late copy or a resubmit cannot run it again. Returns
-        how many were kept or applied."""
+        here too and a late copy or a resubmit cannot run it again: counted
+        apart from ``max_tombstones``, none kept past that bound
+        (:mod:`miyaq.cluster.ends_ahead`). Returns how many were kept or
+        applied."""
         table = self.engine.table
         kept = 0
         with self.role.events.applying_remote():
@@ -126,10 +132,10 @@ class Copies:
                     continue
                 if task_id in table.live or task_id in table.dead:
                     self.engine.finish_copy(task_id, state, result, error, now)
-                elif table.tombstone(task_id) is None and (held is None or held(task_id, key)):
-                    self.engine.finish_copy(task_id, state, result, error, now, key=key)
-                else:
+                elif task_id in table.tombstones or not (held is None or held(task_id, key)):
                     continue
+                elif not finish_unknown(self.engine, task_id, state, result, error, now, key):
+                    continue        # past the bound of ends heard ahead (cluster.ends_ahead)
                 kept += 1
         return kept
 

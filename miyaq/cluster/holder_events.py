@@ -13,7 +13,8 @@ inside :meth:`EventPublisher.applying_remote`, the one owner of that state.
 counted and skipped) and moves the local copy the same way — a standby copy
 pushes its timer out past the runner's lease, a finished task leaves a
 tombstone (even for an id this node does not know, so a late copy cannot
-come back). A STARTED or DEAD event for a task whose copy has not arrived
+come back: counted apart from ``max_tombstones`` and refused past its
+bound, :mod:`miyaq.cluster.ends_ahead`). A STARTED or DEAD event for a task whose copy has not arrived
 yet (it overtook the REPLICATE, or the handoff after a ring change) is
 kept, bounded, and applied when the copy is installed
 (:func:`apply_early_event`): the standby then knows the lease and who holds
@@ -50,6 +51,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from miyaq.cluster.ends_ahead import finish_unknown
 from miyaq.cluster.sizes import EVENT_ALLOWANCE, event_size, peer_chunks
 from miyaq.logs import LogLimiter
 from miyaq.cluster.transport import StreamPublisher
@@ -225,7 +227,11 @@ def apply_events(role: ClusterRole, src: str, events: list[Any]) -> None:
                 continue
             op, task_id = ev[0], ev[1]
             if op == "F":
-                engine.finish_copy(task_id, ev[2], ev[3], ev[4], now, key=ev[5] if len(ev) > 5 else None)
+                key = ev[5] if len(ev) > 5 else None
+                if task_id in table.live or task_id in table.tombstones or task_id in table.dead:
+                    engine.finish_copy(task_id, ev[2], ev[3], ev[4], now, key=key)
+                else:       # ahead of its copy: counted apart, refused past the bound (cluster.ends_ahead)
+                    finish_unknown(engine, task_id, ev[2], ev[3], ev[4], now, key)
                 continue
             task = table.live.get(task_id) or table.dead.get(task_id)
             if task is None:

@@ -70,6 +70,12 @@ KEPT_AHEAD = "kept_ahead"
 """The field of an ``F`` record that marks a tombstone kept ahead of its
 copy, with a key or without (``True``; absent otherwise): counted apart
 from ``max_tombstones`` (since 2026-12-06, a later build than ``ahead``)."""
+END_AHEAD = "end_ahead"
+"""The field of an ``F`` record, in a compaction's snapshot, that marks a
+tombstone made on a peer's word for a task the node had no trace of
+(``True``; absent otherwise): counted apart from ``max_tombstones``
+(:mod:`miyaq.cluster.ends_ahead`; since 2026-12-06, a later build than
+``kept_ahead``)."""
 
 logger = logging.getLogger(__name__)
 _log = LogLimiter(logger, burst=1, per=60.0)    # a flood of refusals: one line a minute, with the count
@@ -153,11 +159,15 @@ class CancelsAhead:
         """The log's ``record``, an ``F`` record, is about to be replayed: its
         tombstone is counted among the cancels kept ahead if the record
         says it is one (:data:`KEPT_AHEAD`, or :data:`AHEAD` from a build
-        before that mark). All of them, past ``max_ahead`` too (a lower
-        ``max_tombstones`` since): each was answered ``cancelled``; new ones
-        are refused until they are fewer."""
+        before that mark), or among the ends heard ahead of their copy if
+        it says so (:data:`END_AHEAD`). All of them, past their bound too
+        (a lower ``max_tombstones`` since): each cancel was answered
+        ``cancelled``, each end is a task's outcome; new ones are refused
+        until they are fewer."""
         if record.get(KEPT_AHEAD) is True or record.get(AHEAD) is True:
             self.engine.table.hold_ahead(record["id"])
+        elif record.get(END_AHEAD) is True:      # an end heard ahead of its copy (miyaq.cluster.ends_ahead)
+            self.engine.table.hold_end_ahead(record["id"])
 
     def restored(self, record: dict[str, Any], stone: Tombstone) -> None:
         """``stone`` was rebuilt from the log's ``record``: remembered again
@@ -178,3 +188,14 @@ class CancelsAhead:
         keyless.move_to_end(task_id)
         while len(keyless) > MAX_KEYLESS_AHEAD:
             keyless.popitem(last=False)
+
+
+def tombstones_apart(engine: Engine) -> dict[str, int]:
+    """STATUS ``tombstones_apart``: the tombstones a node counts apart from
+    ``max_tombstones``, their bounds and the refusals past them -- cancels
+    kept ahead of their copy (this module) and ends heard ahead of their
+    copy (:mod:`miyaq.cluster.ends_ahead`)."""
+    table = engine.table
+    return {"cancels_ahead": len(table.ahead), "max_cancels_ahead": table.max_ahead,
+            "cancels_ahead_refused": engine.cancels_ahead.refused, "ends_ahead": len(table.ends_ahead),
+            "max_ends_ahead": table.max_ends_ahead, "ends_ahead_refused": table.ends_ahead_refused}

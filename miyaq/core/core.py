@@ -17,6 +17,7 @@ from typing import Any
 from miyaq.config import NodeConfig
 from miyaq.core.view_lane import ViewLane
 from miyaq.core.binding import binding, service_port, unix_socket
+from miyaq.core.cancels_ahead import tombstones_apart
 from miyaq.core.consumers import Consumer, PullConsumer
 from miyaq.core.directory import Directory
 from miyaq.core.dispatcher import Dispatcher
@@ -167,10 +168,11 @@ class Core:
         memory = {"payload_bytes": table.payload_bytes, "max_bytes": self.config.max_bytes,
                   "result_bytes": table.result_bytes, "max_result_bytes": self.config.max_result_bytes,
                   "results_dropped": table.results_dropped}
+        apart = tombstones_apart(engine)      # counted apart from max_tombstones, and their refusals
         return {"accepting": engine.accepting, "queues": queues, "totals": totals,
                 "outcomes": engine.outcome_totals(),
                 "errors": dict(self.endpoint.errors), "records_refused": self.refusals.by_source(),
-                "max_tasks": self.config.max_tasks, "memory": memory,
+                "max_tasks": self.config.max_tasks, "memory": memory, "tombstones_apart": apart,
                 "ignored": {"not_leased": engine.not_leased, "foreign_heartbeats": workers.foreign_heartbeats},
                 "waiters": {"pending": self.waiters.count, "released": self.waiters.released,
                             "withdrawn": self.waiters.withdrawn, "probes": self.waiters.probes},

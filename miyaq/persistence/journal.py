@@ -20,7 +20,8 @@ is an ``F`` record too, marked ``"kept_ahead": true`` (counted apart from
 ``max_tombstones``), and ``"ahead": true`` when it has no key and may
 take its copy's. Compaction writes the live state as ``A`` records (with
 state) and recent tombstones as ``F`` records (the marks kept while the
-node counts or remembers them). The ``A`` and ``F`` formats are
+node counts or remembers them; one made on a peer's word for a task the
+node had no trace of marked ``"end_ahead": true``, :mod:`miyaq.cluster.ends_ahead`). The ``A`` and ``F`` formats are
 :mod:`miyaq.store.records`, shared with replication.
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ import itertools
 import logging
 from typing import Any, Callable, Iterator
 
-from miyaq.core.cancels_ahead import AHEAD, KEPT_AHEAD
+from miyaq.core.cancels_ahead import AHEAD, END_AHEAD, KEPT_AHEAD
 from miyaq.core.engine import Engine
 from miyaq.core.listener import EngineListener
 from miyaq.core.refusals import Refusals
@@ -184,7 +185,8 @@ class Persistence(EngineListener):
         """The records of the state as it is *now* (the ``A`` records of the live
         and dead tasks, then the ``F`` records of the tombstones, those of
         cancels kept ahead of their copy marked ``kept_ahead``, and
-        ``ahead`` too when they may take a key), for a
+        ``ahead`` too when they may take a key, those of ends heard ahead
+        of their copy ``end_ahead``), for a
         compaction that yields to other greenlets while it writes them.
 
         The table is copied when this is called, without yielding
@@ -195,9 +197,12 @@ class Persistence(EngineListener):
         function: a generator's body would copy at its first read, not here."""
         tasks, stones = self.engine.table.snapshot()
         ahead, kept = self.engine.cancels_ahead.marked()
+        ends = frozenset(self.engine.table.ends_ahead)
         records: Iterator[dict[str, Any]] = map(stone_record, stones)
         if kept:
             records = (_kept(r, r["id"] in ahead) if r["id"] in kept else r for r in records)
+        if ends:
+            records = (_end_ahead(r) if r["id"] in ends else r for r in records)
         return itertools.chain(map(task_record, tasks), records)
 
     def close(self) -> None:
@@ -213,6 +218,13 @@ def _kept(record: dict[str, Any], takes_key: bool) -> dict[str, Any]:
     apart), and ``takes_key`` (:func:`_marked`) when it may take a key."""
     record[KEPT_AHEAD] = True
     return _marked(record) if takes_key else record
+
+
+def _end_ahead(record: dict[str, Any]) -> dict[str, Any]:
+    """An ``F`` record marked as an end heard ahead of its copy, counted
+    apart again by a replay (:mod:`miyaq.cluster.ends_ahead`)."""
+    record[END_AHEAD] = True
+    return record
 
 
 def _marked(record: dict[str, Any]) -> dict[str, Any]:

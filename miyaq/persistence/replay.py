@@ -15,7 +15,7 @@ import dataclasses
 from typing import Any
 
 from miyaq.config import NodeConfig
-from miyaq.core.cancels_ahead import AHEAD, KEPT_AHEAD
+from miyaq.core.cancels_ahead import AHEAD, END_AHEAD, KEPT_AHEAD
 from miyaq.core.engine import Engine
 from miyaq.core.refusals import Refusals
 from miyaq.errors import InvalidField
@@ -81,6 +81,7 @@ def replay(engine: Engine, log: AppendLog, now: float, refusals: Refusals) -> Re
                 check_stone_record(r, config)
                 f.boolean(r, AHEAD, False)     # a cancel kept ahead of its copy (since 2026-12-06)
                 f.boolean(r, KEPT_AHEAD, False)     # counted apart (a later build of 2026-12-06)
+                f.boolean(r, END_AHEAD, False)      # an end heard ahead of its copy (later still)
             else:
                 check_change(r)
         except InvalidField as err:

@@ -9,9 +9,12 @@ oldest is dropped, and counted, when the cap is reached). The tombstones
 of cancels kept ahead of their copy (:mod:`miyaq.core.cancels_ahead`) are
 counted apart (:attr:`TaskTable.ahead`, at most :attr:`TaskTable.max_ahead`),
 so they never push a finished task's out: ``max_tombstones`` bounds the
-others. Before 2026-12-06 they shared that bound, and a peer's CANCELs of
-ids nobody had pushed every finished task's tombstone out (its result,
-its dedup key).
+others. So are those made on a peer's word for a task this node has no
+trace of -- another holder's end ahead of its copy, a handed-off or
+resynced outcome (:mod:`miyaq.cluster.ends_ahead`; :attr:`TaskTable.ends_ahead`,
+at most :attr:`TaskTable.max_ends_ahead`). Before 2026-12-06 both shared
+that bound, and a peer's CANCELs, ``F`` events or outcomes of ids nobody
+had pushed every finished task's tombstone out (its result, its dedup key).
 
 The table keeps two sums as it changes: :attr:`TaskTable.payload_bytes`
 (the payloads of live and dead tasks) and :attr:`TaskTable.result_bytes`
@@ -117,6 +120,15 @@ class TaskTable:
         self.ahead: dict[str, None] = {}
         # As many as max_tombstones when made, up to MAX_AHEAD; the caller refuses more (miyaq.core.cancels_ahead).
         self.max_ahead = min(max_tombstones, MAX_AHEAD)
+        #: Ids of the tombstones made on a peer's word for a task this node
+        #: had no trace of (:meth:`hold_end_ahead`), oldest first: not
+        #: counted in ``max_tombstones`` either.
+        self.ends_ahead: dict[str, None] = {}
+        # As many as max_tombstones when made; the caller refuses more (miyaq.cluster.ends_ahead).
+        self.max_ends_ahead = max_tombstones
+        #: Ends ahead refused because the table held ``max_ends_ahead`` of
+        #: them (counted by the caller: STATUS ``tombstones_apart``).
+        self.ends_ahead_refused = 0
         self.max_tombstones = max_tombstones     # sets _stone_cap too
         self.tombstone_ttl = tombstone_ttl
         self.max_dead = max_dead
@@ -130,13 +142,14 @@ class TaskTable:
     @property
     def max_tombstones(self) -> int:
         """Tombstones kept at most, the oldest dropped first, besides those
-        of cancels kept ahead (:attr:`ahead`)."""
+        of cancels kept ahead (:attr:`ahead`) and of ends heard ahead
+        (:attr:`ends_ahead`)."""
         return self._max_tombstones
 
     @max_tombstones.setter
     def max_tombstones(self, value: int) -> None:
         self._max_tombstones = value
-        self._stone_cap = value + len(self.ahead)     # what bury compares with: one read a finish
+        self._stone_cap = value + len(self.ahead) + len(self.ends_ahead)   # what bury compares with: one read
 
     # -- live -------------------------------------------------------------
     def add(self, task: Task) -> None:
@@ -213,6 +226,23 @@ class TaskTable:
         if self.ahead.pop(task_id, 0) is None:
             self._stone_cap -= 1
 
+    def hold_end_ahead(self, task_id: str) -> None:
+        """Count the tombstone of ``task_id``, about to be made (:meth:`bury`:
+        call this first) or just rebuilt, among those made on a peer's word
+        for a task this node had no trace of, apart from ``max_tombstones``.
+        The caller keeps them within :attr:`max_ends_ahead`; one leaves the
+        count with its tombstone (age, or pushed out as the oldest of all
+        by the others), or when the task's copy comes (:meth:`release_end_ahead`:
+        the tombstone is then a finished task's that this node holds)."""
+        if task_id not in self.ends_ahead:
+            self.ends_ahead[task_id] = None
+            self._stone_cap += 1
+
+    def release_end_ahead(self, task_id: str) -> None:
+        """``task_id`` no longer counts among the ends ahead (if it did)."""
+        if self.ends_ahead.pop(task_id, 0) is None:
+            self._stone_cap -= 1
+
     def tombstone(self, task_id: str) -> Tombstone | None:
         return self.tombstones.get(task_id)
 
@@ -256,6 +286,8 @@ class TaskTable:
             del self.keys[stone.key]
         if self.ahead:      # (no lookup while none is kept)
             self.release_ahead(stone.id)
+        if self.ends_ahead:
+            self.release_end_ahead(stone.id)
 
     # -- dedup keys -------------------------------------------------------
     def key_finished(self, key: str, task_id: str) -> None:
