@@ -14,8 +14,9 @@ counted and skipped) and moves the local copy the same way — a standby copy
 pushes its timer out past the runner's lease, a finished task leaves a
 tombstone (even for an id this node does not know, so a late copy cannot
 come back: counted apart from ``max_tombstones`` and refused past its
-bound, :mod:`miyaq.cluster.ends_ahead`). A STARTED or DEAD event for a task whose copy has not arrived
-yet (it overtook the REPLICATE, or the handoff after a ring change) is
+bound, :mod:`miyaq.cluster.ends_ahead`). A STARTED or DEAD event for a
+task whose copy has not arrived yet (it overtook the REPLICATE, or the
+handoff after a ring change) is
 kept, bounded, and applied when the copy is installed
 (:func:`apply_early_event`): the standby then knows the lease and who holds
 it, or that the task was dead-lettered -- a copy handed off by another old

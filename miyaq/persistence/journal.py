@@ -21,7 +21,8 @@ is an ``F`` record too, marked ``"kept_ahead": true`` (counted apart from
 take its copy's. Compaction writes the live state as ``A`` records (with
 state) and recent tombstones as ``F`` records (the marks kept while the
 node counts or remembers them; one made on a peer's word for a task the
-node had no trace of marked ``"end_ahead": true``, :mod:`miyaq.cluster.ends_ahead`). The ``A`` and ``F`` formats are
+node had no trace of marked ``"end_ahead": true``,
+:mod:`miyaq.cluster.ends_ahead`). The ``A`` and ``F`` formats are
 :mod:`miyaq.store.records`, shared with replication.
 """
 from __future__ import annotations
