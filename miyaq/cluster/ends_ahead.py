@@ -1,9 +1,8 @@
 """Ends heard ahead of their copy: a tombstone made on a peer's word for a
 task this node has no trace of (no live or dead copy, no tombstone).
 
-Another holder's ``F`` event often reaches a holder before the task's copy
-does (the REPLICATE is still on its way: 80 to 96 of 100 tasks on a dev
-cluster), and a handoff or a resync brings the outcomes of tasks that
+Another holder's ``F`` event may reach a holder before the task's copy
+does (the REPLICATE still on its way), and a handoff or a resync brings the outcomes of tasks that
 ended before this node held them (:mod:`miyaq.cluster.outcome_handoff`).
 Each leaves a tombstone here, so a late copy is not stored and status,
 result and dedup answer here too. Such tombstones are counted apart from
