@@ -224,3 +224,28 @@ def test_the_tables_bound_of_ends_ahead_beside_the_others():
     assert "t0" not in table.tombstones and "t1" not in table.tombstones and "end-0" in table.tombstones
     assert list(table.ends_ahead) == ["end-1", "end-2"] and list(table.ahead) == ["cancel-0"]
     assert table.sweep(T0 + 3600 + 11) == 3 and list(table.ends_ahead) == ["end-2"]
+
+
+def test_ends_ahead_carrying_results_stop_short_of_max_result_bytes():
+    """Fault: 40 finished tasks with keys and small results, then 200 ends
+    ahead of ids nobody has, each with a result of 10,000 bytes
+    (``max_result_bytes`` 100,000). Their count stays far below the bound,
+    but their results passed twice ``max_result_bytes``, from where the
+    table forgets the oldest tombstones of all: before, 40 of 40 finished
+    tasks' tombstones and keys were gone. Now an end whose result would
+    take the results kept past ``max_result_bytes`` is refused and
+    counted; the finished tasks keep theirs, and an end without a result
+    is still kept."""
+    engine = Engine(NodeConfig(max_result_bytes=100_000))
+    for i in range(40):
+        task = task_from_wire({"id": f"done-{i}", "name": "job", "key": f"k{i}"}, T0, engine.config)
+        engine.submit(task, T0)
+        engine.finish_copy(task.id, DONE, b"x" * 100, None, T0)
+    table = engine.table
+    kept = sum(finish_unknown(engine, f"ghost-{j}", DONE, b"y" * 10_000, None, T0, key=f"gk-{j}")
+               for j in range(200))
+    assert all(table.tombstone(f"done-{i}") is not None and table.keys.get(f"k{i}") == f"done-{i}"
+               for i in range(40))
+    assert kept == 9 and table.ends_ahead_refused == 191 and table.result_bytes <= 100_000
+    assert table.results_dropped == 0
+    assert finish_unknown(engine, "ghost-bare", CANCELLED, None, None, T0)

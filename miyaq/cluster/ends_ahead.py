@@ -26,7 +26,13 @@ comes, is stored as if the end had not been heard -- a standby copy asks
 the task's holders before it runs, a first holder's runs it: a second
 run, at worst, never a finished task's tombstone lost. Refusals are counted (``TaskTable.ends_ahead_refused``,
 STATUS ``tombstones_apart``) and logged at most once a minute, with the
-count. A compaction's snapshot marks their ``F`` records ``"end_ahead":
+count. One whose result and error would take the results the node keeps
+(``result_bytes``) past ``max_result_bytes`` is refused too: past twice
+that the table forgets the oldest tombstones of all, finished tasks'
+too, and a flood of ends carrying results (each up to ``max_payload``)
+reaches that long before ``max_ends_ahead`` (before 2026-12-06, 200
+ends of 10,000 bytes with ``max_result_bytes`` 100,000 pushed out 40 of
+40 finished tasks' tombstones in one engine). A compaction's snapshot marks their ``F`` records ``"end_ahead":
 true`` (:data:`miyaq.core.cancels_ahead.END_AHEAD`) so a replay counts
 them apart again; outside a compaction they are not written to the log.
 
@@ -44,6 +50,7 @@ from typing import Any
 
 from miyaq.core.engine import Engine
 from miyaq.logs import LogLimiter
+from miyaq.store.table import stone_bytes
 
 logger = logging.getLogger(__name__)
 _log = LogLimiter(logger, burst=1, per=60.0)    # a flood of refusals: one line a minute, with the count
@@ -56,14 +63,20 @@ def finish_unknown(engine: Engine, task_id: str, state: str, result: bytes | Non
     tombstone counted apart (module doc), through
     :meth:`Engine.finish_copy <miyaq.core.replicas.ReplicaCopies.finish_copy>`.
     Returns False, nothing kept, when the table holds ``max_ends_ahead``
-    of them already (counted, logged at a bounded rate)."""
+    of them already, or when the end's result and error would take the
+    table's ``result_bytes`` past ``max_result_bytes`` (counted, logged
+    at a bounded rate)."""
     table = engine.table
-    if len(table.ends_ahead) >= table.max_ends_ahead:
+    size = stone_bytes(result, error) if result or error else 0
+    ceiling = table.result_ceiling      # twice max_result_bytes: past it the oldest of all are dropped
+    if len(table.ends_ahead) >= table.max_ends_ahead or (
+            size and ceiling is not None and table.result_bytes + size > ceiling // 2):
         table.ends_ahead_refused += 1
         _log.warning("full", "%d end(s) of tasks this node has no trace of, heard from peers, refused so far: "
-                     "%d are kept, the most (max_tombstones); their copies, if they come, are stored. "
-                     "A peer that reports tasks that never come here?", table.ends_ahead_refused,
-                     len(table.ends_ahead))
+                     "%d are kept (at most max_tombstones, and none that would take the results kept, "
+                     "%d bytes, past max_result_bytes); their copies, if they come, are stored. A peer that "
+                     "reports tasks that never come here?", table.ends_ahead_refused, len(table.ends_ahead),
+                     table.result_bytes)
         return False
     table.hold_end_ahead(task_id)       # first: its tombstone does not push a finished task's out
     engine.finish_copy(task_id, state, result, error, now, key=key)
