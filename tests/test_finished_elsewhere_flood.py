@@ -36,6 +36,7 @@ from miyaq.core.engine import Engine
 from miyaq.protocol import commands as c
 from miyaq.protocol.taskspec import task_from_wire
 from miyaq.store.log import AppendLog
+from miyaq.store.records import task_record
 from miyaq.store.table import TaskTable
 from miyaq.store.task import CANCELLED, DONE, Task
 
@@ -249,3 +250,25 @@ def test_ends_ahead_carrying_results_stop_short_of_max_result_bytes():
     assert kept == 9 and table.ends_ahead_refused == 191 and table.result_bytes <= 100_000
     assert table.results_dropped == 0
     assert finish_unknown(engine, "ghost-bare", CANCELLED, None, None, T0)
+
+
+def test_an_end_ahead_leaves_the_count_when_a_resync_brings_its_copy(inproc):
+    """The copy of a task whose end this node heard first may come by a
+    resync (a SYNC answer's tasks) instead of a REPLICATE: it is not
+    stored, and the end leaves the count as it does for a REPLICATE --
+    before, such ends stayed counted until they aged out, and a busy
+    cluster's resyncs could fill the bound and get later ends refused."""
+    cluster = inproc(3, replicas=3)
+    tid = cluster.task_id()
+    first, standby = cluster.holders(tid)[:2]
+    held = cluster.net.hold("REPLICATE", src=first, dst=standby)
+    cluster.submit(first, tid)
+    record = task_record(cluster[first].engine.table.live[tid])
+    engine = cluster[standby].engine
+    assert finish_unknown(engine, tid, DONE, b"ok", None, time.time())
+    assert list(engine.table.ends_ahead) == [tid]
+    cluster[standby].role.resync._apply(first, {"tasks": [record]}, 0, 1)
+    assert not engine.table.ends_ahead
+    assert engine.table.tombstone(tid).state == DONE and engine.table.live.get(tid) is None
+    held.release()
+    assert not cluster.crashes()

@@ -103,6 +103,7 @@ class CopyInstaller:
             if task.key is not None:
                 role.cancels.take_key(task.id, task.key)
             engine.count_late_copy(task)
+            table.release_end_ahead(task.id)    # its copy came: a finished task's tombstone now (cluster.ends_ahead)
             return True
         # A copy lists its holders (checked above): its extras are its own,
         # written directly rather than through the task's properties.
