@@ -21,7 +21,7 @@ ALL = ["n1", "n2", "n3", "n4"]
 
 def _submit_many(cluster, count: int, countdown: float = 300) -> list[str]:
     subs = [cluster.submit(OLD[i % 3], countdown=countdown) for i in range(count)]
-    cluster.wait_until(lambda: all(s.status == "accepted" for s in subs), what="every submit accepted")
+    cluster.wait_until(lambda: all(s.status == "accepted" for s in subs), timeout=30, what="every submit accepted")
     return [s.task_id for s in subs]
 
 
