@@ -147,13 +147,17 @@ class Core:
 
         Built in its view's slices (:meth:`ViewLane.slices`): each queue's
         row is read at once, two rows maybe a few slices apart; the
-        workers per queue as the view began, the totals as it ended."""
+        workers per queue as the view began, the totals as it ended. A
+        row for each queue that holds tasks or that a registered worker
+        serves: at most ``MAX_QUEUES`` + ``MAX_SERVED_QUEUES``."""
         engine, workers, limits = self.engine, self.workers, self.limits
-        idle = workers.idle_by_queue()
         per_queue = workers.workers_by_queue()
+        idle = workers.idle_by_queue(self.views.slices)
         counts = engine.counts
         queues = {}
-        for names in self.views.slices(sorted(set(counts) | set(idle))):    # the others run between slices
+        # A row for each queue with tasks (at most MAX_QUEUES) or served by a
+        # worker (at most MAX_SERVED_QUEUES, workers.py), whatever workers claim.
+        for names in self.views.slices(sorted(set(counts) | set(per_queue))):    # the others run between slices
             for q in names:
                 states = counts.get(q)
                 row: dict[str, Any] = dict(EMPTY_ROW) if states is None else {s: states[s] for s in ROW_STATES}

@@ -54,6 +54,16 @@ def at_once(items: Sequence[T]) -> Iterator[Sequence[T]]:
     yield items
 
 
+def checked(items: Sequence[T], check: Callable[[], None], size: int = FEWEST_ROWS) -> Iterator[Sequence[T]]:
+    """``items`` ``size`` at a time, ``check()`` before each slice: for a
+    view built where the loop's others are let in by a
+    :class:`~miyaq.runtime.fairness.FairShare` (``/metrics``) rather than
+    by the view lane."""
+    for start in range(0, len(items), size):
+        check()
+        yield items[start:start + size]
+
+
 def in_slices(items: Sequence[T], pause: Callable[[], None]) -> Iterator[Sequence[T]]:
     """``items`` a slice at a time, ``pause()`` after each slice when there
     are more than :data:`FIRST_ROWS` (after the last too: the work that

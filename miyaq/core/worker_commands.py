@@ -76,7 +76,7 @@ class WorkerCommands:
             raise ShuttingDown("node is shutting down")
         key = self.endpoint.caller_name()
         self.workers.check_id(wid, key)                    # another key's worker id: forbidden
-        self.workers.check_room(identity, wid)             # max_workers registered: busy
+        self.workers.check_room(identity, wid, queues)     # max_workers, or MAX_SERVED_QUEUES names: busy
         self.schedules.declare(schedules, wid, now, key)   # refuses (nothing kept): limits, another key's
         worker = self.workers.register(identity, wid, queues, capacity, now, info, key)
         worker.credit = 0

@@ -70,10 +70,12 @@ class AdminApi:
         """Every queue's row as ``GET /queues`` shows it (or only ``only``'s),
         in the view's slices (:meth:`ViewLane.slices`): each row read at
         once, two rows maybe a few slices apart; the workers per queue and
-        the webhooks in flight as the view began."""
+        the webhooks in flight as the view began. A row for each queue that
+        holds tasks (at most ``MAX_QUEUES``), that a registered worker serves
+        (at most ``MAX_SERVED_QUEUES``), that has limits or is paused."""
         counts = self.engine.counts
         workers = self.core.workers.workers_by_queue()
-        idle = self.core.workers.idle_by_queue()
+        idle = self.core.workers.idle_by_queue(self.core.views.slices)
         in_flight = self.gateway.deliverer.in_flight()
         limits = self.limits
         names = [only] if only else sorted(set(counts) | set(workers) | set(limits.limits) | set(limits.paused))

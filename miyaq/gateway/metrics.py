@@ -46,6 +46,7 @@ from prometheus_client.registry import Collector
 from miyaq import __version__
 from miyaq.core.core import Core
 from miyaq.core.handles import NodeRole, StorageHealth
+from miyaq.core.view_rows import checked
 from miyaq.gateway.task_timings import LATENCY_BUCKETS, TaskTimings, drop_series
 from miyaq.runtime import Supervisor, green, monotonic, wall
 from miyaq.security.handshakes import REASONS, HandshakeFailures
@@ -154,7 +155,7 @@ class NodeCollector(Collector):
         idle = GaugeMetricFamily("miyaq_queue_idle_slots",
                                  "Free capacity of the workers per queue: tasks they would still take "
                                  "(running and prefetched) less those leased to them", labels=["queue"])
-        for queue, n in sorted(core.workers.idle_by_queue().items()):
+        for queue, n in sorted(core.workers.idle_by_queue(lambda some: checked(some, share.check)).items()):
             share.check()
             idle.add_metric([queue], n)
         yield idle
