@@ -170,3 +170,37 @@ def test_registrations_share_one_string_a_queue_name(make_node, client_for, sock
         sock.send_multipart([c.TAG, c.BYE, msgpack.packb({"worker": wid})])
     wait_for(lambda: client.status()["totals"]["workers"] == 0, what="the BYEs to be handled")
     assert workers.workers_by_queue() == {} and client.status()["queues"] == {}
+
+
+def test_a_real_worker_refused_says_why_and_registers_when_there_is_room(bounded, make_node, client_for, sockets,
+                                                                        caplog):
+    """Fault: a worker whose queues do not fit is left without a word, or
+    never tries again. The Python worker logs the node's refusal (busy,
+    the bound named) and, asked to register again at its next heartbeat
+    (RECONNECT), is welcome once the worker holding the names has gone,
+    and runs a task of its queue."""
+    import miyaq
+    from miyaq.testing.harness import ThreadWorker
+
+    node = make_node(heartbeat=5.0)      # long liveness: the raw holder sends no heartbeat
+    client = client_for(node.endpoint)
+    holder = sockets(node.endpoint)
+    assert ready(holder, "holder", made_up(0, BOUND))[0] == c.WELCOME
+    app = miyaq.App(node.endpoint)
+
+    @app.task(name="echo", queue="late-queue")
+    def echo(x: int) -> int:
+        return x
+
+    try:
+        with caplog.at_level("WARNING", logger="miyaq.worker.link"), \
+                ThreadWorker(app, [node.endpoint], queues=["late-queue"], concurrency=1):
+            wait_for(lambda: any("busy" in r.getMessage() and f"at most {BOUND}" in r.getMessage()
+                                 for r in caplog.records), what="the worker to log the refusal")
+            assert client.status()["totals"]["workers"] == 1      # the raw holder only
+            holder.send_multipart([c.TAG, c.BYE, msgpack.packb({"worker": "holder"})])
+            wait_for(lambda: "late-queue" in client.status()["queues"], timeout=20,
+                     what="the worker to register again")
+            assert client.call("echo", [7], queue="late-queue", timeout=20) == 7
+    finally:
+        app.close()
