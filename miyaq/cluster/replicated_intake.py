@@ -368,8 +368,13 @@ class ReplicatedIntake(LateCopies):
     def _demote(self, task_id: str) -> None:
         """The client was told the submit failed and will resend it, maybe
         elsewhere: this node's copy (if it stored one) must not run on its
-        own any more. It becomes a standby that asks the other holders first."""
+        own any more. It becomes a standby that asks the other holders first,
+        an offset after the task's eta (or after now, if that is later).
+        Before 2026-12-06 it asked an offset after now whatever the eta: a
+        delayed task rejected during a ring change ran as soon as the other
+        holders answered they did not know it (a rolling restart under load:
+        a task due 131 s later ran 126 s early)."""
         task = self.engine.table.live.get(task_id)
         if task is not None and not task.standby and task.state in (SCHEDULED, READY):
             task.standby = True
-            self.engine.defer(task, wall() + self.role.offset_for(task, minimum=1))
+            self.engine.defer(task, max(task.eta, wall()) + self.role.offset_for(task, minimum=1))
