@@ -40,10 +40,16 @@ MAX_HELD_COPIES = 100_000
 class HeldCopies:
     """Task ids kept past their confirmation, each with the newest epoch a
     confirmation of it named and when it stops waiting for it (monotonic).
-    Bounded: ``MAX_HELD_COPIES`` ids, each ``HELD_COPY_TTL`` at most."""
+    Bounded: ``MAX_HELD_COPIES`` ids, each ``HELD_COPY_TTL`` at most.
+    ``len()`` is how many are held now (STATUS ``cluster.held_copies``);
+    ``dropped`` counts, since start, the copies dropped past the bounds
+    (STATUS ``cluster.held_dropped``): a hold refused for ``MAX_HELD_COPIES``
+    (its caller drops the copy at once) and the copies dropped when their
+    time ran out."""
 
     def __init__(self) -> None:
         self._held: dict[str, tuple[int, float]] = {}
+        self.dropped = 0
 
     def __len__(self) -> int:
         return len(self._held)
@@ -60,6 +66,7 @@ class HeldCopies:
             self._held[task_id] = (max(held[0], epoch), held[1])
             return True
         if len(self._held) >= MAX_HELD_COPIES:
+            self.dropped += 1       # its caller drops the copy
             return False
         self._held[task_id] = (epoch, now + HELD_COPY_TTL)
         return True
@@ -130,5 +137,6 @@ class HoldingCopies:
             self.role.engine.forget(task)
             dropped += 1
         if dropped and why is not None:
+            self.held.dropped += dropped
             logger.warning("handoff: dropped %d copy(ies) every new holder confirmed on a newer ring: %s",
                            dropped, why)

@@ -291,6 +291,7 @@ class ClusterRole:
                 "resyncs": self.subscriber.resyncs, "stream_dropped": self.publisher.dropped,
                 "submits_rejected": self.intake.rejected, "handed_off": self.handoff.handed,
                 "cancels_forwarded": self.cancels.forwarded, "cancels_unconfirmed": self.cancels.unconfirmed,
+                "held_dropped": self.handoff.held.dropped, "held_copies": len(self.handoff.held),
                 "running_here": sum(c[RUNNING] for c in self.engine.counts.values()),
                 "streams_ready": self.streams_ready(), "zookeeper": self.coordinator.connection}
 

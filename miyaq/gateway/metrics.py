@@ -22,10 +22,11 @@ by port and reason) and keys the ZAP handler refused. The age of the oldest
 running task is read from :class:`~miyaq.gateway.task_timings.TaskTimings`'
 starts, kept in start order (one entry looked at a scrape).
 
-Ring gauges, replication lag and the role's counters
+Ring gauges, replication lag, the role's counters
 (``miyaq_cluster_<key>_total``, :data:`CLUSTER_COUNTERS`: STATUS
-``cluster``) come from :class:`ClusterGauges`, which asks the node's role
-at scrape time (a standalone node: epoch 1, its own leader, no peers, no
+``cluster``) and the copies its handoff holds for a newer ring
+(``miyaq_cluster_held_copies``) come from :class:`ClusterGauges`, which
+asks the node's role at scrape time (a standalone node: epoch 1, its own leader, no peers, no
 cluster counters). Greenlet crashes come from the node's supervisor
 (``miyaq_greenlet_crashes_total{name}``: names are fixed in the code, so the
 label set is bounded). ``GET /status`` reads the same objects.
@@ -81,6 +82,8 @@ CLUSTER_COUNTERS: tuple[tuple[str, str], ...] = (
     ("cancels_forwarded", "CANCELs this node asked the task's first holder to answer (it is not the first holder)"),
     ("cancels_unconfirmed", "CANCELs this node answered from its own copy, unconfirmed: the first holder was silent "
                             "or refused, or a ring change or a standby copy left its answer in doubt"),
+    ("held_dropped", "Copies every new holder confirmed on a ring newer than this node's view, kept for that "
+                     "ring and dropped past the bounds (60 s without the view reaching it, or 100,000 held)"),
 )
 
 
@@ -285,6 +288,9 @@ class NodeCollector(Collector):
                                     value=int(stats["zookeeper"] == "connected"))
             for key, text in CLUSTER_COUNTERS:
                 yield CounterMetricFamily(f"miyaq_cluster_{key}", text, value=int(stats[key]))
+            yield GaugeMetricFamily("miyaq_cluster_held_copies", "Copies every new holder confirmed on a ring newer "
+                                    "than this node's view, kept until its view reaches that ring "
+                                    "(STATUS cluster.held_copies)", value=int(stats["held_copies"]))
 
 
 class NodeMetrics:
