@@ -9,6 +9,10 @@ from this directory (:mod:`miyaq.devstate`), then ``127.0.0.1:2181``;
 ``--cluster`` to ``MIYAQ_CLUSTER``, then that dev cluster's, then
 ``default`` -- resolved when the command runs, not at import. An unreachable
 ZooKeeper or a leader that does not publish in time is an error (exit 2).
+How long they wait for ZooKeeper to answer is ``--zk-connect-timeout``, else
+``MIYAQ_ZK_CONNECT_TIMEOUT`` (the node's and ``miyaq dev-cluster``'s option
+and variable), else ``ZK_CONNECT_DEFAULT`` or ``--timeout`` if shorter: a
+command, run again at will, rather than a node's start (10 s there).
 A cluster protected by ZooKeeper ACLs needs its credentials: ``--zk-auth``
 or ``--zk-auth-file``, else ``MIYAQ_ZK_AUTH`` / ``MIYAQ_ZK_AUTH_FILE``.
 """
@@ -22,13 +26,17 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ..errors import MiyaqError, Unavailable
+from ..config import MAX_ZK_CONNECT_TIMEOUT, MIN_ZK_CONNECT_TIMEOUT, check_zk_connect_timeout
+from ..errors import ConfigError, MiyaqError, Unavailable
 from ..logs import escape_controls
 from . import numbers
 from .connect import add_key_options
 from .connect import keys as key_options
 
 from ..devstate import DEFAULT_CLUSTER, DEFAULT_ZK
+
+ZK_CONNECT_DEFAULT = 5.0
+"""Seconds the ring commands wait for ZooKeeper to answer unless told (``--timeout`` caps it)."""
 TASKS_TIMEOUT = 2.0
 """Seconds a member's service endpoint has to answer STATUS before its tasks show as n/a."""
 NOT_REGISTERED_SHOWN = 20
@@ -48,8 +56,14 @@ def _zk_options(p: argparse.ArgumentParser, *, nested: bool = False) -> None:
                    help="the cluster's ZooKeeper credentials, if its znodes carry ACLs [env MIYAQ_ZK_AUTH]")
     p.add_argument("--zk-auth-file", default=default, metavar="PATH",
                    help="a file holding USER:PASSWORD [env MIYAQ_ZK_AUTH_FILE]")
+    p.add_argument("--zk-connect-timeout", type=numbers.real(MIN_ZK_CONNECT_TIMEOUT, MAX_ZK_CONNECT_TIMEOUT),
+                   default=default, metavar="S",
+                   help=f"seconds to wait for ZooKeeper to answer ({MIN_ZK_CONNECT_TIMEOUT:g}.."
+                        f"{MAX_ZK_CONNECT_TIMEOUT:g}) [env MIYAQ_ZK_CONNECT_TIMEOUT; default {ZK_CONNECT_DEFAULT:g}, "
+                        "or --timeout if shorter]")
     p.add_argument("--timeout", type=numbers.positive_seconds, default=default, metavar="S",
-                   help="seconds to wait for ZooKeeper and for the leader to publish [default 15]")
+                   help="seconds to wait for each ZooKeeper request and for the leader to publish a change "
+                        "[default 15]")
     p.add_argument("--json", action="store_true", default=default, help="print JSON")
 
 
@@ -84,8 +98,27 @@ def _admin(args: argparse.Namespace) -> Any:
     logging.getLogger("kazoo").setLevel(logging.CRITICAL)
     args.zk, args.cluster = _where(getattr(args, "zk", None), getattr(args, "cluster", None))
     timeout = getattr(args, "timeout", None) or 15.0
-    return RingAdmin(args.zk, args.cluster, connect_timeout=min(timeout, 5.0), timeout=timeout,
+    return RingAdmin(args.zk, args.cluster, connect_timeout=zk_connect_timeout(args, timeout), timeout=timeout,
                      auth=zk_auth(args))
+
+
+def zk_connect_timeout(args: argparse.Namespace, timeout: float) -> float:
+    """Seconds to wait for ZooKeeper to answer: ``--zk-connect-timeout``,
+    else ``MIYAQ_ZK_CONNECT_TIMEOUT``, else ``ZK_CONNECT_DEFAULT`` or
+    ``timeout`` (the command's ``--timeout``) if shorter. A variable that is
+    not 0.1..3600 seconds is a ``ConfigError`` naming it. Before 2026-12-06
+    it was ``--timeout``, at most 5 s, with no way to wait longer."""
+    given = getattr(args, "zk_connect_timeout", None)
+    if given is not None:
+        return float(given)
+    raw = os.environ.get("MIYAQ_ZK_CONNECT_TIMEOUT")
+    if not raw:
+        return min(timeout, ZK_CONNECT_DEFAULT)
+    try:
+        return check_zk_connect_timeout(float(raw))
+    except (ValueError, ConfigError):
+        raise ConfigError(f"MIYAQ_ZK_CONNECT_TIMEOUT must be {MIN_ZK_CONNECT_TIMEOUT:g}..{MAX_ZK_CONNECT_TIMEOUT:g} "
+                          f"seconds, not {raw!r}") from None
 
 
 def _where(zk: str | None, cluster: str | None) -> tuple[str, str]:
@@ -115,7 +148,11 @@ def _with_admin(args: argparse.Namespace, fn: Callable[[Any], Any]) -> Any:
     try:
         return fn(admin)
     except Unavailable as exc:
-        hint = " Is ZooKeeper running? Set --zk or MIYAQ_ZK." if exc.details.get("reason") == "unreachable" else ""
+        hint = ""
+        if exc.details.get("reason") == "unreachable":
+            hint = (" Is ZooKeeper running? Set --zk or MIYAQ_ZK; one still starting may need a longer wait: "
+                    f"--zk-connect-timeout S (MIYAQ_ZK_CONNECT_TIMEOUT; default {ZK_CONNECT_DEFAULT:g}s, or "
+                    "--timeout if shorter).")
         if exc.details.get("reason") == "no_quorum":
             hint = " Ring changes are refused until then; the nodes keep serving tasks on the ring they hold."
         raise Unavailable(f"{exc.message} (cluster {args.cluster}).{hint}", hosts=args.zk) from None
