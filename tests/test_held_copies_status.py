@@ -9,12 +9,17 @@ from its log, sees the ring without itself while n2 and n3 have the one with
 n1 again, hands them its copies and they confirm on the newer ring."""
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 from prometheus_client.parser import text_string_to_metric_families
 from test_inproc_rejoin_lag import _restart_n1_with_a_lagging_view
 
 from miyaq.cluster import handoff_held
 from miyaq.cluster.handoff_held import HELD_COPY_TTL, HeldCopies
 from miyaq.gateway.metrics import NodeMetrics
+from miyaq.logs import LogLimiter
 from miyaq.testing.inprocess import InProcessCluster
 
 
@@ -69,9 +74,32 @@ def test_held_copies_dropped_when_the_view_never_catches_up_are_counted(inproc, 
 def test_a_hold_refused_for_the_bound_counts_as_dropped(monkeypatch):
     """Past MAX_HELD_COPIES a hold is refused and its caller drops the copy
     at once: that counts in ``dropped`` too; a hold that is granted does not."""
-    monkeypatch.setattr(handoff_held, "MAX_HELD_COPIES", 1)
-    held = HeldCopies()
+    held = HeldCopies(1)
     assert held.hold("a", 3, 0.0) and held.hold("a", 4, 1.0)
     assert held.dropped == 0
     assert not held.hold("b", 3, 2.0)
     assert (len(held), held.dropped) == (1, 1)
+
+
+def test_the_bound_of_held_copies_is_the_nodes_max_tasks_and_a_refusal_is_logged(inproc, caplog, monkeypatch):
+    """Fault (audit review23): the bound was a fixed 100,000 and a hold
+    refused past it dropped the copy with no line in the log -- the loss
+    the hold prevents, for a node holding more copies than that (250 of
+    300 dropped with the bound patched to 50: 206 tasks left a holder
+    short for good). Every held id is a copy the node's table holds (or
+    one that ended since), so the bound is the node's ``max_tasks``; a
+    refusal still drops the copy, counted and logged (once a minute)."""
+    cluster = inproc(3, replicas=3, max_tasks=1234)
+    assert cluster["n1"].role.handoff.held.limit == 1234
+    # A limiter of its own: another test's refusal may have used this minute's line.
+    monkeypatch.setattr(handoff_held, "_refused_log", LogLimiter(handoff_held.logger, burst=1, per=60.0))
+    held = HeldCopies(1)
+    with caplog.at_level(logging.WARNING, logger="miyaq.cluster.handoff"):
+        assert held.hold("a", 3, 0.0)
+        assert not held.hold("b", 3, 1.0) and not held.hold("c", 3, 2.0)
+    lines = [r.getMessage() for r in caplog.records if "held for a ring newer" in r.getMessage()]
+    assert len(lines) == 1 and "task b's copy is dropped" in lines[0]
+    assert held.dropped == 2
+    with pytest.raises(ValueError):
+        HeldCopies(0)
+    assert not cluster.crashes()

@@ -11,7 +11,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from miyaq.cluster import handoff_held
 from miyaq.cluster.handoff import Handoff
 from miyaq.cluster.handoff_held import HELD_COPY_TTL, HeldCopies
 from miyaq.store.task import Task
@@ -90,8 +89,7 @@ def test_held_copies_are_bounded_in_count_and_keep_their_first_deadline(monkeypa
     """Copies held for a newer ring: at most MAX_HELD_COPIES (a hold past it
     is refused, and the copy dropped as before); a second confirmation
     raises the epoch waited for but not the deadline."""
-    monkeypatch.setattr(handoff_held, "MAX_HELD_COPIES", 2)
-    held = HeldCopies()
+    held = HeldCopies(2)
     assert held.hold("a", 3, 0.0) and held.hold("b", 3, 1.0)
     assert not held.hold("c", 3, 2.0) and "c" not in held
     assert held.hold("a", 5, 10.0)                  # already held: no new room needed

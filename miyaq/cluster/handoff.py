@@ -92,7 +92,7 @@ class Handoff(HandoffResends, HoldingCopies):
         self.late_confirmed = 0      # tasks whose handoff an answer past its deadline completed
         # Copies confirmed by holders on a newer ring than this node's view:
         # kept until a pass on that ring decides (handoff_held).
-        self.held = HeldCopies()
+        self.held = HeldCopies(role.config.max_tasks)
 
     # -- when ------------------------------------------------------------------------
     def request(self, before: RingView | None = None) -> None:

@@ -12,14 +12,23 @@ would be refused while its view still lagged: the tasks would live on one
 holder fewer than the ring says (docs/cluster.md, "Handoff"). So such a copy
 stays until this node's view reaches the answer's epoch and the pass it runs
 then decides (a holder there keeps it), or for ``HELD_COPY_TTL`` at most --
-a view that never catches up -- and for at most ``MAX_HELD_COPIES`` tasks;
-past either it is dropped, as it was before 2026-12-06.
+a view that never catches up. Past that time it is dropped, with a
+warning, as it was before 2026-12-06. How many are held at once is bounded
+by the node's ``max_tasks``: each is a copy its table holds (or one that
+ended since, forgotten within ``HELD_COPY_TTL``), so the bound costs no
+memory the table does not already bound. A fixed 100,000 dropped the copy
+past it with no line in the log -- the very loss the hold prevents, for a
+node holding more copies than that (audit review23: 250 of 300 dropped
+with the bound patched to 50, 206 of them left without a copy on that
+node for good). A hold refused past it still drops the copy, counted and
+logged at a bounded rate.
 """
 from __future__ import annotations
 
 import logging
 from typing import TYPE_CHECKING, Any
 
+from miyaq.logs import LogLimiter
 from miyaq.runtime import monotonic
 from miyaq.store.task import RUNNING, Task
 
@@ -33,21 +42,28 @@ logger = logging.getLogger("miyaq.cluster.handoff")     # the handoff's lines, o
 #: How long a copy waits for this node's view to reach the epoch of the
 #: confirmation that would have dropped it (seconds, monotonic).
 HELD_COPY_TTL = 60.0
-#: Copies held so at once; past this a confirmation drops the copy at once.
-MAX_HELD_COPIES = 100_000
+#: The default bound on copies held at once (:class:`HeldCopies`' ``limit``):
+#: a handoff gives its node's ``max_tasks``.
+MAX_HELD_COPIES = 1_000_000
+#: Holds refused past the bound are logged at most once a minute (with the count).
+_refused_log = LogLimiter(logger, burst=1, per=60.0)
 
 
 class HeldCopies:
     """Task ids kept past their confirmation, each with the newest epoch a
     confirmation of it named and when it stops waiting for it (monotonic).
-    Bounded: ``MAX_HELD_COPIES`` ids, each ``HELD_COPY_TTL`` at most.
+    Bounded: ``limit`` ids (a handoff's: its node's ``max_tasks``), each
+    ``HELD_COPY_TTL`` at most.
     ``len()`` is how many are held now (STATUS ``cluster.held_copies``);
     ``dropped`` counts, since start, the copies dropped past the bounds
-    (STATUS ``cluster.held_dropped``): a hold refused for ``MAX_HELD_COPIES``
+    (STATUS ``cluster.held_dropped``): a hold refused for ``limit``
     (its caller drops the copy at once) and the copies dropped when their
     time ran out."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_HELD_COPIES) -> None:
+        if limit < 1:
+            raise ValueError(f"a bound of held copies must be at least 1, not {limit}")
+        self.limit = limit
         self._held: dict[str, tuple[int, float]] = {}
         self.dropped = 0
 
@@ -60,13 +76,18 @@ class HeldCopies:
     def hold(self, task_id: str, epoch: int, now: float) -> bool:
         """Keep ``task_id``'s copy until this node's view reaches ``epoch``
         (or ``HELD_COPY_TTL`` from its first hold, ``now``: monotonic).
-        False, and nothing kept, when ``MAX_HELD_COPIES`` are held already."""
+        False, and nothing kept, when ``limit`` are held already (counted in
+        ``dropped`` and logged at a bounded rate: its caller drops the copy)."""
         held = self._held.get(task_id)
         if held is not None:
             self._held[task_id] = (max(held[0], epoch), held[1])
             return True
-        if len(self._held) >= MAX_HELD_COPIES:
+        if len(self._held) >= self.limit:
             self.dropped += 1       # its caller drops the copy
+            _refused_log.warning("full", "%d copies are held for a ring newer than this node's view, the most "
+                                 "(max_tasks): task %s's copy is dropped, and it may live on a holder fewer "
+                                 "than the ring says (%d dropped so far); this node's view of the ring lags",
+                                 len(self._held), task_id, self.dropped)
             return False
         self._held[task_id] = (epoch, now + HELD_COPY_TTL)
         return True

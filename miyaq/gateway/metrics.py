@@ -83,7 +83,7 @@ CLUSTER_COUNTERS: tuple[tuple[str, str], ...] = (
     ("cancels_unconfirmed", "CANCELs this node answered from its own copy, unconfirmed: the first holder was silent "
                             "or refused, or a ring change or a standby copy left its answer in doubt"),
     ("held_dropped", "Copies every new holder confirmed on a ring newer than this node's view, kept for that "
-                     "ring and dropped past the bounds (60 s without the view reaching it, or 100,000 held)"),
+                     "ring and dropped past the bounds (60 s without the view reaching it, or max_tasks held)"),
 )
 
 
