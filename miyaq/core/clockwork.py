@@ -5,11 +5,15 @@
   critical: a node whose timers stopped would hold tasks forever. A pass
   fires at most ``TIMER_BATCH`` timers; while more are due it lets the
   other greenlets run (one hub iteration, I/O included) before the next;
-* housekeeping, every ``HOUSEKEEPING_INTERVAL``: long-poll deadlines, worker
-  heartbeats and liveness, tombstone sweeps, freeze detection -- restarted
-  if it dies. A long-poll due before its next pass wakes it then
+* housekeeping: long-poll deadlines, worker heartbeats and liveness (every
+  ``heartbeat``), tombstone sweeps (every ``TOMBSTONE_SWEEP``), freeze
+  detection -- restarted if it dies. A cluster node passes every
+  ``HOUSEKEEPING_INTERVAL`` (freeze detection needs the steady tick); a
+  standalone node passes only when one of those is due, so an idle one
+  wakes about once a second, not ten times (:meth:`Clockwork._next_pass`).
+  A long-poll due before its next pass wakes it then
   (:meth:`Clockwork.waiter_due`), so a RESULT or RECEIVE is answered at its
-  deadline, not up to ``HOUSEKEEPING_INTERVAL`` after it.
+  deadline, not at the next pass.
 
 After each burst on the service socket (and on :meth:`Clockwork.wake`, for
 work that arrived another way) the dispatcher runs, then the role sends what
@@ -44,6 +48,7 @@ class Clockwork:
         self._timer_at = 0.0
         self._housekeeping_wake = green.Event()
         self._housekeeping_at = 0.0       # monotonic: the next planned housekeeping pass
+        self.passes = 0                   # housekeeping passes run (planned ones; not long-poll sweeps)
         # Gives the memory back once the store let go of a lot (swept
         # tombstones, a drained burst): miyaq.runtime.heap.
         self.allocator = AllocatorTrim()
@@ -141,20 +146,42 @@ class Clockwork:
                 # past STALL (a cluster node took itself for frozen).
                 green.let_others_run()
 
+    def _next_pass(self, last: float, next_beat: float, next_sweep: float) -> float:
+        """When housekeeping's next planned pass is due (``monotonic``), its
+        last one having begun at ``last``. A node that watches for freezes
+        (a cluster node) passes every ``HOUSEKEEPING_INTERVAL``: freeze
+        detection counts a gap between passes longer than ``STALL`` as a
+        freeze, and a pass that came only when work was due would make a
+        busy node's gaps look like one. Any other node passes when the next
+        of its own deadlines comes -- the workers' heartbeat tick or the
+        tombstone sweep; long-poll deadlines wake it on their own
+        (:meth:`waiter_due`) -- and never sooner than
+        ``HOUSEKEEPING_INTERVAL`` after the last pass (a ``heartbeat`` below
+        it is kept at it, as before). Timers (etas, leases, expiries) are the
+        timer loop's, not housekeeping's."""
+        if self.role.freeze_sensitive:
+            return monotonic() + HOUSEKEEPING_INTERVAL
+        return max(last + HOUSEKEEPING_INTERVAL, min(next_beat, next_sweep))
+
     def _housekeeping(self) -> None:
         core = self.core
-        last_beat = last_sweep = 0.0
+        next_beat = next_sweep = 0.0        # both due at the first pass
         last = monotonic()
         wake = self._housekeeping_wake
         while True:
-            planned = monotonic() + HOUSEKEEPING_INTERVAL
+            planned = self._next_pass(last, next_beat, next_sweep)
             head = core.waiters.next_deadline()
             self._housekeeping_at = planned if head is None else min(planned, head)
             while True:
                 wake.clear()
                 until = self._housekeeping_at
-                if wake.wait(max(0.0, until - monotonic())):
-                    continue            # a long-poll due sooner was parked: wait for it
+                left = until - monotonic()
+                if left > 0:
+                    # Woken (a long-poll due sooner was parked, a test moved the
+                    # clock), or the wait ended -- perhaps a little early by
+                    # this clock: look again.
+                    wake.wait(left)
+                    continue
                 if until >= planned:
                     break               # the planned pass
                 # Long-polls due before the pass: answered at their deadline.
@@ -162,17 +189,18 @@ class Clockwork:
                 head = core.waiters.next_deadline()
                 self._housekeeping_at = planned if head is None else min(planned, head)
             mono, now = monotonic(), wall()
+            self.passes += 1
             if self.role.freeze_sensitive:
                 if mono - last > STALL:
                     self.role.stalled(mono - last)
                 core.dispatcher.alive_at = mono
             last = mono
             core.waiters.sweep(mono)
-            if mono - last_beat >= self.core.config.heartbeat:
-                last_beat = mono
+            if mono >= next_beat:
+                next_beat = mono + self.core.config.heartbeat
                 core.workers.tick(now)
-            if mono - last_sweep >= TOMBSTONE_SWEEP:
-                last_sweep = mono
+            if mono >= next_sweep:
+                next_sweep = mono + TOMBSTONE_SWEEP
                 core.engine.table.sweep(now)
                 core.engine.table.mind_the_collector()
                 self.allocator.observe(core.engine.table.approximate_bytes(), mono)
