@@ -108,6 +108,12 @@ class Clockwork:
         planned wake-up (the clock moved on: a test advanced it)."""
         self._timer_wake.set()
 
+    def recheck_housekeeping(self) -> None:
+        """Let housekeeping look at the clock now rather than at its next
+        planned pass (a test advanced the clock): it passes if that made the
+        pass due, and sleeps on otherwise."""
+        self._housekeeping_wake.set()
+
     def waiter_due(self, deadline: float) -> None:
         """A long-poll parked with the earliest deadline (``monotonic``): if
         that is before housekeeping's next pass, wake it then. Before

@@ -321,7 +321,7 @@ class InProcessCluster:
             after = monotonic()
             for handle in self.nodes.values():
                 handle.node.clockwork.recheck_timers()
-                handle.node.clockwork._housekeeping_wake.set()
+                handle.node.clockwork.recheck_housekeeping()
             self.wait_until(lambda: all(h.node.core.dispatcher.alive_at >= after
                                         and (h.role._ticked >= after or h.role.stopped)
                                         for h in self.nodes.values()),

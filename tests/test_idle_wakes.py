@@ -1,0 +1,149 @@
+"""An idle standalone node sleeps until something is due (docs/operations.md,
+"An idle node"): its housekeeping passes when the workers' heartbeat tick
+or the tombstone sweep comes, not every ``HOUSEKEEPING_INTERVAL``, and what
+each of them does is still done on time.
+
+The clocks are moved with :func:`miyaq.runtime.clock.advance` and
+housekeeping woken after each jump (as the in-process cluster's
+``advance()`` does), so the counts below do not depend on how fast the host
+runs: every pass counted is one the node chose to make."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import msgpack
+import pytest
+import zmq.green as zmq
+
+from miyaq.config import NodeConfig
+from miyaq.core import clockwork as clockwork_module
+from miyaq.node.assemble import build_node
+from miyaq.node.node import Node
+from miyaq.protocol import commands as c
+from miyaq.runtime import clock, green, monotonic
+from miyaq.testing.harness import free_port
+
+WAIT = 10.0   # a guard against a hang, never a timing assertion
+
+
+@pytest.fixture
+def idle_node(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Node]]:
+    """Factory: a standalone node in this thread's hub whose tombstone sweep
+    comes every 30 s (so in these tests only the heartbeat tick and the
+    long-polls make housekeeping pass); stopped, and the clocks reset, at
+    the end."""
+    monkeypatch.setattr(clockwork_module, "TOMBSTONE_SWEEP", 30.0)
+    nodes: list[Node] = []
+
+    def make(**settings: Any) -> Node:
+        port = free_port()
+        node = build_node(NodeConfig(port=port, http_port=0, node_id=f"n{port}", shutdown_grace=0.0, **settings))
+        nodes.append(node)
+        node.start()
+        until(lambda: node.clockwork.passes >= 1, "the first housekeeping pass")
+        return node
+
+    yield make
+    for node in nodes:
+        node.stop(0)
+    clock.reset()
+
+
+def until(predicate: Callable[[], Any], what: str) -> None:
+    deadline = monotonic() + WAIT
+    while not predicate():
+        assert monotonic() < deadline, f"{what} did not happen within {WAIT:g}s"
+        green.sleep(0.005)
+
+
+def jump(node: Node, seconds: float) -> None:
+    """Move the clocks ``seconds`` on, wake housekeeping, and let the node run
+    until it either passed or went back to sleep."""
+    clock.advance(seconds)
+    node.clockwork.recheck_housekeeping()
+    green.sleep(0.02)
+
+
+def test_an_idle_standalone_node_passes_only_when_its_heartbeat_tick_is_due(
+        idle_node: Callable[..., Node]) -> None:
+    """Fault: an idle node's housekeeping woke every 0.1 s whatever was due:
+    100 passes (and as many wake-ups of the process) over 10 s with nothing
+    to do. Moved 9.5 s on in jumps of 0.5 s with a 5 s heartbeat, the node
+    now passes once, at its heartbeat tick, and each tick still sends the
+    workers their heartbeat."""
+    node = idle_node(heartbeat=5.0)
+    ticks: list[float] = []
+    real_tick = node.core.workers.tick
+    node.core.workers.tick = lambda now: (ticks.append(now), real_tick(now))[1]   # type: ignore[method-assign]
+    before = node.clockwork.passes
+    for _ in range(19):
+        jump(node, 0.5)
+    assert node.clockwork.passes - before == 1
+    assert len(ticks) == 1
+    jump(node, 0.5)          # 10 s since the first pass: the next tick
+    until(lambda: len(ticks) == 2, "the next heartbeat tick")
+    assert node.clockwork.passes - before == 2
+
+
+def test_a_long_poll_of_an_idle_node_is_answered_at_its_deadline(idle_node: Callable[..., Node]) -> None:
+    """An idle node sleeps until its next heartbeat tick (30 s here), but a
+    RECEIVE parked meanwhile wakes it at its own deadline: answered (no
+    task) well before the tick, with no planned pass run for it."""
+    node = idle_node(heartbeat=30.0)
+    before = node.clockwork.passes
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(f"tcp://127.0.0.1:{node.config.port}")
+        sock.send_multipart([c.TAG, c.RECEIVE, msgpack.packb({"queues": ["empty"], "timeout": 0.05, "req": 1})])
+        assert sock.poll(int(WAIT * 1000)), "the RECEIVE was not answered at its deadline"
+        reply = msgpack.unpackb(sock.recv_multipart()[2])
+    finally:
+        ctx.destroy(linger=0)
+    assert reply.get("req") == 1 and reply.get("task") is None
+    assert node.clockwork.passes == before
+
+
+def test_a_silent_worker_of_an_idle_node_is_still_lost_after_heartbeat_times_liveness(
+        idle_node: Callable[..., Node]) -> None:
+    """Sleeping between ticks does not delay liveness: a worker that
+    registers and then says nothing is dropped at the tick that finds it
+    silent for ``heartbeat × liveness`` (and through ``liveness`` ticks), and
+    kept at the ticks before it."""
+    node = idle_node(heartbeat=2.0, liveness=3)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(f"tcp://127.0.0.1:{node.config.port}")
+        sock.send_multipart([c.TAG, c.READY, msgpack.packb({"worker": "quiet", "queues": ["q"], "capacity": 1})])
+        until(lambda: "quiet" in node.core.workers.by_wid, "the worker's registration")
+        for _ in range(3):           # three ticks, 2 s apart: silent 6 s at the third, not past it
+            after = node.clockwork.passes
+            jump(node, 2.0)
+            until(lambda: node.clockwork.passes > after, "the heartbeat tick")
+            assert "quiet" in node.core.workers.by_wid
+        jump(node, 2.0)              # the fourth: silent 8 s, through 3 ticks
+        until(lambda: "quiet" not in node.core.workers.by_wid, "the silent worker's drop")
+        assert node.core.workers.lost_total == 1
+    finally:
+        ctx.destroy(linger=0)
+
+
+def test_a_cluster_node_keeps_the_housekeeping_tick_its_freeze_detection_needs(
+        inproc: Callable[..., Any]) -> None:
+    """A node that watches for freezes (a cluster node) still passes every
+    ``HOUSEKEEPING_INTERVAL``: a gap of more than ``STALL`` between passes is
+    how it knows it was frozen, so a pass only when work is due would make a
+    busy node look frozen. Moved 0.5 s on, each of its nodes passes."""
+    cluster = inproc(nodes=1)
+    handle = next(iter(cluster.nodes.values()))
+    clockwork = handle.node.clockwork
+    before = clockwork.passes
+    for _ in range(3):
+        after = clockwork.passes
+        jump(handle.node, 0.5)
+        until(lambda: clockwork.passes > after, "a pass after the jump")
+    assert clockwork.passes - before >= 3
