@@ -25,6 +25,7 @@ leased it.
 from __future__ import annotations
 
 import logging
+import math
 
 from miyaq.constants import HOUSEKEEPING_INTERVAL, STALL
 from miyaq.constants import TOMBSTONE_SWEEP
@@ -139,7 +140,19 @@ class Clockwork:
             nxt = engine.fire_due(now)
             dispatcher.pump(now)
             self.role.flush()      # a STARTED event leaves with the lease (other holders learn who runs it)
-            self._timer_at = nxt if nxt is not None else now + 1.0
+            if nxt is None:
+                # No timer armed: sleep until one is. Whoever arms one -- a
+                # burst, a wake, housekeeping's pass -- then finds it sooner
+                # than this and wakes the loop (after_burst). Before
+                # 2026-12-06 the loop woke every second anyway, on an idle
+                # node too; a timer armed is still looked at every second
+                # at least (below), so a wall-clock step forward makes it due
+                # within a second.
+                self._timer_at = math.inf
+                self._timer_wake.clear()
+                self._timer_wake.wait()
+                continue
+            self._timer_at = nxt
             self._timer_wake.clear()
             delay = min(max(0.0, self._timer_at - wall()), 1.0)
             if delay > 0:
@@ -211,5 +224,6 @@ class Clockwork:
                 core.engine.table.mind_the_collector()
                 self.allocator.observe(core.engine.table.approximate_bytes(), mono)
                 core.engine.compact_lanes()
-            core.dispatcher.pump(now)
-            self.role.flush()
+            # Dispatch and flush, and wake the timer loop for a timer armed
+            # outside a burst (a worker dropped above: its tasks' retries).
+            self.after_burst(now)
