@@ -147,3 +147,32 @@ def test_a_cluster_node_keeps_the_housekeeping_tick_its_freeze_detection_needs(
         jump(handle.node, 0.5)
         until(lambda: clockwork.passes > after, "a pass after the jump")
     assert clockwork.passes - before >= 3
+
+
+def test_a_periodic_tick_on_an_idle_node_is_leased_when_it_fires(idle_node: Callable[..., Node]) -> None:
+    """Fault: a periodic tick's task, stored by a standalone node's own
+    intake, waited for the node's next housekeeping pass to be leased (no
+    service burst or timer follows it): up to 0.1 s, and once an idle node
+    passed only when something was due, until its next heartbeat tick. The
+    scheduler now runs the node's after-burst step once it submitted: a
+    worker that declared a schedule every 0.2 s is sent a tick's task while
+    housekeeping (heartbeat 30 s) makes no pass."""
+    node = idle_node(heartbeat=30.0)
+    before = node.clockwork.passes
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(f"tcp://127.0.0.1:{node.config.port}")
+        sock.send_multipart([c.TAG, c.READY, msgpack.packb({
+            "worker": "cron", "queues": ["default"], "names": ["t"], "capacity": 1,
+            "periodic": [{"name": "beat", "task": "t", "every": 0.2}]})])
+        commands = []
+        deadline = monotonic() + WAIT
+        while c.DISPATCH not in commands:
+            assert sock.poll(int(max(0.0, deadline - monotonic()) * 1000)), \
+                f"no tick's task was sent (the node sent {commands})"
+            commands.append(sock.recv_multipart()[1])
+    finally:
+        ctx.destroy(linger=0)
+    assert node.clockwork.passes == before

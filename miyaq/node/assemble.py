@@ -126,12 +126,13 @@ def _build(config: NodeConfig, supervisor: Supervisor, sockets: SocketFactory, c
         role, shared = _role(config, core, persistence or Immediate(), supervisor, sockets, coordinator, transport,
                              stream_drop, guard, cluster_key)
         core.dispatcher.announce = role.flush   # other holders hear who runs a task before its worker has it
-        periodic = PeriodicScheduler(config, core.engine, core.workers, role, supervisor, shared=shared)
+        clockwork = Clockwork(core, role, supervisor)
+        periodic = PeriodicScheduler(config, core.engine, core.workers, role, supervisor, shared=shared,
+                                     wake=clockwork.wake)
         open_files = OpenFilesWatch(config.id, supervisor)
         status = NodeStatus(config, core, role, periodic, persistence, open_files, zap, warning, handshakes)
         ServiceHandlers(core, role, periodic, status, webhooks=bool(config.http_port),
                         supervisor=supervisor).install()
-        clockwork = Clockwork(core, role, supervisor)
         # Start order: the log is replayed before the role decides to reconcile;
         # periodic listens for leadership before the role starts campaigning.
         parts: list[Part] = [persistence] if persistence is not None else []

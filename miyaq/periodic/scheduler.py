@@ -100,7 +100,8 @@ class PeriodicScheduler:
 
     def __init__(self, config: NodeConfig, engine: Engine, workers: WorkerRegistry, role: NodeRole,
                  supervisor: Supervisor, *, shared: SharedSource | None = None,
-                 spec_ttl: float = SPEC_TTL, max_schedules: int = MAX_SCHEDULES) -> None:
+                 spec_ttl: float = SPEC_TTL, max_schedules: int = MAX_SCHEDULES,
+                 wake: Callable[[float], None] | None = None) -> None:
         self.config = config
         self.engine = engine
         self.workers = workers
@@ -119,6 +120,11 @@ class PeriodicScheduler:
         self.confirmed: list[tuple[str, int]] = []
         self.fired = self.already = self.rejected = self.missed = 0
         self._intake: Intake = role.new_intake(self._acked)
+        # The node's after-burst step (Clockwork.wake), run once a step that
+        # submitted something: a tick's task, ready on a standalone node
+        # once stored, is leased now, not at the node's next pass.
+        self._wake_node = wake
+        self.submits = 0                           # tick tasks submitted (each try)
         self._wake = green.Event()
         self._last_reload = self._last_housekeeping = 0.0
         self._now = 0.0                            # the clock of the current (or last) step
@@ -157,12 +163,15 @@ class PeriodicScheduler:
 
     # -- the loop ----------------------------------------------------------------------------
     def _loop(self) -> None:
-        delay = SCHEDULER_WAKE
+        delay: float | None = SCHEDULER_WAKE
         while True:
             self._wake.wait(delay)
             self._wake.clear()
             try:
+                submits = self.submits
                 self._step(wall())
+                if self.submits != submits and self._wake_node is not None:
+                    self._wake_node(wall())
                 delay = self._delay(wall())
             except MiyaqError as exc:   # the shared store is unavailable or contended
                 logger.warning("periodic schedules: %s; retrying", getattr(exc, "message", exc) or exc)
@@ -198,7 +207,14 @@ class PeriodicScheduler:
         self.next_at.clear()
         self._last_housekeeping = self._last_reload = 0.0
 
-    def _delay(self, now: float) -> float:
+    def _delay(self, now: float) -> float | None:
+        """Seconds until the loop looks again; None: only when woken -- a
+        standalone node with no schedule and no tick in flight has nothing
+        to look at until a worker declares one (:meth:`declare` wakes the
+        loop). Before 2026-12-06 such a node woke every ``SCHEDULER_WAKE``
+        for nothing."""
+        if self._shared_source is None and not self.specs.entries and not self.pending and not self.confirmed:
+            return None
         if not self.leading() or not self.next_at:
             return SCHEDULER_WAKE
         soonest = min(self.next_at.values()) / 1000 - now
@@ -271,6 +287,7 @@ class PeriodicScheduler:
             return
         self.pending[task.id] = (s.name, tick)
         self.sent[s.name] = tick
+        self.submits += 1
         self._intake.submit(task, now, IDENTITY)
         self._intake.flush()
 
