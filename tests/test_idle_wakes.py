@@ -21,7 +21,8 @@ from miyaq.core import clockwork as clockwork_module
 from miyaq.node.assemble import build_node
 from miyaq.node.node import Node
 from miyaq.protocol import commands as c
-from miyaq.runtime import clock, green, monotonic
+from miyaq.runtime import clock, green, monotonic, wall
+from miyaq.store.task import READY, SCHEDULED, Task
 from miyaq.testing.harness import free_port
 
 WAIT = 10.0   # a guard against a hang, never a timing assertion
@@ -176,3 +177,23 @@ def test_a_periodic_tick_on_an_idle_node_is_leased_when_it_fires(idle_node: Call
     finally:
         ctx.destroy(linger=0)
     assert node.clockwork.passes == before
+
+
+def test_the_timer_loop_of_an_idle_node_sleeps_until_a_timer_is_armed(idle_node: Callable[..., Node]) -> None:
+    """Fault: with no timer armed, the timer loop woke every second to fire
+    nothing. It now sleeps (1.3 s of real time here: no pass) until a timer
+    is armed; a delayed task stored outside a burst -- as a worker dropped by
+    housekeeping retries its tasks -- is seen at housekeeping's next pass,
+    which wakes the loop, and it fires at its eta."""
+    node = idle_node(heartbeat=1.0)
+    clockwork = node.clockwork
+    green.sleep(0.1)
+    before = clockwork.timer_passes
+    green.sleep(1.3)
+    assert clockwork.timer_passes == before
+    now = wall()
+    node.core.engine.submit(Task("later", "nobody", "job", b"", created=now, eta=now + 0.5), now)
+    assert node.core.engine.table.live["later"].state == SCHEDULED
+    jump(node, 1.0)              # the heartbeat tick is due: housekeeping passes, sees the timer
+    until(lambda: node.core.engine.table.live["later"].state == READY, "the delayed task's eta")
+    assert clockwork.timer_passes > before

@@ -50,6 +50,7 @@ class Clockwork:
         self._housekeeping_wake = green.Event()
         self._housekeeping_at = 0.0       # monotonic: the next planned housekeeping pass
         self.passes = 0                   # housekeeping passes run (planned ones; not long-poll sweeps)
+        self.timer_passes = 0             # passes of the timer loop
         # Gives the memory back once the store let go of a lot (swept
         # tombstones, a drained burst): miyaq.runtime.heap.
         self.allocator = AllocatorTrim()
@@ -137,6 +138,7 @@ class Clockwork:
         engine, dispatcher = self.core.engine, self.core.dispatcher
         while True:
             now = wall()
+            self.timer_passes += 1
             nxt = engine.fire_due(now)
             dispatcher.pump(now)
             self.role.flush()      # a STARTED event leaves with the lease (other holders learn who runs it)
