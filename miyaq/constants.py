@@ -12,8 +12,11 @@ from __future__ import annotations
 #: The process may go this long without running its housekeeping before it
 #: counts as frozen (SIGSTOP, swap, a VM pause) rather than merely busy.
 STALL = 2.0
-#: Between two passes of housekeeping (long-poll deadlines, worker
-#: heartbeats and liveness, freeze detection).
+#: Between two passes of a cluster node's housekeeping (long-poll deadlines,
+#: worker heartbeats and liveness, freeze detection, which counts a gap of
+#: more than ``STALL`` between passes as a freeze). A standalone node passes
+#: only when its heartbeat tick or tombstone sweep is due (long-polls wake it
+#: at their deadlines), and never sooner than this after its last pass.
 HOUSEKEEPING_INTERVAL = 0.1
 #: Between two sweeps of expired tombstones and stale ready-queue entries.
 TOMBSTONE_SWEEP = 1.0

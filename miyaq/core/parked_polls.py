@@ -12,8 +12,8 @@ Every long-poll is found in constant time, however many are parked: by
 ``(connection, req)`` (WITHDRAW), by the answer an in-process caller gave
 (``drop_result``), by its connection (``release``); each task's waits and
 the RECEIVEs are insertion-ordered dicts (answered oldest first, removed
-without a scan). Deadlines are kept in a heap, so the housekeeping tick
-(every 0.1 s) looks only at the long-polls that are due; a heap entry of a
+without a scan). Deadlines are kept in a heap, so housekeeping (woken at
+the earliest deadline: ``on_earliest``) looks only at the long-polls that are due; a heap entry of a
 long-poll that ended otherwise (answered, withdrawn, released) is passed
 over when it comes up, and the heap is rebuilt from the parked ones when
 such entries outnumber them (``COMPACT_SLACK`` spare), so it never holds
