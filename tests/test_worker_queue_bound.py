@@ -78,7 +78,7 @@ def test_many_workers_naming_made_up_queues_leave_every_view_bounded(bounded, ma
     every view listed 81 queues."""
     node = make_node(heartbeat=5.0, http_port=free_port())     # long liveness: raw workers need not heartbeat
     client = client_for(node.endpoint)
-    client.submit("job", [], queue="tasks-queue", countdown=600)
+    client.submit("job", [], queue="tasks-queue", countdown=600, wait=True)     # stored before the STATUS
     answers = [ready(sockets(node.endpoint), f"w{i}", made_up(i)) for i in range(10)]
     welcomed = [body for command, body in answers if command == c.WELCOME]
     refused = [body for command, body in answers if command == c.ERROR]
