@@ -124,7 +124,7 @@ def test_the_task_limit_and_the_zookeeper_session_are_gauges(make_http_node):
         assert value(samples, "miyaq_zookeeper_connected") is None       # standalone: no session
         gauges = node.call(lambda: node.node.part("metrics").cluster)
         for state, expected in (("suspended", 0), ("lost", 0), ("connected", 1)):
-            stats = dict.fromkeys((key for key, _ in CLUSTER_COUNTERS), 0) | {"zookeeper": state}
+            stats = dict.fromkeys((key for key, _ in CLUSTER_COUNTERS), 0) | {"zookeeper": state, "held_copies": 0}
             clustered = SimpleNamespace(ring_info=gauges.role.ring_info, is_leader=False,
                                         replication_lag=lambda now: {}, stats=lambda stats=stats: stats)
             node.call(lambda clustered=clustered: setattr(gauges, "role", clustered))
