@@ -200,9 +200,14 @@ class WorkerCommands:
             self._grant(worker, len(ids))
 
     def bye(self, identity: bytes, body: dict[str, Any], now: float) -> None:
+        """BYE: the worker leaves. With ``started`` (added 2026-12-06) only
+        the tasks it names spend an attempt; the others leased to it were
+        on their way to it as it left and go back unstarted. Without it
+        (an older worker) every task leased to it spends one."""
+        started = f.string_list(body, "started", None, max_items=c.MAX_WORKER_CAPACITY, max_len=64)
         worker = self.workers.by_identity.get(identity)
         if worker is not None:
-            self.workers.drop(worker, "said goodbye", now)
+            self.workers.drop(worker, "said goodbye", now, None if started is None else frozenset(started))
 
 def _delay(value: Any) -> float | None:
     """A FAILED item's retry ``delay``: a number from 0 on, at most

@@ -211,8 +211,14 @@ class WorkerRegistry:
             return worker.principal
         return self.dropped.get(identity)
 
-    def drop(self, worker: WorkerConsumer, reason: str, now: float) -> int:
-        """Forget a worker; its leased tasks go back at once. Returns how many."""
+    def drop(self, worker: WorkerConsumer, reason: str, now: float, started: frozenset[str] | None = None) -> int:
+        """Forget a worker; its leased tasks go back at once. Returns how many
+        lost an attempt. ``started`` (a BYE's, docs/protocol.md 7.10): the
+        tasks it says it started and did not report; those alone spend an
+        attempt, the others leased to it never reached it (sent while it
+        stopped, crossing its BYE) and go back as a RETURN's do. None (an
+        older worker's BYE, a worker lost or registering again): every
+        task leased to it spends one."""
         if self.by_identity.get(worker.identity) is worker:
             self._unserve(worker)
         self.by_identity.pop(worker.identity, None)
@@ -224,6 +230,15 @@ class WorkerRegistry:
             del self.by_wid[worker.wid]
         self.dispatcher.forget(worker)
         tasks = list(worker.running.values())
+        if started is not None:
+            unstarted = [task for task in tasks if task.id not in started]
+            if unstarted:
+                tasks = [task for task in tasks if task.id in started]
+                _log.log(logging.INFO, "unstarted at goodbye", "worker %s %s; %d task(s) sent to it that it never "
+                         "received (put back, no attempt spent): %s", worker.wid, reason, len(unstarted),
+                         _some_tasks(unstarted))
+                for task in unstarted:
+                    self.engine.release(task.id, now)
         if tasks:
             # An attempt spent on every task it held: a handler that kills its
             # process (a poison task) shows here first, so the line names them

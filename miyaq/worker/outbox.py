@@ -61,6 +61,11 @@ class Outbox:
         return (len(self.done) + len(self.failed) + len(self.done_elsewhere) + len(self.failed_elsewhere)
                 + len(self.touches))
 
+    def unsent(self) -> set[str]:
+        """The ids of the tasks whose DONE or FAILED waits here."""
+        return {item[0] for items in (self.done, self.failed, self.done_elsewhere, self.failed_elsewhere)
+                for item in items}
+
     def add_done(self, task_id: str, attempt: int, result: bytes | None, elsewhere: bool = False) -> None:
         """``elsewhere``: another node gave us the task (no slot back here)."""
         (self.done_elsewhere if elsewhere else self.done).append([task_id, attempt, result])

@@ -65,6 +65,23 @@ class Stopping:
             return
         self.stop()
 
+    def _bye(self, link: NodeLink) -> dict[str, Any]:
+        """The BYE for ``link``'s node, with ``started``: the tasks it gave
+        this worker that were started and are not reported -- still running
+        after the grace, or their result not sent. Only those spend an
+        attempt there; the rest it leased here never reached this worker:
+        sent while it stopped, they cross this BYE (before 2026-12-06 each
+        lost an attempt; docs/protocol.md, 7.10). A list past what a node
+        takes is left out, and every task it leased here spends one."""
+        running, given_back = self.running, self.given_back
+        started = {task_id for task_id, origin in self.routes.origin.items()
+                   if origin is link and running.get(task_id) not in given_back}
+        started.update(link.outbox.unsent())
+        body: dict[str, Any] = {"worker": self.wid}
+        if len(started) <= c.MAX_WORKER_CAPACITY:
+            body["started"] = sorted(started)
+        return body
+
     def hurry(self) -> None:
         """Asked again to stop: end the wait for running handlers at once
         -- BYE (their nodes put their tasks back, attempt spent), the pool
@@ -114,7 +131,7 @@ class Stopping:
                            self.wid, len(self.running) + len(self.superseded), grace)
         for link in self.links:
             link.flush()
-            link.send(c.BYE, {"worker": self.wid})
+            link.send(c.BYE, self._bye(link))
         green.sleep(BYE_LINGER)   # let the BYE leave before the sockets close
         self.stopping_hard = True
         self.supervisor.kill()
