@@ -2,8 +2,9 @@
 :class:`~miyaq.worker.runner.Worker`; :mod:`miyaq.worker.signals` maps the
 signals to these): the tasks not started -- the backlog's, and those the
 pool holds unstarted -- given back to their nodes, the running ones let
-finish up to ``grace`` seconds, BYE said, then the pool, the links, the
-heartbeats and the sockets closed. Asked again, it waits no longer for the
+finish up to ``grace`` seconds, BYE said (naming, to each node, the tasks
+it gave that started and are not reported: :meth:`Stopping._bye`), then
+the pool, the links, the heartbeats and the sockets closed. Asked again, it waits no longer for the
 running handlers (:meth:`Stopping.hurry`).
 """
 from __future__ import annotations
