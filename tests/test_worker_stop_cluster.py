@@ -210,3 +210,31 @@ def test_a_bye_with_a_malformed_started_is_refused_and_changes_nothing(node, cli
         assert [_settled(client, i) for i in ids] == ["ready", "ready"]
     finally:
         raw.close()
+
+
+def test_a_result_the_worker_could_not_send_is_named_in_its_bye(node, client, thread_worker):
+    """Fault: the DONE of a task that ran cannot be sent (the send fails)
+    up to the stop. The BYE names that task as started: the node spends
+    its attempt (max_retries=0: dead, ``Lost``) rather than putting it back
+    as never received, which would run it a second time with no attempt
+    counted."""
+    from miyaq.errors import Unavailable
+
+    _reset()
+    a = thread_worker(app, node.endpoint, concurrency=1, grace=1.0)
+    outbox = a.worker.links[0].outbox
+    post = outbox._post
+
+    def failing(command: bytes, body: dict[str, Any]) -> None:
+        if command == c.DONE:
+            raise Unavailable("sending DONE failed (the test's fault)")
+        post(command, body)
+
+    outbox._post = failing
+    ran = client.submit("once", max_retries=0).id
+    wait_for(lambda: any(r[0] == ran for r in RUNS), what="the task run on worker A")
+    a.stop()
+    wait_for(lambda: client.status(ran).get("state") in ("dead", "ready", "done"), what="the task put back")
+    status = client.status(ran)
+    assert status["state"] == "dead" and status["error"]["type"] == "Lost", status
+    assert [r for r in RUNS if r[0] == ran] == [(ran, 1)]
