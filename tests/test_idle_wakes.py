@@ -197,3 +197,28 @@ def test_the_timer_loop_of_an_idle_node_sleeps_until_a_timer_is_armed(idle_node:
     jump(node, 1.0)              # the heartbeat tick is due: housekeeping passes, sees the timer
     until(lambda: node.core.engine.table.live["later"].state == READY, "the delayed task's eta")
     assert clockwork.timer_passes > before
+
+
+def test_a_far_timer_armed_in_a_burst_does_not_wake_the_idle_timer_loop(idle_node: Callable[..., Node]) -> None:
+    """Fault: the idle timer loop was woken by every timer armed, however
+    far: a lone task's lease, armed and disarmed with it, woke the loop
+    once a task (confirmed submits and call() one at a time 0.65x as many
+    a second). A timer due past IDLE_TIMER_HORIZON does not wake it; one due
+    within it does, and so does the far one once a housekeeping pass finds
+    it within the horizon -- it still fires at its eta."""
+    node = idle_node(heartbeat=1.0)
+    clockwork = node.clockwork
+    green.sleep(0.1)
+    before = clockwork.timer_passes
+    now = wall()
+    far = now + clockwork_module.IDLE_TIMER_HORIZON + 5.0
+    node.core.engine.submit(Task("far", "nobody", "job", b"", created=now, eta=far), now)
+    clockwork.after_burst(now)
+    green.sleep(0.1)
+    assert clockwork.timer_passes == before
+    node.core.engine.submit(Task("near", "nobody", "job", b"", created=now, eta=now + 0.3), now)
+    clockwork.after_burst(now)
+    until(lambda: node.core.engine.table.live["near"].state == READY, "the near task's eta")
+    assert clockwork.timer_passes > before
+    jump(node, clockwork_module.IDLE_TIMER_HORIZON + 6.0)
+    until(lambda: node.core.engine.table.live["far"].state == READY, "the far task's eta")

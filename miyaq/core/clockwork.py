@@ -38,6 +38,15 @@ logger = logging.getLogger(__name__)
 
 
 
+IDLE_TIMER_HORIZON = 2 * TOMBSTONE_SWEEP
+"""A timer loop with no timer armed sleeps until one is armed that is due
+within this many seconds: housekeeping passes at least every
+``TOMBSTONE_SWEEP`` and looks (:meth:`Clockwork.after_burst`), so a timer due
+later is found in time. A wake for every timer armed cost a lone task one
+wake of the loop (its lease, armed and disarmed with it): confirmed submits
+and ``call()`` 0.65x as many a second, 2026-12-06."""
+
+
 class Clockwork:
     name = "core"
 
@@ -130,7 +139,7 @@ class Clockwork:
         core.dispatcher.pump(now)
         self.role.flush()
         nxt = core.engine.timers.next_due()
-        if nxt is not None and nxt < self._timer_at:
+        if nxt is not None and nxt < self._timer_at and (self._timer_at != math.inf or nxt <= now + IDLE_TIMER_HORIZON):
             self._timer_wake.set()
 
     # -- loops -------------------------------------------------------------------------
@@ -143,13 +152,16 @@ class Clockwork:
             dispatcher.pump(now)
             self.role.flush()      # a STARTED event leaves with the lease (other holders learn who runs it)
             if nxt is None:
-                # No timer armed: sleep until one is. Whoever arms one -- a
-                # burst, a wake, housekeeping's pass -- then finds it sooner
-                # than this and wakes the loop (after_burst). Before
-                # 2026-12-06 the loop woke every second anyway, on an idle
-                # node too; a timer armed is still looked at every second
-                # at least (below), so a wall-clock step forward makes it due
-                # within a second.
+                # No timer armed: sleep until one is due within
+                # IDLE_TIMER_HORIZON. Whoever arms one -- a burst, a wake,
+                # housekeeping's pass, at least every TOMBSTONE_SWEEP -- then
+                # wakes the loop (after_burst); a timer due later (a lease
+                # armed and disarmed with each task one at a time) does not,
+                # until a pass finds it within the horizon. Before 2026-12-06
+                # the loop woke every second anyway, on an idle node too; a
+                # timer armed is still looked at every second at least once
+                # the loop has it (below), and a wall-clock step forward
+                # makes it due at housekeeping's next pass.
                 self._timer_at = math.inf
                 self._timer_wake.clear()
                 self._timer_wake.wait()
