@@ -19,7 +19,7 @@ from miyaq.cluster.peer_requests import EXPIRED_AT_ONCE, moved
 from miyaq.cluster.replicated_intake import is_resent
 from miyaq.constants import MAX_QUERY
 from miyaq.core.attempts import adopt_lessees
-from miyaq.core.replicas import DUPLICATE_ERROR
+from miyaq.core.replicas import DUPLICATE_ERROR, HELD_BY
 from miyaq.errors import InvalidField
 from miyaq.logs import LogLimiter
 from miyaq.protocol.commands import DUPLICATE
@@ -225,7 +225,7 @@ class CopyInstaller:
 
 def _lost_key_error(key: str | None, holder: str) -> dict[str, Any]:
     return {"type": DUPLICATE_ERROR, "message": f"its key {key!r} is held by task {holder}, which its first "
-                                            "holder took first", "retry": False}
+                                            "holder took first", "retry": False, HELD_BY: holder}
 
 
 def onto_this_clock(task: Task, shift: float) -> None:

@@ -46,6 +46,7 @@ from miyaq.cluster.peer_requests import REPLICATE
 from miyaq.cluster.sizes import RECORD_ALLOWANCE, peer_chunks, record_size
 from miyaq.constants import MAX_PENDING_SUBMITS
 from miyaq.core.handles import Ack, AckTarget
+from miyaq.core.replicas import key_winner
 from miyaq.errors import Busy, MiyaqError, NotEnoughReplicas, ShuttingDown, Unavailable
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE, REJECTED
 from miyaq.protocol.eventspec import confirmed_ids
@@ -283,16 +284,40 @@ class ReplicatedIntake(LateCopies):
         its key there (answer ``duplicates``: id -> that task): the submit is
         answered ``duplicate`` of it now, as a holder that had the key would
         have answered it. Only the first holder's word counts (the holders
-        may disagree while two submits of one key race; its order decides),
-        and only for a submit still waiting for its answer."""
+        may disagree while two submits of one key race; its order decides):
+        the first by this node's ring, or by the holder's own when that ring
+        is newer (its answer's ``epoch``) -- a ring change under way, this
+        node's view lagging, and the first holder it names stopped. And only
+        for a submit still waiting for its answer.
+
+        A holder that already ended the id as such a duplicate (``finished``,
+        its error naming the task under ``held_by``: a resend of a submit
+        rejected meanwhile) is believed whatever its rank: the id will not
+        run, and that task is the one that does.
+
+        Before 2026-12-06 a lagging coordinator took neither for an answer:
+        the submit was rejected ``not_enough_replicas``, and the client's
+        resend, meeting the id ended, was answered ``duplicate`` of its own
+        id -- ``accepted`` to the client -- for a task that never runs."""
+        epoch = answer.get("epoch")
+        newer = type(epoch) is int and epoch > self.role.view.epoch
+        winners: dict[str, Any] = {}
         duplicates = answer.get("duplicates")
-        if not isinstance(duplicates, dict) or not duplicates:
-            return
-        for task_id, winner in duplicates.items():
-            names = sent.get(task_id)
+        if isinstance(duplicates, dict):
+            for task_id, winner in duplicates.items():
+                names = sent.get(task_id)
+                if names and (names[0] == holder or newer):
+                    winners[task_id] = winner
+        finished = answer.get("finished")
+        if isinstance(finished, dict):
+            for task_id, outcome in finished.items():
+                if task_id in sent and isinstance(outcome, list) and len(outcome) == 3:
+                    winner = key_winner(task_id, outcome[2])
+                    if winner is not None:
+                        winners[task_id] = winner
+        for task_id, winner in winners.items():
             entry = self.pending.get(task_id)
-            if (entry is None or not names or names[0] != holder
-                    or not is_id(winner) or winner == task_id):
+            if entry is None or not is_id(winner) or winner == task_id:
                 continue
             del self.pending[task_id]
             self._answer(entry, [task_id, DUPLICATE, winner])

@@ -27,7 +27,7 @@ from miyaq.constants import MAX_QUEUES, TIMER_BATCH
 from miyaq.core.attempts import forget_lease, leased_to, note_lessee, retry_delay
 from miyaq.core.cancels_ahead import CancelsAhead
 from miyaq.core.dead_letters import DeadLetters
-from miyaq.core.replicas import ReplicaCopies
+from miyaq.core.replicas import ReplicaCopies, key_winner
 from miyaq.core.restore import Restore
 from miyaq.core.task_views import TaskViews
 from miyaq.errors import Busy, InvalidField, NotFound, ShuttingDown
@@ -77,8 +77,16 @@ class Engine(ReplicaCopies, TaskViews, DeadLetters, Restore):
         table = self.table
         for admit in self.admission:   # before DUPLICATE: that answer too promises the task is stored
             admit()
-        if task.id in table.live or task.id in table.dead or task.id in table.tombstones:
+        if task.id in table.live or task.id in table.dead:
             return DUPLICATE, task.id
+        if task.id in table.tombstones:
+            # Ended as a duplicate of the task that holds its key (its key's
+            # first holder took that one first): the resend of a submit that
+            # was rejected meanwhile is answered with that task, whose result
+            # its client waits for -- not with this id, which never ran.
+            stone = table.tombstone(task.id)
+            winner = key_winner(task.id, stone.error) if stone is not None else None
+            return DUPLICATE, winner or task.id
         if task.key is not None:
             holder = table.holder_of_key(task.key, now, self.config.dedup_window)
             if holder is not None:

@@ -19,6 +19,7 @@ from miyaq.config import NodeConfig
 from miyaq.constants import MAX_QUEUES
 from miyaq.core.transitions import Transitions
 from miyaq.protocol.recordspec import STARTED_ELSEWHERE
+from miyaq.protocol.taskspec import is_id
 from miyaq.store.task import DEAD, READY, RETRYING, RUNNING, SCHEDULED, Task, count_revival
 
 
@@ -26,11 +27,31 @@ from miyaq.store.task import DEAD, READY, RETRYING, RUNNING, SCHEDULED, Task, co
 #: (its key's first holder took that one first: miyaq.cluster.copies).
 DUPLICATE_ERROR = "Duplicate"
 
+#: The name, in such an error, of the task that holds the key (since
+#: 2026-12-06): a resubmit of the ended id is answered ``duplicate`` of it.
+HELD_BY = "held_by"
+
 #: Ids of tasks this node heard the end of before it had their copy (their
 #: tombstone is a ghost), kept so the copy, when it comes, is counted
 #: (:meth:`ReplicaCopies.count_late_copy`): at most this many, the oldest
 #: dropped first (a copy comes within seconds of its task's end, if at all).
 MAX_UNCOUNTED = 10_000
+
+
+def key_winner(task_id: str, error: Any) -> str | None:
+    """The task that holds the key of ``task_id``, a task ended because its
+    key's first holder took that other task first (``error``: its end's
+    error, type :data:`DUPLICATE_ERROR`, naming it under :data:`HELD_BY`);
+    None for any other end, and for an error written before the name was
+    (it says who only in its message). A submit of ``task_id`` again -- a
+    client's resend -- is a duplicate of that task, not of the id that never
+    ran."""
+    if not isinstance(error, dict) or error.get("type") != DUPLICATE_ERROR:
+        return None
+    winner = error.get(HELD_BY)
+    if not isinstance(winner, str) or winner == task_id or not is_id(winner):
+        return None
+    return winner
 
 
 class ReplicaCopies(Transitions):
