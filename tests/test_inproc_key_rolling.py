@@ -126,3 +126,55 @@ def test_the_task_holding_the_key_survives_the_first_holders_restart(inproc, tmp
     resend = cluster.submit(h1, "idb", key=key, resent=True)
     cluster.wait_until(lambda: resend.result, what="the resend answered")
     assert resend.result == ["idb", DUPLICATE, "ida"], resend.result
+
+
+def test_a_keyed_duplicate_whose_second_holder_answers_first_is_answered_duplicate(inproc):
+    """Fault: no ring change; a second task of a key is submitted through a
+    node that holds no copy of it (a client without the ring yet sends round
+    robin), and the key's second holder answers before the first: it did not
+    store the copy (the key is held there), and with ``min_acks`` all that
+    alone left too few holders. Before, the submit was rejected at once,
+    before the first holder's ``duplicates`` came, and the client's resend
+    was answered ``duplicate`` of its own id (``accepted``: /tmp/rollkeys
+    a2-dev, k-A-1 and k-C-28, each in a producer's first second). Now a
+    keyed submit waits for the key's first holder's answer before a later
+    holder's refusal rejects it: ``duplicate`` of the task holding the key."""
+    cluster = inproc(3, replicas=2)
+    key = "k1"
+    h0, h1 = cluster.holders("x", key=key, replicas=2)
+    c = next(n for n in cluster.ids if n not in (h0, h1))
+    worker = cluster.worker(h0)
+    first = cluster.submit(h0, "ida", key=key)
+    cluster.wait_until(lambda: first.result, what="the first submit answered")
+    cluster.wait_until(lambda: worker.runs("ida"), what="ida running")
+    worker.complete("ida", b"first")
+    cluster.wait_until(lambda: cluster[h1].tombstone("ida") is not None, what="h1 hears ida ended")
+    cluster.net.delay(0.3, "ANSWER", src=h0, dst=c, answering="REPLICATE")
+    second = cluster.submit(c, "idb", key=key)
+    cluster.wait_until(lambda: second.result, what="the second submit answered")
+    assert second.result == ["idb", DUPLICATE, "ida"], second.result
+    assert not cluster.crashes()
+
+
+@pytest.mark.parametrize("first", ["stores", "silent"])
+def test_a_keyed_submit_refused_by_a_later_holder_is_rejected_once_the_first_holder_answered(inproc, first):
+    """What must not change: a keyed submit that a later holder refuses for
+    another reason (full here) is still rejected ``not_enough_replicas`` --
+    once the key's first holder stored it (not at the deadline:
+    ``replication_timeout`` 30 s, the answer within 10), or, the first
+    holder silent, at the deadline (1 s)."""
+    cluster = inproc(3, replicas=2, replication_timeout=30.0 if first == "stores" else 1.0)
+    key = "k1"
+    h0, h1 = cluster.holders("x", key=key, replicas=2)
+    c = next(n for n in cluster.ids if n not in (h0, h1))
+    cluster[h1].engine.config.max_tasks = 0          # h1 refuses every copy: full
+    if first == "stores":
+        cluster.net.delay(0.3, "ANSWER", src=h0, dst=c, answering="REPLICATE")
+    else:
+        cluster.net.drop("ANSWER", src=h0, dst=c, answering="REPLICATE")
+    sub = cluster.submit(c, "ida", key=key)
+    cluster.wait_until(lambda: sub.result, timeout=10, what="the submit answered")
+    assert sub.status == "rejected" and sub.error_code == "not_enough_replicas", sub.result
+    if first == "stores":
+        assert f"{h1} did not store it" in sub.result[2]["message"], sub.result
+    assert not cluster.crashes()

@@ -41,16 +41,15 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from miyaq.cluster.holder_events import apply_early_event
+from miyaq.cluster.key_verdicts import key_duplicates
 from miyaq.cluster.late_copies import LateCopies
 from miyaq.cluster.peer_requests import REPLICATE
 from miyaq.cluster.sizes import RECORD_ALLOWANCE, peer_chunks, record_size
 from miyaq.constants import MAX_PENDING_SUBMITS
 from miyaq.core.handles import Ack, AckTarget
-from miyaq.core.replicas import key_winner
 from miyaq.errors import Busy, MiyaqError, NotEnoughReplicas, ShuttingDown, Unavailable
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE, REJECTED
 from miyaq.protocol.eventspec import confirmed_ids
-from miyaq.protocol.taskspec import is_id
 from miyaq.runtime import monotonic, wall
 from miyaq.store.records import task_record
 from miyaq.store.task import READY, SCHEDULED, Task
@@ -78,9 +77,12 @@ class _Pending:
     names those that confirmed it (each counts once, however many answers
     say so), ``failed`` those that answered without it; ``mine`` is 1 when
     this node, a holder, stored it. ``joined``: the submitters of the same
-    id that came while it waited (at most ``MAX_JOINED``), answered with it."""
+    id that came while it waited (at most ``MAX_JOINED``), answered with it.
+    ``judge``: for a keyed task, its key's first holder when that is another
+    node -- a later holder's refusal waits for its answer (see ``_not_stored``)."""
 
-    __slots__ = ("identity", "joined", "need", "mine", "asked", "stored", "failed", "deadline", "detail", "status")
+    __slots__ = ("identity", "joined", "need", "mine", "asked", "stored", "failed", "deadline", "detail", "status",
+                 "judge")
 
     def __init__(self, identity: AckTarget, need: int, asked: list[str], deadline: float) -> None:
         self.identity = identity
@@ -93,6 +95,7 @@ class _Pending:
         self.deadline = deadline
         self.detail: Any = None
         self.status = ACCEPTED
+        self.judge: str | None = None
 
     @property
     def got(self) -> int:
@@ -157,6 +160,8 @@ class ReplicatedIntake(LateCopies):
         need = min(role.min_acks or len(holders), len(holders))
         others = [h for h in holders if h != role.node_id]
         entry = _Pending(identity, need, others, monotonic() + self.timeout)
+        if task.key is not None and holders[0] != role.node_id:
+            entry.judge = holders[0]
         if role.node_id in holders:
             role.place(task)
             if is_resent(task):
@@ -245,6 +250,16 @@ class ReplicatedIntake(LateCopies):
         entry.failed.append(holder)
         if not entry.hopeless():
             return False
+        judge = entry.judge
+        if judge is not None and holder != judge and judge not in entry.failed and judge not in entry.stored:
+            # A keyed task, refused by a later holder -- maybe because another
+            # task holds its key there -- before its key's first holder
+            # answered: that answer decides (``duplicates``: the submit is a
+            # duplicate; a refusal, or a copy stored that leaves too few,
+            # rejects it then; silence, at the deadline). Before 2026-12-06
+            # it was rejected at once, and the client's resend was answered
+            # ``duplicate`` of its own id, ended meanwhile as a duplicate.
+            return False
         self._reject(task_id, entry, f"task {task_id} stored on {entry.got} of the {entry.need} holders needed: "
                                      f"{', '.join(entry.failed)} did not store it ({why}); resubmit with the "
                                      "same id")
@@ -274,53 +289,25 @@ class ReplicatedIntake(LateCopies):
                 if entry is not None and holder in entry.asked:
                     entry.stored.add(holder)
                     self._maybe_ack(task_id, entry)
+                    if task_id in self.pending and entry.failed and entry.hopeless():
+                        # The key's first holder stored it after a later holder's refusal waited for it.
+                        self._reject(task_id, entry, f"task {task_id} stored on {entry.got} of the {entry.need} "
+                                     f"holders needed: {', '.join(entry.failed)} did not store it; resubmit "
+                                     "with the same id")
+                        rejected = True
             elif self._not_stored(holder, task_id, "not a holder by its view of the ring, or full"):
                 rejected = True
         if rejected:
             self.release()
 
     def _lost_keys(self, holder: str, sent: dict[str, list[str]], answer: dict[str, Any]) -> None:
-        """The key's first holder refused a copy because another task holds
-        its key there (answer ``duplicates``: id -> that task): the submit is
-        answered ``duplicate`` of it now, as a holder that had the key would
-        have answered it. Only the first holder's word counts (the holders
-        may disagree while two submits of one key race; its order decides):
-        the first by this node's ring, or by the holder's own when that ring
-        is newer (its answer's ``epoch``) -- a ring change under way, this
-        node's view lagging, and the first holder it names stopped. And only
-        for a submit still waiting for its answer.
-
-        A holder that already ended the id as such a duplicate (``finished``,
-        its error naming the task under ``held_by``: a resend of a submit
-        rejected meanwhile) is believed whatever its rank: the id will not
-        run, and that task is the one that does.
-
-        Before 2026-12-06 a lagging coordinator took neither for an answer:
-        the submit was rejected ``not_enough_replicas``, and the client's
-        resend, meeting the id ended, was answered ``duplicate`` of its own
-        id -- ``accepted`` to the client -- for a task that never runs."""
-        epoch = answer.get("epoch")
-        newer = type(epoch) is int and epoch > self.role.view.epoch
-        winners: dict[str, Any] = {}
-        duplicates = answer.get("duplicates")
-        if isinstance(duplicates, dict):
-            for task_id, winner in duplicates.items():
-                names = sent.get(task_id)
-                if names and (names[0] == holder or newer):
-                    winners[task_id] = winner
-        finished = answer.get("finished")
-        if isinstance(finished, dict):
-            for task_id, outcome in finished.items():
-                if task_id in sent and isinstance(outcome, list) and len(outcome) == 3:
-                    winner = key_winner(task_id, outcome[2])
-                    if winner is not None:
-                        winners[task_id] = winner
-        for task_id, winner in winners.items():
-            entry = self.pending.get(task_id)
-            if entry is None or not is_id(winner) or winner == task_id:
-                continue
-            del self.pending[task_id]
-            self._answer(entry, [task_id, DUPLICATE, winner])
+        """Answer ``duplicate`` the submits still waiting that ``holder``'s
+        REPLICATE answer shows to be duplicates of the task holding their key
+        (:func:`~miyaq.cluster.key_verdicts.key_duplicates`: whose word counts)."""
+        for task_id, winner in key_duplicates(holder, sent, answer, self.role.view.epoch).items():
+            entry = self.pending.pop(task_id, None)
+            if entry is not None:
+                self._answer(entry, [task_id, DUPLICATE, winner])
 
     def _maybe_ack(self, task_id: str, entry: _Pending) -> None:
         if entry.got >= entry.need:
