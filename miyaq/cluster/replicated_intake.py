@@ -12,7 +12,8 @@ It is rejected the same way at once when holders whose answer does not
 list the task (not a holder by their own view of the ring while it changes;
 full) leave too few to reach ``min_acks``: no later answer can confirm that
 try, so the client resends it (to another node, after its short backoff)
-instead of waiting out the timeout. Silence is not such an answer: it waits
+instead of waiting out the timeout -- for a keyed task, once its key's first
+holder answered too (that answer may make it a duplicate). Silence is not such an answer: it waits
 for the deadline (the holder may only be slow), and so does a REPLICATE that
 cannot be sent (no connection to the holder: it is down, or the link to a
 node just back in the ring is not up yet), which is sent again every
