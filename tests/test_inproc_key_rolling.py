@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import pytest
 
+from miyaq.cluster.peer_requests import QUERY
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE
 
 ALL = ["n1", "n2", "n3", "n4"]
@@ -156,25 +157,30 @@ def test_a_keyed_duplicate_whose_second_holder_answers_first_is_answered_duplica
     assert not cluster.crashes()
 
 
-@pytest.mark.parametrize("first", ["stores", "silent"])
+@pytest.mark.parametrize("first", ["stores", "unreachable", "silent"])
 def test_a_keyed_submit_refused_by_a_later_holder_is_rejected_once_the_first_holder_answered(inproc, first):
     """What must not change: a keyed submit that a later holder refuses for
     another reason (full here) is still rejected ``not_enough_replicas`` --
-    once the key's first holder stored it (not at the deadline:
-    ``replication_timeout`` 30 s, the answer within 10), or, the first
-    holder silent, at the deadline (1 s)."""
-    cluster = inproc(3, replicas=2, replication_timeout=30.0 if first == "stores" else 1.0)
+    once the key's first holder stored it, or at once when the first holder
+    is out of reach (stopped, the ring still listing it): not at the
+    deadline (``replication_timeout`` 30 s, the answer within 10); with the
+    first holder silent, at the deadline (1 s)."""
+    cluster = inproc(3, replicas=2, replication_timeout=1.0 if first == "silent" else 30.0)
     key = "k1"
     h0, h1 = cluster.holders("x", key=key, replicas=2)
     c = next(n for n in cluster.ids if n not in (h0, h1))
     cluster[h1].engine.config.max_tasks = 0          # h1 refuses every copy: full
     if first == "stores":
         cluster.net.delay(0.3, "ANSWER", src=h0, dst=c, answering="REPLICATE")
+    elif first == "unreachable":
+        cluster.stop_node(h0)
+        cluster.wait_until(lambda: not cluster[c].role.peer.request(h0, QUERY, {"ids": []}, 1.0, lambda a: None),
+                           what=f"{h0} out of reach from {c}")
     else:
         cluster.net.drop("ANSWER", src=h0, dst=c, answering="REPLICATE")
     sub = cluster.submit(c, "ida", key=key)
     cluster.wait_until(lambda: sub.result, timeout=10, what="the submit answered")
     assert sub.status == "rejected" and sub.error_code == "not_enough_replicas", sub.result
-    if first == "stores":
+    if first != "silent":
         assert f"{h1} did not store it" in sub.result[2]["message"], sub.result
     assert not cluster.crashes()

@@ -252,10 +252,12 @@ class ReplicatedIntake(LateCopies):
         if not entry.hopeless():
             return False
         judge = entry.judge
-        if judge is not None and holder != judge and judge not in entry.failed and judge not in entry.stored:
+        if (judge is not None and holder != judge and judge not in entry.failed and judge not in entry.stored
+                and judge not in self.unsent):
             # A keyed task, refused by a later holder -- maybe because another
             # task holds its key there -- before its key's first holder
-            # answered: that answer decides (``duplicates``: the submit is a
+            # answered (its copy sent: a holder out of reach is not waited
+            # for): that answer decides (``duplicates``: the submit is a
             # duplicate; a refusal, or a copy stored that leaves too few,
             # rejects it then; silence, at the deadline). Before 2026-12-06
             # it was rejected at once, and the client's resend was answered
