@@ -20,6 +20,8 @@ from __future__ import annotations
 import pytest
 
 from miyaq.cluster.peer_requests import QUERY
+from miyaq.core.gate import RECONCILING
+from miyaq.core.replicas import key_winner
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE
 
 ALL = ["n1", "n2", "n3", "n4"]
@@ -116,14 +118,17 @@ def test_a_resend_of_an_id_ended_as_a_duplicate_is_answered_with_the_task_holdin
 def test_the_task_holding_the_key_survives_the_first_holders_restart(inproc, tmp_path):
     """The name of the task holding the key is part of the ended copy's
     error, so it is in the log: the key's first holder, restarted from its
-    log, still answers a resend with it."""
+    log, still answers a resend with it (once it reconciled: until then it
+    coordinates no submit, docs/cluster.md)."""
     cluster, key, _h0, h1, c = _first_ran_then_h0_stopped(inproc, 3, tmp_path)
     second = cluster.submit(c, "idb", key=key)
     cluster.wait_until(lambda: second.result, what="the second submit answered")
     cluster.script.deliver(c)
     cluster.stop_node(h1)
-    cluster.start_node(h1)
-    cluster.wait_until(lambda: cluster[h1].tombstone("idb") is not None, what="h1 replayed its log")
+    back = cluster.start_node(h1)
+    cluster.wait_until(lambda: back.tombstone("idb") is not None, what="h1 replayed its log")
+    assert key_winner("idb", back.tombstone("idb").error) == "ida", "the log names the task holding the key"
+    cluster.wait_until(lambda: not back.node.core.gate.holds(RECONCILING), what="h1's reconcile to end")
     resend = cluster.submit(h1, "idb", key=key, resent=True)
     cluster.wait_until(lambda: resend.result, what="the resend answered")
     assert resend.result == ["idb", DUPLICATE, "ida"], resend.result

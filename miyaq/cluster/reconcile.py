@@ -4,7 +4,11 @@ while it could not hear them.
 A node reconciles after it restarted from its log, resumed from a freeze
 (SIGSTOP, swap, a VM pause) or had its fence lifted. Meanwhile its gate is
 closed (``RECONCILING``: nothing is dispatched) and the copies that come due
-are parked (:class:`~miyaq.cluster.standby.StandbyChecker`). The reconcile
+are parked (:class:`~miyaq.cluster.standby.StandbyChecker`), and the node
+coordinates no submit while its ring lists another member
+(:meth:`Reconcile.refusing`): it does not know yet what the others stored
+or finished meanwhile, such as a task holding a key whose first holder it
+is. The reconcile
 ends when every other member's state was fetched again (a resync of each,
 numbered at or after the reconcile's mark) and, after a freeze or a fence,
 the coordinator confirmed this node's ring -- or on its timeout.
@@ -44,6 +48,21 @@ class Reconcile:
     def active(self) -> bool:
         """True while dispatching is held for the peers' state."""
         return bool(self._until)
+
+    def refusing(self) -> str:
+        """Why this node must not coordinate a submit now because it
+        reconciles (``""`` if it may): while the reconcile lasts and its
+        ring lists another member. Until then it does not know what the
+        others stored or finished while it could not hear them -- a task
+        of a key whose first holder it is, stored by another holder with
+        ``min_acks`` below the replicas, would get a second live task of
+        its key. A node that is its ring's only member reconciles with
+        nobody and coordinates (its reconcile ends at the ticker's next
+        round anyway). The client resends a refused submit to another node
+        at once (``unavailable``: nothing stored here)."""
+        if not self._until or not self.role.others():
+            return ""
+        return "this node is reconciling with the other holders (after a restart, a freeze or a fence)"
 
     def after_restart(self, timeout: float) -> None:
         """Restarted from its log: hold dispatching until the other holders

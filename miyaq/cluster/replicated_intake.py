@@ -146,7 +146,7 @@ class ReplicatedIntake(LateCopies):
             # waited out ack_timeout and sent it again).
             self._join(waiting, task.id, identity)
             return
-        why = role.not_coordinating()
+        why = role.not_coordinating() or role.reconcile.refusing()
         if why:
             # The client retries on another node (same id): nothing is stored here.
             self.ack(identity, [task.id, REJECTED, Unavailable(f"{why}; submit to another node").to_wire()])
