@@ -144,6 +144,7 @@ class PeerRequests:
         self._current: tuple[Any, Any] = (b"", None)
         self._req = itertools.count(1)
         self.errors: Counter[str] = Counter()
+        self.sends_refused = 0     # requests whose send the link refused (never sent)
         self.ignored = ignored.IgnoredConnections()     # sent a body no node sends: dropped unread
         # Members a link could not be made to now (no file descriptor left):
         # the role calls ``connect`` again until it can (ClusterRole._ticker).
@@ -195,7 +196,7 @@ class PeerRequests:
     # -- sending ---------------------------------------------------------------------------
     def request(self, node_id: str, command: bytes, body: Body, timeout: float,
                 callback: Callback, on_lost: Callable[[], None] | None = None,
-                late: Callback | None = None) -> bool:
+                late: Callback | None = None, refused: Callable[[], None] | None = None) -> bool:
         """Send a request; ``callback(answer)`` or ``callback(None)`` on silence.
         ``on_lost``: called instead, at once, if the connection to the node
         closes before it answered (it may have read the request and exited:
@@ -205,7 +206,13 @@ class PeerRequests:
         ``LATE_ANSWER_WINDOW`` after the deadline (never after ``on_lost``).
         The channel is chosen here, by ``command``: :data:`CONTROL_COMMANDS`
         go with :meth:`_send_control`, the others with :meth:`_send_request`;
-        ``on_lost`` is about the connection of that channel."""
+        ``on_lost`` is about the connection of that channel.
+        A request whose send is refused (the link to the node cannot take it
+        now: not made yet, a handshake not done, or gone) returns False and
+        calls ``callback(None)`` soon, in a greenlet of its own -- or
+        ``refused()`` instead if given: the node was never asked, and a
+        caller to whom silence means something (a standby copy's QUERY) may
+        ask again. Counted in :attr:`sends_refused` either way."""
         req = next(self._req)
         body["req"] = req
         body["from"] = self.node_id
@@ -214,7 +221,11 @@ class PeerRequests:
         control = command in CONTROL_COMMANDS
         send = self._send_control if control else self._send_request
         if not send(node_id, codec.encode(command, body)):
-            self.supervisor.spawn("peer callback", callback, None, policy=LOG)
+            self.sends_refused += 1
+            if refused is not None:
+                self.supervisor.spawn("peer refused", refused, policy=LOG)
+            else:
+                self.supervisor.spawn("peer callback", callback, None, policy=LOG)
             return False
         now = monotonic()
         self.pending[req] = (now + timeout, callback)

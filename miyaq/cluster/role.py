@@ -287,6 +287,7 @@ class ClusterRole:
     def stats(self) -> dict[str, Any]:
         return {"epoch": self.view.epoch, "leader": self.view.leader, "is_leader": self.is_leader,
                 "takeovers": self.standby.takeovers, "deferrals": self.standby.deferrals,
+                "queries_refused": self.standby.queries_refused,
                 "duplicates": self.events.duplicates, "stream_gaps": self.subscriber.gaps,
                 "resyncs": self.subscriber.resyncs, "stream_dropped": self.publisher.dropped,
                 "submits_rejected": self.intake.rejected, "handed_off": self.handoff.handed,

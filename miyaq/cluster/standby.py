@@ -89,6 +89,12 @@ know the task yet (handoffs are retried every few seconds)."""
 MAX_UNKNOWN_WAITING = 100_000
 #: An id a holder left out of its answer (it was full): asked again later.
 LATER = "later"
+REFUSED_PAUSE = 0.01
+"""Seconds a QUERY whose send was refused waits before it is sent again
+(the link to that holder is not up yet: a new CURVE connection refuses
+sends until its handshake is done, 1-25 ms); doubled at each refusal, at
+most ``REFUSED_PAUSE_MAX``. Tries end at the QUERY's deadline."""
+REFUSED_PAUSE_MAX = 0.2
 
 
 def describe(role: ClusterRole, task_id: str) -> list[Any]:
@@ -118,6 +124,7 @@ class StandbyChecker(EngineListener):
         self.parked: dict[str, Task] = {}      # came due while the node reconciled; asked after
         self.takeovers = 0
         self.deferrals = 0
+        self.queries_refused = 0     # QUERY sends the link refused (each asked again, within the deadline)
         self._unknown_waits: dict[str, int] = {}     # task id -> waits for an earlier holder that lacks it
 
     def asked_about(self, task_id: str) -> None:
@@ -242,8 +249,36 @@ class StandbyChecker(EngineListener):
                 chunk = ids[start:start + MAX_QUERY]
                 # Waits longer for a holder that lately answered slowly (a narrow link:
                 # miyaq.cluster.answer_times): its slowness is not silence.
-                wait = role.peer.answer_times.patience(holder, QUERY_TIMEOUT, monotonic())
-                role.peer.request(holder, QUERY, {"ids": chunk}, wait, self._callback(holder, chunk, checks))
+                mono = monotonic()
+                wait = role.peer.answer_times.patience(holder, QUERY_TIMEOUT, mono)
+                self._ask(holder, chunk, checks, mono + wait, REFUSED_PAUSE)
+
+    def _ask(self, holder: str, ids: list[str], checks: Checks, deadline: float, pause: float) -> None:
+        """Send ``holder`` a QUERY about ``ids`` that it answers by
+        ``deadline`` (monotonic). A send the link refuses (not up yet, or
+        gone) asked nobody: it is sent again after ``pause`` seconds, twice
+        as long each time, until the deadline -- and a holder whose link
+        refused every send until then counts as silent, as one cut off must
+        (only then: before 2026-12-06 a refused send was silence at once)."""
+        if self.role.stopped:
+            return
+        left = deadline - monotonic()
+        if left <= 0:
+            self._answered(holder, ids, None, checks)
+            return
+        self.role.peer.request(holder, QUERY, {"ids": ids}, left, self._callback(holder, ids, checks),
+                               refused=lambda: self._refused(holder, ids, checks, deadline, pause))
+
+    def _refused(self, holder: str, ids: list[str], checks: Checks, deadline: float, pause: float) -> None:
+        self.queries_refused += 1
+        _log.log(logging.INFO, "query refused", "a QUERY to %s about %d task(s) (%s...) could not be sent "
+                 "(its link is not up); asking again in %.0f ms, until %.2f s from now (%d refused so far)",
+                 holder, len(ids), ids[0], pause * 1000, max(0.0, deadline - monotonic()), self.queries_refused)
+        if self.role.stopped:
+            return
+        wait = min(pause, max(0.0, deadline - monotonic()))
+        self.role.supervisor.spawn_later(wait, "standby query again", self._ask, holder, ids, checks, deadline,
+                                         min(2 * pause, REFUSED_PAUSE_MAX))
 
     def _callback(self, holder: str, ids: list[str], checks: Checks) -> Callable[[dict[str, Any] | None], None]:
         return lambda answer: self._answered(holder, ids, answer, checks)

@@ -63,9 +63,11 @@ class PeerLink(Protocol):
         retry (it backs off, up to ``PEER_RECONNECT_MS``'s longest wait)."""
 
     def request(self, node_id: str, command: bytes, body: Body, timeout: float, callback: Callback,
-                on_lost: Callable[[], None] | None = None, late: Callback | None = None) -> bool:
+                on_lost: Callable[[], None] | None = None, late: Callback | None = None,
+                refused: Callable[[], None] | None = None) -> bool:
         """Send a request; ``callback`` gets the answer, or None past ``timeout`` seconds
-        (at once, in another greenlet, when it cannot be sent: then False).
+        (at once, in another greenlet, when it cannot be sent: then False --
+        or ``refused()`` is called instead, if given: the node was not asked).
         ``on_lost`` (optional) is called instead, at once, when the connection
         the request went on closes before it answered (the node may have read
         the request and exited; a link with several connections to a node --

@@ -69,6 +69,8 @@ CLUSTER_COUNTERS: tuple[tuple[str, str], ...] = (
     ("takeovers", "Standby copies that asked the other holders, heard nobody run the task and ran it here"),
     ("deferrals", "Times a standby copy waited an offset instead of running: another holder runs or holds "
                   "the task, or this node may not run it now"),
+    ("queries_refused", "Standby copies' QUERYs whose send the link to a holder refused (not up yet, or gone); "
+                        "each is sent again until its deadline, and only then counts as that holder's silence"),
     ("duplicates", "Duplicate runs counted here (miyaq_duplicate_runs_total summed over the queues, kept "
                    "when a queue is forgotten)"),
     ("stream_gaps", "Messages found missing from the other nodes' replication streams (each asks a resync)"),

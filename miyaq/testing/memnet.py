@@ -22,6 +22,10 @@ or the command an answer answers, for ``count`` messages or until removed:
 * :meth:`Network.duplicate` -- delivered twice;
 * :meth:`Network.reorder` -- delivered after the next message of the same
   stream or link;
+* :meth:`Network.refuse` -- a peer request refused at its send, for
+  ``seconds`` (monotonic) or until removed: the sender's link reports it
+  could not go, as a ZeroMQ DEALER with ``IMMEDIATE`` does while its
+  connection is not up (a new CURVE link, until its handshake is done);
 * :meth:`Network.cut` / :meth:`Network.heal` -- a node cut off, both ways or
   one way (``"in"``: it hears nothing, ``"out"``: nobody hears it).
 
@@ -60,7 +64,8 @@ LOG_LIMIT = 100_000
 @dataclass(eq=False)
 class Message:
     """One message on the wire. ``fate``: ``queued``, ``delivered``,
-    ``dropped``, ``cut``, ``held``, ``delayed``, ``lost`` (its destination
+    ``dropped``, ``cut``, ``held``, ``delayed``, ``refused`` (never sent),
+    ``lost`` (its destination
     was not running when it arrived)."""
 
     channel: str
@@ -119,12 +124,14 @@ class Rule:
     where: Callable[[Message], bool] | None = None
     count: int | None = None
     seconds: float = 0.0
+    until: float | None = None      # monotonic: the rule ends then (``refuse``)
     hits: int = 0
     held: list[Message] = field(default_factory=list)
     active: bool = True
 
     def matches(self, msg: Message) -> bool:
         return (self.active and (self.count is None or self.hits < self.count)
+                and (self.until is None or monotonic() < self.until)
                 and (self.kind is None or msg.kind == self.kind)
                 and (self.src is None or msg.src == self.src)
                 and (self.dst is None or msg.dst == self.dst)
@@ -205,8 +212,17 @@ class Network:
         self.supervisor.kill()
 
     # -- the wire -------------------------------------------------------------------------
-    def send(self, msg: Message) -> None:
-        """A node sends ``msg``: record it, apply the first rule that matches, deliver."""
+    def send(self, msg: Message) -> bool:
+        """A node sends ``msg``: record it, apply the first rule that matches,
+        deliver. False if a :meth:`refuse` rule refused it (never sent: its
+        sender's link says so)."""
+        refusing = next((r for r in self.rules if r.action == "refuse" and msg.channel == PEER
+                         and msg.kind in REQUESTS and r.matches(msg)), None)
+        if refusing is not None:
+            refusing.hits += 1
+            msg.fate = "refused"
+            self.log.append(msg)
+            return False
         if msg.channel == PEER and msg.kind in REQUESTS and isinstance(msg.body.get("req"), int):
             self._asked[(msg.src, msg.body["req"])] = msg.kind
             if len(self._asked) > LOG_LIMIT:
@@ -215,12 +231,13 @@ class Network:
             msg.answering = self._asked.pop((msg.dst, msg.body.get("req")), None)  # type: ignore[arg-type]
         self.log.append(msg)
         for rule in self.rules:
-            if rule.matches(msg):
+            if rule.action != "refuse" and rule.matches(msg):
                 rule.hits += 1
                 if self._apply(rule, msg):
-                    return
+                    return True
                 break
         self._deliver(msg)
+        return True
 
     def _apply(self, rule: Rule, msg: Message) -> bool:
         """Act on ``msg``; True if it must not be delivered now."""
@@ -327,6 +344,22 @@ class Network:
                 count: int | None = 1, **match: Any) -> Rule:
         """Deliver each matching message after the next message of the same link or stream."""
         return self._rule("reorder", kind, src, dst, count, **match)
+
+    def refuse(self, kind: str | None = None, src: str | None = None, dst: str | None = None,
+               seconds: float | None = None, count: int | None = None, **match: Any) -> Rule:
+        """Refuse the matching peer requests at their send (``kind`` one of
+        ``REPLICATE``, ``QUERY``, ``SYNC``, ``CANCEL``; None: any of them) for
+        ``seconds`` from now (monotonic: :func:`miyaq.runtime.clock.advance`
+        ends it sooner; None: until removed) or ``count`` requests. Answers and
+        streams are never refused. A refused request is recorded (fate
+        ``refused``) and the sender hears it could not be sent."""
+        if kind is not None and kind not in REQUESTS:
+            raise ValueError(f"only requests are refused at their send: one of {', '.join(REQUESTS)}, not {kind!r}")
+        if seconds is not None and not seconds > 0:
+            raise ValueError(f"seconds must be positive, not {seconds!r}")
+        rule = self._rule("refuse", kind, src, dst, count, **match)
+        rule.until = None if seconds is None else monotonic() + seconds
+        return rule
 
     def cut(self, node_id: str, direction: str = "both") -> list[Rule]:
         """Cut ``node_id`` off: ``"both"``, ``"in"`` (it hears nothing) or ``"out"`` (nobody hears it)."""

@@ -72,8 +72,7 @@ class MemoryPeerLink(PeerRequests):
         if self._closed or dst is None or not self.network.up(dst):
             return False
         command, body = codec.decode(frames, frozenset({frames[1]}), self.max_message)
-        self.network.send(Message(PEER, command.decode(), self.node_id, dst, frames, body))
-        return True
+        return self.network.send(Message(PEER, command.decode(), self.node_id, dst, frames, body))
 
     def _send_answer(self, identity: Any, frames: list[bytes]) -> None:
         if self._closed:
