@@ -22,8 +22,8 @@ from miyaq.testing.inprocess import InProcessCluster
 http_node, api, make_http_node, make_web_worker = FIXTURES   # pytest finds fixtures in module globals
 
 #: STATUS ``cluster``'s counters: each is ``miyaq_cluster_<key>_total`` in /metrics.
-COUNTERS = ("takeovers", "deferrals", "duplicates", "stream_gaps", "resyncs", "stream_dropped", "submits_rejected",
-            "handed_off", "cancels_forwarded", "cancels_unconfirmed", "held_dropped")
+COUNTERS = ("takeovers", "deferrals", "queries_refused", "duplicates", "stream_gaps", "resyncs", "stream_dropped",
+            "submits_rejected", "handed_off", "cancels_forwarded", "cancels_unconfirmed", "held_dropped")
 
 
 def scrape(cluster: InProcessCluster, node_id: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -235,8 +235,8 @@ def test_every_cluster_counter_and_status_field_is_documented():
     for key in COUNTERS:
         assert f"`miyaq_cluster_{key}_total`" in http, key
     assert "`miyaq_cluster_held_copies`" in http
-    fields = ("epoch", "leader", "is_leader", "takeovers", "deferrals", "duplicates", "stream_gaps", "resyncs",
-              "stream_dropped", "submits_rejected", "handed_off", "cancels_forwarded", "cancels_unconfirmed",
+    fields = ("epoch", "leader", "is_leader", "takeovers", "deferrals", "queries_refused", "duplicates", "stream_gaps",
+              "resyncs", "stream_dropped", "submits_rejected", "handed_off", "cancels_forwarded", "cancels_unconfirmed",
               "held_dropped", "held_copies", "running_here", "streams_ready", "zookeeper")
     start = protocol.index("- `cluster`: nil on a standalone node")
     section = protocol[start:protocol.index("- `storage`:", start)]
