@@ -5,6 +5,8 @@ every send until then counts as silent, as one cut off must
 (docs/cluster.md, "Before a standby copy runs")."""
 from __future__ import annotations
 
+import pytest
+
 from miyaq.constants import QUERY_TIMEOUT
 from miyaq.store.task import DONE
 
@@ -75,4 +77,32 @@ def test_a_holder_whose_link_refuses_every_send_until_the_deadline_is_silent(inp
                        what="n2's copy to take over once the deadline passed")
     assert standby.takeovers == 1 and standby.queries_refused >= 2
     assert not cluster.net.messages("ANSWER", src="n1", dst="n2", answering="QUERY", task=tid)
+    assert not cluster.crashes()
+
+
+def test_memnet_refuses_requests_for_seconds_and_rejects_a_bad_rule(inproc):
+    """The kit's refusal (memnet ``Network.refuse``): a request refused is
+    recorded ``refused`` and its sender hears it could not go; the rule ends
+    ``seconds`` (monotonic) later; a rule on something that is not a request,
+    or for no time, is refused with a clear error and adds no rule."""
+    cluster = inproc(2, replicas=2)
+    net = cluster.net
+    before = list(net.rules)
+    for bad, why in (({"kind": "ANSWER"}, "only requests"), ({"kind": "EVENTS"}, "only requests"),
+                     ({"seconds": 0}, "seconds must be positive"), ({"seconds": -1.0}, "seconds must be positive")):
+        with pytest.raises(ValueError, match=why):
+            net.refuse(**bad)
+    assert net.rules == before
+    rule = net.refuse("QUERY", src="n2", dst="n1", seconds=0.5)
+    peer = cluster["n2"].role.peer
+    answers: list = []
+    refused_before = peer.sends_refused
+    assert not peer.request("n1", b"QUERY", {"ids": ["x"]}, 1.0, answers.append)
+    assert peer.sends_refused == refused_before + 1 and rule.hits == 1
+    assert net.messages("QUERY", src="n2", dst="n1")[-1].fate == "refused"
+    cluster.wait_until(lambda: answers == [None], what="the refused request's callback")
+    cluster.advance(0.6)
+    assert peer.request("n1", b"QUERY", {"ids": ["x"]}, 1.0, answers.append), "the rule ended after its seconds"
+    cluster.wait_until(lambda: len(answers) == 2, what="the answer")
+    assert answers[1] is not None and "states" in answers[1]
     assert not cluster.crashes()
