@@ -52,6 +52,7 @@ from miyaq.runtime import CRITICAL, Supervisor, green, monotonic
 from miyaq.runtime.messages import MessageRefused, recv_bounded, send_frames
 from miyaq.runtime.open_files import open_files_hint
 from miyaq.runtime.connections import connection_events
+from miyaq.runtime.socket_monitors import quiet_monitor
 from miyaq.runtime.sockets import SocketFactory, heartbeat_options, zmq
 from miyaq.security.guard import Guard
 
@@ -124,6 +125,8 @@ class PeerEndpoint(PeerRequests):
             if node_id not in members or members[node_id] != self.links[node_id].endpoint or node_id in fresh:
                 # The answer reader may be polling them: it closes retired sockets itself.
                 link = self.links.pop(node_id)
+                for dealer in link.dealers.values():
+                    quiet_monitor(dealer)
                 self._retired.extend(link.dealers.values())
                 for monitor in link.monitors.values():
                     self._watching[monitor] = None
@@ -312,6 +315,7 @@ class PeerEndpoint(PeerRequests):
             return
         old_monitor = link.monitors[channel]
         self._watching[old_monitor] = None
+        quiet_monitor(link.dealers[channel])
         self._retired.extend((link.dealers[channel], old_monitor))      # closed by the answer reader
         link.dealers[channel], link.monitors[channel] = new_sock, monitor
         self._poller.register(new_sock, zmq.POLLIN)
@@ -347,6 +351,8 @@ class PeerEndpoint(PeerRequests):
         self._closed = True
         try:
             for link in self.links.values():
+                for dealer in link.dealers.values():
+                    quiet_monitor(dealer)
                 for sock in link.sockets():
                     sock.close(linger=0)
             for sock in self._retired:

@@ -28,7 +28,23 @@ _monitor_numbers = itertools.count(1)
 """Numbers the inproc addresses of the monitors (a handshake monitor per
 bound socket, a connection monitor per socket watched)."""
 
-__all__ = ["SocketMonitors"]
+__all__ = ["SocketMonitors", "quiet_monitor"]
+
+
+def quiet_monitor(sock: Any) -> None:
+    """Stop ``sock`` sending events to its monitor: call it before the
+    monitor is closed while ``sock`` may still live. libzmq sends a
+    monitor's events from the context's I/O thread and waits for room:
+    an event sent to a monitor nobody reads any more (closed) blocked that
+    thread for good -- every socket of the process silent, heartbeats
+    unanswered, every handshake timing out after 30 s (a chaos run,
+    2026-12-06: a node retired a peer's DEALER, monitor first, as the peer
+    restarted). A socket already closed, or without a monitor, is left as
+    it is."""
+    try:
+        sock.disable_monitor()
+    except zmq.ZMQError:
+        pass
 
 
 class SocketMonitors:
@@ -49,8 +65,11 @@ class SocketMonitors:
         with another node key, a peer that is not ZeroMQ -- in
         :attr:`handshake_monitors` (refusals of the ZAP handler itself are
         its own count). One monitor message per failed connection, nothing
-        per message; libzmq drops events past the monitor's high-water mark
-        rather than queue them without bound."""
+        per message. libzmq sends each event from its I/O thread and waits
+        while the monitor's queue is full (it does not drop them): a reader
+        that falls about 1,000 events behind stalls every socket of the
+        context until it catches up, so the node reads these monitors as
+        the other sockets."""
         if self.handshake_monitors is None:
             self.handshake_monitors = []
 
