@@ -100,3 +100,28 @@ def test_a_retired_peer_link_quiets_its_dealers_before_their_monitors_close(monk
         link.close()
         sockets.close()
     assert quieted[len(old):] == kept or sorted(map(id, quieted[len(old):])) == sorted(map(id, kept))
+
+
+def test_a_worker_link_quiets_its_socket_before_its_monitor_closes(monkeypatch, node, client, thread_worker) -> None:
+    """The worker's link to a node closes its socket and monitor when the
+    worker stops, when the link is retired and before each reconnect (a
+    fresh socket). The same hazard as the peer link's: the socket is
+    quieted first, while its monitor is still open, so an event of the
+    closing connection is never sent to a monitor nobody reads."""
+    from apps import basic
+    from miyaq.worker import link_socket
+    seen: list[tuple[Any, bool]] = []
+    real = link_socket.quiet_monitor
+
+    def record(sock: Any) -> None:
+        link = next(link for link in w.links if link.sock is not None and link.sock.sock is sock)
+        seen.append((sock, not link.monitor.closed))
+        real(sock)
+
+    monkeypatch.setattr(link_socket, "quiet_monitor", record, raising=False)
+    tw = thread_worker(basic.app, node.endpoint, queues=["default"], concurrency=1)
+    w = tw.worker
+    assert client.call("add", [2, 3], timeout=20) == 5
+    raw = w.links[0].sock.sock
+    tw.stop()
+    assert seen == [(raw, True)], "the link's socket was not quieted before its monitor closed"

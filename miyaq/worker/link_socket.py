@@ -20,6 +20,7 @@ from ..protocol import commands as c
 from ..runtime import Policy, green, monotonic
 from ..runtime.hub_socket import HubSocket
 from ..runtime.open_files import open_files_hint, room_for
+from ..runtime.socket_monitors import quiet_monitor
 from ..runtime.sockets import SocketFactory, heartbeat_options, zmq
 from .link_watch import LinkWatch
 from .outbox import Outbox
@@ -182,8 +183,14 @@ class LinkSocket:
 
     def close(self) -> None:
         """Close the socket and its monitor (the monitor first, so the
-        watcher never reads the closing socket's own events)."""
+        watcher never reads the closing socket's own events). The socket
+        stops reporting to the monitor before the monitor closes
+        (:func:`~miyaq.runtime.socket_monitors.quiet_monitor`): an event
+        sent to a closed monitor blocks the process's ZeroMQ I/O thread
+        for good, every link of the worker silent."""
         if self.monitor is not None:
+            if self.sock is not None:
+                quiet_monitor(self.sock.sock)
             self.monitor.close(linger=0)
             self.monitor = None
         if self.sock is not None:
