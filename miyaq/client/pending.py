@@ -30,7 +30,7 @@ class Pending:
         self.last_error: MiyaqError | None = None
         self.held_since: float | None = None    # when it first waited for its node's limits
         self.joined: list[Waiter] | None = None  # later submits of the same id, resolved with this one
-        self.in_capped = False     # it has an entry in SubmitPipeline.capped (live or not)
+        self.in_capped = False     # it has an entry in its pipeline's CappedSubmits (live or not)
 
     def join(self, other: "Pending") -> None:
         """``other``, a submit of the same id sent while this one is

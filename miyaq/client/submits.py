@@ -37,20 +37,11 @@ Rules (docs/semantics.md):
   earlier was never resolved and kept its window slot for good.
 
 A sent submit whose deadline comes before its acknowledgement is overdue
-(every one, when ``submit_timeout`` is at most ``ack_timeout``) is *capped*:
-it fails at its deadline. The capped are a heap by deadline
-(:attr:`SubmitPipeline.capped`), so :meth:`SubmitPipeline.next_due` reads its
-head and :meth:`SubmitPipeline.check_acks` pops only those due; one
-acknowledged (or sent again, or failed) meanwhile leaves its entry behind, passed
-over when it comes to the head, and the heap is rebuilt when such entries
-outnumber the unacknowledged submits. Before 2026-12-05 both walked every
-capped submit: with ``submit_timeout=4`` and a window of 10,000 an asyncio
-producer spent 71 µs of CPU a submit instead of 8.
+is *capped*: it fails at its deadline (:mod:`~.capped_submits`, which
+:meth:`SubmitPipeline.next_due` and :meth:`SubmitPipeline.check_acks` ask).
 """
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import random
 from typing import Any, Callable
@@ -59,6 +50,7 @@ from ..errors import InvalidField, MiyaqError, Timeout, Unavailable, from_wire
 from ..logs import LogLimiter
 from ..protocol import commands as c
 from ..protocol.batching import chunks
+from .capped_submits import CappedSubmits
 from .first_contact import unreachable
 from .nodes import Nodes
 from .pending import Pending, final_error
@@ -94,9 +86,6 @@ later try waits twice as long (up to ``2 ** RETRY_DOUBLINGS`` times), at
 most ``RETRY_MAX``, and every wait is jittered to 50-100% of itself."""
 RETRY_DOUBLINGS = 8
 RETRY_MAX = 2.0
-STALE_SLACK = 64
-"""Entries of submits no longer capped the capped heap may hold beyond as
-many as the unacknowledged submits before it is rebuilt."""
 
 class Unencodable(Exception):
     """A SUBMIT could not be encoded (raised by the core's send): the
@@ -121,15 +110,9 @@ class SubmitPipeline:
         self.ack_timeout = ack_timeout
         self._on_resolved = on_resolved
         self.pending: dict[str, Pending] = {}     # sent, awaiting ack, oldest first
-        # Sent, and their deadline comes before their ack_timeout: they fail at
-        # the deadline, not at the last try's ack_timeout (few: tries near the end;
-        # all, with a submit_timeout at most ack_timeout). A heap of (deadline,
-        # sequence, submit); an entry is live while its submit is the one
-        # unacknowledged under its id (pending[id] is it), else passed over. A
-        # submit's deadline never changes, and one capped once is capped at every
-        # later try: one entry a submit (Pending.in_capped).
-        self.capped: list[tuple[float, int, Pending]] = []
-        self._capped_seq = itertools.count()
+        # Sent, failing at their deadline before an ack is overdue (few: tries near
+        # the end; all, with a submit_timeout at most ack_timeout).
+        self.capped = CappedSubmits(self.pending)
         self.waiting: list[Pending] = []          # to (re)send when next_try passes, in order
         self.resolved = 0
         self.resends = 0
@@ -148,42 +131,13 @@ class SubmitPipeline:
         """When the next waiting submit may leave, or a sent one reaches its
         deadline before its acknowledgement is overdue (None: neither). Only
         the due prefix of ``waiting`` leaves, so its first one decides; of
-        the capped, the head of the heap (amortised O(log n): entries no
-        longer live are dropped from the head)."""
+        the capped, the soonest deadline (:meth:`CappedSubmits.soonest`)."""
         due = self.waiting[0].next_try if self.waiting else None
-        capped = self.capped
-        if capped:
-            self._bound()
-            capped = self.capped
-            pending = self.pending
-            while capped and not self._live(capped[0][2], pending):
-                heapq.heappop(capped)[2].in_capped = False
-            if capped:
-                soonest = capped[0][0]
+        if self.capped.heap:
+            soonest = self.capped.soonest()
+            if soonest is not None:
                 due = soonest if due is None or soonest < due else due
         return due
-
-    @staticmethod
-    def _live(p: Pending, pending: dict[str, Pending]) -> bool:
-        """Whether ``p``'s entry in the capped heap stands: ``p`` is the
-        submit unacknowledged under its id."""
-        return pending.get(p.wire["id"]) is p
-
-    def _bound(self) -> None:
-        """Rebuild the capped heap when entries no longer live outnumber the
-        unacknowledged submits (O(n), after at least n entries went stale:
-        amortised O(1) a submit)."""
-        capped, pending = self.capped, self.pending
-        if len(capped) <= 2 * len(pending) + STALE_SLACK:
-            return
-        kept = []
-        for entry in capped:
-            if self._live(entry[2], pending):
-                kept.append(entry)
-            else:
-                entry[2].in_capped = False
-        heapq.heapify(kept)
-        self.capped = kept
 
     # -- sending ---------------------------------------------------------------------
     def send_due(self, now: float) -> None:
@@ -270,6 +224,7 @@ class SubmitPipeline:
             # One dict operation a submit, as the plain store was: a submit of
             # an id already unacknowledged joins that one instead of replacing it.
             setdefault = self.pending.setdefault
+            capped = self.capped
             for p in chunk:
                 p.sent = now
                 p.tries += 1
@@ -277,10 +232,9 @@ class SubmitPipeline:
                 first = setdefault(p.wire["id"], p)
                 if first is not p:
                     first.join(p)
-                elif p.deadline < late and not p.in_capped:
-                    p.in_capped = True
-                    heapq.heappush(self.capped, (p.deadline, next(self._capped_seq), p))
-            self._bound()
+                elif p.deadline < late:
+                    capped.add(p)
+            capped.bound()
             return
         # Not connected: try again soon, keeping the order of the batch (no
         # jitter) -- unless no node was ever reached for FIRST_CONTACT seconds.
@@ -335,7 +289,7 @@ class SubmitPipeline:
         fail those whose deadline passed while their last try waits."""
         pending = self.pending
         if not pending:
-            self._drop_capped()
+            self.capped.clear()
             return
         cutoff = now - self.ack_timeout
         # pending is in the order of sending: the overdue are a prefix (at most
@@ -352,23 +306,14 @@ class SubmitPipeline:
                 self.resends += 1
                 p.may_be_stored()         # p.node stays the silent node: the resend avoids it
                 self._retry_later(p, now, overdue)
-        while self.capped and self.capped[0][0] <= now:
-            p = heapq.heappop(self.capped)[2]
-            p.in_capped = False
-            if not self._live(p, pending):
-                continue                  # acknowledged, sent again or failed meanwhile
-            del pending[p.wire["id"]]
-            self.resolve(p, error=final_error(p.last_error or self._no_ack_error(), p))
+        if self.capped.heap:
+            for p in self.capped.pop_due(now):
+                del pending[p.wire["id"]]
+                self.resolve(p, error=final_error(p.last_error or self._no_ack_error(), p))
 
     def _no_ack_error(self) -> Timeout:
         """The error of a try whose acknowledgement did not come within ``ack_timeout``."""
         return Timeout(f"no acknowledgement within {self.ack_timeout:g}s")
-
-    def _drop_capped(self) -> None:
-        """Nothing is unacknowledged: every capped entry is stale."""
-        for entry in self.capped:
-            entry[2].in_capped = False
-        self.capped.clear()
 
     def node_lost(self, node: int, now: float) -> int:
         """The connection to ``node`` closed (the node exited or restarted):
@@ -460,5 +405,5 @@ class SubmitPipeline:
         for p in list(self.pending.values()) + self.waiting:
             self.resolve(p, error=error)
         self.pending.clear()
-        self._drop_capped()
+        self.capped.clear()
         self.waiting.clear()
