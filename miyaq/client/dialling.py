@@ -1,4 +1,4 @@
-"""How both client drivers (threads and greenlets: :mod:`.io`; asyncio:
+"""How both client drivers (threads and greenlets: :mod:`.node_sockets`; asyncio:
 :mod:`miyaq.aio.driver`) open their connections to nodes: each a DEALER
 with its connection monitor (:meth:`SocketFactory.watched_dealer`, the
 monitor attached before the socket connects), and ZMTP heartbeats

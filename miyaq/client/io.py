@@ -5,18 +5,11 @@ One I/O context -- a native thread (:class:`~miyaq.client.kit.ThreadKit`) or
 a greenlet (:class:`~miyaq.client.kit.GeventKit`) -- reads the sockets and
 runs :class:`~miyaq.client.core.ClientCore`. Callers hand it calls through a
 deque and a wake-up pipe (:class:`IOLoop`, the greenlet's loop, and the
-queued path of every client), where submits are batched. Sockets come from a
-:class:`~miyaq.runtime.sockets.SocketFactory` of the kit's flavour, with the
-client's CURVE keys when it has them. A threaded client's calls may also go
-from the caller's own thread while the I/O thread sleeps: the short path,
-:class:`miyaq.client.short_path.ThreadedIOLoop`.
-
-Each socket has a connection monitor (libzmq's socket monitor, read only by
-the I/O context or a caller that reads in its stead): when a connection
-closes, nothing sent on it will be answered, so the core resends that node's
-unacknowledged submits and fails its open requests at once
-(:meth:`ClientCore.on_disconnected`), and until it is up again the node is
-asked last (:meth:`Nodes.mark`).
+queued path of every client), where submits are batched. The sockets, their
+connection monitors and their reads are its base's,
+:class:`~miyaq.client.node_sockets.NodeSockets`. A threaded client's calls
+may also go from the caller's own thread while the I/O thread sleeps: the
+short path, :class:`miyaq.client.short_path.ThreadedIOLoop`.
 """
 from __future__ import annotations
 
@@ -28,11 +21,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import MiyaqError
 from .core import ClientCore
-from .dialling import (
-    CLIENT_HEARTBEAT_TIMEOUT, ReachProbes, client_heartbeats, dial_discovered, dial_given, hang_up, open_factory,
-    out_of_files, place,
-)
-from .nodes import Nodes
+from .dialling import CLIENT_HEARTBEAT_TIMEOUT, ReachProbes, out_of_files
+from .node_sockets import NodeSockets
 from .pending import Pending
 from .resolver import Waiter
 
@@ -41,40 +31,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-READ_BURST = 1000
-"""Most messages read from one socket per pass (the others get their turn)."""
 
-
-class IOLoop:
+class IOLoop(NodeSockets):
     """Runs a :class:`ClientCore` for callers in other threads (or greenlets)."""
 
     def __init__(self, kit: Any, endpoints: list[str], *, max_batch: int, ack_timeout: float,
                  max_message: int, security: "SocketSecurity | None" = None,
                  endpoints_source: str = "given", heartbeat_timeout: float = CLIENT_HEARTBEAT_TIMEOUT) -> None:
-        # Imported here: importing the client must not import the runtime (gevent, and
-        # through it ssl) before a worker had a chance to monkey-patch.
-        from ..runtime.messages import has_message
-        from ..runtime.connections import connection_events
-        self._has_message = has_message
         self.kit = kit
-        self._connection_events = connection_events
-        self.zmq = kit.zmq
-        self._send = kit.send
-        self._recv = kit.recv
-        # Room for the context, these sockets and the wake-up pipe first: see miyaq.client.dialling.
-        self.factory = open_factory(kit.flavour, endpoints, max_message=max_message, security=security)
-        self.nodes = Nodes(endpoints, source=endpoints_source, secure=security is not None)
+        super().__init__(kit, endpoints, max_message=max_message, security=security,
+                         endpoints_source=endpoints_source, heartbeat_timeout=heartbeat_timeout)
         self.nodes.explain = ReachProbes(self._wait_for_probe).reason
-        # Each socket has a monitor: its connections closing (a node that exited may
-        # have read submits it never acknowledged: they are sent again at once) and
-        # coming up.
-        self.heartbeat_ms = client_heartbeats(heartbeat_timeout)
-        # By node index; None where a node that left the ring was retired
-        # (:meth:`disconnect`) and no endpoint learned since reuses its index.
-        self.socks: list[Any]
-        self.monitors: list[Any]
-        self.socks, self.monitors = dial_given(self.factory, endpoints, self.heartbeat_ms)
-        self._poller: Any = None       # the greenlet loop's poller, once it runs
         self.room = kit.event()
         self.room.set()
         self.core = ClientCore(self, self.nodes, max_batch=max_batch, ack_timeout=ack_timeout,
@@ -100,59 +67,6 @@ class IOLoop:
         waits for it (callers only queue their calls to it)."""
         from ..runtime.green import run_in_thread
         return run_in_thread(probe, endpoint, timeout)
-
-    # -- Transport (called by the core, by whoever holds the lock) ------------------------
-    def send(self, node: int, frames: list[bytes]) -> bool:
-        sock = self.socks[node]
-        if sock is None:
-            return False          # retired (its node left the ring): not connected
-        try:
-            self._send(sock, frames)
-        except self.zmq.Again:
-            return False
-        return True
-
-    def connect(self, endpoint: str) -> bool | None:
-        dialled = dial_discovered(self.factory, endpoint, self.heartbeat_ms)
-        if not isinstance(dialled, tuple):
-            return dialled
-        sock, monitor = dialled
-        node = self.nodes.next_slot
-        place(self.socks, self.monitors, node, sock, monitor)
-        self._watch(sock, monitor)
-        return True
-
-    def disconnect(self, node: int) -> None:
-        """Close node ``node``'s connection for good (its node left the ring):
-        its slot holds None until an endpoint learned later reuses it."""
-        sock, monitor = self.socks[node], self.monitors[node]
-        if sock is None:
-            return
-        self.socks[node] = self.monitors[node] = None
-        self._unwatch(sock, monitor)
-        hang_up(sock, monitor)
-
-    def _watch(self, sock: Any, monitor: Any) -> None:
-        """A socket and its monitor were added: the loop's poller (once it
-        runs; the loop and the core share one greenlet) watches them."""
-        if self._poller is not None:
-            self._poller.register(sock, self.zmq.POLLIN)
-            self._poller.register(monitor, self.zmq.POLLIN)
-
-    def _unwatch(self, sock: Any, monitor: Any) -> None:
-        """A socket and its monitor are about to close: no poll watches them."""
-        if self._poller is not None:
-            self._poller.unregister(sock)
-            self._poller.unregister(monitor)
-
-    def reconnect(self, node: int) -> None:
-        """Drop node ``node``'s connection and connect again (called with the
-        sockets in hand: by the I/O context or a leader). Its connection
-        monitor then reports the closing, and the core sends again what was
-        unacknowledged on it."""
-        from ..runtime.connections import redial     # here: see __init__ (the runtime imports gevent)
-        if self.socks[node] is not None:
-            redial(self.socks[node], self.nodes.endpoints[node])
 
     def _room_freed(self) -> None:
         """A submit was resolved: wake a caller waiting for room in the window.
@@ -360,54 +274,3 @@ class IOLoop:
             elif kind == "end when idle":
                 self._end_when_idle = True
         return self._end_when_idle and core.submits.idle
-
-    def _read_all(self, monitors: bool = True) -> bool:
-        """Read every socket until it has nothing; True if one still has more.
-        ``monitors=False`` leaves the connection monitors for later: only
-        for a reader whose OS poll watches their descriptors (a monitor's
-        descriptor stays readable until its commands are processed, and only
-        the reading thread touches a monitor)."""
-        more = False
-        for i, sock in enumerate(self.socks):
-            if sock is not None:
-                more = self._read(i, sock) or more
-        if monitors:
-            for i, monitor in enumerate(self.monitors):
-                if monitor is not None:
-                    self._read_monitor(i, monitor)
-        return more
-
-    def _read_monitor(self, node: int, monitor: Any) -> None:
-        """Take the connection events of node ``node``'s socket: note whether
-        it is connected, and tell the core if a connection closed. Only this
-        loop (or a leading caller) reads monitors, so a caller's socket use
-        never takes their descriptor's edge."""
-        if not self._has_message(monitor):
-            return
-        closed, connected, failure = self._connection_events(monitor)
-        if failure is not None:
-            self.nodes.handshake_failed(node, failure)
-        if connected is not None:
-            self.nodes.mark(node, connected)
-        if closed:
-            self.core.on_disconnected(node, monotonic())
-
-    def _read(self, node: int, sock: Any) -> bool:
-        """Read up to READ_BURST messages; True if the burst ran out first."""
-        again = self.zmq.Again
-        recv = self._recv
-        has_message = self._has_message
-        core = self.core
-        for _ in range(READ_BURST):
-            # ZMQ_EVENTS first: a receive that finds nothing raises Again, and
-            # making that exception costs more than asking.
-            if not has_message(sock):
-                return False
-            try:
-                frames = recv(sock)
-            except again:
-                return False
-            core.on_frames(node, frames, monotonic())
-            if self.socks[node] is not sock:
-                return False      # its node left the ring, and this reply closed it
-        return True
