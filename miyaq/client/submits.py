@@ -11,15 +11,9 @@ Rules (docs/semantics.md):
   never overtaken by a later one (FIFO per producer).
 - Due submits go out batched, one SUBMIT per node per pass, within the
   sizes of :mod:`~.sizes` -- ``max_batch`` tasks and ``BATCH_BYTES`` of
-  payload, and once a node's RING reply said its limits
-  (:class:`~.sizes.Limits`), its ``max_batch`` and half its
-  ``max_message``; a task that node could never take fails at once with
-  ``InvalidField`` instead of being sent (libzmq would drop the connection
-  and the task be resent until its deadline). A submit with a payload over
-  ``ASK_LIMITS_ABOVE`` waits, with every later one, until its node's limits
-  are known (the core asks that node with a RING of its own), at most
-  ``LIMITS_WAIT``: sent before, such a message could end the very connection
-  the RING reply would come by.
+  payload -- and within their node's limits (:mod:`~.limits_gate`: a large
+  submit waits until they are known, a task the node could never take fails
+  at once).
 - A submit not acknowledged within ``ack_timeout`` is resent with the same id
   (and ``resent: true``), on another node than the silent one when there is one; BUSY, ``shutting_down``,
   ``unavailable`` and ``not_enough_replicas`` are retried with exponential
@@ -52,10 +46,11 @@ from ..protocol import commands as c
 from ..protocol.batching import chunks
 from .capped_submits import CappedSubmits
 from .first_contact import unreachable
+from .limits_gate import LimitsGate
 from .nodes import Nodes
 from .pending import Pending, final_error
 from .resolver import Resolver, Send
-from .sizes import ASK_LIMITS_ABOVE, BATCH_BYTES, LIMITS_POLL, LIMITS_WAIT, Limits, payload_size, refusal, surely_fits
+from .sizes import ASK_LIMITS_ABOVE, BATCH_BYTES, payload_size
 from .wire import unsendable
 
 logger = logging.getLogger(__name__)
@@ -93,11 +88,12 @@ class Unencodable(Exception):
     (:meth:`SubmitPipeline._send_chunk`)."""
 
 
-class SubmitPipeline:
+class SubmitPipeline(LimitsGate):
     """The submits of one :class:`~miyaq.client.core.ClientCore`, from
-    queued to resolved (the module's docstring). Called only by whoever
-    holds the core (its I/O context, or a caller on the short path). A
-    submit is resolved through ``resolver``, and ``on_resolved`` is called
+    queued to resolved (the module's docstring); a node's limits are
+    applied by its base, :class:`~.limits_gate.LimitsGate`. Called only by
+    whoever holds the core (its I/O context, or a caller on the short path).
+    A submit is resolved through ``resolver``, and ``on_resolved`` is called
     for each one (a slot of the window is free)."""
 
     def __init__(self, nodes: Nodes, send: Send, resolver: Resolver, *, max_batch: int, ack_timeout: float,
@@ -174,42 +170,6 @@ class SubmitPipeline:
                 max_bytes = min(max_bytes, limits.max_message // 2)
             for chunk in chunks(batch, max_items, max_bytes, payload_size):
                 self._send_chunk(node, chunk, now)
-
-    def _hold_for_limits(self, p: Pending, node: int, now: float) -> bool:
-        """Whether ``p``, large, waits for node ``node``'s limits (asked for
-        here) instead of leaving now: at most LIMITS_WAIT from its first wait."""
-        if p.held_since is None:
-            p.held_since = now
-        elif now - p.held_since >= LIMITS_WAIT:
-            return False
-        p.node = node
-        p.next_try = now + LIMITS_POLL
-        self._ask_limits(node)
-        return True
-
-    def limits_heard(self, now: float) -> None:
-        """A node said its limits (or that it has none): the submits that wait
-        for limits go now (checked against them)."""
-        for p in self.waiting:
-            if p.held_since is not None and p.next_try > now:
-                p.next_try = now
-
-    def _within(self, node: int, batch: list[Pending], limits: Limits) -> list[Pending]:
-        """The submits of ``batch`` that node ``node`` can take; each other one
-        fails at once, naming the limit it passes."""
-        fits: list[Pending] = []
-        quick = surely_fits(limits)
-        for p in batch:
-            wire = p.wire
-            if len(wire.get("body") or b"") <= quick and "headers" not in wire:
-                fits.append(p)
-                continue
-            error = refusal(wire, limits, self.nodes.endpoints[node])
-            if error is None:
-                fits.append(p)
-            else:
-                self.resolve(p, error=error)
-        return fits
 
     def _send_chunk(self, node: int, chunk: list[Pending], now: float) -> None:
         try:
