@@ -57,9 +57,12 @@ def _reset() -> None:
 
 def _hold_dispatches_while_stopping(worker: Any) -> list[list[Any]]:
     """From the moment ``worker`` stops, the DISPATCHes its links read are
-    kept here unhandled (their tasks in flight for good); the rest as usual."""
+    kept here unhandled (their tasks in flight for good); the rest as usual.
+    Its RETURNs leave without ``stopping`` (docs/protocol.md, 7.9), so its
+    nodes lease it on: the DISPATCH sent before a node read that word."""
     held: list[list[Any]] = []
     for link in worker.links:
+        link.say_stopping = lambda ids, link=link: link.send(c.RETURN, {"ids": ids, "credit": False})
         handle = link._handle
 
         def delayed(frames: list[bytes], handle: Any = handle) -> None:

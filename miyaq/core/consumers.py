@@ -150,6 +150,12 @@ class WorkerConsumer(Consumer):
         self.last_seen = last_seen   # monotonic
         self.info = info
         self.holder_endpoints: Callable[[Task], list[str]] | None = None
+        self.stopping = False        # it said so (RETURN "stopping"): its credit stays 0
+
+    def granted(self, n: int) -> None:
+        """As a consumer's, unless it is stopping: then it takes nothing more."""
+        if not self.stopping:
+            self.credit += n
 
     def free_slots(self, room: int) -> int:
         """Its slots not taken by the tasks this node leased it and has not
@@ -168,8 +174,9 @@ class WorkerConsumer(Consumer):
         return f"worker {self.wid} (queues {', '.join(self.queues)})"
 
     def describe(self) -> dict[str, Any]:
-        return {"worker": self.wid, "queues": self.queues, "capacity": self.capacity,
-                "credit": self.credit, "running": len(self.running), "last_seen": self._last_seen_wall(), **self.info}
+        return {"worker": self.wid, "queues": self.queues, "capacity": self.capacity, "credit": self.credit,
+                "running": len(self.running), "stopping": self.stopping, "last_seen": self._last_seen_wall(),
+                **self.info}
 
     def _last_seen_wall(self) -> float:
         """When the worker was last heard, as a unix time (``last_seen`` is monotonic)."""

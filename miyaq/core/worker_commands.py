@@ -191,13 +191,21 @@ class WorkerCommands:
             self.endpoint.reply(identity, req, answer)
 
     def give_back(self, identity: bytes, body: dict[str, Any], now: float) -> None:
+        """RETURN: tasks given back unstarted. With ``"stopping": true``
+        (added 2026-12-06) the worker is stopping: it is leased nothing more
+        here -- its running tasks still report, and BYE follows."""
         ids = f.string_list(body, "ids", max_items=100_000, max_len=64)
+        give = f.boolean(body, "credit", True)
+        stopping = f.boolean(body, "stopping", False)
         worker = self._worker(identity, now)
         for task_id in ids:
             if worker is not None and task_id in worker.running:
                 self.engine.release(task_id, now)
-        if f.boolean(body, "credit", True):
+        if give:
             self._grant(worker, len(ids))
+        if stopping and worker is not None:
+            worker.stopping = True          # grants nothing from now on
+            self.dispatcher.forget(worker)  # out of the dispatcher's pumps, credit 0
 
     def bye(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         """BYE: the worker leaves. With ``started`` (added 2026-12-06) only

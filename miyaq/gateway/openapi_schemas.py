@@ -72,6 +72,8 @@ STATUS_QUEUE = obj(["scheduled", "ready", "running", "retrying", "dead", "worker
 WORKER = obj(["worker", "queues", "capacity", "credit", "running", "last_seen"], closed=False,
              worker=STR, queues=STR_LIST, capacity=described(INT, "tasks it may run at once"),
              credit=described(INT, "tasks it may still be given"), running=INT,
+             stopping=described(BOOL, "it said it is stopping: it is leased nothing more, and its running "
+                                      "tasks still report"),
              last_seen=described(NUM, "unix time of its last message (heartbeats included)"),
              host=STR, pid=INT, concurrency=INT,
              pool=described(STR, "where its handlers run, as its READY said: gevent, threads or processes "

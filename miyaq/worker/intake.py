@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from ..logs import LogLimiter
 from ..protocol import commands as c
+from ..protocol.taskspec import MAX_ID_CHARS
 from ..runtime import monotonic
 from .config import OVER_CAPACITY
 from .execute import Interrupted, TaskAborted
@@ -49,8 +50,11 @@ class Intake:
         ``received`` (monotonic; now if not given): checked one by one, each
         well-formed one to the backlog, the rest reported or given back."""
         if self.stopping:
-            link.send(c.RETURN, {"ids": [d[0] for d in deliveries if isinstance(d, list) and d],
-                                 "credit": False})
+            # Sent before the node read our stop (or by a node that ignores it):
+            # given back, saying again that this worker is stopping -- only the
+            # ids a node takes (one it refused would refuse the whole RETURN).
+            link.say_stopping([d[0] for d in deliveries if isinstance(d, list) and d
+                               and isinstance(d[0], str) and 0 < len(d[0]) <= MAX_ID_CHARS])
             return
         malformed = 0
         over: list[str] = []

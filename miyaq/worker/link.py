@@ -103,13 +103,25 @@ class NodeLink(LinkSocket):
                 "capacity": w.capacity, "pid": w.pid, "host": w.host, "concurrency": w.concurrency,
                 "pool": w.config.pool,
                 # after a reconnect, slots held by running tasks are not free; nor
-                # those whose runner retired (its pool could not start a thread)
-                "credit": max(0, w.base_credit - w.slots_lost - held)}
+                # those whose runner retired (its pool could not start a thread);
+                # a stopping worker (its link lost meanwhile) has none to offer
+                "credit": 0 if w.stopping else max(0, w.base_credit - w.slots_lost - held)}
         if w.app.schedules:
             body["periodic"] = list(w.app.schedules.values())   # docs/periodic.md
         self.send(c.READY, body)
+        if w.stopping:
+            self.say_stopping([])
         self.welcome_due = monotonic() + max(1.0, self.heartbeat * self.liveness)
         self.extra.registered(held)
+
+    def say_stopping(self, ids: list[str]) -> None:
+        """Tell the node this worker is stopping: RETURN ``ids`` (tasks it
+        sent that will not start; may be empty) with ``"stopping": true``
+        (added 2026-12-06), after which the node leases this registration
+        nothing more -- the tasks running here still report, and BYE
+        follows (docs/protocol.md, 7.9). A node of before then ignores the
+        field, and its DISPATCHes come back as RETURNs, as they always did."""
+        self.send(c.RETURN, {"ids": ids, "credit": False, "stopping": True})
 
     # -- the reader ------------------------------------------------------------------
     def serve(self) -> None:

@@ -115,8 +115,11 @@ class Stopping:
             self.given_back.add(job)
             if origin is not None and current(self.running, job):
                 returned.setdefault(origin, []).append(job.task_id)
-        for link, ids in returned.items():
-            link.send(c.RETURN, {"ids": ids, "credit": False})
+        # Every node hears at once that this worker takes no more (before
+        # 2026-12-06 each kept leasing it the credit it had, every task of
+        # which came back by RETURN: a round trip each).
+        for link in dict.fromkeys([*self.links, *returned]):
+            link.say_stopping(returned.get(link, []))
         self._wake(len(self.idle))
         running = len(self.running) + len(self.superseded) - len(self.given_back)
         logger.info("worker %s stopping: %d running task(s), %d given back unstarted, grace %.1fs%s", self.wid,
