@@ -1,7 +1,8 @@
 """How a worker stops (:class:`Stopping`, a base of
 :class:`~miyaq.worker.runner.Worker`; :mod:`miyaq.worker.signals` maps the
 signals to these): the tasks not started -- the backlog's, and those the
-pool holds unstarted -- given back to their nodes, the running ones let
+pool holds unstarted -- given back to their nodes, every node told in that
+RETURN that this worker is stopping (it leases it nothing more), the running ones let
 finish up to ``grace`` seconds, BYE said (naming, to each node, the tasks
 it gave that started and are not reported: :meth:`Stopping._bye`), then
 the pool, the links, the heartbeats and the sockets closed. Asked again, it waits no longer for the
