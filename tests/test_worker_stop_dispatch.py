@@ -125,6 +125,7 @@ def test_after_stopping_no_dispatch_reaches_the_worker_and_its_running_task_stil
         assert [d[0] for d in raw.deliveries] == [running], "a task was dispatched to a stopping worker"
         row = _row(client, "raw-stop")
         assert row is not None and row["stopping"] is True and row["credit"] == 0, row
+        assert client.status()["queues"]["default"]["idle"] == 0     # it takes no more (before: 3 free slots)
         # Its running task still reports (DONE, credit given back by default):
         # applied, and the slot it frees is not leased again.
         raw.send(c.DONE, {"done": [[running, 1, None]]})
