@@ -10,7 +10,8 @@ tasks/s on a 3-node cluster, 43 to 46 tasks at each stop
 nothing more, while the tasks it runs still report and count.
 
 The raw worker below speaks the protocol by hand, so each message is the
-test's; the last test runs miyaq's own worker.
+test's; the last two run miyaq's own worker, one against a node played by
+the test (tests/played_node.py) whose connection closes during the stop.
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from typing import Any
 
 import msgpack
 import zmq
+from fuzz_inputs import pack
+from played_node import PlayedNode
 
 import miyaq
 from miyaq.protocol import codec
@@ -236,3 +239,63 @@ def test_miyaqs_stopping_worker_is_sent_no_task(node, client, thread_worker):
         wait_for(lambda t=t: client.status(t).get("state") in ("done", "dead"), what="a later task settled")
     assert [client.status(t)["state"] for t in later] == ["done"] * 3
     assert sorted(r for r in RUNS if r[0] in later) == sorted((t, 1) for t in later)
+
+
+class _Recording(PlayedNode):
+    """A played node (tests/played_node.py) bound at ``endpoint`` (a random
+    port if None), keeping every READY and RETURN body in order."""
+
+    def __init__(self, endpoint: str | None = None) -> None:
+        if endpoint is None:
+            super().__init__()
+        else:
+            self.ctx = zmq.Context()
+            self.sock = self.ctx.socket(zmq.ROUTER)
+            self.sock.setsockopt(zmq.LINGER, 0)
+            self.sock.bind(endpoint)
+            self.endpoint = endpoint
+            self.link = None
+            self.done, self.failed, self.reports, self.returned = {}, {}, [], []
+        self.said: list[tuple[bytes, dict[str, Any]]] = []
+
+    def read(self, peer: bytes, command: bytes, data: Any) -> None:
+        if command in (c.READY, c.RETURN):
+            self.said.append((command, data))
+        super().read(peer, command, data)
+
+
+def test_a_link_lost_during_the_stop_registers_with_no_credit_and_says_stopping_again(thread_worker):
+    """Fault: the connection to a node closes while the worker waits for its
+    running task (the node restarted). The fresh socket's READY offers no
+    credit and is followed by RETURN ``stopping``: the node, new to this
+    worker, leases it nothing (before: READY offered the slots free then,
+    and the node leased them)."""
+    RUNS.clear()
+    RELEASE.clear()
+    first = _Recording()
+    opened = [first]
+    try:
+        tw = thread_worker(app, first.endpoint, concurrency=1, prefetch=1, grace=15.0)
+        wait_for(lambda: first.pump() or first.link is not None, what="the worker's READY")
+        first.send([c.TAG, c.DISPATCH, pack({"tasks": [["t-hold", "default", "hold", pack([[], {}]), 1, 60.0]]})])
+        wait_for(lambda: first.pump() or "t-hold" in tw.worker.running, what="hold running")
+        stopper = threading.Thread(target=tw.stop, name="stop the worker", daemon=True)
+        stopper.start()
+        wait_for(lambda: first.pump() or any(cmd == c.RETURN and body.get("stopping") is True
+                                             for cmd, body in first.said), what="the worker's word that it stops")
+        endpoint = first.endpoint
+        opened.remove(first)
+        first.close()                       # the node's connection closes: the worker registers again
+        second = _Recording(endpoint)
+        opened.append(second)
+        wait_for(lambda: second.pump() or len(second.said) >= 2, what="READY and RETURN on the new connection")
+        (ready_cmd, ready), (return_cmd, returned) = second.said[:2]
+        assert ready_cmd == c.READY and ready["credit"] == 0, second.said
+        assert return_cmd == c.RETURN and returned == {"ids": [], "credit": False, "stopping": True}, second.said
+        RELEASE.set()
+        stopper.join(30)
+        assert not stopper.is_alive()
+    finally:
+        RELEASE.set()
+        for played in opened:
+            played.close()
