@@ -142,6 +142,25 @@ def test_workers_claims_are_escaped(http_node, api):
         worker.close()
 
 
+def test_a_stopping_worker_is_shown_stopping(http_node, api):
+    """A worker that said it is stopping (RETURN ``"stopping": true``: it
+    is leased nothing more, its running tasks finish) is marked so on the
+    Workers page; one that did not is not."""
+    stopping = RawWorker(http_node.config.port, worker="w-going", queues=["q"])
+    staying = RawWorker(http_node.config.port, worker="w-staying", queues=["q"])
+    try:
+        wait_for(lambda: len(api.get("/workers")[1]["workers"]) == 2, "the workers to register")
+        stopping.sock.send_multipart(codec.encode(c.RETURN, {"ids": [], "credit": False, "stopping": True}))
+        wait_for(lambda: [w["stopping"] for w in api.get("/workers")[1]["workers"]
+                          if w["worker"] == "w-going"] == [True], "the node to hear it")
+        html = page(api, "/ui/workers")[1]
+        assert html.count("(stopping)") == 1
+        assert html.index("w-going") < html.index("(stopping)") < html.index("w-staying")
+    finally:
+        stopping.close()
+        staying.close()
+
+
 def test_pages_are_paged(http_node, api):
     make_dead(api, "bulk", 55)
     first = page(api, "/ui/dead?queue=bulk")[1]

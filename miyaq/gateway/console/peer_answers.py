@@ -64,9 +64,10 @@ def workers_of(answer: Any, limit: int) -> list[dict[str, Any]] | None:
         if not (_text(worker.get("worker")) and (host is None or _text(host))
                 and _optional_count(worker.get("pid")) and _optional_count(worker.get("concurrency"))
                 and _count(worker.get("running")) and _count(worker.get("capacity"))
-                and _time(worker.get("last_seen"))
+                and _time(worker.get("last_seen")) and isinstance(worker.get("stopping", False), bool)
                 and isinstance(queues, list) and len(queues) <= _MAX_TEXT and all(_text(q) for q in queues)):
             return None
         out.append({key: worker.get(key) for key in
-                    ("worker", "host", "pid", "concurrency", "running", "capacity", "queues", "last_seen")})
+                    ("worker", "host", "pid", "concurrency", "running", "capacity", "queues", "last_seen",
+                     "stopping")})
     return out
