@@ -20,13 +20,14 @@ from miyaq.cluster.peer_requests import clock_shift
 from miyaq.cluster.sizes import EVENT_ALLOWANCE, PEER_MESSAGE_BYTES, outcome_size
 from miyaq.cluster.standby import describe
 from miyaq.constants import MAX_QUERY
+from miyaq.core.replicas import lost_key_error
 from miyaq.errors import InvalidField
 from miyaq.logs import LogLimiter
 from miyaq.protocol.recordspec import (
     Outcome, check_attempt, check_error, check_outcome, check_stone,
 )
 from miyaq.runtime import wall
-from miyaq.store.task import DEAD, READY, RETRYING, SCHEDULED
+from miyaq.store.task import CANCELLED, DEAD, READY, RETRYING, SCHEDULED
 
 if TYPE_CHECKING:
     from miyaq.cluster.role import ClusterRole
@@ -244,3 +245,16 @@ class Copies:
             if others:
                 self.role.events.forward_finished(task_id, outcome, others)
         return list(checked)
+
+    def end_as_duplicates(self, sender: str, winners: Mapping[str, tuple[str | None, str]],
+                          holders: Mapping[str, Sequence[str]]) -> None:
+        """``sender`` answered our REPLICATE that these copies (id -> (their
+        key, the task holding it)) are duplicates by key, and their submits
+        are answered ``duplicate`` of that task: end our copies so, and tell
+        each task's other holders (:meth:`finish_known`). The answer and the
+        task's fate then agree whoever said it: an honest first holder ended
+        its copy so and told the others already (what it sends again is
+        ignored where the copy ended), and a buggy or hostile holder's word
+        cannot make a submit answered ``duplicate`` while the task runs."""
+        self.finish_known(sender, {task_id: [CANCELLED, None, lost_key_error(key, winner)]
+                                   for task_id, (key, winner) in winners.items()}, holders)

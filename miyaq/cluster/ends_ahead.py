@@ -74,8 +74,9 @@ def finish_unknown(engine: Engine, task_id: str, state: str, result: bytes | Non
         table.ends_ahead_refused += 1
         _log.warning("full", "%d end(s) of tasks this node has no trace of, heard from peers, refused so far: "
                      "%d are kept (at most max_tombstones, and none that would take the results kept, "
-                     "%d bytes, past max_result_bytes); their copies, if they come, are stored. A peer that "
-                     "reports tasks that never come here?", table.ends_ahead_refused, len(table.ends_ahead),
+                     "%d bytes, past max_result_bytes); their copies, if they come, are stored. Right after "
+                     "this node joined the ring (a handoff's share, docs/operations.md), or a peer that reports "
+                     "tasks that never come here?", table.ends_ahead_refused, len(table.ends_ahead),
                      table.result_bytes)
         return False
     table.hold_end_ahead(task_id)       # first: its tombstone does not push a finished task's out

@@ -19,7 +19,7 @@ from miyaq.cluster.peer_requests import EXPIRED_AT_ONCE, moved
 from miyaq.cluster.replicated_intake import is_resent
 from miyaq.constants import MAX_QUERY
 from miyaq.core.attempts import adopt_lessees
-from miyaq.core.replicas import DUPLICATE_ERROR, HELD_BY
+from miyaq.core.replicas import lost_key_error
 from miyaq.errors import InvalidField
 from miyaq.logs import LogLimiter
 from miyaq.protocol.commands import DUPLICATE
@@ -212,7 +212,7 @@ class CopyInstaller:
         instead of running the task a second time."""
         _log.log(logging.INFO, "lost key", "task %s: key %r is held by task %s here, the key's first holder: "
                  "ended as a duplicate", task.id, task.key, holder)
-        error = _lost_key_error(task.key, holder)
+        error = lost_key_error(task.key, holder)
         with self.role.events.applying_remote():
             self.engine.finish_copy(task.id, CANCELLED, None, error, now)
         # The other holders drop theirs at once (and let go of the key), rather
@@ -221,11 +221,6 @@ class CopyInstaller:
                                           [h for h in task.holders if h != self.role.node_id])
         if len(self.lost_keys) < MAX_QUERY:
             self.lost_keys[task.id] = holder
-
-
-def _lost_key_error(key: str | None, holder: str) -> dict[str, Any]:
-    return {"type": DUPLICATE_ERROR, "message": f"its key {key!r} is held by task {holder}, which its first "
-                                            "holder took first", "retry": False, HELD_BY: holder}
 
 
 def onto_this_clock(task: Task, shift: float) -> None:

@@ -80,10 +80,11 @@ class _Pending:
     this node, a holder, stored it. ``joined``: the submitters of the same
     id that came while it waited (at most ``MAX_JOINED``), answered with it.
     ``judge``: for a keyed task, its key's first holder when that is another
-    node -- a later holder's refusal waits for its answer (see ``_not_stored``)."""
+    node -- a later holder's refusal waits for its answer (see ``_not_stored``);
+    ``key``: the task's key (None: no holder's answer makes it a duplicate)."""
 
     __slots__ = ("identity", "joined", "need", "mine", "asked", "stored", "failed", "deadline", "detail", "status",
-                 "judge")
+                 "judge", "key")
 
     def __init__(self, identity: AckTarget, need: int, asked: list[str], deadline: float) -> None:
         self.identity = identity
@@ -97,6 +98,7 @@ class _Pending:
         self.detail: Any = None
         self.status = ACCEPTED
         self.judge: str | None = None
+        self.key: str | None = None
 
     @property
     def got(self) -> int:
@@ -161,6 +163,7 @@ class ReplicatedIntake(LateCopies):
         need = min(role.min_acks or len(holders), len(holders))
         others = [h for h in holders if h != role.node_id]
         entry = _Pending(identity, need, others, monotonic() + self.timeout)
+        entry.key = task.key
         if task.key is not None and holders[0] != role.node_id:
             entry.judge = holders[0]
         if role.node_id in holders:
@@ -307,10 +310,17 @@ class ReplicatedIntake(LateCopies):
         """Answer ``duplicate`` the submits still waiting that ``holder``'s
         REPLICATE answer shows to be duplicates of the task holding their key
         (:func:`~miyaq.cluster.key_verdicts.key_duplicates`: whose word counts)."""
+        ended = answer["finished"] if isinstance(answer.get("finished"), dict) else {}
+        claimed: dict[str, tuple[str | None, str]] = {}
         for task_id, winner in key_duplicates(holder, sent, answer, self.role.view.epoch).items():
-            entry = self.pending.pop(task_id, None)
-            if entry is not None:
+            entry = self.pending.get(task_id)
+            if entry is not None and entry.key is not None:    # a keyless task is nobody's duplicate
+                del self.pending[task_id]
                 self._answer(entry, [task_id, DUPLICATE, winner])
+                if task_id not in ended:      # the copies end so ('finished' ones already did)
+                    claimed[task_id] = (entry.key, winner)
+        if claimed:
+            self.role.copies.end_as_duplicates(holder, claimed, sent)
 
     def _maybe_ack(self, task_id: str, entry: _Pending) -> None:
         if entry.got >= entry.need:

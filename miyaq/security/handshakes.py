@@ -12,9 +12,12 @@ clients could not connect saw nothing on the node.
 Constraints: the counts are a fixed set (three ports × five reasons); the
 monitors are the socket factory's
 (:meth:`~miyaq.runtime.sockets.SocketFactory.watch_handshakes`), one plain
-PAIR per bound socket, read by one greenlet; libzmq drops events past a
-monitor's high-water mark, so a flood of bad handshakes costs the node a
-bounded queue and a count, never memory without bound.
+PAIR per bound socket, read by one greenlet. libzmq does not drop events
+past a monitor's high-water mark (about 1,000): its I/O thread waits for
+the reader, so a flood of bad handshakes costs the node a bounded queue
+and a count, never memory without bound -- and, while this reader is
+behind by that many, a stall of the node's sockets until it catches up
+(it runs as the node's other readers do).
 """
 from __future__ import annotations
 
