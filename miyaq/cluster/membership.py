@@ -99,6 +99,17 @@ class Coordinator(abc.ABC):
         block. A standalone node: ``done(True)`` at once."""
         done(True)
 
+    def listed_at_start(self) -> bool:
+        """True when the ring, read as :meth:`start` began and before it
+        registered the local node, listed that node: the node was a member
+        before this start (restarted, and the ring has not dropped it --
+        its previous session may not even have expired yet), so the other
+        members may hold copies and ends of tasks it is a holder of. False
+        for a node id new to the ring, before :meth:`start` returned, and
+        for a coordinator that cannot tell (a standalone node: a ring of
+        one, nobody else holds anything)."""
+        return False
+
     @abc.abstractmethod
     def join(self, node_id: str) -> None:
         """Ask for ``node_id`` to be in the ring (applied by the leader)."""

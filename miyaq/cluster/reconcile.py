@@ -1,8 +1,9 @@
 """Reconciling: a node holds dispatching until it knows what its peers did
 while it could not hear them.
 
-A node reconciles after it restarted from its log, resumed from a freeze
-(SIGSTOP, swap, a VM pause) or had its fence lifted. Meanwhile its gate is
+A node reconciles after it restarted from its log, restarted with an empty
+log (a lost disk, no ``--data-dir``) while the ring still lists it, resumed
+from a freeze (SIGSTOP, swap, a VM pause) or had its fence lifted. Meanwhile its gate is
 closed (``RECONCILING``: nothing is dispatched) and the copies that come due
 are parked (:class:`~miyaq.cluster.standby.StandbyChecker`), and the node
 coordinates no submit while its ring lists another member
@@ -79,7 +80,8 @@ class Reconcile:
         links did not reach yet, took their silence for absence and ran the
         task again (a chaos run: six tasks, 7 ms after the first ring).
         Reconciling, the copy is parked until every peer's resync came. A
-        log with nothing in it (a first start) reconciles nothing."""
+        log with nothing in it reconciles only if the ring lists the node
+        when it registers (:meth:`after_registering`)."""
         role = self.role
         table = role.engine.table
         live = table.live
@@ -90,6 +92,49 @@ class Reconcile:
         standby = role.standby.ask_first(live.values(), wall())
         logger.info("node %s: %d task(s) from the log, %d of them standby copies until the other "
                     "holders answer; reconciling before dispatching", role.node_id, len(live), standby)
+
+    def after_registering(self, listed: bool, timeout: float) -> None:
+        """The coordinator started (the node registered, which may have
+        waited out its previous session); ``listed``: the ring listed this
+        node before it registered
+        (:meth:`~miyaq.cluster.membership.Coordinator.listed_at_start`).
+
+        A node whose log brought nothing back but whom the ring lists was a
+        member before this start and lost what it held: its data dir was
+        emptied or replaced (a new disk, a new VM with the same node id) or
+        it has none. The ring still makes it a holder of its share of every
+        task, so the others send it copies and ends, and what it held
+        before is only on them: it reconciles as a node restarted from its
+        log does -- dispatching held, no submit coordinated while its ring
+        lists another member, copies parked -- until each other member's
+        first resync (which brings back the tasks they share with it and
+        their newest ends) came, or ``timeout``. Before 2026-12-07 such a
+        node started as a new one: a copy stored before its resync ran on
+        silence from peers it could not reach yet (a second run), and a
+        keyed submit it coordinated took a key another holder's task held
+        (accepted, then that task cancelled without running). A node id
+        new to the ring (``listed`` False: a first start, a node added, or
+        one the ring dropped while it was down) joins as before: the
+        handoff brings it its copies.
+
+        A node already reconciling (its log had tasks or ends) counts its
+        ``timeout`` from now, not from its start: registering can wait out
+        the previous session (twice the session timeout and 2 s), and a
+        reconcile that timed out meanwhile would have waited for nothing."""
+        if not (listed or self._until):
+            return
+        role = self.role
+        until = monotonic() + timeout
+        if self._until:
+            self._until = max(self._until, until)
+            return
+        role.gate.close(RECONCILING)
+        self._until = until
+        standby = role.standby.ask_first(role.engine.table.live.values(), wall())
+        logger.warning("node %s: restarted with an empty log while the ring lists it (a new or emptied data "
+                       "dir, or none): reconciling with the other holders before it dispatches or coordinates "
+                       "(%d copies stored since its start, %d of them standby copies until they answer)",
+                       role.node_id, len(role.engine.table.live), standby)
 
     def hold_until_resynced(self, why: str) -> None:
         """Hold dispatching until every peer's state was fetched again and

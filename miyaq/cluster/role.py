@@ -109,6 +109,7 @@ class ClusterRole:
         self.supervisor.spawn("handoff", self.handoff.serve, policy=RESTART)
         self.coordinator.add_listener(self.ring_follower.on_view)
         self.coordinator.start()
+        self.reconcile.after_registering(self.coordinator.listed_at_start(), self.config.reconcile_timeout)
 
     def stop(self) -> None:
         """Refuse the submits still being replicated (their clients resend

@@ -126,6 +126,7 @@ class ZooKeeperCoordinator(Coordinator):
         self._leader: Leader | None = None
         self._started = False
         self._closing = False
+        self._listed_at_start = False
         self._view = RingView.empty()
         self._notices: green.Queue = green.Queue()
         self._notifier_done = green.Event()
@@ -202,6 +203,11 @@ class ZooKeeperCoordinator(Coordinator):
     def registered(self) -> dict[str, Member]:
         return self._registry.registered() if self._registry is not None else {}
 
+    def listed_at_start(self) -> bool:
+        """Whether the ring znode listed this node when :meth:`start` read
+        it, just before registering (see the base class)."""
+        return self._listed_at_start
+
     def start(self) -> None:
         """Connect, register, watch and campaign; ``Unavailable`` if ZooKeeper
         cannot be reached, ``ConfigError`` (nothing registered) if a live
@@ -239,6 +245,8 @@ class ZooKeeperCoordinator(Coordinator):
             if self._cluster_key is not None:
                 check_before_register(store, self._node_id, self._cluster_key, wait)
             check_registration(store, self._member, self._vnodes)
+            ring, _ = store.read_ring()        # before registering: a ring that lists us is not our doing
+            self._listed_at_start = ring is not None and self._node_id in ring.members
             registry.register()
             if self._cluster_key is not None:
                 check_after_register(store, self._node_id, self._cluster_key)

@@ -48,6 +48,7 @@ class ScriptedCoordinator(Coordinator):
         self.leading = False
         self.views: list[RingView] = []          # every view delivered to this node, in order
         self._view = RingView.empty()
+        self._listed_at_start = False
 
     # -- the Coordinator interface ----------------------------------------------------
     def start(self) -> None:
@@ -55,6 +56,7 @@ class ScriptedCoordinator(Coordinator):
         if self.running:
             return
         self.running = True
+        self._listed_at_start = self.node_id in self.script.current.members
         self.script._started(self)
 
     def stop(self) -> None:
@@ -102,6 +104,10 @@ class ScriptedCoordinator(Coordinator):
 
     def registered(self) -> dict[str, Member]:
         return dict(self.script.registered)
+
+    def listed_at_start(self) -> bool:
+        """Whether the script's last published ring listed this node when it started."""
+        return self._listed_at_start
 
     # -- driven by the script ----------------------------------------------------------
     def _wish(self, node_id: str, action: str) -> None:

@@ -1,0 +1,185 @@
+"""A node restarted with an EMPTY data dir (a lost or replaced disk, a new VM
+with the same node id, or no ``--data-dir`` at all) while the ring still
+lists it, in process (miyaq.testing.inprocess).
+
+Its log brings nothing back, but the ring makes it a holder of its share of
+every task: the others send it copies and ends, and what it held before
+the restart is only on them. It reconciles as a node restarted from its log
+does (docs/cluster.md, "Restarts"; docs/durability.md): dispatching held,
+no submit coordinated while its ring lists another member, copies parked,
+until each other member's first resync came. A node id new to the ring
+joins as before. How the node tells the two apart: whether the ring listed
+it when it registered (``Coordinator.listed_at_start``)."""
+from __future__ import annotations
+
+import os
+import shutil
+
+from miyaq.core.gate import RECONCILING
+from miyaq.protocol.commands import ACCEPTED, DUPLICATE, REJECTED
+from miyaq.store.task import DONE
+
+
+def _stop_and_empty(cluster, tmp_path, node_id: str = "n1") -> None:
+    """Stop ``node_id`` (the ring still lists it: its old session has not
+    expired) and remove its data dir, as a lost disk does."""
+    cluster.stop_node(node_id)
+    shutil.rmtree(os.path.join(str(tmp_path), node_id))
+
+
+def _task_with_n1_second(cluster) -> str:
+    while True:
+        tid = cluster.task_led_by("n2", replicas=2)
+        if cluster.holders(tid, 2) == ["n2", "n1"]:
+            return tid
+
+
+def _key_led_by(cluster, node_id: str) -> tuple[str, str]:
+    """A key whose holders (replicas=2) are ``node_id`` first, then another
+    node. Returns (key, the other holder)."""
+    for i in range(10_000):
+        key = f"k{i}"
+        holders = cluster.holders("x", key=key, replicas=2)
+        if holders[0] == node_id:
+            return key, holders[1]
+    raise AssertionError("no such key in 10,000")
+
+
+def test_a_copy_stored_before_the_emptied_nodes_first_ring_view_does_not_run_on_silence(inproc, tmp_path):
+    """Fault: n1's data dir is lost while it is down and the ring still
+    lists it; it restarts empty, without a view of the ring yet. A task
+    whose holders are n2 then n1 is submitted to n2, which replicates it to
+    n1 (stored), runs and finishes it; n1 follows no stream yet and misses
+    the end. n1 gets its ring just as its copy comes due, and its QUERYs
+    and SYNCs are not answered for a while (links not up yet). Before the
+    fix n1 did not reconcile (its log was empty: it started as a new node),
+    its copy asked, heard silence and ran the task a second time (one extra
+    run, /tmp/emptydir/test_measure.py S2). Now the copy is parked until
+    the resyncs came, which bring the end, and it never runs."""
+    cluster = inproc(3, replicas=2, data_dir=str(tmp_path), fsync="never")
+    _stop_and_empty(cluster, tmp_path)
+    cluster.script.auto_deliver = False       # the ring reaches n1 later
+    back = cluster.start_node("n1")
+    assert back.role.view.epoch == 0 and not back.engine.table.live
+
+    tid = _task_with_n1_second(cluster)
+    runner = cluster.worker("n2")
+    sub = cluster.submit("n2", tid, replicas=2)
+    cluster.wait_until(lambda: sub.status == ACCEPTED, what="the submit")
+    assert back.task(tid) is not None, "n1 stores its copy before it has a ring"
+    cluster.wait_until(lambda: runner.runs(tid), what="the task to run on n2")
+    runner.complete(tid)
+    cluster.wait_until(lambda: cluster["n2"].state(tid) == DONE, what="the task done on n2")
+    assert back.state(tid) != DONE, "n1 heard the end without a stream"
+
+    late = cluster.worker("n1")
+    queries = cluster.net.hold("QUERY", src="n1")
+    syncs = cluster.net.hold("SYNC", src="n1")
+    cluster.script.deliver("n1")
+    cluster.wait_until(lambda: back.role.view.epoch == cluster.script.current.epoch, what="n1's first ring")
+    cluster.advance(2 * cluster.settings["replica_offset"] + 1.5)
+    cluster.settle(0.2)
+    assert late.times(tid) == 0, "n1's copy ran on silence from peers it could not reach yet"
+    assert back.role.standby.takeovers == 0
+    assert back.node.core.gate.holds(RECONCILING), "the ring lists n1: it reconciles from its start"
+
+    queries.release()
+    syncs.release()
+    cluster.wait_until(lambda: back.state(tid) == DONE, what="n1's copy to finish as on n2")
+    cluster.wait_until(lambda: not back.node.core.gate.holds(RECONCILING), what="n1's reconcile to end")
+    cluster.advance(3 * cluster.settings["replica_offset"])
+    cluster.settle(0.1)
+    assert late.times(tid) == 0 and runner.times(tid) == 1
+    assert not cluster.crashes()
+
+
+def test_an_emptied_node_refuses_a_keyed_submit_until_it_reconciled(inproc, tmp_path):
+    """Fault: task ``ida`` of key K (first holder n1) is stored on both its
+    holders; n1's data dir is lost and n1 restarts empty while the ring
+    lists it, its SYNCs unanswered for now. ``idb`` of K is submitted
+    through n1. Before the fix n1 coordinated it: first holder of K, with
+    no task of K in its table, it answered ``accepted`` (min_acks=1), and
+    ``ida``, accepted to its producer first, ended cancelled on every holder
+    without running (/tmp/emptydir/test_measure.py S3). Now n1 refuses
+    ``unavailable`` and stores nothing; once it reconciled it holds ``ida``
+    again, and the resend is answered ``duplicate`` of ``ida``."""
+    cluster = inproc(3, replicas=2, min_acks=1, data_dir=str(tmp_path), fsync="never")
+    key, other = _key_led_by(cluster, "n1")
+    first = cluster.submit(other, "ida", key=key, countdown=3600)
+    cluster.wait_until(lambda: first.result, what="ida answered")
+    assert first.status == ACCEPTED, first.result
+    cluster.wait_until(lambda: cluster["n1"].task("ida") is not None, what="ida's copy on n1")
+
+    _stop_and_empty(cluster, tmp_path)
+    syncs = cluster.net.hold("SYNC", src="n1")
+    back = cluster.start_node("n1")
+    cluster.wait_until(lambda: back.role.view.epoch == cluster.script.current.epoch, what="n1's ring")
+    assert back.task("ida") is None, "n1 lost its copy of ida with its disk"
+
+    second = cluster.submit("n1", "idb", key=key, countdown=3600)
+    cluster.wait_until(lambda: second.result, what="idb answered")
+    assert second.result[1] == REJECTED and second.error_code == "unavailable", second.result
+    assert back.task("idb") is None and cluster[other].task("idb") is None, "a refusal stores nothing"
+    assert back.node.core.gate.holds(RECONCILING)
+
+    syncs.release()
+    cluster.wait_until(lambda: not back.node.core.gate.holds(RECONCILING), what="n1's reconcile to end")
+    assert back.task("ida") is not None, "the resync brought ida's copy back"
+    again = cluster.submit("n1", "idb", key=key, countdown=3600)
+    cluster.wait_until(lambda: again.result, what="idb's resend answered")
+    assert again.result == ["idb", DUPLICATE, "ida"], again.result
+    assert cluster[other].state("ida") == "scheduled" and back.state("ida") == "scheduled"
+    assert not cluster.crashes()
+
+
+def test_a_node_without_a_data_dir_restarted_in_the_ring_gets_its_copies_back_before_it_dispatches(inproc):
+    """A node with no data dir restarted while the ring lists it is the same
+    case: it reconciles, its first resync from each other member brings
+    back every task it is a holder of (none is left a copy short), and only
+    then does it dispatch its first-holder copies -- once each."""
+    cluster = inproc(3, replicas=2)
+    subs = [cluster.submit(f"n{1 + i % 3}", f"d{i}", countdown=0.5, replicas=2) for i in range(30)]
+    cluster.wait_until(lambda: all(s.result for s in subs), what="every submit answered")
+    assert all(s.status == ACCEPTED for s in subs)
+    mine = [s.task_id for s in subs if "n1" in cluster.holders(s.task_id, 2)]
+    led = [t for t in mine if cluster.holders(t, 2)[0] == "n1"]
+    assert led and len(mine) > len(led)
+
+    cluster.stop_node("n1")
+    syncs = cluster.net.hold("SYNC", src="n1")
+    back = cluster.start_node("n1")
+    worker = cluster.worker("n1")
+    cluster.wait_until(lambda: back.role.view.epoch == cluster.script.current.epoch, what="n1's ring")
+    cluster.advance(1.0)                      # the tasks come due; n1 still reconciles
+    cluster.settle(0.1)
+    assert back.started() == 0, "n1 dispatched before it reconciled"
+    assert back.node.core.gate.holds(RECONCILING)
+
+    syncs.release()
+    cluster.wait_until(lambda: not back.node.core.gate.holds(RECONCILING), what="n1's reconcile to end")
+    held = [t for t in mine if back.task(t) is not None or back.tombstone(t) is not None]
+    assert held == mine, f"copies n1 did not get back: {sorted(set(mine) - set(held))}"
+    cluster.advance(3 * cluster.settings["replica_offset"])
+    cluster.wait_until(lambda: all(worker.runs(t) for t in led if back.task(t) is not None
+                                   and not back.task(t).standby), what="n1's first-holder copies to run")
+    assert all(worker.times(t) <= 1 for t in mine)
+    assert not cluster.crashes()
+
+
+def test_a_node_new_to_the_ring_with_an_empty_data_dir_does_not_reconcile(inproc, tmp_path):
+    """A node id the ring did not list when it started (a node added to a
+    running cluster) has nothing on the others to reconcile with: it
+    dispatches and coordinates as soon as it is in the ring, as before."""
+    cluster = inproc(["n1", "n2", "n3", "n4"], ring=["n1", "n2", "n3"], replicas=2,
+                     data_dir=str(tmp_path), fsync="never")
+    new = cluster["n4"]
+    assert not new.node.core.gate.holds(RECONCILING)
+    cluster.publish(["n1", "n2", "n3", "n4"])
+    assert not new.node.core.gate.holds(RECONCILING)
+    tid = cluster.task_led_by("n4", replicas=2)
+    worker = cluster.worker("n4")
+    sub = cluster.submit("n4", tid, replicas=2)
+    cluster.wait_until(lambda: sub.result, what="the submit")
+    assert sub.status == ACCEPTED, sub.result
+    cluster.wait_until(lambda: worker.runs(tid), what="the task to run on n4")
+    assert not cluster.crashes()
