@@ -108,7 +108,7 @@ class Reconcile:
         log does -- dispatching held, no submit coordinated while its ring
         lists another member, copies parked -- until each other member's
         first resync (which brings back the tasks they share with it and
-        their newest ends) came, or ``timeout``. Before 2026-12-07 such a
+        their newest ends) came, or ``timeout``. Before 2026-12-06 such a
         node started as a new one: a copy stored before its resync ran on
         silence from peers it could not reach yet (a second run), and a
         keyed submit it coordinated took a key another holder's task held
