@@ -189,6 +189,9 @@ def test_a_node_restarted_empty_gets_back_every_outcome_of_large_results_and_tak
     cluster.wait_until(lambda: all(back.tombstone(t) is not None for t in ids), timeout=30,
                        what="every outcome back on n3 from the resyncs")
     assert all(back.tombstone(t).result == bytes(size) for t in ids)
+    # Restarted empty while the ring lists it, n3 reconciles (coordinates no
+    # submit) until its resyncs came: a client's submit would go elsewhere.
+    cluster.wait_until(lambda: not back.role.reconciling, what="n3's reconcile to end")
     with _one_burst(back, "wake"):
         resends = [cluster.submit("n3", t) for t in ids]
     cluster.wait_until(lambda: all(s.status for s in resends), what="the resends answered")
@@ -214,6 +217,7 @@ def test_a_resent_copy_told_finished_without_its_result_asks_for_it_rather_than_
     cluster.stop_node("n3")
     back = cluster.start_node("n3")
     cluster.wait_until(lambda: back.role.resync.completed >= 2, timeout=30, what="n3's resyncs")
+    cluster.wait_until(lambda: not back.role.reconciling, what="n3's reconcile to end (restarted empty)")
     with _one_burst(back, "wake"):
         resends = [cluster.submit("n3", t) for t in ids]
     cluster.wait_until(lambda: all(s.status for s in resends), timeout=30, what="the resends answered")

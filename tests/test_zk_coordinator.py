@@ -133,6 +133,37 @@ def test_killed_leader_is_replaced(make, zk_server, zk_cluster_name, zk_client):
             victim.wait(10)
 
 
+def test_listed_at_start_says_whether_the_ring_listed_the_node_before_it_registered(make, zk_server,
+                                                                                    zk_cluster_name):
+    """Fault: a member's process is killed (SIGKILL: its session lives on
+    until it times out, 4 s) and a new process starts under its id at once,
+    as a node whose disk was replaced would. The ring still lists the id
+    when the new coordinator starts: ``listed_at_start`` is True (the node
+    reconciles before it dispatches, even with an empty log). Nodes new to
+    the ring -- the first, and one added later -- find themselves unlisted."""
+    script = _VICTIM.replace("session_timeout=2.0", "session_timeout=4.0")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    a, _ = make("a")
+    wait_until(lambda: set(a.view.members) == {"a"}, "a ring of a")
+    assert a.listed_at_start() is False
+    victim = subprocess.Popen([sys.executable, "-c", script, zk_server.hosts, zk_cluster_name, "v"],
+                              stdout=subprocess.DEVNULL, env=env)
+    try:
+        wait_until(lambda: set(a.view.members) == {"a", "v"}, "v in the ring")
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        again, _ = make("v")            # registers once the killed process's session expired
+        assert again.listed_at_start() is True
+        wait_until(lambda: agreed([a, again], {"a", "v"}), "v back in the ring under its new session")
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait(10)
+    added, _ = make("c")
+    assert added.listed_at_start() is False
+    wait_until(lambda: agreed([a, again, added], {"a", "v", "c"}), "c in the ring")
+
+
 def test_leader_with_expired_session_is_replaced_and_rejoins(make, zk_server):
     """Fault: the leader's ZooKeeper session expires (server side)."""
     nodes = {name: make(name) for name in ("a", "b", "c")}
