@@ -17,7 +17,9 @@ import shutil
 
 from miyaq.core.gate import RECONCILING
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE, REJECTED
+from miyaq.runtime import clock, green
 from miyaq.store.task import DONE
+from miyaq.testing.scripted import ScriptedCoordinator
 
 
 def _stop_and_empty(cluster, tmp_path, node_id: str = "n1") -> None:
@@ -182,4 +184,51 @@ def test_a_node_new_to_the_ring_with_an_empty_data_dir_does_not_reconcile(inproc
     cluster.wait_until(lambda: sub.result, what="the submit")
     assert sub.status == ACCEPTED, sub.result
     cluster.wait_until(lambda: worker.runs(tid), what="the task to run on n4")
+    assert not cluster.crashes()
+
+
+def test_a_reconcile_does_not_time_out_while_the_restarted_node_waits_to_register(inproc, tmp_path, monkeypatch):
+    """Fault: n1, first holder of key K, restarts from its log while its old
+    ZooKeeper session is still registered: registering waits that session
+    out (up to twice the session timeout and 2 s, 22 s by default), here
+    longer than ``reconcile_timeout``, with no ring and no peer's state
+    meanwhile. Task ``ida`` of K was stored through K's other holder while
+    n1 was down, and n1's SYNCs go unanswered for now. Before the fix the
+    reconcile's timeout ran from the node's start: it ended while n1 was
+    still registering, having waited for nothing, and once registered n1
+    coordinated ``idb`` of K (accepted: a second task of the key). Now the
+    timeout runs from the registration: n1 still reconciles and refuses
+    ``idb`` ``unavailable``."""
+    cluster = inproc(3, replicas=2, min_acks=1, data_dir=str(tmp_path), fsync="never")
+    key, other = _key_led_by(cluster, "n1")
+    kept = cluster.submit("n1", cluster.task_led_by("n1", replicas=2), countdown=3600)
+    cluster.wait_until(lambda: kept.status == ACCEPTED, what="a delayed task stored on n1")
+    cluster.stop_node("n1")
+    first = cluster.submit(other, "ida", key=key, countdown=3600)
+    cluster.wait_until(lambda: first.status == ACCEPTED, what="ida accepted")
+
+    registering = ScriptedCoordinator.start
+    timeout = cluster.settings["reconcile_timeout"]
+
+    def slow_registration(coordinator: ScriptedCoordinator) -> None:
+        waited = 0.0
+        while waited <= timeout + 1:        # in steps the tickers see: no freeze
+            clock.advance(1.0)
+            waited += 1.0
+            green.sleep(0.1)
+        registering(coordinator)
+
+    syncs = cluster.net.hold("SYNC", src="n1")
+    monkeypatch.setattr(ScriptedCoordinator, "start", slow_registration)
+    back = cluster.start_node("n1")
+    monkeypatch.setattr(ScriptedCoordinator, "start", registering)
+    cluster.wait_until(lambda: back.role.view.epoch == cluster.script.current.epoch, what="n1's ring")
+    second = cluster.submit("n1", "idb", key=key, countdown=3600)
+    cluster.wait_until(lambda: second.result, what="idb answered")
+    assert second.result[1] == REJECTED and second.error_code == "unavailable", second.result
+    assert back.node.core.gate.holds(RECONCILING), "the reconcile timed out before n1 registered"
+
+    syncs.release()
+    cluster.wait_until(lambda: not back.node.core.gate.holds(RECONCILING), what="n1's reconcile to end")
+    assert cluster[other].state("ida") == "scheduled" and back.state("ida") == "scheduled"
     assert not cluster.crashes()

@@ -44,6 +44,7 @@ class Reconcile:
         self._view_confirmed = True   # False from a freeze or a fence until the coordinator confirms the ring
         self._confirming = 0          # the pending confirmation's number (0: none)
         self._confirmations = 0
+        self._registered = False      # the coordinator started: the timeout runs from then on
 
     @property
     def active(self) -> bool:
@@ -118,15 +119,19 @@ class Reconcile:
         handoff brings it its copies.
 
         A node already reconciling (its log had tasks or ends) counts its
-        ``timeout`` from now, not from its start: registering can wait out
-        the previous session (twice the session timeout and 2 s), and a
-        reconcile that timed out meanwhile would have waited for nothing."""
-        if not (listed or self._until):
-            return
+        ``timeout`` from now, not from its start: no reconcile times out
+        before this call, since registering can wait out the previous
+        session (up to twice the session timeout and 2 s: 22 s by default,
+        past the 15 s of ``reconcile_timeout``) while the node has no ring
+        and no peer's state, and a reconcile ended then would have waited
+        for nothing."""
+        self._registered = True
         role = self.role
         until = monotonic() + timeout
         if self._until:
             self._until = max(self._until, until)
+            return
+        if not listed:
             return
         role.gate.close(RECONCILING)
         self._until = until
@@ -164,7 +169,7 @@ class Reconcile:
         if not self._view_confirmed:
             self._confirm_view()
         reconciled = self._reconciled()
-        if reconciled or mono >= self._until:
+        if reconciled or (mono >= self._until and self._registered):
             role = self.role
             self._until = 0.0
             role.gate.open(RECONCILING)
