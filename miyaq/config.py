@@ -136,8 +136,9 @@ class NodeConfig(Settings):
                                          "a PING every fifth of it")
     replication_timeout: float = setting(3.0, "seconds a submit waits for min_acks holders to store the task before "
                                            "it is refused not_enough_replicas (a resend with the same id is safe)")
-    reconcile_timeout: float = setting(15.0, "most seconds a node restarted from its log holds dispatching while it "
-                                          "reconciles with the other holders")
+    reconcile_timeout: float = setting(15.0, "most seconds a node restarted from its log (or empty while the ring "
+                                          "lists it) holds dispatching while it reconciles with the other holders, "
+                                          "counted from its registration")
     max_tasks: int = setting(1_000_000, "live tasks this node holds before it answers BUSY")
     max_payload: int = setting(1024 * 1024, "largest task payload in bytes")
     max_bytes: int = setting(1024 * 1024 * 1024, "payload bytes of the tasks this node holds (live and dead-letter) "
