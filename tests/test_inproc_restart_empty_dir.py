@@ -232,3 +232,53 @@ def test_a_reconcile_does_not_time_out_while_the_restarted_node_waits_to_registe
     cluster.wait_until(lambda: not back.node.core.gate.holds(RECONCILING), what="n1's reconcile to end")
     assert cluster[other].state("ida") == "scheduled" and back.state("ida") == "scheduled"
     assert not cluster.crashes()
+
+
+def test_an_emptied_node_the_ring_dropped_before_it_registered_joins_as_a_new_node_and_runs_nothing_twice(
+        inproc, tmp_path, monkeypatch):
+    """The other path (a chaos run: 2 of 5 wipes restarted 0.3 s after the
+    kill took it): n1 restarts with an empty data dir and waits to
+    register while its old session lives; its peer link is up, and n2,
+    whose ring still lists it, replicates a task to it (holders n2 then
+    n1). The old session expires and the ring drops n1 before n1
+    registers: it finds itself unlisted and joins as a new node, without a
+    reconcile. Meanwhile n2 runs and finishes the task. n1's first ring
+    does not list it, so it hands its copy to the task's holders there,
+    and their answer says the task finished: n1's copy ends as on n2 --
+    before n1 is back in the ring and its QUERYs and SYNCs, held here,
+    could matter -- and the task runs once."""
+    cluster = inproc(3, replicas=2, data_dir=str(tmp_path), fsync="never")
+    _stop_and_empty(cluster, tmp_path)
+    tid = _task_with_n1_second(cluster)
+    runner = cluster.worker("n2")
+    registering = ScriptedCoordinator.start
+
+    def registration_after_the_ring_dropped_it(coordinator: ScriptedCoordinator) -> None:
+        sub = cluster.submit("n2", tid, replicas=2)
+        cluster.wait_until(lambda: sub.status == ACCEPTED, what="the copy stored on n1 before it registered")
+        cluster.publish(["n2", "n3"])             # n1's old session expired: the leader drops it
+        cluster.wait_until(lambda: runner.runs(tid), what="the task to run on n2")
+        runner.complete(tid)
+        cluster.wait_until(lambda: cluster["n2"].state(tid) == DONE, what="the task done on n2")
+        registering(coordinator)
+
+    monkeypatch.setattr(ScriptedCoordinator, "start", registration_after_the_ring_dropped_it)
+    back = cluster.start_node("n1")
+    monkeypatch.setattr(ScriptedCoordinator, "start", registering)
+    assert back.role.coordinator.listed_at_start() is False
+    assert not back.node.core.gate.holds(RECONCILING), "a node the ring does not list joins as a new one"
+    assert back.task(tid) is not None, "n1 stored its copy before it registered"
+
+    late = cluster.worker("n1")
+    cluster.wait_until(lambda: back.state(tid) == DONE, what="n1's copy to end as on n2 (its handoff's answer)")
+    queries = cluster.net.hold("QUERY", src="n1")
+    syncs = cluster.net.hold("SYNC", src="n1")
+    cluster.script.publish(["n1", "n2", "n3"])    # n1 registered: the leader adds it back
+    cluster.wait_until(lambda: back.role.view.epoch == cluster.script.current.epoch, what="n1 back in the ring")
+    cluster.advance(cluster.settings["reconcile_timeout"])
+    cluster.settle(0.2)
+    queries.release()
+    syncs.release()
+    cluster.settle(0.1)
+    assert late.times(tid) == 0 and runner.times(tid) == 1
+    assert not cluster.crashes()
