@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import replace
 
 from miyaq.core.gate import RECONCILING
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE, REJECTED
 from miyaq.runtime import clock, green
 from miyaq.store.task import DONE
+from miyaq.testing.inprocess import InProcessCluster
+from miyaq.testing.ports import free_port
 from miyaq.testing.scripted import ScriptedCoordinator
+from test_http_not_holder import call
 
 
 def _stop_and_empty(cluster, tmp_path, node_id: str = "n1") -> None:
@@ -282,3 +286,56 @@ def test_an_emptied_node_the_ring_dropped_before_it_registered_joins_as_a_new_no
     cluster.settle(0.1)
     assert late.times(tid) == 0 and runner.times(tid) == 1
     assert not cluster.crashes()
+
+
+def _start_with_gateway(cluster: InProcessCluster, node_id: str, port: int):
+    """Start ``node_id`` with its gateway on ``port``, registered with its URL."""
+    handle = cluster.start_node(node_id, http_port=port)
+    member = cluster.script.registered[node_id]
+    cluster.script.registered[node_id] = replace(member, http=f"http://127.0.0.1:{port}")
+    return handle
+
+
+def test_a_holder_restarted_empty_answers_unavailable_not_no_task_until_it_reconciled():
+    """Fault: n1, a holder of a delayed task, restarts with no data (here:
+    no data dir) while the ring lists it, and its SYNCs go unanswered for
+    now. Asked for the task's status or result, it answered ``404 no
+    task`` -- from a holder, "the cluster has no such task", while the task
+    was scheduled on its other holder and n1 itself would have it back
+    with its resyncs (/tmp/emptydir/test_measure_http.py). Now, while it
+    reconciles, it answers ``503 unavailable`` naming the other holders'
+    URLs (over ZeroMQ TASK and RESULT too: the Python client asks the
+    other nodes); once reconciled, the task."""
+    cluster = InProcessCluster(3, replicas=2)
+    ports = {node_id: free_port() for node_id in cluster.ids}
+    try:
+        for node_id in cluster.ids:
+            _start_with_gateway(cluster, node_id, ports[node_id])
+        cluster.publish(cluster.ids)
+        tid = cluster.task_led_by("n1", replicas=2)
+        other = cluster.holders(tid, 2)[1]
+        sub = cluster.submit(other, tid, countdown=600, replicas=2)
+        cluster.wait_until(lambda: sub.status == ACCEPTED, what="the submit")
+        cluster.wait_until(lambda: cluster["n1"].task(tid) is not None, what="n1's copy")
+
+        cluster.stop_node("n1")
+        syncs = cluster.net.hold("SYNC", src="n1")
+        back = _start_with_gateway(cluster, "n1", ports["n1"])
+        cluster.wait_until(lambda: back.role.view.epoch == cluster.script.current.epoch, what="n1's ring")
+        assert back.task(tid) is None
+        for path in (f"/tasks/{tid}", f"/tasks/{tid}/result"):
+            status, body = call(ports["n1"], "GET", path)
+            assert status == 503 and body["error"]["code"] == "unavailable", (path, status, body)
+            assert body["error"]["holders"] == [f"http://127.0.0.1:{ports[other]}"], body
+        assert back.node.core.gate.holds(RECONCILING)
+
+        syncs.release()
+        cluster.wait_until(lambda: not back.node.core.gate.holds(RECONCILING), what="n1's reconcile to end")
+        status, body = call(ports["n1"], "GET", f"/tasks/{tid}")
+        assert status == 200 and body["task"]["state"] == "scheduled", body
+        unknown = cluster.task_led_by("n1", replicas=2)
+        status, body = call(ports["n1"], "GET", f"/tasks/{unknown}")
+        assert (status, body) == (404, {"error": {"code": "not_found", "message": f"no task {unknown}"}})
+        assert not cluster.crashes()
+    finally:
+        cluster.close()

@@ -22,10 +22,10 @@ from typing import Any, Callable
 from miyaq.constants import LONE_SUBMIT_TASKS, MAX_LONG_POLL, MAX_RETRY_DELAY, MAX_WITHDRAW
 from miyaq.core.consumers import Origin, PullConsumer, pull_principal
 from miyaq.core.core import Core
-from miyaq.core.gate import SHUTTING_DOWN
+from miyaq.core.gate import RECONCILING, SHUTTING_DOWN
 from miyaq.core.handles import NodeRole, ScheduleSink, StatusReport
 from miyaq.core.view_rows import FIRST_ROWS, msgpack_in_slices
-from miyaq.core.result_answers import outcome, ran_elsewhere
+from miyaq.core.result_answers import outcome, ran_elsewhere, unknown_here
 from miyaq.core.worker_commands import WorkerCommands
 from miyaq.errors import InvalidField, MiyaqError, NotFound, ShuttingDown
 from miyaq.protocol import commands as c
@@ -173,7 +173,11 @@ class ServiceHandlers:
 
     def task(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         task_id = check_id(body.get("id"))
-        self.endpoint.reply(identity, body.get("req"), {"task": self.engine.info(task_id)})
+        try:
+            info = self.engine.info(task_id)
+        except NotFound as err:
+            raise unknown_here(err.message, self.gate.holds(RECONCILING)) from None
+        self.endpoint.reply(identity, body.get("req"), {"task": info})
 
     def cancel(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         """CANCEL: ``cancelled: true`` is answered once the log has the
@@ -213,7 +217,7 @@ class ServiceHandlers:
             self.endpoint.reply(identity, req, outcome(task))
             return
         if task_id not in engine.table.live:
-            raise NotFound(f"no task {task_id}")
+            raise unknown_here(f"no task {task_id}", self.gate.holds(RECONCILING))
         if timeout <= 0:
             self.endpoint.reply(identity, req, {"state": engine.table.live[task_id].state, "timeout": True})
             return

@@ -16,11 +16,31 @@ from __future__ import annotations
 
 from typing import Any
 
-from miyaq.errors import NotFound
+from miyaq.errors import MiyaqError, NotFound, Unavailable
 from miyaq.store.table import Tombstone
 from miyaq.store.task import Task
 
-__all__ = ["outcome", "ran_elsewhere"]
+__all__ = ["outcome", "ran_elsewhere", "unknown_here"]
+
+
+def unknown_here(message: str, reconciling: bool, **details: Any) -> MiyaqError:
+    """What a read of a task this node does not know answers (``message``:
+    the not-found's, ``no task <id>``): ``not_found``; or, while the node
+    reconciles with the other holders (``reconciling``: after a restart --
+    from its log, or with an empty data dir while the ring lists it -- a
+    freeze or a fence), ``unavailable``: it may not have its copy back
+    yet, and ``not_found`` from a holder says the cluster has no such task
+    (a producer may submit it again). Before 2026-12-06 such a node
+    answered ``no task <id>`` for a task it held before a restart with an
+    empty data dir until its resyncs came. A client asks another node, or
+    this one again shortly (the reconcile lasts one resync round trip to
+    each peer, at most ``reconcile_timeout``). ``details`` go with the
+    ``unavailable`` only (the gateway's ``holders``)."""
+    if not reconciling:
+        return NotFound(message)
+    return Unavailable(f"{message} here yet: this node is reconciling with the other holders (after a restart, "
+                       "a freeze or a fence) and may not have its copy back; ask another node, or again shortly",
+                       **details)
 
 
 def ran_elsewhere(task_id: str) -> NotFound:

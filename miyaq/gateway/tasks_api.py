@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 from miyaq.config import MAX_REPLICAS
 from miyaq.constants import HTTP_ACK_WAIT, MAX_LONG_POLL, QUERY_PATIENCE_MAX
 from miyaq.errors import InvalidField, MiyaqError, NotFound, Timeout
-from miyaq.core.result_answers import outcome, ran_elsewhere
+from miyaq.core.gate import RECONCILING
+from miyaq.core.result_answers import outcome, ran_elsewhere, unknown_here
 from miyaq.core.waiters import NOWHERE
 from miyaq.protocol.commands import DUPLICATE
 from miyaq.protocol.recordspec import STARTED_ELSEWHERE
@@ -113,11 +114,13 @@ class TasksApi:
         replicas = request.arg_integer("replicas", self.config.replicas, 1, MAX_REPLICAS)
         return (key if key is not None else task_id), replicas
 
-    def not_held(self, placement: tuple[str, int], message: str) -> NotFound:
+    def not_held(self, placement: tuple[str, int], message: str) -> MiyaqError:
         """The 404 for a task unknown here, placed by ``placement`` (its
         routing key -- its ``key``, else its id -- and its ``replicas``,
         :meth:`placement`): as it was (``message``) on a node the ring makes
-        one of its holders; else ``message`` saying this node is not one of
+        one of its holders -- a 503 ``unavailable`` instead while that node
+        reconciles (:func:`~miyaq.core.result_answers.unknown_here`), its
+        field ``holders`` the other holders' HTTP URLs; else ``message`` saying this node is not one of
         them (or is outside the ring) and naming the holders' HTTP URLs,
         which are also its field ``holders`` (``[]`` when none has an HTTP
         gateway, or the ring is empty).
@@ -132,9 +135,10 @@ class TasksApi:
         routing_key, replicas = placement
         members: dict[str, Any] = role.ring_info()["members"]
         holders = role.holders(routing_key, replicas) if members else []
-        if node_id in members and node_id in holders:
-            return NotFound(message)
         urls = [members[h]["http"] for h in holders if h in members and members[h].get("http")]
+        if node_id in members and node_id in holders:
+            others = [members[h]["http"] for h in holders if h != node_id and members[h].get("http")]
+            return unknown_here(message, self.gateway.core.gate.holds(RECONCILING), holders=others)
         where = "is outside the ring" if node_id not in members else "is not one of its holders"
         ask = f"ask {', '.join(urls)}" if urls else "no holder has an HTTP gateway the ring knows"
         return NotFound(f"{message}: node {node_id} {where}; {ask}", holders=urls)
