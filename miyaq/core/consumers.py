@@ -77,6 +77,9 @@ class Consumer:
 
     kind = "consumer"
     principal: str | None = None
+    #: The task names it runs, if it declared them (a worker's READY,
+    #: :mod:`miyaq.core.task_names`); None: any name.
+    names: frozenset[str] | None = None
 
     def __init__(self, queues: list[str]) -> None:
         self.queues = queues

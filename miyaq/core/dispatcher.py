@@ -96,6 +96,7 @@ from miyaq.core.engine import Engine
 from miyaq.core.gate import Gate
 from miyaq.core.handles import StartBarrier
 from miyaq.core.limits import QueueLimits
+from miyaq.core.task_names import PASS_OVER, TaskNames
 from miyaq.core.listener import EngineListener
 from miyaq.runtime import monotonic, wall
 from miyaq.store.table import Tombstone
@@ -127,6 +128,7 @@ class Dispatcher(EngineListener, LeaseDelivery):
         # pause) and must first hear what other holders did meanwhile.
         self.alive_at = 0.0
         self.limits = limits
+        self.task_names = TaskNames()     # the registry keeps it; a worker that declared names passes over others
         self.announce: Callable[[], None] = _nothing_to_announce
         # The last task that woke parked consumers, and them (``task_ready``);
         # the lone tasks of this burst noted from it (``note_lone``).
@@ -269,6 +271,8 @@ class Dispatcher(EngineListener, LeaseDelivery):
         if len(takers) > 1:
             takers.sort(key=_most_free_first)
         for consumer in takers:
+            if consumer.names is not None and task.name not in consumer.names and self.task_names.elsewhere(task):
+                continue                  # not its handler, and another worker of the queue has it
             lanes: list[str] = consumer.queues
             if self.limits.active:
                 lanes = self.limits.open(lanes, now)
@@ -334,17 +338,28 @@ class Dispatcher(EngineListener, LeaseDelivery):
                     n = free
                 taken = 0
                 size = sizes.get(consumer, 0) if batch else 0
+                names = consumer.names
+                passed: list[Task] | None = None    # tasks it has no handler for, another worker has
                 while taken < n and size < DISPATCH_BATCH_BYTES:
                     if limits is None:
                         task = engine.take(queues, now)
                         if task is None:
-                            drained.update(queues)
+                            if passed is None:
+                                drained.update(queues)
                             break
                     else:
                         open_lanes = limits.open(queues, now)
                         task = engine.take(open_lanes, now) if open_lanes else None
                         if task is None:
                             break
+                    if names is not None and task.name not in names and self.task_names.elsewhere(task):
+                        if passed is None:
+                            passed = []
+                        passed.append(task)
+                        if len(passed) >= PASS_OVER:
+                            break
+                        continue
+                    if limits is not None:
                         limits.acquire(task.queue)
                     engine.start(task, consumer, now)
                     if batch is None:
@@ -356,12 +371,16 @@ class Dispatcher(EngineListener, LeaseDelivery):
                     sizes[consumer] = size
                     consumer.took(taken)
                     total += taken
+                if passed is not None:
+                    engine.ready.unpop(passed)    # back in their places, for their workers
                 if consumer.room() <= 0:
                     hungry.pop(consumer, None)
                 elif batch and (len(batch) >= max_batch or size >= DISPATCH_BATCH_BYTES):
                     self.pending = True       # batch full: it stays hungry, the next pump goes on
                 elif taken == n:
                     again.append(consumer)    # took its whole chunk: there may be more
+                elif passed is not None and len(passed) >= PASS_OVER:
+                    pass                      # behind tasks for other workers: stays hungry, the next pump looks
                 elif limits is not None and engine.ready.has_ready(queues):
                     pass                      # held back by its queues' limits: stays hungry
                 elif batch:

@@ -22,6 +22,7 @@ from miyaq.core.core import Core
 from miyaq.core.gate import SHUTTING_DOWN
 from miyaq.core.handles import NodeRole, ScheduleSink
 from miyaq.core.service import Handler
+from miyaq.core.task_names import MAX_NAMES_PER_WORKER
 from miyaq.errors import InvalidField, ShuttingDown
 from miyaq.protocol import commands as c
 from miyaq.protocol import fields as f
@@ -61,7 +62,8 @@ class WorkerCommands:
         queues = f.string_list(body, "queues", ["default"], max_items=64)
         for q in queues:
             check_queue(q, "queues")
-        names = f.string_list(body, "names", [], max_items=10_000, max_len=256)
+        names = f.string_list(body, "names", [], max_items=MAX_NAMES_PER_WORKER, max_len=256)
+        names_only = f.boolean(body, "names_only", False)     # added 2026-12-07: run only these (task_names)
         capacity = f.integer(body, "capacity", 1, lo=1, hi=c.MAX_WORKER_CAPACITY)
         credit = f.integer(body, "credit", capacity, lo=0, hi=capacity)
         schedules = schedules_from_wire(body.get("periodic"), names)
@@ -78,7 +80,8 @@ class WorkerCommands:
         self.workers.check_id(wid, key)                    # another key's worker id: forbidden
         self.workers.check_room(identity, wid, queues)     # max_workers, or MAX_SERVED_QUEUES names: busy
         self.schedules.declare(schedules, wid, now, key)   # refuses (nothing kept): limits, another key's
-        worker = self.workers.register(identity, wid, queues, capacity, now, info, key)
+        worker = self.workers.register(identity, wid, queues, capacity, now, info, key,
+                                       names if names_only else None)
         worker.credit = 0
         self.dispatcher.grant(worker, credit)
 

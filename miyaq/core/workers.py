@@ -83,15 +83,18 @@ class WorkerRegistry:
         #: the string every registration naming it shares); at most MAX_SERVED_QUEUES.
         self.served: dict[str, int] = {}
         self._names: dict[str, str] = {}
+        self.task_names = dispatcher.task_names     # the names each queue's workers run
         self.lost_total = 0
         self.foreign_heartbeats = 0
         self.dropped: OrderedDict[bytes, str | None] = OrderedDict()   # connection -> principal, of dropped workers
         self._ticks: deque[float] = deque(maxlen=liveness + 1)   # when the last liveness + 1 ticks ran (monotonic)
 
     def register(self, identity: bytes, wid: str, queues: list[str], capacity: int, now: float,
-                 info: dict[str, Any], key: str | None = None) -> WorkerConsumer:
+                 info: dict[str, Any], key: str | None = None, names: list[str] | None = None) -> WorkerConsumer:
         """Register (or re-register) a worker; ``key``: the name of the key it
-        sent READY with. Forbidden if another key's worker holds ``wid``,
+        sent READY with; ``names``: the task names it declared it runs (at
+        most ``MAX_NAMES_PER_WORKER``; None: any name;
+        :mod:`miyaq.core.task_names`). Forbidden if another key's worker holds ``wid``,
         busy if it would be one worker more than ``max_workers`` or bring the
         queue names served past :data:`MAX_SERVED_QUEUES`. A name the READY
         repeats is kept once."""
@@ -106,6 +109,9 @@ class WorkerRegistry:
             self.drop(old, "registered again", now)
         queues = self._serve(queues)
         worker = WorkerConsumer(self.endpoint, identity, wid, queues, capacity, monotonic(), info, key)
+        if names is not None:
+            worker.names = self.task_names.declare(wid, names)
+        self.task_names.serve(queues, worker.names)
         worker.holder_endpoints = self.directory.holder_endpoints
         self.by_identity[identity] = worker
         self.by_wid[wid] = worker
@@ -221,6 +227,8 @@ class WorkerRegistry:
         task leased to it spends one."""
         if self.by_identity.get(worker.identity) is worker:
             self._unserve(worker)
+            self.task_names.unserve(worker.queues, worker.names)
+            self.task_names.release(worker.names)
         self.by_identity.pop(worker.identity, None)
         self.dropped[worker.identity] = worker.principal
         self.dropped.move_to_end(worker.identity)

@@ -139,6 +139,34 @@ class Lane:
         self.entries -= 1
         return task
 
+    def unpop(self, task: Task) -> None:
+        """Put back at the front of its level a task :meth:`pop` just took
+        (still READY, its ``seq`` unchanged): the lane is as before the pop.
+        Several go back in the reverse order of their pops."""
+        prio = task.priority
+        entry = (task.seq, task)
+        if Collector.untracking:
+            untrack(entry)
+        fifo = self.fifos.get(prio)
+        if fifo is not None:
+            fifo.appendleft(entry)
+        else:
+            singles = self.singles
+            single = singles.get(prio)
+            if single is None:
+                if self.levels:
+                    self._drop_empty_first()
+                singles[prio] = entry
+                heapq.heappush(self.levels, prio)
+            elif single is _SPENT:
+                singles[prio] = entry
+            else:
+                del singles[prio]
+                fifo = self.fifos[prio] = deque((entry, single))
+                if Collector.untracking:
+                    untrack(fifo)
+        self.entries += 1
+
     def compact(self) -> int:
         """Rebuild the levels without stale entries or empty levels; returns how many entries went."""
         before = self.entries
@@ -195,6 +223,12 @@ class ReadyQueues:
         if best_lane is None:
             return None
         return best_lane.pop()
+
+    def unpop(self, tasks: list[Task]) -> None:
+        """Put back, in their lanes' places, tasks :meth:`pop` just took in
+        this order (none made ready or popped since): see :meth:`Lane.unpop`."""
+        for task in reversed(tasks):
+            self.lane(task.lane).unpop(task)
 
     def peek(self, queues: Iterable[str]) -> Task | None:
         """The task :meth:`pop` would take across the lanes ``queues``, left

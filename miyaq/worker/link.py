@@ -99,7 +99,7 @@ class NodeLink(LinkSocket):
     def register(self) -> None:
         w = self.worker
         held = w.busy_count(self)
-        body = {"worker": w.wid, "queues": w.queues, "names": sorted(w.app.tasks),
+        body = {"worker": w.wid, "queues": w.queues, "names": sorted(w.app.tasks), "names_only": True,
                 "capacity": w.capacity, "pid": w.pid, "host": w.host, "concurrency": w.concurrency,
                 "pool": w.config.pool,
                 # after a reconnect, slots held by running tasks are not free; nor

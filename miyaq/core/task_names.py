@@ -1,0 +1,146 @@
+"""Which task names the registered workers run: so that a task goes to a
+worker that has its handler while one of its queue's workers has it.
+
+A worker may declare the names it runs (READY ``names`` with
+``"names_only": true``, docs/protocol.md 7.1; the Python worker does): it
+is then sent a task of another name only when no registered worker of the
+task's queue runs that name -- one that declared it, or one that declared
+nothing (an older worker, a worker written without miyaq: it takes any
+name, as every worker did before 2026-12-07). So in a rolling deploy the
+new version's task goes to the new version's workers, and a name no
+worker has (a typo) still goes to a worker as before, fails
+``UnknownTask``, and is dead-lettered after its retries with the worker's
+explanation.
+
+The dispatcher asks only when a worker that declared names takes a task
+of another name (:meth:`TaskNames.elsewhere`); with no worker declaring,
+nothing here runs per task. Such a worker *passes over* the task: it goes
+back to its place in its lane (:meth:`miyaq.store.ready.ReadyQueues.unpop`:
+its priority and order kept) and the worker takes the next one. A pump
+lets one worker pass over at most :data:`PASS_OVER` tasks; behind more,
+it takes nothing more in that pump and stays among the hungry ones, looked
+at again by the next pump (the tasks' own workers take them meanwhile).
+
+Bounded: a READY declares at most :data:`MAX_NAMES_PER_WORKER` names (past
+that it is refused ``invalid_field``, as a READY's other fields are). The
+registered workers' declarations are kept once per distinct list (a fleet
+of one app shares one set), at most :data:`MAX_NAME_SETS` distinct lists
+of :data:`MAX_DECLARED_NAMES` names together. A worker whose list would
+pass either bound is registered as declaring nothing (it takes any name,
+as before this index; logged, a few lines a minute): a worker is never
+refused for what others declared, and the index never outgrows the bound.
+The question :meth:`TaskNames.elsewhere` answers looks at each distinct
+list serving the queue once, at most :data:`MAX_NAME_SETS`.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from miyaq.logs import LogLimiter
+from miyaq.store.task import Task
+
+logger = logging.getLogger(__name__)
+
+#: Names one READY may declare (as many as its ``names`` field ever took).
+MAX_NAMES_PER_WORKER = 10_000
+#: Distinct name lists the registered workers declare, at most: the apps
+#: (and versions of them) serving a node at once.
+MAX_NAME_SETS = 64
+#: Names in those distinct lists together, at most (ten apps of 10,000 tasks).
+MAX_DECLARED_NAMES = 100_000
+#: Tasks a worker passes over in one pump, at most (those it has no handler
+#: for, while another worker of their queue has).
+PASS_OVER = 64
+#: Lines a minute saying a worker's list was not kept (the rest counted).
+NOT_KEPT_LINES_PER_MINUTE = 5
+_not_kept = LogLimiter(logger, burst=NOT_KEPT_LINES_PER_MINUTE)
+
+NameSet = frozenset[str]
+
+
+class TaskNames:
+    """The name lists the registered workers declared, by queue (see the
+    module's docstring). A worker's list is ``None`` when it declared none."""
+
+    def __init__(self) -> None:
+        #: Distinct declared lists -> the one set kept for it (shared by every
+        #: registration declaring it) and how many registrations hold it.
+        self.sets: dict[NameSet, tuple[NameSet, int]] = {}
+        #: Names in :attr:`sets` together.
+        self.total = 0
+        #: Queue -> the lists its registered workers declared (None: any
+        #: name) -> how many of its workers declared each.
+        self.by_queue: dict[str, dict[NameSet | None, int]] = {}
+        #: Lists registered as "any name" because they would pass a bound.
+        self.not_kept = 0
+
+    def declare(self, wid: str, names: Iterable[str]) -> NameSet | None:
+        """The set a worker registering with the list ``names`` holds: the
+        one kept for an equal list if there is one; None (any name) if a new
+        list would pass :data:`MAX_NAME_SETS` or :data:`MAX_DECLARED_NAMES`.
+        Counts the registration: :meth:`release` gives it back."""
+        wanted = frozenset(names)
+        sets = self.sets
+        held = sets.get(wanted)
+        if held is not None:
+            sets[wanted] = (held[0], held[1] + 1)
+            return held[0]
+        if len(sets) >= MAX_NAME_SETS or self.total + len(wanted) > MAX_DECLARED_NAMES:
+            self.not_kept += 1
+            _not_kept.warning("names not kept", "worker %s declares %d task names; the workers registered here "
+                              "declare %d distinct lists of %d names (at most %d lists, %d names): it is "
+                              "registered as taking any name", wid, len(wanted), len(sets), self.total,
+                              MAX_NAME_SETS, MAX_DECLARED_NAMES)
+            return None
+        sets[wanted] = (wanted, 1)
+        self.total += len(wanted)
+        return wanted
+
+    def release(self, names: NameSet | None) -> None:
+        """A registration that declared ``names`` went."""
+        if names is None:
+            return
+        held = self.sets.get(names)
+        if held is None:
+            return
+        if held[1] > 1:
+            self.sets[names] = (held[0], held[1] - 1)
+        else:
+            del self.sets[names]
+            self.total -= len(names)
+
+    def serve(self, queues: Iterable[str], names: NameSet | None) -> None:
+        """A registered worker with the list ``names`` serves ``queues``."""
+        by_queue = self.by_queue
+        for q in queues:
+            lists = by_queue.get(q)
+            if lists is None:
+                lists = by_queue[q] = {}
+            lists[names] = lists.get(names, 0) + 1
+
+    def unserve(self, queues: Iterable[str], names: NameSet | None) -> None:
+        """A worker :meth:`serve` counted went."""
+        by_queue = self.by_queue
+        for q in queues:
+            lists = by_queue.get(q)
+            if lists is None:
+                continue
+            n = lists.get(names, 0) - 1
+            if n > 0:
+                lists[names] = n
+            else:
+                lists.pop(names, None)
+                if not lists:
+                    del by_queue[q]
+
+    def elsewhere(self, task: Task) -> bool:
+        """Whether a registered worker of ``task``'s queue runs its name: one
+        that declared it, or one that declared nothing."""
+        lists = self.by_queue.get(task.lane)
+        if not lists:
+            return False
+        if None in lists:
+            return True
+        name = task.name
+        return any(name in names for names in lists if names is not None)

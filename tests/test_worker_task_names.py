@@ -1,0 +1,234 @@
+"""A task goes to a worker that has its handler while a worker of its queue
+has it (miyaq.core.task_names). Before 2026-12-07 the node routed by queue
+alone: two workers of different apps on ``default`` (a rolling deploy: the
+old version and the new side by side), a task only the second registered
+has, and each attempt went to the first (the most free slots, the first
+registered between equals): ``UnknownTask``, retried, dead-lettered
+although the other worker had the handler and idled (5 of 5 tries)."""
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+
+import miyaq
+from miyaq.core import task_names
+from miyaq.protocol import commands as c
+from miyaq.store.ready import ReadyQueues
+from miyaq.store.task import READY, Task
+from miyaq.testing.harness import wait_for
+
+REPLY_WAIT = 10_000    # ms; a guard against a hang, not a timing assertion
+
+
+@pytest.fixture
+def dealer(sockets):
+    """Factory: a raw worker's DEALER connected to an endpoint (closed at the end)."""
+    ctx = zmq.Context.instance()
+
+    def make(endpoint: str) -> zmq.Socket:
+        sock = ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.connect(endpoint)
+        sockets.append(sock)
+        return sock
+
+    return make
+
+
+def send_ready(sock: zmq.Socket, wid: str, names: list[Any], names_only: Any = None, **extra: Any) -> None:
+    body: dict[str, Any] = {"worker": wid, "queues": ["default"], "names": names, "capacity": 4, **extra}
+    if names_only is not None:
+        body["names_only"] = names_only
+    sock.send_multipart([c.TAG, c.READY, msgpack.packb(body)])
+
+
+def answer(sock: zmq.Socket, *wanted: bytes) -> tuple[bytes, dict[str, Any]]:
+    """The next message of a kind in ``wanted`` (heartbeats and the rest skipped)."""
+    while True:
+        assert sock.poll(REPLY_WAIT), f"no {wanted} came"
+        frames = sock.recv_multipart()
+        if frames[1] in wanted:
+            return frames[1], msgpack.unpackb(frames[2])
+
+
+def registered(sock: zmq.Socket, wid: str, names: list[Any], names_only: Any = None) -> zmq.Socket:
+    send_ready(sock, wid, names, names_only)
+    command, body = answer(sock, c.WELCOME, c.ERROR)
+    assert command == c.WELCOME, body
+    return sock
+
+
+def dispatched(sock: zmq.Socket, timeout_ms: int = REPLY_WAIT) -> list[str]:
+    """The task names of the next DISPATCH to ``sock`` ([] if none within the time)."""
+    while sock.poll(timeout_ms):
+        frames = sock.recv_multipart()
+        if frames[1] == c.DISPATCH:
+            return [item[2] for item in msgpack.unpackb(frames[2])["tasks"]]
+    return []
+
+
+# -- the two apps, real workers ------------------------------------------------------------
+
+def test_a_task_only_the_second_app_has_runs_on_its_worker(node, client, thread_worker):
+    """Fault: the rolling deploy. Worker A (the old app: ``old.add``) registers
+    first and would win every tie; worker B (the new app: ``old.add`` and
+    ``new.mul``). Five calls of ``new.mul`` with no retries each run on B.
+    Before: each went to A and failed ``UnknownTask``."""
+    old, new = miyaq.App(node.endpoint), miyaq.App(node.endpoint)
+    old.task(lambda a, b: a + b, name="old.add")
+    new.task(lambda a, b: a + b, name="old.add")
+    new.task(lambda a, b: a * b, name="new.mul")
+    thread_worker(old, node.endpoint, concurrency=2)
+    wait_for(lambda: client.status()["totals"]["workers"] == 1, what="the old app's worker")
+    thread_worker(new, node.endpoint, concurrency=2)
+    wait_for(lambda: client.status()["totals"]["workers"] == 2, what="the new app's worker")
+    for i in range(5):
+        assert client.call("new.mul", [i, 3], max_retries=0, timeout=20) == 3 * i
+    assert client.call("old.add", [1, 2], max_retries=0, timeout=20) == 3
+
+
+def test_a_name_no_worker_has_still_ends_dead_with_the_message(node, client, thread_worker):
+    """Fault the routing must not cause: a typo waits for a worker that will
+    never come. Both workers declared their names, neither has ``old.ad``:
+    a worker takes it as before, it fails ``UnknownTask`` with the worker's
+    explanation, is retried, and is dead-lettered."""
+    old, new = miyaq.App(node.endpoint), miyaq.App(node.endpoint)
+    old.task(lambda a, b: a + b, name="old.add")
+    new.task(lambda a, b: a * b, name="new.mul")
+    thread_worker(old, node.endpoint)
+    thread_worker(new, node.endpoint)
+    wait_for(lambda: client.status()["totals"]["workers"] == 2, what="both workers")
+    with pytest.raises(miyaq.TaskFailed) as err:
+        client.call("old.ad", [1, 2], max_retries=1, backoff=0.01, timeout=20)
+    assert err.value.remote_type == "UnknownTask"
+    assert "no handler named 'old.ad'" in err.value.remote_message
+
+
+# -- the protocol, raw workers -------------------------------------------------------------
+
+def test_a_declaring_worker_is_passed_by_for_the_worker_that_declared_the_name(node, client, dealer):
+    """Fault: raw workers ``a`` (declares ``x``, registered first: it wins
+    ties) and ``b`` (declares ``y``). A task ``y`` goes to ``b``; a task
+    ``x`` to ``a``. Before: ``y`` went to ``a``."""
+    a = registered(dealer(node.endpoint), "a", ["x"], names_only=True)
+    b = registered(dealer(node.endpoint), "b", ["y"], names_only=True)
+    client.submit("y", [], wait=True)
+    assert dispatched(b) == ["y"]
+    client.submit("x", [], wait=True)
+    assert dispatched(a) == ["x"]
+    assert dispatched(a, 200) == [] and dispatched(b, 200) == []
+
+
+def test_an_old_style_ready_still_gets_every_name(node, client, dealer):
+    """Fault the routing must not cause: a worker whose READY has no
+    ``names_only`` (an older worker, one written without miyaq) gets any
+    name, its ``names`` informational as before -- and so a worker that
+    declared names passes a task of another name to it. ``a`` declares
+    ``x`` and registers first; ``old`` lists ``x`` informationally. A task
+    ``zzz`` goes to ``old``. Before: to ``a``."""
+    a = registered(dealer(node.endpoint), "a", ["x"], names_only=True)
+    old = registered(dealer(node.endpoint), "old", ["x"])
+    client.submit("zzz", [], wait=True)
+    assert dispatched(old) == ["zzz"]
+    assert dispatched(a, 200) == []
+
+
+def test_a_name_nobody_declared_goes_to_a_declaring_worker_as_before(node, client, dealer):
+    """Fault the routing must not cause: with every worker declaring and
+    none declaring ``zzz``, the task is not held back: it goes out (to the
+    worker that wins the tie, as before) to fail ``UnknownTask`` there."""
+    a = registered(dealer(node.endpoint), "a", ["x"], names_only=True)
+    registered(dealer(node.endpoint), "b", ["y"], names_only=True)
+    client.submit("zzz", [], wait=True)
+    assert dispatched(a) == ["zzz"]
+
+
+def test_passed_over_tasks_keep_their_order(node, client, dealer):
+    """A declaring worker that passes over tasks leaves them in their places:
+    ``b`` (declares ``y``, no room until it asks) gets the ``y`` tasks in
+    the order they were submitted, while ``a`` takes the ``x`` tasks between them."""
+    a = registered(dealer(node.endpoint), "a", ["x"], names_only=True)
+    b = dealer(node.endpoint)
+    send_ready(b, "b", ["y"], names_only=True, credit=0)
+    answer(b, c.WELCOME)
+    for i in range(6):
+        client.submit("y" if i % 2 else "x", [i], wait=True)
+    got_a: list[str] = []
+    while len(got_a) < 3:
+        names = dispatched(a)
+        assert names, "a got fewer than its 3 tasks"
+        got_a += names
+    assert got_a == ["x"] * 3
+    b.send_multipart([c.TAG, c.CREDIT, msgpack.packb({"n": 3})])
+    bodies: list[Any] = []
+    while len(bodies) < 3:
+        assert b.poll(REPLY_WAIT), "b got fewer than its 3 tasks"
+        frames = b.recv_multipart()
+        if frames[1] == c.DISPATCH:
+            bodies += [msgpack.unpackb(item[3]) for item in msgpack.unpackb(frames[2])["tasks"]]
+    assert [args for args, _kwargs in bodies] == [[1], [3], [5]]
+
+
+@pytest.mark.parametrize("names,names_only", [
+    ([f"t{i}" for i in range(100_000)], True),       # past MAX_NAMES_PER_WORKER
+    (["x" * 300], True),                             # past a task name's 256 characters
+    ([7, "x"], True),                                # not strings
+    ([""], True),                                    # empty
+    (["x"], "yes"),                                  # names_only not a boolean
+])
+def test_a_hostile_ready_is_refused_and_changes_nothing(node, client, dealer, names, names_only):
+    """Fault: a READY declaring 100,000 names, a name too long, names that
+    are not strings, ``names_only`` not true or false: refused
+    ``invalid_field`` naming the field, nothing registered or declared."""
+    sock = dealer(node.endpoint)
+    send_ready(sock, "hostile", names, names_only)
+    command, body = answer(sock, c.WELCOME, c.ERROR)
+    assert command == c.ERROR and body["code"] == "invalid_field", body
+    assert body["field"] in ("names", "names_only")
+    assert client.status()["totals"]["workers"] == 0
+    index = node.node.core.dispatcher.task_names     # type: ignore[union-attr]
+    assert index.sets == {} and index.by_queue == {}
+
+
+def test_declarations_past_the_bound_register_as_any_name(node, client, dealer, monkeypatch):
+    """Bounded together: past ``MAX_NAME_SETS`` distinct lists (patched to
+    2) a worker is still registered, as taking any name, and the index
+    holds no more; lists equal to one kept share it; a worker gone gives
+    its list back."""
+    monkeypatch.setattr(task_names, "MAX_NAME_SETS", 2)
+    first = registered(dealer(node.endpoint), "a", ["x"], names_only=True)
+    registered(dealer(node.endpoint), "b", ["y"], names_only=True)
+    registered(dealer(node.endpoint), "c", ["z"], names_only=True)
+    registered(dealer(node.endpoint), "d", ["x"], names_only=True)
+    workers = node.node.core.workers     # type: ignore[union-attr]
+    assert workers.by_wid["c"].names is None
+    assert workers.by_wid["d"].names is workers.by_wid["a"].names
+    index = node.node.core.dispatcher.task_names     # type: ignore[union-attr]
+    assert len(index.sets) == 2 and index.total == 2 and index.not_kept == 1
+    first.send_multipart([c.TAG, c.BYE, msgpack.packb({"worker": "a"})])
+    wait_for(lambda: client.status()["totals"]["workers"] == 3, what="the BYE to be handled")
+    assert index.sets[frozenset({"x"})][1] == 1
+    assert index.by_queue["default"] == {frozenset({"x"}): 1, frozenset({"y"}): 1, None: 1}
+
+
+# -- the lane put back ---------------------------------------------------------------------
+
+def test_unpop_puts_tasks_back_in_their_places():
+    """Tasks popped across lanes and levels, put back in reverse, pop again
+    in the same order."""
+    ready = ReadyQueues()
+    tasks = []
+    for i, (queue, priority) in enumerate([("q", 5), ("q", 0), ("r", 0), ("q", 0), ("q", 9), ("r", 5)]):
+        task = Task(f"t{i}", queue, "n", b"", priority=priority)
+        task.state = READY
+        ready.push(task)
+        ready.lane(queue).count += 1
+        tasks.append(task)
+    order = sorted(tasks, key=lambda t: (t.priority, t.seq))
+    first = [ready.pop(["q", "r"]) for _ in range(4)]
+    assert first == order[:4]
+    ready.unpop(order[:4])
+    assert [ready.pop(["q", "r"]) for _ in range(7)] == order + [None]
