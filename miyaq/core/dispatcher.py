@@ -62,16 +62,12 @@ dispatcher pending.
 Nothing is leased while the :class:`~miyaq.core.gate.Gate` is closed (the
 node drains, or reconciles with other holders).
 
-A lone task need not wait for its burst's end (:meth:`Dispatcher.dispatch_lone`):
-a task of a small SUBMIT (``LONE_SUBMIT_TASKS``, its connection's first of
-the burst) that woke consumers parked on its lane is noted, and the service
-reader, once the burst has done ``EARLY_ACK_WORK`` tasks of work, has it
-leased before it reads on -- to the woken consumer the pump would pick (most
-free slots, then the one made first) whose free slot it starts on, and only
-if it is that consumer's next task by priority and readiness, so the order
-of docs/semantics.md holds. The rest of the burst (another connection's
-batches) is dispatched at its end as before, batched; at most
-``LONE_TASKS_PER_BURST`` tasks a burst go this way.
+A lone task need not wait for its burst's end: see
+:mod:`miyaq.core.lone_dispatch` (:class:`LoneDispatch`, a base).
+
+A worker that declared the task names it runs passes over a task of
+another name while another registered worker of the queue runs it, the
+task left in its place: see :mod:`miyaq.core.task_names`.
 
 Between leasing a pump's tasks and sending them, the dispatcher calls
 ``announce`` (set by the composition root: the role's ``flush``). In a
@@ -87,9 +83,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from miyaq.constants import (
-    DISPATCH_BATCH_BYTES, DISPATCH_CHUNK, LONE_TASKS_PER_BURST, STALL,
-)
+from miyaq.constants import DISPATCH_BATCH_BYTES, DISPATCH_CHUNK, STALL
 from miyaq.core.consumers import Consumer
 from miyaq.core.delivery import LeaseDelivery
 from miyaq.core.engine import Engine
@@ -98,14 +92,15 @@ from miyaq.core.handles import StartBarrier
 from miyaq.core.limits import QueueLimits
 from miyaq.core.task_names import PASS_OVER, TaskNames
 from miyaq.core.listener import EngineListener
+from miyaq.core.lone_dispatch import LoneDispatch, most_free_first
 from miyaq.runtime import monotonic, wall
 from miyaq.store.table import Tombstone
-from miyaq.store.task import READY, Task
+from miyaq.store.task import Task
 
 logger = logging.getLogger(__name__)
 
 
-class Dispatcher(EngineListener, LeaseDelivery):
+class Dispatcher(EngineListener, LoneDispatch, LeaseDelivery):
     """Leases the engine's ready tasks to the consumers with credit (see the
     module's docstring); listens to the engine for tasks that become ready."""
 
@@ -128,7 +123,8 @@ class Dispatcher(EngineListener, LeaseDelivery):
         # pause) and must first hear what other holders did meanwhile.
         self.alive_at = 0.0
         self.limits = limits
-        self.task_names = TaskNames()     # the registry keeps it; a worker that declared names passes over others
+        # The task names registered workers declared (the registry's, set by it).
+        self.task_names = TaskNames()
         self.announce: Callable[[], None] = _nothing_to_announce
         # The last task that woke parked consumers, and them (``task_ready``);
         # the lone tasks of this burst noted from it (``note_lone``).
@@ -211,75 +207,6 @@ class Dispatcher(EngineListener, LeaseDelivery):
                 if not waiting:
                     del by_lane[lane]
 
-    def note_lone(self, task: Task) -> None:
-        """``task``, just submitted, is of a lone SUBMIT: if it woke consumers
-        parked on its lane, :meth:`dispatch_lone` may lease it before the
-        burst's end (at most ``LONE_TASKS_PER_BURST`` a burst; the pump
-        forgets them)."""
-        woke, self._woke = self._woke, None
-        if woke is not None and woke[0] is task and len(self.lone) < LONE_TASKS_PER_BURST:
-            self.lone.append(woke)
-
-    def dispatch_lone(self, now: float) -> int:
-        """Lease and send, each on its own, the lone tasks noted since the
-        last pump, where one of the consumers they woke has a free slot and
-        nothing of its lanes comes before the task (priority, then the order
-        they became ready); returns how many. A task not leased here waits
-        for the pump at the burst's end, as every other one does."""
-        lone = self.lone
-        if not lone:
-            return 0
-        self.lone = []
-        if not self.gate.is_open or (self.alive_at and monotonic() - self.alive_at > STALL):
-            return 0
-        leased: list[tuple[Consumer, Task]] = []
-        for task, woken in lone:
-            if task.state != READY or (task.expires and task.expires <= now):
-                continue        # taken already, or expired: the pump's to find
-            consumer = self._lone_taker(task, woken, now)
-            if consumer is None:
-                continue
-            taken = self.engine.take([task.lane], now)      # its lane's head: the task itself
-            if taken is None:
-                continue
-            task = taken
-            if self.limits.active:
-                self.limits.acquire(task.queue)
-            self.engine.start(task, consumer, now)
-            consumer.took(1)
-            if consumer.room() <= 0:
-                self.hungry.pop(consumer, None)
-            leased.append((consumer, task))
-        if not leased:
-            return 0
-        self._announce()
-        batches: dict[Consumer, list[Task]] = {}
-        for consumer, task in leased:
-            batches.setdefault(consumer, []).append(task)
-        self.send_leased(batches, now)
-        return len(leased)
-
-    def _lone_taker(self, task: Task, woken: dict[Consumer, None], now: float) -> Consumer | None:
-        """Of the consumers ``task`` woke, the one a pump's free-slot pass
-        would give it: still hungry, a free slot, the most of them (then the
-        one made first), ``task`` the next of its lanes (open ones, with
-        limits); None if there is none."""
-        hungry = self.hungry
-        takers = [c for c in woken if c in hungry and c.room() > 0 and c.free_slots(1) > 0]
-        if not takers:
-            return None
-        if len(takers) > 1:
-            takers.sort(key=_most_free_first)
-        for consumer in takers:
-            if consumer.names is not None and task.name not in consumer.names and self.task_names.elsewhere(task):
-                continue                  # not its handler, and another worker of the queue has it
-            lanes: list[str] = consumer.queues
-            if self.limits.active:
-                lanes = self.limits.open(lanes, now)
-            if task.lane in lanes and self.engine.ready.peek(lanes) is task:
-                return consumer
-        return None
-
     def pump(self, now: float) -> int:
         """Lease ready tasks to hungry consumers; returns how many."""
         if self.lone or self._woke is not None:
@@ -307,7 +234,7 @@ class Dispatcher(EngineListener, LeaseDelivery):
         # parked, or leaves if until_idle.
         turn = list(hungry)
         if len(turn) > 1:
-            turn.sort(key=_most_free_first)
+            turn.sort(key=most_free_first)
         backlogs: list[Consumer] | None = []
         max_batch = self.max_batch
         # Queues a take found empty in this pump: a consumer of only those
@@ -389,7 +316,7 @@ class Dispatcher(EngineListener, LeaseDelivery):
                     self._park(consumer)      # a task entering one of its lanes wakes it
             turn = again
             if len(turn) > 1 and backlogs is not None:
-                turn.sort(key=_most_free_first)
+                turn.sort(key=most_free_first)
             if not turn and backlogs is not None:
                 turn, backlogs = backlogs, None
         for consumer in served_idle:
@@ -415,8 +342,3 @@ class Dispatcher(EngineListener, LeaseDelivery):
 
 def _nothing_to_announce() -> None:
     """A standalone node, or a dispatcher in a unit test: no other holders."""
-
-
-def _most_free_first(consumer: Consumer) -> tuple[int, int]:
-    """Sort key of the free-slot passes: most free slots first, then the consumer made first."""
-    return (-consumer.free_slots(DISPATCH_CHUNK), consumer.order)

@@ -18,8 +18,10 @@ in ``foreign_heartbeats``). A dropped worker's connection is remembered
 
 Bounded: at most ``max_workers`` registered at once (a READY from a new
 worker past it is refused ``busy``; the worker sends it again when the node
-next asks), and a registration keeps only what the node uses -- not the
-handler names a READY lists, which may be megabytes from each connection.
+next asks), and a registration keeps only what the node uses -- the handler
+names a READY lists only when it declares them the names it runs
+(``names_only``), and then once per distinct list, the lists bounded
+together (:mod:`miyaq.core.task_names`).
 The queue names the registered workers serve are bounded too: at most
 :data:`MAX_SERVED_QUEUES` distinct names (a READY that names new ones past
 it is refused ``busy``, nothing registered), so the views that list every
@@ -41,6 +43,7 @@ from miyaq.core.directory import Directory
 from miyaq.core.dispatcher import Dispatcher
 from miyaq.core.engine import Engine
 from miyaq.core.service import ServiceEndpoint
+from miyaq.core.task_names import TaskNames
 from miyaq.core.view_rows import Slicer, at_once
 from miyaq.errors import Busy, Forbidden
 from miyaq.logs import LogLimiter
@@ -83,7 +86,8 @@ class WorkerRegistry:
         #: the string every registration naming it shares); at most MAX_SERVED_QUEUES.
         self.served: dict[str, int] = {}
         self._names: dict[str, str] = {}
-        self.task_names = dispatcher.task_names     # the names each queue's workers run
+        # The names each queue's workers run: kept here, read by the dispatcher.
+        self.task_names = dispatcher.task_names = TaskNames()
         self.lost_total = 0
         self.foreign_heartbeats = 0
         self.dropped: OrderedDict[bytes, str | None] = OrderedDict()   # connection -> principal, of dropped workers
