@@ -232,3 +232,60 @@ def test_unpop_puts_tasks_back_in_their_places():
     assert first == order[:4]
     ready.unpop(order[:4])
     assert [ready.pop(["q", "r"]) for _ in range(7)] == order + [None]
+
+
+# -- the pump, in process ------------------------------------------------------------------
+
+def test_a_worker_behind_more_than_pass_over_tasks_waits_and_never_takes_them(monkeypatch):
+    """In process: ``old`` (declares ``old``, 8 slots) and ``new`` (declares
+    both, 1 slot, made later). 10 ``new`` tasks then 3 ``old`` ones, with
+    PASS_OVER patched to 4: ``old`` passes over 4 and stays hungry (not
+    parked: what it may take lies behind); each time ``new`` takes one,
+    the next pump looks again; once fewer than 4 lie ahead it takes its 3.
+    It never takes a ``new`` task, and every task stays where the node can
+    find it (invariants.problems)."""
+    from miyaq.config import NodeConfig
+    from miyaq.core.consumers import Consumer
+    from miyaq.core.dispatcher import Dispatcher
+    from miyaq.core.engine import Engine
+    from miyaq.core.gate import Gate
+    from miyaq.core.invariants import problems
+    from miyaq.core.limits import QueueLimits, parse_limits
+    from miyaq.runtime import Supervisor
+
+    monkeypatch.setattr("miyaq.core.dispatcher.PASS_OVER", 4)
+    now = 1000.0
+
+    class Kept(Consumer):
+        def __init__(self, names: frozenset[str], slots: int) -> None:
+            super().__init__(["default"])
+            self.names, self.credit, self.got = names, slots, []
+            self.principal = f"test:{sorted(names)}"
+
+        def deliver(self, tasks: list[Task]) -> bool:
+            self.got += [t.name for t in tasks]
+            return True
+
+    engine = Engine(NodeConfig())
+    dispatcher = Dispatcher(engine, 1024, Gate(), QueueLimits(engine, Supervisor("test"), parse_limits("")))
+    engine.listeners.append(dispatcher)
+    old, new = Kept(frozenset({"old"}), 8), Kept(frozenset({"old", "new"}), 1)
+    for consumer in (old, new):
+        dispatcher.task_names.serve(consumer.queues, consumer.names)
+        dispatcher.grant(consumer, 0)
+    for i, name in enumerate(["new"] * 10 + ["old"] * 3):
+        engine.submit(Task(f"t{i:02d}", "default", name, b"", created=now, eta=now), now)
+    dispatcher.pump(now)
+    assert old.got == [] and new.got == ["new"]
+    assert old in dispatcher.hungry and old not in dispatcher.parked
+    for _ in range(20):
+        if len(new.got) == 10:
+            break
+        task = next(iter(new.running.values()))
+        engine.complete(task.id, task.attempt, None, now)
+        dispatcher.grant(new, 1)
+        dispatcher.pump(now)
+        assert problems(engine) == []
+    assert new.got == ["new"] * 10
+    assert old.got == ["old"] * 3
+    assert problems(engine) == []
