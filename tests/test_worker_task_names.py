@@ -1,5 +1,5 @@
 """A task goes to a worker that has its handler while a worker of its queue
-has it (miyaq.core.task_names). Before 2026-12-07 the node routed by queue
+has it (miyaq.core.task_names). Before 2026-12-06 (this change) the node routed by queue
 alone: two workers of different apps on ``default`` (a rolling deploy: the
 old version and the new side by side), a task only the second registered
 has, and each attempt went to the first (the most free slots, the first

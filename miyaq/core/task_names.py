@@ -6,7 +6,7 @@ A worker may declare the names it runs (READY ``names`` with
 is then sent a task of another name only when no registered worker of the
 task's queue runs that name -- one that declared it, or one that declared
 nothing (an older worker, a worker written without miyaq: it takes any
-name, as every worker did before 2026-12-07). So in a rolling deploy the
+name, as every worker did before 2026-12-06). So in a rolling deploy the
 new version's task goes to the new version's workers, and a name no
 worker has (a typo) still goes to a worker as before, fails
 ``UnknownTask``, and is dead-lettered after its retries with the worker's

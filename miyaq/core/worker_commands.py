@@ -63,7 +63,7 @@ class WorkerCommands:
         for q in queues:
             check_queue(q, "queues")
         names = f.string_list(body, "names", [], max_items=MAX_NAMES_PER_WORKER, max_len=256)
-        names_only = f.boolean(body, "names_only", False)     # added 2026-12-07: run only these (task_names)
+        names_only = f.boolean(body, "names_only", False)     # added 2026-12-06: run only these (task_names)
         capacity = f.integer(body, "capacity", 1, lo=1, hi=c.MAX_WORKER_CAPACITY)
         credit = f.integer(body, "credit", capacity, lo=0, hi=capacity)
         schedules = schedules_from_wire(body.get("periodic"), names)
