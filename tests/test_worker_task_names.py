@@ -239,9 +239,9 @@ def test_unpop_puts_tasks_back_in_their_places():
 def test_a_worker_behind_more_than_pass_over_tasks_waits_and_never_takes_them(monkeypatch):
     """In process: ``old`` (declares ``old``, 8 slots) and ``new`` (declares
     both, 1 slot, made later). 10 ``new`` tasks then 3 ``old`` ones, with
-    PASS_OVER patched to 4: ``old`` passes over 4 and stays hungry (not
-    parked: what it may take lies behind); each time ``new`` takes one,
-    the next pump looks again; once fewer than 4 lie ahead it takes its 3.
+    PASS_OVER patched to 4: ``old`` passes over 4 and is parked, blocked
+    (what it may take lies behind), and not looked at while nothing moves;
+    each time ``new`` takes one, the next pump looks again; once fewer than 4 lie ahead it takes its 3.
     It never takes a ``new`` task, and every task stays where the node can
     find it (invariants.problems)."""
     from miyaq.config import NodeConfig
@@ -277,7 +277,9 @@ def test_a_worker_behind_more_than_pass_over_tasks_waits_and_never_takes_them(mo
         engine.submit(Task(f"t{i:02d}", "default", name, b"", created=now, eta=now), now)
     dispatcher.pump(now)
     assert old.got == [] and new.got == ["new"]
-    assert old in dispatcher.hungry and old not in dispatcher.parked
+    dispatcher.pump(now)      # new's take woke it: it looks again, and is blocked
+    assert old.got == [] and old in dispatcher.parked and old in dispatcher.blocked_by_lane["default"]
+    assert dispatcher.pump(now) == 0 and old in dispatcher.parked      # nothing moved: not looked at
     for _ in range(20):
         if len(new.got) == 10:
             break

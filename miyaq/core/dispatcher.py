@@ -117,6 +117,9 @@ class Dispatcher(EngineListener, LoneDispatch, LeaseDelivery):
         # wakes the consumers parked on it.
         self.parked: dict[Consumer, None] = {}
         self.parked_by_lane: dict[str, dict[Consumer, None]] = {}
+        # Of the parked ones, those parked behind tasks they have no handler
+        # for, by lane: a take from one of their lanes wakes them too.
+        self.blocked_by_lane: dict[str, dict[Consumer, None]] = {}
         self.pending = False
         # The housekeeping loop stamps this (monotonic) every 0.1 s; a pump long
         # after the last stamp means the process was frozen (SIGSTOP, swap, a VM
@@ -184,6 +187,8 @@ class Dispatcher(EngineListener, LoneDispatch, LeaseDelivery):
         self.hungry.pop(consumer, None)
         self._unpark(consumer)
         consumer.dropped()
+        if self.blocked_by_lane:
+            self.wake_blocked(consumer.queues)     # the names it ran may now be no worker's
 
     def _park(self, consumer: Consumer) -> None:
         """Wait, out of the pumps, for a task to enter one of the consumer's lanes."""
@@ -199,13 +204,34 @@ class Dispatcher(EngineListener, LoneDispatch, LeaseDelivery):
         if consumer not in self.parked:
             return
         del self.parked[consumer]
-        by_lane = self.parked_by_lane
+        _leave(self.parked_by_lane, consumer)
+        if self.blocked_by_lane:
+            _leave(self.blocked_by_lane, consumer)
+
+    def _block(self, consumer: Consumer) -> None:
+        """Park a consumer that passed over :data:`PASS_OVER` tasks it has no
+        handler for: a task entering one of its lanes wakes it, as any
+        parked one, and so does a take from one (:meth:`wake_blocked`)."""
+        self.hungry.pop(consumer, None)
+        self._park(consumer)
+        by_lane = self.blocked_by_lane
         for lane in consumer.queues:
             waiting = by_lane.get(lane)
-            if waiting is not None:
-                waiting.pop(consumer, None)
-                if not waiting:
-                    del by_lane[lane]
+            if waiting is None:
+                waiting = by_lane[lane] = {}
+            waiting[consumer] = None
+
+    def wake_blocked(self, lanes: list[str]) -> None:
+        """Tasks were taken from ``lanes`` (or a worker of them went): the
+        consumers blocked on them look again at the next pump."""
+        by_lane = self.blocked_by_lane
+        for lane in lanes:
+            waiting = by_lane.get(lane)
+            if waiting:
+                for consumer in list(waiting):
+                    self._unpark(consumer)
+                    self.hungry[consumer] = False
+                self.pending = True
 
     def pump(self, now: float) -> int:
         """Lease ready tasks to hungry consumers; returns how many."""
@@ -241,6 +267,9 @@ class Dispatcher(EngineListener, LoneDispatch, LeaseDelivery):
         # finds nothing there either (a pump takes tasks, it makes none
         # ready) and is not made to look again (without limits).
         drained: set[str] = set()
+        # (names, queues) of declaring consumers blocked in this pump since
+        # its last take: another of the same finds the same tasks ahead.
+        blocked: set[tuple[frozenset[str], tuple[str, ...]]] | None = None
         while turn:
             again = []
             for consumer in turn:
@@ -266,6 +295,9 @@ class Dispatcher(EngineListener, LoneDispatch, LeaseDelivery):
                 taken = 0
                 size = sizes.get(consumer, 0) if batch else 0
                 names = consumer.names
+                if blocked and names is not None and (names, tuple(queues)) in blocked:
+                    self._block(consumer)
+                    continue
                 passed: list[Task] | None = None    # tasks it has no handler for, another worker has
                 while taken < n and size < DISPATCH_BATCH_BYTES:
                     if limits is None:
@@ -298,6 +330,10 @@ class Dispatcher(EngineListener, LoneDispatch, LeaseDelivery):
                     sizes[consumer] = size
                     consumer.took(taken)
                     total += taken
+                    if self.blocked_by_lane:
+                        self.wake_blocked(queues)
+                        if blocked:
+                            blocked.clear()
                 if passed is not None:
                     engine.ready.unpop(passed)    # back in their places, for their workers
                 if consumer.room() <= 0:
@@ -306,8 +342,11 @@ class Dispatcher(EngineListener, LoneDispatch, LeaseDelivery):
                     self.pending = True       # batch full: it stays hungry, the next pump goes on
                 elif taken == n:
                     again.append(consumer)    # took its whole chunk: there may be more
-                elif passed is not None and len(passed) >= PASS_OVER:
-                    pass                      # behind tasks for other workers: stays hungry, the next pump looks
+                elif passed is not None and len(passed) >= PASS_OVER and names is not None:
+                    self._block(consumer)     # behind tasks for other workers: a take from its lanes wakes it
+                    if blocked is None:
+                        blocked = set()
+                    blocked.add((names, tuple(queues)))
                 elif limits is not None and engine.ready.has_ready(queues):
                     pass                      # held back by its queues' limits: stays hungry
                 elif batch:
@@ -342,3 +381,13 @@ class Dispatcher(EngineListener, LoneDispatch, LeaseDelivery):
 
 def _nothing_to_announce() -> None:
     """A standalone node, or a dispatcher in a unit test: no other holders."""
+
+
+def _leave(by_lane: dict[str, dict[Consumer, None]], consumer: Consumer) -> None:
+    """Take ``consumer`` out of an index of consumers by lane."""
+    for lane in consumer.queues:
+        waiting = by_lane.get(lane)
+        if waiting is not None:
+            waiting.pop(consumer, None)
+            if not waiting:
+                del by_lane[lane]

@@ -39,6 +39,8 @@ class LoneDispatch:
     limits: QueueLimits
     task_names: TaskNames
     hungry: dict[Consumer, bool]
+    blocked_by_lane: dict[str, dict[Consumer, None]]
+    wake_blocked: Callable[[list[str]], None]
     alive_at: float
     _woke: tuple[Task, dict[Consumer, None]] | None
     lone: list[tuple[Task, dict[Consumer, None]]]
@@ -81,6 +83,8 @@ class LoneDispatch:
                 self.limits.acquire(task.queue)
             self.engine.start(task, consumer, now)
             consumer.took(1)
+            if self.blocked_by_lane:
+                self.wake_blocked([task.lane])
             if consumer.room() <= 0:
                 self.hungry.pop(consumer, None)
             leased.append((consumer, task))
