@@ -18,6 +18,14 @@ from miyaq.core import task_names
 from miyaq.protocol import commands as c
 from miyaq.store.ready import ReadyQueues
 from miyaq.store.task import READY, Task
+from miyaq.config import NodeConfig
+from miyaq.core.consumers import Consumer
+from miyaq.core.dispatcher import Dispatcher
+from miyaq.core.engine import Engine
+from miyaq.core.gate import Gate
+from miyaq.core.invariants import problems
+from miyaq.core.limits import QueueLimits, parse_limits
+from miyaq.runtime import Supervisor
 from miyaq.testing.harness import wait_for
 
 REPLY_WAIT = 10_000    # ms; a guard against a hang, not a timing assertion
@@ -236,58 +244,86 @@ def test_unpop_puts_tasks_back_in_their_places():
 
 # -- the pump, in process ------------------------------------------------------------------
 
+class Kept(Consumer):
+    """A worker-like consumer that declared ``names`` and runs ``slots`` at once."""
+
+    def __init__(self, names: frozenset[str], slots: int) -> None:
+        super().__init__(["default"])
+        self.names, self.credit, self.got = names, slots, []
+        self.principal = f"test:{id(self)}"
+
+    def deliver(self, tasks: list[Task]) -> bool:
+        self.got += [t.name for t in tasks]
+        return True
+
+
+NOW = 1000.0
+
+
+def dispatching(monkeypatch, *consumers: Kept, tasks: list[str]) -> tuple[Engine, Dispatcher]:
+    """An engine and its dispatcher (PASS_OVER patched to 4), ``consumers``
+    registered in this order, then ``tasks`` (their names) submitted ready."""
+    monkeypatch.setattr("miyaq.core.dispatcher.PASS_OVER", 4)
+    engine = Engine(NodeConfig())
+    dispatcher = Dispatcher(engine, 1024, Gate(), QueueLimits(engine, Supervisor("test"), parse_limits("")))
+    engine.listeners.append(dispatcher)
+    for consumer in consumers:
+        dispatcher.task_names.serve(consumer.queues, consumer.names)
+        dispatcher.grant(consumer, 0)
+    for i, name in enumerate(tasks):
+        engine.submit(Task(f"t{i:02d}", "default", name, b"", created=NOW, eta=NOW), NOW)
+    return engine, dispatcher
+
+
 def test_a_worker_behind_more_than_pass_over_tasks_waits_and_never_takes_them(monkeypatch):
     """In process: ``old`` (declares ``old``, 8 slots) and ``new`` (declares
     both, 1 slot, made later). 10 ``new`` tasks then 3 ``old`` ones, with
     PASS_OVER patched to 4: ``old`` passes over 4 and is parked, blocked
     (what it may take lies behind), and not looked at while nothing moves;
-    each time ``new`` takes one, the next pump looks again; once fewer than 4 lie ahead it takes its 3.
-    It never takes a ``new`` task, and every task stays where the node can
-    find it (invariants.problems)."""
-    from miyaq.config import NodeConfig
-    from miyaq.core.consumers import Consumer
-    from miyaq.core.dispatcher import Dispatcher
-    from miyaq.core.engine import Engine
-    from miyaq.core.gate import Gate
-    from miyaq.core.invariants import problems
-    from miyaq.core.limits import QueueLimits, parse_limits
-    from miyaq.runtime import Supervisor
-
-    monkeypatch.setattr("miyaq.core.dispatcher.PASS_OVER", 4)
-    now = 1000.0
-
-    class Kept(Consumer):
-        def __init__(self, names: frozenset[str], slots: int) -> None:
-            super().__init__(["default"])
-            self.names, self.credit, self.got = names, slots, []
-            self.principal = f"test:{sorted(names)}"
-
-        def deliver(self, tasks: list[Task]) -> bool:
-            self.got += [t.name for t in tasks]
-            return True
-
-    engine = Engine(NodeConfig())
-    dispatcher = Dispatcher(engine, 1024, Gate(), QueueLimits(engine, Supervisor("test"), parse_limits("")))
-    engine.listeners.append(dispatcher)
+    each time ``new`` takes one, the next pump looks again; once fewer
+    than 4 lie ahead it takes its 3. It never takes a ``new`` task, and
+    every task stays where the node can find it (invariants.problems)."""
     old, new = Kept(frozenset({"old"}), 8), Kept(frozenset({"old", "new"}), 1)
-    for consumer in (old, new):
-        dispatcher.task_names.serve(consumer.queues, consumer.names)
-        dispatcher.grant(consumer, 0)
-    for i, name in enumerate(["new"] * 10 + ["old"] * 3):
-        engine.submit(Task(f"t{i:02d}", "default", name, b"", created=now, eta=now), now)
-    dispatcher.pump(now)
+    engine, dispatcher = dispatching(monkeypatch, old, new, tasks=["new"] * 10 + ["old"] * 3)
+    dispatcher.pump(NOW)
     assert old.got == [] and new.got == ["new"]
-    dispatcher.pump(now)      # new's take woke it: it looks again, and is blocked
+    dispatcher.pump(NOW)      # new's take woke it: it looks again, and is blocked
     assert old.got == [] and old in dispatcher.parked and old in dispatcher.blocked_by_lane["default"]
-    assert dispatcher.pump(now) == 0 and old in dispatcher.parked      # nothing moved: not looked at
+    assert dispatcher.pump(NOW) == 0 and old in dispatcher.parked      # nothing moved: not looked at
     for _ in range(20):
         if len(new.got) == 10:
             break
         task = next(iter(new.running.values()))
-        engine.complete(task.id, task.attempt, None, now)
+        engine.complete(task.id, task.attempt, None, NOW)
         dispatcher.grant(new, 1)
-        dispatcher.pump(now)
+        dispatcher.pump(NOW)
         assert problems(engine) == []
     assert new.got == ["new"] * 10
     assert old.got == ["old"] * 3
+    assert problems(engine) == []
+
+
+def test_a_blocked_fleet_looks_once_and_takes_the_tasks_when_their_worker_goes(monkeypatch):
+    """Three ``old`` workers (one list) blocked behind ``new`` tasks: the
+    first looks, the others of its kind are blocked without a look (one
+    pass over the lane a pump, not one a worker). Fault: the only worker
+    with the handler goes (``forget``, as the registry does when it drops
+    a worker, after taking its list out): the blocked workers are woken
+    and take the tasks no worker has now -- to fail ``UnknownTask`` and
+    end dead as before -- instead of waiting for ever."""
+    names = frozenset({"old"})
+    olds = [Kept(names, 8) for _ in range(3)]
+    new = Kept(frozenset({"new"}), 1)
+    engine, dispatcher = dispatching(monkeypatch, *olds, new, tasks=["new"] * 10)
+    new.credit = 0          # busy: takes nothing
+    dispatcher.hungry.pop(new, None)
+    popped = []
+    pop = engine.ready.pop
+    monkeypatch.setattr(engine.ready, "pop", lambda queues: popped.append(1) or pop(queues))
+    dispatcher.pump(NOW)
+    assert all(o in dispatcher.parked for o in olds) and len(popped) == 4     # one look of PASS_OVER
+    dispatcher.task_names.unserve(new.queues, new.names)
+    dispatcher.forget(new)
+    dispatcher.pump(NOW)
+    assert sum(len(o.got) for o in olds) == 10
     assert problems(engine) == []

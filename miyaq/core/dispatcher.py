@@ -330,10 +330,10 @@ class Dispatcher(EngineListener, LoneDispatch, LeaseDelivery):
                     sizes[consumer] = size
                     consumer.took(taken)
                     total += taken
+                    if blocked:
+                        blocked.clear()       # what lies ahead of a blocked kind may have moved
                     if self.blocked_by_lane:
                         self.wake_blocked(queues)
-                        if blocked:
-                            blocked.clear()
                 if passed is not None:
                     engine.ready.unpop(passed)    # back in their places, for their workers
                 if consumer.room() <= 0:
