@@ -176,6 +176,10 @@ def wait_result(nodes: Nodes, task_id: str, timeout: float | None, node: str | i
     asked answered so, they are asked again after
     :data:`SHUTTING_DOWN_PAUSE`, until ``timeout`` (before 2026-12-05 the
     stopping node closed the connection under the wait, a ``NoAnswer``).
+    So are they when none knows the task and one answered ``unavailable``
+    with ``reconciling`` (a holder restarted, its copy maybe not back yet:
+    before 2026-12-07 that reached the caller in the middle of its wait);
+    any other ``unavailable`` a node answers is raised.
 
     A long-poll the node refuses ``busy`` -- it holds as many as it takes
     (``max_waiters``; ``max_waiters_per_connection`` of this client's
@@ -211,6 +215,13 @@ def wait_result(nodes: Nodes, task_id: str, timeout: float | None, node: str | i
                 raise
             if isinstance(err, ShuttingDown):    # every node asked is stopping: ask again in a moment
                 yield Pause(min(SHUTTING_DOWN_PAUSE, max(0.0, deadline - monotonic())))
+            continue
+        except Unavailable as err:
+            if err.details.get(c.RECONCILING) is not True or monotonic() >= deadline:
+                raise
+            # A holder that reconciles (restarted) does not know the task yet, and no
+            # node asked knows it: ask again in a moment, as of stopping nodes.
+            yield Pause(min(SHUTTING_DOWN_PAUSE, max(0.0, deadline - monotonic())))
             continue
         except Busy:
             if wait <= 0:

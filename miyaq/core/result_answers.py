@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from miyaq.errors import MiyaqError, NotFound, Unavailable
+from miyaq.protocol.commands import RECONCILING
 from miyaq.store.table import Tombstone
 from miyaq.store.task import Task
 
@@ -35,12 +36,14 @@ def unknown_here(message: str, reconciling: bool, **details: Any) -> MiyaqError:
     empty data dir until its resyncs came. A client asks another node, or
     this one again shortly (the reconcile lasts one resync round trip to
     each peer, at most ``reconcile_timeout``). ``details`` go with the
-    ``unavailable`` only (the gateway's ``holders``)."""
+    ``unavailable`` only (the gateway's ``holders``), and ``reconciling:
+    true`` with them: a client's wait for a result asks again after a
+    pause rather than give up (:func:`miyaq.client.operations.wait_result`)."""
     if not reconciling:
         return NotFound(message)
     return Unavailable(f"{message} here yet: this node is reconciling with the other holders (after a restart, "
                        "a freeze or a fence) and may not have its copy back; ask another node, or again shortly",
-                       **details)
+                       **details, **{RECONCILING: True})
 
 
 def ran_elsewhere(task_id: str) -> NotFound:

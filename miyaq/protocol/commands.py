@@ -56,6 +56,12 @@ DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024
 #: The most tasks a worker may hold at once on one node (READY ``capacity``):
 #: a node refuses a READY beyond it, and a worker's settings stay within it.
 MAX_WORKER_CAPACITY = 100_000
+
+#: A field of an ``unavailable`` error (``true``, since 2026-12-07): the node
+#: answered a read of a task it does not know while it reconciles with the
+#: other holders -- it may not have its copy back yet (docs/protocol.md).
+#: Passing: a client's wait for a result asks again after a pause.
+RECONCILING = "reconciling"
 #: The longest endpoint a part dials because another part named it (a RING
 #: member's ``service``, a member znode's endpoints, WELCOME/HEARTBEAT
 #: ``nodes``, a delivery's holders): no node advertises a longer one (a host
