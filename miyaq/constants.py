@@ -106,7 +106,9 @@ MAX_DROPPED_WORKERS = 4096
 
 # -- the cluster ---------------------------------------------------------------------------------
 
-#: Between two passes of the cluster's ticker (flushes, deadline sweeps).
+#: Between two rounds of the cluster's ticker (flushes, deadline sweeps)
+#: while something is in flight; an idle ticker waits for the next stream
+#: heartbeat (``miyaq.cluster.ticker``).
 CLUSTER_TICK = 0.05
 #: Between two heartbeats on each replication stream (they carry the last sequence).
 STREAM_HEARTBEAT = 1.0

@@ -32,9 +32,10 @@ from miyaq.cluster.ring_follower import RingFollower
 from miyaq.cluster.ring_view import RingView
 from miyaq.cluster.standby import StandbyChecker
 from miyaq.cluster.sync import Resync
+from miyaq.cluster.ticker import ClusterTicker
 from miyaq.cluster.transport import Transport
 from miyaq.config import NodeConfig
-from miyaq.constants import CLUSTER_TICK, RELINK_INTERVAL, STALL, STREAM_HEARTBEAT, SUSPECT_AFTER_FREEZE
+from miyaq.constants import STALL, SUSPECT_AFTER_FREEZE
 from miyaq.core.directory import Directory
 from miyaq.core.engine import Engine
 from miyaq.core.gate import FENCED, Gate
@@ -42,7 +43,7 @@ from miyaq.core.refusals import Refusals
 from miyaq.core.handles import Ack, WriteBarrier
 from miyaq.core.service import ServiceEndpoint
 from miyaq.errors import MiyaqError
-from miyaq.runtime import CRITICAL, RESTART, Supervisor, green, monotonic
+from miyaq.runtime import CRITICAL, RESTART, Supervisor, monotonic
 from miyaq.store.task import RUNNING, Task
 
 logger = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class ClusterRole:
         self.reconcile = Reconcile(self)
         self.ring_follower = RingFollower(self)
         self._suspect_until = 0.0
-        self._ticked = 0.0       # the ticker's last round: long ago means the process was frozen
+        self.ticker = ClusterTicker(self)     # its last round long ago means the process was frozen
 
     # -- lifecycle ------------------------------------------------------------------
     def setup(self) -> None:
@@ -104,7 +105,7 @@ class ClusterRole:
         self.peer.start()
         self.publisher.start()
         self.subscriber.start()
-        self.supervisor.spawn("cluster ticker", self._ticker, policy=RESTART)
+        self.supervisor.spawn("cluster ticker", self.ticker.serve, policy=RESTART)
         self.supervisor.spawn("ring view loop", self.ring_follower.serve, policy=CRITICAL)
         self.supervisor.spawn("handoff", self.handoff.serve, policy=RESTART)
         self.coordinator.add_listener(self.ring_follower.on_view)
@@ -143,6 +144,7 @@ class ClusterRole:
         """The other holders' stream events, applied to this node's copies until it stops."""
         if not self.stopped:
             apply_events(self, src, events)
+            self.ticker.poke()
 
     def kill(self) -> None:
         """Close the peer link and the streams. Never raises."""
@@ -241,7 +243,7 @@ class ClusterRole:
         after a freeze this node has not noticed yet (its ticker is late):
         what it reads now may have waited while the others went on."""
         mono = monotonic()
-        ticked = self._ticked
+        ticked = self.ticker.ticked
         return mono < self._suspect_until or bool(ticked and mono - ticked > STALL)
 
     def _watch_fence(self) -> None:
@@ -261,6 +263,7 @@ class ClusterRole:
         self.intake.flush()
         self.events.flush()
         self.standby.flush()
+        self.ticker.poke()
 
     def after_peer_work(self, hook: Callable[[], None]) -> None:
         self.peer.after_burst.append(hook)
@@ -330,36 +333,6 @@ class ClusterRole:
         """Nodes that left the ring less than ``DEPARTED_GRACE`` ago
         (:meth:`RingFollower.departed <miyaq.cluster.ring_follower.RingFollower.departed>`)."""
         return self.ring_follower.departed()
-
-    # -- periodic ---------------------------------------------------------------------
-    def _ticker(self) -> None:
-        last_beat = last_relink = 0.0
-        while True:
-            green.sleep(CLUSTER_TICK)
-            if self.stopped:
-                continue        # the node stops: no handoff, no standby check, no resync
-            mono = self._ticked = monotonic()
-            zk_ok = self.coordinator.silent_for() == 0.0
-            if zk_ok and not self.publisher.zk_ok:
-                last_beat = 0.0       # tell the peers now: one cut off from ZooKeeper fences on it
-            self.publisher.zk_ok = zk_ok
-            self._watch_fence()
-            self.flush()
-            if self.intake.sweep():
-                self._flush_acks()     # the rejections leave now, not with the next message
-            self.reconcile.tick(mono)
-            if self.peer.unlinked and mono - last_relink >= RELINK_INTERVAL:
-                last_relink = mono
-                self.ring_follower.follow_links()      # a link that could not be made (no file descriptor left)
-            if mono - last_beat >= STREAM_HEARTBEAT:
-                last_beat = mono
-                self.publisher.heartbeat([m for m in self.view.members if m != self.node_id])
-                self.events.drop_expired_early(mono)
-                self.resync.expire(mono)
-                self.ring_follower.forget_departed(mono)
-            # For a minute after a ring change, sweep again: catches copies placed
-            # by a view that changed meanwhile (cost: one pass over the tasks).
-            self.handoff.tick(mono, sweeping=self.ring_follower.sweeping(mono))
 
     def others(self) -> list[str]:
         """The other members of this node's ring."""

@@ -310,8 +310,8 @@ class InProcessCluster:
         is woken for that pass, its planned one now due by the clock: left
         to its next wake-up in real time (``HOUSEKEEPING_INTERVAL``), each
         jump waited up to 0.1 s for it (a test advancing five minutes a
-        second at a time waited 30 s); the ticker's pass comes within
-        ``CLUSTER_TICK`` (0.05 s) of real time."""
+        second at a time waited 30 s); so is the ticker, for its round (an
+        idle one sleeps until its next stream heartbeat)."""
         step = min(step, STALL * 0.8)
         left = seconds
         while left > 0:
@@ -322,7 +322,8 @@ class InProcessCluster:
             for handle in self.nodes.values():
                 handle.node.clockwork.recheck_timers()
                 handle.node.clockwork.recheck_housekeeping()
+                handle.role.ticker.recheck()
             self.wait_until(lambda: all(h.node.core.dispatcher.alive_at >= after
-                                        and (h.role._ticked >= after or h.role.stopped)
+                                        and (h.role.ticker.ticked >= after or h.role.stopped)
                                         for h in self.nodes.values()),
                             timeout=10 * HOUSEKEEPING_INTERVAL + 5, what="every node's housekeeping after a jump")

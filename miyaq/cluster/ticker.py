@@ -1,0 +1,143 @@
+"""The cluster's ticker: a node's periodic round of cluster work, and when
+it comes.
+
+A round (:meth:`ClusterTicker.round`) flushes what the role holds to send
+(replication, stream events, standby queries), sends again the copies a
+holder could not be sent, rejects the submits whose ``replication_timeout``
+passed, watches the fence (ZooKeeper's silence), moves a reconcile on, links
+again to a peer that could not be linked, and every ``STREAM_HEARTBEAT``
+sends each peer its stream's heartbeat and drops what expired (early
+events, resync marks, departed nodes). The handoff is told the time
+(its sweeps, its retries).
+
+When the next round comes (:meth:`ClusterTicker.next_round`): every
+``CLUSTER_TICK`` while something is in flight that a round moves on
+(:meth:`ClusterTicker.in_flight`: submits waiting for their copies, copies
+not sent yet, something to flush, ZooKeeper silent or the fence up, a
+reconcile, a handoff pass under way or copies it holds for a lagging
+view), else at the next stream heartbeat, or sooner the handoff's next
+sweep or retry. Work that arrives wakes a ticker asleep
+between heartbeats (:meth:`ClusterTicker.poke`, from the role's flush and
+the stream's reader): the next round then comes a ``CLUSTER_TICK`` later,
+as before. The heartbeat, at most ``STREAM_HEARTBEAT`` apart, is also what
+keeps the round recent for :meth:`ClusterRole.catching_up
+<miyaq.cluster.role.ClusterRole.catching_up>` (a round older than ``STALL``
+means the process was frozen): ``STREAM_HEARTBEAT`` is half of ``STALL``.
+
+Before 2026-12-07 a round came every ``CLUSTER_TICK`` whatever was in
+flight: an idle cluster node woke 20 times a second for it.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from miyaq.constants import CLUSTER_TICK, HANDOFF_SWEEP, RELINK_INTERVAL, STREAM_HEARTBEAT
+from miyaq.runtime import green, monotonic
+
+if TYPE_CHECKING:
+    from miyaq.cluster.role import ClusterRole
+
+
+class ClusterTicker:
+    """The ticker of one :class:`~miyaq.cluster.role.ClusterRole` (module doc).
+
+    :attr:`rounds` counts the rounds run, :attr:`ticked` is when the last
+    one began (``monotonic``; 0.0: none yet)."""
+
+    def __init__(self, role: ClusterRole) -> None:
+        self.role = role
+        self.ticked = 0.0            # the last round began (monotonic): long ago means the process was frozen
+        self.rounds = 0              # rounds run
+        self._last_beat = 0.0        # the last stream heartbeat sent (monotonic; 0.0: send at the next round)
+        self._last_relink = 0.0
+        self._wake = green.Event()
+        self._asleep = False         # waiting for the next heartbeat, nothing in flight
+
+    # -- when ----------------------------------------------------------------------------
+    def in_flight(self, mono: float) -> bool:
+        """Is anything in flight that a round moves on before the next
+        heartbeat? (Each is what a round does besides the heartbeat: module
+        doc.) A node that stops has nothing in flight: its rounds do nothing."""
+        role = self.role
+        if role.stopped:
+            return False
+        intake, handoff = role.intake, role.handoff
+        return bool(intake.pending or intake.unsent or intake.outbox or role.events.outbox or role.standby.due
+                    or role.coordinator.silent_for() > 0.0 or role.fence.up or not role.publisher.zk_ok
+                    or role.reconcile.active or handoff.busy or handoff.held)
+
+    def next_round(self, mono: float) -> float:
+        """When the round after one at ``mono`` comes (``monotonic``): a
+        ``CLUSTER_TICK`` later while something is in flight, else at the
+        next of: the stream heartbeat, a try to link to a peer that could
+        not be linked, the handoff's next sweep (the minute after a ring
+        change) or its retry of the copies not confirmed."""
+        if self.in_flight(mono):
+            return mono + CLUSTER_TICK
+        role = self.role
+        due = self._last_beat + STREAM_HEARTBEAT
+        if role.peer.unlinked:
+            due = min(due, self._last_relink + RELINK_INTERVAL)
+        handoff = role.handoff
+        if role.ring_follower.sweeping(mono):
+            due = min(due, handoff.last_run + HANDOFF_SWEEP)
+        if handoff.leaving or handoff.outcomes.unanswered:
+            due = min(due, handoff.next_retry)
+        return max(mono + CLUSTER_TICK, due)
+
+    def poke(self) -> None:
+        """Work arrived: a ticker asleep until the next heartbeat looks now
+        whether something is in flight, and runs its rounds every
+        ``CLUSTER_TICK`` again if so. Cheap when it is awake (one test)."""
+        if self._asleep and self.in_flight(monotonic()):
+            self._asleep = False
+            self._wake.set()
+
+    def recheck(self) -> None:
+        """Run a round now (a test moved the clocks on: the round's time, not
+        the real time, decides what is due)."""
+        self._wake.set()
+
+    # -- the loop ----------------------------------------------------------------------------
+    def serve(self) -> None:
+        """The ticker's greenlet: a round, then a wait until the next."""
+        wake = self._wake
+        mono = monotonic()
+        while True:
+            until = self.next_round(mono)
+            self._asleep = until > mono + CLUSTER_TICK
+            wake.clear()
+            while not wake.is_set() and (left := until - monotonic()) > 0:
+                wake.wait(left)      # ended a little early by this clock: wait the rest
+            self._asleep = False
+            if self.role.stopped:
+                continue        # the node stops: no handoff, no standby check, no resync
+            mono = monotonic()
+            self.round(mono)
+
+    def round(self, mono: float) -> None:
+        """One round of the ticker at ``mono`` (module doc)."""
+        role = self.role
+        self.ticked = mono
+        self.rounds += 1
+        zk_ok = role.coordinator.silent_for() == 0.0
+        if zk_ok and not role.publisher.zk_ok:
+            self._last_beat = 0.0       # tell the peers now: one cut off from ZooKeeper fences on it
+        role.publisher.zk_ok = zk_ok
+        role._watch_fence()
+        role.flush()
+        if role.intake.sweep():
+            role._flush_acks()     # the rejections leave now, not with the next message
+        role.reconcile.tick(mono)
+        if role.peer.unlinked and mono - self._last_relink >= RELINK_INTERVAL:
+            self._last_relink = mono
+            role.ring_follower.follow_links()      # a link that could not be made (no file descriptor left)
+        if mono - self._last_beat >= STREAM_HEARTBEAT:
+            self._last_beat = mono
+            role.publisher.heartbeat(role.others())
+            role.events.drop_expired_early(mono)
+            role.resync.expire(mono)
+            role.ring_follower.forget_departed(mono)
+        # For a minute after a ring change, sweep again: catches copies placed
+        # by a view that changed meanwhile (cost: one pass over the tasks).
+        role.handoff.tick(mono, sweeping=role.ring_follower.sweeping(mono))

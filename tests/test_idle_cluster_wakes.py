@@ -1,0 +1,104 @@
+"""An idle cluster node, and an idle worker, sleep until something is due
+(docs/performance.md, "Idle"): the cluster's ticker until its next stream
+heartbeat, housekeeping until its heartbeat tick or ``FREEZE_LOOK``, the
+peer link's answer reader until a request's deadline, the stream port's
+loop until a subscription comes; a worker's link wakes once for its own
+heartbeat, not twice. What each of them does is still done on time.
+
+The counts are of passes made over some real time with nothing to do: a
+slow host makes fewer, never more, so no count depends on the host's
+speed; every wait for an outcome is bounded by ``WAIT``, a guard against a
+hang, never a timing assertion."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import zmq as plain_zmq
+from test_stream_port_hostile import RawSubscriber, _frame
+
+from miyaq.cluster.peer import PeerEndpoint
+from miyaq.cluster.peer_requests import QUERY
+from miyaq.cluster.stream import ZmqStreamPublisher
+from miyaq.constants import CLUSTER_TICK, STALL
+from miyaq.core import clockwork as clockwork_module
+from miyaq.runtime import Supervisor, green, monotonic
+from miyaq.runtime.hub_socket import HubSocket
+from miyaq.runtime.sockets import SocketFactory
+from miyaq.testing.harness import free_port
+
+pytestmark = pytest.mark.timeout(120)
+
+WAIT = 10.0   # a guard against a hang, never a timing assertion
+IDLE = 0.6    # real seconds an idle loop is watched for
+
+
+def until(predicate: Callable[[], Any], what: str) -> None:
+    deadline = monotonic() + WAIT
+    while not predicate():
+        assert monotonic() < deadline, f"{what} did not happen within {WAIT:g}s"
+        green.sleep(0.005)
+
+
+def _count_calls(obj: Any, name: str) -> list[int]:
+    """Count the calls of ``obj.name`` (wrapped on the instance)."""
+    calls = [0]
+    real = getattr(obj, name)
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return real(*args, **kwargs)
+    setattr(obj, name, counted)
+    return calls
+
+
+def _idle_cluster(inproc: Callable[..., Any], **settings: Any) -> Any:
+    """Three nodes, past the minute of handoff sweeps after their ring came,
+    with nothing in flight."""
+    cluster = inproc(nodes=3, **settings)
+    cluster.advance(61.0)
+    until(lambda: all(not h.role.handoff.busy and not h.role.reconciling for h in cluster.nodes.values()),
+          "the handoffs and reconciles of the ring's start")
+    green.sleep(0.1)
+    return cluster
+
+
+# -- the cluster's ticker ---------------------------------------------------------------------
+def test_an_idle_cluster_nodes_ticker_sleeps_until_its_next_stream_heartbeat(inproc: Callable[..., Any]) -> None:
+    """Fault: the cluster ticker ran a round every ``CLUSTER_TICK`` (0.05 s)
+    with nothing in flight: 20 wake-ups a second of an idle node, 12 in
+    0.6 s. Now an idle node's ticker plans its next round at its next
+    stream heartbeat (``STREAM_HEARTBEAT``, 1 s): at most one in 0.6 s, and
+    the heartbeats still go to every peer."""
+    cluster = _idle_cluster(inproc)
+    rounds = {n: _count_calls(h.role.reconcile, "tick") for n, h in cluster.nodes.items()}
+    beats = {n: _count_calls(h.role.publisher, "heartbeat") for n, h in cluster.nodes.items()}
+    green.sleep(IDLE)
+    assert {n: c[0] for n, c in rounds.items()} == {n: min(c[0], 1) for n, c in rounds.items()}, \
+        "an idle ticker ran more than its heartbeat's round"
+    until(lambda: all(c[0] >= 1 for c in beats.values()), "each node's next stream heartbeat")
+
+
+def test_a_submit_in_flight_wakes_an_idle_ticker_and_its_deadline_is_kept(inproc: Callable[..., Any]) -> None:
+    """A submit whose copies are held on the wire wakes the sleeping ticker
+    (the role's flush pokes it): its rounds come every ``CLUSTER_TICK``
+    again while the submit waits, and once its ``replication_timeout``
+    passed it is rejected at the next round, with no message to the node
+    to bring that round; then the ticker sleeps again."""
+    cluster = _idle_cluster(inproc, min_acks=3)
+    via = next(iter(cluster.nodes))
+    role = cluster.nodes[via].role
+    ticker = role.ticker
+    now = monotonic()
+    assert ticker.next_round(now) > now + CLUSTER_TICK
+    cluster.net.drop(kind="REPLICATE")
+    sub = cluster.submit(via, "held", name="job", replicas=3)
+    until(lambda: role.intake.pending, "the submit waiting for its copies")
+    now = monotonic()
+    assert ticker.next_round(now) == now + CLUSTER_TICK
+    assert not ticker._asleep
+    cluster.advance(role.intake.timeout + 0.1)
+    until(lambda: sub.result is not None, "the submit's rejection at its deadline")
+    assert sub.result[1] == "rejected"
+    until(lambda: ticker._asleep, "the ticker asleep again")
