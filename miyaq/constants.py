@@ -12,11 +12,12 @@ from __future__ import annotations
 #: The process may go this long without running its housekeeping before it
 #: counts as frozen (SIGSTOP, swap, a VM pause) rather than merely busy.
 STALL = 2.0
-#: Between two passes of a cluster node's housekeeping (long-poll deadlines,
-#: worker heartbeats and liveness, freeze detection, which counts a gap of
-#: more than ``STALL`` between passes as a freeze). A standalone node passes
-#: only when its heartbeat tick or tombstone sweep is due (long-polls wake it
-#: at their deadlines), and never sooner than this after its last pass.
+#: The shortest time between two passes of a node's housekeeping (long-poll
+#: deadlines, worker heartbeats and liveness, freeze detection, which counts
+#: a gap of more than ``STALL`` between passes as a freeze). A node passes
+#: when its heartbeat tick or tombstone sweep is due (long-polls wake it at
+#: their deadlines), a cluster node at least every ``STALL / 2`` besides
+#: (``miyaq.core.clockwork.FREEZE_LOOK``).
 HOUSEKEEPING_INTERVAL = 0.1
 #: Between two sweeps of expired tombstones and stale ready-queue entries.
 TOMBSTONE_SWEEP = 1.0

@@ -102,3 +102,41 @@ def test_a_submit_in_flight_wakes_an_idle_ticker_and_its_deadline_is_kept(inproc
     until(lambda: sub.result is not None, "the submit's rejection at its deadline")
     assert sub.result[1] == "rejected"
     until(lambda: ticker._asleep, "the ticker asleep again")
+
+
+# -- housekeeping ------------------------------------------------------------------------------
+def test_an_idle_cluster_nodes_housekeeping_passes_at_its_tick_or_freeze_look(inproc: Callable[..., Any]) -> None:
+    """Fault: a cluster node's housekeeping passed every
+    ``HOUSEKEEPING_INTERVAL`` (0.1 s) whatever was due: 10 wake-ups a second
+    idle. It now plans its next pass at the next of its heartbeat tick, its
+    tombstone sweep and ``FREEZE_LOOK`` (half of ``STALL``) after its last
+    pass, so a gap of more than ``STALL`` still means a freeze; idle, at most
+    one pass in 0.6 s (the tick and the sweep share it)."""
+    cluster = inproc(nodes=1)
+    clockwork = next(iter(cluster.nodes.values())).node.clockwork
+    last = monotonic()
+    assert clockwork._next_pass(last, last + 30.0, last + 30.0) == last + clockwork_module.FREEZE_LOOK
+    assert clockwork._next_pass(last, last + 0.4, last + 30.0) == last + 0.4
+    assert clockwork_module.FREEZE_LOOK <= STALL / 2
+    green.sleep(0.2)
+    before = clockwork.passes
+    green.sleep(IDLE)
+    assert clockwork.passes - before <= 1
+
+
+def test_a_freeze_longer_than_stall_is_still_seen_by_an_idle_cluster_node(inproc: Callable[..., Any]) -> None:
+    """Passing at most every ``FREEZE_LOOK`` loses no freeze: the clocks
+    moved ``STALL`` and a half on with no pass between (a frozen process)
+    make the next pass find the gap, and the node holds dispatching to
+    resync, as before."""
+    cluster = inproc(nodes=1)
+    handle = next(iter(cluster.nodes.values()))
+    stalls: list[float] = []
+    real = handle.role.stalled
+    handle.role.stalled = lambda seconds: (stalls.append(seconds), real(seconds))[1]  # type: ignore[method-assign]
+    from miyaq.runtime import clock
+    clock.advance(STALL + 0.5)
+    handle.node.clockwork.recheck_housekeeping()
+    until(lambda: stalls, "the freeze seen")
+    assert stalls[0] > STALL
+    assert handle.role.reconciling

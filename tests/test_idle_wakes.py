@@ -133,12 +133,13 @@ def test_a_silent_worker_of_an_idle_node_is_still_lost_after_heartbeat_times_liv
         ctx.destroy(linger=0)
 
 
-def test_a_cluster_node_keeps_the_housekeeping_tick_its_freeze_detection_needs(
-        inproc: Callable[..., Any]) -> None:
-    """A node that watches for freezes (a cluster node) still passes every
-    ``HOUSEKEEPING_INTERVAL``: a gap of more than ``STALL`` between passes is
-    how it knows it was frozen, so a pass only when work is due would make a
-    busy node look frozen. Moved 0.5 s on, each of its nodes passes."""
+def test_a_cluster_node_passes_at_each_jump_of_the_clocks(inproc: Callable[..., Any]) -> None:
+    """A node that watches for freezes (a cluster node) passes when a test
+    moves the clocks on and wakes its housekeeping, whatever is due: a gap
+    of more than ``STALL`` between passes is how it knows it was frozen, and
+    jumps with no pass between would add up to one. Moved 0.5 s on, each
+    time it passes (tests/test_idle_cluster_wakes.py: idle, it passes at its
+    heartbeat tick or every ``FREEZE_LOOK``)."""
     cluster = inproc(nodes=1)
     handle = next(iter(cluster.nodes.values()))
     clockwork = handle.node.clockwork

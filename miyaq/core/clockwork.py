@@ -7,10 +7,10 @@
   other greenlets run (one hub iteration, I/O included) before the next;
 * housekeeping: long-poll deadlines, worker heartbeats and liveness (every
   ``heartbeat``), tombstone sweeps (every ``TOMBSTONE_SWEEP``), freeze
-  detection -- restarted if it dies. A cluster node passes every
-  ``HOUSEKEEPING_INTERVAL`` (freeze detection needs the steady tick); a
-  standalone node passes only when one of those is due, so an idle one
-  wakes about once a second, not ten times (:meth:`Clockwork._next_pass`).
+  detection -- restarted if it dies. A node passes only when one of those
+  is due, so an idle one wakes about once a second, not ten times; a
+  cluster node, which watches for freezes, passes at least every
+  ``FREEZE_LOOK`` besides (:meth:`Clockwork._next_pass`).
   A long-poll due before its next pass wakes it then
   (:meth:`Clockwork.waiter_due`), so a RESULT or RECEIVE is answered at its
   deadline, not at the next pass.
@@ -38,6 +38,18 @@ logger = logging.getLogger(__name__)
 
 
 
+FREEZE_LOOK = STALL / 2
+"""A node that watches for freezes (a cluster node) passes at least this
+often, whatever else is due: a gap of more than ``STALL`` between two
+passes is how it knows it was frozen, and the dispatcher and ``/healthz``
+take a last pass older than ``STALL`` for a freeze not noticed yet, so the
+passes of a node merely idle must stay well within it. Half of ``STALL``
+leaves a pass a second of lateness (a busy hub, a host short of CPU) before
+it reads as a freeze; a freeze of more than ``STALL`` is always seen, and
+one of between ``FREEZE_LOOK`` and ``STALL`` may be (a gap counts from the
+last pass). Before 2026-12-07 a cluster node passed every
+``HOUSEKEEPING_INTERVAL``, ten times a second idle."""
+
 IDLE_TIMER_HORIZON = 2 * TOMBSTONE_SWEEP
 """A timer loop with no timer armed sleeps until one is armed that is due
 within this many seconds: housekeeping passes at least every
@@ -58,6 +70,7 @@ class Clockwork:
         self._timer_at = 0.0
         self._housekeeping_wake = green.Event()
         self._housekeeping_at = 0.0       # monotonic: the next planned housekeeping pass
+        self._pass_asked = False          # a pass now, whatever is due (recheck_housekeeping)
         self.passes = 0                   # housekeeping passes run (planned ones; not long-poll sweeps)
         self.timer_passes = 0             # passes of the timer loop
         # Gives the memory back once the store let go of a lot (swept
@@ -122,7 +135,11 @@ class Clockwork:
     def recheck_housekeeping(self) -> None:
         """Let housekeeping look at the clock now rather than at its next
         planned pass (a test advanced the clock): it passes if that made the
-        pass due, and sleeps on otherwise."""
+        pass due, and sleeps on otherwise. A node that watches for freezes
+        passes now whatever is due: the jump counts in the gap to its next
+        pass, which would read as a freeze after a few more."""
+        if self.role.freeze_sensitive:
+            self._pass_asked = True
         self._housekeeping_wake.set()
 
     def waiter_due(self, deadline: float) -> None:
@@ -181,20 +198,21 @@ class Clockwork:
 
     def _next_pass(self, last: float, next_beat: float, next_sweep: float) -> float:
         """When housekeeping's next planned pass is due (``monotonic``), its
-        last one having begun at ``last``. A node that watches for freezes
-        (a cluster node) passes every ``HOUSEKEEPING_INTERVAL``: freeze
-        detection counts a gap between passes longer than ``STALL`` as a
-        freeze, and a pass that came only when work was due would make a
-        busy node's gaps look like one. Any other node passes when the next
-        of its own deadlines comes -- the workers' heartbeat tick or the
-        tombstone sweep; long-poll deadlines wake it on their own
-        (:meth:`waiter_due`) -- and never sooner than
-        ``HOUSEKEEPING_INTERVAL`` after the last pass (a ``heartbeat`` below
-        it is kept at it, as before). Timers (etas, leases, expiries) are the
-        timer loop's, not housekeeping's."""
+        last one having begun at ``last``: when the next of its own
+        deadlines comes -- the workers' heartbeat tick or the tombstone
+        sweep; long-poll deadlines wake it on their own (:meth:`waiter_due`)
+        -- and never sooner than ``HOUSEKEEPING_INTERVAL`` after the last
+        pass (a ``heartbeat`` below it is kept at it, as before). A node that
+        watches for freezes (a cluster node) passes at least every
+        ``FREEZE_LOOK`` besides: freeze detection counts a gap between
+        passes longer than ``STALL`` as a freeze, and passes that came only
+        when work was due would make an idle node's gaps look like one.
+        Timers (etas, leases, expiries) are the timer loop's, not
+        housekeeping's."""
+        due = min(next_beat, next_sweep)
         if self.role.freeze_sensitive:
-            return monotonic() + HOUSEKEEPING_INTERVAL
-        return max(last + HOUSEKEEPING_INTERVAL, min(next_beat, next_sweep))
+            due = min(due, last + FREEZE_LOOK)
+        return max(last + HOUSEKEEPING_INTERVAL, due)
 
     def _housekeeping(self) -> None:
         core = self.core
@@ -207,6 +225,9 @@ class Clockwork:
             self._housekeeping_at = planned if head is None else min(planned, head)
             while True:
                 wake.clear()
+                if self._pass_asked:
+                    self._pass_asked = False
+                    planned = self._housekeeping_at = monotonic()
                 until = self._housekeeping_at
                 left = until - monotonic()
                 if left > 0:
