@@ -140,3 +140,46 @@ def test_a_freeze_longer_than_stall_is_still_seen_by_an_idle_cluster_node(inproc
     until(lambda: stalls, "the freeze seen")
     assert stalls[0] > STALL
     assert handle.role.reconciling
+
+
+# -- the peer link's answer reader -------------------------------------------------------------
+@pytest.fixture
+def peer_pair() -> Any:
+    """A node's peer link linked to a silent member: a ROUTER the test binds
+    and never answers from."""
+    sockets = SocketFactory(green=True)
+    supervisor = Supervisor("test")
+    port, silent_port = free_port(), free_port()
+    link = PeerEndpoint(sockets, supervisor, "n0", f"tcp://127.0.0.1:{port}")
+    ctx = plain_zmq.Context()
+    silent = ctx.socket(plain_zmq.ROUTER)
+    silent.setsockopt(plain_zmq.LINGER, 0)
+    silent.bind(f"tcp://127.0.0.1:{silent_port}")
+    link.start()
+    link.connect({"n0": f"tcp://127.0.0.1:{port}", "n1": f"tcp://127.0.0.1:{silent_port}"})
+    try:
+        yield link, silent
+    finally:
+        link.close()
+        supervisor.kill()
+        ctx.destroy(linger=0)
+        sockets.close()
+
+
+def test_an_idle_peer_links_answer_reader_waits_for_a_deadline_not_a_poll(peer_pair: Any) -> None:
+    """Fault: the answer reader polled every 0.1 s to expire requests, ten
+    wake-ups a second with none pending (6 in 0.6 s). Now it waits for an
+    answer or the next request's deadline: no pass at all while idle, and a
+    request to a silent member still ends in silence at its deadline --
+    sent while the reader waited with no deadline, the request wakes it."""
+    link, silent = peer_pair
+    passes = [0]
+    link.after_burst.append(lambda: passes.__setitem__(0, passes[0] + 1))
+    green.sleep(0.2)        # the links' first connection events
+    before = passes[0]
+    green.sleep(IDLE)
+    assert passes[0] - before == 0, "the answer reader woke with nothing to do"
+    answers: list[Any] = []
+    until(lambda: link.request("n1", QUERY, {"ids": ["t"]}, 0.3, answers.append), "a request sent to n1")
+    until(lambda: answers, "the silent member's request ended at its deadline")
+    assert answers == [None]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections import Counter, OrderedDict
 from typing import Any, Callable
 
@@ -139,6 +140,9 @@ class PeerRequests:
         self._late_handlers: dict[int, Callback] = {}     # req -> what takes its answer past the deadline
         # Past their deadline, awaiting a late answer: req -> (when forgotten, late handler), oldest first.
         self._late: OrderedDict[int, tuple[float, Callback]] = OrderedDict()
+        # No request expires before this (monotonic; inf: none pending): the
+        # answer reader waits until then at most (next_expiry).
+        self._next_expiry = math.inf
         self._asked: dict[int, str] = {}
         self.answer_times = AnswerTimes()     # how long each peer lately took to answer (a QUERY's patience)
         self._current: tuple[Any, Any] = (b"", None)
@@ -228,7 +232,11 @@ class PeerRequests:
                 self.supervisor.spawn("peer callback", callback, None, policy=LOG)
             return False
         now = monotonic()
-        self.pending[req] = (now + timeout, callback)
+        deadline = now + timeout
+        self.pending[req] = (deadline, callback)
+        if deadline < self._next_expiry:
+            self._next_expiry = deadline
+            self._expiry_moved()
         self.answer_times.sent(req, node_id, now)
         self.outstanding[node_id] = self.outstanding.get(node_id, 0) + 1
         self._asked[req] = node_id
@@ -339,13 +347,33 @@ class PeerRequests:
             if late is not None and "code" not in body:
                 self._call(late[1], body)
 
+    def next_expiry(self) -> float:
+        """When :meth:`_expire` has something to do next (``monotonic``; inf:
+        nothing pending, no late answer awaited): a request's deadline, or a
+        late answer's window ending. Never later than that; it may be sooner
+        (a request answered since), and then :meth:`_expire` finds nothing."""
+        return self._next_expiry
+
+    def _expiry_moved(self) -> None:
+        """A request was sent with a deadline before :meth:`next_expiry` was:
+        a reader waiting until then must wait less (the ZeroMQ link wakes
+        its answer reader)."""
+
     def _expire(self, now: float) -> None:
+        """Call back with silence every request whose deadline came, and
+        forget the late answers awaited past their window. Nothing to look
+        at before :meth:`next_expiry` (no deadline is sooner): the pending
+        requests are walked only then, not at every answer."""
+        if now < self._next_expiry:
+            return
         if self._late:
             self._forget_late(now)
-        if not self.pending:
-            return
+        self._next_expiry = math.inf       # lowered by a request the callbacks below send
+        nearest = math.inf
         for req, (deadline, callback) in list(self.pending.items()):
-            if deadline <= now:
+            if deadline > now:
+                nearest = min(nearest, deadline)
+            else:
                 del self.pending[req]
                 self._settle(req)
                 late = self._late_handlers.pop(req, None) if self._late_handlers else None
@@ -354,6 +382,9 @@ class PeerRequests:
                     while len(self._late) > MAX_LATE_ANSWERS:
                         self._late.popitem(last=False)
                 self._call(callback, None)
+        if self._late:
+            nearest = min(nearest, next(iter(self._late.values()))[0])
+        self._next_expiry = min(self._next_expiry, nearest)
 
     def _forget_late(self, now: float) -> None:
         """Forget the requests whose late answer did not come within

@@ -188,6 +188,7 @@ class HubPoller:
     def __init__(self) -> None:
         self._socks: list[Any] = []
         self._fds = green.FdSet()
+        self._woken = False       # wake() was called: the poll returns
 
     def register(self, sock: Any, flags: int = zmq.POLLIN) -> None:
         """Watch ``sock`` for messages (``flags`` must be ``POLLIN``)."""
@@ -205,7 +206,9 @@ class HubPoller:
 
     def poll(self, timeout: float | None = None) -> list[tuple[Any, int]]:
         """``[(socket, POLLIN), ...]`` for each socket with a message,
-        waiting at most ``timeout`` milliseconds (None: for ever) for one."""
+        waiting at most ``timeout`` milliseconds (None: for ever) for one, or
+        until :meth:`wake` (then perhaps none)."""
+        self._woken = False
         ready = self._ready()
         if ready or timeout == 0:
             return ready
@@ -216,8 +219,16 @@ class HubPoller:
                 return self._ready()      # a last look: an edge may have been taken
             self._fds.wait(left)
             ready = self._ready()
-            if ready:
+            if ready or self._woken:
+                self._woken = False
                 return ready
+
+    def wake(self) -> None:
+        """End the reader's current :meth:`poll` (it returns what is ready,
+        perhaps nothing): its caller has something else to do now -- a
+        deadline sooner than the poll's timeout, sockets to close."""
+        self._woken = True
+        self._fds.wake()
 
     def recheck(self, sock: Any) -> None:
         """After an operation on ``sock`` from another greenlet: wake the
