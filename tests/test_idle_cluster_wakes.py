@@ -183,3 +183,46 @@ def test_an_idle_peer_links_answer_reader_waits_for_a_deadline_not_a_poll(peer_p
     until(lambda: link.request("n1", QUERY, {"ids": ["t"]}, 0.3, answers.append), "a request sent to n1")
     until(lambda: answers, "the silent member's request ended at its deadline")
     assert answers == [None]
+
+
+# -- the stream port ---------------------------------------------------------------------------
+def test_the_stream_ports_loop_waits_for_a_subscription_not_a_poll() -> None:
+    """Fault: the stream port's loop looked every 0.1 s for subscriptions
+    (a send may take its descriptor's edge): 10 wake-ups a second idle.
+    Now it waits for one, and a publish that finds one waiting wakes it: a
+    bad subscription that arrives while the node publishes all the time is
+    still dropped without a heartbeat's read, and an idle port's loop makes
+    no pass."""
+    sockets = SocketFactory(green=False)
+    supervisor = Supervisor("test")
+    port = free_port()
+    publisher = ZmqStreamPublisher(sockets, "a", f"tcp://127.0.0.1:{port}", heartbeat_ms=(10_000, 30_000),
+                                   supervisor=supervisor)
+    reads = _count_calls(publisher.guard, "read")
+    publisher.start()
+    raw = None
+    try:
+        green.sleep(0.2)
+        before = reads[0]
+        green.sleep(IDLE)
+        assert reads[0] - before == 0, "the port's loop woke with nothing to read"
+        raw = RawSubscriber(port)
+        raw.send(_frame(b"\x01"))        # a subscription to everything: dropped when read
+        bursts = 0
+        while not raw.closed():
+            # Sends without a yield, 20 ms of them: one takes the edge of the
+            # subscription's coming, and only its recheck wakes the loop.
+            # Without it the subscription waited 3.5-9.5 s (170 bursts and
+            # more) for something else to wake the loop.
+            assert bursts < 50, "the bad subscription was not dropped while the port published"
+            bursts += 1
+            burst = monotonic() + 0.02
+            while monotonic() < burst:
+                publisher.send("b", [["busy"]])
+            green.sleep(0.001)
+    finally:
+        if raw is not None:
+            raw.close()
+        publisher.close()
+        supervisor.kill()
+        sockets.close()

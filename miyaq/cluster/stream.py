@@ -20,7 +20,7 @@ import msgpack
 
 from miyaq.cluster.stream_numbering import StreamReceiver, StreamSender, topic
 from miyaq.cluster.stream_port import (
-    STREAM_UNREAD_BUDGET, SUBSCRIPTION_LOOK, SubscriberGuard, listening_port, wire_size,
+    STREAM_UNREAD_BUDGET, SubscriberGuard, listening_port, wire_size,
 )
 from miyaq.cluster.transport import Apply, AskResync
 from miyaq.constants import PEER_HEARTBEAT_TIMEOUT, STREAM_HEARTBEAT
@@ -43,8 +43,10 @@ class ZmqStreamPublisher(StreamSender):
     sends anything else is dropped at once (``shutdown`` of its descriptor:
     libzmq then ends it and forgets its subscriptions), and counted in
     ``guard.refused``. The subscriptions are read by a greenlet of
-    ``supervisor`` (within :data:`SUBSCRIPTION_LOOK` of their coming) and at
-    each :meth:`heartbeat`.
+    ``supervisor`` as they come (a publish that finds one waiting wakes it:
+    the send may have taken the edge of the port's descriptor) and at each
+    :meth:`heartbeat`. Before 2026-12-07 the greenlet looked every
+    0.1 s besides, ten wake-ups a second idle.
 
     At each :meth:`heartbeat` (every ``STREAM_HEARTBEAT``) the kernel says
     what each subscribed connection took (TCP's acknowledged bytes): one
@@ -85,9 +87,18 @@ class ZmqStreamPublisher(StreamSender):
         try:
             send_frames(self.pub, [name, data])
         except zmq.Again:
+            self._recheck()
             return   # dropped at the HWM: the next heartbeat reveals the gap
+        self._recheck()
         self.sent += 1
         self.published[name] = self.published.get(name, 0) + wire_size(len(data))
+
+    def _recheck(self) -> None:
+        """After a send: wake the port's loop if a subscription waits (the
+        send may have taken the edge of the port's descriptor)."""
+        fd = self._fd
+        if fd is not None and fd.waiting and self.pub.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            fd.wake()
 
     def forget(self, dest: str) -> None:
         """As :meth:`~miyaq.cluster.stream_numbering.StreamSender.forget`, and
@@ -111,7 +122,7 @@ class ZmqStreamPublisher(StreamSender):
                 if self._closed:
                     return
                 raise
-            self._fd.wait(SUBSCRIPTION_LOOK)
+            self._fd.wait()     # a send that took the edge wakes it (_recheck)
 
     def read_subscriptions(self) -> None:
         """Read what the port's connections sent and drop those that may not
