@@ -226,3 +226,26 @@ def test_the_stream_ports_loop_waits_for_a_subscription_not_a_poll() -> None:
         publisher.close()
         supervisor.kill()
         sockets.close()
+
+
+# -- a worker's link ---------------------------------------------------------------------------
+def test_a_timed_receive_that_times_out_waits_once() -> None:
+    """Fault: a wait's timer is armed 1 ms early, and ``HubSocket.recv``
+    waited out that millisecond with a second wait: each timed-out receive
+    cost the hub two wake-ups (an idle worker's link woke 2.9 times a
+    second, its own heartbeat's timer twice). It now returns None within
+    ``EARLY_END`` of the timeout after one wait."""
+    ctx = plain_zmq.Context()
+    sock = ctx.socket(plain_zmq.DEALER)
+    sock.setsockopt(plain_zmq.LINGER, 0)
+    sock.bind("inproc://idle-recv")
+    hub = HubSocket(sock)
+    waits = _count_calls(hub._fd, "wait")
+    try:
+        for _ in range(5):
+            before = waits[0]
+            assert hub.recv(0.05) is None
+            assert waits[0] - before == 1
+    finally:
+        hub.close()
+        ctx.destroy(linger=0)

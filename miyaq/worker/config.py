@@ -163,6 +163,14 @@ NODE_TIMEOUT_RANGE = (0.5, 3600.0)
 #: into it -- below it the worker would reconnect in a loop, above it never
 #: notice a silent node.
 NODE_HEARTBEAT_RANGE = (0.05, 3600.0)
+#: A link's heartbeat goes this much before it is due rather than after: the
+#: wait for it may end a little early (its timer is armed early, never late:
+#: miyaq.runtime.waits.FdWait), and a beat put off by that much cost a second
+#: wake-up of the worker's hub for each node, each heartbeat (2026-12-06: 2.9
+#: wake-ups a second for each idle link where 2 are the node's heartbeat and
+#: the link's own). Sooner, never later: two beats stay at most ``heartbeat``
+#: apart (docs/protocol.md, 7.2).
+BEAT_EARLY = 0.005
 #: Seconds after (re)connecting without a WELCOME before the worker checks
 #: the endpoint and says why it cannot reach it (then again with backoff).
 FIRST_CONTACT = 2.0

@@ -47,8 +47,8 @@ from ..protocol import codec
 from ..protocol import commands as c
 from ..runtime import green, monotonic
 from ..runtime.sockets import SocketFactory, zmq
-from .config import (HUNG_NODE_LIVENESS, LIVENESS, MAX_INBOUND_MESSAGE, MAX_RESULT_BYTES, NODE_HEARTBEAT_RANGE,
-                     RESULT_MESSAGE_SLACK)
+from .config import (BEAT_EARLY, HUNG_NODE_LIVENESS, LIVENESS, MAX_INBOUND_MESSAGE, MAX_RESULT_BYTES,
+                     NODE_HEARTBEAT_RANGE, RESULT_MESSAGE_SLACK)
 from .link_socket import LinkSocket
 from .link_watch import LinkWatch
 from .outbox import Outbox
@@ -169,10 +169,11 @@ class NodeLink(LinkSocket):
                     continue        # the connection closed and the watcher opened a fresh socket (or retired)
                 raise
             now = monotonic()
+            beat_due = now - last_beat >= self.heartbeat - BEAT_EARLY
             if not self.answered:
                 if now >= self.watch.next_diagnosis:
                     self.watch.diagnose(now)
-                if now - last_beat >= self.heartbeat:
+                if beat_due:
                     # Nothing to beat for until the node answers: wait a heartbeat
                     # again (the READY queued on the socket leaves when it is
                     # there), not the 1 ms floor of a beat that is overdue.
@@ -182,7 +183,7 @@ class NodeLink(LinkSocket):
             else:
                 if not self.slow and now - self.last_heard > self.heartbeat * self.liveness:
                     self._slowed(now)
-                if now - last_beat >= self.heartbeat:
+                if beat_due:
                     # Beats go on while the node is slow: it reads them when it
                     # runs again, and finds this worker alive.
                     last_beat = now
