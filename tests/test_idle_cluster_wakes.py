@@ -249,3 +249,18 @@ def test_a_timed_receive_that_times_out_waits_once() -> None:
     finally:
         hub.close()
         ctx.destroy(linger=0)
+
+
+def test_an_idle_workers_hub_is_marked_by_its_watchdogs_look(node: Any, thread_worker: Any) -> None:
+    """Fault: a greenlet of its own ("hub tick") marked every second that
+    the worker's hub runs, for the heartbeat thread's watch, beside the
+    watchdog's look every second: two wake-ups where one does. The
+    watchdog's look now marks it; the worker runs no such greenlet, the
+    mark stays fresh, and it is cleared when the watchdog ends."""
+    from apps import basic
+    w = thread_worker(basic.app, node.endpoint, queues=["default"], concurrency=2)
+    worker = w.worker
+    until(lambda: worker.pulse.hub_seen is not None, "the hub marked as running")
+    assert not [n for n in worker.supervisor.live() if "hub tick" in n]
+    seen = worker.pulse.hub_seen
+    until(lambda: worker.pulse.hub_seen != seen, "the watchdog's next look marking the hub")

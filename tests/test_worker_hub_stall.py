@@ -12,7 +12,9 @@ import pytest
 from miyaq.runtime import green
 from miyaq.testing.harness import wait_for
 from miyaq.worker import pulse as pulse_module
+from miyaq.worker import watchdog as watchdog_module
 from miyaq.worker.pulse import Pulse
+from miyaq.worker.watchdog import Watchdog
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -26,7 +28,9 @@ def test_a_hub_held_by_a_handler_is_said_once_naming_the_running_task(monkeypatc
     again."""
     monkeypatch.setattr(pulse_module, "HUB_STALL_WARN", 0.3)
     monkeypatch.setattr(pulse_module, "HUB_TICK", 0.05)
+    monkeypatch.setattr(watchdog_module, "WATCHDOG_IDLE", 0.05)
     pulse = Pulse("w-stall", [], 0.02, running=lambda: ["t-spin (spin)"])
+    watchdog = Watchdog("w-stall", lambda: [], lambda job, reason: None, looks=pulse.hub_runs)
     records = caplog.records
 
     def warnings() -> list[str]:
@@ -34,7 +38,7 @@ def test_a_hub_held_by_a_handler_is_said_once_naming_the_running_task(monkeypatc
 
     with caplog.at_level(logging.INFO, logger="miyaq.worker.pulse"):
         pulse.start()
-        ticker = green.Greenlet.spawn(pulse.tick)
+        ticker = green.Greenlet.spawn(watchdog.run)     # its looks mark that the hub runs
         try:
             wait_for(lambda: green.sleep(0.02) or pulse.hub_seen is not None, what="the hub's first tick")
             beats = pulse.beats
@@ -52,4 +56,4 @@ def test_a_hub_held_by_a_handler_is_said_once_naming_the_running_task(monkeypatc
         finally:
             ticker.kill()
             pulse.stop()
-    assert pulse.hub_seen is None       # the tick ended: the stop of a worker is no stall
+    assert pulse.hub_seen is None       # the watchdog ended: the stop of a worker is no stall

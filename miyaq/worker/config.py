@@ -299,8 +299,9 @@ CHILD_STOP_SLACK = 5.0
 # -- heartbeat thread ------------------------------------------------------------------------
 #: Side-channel beats queued per node at most (never flood a node that returns).
 PULSE_SNDHWM = 4
-#: How often the hub marks that it ran, for the heartbeat thread to see (seconds).
-HUB_TICK = 1.0
+#: How often, at least, the hub marks that it ran, for the heartbeat thread to
+#: see (seconds): the watchdog's idle look does it.
+HUB_TICK = WATCHDOG_IDLE
 #: Seconds the hub may go without running (a handler holding it: CPU work in
 #: the gevent pool) before the heartbeat thread warns, naming the running tasks.
 HUB_STALL_WARN = 5.0

@@ -18,8 +18,9 @@ minute) and tried again at the next beat; the thread beats on to the
 nodes it has sockets for (before 2026-12-06 one such failure ended the
 thread for good).
 
-The thread also watches the hub: :meth:`Pulse.tick` (a greenlet of the
-worker's, every :data:`~miyaq.worker.config.HUB_TICK`) marks that it ran.
+The thread also watches the hub: :meth:`Pulse.hub_runs` (called by the
+worker's watchdog at each look, at least every
+:data:`~miyaq.worker.config.HUB_TICK`) marks that it ran.
 One that has not run for :data:`~miyaq.worker.config.HUB_STALL_WARN`
 seconds is held by a handler that never yields (CPU work in the gevent
 pool): the thread says so at WARNING, once for each such stall, naming the
@@ -65,8 +66,8 @@ class Pulse:
                  security: SocketSecurity | None = None, running: Callable[[], list[str]] | None = None) -> None:
         self.wid = wid
         self.running = running
-        # When the hub last ran (real time: a test's clock.advance is no stall); set by tick(),
-        # None while no tick() runs (not started, or ended as the worker stops): not watched.
+        # When the hub last ran (real time: a test's clock.advance is no stall); set by hub_runs(),
+        # None while nothing says so (not started, or the worker stops): not watched.
         self.hub_seen: float | None = None
         self.stall = StallWatch()       # the hub's
         self._last_look = time.monotonic()         # the thread's own last look
@@ -89,15 +90,11 @@ class Pulse:
         self._started = True
         green.start_native_thread(self._run)
 
-    def tick(self) -> None:
-        """In the hub, for ever (a greenlet of the worker's): mark that the
-        hub runs, every :data:`HUB_TICK` seconds."""
-        try:
-            while True:
-                self.hub_seen = time.monotonic()
-                green.sleep(HUB_TICK)
-        finally:
-            self.hub_seen = None
+    def hub_runs(self, running: bool) -> None:
+        """In the hub: True, it runs now (the worker's watchdog says so at
+        each of its looks, at least every ``HUB_TICK``); False, no one will
+        say so any more (the worker stops: not watched)."""
+        self.hub_seen = time.monotonic() if running else None
 
     def add(self, endpoint: str) -> None:
         """Beat to one more node. A new list is assigned, never one the

@@ -17,8 +17,8 @@ work, give back tasks not yet started, let running ones finish up to
 
 Every greenlet is spawned through the worker's
 :class:`~miyaq.runtime.Supervisor`: a link reader that dies is ``CRITICAL``
-(the worker stops and its process exits non-zero), a runner, the watchdog,
-the hub tick, a link's connection watcher or a result flusher that dies is
+(the worker stops and its process exits non-zero), a runner, the watchdog
+(which also marks that the hub runs), a link's connection watcher or a result flusher that dies is
 logged, counted and restarted, so the worker never runs with fewer slots
 than the credit it grants.
 
@@ -131,8 +131,9 @@ class Worker(Intake, Stopping):
         self.executed = 0
         self._stopped = green.Event()
         self._hurry = green.Event()     # asked again to stop: wait no longer for running handlers
-        self.watchdog = Watchdog(self.wid, lambda: [*self.running.values(), *self.superseded], self._interrupt)
         self.pulse = Pulse(self.wid, self.endpoints, cfg.heartbeat, security, running=self._running_names)
+        self.watchdog = Watchdog(self.wid, lambda: [*self.running.values(), *self.superseded], self._interrupt,
+                                 looks=self.pulse.hub_runs)
         if self.aio is not None:
             self.pulse.loop_watch = LoopWatch(self.wid, self.aio, lambda: self.running.values())
 
@@ -319,7 +320,6 @@ class Worker(Intake, Stopping):
         for _ in range(self.concurrency):
             self.supervisor.spawn("runner", self._runner, policy=RESTART)
         self.supervisor.spawn("watchdog", self.watchdog.run, policy=RESTART)
-        self.supervisor.spawn("hub tick", self.pulse.tick, policy=RESTART)
         logger.info("worker %s: queues=%s concurrency=%d pool=%s nodes=%s%s", self.wid, ",".join(self.queues),
                     self.concurrency, self.pool.name, ",".join(self.endpoints),
                     " (+asyncio loop)" if self.aio is not None else "")

@@ -5,7 +5,10 @@ touch. The watchdog looks again at the nearest deadline (at most every
 ``WATCHDOG_TICK``), and at least every ``WATCHDOG_IDLE``, so that only a job
 due before its next look wakes it (:meth:`Watchdog.started`): tasks with the
 usual timeouts, one at a time, never do (a wake-up of the watchdog is two
-greenlet switches per task).
+greenlet switches per task). Each look also tells the heartbeat thread
+that the hub runs (:meth:`Pulse.hub_runs <miyaq.worker.pulse.Pulse.hub_runs>`):
+before 2026-12-07 a greenlet of its own did, a second wake-up a second of
+an idle worker.
 """
 from __future__ import annotations
 
@@ -31,10 +34,15 @@ class Watchdog:
     running included); ``interrupt(job, reason)`` stops one (never blocks)."""
 
     def __init__(self, wid: str, jobs: Callable[[], Iterable[Job]],
-                 interrupt: Callable[[Job, type[Interrupted]], None]) -> None:
+                 interrupt: Callable[[Job, type[Interrupted]], None],
+                 looks: Callable[[bool], None] | None = None) -> None:
         self.wid = wid
         self.jobs = jobs
         self.interrupt = interrupt
+        # Told True at each look (at least every WATCHDOG_IDLE: the hub runs),
+        # False once the loop ends: the heartbeat thread's watch of the hub
+        # (Pulse.hub_runs).
+        self.looks = looks
         self._wake = green.Event()
         self.next_look = 0.0      # when it means to look again (monotonic)
 
@@ -45,7 +53,17 @@ class Watchdog:
 
     def run(self) -> None:
         """The loop (spawn it through the worker's supervisor)."""
+        looks = self.looks
+        try:
+            self._run(looks)
+        finally:
+            if looks is not None:
+                looks(False)
+
+    def _run(self, looks: Callable[[bool], None] | None) -> None:
         while True:
+            if looks is not None:
+                looks(True)
             now = monotonic()
             nearest = float("inf")
             for job in list(self.jobs()):
