@@ -80,28 +80,52 @@ def test_an_idle_cluster_nodes_ticker_sleeps_until_its_next_stream_heartbeat(inp
     until(lambda: all(c[0] >= 1 for c in beats.values()), "each node's next stream heartbeat")
 
 
-def test_a_submit_in_flight_wakes_an_idle_ticker_and_its_deadline_is_kept(inproc: Callable[..., Any]) -> None:
-    """A submit whose copies are held on the wire wakes the sleeping ticker
-    (the role's flush pokes it): its rounds come every ``CLUSTER_TICK``
-    again while the submit waits, and once its ``replication_timeout``
-    passed it is rejected at the next round, with no message to the node
-    to bring that round; then the ticker sleeps again."""
+def test_a_lone_submit_costs_an_idle_ticker_no_round_and_its_deadline_is_kept(inproc: Callable[..., Any]) -> None:
+    """A submit waiting for its copies (held on the wire) does not wake the
+    sleeping ticker: its ``replication_timeout`` is seconds away, and the
+    round planned at the next heartbeat (or at that deadline, if sooner)
+    comes in time -- one call() at a time would otherwise cost a round each.
+    Once the deadline passed the submit is rejected at the next round, with
+    no message to the node to bring it."""
     cluster = _idle_cluster(inproc, min_acks=3)
     via = next(iter(cluster.nodes))
     role = cluster.nodes[via].role
     ticker = role.ticker
-    now = monotonic()
-    assert ticker.next_round(now) > now + CLUSTER_TICK
-    cluster.net.drop(kind="REPLICATE")
+    rounds = _count_calls(role.reconcile, "tick")
+    cluster.net.hold(kind="REPLICATE")
     sub = cluster.submit(via, "held", name="job", replicas=3)
     until(lambda: role.intake.pending, "the submit waiting for its copies")
-    now = monotonic()
-    assert ticker.next_round(now) == now + CLUSTER_TICK
-    assert not ticker._asleep
+    deadline = next(iter(role.intake.pending.values())).deadline
+    assert ticker.next_round(ticker.ticked) <= deadline
+    before = rounds[0]
+    green.sleep(IDLE)
+    assert rounds[0] - before <= 1, "the submit brought rounds before its deadline"
     cluster.advance(role.intake.timeout + 0.1)
     until(lambda: sub.result is not None, "the submit's rejection at its deadline")
-    assert sub.result[1] == "rejected"
-    until(lambda: ticker._asleep, "the ticker asleep again")
+    assert sub.status == "rejected"
+
+
+def test_copies_that_could_not_be_sent_bring_the_ticker_back_to_every_cluster_tick(
+        inproc: Callable[..., Any]) -> None:
+    """Copies a holder could not be sent (its link refused them) are sent
+    again at every round: the submit that left them wakes the sleeping
+    ticker, which runs a round every ``CLUSTER_TICK`` until they are gone.
+    When the refusal ends the copies go and the submit is accepted, with no
+    message to the node and no jump of the clocks to bring a round; then
+    the ticker sleeps again."""
+    cluster = _idle_cluster(inproc, min_acks=3)
+    via = next(iter(cluster.nodes))
+    role = cluster.nodes[via].role
+    ticker = role.ticker
+    rule = cluster.net.refuse(kind="REPLICATE", src=via)
+    sub = cluster.submit(via, "late", name="job", replicas=3)
+    until(lambda: role.intake.unsent, "copies that could not be sent")
+    assert ticker.in_flight()
+    assert ticker.next_round(ticker.ticked) == ticker.ticked + CLUSTER_TICK
+    rule.remove()
+    until(lambda: sub.result is not None, "the submit's answer once its copies could go")
+    assert sub.status == "accepted"
+    until(lambda: ticker.next_round(ticker.ticked) > ticker.ticked + CLUSTER_TICK, "the ticker asleep again")
 
 
 # -- housekeeping ------------------------------------------------------------------------------
@@ -127,8 +151,8 @@ def test_an_idle_cluster_nodes_housekeeping_passes_at_its_tick_or_freeze_look(in
 def test_a_freeze_longer_than_stall_is_still_seen_by_an_idle_cluster_node(inproc: Callable[..., Any]) -> None:
     """Passing at most every ``FREEZE_LOOK`` loses no freeze: the clocks
     moved ``STALL`` and a half on with no pass between (a frozen process)
-    make the next pass find the gap, and the node holds dispatching to
-    resync, as before."""
+    make the next pass find the gap, and the node takes itself for frozen
+    (resyncs, coordinates no submit for a while), as before."""
     cluster = inproc(nodes=1)
     handle = next(iter(cluster.nodes.values()))
     stalls: list[float] = []
@@ -139,7 +163,7 @@ def test_a_freeze_longer_than_stall_is_still_seen_by_an_idle_cluster_node(inproc
     handle.node.clockwork.recheck_housekeeping()
     until(lambda: stalls, "the freeze seen")
     assert stalls[0] > STALL
-    assert handle.role.reconciling
+    assert handle.role.catching_up()        # it coordinates no submit for a while
 
 
 # -- the peer link's answer reader -------------------------------------------------------------

@@ -12,14 +12,14 @@ events, resync marks, departed nodes). The handoff is told the time
 
 When the next round comes (:meth:`ClusterTicker.next_round`): every
 ``CLUSTER_TICK`` while something is in flight that a round moves on
-(:meth:`ClusterTicker.in_flight`: submits waiting for their copies, copies
-not sent yet, something to flush, ZooKeeper silent or the fence up, a
-reconcile, a handoff pass under way or copies it holds for a lagging
-view), else at the next stream heartbeat, or sooner the handoff's next
-sweep or retry. Work that arrives wakes a ticker asleep
-between heartbeats (:meth:`ClusterTicker.poke`, from the role's flush and
-the stream's reader): the next round then comes a ``CLUSTER_TICK`` later,
-as before. The heartbeat, at most ``STREAM_HEARTBEAT`` apart, is also what
+(:meth:`ClusterTicker.in_flight`: copies not sent yet, ZooKeeper silent or
+the fence up, a reconcile, a handoff pass under way or copies it holds for
+a lagging view) or something waits to be flushed, else when the next thing
+is due: the stream heartbeat, the first waiting submit's
+``replication_timeout``, the handoff's next sweep or retry, a try to link.
+Work that arrives (:meth:`ClusterTicker.poke`, from the role's flush, the
+stream's events, a new ring) brings the next round sooner when it needs
+one sooner than planned. The heartbeat, at most ``STREAM_HEARTBEAT`` apart, is also what
 keeps the round recent for :meth:`ClusterRole.catching_up
 <miyaq.cluster.role.ClusterRole.catching_up>` (a round older than ``STALL``
 means the process was frozen): ``STREAM_HEARTBEAT`` is half of ``STALL``.
@@ -51,31 +51,40 @@ class ClusterTicker:
         self._last_beat = 0.0        # the last stream heartbeat sent (monotonic; 0.0: send at the next round)
         self._last_relink = 0.0
         self._wake = green.Event()
-        self._asleep = False         # waiting for the next heartbeat, nothing in flight
+        self._until = 0.0            # the planned round (monotonic); 0.0 while a round runs
 
     # -- when ----------------------------------------------------------------------------
-    def in_flight(self, mono: float) -> bool:
-        """Is anything in flight that a round moves on before the next
-        heartbeat? (Each is what a round does besides the heartbeat: module
-        doc.) A node that stops has nothing in flight: its rounds do nothing."""
+    def in_flight(self) -> bool:
+        """Is anything in flight that a round moves on every ``CLUSTER_TICK``?
+        Copies a holder could not be sent (sent again each round), ZooKeeper
+        silent or the fence up (the fence decides within ``FENCE_AFTER``), a
+        reconcile, a handoff pass under way or copies it holds for a lagging
+        view. A node that stops has nothing in flight: its rounds do nothing."""
         role = self.role
         if role.stopped:
             return False
-        intake, handoff = role.intake, role.handoff
-        return bool(intake.pending or intake.unsent or intake.outbox or role.events.outbox or role.standby.due
-                    or role.coordinator.silent_for() > 0.0 or role.fence.up or not role.publisher.zk_ok
-                    or role.reconcile.active or handoff.busy or handoff.held)
+        handoff = role.handoff
+        return bool(role.intake.unsent or role.coordinator.silent_for() > 0.0 or role.fence.up
+                    or not role.publisher.zk_ok or role.reconcile.active or handoff.busy or handoff.held)
 
     def next_round(self, mono: float) -> float:
         """When the round after one at ``mono`` comes (``monotonic``): a
-        ``CLUSTER_TICK`` later while something is in flight, else at the
-        next of: the stream heartbeat, a try to link to a peer that could
-        not be linked, the handoff's next sweep (the minute after a ring
-        change) or its retry of the copies not confirmed."""
-        if self.in_flight(mono):
-            return mono + CLUSTER_TICK
+        ``CLUSTER_TICK`` later while something is in flight
+        (:meth:`in_flight`) or waits to be flushed, else at the next of: the
+        stream heartbeat, the first waiting submit's ``replication_timeout``,
+        a try to link to a peer that could not be linked, the handoff's next
+        sweep (the minute after a ring change) or its retry of the copies not
+        confirmed. Never sooner than ``CLUSTER_TICK`` after ``mono``."""
         role = self.role
+        floor = mono + CLUSTER_TICK
+        if self.in_flight():
+            return floor
+        intake = role.intake
+        if not role.stopped and (intake.outbox or role.events.outbox or role.standby.due):
+            return floor
         due = self._last_beat + STREAM_HEARTBEAT
+        if intake.pending:
+            due = min(due, next(iter(intake.pending.values())).deadline)    # they wait in deadline order
         if role.peer.unlinked:
             due = min(due, self._last_relink + RELINK_INTERVAL)
         handoff = role.handoff
@@ -83,34 +92,40 @@ class ClusterTicker:
             due = min(due, handoff.last_run + HANDOFF_SWEEP)
         if handoff.leaving or handoff.outcomes.unanswered:
             due = min(due, handoff.next_retry)
-        return max(mono + CLUSTER_TICK, due)
+        return max(floor, due)
 
     def poke(self) -> None:
-        """Work arrived: a ticker asleep until the next heartbeat looks now
-        whether something is in flight, and runs its rounds every
-        ``CLUSTER_TICK`` again if so. Cheap when it is awake (one test)."""
-        if self._asleep and self.in_flight(monotonic()):
-            self._asleep = False
-            self._wake.set()
+        """Work arrived: a ticker that sleeps past the round this work needs
+        (:meth:`next_round` of its last round) plans that round instead. One
+        that would wake soon enough anyway is left alone: a lone submit, due
+        at its ``replication_timeout``, costs it nothing. Cheap when the
+        ticker is awake or due within ``CLUSTER_TICK`` (one test)."""
+        if self._until > self.ticked + CLUSTER_TICK:
+            due = self.next_round(self.ticked)
+            if due < self._until:
+                self._until = due
+                self._wake.set()
 
     def recheck(self) -> None:
         """Run a round now (a test moved the clocks on: the round's time, not
         the real time, decides what is due)."""
+        self._until = 0.0
         self._wake.set()
 
     # -- the loop ----------------------------------------------------------------------------
     def serve(self) -> None:
-        """The ticker's greenlet: a round, then a wait until the next."""
+        """The ticker's greenlet: a round, then a wait until the next (which
+        :meth:`poke` may bring sooner)."""
         wake = self._wake
         mono = monotonic()
         while True:
-            until = self.next_round(mono)
-            self._asleep = until > mono + CLUSTER_TICK
-            wake.clear()
-            while not wake.is_set() and (left := until - monotonic()) > 0:
-                wake.wait(left)      # ended a little early by this clock: wait the rest
-            self._asleep = False
+            self._until = self.next_round(mono)
+            while (left := self._until - monotonic()) > 0:
+                wake.clear()
+                wake.wait(left)       # poked (perhaps sooner now), or the wait ended (a little early: again)
+            self._until = 0.0         # awake: no poke plans anything until the next wait
             if self.role.stopped:
+                mono = monotonic()
                 continue        # the node stops: no handoff, no standby check, no resync
             mono = monotonic()
             self.round(mono)
