@@ -97,7 +97,7 @@ class RingFollower:
             if set(old.members) != set(members) or old.epoch == 0 or old.ring != view.ring:
                 role.handoff.request(before=old)
                 self._sweep_until = monotonic() + HANDOFF_SWEEP_AFTER_CHANGE
-                role.ticker.poke()      # its sweeps come with the ticker's rounds
+                role.ticker.replan()      # its sweeps come with the ticker's rounds
 
     def sweeping(self, mono: float) -> bool:
         """True for ``HANDOFF_SWEEP_AFTER_CHANGE`` after a ring change

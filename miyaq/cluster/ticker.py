@@ -19,8 +19,9 @@ is due: the stream heartbeat, the first waiting submit's
 ``replication_timeout``, the handoff's next sweep or retry, a try to link.
 Work that arrives (:meth:`ClusterTicker.poke`, from the role's flush, the
 stream's events, a new ring) brings the next round sooner when it needs
-one sooner than planned. The heartbeat, at most ``STREAM_HEARTBEAT`` apart, is also what
-keeps the round recent for :meth:`ClusterRole.catching_up
+one sooner than planned. The heartbeat's round, at most
+``STREAM_HEARTBEAT`` after the last, also keeps :attr:`ClusterTicker.ticked`
+recent for :meth:`ClusterRole.catching_up
 <miyaq.cluster.role.ClusterRole.catching_up>` (a round older than ``STALL``
 means the process was frozen): ``STREAM_HEARTBEAT`` is half of ``STALL``.
 
@@ -95,16 +96,34 @@ class ClusterTicker:
         return max(floor, due)
 
     def poke(self) -> None:
-        """Work arrived: a ticker that sleeps past the round this work needs
-        (:meth:`next_round` of its last round) plans that round instead. One
-        that would wake soon enough anyway is left alone: a lone submit, due
-        at its ``replication_timeout``, costs it nothing. Cheap when the
-        ticker is awake or due within ``CLUSTER_TICK`` (one test)."""
-        if self._until > self.ticked + CLUSTER_TICK:
-            due = self.next_round(self.ticked)
-            if due < self._until:
-                self._until = due
-                self._wake.set()
+        """Work arrived (after each flush of the role, each batch of a
+        peer's stream events): a ticker that sleeps past the round this work
+        needs plans that round instead. What work can need sooner is looked
+        at, no more (this runs several times a task): something left to
+        flush, copies that could not be sent, a reconcile or a handoff pass
+        begun, a waiting submit due before the planned round. A lone submit,
+        due at its ``replication_timeout``, costs the ticker nothing.
+        ZooKeeper's silence is not work: the next round notices it (a
+        second at most, within ``FENCE_AFTER``)."""
+        until = self._until
+        if until <= self.ticked + CLUSTER_TICK:
+            return          # awake, or its next round comes as soon as any could
+        role = self.role
+        intake, handoff = role.intake, role.handoff
+        pending = intake.pending
+        if (intake.unsent or intake.outbox or role.events.outbox or role.standby.due or role.reconcile.active
+                or handoff.busy or handoff.held
+                or (pending and next(iter(pending.values())).deadline < until)):
+            self.replan()
+
+    def replan(self) -> None:
+        """Plan the next round anew (:meth:`next_round` of the last one),
+        sooner if something needs it sooner: a new ring (its sweeps), or
+        whatever :meth:`poke` would see."""
+        due = self.next_round(self.ticked)
+        if due < self._until:
+            self._until = due
+            self._wake.set()
 
     def recheck(self) -> None:
         """Run a round now (a test moved the clocks on: the round's time, not
