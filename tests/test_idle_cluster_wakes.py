@@ -213,10 +213,10 @@ def test_an_idle_peer_links_answer_reader_waits_for_a_deadline_not_a_poll(peer_p
 def test_the_stream_ports_loop_waits_for_a_subscription_not_a_poll() -> None:
     """Fault: the stream port's loop looked every 0.1 s for subscriptions
     (a send may take its descriptor's edge): 10 wake-ups a second idle.
-    Now it waits for one, and a publish that finds one waiting wakes it: a
-    bad subscription that arrives while the node publishes all the time is
-    still dropped without a heartbeat's read, and an idle port's loop makes
-    no pass."""
+    Now it waits for one, and the first send after a read plans a look
+    ``SUBSCRIPTION_LOOK`` later: a bad subscription that arrives while the
+    node publishes all the time is still dropped without a heartbeat's
+    read, and an idle port's loop makes no pass."""
     sockets = SocketFactory(green=False)
     supervisor = Supervisor("test")
     port = free_port()
@@ -235,9 +235,9 @@ def test_the_stream_ports_loop_waits_for_a_subscription_not_a_poll() -> None:
         bursts = 0
         while not raw.closed():
             # Sends without a yield, 20 ms of them: one takes the edge of the
-            # subscription's coming, and only its recheck wakes the loop.
-            # Without it the subscription waited 3.5-9.5 s (170 bursts and
-            # more) for something else to wake the loop.
+            # subscription's coming, and only the look a send planned wakes
+            # the loop. Without it the subscription waited 3.5-9.5 s (170
+            # bursts and more) for something else to wake the loop.
             assert bursts < 50, "the bad subscription was not dropped while the port published"
             bursts += 1
             burst = monotonic() + 0.02

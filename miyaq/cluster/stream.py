@@ -20,7 +20,7 @@ import msgpack
 
 from miyaq.cluster.stream_numbering import StreamReceiver, StreamSender, topic
 from miyaq.cluster.stream_port import (
-    STREAM_UNREAD_BUDGET, SubscriberGuard, listening_port, wire_size,
+    STREAM_UNREAD_BUDGET, SUBSCRIPTION_LOOK, SubscriberGuard, listening_port, wire_size,
 )
 from miyaq.cluster.transport import Apply, AskResync
 from miyaq.constants import PEER_HEARTBEAT_TIMEOUT, STREAM_HEARTBEAT
@@ -43,10 +43,13 @@ class ZmqStreamPublisher(StreamSender):
     sends anything else is dropped at once (``shutdown`` of its descriptor:
     libzmq then ends it and forgets its subscriptions), and counted in
     ``guard.refused``. The subscriptions are read by a greenlet of
-    ``supervisor`` as they come (a publish that finds one waiting wakes it:
-    the send may have taken the edge of the port's descriptor) and at each
-    :meth:`heartbeat`. Before 2026-12-07 the greenlet looked every
-    0.1 s besides, ten wake-ups a second idle.
+    ``supervisor`` as they come, within :data:`SUBSCRIPTION_LOOK` of a
+    publish (a send may take the edge of the port's descriptor: the first
+    send after a read plans a look that late, which the next read
+    cancels), and at each :meth:`heartbeat`. Before 2026-12-07 the greenlet
+    looked every ``SUBSCRIPTION_LOOK`` whatever was sent: ten wake-ups a
+    second idle. (Asking the socket after each send whether a subscription
+    waited cost 2 us a send.)
 
     At each :meth:`heartbeat` (every ``STREAM_HEARTBEAT``) the kernel says
     what each subscribed connection took (TCP's acknowledged bytes): one
@@ -71,6 +74,7 @@ class ZmqStreamPublisher(StreamSender):
         self.guard = SubscriberGuard(listening_port(self.pub), self.published, heartbeat_ms[1] / 1000.0,
                                      unread_budget)
         self._fd: Any = None
+        self._look: Any = None      # the port's loop's look planned after a send (a timer), until the next read
         self._closed = False
 
     def start(self) -> None:
@@ -84,21 +88,16 @@ class ZmqStreamPublisher(StreamSender):
     def _publish(self, dest: str, body: dict[str, Any]) -> None:
         name = topic(dest)
         data = msgpack.packb(body, use_bin_type=True)
+        if self._look is None and self._fd is not None:
+            # The send may take the edge of a subscription's coming: the port's
+            # loop looks within SUBSCRIPTION_LOOK (the next read cancels it).
+            self._look = green.call_later(SUBSCRIPTION_LOOK, self._fd.wake)
         try:
             send_frames(self.pub, [name, data])
         except zmq.Again:
-            self._recheck()
             return   # dropped at the HWM: the next heartbeat reveals the gap
-        self._recheck()
         self.sent += 1
         self.published[name] = self.published.get(name, 0) + wire_size(len(data))
-
-    def _recheck(self) -> None:
-        """After a send: wake the port's loop if a subscription waits (the
-        send may have taken the edge of the port's descriptor)."""
-        fd = self._fd
-        if fd is not None and fd.waiting and self.pub.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            fd.wake()
 
     def forget(self, dest: str) -> None:
         """As :meth:`~miyaq.cluster.stream_numbering.StreamSender.forget`, and
@@ -122,16 +121,23 @@ class ZmqStreamPublisher(StreamSender):
                 if self._closed:
                     return
                 raise
-            self._fd.wait()     # a send that took the edge wakes it (_recheck)
+            self._fd.wait()     # a subscription, or the look a send planned
 
     def read_subscriptions(self) -> None:
         """Read what the port's connections sent and drop those that may not
-        have it (:meth:`SubscriberGuard.read`)."""
+        have it (:meth:`SubscriberGuard.read`). A look planned after a send
+        is no longer needed."""
+        look, self._look = self._look, None
+        if look is not None:
+            look.close()
         self.guard.read(self.pub)
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._look is not None:
+                self._look.close()
+                self._look = None
             if self._fd is not None:
                 self._fd.wake()
                 self._fd.close()

@@ -36,6 +36,9 @@ _TOPIC = re.compile(rb"[0-9a-f]{16}\|")
 #: TCP connection acknowledged) before it is dropped: a peer this far behind
 #: resyncs anyway once the high-water mark drops its messages.
 STREAM_UNREAD_BUDGET = 128 * 1024 * 1024
+#: At the latest, how long after a publish the stream's port reads the
+#: subscriptions that came (a send may take the edge of its descriptor).
+SUBSCRIPTION_LOOK = 0.1
 #: What the ZMTP framing adds to a stream message besides its body: the
 #: topic's frame (17 bytes, a flags byte and a size byte), the body's flags
 #: byte and its size (1 byte up to 255, else 8).
