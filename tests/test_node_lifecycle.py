@@ -486,7 +486,9 @@ def test_peer_callback_failures_are_logged_and_counted(caplog: pytest.LogCapture
             assert not link.request("nobody", b"QUERY", {"ids": []}, 1.0, broken)
             until(lambda: supervisor.crashes["peer callback"] == 1, "the unsendable request's callback")
             link.connect({"silent": f"tcp://127.0.0.1:{free_port()}"})
-            link.pending[999] = (0.0, broken)      # a request whose deadline has passed
+            link.pending[999] = (0.0, broken)      # a request whose deadline has passed,
+            link._next_expiry = 0.0                # as request() plans it, and the reader told
+            link._expiry_moved()
             until(lambda: supervisor.crashes["peer callback"] == 2, "the expired request's callback")
         assert caplog.text.count("peer callback failed") == 2
         assert sorted(supervisor.live()) == ["peer answers", "peer requests"]
