@@ -288,3 +288,28 @@ def test_an_idle_workers_hub_is_marked_by_its_watchdogs_look(node: Any, thread_w
     assert not [n for n in worker.supervisor.live() if "hub tick" in n]
     seen = worker.pulse.hub_seen
     until(lambda: worker.pulse.hub_seen != seen, "the watchdog's next look marking the hub")
+
+
+def test_a_poller_woken_before_it_polls_is_not_left_waiting_for_ever() -> None:
+    """Fault: the peer link retired a member's sockets (a member restarted)
+    and woke its answer reader, which was not waiting at that moment (not
+    started yet, or handling answers); the wake was lost, and the reader's
+    next wait -- with no request pending, for ever -- left the retired
+    sockets open until some answer came (a full suite run: the retired
+    sockets never closed within 15 s). A wake with no poll waiting ends the
+    next poll at once."""
+    from miyaq.runtime.hub_socket import HubPoller
+    ctx = plain_zmq.Context()
+    sock = ctx.socket(plain_zmq.PULL)
+    sock.linger = 0
+    poller = HubPoller()
+    poller.register(sock)
+    try:
+        poller.wake()
+        with green.Timeout(5, False):
+            assert poller.poll(None) == []
+            return
+        pytest.fail("the poll waited although it was woken")
+    finally:
+        sock.close(0)
+        ctx.term()

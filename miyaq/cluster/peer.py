@@ -324,6 +324,7 @@ class PeerEndpoint(PeerRequests):
         self._watching[old_monitor] = None
         quiet_monitor(link.dealers[channel])
         self._retired.extend((link.dealers[channel], old_monitor))      # closed by the answer reader
+        self._poller.wake()
         link.dealers[channel], link.monitors[channel] = new_sock, monitor
         self._poller.register(new_sock, zmq.POLLIN)
         self._watching[monitor] = (node_id, channel)

@@ -220,10 +220,11 @@ class HubPoller:
     def poll(self, timeout: float | None = None) -> list[tuple[Any, int]]:
         """``[(socket, POLLIN), ...]`` for each socket with a message,
         waiting at most ``timeout`` milliseconds (None: for ever) for one, or
-        until :meth:`wake` (then perhaps none)."""
-        self._woken = False
+        until :meth:`wake` (then perhaps none). A :meth:`wake` while no poll
+        waited ends the next poll at once: it is never lost."""
         ready = self._ready()
-        if ready or timeout == 0:
+        if ready or timeout == 0 or self._woken:
+            self._woken = False
             return ready
         deadline = None if timeout is None else clock.monotonic() + timeout / 1000.0
         while True:
@@ -237,9 +238,10 @@ class HubPoller:
                 return ready
 
     def wake(self) -> None:
-        """End the reader's current :meth:`poll` (it returns what is ready,
-        perhaps nothing): its caller has something else to do now -- a
-        deadline sooner than the poll's timeout, sockets to close."""
+        """End the reader's current :meth:`poll`, or its next one if it is
+        not waiting now (it returns what is ready, perhaps nothing): its
+        caller has something else to do -- a deadline sooner than the poll's
+        timeout, sockets to close."""
         self._woken = True
         self._fds.wake()
 
