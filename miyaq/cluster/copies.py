@@ -6,7 +6,8 @@
   its sender, never stored), answer with the ids stored -- once they are in this node's
   log, as on the node that took the submit -- and with the outcome of those
   this node already saw finish (the sender must not run them again);
-* QUERY (a standby copy asking before it runs): how this node holds each id.
+* QUERY (a standby copy asking before it runs): how this node holds each id
+  (and, for a copy that names its key, whether another task holds it here).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from miyaq.cluster.ends_ahead import finish_unknown
 from miyaq.cluster.install import CopyInstaller
+from miyaq.cluster.key_verdicts import held_elsewhere
 from miyaq.cluster.peer_requests import clock_shift
 from miyaq.cluster.sizes import EVENT_ALLOWANCE, PEER_MESSAGE_BYTES, outcome_size
 from miyaq.cluster.standby import describe
@@ -149,9 +151,15 @@ class Copies:
         # those again later.
         states: dict[str, list[Any]] = {}
         room, results = self.role.config.max_message, PEER_MESSAGE_BYTES
+        # A copy new to its key asks about the key too (StandbyChecker.check_key_first).
+        keys = body.get("keys")
+        keys = keys if isinstance(keys, dict) else {}
+        now = wall()
         for i in ids[:MAX_QUERY]:
             if isinstance(i, str) and i not in states:
                 state = describe(self.role, i)
+                if state[0] == "unknown" and i in keys:
+                    state = held_elsewhere(self.engine.table, i, keys[i], now, self.role.config.dedup_window) or state
                 self.role.standby.asked_about(i)
                 size = outcome_size(state[1], state[2]) if len(state) == 3 else EVENT_ALLOWANCE
                 room, results = room - size, results - (size - EVENT_ALLOWANCE)

@@ -168,6 +168,8 @@ class CopyInstaller:
                 # A REPLICATE that arrives late (a link that stalled) must not make
                 # its copy ask at once: the other holders may not have theirs yet.
                 due = max(due, now + max(rank, 1) * offset)
+            else:
+                role.standby.key_checks.mark(task)    # new to its key here: asks about it at eta first
         extra.copy_wait = min(max(due - task.eta, 0.0), MAX_TIME)     # what the replay takes back
         try:
             status, holder = engine.submit(task, now, copy=True)

@@ -1,18 +1,32 @@
-"""Which submits a holder's REPLICATE answer shows to be duplicates by key.
+"""Which submits a holder's REPLICATE answer shows to be duplicates by key,
+and what a member answers a copy that asks about its key.
 
 The node coordinating a submit sends its copies to the task's holders; a
 holder may answer that the copy is a duplicate of another task holding the
 task's key (docs/cluster.md, "Dedup by key" and "Dedup by key while the ring
 changes"). :func:`key_duplicates` reads such an answer for the coordinator
 (:class:`~miyaq.cluster.replicated_intake.ReplicatedIntake`), which answers
-those submits ``duplicate`` of that task. No I/O; nothing here changes state.
+those submits ``duplicate`` of that task. :func:`held_elsewhere` answers
+a QUERY's key check (:class:`KeyChecks`): a copy of rank 0 on a node new
+to its key asks the others whether one of them holds the key by another
+task. No I/O here.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from miyaq.core.replicas import key_winner
-from miyaq.protocol.taskspec import is_id
+from miyaq.core.replicas import DUPLICATE_ERROR, HELD_BY, key_winner
+from miyaq.protocol.taskspec import MAX_KEY, is_id
+from miyaq.store.table import TaskTable
+from miyaq.runtime import monotonic
+from miyaq.store.task import CANCELLED, Task
+
+if TYPE_CHECKING:
+    from miyaq.cluster.role import ClusterRole
+
+MAX_KEY_CHECKS = 100_000
+"""Most copies marked to ask about their key (:class:`KeyChecks`); past it
+the marks are forgotten, and those copies ask as any standby copy does."""
 
 
 def key_duplicates(holder: str, sent: dict[str, list[str]], answer: dict[str, Any], epoch: int) -> dict[str, str]:
@@ -56,3 +70,67 @@ def key_duplicates(holder: str, sent: dict[str, list[str]], answer: dict[str, An
                 if winner is not None:
                     found[task_id] = winner
     return {t: w for t, w in found.items() if w != t and is_id(w)}
+
+
+def held_elsewhere(table: TaskTable, task_id: str, key: Any, now: float, window: float) -> list[Any] | None:
+    """The QUERY answer for ``task_id``, an id this node does not know,
+    whose copy asks about its ``key`` (the QUERY's ``keys``): ``[cancelled,
+    None, error]`` when another task holds that key here -- live, dead, or
+    finished less than ``window`` (``dedup_window``) seconds before ``now``
+    --, the error of type ``Duplicate`` naming that task under ``held_by``,
+    as a copy ended by its key's first holder does. None when no other task
+    holds it, or ``key`` is not a string of at most ``MAX_KEY`` characters
+    (a peer's field: ignored). The asker ends its copy so; the key's tasks
+    then run once (docs/cluster.md, "Dedup by key while the ring changes")."""
+    if not isinstance(key, str) or len(key) > MAX_KEY:
+        return None
+    holder = table.holder_of_key(key, now, window)
+    if holder is None or holder == task_id:
+        return None
+    return [CANCELLED, None, {"type": DUPLICATE_ERROR, "retry": False, HELD_BY: holder,
+                              "message": f"its key {key!r} is held by task {holder} on another holder, "
+                                         "whose handoff had not reached its first holder"}]
+
+
+class KeyChecks:
+    """The copies of rank 0 that ask the other members about their key
+    before they run (``ids``), as standby copies
+    (:class:`~miyaq.cluster.standby.StandbyChecker` sends the key in their
+    QUERY and reads the answers)."""
+
+    def __init__(self, role: ClusterRole) -> None:
+        self.role = role
+        self.ids: set[str] = set()
+
+    def mark(self, task: Task) -> bool:
+        """Make ``task``'s new copy -- keyed, rank 0 here, not a standby
+        copy -- ask about its key at its eta, before it runs, if this node
+        became a holder of the key by a ring change less than
+        ``HANDOFF_SWEEP_AFTER_CHANGE`` ago, or since it started
+        (:meth:`~miyaq.cluster.ring_follower.RingFollower.gained`). True if
+        so. What the old holders know of the key (a task holding it, live
+        or finished) comes in their handoff, which may not have come yet:
+        before 2026-12-07 such a copy ran at once, and the key's task ran
+        twice (a restarted first holder whose ring lagged, in a rolling
+        restart). Call before the copy is stored: its timer is set from
+        ``standby``."""
+        if task.key is None or task.rank != 0 or task.standby:
+            return False
+        if not self.role.ring_follower.gained(task.key, task.replicas, monotonic()):
+            return False
+        if len(self.ids) >= MAX_KEY_CHECKS:
+            self.ids.clear()
+        task.standby = True
+        self.ids.add(task.id)
+        return True
+
+    def lost_here(self, winner: str | None, task_id: str) -> bool:
+        """True if ``winner``, the task another member says holds the key of
+        ``task_id``, ended here as a duplicate of ``task_id``: this node,
+        the key's first holder, stored ``task_id`` first and decided (two
+        submits of one key at once: docs/cluster.md, "Dedup by key"); the
+        other member had not heard so yet. That answer does not count."""
+        if winner is None:
+            return False
+        stone = self.role.engine.table.tombstone(winner)
+        return stone is not None and key_winner(winner, stone.error) == task_id

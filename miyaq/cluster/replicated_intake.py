@@ -172,6 +172,8 @@ class ReplicatedIntake(LateCopies):
                 # A client resend: an earlier try may have been stored — and run —
                 # elsewhere. Ask the other holders before running (standby).
                 task.standby = True
+            else:
+                role.standby.key_checks.mark(task)    # new to its key here: asks about it first
             try:
                 status, detail = self.engine.submit(task, now)
             except MiyaqError as err:

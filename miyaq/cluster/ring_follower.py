@@ -20,6 +20,10 @@ Constraints:
 * A ring whose members or points changed asks the handoff for a pass, and
   the ticker sweeps again for ``HANDOFF_SWEEP_AFTER_CHANGE`` after it
   (:meth:`RingFollower.sweeping`).
+* For ``HANDOFF_SWEEP_AFTER_CHANGE`` after a ring change it remembers the
+  ring before it (at most ``RECENT_CHANGES`` of them), so a key this node
+  became a holder of by the change can be told (:meth:`RingFollower.gained`):
+  the old holders' handoff of the key's outcome may not have come yet.
 * Its log lines go to the role's logger (``miyaq.cluster.role``): one
   logger to follow the role.
 """
@@ -36,7 +40,11 @@ from miyaq.runtime import green, monotonic, wall
 if TYPE_CHECKING:
     from miyaq.cluster.role import ClusterRole
 
-__all__ = ["RingFollower"]
+__all__ = ["RingFollower", "RECENT_CHANGES"]
+
+RECENT_CHANGES = 8
+"""Rings before a change kept for :meth:`RingFollower.gained` (the newest;
+each for ``HANDOFF_SWEEP_AFTER_CHANGE``)."""
 
 logger = logging.getLogger("miyaq.cluster.role")    # the role's lines: one logger to follow it
 
@@ -51,6 +59,7 @@ class RingFollower:
         self._pending_view: RingView | None = None
         self._sweep_until = 0.0
         self._departed: dict[str, tuple[Member, float]] = {}   # left the ring: (member, followed until)
+        self._before: list[tuple[RingView, float]] = []   # the ring before each recent change, and until when
 
     def on_view(self, view: RingView) -> None:
         """Coordinator listener: must not block; the view loop does the work.
@@ -97,12 +106,26 @@ class RingFollower:
             if set(old.members) != set(members) or old.epoch == 0 or old.ring != view.ring:
                 role.handoff.request(before=old)
                 self._sweep_until = monotonic() + HANDOFF_SWEEP_AFTER_CHANGE
+                self._before = [*self._before[1 - RECENT_CHANGES:], (old, self._sweep_until)]
                 role.ticker.replan()      # its sweeps come with the ticker's rounds
 
     def sweeping(self, mono: float) -> bool:
         """True for ``HANDOFF_SWEEP_AFTER_CHANGE`` after a ring change
         (``mono``: monotonic): the handoff sweeps again meanwhile."""
         return mono < self._sweep_until
+
+    def gained(self, routing_key: str, replicas: int, mono: float) -> bool:
+        """True if this node was not a holder of ``routing_key`` (``replicas``
+        holders) by the ring before a change adopted less than
+        ``HANDOFF_SWEEP_AFTER_CHANGE`` ago (``mono``: monotonic) -- its first
+        ring since it started counts as such a change. What the old holders
+        know of the key (a task holding it, live or finished) comes in their
+        handoff, which may still be on its way."""
+        node_id = self.role.node_id
+        for view, until in self._before:
+            if until > mono and node_id not in view.holder_ids(routing_key, min(replicas, len(view.members))):
+                return True
+        return False
 
     def departed(self) -> list[str]:
         """Nodes that left the ring less than ``DEPARTED_GRACE`` ago: still

@@ -37,6 +37,11 @@ task answers ``unknown``, which lets the copy run). Per task:
   news re-armed the copy while it asked (a STARTED or TOUCH event, a
   resync): that timer stands, whatever the answers.
 
+A keyed copy of rank 0 on a node new to its key asks about the key too
+(:class:`~miyaq.cluster.key_verdicts.KeyChecks`): it ends as a duplicate
+of the task another member says holds the key, else runs once the answers
+are in, without waiting for later holders' standby copies.
+
 Only silence lets a copy run; that is what keeps duplicates to real failures.
 An answer that fails its checks (:mod:`miyaq.protocol.recordspec`) counts as
 silence from that holder, and is counted and logged as a refused record.
@@ -61,9 +66,11 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Callable
 
 from miyaq.protocol.recordspec import STARTED_ELSEWHERE
+from miyaq.cluster.key_verdicts import KeyChecks
 from miyaq.cluster.peer_requests import EXPIRED_AT_ONCE, QUERY, clock_shift, moved
 from miyaq.constants import MAX_QUERY, QUERY_TIMEOUT
 from miyaq.core.listener import EngineListener
+from miyaq.core.replicas import key_winner
 from miyaq.errors import InvalidField
 from miyaq.logs import LogLimiter
 from miyaq.protocol.eventspec import check_state_answer
@@ -126,6 +133,7 @@ class StandbyChecker(EngineListener):
         self.deferrals = 0
         self.queries_refused = 0     # QUERY sends the link refused (each asked again, within the deadline)
         self._unknown_waits: dict[str, int] = {}     # task id -> waits for an earlier holder that lacks it
+        self.key_checks = KeyChecks(role)     # rank-0 keyed copies that ask about their key first
 
     def asked_about(self, task_id: str) -> None:
         """Another holder asks about ``task_id`` (its copy is due and asks
@@ -266,7 +274,11 @@ class StandbyChecker(EngineListener):
         if left <= 0:
             self._answered(holder, ids, None, checks)
             return
-        self.role.peer.request(holder, QUERY, {"ids": ids}, left, self._callback(holder, ids, checks),
+        body: dict[str, Any] = {"ids": ids}
+        keys = {i: checks[i][0].key for i in ids if i in self.key_checks.ids and i in checks}
+        if keys:
+            body["keys"] = keys      # a member that holds one by another task says so (held_elsewhere)
+        self.role.peer.request(holder, QUERY, body, left, self._callback(holder, ids, checks),
                                refused=lambda: self._refused(holder, ids, checks, deadline, pause))
 
     def _refused(self, holder: str, ids: list[str], checks: Checks, deadline: float, pause: float) -> None:
@@ -318,6 +330,7 @@ class StandbyChecker(EngineListener):
         role = self.role
         engine = role.engine
         if task.state not in (SCHEDULED, RETRYING) or not task.standby:
+            self.key_checks.ids.discard(task.id)
             return   # something else moved it meanwhile
         if task.timer_at is not None:
             # Re-armed while it asked: another holder's news (its STARTED or
@@ -334,11 +347,20 @@ class StandbyChecker(EngineListener):
         if role.reconciling:
             self.parked[task.id] = task     # frozen or fenced meanwhile: ask again after the resync
             return
+        key_check = task.id in self.key_checks.ids
+        self.key_checks.ids.discard(task.id)
         with role.events.applying_remote():
             for _, a in answers:
                 if a[0] in FINAL:
-                    engine.finish_copy(task.id, a[0], a[1] if len(a) > 1 else None,
-                                       a[2] if len(a) > 2 else None, now)
+                    error = a[2] if len(a) > 2 else None
+                    if key_check and self.key_checks.lost_here(key_winner(task.id, error), task.id):
+                        continue
+                    engine.finish_copy(task.id, a[0], a[1] if len(a) > 1 else None, error, now)
+                    if key_check and key_winner(task.id, error) is not None:
+                        # Its key is held by another task: the copies of the task's
+                        # other holders end too, now rather than when they ask.
+                        role.events.forward_finished(task.id, (a[0], a[1], error),
+                                                     [h for h in task.holders if h != role.node_id])
                     return
                 if a[0] == DEAD:
                     engine.kill_copy(task, task.error)
@@ -365,12 +387,17 @@ class StandbyChecker(EngineListener):
             active = state in (READY, RUNNING, LATER) or (state in (SCHEDULED, RETRYING) and not a[1])
             # Between two standby copies the smaller node id goes first, whatever
             # their ranks: ranks come from views of the ring that may disagree.
-            first_standby = state in (SCHEDULED, RETRYING) and a[1] and holder < role.node_id
+            # A key check (rank 0 here) does not wait for them: they wait for it.
+            first_standby = state in (SCHEDULED, RETRYING) and a[1] and holder < role.node_id and not key_check
             if active or first_standby:
                 later = max(now, a[3] if state == RUNNING and len(a) > 3 else now)
                 until = later if until is None else max(until, later)
         if until is not None:
             self._wait(task, until)
+            return
+        if key_check:
+            logger.debug("task %s: no other member holds its key %r; running it here", task.id, task.key)
+            engine.take_over(task, now)
             return
         self._take_over(task, now)
 
