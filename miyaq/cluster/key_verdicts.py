@@ -114,8 +114,8 @@ class KeyChecks:
         twice (a restarted first holder whose ring lagged, in a rolling
         restart). Call before the copy is stored: its timer is set from
         ``standby``."""
-        if task.key is None or task.rank != 0 or task.standby:
-            return False
+        if task.key is None or task.rank != 0 or task.standby or not self.role.others():
+            return False     # (alone in its ring: nobody to ask, nobody to hand it the key)
         if not self.role.ring_follower.gained(task.key, task.replicas, monotonic()):
             return False
         if len(self.ids) >= MAX_KEY_CHECKS:
