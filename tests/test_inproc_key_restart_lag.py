@@ -149,3 +149,50 @@ def test_a_first_holder_asks_about_no_key_once_the_ring_change_is_old(inproc):
     assert sub.status == ACCEPTED
     assert not cluster.net.messages("QUERY", src=h0, task="ida")
     assert not cluster.crashes()
+
+
+def test_a_handed_off_task_of_the_key_wins_over_a_copy_still_asking_about_it(inproc, tmp_path, monkeypatch):
+    """Fault: as above, but the key's first task ``ida`` still runs on h1
+    when h0 comes back; the old holders' handoff of its copy (and their
+    resync) reaches h0 after ``idb`` of K came there, while ``idb``'s copy
+    asks about its key (the answers held). Before, h0 ran ``idb`` at once
+    (see the first test), and with that fixed the handed-off copy of
+    ``ida`` still met ``idb`` holding K: h0, K's first holder, ended
+    ``ida`` as a duplicate, on every holder -- its run on h1 aborted, and
+    ``idb`` ran. Now ``idb``'s copy, still asking, gives way: it ends a
+    duplicate of ``ida``, which keeps running on h1."""
+    monkeypatch.setattr("miyaq.cluster.sync.RESYNC_STONES", 0)
+    cluster = inproc(3, replicas=2, data_dir=str(tmp_path), fsync="never", default_timeout=60.0)
+    key, h0, h1, _h2 = _key(cluster)
+    kept = cluster.submit(h0, cluster.task_led_by(h0, replicas=2), countdown=3600)
+    cluster.wait_until(lambda: kept.result, what="a delayed task in h0's log")
+    cluster.stop_node(h0)
+    rest = [n for n in ALL if n != h0]
+    cluster.publish(rest)
+    w1 = cluster.worker(h1)
+    first = cluster.submit(h1, "ida", key=key)
+    cluster.wait_until(lambda: first.result and w1.runs("ida"), what="ida accepted and running on h1")
+    back = cluster.start_node(h0)
+    cluster.wait_until(lambda: back.role.view.epoch == cluster.script.current.epoch
+                       and not back.node.core.gate.holds(RECONCILING), what="h0 restarted and reconciled")
+    handoff = cluster.net.hold("REPLICATE", dst=h0)
+    resync = cluster.net.hold("ANSWER", dst=h0, answering="SYNC")
+    cluster.script.publish(ALL, withhold=[h0])
+    epoch = cluster.script.current.epoch
+    cluster.wait_until(lambda: all(cluster[n].role.view.epoch == epoch for n in rest), what="the others' ring")
+    cluster.script.deliver(h0)
+    cluster.wait_until(lambda: back.role.view.epoch == epoch, what="h0's ring")
+    w0 = cluster.worker(h0)
+    answers = cluster.net.hold("ANSWER", dst=h0, answering="QUERY")
+    second = cluster.submit(h0, "idb", key=key)
+    cluster.wait_until(lambda: second.result and (answers.held or w0.runs("idb")),
+                       what="idb answered, its key check asking")
+    handoff.release()
+    resync.release()
+    cluster.wait_until(lambda: back.state("ida") is not None, what="ida's copy handed off to h0")
+    answers.release()
+    cluster.settle(0.3)
+    assert not w0.times("idb"), "K's second task must not run"
+    assert w1.runs("ida") and cluster[h1].state("ida") == "running", "ida must keep running"
+    assert back.state("idb") == "cancelled" and back.tombstone("idb").error["held_by"] == "ida"
+    assert not cluster.crashes()

@@ -173,6 +173,9 @@ class CopyInstaller:
         extra.copy_wait = min(max(due - task.eta, 0.0), MAX_TIME)     # what the replay takes back
         try:
             status, holder = engine.submit(task, now, copy=True)
+            if (status == DUPLICATE and holder != task.id and rank == 0 and "state" in record
+                    and role.standby.key_checks.yield_to(holder, task.id, now)):
+                status, holder = engine.submit(task, now, copy=True)    # accepted before: the key check gave way
         except Exception as exc:   # Busy, ShuttingDown, too many queues: not stored
             _log.warning("copy", "could not store a copy of %s: %s", task.id, exc)
             return False

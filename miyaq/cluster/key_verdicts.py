@@ -19,7 +19,7 @@ from miyaq.core.replicas import DUPLICATE_ERROR, HELD_BY, key_winner
 from miyaq.protocol.taskspec import MAX_KEY, is_id
 from miyaq.store.table import TaskTable
 from miyaq.runtime import monotonic
-from miyaq.store.task import CANCELLED, Task
+from miyaq.store.task import CANCELLED, RETRYING, SCHEDULED, Task
 
 if TYPE_CHECKING:
     from miyaq.cluster.role import ClusterRole
@@ -87,9 +87,15 @@ def held_elsewhere(table: TaskTable, task_id: str, key: Any, now: float, window:
     holder = table.holder_of_key(key, now, window)
     if holder is None or holder == task_id:
         return None
-    return [CANCELLED, None, {"type": DUPLICATE_ERROR, "retry": False, HELD_BY: holder,
-                              "message": f"its key {key!r} is held by task {holder} on another holder, "
-                                         "whose handoff had not reached its first holder"}]
+    return [CANCELLED, None, duplicate_error(key, holder, "on another holder, whose handoff had not reached its "
+                                                          "first holder")]
+
+
+def duplicate_error(key: str, holder: str, where: str) -> dict[str, Any]:
+    """The error of a copy ended because task ``holder`` holds its ``key``
+    (type ``Duplicate``, ``held_by``; ``where`` completes the message)."""
+    return {"type": DUPLICATE_ERROR, "retry": False, HELD_BY: holder,
+            "message": f"its key {key!r} is held by task {holder} {where}"}
 
 
 class KeyChecks:
@@ -122,6 +128,28 @@ class KeyChecks:
             self.ids.clear()
         task.standby = True
         self.ids.add(task.id)
+        return True
+
+    def yield_to(self, copy_id: str, winner: str, now: float) -> bool:
+        """A copy of ``winner`` handed off from an older ring's holders (a task
+        of the key accepted there and under way) came while ``copy_id``, a
+        copy here that holds the same key, still asks about its key: that
+        copy ends as a duplicate of ``winner`` (its other holders are told),
+        and the key is free for the handed-off copy. True if it did; False
+        if ``copy_id`` is no such copy (the key's first holder decided: the
+        handed-off copy ends as the duplicate). Before 2026-12-07 the
+        handed-off copy ended so here, and was cancelled on every holder,
+        the one running it too."""
+        role = self.role
+        task = role.engine.table.live.get(copy_id)
+        if (copy_id not in self.ids or task is None or task.key is None or task.state not in (SCHEDULED, RETRYING)
+                or task.attempt):
+            return False
+        self.ids.discard(copy_id)
+        error = duplicate_error(task.key, winner, "on the holders of an older ring, which handed it off here")
+        with role.events.applying_remote():
+            role.engine.finish_copy(copy_id, CANCELLED, None, error, now)
+        role.events.forward_finished(copy_id, (CANCELLED, None, error), [h for h in task.holders if h != role.node_id])
         return True
 
     def lost_here(self, winner: str | None, task_id: str) -> bool:
