@@ -151,7 +151,7 @@ class Copies:
         # those again later.
         states: dict[str, list[Any]] = {}
         room, results = self.role.config.max_message, PEER_MESSAGE_BYTES
-        # A copy new to its key asks about the key too (StandbyChecker.check_key_first).
+        # A copy new to its key asks about the key too (key_verdicts.KeyChecks).
         keys = body.get("keys")
         keys = keys if isinstance(keys, dict) else {}
         now = wall()
@@ -160,7 +160,8 @@ class Copies:
                 state = describe(self.role, i)
                 if state[0] == "unknown" and i in keys:
                     state = held_elsewhere(self.engine.table, i, keys[i], now, self.role.config.dedup_window) or state
-                self.role.standby.asked_about(i)
+                if i not in keys:       # a key check is no standby copy waiting for this one's turn
+                    self.role.standby.asked_about(i)
                 size = outcome_size(state[1], state[2]) if len(state) == 3 else EVENT_ALLOWANCE
                 room, results = room - size, results - (size - EVENT_ALLOWANCE)
                 if room < 0 or (results < 0 and states):

@@ -109,7 +109,10 @@ def describe(role: ClusterRole, task_id: str) -> list[Any]:
     table = role.engine.table
     task = table.live.get(task_id)
     if task is not None:
-        return [task.state, task.standby, task.rank, task.lease_end if task.state == RUNNING else task.eta]
+        # A copy asking about its key runs next unless the key is held: to the
+        # others it is the first holder's copy, not a standby one (they wait for it).
+        standby = task.standby and task_id not in role.standby.key_checks.ids
+        return [task.state, standby, task.rank, task.lease_end if task.state == RUNNING else task.eta]
     if task_id in table.dead:
         return [DEAD]
     stone = table.tombstone(task_id)
@@ -387,8 +390,10 @@ class StandbyChecker(EngineListener):
             active = state in (READY, RUNNING, LATER) or (state in (SCHEDULED, RETRYING) and not a[1])
             # Between two standby copies the smaller node id goes first, whatever
             # their ranks: ranks come from views of the ring that may disagree.
-            # A key check (rank 0 here) does not wait for them: they wait for it.
-            first_standby = state in (SCHEDULED, RETRYING) and a[1] and holder < role.node_id and not key_check
+            # A key check (rank 0 here) does not wait for a later holder's: that
+            # one waits for it (and does not ask early when asked by it: Copies.on_query).
+            first_standby = (state in (SCHEDULED, RETRYING) and a[1] and holder < role.node_id
+                             and not (key_check and a[2] > 0))
             if active or first_standby:
                 later = max(now, a[3] if state == RUNNING and len(a) > 3 else now)
                 until = later if until is None else max(until, later)
