@@ -26,9 +26,12 @@ from __future__ import annotations
 
 import pytest
 
+from miyaq.cluster.key_verdicts import held_elsewhere
 from miyaq.constants import HANDOFF_SWEEP_AFTER_CHANGE
 from miyaq.core.gate import RECONCILING
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE, REJECTED
+from miyaq.store.table import TaskTable
+from miyaq.store.task import Task
 
 ALL = ["n1", "n2", "n3"]
 
@@ -200,3 +203,26 @@ def test_a_handed_off_task_of_the_key_wins_over_a_copy_still_asking_about_it(inp
     assert w1.runs("ida") and cluster[h1].state("ida") == "running", "ida must keep running"
     assert back.state("idb") == "cancelled" and back.tombstone("idb").error["held_by"] == "ida"
     assert not cluster.crashes()
+
+
+def test_two_copies_asking_about_one_key_do_not_both_end():
+    """Fault: two submits of one key through two nodes whose rings disagree,
+    each node new to the key, each copy asking the other node about it
+    (``held_elsewhere`` answers a QUERY's ``keys``). Without a rule each
+    would answer that its own task holds the key and both copies would
+    end, the key's task never run; a task still asking counts only if its
+    id sorts first, so exactly one of the two ends. Also: a malformed key
+    from a peer is ignored, and a key nobody holds, or held by the asked
+    id itself, is no answer."""
+    table = TaskTable(100, 3600.0, 10)
+    table.add(Task("idy", "default", None, b"", key="K"))
+    asking = {"idy"}
+    assert held_elsewhere(table, "idx", "K", 0.0, 3600.0, asking) is None, "idy, asking, sorts after idx"
+    answer = held_elsewhere(table, "idz", "K", 0.0, 3600.0, asking)
+    assert answer is not None and answer[0] == "cancelled" and answer[2]["held_by"] == "idy", answer
+    decided = held_elsewhere(table, "idx", "K", 0.0, 3600.0, ())
+    assert decided is not None and decided[2]["held_by"] == "idy", "a task no longer asking holds the key"
+    assert held_elsewhere(table, "idy", "K", 0.0, 3600.0) is None
+    assert held_elsewhere(table, "idx", "other", 0.0, 3600.0) is None
+    assert held_elsewhere(table, "idx", 7, 0.0, 3600.0) is None
+    assert held_elsewhere(table, "idx", "K" * 300, 0.0, 3600.0) is None

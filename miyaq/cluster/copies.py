@@ -159,7 +159,8 @@ class Copies:
             if isinstance(i, str) and i not in states:
                 state = describe(self.role, i)
                 if state[0] == "unknown" and i in keys:
-                    state = held_elsewhere(self.engine.table, i, keys[i], now, self.role.config.dedup_window) or state
+                    state = held_elsewhere(self.engine.table, i, keys[i], now, self.role.config.dedup_window,
+                                           self.role.standby.key_checks.ids) or state
                 if i not in keys:       # a key check is no standby copy waiting for this one's turn
                     self.role.standby.asked_about(i)
                 size = outcome_size(state[1], state[2]) if len(state) == 3 else EVENT_ALLOWANCE

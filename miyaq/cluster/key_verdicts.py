@@ -13,6 +13,7 @@ task. No I/O here.
 """
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from miyaq.core.replicas import DUPLICATE_ERROR, HELD_BY, key_winner
@@ -72,7 +73,8 @@ def key_duplicates(holder: str, sent: dict[str, list[str]], answer: dict[str, An
     return {t: w for t, w in found.items() if w != t and is_id(w)}
 
 
-def held_elsewhere(table: TaskTable, task_id: str, key: Any, now: float, window: float) -> list[Any] | None:
+def held_elsewhere(table: TaskTable, task_id: str, key: Any, now: float, window: float,
+                   asking: Collection[str] = ()) -> list[Any] | None:
     """The QUERY answer for ``task_id``, an id this node does not know,
     whose copy asks about its ``key`` (the QUERY's ``keys``): ``[cancelled,
     None, error]`` when another task holds that key here -- live, dead, or
@@ -80,12 +82,15 @@ def held_elsewhere(table: TaskTable, task_id: str, key: Any, now: float, window:
     --, the error of type ``Duplicate`` naming that task under ``held_by``,
     as a copy ended by its key's first holder does. None when no other task
     holds it, or ``key`` is not a string of at most ``MAX_KEY`` characters
-    (a peer's field: ignored). The asker ends its copy so; the key's tasks
+    (a peer's field: ignored). A task holding it that is itself a copy here
+    still asking about its key (``asking``) counts only if its id sorts
+    before ``task_id``: two such copies asking each other (two submits of
+    the key through nodes whose rings disagree) must not both end. The asker ends its copy so; the key's tasks
     then run once (docs/cluster.md, "Dedup by key while the ring changes")."""
     if not isinstance(key, str) or len(key) > MAX_KEY:
         return None
     holder = table.holder_of_key(key, now, window)
-    if holder is None or holder == task_id:
+    if holder is None or holder == task_id or (holder in asking and holder > task_id):
         return None
     return [CANCELLED, None, duplicate_error(key, holder, "on another holder, whose handoff had not reached its "
                                                           "first holder")]
