@@ -30,6 +30,7 @@ from miyaq.cluster.key_verdicts import held_elsewhere
 from miyaq.constants import HANDOFF_SWEEP_AFTER_CHANGE
 from miyaq.core.gate import RECONCILING
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE, REJECTED
+from miyaq.runtime import wall
 from miyaq.store.table import TaskTable
 from miyaq.store.task import Task
 
@@ -226,3 +227,26 @@ def test_two_copies_asking_about_one_key_do_not_both_end():
     assert held_elsewhere(table, "idx", "other", 0.0, 3600.0) is None
     assert held_elsewhere(table, "idx", 7, 0.0, 3600.0) is None
     assert held_elsewhere(table, "idx", "K" * 300, 0.0, 3600.0) is None
+
+
+def test_a_cancel_of_a_copy_asking_about_its_key_is_the_first_holders_word(inproc):
+    """Fault: a delayed keyed task stored on its first holder in the first
+    60 s of that node's ring (its copy asks about its key at the eta, a
+    standby copy until then) is cancelled through its other holder, which
+    asks the first holder. Before, the first holder said its copy was a
+    standby one (``standby: true``), and the cancel was answered
+    ``unconfirmed`` (a live rolling restart: 1 of 740 cancels,
+    /tmp/keyed2/runs/f4-fix); the copy is the first holder's own, and the
+    cancel is its word."""
+    cluster = inproc(3, replicas=2)
+    h0, h1 = cluster.holders("x", key="k1", replicas=2)
+    sub = cluster.submit(h0, "ida", key="k1", countdown=3600)
+    cluster.wait_until(lambda: sub.result, what="ida answered")
+    assert sub.status == ACCEPTED
+    assert "ida" in cluster[h0].role.standby.key_checks.ids, "a copy asking about its key at its eta"
+    answers: list = []
+    cluster[h1].role.cancel("ida", wall(), answers.append)
+    cluster.wait_until(lambda: answers, what="the cancel answered")
+    assert answers[0].get("cancelled") is True and not answers[0].get("unconfirmed"), answers[0]
+    assert cluster[h0].state("ida") == "cancelled"
+    assert not cluster.crashes()

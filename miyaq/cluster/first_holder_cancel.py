@@ -291,7 +291,9 @@ class FirstHolderCancel:
                 role.endpoint.check_writable()
             except Busy:
                 return {"busy": "storage"}
-            standby = task.standby and task.state in (SCHEDULED, READY, RETRYING)
+            # (A copy asking about its key, key_verdicts.KeyChecks, is this first holder's own.)
+            standby = (task.standby and task.state in (SCHEDULED, READY, RETRYING)
+                       and task_id not in role.standby.key_checks.ids)
             cancelled, state = self.engine.cancel(task_id, now)
             answer: dict[str, Any] = {"cancelled": cancelled, "state": state}
             if standby:
