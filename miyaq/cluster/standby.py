@@ -247,7 +247,11 @@ class StandbyChecker(EngineListener):
             # And the nodes that left the ring lately: one drained with `miyaq
             # leave` runs its tasks to their end (before 2026-12-05 it was not
             # asked, and its running task was taken over).
-            others = [h for h in alive if h != role.node_id] + [h for h in departed if h not in alive]
+            others = [h for h in alive if h != role.node_id]
+            if task.id not in self.key_checks.ids or task.replicas < 2:
+                # (A key check, a new task, runs nowhere else; what a node gone
+                # knew of its key, another old holder knows: not waited for.)
+                others += [h for h in departed if h not in alive]
             if not others:
                 self._take_over(task, now)
                 continue
