@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
-from miyaq.core.replicas import DUPLICATE_ERROR, HELD_BY, key_winner
+from miyaq.core.replicas import key_winner, lost_key_error
 from miyaq.protocol.taskspec import MAX_KEY, is_id
 from miyaq.store.table import TaskTable
 from miyaq.runtime import monotonic
@@ -92,15 +92,8 @@ def held_elsewhere(table: TaskTable, task_id: str, key: Any, now: float, window:
     holder = table.holder_of_key(key, now, window)
     if holder is None or holder == task_id or (holder in asking and holder > task_id):
         return None
-    return [CANCELLED, None, duplicate_error(key, holder, "on another holder, whose handoff had not reached its "
+    return [CANCELLED, None, lost_key_error(key, holder, "on another holder, whose handoff had not reached its "
                                                           "first holder")]
-
-
-def duplicate_error(key: str, holder: str, where: str) -> dict[str, Any]:
-    """The error of a copy ended because task ``holder`` holds its ``key``
-    (type ``Duplicate``, ``held_by``; ``where`` completes the message)."""
-    return {"type": DUPLICATE_ERROR, "retry": False, HELD_BY: holder,
-            "message": f"its key {key!r} is held by task {holder} {where}"}
 
 
 class KeyChecks:
@@ -151,7 +144,7 @@ class KeyChecks:
                 or task.attempt):
             return False
         self.ids.discard(copy_id)
-        error = duplicate_error(task.key, winner, "on the holders of an older ring, which handed it off here")
+        error = lost_key_error(task.key, winner, "on the holders of an older ring, which handed it off here")
         with role.events.applying_remote():
             role.engine.finish_copy(copy_id, CANCELLED, None, error, now)
         role.events.forward_finished(copy_id, (CANCELLED, None, error), [h for h in task.holders if h != role.node_id])

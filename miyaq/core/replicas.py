@@ -38,12 +38,12 @@ HELD_BY = "held_by"
 MAX_UNCOUNTED = 10_000
 
 
-def lost_key_error(key: str | None, holder: str) -> dict[str, Any]:
+def lost_key_error(key: str | None, holder: str, where: str = "which its first holder took first") -> dict[str, Any]:
     """The error of a copy ended because task ``holder`` holds its key
     ``key`` (type :data:`DUPLICATE_ERROR`, naming ``holder`` under
-    :data:`HELD_BY`)."""
-    return {"type": DUPLICATE_ERROR, "message": f"its key {key!r} is held by task {holder}, which its first "
-                                            "holder took first", "retry": False, HELD_BY: holder}
+    :data:`HELD_BY`); ``where`` completes the message."""
+    return {"type": DUPLICATE_ERROR, "message": f"its key {key!r} is held by task {holder}, {where}",
+            "retry": False, HELD_BY: holder}
 
 
 def key_winner(task_id: str, error: Any) -> str | None:
