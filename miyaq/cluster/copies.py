@@ -20,7 +20,6 @@ from miyaq.cluster.install import CopyInstaller
 from miyaq.cluster.key_verdicts import held_elsewhere
 from miyaq.cluster.peer_requests import clock_shift
 from miyaq.cluster.sizes import EVENT_ALLOWANCE, PEER_MESSAGE_BYTES, outcome_size
-from miyaq.cluster.standby import describe
 from miyaq.constants import MAX_QUERY
 from miyaq.core.replicas import lost_key_error
 from miyaq.errors import InvalidField
@@ -29,7 +28,7 @@ from miyaq.protocol.recordspec import (
     Outcome, check_attempt, check_error, check_outcome, check_stone,
 )
 from miyaq.runtime import wall
-from miyaq.store.task import CANCELLED, DEAD, READY, RETRYING, SCHEDULED
+from miyaq.store.task import CANCELLED, DEAD, READY, RETRYING, RUNNING, SCHEDULED
 
 if TYPE_CHECKING:
     from miyaq.cluster.role import ClusterRole
@@ -268,3 +267,20 @@ class Copies:
         cannot make a submit answered ``duplicate`` while the task runs."""
         self.finish_known(sender, {task_id: [CANCELLED, None, lost_key_error(key, winner)]
                                    for task_id, (key, winner) in winners.items()}, holders)
+
+
+def describe(role: ClusterRole, task_id: str) -> list[Any]:
+    """How this node holds ``task_id`` (the QUERY answer for one id)."""
+    table = role.engine.table
+    task = table.live.get(task_id)
+    if task is not None:
+        # A copy asking about its key runs next unless the key is held: to the
+        # others it is the first holder's copy, not a standby one (they wait for it).
+        standby = task.standby and task_id not in role.standby.key_checks.ids
+        return [task.state, standby, task.rank, task.lease_end if task.state == RUNNING else task.eta]
+    if task_id in table.dead:
+        return [DEAD]
+    stone = table.tombstone(task_id)
+    if stone is not None:
+        return [stone.state, stone.result, stone.error]
+    return ["unknown"]

@@ -104,23 +104,6 @@ most ``REFUSED_PAUSE_MAX``. Tries end at the QUERY's deadline."""
 REFUSED_PAUSE_MAX = 0.2
 
 
-def describe(role: ClusterRole, task_id: str) -> list[Any]:
-    """How this node holds ``task_id`` (the QUERY answer for one id)."""
-    table = role.engine.table
-    task = table.live.get(task_id)
-    if task is not None:
-        # A copy asking about its key runs next unless the key is held: to the
-        # others it is the first holder's copy, not a standby one (they wait for it).
-        standby = task.standby and task_id not in role.standby.key_checks.ids
-        return [task.state, standby, task.rank, task.lease_end if task.state == RUNNING else task.eta]
-    if task_id in table.dead:
-        return [DEAD]
-    stone = table.tombstone(task_id)
-    if stone is not None:
-        return [stone.state, stone.result, stone.error]
-    return ["unknown"]
-
-
 Answers = list[tuple[str, list[Any]]]
 Checks = dict[str, tuple[Task, Answers, set[str]]]
 """Per task id being asked about: the copy, the (holder, answer) pairs so far, the holders still to answer."""

@@ -53,7 +53,7 @@ def check_event(ev: Any, config: NodeConfig) -> None:
 
 
 def check_state_answer(a: Any, config: NodeConfig) -> None:
-    """One id of a QUERY answer (:func:`miyaq.cluster.standby.describe`):
+    """One id of a QUERY answer (:func:`miyaq.cluster.copies.describe`):
     ``[live state, standby, rank, time]``, ``["dead"]``, ``[finished state,
     result, error]`` or ``["unknown"]``."""
     if not isinstance(a, list) or not a or type(a[0]) is not str:
