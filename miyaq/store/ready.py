@@ -67,20 +67,7 @@ class Lane:
         if fifo is not None:
             fifo.append(entry)
         else:
-            singles = self.singles
-            single = singles.get(prio)
-            if single is None:
-                if self.levels:
-                    self._drop_empty_first()
-                singles[prio] = entry
-                heapq.heappush(self.levels, prio)
-            elif single is _SPENT:
-                singles[prio] = entry
-            else:
-                del singles[prio]
-                fifo = self.fifos[prio] = deque((single, entry))
-                if Collector.untracking:
-                    untrack(fifo)       # holds entries of tasks only: no cycle through it
+            self._into_level(prio, entry, False)
         self.entries += 1
 
     def _drop_empty_first(self) -> None:
@@ -151,21 +138,28 @@ class Lane:
         if fifo is not None:
             fifo.appendleft(entry)
         else:
-            singles = self.singles
-            single = singles.get(prio)
-            if single is None:
-                if self.levels:
-                    self._drop_empty_first()
-                singles[prio] = entry
-                heapq.heappush(self.levels, prio)
-            elif single is _SPENT:
-                singles[prio] = entry
-            else:
-                del singles[prio]
-                fifo = self.fifos[prio] = deque((entry, single))
-                if Collector.untracking:
-                    untrack(fifo)
+            self._into_level(prio, entry, True)
         self.entries += 1
+
+    def _into_level(self, prio: int, entry: tuple[int, Task], first: bool) -> None:
+        """Put ``entry`` in level ``prio``, which has no FIFO yet: as its
+        single entry (a new level, or one whose single was spent), or, beside
+        the single one there, in a FIFO made for the two -- ``entry`` first
+        if ``first`` (:meth:`unpop`), else last (:meth:`push`)."""
+        singles = self.singles
+        single = singles.get(prio)
+        if single is None:
+            if self.levels:
+                self._drop_empty_first()
+            singles[prio] = entry
+            heapq.heappush(self.levels, prio)
+        elif single is _SPENT:
+            singles[prio] = entry
+        else:
+            del singles[prio]
+            fifo = self.fifos[prio] = deque((entry, single) if first else (single, entry))
+            if Collector.untracking:
+                untrack(fifo)       # holds entries of tasks only: no cycle through it
 
     def compact(self) -> int:
         """Rebuild the levels without stale entries or empty levels; returns how many entries went."""
