@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from peer_fixtures import FakePeer, PeerDealer, ServiceDealer, clustered_node
 
-from miyaq.cluster.peer_requests import CLOCK_SLACK, SYNC, clock_shift
+from miyaq.cluster.peer_clock import CLOCK_SLACK, clock_shift
+from miyaq.cluster.peer_requests import SYNC
 from miyaq.protocol.ring import Ring
 from miyaq.store.records import task_record
 from miyaq.store.task import Task

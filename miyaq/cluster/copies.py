@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from miyaq.cluster.ends_ahead import finish_unknown
 from miyaq.cluster.install import CopyInstaller
 from miyaq.cluster.key_verdicts import held_elsewhere
-from miyaq.cluster.peer_requests import clock_shift
+from miyaq.cluster.peer_clock import clock_shift
 from miyaq.cluster.sizes import EVENT_ALLOWANCE, PEER_MESSAGE_BYTES, outcome_size
 from miyaq.constants import MAX_QUERY
 from miyaq.core.replicas import lost_key_error

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from miyaq.cluster.holder_events import apply_early_event
-from miyaq.cluster.peer_requests import EXPIRED_AT_ONCE, moved
+from miyaq.cluster.peer_clock import EXPIRED_AT_ONCE, moved
 from miyaq.cluster.replicated_intake import is_resent
 from miyaq.constants import MAX_QUERY
 from miyaq.core.attempts import adopt_lessees
@@ -52,7 +52,7 @@ class CopyInstaller:
         resurrects a finished task.
 
         ``shift`` is how far this node's clock is ahead of the sender's
-        (:func:`~miyaq.cluster.peer_requests.clock_shift`): a new copy's
+        (:func:`~miyaq.cluster.peer_clock.clock_shift`): a new copy's
         times move onto this node's clock by it (:func:`onto_this_clock`)."""
         role = self.role
         try:
@@ -240,7 +240,7 @@ def onto_this_clock(task: Task, shift: float) -> None:
     clock was ahead of the accepting node's). ``expires`` 0.0 (never) stays
     0.0; one moved to or before the epoch is :data:`EXPIRED_AT_ONCE`, as is
     a lease end. Every time stays in the range a stored time has
-    (:func:`~miyaq.cluster.peer_requests.moved`)."""
+    (:func:`~miyaq.cluster.peer_clock.moved`)."""
     if not shift:
         return
     task.created = moved(task.created, shift)

@@ -67,7 +67,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from miyaq.protocol.recordspec import STARTED_ELSEWHERE
 from miyaq.cluster.key_verdicts import KeyChecks
-from miyaq.cluster.peer_requests import EXPIRED_AT_ONCE, QUERY, clock_shift, moved
+from miyaq.cluster.peer_clock import EXPIRED_AT_ONCE, clock_shift, moved
+from miyaq.cluster.peer_requests import QUERY
 from miyaq.constants import MAX_QUERY, QUERY_TIMEOUT
 from miyaq.core.listener import EngineListener
 from miyaq.core.replicas import key_winner

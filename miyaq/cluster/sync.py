@@ -47,7 +47,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from miyaq.cluster.peer_requests import SYNC, clock_shift
+from miyaq.cluster.peer_clock import clock_shift
+from miyaq.cluster.peer_requests import SYNC
 from miyaq.cluster.sizes import (
     EVENT_ALLOWANCE, PEER_MESSAGE_BYTES, outcome_size, peer_chunks, RECORD_ALLOWANCE, record_size,
 )
