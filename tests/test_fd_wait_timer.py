@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import gevent
+import gevent.event
 import pytest
 
 from miyaq.runtime import Supervisor, green
@@ -166,3 +167,63 @@ def test_a_second_greenlet_cannot_wait_on_the_same_descriptor(pipe):
         assert len(errors) == 1
     finally:
         waiter.close()
+
+
+
+def _make_the_loop_clock_stale() -> None:
+    """The process runs a second without yielding to the hub: the loop's
+    clock (read at its last iteration) is at least that stale. Resumed
+    first by a timer, not a hub callback (gevent updates the clock itself
+    for a timer started while its callbacks run: gevent.sleep(0) resumes
+    from one)."""
+    gevent.sleep(0.01)
+    time.sleep(1.0)
+    assert time.time() - gevent.get_hub().loop.now() >= 0.9
+
+
+def test_a_stale_loop_clock_does_not_end_a_wait_at_once(pipe):
+    """Fault simulated: the process ran longer than a wait's timeout without
+    yielding to the hub (a test before, a long computation), so the loop's
+    clock was stale and the wait's timer, counted from it, was already due:
+    the wait ended at once, and, beside a descriptor just made readable, it
+    could end with False, the timer's callback run first (the flaky failure
+    of the test above in CI). A bound, not a timing assertion: the timer
+    may fire up to a millisecond early, never 0.1 s."""
+    r, _w = pipe
+    waiter = green.FdWait(r)
+    try:
+        _make_the_loop_clock_stale()
+        start = time.monotonic()
+        assert waiter.wait(0.8) is False
+        assert time.monotonic() - start >= 0.7
+    finally:
+        waiter.close()
+
+
+def test_a_stale_loop_clock_does_not_end_a_descriptor_set_wait_at_once(pipe):
+    """Fault simulated: as above, for a set of descriptors (a node's poller)."""
+    r, _w = pipe
+    waiters = green.FdSet()
+    waiters.add("pipe", r)
+    try:
+        _make_the_loop_clock_stale()
+        start = time.monotonic()
+        assert waiters.wait(0.8) is False
+        assert time.monotonic() - start >= 0.7
+    finally:
+        waiters.discard("pipe")
+
+
+def test_a_stale_loop_clock_does_not_make_call_later_call_at_once():
+    """Fault simulated: a stale loop clock made ``call_later`` count from
+    the past, so a call meant for 0.8 s later ran at the loop's next
+    iteration."""
+    called = gevent.event.Event()
+    _make_the_loop_clock_stale()
+    start = time.monotonic()
+    timer = green.call_later(0.8, called.set)
+    try:
+        assert called.wait(10.0) is True
+        assert time.monotonic() - start >= 0.7
+    finally:
+        timer.close()

@@ -130,7 +130,10 @@ def test_a_query_sent_after_a_backlog_of_copies_reaches_the_peer_before_them(lin
 def test_a_query_is_answered_on_its_own_connection_while_copies_wait_unread(link) -> None:
     """The peer answers the QUERY by the routing id it came from: its
     control connection, not the copies'. The answer reaches the asker while
-    every copy is still unanswered, most of them unread."""
+    every copy is still unanswered. (How many copies the peer read before
+    the QUERY depends on whether the QUERY had reached it when it began to
+    read -- the test above waits for that -- so it is not asserted here: it
+    failed 1 run in about 10 on a loaded host, the QUERY still in flight.)"""
     me, peer = link
     copies: list[Any] = []
     answers: list[Any] = []
@@ -143,7 +146,6 @@ def test_a_query_is_answered_on_its_own_connection_while_copies_wait_unread(link
     answer = until(lambda: answers, "the QUERY's answer")[0]
     assert answer["states"] == {"t1": ["done"]}
     assert copies == [] and me.unanswered() == {"p1": COPIES + 2}   # the copies, and the fixture's two probes
-    assert len(peer.read) < COPIES
 
 
 def test_each_connection_that_closes_ends_the_requests_sent_on_it_that_have_an_on_lost(link, caplog) -> None:

@@ -129,9 +129,10 @@ def raise_in_main(exc: BaseException) -> None:
 
 def call_later(seconds: float, fn: Callable[[], Any]) -> Any:
     """Call ``fn()`` from the hub in ``seconds``; ``fn`` must not block or
-    raise. Returns the timer (its ``close()`` cancels the call)."""
+    raise. Returns the timer (its ``close()`` cancels the call). Counted
+    from now, not from the loop's last iteration (which may be long ago)."""
     timer = gevent.get_hub().loop.timer(seconds)
-    timer.start(fn)
+    timer.start(fn, update=True)
     return timer
 
 

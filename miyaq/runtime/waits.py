@@ -152,8 +152,12 @@ class FdWait(_Parking):
             self._timer.close()
         after = timeout - _ARMED_EARLY if timeout > 2 * _ARMED_EARLY else max(0.0, timeout)
         timer = self._timer = self._loop.timer(after, ref=False)
-        timer.start(self._expire)
-        # libev counts from the loop's clock of its last iteration, never later than now.
+        timer.start(self._expire, update=True)
+        # Counted from the loop's clock read just now (update=True: the clock
+        # of the loop's last iteration may be seconds stale -- a process that
+        # ran without yielding to the hub -- and a timer counted from it
+        # fires at once, beside a descriptor already readable); read after
+        # ``due`` was, so it fires no later than this plus a few microseconds.
         self._due = due - (timeout - after)
 
     def close(self) -> None:
@@ -192,7 +196,7 @@ class FdSet(_Parking):
         if timeout is not None:
             # A timer of this wait's own, holding the loop: a set may have no descriptor.
             timer = self._loop.timer(max(0.0, timeout))
-            timer.start(self._fire, False)
+            timer.start(self._fire, False, update=True)     # from now, not the loop's last iteration (FdWait._arm)
         try:
             return self._park(list(self._watchers.values()))
         finally:
