@@ -26,7 +26,9 @@ at all, and the submit is acknowledged. Rejecting at once
 there would make the client resend again and again for as long as a dead
 holder stays in the ring (until its ZooKeeper session expires), and its
 later submits wait behind the resent one (they leave in order). It is the
-:class:`~miyaq.core.handles.Intake` of a clustered node.
+:class:`~miyaq.core.handles.Intake` of a clustered node; the holders'
+answers are read by its base :class:`~miyaq.cluster.replica_answers.ReplicaAnswers`,
+the copies that could not be sent tried again by :class:`~miyaq.cluster.late_copies.LateCopies`.
 
 A node that is shutting down coordinates no submit (``shutting_down``: the
 client resends it to another node) and, when it stops, refuses the submits
@@ -42,15 +44,14 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from miyaq.cluster.holder_events import apply_early_event
-from miyaq.cluster.key_verdicts import key_duplicates
 from miyaq.cluster.late_copies import LateCopies
 from miyaq.cluster.peer_requests import REPLICATE
+from miyaq.cluster.replica_answers import ReplicaAnswers
 from miyaq.cluster.sizes import RECORD_ALLOWANCE, peer_chunks, record_size
 from miyaq.constants import MAX_PENDING_SUBMITS
 from miyaq.core.handles import Ack, AckTarget
 from miyaq.errors import Busy, MiyaqError, NotEnoughReplicas, ShuttingDown, Unavailable
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE, REJECTED
-from miyaq.protocol.eventspec import confirmed_ids
 from miyaq.runtime import monotonic, wall
 from miyaq.store.records import task_record
 from miyaq.store.task import READY, SCHEDULED, Task
@@ -114,7 +115,7 @@ Outgoing = tuple[_Pending, dict[str, Any]]
 """A copy to send: the submit it is for, and its record."""
 
 
-class ReplicatedIntake(LateCopies):
+class ReplicatedIntake(LateCopies, ReplicaAnswers):
     """``ack`` queues an answer; ``release`` sends the queued answers (called
     after answers given outside a burst of peer answers, whose end sends them)."""
 
@@ -229,100 +230,6 @@ class ReplicatedIntake(LateCopies):
                 return copies[done:]
             done += len(chunk)
         return []
-
-    def _callback(self, holder: str, sent: dict[str, list[str]]) -> Callable[[dict[str, Any] | None], None]:
-        return lambda answer: self._replicated(holder, sent, answer)
-
-    def _on_lost(self, holder: str, sent: dict[str, list[str]]) -> Callable[[], None]:
-        return lambda: self._lost(holder, sent)
-
-    def _lost(self, holder: str, sent: dict[str, list[str]]) -> None:
-        """The connection to ``holder`` closed before it answered the
-        REPLICATE of ``sent``: it may have read it and exited, and no answer
-        will come. It counts as a holder that did not store them: a submit
-        that can no longer reach ``min_acks`` is rejected now (the client
-        resends it), not at ``replication_timeout``."""
-        why = f"the connection to {holder} closed before it confirmed its copy"
-        rejected = [task_id for task_id in sent if self._not_stored(holder, task_id, why)]
-        if rejected:
-            self.release()
-
-    def _not_stored(self, holder: str, task_id: str, why: str) -> bool:
-        """``holder`` did not store ``task_id`` (``why``); True if that
-        made its submit hopeless, and it was rejected."""
-        entry = self.pending.get(task_id)
-        if entry is None or holder not in entry.asked or holder in entry.stored or holder in entry.failed:
-            return False
-        entry.failed.append(holder)
-        if not entry.hopeless():
-            return False
-        judge = entry.judge
-        if (judge is not None and holder != judge and judge not in entry.failed and judge not in entry.stored
-                and judge not in self.unsent):
-            # A keyed task, refused by a later holder -- maybe because another
-            # task holds its key there -- before its key's first holder
-            # answered (its copy sent: a holder out of reach is not waited
-            # for): that answer decides (``duplicates``: the submit is a
-            # duplicate; a refusal, or a copy stored that leaves too few,
-            # rejects it then; silence, at the deadline). Before 2026-12-06
-            # it was rejected at once, and the client's resend was answered
-            # ``duplicate`` of its own id, ended meanwhile as a duplicate.
-            return False
-        self._reject(task_id, entry, f"task {task_id} stored on {entry.got} of the {entry.need} holders needed: "
-                                     f"{', '.join(entry.failed)} did not store it ({why}); resubmit with the "
-                                     "same id")
-        return True
-
-    def _replicated(self, holder: str, sent: dict[str, list[str]], answer: dict[str, Any] | None) -> None:
-        """``holder`` answered the REPLICATE of the tasks ``sent`` (id ->
-        the holders the record named). A task the answer does not list was
-        not stored there (and never will be from this try): once too few
-        holders are left to confirm it, it is rejected now."""
-        if answer is None:
-            return   # silence, an error, or not sent: the deadline sweep decides
-        finished = answer.get("finished")
-        if isinstance(finished, dict) and finished:
-            # A resend of a task that ran while another holder was down; done
-            # even when the submit was already answered.
-            self.role.copies.finish_known(holder, finished, sent, answer.get("results_left_out"))
-        dead = answer.get("dead")
-        if isinstance(dead, dict) and dead:
-            self.role.copies.dead_known(holder, dead, sent)
-        stored = confirmed_ids(answer)
-        self._lost_keys(holder, sent, answer)
-        rejected = False
-        for task_id in sent:
-            if task_id in stored:
-                entry = self.pending.get(task_id)
-                if entry is not None and holder in entry.asked:
-                    entry.stored.add(holder)
-                    self._maybe_ack(task_id, entry)
-                    if task_id in self.pending and entry.failed and entry.hopeless():
-                        # The key's first holder stored it after a later holder's refusal waited for it.
-                        self._reject(task_id, entry, f"task {task_id} stored on {entry.got} of the {entry.need} "
-                                     f"holders needed: {', '.join(entry.failed)} did not store it; resubmit "
-                                     "with the same id")
-                        rejected = True
-            elif self._not_stored(holder, task_id, "not a holder by its view of the ring, or full"):
-                rejected = True
-        if rejected:
-            self.release()
-
-    def _lost_keys(self, holder: str, sent: dict[str, list[str]], answer: dict[str, Any]) -> None:
-        """Answer ``duplicate`` the submits still waiting that ``holder``'s
-        REPLICATE answer shows to be duplicates of the task holding their key
-        (:func:`~miyaq.cluster.key_verdicts.key_duplicates`: whose word counts)."""
-        ended = answer["finished"] if isinstance(answer.get("finished"), dict) else {}
-        claimed: dict[str, tuple[str | None, str]] = {}
-        for task_id, winner in key_duplicates(holder, sent, answer, self.role.view.epoch).items():
-            entry = self.pending.get(task_id)
-            if entry is not None and entry.key is not None:    # a keyless task is nobody's duplicate
-                del self.pending[task_id]
-                self._answer(entry, [task_id, DUPLICATE, winner])
-                if task_id not in ended:      # the copies end so ('finished' ones already did)
-                    claimed[task_id] = (entry.key, winner)
-        if claimed:
-            self.role.copies.end_as_duplicates(holder, claimed, sent)
 
     def _maybe_ack(self, task_id: str, entry: _Pending) -> None:
         if entry.got >= entry.need:
