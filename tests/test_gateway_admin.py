@@ -44,6 +44,34 @@ def test_status_shows_node_ring_and_queues(http_node, api):
         ctx.term()
 
 
+def test_one_queues_row_counts_the_idle_slots_of_its_workers_only(http_node, api):
+    """``GET /queues/{q}`` counts idle slots over the workers that serve q
+    alone (it read every worker's queues for every queue before: ~90 ms at
+    10,000 workers) and says what the whole view says of q."""
+    ctx = zmq.Context()
+    sockets = []
+    try:
+        for wid, queues, capacity in (("w1", ["ia"], 4), ("w2", ["ia", "ib"], 3), ("w3", ["ib"], 5)):
+            worker = ctx.socket(zmq.DEALER)
+            worker.setsockopt(zmq.LINGER, 0)
+            worker.connect(f"tcp://127.0.0.1:{http_node.config.port}")
+            worker.send_multipart(codec.encode(c.READY, {"worker": wid, "queues": queues, "capacity": capacity}))
+            sockets.append(worker)
+        wait_for(lambda: api.get("/status")[1]["totals"]["workers"] == 3, "the workers to register")
+        rows = {r["name"]: r for r in api.get("/queues")[1]["queues"]}
+        assert (rows["ia"]["idle"], rows["ib"]["idle"]) == (7, 8)
+        assert api.get("/queues/ia")[1] == rows["ia"]
+        assert api.get("/queues/ib")[1] == rows["ib"]
+        assert (api.get("/queues/ic")[1]["idle"], api.get("/queues/ic")[1]["workers"]) == (0, 0)
+        workers = http_node.node.core.workers
+        assert http_node.call(lambda: workers.idle_by_queue(only="ia")) == {"ia": 7}
+        assert http_node.call(lambda: workers.idle_by_queue(only="ic")) == {}
+    finally:
+        for worker in sockets:
+            worker.close(0)
+        ctx.term()
+
+
 def test_queues_and_one_queue(api):
     api.post("/tasks", {"name": "job", "queue": "qa"})
     api.post("/tasks", {"name": "job", "queue": "qb", "countdown": 600})

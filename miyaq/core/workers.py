@@ -305,17 +305,21 @@ class WorkerRegistry:
             else:
                 self.endpoint.send(worker.identity, c.HEARTBEAT, beat)
 
-    def idle_by_queue(self, slices: Slicer[WorkerConsumer] = at_once) -> dict[str, int]:
+    def idle_by_queue(self, slices: Slicer[WorkerConsumer] = at_once, only: str | None = None) -> dict[str, int]:
         """Idle worker capacity per queue (free slots; a stopping worker has
-        none): a name for each queue served (at most :data:`MAX_SERVED_QUEUES`). The workers are read
-        ``slices`` at a time (a view's: its others run between two; at the
-        bound, 10,000 workers of 64 queues, about 90 ms in all), as they were
-        registered when it began."""
+        none): a name for each queue served (at most :data:`MAX_SERVED_QUEUES`),
+        or for ``only`` alone when given (a queue no worker serves has none:
+        ``{}``). The workers are read ``slices`` at a time (a view's: its
+        others run between two; at the bound, 10,000 workers of 64 queues,
+        about 90 ms in all; for one queue, the workers that serve none of it
+        cost a membership test each), as they were registered when it began."""
         idle: dict[str, int] = {}
         for workers in slices(list(self.by_identity.values())):
             for worker in workers:
+                if only is not None and only not in worker.queues:
+                    continue
                 free = 0 if worker.stopping else max(0, worker.capacity - len(worker.running))
-                for q in worker.queues:
+                for q in worker.queues if only is None else (only,):
                     idle[q] = idle.get(q, 0) + free
         return idle
 

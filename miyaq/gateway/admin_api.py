@@ -75,7 +75,7 @@ class AdminApi:
         (at most ``MAX_SERVED_QUEUES``), that has limits or is paused."""
         counts = self.engine.counts
         workers = self.core.workers.workers_by_queue()
-        idle = self.core.workers.idle_by_queue(self.core.views.slices)
+        idle = self.core.workers.idle_by_queue(self.core.views.slices, only)
         in_flight = self.gateway.deliverer.in_flight()
         limits = self.limits
         names = [only] if only else sorted(set(counts) | set(workers) | set(limits.limits) | set(limits.paused))
