@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 import msgpack
+import pytest
 import zmq
 from fuzz_inputs import pack
 from played_node import PlayedNode
@@ -239,6 +240,43 @@ def test_miyaqs_stopping_worker_is_sent_no_task(node, client, thread_worker):
         wait_for(lambda t=t: client.status(t).get("state") in ("done", "dead"), what="a later task settled")
     assert [client.status(t)["state"] for t in later] == ["done"] * 3
     assert sorted(r for r in RUNS if r[0] in later) == sorted((t, 1) for t in later)
+
+
+def test_a_task_only_the_stopping_worker_runs_goes_out_at_once(node, client, thread_worker):
+    """Fault: two apps on ``default`` -- worker A has "hold" and "once",
+    worker B another app's task only. A stops, "hold" running through its
+    grace; a task "once" comes. No live worker runs it: it goes to B at
+    once, fails ``UnknownTask`` there and, with no retries, is
+    dead-lettered with B's explanation while A still finishes "hold".
+    Before: A counted as running "once" until its BYE, so B passed the
+    task over and it waited the whole grace for a worker that said it
+    takes nothing more (docs/semantics.md, "Retries and backoff")."""
+    RUNS.clear()
+    RELEASE.clear()
+    other = miyaq.App(node.endpoint)
+    other.task(lambda: None, name="other.only")
+    a = thread_worker(app, node.endpoint, concurrency=1, prefetch=1, grace=15.0)
+    thread_worker(other, node.endpoint, concurrency=1)
+    wait_for(lambda: client.status()["totals"]["workers"] == 2, what="both workers")
+    running = client.submit("hold", max_retries=0).id
+    wait_for(lambda: any(r[0] == running for r in RUNS), what="hold running on worker A")
+    stopper = threading.Thread(target=a.stop, name="stop worker A", daemon=True)
+    stopper.start()
+    try:
+        wait_for(lambda: (_row(client, a.worker.wid) or {}).get("stopping") is True,
+                 what="the node shows worker A stopping")
+        later = client.submit("once", max_retries=0).id
+        wait_for(lambda: client.status(later).get("state") == "dead", timeout=10, what="'once' dead-lettered")
+        assert client.status(running)["state"] == "running"      # A still in its grace
+        assert not any(r[0] == later for r in RUNS)
+    finally:
+        RELEASE.set()
+        stopper.join(30)
+    assert not stopper.is_alive()
+    assert client.status(running)["state"] == "done"
+    with pytest.raises(miyaq.TaskFailed) as err:
+        client.result(later, timeout=5)
+    assert err.value.remote_type == "UnknownTask"
 
 
 class _Recording(PlayedNode):

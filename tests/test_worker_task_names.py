@@ -180,6 +180,90 @@ def test_passed_over_tasks_keep_their_order(node, client, dealer):
     assert [args for args, _kwargs in bodies] == [[1], [3], [5]]
 
 
+# -- a stopping worker runs nothing more --------------------------------------------------
+
+#: Heartbeat of the node in the stopping tests: its raw workers send none,
+#: and must stay registered (lost after about three of these) while a test
+#: waits for a DISPATCH that must or must not come.
+SLOW_BEAT = 5.0
+#: How long a test waits for a DISPATCH that should come at once (a guard).
+GUARD_MS = 3_000
+
+
+def stop_saying(sock: zmq.Socket, node: Any, wid: str) -> None:
+    """Say RETURN ``stopping`` (docs/protocol.md 7.9) on ``sock`` and wait until the node shows it."""
+    sock.send_multipart([c.TAG, c.RETURN, msgpack.packb({"ids": [], "credit": False, "stopping": True})])
+    workers = node.node.core.workers     # type: ignore[union-attr]
+    wait_for(lambda: workers.by_wid[wid].stopping, what=f"{wid} stopping")
+
+
+@pytest.mark.parametrize("stopping_names", [["y"], None], ids=["declared-y", "any-name"])
+def test_a_stopping_worker_holds_no_task_back(make_node, client_for, dealer, stopping_names):
+    """Fault: ``b`` (declares ``y``; or, an older worker, no names) says it
+    is stopping -- it is leased nothing more -- and a task ``y`` comes.
+    ``a`` (declares ``x``) is the only live worker: the task goes to it at
+    once (to fail ``UnknownTask`` there, as a name no live worker has), and
+    none to ``b``. Before: ``b`` still counted as running ``y`` until its
+    BYE, so ``a`` passed the task over, and it waited the stopping
+    worker's whole grace (or its loss) for nothing."""
+    node = make_node(heartbeat=SLOW_BEAT)
+    client = client_for(node.endpoint)
+    a = registered(dealer(node.endpoint), "a", ["x"], names_only=True)
+    b = dealer(node.endpoint)
+    if stopping_names is None:
+        registered(b, "b", ["y"])
+    else:
+        registered(b, "b", stopping_names, names_only=True)
+    stop_saying(b, node, "b")
+    client.submit("y", [], wait=True)
+    assert dispatched(a, GUARD_MS) == ["y"]
+    assert dispatched(b, 200) == []
+    index = node.node.core.dispatcher.task_names     # type: ignore[union-attr]
+    assert dict(index.by_queue["default"]) == {frozenset({"x"}): 1}
+    b.send_multipart([c.TAG, c.BYE, msgpack.packb({"worker": "b"})])     # gone: counted once, not twice
+    wait_for(lambda: client.status()["totals"]["workers"] == 1, what="b's BYE handled")
+    assert dict(index.by_queue["default"]) == {frozenset({"x"}): 1}
+    assert len(index.sets) == 1
+
+
+def test_a_stopping_worker_leaves_the_task_to_a_live_worker_that_runs_it(make_node, client_for, dealer):
+    """``a`` (declares ``x``, registered first: it wins ties), ``b`` and
+    ``c`` (both declare ``y``); ``b`` stops. A task ``y`` goes to ``c``,
+    the live worker that runs it, not to ``a``."""
+    node = make_node(heartbeat=SLOW_BEAT)
+    client = client_for(node.endpoint)
+    a = registered(dealer(node.endpoint), "a", ["x"], names_only=True)
+    b = registered(dealer(node.endpoint), "b", ["y"], names_only=True)
+    c_ = registered(dealer(node.endpoint), "c", ["y"], names_only=True)
+    stop_saying(b, node, "b")
+    client.submit("y", [], wait=True)
+    assert dispatched(c_, GUARD_MS) == ["y"]
+    assert dispatched(a, 200) == [] and dispatched(b, 200) == []
+
+
+def test_a_worker_blocked_behind_a_stopping_workers_tasks_takes_them(make_node, client_for, dealer):
+    """Fault: ``a`` (declares ``x``) is blocked behind more than
+    ``PASS_OVER`` tasks ``y`` that ``b`` (declares ``y``, busy: no credit)
+    runs. ``b`` says it is stopping: ``a`` is woken and takes them at once
+    (to fail ``UnknownTask``: no live worker runs ``y``). Before: it stayed
+    blocked until ``b``'s BYE."""
+    node = make_node(heartbeat=SLOW_BEAT)
+    client = client_for(node.endpoint)
+    a = registered(dealer(node.endpoint), "a", ["x"], names_only=True)
+    b = dealer(node.endpoint)
+    send_ready(b, "b", ["y"], names_only=True, credit=0)
+    answer(b, c.WELCOME)
+    for i in range(task_names.PASS_OVER + 1):
+        client.submit("y", [i], wait=True)
+    dispatcher = node.node.core.dispatcher     # type: ignore[union-attr]
+    wait_for(lambda: any(w.wid == "a" for w in list(dispatcher.blocked_by_lane.get("default", ()))),
+             what="a blocked behind the y tasks")
+    assert dispatched(a, 200) == []
+    stop_saying(b, node, "b")
+    assert dispatched(a, GUARD_MS) == ["y"] * 4      # its capacity
+    assert dispatched(b, 200) == []
+
+
 @pytest.mark.parametrize("names,names_only", [
     ([f"t{i}" for i in range(100_000)], True),       # past MAX_NAMES_PER_WORKER
     (["x" * 300], True),                             # past a task name's 256 characters

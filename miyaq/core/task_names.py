@@ -6,7 +6,11 @@ A worker may declare the names it runs (READY ``names`` with
 is then sent a task of another name only when no registered worker of the
 task's queue runs that name -- one that declared it, or one that declared
 nothing (an older worker, a worker written without miyaq: it takes any
-name, as every worker did before 2026-12-06). So in a rolling deploy the
+name, as every worker did before 2026-12-06). A worker that said it is
+stopping (RETURN ``stopping``) counts no more from then
+(:meth:`~miyaq.core.workers.WorkerRegistry.mark_stopping`): it is leased
+nothing more, so a task only it runs is as a name no worker runs, not
+held for it until its BYE. So in a rolling deploy the
 new version's task goes to the new version's workers, and a name no
 worker has (a typo) still goes to a worker as before, fails
 ``UnknownTask``, and is dead-lettered after its retries with the worker's
@@ -129,7 +133,8 @@ class TaskNames:
             lists[names] = lists.get(names, 0) + 1
 
     def unserve(self, queues: Iterable[str], names: NameSet | None) -> None:
-        """A worker :meth:`serve` counted went."""
+        """A worker :meth:`serve` counted went, or said it is stopping (once
+        for each :meth:`serve`)."""
         by_queue = self.by_queue
         for q in queues:
             lists = by_queue.get(q)
@@ -145,7 +150,8 @@ class TaskNames:
 
     def elsewhere(self, task: Task) -> bool:
         """Whether a registered worker of ``task``'s queue runs its name: one
-        that declared it, or one that declared nothing."""
+        that declared it, or one that declared nothing (a stopping one is no
+        longer counted: :meth:`unserve` took it out)."""
         lists = self.by_queue.get(task.lane)
         if not lists:
             return False

@@ -207,8 +207,7 @@ class WorkerCommands:
         if give:
             self._grant(worker, len(ids))
         if stopping and worker is not None:
-            worker.stopping = True          # grants nothing from now on
-            self.dispatcher.forget(worker)  # out of the dispatcher's pumps, credit 0
+            self.workers.mark_stopping(worker)      # grants nothing from now on; its names no longer count
 
     def bye(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         """BYE: the worker leaves. With ``started`` (added 2026-12-06) only

@@ -213,6 +213,23 @@ class WorkerRegistry:
         worker.last_seen = monotonic()
         return worker
 
+    def mark_stopping(self, worker: WorkerConsumer) -> None:
+        """``worker`` said it is stopping (RETURN ``stopping``, docs/protocol.md
+        7.9): it is leased nothing more -- its credit stays 0 -- and it no
+        longer counts as a worker of its queues that runs its task names
+        (:mod:`miyaq.core.task_names`): a task only it runs goes to a live
+        worker of the queue at once, as a name no worker runs does, instead
+        of waiting for its BYE; the workers blocked behind such tasks are
+        woken. Its running tasks still report; it stays registered (and its
+        list kept, shown in its row) until BYE or its loss. Said again, it
+        changes nothing."""
+        if worker.stopping:
+            return
+        worker.stopping = True
+        if self.by_identity.get(worker.identity) is worker:
+            self.task_names.unserve(worker.queues, worker.names)
+        self.dispatcher.forget(worker)      # out of the pumps, credit 0; wakes the blocked workers of its queues
+
     def principal_of(self, identity: bytes) -> str | None:
         """Who the worker on this connection is (or was, if it was dropped
         recently): None for a connection that never registered."""
@@ -231,7 +248,8 @@ class WorkerRegistry:
         task leased to it spends one."""
         if self.by_identity.get(worker.identity) is worker:
             self._unserve(worker)
-            self.task_names.unserve(worker.queues, worker.names)
+            if not worker.stopping:         # a stopping worker's names no longer count (mark_stopping)
+                self.task_names.unserve(worker.queues, worker.names)
             self.task_names.release(worker.names)
         self.by_identity.pop(worker.identity, None)
         self.dropped[worker.identity] = worker.principal
