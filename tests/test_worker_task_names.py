@@ -306,6 +306,31 @@ def test_declarations_past_the_bound_register_as_any_name(node, client, dealer, 
     assert index.by_queue["default"] == {frozenset({"x"}): 1, frozenset({"y"}): 1, None: 1}
 
 
+@pytest.mark.parametrize("goes", ["stopping", "bye"])
+def test_a_worker_that_passed_a_task_over_takes_it_when_its_worker_goes(make_node, client_for, dealer, goes):
+    """Fault: ``b`` (declares ``y``) is busy -- no credit -- so ``a``
+    (declares ``x``) passes a task ``y`` over, fewer than ``PASS_OVER``, and
+    is parked. Then ``b`` says it is stopping, or says BYE: ``a`` is woken
+    and takes the task (to fail ``UnknownTask``: no live worker runs ``y``).
+    Before: ``a`` was parked as a worker with nothing to take, which only
+    a new task in its queue wakes: the task waited for ever, on BYE too."""
+    node = make_node(heartbeat=SLOW_BEAT)
+    client = client_for(node.endpoint)
+    a = registered(dealer(node.endpoint), "a", ["x"], names_only=True)
+    b = dealer(node.endpoint)
+    send_ready(b, "b", ["y"], names_only=True, credit=0)
+    answer(b, c.WELCOME)
+    client.submit("y", [], wait=True)
+    dispatcher = node.node.core.dispatcher     # type: ignore[union-attr]
+    wait_for(lambda: any(w.wid == "a" for w in list(dispatcher.parked)), what="a parked")
+    assert dispatched(a, 200) == []
+    if goes == "stopping":
+        stop_saying(b, node, "b")
+    else:
+        b.send_multipart([c.TAG, c.BYE, msgpack.packb({"worker": "b"})])
+    assert dispatched(a, GUARD_MS) == ["y"]
+
+
 # -- the lane put back ---------------------------------------------------------------------
 
 def test_unpop_puts_tasks_back_in_their_places():
@@ -410,4 +435,26 @@ def test_a_blocked_fleet_looks_once_and_takes_the_tasks_when_their_worker_goes(m
     dispatcher.forget(new)
     dispatcher.pump(NOW)
     assert sum(len(o.got) for o in olds) == 10
+    assert problems(engine) == []
+
+
+@pytest.mark.parametrize("tasks,took", [(["new"], []), (["old", "new"], ["old"])], ids=["took-none", "took-one"])
+def test_a_worker_that_passed_over_fewer_than_pass_over_is_woken_when_their_worker_goes(monkeypatch, tasks, took):
+    """In process: ``old`` (declares ``old``) passes over fewer than
+    ``PASS_OVER`` ``new`` tasks (having taken what it has, or nothing) and
+    its queue holds nothing else: it is parked blocked, so that the only
+    worker with the handler going (``new``, busy: no credit) wakes it, and
+    it takes the task -- to fail ``UnknownTask`` and end dead as before.
+    Before: it was parked as one with nothing to take, woken only by a new
+    task in its lanes; the ``new`` task waited for ever."""
+    old, new = Kept(frozenset({"old"}), 8), Kept(frozenset({"new"}), 1)
+    engine, dispatcher = dispatching(monkeypatch, old, new, tasks=tasks)
+    new.credit = 0
+    dispatcher.hungry.pop(new, None)
+    dispatcher.pump(NOW)
+    assert old.got == took and old in dispatcher.parked
+    dispatcher.task_names.unserve(new.queues, new.names)
+    dispatcher.forget(new)
+    dispatcher.pump(NOW)
+    assert old.got == took + ["new"]
     assert problems(engine) == []

@@ -210,8 +210,9 @@ class Dispatcher(EngineListener, LoneDispatch, LeaseDelivery):
 
     def _block(self, consumer: Consumer) -> None:
         """Park a consumer that passed over :data:`PASS_OVER` tasks it has no
-        handler for: a task entering one of its lanes wakes it, as any
-        parked one, and so does a take from one (:meth:`wake_blocked`)."""
+        handler for, or found only such tasks left: a task entering one of
+        its lanes wakes it, as any parked one, and so does a take from one
+        or a worker of one going or stopping (:meth:`wake_blocked`)."""
         self.hungry.pop(consumer, None)
         self._park(consumer)
         by_lane = self.blocked_by_lane
@@ -248,7 +249,9 @@ class Dispatcher(EngineListener, LoneDispatch, LeaseDelivery):
         hungry = self.hungry
         batches: dict[Consumer, list[Task]] = {}
         sizes: dict[Consumer, int] = {}
-        served_idle: list[Consumer] = []   # took tasks, then found no more: parked after the pump
+        # Took tasks, then found no more: parked after the pump (blocked if it
+        # passed over tasks for other workers on the way: True).
+        served_idle: list[tuple[Consumer, bool]] = []
         total = 0
         # Round-robin passes, DISPATCH_CHUNK tasks each. First only what starts
         # at once (each consumer's free slots); a consumer with none left waits
@@ -269,7 +272,7 @@ class Dispatcher(EngineListener, LoneDispatch, LeaseDelivery):
         drained: set[str] = set()
         # (names, queues) of declaring consumers blocked in this pump since
         # its last take: another of the same finds the same tasks ahead.
-        blocked: set[tuple[frozenset[str], tuple[str, ...]]] | None = None
+        blocked: set[tuple[frozenset[str], tuple[str, ...]]] = set()
         while turn:
             again = []
             for consumer in turn:
@@ -281,7 +284,7 @@ class Dispatcher(EngineListener, LoneDispatch, LeaseDelivery):
                     if consumer.room() <= 0:
                         hungry.pop(consumer, None)
                     elif batch:
-                        served_idle.append(consumer)
+                        served_idle.append((consumer, False))
                     elif not hungry.pop(consumer, True):
                         self._park(consumer)
                     continue
@@ -344,13 +347,14 @@ class Dispatcher(EngineListener, LoneDispatch, LeaseDelivery):
                     again.append(consumer)    # took its whole chunk: there may be more
                 elif passed is not None and len(passed) >= PASS_OVER and names is not None:
                     self._block(consumer)     # behind tasks for other workers: a take from its lanes wakes it
-                    if blocked is None:
-                        blocked = set()
                     blocked.add((names, tuple(queues)))
                 elif limits is not None and engine.ready.has_ready(queues):
                     pass                      # held back by its queues' limits: stays hungry
                 elif batch:
-                    served_idle.append(consumer)
+                    served_idle.append((consumer, passed is not None and names is not None))
+                elif passed is not None and names is not None:
+                    self._block(consumer)     # only tasks for other workers left: their workers going wakes it too
+                    blocked.add((names, tuple(queues)))
                 elif not hungry.pop(consumer, True):
                     self._park(consumer)      # a task entering one of its lanes wakes it
             turn = again
@@ -358,8 +362,10 @@ class Dispatcher(EngineListener, LoneDispatch, LeaseDelivery):
                 turn.sort(key=most_free_first)
             if not turn and backlogs is not None:
                 turn, backlogs = backlogs, None
-        for consumer in served_idle:
-            if not hungry.pop(consumer, True):
+        for consumer, passed_over in served_idle:
+            if passed_over:
+                self._block(consumer)
+            elif not hungry.pop(consumer, True):
                 self._park(consumer)
         if total:
             self._announce()
