@@ -161,6 +161,38 @@ def test_a_stopping_worker_is_shown_stopping(http_node, api):
         staying.close()
 
 
+def _row_of(html: str, wid: str) -> str:
+    """The Workers page's table row of worker ``wid``."""
+    rows = [row for row in html.split("<tr>") if f"<td>{wid}" in row]
+    assert len(rows) == 1, (wid, html[-3000:])
+    return rows[0].split("</tr>", 1)[0]
+
+
+def test_each_worker_shows_the_task_names_it_runs(http_node, api):
+    """``GET /workers`` and the Workers page say which task names the node
+    sends each worker: ``any`` for one that declared none (no
+    ``names_only``: an older worker), the names of one that declared them
+    -- on the page the first 5, sorted, and how many more -- escaped.
+    Before: no row said."""
+    names = [f"app.t{i:02d}" for i in range(11)] + [EVIL]
+    declaring = RawWorker(http_node.config.port, worker="w-names", queues=["q"], names=names, names_only=True)
+    older = RawWorker(http_node.config.port, worker="w-any", queues=["q"], names=["app.t00"])
+    try:
+        wait_for(lambda: len(api.get("/workers")[1]["workers"]) == 2, "the workers to register")
+        rows = {w["worker"]: w for w in api.get("/workers")[1]["workers"]}
+        assert rows["w-names"]["names"] == sorted(names) and rows["w-names"]["names_more"] == 0
+        assert rows["w-any"]["names"] == "any" and "names_more" not in rows["w-any"]
+        html = page(api, "/ui/workers")[1]
+        assert "<th>tasks</th>" in html and EVIL not in html
+        shown = _row_of(html, "w-names")
+        assert "&lt;script&gt;alert" in shown      # sorted first: '<' before 'a'
+        assert "app.t00, app.t01, app.t02, app.t03 and 7 more</td>" in shown, shown
+        assert "<td>any</td>" in _row_of(html, "w-any")
+    finally:
+        declaring.close()
+        older.close()
+
+
 def test_pages_are_paged(http_node, api):
     make_dead(api, "bulk", 55)
     first = page(api, "/ui/dead?queue=bulk")[1]
@@ -525,6 +557,18 @@ GOOD_STATUS = {"totals": {"live": 1, "dead": 0, "workers": 1}}
     pytest.param(GOOD_STATUS,
                  {"workers": [{"worker": "w", "running": 0, "capacity": 1, "queues": ["q"], "last_seen": 1e300}]},
                  "not understood", id="a-time-no-date-shows"),
+    pytest.param(GOOD_STATUS,
+                 {"workers": [{"worker": "w", "running": 0, "capacity": 1, "queues": ["q"], "last_seen": 1.0,
+                               "names": ["a", {"<b>": 1}], "names_more": 0}]},
+                 "not understood", id="names-not-names"),
+    pytest.param(GOOD_STATUS,
+                 {"workers": [{"worker": "w", "running": 0, "capacity": 1, "queues": ["q"], "last_seen": 1.0,
+                               "names": ["a"], "names_more": "<b>"}]},
+                 "not understood", id="names-more-not-a-count"),
+    pytest.param(GOOD_STATUS,
+                 {"workers": [{"worker": "w", "running": 0, "capacity": 1, "queues": ["q"], "last_seen": 1.0,
+                               "names": "<b>"}]},
+                 "not understood", id="names-a-word-not-any"),
     pytest.param([1, 2], [3], "not a JSON object", id="not-objects"),
 ])
 def test_a_member_answering_nonsense_is_shown_as_not_understood(make_http_node, status, workers, said):
@@ -546,6 +590,27 @@ def test_a_member_answering_nonsense_is_shown_as_not_understood(make_http_node, 
     finally:
         api.close()
         hostile.close()
+
+
+def test_a_members_workers_show_their_names_and_an_older_member_says_nothing(make_http_node):
+    """Another member's ``/workers`` rows: ``"any"`` and a list (with
+    ``names_more``) are shown as this node's are; a row without ``names``
+    (a member of before 2026-12-07) shows ``-``, not ``any``, which it did not say."""
+    first = make_http_node()
+    row = {"running": 0, "capacity": 1, "queues": ["q"], "last_seen": 1.0}
+    member = _HostileMember(GOOD_STATUS, {"workers": [
+        {**row, "worker": "w-old"}, {**row, "worker": "w-any", "names": "any"},
+        {**row, "worker": "w-list", "names": ["b", "a", "c", "d", "e", "f"], "names_more": 14}]})
+    _two_member_ring(first, member, f"http://127.0.0.1:{free_port()}")
+    api = Http(first.url)
+    try:
+        html = page(api, "/ui/workers")[1]
+        assert "<td>-</td>" in _row_of(html, "w-old")
+        assert "<td>any</td>" in _row_of(html, "w-any")
+        assert ">b, a, c, d, e and 15 more</td>" in _row_of(html, "w-list")
+    finally:
+        api.close()
+        member.close()
 
 
 def test_the_queues_page_shows_the_busiest_fifty_a_page(http_node, api):

@@ -9,9 +9,12 @@ from typing import Any
 
 import jsonschema
 import pytest
+import zmq
 from gateway_harness import FIXTURES, Http, wait_for
 
 from miyaq.gateway.openapi import build
+from miyaq.protocol import codec
+from miyaq.protocol import commands as c
 
 http_node, api, make_http_node, make_web_worker = FIXTURES   # pytest finds fixtures in module globals
 
@@ -157,3 +160,34 @@ def test_auth_errors_match_the_document(make_http_node, doc):
                 assert status == (200 if path in ("/livez", "/readyz") else 401), path
     finally:
         api.close()
+
+
+def test_worker_rows_with_their_task_names_answer_as_documented(make_http_node, doc):
+    """``GET /workers`` rows say the task names each worker runs: ``"any"``
+    (it declared none: an older worker) or its list and ``names_more``;
+    both validate against the document, and a word other than ``any`` does not."""
+    node = make_http_node()
+    api = Http(node.url)
+    ctx = zmq.Context()
+    socks = []
+    try:
+        for ready in ({"worker": "w-list", "names": ["b", "a"], "names_only": True}, {"worker": "w-any"}):
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(f"tcp://127.0.0.1:{node.config.port}")
+            sock.send_multipart(codec.encode(c.READY, {"capacity": 1, **ready}))
+            socks.append(sock)
+        wait_for(lambda: len(api.get("/workers")[1]["workers"]) == 2, "the workers to register")
+        _, answer = Checker(api, doc)("GET", "/workers")
+        rows = {w["worker"]: w for w in answer["workers"]}
+        assert rows["w-list"]["names"] == ["a", "b"] and rows["w-list"]["names_more"] == 0
+        assert rows["w-any"]["names"] == "any"
+        schema = {**doc["components"]["schemas"]["Workers"], "components": doc["components"]}
+        wrong = {**answer, "workers": [{**rows["w-any"], "names": "all"}]}
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(wrong, schema, cls=jsonschema.Draft202012Validator)
+    finally:
+        api.close()
+        for sock in socks:
+            sock.close(0)
+        ctx.term()

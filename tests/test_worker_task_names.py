@@ -331,6 +331,30 @@ def test_a_worker_that_passed_a_task_over_takes_it_when_its_worker_goes(make_nod
     assert dispatched(a, GUARD_MS) == ["y"]
 
 
+# -- the rows that show them ----------------------------------------------------------------
+
+def test_each_workers_row_says_the_names_the_node_routes_by(node, client, dealer, monkeypatch):
+    """STATUS ``workers`` rows: a worker that declared a short list shows it
+    (sorted); one of 25 names the first ``NAMES_SHOWN`` (20) and
+    ``names_more`` 5; one that declared nothing (no ``names_only``: an
+    older worker), and one whose list was not kept (past ``MAX_NAME_SETS``,
+    patched to 2), show ``"any"`` -- the node sends them any name. Before:
+    the rows did not say, and a worker registered as "any" past the bound
+    looked like the others."""
+    monkeypatch.setattr(task_names, "MAX_NAME_SETS", 2)
+    many = [f"app.t{i:02d}" for i in range(24, -1, -1)]
+    registered(dealer(node.endpoint), "short", ["y", "x"], names_only=True)
+    registered(dealer(node.endpoint), "long", many, names_only=True)
+    registered(dealer(node.endpoint), "past-bound", ["z"], names_only=True)
+    registered(dealer(node.endpoint), "older", ["x"])
+    rows = {w["worker"]: w for w in client.status()["workers"]}
+    assert rows["short"]["names"] == ["x", "y"] and rows["short"]["names_more"] == 0
+    assert rows["long"]["names"] == sorted(many)[:task_names.NAMES_SHOWN] == [f"app.t{i:02d}" for i in range(20)]
+    assert rows["long"]["names_more"] == 5
+    for wid in ("past-bound", "older"):
+        assert rows[wid]["names"] == "any" and "names_more" not in rows[wid], rows[wid]
+
+
 # -- the lane put back ---------------------------------------------------------------------
 
 def test_unpop_puts_tasks_back_in_their_places():

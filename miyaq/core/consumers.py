@@ -11,6 +11,7 @@ import os
 from typing import Any, Callable, NamedTuple
 
 from miyaq.core.service import ServiceEndpoint
+from miyaq.core.task_names import names_row
 from miyaq.protocol import commands as c
 from miyaq.runtime import monotonic, wall
 from miyaq.store.task import Task
@@ -80,6 +81,9 @@ class Consumer:
     #: The task names it runs, if it declared them (a worker's READY,
     #: :mod:`miyaq.core.task_names`); None: any name.
     names: frozenset[str] | None = None
+    #: The first of them a row shows (:meth:`TaskNames.head
+    #: <miyaq.core.task_names.TaskNames.head>`, shared by a fleet's registrations).
+    names_head: tuple[str, ...] = ()
 
     def __init__(self, queues: list[str]) -> None:
         self.queues = queues
@@ -177,9 +181,9 @@ class WorkerConsumer(Consumer):
         return f"worker {self.wid} (queues {', '.join(self.queues)})"
 
     def describe(self) -> dict[str, Any]:
-        return {"worker": self.wid, "queues": self.queues, "capacity": self.capacity, "credit": self.credit,
-                "running": len(self.running), "stopping": self.stopping, "last_seen": self._last_seen_wall(),
-                **self.info}
+        return {"worker": self.wid, "queues": self.queues, **names_row(self.names, self.names_head),
+                "capacity": self.capacity, "credit": self.credit, "running": len(self.running),
+                "stopping": self.stopping, "last_seen": self._last_seen_wall(), **self.info}
 
     def _last_seen_wall(self) -> float:
         """When the worker was last heard, as a unix time (``last_seen`` is monotonic)."""

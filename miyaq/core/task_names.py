@@ -44,11 +44,20 @@ as before this index; logged, a few lines a minute): a worker is never
 refused for what others declared, and the index never outgrows the bound.
 The question :meth:`TaskNames.elsewhere` answers looks at each distinct
 list serving the queue once, at most :data:`MAX_NAME_SETS`.
+
+Shown: a worker's row (STATUS ``workers``, ``GET /workers``, the console)
+says ``"names": "any"`` when the node sends it any name -- it declared
+none, or its list was not kept -- else the first :data:`NAMES_SHOWN` of
+its names in sorted order and ``names_more``, how many more it declared
+(:func:`names_row`). The first ones are picked once per distinct list,
+when it is first kept, not at each view.
 """
 from __future__ import annotations
 
 import logging
+import heapq
 from collections.abc import Iterable
+from typing import Any
 
 from miyaq.logs import LogLimiter
 from miyaq.store.task import Task
@@ -68,8 +77,15 @@ PASS_OVER = 32
 #: Lines a minute saying a worker's list was not kept (the rest counted).
 NOT_KEPT_LINES_PER_MINUTE = 5
 _not_kept = LogLimiter(logger, burst=NOT_KEPT_LINES_PER_MINUTE)
+#: Names a worker's row shows, at most (the first in sorted order; the rest
+#: counted in ``names_more``): 1,000 rows of 256-character names stay
+#: within 5 MB, as their queues' names do.
+NAMES_SHOWN = 20
+#: What a row says for a worker the node sends any name.
+ANY_NAME = "any"
 
 NameSet = frozenset[str]
+Head = tuple[str, ...]
 
 
 class TaskNames:
@@ -78,8 +94,9 @@ class TaskNames:
 
     def __init__(self) -> None:
         #: Distinct declared lists -> the one set kept for it (shared by every
-        #: registration declaring it) and how many registrations hold it.
-        self.sets: dict[NameSet, tuple[NameSet, int]] = {}
+        #: registration declaring it), how many registrations hold it, and
+        #: its first :data:`NAMES_SHOWN` names, sorted (what its rows show).
+        self.sets: dict[NameSet, tuple[NameSet, int, Head]] = {}
         #: Names in :attr:`sets` together.
         self.total = 0
         #: Queue -> the lists its registered workers declared (None: any
@@ -97,7 +114,7 @@ class TaskNames:
         sets = self.sets
         held = sets.get(wanted)
         if held is not None:
-            sets[wanted] = (held[0], held[1] + 1)
+            sets[wanted] = (held[0], held[1] + 1, held[2])
             return held[0]
         if len(sets) >= MAX_NAME_SETS or self.total + len(wanted) > MAX_DECLARED_NAMES:
             self.not_kept += 1
@@ -106,9 +123,15 @@ class TaskNames:
                               "registered as taking any name", wid, len(wanted), len(sets), self.total,
                               MAX_NAME_SETS, MAX_DECLARED_NAMES)
             return None
-        sets[wanted] = (wanted, 1)
+        sets[wanted] = (wanted, 1, tuple(heapq.nsmallest(NAMES_SHOWN, wanted)))
         self.total += len(wanted)
         return wanted
+
+    def head(self, names: NameSet | None) -> Head:
+        """The names a row shows of a kept list (:data:`NAMES_SHOWN` at most,
+        sorted); none for ``None`` or a list not kept here."""
+        held = self.sets.get(names) if names is not None else None
+        return held[2] if held is not None else ()
 
     def release(self, names: NameSet | None) -> None:
         """A registration that declared ``names`` went."""
@@ -118,7 +141,7 @@ class TaskNames:
         if held is None:
             return
         if held[1] > 1:
-            self.sets[names] = (held[0], held[1] - 1)
+            self.sets[names] = (held[0], held[1] - 1, held[2])
         else:
             del self.sets[names]
             self.total -= len(names)
@@ -159,3 +182,12 @@ class TaskNames:
             return True
         name = task.name
         return any(name in names for names in lists if names is not None)
+
+
+def names_row(names: NameSet | None, head: Head) -> dict[str, Any]:
+    """A worker row's ``names`` (and ``names_more``): ``"any"`` when the
+    node sends it any name (``names`` None: it declared none, or its list
+    was not kept); else ``head``, its first names, and how many more."""
+    if names is None:
+        return {"names": ANY_NAME}
+    return {"names": list(head), "names_more": len(names) - len(head)}

@@ -115,6 +115,7 @@ class WorkerRegistry:
         worker = WorkerConsumer(self.endpoint, identity, wid, queues, capacity, monotonic(), info, key)
         if names is not None:
             worker.names = self.task_names.declare(wid, names)
+            worker.names_head = self.task_names.head(worker.names)
         self.task_names.serve(queues, worker.names)
         worker.holder_endpoints = self.directory.holder_endpoints
         self.by_identity[identity] = worker
@@ -342,8 +343,10 @@ class WorkerRegistry:
         return idle
 
     def describe(self, limit: int) -> list[dict[str, Any]]:
-        """Up to ``limit`` connected workers, by worker id: queues, capacity,
-        running tasks, last message heard (unix time), host, pid, concurrency."""
+        """Up to ``limit`` connected workers, by worker id: queues, the task
+        names it runs (``"any"``, or the first :data:`~miyaq.core.task_names.NAMES_SHOWN`
+        and how many more), capacity, running tasks, last message heard
+        (unix time), host, pid, concurrency."""
         return [w.describe() for w in sorted(self.by_identity.values(), key=lambda w: w.wid)[:limit]]
 
     def workers_by_queue(self) -> dict[str, int]:

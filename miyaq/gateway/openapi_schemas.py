@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from miyaq.core.task_names import NAMES_SHOWN
 from miyaq.store.task import ALL_STATES
 
 STR = {"type": "string"}
@@ -70,7 +71,13 @@ STATUS_QUEUE = obj(["scheduled", "ready", "running", "retrying", "dead", "worker
                    scheduled=INT, ready=INT, running=INT, retrying=INT, dead=INT, workers=INT, idle=INT,
                    limits=nullable(ref("Limits")), paused=BOOL)
 WORKER = obj(["worker", "queues", "capacity", "credit", "running", "last_seen"], closed=False,
-             worker=STR, queues=STR_LIST, capacity=described(INT, "tasks it may run at once"),
+             worker=STR, queues=STR_LIST,
+             names=described({"oneOf": [{"const": "any"}, STR_LIST]},
+                             "the task names it runs, as the node routes by them: \"any\" (it declared "
+                             "none -- an older worker, one without names_only -- or its list was not kept, past "
+                             f"the node's bound), or the first {NAMES_SHOWN} of those it declared, sorted"),
+             names_more=described(INT, "with a list of names: how many more it declared than the list shows"),
+             capacity=described(INT, "tasks it may run at once"),
              credit=described(INT, "tasks it may still be given"), running=INT,
              stopping=described(BOOL, "it said it is stopping: it is leased nothing more, and its running "
                                       "tasks still report"),

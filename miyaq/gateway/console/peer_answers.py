@@ -49,6 +49,17 @@ def totals_of(answer: Any) -> dict[str, int] | None:
     return picked
 
 
+def _names(worker: dict[str, Any]) -> bool:
+    """A row's task names: absent (a member of before 2026-12-07; the page
+    shows ``-``), ``"any"``, or a list of names (at most :data:`_MAX_TEXT`)
+    with ``names_more`` a count."""
+    names = worker.get("names")
+    if names is None or names == "any":
+        return True
+    return (isinstance(names, list) and len(names) <= _MAX_TEXT and all(_text(n) for n in names)
+            and _count(worker.get("names_more")))
+
+
 def workers_of(answer: Any, limit: int) -> list[dict[str, Any]] | None:
     """The first ``limit`` workers of a ``/workers`` answer, each with the
     fields the workers page shows, or None if any of them is not understood."""
@@ -65,9 +76,10 @@ def workers_of(answer: Any, limit: int) -> list[dict[str, Any]] | None:
                 and _optional_count(worker.get("pid")) and _optional_count(worker.get("concurrency"))
                 and _count(worker.get("running")) and _count(worker.get("capacity"))
                 and _time(worker.get("last_seen")) and isinstance(worker.get("stopping", False), bool)
-                and isinstance(queues, list) and len(queues) <= _MAX_TEXT and all(_text(q) for q in queues)):
+                and isinstance(queues, list) and len(queues) <= _MAX_TEXT and all(_text(q) for q in queues)
+                and _names(worker)):
             return None
         out.append({key: worker.get(key) for key in
-                    ("worker", "host", "pid", "concurrency", "running", "capacity", "queues", "last_seen",
-                     "stopping")})
+                    ("worker", "host", "pid", "concurrency", "running", "capacity", "queues", "names",
+                     "names_more", "last_seen", "stopping")})
     return out

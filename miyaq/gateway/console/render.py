@@ -90,12 +90,34 @@ def _size(n: int) -> str:
     return f"{n / (1024 * 1024):.1f} MiB"
 
 
+#: Task names a worker's row on the Workers page shows (the rest counted:
+#: "and N more"), each cut to :data:`NAME_CHARS` characters.
+NAMES_ON_PAGE = 5
+NAME_CHARS = 80
+
+
+def _task_names(worker: dict[str, Any]) -> str:
+    """A worker's task names as its row shows them: ``any``, the first
+    :data:`NAMES_ON_PAGE` and how many more (its ``names`` and
+    ``names_more``), ``none`` for an empty list, ``-`` when its node did not
+    say (a member of before 2026-12-07)."""
+    names = worker.get("names")
+    if names is None:
+        return "-"
+    if not isinstance(names, list):
+        return str(names)       # "any" (peer_answers lets nothing else through)
+    shown = [n if len(n) <= NAME_CHARS else n[:NAME_CHARS - 1] + "\u2026" for n in names[:NAMES_ON_PAGE]]
+    more = len(names) - len(shown) + (worker.get("names_more") or 0)
+    return (", ".join(shown) or "none") + (f" and {more} more" if more > 0 else "")
+
+
 class Renderer:
     def __init__(self) -> None:
         self.env = Environment(loader=FileSystemLoader(os.path.join(HERE, "templates")),
                                autoescape=select_autoescape(["html"], default=True),
                                trim_blocks=True, lstrip_blocks=True)
-        self.env.filters.update(when=_when, ago=_ago, span=_span, rate=_rate, size=_size, http_url=_http_url)
+        self.env.filters.update(when=_when, ago=_ago, span=_span, rate=_rate, size=_size, http_url=_http_url,
+                                task_names=_task_names)
         self.env.policies["json.dumps_kwargs"] = {"sort_keys": True}
 
     def page(self, template: str, context: dict[str, Any], status: int = 200,
