@@ -21,10 +21,11 @@ of another name (:meth:`TaskNames.elsewhere`); with no worker declaring,
 nothing here runs per task. Such a worker *passes over* the task: it goes
 back to its place in its lane (:meth:`miyaq.store.ready.ReadyQueues.unpop`:
 its priority and order kept) and the worker takes the next one. A pump
-lets one worker pass over at most :data:`PASS_OVER` tasks; behind more it
-is *blocked*: parked (out of the pumps) until a task enters one of its
-lanes, as any parked consumer, or a task is taken from one, or a worker
-of one goes (the dispatcher's ``wake_blocked``) -- the tasks' own workers
+lets one worker pass over at most :data:`PASS_OVER` tasks; behind more,
+or with only such tasks left in its lanes, it is *blocked*: parked (out
+of the pumps) until a task enters one of its lanes, as any parked
+consumer, or a task is taken from one, or a worker of one goes or says it
+is stopping (the dispatcher's ``wake_blocked``) -- the tasks' own workers
 take them meanwhile, and it looks again. Within a pump, a worker with the
 same names and queues as one blocked since the pump's last take is
 blocked without a look (a fleet of one app finds the same tasks ahead).
