@@ -197,6 +197,18 @@ def stop_saying(sock: zmq.Socket, node: Any, wid: str) -> None:
     wait_for(lambda: workers.by_wid[wid].stopping, what=f"{wid} stopping")
 
 
+def declaring_a_and_busy_b(make_node: Any, client_for: Any, dealer: Any) -> tuple[Any, Any, zmq.Socket, zmq.Socket]:
+    """A node (heartbeat :data:`SLOW_BEAT`), its client, and raw workers
+    ``a`` (declares ``x``) and ``b`` (declares ``y``, no credit: busy)."""
+    node = make_node(heartbeat=SLOW_BEAT)
+    client = client_for(node.endpoint)
+    a = registered(dealer(node.endpoint), "a", ["x"], names_only=True)
+    b = dealer(node.endpoint)
+    send_ready(b, "b", ["y"], names_only=True, credit=0)
+    answer(b, c.WELCOME)
+    return node, client, a, b
+
+
 @pytest.mark.parametrize("stopping_names", [["y"], None], ids=["declared-y", "any-name"])
 def test_a_stopping_worker_holds_no_task_back(make_node, client_for, dealer, stopping_names):
     """Fault: ``b`` (declares ``y``; or, an older worker, no names) says it
@@ -247,12 +259,7 @@ def test_a_worker_blocked_behind_a_stopping_workers_tasks_takes_them(make_node, 
     runs. ``b`` says it is stopping: ``a`` is woken and takes them at once
     (to fail ``UnknownTask``: no live worker runs ``y``). Before: it stayed
     blocked until ``b``'s BYE."""
-    node = make_node(heartbeat=SLOW_BEAT)
-    client = client_for(node.endpoint)
-    a = registered(dealer(node.endpoint), "a", ["x"], names_only=True)
-    b = dealer(node.endpoint)
-    send_ready(b, "b", ["y"], names_only=True, credit=0)
-    answer(b, c.WELCOME)
+    node, client, a, b = declaring_a_and_busy_b(make_node, client_for, dealer)
     for i in range(task_names.PASS_OVER + 1):
         client.submit("y", [i], wait=True)
     dispatcher = node.node.core.dispatcher     # type: ignore[union-attr]
@@ -314,12 +321,7 @@ def test_a_worker_that_passed_a_task_over_takes_it_when_its_worker_goes(make_nod
     and takes the task (to fail ``UnknownTask``: no live worker runs ``y``).
     Before: ``a`` was parked as a worker with nothing to take, which only
     a new task in its queue wakes: the task waited for ever, on BYE too."""
-    node = make_node(heartbeat=SLOW_BEAT)
-    client = client_for(node.endpoint)
-    a = registered(dealer(node.endpoint), "a", ["x"], names_only=True)
-    b = dealer(node.endpoint)
-    send_ready(b, "b", ["y"], names_only=True, credit=0)
-    answer(b, c.WELCOME)
+    node, client, a, b = declaring_a_and_busy_b(make_node, client_for, dealer)
     client.submit("y", [], wait=True)
     dispatcher = node.node.core.dispatcher     # type: ignore[union-attr]
     wait_for(lambda: any(w.wid == "a" for w in list(dispatcher.parked)), what="a parked")
