@@ -395,12 +395,13 @@ class Kept(Consumer):
 NOW = 1000.0
 
 
-def dispatching(monkeypatch, *consumers: Kept, tasks: list[str]) -> tuple[Engine, Dispatcher]:
-    """An engine and its dispatcher (PASS_OVER patched to 4), ``consumers``
-    registered in this order, then ``tasks`` (their names) submitted ready."""
+def dispatching(monkeypatch, *consumers: Kept, tasks: list[str], limits: str = "") -> tuple[Engine, Dispatcher]:
+    """An engine and its dispatcher (PASS_OVER patched to 4; ``limits``: the
+    node's ``queue_limits``), ``consumers`` registered in this order, then
+    ``tasks`` (their names) submitted ready."""
     monkeypatch.setattr("miyaq.core.dispatcher.PASS_OVER", 4)
     engine = Engine(NodeConfig())
-    dispatcher = Dispatcher(engine, 1024, Gate(), QueueLimits(engine, Supervisor("test"), parse_limits("")))
+    dispatcher = Dispatcher(engine, 1024, Gate(), QueueLimits(engine, Supervisor("test"), parse_limits(limits)))
     engine.listeners.append(dispatcher)
     for consumer in consumers:
         dispatcher.task_names.serve(consumer.queues, consumer.names)
@@ -464,17 +465,22 @@ def test_a_blocked_fleet_looks_once_and_takes_the_tasks_when_their_worker_goes(m
     assert problems(engine) == []
 
 
+@pytest.mark.parametrize("limits", ["", "other:rate=5", "default:rate=1000"],
+                         ids=["no-limits", "another-queue-limited", "its-queue-limited"])
 @pytest.mark.parametrize("tasks,took", [(["new"], []), (["old", "new"], ["old"])], ids=["took-none", "took-one"])
-def test_a_worker_that_passed_over_fewer_than_pass_over_is_woken_when_their_worker_goes(monkeypatch, tasks, took):
+def test_a_worker_that_passed_over_fewer_than_pass_over_is_woken_when_their_worker_goes(monkeypatch, tasks, took,
+                                                                                        limits):
     """In process: ``old`` (declares ``old``) passes over fewer than
     ``PASS_OVER`` ``new`` tasks (having taken what it has, or nothing) and
     its queue holds nothing else: it is parked blocked, so that the only
     worker with the handler going (``new``, busy: no credit) wakes it, and
     it takes the task -- to fail ``UnknownTask`` and end dead as before.
     Before: it was parked as one with nothing to take, woken only by a new
-    task in its lanes; the ``new`` task waited for ever."""
+    task in its lanes; the ``new`` task waited for ever. With a queue limit
+    on the node (any queue's: the dispatcher then checks limits) it stayed
+    hungry as if its queue's limit held it back, and nothing pumped again."""
     old, new = Kept(frozenset({"old"}), 8), Kept(frozenset({"new"}), 1)
-    engine, dispatcher = dispatching(monkeypatch, old, new, tasks=tasks)
+    engine, dispatcher = dispatching(monkeypatch, old, new, tasks=tasks, limits=limits)
     new.credit = 0
     dispatcher.hungry.pop(new, None)
     dispatcher.pump(NOW)

@@ -90,7 +90,7 @@ from miyaq.core.engine import Engine
 from miyaq.core.gate import Gate
 from miyaq.core.handles import StartBarrier
 from miyaq.core.limits import QueueLimits
-from miyaq.core.task_names import PASS_OVER, TaskNames
+from miyaq.core.task_names import PASS_OVER, TaskNames, only_passed_over_left
 from miyaq.core.listener import EngineListener
 from miyaq.core.lone_dispatch import LoneDispatch, most_free_first
 from miyaq.runtime import monotonic, wall
@@ -348,7 +348,8 @@ class Dispatcher(EngineListener, LoneDispatch, LeaseDelivery):
                 elif passed is not None and len(passed) >= PASS_OVER and names is not None:
                     self._block(consumer)     # behind tasks for other workers: a take from its lanes wakes it
                     blocked.add((names, tuple(queues)))
-                elif limits is not None and engine.ready.has_ready(queues):
+                elif limits is not None and engine.ready.has_ready(queues) and (
+                        passed is None or not only_passed_over_left(engine.ready, limits, queues, now)):
                     pass                      # held back by its queues' limits: stays hungry
                 elif batch:
                     served_idle.append((consumer, passed is not None and names is not None))

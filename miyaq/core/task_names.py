@@ -60,7 +60,9 @@ import heapq
 from collections.abc import Iterable
 from typing import Any
 
+from miyaq.core.limits import QueueLimits
 from miyaq.logs import LogLimiter
+from miyaq.store.ready import ReadyQueues
 from miyaq.store.task import Task
 
 logger = logging.getLogger(__name__)
@@ -192,3 +194,13 @@ def names_row(names: NameSet | None, head: Head) -> dict[str, Any]:
     if names is None:
         return {"names": ANY_NAME}
     return {"names": list(head), "names_more": len(names) - len(head)}
+
+
+def only_passed_over_left(ready: ReadyQueues, limits: QueueLimits, lanes: list[str], now: float) -> bool:
+    """With queue limits on the node: whether a worker that passed over
+    tasks and found nothing more to take found so because every one of its
+    ``lanes`` holding ready tasks is open -- what is left is for other
+    workers, and it is blocked -- not because a limit (or a pause) holds
+    one back: then it stays hungry, and the limit's refill pumps again."""
+    held = sum(1 for q in lanes if (lane := ready.lanes.get(q)) is not None and lane.count > 0)
+    return len(limits.open(lanes, now)) == held
