@@ -22,6 +22,7 @@ from secure_harness import Keys, Speaker, make_keys, submit, task
 
 from miyaq.cli.main import main
 from miyaq.cli.ring_cmd import format_ring
+from miyaq.cli.tasks_cmd import _task_names
 from miyaq.protocol import commands as c
 
 ESC = "\x1b"
@@ -58,7 +59,8 @@ def hostile(ctx, make_node, keys):
 
     producer, worker, puller = speaker("producer"), speaker("worker"), speaker("worker")
     assert submit(producer, {**task(NAMED, queue="qa"), "name": NAME})[0][1] == "accepted"
-    worker.send(c.READY, {"worker": WORKER, "queues": ["qz"], "pool": POOL, "capacity": 1})
+    worker.send(c.READY, {"worker": WORKER, "queues": ["qz"], "pool": POOL, "capacity": 1,
+                          "names": [NAME], "names_only": True})
     assert worker.recv()[0] == c.WELCOME
     assert submit(producer, task(DEAD, queue="qd"))[0][1] == "accepted"
     assert puller.ok(c.RECEIVE, {"queues": ["qd"]})["task"]["id"] == DEAD
@@ -79,10 +81,12 @@ def test_the_node_status_table_escapes_a_workers_id_and_pool(hostile, capsys):
     ``w1 ESC[1A ESC[2K CR fake-worker`` and whose pool is ``ESC[31m``; ``miyaq
     status`` printed them raw in its workers table: the cursor went up a
     line and erased it, the rest of the screen turned red. Now the row holds
-    them escaped, and the table has one row for the one worker."""
+    them escaped, and the table has one row for the one worker. The task
+    name it declared (a row of its own forged in it) is escaped too."""
     lines = printed(capsys, "status", *hostile)
     rows = [line for line in lines if escaped(WORKER) in line]
     assert len(rows) == 1 and escaped(POOL) in rows[0], lines
+    assert rows[0].endswith(f"qz  {escaped(NAME)}"), rows[0]
     assert not any(line.startswith("fake-worker") for line in lines)
 
 
@@ -206,3 +210,36 @@ def test_bidirectional_controls_are_escaped_too(mark):
 
     escaped = escape_controls(f"ok{mark}gnp.exe")
     assert mark not in escaped and escaped == f"ok\\u{ord(mark):04x}gnp.exe"
+
+
+@pytest.mark.parametrize(("row", "shown"), [
+    ({"names": "any"}, "any"),                                       # declared none, or its list not kept
+    ({"names": ["a", "b"], "names_more": 0}, "a,b"),
+    ({"names": ["a", "b", "c", "d"], "names_more": 16}, "a,b,c and 17 more"),
+    ({}, "-"),                                                       # a node from before names were shown
+    ({"names": "all of them"}, "?"),                                 # what no node sends
+    ({"names": ["a", 7]}, "?"),
+    ({"names": ["a"], "names_more": "3"}, "?"),
+])
+def test_a_workers_row_says_which_task_names_the_node_sends_it(row, shown):
+    """``miyaq status`` shows the task names a worker declared as the node's
+    row says them (docs/http.md, ``GET /workers``), the first three and a
+    count; a value no node sends reads ``?``, never an error."""
+    assert _task_names(row) == shown
+
+
+def test_a_stopping_worker_is_marked_in_the_status_table(ctx, make_node, capsys):
+    """A worker that said it is stopping (RETURN ``stopping``) is sent nothing
+    more: its row in ``miyaq status`` says STOPPING, as the console's does."""
+    node = make_node(heartbeat=5.0)
+    worker = Speaker(ctx, node.endpoint)
+    worker.send(c.READY, {"worker": "w-stop", "queues": ["qs"], "capacity": 2})
+    assert worker.recv()[0] == c.WELCOME
+    worker.send(c.RETURN, {"ids": [], "stopping": True})
+    # Read in order on its connection: the STATUS answered, the RETURN was read.
+    [row] = [w for w in worker.ok(c.STATUS, {})["workers"] if w["worker"] == "w-stop"]
+    assert row["stopping"] is True and row["names"] == "any"
+    lines = printed(capsys, "status", "--connect", node.endpoint)
+    rows = [line for line in lines if line.startswith("w-stop")]
+    assert len(rows) == 1 and rows[0].endswith("qs  any  STOPPING"), lines
+    worker.sock.close(0)

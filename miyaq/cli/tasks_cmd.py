@@ -228,11 +228,33 @@ def _print_node_status(status: dict[str, Any]) -> None:
         return
     workers = status["workers"] or []
     if workers:
-        print(f"{'worker':<32}{'pool':>10}{'concurrency':>12}{'running':>9}  queues")
+        print(f"{'worker':<32}{'pool':>10}{'concurrency':>12}{'running':>9}  queues  tasks")
         for w in workers:
+            stopping = "  STOPPING" if w.get("stopping") is True else ""   # sent nothing more (protocol.md 7.9)
             print(f"{_shown(w.get('worker', '?')):<32}{_shown(w.get('pool', '-')):>10}"
                   f"{_shown(w.get('concurrency', '-')):>12}{_shown(w.get('running', 0)):>9}  "
-                  f"{_shown(','.join(w.get('queues') or []))}")
+                  f"{_shown(','.join(w.get('queues') or []))}  {_task_names(w)}{stopping}")
+
+
+NAMES_SHOWN = 3
+"""Task names a worker's row in ``miyaq status`` shows at most (the node's
+row carries up to 20; the console shows 5)."""
+
+
+def _task_names(row: dict[str, Any]) -> str:
+    """The task names the node sends a worker, as its ``miyaq status`` row
+    says them (``names``, ``names_more``; docs/http.md, ``GET /workers``):
+    ``any``; the first :data:`NAMES_SHOWN` and how many more; ``-`` from a
+    node that does not say; ``?`` for a value no node sends."""
+    names, more = row.get("names"), row.get("names_more", 0)
+    if names is None:
+        return "-"
+    if names == "any":
+        return "any"
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or type(more) is not int:
+        return "?"
+    more += max(0, len(names) - NAMES_SHOWN)
+    return _shown(",".join(names[:NAMES_SHOWN]) + (f" and {more} more" if more > 0 else ""))
 
 
 def _handshake_lines(security: dict[str, Any]) -> list[str]:
