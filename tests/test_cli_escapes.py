@@ -215,6 +215,7 @@ def test_bidirectional_controls_are_escaped_too(mark):
 @pytest.mark.parametrize(("row", "shown"), [
     ({"names": "any"}, "any"),                                       # declared none, or its list not kept
     ({"names": ["a", "b"], "names_more": 0}, "a,b"),
+    ({"names": [], "names_more": 0}, "none"),                       # names_only with no names (as the console)
     ({"names": ["a", "b", "c", "d"], "names_more": 16}, "a,b,c and 17 more"),
     ({}, "-"),                                                       # a node from before names were shown
     ({"names": "all of them"}, "?"),                                 # what no node sends

@@ -244,7 +244,8 @@ row carries up to 20; the console shows 5)."""
 def _task_names(row: dict[str, Any]) -> str:
     """The task names the node sends a worker, as its ``miyaq status`` row
     says them (``names``, ``names_more``; docs/http.md, ``GET /workers``):
-    ``any``; the first :data:`NAMES_SHOWN` and how many more; ``-`` from a
+    ``any``; the first :data:`NAMES_SHOWN` and how many more; ``none``
+    (it declared an empty list); ``-`` from a
     node that does not say; ``?`` for a value no node sends."""
     names, more = row.get("names"), row.get("names_more", 0)
     if names is None:
@@ -253,6 +254,8 @@ def _task_names(row: dict[str, Any]) -> str:
         return "any"
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or type(more) is not int:
         return "?"
+    if not names and not more:
+        return "none"                   # READY names_only with no names: the console says so too
     more += max(0, len(names) - NAMES_SHOWN)
     return _shown(",".join(names[:NAMES_SHOWN]) + (f" and {more} more" if more > 0 else ""))
 

@@ -67,7 +67,9 @@ A lone task need not wait for its burst's end: see
 
 A worker that declared the task names it runs passes over a task of
 another name while another registered worker of the queue runs it, the
-task left in its place: see :mod:`miyaq.core.task_names`.
+task left in its place: see :mod:`miyaq.core.task_names`; behind such
+tasks it is blocked until something may give it a task: see
+:mod:`miyaq.core.blocked_consumers` (:class:`BlockedConsumers`, a base).
 
 Between leasing a pump's tasks and sending them, the dispatcher calls
 ``announce`` (set by the composition root: the role's ``flush``). In a
@@ -84,6 +86,7 @@ import logging
 from collections.abc import Callable
 
 from miyaq.constants import DISPATCH_BATCH_BYTES, DISPATCH_CHUNK, STALL
+from miyaq.core.blocked_consumers import BlockedConsumers, enter_lanes
 from miyaq.core.consumers import Consumer
 from miyaq.core.delivery import LeaseDelivery
 from miyaq.core.engine import Engine
@@ -100,7 +103,7 @@ from miyaq.store.task import Task
 logger = logging.getLogger(__name__)
 
 
-class Dispatcher(EngineListener, LoneDispatch, LeaseDelivery):
+class Dispatcher(EngineListener, LoneDispatch, BlockedConsumers, LeaseDelivery):
     """Leases the engine's ready tasks to the consumers with credit (see the
     module's docstring); listens to the engine for tasks that become ready."""
 
@@ -154,19 +157,19 @@ class Dispatcher(EngineListener, LoneDispatch, LeaseDelivery):
     # A task of a queue with a concurrency cap stopped running: room for another.
     def task_finished(self, task: Task, stone: Tombstone) -> None:
         if self.limits.active and self.limits.limits_running(task.queue):
-            self.pending = True
+            self.queue_reopened(task.queue)
 
     def task_retrying(self, task: Task, reason: str) -> None:
         if self.limits.active and self.limits.limits_running(task.queue):
-            self.pending = True
+            self.queue_reopened(task.queue)
 
     def task_dead(self, task: Task) -> None:
         if self.limits.active and self.limits.limits_running(task.queue):
-            self.pending = True
+            self.queue_reopened(task.queue)
 
     def _refilled(self) -> None:
         """A rate-limited queue has a token again (runs in the limits' timer)."""
-        self.pending = True
+        self.rate_refilled()
         self.pump(wall())
 
     def grant(self, consumer: Consumer, credit: int, until_idle: bool = False) -> None:
@@ -187,18 +190,18 @@ class Dispatcher(EngineListener, LoneDispatch, LeaseDelivery):
         self.hungry.pop(consumer, None)
         self._unpark(consumer)
         consumer.dropped()
+        # The names it ran may now be no registered worker's: the consumers
+        # that passed over them look again -- the blocked ones, and the
+        # hungry ones a limit kept from being blocked (no pump was due).
+        if self.hungry:
+            self.pending = True
         if self.blocked_by_lane:
-            self.wake_blocked(consumer.queues)     # the names it ran may now be no worker's
+            self.wake_blocked(consumer.queues)
 
     def _park(self, consumer: Consumer) -> None:
         """Wait, out of the pumps, for a task to enter one of the consumer's lanes."""
         self.parked[consumer] = None
-        by_lane = self.parked_by_lane
-        for lane in consumer.queues:
-            waiting = by_lane.get(lane)
-            if waiting is None:
-                waiting = by_lane[lane] = {}
-            waiting[consumer] = None
+        enter_lanes(self.parked_by_lane, consumer)
 
     def _unpark(self, consumer: Consumer) -> None:
         if consumer not in self.parked:
@@ -207,32 +210,6 @@ class Dispatcher(EngineListener, LoneDispatch, LeaseDelivery):
         _leave(self.parked_by_lane, consumer)
         if self.blocked_by_lane:
             _leave(self.blocked_by_lane, consumer)
-
-    def _block(self, consumer: Consumer) -> None:
-        """Park a consumer that passed over :data:`PASS_OVER` tasks it has no
-        handler for, or found only such tasks left: a task entering one of
-        its lanes wakes it, as any parked one, and so does a take from one
-        or a worker of one going or stopping (:meth:`wake_blocked`)."""
-        self.hungry.pop(consumer, None)
-        self._park(consumer)
-        by_lane = self.blocked_by_lane
-        for lane in consumer.queues:
-            waiting = by_lane.get(lane)
-            if waiting is None:
-                waiting = by_lane[lane] = {}
-            waiting[consumer] = None
-
-    def wake_blocked(self, lanes: list[str]) -> None:
-        """Tasks were taken from ``lanes`` (or a worker of them went): the
-        consumers blocked on them look again at the next pump."""
-        by_lane = self.blocked_by_lane
-        for lane in lanes:
-            waiting = by_lane.get(lane)
-            if waiting:
-                for consumer in list(waiting):
-                    self._unpark(consumer)
-                    self.hungry[consumer] = False
-                self.pending = True
 
     def pump(self, now: float) -> int:
         """Lease ready tasks to hungry consumers; returns how many."""
