@@ -154,7 +154,7 @@ def test_a_blocked_worker_takes_its_task_when_the_lane_holding_it_reopens(monkey
     """Fault simulated: the first fault of the module's docstring, for each
     thing that reopens the lane: a rate token comes (the refill timer), the
     task holding the one slot of ``max_concurrent`` ends, the limit is
-    removed and a pause lifted (what the HTTP API calls: ``queue_reopened``)."""
+    removed and a pause lifted (what the HTTP API calls: ``queue_limits_changed``)."""
     node = Node(monkeypatch)
     a, _b, task, holder = blocked_behind_b(node, held)
     if held == "rate":
@@ -164,10 +164,10 @@ def test_a_blocked_worker_takes_its_task_when_the_lane_holding_it_reopens(monkey
         node.engine.complete(holder, 1, None, node.clock[0], by=node.workers.by_wid["c"].principal)
     elif held == "limit removed":
         node.limits.clear("q2")
-        node.dispatcher.queue_reopened("q2")
+        node.dispatcher.queue_limits_changed("q2")
     else:
         node.limits.resume("q2")
-        node.dispatcher.queue_reopened("q2")
+        node.dispatcher.queue_limits_changed("q2")
     node.pump()
     assert node.to("a") == [task]
     assert problems(node.engine) == []
@@ -194,33 +194,37 @@ def test_a_hungry_worker_takes_a_task_whose_only_runner_stopped(monkeypatch, goe
     assert node.to("a") == [task]
 
 
+def raw_worker(ctx: zmq.Context, node: Any, wid: str, queues: list[str], names: list[str]) -> zmq.Socket:
+    """A worker of one slot that declared ``names`` (it never reports: a task it gets keeps it busy)."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"tcp://127.0.0.1:{node.config.port}")
+    sock.send_multipart([c.TAG, c.READY, msgpack.packb({"worker": wid, "queues": queues, "names": names,
+                                                        "names_only": True, "capacity": 1})])
+    return sock
+
+
+def dispatched(sock: zmq.Socket) -> list[str]:
+    """The task names of the next DISPATCH to ``sock`` ([] if none within REPLY_WAIT)."""
+    while sock.poll(REPLY_WAIT):
+        frames = sock.recv_multipart()
+        if frames[1] == c.DISPATCH:
+            return [item[2] for item in msgpack.unpackb(frames[2])["tasks"]]
+    return []
+
+
 def test_a_blocked_worker_takes_its_task_when_the_queue_is_resumed_over_http(http_node, api):
     """Fault simulated: the first fault of the module's docstring end to end:
     ``POST /queues/q2/resume`` (the console's button too) wakes ``a``."""
     ctx = zmq.Context()
     try:
-        def worker(wid: str, queues: list[str], names: list[str]) -> zmq.Socket:
-            sock = ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(f"tcp://127.0.0.1:{http_node.config.port}")
-            sock.send_multipart([c.TAG, c.READY, msgpack.packb({"worker": wid, "queues": queues, "names": names,
-                                                                "names_only": True, "capacity": 1})])
-            return sock
-
-        def dispatched(sock: zmq.Socket) -> list[str]:
-            while sock.poll(REPLY_WAIT):
-                frames = sock.recv_multipart()
-                if frames[1] == c.DISPATCH:
-                    return [item[2] for item in msgpack.unpackb(frames[2])["tasks"]]
-            return []
-
-        b = worker("b", ["q1"], ["b"])
+        b = raw_worker(ctx, http_node, "b", ["q1"], ["b"])
         wait_for(lambda: api.get("/status")[1]["totals"]["workers"] == 1, "b to register")
         api.post("/tasks", {"name": "b", "queue": "q1"})
         assert dispatched(b) == ["b"]                      # b is busy with it from now on
         assert api.post("/queues/q2/pause")[1]["paused"] is True
         api.post("/tasks", {"name": "a", "queue": "q2"})     # held back, first in line
-        a = worker("a", ["q1", "q2"], ["a"])
+        a = raw_worker(ctx, http_node, "a", ["q1", "q2"], ["a"])
         wait_for(lambda: api.get("/status")[1]["totals"]["workers"] == 2, "a to register")
         for _ in range(PASS_OVER):
             api.post("/tasks", {"name": "b", "queue": "q1"})
@@ -234,3 +238,35 @@ def test_a_blocked_worker_takes_its_task_when_the_queue_is_resumed_over_http(htt
 
 
 logging.getLogger("miyaq").setLevel(logging.WARNING)
+
+
+
+def test_a_blocked_worker_takes_its_task_when_the_queue_ahead_of_it_is_paused(http_node, api, monkeypatch):
+    """Fault simulated (the liveness model of audit review26, at a pass-over
+    bound of 2): ``a`` is blocked behind ``b``'s tasks in ``q1``, its own
+    task in ``q2`` behind them by age; ``POST /queues/q1/pause``: they are
+    no longer ahead of it, and ``a`` takes its task. Before, it stayed
+    parked until ``q1`` was resumed or ``b`` took one."""
+    monkeypatch.setattr(dispatcher_module, "PASS_OVER", 2)
+    ctx = zmq.Context()
+    try:
+        b = raw_worker(ctx, http_node, "b", ["q1"], ["b"])
+        wait_for(lambda: api.get("/status")[1]["totals"]["workers"] == 1, "b to register")
+        api.post("/tasks", {"name": "b", "queue": "q1"})
+        assert dispatched(b) == ["b"]                      # b is busy with it from now on
+        for _ in range(2):
+            api.post("/tasks", {"name": "b", "queue": "q1"})
+        a = raw_worker(ctx, http_node, "a", ["q1", "q2"], ["a"])
+        wait_for(lambda: api.get("/status")[1]["totals"]["workers"] == 2, "a to register")
+        api.post("/tasks", {"name": "a", "queue": "q2"})
+        core = http_node.node.core
+        wait_for(lambda: http_node.call(lambda: any(len(w) for w in core.dispatcher.blocked_by_lane.values())),
+                 "a to be blocked behind b's tasks")
+        assert api.post("/queues/q1/pause")[1]["paused"] is True
+        assert dispatched(a) == ["a"]
+    finally:
+        ctx.destroy(linger=0)
+
+
+logging.getLogger("miyaq").setLevel(logging.WARNING)
+

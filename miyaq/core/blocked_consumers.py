@@ -16,12 +16,14 @@ made hungry and looks again at the next pump:
 - a worker of one of its lanes going or saying it is stopping (the names
   it ran may now be no registered worker's: the task goes out to whoever
   is there, as a name no worker runs does);
-- one of its lanes reopening (:meth:`BlockedConsumers.queue_reopened`): a
-  pause lifted, a limit loosened or removed, a task of a capped queue
-  ending, the node's share of the limits changing, or a rate-limited
-  queue's token coming (:meth:`BlockedConsumers.rate_refilled`) -- its
-  other lanes held back by a limit while it passed over tasks in one, it
-  may now take from them.
+- the pause or the limits of one of its queues changing
+  (:meth:`BlockedConsumers.queue_limits_changed`): a pause lifted or set,
+  a limit set, loosened or removed, a task of a capped queue ending, the
+  node's share of the limits changing, or a rate-limited queue's token
+  coming (:meth:`BlockedConsumers.rate_refilled`) -- its other lanes held
+  back by a limit while it passed over tasks in one, it may now take from
+  them; and a lane paused no longer puts its tasks ahead of it (the
+  tasks it passed over there may have been what blocked it).
 
 Waking costs a look of at most ``PASS_OVER`` tasks per blocked consumer;
 nothing here runs while no consumer is blocked.
@@ -67,8 +69,8 @@ class BlockedConsumers:
                     self.hungry[consumer] = False
                 self.pending = True
 
-    def queue_reopened(self, queue: str | None = None) -> None:
-        """``queue``'s pause was lifted, its limit loosened or removed, or a
+    def queue_limits_changed(self, queue: str | None = None) -> None:
+        """``queue`` was paused or resumed, its limits set or removed, or a
         task of its concurrency cap ended -- or, for None, the node's share
         of every limit changed: the next pump looks again, the consumers
         blocked on its lanes (on any lane, for None) with it."""

@@ -157,15 +157,15 @@ class Dispatcher(EngineListener, LoneDispatch, BlockedConsumers, LeaseDelivery):
     # A task of a queue with a concurrency cap stopped running: room for another.
     def task_finished(self, task: Task, stone: Tombstone) -> None:
         if self.limits.active and self.limits.limits_running(task.queue):
-            self.queue_reopened(task.queue)
+            self.queue_limits_changed(task.queue)
 
     def task_retrying(self, task: Task, reason: str) -> None:
         if self.limits.active and self.limits.limits_running(task.queue):
-            self.queue_reopened(task.queue)
+            self.queue_limits_changed(task.queue)
 
     def task_dead(self, task: Task) -> None:
         if self.limits.active and self.limits.limits_running(task.queue):
-            self.queue_reopened(task.queue)
+            self.queue_limits_changed(task.queue)
 
     def _refilled(self) -> None:
         """A rate-limited queue has a token again (runs in the limits' timer)."""

@@ -121,8 +121,10 @@ class AdminApi:
             changed = self.limits.pause(queue, wall())
         else:
             changed = self.limits.resume(queue)
-            self.core.dispatcher.queue_reopened(queue)    # its waiting tasks may start now
-            self.gateway.redispatch()
+        # Resumed, its waiting tasks may start now; paused, the tasks a blocked
+        # worker passed over in it are no longer ahead of its own elsewhere.
+        self.core.dispatcher.queue_limits_changed(queue)
+        self.gateway.redispatch()
         return {"queue": queue, "paused": paused, "changed": changed}
 
     def pause(self, request: Request) -> Response:
@@ -147,14 +149,14 @@ class AdminApi:
             raise InvalidField("give 'rate' and/or 'max_concurrent' (DELETE removes a queue's limits)",
                                field="rate")
         self.limits.set(queue, limit, wall())
-        self.core.dispatcher.queue_reopened(queue)    # a looser limit may let waiting tasks start now
+        self.core.dispatcher.queue_limits_changed(queue)    # a looser limit may let waiting tasks start now
         self.gateway.redispatch()
         return json_response({"queue": queue, "limits": self.limits.describe(queue)})
 
     def delete_limits(self, request: Request) -> Response:
         queue = check_queue(request.params["queue"])
         removed = self.limits.clear(queue)
-        self.core.dispatcher.queue_reopened(queue)
+        self.core.dispatcher.queue_limits_changed(queue)
         self.gateway.redispatch()
         return json_response({"queue": queue, "removed": removed})
 

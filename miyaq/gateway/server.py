@@ -260,7 +260,7 @@ class Gateway:
             if limits.nodes != members:
                 limits.set_share(members)
                 logger.info("queue limits: this node enforces 1/%d of each limit", members)
-                self.core.dispatcher.queue_reopened()     # a larger share may let waiting tasks start now
+                self.core.dispatcher.queue_limits_changed()     # a larger share may let waiting tasks start now
                 self.redispatch()
             green.sleep(LIMIT_SHARE_REFRESH)
 
