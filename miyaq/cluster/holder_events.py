@@ -67,7 +67,7 @@ from miyaq.protocol.recordspec import STARTED_ELSEWHERE, Outcome
 from miyaq.runtime import monotonic, wall
 from miyaq.store.records import latest_lessee
 from miyaq.store.table import Tombstone, error_bytes
-from miyaq.store.task import READY, RETRYING, RUNNING, SCHEDULED, Task, revivals
+from miyaq.store.task import NO_EXTRA, READY, RETRYING, RUNNING, SCHEDULED, Task, revivals
 
 if TYPE_CHECKING:
     from miyaq.cluster.role import ClusterRole
@@ -316,20 +316,30 @@ def _running_twice(role: ClusterRole, src: str, task: Task, attempt: Any) -> Non
 
 
 def _started_elsewhere(role: ClusterRole, src: str, task: Task, ev: list[Any], now: float) -> None:
-    engine = role.engine
-    attempt, lease_end, at_most_once = ev[2], ev[3], ev[4] if len(ev) > 4 else False
-    if task.state == RUNNING:
+    """Another holder started ``task`` (an ``S`` event, checked by
+    :func:`~miyaq.protocol.eventspec.check_event`: its attempt an int, its
+    lessee None or a name): this copy becomes a standby that waits past the
+    runner's lease. Every copy of every task takes one, so it reads the
+    copy's extras directly (a copy always has some: its holders)."""
+    n = len(ev)
+    attempt = ev[2]
+    state = task.state
+    if state == RUNNING:
         _running_twice(role, src, task, attempt)
         return
-    if at_most_once:
-        engine.finish_copy(task.id, STARTED_ELSEWHERE, None, None, now)
+    if n > 4 and ev[4]:     # at most once
+        role.engine.finish_copy(task.id, STARTED_ELSEWHERE, None, None, now)
         return
-    task.attempt = max(task.attempt, attempt)
-    lessee = ev[5] if len(ev) > 5 else None
-    if isinstance(lessee, str) and isinstance(attempt, int):
-        note_lessee(task, attempt, lessee)     # its worker may report it here if the runner's node dies
-    task.standby = True
-    if task.state == READY:
-        engine.defer(task, lease_end + role.offset_for(task), SCHEDULED)
-    elif task.state in (SCHEDULED, RETRYING):
-        engine.defer(task, lease_end + role.offset_for(task), SCHEDULED)
+    if attempt > task.attempt:
+        task.attempt = attempt
+    if n > 5 and ev[5] is not None:
+        note_lessee(task, attempt, ev[5])     # its worker may report it here if the runner's node dies
+    extra = task.extra
+    if extra is NO_EXTRA:
+        task.standby = True
+        rank = 0
+    else:
+        extra.standby = True
+        rank = extra.rank
+    if state == READY or state == SCHEDULED or state == RETRYING:
+        role.engine.defer(task, ev[3] + rank * role.replica_offset(task), SCHEDULED)

@@ -131,10 +131,11 @@ class Engine(ReplicaCopies, TaskViews, DeadLetters, Restore):
             self.uncounted.pop(task.id, None)
         for listener in self.listeners:
             listener.task_accepted(task)
-        if task.due <= now and not task.standby:
+        due = task.due      # a property: read once (every copy and every delayed task is scheduled)
+        if due <= now and not task.standby:
             self._make_ready(task, now)
         else:
-            self._schedule(task, task.due, SCHEDULED, now)
+            self._schedule(task, due, SCHEDULED, now)
         return ACCEPTED, None
 
     # -- consuming ---------------------------------------------------------------
