@@ -111,7 +111,8 @@ class CopyInstaller:
         if extra is NO_EXTRA:
             extra = task.extra = NO_EXTRA.copy()
         extra.holders = tuple(holders)
-        onto_this_clock(task, shift)
+        if shift:
+            onto_this_clock(task, shift)
         state = task.state
         task.state = SCHEDULED
         rank = extra.rank = holders.index(role.node_id)
@@ -185,7 +186,7 @@ class CopyInstaller:
         if status == "accepted" and state == DEAD:
             with role.events.applying_remote():       # the sender's news, not this node's
                 engine.kill_copy(task, task.error)
-        elif status == "accepted":
+        elif status == "accepted" and role.events.early:
             apply_early_event(role, task)    # its runner's STARTED (or DEAD) event came first
         return status == "accepted" or task.id in table.live or task.id in table.dead
 

@@ -169,8 +169,15 @@ class ClusterRole:
         return len(self.view.members)
 
     def holders(self, routing_key: str, replicas: int) -> list[str]:
+        """The ids of ``routing_key``'s holders by this node's view of the
+        ring (at most ``replicas``; none without a ring). Every submit and
+        every copy is placed here: the ring is asked directly (as
+        :meth:`RingView.holder_ids <miyaq.cluster.ring_view.RingView.holder_ids>` would)."""
         view = self.view
-        return view.holder_ids(routing_key, min(replicas, len(view.members)))
+        ring = view.ring
+        if ring is None:
+            return []
+        return ring.preference_list(routing_key, min(replicas, len(view.members)))
 
     def ring_info(self) -> dict[str, Any]:
         view = self.view
@@ -317,10 +324,13 @@ class ClusterRole:
 
     def place(self, task: Task) -> None:
         """Set this node's rank for a new copy: rank i waits i offsets longer
-        (``copy_wait``; ``eta`` stays the task's own)."""
-        task.rank = task.holders.index(self.node_id)
-        task.standby = task.rank > 0
-        task.copy_wait = float(self.offset_for(task))
+        (``copy_wait``; ``eta`` stays the task's own). ``task``'s holders,
+        this node among them, are set: its extras are its own, written
+        directly (ValueError, nothing written, when this node is not listed)."""
+        extra = task.extra
+        rank = extra.rank = extra.holders.index(self.node_id)
+        extra.standby = rank > 0
+        extra.copy_wait = float(rank * self.replica_offset(task))
 
     def install(self, record: Any, now: float, source: str, sender: str, shift: float = 0.0) -> bool:
         return self.copies.installer.install(record, now, source, sender, shift)
