@@ -1,0 +1,82 @@
+"""A STARTED event applied to a standby copy (miyaq/cluster/holder_events.py,
+``_started_elsewhere``), after it was made cheaper (2026-12-07: the copy's
+extras read directly, and what ``check_event`` checked not checked again):
+the copy still becomes a standby that waits exactly its rank's offsets past
+the runner's lease, keeps the highest attempt, remembers who the attempt
+was leased to (when the event names one), and an at-most-once task's copy
+is dropped as started elsewhere. Copies are handed to one holder as a
+REPLICATE would hand them, events as its stream would.
+"""
+from __future__ import annotations
+
+from miyaq.cluster.holder_events import apply_events
+from miyaq.protocol.recordspec import STARTED_ELSEWHERE
+from miyaq.protocol.taskspec import task_from_wire
+from miyaq.runtime import wall
+from miyaq.store.records import task_record
+
+
+def _copy_on(cluster, holder: str, rank: int, **fields) -> tuple[str, str]:
+    """A task stored on ``holder`` as its copy of rank ``rank``; (id, its first holder)."""
+    while True:
+        tid = cluster.task_id()
+        holders = cluster.holders(tid)
+        if holders.index(holder) == rank:
+            break
+    node = cluster[holder]
+    task = task_from_wire({"id": tid, "name": "noop", "body": b"x", **fields}, wall(), node.config)
+    task.holders = tuple(holders)
+    record = task_record(task)
+    record.pop("rank", None)
+    answer = node.role.copies.on_replicate(holders[0], {"tasks": [record], "clock": wall()})
+    assert answer is None or tid in answer["ids"]
+    cluster.settle(0.05)
+    assert node.state(tid) == "scheduled"
+    return tid, holders[0]
+
+
+def test_a_started_event_makes_each_copy_wait_its_ranks_offsets_past_the_lease(inproc):
+    cluster = inproc(3)
+    node = cluster["n2"]
+    offset = node.config.replica_offset
+    for rank in (1, 2):
+        tid, runner = _copy_on(cluster, "n2", rank)
+        lease_end = wall() + 120.0
+        apply_events(node.role, runner, [["S", tid, 1, lease_end, False, "w1"]])
+        copy = node.task(tid)
+        assert (copy.state, copy.standby, copy.attempt, copy.rank) == ("scheduled", True, 1, rank)
+        assert node.due_at(tid) == lease_end + rank * offset
+        assert copy.lessees == [(1, "w1")]
+
+
+def test_a_started_event_keeps_the_higher_attempt_and_names_no_lessee_when_it_has_none(inproc):
+    cluster = inproc(3)
+    node = cluster["n2"]
+    tid, runner = _copy_on(cluster, "n2", 1)
+    lease_end = wall() + 60.0
+    apply_events(node.role, runner, [["S", tid, 3, lease_end, False, None]])
+    apply_events(node.role, runner, [["S", tid, 2, lease_end + 1.0, False, None]])   # an older attempt's, late
+    copy = node.task(tid)
+    assert copy.attempt == 3
+    assert not copy.lessees
+    assert node.due_at(tid) == lease_end + 1.0 + node.config.replica_offset
+
+
+def test_a_started_event_drops_an_at_most_once_copy_as_started_elsewhere(inproc):
+    cluster = inproc(3)
+    node = cluster["n2"]
+    tid, runner = _copy_on(cluster, "n2", 2, at_most_once=True)
+    apply_events(node.role, runner, [["S", tid, 1, wall() + 60.0, True, "w1"]])
+    assert node.task(tid) is None
+    assert node.tombstone(tid).state == STARTED_ELSEWHERE
+
+
+def test_a_started_event_that_fails_its_check_changes_nothing(inproc):
+    cluster = inproc(3)
+    node = cluster["n2"]
+    tid, runner = _copy_on(cluster, "n2", 1)
+    before = node.due_at(tid)
+    apply_events(node.role, runner, [["S", tid, "1", wall() + 60.0, False, "w1"],     # attempt not an int
+                                     ["S", tid, 1, wall() + 60.0, False, 7]])         # lessee not a name
+    copy = node.task(tid)
+    assert (copy.attempt, copy.lessees, node.due_at(tid)) == (0, None, before)
