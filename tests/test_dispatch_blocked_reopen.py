@@ -18,7 +18,6 @@ beside an idle worker that declared its name:
 """
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import msgpack
@@ -213,32 +212,42 @@ def dispatched(sock: zmq.Socket) -> list[str]:
     return []
 
 
+def b_busy_then_a(ctx: zmq.Context, http_node: Any, api: Any, before_a: Any, after_a: Any) -> zmq.Socket:
+    """Worker ``b`` (declares ``b``, serves q1) busy with one task; then
+    ``before_a()``, worker ``a`` (declares ``a``, serves q1 and q2),
+    ``after_a()``; returns ``a`` once it is blocked behind ``b``'s tasks."""
+    b = raw_worker(ctx, http_node, "b", ["q1"], ["b"])
+    wait_for(lambda: api.get("/status")[1]["totals"]["workers"] == 1, "b to register")
+    api.post("/tasks", {"name": "b", "queue": "q1"})
+    assert dispatched(b) == ["b"]                      # b is busy with it from now on
+    before_a()
+    a = raw_worker(ctx, http_node, "a", ["q1", "q2"], ["a"])
+    wait_for(lambda: api.get("/status")[1]["totals"]["workers"] == 2, "a to register")
+    after_a()
+    core = http_node.node.core
+    wait_for(lambda: http_node.call(lambda: any(len(w) for w in core.dispatcher.blocked_by_lane.values())),
+             "a to be blocked behind b's tasks")
+    return a
+
+
 def test_a_blocked_worker_takes_its_task_when_the_queue_is_resumed_over_http(http_node, api):
     """Fault simulated: the first fault of the module's docstring end to end:
     ``POST /queues/q2/resume`` (the console's button too) wakes ``a``."""
     ctx = zmq.Context()
     try:
-        b = raw_worker(ctx, http_node, "b", ["q1"], ["b"])
-        wait_for(lambda: api.get("/status")[1]["totals"]["workers"] == 1, "b to register")
-        api.post("/tasks", {"name": "b", "queue": "q1"})
-        assert dispatched(b) == ["b"]                      # b is busy with it from now on
-        assert api.post("/queues/q2/pause")[1]["paused"] is True
-        api.post("/tasks", {"name": "a", "queue": "q2"})     # held back, first in line
-        a = raw_worker(ctx, http_node, "a", ["q1", "q2"], ["a"])
-        wait_for(lambda: api.get("/status")[1]["totals"]["workers"] == 2, "a to register")
-        for _ in range(PASS_OVER):
-            api.post("/tasks", {"name": "b", "queue": "q1"})
-        core = http_node.node.core
-        wait_for(lambda: http_node.call(lambda: any(len(w) for w in core.dispatcher.blocked_by_lane.values())),
-                 "a to be blocked behind b's tasks")
+        def pause_q2_then_its_task() -> None:
+            assert api.post("/queues/q2/pause")[1]["paused"] is True
+            api.post("/tasks", {"name": "a", "queue": "q2"})     # held back, first in line
+
+        def tasks_of_b() -> None:
+            for _ in range(PASS_OVER):
+                api.post("/tasks", {"name": "b", "queue": "q1"})
+
+        a = b_busy_then_a(ctx, http_node, api, pause_q2_then_its_task, tasks_of_b)
         assert api.post("/queues/q2/resume")[1]["paused"] is False
         assert dispatched(a) == ["a"]
     finally:
         ctx.destroy(linger=0)
-
-
-logging.getLogger("miyaq").setLevel(logging.WARNING)
-
 
 
 def test_a_blocked_worker_takes_its_task_when_the_queue_ahead_of_it_is_paused(http_node, api, monkeypatch):
@@ -250,23 +259,13 @@ def test_a_blocked_worker_takes_its_task_when_the_queue_ahead_of_it_is_paused(ht
     monkeypatch.setattr(dispatcher_module, "PASS_OVER", 2)
     ctx = zmq.Context()
     try:
-        b = raw_worker(ctx, http_node, "b", ["q1"], ["b"])
-        wait_for(lambda: api.get("/status")[1]["totals"]["workers"] == 1, "b to register")
-        api.post("/tasks", {"name": "b", "queue": "q1"})
-        assert dispatched(b) == ["b"]                      # b is busy with it from now on
-        for _ in range(2):
-            api.post("/tasks", {"name": "b", "queue": "q1"})
-        a = raw_worker(ctx, http_node, "a", ["q1", "q2"], ["a"])
-        wait_for(lambda: api.get("/status")[1]["totals"]["workers"] == 2, "a to register")
-        api.post("/tasks", {"name": "a", "queue": "q2"})
-        core = http_node.node.core
-        wait_for(lambda: http_node.call(lambda: any(len(w) for w in core.dispatcher.blocked_by_lane.values())),
-                 "a to be blocked behind b's tasks")
+        def two_tasks_of_b() -> None:
+            for _ in range(2):
+                api.post("/tasks", {"name": "b", "queue": "q1"})
+
+        a = b_busy_then_a(ctx, http_node, api, two_tasks_of_b,
+                          lambda: api.post("/tasks", {"name": "a", "queue": "q2"}))
         assert api.post("/queues/q1/pause")[1]["paused"] is True
         assert dispatched(a) == ["a"]
     finally:
         ctx.destroy(linger=0)
-
-
-logging.getLogger("miyaq").setLevel(logging.WARNING)
-
