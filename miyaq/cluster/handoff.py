@@ -263,6 +263,12 @@ class Handoff(HandoffResends, HoldingCopies):
             retry.awaiting = max(0, retry.awaiting - 1)
             retry.heard()
             self._confirmed(holder, ids, answer)
+            if not retry.awaiting and retry.not_before < self.next_retry and holder in self.retries:
+                # A retry round that found this chunk on its way skipped the
+                # holder and planned the next a whole HANDOFF_RETRY later; what
+                # it still owes is due at the holder's own time (a quick retry
+                # asked for while other chunks to it could not be sent).
+                self.next_retry = max(retry.not_before, monotonic())
         return answered
 
     def _late_callback(self, holder: str, ids: list[str]) -> Callable[[dict[str, Any] | None], None]:
