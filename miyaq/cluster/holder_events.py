@@ -320,7 +320,9 @@ def _started_elsewhere(role: ClusterRole, src: str, task: Task, ev: list[Any], n
     :func:`~miyaq.protocol.eventspec.check_event`: its attempt an int, its
     lessee None or a name): this copy becomes a standby that waits past the
     runner's lease. Every copy of every task takes one, so it reads the
-    copy's extras directly (a copy always has some: its holders)."""
+    copy's extras directly (a copy always has some: its holders); its wait
+    past the runner's lease is :meth:`ClusterRole.offset_for`'s, its rank
+    times the task's replica offset."""
     n = len(ev)
     attempt = ev[2]
     state = task.state

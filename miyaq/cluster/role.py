@@ -170,14 +170,9 @@ class ClusterRole:
 
     def holders(self, routing_key: str, replicas: int) -> list[str]:
         """The ids of ``routing_key``'s holders by this node's view of the
-        ring (at most ``replicas``; none without a ring). Every submit and
-        every copy is placed here: the ring is asked directly (as
-        :meth:`RingView.holder_ids <miyaq.cluster.ring_view.RingView.holder_ids>` would)."""
-        view = self.view
-        ring = view.ring
-        if ring is None:
-            return []
-        return ring.preference_list(routing_key, min(replicas, len(view.members)))
+        ring (at most ``replicas``, fewer when the ring has fewer members;
+        none without a ring). Every submit and every copy is placed here."""
+        return self.view.holder_ids(routing_key, replicas)
 
     def ring_info(self) -> dict[str, Any]:
         view = self.view
