@@ -348,7 +348,7 @@ def test_a_ctrl_c_while_the_commands_load_ends_quietly_with_130(monkeypatch, cap
 
 #: What the command line loads only for the command that needs it: the
 #: node's parts, the dev cluster's, the client's and the worker's.
-HEAVY_MODULES = ("miyaq.node.assemble", "miyaq.devcluster", "miyaq.client.client", "miyaq.app",
+HEAVY_MODULES = ("miyaq.node.assemble", "miyaq.devcluster.cluster", "miyaq.client.client", "miyaq.app",
                  "miyaq.worker.runner", "miyaq.gateway.server", "miyaq.cluster.role", "gevent")
 
 
@@ -365,6 +365,21 @@ def test_the_parser_loads_no_command_s_machinery():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=GUARD)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == []
+
+
+def test_the_dev_cluster_s_ports_load_without_the_cluster_and_its_class_is_where_it_was():
+    """``miyaq.devcluster`` became a package (its cluster, ports, node and
+    waits): the test tools that only pick ports import its ``ports`` without
+    loading the cluster (ZooKeeper's and the harness's modules), and
+    ``from miyaq.devcluster import DevCluster`` still gives the class."""
+    probe = ("import sys\n"
+             "import miyaq.devcluster.ports\n"
+             "print('miyaq.devcluster.cluster' in sys.modules)\n"
+             "from miyaq.devcluster import DevCluster\n"
+             "print(DevCluster.__module__)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=GUARD)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "miyaq.devcluster.cluster"]
 
 
 def test_every_public_name_of_the_package_is_there_on_first_use():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from miyaq.cli.dev_cluster_cmd import banner
-from miyaq.devnode import DevNode
+from miyaq.devcluster.node import DevNode
 
 
 def fake_cluster(first_port: int, base_port: int = 7450) -> SimpleNamespace:

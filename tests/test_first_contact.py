@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import miyaq
-from miyaq.devports import port_free
+from miyaq.devcluster.ports import port_free
 from miyaq.devstate import STATE_FILE, default_connect, default_http, default_zk, read_state, write_state
 from miyaq.testing.harness import refusing_port
 

@@ -29,7 +29,7 @@ from ..errors import ConfigError
 from . import numbers
 
 if TYPE_CHECKING:
-    from ..devcluster import DevCluster
+    from ..devcluster.cluster import DevCluster
     from ..testing.harness import Proc
 
 
@@ -121,7 +121,7 @@ def _moved_from(cluster: DevCluster) -> list[str]:
     else listens there (most often the standalone node of the quickstart),
     and code that names that port -- an ``App("tcp://127.0.0.1:7450")`` --
     reaches it, not this cluster."""
-    from ..devports import HOST
+    from ..devcluster.ports import HOST
     if not cluster.nodes or cluster.nodes[0].port == cluster.base_port:
         return []
     busy = f"tcp://{HOST}:{cluster.base_port}"
@@ -157,7 +157,7 @@ def _zk_connect_timeout(args: argparse.Namespace) -> float:
 def run(args: argparse.Namespace) -> int:
     # The cluster's machinery is imported here, not with the command line
     # (``miyaq --help`` and the other commands do not load it).
-    from ..devcluster import DevCluster
+    from ..devcluster.cluster import DevCluster
     from ..logs import setup_logging
     setup_logging("WARNING")
     logging.getLogger("kazoo").setLevel(logging.CRITICAL)  # connection retries are not news here

@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 import re
 
-from miyaq.devports import port_free
+from miyaq.devcluster.ports import port_free
 
 DOC_PORT_RANGES: tuple[tuple[int, int], ...] = (
     (7450, 50),    # nodes: service, peer (+1), pub (+2); dev-cluster nodes step by 10, HTTP at +8

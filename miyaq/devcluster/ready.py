@@ -1,5 +1,5 @@
 """When a dev cluster is ready: the waits of
-:meth:`DevCluster.start <miyaq.devcluster.DevCluster.start>` until every node
+:meth:`DevCluster.start <miyaq.devcluster.cluster.DevCluster.start>` until every node
 is in the published ring with one of them leading and answers STATUS on its
 service endpoint, then until every node has the workers registered.
 
@@ -11,7 +11,7 @@ as soon as the cluster is asked to stop. The ring is read from ZooKeeper
 ``zk_connect_timeout``); a ZooKeeper that cannot be reached is
 ``Unavailable``, naming the logs.
 
-:class:`ReadyWaits` is :class:`~miyaq.devcluster.DevCluster`'s base: the
+:class:`ReadyWaits` is :class:`~miyaq.devcluster.cluster.DevCluster`'s base: the
 cluster starts and stops the processes, this part tells when they serve.
 Blocking (``time.sleep``-like waits): use from a plain thread.
 """
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from miyaq.cluster.ring_admin import RingAdmin
 from miyaq.cluster.zk_auth import ZkAuth
-from miyaq.devnode import DevNode
+from miyaq.devcluster.node import DevNode
 from miyaq.errors import MiyaqError, Timeout, Unavailable
 from miyaq.testing.harness import Proc
 
@@ -32,7 +32,7 @@ __all__ = ["ReadyWaits"]
 
 
 class ReadyWaits:
-    """The waits of a :class:`~miyaq.devcluster.DevCluster`'s start (its
+    """The waits of a :class:`~miyaq.devcluster.cluster.DevCluster`'s start (its
     base). The cluster sets the attributes below and gives its nodes,
     ``zk_hosts`` (where its ZooKeeper is) and ``dead_nodes`` (its node
     processes that exited)."""

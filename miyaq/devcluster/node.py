@@ -1,13 +1,13 @@
 """One node process of a dev cluster (``miyaq dev-cluster``):
-:class:`DevNode`, its id, its block of ports (:mod:`miyaq.devports`) and the
-endpoints on them, and its process. :class:`~miyaq.devcluster.DevCluster`
+:class:`DevNode`, its id, its block of ports (:mod:`miyaq.devcluster.ports`) and the
+endpoints on them, and its process. :class:`~miyaq.devcluster.cluster.DevCluster`
 starts and stops the processes; this only describes one.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from miyaq.devports import HOST, HTTP_OFFSET
+from miyaq.devcluster.ports import HOST, HTTP_OFFSET
 from miyaq.testing.harness import Proc
 
 __all__ = ["DevNode"]

@@ -9,7 +9,7 @@ order), with its output in ``<log_dir>/<name>.log``.
 Constraints:
 
 * Node ``nI`` listens on the ``I``-th free block of ports at or after
-  ``base_port`` (:mod:`miyaq.devports`).
+  ``base_port`` (:mod:`miyaq.devcluster.ports`).
 * Each node gets ``zk_connect_timeout`` as its ``--zk-connect-timeout``,
   and the wait for the ring connects to ZooKeeper within it too (a
   ZooKeeper given with ``zk`` that is not there fails the start in that
@@ -26,8 +26,8 @@ Constraints:
   ring with a leader and answers STATUS, or raises ``MiyaqError`` (a node
   that exited, or ``Timeout``) -- or returns ``False`` early when
   :meth:`DevCluster.request_stop` was called (safe from a signal handler).
-  Those waits are :mod:`miyaq.devready`'s (the cluster's base); a node
-  process is a :class:`~miyaq.devnode.DevNode`.
+  Those waits are :mod:`miyaq.devcluster.ready`'s (the cluster's base); a node
+  process is a :class:`~miyaq.devcluster.node.DevNode`.
 * :meth:`DevCluster.stop` never raises and is idempotent: workers, then
   nodes (SIGTERM, then SIGKILL of the process group after ``stop_timeout``),
   then the ZooKeeper it started. Logs are kept.
@@ -49,9 +49,9 @@ from typing import Self
 
 from miyaq.cluster.zk_auth import ZkAuth
 from miyaq.config import check_zk_connect_timeout
-from miyaq.devnode import DevNode
-from miyaq.devports import HOST, HTTP_OFFSET, port_blocks
-from miyaq.devready import ReadyWaits
+from miyaq.devcluster.node import DevNode
+from miyaq.devcluster.ports import HOST, HTTP_OFFSET, port_blocks
+from miyaq.devcluster.ready import ReadyWaits
 from miyaq.devstate import remove_state, write_state
 from miyaq.errors import ConfigError, MiyaqError
 from miyaq.security.keystore import KeyStore
