@@ -346,6 +346,13 @@ def test_a_ctrl_c_while_the_commands_load_ends_quietly_with_130(monkeypatch, cap
     assert capsys.readouterr().err == ""
 
 
+def fresh_interpreter(probe: str) -> str:
+    """What ``probe`` prints, run in a new Python (no module loaded yet)."""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=GUARD)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 #: What the command line loads only for the command that needs it: the
 #: node's parts, the dev cluster's, the client's and the worker's.
 HEAVY_MODULES = ("miyaq.node.assemble", "miyaq.devcluster.cluster", "miyaq.client.client", "miyaq.app",
@@ -362,9 +369,7 @@ def test_the_parser_loads_no_command_s_machinery():
              "from miyaq.cli.main import build_parser\n"
              "build_parser().parse_args(['status'])\n"
              f"print(' '.join(m for m in {HEAVY_MODULES!r} if m in sys.modules))\n")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=GUARD)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == []
+    assert fresh_interpreter(probe).split() == []
 
 
 def test_the_dev_cluster_s_ports_load_without_the_cluster_and_its_class_is_where_it_was():
@@ -377,9 +382,7 @@ def test_the_dev_cluster_s_ports_load_without_the_cluster_and_its_class_is_where
              "print('miyaq.devcluster.cluster' in sys.modules)\n"
              "from miyaq.devcluster import DevCluster\n"
              "print(DevCluster.__module__)\n")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=GUARD)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["False", "miyaq.devcluster.cluster"]
+    assert fresh_interpreter(probe).split() == ["False", "miyaq.devcluster.cluster"]
 
 
 def test_every_public_name_of_the_package_is_there_on_first_use():
@@ -402,6 +405,4 @@ def test_every_public_name_of_the_package_is_there_on_first_use():
              "    miyaq.NoSuchName\n"
              "except AttributeError as exc:\n"
              "    print(exc)\n")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=GUARD)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "module 'miyaq' has no attribute 'NoSuchName'"
+    assert fresh_interpreter(probe).strip() == "module 'miyaq' has no attribute 'NoSuchName'"
