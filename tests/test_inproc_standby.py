@@ -379,3 +379,51 @@ def test_the_other_holders_of_an_at_most_once_task_answer_its_outcome(inproc):
         cluster.wait_until(lambda h=h: cluster[h].state(tid) == DONE, what=f"{h} to hear the finish")
         kind, body = _ask_result(cluster[h], tid)
         assert kind == "reply" and body["state"] == DONE and body["result"] == b"\x2a"
+
+
+def test_two_standby_copies_asking_at_once_run_once_when_one_direction_is_silent(inproc):
+    """Fault: two standby copies of a task nobody started (a client's
+    resend: every copy asks first) ask each other at once, and the answer
+    from the smaller node id to the larger one is lost (after a network
+    fault heals, a stale TCP connection waits out its retransmission timer
+    while the other direction already works); the smaller id's STARTED
+    event is lost too. The smaller id hears the larger one's standby answer
+    and runs the task, as it should. The larger id hears silence from it --
+    but that node asked about the task meanwhile, so it is alive and holds
+    a standby copy: the larger id waits an offset, asks again, hears that
+    the task runs and waits past its lease. Before, it took silence for
+    absence and ran the task a second time (a chaos run, `isolate`: seven
+    tasks run twice 1-2 s after the heal)."""
+    cluster = inproc(3, replicas=2)
+    while True:
+        tid = cluster.task_id()
+        first, second = cluster.holders(tid, 2)
+        if second < first:      # the rank-0 copy is the larger id: it asks first, the smaller one meanwhile
+            break
+    small, large = second, first
+    cluster.net.drop("ANSWER", src=small, dst=large, answering="QUERY", count=1)
+    cluster.net.drop("EVENTS", src=small, event="S")
+    cluster.net.drop("HEARTBEAT", src=small)
+    workers = {h: cluster.worker(h) for h in (small, large)}
+
+    cluster.submit(large, tid, resent=True, timeout=30)     # a lease the clock jumps below do not end
+    cluster.wait_until(lambda: cluster.net.messages("QUERY", src=large, dst=small, task=tid),
+                       what="the larger id's copy asking the smaller")
+    assert tid in cluster[large].role.standby.asking
+    cluster.advance(cluster.settings["replica_offset"])      # the smaller id's copy comes due and asks
+    cluster.wait_until(lambda: workers[small].runs(tid), what="the smaller id's copy to run the task")
+    assert cluster.net.messages("ANSWER", src=small, dst=large, answering="QUERY")[0].fate == "dropped"
+
+    cluster.advance(QUERY_TIMEOUT + 0.5)          # the larger id's question ends: the smaller one silent
+    cluster.wait_until(lambda: tid not in cluster[large].role.standby.asking, what="the question over")
+    cluster.settle(0.2)
+    assert workers[large].times(tid) == 0, cluster.describe([tid])
+    assert cluster[large].role.standby.takeovers == 0 and cluster[large].role.standby.deferrals >= 1
+
+    cluster.advance(2 * cluster.settings["replica_offset"])   # it asks again, and hears that the task runs
+    cluster.wait_until(lambda: len(cluster.net.messages("ANSWER", src=small, dst=large, answering="QUERY")) >= 2,
+                       what="the larger id's second question answered")
+    cluster.settle(0.2)
+    assert workers[large].times(tid) == 0 and cluster[large].role.standby.takeovers == 0
+    assert cluster[large].due_at(tid) >= cluster[small].task(tid).lease_end
+    assert workers[small].times(tid) == 1 and not cluster.crashes()

@@ -161,7 +161,7 @@ class Copies:
                     state = held_elsewhere(self.engine.table, i, keys[i], now, self.role.config.dedup_window,
                                            self.role.standby.key_checks.ids) or state
                 if i not in keys:       # a key check is no standby copy waiting for this one's turn
-                    self.role.standby.asked_about(i)
+                    self.role.standby.asked_about(i, sender)
                 size = outcome_size(state[1], state[2]) if len(state) == 3 else EVENT_ALLOWANCE
                 room, results = room - size, results - (size - EVENT_ALLOWANCE)
                 if room < 0 or (results < 0 and states):

@@ -81,6 +81,9 @@ class StandbyChecker(StandbyVerdicts, EngineListener):
         self.role = role
         self.due: list[Task] = []
         self.asking: set[str] = set()       # ids whose QUERY answers are not all in
+        # Ids being asked about -> the members whose own standby copy asked this
+        # node about the task meanwhile (keys: a subset of ``asking``).
+        self.asked_by: dict[str, set[str]] = {}
         self.parked: dict[str, Task] = {}      # came due while the node reconciled; asked after
         self.takeovers = 0
         self.deferrals = 0
@@ -88,9 +91,17 @@ class StandbyChecker(StandbyVerdicts, EngineListener):
         self._unknown_waits: dict[str, int] = {}     # task id -> waits for an earlier holder that lacks it
         self.key_checks = KeyChecks(role)     # rank-0 keyed copies that ask about their key first
 
-    def asked_about(self, task_id: str) -> None:
-        """Another holder asks about ``task_id`` (its copy is due and asks
-        before it runs). If this node's copy is a standby copy whose eta
+    def asked_about(self, task_id: str, asker: str | None = None) -> None:
+        """Another holder, ``asker``, asks about ``task_id`` (its copy is due
+        and asks before it runs).
+
+        If this node is asking about the task too, the asker -- a member of
+        this node's ring; its id is what the request's ``from`` says -- is
+        noted: it is alive and holds a standby copy, whatever becomes of this
+        node's QUERY to it, and it counts so if its answer does not come
+        (:meth:`_heard_asking`).
+
+        If this node's copy is a standby copy whose eta
         passed, that no holder started (no attempt, no lessee) and that
         waits out its rank's offsets to a later timer -- not one an answer
         or news pushed out since (a holder runs the task) --, it asks and
@@ -112,6 +123,10 @@ class StandbyChecker(StandbyVerdicts, EngineListener):
         eta the task waited for the copy of the smallest id, armed up to
         two offsets later (the rolling-restart audit: a third of 300
         delayed tasks 10 s late)."""
+        if task_id in self.asking:
+            if asker is not None and asker in self.role.view.members and asker != self.role.node_id:
+                self.asked_by.setdefault(task_id, set()).add(asker)    # a member: bounded by the ring
+            return      # asking already: no timer to bring forward
         task = self.role.engine.table.live.get(task_id)
         if (task is None or not task.standby or task.state != SCHEDULED or task.attempt or task.lessees
                 or task.timer_at is None or task_id in self._unknown_waits):
@@ -281,7 +296,28 @@ class StandbyChecker(StandbyVerdicts, EngineListener):
             if not waiting:
                 del checks[task_id]
                 self.asking.discard(task_id)
+                self._heard_asking(task, answers)
                 self._decide(task, answers, now)
+
+    def _heard_asking(self, task: Task, answers: Answers) -> None:
+        """Count a member silent to this node's QUERY about ``task`` whose own
+        standby copy asked this node about it meanwhile as the standby copy it
+        is (the answer it would have given: between two standby copies the
+        smaller node id goes first). Its QUERY is proof it is alive and asks;
+        its silence is one direction of a pair of links not carrying yet --
+        after a network fault heals, a stale TCP connection waits out its
+        retransmission timer while the other side's new one already works.
+        Before 2026-12-07 both copies then ran: the smaller id heard the
+        other's standby answer, the larger id heard silence (a chaos run,
+        `isolate` of a node: seven tasks run twice 1-2 s after the heal)."""
+        askers = self.asked_by.pop(task.id, None)
+        if not askers:
+            return
+        answered = {holder for holder, _ in answers}
+        holders = task.holders
+        for asker in sorted(askers - answered):
+            rank = holders.index(asker) if asker in holders else len(holders)
+            answers.append((asker, [SCHEDULED, True, rank, task.eta]))
 
     def _wait(self, task: Task, base: float) -> None:
         self.deferrals += 1

@@ -29,6 +29,10 @@ Per task:
   one offset and ask again then;
 - a holder that answered but left the id out (its answer was full) → ask
   again after one offset;
+- a holder silent to this node's QUERY whose own standby copy asked this
+  node about the task meanwhile counts as that standby copy
+  (:meth:`~miyaq.cluster.standby.StandbyChecker._heard_asking`): it is
+  alive, only one direction of the link is not carrying yet;
 - otherwise (every other holder silent, unaware of it, or a standby with a
   larger node id) → take over: the copy becomes ready here, and its start
   is announced to the others like any start -- unless another holder's
