@@ -427,3 +427,62 @@ def test_two_standby_copies_asking_at_once_run_once_when_one_direction_is_silent
     assert workers[large].times(tid) == 0 and cluster[large].role.standby.takeovers == 0
     assert cluster[large].due_at(tid) >= cluster[small].task(tid).lease_end
     assert workers[small].times(tid) == 1 and not cluster.crashes()
+
+
+def test_a_standby_copy_made_to_ask_early_by_a_smaller_id_does_not_run_when_that_one_is_silent(inproc):
+    """Fault: as above, but the larger id's copy is the later one: the
+    smaller id's copy asks first, and its QUERY makes the larger id's copy
+    ask at once instead of at its offset (``StandbyChecker.asked_about``);
+    the smaller id's answer to it is lost, and so is its STARTED event.
+    The QUERY that made it ask showed the smaller id alive and asking: the
+    larger id waits rather than run the task a second time."""
+    cluster = inproc(3, replicas=2)
+    cluster.advance(2 * cluster.settings["replica_offset"])   # tasks due an offset past the ring: they may ask early
+    while True:
+        tid = cluster.task_id()
+        small, large = cluster.holders(tid, 2)
+        if small < large:
+            break
+    cluster.net.drop("ANSWER", src=small, dst=large, answering="QUERY", count=1)
+    cluster.net.drop("EVENTS", src=small, event="S")
+    cluster.net.drop("HEARTBEAT", src=small)
+    workers = {h: cluster.worker(h) for h in (small, large)}
+
+    cluster.submit(small, tid, resent=True, timeout=30)
+    cluster.wait_until(lambda: workers[small].runs(tid), what="the smaller id's copy to run the task")
+    cluster.wait_until(lambda: cluster.net.messages("QUERY", src=large, dst=small, task=tid),
+                       what="the larger id's copy asking early")
+    assert cluster.net.messages("ANSWER", src=small, dst=large, answering="QUERY")[0].fate == "dropped"
+    cluster.advance(QUERY_TIMEOUT + 0.5)
+    cluster.wait_until(lambda: tid not in cluster[large].role.standby.asking, what="the question over")
+    cluster.settle(0.2)
+    assert workers[large].times(tid) == 0, cluster.describe([tid])
+    assert cluster[large].role.standby.takeovers == 0 and cluster[large].role.standby.deferrals >= 1
+    assert workers[small].times(tid) == 1 and not cluster.crashes()
+
+
+def test_what_a_node_notes_of_other_members_questions_is_bounded(inproc, monkeypatch):
+    """Fault: a peer's QUERYs name a sender that is no member of the ring
+    (a buggy or hostile peer's ``from``), and more standby copies are asked
+    about than the node keeps notes of. Neither is noted past its bound:
+    a non-member never, and past ``MAX_ASKED_BY`` tasks the notes start
+    again."""
+    from miyaq.cluster import standby as standby_module
+    monkeypatch.setattr(standby_module, "MAX_ASKED_BY", 2)
+    cluster = inproc(3, replicas=3)
+    node = sorted(cluster.nodes)[0]
+    other = next(n for n in sorted(cluster.nodes) if n != node)
+    tids = []
+    for _ in range(3):
+        tid = cluster.task_id()
+        cluster.submit(node, tid, resent=True, countdown=60)   # every copy a standby, far from due
+        tids.append(tid)
+    cluster.wait_until(lambda: all(cluster[node].task(t) is not None and cluster[node].task(t).standby for t in tids),
+                       what="three standby copies")
+    checker = cluster[node].role.standby
+    checker.asked_about(tids[0], "intruder")
+    assert checker.asked_by == {}
+    for tid in tids:
+        checker.asked_about(tid, other)
+    assert len(checker.asked_by) <= 2 and tids[2] in checker.asked_by
+    assert set(checker.asked_by[tids[2]]) == {other}

@@ -72,8 +72,15 @@ most ``REFUSED_PAUSE_MAX``. Tries end at the QUERY's deadline."""
 REFUSED_PAUSE_MAX = 0.2
 
 
-Checks = dict[str, tuple[Task, Answers, set[str]]]
-"""Per task id being asked about: the copy, the (holder, answer) pairs so far, the holders still to answer."""
+Checks = dict[str, tuple[Task, Answers, set[str], float]]
+"""Per task id being asked about: the copy, the (holder, answer) pairs so
+far, the holders still to answer, and when (monotonic) the asking began."""
+
+MAX_ASKED_BY = 10_000
+"""Tasks whose standby copy another member asked about that this node
+notes at once (:attr:`StandbyChecker.asked_by`); past it the notes are
+dropped and begun again (a note lost costs nothing but its use: the copy
+decides on the answers alone, as before 2026-12-07)."""
 
 
 class StandbyChecker(StandbyVerdicts, EngineListener):
@@ -81,9 +88,9 @@ class StandbyChecker(StandbyVerdicts, EngineListener):
         self.role = role
         self.due: list[Task] = []
         self.asking: set[str] = set()       # ids whose QUERY answers are not all in
-        # Ids being asked about -> the members whose own standby copy asked this
-        # node about the task meanwhile (keys: a subset of ``asking``).
-        self.asked_by: dict[str, set[str]] = {}
+        # Standby copies here that other members' standby copies asked about:
+        # task id -> member -> when it asked (monotonic); read once, when the copy decides.
+        self.asked_by: dict[str, dict[str, float]] = {}
         self.parked: dict[str, Task] = {}      # came due while the node reconciled; asked after
         self.takeovers = 0
         self.deferrals = 0
@@ -95,11 +102,11 @@ class StandbyChecker(StandbyVerdicts, EngineListener):
         """Another holder, ``asker``, asks about ``task_id`` (its copy is due
         and asks before it runs).
 
-        If this node is asking about the task too, the asker -- a member of
+        If this node's copy is a standby copy too, the asker -- a member of
         this node's ring; its id is what the request's ``from`` says -- is
-        noted: it is alive and holds a standby copy, whatever becomes of this
-        node's QUERY to it, and it counts so if its answer does not come
-        (:meth:`_heard_asking`).
+        noted: it is alive and holds a standby copy, and if this copy asks
+        soon after (or is asking) and the asker's answer does not come, it
+        counts as that standby copy (:meth:`_heard_asking`).
 
         If this node's copy is a standby copy whose eta
         passed, that no holder started (no attempt, no lessee) and that
@@ -123,12 +130,15 @@ class StandbyChecker(StandbyVerdicts, EngineListener):
         eta the task waited for the copy of the smallest id, armed up to
         two offsets later (the rolling-restart audit: a third of 300
         delayed tasks 10 s late)."""
-        if task_id in self.asking:
-            if asker is not None and asker in self.role.view.members and asker != self.role.node_id:
-                self.asked_by.setdefault(task_id, set()).add(asker)    # a member: bounded by the ring
-            return      # asking already: no timer to bring forward
         task = self.role.engine.table.live.get(task_id)
-        if (task is None or not task.standby or task.state != SCHEDULED or task.attempt or task.lessees
+        if task is None or not task.standby:
+            return
+        if (asker is not None and task.state in (SCHEDULED, RETRYING) and asker != self.role.node_id
+                and asker in self.role.view.members):      # a member: at most the ring's size a task
+            if len(self.asked_by) >= MAX_ASKED_BY and task_id not in self.asked_by:
+                self.asked_by.clear()
+            self.asked_by.setdefault(task_id, {})[asker] = monotonic()
+        if (task.state != SCHEDULED or task.attempt or task.lessees
                 or task.timer_at is None or task_id in self._unknown_waits):
             return
         if task.eta < self.role.view_since + self.role.replica_offset(task):
@@ -220,7 +230,7 @@ class StandbyChecker(StandbyVerdicts, EngineListener):
             if not others:
                 self._take_over(task, now)
                 continue
-            checks[task.id] = (task, [], set(others))
+            checks[task.id] = (task, [], set(others), monotonic())
             self.asking.add(task.id)
             for h in others:
                 asks.setdefault(h, []).append(task.id)
@@ -280,7 +290,7 @@ class StandbyChecker(StandbyVerdicts, EngineListener):
             check = checks.get(task_id)
             if check is None:
                 continue
-            task, answers, waiting = check
+            task, answers, waiting, began = check
             waiting.discard(holder)
             state = states.get(task_id)
             if state is not None:
@@ -296,10 +306,10 @@ class StandbyChecker(StandbyVerdicts, EngineListener):
             if not waiting:
                 del checks[task_id]
                 self.asking.discard(task_id)
-                self._heard_asking(task, answers)
+                self._heard_asking(task, answers, began)
                 self._decide(task, answers, now)
 
-    def _heard_asking(self, task: Task, answers: Answers) -> None:
+    def _heard_asking(self, task: Task, answers: Answers, began: float) -> None:
         """Count a member silent to this node's QUERY about ``task`` whose own
         standby copy asked this node about it meanwhile as the standby copy it
         is (the answer it would have given: between two standby copies the
@@ -309,13 +319,17 @@ class StandbyChecker(StandbyVerdicts, EngineListener):
         retransmission timer while the other side's new one already works.
         Before 2026-12-07 both copies then ran: the smaller id heard the
         other's standby answer, the larger id heard silence (a chaos run,
-        `isolate` of a node: seven tasks run twice 1-2 s after the heal)."""
+        `isolate` of a node: seven tasks run twice 1-2 s after the heal).
+
+        Only a QUERY that came while this copy asked or at most
+        ``QUERY_TIMEOUT`` before (``began``: it may have made this copy ask
+        early, :meth:`asked_about`); an older one says nothing of now."""
         askers = self.asked_by.pop(task.id, None)
         if not askers:
             return
         answered = {holder for holder, _ in answers}
         holders = task.holders
-        for asker in sorted(askers - answered):
+        for asker in sorted(a for a, at in askers.items() if at >= began - QUERY_TIMEOUT and a not in answered):
             rank = holders.index(asker) if asker in holders else len(holders)
             answers.append((asker, [SCHEDULED, True, rank, task.eta]))
 
