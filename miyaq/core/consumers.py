@@ -171,7 +171,8 @@ class WorkerConsumer(Consumer):
 
     def deliver(self, tasks: list[Task]) -> bool:
         holders = self.holder_endpoints
-        return self.endpoint.send(self.identity, c.DISPATCH, {"tasks": [delivery(t, holders) for t in tasks]})
+        return self.endpoint.send(self.identity, c.DISPATCH, {"tasks": [delivery(t, holders) for t in tasks],
+                                                              "sent": monotonic()})
 
     def abort(self, ids: list[str]) -> None:
         self.endpoint.send(self.identity, c.ABORT, {"ids": ids})

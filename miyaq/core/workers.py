@@ -313,7 +313,7 @@ class WorkerRegistry:
             deadline = float("-inf")        # not yet liveness ticks since the node started
         else:
             deadline = min(mono - self.heartbeat * self.liveness, ticks[0])
-        beat: dict[str, Any] = {"node": self.node_id}
+        beat: dict[str, Any] = {"node": self.node_id, "sent": mono}     # how late it comes: miyaq.worker.transit
         nodes = self.directory.nodes()
         if nodes is not None:
             beat["nodes"] = nodes

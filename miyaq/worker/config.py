@@ -138,6 +138,11 @@ class WorkerConfig(Settings):
 #: task to report to). It does not reconnect for that alone: a node whose
 #: connection stays up is alive, and may only be stalled (docs/protocol.md, 7.2).
 LIVENESS = 3
+#: The most heartbeats a node's WELCOME ``liveness`` is taken for (a node
+#: configured for more: this many): after ``heartbeat × liveness`` of
+#: silence a node may have taken this worker for lost, and a DISPATCH sent
+#: before such a silence is given back (:mod:`miyaq.worker.transit`).
+MAX_NODE_LIVENESS = 100
 #: A node silent for ``HUNG_NODE_LIVENESS × heartbeat × LIVENESS`` seconds
 #: (30 s at the default heartbeat) while its connection stays up -- its
 #: libzmq answers ZeroMQ's heartbeats, its Python never answers the worker --

@@ -45,14 +45,16 @@ from ..errors import BadFrame, MiyaqError, UnknownCommand
 from ..logs import LogLimiter
 from ..protocol import codec
 from ..protocol import commands as c
+from ..protocol.taskspec import MAX_ID_CHARS
 from ..runtime import green, monotonic
 from ..runtime.sockets import SocketFactory, zmq
-from .config import (BEAT_EARLY, HUNG_NODE_LIVENESS, LIVENESS, MAX_INBOUND_MESSAGE, MAX_RESULT_BYTES,
-                     NODE_HEARTBEAT_RANGE, RESULT_MESSAGE_SLACK)
+from .config import (BEAT_EARLY, HUNG_NODE_LIVENESS, LIVENESS, MAX_INBOUND_MESSAGE, MAX_NODE_LIVENESS,
+                     MAX_RESULT_BYTES, NODE_HEARTBEAT_RANGE, RESULT_MESSAGE_SLACK)
 from .link_socket import LinkSocket
 from .link_watch import LinkWatch
 from .outbox import Outbox
 from .prefetch import ExtraCredit
+from .transit import Transit
 
 if TYPE_CHECKING:
     from .runner import Worker
@@ -71,6 +73,12 @@ class NodeLink(LinkSocket):
         self.heartbeat = worker.config.heartbeat
         self.node_timeout = worker.config.node_timeout    # the ZMTP heartbeats' timeout on its socket
         self.liveness = LIVENESS
+        # After how long a silence the node takes this worker for lost and
+        # leases its tasks again (its WELCOME's heartbeat × liveness).
+        self.node_drop_after = self.heartbeat * LIVENESS
+        self.transit = Transit()    # how late the node's stamped messages come (a DISPATCH sent long ago)
+        self.silence_ended = float("-inf")    # when the last silence past node_drop_after ended (monotonic)
+        self.stale_dispatches = 0   # tasks given back because their DISPATCH came so late
         # Monotonic time until which a RECONNECT answers a message sent before
         # our last READY (None: no READY awaits its WELCOME): see _on_reconnect.
         self.welcome_due: float | None = None
@@ -230,7 +238,11 @@ class NodeLink(LinkSocket):
                 return
             _log.warning("malformed", "malformed message from node %s: %s", self.endpoint, err.message)
             return
-        self.last_heard = monotonic()
+        now = monotonic()
+        if now - self.last_heard > self.node_drop_after:
+            self.silence_ended = now        # a silence the node may have taken this worker for lost in
+        self.last_heard = now
+        lag = self.transit.lag(body.get("sent"), now)
         if self.slow:
             self.slow = False
             logger.info("node %s answers again", self.endpoint)
@@ -238,10 +250,12 @@ class NodeLink(LinkSocket):
         self.answered = True
         if command == c.DISPATCH:
             tasks = body.get("tasks")
-            if isinstance(tasks, list):
-                self.worker.accept(self, tasks, self.last_heard)     # read just now
-            else:
+            if not isinstance(tasks, list):
                 _log.warning("malformed", "node %s: ignoring a DISPATCH whose tasks are not a list", self.endpoint)
+            elif lag > self.node_drop_after and now - lag < self.silence_ended:
+                self._stale_dispatch(tasks, lag)     # sent before that silence, and as late
+            else:
+                self.worker.accept(self, tasks, self.last_heard)     # read just now
         elif command == c.WELCOME:
             self._welcome(body)
         elif command == c.HEARTBEAT:
@@ -256,6 +270,26 @@ class NodeLink(LinkSocket):
         elif command == c.ERROR:
             self.welcome_due = None     # a READY refused gets no WELCOME: a later RECONNECT is heeded
             _log.warning("error", "node %s: %s: %s", self.endpoint, body.get("code"), body.get("message"))
+
+    def _stale_dispatch(self, deliveries: list[Any], lag: float) -> None:
+        """A DISPATCH the node sent before a silence longer than it waits for
+        a worker (``heartbeat × liveness``), that reached this worker only
+        now: the node may have taken this worker for lost meanwhile and
+        leased its tasks again, here or on another node (a network cut that
+        held the message in a TCP buffer: a chaos run, 2026-12-07, ran 27
+        tasks twice so). Given back unstarted (RETURN): a node that still
+        leases them to this worker leases them again, one that dropped it
+        answers RECONNECT, and it registers again. Malformed ids are left
+        out; the node's lease of those runs out."""
+        ids = [d[0] for d in deliveries
+               if isinstance(d, list) and d and isinstance(d[0], str) and 0 < len(d[0]) <= MAX_ID_CHARS]
+        self.stale_dispatches += len(ids)
+        _log.warning("stale dispatch", "node %s: a DISPATCH of %d task(s) came %.1fs late, after a silence longer "
+                     "than the %.1fs the node waits for a worker: it may have leased them again; given back "
+                     "unstarted (%d so far)", self.endpoint, len(deliveries), lag, self.node_drop_after,
+                     self.stale_dispatches)
+        if ids:
+            self.send(c.RETURN, {"ids": ids})
 
     def _talking_to_itself(self) -> None:
         """Our own READY came back: the connection loops to this socket (a
@@ -314,3 +348,7 @@ class NodeLink(LinkSocket):
                 _log.warning("heartbeat", "node %s: its heartbeat of %r s is taken as %g s", self.endpoint, hb,
                              min(max(hb, low), high))
             self.heartbeat = float(min(max(hb, low), high))
+        liveness = body.get("liveness")
+        beats = min(liveness, MAX_NODE_LIVENESS) if type(liveness) is int and liveness >= 1 else LIVENESS
+        self.node_drop_after = self.heartbeat * beats
+        self.transit.reset()        # a node welcoming this worker again may be another process

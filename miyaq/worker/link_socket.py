@@ -25,6 +25,7 @@ from ..runtime.sockets import SocketFactory, heartbeat_options, zmq
 from .link_watch import LinkWatch
 from .outbox import Outbox
 from .prefetch import ExtraCredit, RunTimes
+from .transit import Transit
 
 if TYPE_CHECKING:
     from .runner import Worker
@@ -62,6 +63,7 @@ class LinkSocket:
     watch: LinkWatch
     outbox: Outbox
     extra: ExtraCredit
+    transit: Transit
     _parts: set[Any]
 
     def _open(self) -> bool:
@@ -76,6 +78,7 @@ class LinkSocket:
             return False
         self.answered = False
         self.slow = False
+        self.transit.reset()        # another connection: what came late on the last one says nothing here
         self.last_heard = monotonic()
         self.watch.opened(self.last_heard)
         try:
