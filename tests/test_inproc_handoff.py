@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from miyaq.cluster import handoff as handoff_pass
 from miyaq.cluster import handoff_slices as handoff_module
 from miyaq.cluster.handoff import Handoff
 from miyaq.cluster.peer_requests import QUERY
@@ -316,10 +317,22 @@ def test_copies_that_could_not_be_sent_to_a_joining_node_go_again_soon_not_after
     pushed it to +15 s (tests/test_whole_cluster_restart.py waited 15 s
     for "handed off by n0" in 4 of 6 runs). With slices of 3 tasks the
     failed sends' callbacks run while the pass is still under way: the
-    pass must not push the quick retry back."""
+    pass must not push the quick retry back.
+
+    While the links are down the quick retries go on every 0.5 s of real
+    time, each failing again. The test assumes neither when they fall nor
+    how many pass before the links come up: it looks at the senders, and
+    brings the links up, at a moment none has a retry under way or a chunk
+    on its way (it no longer assumes that none starts in the 0.1 s after
+    their passes ended), and it lifts the limit of six quick retries per
+    ring change (it no longer assumes the links come up within 3 s of real
+    time; the ~1 s until every node hears the others' streams takes two.
+    The limit has its own test:
+    test_handoff_departed_holder.py::test_the_quick_retries_to_an_unreachable_joiner_are_used_once_per_ring_change)."""
     if slice_size is not None:
         monkeypatch.setattr(handoff_module, "HANDOFF_SLICE", slice_size)
         monkeypatch.setattr(handoff_module, "_let_others_run", lambda: green.sleep(0.02))
+    monkeypatch.setattr(handoff_pass, "HANDOFF_LAG_RETRIES", 10**6)
     cluster = inproc(4, ring=OLD, replicas=2)
     tids = _submit_many(cluster, 30)
     unlinked = {"n4"}
@@ -340,16 +353,22 @@ def test_copies_that_could_not_be_sent_to_a_joining_node_go_again_soon_not_after
     cluster.wait_until(lambda: cluster.settled(epoch), what="every node on the new ring")
     senders = {n for n in OLD if any("n4" in cluster[n].role.handoff.leaving.get(t, ()) for t in moved)}
     assert senders, "some old node must hand tasks to the joining node"
-    cluster.wait_until(lambda: all(n in failed and not cluster[n].role.handoff.busy for n in senders),
-                       what="every sender's pass over, its sends to the joining node failed")
-    cluster.settle(0.1)
-    for node_id in senders:
-        retry = cluster[node_id].role.handoff.retries["n4"]
-        # Nothing on the way, and a send that could not go did not double the wait.
-        assert not retry.awaiting and retry.wait == HANDOFF_RETRY, node_id
-    assert not cluster.net.messages("REPLICATE", dst="n4")
 
+    def between_tries() -> bool:
+        # Every sender's pass over, its sends to the joining node failed, and
+        # no retry under way nor a chunk on its way (its callback not run yet).
+        return all(n in failed and not cluster[n].role.handoff.busy
+                   and not cluster[n].role.handoff.retries["n4"].awaiting for n in senders)
+    cluster.wait_until(between_tries, what="every sender between two tries, its sends to the joining node failed")
+    # No yield from here to the links coming up: no retry starts meanwhile.
+    for node_id in senders:
+        handoff = cluster[node_id].role.handoff
+        # A send that could not go did not double the wait, and a quick retry is planned.
+        assert handoff.retries["n4"].wait == HANDOFF_RETRY, node_id
+        assert handoff.next_retry <= monotonic() + HANDOFF_LAG_RETRY, node_id
+    assert not cluster.net.messages("REPLICATE", dst="n4")
     unlinked.clear()        # the links are up
+
     cluster.advance(HANDOFF_LAG_RETRY)
     for tid in moved:
         cluster.wait_until(lambda tid=tid: _copies(cluster, tid) == sorted(cluster.holders(tid)), timeout=3,
