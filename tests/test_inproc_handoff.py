@@ -665,3 +665,34 @@ def test_a_retry_that_skipped_a_holder_with_a_chunk_on_its_way_comes_when_that_c
     assert "on-its-way" not in handoff.leaving and handoff.leaving["owed"] == {"n2"}
     assert handoff.next_retry <= monotonic()       # due now, not HANDOFF_RETRY after the skipped round
     handoff.leaving.clear()
+
+
+def test_an_answer_from_a_holder_with_no_time_of_its_own_leaves_another_holder_s_quick_retry_alone(inproc):
+    """Fault simulated (audit review27): a ring change left holder n2 with a
+    chunk on its way and no retry time of its own (``not_before`` 0.0, as
+    ``request()`` leaves it, or a retry made mid-pass), and holder n3 a
+    quick retry 0.4 s ahead (its chunk could not be sent). n2's answer made
+    a round due at once; that round found n3 not due and planned the next a
+    whole ``HANDOFF_RETRY`` later, so n3's copies waited 5 s, not 0.4 s.
+    Now the answer leaves the planned round where it was, and n3 is sent
+    its copies at its quick retry."""
+    cluster = inproc(3, replicas=3)
+    handoff = cluster["n1"].role.handoff
+    owed = cluster.task_id()
+    sub = cluster.submit("n1", owed, countdown=300)
+    cluster.wait_until(lambda: sub.status == "accepted", what="the task stored on its holders")
+    now = monotonic()
+    handoff.leaving[owed] = {"n3"}                   # n3 has not confirmed it
+    handoff.leaving["on-its-way-to-n2"] = {"n2"}
+    n2 = handoff._retry_of("n2")
+    n2.awaiting, n2.not_before = 1, 0.0
+    n3 = handoff._retry_of("n3")
+    n3.awaiting, n3.not_before = 0, now + 0.4
+    handoff.next_retry = now + 0.4
+    answered = handoff._callback("n2", ["on-its-way-to-n2"], n2, [])
+    answered({"ids": ["on-its-way-to-n2"], "epoch": cluster["n1"].role.view.epoch})
+    assert handoff.next_retry == now + 0.4, "n2's answer moved the planned round"
+    cluster.advance(0.5)
+    handoff.retry(monotonic())
+    assert cluster.net.messages("REPLICATE", src="n1", dst="n3", task=owed), "n3's quick retry did not come"
+    handoff.leaving.clear()

@@ -263,11 +263,17 @@ class Handoff(HandoffResends, HoldingCopies):
             retry.awaiting = max(0, retry.awaiting - 1)
             retry.heard()
             self._confirmed(holder, ids, answer)
-            if not retry.awaiting and retry.not_before < self.next_retry and holder in self.retries:
+            if (not retry.awaiting and 0.0 < retry.not_before < self.next_retry
+                    and self.retries.get(holder) is retry):
                 # A retry round that found this chunk on its way skipped the
                 # holder and planned the next a whole HANDOFF_RETRY later; what
                 # it still owes is due at the holder's own time (a quick retry
-                # asked for while other chunks to it could not be sent).
+                # asked for while other chunks to it could not be sent). Not a
+                # holder with no time of its own (0.0: a retry made mid-pass, or
+                # reset by a ring change): that made a round due at once, which
+                # sent refused copies again at once, not HANDOFF_RETRY later, and
+                # planned the next round a whole HANDOFF_RETRY on, past another
+                # holder's quick retry (audit review27, 2026-12-07).
                 self.next_retry = max(retry.not_before, monotonic())
         return answered
 
