@@ -229,6 +229,21 @@ def test_a_workers_row_says_which_task_names_the_node_sends_it(row, shown):
     assert _task_names(row) == shown
 
 
+@pytest.mark.parametrize(("names", "shown"), [
+    (["any"], '"any"'), (["none"], '"none"'), (["-"], '"-"'), (["?"], '"?"'),
+    (["a,b", "c and 99 more"], '"a,b","c and 99 more"'),
+    (["x  STOPPING"], '"x  STOPPING"'),
+    (["tasks.add", "jobs:send-mail", "v1.2_x"], "tasks.add,jobs:send-mail,v1.2_x"),
+])
+def test_a_declared_name_that_reads_like_the_table_s_own_words_is_quoted(names, shown):
+    """Fault (audit review27): a worker declared task names ``any``,
+    ``none``, ``-``, ``a,b`` with ``c and 99 more``, or ``x  STOPPING``, and
+    its row read like a worker that takes any name, one that declared none,
+    a node that does not say, more names than it has, or a stopping worker.
+    Such a name is quoted; plain names (dotted paths) are shown as they are."""
+    assert _task_names({"names": names, "names_more": 0}) == shown
+
+
 def test_a_stopping_worker_is_marked_in_the_status_table(ctx, make_node, capsys):
     """A worker that said it is stopping (RETURN ``stopping``) is sent nothing
     more: its row in ``miyaq status`` says STOPPING, as the console's does."""

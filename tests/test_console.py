@@ -595,12 +595,14 @@ def test_a_member_answering_nonsense_is_shown_as_not_understood(make_http_node, 
 def test_a_members_workers_show_their_names_and_an_older_member_says_nothing(make_http_node):
     """Another member's ``/workers`` rows: ``"any"`` and a list (with
     ``names_more``) are shown as this node's are; a row without ``names``
-    (a member of before 2026-12-07) shows ``-``, not ``any``, which it did not say."""
+    (a member of before 2026-12-07) shows ``-``, not ``any``, which it did not say;
+    a declared name that reads like those words is quoted."""
     first = make_http_node()
     row = {"running": 0, "capacity": 1, "queues": ["q"], "last_seen": 1.0}
     member = _HostileMember(GOOD_STATUS, {"workers": [
         {**row, "worker": "w-old"}, {**row, "worker": "w-any", "names": "any"},
-        {**row, "worker": "w-list", "names": ["b", "a", "c", "d", "e", "f"], "names_more": 14}]})
+        {**row, "worker": "w-list", "names": ["b", "a", "c", "d", "e", "f"], "names_more": 14},
+        {**row, "worker": "w-lookalike", "names": ["any", "x and 9 more"], "names_more": 0}]})
     _two_member_ring(first, member, f"http://127.0.0.1:{free_port()}")
     api = Http(first.url)
     try:
@@ -608,6 +610,8 @@ def test_a_members_workers_show_their_names_and_an_older_member_says_nothing(mak
         assert "<td>-</td>" in _row_of(html, "w-old")
         assert "<td>any</td>" in _row_of(html, "w-any")
         assert ">b, a, c, d, e and 15 more</td>" in _row_of(html, "w-list")
+        # A declared name that reads like the row's own words is quoted (audit review27).
+        assert ">&#34;any&#34;, &#34;x and 9 more&#34;</td>" in _row_of(html, "w-lookalike")
     finally:
         api.close()
         member.close()

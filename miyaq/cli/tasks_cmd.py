@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import ConfigError, InvalidField, MiyaqError
 from ..logs import escape_controls
+from ..protocol.name_labels import name_label
 from .answers import reading
 from .connect import add_client_options as _connect_option
 from .connect import client as _connected
@@ -246,7 +247,9 @@ def _task_names(row: dict[str, Any]) -> str:
     says them (``names``, ``names_more``; docs/http.md, ``GET /workers``):
     ``any``; the first :data:`NAMES_SHOWN` and how many more; ``none``
     (it declared an empty list); ``-`` from a
-    node that does not say; ``?`` for a value no node sends."""
+    node that does not say; ``?`` for a value no node sends. A declared
+    name that could be read as one of these, or as the list's own commas
+    and marks, is quoted (:func:`~miyaq.protocol.name_labels.name_label`)."""
     names, more = row.get("names"), row.get("names_more", 0)
     if names is None:
         return "-"
@@ -257,7 +260,8 @@ def _task_names(row: dict[str, Any]) -> str:
     if not names and not more:
         return "none"                   # READY names_only with no names: the console says so too
     more += max(0, len(names) - NAMES_SHOWN)
-    return _shown(",".join(names[:NAMES_SHOWN]) + (f" and {more} more" if more > 0 else ""))
+    shown = ",".join(name_label(n) for n in names[:NAMES_SHOWN])
+    return _shown(shown + (f" and {more} more" if more > 0 else ""))
 
 
 def _handshake_lines(security: dict[str, Any]) -> list[str]:

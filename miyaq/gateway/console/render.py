@@ -18,6 +18,7 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from ...errors import NotFound
+from ...protocol.name_labels import name_label
 from ...protocol.recordspec import MAX_TIME
 from ...runtime import wall
 from ..request import Response
@@ -100,13 +101,14 @@ def _task_names(worker: dict[str, Any]) -> str:
     """A worker's task names as its row shows them: ``any``, the first
     :data:`NAMES_ON_PAGE` and how many more (its ``names`` and
     ``names_more``), ``none`` for an empty list, ``-`` when its node did not
-    say (a member of before 2026-12-07)."""
+    say (a member of before 2026-12-07); a name that could be read as one
+    of these, or as the list's own marks, quoted (``name_label``)."""
     names = worker.get("names")
     if names is None:
         return "-"
     if not isinstance(names, list):
         return str(names)       # "any" (peer_answers lets nothing else through)
-    shown = [n if len(n) <= NAME_CHARS else n[:NAME_CHARS - 1] + "\u2026" for n in names[:NAMES_ON_PAGE]]
+    shown = [name_label(n if len(n) <= NAME_CHARS else n[:NAME_CHARS - 1] + "\u2026") for n in names[:NAMES_ON_PAGE]]
     more = len(names) - len(shown) + (worker.get("names_more") or 0)
     return (", ".join(shown) or "none") + (f" and {more} more" if more > 0 else "")
 
