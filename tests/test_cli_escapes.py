@@ -82,11 +82,12 @@ def test_the_node_status_table_escapes_a_workers_id_and_pool(hostile, capsys):
     status`` printed them raw in its workers table: the cursor went up a
     line and erased it, the rest of the screen turned red. Now the row holds
     them escaped, and the table has one row for the one worker. The task
-    name it declared (a row of its own forged in it) is escaped too."""
+    name it declared (a row of its own forged in it) is escaped too, and
+    quoted (it is no plain name)."""
     lines = printed(capsys, "status", *hostile)
     rows = [line for line in lines if escaped(WORKER) in line]
     assert len(rows) == 1 and escaped(POOL) in rows[0], lines
-    assert rows[0].endswith(f"qz  {escaped(NAME)}"), rows[0]
+    assert rows[0].endswith(f'qz  "{escaped(NAME)}"'), rows[0]
     assert not any(line.startswith("fake-worker") for line in lines)
 
 

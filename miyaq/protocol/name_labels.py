@@ -6,14 +6,16 @@ A worker declares any names its app has (up to 256 characters each:
 docs/protocol.md, 7.1), so a name can be ``any``, ``none`` or ``-`` (what
 a row says for "every name", "an empty list", "the node did not say"),
 contain the list's comma, ``and 99 more``, or a double space and
-``STOPPING`` (the mark of a stopping worker). Such a name is shown as a
-JSON string -- ``"any"``, ``"x  STOPPING"`` -- and a plain one (letters,
-digits and ``_ . : -``, like a Python function's dotted path) as it is.
-Control characters are the caller's to escape, as for every field.
+``STOPPING`` (the mark of a stopping worker). Such a name is shown in
+double quotes -- ``"any"``, ``"x  STOPPING"`` -- a quote or backslash in
+it escaped by a backslash, and a plain one (letters, digits and
+``_ . : -``, like a Python function's dotted path) as it is. Control
+characters are the caller's to escape, as for every field of its rows
+(``miyaq status`` writes them as ``\x1b``; the console's page as they are,
+HTML-escaped).
 """
 from __future__ import annotations
 
-import json
 import re
 
 _PLAIN = re.compile(r"[A-Za-z0-9_.:\-]+\Z")
@@ -22,7 +24,7 @@ RESERVED = frozenset({"any", "none", "-", "?"})
 
 
 def name_label(name: str) -> str:
-    """``name`` as a row shows it: itself when plain, else quoted (JSON)."""
+    """``name`` as a row shows it: itself when plain, else in double quotes."""
     if _PLAIN.match(name) and name not in RESERVED:
         return name
-    return json.dumps(name, ensure_ascii=False)
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
