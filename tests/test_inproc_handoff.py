@@ -9,6 +9,7 @@ import pytest
 
 from miyaq.cluster import handoff as handoff_pass
 from miyaq.cluster import handoff_slices as handoff_module
+from miyaq.cluster import sync as sync_module
 from miyaq.cluster.handoff import Handoff
 from miyaq.cluster.peer_requests import QUERY
 from miyaq.constants import HANDOFF_CONFIRM_TIMEOUT, HANDOFF_LAG_RETRY, HANDOFF_RETRY, QUERY_TIMEOUT
@@ -146,7 +147,7 @@ def test_a_task_a_new_holder_already_finished_is_finished_on_every_new_holder(in
     assert worker.times(tid) == 1 and not cluster.crashes()
 
 
-def test_a_task_dead_lettered_before_its_handed_off_copy_arrived_stays_dead_there(inproc):
+def test_a_task_dead_lettered_before_its_handed_off_copy_arrived_stays_dead_there(inproc, monkeypatch):
     """Fault: a ring change moves a running task's second copy to a joining
     node, and the handoffs to it are held on the wire. Meanwhile the task
     fails for good on its runner (``Reject``): the runner dead-letters it and
@@ -154,7 +155,10 @@ def test_a_task_dead_lettered_before_its_handed_off_copy_arrived_stays_dead_ther
     copies arrive, the joining node's copy must be dead too: before, it came
     back live as a standby and, once the runner was gone (a chaos kill run
     killed it 2.5 s later), ran the rejected task again. Standby copies wait
-    an hour here: none asks on its own."""
+    an hour here: none asks on its own. n4's resync (its SYNC's answer held)
+    fails at its timeout before the new ring is settled: 1 s here instead of
+    ``RESYNC_TIMEOUT``'s 5 s, waited out for nothing."""
+    monkeypatch.setattr(sync_module, "RESYNC_TIMEOUT", 1.0)
     cluster = inproc(4, ring=OLD, replicas=2, replica_offset=3600.0)
     for tid in (cluster.task_id() for _ in range(5000)):
         old = cluster.holders(tid)
