@@ -56,9 +56,11 @@ def _restarted_first_holder_without_the_keys_outcome(inproc, tmp_path, monkeypat
     """``ida`` of K run and finished while h0 was down; h0 restarted and
     back on the ring with itself, every node on that ring, the old holders'
     handoff of ``ida``'s outcome to h0 held. Returns (cluster, key, h0, h1,
-    h2, the held rule)."""
+    h2, the held rule). h0, restarted outside the ring, reconciles until its
+    ``reconcile_timeout``: 1 s here instead of the in-process cluster's 3 s,
+    waited out for nothing."""
     monkeypatch.setattr("miyaq.cluster.sync.RESYNC_STONES", 0)     # ida is older than the resync's newest
-    cluster = inproc(3, replicas=2, data_dir=str(tmp_path), fsync="never", **settings)
+    cluster = inproc(3, replicas=2, data_dir=str(tmp_path), fsync="never", reconcile_timeout=1.0, **settings)
     key, h0, h1, h2 = _key(cluster, larger_first)
     kept = cluster.submit(h0, cluster.task_led_by(h0, replicas=2), countdown=3600)
     cluster.wait_until(lambda: kept.result, what="a delayed task in h0's log")
@@ -170,7 +172,8 @@ def test_a_handed_off_task_of_the_key_wins_over_a_copy_still_asking_about_it(inp
     ``idb`` ran. Now ``idb``'s copy, still asking, gives way: it ends a
     duplicate of ``ida``, which keeps running on h1."""
     monkeypatch.setattr("miyaq.cluster.sync.RESYNC_STONES", 0)
-    cluster = inproc(3, replicas=2, data_dir=str(tmp_path), fsync="never", default_timeout=60.0)
+    cluster = inproc(3, replicas=2, data_dir=str(tmp_path), fsync="never", default_timeout=60.0,
+                     reconcile_timeout=1.0)           # as above: h0's reconcile ends at its timeout
     key, h0, h1, _h2 = _key(cluster)
     kept = cluster.submit(h0, cluster.task_led_by(h0, replicas=2), countdown=3600)
     cluster.wait_until(lambda: kept.result, what="a delayed task in h0's log")
