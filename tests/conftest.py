@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 
 import pytest
 
@@ -26,16 +25,20 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (TESTS_DIR, os.environ.get
 
 # The tests start many Python processes (nodes, workers, the CLI, the
 # documentation's commands). In an environment that sets
-# PYTHONDONTWRITEBYTECODE (some CI images and sandboxes do) each of them
-# compiled every module of miyaq it imports from source again: a node's
-# imports took 0.40 s of CPU instead of 0.21 s, and test_cli.py,
-# test_stop_signals.py and three documentation pages 42-45 s of CPU instead
-# of 30. The processes the tests start keep their bytecode in a cache of
-# their own outside the checkout (no __pycache__ appears in it or in a
-# test's directory); the test process's own modules are imported already.
-if os.environ.get("PYTHONDONTWRITEBYTECODE") and not os.environ.get("PYTHONPYCACHEPREFIX"):
-    del os.environ["PYTHONDONTWRITEBYTECODE"]
-    os.environ["PYTHONPYCACHEPREFIX"] = os.path.join(tempfile.gettempdir(), f"miyaq-tests-pycache-{os.getuid()}")
+# PYTHONDONTWRITEBYTECODE (some CI images and sandboxes do) none of them
+# writes bytecode, and each compiled every module of miyaq it imports from
+# source again: a node's imports took 0.40 s of CPU instead of 0.21 s. The
+# bytecode of miyaq and of the tests' apps is written here, once, beside
+# their sources (as any import would without the variable; a module already
+# compiled is skipped); everything else still writes none, so a module a
+# test writes and imports is never read from a stale cache.
+if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+    import compileall
+
+    import miyaq
+
+    for _tree in (os.path.dirname(miyaq.__file__), os.path.join(TESTS_DIR, "apps")):
+        compileall.compile_dir(_tree, quiet=1)
 
 
 def _run_order(item) -> int:
