@@ -10,7 +10,6 @@ session-wide server other tests share.
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
 from cluster_harness import Cluster
@@ -131,7 +130,10 @@ def test_restart_brings_back_no_task_handed_off_and_finished_elsewhere(procs, ow
     all_nodes = client_for(",".join(cluster.endpoints()))
     for task_id in moved:
         assert all_nodes.cancel(task_id)
-    time.sleep(4)          # past result_ttl: the tombstones on n1 and n2 expire
+    # Past result_ttl: the tombstones on n1 and n2 expire (a wait for that,
+    # not a fixed 4 s).
+    wait_for(lambda: all(cluster.holds(n, t) is None for n in ("n1", "n2") for t in moved), timeout=30,
+             interval=0.2, what="the cancelled tasks' tombstones expired on n1 and n2")
     assert cluster.nodes["n0"].terminate(30) == 0
     cluster.clients["n0"].close(flush=False)
     cluster.start_node("n0", *extra, "--data-dir", data["n0"], port=ports["n0"])
