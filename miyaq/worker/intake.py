@@ -14,11 +14,10 @@ from typing import Any, Callable
 
 from ..logs import LogLimiter
 from ..protocol import commands as c
-from ..protocol.taskspec import MAX_ID_CHARS
 from ..runtime import monotonic
 from .config import OVER_CAPACITY
 from .execute import Interrupted, TaskAborted
-from .jobs import Backlog, Job, reportable, well_formed
+from .jobs import Backlog, Job, reportable, returnable_ids, well_formed
 from .link import NodeLink
 from .reports import Reports
 from .routing import Routes
@@ -53,8 +52,7 @@ class Intake:
             # Sent before the node read our stop (or by a node that ignores it):
             # given back, saying again that this worker is stopping -- only the
             # ids a node takes (one it refused would refuse the whole RETURN).
-            link.say_stopping([d[0] for d in deliveries if isinstance(d, list) and d
-                               and isinstance(d[0], str) and 0 < len(d[0]) <= MAX_ID_CHARS])
+            link.say_stopping(returnable_ids(deliveries))
             return
         malformed = 0
         over: list[str] = []

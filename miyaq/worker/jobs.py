@@ -127,6 +127,14 @@ def reportable(d: Any) -> bool:
             and type(d[4]) is int and d[4] >= 0)
 
 
+def returnable_ids(deliveries: list[Any]) -> list[str]:
+    """The ids of ``deliveries`` a RETURN may name: each a str of 1-64
+    characters (a node refuses a whole RETURN for one it would not take);
+    a delivery naming none is left out, and its lease runs out at its node."""
+    return [d[0] for d in deliveries
+            if isinstance(d, list) and d and isinstance(d[0], str) and 0 < len(d[0]) <= MAX_ID_CHARS]
+
+
 def current(running: "dict[str, Job]", job: "Job") -> bool:
     """Is ``job`` the attempt of its task that ``running`` holds (not an
     earlier one that was leased again while it ran)?"""

@@ -45,11 +45,11 @@ from ..errors import BadFrame, MiyaqError, UnknownCommand
 from ..logs import LogLimiter
 from ..protocol import codec
 from ..protocol import commands as c
-from ..protocol.taskspec import MAX_ID_CHARS
 from ..runtime import green, monotonic
 from ..runtime.sockets import SocketFactory, zmq
 from .config import (BEAT_EARLY, HUNG_NODE_LIVENESS, LIVENESS, MAX_INBOUND_MESSAGE, MAX_NODE_LIVENESS,
                      MAX_RESULT_BYTES, NODE_HEARTBEAT_RANGE, RESULT_MESSAGE_SLACK)
+from .jobs import returnable_ids
 from .link_socket import LinkSocket
 from .link_watch import LinkWatch
 from .outbox import Outbox
@@ -281,8 +281,7 @@ class NodeLink(LinkSocket):
         leases them to this worker leases them again, one that dropped it
         answers RECONNECT, and it registers again. Malformed ids are left
         out; the node's lease of those runs out."""
-        ids = [d[0] for d in deliveries
-               if isinstance(d, list) and d and isinstance(d[0], str) and 0 < len(d[0]) <= MAX_ID_CHARS]
+        ids = returnable_ids(deliveries)
         self.stale_dispatches += len(ids)
         _log.warning("stale dispatch", "node %s: a DISPATCH of %d task(s) came %.1fs late, after a silence longer "
                      "than the %.1fs the node waits for a worker: it may have leased them again; given back "
