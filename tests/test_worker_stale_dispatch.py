@@ -116,3 +116,48 @@ def test_a_late_dispatch_on_a_busy_link_that_never_went_silent_runs(node, thread
     dispatch(node, delivery("t1", "nap", 0.0), sent=node_clock() - 30.0)    # 30 s in a queue
     wait_for(lambda: node.pump() or "t1" in node.done, what="t1 run")
     assert link.stale_dispatches == 0 and not node.returned
+
+
+def test_a_task_given_back_as_late_and_sent_again_by_a_node_that_kept_the_worker_runs(node, thread_worker,
+                                                                                       monkeypatch) -> None:
+    """Fault: a DISPATCH that takes longer than the node's patience to cross
+    the link (one task of 1 MiB on a link under 2.8 Mbit/s; heartbeat 1 s,
+    liveness 3) leaves the worker hearing nothing while it streams -- the
+    node's heartbeats wait behind it -- and arrives late after that silence,
+    as one held in a cut does. Given back, it was leased again to the same
+    worker and came as late again: a livelock, the task never ran (a
+    loopback relay at 100 kB/s, 200 kB task, heartbeat 0.1 s: 12 RETURNs in
+    25 s, no run). The node kept the worker through it (one that dropped it
+    answers its RETURN with RECONNECT, and it registers again): an id this
+    link gave back since its last WELCOME, sent again, runs whatever its
+    lag; a new id in the same late DISPATCH is still given back."""
+    worker, link = stamped_worker(node, thread_worker, monkeypatch)
+    sent_before = node_clock()
+    silence(node, link)
+    dispatch(node, delivery("big", "nap", 0.0), sent=sent_before)
+    wait_for(lambda: node.pump() or node.returned, what="big given back")
+    sent_before = node_clock()
+    silence(node, link)             # the node sent it again, and it streamed as long
+    dispatch(node, delivery("big", "nap", 0.0), delivery("new", "nap", 0.0), sent=sent_before)
+    wait_for(lambda: node.pump() or "big" in node.done, what="big run the second time it came late")
+    assert [r["ids"] for r in node.returned] == [["big"], ["new"]]     # each given back once
+    assert "new" not in node.done and link.stale_dispatches == 2
+
+
+def test_after_the_node_welcomed_the_worker_again_a_task_it_gave_back_is_given_back_again(node, thread_worker,
+                                                                                          monkeypatch) -> None:
+    """What a link gave back as late counts only until the node welcomes the
+    worker again: a node that took the worker for lost answered its RETURN
+    (or heartbeat) with RECONNECT, and the leases before are gone. The same
+    id, late again after a later silence, is given back again."""
+    worker, link = stamped_worker(node, thread_worker, monkeypatch)
+    for round_ in range(2):
+        if round_:
+            node.send([c.TAG, c.WELCOME, pack({"node": "n0", "heartbeat": 0.05, "liveness": 3})])
+            for _ in range(3):
+                beat(node)      # the transit is measured afresh after a WELCOME
+        sent_before = node_clock()
+        silence(node, link)
+        dispatch(node, delivery("t1", "nap", 0.0), sent=sent_before)
+        wait_for(lambda: node.pump() or len(node.returned) > round_ or "t1" in node.done, what="t1 given back")
+    assert [r["ids"] for r in node.returned] == [["t1"], ["t1"]] and "t1" not in node.done

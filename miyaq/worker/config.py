@@ -143,6 +143,11 @@ LIVENESS = 3
 #: silence a node may have taken this worker for lost, and a DISPATCH sent
 #: before such a silence is given back (:mod:`miyaq.worker.transit`).
 MAX_NODE_LIVENESS = 100
+#: The most task ids a link remembers giving back as late (a DISPATCH sent
+#: before such a silence): one of them sent again by a node that kept this
+#: worker runs (:meth:`miyaq.worker.link.NodeLink._stale_dispatch`). The
+#: oldest are forgotten first; a WELCOME forgets them all.
+MAX_LATE_IDS = 10_000
 #: A node silent for ``HUNG_NODE_LIVENESS × heartbeat × LIVENESS`` seconds
 #: (30 s at the default heartbeat) while its connection stays up -- its
 #: libzmq answers ZeroMQ's heartbeats, its Python never answers the worker --

@@ -47,7 +47,7 @@ from ..protocol import codec
 from ..protocol import commands as c
 from ..runtime import green, monotonic
 from ..runtime.sockets import SocketFactory, zmq
-from .config import (BEAT_EARLY, HUNG_NODE_LIVENESS, LIVENESS, MAX_INBOUND_MESSAGE, MAX_NODE_LIVENESS,
+from .config import (BEAT_EARLY, HUNG_NODE_LIVENESS, LIVENESS, MAX_INBOUND_MESSAGE, MAX_LATE_IDS, MAX_NODE_LIVENESS,
                      MAX_RESULT_BYTES, NODE_HEARTBEAT_RANGE, RESULT_MESSAGE_SLACK)
 from .jobs import returnable_ids
 from .link_socket import LinkSocket
@@ -79,6 +79,8 @@ class NodeLink(LinkSocket):
         self.transit = Transit()    # how late the node's stamped messages come (a DISPATCH sent long ago)
         self.silence_ended = float("-inf")    # when the last silence past node_drop_after ended (monotonic)
         self.stale_dispatches = 0   # tasks given back because their DISPATCH came so late
+        # The ids given back so since the node last welcomed this worker (oldest first; at most MAX_LATE_IDS).
+        self.late_ids: dict[str, None] = {}
         # Monotonic time until which a RECONNECT answers a message sent before
         # our last READY (None: no READY awaits its WELCOME): see _on_reconnect.
         self.welcome_due: float | None = None
@@ -280,7 +282,27 @@ class NodeLink(LinkSocket):
         tasks twice so). Given back unstarted (RETURN): a node that still
         leases them to this worker leases them again, one that dropped it
         answers RECONNECT, and it registers again. Malformed ids are left
-        out; the node's lease of those runs out."""
+        out; the node's lease of those runs out.
+
+        A task this link gave back so since the node's last WELCOME, sent
+        again, runs: the node kept this worker (no RECONNECT, no WELCOME
+        since), so its lease is this worker's. A DISPATCH that takes longer
+        than the node's patience to cross a slow link (a 1 MiB task under
+        2.8 Mbit/s at the default heartbeat) comes after such a silence each
+        time -- the node's heartbeats wait behind it -- and was given back
+        for ever (review28)."""
+        again: list[Any] = []
+        late: list[Any] = []
+        for d in deliveries:
+            known = isinstance(d, list) and d and isinstance(d[0], str) and d[0] in self.late_ids
+            (again if known else late).append(d)
+        if again:
+            self.worker.accept(self, again, self.last_heard)     # each checked there (twice in it: reported)
+            for d in again:
+                self.late_ids.pop(d[0], None)
+        if not late:
+            return
+        deliveries = late
         ids = returnable_ids(deliveries)
         self.stale_dispatches += len(ids)
         _log.warning("stale dispatch", "node %s: a DISPATCH of %d task(s) came %.1fs late, after a silence longer "
@@ -288,6 +310,11 @@ class NodeLink(LinkSocket):
                      "unstarted (%d so far)", self.endpoint, len(deliveries), lag, self.node_drop_after,
                      self.stale_dispatches)
         if ids:
+            for task_id in ids:
+                self.late_ids.pop(task_id, None)
+                self.late_ids[task_id] = None
+            while len(self.late_ids) > MAX_LATE_IDS:
+                del self.late_ids[next(iter(self.late_ids))]
             self.send(c.RETURN, {"ids": ids})
 
     def _talking_to_itself(self) -> None:
@@ -351,3 +378,4 @@ class NodeLink(LinkSocket):
         beats = min(liveness, MAX_NODE_LIVENESS) if type(liveness) is int and liveness >= 1 else LIVENESS
         self.node_drop_after = self.heartbeat * beats
         self.transit.reset()        # a node welcoming this worker again may be another process
+        self.late_ids.clear()       # it dropped this worker (RECONNECT) or is another: those leases are gone
