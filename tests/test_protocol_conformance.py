@@ -420,3 +420,26 @@ def test_a_retry_delay_past_30_days_is_30_days_not_the_backoff(doc):
     assert nack["ok"] is False          # accepted as a NACK (not leased to this consumer), not refused
     worker.close()
     producer.close()
+
+
+def test_the_node_stamps_dispatch_and_heartbeat_with_its_monotonic_clock_as_section_7_3_says(doc):
+    """Fault simulated: a node that stops stamping ``sent`` (7.2, 7.3). The
+    worker then measures no lag and runs a DISPATCH a network cut held past
+    the node's patience: the stale-DISPATCH give-back silently gone, and
+    every worker test still passing (their played nodes stamp for
+    themselves). A real node's DISPATCH and HEARTBEAT each carry a number
+    on its monotonic clock (the node runs in this process: the same
+    clock), taken when it sent them."""
+    from miyaq.runtime import monotonic
+    before = monotonic()
+    producer = doc.dealer()
+    assert doc.submit(producer, {"id": "conf-sent", "name": "add", "body": body_of(doc, 1, 2),
+                                 "queue": "sent"}) == "conf-sent"
+    sock = register(doc, "conf-stamped", ["sent"])
+    seen: dict[bytes, float] = {}
+    while len(seen) < 2:
+        command, body = doc.receive(sock)
+        if command in (b"DISPATCH", b"HEARTBEAT") and command not in seen:
+            assert type(body["sent"]) is float, (command, body)
+            assert before <= body["sent"] <= monotonic(), (command, body["sent"], before)
+            seen[command] = body["sent"]

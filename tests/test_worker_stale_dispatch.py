@@ -161,3 +161,22 @@ def test_after_the_node_welcomed_the_worker_again_a_task_it_gave_back_is_given_b
         dispatch(node, delivery("t1", "nap", 0.0), sent=sent_before)
         wait_for(lambda: node.pump() or len(node.returned) > round_ or "t1" in node.done, what="t1 given back")
     assert [r["ids"] for r in node.returned] == [["t1"], ["t1"]] and "t1" not in node.done
+
+
+def test_a_node_that_welcomes_the_worker_again_on_another_clock_is_measured_afresh(node, thread_worker,
+                                                                                   monkeypatch) -> None:
+    """Fault simulated: the node restarted on another host after a silence
+    (its monotonic clock 2,000 s behind the last one's) and welcomed the
+    worker again. Measured against the old clock's messages, each of its
+    messages seemed 2,000 s late, after a silence: every DISPATCH given back
+    for up to two windows (two minutes). A WELCOME starts the measure
+    afresh, and the new node's DISPATCH runs."""
+    worker, link = stamped_worker(node, thread_worker, monkeypatch)
+    silence(node, link)
+    node.send([c.TAG, c.WELCOME, pack({"node": "n0", "heartbeat": 0.05, "liveness": 3})])
+    node.send([c.TAG, c.HEARTBEAT, pack({"node": "n0", "sent": node_clock() - 2000.0})])
+    dispatch(node, delivery("t1", "nap", 0.0), sent=node_clock() - 2000.0)
+    wait_for(lambda: node.pump() or "t1" in node.done or node.returned, what="t1 run or given back")
+    assert not node.returned
+    wait_for(lambda: node.pump() or "t1" in node.done, what="t1 run")
+    assert link.stale_dispatches == 0

@@ -46,3 +46,17 @@ def test_after_a_reset_the_next_message_is_the_quickest():
     transit.lag(10.0, 10.0)
     transit.reset()
     assert transit.lag(10.0, 30.0) == 0.0
+
+
+def test_a_late_message_that_opens_a_window_still_lags():
+    """Fault simulated: the window before is forgotten when a new one opens.
+    The first message of each window then is its own base: one held 5 s on
+    its way that happens to open a window lags nothing, and a DISPATCH a
+    network cut held is run. The quickest of the window before still
+    counts."""
+    transit = Transit()
+    base = -300.0
+    transit.lag(base + 10.0, 10.0)
+    assert transit.lag(base + 20.0, 20.001) < 0.01
+    late = transit.lag(base + 10.0 + WINDOW, 15.0 + WINDOW + 1.0)    # opens the next window, held 6 s
+    assert math.isclose(late, 6.0)
