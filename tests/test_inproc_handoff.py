@@ -700,3 +700,31 @@ def test_an_answer_from_a_holder_with_no_time_of_its_own_leaves_another_holder_s
     handoff.retry(monotonic())
     assert cluster.net.messages("REPLICATE", src="n1", dst="n3", task=owed), "n3's quick retry did not come"
     handoff.leaving.clear()
+
+
+def test_an_answer_from_a_holder_whose_quick_retry_is_ahead_brings_the_round_to_that_time_not_now(inproc):
+    """Fault simulated (review28, a mutation of fafa284 no test caught): a
+    holder with a chunk on its way and its own quick retry 0.4 s ahead (the
+    chunks before could not go), the next round planned ``HANDOFF_RETRY``
+    on. Its answer must bring the round to the holder's time, not to now:
+    a round at once finds that holder not due yet, plans the next a whole
+    ``HANDOFF_RETRY`` later, and its copies wait 5 s instead of 0.4 s."""
+    cluster = inproc(2, ring=["n1", "n2"], replicas=2)
+    handoff = cluster["n1"].role.handoff
+    owed = cluster.task_id()
+    sub = cluster.submit("n1", owed, countdown=300)
+    cluster.wait_until(lambda: sub.status == "accepted", what="the task stored on its holders")
+    now = monotonic()
+    handoff.leaving[owed] = {"n2"}                   # a copy that could not go
+    handoff.leaving["on-its-way"] = {"n2"}
+    retry = handoff._retry_of("n2")
+    retry.awaiting, retry.not_before = 1, now + 0.4
+    handoff.next_retry = now + HANDOFF_RETRY
+    answered = handoff._callback("n2", ["on-its-way"], retry, [])
+    answered({"ids": ["on-its-way"], "epoch": cluster["n1"].role.view.epoch})
+    assert handoff.next_retry == now + 0.4, "the answer did not bring the round to n2's own time"
+    handoff.retry(monotonic())                      # not due yet: nothing happens
+    cluster.advance(0.5)
+    handoff.retry(monotonic())
+    assert cluster.net.messages("REPLICATE", src="n1", dst="n2", task=owed), "n2's quick retry did not come"
+    handoff.leaving.clear()
