@@ -180,3 +180,19 @@ def test_a_node_that_welcomes_the_worker_again_on_another_clock_is_measured_afre
     assert not node.returned
     wait_for(lambda: node.pump() or "t1" in node.done, what="t1 run")
     assert link.stale_dispatches == 0
+
+
+def test_a_late_dispatch_s_give_back_names_only_ids_a_node_takes(node, thread_worker, monkeypatch) -> None:
+    """Fault simulated (review28: a mutation of ``jobs.returnable_ids`` that
+    let an empty id or one over 64 characters through passed every test): a
+    late DISPATCH holding such an id beside a good one. A node refuses a
+    whole RETURN for one id it would not take (``fields.string_list``), and
+    the good one's lease would run out rather than go back; the RETURN
+    names the good one only."""
+    worker, link = stamped_worker(node, thread_worker, monkeypatch)
+    sent_before = node_clock()
+    silence(node, link)
+    dispatch(node, delivery("x" * 65, "nap", 0.0), delivery("", "nap", 0.0), delivery("t1", "nap", 0.0),
+             sent=sent_before)
+    wait_for(lambda: node.pump() or node.returned, what="the late DISPATCH given back")
+    assert [r["ids"] for r in node.returned] == [["t1"]]
