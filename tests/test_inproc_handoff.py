@@ -382,6 +382,99 @@ def test_copies_that_could_not_be_sent_to_a_joining_node_go_again_soon_not_after
     assert not cluster.crashes()
 
 
+def test_a_pass_whose_last_slices_send_the_joining_node_nothing_keeps_the_quick_retry_its_failed_sends_asked_for(
+        inproc, monkeypatch):
+    """Fault: the pass that follows a node's joining sends before the old
+    nodes' links to it are connected; with slices of 3 tasks, the callbacks
+    of the failed sends run while the pass is still under way and plan a
+    quick retry (``Handoff._soon``: ``next_retry``, and the joining node's
+    own ``not_before``). The last slices of each sender's pass hold only
+    tasks the ring change did not move, so nothing sets the quick retry
+    again after the pass: a pass that pushed it back (planning the next try
+    ``HANDOFF_RETRY`` after its end, or starting the joining node's wait at
+    its end) would leave the copies where they are for 5 s.
+    (test_copies_that_could_not_be_sent_to_a_joining_node_go_again_soon_not_after_a_timeout
+    could not tell: there the last slice's failed sends ask for the quick
+    retry again once the pass ended.) The links come up when a sender's
+    pass ends: the quick retry lands the copies."""
+    monkeypatch.setattr(handoff_module, "HANDOFF_SLICE", 3)
+    monkeypatch.setattr(handoff_module, "_let_others_run", lambda: green.sleep(0.02))
+    cluster = inproc(4, ring=OLD, replicas=2)
+    tids = _submit_many(cluster, 30)
+    cluster.wait_until(lambda: all(_copies(cluster, t) == sorted(cluster.holders(t)) for t in tids),
+                       what="every task on both its holders")
+    joined = cluster.script.view(ALL)
+    moved = [t for t in tids if "n4" in [m.node_id for m in joined.holders(t, 2)]]
+    assert moved, "some tasks must move to the joining node"
+    # Then, last in every old node's table, tasks the ring change leaves where they are.
+    unmoved: list[str] = []
+    for _ in range(1000):
+        if all(sum(n in cluster.holders(t) for t in unmoved) >= 6 for n in OLD):
+            break
+        tid = cluster.task_id()
+        if [m.node_id for m in joined.holders(tid, 2)] == cluster.holders(tid):
+            unmoved.append(tid)
+    subs = [cluster.submit(cluster.holders(t)[0], t, countdown=300) for t in unmoved]
+    cluster.wait_until(lambda: all(s.status == "accepted" for s in subs)
+                       and all(_copies(cluster, t) == sorted(cluster.holders(t)) for t in unmoved),
+                       what="the unmoved tasks on both their holders")
+    for node_id in OLD:     # the unmoved tasks fill at least two slices at the end of each table
+        assert set(list(cluster[node_id].engine.table.live)[-6:]) <= set(unmoved), node_id
+
+    in_pass: set[str] = set()
+    failed: dict[str, int] = {}
+    after_pass: dict[str, dict[str, Any]] = {}
+    for node_id in OLD:
+        link = cluster[node_id].role.peer
+        send = link._send_request
+
+        def not_connected_yet(dst: str, frames: list[bytes], send=send, src=node_id) -> bool:
+            if dst == "n4" and src in in_pass:
+                failed[src] = failed.get(src, 0) + 1
+                return False
+            return send(dst, frames)
+        monkeypatch.setattr(link, "_send_request", not_connected_yet)
+        handoff = cluster[node_id].role.handoff
+        run = handoff.run
+
+        def first_pass_unlinked(run=run, handoff=handoff, src=node_id) -> int:
+            # The links to the joining node are down for the sender's first pass only.
+            first = src not in after_pass
+            if first:
+                in_pass.add(src)
+            try:
+                return run()
+            finally:
+                if first:
+                    in_pass.discard(src)
+                    retry = handoff.retries.get("n4")
+                    after_pass[src] = {"next_retry": handoff.next_retry, "last_run": handoff.last_run,
+                                       "not_before": retry and retry.not_before,
+                                       "awaiting": retry and retry.awaiting, "failed": failed.get(src, 0)}
+        monkeypatch.setattr(handoff, "run", first_pass_unlinked)
+
+    epoch = cluster.publish(ALL)
+    cluster.wait_until(lambda: set(after_pass) >= set(OLD), what="every old node's first pass over")
+    senders = {n for n, seen in after_pass.items() if seen["failed"]}
+    assert senders, "some old node must hand tasks to the joining node"
+    for node_id in senders:
+        seen = after_pass[node_id]
+        # Every failed send's callback ran within the pass (none after it to plan the retry again) ...
+        assert seen["awaiting"] == 0, (node_id, seen)
+        # ... and the pass kept the quick retry they asked for, for the joining node too.
+        assert seen["next_retry"] <= seen["last_run"] + HANDOFF_LAG_RETRY, (node_id, seen)
+        assert seen["not_before"] <= seen["last_run"] + HANDOFF_LAG_RETRY, (node_id, seen)
+    cluster.wait_until(lambda: cluster.settled(epoch), what="every node on the new ring")
+
+    cluster.advance(HANDOFF_LAG_RETRY)
+    for tid in moved:
+        cluster.wait_until(lambda tid=tid: _copies(cluster, tid) == sorted(cluster.holders(tid)), timeout=3,
+                           what=f"{tid} on exactly its new holders within a quick retry")
+    cluster.wait_until(lambda: all(cluster[n].role.handoff.pending() == 0 for n in ALL), timeout=3,
+                       what="every sender's handoff confirmed")
+    assert not cluster.crashes()
+
+
 def test_a_resent_submit_stored_by_a_node_that_heard_the_dead_event_first_is_dead_there(inproc):
     """Fault: a task is dead-lettered on its runner while the ring change
     that made another node its second holder has not reached that node: the
