@@ -255,6 +255,47 @@ def test_a_profile_py_spy_did_not_write_is_an_error(tmp_path, monkeypatch, fault
     assert len(problems) == 1 and problems[0].startswith("py-spy on worker-0 wrote no profile"), problems
 
 
+# Ignores the SIGINT that should stop it (a py-spy stuck attaching); ready once it does, per --output.
+DEAF_PY_SPY = ("import signal, sys, time\nout = sys.argv[sys.argv.index('--output') + 1]\n"
+               "signal.signal(signal.SIGINT, signal.SIG_IGN)\nopen(out + '.ready', 'w').close()\ntime.sleep(60)\n")
+
+
+def test_recorders_that_ignore_sigint_are_waited_for_together_not_each_in_turn(tmp_path, monkeypatch):
+    """Fault: two py-spys do not stop on their SIGINT. ``Profilers.stop``
+    waits ``STOP_WAIT`` for them all, then kills both, each reported (before:
+    each had ``STOP_WAIT`` of its own, waited in turn -- a bench's ten
+    recorders that hung held the phase's end five minutes). Seen in what the
+    second wait is given, not in how long it took."""
+    from miyaq.bench import profile
+    fake = tmp_path / "py-spy"
+    fake.write_text(f"#!{sys.executable}\n{DEAF_PY_SPY}")
+    fake.chmod(0o755)
+    monkeypatch.setattr(profile, "find_py_spy", lambda: str(fake))
+    monkeypatch.setattr(profile, "STOP_WAIT", 1.0)
+    out = tmp_path / "prof"
+    out.mkdir()
+    profilers = profile.Profilers(str(out), "raw", "miyaq-bulk", {"worker-0": os.getpid(), "worker-1": os.getpid()})
+    profilers.start()
+    procs = list(profilers.procs)
+    waits: dict[str, list[float | None]] = {}
+    for name, proc in procs:
+        def communicate(timeout: float | None = None, name=name, real=proc.communicate):
+            waits.setdefault(name, []).append(timeout)
+            return real(timeout=timeout)
+        monkeypatch.setattr(proc, "communicate", communicate)
+    try:
+        wait_until("both fakes ignore SIGINT",
+                   lambda: all(os.path.exists(f"{p}.ready") for p in profilers.outputs.values()))
+        problems = profilers.stop()
+    finally:
+        for _, proc in procs:
+            proc.kill()
+            proc.wait()
+    assert sorted(problems) == [f"py-spy on worker-{i}: exit {-signal.SIGKILL}: " for i in (0, 1)], problems
+    # The first waited its time out (it timed out); nothing was left for the second.
+    assert 0.0 < waits["worker-0"][0] <= 1.0 and waits["worker-1"][0] == 0.0, waits
+
+
 def test_a_failing_py_spy_is_reported_by_its_error_line_not_its_backtrace():
     """Fault: py-spy exits 1 with a Rust backtrace after its error (a flame
     graph of no sample); the report quotes the ``Error:`` line."""
