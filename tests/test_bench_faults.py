@@ -243,16 +243,33 @@ def test_a_profile_py_spy_did_not_write_is_an_error(tmp_path, monkeypatch, fault
     out.mkdir()
     (out / "miyaq-bulk-worker-0.txt").write_text("an earlier run's stack 3\n")
     profilers = profile.Profilers(str(out), "raw", "miyaq-bulk", {"worker-0": os.getpid()}).start()
+    procs = list(profilers.procs)
     try:
-        deadline = time.monotonic() + 60
-        while not os.path.exists(f"{fake}.ready") and time.monotonic() < deadline:
-            time.sleep(0.02)   # until the fake has set its SIGINT handling
+        # Until the fake has set its SIGINT handling: a SIGINT before that is
+        # ignored when the suite runs as a background job, and the fake was
+        # then killed STOP_WAIT later -- an "exit -9" that hid a slow start
+        # (the wait used to end silently after 60 s and send it all the same).
+        wait_until("the fake py-spy set its SIGINT handling", lambda: os.path.exists(f"{fake}.ready"))
+        signals = _signal_state(procs[0][1].pid)    # for the message, should the fake not stop
+        started = time.monotonic()
         problems = profilers.stop()
+        took = time.monotonic() - started
     finally:
-        for _, proc in profilers.procs:
+        for _, proc in procs:
             proc.kill()
             proc.wait()
-    assert len(problems) == 1 and problems[0].startswith("py-spy on worker-0 wrote no profile"), problems
+    assert len(problems) == 1 and problems[0].startswith("py-spy on worker-0 wrote no profile"), \
+        (problems, f"stop() took {took:.1f}s; the fake at its SIGINT: {signals}")
+
+
+def _signal_state(pid: int) -> str:
+    """A process's state and signal masks (hex) from /proc: blocked, ignored, caught."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
+            return " ".join(line.strip().replace("\t", " ") for line in fh
+                            if line.startswith(("State:", "SigPnd:", "ShdPnd:", "SigBlk:", "SigIgn:", "SigCgt:")))
+    except OSError as exc:
+        return f"unreadable ({exc})"
 
 
 # Ignores the SIGINT that should stop it (a py-spy stuck attaching); ready once it does, per --output.
