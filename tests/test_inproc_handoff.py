@@ -382,8 +382,9 @@ def test_copies_that_could_not_be_sent_to_a_joining_node_go_again_soon_not_after
     assert not cluster.crashes()
 
 
+@pytest.mark.parametrize("quick_retries", [None, 1])
 def test_a_pass_whose_last_slices_send_the_joining_node_nothing_keeps_the_quick_retry_its_failed_sends_asked_for(
-        inproc, monkeypatch):
+        inproc, monkeypatch, quick_retries):
     """Fault: the pass that follows a node's joining sends before the old
     nodes' links to it are connected; with slices of 3 tasks, the callbacks
     of the failed sends run while the pass is still under way and plan a
@@ -396,9 +397,19 @@ def test_a_pass_whose_last_slices_send_the_joining_node_nothing_keeps_the_quick_
     (test_copies_that_could_not_be_sent_to_a_joining_node_go_again_soon_not_after_a_timeout
     could not tell: there the last slice's failed sends ask for the quick
     retry again once the pass ended.) The links come up when a sender's
-    pass ends: the quick retry lands the copies."""
+    pass ends: the quick retry lands the copies.
+
+    With the quick retries limited to one (``quick_retries``), the first
+    failed chunk takes the last quick retry. Before 2026-12-07 the pass's
+    later failed chunks then found them used up and took the joining node
+    for one that is down: its ``not_before`` went to ``HANDOFF_RETRY`` after
+    their failure, and the quick retry came and sent it nothing (with the
+    usual six, the sixth was lost so whenever a round sent a holder more
+    than one chunk)."""
     monkeypatch.setattr(handoff_module, "HANDOFF_SLICE", 3)
     monkeypatch.setattr(handoff_module, "_let_others_run", lambda: green.sleep(0.02))
+    if quick_retries is not None:
+        monkeypatch.setattr(handoff_pass, "HANDOFF_LAG_RETRIES", quick_retries)
     cluster = inproc(4, ring=OLD, replicas=2)
     tids = _submit_many(cluster, 30)
     cluster.wait_until(lambda: all(_copies(cluster, t) == sorted(cluster.holders(t)) for t in tids),

@@ -327,11 +327,15 @@ class Handoff(HandoffResends, HoldingCopies):
         one retry count once; a sweep pass starts no new ones); False, and
         nothing changed, once they are used up (a holder still unreachable
         then is taken for one that is down; :mod:`~miyaq.cluster.holder_retry`
-        says what this was before)."""
-        if self.lag_retries >= HANDOFF_LAG_RETRIES:
-            return False
+        says what this was before). A chunk of a round whose quick retry is
+        planned already is True even when that one was the last: before
+        2026-12-07 the round's other chunks that could not go found the
+        quick retries used up and made the holder wait ``HANDOFF_RETRY``
+        from their failure, so the last quick retry came and sent it nothing."""
         soon = monotonic() + HANDOFF_LAG_RETRY
         if soon < self.next_retry:
+            if self.lag_retries >= HANDOFF_LAG_RETRIES:
+                return False
             self.lag_retries += 1
             self.next_retry = soon
         retry = self.retries.get(holder)
