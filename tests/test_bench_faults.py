@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 from process_tree import alive, children_of
@@ -217,16 +218,20 @@ def test_bench_with_a_profile_path_that_is_a_file_exits_2_at_once(tmp_path):
 # Fake py-spys in Python, not sh: a test run by pytest-xdist inherits SIGINT
 # ignored, and a non-interactive shell can neither trap nor restore a signal
 # ignored on entry (the sh versions were killed by the SIGKILL after the wait).
+# Each also unblocks SIGINT, and says in its ready file whether it came
+# blocked (a whole-suite run once saw the "no sample" fake still running
+# STOP_WAIT after its SIGINT; a blocked SIGINT is one way, not confirmed).
+READY = ("import os\nblocked = signal.SIGINT in signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})\n"
+         "with open(sys.argv[0] + '.part', 'w') as fh:\n    fh.write('SIGINT blocked on entry' if blocked else '')\n"
+         "os.rename(sys.argv[0] + '.part', sys.argv[0] + '.ready')\ntime.sleep(60)\n")
 FAKE_PY_SPY = {
     # killed by the SIGINT that should stop it, before it could write (it had not attached yet)
-    "killed by SIGINT": ("import signal, sys, time\nsignal.signal(signal.SIGINT, signal.SIG_DFL)\n"
-                         "open(sys.argv[0] + '.ready', 'w').close()\ntime.sleep(60)\n"),
+    "killed by SIGINT": "import signal, sys, time\nsignal.signal(signal.SIGINT, signal.SIG_DFL)\n" + READY,
     # stops cleanly on SIGINT, but took no sample: an empty file
     "no sample": ("import signal, sys, time\nout = sys.argv[sys.argv.index('--output') + 1]\n"
                   "def stop(*_):\n    open(out, 'w').close()\n    sys.exit(0)\n"
-                  "signal.signal(signal.SIGINT, stop)\nopen(sys.argv[0] + '.ready', 'w').close()\ntime.sleep(60)\n"),
+                  "signal.signal(signal.SIGINT, stop)\n" + READY),
 }
-
 
 @pytest.mark.parametrize("fault", sorted(FAKE_PY_SPY))
 def test_a_profile_py_spy_did_not_write_is_an_error(tmp_path, monkeypatch, fault):
@@ -250,6 +255,9 @@ def test_a_profile_py_spy_did_not_write_is_an_error(tmp_path, monkeypatch, fault
         # then killed STOP_WAIT later -- an "exit -9" that hid a slow start
         # (the wait used to end silently after 60 s and send it all the same).
         wait_until("the fake py-spy set its SIGINT handling", lambda: os.path.exists(f"{fake}.ready"))
+        entry = (tmp_path / "py-spy.ready").read_text()
+        if entry:
+            warnings.warn(f"the fake py-spy: {entry} (from this test process)", stacklevel=1)
         signals = _signal_state(procs[0][1].pid)    # for the message, should the fake not stop
         started = time.monotonic()
         problems = profilers.stop()
@@ -259,7 +267,7 @@ def test_a_profile_py_spy_did_not_write_is_an_error(tmp_path, monkeypatch, fault
             proc.kill()
             proc.wait()
     assert len(problems) == 1 and problems[0].startswith("py-spy on worker-0 wrote no profile"), \
-        (problems, f"stop() took {took:.1f}s; the fake at its SIGINT: {signals}")
+        (problems, f"stop() took {took:.1f}s; the fake at its SIGINT: {signals}; {entry or 'SIGINT not blocked'}")
 
 
 def _signal_state(pid: int) -> str:
