@@ -56,6 +56,21 @@ def escape_controls(text: str) -> str:
     return _CONTROL.sub(_escaped, text)
 
 
+#: What a web page shows nothing of, or shows in another order than it is
+#: held: :data:`_CONTROL` less the line breaks (``\n``, ``\r``), which a page
+#: shows as white space and a ``<pre>`` (a traceback, a payload) as lines.
+_INVISIBLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def escape_invisible(text: str) -> str:
+    """``text`` with the characters a web page would hide or reorder
+    (:data:`_INVISIBLE`: C0 and C1 controls but the tab and line breaks,
+    DEL, the Unicode line separators and bidirectional controls) written as
+    escapes (``\\x1b``, ``\\u202e``): what the console shows of values from
+    another process, as :func:`escape_controls` is for a terminal."""
+    return _INVISIBLE.sub(_escaped, text)
+
+
 def clipped(text: str, limit: int) -> str:
     """``text`` cut to ``limit`` characters (and ``...``): for what a
     stranger chose (a node id, a value) in a line or message of ours."""

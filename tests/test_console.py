@@ -132,6 +132,32 @@ def test_a_dead_task_shows_its_failed_attempts(http_node, api):
     assert "bad 1 &lt;script&gt;" in html and "bad 2 &lt;script&gt;" in html
 
 
+TROJAN = "job\u202egnp.exe\x1b[2J\u2066"     # a right-to-left override, a clear-screen, an isolate
+
+
+def test_what_a_page_would_hide_or_reorder_is_shown_as_escapes(http_node, api):
+    """A task name, a failed attempt's message and a worker's declared name
+    holding a right-to-left override, an escape sequence or an isolate are
+    shown with those written as escapes (``\\u202e``), as ``miyaq status``
+    does; a message's line breaks stay (a page shows a traceback's lines).
+    Before (audit review28): the characters were on the page as they are,
+    the override reversing the rest of its cell."""
+    task_id = api.post("/tasks", {"name": TROJAN, "max_retries": 0})[1]["id"]
+    got = wait_for(lambda: api.post("/receive", {"queues": ["default"]})[1]["task"], "the task")
+    assert api.post(f"/tasks/{task_id}/nack", {"attempt": got["attempt"],
+                                               "error": "line one\nline two " + TROJAN})[1]["ok"]
+    worker = RawWorker(http_node.config.port, worker="w-trojan", queues=["q"], names=[TROJAN], names_only=True)
+    try:
+        wait_for(lambda: api.get("/workers")[1]["workers"], "the worker to register")
+        for path in (f"/ui/tasks/{task_id}", "/ui/dead", "/ui/workers"):
+            html = page(api, path)[1]
+            assert not any(ch in html for ch in "\u202e\x1b\u2066"), path
+            assert "job\\u202egnp.exe\\x1b[2J\\u2066" in html, path
+        assert "line one\nline two job\\u202e" in page(api, f"/ui/tasks/{task_id}")[1]
+    finally:
+        worker.close()
+
+
 def test_workers_claims_are_escaped(http_node, api):
     worker = RawWorker(http_node.config.port, worker="w-" + "x" * 8, queues=["q"], host=EVIL, pid=1)
     try:

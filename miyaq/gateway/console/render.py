@@ -3,7 +3,10 @@ the security headers every page carries, and the static files.
 
 Every value a template prints is escaped (task payloads, names, errors,
 worker hosts and schedule names come from producers and workers, that is
-from anyone who can submit). Pages carry a strict Content-Security-Policy:
+from anyone who can submit), and the characters a page would hide or show
+in another order -- control characters, the bidirectional overrides -- are
+written as escapes first (``\\u202e``: :func:`~miyaq.logs.escape_invisible`,
+as ``miyaq status`` does for a terminal). Pages carry a strict Content-Security-Policy:
 scripts and styles only from ``/ui/static/`` (no inline script or style
 attribute, no eval), no frames, forms post only here.
 """
@@ -18,6 +21,7 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from ...errors import NotFound
+from ...logs import escape_invisible
 from ...protocol.name_labels import name_label
 from ...protocol.recordspec import MAX_TIME
 from ...runtime import wall
@@ -113,11 +117,23 @@ def _task_names(worker: dict[str, Any]) -> str:
     return (", ".join(shown) or "none") + (f" and {more} more" if more > 0 else "")
 
 
+def _visible(value: Any) -> Any:
+    """Every printed value, before it is HTML-escaped: a string with what a
+    page would hide or reorder written as escapes; anything else, and HTML
+    the templates made (a macro's output: its values went through here),
+    as it is. Before 2026-12-07 a name holding U+202E showed the rest of
+    its cell reversed, and an escape sequence showed as nothing (audit
+    review28)."""
+    if isinstance(value, str) and not hasattr(value, "__html__"):
+        return escape_invisible(value)
+    return value
+
+
 class Renderer:
     def __init__(self) -> None:
         self.env = Environment(loader=FileSystemLoader(os.path.join(HERE, "templates")),
                                autoescape=select_autoescape(["html"], default=True),
-                               trim_blocks=True, lstrip_blocks=True)
+                               trim_blocks=True, lstrip_blocks=True, finalize=_visible)
         self.env.filters.update(when=_when, ago=_ago, span=_span, rate=_rate, size=_size, http_url=_http_url,
                                 task_names=_task_names)
         self.env.policies["json.dumps_kwargs"] = {"sort_keys": True}
