@@ -36,7 +36,17 @@ from test_log_replayed_state import Consumer
 
 pytestmark = pytest.mark.timeout(60)
 
-T0 = time.time()     # read at import: tests here stay far inside result_ttl of it
+T0 = time.time()     # each test's own: see _now_for_each_test
+
+
+@pytest.fixture(autouse=True)
+def _now_for_each_test() -> None:
+    """``T0`` is the wall clock when each test starts. The replay reads the
+    wall clock itself (tombstones older than ``result_ttl`` are dropped), and
+    a ``T0`` read at import is as old as the suite when xdist runs this file
+    late in it: a whole-suite run failed so, a ``result_ttl`` of 60 s passed."""
+    global T0
+    T0 = time.time()
 
 
 @pytest.fixture(autouse=True)
