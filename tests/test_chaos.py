@@ -273,13 +273,13 @@ def test_history_files_merge_and_torn_lines(tmp_path):
     assert [r["ev"] for r in first] == ["start"] and tail.poll() == []
     activity = Activity()
     activity.feed(first)
-    assert activity.busy_pids() == {10}
+    assert activity.busy_workers() == {10}
     with open(exec_file, "a") as fh:
         fh.write('00001.0, "id": "a", "attempt": 1, "pid": 10}\n')
     second = tail.poll()
     assert [r["ev"] for r in second] == ["finish"]
     activity.feed(second)
-    assert activity.busy_pids() == set() and activity.finished == {"a"}
+    assert activity.busy_workers() == set() and activity.finished == {"a"}
     assert merge_executions(str(tmp_path), writer) == 2
     writer.close()
     records = list(read_history(str(tmp_path / "history.jsonl")))

@@ -66,8 +66,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .explain import DuplicateReport, Run, explain, fence_windows, fencing_violations, runs_of
-from .history import NotAHistory, ReadStats
+from .explain import DuplicateReport, Exec, Run, explain, fence_windows, fencing_violations, runs_of
+from .history import NotAHistory, ReadStats, worker_of
 from .metrics import FaultSpan, Metrics
 
 LIVE_STATES = ("scheduled", "ready", "running", "retrying")
@@ -92,8 +92,8 @@ class Trace:
         self.reject = False         # submitted to reject itself: must end dead
         self.ack: float | None = None
         self.fail: str | None = None
-        self.starts: list[tuple[float, int, int, str | None]] = []      # (t, attempt, pid, node id)
-        self.finishes: list[tuple[float, int, int, str | None]] = []
+        self.starts: list[Exec] = []      # (t, attempt, pid, node id, worker)
+        self.finishes: list[Exec] = []
         self.final: str | None = None
         self.final_t: float | None = None
 
@@ -223,7 +223,7 @@ def check(records: Iterable[dict[str, Any]], bucket: float = 1.0, read: ReadStat
             trace(task_id).fail = str(r.get("code", "error"))
         elif ev == "start" or ev == "finish":
             runs = trace(task_id).starts if ev == "start" else trace(task_id).finishes
-            runs.append((t, r["attempt"], r["pid"], node_of.get(str(r.get("node")))))
+            runs.append((t, r["attempt"], r["pid"], node_of.get(str(r.get("node"))), worker_of(r)))
         elif ev == "final":
             trace(task_id).final = str(r.get("state"))
             trace(task_id).final_t = t
@@ -327,7 +327,7 @@ def _judge_accepted(tr: Trace, task_id: str, counts: Counter[str], final_checked
         counts["never_ran"] += 1
     if tr.reject:
         counts["rejected"] += 1
-        if tr.finishes and any(t > min(tr.finishes)[0] for t, *_ in tr.starts):
+        if tr.finishes and any(t > min(f[0] for f in tr.finishes) for t, *_ in tr.starts):
             counts["rejected_again"] += 1        # the handler rejected it, and it ran again
             example("rejected_ran_again", task_id)
     if final_checked:
@@ -341,7 +341,7 @@ def _judge_accepted(tr: Trace, task_id: str, counts: Counter[str], final_checked
         elif state in GONE_STATES and tr.finishes:
             counts["forgotten"] += 1    # it ran to the end; the cluster no longer remembers it
             example("forgotten", task_id)
-            if not any(w > min(tr.finishes)[0] for w in wipes):
+            if not any(w > min(f[0] for f in tr.finishes) for w in wipes):
                 counts["forgotten_unexplained"] += 1    # no data dir wiped since it finished
                 example("forgotten_unexplained", task_id)
         elif state in GONE_STATES:

@@ -33,9 +33,10 @@ from .disk import SmallDisks
 from .netns import Loopback
 from .nodespec import NodeSpec
 from ..testing.ports import free_port
+from ..worker.config import POOLS
 from .zkfaults import RunZooKeeper
 from .procs import Child, miyaq_argv, stop_all
-from .tasks import ENV_DIR
+from .tasks import ENV_DIR, ENV_WORKER
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ def skewed_clock_env(skew: float) -> dict[str, str]:
 class LocalCluster(ClusterNetwork):
     """ZooKeeper + nodes + workers on this machine (see the module docstring).
 
+    ``pool``: the workers' pool (``miyaq chaos --pool``, one of
+    :data:`miyaq.worker.config.POOLS`), ``concurrency`` the handlers each runs at once.
     ``secure``: every socket runs CURVE (``miyaq chaos --secure``): keys in
     ``<run_dir>/keys``, one per role -- ``chaos-ops`` (admin: the probes and
     the final check), ``chaos-producer`` and ``chaos-workers`` -- so the
@@ -90,10 +93,13 @@ class LocalCluster(ClusterNetwork):
     def __init__(self, run_dir: str, *, nodes: int = 3, replicas: int = 2, workers: int = 2,
                  concurrency: int = 32, fsync: str = "interval", node_args: list[str] | None = None,
                  name: str = "chaos", net: Any = None, disks: SmallDisks | None = None,
-                 secure: bool = False, zk_servers: int = 1) -> None:
+                 secure: bool = False, zk_servers: int = 1, pool: str = "gevent") -> None:
+        if pool not in POOLS:
+            raise MiyaqError(f"no worker pool {pool!r}; choose from {', '.join(POOLS)}")
         self.run_dir = run_dir
         self.replicas = replicas
         self.concurrency = concurrency
+        self.pool = pool
         self.fsync = fsync
         self.node_args = list(node_args or [])
         self.name = name
@@ -313,16 +319,27 @@ class LocalCluster(ClusterNetwork):
         self.procs[node_id].signal(signal.SIGCONT)
 
 
-    def start_worker(self) -> Child:
+    def worker_args(self) -> list[str]:
+        """``miyaq worker`` arguments of every worker the run starts (the
+        restarted ones and ``--rolling``'s and ``--zk``'s too)."""
+        return ["worker", APP, "--processes", "1", "--pool", self.pool, "--concurrency", str(self.concurrency),
+                "--connect", ",".join(self.endpoints), "--heartbeat", "0.5", "--grace", "5"]
+
+    def worker_child(self) -> Child:
+        """The next worker, not started: named ``workerK`` (never reused in a
+        run), the name in its environment (:data:`.tasks.ENV_WORKER`) --
+        inherited by a processes pool's children, so their records name the
+        worker that the ``worker`` fault kills."""
         self._worker_seq += 1
         name = f"worker{self._worker_seq}"
-        args = ["worker", APP, "--processes", "1", "--concurrency", str(self.concurrency),
-                "--connect", ",".join(self.endpoints), "--heartbeat", "0.5", "--grace", "5"]
-        env = {ENV_DIR: self.run_dir}
+        env = {ENV_DIR: self.run_dir, ENV_WORKER: name}
         key, server_key = self.credentials("worker")
         if key is not None and server_key is not None:
             env.update(MIYAQ_KEY=key, MIYAQ_SERVER_KEY=server_key)
-        child = Child(name, miyaq_argv(*args), os.path.join(self.run_dir, f"{name}.log"), env=env).start()
+        return Child(name, miyaq_argv(*self.worker_args()), os.path.join(self.run_dir, f"{name}.log"), env=env)
+
+    def start_worker(self) -> Child:
+        child = self.worker_child().start()
         self.workers.append(child)
         return child
 

@@ -7,7 +7,11 @@ start before it; the rules are tried in order and the first that matches
 explains it:
 
 1. ``worker-killed``: the earlier run's worker process was killed
-   (``worker`` fault, matched by pid) while that run was in flight.
+   (``worker`` fault) while that run was in flight. Matched by the
+   worker's name, which a run's records carry whatever process ran the
+   handler (a processes pool's child writes its own pid, and dies with its
+   worker only at its next look, up to a second later); by pid in a
+   history from before 2026-12-07, whose records name no worker.
    docs/semantics.md, "At-least-once execution", case 4.
 2. ``holder-<kind>``: the node that leased the earlier run was hit by a
    fault of ``<kind>`` (``kill``, ``leader``, ``wipe``, ``pause``,
@@ -122,15 +126,21 @@ NOT_NODE_KINDS = ("worker", "zk", "zkserver", "zkleader", "zkquorum", "duplicate
 """Kinds that take no node away: they explain no holder's re-run (TCP hides duplicated packets)."""
 
 
+Exec = tuple[float, int, int, str | None, str | int]
+"""A ``start`` or ``finish`` record: (t, attempt, pid, node id that leased
+it, worker -- :func:`.history.worker_of`: its name, or its pid)."""
+
+
 @dataclass
 class Run:
     """One start record of a task, with its finish (if any)."""
 
     t: float
     attempt: int
-    pid: int
+    pid: int               # the process that ran the handler (a pool's child, or the worker itself)
     node: str | None       # node id that leased it, if known
     end: float | None = None
+    worker: str | int = 0  # the worker it ran in: its name, or (old histories) its pid
 
 
 @dataclass
@@ -177,22 +187,21 @@ class DuplicateReport:
         return out
 
 
-def runs_of(starts: list[tuple[float, int, int, str | None]],
-            finishes: list[tuple[float, int, int, str | None]]) -> list[Run]:
+def runs_of(starts: list[Exec], finishes: list[Exec]) -> list[Run]:
     """Start records joined with their finish (same attempt and pid), by start
     time. A finish with no start record of its run is a run of its own,
     started and finished at the finish's time: the handler writes its start
     record first, so the start line was lost, and the run still happened."""
     ends: dict[tuple[int, int], float] = {}
-    for t, attempt, pid, _ in finishes:
+    for t, attempt, pid, *_ in finishes:
         ends.setdefault((attempt, pid), t)
-    started = {(attempt, pid) for _, attempt, pid, _ in starts}
-    runs = [Run(t, attempt, pid, node, ends.get((attempt, pid))) for t, attempt, pid, node in starts]
+    started = {(attempt, pid) for _, attempt, pid, *_ in starts}
+    runs = [Run(t, attempt, pid, node, ends.get((attempt, pid)), worker) for t, attempt, pid, node, worker in starts]
     orphans: set[tuple[int, int]] = set()
-    for t, attempt, pid, node in sorted(finishes):
+    for t, attempt, pid, node, worker in sorted(finishes, key=lambda f: f[:3]):
         if (attempt, pid) not in started and (attempt, pid) not in orphans:
             orphans.add((attempt, pid))
-            runs.append(Run(t, attempt, pid, node, t))
+            runs.append(Run(t, attempt, pid, node, t, worker))
     return sorted(runs, key=lambda r: (r.t, r.attempt, r.pid))
 
 
@@ -236,10 +245,17 @@ def fence_windows(spans: list[FaultSpan]) -> list[FenceWindow]:
             for span in spans if fenced_nodes(span)]
 
 
-def fencing_violations(starts: list[tuple[float, int, int, str | None]], windows: list[FenceWindow]) -> int:
+def fencing_violations(starts: list[Exec], windows: list[FenceWindow]) -> int:
     """Starts leased by a node that should have fenced itself by then."""
     return sum(1 for nodes, deadline, until in windows
-               for t, _, _, node in starts if node in nodes and deadline < t <= until)
+               for t, _, _, node, _ in starts if node in nodes and deadline < t <= until)
+
+
+def killed_worker(span: FaultSpan, worker: str | int) -> bool:
+    """Was ``worker`` (a name, or an old history's pid) the one this
+    ``worker`` fault killed? Its record names the worker (``target``) and
+    the worker process's pid."""
+    return worker == span.target or (isinstance(worker, int) and span.pid is not None and worker == int(span.pid))
 
 
 def explain(runs: list[Run], spans: list[FaultSpan]) -> list[Explanation]:
@@ -263,8 +279,7 @@ def _explain_one(earlier: Run, again: Run, spans: list[FaultSpan]) -> Explanatio
     # tolerance (before 2026-12-05 a start up to 1 s before the begin was put down to the fault).
     window = [s for s in spans if s.begin <= again.t <= s.end(math.inf) + EXPLAIN_GRACE]
     for span in window:
-        if span.kind in WORKER_KINDS and span.pid is not None and int(span.pid) == earlier.pid \
-                and in_flight(earlier, span, spans):
+        if span.kind in WORKER_KINDS and killed_worker(span, earlier.worker) and in_flight(earlier, span, spans):
             return Explanation("worker-killed", span.fid, RULES["worker-killed"])
     for span in window:
         if span.kind not in NOT_NODE_KINDS and earlier.node is not None \

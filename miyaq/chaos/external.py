@@ -159,9 +159,9 @@ class ExternalCluster(LocalCluster):
     cluster's views (ring, whole, stats) and worker handling."""
 
     def __init__(self, run_dir: str, zk: str, cluster: str, *, workers: int = 2, concurrency: int = 32,
-                 replicas: int = 2) -> None:
+                 replicas: int = 2, pool: str = "gevent") -> None:
         super().__init__(run_dir, nodes=0, replicas=replicas, workers=workers, concurrency=concurrency,
-                         name=cluster)
+                         name=cluster, pool=pool)
         self.zk_hosts = zk
         self._local: dict[str, LocalProcess] = {}
         self.capabilities = {"worker"}

@@ -111,6 +111,15 @@ class ExecTail:
         return records
 
 
+def worker_of(record: dict[str, Any]) -> str | int:
+    """Who ran a ``start`` or ``finish`` record, as the ``worker`` fault
+    names it: the worker's name (``worker3``: records written in a
+    processes pool's child carry their worker's name, and a pid of their
+    own), or, in a history from before 2026-12-07 that has no name, the pid."""
+    worker = record.get("worker")
+    return worker if isinstance(worker, str) else int(record.get("pid", 0))
+
+
 class Activity:
     """What the workers are doing, from :class:`ExecTail` records: finished
     task ids and the workers running a task that is not finished yet.
@@ -120,7 +129,7 @@ class Activity:
         self._lock = threading.Lock()
         self.finished: set[str] = set()
         self.finishes = 0
-        self._open: dict[str, set[int]] = {}        # task id -> pids running it
+        self._open: dict[str, set[str | int]] = {}        # task id -> workers running it (:func:`worker_of`)
 
     def feed(self, records: list[dict[str, Any]]) -> None:
         """A finish closes every open run of its task, on any worker: the
@@ -129,13 +138,15 @@ class Activity:
             for r in records:
                 task_id = str(r.get("id"))
                 if r["ev"] == "start":
-                    self._open.setdefault(task_id, set()).add(int(r.get("pid", 0)))
+                    self._open.setdefault(task_id, set()).add(worker_of(r))
                 elif r["ev"] == "finish":
                     self._open.pop(task_id, None)
                     self.finished.add(task_id)
                     self.finishes += 1
 
-    def busy_pids(self) -> set[int]:
+    def busy_workers(self) -> set[str | int]:
+        """The workers running a task now, by name (by pid for records
+        without one): what ``worker`` faults target."""
         with self._lock:
             return set().union(*self._open.values()) if self._open else set()
 

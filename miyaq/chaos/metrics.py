@@ -118,7 +118,8 @@ class Metrics:
         self.spans = spans
         self.buckets: dict[int, Bucket] = {}
         self.by_phase: dict[str, tuple[list[float], list[float]]] = {}
-        self.interrupted: dict[int, list[tuple[float, list[float]]]] = {}   # pid -> (start, the task's finishes)
+        # worker (name, or an old history's pid) -> (start, the task's finishes)
+        self.interrupted: dict[str | int, list[tuple[float, list[float]]]] = {}
         self.load_end = phases.get("drain", math.inf)
         end = max(phases.values(), default=math.inf)
         self.last_key = min(MAX_BUCKETS, int((end - t0) // bucket) + 1 if math.isfinite(end) else MAX_BUCKETS)
@@ -157,11 +158,11 @@ class Metrics:
             self._b(first).finishes += 1
             b.done_lat.append(first - tr.submit)
             done_lat.append(first - tr.submit)
-        finished = {(a, pid) for _, a, pid, _ in tr.finishes}
+        finished = {(a, pid) for _, a, pid, *_ in tr.finishes}
         ends = sorted(f[0] for f in tr.finishes)
-        for t, attempt, pid, _ in tr.starts:
+        for t, attempt, pid, _, worker in tr.starts:
             if (attempt, pid) not in finished:
-                self.interrupted.setdefault(pid, []).append((t, ends))
+                self.interrupted.setdefault(worker, []).append((t, ends))
 
     # -- results -------------------------------------------------------------------------
     def healthy(self, key: int) -> bool:
@@ -193,8 +194,8 @@ class Metrics:
             if span.kind == "worker" and span.pid is not None:
                 # Runs the kill cut short: started before it, and the task not finished by anyone by then
                 # (a run aborted earlier because another copy finished does not count).
-                cut = [ends for t, ends in self.interrupted.get(int(span.pid), [])
-                       if t <= span.begin and not any(e <= span.begin for e in ends)]
+                ran = self.interrupted.get(span.target, []) + self.interrupted.get(int(span.pid), [])
+                cut = [ends for t, ends in ran if t <= span.begin and not any(e <= span.begin for e in ends)]
                 row["interrupted_tasks"] = len(cut)
                 reruns = [min(e for e in ends if e > span.begin) for ends in cut if ends]
                 row["rerun_s"] = round(max(reruns) - span.begin, 2) if reruns else None

@@ -60,7 +60,7 @@ class Nemesis:
     def __init__(self, cluster: Any, history: HistoryWriter, kinds: list[str], *, interval: float = 10.0,
                  duration: float = 5.0, pause_duration: float = 8.0, recover_timeout: float = 60.0,
                  settle: float = 1.0, replicas: int = 2, unsafe: bool = False, first_delay: float | None = None,
-                 busy_pids: Callable[[], set[int]] = set, rng: random.Random | None = None,
+                 busy_workers: Callable[[], set[str | int]] = set, rng: random.Random | None = None,
                  last_start: float | None = None, cycle: bool = False) -> None:
         self.cluster = cluster
         self.history = history
@@ -73,7 +73,7 @@ class Nemesis:
         self.unsafe = unsafe
         self.max_down = len(cluster.node_ids) if unsafe else max(0, replicas - 1)
         self.first_delay = interval if first_delay is None else first_delay
-        self.busy_pids = busy_pids
+        self.busy_workers = busy_workers    # names (pids) of the workers running a task now
         self.last_start = last_start     # time.monotonic(): no fault begins after this
         self.rng = rng or random.Random()
         self.cycle = cycle       # kinds in their given order, round-robin (each one soon), not at random
@@ -128,7 +128,7 @@ class Nemesis:
     def inject(self, record_skip: bool = True) -> ActiveFault | None:
         """Start one fault now if any enabled kind has a target within budget."""
         down = self.down()
-        ctx = {"busy_pids": self.busy_pids(), "unsafe": self.unsafe,
+        ctx = {"busy_workers": self.busy_workers(), "unsafe": self.unsafe,
                "zk_down": any(f.kind.name in ZK_FAULTS for f in self.active())}
         reasons = []
         for kind in choose(self.kinds, self.rng, self._injected_kinds if self.cycle else None):

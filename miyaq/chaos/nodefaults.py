@@ -59,11 +59,11 @@ class WorkerKill(FaultKind):
     help = "kill -9 a worker in the middle of a task; start a new worker after 1 s"
 
     def targets(self, cluster: Any, down: set[str], ctx: dict[str, Any]) -> list[str]:
-        busy = ctx.get("busy_pids", set())
+        busy = ctx.get("busy_workers", set())     # names; pids from records without one
         live = cluster.live_workers()
         if len(live) < 2 and not ctx.get("unsafe"):
             return []    # the last worker stays, or nothing would drain
-        return [w.name for w in live if w.pid in busy]
+        return [w.name for w in live if w.name in busy or w.pid in busy]
 
     def begin(self, cluster: Any, target: str) -> dict[str, Any]:
         worker = next(w for w in cluster.workers if w.name == target)

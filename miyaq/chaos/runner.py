@@ -39,6 +39,7 @@ from .history import (
     merge_executions,
     read_history,
 )
+from ..worker.config import POOLS
 from .faults import KINDS, KINDS_NETWORK
 from .nemesis import Nemesis
 from .rolling import Rolling
@@ -56,6 +57,19 @@ CANNOT = {**{kind: "needs --partitions" for kind in KINDS_NETWORK},
           "wipe": "not against --zk"}
 
 
+CONCURRENCY = 32
+"""Handlers each worker runs at once, unless told (``--concurrency``); with
+the processes pool, where each is a child process, the number of CPUs."""
+
+
+def default_concurrency(pool: str) -> int:
+    """``--concurrency`` when not given: :data:`CONCURRENCY` for the gevent
+    and threads pools, one child per CPU for the processes pool (as
+    ``miyaq worker`` does): 32 children per worker would take a small
+    machine's memory and, at every replacement, its CPU."""
+    return max(1, os.cpu_count() or 1) if pool == "processes" else CONCURRENCY
+
+
 @dataclass
 class ChaosConfig:
     """Every setting of a run; docs/chaos.md explains each flag."""
@@ -63,7 +77,8 @@ class ChaosConfig:
     nodes: int = 3
     replicas: int = 2
     workers: int = 2
-    concurrency: int = 32
+    concurrency: int = CONCURRENCY
+    pool: str = "gevent"
     duration: float = 60.0
     rate: float = 200.0
     task_time: float = 0.05
@@ -92,6 +107,8 @@ class ChaosConfig:
     def validate(self) -> None:
         if self.nodes < 1 or self.workers < 1 or self.concurrency < 1:
             raise ConfigError("--nodes, --workers and --concurrency must be at least 1")
+        if self.pool not in POOLS:
+            raise ConfigError(f"--pool must be one of {', '.join(POOLS)}, not {self.pool!r}")
         if not 1 <= self.replicas <= self.nodes:
             raise ConfigError("--replicas must be between 1 and --nodes")
         if self.rate <= 0 or self.duration <= 0 or self.interval <= 0:
@@ -116,7 +133,7 @@ def make_cluster(config: ChaosConfig, run_dir: str, rng: random.Random) -> Any:
     if config.zk:
         from .external import ExternalCluster
         return ExternalCluster(run_dir, config.zk, config.cluster, workers=config.workers,
-                               concurrency=config.concurrency, replicas=config.replicas)
+                               concurrency=config.concurrency, replicas=config.replicas, pool=config.pool)
     net: Any = None
     if config.partitions:
         from .netns import Namespaces
@@ -128,7 +145,7 @@ def make_cluster(config: ChaosConfig, run_dir: str, rng: random.Random) -> Any:
     return LocalCluster(run_dir, nodes=config.nodes, replicas=config.replicas, workers=config.workers,
                         concurrency=config.concurrency, fsync=config.fsync, node_args=config.node_args,
                         name=config.cluster, net=net, disks=disks, secure=config.secure,
-                        zk_servers=config.zk_servers)
+                        zk_servers=config.zk_servers, pool=config.pool)
 
 
 def wait_whole(cluster: Any, timeout: float) -> None:
@@ -207,7 +224,7 @@ class ChaosRun:
                            node_endpoints={n: cluster.endpoints[i] for i, n in enumerate(cluster.node_ids)},
                            replicas=c.replicas, rate=c.rate, duration=c.duration, faults=",".join(c.faults),
                            interval=c.interval, fault_duration=c.fault_duration, pause_duration=c.pause_duration,
-                           workers=c.workers, concurrency=c.concurrency, task_time=c.task_time,
+                           workers=c.workers, concurrency=c.concurrency, pool=c.pool, task_time=c.task_time,
                            reject_every=c.reject_every, partitions=c.partitions, unsafe=c.unsafe, fsync=c.fsync,
                            external=bool(c.zk), secure=c.secure,
                            rolling=c.rolling, zk_servers=c.zk_servers, run_dir=self.run_dir)
@@ -236,7 +253,7 @@ class ChaosRun:
         longest = max([c.pause_duration] + [KINDS[k].lasts(c.fault_duration) for k in kinds])
         nemesis = Nemesis(cluster, self.history, kinds, interval=c.interval, duration=c.fault_duration,
                           pause_duration=c.pause_duration, recover_timeout=c.recover_timeout,
-                          replicas=c.replicas, unsafe=c.unsafe, busy_pids=self.activity.busy_pids,
+                          replicas=c.replicas, unsafe=c.unsafe, busy_workers=self.activity.busy_workers,
                           rng=random.Random(self.rng.random()),
                           last_start=end - longest - 1.0, cycle=c.fault_order == "cycle").start()
         while time.monotonic() < end:

@@ -73,8 +73,8 @@ REQUIRED: dict[str, dict[str, Check]] = {
 OPTIONAL: dict[str, dict[str, Check]] = {
     "run": {"node_endpoints": _optional(_endpoints), "duration": _optional(_num)},
     "fail": {"code": _optional(_str)},
-    "start": {"node": _optional(_str)},
-    "finish": {"node": _optional(_str)},
+    "start": {"node": _optional(_str), "worker": _optional(_str)},
+    "finish": {"node": _optional(_str), "worker": _optional(_str)},
     "fault": {"fault": _optional(_int), "kind": _optional(_str), "target": _optional(_str),
               "pid": _optional(_int), "recover_s": _optional(_num)},
     "stats": {"nodes": _optional(_dict)},

@@ -21,6 +21,7 @@ import sys
 from types import FrameType
 from typing import Any
 
+from ..worker.config import POOLS
 from . import numbers
 
 DEFAULT_DURATION = 60.0
@@ -36,7 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--nodes", type=numbers.positive, default=3, help="node processes [3]")
     g.add_argument("--replicas", type=numbers.positive, default=2, help="holders per task, N [2]")
     g.add_argument("--workers", type=numbers.nonnegative, default=2, help="worker processes [2]")
-    g.add_argument("--concurrency", type=numbers.positive, default=32, help="greenlets per worker process [32]")
+    g.add_argument("--pool", default="gevent", choices=POOLS,
+                   help="the workers' pool (miyaq worker --pool): the chaos handler runs in greenlets, in "
+                        "threads or in child processes [gevent]")
+    g.add_argument("--concurrency", type=numbers.positive, default=None,
+                   help="handlers each worker runs at once: greenlets, threads or child processes "
+                        "[32; with --pool processes, the number of CPUs]")
     g.add_argument("--fsync", default="interval", choices=("always", "interval", "never"),
                    help="the nodes' log fsync policy [interval]")
     g.add_argument("--node-arg", action="append", default=[], metavar="ARG",
@@ -126,9 +132,10 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         return _check_only(args, human)
     from ..chaos.faults import parse_kinds
-    from ..chaos.runner import ChaosConfig, ChaosRun
+    from ..chaos.runner import ChaosConfig, ChaosRun, default_concurrency
     config = ChaosConfig(
-        nodes=args.nodes, replicas=args.replicas, workers=args.workers, concurrency=args.concurrency,
+        nodes=args.nodes, replicas=args.replicas, workers=args.workers, pool=args.pool,
+        concurrency=args.concurrency if args.concurrency is not None else default_concurrency(args.pool),
         duration=args.duration, rate=args.rate, task_time=args.task_time, reject_every=args.reject_every,
         faults=parse_kinds(args.faults, args.partitions, args.zk_servers), zk_servers=args.zk_servers,
         fault_order=args.fault_order, interval=args.interval,
