@@ -343,6 +343,39 @@ def test_killed_child_process_fails_its_task_and_is_replaced(procs, node, client
     assert "died (exit -9) running task" in w.log_tail(200)
 
 
+def gone(pid: int) -> bool:
+    """``pid`` has exited (a zombie not yet reaped by whoever adopted it counts)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_killed_workers_child_dies_with_it_and_runs_its_handler_no_further(procs, node, client, events, tmp_path):
+    """Fault: kill -9 of a processes-pool worker while its child runs a
+    handler. The child ran on until its parent watch saw the parent gone (up
+    to a second): ``miyaq chaos --pool processes`` saw killed workers'
+    children finish tasks after the kill, whose outcome nobody took, and
+    the cluster ran them again elsewhere. The child now dies with its
+    worker: the handler, told to go on just after the kill (a file it
+    waits for, every 10 ms), never writes its end."""
+    path, env = events
+    w = _worker(procs, node, "processes", 1, env)
+    _registered(client)
+    tag, go = uuid.uuid4().hex, str(tmp_path / "go")
+    client.submit("until_file", [tag, go])
+    wait_for(lambda: _starts(path, tag), what="the handler started")
+    child = _starts(path, tag)[0][2]
+    assert child != w.pid
+    w.kill()
+    with open(go, "w"):
+        pass
+    wait_for(lambda: gone(child), timeout=10.0, what="the child to exit")
+    assert [e[0] for e in pools.read_events(path) if e[1] == tag] == ["start"]
+
+
 @pytest.mark.parametrize("pool", ["gevent", "threads"])
 def test_a_result_too_large_for_a_message_fails_and_drops_no_connection(procs, node, client, events, pool):
     """Fault: a handler returns a result larger than one message to a node

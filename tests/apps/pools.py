@@ -124,6 +124,20 @@ def slow_first(tag: str, seconds: float) -> int:
     return ctx.attempt
 
 
+@app.task(name="until_file")
+def until_file(tag: str, path: str) -> bool:
+    """Block (time.sleep, 10 ms at a time) until ``path`` exists, or
+    BARRIER_WAIT passed; an ``end`` record only if it appeared."""
+    record("start", tag, os.getpid())
+    end = time.monotonic() + BARRIER_WAIT
+    while not os.path.exists(path) and time.monotonic() < end:
+        time.sleep(0.01)
+    if os.path.exists(path):
+        record("end", tag, os.getpid())
+        return True
+    return False
+
+
 @app.task(name="touchy")
 def touchy(seconds: float, every: float) -> int:
     """Runs past its timeout, touching in time."""

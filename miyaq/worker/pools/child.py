@@ -12,12 +12,20 @@ handler runs in the main thread; a daemon thread watches the parent):
 SIGINT, SIGTERM and SIGHUP are ignored: a Ctrl-C, a closed terminal or a
 service manager's SIGTERM to the whole process group reaches the parent,
 which drains and then ends its children itself (before 2026-12-05 a SIGHUP
-killed each child mid-task before its parent could drain). A child whose parent disappeared exits within
-``CHILD_PARENT_CHECK`` seconds, whatever it was running.
+killed each child mid-task before its parent could drain). A child dies
+with its parent (killed with SIGKILL, by the OOM killer), whatever it was
+running: on Linux at once (``PR_SET_PDEATHSIG``, SIGKILL: nobody is left to
+take its outcome, and its task goes to another worker); elsewhere within
+``CHILD_PARENT_CHECK`` seconds (a thread watches the parent). Before
+2026-12-07 it was the watch alone on Linux too: ``miyaq chaos --pool
+processes`` saw a killed worker's children run on for up to a second and
+finish tasks whose outcome no one took, run again elsewhere.
 """
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import os
 import signal
@@ -160,8 +168,23 @@ class Child:
         self.factory.close()
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """Linux: have the kernel SIGKILL this process the moment its parent
+    (the thread of it that started this one: the worker's hub) ends; exit
+    now if it has already. Elsewhere nothing: the parent watch is all."""
+    libc_name = ctypes.util.find_library("c") if sys.platform.startswith("linux") else None
+    if libc_name:
+        ctypes.CDLL(libc_name, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent:      # it died before prctl took effect
+        os._exit(1)
+
+
 def main(argv: list[str]) -> int:
     endpoint, identity, app_spec, parent, log_level = argv
+    die_with_parent(int(parent))
     disregard(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)     # the pool's to act on; not SIG_IGN (inherited)
     setup_logging(log_level)
     child = Child(endpoint, identity.encode(), app_spec, int(parent))
