@@ -534,3 +534,40 @@ def test_the_clock_fault_runs_a_process_whose_wall_clock_is_skewed():
                              capture_output=True, text=True, timeout=60)
         seen = float(out.stdout)
         assert abs(seen - before - skew) < 10, (skew, seen - before)
+
+
+def test_the_runs_end_stops_each_process_with_one_sigterm(tmp_path):
+    """Fault: the end of a run (``stop_all``: workers, then nodes) sent
+    every process SIGTERM, then SIGTERM again while it waited for it; a
+    node and a worker take a second SIGTERM for "stop waiting for running
+    tasks" (``asked again to stop`` in their logs), so no run ended with the
+    graceful stop it meant. Each process now gets one."""
+    import signal as signals
+
+    from miyaq.chaos.procs import Child, stop_all
+
+    class Running:
+        """A process that runs until it has read a SIGTERM, counting them."""
+
+        def __init__(self) -> None:
+            self.pid = 4242
+            self.terms = 0
+
+        def poll(self):
+            return None
+
+        def send_signal(self, sig: int) -> None:
+            self.terms += sig == signals.SIGTERM
+
+        def wait(self, timeout: float | None = None) -> int:
+            return 0
+
+    children = [Child(f"c{i}", ["true"], str(tmp_path / f"c{i}.log")) for i in range(2)]
+    for child in children:
+        child.proc = Running()
+    stop_all(children, grace=5.0)
+    assert [child.proc.terms for child in children] == [1, 1]
+    lone = Child("lone", ["true"], str(tmp_path / "lone.log"))
+    lone.proc = Running()
+    lone.stop(5.0)
+    assert lone.proc.terms == 1, "a child stopped on its own is still told"

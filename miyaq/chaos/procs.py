@@ -111,15 +111,17 @@ class Child:
             logger.error("%s (pid %d) survived SIGKILL for 10s", self.name, self.proc.pid)
         self.paused = False
 
-    def stop(self, grace: float = 10.0) -> int | None:
-        """SIGCONT, SIGTERM, wait up to ``grace``, SIGKILL. Never raises."""
+    def stop(self, grace: float = 10.0, told: bool = False) -> int | None:
+        """SIGCONT, SIGTERM (unless ``told``: sent already), wait up to
+        ``grace``, SIGKILL. Never raises."""
         proc = self.proc
         if proc is None:
             return None
         try:
             if proc.poll() is None:
-                self.signal(signal.SIGCONT)
-                self.signal(signal.SIGTERM)
+                if not told:
+                    self.signal(signal.SIGCONT)
+                    self.signal(signal.SIGTERM)
                 try:
                     proc.wait(grace)
                 except subprocess.TimeoutExpired:
@@ -141,14 +143,17 @@ class Child:
 
 
 def stop_all(children: list[Child], grace: float = 10.0) -> None:
-    """SIGTERM every child at once, then wait for each (bounded); never raises."""
+    """SIGTERM every child at once, then wait for each (bounded); never
+    raises. One SIGTERM each: a node or a worker takes a second one for
+    "stop waiting for running tasks" (before 2026-12-07 each was sent two,
+    and the end of every run skipped the graceful stop it meant to make)."""
     for child in children:
         if child.alive():
             child.signal(signal.SIGCONT)
             child.signal(signal.SIGTERM)
     deadline = time.monotonic() + grace
     for child in children:
-        child.stop(max(0.5, deadline - time.monotonic()))
+        child.stop(max(0.5, deadline - time.monotonic()), told=True)
 
 
 def java_wrapper(directory: str, netns: str | None = None) -> str | None:
