@@ -9,8 +9,7 @@ explains it:
 1. ``worker-killed``: the earlier run's worker process was killed
    (``worker`` fault) while that run was in flight. Matched by the
    worker's name, which a run's records carry whatever process ran the
-   handler (a processes pool's child writes its own pid, and dies with its
-   worker only at its next look, up to a second later); by pid in a
+   handler (a processes pool's child writes a pid of its own); by pid in a
    history from before 2026-12-07, whose records name no worker.
    docs/semantics.md, "At-least-once execution", case 4.
 2. ``holder-<kind>``: the node that leased the earlier run was hit by a
