@@ -214,3 +214,17 @@ def test_a_pool_that_does_not_exist_is_refused() -> None:
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["chaos", "--pool", "fibers"])
+
+
+def test_the_report_names_the_workers_pool() -> None:
+    """A report read without the run's flags (``--check`` of an old run) says
+    which pool its workers ran; a history from before the pools has none."""
+    from miyaq.chaos.report import render
+
+    h = H()
+    h.records[0].update(workers=2, concurrency=4, pool="processes")
+    s = h.task("t", 0, runs=[(0.1, 1, 10, True)]).checked().verdict().summary()
+    assert render(s).splitlines()[0].startswith("miyaq chaos: 3 nodes, N=2, 2 x 4 processes, ")
+    old = H().task("t", 0, runs=[(0.1, 1, 10, True)]).checked().verdict().summary()
+    assert render(old).splitlines()[0].startswith("miyaq chaos: 3 nodes, N=2, ")
+    assert "processes" not in render(old).splitlines()[0]

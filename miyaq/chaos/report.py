@@ -57,7 +57,9 @@ def render(summary: dict[str, Any], history_path: str | None = None, picture: st
     """The report table as text."""
     run = summary.get("run", {})
     lines = []
-    head = (f"miyaq chaos: {run.get('nodes', '?')} nodes, N={run.get('replicas', '?')}, "
+    # The workers' pool: in the run record since 2026-12-07 (gevent before).
+    pool = f", {run['workers']} x {run['concurrency']} {run['pool']}" if "pool" in run and "workers" in run else ""
+    head = (f"miyaq chaos: {run.get('nodes', '?')} nodes, N={run.get('replicas', '?')}{pool}, "
             f"{run.get('rate', '?')}/s for {run.get('duration', '?')}s, faults: {run.get('faults') or 'none'}")
     lines += [head, "=" * len(head)]
     f = summary["failed_submits"]
