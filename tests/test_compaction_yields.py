@@ -32,21 +32,11 @@ from miyaq.store.log import AppendLog
 from miyaq.store.log_writer import LogWriter
 from miyaq.store.records import stone_record, task_record
 from miyaq.store.task import CANCELLED, DONE, Task
-from test_log_replayed_state import Consumer
+from test_log_replayed_state import Consumer, now_for_each_test  # noqa: F401 (autouse: T0 each test's)
 
 pytestmark = pytest.mark.timeout(60)
 
-T0 = time.time()     # each test's own: see _now_for_each_test
-
-
-@pytest.fixture(autouse=True)
-def _now_for_each_test() -> None:
-    """``T0`` is the wall clock when each test starts. The replay reads the
-    wall clock itself (tombstones older than ``result_ttl`` are dropped), and
-    a ``T0`` read at import is as old as the suite when xdist runs this file
-    late in it: a whole-suite run failed so, a ``result_ttl`` of 60 s passed."""
-    global T0
-    T0 = time.time()
+T0 = time.time()     # each test's own: test_log_replayed_state.now_for_each_test
 
 
 @pytest.fixture(autouse=True)

@@ -32,17 +32,18 @@ from miyaq.store.task import DEAD, DONE, READY, Task
 
 pytestmark = pytest.mark.timeout(60)
 
-T0 = time.time()     # each test's own: see _now_for_each_test
+T0 = time.time()     # each test's own: see now_for_each_test
 
 
 @pytest.fixture(autouse=True)
-def _now_for_each_test() -> None:
-    """``T0`` is the wall clock when each test starts. The replay reads the
-    wall clock itself (tombstones older than ``result_ttl`` are dropped), and
-    a ``T0`` read at import is as old as the suite when xdist runs this file
-    late in it: a whole-suite run failed so, a ``result_ttl`` of 60 s passed."""
-    global T0
-    T0 = time.time()
+def now_for_each_test(request: pytest.FixtureRequest) -> None:
+    """The ``T0`` of the test's module is the wall clock when each test
+    starts (autouse here, and where a module imports it). The replay reads
+    the wall clock itself (tombstones older than ``result_ttl`` are
+    dropped), and a ``T0`` read at import is as old as the suite when xdist
+    runs the file late in it: a whole-suite run failed so, a ``result_ttl``
+    of 60 s passed."""
+    request.module.T0 = time.time()
 
 
 def Consumer() -> LeasingConsumer:
