@@ -96,6 +96,28 @@ def test_batches_are_bounded_by_max_batch() -> None:
     assert [len(b["tasks"]) for _, _, b in transport.take()] == [3, 3, 1]
 
 
+def test_a_submit_carries_at_most_a_mebibyte_of_payloads_so_it_crosses_a_slow_link_whole() -> None:
+    """Fault: a slow link between client and node. A SUBMIT must arrive
+    whole within the node's wait for a ZMTP heartbeat's answer (30 s; libzmq
+    hears it only behind the message) and, better, within ack_timeout: 4 MiB
+    of payloads in one SUBMIT (before 2026-12-07) take 34 s at 1 Mbit/s, the
+    node drops the connection, and the client sends the same 4 MiB again.
+    A SUBMIT now carries at most 1 MiB of payloads (one larger task goes
+    alone), as a message between nodes does; small tasks still batch."""
+    core, transport = make(1)
+    body = b"x" * 60_000
+    for i in range(40):
+        core.submit(Pending({"id": f"t{i}", "name": "echo", "body": body}, Waiter(), 0.0, 30.0))
+    core.on_timer(0.0)
+    sent = [b["tasks"] for _, _, b in transport.take()]
+    assert [t["id"] for tasks in sent for t in tasks] == [f"t{i}" for i in range(40)]   # in order, each once
+    assert len(sent) > 1 and all(sum(len(t["body"]) for t in tasks) <= 1 << 20 for tasks in sent)
+    for i in range(600):
+        core.submit(pending(f"s{i}")[0])
+    core.on_timer(0.0)
+    assert [len(b["tasks"]) for _, _, b in transport.take()] == [512, 88]
+
+
 def test_busy_node_is_retried_with_backoff_on_another_node() -> None:
     """Fault: a BUSY node. The submit goes to the other node after a backoff,
     not marked as a resend (a node refuses BUSY before it stores anything:

@@ -41,8 +41,15 @@ def limits_from(value: Any) -> Limits | None:
     return Limits(*ints)
 
 
-BATCH_BYTES = 4 * 1024 * 1024
-"""Payload bytes per SUBMIT (the node's default message limit is 16 MiB)."""
+BATCH_BYTES = 1024 * 1024
+"""Payload bytes per SUBMIT (one larger task goes alone), as a message
+between nodes carries (``PEER_MESSAGE_BYTES``): a SUBMIT must arrive whole
+within the node's wait for a ZMTP heartbeat's answer (30 s; libzmq hears
+it only behind the message) and, to be acknowledged in time, within
+``ack_timeout`` (5 s): 1 MiB needs 0.28 and 1.7 Mbit/s. Before 2026-12-07
+it was 4 MiB: 34 s on a 1 Mbit/s link, the node dropped the connection and
+the client sent the same 4 MiB again. Small tasks are not held back by it
+(``max_batch`` of 2 KB tasks still go as one message)."""
 TASK_FIELDS_ROOM = 16 * 1024
 """Bytes a task's fields but its payload and headers take in a SUBMIT at most
 (a name, a key, a queue of at most 256 characters, a URL of 2,048, small

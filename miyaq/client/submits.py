@@ -10,7 +10,7 @@ Rules (docs/semantics.md):
 - Submits leave in the order they were made; a submit waiting for a retry is
   never overtaken by a later one (FIFO per producer).
 - Due submits go out batched, one SUBMIT per node per pass, within the
-  sizes of :mod:`~.sizes` -- ``max_batch`` tasks and ``BATCH_BYTES`` of
+  sizes of :mod:`~.sizes` -- ``max_batch`` tasks and ``BATCH_BYTES`` (1 MiB) of
   payload -- and within their node's limits (:mod:`~.limits_gate`: a large
   submit waits until they are known, a task the node could never take fails
   at once).
