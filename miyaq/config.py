@@ -11,7 +11,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from miyaq.constants import MAX_BATCH, PEER_HEARTBEAT_TIMEOUT
+from miyaq.constants import MAX_BATCH, PEER_HEARTBEAT_TIMEOUT, SERVICE_HEARTBEAT_TIMEOUT
 from miyaq.errors import ConfigError
 from miyaq.settings import Settings, setting
 from miyaq.runtime.endpoints import WILDCARDS, bare_host, is_ipv6_address, tcp_endpoint, url_host
@@ -158,6 +158,11 @@ class NodeConfig(Settings):
     max_workers: int = setting(10_000, "most workers registered at once; a READY from one more is answered BUSY")
     heartbeat: float = setting(1.0, "seconds between heartbeats to workers")
     liveness: int = setting(3, "missed heartbeats after which a worker is declared lost")
+    service_heartbeat_timeout: float = setting(SERVICE_HEARTBEAT_TIMEOUT,
+                                            "seconds a producer's or worker's connection may leave this node's "
+                                            "ZMTP heartbeats unanswered before it is dropped (a PING every third "
+                                            "of it; 0.5..3600); on a slow link, longer than its largest message "
+                                            "takes to arrive: the answer comes behind it")
     default_timeout: float = setting(300.0, "default lease (task timeout) in seconds")
     default_max_retries: int = setting(3, "default retries before dead-lettering")
     default_backoff: float = setting(1.0, "default first retry delay in seconds (doubles each attempt)")
@@ -203,6 +208,9 @@ class NodeConfig(Settings):
         check_zk_connect_timeout(self.zk_connect_timeout)
         if not 0.5 <= self.peer_heartbeat_timeout <= 3600:
             raise ConfigError(f"peer_heartbeat_timeout must be 0.5..3600 seconds, not {self.peer_heartbeat_timeout}")
+        if not 0.5 <= self.service_heartbeat_timeout <= 3600:
+            raise ConfigError("service_heartbeat_timeout must be 0.5..3600 seconds, not "
+                              f"{self.service_heartbeat_timeout}")
         self._check_binds()
         if bool(self.http_cert) != bool(self.http_key):
             raise ConfigError("http_cert and http_key go together: give both for HTTPS, or neither")

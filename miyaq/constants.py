@@ -80,11 +80,13 @@ MAX_WITHDRAW = 1000
 #: How often the node checks that connections with long-polls waiting are
 #: still there (a probe each), freeing the waits of those that went away.
 WAITER_PROBE_INTERVAL = 2.0
-#: ZMTP heartbeats on the service socket (ms): a connection whose host
-#: vanished without closing it is dropped after the timeout (its long-polls
-#: are then freed by the probe).
-SERVICE_HEARTBEAT_IVL_MS = 10_000
-SERVICE_HEARTBEAT_TIMEOUT_MS = 30_000
+#: Seconds of ZMTP heartbeats on the service socket, by default (the node's
+#: ``service_heartbeat_timeout``; a PING every third of it): a connection
+#: whose host vanished without closing it is dropped after the timeout (its
+#: long-polls are then freed by the probe) -- and so is one on which a
+#: single message (a worker's DONE with a large result, a producer's SUBMIT)
+#: takes longer to arrive: libzmq hears the PING's answer only behind it.
+SERVICE_HEARTBEAT_TIMEOUT = 30.0
 #: The largest rate a queue limit accepts (tasks per second).
 MAX_RATE = 1e9
 #: Attempts of a task whose lessee (who it was leased to) is remembered, so

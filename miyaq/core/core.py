@@ -53,7 +53,8 @@ class Core:
         self.limits = QueueLimits(self.engine, supervisor, parse_limits(config.queue_limits))
         self.dispatcher = Dispatcher(self.engine, config.max_batch, self.gate, self.limits)
         with binding(service_port(config.host, config.port)):
-            self.endpoint = ServiceEndpoint(sockets, config.bind_endpoint(config.port), guard)
+            self.endpoint = ServiceEndpoint(sockets, config.bind_endpoint(config.port), guard,
+                                            config.service_heartbeat_timeout)
         for ipc in config.ipc_endpoints:
             with unix_socket(ipc, config.ipc_mode):
                 self.endpoint.bind(ipc)

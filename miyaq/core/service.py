@@ -37,7 +37,7 @@ import logging
 from typing import Any, Callable
 
 from miyaq.constants import (
-    SERVICE_BURST, SERVICE_BURST_WORK, SERVICE_HEARTBEAT_IVL_MS, SERVICE_HEARTBEAT_TIMEOUT_MS,
+    SERVICE_BURST, SERVICE_BURST_WORK, SERVICE_HEARTBEAT_TIMEOUT,
 )
 from miyaq.core import ignored
 from miyaq.core.service_answers import ServiceAnswers
@@ -74,11 +74,15 @@ class ServiceEndpoint(ServiceAnswers):
     """The service socket bound at ``bind`` and its reader; what it sends
     back is :class:`~miyaq.core.service_answers.ServiceAnswers`'s."""
 
-    def __init__(self, sockets: SocketFactory, bind: str, guard: Guard | None = None) -> None:
+    def __init__(self, sockets: SocketFactory, bind: str, guard: Guard | None = None,
+                 heartbeat_timeout: float = SERVICE_HEARTBEAT_TIMEOUT) -> None:
         # A frame over the limit is dropped by libzmq (and the peer
         # disconnected) before it is read; a message over it gets TOO_LARGE.
-        super().__init__(sockets.hub_router(bind, users=guard is not None,
-                                            heartbeat_ms=(SERVICE_HEARTBEAT_IVL_MS, SERVICE_HEARTBEAT_TIMEOUT_MS),
+        # ZMTP heartbeats: a PING every third of ``heartbeat_timeout`` (the
+        # node's service_heartbeat_timeout), a connection that sends no whole
+        # message for the timeout after one is dropped.
+        heartbeat_ms = (round(heartbeat_timeout * 1000 / 3), round(heartbeat_timeout * 1000))
+        super().__init__(sockets.hub_router(bind, users=guard is not None, heartbeat_ms=heartbeat_ms,
                                             max_frames=c.FRAMES + 1, sources=True),
                          sockets.security is not None)
         self.max_message = sockets.max_message

@@ -1,0 +1,79 @@
+"""Large messages over a slow link (tests/slow_link.py: a loopback relay that
+passes one direction at a bounded rate). A message takes at least its size
+over the rate to cross; the node's ZMTP heartbeat on the connection hears
+its answer only behind it. No timing is asserted: waits are bounded guards,
+and what happened is counted (runs, the worker's reconnects)."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from slow_link import ADDRESS, SlowLink
+
+import miyaq
+from miyaq.testing.harness import wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+app = miyaq.App()
+RUNS: list[int] = []
+
+RATE = 50_000          # bytes a second, worker -> node
+RESULT = 200_000       # a DONE of at least 4 s on that link
+
+
+@app.task(name="large_result")
+def large_result(n: int) -> bytes:
+    RUNS.append(n)
+    return b"r" * n
+
+
+@pytest.fixture
+def slow_worker(make_node: Any, thread_worker: Any) -> Any:
+    """A node and a worker whose messages to it cross at RATE (its side
+    heartbeats too); what the node sends the worker is not slowed. The
+    worker's own ZMTP timeout is long: the node's wait is the one tested."""
+    links: list[SlowLink] = []
+
+    def make(**settings: Any) -> tuple[Any, Any]:
+        RUNS.clear()
+        node = make_node(advertise=ADDRESS, **settings)
+        link = SlowLink(node.config.port, up=RATE)
+        links.append(link)
+        worker = thread_worker(app, link.endpoint, node_timeout=60.0)
+        wait_for(lambda: worker.worker.links and worker.worker.links[0].heard, what="the worker registered")
+        return node, worker
+    yield make
+    for link in links:
+        link.close()
+
+
+def test_a_result_slower_to_cross_than_the_service_heartbeat_timeout_has_the_worker_dropped(slow_worker,
+                                                                                             client_for) -> None:
+    """Fault: a worker's DONE carries a result that takes longer to cross its
+    link than the node's ``service_heartbeat_timeout`` (here 1 s; 30 s by
+    default: a 1 MiB result under 0.28 Mbit/s). The node's PING is answered
+    behind the DONE, so the node drops the connection before the DONE is
+    whole; the worker registers again and the task, put back, runs again
+    (at the default of 4 attempts it is dead-lettered ``Lost``). This pins
+    what the setting does to the connection."""
+    node, worker = slow_worker(service_heartbeat_timeout=1.0)
+    client = client_for(node.endpoint)
+    client.submit("large_result", [RESULT]).wait_accepted(10)
+    wait_for(lambda: worker.worker.links[0].reconnects >= 1, timeout=60,
+             what="the worker's connection dropped by the node")
+    wait_for(lambda: len(RUNS) >= 2, timeout=60, what="the task put back and run again")
+
+
+def test_a_service_heartbeat_timeout_longer_than_a_result_takes_to_cross_keeps_the_worker(slow_worker,
+                                                                                         client_for) -> None:
+    """Fault: the same slow link, the node's ``service_heartbeat_timeout``
+    (a setting since 2026-12-07; before, a fixed 30 s no operator could
+    change) set above the time the DONE takes to cross: the connection
+    stays, the task runs once and its result arrives whole."""
+    node, worker = slow_worker(service_heartbeat_timeout=60.0)
+    client = client_for(node.endpoint)
+    handle = client.submit("large_result", [RESULT])
+    assert handle.result(timeout=60) == b"r" * RESULT
+    assert RUNS == [RESULT]
+    assert worker.worker.links[0].reconnects == 0
