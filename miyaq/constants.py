@@ -197,7 +197,8 @@ HANDOFF_SLICE = 2000
 #: Tasks in one SYNC answer, and the newest tombstones it carries.
 RESYNC_CHUNK = 1000
 RESYNC_STONES = 5000
-#: One SYNC request waits this long for its answer.
+#: One SYNC request waits this long for its answer -- or the node's
+#: ``peer_heartbeat_timeout`` when that is longer (a slow link's).
 RESYNC_TIMEOUT = 5.0
 #: A peer link that could not be made (no file descriptor left) is tried
 #: again this often.

@@ -1,16 +1,21 @@
 """Large messages over a slow link (tests/slow_link.py: a loopback relay that
-passes one direction at a bounded rate). A message takes at least its size
-over the rate to cross; the node's ZMTP heartbeat on the connection hears
-its answer only behind it. No timing is asserted: waits are bounded guards,
-and what happened is counted (runs, the worker's reconnects)."""
+passes one direction at a bounded rate; between nodes, a played peer that
+answers late). A message takes at least its size over the rate to cross;
+the node's ZMTP heartbeat on the connection hears its answer only behind
+it. No timing is asserted: waits are bounded guards, and what happened is
+counted (runs, the worker's reconnects, a late page applied)."""
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
+from peer_fixtures import FakePeer, ServiceDealer, clustered_node
 from slow_link import ADDRESS, SlowLink
+from test_peer_validation import record, sync_record
 
 import miyaq
+from miyaq.cluster.peer_requests import SYNC
 from miyaq.testing.harness import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -77,3 +82,30 @@ def test_a_service_heartbeat_timeout_longer_than_a_result_takes_to_cross_keeps_t
     assert handle.result(timeout=60) == b"r" * RESULT
     assert RUNS == [RESULT]
     assert worker.worker.links[0].reconnects == 0
+
+
+def test_a_sync_answer_slower_than_the_resync_wait_counts_when_peer_heartbeat_timeout_allows_it(monkeypatch) -> None:
+    """Fault: a SYNC answer (a page of up to 1 MiB of payloads: 5 s at 1.7
+    Mbit/s) takes longer to come than the resync's own wait, on a link the
+    operator sized ``peer_heartbeat_timeout`` for (docs/cluster.md, "Peer
+    protocol"). Before 2026-12-07 that wait was a fixed 5 s
+    (``RESYNC_TIMEOUT``) whatever ``peer_heartbeat_timeout`` said: the page
+    was dropped when it came, the resync asked again from its first page,
+    and that page went again behind the first, for as long as each took
+    longer. The wait is now the longer of the two. Here ``RESYNC_TIMEOUT``
+    is made 0.3 s, and the page comes 1 s after the question (its crossing:
+    the fault, not a timing assertion)."""
+    monkeypatch.setattr("miyaq.cluster.sync.RESYNC_TIMEOUT", 0.3)
+    peer = FakePeer()
+    node = clustered_node(peer, peer_heartbeat_timeout=30.0).start()
+    service = ServiceDealer(node.endpoint)
+    try:
+        identity, body = peer.next_request(SYNC)        # the resync of the node's start
+        time.sleep(1.0)
+        page = [sync_record(record("s-late", [node.config.node_id, peer.node_id]))]
+        peer.answer(identity, body["req"], {"tasks": page, "stones": [], "next": None})
+        wait_for(lambda: service.task("s-late") is not None, timeout=15, what="the late page applied")
+    finally:
+        service.close()
+        node.stop()
+        peer.close()

@@ -90,7 +90,14 @@ class Resync:
             self._ask(src, 0, number)
 
     def _ask(self, src: str, cursor: int, number: int) -> None:
-        self.role.peer.request(src, SYNC, {"cursor": cursor}, RESYNC_TIMEOUT,
+        # A page is up to 1 MiB of payloads: it must arrive whole within the
+        # wait, as any message between nodes within peer_heartbeat_timeout,
+        # which an operator sizes for a slow link (docs/cluster.md, "Peer
+        # protocol"). Before 2026-12-07 the wait was RESYNC_TIMEOUT alone: a
+        # page slower than 5 s was dropped when it came, and the resync asked
+        # for its first page again, behind the one still crossing.
+        wait = max(RESYNC_TIMEOUT, self.role.config.peer_heartbeat_timeout)
+        self.role.peer.request(src, SYNC, {"cursor": cursor}, wait,
                                lambda answer: self._apply(src, answer, cursor, number))
 
     def _holds(self, task_id: str, key: Any) -> bool:
