@@ -97,7 +97,7 @@ def test_a_sync_answer_slower_than_the_resync_wait_counts_when_peer_heartbeat_ti
     the fault, not a timing assertion)."""
     monkeypatch.setattr("miyaq.cluster.sync.RESYNC_TIMEOUT", 0.3)
     peer = FakePeer()
-    node = clustered_node(peer, peer_heartbeat_timeout=30.0).start()
+    node = clustered_node(peer, peer_heartbeat_timeout=10.0).start()
     service = ServiceDealer(node.endpoint)
     try:
         identity, body = peer.next_request(SYNC)        # the resync of the node's start
