@@ -468,52 +468,6 @@ def test_a_submit_fails_at_its_deadline_not_at_its_last_tries_ack_timeout() -> N
     assert v.done and v.error is None and not core.submits.capped
 
 
-def test_a_late_submit_is_not_sent_again_on_the_live_connection_to_the_only_node(caplog) -> None:
-    """Fault: a slow link -- a SUBMIT takes longer than ack_timeout to cross
-    it (4 MiB at 6.7 Mbit/s take 5 s). The client has one node and the
-    connection stays up: the try is still on its way, so it is not sent
-    again on that connection, behind itself (before 2026-12-07 it was, at
-    each ack_timeout: eight 1 MB tasks over 1.6 Mbit/s moved 17.4 MB); the
-    acknowledgement that comes late resolves it, and one line says why it
-    waited. A submit never acknowledged still fails at its deadline, and one
-    whose connection closes goes again at once, marked resent."""
-    core, transport = make(1, ack_timeout=1.0)
-    core.nodes.mark(0, True)                       # the connection is up
-    p, w = pending("slow")
-    core.submit(p, now=0.0)
-    assert [t["id"] for _, _, b in transport.take() for t in b["tasks"]] == ["slow"]
-    for now in (1.01, 2.5, 4.0, 6.0):              # overdue, again and again
-        core.on_timer(now)
-        core.on_timer(core.submits.next_due() or now)
-        assert transport.take() == []
-    assert core.submits.resends == 0 and core.submits.held_acks >= 1
-    assert "not sent again on it" in caplog.text
-    core.on_frames(0, submitted([["slow", "accepted", None]]), 6.5)
-    assert w.done and w.error is None and w.value[1] == "accepted"
-
-    q, v = pending("never", now=10.0, timeout=3.5)
-    core.submit(q, now=10.0)
-    transport.take()
-    now = 10.0
-    while not v.done and now < 20.0:
-        core.on_timer(now)
-        assert transport.take() == []
-        now += 0.25
-    assert isinstance(v.error, Timeout) and "never not acknowledged before its deadline (1 tries)" in str(v.error)
-    assert now <= 13.75                            # at its deadline, not an ack_timeout after it
-
-    r, u = pending("cut", now=20.0)
-    core.submit(r, now=20.0)
-    transport.take()
-    core.on_timer(21.5)                            # held: overdue on a live connection
-    assert transport.take() == []
-    core.on_disconnected(0, 22.0)
-    core.nodes.mark(0, True)                       # a new connection
-    core.on_timer(core.submits.next_due() or 22.0)
-    again = [t for _, _, b in transport.take() for t in b["tasks"]]
-    assert [(t["id"], t.get("resent")) for t in again] == [("cut", True)]
-
-
 def test_submits_a_node_read_before_its_connection_closed_are_sent_again_at_once() -> None:
     """Fault: a node exits (or restarts) just after reading submits it never
     acknowledged. When its connection closes, those submits go again at

@@ -286,7 +286,6 @@ class ClientCore:
         LOOP_RETRY seconds, so that a peer that echoes is not a loop; what
         was sent on it is sent again when its closing is seen
         (:meth:`on_disconnected`)."""
-        self.submits.came_back(node)       # not held on that connection when late (SubmitPipeline._waits_on)
         if now - self._looped_at.get(node, -LOOP_RETRY) < LOOP_RETRY:
             return
         self._looped_at[node] = now

@@ -16,7 +16,7 @@ class Pending:
     ``deadline`` are on the core's clock (monotonic seconds)."""
 
     __slots__ = ("wire", "waiter", "created", "deadline", "sent", "tries", "node", "next_try", "last_error",
-                 "held_since", "joined", "in_capped", "bad_answer")
+                 "held_since", "joined", "in_capped")
 
     def __init__(self, wire: dict[str, Any], waiter: Waiter, created: float, deadline: float) -> None:
         self.wire = wire
@@ -31,9 +31,6 @@ class Pending:
         self.held_since: float | None = None    # when it first waited for its node's limits
         self.joined: list[Waiter] | None = None  # later submits of the same id, resolved with this one
         self.in_capped = False     # it has an entry in its pipeline's CappedSubmits (live or not)
-        # A try came back unanswered properly on a live connection (a status no client
-        # takes, or our own message looped back): resent when late all the same.
-        self.bad_answer = False
 
     def join(self, other: "Pending") -> None:
         """``other``, a submit of the same id sent while this one is

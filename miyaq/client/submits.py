@@ -112,7 +112,6 @@ class SubmitPipeline(LimitsGate):
         self.waiting: list[Pending] = []          # to (re)send when next_try passes, in order
         self.resolved = 0
         self.resends = 0
-        self.held_acks = 0        # overdue tries that waited on a live connection (_waits_on) instead of going again
         self.busy_replies = 0
 
     def add(self, p: Pending) -> None:
@@ -262,55 +261,15 @@ class SubmitPipeline(LimitsGate):
             late.append(task_id)
         if late:
             overdue = self._no_ack_error()
-            held, held_on = 0, -1
             for task_id in late:
                 p = pending.pop(task_id)
-                if not p.bad_answer and self._waits_on(p):
-                    if now >= p.deadline:
-                        self.resolve(p, error=final_error(overdue, p))
-                        continue
-                    p.sent = now          # waits on, last in the order of sending
-                    pending[task_id] = p
-                    if p.deadline < now + self.ack_timeout:
-                        self.capped.add(p)
-                    held, held_on = held + 1, p.node
-                    continue
                 self.resends += 1
                 p.may_be_stored()         # p.node stays the silent node: the resend avoids it
                 self._retry_later(p, now, overdue)
-            if held:
-                self.held_acks += held
-                _log.warning("held", "miyaq client: %d submit(s) to %s not acknowledged within ack_timeout "
-                             "(%gs) while its connection stays up: not sent again on it (what was sent is still on "
-                             "its way -- a slow link? -- and a copy would only queue behind it); they wait "
-                             "until their deadline (submit_timeout) or until the connection closes",
-                             held, self.nodes.endpoints[held_on], self.ack_timeout)
         if self.capped.heap:
             for p in self.capped.pop_due(now):
                 del pending[p.wire["id"]]
                 self.resolve(p, error=final_error(p.last_error or self._no_ack_error(), p))
-
-    def came_back(self, node: int) -> None:
-        """The connection to ``node`` loops back to this client (our own
-        message arrived on it): what waits for that node's acknowledgement
-        is sent again when late, though the connection stays up."""
-        for p in self.pending.values():
-            if p.node == node:
-                p.bad_answer = True
-
-    def _waits_on(self, p: Pending) -> bool:
-        """Whether ``p``, sent and not acknowledged within ``ack_timeout``,
-        waits on instead of going again: its node is the only one the client
-        has (a resend would go to it) and the connection it went on is still
-        up. On a live connection nothing is lost -- a closed one is
-        :meth:`node_lost`'s -- so the earlier try is still queued or crossing
-        the link (a large SUBMIT on a slow one: 4 MiB take 5 s at 6.7 Mbit/s)
-        or the node has it, and a copy sent after it only queues the same
-        bytes behind it: before 2026-12-07 every overdue try went again, and
-        eight 1 MB tasks over 1.6 Mbit/s moved 17.4 MB, each try later than
-        the last. With another node, it goes there: the silent one may be hung."""
-        nodes = self.nodes
-        return len(nodes.endpoints) - len(nodes.retired) <= 1 and p.node in nodes.up
 
     def _no_ack_error(self) -> Timeout:
         """The error of a try whose acknowledgement did not come within ``ack_timeout``."""
@@ -366,9 +325,6 @@ class SubmitPipeline(LimitsGate):
                 _log.warning("unknown-status", "ignoring an acknowledgement of task %.80r from %s: unknown status "
                              "%.80r (the submit is sent again when its acknowledgement is late)", task_id,
                              self.nodes.endpoints[node], status)
-                wrong = self.pending.get(task_id) if isinstance(task_id, str) else None
-                if wrong is not None:
-                    wrong.bad_answer = True    # answered, not properly: a resend may be answered properly
                 continue
             p = self.pending.pop(task_id, None) if isinstance(task_id, str) else None
             if p is None:
