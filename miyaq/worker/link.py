@@ -79,7 +79,7 @@ class NodeLink(LinkSocket):
         self.transit = Transit()    # how late the node's stamped messages come (a DISPATCH sent long ago)
         self.silence_ended = float("-inf")    # when the last silence past node_drop_after ended (monotonic)
         self.stale_dispatches = 0   # tasks given back because their DISPATCH came so late
-        # The ids given back so since the node last welcomed this worker (oldest first; at most MAX_LATE_IDS).
+        # The ids given back as late since the node last welcomed this worker (oldest first; at most MAX_LATE_IDS).
         self.late_ids: dict[str, None] = {}
         # Monotonic time until which a RECONNECT answers a message sent before
         # our last READY (None: no READY awaits its WELCOME): see _on_reconnect.
@@ -284,7 +284,7 @@ class NodeLink(LinkSocket):
         answers RECONNECT, and it registers again. Malformed ids are left
         out; the node's lease of those runs out.
 
-        A task this link gave back so since the node's last WELCOME, sent
+        A task this link gave back as late since the node's last WELCOME, sent
         again, runs: the node kept this worker (no RECONNECT, no WELCOME
         since), so its lease is this worker's. A DISPATCH that takes longer
         than the node's patience to cross a slow link (a 1 MiB task under
