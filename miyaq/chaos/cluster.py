@@ -33,7 +33,6 @@ from .disk import SmallDisks
 from .netns import Loopback
 from .nodespec import NodeSpec
 from ..testing.ports import free_port
-from ..worker.config import POOLS
 from .zkfaults import RunZooKeeper
 from .procs import Child, miyaq_argv, stop_all
 from .tasks import ENV_DIR, ENV_WORKER
@@ -80,8 +79,8 @@ def skewed_clock_env(skew: float) -> dict[str, str]:
 class LocalCluster(ClusterNetwork):
     """ZooKeeper + nodes + workers on this machine (see the module docstring).
 
-    ``pool``: the workers' pool (``miyaq chaos --pool``, one of
-    :data:`miyaq.worker.config.POOLS`), ``concurrency`` the handlers each runs at once.
+    ``pool``: the workers' pool (``miyaq chaos --pool``, checked by
+    :class:`~.runner.ChaosConfig`), ``concurrency`` the handlers each runs at once.
     ``secure``: every socket runs CURVE (``miyaq chaos --secure``): keys in
     ``<run_dir>/keys``, one per role -- ``chaos-ops`` (admin: the probes and
     the final check), ``chaos-producer`` and ``chaos-workers`` -- so the
@@ -94,8 +93,6 @@ class LocalCluster(ClusterNetwork):
                  concurrency: int = 32, fsync: str = "interval", node_args: list[str] | None = None,
                  name: str = "chaos", net: Any = None, disks: SmallDisks | None = None,
                  secure: bool = False, zk_servers: int = 1, pool: str = "gevent") -> None:
-        if pool not in POOLS:
-            raise MiyaqError(f"no worker pool {pool!r}; choose from {', '.join(POOLS)}")
         self.run_dir = run_dir
         self.replicas = replicas
         self.concurrency = concurrency

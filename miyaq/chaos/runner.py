@@ -39,7 +39,7 @@ from .history import (
     merge_executions,
     read_history,
 )
-from ..worker.config import POOLS
+from ..worker.config import POOLS, processes_concurrency
 from .faults import KINDS, KINDS_NETWORK
 from .nemesis import Nemesis
 from .rolling import Rolling
@@ -67,7 +67,7 @@ def default_concurrency(pool: str) -> int:
     and threads pools, one child per CPU for the processes pool (as
     ``miyaq worker`` does): 32 children per worker would take a small
     machine's memory and, at every replacement, its CPU."""
-    return max(1, os.cpu_count() or 1) if pool == "processes" else CONCURRENCY
+    return processes_concurrency() if pool == "processes" else CONCURRENCY
 
 
 @dataclass

@@ -21,6 +21,14 @@ from .prefetch import MAX_PREFETCH_FACTOR
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 #: How handlers run (docs/python-api.md, "Choosing a pool").
 POOLS = ("gevent", "threads", "processes")
+
+
+def processes_concurrency() -> int:
+    """The processes pool's ``concurrency`` when none is given: one child
+    per CPU (``miyaq worker``, and ``miyaq chaos``'s workers)."""
+    return os.cpu_count() or 1
+
+
 #: Tasks run at once per process by the gevent and threads pools unless told.
 DEFAULT_CONCURRENCY = 8
 #: Worker processes one ``miyaq worker`` may run (``--processes``).
@@ -63,7 +71,7 @@ class WorkerConfig(Settings):
     def __post_init__(self) -> None:
         self.check_fields()
         if self.concurrency is None:
-            self.concurrency = (os.cpu_count() or 1) if self.pool == "processes" else DEFAULT_CONCURRENCY
+            self.concurrency = processes_concurrency() if self.pool == "processes" else DEFAULT_CONCURRENCY
         if self.processes < 1 or self.concurrency < 1:
             raise ConfigError("processes and concurrency must be at least 1")
         if self.processes > MAX_PROCESSES:
