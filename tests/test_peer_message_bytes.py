@@ -257,3 +257,31 @@ def test_sync_answers_page_the_tombstones_each_once_with_a_growing_cursor(inproc
     assert sorted(stones) == sorted(set(finished) - {gone})
     assert set(tasks) == {s.task_id for s in waiting} and len(tasks) == 3
     assert not resync._snapshots and not cluster.crashes()
+
+
+def test_a_resync_whose_pages_cross_slowly_keeps_its_snapshot_as_long_as_the_asker_waits(inproc, monkeypatch):
+    """Fault: a slow link between two nodes, for which the operator set
+    ``peer_heartbeat_timeout`` (30 s here): the asker waits that long for a
+    SYNC page (since 2026-12-07), but the source dropped its snapshot once
+    unused for 20 s (``SYNC_SNAPSHOT_TTL``, four times the 5 s wait of
+    before). A page that took 25 s to cross, and the asker's question for
+    the next one, found no snapshot: the next pages were cut from a fresh
+    list, with no tombstones (a node restarted empty got back only the
+    outcomes of its first page) and positions shifted by the tasks finished
+    meanwhile. The source now keeps a snapshot four times the longer wait.
+    The 25 s pass on the cluster's clock between pages, as a page crossing
+    that link takes them (the fault, no timing asserted)."""
+    monkeypatch.setattr(sync_module, "RESYNC_CHUNK", 1)
+    cluster = inproc(3, replicas=3, peer_heartbeat_timeout=30.0)
+    _, finished = _finish_on_n1(cluster, 3, 400_000)    # one a page: half the 1 MiB budget holds one
+    resync = cluster["n1"].role.resync
+    cursor: int | None = 0
+    stones: list[str] = []
+    while cursor is not None:
+        answer = resync.serve("n3", {"cursor": cursor})
+        stones += [s[0] for s in answer["stones"]]
+        cursor = answer["next"]
+        if cursor is not None:
+            cluster.advance(sync_module.SYNC_SNAPSHOT_TTL + 5.0, step=1.0)     # within the asker's 30 s
+    assert sorted(stones) == sorted(finished)
+    assert not cluster.crashes()

@@ -25,7 +25,9 @@ Before, each chunk filtered the whole table again and its cursor was an
 offset into that fresh list: a task that finished between two chunks
 shifted the rest, and the next chunk skipped as many tasks as had
 finished; and a resync of a large table cost a pass over all of it per
-chunk. A snapshot unused for ``SYNC_SNAPSHOT_TTL`` is dropped (looked for
+chunk. A snapshot unused for four times an asker's wait for a page (20 s,
+``SYNC_SNAPSHOT_TTL``, or four times ``peer_heartbeat_timeout`` when that is
+longer) is dropped (looked for
 at each SYNC and every second by the cluster ticker), and at most
 ``MAX_SYNC_SNAPSHOTS`` are kept (the least recently used goes); a chunk
 asked for without one (expired, or this node restarted) is served from a
@@ -66,7 +68,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SYNC_SNAPSHOT_TTL = 4 * RESYNC_TIMEOUT
-"""A resync's snapshot unused this long (seconds) is dropped: its asker gave up."""
+"""A resync's snapshot unused this long (seconds) is dropped: its asker gave
+up -- or four times the node's ``peer_heartbeat_timeout`` when that is
+longer, as the asker then waits that long for a page (:meth:`Resync.snapshot_ttl`)."""
 MAX_SYNC_SNAPSHOTS = 64
 """Snapshots kept at once (one per asker; the least recently used goes)."""
 SNAPSHOT_SLICE = 4096
@@ -173,15 +177,26 @@ class Resync:
         stones.reverse()
         return stones, position, size, payload
 
+    def snapshot_ttl(self) -> float:
+        """Seconds a snapshot is kept unused: four times an asker's wait for
+        a page (:meth:`_ask`, the same settings on every node), which covers
+        the page's crossing and the question for the next one. Before
+        2026-12-07 (review29) a fixed 20 s: with the wait lengthened to a
+        ``peer_heartbeat_timeout`` of 30 s, a page that took 25 s to cross
+        found its snapshot gone, and the rest came from a fresh list -- no
+        tombstones, positions shifted by the tasks finished meanwhile."""
+        return 4 * max(RESYNC_TIMEOUT, self.role.config.peer_heartbeat_timeout)
+
     def expire(self, now: float) -> None:
-        """Drop the snapshots unused for ``SYNC_SNAPSHOT_TTL`` (``now``:
+        """Drop the snapshots unused for :meth:`snapshot_ttl` (``now``:
         monotonic): at each SYNC served, and every second from the cluster
         ticker. Before 2026-12-05 only a SYNC did it: a snapshot whose asker
         never came back stayed until another peer asked for a resync."""
         if not self._snapshots:
             return
+        ttl = self.snapshot_ttl()
         for asker, snapshot in list(self._snapshots.items()):
-            if now - snapshot.used > SYNC_SNAPSHOT_TTL:
+            if now - snapshot.used > ttl:
                 del self._snapshots[asker]
 
     def _snapshot(self, sender: str, fresh: bool) -> _Snapshot:
