@@ -196,3 +196,37 @@ def test_a_late_dispatch_s_give_back_names_only_ids_a_node_takes(node, thread_wo
              sent=sent_before)
     wait_for(lambda: node.pump() or node.returned, what="the late DISPATCH given back")
     assert [r["ids"] for r in node.returned] == [["t1"]]
+
+
+@pytest.mark.parametrize("between", ["nothing (it went to another worker)", "the same attempt, on time, run here"])
+def test_a_later_attempt_of_a_task_given_back_as_late_that_comes_late_is_given_back_again(node, thread_worker,
+                                                                                          monkeypatch, between):
+    """Fault simulated: a task given back as late (attempt 1) runs elsewhere
+    or here, fails, and its next attempt, leased to this worker, is held in
+    a network cut while the node takes the worker for lost and leases it
+    again elsewhere; the cut heals and that DISPATCH arrives late. Only the
+    given-back attempt sent again is the node keeping this worker's lease
+    (a RETURN spends no attempt): before, the id alone was remembered, until
+    the next WELCOME or 10,000 newer ids, and any later attempt of it ran
+    however late -- twice in the cluster. It is given back like any late
+    DISPATCH."""
+    worker, link = stamped_worker(node, thread_worker, monkeypatch)
+    sent_before = node_clock()
+    silence(node, link)
+    dispatch(node, delivery("t1", "nap", 0.0, attempt=1), sent=sent_before)
+    wait_for(lambda: node.pump() or node.returned, what="attempt 1 given back")
+    if between.startswith("the same attempt"):
+        dispatch(node, delivery("t1", "nap", 0.0, attempt=1), sent=node_clock())
+        wait_for(lambda: node.pump() or "t1" in node.done, what="attempt 1 run on time")
+    sent_before = node_clock()
+    silence(node, link)
+    dispatch(node, delivery("t1", "nap", 0.0, attempt=2), sent=sent_before)
+    wait_for(lambda: node.pump() or len(node.returned) > 1 or ("done", "t1", 2) in runs(node),
+             what="attempt 2 run or given back")
+    assert [r["ids"] for r in node.returned] == [["t1"], ["t1"]]
+    assert ("done", "t1", 2) not in runs(node) and link.stale_dispatches == 2
+
+
+def runs(node: StallingNode) -> list[tuple[str, str, int]]:
+    """What the worker reported: (done or failed, id, attempt)."""
+    return [(kind, task_id, attempt) for kind, task_id, attempt, _ in node.reports]

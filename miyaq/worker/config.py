@@ -152,7 +152,7 @@ LIVENESS = 3
 #: before such a silence is given back (:mod:`miyaq.worker.transit`).
 MAX_NODE_LIVENESS = 100
 #: The most task ids a link remembers giving back as late (a DISPATCH sent
-#: before such a silence): one of them sent again by a node that kept this
+#: before such a silence): one of them sent again (the same attempt) by a node that kept this
 #: worker runs (:meth:`miyaq.worker.link.NodeLink._stale_dispatch`). The
 #: oldest are forgotten first; a WELCOME forgets them all.
 MAX_LATE_IDS = 10_000

@@ -79,8 +79,9 @@ class NodeLink(LinkSocket):
         self.transit = Transit()    # how late the node's stamped messages come (a DISPATCH sent long ago)
         self.silence_ended = float("-inf")    # when the last silence past node_drop_after ended (monotonic)
         self.stale_dispatches = 0   # tasks given back because their DISPATCH came so late
-        # The ids given back as late since the node last welcomed this worker (oldest first; at most MAX_LATE_IDS).
-        self.late_ids: dict[str, None] = {}
+        # The ids given back as late since the node last welcomed this worker, each with the attempt given back
+        # (oldest first; at most MAX_LATE_IDS).
+        self.late_ids: dict[str, int | None] = {}
         # Monotonic time until which a RECONNECT answers a message sent before
         # our last READY (None: no READY awaits its WELCOME): see _on_reconnect.
         self.welcome_due: float | None = None
@@ -290,11 +291,15 @@ class NodeLink(LinkSocket):
         than the node's patience to cross a slow link (a 1 MiB task under
         2.8 Mbit/s at the default heartbeat) comes after such a silence each
         time -- the node's heartbeats wait behind it -- and was given back
-        for ever (review28)."""
+        for ever (review28). Only the attempt given back (a RETURN spends
+        none): a later attempt of the task -- it failed since, here or
+        elsewhere -- is late like any other; until 2026-12-07 (review29) the
+        id alone was remembered, and any later attempt ran however late."""
         again: list[Any] = []
         late: list[Any] = []
         for d in deliveries:
-            known = isinstance(d, list) and d and isinstance(d[0], str) and d[0] in self.late_ids
+            known = (isinstance(d, list) and d and isinstance(d[0], str) and d[0] in self.late_ids
+                     and _attempt(d) == self.late_ids[d[0]])
             (again if known else late).append(d)
         if again:
             self.worker.accept(self, again, self.last_heard)     # each checked there (twice in it: reported)
@@ -310,9 +315,10 @@ class NodeLink(LinkSocket):
                      "unstarted (%d so far)", self.endpoint, len(deliveries), lag, self.node_drop_after,
                      self.stale_dispatches)
         if ids:
+            attempts = {d[0]: _attempt(d) for d in deliveries if isinstance(d, list) and d and isinstance(d[0], str)}
             for task_id in ids:
                 self.late_ids.pop(task_id, None)
-                self.late_ids[task_id] = None
+                self.late_ids[task_id] = attempts[task_id]
             while len(self.late_ids) > MAX_LATE_IDS:
                 del self.late_ids[next(iter(self.late_ids))]
             self.send(c.RETURN, {"ids": ids})
@@ -379,3 +385,9 @@ class NodeLink(LinkSocket):
         self.node_drop_after = self.heartbeat * beats
         self.transit.reset()        # a node welcoming this worker again may be another process
         self.late_ids.clear()       # it dropped this worker (RECONNECT) or is another: those leases are gone
+
+
+def _attempt(delivery: list[Any]) -> int | None:
+    """A delivery's attempt (its fifth element) if an int, else None."""
+    attempt = delivery[4] if len(delivery) > 4 else None
+    return attempt if type(attempt) is int else None
