@@ -230,3 +230,26 @@ def test_a_later_attempt_of_a_task_given_back_as_late_that_comes_late_is_given_b
 def runs(node: StallingNode) -> list[tuple[str, str, int]]:
     """What the worker reported: (done or failed, id, attempt)."""
     return [(kind, task_id, attempt) for kind, task_id, attempt, _ in node.reports]
+
+
+def test_a_link_remembers_a_bounded_number_of_ids_it_gave_back_the_oldest_forgotten(node, thread_worker,
+                                                                                   monkeypatch) -> None:
+    """Fault simulated: a node (buggy or hostile) sends DISPATCH after late
+    DISPATCH of new ids, each after a silence, and never welcomes the worker
+    again. What the link remembers of them is bounded (``MAX_LATE_IDS``,
+    made 2 here; the mutation that dropped the bound passed every test):
+    the oldest is forgotten, so sent again late it is given back again,
+    while the newest, sent again, runs."""
+    monkeypatch.setattr("miyaq.worker.link.MAX_LATE_IDS", 2)
+    worker, link = stamped_worker(node, thread_worker, monkeypatch)
+    sent_before = node_clock()
+    silence(node, link)
+    dispatch(node, *(delivery(t, "nap", 0.0) for t in ("a", "b", "c")), sent=sent_before)
+    wait_for(lambda: node.pump() or node.returned, what="a, b and c given back")
+    assert list(link.late_ids) == ["b", "c"]
+    sent_before = node_clock()
+    silence(node, link)
+    dispatch(node, delivery("a", "nap", 0.0), delivery("c", "nap", 0.0), sent=sent_before)
+    wait_for(lambda: node.pump() or "c" in node.done, what="c run")
+    wait_for(lambda: node.pump() or len(node.returned) > 1, what="a given back again")
+    assert [r["ids"] for r in node.returned] == [["a", "b", "c"], ["a"]] and "a" not in node.done
