@@ -135,6 +135,23 @@ def test_a_dead_task_shows_its_failed_attempts(http_node, api):
 TROJAN = "job\u202egnp.exe\x1b[2J\u2066"     # a right-to-left override, a clear-screen, an isolate
 
 
+def test_c1_controls_are_escaped_and_html_the_templates_made_is_left_as_it_is():
+    """Faults simulated (review29 mutations that passed every test): a C1
+    control in what a producer or worker sends (``\x9b``, a terminal's
+    CSI; ``\x85``, a line break to some programs) shown as it is, because
+    :func:`~miyaq.logs.escape_invisible` left out ``\x80``-``\x9f``; and the
+    console's finalize escaping HTML the templates made (a macro's output,
+    ``Markup``): ``re.sub`` returns a plain str, which autoescape then wrote
+    as text (``&lt;b&gt;``)."""
+    from markupsafe import Markup
+
+    from miyaq.gateway.console.render import Renderer
+    from miyaq.logs import escape_invisible
+    assert escape_invisible("a\x85b\x9b[2Jc\x7f\x80") == "a\\x85b\\x9b[2Jc\\x7f\\x80"
+    template = Renderer().env.from_string("{{ made }} {{ sent }}")
+    assert template.render(made=Markup("<b>x</b>"), sent="<b>\x9b</b>") == "<b>x</b> &lt;b&gt;\\x9b&lt;/b&gt;"
+
+
 def test_what_a_page_would_hide_or_reorder_is_shown_as_escapes(http_node, api):
     """A task name, a failed attempt's message and a worker's declared name
     holding a right-to-left override, an escape sequence or an isolate are
