@@ -118,6 +118,19 @@ def test_a_submit_carries_at_most_a_mebibyte_of_payloads_so_it_crosses_a_slow_li
     assert [len(b["tasks"]) for _, _, b in transport.take()] == [512, 88]
 
 
+@pytest.mark.parametrize("size, batches", [(1920, [512]), (1921, [511, 1])])
+def test_max_batch_small_tasks_go_as_one_submit_up_to_the_byte_limit_exactly(size, batches) -> None:
+    """What BATCH_BYTES (1 MiB) leaves to ``max_batch``: each task counts its
+    payload and 128 bytes, so 512 tasks of up to 1,920 bytes still go as one
+    SUBMIT, and one byte more splits the batch (the docstring said "2 KB
+    tasks", which made 481 and 31; review29)."""
+    core, transport = make(1)
+    for i in range(512):
+        core.submit(Pending({"id": f"t{i}", "name": "echo", "body": b"x" * size}, Waiter(), 0.0, 30.0))
+    core.on_timer(0.0)
+    assert [len(b["tasks"]) for _, _, b in transport.take()] == batches
+
+
 def test_busy_node_is_retried_with_backoff_on_another_node() -> None:
     """Fault: a BUSY node. The submit goes to the other node after a backoff,
     not marked as a resend (a node refuses BUSY before it stores anything:

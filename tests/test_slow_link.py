@@ -16,7 +16,9 @@ from test_peer_validation import record, sync_record
 
 import miyaq
 from miyaq.cluster.peer_requests import SYNC
-from miyaq.testing.harness import wait_for
+from miyaq.core.service import ServiceEndpoint
+from miyaq.runtime.sockets import SocketFactory, zmq
+from miyaq.testing.harness import free_port, in_own_hub, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -109,3 +111,22 @@ def test_a_sync_answer_slower_than_the_resync_wait_counts_when_peer_heartbeat_ti
         service.close()
         node.stop()
         peer.close()
+
+
+@pytest.mark.parametrize("timeout", [0.5, 45.0, 3600.0])
+def test_the_service_sockets_zmtp_heartbeat_is_the_nodes_setting(timeout: float) -> None:
+    """Fault simulated (review29: a mutation that made the socket's timeout a
+    tenth of the setting passed every test, the slow-link tests' margins
+    being wide): the service socket drops a connection after
+    ``service_heartbeat_timeout`` unanswered, a PING every third of it, at
+    the bounds and between them."""
+    def body() -> tuple[int, int]:
+        factory = SocketFactory(green=True)
+        endpoint = ServiceEndpoint(factory, f"tcp://127.0.0.1:{free_port()}", None, timeout)
+        try:
+            raw = endpoint.sock.sock
+            return raw.getsockopt(zmq.HEARTBEAT_IVL), raw.getsockopt(zmq.HEARTBEAT_TIMEOUT)
+        finally:
+            endpoint.close()
+            factory.close()
+    assert in_own_hub(body) == (round(timeout * 1000 / 3), round(timeout * 1000))

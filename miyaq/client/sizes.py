@@ -49,7 +49,8 @@ it only behind the message) and, to be acknowledged in time, within
 ``ack_timeout`` (5 s): 1 MiB needs 0.28 and 1.7 Mbit/s. Before 2026-12-07
 it was 4 MiB: 34 s on a 1 Mbit/s link, the node dropped the connection and
 the client sent the same 4 MiB again. Small tasks are not held back by it
-(``max_batch`` of 2 KB tasks still go as one message)."""
+(each counts its payload and ``ENVELOPE``: 512 tasks of up to 1,920 bytes
+still go as one message)."""
 TASK_FIELDS_ROOM = 16 * 1024
 """Bytes a task's fields but its payload and headers take in a SUBMIT at most
 (a name, a key, a queue of at most 256 characters, a URL of 2,048, small
