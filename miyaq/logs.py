@@ -39,8 +39,13 @@ def setup_logging(level: str = "INFO") -> None:
 #: table is read: C0 and C1 controls (the tab aside), DEL, the Unicode line
 #: and paragraph separators, and the bidirectional controls (marks,
 #: embeddings, overrides, isolates): a right-to-left override in a task name
-#: shows the rest of a row in another order than it holds ("Trojan source").
-_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+#: shows the rest of a row in another order than it holds ("Trojan source");
+#: and the characters of no width that join nothing (the zero-width space,
+#: the word joiner and invisible operators, the byte order mark), which make
+#: two names that read alike differ. The zero-width joiner and non-joiner
+#: (``\u200c``, ``\u200d``) stay: emoji and Persian or Indic text need them.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028-\u202e"
+                      "\u2060-\u2064\u2066-\u2069\ufeff]")
 
 
 def _escaped(match: re.Match[str]) -> str:
@@ -59,13 +64,15 @@ def escape_controls(text: str) -> str:
 #: What a web page shows nothing of, or shows in another order than it is
 #: held: :data:`_CONTROL` less the line breaks (``\n``, ``\r``), which a page
 #: shows as white space and a ``<pre>`` (a traceback, a payload) as lines.
-_INVISIBLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+_INVISIBLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028-\u202e"
+                        "\u2060-\u2064\u2066-\u2069\ufeff]")
 
 
 def escape_invisible(text: str) -> str:
     """``text`` with the characters a web page would hide or reorder
     (:data:`_INVISIBLE`: C0 and C1 controls but the tab and line breaks,
-    DEL, the Unicode line separators and bidirectional controls) written as
+    DEL, the Unicode line separators and bidirectional controls, and the
+    zero-width space, word joiner and byte order mark) written as
     escapes (``\\x1b``, ``\\u202e``): what the console shows of values from
     another process, as :func:`escape_controls` is for a terminal."""
     return _INVISIBLE.sub(_escaped, text)

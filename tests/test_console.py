@@ -152,6 +152,21 @@ def test_c1_controls_are_escaped_and_html_the_templates_made_is_left_as_it_is():
     assert template.render(made=Markup("<b>x</b>"), sent="<b>\x9b</b>") == "<b>x</b> &lt;b&gt;\\x9b&lt;/b&gt;"
 
 
+def test_characters_of_no_width_that_make_look_alike_names_are_escaped():
+    """Fault simulated: a producer names a task ``send\u200bmail`` (a
+    zero-width space), or puts a word joiner or a byte order mark in a
+    worker's name: on a page it read exactly as ``sendmail``, so two
+    different names looked the same (review29). They are written as
+    escapes; the zero-width joiner and non-joiner stay, as emoji and
+    Persian text need them."""
+    from miyaq.logs import escape_controls, escape_invisible
+    assert escape_controls("send\u200bmail") == "send\\u200bmail"      # the terminal's and the log's too
+    assert escape_invisible("send\u200bmail\u2060\u2064\ufeff") == "send\\u200bmail\\u2060\\u2064\\ufeff"
+    family, persian = "\U0001f469\u200d\U0001f467", "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"
+    assert escape_invisible(family) == family and escape_invisible(persian) == persian
+    assert escape_controls(family) == family and escape_controls(persian) == persian
+
+
 def test_what_a_page_would_hide_or_reorder_is_shown_as_escapes(http_node, api):
     """A task name, a failed attempt's message and a worker's declared name
     holding a right-to-left override, an escape sequence or an isolate are
