@@ -115,7 +115,13 @@ MAX_DROPPED_WORKERS = 4096
 CLUSTER_TICK = 0.05
 #: Between two heartbeats on each replication stream (they carry the last sequence).
 STREAM_HEARTBEAT = 1.0
-#: A stream silent this long is suspect: the receiver asks for a resync.
+#: The shortest silence after which a stream is suspect (the receiver asks
+#: its source for a resync). The silence a node uses is longer:
+#: ``peer_heartbeat_timeout`` plus a ``STREAM_HEARTBEAT``, 6 s at the default
+#: (:func:`miyaq.cluster.stream_numbering.stream_silence`): a stream message
+#: may take up to ``peer_heartbeat_timeout`` to cross, and the heartbeats
+#: behind it come after it. Before 2026-12-07 this was the silence, whatever
+#: ``peer_heartbeat_timeout`` said.
 STREAM_SILENCE = 3.5
 #: First and longest wait between reconnects to a peer (milliseconds).
 PEER_RECONNECT_MS = (100, 2000)
@@ -203,9 +209,15 @@ RESYNC_TIMEOUT = 5.0
 #: A peer link that could not be made (no file descriptor left) is tried
 #: again this often.
 RELINK_INTERVAL = 1.0
-#: While a node reconciles, a peer whose resync failed is asked again once
-#: this long has passed since it failed (a peer not connected fails at once).
+#: A resync that failed (no answer within its wait, an error, or a peer not
+#: connected: that fails at once) is asked again this long after it failed,
+#: and each further failure in a row waits twice as long as the one before,
+#: up to ``RESYNC_RETRY_MAX`` (a completed resync starts over); while a node
+#: reconciles, every ``RESYNC_RETRY`` after each failure. Before 2026-12-07
+#: only a reconcile retried: otherwise a failed resync was asked again when
+#: the stream went silent -- never while its heartbeats came.
 RESYNC_RETRY = 1.0
+RESYNC_RETRY_MAX = 8.0
 #: A node that was frozen holds dispatching at most this long while it
 #: fetches every peer's state again.
 FROZEN_RESYNC_TIMEOUT = 10.0

@@ -31,6 +31,7 @@ from miyaq.cluster.replicated_intake import ReplicatedIntake
 from miyaq.cluster.ring_follower import RingFollower
 from miyaq.cluster.ring_view import RingView
 from miyaq.cluster.standby import StandbyChecker
+from miyaq.cluster.stream_numbering import stream_silence
 from miyaq.cluster.sync import Resync
 from miyaq.cluster.ticker import ClusterTicker
 from miyaq.cluster.transport import Transport
@@ -81,6 +82,7 @@ class ClusterRole:
         #: True once :meth:`stop` ran: the node takes no more writes from its peers (its log closes next).
         self.stopped = False
         self.subscriber = transport.subscriber(self.node_id, self._apply_events, self.resync.start)
+        self.subscriber.silence = stream_silence(config.peer_heartbeat_timeout)
         self.events = EventPublisher(self.node_id, self.publisher, config.max_message)
         self.fence = Fence(self.node_id, coordinator, self.subscriber)
         self.copies = Copies(self)

@@ -16,7 +16,11 @@ incarnation make it ask for a resync over the peer link (the Clone pattern,
 zguide ch. 5): PUB/SUB drops silently at the high-water mark and loses the
 first messages after a connect, so the stream alone is never trusted. At
 most one resync per source is under way; the receiver numbers them and says
-which completed (:meth:`StreamReceiver.synced_since`).
+which completed (:meth:`StreamReceiver.synced_since`). One that failed is
+asked again after a backoff of its own (``RESYNC_RETRY`` doubling up to
+``RESYNC_RETRY_MAX``), whatever the stream does meanwhile; "silent" means
+silent longer than :func:`stream_silence`, which grows with the node's
+``peer_heartbeat_timeout``.
 
 Frames: ``[topic, msgpack {"src", "inc", "seq", "epoch", "proto", "ev":
 [event...]}]`` (``epoch``: the ring's, as the source saw it; ``proto``: its
@@ -37,7 +41,7 @@ from typing import Any
 
 from miyaq.cluster.peer_requests import PEER_PROTOCOL
 from miyaq.cluster.transport import Apply, AskResync
-from miyaq.constants import RESYNC_RETRY, STREAM_SILENCE
+from miyaq.constants import RESYNC_RETRY, RESYNC_RETRY_MAX, STREAM_HEARTBEAT, STREAM_SILENCE
 from miyaq.logs import LogLimiter
 from miyaq.protocol import codec
 from miyaq.runtime import monotonic
@@ -46,20 +50,40 @@ logger = logging.getLogger("miyaq.cluster.stream")     # the stream's logger on 
 _log = LogLimiter(logger)     # a flood of bad messages: a few lines a minute
 
 
+def stream_silence(peer_heartbeat_timeout: float) -> float:
+    """Seconds a followed stream may be silent before its source is asked
+    for a resync: ``peer_heartbeat_timeout`` plus one ``STREAM_HEARTBEAT``
+    (6 s at the default 5 s, 21 s at 20 s), at least ``STREAM_SILENCE``.
+
+    Constraint: longer than any stream message may take to cross. A stream
+    message carries up to 1 MiB of payloads and results
+    (``PEER_MESSAGE_BYTES``), the heartbeats published behind it arrive
+    after it, and an operator sizes ``peer_heartbeat_timeout`` so that any
+    message between nodes crosses within it (docs/operations.md, "Slow
+    links"): silence up to that long is a message crossing, not loss. Before
+    2026-12-07 the silence was ``STREAM_SILENCE`` (3.5 s) whatever the
+    setting: on a link under 2.4 Mbit/s each such message asked its sender
+    for a resync -- every task they share, in pages of up to 1 MiB over the
+    same link, each a longer silence. A failed resync no longer waits for a
+    silence to be asked again (:meth:`StreamReceiver.resync_done`), so a
+    long one delays nothing but the suspicion of a stream that stopped."""
+    return max(STREAM_SILENCE, peer_heartbeat_timeout + STREAM_HEARTBEAT)
+
+
 def topic(node_id: str) -> bytes:
     return hashlib.blake2b(node_id.encode(), digest_size=8).hexdigest().encode() + b"|"
 
 
 class _Source:
-    __slots__ = ("again", "current", "ended", "followed", "heard", "inc", "last", "seq", "synced", "syncing",
-                 "zk_since")
+    __slots__ = ("again", "current", "ended", "failures", "followed", "heard", "inc", "last", "retry_at", "seq",
+                 "synced", "syncing", "zk_since")
 
     def __init__(self) -> None:
         self.inc = 0
         self.seq = 0
         self.followed = monotonic()   # when this node began to follow the stream
         # The silence check's clock: reset when a silence is acted on (so the
-        # next resync is asked a STREAM_SILENCE later), hence not when the
+        # next resync is asked a silence later), hence not when the
         # stream was last heard: that is ``last``.
         self.heard = self.followed
         self.last = 0.0               # when a message of this stream last arrived (0: none yet)
@@ -68,6 +92,8 @@ class _Source:
         self.current = 0              # the number of the resync asked last (only its end counts)
         self.synced = 0               # the number of the last resync that completed
         self.ended = 0.0              # when the last resync ended (monotonic; 0: none yet)
+        self.failures = 0             # resyncs failed in a row (since the last that completed)
+        self.retry_at = 0.0           # when to ask again after the last one failed (monotonic; 0: not due)
         # Why to resync again once the one under way ends: a gap seen meanwhile
         # (its answer may have been made before the lost message was sent).
         self.again: str | None = None
@@ -131,7 +157,8 @@ class StreamReceiver:
     the last sequence and when it was last heard. A subclass hands each
     message to :meth:`_handle`, calls :meth:`_check_silence` at least every
     ``STREAM_HEARTBEAT``, and follows the ring with :meth:`_follow` /
-    :meth:`_unfollow`."""
+    :meth:`_unfollow`. The node sets :attr:`silence` from its
+    ``peer_heartbeat_timeout`` (:func:`stream_silence`)."""
 
     def __init__(self, node_id: str, apply: Apply, resync: AskResync) -> None:
         self.node_id = node_id
@@ -142,6 +169,9 @@ class StreamReceiver:
         self.foreign = 0      # messages dropped: a peer protocol this node does not speak
         self.refused = 0      # messages dropped: over the limit, or not a stream message
         self.resyncs = 0
+        #: Seconds a stream may be silent before its source is asked for a
+        #: resync (:func:`stream_silence`; its floor until the node sets it).
+        self.silence = STREAM_SILENCE
         # Does a silent stream mean loss? Not while this node is outside the
         # ring: the members heartbeat to the ring's members only.
         self.heartbeats_expected = True
@@ -235,11 +265,19 @@ class StreamReceiver:
         self.apply(src, body.get("ev") or [])
 
     def _check_silence(self, now: float) -> None:
+        """Ask for a resync each source whose stream was silent longer than
+        :attr:`silence`, and each whose last resync failed and is due again
+        (:meth:`resync_done`) -- neither while this node is outside the
+        ring, nor of a departed source."""
         if not self.heartbeats_expected:
             return
         departed = self.departed
         for src, source in self.sources.items():
-            if now - source.heard > STREAM_SILENCE and not source.syncing and src not in departed:
+            if source.syncing or src in departed:
+                continue
+            if source.retry_at and now >= source.retry_at:
+                self._ask_resync(src, f"its last resync failed ({source.failures} in a row)")
+            elif now - source.heard > self.silence:
                 source.heard = now
                 self._ask_resync(src, "silent stream")
 
@@ -253,6 +291,7 @@ class StreamReceiver:
             source.again = source.again or why
             return
         source.syncing = True
+        source.retry_at = 0.0       # this one's end decides whether another is due
         self.resyncs += 1
         source.current = self.resyncs      # numbered across sources: a source followed anew counts up from there
         logger.info("stream from %s: %s; resyncing", src, why)
@@ -272,16 +311,28 @@ class StreamReceiver:
 
     def resync_done(self, src: str, number: int, complete: bool) -> None:
         """Resync ``number`` from ``src`` ended (``complete``: applied to its
-        end; else failed: the stream stays suspect and is asked again when it
-        shows a gap or goes silent). A gap seen while it ran starts the next
-        one at once. The end of a resync a later one superseded changes
-        nothing: the later one is still under way."""
+        end; else failed -- no answer within its wait, an error, the peer
+        not connected). A failed one is asked again by :meth:`_check_silence`
+        ``RESYNC_RETRY`` after it failed, each further failure in a row
+        twice as long after, up to ``RESYNC_RETRY_MAX``, whether the stream
+        is silent or not (or sooner, on a gap or a silence). A gap seen
+        while it ran starts the next one at once. The end of a resync a
+        later one superseded changes nothing: the later one is still under
+        way. Before 2026-12-07 a failed resync was asked again only on a gap
+        or a silence: a node whose first resync failed while its source's
+        heartbeats came never asked again, and with a silence grown with
+        ``peer_heartbeat_timeout`` the retry would have waited that long."""
         source = self.sources.get(src)
         if source is not None and number == source.current:
             source.syncing = False
             source.ended = monotonic()
             if complete:
                 source.synced = number
+                source.failures = 0
+            else:
+                source.failures += 1
+                source.retry_at = source.ended + min(RESYNC_RETRY_MAX,
+                                                     RESYNC_RETRY * 2 ** min(source.failures - 1, 16))
             again, source.again = source.again, None
             if again is not None:
                 self._ask_resync(src, f"{again} (during the last resync)")
@@ -313,7 +364,7 @@ class StreamReceiver:
         """Per source: when a message of its stream last arrived (monotonic),
         or, none yet, when this node began to follow it. Never the silence
         check's clock (``_Source.heard``), which is reset every
-        ``STREAM_SILENCE`` of silence: before 2026-12-06 this read it, and
+        :attr:`silence` of silence: before 2026-12-06 this read it, and
         the replication lag of a peer frozen for 14 s went 0.6, 3.7, 0.6,
         5.7, 0.7 s."""
         return {src: source.last or source.followed for src, source in self.sources.items()}

@@ -242,7 +242,7 @@ class Resync:
         if role.stopped:
             return          # the node stops: its log closes next
         if answer is None:
-            role.subscriber.resync_done(src, number, complete=False)    # asked again when the stream stays suspect
+            role.subscriber.resync_done(src, number, complete=False)    # asked again after a backoff
             return
         engine = role.engine
         table = engine.table

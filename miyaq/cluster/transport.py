@@ -112,6 +112,9 @@ class StreamPublisher(Protocol):
 class StreamSubscriber(Protocol):
     gaps: int
     resyncs: int
+    #: Seconds a followed stream may be silent before its source is asked
+    #: for a resync (:func:`~miyaq.cluster.stream_numbering.stream_silence`).
+    silence: float
 
     def start(self) -> None:
         """Begin receiving (and watching for silent streams)."""
@@ -128,7 +131,8 @@ class StreamSubscriber(Protocol):
 
     def resync_done(self, src: str, number: int, complete: bool) -> None:
         """Resync ``number`` from ``src`` ended (``complete``: applied to its
-        end; else abandoned)."""
+        end; else abandoned, and asked again after a backoff:
+        ``RESYNC_RETRY`` doubling up to ``RESYNC_RETRY_MAX``)."""
 
     def resync_unsynced(self, marks: dict[str, int], sources: list[str], why: str) -> None:
         """Ask again each of ``sources`` whose resync since its mark failed
