@@ -133,7 +133,8 @@ class NodeConfig(Settings):
                                          "seconds another node may leave this node's ZMTP heartbeats on the "
                                          "replication stream and the peer link unanswered (frozen, its host "
                                          "gone) before its connections are dropped with what was queued for it; "
-                                         "a PING every fifth of it")
+                                         "a PING every fifth of it. A replication stream silent this long plus "
+                                         "1 s is resynced")
     replication_timeout: float = setting(3.0, "seconds a submit waits for min_acks holders to store the task before "
                                            "it is refused not_enough_replicas (a resend with the same id is safe)")
     reconcile_timeout: float = setting(15.0, "most seconds a node restarted from its log (or empty while the ring "
