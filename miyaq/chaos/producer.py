@@ -11,7 +11,11 @@ arrives: ``ack`` (the node stored it on ``min_acks`` holders: accepted) or
 ``fail`` with the error code (the client gave up after ``submit_timeout``;
 the task may still exist and run — the checker looks). With
 ``reject_every`` K, every K-th task is submitted to reject itself
-(:func:`miyaq.chaos.tasks.work`), and its submit record says so.
+(:func:`miyaq.chaos.tasks.work`), and its submit record says so. With
+``payload`` (``--payload``) each task carries padding of a size drawn from
+it, and with ``result`` (``--result``) asks its handler for a result of
+such a size; the submit record has both (``size``, ``result``). The
+client's window is then bounded in bytes too (:func:`window_for`).
 
 :meth:`Producer.finish` stops submitting and waits (bounded) for every
 answer; a submit with no answer by then is recorded as ``fail`` with code
@@ -30,20 +34,38 @@ from ..client.client import Client, new_id
 from ..client.handle import TaskHandle
 from ..errors import MiyaqError
 from .history import HistoryWriter
+from .sizes import SizeSpec
 from .tasks import TASK_NAME, work
 
 logger = logging.getLogger(__name__)
 
 COLLECT_EVERY = 0.01
 MAX_TASK_TIME = 10.0
+WINDOW = 5000
+WINDOW_BYTES = 256 * 1024 * 1024
+"""Payload bytes the producer's unacknowledged submits may hold at most: a
+window of 5,000 tasks of 1 MiB would be 5 GB in the producer alone."""
+MIN_WINDOW = 16
+
+
+def window_for(payload: SizeSpec | None) -> int:
+    """The client's window: WINDOW submits, fewer when the largest payload
+    would make them more than WINDOW_BYTES (but at least MIN_WINDOW)."""
+    if payload is None or payload.high == 0:
+        return WINDOW
+    return max(MIN_WINDOW, min(WINDOW, WINDOW_BYTES // payload.high))
 
 
 class Producer:
     def __init__(self, endpoints: list[str], history: HistoryWriter, *, rate: float, duration: float,
-                 task_time: float = 0.05, submit_timeout: float = 10.0, window: int = 5000,
+                 task_time: float = 0.05, submit_timeout: float = 10.0, window: int | None = None,
                  rng: random.Random | None = None, key: str | None = None, server_key: str | None = None,
-                 reject_every: int = 0) -> None:
+                 reject_every: int = 0, payload: SizeSpec | None = None, result: SizeSpec | None = None) -> None:
         self.endpoints = endpoints
+        self.payload = payload
+        self.result = result
+        self._pad = bytes(payload.high if payload is not None else 0)     # every task's padding is cut from it
+        window = window_for(payload) if window is None else window
         self.reject_every = reject_every
         self.history = history
         self.rate = rate
@@ -104,12 +126,19 @@ class Producer:
     def _submit_one(self, seq: int) -> None:
         task_id = new_id()
         args: list[Any] = [round(self._task_seconds(), 4), seq]
-        if self.reject_every > 0 and seq % self.reject_every == self.reject_every - 1:
+        sizes: dict[str, int] = {}
+        reject = self.reject_every > 0 and seq % self.reject_every == self.reject_every - 1
+        if self.payload is not None or self.result is not None:
+            sizes["size"] = self.payload.pick(self.rng) if self.payload is not None else 0
+            sizes["result"] = self.result.pick(self.rng) if self.result is not None else 0
+            args += [reject, self._pad[:sizes["size"]], sizes["result"]]
+        elif reject:
             args.append(True)
+        if reject:
             self.rejecting.add(task_id)
-            self.history.write("submit", id=task_id, seq=seq, reject=True)
+            self.history.write("submit", id=task_id, seq=seq, reject=True, **sizes)
         else:
-            self.history.write("submit", id=task_id, seq=seq)
+            self.history.write("submit", id=task_id, seq=seq, **sizes)
         self.submitted += 1
         try:
             handle = self.client.submit(TASK_NAME, args, id=task_id, **work.options)

@@ -45,6 +45,7 @@ from .nemesis import Nemesis
 from .rolling import Rolling
 from .producer import Producer
 from .report import Progress
+from .sizes import SizeSpec
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,8 @@ class ChaosConfig:
     rate: float = 200.0
     task_time: float = 0.05
     reject_every: int = 0
+    payload: SizeSpec | None = None
+    result: SizeSpec | None = None
     faults: list[str] = field(default_factory=list)
     fault_order: str = "random"
     interval: float = 10.0
@@ -225,7 +228,8 @@ class ChaosRun:
                            replicas=c.replicas, rate=c.rate, duration=c.duration, faults=",".join(c.faults),
                            interval=c.interval, fault_duration=c.fault_duration, pause_duration=c.pause_duration,
                            workers=c.workers, concurrency=c.concurrency, pool=c.pool, task_time=c.task_time,
-                           reject_every=c.reject_every, partitions=c.partitions, unsafe=c.unsafe, fsync=c.fsync,
+                           reject_every=c.reject_every, payload=str(c.payload or 0), result=str(c.result or 0),
+                           partitions=c.partitions, unsafe=c.unsafe, fsync=c.fsync,
                            external=bool(c.zk), secure=c.secure,
                            rolling=c.rolling, zk_servers=c.zk_servers, run_dir=self.run_dir)
         self.history.write("phase", name="load")
@@ -233,7 +237,7 @@ class ChaosRun:
         producer = Producer(cluster.endpoints, self.history, rate=c.rate, duration=c.duration,
                             task_time=c.task_time, submit_timeout=c.submit_timeout,
                             rng=random.Random(self.rng.random()), key=key, server_key=server_key,
-                            reject_every=c.reject_every).start()
+                            reject_every=c.reject_every, payload=c.payload, result=c.result).start()
         kinds = [k for k in c.faults if k in cluster.capabilities]
         for kind in c.faults:
             if kind not in cluster.capabilities:

@@ -22,6 +22,10 @@ worker's name, inherited with the environment, is what ties its records
 to the worker that the ``worker`` fault kills (that fault's record names
 the worker's pid, not its children's; :mod:`.explain`).
 
+A task may carry padding (``pad``: ``miyaq chaos --payload``) and ask for
+a result of ``result`` bytes (``--result``): the large messages of a run
+over slow links (docs/chaos.md, "Large tasks and slow links").
+
 A task submitted with ``reject`` set (``miyaq chaos --reject-every K``)
 raises :class:`~miyaq.errors.Reject` once it has written its finish record:
 the failure that must not be retried, which the cluster must dead-letter
@@ -50,6 +54,8 @@ TASK_NAME = "miyaq.chaos.work"
 QUEUE = "miyaq-chaos"
 """A queue of its own, so the workers of a deployment never take chaos tasks."""
 MAX_SLEEP = 60.0
+MAX_RESULT = 64 * 1024 * 1024
+"""The largest result a handler makes (``miyaq chaos --result`` keeps to the nodes' ``max_payload``)."""
 
 app = App()
 
@@ -99,11 +105,14 @@ def record(event: str, ctx: TaskContext) -> None:
 
 
 @app.task(name=TASK_NAME, queue=QUEUE, max_retries=100, backoff=0.2, backoff_max=2.0, timeout=30)
-def work(seconds: float = 0.0, seq: int = 0, reject: bool = False) -> Any:
+def work(seconds: float = 0.0, seq: int = 0, reject: bool = False, pad: bytes = b"", result: int = 0) -> Any:
     """Sleep ``seconds`` (cooperatively in the gevent pool) between a start and a finish record;
-    returns ``seq``, or with ``reject`` raises Reject after the finish
-    record. Retries are many and quick: a chaos task should only end
-    dead-lettered when something is wrong, or when it rejected itself."""
+    returns ``seq``, or ``result`` zero bytes when ``result`` is above 0
+    (``miyaq chaos --result``; at most MAX_RESULT), or with ``reject``
+    raises Reject after the finish record. ``pad`` is the task's padding
+    (``--payload``), ignored. Retries are many and quick: a chaos task
+    should only end dead-lettered when something is wrong, or when it
+    rejected itself."""
     ctx = current_task()
     assert ctx is not None
     record("start", ctx)
@@ -111,4 +120,5 @@ def work(seconds: float = 0.0, seq: int = 0, reject: bool = False) -> Any:
     record("finish", ctx)
     if reject:
         raise Reject(f"chaos task {seq} rejects itself: it must be dead-lettered, never run again")
-    return seq
+    size = min(max(0, int(result)), MAX_RESULT)
+    return bytes(size) if size else seq

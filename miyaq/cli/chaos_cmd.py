@@ -68,6 +68,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--reject-every", type=numbers.nonnegative, default=0, metavar="K",
                    help="every K-th task raises Reject when it has run: it must end dead-lettered and never "
                         "run again [0: none]")
+    g.add_argument("--payload", default=None, metavar="SIZE",
+                   help="padding each task carries: bytes, 200k (KiB) or 1m (MiB), or a range MIN-MAX drawn "
+                        "log-uniformly (1k-1m); at most the nodes' max_payload less the task's encoding [none]")
+    g.add_argument("--result", default=None, metavar="SIZE",
+                   help="result each task returns, as --payload: SIZE or MIN-MAX; at most the nodes' "
+                        "max_payload less 5 [none: the task's number]")
     g.add_argument("--submit-timeout", type=numbers.positive_seconds, default=10.0,
                    help="seconds before the client gives up on a submit [10]")
     g = p.add_argument_group("faults")
@@ -133,11 +139,13 @@ def run(args: argparse.Namespace) -> int:
         return _check_only(args, human)
     from ..chaos.faults import parse_kinds
     from ..chaos.runner import ChaosConfig, ChaosRun, default_concurrency
+    payload, result = _sizes(args)
     config = ChaosConfig(
         nodes=args.nodes, replicas=args.replicas, workers=args.workers, pool=args.pool,
         concurrency=args.concurrency if args.concurrency is not None else default_concurrency(args.pool),
         duration=args.duration, rate=args.rate, task_time=args.task_time, reject_every=args.reject_every,
-        faults=parse_kinds(args.faults, args.partitions, args.zk_servers), zk_servers=args.zk_servers,
+        payload=payload, result=result, faults=parse_kinds(args.faults, args.partitions, args.zk_servers),
+        zk_servers=args.zk_servers,
         fault_order=args.fault_order, interval=args.interval,
         fault_duration=args.fault_duration, pause_duration=args.pause_duration, unsafe=args.unsafe,
         partitions=args.partitions, rolling=args.rolling, secure=args.secure, zk=args.zk, cluster=args.cluster,
@@ -157,6 +165,18 @@ def run(args: argparse.Namespace) -> int:
     _emit_json(args, chaos.summary)
     code = verdict.exit_code()
     return 130 if chaos.interrupted and code == 0 else code
+
+
+def _sizes(args: argparse.Namespace) -> tuple[Any, Any]:
+    """``--payload`` and ``--result`` read, bounded by the nodes'
+    ``max_payload`` (a ``--node-arg=--max-payload=N``, else the default);
+    ConfigError (exit 2) for a size that is none or too large."""
+    from ..chaos.sizes import largest_payload, largest_result, node_max_payload, parse_spec
+    from .bench_cmd import default_max_payload
+    limit = node_max_payload(list(args.node_arg), default_max_payload())
+    payload = None if args.payload is None else parse_spec(args.payload, "--payload", largest_payload(limit))
+    result = None if args.result is None else parse_spec(args.result, "--result", largest_result(limit))
+    return payload, result
 
 
 def _check_only(args: argparse.Namespace, human: Any) -> int:
