@@ -290,7 +290,7 @@ def test_history_files_merge_and_torn_lines(tmp_path):
 def test_fault_kinds_from_the_flag():
     assert parse_kinds(None, partitions=False) == list(KINDS_DEFAULT)
     assert parse_kinds("", partitions=True)[len(KINDS_DEFAULT):] == list(KINDS_NETWORK)
-    assert {"partition", "isolate", "deaf", "mute", "zkcut", "lossy", "delay", "duplicate",
+    assert {"partition", "isolate", "deaf", "mute", "zkcut", "lossy", "delay", "slow", "duplicate",
             "split"} == set(KINDS_NETWORK)
     assert parse_kinds("", partitions=False, zk_servers=3) == [*KINDS_DEFAULT, *KINDS_ZK]
     assert parse_kinds("", partitions=True, zk_servers=3)[-1] == "zkminority"

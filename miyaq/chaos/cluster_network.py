@@ -7,7 +7,7 @@ Constraints:
   (``LocalCluster.capabilities``).
 * Each fault has its undo: ``partition``/``heal_partition``,
   ``cut_from_zk_majority``/``heal_zk_majority``, ``split``/``heal_split``,
-  ``isolate``/``rejoin``, ``net_filter``/``net_unfilter`` and
+  ``isolate``/``rejoin``, ``slow``/``unslow``, ``net_filter``/``net_unfilter`` and
   ``run_in_netns``/``stop_in_netns`` (by key).
 * A node is named to the network by its slot, ``n<index>``
   (:class:`~.nodespec.NodeSpec`), ZooKeeper server ``j`` as ``z<j>``.
@@ -105,3 +105,10 @@ class ClusterNetwork:
 
     def rejoin(self, node_id: str) -> None:
         self.net.rejoin(self.specs[node_id].index)
+
+    def slow(self, node_id: str, rate: int) -> None:
+        """``node_id``'s link, both ways, at ``rate`` bits a second."""
+        self.net.slow(self.specs[node_id].index, rate)
+
+    def unslow(self, node_id: str) -> None:
+        self.net.unslow(self.specs[node_id].index)

@@ -24,7 +24,7 @@ explains it:
    at most ``MISSED_FINISH_HORIZON`` before it began, and
    the re-run was leased by a node that could not hear
    the other holders, or the node that ran the task earlier could not
-   answer it (``partition``, ``deaf``, ``mute``, ``lossy``, ``delay``,
+   answer it (``partition``, ``deaf``, ``mute``, ``lossy``, ``delay``, ``slow``,
    ``split``, ``zkcut``, ``zkminority``; and ``pause`` of the node that ran
    it earlier, never of the re-runner), at that moment or within
    ``HEAL_GRACE`` of the heal: a late answer is silence.
@@ -43,7 +43,7 @@ starts nothing more); a node that lost ZooKeeper (``split``, ``zkcut``,
 ``zkminority``)
 knows within ``FENCE_DEADLINE`` and must then stop starting tasks; a
 node cut off from its peers but not from ZooKeeper (``partition``,
-``deaf``, ``mute``, ``lossy``, ``delay``) stays in the ring and cannot know: the
+``deaf``, ``mute``, ``lossy``, ``delay``, ``slow``) stays in the ring and cannot know: the
 other holders hear silence and run their copies (docs/cluster.md,
 "Before a standby copy runs"), so every run it starts until the heal
 counts. The re-run must also come within the fault's window: at or after
@@ -83,7 +83,7 @@ chaos run), the node fences 1.5 s later (``FENCE_AFTER``), plus margin."""
 FENCED_KINDS = ("split", "zkcut", "zkminority")
 ZK_DOWN_KINDS = ("zk", "zkquorum")
 """Faults that take ZooKeeper from every node: no node fences while one lasts."""
-BLIND_KINDS = ("partition", "deaf", "mute", "lossy", "delay")
+BLIND_KINDS = ("partition", "deaf", "mute", "lossy", "delay", "slow")
 SILENT_KINDS = ("pause",)
 """Faults that silence a node without cutting it off: they explain a re-run
 only when they silenced the node that ran the task earlier (a paused node

@@ -14,7 +14,7 @@ from .nodefaults import NODE_KINDS
 from .zkfaults import ZK_KINDS
 
 KINDS_DEFAULT = ("kill", "pause", "leader", "worker", "zk", "wipe")
-KINDS_NETWORK = ("partition", "isolate", "deaf", "mute", "zkcut", "lossy", "delay", "duplicate", "split")
+KINDS_NETWORK = ("partition", "isolate", "deaf", "mute", "zkcut", "lossy", "delay", "slow", "duplicate", "split")
 KINDS_ZK = ("zkserver", "zkleader", "zkquorum")
 """With ``--zk-servers`` 3 or more (in the default mix then)."""
 KINDS_ZK_NETWORK = ("zkminority",)

@@ -21,6 +21,10 @@ reach every node unless the fault says otherwise.
   NFQUEUE): a slow link whose jitter reorders packets, as ``tc netem delay
   100ms 80ms`` makes, on kernels without ``netem``. Held where they arrive:
   held where they leave, they would throttle the sender's TCP (:mod:`.netdelay`).
+- ``slow``: the node's link, both ways, at a few Mbit/s (``SLOW_RATES`` in
+  turn, a token bucket on each end of its veth pair, :meth:`.netns.Namespaces.slow`):
+  a large message takes seconds to cross, longer than the waits of
+  docs/operations.md, "Slow links", at the lower rates.
 - ``duplicate``: ``DUPLICATE`` of the packets the node sends go out twice
   (iptables' ``TEE`` target to the same destination).
 
@@ -46,6 +50,10 @@ JITTER = 0.08
 """A ``delay`` link: 100 ms ± 80 ms per packet sent."""
 DUPLICATE = 0.05
 """Share of a ``duplicate`` link's packets sent twice."""
+SLOW_RATES = (1_000_000, 2_000_000, 4_000_000)
+"""The rates of a ``slow`` link, bits a second, one fault after another:
+1 MiB crosses in 8.4, 4.2 and 2.1 s -- around the 5 s and 3 s waits of
+docs/operations.md, "Slow links"."""
 QUEUE = 7
 """The netfilter queue number in a node's namespace (each namespace has its own)."""
 BIND_TIMEOUT = 10.0
@@ -135,6 +143,22 @@ class Delay(FaultKind):
         cluster.stop_in_netns(f"delay-{target}")     # it lets every packet it still holds go first
 
 
+class Slow(FaultKind):
+    name = "slow"
+    help = f"a node's link, both ways, at {' then '.join(f'{r / 1e6:g}' for r in SLOW_RATES)} Mbit/s (in turn)"
+
+    def __init__(self) -> None:
+        self._rates = itertools.cycle(SLOW_RATES)
+
+    def begin(self, cluster: Any, target: str) -> dict[str, Any]:
+        rate = next(self._rates)
+        cluster.slow(target, rate)
+        return {"rate_bits": rate}
+
+    def heal(self, cluster: Any, target: str) -> None:
+        cluster.unslow(target)
+
+
 class Duplicate(_Filtered):
     name = "duplicate"
     holder = False
@@ -169,4 +193,4 @@ class Split(FaultKind):
         cluster.heal_split(target.split("+"))
 
 
-NETWORK_KINDS = (Deaf, Mute, ZkCut, Lossy, Delay, Duplicate, Split)
+NETWORK_KINDS = (Deaf, Mute, ZkCut, Lossy, Delay, Slow, Duplicate, Split)

@@ -21,8 +21,17 @@ reach the nodes through the bridge. Faults:
 - :meth:`Namespaces.filter` (iptables rules in a node's namespace, see
   :mod:`.firewall`): one-way partitions, a node cut off from ZooKeeper
   (:meth:`zk_rules`), a lossy link; :meth:`unfilter` removes them.
+- :meth:`Namespaces.slow`: a token bucket (``tc qdisc ... tbf``) on both
+  ends of the node's veth pair: what the node sends and what it receives
+  each cross at ``rate`` bits a second, the excess queued (at most
+  ``SLOW_LATENCY`` of it, then dropped: a bounded queue, as a slow
+  router's) -- a slow link, not a delaying one: a large message takes
+  ``size / rate`` to cross whatever the round trip. The bucket on the
+  node's own end shapes its sends as a slow NIC would (TCP Small Queues
+  pace the socket to it; the NFQUEUE hold of :mod:`.netdelay` does not
+  apply), the one on the bridge's end what reaches it.
 
-:meth:`unpartition`, :meth:`rejoin` and :meth:`unfilter` undo one fault;
+:meth:`unpartition`, :meth:`rejoin`, :meth:`unfilter` and :meth:`unslow` undo one fault;
 :meth:`heal` undoes every fault still in place.
 
 Only namespaces, links and routes this object made are touched, and only
@@ -46,6 +55,14 @@ from .firewall import Firewall, Rule, check_iptables, drop_from, drop_to
 logger = logging.getLogger(__name__)
 
 IP_TIMEOUT = 10.0
+NO_QDISC = "handle of zero"
+"""In tc's answer to deleting a root qdisc that is not there."""
+SLOW_BURST = 16 * 1024
+"""Bytes a slow link sends at once before its rate holds them (tbf's bucket):
+about ten packets, a tenth of a second at 1 Mbit/s."""
+SLOW_LATENCY_MS = 1000
+"""The longest a packet waits in a slow link's queue: the queue holds at most
+a second of the rate (plus the bucket); a packet beyond it is dropped."""
 
 
 class Loopback:
@@ -79,6 +96,23 @@ def _ip(*args: str, check: bool = True) -> str:
     if check and done.returncode != 0:
         raise MiyaqError(f"ip {' '.join(args)} failed: {done.stderr.strip()}")
     return done.stdout
+
+
+def _tc(*args: str) -> None:
+    try:
+        done = subprocess.run(["tc", *args], capture_output=True, text=True, timeout=IP_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise MiyaqError(f"tc {' '.join(args)} failed: {exc}") from None
+    if done.returncode != 0:
+        raise MiyaqError(f"tc {' '.join(args)} failed: {done.stderr.strip()}")
+
+
+def tbf(rate: int) -> list[str]:
+    """The token bucket of a slow link of ``rate`` bits a second (at least
+    8,000: a kilobyte a second), as ``tc qdisc`` arguments."""
+    if not isinstance(rate, int) or rate < 8000:
+        raise ConfigError(f"a slow link's rate is a whole number of bits a second, at least 8000, not {rate!r}")
+    return ["tbf", "rate", f"{rate}bit", "burst", str(SLOW_BURST), "latency", f"{SLOW_LATENCY_MS}ms"]
 
 
 def check_supported() -> None:
@@ -130,6 +164,7 @@ class Namespaces:
         self._bridge_made = False
         self._blackholes: set[tuple[str, str]] = set()     # (from label, to label)
         self._isolated: set[int] = set()
+        self._slowed: set[int] = set()
         self.firewall = Firewall()
         self._filters: dict[str, list[Rule]] = {}
 
@@ -207,6 +242,40 @@ class Namespaces:
         _ip("link", "set", self._veths(index)[0], "down")
         self._isolated.add(index)
 
+    def _slow_ends(self, index: int) -> list[tuple[list[str], str]]:
+        """Each end of node ``index``'s veth pair as (``tc``'s namespace
+        arguments, device): the node's own (in its namespace), the bridge's."""
+        outside, inside = self._veths(index)
+        return [(["-n", self.netns(index)], inside), ([], outside)]
+
+    def slow(self, index: int, rate: int) -> None:
+        """Node ``index``'s link both ways at ``rate`` bits a second (a
+        token bucket on each end, see the module docstring); a second call
+        changes the rate. On failure the link is left as it was."""
+        spec = tbf(rate)
+        try:
+            for netns, dev in self._slow_ends(index):
+                _tc(*netns, "qdisc", "replace", "dev", dev, "root", *spec)
+        except MiyaqError:
+            self._unslow(index, check=False)
+            raise
+        self._slowed.add(index)
+
+    def unslow(self, index: int) -> None:
+        """Undo :meth:`slow` (what the queues still hold is dropped: TCP sends it again)."""
+        if index in self._slowed:
+            self._unslow(index, check=True)
+            self._slowed.discard(index)
+
+    def _unslow(self, index: int, check: bool) -> None:
+        for netns, dev in self._slow_ends(index):
+            try:
+                _tc(*netns, "qdisc", "del", "dev", dev, "root")
+            except MiyaqError as exc:
+                if check and NO_QDISC not in str(exc):
+                    raise
+                logger.debug("removing a slow link: %s", exc)
+
     def zk_addresses(self) -> list[str]:
         return [self.addresses[f"z{j}"] for j in range(self.zk_servers)]
 
@@ -241,6 +310,9 @@ class Namespaces:
             except MiyaqError as exc:
                 logger.warning("healing an isolation: %s", exc)
         self._isolated.clear()
+        for index in sorted(self._slowed):
+            self._unslow(index, check=False)
+        self._slowed.clear()
 
     def close(self) -> None:
         """Delete the namespaces (their veths go with them) and the bridge.

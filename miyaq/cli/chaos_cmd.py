@@ -79,7 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("faults")
     g.add_argument("--faults", default=None, metavar="KINDS",
                    help="comma-separated: kill,pause,leader,worker,zk,wipe; with --partitions also partition,"
-                        "isolate,deaf,mute,zkcut,lossy,delay,duplicate,split; with --zk-servers 3 zkserver,"
+                        "isolate,deaf,mute,zkcut,lossy,delay,slow,duplicate,split; with --zk-servers 3 zkserver,"
                         "zkleader,zkquorum (and zkminority with --partitions); clock (faketime), diskfull (root); "
                         "'all'; 'none' "
                         "[kill,pause,leader,worker,zk,wipe; plus the network kinds with --partitions and the "

@@ -1,0 +1,168 @@
+"""``miyaq chaos --payload`` and ``--result``: the size parser and its bounds,
+the producer's padded submits and byte-bounded window, and the handler's
+large result. The ``slow`` fault's link is in tests/test_chaos_slow.py."""
+from __future__ import annotations
+
+import math
+import random
+
+import msgpack
+import pytest
+from fuzz_inputs import pack
+from played_node import PlayedNode
+
+from miyaq.chaos import tasks
+from miyaq.chaos.history import HistoryWriter, read_history
+from miyaq.chaos.producer import MIN_WINDOW, WINDOW, WINDOW_BYTES, Producer, window_for
+from miyaq.chaos.sizes import (
+    SizeSpec,
+    largest_payload,
+    largest_result,
+    node_max_payload,
+    parse_size,
+    parse_spec,
+    task_body,
+)
+from miyaq.cli.main import main
+from miyaq.errors import ConfigError
+from miyaq.protocol import commands as c
+from miyaq.testing.harness import ThreadWorker, wait_for
+
+MIB = 1024 * 1024
+
+
+def test_sizes_read_with_binary_suffixes():
+    assert [parse_size(t) for t in ("0", "512", "200k", "200K", "1m", "1.5m", " 2k ")] == [
+        0, 512, 204_800, 204_800, MIB, 1_572_864, 2048]
+
+
+@pytest.mark.parametrize("text", ["", "k", "-5", "12x", "1g", "1e6", "1,000", "1kb", "5-", "1-2-3", "nan"])
+def test_a_spec_that_is_no_size_is_refused_naming_the_flag(text):
+    with pytest.raises(ConfigError, match="--payload"):
+        parse_spec(text, "--payload", MIB)
+
+
+def test_a_range_runs_up_and_stays_under_the_nodes_bound():
+    assert parse_spec("100-1m", "--payload", MIB) == SizeSpec(100, MIB)
+    assert parse_spec("200k", "--result", MIB) == SizeSpec(204_800, 204_800)
+    with pytest.raises(ConfigError, match="larger than its last"):
+        parse_spec("1m-1k", "--payload", MIB)
+    with pytest.raises(ConfigError, match=f"at most {MIB - 1}"):
+        parse_spec("1k-1m", "--payload", MIB - 1)
+
+
+def test_the_largest_payload_and_result_are_exactly_what_a_node_takes():
+    """The bound is the encoding's, not a guess: the largest padding with
+    the largest time, sequence number and result size a task can carry
+    makes a body of exactly ``max_payload`` (2 bytes under below 64 KiB,
+    where msgpack's header of the padding is shorter); a result of the
+    largest size packs to exactly ``max_payload``."""
+    for max_payload in (MIB, 4096, 70_000):
+        pad = largest_payload(max_payload)
+        worst = len(task_body(-1.5, 2 ** 63 - 1, True, bytes(pad), 2 ** 32 - 1))
+        assert worst == max_payload if pad >= 65536 else max_payload - 2 <= worst <= max_payload
+        assert len(task_body(0.05, 3, False, bytes(pad), 0)) <= max_payload
+        packed = len(msgpack.packb(bytes(largest_result(max_payload)), use_bin_type=True))
+        assert packed == max_payload if max_payload > 65536 else max_payload - 2 <= packed <= max_payload
+    assert largest_payload(10) == 0
+
+
+def test_the_nodes_max_payload_is_read_from_their_arguments():
+    assert node_max_payload([], MIB) == MIB
+    assert node_max_payload(["--fsync=always", "--max-payload=4096"], MIB) == 4096
+    assert node_max_payload(["--max-payload", "2000", "--max-payload=3000"], MIB) == 3000
+    assert node_max_payload(["--max-payload=lots"], MIB) == MIB
+
+
+def test_a_range_is_drawn_log_uniformly_within_its_bounds():
+    """As many sizes in each decade of 1k-1m: the large ones are a steady
+    share, not one in a thousand."""
+    spec = SizeSpec(1024, MIB)
+    rng = random.Random(5)
+    sizes = [spec.pick(rng) for _ in range(30_000)]
+    assert min(sizes) >= 1024 and max(sizes) <= MIB
+    decades = [sum(1 for s in sizes if 1024 * 10 ** d <= s < 1024 * 10 ** (d + 1)) for d in range(3)]
+    assert all(abs(n - 30_000 * math.log(10) / math.log(1024)) < 600 for n in decades), decades
+    assert SizeSpec(7, 7).pick(rng) == 7 and 0 <= SizeSpec(0, 1).pick(rng) <= 1
+    with pytest.raises(ConfigError):
+        SizeSpec(5, 4)
+
+
+def test_the_producers_window_is_bounded_in_bytes():
+    assert window_for(None) == WINDOW == window_for(SizeSpec(0, 0))
+    assert window_for(SizeSpec(10, 1000)) == WINDOW
+    assert window_for(SizeSpec(10, MIB)) == WINDOW_BYTES // MIB
+    assert window_for(SizeSpec(10, 64 * MIB)) == MIN_WINDOW
+
+
+class _Sent:
+    """Stands for the producer's client: keeps what each submit asked."""
+
+    def __init__(self) -> None:
+        self.args: list[list] = []
+
+    def submit(self, name, args, **options):
+        self.args.append(list(args))
+        raise ConfigError("not sent")     # the producer records it as a failed submit
+
+
+def test_each_submit_carries_padding_of_a_drawn_size_and_asks_for_a_result(tmp_path):
+    """With --payload and --result each task's args are the time, the
+    sequence number, the reject flag, padding of a size drawn from the
+    spec and the result size drawn from the other; the submit record has
+    both sizes. Without them the task is as before."""
+    history = HistoryWriter(str(tmp_path / "h.jsonl"))
+    producer = Producer(["tcp://127.0.0.1:9"], history, rate=1, duration=1, rng=random.Random(1),
+                        payload=SizeSpec(1000, 5000), result=SizeSpec(300, 300), reject_every=2)
+    plain = Producer(["tcp://127.0.0.1:9"], history, rate=1, duration=1, rng=random.Random(1))
+    try:
+        assert producer.client.window == window_for(SizeSpec(1000, 5000))
+        for p in (producer, plain):
+            p.client.close(flush=False)
+            p.client = _Sent()      # type: ignore[assignment]
+        for seq in range(4):
+            producer._submit_one(seq)
+        plain._submit_one(0)
+    finally:
+        history.close()
+    sent = producer.client.args    # type: ignore[attr-defined]
+    assert [(a[1], a[2], a[4]) for a in sent] == [(0, False, 300), (1, True, 300), (2, False, 300), (3, True, 300)]
+    assert all(1000 <= len(a[3]) <= 5000 for a in sent) and len({len(a[3]) for a in sent}) > 1
+    assert len(plain.client.args[0]) == 2       # type: ignore[attr-defined]
+    submits = [r for r in read_history(str(tmp_path / "h.jsonl")) if r["ev"] == "submit"]
+    assert [(r["size"], r["result"]) for r in submits[:4]] == [(len(a[3]), 300) for a in sent]
+    assert "size" not in submits[4]
+
+
+def test_the_handler_returns_a_result_of_the_size_asked(monkeypatch):
+    """A real worker runs the chaos task with padding and a result size:
+    its DONE carries a result of that many bytes."""
+    monkeypatch.delenv(tasks.ENV_DIR, raising=False)
+    monkeypatch.setattr(tasks, "_opened", False)
+    monkeypatch.setattr(tasks, "_file", None)
+    node = PlayedNode()
+    running = ThreadWorker(tasks.app, [node.endpoint], pool="threads", app_spec="miyaq.chaos.tasks:app",
+                           concurrency=1, heartbeat=0.25, grace=5.0).start()
+    try:
+        wait_for(lambda: node.pump() or node.link is not None, what="the worker's READY")
+        node.send([c.TAG, c.DISPATCH, pack({"tasks": [
+            ["t1", tasks.QUEUE, tasks.TASK_NAME, pack([[0.0, 7, False, bytes(50_000), 200_000], {}]), 1, 30.0]]})])
+        wait_for(lambda: node.pump() or node.reports, timeout=30.0, what="the task's outcome")
+    finally:
+        running.stop()
+        node.close()
+    kind, task_id, _, result = node.reports[0]
+    assert (kind, task_id) == ("done", "t1")
+    assert msgpack.unpackb(result) == bytes(200_000)
+
+
+def test_the_command_refuses_a_payload_the_nodes_would_not_take(tmp_path, capsys):
+    """Bad input changes nothing: exit 2, the bound named, no run directory made."""
+    out = tmp_path / "run"
+    assert main(["chaos", "--payload", "2m", "--out", str(out)]) == 2
+    assert "at most" in capsys.readouterr().err
+    assert main(["chaos", "--result", "1k-3x", "--out", str(out)]) == 2
+    assert "no size" in capsys.readouterr().err
+    assert main(["chaos", "--payload", "5000", "--node-arg=--max-payload=4096", "--out", str(out)]) == 2
+    assert f"at most {largest_payload(4096)}" in capsys.readouterr().err
+    assert not out.exists()
