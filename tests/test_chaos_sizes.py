@@ -166,3 +166,21 @@ def test_the_command_refuses_a_payload_the_nodes_would_not_take(tmp_path, capsys
     assert main(["chaos", "--payload", "5000", "--node-arg=--max-payload=4096", "--out", str(out)]) == 2
     assert f"at most {largest_payload(4096)}" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_spec_reads_back_as_written_and_the_report_names_it():
+    """The run record keeps the sizes as the flags read them, and the
+    report's first line names them; a run without them says nothing."""
+    from miyaq.chaos.report import render
+    from test_chaos import H
+
+    for text in ("1k-1m", "300", "100-200k", "1536-3m", "0"):
+        assert str(parse_spec(text, "--payload", 4 * MIB)) == text
+    h = H()
+    h.records[0].update(rate=100, payload="1k-1m", result="0")
+    s = h.task("t", 0, runs=[(0.1, 1, 10, True)]).checked().verdict().summary()
+    assert render(s).splitlines()[0].startswith("miyaq chaos: 3 nodes, N=2, 100/s, payloads 1k-1m for ")
+    h.records[0].update(result="200k")
+    s = h.verdict().summary()
+    assert "/s, payloads 1k-1m, results 200k for " in render(s).splitlines()[0]
+    assert "payload" not in render(H().task("t", 0).checked().verdict().summary()).splitlines()[0]

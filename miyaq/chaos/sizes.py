@@ -63,7 +63,17 @@ class SizeSpec:
         return min(max(size, self.low), self.high)
 
     def __str__(self) -> str:
-        return str(self.low) if self.low == self.high else f"{self.low}-{self.high}"
+        """As the flag reads it: ``1k-1m``, ``300``."""
+        return show(self.low) if self.low == self.high else f"{show(self.low)}-{show(self.high)}"
+
+
+def show(size: int) -> str:
+    """``size`` bytes as :func:`parse_size` reads them back: with ``m`` or
+    ``k`` when a whole number of MiB or KiB, else in bytes."""
+    for suffix in ("m", "k"):
+        if size and size % UNITS[suffix] == 0:
+            return f"{size // UNITS[suffix]}{suffix}"
+    return str(size)
 
 
 def parse_spec(text: str, flag: str, largest: int) -> SizeSpec:
