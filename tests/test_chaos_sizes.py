@@ -45,6 +45,8 @@ def test_a_spec_that_is_no_size_is_refused_naming_the_flag(text):
 def test_a_range_runs_up_and_stays_under_the_nodes_bound():
     assert parse_spec("100-1m", "--payload", MIB) == SizeSpec(100, MIB)
     assert parse_spec("200k", "--result", MIB) == SizeSpec(204_800, 204_800)
+    assert parse_spec("1k-max", "--payload", 5000) == SizeSpec(1024, 5000) == parse_spec("1k-MAX ", "-", 5000)
+    assert parse_spec("max", "--result", 5000) == SizeSpec(5000, 5000)
     with pytest.raises(ConfigError, match="larger than its last"):
         parse_spec("1m-1k", "--payload", MIB)
     with pytest.raises(ConfigError, match=f"at most {MIB - 1}"):

@@ -2,7 +2,8 @@
 
 A size is a whole number of bytes with an optional binary suffix: ``512``,
 ``200k`` (200 KiB = 204,800 bytes), ``1m`` (1 MiB), ``1.5m`` (rounded down
-to a byte); ``k`` and ``m`` in either case, nothing else. A spec is one
+to a byte); ``k`` and ``m`` in either case, nothing else; in a spec,
+``max`` is the largest size the nodes take. A spec is one
 size (every task that size) or a range ``MIN-MAX`` (each task's size drawn
 log-uniformly from MIN to MAX inclusive: as many tasks of 1-10 KiB as of
 10-100 KiB, so a range of ``1k-1m`` is mostly small tasks with a steady
@@ -78,11 +79,12 @@ def show(size: int) -> str:
 
 def parse_spec(text: str, flag: str, largest: int) -> SizeSpec:
     """``SIZE`` or ``MIN-MAX`` to a :class:`SizeSpec`, at most ``largest``
-    bytes (ConfigError, naming ``flag``, otherwise)."""
+    bytes (ConfigError, naming ``flag``, otherwise); ``max`` for either
+    size is ``largest``."""
     parts = text.split("-")
     if len(parts) > 2 or not text.strip():
         raise ConfigError(f"{flag}: {text!r} is neither a size (200k) nor a range of sizes (1k-1m)")
-    sizes = [parse_size(p, flag) for p in parts]
+    sizes = [largest if p.strip().lower() == "max" else parse_size(p, flag) for p in parts]
     if sizes[0] > sizes[-1]:
         raise ConfigError(f"{flag} {text}: the range's first size ({sizes[0]}) is larger than its last ({sizes[-1]})")
     if sizes[-1] > largest:

@@ -70,10 +70,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "run again [0: none]")
     g.add_argument("--payload", default=None, metavar="SIZE",
                    help="padding each task carries: bytes, 200k (KiB) or 1m (MiB), or a range MIN-MAX drawn "
-                        "log-uniformly (1k-1m); at most the nodes' max_payload less the task's encoding [none]")
+                        "log-uniformly (1k-500k); at most the nodes' max_payload less the task's encoding, "
+                        "which 'max' stands for (1k-max) [none]")
     g.add_argument("--result", default=None, metavar="SIZE",
                    help="result each task returns, as --payload: SIZE or MIN-MAX; at most the nodes' "
-                        "max_payload less 5 [none: the task's number]")
+                        "max_payload less 5 ('max') [none: the task's number]")
     g.add_argument("--submit-timeout", type=numbers.positive_seconds, default=10.0,
                    help="seconds before the client gives up on a submit [10]")
     g = p.add_argument_group("faults")
