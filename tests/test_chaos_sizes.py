@@ -186,3 +186,29 @@ def test_a_spec_reads_back_as_written_and_the_report_names_it():
     s = h.verdict().summary()
     assert "/s, payloads 1k-1m, results 200k for " in render(s).splitlines()[0]
     assert "payload" not in render(H().task("t", 0).checked().verdict().summary()).splitlines()[0]
+
+
+def test_a_run_whose_results_fill_the_nodes_is_told_so_before_it_starts():
+    """Fault (seed 71, 2026-12-07: 100/s, results of 1k-256k): results are
+    kept an hour, so after about 70 s every node held its max_result_bytes
+    (256 MiB) and refused submits busy for the rest of the load -- 1,800
+    failed submits, and a run about refusals, not slow links. The run now
+    says so at its start, with the time and the way out; a run whose
+    results fit says nothing. The mean it reckons with is the draws'."""
+    from miyaq.chaos.runner import ChaosConfig, results_note
+    from miyaq.chaos.sizes import results_fill_seconds
+
+    spec = SizeSpec(1024, 256 * 1024)
+    rng = random.Random(3)
+    draws = [spec.pick(rng) for _ in range(50_000)]
+    assert abs(spec.mean() - sum(draws) / len(draws)) < 0.02 * spec.mean()
+    assert SizeSpec(9, 9).mean() == 9
+    assert 60 < results_fill_seconds(spec, 100, 2, 3, 256 * MIB) < 120
+    assert results_fill_seconds(SizeSpec(0, 0), 100, 2, 3, 256 * MIB) == math.inf
+    config = ChaosConfig(rate=100, duration=180, result=spec)
+    note = results_note(config)
+    assert note is not None and "max_result_bytes (268,435,456)" in note and "busy" in note
+    assert results_note(ChaosConfig(rate=100, duration=180, result=spec,
+                                    node_args=["--max-result-bytes=4000000000"])) is None
+    assert results_note(ChaosConfig(rate=100, duration=60, result=spec)) is None
+    assert results_note(ChaosConfig(rate=100, duration=180)) is None

@@ -16,6 +16,7 @@ skips to the cleanup and still reports what the history holds.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -45,7 +46,7 @@ from .nemesis import Nemesis
 from .rolling import Rolling
 from .producer import Producer
 from .report import Progress
-from .sizes import SizeSpec
+from .sizes import SizeSpec, node_setting, results_fill_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +133,32 @@ class ChaosConfig:
             raise ConfigError("--reject-every must be 0 (no task rejects itself) or more")
 
 
+def default_setting(name: str) -> int:
+    """A node's integer setting unless configured (the run starts its nodes so)."""
+    from ..config import NodeConfig
+    default = next(f.default for f in dataclasses.fields(NodeConfig) if f.name == name)
+    assert isinstance(default, int)
+    return default
+
+
+def results_note(config: ChaosConfig) -> str | None:
+    """A warning when ``--result`` fills a node's ``max_result_bytes``
+    within the load (:func:`.sizes.results_fill_seconds`): from then on
+    the nodes refuse submits ``busy`` and the run is one of refusals.
+    None when it does not (or without ``--result``)."""
+    if config.result is None:
+        return None
+    limit = node_setting(config.node_args, "--max-result-bytes", default_setting("max_result_bytes"))
+    fill = results_fill_seconds(config.result, config.rate, config.replicas, config.nodes, limit)
+    if fill >= config.duration:
+        return None
+    return (f"miyaq chaos: results of {config.result.mean():,.0f} bytes on average at {config.rate:g}/s fill a "
+            f"node's max_result_bytes ({limit:,}) in about {fill:.0f}s of the {config.duration:g}s load (results "
+            f"are kept an hour): the nodes then refuse submits (busy). Give --node-arg=--max-result-bytes=N "
+            f"(N about {config.rate * config.result.mean() * config.duration:,.0f}), a lower --rate or a "
+            f"smaller --result\n")
+
+
 def make_cluster(config: ChaosConfig, run_dir: str, rng: random.Random) -> Any:
     if config.zk:
         from .external import ExternalCluster
@@ -189,6 +216,9 @@ class ChaosRun:
         try:
             cluster = make_cluster(self.config, self.run_dir, self.rng)
             self.out.write(f"miyaq chaos: starting in {self.run_dir} (seed {self.seed})\n")
+            note = results_note(self.config)
+            if note:
+                self.out.write(note)
             cluster.start()
             wait_whole(cluster, self.config.ready_timeout)
             producer, nemesis = self._load(cluster)

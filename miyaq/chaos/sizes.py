@@ -63,6 +63,14 @@ class SizeSpec:
         size = int(math.exp(rng.uniform(math.log(self.low + 1), math.log(self.high + 2)))) - 1
         return min(max(size, self.low), self.high)
 
+    def mean(self) -> float:
+        """The mean size :meth:`pick` draws (of the log-uniform law, to
+        within a byte)."""
+        if self.low == self.high:
+            return float(self.low)
+        a, b = self.low + 1, self.high + 2
+        return (b - a) / math.log(b / a) - 1.5
+
     def __str__(self) -> str:
         """As the flag reads it: ``1k-1m``, ``300``."""
         return show(self.low) if self.low == self.high else f"{show(self.low)}-{show(self.high)}"
@@ -115,17 +123,33 @@ def largest_result(max_payload: int) -> int:
 
 
 def node_max_payload(node_args: list[str], default: int) -> int:
-    """The ``max_payload`` the run's nodes have: ``--max-payload`` among
-    ``node_args`` (``--max-payload=N`` or ``--max-payload N``, the last one
-    given), else ``default``. A value that is no integer is left to the
-    node to refuse (the default is returned)."""
+    """The ``max_payload`` the run's nodes have (:func:`node_setting`)."""
+    return node_setting(node_args, "--max-payload", default)
+
+
+def node_setting(node_args: list[str], flag: str, default: int) -> int:
+    """An integer setting the run's nodes have: ``flag`` among ``node_args``
+    (``--max-payload=N`` or ``--max-payload N``, the last one given), else
+    ``default``. A value that is no integer is left to the node to refuse
+    (the default is returned)."""
     value: str | None = None
     for i, arg in enumerate(node_args):
-        if arg.startswith("--max-payload="):
+        if arg.startswith(flag + "="):
             value = arg.split("=", 1)[1]
-        elif arg == "--max-payload" and i + 1 < len(node_args):
+        elif arg == flag and i + 1 < len(node_args):
             value = node_args[i + 1]
     try:
         return int(value) if value is not None else default
     except ValueError:
         return default
+
+
+def results_fill_seconds(result: SizeSpec, rate: float, replicas: int, nodes: int, max_result_bytes: int) -> float:
+    """Seconds until a node holds ``max_result_bytes`` of results, at
+    ``rate`` tasks a second each returning :meth:`SizeSpec.mean` bytes, a
+    node holding ``replicas / nodes`` of them (every result is kept for
+    max(``result_ttl``, ``dedup_window``), an hour by default: longer than
+    any run). After that the node refuses submits (``busy``) until results
+    expire. ``inf`` when the results are empty."""
+    per_second = rate * min(1.0, replicas / max(1, nodes)) * result.mean()
+    return math.inf if per_second <= 0 else max_result_bytes / per_second
