@@ -145,7 +145,8 @@ def test_large_tasks_and_results_over_slow_links_lose_nothing(tmp_path):
     nodes in their own namespaces: a node's link slowed to 1, then 2 Mbit/s
     both ways (3 s each, a large message taking seconds to cross), and a
     node killed between them. Nothing accepted may be lost or stuck, every
-    duplicate explained; each slow fault's record names its rate."""
+    duplicate explained, every result read back (the RESULT path) of the
+    size its task returned; each slow fault's record names its rate."""
     need_root()
     kinds = ["slow", "kill"]
     out = tmp_path / "run"
@@ -159,3 +160,5 @@ def test_large_tasks_and_results_over_slow_links_lose_nothing(tmp_path):
     sizes = [r["size"] for r in records if r["ev"] == "submit"]
     assert max(sizes) > 256 * 1024 and min(sizes) < 4096 and all(r["result"] > 0 for r in records
                                                                 if r["ev"] == "submit")
+    results = s["results"]
+    assert results["read"] > 500 and results["wrong"] == 0, results

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+import threading
 
 import msgpack
 import pytest
@@ -212,3 +213,103 @@ def test_a_run_whose_results_fill_the_nodes_is_told_so_before_it_starts():
                                     node_args=["--max-result-bytes=4000000000"])) is None
     assert results_note(ChaosConfig(rate=100, duration=60, result=spec)) is None
     assert results_note(ChaosConfig(rate=100, duration=180)) is None
+
+
+class _Results:
+    """Stands for the producer's client in the reader: a result per task id, or an error."""
+
+    def __init__(self, answers: dict) -> None:
+        self.answers = answers
+        self.asked: list[str] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def result(self, task_id, timeout=None):
+        self.asked.append(task_id)
+        self.gate.wait(10)
+        answer = self.answers[task_id]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def test_the_reader_records_each_result_read_back_and_drops_what_it_cannot_hold(tmp_path):
+    """The RESULT path: each finished task's result read through the
+    client and recorded by size, or by the client's error code; at most
+    ``capacity`` queued (the rest dropped and counted); after the stop,
+    a read cut short by the closing client records nothing."""
+    from miyaq.chaos.reader import ResultReader
+    from miyaq.errors import ShuttingDown, Timeout
+
+    path = str(tmp_path / "h.jsonl")
+    history = HistoryWriter(path)
+    client = _Results({"a": bytes(300), "b": Timeout("no answer"), "c": 7, "d": bytes(5), "e": ShuttingDown("closing")})
+    client.gate.clear()                         # hold the reads until the queue is full
+    reader = ResultReader(client, history, threads=1, capacity=3, timeout=1.0).start()
+    offered = [reader.offer(i) for i in ("a", "b", "c", "d", "x", "y")]
+    assert offered.count(False) == reader.dropped >= 2
+    client.gate.set()
+    reader.finish(10.0)
+    assert reader.offer("e") is False
+    reader2 = ResultReader(client, history, threads=1, timeout=1.0)
+    reader2._stop.set()
+    reader2._read("e")                           # cut short by the stop: nothing recorded
+    history.close()
+    reads = {r["id"]: r for r in read_history(path) if r["ev"] == "read"}
+    assert set(reads) == set(client.asked) - {"e"} and "e" in client.asked
+    assert reads["a"]["size"] == 300 and reads["b"]["code"] == "timeout"
+    assert reads.get("c", {"size": -1})["size"] == -1
+
+
+def test_the_producer_reads_back_each_finished_tasks_result_once(tmp_path):
+    """Only tasks asked for a result of some bytes, not rejecting themselves,
+    and each once however many finish records it has."""
+    history = HistoryWriter(str(tmp_path / "h.jsonl"))
+    producer = Producer(["tcp://127.0.0.1:9"], history, rate=1, duration=1, rng=random.Random(2),
+                        result=SizeSpec(0, 10), reject_every=3)
+    try:
+        producer.client.close(flush=False)
+        producer.client = _Sent()      # type: ignore[assignment]
+        offered: list[str] = []
+        assert producer.reader is not None
+        producer.reader.offer = offered.append    # type: ignore[method-assign]
+        for seq in range(30):
+            producer._submit_one(seq)
+        submits = [r for r in read_history(str(tmp_path / "h.jsonl")) if r["ev"] == "submit"]
+        ids = [r["id"] for r in submits]
+        producer.finished(ids + ids)
+    finally:
+        history.close()
+    expected = [r["id"] for r in submits if r["result"] > 0 and not r.get("reject")]
+    assert offered == expected and 0 < len(expected) < 30
+
+
+def test_a_result_read_back_of_another_size_fails_the_run():
+    """The checker: a result read back of the size its task returned is
+    right; of another size (or not bytes) wrong -- exit status 4, named in
+    the report; a failed read is counted by its code; a task never read is
+    counted too. Only its first read counts."""
+    from miyaq.chaos.report import render
+    from test_chaos import H
+
+    def history(second_size: int) -> H:
+        h = H()
+        for i, size in enumerate((100, 200, 300, 400)):
+            h.add("submit", i, id=f"t{i}", seq=i, size=10, result=size).add("ack", i + 0.01, id=f"t{i}")
+            h.add("start", i + 0.1, id=f"t{i}", attempt=1, pid=10).add("finish", i + 0.2, id=f"t{i}", attempt=1,
+                                                                        pid=10)
+            h.add("final", 100, id=f"t{i}", state="done")
+        h.add("read", 5, id="t0", size=100).add("read", 5, id="t1", size=second_size)
+        h.add("read", 6, id="t2", code="timeout", error="no answer").add("read", 7, id="t2", size=300)
+        return h.checked()
+
+    good = history(200).verdict()
+    assert good.exit_code() == 0
+    assert good.summary()["results"] == {"asked": 4, "read": 3, "right": 2, "wrong": 0, "failed": {"timeout": 1},
+                                         "not_read": 1, "examples_wrong": []}
+    assert "results read                3   of 4 returning bytes; right 2, timeout 1, not read 1" in render(
+        good.summary())
+    bad = history(-1).verdict()
+    assert bad.exit_code() == 4 and bad.summary()["results"]["examples_wrong"] == ["t1"]
+    assert "WRONG RESULTS" in render(bad.summary())
+    assert "results read" not in render(H().task("t", 0, runs=[(0.1, 1, 10, True)]).checked().verdict().summary())

@@ -48,6 +48,9 @@ Verdicts, per submitted task id:
   first. Each start after the first is put down to a fault and a rule
   by :mod:`.explain` (``classes``); a task with any start it cannot
   explain counts as ``unexplained`` and fails the run (exit status 4).
+- **results read back** (``--result``, :mod:`.reads`): a result read of
+  another size than its task returned is **wrong** and fails the run (exit
+  status 4); reads that failed are reported by their error code.
 - **malformed**: lines of the history that are not records, or records
   failing :mod:`.schema` (wrong types, a time that is not seconds of this
   run), and lines of the workers' files the end-of-run merge could not
@@ -69,6 +72,7 @@ from typing import Any
 from .explain import DuplicateReport, Exec, Run, explain, fence_windows, fencing_violations, runs_of
 from .history import NotAHistory, ReadStats, worker_of
 from .metrics import FaultSpan, Metrics
+from .reads import Reads
 
 LIVE_STATES = ("scheduled", "ready", "running", "retrying")
 GONE_STATES = ("unknown", "cancelled", "expired")
@@ -113,6 +117,7 @@ class Verdict:
     malformed_examples: list[str] = field(default_factory=list)
     """Where the first skipped lines are and why (``line N: ...``)."""
     torn_last_line: bool = False
+    reads: Reads = field(default_factory=Reads)
 
     @property
     def lost(self) -> int:
@@ -128,7 +133,8 @@ class Verdict:
         started twice with no fault to explain it, a task reported done (or
         dead-lettered after rejecting itself) with no finish record, a node
         cut off from ZooKeeper started tasks after it should have fenced
-        itself, or a ring change was accepted while ZooKeeper had no quorum;
+        itself, a ring change was accepted while ZooKeeper had no quorum,
+        or a result was read back of another size than its task returned;
         5 none of these, but the history is damaged (a line other than a
         torn last one skipped): what it lost may have hidden any of them.
         (2 is the command's: no history to judge.)"""
@@ -137,7 +143,8 @@ class Verdict:
             return 1
         if c["stuck"]:
             return 3
-        if c["dup_unexplained"] or c["fencing"] or c["done_unverified"] or self.ring_changed_without_quorum():
+        if c["dup_unexplained"] or c["fencing"] or c["done_unverified"] or self.ring_changed_without_quorum() \
+                or self.reads.wrong:
             return 4
         if self.run.get("rolling") and (c["dup"] or c["failed"] or self.rolling_broken()):
             return 4        # a planned restart is not a failure: no duplicate, no failed submit
@@ -175,6 +182,7 @@ class Verdict:
             "rolling_broken": bool(self.run.get("rolling")) and self.rolling_broken(),
             "faults_skipped": c["faults_skipped"],
             "done_unverified": c["done_unverified"],
+            "results": self.reads.summary(),
             "malformed_lines": c["malformed"], "malformed_examples": self.malformed_examples,
             "torn_last_line": self.torn_last_line,
             "examples": self.examples,
@@ -201,6 +209,7 @@ def check(records: Iterable[dict[str, Any]], bucket: float = 1.0, read: ReadStat
     implausible = 0
     merge_bad = 0
     node_of: dict[str, str] = {}
+    reads = Reads()
 
     def trace(task_id: str) -> Trace:
         tr = traces.get(task_id)
@@ -215,6 +224,7 @@ def check(records: Iterable[dict[str, Any]], bucket: float = 1.0, read: ReadStat
             continue
         task_id = str(r.get("id"))
         if ev == "submit":
+            reads.feed(r)
             trace(task_id).submit = t
             trace(task_id).reject = bool(r.get("reject"))
         elif ev == "ack":
@@ -243,6 +253,8 @@ def check(records: Iterable[dict[str, Any]], bucket: float = 1.0, read: ReadStat
             stats = r.get("nodes") or {}
         elif ev == "merge":
             merge_bad += r["bad_lines"]
+        elif ev == "read":
+            reads.feed(r)
     read = read if read is not None else ReadStats()
     _refuse_if_no_history(run, traces, read)
     spans = sorted(faults.values(), key=lambda f: f.begin)
@@ -298,7 +310,7 @@ def check(records: Iterable[dict[str, Any]], bucket: float = 1.0, read: ReadStat
     for key in COUNT_KEYS:
         counts.setdefault(key, 0)
     return Verdict(run, dict(counts), dict(codes), examples, metrics, final_checked, stats, dups,
-                   read.examples, read.torn_last)
+                   read.examples, read.torn_last, reads)
 
 
 def _refuse_if_no_history(run: dict[str, Any], traces: dict[str, Trace], read: ReadStats) -> None:

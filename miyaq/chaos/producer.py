@@ -14,8 +14,10 @@ the task may still exist and run — the checker looks). With
 (:func:`miyaq.chaos.tasks.work`), and its submit record says so. With
 ``payload`` (``--payload``) each task carries padding of a size drawn from
 it, and with ``result`` (``--result``) asks its handler for a result of
-such a size; the submit record has both (``size``, ``result``). The
-client's window is then bounded in bytes too (:func:`window_for`).
+such a size; the submit record has both (``size``, ``result``), and the
+results of the tasks the workers finish during the load are read back
+(:meth:`Producer.finished`, :mod:`.reader`). The client's window is then
+bounded in bytes too (:func:`window_for`).
 
 :meth:`Producer.finish` stops submitting and waits (bounded) for every
 answer; a submit with no answer by then is recorded as ``fail`` with code
@@ -34,6 +36,7 @@ from ..client.client import Client, new_id
 from ..client.handle import TaskHandle
 from ..errors import MiyaqError
 from .history import HistoryWriter
+from .reader import READ_TIMEOUT, ResultReader
 from .sizes import SizeSpec
 from .tasks import TASK_NAME, work
 
@@ -74,6 +77,8 @@ class Producer:
         self.submit_timeout = submit_timeout
         self.rng = rng or random.Random()
         self.client = Client(endpoints, window=window, submit_timeout=submit_timeout, key=key, server_key=server_key)
+        self._wanted: dict[str, int] = {}       # task id -> the result size it was asked for, until offered
+        self.reader = ResultReader(self.client, history) if result is not None else None
         self.submitted = 0
         self.acked = 0
         self.failed = 0
@@ -91,7 +96,20 @@ class Producer:
     def start(self) -> Producer:
         self._submitter.start()
         self._collector.start()
+        if self.reader is not None:
+            self.reader.start()
         return self
+
+    def finished(self, task_ids: list[str]) -> None:
+        """Tasks the workers finished (their first finish record): each one
+        that was asked for a result of some bytes is read back once."""
+        if self.reader is None:
+            return
+        for task_id in task_ids:
+            with self._lock:
+                size = self._wanted.pop(task_id, None)
+            if size:
+                self.reader.offer(task_id)
 
     @property
     def in_flight(self) -> int:
@@ -134,6 +152,9 @@ class Producer:
             args += [reject, self._pad[:sizes["size"]], sizes["result"]]
         elif reject:
             args.append(True)
+        if sizes.get("result") and not reject:
+            with self._lock:
+                self._wanted[task_id] = sizes["result"]
         if reject:
             self.rejecting.add(task_id)
             self.history.write("submit", id=task_id, seq=seq, reject=True, **sizes)
@@ -200,6 +221,9 @@ class Producer:
         for handle, _ in left:
             if self._first_answer(handle.id):
                 self._failed(handle.id, "unanswered", "no answer before the run ended", sent=True)
+        if self.reader is not None:
+            interrupted = timeout <= 5.0
+            self.reader.finish(0.0 if interrupted else READ_TIMEOUT, join=1.0 if interrupted else None)
         try:
             self.client.close(flush=False)
         except MiyaqError as exc:
@@ -207,3 +231,8 @@ class Producer:
 
     def summary(self) -> dict[str, Any]:
         return {"submitted": self.submitted, "acked": self.acked, "failed": self.failed}
+
+    @property
+    def reads_dropped(self) -> int:
+        """Results not read because the reader's queue was full."""
+        return self.reader.dropped if self.reader is not None else 0

@@ -89,6 +89,13 @@ def render(summary: dict[str, Any], history_path: str | None = None, picture: st
         rows.append((f"  {cls}", n, "extra starts; " + (d.get("rules", {}).get(cls) or
                                                         "NO fault or rule allows these: a bug")))
     rows.append(("executions", summary["executions"]["starts"], f"finished {summary['executions']['finishes']}"))
+    res = summary.get("results") or {}
+    if res.get("asked"):
+        failed = "".join(f", {k} {v}" for k, v in sorted(res["failed"].items()))
+        rows.append(("results read", res["read"], f"of {res['asked']} returning bytes; right {res['right']}{failed}, "
+                                                  f"not read {res['not_read']}"))
+        if res["wrong"]:
+            rows.append(("WRONG RESULTS", res["wrong"], "read back of another size than the task returned (must be 0)"))
     if summary.get("done_unverified"):
         rows.append(("DONE, NEVER RAN", summary["done_unverified"],
                      "the cluster says done (or dead after a rejection), no worker wrote a finish record (must be 0)"))

@@ -241,7 +241,10 @@ class ChaosRun:
 
     # -- phases ------------------------------------------------------------------------
     def _progress(self, phase: str, progress: Progress, producer: Producer | None, nemesis: Any) -> None:
-        self.activity.feed(self.tail.poll())
+        records = self.tail.poll()
+        self.activity.feed(records)
+        if producer is not None:
+            producer.finished([str(r.get("id")) for r in records if r["ev"] == "finish"])
         counters = {"finished": len(self.activity.finished)}
         faults: list[str] = []
         if producer is not None:
@@ -309,7 +312,8 @@ class ChaosRun:
                 break
             time.sleep(TICK)
         progress.done()
-        self.history.write("phase", name="drained", unfinished=len(producer.accepted - self.activity.finished))
+        self.history.write("phase", name="drained", unfinished=len(producer.accepted - self.activity.finished),
+                           reads_dropped=producer.reads_dropped)
 
     def _final(self, cluster: Any, producer: Producer) -> None:
         ids = sorted(producer.accepted) + sorted(producer.refused)

@@ -68,6 +68,7 @@ REQUIRED: dict[str, dict[str, Check]] = {
     "node": {"id": _str, "endpoint": _str},
     "stats": {},
     "merge": {"records": _int, "bad_lines": _int},
+    "read": {"id": _str},
 }
 """Every kind the harness writes, with the fields it must carry besides ``ev`` and ``t``."""
 OPTIONAL: dict[str, dict[str, Check]] = {
@@ -78,6 +79,8 @@ OPTIONAL: dict[str, dict[str, Check]] = {
     "fault": {"fault": _optional(_int), "kind": _optional(_str), "target": _optional(_str),
               "pid": _optional(_int), "recover_s": _optional(_num)},
     "stats": {"nodes": _optional(_dict)},
+    "submit": {"result": _int},
+    "read": {"size": _int, "code": _str},
 }
 """Fields the checker reads when present: if there, of this type."""
 
