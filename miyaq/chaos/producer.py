@@ -36,7 +36,7 @@ from ..client.client import Client, new_id
 from ..client.handle import TaskHandle
 from ..errors import MiyaqError
 from .history import HistoryWriter
-from .reader import READ_TIMEOUT, ResultReader
+from .reader import ResultReader
 from .sizes import SizeSpec
 from .tasks import TASK_NAME, work
 
@@ -211,7 +211,8 @@ class Producer:
         self.failed += 1
 
     def finish(self, timeout: float | None = None) -> None:
-        """Stop submitting, wait for every answer (bounded), close the client."""
+        """Stop submitting, wait for every answer (bounded), then for the
+        results queued to be read (bounded by ``timeout`` again), close the client."""
         self._stop.set()
         self._submitter.join(self.submit_timeout + 10.0)
         timeout = self.submit_timeout + 15.0 if timeout is None else timeout
@@ -221,9 +222,8 @@ class Producer:
         for handle, _ in left:
             if self._first_answer(handle.id):
                 self._failed(handle.id, "unanswered", "no answer before the run ended", sent=True)
-        if self.reader is not None:
-            interrupted = timeout <= 5.0
-            self.reader.finish(0.0 if interrupted else READ_TIMEOUT, join=1.0 if interrupted else None)
+        if self.reader is not None:     # the reads get half the time left for queued ones, half for those under way
+            self.reader.finish(timeout / 2, join=timeout / 2)
         try:
             self.client.close(flush=False)
         except MiyaqError as exc:
