@@ -151,7 +151,7 @@ def test_large_tasks_and_results_over_slow_links_lose_nothing(tmp_path):
     kinds = ["slow", "kill"]
     out = tmp_path / "run"
     s = run_chaos(out, "--partitions", "--faults", ",".join(kinds), "--payload", "1k-512k", "--result", "1k-256k",
-                  "--duration", "40", "--interval", "1", "--fault-duration", "3")
+                  "--duration", "30", "--interval", "1", "--fault-duration", "3")
     assert_clean(s, kinds)
     with open(out / "history.jsonl") as fh:
         records = [json.loads(line) for line in fh]
