@@ -103,9 +103,11 @@ class _Sent:
 
     def __init__(self) -> None:
         self.args: list[list] = []
+        self.kwargs: list[dict | None] = []
 
-    def submit(self, name, args, **options):
+    def submit(self, name, args, kwargs=None, **options):
         self.args.append(list(args))
+        self.kwargs.append(kwargs)
         raise ConfigError("not sent")     # the producer records it as a failed submit
 
 
@@ -313,3 +315,46 @@ def test_a_result_read_back_of_another_size_fails_the_run():
     assert bad.exit_code() == 4 and bad.summary()["results"]["examples_wrong"] == ["t1"]
     assert "WRONG RESULTS" in render(bad.summary())
     assert "results read" not in render(H().task("t", 0, runs=[(0.1, 1, 10, True)]).checked().verdict().summary())
+
+
+
+def test_busy_tasks_compute_instead_of_sleeping(monkeypatch, tmp_path):
+    """``miyaq chaos --busy``: the handler computes for its time (CPU-bound
+    code in each pool) and never sleeps; without it, it sleeps. The
+    producer asks for it in each task's kwargs, the command line reads it
+    and the report's first line names it."""
+    from types import SimpleNamespace
+
+    from miyaq.chaos.report import render
+    from miyaq.cli.main import build_parser
+    from test_chaos import H
+
+    slept: list[float] = []
+    spun: list[float] = []
+    monkeypatch.setattr(tasks.time, "sleep", slept.append)
+    monkeypatch.setattr(tasks, "spin", spun.append)
+    monkeypatch.setattr(tasks, "record", lambda event, ctx: None)
+    monkeypatch.setattr(tasks, "current_task", lambda: SimpleNamespace(id="t1", attempt=1))
+    assert tasks.work(0.25, 7, busy=True) == 7 and spun == [0.25] and slept == []
+    assert tasks.work(0.5, 8) == 8 and spun == [0.25] and slept == [0.5]
+    monkeypatch.undo()
+    assert tasks.spin(0.0) == 0 and tasks.spin(0.001) >= 1
+
+    history = HistoryWriter(str(tmp_path / "h.jsonl"))
+    busy = Producer(["tcp://127.0.0.1:9"], history, rate=1, duration=1, busy=True)
+    plain = Producer(["tcp://127.0.0.1:9"], history, rate=1, duration=1)
+    try:
+        for p in (busy, plain):
+            p.client.close(flush=False)
+            p.client = _Sent()      # type: ignore[assignment]
+            p._submit_one(0)
+    finally:
+        history.close()
+    assert busy.client.kwargs == [{"busy": True}] and plain.client.kwargs == [None]   # type: ignore[attr-defined]
+
+    parser = build_parser()
+    assert parser.parse_args(["chaos", "--busy"]).busy is True and parser.parse_args(["chaos"]).busy is False
+    h = H()
+    h.records[0].update(rate=50, workers=2, concurrency=8, pool="threads", busy=True)
+    head = render(h.task("t", 0, runs=[(0.1, 1, 10, True)]).checked().verdict().summary()).splitlines()[0]
+    assert ", 2 x 8 threads (busy tasks), 50/s for " in head

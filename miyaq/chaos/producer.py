@@ -63,13 +63,15 @@ class Producer:
     def __init__(self, endpoints: list[str], history: HistoryWriter, *, rate: float, duration: float,
                  task_time: float = 0.05, submit_timeout: float = 10.0, window: int | None = None,
                  rng: random.Random | None = None, key: str | None = None, server_key: str | None = None,
-                 reject_every: int = 0, payload: SizeSpec | None = None, result: SizeSpec | None = None) -> None:
+                 reject_every: int = 0, payload: SizeSpec | None = None, result: SizeSpec | None = None,
+                 busy: bool = False) -> None:
         self.endpoints = endpoints
         self.payload = payload
         self.result = result
         self._pad = bytes(payload.high if payload is not None else 0)     # every task's padding is cut from it
         window = window_for(payload) if window is None else window
         self.reject_every = reject_every
+        self._kwargs = {"busy": True} if busy else None      # tasks compute instead of sleeping (--busy)
         self.history = history
         self.rate = rate
         self.duration = duration
@@ -162,7 +164,7 @@ class Producer:
             self.history.write("submit", id=task_id, seq=seq, **sizes)
         self.submitted += 1
         try:
-            handle = self.client.submit(TASK_NAME, args, id=task_id, **work.options)
+            handle = self.client.submit(TASK_NAME, args, self._kwargs, id=task_id, **work.options)
         except MiyaqError as exc:       # the window stayed full: never sent
             self._failed(task_id, exc.code, exc.message, sent=False)
             return

@@ -61,6 +61,7 @@ def render(summary: dict[str, Any], history_path: str | None = None, picture: st
     pool = f", {run['workers']} x {run['concurrency']} {run['pool']}" if "pool" in run and "workers" in run else ""
     # Task and result sizes (--payload, --result): in the run record since 2026-12-07.
     sizes = "".join(f", {name}s {run[name]}" for name in ("payload", "result") if run.get(name) not in (None, "0"))
+    pool += " (busy tasks)" if run.get("busy") else ""       # --busy: in the run record since 2026-12-07
     head = (f"miyaq chaos: {run.get('nodes', '?')} nodes, N={run.get('replicas', '?')}{pool}, "
             f"{run.get('rate', '?')}/s{sizes} for {run.get('duration', '?')}s, faults: {run.get('faults') or 'none'}")
     lines += [head, "=" * len(head)]

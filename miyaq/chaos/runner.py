@@ -85,6 +85,7 @@ class ChaosConfig:
     rate: float = 200.0
     task_time: float = 0.05
     reject_every: int = 0
+    busy: bool = False      # tasks compute for their time instead of sleeping (--busy)
     payload: SizeSpec | None = None
     result: SizeSpec | None = None
     faults: list[str] = field(default_factory=list)
@@ -261,6 +262,7 @@ class ChaosRun:
                            replicas=c.replicas, rate=c.rate, duration=c.duration, faults=",".join(c.faults),
                            interval=c.interval, fault_duration=c.fault_duration, pause_duration=c.pause_duration,
                            workers=c.workers, concurrency=c.concurrency, pool=c.pool, task_time=c.task_time,
+                           busy=c.busy,
                            reject_every=c.reject_every, payload=str(c.payload or 0), result=str(c.result or 0),
                            partitions=c.partitions, unsafe=c.unsafe, fsync=c.fsync,
                            external=bool(c.zk), secure=c.secure,
@@ -270,7 +272,8 @@ class ChaosRun:
         producer = Producer(cluster.endpoints, self.history, rate=c.rate, duration=c.duration,
                             task_time=c.task_time, submit_timeout=c.submit_timeout,
                             rng=random.Random(self.rng.random()), key=key, server_key=server_key,
-                            reject_every=c.reject_every, payload=c.payload, result=c.result).start()
+                            reject_every=c.reject_every, payload=c.payload, result=c.result,
+                            busy=c.busy).start()
         kinds = [k for k in c.faults if k in cluster.capabilities]
         for kind in c.faults:
             if kind not in cluster.capabilities:

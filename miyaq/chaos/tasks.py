@@ -6,7 +6,9 @@ Each worker process is started as::
 
 with ``MIYAQ_CHAOS_DIR`` and ``MIYAQ_CHAOS_WORKER`` (the name the run gave
 the worker, ``worker3``) in its environment. The handler sleeps for the
-time it is given (so a worker can be killed in the middle of a task) and
+time it is given (so a worker can be killed in the middle of a task), or
+computes for it with ``busy`` (``miyaq chaos --busy``: CPU-bound code in
+each pool), and
 appends a ``start`` record before and a ``finish`` record after, each one
 flushed to the kernel at once, to ``$MIYAQ_CHAOS_DIR/exec-<pid>.jsonl``,
 ``pid`` the process that runs the handler: a worker killed with SIGKILL
@@ -104,9 +106,27 @@ def record(event: str, ctx: TaskContext) -> None:
         out.flush()
 
 
+def spin(seconds: float) -> int:
+    """Compute for ``seconds`` of wall-clock time without sleeping or
+    yielding: what ordinary CPU-bound code does to a worker -- it holds the
+    GIL between the interpreter's switches (threads pool), keeps the gevent
+    hub from running (gevent pool: the worker's side-channel heartbeats,
+    :mod:`miyaq.worker.pulse`, keep it registered) or keeps one child of
+    the processes pool busy. Returns the rounds computed."""
+    end = time.perf_counter() + seconds
+    rounds = 0
+    while time.perf_counter() < end:
+        for _ in range(200):       # a little pure-Python work between looks at the clock
+            rounds += 1
+    return rounds // 200
+
+
 @app.task(name=TASK_NAME, queue=QUEUE, max_retries=100, backoff=0.2, backoff_max=2.0, timeout=30)
-def work(seconds: float = 0.0, seq: int = 0, reject: bool = False, pad: bytes = b"", result: int = 0) -> Any:
-    """Sleep ``seconds`` (cooperatively in the gevent pool) between a start and a finish record;
+def work(seconds: float = 0.0, seq: int = 0, reject: bool = False, pad: bytes = b"", result: int = 0,
+         busy: bool = False) -> Any:
+    """Sleep ``seconds`` (cooperatively in the gevent pool) between a start and a finish record
+    -- or, with ``busy`` (``miyaq chaos --busy``), compute for that long
+    (:func:`spin`: the GIL held, the gevent hub not given back);
     returns ``seq``, or ``result`` zero bytes when ``result`` is above 0
     (``miyaq chaos --result``; at most MAX_RESULT), or with ``reject``
     raises Reject after the finish record. ``pad`` is the task's padding
@@ -116,7 +136,11 @@ def work(seconds: float = 0.0, seq: int = 0, reject: bool = False, pad: bytes = 
     ctx = current_task()
     assert ctx is not None
     record("start", ctx)
-    time.sleep(min(max(0.0, float(seconds)), MAX_SLEEP))    # patched by gevent in the gevent pool
+    seconds = min(max(0.0, float(seconds)), MAX_SLEEP)
+    if busy:
+        spin(seconds)
+    else:
+        time.sleep(seconds)    # patched by gevent in the gevent pool
     record("finish", ctx)
     if reject:
         raise Reject(f"chaos task {seq} rejects itself: it must be dead-lettered, never run again")

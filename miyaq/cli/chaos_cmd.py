@@ -65,6 +65,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--rate", type=numbers.real(0.0, above=True), default=200.0, help="submits per second [200]")
     g.add_argument("--task-time", type=numbers.seconds, default=0.05,
                    help="mean seconds a task runs (exponential, at most 10) [0.05]")
+    g.add_argument("--busy", action="store_true",
+                   help="tasks compute (CPU-bound, holding the GIL) for their --task-time instead of sleeping: "
+                        "ordinary blocking code in each --pool")
     g.add_argument("--reject-every", type=numbers.nonnegative, default=0, metavar="K",
                    help="every K-th task raises Reject when it has run: it must end dead-lettered and never "
                         "run again [0: none]")
@@ -144,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
     config = ChaosConfig(
         nodes=args.nodes, replicas=args.replicas, workers=args.workers, pool=args.pool,
         concurrency=args.concurrency if args.concurrency is not None else default_concurrency(args.pool),
-        duration=args.duration, rate=args.rate, task_time=args.task_time, reject_every=args.reject_every,
+        duration=args.duration, rate=args.rate, task_time=args.task_time, busy=args.busy,
+        reject_every=args.reject_every,
         payload=payload, result=result, faults=parse_kinds(args.faults, args.partitions, args.zk_servers),
         zk_servers=args.zk_servers,
         fault_order=args.fault_order, interval=args.interval,
