@@ -31,6 +31,12 @@ from .driver import AsyncDriver
 from .futures import AioFuture
 
 
+#: Seconds a close() from another thread waits, past its ``timeout``, for
+#: the client's own loop to run the close (the flush is bounded by ``timeout``;
+#: stopping the readers and closing the sockets takes a pass of that loop).
+CLOSE_HANDOVER = 5.0
+
+
 class Client:
     """Options as :class:`miyaq.Client`'s (docs/configuration.md), without ``green``."""
 
@@ -51,6 +57,9 @@ class Client:
                                endpoints_source=source, heartbeat_timeout=heartbeat_timeout)
         self.nodes = self._io.nodes
         self._unflushed = Unflushed(self.window, nullcontext())    # one event loop: no lock
+        # Resolved once a close() under way in the client's loop has closed it:
+        # a second close() meanwhile waits for it (see close()).
+        self._closing: asyncio.Future[None] | None = None
 
     @property
     def closed(self) -> bool:
@@ -190,16 +199,36 @@ class Client:
     async def close(self, flush: bool = True, timeout: float = 10.0) -> None:
         """With ``flush``, wait up to ``timeout`` for every submit so far to
         be acknowledged (raising as :meth:`flush` does); then stop the I/O
-        and close the sockets. Idempotent. From another event loop than the
-        client's (its own may be closed already) nothing can be waited for:
-        it closes, and with ``flush`` raises :class:`MiyaqError` saying how
-        many submits it never read an acknowledgement of (before 2026-12-05
-        they were dropped without a word); ``close(flush=False)`` drops them
-        knowingly."""
+        and close the sockets. Idempotent: a ``close()`` while another is
+        flushing waits for that one, up to ``timeout`` (then closes,
+        raising Timeout); ``close(flush=False)`` closes at once. From
+        another thread than the one running the client's loop, the close
+        runs in that loop and is waited for there (up to ``timeout`` plus
+        ``CLOSE_HANDOVER``: Timeout if the loop did not run it by then,
+        the close still to come). From another event loop once the
+        client's own no longer runs (closed, or stopped), nothing can be
+        waited for: it closes, and with ``flush`` raises
+        :class:`MiyaqError` saying how many submits it never read an
+        acknowledgement of (before 2026-12-05 they were dropped without a
+        word); ``close(flush=False)`` drops them knowingly."""
         if self._io.closed:
             return
         timeout = seconds(timeout, "timeout")
+        if await self._closed_in_own_loop(flush, timeout):
+            return
         own_loop = self._io.in_own_loop
+        under_way = self._closing if own_loop else None
+        if under_way is not None and flush:
+            try:
+                await asyncio.wait_for(asyncio.shield(under_way), timeout)
+                return
+            except TimeoutError:
+                await self._io.close()
+                raise Timeout(f"a close() under way did not end within {timeout:g}s: the client is closed now, "
+                              "its submits not yet acknowledged failed") from None
+        mine = None
+        if own_loop and under_way is None:
+            mine = self._closing = asyncio.get_running_loop().create_future()
         unanswered = refused = 0
         if flush and not own_loop:      # counted before closing fails the unanswered ones
             handles, uncounted = self._unflushed.take()
@@ -209,9 +238,37 @@ class Client:
             if flush and own_loop:
                 await self.flush(timeout)
         finally:
-            await self._io.close()
+            try:
+                await self._io.close()
+            finally:
+                if mine is not None:
+                    mine.set_result(None)
         if unanswered or refused:
             raise MiyaqError(_closed_elsewhere(unanswered, refused))
+
+    async def _closed_in_own_loop(self, flush: bool, timeout: float) -> bool:
+        """From another thread than the one running the client's loop: hand
+        the close to that loop and wait for it (True once closed there).
+        False when the client's loop is not running (or is this one): the
+        caller closes. Before 2026-12-07 such a close resolved the client's
+        asyncio futures from the wrong thread -- under asyncio's debug mode
+        a RuntimeError that left the sockets open and a call awaiting there
+        hanging to its own timeout -- and dropped its unacknowledged
+        submits unflushed."""
+        owner = self._io.loop
+        if owner is None or owner is asyncio.get_running_loop() or not owner.is_running():
+            return False
+        try:
+            there = asyncio.run_coroutine_threadsafe(self.close(flush, timeout), owner)
+        except RuntimeError:        # its loop closed meanwhile: nothing runs there now
+            return False
+        try:
+            # Shielded: giving up here does not cancel the close in the client's loop.
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(there)), timeout + CLOSE_HANDOVER)
+        except TimeoutError:
+            raise Timeout(f"the client's event loop (in another thread) did not close it within "
+                          f"{timeout + CLOSE_HANDOVER:g}s; it closes once that loop runs on") from None
+        return True
 
     async def __aenter__(self) -> "Client":
         return self

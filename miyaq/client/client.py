@@ -97,6 +97,10 @@ class Client:
         self.nodes = self._io.nodes
         self._io.start()
         self._closed = False
+        # Set once a close() under way has closed the client: a second close()
+        # meanwhile waits for it (see close()). Guarded by _close_lock.
+        self._closing: Any = None
+        self._close_lock = self.kit.lock()
         self._forked = False           # set in a forked child (see _after_fork_in_child)
         self._unflushed = Unflushed(self.window, self.kit.lock())    # submits come from any thread
         _clients.add(self)
@@ -321,10 +325,26 @@ class Client:
     def close(self, flush: bool = True, timeout: float = 10.0) -> None:
         """Flush (unless ``flush`` is False, up to ``timeout`` seconds) and
         stop the I/O loop; idempotent. Calls still waiting in other threads,
-        and every later call, raise MiyaqError at once."""
+        and every later call, raise MiyaqError at once. A ``close()`` while
+        another thread's is flushing waits for that one, up to ``timeout``
+        (then closes, raising Timeout); ``close(flush=False)`` closes at once,
+        failing the submits the other still waits for. Before 2026-12-07 a
+        second close closed the client under the first's flush: every submit
+        not yet acknowledged failed, and the second returned without a word."""
         if self._closed:
             return
         timeout = seconds(timeout, "timeout")
+        with self._close_lock:
+            under_way = self._closing
+            if under_way is None:
+                mine = self._closing = self.kit.event()
+        if under_way is not None and flush:
+            if under_way.wait(timeout):
+                return
+            self._closed = True
+            self._io.close()
+            raise Timeout(f"a close() under way in another thread did not end within {timeout:g}s: "
+                          "the client is closed now, its submits not yet acknowledged failed")
         self._abandoned.detach()
         try:
             if flush:
@@ -332,6 +352,8 @@ class Client:
         finally:
             self._closed = True
             self._io.close()
+            if under_way is None:
+                mine.set()
 
     def __enter__(self) -> "Client":
         return self
