@@ -116,7 +116,11 @@ def test_a_stored_crlf_header_is_never_sent(make_http_node, make_web_worker):
                                   # IPv6 forms a network may translate to a private IPv4 address
                                   # (NAT64, 6to4, IPv4-compatible): let through before 2026-12-05
                                   "[64:ff9b::a9fe:a9fe]", "[64:ff9b::10.0.0.1]", "[64:ff9b:1::7f00:1]",
-                                  "[2002:a9fe:a9fe::1]", "[::127.0.0.1]"])
+                                  "[2002:a9fe:a9fe::1]", "[::127.0.0.1]",
+                                  # IPv4-translated (SIIT), and localhost fully qualified: let
+                                  # through before 2026-12-07 (review30)
+                                  "[::ffff:0:a9fe:a9fe]", "[::ffff:0:127.0.0.1]", "localhost.",
+                                  "api.localhost."])
 def test_private_webhook_target_refused_at_an_http_enqueue(api, host):
     """The private webhook target: with no allow-list a webhook could target
     any address, the cloud metadata service at 169.254.169.254 included.

@@ -49,17 +49,22 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 #: NAT64 prefixes (RFC 6052's well-known one, RFC 8215's local-use one): the
 #: last 32 bits are the IPv4 address a NAT64 gateway reaches.
 NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+#: IPv4-translated addresses (``::ffff:0:a.b.c.d``, RFC 2765's stateless
+#: translation, SIIT): the last 32 bits are the IPv4 address a translator
+#: reaches. Python's ``is_global`` takes them for public ones.
+IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
 
 
 def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     """The IPv4 address an IPv6 one leads to, where the network may translate
-    it: IPv4-mapped (``::ffff:a.b.c.d``), 6to4 (``2002::/16``), NAT64, or the
-    deprecated IPv4-compatible ``::a.b.c.d``."""
+    it: IPv4-mapped (``::ffff:a.b.c.d``), 6to4 (``2002::/16``), NAT64,
+    IPv4-translated (``::ffff:0:a.b.c.d``), or the deprecated
+    IPv4-compatible ``::a.b.c.d``."""
     if address.ipv4_mapped is not None:
         return address.ipv4_mapped
     if address.sixtofour is not None:
         return address.sixtofour
-    if int(address) >> 32 == 0 or any(address in net for net in NAT64):
+    if int(address) >> 32 == 0 or address in IPV4_TRANSLATED or any(address in net for net in NAT64):
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return None
 
@@ -68,7 +73,8 @@ def is_private(address: Address) -> bool:
     """True for every address that is not a public unicast one -- an IPv6
     address that leads to a private IPv4 one included (before 2026-12-05
     only IPv4-mapped ones were looked into: ``[64:ff9b::a9fe:a9fe]`` reached
-    169.254.169.254 through any NAT64 gateway)."""
+    169.254.169.254 through any NAT64 gateway; before 2026-12-07 the
+    IPv4-translated ``[::ffff:0:a9fe:a9fe]`` passed, through a SIIT one)."""
     if isinstance(address, ipaddress.IPv6Address):
         embedded = embedded_ipv4(address)
         if address.ipv4_mapped is not None:
@@ -158,7 +164,8 @@ class Destinations:
         if literal is not None:
             addresses = [literal]
         else:
-            if host == "localhost" or host.endswith(".localhost"):
+            name = host.rstrip(".")      # "localhost." is the same name, fully qualified
+            if name == "localhost" or name.endswith(".localhost"):
                 raise ForbiddenDestination(f"{host} is this machine ({PRIVATE_OFF})")
             timer = green.Timeout(DNS_TIMEOUT, OSError(f"resolving {host} took over {DNS_TIMEOUT:g}s"))
             timer.start()
