@@ -314,3 +314,28 @@ def test_endpoints_given_as_strings_still_split_on_commas():
     assert split_endpoints(e for e in ("tcp://a:1",)) == ["tcp://a:1"]
     with pytest.raises(miyaq.ConfigError, match="at least one node endpoint"):
         split_endpoints([])
+
+
+@KITS
+def test_a_request_no_node_answers_is_refused_at_once_naming_the_command(node, client_for, green):
+    """Bad input: ``client.request(b"NOPE", {})`` (or SUBMIT, or a worker's
+    command) -- a node answers it with an ERROR naming no request, so the
+    call waited its whole ``request_timeout`` and raised Timeout (review30).
+    Now UnknownCommand at once, nothing sent; the client works on."""
+    client = client_for(node.endpoint, request_timeout=30.0, green=green)
+    for command in (b"NOPE", b"SUBMIT", b"READY", b""):
+        with pytest.raises(miyaq.UnknownCommand, match=r"is not a request a node answers \(one of ACK, CANCEL"):
+            client.request(command, {})
+    assert client.request(b"TASKS", {"limit": 1})["tasks"] == []
+    assert client.status()["totals"]["live"] == 0
+
+
+def test_the_asyncio_client_refuses_a_request_no_node_answers(node):
+    """The same in the asyncio client."""
+    async def main() -> None:
+        async with miyaq.aio.Client(node.endpoint, request_timeout=30.0) as client:
+            with pytest.raises(miyaq.UnknownCommand, match="is not a request a node answers"):
+                await client.request(b"NOPE", {})
+            assert (await client.status())["totals"]["live"] == 0
+
+    run(main)

@@ -9,7 +9,8 @@ from typing import Any, Iterable, Mapping
 
 import msgpack
 
-from ..errors import InvalidField, ProtocolError, TaskCancelled, TaskExpired, TaskFailed, Timeout
+from ..errors import InvalidField, ProtocolError, TaskCancelled, TaskExpired, TaskFailed, Timeout, UnknownCommand
+from ..protocol import commands as c
 
 TASK_OPTIONS = ("queue", "priority", "eta", "countdown", "ttl", "max_retries", "backoff",
                 "backoff_max", "timeout", "key", "replicas", "at_most_once", "offset")
@@ -151,12 +152,23 @@ def _trial(value: Any, name: Any, what: str) -> None:
         raise TypeError(f"{what} field {name!r} is a value msgpack cannot encode: {exc}") from None
 
 
+#: The commands a node answers with a REPLY (or an ERROR) naming the request.
+REQUEST_COMMANDS = c.REQUESTS | {c.TOUCH}
+
+
 def check_request(command: bytes, body: dict[str, Any]) -> None:
     """TypeError, in the caller, for a request the I/O loop could not send:
     a command that is not bytes, a body that is not a dict, or one msgpack
-    cannot encode (:func:`encodable`)."""
+    cannot encode (:func:`encodable`); :class:`~miyaq.errors.UnknownCommand`
+    for a command no node answers as a request (``REQUEST_COMMANDS``): a
+    node answers an unknown one with an ERROR that names no request, and
+    before 2026-12-07 the call waited its whole timeout for a REPLY and
+    raised ``Timeout`` (review30)."""
     if not isinstance(command, bytes):
         raise TypeError(f"a request's command must be bytes (b\"STATUS\"), not {type(command).__name__}")
+    if command not in REQUEST_COMMANDS:
+        known = ", ".join(sorted(name.decode() for name in REQUEST_COMMANDS))
+        raise UnknownCommand(f"{command[:32]!r} is not a request a node answers (one of {known})")
     if not isinstance(body, dict):
         raise TypeError(f"a request's body must be a dict, not {type(body).__name__}")
     encodable(body, "request", keys=True)
