@@ -27,6 +27,7 @@ from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Iterable, ParamSpec
                     TypeVar, Unpack, overload)
 
 from .client.client import TASK_OPTIONS, Client
+from .client.wire import task_wire
 from .client.options import TaskOptions
 from .client.handle import TaskHandle
 from .taskdef_aio import AioTaskCalls
@@ -262,10 +263,13 @@ class TaskDef(AioTaskCalls[P, R]):
     @overload
     def call(self: _Returns[T], *a: Any, wait: bool, **kw: Any) -> T: ...
     def call(self, *args: Any, timeout: Any = 60.0, **kwargs: Any) -> Any:
-        """Submit and wait for the result (:meth:`miyaq.Client.call`)."""
+        """Submit and wait for the result (:meth:`miyaq.Client.call`);
+        ``timeout`` is the wait, the task's lease the decorator's (or the
+        node's default): ``Client.call`` takes none, so the entry is built here."""
         options, handler_kwargs = self._split(kwargs)
         options.pop("wait", None)
-        return self.app.client.call(self.name, args, handler_kwargs, timeout=timeout, **options)
+        task_id = options.pop("id", None)
+        return self.app.client._call_wire(task_wire(self.name, args, handler_kwargs, options), task_id, timeout)
 
 
 #: The ``self`` of the overloads that type a result (``call``'s value, the

@@ -169,3 +169,47 @@ def test_call_whose_submit_was_busy_asks_again_once_accepted(scripted):
     assert client.call("work", [1], id="call-1", timeout=10) == 42
     assert tries == ["call-1", "call-1"]
     assert results_asked(node) == ["call-1", "call-1"]
+
+
+def test_call_of_a_task_declared_with_a_lease_runs_it_with_that_lease(node, thread_worker):
+    """Fault: a task declared with a lease, ``@app.task(timeout=10)`` --
+    what docs/python-api.md tells a reader to do, since ``call()``'s own
+    ``timeout`` is the wait -- could not be called: ``tdef.call(...)``
+    raised ``TypeError: Client.call() got multiple values for keyword
+    argument 'timeout'`` (the decorator's lease and the wait met in one
+    call), with or without a wait given, nothing submitted. Now the task
+    is submitted with its lease and the call waits for its result, on the
+    short path (SUBMIT and RESULT back to back) like any other call."""
+    from miyaq import App, current_task
+
+    def leased_app() -> Any:
+        app = App(node.endpoint)
+
+        @app.task(name="leased", timeout=10)
+        def leased(x: int) -> list[float]:
+            ctx = current_task()
+            assert ctx is not None
+            return [x + 1, ctx.timeout]             # the lease it runs under
+        return app
+
+    thread_worker(leased_app(), node.endpoint)     # the worker's app: gevent clients
+    app = leased_app()                              # the producer's: a threaded client
+    leased = app.tasks["leased"]
+    try:
+        assert leased.call(1) == [2, 10.0]
+        assert leased.call(2, timeout=30) == [3, 10.0]
+        client = app.client
+        settled(client)
+        commands: list[bytes] = []
+        send = client._io.send
+
+        def recording(index: int, frames: list[bytes]) -> bool:
+            commands.append(frames[1])          # frames: version, command, body
+            return send(index, frames)
+
+        client._io.send = recording
+        assert leased.call(3, id="leased-3", timeout=30) == [4, 10.0]
+        assert commands[:2] == [c.SUBMIT, c.RESULT]
+        assert client.status("leased-3")["state"] == "done"       # the id given to call()
+    finally:
+        app.close()

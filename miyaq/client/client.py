@@ -260,8 +260,12 @@ class Client:
         outcome (if the node did not store the task itself -- refused, retried
         elsewhere, a ``key`` duplicate, held by other nodes -- the result is
         asked for again the ordinary way once the task is accepted)."""
+        return self._call_wire(task_wire(name, args, kwargs, options), id, timeout)
+
+    def _call_wire(self, wire: dict[str, Any], id: str | None, timeout: float | None) -> Any:
+        """:meth:`call` of a task's SUBMIT entry: ``TaskDef.call`` sends its lease in it."""
         timeout = seconds(timeout, "timeout", optional=True)
-        p, handle = self._pending(task_wire(name, args, kwargs, options), id, True)
+        p, handle = self._pending(wire, id, True)
         self._unflushed.add(handle)      # as a submit's: flush() waits for it if this call is interrupted
         wait = min(ops.LONG_POLL, ops.RESULT_WAIT_DEFAULT if timeout is None else timeout)
         start = monotonic()
