@@ -256,3 +256,15 @@ def test_the_import_contracts_cover_every_module():
     assert not modules - {"miyaq.runtime"} - gevent, sorted(modules - {"miyaq.runtime"} - gevent)
     assert not modules - {"miyaq.runtime", "miyaq.errors", "miyaq.logs"} - below, \
         sorted(modules - {"miyaq.runtime", "miyaq.errors", "miyaq.logs"} - below)
+
+
+def test_the_quickstart_says_where_a_handlers_exception_shows_as_the_worker_logs_it():
+    """Fault it simulates: quickstart.md said "The worker's terminal shows
+    nothing when a handler raises" after the worker had begun to log each
+    failed attempt with its traceback (b5a52e3, 2026-12-06; operations.md,
+    "Where to look", said so): a reader was told to look away from the
+    terminal that shows it. The section must name the worker's logger."""
+    from miyaq.worker.failures import logger
+    text = section(CURRENT["quickstart.md"], "## 5. Submit and inspect", "\n## ")
+    assert f"`{logger.name}`" in text, f"quickstart.md section 5 does not name the logger {logger.name}"
+    assert "shows nothing when a handler raises" not in text
