@@ -268,3 +268,19 @@ def test_the_quickstart_says_where_a_handlers_exception_shows_as_the_worker_logs
     text = section(CURRENT["quickstart.md"], "## 5. Submit and inspect", "\n## ")
     assert f"`{logger.name}`" in text, f"quickstart.md section 5 does not name the logger {logger.name}"
     assert "shows nothing when a handler raises" not in text
+
+
+def test_every_page_a_page_names_is_in_the_checkout():
+    """Fault it simulates: chaos.md and periodic.md cited "DESIGN.md" (the
+    guarantees, "guarantee 3"), a file that is not in the repository: a
+    reader following the reference found nothing. Every ``NAME.md`` a
+    current page names is a file of the checkout -- at the root, in docs/,
+    relative to the page, or under a folder the page names with it."""
+    named = {m for text in CURRENT.values() for m in re.findall(r"[A-Za-z0-9_./-]*[A-Za-z0-9_-]\.md\b", text)}
+    files = {p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*.md") if ".venv" not in p.parts}
+
+    def found(name: str) -> bool:
+        name = name.removeprefix("../")
+        return name in files or f"docs/{name}" in files or any(f.endswith(f"/{name}") for f in files)
+    missing = sorted(n for n in named if not found(n))
+    assert not missing, f"pages name files that are not in the checkout: {missing}"
