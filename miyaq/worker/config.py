@@ -72,11 +72,9 @@ class WorkerConfig(Settings):
         self.check_fields()
         if self.concurrency is None:
             self.concurrency = processes_concurrency() if self.pool == "processes" else DEFAULT_CONCURRENCY
-        if self.processes < 1 or self.concurrency < 1:
-            raise ConfigError("processes and concurrency must be at least 1")
-        if self.processes > MAX_PROCESSES:
+        if not 1 <= self.processes <= MAX_PROCESSES:
             raise ConfigError(f"processes must be 1..{MAX_PROCESSES:,}, not {self.processes:,}")
-        if self.concurrency > MAX_CONCURRENCY:
+        if not 1 <= self.concurrency <= MAX_CONCURRENCY:
             raise ConfigError(f"concurrency must be 1..{MAX_CONCURRENCY:,} tasks per process, not "
                               f"{self.concurrency:,}")
         if self.base_credit > MAX_WORKER_CAPACITY:
