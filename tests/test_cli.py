@@ -178,6 +178,20 @@ def test_dead_list_retry_and_purge(node, worker, client):
     assert ok_json("dead", "list", "--connect", node.endpoint) == []
 
 
+def test_dead_retry_and_purge_of_ids_that_are_no_dead_task_say_so(node):
+    """Bad input: ``miyaq dead purge ID...`` of ids that are no dead task
+    (mistyped, purged already) printed only "purged 0 dead task(s)", while
+    ``dead retry`` said how many ids missed -- "2 of the ids given is no
+    dead task here". Now both say it, in the plural when there are more."""
+    done = miyaq("dead", "purge", "nosuch-1", "nosuch-2", "--connect", node.endpoint)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "purged 0 dead task(s)\n2 of the ids given are no dead tasks here (`miyaq dead list`)\n"
+    done = miyaq("dead", "retry", "nosuch-1", "nosuch-2", "--connect", node.endpoint)
+    assert done.stdout == "retried 0 dead task(s)\n2 of the ids given are no dead tasks here (`miyaq dead list`)\n"
+    done = miyaq("dead", "purge", "nosuch-1", "--connect", node.endpoint)
+    assert done.stdout == "purged 0 dead task(s)\n1 of the ids given is no dead task here (`miyaq dead list`)\n"
+    assert ok("dead", "purge", "--connect", node.endpoint) == "purged 0 dead task(s)\n"
+
 def test_bad_args_json_is_a_usage_error():
     """Malformed --args / --kwargs JSON (or the wrong JSON type) exits 2 with
     an error on stderr, before connecting anywhere."""

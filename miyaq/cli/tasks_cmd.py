@@ -328,6 +328,14 @@ def run_cancel(args: argparse.Namespace) -> int:
     return 0 if cancelled else 1
 
 
+def _missed(missed: int) -> str:
+    """The line after a ``dead retry``/``purge`` of ids, when some were no dead task."""
+    if not missed:
+        return ""
+    return f"\n{missed} of the ids given " + ("is no dead task" if missed == 1 else "are no dead tasks") + \
+        " here (`miyaq dead list`)"
+
+
 def run_dead(args: argparse.Namespace) -> int:
     """``dead list``, or ``retry``/``purge`` of the ids given (ids or
     ``--queue``, not both: a DEAD with ids ignores its queue, so ``purge ID
@@ -351,12 +359,12 @@ def run_dead(args: argparse.Namespace) -> int:
             if args.json:
                 _print({done: answer[done]}, True)
             elif type(answer[done]) is int:       # purge answers a count
-                print(f"{done} {answer[done]} dead task(s)")
+                missed = max(0, len(set(args.ids)) - answer[done]) if args.ids else 0
+                print(f"{done} {answer[done]} dead task(s)" + _missed(missed))
             else:
                 ids = list(answer[done])
                 missed = len(set(args.ids) - {str(i) for i in ids})
-                print(f"{done} {len(ids)} dead task(s)" + "".join(f"\n  {_shown(i)}" for i in ids)
-                      + (f"\n{missed} of the ids given is no dead task here (`miyaq dead list`)" if missed else ""))
+                print(f"{done} {len(ids)} dead task(s)" + "".join(f"\n  {_shown(i)}" for i in ids) + _missed(missed))
         elif args.json:
             _print(answer["tasks"], True)
         else:
