@@ -59,7 +59,7 @@ class WorkerCommands:
 
     def ready(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         wid = f.string(body, "worker", max_len=128)
-        queues = f.string_list(body, "queues", ["default"], max_items=64)
+        queues = f.string_list(body, "queues", ["default"], max_items=c.MAX_READY_QUEUES)
         for q in queues:
             check_queue(q, "queues")
         names = f.string_list(body, "names", [], max_items=MAX_NAMES_PER_WORKER, max_len=256)

@@ -56,6 +56,8 @@ DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024
 #: The most tasks a worker may hold at once on one node (READY ``capacity``):
 #: a node refuses a READY beyond it, and a worker's settings stay within it.
 MAX_WORKER_CAPACITY = 100_000
+#: The most queues one READY may name (a worker's ``--queues``, or its app's).
+MAX_READY_QUEUES = 64
 
 #: A field of an ``unavailable`` error (``true``, since 2026-12-07): the node
 #: answered a read of a task it does not know while it reconciles with the

@@ -14,8 +14,9 @@ from dataclasses import dataclass, fields
 from typing import ClassVar, Mapping
 
 from ..settings import Settings, setting
-from ..errors import ConfigError
-from ..protocol.commands import DEFAULT_MAX_MESSAGE, MAX_WORKER_CAPACITY
+from ..errors import ConfigError, InvalidField
+from ..protocol.commands import DEFAULT_MAX_MESSAGE, MAX_READY_QUEUES, MAX_WORKER_CAPACITY
+from ..protocol.taskspec import check_queue
 from .prefetch import MAX_PREFETCH_FACTOR
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -136,6 +137,26 @@ class WorkerConfig(Settings):
     @property
     def endpoint_list(self) -> list[str]:
         return [e for e in self.connect.split(",") if e]
+
+
+def checked_queues(given: list[str], the_apps: list[str]) -> list[str]:
+    """The queues a worker registers for: ``given`` (``--queues``), else its
+    app's, each once. ConfigError at start when every node would refuse the
+    READY naming them -- a name that is no queue name, more than
+    ``MAX_READY_QUEUES`` -- not a worker that says READY every second for
+    ever, refused each time (before 2026-12-07)."""
+    queues = list(dict.fromkeys(given or the_apps))
+    where = "--queues" if given else "the app's tasks"
+    for queue in queues:
+        try:
+            check_queue(queue)
+        except InvalidField:
+            raise ConfigError(f"{where}: {queue!r} is not a queue name (1-128 characters of A-Z a-z 0-9 _ . : -)"
+                              ) from None
+    if len(queues) > MAX_READY_QUEUES:
+        raise ConfigError(f"{where} name{'s' if given else ''} {len(queues)} queues; a worker takes tasks from at most "
+                          f"{MAX_READY_QUEUES}" + ("" if given else ": choose some with --queues"))
+    return queues
 
 
 # -- the node link ------------------------------------------------------------------

@@ -44,7 +44,7 @@ from ..runtime import CRITICAL, RESTART, Supervisor, green, monotonic
 from ..runtime.sockets import SocketFactory
 from ..security.curve import client_curve
 from .aio import AsyncLoop
-from .config import POOL_READY_WAIT, WorkerConfig
+from .config import POOL_READY_WAIT, WorkerConfig, checked_queues
 from .execute import Interrupted, TaskTimeout
 from .intake import Intake
 from .jobs import Backlog, Job, current
@@ -83,7 +83,7 @@ class Worker(Intake, Stopping):
                               "children")
         self.app = app
         app.green = cfg.pool == "gevent"     # handlers that submit: a client of their own kind
-        self.queues = cfg.queue_list or app.queues()
+        self.queues = checked_queues(cfg.queue_list, app.queues())
         self.concurrency = cfg.slots
         # Runners retired because the pool could not run one more handler
         # (PoolShortage): each gave its task back without its slot.
