@@ -1,4 +1,5 @@
-"""A process-pool child: ``python -m miyaq.worker.pools.child ENDPOINT IDENTITY APP PARENT_PID LOG_LEVEL``.
+"""A process-pool child: this module run as ``__main__`` with ``ENDPOINT IDENTITY APP PARENT_PID LOG_LEVEL``
+(``python -c CHILD_BOOT ...``: :func:`~miyaq.worker.pools.processes.child_command`).
 
 Started by :class:`~miyaq.worker.pools.processes.ProcessPool` as a fresh
 interpreter (never forked from the gevent parent). It imports the app,
@@ -9,7 +10,9 @@ handler runs in the main thread; a daemon thread watches the parent):
 - parent → child: ``RUN {id, name, queue, attempt, timeout, body, node}``, ``EXIT``;
 - child → parent: ``HELLO {pid}``, ``TOUCH {id}``, ``OUTCOME {id, outcome}``.
 
-SIGINT, SIGTERM and SIGHUP are ignored: a Ctrl-C, a closed terminal or a
+SIGINT, SIGTERM and SIGHUP are ignored, from the child's first line of
+Python (``CHILD_BOOT``; before 2026-12-07 from :func:`main` only, after the
+package's imports): a Ctrl-C, a closed terminal or a
 service manager's SIGTERM to the whole process group reaches the parent,
 which drains and then ends its children itself (before 2026-12-05 a SIGHUP
 killed each child mid-task before its parent could drain). A child dies

@@ -39,6 +39,24 @@ from .private_dir import PrivateDir
 logger = logging.getLogger(__name__)
 
 
+#: A child's first lines: the signals its pool acts on (a Ctrl-C reaches the
+#: whole process group) do nothing from here on, then the child's module
+#: runs (:func:`miyaq.worker.signals.disregard`, without importing miyaq for
+#: it). Started with ``-m``, a child took them only in its ``main()``, after
+#: importing the package: a Ctrl-C as it started (the worker's start, or a
+#: child replacing one) printed a KeyboardInterrupt traceback from a child
+#: that died (before 2026-12-07).
+CHILD_BOOT = ("import runpy, signal\n"
+              "def _disregarded(signum, frame): pass\n"
+              "for _signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP): signal.signal(_signum, _disregarded)\n"
+              "runpy.run_module('miyaq.worker.pools.child', run_name='__main__', alter_sys=True)\n")
+
+
+def child_command(endpoint: str, identity: bytes, app_spec: str, parent: int, log_level: str) -> list[str]:
+    """The command line of a child (:mod:`~miyaq.worker.pools.child`)."""
+    return [sys.executable, "-c", CHILD_BOOT, endpoint, identity.decode(), app_spec, str(parent), log_level]
+
+
 class ChildProcess:
     """The parent's handle on one child: its process, whether it said hello,
     the job it runs and where that job's outcome goes."""
@@ -136,9 +154,8 @@ class ProcessPool:
     def _start_child(self) -> ChildProcess:
         self.generation += 1
         identity = f"c{self.generation}".encode()
-        proc = subprocess.Popen([sys.executable, "-m", "miyaq.worker.pools.child", self.endpoint,
-                                 identity.decode(), str(self.parts.app_spec), str(os.getpid()),
-                                 self.parts.log_level])
+        proc = subprocess.Popen(child_command(self.endpoint, identity, str(self.parts.app_spec), os.getpid(),
+                                              self.parts.log_level))
         child = ChildProcess(identity, proc)
         self.children[identity] = child
         return child

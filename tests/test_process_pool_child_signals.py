@@ -1,0 +1,76 @@
+"""A processes-pool child leaves SIGINT, SIGTERM and SIGHUP to its pool from
+its first line of Python on, not only once its own module runs: a Ctrl-C
+reaches the whole process group, children being started too (at the
+worker's start, or replacing one stopped after a timeout, a crash or
+``--max-tasks-per-child``)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import msgpack
+import pytest
+import zmq
+
+from miyaq.testing.harness import wait_for
+from miyaq.worker.pools.child import HELLO
+from miyaq.worker.pools.processes import child_command
+from own_interpreter import ROOT
+
+pytestmark = pytest.mark.timeout(60)
+
+TESTS = str(Path(__file__).resolve().parent)
+
+#: Holds the child's import of ``miyaq.worker.pools`` (what ``-m`` imports
+#: before the child's module runs) until the test says go: the window a
+#: Ctrl-C fell into, made as long as the test needs.
+GATE = '''
+import os, sys, time
+class Gate:
+    def find_spec(self, name, path=None, target=None):
+        if name == "miyaq.worker.pools":
+            sys.meta_path.remove(self)
+            open(os.path.join(os.environ["GATE_DIR"], "importing"), "w").close()
+            while not os.path.exists(os.path.join(os.environ["GATE_DIR"], "go")):
+                time.sleep(0.01)
+        return None
+sys.meta_path.insert(0, Gate())
+'''
+
+
+def test_a_child_signalled_while_it_imports_the_pool_goes_on_and_says_hello(tmp_path, ctx):
+    """Fault: Ctrl-C just as the pool started a child. The child, started
+    as ``python -m miyaq.worker.pools.child``, disregarded the signals only
+    in its ``main()``, after importing the package (asyncio, msgpack,
+    pyzmq: a few hundred ms): a SIGINT then printed a ``KeyboardInterrupt``
+    traceback into the worker's terminal from a child that died, a SIGTERM
+    or SIGHUP killed it silently. Now the child disregards them first, goes
+    on, and says HELLO."""
+    (tmp_path / "sitecustomize.py").write_text(GATE)
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    env = {**os.environ, "GATE_DIR": str(tmp_path),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), ROOT, TESTS, os.environ.get("PYTHONPATH", "")])}
+    command = child_command(f"tcp://127.0.0.1:{port}", b"c1", "apps.basic:app", os.getpid(), "WARNING")
+    child = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    hello: list[bytes] = []
+    try:
+        wait_for(lambda: (tmp_path / "importing").exists() or child.poll() is not None, what="the gated import")
+        if child.poll() is None:
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                child.send_signal(signum)
+            (tmp_path / "go").touch()
+            wait_for(lambda: router.poll(100) or child.poll() is not None, what="the child's HELLO, or its end")
+            if router.poll(0):
+                hello = router.recv_multipart()
+        ended = child.poll()
+    finally:
+        child.kill()
+        _, stderr = child.communicate()
+        router.close()
+    assert ended is None, f"the child ended ({ended}): {stderr}"
+    assert hello[:2] == [b"c1", HELLO] and msgpack.unpackb(hello[2])["pid"] == child.pid
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
