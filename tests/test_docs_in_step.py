@@ -284,3 +284,15 @@ def test_every_page_a_page_names_is_in_the_checkout():
         return name in files or f"docs/{name}" in files or any(f.endswith(f"/{name}") for f in files)
     missing = sorted(n for n in named if not found(n))
     assert not missing, f"pages name files that are not in the checkout: {missing}"
+
+
+def test_the_quickstart_gives_the_default_lease_a_long_handler_runs_into():
+    """Fault it simulates: the quickstart named the lease `timeout` among a
+    task's defaults without its value: a reader from Celery, whose tasks
+    have no time limit unless given one, met the node's 300 s only when a
+    long handler was stopped and run again. The page states the node's
+    ``default_timeout`` and what running past it does."""
+    default = NodeConfig().default_timeout
+    text = section(CURRENT["quickstart.md"], "## 2. Write handlers", "\n## ")
+    assert f"{default:g} s" in text, f"quickstart.md section 2 does not give the default lease, {default:g} s"
+    assert "touch()" in text
