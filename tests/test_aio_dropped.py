@@ -114,3 +114,36 @@ def test_a_client_dropped_before_its_node_came_up_delivers_its_submits_then_is_c
     finally:
         for n in nodes:
             n.stop()
+
+
+def test_submits_left_unsent_when_the_loop_ends_are_reported_at_exit():
+    """Fault: ``asyncio.run(main())`` where ``main`` submits through a
+    ``miyaq.aio.Client`` it never closes (or flushes): the loop ends, the
+    submits are never sent, and the program exited 0 without a word -- the
+    task simply did not exist (the threaded client says "unflushed submits
+    at exit"). Now exit reports how many were dropped and what to do; a
+    client closed in its loop, or whose submits were all acknowledged, says
+    nothing."""
+    from own_interpreter import run_script
+    script = (
+        "import asyncio, sys\n"
+        "import miyaq.aio\n"
+        "async def main():\n"
+        "    left = miyaq.aio.Client(sys.argv[1])\n"
+        "    await left.submit('a', [1])\n"
+        "    await left.submit('b', [2])\n"
+        "    closed = miyaq.aio.Client(sys.argv[1], submit_timeout=0.5)\n"
+        "    await closed.submit('c', [3])\n"
+        "    try:\n"
+        "        await closed.close()\n"
+        "    except miyaq.MiyaqError:\n"
+        "        pass\n"
+        "asyncio.run(main())\n")
+    code, _, stderr = run_script(script, f"tcp://127.0.0.1:{free_port()}", timeout=30,
+                                 hung="a program whose aio client was never closed did not end")
+    assert code == 0, stderr
+    lines = [line for line in stderr.splitlines() if "miyaq" in line]
+    assert len(lines) == 1, stderr
+    assert lines[0].endswith(
+        "a miyaq.aio client never closed: 2 submits never answered were dropped (a node may or may not have "
+        "stored them); await client.close() (or use `async with`) before its event loop ends"), stderr

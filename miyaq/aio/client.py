@@ -6,11 +6,15 @@ and the same request operations -- driven by the event loop instead of an
 I/O thread. Every call is a coroutine; the client starts on first use and
 belongs to that event loop (make one per loop). Close it with ``await
 client.close()`` or ``async with``: no flush happens at interpreter exit,
-since the loop is gone by then.
+since the loop is gone by then; what such a client leaves unsent is
+reported then (:func:`_report_at_exit`).
 """
 from __future__ import annotations
 
 import asyncio
+import atexit
+import logging
+import weakref
 from contextlib import nullcontext
 from typing import Any, Generic, Iterable, Unpack
 
@@ -29,6 +33,10 @@ from ..runtime.clock import monotonic
 from ..security.curve import client_curve
 from .driver import AsyncDriver
 from .futures import AioFuture
+
+logger = logging.getLogger(__name__)
+
+_open: "weakref.WeakSet[Client]" = weakref.WeakSet()
 
 
 #: Seconds a close() from another thread waits, past its ``timeout``, for
@@ -60,6 +68,7 @@ class Client:
         # Resolved once a close() under way in the client's loop has closed it:
         # a second close() meanwhile waits for it (see close()).
         self._closing: asyncio.Future[None] | None = None
+        _open.add(self)
 
     @property
     def closed(self) -> bool:
@@ -277,9 +286,8 @@ class Client:
         await self.close(flush=exc[0] is None)
 
 
-def _closed_elsewhere(unanswered: int, refused: int) -> str:
-    """What ``close()`` from another event loop says of the submits a flush
-    would have reported."""
+def _dropped(unanswered: int, refused: int) -> str:
+    """What became of the submits a flush would have reported."""
     def submits(n: int) -> str:
         return f"{n} submit{'' if n == 1 else 's'}"
     said = []
@@ -288,8 +296,33 @@ def _closed_elsewhere(unanswered: int, refused: int) -> str:
                     "or may not have stored them)")
     if refused:
         said.append(f"{submits(refused)} failed (refused, or out of time) without anyone being told")
-    return ("close() from another event loop than the client's cannot wait for its submits: " + "; ".join(said)
+    return "; ".join(said)
+
+
+def _closed_elsewhere(unanswered: int, refused: int) -> str:
+    """What ``close()`` from another event loop says of the submits a flush
+    would have reported."""
+    return ("close() from another event loop than the client's cannot wait for its submits: "
+            + _dropped(unanswered, refused)
             + "; close the client in its own loop, or call close(flush=False) to drop them knowingly")
+
+
+@atexit.register
+def _report_at_exit() -> None:
+    """At interpreter exit, the submits of clients never closed that no node
+    acknowledged (or that failed unseen): their loop is gone, nobody sends
+    or waits for them any more. Logged, one line a client; before 2026-12-07
+    ``asyncio.run(main())`` with an unclosed client ended without a word,
+    its tasks never sent."""
+    for client in list(_open):
+        if client.closed:
+            continue
+        handles, uncounted = client._unflushed.take()
+        unanswered = sum(1 for h in handles if not h._accepted.done())
+        refused = sum(1 for h in handles if h._accepted.done() and not h._accepted.ok()) + uncounted
+        if unanswered or refused:
+            logger.error("a miyaq.aio client never closed: %s; await client.close() (or use `async with`) before "
+                         "its event loop ends", _dropped(unanswered, refused))
 
 
 class TaskHandle(HandleBase, Generic[ResultT]):
