@@ -77,3 +77,29 @@ def test_dead_retry_lists_what_it_put_back_and_says_which_ids_it_did_not(node, c
         "1 of the ids given is no dead task here (`miyaq dead list`)"]
     assert main(["dead", "purge", "--queue", "nothing-dead-here", "--connect", node.endpoint]) == 0
     assert capsys.readouterr().out.splitlines() == ["purged 0 dead task(s)"]
+
+
+def test_a_listing_cut_at_its_limit_says_there_may_be_more(node, client, thread_worker, capsys):
+    """Mistake: 105 dead tasks, ``miyaq dead list`` ends "100 dead
+    task(s)" -- read as the total, while it is the ``--limit`` (100 by
+    default); ``miyaq tasks`` the same. A listing as long as its limit now
+    says it may be cut there; a shorter one is the whole count, as before."""
+    thread_worker(failing_app(), node.endpoint)
+    for why in ("a", "b", "c"):
+        try:
+            client.submit("boom", [why], max_retries=0, wait=True).result(timeout=20)
+        except miyaq.TaskFailed:
+            pass
+    for i in range(3):
+        client.submit("later", [i], countdown=600, wait=True)
+    cut = "(the first --limit 2; there may be more: --limit N, up to 10,000)"
+    assert main(["dead", "list", "--limit", "2", "--connect", node.endpoint]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"2 dead task(s) {cut}"
+    assert main(["dead", "list", "--connect", node.endpoint]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "3 dead task(s)"
+    assert main(["tasks", "--state", "scheduled", "--limit", "2", "--connect", node.endpoint]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"2 task(s) {cut}"
+    assert main(["tasks", "--state", "scheduled", "--limit", "3", "--connect", node.endpoint]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"3 task(s) {cut.replace('2', '3')}"
+    assert main(["tasks", "--state", "scheduled", "--connect", node.endpoint]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "3 task(s)"

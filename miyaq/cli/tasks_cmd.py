@@ -314,8 +314,14 @@ def run_tasks(args: argparse.Namespace) -> int:
             print(f"{_shown(t['id'])}  {_shown(t['queue']):<12} {_shown(t['state']):<10} "
                   f"prio={_shown(t['priority']):<4} eta={when} attempt={_shown(t['attempt'])} "
                   f"{_shown(t.get('name') or t.get('url'))}")
-        print(f"{len(tasks)} task(s)")
+        print(f"{len(tasks)} task(s)" + _cut(len(tasks), args.limit))
     return 0
+
+
+def _cut(listed: int, limit: int) -> str:
+    """After a listing's count: whether it may be cut at ``--limit`` (before
+    2026-12-07 "100 dead task(s)" of 105 read as the total)."""
+    return f" (the first --limit {limit}; there may be more: --limit N, up to 10,000)" if listed >= limit else ""
 
 
 def run_cancel(args: argparse.Namespace) -> int:
@@ -372,5 +378,5 @@ def run_dead(args: argparse.Namespace) -> int:
                 err = t.get("error") or {}
                 print(f"{_shown(t['id'])}  {_shown(t['queue']):<12} attempt={_shown(t['attempt'])} "
                       f"{_shown(err.get('type', ''))}: {_shown(err.get('message', ''))}")
-            print(f"{len(answer['tasks'])} dead task(s)")
+            print(f"{len(answer['tasks'])} dead task(s)" + _cut(len(answer["tasks"]), args.limit))
     return 0
