@@ -277,7 +277,8 @@ def test_every_page_a_page_names_is_in_the_checkout():
     current page names is a file of the checkout -- at the root, in docs/,
     relative to the page, or under a folder the page names with it."""
     named = {m for text in CURRENT.values() for m in re.findall(r"[A-Za-z0-9_./-]*[A-Za-z0-9_-]\.md\b", text)}
-    files = {p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*.md") if ".venv" not in p.parts}
+    files = {p.relative_to(ROOT).as_posix() for p in [*ROOT.glob("*.md"), *(
+        f for folder in ("docs", "deploy", "miyaq", "scripts") for f in (ROOT / folder).rglob("*.md"))]}
 
     def found(name: str) -> bool:
         name = name.removeprefix("../")
