@@ -74,3 +74,40 @@ def test_a_child_signalled_while_it_imports_the_pool_goes_on_and_says_hello(tmp_
     assert ended is None, f"the child ended ({ended}): {stderr}"
     assert hello[:2] == [b"c1", HELLO] and msgpack.unpackb(hello[2])["pid"] == child.pid
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+
+
+#: Writes the child's ``sys.path[0]`` as its module is about to be imported.
+PATH_PROBE = '''
+import os, sys
+class Probe:
+    def find_spec(self, name, path=None, target=None):
+        if name == "miyaq.worker.pools":
+            sys.meta_path.remove(self)
+            with open(os.path.join(os.environ["GATE_DIR"], "path0"), "w") as out:
+                out.write(repr(sys.path[0]))
+        return None
+sys.meta_path.insert(0, Probe())
+'''
+
+
+def test_a_childs_first_import_path_is_the_directory_it_started_in(tmp_path, ctx):
+    """Fault: started with ``-c`` rather than ``-m``, a child's
+    ``sys.path[0]`` was ``''`` -- the directory *of the moment* -- not the
+    absolute one it started in: a handler that changed directory then
+    failed to import the app's own modules lazily. It is the absolute
+    directory, as ``-m`` made it."""
+    (tmp_path / "sitecustomize.py").write_text(PATH_PROBE)
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    env = {**os.environ, "GATE_DIR": str(tmp_path),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), ROOT, TESTS, os.environ.get("PYTHONPATH", "")])}
+    command = child_command(f"tcp://127.0.0.1:{port}", b"c1", "apps.basic:app", os.getpid(), "WARNING")
+    child = subprocess.Popen(command, env=env, cwd=str(tmp_path), stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: (tmp_path / "path0").exists() or child.poll() is not None, what="the child's import")
+    finally:
+        child.kill()
+        child.communicate()
+        router.close()
+    assert (tmp_path / "path0").read_text() == repr(str(tmp_path))

@@ -46,7 +46,8 @@ logger = logging.getLogger(__name__)
 #: importing the package: a Ctrl-C as it started (the worker's start, or a
 #: child replacing one) printed a KeyboardInterrupt traceback from a child
 #: that died (before 2026-12-07).
-CHILD_BOOT = ("import runpy, signal\n"
+CHILD_BOOT = ("import os, runpy, signal, sys\n"
+              "sys.path[0] = os.getcwd()\n"      # as -m makes it (-c makes it '': the directory of the moment)
               "def _disregarded(signum, frame): pass\n"
               "for _signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP): signal.signal(_signum, _disregarded)\n"
               "runpy.run_module('miyaq.worker.pools.child', run_name='__main__', alter_sys=True)\n")
