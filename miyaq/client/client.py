@@ -43,7 +43,8 @@ from .short_path import ThreadedIOLoop
 from .kit import choose
 from .options import CallOptions, ClientOptions, TaskOptions
 from .pending import Pending
-from .wire import (TASK_OPTIONS, ReceivedTask, check_request, decode_outcome, new_id, pack_args, submit_id, task_wire,
+from .received import Received
+from .wire import (TASK_OPTIONS, check_request, decode_outcome, new_id, pack_args, submit_id, task_wire,
                    url_wire)
 
 logger = logging.getLogger(__name__)
@@ -364,40 +365,6 @@ class Client:
 
     def __exit__(self, *exc: Any) -> None:
         self.close(flush=exc[0] is None)
-
-
-class Received(ReceivedTask):
-    """A task taken by :meth:`Client.receive`: ``args``, ``kwargs``, then
-    ``ack(result)`` or ``nack(error, retry=True)``; ``touch()`` while the
-    work runs past the task's ``timeout``."""
-
-    #: The handler's positional and keyword arguments, as msgpack decoded them.
-    args: list[Any]
-    kwargs: dict[str, Any]
-
-    def __init__(self, client: Client, info: dict[str, Any]) -> None:
-        super().__init__(info)
-        self.client = client
-
-    def ack(self, result: Any = None) -> bool:
-        """Done, with ``result`` (msgpack-encoded: TypeError, nothing sent,
-        if it cannot be) as the task's result. False if this attempt no
-        longer holds the task (cancelled, expired, finished, its lease ran out)."""
-        return ops.run(ops.ack(self.id, self.attempt, result), self.client._ask)
-
-    def touch(self) -> bool:
-        """Extend the lease by the task's ``timeout`` from now. False if this
-        attempt no longer holds the task (its lease ran out, it was
-        finished, cancelled or received by another): stop, the work is not
-        yours any more. Needs a node of 2026-12-05 or later (an older one
-        extends the lease but never answers: Timeout)."""
-        return ops.run(ops.touch(self.id, self.attempt), self.client._ask)
-
-    def nack(self, error: str = "", *, retry: bool = True, delay: float | None = None) -> bool:
-        """Failed with ``error``: retried after ``delay`` seconds (else the
-        task's backoff), or dead-lettered with ``retry=False``. False if this
-        attempt was already given up on."""
-        return ops.run(ops.nack(self.id, self.attempt, error, retry, delay), self.client._ask)
 
 
 def _after_fork_in_child() -> None:
