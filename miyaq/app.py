@@ -26,7 +26,7 @@ from .devstate import default_connect
 from .errors import ConfigError, InvalidField
 from .protocol import fields as f
 from .protocol.periodic import schedule_from_wire
-from .protocol.taskspec import check_queue
+from .protocol.taskspec import MAX_TTL, MIN_TTL, check_queue
 from .taskdef import SPLIT_OPTIONS, SubmitOptions, TaskDef, TaskOptions
 
 if TYPE_CHECKING:
@@ -34,7 +34,11 @@ if TYPE_CHECKING:
 
 __all__ = ["App", "SPLIT_OPTIONS", "SubmitOptions", "TaskDef", "TaskOptions", "check_task_options"]
 
-SCHEDULE_OPTIONS = ("queue", "priority", "timeout", "max_retries")
+SCHEDULE_OPTIONS = ("queue", "priority", "timeout", "max_retries", "ttl")
+#: Options a schedule takes from ``@app.periodic`` only, never from the
+#: task's own options: ``@app.task(ttl=60)`` is its submits' ttl, and its
+#: schedules' ticks had none before ``ttl`` was a schedule option.
+_OWN_SCHEDULE_OPTIONS = ("ttl",)
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -163,7 +167,11 @@ class App:
         tick, cluster-wide (docs/periodic.md). Give ``every`` (seconds, >= 0.1;
         ticks are its multiples since the epoch) or ``cron`` (5 fields, UTC).
         ``args``/``kwargs`` are passed to each call; options: queue, priority,
-        timeout, max_retries. ``name`` (1-40 characters of A-Z a-z 0-9 _ . : -;
+        timeout, max_retries (default: the task's own), and ``ttl`` (seconds,
+        0.001 to 10 years; default none, and never the task's own ttl): a
+        tick's task no worker started within ``ttl`` of its firing expires
+        instead of waiting, so ticks do not pile up while no worker serves
+        the queue. ``name`` (1-40 characters of A-Z a-z 0-9 _ . : -;
         default: the task's name) names the schedule, and the task when this
         registers the handler. Over an ``@app.task`` (or another
         ``@app.periodic`` with another name) it schedules that task. A bad
@@ -177,7 +185,9 @@ class App:
             existing = fn if isinstance(fn, TaskDef) else None
             task_name = existing.name if existing else name or f"{fn.__module__}.{fn.__qualname__}"
             merged = {**(existing.options if existing else {}), **options}
-            wire = {k: merged[k] for k in SCHEDULE_OPTIONS if merged.get(k) is not None}
+            wire = {k: merged[k] for k in SCHEDULE_OPTIONS
+                    if k not in _OWN_SCHEDULE_OPTIONS and merged.get(k) is not None}
+            wire.update({k: options[k] for k in _OWN_SCHEDULE_OPTIONS if options.get(k) is not None})
             wire.update(name=name or task_name, task=task_name, every=every, cron=cron,
                         body=pack_args(args, kwargs))
             try:
@@ -228,7 +238,7 @@ class App:
 
 #: The range of each numeric task option, as the node checks it
 #: (miyaq.protocol.taskspec); ``eta`` is a unix time, or a datetime.
-_NUMBERS = {"eta": (0.0, 1e12), "countdown": (0.0, 10 * YEAR), "ttl": (0.001, 10 * YEAR),
+_NUMBERS = {"eta": (0.0, 1e12), "countdown": (0.0, 10 * YEAR), "ttl": (MIN_TTL, MAX_TTL),
             "backoff": (0.0, YEAR), "backoff_max": (0.0, YEAR), "timeout": (0.01, YEAR), "offset": (0.0, YEAR)}
 _INTEGERS = {"priority": (-(2**31), 2**31 - 1), "max_retries": (0, MAX_RETRIES), "replicas": (1, MAX_REPLICAS)}
 

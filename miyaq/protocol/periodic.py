@@ -18,6 +18,12 @@ submits are idempotent by id. Names are therefore short (1-40 characters
 of ``A-Z a-z 0-9 _ . : -``, not starting with ``.``, ``:`` or ``-``) so the
 id fits the 64-character id limit.
 
+A schedule may give its ticks a ``ttl`` (seconds, 0.001 to 10 years, as
+SUBMIT's ``ttl``): each tick's task is submitted with it, so a tick no
+worker started within ``ttl`` of being fired expires instead of waiting.
+Absent (None): no ttl, ticks wait for a worker however long. A node older
+than this field ignores it (it reads named fields only).
+
 Constraints: no I/O; validation raises :class:`~miyaq.errors.InvalidField`
 naming the schedule, before anything is stored.
 """
@@ -33,7 +39,7 @@ from croniter import croniter
 
 from miyaq.errors import InvalidField
 from miyaq.protocol import fields as f
-from miyaq.protocol.taskspec import YEAR, check_queue
+from miyaq.protocol.taskspec import MAX_TTL, MIN_TTL, YEAR, check_queue
 
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,39}\Z")
 MIN_EVERY = 0.1                 # seconds; sub-second schedules exist for tests
@@ -57,6 +63,7 @@ class Schedule:
     body: bytes = b""
     timeout: float | None = None
     max_retries: int | None = None
+    ttl: float | None = None
 
     def latest_tick(self, now: float) -> int | None:
         """The last tick at or before ``now`` (ms); None if there is none."""
@@ -88,6 +95,8 @@ class Schedule:
             wire["timeout"] = self.timeout
         if self.max_retries is not None:
             wire["max_retries"] = self.max_retries
+        if self.ttl is not None:
+            wire["ttl"] = self.ttl
         return wire
 
     def to_wire(self) -> dict[str, Any]:
@@ -163,6 +172,7 @@ def schedule_from_wire(d: Any, names: Iterable[str] | None = None) -> Schedule:
             body=f.binary(d, "body", b"", max_len=MAX_BODY),
             timeout=f.number(d, "timeout", None, lo=0.01, hi=YEAR),
             max_retries=f.integer(d, "max_retries", None, lo=0, hi=10_000),
+            ttl=f.number(d, "ttl", None, lo=MIN_TTL, hi=MAX_TTL),
         )
     except InvalidField as err:
         raise InvalidField(f"periodic schedule {name!r}: {err.message}", field="periodic") from None

@@ -25,6 +25,8 @@ MAX_KEY = 256
 _ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,%d}\Z" % MAX_ID_CHARS)     # \Z: "$" would let a trailing newline in
 _QUEUE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}\Z")
 METHODS = ("POST", "PUT", "PATCH", "GET", "DELETE")
+MIN_TTL, MAX_TTL = 0.001, 10 * YEAR
+"""A task's ``ttl`` bounds (seconds); a periodic schedule's ``ttl`` has the same."""
 
 def check_id(value: Any, field: str = "id") -> str:
     if not isinstance(value, str) or not _ID.match(value):
@@ -118,7 +120,7 @@ def _full(d: dict[str, Any], task_id: str, queue: str, body: bytes, now: float, 
     if eta is not None and countdown is not None:
         raise InvalidField("give either 'eta' or 'countdown', not both", field="eta")
     run_at = eta if eta is not None else now + (countdown or 0.0)
-    ttl = f.number(d, "ttl", None, lo=0.001, hi=10 * YEAR)
+    ttl = f.number(d, "ttl", None, lo=MIN_TTL, hi=MAX_TTL)
     meta = f.mapping(d, "headers", None)
     if meta is not None:
         # A new task's headers must also be sendable as they are (Latin-1) and
