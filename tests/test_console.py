@@ -717,3 +717,21 @@ def test_the_overview_counts_the_queues_once(http_node, api):
     finally:
         http_node.call(lambda: (delattr(engine, "queue_counts"), delattr(core, "status")))
     assert status == 200 and calls == {"status": 1, "queue_counts": 0}, calls
+
+
+def test_the_periodic_page_shows_a_schedules_ttl(http_node, api):
+    """Fault: a schedule's ticks expire (its ``ttl``) and the Periodic page,
+    where an operator looks for why, did not say so. Now its row says how
+    long a tick may wait; a schedule without a ttl says nothing more."""
+    worker = RawWorker(http_node.config.port, worker="w-sched", queues=["elsewhere"], names=["sweep"],
+                       periodic=[{"name": "with-ttl", "task": "sweep", "every": 3600, "ttl": 90},
+                                 {"name": "plain", "task": "sweep", "every": 3600}])
+    try:
+        wait_for(lambda: api.get("/status")[1]["periodic"]["schedules"] == 2, "the schedules to be declared")
+        html = page(api, "/ui/periodic")[1]
+        rows = {name: html.split(f'<tr data-schedule="{name}">', 1)[1].split("</tr>", 1)[0]
+                for name in ("with-ttl", "plain")}
+        assert "every 1.0 h; a tick not started in 1.5 min expires</td>" in rows["with-ttl"], rows["with-ttl"]
+        assert "expires" not in rows["plain"]
+    finally:
+        worker.close()

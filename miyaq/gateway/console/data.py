@@ -210,7 +210,8 @@ class ConsoleData:
             last = entry.last
             rows.append({"name": schedule.name, "task": schedule.task, "queue": schedule.queue,
                          "every": schedule.every_ms / 1000 if schedule.every_ms is not None else None,
-                         "cron": schedule.cron, "next": nxt / 1000 if nxt is not None else None,
+                         "cron": schedule.cron, "ttl": schedule.ttl,
+                         "next": nxt / 1000 if nxt is not None else None,
                          "last": last / 1000 if last is not None else None, "declared": entry.declared,
                          "seen": entry.seen, "workers": entry.workers})
         return len(entries), rows
