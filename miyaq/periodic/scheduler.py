@@ -20,6 +20,10 @@ How it works (docs/periodic.md has the user's view):
   own (``role.new_intake``) — in a cluster it is replicated to its holders
   like any submit — whose acknowledgements come back here; a rejected tick
   is submitted again (same id) after ``TICK_RETRY``.
+* **Ticks may expire.** A schedule's ``ttl`` is its ticks' (the SUBMIT
+  map of :meth:`Schedule.task_wire`): a tick no worker started within it
+  expires as any task does, so ticks do not pile up while no worker serves
+  the queue. Without one they wait however long.
 * **Resumed by a new leader.** The last tick handled is stored once the tick
   is accepted (cluster: a znode written compare-and-set with the leader's
   epoch; standalone: memory). A new leader starts from it. **No catch-up
