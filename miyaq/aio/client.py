@@ -22,7 +22,8 @@ from ..client import operations as ops
 from ..client.arguments import client_options, seconds, split_endpoints
 from ..client.dialling import CLIENT_HEARTBEAT_TIMEOUT
 from ..client.options import CallOptions, TaskOptions
-from ..client.pending import Pending
+from ..client.pending import Pending, window_full
+from ..client.sizes import WINDOW_BYTES
 from ..client.handle import FlushTally, HandleBase, ResultT, Unflushed
 from ..client.wire import ReceivedTask, check_request, decode_outcome, submit_id, task_wire, url_wire
 from ..devstate import default_connect
@@ -51,13 +52,15 @@ class Client:
     def __init__(self, endpoints: str | Iterable[str] | None = None, *, window: int = 10_000,
                  submit_timeout: float = 30.0, ack_timeout: float = 5.0, request_timeout: float = 10.0,
                  max_batch: int = 512, key: str | None = None, server_key: str | None = None,
-                 heartbeat_timeout: float = CLIENT_HEARTBEAT_TIMEOUT) -> None:
+                 heartbeat_timeout: float = CLIENT_HEARTBEAT_TIMEOUT, window_bytes: int = WINDOW_BYTES) -> None:
         source = "given"
         if endpoints is None:
             endpoints, source = default_connect()
         self.endpoints = split_endpoints(endpoints)
-        client_options(window, submit_timeout, ack_timeout, request_timeout, max_batch, heartbeat_timeout)
+        client_options(window, submit_timeout, ack_timeout, request_timeout, max_batch, heartbeat_timeout,
+                       window_bytes=window_bytes)
         self.window = window
+        self.window_bytes = window_bytes
         self.submit_timeout = submit_timeout
         self.request_timeout = request_timeout
         self._io = AsyncDriver(self.endpoints, max_batch=max_batch, ack_timeout=ack_timeout,
@@ -94,20 +97,28 @@ class Client:
         wire["id"] = submit_id(task_id)
         now = monotonic()
         deadline = now + self.submit_timeout
-        woken = False
-        while io.core.in_flight >= self.window:
+        future = AioFuture()
+        p = Pending(wire, future, now, deadline)
+        core = io.core
+        woken = by_bytes = False
+        while (full := core.full(self.window, self.window_bytes, p.size)) is not None:
+            by_bytes = by_bytes or full == "bytes"
             left = deadline - monotonic()
             woken = await io.room.wait(min(1.0, max(0.0, left)), first=woken)
             if not woken and monotonic() >= deadline:
-                raise Timeout(f"submit window ({self.window}) stayed full for {self.submit_timeout:g}s")
+                raise Timeout(window_full(full, self.window, self.window_bytes, core.bytes_in_flight, p.size,
+                                          self.submit_timeout))
             io.ensure_started()               # closed while we waited: a clear error
-        future = AioFuture()
         handle = TaskHandle(wire["id"], self, future)
         # flush() and close() wait for every submit, a waited one too (its
         # wait may be cancelled); one accepted, or whose failure its caller
         # was told, is let go at once.
         self._unflushed.add(handle)
-        io.submit(Pending(wire, future, now, deadline))
+        io.submit(p)
+        if by_bytes and core.full(self.window, self.window_bytes, 0) is None:
+            # One resolved submit wakes one waiter, but its bytes may make room
+            # for several: pass the wake-up on (the next waiter looks for itself).
+            io.room.freed()
         if wait:
             await handle.wait_accepted()
         return handle

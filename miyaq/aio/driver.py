@@ -205,7 +205,7 @@ class AsyncDriver:
     def submit(self, p: Pending) -> None:
         """Hand a submit to the core: at once when the client is idle, else at
         the end of this pass of the loop, batched with the others."""
-        self.core.submitted += 1
+        self.core.admitted(p)
         if not self.core.submit(p, monotonic()) and not self._flush_soon:
             self._flush_soon = True
             assert self.loop is not None

@@ -18,6 +18,7 @@ from typing import Any, overload
 
 from ..constants import MAX_BATCH
 from ..errors import ConfigError
+from .sizes import WINDOW_BYTES
 
 LONGEST_WAIT = min(1e9, threading.TIMEOUT_MAX)
 """The longest wait in seconds (31 years): a finite timeout past it means
@@ -55,14 +56,14 @@ def seconds(value: float | None, name: str, *, optional: bool = False) -> float 
 
 
 def client_options(window: int, submit_timeout: float, ack_timeout: float, request_timeout: float,
-                   max_batch: int, heartbeat_timeout: float) -> None:
+                   max_batch: int, heartbeat_timeout: float, *, window_bytes: int = WINDOW_BYTES) -> None:
     """A client's constructor options (both flavours): ConfigError naming the
-    first bad one. Counts are integers of at least 1; timeouts finite numbers
+    first bad one. Counts (``window_bytes`` too) are integers of at least 1; timeouts finite numbers
     of seconds above 0 (a zero timeout would fail every call);
     ``heartbeat_timeout`` 0.5 to 3600 seconds, as a node's
     ``peer_heartbeat_timeout`` (libzmq counts it in milliseconds, and a PING
     goes every fifth of it)."""
-    for name, count in (("window", window), ("max_batch", max_batch)):
+    for name, count in (("window", window), ("max_batch", max_batch), ("window_bytes", window_bytes)):
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ConfigError(f"{name} must be an integer of at least 1, not {count!r}")
     if max_batch > MAX_BATCH:

@@ -4,7 +4,8 @@
 :class:`~miyaq.client.handle.TaskHandle` at once while the client's I/O loop
 sends the task (batched with others), waits for the node's acknowledgement,
 and resends it with the same id if the acknowledgement does not come. At
-most ``window`` submits are unacknowledged; beyond that ``submit`` blocks.
+most ``window`` submits, holding at most ``window_bytes`` (a lone one may
+hold more), are unacknowledged; beyond that ``submit`` blocks.
 A task counts as *accepted* only when its handle's ``wait_accepted()``
 returns (or ``flush()`` does): docs/semantics.md. Busy nodes are retried
 transparently with backoff until ``submit_timeout``; only then does the
@@ -42,8 +43,9 @@ from .io import IOLoop
 from .short_path import ThreadedIOLoop
 from .kit import choose
 from .options import CallOptions, ClientOptions, TaskOptions
-from .pending import Pending
+from .pending import Pending, window_full
 from .received import Received
+from .sizes import WINDOW_BYTES
 from .wire import (TASK_OPTIONS, check_request, decode_outcome, new_id, pack_args, submit_id, task_wire,
                    url_wire)
 
@@ -76,16 +78,18 @@ class Client:
                  window: int = 10_000, submit_timeout: float = 30.0, ack_timeout: float = 5.0,
                  request_timeout: float = 10.0, max_batch: int = 512, green: bool | None = None,
                  key: str | None = None, server_key: str | None = None,
-                 heartbeat_timeout: float = CLIENT_HEARTBEAT_TIMEOUT) -> None:
+                 heartbeat_timeout: float = CLIENT_HEARTBEAT_TIMEOUT, window_bytes: int = WINDOW_BYTES) -> None:
         # No endpoints: MIYAQ_CONNECT, else the dev cluster started in this
         # directory, else tcp://127.0.0.1:7450 (miyaq.devstate).
         self.endpoints_source = "given"
         if endpoints is None:
             endpoints, self.endpoints_source = default_connect()
         endpoints = split_endpoints(endpoints)
-        client_options(window, submit_timeout, ack_timeout, request_timeout, max_batch, heartbeat_timeout)
+        client_options(window, submit_timeout, ack_timeout, request_timeout, max_batch, heartbeat_timeout,
+                       window_bytes=window_bytes)
         self.endpoints = endpoints
         self.window = window
+        self.window_bytes = window_bytes
         self.submit_timeout = submit_timeout
         self.request_timeout = request_timeout
         self.kit = choose(green)
@@ -133,15 +137,18 @@ class Client:
         wire["id"] = submit_id(task_id)
         future = self.kit.waiter() if wait else Future(self._io.heard_event)
         io = self._io
+        core = io.core
         now = monotonic()
         deadline = now + self.submit_timeout
-        while io.in_flight >= self.window:
+        p = Pending(wire, future, now, deadline)
+        while (full := core.full(self.window, self.window_bytes, p.size)) is not None:
             io.room.clear()
-            if io.in_flight < self.window:
+            if core.full(self.window, self.window_bytes, p.size) is None:
                 break
             if not io.room.wait(min(1.0, max(0.0, deadline - monotonic()))) and monotonic() >= deadline:
-                raise Timeout(f"submit window ({self.window}) stayed full for {self.submit_timeout:g}s")
-        return Pending(wire, future, now, deadline), TaskHandle(wire["id"], self, future)
+                raise Timeout(window_full(full, self.window, self.window_bytes, core.bytes_in_flight, p.size,
+                                          self.submit_timeout))
+        return p, TaskHandle(wire["id"], self, future)
 
     def _submit_wire(self, wire: dict[str, Any], task_id: str | None, wait: bool) -> TaskHandle:
         p, handle = self._pending(wire, task_id, wait)

@@ -86,6 +86,10 @@ class IOLoop(NodeSockets):
         return self.core.in_flight
 
     @property
+    def bytes_in_flight(self) -> int:
+        return self.core.bytes_in_flight
+
+    @property
     def busy_replies(self) -> int:
         return self.core.submits.busy_replies
 
@@ -100,7 +104,7 @@ class IOLoop(NodeSockets):
         """Hand a submit over. ``waits``: its caller waits for it at once (it
         cannot be batched with its own later submits)."""
         with self.count_lock:
-            self.core.submitted += 1
+            self.core.admitted(p)
         if not self._submit_directly(p, waits):
             self._put(("submit", p))
 

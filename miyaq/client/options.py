@@ -19,6 +19,7 @@ class ClientOptions(TypedDict, total=False):
     it (``App.green``)."""
 
     window: int
+    window_bytes: int
     submit_timeout: float
     ack_timeout: float
     request_timeout: float

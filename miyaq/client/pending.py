@@ -9,14 +9,17 @@ from typing import Any
 
 from ..errors import Busy, MiyaqError, ShuttingDown, Timeout, Unavailable
 from .resolver import Waiter
+from .sizes import task_size
 
 
 class Pending:
     """One submit between ``submit()`` and its acknowledgement. ``created`` and
-    ``deadline`` are on the core's clock (monotonic seconds)."""
+    ``deadline`` are on the core's clock (monotonic seconds). ``size``: what
+    it counts for in a batch and in the window's bytes (:func:`~.sizes.task_size`,
+    taken once: the wire's ``body`` is not to change)."""
 
     __slots__ = ("wire", "waiter", "created", "deadline", "sent", "tries", "node", "next_try", "last_error",
-                 "held_since", "joined", "in_capped")
+                 "held_since", "joined", "joined_size", "in_capped", "size")
 
     def __init__(self, wire: dict[str, Any], waiter: Waiter, created: float, deadline: float) -> None:
         self.wire = wire
@@ -30,7 +33,9 @@ class Pending:
         self.last_error: MiyaqError | None = None
         self.held_since: float | None = None    # when it first waited for its node's limits
         self.joined: list[Waiter] | None = None  # later submits of the same id, resolved with this one
+        self.joined_size = 0       # the window bytes those hold
         self.in_capped = False     # it has an entry in its pipeline's CappedSubmits (live or not)
+        self.size = task_size(wire)
 
     def join(self, other: "Pending") -> None:
         """``other``, a submit of the same id sent while this one is
@@ -40,6 +45,7 @@ class Pending:
         if joined is None:
             joined = self.joined = []
         joined.append(other.waiter)
+        self.joined_size += other.size + other.joined_size
         if other.joined:
             joined.extend(other.joined)
         if other.wire.get("resent"):
@@ -65,3 +71,14 @@ def final_error(error: MiyaqError, p: Pending) -> MiyaqError:
     if isinstance(error, Timeout):
         return Timeout(f"task {task_id} not acknowledged before its deadline ({p.tries} tries)")
     return Unavailable(f"task {task_id} not accepted before its deadline: {error.message}")
+
+
+def window_full(bound: str, window: int, window_bytes: int, held: int, size: int, waited: float) -> str:
+    """The message of the Timeout of a submit kept out of the window for
+    ``waited`` seconds, naming the ``bound`` that was full (``"count"`` or
+    ``"bytes"``, as :meth:`~miyaq.client.core.ClientCore.full` says), and
+    what the window held (``held`` bytes) against the submit's ``size``."""
+    if bound == "count":
+        return f"submit window stayed full for {waited:g}s: {window:,} submits unacknowledged (window={window})"
+    return (f"submit window stayed full for {waited:g}s: {held:,} bytes unacknowledged, and this task's {size:,} "
+            f"would pass window_bytes={window_bytes}")

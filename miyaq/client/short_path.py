@@ -153,7 +153,7 @@ class ThreadedIOLoop(IOLoop):
         def both(now: float) -> None:
             core = self.core
             with self.count_lock:
-                core.submitted += 1
+                core.admitted(p)
             core.submit(p, now, LONE_UNACKED)
             body["id"] = p.wire["id"]
             core.request(p.node, command, body, waiter, deadline, now)

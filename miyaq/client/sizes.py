@@ -70,9 +70,26 @@ ENVELOPE = 128
 """Bytes a task adds to a SUBMIT besides its payload, as :func:`payload_size` counts."""
 
 
+WINDOW_BYTES = 256 * 1024 * 1024
+"""The clients' default ``window_bytes``: what their unacknowledged submits
+may hold, each counted as :func:`task_size` does (256 MiB: 256 tasks of the
+nodes' default ``max_payload``, 1 MiB; the chaos producer's own bound
+before the clients had one, and the nodes' default ``max_result_bytes``).
+Small tasks never reach it before ``window`` (10,000 tasks of up to 26 KiB
+each); before 2026-12-07 only ``window`` bounded them: 10,000 tasks of
+1 MiB, 10 GB, were held before ``submit()`` blocked."""
+
+
+def task_size(wire: dict[str, Any]) -> int:
+    """What a submit counts for in a batch and in the window's bytes: its
+    payload (``body``: args and kwargs as msgpack packed them, or a webhook's
+    body) and :data:`ENVELOPE`. Once a submit (:class:`~.pending.Pending` keeps it)."""
+    return len(wire.get("body") or b"") + ENVELOPE
+
+
 def payload_size(p: Any) -> int:
-    """What a pending submit (anything with a ``wire``) counts for in a batch."""
-    return len(p.wire.get("body") or b"") + ENVELOPE
+    """What a pending submit counts for in a batch (its ``size``)."""
+    return p.size
 
 
 def surely_fits(limits: Limits) -> int:

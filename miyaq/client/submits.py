@@ -94,7 +94,8 @@ class SubmitPipeline(LimitsGate):
     applied by its base, :class:`~.limits_gate.LimitsGate`. Called only by
     whoever holds the core (its I/O context, or a caller on the short path).
     A submit is resolved through ``resolver``, and ``on_resolved`` is called
-    for each one (a slot of the window is free)."""
+    for each one (a slot of the window is free, and its bytes: ``resolved``
+    and ``resolved_bytes`` count them)."""
 
     def __init__(self, nodes: Nodes, send: Send, resolver: Resolver, *, max_batch: int, ack_timeout: float,
                  on_resolved: Callable[[], None], ask_limits: Callable[[int], None] = lambda node: None) -> None:
@@ -111,6 +112,7 @@ class SubmitPipeline(LimitsGate):
         self.capped = CappedSubmits(self.pending)
         self.waiting: list[Pending] = []          # to (re)send when next_try passes, in order
         self.resolved = 0
+        self.resolved_bytes = 0       # the sizes of those resolved (the window's bytes: ClientCore.full)
         self.resends = 0
         self.busy_replies = 0
 
@@ -348,11 +350,14 @@ class SubmitPipeline(LimitsGate):
             self._resolver.fail(p.waiter, error)
         else:
             self._resolver.set(p.waiter, value)
+        self.resolved_bytes += p.size     # before the count: a caller woken by it reads both
         self.resolved += 1
         self._on_resolved()
 
     def _resolve_joined(self, p: Pending, value: Any, error: MiyaqError | None) -> None:
         joined, p.joined = p.joined or [], None
+        self.resolved_bytes += p.joined_size
+        p.joined_size = 0
         for waiter in joined:
             if error is not None:
                 self._resolver.fail(waiter, error)
