@@ -210,3 +210,34 @@ def test_the_asyncio_clients_waiting_submits_all_get_the_bytes_a_large_one_frees
         assert not player.problems, player.problems
     assert held == (5, 5 * task_size(small))
     assert outcomes and all(outcomes), outcomes
+
+
+def test_two_submits_of_one_id_in_flight_give_back_both_their_bytes_when_one_answer_resolves_them():
+    """Fault: the same id submitted again while its first submit is
+    unacknowledged (a retry with the same id): the second joins the first
+    (Pending.join), and the one acknowledgement resolves both. Each took its
+    bytes in the window; both are given back, not only the first's (the
+    bytes would stay held for good, shrinking the window a little at each
+    such retry until nothing more fits)."""
+    from test_client_core import Waiter, make, submitted
+    from miyaq.client.pending import Pending
+
+    core, transport = make(1)
+    first = Pending({"id": "t1", "name": "echo", "body": bytes(1000)}, Waiter(), 0.0, 30.0)
+    again = Pending({"id": "t1", "name": "echo", "body": bytes(3000)}, Waiter(), 0.0, 30.0)
+    for p in (first, again):
+        core.admitted(p)
+        core.submit(p)
+        core.on_timer(0.0)
+    assert (core.in_flight, core.bytes_in_flight) == (2, 4000 + 2 * ENVELOPE)
+    core.on_frames(0, submitted([["t1", "accepted", None]]), 0.001)
+    assert first.waiter.value == again.waiter.value
+    assert (core.in_flight, core.bytes_in_flight) == (0, 0)
+
+
+def test_an_apps_window_bytes_reaches_its_client():
+    app = miyaq.App("tcp://127.0.0.1:1", window_bytes=12345)
+    try:
+        assert app.client.window_bytes == 12345
+    finally:
+        app.close()
