@@ -22,9 +22,10 @@ from ..client import operations as ops
 from ..client.arguments import client_options, seconds, split_endpoints
 from ..client.dialling import CLIENT_HEARTBEAT_TIMEOUT
 from ..client.options import CallOptions, TaskOptions
-from ..client.pending import Pending, window_full
+from ..client.pending import Pending
 from ..client.sizes import WINDOW_BYTES
 from ..client.handle import FlushTally, HandleBase, ResultT, Unflushed
+from ..client.window import blocked_by, stayed_full
 from ..client.wire import ReceivedTask, check_request, decode_outcome, submit_id, task_wire, url_wire
 from ..devstate import default_connect
 from ..errors import MiyaqError, Timeout
@@ -101,13 +102,12 @@ class Client:
         p = Pending(wire, future, now, deadline)
         core = io.core
         woken = by_bytes = False
-        while (full := core.full(self.window, self.window_bytes, p.size)) is not None:
+        while (full := blocked_by(core, self.window, self.window_bytes, p.size)) is not None:
             by_bytes = by_bytes or full == "bytes"
             left = deadline - monotonic()
             woken = await io.room.wait(min(1.0, max(0.0, left)), first=woken)
             if not woken and monotonic() >= deadline:
-                raise Timeout(window_full(full, self.window, self.window_bytes, core.bytes_in_flight, p.size,
-                                          self.submit_timeout))
+                raise stayed_full(full, core, self.window, self.window_bytes, p.size, self.submit_timeout)
             io.ensure_started()               # closed while we waited: a clear error
         handle = TaskHandle(wire["id"], self, future)
         # flush() and close() wait for every submit, a waited one too (its
@@ -115,10 +115,8 @@ class Client:
         # was told, is let go at once.
         self._unflushed.add(handle)
         io.submit(p)
-        if by_bytes and core.full(self.window, self.window_bytes, 0) is None:
-            # One resolved submit wakes one waiter, but its bytes may make room
-            # for several: pass the wake-up on (the next waiter looks for itself).
-            io.room.freed()
+        if by_bytes and blocked_by(core, self.window, self.window_bytes, 0) is None:
+            io.room.freed()     # one resolved submit's bytes may make room for several waiters: pass it on
         if wait:
             await handle.wait_accepted()
         return handle

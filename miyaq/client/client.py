@@ -43,9 +43,10 @@ from .io import IOLoop
 from .short_path import ThreadedIOLoop
 from .kit import choose
 from .options import CallOptions, ClientOptions, TaskOptions
-from .pending import Pending, window_full
+from .pending import Pending
 from .received import Received
 from .sizes import WINDOW_BYTES
+from .window import blocked_by, stayed_full
 from .wire import (TASK_OPTIONS, check_request, decode_outcome, new_id, pack_args, submit_id, task_wire,
                    url_wire)
 
@@ -141,13 +142,12 @@ class Client:
         now = monotonic()
         deadline = now + self.submit_timeout
         p = Pending(wire, future, now, deadline)
-        while (full := core.full(self.window, self.window_bytes, p.size)) is not None:
+        while (full := blocked_by(core, self.window, self.window_bytes, p.size)) is not None:
             io.room.clear()
-            if core.full(self.window, self.window_bytes, p.size) is None:
+            if blocked_by(core, self.window, self.window_bytes, p.size) is None:
                 break
             if not io.room.wait(min(1.0, max(0.0, deadline - monotonic()))) and monotonic() >= deadline:
-                raise Timeout(window_full(full, self.window, self.window_bytes, core.bytes_in_flight, p.size,
-                                          self.submit_timeout))
+                raise stayed_full(full, core, self.window, self.window_bytes, p.size, self.submit_timeout)
         return p, TaskHandle(wire["id"], self, future)
 
     def _submit_wire(self, wire: dict[str, Any], task_id: str | None, wait: bool) -> TaskHandle:

@@ -97,45 +97,25 @@ class ClientCore:
         # after all is given back (bounded: the oldest are forgotten).
         self._withdrawn_receives: dict[int, int] = {}
         self._looped_at: dict[int, float] = {}    # node -> when its connection was last found looped
-        # Unresolved submits = submitted - submits.resolved, their bytes
-        # submitted_bytes - submits.resolved_bytes. The threaded driver's
-        # callers bump `submitted` (admitted()) under their own lock; only the I/O
+        # Unresolved submits (and bytes) = submitted - submits.resolved. The threaded
+        # driver's callers bump `submitted` (admitted()) under their own lock; only the I/O
         # context bumps `resolved`, so the two sides never share a lock per task.
         self.submitted = 0
         self.submitted_bytes = 0
 
     @property
     def in_flight(self) -> int:
-        """Submits admitted and not resolved (the window's count)."""
         return self.submitted - self.submits.resolved
 
     @property
     def bytes_in_flight(self) -> int:
-        """What those hold (the window's bytes), each counted as
-        :func:`~.sizes.task_size` does."""
+        """What those hold, each its :attr:`Pending.size` (:mod:`.window`)."""
         return self.submitted_bytes - self.submits.resolved_bytes
 
     def admitted(self, p: Pending) -> None:
-        """``p`` takes its place in the window (the driver calls it as it
-        hands ``p`` over; the threaded driver's callers under their lock)."""
+        """``p`` is in the window (counted by whoever hands it over)."""
         self.submitted += 1
         self.submitted_bytes += p.size
-
-    def full(self, window: int, window_bytes: int, size: int) -> str | None:
-        """Which bound of the window keeps out a submit of ``size`` bytes
-        (:attr:`Pending.size <miyaq.client.pending.Pending>`): ``"count"`` --
-        ``window`` submits are unresolved -- or ``"bytes"`` -- it would take
-        what they hold past ``window_bytes``; None: it is admitted. One
-        submit is always admitted when none is unresolved, however large (a
-        task over ``window_bytes`` would wait for ever otherwise): what is
-        held stays within ``window_bytes`` or one task. O(1); read from any
-        thread (a stale read lets a racing caller in, as with the count)."""
-        in_flight = self.submitted - self.submits.resolved
-        if in_flight >= window:
-            return "count"
-        if in_flight and self.submitted_bytes - self.submits.resolved_bytes + size > window_bytes:
-            return "bytes"
-        return None
 
     @property
     def quiet(self) -> bool:

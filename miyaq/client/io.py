@@ -86,10 +86,6 @@ class IOLoop(NodeSockets):
         return self.core.in_flight
 
     @property
-    def bytes_in_flight(self) -> int:
-        return self.core.bytes_in_flight
-
-    @property
     def busy_replies(self) -> int:
         return self.core.submits.busy_replies
 

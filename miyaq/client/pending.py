@@ -72,13 +72,3 @@ def final_error(error: MiyaqError, p: Pending) -> MiyaqError:
         return Timeout(f"task {task_id} not acknowledged before its deadline ({p.tries} tries)")
     return Unavailable(f"task {task_id} not accepted before its deadline: {error.message}")
 
-
-def window_full(bound: str, window: int, window_bytes: int, held: int, size: int, waited: float) -> str:
-    """The message of the Timeout of a submit kept out of the window for
-    ``waited`` seconds, naming the ``bound`` that was full (``"count"`` or
-    ``"bytes"``, as :meth:`~miyaq.client.core.ClientCore.full` says), and
-    what the window held (``held`` bytes) against the submit's ``size``."""
-    if bound == "count":
-        return f"submit window stayed full for {waited:g}s: {window:,} submits unacknowledged (window={window})"
-    return (f"submit window stayed full for {waited:g}s: {held:,} bytes unacknowledged, and this task's {size:,} "
-            f"would pass window_bytes={window_bytes}")

@@ -112,7 +112,7 @@ class SubmitPipeline(LimitsGate):
         self.capped = CappedSubmits(self.pending)
         self.waiting: list[Pending] = []          # to (re)send when next_try passes, in order
         self.resolved = 0
-        self.resolved_bytes = 0       # the sizes of those resolved (the window's bytes: ClientCore.full)
+        self.resolved_bytes = 0       # the sizes of those resolved (the window's bytes: .window)
         self.resends = 0
         self.busy_replies = 0
 
