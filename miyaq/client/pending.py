@@ -71,4 +71,3 @@ def final_error(error: MiyaqError, p: Pending) -> MiyaqError:
     if isinstance(error, Timeout):
         return Timeout(f"task {task_id} not acknowledged before its deadline ({p.tries} tries)")
     return Unavailable(f"task {task_id} not accepted before its deadline: {error.message}")
-
