@@ -16,7 +16,7 @@ import atexit
 import logging
 import weakref
 from contextlib import nullcontext
-from typing import Any, Generic, Iterable, Unpack
+from typing import Any, Iterable, Unpack
 
 from ..client import operations as ops
 from ..client.arguments import client_options, seconds, split_endpoints
@@ -24,9 +24,9 @@ from ..client.dialling import CLIENT_HEARTBEAT_TIMEOUT
 from ..client.options import CallOptions, TaskOptions
 from ..client.pending import Pending
 from ..client.sizes import WINDOW_BYTES
-from ..client.handle import FlushTally, HandleBase, ResultT, Unflushed
+from ..client.handle import FlushTally, Unflushed
 from ..client.window import blocked_by, stayed_full
-from ..client.wire import ReceivedTask, check_request, decode_outcome, submit_id, task_wire, url_wire
+from ..client.wire import check_request, decode_outcome, submit_id, task_wire, url_wire
 from ..devstate import default_connect
 from ..errors import MiyaqError, Timeout
 from ..protocol import commands as c
@@ -35,6 +35,7 @@ from ..runtime.clock import monotonic
 from ..security.curve import client_curve
 from .driver import AsyncDriver
 from .futures import AioFuture
+from .handles import Received, TaskHandle
 
 logger = logging.getLogger(__name__)
 
@@ -332,71 +333,3 @@ def _report_at_exit() -> None:
         if unanswered or refused:
             logger.error("a miyaq.aio client never closed: %s; await client.close() (or use `async with`) before "
                          "its event loop ends", _dropped(unanswered, refused))
-
-
-class TaskHandle(HandleBase, Generic[ResultT]):
-    """One submitted task: ``id``, ``node``, ``duplicate_of``, ``accepted``,
-    and coroutines ``wait_accepted()``, ``result()``, ``status()``, ``cancel()``.
-    Generic in what its handler returns, as :class:`miyaq.TaskHandle`."""
-
-    __slots__ = ()
-    client: Client
-    _accepted: AioFuture
-
-    @property
-    def task_id(self) -> str:
-        """``duplicate_of or id``: final once ``wait_accepted()`` returned."""
-        return self.duplicate_of or self.id
-
-    async def wait_accepted(self, timeout: float | None = None) -> "TaskHandle[ResultT]":
-        """Wait until a node stored the task; raises Busy, Unavailable, Timeout,
-        InvalidField... if it could not be placed before its deadline."""
-        timeout = seconds(timeout, "timeout", optional=True)
-        if not self._accepted.done():
-            self.client._io.check_loop()
-        try:
-            self._took(await self._accepted.wait(timeout, what=f"submit of {self.id}"))
-        except MiyaqError:
-            self._failed()
-            raise
-        return self
-
-    async def result(self, timeout: float | None = 60.0) -> ResultT:
-        """The handler's return value, or the exception it stands for."""
-        timeout = seconds(timeout, "timeout", optional=True)
-        await self.wait_accepted(timeout)
-        answer = await self.client.wait_result(self.task_id, timeout, node=self.node)
-        return decode_outcome(self.task_id, answer)
-
-    async def status(self) -> dict[str, Any]:
-        await self.wait_accepted(self.client.submit_timeout)
-        return await self.client.status(self.task_id)
-
-    async def cancel(self) -> bool:
-        await self.wait_accepted(self.client.submit_timeout)
-        return await self.client.cancel(self.task_id)
-
-
-class Received(ReceivedTask):
-    """A task taken by :meth:`Client.receive`: ``args``, ``kwargs``, then
-    ``await ack(result)`` or ``await nack(error, retry=True)``; ``await
-    touch()`` while the work runs past the task's ``timeout``."""
-
-    #: The handler's positional and keyword arguments, as msgpack decoded them.
-    args: list[Any]
-    kwargs: dict[str, Any]
-
-    def __init__(self, client: Client, info: dict[str, Any]) -> None:
-        super().__init__(info)
-        self.client = client
-
-    async def ack(self, result: Any = None) -> bool:
-        return await self.client._run(ops.ack(self.id, self.attempt, result))
-
-    async def touch(self) -> bool:
-        """Extend the lease by the task's ``timeout`` from now; False if this
-        attempt no longer holds the task (as :meth:`miyaq.Received.touch`)."""
-        return await self.client._run(ops.touch(self.id, self.attempt))
-
-    async def nack(self, error: str = "", *, retry: bool = True, delay: float | None = None) -> bool:
-        return await self.client._run(ops.nack(self.id, self.attempt, error, retry, delay))
