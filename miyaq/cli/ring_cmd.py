@@ -33,7 +33,7 @@ from . import numbers
 from .connect import add_key_options
 from .connect import keys as key_options
 
-from ..devstate import DEFAULT_CLUSTER, DEFAULT_ZK
+from ..devstate import DEFAULT_CLUSTER, DEFAULT_CONNECT, DEFAULT_ZK
 
 ZK_CONNECT_DEFAULT = 5.0
 """Seconds the ring commands wait for ZooKeeper to answer unless told (``--timeout`` caps it)."""
@@ -41,6 +41,9 @@ TASKS_TIMEOUT = 2.0
 """Seconds a member's service endpoint has to answer STATUS before its tasks show as n/a."""
 NOT_REGISTERED_SHOWN = 20
 """Ids named in the line under the table that lists the nodes wanted in but not registered."""
+STANDALONE_PROBE = 1.0
+"""Seconds the node ``miyaq ring`` would otherwise reach (``MIYAQ_CONNECT``, else 127.0.0.1:7450) has to answer
+STATUS when no ZooKeeper was named: one that answers as standalone has no ring to show."""
 
 
 def _zk_options(p: argparse.ArgumentParser, *, nested: bool = False) -> None:
@@ -235,10 +238,50 @@ def format_ring(status: Mapping[str, Any], hosts: str) -> str:
     return "\n".join(lines)
 
 
+def standalone_node(key: str | None = None, server_key: str | None = None,
+                    timeout: float = STANDALONE_PROBE) -> str | None:
+    """The id of the node ``MIYAQ_CONNECT`` names (else the default
+    endpoint) if it answers STATUS within ``timeout`` as a standalone node
+    (``cluster`` nil: docs/protocol.md, 5.2); None if it answers as a
+    cluster's, or not at all."""
+    from ..client.client import Client
+    try:
+        client = Client(None, request_timeout=timeout, green=False, key=key, server_key=server_key)
+    except MiyaqError:
+        return None
+    try:
+        status = client.status()
+    except MiyaqError:
+        return None
+    finally:
+        client.close(flush=False)
+    if not isinstance(status, dict) or "cluster" not in status or status["cluster"] is not None:
+        return None
+    return str(status.get("node") or "?")
+
+
+def _refuse_standalone(args: argparse.Namespace, key: str | None, server_key: str | None) -> None:
+    """``miyaq ring`` given no ZooKeeper (no ``--zk``, ``MIYAQ_ZK`` or dev
+    cluster here) next to a standalone node: say at once that it has no ring
+    (a ConfigError, exit 2). Before 2026-12-07 the command waited 5 s for a
+    ZooKeeper at 127.0.0.1:2181 and blamed it."""
+    from ..devstate import read_state
+    if getattr(args, "zk", None) or os.environ.get("MIYAQ_ZK") or read_state() is not None:
+        return
+    node = standalone_node(key, server_key)
+    if node is not None:
+        where = os.environ.get("MIYAQ_CONNECT") or DEFAULT_CONNECT
+        raise ConfigError(escape_controls(
+            f"the node at {where} ({node}) is standalone: it has no ring (a ring is a cluster's, kept in "
+            "ZooKeeper). `miyaq status` shows that node; for a cluster's ring name its ZooKeeper: --zk HOSTS "
+            "or MIYAQ_ZK (docs/cluster.md)"))
+
+
 def run_ring(args: argparse.Namespace) -> int:
     from ..security.curve import client_curve
     key, server_key = key_options(args)
     client_curve(key, server_key)   # bad keys: one clear error, before ZooKeeper
+    _refuse_standalone(args, key, server_key)
     status = _with_admin(args, lambda admin: admin.status())
     for node_id, count in tasks_held(status["members"], key=key, server_key=server_key).items():
         status["members"][node_id]["tasks"] = count
