@@ -7,7 +7,11 @@ Each setting can come from (highest first) a command-line flag
 (``--max-tasks``), an environment variable (``MIYAQ_MAX_TASKS``), a TOML
 config file (``max_tasks = 1000``, given by ``--config`` or ``MIYAQ_CONFIG``)
 or its default; a value of the wrong type is a ConfigError naming the
-setting. Nothing is read from the environment at import time.
+setting and where it came from (``--max-tasks``, ``MIYAQ_MAX_TASKS``, the
+config file), and one that the settings' checks refuse names the variable
+it came from when that is the environment (a variable set long ago in a
+shell or unit file is easy to forget). Nothing is read from the
+environment at import time.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import argparse
 import datetime
 import math
 import os
+import re
 import tomllib
 from dataclasses import field, fields
 from typing import Any, ClassVar, Mapping, TypeVar
@@ -85,17 +90,29 @@ class Settings:
             if unknown:
                 raise ConfigError(f"unknown settings in {path}: {', '.join(sorted(unknown))}")
         values: dict[str, Any] = {}
+        from_env: dict[str, str] = {}     # setting -> the variable it was read from
         for f in fields(cls):  # type: ignore[arg-type]
             raw = args.get(f.name)
+            source = "--" + f.name.replace("_", "-")
             if raw is None:
-                raw = environ.get("MIYAQ_" + f.name.upper())
+                source = "MIYAQ_" + f.name.upper()
+                raw = environ.get(source)
+                if raw is not None:
+                    from_env[f.name] = source
             if raw is not None:       # text (a flag, the environment); a list: a repeated flag
                 if f.metadata.get("repeat") and isinstance(raw, list):
                     raw = ",".join(str(item) for item in raw)
-                values[f.name] = _coerce(f.name, f.type, raw)
+                values[f.name] = _coerce(f.name, f.type, raw, source)
             elif f.name in file_values:
                 values[f.name] = _from_toml(f.name, f.type, file_values[f.name], bool(f.metadata.get("listed")))
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ConfigError as err:
+            named = [f"{name} from {var}" for name, var in from_env.items()
+                     if re.search(rf"(?<![\w-]){name}(?!\w)", err.message)]
+            if not named:
+                raise
+            raise ConfigError(f"{err.message} ({', '.join(named)})", **err.details) from None
 
     def check_fields(self) -> None:
         """Every choice is one of its choices; no number is negative, NaN or
@@ -161,7 +178,11 @@ def _from_toml(name: str, type_: Any, raw: Any, listed: bool) -> Any:
     return _coerce(name, type_, raw)
 
 
-def _coerce(name: str, type_: Any, raw: Any) -> Any:
+def _coerce(name: str, type_: Any, raw: Any, source: str | None = None) -> Any:
+    """``raw`` as the setting's type; ``source``, where it was given (a flag,
+    an environment variable), is named in the error if it is not of that
+    type. Before 2026-12-07 the error named the setting alone:
+    ``MIYAQ_CONCURRENCY=abc`` said "setting concurrency expects int"."""
     kind = type_ if isinstance(type_, str) else getattr(type_, "__name__", str(type_))
     if kind.endswith(" | None"):      # optional: empty or "none" means unset
         if isinstance(raw, str) and raw.strip().lower() in ("", "none"):
@@ -187,7 +208,8 @@ def _coerce(name: str, type_: Any, raw: Any) -> Any:
             return float(raw)
         return str(raw)
     except (TypeError, ValueError, OverflowError):
-        raise ConfigError(f"setting {name} expects {kind}, got {raw!r}") from None
+        given = f" (from {source})" if source else ""
+        raise ConfigError(f"setting {name} expects {kind}, got {raw!r}{given}") from None
 
 
 def _default_text(default: Any, help_text: str) -> str:

@@ -6,8 +6,15 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+from miyaq.config import NodeConfig
+from miyaq.errors import ConfigError
+from miyaq.worker.config import WorkerConfig
+
 MIYAQ = [sys.executable, "-m", "miyaq.cli.main"]
 GUARD = 60      # seconds; a hung command fails the test instead of blocking it
+TESTS = os.path.dirname(os.path.abspath(__file__))     # apps.basic is here
 
 
 def miyaq(*argv: str, cwd: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
@@ -28,3 +35,38 @@ def test_ring_next_to_a_standalone_node_says_it_has_no_ring(make_node, tmp_path)
     assert done.stderr.startswith(f"miyaq: error: the node at {node.endpoint} ("), done.stderr
     assert ") is standalone: it has no ring" in done.stderr and "`miyaq status` shows that node" in done.stderr
     assert "ZooKeeper at" not in done.stderr and done.stdout == ""
+
+
+@pytest.mark.parametrize("config,environ,says", [
+    (WorkerConfig, {"MIYAQ_CONCURRENCY": "abc"}, "setting concurrency expects int, got 'abc' (from MIYAQ_CONCURRENCY)"),
+    (WorkerConfig, {"MIYAQ_HEARTBEAT": "soon"}, "setting heartbeat expects float, got 'soon' (from MIYAQ_HEARTBEAT)"),
+    (WorkerConfig, {"MIYAQ_CONCURRENCY": "-1"}, "concurrency must not be negative, not -1 "
+                                                "(concurrency from MIYAQ_CONCURRENCY)"),
+    (NodeConfig, {"MIYAQ_HTTP_PORT": "eighty"}, "setting http_port expects int, got 'eighty' (from MIYAQ_HTTP_PORT)"),
+    (NodeConfig, {"MIYAQ_REPLICAS": "17"}, "replicas must be 1..16 (holders of a task), not 17 "
+                                           "(replicas from MIYAQ_REPLICAS)"),
+])
+def test_a_bad_value_from_the_environment_names_its_variable(config, environ, says):
+    """Mistake: a MIYAQ_ variable set to a value the setting cannot take
+    (``MIYAQ_CONCURRENCY=abc miyaq worker ...``). The error named the
+    setting alone ("setting concurrency expects int, got 'abc'"): the user
+    looked for a --concurrency flag never given. Now it names the variable;
+    a value the setting's checks refuse too."""
+    with pytest.raises(ConfigError) as info:
+        config.load({}, environ)
+    assert info.value.message == says
+
+
+def test_a_bad_flag_value_names_the_flag():
+    """The same from a flag: ``--concurrency abc`` names ``--concurrency``."""
+    with pytest.raises(ConfigError) as info:
+        WorkerConfig.load({"concurrency": "abc"}, {})
+    assert info.value.message == "setting concurrency expects int, got 'abc' (from --concurrency)"
+
+
+def test_a_worker_started_with_a_bad_variable_says_which(tmp_path):
+    """The mistake as the audit met it: the worker's one-line error, exit 2."""
+    done = miyaq("worker", "apps.basic:app", "--connect", "tcp://127.0.0.1:7450", cwd=str(tmp_path),
+                 MIYAQ_CONCURRENCY="abc", PYTHONPATH=os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")]))
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr == ("miyaq: error: setting concurrency expects int, got 'abc' (from MIYAQ_CONCURRENCY)\n")
