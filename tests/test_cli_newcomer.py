@@ -2,6 +2,7 @@
 2026-12-07): each test names the mistake and what the command said."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -70,3 +71,44 @@ def test_a_worker_started_with_a_bad_variable_says_which(tmp_path):
                  MIYAQ_CONCURRENCY="abc", PYTHONPATH=os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")]))
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert done.stderr == ("miyaq: error: setting concurrency expects int, got 'abc' (from MIYAQ_CONCURRENCY)\n")
+
+
+def test_submit_wait_json_of_a_task_that_fails_prints_its_outcome(make_node, procs):
+    """Mistake: ``miyaq submit NAME --wait --json`` of a task that fails, in
+    a script that reads the JSON. It printed nothing on stdout and exited 2,
+    a usage error's status: the script had neither the task's id nor why it
+    failed. Now it prints the outcome (state, error) and exits 1, a task
+    that ended without a result; as text, its id and state on stdout and the
+    error's line on stderr, exit 1 too."""
+    node = make_node()
+    procs.worker("apps.basic:app", node.endpoint, 1)
+    done = miyaq("submit", "reject", "--wait", "--json", "--connect", node.endpoint)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    out = json.loads(done.stdout)
+    assert (out["status"], out["state"], out["error"]["type"], out["error"]["message"]) == (
+        "accepted", "dead", "Reject", "bad input"), out
+    assert "result" not in out and done.stderr == ""
+
+    done = miyaq("submit", "add", "--args", "[2, 3]", "--wait", "--json", "--connect", node.endpoint)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert {k: v for k, v in json.loads(done.stdout).items() if k != "id"} == {
+        "status": "accepted", "state": "done", "result": 5}
+
+    done = miyaq("submit", "reject", "--wait", "--connect", node.endpoint)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    lines = done.stdout.splitlines()
+    assert lines[1:] == ["status: accepted", "state: dead"] and lines[0].startswith("id: "), lines
+    assert done.stderr == f"miyaq: error: task {lines[0][4:]} failed: Reject: bad input\n"
+
+
+def test_submit_wait_json_of_a_task_not_finished_in_time_prints_its_state(make_node):
+    """The same for a wait that ends first (no worker of the task's queue):
+    its state and why, exit status 3; it was nothing on stdout and 2."""
+    node = make_node()
+    done = miyaq("submit", "add", "--args", "[1, 2]", "--queue", "nobody", "--wait", "--wait-timeout", "0.2",
+                 "--json", "--connect", node.endpoint)
+    assert done.returncode == 3, (done.stdout, done.stderr)
+    out = json.loads(done.stdout)
+    assert (out["state"], out["error"]["type"]) == ("ready", "Timeout"), out
+    assert "no worker of its queue took it in time" in out["error"]["message"]
+

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Iterable
 from typing import Any
 
-from ..errors import ConfigError, InvalidField, MiyaqError
+from ..errors import ConfigError, InvalidField, TaskCancelled, TaskExpired, TaskFailed, Timeout
 from ..logs import escape_controls
 from ..protocol.name_labels import name_label
 from .answers import reading
@@ -32,7 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="retries after the first attempt (default: the node's --default-max-retries, 3)")
     p.add_argument("--timeout", type=numbers.positive_seconds, default=None, help="lease in seconds")
     p.add_argument("--id", default=None, help="task id (default: a new 128-bit id)")
-    p.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    p.add_argument("--wait", action="store_true",
+                   help="wait for the result and print it (exit status 1: the task ended without one -- dead, "
+                        "cancelled or expired; 3: --wait-timeout passed first)")
     p.add_argument("--wait-timeout", type=numbers.seconds, default=60.0,
                    help="with --wait, seconds to wait for the result [default 60]")
     _connect_option(p)
@@ -120,6 +123,12 @@ def _print(obj: Any, as_json: bool) -> None:
         print(_shown(obj))
 
 
+EXIT_NO_RESULT = 1
+"""``miyaq submit --wait``'s exit status when the task ended without a result (dead, cancelled, expired)."""
+EXIT_STILL_WAITING = 3
+"""``miyaq submit --wait``'s exit status when ``--wait-timeout`` passed before the task finished."""
+
+
 def run_submit(args: argparse.Namespace) -> int:
     task_args = _json(args.args, "--args")
     task_kwargs = _json(args.kwargs, "--kwargs")
@@ -133,16 +142,41 @@ def run_submit(args: argparse.Namespace) -> int:
         out: dict[str, Any] = {"id": handle.task_id, "status": "accepted"}
         if handle.duplicate_of:
             out["status"] = "duplicate"
+        code, failure = 0, None
         if args.wait:
-            try:
-                out["result"] = handle.result(args.wait_timeout)
-            except MiyaqError as err:     # a failed task's message is its worker's text, printed by main
-                err.message = _shown(err.message)
-                raise
-        _print(out, args.json)
+            code, failure = _wait_outcome(client, handle, args.wait_timeout, out)
+        # As text, why there is no result is the error line on stderr (as
+        # main printed it before 2026-12-07, with exit status 2 and nothing on stdout).
+        _print(out if args.json else {k: v for k, v in out.items() if k != "error"}, args.json)
+        if failure is not None and not args.json:
+            print(f"miyaq: error: {_shown(failure)}", file=sys.stderr)
     finally:
         client.close(flush=False)
-    return 0
+    return code
+
+
+def _wait_outcome(client: Any, handle: Any, timeout: float, out: dict[str, Any]) -> tuple[int, str | None]:
+    """Wait for the task's outcome and put it in ``out``: its ``state`` and
+    its ``result`` (done), or an ``error`` (``type``, ``message``, and a
+    dead task's ``traceback``) saying why there is none. The exit status
+    and, if it did not finish done, the error's line. Before 2026-12-07 a
+    task that did not end done was a MiyaqError for main: exit status 2 (a
+    usage error's) and, with ``--json``, nothing on stdout."""
+    from ..client.wire import decode_outcome
+    answer = client.wait_result(handle.task_id, timeout, node=handle.node)
+    state = answer.get("state")
+    out["state"] = state if isinstance(state, str) else None
+    try:
+        out["result"] = decode_outcome(handle.task_id, answer)
+        return 0, None
+    except TaskFailed as err:
+        out["error"] = {"type": err.remote_type, "message": err.remote_message}
+        if err.traceback:
+            out["error"]["traceback"] = err.traceback
+        return EXIT_NO_RESULT, err.message
+    except (TaskCancelled, TaskExpired, Timeout) as err:
+        out["error"] = {"type": type(err).__name__, "message": err.message}
+        return (EXIT_STILL_WAITING if isinstance(err, Timeout) else EXIT_NO_RESULT), err.message
 
 
 def run_status(args: argparse.Namespace) -> int:
