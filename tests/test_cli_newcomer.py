@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from miyaq.cli.main import main
 from miyaq.config import NodeConfig
 from miyaq.errors import ConfigError
 from miyaq.worker.config import WorkerConfig
@@ -112,3 +113,17 @@ def test_submit_wait_json_of_a_task_not_finished_in_time_prints_its_state(make_n
     assert (out["state"], out["error"]["type"]) == ("ready", "Timeout"), out
     assert "no worker of its queue took it in time" in out["error"]["message"]
 
+
+
+def test_keys_list_of_a_missing_directory_names_the_argument_not_a_flag(tmp_path, capsys):
+    """Mistake: ``miyaq keys list ./nodir``, a directory never made. It said
+    "--keys ./nodir: no authorized/ directory", a flag the command does not
+    have (the node's). Now it names the argument as given, and that it is
+    no directory at all; a directory without ``authorized/`` likewise."""
+    missing = str(tmp_path / "nodir")
+    assert main(["keys", "list", missing]) == 2
+    assert capsys.readouterr().err == (f"miyaq: error: key directory {missing}: no such directory (make a key "
+                                       f"directory with `miyaq keys init {missing}`)\n")
+    assert main(["keys", "list", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"miyaq: error: key directory {tmp_path}: no authorized/ directory (make "
+                                       "it with `miyaq keys init`)\n")

@@ -34,14 +34,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     revoke.set_defaults(run=_revoke)
 
 
+def _store(args: argparse.Namespace) -> KeyStore:
+    """The key directory the command was given, named as given in errors."""
+    return KeyStore(args.dir, given=f"key directory {args.dir}")
+
+
 def _init(args: argparse.Namespace) -> int:
-    public = KeyStore(args.dir).init()
+    public = _store(args).init()
     print(f"cluster key: {public} (public) and its .key_secret; authorized keys go in {args.dir}/authorized/")
     return 0
 
 
 def _add(args: argparse.Namespace) -> int:
-    store = KeyStore(args.dir)
+    store = _store(args)
     _, secret = store.add(args.name, args.role)
     try:
         role = next((k.role for k in store.list() if k.name == args.name), None)
@@ -56,7 +61,7 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    keys = KeyStore(args.dir).list()
+    keys = _store(args).list()
     for info in keys:
         state = "revoked" if info.revoked else "authorized"
         print(f"{info.name:<24} {info.role:<9} {state:<10} {info.public}")
@@ -68,7 +73,7 @@ def _revoke(args: argparse.Namespace) -> int:
     """Revoke, then load ``authorized/`` as a node would: if it does not load,
     the nodes keep the keys they hold -- the revoked one too -- so say so and
     exit 2 (before 2026-12-05 this reported success)."""
-    store = KeyStore(args.dir)
+    store = _store(args)
     copies = store.revoke(args.name)
     try:
         store.authorized()

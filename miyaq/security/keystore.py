@@ -69,10 +69,16 @@ def check_name(name: str) -> str:
 
 
 class KeyStore:
-    """One key directory. Methods raise ConfigError with the path when a file is wrong."""
+    """One key directory. Methods raise ConfigError with the path when a file is wrong.
 
-    def __init__(self, directory: str) -> None:
+    ``given`` is how errors about the directory itself name it: a node's
+    ``--keys DIR`` (the default), ``miyaq keys``' argument as typed. Before
+    2026-12-07 every caller's said ``--keys DIR``: ``miyaq keys list
+    ./nodir``, which has no such flag, too."""
+
+    def __init__(self, directory: str, given: str | None = None) -> None:
         self.dir = directory
+        self.given = given or f"--keys {directory}"
 
     @property
     def authorized_dir(self) -> str:
@@ -182,7 +188,7 @@ class KeyStore:
         """The cluster key pair a node serves with."""
         path = os.path.join(self.dir, NODE + ".key_secret")
         if not os.path.exists(path):
-            raise ConfigError(f"--keys {self.dir}: no node.key_secret there (make one with `miyaq keys init`)")
+            raise ConfigError(f"{self.given}: no node.key_secret there (make one with `miyaq keys init`)")
         cert = certs.read(path)
         if cert.secret is None:
             raise ConfigError(f"{path} holds no secret key")
@@ -215,6 +221,14 @@ class KeyStore:
                 return certs.read(path).public, path
         return None
 
+    def _no_authorized(self) -> str:
+        """What a directory without ``authorized/`` is told: that it is not a
+        directory at all, if so."""
+        if not os.path.isdir(self.dir):
+            return (f"{self.given}: no such directory (make a key directory with `miyaq keys init "
+                    f"{self.dir}`)")
+        return f"{self.given}: no authorized/ directory (make it with `miyaq keys init`)"
+
     def _key_files(self) -> tuple[str, ...]:
         """The ``*.key`` entries of ``authorized/``, sorted; ConfigError naming
         the directory when it cannot be listed."""
@@ -222,7 +236,7 @@ class KeyStore:
         try:
             entries = os.listdir(directory)
         except FileNotFoundError:
-            raise ConfigError(f"--keys {self.dir}: no authorized/ directory (make it with `miyaq keys init`)") from None
+            raise ConfigError(self._no_authorized()) from None
         except OSError as exc:
             raise ConfigError(f"cannot read the key directory {directory}: {exc.strerror or exc}") from None
         return tuple(sorted(entry for entry in entries if entry.endswith(".key")))
@@ -241,7 +255,7 @@ class KeyStore:
             out[node[0]] = Identity(NODE, Role.PEER)
             where[node[0]] = node[1]
         if not os.path.isdir(self.authorized_dir):
-            raise ConfigError(f"--keys {self.dir}: no authorized/ directory (make it with `miyaq keys init`)")
+            raise ConfigError(self._no_authorized())
         names = self._key_files()
         if len(names) > MAX_KEYS:
             raise ConfigError(f"{self.authorized_dir} holds {len(names):,} keys, more than the {MAX_KEYS:,} a node "
