@@ -8,6 +8,8 @@ import subprocess
 import sys
 
 import pytest
+from gateway_harness import FIXTURES, wait_for
+from test_gateway_admin import make_dead
 
 from miyaq.cli.main import main
 from miyaq.config import NodeConfig
@@ -16,6 +18,7 @@ from miyaq.worker.config import WorkerConfig
 
 MIYAQ = [sys.executable, "-m", "miyaq.cli.main"]
 GUARD = 60      # seconds; a hung command fails the test instead of blocking it
+http_node, api, make_http_node, make_web_worker = FIXTURES   # pytest finds fixtures in module globals
 TESTS = os.path.dirname(os.path.abspath(__file__))     # apps.basic is here
 
 
@@ -127,3 +130,33 @@ def test_keys_list_of_a_missing_directory_names_the_argument_not_a_flag(tmp_path
     assert main(["keys", "list", str(tmp_path)]) == 2
     assert capsys.readouterr().err == (f"miyaq: error: key directory {tmp_path}: no authorized/ directory (make "
                                        "it with `miyaq keys init`)\n")
+
+
+def test_status_of_a_done_task_labels_an_earlier_attempts_error(http_node, api, capsys):
+    """Mistake: ``miyaq status ID`` of a task done at its second attempt
+    showed ``error: ...`` -- the first attempt's (a worker gone silent, here
+    a consumer's NACK) -- read as the task's failure; the console's task
+    page headed it "Last error". Now it is the last failed attempt's, said
+    so in both; a dead task's stays its error."""
+    task_id = api.post("/tasks", {"name": "job", "max_retries": 2, "backoff": 0.01})[1]["id"]
+    got = wait_for(lambda: api.post("/receive", {"queues": ["default"]})[1]["task"], "the first attempt")
+    assert api.post(f"/tasks/{task_id}/nack", {"attempt": got["attempt"], "error": "first try fails"})[1]["ok"]
+    got = wait_for(lambda: api.post("/receive", {"queues": ["default"]})[1]["task"], "the second attempt")
+    assert api.post(f"/tasks/{task_id}/ack", {"attempt": got["attempt"], "result": 7})[1]["ok"]
+
+    endpoint = f"tcp://127.0.0.1:{http_node.config.port}"
+    assert main(["status", task_id, "--connect", endpoint]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "state: done" in lines, lines
+    failed = [line for line in lines if "first try fails" in line]
+    assert failed and failed[0].startswith("last failed attempt: "), lines
+    assert not any(line.startswith("error:") for line in lines), lines
+    html = api.get(f"/ui/tasks/{task_id}")[1].decode()
+    assert "Last failed attempt" in html and "a later attempt finished the task" in html
+    assert "Last error" not in html
+
+    dead = make_dead(api, "qd", 1)[0]
+    assert main(["status", dead, "--connect", endpoint]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "state: dead" in lines and any(line.startswith("error: ") for line in lines), lines
+    assert "Last error" in api.get(f"/ui/tasks/{dead}")[1].decode()

@@ -204,12 +204,18 @@ def _print_task(task: dict[str, Any]) -> None:
     the local date and time after its unix value, the last error as ``type:
     message`` with its traceback, if any, below it, indented. Before
     2026-12-06 times were bare unix numbers and the error a Python dict on
-    one line, its traceback's line breaks printed as ``\\n``."""
+    one line, its traceback's line breaks printed as ``\\n``.
+
+    The error is labelled ``error:`` only on a dead task, whose last attempt
+    it ended; in any other state it is an earlier attempt's, ``last failed
+    attempt:`` (before 2026-12-07 a task done at its second attempt showed
+    ``error: Lost: worker ... went silent``, read as the task's failure)."""
+    label = "error" if task.get("state") == "dead" else "last failed attempt"
     for key, value in task.items():
         if key in TASK_TIMES and type(value) in (int, float):
             print(f"{_shown(key)}: {_shown(value)} ({_local_time(value)})")
         elif key == "error" and isinstance(value, dict):
-            print(f"error: {_shown(value.get('type', ''))}: {_shown(value.get('message', ''))}")
+            print(f"{label}: {_shown(value.get('type', ''))}: {_shown(value.get('message', ''))}")
             trace = value.get("traceback")
             if trace:
                 print("traceback:")
