@@ -160,3 +160,23 @@ def test_status_of_a_done_task_labels_an_earlier_attempts_error(http_node, api, 
     lines = capsys.readouterr().out.splitlines()
     assert "state: dead" in lines and any(line.startswith("error: ") for line in lines), lines
     assert "Last error" in api.get(f"/ui/tasks/{dead}")[1].decode()
+
+
+@pytest.mark.parametrize("argv,usage,left", [
+    (["dead", "list", "--queue", "default", "abc"], "usage: miyaq dead ", "abc"),
+    (["status", "a", "b"], "usage: miyaq status ", "b"),
+    (["keys", "list", "a", "b"], "usage: miyaq keys list ", "b"),
+])
+def test_an_argument_left_over_shows_the_commands_usage(argv, usage, left, capsys):
+    """Mistake: ``miyaq dead list --queue default abc`` (a positional after
+    an option, which argparse does not take for ``ids`` once it filled
+    them). It printed the top level's ``usage: miyaq [-h] [--version]
+    COMMAND ...``, which says nothing of ``dead``. Now the command's own
+    usage and error, exit status 2, before anything is sent."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(usage), err
+    name = usage[len("usage: "):].strip()
+    assert err.endswith(f"{name}: error: unrecognized arguments: {left}\n"), err

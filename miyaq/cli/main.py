@@ -32,6 +32,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, but arguments left over are refused by
+    the (sub)command's own parser, with its usage: ``argparse`` refuses
+    them at the top, with ``usage: miyaq [-h] [--version] COMMAND ...``,
+    which says nothing of the command typed (``miyaq dead list --queue
+    default abc``: a positional after an option is left over, argparse
+    having filled ``ids`` before it; the newcomer audit of 2026-12-07)."""
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        _command_parser(parser, args).error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
+def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the deepest (sub)command ``args`` chose (``miyaq keys
+    list``'s, ``miyaq dead``'s), else ``parser``."""
+    while True:
+        chosen = None
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                name = getattr(args, action.dest, None) if action.dest != argparse.SUPPRESS else None
+                chosen = action.choices.get(name) if isinstance(name, str) else None
+        if chosen is None:
+            return parser
+        parser = chosen
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; its exit status. A Ctrl-C at any point after this
     module is imported -- while the commands' modules load, too -- ends with
@@ -39,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     and no traceback; output to a full disk (or one that fails), with 1 and
     one line saying so."""
     try:
-        args = build_parser().parse_args(argv)
+        args = parse(build_parser(), argv)
         run: Callable[[argparse.Namespace], int] = args.run
         code = run(args) or 0
         sys.stdout.flush()      # here, where a closed pipe is caught, not at the interpreter's exit
