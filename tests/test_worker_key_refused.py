@@ -57,3 +57,28 @@ def test_a_worker_with_a_producers_key_says_once_why_and_registers_when_its_role
              what="the worker registered once its key has the worker role")
     wait_for(lambda: "accepts this worker's key now; registered" in worker.log_tail(400), timeout=10)
     assert worker.alive()
+
+
+def test_a_refused_key_is_said_once_then_reminded_every_ten_minutes(monkeypatch, caplog):
+    """Fault: a node refuses every heartbeat of a worker whose key it does
+    not take, for an hour. One ERROR, then a WARNING every
+    ``REFUSED_REMINDER`` seconds counting the refusals since the last, and
+    the node's welcome says the key is taken now; a refusal after that is
+    told at ERROR again."""
+    import logging
+
+    from miyaq.worker import key_refusal
+    clock = [1000.0]
+    monkeypatch.setattr(key_refusal, "monotonic", lambda: clock[0])
+    refusal = key_refusal.KeyRefusal("tcp://127.0.0.1:1")
+    caplog.set_level(logging.INFO, logger="miyaq.worker.link")
+    for _ in range(3600):               # a heartbeat refused every second for an hour
+        refusal.refused("key 'app' has role producer")
+        clock[0] += 1.0
+    levels = [r.levelname for r in caplog.records]
+    assert levels == ["ERROR"] + ["WARNING"] * 5, levels
+    assert "600 refusal(s) in the last 10 minutes" in caplog.records[1].getMessage()
+    assert refusal.welcomed() is True and refusal.welcomed() is False
+    caplog.clear()
+    refusal.refused("revoked")
+    assert [r.levelname for r in caplog.records] == ["ERROR"]

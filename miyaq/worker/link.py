@@ -50,6 +50,7 @@ from ..runtime.sockets import SocketFactory, zmq
 from .config import (BEAT_EARLY, HUNG_NODE_LIVENESS, LIVENESS, MAX_INBOUND_MESSAGE, MAX_LATE_IDS, MAX_NODE_LIVENESS,
                      MAX_RESULT_BYTES, NODE_HEARTBEAT_RANGE, RESULT_MESSAGE_SLACK)
 from .jobs import returnable_ids
+from .key_refusal import KeyRefusal
 from .link_socket import LinkSocket
 from .link_watch import LinkWatch
 from .outbox import Outbox
@@ -61,9 +62,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 _log = LogLimiter(logger)     # what a node sends may repeat (a buggy or hostile one): a few lines a minute
-# A key a node refuses (its role is not a worker's, or it was revoked) is told
-# once at ERROR; every heartbeat after is refused again: a reminder line every 10 minutes.
-REFUSED_REMINDER = 600.0
 
 
 class NodeLink(LinkSocket):
@@ -104,11 +102,7 @@ class NodeLink(LinkSocket):
         # longer name this node (None: the last one heard did). The worker's.
         self.absent_since: float | None = None
         self.retired = False        # the node left the ring: this link is closed for good (retire)
-        # The node refuses this worker's key (forbidden) and has not welcomed it
-        # since: the refusals since the last line said so, and when the next is due (monotonic).
-        self.refused = False
-        self.refusals = 0
-        self.refused_reminder = 0.0
+        self.key_refusal = KeyRefusal(endpoint)    # the node refuses this worker's key (forbidden)
         self._parts: set[Any] = set()     # this link's greenlets now running (reader, watcher, flusher)
         self.outbox = Outbox(self.post, self.spawn, f"flush {endpoint}")
         self.extra = ExtraCredit(worker.concurrency, worker.base_credit, worker.capacity)
@@ -281,39 +275,9 @@ class NodeLink(LinkSocket):
         elif command == c.ERROR:
             self.welcome_due = None     # a READY refused gets no WELCOME: a later RECONNECT is heeded
             if body.get("code") == "forbidden":
-                self._forbidden(body.get("message"))
+                self.key_refusal.refused(body.get("message"))
             else:
                 _log.warning("error", "node %s: %s: %s", self.endpoint, body.get("code"), body.get("message"))
-
-    def _forbidden(self, message: Any) -> None:
-        """The node refuses this worker's key: its role may not send the
-        worker protocol (a producer's key), or it was revoked. Said once at
-        ERROR with what to do, then reminded every ``REFUSED_REMINDER``
-        seconds: each heartbeat is refused again, and a line a second (five a
-        minute before 2026-12-07, all WARNINGs) buried the reason. The link
-        keeps beating: a node re-reads ``authorized/`` (SIGHUP, or by itself),
-        so a role changed there, or the key authorized on a node that did
-        not have it yet, lets this worker in without a restart -- the next
-        heartbeat is answered RECONNECT and it registers (docs/operations.md,
-        "A wrong CURVE key on a client or a worker", says why it does not exit)."""
-        now = monotonic()
-        if self.refused:
-            self.refusals += 1
-            if now >= self.refused_reminder:
-                logger.warning("node %s still refuses this worker's key (%d refusal(s) in the last %.0f minutes): "
-                               "%s", self.endpoint, self.refusals, REFUSED_REMINDER / 60, message)
-                self.refusals = 0
-                self.refused_reminder = now + REFUSED_REMINDER
-            return
-        self.refused = True
-        self.refusals = 0
-        self.refused_reminder = now + REFUSED_REMINDER
-        logger.error("node %s refuses this worker's key: %s. A worker needs a key of role worker (or admin) that is "
-                     "in the nodes' authorized/ directory: `miyaq keys list KEYDIR` shows each key's role, `miyaq "
-                     "keys add KEYDIR NAME --role worker` makes one (start the worker with --key "
-                     "KEYDIR/NAME.key_secret). This worker keeps trying and registers once the node lets it "
-                     "(a node re-reads authorized/ on SIGHUP); it says so again every %.0f minutes while refused",
-                     self.endpoint, message, REFUSED_REMINDER / 60)
 
     def _stale_dispatch(self, deliveries: list[Any], lag: float) -> None:
         """A DISPATCH the node sent before a silence longer than it waits for
@@ -403,12 +367,11 @@ class NodeLink(LinkSocket):
 
     def _welcome(self, body: dict[str, Any]) -> None:
         self.welcome_due = None
-        if self.refused:
+        if self.key_refusal.welcomed():
             logger.info("worker %s: node %s accepts this worker's key now; registered", self.worker.wid,
                         self.endpoint)
         elif not self.heard or self.reconnects:
             logger.info("worker %s: registered with node %s", self.worker.wid, self.endpoint)
-        self.refused = False
         self.heard = True
         service = body.get("service")
         if isinstance(service, str) and len(service) <= c.MAX_ENDPOINT_CHARS:
