@@ -22,7 +22,7 @@ from secure_harness import Keys, Speaker, make_keys, submit, task
 
 from miyaq.cli.main import main
 from miyaq.cli.ring_cmd import format_ring
-from miyaq.cli.tasks_cmd import _task_names
+from miyaq.cli.status_view import task_names as _task_names
 from miyaq.protocol import commands as c
 
 ESC = "\x1b"

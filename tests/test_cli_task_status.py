@@ -10,7 +10,7 @@ import time
 
 import miyaq
 from miyaq.cli.main import main
-from miyaq.cli.tasks_cmd import _print_task
+from miyaq.cli.status_view import print_task as _print_task
 
 ESC = "\x1b"
 

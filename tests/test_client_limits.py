@@ -16,11 +16,12 @@ import pytest
 import miyaq
 import miyaq.aio
 from miyaq.client.nodes import Nodes
+from miyaq.client.pending import Pending
 from miyaq.client.sizes import Limits, limits_from
 from miyaq.client.sizes import ASK_LIMITS_ABOVE, LIMITS_POLL, LIMITS_WAIT
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c
-from test_client_core import make, pending, submitted
+from test_client_core import Waiter, make, pending, submitted
 
 MiB = 1024 * 1024
 LIMITS = {"max_message": 2 * MiB, "max_payload": MiB, "max_batch": 3}
@@ -34,9 +35,10 @@ def ring_reply(req: int, limits: dict[str, Any] | None = LIMITS) -> list[bytes]:
 
 
 def large(task_id: str, size: int) -> tuple[Any, Any]:
-    p, waiter = pending(task_id)
-    p.wire["body"] = b"x" * size
-    return p, waiter
+    """A submit of ``size`` bytes of body: made with it, as the client makes
+    one (a Pending takes its size when it is made)."""
+    waiter = Waiter()
+    return Pending({"id": task_id, "name": "echo", "body": b"x" * size}, waiter, 0.0, 30.0), waiter
 
 
 @pytest.mark.parametrize("value", [None, [], {"max_message": 2 * MiB}, {**LIMITS, "max_batch": 0},

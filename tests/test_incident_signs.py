@@ -11,7 +11,7 @@ import pytest
 
 from apps import basic
 from miyaq import Busy
-from miyaq.cli.tasks_cmd import _print_node_status
+from miyaq.cli.status_view import print_node_status as _print_node_status
 from miyaq.store.task import Task
 from miyaq.testing.harness import wait_for
 

@@ -18,7 +18,7 @@ import zmq
 from gateway_harness import Http
 from peer_fixtures import FakePeer, FixedRing, PeerDealer, ServiceDealer, pack
 
-from miyaq.cli import tasks_cmd
+from miyaq.cli import status_view
 from miyaq.cluster.peer_requests import REPLICATE
 from miyaq.cluster.ring_view import local_member
 from miyaq.gateway.console import render
@@ -123,7 +123,7 @@ def test_a_copy_moved_by_a_peers_far_off_clock_keeps_times_every_reader_and_the_
         for name in ("eta", "created"):
             assert 0 <= stored[name] <= MAX_TIME, (name, stored)
             assert render._when(stored[name]) and render._ago(stored[name])
-            assert tasks_cmd._clock_time(stored[name])
+            assert status_view.clock_time(stored[name])
     finally:
         node.stop()
     assert replayed(peer, settings, "skewed") is not None, "the copy was refused by the replay"
@@ -197,8 +197,8 @@ def test_miyaq_tasks_prints_an_eta_that_is_no_time_as_a_dash(value):
     and one that was no time the machine could show (1e17: a copy moved by
     a peer's skewed clock) ended the whole listing with a traceback
     (``OSError: Value too large``). Such an eta prints as ``-``."""
-    assert tasks_cmd._clock_time(value) == "-"
-    assert tasks_cmd._clock_time(1_700_000_000.0) != "-"
+    assert status_view.clock_time(value) == "-"
+    assert status_view.clock_time(1_700_000_000.0) != "-"
 
 
 def test_the_console_task_page_of_a_peers_copy_with_a_text_retry_at_is_shown(peer, tmp_path, ctx):

@@ -4,17 +4,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from collections.abc import Iterable
 from typing import Any
 
 from ..errors import ConfigError, InvalidField, TaskCancelled, TaskExpired, TaskFailed, Timeout
-from ..logs import escape_controls
-from ..protocol.name_labels import name_label
 from .answers import reading
 from .connect import add_client_options as _connect_option
 from .connect import client as _connected
 from . import numbers
+from .status_view import clock_time, print_node_status, print_task, shown
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -87,40 +84,15 @@ def _json(text: str, what: str) -> Any:
         raise ConfigError(f"{what} is not valid JSON: {exc}") from None
 
 
-def _shown(value: Any) -> str:
-    """``value`` as text for a table or a ``key: value`` line, its control
-    characters escaped (:func:`miyaq.logs.escape_controls`). Every value an
-    answer carries goes through it: a task's name, a worker's id, an error
-    message are anyone's text (a producer's, a worker's), and an escape
-    sequence or a line break printed raw would clear the operator's screen,
-    retitle the terminal or forge rows. ``--json`` prints answers as JSON,
-    whose strings escape control characters already."""
-    return escape_controls(str(value))
-
-
-def _clock_time(value: Any) -> str:
-    """``value``, a unix time from an answer, as the local ``HH:MM:SS``, or
-    ``-`` when it is no time this machine can show (not a number, or out of
-    its ``localtime`` range): one odd row must not end the whole listing
-    (before 2026-12-05 an eta of 1e17, a copy moved by a peer's skewed
-    clock, ended ``miyaq tasks`` with a traceback)."""
-    if type(value) is not float and type(value) is not int:
-        return "-"
-    try:
-        return time.strftime("%H:%M:%S", time.localtime(value))
-    except (OverflowError, OSError, ValueError):
-        return "-"
-
-
 def _print(obj: Any, as_json: bool) -> None:
     if as_json:
         print(json.dumps(obj, indent=2, sort_keys=True, default=str))
         return
     if isinstance(obj, dict):
         for k, v in obj.items():
-            print(f"{_shown(k)}: {_shown(v)}")
+            print(f"{shown(k)}: {shown(v)}")
     else:
-        print(_shown(obj))
+        print(shown(obj))
 
 
 EXIT_NO_RESULT = 1
@@ -149,7 +121,7 @@ def run_submit(args: argparse.Namespace) -> int:
         # main printed it before 2026-12-07, with exit status 2 and nothing on stdout).
         _print(out if args.json else {k: v for k, v in out.items() if k != "error"}, args.json)
         if failure is not None and not args.json:
-            print(f"miyaq: error: {_shown(failure)}", file=sys.stderr)
+            print(f"miyaq: error: {shown(failure)}", file=sys.stderr)
     finally:
         client.close(flush=False)
     return code
@@ -189,154 +161,10 @@ def run_status(args: argparse.Namespace) -> int:
         if args.json:
             _print(status, True)
         elif args.id:
-            _print_task(status)
+            print_task(status)
         else:
-            _print_node_status(status)
+            print_node_status(status)
     return 0
-
-
-TASK_TIMES = frozenset({"eta", "created", "finished", "expires", "lease_end", "started"})
-"""The fields of a TASK answer that are unix times (docs/protocol.md, 5.3)."""
-
-
-def _print_task(task: dict[str, Any]) -> None:
-    """``miyaq status ID``: one ``key: value`` line per field, a time also as
-    the local date and time after its unix value, the last error as ``type:
-    message`` with its traceback, if any, below it, indented. Before
-    2026-12-06 times were bare unix numbers and the error a Python dict on
-    one line, its traceback's line breaks printed as ``\\n``.
-
-    The error is labelled ``error:`` only on a dead task, whose last attempt
-    it ended; in any other state it is an earlier attempt's, ``last failed
-    attempt:`` (before 2026-12-07 a task done at its second attempt showed
-    ``error: Lost: worker ... went silent``, read as the task's failure)."""
-    label = "error" if task.get("state") == "dead" else "last failed attempt"
-    for key, value in task.items():
-        if key in TASK_TIMES and type(value) in (int, float):
-            print(f"{_shown(key)}: {_shown(value)} ({_local_time(value)})")
-        elif key == "error" and isinstance(value, dict):
-            print(f"{label}: {_shown(value.get('type', ''))}: {_shown(value.get('message', ''))}")
-            trace = value.get("traceback")
-            if trace:
-                print("traceback:")
-                for line in str(trace).rstrip("\n").split("\n"):
-                    print(f"  {_shown(line)}")
-        else:
-            print(f"{_shown(key)}: {_shown(value)}")
-
-
-def _local_time(value: float) -> str:
-    """A unix time as the local ``YYYY-MM-DD HH:MM:SS``, or ``-`` out of range."""
-    try:
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
-    except (OverflowError, OSError, ValueError):
-        return "-"
-
-
-def _print_node_status(status: dict[str, Any]) -> None:
-    print(f"node {_shown(status['node'])}  version {_shown(status['version'])}  up {status['uptime']:.0f}s  "
-          f"accepting {_shown(status['accepting'])}")
-    totals = status["totals"]
-    bound = status.get("max_tasks")
-    live = f"live {totals['live']}" + (f" of {bound}" if bound else "")
-    print(_shown(f"{live}  dead {totals['dead']}  workers {totals['workers']}"))
-    if bound and totals["live"] >= bound:
-        print(_shown(f"FULL: {totals['live']} live tasks, max_tasks {bound}: new tasks are refused busy until "
-                     "workers finish some (or raise max_tasks)"))
-    memory = status.get("memory")
-    if memory:
-        print(f"payloads {_mib(memory['payload_bytes'])} of {_mib(memory['max_bytes'])}  "
-              f"results {_mib(memory['result_bytes'])} of {_mib(memory['max_result_bytes'])}")
-    storage = status.get("storage")
-    if storage:
-        state = "ok" if storage["writable"] else f"REFUSING NEW TASKS, log not writable: {storage['error']}"
-        print(_shown(f"storage {state}  (faults {storage['faults']}, write errors {storage['write_errors']}, "
-                     f"fsync errors {storage['fsync_errors']})"))
-    files = status.get("open_files")
-    if files and files.get("near"):
-        print(_shown(f"OPEN FILES {files['open']} of the limit of {files['limit']}: connections past it are "
-                     "refused; raise the limit (docs/configuration.md, \"Open files\")"))
-    for line in _handshake_lines(status.get("security") or {}):
-        print(line)
-    cols = ("scheduled", "ready", "running", "retrying", "dead", "workers", "idle")
-    print(f"{'queue':<24}" + "".join(f"{c:>10}" for c in cols))
-    for name, row in sorted(status["queues"].items()):
-        paused = "  PAUSED" if row.get("paused") else ""     # dispatch stopped here: `miyaq queue resume`
-        print(f"{_shown(name):<24}" + "".join(f"{_shown(row.get(c, 0)):>10}" for c in cols) + paused)
-    if "workers" not in status:
-        if totals["workers"]:
-            print("(the workers' list is shown to admin keys only)")
-        return
-    workers = status["workers"] or []
-    if workers:
-        print(f"{'worker':<32}{'pool':>10}{'concurrency':>12}{'running':>9}  queues  tasks")
-        for w in workers:
-            stopping = "  STOPPING" if w.get("stopping") is True else ""   # sent nothing more (protocol.md 7.9)
-            print(f"{_shown(w.get('worker', '?')):<32}{_shown(w.get('pool', '-')):>10}"
-                  f"{_shown(w.get('concurrency', '-')):>12}{_shown(w.get('running', 0)):>9}  "
-                  f"{_shown(','.join(w.get('queues') or []))}  {_task_names(w)}{stopping}")
-
-
-NAMES_SHOWN = 3
-"""Task names a worker's row in ``miyaq status`` shows at most (the node's
-row carries up to 20; the console shows 5)."""
-
-
-def _task_names(row: dict[str, Any]) -> str:
-    """The task names the node sends a worker, as its ``miyaq status`` row
-    says them (``names``, ``names_more``; docs/http.md, ``GET /workers``):
-    ``any``; the first :data:`NAMES_SHOWN` and how many more; ``none``
-    (it declared an empty list); ``-`` from a
-    node that does not say; ``?`` for a value no node sends. A declared
-    name that could be read as one of these, or as the list's own commas
-    and marks, is quoted (:func:`~miyaq.protocol.name_labels.name_label`)."""
-    names, more = row.get("names"), row.get("names_more", 0)
-    if names is None:
-        return "-"
-    if names == "any":
-        return "any"
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or type(more) is not int:
-        return "?"
-    if not names and not more:
-        return "none"                   # READY names_only with no names: the console says so too
-    more += max(0, len(names) - NAMES_SHOWN)
-    shown = ",".join(name_label(n) for n in names[:NAMES_SHOWN])
-    return _shown(shown + (f" and {more} more" if more > 0 else ""))
-
-
-def _handshake_lines(security: dict[str, Any]) -> list[str]:
-    """The handshakes that failed before any key was checked (by port and
-    reason) and those whose key was refused (with keys), when there were
-    any since the node started: a client, worker or node with a wrong key
-    or none, or something that is not a ZeroMQ peer (docs/operations.md).
-    None when all counts are 0."""
-    lines = []
-    failed = security.get("handshakes_failed") or {}
-    ports = [f"{port}: " + _at_most(f"{reason} {count}" for reason, count in sorted(reasons.items()) if count)
-             for port, reasons in sorted(failed.items()) if any(reasons.values())]
-    if ports:
-        lines.append(_shown("handshakes failed before any key was checked  " + _at_most(ports, "; ")))
-    refused = security.get("handshakes_refused") or 0
-    if refused:
-        lines.append(_shown(f"handshakes refused (key unknown, revoked or not a peer's)  {refused}"))
-    return lines
-
-
-SHOWN_PARTS = 8
-"""Ports, and reasons a port, a handshake line shows at most: a node has
-two ports and a handful of reasons; an answer with thousands (a hostile or
-broken node) made one line of 249 KB."""
-
-
-def _at_most(parts: Iterable[str], sep: str = ", ") -> str:
-    """The first :data:`SHOWN_PARTS` of ``parts`` joined, and how many more."""
-    items = list(parts)
-    more = len(items) - SHOWN_PARTS
-    return sep.join(items[:SHOWN_PARTS]) + (f"{sep}and {more} more" if more > 0 else "")
-
-
-def _mib(n: int) -> str:
-    return f"{n / (1024 * 1024):.1f} MiB"
 
 
 def run_tasks(args: argparse.Namespace) -> int:
@@ -350,10 +178,10 @@ def run_tasks(args: argparse.Namespace) -> int:
             _print(tasks, True)
             return 0
         for t in tasks:
-            when = _clock_time(t.get("eta"))
-            print(f"{_shown(t['id'])}  {_shown(t['queue']):<12} {_shown(t['state']):<10} "
-                  f"prio={_shown(t['priority']):<4} eta={when} attempt={_shown(t['attempt'])} "
-                  f"{_shown(t.get('name') or t.get('url'))}")
+            when = clock_time(t.get("eta"))
+            print(f"{shown(t['id'])}  {shown(t['queue']):<12} {shown(t['state']):<10} "
+                  f"prio={shown(t['priority']):<4} eta={when} attempt={shown(t['attempt'])} "
+                  f"{shown(t.get('name') or t.get('url'))}")
         print(f"{len(tasks)} task(s)" + _cut(len(tasks), args.limit))
     return 0
 
@@ -410,13 +238,13 @@ def run_dead(args: argparse.Namespace) -> int:
             else:
                 ids = list(answer[done])
                 missed = len(set(args.ids) - {str(i) for i in ids})
-                print(f"{done} {len(ids)} dead task(s)" + "".join(f"\n  {_shown(i)}" for i in ids) + _missed(missed))
+                print(f"{done} {len(ids)} dead task(s)" + "".join(f"\n  {shown(i)}" for i in ids) + _missed(missed))
         elif args.json:
             _print(answer["tasks"], True)
         else:
             for t in answer["tasks"]:
                 err = t.get("error") or {}
-                print(f"{_shown(t['id'])}  {_shown(t['queue']):<12} attempt={_shown(t['attempt'])} "
-                      f"{_shown(err.get('type', ''))}: {_shown(err.get('message', ''))}")
+                print(f"{shown(t['id'])}  {shown(t['queue']):<12} attempt={shown(t['attempt'])} "
+                      f"{shown(err.get('type', ''))}: {shown(err.get('message', ''))}")
             print(f"{len(answer['tasks'])} dead task(s)" + _cut(len(answer["tasks"]), args.limit))
     return 0
