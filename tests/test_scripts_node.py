@@ -56,4 +56,5 @@ def test_arguments_reach_miyaq_node_and_a_bad_one_is_a_clear_error(tmp_path):
     proc = subprocess.run([str(SCRIPT), "--no-such-option"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=180, env=dict(os.environ, PYTHON=sys.executable))
     assert proc.returncode == 2
-    assert "miyaq: error: unrecognized arguments: --no-such-option" in proc.stderr
+    assert proc.stderr.startswith("usage: miyaq node ")       # its usage, not the top level's
+    assert "miyaq node: error: unrecognized arguments: --no-such-option" in proc.stderr
