@@ -76,7 +76,8 @@ class Handoff(HandoffResends, HoldingCopies):
         self.leaving: dict[str, set[str]] = {}    # task id -> new holders yet to confirm
         self.last_run = 0.0
         self.next_retry = 0.0        # monotonic: when unconfirmed copies are sent again
-        self.lag_retries = 0         # quick retries used since the last ring change's pass started
+        # Holder -> the quick retries it was given since the last ring change's pass started.
+        self.lag_retries: dict[str, int] = {}
         self._ring_changed = False   # a pass was asked for a ring change, and has not started yet
         self.handed = 0
         self.busy = False            # a pass or a retry is under way
@@ -156,7 +157,7 @@ class Handoff(HandoffResends, HoldingCopies):
         planned = self.next_retry if (self.leaving or self.outcomes.unanswered) else float("inf")
         if self._ring_changed:      # the quick retries are per ring change, not per pass
             self._ring_changed = False
-            self.lag_retries = 0
+            self.lag_retries.clear()
         self.next_retry = float("inf")
         self._pass_sent_to.clear()
         epoch = self.role.view.epoch
@@ -323,24 +324,31 @@ class Handoff(HandoffResends, HoldingCopies):
         ``HANDOFF_LAG_RETRY``, not ``HANDOFF_RETRY``: it refused copies on an
         older ring, or they could not be sent (no connection to it yet) --
         both last a moment after a ring change. At most
-        ``HANDOFF_LAG_RETRIES`` such retries per ring change (the chunks of
-        one retry count once; a sweep pass starts no new ones); False, and
-        nothing changed, once they are used up (a holder still unreachable
-        then is taken for one that is down; :mod:`~miyaq.cluster.holder_retry`
-        says what this was before). A chunk of a round whose quick retry is
-        planned already is True even when that one was the last: before
-        2026-12-07 the round's other chunks that could not go found the
-        quick retries used up and made the holder wait ``HANDOFF_RETRY``
-        from their failure, so the last quick retry came and sent it nothing."""
-        soon = monotonic() + HANDOFF_LAG_RETRY
-        if soon < self.next_retry:
-            if self.lag_retries >= HANDOFF_LAG_RETRIES:
-                return False
-            self.lag_retries += 1
-            self.next_retry = soon
+        ``HANDOFF_LAG_RETRIES`` such retries a holder per ring change (the
+        chunks of one retry count once; a sweep pass starts no new ones);
+        False, and nothing changed, once its are used up (a holder still
+        unreachable then is taken for one that is down;
+        :mod:`~miyaq.cluster.holder_retry` says what this was before). A
+        chunk of a round whose quick retry is planned already is True even
+        when that one was the last: before 2026-12-07 the round's other
+        chunks that could not go found the quick retries used up and made
+        the holder wait ``HANDOFF_RETRY`` from their failure, so the last
+        quick retry came and sent it nothing. Each holder keeps its own
+        time: a round planned sooner for another holder plans the next at
+        this one's (:meth:`~miyaq.cluster.handoff_resends.HandoffResends.retry`)."""
+        now = monotonic()
+        soon = now + HANDOFF_LAG_RETRY
         retry = self.retries.get(holder)
-        if retry is not None:
-            retry.not_before = min(retry.not_before, soon)
+        planned = self.next_retry if retry is None else retry.not_before
+        if not now < planned <= soon:       # no quick retry of its own planned yet
+            used = self.lag_retries.get(holder, 0)
+            if used >= HANDOFF_LAG_RETRIES:
+                return False
+            self.lag_retries[holder] = used + 1
+            planned = soon
+            if retry is not None:
+                retry.not_before = min(retry.not_before, soon)
+        self.next_retry = min(self.next_retry, planned)
         return True
 
     def _holders_of(self, ids: list[str]) -> dict[str, tuple[str, ...]]:
