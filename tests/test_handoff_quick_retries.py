@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from miyaq.cluster import handoff as handoff_pass
-from miyaq.constants import HANDOFF_LAG_RETRIES, HANDOFF_LAG_RETRY, HANDOFF_RETRY
+from miyaq.constants import CLUSTER_TICK, HANDOFF_LAG_RETRIES, HANDOFF_LAG_RETRY, HANDOFF_RETRY
 from miyaq.runtime import monotonic
 
 
@@ -80,17 +82,47 @@ def test_a_quick_retry_asked_for_after_another_holder_s_is_not_pushed_back_by_th
     handoff.leaving.clear()
 
 
-def test_two_unreachable_holders_get_their_quick_retries_each_and_no_more(inproc, monkeypatch):
+def test_a_round_that_finds_no_holder_due_plans_the_next_at_a_holder_s_quick_retry(inproc, monkeypatch):
+    """Fault simulated: the round planned for n2's quick retry finds a chunk
+    to n2 still on its way (sent as its link came up), and n3's quick retry
+    0.2 s ahead: no holder is due. The round planned the next a whole
+    ``HANDOFF_RETRY`` later, and n3's copies waited for it."""
+    cluster = inproc(3, replicas=3)
+    handoff = cluster["n1"].role.handoff
+    to_n2, to_n3 = _stored(cluster, 2)
+    stored = _sent(cluster, "n3", to_n3)
+    now = _driven(monkeypatch)
+    start = now[0]
+    handoff.leaving[to_n2] = {"n2"}
+    handoff.leaving[to_n3] = {"n3"}
+    n2, n3 = handoff._retry_of("n2"), handoff._retry_of("n3")
+    n2.awaiting, n2.not_before = 1, start
+    n3.not_before = start + 0.2
+    handoff.next_retry = start
+    handoff.retry(start)         # n2 has a chunk on its way, n3 is not due yet: nothing is sent
+    assert _sent(cluster, "n3", to_n3) == stored
+    now[0] = n3.not_before
+    handoff.retry(now[0])
+    assert _sent(cluster, "n3", to_n3) > stored, (
+        f"n3's quick retry did not come: the next round is {handoff.next_retry - start:.2f} s after the first, "
+        f"n3's own time {n3.not_before - start:.2f} s")
+    handoff.leaving.clear()
+
+
+@pytest.mark.parametrize("apart", [0.2, 0.01])
+def test_two_unreachable_holders_get_their_quick_retries_each_and_no_more(inproc, monkeypatch, apart):
     """Fault simulated: two new holders never reachable (no connection to
     them: every send fails at once), the failure of the first send to n3
-    0.2 s after n2's. Each round that plans the next at the other holder's
+    ``apart`` after n2's. Each round that plans the next at the other holder's
     own time must not hand out quick retries without end: counted for the
     whole handoff, only when a refusal planned the next round sooner, the
     two would take turns -- n2's round, then n3's 0.2 s later, each failure
     finding a round planned before its quick retry -- every 0.5 s for ever.
     Each holder gets its own ``HANDOFF_LAG_RETRIES`` quick retries (one
     holder's do not use up the other's), then waits the doubled resend
-    wait; and each round plans the next strictly after itself."""
+    wait; and each round plans the next no sooner than a ticker round
+    (``CLUSTER_TICK``) after itself: with the failures 10 ms apart, n3's
+    round comes 50 ms after n2's, not 10 ms."""
     cluster = inproc(3, replicas=3)
     handoff = cluster["n1"].role.handoff
     to_n2, to_n3 = _stored(cluster, 2)
@@ -106,7 +138,7 @@ def test_two_unreachable_holders_get_their_quick_retries_each_and_no_more(inproc
         retry.sent(now[0])
         retry.awaiting = 1
         handoff._callback(holder, [tid], retry, [True])(None)
-        now[0] += 0.2
+        now[0] += apart
     tries: dict[str, list[float]] = {"n2": [], "n3": []}
     stored = {"n2": _sent(cluster, "n2", to_n2), "n3": _sent(cluster, "n3", to_n3)}
     rounds = 0
@@ -115,7 +147,7 @@ def test_two_unreachable_holders_get_their_quick_retries_each_and_no_more(inproc
         at = now[0] = handoff.next_retry
         handoff.retry(at)
         cluster.wait_until(lambda: not n2.awaiting and not n3.awaiting, what="the failed sends' callbacks run")
-        assert handoff.next_retry > at, (rounds, handoff.next_retry - start)
+        assert handoff.next_retry >= at + CLUSTER_TICK, (rounds, at - start, handoff.next_retry - start)
         for holder, tid in (("n2", to_n2), ("n3", to_n3)):
             sent = _sent(cluster, holder, tid)
             tries[holder] += [at - start] * (sent - stored[holder])

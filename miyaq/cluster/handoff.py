@@ -326,7 +326,7 @@ class Handoff(HandoffResends, HoldingCopies):
         both last a moment after a ring change. At most
         ``HANDOFF_LAG_RETRIES`` such retries a holder per ring change (the
         chunks of one retry count once; a sweep pass starts no new ones);
-        False, and nothing changed, once its are used up (a holder still
+        False, and nothing changed, once the holder's are used up (a holder still
         unreachable then is taken for one that is down;
         :mod:`~miyaq.cluster.holder_retry` says what this was before). A
         chunk of a round whose quick retry is planned already is True even
