@@ -186,7 +186,8 @@ LATE_ANSWER_WINDOW = 300.0
 MAX_LATE_ANSWERS = 4096
 #: A new holder that refused copies while its view of the ring was older
 #: than the sender's (the new ring had not reached it yet) gets them again
-#: this soon instead, at most ``HANDOFF_LAG_RETRIES`` times per ring change.
+#: this soon instead, at most ``HANDOFF_LAG_RETRIES`` times per ring change
+#: (each such holder: one holder's do not use up another's).
 HANDOFF_LAG_RETRY = 0.5
 HANDOFF_LAG_RETRIES = 6
 #: For ``HANDOFF_SWEEP_AFTER_CHANGE`` after a ring change, every

@@ -24,7 +24,12 @@ was tried in bursts of seven, 35 times in 600 s (11 before the quick tries;
 each try rebuilds the record of every copy waiting for it), and a sweep pass
 falling on a due resend still pushed it back by ``HANDOFF_RETRY``. The quick
 tries are now counted per ring change, and a pass keeps the resend planned
-before it.
+before it. Before 2026-12-07 a retry round planned the next
+``HANDOFF_RETRY`` after itself, whatever the time of a holder it did not
+send to: a holder whose quick try was asked for 0.2 s after another's got
+its copies 5.5 s later, not 0.7 s. A round now plans the next at the
+earliest ``not_before`` of such a holder (with nothing on its way), and the
+quick tries are counted a holder.
 """
 from __future__ import annotations
 
