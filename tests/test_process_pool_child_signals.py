@@ -111,3 +111,66 @@ def test_a_childs_first_import_path_is_the_directory_it_started_in(tmp_path, ctx
         child.communicate()
         router.close()
     assert (tmp_path / "path0").read_text() == repr(str(tmp_path))
+
+
+def _hello_from(command: list[str], env: dict[str, str], cwd: str, ctx: zmq.Context, port_socket: zmq.Socket
+                ) -> tuple[list[bytes], int | None, str]:
+    """Start ``command``; its HELLO (empty if none came before it ended),
+    its exit status if it ended, its stderr."""
+    child = subprocess.Popen(command, env=env, cwd=cwd, stderr=subprocess.PIPE, text=True)
+    hello: list[bytes] = []
+    try:
+        wait_for(lambda: port_socket.poll(100) or child.poll() is not None, what="the child's HELLO, or its end")
+        if port_socket.poll(0):
+            hello = port_socket.recv_multipart()
+        ended = child.poll()
+    finally:
+        child.kill()
+        _, stderr = child.communicate()
+    return hello, ended, stderr
+
+
+def test_a_child_started_in_a_directory_since_deleted_says_hello(tmp_path, ctx):
+    """Fault: the worker's directory was deleted under it (a deployment
+    that removes old releases while their worker runs). A child started
+    then -- at a pool's start, or replacing one after a timeout -- made its
+    ``sys.path[0]`` with ``os.getcwd()``, which raises FileNotFoundError:
+    every child died at its first line, and the pool never ran a task.
+    ``python -m`` put nothing first then, and so does the child now."""
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    gone = tmp_path / "release"
+    gone.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, TESTS, os.environ.get("PYTHONPATH", "")])}
+    command = child_command(f"tcp://127.0.0.1:{port}", b"c1", "apps.basic:app", os.getpid(), "WARNING")
+    # the shell leaves its directory deleted under it, then becomes the child
+    wrapped = ["/bin/sh", "-c", 'rmdir "$PWD" && exec "$@"', "sh", *command]
+    try:
+        hello, ended, stderr = _hello_from(wrapped, env, str(gone), ctx, router)
+    finally:
+        router.close()
+    assert not gone.exists()
+    assert ended is None, f"the child ended ({ended}): {stderr}"
+    assert hello[:2] == [b"c1", HELLO], stderr
+
+
+def test_a_child_under_pythonsafepath_keeps_the_first_pythonpath_entry(tmp_path, ctx):
+    """Fault: with PYTHONSAFEPATH (or ``-P``) Python puts no directory first
+    on ``sys.path``, so its first entry is PYTHONPATH's first. The child
+    overwrote that entry with its directory: an app found there alone
+    (here ``apps.basic``, in the tests' directory) could not be imported,
+    and every child died before its HELLO; the directory PYTHONSAFEPATH
+    keeps off the path was put on it. ``sys.path`` is left as it is."""
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    env = {**os.environ, "PYTHONSAFEPATH": "1",
+           "PYTHONPATH": os.pathsep.join([TESTS, ROOT, os.environ.get("PYTHONPATH", "")])}
+    command = child_command(f"tcp://127.0.0.1:{port}", b"c1", "apps.basic:app", os.getpid(), "WARNING")
+    try:
+        hello, ended, stderr = _hello_from(command, env, str(tmp_path), ctx, router)
+    finally:
+        router.close()
+    assert ended is None, f"the child ended ({ended}): {stderr}"
+    assert hello[:2] == [b"c1", HELLO], stderr

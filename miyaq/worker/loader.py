@@ -20,8 +20,9 @@ def load_app(spec: str) -> App:
     an attribute the module does not have or that is not a ``miyaq.App``
     (naming the module's Apps)."""
     module_name, _, attr = spec.partition(":")
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())     # `miyaq worker tasks:app` from the app's directory
+    here = _cwd()
+    if here is not None and here not in sys.path and "" not in sys.path:
+        sys.path.insert(0, here)     # `miyaq worker tasks:app` from the app's directory
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -54,9 +55,20 @@ def _import_hint(spec: str, module_name: str, exc: ImportError) -> str:
         if found:
             return f" (the App is named after a colon: did you mean '{parent}:{last}'?)"
     if isinstance(exc, ModuleNotFoundError) and exc.name == module_name.partition(".")[0]:
-        return (f" (looked for from {os.getcwd()} and the Python path: run the worker from the directory "
+        here = _cwd()
+        where = "a directory since deleted" if here is None else here
+        return (f" (looked for from {where} and the Python path: run the worker from the directory "
                 f"that holds it, or add that directory to PYTHONPATH)")
     return ""
+
+
+def _cwd() -> str | None:
+    """The current directory; None when it was deleted (a release directory
+    removed under a running worker: the children it starts since then)."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return None
 
 
 def _where(exc: BaseException) -> str:

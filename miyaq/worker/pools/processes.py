@@ -47,7 +47,11 @@ logger = logging.getLogger(__name__)
 #: child replacing one) printed a KeyboardInterrupt traceback from a child
 #: that died (before 2026-12-07).
 CHILD_BOOT = ("import os, runpy, signal, sys\n"
-              "sys.path[0] = os.getcwd()\n"      # as -m makes it (-c makes it '': the directory of the moment)
+              # sys.path[0] as -m makes it: -c puts '' first (the directory of the moment),
+              # -P/PYTHONSAFEPATH nothing (the first is PYTHONPATH's, kept), a deleted one nothing
+              "if not sys.flags.safe_path and sys.path and sys.path[0] == '':\n"
+              "    try: sys.path[0] = os.getcwd()\n"
+              "    except OSError: del sys.path[0]\n"
               "def _disregarded(signum, frame): pass\n"
               "for _signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP): signal.signal(_signum, _disregarded)\n"
               "runpy.run_module('miyaq.worker.pools.child', run_name='__main__', alter_sys=True)\n")
