@@ -227,19 +227,18 @@ class NodeConfig(Settings):
                               f"{self.webhook_max_in_flight:,} (webhook deliveries in flight at once on this "
                               "node; each may hold a file descriptor)")
 
-    @classmethod
-    def load(cls, args: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> NodeConfig:
-        """:meth:`Settings.load`, then :meth:`check_message_room`: the settings
-        a node is started with (``miyaq node``: flags, environment, file)."""
-        config = super().load(args, environ)
-        config.check_message_room()
-        return config
+    def check_loaded(self) -> None:
+        """:meth:`check_message_room`, of the settings a node is started with
+        (``miyaq node``: flags, environment, file; :meth:`Settings.load`
+        names the variable a refused value came from: before 2026-12-07 this
+        check ran after that step, and ``MIYAQ_MAX_MESSAGE=100`` was not named)."""
+        self.check_message_room()
 
     def check_message_room(self) -> None:
         """``max_message`` holds a task, and a result, of ``max_payload`` bytes
         with the fields around it (:data:`MESSAGE_ROOM`); at 0 every message
         was refused. Checked on the settings a node is started with
-        (:meth:`load`), not by :meth:`validate`: the replay of the log checks
+        (:meth:`check_loaded`), not by :meth:`validate`: the replay of the log checks
         logged records with a copy of the config whose ``max_payload`` is the
         log's own limit (``miyaq.persistence.replay``), and no message."""
         if self.max_message < self.max_payload + MESSAGE_ROOM:

@@ -106,13 +106,20 @@ class Settings:
             elif f.name in file_values:
                 values[f.name] = _from_toml(f.name, f.type, file_values[f.name], bool(f.metadata.get("listed")))
         try:
-            return cls(**values)
+            loaded = cls(**values)
+            loaded.check_loaded()
+            return loaded
         except ConfigError as err:
             named = [f"{name} from {var}" for name, var in from_env.items()
                      if re.search(rf"(?<![\w-]){name}(?!\w)", err.message)]
             if not named:
                 raise
             raise ConfigError(f"{err.message} ({', '.join(named)})", **err.details) from None
+
+    def check_loaded(self) -> None:
+        """Checks of settings as :meth:`load` gives them (a program's own, not
+        every construction's); raises ConfigError, named as a check's in
+        construction is (the variable a value came from). None here."""
 
     def check_fields(self) -> None:
         """Every choice is one of its choices; no number is negative, NaN or

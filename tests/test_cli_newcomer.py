@@ -62,6 +62,18 @@ def test_a_bad_value_from_the_environment_names_its_variable(config, environ, sa
     assert info.value.message == says
 
 
+def test_a_message_too_small_for_its_payload_from_the_environment_names_the_variable():
+    """Mistake: ``MIYAQ_MAX_MESSAGE=100`` left in a unit file. A node's
+    settings are checked again once loaded (``check_message_room``: a
+    message must hold a task of ``max_payload``), after the step that names
+    the variables: that error alone named no variable, unlike every other
+    setting's. Now it names it."""
+    with pytest.raises(ConfigError) as info:
+        NodeConfig.load({}, {"MIYAQ_MAX_MESSAGE": "100"})
+    assert info.value.message.startswith("max_message (100) must be at least max_payload (1,048,576) + 65,536")
+    assert info.value.message.endswith(" (max_message from MIYAQ_MAX_MESSAGE)"), info.value.message
+
+
 def test_a_bad_flag_value_names_the_flag():
     """The same from a flag: ``--concurrency abc`` names ``--concurrency``."""
     with pytest.raises(ConfigError) as info:
