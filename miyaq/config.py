@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
-from typing import Any, Mapping
 
 from miyaq.constants import MAX_BATCH, PEER_HEARTBEAT_TIMEOUT, SERVICE_HEARTBEAT_TIMEOUT
 from miyaq.errors import ConfigError
