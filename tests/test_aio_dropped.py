@@ -147,3 +147,34 @@ def test_submits_left_unsent_when_the_loop_ends_are_reported_at_exit():
     assert lines[0].endswith(
         "a miyaq.aio client never closed: 2 submits never answered were dropped (a node may or may not have "
         "stored them); await client.close() (or use `async with`) before its event loop ends"), stderr
+
+
+def test_submits_left_unsent_are_reported_when_the_client_is_collected_after_its_loop():
+    """Fault: the same unclosed client, but the garbage collector runs
+    between the loop's end and the interpreter's exit (any program that goes
+    on allocating after ``asyncio.run``; here ``gc.collect()``). The client,
+    its driver and its handles are one garbage cycle: collected, the client
+    was gone from the exit report's set, and the two submits vanished
+    without a word again. Now the driver, collected with submits no node
+    acknowledged, reports them itself, once."""
+    from own_interpreter import run_script
+    script = (
+        "import asyncio, gc, sys\n"
+        "import miyaq.aio\n"
+        "async def main():\n"
+        "    left = miyaq.aio.Client(sys.argv[1])\n"
+        "    await left.submit('a', [1])\n"
+        "    await left.submit('b', [2], id='twice')\n"
+        "    await left.submit('b', [2], id='twice')\n"
+        "asyncio.run(main())\n"
+        "gc.collect()\n"
+        "print('collected', file=sys.stderr)\n")
+    code, _, stderr = run_script(script, f"tcp://127.0.0.1:{free_port()}", timeout=30,
+                                 hung="a program whose aio client was never closed did not end")
+    assert code == 0, stderr
+    lines = [line for line in stderr.splitlines() if "miyaq" in line]
+    assert len(lines) == 1, stderr
+    assert lines[0].endswith(
+        "a miyaq.aio client never closed: 3 submits never answered were dropped (a node may or may not have "
+        "stored them); await client.close() (or use `async with`) before its event loop ends"), stderr
+    assert stderr.index("never closed") < stderr.index("collected"), "reported at the collection, not at exit"

@@ -36,6 +36,7 @@ from ..security.curve import client_curve
 from .driver import AsyncDriver
 from .futures import AioFuture
 from .handles import Received, TaskHandle
+from .unsent import dropped, report_dropped
 
 logger = logging.getLogger(__name__)
 
@@ -296,24 +297,11 @@ class Client:
         await self.close(flush=exc[0] is None)
 
 
-def _dropped(unanswered: int, refused: int) -> str:
-    """What became of the submits a flush would have reported."""
-    def submits(n: int) -> str:
-        return f"{n} submit{'' if n == 1 else 's'}"
-    said = []
-    if unanswered:
-        said.append(f"{submits(unanswered)} never answered {'was' if unanswered == 1 else 'were'} dropped (a node may "
-                    "or may not have stored them)")
-    if refused:
-        said.append(f"{submits(refused)} failed (refused, or out of time) without anyone being told")
-    return "; ".join(said)
-
-
 def _closed_elsewhere(unanswered: int, refused: int) -> str:
     """What ``close()`` from another event loop says of the submits a flush
     would have reported."""
     return ("close() from another event loop than the client's cannot wait for its submits: "
-            + _dropped(unanswered, refused)
+            + dropped(unanswered, refused)
             + "; close the client in its own loop, or call close(flush=False) to drop them knowingly")
 
 
@@ -330,6 +318,4 @@ def _report_at_exit() -> None:
         handles, uncounted = client._unflushed.take()
         unanswered = sum(1 for h in handles if not h._accepted.done())
         refused = sum(1 for h in handles if h._accepted.done() and not h._accepted.ok()) + uncounted
-        if unanswered or refused:
-            logger.error("a miyaq.aio client never closed: %s; await client.close() (or use `async with`) before "
-                         "its event loop ends", _dropped(unanswered, refused))
+        report_dropped(unanswered, refused)

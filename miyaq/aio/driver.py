@@ -19,6 +19,7 @@ descriptors, 2 libzmq threads and 2 tasks kept for each client dropped).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import weakref
@@ -38,6 +39,7 @@ from ..errors import MiyaqError
 from ..runtime.clock import monotonic
 from ..runtime.connections import CONNECTION_CLOSED, CONNECTION_READY, monitor_event, redial
 from ..runtime.sockets import SocketFactory, SocketSecurity
+from .unsent import report_dropped
 from .window import WindowRoom
 
 logger = logging.getLogger(__name__)
@@ -92,11 +94,15 @@ class AsyncDriver:
         # garbage cycle, whose weak references the collector has already cleared: the
         # process hung in that collection for good. The finalizer holds the socket
         # lists, so they stay reachable, and the readers, to stop them.
+        # It holds the submits not yet acknowledged (the pipeline's own dict and
+        # list, which reach no driver) to report those dropped with the driver.
         previous = getattr(self, "_finalizer", None)
         if previous is not None:
             previous.detach()
+        core: ClientCore | None = getattr(self, "core", None)     # None while __init__ dials: no submit yet
+        unsent = (core.submits.pending, core.submits.waiting) if core is not None else ({}, [])
         self._finalizer = weakref.finalize(self, _close_unclosed, self.factory, self.socks, self.monitors,
-                                           self._readers, self.loop)
+                                           self._readers, self.loop, *unsent)
         self._finalizer.atexit = False     # at exit pyzmq leaves contexts alone: nothing waits
 
     # -- Transport (called by the core) --------------------------------------------------
@@ -334,13 +340,22 @@ def _timer_fired(driver: "weakref.ref[AsyncDriver]") -> None:
 
 
 def _close_unclosed(factory: SocketFactory, socks: list[Any], monitors: list[Any],
-                    readers: dict[int, list["asyncio.Task[None]"]], loop: asyncio.AbstractEventLoop | None) -> None:
+                    readers: dict[int, list["asyncio.Task[None]"]], loop: asyncio.AbstractEventLoop | None,
+                    pending: dict[str, Pending], waiting: list[Pending]) -> None:
     """The finalizer of a driver collected unclosed (``socks`` and
     ``monitors`` are held only to keep them reachable until the context
     closes them). While its event loop runs, its readers are stopped and its
     sockets closed in that loop, at its next pass (a collection may run in
     any thread, and in the middle of anything); otherwise -- never started,
-    its loop stopped or closed -- the sockets are closed now."""
+    its loop stopped or closed -- the sockets are closed now. The submits
+    still ``pending`` (unacknowledged) or ``waiting`` to be sent go with it:
+    logged as the exit report of a client never closed logs them
+    (:func:`~.unsent.report_dropped`). Before 2026-12-07 a client collected
+    after its loop ended (one garbage cycle with its driver and handles,
+    collected before the interpreter's exit) dropped them without a word."""
+    unanswered = sum(1 + len(p.joined or ()) for p in itertools.chain(pending.values(), waiting))
+    if unanswered:
+        report_dropped(unanswered, 0)
     if loop is not None and loop.is_running():
         try:
             loop.call_soon_threadsafe(_stop_unclosed, factory, socks, monitors, readers)

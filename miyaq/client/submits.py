@@ -110,7 +110,7 @@ class SubmitPipeline(LimitsGate):
         # Sent, failing at their deadline before an ack is overdue (few: tries near
         # the end; all, with a submit_timeout at most ack_timeout).
         self.capped = CappedSubmits(self.pending)
-        self.waiting: list[Pending] = []          # to (re)send when next_try passes, in order
+        self.waiting: list[Pending] = []          # to (re)send when next_try passes, in order (never replaced)
         self.resolved = 0
         self.resolved_bytes = 0       # the sizes of those resolved (the window's bytes: .window)
         self.resends = 0
@@ -150,7 +150,8 @@ class SubmitPipeline(LimitsGate):
             i += 1
         if not i:
             return
-        due, self.waiting = waiting[:i], waiting[i:]
+        due = waiting[:i]
+        del waiting[:i]       # in place: the pipeline's list for its life (an aio driver's finalizer holds it)
         by_node: dict[int, list[Pending]] = {}
         nodes = self.nodes
         for j, p in enumerate(due):
@@ -160,7 +161,7 @@ class SubmitPipeline(LimitsGate):
                 node = p.node if p.node >= 0 else nodes.home(p.wire)
             if (len(p.wire.get("body") or b"") > ASK_LIMITS_ABOVE and not nodes.limits_known(node)
                     and self._hold_for_limits(p, node, now)):
-                self.waiting = due[j:] + self.waiting       # it and every later one: the order stays
+                waiting[:0] = due[j:]       # it and every later one: the order stays
                 break
             by_node.setdefault(node, []).append(p)
         for node, batch in by_node.items():
