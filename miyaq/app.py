@@ -37,7 +37,8 @@ __all__ = ["App", "SPLIT_OPTIONS", "SubmitOptions", "TaskDef", "TaskOptions", "c
 SCHEDULE_OPTIONS = ("queue", "priority", "timeout", "max_retries", "ttl")
 #: Options a schedule takes from ``@app.periodic`` only, never from the
 #: task's own options: ``@app.task(ttl=60)`` is its submits' ttl, and its
-#: schedules' ticks had none before ``ttl`` was a schedule option.
+#: schedules' ticks had none before ``ttl`` was a schedule option. Nor the
+#: other way: a handler ``@app.periodic`` registers does not take them.
 _OWN_SCHEDULE_OPTIONS = ("ttl",)
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -196,7 +197,10 @@ class App:
                 raise ConfigError(f"@app.periodic on {task_name}: {err.message}") from None
             if schedule.name in self.schedules:
                 raise ConfigError(f"a periodic schedule named {schedule.name!r} is already registered")
-            tdef = existing or self.task(fn, name=task_name, **options)
+            # The handler it registers takes the schedule's task options, not its own
+            # (before 2026-12-07 its ttl went too: every submit of the handler had it).
+            task_options = {k: v for k, v in options.items() if k not in _OWN_SCHEDULE_OPTIONS}
+            tdef = existing or self.task(fn, name=task_name, **task_options)
             self.schedules[schedule.name] = schedule.to_wire()
             return tdef
 

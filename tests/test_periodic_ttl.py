@@ -132,6 +132,23 @@ def test_the_ttl_is_the_schedules_own_never_its_tasks():
     assert schedules_from_wire(list(app.schedules.values()), ["sweep"])[1].ttl == 600
 
 
+def test_a_schedules_ttl_is_not_given_to_the_handler_it_registers():
+    """Fault: ``@app.periodic(every=3600, ttl=90)`` over a bare function
+    registers its handler as a task, and passed that task every option it
+    was given, ``ttl`` included: ``cleanup.submit()`` by hand (an operator
+    running it now) was sent with ``ttl`` 90 and expired unstarted after 90
+    s in a busy queue. The ttl is the ticks' own, in both directions: the
+    handler's queue, priority, timeout and max_retries still come from the
+    schedule, as before."""
+    app = miyaq.App()
+
+    @app.periodic(every=3600, ttl=90, queue="maint", max_retries=2, name="cleanup")
+    def cleanup() -> None: ...
+
+    assert app.schedules["cleanup"]["ttl"] == 90
+    assert cleanup.options == {"queue": "maint", "max_retries": 2}
+
+
 def test_a_different_ttl_is_a_changed_declaration_and_the_newest_wins():
     """Fault: a deploy changes only a schedule's ttl. It is a changed
     declaration (the newest wins, and starts with its next tick), not the
