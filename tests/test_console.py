@@ -167,6 +167,26 @@ def test_characters_of_no_width_that_make_look_alike_names_are_escaped():
     assert escape_controls(family) == family and escape_controls(persian) == persian
 
 
+def test_the_other_invisible_characters_that_join_nothing_are_escaped_too():
+    """Fault simulated: the same look-alike made with another character a
+    page shows as nothing -- ``send\\xadmail`` (a soft hyphen), the combining
+    grapheme joiner, the deprecated format characters U+206A-206F, the
+    interlinear annotation marks, or Unicode tag characters (U+E0000-E007F,
+    invisible: "ASCII smuggling") -- read as ``sendmail`` on a page. Only
+    the zero-width space and its kin were escaped. A tag character after
+    the black flag (an England or Scotland flag emoji is one, then tags)
+    stays: emoji are left as they are."""
+    from miyaq.logs import escape_controls, escape_invisible
+    for hidden, escape in (("\xad", r"\xad"), ("\u034f", r"\u034f"), ("\u206a", r"\u206a"), ("\u206f", r"\u206f"),
+                           ("\ufff9", r"\ufff9"), ("\ufffb", r"\ufffb"), ("\U000e0001", r"\U000e0001"),
+                           ("\U000e0073", r"\U000e0073")):
+        name = f"send{hidden}mail"
+        assert escape_invisible(name) == f"send{escape}mail", escape_invisible(name)
+        assert escape_controls(name) == f"send{escape}mail", escape_controls(name)
+    england = "\U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f"
+    assert escape_invisible(england) == england and escape_controls(england) == england
+
+
 def test_what_a_page_would_hide_or_reorder_is_shown_as_escapes(http_node, api):
     """A task name, a failed attempt's message and a worker's declared name
     holding a right-to-left override, an escape sequence or an isolate are
