@@ -339,3 +339,27 @@ def test_the_asyncio_client_refuses_a_request_no_node_answers(node):
             assert (await client.status())["totals"]["live"] == 0
 
     run(main)
+
+
+#: Every command python-api.md names as one ``request()`` sends.
+DOCUMENTED_REQUESTS = (b"STATUS", b"TASK", b"CANCEL", b"RESULT", b"TASKS", b"DEAD", b"RECEIVE", b"ACK", b"NACK",
+                       b"RING", b"TOUCH")
+
+
+def test_every_request_the_docs_name_reaches_the_node_and_is_answered(node, client_for):
+    """Fault guarded against: a command dropped from the client's list of
+    requests (``REQUEST_COMMANDS``; mutation: without TOUCH every test
+    passed) -- a pull consumer's own ``request(b"TOUCH", ...)``, which
+    python-api.md and protocol.md 6.4 describe, would raise UnknownCommand
+    without reaching its node. Each documented command is sent with an
+    empty or made-up body and answered by the node: a REPLY, or the node's
+    error naming the request -- never UnknownCommand, never a Timeout."""
+    client = client_for(node.endpoint, request_timeout=10.0)
+    bodies = {b"RECEIVE": {"queues": ["nothing-here"], "timeout": 0}, b"RESULT": {"id": "no-such-task", "timeout": 0}}
+    for command in DOCUMENTED_REQUESTS:
+        try:
+            client.request(command, dict(bodies.get(command, {"ids": ["no-such-task"], "attempt": 1})))
+        except (miyaq.UnknownCommand, miyaq.Timeout) as err:
+            pytest.fail(f"{command!r}: {type(err).__name__}: {err}")
+        except miyaq.MiyaqError:
+            pass          # the node's answer to a made-up body: it heard the request
