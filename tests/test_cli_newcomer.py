@@ -74,6 +74,25 @@ def test_a_message_too_small_for_its_payload_from_the_environment_names_the_vari
     assert info.value.message.endswith(" (max_message from MIYAQ_MAX_MESSAGE)"), info.value.message
 
 
+@pytest.mark.parametrize("args,environ,says", [
+    ({"http_port": "70000"}, {"MIYAQ_PORT": "7450"}, "http_port must be 1..65535 (0: no HTTP gateway), not 70000"),
+    ({}, {"MIYAQ_PORT": "7450", "MIYAQ_HTTP_PORT": "70000"},
+     "http_port must be 1..65535 (0: no HTTP gateway), not 70000 (http_port from MIYAQ_HTTP_PORT)"),
+    ({"default_backoff_max": "-1"}, {"MIYAQ_DEFAULT_BACKOFF": "1"},
+     "default_backoff_max must not be negative, not -1.0"),
+])
+def test_a_variable_is_named_only_for_the_setting_the_error_names(args, environ, says):
+    """Fault guarded against: naming every variable whose setting's name
+    appears anywhere in the message (mutations: matching ``port`` inside
+    ``http_port``, or ``default_backoff`` at the start of
+    ``default_backoff_max``, passed every test). ``MIYAQ_PORT`` set right and
+    ``--http-port 70000`` would have read "(port from MIYAQ_PORT)", sending
+    the user to a variable with nothing wrong in it."""
+    with pytest.raises(ConfigError) as info:
+        NodeConfig.load(args, environ)
+    assert info.value.message == says
+
+
 def test_a_bad_flag_value_names_the_flag():
     """The same from a flag: ``--concurrency abc`` names ``--concurrency``."""
     with pytest.raises(ConfigError) as info:
