@@ -124,7 +124,6 @@ def test_submits_left_unsent_when_the_loop_ends_are_reported_at_exit():
     at exit"). Now exit reports how many were dropped and what to do; a
     client closed in its loop, or whose submits were all acknowledged, says
     nothing."""
-    from own_interpreter import run_script
     script = (
         "import asyncio, sys\n"
         "import miyaq.aio\n"
@@ -139,14 +138,7 @@ def test_submits_left_unsent_when_the_loop_ends_are_reported_at_exit():
         "    except miyaq.MiyaqError:\n"
         "        pass\n"
         "asyncio.run(main())\n")
-    code, _, stderr = run_script(script, f"tcp://127.0.0.1:{free_port()}", timeout=30,
-                                 hung="a program whose aio client was never closed did not end")
-    assert code == 0, stderr
-    lines = [line for line in stderr.splitlines() if "miyaq" in line]
-    assert len(lines) == 1, stderr
-    assert lines[0].endswith(
-        "a miyaq.aio client never closed: 2 submits never answered were dropped (a node may or may not have "
-        "stored them); await client.close() (or use `async with`) before its event loop ends"), stderr
+    _one_report_of(script, 2)
 
 
 def test_submits_left_unsent_are_reported_when_the_client_is_collected_after_its_loop():
@@ -157,7 +149,6 @@ def test_submits_left_unsent_are_reported_when_the_client_is_collected_after_its
     was gone from the exit report's set, and the two submits vanished
     without a word again. Now the driver, collected with submits no node
     acknowledged, reports them itself, once."""
-    from own_interpreter import run_script
     script = (
         "import asyncio, gc, sys\n"
         "import miyaq.aio\n"
@@ -169,12 +160,21 @@ def test_submits_left_unsent_are_reported_when_the_client_is_collected_after_its
         "asyncio.run(main())\n"
         "gc.collect()\n"
         "print('collected', file=sys.stderr)\n")
+    stderr = _one_report_of(script, 3)
+    assert stderr.index("never closed") < stderr.index("collected"), "reported at the collection, not at exit"
+
+
+def _one_report_of(script: str, dropped: int) -> str:
+    """Run ``script`` (a node endpoint no node answers as its argument): it
+    ends 0, and its stderr holds one miyaq line, the report of ``dropped``
+    submits of a client never closed. Returns that stderr."""
+    from own_interpreter import run_script
     code, _, stderr = run_script(script, f"tcp://127.0.0.1:{free_port()}", timeout=30,
                                  hung="a program whose aio client was never closed did not end")
     assert code == 0, stderr
     lines = [line for line in stderr.splitlines() if "miyaq" in line]
     assert len(lines) == 1, stderr
     assert lines[0].endswith(
-        "a miyaq.aio client never closed: 3 submits never answered were dropped (a node may or may not have "
-        "stored them); await client.close() (or use `async with`) before its event loop ends"), stderr
-    assert stderr.index("never closed") < stderr.index("collected"), "reported at the collection, not at exit"
+        f"a miyaq.aio client never closed: {dropped} submits never answered were dropped (a node may or may not "
+        "have stored them); await client.close() (or use `async with`) before its event loop ends"), stderr
+    return stderr

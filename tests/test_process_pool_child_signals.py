@@ -40,6 +40,24 @@ sys.meta_path.insert(0, Gate())
 '''
 
 
+def _pool_socket(ctx: zmq.Context) -> tuple[zmq.Socket, int]:
+    """The pool's end a child connects to, and its port."""
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    return router, router.bind_to_random_port("tcp://127.0.0.1")
+
+
+def _child(port: int) -> list[str]:
+    """The command line of child ``c1`` of this process, for ``apps.basic:app``."""
+    return child_command(f"tcp://127.0.0.1:{port}", b"c1", "apps.basic:app", os.getpid(), "WARNING")
+
+
+def _env_with(tmp_path: Path) -> dict[str, str]:
+    """The environment, ``tmp_path`` (its sitecustomize) first on the path."""
+    return {**os.environ, "GATE_DIR": str(tmp_path),
+            "PYTHONPATH": os.pathsep.join([str(tmp_path), ROOT, TESTS, os.environ.get("PYTHONPATH", "")])}
+
+
 def test_a_child_signalled_while_it_imports_the_pool_goes_on_and_says_hello(tmp_path, ctx):
     """Fault: Ctrl-C just as the pool started a child. The child, started
     as ``python -m miyaq.worker.pools.child``, disregarded the signals only
@@ -49,12 +67,9 @@ def test_a_child_signalled_while_it_imports_the_pool_goes_on_and_says_hello(tmp_
     or SIGHUP killed it silently. Now the child disregards them first, goes
     on, and says HELLO."""
     (tmp_path / "sitecustomize.py").write_text(GATE)
-    router = ctx.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
-    env = {**os.environ, "GATE_DIR": str(tmp_path),
-           "PYTHONPATH": os.pathsep.join([str(tmp_path), ROOT, TESTS, os.environ.get("PYTHONPATH", "")])}
-    command = child_command(f"tcp://127.0.0.1:{port}", b"c1", "apps.basic:app", os.getpid(), "WARNING")
+    router, port = _pool_socket(ctx)
+    env = _env_with(tmp_path)
+    command = _child(port)
     child = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
     hello: list[bytes] = []
     try:
@@ -97,12 +112,9 @@ def test_a_childs_first_import_path_is_the_directory_it_started_in(tmp_path, ctx
     failed to import the app's own modules lazily. It is the absolute
     directory, as ``-m`` made it."""
     (tmp_path / "sitecustomize.py").write_text(PATH_PROBE)
-    router = ctx.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
-    env = {**os.environ, "GATE_DIR": str(tmp_path),
-           "PYTHONPATH": os.pathsep.join([str(tmp_path), ROOT, TESTS, os.environ.get("PYTHONPATH", "")])}
-    command = child_command(f"tcp://127.0.0.1:{port}", b"c1", "apps.basic:app", os.getpid(), "WARNING")
+    router, port = _pool_socket(ctx)
+    env = _env_with(tmp_path)
+    command = _child(port)
     child = subprocess.Popen(command, env=env, cwd=str(tmp_path), stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: (tmp_path / "path0").exists() or child.poll() is not None, what="the child's import")
@@ -137,13 +149,11 @@ def test_a_child_started_in_a_directory_since_deleted_says_hello(tmp_path, ctx):
     ``sys.path[0]`` with ``os.getcwd()``, which raises FileNotFoundError:
     every child died at its first line, and the pool never ran a task.
     ``python -m`` put nothing first then, and so does the child now."""
-    router = ctx.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
+    router, port = _pool_socket(ctx)
     gone = tmp_path / "release"
     gone.mkdir()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, TESTS, os.environ.get("PYTHONPATH", "")])}
-    command = child_command(f"tcp://127.0.0.1:{port}", b"c1", "apps.basic:app", os.getpid(), "WARNING")
+    command = _child(port)
     # the shell leaves its directory deleted under it, then becomes the child
     wrapped = ["/bin/sh", "-c", 'rmdir "$PWD" && exec "$@"', "sh", *command]
     try:
@@ -162,12 +172,10 @@ def test_a_child_under_pythonsafepath_keeps_the_first_pythonpath_entry(tmp_path,
     (here ``apps.basic``, in the tests' directory) could not be imported,
     and every child died before its HELLO; the directory PYTHONSAFEPATH
     keeps off the path was put on it. ``sys.path`` is left as it is."""
-    router = ctx.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
+    router, port = _pool_socket(ctx)
     env = {**os.environ, "PYTHONSAFEPATH": "1",
            "PYTHONPATH": os.pathsep.join([TESTS, ROOT, os.environ.get("PYTHONPATH", "")])}
-    command = child_command(f"tcp://127.0.0.1:{port}", b"c1", "apps.basic:app", os.getpid(), "WARNING")
+    command = _child(port)
     try:
         hello, ended, stderr = _hello_from(command, env, str(tmp_path), ctx, router)
     finally:
