@@ -194,16 +194,15 @@ def test_status_of_a_done_task_labels_an_earlier_attempts_error(http_node, api, 
 
 
 @pytest.mark.parametrize("argv,usage,left", [
-    (["dead", "list", "--queue", "default", "abc"], "usage: miyaq dead ", "abc"),
+    (["dead", "list", "--queue", "default", "-x", "abc"], "usage: miyaq dead ", "-x abc"),
     (["status", "a", "b"], "usage: miyaq status ", "b"),
     (["keys", "list", "a", "b"], "usage: miyaq keys list ", "b"),
 ])
 def test_an_argument_left_over_shows_the_commands_usage(argv, usage, left, capsys):
-    """Mistake: ``miyaq dead list --queue default abc`` (a positional after
-    an option, which argparse does not take for ``ids`` once it filled
-    them). It printed the top level's ``usage: miyaq [-h] [--version]
-    COMMAND ...``, which says nothing of ``dead``. Now the command's own
-    usage and error, exit status 2, before anything is sent."""
+    """Mistake: ``miyaq status a b`` (a word or an option left over). It
+    printed the top level's ``usage: miyaq [-h] [--version] COMMAND ...``,
+    which says nothing of the command. Now the command's own usage and
+    error, exit status 2, before anything is sent."""
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2
@@ -211,3 +210,20 @@ def test_an_argument_left_over_shows_the_commands_usage(argv, usage, left, capsy
     assert err.startswith(usage), err
     name = usage[len("usage: "):].strip()
     assert err.endswith(f"{name}: error: unrecognized arguments: {left}\n"), err
+
+
+def test_task_ids_after_an_option_are_the_dead_commands_ids(capsys):
+    """Mistake, not an error: ``miyaq dead purge --connect EP ID`` (ids after
+    an option). argparse filled ``ids`` empty before the option and left
+    ``ID`` over: refused as an unrecognized argument (review31). The words
+    after the options are the ids, as before them; what ``dead`` makes of
+    them is its own check, and says so."""
+    from miyaq.cli.main import build_parser, parse
+    args = parse(build_parser(), ["dead", "purge", "--connect", "tcp://127.0.0.1:9", "t1", "t2"])
+    assert args.ids == ["t1", "t2"] and args.op == "purge"
+    args = parse(build_parser(), ["dead", "retry", "t1", "--json", "t2"])
+    assert args.ids == ["t1", "t2"] and args.json
+    assert main(["dead", "list", "--queue", "default", "abc"]) == 2
+    assert "dead list takes no task ids" in capsys.readouterr().err
+    assert main(["dead", "retry", "--queue", "q", "t1"]) == 2
+    assert "give task ids or --queue, not both" in capsys.readouterr().err

@@ -36,13 +36,31 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
     """``parser.parse_args(argv)``, but arguments left over are refused by
     the (sub)command's own parser, with its usage: ``argparse`` refuses
     them at the top, with ``usage: miyaq [-h] [--version] COMMAND ...``,
-    which says nothing of the command typed (``miyaq dead list --queue
-    default abc``: a positional after an option is left over, argparse
-    having filled ``ids`` before it; the newcomer audit of 2026-12-07)."""
+    which says nothing of the command typed (``miyaq status a b``; the
+    newcomer audit of 2026-12-07) -- unless the command has a positional
+    of any number that takes them (:func:`_taken_as_list`)."""
     args, extras = parser.parse_known_args(argv)
     if extras:
-        _command_parser(parser, args).error(f"unrecognized arguments: {' '.join(extras)}")
+        command = _command_parser(parser, args)
+        if not _taken_as_list(command, args, extras):
+            command.error(f"unrecognized arguments: {' '.join(extras)}")
     return args
+
+
+def _taken_as_list(command: argparse.ArgumentParser, args: argparse.Namespace, extras: list[str]) -> bool:
+    """Give ``extras`` -- words, no option among them -- to the command's one
+    positional of any number (``miyaq dead``'s ``ids``), as
+    ``parse_intermixed_args`` would: argparse fills it where it first could,
+    so ``miyaq dead retry --json ID`` left ``ID`` over and was refused (before
+    2026-12-07; review31). True if taken. What the command then makes of
+    them is its own check (``dead list`` takes no ids, and says so)."""
+    if any(word.startswith("-") for word in extras):
+        return False
+    lists = [a for a in command._actions if not a.option_strings and a.nargs == "*"]
+    if len(lists) != 1 or not isinstance(getattr(args, lists[0].dest, None), list):
+        return False
+    setattr(args, lists[0].dest, getattr(args, lists[0].dest) + extras)
+    return True
 
 
 def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
