@@ -227,3 +227,16 @@ def test_task_ids_after_an_option_are_the_dead_commands_ids(capsys):
     assert "dead list takes no task ids" in capsys.readouterr().err
     assert main(["dead", "retry", "--queue", "q", "t1"]) == 2
     assert "give task ids or --queue, not both" in capsys.readouterr().err
+
+
+def test_json_output_of_a_result_whose_map_keys_json_does_not_take(capsys):
+    """Bad input: a result is whatever a worker returned, and msgpack takes
+    maps with keys of mixed types or bytes keys; ``--json`` output of one
+    (``miyaq status ID --json``) ended in a TypeError traceback (review31).
+    Now every key is written as a string, the JSON valid."""
+    import json as jsonlib
+
+    from miyaq.cli.tasks_cmd import _print
+    _print({"state": "done", "result": {1: "a", "b": [{b"k": 2, None: True}], 2.5: 3}}, True)
+    printed = jsonlib.loads(capsys.readouterr().out)
+    assert printed == {"state": "done", "result": {"1": "a", "b": [{"b'k'": 2, "null": True}], "2.5": 3}}

@@ -84,9 +84,31 @@ def _json(text: str, what: str) -> Any:
         raise ConfigError(f"{what} is not valid JSON: {exc}") from None
 
 
+def _json_ready(value: Any) -> Any:
+    """``value`` with every map's keys made strings, as JSON's are: a result
+    is whatever a worker returned, and msgpack takes maps that ``json.dumps``
+    does not -- keys of mixed types (``sort_keys`` compares them) or bytes.
+    Before 2026-12-07 (review31) ``miyaq status ID --json`` of such a result
+    ended in a TypeError traceback. A key JSON takes is written as JSON
+    writes it (``1`` -> ``"1"``, ``True`` -> ``"true"``); another as ``str``."""
+    if isinstance(value, dict):
+        return {_json_key(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    return value
+
+
+def _json_key(key: Any) -> str:
+    if isinstance(key, str):
+        return key
+    if key is None or isinstance(key, (bool, int, float)):
+        return json.dumps(key)
+    return str(key)
+
+
 def _print(obj: Any, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+        print(json.dumps(_json_ready(obj), indent=2, sort_keys=True, default=str))
         return
     if isinstance(obj, dict):
         for k, v in obj.items():
