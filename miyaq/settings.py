@@ -91,6 +91,7 @@ class Settings:
                 raise ConfigError(f"unknown settings in {path}: {', '.join(sorted(unknown))}")
         values: dict[str, Any] = {}
         from_env: dict[str, str] = {}     # setting -> the variable it was read from
+        given_as: dict[str, str] = {}     # setting -> the flag or variable it was read from
         for f in fields(cls):  # type: ignore[arg-type]
             raw = args.get(f.name)
             source = "--" + f.name.replace("_", "-")
@@ -100,6 +101,7 @@ class Settings:
                 if raw is not None:
                     from_env[f.name] = source
             if raw is not None:       # text (a flag, the environment); a list: a repeated flag
+                given_as[f.name] = source
                 if f.metadata.get("repeat") and isinstance(raw, list):
                     raw = ",".join(str(item) for item in raw)
                 values[f.name] = _coerce(f.name, f.type, raw, source)
@@ -110,11 +112,15 @@ class Settings:
             loaded.check_loaded()
             return loaded
         except ConfigError as err:
+            message = err.message
+            lead = err.details.get("setting")
+            if lead in given_as and message.startswith(lead):     # refused(): its name is where it came from
+                message = given_as[lead] + message[len(lead):]
             named = [f"{name} from {var}" for name, var in from_env.items()
-                     if re.search(rf"(?<![\w-]){name}(?!\w)", err.message)]
-            if not named:
+                     if name != lead and re.search(rf"(?<![\w-]){name}(?!\w)", message)]
+            if message == err.message and not named:
                 raise
-            raise ConfigError(f"{err.message} ({', '.join(named)})", **err.details) from None
+            raise ConfigError(message + (f" ({', '.join(named)})" if named else ""), **err.details) from None
 
     def check_loaded(self) -> None:
         """Checks of settings as :meth:`load` gives them (a program's own, not
@@ -141,6 +147,15 @@ class Settings:
 
 
 S = TypeVar("S", bound=Settings)
+
+
+def refused(name: str, rest: str) -> ConfigError:
+    """A check's error about setting ``name`` that begins with the name,
+    as the place of the value refused (``queues: 'a b' is not a queue
+    name``): :meth:`Settings.load` puts where the value came from in that
+    place (``--queues: ...``, ``MIYAQ_QUEUES: ...``), and a value given in
+    Python keeps the setting's name. ``rest`` follows the name as is."""
+    return ConfigError(name + rest, setting=name)
 
 
 #: TOML's name of each type ``tomllib`` gives a value as.

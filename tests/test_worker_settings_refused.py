@@ -73,6 +73,47 @@ def test_queues_no_node_accepts_are_refused_at_start(tmp_path, queues, words):
     assert stderr.strip().splitlines()[-1].startswith(f"miyaq: error: {words}"), stderr
 
 
+@pytest.mark.parametrize("queues, words", [
+    ("bad queue", "MIYAQ_QUEUES: 'bad queue' is not a queue name (1-128 characters of A-Z a-z 0-9 _ . : -)"),
+    (",".join(f"q{i}" for i in range(MAX_READY_QUEUES + 1)),
+     f"MIYAQ_QUEUES names {MAX_READY_QUEUES + 1} queues; a worker takes tasks from at most {MAX_READY_QUEUES}"),
+])
+def test_queues_from_the_environment_name_the_variable(tmp_path, monkeypatch, queues, words):
+    """Mistake: ``MIYAQ_QUEUES='bad queue' miyaq worker tasks:app``, no
+    ``--queues`` given. The error said "--queues: 'bad queue' ...": the
+    check ran in the re-executed worker process, which has every setting
+    from the environment and cannot tell a flag from a variable, so the
+    user looked for a flag never given. Now the check is the settings' own
+    (made where the source is known) and names the variable."""
+    monkeypatch.setenv("MIYAQ_QUEUES", queues)
+    code, stderr = run_worker(tmp_path, "")
+    assert code == 2, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == f"miyaq: error: {words}", stderr
+
+
+@pytest.mark.parametrize("args, environ, words", [
+    ({}, {"MIYAQ_QUEUES": "a/b"}, "MIYAQ_QUEUES: 'a/b' is not a queue name"),
+    ({"queues": "a/b"}, {"MIYAQ_QUEUES": "default"}, "--queues: 'a/b' is not a queue name"),
+    ({"queues": "a/b"}, {"MIYAQ_QUEUES": "c/d"}, "--queues: 'a/b' is not a queue name"),
+])
+def test_a_bad_queue_name_names_where_it_came_from(args, environ, words):
+    """The same as loaded: the flag when one was given (it wins over the
+    variable), else the variable."""
+    with pytest.raises(ConfigError) as err:
+        WorkerConfig.load(args, environ)
+    assert err.value.message.startswith(words + " (1-128 characters"), err.value.message
+    assert "from MIYAQ_QUEUES" not in err.value.message
+
+
+def test_a_bad_queue_name_given_in_python_names_the_setting():
+    """``Worker(app, queues=['a b'])`` or ``WorkerConfig(queues=...)``: no
+    flag nor variable was given, so neither is named."""
+    with pytest.raises(ConfigError) as err:
+        WorkerConfig(queues="default,a b")
+    assert err.value.message == "queues: 'a b' is not a queue name (1-128 characters of A-Z a-z 0-9 _ . : -)"
+
+
 def test_an_app_whose_tasks_name_too_many_queues_says_to_choose_some(tmp_path):
     """Bad input: an app whose tasks name 65 queues, run without
     ``--queues``: the same endless refused READY. Now one line saying so."""

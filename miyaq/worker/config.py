@@ -13,7 +13,7 @@ import signal
 from dataclasses import dataclass, fields
 from typing import ClassVar, Mapping
 
-from ..settings import Settings, setting
+from ..settings import Settings, refused, setting
 from ..errors import ConfigError, InvalidField
 from ..protocol.commands import DEFAULT_MAX_MESSAGE, MAX_READY_QUEUES, MAX_WORKER_CAPACITY
 from ..protocol.taskspec import check_queue
@@ -88,6 +88,7 @@ class WorkerConfig(Settings):
             raise ConfigError(f"node_timeout must be {low:g}..{high:g} seconds, not {self.node_timeout:g}")
         if self.max_tasks_per_child and self.pool != "processes":
             raise ConfigError("max_tasks_per_child applies to the processes pool only (--pool processes)")
+        check_queue_names(self.queue_list, "queues")
 
     @property
     def slots(self) -> int:
@@ -139,24 +140,37 @@ class WorkerConfig(Settings):
         return [e for e in self.connect.split(",") if e]
 
 
-def checked_queues(given: list[str], the_apps: list[str]) -> list[str]:
-    """The queues a worker registers for: ``given`` (``--queues``), else its
-    app's, each once. ConfigError at start when every node would refuse the
-    READY naming them -- a name that is no queue name, more than
-    ``MAX_READY_QUEUES`` -- not a worker that says READY every second for
-    ever, refused each time (before 2026-12-07)."""
-    queues = list(dict.fromkeys(given or the_apps))
-    where = "--queues" if given else "the app's tasks"
-    for queue in queues:
+def check_queue_names(queues: list[str], where: str) -> None:
+    """ConfigError, its message beginning with ``where``, unless every node
+    would take a READY naming ``queues``: each a queue name, at most
+    ``MAX_READY_QUEUES`` of them (a name given twice counted once). Before
+    2026-12-07 a worker given such queues said READY every second for ever,
+    refused each time. ``where`` "queues" (the setting, checked by
+    :class:`WorkerConfig`) is :func:`~miyaq.settings.refused`'s: loaded, the
+    message names the flag or variable the value came from (before
+    2026-12-07 the check ran in the re-executed worker, whose settings all
+    come from the environment, and said ``--queues`` of a ``MIYAQ_QUEUES``)."""
+    def error(rest: str) -> ConfigError:
+        return refused(where, rest) if where == "queues" else ConfigError(where + rest)
+    unique = list(dict.fromkeys(queues))
+    for queue in unique:
         try:
             check_queue(queue)
         except InvalidField:
-            raise ConfigError(f"{where}: {queue!r} is not a queue name (1-128 characters of A-Z a-z 0-9 _ . : -)"
-                              ) from None
-    if len(queues) > MAX_READY_QUEUES:
-        raise ConfigError(f"{where} name{'s' if given else ''} {len(queues)} queues; a worker takes tasks from at most "
-                          f"{MAX_READY_QUEUES}" + ("" if given else ": choose some with --queues"))
-    return queues
+            raise error(f": {queue!r} is not a queue name (1-128 characters of A-Z a-z 0-9 _ . : -)") from None
+    if len(unique) > MAX_READY_QUEUES:
+        raise error(f" name{'s' if where == 'queues' else ''} {len(unique)} queues; a worker takes tasks from "
+                    f"at most {MAX_READY_QUEUES}" + ("" if where == "queues" else ": choose some with --queues"))
+
+
+def checked_queues(given: list[str], the_apps: list[str]) -> list[str]:
+    """The queues a worker registers for: ``given`` (``--queues``, checked
+    as a setting by :class:`WorkerConfig`), else its app's, each once; the
+    app's are checked here (ConfigError at start: more than
+    ``MAX_READY_QUEUES``, or a name that is none)."""
+    if not given:
+        check_queue_names(the_apps, "the app's tasks")
+    return list(dict.fromkeys(given or the_apps))
 
 
 # -- the node link ------------------------------------------------------------------
