@@ -7,7 +7,10 @@ long as the test needs."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -73,6 +76,148 @@ def test_a_second_close_while_the_first_flushes_waits_for_it_instead_of_dropping
         assert raised == []
         assert all(h.accepted for h in handles)
     finally:
+        client.close(flush=False)
+        node.close()
+
+
+class HeldIOClose:
+    """Holds the first ``close()`` inside ``client._io.close()`` -- the
+    client already marked closed, its I/O thread not yet joined -- until
+    :meth:`release`, and watches the close's ``_closing`` event for a second
+    close that waits on it (``waiting``)."""
+
+    def __init__(self, client: miyaq.Client) -> None:
+        self.client = client
+        self.entered = threading.Event()
+        self.released = threading.Event()
+        self.waiting = threading.Event()
+        self.io_close = client._io.close
+        client._io.close = self._held           # type: ignore[method-assign]
+
+    def _held(self, *args: Any, **kwargs: Any) -> None:
+        if not self.entered.is_set():
+            self.entered.set()
+            assert self.released.wait(30), "never released"
+        self.io_close(*args, **kwargs)
+
+    def watch_closing(self) -> None:
+        """Once the first close is held: its event, as a second close sees it."""
+        event, waiting = self.client._closing, self.waiting
+
+        class Watched:
+            def wait(self, timeout: float | None = None) -> bool:
+                waiting.set()
+                return bool(event.wait(timeout))
+
+            def set(self) -> None:
+                event.set()
+
+            def is_set(self) -> bool:
+                return bool(event.is_set())
+
+        self.client._closing = Watched()
+
+    def release(self) -> None:
+        self.released.set()
+
+
+def in_thread(call: Any) -> tuple[threading.Thread, list[Any]]:
+    """``call()`` in a thread of its own: the thread, and the list that gets
+    "returned" or the exception once it ends."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            call()
+            outcome.append("returned")
+        except BaseException as exc:         # reported by the test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_a_second_close_while_the_first_joins_the_io_thread_waits_for_its_end(flush: bool) -> None:
+    """Fault: a second ``close()`` arriving once the first marked the client
+    closed but while it still joined the I/O thread (up to a second) returned
+    at once: its caller could exit, or go on, taking the client for closed
+    and everything for sent, while the first close was not over. Now it
+    waits for the first's end, ``close(flush=False)`` too. The first close
+    is held inside ``_io.close()`` until the test releases it: the second
+    must still be waiting then, and return once released."""
+    node = CountingNode()
+    client = miyaq.Client(node.endpoint, green=False)
+    held = HeldIOClose(client)
+    first = second = None
+    try:
+        first, first_outcome = in_thread(lambda: client.close(timeout=30))
+        assert held.entered.wait(30), "the first close never reached _io.close()"
+        held.watch_closing()
+        second, second_outcome = in_thread(lambda: client.close(flush=flush, timeout=30))
+        for _ in range(3000):                # bounded: until it waits, or returned
+            if held.waiting.is_set() or not second.is_alive():
+                break
+            second.join(0.01)
+        assert second_outcome == [] and held.waiting.is_set(), second_outcome
+        assert second.is_alive()             # waiting on the held first close
+        held.release()
+        first.join(30)
+        second.join(30)
+        assert first_outcome == ["returned"] and second_outcome == ["returned"], (first_outcome, second_outcome)
+        assert client._io.stopped
+    finally:
+        held.release()
+        for thread in (first, second):
+            if thread is not None:
+                thread.join(30)
+        client.close(flush=False)
+        node.close()
+
+
+def test_a_forked_child_closing_does_not_wait_for_the_parents_close_under_way() -> None:
+    """Fault guarded against: a child forked while a thread of the parent
+    was inside ``close()`` inherits the client closed, with that close's
+    event never to be set (the closing thread stayed in the parent). The
+    child's ``close()`` must return at once, not wait for it (here: up to
+    20 s, then Timeout, exit status 1)."""
+    node = CountingNode()
+    client = miyaq.Client(node.endpoint, green=False)
+    held = HeldIOClose(client)
+    first = None
+    try:
+        first, first_outcome = in_thread(lambda: client.close(timeout=30))
+        assert held.entered.wait(30), "the first close never reached _io.close()"
+        pid = os.fork()
+        if pid == 0:                         # the child: never returns into pytest
+            code = 2
+            try:
+                client.close(timeout=20)
+                code = 0 if client.forked else 3
+            except BaseException:            # its exit status says so
+                code = 1
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + 40.0
+        status = None
+        while time.monotonic() < deadline:
+            done_pid, status = os.waitpid(pid, os.WNOHANG)
+            if done_pid:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung in close()")
+        assert os.waitstatus_to_exitcode(status) == 0
+        held.release()
+        first.join(30)
+        assert first_outcome == ["returned"]
+    finally:
+        held.release()
+        if first is not None:
+            first.join(30)
         client.close(flush=False)
         node.close()
 

@@ -103,8 +103,9 @@ class Client:
         self.nodes = self._io.nodes
         self._io.start()
         self._closed = False
-        # Set once a close() under way has closed the client: a second close()
-        # meanwhile waits for it (see close()). Guarded by _close_lock.
+        # Set once a close() under way has closed the client, its I/O loop
+        # joined: a second close() meanwhile waits for it (see close()).
+        # Guarded by _close_lock.
         self._closing: Any = None
         self._close_lock = self.kit.lock()
         self._forked = False           # set in a forked child (see _after_fork_in_child)
@@ -340,12 +341,20 @@ class Client:
         and every later call, raise MiyaqError at once. A ``close()`` while
         another thread's is flushing waits for that one, up to ``timeout``
         (then closes, raising Timeout); ``close(flush=False)`` closes at once,
-        failing the submits the other still waits for. Before 2026-12-07 a
-        second close closed the client under the first's flush: every submit
-        not yet acknowledged failed, and the second returned without a word."""
-        if self._closed:
-            return
+        failing the submits the other still waits for. Either waits, up to
+        ``timeout`` (then Timeout), for the other's end once it has closed
+        the client and still joins the I/O loop. Before 2026-12-07 a second
+        close closed the client under the first's flush: every submit not yet
+        acknowledged failed, and the second returned without a word; and one
+        arriving while the first joined the I/O loop returned at once, up to
+        a second before the first's end. In a forked child it returns at once
+        (a close under way in the parent never ends there)."""
         timeout = seconds(timeout, "timeout")
+        if self._closed:
+            under_way = self._closing
+            if under_way is not None and not self._forked and not under_way.wait(timeout):
+                raise Timeout(f"a close() under way in another thread did not end within {timeout:g}s")
+            return
         with self._close_lock:
             under_way = self._closing
             if under_way is None:
@@ -363,9 +372,11 @@ class Client:
                 self.flush(timeout)
         finally:
             self._closed = True
-            self._io.close()
-            if under_way is None:
-                mine.set()
+            try:
+                self._io.close()
+            finally:
+                if under_way is None:
+                    mine.set()
 
     def __enter__(self) -> "Client":
         return self
