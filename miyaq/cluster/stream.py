@@ -6,8 +6,8 @@ each destination's messages under its topic, and a SUB subscribed to this
 node's topic on every peer. What the messages hold, how they are numbered
 and how a receiver finds one lost and asks for a resync are
 :mod:`miyaq.cluster.stream_numbering`'s: its
-:class:`~miyaq.cluster.stream_numbering.StreamSender` and
-:class:`~miyaq.cluster.stream_numbering.StreamReceiver` are what these
+:class:`~miyaq.cluster.stream_numbering.StreamReceiver` and
+:class:`~miyaq.cluster.stream_sender.StreamSender` are what these
 classes extend with a socket. Who may subscribe to the port, and who takes
 what it is sent, are :mod:`miyaq.cluster.stream_port`'s.
 """
@@ -18,10 +18,11 @@ from typing import Any
 
 import msgpack
 
-from miyaq.cluster.stream_numbering import StreamReceiver, StreamSender, topic
+from miyaq.cluster.stream_numbering import StreamReceiver, topic
 from miyaq.cluster.stream_port import (
     STREAM_UNREAD_BUDGET, SUBSCRIPTION_LOOK, SubscriberGuard, listening_port, wire_size,
 )
+from miyaq.cluster.stream_sender import StreamSender
 from miyaq.cluster.transport import Apply, AskResync
 from miyaq.constants import PEER_HEARTBEAT_TIMEOUT, STREAM_HEARTBEAT
 from miyaq.logs import LogLimiter
@@ -100,7 +101,7 @@ class ZmqStreamPublisher(StreamSender):
         self.published[name] = self.published.get(name, 0) + wire_size(len(data))
 
     def forget(self, dest: str) -> None:
-        """As :meth:`~miyaq.cluster.stream_numbering.StreamSender.forget`, and
+        """As :meth:`~miyaq.cluster.stream_sender.StreamSender.forget`, and
         the count of bytes published to ``dest`` (one per destination ever
         published to, kept for good before 2026-12-05)."""
         super().forget(dest)

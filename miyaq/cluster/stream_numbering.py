@@ -1,7 +1,9 @@
-"""A replication stream's numbering, and the watch on it: the halves of
-a stream that know no socket (:class:`StreamSender`, :class:`StreamReceiver`),
+"""A replication stream's numbering, and the watch on it: the receiving
+half of a stream that knows no socket (:class:`StreamReceiver`; the sending
+half, which numbers and stamps, is :class:`~miyaq.cluster.stream_sender.StreamSender`),
 so the ZeroMQ streams (:mod:`miyaq.cluster.stream`) and the in-memory
-transport of :mod:`miyaq.testing.memtransport` run the same code.
+transport of :mod:`miyaq.testing.memtransport` run the same code. The
+stream's topics and frames, which both halves follow, are described here.
 
 The source publishes each destination's events under a fixed-width topic
 (``topic(dest)``: 16 hex digits of blake2b + ``|``, so one node's topic is
@@ -27,17 +29,13 @@ Frames: ``[topic, msgpack {"src", "inc", "seq", "epoch", "proto", "ev":
 peer protocol); a heartbeat has no ``ev``, and has ``"hb": true`` and
 ``"zk"`` (whether the source has ZooKeeper).
 
-Constraints: nothing here blocks or touches a socket; a subclass sends one
-body (:meth:`StreamSender._publish`) and hands each message that came to
-:meth:`StreamReceiver._handle`.
+Constraints: nothing here blocks or touches a socket; a subclass hands
+each message that came to :meth:`StreamReceiver._handle`.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import random
-from typing import Any
 
 from miyaq.cluster.peer_requests import PEER_PROTOCOL
 from miyaq.cluster.transport import Apply, AskResync
@@ -97,59 +95,6 @@ class _Source:
         # Why to resync again once the one under way ends: a gap seen meanwhile
         # (its answer may have been made before the lost message was sent).
         self.again: str | None = None
-
-
-
-class StreamSender:
-    """The publishing side without its socket: numbers each destination's
-    messages and stamps them; :meth:`_publish` (a subclass's) sends one body."""
-
-    def __init__(self, node_id: str, drop_ratio: float = 0.0) -> None:
-        self.node_id = node_id
-        self.incarnation = random.getrandbits(62) or 1
-        self.seqs: dict[str, int] = {}
-        self.epoch = 0
-        self.zk_ok = True     # announced in heartbeats: peers fence themselves by it
-        # Fault injection for tests and `miyaq chaos`: drop this share of messages.
-        self.drop_ratio = drop_ratio
-        self._rng = random.Random(os.getpid())
-        self.dropped = 0
-        self.sent = 0
-
-    def start(self) -> None:
-        """Nothing to start: publishing needs no greenlet."""
-
-    def send(self, dest: str, events: list[list[Any]]) -> None:
-        seq = self.seqs.get(dest, 0) + 1
-        self.seqs[dest] = seq
-        if self.drop_ratio and self._rng.random() < self.drop_ratio:
-            self.dropped += 1
-            return
-        body = {"src": self.node_id, "inc": self.incarnation, "seq": seq, "epoch": self.epoch, "ev": events,
-                "proto": PEER_PROTOCOL}
-        self._publish(dest, body)
-
-    def forget(self, dest: str) -> None:
-        """``dest`` left the ring for good (the role's ``DEPARTED_GRACE`` is
-        over): forget its sequence number. A stream to it later starts again
-        from 1; a receiver that still follows this node takes that as a gap
-        and resyncs, as it does at any restart of this node. Before
-        2026-12-05 the number of every destination ever published to was
-        kept: 200 join and leave rounds of nodes with new ids left 202."""
-        self.seqs.pop(dest, None)
-
-    def heartbeat(self, dests: list[str]) -> None:
-        for dest in dests:
-            self._publish(dest, {"src": self.node_id, "inc": self.incarnation,
-                                 "seq": self.seqs.get(dest, 0), "epoch": self.epoch, "hb": True,
-                                 "zk": self.zk_ok, "proto": PEER_PROTOCOL})
-
-    def _publish(self, dest: str, body: dict[str, Any]) -> None:
-        """Send one message to ``dest`` without blocking (it may be lost)."""
-        raise NotImplementedError
-
-    def close(self) -> None:
-        """Nothing to release."""
 
 
 class StreamReceiver:

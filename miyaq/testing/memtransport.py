@@ -5,7 +5,7 @@ and the replication streams of in-process nodes, over a
 The bookkeeping is the production code's -- requests numbered and matched
 to answers with deadlines (:class:`~miyaq.cluster.peer_requests.PeerRequests`),
 stream messages numbered, stamped and watched for gaps, silence and new
-incarnations (:class:`~miyaq.cluster.stream_numbering.StreamSender`,
+incarnations (:class:`~miyaq.cluster.stream_sender.StreamSender`,
 :class:`~miyaq.cluster.stream_numbering.StreamReceiver`) -- and the frames are
 encoded and decoded as on ZeroMQ; only the sockets are replaced by the
 network, which a test controls. The promises of the transport seam hold:
@@ -24,7 +24,8 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from miyaq.cluster.peer_requests import PeerRequests
-from miyaq.cluster.stream_numbering import StreamReceiver, StreamSender, topic
+from miyaq.cluster.stream_numbering import StreamReceiver, topic
+from miyaq.cluster.stream_sender import StreamSender
 from miyaq.cluster.transport import Apply, AskResync
 from miyaq.protocol import codec
 from miyaq.runtime import Supervisor
