@@ -88,7 +88,7 @@ class WorkerConfig(Settings):
             raise ConfigError(f"node_timeout must be {low:g}..{high:g} seconds, not {self.node_timeout:g}")
         if self.max_tasks_per_child and self.pool != "processes":
             raise ConfigError("max_tasks_per_child applies to the processes pool only (--pool processes)")
-        check_queue_names(self.queue_list, "queues")
+        check_queue_names(self.queue_list)
 
     @property
     def slots(self) -> int:
@@ -140,18 +140,19 @@ class WorkerConfig(Settings):
         return [e for e in self.connect.split(",") if e]
 
 
-def check_queue_names(queues: list[str], where: str) -> None:
-    """ConfigError, its message beginning with ``where``, unless every node
-    would take a READY naming ``queues``: each a queue name, at most
-    ``MAX_READY_QUEUES`` of them (a name given twice counted once). Before
-    2026-12-07 a worker given such queues said READY every second for ever,
-    refused each time. ``where`` "queues" (the setting, checked by
-    :class:`WorkerConfig`) is :func:`~miyaq.settings.refused`'s: loaded, the
-    message names the flag or variable the value came from (before
-    2026-12-07 the check ran in the re-executed worker, whose settings all
-    come from the environment, and said ``--queues`` of a ``MIYAQ_QUEUES``)."""
+def check_queue_names(queues: list[str], *, of_app: bool = False) -> None:
+    """ConfigError unless every node would take a READY naming ``queues``:
+    each a queue name, at most ``MAX_READY_QUEUES`` of them (a name given
+    twice counted once). Before 2026-12-07 a worker given such queues said
+    READY every second for ever, refused each time. The error begins with
+    where they came from: the setting ``queues`` (checked by
+    :class:`WorkerConfig`; :func:`~miyaq.settings.refused`, so that, loaded,
+    it names the flag or variable the value came from -- before 2026-12-07
+    the check ran in the re-executed worker, whose settings all come from
+    the environment, and said ``--queues`` of a ``MIYAQ_QUEUES``), or
+    ``of_app``: the app's tasks, which were given no ``--queues``."""
     def error(rest: str) -> ConfigError:
-        return refused(where, rest) if where == "queues" else ConfigError(where + rest)
+        return ConfigError("the app's tasks" + rest) if of_app else refused("queues", rest)
     unique = list(dict.fromkeys(queues))
     for queue in unique:
         try:
@@ -159,8 +160,8 @@ def check_queue_names(queues: list[str], where: str) -> None:
         except InvalidField:
             raise error(f": {queue!r} is not a queue name (1-128 characters of A-Z a-z 0-9 _ . : -)") from None
     if len(unique) > MAX_READY_QUEUES:
-        raise error(f" name{'s' if where == 'queues' else ''} {len(unique)} queues; a worker takes tasks from "
-                    f"at most {MAX_READY_QUEUES}" + ("" if where == "queues" else ": choose some with --queues"))
+        raise error(f" name{'' if of_app else 's'} {len(unique)} queues; a worker takes tasks from at most "
+                    f"{MAX_READY_QUEUES}" + (": choose some with --queues" if of_app else ""))
 
 
 def checked_queues(given: list[str], the_apps: list[str]) -> list[str]:
@@ -169,7 +170,7 @@ def checked_queues(given: list[str], the_apps: list[str]) -> list[str]:
     app's are checked here (ConfigError at start: more than
     ``MAX_READY_QUEUES``, or a name that is none)."""
     if not given:
-        check_queue_names(the_apps, "the app's tasks")
+        check_queue_names(the_apps, of_app=True)
     return list(dict.fromkeys(given or the_apps))
 
 
