@@ -128,19 +128,91 @@ def test_every_variable_the_code_reads_is_in_configuration_md_and_back():
     assert not documented - code, f"configuration.md names variables nothing reads: {sorted(documented - code)}"
 
 
-def test_every_flag_of_every_command_is_named_in_the_docs():
-    """Fault it simulates: ``miyaq dev-cluster --worker-processes`` and
-    ``--log-dir`` were in ``--help`` and on no page."""
+def headings(text: str) -> list[tuple[int, int, str]]:
+    """A page's headings as (offset, level, line), fenced blocks skipped
+    (a ``# tasks.py`` line there is code, not a heading)."""
+    found, fenced, offset = [], False, 0
+    for line in text.splitlines(keepends=True):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced and re.match(r"#{1,6} ", line):
+            found.append((offset, len(line) - len(line.lstrip("#")), line.strip()))
+        offset += len(line)
+    return found
+
+
+def heading_section(page: str, heading: str) -> str:
+    """The part of ``page`` under ``heading`` (the whole line, ``## ...``),
+    its subsections included: up to the next heading of its level or above."""
+    text = CURRENT[page]
+    found = headings(text)
+    for i, (offset, level, line) in enumerate(found):
+        if line == heading:
+            end = next((o for o, lv, _ in found[i + 1:] if lv <= level), len(text))
+            return text[offset:end]
+    raise AssertionError(f"docs/{page} has no heading {heading!r}: COMMAND_DOCS names it")
+
+
+ADMIN = ("configuration.md", "## Admin and producer commands")
+RING = [("cluster.md", "## Operating the ring"), ("cluster.md", "## ZooKeeper ACLs")]
+#: Where each command's flags are documented: (page, heading) -- the
+#: section under that heading, subsections included. A flag counts only if
+#: one of its own command's places names it.
+COMMAND_DOCS: dict[str, list[tuple[str, str]]] = {
+    "miyaq node": [("configuration.md", "## Node settings")],
+    "miyaq worker": [("configuration.md", "## Worker options (`miyaq worker`)")],
+    "miyaq submit": [ADMIN],
+    "miyaq status": [ADMIN],
+    "miyaq tasks": [ADMIN],
+    "miyaq cancel": [ADMIN],
+    "miyaq dead": [ADMIN],
+    "miyaq bench": [("performance.md", "## What `miyaq bench` measures")],
+    "miyaq queue": [ADMIN],
+    "miyaq queue list": [ADMIN, ("http.md", "## Rate limits")],
+    "miyaq queue limit": [ADMIN, ("http.md", "## Rate limits")],
+    "miyaq queue pause": [ADMIN, ("http.md", "## Pausing a queue")],
+    "miyaq queue resume": [ADMIN, ("http.md", "## Pausing a queue")],
+    "miyaq ring": [*RING, ADMIN],
+    "miyaq ring weight": RING,
+    "miyaq join": RING,
+    "miyaq leave": RING,
+    "miyaq dev-cluster": [("cluster.md", "## Trying it: one command"), ("cluster.md", "## ZooKeeper ACLs")],
+    "miyaq chaos": [("chaos.md", "## Every flag")],
+    "miyaq keys add": [("security.md", "## Keys")],
+}
+
+
+def documented_flags(parser: argparse.ArgumentParser) -> list[str]:
+    """A parser's long flags a page must name (not ``--help``, ``--version``
+    nor the ``--no-`` half of a pair)."""
+    return [flag for action in parser._actions for flag in action.option_strings
+            if flag.startswith("--") and flag not in ("--help", "--version") and not flag.startswith("--no-")]
+
+
+def test_every_flag_of_every_command_is_named_where_that_command_is_documented():
+    """Faults it simulates: ``miyaq dev-cluster --worker-processes`` and
+    ``--log-dir`` were in ``--help`` and on no page; and a flag named only
+    on another command's page passed: the 12 mentions of ``--pool`` taken
+    out of docs/chaos.md, ``miyaq chaos --pool`` was still "documented" by
+    ``miyaq worker --pool`` in configuration.md. Each command's flags must
+    be named in its own places (``COMMAND_DOCS``), each place naming the
+    command (or, for a subcommand, its parent)."""
+    parsers = {path: parser for path, parser in commands() if documented_flags(parser)}
+    unknown, unmapped = set(COMMAND_DOCS) - set(parsers), set(parsers) - set(COMMAND_DOCS)
+    assert not unknown, f"COMMAND_DOCS names commands that have no flags or do not exist: {sorted(unknown)}"
+    assert not unmapped, f"commands with flags and no place in COMMAND_DOCS: {sorted(unmapped)}"
     undocumented = []
-    for path, parser in commands():
-        for action in parser._actions:
-            for flag in action.option_strings:
-                if not flag.startswith("--") or flag in ("--help", "--version") or flag.startswith("--no-"):
-                    continue
-                pattern = re.compile(re.escape(flag) + r"(?![\w-])")
-                if not any(pattern.search(text) for text in CURRENT.values()):
-                    undocumented.append(f"{path} {flag}")
-    assert not undocumented, f"flags no page names: {undocumented}"
+    for path, parser in parsers.items():
+        places = [heading_section(page, heading) for page, heading in COMMAND_DOCS[path]]
+        names = path.split()[1:]        # the command, or its parent's (`queue` for `queue pause`)
+        for (page, heading), text in zip(COMMAND_DOCS[path], places):
+            assert any(re.search(rf"\b{re.escape(name)}\b", text) for name in names), \
+                f"COMMAND_DOCS gives {path} docs/{page} {heading!r}, which does not name it"
+        for flag in documented_flags(parser):
+            pattern = re.compile(re.escape(flag) + r"(?![\w-])")
+            if not any(pattern.search(text) for text in places):
+                undocumented.append(f"{path.removeprefix('miyaq ')} {flag}")
+    assert not undocumented, f"flags their command's pages (COMMAND_DOCS) do not name: {undocumented}"
 
 
 def test_every_flag_a_page_names_is_a_flag_of_some_command():
