@@ -1,8 +1,13 @@
 """Processes by parent, read from Linux's /proc: for tests that check what a
-command started and that it left nothing running."""
+command started and that it left nothing running; and the bounded wait for
+a child a test forked."""
 from __future__ import annotations
 
 import os
+import signal
+import time
+
+import pytest
 
 
 def parents() -> dict[int, int]:
@@ -47,3 +52,18 @@ def alive(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def forked_exit_code(pid: int, timeout: float, what: str) -> int:
+    """The exit code of child ``pid`` (forked by the test), waited for at
+    most ``timeout`` seconds; a child still running then is killed and the
+    test fails with ``what`` ("the forked child hung in close()")."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done_pid, status = os.waitpid(pid, os.WNOHANG)
+        if done_pid:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail(what)

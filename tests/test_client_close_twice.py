@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import threading
-import time
 from typing import Any
 
 import pytest
 
 import miyaq
 import miyaq.aio
+from process_tree import forked_exit_code
 from raw_nodes import CountingNode
 
 pytestmark = pytest.mark.timeout(60)
@@ -199,18 +198,7 @@ def test_a_forked_child_closing_does_not_wait_for_the_parents_close_under_way() 
                 code = 1
             finally:
                 os._exit(code)
-        deadline = time.monotonic() + 40.0
-        status = None
-        while time.monotonic() < deadline:
-            done_pid, status = os.waitpid(pid, os.WNOHANG)
-            if done_pid:
-                break
-            time.sleep(0.05)
-        else:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail("the forked child hung in close()")
-        assert os.waitstatus_to_exitcode(status) == 0
+        assert forked_exit_code(pid, 40.0, "the forked child hung in close()") == 0
         held.release()
         first.join(30)
         assert first_outcome == ["returned"]

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import threading
-import time
 from typing import Any
 
 import msgpack
 import pytest
+from process_tree import forked_exit_code
 
 import miyaq
 import miyaq.aio
@@ -218,15 +217,4 @@ def test_child_forked_while_the_futures_guard_is_held_can_resolve_futures() -> N
                 os._exit(code)
     finally:
         guard.release()
-    deadline = time.monotonic() + 30.0
-    status = None
-    while time.monotonic() < deadline:
-        done_pid, status = os.waitpid(pid, os.WNOHANG)
-        if done_pid:
-            break
-        time.sleep(0.05)
-    else:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        pytest.fail("the forked child hung")
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert forked_exit_code(pid, 30.0, "the forked child hung") == 0
