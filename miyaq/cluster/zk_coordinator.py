@@ -47,6 +47,7 @@ from miyaq.cluster.zk_registry import Registry
 from miyaq.cluster.zk_ring_changes import RingChanges
 from miyaq.cluster.zk_session import Session
 from miyaq.cluster.zk_client import check_options
+from miyaq.cluster.zk_failover import through_failover
 from miyaq.cluster.zk_store import ZnodeStore
 from miyaq.errors import ConfigError, Unavailable
 from miyaq.runtime import RESTART, Supervisor, green, monotonic
@@ -240,18 +241,7 @@ class ZooKeeperCoordinator(Coordinator):
         registry.on_change(leader.wake)
         try:
             self._supervisor.spawn(f"{self._part}:notifier", self._notifier, policy=RESTART)
-            store.ensure_paths()
-            store.protect()
-            if self._cluster_key is not None:
-                check_before_register(store, self._node_id, self._cluster_key, wait)
-            check_registration(store, self._member, self._vnodes)
-            ring, _ = store.read_ring()        # before registering: a ring that lists us is not our doing
-            self._listed_at_start = ring is not None and self._node_id in ring.members
-            registry.register()
-            if self._cluster_key is not None:
-                check_after_register(store, self._node_id, self._cluster_key)
-            if self._auto_join:
-                self._changes.auto_join(store)
+            through_failover(lambda: self._register(store, registry, wait), self._connect_timeout, self._node_id)
             registry.start()
             session.zk.DataWatch(self._layout.ring, self._on_ring)
             session.zk.DataWatch(self._layout.desired, self._on_desired)
@@ -262,6 +252,21 @@ class ZooKeeperCoordinator(Coordinator):
             raise
         logger.info("%s registered in cluster %s at %s (auto_join=%s)",
                     self._node_id, self.cluster, self._hosts, self._auto_join)
+
+    def _register(self, store: ZnodeStore, registry: Registry, wait: float) -> None:
+        """The registration's steps, each idempotent (:mod:`.zk_failover`)."""
+        store.ensure_paths()
+        store.protect()
+        if self._cluster_key is not None:
+            check_before_register(store, self._node_id, self._cluster_key, wait)
+        check_registration(store, self._member, self._vnodes)
+        ring, _ = store.read_ring()        # before registering: a ring that lists us is not our doing
+        self._listed_at_start = ring is not None and self._node_id in ring.members
+        registry.register()
+        if self._cluster_key is not None:
+            check_after_register(store, self._node_id, self._cluster_key)
+        if self._auto_join:
+            self._changes.auto_join(store)
 
     def stop(self) -> None:
         """Abdicate, close the session (the member znode goes at once), stop greenlets."""
