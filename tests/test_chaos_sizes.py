@@ -358,3 +358,19 @@ def test_busy_tasks_compute_instead_of_sleeping(monkeypatch, tmp_path):
     h.records[0].update(rate=50, workers=2, concurrency=8, pool="threads", busy=True)
     head = render(h.task("t", 0, runs=[(0.1, 1, 10, True)]).checked().verdict().summary()).splitlines()[0]
     assert ", 2 x 8 threads (busy tasks), 50/s for " in head
+
+
+def test_a_run_whose_tasks_fill_the_small_disks_is_told_so_before_it_starts():
+    """Fault (seed 58, 2026-12-07: ``--faults all`` with tasks of 1k-256k
+    and results of 1k-64k at 100/s): the diskfull fault puts each node's
+    data dir on a 256 MiB tmpfs, the log filled it for real at about 120 s
+    (No space left on device), and every submit was refused from then on.
+    The run says so at its start; one that fits, or has no diskfull, or
+    no sizes, says nothing."""
+    from miyaq.chaos.runner import ChaosConfig, disks_note
+    payload, result = SizeSpec(1024, 256 * 1024), SizeSpec(1024, 64 * 1024)
+    note = disks_note(ChaosConfig(rate=100, duration=240, payload=payload, result=result, faults=["diskfull"]))
+    assert note is not None and "256 MiB disk the diskfull fault gives each node" in note
+    assert disks_note(ChaosConfig(rate=100, duration=240, payload=payload, faults=["kill"])) is None
+    assert disks_note(ChaosConfig(rate=100, duration=240, faults=["diskfull"])) is None
+    assert disks_note(ChaosConfig(rate=1, duration=60, payload=payload, faults=["diskfull"])) is None

@@ -34,8 +34,12 @@ def _run(*argv: str) -> None:
         raise MiyaqError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
 
 
+#: MiB of each node's tmpfs when the run has the ``diskfull`` fault.
+SMALL_DISK_MB = 256
+
+
 class SmallDisks:
-    def __init__(self, size_mb: int = 256) -> None:
+    def __init__(self, size_mb: int = SMALL_DISK_MB) -> None:
         if os.geteuid() != 0:
             raise ConfigError("the diskfull fault needs root (it mounts a small tmpfs under each node's data dir)")
         self.size_mb = size_mb

@@ -160,6 +160,27 @@ def results_note(config: ChaosConfig) -> str | None:
             f"smaller --result\n")
 
 
+def disks_note(config: ChaosConfig) -> str | None:
+    """A warning when the ``diskfull`` fault's small disks (a tmpfs of
+    ``SMALL_DISK_MB`` under each node's data dir) fill with ``--payload``
+    and ``--result`` within the load: a node's log then cannot be written
+    and it refuses new tasks until the run ends (seed 58, 2026-12-07: tasks
+    of ~46 KB at 100/s, every submit refused from about 120 s). None when
+    they fit, or without ``diskfull`` or sizes."""
+    if "diskfull" not in config.faults or (config.payload is None and config.result is None):
+        return None
+    from .disk import SMALL_DISK_MB
+    per_task = sum(spec.mean() for spec in (config.payload, config.result) if spec is not None)
+    fill = results_fill_seconds(SizeSpec(round(per_task), round(per_task)), config.rate, config.replicas,
+                                config.nodes, SMALL_DISK_MB * 1024 * 1024)
+    if fill >= config.duration:
+        return None
+    return (f"miyaq chaos: tasks and results of {per_task:,.0f} bytes on average at {config.rate:g}/s fill the "
+            f"{SMALL_DISK_MB} MiB disk the diskfull fault gives each node in about {fill:.0f}s of the "
+            f"{config.duration:g}s load: the nodes then refuse new tasks. Leave diskfull out of --faults, or "
+            f"give a lower --rate or smaller sizes\n")
+
+
 def make_cluster(config: ChaosConfig, run_dir: str, rng: random.Random) -> Any:
     if config.zk:
         from .external import ExternalCluster
@@ -217,9 +238,9 @@ class ChaosRun:
         try:
             cluster = make_cluster(self.config, self.run_dir, self.rng)
             self.out.write(f"miyaq chaos: starting in {self.run_dir} (seed {self.seed})\n")
-            note = results_note(self.config)
-            if note:
-                self.out.write(note)
+            for note in (results_note(self.config), disks_note(self.config)):
+                if note:
+                    self.out.write(note)
             cluster.start()
             wait_whole(cluster, self.config.ready_timeout)
             producer, nemesis = self._load(cluster)
