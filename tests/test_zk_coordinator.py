@@ -497,3 +497,36 @@ def test_a_registration_cut_by_a_server_failover_is_tried_again(make, monkeypatc
     assert set(coordinator.registered()) == {"n0"}
     retried = [r for r in caplog.records if "failed while registering" in r.getMessage()]
     assert len(retried) == 2, [r.getMessage() for r in caplog.records]
+
+
+def test_a_registration_tried_again_after_its_join_was_stored_is_not_listed_at_start(make, monkeypatch, caplog):
+    """Fault: a new node's join is stored in ZooKeeper and its answer lost
+    (the server it talked to went down: ``ConnectionLoss``); the leader
+    puts the node in the ring meanwhile. The registration's steps ran again
+    (:func:`~miyaq.cluster.zk_failover.through_failover`) and read the ring
+    again before registering: it listed the node -- by this start's own
+    join -- and ``listed_at_start`` said True, so a node new to the ring
+    (an empty log) held its dispatching to reconcile, as a member restarted
+    with a lost disk does, and logged that. The ring read before the first
+    registration is the one that counts."""
+    from miyaq.cluster.zk_ring_changes import RingChanges
+    a, _ = make("a")
+    wait_until(lambda: set(a.view.members) == {"a"}, "a ring of a")
+    real_auto_join = RingChanges.auto_join
+    cuts = {"auto_join": 1}
+
+    def auto_join(self, store):
+        real_auto_join(self, store)
+        if cuts["auto_join"]:
+            cuts["auto_join"] -= 1
+            # stored; the leader takes it in before the next try reads the ring
+            wait_until(lambda: set(a.view.members) == {"a", "b"}, "b in a's ring")
+            raise Unavailable(f"ZooKeeper at {store.hosts}: ConnectionLoss", hosts=store.hosts)
+
+    monkeypatch.setattr(RingChanges, "auto_join", auto_join)
+    with caplog.at_level("WARNING", logger="miyaq.cluster.zk_coordinator"):
+        b, _ = make("b")
+    assert cuts == {"auto_join": 0}
+    assert [r for r in caplog.records if "failed while registering" in r.getMessage()]
+    assert b.listed_at_start() is False
+    wait_until(lambda: agreed([a, b], {"a", "b"}), "a and b agree on a ring of both")

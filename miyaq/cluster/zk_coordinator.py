@@ -128,6 +128,7 @@ class ZooKeeperCoordinator(Coordinator):
         self._started = False
         self._closing = False
         self._listed_at_start = False
+        self._ring_read = False          # _listed_at_start was read this start (_register)
         self._view = RingView.empty()
         self._notices: green.Queue = green.Queue()
         self._notifier_done = green.Event()
@@ -260,8 +261,13 @@ class ZooKeeperCoordinator(Coordinator):
         if self._cluster_key is not None:
             check_before_register(store, self._node_id, self._cluster_key, wait)
         check_registration(store, self._member, self._vnodes)
-        ring, _ = store.read_ring()        # before registering: a ring that lists us is not our doing
-        self._listed_at_start = ring is not None and self._node_id in ring.members
+        if not self._ring_read:
+            # Before registering: a ring that lists us is not our doing. Read
+            # once a start: a try after one that registered (and asked to join)
+            # may find the ring that join made (review32).
+            ring, _ = store.read_ring()
+            self._listed_at_start = ring is not None and self._node_id in ring.members
+            self._ring_read = True
         registry.register()
         if self._cluster_key is not None:
             check_after_register(store, self._node_id, self._cluster_key)

@@ -12,7 +12,9 @@ killed). The registration's steps are all idempotent -- paths made if
 missing, ACLs set where they differ, reads, the member znode created or
 found already ours (:meth:`ZnodeStore.register`), a join asked for only
 if not asked already -- so they are run again until they pass, within the
-node's ``zk_connect_timeout``.
+node's ``zk_connect_timeout``. The one read that is not -- whether the
+ring listed the node before it registered -- is made at the first try
+only (a later one may find the ring its own join made).
 """
 from __future__ import annotations
 
