@@ -182,3 +182,46 @@ def test_a_child_under_pythonsafepath_keeps_the_first_pythonpath_entry(tmp_path,
         router.close()
     assert ended is None, f"the child ended ({ended}): {stderr}"
     assert hello[:2] == [b"c1", HELLO], stderr
+
+
+#: Run under ``python -I``: this checkout put on the path by hand (``-I``
+#: reads no PYTHONPATH), then each command a worker starts Python with --
+#: a pool's child, a worker process -- run with its interpreter and options
+#: but this probe for its code: whether it can import ``shadow``, a module
+#: only PYTHONPATH's directory has, and its ``sys.flags.isolated``.
+ISOLATED_WORKER = '''
+import json, subprocess, sys
+sys.path.insert(0, sys.argv[1])
+from miyaq.worker.launch import worker_command
+from miyaq.worker.pools.processes import child_command
+probe = "import importlib.util, sys; print(importlib.util.find_spec('shadow') is not None, sys.flags.isolated)"
+seen = {}
+for name, command in (("child", child_command("tcp://127.0.0.1:1", b"c1", "apps.basic:app", 1, "WARNING")),
+                      ("worker", worker_command("apps.basic:app"))):
+    interpreter = command[:command.index("-m" if name == "worker" else "-c")]
+    seen[name] = subprocess.run([*interpreter, "-c", probe], capture_output=True, text=True,
+                                timeout=30).stdout.split()
+seen["self"] = [str(__import__("importlib.util").util.find_spec("shadow") is not None), str(sys.flags.isolated)]
+print(json.dumps(seen))
+'''
+
+
+def test_a_worker_under_python_I_starts_its_processes_isolated_too(tmp_path):
+    """Fault: a worker run as ``python -I -m miyaq worker`` (or ``-E``,
+    ``-s``: the environment's PYTHONPATH and the user's site-packages
+    disregarded) started its processes -- the gevent pool's re-exec,
+    ``--processes N``, each processes-pool child -- as bare ``python``:
+    they read PYTHONPATH, and imported what the worker did not (here
+    ``shadow``: another miyaq, another version of the app). They are
+    started with the worker's interpreter options, as multiprocessing
+    starts its children."""
+    import json
+    import sys
+    (tmp_path / "shadow.py").write_text("")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-I", "-c", ISOLATED_WORKER, ROOT], capture_output=True, text=True,
+                          env=env, timeout=50)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["self"] == ["False", "1"]
+    assert seen == {"self": ["False", "1"], "child": ["False", "1"], "worker": ["False", "1"]}

@@ -27,6 +27,7 @@ from ..runtime import green, heap, monotonic
 from .config import (
     CHILD_STOP_SLACK, HURRY_SIGNAL, MAX_RESTARTS_PER_MINUTE, PROCESS_POLL, RESTART_DELAY_MAX, WorkerConfig,
 )
+from .interpreter import interpreter_flags
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,10 @@ def run_one(app_spec: str, config: WorkerConfig, supervised: bool = False) -> in
 
 
 def worker_command(app_spec: str, supervised: bool = False) -> list[str]:
-    return [sys.executable, "-m", "miyaq.worker.main", *(["--supervised"] if supervised else []), app_spec]
+    """The command line of a worker process (re-exec'd, or one of ``--processes N``):
+    this interpreter, with its options (:func:`~miyaq.worker.interpreter.interpreter_flags`)."""
+    return [sys.executable, *interpreter_flags(), "-m", "miyaq.worker.main",
+            *(["--supervised"] if supervised else []), app_spec]
 
 
 def run_supervised(app_spec: str, config: WorkerConfig, supervised: bool = False) -> int:

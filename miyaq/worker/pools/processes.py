@@ -31,6 +31,7 @@ from ..config import (
     PROCESS_POLL,
 )
 from ..execute import Outcome, interrupted
+from ..interpreter import interpreter_flags
 from ..jobs import Job
 from .base import NotStarted, PoolParts
 from .child import EXIT, HELLO, OUTCOME, RUN, TOUCH, pack, unpack
@@ -58,8 +59,10 @@ CHILD_BOOT = ("import os, runpy, signal, sys\n"
 
 
 def child_command(endpoint: str, identity: bytes, app_spec: str, parent: int, log_level: str) -> list[str]:
-    """The command line of a child (:mod:`~miyaq.worker.pools.child`)."""
-    return [sys.executable, "-c", CHILD_BOOT, endpoint, identity.decode(), app_spec, str(parent), log_level]
+    """The command line of a child (:mod:`~miyaq.worker.pools.child`): this
+    interpreter, with its options (:func:`~miyaq.worker.interpreter.interpreter_flags`)."""
+    return [sys.executable, *interpreter_flags(), "-c", CHILD_BOOT, endpoint, identity.decode(), app_spec,
+            str(parent), log_level]
 
 
 class ChildProcess:
