@@ -235,6 +235,68 @@ def test_two_submits_of_one_id_in_flight_give_back_both_their_bytes_when_one_ans
     assert (core.in_flight, core.bytes_in_flight) == (0, 0)
 
 
+def test_a_resend_that_joins_a_later_submit_of_its_id_gives_back_what_joined_it_too():
+    """Fault: an id submitted three times while unacknowledged (a caller
+    retrying with the same id), its first try's acknowledgement late
+    (``ack_timeout``) and its resend going to a node it cannot reach while
+    the third submit reaches the task's home node. The second had joined
+    the first; the resend then joins the third, the second with it
+    (Pending.join of a submit that others joined). The one acknowledgement
+    resolves all three and gives back all their bytes: dropping what had
+    joined the resend (mutation of review32: ``other.joined_size`` left out)
+    held the second's bytes in the window for good."""
+    from test_client_core import Waiter, make, submitted
+    from miyaq.client.pending import Pending
+
+    class OnNode0:
+        """The ring places every task on node 0."""
+        def home(self, routing_key: str) -> int:
+            return 0
+
+    core, transport = make(3)
+    core.nodes.placement = OnNode0()
+    first, second, third = (Pending({"id": "t1", "name": "echo", "body": bytes(n)}, Waiter(), 0.0, 30.0)
+                            for n in (1000, 2000, 4000))
+    for p in (first, second):
+        core.admitted(p)
+        core.submit(p)
+        core.on_timer(0.0)
+    assert core.submits.pending == {"t1": first} and first.joined == [second.waiter]
+    transport.connected -= {1, 2}            # the resend avoids node 0 (silent): nowhere to go
+    core.on_timer(5.5)                       # the first try's acknowledgement is late
+    core.admitted(third)
+    core.submit(third)
+    core.on_timer(20.0)
+    assert core.submits.pending == {"t1": third} and core.submits.waiting == [first]
+    transport.connected |= {1, 2}
+    for now in (20.5, 21.0, 22.0, 24.0):
+        core.on_timer(now)
+    assert not core.submits.waiting and core.submits.pending == {"t1": third}
+    assert (core.in_flight, core.bytes_in_flight) == (3, 7000 + 3 * ENVELOPE)
+    core.on_frames(0, submitted([["t1", "accepted", None]]), 24.1)
+    assert all(p.waiter.done and p.waiter.value == third.waiter.value for p in (first, second))
+    assert (core.in_flight, core.bytes_in_flight) == (0, 0)
+
+
+def test_a_task_that_fills_the_byte_bound_exactly_goes_in_and_one_byte_more_waits():
+    """The bound is what the held tasks may reach, not pass (``blocked_by``;
+    mutation of review32: ``>=`` for ``>`` passed every test): with one
+    task in flight, a second that brings the bytes to ``window_bytes``
+    exactly is let in, one a byte larger is kept out by the bytes, and
+    ``window`` held submits by the count."""
+    from test_client_core import Waiter, make
+    from miyaq.client.pending import Pending
+    from miyaq.client.window import blocked_by
+
+    core, _ = make(1)
+    held = Pending({"id": "t1", "name": "echo", "body": bytes(1000)}, Waiter(), 0.0, 30.0)
+    core.admitted(held)
+    bound = held.size + 500
+    assert blocked_by(core, 2, bound, 500) is None
+    assert blocked_by(core, 2, bound, 501) == "bytes"
+    assert blocked_by(core, 1, bound, 1) == "count"
+
+
 def test_an_apps_window_bytes_reaches_its_client():
     app = miyaq.App("tcp://127.0.0.1:1", window_bytes=12345)
     try:
