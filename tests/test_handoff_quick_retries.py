@@ -156,3 +156,31 @@ def test_two_unreachable_holders_get_their_quick_retries_each_and_no_more(inproc
     assert {h: len(at) for h, at in quick.items()} == {"n2": HANDOFF_LAG_RETRIES, "n3": HANDOFF_LAG_RETRIES}, tries
     assert rounds < 30, (rounds, tries)
     handoff.leaving.clear()
+
+
+def test_a_holder_with_a_chunk_on_its_way_does_not_plan_the_next_round(inproc, monkeypatch):
+    """A round sends n3 its copies while a chunk to n2 is still on its way,
+    n2's own time 0.2 s ahead. That chunk's answer plans n2's next resend
+    (``_callback``); the round plans the next ``HANDOFF_RETRY`` on, not at
+    n2's time: a round then would find n2 still awaiting and n3's chunk on
+    its way, and send nothing but the unanswered outcomes again, spending
+    their attempts (mutation of review32: n2 counted with its chunk on the
+    way passed every test)."""
+    cluster = inproc(3, replicas=3)
+    handoff = cluster["n1"].role.handoff
+    to_n2, to_n3 = _stored(cluster, 2)
+    stored = _sent(cluster, "n3", to_n3)
+    now = _driven(monkeypatch)
+    start = now[0]
+    handoff.leaving[to_n2] = {"n2"}
+    handoff.leaving[to_n3] = {"n3"}
+    n2, n3 = handoff._retry_of("n2"), handoff._retry_of("n3")
+    n2.awaiting, n2.not_before = 1, start + 0.2
+    n3.not_before = start
+    handoff.next_retry = start
+    handoff.retry(start)
+    assert _sent(cluster, "n3", to_n3) > stored, "n3, due, was not sent its copies"
+    assert handoff.next_retry == start + HANDOFF_RETRY, handoff.next_retry - start
+    cluster.wait_until(lambda: not n3.awaiting, what="n3's answer")
+    n2.awaiting = 0
+    handoff.leaving.clear()
