@@ -187,6 +187,29 @@ def test_the_other_invisible_characters_that_join_nothing_are_escaped_too():
     assert escape_invisible(england) == england and escape_controls(england) == england
 
 
+def test_tag_characters_stay_only_where_they_make_a_flag():
+    """Fault simulated (review32): tag characters kept wherever one followed
+    the black flag or another tag. ``admin`` and two tags read as ``admin``
+    and the first tag's escape whatever the second one is (two names alike:
+    ``admin\\U000e0061`` then nothing), and the black flag then tags
+    spelling ``evil``, never ended by the cancel tag, as the flag alone.
+    A tag stays only inside a flag emoji: the black flag, tags (at most 32),
+    the cancel tag (U+E007F)."""
+    from miyaq.logs import escape_controls, escape_invisible
+    tag = "".join(chr(0xE0000 + ord(ch)) for ch in "evil")
+    flag = "\U0001f3f4"
+    for text, shown in (("admin\U000e0061\U000e0062", r"admin\U000e0061\U000e0062"),
+                        (f"go{flag}{tag}", f"go{flag}" + r"\U000e0065\U000e0076\U000e0069\U000e006c"),
+                        ("\U000e0067\U000e007f", r"\U000e0067\U000e007f"),
+                        (f"{flag}\U000e007f", f"{flag}" + r"\U000e007f"),
+                        (flag + "\U000e0061" * 33 + "\U000e007f", flag + r"\U000e0061" * 33 + r"\U000e007f")):
+        assert escape_invisible(text) == shown, escape_invisible(text)
+        assert escape_controls(text) == shown, escape_controls(text)
+    scotland = f"{flag}\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f"
+    for text in (scotland, f"a {scotland}{scotland} b", flag + "\U000e0061" * 32 + "\U000e007f"):
+        assert escape_invisible(text) == text and escape_controls(text) == text
+
+
 def test_what_a_page_would_hide_or_reorder_is_shown_as_escapes(http_node, api):
     """A task name, a failed attempt's message and a worker's declared name
     holding a right-to-left override, an escape sequence or an isolate are
