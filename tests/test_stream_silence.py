@@ -119,3 +119,39 @@ def test_a_resync_failing_again_and_again_is_asked_again_at_growing_bounded_inte
     clock[0] += RESYNC_RETRY
     receiver._check_silence(clock[0])
     assert receiver.sources["p1"].syncing      # back to the first wait
+
+
+def test_a_resync_that_completes_before_a_failed_ones_retry_leaves_no_retry_due(monkeypatch):
+    """A resync fails, and before its retry is due a gap asks another, which
+    completes: the stream is in step, nothing more is due. The retry the
+    failure planned is dropped when the gap's resync starts (mutation of
+    review32: keeping it passed every test, and a needless resync -- a pass
+    over every task the two nodes share, in pages over the link -- followed
+    each such completion)."""
+    clock = [100.0]
+    monkeypatch.setattr(stream_numbering, "monotonic", lambda: clock[0])
+    asked: list[int] = []
+    receiver = stream_numbering.StreamReceiver("me", lambda src, events: None, lambda src, n: asked.append(n))
+    receiver.silence = 600.0 + STREAM_HEARTBEAT
+
+    def heartbeat() -> None:
+        receiver._handle([stream_numbering.topic("me"), codec.pack(
+            {"src": "p1", "inc": 7, "seq": 0, "epoch": 1, "hb": True, "zk": True, "proto": 1})])
+
+    receiver._follow("p1")
+    heartbeat()
+    receiver.resync_done("p1", asked[-1], complete=True)
+    receiver.resync_done("p1", asked[-1], complete=True)       # the one its incarnation asked
+    assert not receiver.sources["p1"].syncing
+    receiver._ask_resync("p1", "test: a first gap")
+    receiver.resync_done("p1", asked[-1], complete=False)       # its retry due RESYNC_RETRY from now
+    clock[0] += RESYNC_RETRY / 2
+    receiver._ask_resync("p1", "test: a second gap")
+    receiver.resync_done("p1", asked[-1], complete=True)
+    done = len(asked)
+    for _ in range(4 * int(RESYNC_RETRY_MAX)):        # past any retry, a heartbeat before each check
+        clock[0] += 0.25
+        heartbeat()
+        receiver._check_silence(clock[0])
+    assert len(asked) == done, "a resync asked after the stream was in step again"
+    assert not receiver.sources["p1"].syncing
