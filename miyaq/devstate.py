@@ -77,9 +77,12 @@ def read_state(directory: str | os.PathLike[str] | None = None) -> DevState | No
 
     Never blocks or raises: the file is read only if it is a regular file of
     at most :data:`STATE_BYTES` (a FIFO there hung every command before
-    2026-12-05); anything unusable counts as no dev cluster."""
-    path = Path(directory or os.getcwd()) / STATE_FILE
+    2026-12-05); anything unusable counts as no dev cluster -- a current
+    directory deleted under the process too (``os.getcwd()`` raises there:
+    until review32, 2026-12-07, every client made without a key, and every
+    command, ended with a FileNotFoundError traceback)."""
     try:
+        path = Path(directory or os.getcwd()) / STATE_FILE
         data = json.loads(read_small_file(str(path), STATE_BYTES, "a miyaq dev-cluster state file"))
         state = DevState(pid=int(data["pid"]), zk=str(data["zk"]), cluster=str(data["cluster"]),
                          connect=[str(e) for e in data["connect"]], http=[str(u) for u in data["http"]],
