@@ -4,6 +4,7 @@ large result. The ``slow`` fault's link is in tests/test_chaos_slow.py."""
 from __future__ import annotations
 
 import math
+import os
 import random
 import threading
 
@@ -198,7 +199,8 @@ def test_a_run_whose_results_fill_the_nodes_is_told_so_before_it_starts():
     failed submits, and a run about refusals, not slow links. The run now
     says so at its start, with the time and the way out; a run whose
     results fit says nothing. The mean it reckons with is the draws'."""
-    from miyaq.chaos.runner import ChaosConfig, results_note
+    from miyaq.chaos.notes import results_note
+    from miyaq.chaos.runner import ChaosConfig
     from miyaq.chaos.sizes import results_fill_seconds
 
     spec = SizeSpec(1024, 256 * 1024)
@@ -367,10 +369,38 @@ def test_a_run_whose_tasks_fill_the_small_disks_is_told_so_before_it_starts():
     (No space left on device), and every submit was refused from then on.
     The run says so at its start; one that fits, or has no diskfull, or
     no sizes, says nothing."""
-    from miyaq.chaos.runner import ChaosConfig, disks_note
+    from miyaq.chaos.notes import disks_note
+    from miyaq.chaos.runner import ChaosConfig
     payload, result = SizeSpec(1024, 256 * 1024), SizeSpec(1024, 64 * 1024)
     note = disks_note(ChaosConfig(rate=100, duration=240, payload=payload, result=result, faults=["diskfull"]))
     assert note is not None and "256 MiB disk the diskfull fault gives each node" in note
     assert disks_note(ChaosConfig(rate=100, duration=240, payload=payload, faults=["kill"])) is None
     assert disks_note(ChaosConfig(rate=100, duration=240, faults=["diskfull"])) is None
     assert disks_note(ChaosConfig(rate=1, duration=60, payload=payload, faults=["diskfull"])) is None
+
+
+def test_a_run_whose_workers_have_too_few_handlers_for_its_load_is_told_so_before_it_starts():
+    """Fault (seed 74, 2026-12-07: ``--pool processes`` without
+    ``--concurrency`` on 2 CPUs, so 2 workers x 2 children, against 150/s x
+    0.05 s = 7.5 tasks busy on average): tasks queued from the start, done
+    p50 74 s in calm, and 4,523 accepted tasks were not done after the
+    drain -- a FAILED verdict about the run's capacity, nothing lost, and
+    the run had not said a word. It says so at its start now, with the
+    way out; with enough handlers it says nothing. Busy tasks count one
+    handler a worker in the gevent and threads pools, and no more than the
+    CPUs in any."""
+    from miyaq.chaos.notes import handler_capacity, handlers_note, start_notes
+    from miyaq.chaos.runner import ChaosConfig
+
+    short = ChaosConfig(rate=150, task_time=0.05, workers=2, concurrency=2, pool="processes")
+    note = handlers_note(short)
+    assert note is not None and "keep 7.5 handlers busy on average, and the workers have 4" in note, note
+    assert "--workers or --concurrency" in note and note in start_notes(short)
+    assert handlers_note(ChaosConfig(rate=150, task_time=0.05, workers=2, concurrency=6, pool="processes")) is None
+    assert handlers_note(ChaosConfig(rate=150, task_time=0.05, workers=2, concurrency=32)) is None
+    assert start_notes(ChaosConfig(rate=150, task_time=0.05, workers=2, concurrency=32)) == []
+    busy_threads = ChaosConfig(rate=50, task_time=0.05, workers=2, concurrency=8, pool="threads", busy=True)
+    assert handler_capacity(busy_threads) == min(2, os.cpu_count() or 1)
+    assert handlers_note(busy_threads) is not None       # 2.5 busy, CPU-bound, against one a worker
+    busy_processes = ChaosConfig(rate=10, task_time=0.05, workers=2, concurrency=64, pool="processes", busy=True)
+    assert handler_capacity(busy_processes) == min(128, os.cpu_count() or 1)

@@ -16,7 +16,6 @@ skips to the cleanup and still reports what the history holds.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -46,7 +45,8 @@ from .nemesis import Nemesis
 from .rolling import Rolling
 from .producer import Producer
 from .report import Progress
-from .sizes import SizeSpec, node_setting, results_fill_seconds
+from .notes import start_notes
+from .sizes import SizeSpec
 
 logger = logging.getLogger(__name__)
 
@@ -134,53 +134,6 @@ class ChaosConfig:
             raise ConfigError("--reject-every must be 0 (no task rejects itself) or more")
 
 
-def default_setting(name: str) -> int:
-    """A node's integer setting unless configured (the run starts its nodes so)."""
-    from ..config import NodeConfig
-    default = next(f.default for f in dataclasses.fields(NodeConfig) if f.name == name)
-    assert isinstance(default, int)
-    return default
-
-
-def results_note(config: ChaosConfig) -> str | None:
-    """A warning when ``--result`` fills a node's ``max_result_bytes``
-    within the load (:func:`.sizes.results_fill_seconds`): from then on
-    the nodes refuse submits ``busy`` and the run is one of refusals.
-    None when it does not (or without ``--result``)."""
-    if config.result is None:
-        return None
-    limit = node_setting(config.node_args, "--max-result-bytes", default_setting("max_result_bytes"))
-    fill = results_fill_seconds(config.result, config.rate, config.replicas, config.nodes, limit)
-    if fill >= config.duration:
-        return None
-    return (f"miyaq chaos: results of {config.result.mean():,.0f} bytes on average at {config.rate:g}/s fill a "
-            f"node's max_result_bytes ({limit:,}) in about {fill:.0f}s of the {config.duration:g}s load (results "
-            f"are kept an hour): the nodes then refuse submits (busy). Give --node-arg=--max-result-bytes=N "
-            f"(N about {config.rate * config.result.mean() * config.duration:,.0f}), a lower --rate or a "
-            f"smaller --result\n")
-
-
-def disks_note(config: ChaosConfig) -> str | None:
-    """A warning when the ``diskfull`` fault's small disks (a tmpfs of
-    ``SMALL_DISK_MB`` under each node's data dir) fill with ``--payload``
-    and ``--result`` within the load: a node's log then cannot be written
-    and it refuses new tasks until the run ends (seed 58, 2026-12-07: tasks
-    of ~46 KB at 100/s, every submit refused from about 120 s). None when
-    they fit, or without ``diskfull`` or sizes."""
-    if "diskfull" not in config.faults or (config.payload is None and config.result is None):
-        return None
-    from .disk import SMALL_DISK_MB
-    per_task = sum(spec.mean() for spec in (config.payload, config.result) if spec is not None)
-    fill = results_fill_seconds(SizeSpec(round(per_task), round(per_task)), config.rate, config.replicas,
-                                config.nodes, SMALL_DISK_MB * 1024 * 1024)
-    if fill >= config.duration:
-        return None
-    return (f"miyaq chaos: tasks and results of {per_task:,.0f} bytes on average at {config.rate:g}/s fill the "
-            f"{SMALL_DISK_MB} MiB disk the diskfull fault gives each node in about {fill:.0f}s of the "
-            f"{config.duration:g}s load: the nodes then refuse new tasks. Leave diskfull out of --faults, or "
-            f"give a lower --rate or smaller sizes\n")
-
-
 def make_cluster(config: ChaosConfig, run_dir: str, rng: random.Random) -> Any:
     if config.zk:
         from .external import ExternalCluster
@@ -238,7 +191,7 @@ class ChaosRun:
         try:
             cluster = make_cluster(self.config, self.run_dir, self.rng)
             self.out.write(f"miyaq chaos: starting in {self.run_dir} (seed {self.seed})\n")
-            for note in (results_note(self.config), disks_note(self.config)):
+            for note in start_notes(self.config):
                 if note:
                     self.out.write(note)
             cluster.start()
