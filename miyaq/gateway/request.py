@@ -262,7 +262,7 @@ class Request:
                                "which is not Unicode text", field="body")
         return text
 
-    def json(self, required: bool = True) -> Any:
+    def json(self, required: bool = True, form_is_json: bool = False) -> Any:
         """The body as JSON. An empty body is ``{}`` unless ``required``.
 
         Read as JSON: ``application/json`` (and ``*+json``), no Content-Type
@@ -270,11 +270,17 @@ class Request:
         JSON -- the type ``curl -d`` and many HTTP libraries put on any body
         they are given. A form body that is not JSON, an empty one (what an
         HTML form without fields sends: before 2026-12-05 it read as ``{}``),
-        and every other type, is 415 (docs/http.md, "Content types").
+        and every other type, is 415 naming ``Content-Type``, its message the
+        JSON parser's (a typo in ``curl -d '{...}'`` is told where the JSON
+        breaks: before 2026-12-07 it was told only of the Content-Type);
+        docs/http.md, "Content types". ``form_is_json``: the caller took a
+        form-labelled body for JSON (``POST /queue``, a body starting with
+        ``{``), so bad JSON there is a 400 naming ``body``, as for a body
+        labelled JSON.
         """
         media, charset = self.media_type()
-        labelled_form = media == FORM_TYPE
-        if media not in (JSON_TYPE, "") and not media.endswith("+json") and not labelled_form:
+        labelled_form = media == FORM_TYPE and not form_is_json
+        if media not in (JSON_TYPE, "") and not media.endswith("+json") and media != FORM_TYPE:
             raise UnsupportedMediaType(f"expected Content-Type {JSON_TYPE}, got {media!r}")
         if labelled_form and not self.body().strip():
             raise UnsupportedMediaType(f"an empty {FORM_TYPE} body is what an HTML form sends: expected "
@@ -287,12 +293,14 @@ class Request:
             return parse_json(self.text(charset))
         except ValueError as exc:
             if labelled_form:
-                raise UnsupportedMediaType(f"expected a JSON body (Content-Type {JSON_TYPE}); got a "
-                                           f"{FORM_TYPE} body that is not JSON") from None
+                raise UnsupportedMediaType(
+                    f"the body is not valid JSON ({exc}); it came labelled {FORM_TYPE} (curl -d's default, "
+                    "or an HTML form), which this endpoint reads only when the body is JSON: fix the JSON "
+                    "and send it with -H 'Content-Type: application/json'", field="Content-Type") from None
             raise InvalidField(f"the body is not valid JSON: {exc}", field="body") from None
 
-    def json_object(self, required: bool = True) -> dict[str, Any]:
-        value = self.json(required)
+    def json_object(self, required: bool = True, form_is_json: bool = False) -> dict[str, Any]:
+        value = self.json(required, form_is_json)
         if not isinstance(value, dict):
             raise InvalidField("the JSON body must be an object", field="body")
         return value

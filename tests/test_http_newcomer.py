@@ -1,0 +1,105 @@
+"""What a team whose producers speak only HTTP met following docs/http.md
+with curl (newcomer2, 2026-12-07): each test names the mistake a newcomer
+makes and holds the gateway's answer to one that says what is wrong and
+what to do, in the shape the other endpoints use for the same fault.
+
+* ``curl -d '{...}'`` labels the body ``application/x-www-form-urlencoded``.
+  A typo in that JSON (a trailing comma) was a 415 about the Content-Type,
+  without the ``field`` every other 415 names and without the JSON
+  parser's words, so the user hunted for a header problem.
+* The same ``curl -d '{"url": ...}'`` on ``POST /queue`` was read as a form
+  with one field named after the whole JSON text, and answered "field
+  'task.url' is required" -- about a field the user had sent.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+from gateway_harness import FIXTURES, Http
+
+_, api, make_http_node, _ = FIXTURES   # pytest finds fixtures in module globals
+
+FORM = "application/x-www-form-urlencoded"   # what curl -d puts on any body
+
+
+@pytest.fixture
+def http_node(make_http_node):
+    """A node whose webhooks may name this machine (the tests deliver none:
+    every webhook here waits on a long countdown)."""
+    return make_http_node(webhook_allow_private=True)
+
+
+def live_tasks(api: Http) -> int:
+    status, answer, _ = api.get("/status")
+    assert status == 200, answer
+    return answer["totals"]["live"]
+
+
+@pytest.mark.parametrize("method,path", [
+    ("POST", "/tasks"), ("POST", "/receive"), ("POST", "/dead/retry"), ("PUT", "/queues/emails/limits"),
+])
+def test_a_typo_in_json_sent_with_curl_d_is_named_with_the_parsers_words(api, method, path):
+    """Mistake: ``curl -d '{"name": "add",}'`` (a trailing comma), no -H.
+    Before: 415 "expected a JSON body (Content-Type application/json); got
+    a application/x-www-form-urlencoded body that is not JSON", no
+    ``field``, nothing about where the JSON breaks."""
+    status, answer, _ = api.request(method, path, raw=b'{"name": "add",}', content_type=FORM)
+    assert status == 415, answer
+    error = answer["error"]
+    assert error["code"] == "unsupported_media_type"
+    assert error["field"] == "Content-Type"           # as every other 415 of docs/http.md, "Content types"
+    assert "is not valid JSON" in error["message"]
+    assert "line 1 column 16" in error["message"]     # the parser's own words: where it breaks
+    assert "-H 'Content-Type: application/json'" in error["message"]
+    assert live_tasks(api) == 0
+
+
+def test_a_form_that_is_not_json_is_still_refused_by_a_json_endpoint(api):
+    """What an HTML form sends stays a 415 (the cross-site rule of
+    docs/http.md): the message says so without claiming a JSON typo."""
+    status, answer, _ = api.post("/tasks", raw=b"name=add&args=1", content_type=FORM)
+    assert status == 415, answer
+    assert answer["error"]["field"] == "Content-Type"
+    assert "form" in answer["error"]["message"]
+    assert live_tasks(api) == 0
+
+
+def test_queue_reads_json_that_curl_d_labelled_a_form(api):
+    """Mistake: the JSON body of docs/http.md's "Enqueue a webhook" sent
+    with ``curl -d`` and no -H. Before: 400 "field 'task.url' is required"
+    (the form parser took the whole text for one field's name)."""
+    body = {"url": "http://127.0.0.1:9/hook", "params": {"user": 7}, "countdown": 3600,
+            "queue": "hooks", "id": "hook-json-as-form"}
+    status, answer, _ = api.post("/queue", raw=json.dumps(body).encode(), content_type=FORM)
+    assert status == 200, answer
+    assert answer == {"status": "scheduled", "id": "hook-json-as-form"}
+    status, info, _ = api.get("/tasks/hook-json-as-form")
+    assert status == 200, info
+    assert info["task"]["url"] == "http://127.0.0.1:9/hook" and info["task"]["queue"] == "hooks"
+
+
+def test_queue_still_reads_a_real_form(api):
+    status, answer, _ = api.post("/queue", raw=b"task.url=http://127.0.0.1:9/w&task.countdown=3600&task.id=f1",
+                                 content_type=FORM)
+    assert status == 200, answer
+    assert answer["id"] == "f1"
+
+
+def test_queue_with_broken_json_labelled_a_form_says_it_is_not_json(api):
+    """Mistake: a typo in that JSON. Before: "field 'task.url' is required"."""
+    status, answer, _ = api.post("/queue", raw=b'{"url": "http://127.0.0.1:9/hook",}', content_type=FORM)
+    assert status == 400, answer
+    assert answer["error"]["field"] == "body"
+    assert "is not valid JSON" in answer["error"]["message"]
+    assert live_tasks(api) == 0
+
+
+def test_queue_reads_json_sent_without_a_content_type(api):
+    """docs/http.md, "Content types": ``POST /queue`` with no Content-Type
+    is "read as JSON". Before: read as a form, "field 'task.url' is
+    required"."""
+    body = {"url": "http://127.0.0.1:9/hook", "countdown": 3600, "id": "hook-untyped"}
+    status, answer, _ = api.post("/queue", raw=json.dumps(body).encode())
+    assert status == 200, answer
+    assert answer == {"status": "scheduled", "id": "hook-untyped"}
