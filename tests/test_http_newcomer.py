@@ -10,6 +10,9 @@ what to do, in the shape the other endpoints use for the same fault.
 * The same ``curl -d '{"url": ...}'`` on ``POST /queue`` was read as a form
   with one field named after the whole JSON text, and answered "field
   'task.url' is required" -- about a field the user had sent.
+* Arguments (``args``/``kwargs``, a webhook's ``params``) over the node's
+  ``max_payload`` were a 400 naming ``body``: a field the HTTP caller never
+  sends, and the name the gateway gives the request body itself.
 """
 from __future__ import annotations
 
@@ -93,6 +96,59 @@ def test_queue_with_broken_json_labelled_a_form_says_it_is_not_json(api):
     assert answer["error"]["field"] == "body"
     assert "is not valid JSON" in answer["error"]["message"]
     assert live_tasks(api) == 0
+
+
+def test_args_over_max_payload_name_args_and_the_limit(make_http_node):
+    """Mistake: a producer puts a 2 KB document in ``args`` on a node of
+    ``max_payload`` 1000. Before: 400 "field 'body' exceeds 1000 bytes"."""
+    node = make_http_node(max_payload=1000)
+    client = Http(node.url)
+    try:
+        status, answer, _ = client.post("/tasks", {"name": "index", "args": ["x" * 2000]})
+        assert status == 413, answer
+        error = answer["error"]
+        assert error["code"] == "too_large" and error["field"] == "args"
+        assert "max_payload of 1000 bytes" in error["message"] and "--max-payload" in error["message"]
+        assert live_tasks(client) == 0
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("as_form", [False, True], ids=["json", "form"])
+def test_webhook_params_over_max_payload_name_params(make_http_node, as_form):
+    node = make_http_node(max_payload=1000, webhook_allow_private=True)
+    client = Http(node.url)
+    try:
+        if as_form:
+            status, answer, _ = client.post("/queue", raw=b"task.url=http://127.0.0.1:9/w&doc=" + b"x" * 2000,
+                                            content_type=FORM)
+        else:
+            status, answer, _ = client.post("/queue", {"url": "http://127.0.0.1:9/w", "params": {"doc": "x" * 2000}})
+        assert status == 413, answer
+        error = answer["error"]
+        assert error["code"] == "too_large" and error["field"] == "params"
+        assert "max_payload of 1000 bytes" in error["message"]
+        assert live_tasks(client) == 0
+    finally:
+        client.close()
+
+
+def test_an_ack_result_over_max_payload_names_result_and_what_to_do(make_http_node):
+    """The pull consumer's ack: the same limit, the same shape (413 naming
+    ``result``). Before: no ``field``, and nothing about what to do."""
+    node = make_http_node(max_payload=1000)
+    client = Http(node.url)
+    try:
+        assert client.post("/tasks", {"name": "r", "queue": "pull", "id": "p1"})[0] == 202
+        task = client.post("/receive", {"queues": ["pull"]})[1]["task"]
+        status, answer, _ = client.post("/tasks/p1/ack", {"attempt": task["attempt"], "result": "x" * 2000})
+        assert status == 413, answer
+        error = answer["error"]
+        assert error["code"] == "too_large" and error["field"] == "result"
+        assert "max_payload of 1000 bytes" in error["message"] and "keep large data elsewhere" in error["message"]
+        assert client.get("/tasks/p1")[1]["task"]["state"] == "running"    # the ack changed nothing
+    finally:
+        client.close()
 
 
 def test_queue_reads_json_sent_without_a_content_type(api):

@@ -22,7 +22,7 @@ from typing import Any
 
 import msgpack
 
-from miyaq.errors import InvalidField
+from miyaq.errors import InvalidField, TooLarge
 from miyaq.protocol import codec
 
 
@@ -73,6 +73,19 @@ def pack_args(args: Any, kwargs: Any) -> bytes:
     if not isinstance(kwargs, dict):
         raise InvalidField("field 'kwargs' must be a JSON object", field="kwargs")
     return msgpack.packb([args, kwargs], use_bin_type=True)
+
+
+def check_payload(packed: bytes, max_payload: int, field: str, what: str) -> bytes:
+    """``packed`` if it fits the node's ``max_payload``, else a 413
+    ``too_large`` naming ``field`` as the caller wrote it (``args``,
+    ``params``, ``result``) and the limit with its flag. Before 2026-12-07
+    a task's arguments past it were a 400 naming ``body`` -- a field no
+    HTTP caller sends -- and an ack's result a 413 naming nothing."""
+    if len(packed) > max_payload:
+        raise TooLarge(f"{what} take {len(packed)} bytes packed, over the node's max_payload of {max_payload} "
+                       "bytes (--max-payload): keep large data elsewhere (a file, an object store, a database "
+                       "row) and pass where it is", field=field)
+    return packed
 
 
 def _json_ready(value: Any) -> bool:

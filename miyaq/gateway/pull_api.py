@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from miyaq.constants import HTTP_ACK_WAIT, MAX_LONG_POLL, MAX_RETRY_DELAY
-from miyaq.errors import InvalidField, MiyaqError, ShuttingDown, TooLarge
+from miyaq.errors import InvalidField, MiyaqError, ShuttingDown
 from miyaq.core.consumers import NOWHERE, PullConsumer
 from miyaq.protocol import fields as f
 from miyaq.protocol.failurespec import failure_from_wire
@@ -199,9 +199,8 @@ class PullApi:
         task_id = check_id(request.params["id"])
         body = _fields(request, ACK_FIELDS)
         attempt = f.integer(body, "attempt", lo=0)
-        result = msgpack.packb(body.get("result"), use_bin_type=True)
-        if len(result) > self.max_payload:
-            raise TooLarge(f"result of {len(result)} bytes exceeds max_payload ({self.max_payload})")
+        result = convert.check_payload(msgpack.packb(body.get("result"), use_bin_type=True), self.max_payload,
+                                       "result", "field 'result' would")
         self.core.check_writable(task_id)
         ok = self.engine.complete(task_id, attempt, result, wall(), by=principal(self.auth, request))
         if ok:

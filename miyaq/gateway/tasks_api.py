@@ -84,7 +84,8 @@ class TasksApi:
         wire = {k: v for k, v in body.items() if k not in ("args", "kwargs") and v is not None}
         if "name" not in wire:
             raise InvalidField("field 'name' (the handler) is required", field="name")
-        wire["body"] = convert.pack_args(body.get("args"), body.get("kwargs"))
+        wire["body"] = convert.check_payload(convert.pack_args(body.get("args"), body.get("kwargs")),
+                                             self.config.max_payload, "args", "args and kwargs")
         wire.setdefault("id", uuid.uuid4().hex)
         if "eta" in wire:
             wire["eta"] = convert.timestamp(wire["eta"], "eta")
