@@ -159,3 +159,21 @@ def test_queue_reads_json_sent_without_a_content_type(api):
     status, answer, _ = api.post("/queue", raw=json.dumps(body).encode())
     assert status == 200, answer
     assert answer == {"status": "scheduled", "id": "hook-untyped"}
+
+
+@pytest.mark.parametrize("as_form", [False, True], ids=["json", "form"])
+def test_get_webhook_params_too_long_for_its_url_name_params(api, as_form):
+    """Mistake: a GET webhook with a few KB of params, which go to the URL's
+    query string. Before: "field 'url' must have 1 to 2048 characters" about
+    a URL of 25 characters the user wrote."""
+    if as_form:
+        status, answer, _ = api.post("/queue", raw=b"task.url=http://127.0.0.1:9/g&task.method=GET&doc=" + b"x" * 3000,
+                                     content_type=FORM)
+    else:
+        status, answer, _ = api.post("/queue", {"url": "http://127.0.0.1:9/g", "method": "GET",
+                                                "params": {"doc": "x" * 3000}})
+    assert status == 400, answer
+    error = answer["error"]
+    assert error["code"] == "invalid_field" and error["field"] == "params"
+    assert "query string" in error["message"] and "POST" in error["message"]
+    assert live_tasks(api) == 0

@@ -32,7 +32,7 @@ from urllib.parse import urlencode
 
 from miyaq.errors import InvalidField
 from miyaq.protocol.commands import DUPLICATE
-from miyaq.protocol.taskspec import check_queue, task_from_wire
+from miyaq.protocol.taskspec import MAX_URL, check_queue, task_from_wire
 from miyaq.protocol.urls import check_new_url
 from miyaq.gateway import convert
 from miyaq.gateway.errors import UnsupportedMediaType
@@ -161,6 +161,10 @@ class Enqueue:
             pairs = params if isinstance(params, list) else list(_flat(params))
             if pairs:
                 url = with_query(url, urlencode(pairs))
+                if len(url) > MAX_URL:
+                    raise InvalidField(f"the webhook's params go to the URL's query string for a {method}, and make "
+                                       f"the URL {len(url)} characters, over the {MAX_URL} a URL may have: send "
+                                       "fewer, or use POST (params in the body)", field="params")
         else:
             if is_json:
                 body = json.dumps(params, separators=(",", ":"), ensure_ascii=False).encode()

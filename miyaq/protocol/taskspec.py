@@ -22,6 +22,8 @@ MAX_ID_CHARS = 64
 """The longest task id."""
 MAX_KEY = 256
 """The longest ``key`` (characters), which the ring places a keyed task by."""
+MAX_URL = 2048
+"""Characters a webhook's URL may have (its query string included)."""
 _ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,%d}\Z" % MAX_ID_CHARS)     # \Z: "$" would let a trailing newline in
 _QUEUE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}\Z")
 METHODS = ("POST", "PUT", "PATCH", "GET", "DELETE")
@@ -60,7 +62,7 @@ def check_target(d: dict[str, Any]) -> tuple[str | None, str | None]:
     pass this too; a new submit's URL is checked whole by
     :func:`~miyaq.protocol.urls.check_new_url`."""
     name = f.string(d, "name", None, max_len=256)
-    url = f.string(d, "url", None, max_len=2048)
+    url = f.string(d, "url", None, max_len=MAX_URL)
     if (name is None) == (url is None):
         raise InvalidField("a task needs exactly one of 'name' (handler) or 'url' (webhook)", field="name")
     if url is not None and not url.startswith(("http://", "https://")):
