@@ -177,3 +177,39 @@ def test_get_webhook_params_too_long_for_its_url_name_params(api, as_form):
     assert error["code"] == "invalid_field" and error["field"] == "params"
     assert "query string" in error["message"] and "POST" in error["message"]
     assert live_tasks(api) == 0
+
+
+TOKEN = "shop-7f3a9c2e41d8b6a0e5"
+
+
+@pytest.mark.parametrize("header,says", [
+    (None, "send the header 'Authorization: Bearer <token>'"),
+    (f"Token {TOKEN}", "must be 'Bearer <token>', not 'Token ...'"),
+    (TOKEN, "must be 'Bearer <token>', not another form"),
+    ("Bearer", "names no token"),
+    ("Bearer not-a-token-of-this-node", "unknown bearer token"),
+], ids=["no-header", "other-scheme", "bare-token", "bearer-alone", "unknown-token"])
+def test_a_401_says_what_to_send(make_http_node, tmp_path, header, says):
+    """Mistake: a producer without its token, with another API's scheme
+    (``Token``, ``Basic``), or with a token the node does not know. Before:
+    "a bearer token is required" and "missing or wrong bearer token" alike
+    for the last two -- nothing about the header's form."""
+    tokens = tmp_path / "http-tokens"
+    tokens.write_text(f"{TOKEN} producer\n")
+    tokens.chmod(0o600)
+    node = make_http_node(http_tokens=str(tokens))
+    client = Http(node.url)
+    try:
+        status, answer, headers = client.post("/tasks", {"name": "bill"},
+                                              headers={"Authorization": header} if header else None)
+        assert status == 401, answer
+        assert answer["error"]["code"] == "unauthorized" and headers["www-authenticate"].startswith("Bearer")
+        assert says in answer["error"]["message"]
+        assert TOKEN not in answer["error"]["message"]      # a token is never repeated back
+        ok = Http(node.url, token=TOKEN)
+        try:
+            assert ok.get("/status")[1]["totals"]["live"] == 0
+        finally:
+            ok.close()
+    finally:
+        client.close()

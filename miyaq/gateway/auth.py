@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import secrets
 
+from miyaq.config import MIN_HTTP_TOKEN
 from miyaq.errors import Forbidden
 from miyaq.gateway.errors import Unauthorized
 from miyaq.gateway.permissions import is_open, may
@@ -35,6 +36,26 @@ def bearer_token(request: Request) -> str:
     """The token of an ``Authorization: Bearer <token>`` header, or ""."""
     scheme, _, token = request.header("Authorization").strip().partition(" ")
     return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def unauthorized_message(given: str) -> str:
+    """What a 401 says: what was wrong with the ``Authorization`` header
+    ``given`` and what to send instead, never the token (before 2026-12-07:
+    "a bearer token is required", or "missing or wrong bearer token" for a
+    header of another scheme as for an unknown token). Another scheme is
+    named only when it is letters shorter than any token (``Token``,
+    ``Basic``): a bare token sent without ``Bearer`` is never repeated."""
+    scheme, _, rest = given.strip().partition(" ")
+    if not scheme:
+        return ("a bearer token is required: send the header 'Authorization: Bearer <token>' with a token "
+                "of the node's --http-token or --http-tokens file")
+    if scheme.lower() != "bearer":
+        shown = f"'{scheme} ...'" if scheme.isalpha() and len(scheme) < MIN_HTTP_TOKEN else "another form"
+        return f"the Authorization header must be 'Bearer <token>', not {shown}"
+    if not rest.strip():
+        return "the Authorization header names no token: send 'Authorization: Bearer <token>'"
+    return ("unknown bearer token: not the node's --http-token nor in its --http-tokens file (revoked, "
+            "mistyped, or a token of another node)")
 
 
 class BearerAuth:
@@ -79,8 +100,7 @@ class BearerAuth:
             return None
         role = self.caller(request)
         if role is None:
-            given = request.header("Authorization")
-            raise Unauthorized("missing or wrong bearer token" if given else "a bearer token is required")
+            raise Unauthorized(unauthorized_message(request.header("Authorization")))
         return role
 
     @staticmethod
