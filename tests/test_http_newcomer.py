@@ -213,3 +213,24 @@ def test_a_401_says_what_to_send(make_http_node, tmp_path, header, says):
             ok.close()
     finally:
         client.close()
+
+
+def test_receive_with_an_empty_queue_list_is_refused_not_left_waiting(api):
+    """Mistake: ``{"queues": []}`` (a consumer whose list of queues came out
+    empty). Before: answered ``{"task": null}`` -- after waiting its whole
+    ``timeout`` -- while tasks waited in every queue, as if none were ready."""
+    assert api.post("/tasks", {"name": "resize", "queue": "default"})[0] == 202
+    status, answer, _ = api.post("/receive", {"queues": [], "timeout": 30})
+    assert status == 400, answer
+    assert answer["error"]["field"] == "queues" and "names no queue" in answer["error"]["message"]
+    status, answer, _ = api.post("/receive", {})                 # left out: ["default"], as documented
+    assert status == 200 and answer["task"]["name"] == "resize"
+
+
+def test_receive_over_zeromq_with_an_empty_queue_list_is_refused(http_node):
+    """The same mistake over ZeroMQ (``client.receive([])``): before, the
+    call waited its timeout and returned None."""
+    import miyaq   # noqa: PLC0415 -- the one test here that speaks ZeroMQ
+    with miyaq.Client(f"tcp://127.0.0.1:{http_node.config.port}") as client:
+        with pytest.raises(miyaq.InvalidField, match="names no queue"):
+            client.receive([], timeout=30)

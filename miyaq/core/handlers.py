@@ -32,7 +32,7 @@ from miyaq.protocol import commands as c
 from miyaq.protocol import fields as f
 from miyaq.protocol.failurespec import failure_from_wire
 from miyaq.protocol.recordspec import STARTED_ELSEWHERE
-from miyaq.protocol.taskspec import check_id, check_queue, task_from_wire
+from miyaq.protocol.taskspec import check_id, check_queue, receive_queues, task_from_wire
 from miyaq.runtime import LOG, Supervisor, green, monotonic, wall
 from miyaq.store.task import ALL_STATES
 
@@ -305,9 +305,7 @@ class ServiceHandlers:
     # -- pull consumers ----------------------------------------------------------------
     def receive(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         req = body.get("req")
-        queues = f.string_list(body, "queues", ["default"], max_items=64)
-        for q in queues:
-            check_queue(q, "queues")
+        queues = receive_queues(body)
         timeout = f.number(body, "timeout", 0.0, hi=MAX_LONG_POLL)
         endpoint = self.endpoint
 

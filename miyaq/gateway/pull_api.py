@@ -37,7 +37,7 @@ from miyaq.errors import InvalidField, MiyaqError, ShuttingDown
 from miyaq.core.consumers import NOWHERE, PullConsumer
 from miyaq.protocol import fields as f
 from miyaq.protocol.failurespec import failure_from_wire
-from miyaq.protocol.taskspec import check_id, check_queue
+from miyaq.protocol.taskspec import check_id, receive_queues
 from miyaq.runtime import green, monotonic, wall
 from miyaq.gateway import convert
 from miyaq.gateway.auth import BearerAuth, bearer_token
@@ -99,11 +99,9 @@ class PullApi:
 
     def _receive(self, request: Request, default_timeout: float, blocking: bool = True) -> Response:
         body = _fields(request, RECEIVE_FIELDS)
-        queues = f.string_list(body, "queues", ["default"], max_items=64)
-        for q in queues:
-            check_queue(q, "queues")
+        queues = receive_queues(body)
         timeout = f.number(body, "timeout", default_timeout, hi=MAX_LONG_POLL) if blocking else 0.0
-        answer = self._take(list(queues), timeout, principal(self.auth, request), request.connection,
+        answer = self._take(queues, timeout, principal(self.auth, request), request.connection,
                             self._token_check(request))
         if answer is None:
             return json_response({"task": None})

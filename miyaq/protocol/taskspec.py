@@ -56,6 +56,20 @@ def check_headers(value: Any) -> dict[str, str]:
     return check_header_fields(value)
 
 
+def receive_queues(body: dict[str, Any]) -> list[str]:
+    """A RECEIVE's ``queues`` (ZeroMQ and ``POST /receive``): 1 to 64 queue
+    names, ``["default"]`` when left out. An empty list is refused: it names
+    nothing to take from, and before 2026-12-07 it waited its whole
+    ``timeout`` and answered no task while tasks waited."""
+    queues = f.string_list(body, "queues", ["default"], max_items=64)
+    if not queues:
+        raise InvalidField("field 'queues' names no queue: name at least one (left out, it is [\"default\"])",
+                           field="queues")
+    for q in queues:
+        check_queue(q, "queues")
+    return list(queues)
+
+
 def check_target(d: dict[str, Any]) -> tuple[str | None, str | None]:
     """``(name, url)``: exactly one of a handler name or a webhook URL. Only
     the URL's ``http://``/``https://`` prefix is checked here: stored records
