@@ -234,3 +234,18 @@ def test_receive_over_zeromq_with_an_empty_queue_list_is_refused(http_node):
     with miyaq.Client(f"tcp://127.0.0.1:{http_node.config.port}") as client:
         with pytest.raises(miyaq.InvalidField, match="names no queue"):
             client.receive([], timeout=30)
+
+
+def test_a_body_over_http_max_body_names_the_setting(make_http_node):
+    """Mistake: a producer posts 2 KB to a gateway of ``http_max_body``
+    1000. Before: "request body of 2017 bytes exceeds the limit of 1000",
+    no setting named, so the operator did not know which one to raise."""
+    node = make_http_node(http_max_body=1000)
+    client = Http(node.url)
+    try:
+        status, answer, _ = client.post("/tasks", {"name": "index", "args": ["x" * 2000]})
+        assert status == 413, answer
+        assert answer["error"]["code"] == "too_large"
+        assert "http_max_body" in answer["error"]["message"] and "--http-max-body" in answer["error"]["message"]
+    finally:
+        client.close()

@@ -130,6 +130,11 @@ def parse_json(text: str) -> Any:
     raise InvalidField(f"the body is not valid JSON: {problem}", field="body")
 
 
+BODY_LIMIT_HINT = " (the node's --http-max-body; a task's arguments take at most its max_payload besides)"
+"""What a 413 for a body over ``http_max_body`` adds: the setting to raise
+(before 2026-12-07 the message named only a number)."""
+
+
 class Request:
     __slots__ = ("_body", "_query", "close", "environ", "max_body", "method", "params", "path")
 
@@ -236,12 +241,14 @@ class Request:
             except ValueError:
                 raise InvalidField("header 'Content-Length' must be an integer", field="Content-Length") from None
             if length > self.max_body:
-                raise TooLarge(f"request body of {length} bytes exceeds the limit of {self.max_body}")
+                raise TooLarge(f"request body of {length} bytes exceeds the gateway's http_max_body of "
+                               f"{self.max_body} bytes{BODY_LIMIT_HINT}")
             return bytes(stream.read(length)) if length > 0 else b""
         # chunked or unknown length: read at most one byte past the limit
         data = bytes(stream.read(self.max_body + 1))
         if len(data) > self.max_body:
-            raise TooLarge(f"request body exceeds the limit of {self.max_body} bytes")
+            raise TooLarge(f"request body exceeds the gateway's http_max_body of {self.max_body} bytes"
+                           + BODY_LIMIT_HINT)
         return data
 
     def media_type(self) -> tuple[str, str]:
