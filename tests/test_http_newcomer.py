@@ -249,3 +249,24 @@ def test_a_body_over_http_max_body_names_the_setting(make_http_node):
         assert "http_max_body" in answer["error"]["message"] and "--http-max-body" in answer["error"]["message"]
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("path,takes", [
+    ("/tasks?key=sum-2-3", "queue, state, limit"),
+    ("/tasks?stat=dead", "queue, state, limit"),
+    ("/dead?state=dead", "queue, limit"),
+    ("/workers?queue=emails", "limit"),
+], ids=["tasks-by-key", "tasks-misspelt-state", "dead-by-state", "workers-by-queue"])
+def test_a_listing_refuses_a_filter_it_does_not_have(api, path, takes):
+    """Mistake: ``GET /tasks?key=sum-2-3`` (looking a keyed task up) or a
+    misspelt ``?stat=dead``. Before: the parameter was ignored and every
+    task listed, which reads as "these are the tasks of that key"."""
+    assert api.post("/tasks", {"name": "add", "key": "sum-2-3", "countdown": 3600})[0] == 202
+    assert api.post("/tasks", {"name": "add", "key": "other", "countdown": 3600})[0] == 202
+    status, answer, _ = api.get(path)
+    assert status == 400, answer
+    name = path.split("?")[1].split("=")[0]
+    assert answer["error"]["code"] == "invalid_field" and answer["error"]["field"] == name
+    assert f"takes {takes}" in answer["error"]["message"]
+    status, answer, _ = api.get("/tasks?queue=default&state=scheduled&limit=10")   # its own still work
+    assert status == 200 and len(answer["tasks"]) == 2

@@ -110,6 +110,7 @@ class AdminApi:
         return json_response(self.queue_rows(check_queue(request.params["queue"]))[0])
 
     def workers(self, request: Request) -> Response:
+        request.only_args("limit")
         limit = request.arg_integer("limit", 1000, 1, 10_000)
         return json_response({"node": self.gateway.config.id, "workers": self.core.workers.describe(limit)})
 
@@ -171,6 +172,7 @@ class AdminApi:
         return queue, f.string_list(body, "ids", None, max_items=10_000, max_len=64)
 
     def dead_list(self, request: Request) -> Response:
+        request.only_args("queue", "limit")
         queue = request.arg("queue") or None
         if queue is not None:
             check_queue(queue)

@@ -182,6 +182,17 @@ class Request:
                 raise InvalidField(f"the query string is malformed: {exc}", field="query") from None
         return self._query
 
+    def only_args(self, *names: str) -> None:
+        """Refuse a query parameter other than ``names`` (400 naming it and
+        the ones taken). For the listings, whose filters are query
+        parameters: one they do not have (``GET /tasks?key=...``, a misspelt
+        ``?stat=dead``) was ignored before 2026-12-07, and every task listed
+        read as the tasks it asked for."""
+        unknown = sorted(set(self.query) - set(names))
+        if unknown:
+            raise InvalidField(f"unknown query parameter {unknown[0]!r}; {self.method} {self.path} takes "
+                               + ", ".join(names), field=unknown[0])
+
     def arg(self, name: str, default: str | None = None) -> str | None:
         values = self.query.get(name)
         return values[-1] if values else default

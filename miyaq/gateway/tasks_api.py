@@ -174,6 +174,7 @@ class TasksApi:
         return json_response({"id": task_id, **result})
 
     def list(self, request: Request) -> Response:
+        request.only_args("queue", "state", "limit")
         queue = request.arg("queue") or None
         if queue is not None:
             check_queue(queue)
