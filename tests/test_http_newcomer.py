@@ -270,3 +270,27 @@ def test_a_listing_refuses_a_filter_it_does_not_have(api, path, takes):
     assert f"takes {takes}" in answer["error"]["message"]
     status, answer, _ = api.get("/tasks?queue=default&state=scheduled&limit=10")   # its own still work
     assert status == 200 and len(answer["tasks"]) == 2
+
+
+def test_an_ack_that_changes_nothing_says_why(api):
+    """Mistake: a pull consumer acks an attempt that no longer holds the
+    task (the node restarted and leased it again, the lease ran out, it was
+    already acked, a typo in the id). Before: a bare ``{"ok": false}`` in
+    every case, nothing to tell them apart."""
+    assert api.post("/tasks", {"name": "resize", "queue": "img", "id": "cat"})[0] == 202
+    received = api.post("/receive", {"queues": ["img"]})[1]["task"]
+
+    def refused(path: str, body: dict) -> str:
+        status, answer, _ = api.post(path, body)
+        assert status == 200 and answer["ok"] is False, answer
+        return answer["reason"]
+
+    stale = received["attempt"] + 1
+    assert "is not the task's current one" in refused("/tasks/cat/ack", {"attempt": stale, "result": 1})
+    assert "is not the task's current one" in refused("/tasks/cat/touch", {"attempt": stale})
+    assert api.post("/tasks/cat/ack", {"attempt": received["attempt"], "result": 1})[1] == {"ok": True}
+    assert "the task is done" in refused("/tasks/cat/ack", {"attempt": received["attempt"], "result": 1})
+    assert "the task is done" in refused("/tasks/cat/nack", {"attempt": received["attempt"]})
+    assert "no task dog" in refused("/tasks/dog/ack", {"attempt": 1})
+    assert api.post("/tasks", {"name": "resize", "queue": "img", "id": "later", "countdown": 3600})[0] == 202
+    assert "the task is scheduled" in refused("/tasks/later/ack", {"attempt": 1})

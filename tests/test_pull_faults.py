@@ -47,7 +47,7 @@ def test_a_touch_from_an_attempt_whose_lease_ran_out_extends_nothing(http_node, 
     second = api.post("/receive", {"queues": ["touchy"]})[1]["task"]
     assert second["attempt"] == 2
 
-    assert api.post(f"/tasks/{task_id}/touch", {"attempt": 1})[1] == {"ok": False}
+    assert api.post(f"/tasks/{task_id}/touch", {"attempt": 1})[1]["ok"] is False
     assert task_of(api, task_id)["lease_end"] == second["lease_end"]
     touched = api.post(f"/tasks/{task_id}/touch", {"attempt": 2})[1]
     assert touched["ok"] is True and touched["lease_end"] >= second["lease_end"]
@@ -58,7 +58,7 @@ def test_a_touch_naming_an_attempt_not_yet_made_extends_nothing(api):
     (a number made up, or another task's): ``{"ok": false}``."""
     task_id = submit(api, "ahead")
     assert api.post("/receive", {"queues": ["ahead"]})[1]["task"]["attempt"] == 1
-    assert api.post(f"/tasks/{task_id}/touch", {"attempt": 2})[1] == {"ok": False}
+    assert api.post(f"/tasks/{task_id}/touch", {"attempt": 2})[1]["ok"] is False
     assert api.post(f"/tasks/{task_id}/touch", {"attempt": 1})[1]["ok"] is True
 
 

@@ -136,7 +136,8 @@ SCHEMAS: dict[str, Any] = {
                        returned=described(BOOL, "true: given back unstarted, no attempt spent, ready at once "
                                                 "(error, retry and delay are then not read)")),
     "TouchRequest": obj([], attempt=INT),
-    "Ok": obj(["ok"], ok=BOOL, lease_end=NUM),
+    "Ok": obj(["ok"], ok=BOOL, lease_end=NUM,
+              reason=described(STR, "with ok false: why the attempt named holds no lease this caller may use")),
     "Limits": LIMITS,
     "LimitsRequest": obj([], rate=nullable(NUM), burst=nullable(NUM), max_concurrent=nullable(INT)),
     "QueueLimits": obj(["queue", "limits"], queue=STR, limits=nullable(ref("Limits"))),

@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgpack
 
 from miyaq.constants import HTTP_ACK_WAIT, MAX_LONG_POLL, MAX_RETRY_DELAY
-from miyaq.errors import InvalidField, MiyaqError, ShuttingDown
+from miyaq.errors import InvalidField, MiyaqError, NotFound, ShuttingDown
 from miyaq.core.consumers import NOWHERE, PullConsumer
 from miyaq.protocol import fields as f
 from miyaq.protocol.failurespec import failure_from_wire
@@ -46,6 +47,7 @@ from miyaq.gateway.hangup import hung_up, wait_unless_hung_up
 from miyaq.gateway.request import Request, Response, json_response
 from miyaq.gateway.tokens import TokenCheck
 from miyaq.security.roles import Role
+from miyaq.store.task import DEAD, FINAL_STATES, RUNNING
 
 if TYPE_CHECKING:
     from .server import Gateway
@@ -201,9 +203,10 @@ class PullApi:
                                        "result", "field 'result' would")
         self.core.check_writable(task_id)
         ok = self.engine.complete(task_id, attempt, result, wall(), by=principal(self.auth, request))
-        if ok:
-            self.endpoint.wait_stored(HTTP_ACK_WAIT, f"task {task_id} is acknowledged")
-        return json_response({"ok": ok})
+        if not ok:
+            return self.refused(task_id, attempt)
+        self.endpoint.wait_stored(HTTP_ACK_WAIT, f"task {task_id} is acknowledged")
+        return json_response({"ok": True})
 
     def nack(self, request: Request) -> Response:
         """Fail the attempt named: retried (``retry``, default true; after
@@ -229,9 +232,10 @@ class PullApi:
             error = failure_from_wire({"type": "Nack", "message": text or ""})   # cut as a ZeroMQ NACK's
             self.core.check_writable(task_id)
             ok = self.engine.fail(task_id, attempt, error, retry, delay, wall(), by=by)
-        if ok:
-            self.endpoint.wait_stored(HTTP_ACK_WAIT, f"task {task_id} is nacked")
-        return json_response({"ok": ok})
+        if not ok:
+            return self.refused(task_id, attempt)
+        self.endpoint.wait_stored(HTTP_ACK_WAIT, f"task {task_id} is nacked")
+        return json_response({"ok": True})
 
     def touch(self, request: Request) -> Response:
         """Extend the lease of the attempt named (``attempt``, the one
@@ -246,12 +250,44 @@ class PullApi:
         attempt = f.integer(_fields(request, TOUCH_FIELDS), "attempt", None, lo=0)
         task = self.engine.table.live.get(task_id)
         if attempt is not None and (task is None or task.attempt != attempt):
-            return json_response({"ok": False})   # that attempt no longer holds the task
-        ok = self.engine.touch(task_id, wall(), by=principal(self.auth, request))
-        answer: dict[str, Any] = {"ok": ok}
-        if ok and task is not None:
+            return self.refused(task_id, attempt)   # that attempt no longer holds the task
+        if not self.engine.touch(task_id, wall(), by=principal(self.auth, request)):
+            return self.refused(task_id, attempt)
+        answer: dict[str, Any] = {"ok": True}
+        if task is not None:
             answer["lease_end"] = task.lease_end
         return json_response(answer)
+
+    def refused(self, task_id: str, attempt: int | None) -> Response:
+        """``{"ok": false, "reason": ...}`` for an ack, nack or touch that
+        changed nothing: why the attempt named does not hold the task, read
+        from the node's table after the refusal. Before 2026-12-07 a bare
+        ``{"ok": false}``, the same for a stale attempt, a finished task, a
+        task leased to another consumer and an id the node never heard of."""
+        return json_response({"ok": False, "reason": why_not_held(self.engine.info, task_id, attempt)})
+
+
+def why_not_held(info_of: Callable[[str], dict[str, Any]], task_id: str, attempt: int | None) -> str:
+    """Why attempt ``attempt`` of ``task_id`` holds no lease an HTTP pull
+    consumer may ack, nack or touch: ``info_of`` is the node's
+    :meth:`~miyaq.core.engine.Engine.info` (``NotFound`` for a task it does
+    not know)."""
+    try:
+        info = info_of(task_id)
+    except NotFound:
+        return (f"no task {task_id} on this node (never submitted here, forgotten past result_ttl, or held by "
+                "other nodes of a cluster)")
+    state, current = info.get("state"), info.get("attempt")
+    if state in FINAL_STATES or state == DEAD:
+        return f"the task is {state}: no attempt of it holds a lease any more"
+    if state != RUNNING:
+        return (f"the task is {state}: the lease of attempt {attempt} ended (it ran out, or the attempt was "
+                "given back or nacked) and the task waits for its next attempt")
+    if attempt is not None and current != attempt:
+        return (f"attempt {attempt} is not the task's current one ({current}): its lease ran out, or the node "
+                "restarted, and the task was leased again")
+    return (f"attempt {current} is leased to another consumer (a ZeroMQ worker or pull consumer, or another "
+            "token): only the caller that received it over HTTP, with the same token, may ack, nack or touch it")
 
 
 def _fields(request: Request, known: frozenset[str]) -> dict[str, Any]:
