@@ -294,3 +294,22 @@ def test_an_ack_that_changes_nothing_says_why(api):
     assert "no task dog" in refused("/tasks/dog/ack", {"attempt": 1})
     assert api.post("/tasks", {"name": "resize", "queue": "img", "id": "later", "countdown": 3600})[0] == 202
     assert "the task is scheduled" in refused("/tasks/later/ack", {"attempt": 1})
+
+
+@pytest.mark.parametrize("extra", [[], ["--token", "not-a-token-of-this-node"]], ids=["no-token", "unknown-token"])
+def test_miyaq_queue_refused_401_says_how_to_give_it_the_token(make_http_node, tmp_path, monkeypatch, capsys, extra):
+    """Mistake: an operator runs ``miyaq queue list`` against a node with
+    tokens and none (or a wrong one) in its environment. The gateway's 401
+    speaks of the Authorization header; the command adds how it is given
+    one. Before: "miyaq: error: a bearer token is required", nothing about
+    --token or MIYAQ_HTTP_TOKEN."""
+    from miyaq.cli.main import main   # noqa: PLC0415 -- the one test here that runs the command
+    tokens = tmp_path / "http-tokens"
+    tokens.write_text(f"{TOKEN} admin\n")
+    tokens.chmod(0o600)
+    node = make_http_node(http_tokens=str(tokens))
+    monkeypatch.delenv("MIYAQ_HTTP_TOKEN", raising=False)
+    assert main(["queue", "list", "--http", node.url, *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("miyaq: error: ") and "--token" in err and "MIYAQ_HTTP_TOKEN" in err, err
+    assert main(["queue", "list", "--http", node.url, "--token", TOKEN]) == 0

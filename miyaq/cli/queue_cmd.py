@@ -101,6 +101,12 @@ def _gateway_url(base: str) -> str:
                        "http://HOST:PORT or https://HOST:PORT", field="http")
 
 
+TOKEN_HINT = " (miyaq queue sends the token given by --token, else MIYAQ_HTTP_TOKEN)"
+"""Added to a 401's message: how this command is given a token (the
+gateway's words speak of the Authorization header; before 2026-12-07 the
+command printed them alone)."""
+
+
 def _request(args: argparse.Namespace, method: str, path: str, body: Any = None, base: str | None = None) -> Any:
     base = base or _base(args)
     token = args.token if args.token is not None else os.environ.get("MIYAQ_HTTP_TOKEN", "")
@@ -118,6 +124,8 @@ def _request(args: argparse.Namespace, method: str, path: str, body: Any = None,
     except urllib.error.HTTPError as exc:
         try:
             error = json.loads(exc.read(MAX_ANSWER))["error"]
+            if exc.code == 401 and isinstance(error.get("message"), str):
+                error = {**error, "message": error["message"] + TOKEN_HINT}
             raised = from_wire(error)
         except (ValueError, KeyError, TypeError, AttributeError, OSError, http.client.HTTPException):
             raise MiyaqError(f"{method} {path}: HTTP {exc.code}") from None
