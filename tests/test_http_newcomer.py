@@ -313,3 +313,15 @@ def test_miyaq_queue_refused_401_says_how_to_give_it_the_token(make_http_node, t
     err = capsys.readouterr().err
     assert err.startswith("miyaq: error: ") and "--token" in err and "MIYAQ_HTTP_TOKEN" in err, err
     assert main(["queue", "list", "--http", node.url, "--token", TOKEN]) == 0
+
+
+def test_credentials_in_a_form_webhook_url_are_told_where_headers_go(api):
+    """Mistake: ``task.url=http://user:pw@host/...`` in a form. The refusal
+    says to put them in the task's headers -- which a form cannot set (only
+    the JSON body's ``headers``). Before: that advice alone."""
+    status, answer, _ = api.post("/queue", raw=b"task.url=http://user:pw@127.0.0.1:9/w", content_type=FORM)
+    assert status == 400, answer
+    error = answer["error"]
+    assert error["field"] == "task.url" and "user:pw" not in error["message"]
+    assert "JSON body" in error["message"] and '"headers"' in error["message"]
+    assert live_tasks(api) == 0

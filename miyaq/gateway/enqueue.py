@@ -28,7 +28,7 @@ import json
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from miyaq.errors import InvalidField
 from miyaq.protocol.commands import DUPLICATE
@@ -54,6 +54,8 @@ OPTIONS: dict[str, Converter | None] = {
     "max_retries": convert.integer,
 }
 JSON_ONLY = ("params", "headers")
+FORM_HEADERS_HINT = ("; a form sets no headers: send the task as a JSON body (Content-Type: application/json) "
+                     'with "url" and "headers": {"Authorization": ...}')
 QUERY_METHODS = ("GET", "DELETE")
 
 
@@ -152,7 +154,13 @@ class Enqueue:
         url = options.get("url")
         if not url:
             raise InvalidField(f"field {prefix + 'url'!r} is required", field=prefix + "url")
-        check_new_url(url, prefix + "url")     # as task_from_wire will, named as the client wrote it
+        try:
+            check_new_url(url, prefix + "url")     # as task_from_wire will, named as the client wrote it
+        except InvalidField as err:
+            if is_json or not _has_userinfo(url):
+                raise
+            # a form sets no headers: say where they go (before 2026-12-07 the advice stopped there)
+            raise InvalidField(err.message + FORM_HEADERS_HINT, **err.details) from None
         self.gateway.destinations.check(url, prefix + "url")
         method = str(options.get("method", "POST")).upper()
         headers: dict[str, str] = dict(options.pop("headers", None) or {})
@@ -179,6 +187,15 @@ class Enqueue:
         if headers:
             wire["headers"] = headers
         return wire
+
+
+def _has_userinfo(url: str) -> bool:
+    """Whether ``url`` names credentials before its host, as
+    :func:`~miyaq.protocol.urls.check_no_userinfo` refuses."""
+    try:
+        return "@" in urlsplit(url).netloc
+    except ValueError:
+        return False
 
 
 def with_query(url: str, query: str) -> str:
