@@ -80,3 +80,28 @@ def test_steps_that_pass_after_a_failover_are_tried_again_until_they_do(clock):
 
     through_failover(steps, 10.0, "n1")
     assert len(tries) == 3
+
+
+def test_a_long_failover_logs_a_line_every_ten_seconds_not_every_try(clock, caplog):
+    """Fault: the ensemble stays unreachable for a whole long
+    ``zk_connect_timeout`` (60 s here) while the node registers. Before
+    2026-12-07 each try logged its WARNING, four a second (240 here, 14,400
+    at the setting's largest, an hour); now the first failure at once, then
+    one line every ``REGISTER_RETRY_LINES`` seconds, each with how many
+    tries failed so far."""
+    tries: list[float] = []
+
+    def steps() -> None:
+        tries.append(clock[0])
+        assert len(tries) <= 1000
+        raise Unavailable("ZooKeeper at 127.0.0.1:1: ConnectionLoss")
+
+    with caplog.at_level("WARNING", logger="miyaq.cluster.zk_coordinator"):
+        with pytest.raises(Unavailable):
+            through_failover(steps, 60.0, "n1")
+    lines = [r.getMessage() for r in caplog.records if "trying again" in r.getMessage()]
+    assert len(tries) == int(60.0 / REGISTER_RETRY)
+    assert len(lines) == 6, lines
+    assert "n1: ZooKeeper failed while registering (ZooKeeper at 127.0.0.1:1: ConnectionLoss)" in lines[0]
+    assert "trying again for up to 60s (zk_connect_timeout): 1 try failed in 0s" in lines[0], lines[0]
+    assert "41 tries failed in 10s" in lines[1], lines[1]

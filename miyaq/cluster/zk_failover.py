@@ -29,19 +29,35 @@ logger = logging.getLogger("miyaq.cluster.zk_coordinator")
 #: Seconds between two tries of the registration's steps.
 REGISTER_RETRY = 0.25
 
+#: Seconds between two WARNING lines of failed tries: the first failure is
+#: said at once, later ones at most this often, with how many there were.
+REGISTER_RETRY_LINES = 10.0
+
 
 def through_failover(steps: Callable[[], None], within: float, node_id: str) -> None:
     """Run ``steps`` (idempotent ZooKeeper reads and writes) until they pass,
     again after each ``Unavailable`` until ``within`` seconds have passed
     (then that ``Unavailable`` is raised); any other error at once. At most
-    ``within / REGISTER_RETRY`` tries, a WARNING line each."""
-    deadline = monotonic() + within
+    ``within / REGISTER_RETRY`` tries, and a WARNING line for the first
+    failure, then one every ``REGISTER_RETRY_LINES`` seconds at most
+    (before 2026-12-07 a line each try: 40 over the default 10 s of
+    ``zk_connect_timeout``, 14,400 over its largest, an hour)."""
+    start = monotonic()
+    deadline = start + within
+    next_line = start
+    failed = 0
     while True:
         try:
             steps()
             return
         except Unavailable as exc:
-            if monotonic() + REGISTER_RETRY >= deadline:
+            failed += 1
+            now = monotonic()
+            if now + REGISTER_RETRY >= deadline:
                 raise
-            logger.warning("%s: ZooKeeper failed while registering (%s); trying again", node_id, exc.message)
+            if now >= next_line:
+                next_line = now + REGISTER_RETRY_LINES
+                logger.warning("%s: ZooKeeper failed while registering (%s); trying again for up to %.0fs "
+                               "(zk_connect_timeout): %d tr%s failed in %.0fs", node_id, exc.message, within,
+                               failed, "y" if failed == 1 else "ies", now - start)
         green.sleep(REGISTER_RETRY)
