@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,36 @@ def session(tmp_path: Path):
         yield s
     finally:
         s.close()
+
+
+class _Answers(BaseHTTPRequestHandler):
+    """``/ok`` answers 200, every other path 404, each with a JSON body."""
+
+    def do_GET(self) -> None:
+        status = 200 if self.path == "/ok" else 404
+        body = b'{"ok": true}' if status == 200 else b'{"error": "not_found"}'
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def web() -> Iterator[str]:
+    """A loopback HTTP server on a free port (outside the ranges a page's ports are mapped from)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
 
 
 def test_ports_map_by_range_keeping_offsets():
@@ -77,3 +110,34 @@ def test_background_commands_are_stopped_and_the_process_restored(tmp_path: Path
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
     assert os.getcwd() == cwd and sys.path == path and not s.dir.exists()
+
+
+def test_a_curl_that_gets_an_http_error_fails_the_block(session, web, capsys):
+    """Fault: an example's curl gets a 404 (a route renamed, a body refused); curl exits 0 on an HTTP
+    error unless told otherwise, so the page passed while its example no longer worked."""
+    session.run_shell(f"curl -s {web}/ok")
+    assert '{"ok": true}' in capsys.readouterr().out
+    with pytest.raises(BlockFailed, match="exit status 22") as failure:
+        session.run_shell(f"curl -s {web}/gone\necho never")
+    message = str(failure.value)
+    assert "HTTP 404" in message and "# answers 404" in message and "not_found" in message
+    with pytest.raises(BlockFailed, match="HTTP 404"):
+        session.run_shell(f"curl -s {web}/gone | cat")        # in a pipe too
+    with pytest.raises(BlockFailed, match="HTTP 404"):
+        session.run_shell(f"curl -s --fail-with-body {web}/gone")
+
+
+def test_a_curl_that_shows_an_error_on_purpose_must_get_that_error(session, web, capsys):
+    """Fault: an example that shows a 404 on purpose passed whatever it got, so it went on passing
+    once the route answered something else (a 200, a 403, no server at all)."""
+    session.run_shell(f"curl -s {web}/gone   # answers 404\ncurl -s --fail-with-body {web}/gone  # answers 404")
+    assert capsys.readouterr().out.count("not_found") == 2
+    with pytest.raises(BlockFailed, match="answers 403; curl got HTTP 404"):
+        session.run_shell(f"curl -s {web}/gone   # answers 403")
+    with pytest.raises(BlockFailed, match="answers 404; curl got HTTP 200"):
+        session.run_shell(f"curl -s {web}/ok   # answers 404")
+    # The expectation is the line's own: the next curl of the block must succeed again.
+    with pytest.raises(BlockFailed, match="HTTP 404"):
+        session.run_shell(f"curl -s {web}/gone   # answers 404\ncurl -s {web}/gone")
+    with pytest.raises(BlockFailed, match="runs no curl"):
+        session.run_shell("echo hello   # answers 404")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .ports import PortMap
-from .shell import Background, BlockFailed, run_script, split_commands
+from .shell import CURL_SHIM, Background, BlockFailed, run_script, split_commands
 
 
 def _open_clients() -> set[Any]:
@@ -34,7 +34,9 @@ class DocSession:
         self.ports = PortMap()
         venv_bin = os.path.dirname(sys.executable)
         env = {k: v for k, v in os.environ.items() if not k.startswith("MIYAQ_")}
-        env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
+        # The runner's curl first: it fails on an HTTP error status (shell.CURL_SHIM).
+        env["DOCRUN_REAL_CURL"] = shutil.which("curl", path=env.get("PATH")) or ""
+        env["PATH"] = os.pathsep.join((str(CURL_SHIM), venv_bin, env.get("PATH", "")))
         # miyaq's directory on the path, where an installed package would be:
         # the test environment's editable install reaches it through an import
         # hook that tools reading site-packages (a reader's `python -m mypy`)
@@ -64,7 +66,7 @@ class DocSession:
         try:
             for command in split_commands(self.ports.map_text(source)):
                 if command.background is None:
-                    group.append(command.text)
+                    group.append(command.script())
                     continue
                 self._run_group(group)
                 group = []

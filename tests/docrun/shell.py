@@ -7,6 +7,10 @@ failing command fails the block. A command that serves until stopped
 is started in the background in its own process group, as a reader would
 start it in another terminal; the block goes on once the command printed
 its ready line, and the page's teardown stops it (:class:`Background`).
+
+``curl`` is the runner's (:data:`CURL_SHIM`, first on the page's ``PATH``):
+an answer of 400 or above fails the command, unless its line ends with
+``# answers <status>`` (:data:`EXPECTED_STATUS`), when it must be that one.
 """
 from __future__ import annotations
 
@@ -26,6 +30,11 @@ BACKGROUND: dict[tuple[str, ...], re.Pattern[str]] = {
 }
 """Commands that run until stopped, and the line each prints once it serves."""
 
+EXPECTED_STATUS = re.compile(r"#\s*answers\s+([1-5][0-9][0-9])\b[^\n'\"]*\Z")
+"""A command line that shows an HTTP error on purpose ends with this comment: ``# answers 403``."""
+CURL_SHIM = Path(__file__).resolve().parent / "bin"
+"""The directory of the runner's ``curl``, which fails on an HTTP error status (see ``bin/curl``)."""
+
 READY_TIMEOUT = 60.0     # seconds a background command may take to print its ready line
 SCRIPT_TIMEOUT = 120.0   # seconds one group of ordinary commands may run
 STOP_GRACE = 15.0        # seconds between SIGTERM and SIGKILL at teardown
@@ -41,6 +50,13 @@ class BlockFailed(AssertionError):
 class Command:
     text: str
     background: re.Pattern[str] | None   # the ready line, for a background command
+    expect_status: int | None = None     # ``# answers 403``: the HTTP status its curl must get
+
+    def script(self) -> str:
+        """The command as the block's script runs it: an expected status is its curl's, for this line only."""
+        if self.expect_status is None:
+            return self.text
+        return f"export DOCRUN_EXPECT_STATUS={self.expect_status}\n{self.text}\nunset DOCRUN_EXPECT_STATUS"
 
 
 def split_commands(source: str) -> list[Command]:
@@ -56,11 +72,26 @@ def split_commands(source: str) -> list[Command]:
             pending = line
         if pending.endswith("\\"):
             continue
-        commands.append(Command(pending, _ready_pattern(pending)))
+        commands.append(_command(pending))
         pending = ""
     if pending:
-        commands.append(Command(pending, _ready_pattern(pending)))
+        commands.append(_command(pending))
     return commands
+
+
+def _command(text: str) -> Command:
+    command = Command(text, _ready_pattern(text))
+    expected = EXPECTED_STATUS.search(text)
+    if expected:
+        try:
+            words = shlex.split(text, comments=True)
+        except ValueError:
+            words = text.split()
+        if "curl" not in words or command.background is not None:
+            raise BlockFailed(f"'# answers {expected.group(1)}' is the status a curl of the line gets; "
+                              f"this line runs no curl: {text!r}")
+        command.expect_status = int(expected.group(1))
+    return command
 
 
 def _ready_pattern(text: str) -> re.Pattern[str] | None:
