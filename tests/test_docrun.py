@@ -12,7 +12,7 @@ import pytest
 
 from tests.docrun.ports import PortMap
 from tests.docrun.session import DocSession
-from tests.docrun.shell import BlockFailed, split_commands
+from tests.docrun.shell import BlockFailed, split_commands, trailing_comment
 
 
 @pytest.fixture
@@ -81,6 +81,16 @@ def test_the_first_failing_command_fails_the_block(session, capsys):
     assert "first" in str(failure.value) and "never" not in str(failure.value).split("--- output ---")[1]
     with pytest.raises(BlockFailed):
         session.run_shell("false | cat")      # pipefail: a failure inside a pipe counts
+
+
+def test_the_expected_status_is_read_from_the_comment_that_ends_the_line():
+    [a, b, c, d] = split_commands("curl -s http://h/x   # answers 403 (a producer's token)\n"
+                                  "curl -s -d '{\"a\": \"# answers 404\"}' http://h/#answers-404\n"
+                                  "curl -s \\\n  -d '{}' http://h/y  # answers 413\n"
+                                  "curl -s http://h/z;# answers 429\n")
+    assert [x.expect_status for x in (a, b, c, d)] == [403, None, 413, 429]
+    assert trailing_comment("echo 'it''s' \\# not # this one") == "# this one"
+    assert trailing_comment('echo "a \\" # b" c') == ""
 
 
 def test_a_block_sees_the_mapped_environment(session, capsys):

@@ -30,7 +30,7 @@ BACKGROUND: dict[tuple[str, ...], re.Pattern[str]] = {
 }
 """Commands that run until stopped, and the line each prints once it serves."""
 
-EXPECTED_STATUS = re.compile(r"#\s*answers\s+([1-5][0-9][0-9])\b[^\n'\"]*\Z")
+EXPECTED_STATUS = re.compile(r"#\s*answers\s+([1-5][0-9][0-9])\b")
 """A command line that shows an HTTP error on purpose ends with this comment: ``# answers 403``."""
 CURL_SHIM = Path(__file__).resolve().parent / "bin"
 """The directory of the runner's ``curl``, which fails on an HTTP error status (see ``bin/curl``)."""
@@ -81,7 +81,7 @@ def split_commands(source: str) -> list[Command]:
 
 def _command(text: str) -> Command:
     command = Command(text, _ready_pattern(text))
-    expected = EXPECTED_STATUS.search(text)
+    expected = EXPECTED_STATUS.match(trailing_comment(text))
     if expected:
         try:
             words = shlex.split(text, comments=True)
@@ -92,6 +92,32 @@ def _command(text: str) -> Command:
                               f"this line runs no curl: {text!r}")
         command.expect_status = int(expected.group(1))
     return command
+
+
+def trailing_comment(text: str) -> str:
+    """The comment that ends the command's last line (from its ``#``), or ``""``.
+
+    A ``#`` starts a comment, as in bash, only at the start of a word and
+    outside quotes: not in ``'a#b'``, ``"#x"``, ``\\#`` or ``http://h/#frag``.
+    """
+    quote = ""
+    escaped = False
+    for i, char in enumerate(text):
+        if escaped:
+            escaped = False
+        elif quote:
+            if char == quote:
+                quote = ""
+            elif char == "\\" and quote == '"':
+                escaped = True
+        elif char == "\\":
+            escaped = True
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and (i == 0 or text[i - 1].isspace() or text[i - 1] in ";&|()<>"):
+            end = text.find("\n", i)
+            return text[i:] if end < 0 else trailing_comment(text[end + 1:])
+    return ""
 
 
 def _ready_pattern(text: str) -> re.Pattern[str] | None:
