@@ -12,7 +12,7 @@ import pytest
 
 from tests.docrun.ports import PortMap
 from tests.docrun.session import DocSession
-from tests.docrun.shell import BlockFailed, split_commands, trailing_comment
+from tests.docrun.shell import CURL_SHIM, BlockFailed, split_commands, trailing_comment
 
 
 @pytest.fixture
@@ -151,3 +151,16 @@ def test_a_curl_that_shows_an_error_on_purpose_must_get_that_error(session, web,
         session.run_shell(f"curl -s {web}/gone   # answers 404\ncurl -s {web}/gone")
     with pytest.raises(BlockFailed, match="runs no curl"):
         session.run_shell("echo hello   # answers 404")
+
+
+def test_a_session_opened_inside_a_page_still_runs_the_real_curl(session, web, tmp_path, capsys):
+    """Fault: a session opened while a page's environment is in place (the runner's curl first on
+    PATH) took that curl for the real one, and its curl called itself."""
+    inner = DocSession(str(tmp_path / "inner.md"))
+    try:
+        assert Path(inner.env["DOCRUN_REAL_CURL"]).name == "curl"
+        assert Path(inner.env["DOCRUN_REAL_CURL"]).parent != CURL_SHIM
+        inner.run_shell(f"curl -s {web}/ok")
+        assert '{"ok": true}' in capsys.readouterr().out
+    finally:
+        inner.close()

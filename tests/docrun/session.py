@@ -35,8 +35,11 @@ class DocSession:
         venv_bin = os.path.dirname(sys.executable)
         env = {k: v for k, v in os.environ.items() if not k.startswith("MIYAQ_")}
         # The runner's curl first: it fails on an HTTP error status (shell.CURL_SHIM).
-        env["DOCRUN_REAL_CURL"] = shutil.which("curl", path=env.get("PATH")) or ""
-        env["PATH"] = os.pathsep.join((str(CURL_SHIM), venv_bin, env.get("PATH", "")))
+        # (Not found in the shim's own directory: a session opened inside a
+        # page's environment would have the shim call itself.)
+        path = [p for p in env.get("PATH", "").split(os.pathsep) if p and Path(p).resolve() != CURL_SHIM]
+        env["DOCRUN_REAL_CURL"] = shutil.which("curl", path=os.pathsep.join(path)) or ""
+        env["PATH"] = os.pathsep.join([str(CURL_SHIM), venv_bin, *path])
         # miyaq's directory on the path, where an installed package would be:
         # the test environment's editable install reaches it through an import
         # hook that tools reading site-packages (a reader's `python -m mypy`)
