@@ -153,6 +153,19 @@ def test_a_curl_that_shows_an_error_on_purpose_must_get_that_error(session, web,
         session.run_shell("echo hello   # answers 404")
 
 
+def test_a_command_that_fails_on_purpose_must_fail_so(session, capsys):
+    """Fault: an example that shows a refusal (`miyaq tasks` with a producer's key, then
+    `|| echo refused`) passed whatever the command did, refused or not."""
+    session.run_shell("echo shown; (exit 2)   # exits 2: refused\necho after")
+    assert capsys.readouterr().out.split() == ["shown", "after"]
+    with pytest.raises(BlockFailed, match="this command exits 2; it exited 0"):
+        session.run_shell("true   # exits 2")
+    with pytest.raises(BlockFailed, match="this command exits 2; it exited 3"):
+        session.run_shell("(exit 3)   # exits 2")
+    with pytest.raises(BlockFailed, match="not waited for"):
+        session.run_shell("miyaq node   # exits 2")
+
+
 def test_a_session_opened_inside_a_page_still_runs_the_real_curl(session, web, tmp_path, capsys):
     """Fault: a session opened while a page's environment is in place (the runner's curl first on
     PATH) took that curl for the real one, and its curl called itself."""

@@ -11,6 +11,8 @@ its ready line, and the page's teardown stops it (:class:`Background`).
 ``curl`` is the runner's (:data:`CURL_SHIM`, first on the page's ``PATH``):
 an answer of 400 or above fails the command, unless its line ends with
 ``# answers <status>`` (:data:`EXPECTED_STATUS`), when it must be that one.
+A command that fails on purpose ends its line with ``# exits <status>``
+(:data:`EXPECTED_EXIT`), and must exit with that status.
 """
 from __future__ import annotations
 
@@ -32,6 +34,8 @@ BACKGROUND: dict[tuple[str, ...], re.Pattern[str]] = {
 
 EXPECTED_STATUS = re.compile(r"#\s*answers\s+([1-5][0-9][0-9])\b")
 """A command line that shows an HTTP error on purpose ends with this comment: ``# answers 403``."""
+EXPECTED_EXIT = re.compile(r"#\s*exits\s+([0-9]{1,3})\b")
+"""A command line that fails on purpose ends with this comment: ``# exits 2``."""
 CURL_SHIM = Path(__file__).resolve().parent / "bin"
 """The directory of the runner's ``curl``, which fails on an HTTP error status (see ``bin/curl``)."""
 
@@ -51,12 +55,20 @@ class Command:
     text: str
     background: re.Pattern[str] | None   # the ready line, for a background command
     expect_status: int | None = None     # ``# answers 403``: the HTTP status its curl must get
+    expect_exit: int | None = None       # ``# exits 2``: the exit status the command must end with
 
     def script(self) -> str:
-        """The command as the block's script runs it: an expected status is its curl's, for this line only."""
-        if self.expect_status is None:
-            return self.text
-        return f"export DOCRUN_EXPECT_STATUS={self.expect_status}\n{self.text}\nunset DOCRUN_EXPECT_STATUS"
+        """The command as the block's script runs it, its line's expectation checked."""
+        if self.expect_status is not None:
+            # The variable is the runner's curl's (bin/curl), for this line only.
+            return f"export DOCRUN_EXPECT_STATUS={self.expect_status}\n{self.text}\nunset DOCRUN_EXPECT_STATUS"
+        if self.expect_exit is not None:
+            # `then` on a line of its own: the command's line ends with its comment.
+            return (f"if {self.text}\nthen docrun_exit=0; else docrun_exit=$?; fi\n"
+                    f"if [ \"$docrun_exit\" -ne {self.expect_exit} ]; then\n"
+                    f"  echo \"docrun: this command exits {self.expect_exit}; it exited $docrun_exit\" >&2\n"
+                    f"  exit 1\nfi")
+        return self.text
 
 
 def split_commands(source: str) -> list[Command]:
@@ -81,7 +93,13 @@ def split_commands(source: str) -> list[Command]:
 
 def _command(text: str) -> Command:
     command = Command(text, _ready_pattern(text))
-    expected = EXPECTED_STATUS.match(trailing_comment(text))
+    comment = trailing_comment(text)
+    exits = EXPECTED_EXIT.match(comment)
+    if exits:
+        if command.background is not None:
+            raise BlockFailed(f"a long-running command's exit status is not waited for: {text!r}")
+        command.expect_exit = int(exits.group(1))
+    expected = EXPECTED_STATUS.match(comment)
     if expected:
         try:
             words = shlex.split(text, comments=True)
