@@ -108,6 +108,10 @@ class NodeConfig(Settings):
     webhook_allow_private: bool = setting(False, "without webhook_allow_hosts, also deliver webhooks to loopback, "
                                               "link-local and private addresses (169.254.169.254, 127.0.0.1, 10/8, "
                                               "...); off: refused")
+    webhook_signing_secrets: str = setting("", "file of webhook signing secrets, one 'whsec_<base64>' a line: every "
+                                            "delivery carries Standard Webhooks signatures (webhook-id, "
+                                            "webhook-timestamp, webhook-signature), one per secret; re-read on "
+                                            "SIGHUP and when it changes (empty: unsigned)")
     queue_limits: str = setting("", "per-queue limits, 'QUEUE:rate=R,burst=B,max_concurrent=N;...' (cluster-wide)")
     node_id: str = setting("", "this node's id in the ring (default: <hostname>-<port>)")
     data_dir: str = setting("", "directory for the append-only log (empty: memory only)")

@@ -13,7 +13,11 @@ control character, nothing outside Latin-1: ``send_problem``; one failing is
 dead-lettered, nothing sent); a task's own header named like
 one the node sets (``X-Task-*``, ``User-Agent``; any case) is not sent, and
 its own ``Content-Type`` (any case) replaces none: the node adds one only
-at enqueue, when the task has none.
+at enqueue, when the task has none. With a :class:`~miyaq.gateway.signing.WebhookSigner`
+the attempt is signed (``webhook-id``, ``webhook-timestamp``,
+``webhook-signature``) once its connection is open, just before the
+request goes out: the timestamp is the send time, and a task's own
+headers of these names (any case) are not sent.
 
 A URL the HTTP client cannot send (a space or another control character:
 ``http.client.InvalidURL``) fails the task at once, never retried.
@@ -57,6 +61,7 @@ from miyaq.constants import (
 from miyaq.gateway.connections import Connections, Destination
 from miyaq.gateway.destinations import Destinations
 from miyaq.gateway.errors import ForbiddenDestination
+from miyaq.gateway.signing import SIGNING_HEADERS, WebhookSigner
 from miyaq.protocol.headers import NODE_SET, send_problem
 from miyaq.protocol.urls import url_for_logs
 from miyaq.runtime import green, wall
@@ -189,8 +194,12 @@ def request_target(url: str) -> tuple[tuple[str, str, int], str]:
 
 
 class Outbound:
-    def __init__(self, pool_size: int, connect_timeout: float, destinations: Destinations) -> None:
+    def __init__(self, pool_size: int, connect_timeout: float, destinations: Destinations,
+                 signer: WebhookSigner | None = None) -> None:
+        """``signer``: sign every attempt with its secrets (None: unsigned)."""
         self.connections = Connections(pool_size, connect_timeout, destinations)
+        self.signer = signer
+        self._not_sent = _NOT_SENT | SIGNING_HEADERS if signer is not None else _NOT_SENT
 
     def send(self, task: Task, timeout: float) -> Outcome:
         """Make one attempt at delivering ``task``; at most ``timeout`` seconds.
@@ -205,7 +214,7 @@ class Outbound:
             return _failure("invalid", False, "InvalidURL", f"cannot deliver to {url_for_logs(task.url or '')!r}: "
                             "not an http:// or https:// URL with a host", now)
         headers = {k: v for k, v in ((task.meta or {}).get("headers") or {}).items()
-                   if not isinstance(k, str) or k.lower() not in _NOT_SENT}
+                   if not isinstance(k, str) or k.lower() not in self._not_sent}
         for name, value in headers.items():
             problem = send_problem(name, value)
             if problem is not None:   # stored before submits were checked, or by a peer: never sent
@@ -224,6 +233,8 @@ class Outbound:
             if conn.sock is None:
                 conn.connect()   # here, not inside request(): its errors are told apart
             opening = False
+            if self.signer is not None:     # now: the timestamp is the send time, each attempt signed anew
+                headers.update(self.signer.headers(task.id, task.body or b"", wall()))
             conn.request(task.method, uri, body=task.body or None, headers=headers)   # no body: no length on a GET
             response = final_response(conn, task.method, MAX_INTERIM_ANSWERS)
             body = bytearray()

@@ -56,6 +56,7 @@ from miyaq.gateway.metrics import NodeMetrics
 from miyaq.gateway.origin import HostCheck, refuse_cross_site, refuse_form_body
 from miyaq.gateway.request import Request, Response, json_response
 from miyaq.gateway.routes import build_router
+from miyaq.gateway.signing import WebhookSigner
 from miyaq.gateway.tokens import WATCH_INTERVAL as TOKENS_WATCH_INTERVAL, parked_refusal
 from miyaq.gateway.webhooks import StopHurry, WebhookDeliverer
 from miyaq.gateway.wsgi import ConnectionLimits, GatewayServer
@@ -100,8 +101,10 @@ class Gateway:
         tls.ca_file(config.http_ca)
         self.destinations = Destinations(config.webhook_allow_hosts, config.webhook_allow_private)
         self.metrics = metrics
+        # ConfigError: the node does not start (a file of secrets it cannot use)
+        self.signer = WebhookSigner(config.webhook_signing_secrets) if config.webhook_signing_secrets else None
         self.deliverer = WebhookDeliverer(config, core.engine, core.dispatcher, core.gate, supervisor,
-                                          self.destinations, metrics, self.redispatch)
+                                          self.destinations, metrics, self.redispatch, self.signer)
         core.engine.listeners.append(self.deliverer)
         self.router, self.console = build_router(self)   # the console: None when http_console is off
         self.server: GatewayServer | None = None
@@ -127,8 +130,8 @@ class Gateway:
         self.deliverer.start()
         self.supervisor.spawn("http dispatch", self._dispatch_loop, policy=RESTART)
         self.supervisor.spawn("queue limit share", self._share_loop, policy=RESTART)
-        if self.auth.tokens.path:
-            self.supervisor.spawn("http tokens watch", self._watch_tokens, policy=RESTART)
+        if self.auth.tokens.path or self.signer is not None:
+            self.supervisor.spawn("http files watch", self._watch_files, policy=RESTART)
         assert self.server is not None, "Gateway.setup binds the port first"
         self.server.start()
         if self.console is not None:
@@ -192,11 +195,13 @@ class Gateway:
             self.wake(wall())
 
     def reload(self, reason: str) -> bool:
-        """SIGHUP: read ``http_tokens``, the TLS certificate and key, and
-        ``http_ca`` (the console's, :meth:`Peers.reload_ca`) again; each that
-        fails to load is kept as it was (and logged), the others are still
-        loaded. True if all loaded."""
+        """SIGHUP: read ``http_tokens``, ``webhook_signing_secrets``, the TLS
+        certificate and key, and ``http_ca`` (the console's,
+        :meth:`Peers.reload_ca`) again; each that fails to load is kept as it
+        was (and logged), the others are still loaded. True if all loaded."""
         ok = self.reload_tokens(reason) if self.auth.tokens.path else True
+        if self.signer is not None:
+            ok = self.signer.reload(reason) and ok
         if self.tls is not None:
             ok = self.reload_certificate(reason) and ok
         if self.console is not None:
@@ -245,11 +250,13 @@ class Gateway:
         if ended:
             logger.warning("HTTP tokens removed or changed: %d long-poll(s) they parked ended (401/403)", ended)
 
-    def _watch_tokens(self) -> None:
-        """Reload ``http_tokens`` when the file changes."""
+    def _watch_files(self) -> None:
+        """Reload ``http_tokens`` and ``webhook_signing_secrets`` when their file changes."""
         while not self._stopping:
             green.sleep(TOKENS_WATCH_INTERVAL)
             self.auth.tokens.poll()
+            if self.signer is not None:
+                self.signer.poll()
 
     def _share_loop(self) -> None:
         """Keep this node's share of every cluster-wide queue limit at 1/N of

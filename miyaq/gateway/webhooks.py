@@ -70,6 +70,7 @@ from miyaq.core.listener import EngineListener
 from miyaq.gateway.destinations import Destinations
 from miyaq.gateway.metrics import NodeMetrics
 from miyaq.gateway.outbound import LocalShortage, Outbound, Outcome
+from miyaq.gateway.signing import WebhookSigner
 from miyaq.gateway.webhook_lane import WebhookLane
 from miyaq.gateway.webhook_shortage import ShortagePause
 from miyaq.logs import LogLimiter
@@ -93,7 +94,8 @@ class StopHurry(Protocol):
 class WebhookDeliverer(EngineListener):
     def __init__(self, config: NodeConfig, engine: Engine, dispatcher: Dispatcher, gate: Gate,
                  supervisor: Supervisor, destinations: Destinations, metrics: NodeMetrics | None,
-                 kick: Callable[[], None]) -> None:
+                 kick: Callable[[], None], signer: WebhookSigner | None = None) -> None:
+        """``signer``: the node's webhook signing secrets (None: deliveries go unsigned)."""
         self.engine = engine
         self.dispatcher = dispatcher
         self.gate = gate
@@ -108,7 +110,7 @@ class WebhookDeliverer(EngineListener):
         # dispatcher asked, in the order they were turned away.
         self.waiting: dict[WebhookLane, None] = {}
         self.timeout = config.webhook_timeout
-        self.outbound = Outbound(config.webhook_pool_size, WEBHOOK_CONNECT_TIMEOUT, destinations)
+        self.outbound = Outbound(config.webhook_pool_size, WEBHOOK_CONNECT_TIMEOUT, destinations, signer)
         self.lanes: dict[str, WebhookLane] = {}
         self.stopping = False
         # A shortage of the node's own (no descriptor left): no task is leased while it pauses.

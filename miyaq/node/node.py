@@ -20,7 +20,8 @@ gateway. Each part has the same small lifecycle (:class:`Part`).
 * SIGHUP: the authorized keys are read again (with keys,
   :meth:`miyaq.security.zap.ZapHandler.reload`): added keys connect,
   revoked ones are refused from their next message, without a restart; and
-  the gateway's HTTP tokens file (``http_tokens``), its HTTPS certificate
+  the gateway's HTTP tokens file (``http_tokens``), its webhook signing
+  secrets (``webhook_signing_secrets``), its HTTPS certificate
   and key, and the CA certificates its console trusts (``http_ca``) likewise.
 """
 from __future__ import annotations
@@ -167,7 +168,8 @@ class Node:
                            "deliveries in flight any longer", self.id, self.core.running())
 
     def reload(self) -> None:
-        """SIGHUP: read the authorized keys, the HTTP tokens, the HTTPS certificate and http_ca again."""
+        """SIGHUP: read the authorized keys, the HTTP tokens, the webhook signing secrets, the HTTPS
+        certificate and http_ca again."""
         self.reload_keys()
         gateway = self.part("gateway")
         if gateway is not None:
@@ -180,6 +182,7 @@ class Node:
             gateway = self.part("gateway")
             console = gateway is not None and gateway.console is not None
             files = [what for what, given in (("the HTTP tokens file", self.config.http_tokens),
+                                               ("the webhook signing secrets", self.config.webhook_signing_secrets),
                                                ("the HTTPS certificate and key", self.config.http_cert),
                                                ("the CA certificates of http_ca", console and self.config.http_ca))
                      if given and gateway is not None]
