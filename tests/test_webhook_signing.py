@@ -282,6 +282,16 @@ def test_a_get_without_a_body_signs_an_empty_body(raw_destination, tmp_path):
     assert verify(OLD_RAW, dict(raw_destination.headers(0)), b"", time.time())
 
 
+def test_the_signature_is_the_standard_webhooks_one(tmp_path):
+    """Interoperability: the Standard Webhooks reference libraries' test
+    vector (secret, id, timestamp, body -> signature), which any receiver's
+    library reproduces, is what the node signs."""
+    path = write_secrets(tmp_path / "secrets", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    headers = WebhookSigner(path).headers("msg_p5jXN8AQM9LWM0D4loKWxJek", b'{"test": 2432232314}', 1614265330.6)
+    assert headers == {"webhook-id": "msg_p5jXN8AQM9LWM0D4loKWxJek", "webhook-timestamp": "1614265330",
+                       "webhook-signature": "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="}
+
+
 # -- the file ------------------------------------------------------------------------------------
 
 BAD_FILES = {
