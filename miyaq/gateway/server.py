@@ -131,7 +131,7 @@ class Gateway:
         self.supervisor.spawn("http dispatch", self._dispatch_loop, policy=RESTART)
         self.supervisor.spawn("queue limit share", self._share_loop, policy=RESTART)
         if self.auth.tokens.path or self.signer is not None:
-            self.supervisor.spawn("http files watch", self._watch_files, policy=RESTART)
+            self.supervisor.spawn("gateway files watch", self._watch_files, policy=RESTART)
         assert self.server is not None, "Gateway.setup binds the port first"
         self.server.start()
         if self.console is not None:
