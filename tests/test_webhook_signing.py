@@ -119,6 +119,7 @@ def test_a_delivery_carries_a_signature_the_receiver_verifies(make_http_node, ma
         assert not verify(OLD_RAW, forged, request.body, now), "another id verified"
 
         shown = [client.get(path)[1] for path in ("/status", "/metrics", f"/tasks/{task_id}")]
+        assert shown[0]["webhooks"]["signing_secrets"] == 1     # how many, never which
         for text in [caplog.text, *map(str, shown)]:
             assert OLD not in text and OLD[6:] not in text and OLD_RAW.hex() not in text
         assert "webhook signing: 1 secret(s) from" in caplog.text
@@ -173,6 +174,7 @@ def test_without_the_setting_nothing_is_signed_and_a_tasks_own_headers_go_as_bef
         headers = {k.lower(): v for k, v in worker.requests[0].headers.items()}
         assert headers["webhook-id"] == "mine"
         assert "webhook-signature" not in headers and "webhook-timestamp" not in headers
+        assert client.get("/status")[1]["webhooks"]["signing_secrets"] == 0
     finally:
         client.close()
 
@@ -394,7 +396,7 @@ def test_the_file_is_reloaded_when_it_changes_and_on_sighup(make_http_node, make
         node.call(node.node.reload)     # what SIGHUP runs
         assert "reading the webhook signing secrets again" in caplog.text
         assert "webhook signing secrets reloaded (SIGHUP): 2 secret(s)" in caplog.text
-        assert node.call(lambda: signer.count) == 2
+        assert client.get("/status")[1]["webhooks"]["signing_secrets"] == 2
         for secret in (OLD, NEW):
             assert secret[6:] not in caplog.text
     finally:

@@ -63,7 +63,8 @@ class AdminApi:
         status["webhooks"] = {"in_flight": deliverer.in_flight(), "concurrency": deliverer.concurrency,
                               "in_flight_total": deliverer.in_flight_total(),
                               "max_in_flight": deliverer.max_in_flight,
-                              "idle_connections": deliverer.outbound.connections.idle_connections()}
+                              "idle_connections": deliverer.outbound.connections.idle_connections(),
+                              "signing_secrets": signer.count if (signer := self.gateway.signer) else 0}
         return _json_view(json_in_slices(status, self.core.views.slices))
 
     def queue_rows(self, only: str | None = None) -> list[dict[str, Any]]:
