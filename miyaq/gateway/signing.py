@@ -39,11 +39,10 @@ import binascii
 import hashlib
 import hmac
 import logging
-import os
 from collections import Counter
 
 from miyaq.errors import ConfigError
-from miyaq.runtime.small_files import read_small_file, warn_if_read_by_others
+from miyaq.runtime.small_files import ChangeWatch, file_stamp, read_small_file, warn_if_read_by_others
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +113,7 @@ class WebhookSigner:
         self.path = path
         self.reloads: Counter[str] = Counter()
         self._secrets, self._signature = self._read()
-        self._looked_at: tuple[int, int, int] | None = self._signature
+        self._watch = ChangeWatch(path, self._signature)     # the file as poll() last saw it
         logger.info("webhook signing: %d secret(s) from %s", len(self._secrets), path)
 
     def __repr__(self) -> str:      # never the secrets
@@ -133,13 +132,9 @@ class WebhookSigner:
         return {ID_HEADER: message_id, TIMESTAMP_HEADER: str(timestamp), SIGNATURE_HEADER: signatures}
 
     # -- the file ------------------------------------------------------------------
-    def _stat(self) -> tuple[int, int, int]:
-        st = os.stat(self.path)
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
-
     def _read(self) -> tuple[tuple[bytes, ...], tuple[int, int, int]]:
         try:
-            stamp = self._stat()
+            stamp = file_stamp(self.path)
             # never a plain open(): a FIFO would block the hub until written
             data = read_small_file(self.path, MAX_FILE_BYTES, "a webhook signing secrets file")
         except OSError as exc:
@@ -169,11 +164,6 @@ class WebhookSigner:
     def poll(self) -> bool:
         """Reload if the file changed since it was last looked at (one attempt
         per change: a broken file is reported once, not every poll)."""
-        try:
-            seen: tuple[int, int, int] | None = self._stat()
-        except OSError:
-            seen = None
-        if seen == self._looked_at:
+        if not self._watch.changed():
             return False
-        self._looked_at = seen
         return self.reload("the file changed")

@@ -54,7 +54,7 @@ from miyaq.config import MAX_HTTP_TOKEN, MIN_HTTP_TOKEN, is_http_token
 from miyaq.errors import ConfigError, Forbidden, MiyaqError
 from miyaq.gateway.errors import Unauthorized
 from miyaq.gateway.permissions import may
-from miyaq.runtime.small_files import read_by_others, read_small_file
+from miyaq.runtime.small_files import ChangeWatch, file_stamp, read_by_others, read_small_file
 from miyaq.security.roles import ALIASES, Role, parse_role
 
 logger = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ class TokenTable:
         self._admin = [Entry(self._digest(admin_token), Role.ADMIN)] if admin_token else []
         self._file: list[Entry] = []
         self._signature: tuple[int, int, int] | None = None    # of the file loaded
-        self._looked_at: tuple[int, int, int] | None = None    # of the file last seen by poll()
+        self._watch = ChangeWatch(path)     # the file as poll() last saw it
         self.reloads: Counter[str] = Counter()
         #: One more at each reload that loaded the file (a long-poll that
         #: parked before it looks at its token again: pull_api, tasks_api).
@@ -161,7 +161,7 @@ class TokenTable:
         self.on_revoked: list[RevokedHook] = []
         if path:
             self._file, self._signature = self._read()    # ConfigError: the node does not start
-            self._looked_at = self._signature
+            self._watch.seen = self._signature
             logger.info("HTTP tokens: %s", self.summary())
             self._warn_if_empty()
 
@@ -235,13 +235,9 @@ class TokenTable:
         return ", ".join(f"{n} {role}" for role, n in sorted(counts.items())) or "none"
 
     # -- the file ------------------------------------------------------------------
-    def _stat(self) -> tuple[int, int, int]:
-        st = os.stat(self.path)
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
-
     def _read(self) -> tuple[list[Entry], tuple[int, int, int]]:
         try:
-            signature = self._stat()
+            signature = file_stamp(self.path)
             # never a plain open(): a FIFO would block the hub (HTTP and ZeroMQ alike) until
             # written. ConfigError names what it is instead (a FIFO, a device, too large).
             text = read_small_file(self.path, MAX_FILE_BYTES, "an HTTP tokens file").decode("utf-8")
@@ -301,15 +297,8 @@ class TokenTable:
     def poll(self) -> bool:
         """Reload if the file changed since it was last looked at (one attempt
         per change: a broken file is reported once, not every poll)."""
-        if not self.path:
+        if not self.path or not self._watch.changed():
             return False
-        try:
-            seen: tuple[int, int, int] | None = self._stat()
-        except OSError:
-            seen = None
-        if seen == self._looked_at:
-            return False
-        self._looked_at = seen
         return self.reload("the file changed")
 
 

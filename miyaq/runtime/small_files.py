@@ -11,7 +11,7 @@ import stat
 
 from ..errors import ConfigError
 
-__all__ = ["own_group", "read_by_others", "read_small_file", "warn_if_read_by_others"]
+__all__ = ["ChangeWatch", "file_stamp", "own_group", "read_by_others", "read_small_file", "warn_if_read_by_others"]
 
 
 def _kind(mode: int) -> str:
@@ -78,3 +78,35 @@ def warn_if_read_by_others(path: str, what: str, logger: logging.Logger) -> bool
     logger.warning("%s %s is readable by others (mode %o, group %d): chmod 600 it",
                    what, path, stat.S_IMODE(info.st_mode), info.st_gid)
     return True
+
+
+Stamp = tuple[int, int, int]
+
+
+def file_stamp(path: str) -> Stamp:
+    """What changes when the file at ``path`` is written or replaced: its
+    mtime (ns), size and inode. OSError if it cannot be looked at."""
+    st = os.stat(path)
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class ChangeWatch:
+    """Whether a file an operator may edit changed since it was last looked
+    at: :meth:`changed` is True once a change (a file that cannot be looked
+    at is one state too), so a broken file is read -- and reported -- once,
+    not at every look."""
+
+    def __init__(self, path: str, seen: Stamp | None = None) -> None:
+        self.path = path
+        self.seen = seen
+        """The stamp last looked at (:func:`file_stamp`), or None."""
+
+    def changed(self) -> bool:
+        try:
+            stamp: Stamp | None = file_stamp(self.path)
+        except OSError:
+            stamp = None
+        if stamp == self.seen:
+            return False
+        self.seen = stamp
+        return True
