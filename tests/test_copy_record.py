@@ -70,7 +70,7 @@ def test_a_copys_record_of_a_task_that_moved_or_waits_longer_is_task_records():
 def test_a_plain_submits_record_is_in_the_layout_a_holder_reads_in_one_unpacking():
     task = _task()
     record = copy_record(task)
-    assert tuple(record) == rs._SUBMIT_LAYOUT
+    assert tuple(record) == rs.SUBMIT_LAYOUT
     copy = rs.task_from_record(record, CONFIG)
     assert (copy.id, copy.queue, copy.name, copy.body, copy.eta, copy.created, copy.holders) == (
         task.id, task.queue, task.name, task.body, task.eta, task.created, HOLDERS)

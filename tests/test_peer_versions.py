@@ -7,7 +7,8 @@ import pytest
 import zmq
 from cluster_harness import Cluster
 
-from miyaq.cluster.peer_requests import ANSWER, PEER_PROTOCOL, QUERY
+from miyaq.cluster.peer_requests import ANSWER, QUERY
+from miyaq.cluster.peer_versions import PEER_PROTOCOL
 from miyaq.protocol import codec
 from miyaq.testing.harness import wait_for
 

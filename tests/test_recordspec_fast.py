@@ -38,8 +38,8 @@ def _record(**fields: Any) -> dict[str, Any]:
 
 
 def test_a_submits_copy_is_read_in_its_layout():
-    assert tuple(_record()) == rs._SUBMIT_LAYOUT
-    assert tuple(_record(eta=NOW + 1.0)) == rs._SUBMIT_LAYOUT
+    assert tuple(_record()) == rs.SUBMIT_LAYOUT
+    assert tuple(_record(eta=NOW + 1.0)) == rs.SUBMIT_LAYOUT
 
 
 @pytest.mark.parametrize("fields,field", [

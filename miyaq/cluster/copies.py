@@ -19,6 +19,7 @@ from miyaq.cluster.ends_ahead import finish_unknown
 from miyaq.cluster.install import CopyInstaller
 from miyaq.cluster.key_verdicts import held_elsewhere
 from miyaq.cluster.peer_clock import clock_shift
+from miyaq.cluster.peer_versions import ROWS
 from miyaq.cluster.sizes import EVENT_ALLOWANCE, PEER_MESSAGE_BYTES, outcome_size
 from miyaq.constants import MAX_QUERY
 from miyaq.core.replicas import lost_key_error
@@ -61,12 +62,16 @@ class Copies:
         sent_dead: set[str] = set()     # stored records sent dead need no "dead" back
         lost_keys = self.installer.lost_keys = {}     # filled by install(): id -> the task that holds its key
         shift = clock_shift(body.get("clock"), now)
+        rows = body.get("proto", 1) >= ROWS      # checked: a version this node speaks (peer_versions)
         for r in records:
-            source = "handoff" if isinstance(r, dict) and "state" in r else "replicate"
-            if self.installer.install(r, now, source, sender, shift):
-                stored.append(r["id"])      # installed: checked, so a dict with a valid id
-                if r.get("state") == DEAD:
-                    sent_dead.add(r["id"])
+            if type(r) is dict:
+                source = "handoff" if "state" in r else "replicate"
+                if self.installer.install(r, now, source, sender, shift):
+                    stored.append(r["id"])      # installed: checked, so a valid id
+                    if r.get("state") == DEAD:
+                        sent_dead.add(r["id"])
+            elif self.installer.install(r, now, "replicate", sender, shift, rows):
+                stored.append(r[0])     # a row (recordrow), checked
         table = self.engine.table
         finished = {}
         dead = {}

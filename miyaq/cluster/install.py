@@ -11,7 +11,7 @@ the holders of an older ring).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Container
 from typing import TYPE_CHECKING, Any
 
 from miyaq.cluster.holder_events import apply_early_event
@@ -23,6 +23,7 @@ from miyaq.core.replicas import lost_key_error
 from miyaq.errors import InvalidField
 from miyaq.logs import LogLimiter
 from miyaq.protocol.commands import DUPLICATE
+from miyaq.protocol.recordrow import ROW_KEYS, task_from_row
 from miyaq.protocol.recordspec import MAX_TIME, task_from_record
 from miyaq.store.task import (
     CANCELLED, DEAD, NO_EXTRA, READY, RETRYING, RUNNING, SCHEDULED, Task, revivals,
@@ -45,18 +46,24 @@ class CopyInstaller:
         # task holds their key here, the key's first holder (id -> that task).
         self.lost_keys: dict[str, str] = {}
 
-    def install(self, record: Any, now: float, source: str, sender: str, shift: float = 0.0) -> bool:
+    def install(self, record: Any, now: float, source: str, sender: str, shift: float = 0.0,
+                rows: bool = False) -> bool:
         """Store (or update) this node's copy of a replicated or handed-off
         task, once it passed the checks a SUBMIT passes (``source`` and
         ``sender`` name where a refused one came from). Idempotent; never
-        resurrects a finished task.
+        resurrects a finished task. ``rows``: ``record`` may be a row, a
+        submit's copy in peer protocol 2 (:mod:`miyaq.protocol.recordrow`);
+        without it, a record that is no map is refused.
 
         ``shift`` is how far this node's clock is ahead of the sender's
         (:func:`~miyaq.cluster.peer_clock.clock_shift`): a new copy's
         times move onto this node's clock by it (:func:`onto_this_clock`)."""
         role = self.role
         try:
-            task = task_from_record(record, role.config)
+            if rows and type(record) is list:
+                task, fields = task_from_row(record, role.config), ROW_KEYS
+            else:
+                task, fields = task_from_record(record, role.config), record
             if not task.holders:
                 raise InvalidField("a copy's record must list its holders", field="holders")
         except InvalidField as err:
@@ -67,7 +74,7 @@ class CopyInstaller:
             # The sender's view of the ring may be older or newer than ours:
             # place the copy by our own view, and refuse it if we are not a
             # holder there (the sender keeps its copy and asks again later).
-            replicas = task.replicas if "replicas" in record else len(holders)
+            replicas = task.replicas if "replicas" in fields else len(holders)
             holders = role.holders(task.key if task.key is not None else task.id, replicas)
         if role.node_id not in holders:
             return False
@@ -123,7 +130,7 @@ class CopyInstaller:
         # started an offset later at each handoff. (A record from an older
         # node still carries its copy's wait in ``eta``: a one-time extra
         # wait, not one per hop -- docs/cluster.md, "Handoff".)
-        not_started = (source == "sync" and _not_started(state, task, record)
+        not_started = (source == "sync" and _not_started(state, task, fields)
                        and task.created >= role.view_since + role.config.replica_offset)
         # A SYNC answer's copy of a task no holder has started, which this node
         # lacks (``not_started``): its REPLICATE is most likely still on its way
@@ -146,9 +153,9 @@ class CopyInstaller:
             # every new holder confirmed).
             extra.standby = True
             due = max(task.eta, now)
-        elif "state" in record and not not_started:    # a handed-off copy of a task under way elsewhere
+        elif "state" in fields and not not_started:    # a handed-off copy of a task under way elsewhere
             extra.standby = True
-            if rank == 0 and _not_started(state, task, record):
+            if rank == 0 and _not_started(state, task, fields):
                 # The task's first holder now, and nobody started it yet by the
                 # sender's record: it asks at the task's eta (only silence lets
                 # it run), not an offset later -- the offset is the first
@@ -174,7 +181,7 @@ class CopyInstaller:
         extra.copy_wait = min(max(due - task.eta, 0.0), MAX_TIME)     # what the replay takes back
         try:
             status, holder = engine.submit(task, now, copy=True)
-            if (status == DUPLICATE and holder != task.id and rank == 0 and "state" in record
+            if (status == DUPLICATE and holder != task.id and rank == 0 and "state" in fields
                     and role.standby.key_checks.yield_to(holder, task.id, now)):
                 status, holder = engine.submit(task, now, copy=True)    # accepted before: the key check gave way
         except Exception as exc:   # Busy, ShuttingDown, too many queues: not stored
@@ -252,7 +259,7 @@ def onto_this_clock(task: Task, shift: float) -> None:
         task.lease_end = moved(task.lease_end, shift, EXPIRED_AT_ONCE)
 
 
-def _not_started(state: str, task: Task, record: Mapping[str, Any]) -> bool:
+def _not_started(state: str, task: Task, record: Container[str]) -> bool:
     """True if a transferred copy's record says no holder started its task
     (as far as its sender knows): waiting or ready, no attempt, no lease."""
     return state in (SCHEDULED, READY) and not task.attempt and "lessee" not in record and "lease_end" not in record

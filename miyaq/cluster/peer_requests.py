@@ -18,12 +18,14 @@ deadline was always dropped, and a new holder slower than the handoff's
 5 s deadline got every copy again every 5 s for ever.
 
 Frames are the service protocol's: ``[b"MQ1", COMMAND, msgpack map]``; every
-body carries ``from`` (the sender's node id) and ``proto``, the peer protocol
-version the sender speaks (``PEER_PROTOCOL``; absent means 1), and every
-request and answer ``clock``, the sender's wall clock as it sent it
-(:func:`clock_shift`: a receiver moves a copy's times onto its own
-clock). A request in a version this node does not speak is refused with
-``bad_version`` and logged, never guessed at; the sender logs the refusal (docs/cluster.md, "Versions").
+request carries ``from`` (the sender's node id) and ``proto``, the peer
+protocol version it is written in (absent means 1): the highest both nodes
+speak, as the peer's answers said (``speaks``, in every answer:
+:mod:`miyaq.cluster.peer_versions`). Every request and answer carries ``clock``,
+the sender's wall clock as it sent it (:func:`clock_shift`: a receiver
+moves a copy's times onto its own clock). A request in a version this
+node does not speak is refused with ``bad_version`` and logged, never
+guessed at; the sender logs the refusal (docs/cluster.md, "Versions").
 Commands: docs/cluster.md.
 """
 from __future__ import annotations
@@ -35,6 +37,7 @@ from collections import Counter, OrderedDict
 from typing import Any, Callable
 
 from miyaq.cluster.answer_times import AnswerTimes
+from miyaq.cluster.peer_versions import PeerVersions, check_version
 from miyaq.cluster.transport import Body, Callback, Handler, Reply
 from miyaq.constants import LATE_ANSWER_WINDOW, MAX_LATE_ANSWERS
 from miyaq.core import ignored
@@ -53,8 +56,6 @@ CANCEL = b"CANCEL"           # {"id": id}                      -> answer {"cance
 ANSWER = b"ANSWER"           # {"req", ...}
 PEER_COMMANDS = frozenset({REPLICATE, QUERY, SYNC, CANCEL})
 PEER_REPLIES = frozenset({ANSWER})
-PEER_PROTOCOL = 1
-"""The peer protocol version this node speaks (peer requests and streams)."""
 
 BULK = "bulk"
 """The channel of copies and resyncs: every command not in :data:`CONTROL_COMMANDS`."""
@@ -104,6 +105,7 @@ class PeerRequests:
         self._next_expiry = math.inf
         self._asked: dict[int, str] = {}
         self.answer_times = AnswerTimes()     # how long each peer lately took to answer (a QUERY's patience)
+        self.versions = PeerVersions()      # the peer protocol each peer speaks, by its answers
         self._current: tuple[Any, Any] = (b"", None)
         self._req = itertools.count(1)
         self.errors: Counter[str] = Counter()
@@ -179,7 +181,7 @@ class PeerRequests:
         req = next(self._req)
         body["req"] = req
         body["from"] = self.node_id
-        body["proto"] = PEER_PROTOCOL
+        body["proto"] = self.versions.version_for(node_id)
         body["clock"] = wall()
         control = command in CONTROL_COMMANDS
         send = self._send_control if control else self._send_request
@@ -214,6 +216,7 @@ class PeerRequests:
         connection). How many ended. Any other ``channel`` raises ValueError."""
         if channel is not None and channel not in (BULK, CONTROL):
             raise ValueError(f"no peer channel {channel!r} (one of {BULK!r}, {CONTROL!r})")
+        self.versions.forget(node_id)       # it may come back as another build
         lost = [req for req, asked in self._asked.items() if asked == node_id and req in self._on_lost
                 and (channel is None or self._on_lost[req][0] == channel)]
         for req in lost:
@@ -245,7 +248,7 @@ class PeerRequests:
             sender = body.get("from")
             if not isinstance(sender, str):
                 raise ProtocolError("peer request without 'from'")
-            check_version(body.get("proto", 1), sender, self.node_id)
+            check_version(body.get("proto", 1), sender, self.node_id, self.versions.speaks)
             self._current = (identity, req)
             answer = self.handlers[command](sender, body)
         except MiyaqError as err:
@@ -271,6 +274,7 @@ class PeerRequests:
     def _answer(self, identity: Any, req: Any, answer: dict[str, Any]) -> None:
         answer["req"] = req
         answer["clock"] = wall()
+        answer["speaks"] = self.versions.speaks     # the asker may write to this node in it (peer_versions)
         self._send_answer(identity, self._answer_frames(identity, req, answer))
 
     def _answer_frames(self, identity: Any, req: Any, answer: dict[str, Any]) -> list[bytes]:
@@ -293,8 +297,11 @@ class PeerRequests:
         req = body.get("req")
         self.answer_times.answered(req, monotonic())       # in time or late: how slow this peer is now
         entry = self.pending.pop(req, None)  # type: ignore[arg-type]
+        asked = self._asked.get(req) if isinstance(req, int) else None
+        if asked is not None:
+            self.versions.heard(asked, body.get("speaks"))
         if body.get("code") == BadVersion.code:
-            peer = self._asked.get(req, "?") if isinstance(req, int) else "?"
+            peer = asked or "?"
             self.warn(peer, "refused-us", "peer %s refused our request: %s", peer, body.get("message"))
         self._settle(req)
         if entry is not None:
@@ -387,12 +394,3 @@ class PeerRequests:
                 self._warned.clear()
             self._warned[key] = now
             logger.error(fmt, *args)
-
-
-def check_version(proto: Any, sender: str, me: str) -> None:
-    """Raise ``BadVersion`` unless ``proto`` is a peer protocol this node speaks."""
-    if isinstance(proto, bool) or not isinstance(proto, int) or not 1 <= proto <= PEER_PROTOCOL:
-        shown = clipped(repr(proto), 32) if isinstance(proto, (int, float, str, bytes)) else f"a {type(proto).__name__}"
-        raise BadVersion(f"peer {clipped(sender, 64)} speaks peer protocol {shown}; node {me} "
-                         f"speaks 1 to {PEER_PROTOCOL}: "
-                         "upgrade every node to one version before using what the new one adds")

@@ -46,12 +46,14 @@ from typing import TYPE_CHECKING, Any, Callable
 from miyaq.cluster.holder_events import apply_early_event
 from miyaq.cluster.late_copies import LateCopies
 from miyaq.cluster.peer_requests import REPLICATE
+from miyaq.cluster.peer_versions import ROWS
 from miyaq.cluster.replica_answers import ReplicaAnswers
 from miyaq.cluster.sizes import RECORD_ALLOWANCE, peer_chunks, record_size
 from miyaq.constants import MAX_PENDING_SUBMITS
 from miyaq.core.handles import Ack, AckTarget
 from miyaq.errors import Busy, MiyaqError, NotEnoughReplicas, ShuttingDown, Unavailable
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE, REJECTED
+from miyaq.protocol.recordrow import copy_row
 from miyaq.runtime import monotonic, wall
 from miyaq.store.records import task_record
 from miyaq.store.task import READY, SCHEDULED, Task
@@ -70,9 +72,11 @@ def copy_record(task: Task) -> dict[str, Any]:
     key, meta, url or ``at_most_once`` (the common submit) is laid out
     directly, field for field as ``task_record`` lays it -- the layout the
     holders read in one unpacking (``protocol/recordspec.py``,
-    ``_SUBMIT_LAYOUT``); ``task_record`` reads twenty properties one by one
+    ``SUBMIT_LAYOUT``); ``task_record`` reads twenty properties one by one
     (2.3 against about 0.8 us a submit). Any other task takes
-    ``task_record``."""
+    ``task_record``. To a holder that reads peer protocol 2 the common
+    layout goes as a row (:func:`~miyaq.protocol.recordrow.copy_row`, in
+    :meth:`ReplicatedIntake._send`)."""
     spec = task.spec
     extra = task.extra
     if (spec.name is None or spec.url is not None or spec.at_most_once or extra.key is not None
@@ -245,13 +249,16 @@ class ReplicatedIntake(LateCopies, ReplicaAnswers):
         """REPLICATE ``copies`` to ``holder``; those that could not be sent
         (no connection: the first chunk refused, and every one after it)."""
         done = 0
+        peer = self.role.peer
+        rows = peer.versions.version_for(holder) >= ROWS     # it reads a submit's copy as a row
         for chunk in peer_chunks(copies, len(copies), self.role.config.max_message, lambda c: record_size(c[1]),
                                  RECORD_ALLOWANCE):
             records = [record for _, record in chunk]
             sent = {r["id"]: r["holders"] for r in records}
+            wire = [copy_row(r) for r in records] if rows else records
             # Not sent: its callback gets None, as silence does (the deadline decides).
-            if not self.role.peer.request(holder, REPLICATE, {"tasks": records}, self.timeout,
-                                          self._callback(holder, sent), self._on_lost(holder, sent)):
+            if not peer.request(holder, REPLICATE, {"tasks": wire}, self.timeout,
+                                self._callback(holder, sent), self._on_lost(holder, sent)):
                 return copies[done:]
             done += len(chunk)
         return []

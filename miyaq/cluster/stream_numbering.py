@@ -25,8 +25,9 @@ silent longer than :func:`stream_silence`, which grows with the node's
 ``peer_heartbeat_timeout``.
 
 Frames: ``[topic, msgpack {"src", "inc", "seq", "epoch", "proto", "ev":
-[event...]}]`` (``epoch``: the ring's, as the source saw it; ``proto``: its
-peer protocol); a heartbeat has no ``ev``, and has ``"hb": true`` and
+[event...]}]`` (``epoch``: the ring's, as the source saw it; ``proto``: the
+peer protocol it is written in, 1 from every build so far:
+:data:`~miyaq.cluster.peer_versions.STREAM_PROTOCOL`); a heartbeat has no ``ev``, and has ``"hb": true`` and
 ``"zk"`` (whether the source has ZooKeeper).
 
 Constraints: nothing here blocks or touches a socket; a subclass hands
@@ -37,7 +38,7 @@ from __future__ import annotations
 import hashlib
 import logging
 
-from miyaq.cluster.peer_requests import PEER_PROTOCOL
+from miyaq.cluster.peer_versions import PEER_PROTOCOL
 from miyaq.cluster.transport import Apply, AskResync
 from miyaq.constants import RESYNC_RETRY, RESYNC_RETRY_MAX, STREAM_HEARTBEAT, STREAM_SILENCE
 from miyaq.logs import LogLimiter

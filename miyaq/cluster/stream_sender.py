@@ -15,7 +15,7 @@ import os
 import random
 from typing import Any
 
-from miyaq.cluster.peer_requests import PEER_PROTOCOL
+from miyaq.cluster.peer_versions import STREAM_PROTOCOL
 
 
 class StreamSender:
@@ -44,7 +44,7 @@ class StreamSender:
             self.dropped += 1
             return
         body = {"src": self.node_id, "inc": self.incarnation, "seq": seq, "epoch": self.epoch, "ev": events,
-                "proto": PEER_PROTOCOL}
+                "proto": STREAM_PROTOCOL}
         self._publish(dest, body)
 
     def forget(self, dest: str) -> None:
@@ -60,7 +60,7 @@ class StreamSender:
         for dest in dests:
             self._publish(dest, {"src": self.node_id, "inc": self.incarnation,
                                  "seq": self.seqs.get(dest, 0), "epoch": self.epoch, "hb": True,
-                                 "zk": self.zk_ok, "proto": PEER_PROTOCOL})
+                                 "zk": self.zk_ok, "proto": STREAM_PROTOCOL})
 
     def _publish(self, dest: str, body: dict[str, Any]) -> None:
         """Send one message to ``dest`` without blocking (it may be lost)."""

@@ -27,6 +27,7 @@ from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
 from miyaq.cluster.answer_times import AnswerTimes
+from miyaq.cluster.peer_versions import PeerVersions
 
 Body = dict[str, Any]
 #: Called once per request: with the answer, or with None (silence or an error answer).
@@ -49,6 +50,8 @@ class PeerLink(Protocol):
     after_burst: list[Callable[[], None]]
     #: How long each peer lately took to answer (what a QUERY waits: miyaq.cluster.answer_times).
     answer_times: AnswerTimes
+    #: The peer protocol each peer speaks, by its answers; what a request to it is written in (peer_versions).
+    versions: PeerVersions
 
     def start(self) -> None:
         """Begin reading requests and answers."""

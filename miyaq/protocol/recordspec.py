@@ -134,7 +134,7 @@ _FAST_FIELDS = frozenset({"o", "id", "queue", "name", "method", "body", "priorit
 
 #: A submit's copy as its sender lays it out (:func:`miyaq.store.records.task_record`,
 #: no key, its rank left out): the order of a map's keys is kept on the wire.
-_SUBMIT_LAYOUT = ("o", "id", "queue", "name", "method", "body", "priority", "eta", "created", "expires",
+SUBMIT_LAYOUT = ("o", "id", "queue", "name", "method", "body", "priority", "eta", "created", "expires",
                   "max_retries", "backoff", "backoff_max", "timeout", "replicas", "holders")
 
 #: Node ids the fast path found valid (at most ``_NODES_KEPT``): a holder is
@@ -146,24 +146,32 @@ _NODES_KEPT = 10_000
 def _fast(r: dict[str, Any], config: NodeConfig) -> Task | None:
     """The common record checked in one pass (REPLICATE is the hot path):
     the task, or None to take the full path -- which accepts everything this
-    accepts, and names the field of anything wrong. The same checks as
-    :func:`_full`'s, inline (a call costs as much as a check), and the task
-    built from its interned spec and its own extras at once, not field by
-    field through the properties."""
-    if tuple(r) == _SUBMIT_LAYOUT:      # a submit's copy: its fields read in one unpacking
+    accepts, and names the field of anything wrong (:func:`fast_task`)."""
+    if tuple(r) == SUBMIT_LAYOUT:      # a submit's copy: its fields read in one unpacking
         (_, task_id, queue, name, method, body, priority, eta, created, expires, max_retries, backoff,
          backoff_max, timeout, replicas, holders) = r.values()
-        rank, key = 0, None
-    elif r.keys() <= _FAST_FIELDS:
+        return fast_task(task_id, queue, name, method, body, priority, eta, created, expires, max_retries, backoff,
+                         backoff_max, timeout, replicas, holders, 0, None, config)
+    if r.keys() <= _FAST_FIELDS:
         get = r.get
-        task_id, queue, name, body = get("id", ""), get("queue", ""), get("name"), get("body", b"")
-        priority, rank, holders, key = get("priority", 0), get("rank", 0), get("holders", ()), get("key")
-        eta, created, expires = get("eta", 0.0), get("created", 0.0), get("expires", 0.0)
-        max_retries, replicas = get("max_retries", 3), get("replicas", 1)
-        backoff, backoff_max, timeout = get("backoff", 1.0), get("backoff_max", 300.0), get("timeout", 300.0)
-        method = get("method", "POST")
-    else:
-        return None
+        return fast_task(get("id", ""), get("queue", ""), get("name"), get("method", "POST"), get("body", b""),
+                         get("priority", 0), get("eta", 0.0), get("created", 0.0), get("expires", 0.0),
+                         get("max_retries", 3), get("backoff", 1.0), get("backoff_max", 300.0),
+                         get("timeout", 300.0), get("replicas", 1), get("holders", ()), get("rank", 0),
+                         get("key"), config)
+    return None
+
+
+def fast_task(task_id: Any, queue: Any, name: Any, method: Any, body: Any, priority: Any, eta: Any, created: Any,
+              expires: Any, max_retries: Any, backoff: Any, backoff_max: Any, timeout: Any, replicas: Any,
+              holders: Any, rank: Any, key: Any, config: NodeConfig) -> Task | None:
+    """The common record's values checked in one pass: the task, or None
+    when any is not what the common record holds (the caller then takes the
+    full path, :func:`_full`, which names the field). The same checks as
+    :func:`_full`'s, inline (a call costs as much as a check), and the task
+    built from its interned spec and its own extras at once, not field by
+    field through the properties. A map record (:func:`_fast`) and a row
+    (:mod:`miyaq.protocol.recordrow`) are both checked here."""
     if not (is_id(task_id) and is_queue(queue) and type(name) is str and 0 < len(name) <= 256
             and method == "POST" and type(body) is bytes and len(body) <= config.max_payload
             and type(priority) is int and -(2**31) <= priority <= 2**31 - 1
