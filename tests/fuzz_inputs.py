@@ -19,6 +19,7 @@ from miyaq.cluster.peer_requests import QUERY, REPLICATE, SYNC
 from miyaq.cluster.stream_numbering import topic
 from miyaq.config import NodeConfig
 from miyaq.protocol import commands as c
+from miyaq.protocol.recordrow import copy_row
 from miyaq.protocol.taskspec import task_from_wire
 from miyaq.store.records import task_record, transfer_record
 
@@ -151,6 +152,29 @@ class Inputs:
         out.pop("rank", None)
         return out
 
+    def replicated(self) -> Any:
+        """A REPLICATE's record in peer protocol 2: a submit's copy as a row
+        (miyaq.protocol.recordrow) when it is one, else the map."""
+        return copy_row(self.record())
+
+    def mutate_row(self, row: Any) -> Any:
+        """``row`` (a row, or a map) with one value made wrong, a value
+        removed or added (another length), or a row of junk."""
+        r = self.rng
+        if not isinstance(row, list):
+            return self.mutate(row)
+        row = list(row)
+        roll = r.random()
+        if roll < 0.7:
+            row[r.randrange(len(row))] = self.junk()
+        elif roll < 0.8:
+            del row[r.randrange(len(row))]
+        elif roll < 0.9:
+            row.insert(r.randrange(len(row) + 1), self.junk())
+        else:
+            row = [self.junk() for _ in range(r.choice([0, 1, len(row), 40]))]
+        return row
+
     def event(self) -> list[Any]:
         r = self.rng
         task_id = self.known_id()
@@ -251,8 +275,19 @@ class Inputs:
     def peer_message(self) -> list[bytes]:
         r = self.rng
         command = r.choice([REPLICATE, REPLICATE, REPLICATE, QUERY, SYNC, b"HELLO"])
-        if command == REPLICATE:
-            body: Any = {"tasks": [self.record() for _ in range(r.randrange(1, 4))]}
+        if command == REPLICATE and r.random() < 0.5:
+            # Peer protocol 2: submits' copies as rows, now and then in a
+            # request that says version 1 (a row is then refused), or none.
+            body: Any = {"tasks": [self.replicated() for _ in range(r.randrange(1, 4))],
+                         "proto": r.choice([2, 2, 2, 2, 1, None])}
+            if body["proto"] is None:
+                del body["proto"]
+            if r.random() < 0.7:
+                tasks = body["tasks"]
+                i = r.randrange(len(tasks))
+                tasks[i] = self.mutate_row(tasks[i])
+        elif command == REPLICATE:
+            body = {"tasks": [self.record() for _ in range(r.randrange(1, 4))]}
             if r.random() < 0.7:
                 tasks = body["tasks"]
                 i = r.randrange(len(tasks))
@@ -306,9 +341,15 @@ class Inputs:
         else:
             # The test's own check tasks are left alone: a peer saying it
             # finished them would be right to finish them here too.
-            ids = [t.get("id") for t in request.get("tasks") or ()
+            rows = [dict(zip(("id",), t)) for t in request.get("tasks") or () if isinstance(t, list)]
+            ids = [t.get("id") for t in [*(request.get("tasks") or ()), *rows]
                    if isinstance(t, dict) and not str(t.get("id")).startswith("check-")]
             body = {"ids": [i for i in ids if r.random() < 0.8]}
             if r.random() < 0.3:
                 body["finished"] = {i: self.outcome() for i in ids if r.random() < 0.5}
+        # What p1 says it speaks: the node then writes to it in that version
+        # (peer protocol 2: submits' copies as rows), or in 1.
+        speaks = r.choice([2, 2, 2, 1, None, 3, self.junk()])
+        if speaks is not None:
+            body["speaks"] = speaks
         return self.maybe_mutate(body, 0.3)

@@ -3,10 +3,12 @@
 A clustered node built by :func:`miyaq.node.assemble.build_node` runs in
 this test's gevent hub, in a fixed ring with a member ``p1`` the test plays
 (tests/peer_fixtures.py). A seeded generator (tests/fuzz_inputs.py) sends it,
-over real sockets, service commands, peer commands (REPLICATE, QUERY, SYNC)
+over real sockets, service commands, peer commands (REPLICATE, QUERY, SYNC;
+a REPLICATE's copies as maps or, in peer protocol 2, as rows)
 and replication stream messages -- most of them valid-looking with one field
 wrong, some garbage -- and answers the node's own requests to ``p1`` (SYNC,
-QUERY, REPLICATE) the same way.
+QUERY, REPLICATE) the same way, saying it speaks peer protocol 2, 1 or
+something else (the node then writes its copies to p1 as rows, or maps).
 
 After every batch the test checks that no input crashed a node, left a task
 stuck, or made a later valid request fail: the node is running and no
@@ -82,6 +84,7 @@ class Rig:
         self.answers = Inputs(random.Random(seed + 1), "fz", "p1", time.time())
         self.internal: list[str] = []
         self.answered = 0
+        self.rows_sent = 0
         self.supervisor = Supervisor("fuzz p1")
         self.supervisor.spawn("fuzz p1 answers", self._answer_requests, policy=LOG)
 
@@ -96,6 +99,9 @@ class Rig:
                 request = msgpack.unpackb(raw, raw=False)
             except Exception:
                 continue
+            if isinstance(request, dict) and request.get("proto") == 2 and any(
+                    isinstance(t, list) for t in request.get("tasks") or ()):
+                self.rows_sent += 1     # p1 said it speaks 2: copies as rows (peer protocol 2)
             body = self.answers.answer(command, request)
             body["req"] = request.get("req")
             try:
@@ -262,3 +268,4 @@ def test_fuzz_service_and_peer_commands_never_break_the_node():
         rig.close()
     assert sent >= EXAMPLES or SECONDS
     assert rig.node.core.refusals.total() > 0         # the generator reached the validation
+    assert rig.rows_sent > 0 or EXAMPLES < 1500       # and the node wrote to p1 in peer protocol 2

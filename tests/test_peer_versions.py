@@ -54,7 +54,7 @@ def test_a_peer_announcing_a_newer_protocol_is_refused_with_a_logged_error(clust
     assert "ERROR" in line and "from 127.0.0.1 (node n9; 1 so far, code bad_version)" in line, line
     answer = ask(peer_socket, {"from": "n9", "req": 8, "proto": PEER_PROTOCOL, "ids": ["t1"]})
     assert isinstance(answer.pop("clock"), float)      # every answer carries its sender's clock
-    assert answer == {"req": 8, "states": {"t1": ["unknown"]}}
+    assert answer == {"req": 8, "states": {"t1": ["unknown"]}, "speaks": PEER_PROTOCOL}
     answer = ask(peer_socket, {"from": "n9", "req": 9, "ids": ["t1"]})     # a node from before versions
     assert answer["states"] == {"t1": ["unknown"]}
 

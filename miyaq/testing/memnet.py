@@ -95,6 +95,8 @@ class Message:
         for record in body.get("tasks") or ():
             if isinstance(record, dict) and isinstance(record.get("id"), str):
                 ids.add(record["id"])
+            elif isinstance(record, list) and record and isinstance(record[0], str):   # a row (recordrow)
+                ids.add(record[0])
         states = body.get("states")
         if isinstance(states, dict):
             ids.update(k for k in states if isinstance(k, str))
