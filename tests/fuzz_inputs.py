@@ -275,23 +275,18 @@ class Inputs:
     def peer_message(self) -> list[bytes]:
         r = self.rng
         command = r.choice([REPLICATE, REPLICATE, REPLICATE, QUERY, SYNC, b"HELLO"])
-        if command == REPLICATE and r.random() < 0.5:
-            # Peer protocol 2: submits' copies as rows, now and then in a
-            # request that says version 1 (a row is then refused), or none.
-            body: Any = {"tasks": [self.replicated() for _ in range(r.randrange(1, 4))],
-                         "proto": r.choice([2, 2, 2, 2, 1, None])}
-            if body["proto"] is None:
-                del body["proto"]
+        if command == REPLICATE:
+            # Half in peer protocol 2: submits' copies as rows, now and then in
+            # a request that says version 1 (a row is then refused), or none.
+            rows = r.random() < 0.5
+            make, spoil = (self.replicated, self.mutate_row) if rows else (self.record, self.mutate)
+            body: Any = {"tasks": [make() for _ in range(r.randrange(1, 4))]}
+            if rows and (proto := r.choice([2, 2, 2, 2, 1, None])) is not None:
+                body["proto"] = proto
             if r.random() < 0.7:
                 tasks = body["tasks"]
                 i = r.randrange(len(tasks))
-                tasks[i] = self.mutate_row(tasks[i])
-        elif command == REPLICATE:
-            body = {"tasks": [self.record() for _ in range(r.randrange(1, 4))]}
-            if r.random() < 0.7:
-                tasks = body["tasks"]
-                i = r.randrange(len(tasks))
-                tasks[i] = self.mutate(tasks[i])
+                tasks[i] = spoil(tasks[i])
         elif command == QUERY:
             body = {"ids": [self.known_id() for _ in range(r.randrange(0, 5))]}
         else:
