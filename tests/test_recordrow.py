@@ -128,3 +128,48 @@ def test_a_request_in_a_version_the_node_does_not_speak_is_refused():
     assert "peer n2 speaks peer protocol 2; node n1 speaks 1 to 1" in info.value.message
     with pytest.raises(BadVersion):
         check_version(PEER_PROTOCOL + 1, "n2", "n1")
+
+
+def test_a_link_writes_to_a_peer_in_the_version_its_answers_said_until_its_connection_closes():
+    """The link (PeerRequests) end to end, frames decoded as a peer reads
+    them: version 1 until the peer answered; 2 once an answer said
+    ``speaks: 2``; 1 again once its connection closed (it may come back as
+    an older build), and after an answer refusing ``bad_version`` (an older
+    build's, without ``speaks``). Every answer this node gives says what it speaks."""
+    from miyaq.cluster.peer_requests import ANSWER, QUERY, PeerRequests
+    from miyaq.protocol import codec
+
+    sent: list[dict[str, Any]] = []
+    answered: list[dict[str, Any]] = []
+
+    class Link(PeerRequests):
+        def _send_request(self, node_id: str, frames: list[bytes]) -> bool:
+            sent.append(codec.decode(frames, frozenset({QUERY}), 1 << 20)[1])
+            return True
+
+        def _send_answer(self, identity: Any, frames: list[bytes]) -> None:
+            answered.append(codec.decode(frames, frozenset({ANSWER}), 1 << 20)[1])
+
+    class Supervisor:
+        def report(self, what: str, exc: BaseException) -> None:
+            raise exc
+
+    link = Link(Supervisor(), "n1", 1 << 20)      # type: ignore[arg-type]
+
+    def ask_and_answer(answer: dict[str, Any]) -> int:
+        link.request("n2", QUERY, {"ids": []}, 5.0, lambda a: None)
+        link._handle_answer(codec.encode(ANSWER, {**answer, "req": sent[-1]["req"]}))
+        return sent[-1]["proto"]
+
+    assert ask_and_answer({"states": {}, "speaks": 2}) == 1     # nothing heard yet
+    assert ask_and_answer({"states": {}, "speaks": 2}) == 2
+    link.connection_lost("n2")
+    assert ask_and_answer({"code": "bad_version", "message": "speaks 1 to 1"}) == 1
+    assert ask_and_answer({"states": {}, "speaks": 2}) == 1     # the refusal said nothing: 1
+    assert ask_and_answer({"states": {}}) == 2
+    assert link.versions.version_for("n2") == 1      # an answer without speaks
+    link.handlers[QUERY] = lambda sender, body: {"states": {}}
+    link._handle_request([b"id", *codec.encode(QUERY, {"from": "n3", "req": 1, "proto": 2, "ids": []})])
+    link._handle_request([b"id", *codec.encode(QUERY, {"from": "n3", "req": 2, "proto": 3, "ids": []})])
+    assert [a.get("speaks") for a in answered] == [PEER_PROTOCOL, PEER_PROTOCOL]
+    assert "states" in answered[0] and answered[1]["code"] == "bad_version"
