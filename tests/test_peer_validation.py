@@ -403,4 +403,3 @@ def test_a_peer_link_that_cannot_be_made_for_want_of_descriptors_is_made_a_secon
         assert "peer link: no socket to member p1 now: Too many open files" in caplog.text
     finally:
         node.stop()
-
