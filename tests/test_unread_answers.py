@@ -14,6 +14,7 @@ import msgpack
 import pytest
 import zmq
 
+from miyaq.cluster.peer_versions import PEER_PROTOCOL
 from miyaq.core.unread import UnreadAnswers, acked_bytes, unsent_bytes, wire_bytes
 from miyaq.protocol import commands as c
 from miyaq.testing.harness import wait_for
@@ -196,6 +197,9 @@ def _peer_answer(sock: zmq.Socket) -> str:
     assert sock.poll(int(WAIT * 1000)), "no answer"
     _, _, body = sock.recv_multipart()
     decoded = msgpack.unpackb(body)
+    # busy or not, an answer says the peer protocol its node speaks: one
+    # without it would have the asker write to it in version 1 (peer_versions)
+    assert decoded.get("speaks") == PEER_PROTOCOL, decoded.keys()
     if "code" in decoded:
         return decoded["code"]
     assert len(decoded["tasks"]) >= 100, decoded.keys()

@@ -193,6 +193,7 @@ class PeerEndpoint(PeerRequests):
             self.errors[Busy.code] += 1
             refusal = self.unread.refusal(identity).to_wire()
             refusal["req"] = req
+            refusal["speaks"] = self.versions.speaks      # as every answer: else the asker writes version 1
             frames = codec.encode(ANSWER, refusal)
         return frames
 
