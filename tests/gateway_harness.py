@@ -227,19 +227,6 @@ def read_all(sock: socket.socket) -> bytes:
     return data
 
 
-def read_head(conn: Any) -> bytes | None:
-    """Read one request's head (through the blank line) from ``conn``, a
-    socket; None if the peer closed first. What follows the head in the
-    last read (a small body) is read with it."""
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = conn.recv(65536)
-        if not chunk:
-            return None
-        head += chunk
-    return head
-
-
 class Recorded:
     def __init__(self, method: str, path: str, headers: dict[str, str], body: bytes, peer_port: int) -> None:
         self.method = method

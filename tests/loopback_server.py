@@ -55,3 +55,34 @@ class LoopbackServer:
                     conn.close()
                 except OSError:
                     pass
+
+
+def read_head(conn: socket.socket) -> bytes | None:
+    """Read one request's head (through the blank line) from ``conn``;
+    None if the peer closed first. What follows the head in the last read
+    (a small body) is read with it."""
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        head += chunk
+    return head
+
+
+def read_request(conn: socket.socket) -> tuple[bytes, bytes] | None:
+    """The next HTTP/1.1 request on ``conn``: its head (without the blank
+    line) and its body (``Content-Length`` bytes); None once the peer
+    closed before a whole one came."""
+    data = read_head(conn)
+    if data is None:
+        return None
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        body += chunk
+    return head, body

@@ -56,9 +56,7 @@ def test_a_quick_retry_asked_for_after_another_holder_s_is_not_pushed_back_by_th
     stored = {"n2": _sent(cluster, "n2", to_n2), "n3": _sent(cluster, "n3", to_n3)}
     now = _driven(monkeypatch)
     start = now[0]
-    handoff.leaving[to_n2] = {"n2"}
-    handoff.leaving[to_n3] = {"n3"}
-    n2, n3 = handoff._retry_of("n2"), handoff._retry_of("n3")
+    n2, n3 = _owed_one_each(handoff, to_n2, to_n3)
     for retry in (n2, n3):       # a round sent each its chunk
         retry.sent(start)
         retry.awaiting = 1
@@ -93,9 +91,7 @@ def test_a_round_that_finds_no_holder_due_plans_the_next_at_a_holder_s_quick_ret
     stored = _sent(cluster, "n3", to_n3)
     now = _driven(monkeypatch)
     start = now[0]
-    handoff.leaving[to_n2] = {"n2"}
-    handoff.leaving[to_n3] = {"n3"}
-    n2, n3 = handoff._retry_of("n2"), handoff._retry_of("n3")
+    n2, n3 = _owed_one_each(handoff, to_n2, to_n3)
     n2.awaiting, n2.not_before = 1, start
     n3.not_before = start + 0.2
     handoff.next_retry = start
@@ -130,9 +126,7 @@ def test_two_unreachable_holders_get_their_quick_retries_each_and_no_more(inproc
         cluster.net.refuse("REPLICATE", src="n1", dst=holder)
     now = _driven(monkeypatch)
     start = now[0]
-    handoff.leaving[to_n2] = {"n2"}
-    handoff.leaving[to_n3] = {"n3"}
-    n2, n3 = handoff._retry_of("n2"), handoff._retry_of("n3")
+    n2, n3 = _owed_one_each(handoff, to_n2, to_n3)
     handoff.next_retry = start + HANDOFF_RETRY
     for holder, tid, retry in (("n2", to_n2, n2), ("n3", to_n3, n3)):     # a pass's send that could not go
         retry.sent(now[0])
@@ -172,9 +166,7 @@ def test_a_holder_with_a_chunk_on_its_way_does_not_plan_the_next_round(inproc, m
     stored = _sent(cluster, "n3", to_n3)
     now = _driven(monkeypatch)
     start = now[0]
-    handoff.leaving[to_n2] = {"n2"}
-    handoff.leaving[to_n3] = {"n3"}
-    n2, n3 = handoff._retry_of("n2"), handoff._retry_of("n3")
+    n2, n3 = _owed_one_each(handoff, to_n2, to_n3)
     n2.awaiting, n2.not_before = 1, start + 0.2
     n3.not_before = start
     handoff.next_retry = start
@@ -184,3 +176,11 @@ def test_a_holder_with_a_chunk_on_its_way_does_not_plan_the_next_round(inproc, m
     cluster.wait_until(lambda: not n3.awaiting, what="n3's answer")
     n2.awaiting = 0
     handoff.leaving.clear()
+
+
+def _owed_one_each(handoff: Any, to_n2: str, to_n3: str) -> tuple[Any, Any]:
+    """The handoff still owes n2 the task ``to_n2`` and n3 ``to_n3``: the
+    two holders' quick-retry states."""
+    handoff.leaving[to_n2] = {"n2"}
+    handoff.leaving[to_n3] = {"n3"}
+    return handoff._retry_of("n2"), handoff._retry_of("n3")

@@ -34,7 +34,8 @@ from typing import Any
 
 import pytest
 
-from gateway_harness import FIXTURES, Http, NodeThread, read_head, wait_for
+from gateway_harness import FIXTURES, Http, NodeThread, wait_for
+from loopback_server import read_head
 from miyaq.core import invariants
 
 http_node, api, make_http_node, make_web_worker = FIXTURES

@@ -18,7 +18,8 @@ import uuid
 
 import pytest
 from apps import pools
-from gateway_harness import FIXTURES, Http, read_head, wait_for
+from gateway_harness import FIXTURES, Http, wait_for
+from loopback_server import read_head
 from loopback_server import LoopbackServer
 import test_worker_pools as pool_fixtures
 

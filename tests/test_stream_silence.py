@@ -7,6 +7,9 @@ is silent. The clocks are driven (``cluster.advance``, a patched
 ``monotonic``); nothing is timed."""
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 
 from miyaq.cluster import stream_numbering
@@ -83,16 +86,7 @@ def test_a_resync_failing_again_and_again_is_asked_again_at_growing_bounded_inte
     failure in a row, never more than ``RESYNC_RETRY_MAX``; one that
     completes starts over. Heartbeats keep coming all along (the stream is
     not silent): the retry does not wait for a silence."""
-    clock = [100.0]
-    monkeypatch.setattr(stream_numbering, "monotonic", lambda: clock[0])
-    asked: list[int] = []
-    receiver = stream_numbering.StreamReceiver("me", lambda src, events: None, lambda src, n: asked.append(n))
-    receiver.silence = 600.0 + STREAM_HEARTBEAT
-
-    def heartbeat() -> None:
-        receiver._handle([stream_numbering.topic("me"), codec.pack(
-            {"src": "p1", "inc": 7, "seq": 0, "epoch": 1, "hb": True, "zk": True, "proto": 1})])
-
+    clock, asked, receiver, heartbeat = _followed_with_heartbeats(monkeypatch)
     receiver._follow("p1")
     heartbeat()                                              # its incarnation: another resync once this one ends
     receiver.resync_done("p1", asked[-1], complete=True)
@@ -128,16 +122,7 @@ def test_a_resync_that_completes_before_a_failed_ones_retry_leaves_no_retry_due(
     review32: keeping it passed every test, and a needless resync -- a pass
     over every task the two nodes share, in pages over the link -- followed
     each such completion)."""
-    clock = [100.0]
-    monkeypatch.setattr(stream_numbering, "monotonic", lambda: clock[0])
-    asked: list[int] = []
-    receiver = stream_numbering.StreamReceiver("me", lambda src, events: None, lambda src, n: asked.append(n))
-    receiver.silence = 600.0 + STREAM_HEARTBEAT
-
-    def heartbeat() -> None:
-        receiver._handle([stream_numbering.topic("me"), codec.pack(
-            {"src": "p1", "inc": 7, "seq": 0, "epoch": 1, "hb": True, "zk": True, "proto": 1})])
-
+    clock, asked, receiver, heartbeat = _followed_with_heartbeats(monkeypatch)
     receiver._follow("p1")
     heartbeat()
     receiver.resync_done("p1", asked[-1], complete=True)
@@ -155,3 +140,20 @@ def test_a_resync_that_completes_before_a_failed_ones_retry_leaves_no_retry_due(
         receiver._check_silence(clock[0])
     assert len(asked) == done, "a resync asked after the stream was in step again"
     assert not receiver.sources["p1"].syncing
+
+
+def _followed_with_heartbeats(monkeypatch: Any) -> tuple[list[float], list[int], Any, Callable[[], None]]:
+    """A receiver on a driven clock (``clock[0]``) that will follow p1 with
+    a 600 s peer heartbeat timeout, the resyncs it asks (``asked``), and a
+    function that delivers one of p1's heartbeats to it."""
+    clock = [100.0]
+    monkeypatch.setattr(stream_numbering, "monotonic", lambda: clock[0])
+    asked: list[int] = []
+    receiver = stream_numbering.StreamReceiver("me", lambda src, events: None, lambda src, n: asked.append(n))
+    receiver.silence = 600.0 + STREAM_HEARTBEAT
+
+    def heartbeat() -> None:
+        receiver._handle([stream_numbering.topic("me"), codec.pack(
+            {"src": "p1", "inc": 7, "seq": 0, "epoch": 1, "hb": True, "zk": True, "proto": 1})])
+
+    return clock, asked, receiver, heartbeat

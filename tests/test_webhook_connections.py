@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from loopback_server import LoopbackServer
-from gateway_harness import read_head
+from loopback_server import read_head
 from test_http_tls import make_cert
 
 from miyaq.gateway import connections as connections_module

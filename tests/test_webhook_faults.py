@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from gateway_harness import FIXTURES, Http, NodeThread, wait_for
-from loopback_server import LoopbackServer
+from loopback_server import LoopbackServer, read_request
 
 from miyaq.config import NodeConfig
 from miyaq.gateway.destinations import Destinations
@@ -69,17 +69,8 @@ class Destination(LoopbackServer):
     def _serve(self, conn: socket.socket) -> None:
         conn.settimeout(30)
         try:
-            while True:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    data += chunk
-                head, _, body = data.partition(b"\r\n\r\n")
-                for _ in range(int(_header(head, b"content-length") or 0) - len(body)):
-                    if not conn.recv(1):
-                        return
+            while (request := read_request(conn)) is not None:
+                head = request[0]
                 task_id = _header(head, b"x-task-id").decode("latin-1")
                 with self.lock:
                     self.heads.append(head + b"\r\n")

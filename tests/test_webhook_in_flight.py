@@ -11,7 +11,8 @@ import threading
 
 import pytest
 from loopback_server import LoopbackServer
-from gateway_harness import FIXTURES, Http, NodeThread, read_head, wait_for
+from gateway_harness import FIXTURES, Http, NodeThread, wait_for
+from loopback_server import read_head
 
 from miyaq.config import NodeConfig
 from miyaq.errors import ConfigError

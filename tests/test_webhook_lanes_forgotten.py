@@ -12,7 +12,8 @@ import logging
 import threading
 
 import pytest
-from gateway_harness import FIXTURES, Http, NodeThread, read_head, wait_for
+from gateway_harness import FIXTURES, Http, NodeThread, wait_for
+from loopback_server import read_head
 from loopback_server import LoopbackServer
 
 from miyaq.config import NodeConfig

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 import pytest
 
 from gateway_harness import FIXTURES, Http, NodeThread, wait_for
-from loopback_server import LoopbackServer
+from loopback_server import LoopbackServer, read_request
 from miyaq.errors import ConfigError
 from miyaq.gateway import outbound as outbound_module
 from miyaq.gateway.destinations import Destinations
@@ -193,21 +193,8 @@ class RawDestination(LoopbackServer):
     def _serve(self, conn) -> None:
         conn.settimeout(30)
         try:
-            while True:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    data += chunk
-                head, _, body = data.partition(b"\r\n\r\n")
-                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), 0)
-                while len(body) < length:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    body += chunk
+            while (request := read_request(conn)) is not None:
+                head, body = request
                 with self.lock:
                     self.requests.append((head + b"\r\n", body))
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
