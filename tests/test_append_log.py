@@ -336,6 +336,38 @@ def test_damage_in_the_last_readable_segment_is_never_appended_behind(tmp_path: 
     assert f"{first} is damaged" in caplog.text
 
 
+def test_a_last_readable_segment_damaged_at_its_first_record_is_set_aside_not_collided_with(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Faults, two at once: the first record of a segment is corrupt (media
+    damage), and the segment after it is cut inside its first header (a power
+    loss right after a rotation), so the damaged one holds no good record and
+    nothing was logged after it. Its name is the next record's: before, every
+    append raised "log-...mq already exists; refusing to overwrite it" -- not
+    a disk fault, so the node's writer died and the node stopped, at every
+    restart. Now the file is set aside whole (``.damaged-0``, for forensics)
+    and the log appends under that name again."""
+    log, _ = open_log(tmp_path, fsync="never", segment_bytes=200)
+    log.append_many([{"i": i, "pad": b"p" * 30} for i in range(12)])
+    log.close()
+    first, second, third = segments(tmp_path)[:3]
+    for later in segments(tmp_path)[3:]:
+        later.unlink()
+    data = bytearray(second.read_bytes())
+    data[HEADER_SIZE + 2] ^= 0x40            # its first record
+    second.write_bytes(bytes(data))
+    os.truncate(third, 4)
+    kept = int(second.name[4:24]) - 1         # the records of the first segment
+
+    with caplog.at_level(logging.WARNING, logger="miyaq.store.log"):
+        log, replayed = open_log(tmp_path, fsync="never", segment_bytes=200)
+    assert [r["i"] for r in replayed] == list(range(kept))
+    assert log.append_many([{"i": i} for i in (100, 101)]) == kept + 2
+    log.close()
+    assert (tmp_path / f"{second.name}.damaged-0").read_bytes() == bytes(data)
+    assert f"{second} is damaged at offset 0" in caplog.text and f"{second.name}.damaged-0" in caplog.text
+    assert [r["i"] for r in reopen(tmp_path, fsync="never", segment_bytes=200)] == list(range(kept)) + [100, 101]
+
+
 def test_a_segment_name_without_records_does_not_move_the_seqno(tmp_path: Path) -> None:
     """Fault: a stray file named like a segment near the end of the seqnos
     (``log-18446744073709551613.mq``: junk, or a name another tool made),

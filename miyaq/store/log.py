@@ -43,7 +43,9 @@ and offset, counters ``corrupt_records`` and ``truncated_bytes``), never fatal:
   continues with the next segment; the file is left as it is. Records between
   the damage and the next segment are lost (a "gap" warning says which
   seqnos). Stopping, not skipping, keeps replay to records we can prove are
-  in order.
+  in order. Such a segment never takes appends again; one damaged at its
+  first record with nothing logged after it is renamed whole to
+  ``<segment>.damaged-0`` (the next record takes its name).
 - Snapshot: a snapshot that fails validation (checked fully before any of
   it is yielded) is renamed ``*.bad`` and the next older one is used; if none
   is valid, the valid prefix of the newest one is replayed.

@@ -288,5 +288,24 @@ class Scanner:
         for seg in [s for s in opened.segments if s.size == 0]:
             os.unlink(seg.path)
             opened.segments.remove(seg)
+        for seg in [s for s in opened.segments if s.damaged and s.first > opened.last_seqno]:
+            self._set_aside(seg)
         logger.info("append log %s: replayed up to seqno %d (snapshot %d, %d records after it)",
                     self.directory, opened.last_seqno, opened.snapshot.seqno, opened.records_after_snapshot)
+
+    def _set_aside(self, seg: Segment) -> None:
+        """A damaged segment with no good record, and none logged after it: its
+        name is the next record's, which the next append must be able to take
+        (before 2026-12-07 every append raised "already exists", and the node's
+        writer died with it). Renamed whole to ``<segment>.damaged-0``, for
+        forensics as cut bytes are (removed past :data:`MAX_KEPT_ASIDE`)."""
+        self.opened.segments.remove(seg)
+        aside = kept_aside_name(f"{seg.path}.damaged-0")
+        if aside is None:
+            logger.error("append log: removing %s, damaged at its first record: %d copies of damage there are "
+                         "kept already", seg.path, MAX_KEPT_ASIDE)
+            os.unlink(seg.path)
+        else:
+            logger.error("append log: %s is damaged at its first record and nothing was logged after it: "
+                         "set aside whole as %s (the next record takes its name)", seg.path, aside)
+            os.replace(seg.path, aside)
