@@ -227,6 +227,49 @@ def test_flipped_byte_mid_last_segment_keeps_cut_bytes(tmp_path: Path, caplog: p
     assert len(saved) == 1 and saved[0].read_bytes() == bytes(data[record_size:])
 
 
+@pytest.mark.parametrize("damaged", [2, 0], ids=["mid-segment", "first-record"])
+def test_media_damage_found_on_a_full_disk_keeps_the_segment_whole_and_the_node_starts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, damaged: int) -> None:
+    """Faults, two at once: media corruption in the last segment (good records
+    follow the damage) and a full disk at start, so the cut bytes cannot be
+    saved (simulated: their copy is written to /dev/full, ENOSPC). Before
+    2026-12-07 the replay raised "cannot open the log ...: No space left on
+    device" (naming no file): the node did not start, and an empty copy was
+    left behind. Now nothing is cut: the segment is kept whole, never
+    appended to again (set aside as ``.damaged-0`` when the damage is at its
+    first record, whose name the next record takes), and the log goes on."""
+    log, _ = open_log(tmp_path, fsync="never")
+    log.append_many([{"i": i, "pad": b"p" * 40} for i in range(5)])
+    log.close()
+    seg = segments(tmp_path)[-1]
+    data = bytearray(seg.read_bytes())
+    record_size = len(data) // 5
+    data[damaged * record_size + HEADER_SIZE + 3] ^= 0xFF
+    seg.write_bytes(bytes(data))
+    real_open = os.open
+
+    def full_disk(path: Any, flags: int, *args: Any) -> int:
+        if ".damaged-" in str(path) and flags & os.O_CREAT:
+            os.close(real_open(path, flags, *args))     # the file is made; its bytes do not fit
+            return real_open("/dev/full", os.O_WRONLY)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", full_disk)
+    with caplog.at_level(logging.WARNING, logger="miyaq.store.log"):
+        log, replayed = open_log(tmp_path, fsync="never")
+    monkeypatch.undo()
+    assert [r["i"] for r in replayed] == list(range(damaged))
+    assert log.truncated_bytes == 0 and log.corrupt_records == 1
+    assert "cannot be saved" in caplog.text and "No space left on device" in caplog.text
+    assert log.append_many([{"i": 100}, {"i": 101}]) == damaged + 2
+    log.close()
+    kept = tmp_path / f"{seg.name}.damaged-0" if damaged == 0 else seg
+    assert kept.read_bytes() == bytes(data)                  # whole, nothing written behind the damage
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["LOCK", seg.name, kept.name] if damaged == 0 else ["LOCK", seg.name, f"log-{damaged + 1:020d}.mq"])
+    assert [r["i"] for r in reopen(tmp_path)] == list(range(damaged)) + [100, 101]
+
+
 def test_the_same_damage_found_again_keeps_both_copies(tmp_path: Path) -> None:
     """Fault: the same media corruption at the same offset twice (the records
     after it written again, and damaged again). Before 2026-12-04 the second

@@ -38,7 +38,8 @@ and offset, counters ``corrupt_records`` and ``truncated_bytes``), never fatal:
   crc, bad msgpack, wrong seqno) is cut off at the last good record and
   appending continues there. If good frames follow the damage (media
   corruption rather than a torn write), the cut bytes are first saved to
-  ``<segment>.damaged-<offset>``.
+  ``<segment>.damaged-<offset>``; if they cannot be (a full disk), nothing
+  is cut: the segment is kept whole and treated as an older one (below).
 - Older segment: replay of that segment stops at the bad record and
   continues with the next segment; the file is left as it is. Records between
   the damage and the next segment are lost (a "gap" warning says which

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 from miyaq.errors import MiyaqError
 from miyaq.store.log_compact import SnapshotInfo
-from miyaq.store.log_files import MAX_KEPT_ASIDE, Blocking, Segment, fsync_dir, kept_aside_name, mapped
+from miyaq.store.log_files import MAX_KEPT_ASIDE, Blocking, Segment, fsync_dir, kept_aside_name, mapped, write_all
 from miyaq.store.log_format import (
     FORMAT_VERSION,
     KIND_RECORD,
@@ -226,11 +226,13 @@ class Scanner:
                     opened.records_after_snapshot += 1
                     yield LogEntry(item.seqno, item.body, False)
                 size = len(buf)
+                kept_whole = error is not None and not is_last
                 if error is not None:
                     self.corrupt_records += 1
-                    if is_last:
-                        self._cut_tail(path, buf, error, good_end)
+                    if is_last and self._cut_tail(path, buf, error, good_end):
                         size = good_end
+                    elif is_last:
+                        kept_whole = True
                     else:
                         logger.warning("append log: %s is damaged at offset %d (%s); skipping the rest of "
                                        "this segment and continuing with the next one", path, error.offset,
@@ -238,10 +240,15 @@ class Scanner:
             if seg_seqno > first:      # a file's name alone (one with no record) says nothing
                 opened.last_seqno = max(opened.last_seqno, seg_seqno - 1)
             if seg_seqno - 1 > snap_seqno or not self._snapshot_valid or error is not None:
-                opened.segments.append(Segment(first, path, size, damaged=error is not None and not is_last))
+                opened.segments.append(Segment(first, path, size, damaged=kept_whole))
             # else: every record is in the snapshot; _finish deletes the file
 
-    def _cut_tail(self, path: str, buf: Buffer, error: FrameError, good_end: int) -> None:
+    def _cut_tail(self, path: str, buf: Buffer, error: FrameError, good_end: int) -> bool:
+        """Cut the last segment's damaged tail off (saving it first when good
+        records may follow the damage). False when those bytes cannot be saved
+        (a full disk at start): the segment is then kept whole and never
+        appended to again, as an older damaged segment is -- before 2026-12-07
+        the node did not start, and left a partial copy behind."""
         cut = len(buf) - good_end
         logger.warning("append log: %s has a torn or corrupt tail at offset %d (%s); truncating %d bytes",
                        path, error.offset, error.reason, cut)
@@ -255,13 +262,36 @@ class Scanner:
                 logger.error("append log: %s the damage in %s (media corruption, not a torn write); the %d "
                              "cut bytes are NOT saved: %d copies of damage there are kept already",
                              found, path, cut, MAX_KEPT_ASIDE)
+            elif not self._save(saved, buf[good_end:]):
+                logger.error("append log: %s the damage in %s (media corruption, not a torn write); the %d "
+                             "bytes after it cannot be saved in %s, so they are not cut: the segment is kept "
+                             "whole and the log goes on in a new segment", found, path, cut, saved)
+                return False
             else:
-                with open(os.open(saved, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
-                    f.write(buf[good_end:])     # payloads: owner only, as the segment was
                 logger.error("append log: %s the damage in %s (media corruption, not a torn write); the %d "
                              "cut bytes are saved in %s", found, path, cut, saved)
         os.truncate(path, good_end)
         self.truncated_bytes += cut
+        return True
+
+    @staticmethod
+    def _save(path: str, data: bytes) -> bool:
+        """Write ``data`` to a new file ``path`` (owner only, as the segment
+        was). False, and no file left, if the disk refuses (ENOSPC, EIO)."""
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            logger.warning("append log: cannot make %s (%s)", path, exc)
+            return False
+        try:
+            write_all(fd, data)
+        except OSError as exc:
+            logger.warning("append log: writing %s failed (%s)", path, exc)
+            os.close(fd)
+            os.unlink(path)
+            return False
+        os.close(fd)
+        return True
 
     # -- repair ---------------------------------------------------------------------------
     def _finish(self, snapshots: list[tuple[int, str]], segments: list[tuple[int, str]]) -> None:
