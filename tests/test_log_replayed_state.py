@@ -24,6 +24,7 @@ from miyaq.core.engine import Engine
 from miyaq.core.refusals import Refusals
 from miyaq.persistence import journal
 from miyaq.persistence.journal import Persistence
+from miyaq.persistence.replay import replay
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE
 from miyaq.protocol.taskspec import task_from_wire
 from miyaq.runtime import Supervisor
@@ -303,3 +304,27 @@ def test_dead_letters_past_max_dead_stay_dropped_after_a_restart(tmp_path: Path)
     assert again.dead_purge("default") == 2
     assert "default" not in again.queue_counts() or again.queue_counts()["default"]["dead"] == 0
     part2.stop()
+
+
+def test_a_logged_record_without_a_string_id_is_refused_and_counted(tmp_path: Path) -> None:
+    """Fault: whole records (their checksums hold) of this build's kinds whose
+    ``id`` is missing or not a string -- a bug, another build. Before
+    2026-12-07 they were skipped silently: no line, nothing in
+    ``records_refused``, though docs/durability.md says every record a
+    replay refuses is logged and counted. Now each is refused under ``log``;
+    the rest replays, and a record of an unknown kind without an id (a later
+    build's) is still ignored."""
+    log = AppendLog(tmp_path, fsync="always", offload_fsync=False)
+    assert not list(log.replay())
+    log.append_many([{"o": "A", "id": 5, "name": "job", "queue": "default"},
+                     {"o": "F", "state": DONE, "at": T0, "queue": "default", "attempt": 1},
+                     {"o": "S", "id": None, "attempt": 1},
+                     {"o": "Z", "later": True},
+                     {"o": "F", "id": "good", "state": DONE, "at": T0, "queue": "default", "attempt": 1}])
+    log.close()
+    engine, refusals = Engine(NodeConfig(node_id="n")), Refusals()
+    log = AppendLog(tmp_path, fsync="always", offload_fsync=False)
+    replay(engine, log, T0 + 1, refusals)
+    log.close()
+    assert engine.table.tombstone("good") is not None
+    assert refusals.by_source() == {"log": 3}

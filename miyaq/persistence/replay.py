@@ -68,7 +68,10 @@ def replay(engine: Engine, log: AppendLog, now: float, refusals: Refusals) -> Re
         op = r.get("o")
         task_id = r.get("id")
         if not isinstance(task_id, str):
-            continue
+            if op in _OPS:     # said and counted as any refused record (silently skipped before 2026-12-07)
+                refusals.refuse("log", log.directory, InvalidField(f"a log {op} record's id must be a string",
+                                                                   field="id"))
+            continue            # a record of a later version, without an id: ignored
         try:
             if op == "A":
                 accepted = task_from_record(r, config)
@@ -133,6 +136,10 @@ def replay(engine: Engine, log: AppendLog, now: float, refusals: Refusals) -> Re
         if engine.restore_tombstone(r, now):
             kept += 1
     return Replayed(records, len(tasks), kept, dropped)
+
+
+_OPS = frozenset("AFSRDVP")
+"""The records this build writes (:mod:`miyaq.persistence.journal`), each with an ``id``."""
 
 
 def _checking_config(config: NodeConfig) -> NodeConfig:
