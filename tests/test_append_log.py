@@ -325,6 +325,28 @@ def test_valid_crc_but_bad_msgpack_is_corrupt(tmp_path: Path, caplog: pytest.Log
     assert "bad msgpack" in caplog.text
 
 
+def test_a_whole_frame_with_another_seqno_is_damage_not_a_record(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Fault: a frame whose checksum holds but whose seqno is not the next one
+    (a block of another write, a record copied in from elsewhere) at the end of
+    the last segment. It is cut as damage: replayed as a record, its seqno
+    moved the replay's next expected one past the log's, and a record appended
+    after the restart was skipped at the next replay as one a snapshot covered
+    (mutation: dropping the seqno check passed every test)."""
+    log, _ = open_log(tmp_path, fsync="never")
+    log.append({"i": 0})
+    log.close()
+    with open(segments(tmp_path)[-1], "ab") as f:
+        f.write(frame(pack_payload(KIND_RECORD, 7, {"i": "stray"})))
+    with caplog.at_level(logging.WARNING, logger="miyaq.store.log"):
+        log, replayed = open_log(tmp_path, fsync="never")
+    assert replayed == [{"i": 0}]
+    assert "where record 2 belongs" in caplog.text
+    assert log.append({"i": 1}) == 2
+    log.close()
+    assert reopen(tmp_path) == [{"i": 0}, {"i": 1}]
+
+
 def test_damage_in_older_segment_skips_rest_of_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Fault: a corrupt record in the middle of an older (not last) segment."""
     log, _ = open_log(tmp_path, fsync="never", segment_bytes=200)
