@@ -705,6 +705,79 @@ def test_damaged_only_snapshot_replays_its_valid_prefix(tmp_path: Path, caplog: 
     assert snap.exists()  # the only copy of that state is left in place
 
 
+def test_a_damaged_only_snapshot_whose_segments_start_at_one_is_not_used(tmp_path: Path) -> None:
+    """Fault: bit rot in the only snapshot of a compaction that crashed after
+    its rename, before it deleted the segments it covers (they start at
+    record 1). The segments hold the whole state: replayed alone, each record
+    once, and the damaged snapshot set aside (mutation: replaying the
+    snapshot's valid prefix here, then only the records after its seqno,
+    passed every test -- the state lost what the prefix did not hold)."""
+    log, _ = open_log(tmp_path, fsync="never", segment_bytes=200)
+    state: dict[str, Any] = {}
+    for record in workload(12):
+        log.append(record)
+        apply(state, record)
+    kept = {p: p.read_bytes() for p in segments(tmp_path)}
+    log.compact(as_snapshot(state))
+    log.close()
+    for path, data in kept.items():                # the crash before the deletions
+        path.write_bytes(data)
+    snap = next(tmp_path.glob("snap-*.mq"))
+    data = bytearray(snap.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    snap.write_bytes(bytes(data))
+    assert rebuild(tmp_path, segment_bytes=200) == state
+    assert not snap.exists() and (tmp_path / f"{snap.name}.bad").read_bytes() == bytes(data)
+    assert sorted(segments(tmp_path)) == sorted(kept)
+
+
+def test_segments_a_damaged_snapshot_covers_are_not_deleted_on_its_word(tmp_path: Path) -> None:
+    """Fault: bit rot in the only snapshot while a segment it covers is still
+    there (a crash between the compaction's deletions), the earlier ones
+    gone. Its valid prefix is replayed (the state is incomplete), and the
+    covered segment is kept: nothing is deleted on the word of a damaged
+    snapshot (mutation: deleting it passed every test)."""
+    log, _ = open_log(tmp_path, fsync="never", segment_bytes=200)
+    for i in range(12):
+        log.append({"i": i, "pad": b"p" * 30})
+    covered = segments(tmp_path)[-1]
+    kept = covered.read_bytes()
+    log.compact([{"k": i, "pad": b"p" * 20} for i in range(10)])
+    log.append({"after": 1})
+    log.close()
+    covered.write_bytes(kept)                        # the crash before its deletion
+    snap = next(tmp_path.glob("snap-*.mq"))
+    data = bytearray(snap.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    snap.write_bytes(bytes(data))
+    log, records = open_log(tmp_path, fsync="never", segment_bytes=200)
+    log.close()
+    assert 0 < len(records) < 11 and records[-1] == {"after": 1}
+    assert covered.read_bytes() == kept and snap.read_bytes() == bytes(data)
+
+
+def test_a_last_segment_cut_below_the_snapshot_s_seqno_does_not_take_its_seqnos_back(tmp_path: Path) -> None:
+    """Fault: a power loss after a compaction's snapshot was made durable,
+    before the last records of the segment it covers were written back (the
+    compaction crashed before deleting it, and that segment is the last):
+    the segment ends below the snapshot's seqno. The next record must still
+    come after the snapshot; under it, the next replay skipped it as one the
+    snapshot holds -- an acknowledged record lost (mutation: taking the last
+    segment's end for the log's, not the larger of the two, passed every test)."""
+    log, _ = open_log(tmp_path, fsync="never")
+    log.append_many([{"i": i, "pad": b"p" * 30} for i in range(6)])
+    segment = segments(tmp_path)[-1]
+    whole = segment.read_bytes()
+    seqno = log.compact([{"i": i, "pad": b"p" * 30} for i in range(6)])
+    log.close()
+    segment.write_bytes(whole[:len(whole) // 2])     # back, and cut short
+    log, records = open_log(tmp_path, fsync="never")
+    assert [r["i"] for r in records] == list(range(6))
+    assert log.append({"i": "new"}) == seqno + 1
+    log.close()
+    assert [r["i"] for r in reopen(tmp_path)] == [*range(6), "new"]
+
+
 # -- fsync policies --------------------------------------------------------------
 
 
