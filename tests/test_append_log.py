@@ -24,7 +24,16 @@ from miyaq.errors import ConfigError, MiyaqError
 from miyaq.runtime import LOG, Supervisor
 from miyaq.store.log import AppendLog, LogFailed, LogWriteError
 from miyaq.store.log_format import snapshot_name
-from miyaq.store.log_format import HEADER_SIZE, KIND_RECORD, frame, pack_payload
+from miyaq.store.log_format import (
+    HEADER_SIZE,
+    KIND_RECORD,
+    KIND_SNAP_BEGIN,
+    KIND_SNAP_END,
+    KIND_SNAP_RECORD,
+    encode,
+    frame,
+    pack_payload,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -703,6 +712,33 @@ def test_damaged_only_snapshot_replays_its_valid_prefix(tmp_path: Path, caplog: 
     assert 0 < len(records) < 11 and records[-1] == {"after": 1}
     assert "INCOMPLETE" in caplog.text
     assert snap.exists()  # the only copy of that state is left in place
+
+
+@pytest.mark.parametrize("flaw", ["none", "end-count", "after-end", "other-seqno"])
+def test_a_snapshot_whose_frames_do_not_add_up_is_damaged(tmp_path: Path, flaw: str) -> None:
+    """Fault: a snapshot whose every frame is whole (checksums hold) but which
+    does not add up -- its end frame counts another number of records, bytes
+    follow its end frame, or a record frame carries another snapshot's seqno
+    (a bug, a file put together from two). It is set aside, never used: the
+    segments it would replace replay instead (mutations: dropping any of
+    these checks passed every test)."""
+    log, _ = open_log(tmp_path, fsync="never")
+    log.append_many([{"i": i} for i in range(3)])
+    log.close()
+    snap_seqno = 3
+    frames = [encode(KIND_SNAP_BEGIN, snap_seqno, {"format": 1, "created": 0.0}),
+              encode(KIND_SNAP_RECORD, snap_seqno - (flaw == "other-seqno"), {"i": "snap"}),
+              encode(KIND_SNAP_END, snap_seqno, {"records": 2 if flaw == "end-count" else 1})]
+    if flaw == "after-end":
+        frames.append(encode(KIND_SNAP_RECORD, snap_seqno, {"i": "late"}))
+    snap = tmp_path / snapshot_name(snap_seqno)
+    snap.write_bytes(b"".join(frames))
+    replayed = [r["i"] for r in reopen(tmp_path)]
+    if flaw == "none":           # the control: such a snapshot, sound, replaces the segments
+        assert replayed == ["snap"]
+    else:
+        assert replayed == [0, 1, 2]
+        assert (tmp_path / f"{snap.name}.bad").exists() and not snap.exists()
 
 
 def test_a_damaged_only_snapshot_whose_segments_start_at_one_is_not_used(tmp_path: Path) -> None:
