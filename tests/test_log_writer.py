@@ -75,6 +75,36 @@ def test_batches_are_bounded(tmp_path: Path) -> None:
     node.writer.close()
 
 
+@pytest.mark.parametrize("op", ["write", "fsync"])
+def test_a_fault_in_a_later_batch_holds_the_acknowledgements_of_its_records(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, op: str) -> None:
+    """Fault: more records are buffered than one batch takes, and the disk
+    fills (or an fsync fails) after the first batch was written. Only the
+    first batch's acknowledgements go out; those of the records in the
+    failed batch wait for the recovery (mutation: releasing up to every
+    record added, not the batch's last, passed every test -- acknowledged
+    records that were never written)."""
+    node = Node(tmp_path, max_batch=2)
+    for i in range(4):
+        node.put(f"k{i}", i)
+    disk = FailingDisk(monkeypatch, str(tmp_path), errno.ENOSPC, ops=(op,))
+    real_append = node.log.append_many
+
+    def fill_after_one_batch(records: Any) -> int:
+        seqno = real_append(records)
+        disk.failing = True
+        return seqno
+
+    monkeypatch.setattr(node.log, "append_many", fill_after_one_batch)
+    assert node.writer.write_pending() is False
+    assert node.acked == ["k0", "k1"]
+    disk.failing = False
+    assert node.writer.recover() is True
+    assert node.acked == ["k0", "k1", "k2", "k3"]
+    node.writer.close()
+    assert replayed(tmp_path) == {f"k{i}": i for i in range(4)}
+
+
 @pytest.mark.parametrize("op,code", [("write", errno.ENOSPC), ("fsync", errno.EIO)], ids=["write-ENOSPC", "fsync-EIO"])
 def test_disk_fault_refuses_serves_and_recovers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 caplog: pytest.LogCaptureFixture, op: str, code: int) -> None:
