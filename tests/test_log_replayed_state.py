@@ -29,7 +29,7 @@ from miyaq.protocol.commands import ACCEPTED, DUPLICATE
 from miyaq.protocol.taskspec import task_from_wire
 from miyaq.runtime import Supervisor
 from miyaq.store.log import AppendLog
-from miyaq.store.task import DEAD, DONE, READY, Task
+from miyaq.store.task import DEAD, DONE, READY, RETRYING, Task
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -243,6 +243,40 @@ def test_a_retried_task_stays_at_the_back_of_its_queue_after_a_restart(tmp_path:
     again, part2 = restarted(tmp_path, config, part, stop, T0 + 60)
     order = [again.take(["default"], T0 + 60) for _ in range(5)]
     assert [t.id for t in order if t is not None] == ["r1", "r2", "r0", "early", "late"]
+    part2.stop()
+
+
+@pytest.mark.parametrize("stop", ["clean", "kill-9"])
+def test_a_task_mid_backoff_a_revived_dead_letter_and_an_id_used_again_come_back_as_they_were(
+        tmp_path: Path, stop: str) -> None:
+    """Fault: a restart while one task waits out its retry backoff, one was
+    dead-lettered and revived, and an id whose tombstone ``max_tombstones``
+    pushed out was submitted again. Each comes back as it was: still
+    retrying, at the same eta; ready with no attempt spent; live, not the
+    older task's tombstone (mutations, each of which passed every test: a
+    retrying task came back ready, its backoff lost; the older finish took
+    the id back, and the accepted task was gone)."""
+    config = NodeConfig(node_id="n", max_tombstones=1)
+    engine, part = durable_engine(tmp_path, config, T0)
+    consumer = Consumer()
+    for task_id, retries in (("backoff", 3), ("revived", 0), ("again", 0), ("other", 0)):
+        submit(engine, config, T0, id=task_id, max_retries=retries)
+        engine.start(engine.take(["default"], T0), consumer, T0)
+    assert engine.fail("backoff", 1, {"type": "E", "message": "later"}, True, 600.0, T0)
+    assert engine.fail("revived", 1, {"type": "E", "message": "no"}, True, None, T0)
+    assert engine.dead_retry(["revived"], T0 + 1) == ["revived"]
+    assert engine.complete("again", 1, b"old", T0 + 1)
+    assert engine.complete("other", 1, None, T0 + 2)            # pushes out "again"'s tombstone
+    assert engine.table.tombstone("again") is None
+    submit(engine, config, T0 + 3, id="again", countdown=3600)
+    before = {task_id: engine.info(task_id) for task_id in ("backoff", "revived", "again")}
+    assert before["backoff"]["state"] == RETRYING and before["revived"]["attempt"] == 0
+
+    again, part2 = restarted(tmp_path, config, part, stop, T0 + 4)
+    for task_id, info in before.items():
+        after = again.info(task_id)
+        assert {k: after[k] for k in ("state", "attempt", "eta")} == \
+            {k: info[k] for k in ("state", "attempt", "eta")}, task_id
     part2.stop()
 
 
