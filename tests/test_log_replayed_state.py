@@ -13,6 +13,7 @@ are not restored).
 from __future__ import annotations
 
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -362,3 +363,33 @@ def test_a_logged_record_without_a_string_id_is_refused_and_counted(tmp_path: Pa
     log.close()
     assert engine.table.tombstone("good") is not None
     assert refusals.by_source() == {"log": 3}
+
+
+def test_a_replay_does_not_hold_the_results_of_tombstones_already_too_old(tmp_path: Path) -> None:
+    """Fault: the log holds many finished tasks' records whose tombstones are
+    older than ``result_ttl`` (a node down for longer, or its compactions
+    failing on a nearly full disk, so its log grows). The replay held every
+    one of them, results included, until its end -- 10,000 of 4 KiB: a peak
+    above 40 MB of Python memory to restore none. Now one already too old is
+    dropped as it is read (what the restore did with it anyway)."""
+    log = AppendLog(tmp_path, fsync="never", offload_fsync=False)
+    assert not list(log.replay())
+    old = T0 - 7200
+    for start in range(0, 10_000, 1000):
+        log.append_many([{"o": "F", "id": f"t{i}", "state": DONE, "at": old, "queue": "default", "attempt": 1,
+                          "result": b"r" * 4096} for i in range(start, start + 1000)])
+    log.append_many([{"o": "F", "id": "recent", "state": DONE, "at": T0, "queue": "default", "attempt": 1,
+                      "result": b"kept"}])
+    log.close()
+    engine = Engine(NodeConfig(node_id="n", result_ttl=3600.0))
+    log = AppendLog(tmp_path, fsync="never", offload_fsync=False)
+    tracemalloc.start()
+    try:
+        replayed = replay(engine, log, T0 + 1, Refusals())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        log.close()
+    assert replayed.records == 10_001 and replayed.tombstones == 1
+    assert engine.result("recent") is not None and engine.result("t0") is None
+    assert peak < 20_000_000, peak

@@ -60,6 +60,7 @@ def replay(engine: Engine, log: AppendLog, now: float, refusals: Refusals) -> Re
     stones: dict[str, dict[str, Any]] = {}
     records = 0
     config = _checking_config(engine.config)
+    too_old = engine.table.tombstone_ttl     # a tombstone older than this is not restored (Restore.restore_tombstone)
     for r in log.replay():
         records += 1
         if not isinstance(r, dict):
@@ -97,7 +98,10 @@ def replay(engine: Engine, log: AppendLog, now: float, refusals: Refusals) -> Re
             continue
         if op == "F":
             tasks.pop(task_id, None)
-            stones[task_id] = r
+            if r.get("at", now) + too_old <= now:
+                stones.pop(task_id, None)   # restored it would be dropped: not held, result and all, till the end
+            else:
+                stones[task_id] = r
             continue
         task = tasks.get(task_id)
         if task is None:
