@@ -81,13 +81,33 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+READ_CHUNK = 1 * MiB
+
+
+def read_through(fd: int, path: str) -> None:
+    """Read every byte of the open file once, and forget them: a page the disk
+    cannot give back raises OSError (EIO) naming ``path`` here. Read through
+    a mapping instead, such a page is a SIGBUS, which kills the process
+    without a line."""
+    chunk = memoryview(bytearray(READ_CHUNK))
+    while True:
+        try:
+            if os.readv(fd, [chunk]) == 0:
+                return
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, path) from exc
+
+
 @contextlib.contextmanager
 def mapped(path: str) -> Iterator[Buffer]:
-    """A whole file, read-only (mmap; ``b""`` when empty)."""
+    """A whole file, read-only (mmap; ``b""`` when empty). Read through once
+    first (:func:`read_through`): an I/O error is an OSError naming the file,
+    not a SIGBUS at the mapping's first read of that page."""
     with open(path, "rb") as f:
         if os.fstat(f.fileno()).st_size == 0:
             yield b""
             return
+        read_through(f.fileno(), path)
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             yield mm
 
