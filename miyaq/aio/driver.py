@@ -212,6 +212,8 @@ class AsyncDriver:
         """Hand a submit to the core: at once when the client is idle, else at
         the end of this pass of the loop, batched with the others."""
         self.core.admitted(p)
+        if self.room.waiting:
+            self.room.freed()       # the one let in before it is counted now: the next may fit too
         if not self.core.submit(p, monotonic()) and not self._flush_soon:
             self._flush_soon = True
             assert self.loop is not None

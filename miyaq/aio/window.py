@@ -1,61 +1,81 @@
-"""Coroutines waiting for room in the asyncio client's submit window.
+"""Coroutines waiting for room in the asyncio client's submit window, first
+come first served (:mod:`miyaq.client.window`: once one waits, every later
+submit queues behind it, even one that would fit).
 
-Each submit resolved (acknowledged or failed) frees one slot and wakes one
-waiter, the one waiting longest: a full window with many waiting submits
-costs a wake-up per slot, not one per waiter per slot (an event waking them
-all made a burst of N waiting submits cost N² wake-ups: window 50, 4,000
-concurrent submits took 3.6 s). A waiter woken after another coroutine took
-the slot waits again at the front. Closing wakes them all (each then finds
-the client closed).
+Only the first waiter looks at the window. Each submit resolved
+(acknowledged or failed) wakes it, and so does each one counted in (the one
+let in before it: the next may fit too), so a full window with many waiting
+submits costs a wake-up per slot, not one per waiter per slot (an event
+waking them all made a burst of N waiting submits cost N² wake-ups: window
+50, 4,000 concurrent submits took 3.6 s). A waiter leaves the queue however
+its wait ends -- let in, its deadline, cancelled, the client closed -- and
+one that was not let in wakes the next at once. Closing wakes them all
+(each then finds the client closed).
 """
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from typing import Callable
 
-#: Futures of waiters that gave up (their timeout) are dropped once they are
-#: this many and more than half of the queue.
-PRUNE_AT = 64
+from ..client.window import POLL
+from ..runtime.clock import monotonic
+
+
+class _Turn:
+    """One waiting coroutine: the future it awaits now (a new one each look)."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: "asyncio.Future[None]") -> None:
+        self.future = future
 
 
 class WindowRoom:
-    """FIFO of waiters; :meth:`freed` is the client core's ``on_resolved``."""
+    """FIFO of waiters; :meth:`freed` is the client core's ``on_resolved``.
+    One event loop's: never touched from another thread."""
 
     def __init__(self) -> None:
-        self._waiting: deque[asyncio.Future[None]] = deque()
-        self._live = 0        # coroutines in wait() now
+        self.waiting: deque[_Turn] = deque()
 
     def freed(self) -> None:
-        """One slot is free: wake the longest waiting coroutine still waiting."""
-        waiting = self._waiting
-        while waiting:
-            future = waiting.popleft()
+        """Room may have been made: wake the first waiter to look again."""
+        if self.waiting:
+            future = self.waiting[0].future
             if not future.done():
                 future.set_result(None)
-                return
 
     def wake_all(self) -> None:
-        while self._waiting:
-            future = self._waiting.popleft()
-            if not future.done():
-                future.set_result(None)
+        for turn in self.waiting:
+            if not turn.future.done():
+                turn.future.set_result(None)
 
-    async def wait(self, timeout: float, first: bool = False) -> bool:
-        """Wait until a slot is freed for this coroutine (True) or ``timeout``
-        seconds pass (False). ``first``: ahead of the others (woken once
-        already, and the slot taken meanwhile)."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if first:
-            self._waiting.appendleft(future)
-        else:
-            self._waiting.append(future)
-        self._live += 1
+    async def wait_turn(self, fits: Callable[[], bool], deadline: float, check: Callable[[], None]) -> bool:
+        """Queue behind the coroutines already waiting until this one is the
+        first and ``fits()`` (True: it has left the queue; counting it in
+        wakes the next, :meth:`freed`), or until ``deadline`` (monotonic
+        seconds) passes (False). ``check()`` after each wake-up raises if
+        the client was closed meanwhile."""
+        loop = asyncio.get_running_loop()
+        me = _Turn(loop.create_future())
+        waiting = self.waiting
+        waiting.append(me)
+        admitted = False
         try:
-            await asyncio.wait_for(future, timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
+            while True:
+                if waiting[0] is me and fits():
+                    admitted = True
+                    return True
+                left = deadline - monotonic()
+                if left <= 0:
+                    return False
+                try:
+                    await asyncio.wait_for(me.future, min(POLL, left))
+                except asyncio.TimeoutError:
+                    pass
+                me.future = loop.create_future()    # before the look: a freed() after it wakes the next wait
+                check()
         finally:
-            self._live -= 1
-            if len(self._waiting) > PRUNE_AT and len(self._waiting) > 2 * self._live:
-                self._waiting = deque(f for f in self._waiting if not f.done())
+            waiting.remove(me)
+            if not admitted:
+                self.freed()

@@ -143,13 +143,18 @@ class Client:
         now = monotonic()
         deadline = now + self.submit_timeout
         p = Pending(wire, future, now, deadline)
-        while (full := blocked_by(core, self.window, self.window_bytes, p.size)) is not None:
-            io.room.clear()
-            if blocked_by(core, self.window, self.window_bytes, p.size) is None:
-                break
-            if not io.room.wait(min(1.0, max(0.0, deadline - monotonic()))) and monotonic() >= deadline:
-                raise stayed_full(full, core, self.window, self.window_bytes, p.size, self.submit_timeout)
+        if io.room.waiting or blocked_by(core, self.window, self.window_bytes, p.size) is not None:
+            self._wait_for_room(p)
         return p, TaskHandle(wire["id"], self, future)
+
+    def _wait_for_room(self, p: Pending) -> None:
+        """Wait, behind the submits that already do (first come first served:
+        :class:`~.window.WindowQueue`), until ``p`` fits in the window; Timeout
+        at its deadline."""
+        core, window, window_bytes, size = self._io.core, self.window, self.window_bytes, p.size
+        if not self._io.room.wait_turn(lambda: blocked_by(core, window, window_bytes, size) is None, p.deadline):
+            raise stayed_full(blocked_by(core, window, window_bytes, size), core, window, window_bytes, size,
+                              self.submit_timeout)
 
     def _submit_wire(self, wire: dict[str, Any], task_id: str | None, wait: bool) -> TaskHandle:
         p, handle = self._pending(wire, task_id, wait)

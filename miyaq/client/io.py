@@ -25,6 +25,7 @@ from .dialling import CLIENT_HEARTBEAT_TIMEOUT, ReachProbes, out_of_files
 from .node_sockets import NodeSockets
 from .pending import Pending
 from .resolver import Waiter
+from .window import WindowQueue
 
 if TYPE_CHECKING:
     from ..runtime.sockets import SocketSecurity
@@ -42,10 +43,9 @@ class IOLoop(NodeSockets):
         super().__init__(kit, endpoints, max_message=max_message, security=security,
                          endpoints_source=endpoints_source, heartbeat_timeout=heartbeat_timeout)
         self.nodes.explain = ReachProbes(self._wait_for_probe).reason
-        self.room = kit.event()
-        self.room.set()
+        self.room = WindowQueue(kit.event)      # submits waiting for room in the window
         self.core = ClientCore(self, self.nodes, max_batch=max_batch, ack_timeout=ack_timeout,
-                               max_message=max_message, on_resolved=self._room_freed)
+                               max_message=max_message, on_resolved=self.room.freed)
         self.inbox: deque[tuple[Any, ...]] = deque()
         try:
             self._rfd, self._wfd = os.pipe()
@@ -67,14 +67,6 @@ class IOLoop(NodeSockets):
         waits for it (callers only queue their calls to it)."""
         from ..runtime.green import run_in_thread
         return run_in_thread(probe, endpoint, timeout)
-
-    def _room_freed(self) -> None:
-        """A submit was resolved: wake a caller waiting for room in the window.
-        Only a caller that found the window full clears the event (and then
-        looks at ``in_flight`` again, which already counts this one), so an
-        event still set needs no ``set()`` -- a lock and a notify per task."""
-        if not self.room.is_set():
-            self.room.set()
 
     # -- called from any thread / greenlet ---------------------------------------------
     @property
@@ -99,10 +91,17 @@ class IOLoop(NodeSockets):
     def submit(self, p: Pending, waits: bool = False) -> None:
         """Hand a submit over. ``waits``: its caller waits for it at once (it
         cannot be batched with its own later submits)."""
-        with self.count_lock:
-            self.core.admitted(p)
+        self.count_in(p)
         if not self._submit_directly(p, waits):
             self._put(("submit", p))
+
+    def count_in(self, p: Pending) -> None:
+        """Count ``p`` in the window; a submit waiting for room then looks
+        again (the one let in before it is counted now: the next may fit too)."""
+        with self.count_lock:
+            self.core.admitted(p)
+        if self.room.waiting:
+            self.room.freed()
 
     def _submit_directly(self, p: Pending, waits: bool) -> bool:
         """Send ``p`` from the caller's thread (the short path); False: it

@@ -152,8 +152,7 @@ class ThreadedIOLoop(IOLoop):
         caller then asks again the ordinary way."""
         def both(now: float) -> None:
             core = self.core
-            with self.count_lock:
-                core.admitted(p)
+            self.count_in(p)
             core.submit(p, now, LONE_UNACKED)
             body["id"] = p.wire["id"]
             core.request(p.node, command, body, waiter, deadline, now)

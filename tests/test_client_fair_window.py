@@ -1,0 +1,354 @@
+"""The submit window lets submits in first come, first served
+(miyaq.client.window.WindowQueue, miyaq.aio.window.WindowRoom).
+
+Fault (an audit): a submit that found the window full waited, and a later,
+smaller one from another thread, greenlet or task that fitted went in ahead
+of it. Under a steady stream of small tasks a large one never found room:
+the small ones kept the window filled, and it failed with Timeout at its
+``submit_timeout``. Now, once a submit waits, every later one queues behind
+it, and a waiter whose wait ends otherwise (its Timeout, a killed greenlet,
+a cancelled task, KeyboardInterrupt) leaves the queue and wakes the next.
+
+The node is a raw stand-in (:class:`Node`) that reads every SUBMIT and
+acknowledges what it read only when the test says so. The window holds
+``9 * S`` bytes (``S``: a small task's size); eight small tasks are held,
+so a large task (``4 * S``) must wait and one more small task would fit.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any, Callable
+
+import pytest
+
+import miyaq
+import miyaq.aio
+import miyaq.aio.client
+import miyaq.client.client
+from miyaq.client.sizes import ENVELOPE
+from miyaq.client.wire import pack_args
+from miyaq.protocol import codec
+from miyaq.protocol import commands as c
+from raw_nodes import CountingNode
+
+pytestmark = pytest.mark.timeout(90)
+
+WAIT = 30.0          # the longest any condition is waited for
+LONG = 60.0          # submit_timeout of the submits that are to wait as long as the test needs
+GIVE_UP = 0.3        # of one that is to give up while the window stays full
+
+SMALL = bytes(1000)
+LARGE = bytes(4000)
+
+
+def task_size(arg: bytes) -> int:
+    return len(pack_args([arg])) + ENVELOPE
+
+
+S = task_size(SMALL)
+WINDOW_BYTES = 9 * S
+HELD = 8
+assert HELD * S + task_size(LARGE) > WINDOW_BYTES >= (HELD + 1) * S     # the large waits; a small would fit
+assert task_size(LARGE) + S <= WINDOW_BYTES                            # once those are acknowledged, both fit
+
+
+class Node(threading.Thread):
+    """A node that reads every SUBMIT (ids in :attr:`read`, in the order
+    read) and acknowledges what it read when :meth:`ack` is called."""
+
+    def __init__(self) -> None:
+        super().__init__(name="fair-window-node", daemon=True)
+        self.raw = CountingNode()
+        self.endpoint = self.raw.endpoint
+        self.read: list[str] = []
+        self.problems: list[BaseException] = []
+        self._acks = 0               # acknowledgement rounds asked for
+        self._done = 0               # and sent
+        self._acked = 0              # batches acknowledged
+        self._halt = threading.Event()
+
+    def ack(self) -> None:
+        """Acknowledge every task read so far (from the node's thread)."""
+        self._acks += 1
+
+    def run(self) -> None:
+        raw = self.raw
+        try:
+            while not self._halt.is_set():
+                raw.pump(10)
+                self.read = [i for _, ids in raw.batches for i in ids]
+                if self._done < self._acks:
+                    self._done = self._acks
+                    for peer, ids in raw.batches[self._acked:]:
+                        raw.sock.send_multipart([peer, *codec.encode(
+                            c.SUBMITTED, {"results": [[i, "accepted", None] for i in ids]})])
+                    self._acked = len(raw.batches)
+        except BaseException as exc:       # reported by the test
+            self.problems.append(exc)
+
+    def __enter__(self) -> "Node":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._halt.set()
+        self.join(10)
+        self.raw.close()
+
+
+def wait_until(condition: Callable[[], Any], what: str, pause: Callable[[float], Any]) -> None:
+    """Look until ``condition()`` holds (each ``pause`` lets the others run);
+    fail naming ``what`` after WAIT seconds."""
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        pause(0.01)
+
+
+def spy_window(monkeypatch: Any, module: Any) -> list[tuple[int, str | None]]:
+    """Record each look at the window (``blocked_by``) of ``module``'s client: (size, bound)."""
+    looks: list[tuple[int, str | None]] = []
+    real = module.blocked_by
+
+    def blocked_by(core: Any, window: int, window_bytes: int, size: int) -> str | None:
+        bound = real(core, window, window_bytes, size)
+        looks.append((size, bound))
+        return bound
+
+    monkeypatch.setattr(module, "blocked_by", blocked_by)
+    return looks
+
+
+def large_kept_out(looks: list[tuple[int, str | None]]) -> bool:
+    """The large submit looked at the window twice and found it full: it
+    waits (the first look is before it queues, the second after)."""
+    return sum(1 for size, bound in looks if size == task_size(LARGE) and bound is not None) >= 2
+
+
+def queued(client: Any) -> int:
+    """Submits waiting for room in ``client``'s window."""
+    return len(getattr(client._io.room, "waiting", ()))
+
+
+class Runner:
+    """Runs a call beside the test: a thread, or a greenlet for a gevent client."""
+
+    def __init__(self, green: bool) -> None:
+        self.green = green
+        if green:
+            import gevent
+            self.pause: Callable[[float], Any] = gevent.sleep
+        else:
+            self.pause = time.sleep
+
+    def run(self, fn: Callable[[], Any]) -> Any:
+        if self.green:
+            import gevent
+            return gevent.spawn(fn)
+        return Call(fn)
+
+
+class Call(threading.Thread):
+    """A call in a thread, its outcome kept (``ready()``, ``value``, ``exception``)."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        super().__init__(daemon=True)
+        self.fn = fn
+        self.value: Any = None
+        self.exception: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.value = self.fn()
+        except BaseException as exc:
+            self.exception = exc
+
+    def ready(self) -> bool:
+        return not self.is_alive()
+
+
+def fill(client: Any, node: Node, pause: Callable[[float], Any]) -> list[str]:
+    """Hold HELD small tasks in ``client``'s window (read by the node, unacknowledged)."""
+    ids = [client.submit("echo", [SMALL]).id for _ in range(HELD)]
+    wait_until(lambda: len(node.read) >= HELD, "the node to read the small tasks", pause)
+    return ids
+
+
+@pytest.mark.parametrize("green", [False, True], ids=["threads", "gevent"])
+def test_a_small_submit_made_while_a_large_one_waits_goes_in_after_it(client_for, monkeypatch, green):
+    """Fault: a large submit waits for room; another thread (greenlet)
+    submits a small task that would fit. Before, the small one went in at
+    once, ahead of the large one -- the step that, repeated by a stream of
+    small tasks, starved the large one until its Timeout. Now it queues
+    behind the large one: once the window frees, the node reads the large
+    task first, then the small one."""
+    looks = spy_window(monkeypatch, miyaq.client.client)
+    runner = Runner(green)
+    with Node() as node:
+        client = client_for(node.endpoint, window_bytes=WINDOW_BYTES, submit_timeout=LONG, green=green)
+        fill(client, node, runner.pause)
+        large = runner.run(lambda: client.submit("echo", [LARGE], id="large"))
+        wait_until(lambda: large_kept_out(looks), "the large submit to wait", runner.pause)
+        small = runner.run(lambda: client.submit("echo", [SMALL], id="small"))
+        wait_until(lambda: small.ready() or queued(client) == 2, "the small submit to go in or queue",
+                   runner.pause)
+        assert not small.ready(), "the small submit went in ahead of the large one waiting"
+        node.ack()
+        wait_until(lambda: {"large", "small"} <= set(node.read), "the node to read both", runner.pause)
+        assert node.read.index("large") < node.read.index("small"), node.read
+        wait_until(lambda: large.ready() and small.ready(), "both submits to return", runner.pause)
+        assert queued(client) == 0
+        assert not node.problems, node.problems
+
+
+def test_a_small_submit_made_while_a_large_one_waits_goes_in_after_it_asyncio(monkeypatch):
+    """The same fault for ``miyaq.aio.Client``: a task submitting a small
+    task while another task's large submit waits went in ahead of it."""
+    looks = spy_window(monkeypatch, miyaq.aio.client)
+
+    async def main(node: Node) -> tuple[bool, list[str], int]:
+        async with miyaq.aio.Client(node.endpoint, window_bytes=WINDOW_BYTES, submit_timeout=LONG) as client:
+            for _ in range(HELD):
+                await client.submit("echo", [SMALL])
+            await until(lambda: len(node.read) >= HELD, "the node to read the small tasks")
+            large = asyncio.create_task(client.submit("echo", [LARGE], id="large"))
+            await until(lambda: large_kept_out(looks), "the large submit to wait")
+            small = asyncio.create_task(client.submit("echo", [SMALL], id="small"))
+            await until(lambda: small.done() or queued(client) == 2, "the small submit to go in or queue")
+            ahead = small.done()
+            node.ack()
+            await until(lambda: {"large", "small"} <= set(node.read), "the node to read both")
+            await asyncio.wait_for(asyncio.gather(large, small), WAIT)
+            left = queued(client)
+            await client.close(flush=False)
+        return ahead, node.read, left
+
+    with Node() as node:
+        ahead, read, left = asyncio.run(main(node))
+        assert not node.problems, node.problems
+    assert not ahead, "the small submit went in ahead of the large one waiting"
+    assert read.index("large") < read.index("small"), read
+    assert left == 0
+
+
+async def until(condition: Callable[[], Any], what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("green", [False, True], ids=["threads", "gevent"])
+def test_a_waiter_that_times_out_leaves_the_queue_and_the_next_goes_in(client_for, monkeypatch, green):
+    """Fault: the first submit waiting for room gives up (its
+    ``submit_timeout``) while the window stays full; a small one queued
+    behind it fits. It must not wait behind a waiter that is gone: it goes
+    in as soon as the first gives up, no acknowledgement needed."""
+    looks = spy_window(monkeypatch, miyaq.client.client)
+    runner = Runner(green)
+    with Node() as node:
+        client = client_for(node.endpoint, window_bytes=WINDOW_BYTES, submit_timeout=LONG, green=green)
+        fill(client, node, runner.pause)
+        client.submit_timeout = GIVE_UP
+        large = runner.run(lambda: client.submit("echo", [LARGE], id="large"))
+        wait_until(lambda: large_kept_out(looks), "the large submit to wait", runner.pause)
+        client.submit_timeout = LONG
+        small = runner.run(lambda: client.submit("echo", [SMALL], id="small"))
+        wait_until(lambda: small.ready() or queued(client) == 2, "the small submit to go in or queue",
+                   runner.pause)
+        assert not small.ready(), "the small submit went in ahead of the large one waiting"
+        wait_until(lambda: "small" in node.read, "the node to read the small task", runner.pause)
+        wait_until(lambda: large.ready() and small.ready(), "both submits to return", runner.pause)
+        error = large.exception
+        assert isinstance(error, miyaq.Timeout) and "window_bytes" in str(error), error
+        assert "large" not in node.read and queued(client) == 0
+        assert not node.problems, node.problems
+
+
+def test_a_killed_waiting_greenlet_leaves_the_queue_and_the_next_goes_in(client_for, monkeypatch):
+    """Fault: the greenlet of the first waiting submit is killed (a
+    gevent.Timeout around it, a supervisor stopping it). The small submit
+    queued behind it goes in at once; nothing waits on the dead one."""
+    import gevent
+
+    looks = spy_window(monkeypatch, miyaq.client.client)
+    with Node() as node:
+        client = client_for(node.endpoint, window_bytes=WINDOW_BYTES, submit_timeout=LONG, green=True)
+        fill(client, node, gevent.sleep)
+        large = gevent.spawn(lambda: client.submit("echo", [LARGE], id="large"))
+        wait_until(lambda: large_kept_out(looks), "the large submit to wait", gevent.sleep)
+        small = gevent.spawn(lambda: client.submit("echo", [SMALL], id="small"))
+        wait_until(lambda: small.ready() or queued(client) == 2, "the small submit to go in or queue", gevent.sleep)
+        assert not small.ready(), "the small submit went in ahead of the large one waiting"
+        large.kill()
+        wait_until(lambda: "small" in node.read, "the node to read the small task", gevent.sleep)
+        assert small.successful() and queued(client) == 0 and "large" not in node.read
+        assert not node.problems, node.problems
+
+
+def test_a_ctrl_c_in_a_waiting_submit_leaves_the_queue_and_the_next_goes_in(client_for, monkeypatch):
+    """Fault: Ctrl-C lands in a thread's submit while it waits for room
+    (the KeyboardInterrupt raised by its wait). The interrupted submit
+    leaves the queue; the small one behind it goes in at once."""
+    looks = spy_window(monkeypatch, miyaq.client.client)
+    with Node() as node:
+        client = client_for(node.endpoint, window_bytes=WINDOW_BYTES, submit_timeout=LONG)
+        fill(client, node, time.sleep)
+        interrupt = threading.Event()
+
+        class Interruptible(threading.Event):
+            def wait(self, timeout: float | None = None) -> bool:
+                woken = super().wait(timeout)
+                if interrupt.is_set() and threading.current_thread() is large:
+                    raise KeyboardInterrupt
+                return woken
+
+        room = client._io.room            # a WindowQueue: its waiters' events are Interruptible
+        monkeypatch.setattr(room, "_event", Interruptible, raising=False)
+        large = Call(lambda: client.submit("echo", [LARGE], id="large"))
+        wait_until(lambda: large_kept_out(looks), "the large submit to wait", time.sleep)
+        small = Call(lambda: client.submit("echo", [SMALL], id="small"))
+        wait_until(lambda: small.ready() or queued(client) == 2, "the small submit to go in or queue", time.sleep)
+        assert not small.ready(), "the small submit went in ahead of the large one waiting"
+        interrupt.set()
+        room.waiting[0].set()            # its wait ends now, with the interrupt
+        wait_until(lambda: "small" in node.read, "the node to read the small task", time.sleep)
+        wait_until(large.ready, "the large submit to end", time.sleep)
+        assert isinstance(large.exception, KeyboardInterrupt), large.exception
+        assert small.exception is None and queued(client) == 0 and "large" not in node.read
+        assert not node.problems, node.problems
+
+
+def test_a_cancelled_waiting_task_leaves_the_queue_and_the_next_goes_in(monkeypatch):
+    """Fault: the asyncio task of the first waiting submit is cancelled
+    (an ``asyncio.wait_for`` around it, a server shutting a request down).
+    The small submit queued behind it goes in at once."""
+    looks = spy_window(monkeypatch, miyaq.aio.client)
+
+    async def main(node: Node) -> tuple[bool, bool, bool, int]:
+        async with miyaq.aio.Client(node.endpoint, window_bytes=WINDOW_BYTES, submit_timeout=LONG) as client:
+            for _ in range(HELD):
+                await client.submit("echo", [SMALL])
+            await until(lambda: len(node.read) >= HELD, "the node to read the small tasks")
+            large = asyncio.create_task(client.submit("echo", [LARGE], id="large"))
+            await until(lambda: large_kept_out(looks), "the large submit to wait")
+            small = asyncio.create_task(client.submit("echo", [SMALL], id="small"))
+            await until(lambda: small.done() or queued(client) == 2, "the small submit to go in or queue")
+            ahead = small.done()
+            large.cancel()
+            await until(lambda: "small" in node.read, "the node to read the small task")
+            await asyncio.wait_for(small, WAIT)
+            left = queued(client)
+            await client.close(flush=False)
+        return ahead, large.cancelled(), "large" in node.read, left
+
+    with Node() as node:
+        ahead, cancelled, large_read, left = asyncio.run(main(node))
+        assert not node.problems, node.problems
+    assert not ahead, "the small submit went in ahead of the large one waiting"
+    assert cancelled and not large_read and left == 0
