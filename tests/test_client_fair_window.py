@@ -352,3 +352,32 @@ def test_a_cancelled_waiting_task_leaves_the_queue_and_the_next_goes_in(monkeypa
         assert not node.problems, node.problems
     assert not ahead, "the small submit went in ahead of the large one waiting"
     assert cancelled and not large_read and left == 0
+
+
+def test_a_waiting_task_cancelled_as_room_is_made_is_cancelled_and_submits_nothing():
+    """Fault: a task's submit waits for room; room is made (a slot freed,
+    the waiter woken) and the task is cancelled before it runs again.
+    ``asyncio.wait_for`` of Python 3.11, which the wait used, then returns
+    the woken future's result and swallows the cancellation: the cancelled
+    submit went in all the same and returned a handle. Now it is cancelled
+    and sends nothing; its place goes to the next."""
+    async def main(node: Node) -> tuple[bool, int, int]:
+        async with miyaq.aio.Client(node.endpoint, window=1, submit_timeout=LONG) as client:
+            await client.submit("echo", [1])
+            await until(lambda: len(node.read) == 1, "the node to read the first task")
+            waiting = asyncio.create_task(client.submit("echo", [2], id="cancelled"))
+            await until(lambda: queued(client) == 1, "the second submit to wait")
+            core = client._io.core
+            core.submits.resolved += 1          # the first's slot is free (as its acknowledgement does) ...
+            client._io.room.freed()             # ... and the waiter woken ...
+            waiting.cancel()                    # ... and cancelled before it runs again
+            await asyncio.gather(waiting, return_exceptions=True)
+            in_flight, left = core.in_flight, queued(client)
+            await client.close(flush=False)
+        return waiting.cancelled(), in_flight, left
+
+    with Node() as node:
+        cancelled, in_flight, left = asyncio.run(main(node))
+        assert not node.problems, node.problems
+    assert cancelled, "the cancelled submit went in all the same"
+    assert (in_flight, left) == (0, 0)

@@ -167,30 +167,33 @@ def test_the_asyncio_client_blocks_at_the_byte_bound_too():
     assert lone_held == (1, BIG)
 
 
-def test_the_asyncio_clients_waiting_submits_all_get_the_bytes_a_large_one_frees():
+def test_the_asyncio_clients_waiting_submits_all_get_the_bytes_a_large_one_frees(monkeypatch):
     """One acknowledgement wakes one waiting submit (miyaq.aio.window); when
     it frees the bytes of several -- a large task's, and five small ones
     wait -- each one admitted passes the wake-up on: every one gets in woken,
-    none by its wait's own timeout (each waits a second at most, then looks
-    again: without the pass, four of them got in only so, a second late)."""
+    none by its wait's own timeout (each waits ``POLL``, a second, at most,
+    then looks again: without the pass, four of them got in only so, a
+    second late). Here that poll is an hour: a waiter not woken never gets in."""
+    import miyaq.aio.window
+    monkeypatch.setattr(miyaq.aio.window, "POLL", 3600.0)
     node = CountingNode()
     small = bytes(40 * 1024)
 
     async def main() -> tuple[tuple[int, int], list[bool]]:
         async with miyaq.aio.Client(node.endpoint, window_bytes=280 * 1024, submit_timeout=LONG) as client:
             room = client._io.room
-            real_wait = room.wait
+            real_wait = room.wait_turn
             outcomes: list[bool] = []
             entered = 0
 
-            async def wait(timeout: float, first: bool = False) -> bool:
+            async def wait_turn(fits: Any, deadline: float, check: Any) -> bool:
                 nonlocal entered
                 entered += 1
-                woken = await real_wait(timeout, first)
-                outcomes.append(woken)
-                return woken
+                admitted = await real_wait(fits, deadline, check)
+                outcomes.append(admitted)
+                return admitted
 
-            room.wait = wait      # type: ignore[method-assign]
+            room.wait_turn = wait_turn      # type: ignore[method-assign]
             await client.submit("echo", [bytes(250 * 1024)])
             waiting = [asyncio.create_task(client.submit("echo", [small])) for _ in range(5)]
             for _ in range(1000):                  # until all five wait: 250 + 40 KiB would pass 280 KiB

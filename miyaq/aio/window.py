@@ -22,6 +22,11 @@ from ..client.window import POLL
 from ..runtime.clock import monotonic
 
 
+def _wake(future: "asyncio.Future[None]") -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class _Turn:
     """One waiting coroutine: the future it awaits now (a new one each look)."""
 
@@ -41,14 +46,11 @@ class WindowRoom:
     def freed(self) -> None:
         """Room may have been made: wake the first waiter to look again."""
         if self.waiting:
-            future = self.waiting[0].future
-            if not future.done():
-                future.set_result(None)
+            _wake(self.waiting[0].future)
 
     def wake_all(self) -> None:
         for turn in self.waiting:
-            if not turn.future.done():
-                turn.future.set_result(None)
+            _wake(turn.future)
 
     async def wait_turn(self, fits: Callable[[], bool], deadline: float, check: Callable[[], None]) -> bool:
         """Queue behind the coroutines already waiting until this one is the
@@ -69,10 +71,14 @@ class WindowRoom:
                 left = deadline - monotonic()
                 if left <= 0:
                     return False
+                # Not asyncio.wait_for: Python 3.11's returns the result of a future
+                # done as its task is cancelled, swallowing the cancellation (the
+                # cancelled submit then went in all the same).
+                timer = loop.call_later(min(POLL, left), _wake, me.future)
                 try:
-                    await asyncio.wait_for(me.future, min(POLL, left))
-                except asyncio.TimeoutError:
-                    pass
+                    await me.future
+                finally:
+                    timer.cancel()
                 me.future = loop.create_future()    # before the look: a freed() after it wakes the next wait
                 check()
         finally:
