@@ -82,9 +82,12 @@ class WindowQueue:
     def freed(self) -> None:
         """Room may have been made: the first waiter looks again. O(1), from
         any thread (the I/O context, a caller counting its submit in)."""
+        waiting = self.waiting
+        if not waiting:
+            return              # the common case, each task resolved: no exception raised and caught
         try:
-            first = self.waiting[0]
-        except IndexError:
+            first = waiting[0]
+        except IndexError:      # the last waiter left meanwhile (another thread)
             return
         if not first.is_set():
             first.set()
