@@ -67,7 +67,11 @@ class Node(threading.Thread):
         self._acks = 0               # acknowledgement rounds asked for
         self._done = 0               # and sent
         self._acked = 0              # batches acknowledged
+        # Else: acknowledge the oldest tasks read while more are unacknowledged,
+        # and all of them once a pump reads nothing new (the client stopped sending).
+        self.keep: int | None = None
         self._halt = threading.Event()
+        self._ids_acked = 0          # tasks acknowledged one by one (keep)
 
     def ack(self) -> None:
         """Acknowledge every task read so far (from the node's thread)."""
@@ -77,8 +81,11 @@ class Node(threading.Thread):
         raw = self.raw
         try:
             while not self._halt.is_set():
+                before = len(self.read)
                 raw.pump(10)
                 self.read = [i for _, ids in raw.batches for i in ids]
+                if self.keep is not None:
+                    self._keep_unacknowledged(self.keep if len(self.read) > before else 0)
                 if self._done < self._acks:
                     self._done = self._acks
                     for peer, ids in raw.batches[self._acked:]:
@@ -87,6 +94,15 @@ class Node(threading.Thread):
                     self._acked = len(raw.batches)
         except BaseException as exc:       # reported by the test
             self.problems.append(exc)
+
+    def _keep_unacknowledged(self, keep: int) -> None:
+        """Acknowledge the oldest tasks read, one message each, until ``keep`` are not."""
+        raw = self.raw
+        while len(self.read) - self._ids_acked > keep:
+            peer = next(peer for peer, ids in raw.batches if ids)
+            task_id = self.read[self._ids_acked]
+            raw.sock.send_multipart([peer, *codec.encode(c.SUBMITTED, {"results": [[task_id, "accepted", None]]})])
+            self._ids_acked += 1
 
     def __enter__(self) -> "Node":
         self.start()
@@ -381,3 +397,59 @@ def test_a_waiting_task_cancelled_as_room_is_made_is_cancelled_and_submits_nothi
         assert not node.problems, node.problems
     assert cancelled, "the cancelled submit went in all the same"
     assert (in_flight, left) == (0, 0)
+
+
+def test_a_large_submit_is_not_starved_by_a_stream_of_small_ones_from_another_thread(client_for, monkeypatch):
+    """Fault (the audit's): one thread streams small tasks, as fast as the
+    window lets it, to a node that keeps six of them unacknowledged while
+    they come (it acknowledges the oldest as it reads new ones, and all
+    once none comes); another thread submits a large task, which fits only
+    when at most five small ones are held. Before, the small submits kept
+    going in ahead of it, each into the room just freed: the large one
+    waited until the stream ended (here 2,000 submits; an endless stream:
+    its Timeout). Now no small submit begun after the large one queued
+    gets in before it: the stream stops behind it, the node acknowledges
+    what it holds, and the large one goes in."""
+    log: list[tuple[str, int]] = []
+    looks = 0
+    real = miyaq.client.client.blocked_by
+
+    def blocked_by(core: Any, window: int, window_bytes: int, size: int) -> str | None:
+        nonlocal looks
+        bound = real(core, window, window_bytes, size)
+        if size == task_size(LARGE):
+            looks += 1
+            if bound is None:
+                log.append(("large in", 0))
+            elif looks == 2:
+                log.append(("large queued", 0))     # the second look is in the queue
+        return bound
+
+    monkeypatch.setattr(miyaq.client.client, "blocked_by", blocked_by)
+    with Node() as node:
+        node.keep = 6
+        client = client_for(node.endpoint, window_bytes=WINDOW_BYTES, submit_timeout=LONG)
+        large: list[Call] = []
+
+        def stream() -> int:
+            for i in range(2000):
+                if i == 100:
+                    large.append(Call(lambda: client.submit("echo", [LARGE], id="large")))
+                if large and large[0].ready():
+                    return i
+                log.append(("start", i))
+                client.submit("echo", [SMALL])
+                log.append(("end", i))
+            return 2000
+
+        producer = Call(stream)
+        wait_until(lambda: producer.ready(), "the stream to end", time.sleep)
+        wait_until(lambda: large and large[0].ready(), "the large submit to return", time.sleep)
+        assert producer.exception is None and large[0].exception is None, (producer.exception, large[0].exception)
+        events = [event for event, _ in log]
+        assert "large queued" in events, "the large submit never waited: the test shows nothing"
+        queued_at, let_in_at = events.index("large queued"), events.index("large in")
+        started_after = {i for event, i in log[queued_at:] if event == "start"}
+        ahead = [i for event, i in log[queued_at:let_in_at] if event == "end" and i in started_after]
+        assert not ahead, f"{len(ahead)} small submits begun after the large one queued went in before it"
+        assert not node.problems, node.problems
