@@ -243,8 +243,10 @@ def test_a_resend_that_joins_a_later_submit_of_its_id_gives_back_what_joined_it_
     retrying with the same id), its first try's acknowledgement late
     (``ack_timeout``) and its resend going to a node it cannot reach while
     the third submit reaches the task's home node. The second had joined
-    the first; the resend then joins the third, the second with it
-    (Pending.join of a submit that others joined). The one acknowledgement
+    the first; since 2026-12-07 it takes the first's place when the first
+    is late, and is resent when it is late too: both resends join the
+    third (before, the second joined the resend: Pending.join of a submit
+    that others joined). The one acknowledgement
     resolves all three and gives back all their bytes: dropping what had
     joined the resend (mutation of review32: ``other.joined_size`` left out)
     held the second's bytes in the window for good."""
@@ -264,13 +266,14 @@ def test_a_resend_that_joins_a_later_submit_of_its_id_gives_back_what_joined_it_
         core.admitted(p)
         core.submit(p)
         core.on_timer(0.0)
-    assert core.submits.pending == {"t1": first} and first.joined == [second.waiter]
+    assert core.submits.pending == {"t1": first} and first.joined == [second]
     transport.connected -= {1, 2}            # the resend avoids node 0 (silent): nowhere to go
     core.on_timer(5.5)                       # the first try's acknowledgement is late
     core.admitted(third)
     core.submit(third)
     core.on_timer(20.0)
-    assert core.submits.pending == {"t1": third} and core.submits.waiting == [first]
+    # Each unacknowledged copy was resent on its own (the second took the first's place, then was late too).
+    assert core.submits.pending == {"t1": third} and core.submits.waiting == [first, second]
     transport.connected |= {1, 2}
     for now in (20.5, 21.0, 22.0, 24.0):
         core.on_timer(now)

@@ -19,7 +19,7 @@ class Pending:
     taken once: the wire's ``body`` is not to change)."""
 
     __slots__ = ("wire", "waiter", "created", "deadline", "sent", "tries", "node", "next_try", "last_error",
-                 "held_since", "joined", "joined_size", "in_capped", "size")
+                 "held_since", "joined", "in_capped", "size")
 
     def __init__(self, wire: dict[str, Any], waiter: Waiter, created: float, deadline: float) -> None:
         self.wire = wire
@@ -32,24 +32,35 @@ class Pending:
         self.next_try = 0.0
         self.last_error: MiyaqError | None = None
         self.held_since: float | None = None    # when it first waited for its node's limits
-        self.joined: list[Waiter] | None = None  # later submits of the same id, resolved with this one
-        self.joined_size = 0       # the window bytes those hold
+        self.joined: list[Pending] | None = None  # later copies of the same id in flight, oldest first
         self.in_capped = False     # it has an entry in its pipeline's CappedSubmits (live or not)
         self.size = len(wire.get("body") or b"") + ENVELOPE      # task_size(wire), without the call
 
     def join(self, other: "Pending") -> None:
         """``other``, a submit of the same id sent while this one is
-        unacknowledged, ends with this one: the same acknowledgement or
-        failure resolves its waiter (and those that had joined it)."""
+        unacknowledged, is a copy in flight beside it (and so are those that
+        had joined it). Each copy keeps its own node, deadline and waiter:
+        an answer that the id is stored resolves them all; a refusal or a
+        failure is the copy's own (:class:`~.submits.SubmitPipeline`)."""
         joined = self.joined
         if joined is None:
             joined = self.joined = []
-        joined.append(other.waiter)
-        self.joined_size += other.size + other.joined_size
+        joined.append(other)
         if other.joined:
             joined.extend(other.joined)
+            other.joined = None
         if other.wire.get("resent"):
             self.may_be_stored()          # a try of that id may be stored somewhere
+
+    def copy_from(self, node: int) -> "Pending":
+        """The copy of this id whose answer comes from ``node``: this one if
+        it went there (or no other did), else the oldest joined one that did."""
+        if self.node == node or not self.joined:
+            return self
+        for other in self.joined:
+            if other.node == node:
+                return other
+        return self
 
     def may_be_stored(self) -> None:
         """A try may have been stored somewhere: its acknowledgement never

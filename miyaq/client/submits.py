@@ -25,10 +25,19 @@ Rules (docs/semantics.md):
 - At its deadline a submit fails with one error naming why.
 - Two submits of one id unacknowledged at once (a retry with the same id,
   two web requests carrying the same order id) are one entry: one sent
-  while the other is unacknowledged joins it (:meth:`Pending.join`), and
-  one acknowledgement or failure resolves both, each giving back its
-  window slot. Before, the later replaced the earlier in ``pending``: the
-  earlier was never resolved and kept its window slot for good.
+  while the other is unacknowledged joins it (:meth:`Pending.join`). An
+  answer that the id is stored (``accepted``, or ``duplicate`` of that
+  id) resolves every copy: a submit of a stored id is a duplicate, which
+  counts as accepted (docs/semantics.md). Anything else is the answer to
+  one copy -- the one sent to the node that answered -- and only that
+  copy's: a refusal, a retry, its deadline, its connection lost; when the
+  first copy leaves so, the next takes its place (:meth:`_pop_head`), and
+  a retry joins whichever is first then. Before 2026-12-07 the first
+  answer resolved every copy: one refused for its own content, or one
+  past its deadline, failed the others too, though another's copy was
+  stored; and the answer to a later copy that came while the first waited
+  for a retry was dropped. Before that, the later replaced the earlier in
+  ``pending``: the earlier was never resolved and kept its window slot.
 
 A sent submit whose deadline comes before its acknowledgement is overdue
 is *capped*: it fails at its deadline (:mod:`~.capped_submits`, which
@@ -265,13 +274,13 @@ class SubmitPipeline(LimitsGate):
         if late:
             overdue = self._no_ack_error()
             for task_id in late:
-                p = pending.pop(task_id)
+                p = self._pop_head(task_id)
                 self.resends += 1
                 p.may_be_stored()         # p.node stays the silent node: the resend avoids it
                 self._retry_later(p, now, overdue)
         if self.capped.heap:
             for p in self.capped.pop_due(now):
-                del pending[p.wire["id"]]
+                self._pop_head(p.wire["id"])
                 self.resolve(p, error=final_error(p.last_error or self._no_ack_error(), p))
 
     def _no_ack_error(self) -> Timeout:
@@ -285,28 +294,67 @@ class SubmitPipeline(LimitsGate):
         one -- not ``ack_timeout`` later. The same id, marked resent: a node
         that did store it answers DUPLICATE, and a cluster's copies of it ask
         before they run. How many."""
+        copies = self._copies_on(node)
         lost = [task_id for task_id, p in self.pending.items() if p.node == node]
-        if not lost:
+        if not lost and not copies:
             return 0
         error = Unavailable(f"the connection to {self.nodes.endpoints[node]} closed before it acknowledged "
                             "the submit")
-        for task_id in lost:
-            p = self.pending.pop(task_id)
+        for p in copies + [self._pop_head(task_id) for task_id in lost]:
             self.resends += 1
             p.may_be_stored()
             self._retry_later(p, now, error)
-        return len(lost)
+        return len(lost) + len(copies)
 
     def refused(self, node: int, error: MiyaqError) -> int:
         """Node ``node`` refuses the client's key (ERROR ``forbidden`` to a
         SUBMIT, :meth:`~miyaq.client.requests.RequestTable.refused`): each
         submit sent to it and not acknowledged fails now with ``error``,
         not resent (no node can take what this key sends). How many."""
+        copies = self._copies_on(node)
         refused = [task_id for task_id, p in self.pending.items() if p.node == node]
-        for task_id in refused:
-            p = self.pending.pop(task_id)
+        for p in copies + [self._pop_head(task_id) for task_id in refused]:
             self.resolve(p, error=error)
-        return len(refused)
+        return len(refused) + len(copies)
+
+    def _pop_head(self, task_id: str) -> Pending:
+        """Take the first copy of ``task_id`` out of ``pending`` without an
+        answer that the id is stored (to retry it, or to fail it alone): the
+        oldest copy joined to it, if any, takes its place, its answer still
+        to come (one retried joins it when it is sent again)."""
+        p = self.pending.pop(task_id)
+        joined = p.joined
+        if joined:
+            p.joined = None
+            head = joined.pop(0)
+            head.joined = joined or None
+            self.pending[task_id] = head
+            if head.deadline < head.sent + self.ack_timeout:
+                self.capped.add(head)
+        return p
+
+    def _take(self, copy: Pending, head: Pending) -> None:
+        """Take ``copy`` out of its id's copies in flight (``head``: the first)."""
+        if copy is head:
+            self._pop_head(head.wire["id"])
+            return
+        joined = head.joined
+        assert joined is not None
+        joined.remove(copy)
+        if not joined:
+            head.joined = None
+
+    def _copies_on(self, node: int) -> list[Pending]:
+        """The joined copies sent to ``node``, taken out of their ids' copies
+        in flight (the first copies are the caller's: in ``pending``)."""
+        copies: list[Pending] = []
+        for head in self.pending.values():
+            if head.joined:
+                on_node = [q for q in head.joined if q.node == node]
+                for q in on_node:
+                    self._take(q, head)
+                copies.extend(on_node)
+        return copies
 
     def on_submitted(self, node: int, body: dict[str, Any], now: float) -> None:
         """A SUBMITTED from ``node``: resolve, retry or fail each result.
@@ -329,23 +377,32 @@ class SubmitPipeline(LimitsGate):
                              "%.80r (the submit is sent again when its acknowledgement is late)", task_id,
                              self.nodes.endpoints[node], status)
                 continue
-            p = self.pending.pop(task_id, None) if isinstance(task_id, str) else None
-            if p is None:
+            head = self.pending.get(task_id) if isinstance(task_id, str) else None
+            if head is None:
                 continue   # a late ack for a resend that was already acknowledged
-            if status == c.REJECTED:
-                err = from_wire(detail if isinstance(detail, dict) else {})
-                if err.retryable:
-                    self.busy_replies += 1
-                    if err.code not in NOTHING_STORED:
-                        p.may_be_stored()
-                    self._retry_later(p, now, err)
-                else:
-                    self.resolve(p, error=err)
+            value = (self.nodes.endpoints[node], status, detail)
+            by_key = status == c.DUPLICATE and isinstance(detail, str) and detail != task_id   # as accepted_as
+            if status != c.REJECTED and not by_key:
+                del self.pending[task_id]
+                self.resolve(head, value=value)      # the id is stored: every copy of it is accepted
+                continue
+            p = head.copy_from(node)                 # the answer of one copy only
+            self._take(p, head)
+            if by_key:
+                self.resolve(p, value=value)         # held by the task that has its key; the id is not stored
+                continue
+            err = from_wire(detail if isinstance(detail, dict) else {})
+            if err.retryable:
+                self.busy_replies += 1
+                if err.code not in NOTHING_STORED:
+                    p.may_be_stored()
+                self._retry_later(p, now, err)
             else:
-                self.resolve(p, value=(self.nodes.endpoints[node], status, detail))
+                self.resolve(p, error=err)
 
     def resolve(self, p: Pending, value: Any = None, error: MiyaqError | None = None) -> None:
-        if p.joined is not None:          # later submits of the same id: each holds a window slot
+        """Resolve ``p`` and every copy joined to it (each holds a window slot)."""
+        if p.joined is not None:
             self._resolve_joined(p, value, error)
         if error is not None:
             self._resolver.fail(p.waiter, error)
@@ -357,13 +414,12 @@ class SubmitPipeline(LimitsGate):
 
     def _resolve_joined(self, p: Pending, value: Any, error: MiyaqError | None) -> None:
         joined, p.joined = p.joined or [], None
-        self.resolved_bytes += p.joined_size
-        p.joined_size = 0
-        for waiter in joined:
+        for other in joined:
             if error is not None:
-                self._resolver.fail(waiter, error)
+                self._resolver.fail(other.waiter, error)
             else:
-                self._resolver.set(waiter, value)
+                self._resolver.set(other.waiter, value)
+            self.resolved_bytes += other.size
             self.resolved += 1
             self._on_resolved()
 
