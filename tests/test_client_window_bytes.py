@@ -246,10 +246,10 @@ def test_a_resend_that_joins_a_later_submit_of_its_id_gives_back_what_joined_it_
     the first; since 2026-12-07 it takes the first's place when the first
     is late, and is resent when it is late too: both resends join the
     third (before, the second joined the resend: Pending.join of a submit
-    that others joined). The one acknowledgement
-    resolves all three and gives back all their bytes: dropping what had
-    joined the resend (mutation of review32: ``other.joined_size`` left out)
-    held the second's bytes in the window for good."""
+    that others joined). The one acknowledgement resolves all three and
+    gives back all their bytes, each copy its own size: dropping what had
+    joined the resend (mutation of review32, when the joined bytes were
+    one sum) held the second's bytes in the window for good."""
     from test_client_core import Waiter, make, submitted
     from miyaq.client.pending import Pending
 
