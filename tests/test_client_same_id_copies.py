@@ -1,5 +1,5 @@
 """Two submits of one id in flight at once, each its own outcome
-(miyaq.client.submits: ``Pending.join``, ``SubmitPipeline._pop_head``).
+(miyaq.client.id_copies).
 
 Submits are idempotent by id, which invites a second submit of an id while
 the first is unacknowledged (a retry with the same id, two web requests

@@ -23,21 +23,8 @@ Rules (docs/semantics.md):
 - Until any node was reached, a submit waits at most :data:`FIRST_CONTACT`
   for a connection, then fails with the first-contact message.
 - At its deadline a submit fails with one error naming why.
-- Two submits of one id unacknowledged at once (a retry with the same id,
-  two web requests carrying the same order id) are one entry: one sent
-  while the other is unacknowledged joins it (:meth:`Pending.join`). An
-  answer that the id is stored (``accepted``, or ``duplicate`` of that
-  id) resolves every copy: a submit of a stored id is a duplicate, which
-  counts as accepted (docs/semantics.md). Anything else is the answer to
-  one copy -- the one sent to the node that answered -- and only that
-  copy's: a refusal, a retry, its deadline, its connection lost; when the
-  first copy leaves so, the next takes its place (:meth:`_pop_head`), and
-  a retry joins whichever is first then. Before 2026-12-07 the first
-  answer resolved every copy: one refused for its own content, or one
-  past its deadline, failed the others too, though another's copy was
-  stored; and the answer to a later copy that came while the first waited
-  for a retry was dropped. Before that, the later replaced the earlier in
-  ``pending``: the earlier was never resolved and kept its window slot.
+- Two submits of one id unacknowledged at once are copies of the id in
+  flight, each its own outcome unless the id is stored (:mod:`~.id_copies`).
 
 A sent submit whose deadline comes before its acknowledgement is overdue
 is *capped*: it fails at its deadline (:mod:`~.capped_submits`, which
@@ -55,6 +42,7 @@ from ..protocol import commands as c
 from ..protocol.batching import chunks
 from .capped_submits import CappedSubmits
 from .first_contact import unreachable
+from .id_copies import IdCopies
 from .limits_gate import LimitsGate
 from .nodes import Nodes
 from .pending import Pending, final_error
@@ -119,6 +107,7 @@ class SubmitPipeline(LimitsGate):
         # Sent, failing at their deadline before an ack is overdue (few: tries near
         # the end; all, with a submit_timeout at most ack_timeout).
         self.capped = CappedSubmits(self.pending)
+        self.copies = IdCopies(self.pending, self.capped, ack_timeout)    # copies of one id in flight
         self.waiting: list[Pending] = []          # to (re)send when next_try passes, in order (never replaced)
         self.resolved = 0
         self.resolved_bytes = 0       # the sizes of those resolved (the window's bytes: .window)
@@ -274,13 +263,13 @@ class SubmitPipeline(LimitsGate):
         if late:
             overdue = self._no_ack_error()
             for task_id in late:
-                p = self._pop_head(task_id)
+                p = self.copies.pop_head(task_id)
                 self.resends += 1
                 p.may_be_stored()         # p.node stays the silent node: the resend avoids it
                 self._retry_later(p, now, overdue)
         if self.capped.heap:
             for p in self.capped.pop_due(now):
-                self._pop_head(p.wire["id"])
+                self.copies.pop_head(p.wire["id"])
                 self.resolve(p, error=final_error(p.last_error or self._no_ack_error(), p))
 
     def _no_ack_error(self) -> Timeout:
@@ -294,13 +283,13 @@ class SubmitPipeline(LimitsGate):
         one -- not ``ack_timeout`` later. The same id, marked resent: a node
         that did store it answers DUPLICATE, and a cluster's copies of it ask
         before they run. How many."""
-        copies = self._copies_on(node)
+        copies = self.copies.on_node(node)
         lost = [task_id for task_id, p in self.pending.items() if p.node == node]
         if not lost and not copies:
             return 0
         error = Unavailable(f"the connection to {self.nodes.endpoints[node]} closed before it acknowledged "
                             "the submit")
-        for p in copies + [self._pop_head(task_id) for task_id in lost]:
+        for p in copies + [self.copies.pop_head(task_id) for task_id in lost]:
             self.resends += 1
             p.may_be_stored()
             self._retry_later(p, now, error)
@@ -311,50 +300,11 @@ class SubmitPipeline(LimitsGate):
         SUBMIT, :meth:`~miyaq.client.requests.RequestTable.refused`): each
         submit sent to it and not acknowledged fails now with ``error``,
         not resent (no node can take what this key sends). How many."""
-        copies = self._copies_on(node)
+        copies = self.copies.on_node(node)
         refused = [task_id for task_id, p in self.pending.items() if p.node == node]
-        for p in copies + [self._pop_head(task_id) for task_id in refused]:
+        for p in copies + [self.copies.pop_head(task_id) for task_id in refused]:
             self.resolve(p, error=error)
         return len(refused) + len(copies)
-
-    def _pop_head(self, task_id: str) -> Pending:
-        """Take the first copy of ``task_id`` out of ``pending`` without an
-        answer that the id is stored (to retry it, or to fail it alone): the
-        oldest copy joined to it, if any, takes its place, its answer still
-        to come (one retried joins it when it is sent again)."""
-        p = self.pending.pop(task_id)
-        joined = p.joined
-        if joined:
-            p.joined = None
-            head = joined.pop(0)
-            head.joined = joined or None
-            self.pending[task_id] = head
-            if head.deadline < head.sent + self.ack_timeout:
-                self.capped.add(head)
-        return p
-
-    def _take(self, copy: Pending, head: Pending) -> None:
-        """Take ``copy`` out of its id's copies in flight (``head``: the first)."""
-        if copy is head:
-            self._pop_head(head.wire["id"])
-            return
-        joined = head.joined
-        assert joined is not None
-        joined.remove(copy)
-        if not joined:
-            head.joined = None
-
-    def _copies_on(self, node: int) -> list[Pending]:
-        """The joined copies sent to ``node``, taken out of their ids' copies
-        in flight (the first copies are the caller's: in ``pending``)."""
-        copies: list[Pending] = []
-        for head in self.pending.values():
-            if head.joined:
-                on_node = [q for q in head.joined if q.node == node]
-                for q in on_node:
-                    self._take(q, head)
-                copies.extend(on_node)
-        return copies
 
     def on_submitted(self, node: int, body: dict[str, Any], now: float) -> None:
         """A SUBMITTED from ``node``: resolve, retry or fail each result.
@@ -387,7 +337,7 @@ class SubmitPipeline(LimitsGate):
                 self.resolve(head, value=value)      # the id is stored: every copy of it is accepted
                 continue
             p = head.copy_from(node)                 # the answer of one copy only
-            self._take(p, head)
+            self.copies.take(p, head)
             if by_key:
                 self.resolve(p, value=value)         # held by the task that has its key; the id is not stored
                 continue
