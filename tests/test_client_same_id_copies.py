@@ -128,3 +128,21 @@ def test_a_lost_connection_resends_the_copies_that_went_there_and_keeps_the_othe
     assert second.wire.get("resent") and first.joined == [second]       # resent to node 0: it joins the first
     core.on_frames(0, submitted([["order-7", "accepted", None]]), 0.3)
     assert first.waiter.done and second.waiter.done and (core.in_flight, core.bytes_in_flight) == (0, 0)
+
+
+def test_a_copy_deduplicated_by_its_key_is_answered_alone() -> None:
+    """Fault: the first copy carries a ``key`` another task holds (node 0
+    answers ``duplicate`` naming that task: the id itself is not stored);
+    the second copy, without the key, goes to node 1. Before, the first
+    answer resolved both: the second was told it was a duplicate of the
+    other task although node 1 stores it as its own. Now each copy has
+    its own answer."""
+    core, _ = make(2)
+    first = copy(core, 0, b"\x91\x01")
+    second = copy(core, 1, b"\x91\x01")
+    core.on_frames(0, submitted([["order-7", "duplicate", "order-1"]]), 0.1)
+    assert first.waiter.value == (NODE0, "duplicate", "order-1")
+    assert not second.waiter.done, "the second copy took the first one's key duplicate"
+    core.on_frames(1, submitted([["order-7", "accepted", None]]), 0.2)
+    assert second.waiter.value == (NODE1, "accepted", None)
+    assert (core.in_flight, core.bytes_in_flight) == (0, 0)
