@@ -16,21 +16,27 @@ pytestmark = pytest.mark.timeout(60)
 
 
 class Slots:
-    """A window of ``n`` free slots, as the client counts it: a waiter let in
-    takes one and, counted in, wakes the next (the driver's ``submit``)."""
+    """A window of ``free`` slots, as the client counts it: a waiter let in
+    is counted in (takes a slot); one resolved gives its slot back."""
 
-    def __init__(self, room: WindowRoom, n: int = 0) -> None:
-        self.room, self.free, self.looks = room, n, 0
+    def __init__(self) -> None:
+        self.free, self.looks, self.counted = 0, 0, []
+        self.room = WindowRoom(self.count, self.uncount)
 
     def fits(self) -> bool:
         self.looks += 1
         return self.free > 0
 
-    def take(self) -> None:
+    def count(self, p: object) -> None:
         self.free -= 1
-        self.room.freed()
+        self.counted.append(p)
+
+    def uncount(self, p: object) -> None:
+        self.free += 1
+        self.counted.remove(p)
 
     def give(self) -> None:
+        """A submit resolved: its slot is free."""
         self.free += 1
         self.room.freed()
 
@@ -46,13 +52,11 @@ async def settle() -> None:
 
 def test_a_freed_slot_lets_in_one_waiter_the_longest_waiting() -> None:
     async def main() -> list[str]:
-        room = WindowRoom()
-        slots = Slots(room)
+        slots = Slots()
         woken: list[str] = []
 
         async def waiter(name: str) -> None:
-            assert await room.wait_turn(slots.fits, monotonic() + 30, never_closed)
-            slots.take()
+            assert await slots.room.wait_turn(name, slots.fits, monotonic() + 30, never_closed)  # type: ignore[arg-type]
             woken.append(name)
 
         tasks = []
@@ -61,7 +65,7 @@ def test_a_freed_slot_lets_in_one_waiter_the_longest_waiting() -> None:
             await settle()
         slots.give()
         await settle()
-        assert woken == ["a"]                  # one slot, one waiter: the first to wait
+        assert woken == ["a"] and slots.counted == ["a"]      # one slot, one waiter: the first to wait
         slots.give()
         slots.give()
         await asyncio.gather(*tasks)
@@ -70,43 +74,42 @@ def test_a_freed_slot_lets_in_one_waiter_the_longest_waiting() -> None:
     assert asyncio.run(main()) == ["a", "b", "c"]
 
 
-def test_only_the_first_waiter_looks_at_the_window() -> None:
-    """A freed slot wakes one waiter, not every one: a full window with N
-    waiting submits costs a look per slot, not N (an event waking them all
-    made a burst of N waiting submits cost N² wake-ups)."""
-    async def main() -> int:
-        room = WindowRoom()
-        slots = Slots(room)
-        tasks = []
-        for _ in range(50):
-            tasks.append(asyncio.create_task(room.wait_turn(slots.fits, monotonic() + 30, never_closed)))
+def test_room_for_several_lets_them_all_in_at_once_without_a_look_each() -> None:
+    """One acknowledgement that frees room for three waiters lets the three
+    in, each counted before the next is looked at, and only the fourth,
+    which no longer fits, looks in vain: a look per waiter let in, not one
+    per waiter per slot (an event waking them all made a burst of N waiting
+    submits cost N² wake-ups)."""
+    async def main() -> tuple[list[str], int, int]:
+        slots = Slots()
+        names = ["a", "b", "c", "d"]
+        tasks = [asyncio.create_task(slots.room.wait_turn(n, slots.fits, monotonic() + 30, never_closed))  # type: ignore[arg-type]
+                 for n in names]
         await settle()
         looks = slots.looks
-        for _ in range(5):
-            room.freed()                       # room made, and not enough: only the first looks again
-            await settle()
+        slots.free = 3
+        slots.room.freed()
+        counted = list(slots.counted)
         more = slots.looks - looks
-        room.wake_all()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        return more
+        await settle()
+        done = sum(t.done() for t in tasks)
+        slots.give()
+        await asyncio.gather(*tasks)
+        return counted, more, done
 
-    assert asyncio.run(main()) == 5
+    assert asyncio.run(main()) == (["a", "b", "c"], 4, 3)
 
 
-def test_a_waiter_that_gives_up_or_is_cancelled_leaves_the_queue_and_the_next_looks() -> None:
+def test_a_waiter_that_gives_up_or_is_cancelled_leaves_the_queue_and_the_next_is_let_in() -> None:
     """Fault: the first waiter gives up (its deadline), the next is
     cancelled; the third, which fits, is let in without any slot freed:
     nothing waits behind a waiter that is gone."""
-    async def main() -> tuple[list[str], int]:
-        room = WindowRoom()
-        slots = Slots(room)
+    async def main() -> tuple[list[str], int, list[object]]:
+        slots = Slots()
         woken: list[str] = []
 
         async def waiter(name: str, deadline: float) -> None:
-            if await room.wait_turn(slots.fits, deadline, never_closed):
-                slots.take()
+            if await slots.room.wait_turn(name, slots.fits, deadline, never_closed):  # type: ignore[arg-type]
                 woken.append(name)
             else:
                 woken.append(f"{name} gave up")
@@ -118,22 +121,40 @@ def test_a_waiter_that_gives_up_or_is_cancelled_leaves_the_queue_and_the_next_lo
         last = asyncio.create_task(waiter("last", monotonic() + 30))
         await settle()
         await soon                             # gave up: the window stayed full
-        slots.free = 1                         # room, seen only by a look: the first waiter's
+        slots.free = 1                         # room, seen only by a look
         cancelled.cancel()
         await asyncio.wait_for(last, 30)
-        return woken, len(room.waiting)
+        return woken, len(slots.room.waiting), slots.counted
 
-    assert asyncio.run(main()) == (["soon gave up", "last"], 0)
+    assert asyncio.run(main()) == (["soon gave up", "last"], 0, ["last"])
+
+
+def test_a_waiter_let_in_as_it_is_cancelled_is_counted_out_and_the_next_let_in() -> None:
+    """Fault: room is made for the first waiter (let in and counted) and its
+    task is cancelled before it runs again. It is cancelled, its count
+    taken back, and the slot goes to the next waiter."""
+    async def main() -> tuple[bool, list[object], bool]:
+        slots = Slots()
+        first = asyncio.create_task(slots.room.wait_turn("first", slots.fits, monotonic() + 30, never_closed))  # type: ignore[arg-type]
+        second = asyncio.create_task(slots.room.wait_turn("second", slots.fits, monotonic() + 30, never_closed))  # type: ignore[arg-type]
+        await settle()
+        slots.give()                           # the first is let in ...
+        first.cancel()                         # ... and cancelled before it runs
+        await asyncio.gather(first, return_exceptions=True)
+        admitted = await asyncio.wait_for(second, 30)
+        return first.cancelled(), slots.counted, admitted
+
+    assert asyncio.run(main()) == (True, ["second"], True)
 
 
 def test_waiters_that_gave_up_leave_nothing_behind() -> None:
     """Fault: the node is gone; waiting submits give up again and again
     and no slot is ever freed. Each takes its place out of the queue."""
     async def main() -> int:
-        room = WindowRoom()
+        slots = Slots()
         for _ in range(640):
-            assert not await room.wait_turn(lambda: False, monotonic(), never_closed)
-        return len(room.waiting)
+            assert not await slots.room.wait_turn("x", slots.fits, monotonic(), never_closed)  # type: ignore[arg-type]
+        return len(slots.room.waiting)
 
     assert asyncio.run(main()) == 0
 

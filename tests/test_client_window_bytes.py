@@ -186,10 +186,10 @@ def test_the_asyncio_clients_waiting_submits_all_get_the_bytes_a_large_one_frees
             outcomes: list[bool] = []
             entered = 0
 
-            async def wait_turn(fits: Any, deadline: float, check: Any) -> bool:
+            async def wait_turn(p: Any, fits: Any, deadline: float, check: Any) -> bool:
                 nonlocal entered
                 entered += 1
-                admitted = await real_wait(fits, deadline, check)
+                admitted = await real_wait(p, fits, deadline, check)
                 outcomes.append(admitted)
                 return admitted
 

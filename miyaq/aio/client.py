@@ -103,28 +103,31 @@ class Client:
         future = AioFuture()
         p = Pending(wire, future, now, deadline)
         core = io.core
+        counted = False
         if io.room.waiting or blocked_by(core, self.window, self.window_bytes, p.size) is not None:
-            await self._wait_for_room(p)
+            counted = await self._wait_for_room(p)
         handle = TaskHandle(wire["id"], self, future)
         # flush() and close() wait for every submit, a waited one too (its
         # wait may be cancelled); one accepted, or whose failure its caller
         # was told, is let go at once.
         self._unflushed.add(handle)
-        io.submit(p)        # counted in: the next waiting submit looks at the window
+        io.submit(p, counted)
         if wait:
             await handle.wait_accepted()
         return handle
 
-    async def _wait_for_room(self, p: Pending) -> None:
+    async def _wait_for_room(self, p: Pending) -> bool:
         """Wait, behind the submits that already do (first come first served:
-        :class:`~.window.WindowRoom`), until ``p`` fits in the window; Timeout
-        at its deadline, MiyaqError if the client is closed meanwhile."""
+        :class:`~.window.WindowRoom`), until ``p`` is let in, counted in the
+        window (True); Timeout at its deadline, MiyaqError if the client is
+        closed meanwhile."""
         io = self._io
         core, window, window_bytes, size = io.core, self.window, self.window_bytes, p.size
-        if not await io.room.wait_turn(lambda: blocked_by(core, window, window_bytes, size) is None, p.deadline,
+        if not await io.room.wait_turn(p, lambda: blocked_by(core, window, window_bytes, size) is None, p.deadline,
                                        io.ensure_started):
             raise stayed_full(blocked_by(core, window, window_bytes, size), core, window, window_bytes, size,
                               self.submit_timeout)
+        return True
 
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until every submit so far is acknowledged; raises the first

@@ -61,7 +61,7 @@ class AsyncDriver:
         # node index -> its reader and watcher; the finalizer holds this dict too
         self._readers: dict[int, list[asyncio.Task[None]]] = {}
         self._dial()
-        self.room = WindowRoom()
+        self.room = WindowRoom(self._count, self._uncount)     # submits waiting for room in the window
         self.core = ClientCore(self, self.nodes, max_batch=max_batch, ack_timeout=ack_timeout,
                                max_message=max_message, on_resolved=self.room.freed)
         self._timer: asyncio.TimerHandle | None = None
@@ -208,17 +208,25 @@ class AsyncDriver:
             self.factory.close()     # the sockets, now and once
 
     # -- calls ---------------------------------------------------------------------------
-    def submit(self, p: Pending) -> None:
+    def submit(self, p: Pending, counted: bool = False) -> None:
         """Hand a submit to the core: at once when the client is idle, else at
-        the end of this pass of the loop, batched with the others."""
-        self.core.admitted(p)
-        if self.room.waiting:
-            self.room.freed()       # the one let in before it is counted now: the next may fit too
+        the end of this pass of the loop, batched with the others.
+        ``counted``: counted in the window already (let in by :attr:`room`)."""
+        if not counted:
+            self.core.admitted(p)
         if not self.core.submit(p, monotonic()) and not self._flush_soon:
             self._flush_soon = True
             assert self.loop is not None
             self.loop.call_soon(self._flush)
         self._arm()
+
+    def _count(self, p: Pending) -> None:
+        self.core.admitted(p)
+
+    def _uncount(self, p: Pending) -> None:
+        """Take ``p``, counted and never handed over, out of the window again."""
+        self.core.submitted -= 1
+        self.core.submitted_bytes -= p.size
 
     def request(self, node: int, command: bytes, body: dict[str, Any], waiter: Waiter, deadline: float) -> None:
         self.core.request(node, command, body, waiter, deadline, monotonic())

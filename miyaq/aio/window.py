@@ -2,24 +2,29 @@
 come first served (:mod:`miyaq.client.window`: once one waits, every later
 submit queues behind it, even one that would fit).
 
-Only the first waiter looks at the window. Each submit resolved
-(acknowledged or failed) wakes it, and so does each one counted in (the one
-let in before it: the next may fit too), so a full window with many waiting
-submits costs a wake-up per slot, not one per waiter per slot (an event
-waking them all made a burst of N waiting submits cost N² wake-ups: window
-50, 4,000 concurrent submits took 3.6 s). A waiter leaves the queue however
-its wait ends -- let in, its deadline, cancelled, the client closed -- and
-one that was not let in wakes the next at once. Closing wakes them all
-(each then finds the client closed).
+As the threaded client's :class:`~miyaq.client.window.WindowQueue`: whoever
+makes room -- a submit resolved (acknowledged or failed), a waiter that
+gives up -- lets the waiters in while the first fits, each counted in the
+window before the next is looked at, and wakes each one let in. So a full
+window with many waiting submits costs one wake-up per waiting submit, not
+one per waiter per slot (an event waking them all made a burst of N
+waiting submits cost N² wake-ups: window 50, 4,000 concurrent submits took
+3.6 s). A waiter leaves the queue however its wait ends -- its deadline,
+cancelled, the client closed; one let in just as it was cancelled is
+counted out again. Closing wakes them all (each then finds the client
+closed). One event loop's: never touched from another thread.
 """
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from ..client.window import POLL
+from ..client.window import POLL, Turn
 from ..runtime.clock import monotonic
+
+if TYPE_CHECKING:
+    from ..client.pending import Pending
 
 
 def _wake(future: "asyncio.Future[None]") -> None:
@@ -27,61 +32,75 @@ def _wake(future: "asyncio.Future[None]") -> None:
         future.set_result(None)
 
 
-class _Turn:
-    """One waiting coroutine: the future it awaits now (a new one each look)."""
-
-    __slots__ = ("future",)
-
-    def __init__(self, future: "asyncio.Future[None]") -> None:
-        self.future = future
-
-
 class WindowRoom:
     """FIFO of waiters; :meth:`freed` is the client core's ``on_resolved``.
-    One event loop's: never touched from another thread."""
+    ``count(p)`` counts ``p`` in the window, ``uncount(p)`` takes it out."""
 
-    def __init__(self) -> None:
-        self.waiting: deque[_Turn] = deque()
+    def __init__(self, count: Callable[["Pending"], None], uncount: Callable[["Pending"], None]) -> None:
+        self.waiting: deque[Turn] = deque()
+        self._count = count
+        self._uncount = uncount
 
     def freed(self) -> None:
-        """Room may have been made: wake the first waiter to look again."""
-        if self.waiting:
-            _wake(self.waiting[0].future)
+        """Room may have been made: let in the waiters that fit, in order."""
+        waiting = self.waiting
+        while waiting:
+            turn = waiting[0]
+            if not turn.fits():
+                return
+            waiting.popleft()
+            self._count(turn.p)
+            turn.admitted = True
+            _wake(turn.wake)
 
     def wake_all(self) -> None:
         for turn in self.waiting:
-            _wake(turn.future)
+            _wake(turn.wake)
 
-    async def wait_turn(self, fits: Callable[[], bool], deadline: float, check: Callable[[], None]) -> bool:
-        """Queue behind the coroutines already waiting until this one is the
-        first and ``fits()`` (True: it has left the queue; counting it in
-        wakes the next, :meth:`freed`), or until ``deadline`` (monotonic
-        seconds) passes (False). ``check()`` after each wake-up raises if
-        the client was closed meanwhile."""
+    async def wait_turn(self, p: "Pending", fits: Callable[[], bool], deadline: float,
+                        check: Callable[[], None]) -> bool:
+        """Queue ``p`` behind the coroutines already waiting until it is let
+        in -- first, and ``fits()`` -- (True: it is counted in the window:
+        hand it over without counting it again), or until ``deadline``
+        (monotonic seconds) passes (False). ``check()`` after each wake-up
+        raises if the client was closed meanwhile."""
         loop = asyncio.get_running_loop()
-        me = _Turn(loop.create_future())
-        waiting = self.waiting
-        waiting.append(me)
-        admitted = False
+        turn = Turn(loop.create_future(), p, fits)
+        self.waiting.append(turn)
+        if len(self.waiting) == 1:
+            self.freed()              # first: room may have been made since the caller looked
         try:
-            while True:
-                if waiting[0] is me and fits():
-                    admitted = True
-                    return True
+            while not turn.admitted:
                 left = deadline - monotonic()
                 if left <= 0:
-                    return False
+                    break
                 # Not asyncio.wait_for: Python 3.11's returns the result of a future
                 # done as its task is cancelled, swallowing the cancellation (the
                 # cancelled submit then went in all the same).
-                timer = loop.call_later(min(POLL, left), _wake, me.future)
+                timer = loop.call_later(min(POLL, left), _wake, turn.wake)
                 try:
-                    await me.future
+                    await turn.wake
                 finally:
                     timer.cancel()
-                me.future = loop.create_future()    # before the look: a freed() after it wakes the next wait
+                if turn.admitted:
+                    break
+                turn.wake = loop.create_future()
                 check()
-        finally:
-            waiting.remove(me)
-            if not admitted:
+                self.freed()          # a look of its own each POLL (a lost wake-up, if any)
+            if turn.admitted:
+                check()               # closed as it was let in: it goes nowhere either
+        except BaseException:
+            if turn.admitted:
+                self._uncount(p)      # let in as it was cancelled (or closed): it goes nowhere
                 self.freed()
+            else:
+                self._leave(turn)
+            raise
+        if turn.admitted:
+            return True
+        self._leave(turn)
+        return False
+
+    def _leave(self, turn: Turn) -> None:
+        self.waiting.remove(turn)
+        self.freed()              # those behind it may fit

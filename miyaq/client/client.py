@@ -133,8 +133,11 @@ class Client:
         as :meth:`submit`."""
         return self._submit_wire(url_wire(url, body, method, headers, options), id, wait)
 
-    def _pending(self, wire: dict[str, Any], task_id: str | None, wait: bool) -> tuple[Pending, TaskHandle]:
-        """A submit ready to hand to the I/O loop (once the window has room), and its handle."""
+    def _pending(self, wire: dict[str, Any], task_id: str | None,
+                 wait: bool) -> tuple[Pending, TaskHandle, bool]:
+        """A submit ready to hand to the I/O loop (once the window has room),
+        its handle, and whether it is counted in the window already (it
+        waited for room: the window's queue let it in)."""
         self._check_open()
         wire["id"] = submit_id(task_id)
         future = self.kit.waiter() if wait else Future(self._io.heard_event)
@@ -143,27 +146,29 @@ class Client:
         now = monotonic()
         deadline = now + self.submit_timeout
         p = Pending(wire, future, now, deadline)
+        counted = False
         if io.room.waiting or blocked_by(core, self.window, self.window_bytes, p.size) is not None:
-            self._wait_for_room(p)
-        return p, TaskHandle(wire["id"], self, future)
+            counted = self._wait_for_room(p)
+        return p, TaskHandle(wire["id"], self, future), counted
 
-    def _wait_for_room(self, p: Pending) -> None:
+    def _wait_for_room(self, p: Pending) -> bool:
         """Wait, behind the submits that already do (first come first served:
-        :class:`~.window.WindowQueue`), until ``p`` fits in the window; Timeout
-        at its deadline."""
+        :class:`~.window.WindowQueue`), until ``p`` is let in, counted in the
+        window (True); Timeout at its deadline."""
         core, window, window_bytes, size = self._io.core, self.window, self.window_bytes, p.size
-        if not self._io.room.wait_turn(lambda: blocked_by(core, window, window_bytes, size) is None, p.deadline):
+        if not self._io.room.wait_turn(p, lambda: blocked_by(core, window, window_bytes, size) is None, p.deadline):
             raise stayed_full(blocked_by(core, window, window_bytes, size), core, window, window_bytes, size,
                               self.submit_timeout)
+        return True
 
     def _submit_wire(self, wire: dict[str, Any], task_id: str | None, wait: bool) -> TaskHandle:
-        p, handle = self._pending(wire, task_id, wait)
+        p, handle, counted = self._pending(wire, task_id, wait)
         # flush() and close() wait for every submit, a waited one too: its wait
         # may be interrupted (a gevent.Timeout, a killed greenlet, Ctrl-C, also
         # on the short path, where the caller reads the sockets); one accepted,
         # or whose failure its caller was told, is let go at once.
         self._unflushed.add(handle)
-        self._io.submit(p, wait)
+        self._io.submit(p, wait, counted)
         if wait:
             handle.wait_accepted()
         return handle
@@ -279,15 +284,16 @@ class Client:
     def _call_wire(self, wire: dict[str, Any], id: str | None, timeout: float | None) -> Any:
         """:meth:`call` of a task's SUBMIT entry: ``TaskDef.call`` sends its lease in it."""
         timeout = seconds(timeout, "timeout", optional=True)
-        p, handle = self._pending(wire, id, True)
+        p, handle, counted = self._pending(wire, id, True)
         self._unflushed.add(handle)      # as a submit's: flush() waits for it if this call is interrupted
         wait = min(ops.LONG_POLL, ops.RESULT_WAIT_DEFAULT if timeout is None else timeout)
         start = monotonic()
         answer = self.kit.waiter()
         body: dict[str, Any] = {"req": self._io.next_req(), "timeout": wait}
         with self._withdrawn_if_abandoned(answer, body["req"]):
-            if not self._io.submit_then_ask(p, c.RESULT, body, answer, start + wait + self.request_timeout):
-                self._io.submit(p, True)
+            if not self._io.submit_then_ask(p, c.RESULT, body, answer, start + wait + self.request_timeout,
+                                            counted):
+                self._io.submit(p, True, counted)
                 return handle.wait_accepted().result(timeout)
             handle.wait_accepted()
             try:

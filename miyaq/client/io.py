@@ -43,7 +43,9 @@ class IOLoop(NodeSockets):
         super().__init__(kit, endpoints, max_message=max_message, security=security,
                          endpoints_source=endpoints_source, heartbeat_timeout=heartbeat_timeout)
         self.nodes.explain = ReachProbes(self._wait_for_probe).reason
-        self.room = WindowQueue(kit.event)      # submits waiting for room in the window
+        self.count_lock = kit.lock()
+        # Submits waiting for room in the window (counted in as they are let in).
+        self.room = WindowQueue(kit.event, kit.lock(), self._count, self._uncount)
         self.core = ClientCore(self, self.nodes, max_batch=max_batch, ack_timeout=ack_timeout,
                                max_message=max_message, on_resolved=self.room.freed)
         self.inbox: deque[tuple[Any, ...]] = deque()
@@ -57,7 +59,6 @@ class IOLoop(NodeSockets):
         self._armed = False            # the I/O context sleeps (or is about to): wake it through the pipe
         self.stopped = False           # the loop ended: a call queued now would wait for nobody
         self._end_when_idle = False    # its Client was dropped unclosed: end once no submit is in flight
-        self.count_lock = kit.lock()
         self._handle: Any = None
 
     @staticmethod
@@ -88,20 +89,25 @@ class IOLoop(NodeSockets):
     def start(self) -> None:
         self._handle = self.kit.spawn(self._run, "miyaq-client-io")
 
-    def submit(self, p: Pending, waits: bool = False) -> None:
+    def submit(self, p: Pending, waits: bool = False, counted: bool = False) -> None:
         """Hand a submit over. ``waits``: its caller waits for it at once (it
-        cannot be batched with its own later submits)."""
-        self.count_in(p)
+        cannot be batched with its own later submits). ``counted``: it is
+        counted in the window already (let in by the window's queue)."""
+        if not counted:
+            self._count(p)
         if not self._submit_directly(p, waits):
             self._put(("submit", p))
 
-    def count_in(self, p: Pending) -> None:
-        """Count ``p`` in the window; a submit waiting for room then looks
-        again (the one let in before it is counted now: the next may fit too)."""
+    def _count(self, p: Pending) -> None:
+        """Count ``p`` in the window (callers of any thread: under ``count_lock``)."""
         with self.count_lock:
             self.core.admitted(p)
-        if self.room.waiting:
-            self.room.freed()
+
+    def _uncount(self, p: Pending) -> None:
+        """Take ``p``, counted and never handed over, out of the window again."""
+        with self.count_lock:
+            self.core.submitted -= 1
+            self.core.submitted_bytes -= p.size
 
     def _submit_directly(self, p: Pending, waits: bool) -> bool:
         """Send ``p`` from the caller's thread (the short path); False: it
@@ -109,7 +115,7 @@ class IOLoop(NodeSockets):
         return False
 
     def submit_then_ask(self, p: Pending, command: bytes, body: dict[str, Any], waiter: Waiter,
-                        deadline: float) -> bool:
+                        deadline: float, counted: bool = False) -> bool:
         """Send submit ``p`` and a request right behind it, read by the caller
         (``call()``): only on the short path
         (:class:`~miyaq.client.short_path.ThreadedIOLoop`); False

@@ -142,17 +142,18 @@ class ThreadedIOLoop(IOLoop):
         return False
 
     def submit_then_ask(self, p: Pending, command: bytes, body: dict[str, Any], waiter: Waiter,
-                        deadline: float) -> bool:
+                        deadline: float, counted: bool = False) -> bool:
         """The short path for ``call()``: send submit ``p`` and, right behind it
         on the same connection, a request (its RESULT long-poll) that the node
         reads after storing the task; then read both replies here. False:
         nothing was sent (the client is busy) and the caller takes the
         ordinary path. ``waiter`` may still fail with ``not_found`` (the task
         was refused, retried elsewhere, or is held by other nodes), and the
-        caller then asks again the ordinary way."""
+        caller then asks again the ordinary way. ``counted``: as :meth:`submit`'s."""
         def both(now: float) -> None:
             core = self.core
-            self.count_in(p)
+            if not counted:
+                self._count(p)
             core.submit(p, now, LONE_UNACKED)
             body["id"] = p.wire["id"]
             core.request(p.node, command, body, waiter, deadline, now)
