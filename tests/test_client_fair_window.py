@@ -472,3 +472,41 @@ def test_a_large_submit_is_not_starved_by_a_stream_of_small_ones_from_another_th
         ahead = [i for event, i in log[queued_at:let_in_at] if event == "end" and i in started_after]
         assert not ahead, f"{len(ahead)} small submits begun after the large one queued went in before it"
         assert not node.problems, node.problems
+
+
+def test_a_waiter_let_in_as_ctrl_c_lands_is_counted_out_and_the_next_let_in():
+    """Fault: the window's queue lets a waiting submit in -- counted in the
+    window for it -- and Ctrl-C lands in that thread before it runs on.
+    The submit goes nowhere: it is counted out again (its slot would be
+    held for good otherwise), and the slot goes to the next waiter."""
+    from miyaq.client.window import WindowQueue
+
+    free = [0]
+    counted: list[str] = []
+
+    def count(p: Any) -> None:
+        free[0] -= 1
+        counted.append(p)
+
+    def uncount(p: Any) -> None:
+        free[0] += 1
+        counted.remove(p)
+
+    class Interrupted(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            if super().wait(timeout):
+                raise KeyboardInterrupt          # lands just after it was let in
+            return False
+
+    room = WindowQueue(Interrupted, threading.Lock(), count, uncount)
+    fits = lambda: free[0] > 0     # noqa: E731
+    first = Call(lambda: room.wait_turn("first", fits, time.monotonic() + LONG))    # type: ignore[arg-type]
+    wait_until(lambda: len(room.waiting) == 1, "the first to wait", time.sleep)
+    room._event = threading.Event               # the second's wait is not interrupted
+    second = Call(lambda: room.wait_turn("second", fits, time.monotonic() + LONG))  # type: ignore[arg-type]
+    wait_until(lambda: len(room.waiting) == 2, "the second to wait", time.sleep)
+    free[0] = 1
+    room.freed()                                # lets the first in; Ctrl-C lands there
+    wait_until(lambda: first.ready() and second.ready(), "both waits to end", time.sleep)
+    assert isinstance(first.exception, KeyboardInterrupt), first.exception
+    assert second.value is True and counted == ["second"] and free[0] == 0 and not room.waiting
