@@ -154,11 +154,24 @@ class Client:
     def _wait_for_room(self, p: Pending) -> bool:
         """Wait, behind the submits that already do (first come first served:
         :class:`~.window.WindowQueue`), until ``p`` is let in, counted in the
-        window (True); Timeout at its deadline."""
-        core, window, window_bytes, size = self._io.core, self.window, self.window_bytes, p.size
-        if not self._io.room.wait_turn(p, lambda: blocked_by(core, window, window_bytes, size) is None, p.deadline):
+        window (True); Timeout at its deadline. A close meanwhile lets every
+        waiter in at once, to raise MiyaqError "client is closed" (counted
+        out again): before 2026-12-07 a waiter was let in by the room the
+        close made and handed a handle whose submit had failed, seen only at
+        its ``result()`` or a ``flush()``."""
+        io = self._io
+        core, window, window_bytes, size = io.core, self.window, self.window_bytes, p.size
+
+        def fits() -> bool:
+            return self._closed or blocked_by(core, window, window_bytes, size) is None
+
+        if not io.room.wait_turn(p, fits, p.deadline):
             raise stayed_full(blocked_by(core, window, window_bytes, size), core, window, window_bytes, size,
                               self.submit_timeout)
+        if self._closed:
+            io.uncount(p)
+            io.room.freed()
+            self._check_open()
         return True
 
     def _submit_wire(self, wire: dict[str, Any], task_id: str | None, wait: bool) -> TaskHandle:
@@ -374,6 +387,7 @@ class Client:
             if under_way.wait(timeout):
                 return
             self._closed = True
+            self._io.room.freed()
             self._io.close()
             raise Timeout(f"a close() under way in another thread did not end within {timeout:g}s: "
                           "the client is closed now, its submits not yet acknowledged failed")
@@ -383,6 +397,7 @@ class Client:
                 self.flush(timeout)
         finally:
             self._closed = True
+            self._io.room.freed()       # the submits waiting for room: to raise "client is closed"
             try:
                 self._io.close()
             finally:

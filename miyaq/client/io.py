@@ -45,7 +45,7 @@ class IOLoop(NodeSockets):
         self.nodes.explain = ReachProbes(self._wait_for_probe).reason
         self.count_lock = kit.lock()
         # Submits waiting for room in the window (counted in as they are let in).
-        self.room = WindowQueue(kit.event, kit.lock(), self._count, self._uncount)
+        self.room = WindowQueue(kit.event, kit.lock(), self._count, self.uncount)
         self.core = ClientCore(self, self.nodes, max_batch=max_batch, ack_timeout=ack_timeout,
                                max_message=max_message, on_resolved=self.room.freed)
         self.inbox: deque[tuple[Any, ...]] = deque()
@@ -103,7 +103,7 @@ class IOLoop(NodeSockets):
         with self.count_lock:
             self.core.admitted(p)
 
-    def _uncount(self, p: Pending) -> None:
+    def uncount(self, p: Pending) -> None:
         """Take ``p``, counted and never handed over, out of the window again."""
         with self.count_lock:
             self.core.submitted -= 1
