@@ -177,3 +177,21 @@ def test_a_session_opened_inside_a_page_still_runs_the_real_curl(session, web, t
         assert '{"ok": true}' in capsys.readouterr().out
     finally:
         inner.close()
+
+
+@pytest.mark.parametrize("line", [
+    "curl -sD /dev/null {web}/gone",            # a -D among short options: the page's, the last, wins
+    "curl -s -D/dev/null {web}/gone",           # its file written on to it
+    "curl -s {web}/gone {web}/ok",              # two answers, the error first
+    "curl -s {web}/ok --next {web}/gone",       # a second transfer, whose headers -D does not dump
+], ids=["-sD", "-Dfile", "two-urls", "next"])
+def test_a_curl_whose_error_the_runner_cannot_see_still_fails_the_block(session, web, line):
+    """Fault: the runner's curl read the status of the last answer its own -D
+    dumped, so an error it did not see there passed: a -D of the page's
+    given as ``-sD file`` or ``-Dfile`` replaced the runner's (no status read:
+    the curl's exit 0 passed), and of two URLs, or a ``--next`` transfer,
+    only the last or the first was read."""
+    with pytest.raises(BlockFailed, match="docrun: "):
+        session.run_shell(line.format(web=web))
+    session.run_shell(f"curl -s {web}/ok {web}/ok")      # two answers, both good: passes
+    session.run_shell("curl --version")                  # no HTTP answer to read: passes
