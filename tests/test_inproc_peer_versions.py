@@ -99,9 +99,12 @@ def test_a_rolling_upgrade_mixes_nodes_of_both_versions_and_replicates_both_ways
     node is stored on all three: n2 gets maps in version 1, n1 and n3 rows
     in version 2 from each other, and n2 writes maps in version 1 to both.
     Nothing is refused. Then n2 is upgraded (a rolling restart) and gets
-    rows too; then n3 is rolled back to the old build: the first request
-    written to it in version 2 may be refused, and from its answer on it
-    gets version 1 again, a submit through n1 stored on it at the first try."""
+    rows too; then n3 is rolled back to the old build: it left the ring
+    and came back, so the others forgot what it spoke (its link made anew)
+    and write to it in version 1 -- nothing is refused ``bad_version``
+    (before 2026-12-07 the version its old process spoke stayed, and the
+    first requests written to it were) -- a submit through n1 stored on it
+    at the first try."""
     cluster = inproc(3, ring=False)
     cluster.stop_node("n2")
     _start_speaking_1(cluster, "n2", monkeypatch)
@@ -130,3 +133,4 @@ def test_a_rolling_upgrade_mixes_nodes_of_both_versions_and_replicates_both_ways
     assert _layouts(cluster, tid, "n1", "n3") == [(1, "map")]
     assert _layouts(cluster, tid, "n1", "n2") == [(2, "row")]
     _nothing_refused(cluster)
+    assert cluster["n3"].role.peer.errors["bad_version"] == 0       # nothing was written to it in version 2

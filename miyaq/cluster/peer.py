@@ -126,6 +126,13 @@ class PeerEndpoint(PeerRequests):
             if node_id not in members or members[node_id] != self.links[node_id].endpoint or node_id in fresh:
                 # The answer reader may be polling them: it closes retired sockets itself.
                 link = self.links.pop(node_id)
+                # Its connection closes here, its monitor never read: the node
+                # may come back as another build (a rollback), written to in
+                # version 1 until it answers (peer_versions). Before 2026-12-07
+                # the old process's version stayed, and the new one refused
+                # what was written for it (bad_version: a submit waited
+                # replication_timeout and was rejected).
+                self.versions.forget(node_id)
                 for dealer in link.dealers.values():
                     quiet_monitor(dealer)
                 self._retired.extend(link.dealers.values())

@@ -7,8 +7,9 @@ refuses one in a version it does not speak (:func:`check_version`,
 speak, and it learns the peer's from the peer itself: every answer says
 the highest version its sender speaks (``speaks``; absent: 1, as every
 answer of a build before version 2). Until a peer answered, and after its
-connection closed (it may come back as another build), this node writes
-to it in version 1, which every node speaks (docs/cluster.md, "Versions").
+connection closed or the ring made its link anew (:meth:`PeerVersions.forget`:
+it may come back as another build), this node writes to it in version 1,
+which every node speaks (docs/cluster.md, "Versions").
 
 Answers, not stream heartbeats: an answer comes back on the connection
 the request went on, from the process that read it, matched by ``req`` to
@@ -63,8 +64,9 @@ class PeerVersions:
             heard[node_id] = version
 
     def forget(self, node_id: str) -> None:
-        """``node_id``'s connection closed: it may come back as another
-        build, written to in version 1 until it answers again."""
+        """``node_id``'s connection closed, or the ring made its link anew (it
+        left, moved, or restarted): it may come back as another build,
+        written to in version 1 until it answers again."""
         self._heard.pop(node_id, None)
 
     def version_for(self, node_id: str) -> int:

@@ -65,7 +65,11 @@ class MemoryPeerLink(PeerRequests):
     def connect(self, members: dict[str, str], fresh: Collection[str] = ()) -> None:
         """``fresh`` nodes are only counted (:attr:`relinked`): the network
         has no connections to make anew."""
-        self.peers = {n: _node_of(e) or n for n, e in members.items() if n != self.node_id}
+        peers = {n: _node_of(e) or n for n, e in members.items() if n != self.node_id}
+        for node_id, dst in self.peers.items():
+            if peers.get(node_id) != dst or node_id in fresh:
+                self.versions.forget(node_id)     # its link made anew, as the ZeroMQ link's (peer.py)
+        self.peers = peers
         self.relinked.update(n for n in fresh if n in self.peers)
 
     def _send_request(self, node_id: str, frames: list[bytes]) -> bool:
