@@ -294,6 +294,10 @@ def test_an_ack_that_changes_nothing_says_why(api):
     assert "no task dog" in refused("/tasks/dog/ack", {"attempt": 1})
     assert api.post("/tasks", {"name": "resize", "queue": "img", "id": "later", "countdown": 3600})[0] == 202
     assert "the task is scheduled" in refused("/tasks/later/ack", {"attempt": 1})
+    # A touch names no attempt when it may (the current one): the reason names none either.
+    # Fault (review33): it said "the lease of attempt None ended".
+    reason = refused("/tasks/later/touch", {})
+    assert "the task is scheduled" in reason and "None" not in reason, reason
 
 
 @pytest.mark.parametrize("extra", [[], ["--token", "not-a-token-of-this-node"]], ids=["no-token", "unknown-token"])

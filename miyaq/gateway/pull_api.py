@@ -281,8 +281,9 @@ def why_not_held(info_of: Callable[[str], dict[str, Any]], task_id: str, attempt
     if state in FINAL_STATES or state == DEAD:
         return f"the task is {state}: no attempt of it holds a lease any more"
     if state != RUNNING:
-        return (f"the task is {state}: the lease of attempt {attempt} ended (it ran out, or the attempt was "
-                "given back or nacked) and the task waits for its next attempt")
+        lease = "its lease" if attempt is None else f"the lease of attempt {attempt}"   # a touch may name none
+        return (f"the task is {state}: {lease} ended (it ran out, or the attempt was given back or nacked), or "
+                "it has not started, and the task waits for its next attempt")
     if attempt is not None and current != attempt:
         return (f"attempt {attempt} is not the task's current one ({current}): its lease ran out, or the node "
                 "restarted, and the task was leased again")
