@@ -388,3 +388,31 @@ def test_the_file_is_reloaded_when_it_changes_and_on_sighup(make_http_node, make
             assert secret[6:] not in caplog.text
     finally:
         client.close()
+
+
+def test_a_sighup_reload_is_not_read_again_by_the_next_poll(tmp_path, caplog):
+    """Fault (review33): a SIGHUP reloads the file (``reload``), and the
+    next look for changes (``poll``, every second) found the file changed
+    since *it* last looked and read it again -- a second reload and a
+    second log line for one change; a file broken at the SIGHUP was
+    reported twice. The same for the HTTP tokens file (same change watch)."""
+    from miyaq.gateway.tokens import TokenTable
+    secrets = write_secrets(tmp_path / "secrets", OLD)
+    signer = WebhookSigner(secrets)
+    tokens = tmp_path / "tokens"
+    tokens.write_text("producer-token-0123456789abcdef producer\n")
+    os.chmod(tokens, 0o600)
+    table = TokenTable("", str(tokens))
+    write_secrets(tmp_path / "secrets", OLD, NEW)
+    tokens.write_text("producer-token-0123456789abcdef producer\nworker-token-0123456789abcdef worker\n")
+    assert signer.reload("SIGHUP") and signer.count == 2
+    assert table.reload("SIGHUP")
+    assert not signer.poll() and not table.poll()
+    assert signer.reloads["ok"] == 1 and table.reloads["ok"] == 1
+    with open(secrets, "w") as broken:
+        broken.write("whsec_not-base64!\n")
+    with caplog.at_level(logging.ERROR, logger="miyaq.gateway.signing"):
+        assert not signer.reload("SIGHUP")
+        assert not signer.poll()
+    assert signer.reloads["failed"] == 1 and signer.count == 2
+    assert len([r for r in caplog.records if "not reloaded" in r.getMessage()]) == 1

@@ -150,6 +150,7 @@ class WebhookSigner:
 
     def reload(self, reason: str) -> bool:
         """Read the file again; on failure keep the secrets in force and log why."""
+        self._watch.changed()       # the file as read now: poll() does not read it again (after a SIGHUP)
         try:
             self._secrets, self._signature = self._read()
         except ConfigError as exc:

@@ -268,6 +268,7 @@ class TokenTable:
         in force whatever a hook meets: every new request is checked with them)."""
         if not self.path:
             return False
+        self._watch.changed()       # the file as read now: poll() does not read it again (after a SIGHUP)
         before = self._roles()
         try:
             self._file, self._signature = self._read()
