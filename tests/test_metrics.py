@@ -133,6 +133,27 @@ def test_the_task_limit_and_the_zookeeper_session_are_gauges(make_http_node):
         api.close()
 
 
+def test_a_queue_holding_tasks_with_no_worker_has_a_workers_series_at_0(make_http_node):
+    """Incident: no workers (every worker stopped, or none started for the
+    queue) while tasks wait. ``miyaq_queue_workers`` had a series only for
+    queues a worker served, so with no worker it had none, and the alert of
+    docs/operations.md, ``sum(miyaq_queue_workers) == 0 and ...``, compared
+    an empty vector: it never fired, in the one fault it is for (staged on
+    a 3-node cluster, the sre audit). Now each queue that holds tasks has
+    its series at 0, as STATUS has its row with ``workers 0``."""
+    node = make_http_node()
+    api = Http(node.url)
+    try:
+        assert api.post("/tasks", {"name": "job", "queue": "orphan"})[0] == 202
+        samples = scrape(api)
+        assert value(samples, "miyaq_queue_tasks", queue="orphan", state="ready") == 1
+        assert value(samples, "miyaq_queue_workers", queue="orphan") == 0
+        assert value(samples, "miyaq_queue_idle_slots", queue="orphan") == 0
+        assert value(samples, "miyaq_workers") == 0
+    finally:
+        api.close()
+
+
 def test_limits_throttling_is_exposed(make_http_node):
     node = make_http_node(queue_limits="th:rate=0,burst=1")
     api = Http(node.url)

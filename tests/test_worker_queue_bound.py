@@ -97,7 +97,8 @@ def test_many_workers_naming_made_up_queues_leave_every_view_bounded(bounded, ma
     metrics = http_get(node, "/metrics").decode()
     served = [line for line in metrics.splitlines() if line.startswith("miyaq_queue_workers{")]
     idle = [line for line in metrics.splitlines() if line.startswith("miyaq_queue_idle_slots{")]
-    assert len(served) == 16 and len(idle) == 16
+    assert len(served) == 17 and len(idle) == 17    # as STATUS: the task's queue has its series at 0
+    assert "miyaq_queue_workers{queue=\"tasks-queue\"} 0.0" in served
 
 
 def test_a_worker_naming_served_queues_is_welcome_at_the_bound(bounded, make_node, client_for, sockets):

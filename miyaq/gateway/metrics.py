@@ -147,22 +147,30 @@ class NodeCollector(Collector):
             outcomes.add_metric([queue, outcome], n)
         yield outcomes
         depth = GaugeMetricFamily("miyaq_queue_tasks", "Tasks held per queue and state", labels=["queue", "state"])
-        for queue, states in sorted(engine.queue_counts().items()):
+        held = engine.queue_counts()
+        for queue, states in sorted(held.items()):
             share.check()
             for state, n in states.items():
                 depth.add_metric([queue, state], n)
         yield depth
-        workers = GaugeMetricFamily("miyaq_queue_workers", "Workers serving each queue", labels=["queue"])
-        for queue, n in sorted(core.workers.workers_by_queue().items()):
+        # A series for each queue that holds tasks or that a worker serves, as
+        # STATUS has a row: 0 for a queue with tasks and no worker. Before
+        # 2026-12-07 only served queues had one, so with every worker gone the
+        # series vanished and "sum(miyaq_queue_workers) == 0" never fired.
+        served = core.workers.workers_by_queue()
+        workers = GaugeMetricFamily("miyaq_queue_workers", "Workers serving each queue (0: a queue holding "
+                                    "tasks that no worker serves)", labels=["queue"])
+        for queue in sorted(served.keys() | held.keys()):
             share.check()
-            workers.add_metric([queue], n)
+            workers.add_metric([queue], served.get(queue, 0))
         yield workers
         idle = GaugeMetricFamily("miyaq_queue_idle_slots",
                                  "Free capacity of the workers per queue: tasks they would still take "
                                  "(running and prefetched) less those leased to them", labels=["queue"])
-        for queue, n in sorted(core.workers.idle_by_queue(lambda some: checked(some, share.check)).items()):
+        free = core.workers.idle_by_queue(lambda some: checked(some, share.check))
+        for queue in sorted(free.keys() | held.keys()):
             share.check()
-            idle.add_metric([queue], n)
+            idle.add_metric([queue], free.get(queue, 0))
         yield idle
         yield GaugeMetricFamily("miyaq_workers", "Connected workers", value=len(core.workers.by_identity))
         yield CounterMetricFamily("miyaq_workers_lost", "Workers declared lost (silent)",
