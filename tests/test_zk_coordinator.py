@@ -374,6 +374,30 @@ def test_ring_admin_join_leave_and_weight(make, zk_server, zk_cluster_name):
     assert_epochs_increase(rec_b)
 
 
+def test_a_node_that_left_is_back_in_the_ring_when_restarted_with_auto_join(make, zk_server, zk_cluster_name):
+    """The runbook's drain (docs/cluster.md: leave, stop, upgrade, start):
+    a node that left and is restarted with ``auto_join`` (the default) is
+    in the ring again at once, without ``miyaq join``; restarted without it,
+    it stays out until joined. The runbook said a node that left "stays out
+    of the ring until it is joined again" whatever its auto-join (the sre
+    audit saw it back in at its restart, before any ``miyaq join``)."""
+    a, _ = make("a")
+    b, _ = make("b")
+    wait_until(lambda: agreed([a, b], {"a", "b"}), "the first agreed ring")
+    with RingAdmin(zk_server.hosts, zk_cluster_name, timeout=DEADLINE) as admin:
+        assert "b left the ring" in admin.leave("b")
+        b.stop()
+        b, _ = make("b")                                  # restarted, auto_join=True
+        wait_until(lambda: agreed([a, b], {"a", "b"}), "b back in the ring by its auto-join")
+        assert "b left the ring" in admin.leave("b")
+        b.stop()
+        b, _ = make("b", auto_join=False)                 # restarted, auto_join=False
+        wait_until(lambda: "b" in a.registered(), "b to register again")
+        assert "b" not in admin.status()["members"] or not admin.status()["members"]["b"]["in_ring"]
+        assert "b joined the ring" in admin.join("b")
+        wait_until(lambda: agreed([a, b], {"a", "b"}), "b back in once joined")
+
+
 def test_coordinator_join_and_leave_reach_the_leader(make):
     a, _ = make("a")
     b, _ = make("b")
