@@ -432,3 +432,29 @@ def test_every_public_name_of_the_package_is_there_on_first_use():
              "except AttributeError as exc:\n"
              "    print(exc)\n")
     assert fresh_interpreter(probe).strip() == "module 'miyaq' has no attribute 'NoSuchName'"
+
+
+@pytest.mark.parametrize("how", ["flag", "env", "default"])
+def test_a_gateway_that_does_not_answer_says_which_address_and_how_to_name_another(how, capsys, monkeypatch):
+    """Fault: ``miyaq queue list`` where no gateway listens (an operator on a
+    node whose ``MIYAQ_HTTP_PORT`` is not 8088, with no ``--http``). The error
+    was urllib's words alone, ``cannot reach the node at
+    http://127.0.0.1:8088: <urlopen error [Errno 111] Connection refused>``,
+    nothing saying where the address came from or how to give another (the
+    sre audit). Now it names its source and ``--http`` / ``MIYAQ_HTTP``."""
+    monkeypatch.delenv("MIYAQ_HTTP", raising=False)
+    with refusing_port() as port:
+        url = f"http://127.0.0.1:{port}"
+        argv = ["queue", "list"]
+        if how == "flag":
+            argv += ["--http", url]
+        elif how == "env":
+            monkeypatch.setenv("MIYAQ_HTTP", url)
+        else:
+            monkeypatch.setattr("miyaq.devstate.default_http", lambda: url)
+        assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"miyaq: error: cannot reach the node at {url}: "), err
+    assert "urlopen error" not in err and "--http http://HOST:PORT or MIYAQ_HTTP" in err, err
+    source = {"flag": "given by --http", "env": "given by MIYAQ_HTTP", "default": "no --http or MIYAQ_HTTP given"}[how]
+    assert source in err, err

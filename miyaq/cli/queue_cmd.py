@@ -102,6 +102,19 @@ def _gateway_url(base: str) -> str:
 
 
 TOKEN_HINT = " (miyaq queue sends the token given by --token, else MIYAQ_HTTP_TOKEN)"
+
+
+def _where_hint(args: argparse.Namespace) -> str:
+    """What to do when no gateway answers: say which address was used and how
+    to name another. Before 2026-12-07 the error was urllib's words alone
+    (``<urlopen error [Errno 111] Connection refused>``): an operator whose
+    node has ``MIYAQ_HTTP_PORT=27458`` was not told the command had tried
+    8088, nor how to point it elsewhere."""
+    given = "--http" if getattr(args, "http", None) else ("MIYAQ_HTTP" if os.environ.get("MIYAQ_HTTP") else "")
+    source = (f"the address given by {given}" if given else
+              "no --http or MIYAQ_HTTP given: the dev cluster's started in this directory, else the default")
+    return (f" -- {source}. Is a node's HTTP gateway there (its --http-port, MIYAQ_HTTP_PORT, 8088 by "
+            "default)? Name one with --http http://HOST:PORT or MIYAQ_HTTP")
 """Added to a 401's message: how this command is given a token (the
 gateway's words speak of the Authorization header; before 2026-12-07 the
 command printed them alone)."""
@@ -139,7 +152,7 @@ def _request(args: argparse.Namespace, method: str, path: str, body: Any = None,
             raise Unavailable(f"the gateway at {base} has a certificate this machine does not trust "
                               f"({reason.verify_message}): pass --http-ca (or MIYAQ_HTTP_CA) with the "
                               "certificate of its CA, or its own if self-signed") from None
-        raise Unavailable(f"cannot reach the node at {base}: {exc}") from None
+        raise Unavailable(f"cannot reach the node at {base}: {reason}{_where_hint(args)}") from None
     if len(text) > MAX_ANSWER:
         raise ProtocolError(f"{method} {path}: the answer from {base} is over {MAX_ANSWER // 2**20} MiB",
                             source=base)
