@@ -342,6 +342,24 @@ def test_systemd_runs_nodes_and_workers_with_keys():
     assert "-HUP" in reload and "$MAINPID" in reload
 
 
+def test_systemd_protects_the_clusters_znodes_with_zookeeper_credentials():
+    """Catches: a production install from deploy/systemd with open znodes.
+    The keys guard every ZeroMQ port and the tokens the gateway, but the
+    environment file gave ZooKeeper no credentials, so anyone who reaches
+    ZooKeeper could read the members' endpoints and rewrite the ring
+    (docs/cluster.md, "ZooKeeper ACLs"); deploy/README.md did not mention
+    them (the sre audit). Now the file names a credentials file, enabled,
+    and the walkthrough makes it, readable by miyaq only, and passes it to
+    the operator's ring commands."""
+    line = next((raw for raw in ENV_FILE.read_text().splitlines() if "MIYAQ_ZK_AUTH_FILE=" in raw), "")
+    assert line.startswith("MIYAQ_ZK_AUTH_FILE=/etc/miyaq/"), f"{ENV_FILE.name}: no MIYAQ_ZK_AUTH_FILE enabled"
+    path = line.split("=", 1)[1]
+    readme = (DEPLOY / "README.md").read_text()
+    assert f"umask 077; printf 'miyaq:%s\\n'" in readme and f"> {path})" in readme, "README makes no credentials file"
+    ring = [raw for raw in readme.splitlines() if "/opt/miyaq/bin/miyaq ring" in raw]
+    assert ring and all("--zk-auth-file" in raw for raw in ring), ring
+
+
 def test_compose_mounts_the_keys_where_nodes_and_workers_read_them():
     """Catches: MIYAQ_KEYS / MIYAQ_KEY pointing where no volume is mounted, a
     node that may write its keys, a worker without a key."""
