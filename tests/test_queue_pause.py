@@ -17,6 +17,7 @@ from miyaq.cli.main import main as cli_main
 from miyaq.errors import InvalidField
 from miyaq.core import limits as limits_module
 from miyaq.core.limits import Limit
+from miyaq.testing.harness import refusing_port
 
 http_node, api, make_http_node, make_web_worker = FIXTURES   # pytest finds fixtures in module globals
 
@@ -208,3 +209,37 @@ def test_queue_command_against_a_gateway_answering_garbage_is_a_clear_error(answ
         stop()
     err = capsys.readouterr().err
     assert err.startswith("miyaq: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_queue_list_names_ring_members_whose_pause_differs(make_http_node, capsys, monkeypatch):
+    """Fault: a pause is each node's own and lasts until the node restarts.
+    After a rolling upgrade the restarted nodes ran the paused queue's
+    tasks, while ``miyaq queue list`` -- one node's table -- still said
+    ``(paused)``, and nothing said the others differed (the sre audit, three
+    nodes: queue-5 restarted, ``paused: false`` on its gateway). Now the
+    list asks every ring member and names each whose pause or limits differ
+    from the node asked, and one that cannot be asked; the exit status
+    stays 0. The ring's gateways are two standalone nodes here (what
+    ``GET /status`` of a clustered node lists under ``ring.http``)."""
+    a, b = make_http_node(node_id="a"), make_http_node(node_id="b")
+    api_a, api_b = Http(a.url), Http(b.url)
+    members = [("a", a.url), ("b", b.url)]
+    monkeypatch.setattr(queue_cmd, "_gateways", lambda args: members)
+    try:
+        for api in (api_a, api_b):
+            assert api.post("/queues/mail/pause")[0] == 200
+        assert cli_main(["queue", "--http", a.url, "list"]) == 0
+        out = capsys.readouterr().out
+        assert "(paused)" in out and "differs" not in out, out                 # the same everywhere: no line
+        assert api_b.post("/queues/mail/resume")[0] == 200                    # b restarted: its pause gone
+        assert cli_main(["queue", "--http", a.url, "list"]) == 0
+        out = capsys.readouterr().out
+        assert "b differs: mail (paused on a, running there)" in out, out
+        assert "lasts until a node restarts" in out and "miyaq queue pause Q" in out, out
+        with refusing_port() as port:                                         # a member whose gateway is down
+            members.append(("c", f"http://127.0.0.1:{port}"))
+            assert cli_main(["queue", "--http", a.url, "list"]) == 0
+        assert "c: not compared (cannot reach the node at" in capsys.readouterr().out
+    finally:
+        api_a.close()
+        api_b.close()

@@ -206,7 +206,60 @@ def run_list(args: argparse.Namespace) -> int:
             limits = _limits_text(row["limits"]) + (" (paused)" if row.get("paused") else "")
             cells = [escape_controls(str(row[c])) for c in ("name", *columns)]
             print(f"{cells[0]:<24}" + "".join(f"{cell:>10}" for cell in cells[1:]) + "  " + escape_controls(limits))
+    for line in _other_members(args, answer):
+        print(escape_controls(line))
     return 0
+
+
+#: The queues named in the lines of :func:`_other_members` (the rest counted).
+NAMED_DIFFERENCES = 10
+
+
+def _held(answer: Any, where: str) -> dict[str, tuple[bool, str]]:
+    """Each queue's (paused, limits text) in a gateway's ``GET /queues`` answer."""
+    with reading(where, raw_hint=False):
+        return {row["name"]: (bool(row.get("paused")), _limits_text(row["limits"])) for row in answer["queues"]}
+
+
+def _other_members(args: argparse.Namespace, answer: Any) -> list[str]:
+    """Lines naming the ring members whose pauses or limits differ from the
+    node asked: each node holds its own, and a node restarted (an upgrade,
+    a crash) or added since ``miyaq queue pause``/``limit`` holds none.
+    The table shows one node's; before 2026-12-07 nothing said that the
+    others differed (the sre audit: ``(paused)`` in the table while a node
+    restarted by a rolling upgrade ran the queue's tasks). A member that
+    cannot be asked is named too; nothing here fails the command."""
+    members = _gateways(args)
+    here_id, here_base = members[0]
+    here = _held(answer, f"the gateway at {here_base}")
+    lines: list[str] = []
+    for node, base in members[1:]:
+        if base is None:
+            lines.append(f"{node}: no HTTP gateway: its pauses and limits are not compared")
+            continue
+        try:
+            there = _held(_request(args, "GET", "/queues", base=base), f"the gateway at {base}")
+        except MiyaqError as exc:
+            lines.append(f"{node}: not compared ({exc})")
+            continue
+        differ = sorted(q for q in here.keys() | there.keys()
+                        if here.get(q, (False, "-")) != there.get(q, (False, "-")))
+        if not differ:
+            continue
+        shown = []
+        for q in differ[:NAMED_DIFFERENCES]:
+            (p_here, l_here), (p_there, l_there) = here.get(q, (False, "-")), there.get(q, (False, "-"))
+            what = [f"{'paused' if p_here else 'running'} on {here_id}, {'paused' if p_there else 'running'} there"
+                    ] if p_here != p_there else []
+            what += [f"limits {l_here} on {here_id}, {l_there} there"] if l_here != l_there else []
+            shown.append(f"{q} ({'; '.join(what)})")
+        more = len(differ) - NAMED_DIFFERENCES
+        lines.append(f"{node} differs: " + ", ".join(shown) + (f" and {more} more queue(s)" if more > 0 else ""))
+    if any(" differs: " in line for line in lines):
+        lines.append("a pause or a limit set by `miyaq queue` lasts until a node restarts, and a node added since "
+                     "has none: set it again (`miyaq queue pause Q`, `miyaq queue limit Q ...`), or keep lasting "
+                     "limits in queue_limits (docs/http.md)")
+    return lines
 
 
 def _segment(name: str) -> str:
