@@ -11,6 +11,7 @@ import errno
 import shutil
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -210,3 +211,36 @@ def test_compaction_after_max_payload_was_lowered_keeps_a_large_logged_task(tmp_
 
     assert in_own_hub(restart_and_compact) is True
     assert list(data.glob("snap-*.mq")) and "big" in logged_ids(data, tmp_path)
+
+
+def readyz(http_port: int) -> tuple[int, str]:
+    """``GET /readyz``: its status code and word."""
+    import json
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=10) as answer:
+            return answer.status, json.loads(answer.read())["status"]
+    except urllib.error.HTTPError as refused:
+        return refused.code, json.loads(refused.read())["status"]
+
+
+def test_readyz_says_storage_while_the_log_cannot_be_written(make_node, client_for, tmp_path, monkeypatch):
+    """Fault: the node's disk fills up. It refuses every new task and, in
+    a cluster, every copy its peers send -- staged on four nodes with N = 3
+    (the sre audit), the submits it held a copy of waited out the 3 s
+    replication timeout, once or twice (median 3.03 s against 0.02 s), and
+    some failed -- yet ``GET /readyz`` answered 200 ``ready``: a
+    load balancer or Kubernetes kept sending producers to it, and the
+    "node not serving" alert never fired. Now 503 ``storage`` until a write
+    succeeds again, then 200."""
+    data = tmp_path / "data"
+    http = free_port()
+    node = make_node(data_dir=str(data), fsync="always", http_port=http)
+    c = client_for(node.endpoint, submit_timeout=1.5, ack_timeout=0.5)
+    assert readyz(http) == (200, "ready")
+    disk = FailingDisk(monkeypatch, str(data), errno.ENOSPC, ops=("write",))
+    disk.failing = True
+    refused_for_storage(c)
+    assert readyz(http) == (503, "storage")
+    disk.failing = False
+    wait_for(lambda: storage(c)["writable"], timeout=30, what="the log to be writable again")
+    assert readyz(http) == (200, "ready")

@@ -135,6 +135,10 @@ class StorageHealth(Protocol):
     def stats(self) -> dict[str, Any]:
         """``writable``, ``write_errors``, ``fsync_errors``, ``faults``, ``recoveries``..."""
 
+    @property
+    def writable(self) -> bool:
+        """False while the log cannot be written (a plain attribute read: ``GET /readyz``)."""
+
 
 class Immediate:
     """The write barrier of a node without a log: nothing to wait for."""

@@ -16,7 +16,11 @@ any request).
   and its role ready (:meth:`miyaq.core.handles.NodeRole.not_ready`: in a
   cluster, a member of the ring it holds -- ``not_in_ring`` -- not cut off
   from ZooKeeper -- ``fenced`` -- and done reconciling with its peers --
-  ``reconciling``); any other reason holding dispatch is ``held``.
+  ``reconciling``), its log writable (``storage``: a full or failing disk;
+  the node refuses every new task and every copy its peers send, so in a
+  cluster each submit it is a holder of waits out the replication timeout
+  -- docs/operations.md, "The node's disk is full"; before 2026-12-07 it
+  answered ``ready``); any other reason holding dispatch is ``held``.
 
 Kubernetes uses ``/readyz`` to let a rolling update go on only once the
 restarted node is back in the ring (deploy/README.md), and ``/livez`` for
@@ -28,7 +32,7 @@ from __future__ import annotations
 from miyaq.constants import STALL
 from miyaq.core.core import Core
 from miyaq.core.gate import FENCED, RECONCILING, SHUTTING_DOWN
-from miyaq.core.handles import NodeRole
+from miyaq.core.handles import NodeRole, StorageHealth
 from miyaq.gateway.request import Request, Response, json_response
 from miyaq.runtime import monotonic
 
@@ -39,9 +43,11 @@ NO_STORE = [("Cache-Control", "no-store")]
 
 
 class Health:
-    def __init__(self, core: Core, role: NodeRole) -> None:
+    def __init__(self, core: Core, role: NodeRole, storage: StorageHealth | None = None) -> None:
+        """``storage``: the node's log (None: a node without one, always writable)."""
         self.core = core
         self.role = role
+        self.storage = storage
 
     def not_live(self) -> str:
         """Why the node is not live, one word (``""`` when it is): ``stalled``
@@ -63,6 +69,8 @@ class Health:
         reason = self.role.not_ready()
         if reason:
             return reason
+        if self.storage is not None and not self.storage.writable:
+            return "storage"
         held = core.gate.held()
         if held:
             return GATE_WORDS.get(held[0], "held")

@@ -312,6 +312,7 @@ class NodeMetrics:
                  storage: StorageHealth | None = None, handshakes: HandshakeFailures | None = None,
                  keys: ZapHandler | None = None) -> None:
         self.engine = core.engine
+        self.storage = storage          # the log's health, also read by GET /readyz
         self.registry = CollectorRegistry(auto_describe=True)
         self.cluster = ClusterGauges(role)
         self.timings = TaskTimings(self.registry)

@@ -166,8 +166,9 @@ def paths() -> dict[str, Any]:
         "/livez": {"get": _probe("Liveness probe (no token needed): the node's event loop answers",
                                  ("live",), ("stalled",))},
         "/readyz": {"get": _probe("Readiness probe (no token needed): the node would serve now (started, not "
-                                  "draining, in its ring, reconciled)", ("ready",),
-                                  ("draining", "not_accepting", "not_in_ring", "fenced", "reconciling", "held"))},
+                                  "draining, in its ring, reconciled, its log writable)", ("ready",),
+                                  ("draining", "not_accepting", "not_in_ring", "fenced", "reconciling", "storage",
+                                   "held"))},
     }
 
 

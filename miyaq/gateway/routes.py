@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 def build_router(gateway: Gateway) -> tuple[Router, Console | None]:
     enqueue, tasks, pull, admin = Enqueue(gateway), TasksApi(gateway), PullApi(gateway), AdminApi(gateway)
-    health = Health(gateway.core, gateway.role)
+    health = Health(gateway.core, gateway.role, gateway.metrics.storage)
     router = Router()
     for method, path, handler in (
         # miyamoto-compatible webhook enqueue

@@ -213,6 +213,11 @@ class Persistence(EngineListener):
         """The log's health: status ``storage`` and /metrics."""
         return self.writer.stats()
 
+    @property
+    def writable(self) -> bool:
+        """False while the log cannot be written (new tasks and copies refused): ``GET /readyz``."""
+        return bool(self.writer.writable)
+
 
 def _kept(record: dict[str, Any], takes_key: bool) -> dict[str, Any]:
     """An ``F`` record marked as a cancel kept ahead of its copy (counted
