@@ -355,7 +355,7 @@ def test_systemd_protects_the_clusters_znodes_with_zookeeper_credentials():
     assert line.startswith("MIYAQ_ZK_AUTH_FILE=/etc/miyaq/"), f"{ENV_FILE.name}: no MIYAQ_ZK_AUTH_FILE enabled"
     path = line.split("=", 1)[1]
     readme = (DEPLOY / "README.md").read_text()
-    assert f"umask 077; printf 'miyaq:%s\\n'" in readme and f"> {path})" in readme, "README makes no credentials file"
+    assert "umask 077; printf 'miyaq:%s\\n'" in readme and f"> {path})" in readme, "README makes no credentials file"
     ring = [raw for raw in readme.splitlines() if "/opt/miyaq/bin/miyaq ring" in raw]
     assert ring and all("--zk-auth-file" in raw for raw in ring), ring
 
