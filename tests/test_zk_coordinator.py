@@ -387,6 +387,8 @@ def test_a_node_that_left_is_back_in_the_ring_when_restarted_with_auto_join(make
     with RingAdmin(zk_server.hosts, zk_cluster_name, timeout=DEADLINE) as admin:
         assert "b left the ring" in admin.leave("b")
         b.stop()
+        # Said to stay out "for good" before: now when it comes back.
+        assert "until it starts again with auto-join" in admin.leave("b")
         b, _ = make("b")                                  # restarted, auto_join=True
         wait_until(lambda: agreed([a, b], {"a", "b"}), "b back in the ring by its auto-join")
         assert "b left the ring" in admin.leave("b")

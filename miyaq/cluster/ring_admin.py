@@ -257,7 +257,8 @@ class RingAdmin:
         store.update_desired(lambda d: with_join(d, node_id, False))
         if before is None or node_id not in before.members:
             epoch = before.epoch if before is not None else 0
-            return f"{node_id} is not in the ring (epoch {epoch}); it will stay out"
+            return (f"{node_id} is not in the ring (epoch {epoch}); it stays out until `miyaq join {node_id}`, "
+                    "or until it starts again with auto-join (the default)")
         record = self._wait_for(lambda r: node_id not in r.members, f"{node_id} to leave the ring")
         return f"{node_id} left the ring at epoch {record.epoch}"
 
