@@ -66,7 +66,10 @@ class ZkAuth:
             # longer file was cut at 4,096 characters (a wrong password later).
             text = read_small_file(path, CREDENTIALS_BYTES, "a ZooKeeper credentials file").decode("utf-8-sig")
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read the ZooKeeper credentials in {path}: {exc}") from None
+            raise ConfigError(f"cannot read the ZooKeeper credentials in {path}: {exc}. It is given by "
+                              "--zk-auth-file or MIYAQ_ZK_AUTH_FILE: make it (one line 'user:password', "
+                              "chmod 600, the same on every node and for the ring commands: docs/cluster.md, "
+                              "\"ZooKeeper ACLs\"), or name the right file") from None
         if read_by_others(info):
             logger.warning("%s holds ZooKeeper credentials and others may read it: chmod 600 %s", path, path)
         return cls.parse(text, f"the credentials file {path}")
