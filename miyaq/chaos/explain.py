@@ -265,6 +265,27 @@ def explain(runs: list[Run], spans: list[FaultSpan]) -> list[Explanation]:
     return out
 
 
+def heard_by(run: Run, nodes: list[str | None], spans: list[FaultSpan]) -> float:
+    """When the holders on ``nodes`` have surely heard of ``run``'s end:
+    ``REPORT_GRACE`` after it, or, while a network fault (``BLIND_KINDS``)
+    on one of them held the announcement back -- a ``slow`` link with a
+    large REPLICATE before it in the same stream, a partition -- ``HEAL_GRACE``
+    after that fault healed (inf: a run with no end, or a fault never
+    healed). A kill of the run's node before then leaves the others its
+    standby copies, to run again (the holder rule)."""
+    if run.end is None:
+        return math.inf
+    heard = run.end + REPORT_GRACE
+    for span in sorted(spans, key=lambda s: s.begin):
+        if span.kind in BLIND_KINDS and span.begin <= heard and any(
+                node in span.target.split("+") for node in nodes if node is not None):
+            if span.heal is None:
+                return math.inf
+            if span.heal + HEAL_GRACE > heard and span.heal + HEAL_GRACE > run.end:
+                heard = max(heard, span.heal + HEAL_GRACE)
+    return heard
+
+
 def missed_finish(run: Run, span: FaultSpan, spans: list[FaultSpan]) -> bool:
     """Could a holder's standby copy still not know of ``run``'s end when
     ``span`` began? Yes if the run was in flight at the fault, or finished
@@ -282,7 +303,9 @@ def _explain_one(earlier: Run, again: Run, spans: list[FaultSpan]) -> Explanatio
             return Explanation("worker-killed", span.fid, RULES["worker-killed"])
     for span in window:
         if span.kind not in NOT_NODE_KINDS and earlier.node is not None \
-                and earlier.node in span.target.split("+") and in_flight(earlier, span, spans):
+                and earlier.node in span.target.split("+") \
+                and (in_flight(earlier, span, spans)
+                     or earlier.t <= span.begin < heard_by(earlier, [earlier.node, again.node], spans)):
             return Explanation(f"holder-{span.kind}", span.fid, RULES["holder"])
     for span in window:
         cut_off = span.target.split("+")
