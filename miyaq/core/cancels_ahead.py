@@ -172,9 +172,13 @@ class CancelsAhead:
     def restored(self, record: dict[str, Any], stone: Tombstone) -> None:
         """``stone`` was rebuilt from the log's ``record``: remembered again
         if the record marks a cancel kept ahead without a key (``ahead``)
-        and the tombstone still has none and says ``cancelled``."""
+        and the tombstone still has none and says ``cancelled``; forgotten
+        otherwise (a later record of the id: the key it took, :meth:`take_key`).
+        The replay calls this as it reads each record, so the latest decides."""
         if record.get(AHEAD) is True and stone.key is None and stone.state == CANCELLED:
             self._remember(stone.id)
+        elif self.keyless:
+            self.keyless.pop(stone.id, None)
 
     def marked(self) -> tuple[frozenset[str], frozenset[str]]:
         """The ids whose records carry the ``ahead`` mark now, and those

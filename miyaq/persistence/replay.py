@@ -12,7 +12,6 @@ result the node accepted under a higher one (lowered since) is kept.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 from miyaq.config import NodeConfig
 from miyaq.core.cancels_ahead import AHEAD, END_AHEAD, KEPT_AHEAD
@@ -57,10 +56,10 @@ def replay(engine: Engine, log: AppendLog, now: float, refusals: Refusals) -> Re
     in the order they died: retry positions older than the log's last
     compaction are not kept."""
     tasks: dict[str, Task] = {}
-    stones: dict[str, dict[str, Any]] = {}
     records = 0
     config = _checking_config(engine.config)
-    too_old = engine.table.tombstone_ttl     # a tombstone older than this is not restored (Restore.restore_tombstone)
+    table = engine.table
+    too_old = table.tombstone_ttl     # a tombstone older than this is not restored (Restore.restore_tombstone)
     for r in log.replay():
         records += 1
         if not isinstance(r, dict):
@@ -92,16 +91,20 @@ def replay(engine: Engine, log: AppendLog, now: float, refusals: Refusals) -> Re
             refusals.refuse("log", log.directory, err)
             continue
         if op == "A":
-            stones.pop(task_id, None)
+            table.drop_tombstone(task_id)      # the id used again: its older end is not the task's
             tasks.pop(task_id, None)
             tasks[task_id] = accepted
             continue
         if op == "F":
+            # Restored as it is read, as the running node buried it: its
+            # bounds (max_tombstones, the result ceiling, those counted
+            # apart) evict the same tombstones in the same order, so the
+            # replay never holds more than the node did (docs/durability.md).
             tasks.pop(task_id, None)
             if r.get("at", now) + too_old <= now:
-                stones.pop(task_id, None)   # restored it would be dropped: not held, result and all, till the end
+                table.drop_tombstone(task_id)    # too old: restored it would be dropped at once
             else:
-                stones[task_id] = r
+                engine.restore_tombstone(r, now)
             continue
         task = tasks.get(task_id)
         if task is None:
@@ -121,7 +124,6 @@ def replay(engine: Engine, log: AppendLog, now: float, refusals: Refusals) -> Re
             count_revival(task, r.get("revived"))     # the count it had then (none in logs before 2026-12-05)
         elif op == "P":
             del tasks[task_id]
-            stones.pop(task_id, None)
             continue
         else:
             continue        # a record of a later version: ignored, as before
@@ -135,11 +137,7 @@ def replay(engine: Engine, log: AppendLog, now: float, refusals: Refusals) -> Re
         evicted = engine.restore(task, now)
         if evicted is not None:
             dropped.append(evicted.id)
-    kept = 0
-    for r in stones.values():
-        if engine.restore_tombstone(r, now):
-            kept += 1
-    return Replayed(records, len(tasks), kept, dropped)
+    return Replayed(records, len(tasks), len(table.tombstones), dropped)
 
 
 _OPS = frozenset("AFSRDVP")

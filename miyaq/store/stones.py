@@ -115,6 +115,11 @@ class Tombstones(Mapping[str, Tombstone]):
         rows[row[0]] = row
         return old
 
+    def pop(self, task_id: str) -> Tombstone | None:
+        """Remove and return the tombstone of ``task_id`` (None if there is none)."""
+        row = self._rows.pop(task_id, None)
+        return None if row is None else _as_stone(row)
+
     def oldest(self) -> Tombstone | None:
         for row in self._rows.values():
             return _as_stone(row)

@@ -246,6 +246,17 @@ class TaskTable:
     def tombstone(self, task_id: str) -> Tombstone | None:
         return self.tombstones.get(task_id)
 
+    def drop_tombstone(self, task_id: str) -> bool:
+        """Forget the tombstone of ``task_id`` (its result, its key, its
+        place among those counted apart); whether there was one. For a
+        replay whose log says the id was used again (an ``A`` record) or
+        purged after it ended."""
+        stone = self.tombstones.pop(task_id)
+        if stone is None:
+            return False
+        self._forget(stone)
+        return True
+
     def approximate_bytes(self) -> int:
         """About how much memory the store holds: its payloads and results,
         and a few hundred bytes for each task, dead letter and tombstone
