@@ -1,5 +1,5 @@
 """A log's replay holds no more than the running node that wrote it did
-(docs/durability.md, "Replay"): each finished task's tombstone is restored
+(docs/durability.md, "The log"): each finished task's tombstone is restored
 as its record is read, through the table's own bounds -- ``max_tombstones``
 (oldest first), twice ``max_result_bytes`` of results, those of cancels
 kept ahead and of ends heard ahead counted apart, the dedup keys -- so the
@@ -8,10 +8,11 @@ replayed tombstones are the ones the node held, in its order.
 Before 2026-12-07 the replay kept every tombstone still within
 ``result_ttl``, results included, to its end, then bounded them: a peak
 that grew with the log since the last compaction (1,000,000 small
-finished tasks: 1.25 GiB of RSS), and with the disk while compactions
-failed. And a tombstone made again for the same id (a keyless cancel kept
-ahead taking its copy's key) came back at its first place, not its last:
-the next finished task pushed out a different one than on the node.
+finished tasks with the default ``max_tombstones``: 664 MiB of RSS,
+194 MiB now), and with the disk while compactions failed. And a
+tombstone made again for the same id (a keyless cancel kept ahead taking
+its copy's key) came back at its first place, not its last: the next
+finished task pushed out a different one than on the node.
 
 Each history drives a real engine with the node's durability part on a
 real log in a temporary directory (tests/test_log_replayed_state.py), then

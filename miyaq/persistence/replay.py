@@ -54,7 +54,14 @@ def replay(engine: Engine, log: AppendLog, now: float, refusals: Refusals) -> Re
     may move behind tasks accepted after its eta). A
     compaction writes the live tasks in acceptance order and the dead ones
     in the order they died: retry positions older than the log's last
-    compaction are not kept."""
+    compaction are not kept.
+
+    Tombstones are restored as their records are read, through the
+    table's bounds (:meth:`~miyaq.store.table.TaskTable.bury`), as the
+    node buried them: the replay holds what the node held, so its memory
+    is bounded by ``max_tombstones`` and ``max_result_bytes``, not by the
+    log's length. The live and dead tasks are held to the end (the node
+    held them too: ``max_tasks``, ``max_dead``)."""
     tasks: dict[str, Task] = {}
     records = 0
     config = _checking_config(engine.config)
