@@ -247,14 +247,7 @@ def test_a_small_submit_made_while_a_large_one_waits_goes_in_after_it_asyncio(mo
 
     async def main(node: Node) -> tuple[bool, list[str], int]:
         async with miyaq.aio.Client(node.endpoint, window_bytes=WINDOW_BYTES, submit_timeout=LONG) as client:
-            for _ in range(HELD):
-                await client.submit("echo", [SMALL])
-            await until(lambda: len(node.read) >= HELD, "the node to read the small tasks")
-            large = asyncio.create_task(client.submit("echo", [LARGE], id="large"))
-            await until(lambda: large_kept_out(looks), "the large submit to wait")
-            small = asyncio.create_task(client.submit("echo", [SMALL], id="small"))
-            await until(lambda: small.done() or queued(client) == 2, "the small submit to go in or queue")
-            ahead = small.done()
+            large, small, ahead = await large_then_small(client, node, looks)
             node.ack()
             await until(lambda: {"large", "small"} <= set(node.read), "the node to read both")
             await asyncio.wait_for(asyncio.gather(large, small), WAIT)
@@ -367,14 +360,7 @@ def test_a_cancelled_waiting_task_leaves_the_queue_and_the_next_goes_in(monkeypa
 
     async def main(node: Node) -> tuple[bool, bool, bool, int]:
         async with miyaq.aio.Client(node.endpoint, window_bytes=WINDOW_BYTES, submit_timeout=LONG) as client:
-            for _ in range(HELD):
-                await client.submit("echo", [SMALL])
-            await until(lambda: len(node.read) >= HELD, "the node to read the small tasks")
-            large = asyncio.create_task(client.submit("echo", [LARGE], id="large"))
-            await until(lambda: large_kept_out(looks), "the large submit to wait")
-            small = asyncio.create_task(client.submit("echo", [SMALL], id="small"))
-            await until(lambda: small.done() or queued(client) == 2, "the small submit to go in or queue")
-            ahead = small.done()
+            large, small, ahead = await large_then_small(client, node, looks)
             large.cancel()
             await until(lambda: "small" in node.read, "the node to read the small task")
             await asyncio.wait_for(small, WAIT)
@@ -510,3 +496,18 @@ def test_a_waiter_let_in_as_ctrl_c_lands_is_counted_out_and_the_next_let_in():
     wait_until(lambda: first.ready() and second.ready(), "both waits to end", time.sleep)
     assert isinstance(first.exception, KeyboardInterrupt), first.exception
     assert second.value is True and counted == ["second"] and free[0] == 0 and not room.waiting
+
+
+async def large_then_small(client: Any, node: Node, looks: Any) -> tuple[Any, Any, bool]:
+    """With HELD small tasks read and unacknowledged by ``node``, an
+    asyncio task submitting a large one that waits for room, then one
+    submitting a small one: the two tasks, and whether the small one went
+    in at once (ahead of the large)."""
+    for _ in range(HELD):
+        await client.submit("echo", [SMALL])
+    await until(lambda: len(node.read) >= HELD, "the node to read the small tasks")
+    large = asyncio.create_task(client.submit("echo", [LARGE], id="large"))
+    await until(lambda: large_kept_out(looks), "the large submit to wait")
+    small = asyncio.create_task(client.submit("echo", [SMALL], id="small"))
+    await until(lambda: small.done() or queued(client) == 2, "the small submit to go in or queue")
+    return large, small, small.done()

@@ -20,7 +20,7 @@ import asyncio
 from collections import deque
 from typing import TYPE_CHECKING, Callable
 
-from ..client.window import POLL, Turn
+from ..client.window import POLL, Turn, let_in
 from ..runtime.clock import monotonic
 
 if TYPE_CHECKING:
@@ -43,15 +43,7 @@ class WindowRoom:
 
     def freed(self) -> None:
         """Room may have been made: let in the waiters that fit, in order."""
-        waiting = self.waiting
-        while waiting:
-            turn = waiting[0]
-            if not turn.fits():
-                return
-            waiting.popleft()
-            self._count(turn.p)
-            turn.admitted = True
-            _wake(turn.wake)
+        let_in(self.waiting, self._count, _wake)
 
     def wake_all(self) -> None:
         for turn in self.waiting:

@@ -80,6 +80,26 @@ class Turn:
         self.admitted = False
 
 
+def let_in(waiting: "deque[Turn]", count: Callable[["Pending"], None], wake: Callable[[Any], None]) -> None:
+    """Let in the waiters at the head of ``waiting`` while the first fits,
+    in order: each leaves the queue, is counted in the window (``count``),
+    marked admitted and woken (``wake(turn.wake)``) before the next is
+    looked at. The threaded/gevent :class:`WindowQueue` and the asyncio
+    :class:`~miyaq.aio.window.WindowRoom` both let in so."""
+    while waiting:
+        turn = waiting[0]
+        if not turn.fits():
+            return
+        waiting.popleft()
+        count(turn.p)
+        turn.admitted = True
+        wake(turn.wake)
+
+
+def _set(event: Any) -> None:
+    event.set()
+
+
 class WindowQueue:
     """The submits of a threaded or gevent :class:`~miyaq.client.client.Client`
     waiting for room in its window, first come first served.
@@ -118,15 +138,7 @@ class WindowQueue:
                 self._let_in()
 
     def _let_in(self) -> None:
-        waiting = self.waiting
-        while waiting:
-            turn = waiting[0]
-            if not turn.fits():
-                return
-            waiting.popleft()
-            self._count(turn.p)
-            turn.admitted = True
-            turn.wake.set()
+        let_in(self.waiting, self._count, _set)
 
     def wait_turn(self, p: "Pending", fits: Callable[[], bool], deadline: float) -> bool:
         """Queue ``p`` behind the submits already waiting until it is let in
