@@ -228,8 +228,13 @@ def _other_members(args: argparse.Namespace, answer: Any) -> list[str]:
     The table shows one node's; before 2026-12-07 nothing said that the
     others differed (the sre audit: ``(paused)`` in the table while a node
     restarted by a rolling upgrade ran the queue's tasks). A member that
-    cannot be asked is named too; nothing here fails the command."""
-    members = _gateways(args)
+    cannot be asked is named too; nothing here fails the command, nor
+    the node asked failing its ``GET /status`` (the table is printed:
+    one line says the members were not compared)."""
+    try:
+        members = _gateways(args)
+    except MiyaqError as exc:
+        return [f"the other ring members: not compared ({exc})"]
     here_id, here_base = members[0]
     here = _held(answer, f"the gateway at {here_base}")
     lines: list[str] = []
