@@ -158,7 +158,9 @@ def test_the_queue_listing_escapes_what_the_gateway_answers(capsys):
         lines = printed(capsys, "queue", "list", "--http", server.url)
     finally:
         server.close()
-    assert len(lines) == 2 and lines[1].startswith(escaped(f"q{ESC}]0;x\x07")) and escaped(f"1{ESC}[2J") in lines[1]
+    # This gateway answers nothing else: the ring's other members are not compared (a line of its own).
+    assert len(lines) == 3 and lines[1].startswith(escaped(f"q{ESC}]0;x\x07")) and escaped(f"1{ESC}[2J") in lines[1]
+    assert lines[2].startswith("the other ring members: not compared ("), lines[2]
 
 
 def test_the_ring_table_escapes_what_nodes_registered():
