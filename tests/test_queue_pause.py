@@ -166,6 +166,13 @@ def test_queue_command_pauses_and_resumes(http_node, api, capsys):
 def _answer_once(answer: bytes) -> tuple[str, Callable[[], None]]:
     """A loopback server that reads one request head and answers ``answer``,
     then closes; its URL and a function that stops it."""
+    return _answering(lambda head: answer)
+
+
+def _answering(answer_to: Callable[[bytes], bytes]) -> tuple[str, Callable[[], None]]:
+    """A loopback server that reads one request head per connection and
+    answers ``answer_to(head)``, then closes it; its URL and a function
+    that stops it."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(8)
@@ -179,8 +186,7 @@ def _answer_once(answer: bytes) -> tuple[str, Callable[[], None]]:
             with conn:
                 conn.settimeout(5)
                 try:
-                    conn.recv(65536)
-                    conn.sendall(answer)
+                    conn.sendall(answer_to(conn.recv(65536)))
                 except OSError:
                     pass
 
@@ -259,31 +265,15 @@ def test_queue_list_prints_its_table_and_exits_0_when_the_ring_cannot_be_read(ca
     answers = {b"/queues": b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                % (len(rows), rows),
                b"/status": b"HTTP/1.1 500 Oops\r\nContent-Length: 4\r\n\r\nboom"}
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(8)
+    def answer_to(head: bytes) -> bytes:
+        path = head.split(b" ")[1] if head.count(b" ") else b""
+        return answers.get(path, b"HTTP/1.1 404 No\r\nContent-Length: 0\r\n\r\n")
 
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(5)
-                try:
-                    path = conn.recv(65536).split(b" ")[1]
-                    conn.sendall(answers.get(path, b"HTTP/1.1 404 No\r\nContent-Length: 0\r\n\r\n"))
-                except (OSError, IndexError):
-                    pass
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
+    url, stop = _answering(answer_to)
     try:
-        assert cli_main(["queue", "--http", f"http://127.0.0.1:{server.getsockname()[1]}", "list"]) == 0
+        assert cli_main(["queue", "--http", url, "list"]) == 0
     finally:
-        server.close()
-        thread.join(5)
+        stop()
     out = capsys.readouterr().out
     assert "mail" in out and "(paused)" in out, out
     assert "the other ring members: not compared (GET /status: HTTP 500)" in out, out
