@@ -3,6 +3,7 @@ the batched path for a burst, and callers racing the I/O thread."""
 from __future__ import annotations
 
 import errno
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -46,12 +47,20 @@ def test_a_lone_submit_leaves_from_the_callers_thread(client):
     assert senders[:2] == [threading.current_thread().name] * 2
 
 
-def test_a_burst_after_a_lone_submit_takes_the_batched_path(client_for):
+def test_a_burst_after_a_lone_submit_takes_the_batched_path(client_for, monkeypatch):
     """The first submit of an idle client leaves alone; the 999 made while it is
-    unacknowledged leave in a few batches, not one message each."""
+    unacknowledged leave in a few batches, not one message each.
+
+    A burst is submits closer together than ``SHORT_PATH_GAP``; on a loaded
+    machine a loop's thread may be descheduled for longer than the 1 ms
+    default, and the submit after that pause rightly leaves alone (CI saw
+    114 batches, 1s among them). The gap is widened so that the loop is a
+    burst however the machine schedules it."""
+    monkeypatch.setattr(client_io, "SHORT_PATH_GAP", 60.0)
     node = CountingNode()
     try:
         c1 = client_for(node.endpoint, max_batch=512)
+        c1._io._last_short = -math.inf     # the first submit is still a lone one
         asking = threading.Thread(target=c1.status)      # connected and answered once
         asking.start()
         wait_for(lambda: node.pump() or not asking.is_alive(), what="a STATUS answered")
