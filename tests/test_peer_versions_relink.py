@@ -16,6 +16,7 @@ what it reads is the request as written.
 """
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from test_peer_control_channel import RawPeer, link  # noqa: F401  (the fixture)
 
 from miyaq.cluster.peer import PeerEndpoint
 from miyaq.cluster.peer_requests import QUERY, REPLICATE
+from miyaq.runtime.sockets import zmq
 
 pytestmark = pytest.mark.timeout(60)
 WAIT = 15.0          # a guard against a hang, not a timing assertion
@@ -67,4 +69,34 @@ def test_a_peer_whose_link_the_ring_made_anew_is_written_to_in_version_1(link, c
             other.close()
         return
     assert me.versions.version_for("p1") == 1
+    assert _written_in(me, peer) == 1
+
+
+def test_an_answer_read_from_the_old_connection_after_the_link_was_made_anew_says_nothing_of_the_new_process(link):  # noqa: F811
+    """Fault (review35): connect() forgets what a peer spoke when it makes
+    its link anew, but the old DEALERs are closed by the answer reader only
+    after it has read what they hold. An answer the old process sent before
+    it stopped, still unread on the old connection (the reader busy with
+    other answers, or not yet scheduled), was read after the forget and
+    taught the link version 2 again: the new process, a rolled-back build,
+    was written to in version 2 and refused it (``bad_version``), the very
+    fault the forget mends. The answer still answers its request; only the
+    version it says is not the new process's."""
+    me, peer = link
+    answers: list[Any] = []
+    assert me.request("p1", QUERY, {"ids": []}, WAIT, answers.append)
+    identity, body = peer.read_until(QUERY)
+    assert body["proto"] == 1
+    old = list(me.links["p1"].dealers.values())
+    peer.answer(identity, body["req"], {"states": {}, "speaks": 2})
+    # Without yielding to the hub (the answer reader cannot read it meanwhile):
+    # wait until the answer is queued on the old connection.
+    deadline = time.monotonic() + WAIT
+    while not any(d.getsockopt(zmq.EVENTS) & zmq.POLLIN for d in old):
+        assert time.monotonic() < deadline, "the answer never reached the old connection"
+    me.connect({"p1": peer.endpoint}, fresh={"p1"})     # p1 restarted: its link made anew
+    assert me.versions.version_for("p1") == 1
+    until(lambda: answers, "the QUERY's answer, read from the old connection")
+    assert answers[0] is not None and answers[0]["speaks"] == 2     # it was read, and said 2
+    assert me.versions.version_for("p1") == 1       # of the old process: nothing of the new one
     assert _written_in(me, peer) == 1

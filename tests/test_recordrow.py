@@ -173,3 +173,45 @@ def test_a_link_writes_to_a_peer_in_the_version_its_answers_said_until_its_conne
     link._handle_request([b"id", *codec.encode(QUERY, {"from": "n3", "req": 2, "proto": 3, "ids": []})])
     assert [a.get("speaks") for a in answered] == [PEER_PROTOCOL, PEER_PROTOCOL]
     assert "states" in answered[0] and answered[1]["code"] == "bad_version"
+
+
+def test_an_answer_to_a_request_sent_before_the_peer_was_forgotten_teaches_nothing():
+    """Fault (review35): a peer forgotten (its connection closed, its link
+    made anew) is written to in version 1 until it answers -- but an answer
+    to a request sent before the forget, read after it (it waited on the old
+    connection, or was in flight in memnet), is its old process's: it taught
+    version 2 again, and the new process, a rolled-back build, was written
+    to in version 2 and refused it (``bad_version``; test_inproc_peer_versions
+    failed so now and then). Only an answer to a request sent since teaches."""
+    from miyaq.cluster.peer_requests import ANSWER, QUERY, PeerRequests
+    from miyaq.protocol import codec
+
+    sent: list[dict[str, Any]] = []
+    answers: list[Any] = []
+
+    class Link(PeerRequests):
+        def _send_request(self, node_id: str, frames: list[bytes]) -> bool:
+            sent.append(codec.decode(frames, frozenset({QUERY}), 1 << 20)[1])
+            return True
+
+    class Supervisor:
+        def report(self, what: str, exc: BaseException) -> None:
+            raise exc
+
+    link = Link(Supervisor(), "n1", 1 << 20)      # type: ignore[arg-type]
+
+    def answer(req: int) -> None:
+        link._handle_answer(codec.encode(ANSWER, {"states": {}, "speaks": 2, "req": req}))
+
+    for forget in (lambda: link.connection_lost("n2"), lambda: link.forget_version("n2")):
+        link.request("n2", QUERY, {"ids": []}, 5.0, answers.append)
+        old = sent[-1]["req"]
+        forget()
+        link.request("n2", QUERY, {"ids": []}, 5.0, answers.append)
+        new = sent[-1]["req"]
+        assert sent[-1]["proto"] == 1
+        answer(old)                   # the old process's answer, read late
+        assert answers[-1] is not None and answers[-1]["speaks"] == 2      # it still answers its request
+        assert link.versions.version_for("n2") == 1
+        answer(new)
+        assert link.versions.version_for("n2") == 2

@@ -132,7 +132,7 @@ class PeerEndpoint(PeerRequests):
                 # the old process's version stayed, and the new one refused
                 # what was written for it (bad_version: a submit waited
                 # replication_timeout and was rejected).
-                self.versions.forget(node_id)
+                self.forget_version(node_id)
                 for dealer in link.dealers.values():
                     quiet_monitor(dealer)
                 self._retired.extend(link.dealers.values())

@@ -108,6 +108,7 @@ class PeerRequests:
         self.versions = PeerVersions()      # the peer protocol each peer speaks, by its answers
         self._current: tuple[Any, Any] = (b"", None)
         self._req = itertools.count(1)
+        self._last_req = 0          # the number of the last request sent (forget_version)
         self.errors: Counter[str] = Counter()
         self.sends_refused = 0     # requests whose send the link refused (never sent)
         self.ignored = ignored.IgnoredConnections()     # sent a body no node sends: dropped unread
@@ -178,7 +179,7 @@ class PeerRequests:
         ``refused()`` instead if given: the node was never asked, and a
         caller to whom silence means something (a standby copy's QUERY) may
         ask again. Counted in :attr:`sends_refused` either way."""
-        req = next(self._req)
+        req = self._last_req = next(self._req)
         body["req"] = req
         body["from"] = self.node_id
         body["proto"] = self.versions.version_for(node_id)
@@ -207,6 +208,12 @@ class PeerRequests:
             self._late_handlers[req] = late
         return True
 
+    def forget_version(self, node_id: str) -> None:
+        """What ``node_id`` speaks is no longer known (its connection closed,
+        or its link was made anew): written to in version 1 until it answers
+        a request sent from now on (:meth:`PeerVersions.forget`)."""
+        self.versions.forget(node_id, self._last_req)
+
     def connection_lost(self, node_id: str, channel: str | None = None) -> int:
         """The connection to ``node_id`` of ``channel`` (:data:`BULK` or
         :data:`CONTROL`; None: every channel) closed: the requests sent on
@@ -216,7 +223,7 @@ class PeerRequests:
         connection). How many ended. Any other ``channel`` raises ValueError."""
         if channel is not None and channel not in (BULK, CONTROL):
             raise ValueError(f"no peer channel {channel!r} (one of {BULK!r}, {CONTROL!r})")
-        self.versions.forget(node_id)       # it may come back as another build
+        self.forget_version(node_id)        # it may come back as another build
         lost = [req for req, asked in self._asked.items() if asked == node_id and req in self._on_lost
                 and (channel is None or self._on_lost[req][0] == channel)]
         for req in lost:
@@ -299,7 +306,7 @@ class PeerRequests:
         entry = self.pending.pop(req, None)  # type: ignore[arg-type]
         asked = self._asked.get(req) if isinstance(req, int) else None
         if asked is not None:
-            self.versions.heard(asked, body.get("speaks"))
+            self.versions.heard(asked, body.get("speaks"), req)    # req: an int (asked)
         if body.get("code") == BadVersion.code:
             peer = asked or "?"
             self.warn(peer, "refused-us", "peer %s refused our request: %s", peer, body.get("message"))

@@ -9,7 +9,9 @@ the highest version its sender speaks (``speaks``; absent: 1, as every
 answer of a build before version 2). Until a peer answered, and after its
 connection closed or the ring made its link anew (:meth:`PeerVersions.forget`:
 it may come back as another build), this node writes to it in version 1,
-which every node speaks (docs/cluster.md, "Versions").
+which every node speaks (docs/cluster.md, "Versions") -- until it answers
+a request sent since: an answer to one sent before, read later (off the
+old connection), is the old process's and teaches nothing.
 
 Answers, not stream heartbeats: an answer comes back on the connection
 the request went on, from the process that read it, matched by ``req`` to
@@ -49,11 +51,18 @@ class PeerVersions:
     def __init__(self, speaks: int = PEER_PROTOCOL) -> None:
         self.speaks = speaks
         self._heard: dict[str, int] = {}
+        # Node id -> the last request sent to it before it was forgotten: the
+        # answers to those came from its old process (or connection).
+        self._forgotten: dict[str, int] = {}
 
-    def heard(self, node_id: str, speaks: Any) -> None:
+    def heard(self, node_id: str, speaks: Any, req: int | None = None) -> None:
         """``node_id`` answered saying it speaks up to ``speaks`` (None: the
         answer said nothing, a build before version 2; anything but a
-        version number counts as 1)."""
+        version number counts as 1). ``req``: the request answered; one sent
+        before ``node_id`` was last forgotten (:meth:`forget`) was answered
+        by what it was then, and teaches nothing of what it is now."""
+        if req is not None and req <= self._forgotten.get(node_id, 0):
+            return
         version = min(speaks, self.speaks) if type(speaks) is int and speaks > 1 else 1
         heard = self._heard
         if version == 1:
@@ -63,11 +72,22 @@ class PeerVersions:
                 heard.clear()
             heard[node_id] = version
 
-    def forget(self, node_id: str) -> None:
+    def forget(self, node_id: str, asked_up_to: int = 0) -> None:
         """``node_id``'s connection closed, or the ring made its link anew (it
         left, moved, or restarted): it may come back as another build,
-        written to in version 1 until it answers again."""
+        written to in version 1 until it answers a request sent after this
+        one -- numbered above ``asked_up_to``, the last request sent so far.
+        An answer to an earlier one, read later (it waited unread on the old
+        connection, or was in flight), is its old process's: before
+        2026-12-07 (review35) it taught the old version again, and the new
+        process, a rolled-back build, was written to in version 2 and
+        refused it (``bad_version``)."""
         self._heard.pop(node_id, None)
+        forgotten = self._forgotten
+        if asked_up_to > forgotten.get(node_id, 0):
+            if len(forgotten) >= MAX_PEERS_KNOWN and node_id not in forgotten:
+                forgotten.clear()       # bounded: an answer still in flight from an old process may teach again
+            forgotten[node_id] = asked_up_to
 
     def version_for(self, node_id: str) -> int:
         """The version to write a request to ``node_id`` in: the highest both speak, as far as this node knows."""

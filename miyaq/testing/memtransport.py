@@ -68,7 +68,7 @@ class MemoryPeerLink(PeerRequests):
         peers = {n: _node_of(e) or n for n, e in members.items() if n != self.node_id}
         for node_id, dst in self.peers.items():
             if peers.get(node_id) != dst or node_id in fresh:
-                self.versions.forget(node_id)     # its link made anew, as the ZeroMQ link's (peer.py)
+                self.forget_version(node_id)     # its link made anew, as the ZeroMQ link's (peer.py)
         self.peers = peers
         self.relinked.update(n for n in fresh if n in self.peers)
 
