@@ -168,6 +168,10 @@ class Endpoint(Protocol):
     def tick(self, now: float) -> None:
         """Expire requests and check streams for silence (``now``: monotonic)."""
 
+    def peer_down(self, node_id: str) -> None:
+        """``node_id`` went down (stopped, or replaced by its restart): what
+        it spoke is forgotten, as a ZeroMQ link's connection closing does."""
+
 
 class Network:
     """The wire of one in-process cluster (see the module's docstring)."""
@@ -204,6 +208,8 @@ class Network:
             worker.kill(block=False)
         while inbox is not None and not inbox.empty():
             inbox.get().fate = "lost"
+        for endpoint in self.nodes.values():
+            endpoint.peer_down(node_id)
 
     def up(self, node_id: str) -> bool:
         return node_id in self.nodes

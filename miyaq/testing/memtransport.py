@@ -180,6 +180,14 @@ class _NodeEnd:
         if self.link is not None:
             self.link.run_after_burst()
 
+    def peer_down(self, node_id: str) -> None:
+        """Its connections to ``node_id`` closed, as a ZeroMQ link sees its
+        peer stop: it may come back as another build (peer_versions). Only
+        the version is forgotten: the requests waiting on it wait for their
+        deadline, as before."""
+        if self.link is not None:
+            self.link.forget_version(node_id)
+
     def tick(self, now: float) -> None:
         if self.link is not None and self.link.pending:
             before = len(self.link.pending)
