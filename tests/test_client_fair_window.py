@@ -511,3 +511,66 @@ async def large_then_small(client: Any, node: Node, looks: Any) -> tuple[Any, An
     small = asyncio.create_task(client.submit("echo", [SMALL], id="small"))
     await until(lambda: small.done() or queued(client) == 2, "the small submit to go in or queue")
     return large, small, small.done()
+
+
+def test_ctrl_c_landing_as_a_waiter_is_counted_in_by_another_thread_loses_no_waiter():
+    """Fault (review35): the thread that makes room lets the waiters in
+    (the short path's caller reading answers, the main thread): it took a
+    waiter out of the queue, then counted it in, taking the count's lock --
+    where Ctrl-C lands in a thread waiting for that lock. The waiter, out of
+    the queue and never let in, was lost: no later room let it in, it waited
+    its whole deadline although the window had room, and then raised
+    ValueError (``deque.remove``) instead of going in or a Timeout. Now a
+    waiter is counted in before it leaves the queue: interrupted there, it
+    is still first, and the next room lets it in."""
+    from miyaq.client.window import WindowQueue
+
+    free = [0]
+    counted: list[str] = []
+    interrupt = [True]
+
+    def count(p: Any) -> None:
+        if interrupt[0] and threading.current_thread() is threading.main_thread():
+            interrupt[0] = False
+            raise KeyboardInterrupt        # Ctrl-C as the count's lock is taken
+        free[0] -= 1
+        counted.append(p)
+
+    room = WindowQueue(threading.Event, threading.Lock(), count, lambda p: None)
+    fits = lambda: free[0] > 0     # noqa: E731
+    first = Call(lambda: room.wait_turn("first", fits, time.monotonic() + 10.0))    # type: ignore[arg-type]
+    wait_until(lambda: len(room.waiting) == 1, "the first to wait", time.sleep)
+    free[0] = 1
+    with pytest.raises(KeyboardInterrupt):
+        room.freed()                    # room made; Ctrl-C lands as the waiter is counted in
+    assert counted == []
+    room.freed()                        # the next room made (an answer read) lets it in
+    wait_until(first.ready, "the first's wait to end", time.sleep)
+    assert first.exception is None and first.value is True, first.exception
+    assert counted == ["first"] and free[0] == 0 and not room.waiting
+
+
+def test_a_waiter_interrupted_as_it_first_looks_for_room_leaves_no_turn_behind():
+    """Fault (review35): Ctrl-C landing in a submit's own first look for
+    room, as it counts itself in (the count's lock): its turn must not stay
+    queued (the next room would count in a submit nobody hands over: the
+    window shrinks for good), nor anything be counted."""
+    from miyaq.client.window import WindowQueue
+
+    free = [1]
+    counted: list[str] = []
+    interrupt = [True]
+
+    def count(p: Any) -> None:
+        if interrupt[0]:
+            interrupt[0] = False
+            raise KeyboardInterrupt
+        free[0] -= 1
+        counted.append(p)
+
+    room = WindowQueue(threading.Event, threading.Lock(), count, lambda p: None)
+    with pytest.raises(KeyboardInterrupt):
+        room.wait_turn("first", lambda: free[0] > 0, time.monotonic() + 10.0)     # type: ignore[arg-type]
+    assert not room.waiting and counted == [] and free[0] == 1
+    assert room.wait_turn("second", lambda: free[0] > 0, time.monotonic() + 10.0) is True  # type: ignore[arg-type]
+    assert counted == ["second"]

@@ -82,16 +82,22 @@ class Turn:
 
 def let_in(waiting: "deque[Turn]", count: Callable[["Pending"], None], wake: Callable[[Any], None]) -> None:
     """Let in the waiters at the head of ``waiting`` while the first fits,
-    in order: each leaves the queue, is counted in the window (``count``),
-    marked admitted and woken (``wake(turn.wake)``) before the next is
+    in order: each is counted in the window (``count``), leaves the queue,
+    is marked admitted and woken (``wake(turn.wake)``) before the next is
     looked at. The threaded/gevent :class:`WindowQueue` and the asyncio
-    :class:`~miyaq.aio.window.WindowRoom` both let in so."""
+    :class:`~miyaq.aio.window.WindowRoom` both let in so.
+
+    Counted before it leaves the queue: ``count`` takes a lock, where
+    Ctrl-C lands in a thread waiting for it; the waiter is then still
+    first, uncounted, for the next room made. (Before 2026-12-07, review35,
+    it left first: interrupted there, it was lost -- out of the queue,
+    never let in, it waited its whole deadline and raised ValueError.)"""
     while waiting:
         turn = waiting[0]
         if not turn.fits():
             return
-        waiting.popleft()
         count(turn.p)
+        waiting.popleft()
         turn.admitted = True
         wake(turn.wake)
 
@@ -150,11 +156,11 @@ class WindowQueue:
         it are looked at at once: a waiter that gives up never holds them up.
         One let in just as an exception came is counted out again."""
         turn = Turn(self._event(), p, fits)
-        with self._lock:
-            self.waiting.append(turn)
-            if len(self.waiting) == 1:
-                self._let_in()        # first: room may have been made since the caller looked
         try:
+            with self._lock:
+                self.waiting.append(turn)
+                if len(self.waiting) == 1:
+                    self._let_in()        # first: room may have been made since the caller looked
             while not turn.admitted:
                 left = deadline - monotonic()
                 if left <= 0:
@@ -175,6 +181,7 @@ class WindowQueue:
         with self._lock:
             if turn.admitted:
                 return True
-            self.waiting.remove(turn)
+            if turn in self.waiting:      # not when interrupted before it was queued
+                self.waiting.remove(turn)
             self._let_in()
             return False
