@@ -574,3 +574,45 @@ def test_a_waiter_interrupted_as_it_first_looks_for_room_leaves_no_turn_behind()
     assert not room.waiting and counted == [] and free[0] == 1
     assert room.wait_turn("second", lambda: free[0] > 0, time.monotonic() + 10.0) is True  # type: ignore[arg-type]
     assert counted == ["second"]
+
+
+@pytest.mark.parametrize("green", [False, True], ids=["threads", "gevent"])
+def test_a_submit_interrupted_after_it_was_let_in_gives_its_room_back(client_for, monkeypatch, green):
+    """Fault: Ctrl-C (or a gevent kill) lands in a submit just after the
+    window's queue let it in, while it is kept for flush() (the set's lock
+    held by another thread). Its room is counted out again: once the node
+    acknowledged the rest, nothing is in flight. Before, the room stayed
+    taken for the client's life."""
+    looks = spy_window(monkeypatch, miyaq.client.client)
+    runner = Runner(green)
+    with Node() as node:
+        client = client_for(node.endpoint, window_bytes=WINDOW_BYTES, submit_timeout=LONG, green=green)
+        fill(client, node, runner.pause)
+        from miyaq.client.handle import Unflushed
+        real_add = Unflushed.add
+
+        def add(self: Unflushed, handle: Any) -> None:
+            if handle.id == "large":
+                raise KeyboardInterrupt
+            real_add(self, handle)
+
+        monkeypatch.setattr(Unflushed, "add", add)
+        outcome: list[BaseException] = []
+
+        def submit_large() -> None:
+            try:
+                client.submit("echo", [LARGE], id="large")
+            except BaseException as exc:
+                outcome.append(exc)
+
+        large = runner.run(submit_large)
+        wait_until(lambda: large_kept_out(looks), "the large submit to wait", runner.pause)
+        node.ack()
+        wait_until(lambda: outcome, "the large submit to end", runner.pause)
+        assert isinstance(outcome[0], KeyboardInterrupt), outcome
+        core = client._io.core
+        wait_until(lambda: core.submits.resolved == HELD, "the small tasks acknowledged", runner.pause)
+        assert (core.submitted - core.submits.resolved, core.submitted_bytes - core.submits.resolved_bytes) == (0, 0)
+        assert "large" not in node.read and not node.problems, node.problems
+        if not green:
+            large.join(WAIT)

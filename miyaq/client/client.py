@@ -180,11 +180,25 @@ class Client:
         # may be interrupted (a gevent.Timeout, a killed greenlet, Ctrl-C, also
         # on the short path, where the caller reads the sockets); one accepted,
         # or whose failure its caller was told, is let go at once.
-        self._unflushed.add(handle)
+        self._unflushed_or_counted_out(handle, p, counted)
         self._io.submit(p, wait, counted)
         if wait:
             handle.wait_accepted()
         return handle
+
+    def _unflushed_or_counted_out(self, handle: TaskHandle, p: Pending, counted: bool) -> None:
+        """Keep ``handle`` for flush() and close(). Interrupted here (Ctrl-C
+        landing while another thread holds the set's lock, a gevent kill),
+        a submit the window's queue let in is counted out again and the next
+        waiter let in: before 2026-12-07 (review35) its room stayed taken
+        for the client's life, never handed over nor acknowledged."""
+        try:
+            self._unflushed.add(handle)
+        except BaseException:
+            if counted:
+                self._io.uncount(p)
+                self._io.room.freed()
+            raise
 
     def flush(self, timeout: float | None = None) -> None:
         """Block until every submit so far is acknowledged. Raises the first
@@ -298,7 +312,7 @@ class Client:
         """:meth:`call` of a task's SUBMIT entry: ``TaskDef.call`` sends its lease in it."""
         timeout = seconds(timeout, "timeout", optional=True)
         p, handle, counted = self._pending(wire, id, True)
-        self._unflushed.add(handle)      # as a submit's: flush() waits for it if this call is interrupted
+        self._unflushed_or_counted_out(handle, p, counted)   # flush() waits for it if this call is interrupted
         wait = min(ops.LONG_POLL, ops.RESULT_WAIT_DEFAULT if timeout is None else timeout)
         start = monotonic()
         answer = self.kit.waiter()
