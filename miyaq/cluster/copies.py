@@ -43,6 +43,7 @@ class Copies:
         self.role = role
         self.engine = role.engine
         self.installer = CopyInstaller(role)
+        self.refused_for_storage = 0     # copies refused at once: this node's log could not be written
 
     # -- peer requests --------------------------------------------------------------
     def on_replicate(self, sender: str, body: dict[str, Any]) -> dict[str, Any] | None:
@@ -58,6 +59,9 @@ class Copies:
             self.keep_outcomes(sender, stones, "handoff", now)
         if not isinstance(records, list):
             records = []
+        why = self.role.barrier.why_not_writable()
+        if why:
+            return self.refuse_for_storage(sender, records, why)
         stored: list[str] = []
         sent_dead: set[str] = set()     # stored records sent dead need no "dead" back
         lost_keys = self.installer.lost_keys = {}     # filled by install(): id -> the task that holds its key
@@ -115,6 +119,27 @@ class Copies:
         reply = self.role.peer.later()
         self.role.barrier.after_written(lambda: reply(answer))
         return None
+
+    def refuse_for_storage(self, sender: str, records: list[Any], why: str) -> dict[str, Any]:
+        """The answer, at once, to a REPLICATE of ``records`` while this
+        node's log cannot be written (``why``, in a few words): nothing
+        stored -- a copy counts as stored once it is in the log, and no
+        write can put it there now -- and ``busy: "storage"`` with ``why``
+        as its ``message``, so the coordinator ends the copy's part of the
+        submit now, saying why, instead of at its deadline. Before
+        2026-12-07 this answer (with no id stored) waited for the log like
+        any other and never went while the fault lasted: the coordinator
+        heard silence for ``replication_timeout``. An older coordinator
+        reads a copy not stored, as from a full node. Counted in
+        :attr:`refused_for_storage` (STATUS ``cluster.copies_refused_storage``)
+        and logged a few lines a minute."""
+        self.refused_for_storage += len(records)
+        if records:
+            _log.warning("storage", "refused %d cop%s from %s: this node cannot write its log (%s); nothing stored, "
+                         "%d copies refused so far -- it takes copies again once a write succeeds (free the "
+                         "disk: docs/operations.md, 'Node cannot write its log')", len(records),
+                         "y" if len(records) == 1 else "ies", sender, why, self.refused_for_storage)
+        return {"ids": [], "epoch": self.role.view.epoch, "busy": "storage", "message": why}
 
     def keep_outcomes(self, sender: str, stones: list[Any], source: str, now: float,
                       held: Callable[[str, str | None], bool] | None = None) -> int:

@@ -20,9 +20,11 @@ already answered.
 """
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from miyaq.cluster.key_verdicts import key_duplicates
+from miyaq.logs import LogLimiter, clipped
 from miyaq.protocol.commands import DUPLICATE
 from miyaq.protocol.eventspec import confirmed_ids
 
@@ -30,6 +32,24 @@ if TYPE_CHECKING:
     from miyaq.cluster.replicated_intake import Outgoing, _Pending
     from miyaq.cluster.role import ClusterRole
     from miyaq.errors import MiyaqError, NotEnoughReplicas
+
+logger = logging.getLogger(__name__)
+_log = LogLimiter(logger)     # a holder refusing every copy refuses every submit's: a few lines a minute
+
+NOT_STORED = "not a holder by its view of the ring, or full"
+"""Why a holder's answer left a copy out, when the answer does not say."""
+
+
+def refusal(holder: str, answer: dict[str, Any]) -> str:
+    """Why ``holder``'s REPLICATE answer stored nothing, as the answer says:
+    ``busy: "storage"`` (since 2026-12-07) is a holder whose log cannot be
+    written, ``message`` its cause in a few words (untrusted: clipped);
+    else :data:`NOT_STORED`."""
+    if answer.get("busy") != "storage":
+        return NOT_STORED
+    cause = answer.get("message")
+    shown = clipped(cause, 200) if isinstance(cause, str) and cause else "no cause given"
+    return f"{holder} cannot write its log: {shown}"
 
 
 class ReplicaAnswers:
@@ -109,6 +129,10 @@ class ReplicaAnswers:
             self.role.copies.dead_known(holder, dead, sent)
         stored = confirmed_ids(answer)
         self._lost_keys(holder, sent, answer)
+        why = refusal(holder, answer)
+        if why is not NOT_STORED:
+            _log.warning("storage", "%s refused %d cop%s: %s; a submit that needs it fails at once until it "
+                         "can write again", holder, len(sent), "y" if len(sent) == 1 else "ies", why)
         rejected = False
         for task_id in sent:
             if task_id in stored:
@@ -122,7 +146,7 @@ class ReplicaAnswers:
                                      f"holders needed: {', '.join(entry.failed)} did not store it; resubmit "
                                      "with the same id")
                         rejected = True
-            elif self._not_stored(holder, task_id, "not a holder by its view of the ring, or full"):
+            elif self._not_stored(holder, task_id, why):
                 rejected = True
         if rejected:
             self.release()

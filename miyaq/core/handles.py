@@ -116,6 +116,10 @@ class WriteBarrier(Protocol):
     def after_written(self, release: Callable[[], None]) -> None:
         """Call ``release()`` once every record buffered so far is written."""
 
+    def why_not_writable(self) -> str:
+        """Why nothing can be made durable now (a full or failing disk), in a
+        few words; "" while it can. Never blocks."""
+
 
 class StartBarrier(Protocol):
     """The log as the dispatcher sees it: a DISPATCH of an at-most-once task
@@ -146,6 +150,10 @@ class Immediate:
     @staticmethod
     def after_written(release: Callable[[], None]) -> None:
         release()
+
+    @staticmethod
+    def why_not_writable() -> str:
+        return ""
 
 
 class ScheduleSink(Protocol):

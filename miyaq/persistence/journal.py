@@ -178,6 +178,10 @@ class Persistence(EngineListener):
         """Refuse a new task (Busy, reason "storage") while the log cannot be written."""
         self.writer.admit()
 
+    def why_not_writable(self) -> str:
+        """Why the log cannot be written now, in a few words; "" while it can."""
+        return self.writer.why_not_writable()
+
     # -- the writer ----------------------------------------------------------------------
     def compact(self) -> None:
         self.writer.compact()

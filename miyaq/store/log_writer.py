@@ -120,6 +120,17 @@ class LogWriter:
         """False while a disk fault lasts: the node must take no new task."""
         return self.fault is None and self.log.writable and not self._closed
 
+    def why_not_writable(self) -> str:
+        """Why the log cannot be written now, in a few words ("No space left
+        on device"); "" while it can. Never blocks (a peer's REPLICATE is
+        refused with it at once: :meth:`miyaq.cluster.copies.Copies.on_replicate`)."""
+        if self.writable:
+            return ""
+        if self._closed:
+            return "its log is closed: the node is stopping"
+        self._wake.set()         # a background fsync failure: let the writer see it now
+        return _describe(self.fault or self.log.failure)
+
     def admit(self) -> None:
         """Raise :class:`~miyaq.errors.Busy` (retryable, ``reason="storage"``) unless writable
         (:class:`~miyaq.errors.ShuttingDown` once closed)."""

@@ -1,0 +1,110 @@
+"""A holder whose log cannot be written (a full disk, EIO, a read-only
+filesystem), in process (miyaq.testing.inprocess): it refuses the copies
+it is sent at once, saying why, and the submit's coordinator takes that
+refusal as the final "no" for that copy (docs/cluster.md, "What a
+holder's trouble costs the submit"; docs/durability.md, "A full or failing
+disk").
+
+Each test makes ``replication_timeout`` 60 s and gives itself far less: a
+submit that ends here was ended by the holder's refusal, never by the
+deadline sweep."""
+from __future__ import annotations
+
+import errno
+import logging
+
+import pytest
+from disk_faults import FailingDisk
+
+from miyaq.cluster import copies
+from miyaq.logs import LogLimiter
+from miyaq.protocol.commands import ACCEPTED, REJECTED
+from miyaq.testing.inprocess import InProcessCluster
+
+pytestmark = pytest.mark.timeout(40)
+
+PATIENCE = 60.0       # replication_timeout: far past every wait below
+
+
+def _fill_n2(inproc, tmp_path, monkeypatch, **settings) -> tuple[InProcessCluster, FailingDisk]:
+    """Three nodes with logs; n2's log writes fail (ENOSPC) from now on, and
+    its log writer has seen it (a submit of a task n2 alone holds)."""
+    cluster = inproc(3, data_dir=str(tmp_path), replication_timeout=PATIENCE, **settings)
+    disk = FailingDisk(monkeypatch, str(tmp_path / "n2"), errno.ENOSPC, ops=("write",))
+    disk.failing = True
+    cluster.submit("n2", cluster.task_led_by("n2", replicas=1), replicas=1)
+    cluster.wait_until(lambda: not cluster["n2"].role.barrier.writable, what="n2's log writer to see the fault")
+    return cluster, disk
+
+
+def test_a_holder_whose_log_cannot_be_written_refuses_its_copy_at_once_and_the_submit_says_why(
+        inproc, tmp_path, monkeypatch):
+    """Fault: a holder whose log cannot be written (ENOSPC). Before, it
+    answered the REPLICATE only once its log took the (empty) answer, so
+    never while the fault lasted: the coordinator heard silence and
+    rejected the submit ``not_enough_replicas`` at ``replication_timeout``
+    (3 s by default; 60 s here, past this test's own timeout), naming no
+    holder. Now n2 answers at once, storing nothing, and the submit fails
+    at once with a message naming n2 and its log."""
+    cluster, _ = _fill_n2(inproc, tmp_path, monkeypatch)
+    tid = cluster.task_led_by("n1")
+    sub = cluster.submit("n1", tid)
+    cluster.wait_until(lambda: sub.result, what="the submit's answer")
+    assert sub.status == REJECTED and sub.error_code == "not_enough_replicas", sub.result
+    message = sub.result[2]["message"]
+    assert "of the 3 holders needed" in message and "n2 cannot write its log" in message, message
+    assert "No space left on device" in message, message
+    assert cluster["n2"].task(tid) is None            # nothing stored where it could not be made durable
+    assert cluster["n2"].role.copies.refused_for_storage >= 1
+    assert not cluster.crashes()
+
+
+def test_a_submit_that_still_reaches_min_acks_is_accepted_while_a_holder_refuses(inproc, tmp_path, monkeypatch):
+    """Fault: a holder whose log cannot be written, with ``min_acks`` 2 of
+    3: its refusal leaves enough holders, and the submit is accepted as
+    soon as the two others stored it, as before."""
+    cluster, _ = _fill_n2(inproc, tmp_path, monkeypatch, min_acks=2)
+    tid = cluster.task_led_by("n1")
+    sub = cluster.submit("n1", tid)
+    cluster.wait_until(lambda: sub.result, what="the submit's answer")
+    assert sub.status == ACCEPTED, sub.result
+    assert cluster["n1"].task(tid) is not None and cluster["n3"].task(tid) is not None
+    assert cluster["n2"].task(tid) is None
+    assert not cluster.crashes()
+
+
+def test_a_holder_whose_log_can_be_written_again_takes_copies_without_a_restart(inproc, tmp_path, monkeypatch):
+    """Fault: a holder whose log cannot be written, then the disk has room
+    again. Its log writer's probe finds it so, and the next submit it holds
+    is stored there and accepted -- no restart, no operator."""
+    cluster, disk = _fill_n2(inproc, tmp_path, monkeypatch)
+    refused = cluster.submit("n1", cluster.task_led_by("n1"))
+    cluster.wait_until(lambda: refused.result, what="the refused submit's answer")
+    assert refused.status == REJECTED, refused.result
+    disk.failing = False
+    cluster.wait_until(lambda: cluster["n2"].role.barrier.writable, timeout=20, what="n2's log writable again")
+    tid = cluster.task_led_by("n1")
+    sub = cluster.submit("n1", tid)
+    cluster.wait_until(lambda: sub.result, what="the submit's answer")
+    assert sub.status == ACCEPTED, sub.result
+    assert cluster["n2"].task(tid) is not None
+    assert not cluster.crashes()
+
+
+def test_a_holder_refusing_copies_for_its_log_logs_a_few_lines_not_one_per_copy(
+        inproc, tmp_path, monkeypatch, caplog):
+    """Fault: a holder whose log cannot be written, sent many copies. It
+    refuses each REPLICATE, and says so in a few lines a minute (each
+    naming the sender and the cause), not one per copy or per request;
+    every refusal is counted."""
+    monkeypatch.setattr(copies, "_log", LogLimiter(copies.logger, burst=2, per=60.0))
+    cluster, _ = _fill_n2(inproc, tmp_path, monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="miyaq.cluster.copies"):
+        subs = [cluster.submit("n1", cluster.task_led_by("n1")) for _ in range(20)]
+        cluster.wait_until(lambda: all(s.result for s in subs), what="every submit's answer")
+    assert all(s.status == REJECTED for s in subs)
+    lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage() and r.name == copies.logger.name]
+    assert 1 <= len(lines) <= 2, lines
+    assert "n1" in lines[0] and "No space left on device" in lines[0], lines
+    assert cluster["n2"].role.copies.refused_for_storage >= 1
+    assert not cluster.crashes()
