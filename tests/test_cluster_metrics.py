@@ -23,7 +23,8 @@ http_node, api, make_http_node, make_web_worker = FIXTURES   # pytest finds fixt
 
 #: STATUS ``cluster``'s counters: each is ``miyaq_cluster_<key>_total`` in /metrics.
 COUNTERS = ("takeovers", "deferrals", "queries_refused", "duplicates", "stream_gaps", "resyncs", "stream_dropped",
-            "submits_rejected", "handed_off", "cancels_forwarded", "cancels_unconfirmed", "held_dropped")
+            "submits_rejected", "handed_off", "cancels_forwarded", "cancels_unconfirmed", "held_dropped",
+            "copies_refused_storage")
 
 
 def scrape(cluster: InProcessCluster, node_id: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -237,7 +238,7 @@ def test_every_cluster_counter_and_status_field_is_documented():
     assert "`miyaq_cluster_held_copies`" in http
     fields = ("epoch", "leader", "is_leader", "takeovers", "deferrals", "queries_refused", "duplicates", "stream_gaps",
               "resyncs", "stream_dropped", "submits_rejected", "handed_off", "cancels_forwarded", "cancels_unconfirmed",
-              "held_dropped", "held_copies", "running_here", "streams_ready", "zookeeper")
+              "held_dropped", "held_copies", "copies_refused_storage", "running_here", "streams_ready", "zookeeper")
     start = protocol.index("- `cluster`: nil on a standalone node")
     section = protocol[start:protocol.index("- `storage`:", start)]
     for field in fields:

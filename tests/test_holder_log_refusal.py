@@ -55,7 +55,7 @@ def test_a_holder_whose_log_cannot_be_written_refuses_its_copy_at_once_and_the_s
     assert "of the 3 holders needed" in message and "n2 cannot write its log" in message, message
     assert "No space left on device" in message, message
     assert cluster["n2"].task(tid) is None            # nothing stored where it could not be made durable
-    assert cluster["n2"].role.copies.refused_for_storage >= 1
+    assert cluster["n2"].role.stats()["copies_refused_storage"] >= 1     # STATUS cluster, and /metrics
     assert not cluster.crashes()
 
 
@@ -106,5 +106,5 @@ def test_a_holder_refusing_copies_for_its_log_logs_a_few_lines_not_one_per_copy(
     lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage() and r.name == copies.logger.name]
     assert 1 <= len(lines) <= 2, lines
     assert "n1" in lines[0] and "No space left on device" in lines[0], lines
-    assert cluster["n2"].role.copies.refused_for_storage >= 1
+    assert cluster["n2"].role.stats()["copies_refused_storage"] >= 1     # STATUS cluster, and /metrics
     assert not cluster.crashes()

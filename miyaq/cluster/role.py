@@ -301,6 +301,7 @@ class ClusterRole:
                 "submits_rejected": self.intake.rejected, "handed_off": self.handoff.handed,
                 "cancels_forwarded": self.cancels.forwarded, "cancels_unconfirmed": self.cancels.unconfirmed,
                 "held_dropped": self.handoff.held.dropped, "held_copies": len(self.handoff.held),
+                "copies_refused_storage": self.copies.refused_for_storage,
                 "running_here": sum(c[RUNNING] for c in self.engine.counts.values()),
                 "streams_ready": self.streams_ready(), "zookeeper": self.coordinator.connection}
 

@@ -86,6 +86,8 @@ CLUSTER_COUNTERS: tuple[tuple[str, str], ...] = (
                             "or refused, or a ring change or a standby copy left its answer in doubt"),
     ("held_dropped", "Copies every new holder confirmed on a ring newer than this node's view, kept for that "
                      "ring and dropped past the bounds (60 s without the view reaching it, or max_tasks held)"),
+    ("copies_refused_storage", "Copies other nodes sent here (a submit's or a handoff's) refused at once, nothing "
+                               "stored, because this node's log could not be written (a full or failing disk)"),
 )
 
 
