@@ -59,6 +59,25 @@ def test_a_holder_whose_log_cannot_be_written_refuses_its_copy_at_once_and_the_s
     assert not cluster.crashes()
 
 
+def test_a_copy_whose_own_write_fails_is_refused_at_once_not_after_the_disk_is_back(inproc, tmp_path, monkeypatch):
+    """Fault: a holder whose log cannot be written, found out by the write
+    of the very copy it is sent (its log writer saw no fault before).
+    Before, that copy's answer waited for the log to work again -- the
+    coordinator heard silence until ``replication_timeout`` -- and only the
+    copies sent after it were refused at once. Now the failed write
+    refuses it too, at once, with the cause."""
+    cluster = inproc(3, data_dir=str(tmp_path), replication_timeout=PATIENCE)
+    disk = FailingDisk(monkeypatch, str(tmp_path / "n2"), errno.ENOSPC, ops=("write",))
+    disk.failing = True
+    assert cluster["n2"].role.barrier.writable       # nothing written since: the fault is not known yet
+    sub = cluster.submit("n1", cluster.task_led_by("n1"))
+    cluster.wait_until(lambda: sub.result, what="the submit's answer")
+    assert sub.status == REJECTED and sub.error_code == "not_enough_replicas", sub.result
+    assert "n2 cannot write its log: No space left on device" in sub.result[2]["message"], sub.result
+    assert disk.refused["write"] >= 1 and not cluster["n2"].role.barrier.writable
+    assert not cluster.crashes()
+
+
 def test_a_submit_that_still_reaches_min_acks_is_accepted_while_a_holder_refuses(inproc, tmp_path, monkeypatch):
     """Fault: a holder whose log cannot be written, with ``min_acks`` 2 of
     3: its refusal leaves enough holders, and the submit is accepted as

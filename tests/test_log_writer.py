@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -103,6 +104,31 @@ def test_a_fault_in_a_later_batch_holds_the_acknowledgements_of_its_records(
     assert node.acked == ["k0", "k1", "k2", "k3"]
     node.writer.close()
     assert replayed(tmp_path) == {f"k{i}": i for i in range(4)}
+
+
+@pytest.mark.parametrize("op,code", [("write", errno.ENOSPC), ("fsync", errno.EIO)], ids=["write-ENOSPC", "fsync-EIO"])
+def test_a_release_given_a_refusal_is_refused_when_the_write_fails_and_never_released(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, op: str, code: int) -> None:
+    """Fault: the write (ENOSPC) or fsync (EIO) of records whose release
+    was given a ``refuse`` fails (a holder's answer to a peer's REPLICATE).
+    The refusal is called at once with the cause, and the release never --
+    not after the recovery either (the asker must not get two answers);
+    a release without a refusal waits for the recovery, as before."""
+    node = Node(tmp_path)
+    disk = FailingDisk(monkeypatch, str(tmp_path), code, ops=(op,))
+    disk.failing = True
+    refused: list[str] = []
+    node.put("waits", 1)
+    node.writer.add({"k": "copy", "v": 2})
+    node.writer.after_written(lambda: node.acked.append("copy"), refused.append)
+    assert node.writer.write_pending() is False
+    assert refused == [os.strerror(code)] and node.acked == []
+    assert node.writer.why_not_writable() == os.strerror(code)
+    disk.failing = False
+    assert node.writer.recover() is True
+    assert node.acked == ["waits"] and refused == [os.strerror(code)]
+    assert node.writer.why_not_writable() == ""
+    node.writer.close()
 
 
 @pytest.mark.parametrize("op,code", [("write", errno.ENOSPC), ("fsync", errno.EIO)], ids=["write-ENOSPC", "fsync-EIO"])

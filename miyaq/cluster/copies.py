@@ -116,8 +116,11 @@ class Copies:
             self.installer.lost_keys = {}
         # A copy counts as stored once it is in this node's log, as on the
         # node that took the submit: answer only after the write.
+        # A write that fails first refuses them at once, as a REPLICATE that
+        # comes while the log cannot be written is refused (refuse_for_storage).
         reply = self.role.peer.later()
-        self.role.barrier.after_written(lambda: reply(answer))
+        self.role.barrier.after_written(lambda: reply(answer),
+                                        lambda why: reply({**answer, **self.refuse_for_storage(sender, records, why)}))
         return None
 
     def refuse_for_storage(self, sender: str, records: list[Any], why: str) -> dict[str, Any]:

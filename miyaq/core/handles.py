@@ -113,8 +113,10 @@ class NodeRole(Protocol):
 class WriteBarrier(Protocol):
     """The durability step before an acknowledgement (the append-only log)."""
 
-    def after_written(self, release: Callable[[], None]) -> None:
-        """Call ``release()`` once every record buffered so far is written."""
+    def after_written(self, release: Callable[[], None], refuse: Callable[[str], None] | None = None) -> None:
+        """Call ``release()`` once every record buffered so far is written;
+        with ``refuse``, ``refuse(why)`` instead, at once, if a write fails
+        first (``why``: the cause in a few words)."""
 
     def why_not_writable(self) -> str:
         """Why nothing can be made durable now (a full or failing disk), in a
@@ -148,7 +150,7 @@ class Immediate:
     """The write barrier of a node without a log: nothing to wait for."""
 
     @staticmethod
-    def after_written(release: Callable[[], None]) -> None:
+    def after_written(release: Callable[[], None], refuse: Callable[[str], None] | None = None) -> None:
         release()
 
     @staticmethod

@@ -170,9 +170,10 @@ class Persistence(EngineListener):
         self._add({"o": "P", "id": task.id})      # handed off: gone from here as if purged
 
     # -- gating acknowledgements and refusing on disk faults ----------------------------
-    def after_written(self, release: Callable[[], None]) -> None:
-        """Run ``release`` once every record buffered so far is in the log."""
-        self.writer.after_written(release)
+    def after_written(self, release: Callable[[], None], refuse: Callable[[str], None] | None = None) -> None:
+        """Run ``release`` once every record buffered so far is in the log;
+        with ``refuse``, ``refuse(why)`` instead if a write fails first."""
+        self.writer.after_written(release, refuse)
 
     def admit(self) -> None:
         """Refuse a new task (Busy, reason "storage") while the log cannot be written."""

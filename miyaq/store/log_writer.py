@@ -59,6 +59,7 @@ HEALTH_CHECK = 1.0          # an idle writer still notices a background fsync fa
 COMPACT_RETRY = 30.0        # after a failed compaction (the log itself is fine)
 
 Release = Callable[[], None]
+Refuse = Callable[[str], None]
 
 
 class LogWriter:
@@ -79,7 +80,8 @@ class LogWriter:
         self.fault_since: float | None = None       # wall clock, for status pages
         self._added = 0                             # records ever added
         self._written = 0                           # ... of which written (or in a durable snapshot)
-        self._waiting: deque[tuple[int, Release]] = deque()
+        # (records added before it, release, what to call instead when a fault starts: None, wait)
+        self._waiting: deque[tuple[int, Release, Refuse | None]] = deque()
         self._wake = green.Event()
         self._closed = False
         self._late = False          # a record came after close (logged once)
@@ -104,15 +106,19 @@ class LogWriter:
         self.buffer.append(record)
         self._wake.set()
 
-    def after_written(self, release: Release) -> None:
-        """Run ``release`` once every record added so far is written."""
+    def after_written(self, release: Release, refuse: Refuse | None = None) -> None:
+        """Run ``release`` once every record added so far is written. With
+        ``refuse``, a write that fails first calls ``refuse(why)`` instead,
+        at once (``why``: the cause in a few words), and ``release`` never:
+        for an answer better given now than after the disk is back (a
+        peer's REPLICATE: :meth:`miyaq.cluster.copies.Copies.on_replicate`)."""
         if self.fault is None and self._written >= self._added:
             release()
             return
         if len(self._waiting) >= self.max_held:
             self._waiting.popleft()
             self.dropped_releases += 1
-        self._waiting.append((self._added, release))
+        self._waiting.append((self._added, release, refuse))
         self._wake.set()
 
     @property
@@ -194,7 +200,7 @@ class LogWriter:
 
     def _release_upto(self, written: int) -> None:
         while self._waiting and self._waiting[0][0] <= written:
-            _, release = self._waiting.popleft()
+            _, release, _ = self._waiting.popleft()
             try:
                 release()
             except Exception:
@@ -260,6 +266,27 @@ class LogWriter:
         self.buffer = []
         self._probe_step = 0
         self._next_probe = monotonic() + PROBE_BACKOFF[0]
+        self._refuse_waiting(_describe(self.fault))
+
+    def _refuse_waiting(self, why: str) -> None:
+        """A fault started: the releases given a ``refuse`` are refused now
+        (the others wait for the recovery)."""
+        if not any(refuse is not None for _, _, refuse in self._waiting):
+            return
+        kept: deque[tuple[int, Release, Refuse | None]] = deque()
+        refused: list[Refuse] = []
+        for held in self._waiting:
+            if held[2] is None:
+                kept.append(held)
+            else:
+                refused.append(held[2])
+        self._waiting = kept
+        for refuse in refused:
+            try:
+                refuse(why)
+            except Exception:
+                logger.exception("refusing an answer held for the log failed (a bug: please report this "
+                                 "traceback); its asker hears silence")
 
     def recover(self) -> bool:
         """Probe the disk; if it takes a write, rewrite the state from memory and
