@@ -16,7 +16,7 @@ import logging
 import pytest
 from disk_faults import FailingDisk
 
-from miyaq.cluster import copies
+from miyaq.cluster import copies, replica_answers
 from miyaq.logs import LogLimiter
 from miyaq.protocol.commands import ACCEPTED, REJECTED
 from miyaq.testing.inprocess import InProcessCluster
@@ -126,4 +126,26 @@ def test_a_holder_refusing_copies_for_its_log_logs_a_few_lines_not_one_per_copy(
     assert 1 <= len(lines) <= 2, lines
     assert "n1" in lines[0] and "No space left on device" in lines[0], lines
     assert cluster["n2"].role.stats()["copies_refused_storage"] >= 1     # STATUS cluster, and /metrics
+    assert not cluster.crashes()
+
+
+def test_a_coordinator_of_the_previous_build_still_ends_a_refused_copy_at_once(inproc, tmp_path, monkeypatch):
+    """Fault: a holder whose log cannot be written, asked by a coordinator
+    of the build before 2026-12-07, played by n1: it writes in peer
+    protocol 1 and reads a REPLICATE answer's ``ids`` alone (not ``busy``
+    nor ``message``). The refusal is an answer it reads -- no id stored,
+    as from a full node -- so its submit fails at once too, with its own
+    words; and nothing is refused as a protocol error on either side."""
+    cluster, _ = _fill_n2(inproc, tmp_path, monkeypatch)
+    versions = cluster["n1"].role.peer.versions
+    versions.speaks = 1
+    versions.forget("n2")
+    monkeypatch.setattr(replica_answers, "refusal", lambda holder, answer: replica_answers.NOT_STORED)
+    sub = cluster.submit("n1", cluster.task_led_by("n1"))
+    cluster.wait_until(lambda: sub.result, what="the submit's answer")
+    assert sub.status == REJECTED and sub.error_code == "not_enough_replicas", sub.result
+    assert "n2 did not store it (not a holder by its view of the ring, or full)" in sub.result[2]["message"]
+    assert cluster["n2"].role.stats()["copies_refused_storage"] >= 1
+    for node_id in ("n1", "n2"):
+        assert not cluster[node_id].role.peer.errors, (node_id, cluster[node_id].role.peer.errors)
     assert not cluster.crashes()
