@@ -140,7 +140,7 @@ class Copies:
         if records:
             _log.warning("storage", "refused %d cop%s from %s: this node cannot write its log (%s); nothing stored, "
                          "%d copies refused so far -- it takes copies again once a write succeeds (free the "
-                         "disk: docs/operations.md, 'Node cannot write its log')", len(records),
+                         "disk: docs/operations.md, \"The node's disk is full\")", len(records),
                          "y" if len(records) == 1 else "ies", sender, why, self.refused_for_storage)
         return {"ids": [], "epoch": self.role.view.epoch, "busy": "storage", "message": why}
 
