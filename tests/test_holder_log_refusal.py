@@ -17,6 +17,7 @@ import pytest
 from disk_faults import FailingDisk
 
 from miyaq.cluster import copies, replica_answers
+from miyaq.constants import HANDOFF_RETRY
 from miyaq.logs import LogLimiter
 from miyaq.protocol.commands import ACCEPTED, REJECTED
 from miyaq.testing.inprocess import InProcessCluster
@@ -148,4 +149,37 @@ def test_a_coordinator_of_the_previous_build_still_ends_a_refused_copy_at_once(i
     assert cluster["n2"].role.stats()["copies_refused_storage"] >= 1
     for node_id in ("n1", "n2"):
         assert not cluster[node_id].role.peer.errors, (node_id, cluster[node_id].role.peer.errors)
+    assert not cluster.crashes()
+
+
+def test_handed_off_copies_a_full_new_holder_refused_land_once_its_disk_has_room(inproc, tmp_path, monkeypatch):
+    """Fault: a node joins the ring with a log that cannot be written, and
+    the old holders hand it the tasks it now holds. It refuses them at
+    once (nothing stored, its answers say why) and the old holders keep
+    their copies; once its disk has room the handoff's next try stores
+    them there -- no restart, no copy lost on the way. (The copies whose
+    own write found the fault stay in n4's memory, refused all the same,
+    and are written with its state when the disk is back: the retry finds
+    them there.)"""
+    old = ["n1", "n2", "n3"]
+    cluster = inproc(4, ring=old, replicas=2, data_dir=str(tmp_path), replication_timeout=PATIENCE)
+    subs = [cluster.submit(old[i % 3], countdown=300) for i in range(30)]
+    cluster.wait_until(lambda: all(s.status == ACCEPTED for s in subs), what="every submit accepted")
+    disk = FailingDisk(monkeypatch, str(tmp_path / "n4"), errno.ENOSPC, ops=("write",))
+    disk.failing = True
+    epoch = cluster.publish(["n1", "n2", "n3", "n4"])
+    moved = [s.task_id for s in subs if "n4" in cluster.holders(s.task_id)]
+    assert moved, "some tasks must move to the joining node"
+    cluster.wait_until(lambda: cluster["n4"].role.stats()["copies_refused_storage"] >= 1, what="n4's refusals")
+    refusals = cluster.net.messages("ANSWER", src="n4", answering="REPLICATE")
+    assert refusals and all(m.body.get("busy") == "storage" and not m.body.get("ids") for m in refusals)
+    for tid in moved:       # still held by an old holder: nothing dropped on a refusal
+        assert any(cluster[n].task(tid) is not None for n in old), tid
+
+    disk.failing = False
+    cluster.wait_until(lambda: cluster["n4"].role.barrier.writable, timeout=20, what="n4's log writable again")
+    cluster.advance(HANDOFF_RETRY + 1)
+    for tid in moved:
+        cluster.wait_until(lambda tid=tid: cluster["n4"].task(tid) is not None, what=f"{tid} stored on n4")
+    assert cluster.settled(epoch)
     assert not cluster.crashes()
