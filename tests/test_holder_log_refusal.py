@@ -79,6 +79,19 @@ def test_a_copy_whose_own_write_fails_is_refused_at_once_not_after_the_disk_is_b
     assert not cluster.crashes()
 
 
+def test_a_submit_to_the_full_node_itself_is_refused_naming_it(inproc, tmp_path, monkeypatch):
+    """Fault: a node whose log cannot be written, sent a submit itself.
+    It refuses it ``busy`` (``storage``) at once, as before, and now its
+    message names it: a client that tried several nodes raises its last
+    try's error at its deadline, and "this node" named none."""
+    cluster, _ = _fill_n2(inproc, tmp_path, monkeypatch)
+    sub = cluster.submit("n2", cluster.task_led_by("n1"))
+    cluster.wait_until(lambda: sub.result, what="the submit's answer")
+    assert sub.status == REJECTED and sub.error_code == "busy", sub.result
+    assert sub.result[2]["message"].startswith("node n2 cannot write its log (No space left on device)"), sub.result
+    assert not cluster.crashes()
+
+
 def test_a_submit_that_still_reaches_min_acks_is_accepted_while_a_holder_refuses(inproc, tmp_path, monkeypatch):
     """Fault: a holder whose log cannot be written, with ``min_acks`` 2 of
     3: its refusal leaves enough holders, and the submit is accepted as

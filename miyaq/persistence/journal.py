@@ -65,7 +65,7 @@ class Persistence(EngineListener):
         self.node_id = node_id
         self.on_replayed = on_replayed     # called once the log is open and replayed (its LOCK held)
         # Batches, acknowledgement gating and disk faults (refuse, serve, recover): miyaq/store/log_writer.py
-        self.writer = LogWriter(log, self.snapshot)
+        self.writer = LogWriter(log, self.snapshot, node_id=node_id)
         self._killed = False
         self._at_most_once_started = False    # an at-most-once start buffered since the dispatcher last asked
 

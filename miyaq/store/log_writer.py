@@ -66,8 +66,11 @@ class LogWriter:
     """Buffers a node's records and writes them; see the module docstring."""
 
     def __init__(self, log: AppendLog, snapshot: Callable[[], Iterable[dict[str, Any]]], *,
-                 max_batch: int = MAX_BATCH, max_held: int = MAX_HELD) -> None:
+                 max_batch: int = MAX_BATCH, max_held: int = MAX_HELD, node_id: str = "") -> None:
         self.log = log
+        # Who "cannot write its log" in a refusal: a client tries several nodes,
+        # and its last try's error is the one its caller reads.
+        self.who = f"node {node_id}" if node_id else "this node"
         self.snapshot = snapshot
         self.max_batch = max_batch
         self.max_held = max_held
@@ -146,7 +149,7 @@ class LogWriter:
             raise ShuttingDown("the node is stopping: its log is closed")
         self._wake.set()         # a background fsync failure: let the writer see it now
         cause = _describe(self.fault or self.log.failure)
-        raise Busy(f"this node cannot write its log ({cause}); it takes no new tasks until a write "
+        raise Busy(f"{self.who} cannot write its log ({cause}); it takes no new tasks until a write "
                    "succeeds -- retry on another node or later", reason="storage")
 
     # -- the writer greenlet ------------------------------------------------------------------
