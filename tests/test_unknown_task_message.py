@@ -3,6 +3,8 @@ of that name (``UnknownTask``): the names the worker's app has, the one
 most likely meant first."""
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 import miyaq
@@ -57,3 +59,44 @@ def test_the_worker_reports_it_to_the_producer(node, client, thread_worker):
         client.call("__main__.triple", [1], max_retries=0, timeout=20)
     assert err.value.remote_type == "UnknownTask"
     assert f"its app has '{__name__}.triple' (a task of a script run as __main__" in err.value.remote_message
+
+
+def test_the_worker_logs_a_name_it_has_no_handler_for(node, client, thread_worker, caplog):
+    """Fault: a producer submits a name the worker's app does not have (a
+    typo, or a worker deployed without the module that registers it).
+    Before 2026-12-07 the worker's log said nothing of it at any level --
+    every other failed attempt has a line there, and Celery's worker logs
+    "Received unregistered task" -- so the operator watching the worker
+    saw tasks vanish into retries and the dead-letter queue. Now each such
+    attempt has a WARNING naming the task, the name and what the app has;
+    a flood of unknown names, which a producer chooses freely, shares one
+    bounded kind of line."""
+    app = two_task_app()
+    with caplog.at_level(logging.INFO, logger="miyaq.worker.tasks"):
+        thread_worker(app, node.endpoint)
+        with pytest.raises(miyaq.TaskFailed) as err:
+            client.call("emails.sned", [1], id="typo-1", max_retries=1, backoff=0.05, timeout=20)
+        assert err.value.remote_type == "UnknownTask"
+        heads = [r for r in caplog.records if r.name == "miyaq.worker.tasks"]
+    said = [r.getMessage() for r in heads]
+    assert len(said) == 2, said
+    for attempt, line in enumerate(said, 1):
+        assert f"task typo-1 (emails.sned) attempt {attempt} on queue default failed: UnknownTask: " \
+               "no handler named 'emails.sned' in worker " in line, line
+        assert "its app's tasks: 'emails.send'" in line, line
+    assert all(r.levelno == logging.WARNING for r in heads)
+
+
+def test_unknown_names_share_one_bounded_kind_of_line(monkeypatch, caplog):
+    """Fault: a producer floods a worker with names its app does not have,
+    each new. The lines are bounded like a poison task's (LINES_PER_MINUTE,
+    the rest counted): unknown names are not the app's, so they cannot
+    each have a kind of their own."""
+    from miyaq.logs import LogLimiter
+    from miyaq.worker import failures
+    monkeypatch.setattr(failures, "_log", LogLimiter(failures.logger, burst=failures.LINES_PER_MINUTE))
+    with caplog.at_level(logging.INFO, logger="miyaq.worker.tasks"):
+        for i in range(200):
+            failures.log_unknown("w1", f"t{i}", f"name{i}", 1, "default", f"no handler named 'name{i}'")
+    said = [r.getMessage() for r in caplog.records if r.name == "miyaq.worker.tasks"]
+    assert len(said) == failures.LINES_PER_MINUTE, said

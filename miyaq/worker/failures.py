@@ -15,13 +15,18 @@ to the node with the task, never to the worker. So:
   too large or not packable, a body that is not ``[args, kwargs]``): ERROR;
 - ``Retry`` and ``Reject`` raised on purpose, and a cancel: INFO, without a
   traceback (the handler chose it);
-- a timeout: nothing here, the watchdog's own WARNING said it.
+- a timeout: nothing here, the watchdog's own WARNING said it;
+- a name the worker's app has no handler for (``UnknownTask``: a typo in
+  the producer, a worker deployed without the module that registers it):
+  WARNING, with what the app has (:func:`log_unknown`) -- retried, as the
+  node may find a worker that has it.
 
 A poison task failing thousands of times a second must not flood the log:
 each task name has at most :data:`LINES_PER_MINUTE` such lines a minute of
 each kind (failures, retries, rejects, cancels), and the next line let
 through says how many were left out (``miyaq.logs.LogLimiter``). Task
-names are those of the worker's app, so the kinds are bounded. A task
+names are those of the worker's app, so the kinds are bounded; unknown
+names, which a producer chooses freely, share one kind (``unknown task``). A task
 that succeeds costs nothing here: only a FAILED report calls
 :func:`log_outcome`. Before 2026-12-06 a worker logged none of this, even
 at DEBUG: the error was the node's (``miyaq status ID``) and only its
@@ -102,3 +107,15 @@ def log_outcome(wid: str, job: Job, error: dict[str, Any]) -> None:
     else:
         _log.log(logging.ERROR, f"{job.name} failure", "worker %s: task %s (%s) attempt %s on queue %s failed for "
                  "good: %s: %s (not retried)", *where, kind, message, extra={TRACEBACK_KEY: error.get("traceback")})
+
+
+def log_unknown(wid: str, task_id: str, name: object, attempt: object, queue: object, message: str) -> None:
+    """Log one attempt of a task whose ``name`` the worker's app has no
+    handler for, at WARNING with ``message`` (what the app has instead).
+    Every such line is of one kind, bounded as the others are: the names
+    are the producer's, not the app's, so a flood of new ones must not
+    each have lines of their own. Before 2026-12-07 the worker said
+    nothing of it (only the node's dead letter, attempts later)."""
+    _log.log(logging.WARNING, "unknown task", "worker %s: task %s (%s) attempt %s on queue %s failed: "
+             "UnknownTask: %s (retried, in case another worker has it; is the module that registers it "
+             "imported by this worker's app?)", wid, task_id, name, attempt, queue, message)

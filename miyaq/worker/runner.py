@@ -46,6 +46,7 @@ from ..security.curve import client_curve
 from .aio import AsyncLoop
 from .config import POOL_READY_WAIT, WorkerConfig, checked_queues
 from .execute import Interrupted, TaskTimeout
+from .failures import log_unknown
 from .intake import Intake
 from .jobs import Backlog, Job, current
 from .link import NodeLink
@@ -189,9 +190,9 @@ class Worker(Intake, Stopping):
         task_id, name, attempt = d[0], d[2], d[4]
         tdef = self.app.tasks.get(name)
         if tdef is None:
-            self.reports.failure(link, task_id, attempt, {
-                "type": "UnknownTask", "retry": True,
-                "message": self.app.unknown_task(name, f"worker {self.wid}")})
+            message = self.app.unknown_task(name, f"worker {self.wid}")
+            log_unknown(self.wid, task_id, name, attempt, d[1], message)
+            self.reports.failure(link, task_id, attempt, {"type": "UnknownTask", "retry": True, "message": message})
             return True
         job = Job(d, tdef.fn, tdef.is_async, link.endpoint, received)
         job.executor = self.aio if job.is_async and self.aio is not None else self.pool
