@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, ParamSpec, TypeVar, U
 from .client.arguments import endpoint_list
 from .client.client import TASK_OPTIONS, Client, pack_args
 from .client.options import ClientOptions
+from .client.wire import unknown_options
 from .config import MAX_REPLICAS, MAX_RETRIES, YEAR
 from .devstate import default_connect
 from .errors import ConfigError, InvalidField
@@ -136,7 +137,7 @@ class App:
         a name registered twice, or ``fn`` not a function."""
         unknown = set(options) - set(TASK_OPTIONS)
         if unknown:
-            raise ConfigError(f"unknown task option(s): {', '.join(sorted(unknown))}")
+            raise ConfigError(unknown_options(unknown))
 
         def register(fn: Callable[..., Any]) -> TaskDef[..., Any]:
             if not callable(fn):

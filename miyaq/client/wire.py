@@ -16,6 +16,50 @@ TASK_OPTIONS = ("queue", "priority", "eta", "countdown", "ttl", "max_retries", "
                 "backoff_max", "timeout", "key", "replicas", "at_most_once", "offset")
 _OPTION_SET = frozenset(TASK_OPTIONS)
 
+#: What another task queue's task option is called here, or why there is none:
+#: said by :func:`unknown_options` for a name a Celery, Dramatiq or RQ user types
+#: (docs/celery.md). Keys are the other libraries' names, never miyaq's own.
+FOREIGN_OPTIONS = {
+    "time_limit": "the lease is 'timeout', in seconds (a handler past it without ctx.touch() is stopped and "
+                  "the attempt fails)",
+    "soft_time_limit": "the lease is 'timeout', in seconds; there is no soft limit",
+    "job_timeout": "the lease is 'timeout', in seconds",
+    "expires": "'ttl': seconds from acceptance within which the task must start",
+    "default_retry_delay": "'backoff': the base of the exponential retry delay, in seconds",
+    "retry_backoff": "'backoff': the base of the exponential retry delay, in seconds",
+    "retry_backoff_max": "'backoff_max', in seconds",
+    "min_backoff": "'backoff', in seconds (not milliseconds)",
+    "max_backoff": "'backoff_max', in seconds (not milliseconds)",
+    "autoretry_for": "every exception is retried up to 'max_retries' (default 3); raise miyaq.Reject to fail "
+                     "without retrying",
+    "retry_for": "every exception is retried up to 'max_retries' (default 3); raise miyaq.Reject to fail "
+                 "without retrying",
+    "bind": "call miyaq.current_task() inside the handler for its id, attempt and touch()",
+    "ignore_result": "results are always kept, for the node's result_ttl",
+    "store_results": "results are always kept, for the node's result_ttl",
+    "result_ttl": "results are kept for the node's result_ttl (a node setting)",
+    "acks_late": "a task whose worker is lost runs again by default; at_most_once=True never runs it twice",
+    "reject_on_worker_lost": "a task whose worker is lost runs again by default; at_most_once=True never runs "
+                             "it twice",
+    "rate_limit": "rates are per queue, on the node: `miyaq queue limit QUEUE --rate R`",
+    "serializer": "arguments and results are always msgpack",
+    "queue_name": "'queue'",
+    "actor_name": "'name'",
+    "routing_key": "'queue'",
+}
+
+
+def unknown_options(unknown: Iterable[str]) -> str:
+    """The message for task options not in :data:`TASK_OPTIONS`: each name,
+    what it is called here when another task queue's (:data:`FOREIGN_OPTIONS`),
+    and the options there are. Names are shown with ``repr`` and at most
+    five of them, so a caller's typo list keeps the message one short line."""
+    names = sorted(str(n) for n in unknown)
+    said = [f"{n!r} ({FOREIGN_OPTIONS[n]})" if n in FOREIGN_OPTIONS else repr(n) for n in names[:5]]
+    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    return (f"unknown task option(s): {', '.join(said)}{more}; the task options are {', '.join(TASK_OPTIONS)} "
+            "(docs/python-api.md; coming from Celery: docs/celery.md)")
+
 
 _ID_BYTES = 16
 _POOL_BYTES = _ID_BYTES * 256
@@ -106,7 +150,7 @@ def options_wire(options: Mapping[str, Any]) -> dict[str, Any]:
         return {}
     unknown = options.keys() - _OPTION_SET
     if unknown:
-        raise TypeError(f"unknown task option(s): {', '.join(sorted(unknown))}")
+        raise TypeError(unknown_options(unknown))
     wire = {k: v for k, v in options.items() if v is not None}
     eta = wire.get("eta")
     if eta is not None and hasattr(eta, "timestamp"):
