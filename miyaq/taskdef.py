@@ -27,7 +27,7 @@ from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Iterable, ParamSpec
                     TypeVar, Unpack, overload)
 
 from .client.client import TASK_OPTIONS, Client
-from .client.wire import task_wire
+from .client.wire import FOREIGN_OPTIONS, task_wire
 from .client.options import TaskOptions
 from .client.handle import TaskHandle
 from .taskdef_aio import AioTaskCalls
@@ -85,6 +85,49 @@ def runs_async(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(getattr(type(fn), "__call__", None))
 
 
+class _Shape:
+    """A handler's parameters when they are all named ones (positional or
+    keyword, keyword-only: no ``*args``, ``**kwargs`` nor positional-only),
+    for :meth:`TaskDef._check` to tell a call it takes without
+    ``Signature.bind`` (a tenth of its cost): Python's own rule, so never
+    "takes" for a call it refuses; any doubt goes to ``bind``."""
+
+    __slots__ = ("keywords", "given", "left")
+
+    def __init__(self, params: list[inspect.Parameter]) -> None:
+        positional = [p for p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
+        required_keywords = [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
+        #: Every parameter's name: what a keyword argument may be.
+        self.keywords = frozenset(p.name for p in params)
+        #: By the count of positional arguments (0 to all of them): the names they fill ...
+        self.given = [frozenset(p.name for p in positional[:n]) for n in range(len(positional) + 1)]
+        #: ... and the names still required of keywords then.
+        self.left = [frozenset([*(p.name for p in positional[n:] if p.default is p.empty), *required_keywords])
+                     for n in range(len(positional) + 1)]
+
+    def takes(self, count: int, kwargs: dict[str, Any] | None) -> bool:
+        """Whether the handler takes ``count`` positional arguments and ``kwargs``."""
+        if count >= len(self.given):
+            return False
+        if not kwargs:
+            return not self.left[count]
+        keys = kwargs.keys()
+        return keys <= self.keywords and keys.isdisjoint(self.given[count]) and self.left[count] <= keys
+
+
+def _parameters(fn: Callable[..., Any]) -> tuple[inspect.Signature | None, _Shape | None]:
+    """``fn``'s signature (None when it cannot be read: a builtin, some C
+    callables), and its :class:`_Shape` when it has only named parameters."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None, None
+    params = list(signature.parameters.values())
+    if any(p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in params):
+        return signature, None
+    return signature, _Shape(params)
+
+
 P = ParamSpec("P")
 #: The handler's return type (covariant: a ``TaskDef[P, int]`` is a ``TaskDef[P, object]``).
 R = TypeVar("R", covariant=True)
@@ -110,6 +153,7 @@ class TaskDef(AioTaskCalls[P, R]):
         self.options = options
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
+        self._signature, self._shape = _parameters(fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(*args, **kwargs)
@@ -117,7 +161,10 @@ class TaskDef(AioTaskCalls[P, R]):
     def __repr__(self) -> str:
         return f"<TaskDef {self.name} queue={self.options.get('queue', 'default')}>"
 
-    def _split(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _split(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The task options and the handler's keyword arguments of a
+        ``submit``/``call``, once :meth:`_check` found that the handler
+        takes ``args`` and those keyword arguments."""
         options = dict(self.options)
         handler_kwargs = {}
         for k, v in kwargs.items():
@@ -125,7 +172,32 @@ class TaskDef(AioTaskCalls[P, R]):
                 options[k] = v
             else:
                 handler_kwargs[k] = v
+        self._check(args, handler_kwargs)
         return options, handler_kwargs
+
+    def _check(self, args: Iterable[Any], kwargs: dict[str, Any] | None) -> None:
+        """TypeError, before anything is sent, when the handler cannot be
+        called with ``args`` and ``kwargs`` (a missing or an extra argument,
+        an unknown keyword): the worker would fail every attempt of the
+        task with that TypeError, retried and then dead-lettered, as Celery
+        checks at ``delay()``. A handler of named parameters costs a few
+        comparisons (:class:`_Shape`), others ``Signature.bind``; a handler whose
+        signature cannot be read (a builtin) is not checked."""
+        if not isinstance(args, (tuple, list)):
+            return      # an iterable the client reads once: left to it
+        shape = self._shape
+        if shape is not None and shape.takes(len(args), kwargs):
+            return
+        signature = self._signature
+        if signature is None:
+            return
+        try:
+            signature.bind(*args, **(kwargs or {}))
+        except TypeError as exc:
+            hints = [f"; '{k}' is not a miyaq option: {FOREIGN_OPTIONS[k]}" for k in (kwargs or {})
+                     if k in FOREIGN_OPTIONS and k not in signature.parameters]
+            raise TypeError(f"task {self.name!r} not sent: its handler {getattr(self.fn, '__name__', 'fn')}"
+                            f"{signature} cannot take these arguments ({exc}){''.join(hints[:3])}") from None
 
     @overload
     def submit(self: TaskDef[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> TaskHandle[T]: ...
@@ -188,7 +260,7 @@ class TaskDef(AioTaskCalls[P, R]):
     @overload
     def submit(self: _Returns[T], *a: Any, wait: bool, **kw: Any) -> TaskHandle[T]: ...
     def submit(self, *args: Any, **kwargs: Any) -> TaskHandle[Any]:
-        options, handler_kwargs = self._split(kwargs)
+        options, handler_kwargs = self._split(args, kwargs)
         return self.app.client.submit(self.name, args, handler_kwargs, **options)
 
     @overload
@@ -199,6 +271,7 @@ class TaskDef(AioTaskCalls[P, R]):
                     **options: Unpack[SubmitOptions]) -> TaskHandle[T]: ...
     def submit_with(self, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None,
                     **options: Unpack[SubmitOptions]) -> TaskHandle[Any]:
+        self._check(args, kwargs)
         merged = {**self.options, **options}
         return self.app.client.submit(self.name, args, kwargs, **merged)
 
@@ -266,7 +339,7 @@ class TaskDef(AioTaskCalls[P, R]):
         """Submit and wait for the result (:meth:`miyaq.Client.call`);
         ``timeout`` is the wait, the task's lease the decorator's (or the
         node's default): ``Client.call`` takes none, so the entry is built here."""
-        options, handler_kwargs = self._split(kwargs)
+        options, handler_kwargs = self._split(args, kwargs)
         options.pop("wait", None)
         task_id = options.pop("id", None)
         return self.app.client._call_wire(task_wire(self.name, args, handler_kwargs, options), task_id, timeout)

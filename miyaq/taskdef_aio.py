@@ -45,7 +45,7 @@ class AioTaskCalls(Generic[P, R]):
         app: AioApp
         name: str
 
-        def _split(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]: ...
+        def _split(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]: ...
 
     @overload
     async def submit_async(self: AioTaskCalls[P, Awaitable[T]], *args: P.args,
@@ -110,7 +110,7 @@ class AioTaskCalls(Generic[P, R]):
     async def submit_async(self: _Returns[T], *a: Any, wait: bool, **kw: Any) -> AioTaskHandle[T]: ...
     async def submit_async(self, *args: Any, **kwargs: Any) -> AioTaskHandle[Any]:
         """:meth:`~miyaq.taskdef.TaskDef.submit` from asyncio code, through the app's ``miyaq.aio`` client."""
-        options, handler_kwargs = self._split(kwargs)
+        options, handler_kwargs = self._split(args, kwargs)
         return await self.app.aio.submit(self.name, args, handler_kwargs, **options)
 
     @overload
@@ -175,7 +175,7 @@ class AioTaskCalls(Generic[P, R]):
     async def call_async(self: _Returns[T], *a: Any, wait: bool, **kw: Any) -> T: ...
     async def call_async(self, *args: Any, timeout: Any = 60.0, **kwargs: Any) -> Any:
         """:meth:`~miyaq.taskdef.TaskDef.call` from asyncio code: submit, wait for acceptance, then for the result."""
-        options, handler_kwargs = self._split(kwargs)
+        options, handler_kwargs = self._split(args, kwargs)
         options["wait"] = True
         handle = await self.app.aio.submit(self.name, args, handler_kwargs, **options)
         return await handle.result(timeout)
