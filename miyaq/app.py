@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import inspect
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterable, ParamSpec, TypeVar, Unpack, overload
 
@@ -43,6 +44,23 @@ SCHEDULE_OPTIONS = ("queue", "priority", "timeout", "max_retries", "ttl")
 _OWN_SCHEDULE_OPTIONS = ("ttl",)
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+def _refused_arguments(fn: Any, args: Iterable[Any], kwargs: dict[str, Any] | None) -> str | None:
+    """Why ``fn`` cannot be called with ``args`` and ``kwargs`` (``bind``'s
+    TypeError), or None: it can, or its signature cannot be read, or ``args``
+    is not a list or tuple (an iterable already read)."""
+    if not callable(fn) or not isinstance(args, (list, tuple)):
+        return None
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    try:
+        signature.bind(*args, **(kwargs or {}))
+    except TypeError as exc:
+        return str(exc)
+    return None
 
 
 class App:
@@ -198,6 +216,10 @@ class App:
                 raise ConfigError(f"@app.periodic on {task_name}: {err.message}") from None
             if schedule.name in self.schedules:
                 raise ConfigError(f"a periodic schedule named {schedule.name!r} is already registered")
+            refused = _refused_arguments(existing.fn if existing else fn, args, kwargs)
+            if refused:
+                raise ConfigError(f"@app.periodic on {task_name}: its handler cannot take the schedule's args and "
+                                  f"kwargs ({refused}): every tick would fail")
             # The handler it registers takes the schedule's task options, not its own
             # (before 2026-12-07 its ttl went too: every submit of the handler had it).
             task_options = {k: v for k, v in options.items() if k not in _OWN_SCHEDULE_OPTIONS}

@@ -84,6 +84,35 @@ def test_bad_schedules_are_refused_when_declared(options, words):
     assert app.schedules == {} and app.tasks == {}
 
 
+def build_report(kind, full=False):
+    return [kind, full]
+
+
+@pytest.mark.parametrize("args,kwargs,words", [
+    ([], None, "missing a required argument: 'kind'"),
+    (["daily", True, "extra"], None, "too many positional arguments"),
+    (["daily"], {"fulll": True}, "got an unexpected keyword argument 'fulll'"),
+])
+def test_schedule_arguments_the_handler_cannot_take_are_refused_when_declared(args, kwargs, words):
+    """Fault: ``@app.periodic(..., args=[...])`` whose arguments the handler
+    cannot take (one missing, one too many, a misspelt keyword). Before
+    2026-12-07 the schedule was registered and every tick's task failed
+    in the worker with that TypeError, retried, then dead-lettered -- a
+    dead letter a tick for as long as the schedule ran. Now ConfigError at
+    import time, nothing registered; an existing task scheduled so too."""
+    app = miyaq.App()
+    with pytest.raises(ConfigError, match=f"@app.periodic on report: its handler cannot take the "
+                                          f"schedule's args and kwargs \\({words}"):
+        app.periodic(every=60, name="report", args=args, kwargs=kwargs)(build_report)
+    assert app.schedules == {} and app.tasks == {}
+    task = app.task(build_report, name="reports.build")
+    with pytest.raises(ConfigError, match=words):
+        app.periodic(every=60, name="report", args=args, kwargs=kwargs)(task)
+    assert app.schedules == {} and list(app.tasks) == ["reports.build"]
+    app.periodic(every=60, name="report", args=["daily"], kwargs={"full": True})(task)
+    assert list(app.schedules) == ["report"]
+
+
 def test_schedule_names_are_unique_and_stack_over_tasks():
     """No fault: one task, two schedules (stacked), a third name clash refused."""
     app = miyaq.App()
