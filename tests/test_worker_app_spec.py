@@ -50,6 +50,17 @@ def test_a_dot_written_for_the_colon_is_named(module_here):
     assert f"did you mean '{module_here}:app'?" in message, message
 
 
+@pytest.mark.parametrize("written,meant", [("{m}.py", "{m}:app"), ("{m}.py:app", "{m}:app"),
+                                            ("./{m}.py", "{m}:app")])
+def test_the_file_name_written_for_the_module_is_named(module_here, written, meant):
+    """Mistake: ``miyaq worker tasks.py`` (the file, as ``python tasks.py``
+    takes it). Before 2026-12-07 the hint said "did you mean 'tasks:py'?",
+    which fails the same way; now it names the module, ``tasks:app``."""
+    message = refusal(written.format(m=module_here))
+    assert f"did you mean '{meant.format(m=module_here)}'?" in message, message
+    assert ":py'" not in message, message
+
+
 def test_a_mistyped_attribute_names_the_module_s_app(module_here):
     """Mistake: ``miyaq worker tasks:ap``. Before, "'tasks:ap' is not a
     miyaq.App", as if ``ap`` were there and of the wrong kind."""

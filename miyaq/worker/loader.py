@@ -20,6 +20,9 @@ def load_app(spec: str) -> App:
     an attribute the module does not have or that is not a ``miyaq.App``
     (naming the module's Apps)."""
     module_name, _, attr = spec.partition(":")
+    if module_name.endswith(".py") and os.sep in module_name and os.path.isfile(module_name):
+        # ``./tasks.py``: importlib takes it for a relative import (a TypeError)
+        raise ConfigError(f"cannot import {module_name!r}: it is a file{_file_hint(spec, module_name)}")
     here = _cwd()
     if here is not None and here not in sys.path and "" not in sys.path:
         sys.path.insert(0, here)     # `miyaq worker tasks:app` from the app's directory
@@ -45,7 +48,10 @@ def load_app(spec: str) -> App:
 
 def _import_hint(spec: str, module_name: str, exc: ImportError) -> str:
     """What to try when ``module_name`` cannot be imported: ``tasks.app``
-    written for ``tasks:app``, or a module not found from here."""
+    written for ``tasks:app``, ``tasks.py`` (the file) for ``tasks``, or a
+    module not found from here."""
+    if module_name.endswith(".py") and isinstance(exc, ModuleNotFoundError):
+        return _file_hint(spec, module_name)
     if ":" not in spec and "." in module_name and isinstance(exc, ModuleNotFoundError) and exc.name == module_name:
         parent, _, last = module_name.rpartition(".")
         try:
@@ -60,6 +66,16 @@ def _import_hint(spec: str, module_name: str, exc: ImportError) -> str:
         return (f" (looked for from {where} and the Python path: run the worker from the directory "
                 f"that holds it, or add that directory to PYTHONPATH)")
     return ""
+
+
+def _file_hint(spec: str, module_name: str) -> str:
+    """The module a file name given for it (``tasks.py``, ``./tasks.py``,
+    ``src/tasks.py``) stands for: its name without ``.py``, from the
+    directory that holds it."""
+    directory, _, file = module_name.rpartition(os.sep)
+    attr = spec.partition(":")[2] or "app"
+    where = f", run in {directory}" if directory not in ("", ".") else ""
+    return f" (the worker takes a module, not a file: did you mean '{file[:-3]}:{attr}'{where}?)"
 
 
 def _cwd() -> str | None:
