@@ -29,6 +29,7 @@ from miyaq.periodic.specs import ScheduleTable
 from miyaq.protocol import commands as c
 from miyaq.protocol.periodic import Declared, Schedule, schedule_from_wire, tick_label
 from miyaq.testing.harness import wait_for
+from miyaq.core.task_names import TaskNames
 
 pytestmark = pytest.mark.timeout(60)
 TICK_ID = re.compile(r"^periodic-(?P<name>[\w.:-]+)-(?P<s>\d+)(?:\.(?P<ms>\d{3}))?$")
@@ -205,7 +206,7 @@ def scheduler(answers: list[str] | None = None) -> tuple[PeriodicScheduler, Fake
     """A scheduler over stubs (only what it touches): a role that leads, one worker w1 connected."""
     role = SimpleNamespace(is_leader=True, new_intake=lambda ack: None, add_leader_listener=lambda fn: None)
     sched = PeriodicScheduler(NodeConfig(node_id="stub"), SimpleNamespace(accepting=True),  # type: ignore[arg-type]
-                              SimpleNamespace(by_wid={"w1": 1}), role, None)  # type: ignore[arg-type]
+                              SimpleNamespace(by_wid={"w1": 1}, task_names=TaskNames()), role, None)  # type: ignore[arg-type]
     sched._on_leadership(True, 1)
     sched._intake = FakeIntake(sched, answers)
     sched.declare([Schedule("m", "t", every_ms=10_000)], "w1", 0.0)
@@ -317,6 +318,46 @@ def make_app(runs: list[str], every: float = 0.5) -> miyaq.App:
         runs.append(miyaq.current_task().id)
 
     return app
+
+
+def test_ticks_no_worker_of_the_queue_runs_are_held_back_not_dead_lettered(node, client, thread_worker):
+    """Fault: a schedule's workers are gone (the schedule removed from the
+    code, the app redeployed elsewhere, or down) while another app's
+    workers serve the same queue. The node keeps the schedule for an hour
+    (docs/periodic.md, step 6), and before 2026-12-07 it fired every tick
+    all that time: each went to the other app's worker, failed
+    ``UnknownTask`` and was dead-lettered -- a dead letter a tick (840 in
+    15 minutes of an ``every=1`` schedule in a Celery team's trial), where
+    the page said its tasks wait for a worker. Now such a tick is held
+    back (STATUS ``periodic.held_back``), nothing dead-lettered; the
+    schedule fires again once a worker that runs its task is back."""
+    runs: list[str] = []
+    scheduled = miyaq.App()
+
+    @scheduled.periodic(every=0.2, name="beat", max_retries=0)
+    def beat():
+        runs.append(miyaq.current_task().id)
+
+    other = miyaq.App()
+    other.task(lambda: None, name="other.job")
+    first = thread_worker(scheduled, node.endpoint)
+    thread_worker(other, node.endpoint)
+    wait_for(lambda: runs, timeout=20, what="a tick run by the schedule's worker")
+    first.stop()
+    stopped = time.time()       # ticks fired before may be given back and dead-lettered: they were sent
+
+    def dead_after() -> list[str]:
+        ids = [t["id"] for t in client.dead("list")["tasks"]]
+        return [i for i in ids if tick_of(i) / 1000 > stopped + 0.25]
+
+    wait_for(lambda: client.status()["periodic"].get("held_back", 0) >= 3 or dead_after(),
+             timeout=20, what="ticks held back, or dead-lettered")
+    assert dead_after() == []
+    assert client.status()["periodic"]["held_back"] >= 3
+    ran = len(runs)
+    thread_worker(scheduled, node.endpoint)
+    wait_for(lambda: len(runs) > ran, timeout=20, what="a tick once the schedule's worker is back")
+    assert dead_after() == []
 
 
 def test_standalone_node_fires_each_tick_once(node, client, thread_worker):

@@ -28,6 +28,7 @@ from miyaq.periodic.specs import ScheduleTable
 from miyaq.protocol import commands as c
 from miyaq.protocol.periodic import Declared, Schedule, schedule_from_wire, schedules_from_wire
 from miyaq.testing.harness import wait_for
+from miyaq.core.task_names import TaskNames
 
 pytestmark = pytest.mark.timeout(60)
 T0 = 1_700_000_000.0
@@ -41,7 +42,7 @@ def engine_scheduler(spec: dict[str, Any]) -> tuple[PeriodicScheduler, Engine]:
     engine = Engine(config)
     role = SimpleNamespace(is_leader=True, new_intake=lambda ack: LocalIntake(engine, ack),
                            add_leader_listener=lambda fn: None)
-    sched = PeriodicScheduler(config, engine, SimpleNamespace(by_wid={"w1": 1}), role,  # type: ignore[arg-type]
+    sched = PeriodicScheduler(config, engine, SimpleNamespace(by_wid={"w1": 1}, task_names=TaskNames()), role,  # type: ignore[arg-type]
                               None)  # type: ignore[arg-type]
     sched._on_leadership(True, 1)
     sched.declare(schedules_from_wire([spec], ["sweep"]), "w1", T0 - 60)

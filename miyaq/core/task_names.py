@@ -186,6 +186,17 @@ class TaskNames:
         name = task.name
         return any(name in names for names in lists if names is not None)
 
+    def runs_nowhere(self, queue: str, name: str) -> bool:
+        """Whether ``queue`` has registered workers and none of them runs
+        ``name``: every one declared its names, none this one. A task of
+        that name sent now would fail ``UnknownTask`` at each attempt and be
+        dead-lettered; the periodic scheduler holds such a tick back. False
+        with no worker on the queue (a task waits there for one)."""
+        lists = self.by_queue.get(queue)
+        if not lists or None in lists:
+            return False
+        return not any(name in names for names in lists if names is not None)
+
 
 def names_row(names: NameSet | None, head: Head) -> dict[str, Any]:
     """A worker row's ``names`` (and ``names_more``): ``"any"`` when the

@@ -48,6 +48,7 @@ from miyaq.core.engine import Engine
 from miyaq.core.handles import Intake, NodeRole
 from miyaq.core.workers import WorkerRegistry
 from miyaq.errors import MiyaqError
+from miyaq.logs import LogLimiter
 from miyaq.constants import SPEC_TTL
 from miyaq.periodic.specs import ScheduleTable, SpecPublisher
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE
@@ -57,6 +58,8 @@ from miyaq.runtime import RESTART, Supervisor, green, wall
 
 logger = logging.getLogger(__name__)
 
+#: Lines a minute saying a tick was held back, for all schedules (the rest counted).
+_held_log = LogLimiter(logger, burst=5)
 IDENTITY = b"\x00periodic"   # the "client" of internal submits; its acks come back to _acked
 
 
@@ -122,7 +125,7 @@ class PeriodicScheduler:
         self.next_at: dict[str, int] = {}         # when to look at a schedule again (ms)
         self.pending: dict[str, tuple[str, int]] = {}   # task id -> (schedule, tick)
         self.confirmed: list[tuple[str, int]] = []
-        self.fired = self.already = self.rejected = self.missed = 0
+        self.fired = self.already = self.rejected = self.missed = self.held_back = 0
         self._intake: Intake = role.new_intake(self._acked)
         # The node's after-burst step (Clockwork.wake), run once a step that
         # submitted something: a tick's task, ready on a standalone node
@@ -270,6 +273,9 @@ class PeriodicScheduler:
             self.last[name] = done = due
             self.sent.pop(name, None)
         if due is not None and due > done:
+            if self.workers.task_names.runs_nowhere(s.queue, s.task):
+                self._hold_back(s, due, now)
+                return
             following = s.next_tick(done)
             if following is not None and following < due:
                 self.missed += 1
@@ -294,6 +300,22 @@ class PeriodicScheduler:
         self.submits += 1
         self._intake.submit(task, now, IDENTITY)
         self._intake.flush()
+
+    def _hold_back(self, s: Schedule, tick: int, now: float) -> None:
+        """Do not fire ``tick``: the workers of the schedule's queue all run
+        other tasks (the schedule's own workers gone, another app's serving
+        the queue), so its task would fail ``UnknownTask`` at every attempt
+        and be dead-lettered -- a dead letter a tick for the hour a schedule
+        outlives its workers (before 2026-12-07). Counted ``held_back``;
+        the next tick fires if a worker that runs the task is back, and a
+        queue with no worker at all still gets its ticks (they wait there)."""
+        self.held_back += 1
+        self.sent[s.name] = tick
+        nxt = s.next_tick(tick)
+        self.next_at[s.name] = nxt if nxt is not None else int(now * 1000) + NO_NEXT_TICK_MS
+        _held_log.warning("held back", "periodic schedule %s: tick %s not fired: the workers of queue "
+                          "%s do not run task %s (it would be dead-lettered UnknownTask); its next tick fires "
+                          "once a worker that runs it is registered", s.name, tick_label(tick), s.queue, s.task)
 
     def _acked(self, identity: bytes, result: list[Any]) -> None:
         """The intake's answer for one of our submits (never blocks)."""
@@ -364,7 +386,8 @@ class PeriodicScheduler:
 
     def stats(self) -> dict[str, Any]:
         return {"schedules": len(self.specs), "leading": self.leading(), "epoch": self.epoch, "fired": self.fired,
-                "already_fired": self.already, "rejected": self.rejected, "missed": self.missed}
+                "already_fired": self.already, "rejected": self.rejected, "missed": self.missed,
+                "held_back": self.held_back}
 
 
 def _tick_between(s: Schedule, earlier: int, later: int) -> bool:

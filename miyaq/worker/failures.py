@@ -18,8 +18,8 @@ to the node with the task, never to the worker. So:
 - a timeout: nothing here, the watchdog's own WARNING said it;
 - a name the worker's app has no handler for (``UnknownTask``: a typo in
   the producer, a worker deployed without the module that registers it):
-  WARNING, with what the app has (:func:`log_unknown`) -- retried, as the
-  node may find a worker that has it.
+  WARNING, with what the app has (:func:`log_unknown`) -- retried unless
+  its retries are spent, as the node may find a worker that has it.
 
 A poison task failing thousands of times a second must not flood the log:
 each task name has at most :data:`LINES_PER_MINUTE` such lines a minute of
@@ -117,5 +117,5 @@ def log_unknown(wid: str, task_id: str, name: object, attempt: object, queue: ob
     each have lines of their own. Before 2026-12-07 the worker said
     nothing of it (only the node's dead letter, attempts later)."""
     _log.log(logging.WARNING, "unknown task", "worker %s: task %s (%s) attempt %s on queue %s failed: "
-             "UnknownTask: %s (retried, in case another worker has it; is the module that registers it "
-             "imported by this worker's app?)", wid, task_id, name, attempt, queue, message)
+             "UnknownTask: %s (the node runs it again unless its retries are spent; is the module that "
+             "registers it imported by this worker's app?)", wid, task_id, name, attempt, queue, message)
