@@ -61,7 +61,7 @@ def test_the_worker_reports_it_to_the_producer(node, client, thread_worker):
     assert f"its app has '{__name__}.triple' (a task of a script run as __main__" in err.value.remote_message
 
 
-def test_the_worker_logs_a_name_it_has_no_handler_for(node, client, thread_worker, caplog):
+def test_the_worker_logs_a_name_it_has_no_handler_for(node, client, thread_worker, caplog, monkeypatch):
     """Fault: a producer submits a name the worker's app does not have (a
     typo, or a worker deployed without the module that registers it).
     Before 2026-12-07 the worker's log said nothing of it at any level --
@@ -71,6 +71,10 @@ def test_the_worker_logs_a_name_it_has_no_handler_for(node, client, thread_worke
     attempt has a WARNING naming the task, the name and what the app has;
     a flood of unknown names, which a producer chooses freely, shares one
     bounded kind of line."""
+    from miyaq.logs import LogLimiter
+    from miyaq.worker import failures
+    # a limiter of its own: the module's is shared with the other tests of this process
+    monkeypatch.setattr(failures, "_log", LogLimiter(failures.logger, burst=failures.LINES_PER_MINUTE))
     app = two_task_app()
     with caplog.at_level(logging.INFO, logger="miyaq.worker.tasks"):
         thread_worker(app, node.endpoint)
