@@ -230,8 +230,14 @@ class App:
         return register(fn) if fn is not None else register
 
     def queues(self) -> list[str]:
-        """Every queue a registered task names (default included if used)."""
-        return sorted({t.options.get("queue", "default") for t in self.tasks.values()}) or ["default"]
+        """Every queue a registered task or a periodic schedule names (default
+        included if used): what ``miyaq worker`` consumes unless told. A
+        schedule's ``queue`` may differ from its task's (``@app.periodic(queue=
+        "reports")`` over an ``@app.task`` of ``default``); before 2026-12-07
+        it was left out, and no worker of the app took its ticks."""
+        named = {t.options.get("queue", "default") for t in self.tasks.values()}
+        named.update(s.get("queue", "default") for s in self.schedules.values())
+        return sorted(named) or ["default"]
 
     def unknown_task(self, name: Any, where: str) -> str:
         """The message of the ``UnknownTask`` failure a worker (``where``:

@@ -360,6 +360,27 @@ def test_ticks_no_worker_of_the_queue_runs_are_held_back_not_dead_lettered(node,
     assert dead_after() == []
 
 
+def test_a_schedule_of_another_queue_than_its_task_is_consumed_by_the_app_s_workers(node, client, thread_worker):
+    """Fault: ``@app.periodic(queue="reports")`` stacked on an ``@app.task``
+    of ``default`` -- a Celery team's ``beat_schedule`` entry with
+    ``options={"queue": ...}``. The ticks go to ``reports``, and before
+    2026-12-07 ``app.queues()`` (what ``miyaq worker`` consumes) named only
+    the tasks' queues: no worker of the app took a tick, ever. Now the
+    schedules' queues are the app's queues too."""
+    runs: list[str] = []
+    app = miyaq.App()
+
+    @app.periodic(every=0.2, name="nightly", queue="reports")
+    @app.task(name="sweep")
+    def sweep():
+        runs.append(miyaq.current_task().queue)
+
+    assert app.queues() == ["default", "reports"]
+    thread_worker(app, node.endpoint)
+    wait_for(lambda: runs, timeout=20, what="a tick of the schedule run by the app's worker")
+    assert set(runs) == {"reports"}
+
+
 def test_standalone_node_fires_each_tick_once(node, client, thread_worker):
     """Fault: two workers declare the same schedule (an overlapping deploy)
     and one re-registers. Each tick still runs once, with its deterministic id."""
