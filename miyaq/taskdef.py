@@ -172,17 +172,21 @@ class TaskDef(AioTaskCalls[P, R]):
                 options[k] = v
             else:
                 handler_kwargs[k] = v
-        self._check(args, handler_kwargs)
+        self._check(args, handler_kwargs, kwargs)
         return options, handler_kwargs
 
-    def _check(self, args: Iterable[Any], kwargs: dict[str, Any] | None) -> None:
+    def _check(self, args: Iterable[Any], kwargs: dict[str, Any] | None,
+               given: dict[str, Any] | None = None) -> None:
         """TypeError, before anything is sent, when the handler cannot be
         called with ``args`` and ``kwargs`` (a missing or an extra argument,
         an unknown keyword): the worker would fail every attempt of the
         task with that TypeError, retried and then dead-lettered, as Celery
         checks at ``delay()``. A handler of named parameters costs a few
         comparisons (:class:`_Shape`), others ``Signature.bind``; a handler whose
-        signature cannot be read (a builtin) is not checked."""
+        signature cannot be read (a builtin) is not checked. ``given``: the
+        keywords of a ``submit``/``call``, options among them, so that a
+        handler parameter named like an option (``key``) that went to the
+        option is named as such."""
         if not isinstance(args, (tuple, list)):
             return      # an iterable the client reads once: left to it
         shape = self._shape
@@ -196,6 +200,9 @@ class TaskDef(AioTaskCalls[P, R]):
         except TypeError as exc:
             hints = [f"; '{k}' is not a miyaq option: {FOREIGN_OPTIONS[k]}" for k in (kwargs or {})
                      if k in FOREIGN_OPTIONS and k not in signature.parameters]
+            hints += [f"; '{k}' was taken as the task option, not the handler's parameter: pass it with "
+                      f"submit_with(args, kwargs, **options)" for k in (given or {})
+                      if k in SPLIT_OPTIONS and k in signature.parameters]
             raise TypeError(f"task {self.name!r} not sent: its handler {getattr(self.fn, '__name__', 'fn')}"
                             f"{signature} cannot take these arguments ({exc}){''.join(hints[:3])}") from None
 

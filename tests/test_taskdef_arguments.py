@@ -75,6 +75,20 @@ def test_arguments_the_handler_cannot_take_raise_at_once_nothing_sent(app, clien
     assert _live(client) == 0
 
 
+def test_a_handler_parameter_named_like_an_option_is_pointed_to_submit_with(app, client):
+    """Mistake: ``lookup.submit("ann", key="k1")`` for ``def lookup(name,
+    key)``: ``key`` is the task option (deduplication), so the handler
+    misses its argument. The TypeError says so and names ``submit_with``;
+    ``submit_with`` sends it."""
+    lookup = app.task(lambda name, key: [name, key], name="lookup")
+    with pytest.raises(TypeError) as err:
+        lookup.submit("ann", key="k1")
+    assert "missing a required argument: 'key'" in str(err.value)
+    assert "'key' was taken as the task option, not the handler's parameter: pass it with submit_with(" \
+        in str(err.value), str(err.value)
+    assert lookup.submit_with(["ann"], {"key": "k1"}).wait_accepted(timeout=10).accepted
+
+
 def test_submit_with_checks_its_args_and_kwargs(app, client):
     """Fault: ``greet.submit_with(["ann"], {"greting": "hi"})``, a typo in a
     keyword. TypeError at once; nothing stored."""
