@@ -119,7 +119,10 @@ def _parameters(fn: Callable[..., Any]) -> tuple[inspect.Signature | None, _Shap
     """``fn``'s signature (None when it cannot be read: a builtin, some C
     callables), and its :class:`_Shape` when it has only named parameters."""
     try:
-        signature = inspect.signature(fn)
+        # The function as it runs, not the one functools.wraps points at: a
+        # decorator may pass arguments of its own (a session), and the
+        # wrapped function's signature would refuse calls the wrapper takes.
+        signature = inspect.signature(fn, follow_wrapped=False)
     except (TypeError, ValueError):
         return None, None
     params = list(signature.parameters.values())

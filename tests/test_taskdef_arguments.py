@@ -7,6 +7,7 @@ dead-lettered. Celery checks the same at ``delay()``."""
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import pytest
 
@@ -35,6 +36,20 @@ def _app(endpoint: str) -> miyaq.App:
         return [query, offset]
 
     app.task(max, name="builtin.max")      # a signature inspect cannot read: not checked
+
+    def with_session(fn):
+        """A decorator that passes its own first argument (a database
+        session, a connection): the wrapper, not ``fn``, is what runs."""
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            return fn("session", *args, **kwargs)
+        return wrapper
+
+    @app.task(name="with_session")
+    @with_session
+    def with_session_task(session, a, b):
+        return [session, a, b]
+
     return app
 
 
@@ -130,6 +145,9 @@ def test_calls_the_handler_takes_are_sent_as_before(app, client):
         app.tasks["anything"].submit(1, 2, 3, x=4, queue="other"),
         app.tasks["paged"].submit("q", offset=20),
         app.tasks["builtin.max"].submit(1, 2, 3, whatever=1),
+        # functools.wraps points at the wrapped function, whose first parameter
+        # the decorator fills: the wrapper's own signature is what is checked.
+        app.tasks["with_session"].submit(1, 2),
     ]
     app.client.flush(timeout=10)
     assert all(h.accepted for h in handles)
