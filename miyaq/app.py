@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, ParamSpec, TypeVar, U
 
 from .client.arguments import endpoint_list
 from .client.client import TASK_OPTIONS, Client, pack_args
+from .client.option_values import check_option_values, encodable_text
 from .client.options import ClientOptions
 from .client.wire import unknown_options
-from .config import MAX_REPLICAS, MAX_RETRIES, YEAR
 from .devstate import default_connect
 from .errors import ConfigError, InvalidField
 from .protocol import fields as f
 from .protocol.periodic import schedule_from_wire
-from .protocol.taskspec import MAX_TTL, MIN_TTL, check_queue
+from .protocol.taskspec import check_queue
 from .taskdef import SPLIT_OPTIONS, SubmitOptions, TaskDef, TaskOptions
 
 if TYPE_CHECKING:
@@ -269,58 +269,30 @@ class App:
 
 
 
-#: The range of each numeric task option, as the node checks it
-#: (miyaq.protocol.taskspec); ``eta`` is a unix time, or a datetime.
-_NUMBERS = {"eta": (0.0, 1e12), "countdown": (0.0, 10 * YEAR), "ttl": (MIN_TTL, MAX_TTL),
-            "backoff": (0.0, YEAR), "backoff_max": (0.0, YEAR), "timeout": (0.01, YEAR), "offset": (0.0, YEAR)}
-_INTEGERS = {"priority": (-(2**31), 2**31 - 1), "max_retries": (0, MAX_RETRIES), "replicas": (1, MAX_REPLICAS)}
-
-
 def check_task_options(task_name: Any, options: dict[str, Any]) -> None:
     """ConfigError naming the task and the option unless ``task_name`` is a
     string of 1 to 256 characters UTF-8 can encode and each of ``options``
-    (None: the node's default) a value the node takes: ``queue`` 1-128
-    characters of ``A-Z a-z 0-9 _ . : -``, ``key`` a string of 1 to 256,
-    the numbers within the node's ranges, ``at_most_once`` a bool. Before
-    2026-12-05 such a task registered, and a queue that was a list made
-    ``miyaq worker`` fail with a traceback at start."""
+    (None: the node's default) a value the node takes
+    (:func:`~miyaq.client.option_values.check_option_values`; here an empty
+    ``queue`` is refused too). Before 2026-12-05 such a task registered, and
+    a queue that was a list made ``miyaq worker`` fail with a traceback at start."""
     if isinstance(task_name, str):
         label = repr(task_name) if len(task_name) <= 80 else f"{task_name[:60]!r}..."
     else:
         label = f"named {task_name!r}"
     try:
         f.string({"name": task_name}, "name", max_len=256)
-        _encodable_text(task_name, "name")
+        encodable_text(task_name, "name")
         wire = {k: v for k, v in options.items() if v is not None}
-        if wire.get("queue") is not None:
-            check_queue(wire["queue"])
-        if "key" in wire:
-            _encodable_text(f.string(wire, "key", max_len=256), "key")
+        if wire.get("queue") == "":
+            check_queue("")
         eta = wire.get("eta")
         if eta is not None and hasattr(eta, "timestamp"):
             wire["eta"] = eta.timestamp()
-        for option, (lo, hi) in _NUMBERS.items():
-            f.number(wire, option, None, lo=lo, hi=hi)
-        for option, (lo_int, hi_int) in _INTEGERS.items():
-            f.integer(wire, option, None, lo=lo_int, hi=hi_int)
-        if "at_most_once" in wire:
-            f.boolean(wire, "at_most_once")
-        if "eta" in wire and "countdown" in wire:
-            raise InvalidField("give either 'eta' or 'countdown', not both", field="eta")
+        check_option_values(wire)
     except InvalidField as err:
         message = err.message.replace("field ", "option ", 1) if err.message.startswith("field ") else err.message
         raise ConfigError(f"@app.task {label}: {message}") from None
-
-
-def _encodable_text(value: str, option: str) -> None:
-    """InvalidField if ``value`` has a lone surrogate (UTF-8 cannot encode it)."""
-    if not value.isascii():
-        try:
-            value.encode()
-        except UnicodeEncodeError as exc:
-            raise InvalidField(f"field {option!r} holds {value[exc.start:exc.end]!r}, a lone surrogate UTF-8 "
-                               "cannot encode (as os.fsdecode() makes of bytes that are not UTF-8)",
-                               field=option) from None
 
 
 def _thread_key() -> int:

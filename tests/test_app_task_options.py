@@ -29,7 +29,7 @@ BAD_OPTIONS = {
     "timeout-a-string": (dict(name="m", timeout="30"), "'m': option 'timeout' must be a number"),
     "ttl-nan": (dict(name="m", ttl=float("nan")), "'m': option 'ttl'"),
     "countdown-negative": (dict(name="m", countdown=-1), "'m': option 'countdown'"),
-    "eta-and-countdown": (dict(name="m", eta=1e9, countdown=5), "either 'eta' or 'countdown'"),
+    "eta-and-countdown": (dict(name="m", eta=1e9, countdown=5), "option 'eta' cannot be given with 'countdown'"),
     "replicas-17": (dict(name="m", replicas=17), "'m': option 'replicas' must be between 1 and 16"),
     "max-retries-a-float": (dict(name="m", max_retries=1.5), "'m': option 'max_retries' must be an integer"),
     "priority-past-32-bits": (dict(name="m", priority=2 ** 40), "'m': option 'priority'"),

@@ -156,6 +156,7 @@ def unchecked(monkeypatch):
     """The callers' checks switched off: an unencodable value reaches the I/O
     loop (as one changed after the call returned, or a check missing, would)."""
     monkeypatch.setattr(wire, "encodable", lambda fields, what="task": None)
+    monkeypatch.setattr(wire, "check_option_values", lambda fields: None)
     monkeypatch.setattr(client_module, "check_request", lambda command, body: None)
     monkeypatch.setattr(aio_client_module, "check_request", lambda command, body: None)
 

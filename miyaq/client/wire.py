@@ -11,6 +11,7 @@ import msgpack
 
 from ..errors import InvalidField, ProtocolError, TaskCancelled, TaskExpired, TaskFailed, Timeout, UnknownCommand
 from ..protocol import commands as c
+from .option_values import check_option_values
 
 TASK_OPTIONS = ("queue", "priority", "eta", "countdown", "ttl", "max_retries", "backoff",
                 "backoff_max", "timeout", "key", "replicas", "at_most_once", "offset")
@@ -233,11 +234,13 @@ def unsendable(fields: dict[str, Any]) -> tuple[str, str] | None:
 def task_wire(name: str, args: Iterable[Any], kwargs: dict[str, Any] | None,
               options: Mapping[str, Any]) -> dict[str, Any]:
     """A named task's SUBMIT entry, without its id. TypeError for a name or
-    option msgpack cannot encode (:func:`encodable`)."""
+    option msgpack cannot encode (:func:`encodable`), InvalidField for an
+    option value the node would refuse (:mod:`.option_values`)."""
     wire = options_wire(options)
     wire["name"] = name
     if len(wire) != 1 or type(name) is not str or not name.isascii():    # an ASCII name alone: nothing to check
         encodable(wire)
+        check_option_values(wire)
     wire["body"] = pack_args(args, kwargs)
     return wire
 
@@ -245,7 +248,8 @@ def task_wire(name: str, args: Iterable[Any], kwargs: dict[str, Any] | None,
 def url_wire(url: str, body: bytes, method: str, headers: dict[str, str] | None,
              options: Mapping[str, Any]) -> dict[str, Any]:
     """A webhook task's SUBMIT entry, without its id. TypeError for a body
-    that is not bytes, or a field msgpack cannot encode (:func:`encodable`)."""
+    that is not bytes, or a field msgpack cannot encode (:func:`encodable`);
+    InvalidField for an option value the node would refuse (:mod:`.option_values`)."""
     if not isinstance(body, (bytes, bytearray)):
         raise TypeError(f"a webhook body must be bytes, not {type(body).__name__}")
     wire = options_wire(options)
@@ -253,6 +257,7 @@ def url_wire(url: str, body: bytes, method: str, headers: dict[str, str] | None,
     if headers:
         wire["headers"] = headers
     encodable(wire)
+    check_option_values(wire)
     wire["body"] = body
     return wire
 

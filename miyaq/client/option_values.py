@@ -1,0 +1,75 @@
+"""Task option values the node would refuse, refused in the producer.
+
+A submit's options (``queue``, ``countdown``, ``priority`` ...) are checked
+here, in the caller, before anything is sent: a value the node would refuse
+(:mod:`miyaq.protocol.taskspec`, which still checks every submit) raises
+:class:`~miyaq.errors.InvalidField` naming the option at ``submit()``,
+``call()`` and their asyncio forms, and at ``@app.task`` (as ConfigError).
+Before 2026-12-07 ``submit()`` returned a handle and the node's refusal was
+seen only at ``wait_accepted()`` -- for a submit nobody waits for (a web
+handler's), at the next ``flush()`` or at exit: the task was lost.
+
+Only the options given are looked at: a submit with none pays nothing, one
+with a queue a regular expression match. Bounds that are the node's own
+settings (``max_payload``, the upper bound of an ``eta``: ten years from the
+node's clock) stay the node's to check.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import MAX_REPLICAS, MAX_RETRIES, YEAR
+from ..errors import InvalidField
+from ..protocol import fields as f
+from ..protocol.taskspec import MAX_TTL, MIN_TTL, check_queue
+
+#: The range of each numeric task option, as the node checks it
+#: (miyaq.protocol.taskspec); ``eta`` is a unix time (a datetime is made one first).
+NUMBERS: dict[str, tuple[float, float]] = {
+    "eta": (0.0, 1e12), "countdown": (0.0, 10 * YEAR), "ttl": (MIN_TTL, MAX_TTL), "backoff": (0.0, YEAR),
+    "backoff_max": (0.0, YEAR), "timeout": (0.01, YEAR), "offset": (0.0, YEAR)}
+INTEGERS: dict[str, tuple[int, int]] = {
+    "priority": (-(2**31), 2**31 - 1), "max_retries": (0, MAX_RETRIES), "replicas": (1, MAX_REPLICAS)}
+MAX_KEY_CHARS = 256
+
+
+def check_option_values(wire: dict[str, Any]) -> None:
+    """InvalidField naming the option unless each value of ``wire`` (task
+    options as SUBMIT fields: None left out, ``eta`` a unix time) is one the
+    node takes: ``queue`` 1-128 characters of ``A-Z a-z 0-9 _ . : -`` (an
+    empty one is the node's ``default``, as it always was), ``key`` a string
+    of 1 to 256 characters UTF-8 can encode, the numbers within the node's
+    ranges, ``at_most_once`` a bool, not both ``eta`` and ``countdown``.
+    Other fields (a webhook's url, method, headers) are the node's to check."""
+    try:
+        for name, value in wire.items():
+            bounds = NUMBERS.get(name)
+            if bounds is not None:
+                f.number(wire, name, None, lo=bounds[0], hi=bounds[1])
+            elif name in INTEGERS:
+                lo, hi = INTEGERS[name]
+                f.integer(wire, name, None, lo=lo, hi=hi)
+            elif name == "queue":
+                if value != "":
+                    check_queue(value)
+            elif name == "key":
+                encodable_text(f.string(wire, "key", max_len=MAX_KEY_CHARS), "key")
+            elif name == "at_most_once":
+                f.boolean(wire, name)
+        if "eta" in wire and "countdown" in wire:
+            raise InvalidField("option 'eta' cannot be given with 'countdown': give either, not both", field="eta")
+    except InvalidField as err:
+        if err.message.startswith("field "):
+            raise InvalidField("option " + err.message[len("field "):], **err.details) from None
+        raise
+
+
+def encodable_text(value: str, option: str) -> None:
+    """InvalidField if ``value`` has a lone surrogate (UTF-8 cannot encode it)."""
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError as exc:
+            raise InvalidField(f"field {option!r} holds {value[exc.start:exc.end]!r}, a lone surrogate UTF-8 "
+                               "cannot encode (as os.fsdecode() makes of bytes that are not UTF-8)",
+                               field=option) from None
