@@ -21,7 +21,7 @@ from typing import Any
 from ..config import MAX_REPLICAS, MAX_RETRIES, YEAR
 from ..errors import InvalidField
 from ..protocol import fields as f
-from ..protocol.taskspec import MAX_TTL, MIN_TTL, check_queue
+from ..protocol.task_names import MAX_TTL, MIN_TTL, check_queue
 
 #: The range of each numeric task option, as the node checks it
 #: (miyaq.protocol.taskspec); ``eta`` is a unix time (a datetime is made one first).

@@ -7,7 +7,6 @@ clock, ``eta`` absolute (unix seconds, float: sub-second precision).
 """
 from __future__ import annotations
 
-import re
 from typing import Any
 
 # YEAR is taken from here too (recordspec): the node's settings of task defaults share the bound.
@@ -15,36 +14,16 @@ from miyaq.config import MAX_REPLICAS, MAX_RETRIES, YEAR as YEAR, NodeConfig
 from miyaq.errors import InvalidField
 from miyaq.store.task import Spec, Task, spec_for
 from miyaq.protocol import fields as f
+# The names and bounds a producer checks too (no store, no node settings), re-exported here.
+from miyaq.protocol.task_names import (_ID, _QUEUE, MAX_ID_CHARS as MAX_ID_CHARS, MAX_KEY as MAX_KEY,
+                                       MAX_TTL as MAX_TTL, MIN_TTL as MIN_TTL, check_id as check_id,
+                                       check_queue as check_queue, is_id as is_id)
 from miyaq.protocol.headers import check_header_fields, check_new_header_fields
 from miyaq.protocol.urls import check_new_url
 
-MAX_ID_CHARS = 64
-"""The longest task id."""
-MAX_KEY = 256
-"""The longest ``key`` (characters), which the ring places a keyed task by."""
 MAX_URL = 2048
 """Characters a webhook's URL may have (its query string included)."""
-_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,%d}\Z" % MAX_ID_CHARS)     # \Z: "$" would let a trailing newline in
-_QUEUE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}\Z")
 METHODS = ("POST", "PUT", "PATCH", "GET", "DELETE")
-MIN_TTL, MAX_TTL = 0.001, 10 * YEAR
-"""A task's ``ttl`` bounds (seconds); a periodic schedule's ``ttl`` has the same."""
-
-def check_id(value: Any, field: str = "id") -> str:
-    if not isinstance(value, str) or not _ID.match(value):
-        raise InvalidField(f"field {field!r} must be 1-{MAX_ID_CHARS} characters of A-Z a-z 0-9 _ . : -", field=field)
-    return value
-
-
-def is_id(value: Any) -> bool:
-    """``check_id`` as a test, for fast paths."""
-    return type(value) is str and _ID.match(value) is not None
-
-
-def check_queue(value: Any, field: str = "queue") -> str:
-    if not isinstance(value, str) or not _QUEUE.match(value):
-        raise InvalidField(f"field {field!r} must be 1-128 characters of A-Z a-z 0-9 _ . : -", field=field)
-    return value
 
 
 def check_headers(value: Any) -> dict[str, str]:
