@@ -40,24 +40,56 @@ def check_option_values(wire: dict[str, Any]) -> None:
     empty one is the node's ``default``, as it always was), ``key`` a string
     of 1 to 256 characters UTF-8 can encode, the numbers within the node's
     ranges, ``at_most_once`` a bool, not both ``eta`` and ``countdown``.
-    Other fields (a webhook's url, method, headers) are the node's to check."""
+    Other fields (a webhook's url, method, headers) are the node's to check.
+    A value of the usual type within its range is passed by a comparison,
+    and a queue name seen before by a set lookup (:data:`_QUEUES_SEEN`); the
+    readers of :mod:`miyaq.protocol.fields` run only to word a refusal."""
+    for name, value in wire.items():
+        kind = type(value)
+        bounds = NUMBERS.get(name)
+        if bounds is not None:
+            if not ((kind is float or kind is int) and bounds[0] <= value <= bounds[1]):
+                _refuse(f.number, wire, name, bounds)
+        elif name in INTEGERS:
+            bounds = INTEGERS[name]
+            if not (kind is int and bounds[0] <= value <= bounds[1]):
+                _refuse(f.integer, wire, name, bounds)
+        elif name == "queue":
+            if not (kind is str and (value in _QUEUES_SEEN or value == "")):
+                _refuse(_queue, wire, name, None)
+        elif name == "key":
+            _refuse(_key, wire, name, None)
+        elif name == "at_most_once" and kind is not bool:
+            _refuse(f.boolean, wire, name, None)
+    if "eta" in wire and "countdown" in wire:
+        raise InvalidField("option 'eta' cannot be given with 'countdown': give either, not both", field="eta")
+
+
+_QUEUES_SEEN: set[str] = set()
+"""Queue names found good (at most :data:`MAX_QUEUES_SEEN`; emptied when full)."""
+MAX_QUEUES_SEEN = 1024
+
+
+def _queue(wire: dict[str, Any], name: str) -> None:
+    value = check_queue(wire[name])
+    if len(_QUEUES_SEEN) >= MAX_QUEUES_SEEN:
+        _QUEUES_SEEN.clear()
+    _QUEUES_SEEN.add(value)
+
+
+def _key(wire: dict[str, Any], name: str) -> None:
+    encodable_text(f.string(wire, name, max_len=MAX_KEY_CHARS), name)
+
+
+def _refuse(read: Any, wire: dict[str, Any], name: str, bounds: tuple[Any, Any] | None) -> None:
+    """Run the reader of option ``name`` (within ``bounds``): nothing if the
+    value is good after all (a queue name not seen before, a key), else
+    InvalidField worded for a producer ("option 'countdown' must be ...")."""
     try:
-        for name, value in wire.items():
-            bounds = NUMBERS.get(name)
-            if bounds is not None:
-                f.number(wire, name, None, lo=bounds[0], hi=bounds[1])
-            elif name in INTEGERS:
-                lo, hi = INTEGERS[name]
-                f.integer(wire, name, None, lo=lo, hi=hi)
-            elif name == "queue":
-                if value != "":
-                    check_queue(value)
-            elif name == "key":
-                encodable_text(f.string(wire, "key", max_len=MAX_KEY_CHARS), "key")
-            elif name == "at_most_once":
-                f.boolean(wire, name)
-        if "eta" in wire and "countdown" in wire:
-            raise InvalidField("option 'eta' cannot be given with 'countdown': give either, not both", field="eta")
+        if bounds is None:
+            read(wire, name)
+        else:
+            read(wire, name, None, lo=bounds[0], hi=bounds[1])
     except InvalidField as err:
         if err.message.startswith("field "):
             raise InvalidField("option " + err.message[len("field "):], **err.details) from None
