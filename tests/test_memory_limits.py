@@ -20,7 +20,7 @@ from miyaq.cluster.peer_requests import REPLICATE, SYNC
 
 from miyaq.errors import Busy
 from miyaq.protocol import commands as c
-from miyaq.testing.harness import wait_for
+from miyaq.testing.harness import free_port, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -181,6 +181,30 @@ def test_live_payloads_past_max_bytes_answer_busy_and_the_client_retries(make_no
     with pytest.raises(Busy, match="max_bytes"):
         short.submit("echo", [blob], countdown=600, wait=True)
     assert client.status()["memory"]["payload_bytes"] <= 300_000
+
+
+def test_webhook_headers_of_empty_payloads_count_against_max_bytes(make_node, client_for):
+    """Attack: a producer submits webhook tasks with empty payloads and 64
+    headers of 8 KiB each (540 KB a task). Before the fix they counted 0
+    bytes against max_bytes: a node with max_bytes of 1 MiB took 2,000 of
+    them and grew from 46 to 1,080 MiB, STATUS saying ``payload_bytes`` 0.
+    Now a task's headers count with its payload: past max_bytes the node
+    answers BUSY naming it, and a cancel gives the bytes back."""
+    headers = {f"X-Big-{k}-" + "h" * 200: "v" * 8192 for k in range(64)}
+    size = sum(len(name) + len(value) for name, value in headers.items())
+    n = make_node(max_bytes=2 * size + 1000, max_payload=100_000, http_port=free_port())
+    client = client_for(n.endpoint, submit_timeout=20.0)
+    held = [client.submit_url("https://example.com/hook", headers=headers, countdown=600, wait=True)
+            for _ in range(2)]
+    assert client.status()["memory"]["payload_bytes"] == 2 * size
+    short = client_for(n.endpoint, submit_timeout=1.0)
+    with pytest.raises(Busy, match="max_bytes"):
+        short.submit_url("https://example.com/hook", headers=headers, countdown=600, wait=True)
+    assert client.status()["totals"]["live"] == 2
+    assert client.cancel(held[0].id)
+    assert client.status()["memory"]["payload_bytes"] == size
+    client.submit_url("https://example.com/hook", headers=headers, countdown=600, wait=True)   # room again
+    assert client.status()["memory"]["payload_bytes"] == 2 * size
 
 
 def wait_busy(client) -> int:

@@ -37,7 +37,7 @@ from miyaq.protocol.failurespec import cut_error
 from miyaq.protocol.recordspec import MAX_ATTEMPT
 from miyaq.store.tally import Tally
 from miyaq.store.task import (
-    CANCELLED, DEAD, DONE, EXPIRED, READY, RETRYING, RUNNING, SCHEDULED, Task, handler_label,
+    CANCELLED, DEAD, DONE, EXPIRED, READY, RETRYING, RUNNING, SCHEDULED, Task, handler_label, held_bytes,
 )
 
 logger = logging.getLogger(__name__)
@@ -98,10 +98,10 @@ class Engine(ReplicaCopies, TaskViews, DeadLetters, Restore):
                           "(are workers taking them? `miyaq status`)", len(table.live))
             raise Busy(f"node holds {len(table.live)} live tasks, its max_tasks: it takes new ones as "
                        "workers finish some")
-        if table.payload_bytes + len(task.body) > self.config.max_bytes:
-            _full.warning("full bytes", "refusing new tasks busy: the node holds %d bytes of task payloads, "
-                          "max_bytes %d", table.payload_bytes, self.config.max_bytes)
-            raise Busy(f"node holds {table.payload_bytes} bytes of task payloads; max_bytes is "
+        if table.payload_bytes + held_bytes(task) > self.config.max_bytes:
+            _full.warning("full bytes", "refusing new tasks busy: the node holds %d bytes of task payloads "
+                          "and webhook headers, max_bytes %d", table.payload_bytes, self.config.max_bytes)
+            raise Busy(f"node holds {table.payload_bytes} bytes of task payloads and webhook headers; max_bytes is "
                        f"{self.config.max_bytes}", reason="bytes")
         if table.result_bytes >= self.config.max_result_bytes:
             # Results go with their tombstones: the longer of result_ttl and

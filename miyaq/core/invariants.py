@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from miyaq.core.engine import Engine
 from miyaq.protocol.recordspec import invalid_stored
 from miyaq.store.table import stone_bytes
-from miyaq.store.task import DEAD, LIVE_STATES, READY, RETRYING, RUNNING, SCHEDULED
+from miyaq.store.task import DEAD, LIVE_STATES, READY, RETRYING, RUNNING, SCHEDULED, held_bytes
 
 
 def stuck_tasks(engine: Engine, waiting: Iterable[str] = ()) -> list[str]:
@@ -70,7 +70,7 @@ def count_problems(engine: Engine) -> list[str]:
     for name, lane in engine.ready.lanes.items():
         if lane.count != ready_by_lane[name]:
             out.append(f"lane {name!r} counts {lane.count} ready, holds {ready_by_lane[name]}")
-    payloads = sum(len(t.body) for t in table.live.values()) + sum(len(t.body) for t in table.dead.values())
+    payloads = sum(held_bytes(t) for t in table.live.values()) + sum(held_bytes(t) for t in table.dead.values())
     if table.payload_bytes != payloads:
         out.append(f"the table counts {table.payload_bytes} payload bytes, holds {payloads}")
     results = sum(stone_bytes(s.result, s.error) for s in table.tombstones.values())

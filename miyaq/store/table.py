@@ -17,7 +17,8 @@ that bound, and a peer's CANCELs, ``F`` events or outcomes of ids nobody
 had pushed every finished task's tombstone out (its result, its dedup key).
 
 The table keeps two sums as it changes: :attr:`TaskTable.payload_bytes`
-(the payloads of live and dead tasks) and :attr:`TaskTable.result_bytes`
+(the payloads of live and dead tasks, with their webhook headers:
+:func:`~miyaq.store.task.held_bytes`) and :attr:`TaskTable.result_bytes`
 (what its tombstones keep of their outcome: :func:`stone_bytes`, the
 result's bytes plus the error's text). Before 2026-12-05 only results
 counted: a tombstone made from a peer's ``F`` event or a handoff's
@@ -48,7 +49,7 @@ from operator import attrgetter
 from typing import Any, NamedTuple
 
 from .stones import Tombstone, Tombstones, _as_stone, error_bytes, stone_bytes
-from .task import EXTRA_FIELDS, Collector, Extra, Task, out_of_sight
+from .task import EXTRA_FIELDS, Collector, Extra, Task, held_bytes, out_of_sight
 
 __all__ = ["TaskTable", "Tombstone", "Tombstones", "error_bytes", "stone_bytes", "LiveTasks", "TableSnapshot"]
 
@@ -136,7 +137,7 @@ class TaskTable:
         self.result_ceiling = 2 * max_result_bytes if max_result_bytes is not None else None
         self.dead_dropped = 0
         self.results_dropped = 0      # tombstones forgotten early for the result ceiling
-        self.payload_bytes = 0        # payloads of the live and dead tasks
+        self.payload_bytes = 0        # payloads (and webhook headers) of the live and dead tasks: held_bytes
         self.result_bytes = 0         # results and error text the tombstones keep (stone_bytes)
 
     @property
@@ -154,14 +155,14 @@ class TaskTable:
     # -- live -------------------------------------------------------------
     def add(self, task: Task) -> None:
         self.live[task.id] = task
-        self.payload_bytes += len(task.body)
+        self.payload_bytes += held_bytes(task)
         if task.key is not None:
             self.keys[task.key] = task.id
 
     def remove(self, task: Task) -> None:
         """Take a live or dead task out of the table (no tombstone)."""
         if self.live.pop(task.id, None) is not None or self.dead.pop(task.id, None) is not None:
-            self.payload_bytes -= len(task.body)
+            self.payload_bytes -= held_bytes(task)
 
     def get(self, task_id: str) -> Task | None:
         return self.live.get(task_id)
@@ -338,7 +339,7 @@ class TaskTable:
         self.dead[task.id] = task
         if len(self.dead) > self.max_dead:
             evicted = self.dead.popitem(last=False)[1]
-            self.payload_bytes -= len(evicted.body)
+            self.payload_bytes -= held_bytes(evicted)
             self.dead_dropped += 1
             if evicted.key is not None and self.keys.get(evicted.key) == evicted.id:
                 del self.keys[evicted.key]
@@ -349,7 +350,7 @@ class TaskTable:
         """Drop a dead letter for good; returns it (None if there was none)."""
         task = self.dead.pop(task_id, None)
         if task is not None:
-            self.payload_bytes -= len(task.body)
+            self.payload_bytes -= held_bytes(task)
             if task.key is not None and self.keys.get(task.key) == task.id:
                 del self.keys[task.key]
         return task
