@@ -87,6 +87,9 @@ class NodeConfig(Settings):
     http_ca: str = setting("", "PEM CA certificates this node trusts when it calls other members' HTTPS gateways "
                             "(the console; empty: the system's; re-read on SIGHUP)")
     http_max_body: int = setting(4 * 1024 * 1024, "largest HTTP request body in bytes")
+    http_body_budget: int = setting(256 * 1024 * 1024, "bytes of HTTP request bodies read and held at once, over all "
+                                    "connections; a request whose body would pass it is answered 503 busy unread "
+                                    "(at least http_max_body)")
     http_max_connections: int = setting(1024, "most HTTP connections served at once")
     http_max_client_connections: int = setting(128, "most HTTP connections from one client address at once; more "
                                                  "are answered 503 (0: no cap; raise it behind a proxy)")
@@ -220,6 +223,10 @@ class NodeConfig(Settings):
             raise ConfigError("http_cert and http_key go together: give both for HTTPS, or neither")
         if min(self.http_header_timeout, self.http_body_timeout, self.http_idle_timeout) <= 0:
             raise ConfigError("http_header_timeout, http_body_timeout and http_idle_timeout must be > 0")
+        if self.http_body_budget < self.http_max_body:
+            raise ConfigError(f"http_body_budget ({self.http_body_budget:,}) must be at least http_max_body "
+                              f"({self.http_max_body:,}): the gateway must be able to read one body of the "
+                              "largest size")
         if self.max_bytes < self.max_payload:
             raise ConfigError(f"max_bytes ({self.max_bytes}) must be at least max_payload ({self.max_payload}): "
                               "a node must be able to hold one task")

@@ -17,7 +17,11 @@ into a 4xx JSON answer -- never a 500, whatever a client sends:
   packed, written to the log or shown;
 * a body the server cannot read (a bad chunk size, a connection closed
   mid-body) is a 400 and the connection is closed (:attr:`Request.close`);
-* a query string is parsed like a form (at most ``MAX_FORM_FIELDS``).
+* a query string is parsed like a form (at most ``MAX_FORM_FIELDS``);
+* the bodies being read and handled at once, over all connections, hold
+  at most ``http_body_budget`` bytes (:class:`BodyBudget`): a request
+  whose body would pass it is answered 503 ``busy`` (with Retry-After)
+  before a byte of its body is read, and its connection closed.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ from typing import Any
 from urllib.parse import parse_qs, parse_qsl
 
 from miyaq.constants import MAX_FORM_FIELDS, MAX_JSON_DEPTH
-from miyaq.errors import InvalidField, MiyaqError, TooLarge
+from miyaq.errors import Busy, InvalidField, MiyaqError, TooLarge
 from miyaq.gateway.errors import UnsupportedMediaType
 
 #: The environ key of the request's socket, set by the server
@@ -135,11 +139,46 @@ BODY_LIMIT_HINT = " (the node's --http-max-body; a task's arguments take at most
 (before 2026-12-07 the message named only a number)."""
 
 
-class Request:
-    __slots__ = ("_body", "_query", "close", "environ", "max_body", "method", "params", "path")
+class BodyBudget:
+    """The bytes of request bodies the gateway reads and holds at once, over
+    all its connections: at most ``limit`` (``http_body_budget``). A body
+    is counted from before its first byte is read (its Content-Length, or
+    ``http_max_body`` + 1 for a chunked one, then what it held) until its
+    request is answered. Before 2026-12-07 only each body was bounded
+    (``http_max_body``): 200 connections from two loopback addresses, each
+    sending all but the last byte of a 4 MiB body, took a node from 45 to
+    850 MiB for ``http_body_timeout`` (30 s) at a time, and the default
+    ``http_max_connections`` (1,024) let one client hold 4 GiB. Hub thread only."""
 
-    def __init__(self, environ: dict[str, Any], max_body: int) -> None:
+    __slots__ = ("limit", "held", "refused")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self.refused = 0
+
+    def take(self, size: int) -> None:
+        """Count ``size`` more bytes, or raise :class:`~miyaq.errors.Busy`
+        (nothing counted) when they would pass the limit."""
+        if self.held + size > self.limit:
+            self.refused += 1
+            raise Busy(f"the gateway is reading and handling {self.held:,} bytes of request bodies; this body of "
+                       f"{size:,} would pass its http_body_budget of {self.limit:,} (--http-body-budget): "
+                       "retry shortly")
+        self.held += size
+
+    def give(self, size: int) -> None:
+        self.held -= size
+
+
+class Request:
+    __slots__ = ("_body", "_query", "_reserved", "budget", "close", "environ", "max_body", "method", "params",
+                 "path")
+
+    def __init__(self, environ: dict[str, Any], max_body: int, budget: BodyBudget | None = None) -> None:
         self.environ = environ
+        self.budget = budget       # None: bodies not counted together (a request made outside the server)
+        self._reserved = 0         # what this request's body counts in ``budget`` until release()
         self.method: str = environ.get("REQUEST_METHOD", "GET").upper()
         self.path: str = environ.get("PATH_INFO", "/") or "/"
         self.max_body = max_body
@@ -254,13 +293,36 @@ class Request:
             if length > self.max_body:
                 raise TooLarge(f"request body of {length} bytes exceeds the gateway's http_max_body of "
                                f"{self.max_body} bytes{BODY_LIMIT_HINT}")
-            return bytes(stream.read(length)) if length > 0 else b""
+            if length <= 0:
+                return b""
+            self._reserve(length)
+            return bytes(stream.read(length))
         # chunked or unknown length: read at most one byte past the limit
+        self._reserve(self.max_body + 1)
         data = bytes(stream.read(self.max_body + 1))
+        self._keep(len(data))
         if len(data) > self.max_body:
             raise TooLarge(f"request body exceeds the gateway's http_max_body of {self.max_body} bytes"
                            + BODY_LIMIT_HINT)
         return data
+
+    def _reserve(self, size: int) -> None:
+        """Count ``size`` bytes of body in the gateway's budget before they are read (Busy if they do not fit)."""
+        if self.budget is not None:
+            self.budget.take(size)
+            self._reserved = size
+
+    def _keep(self, size: int) -> None:
+        """A chunked body read: what it holds is counted, not what was reserved for it."""
+        if self.budget is not None and self._reserved > size:
+            self.budget.give(self._reserved - size)
+            self._reserved = size
+
+    def release(self) -> None:
+        """The request is answered: its body no longer counts in the budget. Safe to call twice."""
+        if self.budget is not None and self._reserved:
+            self.budget.give(self._reserved)
+            self._reserved = 0
 
     def media_type(self) -> tuple[str, str]:
         """(media type, charset) of the body; the charset must be one Python knows."""

@@ -54,7 +54,7 @@ from miyaq.gateway.errors import ClientClosedRequest, http_status
 from miyaq.gateway.hangup import LongPolls
 from miyaq.gateway.metrics import NodeMetrics
 from miyaq.gateway.origin import HostCheck, refuse_cross_site, refuse_form_body
-from miyaq.gateway.request import Request, Response, json_response
+from miyaq.gateway.request import BodyBudget, Request, Response, json_response
 from miyaq.gateway.routes import build_router
 from miyaq.gateway.signing import WebhookSigner
 from miyaq.gateway.tokens import WATCH_INTERVAL as TOKENS_WATCH_INTERVAL, parked_refusal
@@ -88,6 +88,7 @@ class Gateway:
         self.host = gateway_host(config)
         self.port = config.http_port
         self.max_body = config.http_max_body
+        self.bodies = BodyBudget(config.http_body_budget)     # the request bodies read and held at once
         self.auth = BearerAuth(config.http_token, config.http_tokens)
         self.auth.tokens.on_revoked.append(self.tokens_revoked)
         self.hosts = HostCheck((config.host, config.http_host, config.advertise, config.advertised_host))
@@ -273,7 +274,13 @@ class Gateway:
 
     # -- WSGI ------------------------------------------------------------------------
     def app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        request = Request(environ, self.max_body)
+        request = Request(environ, self.max_body, self.bodies)
+        try:
+            return self._answer(request, start_response)
+        finally:
+            request.release()     # its body, read or not, no longer counts in http_body_budget
+
+    def _answer(self, request: Request, start_response: Callable[..., Any]) -> Iterable[bytes]:
         route_name = "unmatched"
         try:
             self._screen(request)
