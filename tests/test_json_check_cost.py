@@ -1,0 +1,112 @@
+"""The check of a JSON body (:func:`miyaq.gateway.request.json_problem`)
+costs no entry per value: it runs on the node's one thread, and a body of
+``http_max_body`` may hold 1.4 million values.
+
+Checked by what it allocates (tracemalloc, deterministic), never by a
+duration; and against the check it replaced, on random values, for what
+it refuses.
+"""
+from __future__ import annotations
+
+import math
+import random
+import tracemalloc
+from typing import Any
+
+import pytest
+
+from miyaq.constants import MAX_JSON_DEPTH
+from miyaq.gateway.request import MAX_INT, MIN_INT, json_problem
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_a_body_of_200000_empty_arrays_is_checked_without_an_entry_each():
+    """Fault: a producer posts a body of empty arrays (``[[],[],...]``, 3
+    bytes a value). The check kept a stack entry, a new tuple, for every
+    value: a 4 MiB body of 1.4 million took 4-5 s of the node's thread and
+    90 MB more (another client's /healthz waited 9.9 s). Here 200,000 of
+    them: before the fix the check allocated 14 MiB and more; now under
+    1 MiB -- only arrays and maps that hold something wait on its stack."""
+    value: dict[str, Any] = {"args": [[] for _ in range(200_000)]}
+    tracemalloc.start()
+    try:
+        assert json_problem(value) == ""
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1024 * 1024, f"the check allocated {peak:,} bytes for 200,000 empty arrays"
+
+
+def _old_problem(value: Any, limit: int = MAX_JSON_DEPTH) -> str:
+    """The check as it was before 2026-12-07 (one stack entry per value): the reference."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return "surrogate"
+            continue
+        if isinstance(item, int) and not isinstance(item, bool):
+            if not MIN_INT <= item <= MAX_INT:
+                return "integer"
+            continue
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return "float"
+            continue
+        if isinstance(item, dict):
+            if depth > limit:
+                return "nested"
+            stack.extend((key, depth) for key in item)
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            if depth > limit:
+                return "nested"
+            stack.extend((child, depth + 1) for child in item)
+    return ""
+
+
+SCALARS = [0, 1, -1, MAX_INT, MIN_INT, MAX_INT + 1, MIN_INT - 1, 1.5, math.inf, -math.inf, True, False, None,
+           "", "text", "caf\u00e9", "\udc80", "a\ud800b"]
+
+
+def _random_value(rng: random.Random, depth: int) -> Any:
+    roll = rng.random()
+    if depth > MAX_JSON_DEPTH + 2 or roll < 0.45:
+        return rng.choice(SCALARS[:7] * 6 + SCALARS)      # mostly harmless
+    if roll < 0.75:
+        return [_random_value(rng, depth + 1) for _ in range(rng.choice([0, 0, 1, 1, 2, 3]))]
+    keys = ["k", "x", "caf\u00e9", "\udc80"] if rng.random() < 0.1 else ["k", "x", "y"]
+    return {rng.choice(keys): _random_value(rng, depth + 1) for _ in range(rng.choice([0, 1, 2]))}
+
+
+def _deep(levels: int, inner: Any) -> Any:
+    value = inner
+    for i in range(levels):
+        value = [value] if i % 2 else {"k": value}
+    return value
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_it_refuses_what_the_old_check_refused(seed):
+    rng = random.Random(seed)
+    for _ in range(300):
+        value = _random_value(rng, 1)
+        if rng.random() < 0.2:      # near the depth limit, empty or not at the bottom
+            value = _deep(MAX_JSON_DEPTH - 2 + rng.randrange(4), rng.choice([[], {}, 0, [1], value]))
+        assert bool(json_problem(value)) == bool(_old_problem(value)), value
+
+
+@pytest.mark.parametrize("value, kind", [
+    (_deep(MAX_JSON_DEPTH, []), "nested"), (_deep(MAX_JSON_DEPTH - 1, []), ""),
+    ({"\udc80": 1}, "surrogate"), ([1, [MAX_INT + 1]], "integer"), ({"a": [math.inf]}, "float"),
+    ("\udc80", "surrogate"), (MIN_INT - 1, "integer"), (True, ""), ([None, False, "x", 2.5], ""),
+])
+def test_each_problem_is_named(value, kind):
+    problem = json_problem(value)
+    assert bool(problem) == bool(kind) == bool(_old_problem(value))
+    words = {"nested": "nested deeper", "surrogate": "surrogate", "integer": "64-bit", "float": "overflows"}
+    assert kind == "" or words[kind] in problem, problem
