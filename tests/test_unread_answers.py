@@ -70,6 +70,67 @@ def test_a_connection_that_reads_its_answers_is_never_refused() -> None:
     assert unread.refused == 0
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_many_connections_that_never_read_one_large_answer_each_are_bounded_together() -> None:
+    """Fault: many connections each long-poll the RESULT of one task and read
+    nothing; the task ends with a 1 MiB result. Each is far under its own
+    budget, so before the fix each was sent its copy: 1,000 of them grew a
+    node from 73 to 942 MB (``max_waiters``, 10,000, would be 10 GB). Now
+    the answers stop at the budget of all connections together (8 MiB
+    here), refused ``busy`` with a message saying so, and go again once
+    the connections that owe bytes took them (looked at again only after
+    ``TOTAL_LOOK_EVERY``)."""
+    sockets, clock = Sockets(), Clock()
+    unread = UnreadAnswers(budget=32 * MiB, large=64 * 1024, unsent=sockets, acked=no_tcp,
+                           total_budget=8 * MiB, clock=clock)
+    names = [f"poller-{i}".encode() for i in range(20)]
+    for fd, name in enumerate(names, start=10):
+        unread.asked(name, fd)
+        sockets.unsent[fd] = 4096          # a full socket: nothing more is taken
+    sent = [unread.may_send(name, MiB) for name in names]
+    assert sent == [True] * 8 + [False] * 12
+    assert unread.total == 8 * MiB
+    refusal = unread.refusal(names[-1])
+    assert refusal.code == "busy" and "all connections together" in refusal.message
+    assert unread.may_send(names[-1], 1000)            # a small answer still goes
+    for fd in range(10, 18):
+        sockets.unsent[fd] = 0             # the first eight read everything
+    assert not unread.may_send(names[9], MiB)          # not looked at again yet
+    clock.now += 1.0
+    assert unread.may_send(names[9], MiB)              # looked at: their bytes are off the total
+    assert unread.total == MiB + 1000
+
+
+def test_the_total_follows_every_count_that_changes() -> None:
+    """The total is the sum of the followed connections' counts, through
+    answers, ERRORs, sends taken back, looks, a routing id on a new
+    connection and connections forgotten past ``max_followed``."""
+    sockets = Sockets()
+    unread = UnreadAnswers(budget=MiB, large=1024, max_followed=3, unsent=sockets, acked=no_tcp)
+    for fd, name in ((3, b"a"), (4, b"b")):
+        unread.asked(name, fd)
+        sockets.unsent[fd] = 10
+    unread.may_send(b"a", 5000)
+    unread.sent(b"b", 700)
+    unread.sent(b"b", -200)
+    unread.may_send_error(b"a", 100)
+    unread.asked(b"b", 9)                  # the same routing id on a new connection: starts afresh
+    sockets.unsent[9] = 10
+    unread.may_send(b"b", 2048)
+    for name in (b"c", b"d"):              # b"a" goes: the least recent
+        unread.asked(name, 5)
+    sockets.unsent[5] = 0
+    unread.may_send(b"c", 300)
+    assert unread.total == sum(unread.unread(n) for n in (b"a", b"b", b"c", b"d")) == 2048 + 300
+
+
 def test_reading_what_was_sent_restores_the_budget_and_a_closed_socket_forgets_it() -> None:
     """A refused connection that reads everything is answered again; one
     whose descriptor was closed (gone) is not held to an old count; one

@@ -42,6 +42,18 @@ probe every couple of seconds and ZMTP's heartbeats.
 Bounded: the connections followed are the ``MAX_FOLLOWED`` that asked
 something last (the least recent forgotten first); a connection is followed
 from its first request (or SUBMIT) on.
+
+All connections together are bounded too, by ``TOTAL_BUDGET``: a large
+answer that would bring what every followed connection was sent and has
+not taken past it is replaced by ``busy`` ("the node holds N bytes of
+answers its clients have not read"), once the kernel was asked again what
+each connection that owes something took (at most every
+``TOTAL_LOOK_EVERY`` seconds: a reading client's count goes down only
+when it is looked at). Before 2026-12-07 only each connection was bounded:
+1,000 connections each long-polling the RESULT of one task and reading
+nothing grew a node from 73 to 942 MB when the task finished with a 1 MiB
+result -- each was sent its own copy, far under its own 32 MiB -- and
+``max_waiters`` (10,000) of them would have held 10 GB.
 """
 from __future__ import annotations
 
@@ -56,6 +68,7 @@ from collections.abc import Callable
 
 from miyaq.errors import Busy
 from miyaq.logs import LogLimiter
+from miyaq.runtime import monotonic
 
 _log = LogLimiter(logging.getLogger(__name__))   # a client that never reads asks again and again
 
@@ -66,6 +79,12 @@ LARGE_ANSWER = 64 * 1024
 #: Bytes a connection may have been sent and not taken (one answer more
 #: than this is never refused after the kernel said it took everything).
 UNREAD_BUDGET = 32 * 1024 * 1024
+#: Bytes all the followed connections together may have been sent and not
+#: taken before a large answer is refused ``busy``.
+TOTAL_BUDGET = 256 * 1024 * 1024
+#: Seconds at least between two looks at every connection that owes bytes
+#: (made only when a large answer would pass ``TOTAL_BUDGET``).
+TOTAL_LOOK_EVERY = 0.5
 #: Bytes counted between two questions to the kernel.
 LOOK_EVERY = 64 * 1024
 #: Bytes of ERRORs (refusals) a connection over budget is sent; past them
@@ -133,8 +152,13 @@ class UnreadAnswers:
     def __init__(self, budget: int = UNREAD_BUDGET, large: int = LARGE_ANSWER,
                  max_followed: int = MAX_FOLLOWED, unsent: Callable[[int], int] = unsent_bytes,
                  acked: Callable[[int], int | None] = acked_bytes, look_every: int = LOOK_EVERY,
-                 refusals: int = REFUSALS_BUDGET) -> None:
+                 refusals: int = REFUSALS_BUDGET, total_budget: int = TOTAL_BUDGET,
+                 clock: Callable[[], float] = monotonic) -> None:
         self.budget = budget
+        self.total_budget = total_budget
+        self.clock = clock
+        self.total = 0           # bytes counted against every followed connection together
+        self._looked_all = -TOTAL_LOOK_EVERY    # when every connection owing bytes was last looked at
         self.large = large
         self.max_followed = max_followed
         self.unsent = unsent
@@ -159,10 +183,11 @@ class UnreadAnswers:
             if fd >= 0:
                 self._followed[identity] = self._entry(fd)
                 if len(self._followed) > self.max_followed:
-                    self._followed.popitem(last=False)
+                    self.total -= self._followed.popitem(last=False)[1][_UNREAD]
             return True
         self._followed.move_to_end(identity)
         if entry[_FD] != fd and fd >= 0:        # the same routing id on a new connection
+            self.total -= entry[_UNREAD]
             entry[:] = self._entry(fd)
             return True
         return entry[_UNREAD] < entry[_NEXT] or self._look(entry)
@@ -170,6 +195,7 @@ class UnreadAnswers:
     def _look(self, entry: list[int]) -> bool:
         """Ask the kernel what the connection took since it was last asked,
         and take it off. True if the connection is under budget then."""
+        before = entry[_UNREAD]
         if entry[_ACKED] >= 0:
             acked = self.acked(entry[_FD])
             if acked is None:
@@ -185,10 +211,23 @@ class UnreadAnswers:
                     entry[_UNREAD] = 0
             except OSError:
                 entry[_UNREAD] = 0        # closed: gone
+        self.total += entry[_UNREAD] - before
         if entry[_UNREAD] < self.budget:
             entry[_REFUSALS] = 0
         entry[_NEXT] = min(entry[_UNREAD] + self.look_every, self.budget)
         return entry[_UNREAD] < self.budget
+
+    def _look_all(self) -> None:
+        """Ask the kernel about every followed connection that owes bytes
+        (at most every ``TOTAL_LOOK_EVERY`` seconds), so that :attr:`total`
+        drops what was taken since."""
+        now = self.clock()
+        if now - self._looked_all < TOTAL_LOOK_EVERY:
+            return
+        self._looked_all = now
+        for entry in self._followed.values():
+            if entry[_UNREAD]:
+                self._look(entry)
 
     def may_send(self, identity: bytes, size: int) -> bool:
         """May an answer of ``size`` bytes go to ``identity`` now? Counts it if
@@ -198,9 +237,15 @@ class UnreadAnswers:
         entry = self._followed.get(identity)
         if entry is None:
             return True        # not followed (it never asked by a socket): nothing to measure
-        if size >= self.large and not self._look(entry):
-            return False
+        if size >= self.large:
+            if not self._look(entry):
+                return False
+            if self.total + size > self.total_budget:
+                self._look_all()
+                if self.total + size > self.total_budget:
+                    return False
         entry[_UNREAD] += size
+        self.total += size
         return True
 
     def sent(self, identity: bytes, size: int) -> None:
@@ -210,6 +255,7 @@ class UnreadAnswers:
         entry = self._followed.get(identity)
         if entry is not None:
             entry[_UNREAD] += size
+            self.total += size
 
     def may_send_error(self, identity: bytes, size: int) -> bool:
         """May an ERROR of ``size`` bytes go to ``identity``? Counts it if so.
@@ -224,6 +270,7 @@ class UnreadAnswers:
                 return False
             entry[_REFUSALS] += size
         entry[_UNREAD] += size
+        self.total += size
         return True
 
     def refusal(self, identity: bytes) -> Busy:
@@ -231,6 +278,11 @@ class UnreadAnswers:
         :meth:`may_send` said no (counted; logged, a few lines a minute)."""
         self.refused += 1
         unread = self.unread(identity)
+        if unread < self.budget:    # its own count is under budget: all of them together are not
+            _log.warning("unread total", "connections have not read %d bytes they were sent, all together; large "
+                         "answers are answered busy until they do (%d refused so far)", self.total, self.refused)
+            return Busy(f"the node's clients have not read {self.total} bytes of answers they were sent, all "
+                        f"connections together (at most {self.total_budget}); retry shortly")
         _log.warning("unread", "a connection has not read %d bytes it was sent; its requests are answered busy "
                      "until it does (%d refused so far, %d errors not sent)", unread, self.refused,
                      self.unsent_errors)
