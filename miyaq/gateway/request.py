@@ -35,6 +35,7 @@ from urllib.parse import parse_qs, parse_qsl
 from miyaq.constants import MAX_FORM_FIELDS, MAX_JSON_DEPTH
 from miyaq.errors import Busy, InvalidField, MiyaqError, TooLarge
 from miyaq.gateway.errors import UnsupportedMediaType
+from miyaq.runtime.heap import collector_paused
 
 #: The environ key of the request's socket, set by the server
 #: (:mod:`miyaq.gateway.hangup` watches it while a long-poll waits).
@@ -156,11 +157,12 @@ def parse_json(text: str) -> Any:
     """JSON from a client. ValueError for bad syntax (NaN and Infinity
     included); :class:`InvalidField` for what :func:`json_problem` refuses."""
     try:
-        value = json.loads(text, parse_constant=_no_constant)
+        with collector_paused():     # a body of http_max_body may make a million containers
+            value = json.loads(text, parse_constant=_no_constant)
+            problem = json_problem(value)
     except RecursionError:
         problem = f"nested deeper than {MAX_JSON_DEPTH} levels"
     else:
-        problem = json_problem(value)
         if not problem:
             return value
     raise InvalidField(f"the body is not valid JSON: {problem}", field="body")

@@ -30,6 +30,14 @@ walk:
   never be collected -- hence the rule. Where the interpreter offers no such
   call (not CPython) both are no-ops.
 
+And :func:`collector_paused` -- for a parse that makes a million containers
+at once and keeps every one (a JSON body of ``http_max_body``): each 700
+allocations start a young collection that walks what was made since, and
+the older generations' walks follow, so the collector took 60-75% of such a
+parse (a 4 MiB body of 1 million ``[0]``: 1.7 s with it, 0.47 without).
+Nothing the paused stretch makes can be garbage yet; what it made is
+collected as usual afterwards.
+
 Apart from the collector, :class:`AllocatorTrim` returns to the system
 what the C allocator holds free once a node has let go of a lot: glibc's
 ``malloc`` keeps what is freed for the process (a soak audit of
@@ -42,6 +50,8 @@ from __future__ import annotations
 import gc
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Callable
 
 logger = logging.getLogger(__name__)
@@ -82,6 +92,20 @@ def track(obj: Any) -> None:
     a type the collector never tracks."""
     if _track is not None and type(obj).__flags__ & _HAVE_GC and not gc.is_tracked(obj):
         _track(obj)
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """No automatic cycle collection while the block runs (one that made
+    many containers and keeps them all, doing nothing that yields: module
+    docstring); the collector is as it was after, however the block ends."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def freeze_startup_heap() -> int:
