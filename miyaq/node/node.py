@@ -38,6 +38,7 @@ from miyaq.core.clockwork import Clockwork
 from miyaq.core.core import Core
 from miyaq.core.handles import NodeRole
 from miyaq.node.status import NodeStatus
+from miyaq.protocol import codec
 from miyaq.runtime import LOG, Supervisor, green, heap, monotonic
 from miyaq.runtime.sockets import SocketFactory
 from miyaq.security.zap import ZapHandler
@@ -200,6 +201,7 @@ class Node:
         green.log_hub_errors()
         self.start()
         heap.freeze_startup_heap()
+        codec.pause_collector_from(codec.NODE_PAUSE_FROM)    # large bodies decoded without the collector's walks
         self._stopped.wait()
 
     def wait(self, timeout: float | None = None) -> bool:
