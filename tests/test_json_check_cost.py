@@ -15,8 +15,11 @@ from typing import Any
 
 import pytest
 
+from gateway_harness import FIXTURES
 from miyaq.constants import MAX_JSON_DEPTH
 from miyaq.gateway.request import MAX_INT, MIN_INT, json_problem
+
+http_node, api, make_http_node, make_web_worker = FIXTURES
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -142,3 +145,34 @@ def test_parsing_a_body_of_200000_arrays_starts_no_collection():
     finally:
         gc.enable()
         gc.callbacks.remove(seen)
+
+
+def test_a_large_result_is_converted_once_for_all_who_ask(make_http_node, client_for, monkeypatch):
+    """Fault: callers ask for one task's large result (here 300,000 empty
+    arrays; a million, 1 MB, took 0.75 s of the node's one thread to decode,
+    walk and write as JSON). Each caller's answer was converted anew: 500
+    HTTP long-polls of one task, or one client asking again and again, held
+    the node for minutes. Now the last large result shown is converted once
+    and its answer shared; every caller gets the same JSON."""
+    from gateway_harness import Http
+
+    from miyaq.gateway import tasks_api
+
+    conversions: list[int] = []
+    real = tasks_api.convert.result_fields
+
+    def counted(raw):
+        conversions.append(len(raw or b""))
+        return real(raw)
+
+    monkeypatch.setattr(tasks_api.convert, "result_fields", counted)
+    node = make_http_node()
+    client = client_for(f"tcp://127.0.0.1:{node.config.port}")
+    handle = client.submit("job", [], queue="big", wait=True)
+    received = client.receive(["big"], timeout=10)
+    assert received is not None and received.ack([[]] * 300_000)
+    api = Http(node.url)
+    answers = [api.get(f"/tasks/{handle.id}/result") for _ in range(5)]
+    assert all(status == 200 for status, _, _ in answers)
+    assert all(body == answers[0][1] for _, body, _ in answers) and len(answers[0][1]["result"]) == 300_000
+    assert len([n for n in conversions if n >= 64 * 1024]) == 1       # 5 before
