@@ -1123,3 +1123,22 @@ def test_a_listing_that_can_match_nothing_walks_nothing():
     assert [h["state"] for h in engine.list_tasks(None, DEAD, 10_000)] == [DEAD] * len(dead)
     engine.table.live, engine.table.dead = live, _Unwalkable(dead)
     assert [h["state"] for h in engine.list_tasks("a", READY, 10_000)] == [READY] * engine.counts["a"][READY]
+
+
+def test_a_cancelled_webhook_task_held_by_its_stale_timer_keeps_no_headers():
+    """Fault: a producer submits delayed webhook tasks with 540 KB of
+    headers each and cancels each at once. A cancelled task stays
+    referenced by its timer's stale entry until it is due (an hour here)
+    or the timers are compacted (past 4,096 stale entries): it let go of
+    its payload, not its headers -- 3,000 such tasks held a node at
+    1,584 MiB, no task live, payload_bytes 0. Now both go, and what the
+    table counts (held_bytes) goes with them; other extras stay."""
+    engine = make_engine()
+    headers = {f"X-Big-{k}": "v" * 8192 for k in range(64)}
+    t = submit(engine, "hooked", name=None, url="https://example.com/hook", headers=headers, countdown=3600)
+    assert engine.table.payload_bytes >= 64 * 8192
+    assert engine.cancel("hooked", T0 + 1)[0]
+    assert len(engine.timers) == 1          # the stale entry still refers to the task
+    assert t.body == b"" and t.meta is None and engine.table.payload_bytes == 0
+    assert t.url == "https://example.com/hook" and t.id == "hooked"
+    assert invariants.problems(engine) == []

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 from miyaq.core.transitions import Transitions
-from miyaq.store.task import DEAD, count_revival
+from miyaq.store.task import DEAD, count_revival, let_go
 
 __all__ = ["DeadLetters"]
 
@@ -55,6 +55,6 @@ class DeadLetters(Transitions):
             # Gone for good: a stale lease-timer entry (dropped lazily) may
             # still refer to the task, and must not hold its payload there,
             # outside max_bytes, as a finished task's must not (_finish).
-            task.body = b""
+            let_go(task)
             n += 1
         return n

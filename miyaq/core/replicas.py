@@ -20,7 +20,7 @@ from miyaq.constants import MAX_QUEUES
 from miyaq.core.transitions import Transitions
 from miyaq.protocol.recordspec import STARTED_ELSEWHERE
 from miyaq.protocol.taskspec import is_id
-from miyaq.store.task import DEAD, READY, RETRYING, RUNNING, SCHEDULED, Task, count_revival
+from miyaq.store.task import DEAD, READY, RETRYING, RUNNING, SCHEDULED, Task, count_revival, let_go
 
 
 #: The error ``type`` of a copy ended because another task holds its key
@@ -181,7 +181,7 @@ class ReplicaCopies(Transitions):
             del self.table.keys[task.key]
         for listener in self.listeners:
             listener.task_forgotten(task)
-        task.body = b""     # handed off: a stale timer or lane entry must not hold it (see _finish)
+        let_go(task)     # handed off: a stale timer or lane entry must not hold it (see _finish)
 
     def revive_copy(self, task_id: str, when: float, revived: int | None = None) -> Task | None:
         """Another holder revived a dead task: this copy comes back as a

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from miyaq.core.transitions import Transitions
-from miyaq.store.task import DEAD, DONE, RETRYING, RUNNING, SCHEDULED, Task
+from miyaq.store.task import DEAD, DONE, RETRYING, RUNNING, SCHEDULED, Task, let_go
 
 if TYPE_CHECKING:
     from miyaq.core.cancels_ahead import CancelsAhead
@@ -49,7 +49,7 @@ class Restore(Transitions):
             evicted = self.table.kill(task)
             if evicted is not None:      # more dead letters in the log than max_dead: the oldest go
                 self._count(evicted.queue)[DEAD] -= 1
-                evicted.body = b""
+                let_go(evicted)
         elif state == RETRYING:
             self._schedule(task, task.eta, RETRYING, now)
         elif state == SCHEDULED and (task.due > now or task.standby):

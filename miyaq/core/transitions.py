@@ -25,7 +25,7 @@ from miyaq.protocol.recordspec import STARTED_ELSEWHERE
 from miyaq.store.ready import ReadyQueues
 from miyaq.store.table import TaskTable, Tombstone
 from miyaq.store.tally import Tally
-from miyaq.store.task import ALL_STATES, DEAD, READY, Task
+from miyaq.store.task import ALL_STATES, DEAD, READY, Task, let_go
 from miyaq.store.timers import TimerHeap
 
 # The engine's logger: a dead-letter eviction is logged under the same name as
@@ -125,8 +125,8 @@ class Transitions:
             listener.task_finished(task, stone)
         # The payload is not needed any more, and a finished task may stay
         # referenced a while by stale lane and timer entries (dropped lazily):
-        # it must not hold its body there, outside max_bytes.
-        task.body = b""
+        # it must not hold its body (nor its webhook headers) there, outside max_bytes.
+        let_go(task)
         return stone
 
     def _kill(self, task: Task) -> None:
@@ -144,4 +144,4 @@ class Transitions:
             if evicted is not None:
                 listener.dead_evicted(evicted)
         if evicted is not None:
-            evicted.body = b""      # dropped for good: a stale timer entry must not hold it (see _finish)
+            let_go(evicted)      # dropped for good: a stale timer entry must not hold it (see _finish)
