@@ -267,6 +267,31 @@ class InProcessCluster:
         handle.wake()
         return sub
 
+    def submit_accepted(self, via: str, task_id: str | None = None, timeout: float = 30.0,
+                        **fields: Any) -> Submission:
+        """Submit as :meth:`submit` does and wait for the answer, sending the
+        task again while ``via`` refuses it ``unavailable`` -- as a client
+        resends such a refusal (nothing was stored). For a test whose fault
+        is not the submit: a node refuses to coordinate for
+        ``SUSPECT_AFTER_FREEZE`` after a freeze, and under a loaded machine
+        the whole test process can stall past ``STALL`` (a full suite run
+        with ``-n 4`` on 2 cores, 2026-12-07: "node n1 was frozen for 2.7s",
+        40 submits refused and never run). Returns the accepted (or
+        ``duplicate``) submission; AssertionError on any other answer,
+        Timeout after ``timeout`` real seconds."""
+        tid = task_id or self.task_id()
+        while True:
+            sub = self.submit(via, tid, **fields)
+            self.wait_until(lambda: sub.status, timeout=timeout, what=f"the answer to the submit of {tid}")
+            if sub.error_code != "unavailable":
+                break
+            role = self[via].role
+            self.wait_until(lambda: not (role.not_coordinating() or role.reconcile.refusing()),
+                            timeout=timeout, what=f"{via} to coordinate submits again")
+        if sub.status not in ("accepted", "duplicate"):
+            raise AssertionError(f"the submit of {tid} through {via} was answered {sub.result}")
+        return sub
+
     def worker(self, node_id: str, queues: list[str] | None = None, capacity: int = 100) -> InProcessWorker:
         """A consumer on ``node_id`` that takes tasks and finishes them when told."""
         handle = self.nodes[node_id]
