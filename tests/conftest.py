@@ -41,6 +41,31 @@ if os.environ.get("PYTHONDONTWRITEBYTECODE"):
         compileall.compile_dir(_tree, quiet=1)
 
 
+def module_log_limiters() -> list:
+    """Every :class:`~miyaq.logs.LogLimiter` a loaded miyaq module keeps at
+    module level (``_log = LogLimiter(logger)``): one per process, shared by
+    every test the process runs."""
+    from miyaq.logs import LogLimiter
+
+    return [value for name, module in list(sys.modules.items()) if name.startswith("miyaq") and module is not None
+            for value in list(vars(module).values()) if isinstance(value, LogLimiter)]
+
+
+@pytest.fixture(autouse=True)
+def fresh_log_limiters():
+    """Each test starts with every module-level log limiter's windows empty.
+    A limiter lets 5 lines of a kind through a minute per process, and one
+    pytest process runs many tests: a test that waits for a line (a worker
+    logging its node's refusal, tests/test_worker_queue_bound.py) timed out
+    when the tests run before it in the same process, in the last minute,
+    had used up that kind's lines -- which depends on how ``-n`` shares the
+    tests out and how fast they run (2026-12-07, under load). A thread node
+    or worker of the test shares these limiters too."""
+    for limiter in module_log_limiters():
+        limiter._rate.windows.clear()
+    yield
+
+
 def _run_order(item) -> int:
     if item.get_closest_marker("chaos_run"):
         return 0
