@@ -86,6 +86,25 @@ def test_a_worker_pointed_at_an_http_port_keeps_naming_it_not_a_node(http_like, 
     answers. (CI of 2026-12-07: the peer's close was read before its bytes
     once, and the handshake line came first: allowed, it names the HTTP
     port too.)"""
+    _keeps_naming_it(http_like, thread_worker, caplog, monkeypatch)
+
+
+def test_a_worker_that_reads_the_close_late_still_says_nothing_apart(http_like, thread_worker, caplog,
+                                                                     monkeypatch) -> None:
+    """Fault: the worker reads each connection's close (its handshake
+    failure) later than ``SAME_PEER`` after the HTTP-like peer's bytes --
+    ``SAME_PEER`` 0 here, as a worker stalled between the two reads: on a
+    loaded host, 2026-12-07, the test above failed once so. Before, the
+    close was then said apart as ``closed the connection during the
+    handshake, as a node with --keys does ...``, guessing at keys after the
+    peer was named. Now a vague handshake failure (a close, a protocol
+    error) read while the peer is named is its close however late it comes,
+    and the lines are the same as above."""
+    monkeypatch.setattr(link_watch, "SAME_PEER", 0.0)
+    _keeps_naming_it(http_like, thread_worker, caplog, monkeypatch)
+
+
+def _keeps_naming_it(http_like, thread_worker, caplog, monkeypatch) -> None:
     monkeypatch.setattr(link_watch, "FIRST_CONTACT", 0.5)
     monkeypatch.setattr(link_watch, "FIRST_CONTACT_REPEAT_MAX", 1.0)
     endpoint = f"tcp://127.0.0.1:{http_like.port}"
@@ -98,10 +117,12 @@ def test_a_worker_pointed_at_an_http_port_keeps_naming_it_not_a_node(http_like, 
     with caplog.at_level(logging.INFO):
         thread_worker(app, endpoint)
         wait_for(lambda: http_like.served >= 5, timeout=30, what="five answers of the HTTP-like peer")
-        wait_for(lambda: sum("not a miyaq node" in line for line in said()) >= 3, timeout=30,
+        wait_for(lambda: sum("what answers there is not a miyaq node" in line for line in said()) >= 3, timeout=30,
                  what="the diagnosis saying it again")
     lines = said()
-    named = [line for line in lines if "not a miyaq node" in line]
+    # The line that names the peer (a close read before its bytes says "not
+    # a miyaq node's service port" too, and may come first).
+    named = [line for line in lines if "what answers there is not a miyaq node" in line]
     assert "what it sent is no miyaq message (part of it: b'" in named[0] and "its HTTP port?" in named[0], named[0]
     assert f"cannot connect to node {endpoint}: what answers there is not a miyaq node" in named[0]
     # Before the worker read what the peer sent, the peer's close may come
