@@ -18,6 +18,7 @@ import pytest
 from test_cancel_ahead_flood import _finished_with_keys
 
 from miyaq.constants import STALL
+from miyaq.errors import Timeout
 from miyaq.runtime import clock
 from miyaq.store.task import DONE
 
@@ -65,4 +66,20 @@ def test_tasks_finished_with_keys_are_finished_when_the_process_stalled_before_t
     tasks = _finished_with_keys(cluster, "n1", 40)
     assert len(tasks) == 40
     assert all(cluster[h].state(t) == DONE for t, _ in tasks for h in cluster.ids)
+    assert not cluster.crashes()
+
+
+def test_a_wait_that_times_out_names_the_submits_refused_unavailable(inproc):
+    """Fault: a test waits for a task whose submit was refused ``unavailable``
+    after a freeze. Before 2026-12-07 the timeout said only "every task to
+    run not reached within 30s" (the flood tests' flake took a day to
+    read); now it names the refused submits."""
+    cluster = inproc(3, replicas=3)
+    tid = cluster.task_led_by("n1")
+    _whole_process_stalled()
+    refused = cluster.submit("n1", tid)
+    cluster.wait_until(lambda: refused.status, what="the answer to the submit")
+    with pytest.raises(Timeout) as caught:
+        cluster.wait_until(lambda: cluster["n1"].task(tid) is not None, timeout=0.2, what="the task stored")
+    assert f"1 submit(s) refused unavailable, nothing stored: ['{tid}']" in str(caught.value)
     assert not cluster.crashes()

@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -144,6 +144,7 @@ class InProcessCluster:
         self.stopped: list[InProcessNode] = []
         self._ports: dict[str, int] = {}
         self._ids = itertools.count(1)
+        self._submissions: deque[Submission] = deque(maxlen=10_000)   # the latest, for a timeout's message
 
     # -- lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> InProcessCluster:
@@ -263,6 +264,7 @@ class InProcessCluster:
         wire = {"id": task_id or self.task_id(), "name": "job", **fields}
         task = task_from_wire(wire, now, handle.config)
         sub = Submission(task.id)
+        self._submissions.append(sub)
         handle.role.intake.submit(task, now, sub._acked)
         handle.wake()
         return sub
@@ -310,8 +312,19 @@ class InProcessCluster:
             if fatal:
                 raise AssertionError(f"while waiting for {what}: {fatal}")
             if monotonic() >= deadline:
-                raise Timeout(f"{what} not reached within {timeout:g}s")
+                raise Timeout(f"{what} not reached within {timeout:g}s{self._refused_note()}")
             green.sleep(0.005)
+
+    def _refused_note(self) -> str:
+        """For a timeout's message: the submits refused ``unavailable``
+        (nothing stored; after a freeze -- the whole test process stalled
+        past ``STALL`` on a loaded machine -- or while reconciling), which a
+        test waiting for their tasks waits for in vain."""
+        refused = [s.task_id for s in self._submissions if s.error_code == "unavailable"]
+        if not refused:
+            return ""
+        return (f" ({len(refused)} submit(s) refused unavailable, nothing stored: {refused[:10]}; "
+                f"submit_accepted sends again)")
 
     def _fatal(self) -> str:
         for handle in [*self.nodes.values(), *self.stopped]:
