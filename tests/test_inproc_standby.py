@@ -475,7 +475,7 @@ def test_what_a_node_notes_of_other_members_questions_is_bounded(inproc, monkeyp
     tids = []
     for _ in range(3):
         tid = cluster.task_id()
-        cluster.submit(node, tid, resent=True, countdown=60)   # every copy a standby, far from due
+        cluster.submit_accepted(node, tid, resent=True, countdown=60)   # every copy a standby, far from due
         tids.append(tid)
     cluster.wait_until(lambda: all(cluster[node].task(t) is not None and cluster[node].task(t).standby for t in tids),
                        what="three standby copies")

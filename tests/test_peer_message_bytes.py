@@ -103,7 +103,7 @@ def test_large_results_go_to_the_other_holders_and_to_a_new_holder_in_messages_o
     worker = cluster.worker("n1")
     ids = {cluster.task_led_by("n1") for _ in range(LARGE)}
     for task_id in ids:
-        cluster.submit("n1", task_id)
+        cluster.submit_accepted("n1", task_id)     # resent if refused after a freeze (a loaded machine)
     cluster.wait_until(lambda: all(worker.times(t) == 1 for t in ids), what="every task leased on n1")
     with _one_burst(worker, "_wake"):
         for task_id in ids:
@@ -155,7 +155,7 @@ def _finish_on_n1(cluster, count: int, size: int) -> tuple[Any, list[str]]:
     worker = cluster.worker("n1")
     ids = [cluster.task_led_by("n1") for _ in range(count)]
     for task_id in ids:
-        cluster.submit("n1", task_id)
+        cluster.submit_accepted("n1", task_id)     # resent if refused after a freeze (a loaded machine)
     cluster.wait_until(lambda: all(worker.times(t) == 1 for t in ids), what="every task leased on n1")
     for task_id in ids:
         assert worker.complete(task_id, bytes(size))
