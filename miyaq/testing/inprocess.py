@@ -280,16 +280,18 @@ class InProcessCluster:
         with ``-n 4`` on 2 cores, 2026-12-07: "node n1 was frozen for 2.7s",
         40 submits refused and never run). Returns the accepted (or
         ``duplicate``) submission; AssertionError on any other answer,
-        Timeout after ``timeout`` real seconds."""
+        Timeout after ``timeout`` real seconds in all."""
         tid = task_id or self.task_id()
+        deadline = monotonic() + timeout
         while True:
             sub = self.submit(via, tid, **fields)
-            self.wait_until(lambda: sub.status, timeout=timeout, what=f"the answer to the submit of {tid}")
+            self.wait_until(lambda: sub.status, timeout=max(deadline - monotonic(), 0.0),
+                            what=f"the answer to the submit of {tid}")
             if sub.error_code != "unavailable":
                 break
             role = self[via].role
             self.wait_until(lambda: not (role.not_coordinating() or role.reconcile.refusing()),
-                            timeout=timeout, what=f"{via} to coordinate submits again")
+                            timeout=max(deadline - monotonic(), 0.0), what=f"{via} to coordinate submits again")
         if sub.status not in ("accepted", "duplicate"):
             raise AssertionError(f"the submit of {tid} through {via} was answered {sub.result}")
         return sub
@@ -318,9 +320,10 @@ class InProcessCluster:
     def _refused_note(self) -> str:
         """For a timeout's message: the submits refused ``unavailable``
         (nothing stored; after a freeze -- the whole test process stalled
-        past ``STALL`` on a loaded machine -- or while reconciling), which a
-        test waiting for their tasks waits for in vain."""
-        refused = [s.task_id for s in self._submissions if s.error_code == "unavailable"]
+        past ``STALL`` on a loaded machine -- or while reconciling) and not
+        accepted since, which a test waiting for their tasks waits for in vain."""
+        taken = {s.task_id for s in self._submissions if s.status in ("accepted", "duplicate")}
+        refused = [s.task_id for s in self._submissions if s.error_code == "unavailable" and s.task_id not in taken]
         if not refused:
             return ""
         return (f" ({len(refused)} submit(s) refused unavailable, nothing stored: {refused[:10]}; "
