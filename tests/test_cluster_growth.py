@@ -44,8 +44,7 @@ def test_dead_events_of_at_most_once_tasks_are_not_held_where_the_copy_ended(inp
     cluster = inproc(3, replicas=3)
     worker = cluster.worker("n1")
     tids = [cluster.task_led_by("n1") for _ in range(20)]
-    subs = [cluster.submit("n2", t, at_most_once=True) for t in tids]
-    cluster.wait_until(lambda: all(s.status == "accepted" for s in subs), what="every submit accepted")
+    cluster.accepted([cluster.submit("n2", t, at_most_once=True) for t in tids])
     cluster.wait_until(lambda: all(worker.runs(t) for t in tids), what="n1 runs every task")
     error = {"type": "ValueError", "message": "bad input", "traceback": "x" * 16384}
     for tid in tids:
@@ -220,8 +219,7 @@ def test_a_resync_snapshot_nobody_comes_back_for_is_dropped_without_another_sync
     cluster ticker drops it now."""
     monkeypatch.setattr(sync_module, "RESYNC_CHUNK", 1)
     cluster = inproc(3, replicas=3)
-    subs = [cluster.submit("n1", countdown=3600) for _ in range(3)]
-    cluster.wait_until(lambda: all(s.status == "accepted" for s in subs), what="every submit accepted")
+    cluster.accepted([cluster.submit("n1", countdown=3600) for _ in range(3)])
     resync = cluster["n1"].role.resync
     answers: list = []
     cluster["n2"].role.peer.request("n1", SYNC, {"cursor": 0}, 5.0, answers.append)

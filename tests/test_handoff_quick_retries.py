@@ -29,9 +29,8 @@ def _driven(monkeypatch: Any) -> list[float]:
 
 def _stored(cluster: Any, count: int) -> list[str]:
     tids = [cluster.task_id() for _ in range(count)]
-    subs = [cluster.submit("n1", t, countdown=300) for t in tids]
-    cluster.wait_until(lambda: all(s.status == "accepted" for s in subs) and cluster.net.quiet(),
-                       what="the tasks stored on their holders")
+    cluster.accepted([cluster.submit("n1", t, countdown=300) for t in tids])
+    cluster.wait_until(cluster.net.quiet, what="the tasks stored on their holders")
     return tids
 
 

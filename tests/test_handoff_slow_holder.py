@@ -22,8 +22,7 @@ ALL = ["n1", "n2", "n3", "n4"]
 
 
 def _submit_many(cluster, count: int) -> list[str]:
-    subs = [cluster.submit(OLD[i % 3], countdown=3600) for i in range(count)]
-    cluster.wait_until(lambda: all(s.status == "accepted" for s in subs), what="every submit accepted")
+    subs = cluster.accepted([cluster.submit(OLD[i % 3], countdown=3600) for i in range(count)])
     return [s.task_id for s in subs]
 
 

@@ -176,8 +176,7 @@ def test_handed_off_copies_a_full_new_holder_refused_land_once_its_disk_has_room
     them there.)"""
     old = ["n1", "n2", "n3"]
     cluster = inproc(4, ring=old, replicas=2, data_dir=str(tmp_path), replication_timeout=PATIENCE)
-    subs = [cluster.submit(old[i % 3], countdown=300) for i in range(30)]
-    cluster.wait_until(lambda: all(s.status == ACCEPTED for s in subs), what="every submit accepted")
+    subs = cluster.accepted([cluster.submit(old[i % 3], countdown=300) for i in range(30)])
     disk = FailingDisk(monkeypatch, str(tmp_path / "n4"), errno.ENOSPC, ops=("write",))
     disk.failing = True
     epoch = cluster.publish(["n1", "n2", "n3", "n4"])

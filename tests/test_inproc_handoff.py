@@ -22,8 +22,7 @@ ALL = ["n1", "n2", "n3", "n4"]
 
 
 def _submit_many(cluster, count: int, countdown: float = 300) -> list[str]:
-    subs = [cluster.submit(OLD[i % 3], countdown=countdown) for i in range(count)]
-    cluster.wait_until(lambda: all(s.status == "accepted" for s in subs), timeout=30, what="every submit accepted")
+    subs = cluster.accepted([cluster.submit(OLD[i % 3], countdown=countdown) for i in range(count)])
     return [s.task_id for s in subs]
 
 
@@ -432,9 +431,8 @@ def test_a_pass_whose_last_slices_send_the_joining_node_nothing_keeps_the_quick_
         tid = cluster.task_id()
         if [m.node_id for m in joined.holders(tid, 2)] == cluster.holders(tid):
             unmoved.append(tid)
-    subs = [cluster.submit(cluster.holders(t)[0], t, countdown=300) for t in unmoved]
-    cluster.wait_until(lambda: all(s.status == "accepted" for s in subs)
-                       and all(_copies(cluster, t) == sorted(cluster.holders(t)) for t in unmoved),
+    cluster.accepted([cluster.submit(cluster.holders(t)[0], t, countdown=300) for t in unmoved])
+    cluster.wait_until(lambda: all(_copies(cluster, t) == sorted(cluster.holders(t)) for t in unmoved),
                        what="the unmoved tasks on both their holders")
     for node_id in OLD:     # the unmoved tasks fill at least two slices at the end of each table
         assert set(list(cluster[node_id].engine.table.live)[-6:]) <= set(unmoved), node_id

@@ -104,8 +104,10 @@ class Submission:
     """A submit's acknowledgement, once it comes: ``result`` is ``[id, status,
     detail]``; ``answers`` every answer the node gave (one, always)."""
 
-    def __init__(self, task_id: str) -> None:
+    def __init__(self, task_id: str, via: str = "", fields: dict[str, Any] | None = None) -> None:
         self.task_id = task_id
+        self.via = via                      # the node it was sent to, and its fields: to send it again
+        self.fields = fields or {}
         self.answers: list[list[Any]] = []
 
     def _acked(self, results: list[list[Any]]) -> None:
@@ -263,7 +265,7 @@ class InProcessCluster:
         now = wall()
         wire = {"id": task_id or self.task_id(), "name": "job", **fields}
         task = task_from_wire(wire, now, handle.config)
-        sub = Submission(task.id)
+        sub = Submission(task.id, via, fields)
         self._submissions.append(sub)
         handle.role.intake.submit(task, now, sub._acked)
         handle.wake()
@@ -271,30 +273,41 @@ class InProcessCluster:
 
     def submit_accepted(self, via: str, task_id: str | None = None, timeout: float = 30.0,
                         **fields: Any) -> Submission:
-        """Submit as :meth:`submit` does and wait for the answer, sending the
-        task again while ``via`` refuses it ``unavailable`` -- as a client
-        resends such a refusal (nothing was stored). For a test whose fault
-        is not the submit: a node refuses to coordinate for
-        ``SUSPECT_AFTER_FREEZE`` after a freeze, and under a loaded machine
-        the whole test process can stall past ``STALL`` (a full suite run
-        with ``-n 4`` on 2 cores, 2026-12-07: "node n1 was frozen for 2.7s",
-        40 submits refused and never run). Returns the accepted (or
-        ``duplicate``) submission; AssertionError on any other answer,
+        """Submit as :meth:`submit` does and wait until it is accepted
+        (:meth:`accepted`: a refusal ``unavailable`` is sent again)."""
+        return self.accepted([self.submit(via, task_id, **fields)], timeout)[0]
+
+    def accepted(self, subs: list[Submission], timeout: float = 30.0) -> list[Submission]:
+        """Wait for every answer to ``subs`` (made by :meth:`submit`), sending
+        again each submit refused ``unavailable`` once its node coordinates
+        again -- as a client resends such a refusal (nothing was stored).
+        For a test whose fault is not the submit: a node refuses to
+        coordinate for ``SUSPECT_AFTER_FREEZE`` after a freeze, and under a
+        loaded machine the whole test process can stall past ``STALL`` (a
+        full suite run with ``-n 4`` on 2 cores, 2026-12-07: "node n1 was
+        frozen for 2.7s", 40 submits refused and never run). Returns the
+        submissions in order, each accepted (or ``duplicate``): the ones sent
+        again replace the refused. AssertionError on any other answer,
         Timeout after ``timeout`` real seconds in all."""
-        tid = task_id or self.task_id()
         deadline = monotonic() + timeout
+        final = list(subs)
         while True:
-            sub = self.submit(via, tid, **fields)
-            self.wait_until(lambda: sub.status, timeout=max(deadline - monotonic(), 0.0),
-                            what=f"the answer to the submit of {tid}")
-            if sub.error_code != "unavailable":
+            self.wait_until(lambda: all(s.status for s in final), timeout=max(deadline - monotonic(), 0.0),
+                            what=f"the answers to {len(final)} submit(s)")
+            refused = [i for i, s in enumerate(final) if s.error_code == "unavailable"]
+            if not refused:
                 break
-            role = self[via].role
-            self.wait_until(lambda: not (role.not_coordinating() or role.reconcile.refusing()),
-                            timeout=max(deadline - monotonic(), 0.0), what=f"{via} to coordinate submits again")
-        if sub.status not in ("accepted", "duplicate"):
-            raise AssertionError(f"the submit of {tid} through {via} was answered {sub.result}")
-        return sub
+            for i in refused:
+                sub = final[i]
+                role = self[sub.via].role
+                self.wait_until(lambda: not (role.not_coordinating() or role.reconcile.refusing()),
+                                timeout=max(deadline - monotonic(), 0.0),
+                                what=f"{sub.via} to coordinate submits again")
+                final[i] = self.submit(sub.via, sub.task_id, **sub.fields)
+        wrong = [s.result for s in final if s.status not in ("accepted", "duplicate")]
+        if wrong:
+            raise AssertionError(f"{len(wrong)} submit(s) answered otherwise: {wrong[:5]}")
+        return final
 
     def worker(self, node_id: str, queues: list[str] | None = None, capacity: int = 100) -> InProcessWorker:
         """A consumer on ``node_id`` that takes tasks and finishes them when told."""
