@@ -53,7 +53,9 @@ def _refused_arguments(fn: Any, args: Iterable[Any], kwargs: dict[str, Any] | No
     if not callable(fn) or not isinstance(args, (list, tuple)):
         return None
     try:
-        signature = inspect.signature(fn)
+        # The function as it runs (TaskDef._check's rule): a functools.wraps
+        # decorator may pass an argument of its own (a session).
+        signature = inspect.signature(fn, follow_wrapped=False)
     except (TypeError, ValueError):
         return None
     try:

@@ -114,6 +114,37 @@ def test_schedule_arguments_the_handler_cannot_take_are_refused_when_declared(ar
     assert list(app.schedules) == ["report"]
 
 
+def test_schedule_arguments_are_checked_against_the_wrapper_that_runs():
+    """Fault: a handler under a ``functools.wraps`` decorator that passes an
+    argument of its own (a session), scheduled with the arguments its
+    wrapper takes. The declaration check read the signature ``__wrapped__``
+    points at (the one whose first parameter the decorator fills), so
+    ``@app.periodic(args=[...])`` raised ConfigError ("missing a required
+    argument") for a schedule every tick of which runs -- while the same
+    call through ``submit()`` was taken (taskdef, follow_wrapped=False).
+    Now both read the wrapper's; a call it cannot take is still refused."""
+    import functools
+
+    def with_session(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            return fn("session", *args, **kwargs)
+        return wrapper
+
+    def report(session, kind, full=False):
+        return [session, kind, full]
+
+    app = miyaq.App()
+    tdef = app.periodic(every=60, name="report", args=["daily"], kwargs={"full": True})(with_session(report))
+    assert list(app.schedules) == ["report"] and tdef("weekly") == ["session", "weekly", False]
+    app.periodic(every=60, name="wrapped-task", args=["daily"])(app.task(with_session(report), name="r2"))
+    assert set(app.schedules) == {"report", "wrapped-task"}
+    strict = miyaq.App()
+    with pytest.raises(ConfigError, match="missing a required argument: 'kind'"):
+        strict.periodic(every=60, name="report", args=["daily"])(report)
+    assert strict.schedules == {} and strict.tasks == {}
+
+
 def test_schedule_names_are_unique_and_stack_over_tasks():
     """No fault: one task, two schedules (stacked), a third name clash refused."""
     app = miyaq.App()
