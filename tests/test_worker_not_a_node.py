@@ -41,6 +41,7 @@ class HttpLike:
         self.port = self.server.getsockname()[1]
         self.limit = limit
         self.served = 0
+        self.silent = False      # read and close without answering (something else in its place)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -55,7 +56,8 @@ class HttpLike:
                 conn.settimeout(2.0)
                 try:
                     conn.recv(64)
-                    conn.sendall(ANSWER)
+                    if not self.silent:
+                        conn.sendall(ANSWER)
                 except OSError:
                     pass
             self.served += 1
@@ -102,6 +104,48 @@ def test_a_worker_that_reads_the_close_late_still_says_nothing_apart(http_like, 
     and the lines are the same as above."""
     monkeypatch.setattr(link_watch, "SAME_PEER", 0.0)
     _keeps_naming_it(http_like, thread_worker, caplog, monkeypatch)
+
+
+def test_a_worker_names_what_fails_once_the_peer_named_not_a_node_is_gone(http_like, thread_worker, caplog,
+                                                                             monkeypatch) -> None:
+    """Fault: what answers at the worker's endpoint changes -- first
+    something that is not a node (it sends an HTTP answer), then something
+    that closes each connection during the handshake without a byte, as a
+    node with --keys does to a worker without keys (played by the same
+    server gone silent). Before review36 (2026-12-07) a vague handshake
+    failure read while the first peer was named was taken for its close
+    for ever: the failures were never said, and the diagnosis kept saying
+    "not a miyaq node ... its HTTP port?". Now, past ``PEER_CLOSES`` such
+    failures read over ``PEER_GONE`` with none of its bytes between, the
+    peer is no longer named:
+    the handshake failure is said, and the diagnosis says it."""
+    monkeypatch.setattr(link_watch, "FIRST_CONTACT", 0.5)
+    monkeypatch.setattr(link_watch, "FIRST_CONTACT_REPEAT_MAX", 1.0)
+    endpoint = f"tcp://127.0.0.1:{http_like.port}"
+    records = caplog.records
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in list(records) if r.name.startswith("miyaq.worker")
+                and r.levelno >= logging.WARNING]
+
+    with caplog.at_level(logging.INFO):
+        thread_worker(app, endpoint)
+        wait_for(lambda: any("what answers there is not a miyaq node" in line for line in said()), timeout=30,
+                 what="the peer named not a node")
+        mark = len(said())
+        http_like.silent = True
+        closed = f"cannot connect to node {endpoint}: {endpoint} closed the connection during the handshake"
+
+        def diagnosed() -> list[str]:
+            return [line for line in said()[mark:] if line.startswith(closed) and "no answer for" in line]
+
+        wait_for(diagnosed, timeout=30, what="the diagnosis naming the handshake failure")
+        wait_for(lambda: len(diagnosed()) >= 2, timeout=30, what="the diagnosis saying it again")
+    lines = said()[mark:]
+    assert any(line.startswith(closed) and "no answer for" not in line for line in lines), lines
+    # Once the failure is named, nothing calls what answers not a node any more.
+    after = lines[lines.index(diagnosed()[0]):]
+    assert not [line for line in after if "what answers there is not a miyaq node" in line], after
 
 
 def _keeps_naming_it(http_like, thread_worker, caplog, monkeypatch) -> None:

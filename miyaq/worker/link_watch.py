@@ -34,7 +34,14 @@ is named for what it is (:meth:`LinkWatch.not_a_node`): said at once the
 first time, at WARNING, quoting the start of what it sent; from then on the
 diagnosis says it at its growing intervals, and the handshake failure that
 comes with each of its answers (it closes the connection) is not said
-apart. Before 2026-12-06 the diagnosis's right hint ("the HTTP port?") gave
+apart -- vague failures (a close, a protocol error) with none of its
+bytes read between, up to :data:`PEER_CLOSES` of them or for
+:data:`PEER_GONE` seconds: past both, something else answers there now
+(a node in its place, refusing this worker's keys), the peer is no
+longer named, and each failure is said again as it comes
+(before review36, 2026-12-07, a vague failure read while the peer was
+named was never said, and the diagnosis kept calling a node with a wrong
+``--server-key`` "not a miyaq node"). Before 2026-12-06 the diagnosis's right hint ("the HTTP port?") gave
 way, after the HTTP server's first answer (10 s: its request timeout), to
 ``malformed message from node ...: expected 3 frames, got 1`` and a
 handshake line guessing at keys, each every 10 s.
@@ -65,6 +72,14 @@ from .config import FIRST_CONTACT, FIRST_CONTACT_REPEAT_MAX, PROBE_TIMEOUT
 #: between reading the bytes and reading the close (a loaded host) must not
 #: say the close apart.
 SAME_PEER = 1.0
+#: Vague handshake failures in a row, with none of its bytes read between,
+#: that are still the closes of a peer named not a node (one per connection,
+#: read after its bytes or, the monitor and the reader racing, before them) ...
+PEER_CLOSES = 3
+#: ... and for how long they are read (seconds: a worker stalled reads the
+#: closes of a burst of connections at once, before their bytes). Past both,
+#: something else answers at the endpoint.
+PEER_GONE = 2.0
 #: Bytes of what such a peer sent quoted in the line that names it.
 QUOTED_BYTES = 48
 
@@ -90,6 +105,9 @@ class LinkWatch:
         self._connected = False
         # What answered sends bytes that are no miyaq message: when it last did, and what to say of it.
         self._not_a_node: tuple[float, str] | None = None
+        # Vague handshake failures read since such bytes last were (PEER_CLOSES), from when (PEER_GONE).
+        self._vague_failures = 0
+        self._vague_from = 0.0
 
     def opened(self, now: float) -> None:
         """The first contact's clock starts again at ``now`` (a fresh socket,
@@ -98,6 +116,7 @@ class LinkWatch:
         self.opened_at = now
         self.next_diagnosis = now + FIRST_CONTACT
         self._not_a_node = None
+        self._vague_failures = 0
 
     def not_a_node(self, frames: list[bytes], now: float) -> None:
         """What answered on the socket, before any miyaq message, sent
@@ -112,6 +131,7 @@ class LinkWatch:
                f"{quoted}) -- its HTTP port? A worker connects to a node's service port (`miyaq node "
                f"--port`, 7450 by default), not its --http-port")
         self._not_a_node = (now, why)
+        self._vague_failures = 0
         if first:
             _log.warning("not a node", "cannot connect to node %s: %s; still trying", link.endpoint, why)
 
@@ -163,19 +183,37 @@ class LinkWatch:
                 self._connected = True
             else:
                 failure = handshake_failure(frames)     # None for any other event
-                peer = self._not_a_node
-                if failure is not None and peer is not None and (failure not in SPECIFIC_FAILURES
-                                                                 or monotonic() - peer[0] < SAME_PEER):
-                    # That peer closing its connection after its answer:
-                    # named already. Before 2026-12-07 a vague failure was
-                    # too only within SAME_PEER: a worker stalled past it
-                    # between the two reads said the close apart, guessing
-                    # at keys (a test under load).
-                    continue
                 if failure is not None:
-                    why = explain_handshake(failure, link.endpoint, link.factory.security is not None, "this worker")
-                    self._handshake_refused = (monotonic(), why)      # what diagnose says from now on
-                    _log.warning("handshake", "cannot connect to node %s: %s", link.endpoint, why)
+                    self.handshake_failed(failure)
+
+    def handshake_failed(self, failure: str) -> None:
+        """A handshake failed (``failure``: :func:`handshake_failure`): said,
+        and what the diagnosis says from then on -- unless it is the close
+        of the peer named not a node: a vague failure (not in
+        ``SPECIFIC_FAILURES``) while at most :data:`PEER_CLOSES` of them,
+        or for less than :data:`PEER_GONE`, were read since its bytes last
+        were, however late it is read (before 2026-12-07 only
+        within ``SAME_PEER``: a worker stalled between the two reads, a
+        test under load, guessed at keys), or any failure within
+        ``SAME_PEER`` of them. Past that the peer is no longer named: what
+        fails now is something else at the endpoint (a node refusing
+        this worker's keys)."""
+        link = self.link
+        peer = self._not_a_node
+        if peer is not None:
+            if failure not in SPECIFIC_FAILURES:
+                now = monotonic()
+                if not self._vague_failures:
+                    self._vague_from = now
+                self._vague_failures += 1
+                if self._vague_failures <= PEER_CLOSES or now - self._vague_from < PEER_GONE:
+                    return     # that peer closing its connection: named already
+            elif monotonic() - peer[0] < SAME_PEER:
+                return
+            self._not_a_node = None
+        why = explain_handshake(failure, link.endpoint, link.factory.security is not None, "this worker")
+        self._handshake_refused = (monotonic(), why)      # what diagnose says from now on
+        _log.warning("handshake", "cannot connect to node %s: %s", link.endpoint, why)
 
     def _connection_closed(self) -> None:
         link = self.link
