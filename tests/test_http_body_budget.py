@@ -83,6 +83,38 @@ def test_bodies_past_http_body_budget_from_slow_clients_are_refused_503_unread(m
     wait_for(lambda: held(node) == 0, "every body given back")
 
 
+def test_connections_that_send_headers_and_no_body_do_not_take_the_budget(make_http_node):
+    """Attack: one address opens connections that each send the headers of
+    a body of http_max_body and nothing more -- no bandwidth spent. Before
+    review36 (2026-12-07) each counted its whole Content-Length before a
+    byte came: four of them held a budget of four bodies, and another
+    client's small body was answered 503 busy for http_body_timeout at a
+    time (by default 64 such connections, half of what one address may
+    open). Now a body counts what it holds and the step it waits for
+    (BODY_STEP): they hold a step each, and the other client's body is
+    read and handled."""
+    step = 64 * 1024      # BODY_STEP (checked at the end)
+    largest = 4 * step
+    node = make_http_node(http_max_body=largest, http_body_budget=4 * largest)
+    opened: list[socket.socket] = []
+    try:
+        for _ in range(4):
+            connect(node, "127.0.0.2", opened).sendall(head(largest))
+        wait_for(lambda: held(node) >= 4 * step, "the four bodies waited for")
+        other = connect(node, "127.0.0.3", opened)
+        body = json.dumps({"url": "https://example.com/hook", "countdown": 600}).encode()
+        other.sendall(head(len(body)).replace(b"HTTP/1.1\r\n", b"HTTP/1.1\r\nConnection: close\r\n", 1) + body)
+        answer = read_all(other)
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+        assert held(node) == 4 * step, held(node)      # a step each
+    finally:
+        for sock in opened:
+            sock.close()
+    wait_for(lambda: held(node) == 0, "every body given back")
+    from miyaq.gateway import request
+    assert getattr(request, "BODY_STEP", None) == step
+
+
 def test_a_chunked_body_counts_what_it_holds_and_is_given_back(make_http_node):
     """A chunked body is counted as http_max_body + 1 while it is read, then
     as what it held, and given back when its request is answered (a request

@@ -19,9 +19,10 @@ into a 4xx JSON answer -- never a 500, whatever a client sends:
   mid-body) is a 400 and the connection is closed (:attr:`Request.close`);
 * a query string is parsed like a form (at most ``MAX_FORM_FIELDS``);
 * the bodies being read and handled at once, over all connections, hold
-  at most ``http_body_budget`` bytes (:class:`BodyBudget`): a request
-  whose body would pass it is answered 503 ``busy`` (with Retry-After)
-  before a byte of its body is read, and its connection closed.
+  at most ``http_body_budget`` bytes (:class:`BodyBudget`), counted as
+  they are read (:data:`BODY_STEP` at a time): a request whose body would
+  pass it is answered 503 ``busy`` (with Retry-After) before the rest of
+  its body is read, and its connection closed.
 """
 from __future__ import annotations
 
@@ -173,11 +174,17 @@ BODY_LIMIT_HINT = " (the node's --http-max-body; a task's arguments take at most
 (before 2026-12-07 the message named only a number)."""
 
 
+#: Bytes of a request body read (and counted in ``http_body_budget``) at a
+#: time: a connection that sends headers and no body holds this much of the
+#: budget, not its Content-Length.
+BODY_STEP = 64 * 1024
+
+
 class BodyBudget:
     """The bytes of request bodies the gateway reads and holds at once, over
     all its connections: at most ``limit`` (``http_body_budget``). A body
-    is counted from before its first byte is read (its Content-Length, or
-    ``http_max_body`` + 1 for a chunked one, then what it held) until its
+    counts what it holds and the :data:`BODY_STEP` it waits for (each step
+    counted before it is read: :meth:`Request._read_counted`) until its
     request is answered. Before 2026-12-07 only each body was bounded
     (``http_max_body``): 200 connections from two loopback addresses, each
     sending all but the last byte of a 4 MiB body, took a node from 45 to
@@ -329,28 +336,48 @@ class Request:
                                f"{self.max_body} bytes{BODY_LIMIT_HINT}")
             if length <= 0:
                 return b""
-            self._reserve(length)
-            return bytes(stream.read(length))
+            return self._read_counted(stream, length)
         # chunked or unknown length: read at most one byte past the limit
-        self._reserve(self.max_body + 1)
-        data = bytes(stream.read(self.max_body + 1))
-        self._keep(len(data))
+        data = self._read_counted(stream, self.max_body + 1)
         if len(data) > self.max_body:
             raise TooLarge(f"request body exceeds the gateway's http_max_body of {self.max_body} bytes"
                            + BODY_LIMIT_HINT)
         return data
 
+    def _read_counted(self, stream: Any, most: int) -> bytes:
+        """At most ``most`` bytes of the body, read :data:`BODY_STEP` at a
+        time, each step counted in the gateway's budget before it is read
+        (Busy if it does not fit) and what it did not bring given back: a
+        body counts what it holds, and the step it waits for. Before
+        review36 (2026-12-07) it counted its whole Content-Length before a
+        byte came: 64 connections from one address sending the headers of
+        a 4 MiB body and nothing more (no bandwidth) held the default
+        budget, and every other client's body was refused 503, for
+        ``http_body_timeout`` at a time."""
+        parts: list[bytes] = []
+        got = 0
+        while got < most:
+            step = min(BODY_STEP, most - got)
+            self._reserve(step)
+            part = bytes(stream.read(step))
+            self._keep(step - len(part))
+            if not part:
+                break
+            parts.append(part)
+            got += len(part)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
     def _reserve(self, size: int) -> None:
-        """Count ``size`` bytes of body in the gateway's budget before they are read (Busy if they do not fit)."""
+        """Count ``size`` more bytes of body in the gateway's budget before they are read (Busy if they do not fit)."""
         if self.budget is not None:
             self.budget.take(size)
-            self._reserved = size
+            self._reserved += size
 
-    def _keep(self, size: int) -> None:
-        """A chunked body read: what it holds is counted, not what was reserved for it."""
-        if self.budget is not None and self._reserved > size:
-            self.budget.give(self._reserved - size)
-            self._reserved = size
+    def _keep(self, unused: int) -> None:
+        """Give back ``unused`` bytes reserved that a read did not bring."""
+        if self.budget is not None and unused > 0:
+            self.budget.give(unused)
+            self._reserved -= unused
 
     def release(self) -> None:
         """The request is answered: its body no longer counts in the budget. Safe to call twice."""
