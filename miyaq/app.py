@@ -29,7 +29,7 @@ from .errors import ConfigError, InvalidField
 from .protocol import fields as f
 from .protocol.periodic import schedule_from_wire
 from .protocol.taskspec import check_queue
-from .taskdef import SPLIT_OPTIONS, SubmitOptions, TaskDef, TaskOptions
+from .taskdef import SPLIT_OPTIONS, SubmitOptions, TaskDef, TaskOptions, arguments_to_check
 
 if TYPE_CHECKING:
     from .aio import Client as AioClient
@@ -49,8 +49,12 @@ R = TypeVar("R")
 def _refused_arguments(fn: Any, args: Iterable[Any], kwargs: dict[str, Any] | None) -> str | None:
     """Why ``fn`` cannot be called with ``args`` and ``kwargs`` (``bind``'s
     TypeError), or None: it can, or its signature cannot be read, or ``args``
-    is not a list or tuple (an iterable already read)."""
-    if not callable(fn) or not isinstance(args, (list, tuple)):
+    is an iterator (already read; a string or another iterable is checked
+    as the characters or items it sends: :func:`~miyaq.taskdef.arguments_to_check`)."""
+    if not callable(fn):
+        return None
+    given = args if isinstance(args, (list, tuple)) else arguments_to_check(args)   # a string: its characters
+    if given is None:
         return None
     try:
         # The function as it runs (TaskDef._check's rule): a functools.wraps
@@ -59,7 +63,7 @@ def _refused_arguments(fn: Any, args: Iterable[Any], kwargs: dict[str, Any] | No
     except (TypeError, ValueError):
         return None
     try:
-        signature.bind(*args, **(kwargs or {}))
+        signature.bind(*given, **(kwargs or {}))
     except TypeError as exc:
         return str(exc)
     return None

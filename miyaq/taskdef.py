@@ -85,6 +85,23 @@ def runs_async(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(getattr(type(fn), "__call__", None))
 
 
+def arguments_to_check(args: Any) -> tuple[Any, ...] | None:
+    """``args`` that is not a list or tuple as the positional arguments the
+    handler will be called with (the client sends ``list(args)``: a string
+    is its characters, as ``fn(*"daily")`` makes them); None for an
+    iterator, which the client reads once (left to it), or what is not
+    iterable at all (the client's TypeError says so). Before review36
+    (2026-12-07) any such ``args`` was left unchecked: ``args="daily"``
+    for ``def report(kind)`` was sent as five arguments, and every tick of
+    a schedule declared so failed in the worker."""
+    try:
+        if iter(args) is args:
+            return None
+    except TypeError:
+        return None
+    return tuple(args)
+
+
 class _Shape:
     """A handler's parameters when they are all named ones (positional or
     keyword, keyword-only: no ``*args``, ``**kwargs`` nor positional-only),
@@ -190,16 +207,22 @@ class TaskDef(AioTaskCalls[P, R]):
         keywords of a ``submit``/``call``, options among them, so that a
         handler parameter named like an option (``key``) that went to the
         option is named as such."""
-        if not isinstance(args, (tuple, list)):
-            return      # an iterable the client reads once: left to it
+        given_args: tuple[Any, ...] | list[Any]
+        if isinstance(args, (tuple, list)):
+            given_args = args
+        else:
+            checked = arguments_to_check(args)    # a string: its characters, as they are sent
+            if checked is None:
+                return
+            given_args = checked
         shape = self._shape
-        if shape is not None and shape.takes(len(args), kwargs):
+        if shape is not None and shape.takes(len(given_args), kwargs):
             return
         signature = self._signature
         if signature is None:
             return
         try:
-            signature.bind(*args, **(kwargs or {}))
+            signature.bind(*given_args, **(kwargs or {}))
         except TypeError as exc:
             hints = [f"; '{k}' is not a miyaq option: {FOREIGN_OPTIONS[k]}" for k in (kwargs or {})
                      if k in FOREIGN_OPTIONS and k not in signature.parameters]

@@ -145,6 +145,24 @@ def test_schedule_arguments_are_checked_against_the_wrapper_that_runs():
     assert strict.schedules == {} and strict.tasks == {}
 
 
+def test_schedule_args_given_as_a_string_are_checked_as_the_characters_sent():
+    """Fault: ``args="daily"`` for ``def build_report(kind, full=False)``
+    (the list forgotten). The client sends ``list(args)``, five arguments,
+    and every tick's task failed in the worker with TypeError; the check
+    at declaration looked only at a list or a tuple, so it was accepted
+    (before review36, 2026-12-07). Now ConfigError, nothing registered; a
+    string the handler can take as characters, and a generator (read once,
+    left to the client), are still accepted."""
+    app = miyaq.App()
+    with pytest.raises(ConfigError, match="too many positional arguments"):
+        app.periodic(every=60, name="report", args="daily")(build_report)
+    assert app.schedules == {} and app.tasks == {}
+    app.periodic(every=60, name="two", args="ab")(build_report)       # kind="a", full="b": what Python does
+    app.periodic(every=60, name="gen", args=(x for x in ["daily"]))(app.tasks["two"])
+    assert set(app.schedules) == {"two", "gen"}
+    assert msgpack.unpackb(app.schedules["two"]["body"]) == [["a", "b"], {}]
+
+
 def test_schedule_names_are_unique_and_stack_over_tasks():
     """No fault: one task, two schedules (stacked), a third name clash refused."""
     app = miyaq.App()

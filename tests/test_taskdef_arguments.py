@@ -116,6 +116,21 @@ def test_submit_with_checks_its_args_and_kwargs(app, client):
     assert _live(client) == 0
 
 
+def test_submit_with_args_given_as_a_string_is_checked_as_the_characters_sent(app, client):
+    """Fault: ``greet.submit_with("ann")`` (the list forgotten). The client
+    sends ``list(args)``, three arguments, so every attempt failed in the
+    worker with TypeError; the check looked only at a list or a tuple
+    (before review36, 2026-12-07) and let it through. Now TypeError at
+    once, nothing stored; a string the handler can take as characters is
+    sent as before."""
+    greet = app.tasks["greet"]
+    with pytest.raises(TypeError, match="too many positional arguments"):
+        greet.submit_with("ann")
+    app.client.flush(timeout=10)
+    assert _live(client) == 0
+    assert greet.submit_with("an").wait_accepted(timeout=10).accepted     # name="a", greeting="n"
+
+
 def test_the_asyncio_calls_check_too(app, client):
     """Fault: ``await add.submit_async(1)`` and ``await add.call_async(1,
     2, 3)`` from asyncio code: TypeError before anything reaches the
