@@ -148,6 +148,39 @@ def test_a_worker_names_what_fails_once_the_peer_named_not_a_node_is_gone(http_l
     assert not [line for line in after if "what answers there is not a miyaq node" in line], after
 
 
+def test_closes_read_in_one_burst_after_a_stall_are_still_the_named_peers(monkeypatch, caplog) -> None:
+    """Fault: the worker stalls (a loaded host) for longer than
+    ``PEER_GONE`` just after it read one close of the peer named not a
+    node; libzmq, in its own thread, reconnected meanwhile, and the closes
+    of those connections are read in one burst before their bytes. They
+    are still that peer's: a burst counts once towards ``PEER_CLOSES``, so
+    nothing is said and the peer stays named. Closes read apart, for
+    longer than ``PEER_GONE``, with no bytes between, are something else's,
+    and are said. (The clock is the test's: no time passes.)"""
+    from types import SimpleNamespace
+
+    from miyaq.runtime.connections import CLOSED_IN_HANDSHAKE
+
+    clock = [100.0]
+    monkeypatch.setattr(link_watch, "monotonic", lambda: clock[0])
+    link = SimpleNamespace(endpoint="tcp://127.0.0.1:9", factory=SimpleNamespace(security=None))
+    watch = link_watch.LinkWatch(link)     # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="miyaq.worker.link"):
+        watch.not_a_node([b"HTTP/1.1 400 Bad Request"], clock[0])
+        watch.handshake_failed(CLOSED_IN_HANDSHAKE)
+        clock[0] += 3 * link_watch.PEER_GONE                 # the stall
+        for _ in range(30):                                  # the burst, read at once
+            watch.handshake_failed(CLOSED_IN_HANDSHAKE)
+        assert not [r for r in caplog.records if "closed the connection" in r.getMessage()]
+        assert watch._not_a_node is not None
+        watch.not_a_node([b"HTTP/1.1 400 Bad Request"], clock[0])     # the reader's turn: its bytes
+        for _ in range(link_watch.PEER_CLOSES + 1):          # then closes apart, and no bytes
+            clock[0] += link_watch.PEER_GONE
+            watch.handshake_failed(CLOSED_IN_HANDSHAKE)
+    said = [r.getMessage() for r in caplog.records if "closed the connection" in r.getMessage()]
+    assert len(said) == 1 and watch._not_a_node is None, said
+
+
 def _keeps_naming_it(http_like, thread_worker, caplog, monkeypatch) -> None:
     monkeypatch.setattr(link_watch, "FIRST_CONTACT", 0.5)
     monkeypatch.setattr(link_watch, "FIRST_CONTACT_REPEAT_MAX", 1.0)

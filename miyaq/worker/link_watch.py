@@ -76,10 +76,14 @@ SAME_PEER = 1.0
 #: that are still the closes of a peer named not a node (one per connection,
 #: read after its bytes or, the monitor and the reader racing, before them) ...
 PEER_CLOSES = 3
-#: ... and for how long they are read (seconds: a worker stalled reads the
-#: closes of a burst of connections at once, before their bytes). Past both,
-#: something else answers at the endpoint.
+#: ... and for how long they are read (seconds). Past both, something else
+#: answers at the endpoint.
 PEER_GONE = 2.0
+#: Seconds between two reads of such failures for the second to count
+#: towards PEER_CLOSES: a worker stalled (a loaded host) reads the closes of
+#: the connections made meanwhile in one burst, before their bytes, and a
+#: burst counts once (libzmq reconnects every 100 ms).
+VAGUE_GAP = 0.05
 #: Bytes of what such a peer sent quoted in the line that names it.
 QUOTED_BYTES = 48
 
@@ -105,9 +109,11 @@ class LinkWatch:
         self._connected = False
         # What answered sends bytes that are no miyaq message: when it last did, and what to say of it.
         self._not_a_node: tuple[float, str] | None = None
-        # Vague handshake failures read since such bytes last were (PEER_CLOSES), from when (PEER_GONE).
+        # Vague handshake failures read since such bytes last were (PEER_CLOSES, a burst
+        # counted once: VAGUE_GAP), from when (PEER_GONE), and when the last was read.
         self._vague_failures = 0
         self._vague_from = 0.0
+        self._vague_last = 0.0
 
     def opened(self, now: float) -> None:
         """The first contact's clock starts again at ``now`` (a fresh socket,
@@ -190,9 +196,10 @@ class LinkWatch:
         """A handshake failed (``failure``: :func:`handshake_failure`): said,
         and what the diagnosis says from then on -- unless it is the close
         of the peer named not a node: a vague failure (not in
-        ``SPECIFIC_FAILURES``) while at most :data:`PEER_CLOSES` of them,
-        or for less than :data:`PEER_GONE`, were read since its bytes last
-        were, however late it is read (before 2026-12-07 only
+        ``SPECIFIC_FAILURES``) while at most :data:`PEER_CLOSES` of them
+        (those read in one burst, :data:`VAGUE_GAP`, counted once), or for
+        less than :data:`PEER_GONE`, were read since its bytes last were,
+        however late it is read (before 2026-12-07 only
         within ``SAME_PEER``: a worker stalled between the two reads, a
         test under load, guessed at keys), or any failure within
         ``SAME_PEER`` of them. Past that the peer is no longer named: what
@@ -205,7 +212,10 @@ class LinkWatch:
                 now = monotonic()
                 if not self._vague_failures:
                     self._vague_from = now
-                self._vague_failures += 1
+                    self._vague_failures = 1
+                elif now - self._vague_last >= VAGUE_GAP:
+                    self._vague_failures += 1
+                self._vague_last = now
                 if self._vague_failures <= PEER_CLOSES or now - self._vague_from < PEER_GONE:
                     return     # that peer closing its connection: named already
             elif monotonic() - peer[0] < SAME_PEER:
